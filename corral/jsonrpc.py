@@ -1,0 +1,475 @@
+"""The one JSON-RPC 2.0 wire layer: message types, error codes, line framing, and `Peer`.
+
+Every channel corral speaks (supervisor<->worker, supervisor<->MCP server, CLI<->daemon)
+is one compact JSON object per line, UTF-8, no embedded newlines. Envelopes are decoded
+with msgspec and `params`/`result` are kept as `msgspec.Raw` so that each consumer decodes
+them straight into its own typed Struct, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from msgspec import UNSET, Raw, UnsetType
+
+log = logging.getLogger("corral.jsonrpc")
+
+# -- error codes: the standard ones, then corral's own (-32000..-32099), named once --------
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+SERVER_ERROR = -32000  # generic failure of the operation asked for
+PEER_CLOSED = -32001  # the other side went away with the request in flight
+REQUEST_TIMEOUT = -32002  # no answer within the request's timeout
+REQUEST_CANCELLED = -32003  # the caller cancelled the request
+UNAUTHORIZED = -32004  # control socket: peer uid not allowed
+NOT_FOUND = -32010  # no such agent / task / tool
+CONFLICT = -32011  # duplicate name, wrong state for the operation
+REFUSED = -32012  # admission refused: queue full, rate limited, agent down
+TOOL_NOT_ALLOWED = -32020  # outside the agent's allowlist
+TOOL_BUDGET_EXCEEDED = -32021  # past max_tool_calls_per_task
+TASK_FAILED = -32030  # the agent's handler raised
+UNSUPPORTED_VERSION = -32040  # protocol version negotiation failed
+
+ERROR_NAMES = {
+    PARSE_ERROR: "parse error",
+    INVALID_REQUEST: "invalid request",
+    METHOD_NOT_FOUND: "method not found",
+    INVALID_PARAMS: "invalid params",
+    INTERNAL_ERROR: "internal error",
+    SERVER_ERROR: "server error",
+    PEER_CLOSED: "peer closed",
+    REQUEST_TIMEOUT: "request timed out",
+    REQUEST_CANCELLED: "request cancelled",
+    UNAUTHORIZED: "unauthorized",
+    NOT_FOUND: "not found",
+    CONFLICT: "conflict",
+    REFUSED: "refused",
+    TOOL_NOT_ALLOWED: "tool not allowed",
+    TOOL_BUDGET_EXCEEDED: "tool budget exceeded",
+    TASK_FAILED: "task failed",
+    UNSUPPORTED_VERSION: "unsupported protocol version",
+}
+
+DEFAULT_MAX_LINE = 16 * 1024 * 1024
+
+Id = int | str
+
+
+# -- messages -------------------------------------------------------------------------------
+class ErrorObject(msgspec.Struct, omit_defaults=True):
+    code: int
+    message: str
+    data: Any = None
+
+
+class Request(msgspec.Struct, omit_defaults=True):
+    method: str
+    id: Id
+    params: Any = None
+    jsonrpc: str = "2.0"
+
+
+class Notification(msgspec.Struct, omit_defaults=True):
+    method: str
+    params: Any = None
+    jsonrpc: str = "2.0"
+
+
+class Response(msgspec.Struct):
+    id: Id | None
+    result: Any
+    jsonrpc: str = "2.0"
+
+
+class ErrorResponse(msgspec.Struct):
+    id: Id | None
+    error: ErrorObject
+    jsonrpc: str = "2.0"
+
+
+class Envelope(msgspec.Struct):
+    """Any incoming message; which fields are set says what it is."""
+
+    jsonrpc: str | UnsetType = UNSET
+    id: Id | None | UnsetType = UNSET
+    method: str | UnsetType = UNSET
+    params: Raw | UnsetType = UNSET
+    result: Raw | UnsetType = UNSET
+    error: ErrorObject | UnsetType = UNSET
+
+
+class RpcError(Exception):
+    """A JSON-RPC error, raised by handlers and by `Peer.request`."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def to_object(self) -> ErrorObject:
+        return ErrorObject(self.code, self.message, self.data)
+
+    def __repr__(self) -> str:
+        return f"RpcError({self.code}, {self.message!r})"
+
+
+_encoder = msgspec.json.Encoder()
+_envelope_decoder = msgspec.json.Decoder(Envelope)
+_batch_decoder = msgspec.json.Decoder(list[Envelope])
+
+
+def encode(msg: Any) -> bytes:
+    """One message as one line, newline included."""
+    return _encoder.encode(msg) + b"\n"
+
+
+def decode_params(raw: Raw | UnsetType | None, type: type[Any]) -> Any:
+    """Decode `params` into `type`, raising INVALID_PARAMS with msgspec's path-precise text."""
+    data = b"{}" if raw is UNSET or raw is None or bytes(raw) == b"null" else raw  # type: ignore[arg-type]
+    try:
+        return msgspec.json.decode(data, type=type)
+    except msgspec.ValidationError as exc:
+        raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
+    except msgspec.DecodeError as exc:  # pragma: no cover - Raw is always valid JSON
+        raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
+
+
+# -- framing --------------------------------------------------------------------------------
+class LineProtocol(asyncio.Protocol):
+    """Splits a byte stream into lines with a hard cap on line length.
+
+    A line longer than `max_line` is never buffered: the bytes seen so far are dropped,
+    the rest of the line is skipped up to its newline, and `on_oversize` is told once.
+    """
+
+    def __init__(
+        self,
+        on_line: Callable[[bytes], None],
+        on_eof: Callable[[Exception | None], None],
+        *,
+        max_line: int = DEFAULT_MAX_LINE,
+        on_oversize: Callable[[int], None] | None = None,
+    ) -> None:
+        self.on_line = on_line
+        self.on_eof = on_eof
+        self.on_oversize = on_oversize
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._skipping = 0  # bytes skipped of the current oversized line, 0 when not skipping
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        start = 0
+        if self._skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self._skipping += len(data)
+                return
+            self._skipping += nl
+            if self.on_oversize:
+                self.on_oversize(self._skipping)
+            self._skipping = 0
+            start = nl + 1
+        buf = self._buf
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                break
+            if buf:
+                buf += data[start:nl]
+                line = bytes(buf)
+                buf.clear()
+            else:
+                line = data[start:nl]
+            start = nl + 1
+            if len(line) > self.max_line:
+                if self.on_oversize:
+                    self.on_oversize(len(line))
+                continue
+            if line:
+                self.on_line(line)
+        if start < len(data):
+            buf += data[start:]
+            if len(buf) > self.max_line:
+                self._skipping = len(buf)
+                buf.clear()
+
+    def eof_received(self) -> bool:
+        self._flush_tail()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._flush_tail()
+        self.on_eof(exc)
+
+    def _flush_tail(self) -> None:
+        # A last line without its newline (a crash mid-write) is still a line.
+        if self._buf:
+            line = bytes(self._buf)
+            self._buf.clear()
+            self.on_line(line)
+        if self._skipping and self.on_oversize:
+            self.on_oversize(self._skipping)
+            self._skipping = 0
+
+
+# -- the peer -------------------------------------------------------------------------------
+Dispatch = Callable[[str, "Raw | UnsetType", "Peer"], Any]
+NotificationHandler = Callable[[str, "Raw | UnsetType", "Peer"], None]
+
+
+class Peer:
+    """One side of a JSON-RPC conversation over a line-oriented byte channel.
+
+    `send` writes bytes (non-blocking, e.g. a transport's write); incoming lines are fed to
+    `feed_line`. Requests from the other side go to `dispatch(method, params, peer)`, which
+    returns a result, raises `RpcError`, or returns an awaitable (run as a task, so many
+    can be in flight). Notifications go to `on_notification`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        send: Callable[[bytes], None],
+        *,
+        dispatch: Dispatch | None = None,
+        on_notification: NotificationHandler | None = None,
+        cancel_method: str | None = None,
+        cancel_params: Callable[[Id], Any] | None = None,
+        cancel_id_of: Callable[[Raw | UnsetType], Id | None] | None = None,
+        reply_to_garbage: bool = False,
+        on_garbage: Callable[[bytes, str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._send = send
+        self._dispatch = dispatch
+        self._on_notification = on_notification
+        self._cancel_method = cancel_method
+        self._cancel_params = cancel_params
+        self._cancel_id_of = cancel_id_of
+        self._reply_to_garbage = reply_to_garbage
+        self._on_garbage = on_garbage
+        self._next_id = 0
+        self._pending: dict[Id, asyncio.Future[Any]] = {}
+        self._incoming: dict[Id, asyncio.Task[Any]] = {}
+        self.closed: RpcError | None = None
+        self.garbage_lines = 0
+        self.sent = 0
+        self.received = 0
+
+    # outgoing -----------------------------------------------------------------------------
+    def send_message(self, msg: Any) -> None:
+        if self.closed is None:
+            self.sent += 1
+            self._send(encode(msg))
+
+    def notify(self, method: str, params: Any = None) -> None:
+        self.send_message(Notification(method, params))
+
+    def request_future(self, method: str, params: Any = None) -> tuple[Id, asyncio.Future[Any]]:
+        """Send a request; the future resolves to its raw `result` or fails with RpcError."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.closed is not None:
+            fut.set_exception(self.closed)
+            return -1, fut
+        self._next_id += 1
+        rid = self._next_id
+        self._pending[rid] = fut
+        self.send_message(Request(method, rid, params))
+        return rid, fut
+
+    async def request(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = None,
+        type: type[Any] = Any,  # type: ignore[assignment]
+    ) -> Any:
+        """Send a request and wait for its result, decoded as `type`.
+
+        On timeout or cancellation the request is forgotten and, where the protocol has one,
+        a cancel notification is sent so the other side can stop working on it.
+        """
+        rid, fut = self.request_future(method, params)
+        try:
+            if timeout is None:
+                raw = await fut
+            else:
+                async with asyncio.timeout(timeout):
+                    raw = await fut
+        except TimeoutError:
+            self._abandon(rid, "timeout")
+            raise RpcError(
+                REQUEST_TIMEOUT, f"{method}: no answer from {self.name} within {timeout:g} s"
+            ) from None
+        except asyncio.CancelledError:
+            self._abandon(rid, "cancelled")
+            raise
+        if type is Any:
+            return msgspec.json.decode(raw)
+        try:
+            return msgspec.json.decode(raw, type=type)
+        except msgspec.ValidationError as exc:
+            raise RpcError(
+                INVALID_REQUEST, f"{method}: malformed result from {self.name}: {exc}"
+            ) from None
+
+    def _abandon(self, rid: Id, why: str) -> None:
+        if self._pending.pop(rid, None) is not None and self._cancel_method:
+            params = self._cancel_params(rid) if self._cancel_params else {"id": rid}
+            self.notify(self._cancel_method, params)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    # incoming -----------------------------------------------------------------------------
+    def feed_line(self, line: bytes) -> None:
+        self.received += 1
+        if line[:1] == b"[":
+            try:
+                batch = _batch_decoder.decode(line)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self._garbage(line, str(exc))
+                return
+            if not batch:
+                self._garbage(line, "empty batch")
+                return
+            for env in batch:
+                self._handle(env, line)
+            return
+        try:
+            env = _envelope_decoder.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._garbage(line, str(exc))
+            return
+        self._handle(env, line)
+
+    def _garbage(self, line: bytes, why: str) -> None:
+        self.garbage_lines += 1
+        if self._on_garbage:
+            self._on_garbage(line, why)
+        else:
+            log.warning("%s: discarded a line that is not JSON-RPC (%s)", self.name, why)
+        if self._reply_to_garbage:
+            code = PARSE_ERROR if "JSON" in why or "truncated" in why else INVALID_REQUEST
+            self.send_message(ErrorResponse(None, ErrorObject(code, f"{ERROR_NAMES[code]}: {why}")))
+
+    def _handle(self, env: Envelope, line: bytes) -> None:
+        if env.jsonrpc != "2.0":
+            self._garbage(line, 'missing or wrong "jsonrpc" member (must be "2.0")')
+            return
+        if env.method is not UNSET:
+            if env.id is UNSET:
+                self._handle_notification(env)
+            else:
+                self._handle_request(env)
+            return
+        if env.id is UNSET or env.id is None:
+            if env.error is not UNSET:
+                log.warning("%s: error reply without id: %s", self.name, env.error.message)
+                return
+            self._garbage(line, "neither a request nor a response")
+            return
+        fut = self._pending.pop(env.id, None)
+        if fut is None:
+            self._garbage(line, f"response to unknown request id {env.id!r}")
+            return
+        if fut.done():
+            return
+        if env.error is not UNSET:
+            err = env.error
+            fut.set_exception(RpcError(err.code, err.message, err.data))
+        elif env.result is not UNSET:
+            fut.set_result(env.result)
+        else:
+            fut.set_exception(
+                RpcError(INVALID_REQUEST, f"{self.name}: response with neither result nor error")
+            )
+
+    def _handle_notification(self, env: Envelope) -> None:
+        method = env.method
+        assert isinstance(method, str)
+        if self._cancel_method and method == self._cancel_method and self._cancel_id_of:
+            rid = self._cancel_id_of(env.params)
+            task = self._incoming.get(rid) if rid is not None else None
+            if task is not None:
+                task.cancel()
+            return
+        if self._on_notification is not None:
+            try:
+                self._on_notification(method, env.params, self)
+            except Exception:
+                log.exception("%s: notification handler for %s failed", self.name, method)
+
+    def _handle_request(self, env: Envelope) -> None:
+        rid = env.id
+        method = env.method
+        assert isinstance(method, str) and not isinstance(rid, UnsetType)
+        if rid is None:
+            self.send_message(
+                ErrorResponse(None, ErrorObject(INVALID_REQUEST, "invalid request: id is null"))
+            )
+            return
+        if self._dispatch is None:
+            self._reply_error(rid, RpcError(METHOD_NOT_FOUND, f"method not found: {method}"))
+            return
+        try:
+            result = self._dispatch(method, env.params, self)
+        except RpcError as exc:
+            self._reply_error(rid, exc)
+            return
+        except Exception as exc:
+            log.exception("%s: handler for %s failed", self.name, method)
+            self._reply_error(rid, RpcError(INTERNAL_ERROR, f"internal error: {exc}"))
+            return
+        if isinstance(result, Awaitable):
+            task = asyncio.ensure_future(result)
+            self._incoming[rid] = task
+            task.add_done_callback(lambda t: self._finish(rid, t))
+        else:
+            self.send_message(Response(rid, result))
+
+    def _finish(self, rid: Id, task: asyncio.Future[Any]) -> None:
+        self._incoming.pop(rid, None)
+        if task.cancelled():
+            self._reply_error(rid, RpcError(REQUEST_CANCELLED, "request cancelled"))
+            return
+        exc = task.exception()
+        if exc is None:
+            self.send_message(Response(rid, task.result()))
+        elif isinstance(exc, RpcError):
+            self._reply_error(rid, exc)
+        else:
+            log.error("%s: handler failed", self.name, exc_info=exc)
+            self._reply_error(rid, RpcError(INTERNAL_ERROR, f"internal error: {exc}"))
+
+    def _reply_error(self, rid: Id, exc: RpcError) -> None:
+        self.send_message(ErrorResponse(rid, exc.to_object()))
+
+    # teardown -----------------------------------------------------------------------------
+    def close(self, reason: str) -> None:
+        """Fail every pending request and cancel every running handler; idempotent."""
+        if self.closed is not None:
+            return
+        self.closed = RpcError(PEER_CLOSED, reason)
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(RpcError(PEER_CLOSED, reason))
+        incoming, self._incoming = self._incoming, {}
+        for task in incoming.values():
+            task.cancel()

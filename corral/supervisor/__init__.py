@@ -1,0 +1,23 @@
+"""The daemon's core: processes, lifecycle, policies."""
+
+from .config import AgentSpec, Config, ConfigError, Limits, McpServerSpec, load_config
+from .core import Agent, ReplicaStatus, Stats, Supervisor, SupervisorError
+from .lifecycle import State
+from .replica import Event, Replica
+
+__all__ = [
+    "Agent",
+    "AgentSpec",
+    "Config",
+    "ConfigError",
+    "Event",
+    "Limits",
+    "McpServerSpec",
+    "Replica",
+    "ReplicaStatus",
+    "State",
+    "Stats",
+    "Supervisor",
+    "SupervisorError",
+    "load_config",
+]

@@ -1,0 +1,117 @@
+"""Resource caps: how they are put in force, and how an exit is explained by them.
+
+Caps must hold before the agent's first instruction, and corral may not run Python in a
+forked child (preexec_fn is unsafe in a threaded process and forbidden under
+subinterpreters). So the child execs a tiny POSIX shell prologue that lowers its own
+rlimits with `ulimit` and then `exec`s the agent: the pid stays the same, the limits are
+inherited by exec, and no Python runs between fork and exec. Privileges are dropped
+before that by subprocess's own C code (`user=`/`group=`), so the limits are set by
+the unprivileged user and cannot be raised again.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from .config import Limits
+
+SHELL = "/bin/sh"
+# argv[0] of the prologue; shows in ps only for the microseconds before exec
+PROLOGUE_NAME = "corral-caps"
+
+
+def ulimit_script(limits: Limits) -> str:
+    """The shell prologue for these limits, or "" when there is nothing to set.
+
+    Units are dash's: -v KiB, -f and -c 512-byte blocks. The CPU hard limit is one
+    second above the soft one so the kernel sends SIGXCPU (nameable) before SIGKILL.
+    The soft limit must be lowered before the hard one or the kernel refuses (EINVAL).
+    """
+    parts = []
+    if limits.memory_mb:
+        parts.append(f"ulimit -v {limits.memory_mb * 1024}")
+    if limits.cpu_seconds:
+        parts.append(f"ulimit -S -t {limits.cpu_seconds}")
+        parts.append(f"ulimit -H -t {limits.cpu_seconds + 1}")
+    if limits.open_files:
+        parts.append(f"ulimit -n {limits.open_files}")
+    if limits.processes:
+        parts.append(f"ulimit -p {limits.processes}")
+    if limits.file_size_mb:
+        parts.append(f"ulimit -f {limits.file_size_mb * 2048}")
+    parts.append(f"ulimit -c {limits.core_mb * 2048}")
+    return "; ".join(parts)
+
+
+def wrap_argv(argv: list[str], limits: Limits) -> list[str]:
+    script = ulimit_script(limits)
+    return [SHELL, "-c", f'{script} || exit 126; exec "$@"', PROLOGUE_NAME, *argv]
+
+
+def describe(limits: Limits) -> dict[str, str]:
+    """Each cap in force, named as exit reasons name it."""
+    out = {}
+    if limits.memory_mb:
+        out["memory"] = f"memory limit (RLIMIT_AS {limits.memory_mb} MiB)"
+    if limits.cpu_seconds:
+        out["cpu"] = f"CPU time limit (RLIMIT_CPU {limits.cpu_seconds} s)"
+    if limits.open_files:
+        out["files"] = f"open files limit (RLIMIT_NOFILE {limits.open_files})"
+    if limits.processes:
+        out["processes"] = f"process limit (RLIMIT_NPROC {limits.processes})"
+    if limits.file_size_mb:
+        out["file_size"] = f"file size limit (RLIMIT_FSIZE {limits.file_size_mb} MiB)"
+    return out
+
+
+# What a process prints when a cap bites, in C (strerror) and in Python; checked against
+# the last lines of its stderr, and only for caps that are in force.
+_SYMPTOMS = {
+    "memory": ("MemoryError", "Cannot allocate memory", "out of memory", "std::bad_alloc"),
+    "files": ("Too many open files",),
+    "processes": ("Resource temporarily unavailable", "Cannot fork", "can't fork"),
+    "file_size": ("File too large",),
+}
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def explain_exit(
+    returncode: int,
+    limits: Limits,
+    stderr_tail: list[str],
+    *,
+    cpu_seconds_used: float | None = None,
+) -> str:
+    """The reason for an exit that corral did not cause, in words that name the cap."""
+    caps = describe(limits)
+    if returncode < 0:
+        sig = -returncode
+        if sig == signal.SIGXCPU and "cpu" in caps:
+            return caps["cpu"]
+        if sig == signal.SIGXFSZ and "file_size" in caps:
+            return caps["file_size"]
+        if (
+            sig == signal.SIGKILL
+            and "cpu" in caps
+            and cpu_seconds_used is not None
+            and cpu_seconds_used >= limits.cpu_seconds - 0.5
+        ):
+            return caps["cpu"]
+        return f"killed by {signal_name(sig)}"
+    if returncode == 126 and any("ulimit" in line for line in stderr_tail):
+        return "could not apply resource limits: " + stderr_tail[-1].strip()
+    tail = "\n".join(stderr_tail[-20:])
+    for cap, symptoms in _SYMPTOMS.items():
+        if cap in caps and any(s in tail for s in symptoms):
+            return caps[cap]
+    if returncode == 0:
+        return "exited with status 0"
+    if returncode == 127 and any("not found" in line for line in stderr_tail[-3:]):
+        return "command not found (status 127)"
+    return f"exited with status {returncode}"

@@ -1,0 +1,216 @@
+"""The configuration schema: msgspec Structs are the single source of truth.
+
+The same Structs validate the TOML file, the `agents.add` control method's params and the
+Python API, so a key means one thing everywhere. Key names are fixed by DESIGN.md
+section 10; add keys freely, rename none.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+NAME_RE = re.compile(r"^[A-Za-z0-9-]+$")
+
+NonNeg = Annotated[float, Meta(ge=0)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+Positive = Annotated[float, Meta(gt=0)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names the file, the key path and the problem."""
+
+
+class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Resource caps; 0 means no cap."""
+
+    memory_mb: NonNegInt = 0  # RLIMIT_AS
+    rss_mb: NonNegInt = 0  # soft: orderly restart above it
+    cpu_seconds: NonNegInt = 0  # RLIMIT_CPU
+    cpu_percent: NonNeg = 0  # sampled; orderly restart when above it for a sustained period
+    open_files: NonNegInt = 0  # RLIMIT_NOFILE
+    processes: NonNegInt = 0  # RLIMIT_NPROC (per user; root ignores it)
+    file_size_mb: NonNegInt = 0  # RLIMIT_FSIZE
+    core_mb: NonNegInt = 0  # RLIMIT_CORE; 0 means no core files at all
+
+
+class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """What agents and MCP servers share: a supervised, capped, restartable process."""
+
+    command: list[str] | str
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    user: str | None = None
+    group: str | None = None
+    restart: Literal["always", "on-failure", "never"] = "on-failure"
+    max_restarts: NonNegInt = 5
+    restart_window: Positive = 60.0
+    backoff_initial: Positive = 0.1
+    backoff_max: Positive = 30.0
+    stable_after: NonNeg = 30.0
+    start_timeout: Positive = 10.0
+    stop_timeout: Positive = 10.0
+    heartbeat_timeout: Positive | None = None  # default: the supervisor's
+    limits: Limits = msgspec.field(default_factory=Limits)
+
+    def argv(self) -> list[str]:
+        argv = shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
+        if not argv:
+            raise ConfigError("command is empty")
+        return argv
+
+
+class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
+    name: str = ""
+    replicas: NonNegInt = 1
+    autostart: bool = True
+    max_concurrent_tasks: PositiveInt = 1
+    max_queue: NonNegInt = 1000
+    task_timeout: Positive = 300.0
+    retries: NonNegInt = 0
+    rate_per_minute: NonNeg = 0
+    max_tool_calls_per_task: NonNegInt = 50
+    tools: list[str] = []
+    state_ttl: NonNeg = 0
+    config: dict[str, Any] = {}  # passed to the worker in `initialize`
+
+
+class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
+    name: str = ""
+    args: list[str] = []
+    instances: PositiveInt = 1
+    scope: Literal["shared", "per-agent"] = "shared"
+    start: Literal["lazy", "eager"] = "lazy"
+    timeout: Positive = 30.0
+
+    def argv(self) -> list[str]:
+        return super().argv() + list(self.args)
+
+
+class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    socket: str | None = None
+    state_dir: str | None = None
+    log_dir: str | None = None
+    group: str | None = None
+    heartbeat_interval: Positive = 1.0
+    heartbeat_timeout: Positive = 5.0
+    include: list[str] = []
+    mcp_servers_file: str | None = None
+    log_max_bytes: PositiveInt = 10 * 1024 * 1024
+    log_backups: NonNegInt = 5
+    log_tail_lines: PositiveInt = 1000
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    supervisor: SupervisorSettings = msgspec.field(default_factory=SupervisorSettings)
+    agents: dict[str, AgentSpec] = {}
+    mcp_servers: dict[str, McpServerSpec] = {}
+
+
+def _key_path(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """Split msgspec's 'problem - at `$.a.b`' into (problem, 'a.b')."""
+    text = str(exc)
+    m = re.search(r" - at `\$\.?([^`]*)`$", text)
+    if not m:
+        return text, ""
+    path = re.sub(r"\[(\d+)\]", r"[\1]", m.group(1))
+    return text[: m.start()], path
+
+
+def convert(data: Any, type: type[Any], *, where: str, prefix: str = "") -> Any:
+    try:
+        return msgspec.convert(data, type=type, strict=True)
+    except msgspec.ValidationError as exc:
+        problem, path = _key_path(exc)
+        full = ".".join(p for p in (prefix, path) if p)
+        raise ConfigError(f"{where}: {full or '(top level)'}: {problem}") from None
+
+
+def validate_name(kind: str, name: str, where: str) -> None:
+    if not NAME_RE.match(name):
+        raise ConfigError(f"{where}: {kind}.{name}: name must match [A-Za-z0-9-]+")
+    if kind == "mcp_servers" and "__" in name:  # pragma: no cover - NAME_RE has no "_"
+        raise ConfigError(f"{where}: {kind}.{name}: name may not contain '__'")
+
+
+def parse_agents(data: dict[str, Any], where: str) -> dict[str, AgentSpec]:
+    """The `[agents.NAME]` tables of a document, validated (used by `corral add` too)."""
+    agents = data.get("agents", {})
+    if not isinstance(agents, dict):
+        raise ConfigError(f"{where}: agents: expected a table")
+    out: dict[str, AgentSpec] = {}
+    for name, table in agents.items():
+        validate_name("agents", name, where)
+        spec = convert(table, AgentSpec, where=where, prefix=f"agents.{name}")
+        spec.name = name
+        try:
+            spec.argv()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: agents.{name}.command: {exc}") from None
+        out[name] = spec
+    return out
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message carries "(at line L, column C)"
+        raise ConfigError(f"{path}: syntax error: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read the main file and its includes; every error names file and key path."""
+    path = Path(path)
+    data = read_toml(path)
+    where = str(path)
+    sup = convert(data.get("supervisor", {}), SupervisorSettings, where=where, prefix="supervisor")
+    unknown = set(data) - {"supervisor", "agents", "mcp_servers"}
+    if unknown:
+        raise ConfigError(f"{where}: {sorted(unknown)[0]}: unknown top-level key")
+    agents = parse_agents(data, where)
+    servers = parse_servers(data, where)
+    base = path.parent
+    for pattern in sup.include:
+        for inc in sorted(glob.glob(str(base / pattern))):
+            idata = read_toml(Path(inc))
+            bad = set(idata) - {"agents", "mcp_servers"}
+            if bad:
+                raise ConfigError(f"{inc}: {sorted(bad)[0]}: not allowed in an included file")
+            for name, spec in parse_agents(idata, inc).items():
+                if name in agents:
+                    raise ConfigError(f"{inc}: agents.{name}: already defined")
+                agents[name] = spec
+            for name, sspec in parse_servers(idata, inc).items():
+                if name in servers:
+                    raise ConfigError(f"{inc}: mcp_servers.{name}: already defined")
+                servers[name] = sspec
+    for spec in agents.values():
+        if spec.cwd and not os.path.isabs(spec.cwd):
+            spec.cwd = str((base / spec.cwd).resolve())
+    return Config(supervisor=sup, agents=agents, mcp_servers=servers)
+
+
+def parse_servers(data: dict[str, Any], where: str) -> dict[str, McpServerSpec]:
+    servers = data.get("mcp_servers", {})
+    if not isinstance(servers, dict):
+        raise ConfigError(f"{where}: mcp_servers: expected a table")
+    out: dict[str, McpServerSpec] = {}
+    for name, table in servers.items():
+        validate_name("mcp_servers", name, where)
+        spec = convert(table, McpServerSpec, where=where, prefix=f"mcp_servers.{name}")
+        spec.name = name
+        out[name] = spec
+    return out

@@ -1,0 +1,348 @@
+"""The Supervisor: agents and their replicas, the heartbeat loop, and the Python API.
+
+One asyncio event loop owns everything; nothing here blocks it. Exits arrive from the
+kernel (pidfd), deadlines are loop timers, and the heartbeat loop only pings and samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from .. import jsonrpc
+from ..jsonrpc import DEFAULT_MAX_LINE, RpcError
+from .config import AgentSpec, ConfigError
+from .lifecycle import LIVE, SERVING, State
+from .replica import Event, Replica
+
+log = logging.getLogger("corral.supervisor")
+
+
+class SupervisorError(RpcError):
+    """An operation on the supervisor failed; `code` is a jsonrpc error code."""
+
+
+class ReplicaStatus(msgspec.Struct):
+    name: str
+    replica: int
+    state: str
+    pid: int | None
+    uptime: float | None
+    restarts: int
+    last_exit: str | None
+    reason: str
+    cpu_percent: float
+    rss_bytes: int
+    open_fds: int
+    tasks_running: int
+
+
+class Stats(msgspec.Struct):
+    spawned: int = 0
+    restarts: int = 0
+    failures: int = 0  # entered Failed
+    spawn_failures: int = 0
+    exits: int = 0
+    active: int = 0  # live processes now
+
+
+class Agent:
+    """An agent: a spec and its replicas."""
+
+    def __init__(self, sup: Supervisor, spec: AgentSpec) -> None:
+        self.sup = sup
+        self.spec = spec
+        self.name = spec.name
+        self.replicas: list[Replica] = [
+            self._new_replica(i) for i in range(spec.replicas)
+        ]
+
+    def _new_replica(self, index: int) -> Replica:
+        return Replica(self.sup, self.spec, self.name, index)
+
+    def start(self) -> None:
+        for r in self.replicas:
+            r.start(by_hand=True)
+
+    async def stop(self, reason: str = "stopped") -> None:
+        await asyncio.gather(*(r.stop(reason) for r in self.replicas))
+
+    async def scale(self, n: int) -> None:
+        if n < 0:
+            raise SupervisorError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
+        current = len(self.replicas)
+        if n > current:
+            new = [self._new_replica(i) for i in range(current, n)]
+            self.replicas.extend(new)
+            for r in new:
+                r.start(by_hand=True)
+        elif n < current:
+            gone = self.replicas[n:]
+            del self.replicas[n:]
+            await asyncio.gather(*(r.stop("scaled down") for r in gone))
+        self.spec.replicas = n
+
+
+class Supervisor:
+    """Runs agents as capped processes and keeps them alive.
+
+    Use as `async with Supervisor() as sup:`; `close()` stops every agent gracefully.
+    """
+
+    def __init__(
+        self,
+        *,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 5.0,
+        max_line: int = DEFAULT_MAX_LINE,
+    ) -> None:
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_line = max_line
+        self.agents: dict[str, Agent] = {}
+        self.stats = Stats()
+        self.closing = False
+        self.started_at = time.monotonic()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
+        self._event_queues: set[asyncio.Queue[Event]] = set()
+        self.log_listeners: list[Callable[[Replica, str, str], None]] = []
+        self.tick_listeners: list[Callable[[], None]] = []
+        self.worker_methods: dict[str, Callable[[Replica, Any], Any]] = {}
+        self.worker_notifications: dict[str, Callable[[Replica, Any], None]] = {}
+        self.exit_listeners: list[Callable[[Replica, str], None]] = []
+        self.ready_listeners: list[Callable[[Replica], None]] = []
+        self.state_provider: Callable[[Replica], Any] = lambda r: None
+
+    # -- lifecycle of the supervisor itself -----------------------------------------------
+    async def __aenter__(self) -> Supervisor:
+        self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def open(self) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
+
+    async def close(self, *, graceful: bool = True) -> None:
+        """Stop every agent (gracefully unless told not to) and the heartbeat loop."""
+        self.closing = True
+        replicas = [r for a in self.agents.values() for r in a.replicas]
+        if graceful:
+            await asyncio.gather(*(r.stop("supervisor shutting down") for r in replicas))
+        else:
+            await asyncio.gather(*(r.kill() for r in replicas))
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+
+    # -- the API --------------------------------------------------------------------------
+    def add(self, spec: AgentSpec, *, start: bool | None = None) -> Agent:
+        """Add an agent; starts it when `start` (default: its `autostart`)."""
+        if not spec.name:
+            raise SupervisorError(jsonrpc.INVALID_PARAMS, "agent has no name")
+        if spec.name in self.agents:
+            raise SupervisorError(jsonrpc.CONFLICT, f"agent {spec.name} already exists")
+        try:
+            spec.argv()
+        except ConfigError as exc:
+            raise SupervisorError(jsonrpc.INVALID_PARAMS, f"agent {spec.name}: {exc}") from None
+        agent = Agent(self, spec)
+        self.agents[spec.name] = agent
+        if spec.autostart if start is None else start:
+            agent.start()
+        return agent
+
+    def agent(self, name: str) -> Agent:
+        try:
+            return self.agents[name]
+        except KeyError:
+            raise SupervisorError(jsonrpc.NOT_FOUND, f"no such agent: {name}") from None
+
+    async def remove(self, name: str) -> None:
+        agent = self.agent(name)
+        await agent.stop("removed")
+        self.agents.pop(name, None)
+
+    def start(self, name: str) -> None:
+        self.agent(name).start()
+
+    async def stop(self, name: str) -> None:
+        await self.agent(name).stop()
+
+    async def restart(self, name: str) -> None:
+        agent = self.agent(name)
+        await agent.stop("restarting")
+        agent.start()
+
+    async def scale(self, name: str, replicas: int) -> None:
+        await self.agent(name).scale(replicas)
+
+    def replicas(self, name: str | None = None) -> Iterable[Replica]:
+        agents = [self.agent(name)] if name is not None else list(self.agents.values())
+        for a in agents:
+            yield from a.replicas
+
+    def status(self, name: str | None = None) -> list[ReplicaStatus]:
+        out = []
+        for r in self.replicas(name):
+            up = r.uptime
+            out.append(
+                ReplicaStatus(
+                    name=r.name,
+                    replica=r.index,
+                    state=r.state.value,
+                    pid=r.pid if r.state in LIVE else None,
+                    uptime=round(up, 3) if up is not None else None,
+                    restarts=r.restarts,
+                    last_exit=r.last_exit,
+                    reason=r.reason,
+                    cpu_percent=r.sample.cpu_percent,
+                    rss_bytes=r.sample.rss_bytes,
+                    open_fds=r.sample.open_fds,
+                    tasks_running=r.tasks_running,
+                )
+            )
+        return out
+
+    def runtime_stats(self) -> Stats:
+        s = msgspec.structs.replace(self.stats)
+        s.active = sum(1 for a in self.agents.values() for r in a.replicas if r.state in LIVE)
+        return s
+
+    # -- events ---------------------------------------------------------------------------
+    def subscribe(self, maxsize: int = 10000) -> asyncio.Queue[Event]:
+        """A queue of every future event; a full queue drops events rather than block."""
+        q: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self._event_queues.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[Event]) -> None:
+        self._event_queues.discard(q)
+
+    def _emit(self, event: Event, replica: Replica) -> None:
+        log.debug(
+            "%s %s: %s -> %s (%s)",
+            event.kind, replica.label, event.previous, event.state, event.reason,
+        )
+        for q in self._event_queues:
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(event)
+        if self._waiters:
+            keep = []
+            for pred, fut in self._waiters:
+                if fut.done():
+                    continue
+                if pred(event):
+                    fut.set_result(event)
+                else:
+                    keep.append((pred, fut))
+            self._waiters = keep
+
+    async def wait_event(self, pred: Callable[[Event], bool], timeout: float) -> Event:
+        fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._waiters.append((pred, fut))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            if not fut.done():
+                fut.cancel()
+
+    async def wait_state(
+        self,
+        name: str,
+        states: State | Iterable[State],
+        *,
+        replica: int = 0,
+        timeout: float = 10.0,
+    ) -> Replica:
+        """Wait until replica `replica` of `name` is in one of `states` (now or later)."""
+        wanted = {states} if isinstance(states, State) else set(states)
+        r = self.agent(name).replicas[replica]
+        if r.state in wanted:
+            return r
+        values = {s.value for s in wanted}
+        await self.wait_event(
+            lambda e: e.name == name and e.replica == replica and e.state in values
+            and e.kind == r.kind,
+            timeout,
+        )
+        return r
+
+    async def wait_all_serving(self, timeout: float = 30.0) -> None:
+        """Wait until every replica of every agent that is meant to run is serving."""
+        async def _all() -> None:
+            while True:
+                pending = [
+                    r for a in self.agents.values() for r in a.replicas
+                    if r.state not in SERVING and r.state in LIVE
+                ]
+                if not pending:
+                    return
+                await self.wait_event(lambda e: e.state == "ready", timeout)
+
+        await asyncio.wait_for(_all(), timeout)
+
+    # -- hooks the replicas call ----------------------------------------------------------
+    def _on_log(self, replica: Replica, stream: str, text: str) -> None:
+        for listener in self.log_listeners:
+            listener(replica, stream, text)
+
+    def _on_exit(self, replica: Replica, reason: str) -> None:
+        self.stats.exits += 1
+        for listener in self.exit_listeners:
+            listener(replica, reason)
+
+    def _on_ready(self, replica: Replica) -> None:
+        for listener in self.ready_listeners:
+            listener(replica)
+
+    def initial_state(self, replica: Replica) -> Any:
+        return self.state_provider(replica)
+
+    def _worker_request(self, replica: Replica, method: str, params: Any) -> Any:
+        handler = self.worker_methods.get(method)
+        if handler is None:
+            raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
+        return handler(replica, params)
+
+    def _worker_notification(self, replica: Replica, method: str, params: Any) -> None:
+        handler = self.worker_notifications.get(method)
+        if handler is not None:
+            handler(replica, params)
+
+    # -- the heartbeat loop ---------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.heartbeat_interval
+        next_tick = loop.time() + interval
+        tick = 0
+        while True:
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            next_tick += interval
+            tick += 1
+            now = time.monotonic()
+            # listing fds is the dearest sample; every 5th tick is enough for a gauge
+            sample_fds = tick % 5 == 1
+            for agent in list(self.agents.values()):
+                timeout = agent.spec.heartbeat_timeout or self.heartbeat_timeout
+                for r in agent.replicas:
+                    try:
+                        r.heartbeat(now, timeout, sample_fds)
+                    except Exception:
+                        log.exception("heartbeat of %s failed", r.label)
+            for listener in self.tick_listeners:
+                try:
+                    listener()
+                except Exception:
+                    log.exception("tick listener failed")

@@ -1,0 +1,185 @@
+"""One OS process under corral: spawned capped in its own session, watched by pidfd.
+
+The kernel tells us when the process exits (a pidfd becomes readable), so exits are seen
+at once, with no polling and no SIGCHLD races with other child watchers. Signals go
+through the pidfd too, so a recycled pid can never be hit. stdin/stdout carry JSON-RPC,
+stderr carries the log stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import os
+import pwd
+import signal
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from ..jsonrpc import DEFAULT_MAX_LINE, LineProtocol
+from .caps import wrap_argv
+from .config import ConfigError, Limits
+
+
+def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int | None]:
+    """(uid, gid) to drop to; refuses when corral is not root and would need to change."""
+    if user is None and group is None:
+        return None, None
+    uid = gid = None
+    if user is not None:
+        try:
+            pw = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+        except KeyError:
+            raise ConfigError(f"user: no such user: {user}") from None
+        uid, gid = pw.pw_uid, pw.pw_gid
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid if not group.isdigit() else int(group)
+        except KeyError:
+            raise ConfigError(f"group: no such group: {group}") from None
+    if os.geteuid() != 0 and (uid not in (None, os.geteuid()) or gid not in (None, os.getegid())):
+        raise ConfigError("user/group: dropping privileges needs the supervisor to run as root")
+    return uid, gid
+
+
+class ChildProcess:
+    """A spawned process with line-framed stdout, stderr lines, and an exit future."""
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        pidfd: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.pidfd = pidfd
+        self.loop = loop
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self.stderr_closed: asyncio.Future[None] = loop.create_future()
+        self.stdin: asyncio.WriteTransport | None = None
+        self._transports: list[asyncio.BaseTransport] = []
+        self.psutil = psutil.Process(self.pid)
+        self.descendants: set[int] = set()
+        loop.add_reader(pidfd, self._on_pidfd)
+
+    @classmethod
+    async def spawn(
+        cls,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        cwd: str | None,
+        limits: Limits,
+        uid: int | None,
+        gid: int | None,
+        on_stdout_line: Callable[[bytes], None],
+        on_stdout_eof: Callable[[Exception | None], None],
+        on_stderr_line: Callable[[bytes], None],
+        on_oversize: Callable[[int], None],
+        max_line: int = DEFAULT_MAX_LINE,
+    ) -> ChildProcess:
+        loop = asyncio.get_running_loop()
+        kwargs: dict[str, Any] = {}
+        if uid is not None:
+            kwargs["user"] = uid
+            kwargs["extra_groups"] = []  # do not leak root's supplementary groups
+        if gid is not None:
+            kwargs["group"] = gid
+        popen = subprocess.Popen(
+            wrap_argv(argv, limits),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,  # own session and process group: killpg reaches all
+            close_fds=True,
+            **kwargs,
+        )
+        pidfd = os.pidfd_open(popen.pid)
+        child = cls(popen, pidfd, loop)
+        assert popen.stdin and popen.stdout and popen.stderr
+        try:
+            stdin_t, _ = await loop.connect_write_pipe(asyncio.Protocol, popen.stdin)
+            child.stdin = stdin_t  # type: ignore[assignment]
+            out_t, _ = await loop.connect_read_pipe(
+                lambda: LineProtocol(
+                    on_stdout_line, on_stdout_eof, max_line=max_line, on_oversize=on_oversize
+                ),
+                popen.stdout,
+            )
+
+            def stderr_eof(exc: Exception | None) -> None:
+                if not child.stderr_closed.done():
+                    child.stderr_closed.set_result(None)
+
+            # stderr lines are logs; a 16 MiB cap keeps a runaway line from eating memory
+            err_t, _ = await loop.connect_read_pipe(
+                lambda: LineProtocol(on_stderr_line, stderr_eof, max_line=max_line),
+                popen.stderr,
+            )
+        except BaseException:
+            child.kill_group(signal.SIGKILL)
+            raise
+        child._transports = [stdin_t, out_t, err_t]
+        return child
+
+    def _on_pidfd(self) -> None:
+        rc = self.popen.poll()
+        if rc is None:  # pragma: no cover - pidfd readable means exited
+            return
+        self.loop.remove_reader(self.pidfd)
+        os.close(self.pidfd)
+        self.pidfd = -1
+        if not self.exited.done():
+            self.exited.set_result(rc)
+
+    @property
+    def alive(self) -> bool:
+        return not self.exited.done()
+
+    def write(self, data: bytes) -> None:
+        if self.stdin is not None and not self.stdin.is_closing():
+            self.stdin.write(data)
+
+    def close_stdin(self) -> None:
+        if self.stdin is not None and not self.stdin.is_closing():
+            self.stdin.close()
+
+    def signal(self, sig: int) -> None:
+        """Signal the process itself (not its group)."""
+        if self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, sig)
+
+    def remember_descendants(self) -> None:
+        """Note the process's descendants (from /proc), so even those that left the
+        process group with setsid() can be killed with it."""
+        with contextlib.suppress(psutil.Error):
+            self.descendants.update(p.pid for p in self.psutil.children(recursive=True))
+
+    def kill_group(self, sig: int) -> None:
+        """Signal the whole process group, and descendants that left it."""
+        self.remember_descendants()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+        if sig == signal.SIGKILL:
+            for pid in self.descendants:
+                # pid reuse: only processes whose session is still ours' or whose parent
+                # chain we saw; the window is tiny and SIGKILL is what was asked for
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+
+    def close(self) -> None:
+        """Release pipes and the pidfd; call once the process is gone."""
+        for t in self._transports:
+            t.close()
+        if self.pidfd >= 0:
+            self.loop.remove_reader(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = -1

@@ -1,0 +1,486 @@
+"""One replica of an agent: one process at a time, driven through the lifecycle.
+
+A replica owns its current process, the JSON-RPC peer over its stdio, its restart policy
+and its timers. Everything that happens to it is a transition in lifecycle.py, emitted as
+an event with a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import psutil
+
+from .. import jsonrpc
+from ..jsonrpc import Peer, RpcError
+from . import lifecycle
+from .caps import explain_exit
+from .config import ConfigError, ProcessSpec
+from .lifecycle import LIVE, RUNNING, SERVING, State
+from .process import ChildProcess, resolve_user
+from .restart import RestartPolicy
+
+if TYPE_CHECKING:
+    from .core import Supervisor
+
+PROTOCOL_VERSION = "1"
+STDERR_TAIL = 40
+# consecutive heartbeat samples above cpu_percent before it counts as a breach
+CPU_PERCENT_SAMPLES = 5
+
+
+class Event(msgspec.Struct, omit_defaults=True):
+    """A lifecycle transition, as the event stream and logs carry it."""
+
+    time: float
+    kind: str  # "agent" or "mcp"
+    name: str
+    replica: int
+    state: str
+    previous: str
+    reason: str
+    pid: int | None = None
+
+
+class Sample(msgspec.Struct):
+    cpu_percent: float = 0.0
+    rss_bytes: int = 0
+    open_fds: int = 0
+    cpu_seconds: float = 0.0
+
+
+class Replica:
+    kind = "agent"
+    title_prefix = "corral: agent"
+
+    def __init__(self, sup: Supervisor, spec: ProcessSpec, name: str, index: int) -> None:
+        self.sup = sup
+        self.spec = spec
+        self.name = name
+        self.index = index
+        self.state = State.INITIAL
+        self.reason = "not started"
+        self.last_exit: str | None = None
+        self.process: ChildProcess | None = None
+        self.peer: Peer | None = None
+        self.pid: int | None = None
+        self.restarts = 0
+        self.spawned_at: float | None = None
+        self.ready_at: float | None = None
+        self.capabilities: Any = None
+        self.sample = Sample()
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
+        self.tasks_running = 0
+        self.policy = self._make_policy(spec)
+        self._life: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._down_reason: str | None = None  # why corral is taking the process down
+        self._escalation: str | None = None
+        self._stay_down = False  # an operator stop: no restart
+        self._last_pong = 0.0
+        self._ping_out = False
+        self._prev_cpu: tuple[float, float] | None = None
+        self._cpu_over = 0
+        self._oversize = 0
+
+    @staticmethod
+    def _make_policy(spec: ProcessSpec) -> RestartPolicy:
+        return RestartPolicy(
+            spec.restart,
+            max_restarts=spec.max_restarts,
+            window=spec.restart_window,
+            backoff_initial=spec.backoff_initial,
+            backoff_max=spec.backoff_max,
+            stable_after=spec.stable_after,
+        )
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}#{self.index}"
+
+    # -- state ----------------------------------------------------------------------------
+    def _set(self, target: State, reason: str) -> None:
+        lifecycle.check(self.state, target)
+        previous, self.state, self.reason = self.state, target, reason
+        self.sup._emit(
+            Event(
+                time=time.time(),
+                kind=self.kind,
+                name=self.name,
+                replica=self.index,
+                state=target.value,
+                previous=previous.value,
+                reason=reason,
+                pid=self.pid,
+            ),
+            self,
+        )
+
+    @property
+    def uptime(self) -> float | None:
+        if self.spawned_at is None or self.state not in LIVE:
+            return None
+        return time.monotonic() - self.spawned_at
+
+    # -- start ----------------------------------------------------------------------------
+    def start(self, *, by_hand: bool = True) -> None:
+        """Spawn a process unless one is live; a start by hand forgives past restarts."""
+        if self.state in LIVE:
+            return
+        self._cancel_timer()
+        if by_hand:
+            self.policy.reset()
+            self._stay_down = False
+        if self.state == State.BACKOFF and by_hand:
+            pass  # skip the remaining delay
+        reason = "started" if by_hand else f"restart #{self.restarts}"
+        self._down_reason = None
+        self._escalation = None
+        self.pid = None
+        self._set(State.STARTING, reason)
+        self._life = asyncio.ensure_future(self._lifetime())
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.spec.env)
+        env["CORRAL_AGENT" if self.kind == "agent" else "CORRAL_MCP_SERVER"] = self.name
+        env["CORRAL_REPLICA"] = str(self.index)
+        env["CORRAL_PROCTITLE"] = f"{self.title_prefix} {self.label}"
+        return env
+
+    async def _lifetime(self) -> None:
+        """One process from spawn to exit, then the restart policy's decision."""
+        spec = self.spec
+        try:
+            uid, gid = resolve_user(spec.user, spec.group)
+            env = self._environment()
+            if uid is not None:
+                import pwd
+
+                pw = pwd.getpwuid(uid)
+                env.setdefault("HOME", pw.pw_dir)
+                env["USER"] = env["LOGNAME"] = pw.pw_name
+            self.process = await ChildProcess.spawn(
+                spec.argv(),
+                env=env,
+                cwd=spec.cwd,
+                limits=spec.limits,
+                uid=uid,
+                gid=gid,
+                on_stdout_line=self._on_stdout_line,
+                on_stdout_eof=self._on_stdout_eof,
+                on_stderr_line=self._on_stderr_line,
+                on_oversize=self._on_oversize,
+                max_line=self.sup.max_line,
+            )
+        except (OSError, ConfigError, ValueError, subprocess_error()) as exc:
+            reason = f"spawn failed: {exc}"
+            self.last_exit = reason
+            self.sup.stats.spawn_failures += 1
+            self._set(State.TERMINATED, reason)
+            self._after_exit(clean=False, uptime=0.0, reason=reason)
+            return
+        proc = self.process
+        self.pid = proc.pid
+        self.spawned_at = time.monotonic()
+        self._prev_cpu = None
+        self._cpu_over = 0
+        self.sup.stats.spawned += 1
+        self.peer = Peer(
+            f"{self.kind} {self.label}",
+            proc.write,
+            dispatch=self._dispatch,
+            on_notification=self._on_notification,
+            on_garbage=self._on_garbage,
+        )
+        if self.state == State.SHUTTING_DOWN:  # stopped while spawning
+            self._begin_shutdown(graceful=False)
+        init = asyncio.ensure_future(self._initialize())
+        try:
+            rc = await asyncio.shield(proc.exited)
+        finally:
+            init.cancel()
+        await self._reap(rc)
+
+    def _initialize_params(self) -> dict[str, Any]:
+        return {
+            "agent": self.name,
+            "replica": self.index,
+            "protocol_version": PROTOCOL_VERSION,
+            "config": getattr(self.spec, "config", {}),
+            "state": self.sup.initial_state(self),
+        }
+
+    async def _initialize(self) -> None:
+        assert self.peer is not None
+        timeout = self.spec.start_timeout
+        try:
+            result = await self.peer.request(
+                "initialize", self._initialize_params(), timeout=timeout
+            )
+        except RpcError as exc:
+            if exc.code == jsonrpc.REQUEST_TIMEOUT:
+                self.take_down(
+                    f"start timeout: no answer to initialize within {timeout:g} s",
+                    graceful=False,
+                )
+            elif exc.code != jsonrpc.PEER_CLOSED:
+                self.take_down(f"initialize failed: {exc.message}", graceful=False)
+            return
+        if self.state != State.STARTING:
+            return
+        self.capabilities = result.get("capabilities") if isinstance(result, dict) else None
+        self.ready_at = time.monotonic()
+        self._last_pong = self.ready_at
+        self._set(State.READY, "initialized")
+        self.sup._on_ready(self)
+
+    # -- stop -----------------------------------------------------------------------------
+    def take_down(self, reason: str, *, graceful: bool) -> None:
+        """corral decided this process must go (stop, hang, cap, timeout)."""
+        if self.state not in RUNNING:
+            return
+        self._down_reason = reason
+        self._set(State.SHUTTING_DOWN, reason)
+        if self.process is not None:
+            self._begin_shutdown(graceful=graceful)
+
+    def _begin_shutdown(self, *, graceful: bool) -> None:
+        asyncio.ensure_future(self._shutdown_sequence(graceful))
+
+    async def _shutdown_sequence(self, graceful: bool) -> None:
+        proc = self.process
+        assert proc is not None
+        grace = self.spec.stop_timeout
+        if graceful:
+            proc.remember_descendants()
+            if self.peer is not None and self.ready_at is not None and self.peer.closed is None:
+                _, fut = self.peer.request_future("shutdown", {})
+                fut.add_done_callback(_swallow)
+            proc.close_stdin()
+            if await _wait(proc.exited, grace):
+                return
+            proc.kill_group(signal.SIGTERM)
+            self._escalation = f"SIGTERM after {grace:g} s"
+            if await _wait(proc.exited, grace):
+                return
+            self._escalation = f"SIGKILL after ignoring SIGTERM for {grace:g} s"
+        proc.kill_group(signal.SIGKILL)
+
+    async def stop(self, reason: str = "stopped") -> None:
+        """Take the replica down and keep it down; returns once it is Terminated."""
+        self._stay_down = True
+        self._cancel_timer()
+        if self.state == State.BACKOFF:
+            self._set(State.TERMINATED, reason)
+            return
+        self.take_down(reason, graceful=True)
+        if self._life is not None:
+            await asyncio.shield(self._life)
+
+    async def kill(self) -> None:
+        """SIGKILL at once, keep down (used when the supervisor must go now)."""
+        self._stay_down = True
+        self._cancel_timer()
+        if self.state == State.BACKOFF:
+            self._set(State.TERMINATED, "stopped")
+            return
+        self.take_down("stopped", graceful=False)
+        if self._life is not None:
+            await asyncio.shield(self._life)
+
+    # -- exit -----------------------------------------------------------------------------
+    async def _reap(self, rc: int) -> None:
+        proc = self.process
+        assert proc is not None
+        cpu_used = self.sample.cpu_seconds
+        # grandchildren still in the group die with their agent
+        proc.kill_group(signal.SIGKILL)
+        # the last lines before a crash are the ones that explain it: wait for EOF
+        await _wait(proc.stderr_closed, 1.0)
+        if self._down_reason is not None:
+            reason = self._down_reason
+            if self._escalation:
+                reason = f"{reason} ({self._escalation})"
+        else:
+            reason = explain_exit(
+                rc, self.spec.limits, list(self.stderr_tail), cpu_seconds_used=cpu_used
+            )
+        uptime = time.monotonic() - (self.spawned_at or time.monotonic())
+        if self.peer is not None:
+            self.peer.close(f"worker exited: {reason}")
+        proc.close()
+        self.sup._on_exit(self, reason)
+        self.process = None
+        self.peer = None
+        self.ready_at = None
+        self.tasks_running = 0
+        self.sample = Sample()
+        self.last_exit = reason
+        self._set(State.TERMINATED, reason)
+        clean = rc == 0 and self._down_reason is None
+        self._after_exit(clean=clean, uptime=uptime, reason=reason)
+
+    def _after_exit(self, *, clean: bool, uptime: float, reason: str) -> None:
+        if self._stay_down or self.sup.closing:
+            return
+        decision = self.policy.on_exit(clean_exit=clean, uptime=uptime, now=time.monotonic())
+        if decision.restart:
+            self._set(State.BACKOFF, f"restarting in {decision.delay:.2f} s after: {reason}")
+            self._timer = asyncio.get_running_loop().call_later(decision.delay, self._backoff_over)
+        elif decision.give_up:
+            self.sup.stats.failures += 1
+            self._set(
+                State.FAILED,
+                f"too many restarts ({self.policy.max_restarts} within "
+                f"{self.policy.window:g} s); last exit: {reason}",
+            )
+
+    def _backoff_over(self) -> None:
+        self._timer = None
+        if self.state == State.BACKOFF:
+            self.restarts += 1
+            self.sup.stats.restarts += 1
+            self.start(by_hand=False)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- channel --------------------------------------------------------------------------
+    def _on_stdout_line(self, line: bytes) -> None:
+        if self.peer is not None:
+            self.peer.feed_line(line)
+
+    def _on_stdout_eof(self, exc: Exception | None) -> None:
+        pass  # exit is told by the pidfd; stdout may close earlier or later
+
+    def _on_stderr_line(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        self.stderr_tail.append(text)
+        self.sup._on_log(self, "stderr", text)
+
+    def _on_oversize(self, size: int) -> None:
+        self._oversize += 1
+        self.sup._on_log(
+            self,
+            "corral",
+            f"discarded a {size}-byte line on stdout (limit {self.sup.max_line} bytes)",
+        )
+
+    def _on_garbage(self, line: bytes, why: str) -> None:
+        preview = line[:120].decode("utf-8", "replace")
+        self.sup._on_log(self, "corral", f"discarded a stdout line that is not JSON-RPC "
+                         f"({why}): {preview!r}")
+
+    def _dispatch(self, method: str, params: Any, peer: Peer) -> Any:
+        return self.sup._worker_request(self, method, params)
+
+    def _on_notification(self, method: str, params: Any, peer: Peer) -> None:
+        self.sup._worker_notification(self, method, params)
+
+    @property
+    def garbage_lines(self) -> int:
+        return (self.peer.garbage_lines if self.peer else 0) + self._oversize
+
+    # -- heartbeat ------------------------------------------------------------------------
+    def heartbeat(self, now: float, timeout: float, sample_fds: bool) -> None:
+        if self.state not in SERVING or self.peer is None:
+            if self.state == State.STARTING and self.process is not None:
+                self._sample(now, sample_fds)
+            return
+        if now - self._last_pong > timeout:
+            self.take_down(f"hung: no heartbeat for {timeout:g} s", graceful=False)
+            return
+        if not self._ping_out:
+            self._ping_out = True
+            _, fut = self.peer.request_future("ping", {})
+            fut.add_done_callback(self._pong)
+        self._sample(now, sample_fds)
+
+    def _pong(self, fut: asyncio.Future[Any]) -> None:
+        self._ping_out = False
+        if not fut.cancelled() and fut.exception() is None:
+            self._last_pong = time.monotonic()
+
+    def _sample(self, now: float, sample_fds: bool) -> None:
+        proc = self.process
+        if proc is None:
+            return
+        p = proc.psutil
+        try:
+            with p.oneshot():
+                t = p.cpu_times()
+                rss = p.memory_info().rss
+                fds = p.num_fds() if sample_fds else self.sample.open_fds
+        except psutil.Error:
+            return
+        total = t.user + t.system
+        s = self.sample
+        if self._prev_cpu is not None:
+            dt = now - self._prev_cpu[0]
+            if dt > 0:
+                s.cpu_percent = round(100.0 * (total - self._prev_cpu[1]) / dt, 1)
+        self._prev_cpu = (now, total)
+        s.cpu_seconds = total
+        s.rss_bytes = rss
+        s.open_fds = fds
+        limits = self.spec.limits
+        if limits.rss_mb and rss > limits.rss_mb * 1024 * 1024:
+            self.take_down(
+                f"RSS soft limit ({rss // (1024 * 1024)} MiB > {limits.rss_mb} MiB)",
+                graceful=True,
+            )
+        elif limits.cpu_percent:
+            self._cpu_over = self._cpu_over + 1 if s.cpu_percent > limits.cpu_percent else 0
+            if self._cpu_over >= CPU_PERCENT_SAMPLES:
+                self.take_down(
+                    f"CPU share limit ({s.cpu_percent:g}% > {limits.cpu_percent:g}% "
+                    f"for {CPU_PERCENT_SAMPLES} heartbeats)",
+                    graceful=True,
+                )
+
+    # -- work -----------------------------------------------------------------------------
+    def task_started(self, task_id: str) -> None:
+        self.tasks_running += 1
+        if self.state in (State.READY, State.IDLE):
+            self._set(State.BUSY, f"task {task_id}")
+
+    def task_finished(self, task_id: str) -> None:
+        self.tasks_running = max(0, self.tasks_running - 1)
+        if self.tasks_running == 0 and self.state == State.BUSY:
+            self._set(State.IDLE, f"task {task_id} done")
+
+    @property
+    def serving(self) -> bool:
+        return self.state in SERVING
+
+
+def subprocess_error() -> type[Exception]:
+    import subprocess
+
+    return subprocess.SubprocessError
+
+
+def _swallow(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+async def _wait(fut: asyncio.Future[Any], timeout: float) -> bool:
+    """True if `fut` finished within `timeout`; never cancels it."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(fut), timeout)
+    return fut.done()
+
+
+StatusHook = Callable[[Replica], None]

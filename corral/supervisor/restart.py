@@ -1,0 +1,84 @@
+"""The restart policy: when to restart, after how long, and when to give up.
+
+- `restart`: "always" restarts after any exit; "on-failure" after any exit but a clean
+  one (status 0 that corral did not ask for); "never" not at all.
+- The delay grows exponentially from `backoff_initial` to `backoff_max` with jitter, so a
+  crashing fleet does not restart in lockstep; it resets once a process has been up for
+  `stable_after` seconds.
+- More than `max_restarts` restarts within `restart_window` seconds gives up (Failed),
+  the OTP intensity/period rule and systemd's StartLimitBurst.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+RestartMode = Literal["always", "on-failure", "never"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    restart: bool
+    delay: float = 0.0
+    give_up: bool = False  # restart was wanted but the intensity limit is reached
+
+
+class RestartPolicy:
+    def __init__(
+        self,
+        mode: RestartMode,
+        *,
+        max_restarts: int,
+        window: float,
+        backoff_initial: float,
+        backoff_max: float,
+        stable_after: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.mode = mode
+        self.max_restarts = max_restarts
+        self.window = window
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.stable_after = stable_after
+        self._rng = rng or random.Random()
+        self._restarts: deque[float] = deque()
+        self._attempt = 0  # consecutive quick failures; drives the exponent
+
+    def wants_restart(self, clean_exit: bool) -> bool:
+        if self.mode == "always":
+            return True
+        if self.mode == "on-failure":
+            return not clean_exit
+        return False
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before restart number `attempt` (0-based): equal jitter in [d/2, d]."""
+        ceiling = min(self.backoff_max, self.backoff_initial * (2.0**attempt))
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
+    def on_exit(self, *, clean_exit: bool, uptime: float, now: float) -> Decision:
+        if uptime >= self.stable_after:
+            self._attempt = 0
+        if not self.wants_restart(clean_exit):
+            return Decision(restart=False)
+        while self._restarts and now - self._restarts[0] > self.window:
+            self._restarts.popleft()
+        if len(self._restarts) >= self.max_restarts:
+            return Decision(restart=False, give_up=True)
+        self._restarts.append(now)
+        delay = self.backoff(self._attempt)
+        self._attempt += 1
+        return Decision(restart=True, delay=delay)
+
+    def reset(self) -> None:
+        """A start by hand forgives the past."""
+        self._restarts.clear()
+        self._attempt = 0
+
+    @property
+    def recent_restarts(self) -> int:
+        return len(self._restarts)

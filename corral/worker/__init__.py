@@ -1,0 +1,454 @@
+"""The worker SDK: write a handler, call `run(handler)`.
+
+    from corral.worker import run
+
+    def handle(task_input, ctx):
+        ctx.progress(1, 2, "thinking")
+        return {"echo": task_input}
+
+    run(handle)
+
+The handler may be a plain function (run in a thread, so pings are answered while it
+works) or a coroutine function (run on an asyncio loop, imported only then). The SDK is
+deliberately stdlib-only and imports little: a worker's start-up is paid at every restart.
+The main thread reads stdin and answers `initialize`, `ping`, `task/cancel` and
+`shutdown` itself; stdout is reserved for the protocol (print() goes to stderr).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+PROTOCOL_VERSION = "1"
+
+# Mirrors of corral.jsonrpc's codes; the SDK must not import msgspec (start-up cost).
+# tests/test_worker_sdk.py checks they agree.
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+PEER_CLOSED = -32001
+REQUEST_CANCELLED = -32003
+TASK_FAILED = -32030
+
+# A handler that hits one of these has hit a resource cap; its process is not trusted to
+# go on (leaked memory, no fds left), so the worker exits and the supervisor restarts it,
+# naming the cap from the error on stderr.
+_FATAL_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.EFBIG, errno.ENOMEM, errno.EAGAIN}
+FATAL_EXIT_STATUS = 70
+
+__all__ = ["Context", "RpcError", "TaskCancelled", "TaskError", "Worker", "run"]
+
+
+class TaskError(Exception):
+    """Raise from a handler to fail the task with this message (and optional data)."""
+
+    def __init__(self, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+class TaskCancelled(Exception):
+    """Raised by `ctx.check_cancelled()` once the supervisor has cancelled the task."""
+
+
+class RpcError(Exception):
+    """An error answer from the supervisor to a request the worker made."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, OSError) and exc.errno in _FATAL_ERRNOS
+    )
+
+
+class _Waiter:
+    """A response slot: a thread blocks on it, or an asyncio future is completed from it."""
+
+    __slots__ = ("callback", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.value: tuple[bool, Any] = (False, None)
+        self.callback: Callable[[bool, Any], None] | None = None
+
+    def resolve(self, ok: bool, value: Any) -> None:
+        self.value = (ok, value)
+        self.event.set()
+        if self.callback is not None:
+            self.callback(ok, value)
+
+
+class Context:
+    """What a handler gets besides its input."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        task_id: str,
+        deadline: float | None,
+        is_async: bool,
+    ) -> None:
+        self._worker = worker
+        self.task_id = task_id
+        self.deadline = deadline
+        self._async = is_async
+        self._cancel = threading.Event()
+        self.agent = worker.agent
+        self.replica = worker.replica
+        self.config = worker.config
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise TaskCancelled(f"task {self.task_id} cancelled")
+
+    def remaining(self) -> float | None:
+        """Seconds left before the task's deadline, or None for no deadline."""
+        return None if self.deadline is None else self.deadline - time.time()
+
+    def progress(self, progress: float, total: float | None = None, message: str | None = None
+                 ) -> None:
+        params: dict[str, Any] = {"task_id": self.task_id, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        self._worker.notify("task/progress", params)
+
+    def _call(self, method: str, params: Any) -> Any:
+        if self._async:
+            return self._worker.request_async(method, params)
+        return self._worker.request(method, params)
+
+    def list_tools(self) -> Any:
+        """The tools this agent may call; awaitable in coroutine handlers."""
+        return self._call("tools/list", {})
+
+    def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Call `SERVER__TOOL` through the supervisor; awaitable in coroutine handlers."""
+        return self._call(
+            "tools/call", {"name": name, "arguments": arguments or {}, "task_id": self.task_id}
+        )
+
+    def publish(self, topic: str, data: Any = None) -> None:
+        self._worker.notify("events/publish", {"topic": topic, "data": data})
+
+    def subscribe(self, topic: str) -> Any:
+        return self._call("events/subscribe", {"topic": topic})
+
+    def checkpoint(self, state: Any) -> None:
+        """Persist agent state; given back in `initialize` after a restart."""
+        self._worker.state = state
+        self._worker.notify("state/checkpoint", {"state": state})
+
+
+class Worker:
+    def __init__(
+        self,
+        handler: Callable[..., Any],
+        *,
+        on_initialize: Callable[[dict[str, Any]], Any] | None = None,
+        on_event: Callable[[str, Any], Any] | None = None,
+        on_shutdown: Callable[[], Any] | None = None,
+    ) -> None:
+        self.handler = handler
+        self.on_initialize = on_initialize
+        self.on_event = on_event
+        self.on_shutdown = on_shutdown
+        # CO_COROUTINE; cheaper than importing inspect
+        self.is_async = bool(getattr(handler, "__code__", None) and
+                             handler.__code__.co_flags & 0x80)
+        self.agent = os.environ.get("CORRAL_AGENT", "")
+        self.replica = int(os.environ.get("CORRAL_REPLICA", "0") or 0)
+        self.config: dict[str, Any] = {}
+        self.state: Any = None
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._waiters: dict[int, _Waiter] = {}
+        self._tasks: dict[str, Context] = {}
+        self._async_tasks: dict[str, Any] = {}
+        self._loop: Any = None
+        self._stopping = False
+        # stdout is the protocol channel: keep a private handle, send stray prints to stderr
+        self._out = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)
+
+    # -- sending --------------------------------------------------------------------------
+    def _send(self, msg: dict[str, Any]) -> None:
+        data = json.dumps(msg, separators=(",", ":"), ensure_ascii=False, default=str)
+        line = data.encode("utf-8") + b"\n"
+        with self._lock:
+            try:
+                self._out.write(line)
+                self._out.flush()
+            except (BrokenPipeError, ValueError):
+                pass  # the supervisor is gone; stdin EOF will end us
+
+    def notify(self, method: str, params: Any = None) -> None:
+        self._send({"jsonrpc": "2.0", "method": method, "params": params})
+
+    def _reply(self, rid: Any, result: Any) -> None:
+        self._send({"jsonrpc": "2.0", "id": rid, "result": result})
+
+    def _error(self, rid: Any, code: int, message: str, data: Any = None) -> None:
+        err: dict[str, Any] = {"code": code, "message": message}
+        if data is not None:
+            err["data"] = data
+        self._send({"jsonrpc": "2.0", "id": rid, "error": err})
+
+    def _new_request(self, method: str, params: Any) -> _Waiter:
+        waiter = _Waiter()
+        with self._lock:
+            self._next_id += 1
+            rid = self._next_id
+            self._waiters[rid] = waiter
+        self._send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+        return waiter
+
+    def request(self, method: str, params: Any = None, timeout: float | None = None) -> Any:
+        """Ask the supervisor something and block this thread for the answer."""
+        waiter = self._new_request(method, params)
+        if not waiter.event.wait(timeout):
+            raise RpcError(-32002, f"{method}: no answer within {timeout} s")
+        ok, value = waiter.value
+        if not ok:
+            raise value
+        return value
+
+    def request_async(self, method: str, params: Any = None) -> Any:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        waiter = _Waiter()
+
+        def done(ok: bool, value: Any) -> None:
+            def settle() -> None:
+                if fut.done():
+                    return
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+
+            loop.call_soon_threadsafe(settle)
+
+        waiter.callback = done
+        with self._lock:
+            self._next_id += 1
+            rid = self._next_id
+            self._waiters[rid] = waiter
+        self._send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+        return fut
+
+    # -- the read loop --------------------------------------------------------------------
+    def run(self) -> None:
+        title = os.environ.get("CORRAL_PROCTITLE")
+        if title:
+            try:
+                from setproctitle import setproctitle
+
+                setproctitle(title)
+            except ImportError:
+                pass
+        stdin = sys.stdin.buffer
+        while not self._stopping:
+            line = stdin.readline()
+            if not line:
+                break
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                print(f"corral worker: ignored a line that is not JSON: {line[:80]!r}",
+                      file=sys.stderr)
+                continue
+            if isinstance(msg, dict):
+                self._handle(msg)
+        self._exit(0)
+
+    def _exit(self, status: int) -> None:
+        self._stopping = True
+        for ctx in list(self._tasks.values()):
+            ctx._cancel.set()
+        for w in list(self._waiters.values()):
+            w.resolve(False, RpcError(PEER_CLOSED, "supervisor went away"))
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        method = msg.get("method")
+        rid = msg.get("id")
+        if method is None:
+            if rid is not None:
+                self._on_response(rid, msg)
+            return
+        params = msg.get("params") or {}
+        if method == "ping":
+            if rid is not None:
+                self._reply(rid, {})
+        elif method == "task/run":
+            self._start_task(rid, params)
+        elif method == "task/cancel":
+            self._cancel_task(str(params.get("task_id", "")))
+        elif method == "initialize":
+            self._initialize(rid, params)
+        elif method == "shutdown":
+            self._shutdown(rid)
+        elif method == "event":
+            if self.on_event is not None:
+                try:
+                    self.on_event(params.get("topic", ""), params.get("data"))
+                except Exception:
+                    traceback.print_exc()
+        elif rid is not None:
+            self._error(rid, METHOD_NOT_FOUND, f"method not found: {method}")
+
+    def _on_response(self, rid: Any, msg: dict[str, Any]) -> None:
+        with self._lock:
+            waiter = self._waiters.pop(rid, None)
+        if waiter is None:
+            return
+        if "error" in msg:
+            e = msg["error"] or {}
+            waiter.resolve(False, RpcError(e.get("code", INTERNAL_ERROR), e.get("message", ""),
+                                           e.get("data")))
+        else:
+            waiter.resolve(True, msg.get("result"))
+
+    def _initialize(self, rid: Any, params: dict[str, Any]) -> None:
+        self.agent = params.get("agent", self.agent)
+        self.replica = params.get("replica", self.replica)
+        self.config = params.get("config") or {}
+        self.state = params.get("state")
+        capabilities: Any = {}
+        if self.on_initialize is not None:
+            try:
+                capabilities = self.on_initialize(params) or {}
+            except Exception as exc:
+                traceback.print_exc()
+                self._error(rid, INTERNAL_ERROR, f"initialize failed: {exc}")
+                return
+        self._reply(rid, {"protocol_version": PROTOCOL_VERSION, "capabilities": capabilities})
+
+    def _shutdown(self, rid: Any) -> None:
+        if self.on_shutdown is not None:
+            try:
+                self.on_shutdown()
+            except Exception:
+                traceback.print_exc()
+        if rid is not None:
+            self._reply(rid, {})
+        self._exit(0)
+
+    # -- tasks ----------------------------------------------------------------------------
+    def _start_task(self, rid: Any, params: dict[str, Any]) -> None:
+        task_id = str(params.get("task_id", rid))
+        ctx = Context(self, task_id, params.get("deadline"), self.is_async)
+        self._tasks[task_id] = ctx
+        task_input = params.get("input")
+        if self.is_async:
+            self._start_async(rid, ctx, task_input)
+        else:
+            threading.Thread(
+                target=self._run_sync, args=(rid, ctx, task_input), daemon=True,
+                name=f"task-{task_id}",
+            ).start()
+
+    def _finish(self, rid: Any, ctx: Context, ok: bool, value: Any) -> None:
+        self._tasks.pop(ctx.task_id, None)
+        if ok:
+            self._reply(rid, {"output": value})
+            return
+        exc = value
+        if isinstance(exc, TaskCancelled) or type(exc).__name__ == "CancelledError":
+            self._error(rid, REQUEST_CANCELLED, f"task {ctx.task_id} cancelled")
+        elif isinstance(exc, TaskError):
+            self._error(rid, TASK_FAILED, exc.message, exc.data)
+        else:
+            tb = "".join(traceback.format_exception(exc))
+            sys.stderr.write(tb)
+            self._error(rid, TASK_FAILED, f"{type(exc).__name__}: {exc}",
+                        {"type": type(exc).__name__})
+            if _is_fatal(exc):
+                sys.stderr.write(
+                    f"corral worker: fatal: {type(exc).__name__}: {exc}; exiting\n"
+                )
+                self._exit(FATAL_EXIT_STATUS)
+
+    def _run_sync(self, rid: Any, ctx: Context, task_input: Any) -> None:
+        try:
+            result = self.handler(task_input, ctx)
+        except BaseException as exc:
+            self._finish(rid, ctx, False, exc)
+            return
+        self._finish(rid, ctx, True, result)
+
+    def _ensure_loop(self) -> Any:
+        if self._loop is None:
+            import asyncio
+
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, daemon=True, name="asyncio").start()
+        return self._loop
+
+    def _start_async(self, rid: Any, ctx: Context, task_input: Any) -> None:
+        loop = self._ensure_loop()
+
+        async def runner() -> None:
+            import asyncio
+
+            self._async_tasks[ctx.task_id] = asyncio.current_task()
+            try:
+                result = await self.handler(task_input, ctx)
+            except BaseException as exc:
+                self._finish(rid, ctx, False, exc)
+            else:
+                self._finish(rid, ctx, True, result)
+            finally:
+                self._async_tasks.pop(ctx.task_id, None)
+
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(runner(), loop)
+
+    def _cancel_task(self, task_id: str) -> None:
+        ctx = self._tasks.get(task_id)
+        if ctx is None:
+            return
+        ctx._cancel.set()
+        task = self._async_tasks.get(task_id)
+        if task is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(task.cancel)
+
+
+def run(
+    handler: Callable[..., Any],
+    *,
+    on_initialize: Callable[[dict[str, Any]], Any] | None = None,
+    on_event: Callable[[str, Any], Any] | None = None,
+    on_shutdown: Callable[[], Any] | None = None,
+) -> None:
+    """Serve `handler(task_input, ctx)` over stdio until the supervisor says stop."""
+    Worker(
+        handler, on_initialize=on_initialize, on_event=on_event, on_shutdown=on_shutdown
+    ).run()

@@ -1,0 +1,106 @@
+"""An agent that misbehaves on request, for tests and demos.
+
+At start-up, by the MISBEHAVE environment variable:
+  exit          exit at once (status 3), before answering initialize
+  no-init       never answer initialize
+  garbage       write lines that are not JSON-RPC to stdout, then behave
+  hugeline      write one 100 MB line to stdout, then behave
+  stubborn      ignore SIGTERM, the shutdown request and stdin EOF
+  grandchild    leave a `sleep` child behind (its pid on stderr as "grandchild PID")
+
+As a task, by its input {"do": WHAT, ...}:
+  echo          return the input
+  crash         exit with status 3 mid-task
+  sleep         sleep {"seconds": S}, honouring cancellation
+  leak          allocate memory until it runs out (RLIMIT_AS)
+  files         open files until none are left (RLIMIT_NOFILE)
+  spin          burn CPU forever (RLIMIT_CPU)
+  fork          fork sleeping children until the kernel refuses (RLIMIT_NPROC)
+  write         write a file of {"mb": N} megabytes (RLIMIT_FSIZE)
+  fail          raise an error (the task fails, the worker lives)
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+mode = os.environ.get("MISBEHAVE", "")
+
+if mode == "exit":
+    sys.exit(3)
+if mode == "no-init":
+    while True:
+        time.sleep(3600)
+if mode == "garbage":
+    sys.stdout.write("this is not json\n{\"jsonrpc\": \"1.0\"}\n[1, 2\n\n{}\n")
+    sys.stdout.flush()
+if mode == "hugeline":
+    chunk = "x" * (1024 * 1024)
+    for _ in range(100):
+        sys.stdout.write(chunk)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+if mode == "grandchild":
+    child = subprocess.Popen(["sleep", "1000"])
+    print(f"grandchild {child.pid}", file=sys.stderr, flush=True)
+
+from corral.worker import TaskError, run  # noqa: E402
+
+_hold = []
+
+
+def handle(task, ctx):
+    what = task.get("do", "echo") if isinstance(task, dict) else "echo"
+    if what == "echo":
+        return task
+    if what == "crash":
+        print("crashing on request", file=sys.stderr, flush=True)
+        os._exit(3)
+    if what == "sleep":
+        deadline = time.monotonic() + float(task.get("seconds", 1))
+        while time.monotonic() < deadline:
+            ctx.check_cancelled()
+            time.sleep(0.01)
+        return {"slept": task.get("seconds", 1)}
+    if what == "leak":
+        while True:
+            _hold.append(bytearray(16 * 1024 * 1024))
+    if what == "files":
+        while True:
+            _hold.append(open(os.devnull))  # noqa: SIM115
+    if what == "spin":
+        x = 0
+        while True:
+            x += 1
+    if what == "fork":
+        while True:
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(1000)
+                os._exit(0)
+            _hold.append(pid)
+    if what == "write":
+        with open(task["path"], "wb") as f:
+            block = b"\0" * (1024 * 1024)
+            for _ in range(int(task.get("mb", 1))):
+                f.write(block)
+        return {"written_mb": task.get("mb", 1)}
+    if what == "fail":
+        raise TaskError("failed on request", {"asked": True})
+    raise TaskError(f"unknown misbehaviour: {what}")
+
+
+if mode == "stubborn":
+    import json
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if "id" in msg and msg.get("method") in ("initialize", "ping"):
+            print(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {}}), flush=True)
+    while True:  # stdin closed: stay anyway
+        time.sleep(3600)
+
+run(handle)
