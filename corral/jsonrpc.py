@@ -70,16 +70,18 @@ class ErrorObject(msgspec.Struct, omit_defaults=True):
     data: Any = None
 
 
-class Request(msgspec.Struct, omit_defaults=True):
+# `params` is UNSET (left out) rather than null when there are none: JSON-RPC 2.0 allows
+# only a structured value there, and strict servers reject null.
+class Request(msgspec.Struct):
     method: str
     id: Id
-    params: Any = None
+    params: Any = UNSET
     jsonrpc: str = "2.0"
 
 
-class Notification(msgspec.Struct, omit_defaults=True):
+class Notification(msgspec.Struct):
     method: str
-    params: Any = None
+    params: Any = UNSET
     jsonrpc: str = "2.0"
 
 
@@ -99,7 +101,7 @@ class Envelope(msgspec.Struct):
     """Any incoming message; which fields are set says what it is."""
 
     jsonrpc: str | UnsetType = UNSET
-    id: Id | None | UnsetType = UNSET
+    id: Id | UnsetType | None = UNSET
     method: str | UnsetType = UNSET
     params: Raw | UnsetType = UNSET
     result: Raw | UnsetType = UNSET
@@ -276,7 +278,7 @@ class Peer:
             self._send(encode(msg))
 
     def notify(self, method: str, params: Any = None) -> None:
-        self.send_message(Notification(method, params))
+        self.send_message(Notification(method, UNSET if params is None else params))
 
     def request_future(self, method: str, params: Any = None) -> tuple[Id, asyncio.Future[Any]]:
         """Send a request; the future resolves to its raw `result` or fails with RpcError."""
@@ -287,7 +289,7 @@ class Peer:
         self._next_id += 1
         rid = self._next_id
         self._pending[rid] = fut
-        self.send_message(Request(method, rid, params))
+        self.send_message(Request(method, rid, UNSET if params is None else params))
         return rid, fut
 
     async def request(

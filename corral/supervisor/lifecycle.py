@@ -12,10 +12,10 @@ raises. Dependency-free on purpose, so it reads like the diagram in DESIGN.md se
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class State(str, Enum):
+class State(StrEnum):
     INITIAL = "initial"
     STARTING = "starting"
     READY = "ready"
@@ -25,9 +25,6 @@ class State(str, Enum):
     TERMINATED = "terminated"
     BACKOFF = "backoff"
     FAILED = "failed"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 S = State

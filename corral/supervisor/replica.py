@@ -81,6 +81,7 @@ class Replica:
         self.tasks_running = 0
         self.policy = self._make_policy(spec)
         self._life: asyncio.Task[None] | None = None
+        self._shutdown_task: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._down_reason: str | None = None  # why corral is taking the process down
         self._escalation: str | None = None
@@ -254,7 +255,7 @@ class Replica:
             self._begin_shutdown(graceful=graceful)
 
     def _begin_shutdown(self, *, graceful: bool) -> None:
-        asyncio.ensure_future(self._shutdown_sequence(graceful))
+        self._shutdown_task = asyncio.ensure_future(self._shutdown_sequence(graceful))
 
     async def _shutdown_sequence(self, graceful: bool) -> None:
         proc = self.process

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up everything the project needs (a venv with corral and its test tools, the npm
+# reference MCP server) and run lint, type check and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+echo "== ruff"
+.venv/bin/ruff check corral tests examples bench
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,154 @@
+"""Shared fixtures: a real Supervisor on uvloop, and checks that nothing leaks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import uvloop
+
+from corral.supervisor import AgentSpec, Supervisor
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+PY = sys.executable
+
+
+def pytest_asyncio_loop_factories(config: object, item: object) -> dict[str, object]:
+    """Every async test runs on uvloop, as the daemon does."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+def open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def live_children() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+def agent(name: str, script: str = "hello.py", **kw: object) -> AgentSpec:
+    """An AgentSpec running examples/SCRIPT with this interpreter; fast timings for tests."""
+    defaults: dict[str, object] = {
+        "backoff_initial": 0.05,
+        "backoff_max": 0.2,
+        "start_timeout": 5.0,
+        "stop_timeout": 2.0,
+    }
+    defaults.update(kw)
+    env = dict(defaults.pop("env", {}) or {})  # type: ignore[call-overload]
+    env.setdefault("PYTHONPATH", str(ROOT))
+    command = defaults.pop("command", [PY, str(EXAMPLES / script)])
+    return AgentSpec(name=name, command=command, env=env, **defaults)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def sup() -> AsyncIterator[Supervisor]:
+    """A supervisor with a fast heartbeat; on teardown, asserts no fd, process or zombie
+    outlives it."""
+    before = open_fds()
+    s = Supervisor(heartbeat_interval=0.1, heartbeat_timeout=1.0)
+    s.open()
+    try:
+        yield s
+    finally:
+        await s.close(graceful=False)
+    leaked = open_fds() - before
+    # the loop's own fds may have been created lazily during the test; only pipes and
+    # pidfds are ours
+    ours = {fd for fd in leaked if _is_pipe_or_pidfd(fd)}
+    assert not ours, f"leaked fds: {sorted(ours)}"
+    children = live_children()
+    zombies = [p for p in children if p.status() == psutil.STATUS_ZOMBIE]
+    for p in children:
+        p.kill()
+    assert not zombies, f"zombies left: {zombies}"
+    assert not children, f"processes left: {[(p.pid, p.cmdline()) for p in children]}"
+
+
+def _is_pipe_or_pidfd(fd: int) -> bool:
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return False
+    return target.startswith("pipe:") or "pidfd" in target
+
+
+# -- running workers as an unprivileged user ---------------------------------------------
+NOBODY_PY = "/usr/bin/python3"
+
+
+def nobody_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to drop a worker to user nobody (the suite is not running as root)"
+    try:
+        import pwd
+
+        pwd.getpwnam("nobody")
+    except KeyError:
+        return "no user 'nobody' on this machine"
+    if not os.access(NOBODY_PY, os.X_OK):
+        return f"{NOBODY_PY} (a Python that nobody may run) is missing"
+    return None
+
+
+@pytest.fixture
+def world_readable_tree() -> Iterator[Path]:
+    """A copy of the worker SDK and examples that user nobody can read."""
+    d = Path(tempfile.mkdtemp(prefix="corral-nobody-"))
+    try:
+        (d / "corral" / "worker").mkdir(parents=True)
+        shutil.copy(ROOT / "corral" / "__init__.py", d / "corral" / "__init__.py")
+        shutil.copy(ROOT / "corral" / "worker" / "__init__.py", d / "corral" / "worker")
+        shutil.copytree(EXAMPLES, d / "examples")
+        for p in [d, *d.rglob("*")]:
+            mode = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH | stat.S_IWUSR
+            if p.is_dir():
+                mode |= stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+            p.chmod(mode)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# -- hangs fail fast ----------------------------------------------------------------------
+# pytest-timeout's SIGALRM cannot interrupt a loop parked in uvloop's C code, so every
+# async test also runs under an asyncio deadline that fails just that test; pytest-timeout
+# (thread method, see pyproject) stays as the backstop for hangs outside the loop.
+ASYNC_TEST_TIMEOUT = 45.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    import asyncio
+    import functools
+    import inspect
+
+    for item in items:
+        fn = getattr(item, "obj", None)
+        if fn is None or not inspect.iscoroutinefunction(fn) or hasattr(fn, "_deadline"):
+            continue
+        limit = ASYNC_TEST_TIMEOUT
+        marker = item.get_closest_marker("deadline")
+        if marker is not None:
+            limit = float(marker.args[0])
+
+        def wrap(f: object, limit: float = limit) -> object:
+            @functools.wraps(f)  # type: ignore[arg-type]
+            async def with_deadline(*args: object, **kwargs: object) -> object:
+                try:
+                    async with asyncio.timeout(limit):
+                        return await f(*args, **kwargs)  # type: ignore[operator]
+                except TimeoutError:
+                    pytest.fail(f"test hung: no result within {limit:g} s")
+
+            with_deadline._deadline = True  # type: ignore[attr-defined]
+            return with_deadline
+
+        item.obj = wrap(fn)  # type: ignore[attr-defined]

@@ -1,0 +1,58 @@
+"""Caps are in force before the agent's first instruction, and exits name them."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+from corral.supervisor.caps import explain_exit, wrap_argv
+from corral.supervisor.config import Limits
+
+
+def limits_of(argv: list[str]) -> dict[str, tuple[str, str]]:
+    out = subprocess.run(wrap_argv(argv, LIM), capture_output=True, text=True, check=True)
+    rows = {}
+    for line in out.stdout.splitlines()[1:]:
+        name = line[:26].strip()
+        soft, hard = line[26:].split()[:2]
+        rows[name] = (soft, hard)
+    return rows
+
+
+LIM = Limits(memory_mb=256, cpu_seconds=3, open_files=64, processes=7, file_size_mb=1)
+
+
+def test_limits_hold_for_the_exec_d_program() -> None:
+    # `cat` reads its own limits: the first program instruction already runs under them
+    rows = limits_of(["cat", "/proc/self/limits"])
+    assert rows["Max address space"] == (str(256 * 1024 * 1024),) * 2
+    assert rows["Max cpu time"] == ("3", "4")
+    assert rows["Max open files"] == ("64", "64")
+    assert rows["Max processes"] == ("7", "7")
+    assert rows["Max file size"] == (str(1024 * 1024),) * 2
+    assert rows["Max core file size"] == ("0", "0")
+
+
+def test_no_caps_means_only_core_is_set() -> None:
+    argv = wrap_argv(["true"], Limits())
+    assert argv[2] == 'ulimit -c 0 || exit 126; exec "$@"'
+
+
+def test_exit_reasons_name_the_cap() -> None:
+    assert explain_exit(-signal.SIGXCPU, LIM, []) == "CPU time limit (RLIMIT_CPU 3 s)"
+    assert explain_exit(-signal.SIGKILL, LIM, [], cpu_seconds_used=3.9) == (
+        "CPU time limit (RLIMIT_CPU 3 s)")
+    assert explain_exit(-signal.SIGKILL, LIM, [], cpu_seconds_used=0.1) == "killed by SIGKILL"
+    assert explain_exit(1, LIM, ["Traceback", "MemoryError"]) == (
+        "memory limit (RLIMIT_AS 256 MiB)")
+    assert explain_exit(70, LIM, ["OSError: [Errno 24] Too many open files"]) == (
+        "open files limit (RLIMIT_NOFILE 64)")
+    assert explain_exit(70, LIM, ["BlockingIOError: [Errno 11] Resource temporarily "
+                                  "unavailable"]) == "process limit (RLIMIT_NPROC 7)"
+    assert explain_exit(70, LIM, ["OSError: [Errno 27] File too large"]) == (
+        "file size limit (RLIMIT_FSIZE 1 MiB)")
+    assert explain_exit(-signal.SIGXFSZ, LIM, []) == "file size limit (RLIMIT_FSIZE 1 MiB)"
+    # a symptom without its cap in force is not blamed on a cap
+    assert explain_exit(1, Limits(), ["MemoryError"]) == "exited with status 1"
+    assert explain_exit(-signal.SIGSEGV, LIM, []) == "killed by SIGSEGV"
+    assert explain_exit(0, LIM, []) == "exited with status 0"

@@ -1,0 +1,182 @@
+"""The wire layer over a real socketpair: framing limits, correlation, errors, teardown."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import msgspec
+import pytest
+
+from corral import jsonrpc
+from corral.jsonrpc import LineProtocol, Peer, RpcError
+
+
+class Params(msgspec.Struct):
+    a: int
+    b: int
+
+
+async def connect(
+    sock: socket.socket, name: str, **kw: Any
+) -> tuple[Peer, asyncio.Transport, list[Exception | None]]:
+    loop = asyncio.get_running_loop()
+    eofs: list[Exception | None] = []
+    holder: dict[str, Peer] = {}
+    transport, _ = await loop.create_connection(
+        lambda: LineProtocol(lambda line: holder["p"].feed_line(line),
+                             lambda exc: (eofs.append(exc), holder["p"].close("gone"))),
+        sock=sock,
+    )
+    peer = Peer(name, transport.write, **kw)  # type: ignore[attr-defined]
+    holder["p"] = peer
+    return peer, transport, eofs  # type: ignore[return-value]
+
+
+def add(method: str, params: Any, peer: Peer) -> Any:
+    if method == "add":
+        p = jsonrpc.decode_params(params, Params)
+        return p.a + p.b
+    if method == "slow":
+        return asyncio.sleep(10)
+    if method == "fail":
+        raise RpcError(jsonrpc.NOT_FOUND, "no such thing")
+    if method == "boom":
+        raise ValueError("kaput")
+    raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
+
+
+async def pair(**server_kw: Any) -> tuple[Peer, Peer, socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    client, _, _ = await connect(a, "client")
+    server, _, _ = await connect(b, "server", dispatch=add, **server_kw)
+    return client, server, a, b
+
+
+async def test_request_response_and_typed_params() -> None:
+    client, _, a, b = await pair()
+    assert await client.request("add", {"a": 2, "b": 3}) == 5
+    results = await asyncio.gather(*(client.request("add", {"a": i, "b": i}) for i in range(50)))
+    assert results == [2 * i for i in range(50)]
+    with pytest.raises(RpcError) as err:
+        await client.request("add", {"a": "x", "b": 1})
+    assert err.value.code == jsonrpc.INVALID_PARAMS
+    assert err.value.message == "invalid params: Expected `int`, got `str` - at `$.a`"
+    with pytest.raises(RpcError) as err:
+        await client.request("nope")
+    assert (err.value.code, err.value.message) == (jsonrpc.METHOD_NOT_FOUND,
+                                                   "method not found: nope")
+    with pytest.raises(RpcError) as err:
+        await client.request("fail")
+    assert (err.value.code, err.value.message) == (jsonrpc.NOT_FOUND, "no such thing")
+    with pytest.raises(RpcError) as err:
+        await client.request("boom")
+    assert (err.value.code, err.value.message) == (jsonrpc.INTERNAL_ERROR,
+                                                   "internal error: kaput")
+    a.close()
+    b.close()
+
+
+async def test_timeout_sends_cancel_and_server_cancels_handler() -> None:
+    seen: list[Any] = []
+    a, b = socket.socketpair()
+    client, _, _ = await connect(
+        a, "client", cancel_method="notifications/cancelled",
+        cancel_params=lambda rid: {"requestId": rid})
+    server, _, _ = await connect(
+        b, "server", dispatch=add, cancel_method="notifications/cancelled",
+        cancel_id_of=lambda raw: (seen.append(msgspec.json.decode(raw)) or
+                                  msgspec.json.decode(raw)["requestId"]))
+    with pytest.raises(RpcError) as err:
+        await client.request("slow", timeout=0.05)
+    assert err.value.code == jsonrpc.REQUEST_TIMEOUT
+    assert err.value.message == "slow: no answer from client within 0.05 s"
+    assert await client.request("add", {"a": 1, "b": 1}) == 2  # ordering: cancel seen first
+    assert seen == [{"requestId": 1}]
+    assert server._incoming == {}
+    a.close()
+    b.close()
+
+
+async def test_peer_going_away_fails_every_pending_request() -> None:
+    a, b = socket.socketpair()
+    client, _, eofs = await connect(a, "client")
+    server, server_transport, _ = await connect(b, "server", dispatch=add)
+    pending = [asyncio.ensure_future(client.request("slow")) for _ in range(5)]
+    while len(server._incoming) < 5:
+        await asyncio.sleep(0.001)
+    server_transport.close()  # the other side goes away; the client sees EOF
+    results = await asyncio.gather(*pending, return_exceptions=True)
+    assert all(isinstance(r, RpcError) and r.code == jsonrpc.PEER_CLOSED and r.message == "gone"
+               for r in results)
+    assert eofs == [None]
+    with pytest.raises(RpcError) as err:
+        await client.request("add", {"a": 1, "b": 2})
+    assert err.value.code == jsonrpc.PEER_CLOSED
+    assert server._incoming == {}  # the server's handlers were cancelled too
+
+
+async def test_garbage_is_counted_and_answered_when_asked() -> None:
+    a, b = socket.socketpair()
+    server, _, _ = await connect(b, "server", dispatch=add, reply_to_garbage=True)
+    loop = asyncio.get_running_loop()
+    lines: list[bytes] = []
+    got = asyncio.Event()
+
+    def on_line(line: bytes) -> None:
+        lines.append(line)
+        if len(lines) == 4:
+            got.set()
+
+    await loop.create_connection(lambda: LineProtocol(on_line, lambda e: None), sock=a)
+    a.sendall(b'not json\n{"jsonrpc":"2.0"}\n{"id":1,"method":"add"}\n'
+              b'{"jsonrpc":"2.0","id":null,"method":"add"}\n')
+    await asyncio.wait_for(got.wait(), 5)
+    replies = [msgspec.json.decode(x) for x in lines]
+    assert [r["error"]["code"] for r in replies] == [
+        jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST, jsonrpc.INVALID_REQUEST,
+        jsonrpc.INVALID_REQUEST]
+    assert replies[2]["error"]["message"].startswith('invalid request: missing or wrong "jsonrpc"')
+    assert server.garbage_lines == 3
+    a.close()
+    b.close()
+
+
+def test_line_protocol_splits_caps_and_keeps_a_crash_tail() -> None:
+    lines: list[bytes] = []
+    over: list[int] = []
+    p = LineProtocol(lines.append, lambda e: None, max_line=10, on_oversize=over.append)
+    p.data_received(b"ab")
+    p.data_received(b"c\nde\n\n")
+    p.data_received(b"x" * 8)
+    p.data_received(b"y" * 8)  # over the limit: dropped, not buffered
+    assert len(p._buf) == 0
+    p.data_received(b"zz\nok\n")
+    p.data_received(b"0123456789ABC\nlast")
+    p.connection_lost(None)
+    assert lines == [b"abc", b"de", b"ok", b"last"]
+    assert over == [18, 13]
+
+
+async def test_batches_are_accepted() -> None:
+    client, _, a, b = await pair()
+    fut1 = client.request_future("add", {"a": 1, "b": 1})
+    _, fut2 = client.request_future("add", {"a": 2, "b": 2})
+    await asyncio.wait_for(asyncio.gather(fut1[1], fut2), 5)
+    got = [msgspec.json.decode(fut1[1].result()), msgspec.json.decode(fut2.result())]
+    assert got == [2, 4]
+    rid3, fut3 = client.request_future("x")
+    rid4, fut4 = client.request_future("y")
+    client.feed_line(b'[{"jsonrpc":"2.0","id":%d,"result":1},{"jsonrpc":"2.0","id":%d,'
+                     b'"error":{"code":-32000,"message":"no"}}]' % (rid3, rid4))
+    assert msgspec.json.decode(fut3.result()) == 1
+    assert isinstance(fut4.exception(), RpcError)
+    a.close()
+    b.close()
+
+
+def test_unknown_response_id_is_garbage() -> None:
+    peer = Peer("p", lambda data: None)
+    peer.feed_line(b'{"jsonrpc":"2.0","id":99,"result":1}')
+    assert peer.garbage_lines == 1

@@ -1,0 +1,254 @@
+"""Every fault of the supervisor-core issue ends in its documented state with its reason.
+
+Real subprocesses, real signals, real rlimits; the `sup` fixture asserts that no fd,
+process or zombie outlives each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from corral import jsonrpc
+from corral.jsonrpc import RpcError
+from corral.supervisor import Limits, State, Supervisor
+from corral.supervisor.replica import Event
+
+from .conftest import NOBODY_PY, agent, nobody_reason
+
+
+def drain(q: asyncio.Queue[Event], name: str) -> list[Event]:
+    out = []
+    while not q.empty():
+        e = q.get_nowait()
+        if e.name == name:
+            out.append(e)
+    return out
+
+
+async def run_task(sup: Supervisor, name: str, task: dict[str, object]) -> object:
+    r = sup.agent(name).replicas[0]
+    assert r.peer is not None
+    return await r.peer.request("task/run", {"task_id": "t", "input": task})
+
+
+async def test_exits_at_once_backs_off_then_fails_and_stays_down(sup: Supervisor) -> None:
+    q = sup.subscribe()
+    t0 = time.monotonic()
+    sup.add(agent("storm", "misbehave.py", env={"MISBEHAVE": "exit"}, max_restarts=3,
+                  backoff_initial=0.1, backoff_max=1.0))
+    r = await sup.wait_state("storm", State.FAILED, timeout=20)
+    elapsed = time.monotonic() - t0
+    assert r.reason == "too many restarts (3 within 60 s); last exit: exited with status 3"
+    assert r.last_exit == "exited with status 3"
+    assert r.restarts == 3
+    states = [e.state for e in drain(q, "storm")]
+    assert states == ["starting", "terminated", "backoff"] * 3 + [
+        "starting", "terminated", "failed"]
+    # backoff doubles with jitter in [d/2, d]: 0.05 + 0.1 + 0.2 at the very least
+    assert elapsed >= 0.35, "restarted in a busy loop"
+    assert r._timer is None  # nothing will start it again by itself
+    stats = sup.runtime_stats()
+    assert (stats.spawned, stats.restarts, stats.failures, stats.active) == (4, 3, 1, 0)
+    # a start by hand forgives the past
+    sup.start("storm")
+    assert r.state == State.STARTING and r.policy.recent_restarts == 0
+
+
+async def test_never_answers_initialize_hits_start_timeout(sup: Supervisor) -> None:
+    q = sup.subscribe()
+    sup.add(agent("mute", "misbehave.py", env={"MISBEHAVE": "no-init"}, start_timeout=0.5,
+                  restart="never"))
+    r = await sup.wait_state("mute", State.TERMINATED, timeout=10)
+    reason = "start timeout: no answer to initialize within 0.5 s"
+    assert [(e.state, e.reason) for e in drain(q, "mute")] == [
+        ("starting", "started"), ("shutting_down", reason), ("terminated", reason)]
+    assert (r.last_exit == reason and r.pid is None) or r.state == State.TERMINATED
+
+
+async def test_garbage_on_stdout_is_counted_and_logged_not_fatal(sup: Supervisor) -> None:
+    logs: list[str] = []
+    sup.log_listeners.append(lambda r, stream, text: logs.append(f"{stream}: {text}"))
+    sup.add(agent("noisy", "misbehave.py", env={"MISBEHAVE": "garbage"}))
+    r = await sup.wait_state("noisy", State.READY)
+    assert await run_task(sup, "noisy", {"do": "echo", "x": 1}) == {
+        "output": {"do": "echo", "x": 1}}
+    assert r.garbage_lines == 4
+    discarded = [line for line in logs if "not JSON-RPC" in line]
+    assert len(discarded) == 4
+    assert "'this is not json'" in discarded[0]
+    assert 'wrong "jsonrpc" member' in discarded[1]
+
+
+async def test_100mb_line_is_discarded_without_buffering_it(sup: Supervisor) -> None:
+    logs: list[str] = []
+    sup.log_listeners.append(lambda r, stream, text: logs.append(text))
+    rss_before = psutil.Process().memory_info().rss
+    sup.add(agent("huge", "misbehave.py", env={"MISBEHAVE": "hugeline"}))
+    r = await sup.wait_state("huge", State.READY, timeout=20)
+    assert r.garbage_lines == 1
+    assert [t for t in logs if t.startswith("discarded a")] == [
+        f"discarded a {100 * 1024 * 1024}-byte line on stdout (limit {16 * 1024 * 1024} bytes)"]
+    assert psutil.Process().memory_info().rss - rss_before < 64 * 1024 * 1024
+    assert await run_task(sup, "huge", {"do": "echo"}) == {"output": {"do": "echo"}}
+
+
+async def test_stopped_worker_is_hung_killed_and_restarted(sup: Supervisor) -> None:
+    q = sup.subscribe()
+    sup.add(agent("frozen"))
+    r = await sup.wait_state("frozen", State.READY)
+    old_pid = r.pid
+    assert old_pid is not None
+    os.kill(old_pid, signal.SIGSTOP)
+    await sup.wait_state("frozen", State.BACKOFF, timeout=10)
+    await sup.wait_state("frozen", State.READY, timeout=10)
+    assert r.pid != old_pid and r.restarts == 1
+    assert not psutil.pid_exists(old_pid)
+    hung = "hung: no heartbeat for 1 s"
+    events = [(e.state, e.reason) for e in drain(q, "frozen")]
+    assert events[2:4] == [("shutting_down", hung), ("terminated", hung)]
+    assert events[4][0] == "backoff"
+    assert re.fullmatch(r"restarting in 0\.\d\d s after: hung: no heartbeat for 1 s", events[4][1])
+    assert [s for s, _ in events[5:]] == ["starting", "ready"]
+    assert r.last_exit == hung
+
+
+async def test_ignores_sigterm_is_killed_after_grace(sup: Supervisor) -> None:
+    sup.add(agent("stubborn", "misbehave.py", env={"MISBEHAVE": "stubborn"},
+                  stop_timeout=0.3))
+    r = await sup.wait_state("stubborn", State.READY)
+    pid = r.pid
+    t0 = time.monotonic()
+    await sup.stop("stubborn")
+    assert time.monotonic() - t0 >= 0.6  # EOF + shutdown, then SIGTERM, each 0.3 s
+    assert r.state == State.TERMINATED
+    assert r.reason == "stopped (SIGKILL after ignoring SIGTERM for 0.3 s)"
+    assert pid is not None and not psutil.pid_exists(pid)
+
+
+async def test_memory_cap_is_named(sup: Supervisor) -> None:
+    sup.add(agent("hog", "misbehave.py", limits=Limits(memory_mb=200)))
+    r = await sup.wait_state("hog", State.READY)
+    with pytest.raises(RpcError) as err:
+        await run_task(sup, "hog", {"do": "leak"})
+    # the task either fails with the MemoryError or is lost with the worker
+    assert "MemoryError" in err.value.message or "memory limit" in err.value.message
+    await sup.wait_state("hog", State.BACKOFF)
+    assert r.last_exit == "memory limit (RLIMIT_AS 200 MiB)"
+    await sup.wait_state("hog", State.READY)
+
+
+async def test_open_files_cap_is_named(sup: Supervisor) -> None:
+    sup.add(agent("fds", "misbehave.py", limits=Limits(open_files=64), restart="never"))
+    r = await sup.wait_state("fds", State.READY)
+    with pytest.raises(RpcError):
+        await run_task(sup, "fds", {"do": "files"})
+    await sup.wait_state("fds", State.TERMINATED)
+    assert r.last_exit == "open files limit (RLIMIT_NOFILE 64)"
+
+
+async def test_cpu_time_cap_is_named(sup: Supervisor) -> None:
+    sup.add(agent("spin", "misbehave.py", limits=Limits(cpu_seconds=1), restart="never"))
+    r = await sup.wait_state("spin", State.READY)
+    with pytest.raises(RpcError) as err:
+        await run_task(sup, "spin", {"do": "spin"})
+    assert err.value.code == jsonrpc.PEER_CLOSED
+    assert err.value.message == "worker exited: CPU time limit (RLIMIT_CPU 1 s)"
+    await sup.wait_state("spin", State.TERMINATED)
+    assert r.last_exit == "CPU time limit (RLIMIT_CPU 1 s)"
+
+
+async def test_file_size_cap_is_named(sup: Supervisor, tmp_path: Path) -> None:
+    sup.add(agent("big", "misbehave.py", limits=Limits(file_size_mb=1), restart="never"))
+    r = await sup.wait_state("big", State.READY)
+    with pytest.raises(RpcError):
+        await run_task(sup, "big", {"do": "write", "path": str(tmp_path / "f"), "mb": 4})
+    await sup.wait_state("big", State.TERMINATED)
+    assert r.last_exit == "file size limit (RLIMIT_FSIZE 1 MiB)"
+    assert (tmp_path / "f").stat().st_size <= 1024 * 1024
+
+
+@pytest.mark.skipif(nobody_reason() is not None, reason=nobody_reason() or "")
+async def test_process_cap_as_unprivileged_user(sup: Supervisor,
+                                                 world_readable_tree: Path) -> None:
+    tree = world_readable_tree
+    sup.add(agent(
+        "forker", command=[NOBODY_PY, str(tree / "examples" / "misbehave.py")],
+        env={"PYTHONPATH": str(tree)}, cwd=str(tree), user="nobody",
+        limits=Limits(processes=12), restart="never",
+    ))
+    r = await sup.wait_state("forker", State.READY)
+    assert r.pid is not None
+    assert psutil.Process(r.pid).uids().real == 65534
+    with pytest.raises(RpcError):
+        await run_task(sup, "forker", {"do": "fork"})
+    await sup.wait_state("forker", State.TERMINATED)
+    assert r.last_exit == "process limit (RLIMIT_NPROC 12)"
+    assert not [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == 65534
+                and p.status() != psutil.STATUS_ZOMBIE]
+
+
+async def test_user_needs_root(sup: Supervisor) -> None:
+    if os.geteuid() == 0:
+        sup.add(agent("who", user="no-such-user-here", restart="never"))
+        r = await sup.wait_state("who", State.TERMINATED)
+        assert r.last_exit == "spawn failed: user: no such user: no-such-user-here"
+    else:  # pragma: no cover - the suite runs as root in CI
+        sup.add(agent("who", user="nobody", restart="never"))
+        r = await sup.wait_state("who", State.TERMINATED)
+        assert r.last_exit == ("spawn failed: user/group: dropping privileges needs the "
+                               "supervisor to run as root")
+
+
+async def test_grandchild_dies_with_its_agent(sup: Supervisor) -> None:
+    found: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def on_log(r: object, stream: str, text: str) -> None:
+        m = re.match(r"grandchild (\d+)", text)
+        if m and not found.done():
+            found.set_result(int(m.group(1)))
+
+    sup.log_listeners.append(on_log)
+    sup.add(agent("parent", "misbehave.py", env={"MISBEHAVE": "grandchild"}))
+    await sup.wait_state("parent", State.READY)
+    gc = await asyncio.wait_for(found, 5)
+    assert psutil.pid_exists(gc)
+    await sup.stop("parent")
+    if psutil.pid_exists(gc):
+        _, alive = psutil.wait_procs([psutil.Process(gc)], timeout=5)
+        assert not alive
+
+
+async def test_crash_mid_task_fails_the_request_and_restarts(sup: Supervisor) -> None:
+    logs: list[str] = []
+    sup.log_listeners.append(lambda r, stream, text: logs.append(text))
+    sup.add(agent("crashy", "misbehave.py"))
+    r = await sup.wait_state("crashy", State.READY)
+    with pytest.raises(RpcError) as err:
+        await run_task(sup, "crashy", {"do": "crash"})
+    assert err.value.code == jsonrpc.PEER_CLOSED
+    assert err.value.message == "worker exited: exited with status 3"
+    # the last line before the crash made it
+    assert "crashing on request" in logs
+    await sup.wait_state("crashy", State.READY)
+    assert r.restarts == 1
+
+
+async def test_command_not_found(sup: Supervisor) -> None:
+    sup.add(agent("ghost", command=["/nonexistent/agent"], restart="never"))
+    r = await sup.wait_state("ghost", State.TERMINATED)
+    assert r.last_exit == "command not found (status 127)"
+
+
+async def test_bad_cwd_is_a_spawn_failure(sup: Supervisor) -> None:
+    sup.add(agent("lost", cwd="/nonexistent/dir", restart="never"))
+    r = await sup.wait_state("lost", State.TERMINATED)
+    assert r.last_exit is not None
+    assert r.last_exit.startswith("spawn failed: [Errno 2] No such file or directory")

@@ -1,0 +1,186 @@
+"""The worker SDK over real pipes, spoken to by corral's own Peer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import corral.worker as sdk
+from corral import jsonrpc
+from corral.jsonrpc import Peer, RpcError
+from corral.supervisor import State, Supervisor
+
+from .conftest import ROOT, agent
+
+WORKER = textwrap.dedent('''
+    import asyncio, sys, time
+    from corral.worker import TaskError, run
+
+    def handle(task, ctx):
+        if task == "sleep":
+            t = time.monotonic()
+            while time.monotonic() - t < 5:
+                ctx.check_cancelled()
+                time.sleep(0.01)
+        if task == "print":
+            print("to stderr, not the channel")
+            return "printed"
+        if task == "fail":
+            raise TaskError("nope", {"why": "asked"})
+        if task == "tools":
+            return ctx.list_tools()
+        if task == "progress":
+            ctx.progress(1, 2, "half")
+            return "done"
+        return {"echo": task, "agent": ctx.agent, "config": ctx.config}
+
+    async def ahandle(task, ctx):
+        if task == "sleep":
+            await asyncio.sleep(5)
+        if task == "tools":
+            return await ctx.list_tools()
+        return {"async": task}
+
+    run(ahandle if sys.argv[1:] == ["async"] else handle)
+''')
+
+
+class Worker:
+    def __init__(self, proc: asyncio.subprocess.Process, peer: Peer, notes: list[Any],
+                 is_async: bool = False) -> None:
+        self.is_async = is_async
+        self.proc = proc
+        self.peer = peer
+        self.notes = notes
+
+
+async def start(tmp_path: Path, *args: str) -> Worker:
+    script = tmp_path / "w.py"
+    script.write_text(WORKER)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdin and proc.stdout
+    notes: list[Any] = []
+    stdin = proc.stdin
+    peer = Peer("worker", stdin.write,
+                on_notification=lambda m, p, _: notes.append((m, bytes(p))),
+                dispatch=lambda m, p, _: [{"name": "notes__add"}] if m == "tools/list" else None)
+
+    async def pump() -> None:
+        assert proc.stdout
+        while line := await proc.stdout.readline():
+            peer.feed_line(line.rstrip(b"\n"))
+        peer.close("worker exited")
+
+    pumping = asyncio.ensure_future(pump())
+    peer.pump = pumping  # type: ignore[attr-defined]  # keep a reference
+    await peer.request("initialize", {"agent": "a", "replica": 0, "protocol_version": "1",
+                                      "config": {"k": 1}, "state": None}, timeout=10)
+    return Worker(proc, peer, notes, is_async=args == ("async",))
+
+
+@pytest.fixture(params=["sync", "async"])
+async def worker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Worker]:
+    w = await start(tmp_path, *(["async"] if request.param == "async" else []))
+    yield w
+    if w.proc.returncode is None:
+        w.proc.kill()
+    await w.proc.wait()
+
+
+def test_codes_mirror_the_wire_layer() -> None:
+    for name in ("METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR", "PEER_CLOSED",
+                 "REQUEST_CANCELLED", "TASK_FAILED"):
+        assert getattr(sdk, name) == getattr(jsonrpc, name), name
+
+
+def test_importing_the_sdk_stays_light() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, corral.worker; "
+         "print(sorted(m for m in ('asyncio', 'msgspec', 'inspect', 'psutil', 'uvloop', "
+         "'concurrent.futures') if m in sys.modules))"],
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "[]"
+
+
+async def test_ping_is_answered_while_a_task_runs_and_cancel_works(worker: Worker) -> None:
+    task = asyncio.ensure_future(worker.peer.request("task/run", {"task_id": "t1",
+                                                                  "input": "sleep"}))
+    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    assert await worker.peer.request("ping", {}, timeout=2) == {}
+    assert time.monotonic() - t0 < 0.5
+    worker.peer.notify("task/cancel", {"task_id": "t1"})
+    with pytest.raises(RpcError) as err:
+        await asyncio.wait_for(task, 3)
+    assert (err.value.code, err.value.message) == (jsonrpc.REQUEST_CANCELLED,
+                                                   "task t1 cancelled")
+
+
+async def test_results_errors_and_tool_requests(worker: Worker) -> None:
+    is_async = worker.is_async
+    out = await worker.peer.request("task/run", {"task_id": "t2", "input": "x"})
+    assert out == ({"output": {"async": "x"}} if is_async else
+                   {"output": {"echo": "x", "agent": "a", "config": {"k": 1}}})
+    tools = await worker.peer.request("task/run", {"task_id": "t3", "input": "tools"})
+    assert tools == {"output": [{"name": "notes__add"}]}
+    with pytest.raises(RpcError) as err:
+        await worker.peer.request("no/such/method", {})
+    assert (err.value.code, err.value.message) == (jsonrpc.METHOD_NOT_FOUND,
+                                                   "method not found: no/such/method")
+
+
+async def test_sync_specifics(tmp_path: Path) -> None:
+    w = await start(tmp_path)
+    try:
+        with pytest.raises(RpcError) as err:
+            await w.peer.request("task/run", {"task_id": "f", "input": "fail"})
+        assert (err.value.code, err.value.message, err.value.data) == (
+            jsonrpc.TASK_FAILED, "nope", {"why": "asked"})
+        assert await w.peer.request("task/run", {"task_id": "p", "input": "print"}) == {
+            "output": "printed"}
+        assert await w.peer.request("task/run", {"task_id": "g", "input": "progress"}) == {
+            "output": "done"}
+        assert w.notes == [("task/progress",
+                            b'{"task_id":"g","progress":1,"total":2,"message":"half"}')]
+        assert await w.peer.request("shutdown", {}) == {}
+        assert await asyncio.wait_for(w.proc.wait(), 5) == 0
+        assert w.proc.stderr is not None
+        assert b"to stderr, not the channel" in await w.proc.stderr.read()
+    finally:
+        if w.proc.returncode is None:
+            w.proc.kill()
+            await w.proc.wait()
+
+
+async def test_stdin_eof_ends_the_worker(worker: Worker) -> None:
+    assert worker.proc.stdin is not None
+    worker.proc.stdin.close()
+    assert await asyncio.wait_for(worker.proc.wait(), 5) == 0
+
+
+async def test_worker_calls_the_supervisor(sup: Supervisor, tmp_path: Path) -> None:
+    (tmp_path / "w.py").write_text(WORKER)
+    sup.worker_methods["tools/list"] = lambda replica, params: [{"name": f"for-{replica.name}"}]
+    sup.add(agent("asker", command=[sys.executable, str(tmp_path / "w.py")]))
+    r = await sup.wait_state("asker", State.READY)
+    assert r.peer is not None
+    out = await r.peer.request("task/run", {"task_id": "t", "input": "tools"})
+    assert out == {"output": [{"name": "for-asker"}]}
+
+
+async def test_process_title(sup: Supervisor) -> None:
+    sup.add(agent("titled", replicas=2))
+    r = await sup.wait_state("titled", State.READY, replica=1)
+    cmdline = Path(f"/proc/{r.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    assert cmdline.startswith("corral: agent titled#1")
