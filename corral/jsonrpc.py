@@ -160,7 +160,11 @@ class LineProtocol(asyncio.Protocol):
         *,
         max_line: int = DEFAULT_MAX_LINE,
         on_oversize: Callable[[int], None] | None = None,
+        batch: bool = False,
     ) -> None:
+        # batch=True: `on_line` is called once per read with the list of its lines, which
+        # saves a call per line where lines are only stored (logs)
+        self.batch = batch
         self.on_line = on_line
         self.on_eof = on_eof
         self.on_oversize = on_oversize
@@ -173,6 +177,20 @@ class LineProtocol(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self.batch:
+            lines: list[bytes] = []
+            emit = self.on_line
+            self.on_line = lines.append
+            try:
+                self._split(data)
+            finally:
+                self.on_line = emit
+            if lines:
+                emit(lines)  # type: ignore[arg-type]
+            return
+        self._split(data)
+
+    def _split(self, data: bytes) -> None:
         start = 0
         if self._skipping:
             nl = data.find(b"\n")
@@ -221,7 +239,7 @@ class LineProtocol(asyncio.Protocol):
         if self._buf:
             line = bytes(self._buf)
             self._buf.clear()
-            self.on_line(line)
+            self.on_line([line] if self.batch else line)  # type: ignore[arg-type]
         if self._skipping and self.on_oversize:
             self.on_oversize(self._skipping)
             self._skipping = 0

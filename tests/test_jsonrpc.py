@@ -157,6 +157,13 @@ def test_line_protocol_splits_caps_and_keeps_a_crash_tail() -> None:
     p.connection_lost(None)
     assert lines == [b"abc", b"de", b"ok", b"last"]
     assert over == [18, 13]
+    batches: list[list[bytes]] = []
+    b = LineProtocol(batches.append, lambda e: None, batch=True)  # type: ignore[arg-type]
+    b.data_received(b"one\ntwo\nthr")
+    b.data_received(b"ee\n")
+    b.data_received(b"tail")
+    b.connection_lost(None)
+    assert batches == [[b"one", b"two"], [b"three"], [b"tail"]]
 
 
 async def test_batches_are_accepted() -> None:

@@ -75,7 +75,7 @@ async def test_never_answers_initialize_hits_start_timeout(sup: Supervisor) -> N
 
 async def test_garbage_on_stdout_is_counted_and_logged_not_fatal(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.log_listeners.append(lambda r, stream, text: logs.append(f"{stream}: {text}"))
+    sup.log_listeners.append(lambda r, stream, texts: logs.extend(f"{stream}: {t}" for t in texts))
     sup.add(agent("noisy", "misbehave.py", env={"MISBEHAVE": "garbage"}))
     r = await sup.wait_state("noisy", State.READY)
     assert await run_task(sup, "noisy", {"do": "echo", "x": 1}) == {
@@ -89,7 +89,7 @@ async def test_garbage_on_stdout_is_counted_and_logged_not_fatal(sup: Supervisor
 
 async def test_100mb_line_is_discarded_without_buffering_it(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.log_listeners.append(lambda r, stream, text: logs.append(text))
+    sup.log_listeners.append(lambda r, stream, texts: logs.extend(texts))
     rss_before = psutil.Process().memory_info().rss
     sup.add(agent("huge", "misbehave.py", env={"MISBEHAVE": "hugeline"}))
     r = await sup.wait_state("huge", State.READY, timeout=20)
@@ -210,10 +210,11 @@ async def test_user_needs_root(sup: Supervisor) -> None:
 async def test_grandchild_dies_with_its_agent(sup: Supervisor) -> None:
     found: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
-    def on_log(r: object, stream: str, text: str) -> None:
-        m = re.match(r"grandchild (\d+)", text)
-        if m and not found.done():
-            found.set_result(int(m.group(1)))
+    def on_log(r: object, stream: str, texts: list[str]) -> None:
+        for text in texts:
+            m = re.match(r"grandchild (\d+)", text)
+            if m and not found.done():
+                found.set_result(int(m.group(1)))
 
     sup.log_listeners.append(on_log)
     sup.add(agent("parent", "misbehave.py", env={"MISBEHAVE": "grandchild"}))
@@ -228,7 +229,7 @@ async def test_grandchild_dies_with_its_agent(sup: Supervisor) -> None:
 
 async def test_crash_mid_task_fails_the_request_and_restarts(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.log_listeners.append(lambda r, stream, text: logs.append(text))
+    sup.log_listeners.append(lambda r, stream, texts: logs.extend(texts))
     sup.add(agent("crashy", "misbehave.py"))
     r = await sup.wait_state("crashy", State.READY)
     with pytest.raises(RpcError) as err:

@@ -79,7 +79,7 @@ class ChildProcess:
         gid: int | None,
         on_stdout_line: Callable[[bytes], None],
         on_stdout_eof: Callable[[Exception | None], None],
-        on_stderr_line: Callable[[bytes], None],
+        on_stderr_lines: Callable[[list[bytes]], None],
         on_oversize: Callable[[int], None],
         max_line: int = DEFAULT_MAX_LINE,
     ) -> ChildProcess:
@@ -120,7 +120,12 @@ class ChildProcess:
 
             # stderr lines are logs; a 16 MiB cap keeps a runaway line from eating memory
             err_t, _ = await loop.connect_read_pipe(
-                lambda: LineProtocol(on_stderr_line, stderr_eof, max_line=max_line),
+                lambda: LineProtocol(
+                    on_stderr_lines,  # type: ignore[arg-type]
+                    stderr_eof,
+                    max_line=max_line,
+                    batch=True,
+                ),
                 popen.stderr,
             )
         except BaseException:

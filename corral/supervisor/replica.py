@@ -178,7 +178,7 @@ class Replica:
                 gid=gid,
                 on_stdout_line=self._on_stdout_line,
                 on_stdout_eof=self._on_stdout_eof,
-                on_stderr_line=self._on_stderr_line,
+                on_stderr_lines=self._on_stderr_lines,
                 on_oversize=self._on_oversize,
                 max_line=self.sup.max_line,
             )
@@ -365,23 +365,24 @@ class Replica:
     def _on_stdout_eof(self, exc: Exception | None) -> None:
         pass  # exit is told by the pidfd; stdout may close earlier or later
 
-    def _on_stderr_line(self, line: bytes) -> None:
-        text = line.decode("utf-8", "replace")
-        self.stderr_tail.append(text)
-        self.sup._on_log(self, "stderr", text)
+    def _on_stderr_lines(self, lines: list[bytes]) -> None:
+        texts = [line.decode("utf-8", "replace") for line in lines]
+        self.stderr_tail.extend(texts[-STDERR_TAIL:])
+        self.sup._on_log(self, "stderr", texts)
 
     def _on_oversize(self, size: int) -> None:
         self._oversize += 1
         self.sup._on_log(
             self,
             "corral",
-            f"discarded a {size}-byte line on stdout (limit {self.sup.max_line} bytes)",
+            [f"discarded a {size}-byte line on stdout (limit {self.sup.max_line} bytes)"],
         )
 
     def _on_garbage(self, line: bytes, why: str) -> None:
         preview = line[:120].decode("utf-8", "replace")
-        self.sup._on_log(self, "corral", f"discarded a stdout line that is not JSON-RPC "
-                         f"({why}): {preview!r}")
+        self.sup._on_log(
+            self, "corral", [f"discarded a stdout line that is not JSON-RPC ({why}): {preview!r}"]
+        )
 
     def _dispatch(self, method: str, params: Any, peer: Peer) -> Any:
         return self.sup._worker_request(self, method, params)

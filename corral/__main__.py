@@ -1,0 +1,5 @@
+"""python -m corral: the CLI."""
+
+from .cli.main import main
+
+main()

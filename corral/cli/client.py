@@ -1,0 +1,93 @@
+"""A small blocking client of the control socket (no asyncio: CLI start-up is paid by
+every command an operator types)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .. import jsonrpc
+
+EXIT_FAILED = 1
+EXIT_UNREACHABLE = 3
+
+
+class Unreachable(Exception):
+    """The daemon cannot be reached; the message says how to start it."""
+
+
+class CallFailed(Exception):
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class Client:
+    def __init__(self, path: Path, timeout: float | None = 600.0) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(str(path))
+        except OSError as exc:
+            self.sock.close()
+            why = {
+                errno.ENOENT: "no socket there",
+                errno.ECONNREFUSED: "nothing is listening (a stale socket?)",
+                errno.EACCES: "permission denied (are you root or in the corral group?)",
+            }.get(exc.errno or 0, exc.strerror or str(exc))
+            raise Unreachable(
+                f"cannot reach the corral daemon at {path}: {why}\n"
+                "start it with `corral daemon --config PATH` (or `systemctl start corral`), "
+                "or point at it with --socket / CORRAL_SOCKET"
+            ) from None
+        self._buf = b""
+        self._next_id = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read_line(self) -> bytes:
+        while b"\n" not in self._buf:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise Unreachable(f"the corral daemon at {self.path} closed the connection")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line
+
+    def call(
+        self,
+        method: str,
+        params: Any = None,
+        on_notification: Callable[[str, Any], None] | None = None,
+    ) -> Any:
+        self._next_id += 1
+        rid = self._next_id
+        req = jsonrpc.Request(method, rid, params if params is not None else {})
+        self.sock.sendall(jsonrpc.encode(req))
+        while True:
+            msg = msgspec.json.decode(self._read_line())
+            if "method" in msg and "id" not in msg:
+                if on_notification is not None:
+                    on_notification(msg["method"], msg.get("params"))
+                continue
+            if msg.get("id") not in (rid, None):
+                continue
+            if "error" in msg:
+                e = msg["error"]
+                raise CallFailed(e.get("code", 0), e.get("message", ""), e.get("data"))
+            return msg.get("result")

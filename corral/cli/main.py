@@ -1,0 +1,404 @@
+"""The `corral` command: a thin client of the daemon's control socket.
+
+Exit codes: 0 ok, 1 the operation failed, 2 usage error, 3 cannot reach the daemon.
+Each client command's help is its control method's docstring (corral.methods).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from .. import methods as m
+from ..methods import REGISTRY, LogLine
+from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
+
+
+def doc(method: str) -> str:
+    return REGISTRY[method].doc
+
+
+class Ctx:
+    def __init__(self, socket: str | None) -> None:
+        self.socket = socket
+
+    def client(self) -> Client:
+        from ..supervisor.paths import client_socket
+
+        return Client(client_socket(self.socket))
+
+    def call(self, method: str, params: msgspec.Struct | None = None, **kw: Any) -> Any:
+        try:
+            with self.client() as c:
+                return c.call(method, msgspec.to_builtins(params) if params else {}, **kw)
+        except Unreachable as exc:
+            click.echo(f"corral: {exc}", err=True)
+            sys.exit(EXIT_UNREACHABLE)
+        except CallFailed as exc:
+            click.echo(f"corral: {exc.message}", err=True)
+            sys.exit(EXIT_FAILED)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+socket_option = click.option(
+    "--socket", "socket_", envvar="CORRAL_SOCKET", metavar="PATH",
+    help="The daemon's control socket (default: CORRAL_SOCKET, else the standard place).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@socket_option
+@click.version_option(package_name="corral")
+@click.pass_context
+def cli(ctx: click.Context, socket_: str | None) -> None:
+    """corral: a supervisor for AI-agent processes."""
+    ctx.obj = Ctx(socket_)
+
+
+def _complete_agents(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    try:
+        root = ctx.find_root().obj or Ctx(None)
+        with root.client() as c:
+            st = c.call("agents.status", {})
+        return sorted({a["name"] for a in st["agents"] if a["name"].startswith(incomplete)})
+    except Exception:
+        return []
+
+
+names_arg = click.argument("names", nargs=-1, shell_complete=_complete_agents)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def _print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    click.echo(fmt.format(*headers).rstrip())
+    for r in rows:
+        click.echo(fmt.format(*r).rstrip())
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)  # pragma: no cover
+
+
+def _human_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+# -- the daemon ---------------------------------------------------------------------------
+def _default_config() -> str:
+    from ..supervisor.paths import default_config
+
+    return str(default_config())
+
+
+@cli.command()
+@click.option("--config", "-c", "config", metavar="PATH", default=None,
+              help="Config file (default: /etc/corral/corral.toml for root, else "
+                   "~/.config/corral/corral.toml).")
+@pass_ctx
+def daemon(obj: Ctx, config: str | None) -> None:
+    """Run the supervisor daemon in the foreground (systemd runs it this way too)."""
+    from ..supervisor.daemon import run_daemon
+
+    path = Path(config or _default_config())
+    if not path.exists():
+        click.echo(f"corral: no config file at {path} (give one with --config)", err=True)
+        sys.exit(EXIT_FAILED)
+    sys.exit(run_daemon(path, obj.socket))
+
+
+@cli.command("check-config")
+@click.option("--config", "-c", "config", metavar="PATH", default=None,
+              help="Config file to check (default: as for `corral daemon`).")
+def check_config(config: str | None) -> None:
+    """Validate a config file (and its includes) without starting anything."""
+    from ..supervisor.config import ConfigError, load_config
+
+    path = Path(config or _default_config())
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        click.echo(f"corral: invalid config: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(f"{path}: ok ({len(cfg.agents)} agents, {len(cfg.mcp_servers)} MCP servers)")
+
+
+# -- reading ------------------------------------------------------------------------------
+@cli.command(help=doc("agents.status"))
+@names_arg
+@json_option
+@pass_ctx
+def status(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
+    st = obj.call("agents.status", m.AgentsStatus(names=list(names)))
+    if as_json:
+        _print_json(st)
+        return
+    rows = []
+    for a in st["agents"]:
+        rows.append([
+            f"{a['name']}#{a['replica']}", a["state"], str(a["pid"] or "-"),
+            _human_time(a["uptime"]), str(a["restarts"]), f"{a['cpu_percent']:.1f}",
+            _human_bytes(a["rss_bytes"]) if a["rss_bytes"] else "-",
+            a["reason"] if a["state"] not in ("ready", "idle", "busy") else (
+                f"last exit: {a['last_exit']}" if a["last_exit"] else ""),
+        ])
+    _table(rows, ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "REASON"])
+
+
+@cli.command(help=doc("stats.get"))
+@json_option
+@pass_ctx
+def stats(obj: Ctx, as_json: bool) -> None:
+    st = obj.call("stats.get")
+    if as_json:
+        _print_json(st)
+        return
+    s = st["supervisor"]
+    click.echo(f"uptime {_human_time(s['uptime'])}  active {s['active']}  spawned "
+               f"{s['spawned']}  restarts {s['restarts']}  failures {s['failures']}  "
+               f"log lines {s['log_lines']}")
+    rows = [[n, str(a["serving"]) + "/" + str(a["replicas"]), str(a["restarts"]),
+             f"{a['cpu_percent']:.1f}", _human_bytes(a["rss_bytes"])]
+            for n, a in st["agents"].items()]
+    _table(rows, ["AGENT", "SERVING", "RESTARTS", "CPU%", "RSS"])
+
+
+_SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def _parse_since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    mt = _SINCE.match(value)
+    if mt:
+        mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}[mt.group(2)]
+        return time.time() - float(mt.group(1)) * mult
+    try:
+        from datetime import datetime
+
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise click.BadParameter("use a duration like 30s, 5m, 2h, 1d or an ISO time",
+                                 param_hint="--since") from None
+
+
+@cli.command(help=doc("logs.follow").replace("logs.lines notifications", "lines"))
+@names_arg
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(min=0),
+              help="How many past lines to show.")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Only lines since WHEN: 30s, 5m, 2h, 1d or an ISO time.")
+@json_option
+@pass_ctx
+def logs(obj: Ctx, names: tuple[str, ...], follow: bool, lines: int, since: str | None,
+         as_json: bool) -> None:
+    t = _parse_since(since)
+
+    def show(items: list[Any]) -> None:
+        for raw in items:
+            line = msgspec.convert(raw, LogLine)
+            if as_json:
+                click.echo(json.dumps(msgspec.to_builtins(msgspec.structs.asdict(line))))
+            else:
+                click.echo(line.render())
+
+    if not follow:
+        res = obj.call("logs.tail", m.LogsTail(names=list(names), lines=lines, since=t))
+        show(res["lines"])
+        return
+
+    def on_note(method: str, params: Any) -> None:
+        if method == "logs.lines":
+            show(params["lines"])
+        elif method == "logs.missed":
+            click.echo(f"corral: missed {params['count']} lines (reading too slowly)",
+                       err=True)
+        sys.stdout.flush()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        obj.call("logs.follow", m.LogsFollow(names=list(names), lines=lines, since=t),
+                 on_notification=on_note)
+
+
+# -- changing -----------------------------------------------------------------------------
+def _selection(names: tuple[str, ...], all_: bool) -> None:
+    if not names and not all_:
+        raise click.UsageError("name at least one agent, or --all")
+
+
+@cli.command(help=doc("agents.start"))
+@names_arg
+@click.option("--all", "all_", is_flag=True, help="Every agent.")
+@pass_ctx
+def start(obj: Ctx, names: tuple[str, ...], all_: bool) -> None:
+    _selection(names, all_)
+    res = obj.call("agents.start", m.AgentsStart(names=list(names), all=all_))
+    click.echo(f"started: {', '.join(res['started']) or 'nothing'}")
+
+
+@cli.command(help=doc("agents.stop"))
+@names_arg
+@click.option("--all", "all_", is_flag=True, help="Every agent.")
+@pass_ctx
+def stop(obj: Ctx, names: tuple[str, ...], all_: bool) -> None:
+    _selection(names, all_)
+    res = obj.call("agents.stop", m.AgentsStop(names=list(names), all=all_))
+    click.echo(f"stopped: {', '.join(res['stopped']) or 'nothing'}")
+
+
+@cli.command(help=doc("agents.restart"))
+@names_arg
+@click.option("--all", "all_", is_flag=True, help="Every agent.")
+@pass_ctx
+def restart(obj: Ctx, names: tuple[str, ...], all_: bool) -> None:
+    _selection(names, all_)
+    res = obj.call("agents.restart", m.AgentsRestart(names=list(names), all=all_))
+    click.echo(f"restarted: {', '.join(res['restarted']) or 'nothing'}")
+
+
+def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        click.echo(f"corral: {path}: syntax error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    agents = data.get("agents")
+    if not isinstance(agents, dict) or not agents:
+        click.echo(f"corral: {path}: no [agents.NAME] tables", err=True)
+        sys.exit(EXIT_FAILED)
+    base = Path(path).resolve().parent
+    for table in agents.values():
+        if isinstance(table, dict):
+            cwd = table.get("cwd")
+            if cwd is None:
+                table["cwd"] = str(base)
+            elif isinstance(cwd, str) and not os.path.isabs(cwd):
+                table["cwd"] = str((base / cwd).resolve())
+    return agents
+
+
+@cli.command(short_help="Add agents at runtime from a TOML file or flags.")
+@click.argument("file", required=False)
+@click.option("--name", help="Agent name (with --command instead of FILE).")
+@click.option("--command", "command", help="Command line, split like a shell would.")
+@click.option("--replicas", type=click.IntRange(min=0), default=None)
+@click.option("--restart", "restart_", type=click.Choice(["always", "on-failure", "never"]),
+              default=None)
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE")
+@click.option("--cwd", default=None)
+@pass_ctx
+def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
+        replicas: int | None, restart_: str | None, env: tuple[str, ...],
+        cwd: str | None) -> None:
+    if file and (name or command):
+        raise click.UsageError("give a FILE or --name/--command, not both")
+    if file:
+        agents = _read_agents_file(file)
+    else:
+        if not (name and command):
+            raise click.UsageError("give a FILE, or both --name and --command")
+        table: dict[str, Any] = {"command": command, "cwd": os.path.abspath(cwd or ".")}
+        if replicas is not None:
+            table["replicas"] = replicas
+        if restart_:
+            table["restart"] = restart_
+        if env:
+            pairs = [e.split("=", 1) for e in env]
+            if any(len(p) != 2 for p in pairs):
+                raise click.BadParameter("use KEY=VALUE", param_hint="--env")
+            table["env"] = dict(pairs)
+        agents = {name: table}
+    res = obj.call("agents.add", m.AgentsAdd(agents=agents))
+    click.echo(f"added: {', '.join(res['added'])}")
+add.help = doc("agents.add") + "\n\nFILE holds [agents.NAME] tables as in the config file."
+
+
+@cli.command(help=doc("agents.remove"))
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete_agents)
+@pass_ctx
+def remove(obj: Ctx, names: tuple[str, ...]) -> None:
+    res = obj.call("agents.remove", m.AgentsRemove(names=list(names)))
+    click.echo(f"removed: {', '.join(res['removed'])}")
+
+
+@cli.command(help=doc("agents.scale"))
+@click.argument("name", shell_complete=_complete_agents)
+@click.argument("replicas", type=click.IntRange(min=0))
+@pass_ctx
+def scale(obj: Ctx, name: str, replicas: int) -> None:
+    res = obj.call("agents.scale", m.AgentsScale(name=name, replicas=replicas))
+    click.echo(f"{res['name']}: {res['replicas']} replicas")
+
+
+@cli.command(help=doc("config.reload"))
+@pass_ctx
+def reload(obj: Ctx) -> None:
+    res = obj.call("config.reload")
+    for key in ("added", "removed", "changed", "unchanged"):
+        click.echo(f"{key}: {', '.join(res[key]) or '-'}")
+
+
+@cli.command(help=doc("daemon.shutdown"))
+@pass_ctx
+def shutdown(obj: Ctx) -> None:
+    obj.call("daemon.shutdown")
+    click.echo("corral daemon is shutting down")
+
+
+@cli.command(help=doc("daemon.info"))
+@json_option
+@pass_ctx
+def info(obj: Ctx, as_json: bool) -> None:
+    res = obj.call("daemon.info")
+    if as_json:
+        _print_json(res)
+        return
+    for k, v in res.items():
+        click.echo(f"{k}: {v}")
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(corral completion bash)"."""
+    from click.shell_completion import get_completion_class
+
+    comp_cls = get_completion_class(shell)
+    assert comp_cls is not None
+    comp = comp_cls(cli, {}, "corral", "_CORRAL_COMPLETE")
+    click.echo(comp.source())
+
+
+def main() -> None:
+    cli(prog_name="corral")

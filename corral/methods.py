@@ -1,0 +1,162 @@
+"""The control-socket methods, each defined once: name, typed params, help.
+
+The daemon implements them (supervisor/control.py); the CLI calls them; both import this
+module, so a method cannot drift between the two. A method's docstring is its help text.
+Methods that change state are `mutating` and are written to the audit log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    params: type[msgspec.Struct]
+    mutating: bool
+    streaming: bool = False
+
+    @property
+    def doc(self) -> str:
+        return (self.params.__doc__ or "").strip()
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def method(name: str, *, mutating: bool = False, streaming: bool = False) -> Any:
+    def register(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
+        if name in REGISTRY:  # pragma: no cover - a programming error
+            raise RuntimeError(f"method {name} defined twice")
+        REGISTRY[name] = Method(name, cls, mutating, streaming)
+        cls.__method_name__ = name  # type: ignore[attr-defined]
+        return cls
+
+    return register
+
+
+class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+# -- daemon ---------------------------------------------------------------------------------
+@method("daemon.info")
+class DaemonInfo(Params):
+    """Version, pid, uptime, socket and config of the running daemon."""
+
+
+@method("daemon.shutdown", mutating=True)
+class DaemonShutdown(Params):
+    """Stop every agent gracefully, then the daemon."""
+
+
+@method("config.reload", mutating=True)
+class ConfigReload(Params):
+    """Re-read the config file and apply the difference: add new agents, remove dropped
+    ones, restart changed ones; unchanged agents are not touched."""
+
+
+# -- agents ---------------------------------------------------------------------------------
+@method("agents.status")
+class AgentsStatus(Params):
+    """State, pid, uptime, restarts, last exit, CPU and memory of agents' replicas."""
+
+    names: list[str] = []
+
+
+@method("agents.start", mutating=True)
+class AgentsStart(Params):
+    """Start agents (all their replicas); a Failed agent is given a fresh start."""
+
+    names: list[str] = []
+    all: bool = False
+
+
+@method("agents.stop", mutating=True)
+class AgentsStop(Params):
+    """Stop agents gracefully: shutdown request, SIGTERM after the grace, then SIGKILL."""
+
+    names: list[str] = []
+    all: bool = False
+
+
+@method("agents.restart", mutating=True)
+class AgentsRestart(Params):
+    """Stop then start agents."""
+
+    names: list[str] = []
+    all: bool = False
+
+
+@method("agents.add", mutating=True)
+class AgentsAdd(Params):
+    """Add agents at runtime from [agents.NAME] tables; they survive a daemon restart."""
+
+    agents: dict[str, dict[str, Any]]
+
+
+@method("agents.remove", mutating=True)
+class AgentsRemove(Params):
+    """Stop and remove agents."""
+
+    names: list[str]
+
+
+@method("agents.scale", mutating=True)
+class AgentsScale(Params):
+    """Set the number of replicas of an agent."""
+
+    name: str
+    replicas: int = msgspec.field(default=1)
+
+
+# -- logs and stats -------------------------------------------------------------------------
+@method("logs.tail")
+class LogsTail(Params):
+    """The last lines of agents' logs (all agents and the daemon when no name is given)."""
+
+    names: list[str] = []
+    lines: int = 50
+    since: float | None = None  # unix time
+
+
+@method("logs.follow", streaming=True)
+class LogsFollow(LogsTail):
+    """Like logs.tail, then new lines as `logs.lines` notifications until the client
+    disconnects; a follower too slow to keep up is sent `logs.missed` with a count."""
+
+
+@method("stats.get")
+class StatsGet(Params):
+    """Runtime statistics of the supervisor and per agent."""
+
+
+# -- results (what the daemon answers; the CLI decodes these) -------------------------------
+class LogLine(msgspec.Struct, array_like=True):
+    """One log line: time, source (agent name or "corral"), replica, pid, stream, text."""
+
+    time: float
+    source: str
+    replica: int
+    pid: int
+    stream: str
+    text: str
+
+    def render(self) -> str:
+        """How a line reads in log files and in `corral logs`."""
+        from datetime import UTC, datetime
+
+        stamp = datetime.fromtimestamp(self.time, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        who = self.source if self.source == "corral" else f"{self.source}#{self.replica}"
+        return f"{stamp}Z {who}[{self.pid}] {self.stream}: {self.text}"
+
+
+class ReloadResult(msgspec.Struct):
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    unchanged: list[str]

@@ -1,0 +1,195 @@
+"""The daemon's side of each control method in corral.methods, one function each."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .. import __version__, jsonrpc
+from .. import methods as m
+from ..jsonrpc import RpcError
+from .config import ConfigError, parse_agents
+from .control import implements
+from .daemon import replica_json
+
+if TYPE_CHECKING:
+    from .control import Connection
+    from .core import Agent
+    from .daemon import Daemon
+
+FOLLOW_BATCH = 500
+
+
+def _targets(d: Daemon, names: list[str], all_: bool) -> list[Agent]:
+    assert d.sup is not None
+    if all_:
+        return list(d.sup.agents.values())
+    if not names:
+        raise RpcError(jsonrpc.INVALID_PARAMS, "name at least one agent, or all")
+    return [d.sup.agent(n) for n in names]  # unknown names raise NOT_FOUND before acting
+
+
+@implements("daemon.info")
+async def daemon_info(d: Daemon, p: m.DaemonInfo, c: Connection) -> dict[str, Any]:
+    assert d.control is not None
+    return {
+        "version": __version__,
+        "pid": os.getpid(),
+        "uptime": round(time.time() - d.started_at, 3),
+        "socket": str(d.control.path),
+        "config": str(d.config_path),
+        "status": d.status_line(),
+    }
+
+
+@implements("daemon.shutdown")
+async def daemon_shutdown(d: Daemon, p: m.DaemonShutdown, c: Connection) -> dict[str, Any]:
+    asyncio.get_running_loop().call_soon(d.request_stop)
+    return {"stopping": True}
+
+
+@implements("config.reload")
+async def config_reload(d: Daemon, p: m.ConfigReload, c: Connection) -> Any:
+    try:
+        return await d.reload()
+    except ConfigError as exc:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"reload rejected, nothing changed: {exc}"
+                       ) from None
+
+
+@implements("agents.status")
+async def agents_status(d: Daemon, p: m.AgentsStatus, c: Connection) -> dict[str, Any]:
+    assert d.sup is not None
+    agents = [d.sup.agent(n) for n in p.names] if p.names else list(d.sup.agents.values())
+    return {
+        "agents": [replica_json(r) for a in agents for r in a.replicas],
+        "mcp_servers": [],
+    }
+
+
+@implements("agents.start")
+async def agents_start(d: Daemon, p: m.AgentsStart, c: Connection) -> dict[str, Any]:
+    targets = _targets(d, p.names, p.all)
+    for a in targets:
+        a.start()
+    return {"started": [a.name for a in targets]}
+
+
+@implements("agents.stop")
+async def agents_stop(d: Daemon, p: m.AgentsStop, c: Connection) -> dict[str, Any]:
+    targets = _targets(d, p.names, p.all)
+    await asyncio.gather(*(a.stop() for a in targets))
+    return {"stopped": [a.name for a in targets]}
+
+
+@implements("agents.restart")
+async def agents_restart(d: Daemon, p: m.AgentsRestart, c: Connection) -> dict[str, Any]:
+    targets = _targets(d, p.names, p.all)
+    await asyncio.gather(*(a.stop("restarting") for a in targets))
+    for a in targets:
+        a.start()
+    return {"restarted": [a.name for a in targets]}
+
+
+@implements("agents.add")
+async def agents_add(d: Daemon, p: m.AgentsAdd, c: Connection) -> dict[str, Any]:
+    assert d.sup is not None and d.store is not None
+    if not p.agents:
+        raise RpcError(jsonrpc.INVALID_PARAMS, "no [agents.NAME] tables to add")
+    try:
+        specs = parse_agents({"agents": p.agents}, "agents.add")
+    except ConfigError as exc:
+        raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+    taken = [n for n in specs if n in d.sup.agents]
+    if taken:  # all or nothing
+        raise RpcError(jsonrpc.CONFLICT, f"agent {taken[0]} already exists")
+    for name, spec in specs.items():
+        d._add(spec)
+        d.store.save_runtime_agent(name, p.agents[name])
+    return {"added": sorted(specs)}
+
+
+@implements("agents.remove")
+async def agents_remove(d: Daemon, p: m.AgentsRemove, c: Connection) -> dict[str, Any]:
+    assert d.sup is not None and d.store is not None
+    for n in p.names:
+        d.sup.agent(n)
+    await asyncio.gather(*(d.sup.remove(n) for n in p.names))
+    for n in p.names:
+        d.store.forget_runtime_agent(n)
+        d.from_config.discard(n)
+    return {"removed": p.names}
+
+
+@implements("agents.scale")
+async def agents_scale(d: Daemon, p: m.AgentsScale, c: Connection) -> dict[str, Any]:
+    assert d.sup is not None
+    if p.replicas < 0:
+        raise RpcError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
+    await d.sup.scale(p.name, p.replicas)
+    return {"name": p.name, "replicas": p.replicas}
+
+
+@implements("logs.tail")
+async def logs_tail(d: Daemon, p: m.LogsTail, c: Connection) -> dict[str, Any]:
+    _check_sources(d, p.names)
+    return {"lines": d.hub.tail(p.names, p.lines, p.since)}
+
+
+def _check_sources(d: Daemon, names: list[str]) -> None:
+    assert d.sup is not None
+    for n in names:
+        if n not in d.sup.agents and n != "corral" and n not in d.hub.tails:
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such agent: {n}")
+
+
+@implements("logs.follow")
+async def logs_follow(d: Daemon, p: m.LogsFollow, c: Connection) -> dict[str, Any]:
+    """Streams until the client goes away (the Peer then cancels this task)."""
+    _check_sources(d, p.names)
+    follower = d.hub.follow(p.names)
+    try:
+        backlog = d.hub.tail(p.names, p.lines, p.since)
+        if backlog:
+            c.notify("logs.lines", {"lines": backlog})
+        while True:
+            await follower.wakeup.wait()
+            follower.wakeup.clear()
+            while follower.queue or follower.missed:
+                if not c.writable.is_set():
+                    # the client reads slower than workers write: stop draining, let the
+                    # bounded queue overflow and count what it drops
+                    await c.writable.wait()
+                if follower.missed:
+                    c.notify("logs.missed", {"count": follower.missed})
+                    follower.missed = 0
+                q = follower.queue
+                batch = [q.popleft() for _ in range(min(FOLLOW_BATCH, len(q)))]
+                if batch:
+                    c.notify("logs.lines", {"lines": batch})
+    finally:
+        d.hub.unfollow(follower)
+
+
+@implements("stats.get")
+async def stats_get(d: Daemon, p: m.StatsGet, c: Connection) -> dict[str, Any]:
+    assert d.sup is not None
+    stats = msgspec.structs.asdict(d.sup.runtime_stats())
+    per_agent = {}
+    for a in d.sup.agents.values():
+        per_agent[a.name] = {
+            "replicas": len(a.replicas),
+            "serving": sum(1 for r in a.replicas if r.serving),
+            "restarts": sum(r.restarts for r in a.replicas),
+            "cpu_percent": round(sum(r.sample.cpu_percent for r in a.replicas), 1),
+            "rss_bytes": sum(r.sample.rss_bytes for r in a.replicas),
+        }
+    return {
+        "supervisor": {**stats, "uptime": round(time.time() - d.started_at, 3),
+                       "log_lines": d.hub.lines_written},
+        "agents": per_agent,
+    }

@@ -1,0 +1,224 @@
+"""The control socket: a unix socket speaking JSON-RPC, one connection per client.
+
+- One daemon per socket: a lock file beside the socket is held (flock) for the daemon's
+  life, so a second daemon refuses at once and a stale socket left by a killed daemon is
+  safely replaced (whoever holds the lock owns the path).
+- Mode 0660; every connection's peer uid is checked with SO_PEERCRED: root, the daemon's
+  uid, and members of the configured group are served; anyone else gets an error and is
+  disconnected.
+- Methods come from corral.methods.REGISTRY; implementations are registered here with
+  `@implements`, and the server refuses to start if one is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import grp
+import logging
+import os
+import pwd
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import jsonrpc
+from ..jsonrpc import LineProtocol, Peer, RpcError
+from ..methods import REGISTRY
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger("corral.control")
+
+MAX_REQUEST = 1024 * 1024  # a control request is small; a bigger line is refused
+
+Impl = Callable[["Daemon", Any, "Connection"], Awaitable[Any]]
+IMPLEMENTATIONS: dict[str, Impl] = {}
+
+
+def implements(name: str) -> Callable[[Impl], Impl]:
+    if name not in REGISTRY:  # pragma: no cover - a programming error
+        raise RuntimeError(f"{name} is not in corral.methods.REGISTRY")
+
+    def register(fn: Impl) -> Impl:
+        IMPLEMENTATIONS[name] = fn
+        return fn
+
+    return register
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class Connection(LineProtocol):
+    """One client: its credentials, its Peer, and write flow control."""
+
+    def __init__(self, server: ControlServer) -> None:
+        super().__init__(self._line, self._eof, max_line=MAX_REQUEST,
+                         on_oversize=self._oversize)
+        self.server = server
+        self.uid = self.pid = self.gid = -1
+        self.peer: Peer | None = None
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.transport_: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # uvloop's transports are not asyncio.Transport subclasses, but quack alike
+        self.transport_ = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        self.pid, self.uid, self.gid = struct.unpack("3i", creds)
+        self.peer = Peer(
+            f"client pid {self.pid} uid {self.uid}",
+            transport.write,  # type: ignore[attr-defined]
+            dispatch=self._dispatch,
+            reply_to_garbage=True,
+        )
+        if not self.server.authorized(self.uid, self.gid):
+            log.warning("refused control connection from uid %d pid %d", self.uid, self.pid)
+            self.server.daemon.hub.daemon(
+                f"refused control connection from uid {self.uid} pid {self.pid}", "audit")
+            self.peer.send_message(jsonrpc.ErrorResponse(None, jsonrpc.ErrorObject(
+                jsonrpc.UNAUTHORIZED,
+                f"unauthorized: uid {self.uid} may not use this socket (allowed: root, uid "
+                f"{os.geteuid()}" + (f", group {self.server.group}" if self.server.group
+                                     else "") + ")")))
+            transport.close()
+            return
+        self.server.connections.add(self)
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def _line(self, line: bytes) -> None:
+        if self.peer is not None:
+            self.peer.feed_line(line)
+
+    def _eof(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.writable.set()
+        if self.peer is not None:
+            self.peer.close("client disconnected")
+
+    def _oversize(self, size: int) -> None:
+        if self.peer is not None:
+            self.peer.send_message(jsonrpc.ErrorResponse(None, jsonrpc.ErrorObject(
+                jsonrpc.INVALID_REQUEST,
+                f"invalid request: {size} bytes is over the {MAX_REQUEST}-byte limit")))
+
+    def _dispatch(self, method: str, params: Any, peer: Peer) -> Any:
+        spec = REGISTRY.get(method)
+        impl = IMPLEMENTATIONS.get(method)
+        if spec is None or impl is None:
+            raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
+        typed = jsonrpc.decode_params(params, spec.params)
+        return self._run(spec.mutating, method, typed, impl)
+
+    async def _run(self, mutating: bool, method: str, params: Any, impl: Impl) -> Any:
+        daemon = self.server.daemon
+        try:
+            result = await impl(daemon, params, self)
+        except RpcError as exc:
+            if mutating:
+                daemon.audit(self, method, params, f"error: {exc.message}")
+            raise
+        if mutating:
+            daemon.audit(self, method, params, "ok")
+        return result
+
+    def notify(self, method: str, params: Any) -> None:
+        if self.peer is not None:
+            self.peer.notify(method, params)
+
+
+class ControlServer:
+    def __init__(self, daemon: Daemon, path: Path, group: str | None) -> None:
+        self.daemon = daemon
+        self.path = path
+        self.group = group
+        self.group_gid: int | None = None
+        if group is not None:
+            try:
+                self.group_gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                log.warning("control socket group %s does not exist; ignoring it", group)
+        self.connections: set[Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._lock_fd = -1
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def authorized(self, uid: int, gid: int) -> bool:
+        if uid in (0, os.geteuid()):
+            return True
+        if self.group_gid is None:
+            return False
+        if gid == self.group_gid:
+            return True
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return False
+        return self.group_gid in os.getgrouplist(name, gid)
+
+    async def start(self) -> None:
+        from . import commands  # noqa: F401  (registers the implementations)
+
+        missing = set(REGISTRY) - set(IMPLEMENTATIONS)
+        if missing:  # pragma: no cover - a programming error, caught by the test suite
+            raise RuntimeError(f"control methods without implementation: {sorted(missing)}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip()
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise AlreadyRunning(
+                f"another corral daemon (pid {holder or '?'}) is running on {self.path}"
+            ) from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        # we hold the lock, so a socket file here is stale: its daemon is gone
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        loop = asyncio.get_running_loop()
+        old_umask = os.umask(0o117)  # the socket is born 0660, never briefly wider
+        try:
+            self._server = await loop.create_unix_server(
+                lambda: Connection(self), path=str(self.path), backlog=128
+            )
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o660)
+        if self.group_gid is not None:
+            with contextlib.suppress(PermissionError):
+                os.chown(self.path, -1, self.group_gid)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for conn in list(self.connections):
+                if conn.transport_ is not None:
+                    conn.transport_.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+            self._server = None
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1

@@ -1,0 +1,268 @@
+"""`corral daemon`: the supervisor as a service.
+
+One event loop (uvloop). Signals are queued into it and handled there, gunicorn-style:
+SIGTERM/SIGINT stop every agent gracefully and exit 0, SIGHUP reloads the config.
+It speaks sd_notify when systemd started it: READY=1 once every autostart agent is up,
+WATCHDOG=1 from the heartbeat loop, STATUS= lines, RELOADING=1, STOPPING=1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .. import __version__
+from ..methods import ReloadResult
+from .config import AgentSpec, Config, ConfigError, load_config, parse_agents
+from .control import AlreadyRunning, ControlServer
+from .core import Supervisor
+from .lifecycle import SERVING, STOPPED, State
+from .logs import LogHub
+from .notify import Notifier
+from .paths import default_log_dir, default_socket, default_state_dir, resolve
+from .replica import Event, Replica
+from .state import StateStore
+
+if TYPE_CHECKING:
+    from .control import Connection
+
+log = logging.getLogger("corral.daemon")
+
+
+class Daemon:
+    def __init__(self, config_path: Path, *, socket: str | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.config_path = config_path.resolve()
+        self.socket_override = socket
+        self.notifier = notifier or Notifier()
+        self.config: Config | None = None
+        self.sup: Supervisor | None = None
+        self.hub: LogHub = LogHub(None)
+        self.store: StateStore | None = None
+        self.control: ControlServer | None = None
+        self.started_at = time.time()
+        self.from_config: set[str] = set()  # agents declared by the config file
+        self._stop: asyncio.Future[None] | None = None
+        self._signals: asyncio.Queue[int] = asyncio.Queue()
+
+    # -- start-up -------------------------------------------------------------------------
+    def _paths(self, cfg: Config) -> tuple[Path, Path, Path]:
+        base = self.config_path.parent
+        s = cfg.supervisor
+        sock = (Path(self.socket_override) if self.socket_override
+                else resolve(base, s.socket) or default_socket())
+        state_dir = resolve(base, s.state_dir) or default_state_dir()
+        log_dir = resolve(base, s.log_dir) or default_log_dir(state_dir)
+        return sock, state_dir, log_dir
+
+    async def run(self) -> int:
+        """Run until told to stop; the exit status of `corral daemon`."""
+        try:
+            cfg = load_config(self.config_path)
+        except ConfigError as exc:
+            print(f"corral: invalid config: {exc}", file=sys.stderr)
+            return 1
+        self.config = cfg
+        sock_path, state_dir, log_dir = self._paths(cfg)
+        s = cfg.supervisor
+        self.hub = LogHub(log_dir, max_bytes=s.log_max_bytes, backups=s.log_backups,
+                          tail_lines=s.log_tail_lines)
+        self.sup = Supervisor(heartbeat_interval=s.heartbeat_interval,
+                              heartbeat_timeout=s.heartbeat_timeout)
+        self.sup.log_listeners.append(self._on_worker_log)
+        self.sup.tick_listeners.append(self.notifier.watchdog)
+        events = self.sup.subscribe(maxsize=100_000)
+        self.control = ControlServer(self, sock_path, s.group)
+        try:
+            await self.control.start()
+        except AlreadyRunning as exc:
+            print(f"corral: {exc}", file=sys.stderr)
+            self.hub.close()
+            return 1
+        except OSError as exc:
+            print(f"corral: cannot listen on {sock_path}: {exc.strerror}", file=sys.stderr)
+            self.hub.close()
+            return 1
+        self.store = StateStore(state_dir / "corral.db")
+        loop = asyncio.get_running_loop()
+        self._stop = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._signals.put_nowait, sig)
+        signal_task = asyncio.ensure_future(self._handle_signals())
+        event_task = asyncio.ensure_future(self._pump_events(events))
+        self.sup.open()
+        self.hub.daemon(f"corral {__version__} started, pid {os.getpid()}, "
+                        f"config {self.config_path}, socket {sock_path}")
+        for name, spec in cfg.agents.items():
+            self._add(spec)
+            self.from_config.add(name)
+        self._restore_runtime_agents()
+        ready_task = asyncio.ensure_future(self._announce_ready())
+        await self._stop
+        ready_task.cancel()
+        self.notifier.stopping("stopping agents")
+        self.hub.daemon("shutting down: stopping all agents")
+        await self.sup.close(graceful=True)
+        signal_task.cancel()
+        await asyncio.sleep(0)  # let the last events reach the log
+        event_task.cancel()
+        self.hub.daemon("stopped")
+        await self.control.close()
+        self.store.close()
+        self.hub.close()
+        self.notifier.close()
+        return 0
+
+    def _add(self, spec: AgentSpec) -> None:
+        assert self.sup is not None
+        if spec.cwd is None:
+            spec.cwd = str(self.config_path.parent)
+        self.sup.add(spec)
+
+    def _restore_runtime_agents(self) -> None:
+        assert self.store is not None
+        for name, table in self.store.runtime_agents().items():
+            if self.sup is not None and name in self.sup.agents:
+                continue
+            try:
+                spec = parse_agents({"agents": {name: table}}, "state database")[name]
+                self._add(spec)
+            except (ConfigError, Exception) as exc:
+                self.hub.daemon(f"could not restore runtime agent {name}: {exc}")
+
+    async def _announce_ready(self) -> None:
+        """READY=1 once every autostart agent has answered initialize (or given up)."""
+        assert self.sup is not None
+        sup = self.sup
+
+        def settled() -> bool:
+            return all(r.state in SERVING or r.state in STOPPED for r in sup.replicas())
+
+        while not settled():
+            await sup.wait_event(lambda e: True, 3600)
+        self.notifier.ready(self.status_line())
+        self.hub.daemon(f"ready: {self.status_line()}")
+
+    def status_line(self) -> str:
+        assert self.sup is not None
+        reps = list(self.sup.replicas())
+        up = sum(1 for r in reps if r.state in SERVING)
+        failed = sum(1 for r in reps if r.state == State.FAILED)
+        return f"{len(self.sup.agents)} agents, {up}/{len(reps)} replicas ready, {failed} failed"
+
+    # -- loops ----------------------------------------------------------------------------
+    async def _handle_signals(self) -> None:
+        while True:
+            sig = await self._signals.get()
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                self.hub.daemon(f"received {signal.Signals(sig).name}")
+                self.request_stop()
+            elif sig == signal.SIGHUP:
+                self.hub.daemon("received SIGHUP: reloading")
+                try:
+                    await self.reload()
+                except ConfigError as exc:
+                    self.hub.daemon(f"reload rejected: {exc}")
+
+    async def _pump_events(self, q: asyncio.Queue[Event]) -> None:
+        while True:
+            e = await q.get()
+            self.hub.emit(e.name, e.replica, e.pid or 0, "event",
+                          [f"{e.previous} -> {e.state}: {e.reason}"], when=e.time)
+            if self.notifier.enabled:
+                self.notifier.status(self.status_line())
+
+    def _on_worker_log(self, replica: Replica, stream: str, texts: list[str]) -> None:
+        self.hub.emit(replica.name, replica.index, replica.pid or 0, stream, texts)
+
+    def request_stop(self) -> None:
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(None)
+
+    # -- operations -----------------------------------------------------------------------
+    def audit(self, conn: Connection, method: str, params: Any, outcome: str) -> None:
+        text = (f"uid {conn.uid} pid {conn.pid}: {method} "
+                f"{msgspec.json.encode(params).decode()} -> {outcome}")
+        self.hub.daemon(text, "audit")
+        if self.store is not None:
+            self.store.audit(conn.uid, conn.pid, method, params, outcome)
+
+    async def reload(self) -> ReloadResult:
+        """Apply the config file's difference; on any error nothing changes."""
+        assert self.sup is not None
+        self.notifier.reloading()
+        try:
+            cfg = load_config(self.config_path)
+        except ConfigError:
+            self.notifier.ready(self.status_line())
+            raise
+        for spec in cfg.agents.values():
+            if spec.cwd is None:
+                spec.cwd = str(self.config_path.parent)
+        old = {n: self.sup.agents[n].spec for n in self.from_config if n in self.sup.agents}
+        new = cfg.agents
+        added = sorted(set(new) - set(old))
+        removed = sorted(set(old) - set(new))
+        changed = sorted(n for n in set(old) & set(new) if not _same(old[n], new[n]))
+        unchanged = sorted(n for n in set(old) & set(new) if n not in changed)
+        conflicts = [n for n in added if n in self.sup.agents]
+        for n in conflicts:  # declared now in the file, added at runtime before: file wins
+            await self.sup.remove(n)
+            assert self.store is not None
+            self.store.forget_runtime_agent(n)
+        await asyncio.gather(*(self.sup.remove(n) for n in removed + changed))
+        for n in added + changed:
+            self._add(new[n])
+        self.from_config = set(new)
+        self.sup.heartbeat_interval = cfg.supervisor.heartbeat_interval
+        self.sup.heartbeat_timeout = cfg.supervisor.heartbeat_timeout
+        self.config = cfg
+        result = ReloadResult(added=added, removed=removed, changed=changed,
+                              unchanged=unchanged)
+        self.hub.daemon(f"reloaded: added {added}, removed {removed}, changed {changed}")
+        self.notifier.ready(self.status_line())
+        return result
+
+
+def _same(a: AgentSpec, b: AgentSpec) -> bool:
+    return msgspec.json.encode(a) == msgspec.json.encode(b)
+
+
+def replica_json(r: Replica) -> dict[str, Any]:
+    up = r.uptime
+    return {
+        "name": r.name,
+        "replica": r.index,
+        "state": r.state.value,
+        "pid": r.pid if r.process is not None else None,
+        "uptime": round(up, 3) if up is not None else None,
+        "restarts": r.restarts,
+        "last_exit": r.last_exit,
+        "reason": r.reason,
+        "cpu_percent": r.sample.cpu_percent,
+        "rss_bytes": r.sample.rss_bytes,
+        "open_fds": r.sample.open_fds,
+        "tasks_running": r.tasks_running,
+    }
+
+
+def run_daemon(config: Path, socket: str | None) -> int:
+    import uvloop
+
+    try:
+        from setproctitle import setproctitle
+
+        setproctitle("corral: supervisor")
+    except ImportError:  # pragma: no cover
+        pass
+    logging.basicConfig(level=os.environ.get("CORRAL_LOG_LEVEL", "WARNING"),
+                        format="corral: %(levelname)s %(name)s: %(message)s")
+    return uvloop.run(Daemon(config, socket=socket).run())
