@@ -43,6 +43,7 @@ async def daemon_info(d: Daemon, p: m.DaemonInfo, c: Connection) -> dict[str, An
         "socket": str(d.control.path),
         "config": str(d.config_path),
         "status": d.status_line(),
+        "followers": len(d.hub.followers),
     }
 
 

@@ -1,0 +1,143 @@
+"""A real `corral daemon` process for end-to-end tests, and a CLI runner.
+
+Readiness is awaited on our own NOTIFY_SOCKET (the sd_notify protocol), never by sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .conftest import EXAMPLES, ROOT
+
+PY = sys.executable
+
+
+def config_text(agents: str, sock: Path, state: Path, extra: str = "") -> str:
+    return textwrap.dedent(f"""
+        [supervisor]
+        socket = "{sock}"
+        state_dir = "{state}"
+        log_dir = "{state}/logs"
+        heartbeat_interval = 0.2
+        heartbeat_timeout = 2.0
+        {extra}
+    """) + textwrap.dedent(agents)
+
+
+def hello(name: str, replicas: int = 1, extra: str = "") -> str:
+    return textwrap.dedent(f"""
+        [agents.{name}]
+        command = ["{PY}", "{EXAMPLES}/hello.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        replicas = {replicas}
+        backoff_initial = 0.05
+        stop_timeout = 2.0
+    """) + textwrap.dedent(extra)
+
+
+class Notifications:
+    """Our own datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.seen: list[dict[str, str]] = []
+
+    def wait_for(self, key: str, timeout: float = 20.0,
+                 proc: subprocess.Popen[bytes] | None = None) -> dict[str, str]:
+        for msg in self.seen:
+            if key in msg:
+                return msg
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {key} notification within {timeout} s: {self.seen}")
+            if proc is not None and proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise RuntimeError(f"the daemon exited with {proc.returncode}: {err}")
+            self.sock.settimeout(min(left, 0.5))
+            try:
+                data = self.sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            msg = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
+            self.seen.append(msg)
+            if key in msg:
+                return msg
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Daemon:
+    def __init__(self, directory: Path, agents: str = "", extra: str = "",
+                 watchdog_usec: int | None = None) -> None:
+        self.dir = directory
+        self.sock = directory / "corral.sock"
+        self.state = directory / "state"
+        self.config = directory / "corral.toml"
+        self.config.write_text(config_text(agents, self.sock, self.state, extra))
+        self.notify = Notifications(directory)
+        self.watchdog_usec = watchdog_usec
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True) -> Daemon:
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path),
+               "PYTHONPATH": str(ROOT)}
+        if self.watchdog_usec:
+            env["WATCHDOG_USEC"] = str(self.watchdog_usec)
+        self.notify.seen.clear()
+        self.proc = subprocess.Popen(
+            [PY, "-m", "corral", "daemon", "--config", str(self.config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        if wait_ready:
+            self.notify.wait_for("READY", proc=self.proc)
+        return self
+
+    def cli(self, *args: str, input: str | None = None, user: str | None = None,
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PY, "-m", "corral", "--socket", str(self.sock), *args],
+            capture_output=True, text=True, input=input, timeout=timeout,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, user=user)
+
+    def json(self, *args: str) -> Any:
+        r = self.cli(*args, "--json")
+        assert r.returncode == 0, r.stderr
+        return msgspec.json.decode(r.stdout)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {f"{a['name']}#{a['replica']}": a for a in self.json("status")["agents"]}
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout)
+        return rc
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.notify.close()
+
+
+def shared_tmpdir() -> Path:
+    """A directory other users may enter (pytest's tmp_path is 0700 under root)."""
+    d = Path(tempfile.mkdtemp(prefix="corral-test-"))
+    d.chmod(0o755)
+    return d

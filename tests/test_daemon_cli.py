@@ -1,0 +1,519 @@
+"""End to end through the CLI against a real daemon process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+import pytest
+
+from .conftest import EXAMPLES, ROOT, nobody_reason
+from .daemon_harness import PY, Daemon, hello, shared_tmpdir
+
+
+def wait_until(fn: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+# drop root's supplementary groups too, or group 0 would still open a 0660 root socket
+AS_NOBODY: dict[str, Any] = {"user": "nobody", "group": "nogroup", "extra_groups": []}
+
+
+@pytest.fixture
+def tmp() -> Iterator[Path]:
+    d = shared_tmpdir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(tmp: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp, hello("hello") + hello("other"))
+    d.start()
+    pids = [a["pid"] for a in d.status().values()]
+    yield d
+    try:
+        if d.proc and d.proc.poll() is None:
+            assert d.stop() == 0
+        for pid in pids:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    finally:
+        d.close()
+
+
+# -- reading ------------------------------------------------------------------------------
+def test_status_json_and_table(daemon: Daemon) -> None:
+    st = daemon.json("status")
+    assert set(st) == {"agents", "mcp_servers"}
+    a = st["agents"][0]
+    for key in ("name", "replica", "state", "pid", "uptime", "restarts", "last_exit",
+                "cpu_percent", "rss_bytes"):
+        assert key in a
+    assert [(x["name"], x["state"]) for x in st["agents"]] == [("hello", "ready"),
+                                                                ("other", "ready")]
+    table = daemon.cli("status", "hello")
+    assert table.returncode == 0
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS",
+                                "REASON"]
+    assert lines[1].split()[:2] == ["hello#0", "ready"]
+
+
+def test_unknown_agent_and_usage_errors(daemon: Daemon) -> None:
+    r = daemon.cli("status", "nope")
+    assert (r.returncode, r.stderr) == (1, "corral: no such agent: nope\n")
+    r = daemon.cli("stop")
+    assert r.returncode == 2 and "name at least one agent, or --all" in r.stderr
+    r = daemon.cli("scale", "hello", "-1")
+    assert r.returncode == 2
+    r = daemon.cli("stop", "hello", "nope")  # nothing is stopped when one name is wrong
+    assert r.returncode == 1
+    assert daemon.status()["hello#0"]["state"] == "ready"
+
+
+def test_unreachable_daemon_exits_3_and_says_how_to_start(tmp: Path) -> None:
+    r = subprocess.run([PY, "-m", "corral", "--socket", str(tmp / "none.sock"), "status"],
+                       capture_output=True, text=True, env={**os.environ,
+                                                            "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 3
+    assert r.stderr.startswith(f"corral: cannot reach the corral daemon at {tmp}/none.sock: "
+                               "no socket there\nstart it with `corral daemon --config PATH`")
+
+
+def test_stats(daemon: Daemon) -> None:
+    s = daemon.json("stats")
+    assert s["supervisor"]["active"] == 2 and s["supervisor"]["spawned"] == 2
+    assert s["agents"]["hello"]["serving"] == 1
+
+
+# -- changing -----------------------------------------------------------------------------
+def test_stop_start_restart_all(daemon: Daemon) -> None:
+    pid = daemon.status()["hello#0"]["pid"]
+    assert daemon.cli("stop", "hello").stdout == "stopped: hello\n"
+    st = daemon.status()["hello#0"]
+    assert (st["state"], st["pid"], st["last_exit"]) == ("terminated", None, "stopped")
+    assert not psutil.pid_exists(pid)
+    assert daemon.cli("start", "hello").returncode == 0
+    wait_until(lambda: daemon.status()["hello#0"]["state"] == "ready", what="ready")
+    assert daemon.cli("restart", "--all").stdout == "restarted: hello, other\n"
+    assert daemon.cli("stop", "--all").returncode == 0
+    assert {a["state"] for a in daemon.status().values()} == {"terminated"}
+
+
+def test_add_from_file_and_flags_remove_scale(daemon: Daemon, tmp: Path) -> None:
+    f = tmp / "more.toml"
+    f.write_text(hello("extra", replicas=2))
+    r = daemon.cli("add", str(f))
+    assert (r.returncode, r.stdout) == (0, "added: extra\n")
+    r = daemon.cli("add", str(f))
+    assert (r.returncode, r.stderr) == (1, "corral: agent extra already exists\n")
+    r = daemon.cli("add", "--name", "flagged", "--command",
+                   f"{PY} {EXAMPLES}/hello.py", "--env", f"PYTHONPATH={ROOT}")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: daemon.status().get("flagged#0", {}).get("state") == "ready")
+    assert daemon.cli("scale", "extra", "3").stdout == "extra: 3 replicas\n"
+    wait_until(lambda: all(daemon.status().get(f"extra#{i}", {}).get("state") == "ready"
+                           for i in range(3)), what="3 replicas")
+    assert daemon.cli("remove", "extra", "flagged").stdout == "removed: extra, flagged\n"
+    assert sorted(daemon.status()) == ["hello#0", "other#0"]
+
+
+def test_add_invalid_spec_names_the_key(daemon: Daemon, tmp: Path) -> None:
+    f = tmp / "bad.toml"
+    f.write_text('[agents.bad]\ncommand = ["true"]\nreplicas = "two"\n')
+    r = daemon.cli("add", str(f))
+    assert r.returncode == 1
+    assert r.stderr == ("corral: agents.add: agents.bad.replicas: Expected `int`, got `str`\n")
+    f.write_text('[agents.bad]\ncommand = ["true"]\nreplicaz = 2\n')
+    r = daemon.cli("add", str(f))
+    assert r.stderr == ("corral: agents.add: agents.bad: Object contains unknown field "
+                        "`replicaz`\n")
+    f.write_text('[agents.bad]\ncommand = ["true"]\nreplicas = = 2\n')
+    r = daemon.cli("add", str(f))
+    assert r.returncode == 1
+    assert r.stderr == f"corral: {f}: syntax error: Invalid value (at line 3, column 12)\n"
+    assert "bad#0" not in daemon.status()
+
+
+def test_runtime_agents_survive_a_daemon_restart_and_audit(daemon: Daemon, tmp: Path) -> None:
+    f = tmp / "more.toml"
+    f.write_text(hello("kept"))
+    assert daemon.cli("add", str(f)).returncode == 0
+    assert daemon.stop() == 0
+    daemon.start()
+    assert daemon.status()["kept#0"]["state"] == "ready"
+    import sqlite3
+
+    db = sqlite3.connect(daemon.state / "corral.db")
+    rows = db.execute("SELECT uid, pid, method, outcome FROM audit").fetchall()
+    assert rows[0][0] == os.geteuid() and rows[0][1] > 0
+    assert rows[0][2:] == ("agents.add", "ok")
+    log = (daemon.state / "logs" / "corral.log").read_text()
+    assert f"audit: uid {os.geteuid()} pid {rows[0][1]}: agents.add" in log
+
+
+# -- logs ---------------------------------------------------------------------------------
+CHATTY = """
+import sys, time
+from corral.worker import run
+
+def handle(task, ctx):
+    return task
+
+n = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+for i in range(n):
+    print(f"line {i}", file=sys.stderr)
+sys.stderr.flush()
+if len(sys.argv) > 2 and sys.argv[2] == "crash":
+    sys.stderr.write("last words")  # no newline: the tail of a crash
+    sys.stderr.flush()
+    raise SystemExit(9)
+run(handle)
+"""
+
+
+def chatty(tmp: Path, name: str, n: int, crash: bool = False, extra: str = "",
+           restart: str = "never") -> str:
+    script = tmp / "chatty.py"
+    script.write_text(CHATTY)
+    args = f'"{n}", "crash"' if crash else f'"{n}"'
+    return (f'[agents.{name}]\ncommand = ["{PY}", "{script}", {args}]\n'
+            f'env = {{ PYTHONPATH = "{ROOT}" }}\nrestart = "{restart}"\n{extra}\n')
+
+
+def test_no_line_lost_before_a_crash(tmp: Path) -> None:
+    d = Daemon(tmp, chatty(tmp, "dying", 5000, crash=True))
+    try:
+        d.start()
+        wait_until(lambda: d.status()["dying#0"]["state"] == "terminated")
+        text = (d.state / "logs" / "dying.log").read_text().splitlines()
+        lines = [t.split(" stderr: ", 1)[1] for t in text if " stderr: " in t]
+        assert lines == [f"line {i}" for i in range(5000)] + ["last words"]
+        assert d.status()["dying#0"]["last_exit"] == "exited with status 9"
+        r = d.cli("logs", "dying", "-n", "2")
+        last_two = r.stdout.splitlines()
+        assert last_two[0].endswith(" stderr: last words")
+        assert last_two[1].endswith(" event: starting -> terminated: exited with status 9")
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_logs_tail_since_and_json(daemon: Daemon) -> None:
+    r = daemon.cli("logs", "hello", "-n", "1", "--json")
+    line = json.loads(r.stdout)
+    assert line["source"] == "hello" and line["stream"] == "event"
+    assert line["text"] == "starting -> ready: initialized"
+    assert daemon.cli("logs", "--since", "1h", "-n", "100").stdout.count("\n") >= 4
+    assert daemon.cli("logs", "--since", "yesterday-ish").returncode == 2
+
+
+def test_logs_follow_across_restart_and_rotation(tmp: Path) -> None:
+    d = Daemon(tmp, chatty(tmp, "talker", 300, restart="always", extra="backoff_initial = 0.05"),
+               extra="log_max_bytes = 4096\nlog_backups = 2")
+    try:
+        d.start()
+        f = subprocess.Popen([PY, "-m", "corral", "--socket", str(d.sock), "logs", "talker",
+                              "-f", "-n", "0"], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert f.stdout is not None
+        # wait until the follower is attached: the daemon counts followers in daemon.info
+        wait_until(lambda: json.loads(d.cli("info", "--json").stdout)["followers"] == 1)
+        pid = d.status()["talker#0"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        seen = []
+        for line in f.stdout:  # until the new process is ready
+            seen.append(line)
+            if "starting -> ready" in line:
+                break
+        text = "".join(seen)
+        assert f"talker#0[{pid}] event: ready -> terminated: killed by SIGKILL" in text
+        assert "terminated -> backoff" in text and "starting -> ready" in text
+        assert "stderr: line 0" in text
+        f.kill()
+        f.wait()
+        logs = sorted(p.name for p in (d.state / "logs").iterdir())
+        assert "talker.log.1" in logs and "talker.log.2" in logs
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_slow_follower_is_told_what_it_missed(tmp: Path) -> None:
+    d = Daemon(tmp, chatty(tmp, "flood", 200_000), extra="log_max_bytes = 100000000")
+    try:
+        d.start(wait_ready=False)
+        wait_until(lambda: d.sock.exists(), what="socket")
+        s = socket.socket(socket.AF_UNIX)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(str(d.sock))
+        s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"logs.follow","params":'
+                  b'{"names":["flood"],"lines":0}}\n')
+        d.notify.wait_for("READY")
+        # do not read until the worker has written everything
+        wait_until(lambda: d.json("stats")["supervisor"]["log_lines"] >= 200_000,
+                   what="the flood to be logged")
+        buf = b""
+        s.settimeout(10)
+        missed = 0
+        got = 0
+        while got + missed < 200_000:
+            chunk = s.recv(1 << 20)
+            assert chunk
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                msg = msgspec.json.decode(raw)
+                if msg["method"] == "logs.missed":
+                    missed += msg["params"]["count"]
+                elif msg["method"] == "logs.lines":
+                    got += sum(1 for ln in msg["params"]["lines"] if ln[4] == "stderr")
+        assert missed > 0 and got + missed >= 200_000
+        s.close()
+        # the worker was not slowed down, and the daemon serves others meanwhile
+        assert d.status()["flood#0"]["state"] == "ready"
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_client_disconnecting_mid_follow(daemon: Daemon) -> None:
+    f = subprocess.Popen([PY, "-m", "corral", "--socket", str(daemon.sock), "logs", "-f"],
+                         stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wait_until(lambda: json.loads(daemon.cli("info", "--json").stdout)["followers"] == 1)
+    f.kill()
+    f.wait()
+    wait_until(lambda: json.loads(daemon.cli("info", "--json").stdout)["followers"] == 0)
+    assert daemon.cli("restart", "hello").returncode == 0
+
+
+# -- the socket -----------------------------------------------------------------------------
+def raw(daemon: Daemon, data: bytes, n: int = 1) -> list[dict[str, Any]]:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(daemon.sock))
+    s.settimeout(10)
+    s.sendall(data)
+    buf = b""
+    while buf.count(b"\n") < n:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    return [msgspec.json.decode(x) for x in buf.split(b"\n") if x]
+
+
+def test_malformed_unknown_and_ill_typed_requests(daemon: Daemon) -> None:
+    replies = raw(daemon, b'{not json\n{"jsonrpc":"2.0","id":1,"method":"no.such"}\n'
+                          b'{"jsonrpc":"2.0","id":2,"method":"agents.scale","params":'
+                          b'{"name":"hello","replicas":"x"}}\n'
+                          b'{"jsonrpc":"2.0","id":3,"method":"agents.status","params":'
+                          b'{"bogus":1}}\n', 4)
+    assert replies[0]["id"] is None and replies[0]["error"]["code"] == -32700
+    assert replies[1]["error"] == {"code": -32601, "message": "method not found: no.such"}
+    assert replies[2]["error"] == {"code": -32602, "message":
+                                   "invalid params: Expected `int`, got `str` - at `$.replicas`"}
+    assert replies[3]["error"]["message"] == ("invalid params: Object contains unknown field "
+                                              "`bogus`")
+
+
+def test_100mb_request_is_refused_and_the_daemon_lives(daemon: Daemon) -> None:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(daemon.sock))
+    s.settimeout(30)
+    chunk = b"x" * (1 << 20)
+    s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"agents.status","params":{"names":["')
+    for _ in range(100):
+        s.sendall(chunk)
+    s.sendall(b'"]}}\n{"jsonrpc":"2.0","id":2,"method":"daemon.info"}\n')
+    buf = b""
+    while buf.count(b"\n") < 2:
+        buf += s.recv(65536)
+    s.close()
+    first, second = (msgspec.json.decode(x) for x in buf.split(b"\n")[:2])
+    assert first["error"]["code"] == -32600
+    assert "over the 1048576-byte limit" in first["error"]["message"]
+    assert second["id"] == 2 and second["result"]["pid"] == daemon.proc.pid  # type: ignore[union-attr]
+    assert psutil.Process(daemon.proc.pid).memory_info().rss < 200 * 1024 * 1024  # type: ignore[union-attr]
+
+
+def test_socket_mode_and_unauthorized_uid(daemon: Daemon) -> None:
+    assert stat.S_IMODE(daemon.sock.stat().st_mode) == 0o660
+    reason = nobody_reason()
+    if reason:
+        pytest.skip(reason)
+    # 0660: nobody cannot even connect
+    r = subprocess.run(["/usr/bin/python3", "-c", f"""
+import socket; s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect({str(daemon.sock)!r})
+except PermissionError:
+    print("EACCES")
+"""], capture_output=True, text=True, **AS_NOBODY)
+    assert r.stdout.strip() == "EACCES"
+    # with the file mode opened up, the uid check still refuses
+    os.chmod(daemon.sock, 0o666)
+    r = subprocess.run(["/usr/bin/python3", "-c", f"""
+import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(daemon.sock)!r})
+s.sendall(b'{{"jsonrpc":"2.0","id":1,"method":"daemon.shutdown"}}\\n')
+print(s.makefile().readline().strip())
+"""], capture_output=True, text=True, **AS_NOBODY)
+    reply = json.loads(r.stdout)
+    assert reply["error"]["code"] == -32004
+    assert reply["error"]["message"].startswith("unauthorized: uid 65534 may not use this socket")
+    assert daemon.proc is not None and daemon.proc.poll() is None
+
+
+def test_second_daemon_refuses_and_the_first_keeps_running(daemon: Daemon) -> None:
+    r = subprocess.run([PY, "-m", "corral", "daemon", "--config", str(daemon.config)],
+                       capture_output=True, text=True, timeout=20,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 1
+    assert r.stderr == (f"corral: another corral daemon (pid {daemon.proc.pid}) "  # type: ignore[union-attr]
+                        f"is running on {daemon.sock}\n")
+    assert daemon.status()["hello#0"]["state"] == "ready"
+
+
+def test_stale_socket_is_taken_over(tmp: Path) -> None:
+    d = Daemon(tmp, hello("hello"))
+    try:
+        d.start()
+        agent_pid = d.status()["hello#0"]["pid"]
+        d.stop(signal.SIGKILL)
+        assert d.sock.exists()  # left behind
+        psutil.Process(agent_pid).kill()  # the orphan of the killed daemon
+        d.start()
+        assert d.status()["hello#0"]["state"] == "ready"
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+# -- config and reload ------------------------------------------------------------------
+def test_reload_applies_only_the_difference(daemon: Daemon) -> None:
+    before = daemon.status()
+    daemon.config.write_text(daemon.config.read_text().replace("[agents.other]", "[agents.new]")
+                             .replace("replicas = 1\n", "replicas = 2\n", 1))
+    r = daemon.cli("reload")
+    assert r.stdout == "added: new\nremoved: other\nchanged: hello\nunchanged: -\n"
+    after = daemon.status()
+    assert "other#0" not in after and "new#0" in after and "hello#1" in after
+    assert after["hello#0"]["pid"] != before["hello#0"]["pid"]
+
+
+def test_invalid_reload_touches_nothing(daemon: Daemon) -> None:
+    before = daemon.status()
+    good = daemon.config.read_text()
+    daemon.config.write_text(good + "\n[agents.broken]\ncommand = 42\n")
+    r = daemon.cli("reload")
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"corral: reload rejected, nothing changed: {daemon.config}: "
+                               "agents.broken.command: Expected `str | array`, got `int`")
+    assert {k: v["pid"] for k, v in daemon.status().items()} == {
+        k: v["pid"] for k, v in before.items()}
+    daemon.config.write_text(good + "\n[agents.broken\n")
+    r = daemon.cli("reload")
+    assert r.returncode == 1 and "syntax error" in r.stderr and "(at line" in r.stderr
+    assert {k: v["pid"] for k, v in daemon.status().items()} == {
+        k: v["pid"] for k, v in before.items()}
+
+
+def test_sighup_reloads_and_sigterm_stops_gracefully(daemon: Daemon) -> None:
+    daemon.config.write_text(daemon.config.read_text() + hello("viahup"))
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: daemon.status().get("viahup#0", {}).get("state") == "ready")
+    pids = [a["pid"] for a in daemon.status().values()]
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not any(psutil.pid_exists(p) for p in pids)
+    log = (daemon.state / "logs" / "hello.log").read_text()
+    assert "shutting_down: supervisor shutting down" in log
+
+
+def test_sd_notify_protocol(tmp: Path) -> None:
+    d = Daemon(tmp, hello("hello", replicas=2), watchdog_usec=400_000)
+    try:
+        d.start()
+        ready = d.notify.wait_for("READY")
+        assert ready["READY"] == "1" and ready["MAINPID"] == str(d.proc.pid)  # type: ignore[union-attr]
+        assert ready["STATUS"] == "1 agents, 2/2 replicas ready, 0 failed"
+        d.notify.wait_for("WATCHDOG")
+        d.cli("reload")
+        assert d.notify.wait_for("RELOADING")["RELOADING"] == "1"
+        assert d.stop() == 0
+        assert d.notify.wait_for("STOPPING")["STOPPING"] == "1"
+    finally:
+        d.close()
+
+
+def test_check_config(tmp: Path) -> None:
+    def check(text: str) -> subprocess.CompletedProcess[str]:
+        p = tmp / "c.toml"
+        p.write_text(text)
+        return subprocess.run([PY, "-m", "corral", "check-config", "--config", str(p)],
+                              capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    r = check(hello("a") + hello("b"))
+    assert (r.returncode, r.stdout) == (0, f"{tmp}/c.toml: ok (2 agents, 0 MCP servers)\n")
+    r = check("[agents.a]\ncommand = ['x']\n[agents.a.limits]\nmemory = 5\n")
+    assert r.returncode == 1
+    assert r.stderr == (f"corral: invalid config: {tmp}/c.toml: agents.a.limits: Object "
+                        "contains unknown field `memory`\n")
+    r = check("[agents.a]\ncommand = = ['x']\n")
+    assert r.returncode == 1
+    assert r.stderr == (f"corral: invalid config: {tmp}/c.toml: syntax error: Invalid value "
+                        "(at line 2, column 11)\n")
+    r = check("[agents.bad_name]\ncommand = 'x'\n")
+    assert "agents.bad_name: name must match [A-Za-z0-9-]+" in r.stderr
+    r = check("[supervisor]\nheartbeat_interval = 0\n")
+    assert "supervisor.heartbeat_interval: Expected `float` > 0.0" in r.stderr
+    (tmp / "conf.d").mkdir()
+    (tmp / "conf.d" / "x.toml").write_text(hello("inc"))
+    r = check('[supervisor]\ninclude = ["conf.d/*.toml"]\n' + hello("main"))
+    assert r.stdout.endswith("ok (2 agents, 0 MCP servers)\n")
+    (tmp / "conf.d" / "y.toml").write_text("[supervisor]\n")
+    r = check('[supervisor]\ninclude = ["conf.d/*.toml"]\n')
+    assert r.stderr.endswith("conf.d/y.toml: supervisor: not allowed in an included file\n")
+
+
+def test_completion_script() -> None:
+    r = subprocess.run([PY, "-m", "corral", "completion", "bash"], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and "_CORRAL_COMPLETE" in r.stdout
+
+
+def test_systemd_unit_verifies_cleanly(tmp: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    corral_bin = Path(sys.executable).parent / "corral"
+    unit = (ROOT / "systemd" / "corral.service").read_text()
+    assert "Type=notify" in unit and "KillMode=mixed" in unit and "WatchdogSec=" in unit
+    good = tmp / "corral.service"
+    good.write_text(unit.replace("/opt/corral/bin/corral", str(corral_bin)))
+    r = subprocess.run([analyze, "verify", str(good)], capture_output=True, text=True)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    bad = tmp / "broken.service"  # the check can fail: a typo is reported
+    bad.write_text(good.read_text().replace("Type=notify", "Type=notifyy"))
+    r = subprocess.run([analyze, "verify", str(bad)], capture_output=True, text=True)
+    assert "Failed to parse service type" in r.stderr
