@@ -7,7 +7,10 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# compat mode: a plain path in a .pth file, not an import hook that every Python started
+# from this venv (every worker) would pay ~10 ms for
+.venv/bin/python -m pip install -q --disable-pip-version-check \
+    --config-settings editable_mode=compat -e '.[test]'
 echo "== ruff"
 .venv/bin/ruff check corral tests examples bench
 echo "== mypy"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import resource
 import signal
 import subprocess
 
-from corral.supervisor.caps import explain_exit, wrap_argv
+from corral.supervisor.caps import disable_own_core_dumps, explain_exit, wrap_argv
 from corral.supervisor.config import Limits
 
 
@@ -30,12 +31,21 @@ def test_limits_hold_for_the_exec_d_program() -> None:
     assert rows["Max open files"] == ("64", "64")
     assert rows["Max processes"] == ("7", "7")
     assert rows["Max file size"] == (str(1024 * 1024),) * 2
-    assert rows["Max core file size"] == ("0", "0")
+    assert rows["Max core file size"][0] == "0"
 
 
-def test_no_caps_means_only_core_is_set() -> None:
-    argv = wrap_argv(["true"], Limits())
-    assert argv[2] == 'ulimit -c 0 || exit 126; exec "$@"'
+def test_no_caps_needs_no_prologue_once_core_dumps_are_off() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (min(hard, 1 << 20), hard))
+        argv = wrap_argv(["true"], Limits())
+        assert argv[2] == 'ulimit -S -c 0 || exit 126; exec "$@"'
+        disable_own_core_dumps()
+        assert wrap_argv(["true"], Limits()) == ["true"]
+        assert wrap_argv(["true"], Limits(core_mb=1))[2] == (
+            'ulimit -S -c 2048 || exit 126; exec "$@"')
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
 
 
 def test_exit_reasons_name_the_cap() -> None:

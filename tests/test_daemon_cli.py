@@ -374,7 +374,10 @@ except PermissionError:
     os.chmod(daemon.sock, 0o666)
     r = subprocess.run(["/usr/bin/python3", "-c", f"""
 import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(daemon.sock)!r})
-s.sendall(b'{{"jsonrpc":"2.0","id":1,"method":"daemon.shutdown"}}\\n')
+try:  # the daemon may have told us off and hung up before we write
+    s.sendall(b'{{"jsonrpc":"2.0","id":1,"method":"daemon.shutdown"}}\\n')
+except (BrokenPipeError, ConnectionResetError):
+    pass
 print(s.makefile().readline().strip())
 """], capture_output=True, text=True, **AS_NOBODY)
     reply = json.loads(r.stdout)

@@ -243,8 +243,18 @@ async def test_crash_mid_task_fails_the_request_and_restarts(sup: Supervisor) ->
 
 
 async def test_command_not_found(sup: Supervisor) -> None:
+    # without caps the agent is exec'd directly, and the spawn itself fails
     sup.add(agent("ghost", command=["/nonexistent/agent"], restart="never"))
     r = await sup.wait_state("ghost", State.TERMINATED)
+    if r.last_exit and r.last_exit.startswith("spawn failed"):
+        assert r.last_exit == ("spawn failed: [Errno 2] No such file or directory: "
+                               "'/nonexistent/agent'")
+    else:  # the suite's own core limit was not 0, so a prologue ran
+        assert r.last_exit == "command not found (status 127)"
+    # with caps a shell prologue execs it, and the shell reports it
+    sup.add(agent("ghost2", command=["/nonexistent/agent"], restart="never",
+                  limits=Limits(open_files=100)))
+    r = await sup.wait_state("ghost2", State.TERMINATED)
     assert r.last_exit == "command not found (status 127)"
 
 

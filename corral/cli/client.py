@@ -11,8 +11,6 @@ from typing import Any
 
 import msgspec
 
-from .. import jsonrpc
-
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 3
 
@@ -77,8 +75,14 @@ class Client:
     ) -> Any:
         self._next_id += 1
         rid = self._next_id
-        req = jsonrpc.Request(method, rid, params if params is not None else {})
-        self.sock.sendall(jsonrpc.encode(req))
+        # the envelope is written here rather than with corral.jsonrpc, which would import
+        # asyncio (~20 ms) into every CLI command
+        req = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}}
+        try:
+            self.sock.sendall(msgspec.json.encode(req) + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused clients are told why, then disconnected: the reason is readable
+
         while True:
             msg = msgspec.json.decode(self._read_line())
             if "method" in msg and "id" not in msg:

@@ -11,6 +11,7 @@ the unprivileged user and cannot be raised again.
 
 from __future__ import annotations
 
+import resource
 import signal
 
 from .config import Limits
@@ -39,13 +40,26 @@ def ulimit_script(limits: Limits) -> str:
         parts.append(f"ulimit -p {limits.processes}")
     if limits.file_size_mb:
         parts.append(f"ulimit -f {limits.file_size_mb * 2048}")
-    parts.append(f"ulimit -c {limits.core_mb * 2048}")
+    # core_mb = 0 means no core files; only the soft limit, which anyone may raise to the
+    # hard one, so core_mb > 0 works where the hard limit allows it
+    if limits.core_mb or resource.getrlimit(resource.RLIMIT_CORE)[0] != 0:
+        parts.append(f"ulimit -S -c {limits.core_mb * 2048}")
     return "; ".join(parts)
 
 
 def wrap_argv(argv: list[str], limits: Limits) -> list[str]:
+    """The argv to exec: the agent's own when nothing needs setting (an exec saved)."""
     script = ulimit_script(limits)
+    if not script:
+        return list(argv)
     return [SHELL, "-c", f'{script} || exit 126; exec "$@"', PROLOGUE_NAME, *argv]
+
+
+def disable_own_core_dumps() -> None:
+    """The daemon's soft RLIMIT_CORE to 0: inherited by every agent, so agents without caps
+    need no shell prologue at all."""
+    _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
 
 
 def describe(limits: Limits) -> dict[str, str]:

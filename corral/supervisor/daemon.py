@@ -263,6 +263,9 @@ def run_daemon(config: Path, socket: str | None) -> int:
         setproctitle("corral: supervisor")
     except ImportError:  # pragma: no cover
         pass
+    from .caps import disable_own_core_dumps
+
+    disable_own_core_dumps()
     logging.basicConfig(level=os.environ.get("CORRAL_LOG_LEVEL", "WARNING"),
                         format="corral: %(levelname)s %(name)s: %(message)s")
     return uvloop.run(Daemon(config, socket=socket).run())

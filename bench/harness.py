@@ -1,0 +1,214 @@
+"""Shared pieces of the side-by-side benchmarks: peers' configs, timing, reporting."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import xmlrpc.client
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+BIN = Path(PY).parent
+HELLO = ROOT / "examples" / "hello.py"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def workdir(name: str) -> Path:
+    d = Path(tempfile.mkdtemp(prefix=f"corral-bench-{name}-"))
+    return d
+
+
+def report(name: str, data: dict[str, Any]) -> None:
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2))
+
+
+# -- corral daemon ---------------------------------------------------------------------
+class CorralDaemon:
+    def __init__(self, d: Path, agents: str, extra: str = "") -> None:
+        self.dir = d
+        self.sock = d / "corral.sock"
+        self.config = d / "corral.toml"
+        self.config.write_text(textwrap.dedent(f"""
+            [supervisor]
+            socket = "{self.sock}"
+            state_dir = "{d}/state"
+            log_dir = "{d}/logs"
+            {extra}
+        """) + agents)
+        self.notify_path = d / "notify.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        """Launch; returns seconds until READY=1 (every agent answered initialize)."""
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [str(BIN / "corral"), "daemon", "--config", str(self.config)],
+            env={**ENV, "NOTIFY_SOCKET": str(self.notify_path)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.notify.settimeout(120)
+        while True:
+            msg = self.notify.recv(4096).decode()
+            if "READY=1" in msg:
+                return time.perf_counter() - t0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+        self.notify.close()
+
+
+def corral_agents(n: int, command: list[str], name: str = "w", extra: str = "") -> str:
+    cmd = json.dumps(command)
+    return textwrap.dedent(f"""
+        [agents.{name}]
+        command = {cmd}
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        replicas = {n}
+        start_timeout = 120
+        {extra}
+    """)
+
+
+# -- supervisord -------------------------------------------------------------------------
+class Supervisord:
+    def __init__(self, d: Path, n: int, command: str, extra: str = "") -> None:
+        self.dir = d
+        self.sock = d / "supervisor.sock"
+        self.conf = d / "supervisord.conf"
+        (d / "logs").mkdir(exist_ok=True)
+        self.conf.write_text(textwrap.dedent(f"""
+            [unix_http_server]
+            file = {self.sock}
+
+            [supervisord]
+            logfile = {d}/supervisord.log
+            pidfile = {d}/supervisord.pid
+            nodaemon = true
+            minfds = 1024
+
+            [rpcinterface:supervisor]
+            supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+            [supervisorctl]
+            serverurl = unix://{self.sock}
+
+            [program:w]
+            command = {command}
+            process_name = %(program_name)s_%(process_num)03d
+            numprocs = {n}
+            startsecs = 0
+            autorestart = true
+            environment = PYTHONPATH="{ROOT}"
+            stdout_logfile = {d}/logs/%(program_name)s_%(process_num)03d.out
+            stderr_logfile = {d}/logs/%(program_name)s_%(process_num)03d.err
+            {extra}
+        """))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def rpc(self) -> Any:
+        from supervisor.xmlrpc import SupervisorTransport
+
+        t = SupervisorTransport(None, None, serverurl=f"unix://{self.sock}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=t)
+
+    def start(self, n: int) -> float:
+        """Launch; returns seconds until all n programs are RUNNING (polled every 5 ms:
+        supervisord offers no push notification of that)."""
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([str(BIN / "supervisord"), "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while True:
+            try:
+                infos = self.rpc().supervisor.getAllProcessInfo()
+                if len(infos) == n and all(i["statename"] == "RUNNING" for i in infos):
+                    return time.perf_counter() - t0
+            except (OSError, xmlrpc.client.Fault):
+                pass
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+
+
+# -- circus --------------------------------------------------------------------------------
+class Circusd:
+    def __init__(self, d: Path, n: int, command: str) -> None:
+        self.dir = d
+        self.ini = d / "circus.ini"
+        self.ini.write_text(textwrap.dedent(f"""
+            [circus]
+            endpoint = ipc://{d}/endpoint
+            pubsub_endpoint = ipc://{d}/pubsub
+            statsd = false
+            check_delay = 5
+
+            [watcher:w]
+            cmd = {command}
+            numprocesses = {n}
+            copy_env = true
+
+            [env:w]
+            PYTHONPATH = {ROOT}
+        """))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.n = n
+
+    def start(self) -> float:
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([str(BIN / "circusd"), str(self.ini)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = psutil.Process(self.proc.pid)
+        while len(p.children()) < self.n:
+            time.sleep(0.005)
+        return time.perf_counter() - t0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        for c in psutil.Process().children(recursive=True):
+            c.kill()
+
+
+def idle_cost(pid: int, seconds: float) -> tuple[float, int]:
+    """(CPU % of one core over `seconds`, RSS bytes) of one process."""
+    p = psutil.Process(pid)
+    t0 = p.cpu_times()
+    w0 = time.perf_counter()
+    time.sleep(seconds)
+    t1 = p.cpu_times()
+    wall = time.perf_counter() - w0
+    cpu = (t1.user + t1.system - t0.user - t0.system) / wall * 100
+    return cpu, p.memory_info().rss
+
+
+def cleanup(d: Path) -> None:
+    shutil.rmtree(d, ignore_errors=True)
