@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -24,8 +23,18 @@ import uvloop
 from corral.supervisor import AgentSpec, State, Supervisor
 
 from .harness import (
-    ENV, HELLO, PY, ROOT, Circusd, CorralDaemon, Supervisord, cleanup, corral_agents,
-    idle_cost, median, report, workdir,
+    HELLO,
+    PY,
+    ROOT,
+    Circusd,
+    CorralDaemon,
+    Supervisord,
+    cleanup,
+    corral_agents,
+    idle_cost,
+    median,
+    report,
+    workdir,
 )
 
 QUICK = "--quick" in sys.argv

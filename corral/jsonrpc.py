@@ -160,11 +160,7 @@ class LineProtocol(asyncio.Protocol):
         *,
         max_line: int = DEFAULT_MAX_LINE,
         on_oversize: Callable[[int], None] | None = None,
-        batch: bool = False,
     ) -> None:
-        # batch=True: `on_line` is called once per read with the list of its lines, which
-        # saves a call per line where lines are only stored (logs)
-        self.batch = batch
         self.on_line = on_line
         self.on_eof = on_eof
         self.on_oversize = on_oversize
@@ -177,20 +173,6 @@ class LineProtocol(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if self.batch:
-            lines: list[bytes] = []
-            emit = self.on_line
-            self.on_line = lines.append
-            try:
-                self._split(data)
-            finally:
-                self.on_line = emit
-            if lines:
-                emit(lines)  # type: ignore[arg-type]
-            return
-        self._split(data)
-
-    def _split(self, data: bytes) -> None:
         start = 0
         if self._skipping:
             nl = data.find(b"\n")
@@ -239,10 +221,68 @@ class LineProtocol(asyncio.Protocol):
         if self._buf:
             line = bytes(self._buf)
             self._buf.clear()
-            self.on_line([line] if self.batch else line)  # type: ignore[arg-type]
+            self.on_line(line)
         if self._skipping and self.on_oversize:
             self.on_oversize(self._skipping)
             self._skipping = 0
+
+
+class ChunkLines(asyncio.Protocol):
+    """Splits a log stream into lines a whole read at a time, in C (bytes.split), and hands
+    each read's complete lines over as one list. Empty lines are kept (they are part of a
+    log); a line over `max_line` is cut into pieces of at most `max_line` bytes rather than
+    buffered without bound."""
+
+    def __init__(
+        self,
+        on_lines: Callable[[list[bytes]], None],
+        on_eof: Callable[[Exception | None], None],
+        *,
+        max_line: int = DEFAULT_MAX_LINE,
+    ) -> None:
+        self.on_lines = on_lines
+        self.on_eof = on_eof
+        self.max_line = max_line
+        self._rest = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self._rest:
+            data = self._rest + data
+            self._rest = b""
+        nl = data.rfind(b"\n")
+        if nl < 0:
+            if len(data) > self.max_line:
+                self.on_lines(self._cut([data]))
+            else:
+                self._rest = data
+            return
+        lines = data[:nl].split(b"\n")
+        self._rest = data[nl + 1 :]
+        if nl > self.max_line:
+            lines = self._cut(lines)
+        if len(self._rest) > self.max_line:
+            lines.extend(self._cut([self._rest]))
+            self._rest = b""
+        self.on_lines(lines)
+
+    def _cut(self, lines: list[bytes]) -> list[bytes]:
+        m = self.max_line
+        out: list[bytes] = []
+        for line in lines:
+            if len(line) <= m:
+                out.append(line)
+            else:
+                out.extend(line[i : i + m] for i in range(0, len(line), m))
+        return out
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._rest:  # a last line without its newline (a crash mid-write)
+            rest, self._rest = self._rest, b""
+            self.on_lines([rest])
+        self.on_eof(exc)
 
 
 # -- the peer -------------------------------------------------------------------------------

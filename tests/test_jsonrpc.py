@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from corral import jsonrpc
-from corral.jsonrpc import LineProtocol, Peer, RpcError
+from corral.jsonrpc import ChunkLines, LineProtocol, Peer, RpcError
 
 
 class Params(msgspec.Struct):
@@ -157,13 +157,22 @@ def test_line_protocol_splits_caps_and_keeps_a_crash_tail() -> None:
     p.connection_lost(None)
     assert lines == [b"abc", b"de", b"ok", b"last"]
     assert over == [18, 13]
+
+
+
+def test_chunk_lines_keeps_blank_lines_cuts_long_ones_and_the_crash_tail() -> None:
     batches: list[list[bytes]] = []
-    b = LineProtocol(batches.append, lambda e: None, batch=True)  # type: ignore[arg-type]
-    b.data_received(b"one\ntwo\nthr")
+    b = ChunkLines(batches.append, lambda e: None, max_line=8)
+    b.data_received(b"one\n\ntwo\nthr")
     b.data_received(b"ee\n")
+    b.data_received(b"0123456789abcdefghij\nok\n")  # 20 bytes: cut into 8 + 8 + 4
+    b.data_received(b"x" * 20)  # no newline yet, over the limit: not buffered
+    assert b._rest == b""
     b.data_received(b"tail")
     b.connection_lost(None)
-    assert batches == [[b"one", b"two"], [b"three"], [b"tail"]]
+    assert batches == [[b"one", b"", b"two"], [b"three"],
+                       [b"01234567", b"89abcdef", b"ghij", b"ok"],
+                       [b"x" * 8, b"x" * 8, b"x" * 4], [b"tail"]]
 
 
 async def test_batches_are_accepted() -> None:

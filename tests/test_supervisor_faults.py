@@ -75,7 +75,8 @@ async def test_never_answers_initialize_hits_start_timeout(sup: Supervisor) -> N
 
 async def test_garbage_on_stdout_is_counted_and_logged_not_fatal(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.log_listeners.append(lambda r, stream, texts: logs.extend(f"{stream}: {t}" for t in texts))
+    sup.log_listeners.append(
+        lambda r, stream, lines: logs.extend(f"{stream}: {t.decode()}" for t in lines))
     sup.add(agent("noisy", "misbehave.py", env={"MISBEHAVE": "garbage"}))
     r = await sup.wait_state("noisy", State.READY)
     assert await run_task(sup, "noisy", {"do": "echo", "x": 1}) == {
@@ -89,7 +90,7 @@ async def test_garbage_on_stdout_is_counted_and_logged_not_fatal(sup: Supervisor
 
 async def test_100mb_line_is_discarded_without_buffering_it(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.log_listeners.append(lambda r, stream, texts: logs.extend(texts))
+    sup.log_listeners.append(lambda r, stream, lines: logs.extend(t.decode() for t in lines))
     rss_before = psutil.Process().memory_info().rss
     sup.add(agent("huge", "misbehave.py", env={"MISBEHAVE": "hugeline"}))
     r = await sup.wait_state("huge", State.READY, timeout=20)
@@ -191,8 +192,10 @@ async def test_process_cap_as_unprivileged_user(sup: Supervisor,
         await run_task(sup, "forker", {"do": "fork"})
     await sup.wait_state("forker", State.TERMINATED)
     assert r.last_exit == "process limit (RLIMIT_NPROC 12)"
-    assert not [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == 65534
-                and p.status() != psutil.STATUS_ZOMBIE]
+    # its forked children were SIGKILLed with the group; death is asynchronous, so wait
+    left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == 65534]
+    _, alive = psutil.wait_procs(left, timeout=5)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
 async def test_user_needs_root(sup: Supervisor) -> None:
@@ -210,9 +213,9 @@ async def test_user_needs_root(sup: Supervisor) -> None:
 async def test_grandchild_dies_with_its_agent(sup: Supervisor) -> None:
     found: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
-    def on_log(r: object, stream: str, texts: list[str]) -> None:
-        for text in texts:
-            m = re.match(r"grandchild (\d+)", text)
+    def on_log(r: object, stream: str, lines: list[bytes]) -> None:
+        for text in lines:
+            m = re.match(rb"grandchild (\d+)", text)
             if m and not found.done():
                 found.set_result(int(m.group(1)))
 
@@ -229,7 +232,7 @@ async def test_grandchild_dies_with_its_agent(sup: Supervisor) -> None:
 
 async def test_crash_mid_task_fails_the_request_and_restarts(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.log_listeners.append(lambda r, stream, texts: logs.extend(texts))
+    sup.log_listeners.append(lambda r, stream, lines: logs.extend(t.decode() for t in lines))
     sup.add(agent("crashy", "misbehave.py"))
     r = await sup.wait_state("crashy", State.READY)
     with pytest.raises(RpcError) as err:

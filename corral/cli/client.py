@@ -3,6 +3,7 @@ every command an operator types)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 from collections.abc import Callable
@@ -78,10 +79,9 @@ class Client:
         # the envelope is written here rather than with corral.jsonrpc, which would import
         # asyncio (~20 ms) into every CLI command
         req = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}}
-        try:
+        # a refused client is told why, then disconnected: the reason is still readable
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.sock.sendall(msgspec.json.encode(req) + b"\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused clients are told why, then disconnected: the reason is readable
 
         while True:
             msg = msgspec.json.decode(self._read_line())

@@ -32,7 +32,7 @@ class Ctx:
         self.socket = socket
 
     def client(self) -> Client:
-        from ..supervisor.paths import client_socket
+        from ..paths import client_socket
 
         return Client(client_socket(self.socket))
 
@@ -112,7 +112,7 @@ def _human_time(s: float | None) -> str:
 
 # -- the daemon ---------------------------------------------------------------------------
 def _default_config() -> str:
-    from ..supervisor.paths import default_config
+    from ..paths import default_config
 
     return str(default_config())
 

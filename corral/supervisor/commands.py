@@ -168,10 +168,11 @@ async def logs_follow(d: Daemon, p: m.LogsFollow, c: Connection) -> dict[str, An
                 if follower.missed:
                     c.notify("logs.missed", {"count": follower.missed})
                     follower.missed = 0
-                q = follower.queue
-                batch = [q.popleft() for _ in range(min(FOLLOW_BATCH, len(q)))]
-                if batch:
-                    c.notify("logs.lines", {"lines": batch})
+                lines: list[m.LogLine] = []
+                while follower.queue and len(lines) < FOLLOW_BATCH:
+                    lines.extend(follower.pop().materialize())
+                if lines:
+                    c.notify("logs.lines", {"lines": lines})
     finally:
         d.hub.unfollow(follower)
 

@@ -112,8 +112,8 @@ class Supervisor:
         self._heartbeat: asyncio.Task[None] | None = None
         self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
         self._event_queues: set[asyncio.Queue[Event]] = set()
-        # (replica, stream, lines): lines that arrived together
-        self.log_listeners: list[Callable[[Replica, str, list[str]], None]] = []
+        # (replica, stream, lines): raw lines (bytes) that arrived together
+        self.log_listeners: list[Callable[[Replica, str, list[bytes]], None]] = []
         self.tick_listeners: list[Callable[[], None]] = []
         self.worker_methods: dict[str, Callable[[Replica, Any], Any]] = {}
         self.worker_notifications: dict[str, Callable[[Replica, Any], None]] = {}
@@ -295,9 +295,9 @@ class Supervisor:
         await asyncio.wait_for(_all(), timeout)
 
     # -- hooks the replicas call ----------------------------------------------------------
-    def _on_log(self, replica: Replica, stream: str, texts: list[str]) -> None:
+    def _on_log(self, replica: Replica, stream: str, lines: list[bytes]) -> None:
         for listener in self.log_listeners:
-            listener(replica, stream, texts)
+            listener(replica, stream, lines)
 
     def _on_exit(self, replica: Replica, reason: str) -> None:
         self.stats.exits += 1

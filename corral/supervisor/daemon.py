@@ -21,13 +21,13 @@ import msgspec
 
 from .. import __version__
 from ..methods import ReloadResult
+from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from .config import AgentSpec, Config, ConfigError, load_config, parse_agents
 from .control import AlreadyRunning, ControlServer
 from .core import Supervisor
 from .lifecycle import SERVING, STOPPED, State
 from .logs import LogHub
 from .notify import Notifier
-from .paths import default_log_dir, default_socket, default_state_dir, resolve
 from .replica import Event, Replica
 from .state import StateStore
 
@@ -176,12 +176,12 @@ class Daemon:
         while True:
             e = await q.get()
             self.hub.emit(e.name, e.replica, e.pid or 0, "event",
-                          [f"{e.previous} -> {e.state}: {e.reason}"], when=e.time)
+                          [f"{e.previous} -> {e.state}: {e.reason}".encode()], when=e.time)
             if self.notifier.enabled:
                 self.notifier.status(self.status_line())
 
-    def _on_worker_log(self, replica: Replica, stream: str, texts: list[str]) -> None:
-        self.hub.emit(replica.name, replica.index, replica.pid or 0, stream, texts)
+    def _on_worker_log(self, replica: Replica, stream: str, lines: list[bytes]) -> None:
+        self.hub.emit(replica.name, replica.index, replica.pid or 0, stream, lines)
 
     def request_stop(self) -> None:
         if self._stop is not None and not self._stop.done():

@@ -2,10 +2,14 @@
 
 Each line is tagged with time, source (agent or "corral"), replica, pid and stream; it goes
 to a bounded in-memory tail per source, to a size-rotated file per source in the log
-directory, and to live followers. Files are written unbuffered, one write per chunk read
-from a worker, so a line that reached corral is in the file even if corral dies next.
-Followers never slow workers down: each has a bounded queue, and what overflows it is
-counted and reported to the follower as missed.
+directory, and to live followers.
+
+The hot path is per read, not per line: the lines of one read from a worker share one tag
+and one timestamp, are written to the file with one `join` and one write(2), and are kept
+as raw bytes in a `Batch`; they become `LogLine`s (decoded text) only when someone reads
+them. Files are written unbuffered, so a line that reached corral is in the file even if
+corral dies next. Followers never slow workers down: each has a bounded queue, and what
+overflows it is counted and reported to the follower as missed.
 """
 
 from __future__ import annotations
@@ -15,16 +19,32 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..methods import LogLine
 
 DAEMON_SOURCE = "corral"
-FOLLOWER_QUEUE = 10_000
+FOLLOWER_QUEUE = 100_000  # lines
 
 
-def format_line(line: LogLine) -> str:
-    return line.render()
+@dataclass(slots=True)
+class Batch:
+    """Lines that arrived together from one source."""
+
+    time: float
+    source: str
+    replica: int
+    pid: int
+    stream: str
+    lines: list[bytes]
+
+    def materialize(self, start: int = 0) -> list[LogLine]:
+        return [
+            LogLine(self.time, self.source, self.replica, self.pid, self.stream,
+                    raw.decode("utf-8", "replace"))
+            for raw in self.lines[start:]
+        ]
 
 
 class RotatingFile:
@@ -66,24 +86,59 @@ class RotatingFile:
 
 
 class Follower:
-    """A live reader of the hub: a bounded queue and a count of what overflowed it."""
+    """A live reader of the hub: a bounded queue of batches and a count of lines that
+    overflowed it."""
 
     def __init__(self, names: set[str] | None, maxlen: int = FOLLOWER_QUEUE) -> None:
         self.names = names
         self.maxlen = maxlen
-        self.queue: deque[LogLine] = deque()
+        self.queue: deque[Batch] = deque()
+        self.queued = 0
         self.missed = 0
         self.wakeup = asyncio.Event()
 
     def wants(self, source: str) -> bool:
         return self.names is None or source in self.names
 
-    def push(self, line: LogLine) -> None:
-        if len(self.queue) >= self.maxlen:
-            self.missed += 1
+    def push(self, batch: Batch) -> None:
+        n = len(batch.lines)
+        if self.queued + n > self.maxlen:
+            self.missed += n
         else:
-            self.queue.append(line)
+            self.queue.append(batch)
+            self.queued += n
         self.wakeup.set()
+
+    def pop(self) -> Batch:
+        batch = self.queue.popleft()
+        self.queued -= len(batch.lines)
+        return batch
+
+
+class _Tail:
+    """The last `limit` lines of one source, kept as batches."""
+
+    __slots__ = ("batches", "limit", "lines")
+
+    def __init__(self, limit: int) -> None:
+        self.batches: deque[Batch] = deque()
+        self.lines = 0
+        self.limit = limit
+
+    def add(self, batch: Batch) -> None:
+        self.batches.append(batch)
+        self.lines += len(batch.lines)
+        while self.batches and self.lines - len(self.batches[0].lines) >= self.limit:
+            self.lines -= len(self.batches.popleft().lines)
+
+    def last(self, n: int) -> list[LogLine]:
+        out: list[LogLine] = []
+        for batch in reversed(self.batches):
+            need = n - len(out)
+            if need <= 0:
+                break
+            out[:0] = batch.materialize(max(0, len(batch.lines) - need))
+        return out
 
 
 class LogHub:
@@ -99,7 +154,7 @@ class LogHub:
         self.max_bytes = max_bytes
         self.backups = backups
         self.tail_lines = tail_lines
-        self.tails: dict[str, deque[LogLine]] = {}
+        self.tails: dict[str, _Tail] = {}
         self.files: dict[str, RotatingFile] = {}
         self.followers: set[Follower] = set()
         self.lines_written = 0
@@ -116,40 +171,40 @@ class LogHub:
             )
         return f
 
-    def emit(self, source: str, replica: int, pid: int, stream: str, texts: Iterable[str],
+    def emit(self, source: str, replica: int, pid: int, stream: str, lines: list[bytes],
              when: float | None = None) -> None:
         """Lines that arrived together (one read from a worker) share one timestamp."""
-        t = time.time() if when is None else when
-        lines = [LogLine(t, source, replica, pid, stream, text) for text in texts]
         if not lines:
             return
+        batch = Batch(time.time() if when is None else when, source, replica, pid, stream,
+                      lines)
         tail = self.tails.get(source)
         if tail is None:
-            tail = self.tails[source] = deque(maxlen=self.tail_lines)
-        tail.extend(lines)
+            tail = self.tails[source] = _Tail(self.tail_lines)
+        tail.add(batch)
         f = self._file(source)
         if f is not None:
-            head = format_line(lines[0])
-            prefix = head[: len(head) - len(lines[0].text)]
-            f.write("".join(f"{prefix}{ln.text}\n" for ln in lines).encode("utf-8", "replace"))
+            head = LogLine(batch.time, source, replica, pid, stream, "").render().encode()
+            f.write(head + (b"\n" + head).join(lines) + b"\n")
         self.lines_written += len(lines)
         for follower in self.followers:
             if follower.wants(source):
-                for ln in lines:
-                    follower.push(ln)
+                follower.push(batch)
 
     def daemon(self, text: str, stream: str = "event") -> None:
-        self.emit(DAEMON_SOURCE, 0, os.getpid(), stream, [text])
+        self.emit(DAEMON_SOURCE, 0, os.getpid(), stream, [text.encode()])
 
     def tail(self, names: Iterable[str] | None, n: int, since: float | None) -> list[LogLine]:
+        if n <= 0:
+            return []
         sources = list(self.tails) if not names else [s for s in names if s in self.tails]
         merged: list[LogLine] = []
         for s in sources:
-            merged.extend(self.tails[s])
+            merged.extend(self.tails[s].last(n))
         merged.sort(key=lambda ln: ln.time)
         if since is not None:
             merged = [ln for ln in merged if ln.time >= since]
-        return merged[-n:] if n > 0 else []
+        return merged[-n:]
 
     def follow(self, names: Iterable[str] | None) -> Follower:
         f = Follower(set(names) if names else None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import grp
 import os
 import pwd
@@ -20,9 +21,12 @@ from typing import Any
 
 import psutil
 
-from ..jsonrpc import DEFAULT_MAX_LINE, LineProtocol
+from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineProtocol
 from .caps import wrap_argv
 from .config import ConfigError, Limits
+
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+STDERR_PIPE_SIZE = 1 << 20
 
 
 def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int | None]:
@@ -101,6 +105,10 @@ class ChildProcess:
             close_fds=True,
             **kwargs,
         )
+        # a 1 MiB stderr pipe: a chatty worker blocks less and corral reads (and writes
+        # to the log file) in bigger chunks
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(popen.stderr.fileno(), F_SETPIPE_SZ, STDERR_PIPE_SIZE)  # type: ignore[union-attr]
         pidfd = os.pidfd_open(popen.pid)
         child = cls(popen, pidfd, loop)
         assert popen.stdin and popen.stdout and popen.stderr
@@ -120,12 +128,7 @@ class ChildProcess:
 
             # stderr lines are logs; a 16 MiB cap keeps a runaway line from eating memory
             err_t, _ = await loop.connect_read_pipe(
-                lambda: LineProtocol(
-                    on_stderr_lines,  # type: ignore[arg-type]
-                    stderr_eof,
-                    max_line=max_line,
-                    batch=True,
-                ),
+                lambda: ChunkLines(on_stderr_lines, stderr_eof, max_line=max_line),
                 popen.stderr,
             )
         except BaseException:

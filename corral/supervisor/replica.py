@@ -77,7 +77,7 @@ class Replica:
         self.ready_at: float | None = None
         self.capabilities: Any = None
         self.sample = Sample()
-        self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
+        self.stderr_tail: deque[bytes] = deque(maxlen=STDERR_TAIL)
         self.tasks_running = 0
         self.policy = self._make_policy(spec)
         self._life: asyncio.Task[None] | None = None
@@ -313,7 +313,10 @@ class Replica:
                 reason = f"{reason} ({self._escalation})"
         else:
             reason = explain_exit(
-                rc, self.spec.limits, list(self.stderr_tail), cpu_seconds_used=cpu_used
+                rc,
+                self.spec.limits,
+                [b.decode("utf-8", "replace") for b in self.stderr_tail],
+                cpu_seconds_used=cpu_used,
             )
         uptime = time.monotonic() - (self.spawned_at or time.monotonic())
         if self.peer is not None:
@@ -366,22 +369,24 @@ class Replica:
         pass  # exit is told by the pidfd; stdout may close earlier or later
 
     def _on_stderr_lines(self, lines: list[bytes]) -> None:
-        texts = [line.decode("utf-8", "replace") for line in lines]
-        self.stderr_tail.extend(texts[-STDERR_TAIL:])
-        self.sup._on_log(self, "stderr", texts)
+        # kept as bytes: decoding is paid only by whoever reads them
+        self.stderr_tail.extend(lines[-STDERR_TAIL:])
+        self.sup._on_log(self, "stderr", lines)
 
     def _on_oversize(self, size: int) -> None:
         self._oversize += 1
         self.sup._on_log(
             self,
             "corral",
-            [f"discarded a {size}-byte line on stdout (limit {self.sup.max_line} bytes)"],
+            [f"discarded a {size}-byte line on stdout (limit {self.sup.max_line} bytes)".encode()],
         )
 
     def _on_garbage(self, line: bytes, why: str) -> None:
         preview = line[:120].decode("utf-8", "replace")
         self.sup._on_log(
-            self, "corral", [f"discarded a stdout line that is not JSON-RPC ({why}): {preview!r}"]
+            self,
+            "corral",
+            [f"discarded a stdout line that is not JSON-RPC ({why}): {preview!r}".encode()],
         )
 
     def _dispatch(self, method: str, params: Any, peer: Peer) -> Any:
