@@ -11,6 +11,9 @@ fi
 # from this venv (every worker) would pay ~10 ms for
 .venv/bin/python -m pip install -q --disable-pip-version-check \
     --config-settings editable_mode=compat -e '.[test]'
+# byte-compile now: an editable install is not compiled by pip, and where
+# PYTHONDONTWRITEBYTECODE is set every daemon, CLI and worker start would compile corral again
+.venv/bin/python -m compileall -q corral
 echo "== ruff"
 .venv/bin/ruff check corral tests examples bench
 echo "== mypy"

@@ -20,6 +20,8 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+# peers are pip-installed with their bytecode; corral (editable) gets the same
+subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "corral")], check=True)
 PY = sys.executable
 BIN = Path(PY).parent
 HELLO = ROOT / "examples" / "hello.py"

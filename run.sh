@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up corral in a local venv and run the daemon in the foreground with the bundled
+# example config (everything local: socket, state and logs under examples/.corral/).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check \
+    --config-settings editable_mode=compat -e .
+# byte-compile now: an editable install is not compiled by pip, and where
+# PYTHONDONTWRITEBYTECODE is set every daemon, CLI and worker start would compile corral again
+.venv/bin/python -m compileall -q corral
+# the example agents run `python3`: the venv's, which has the worker SDK
+export PATH="$PWD/.venv/bin:$PATH"
+echo "corral: control socket examples/.corral/corral.sock; in another shell try:"
+echo "  .venv/bin/corral --socket examples/.corral/corral.sock status"
+exec corral daemon --config examples/corral.toml
