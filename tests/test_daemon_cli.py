@@ -258,19 +258,40 @@ def test_logs_follow_across_restart_and_rotation(tmp: Path) -> None:
         d.close()
 
 
+GATED_FLOOD = """
+import sys, threading
+from corral.worker import run
+
+def flood():
+    open(sys.argv[1]).close()  # blocks until the test opens the FIFO for writing
+    for i in range(200_000):
+        print(f"line {i}", file=sys.stderr)
+    sys.stderr.flush()
+
+threading.Thread(target=flood).start()
+run(lambda task, ctx: task)
+"""
+
+
 def test_slow_follower_is_told_what_it_missed(tmp: Path) -> None:
-    d = Daemon(tmp, chatty(tmp, "flood", 200_000), extra="log_max_bytes = 100000000")
+    gate = tmp / "gate"
+    os.mkfifo(gate)
+    script = tmp / "gated.py"
+    script.write_text(GATED_FLOOD)
+    d = Daemon(tmp, f'[agents.flood]\ncommand = ["{PY}", "{script}", "{gate}"]\n'
+                    f'env = {{ PYTHONPATH = "{ROOT}" }}\n', extra="log_max_bytes = 100000000")
     try:
-        d.start(wait_ready=False)
-        wait_until(lambda: d.sock.exists(), what="socket")
+        d.start()
         s = socket.socket(socket.AF_UNIX)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.connect(str(d.sock))
         s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"logs.follow","params":'
                   b'{"names":["flood"],"lines":0}}\n')
-        d.notify.wait_for("READY")
+        wait_until(lambda: json.loads(d.cli("info", "--json").stdout)["followers"] == 1)
+        with open(gate, "w"):
+            pass  # let the flood begin
         # do not read until the worker has written everything
-        wait_until(lambda: d.json("stats")["supervisor"]["log_lines"] >= 200_000,
+        wait_until(lambda: d.json("stats")["supervisor"]["log_lines"] >= 200_003,
                    what="the flood to be logged")
         buf = b""
         s.settimeout(10)
@@ -287,7 +308,7 @@ def test_slow_follower_is_told_what_it_missed(tmp: Path) -> None:
                     missed += msg["params"]["count"]
                 elif msg["method"] == "logs.lines":
                     got += sum(1 for ln in msg["params"]["lines"] if ln[4] == "stderr")
-        assert missed > 0 and got + missed >= 200_000
+        assert missed > 0 and got + missed == 200_000
         s.close()
         # the worker was not slowed down, and the daemon serves others meanwhile
         assert d.status()["flood#0"]["state"] == "ready"

@@ -450,18 +450,25 @@ class Worker:
             self._error(rid, REQUEST_CANCELLED, f"task {ctx.task_id} cancelled")
         elif isinstance(exc, TaskError):
             self._error(rid, TASK_FAILED, exc.message, exc.data)
+        elif _is_fatal(exc):
+            # past a cap nothing may be imported or opened (no memory, no fds): say what
+            # happened with what is already loaded, and go
+            try:
+                self._error(rid, TASK_FAILED, f"{type(exc).__name__}: {exc}",
+                            {"type": type(exc).__name__})
+                os.write(2, f"corral worker: fatal: {type(exc).__name__}: {exc}; "
+                            "exiting\n".encode())
+            finally:
+                os._exit(FATAL_EXIT_STATUS)
         else:
-            import traceback
-
-            tb = "".join(traceback.format_exception(exc))
-            sys.stderr.write(tb)
             self._error(rid, TASK_FAILED, f"{type(exc).__name__}: {exc}",
                         {"type": type(exc).__name__})
-            if _is_fatal(exc):
-                sys.stderr.write(
-                    f"corral worker: fatal: {type(exc).__name__}: {exc}; exiting\n"
-                )
-                self._exit(FATAL_EXIT_STATUS)
+            try:
+                import traceback
+
+                sys.stderr.write("".join(traceback.format_exception(exc)))
+            except Exception:
+                sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
 
     def _run_sync(self, rid: Any, ctx: Context, task_input: Any) -> None:
         try:
