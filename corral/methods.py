@@ -135,6 +135,57 @@ class StatsGet(Params):
     """Runtime statistics of the supervisor and per agent."""
 
 
+# -- tasks and events -----------------------------------------------------------------------
+@method("tasks.run", streaming=True)
+class TasksRun(Params):
+    """Run a task on an agent and wait for its outcome (progress arrives as `task.progress`
+    notifications); with detach, answer the task id at once."""
+
+    agent: str
+    input: Any = None
+    timeout: float | None = None
+    priority: int = 0
+    detach: bool = False
+
+
+@method("tasks.get")
+class TasksGet(Params):
+    """One task: status, progress, output or error, and every attempt."""
+
+    task_id: str
+    wait: bool = False
+
+
+@method("tasks.list")
+class TasksList(Params):
+    """Recent tasks, newest last."""
+
+    agent: str | None = None
+    limit: int = 100
+
+
+@method("tasks.cancel", mutating=True)
+class TasksCancel(Params):
+    """Cancel a queued or running task."""
+
+    task_id: str
+
+
+@method("events.publish", mutating=True)
+class EventsPublish(Params):
+    """Publish an event to the workers (and followers) subscribed to its topic."""
+
+    topic: str
+    data: Any = None
+
+
+@method("events.follow", streaming=True)
+class EventsFollow(Params):
+    """Every event whose topic matches the pattern, as `events.event` notifications."""
+
+    pattern: str = "*"
+
+
 # -- results (what the daemon answers; the CLI decodes these) -------------------------------
 class LogLine(msgspec.Struct, array_like=True):
     """One log line: time, source (agent name or "corral"), replica, pid, stream, text."""

@@ -18,6 +18,13 @@ As a task, by its input {"do": WHAT, ...}:
   fork          fork sleeping children until the kernel refuses (RLIMIT_NPROC)
   write         write a file of {"mb": N} megabytes (RLIMIT_FSIZE)
   fail          raise an error (the task fails, the worker lives)
+  crash-once    crash unless {"marker": PATH} exists (creating it first): a retry succeeds
+  block         sleep {"seconds": S} ignoring cancellation
+  stray         answer a request id and report progress for a task it was never given
+  progress      report {"steps": N} progress steps, then return
+  tools         call {"tool": NAME} {"times": N} times, return the results or the error
+  publish       publish {"topic": T, "data": D} on the event bus
+  subscribe     subscribe to {"topic": PATTERN}; events received are logged to stderr
 """
 
 import os
@@ -89,6 +96,36 @@ def handle(task, ctx):
         return {"written_mb": task.get("mb", 1)}
     if what == "fail":
         raise TaskError("failed on request", {"asked": True})
+    if what == "crash-once":
+        marker = task["marker"]
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(3)
+        return {"survived": True, "replica": ctx.replica}
+    if what == "block":
+        time.sleep(float(task.get("seconds", 1000)))
+        return {"blocked": task.get("seconds")}
+    if what == "stray":
+        ctx._worker._send({"jsonrpc": "2.0", "id": 424242, "result": {"output": "stray"}})
+        ctx._worker.notify("task/progress", {"task_id": "never-given", "progress": 1})
+        return {"strayed": True}
+    if what == "progress":
+        for i in range(int(task.get("steps", 3))):
+            ctx.progress(i + 1, task.get("steps", 3), f"step {i + 1}")
+        return {"steps": task.get("steps", 3)}
+    if what == "tools":
+        results = []
+        for _ in range(int(task.get("times", 1))):
+            try:
+                results.append(ctx.call_tool(task["tool"], task.get("arguments", {})))
+            except Exception as exc:  # the refusal is the answer under test
+                results.append({"error": getattr(exc, "code", None), "message": str(exc)})
+        return results
+    if what == "publish":
+        ctx.publish(task["topic"], task.get("data"))
+        return {"published": task["topic"]}
+    if what == "subscribe":
+        return ctx.subscribe(task["topic"])
     raise TaskError(f"unknown misbehaviour: {what}")
 
 
@@ -103,4 +140,8 @@ if mode == "stubborn":
     while True:  # stdin closed: stay anyway
         time.sleep(3600)
 
-run(handle)
+def on_event(topic, data):
+    print(f"event {topic} {data!r}", file=sys.stderr, flush=True)
+
+
+run(handle, on_event=on_event)

@@ -372,7 +372,7 @@ def test_100mb_request_is_refused_and_the_daemon_lives(daemon: Daemon) -> None:
     s.close()
     first, second = (msgspec.json.decode(x) for x in buf.split(b"\n")[:2])
     assert first["error"]["code"] == -32600
-    assert "over the 1048576-byte limit" in first["error"]["message"]
+    assert "over the 16842752-byte limit" in first["error"]["message"]
     assert second["id"] == 2 and second["result"]["pid"] == daemon.proc.pid  # type: ignore[union-attr]
     assert psutil.Process(daemon.proc.pid).memory_info().rss < 200 * 1024 * 1024  # type: ignore[union-attr]
 

@@ -169,6 +169,12 @@ def status(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
                 f"last exit: {a['last_exit']}" if a["last_exit"] else ""),
         ])
     _table(rows, ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "REASON"])
+    for name, t in (st.get("tasks") or {}).items():
+        if t and t["accepted"]:
+            rate = t["success_rate"]
+            click.echo(f"{name}: {t['accepted']} tasks, {t['running']} running, "
+                       f"{t['queue_depth']} queued"
+                       + (f", {rate:.1%} succeeded" if rate is not None else ""))
 
 
 @cli.command(help=doc("stats.get"))
@@ -183,10 +189,20 @@ def stats(obj: Ctx, as_json: bool) -> None:
     click.echo(f"uptime {_human_time(s['uptime'])}  active {s['active']}  spawned "
                f"{s['spawned']}  restarts {s['restarts']}  failures {s['failures']}  "
                f"log lines {s['log_lines']}")
-    rows = [[n, str(a["serving"]) + "/" + str(a["replicas"]), str(a["restarts"]),
-             f"{a['cpu_percent']:.1f}", _human_bytes(a["rss_bytes"])]
-            for n, a in st["agents"].items()]
-    _table(rows, ["AGENT", "SERVING", "RESTARTS", "CPU%", "RSS"])
+    tstats = st["tasks"]["agents"]
+    rows = []
+    for n, a in st["agents"].items():
+        t = tstats.get(n) or {}
+        lat = t.get("latency_ms") or {}
+        rows.append([n, str(a["serving"]) + "/" + str(a["replicas"]), str(a["restarts"]),
+                     f"{a['cpu_percent']:.1f}", _human_bytes(a["rss_bytes"]),
+                     str(t.get("accepted", 0)), str(t.get("succeeded", 0)),
+                     str(t.get("failed", 0) + t.get("timed_out", 0) + t.get("lost", 0)),
+                     str(t.get("queue_depth", 0)),
+                     "-" if lat.get("p50") is None else f"{lat['p50']:g}/{lat['p95']:g}/"
+                                                        f"{lat['p99']:g}"])
+    _table(rows, ["AGENT", "SERVING", "RESTARTS", "CPU%", "RSS", "TASKS", "OK", "FAILED",
+                  "QUEUED", "P50/P95/P99 MS"])
 
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -386,6 +402,147 @@ def info(obj: Ctx, as_json: bool) -> None:
         return
     for k, v in res.items():
         click.echo(f"{k}: {v}")
+
+
+# -- tasks --------------------------------------------------------------------------------
+MAX_INPUT = 16 * 1024 * 1024 - 4096
+
+
+def _read_input(value: str) -> Any:
+    if value == "-":
+        data = sys.stdin.buffer.read()
+    elif value.startswith("@"):
+        try:
+            data = Path(value[1:]).read_bytes()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}",
+                                     param_hint="--input") from None
+    else:
+        data = value.encode()
+    if len(data) > MAX_INPUT:
+        click.echo(f"corral: input too large: {len(data)} bytes is over the {MAX_INPUT}-byte "
+                   "limit", err=True)
+        sys.exit(EXIT_FAILED)
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--input") from None
+
+
+@cli.command("run", help=doc("tasks.run") + "\n\nExits 0 only when the task succeeded.")
+@click.argument("agent", shell_complete=_complete_agents)
+@click.option("--input", "input_", default="null", metavar="JSON|@FILE|-",
+              help="The task's input: JSON, @file with JSON, or - for stdin.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds (default: the agent's task_timeout).")
+@click.option("--priority", type=int, default=0, show_default=True,
+              help="Higher runs first among waiting tasks.")
+@click.option("--detach", is_flag=True, help="Print the task id and return at once.")
+@json_option
+@pass_ctx
+def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority: int,
+             detach: bool, as_json: bool) -> None:
+    task_input = _read_input(input_)
+
+    def on_note(method: str, params: Any) -> None:
+        if method == "task.progress" and not as_json:
+            total = f"/{params['total']:g}" if params.get("total") is not None else ""
+            msg = f" {params['message']}" if params.get("message") else ""
+            click.echo(f"progress: {params.get('progress', 0):g}{total}{msg}", err=True)
+
+    res = obj.call("tasks.run", m.TasksRun(agent=agent, input=task_input, timeout=timeout,
+                                           priority=priority, detach=detach),
+                   on_notification=on_note)
+    if detach:
+        click.echo(json.dumps(res) if as_json else res["task_id"])
+        return
+    if as_json:
+        _print_json(res)
+    elif res["status"] == "succeeded":
+        click.echo(json.dumps(res["output"], indent=2))
+    else:
+        err = res.get("error") or {}
+        click.echo(f"corral: task {res['task_id']} {res['status']}: {err.get('message', '')}",
+                   err=True)
+    if res["status"] != "succeeded":
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command("tasks", help=doc("tasks.list"))
+@click.option("--agent", default=None, shell_complete=_complete_agents)
+@click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(min=0))
+@json_option
+@pass_ctx
+def tasks_list(obj: Ctx, agent: str | None, limit: int, as_json: bool) -> None:
+    res = obj.call("tasks.list", m.TasksList(agent=agent, limit=limit))
+    if as_json:
+        _print_json(res)
+        return
+    now = time.time()
+    rows = [[t["task_id"], t["agent"], t["status"], str(t["priority"]), str(t["attempts"]),
+             _human_time(now - t["created"]) + " ago"] for t in res["tasks"]]
+    _table(rows, ["TASK", "AGENT", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED"])
+
+
+@cli.command("task", help=doc("tasks.get"))
+@click.argument("task_id")
+@click.option("--wait", is_flag=True, help="Wait until the task has finished.")
+@json_option
+@pass_ctx
+def task_get(obj: Ctx, task_id: str, wait: bool, as_json: bool) -> None:
+    res = obj.call("tasks.get", m.TasksGet(task_id=task_id, wait=wait))
+    if as_json:
+        _print_json(res)
+        return
+    for key in ("task_id", "agent", "status", "priority", "tool_calls", "progress", "output",
+                "error"):
+        val = res.get(key)
+        if val is not None:
+            click.echo(f"{key}: {json.dumps(val) if isinstance(val, dict | list) else val}")
+    for i, a in enumerate(res["attempts"], 1):
+        click.echo(f"attempt {i}: replica {a['replica']} pid {a['pid']} {a['outcome']}"
+                   + (f" ({a['error']})" if a.get("error") else ""))
+
+
+@cli.command("cancel", help=doc("tasks.cancel"))
+@click.argument("task_id")
+@pass_ctx
+def task_cancel(obj: Ctx, task_id: str) -> None:
+    res = obj.call("tasks.cancel", m.TasksCancel(task_id=task_id))
+    click.echo(f"{res['task_id']}: {res['status']}")
+
+
+@cli.group()
+def events() -> None:
+    """Publish events and watch the event bus."""
+
+
+@events.command("publish", help=doc("events.publish"))
+@click.argument("topic")
+@click.argument("data", required=False, default="null")
+@pass_ctx
+def events_publish(obj: Ctx, topic: str, data: str) -> None:
+    try:
+        value = msgspec.json.decode(data.encode())
+    except msgspec.DecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from None
+    res = obj.call("events.publish", m.EventsPublish(topic=topic, data=value))
+    click.echo(f"delivered to {res['delivered']} subscribers")
+
+
+@events.command("tail", help=doc("events.follow"))
+@click.argument("pattern", default="*")
+@pass_ctx
+def events_tail(obj: Ctx, pattern: str) -> None:
+    def on_note(method: str, params: Any) -> None:
+        if method == "events.event":
+            click.echo(json.dumps(params))
+        elif method == "events.missed":
+            click.echo(f"corral: missed {params['count']} events", err=True)
+        sys.stdout.flush()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        obj.call("events.follow", m.EventsFollow(pattern=pattern), on_notification=on_note)
 
 
 @cli.command()

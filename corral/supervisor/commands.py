@@ -66,9 +66,11 @@ async def config_reload(d: Daemon, p: m.ConfigReload, c: Connection) -> Any:
 async def agents_status(d: Daemon, p: m.AgentsStatus, c: Connection) -> dict[str, Any]:
     assert d.sup is not None
     agents = [d.sup.agent(n) for n in p.names] if p.names else list(d.sup.agents.values())
+    stats = d.sup.tasks.stats()["agents"]
     return {
         "agents": [replica_json(r) for a in agents for r in a.replicas],
         "mcp_servers": [],
+        "tasks": {a.name: stats.get(a.name) for a in agents},
     }
 
 
@@ -194,4 +196,80 @@ async def stats_get(d: Daemon, p: m.StatsGet, c: Connection) -> dict[str, Any]:
         "supervisor": {**stats, "uptime": round(time.time() - d.started_at, 3),
                        "log_lines": d.hub.lines_written},
         "agents": per_agent,
+        "tasks": d.sup.tasks.stats(),
+        "events": d.sup.events.stats(),
     }
+
+
+@implements("tasks.run")
+async def tasks_run(d: Daemon, p: m.TasksRun, c: Connection) -> Any:
+    assert d.sup is not None
+    task = d.sup.tasks.submit(p.agent, p.input, timeout=p.timeout, priority=p.priority)
+    if p.detach:
+        return {"task_id": task.id, "status": task.status}
+
+    def watch(kind: str, data: Any) -> None:
+        if kind == "progress":
+            c.notify("task.progress", {"task_id": task.id, **data})
+
+    task.watchers.append(watch)
+    try:
+        # a client that goes away cancels this wait, not the task
+        await asyncio.shield(task.done)
+    finally:
+        if watch in task.watchers:
+            task.watchers.remove(watch)
+    return task.result()
+
+
+@implements("tasks.get")
+async def tasks_get(d: Daemon, p: m.TasksGet, c: Connection) -> Any:
+    assert d.sup is not None
+    task = d.sup.tasks.get(p.task_id)
+    if p.wait:
+        await asyncio.shield(task.done)
+    return task.info()
+
+
+@implements("tasks.list")
+async def tasks_list(d: Daemon, p: m.TasksList, c: Connection) -> Any:
+    assert d.sup is not None
+    if p.agent is not None:
+        d.sup.agent(p.agent)
+    tasks = d.sup.tasks.list(p.agent)[-p.limit:] if p.limit > 0 else []
+    return {"tasks": [{"task_id": t.id, "agent": t.agent, "status": t.status,
+                       "priority": t.priority, "created": t.created, "started": t.started,
+                       "finished": t.finished, "attempts": len(t.attempts)} for t in tasks]}
+
+
+@implements("tasks.cancel")
+async def tasks_cancel(d: Daemon, p: m.TasksCancel, c: Connection) -> Any:
+    assert d.sup is not None
+    return d.sup.tasks.cancel(p.task_id).info()
+
+
+@implements("events.publish")
+async def events_publish(d: Daemon, p: m.EventsPublish, c: Connection) -> Any:
+    assert d.sup is not None
+    return {"delivered": d.sup.events.publish(p.topic, p.data, f"uid {c.uid}")}
+
+
+@implements("events.follow")
+async def events_follow(d: Daemon, p: m.EventsFollow, c: Connection) -> Any:
+    assert d.sup is not None
+    bus = d.sup.events
+    follower = bus.follow(p.pattern)
+    try:
+        while True:
+            await follower.wakeup.wait()
+            follower.wakeup.clear()
+            while follower.queue or follower.missed:
+                if not c.writable.is_set():
+                    await c.writable.wait()
+                if follower.missed:
+                    c.notify("events.missed", {"count": follower.missed})
+                    follower.missed = 0
+                while follower.queue:
+                    c.notify("events.event", follower.queue.popleft())
+    finally:
+        bus.unfollow(follower)

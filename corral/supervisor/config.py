@@ -76,6 +76,7 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     max_concurrent_tasks: PositiveInt = 1
     max_queue: NonNegInt = 1000
     task_timeout: Positive = 300.0
+    cancel_grace: Positive = 5.0  # after task/cancel, then the worker is hung
     retries: NonNegInt = 0
     rate_per_minute: NonNeg = 0
     max_tool_calls_per_task: NonNegInt = 50

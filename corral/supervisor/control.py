@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral.control")
 
-MAX_REQUEST = 1024 * 1024  # a control request is small; a bigger line is refused
+# a task input may be up to 16 MiB; a bigger request line is refused, never buffered
+MAX_REQUEST = 16 * 1024 * 1024 + 64 * 1024
 
 Impl = Callable[["Daemon", Any, "Connection"], Awaitable[Any]]
 IMPLEMENTATIONS: dict[str, Impl] = {}

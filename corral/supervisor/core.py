@@ -18,8 +18,10 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import DEFAULT_MAX_LINE, RpcError
 from .config import AgentSpec, ConfigError
+from .events import EventBus
 from .lifecycle import LIVE, SERVING, State
 from .replica import Event, Replica
+from .tasks import TaskManager
 
 log = logging.getLogger("corral.supervisor")
 
@@ -120,6 +122,8 @@ class Supervisor:
         self.exit_listeners: list[Callable[[Replica, str], None]] = []
         self.ready_listeners: list[Callable[[Replica], None]] = []
         self.state_provider: Callable[[Replica], Any] = lambda r: None
+        self.tasks = TaskManager(self)
+        self.events = EventBus(self)
 
     # -- lifecycle of the supervisor itself -----------------------------------------------
     async def __aenter__(self) -> Supervisor:
@@ -172,6 +176,7 @@ class Supervisor:
 
     async def remove(self, name: str) -> None:
         agent = self.agent(name)
+        self.tasks.forget_agent(name)
         await agent.stop("removed")
         self.agents.pop(name, None)
 

@@ -257,6 +257,10 @@ class Worker:
         self._async_tasks: dict[str, Any] = {}
         self._loop: Any = None
         self._stopping = False
+        # sync handlers run on reused threads: starting a thread per task costs more than
+        # a small task itself
+        self._jobs: Any = None
+        self._idle = 0
         # stdout is the protocol channel: keep a private handle, send stray prints to stderr
         self._out = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)
@@ -434,11 +438,26 @@ class Worker:
         task_input = params.get("input")
         if self.is_async:
             self._start_async(rid, ctx, task_input)
-        else:
-            threading.Thread(
-                target=self._run_sync, args=(rid, ctx, task_input), daemon=True,
-                name=f"task-{task_id}",
-            ).start()
+            return
+        if self._jobs is None:
+            from _queue import SimpleQueue
+
+            self._jobs = SimpleQueue()
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._jobs.put((rid, ctx, task_input))
+        if spawn:
+            threading.Thread(target=self._pool_thread, daemon=True, name="task").start()
+
+    def _pool_thread(self) -> None:
+        jobs = self._jobs
+        while True:
+            rid, ctx, task_input = jobs.get()
+            self._run_sync(rid, ctx, task_input)
+            with self._lock:
+                self._idle += 1
 
     def _finish(self, rid: Any, ctx: Context, ok: bool, value: Any) -> None:
         self._tasks.pop(ctx.task_id, None)

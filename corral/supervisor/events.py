@@ -1,0 +1,126 @@
+"""The event bus: topics published by workers or operators, delivered to live subscribers.
+
+Delivery is at most once and never blocks the publisher: a worker is sent an `event`
+notification only while its stdin pipe has room (else the event is dropped for it and
+counted), and a CLI follower has a bounded queue. Subscriptions are patterns
+(`orders.*`, fnmatch rules) and end with the worker's process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+
+if TYPE_CHECKING:
+    from .core import Supervisor
+    from .replica import Replica
+
+WORKER_BACKLOG = 1 << 20  # bytes waiting in a worker's stdin pipe before events are dropped
+FOLLOWER_QUEUE = 10_000
+
+
+class Delivery(msgspec.Struct):
+    topic: str
+    data: Any
+    source: str
+    time: float
+
+
+class EventFollower:
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.queue: deque[Delivery] = deque()
+        self.missed = 0
+        self.wakeup = asyncio.Event()
+
+    def push(self, d: Delivery) -> None:
+        if len(self.queue) >= FOLLOWER_QUEUE:
+            self.missed += 1
+        else:
+            self.queue.append(d)
+        self.wakeup.set()
+
+
+class EventBus:
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.subscriptions: dict[Replica, set[str]] = {}
+        self.followers: set[EventFollower] = set()
+        self.published = 0
+        self.delivered = 0
+        self.dropped = 0
+        sup.worker_notifications["events/publish"] = self._on_publish
+        sup.worker_methods["events/subscribe"] = self._on_subscribe
+        sup.exit_listeners.append(self._on_exit)
+
+    def publish(self, topic: str, data: Any, source: str) -> int:
+        """Deliver to every live subscriber whose pattern matches; returns how many got it."""
+        if not topic:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "topic must not be empty")
+        self.published += 1
+        d = Delivery(topic, data, source, time.time())
+        n = 0
+        for r, patterns in list(self.subscriptions.items()):
+            if not any(fnmatch.fnmatchcase(topic, p) for p in patterns):
+                continue
+            proc, peer = r.process, r.peer
+            stdin = proc.stdin if proc is not None else None
+            if peer is None or stdin is None or stdin.is_closing() or \
+                    stdin.get_write_buffer_size() > WORKER_BACKLOG:
+                self.dropped += 1
+                continue
+            peer.notify("event", d)
+            n += 1
+        for f in self.followers:
+            if fnmatch.fnmatchcase(topic, f.pattern):
+                f.push(d)
+                n += 1
+        self.delivered += n
+        return n
+
+    def subscribe(self, r: Replica, pattern: str) -> None:
+        self.subscriptions.setdefault(r, set()).add(pattern)
+
+    def follow(self, pattern: str) -> EventFollower:
+        f = EventFollower(pattern)
+        self.followers.add(f)
+        return f
+
+    def unfollow(self, f: EventFollower) -> None:
+        self.followers.discard(f)
+
+    def _on_exit(self, r: Replica, reason: str) -> None:
+        self.subscriptions.pop(r, None)
+
+    def _on_publish(self, r: Replica, raw: Any) -> None:
+        try:
+            params = msgspec.json.decode(raw)
+            topic = params["topic"]
+        except Exception:
+            return
+        if isinstance(topic, str) and topic:
+            self.publish(topic, params.get("data"), r.label)
+
+    def _on_subscribe(self, r: Replica, raw: Any) -> Any:
+        try:
+            params = msgspec.json.decode(raw)
+        except Exception:
+            params = None
+        topic = params.get("topic") if isinstance(params, dict) else None
+        if not isinstance(topic, str) or not topic:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "events/subscribe: topic must be a string")
+        self.subscribe(r, topic)
+        return {"subscribed": topic}
+
+    def stats(self) -> dict[str, int]:
+        return {"published": self.published, "delivered": self.delivered,
+                "dropped": self.dropped,
+                "subscribers": sum(len(p) for p in self.subscriptions.values())}

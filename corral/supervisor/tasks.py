@@ -1,0 +1,508 @@
+"""Tasks: work given to agents, each ending in exactly one terminal outcome.
+
+A task goes to the least-loaded serving replica with a free slot (`max_concurrent_tasks`);
+otherwise it waits in the agent's bounded queue, ordered by priority then arrival.
+Outcomes: succeeded, failed (the agent's error), timed_out, cancelled, lost (with its
+worker). A task is finished once: a late answer after a timeout or cancel is recorded on
+its attempt, never reported again. With `retries = N`, a task lost with its worker runs
+again on a live replica; every attempt is recorded.
+
+Deadlines run from the start of each attempt. On expiry `task/cancel` is sent; a worker
+that has not answered within `cancel_grace` is treated as hung and restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from .lifecycle import LIVE, SERVING, State
+
+if TYPE_CHECKING:
+    from .core import Agent, Supervisor
+    from .replica import Replica
+
+TERMINAL = frozenset({"succeeded", "failed", "timed_out", "cancelled", "lost"})
+MAX_INPUT_BYTES = 16 * 1024 * 1024 - 4096  # it must fit one 16 MiB protocol line
+CANCEL_GRACE = 5.0
+FINISHED_KEPT = 10_000
+LATENCY_WINDOW = 1000
+PROGRESS_KEPT = 100
+
+
+class Attempt(msgspec.Struct):
+    replica: int
+    pid: int | None
+    started: float
+    finished: float | None = None
+    outcome: str = "running"
+    error: str | None = None
+
+
+class TaskError(msgspec.Struct, omit_defaults=True):
+    code: int
+    message: str
+    data: Any = None
+
+
+class TaskResult(msgspec.Struct):
+    """What `corral run --json` prints and the Python API returns."""
+
+    task_id: str
+    status: str
+    output: Any
+    error: TaskError | None
+    attempts: list[Attempt]
+
+
+class TaskInfo(msgspec.Struct):
+    task_id: str
+    agent: str
+    status: str
+    priority: int
+    created: float
+    started: float | None
+    finished: float | None
+    tool_calls: int
+    progress: Any
+    output: Any
+    error: TaskError | None
+    attempts: list[Attempt]
+
+
+class Task:
+    __slots__ = (
+        "agent", "attempts", "cancel_requested", "created", "done", "error", "finished",
+        "id", "input", "output", "priority", "progress", "progress_log", "replica",
+        "retries_left", "seq", "started", "status", "timeout", "timer", "tool_calls",
+        "watchers",
+    )
+
+    def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
+                 retries: int, seq: int) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.agent = agent
+        self.input = raw_input
+        self.priority = priority
+        self.timeout = timeout
+        self.retries_left = retries
+        self.seq = seq
+        self.created = time.time()
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.status = "queued"
+        self.output: Any = None
+        self.error: TaskError | None = None
+        self.attempts: list[Attempt] = []
+        self.progress: Any = None
+        self.progress_log: deque[Any] = deque(maxlen=PROGRESS_KEPT)
+        self.tool_calls = 0
+        self.replica: Replica | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.cancel_requested = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.watchers: list[Callable[[str, Any], None]] = []
+
+    def result(self) -> TaskResult:
+        return TaskResult(self.id, self.status, self.output, self.error, list(self.attempts))
+
+    def info(self) -> TaskInfo:
+        return TaskInfo(self.id, self.agent, self.status, self.priority, self.created,
+                        self.started, self.finished, self.tool_calls, self.progress,
+                        self.output, self.error, list(self.attempts))
+
+
+class TokenBucket:
+    """`rate_per_minute` admissions a minute, with at most a minute's worth in a burst."""
+
+    def __init__(self, per_minute: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, per_minute)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class AgentTasks:
+    """One agent's queue, counters and latency window."""
+
+    def __init__(self, per_minute: float) -> None:
+        self.heap: list[tuple[int, int, Task]] = []
+        self.depth = 0  # queued tasks still waiting (cancelled ones leave the heap lazily)
+        self.bucket = TokenBucket(per_minute) if per_minute else None
+        self.counts = dict.fromkeys(
+            ("accepted", "succeeded", "failed", "timed_out", "cancelled", "lost", "retried",
+             "refused"), 0)
+        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.running = 0
+
+    def stats(self) -> dict[str, Any]:
+        finished = sum(self.counts[k] for k in TERMINAL)
+        lat = sorted(self.latencies)
+
+        def pct(p: float) -> float | None:
+            if not lat:
+                return None
+            return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000, 3)
+
+        return {
+            **self.counts,
+            "success_rate": round(self.counts["succeeded"] / finished, 4) if finished else None,
+            "queue_depth": self.depth,
+            "running": self.running,
+            "latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99),
+                           "window": len(lat)},
+        }
+
+
+class TaskManager:
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.tasks: OrderedDict[str, Task] = OrderedDict()
+        self.by_agent: dict[str, AgentTasks] = {}
+        self._seq = itertools.count()
+        self.tool_router: Callable[[Replica, str, dict[str, Any], Task | None], Any] | None = None
+        self.tool_lister: Callable[[Replica], Any] | None = None
+        sup.ready_listeners.append(lambda r: self._pump(r.name) if r.kind == "agent" else None)
+        sup.worker_notifications["task/progress"] = self._on_progress
+        sup.worker_methods["tools/call"] = self._on_tool_call
+        sup.worker_methods["tools/list"] = self._on_tool_list
+
+    def _agent_tasks(self, agent: Agent) -> AgentTasks:
+        q = self.by_agent.get(agent.name)
+        if q is None:
+            q = self.by_agent[agent.name] = AgentTasks(agent.spec.rate_per_minute)
+        return q
+
+    # -- admission ------------------------------------------------------------------------
+    def submit(self, agent_name: str, task_input: Any, *, timeout: float | None = None,
+               priority: int = 0) -> Task:
+        """Accept a task or refuse it at once with the reason."""
+        agent = self.sup.agent(agent_name)
+        q = self._agent_tasks(agent)
+        refusal = self._refusal(agent)
+        if refusal:
+            q.counts["refused"] += 1
+            raise RpcError(jsonrpc.REFUSED, refusal)
+        raw = task_input if isinstance(task_input, msgspec.Raw) else msgspec.Raw(
+            msgspec.json.encode(task_input))
+        if len(raw) > MAX_INPUT_BYTES:
+            q.counts["refused"] += 1
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"input too large: {len(raw)} bytes is over "
+                                                   f"the {MAX_INPUT_BYTES}-byte limit")
+        if timeout is not None and timeout <= 0:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "timeout must be > 0")
+        if q.bucket is not None and not q.bucket.take():
+            q.counts["refused"] += 1
+            raise RpcError(jsonrpc.REFUSED, f"rate limit: agent {agent.name} takes "
+                                            f"{agent.spec.rate_per_minute:g} tasks a minute")
+        if self._free_replica(agent) is None and q.depth >= agent.spec.max_queue:
+            q.counts["refused"] += 1
+            raise RpcError(jsonrpc.REFUSED, f"queue full: agent {agent.name} has "
+                                            f"{q.depth} tasks waiting (max_queue "
+                                            f"{agent.spec.max_queue})")
+        task = Task(agent.name, raw, priority, timeout or agent.spec.task_timeout,
+                    agent.spec.retries, next(self._seq))
+        q.counts["accepted"] += 1
+        self.tasks[task.id] = task
+        self._enqueue(q, task)
+        self._pump(agent.name)
+        return task
+
+    def _refusal(self, agent: Agent) -> str | None:
+        reps = agent.replicas
+        if not reps:
+            return f"agent {agent.name} has no replicas"
+        if all(r.state == State.FAILED for r in reps):
+            return f"agent {agent.name} is failed: {reps[0].reason}"
+        if not any(r.state in LIVE or r.state == State.BACKOFF for r in reps):
+            return f"agent {agent.name} is stopped"
+        return None
+
+    def _enqueue(self, q: AgentTasks, task: Task, front: bool = False) -> None:
+        # retried tasks go before everything of their priority
+        heapq.heappush(q.heap, (-task.priority, -1 if front else task.seq, task))
+        q.depth += 1
+
+    # -- dispatch -------------------------------------------------------------------------
+    def _free_replica(self, agent: Agent) -> Replica | None:
+        limit = agent.spec.max_concurrent_tasks
+        best = None
+        for r in agent.replicas:
+            if r.state in SERVING and r.peer is not None and r.tasks_running < limit and (
+                    best is None or r.tasks_running < best.tasks_running):
+                best = r
+        return best
+
+    def _pump(self, agent_name: str) -> None:
+        agent = self.sup.agents.get(agent_name)
+        q = self.by_agent.get(agent_name)
+        if agent is None or q is None:
+            return
+        while q.heap:
+            if q.heap[0][2].status != "queued":
+                heapq.heappop(q.heap)  # cancelled while waiting
+                continue
+            r = self._free_replica(agent)
+            if r is None:
+                return
+            _, _, task = heapq.heappop(q.heap)
+            q.depth -= 1
+            self._start(task, r, q)
+
+    def _start(self, task: Task, r: Replica, q: AgentTasks) -> None:
+        assert r.peer is not None
+        now = time.time()
+        task.status = "running"
+        task.started = task.started or now
+        task.replica = r
+        attempt = Attempt(r.index, r.pid, now)
+        task.attempts.append(attempt)
+        q.running += 1
+        r.task_started(task.id)
+        _, fut = r.peer.request_future(
+            "task/run", {"task_id": task.id, "input": task.input, "deadline": now + task.timeout})
+        fut.add_done_callback(lambda f: self._on_reply(task, r, attempt, f))
+        task.timer = asyncio.get_running_loop().call_later(
+            task.timeout, self._on_timeout, task, r, attempt)
+
+    def _on_reply(self, task: Task, r: Replica, attempt: Attempt, fut: asyncio.Future[Any]
+                  ) -> None:
+        if task.timer is not None and task.status == "running":
+            task.timer.cancel()
+            task.timer = None
+        attempt.finished = time.time()
+        q = self.by_agent.get(task.agent)
+        if q is not None:
+            q.running -= 1
+        r.task_finished(task.id)
+        exc = fut.exception() if not fut.cancelled() else RpcError(
+            jsonrpc.REQUEST_CANCELLED, "cancelled")
+        if task.status in TERMINAL:  # timed out or cancelled before the worker answered
+            attempt.error = attempt.error or (
+                "answered after the task ended" if exc is None else getattr(exc, "message",
+                                                                             str(exc)))
+        elif exc is None:
+            attempt.outcome = "succeeded"
+            try:
+                output = msgspec.json.decode(fut.result()).get("output")
+            except (msgspec.DecodeError, AttributeError):
+                output = None
+            self._finish(task, "succeeded", output=output)
+        elif not isinstance(exc, RpcError):
+            attempt.outcome = "failed"
+            self._finish(task, "failed", error=TaskError(jsonrpc.INTERNAL_ERROR, str(exc)))
+        elif exc.code == jsonrpc.PEER_CLOSED:
+            attempt.outcome, attempt.error = "lost", exc.message
+            if task.retries_left > 0 and q is not None:
+                task.retries_left -= 1
+                q.counts["retried"] += 1
+                task.status = "queued"
+                task.replica = None
+                self._enqueue(q, task, front=True)
+            else:
+                self._finish(task, "lost", error=TaskError(exc.code, exc.message))
+        elif exc.code == jsonrpc.REQUEST_CANCELLED:
+            attempt.outcome = "cancelled"
+            self._finish(task, "cancelled", error=TaskError(exc.code, exc.message))
+        else:
+            attempt.outcome, attempt.error = "failed", exc.message
+            self._finish(task, "failed", error=TaskError(exc.code, exc.message, exc.data))
+        self._pump(task.agent)
+
+    def _on_timeout(self, task: Task, r: Replica, attempt: Attempt) -> None:
+        task.timer = None
+        if task.status != "running":
+            return
+        attempt.outcome = "timed_out"
+        self._finish(task, "timed_out", error=TaskError(
+            jsonrpc.REQUEST_TIMEOUT, f"task timed out after {task.timeout:g} s"))
+        self._stop_attempt(task, r, attempt, "timed out")
+
+    def _stop_attempt(self, task: Task, r: Replica, attempt: Attempt, why: str) -> None:
+        """Ask the worker to stop; if it has not answered within the grace, it is hung."""
+        if r.peer is not None:
+            r.peer.notify("task/cancel", {"task_id": task.id})
+
+        grace = getattr(r.spec, "cancel_grace", CANCEL_GRACE)
+
+        def check() -> None:
+            if attempt.finished is None and r.state in SERVING:
+                r.take_down(f"hung: task {task.id} {why}, and did not stop within "
+                            f"{grace:g} s of task/cancel", graceful=False)
+
+        asyncio.get_running_loop().call_later(grace, check)
+
+    def _finish(self, task: Task, status: str, *, output: Any = None,
+                error: TaskError | None = None) -> None:
+        if task.status in TERMINAL:
+            return  # never twice
+        task.status = status
+        task.output = output
+        task.error = error
+        task.finished = time.time()
+        q = self.by_agent.get(task.agent)
+        if q is not None:
+            q.counts[status] += 1
+            q.latencies.append(task.finished - task.created)
+        if not task.done.done():
+            task.done.set_result(None)
+        for w in task.watchers:
+            w("done", task.result())
+        task.watchers.clear()
+        while len(self.tasks) > FINISHED_KEPT:
+            oldest_id, oldest = next(iter(self.tasks.items()))
+            if oldest.status not in TERMINAL:
+                break
+            del self.tasks[oldest_id]
+
+    # -- the API --------------------------------------------------------------------------
+    async def run(self, agent: str, task_input: Any, *, timeout: float | None = None,
+                  priority: int = 0) -> TaskResult:
+        task = self.submit(agent, task_input, timeout=timeout, priority=priority)
+        await asyncio.shield(task.done)
+        return task.result()
+
+    async def map(self, agent: str, inputs: Iterable[Any], *, concurrency: int = 8,
+                  timeout: float | None = None) -> list[TaskResult]:
+        """Run many tasks with at most `concurrency` at once; results in input order.
+        A refused task is a result with status "refused" rather than an exception."""
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(x: Any) -> TaskResult:
+            async with sem:
+                try:
+                    return await self.run(agent, x, timeout=timeout)
+                except RpcError as exc:
+                    return TaskResult("", "refused", None, TaskError(exc.code, exc.message), [])
+
+        return list(await asyncio.gather(*(one(x) for x in inputs)))
+
+    def get(self, task_id: str) -> Task:
+        try:
+            return self.tasks[task_id]
+        except KeyError:
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such task: {task_id}") from None
+
+    def cancel(self, task_id: str) -> Task:
+        task = self.get(task_id)
+        if task.status in TERMINAL:
+            raise RpcError(jsonrpc.CONFLICT, f"task {task_id} already finished ({task.status})")
+        task.cancel_requested = True
+        if task.status == "queued":
+            q = self.by_agent[task.agent]
+            q.depth -= 1
+            self._finish(task, "cancelled", error=TaskError(
+                jsonrpc.REQUEST_CANCELLED, "cancelled while queued"))
+            return task
+        attempt = task.attempts[-1]
+        attempt.outcome = "cancelled"
+        if task.timer is not None:
+            task.timer.cancel()
+            task.timer = None
+        self._finish(task, "cancelled", error=TaskError(jsonrpc.REQUEST_CANCELLED,
+                                                        "cancelled while running"))
+        assert task.replica is not None
+        self._stop_attempt(task, task.replica, attempt, "was cancelled")
+        return task
+
+    def list(self, agent: str | None = None) -> list[Task]:
+        return [t for t in self.tasks.values() if agent is None or t.agent == agent]
+
+    def stats(self) -> dict[str, Any]:
+        per_agent = {name: q.stats() for name, q in self.by_agent.items()}
+        total = {k: sum(s[k] for s in per_agent.values())
+                 for k in ("accepted", "succeeded", "failed", "timed_out", "cancelled", "lost",
+                           "retried", "refused", "queue_depth", "running")}
+        finished = sum(total[k] for k in TERMINAL)
+        total["success_rate"] = round(total["succeeded"] / finished, 4) if finished else None
+        return {"total": total, "agents": per_agent}
+
+    def forget_agent(self, name: str) -> None:
+        """An agent was removed: its queued tasks are cancelled."""
+        q = self.by_agent.pop(name, None)
+        if q is None:
+            return
+        for _, _, task in q.heap:
+            if task.status == "queued":
+                self._finish(task, "cancelled", error=TaskError(
+                    jsonrpc.REQUEST_CANCELLED, f"agent {name} was removed"))
+
+    # -- from workers ---------------------------------------------------------------------
+    def _task_of(self, r: Replica, params: Any) -> Task | None:
+        tid = params.get("task_id") if isinstance(params, dict) else None
+        task = self.tasks.get(str(tid)) if tid is not None else None
+        if task is None or task.replica is not r or task.status != "running":
+            return None
+        return task
+
+    def _on_progress(self, r: Replica, raw: Any) -> None:
+        try:
+            params = msgspec.json.decode(raw)
+        except Exception:
+            return
+        task = self._task_of(r, params)
+        if task is None:
+            self.sup._on_log(r, "corral", [
+                f"ignored task/progress for a task it is not running: {params!r:.200}".encode()])
+            return
+        params.pop("task_id", None)
+        task.progress = params
+        task.progress_log.append(params)
+        for w in list(task.watchers):
+            w("progress", params)
+
+    def _on_tool_call(self, r: Replica, raw: Any) -> Any:
+        params = _decode_object(raw, "tools/call")
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise RpcError(jsonrpc.INVALID_PARAMS, "tools/call: name must be a string")
+        arguments = params.get("arguments", {})
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise RpcError(jsonrpc.INVALID_PARAMS, "tools/call: arguments must be an object")
+        task = self._task_of(r, params)
+        if task is not None:
+            budget = getattr(r.spec, "max_tool_calls_per_task", 0)
+            if task.tool_calls >= budget:
+                raise RpcError(jsonrpc.TOOL_BUDGET_EXCEEDED,
+                               f"tool budget exceeded: task {task.id} has made {task.tool_calls}"
+                               f" tool calls (max_tool_calls_per_task {budget})")
+            task.tool_calls += 1
+        if self.tool_router is None:
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {name}")
+        return self.tool_router(r, name, arguments, task)
+
+    def _on_tool_list(self, r: Replica, raw: Any) -> Any:
+        if self.tool_lister is None:
+            return {"tools": []}
+        return self.tool_lister(r)
+
+
+def _decode_object(raw: Any, what: str) -> dict[str, Any]:
+    try:
+        params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else {}
+    except msgspec.DecodeError:  # pragma: no cover - the envelope was valid JSON
+        params = None
+    if not isinstance(params, dict):
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"{what}: params must be an object")
+    return params

@@ -1,0 +1,297 @@
+"""Tasks through the Python API against real workers: outcomes, queues, limits, events."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral import jsonrpc
+from corral.jsonrpc import RpcError
+from corral.supervisor import State, Supervisor
+
+from .conftest import agent
+
+
+def mb(name: str, **kw: Any) -> Any:
+    return agent(name, "misbehave.py", **kw)
+
+
+async def test_echo_succeeds_and_replica_goes_busy_then_idle(sup: Supervisor) -> None:
+    q = sup.subscribe()
+    sup.add(mb("echo"))
+    await sup.wait_state("echo", State.READY)
+    res = await sup.tasks.run("echo", {"do": "echo", "n": 1})
+    assert (res.status, res.output, res.error) == ("succeeded", {"do": "echo", "n": 1}, None)
+    assert [a.outcome for a in res.attempts] == ["succeeded"]
+    states = []
+    while not q.empty():
+        states.append(q.get_nowait().state)
+    assert states[-2:] == ["busy", "idle"]
+
+
+async def test_agent_error_is_failed_with_its_message(sup: Supervisor) -> None:
+    sup.add(mb("f"))
+    await sup.wait_state("f", State.READY)
+    res = await sup.tasks.run("f", {"do": "fail"})
+    assert res.status == "failed"
+    assert res.error is not None
+    assert (res.error.code, res.error.message, res.error.data) == (
+        jsonrpc.TASK_FAILED, "failed on request", {"asked": True})
+
+
+async def test_crash_mid_task_without_retries_is_lost_with_the_reason(sup: Supervisor) -> None:
+    sup.add(mb("crashy"))
+    await sup.wait_state("crashy", State.READY)
+    res = await sup.tasks.run("crashy", {"do": "crash"})
+    assert res.status == "lost"
+    assert res.error is not None and res.error.message == "worker exited: exited with status 3"
+    assert [(a.outcome, a.error) for a in res.attempts] == [
+        ("lost", "worker exited: exited with status 3")]
+
+
+async def test_crash_mid_task_with_retries_runs_again(sup: Supervisor, tmp_path: Path) -> None:
+    sup.add(mb("retry", retries=2, replicas=2))
+    await sup.wait_state("retry", State.READY, replica=1)
+    res = await sup.tasks.run("retry", {"do": "crash-once", "marker": str(tmp_path / "m")})
+    assert res.status == "succeeded" and res.output["survived"] is True
+    assert [a.outcome for a in res.attempts] == ["lost", "succeeded"]
+    assert sup.tasks.stats()["agents"]["retry"]["retried"] == 1
+
+
+async def test_memory_cap_loss_names_the_cap(sup: Supervisor) -> None:
+    from corral.supervisor import Limits
+
+    sup.add(mb("hog", limits=Limits(memory_mb=200)))
+    await sup.wait_state("hog", State.READY)
+    res = await sup.tasks.run("hog", {"do": "leak"})
+    # the SDK answers the MemoryError and exits; either way the cap is named somewhere
+    assert res.status in ("failed", "lost")
+    await sup.wait_state("hog", State.BACKOFF)
+    assert sup.agent("hog").replicas[0].last_exit == "memory limit (RLIMIT_AS 200 MiB)"
+
+
+async def test_timeout_sends_cancel_and_a_stuck_worker_is_restarted(sup: Supervisor) -> None:
+    sup.add(mb("stuck", cancel_grace=0.3))
+    r = await sup.wait_state("stuck", State.READY)
+    pid = r.pid
+    res = await sup.tasks.run("stuck", {"do": "block", "seconds": 60}, timeout=0.2)
+    assert res.status == "timed_out"
+    assert res.error is not None and res.error.message == "task timed out after 0.2 s"
+    await sup.wait_state("stuck", State.BACKOFF)
+    assert r.last_exit is not None and r.last_exit.startswith(
+        f"hung: task {res.task_id} timed out, and did not stop within 0.3 s of task/cancel")
+    await sup.wait_state("stuck", State.READY)
+    assert r.pid != pid
+
+
+async def test_timeout_honoured_by_a_cooperative_worker_keeps_it(sup: Supervisor) -> None:
+    sup.add(mb("coop", cancel_grace=2.0))
+    r = await sup.wait_state("coop", State.READY)
+    pid = r.pid
+    res = await sup.tasks.run("coop", {"do": "sleep", "seconds": 30}, timeout=0.2)
+    assert res.status == "timed_out"
+    task = sup.tasks.get(res.task_id)
+    while task.attempts[0].finished is None:  # the worker answers the cancel
+        await asyncio.sleep(0.01)
+    assert task.attempts[0].error == "task " + res.task_id + " cancelled"
+    assert r.pid == pid and r.state in (State.IDLE, State.READY)
+    assert task.status == "timed_out"  # reported once, not changed by the late answer
+
+
+async def test_cancel_queued_running_finished_unknown(sup: Supervisor) -> None:
+    sup.add(mb("c"))
+    await sup.wait_state("c", State.READY)
+    running = sup.tasks.submit("c", {"do": "sleep", "seconds": 30})
+    queued = sup.tasks.submit("c", {"do": "echo"})
+    assert (running.status, queued.status) == ("running", "queued")
+    assert sup.tasks.cancel(queued.id).status == "cancelled"
+    assert sup.tasks.cancel(running.id).status == "cancelled"
+    assert running.error is not None and running.error.message == "cancelled while running"
+    with pytest.raises(RpcError) as err:
+        sup.tasks.cancel(running.id)
+    assert (err.value.code, err.value.message) == (
+        jsonrpc.CONFLICT, f"task {running.id} already finished (cancelled)")
+    with pytest.raises(RpcError) as err:
+        sup.tasks.cancel("nope")
+    assert (err.value.code, err.value.message) == (jsonrpc.NOT_FOUND, "no such task: nope")
+    assert (await sup.tasks.run("c", {"do": "echo"})).status == "succeeded"
+
+
+async def test_full_queue_refuses_at_once(sup: Supervisor) -> None:
+    sup.add(mb("small", max_queue=2))
+    await sup.wait_state("small", State.READY)
+    first = sup.tasks.submit("small", {"do": "sleep", "seconds": 30})
+    waiting = [sup.tasks.submit("small", {"do": "echo"}) for _ in range(2)]
+    t0 = time.monotonic()
+    with pytest.raises(RpcError) as err:
+        sup.tasks.submit("small", {"do": "echo"})
+    assert time.monotonic() - t0 < 0.1
+    assert (err.value.code, err.value.message) == (
+        jsonrpc.REFUSED, "queue full: agent small has 2 tasks waiting (max_queue 2)")
+    sup.tasks.cancel(first.id)
+    results = await asyncio.gather(*(t.done for t in waiting))
+    assert results == [None, None]
+    assert [t.status for t in waiting] == ["succeeded", "succeeded"]
+    s = sup.tasks.stats()["agents"]["small"]
+    assert (s["accepted"], s["refused"], s["succeeded"], s["cancelled"]) == (3, 1, 2, 1)
+
+
+async def test_priority_then_arrival_order(sup: Supervisor) -> None:
+    sup.add(mb("order"))
+    await sup.wait_state("order", State.READY)
+    blocker = sup.tasks.submit("order", {"do": "sleep", "seconds": 0.3})
+    low = sup.tasks.submit("order", {"do": "echo", "n": "low"}, priority=0)
+    high1 = sup.tasks.submit("order", {"do": "echo", "n": "high1"}, priority=5)
+    high2 = sup.tasks.submit("order", {"do": "echo", "n": "high2"}, priority=5)
+    await asyncio.gather(*(t.done for t in (blocker, low, high1, high2)))
+    starts = sorted((t.attempts[0].started, t.output["n"]) for t in (low, high1, high2))
+    assert [n for _, n in starts] == ["high1", "high2", "low"]
+
+
+async def test_least_loaded_replica_first(sup: Supervisor) -> None:
+    sup.add(mb("spread", replicas=2, max_concurrent_tasks=2))
+    await sup.wait_state("spread", State.READY, replica=1)
+    tasks = [sup.tasks.submit("spread", {"do": "sleep", "seconds": 0.2}) for _ in range(4)]
+    assert sorted(t.attempts[0].replica for t in tasks) == [0, 0, 1, 1]
+    fifth = sup.tasks.submit("spread", {"do": "echo"})
+    assert fifth.status == "queued"
+    await asyncio.gather(*(t.done for t in [*tasks, fifth]))
+
+
+async def test_rate_limit(sup: Supervisor) -> None:
+    sup.add(mb("rated", rate_per_minute=2))
+    await sup.wait_state("rated", State.READY)
+    for _ in range(2):
+        sup.tasks.submit("rated", {"do": "echo"})
+    with pytest.raises(RpcError) as err:
+        sup.tasks.submit("rated", {"do": "echo"})
+    assert err.value.message == "rate limit: agent rated takes 2 tasks a minute"
+
+
+async def test_unknown_stopped_failed_agents_refuse_with_the_reason(sup: Supervisor) -> None:
+    with pytest.raises(RpcError, match="no such agent: ghost"):
+        sup.tasks.submit("ghost", {})
+    sup.add(mb("off", autostart=False))
+    with pytest.raises(RpcError) as err:
+        sup.tasks.submit("off", {})
+    assert (err.value.code, err.value.message) == (jsonrpc.REFUSED, "agent off is stopped")
+    sup.add(mb("dead", env={"MISBEHAVE": "exit"}, max_restarts=0))
+    await sup.wait_state("dead", State.FAILED)
+    with pytest.raises(RpcError) as err:
+        sup.tasks.submit("dead", {})
+    assert err.value.message == ("agent dead is failed: too many restarts (0 within 60 s); "
+                                 "last exit: exited with status 3")
+
+
+async def test_oversized_input_is_refused(sup: Supervisor) -> None:
+    sup.add(mb("big"))
+    await sup.wait_state("big", State.READY)
+    with pytest.raises(RpcError) as err:
+        sup.tasks.submit("big", "x" * (100 * 1024 * 1024))
+    assert err.value.code == jsonrpc.INVALID_PARAMS
+    assert err.value.message.startswith("input too large: 104857602 bytes is over the")
+
+
+async def test_tool_budget(sup: Supervisor) -> None:
+    calls: list[tuple[str, Any]] = []
+
+    def router(r: Any, name: str, arguments: Any, task: Any) -> Any:
+        calls.append((name, arguments))
+        return {"content": [{"type": "text", "text": "ok"}], "isError": False}
+
+    sup.tasks.tool_router = router
+    sup.add(mb("budget", max_tool_calls_per_task=2))
+    await sup.wait_state("budget", State.READY)
+    res = await sup.tasks.run("budget", {"do": "tools", "tool": "notes__add", "times": 3})
+    assert res.status == "succeeded"
+    assert res.output[:2] == [{"content": [{"type": "text", "text": "ok"}], "isError": False}] * 2
+    assert res.output[2]["error"] == jsonrpc.TOOL_BUDGET_EXCEEDED
+    assert res.output[2]["message"] == (f"tool budget exceeded: task {res.task_id} has made 2 "
+                                        "tool calls (max_tool_calls_per_task 2)")
+    assert len(calls) == 2 and sup.tasks.get(res.task_id).tool_calls == 2
+
+
+async def test_progress_is_kept_and_streamed(sup: Supervisor) -> None:
+    sup.add(mb("prog"))
+    await sup.wait_state("prog", State.READY)
+    seen: list[Any] = []
+    task = sup.tasks.submit("prog", {"do": "progress", "steps": 3})
+    task.watchers.append(lambda kind, data: seen.append((kind, data)))
+    await task.done
+    assert task.progress == {"progress": 3, "total": 3, "message": "step 3"}
+    assert len(task.progress_log) == 3
+    assert [k for k, _ in seen] == ["progress"] * 3 + ["done"]
+
+
+async def test_answers_for_tasks_never_given_are_ignored(sup: Supervisor) -> None:
+    logs: list[str] = []
+    sup.log_listeners.append(lambda r, s, lines: logs.extend(x.decode() for x in lines))
+    sup.add(mb("stray"))
+    r = await sup.wait_state("stray", State.READY)
+    res = await sup.tasks.run("stray", {"do": "stray"})
+    assert res.status == "succeeded" and res.output == {"strayed": True}
+    assert r.garbage_lines == 1
+    assert any("response to unknown request id 424242" in x for x in logs)
+    assert any("ignored task/progress for a task it is not running" in x for x in logs)
+    assert (await sup.tasks.run("stray", {"do": "echo"})).status == "succeeded"
+
+
+async def test_many_concurrent_runs_and_fan_out_in_order(sup: Supervisor) -> None:
+    sup.add(mb("fan", replicas=2, max_concurrent_tasks=4, max_queue=10_000))
+    await sup.wait_state("fan", State.READY, replica=1)
+    results = await asyncio.gather(*(sup.tasks.run("fan", {"do": "echo", "i": i})
+                                     for i in range(300)))
+    assert [r.output["i"] for r in results] == list(range(300))
+    inputs = [{"do": "sleep", "seconds": 0.01, "i": i} for i in range(40)]
+    job = asyncio.ensure_future(sup.tasks.map("fan", inputs, concurrency=3))
+    running_max = 0
+    while not job.done():  # sample the running count on every loop turn while it works
+        running_max = max(running_max, sup.tasks.by_agent["fan"].running)
+        await asyncio.sleep(0)
+    mapped = job.result()
+    assert [m.output["slept"] for m in mapped] == [0.01] * 40
+    assert [m.status for m in mapped] == ["succeeded"] * 40
+    assert running_max == 3  # the bound was reached and never passed
+    s = sup.tasks.stats()["agents"]["fan"]
+    assert s["succeeded"] == 340 and s["success_rate"] == 1.0
+    assert s["latency_ms"]["p50"] is not None and s["latency_ms"]["p99"] >= s["latency_ms"]["p50"]
+
+
+async def test_event_bus_between_workers(sup: Supervisor) -> None:
+    logs: list[str] = []
+    sup.log_listeners.append(lambda r, s, lines: logs.extend(x.decode() for x in lines))
+    sup.add(mb("sub"))
+    sup.add(mb("pub"))
+    await sup.wait_state("sub", State.READY)
+    await sup.wait_state("pub", State.READY)
+    assert (await sup.tasks.run("sub", {"do": "subscribe", "topic": "orders.*"})).output == {
+        "subscribed": "orders.*"}
+    got = asyncio.get_running_loop().create_future()
+    sup.log_listeners.append(lambda r, s, lines: got.done() or any(
+        b"event orders.new" in x for x in lines) and got.set_result(True))
+    await sup.tasks.run("pub", {"do": "publish", "topic": "orders.new", "data": {"id": 7}})
+    await asyncio.wait_for(got, 5)
+    assert "event orders.new {'id': 7}" in logs
+    assert sup.events.publish("other.topic", 1, "test") == 0
+
+
+async def test_publishing_never_blocks_on_a_stopped_subscriber(sup: Supervisor) -> None:
+    sup.add(mb("frozen", heartbeat_timeout=30))
+    r = await sup.wait_state("frozen", State.READY)
+    await sup.tasks.run("frozen", {"do": "subscribe", "topic": "*"})
+    assert r.pid is not None
+    os.kill(r.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        for i in range(2000):
+            sup.events.publish("flood", "x" * 2000, "test")
+        assert time.monotonic() - t0 < 2.0
+        assert sup.events.dropped > 0
+    finally:
+        os.kill(r.pid, signal.SIGCONT)
