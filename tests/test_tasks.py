@@ -273,8 +273,8 @@ async def test_event_bus_between_workers(sup: Supervisor) -> None:
     assert (await sup.tasks.run("sub", {"do": "subscribe", "topic": "orders.*"})).output == {
         "subscribed": "orders.*"}
     got = asyncio.get_running_loop().create_future()
-    sup.log_listeners.append(lambda r, s, lines: got.done() or any(
-        b"event orders.new" in x for x in lines) and got.set_result(True))
+    sup.log_listeners.append(lambda r, s, lines: got.done() or (any(
+        b"event orders.new" in x for x in lines) and got.set_result(True)))
     await sup.tasks.run("pub", {"do": "publish", "topic": "orders.new", "data": {"id": 7}})
     await asyncio.wait_for(got, 5)
     assert "event orders.new {'id': 7}" in logs
@@ -289,7 +289,7 @@ async def test_publishing_never_blocks_on_a_stopped_subscriber(sup: Supervisor) 
     os.kill(r.pid, signal.SIGSTOP)
     try:
         t0 = time.monotonic()
-        for i in range(2000):
+        for _ in range(2000):
             sup.events.publish("flood", "x" * 2000, "test")
         assert time.monotonic() - t0 < 2.0
         assert sup.events.dropped > 0

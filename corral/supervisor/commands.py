@@ -44,6 +44,7 @@ async def daemon_info(d: Daemon, p: m.DaemonInfo, c: Connection) -> dict[str, An
         "config": str(d.config_path),
         "status": d.status_line(),
         "followers": len(d.hub.followers),
+        "event_followers": len(d.sup.events.followers) if d.sup else 0,
     }
 
 
