@@ -63,7 +63,7 @@ def daemon(tmp: Path) -> Iterator[Daemon]:
 # -- reading ------------------------------------------------------------------------------
 def test_status_json_and_table(daemon: Daemon) -> None:
     st = daemon.json("status")
-    assert set(st) == {"agents", "mcp_servers"}
+    assert set(st) == {"agents", "mcp_servers", "tasks"}
     a = st["agents"][0]
     for key in ("name", "replica", "state", "pid", "uptime", "restarts", "last_exit",
                 "cpu_percent", "rss_bytes"):
