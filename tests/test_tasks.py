@@ -206,8 +206,13 @@ async def test_tool_budget(sup: Supervisor) -> None:
         return {"content": [{"type": "text", "text": "ok"}], "isError": False}
 
     sup.tasks.tool_router = router
-    sup.add(mb("budget", max_tool_calls_per_task=2))
+    sup.add(mb("budget", max_tool_calls_per_task=2, tools=["notes__*"]))
     await sup.wait_state("budget", State.READY)
+    # outside the allowlist: refused, and not counted against the budget
+    res = await sup.tasks.run("budget", {"do": "tools", "tool": "other__x", "times": 1})
+    assert res.output == [{"error": jsonrpc.TOOL_NOT_ALLOWED, "message":
+                           "tool other__x is not allowed for agent budget (its tools "
+                           "allowlist: ['notes__*'])"}]
     res = await sup.tasks.run("budget", {"do": "tools", "tool": "notes__add", "times": 3})
     assert res.status == "succeeded"
     assert res.output[:2] == [{"content": [{"type": "text", "text": "ok"}], "isError": False}] * 2

@@ -18,7 +18,10 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import DEFAULT_MAX_LINE, RpcError
 from .config import AgentSpec, ConfigError
+from ..mcp.pool import McpPool
+from .config import McpServerSpec
 from .events import EventBus
+from .mcpserver import McpServerReplica
 from .lifecycle import LIVE, SERVING, State
 from .replica import Event, Replica
 from .tasks import TaskManager
@@ -124,6 +127,9 @@ class Supervisor:
         self.state_provider: Callable[[Replica], Any] = lambda r: None
         self.tasks = TaskManager(self)
         self.events = EventBus(self)
+        self.mcp = McpPool(self._new_mcp_instance, self._wait_mcp_serving)
+        self.tasks.tool_router = self._route_tool
+        self.tasks.tool_lister = self._list_tools
 
     # -- lifecycle of the supervisor itself -----------------------------------------------
     async def __aenter__(self) -> Supervisor:
@@ -145,6 +151,11 @@ class Supervisor:
             await asyncio.gather(*(r.stop("supervisor shutting down") for r in replicas))
         else:
             await asyncio.gather(*(r.kill() for r in replicas))
+        servers = [i for e in self.mcp.servers.values() for i in e.all()]
+        if graceful:  # tool servers last: agents may use them while stopping
+            await asyncio.gather(*(i.stop("supervisor shutting down") for i in servers))
+        else:
+            await asyncio.gather(*(i.kill() for i in servers))
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -299,6 +310,41 @@ class Supervisor:
 
         await asyncio.wait_for(_all(), timeout)
 
+    # -- MCP tool servers -----------------------------------------------------------------
+    def add_mcp_server(self, spec: McpServerSpec) -> None:
+        self.mcp.add(spec)
+
+    def _new_mcp_instance(self, spec: McpServerSpec, name: str, index: int,
+                          owner: str | None) -> McpServerReplica:
+        return McpServerReplica(self, spec, name, index, owner)
+
+    async def _wait_mcp_serving(self, inst: McpServerReplica, timeout: float
+                                ) -> McpServerReplica:
+        if inst.state not in SERVING:
+            try:
+                await self.wait_event(
+                    lambda e: e.kind == "mcp" and e.name == inst.name
+                    and e.replica == inst.index and e.state in ("ready", "terminated"),
+                    timeout)
+            except TimeoutError:
+                pass
+        if inst.state not in SERVING:
+            raise RpcError(jsonrpc.REFUSED, f"MCP server {inst.label} is not serving: "
+                                            f"{inst.reason}")
+        return inst
+
+    def _route_tool(self, replica: Replica, name: str, arguments: dict[str, Any],
+                    task: Any) -> Any:
+        def progress(p: dict[str, Any]) -> None:
+            if task is not None:
+                self.tasks.report_progress(task, {**p, "tool": name})
+
+        return self.mcp.call(name, arguments, owner=replica.label, on_progress=progress)
+
+    async def _list_tools(self, replica: Replica) -> dict[str, Any]:
+        allow = list(getattr(replica.spec, "tools", []))
+        return {"tools": await self.mcp.list_tools(owner=replica.label, allow=allow)}
+
     # -- hooks the replicas call ----------------------------------------------------------
     def _on_log(self, replica: Replica, stream: str, lines: list[bytes]) -> None:
         for listener in self.log_listeners:
@@ -347,6 +393,13 @@ class Supervisor:
                         r.heartbeat(now, timeout, sample_fds)
                     except Exception:
                         log.exception("heartbeat of %s failed", r.label)
+            for entry in list(self.mcp.servers.values()):
+                timeout = entry.spec.heartbeat_timeout or self.heartbeat_timeout
+                for inst in entry.all():
+                    try:
+                        inst.heartbeat(now, timeout, sample_fds)
+                    except Exception:
+                        log.exception("heartbeat of %s failed", inst.label)
             for listener in self.tick_listeners:
                 try:
                     listener()

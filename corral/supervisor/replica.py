@@ -195,13 +195,7 @@ class Replica:
         self._prev_cpu = None
         self._cpu_over = 0
         self.sup.stats.spawned += 1
-        self.peer = Peer(
-            f"{self.kind} {self.label}",
-            proc.write,
-            dispatch=self._dispatch,
-            on_notification=self._on_notification,
-            on_garbage=self._on_garbage,
-        )
+        self.peer = self._make_peer(proc)
         if self.state == State.SHUTTING_DOWN:  # stopped while spawning
             self._begin_shutdown(graceful=False)
         init = asyncio.ensure_future(self._initialize())
@@ -210,6 +204,19 @@ class Replica:
         finally:
             init.cancel()
         await self._reap(rc)
+
+    def _make_peer(self, proc: ChildProcess) -> Peer:
+        return Peer(
+            f"{self.kind} {self.label}",
+            proc.write,
+            dispatch=self._dispatch,
+            on_notification=self._on_notification,
+            on_garbage=self._on_garbage,
+        )
+
+    def exit_message(self, reason: str) -> str:
+        """What requests in flight fail with when the process is gone."""
+        return f"worker exited: {reason}"
 
     def _initialize_params(self) -> dict[str, Any]:
         return {
@@ -320,7 +327,7 @@ class Replica:
             )
         uptime = time.monotonic() - (self.spawned_at or time.monotonic())
         if self.peer is not None:
-            self.peer.close(f"worker exited: {reason}")
+            self.peer.close(self.exit_message(reason))
         proc.close()
         self.sup._on_exit(self, reason)
         self.process = None
@@ -408,11 +415,17 @@ class Replica:
         if now - self._last_pong > timeout:
             self.take_down(f"hung: no heartbeat for {timeout:g} s", graceful=False)
             return
-        if not self._ping_out:
+        if not self._ping_out and self.pings:
             self._ping_out = True
             _, fut = self.peer.request_future("ping", {})
             fut.add_done_callback(self._pong)
+        elif not self.pings:
+            self._last_pong = time.monotonic()  # nothing to ask: hangs show as call timeouts
         self._sample(now, sample_fds)
+
+    @property
+    def pings(self) -> bool:
+        return True
 
     def _pong(self, fut: asyncio.Future[Any]) -> None:
         self._ping_out = False

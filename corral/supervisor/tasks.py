@@ -14,6 +14,7 @@ that has not answered within `cancel_grace` is treated as hung and restarted.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import heapq
 import itertools
 import time
@@ -454,6 +455,12 @@ class TaskManager:
             return None
         return task
 
+    def report_progress(self, task: Task, params: dict[str, Any]) -> None:
+        task.progress = params
+        task.progress_log.append(params)
+        for w in list(task.watchers):
+            w("progress", params)
+
     def _on_progress(self, r: Replica, raw: Any) -> None:
         try:
             params = msgspec.json.decode(raw)
@@ -465,10 +472,7 @@ class TaskManager:
                 f"ignored task/progress for a task it is not running: {params!r:.200}".encode()])
             return
         params.pop("task_id", None)
-        task.progress = params
-        task.progress_log.append(params)
-        for w in list(task.watchers):
-            w("progress", params)
+        self.report_progress(task, params)
 
     def _on_tool_call(self, r: Replica, raw: Any) -> Any:
         params = _decode_object(raw, "tools/call")
@@ -480,6 +484,11 @@ class TaskManager:
             arguments = {}
         if not isinstance(arguments, dict):
             raise RpcError(jsonrpc.INVALID_PARAMS, "tools/call: arguments must be an object")
+        allow = list(getattr(r.spec, "tools", []))
+        if not any(fnmatch.fnmatchcase(name, p) for p in allow):
+            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
+                           f"tool {name} is not allowed for agent {r.name} (its tools "
+                           f"allowlist: {allow})")
         task = self._task_of(r, params)
         if task is not None:
             budget = getattr(r.spec, "max_tool_calls_per_task", 0)

@@ -1,0 +1,179 @@
+"""The tool-server pool: MCP servers by name, their instances, and tool routing.
+
+Agents see tools as `SERVER__TOOL`. A call is checked against the agent's allowlist
+(fnmatch patterns), then sent to the instance of the server with the fewest requests in
+flight (`scope = "shared"`), or to the calling replica's own instance
+(`scope = "per-agent"`). Servers start with the daemon (`start = "eager"`) or on first use
+(`"lazy"`). The instances themselves are supervised processes made by `factory` (the
+supervisor's McpServerReplica), so this module depends on the wire layer only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+
+if TYPE_CHECKING:
+    from ..supervisor.config import McpServerSpec
+    from ..supervisor.mcpserver import McpServerReplica
+
+SEP = "__"
+SERVING = ("ready", "busy", "idle")
+DOWN = ("failed", "terminated", "initial")
+
+Factory = Callable[["McpServerSpec", str, int, "str | None"], "McpServerReplica"]
+WaitServing = Callable[["McpServerReplica", float], Any]
+Progress = Callable[[dict[str, Any]], None]
+
+
+def split(qualified: str) -> tuple[str, str]:
+    server, sep, tool = qualified.partition(SEP)
+    if not sep or not server or not tool:
+        raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {qualified} (tools are named "
+                                          "SERVER__TOOL)")
+    return server, tool
+
+
+def allowed(qualified: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(qualified, p) for p in patterns)
+
+
+def could_match(server: str, pattern: str) -> bool:
+    """Whether some tool of `server` could match `pattern`."""
+    if SEP in pattern:
+        return fnmatch.fnmatchcase(server, pattern.split(SEP, 1)[0])
+    return fnmatch.fnmatchcase(f"{server}{SEP}x", pattern) or pattern.endswith("*")
+
+
+class ServerEntry:
+    def __init__(self, spec: McpServerSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.instances: list[McpServerReplica] = []  # shared
+        self.per_agent: dict[str, McpServerReplica] = {}
+        self.next_index = 0
+
+    def all(self) -> list[McpServerReplica]:
+        return [*self.instances, *self.per_agent.values()]
+
+
+class McpPool:
+    def __init__(self, factory: Factory, wait_serving: WaitServing) -> None:
+        self.factory = factory
+        self.wait_serving = wait_serving
+        self.servers: dict[str, ServerEntry] = {}
+
+    # -- servers --------------------------------------------------------------------------
+    def add(self, spec: McpServerSpec) -> ServerEntry:
+        if spec.name in self.servers:
+            raise RpcError(jsonrpc.CONFLICT, f"MCP server {spec.name} already exists")
+        entry = ServerEntry(spec)
+        self.servers[spec.name] = entry
+        if spec.scope == "shared":
+            entry.instances = [self._new(entry, None) for _ in range(spec.instances)]
+            if spec.start == "eager":
+                for inst in entry.instances:
+                    inst.start(by_hand=True)
+        return entry
+
+    def _new(self, entry: ServerEntry, owner: str | None) -> McpServerReplica:
+        inst = self.factory(entry.spec, entry.name, entry.next_index, owner)
+        entry.next_index += 1
+        return inst
+
+    async def remove(self, name: str) -> None:
+        entry = self.servers.pop(name, None)
+        if entry is not None:
+            await asyncio.gather(*(i.stop("removed") for i in entry.all()))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(i.stop("supervisor shutting down")
+                               for e in self.servers.values() for i in e.all()))
+
+    def server(self, name: str) -> ServerEntry:
+        try:
+            return self.servers[name]
+        except KeyError:
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such MCP server: {name}") from None
+
+    async def instance(self, entry: ServerEntry, owner: str | None) -> McpServerReplica:
+        """A serving instance for this caller, starting one if the server is lazy."""
+        if entry.spec.scope == "per-agent" and owner is not None:
+            inst = entry.per_agent.get(owner)
+            if inst is None:
+                inst = entry.per_agent[owner] = self._new(entry, owner)
+            candidates = [inst]
+        else:
+            candidates = entry.instances
+        serving = [i for i in candidates if i.state.value in SERVING and i.peer is not None]
+        if serving:
+            return min(serving, key=lambda i: i.peer.in_flight if i.peer else 0)
+        for i in candidates:
+            if i.state.value in ("initial", "terminated"):
+                i.start(by_hand=True)
+        if all(i.state.value == "failed" for i in candidates):
+            raise RpcError(jsonrpc.REFUSED, f"MCP server {entry.name} is failed: "
+                                            f"{candidates[0].reason}")
+        ready: McpServerReplica = await self.wait_serving(candidates[0],
+                                                           entry.spec.start_timeout)
+        return ready
+
+    # -- tools ----------------------------------------------------------------------------
+    async def list_tools(self, *, owner: str | None = None,
+                         allow: list[str] | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for entry in self.servers.values():
+            if allow is not None and not any(could_match(entry.name, p) for p in allow):
+                continue  # no pattern can match this server's tools: do not start it
+            try:
+                inst = await self.instance(entry, owner)
+            except RpcError:
+                continue
+            for tool in inst.client.tools:
+                qualified = f"{entry.name}{SEP}{tool['name']}"
+                if allow is None or allowed(qualified, allow):
+                    out.append({**tool, "name": qualified, "server": entry.name})
+        return out
+
+    async def call(self, qualified: str, arguments: dict[str, Any], *,
+                   owner: str | None = None, allow: list[str] | None = None,
+                   on_progress: Progress | None = None) -> Any:
+        if allow is not None and not allowed(qualified, allow):
+            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
+                           f"tool {qualified} is not allowed for {owner or 'this caller'} "
+                           f"(its tools allowlist: {allow})")
+        server, tool = split(qualified)
+        entry = self.servers.get(server)
+        if entry is None:
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {qualified} (no MCP server "
+                                              f"{server})")
+        inst = await self.instance(entry, owner)
+        if not any(t.get("name") == tool for t in inst.client.tools):
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {qualified} (MCP server {server} "
+                                              f"has no tool {tool})")
+        return await inst.client.call_tool(tool, arguments, timeout=entry.spec.timeout,
+                                           on_progress=on_progress)
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for entry in self.servers.values():
+            for i in entry.all():
+                up = i.uptime
+                out.append({
+                    "name": entry.name, "instance": i.index, "owner": i.owner,
+                    "scope": entry.spec.scope, "state": i.state.value,
+                    "pid": i.pid if i.process is not None else None,
+                    "uptime": round(up, 3) if up is not None else None,
+                    "restarts": i.restarts, "last_exit": i.last_exit, "reason": i.reason,
+                    "protocol_version": i.client.version, "tools": len(i.client.tools),
+                    "rejected_tools": i.client.rejected_tools, "calls": i.client.calls,
+                    "errors": i.client.errors,
+                    "in_flight": i.peer.in_flight if i.peer is not None else 0,
+                    "cpu_percent": i.sample.cpu_percent, "rss_bytes": i.sample.rss_bytes,
+                })
+        return out
