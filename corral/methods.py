@@ -186,6 +186,28 @@ class EventsFollow(Params):
     pattern: str = "*"
 
 
+# -- MCP tools ------------------------------------------------------------------------------
+@method("tools.list")
+class ToolsList(Params):
+    """The tools of the MCP servers, named SERVER__TOOL; with an agent, those its allowlist
+    admits."""
+
+    agent: str | None = None
+
+
+@method("tools.call", mutating=True)
+class ToolsCall(Params):
+    """Call one tool (SERVER__TOOL) with arguments, as an operator."""
+
+    name: str
+    arguments: dict[str, Any] = {}
+
+
+@method("mcp.status")
+class McpStatus(Params):
+    """The MCP servers: state, protocol version, tools, calls, errors per instance."""
+
+
 # -- results (what the daemon answers; the CLI decodes these) -------------------------------
 class LogLine(msgspec.Struct, array_like=True):
     """One log line: time, source (agent name or "corral"), replica, pid, stream, text."""

@@ -169,6 +169,9 @@ def status(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
                 f"last exit: {a['last_exit']}" if a["last_exit"] else ""),
         ])
     _table(rows, ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "REASON"])
+    if st.get("mcp_servers"):
+        click.echo()
+        _print_mcp(st["mcp_servers"])
     for name, t in (st.get("tasks") or {}).items():
         if t and t["accepted"]:
             rate = t["success_rate"]
@@ -543,6 +546,70 @@ def events_tail(obj: Ctx, pattern: str) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         obj.call("events.follow", m.EventsFollow(pattern=pattern), on_notification=on_note)
+
+
+# -- MCP tools ----------------------------------------------------------------------------
+@cli.group("tools", invoke_without_command=True, help=doc("tools.list"))
+@click.option("--agent", default=None, shell_complete=_complete_agents)
+@json_option
+@click.pass_context
+def tools(ctx: click.Context, agent: str | None, as_json: bool) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    obj: Ctx = ctx.obj
+    res = obj.call("tools.list", m.ToolsList(agent=agent))
+    if as_json:
+        _print_json(res)
+        return
+    rows = [[t["name"], (t.get("description") or "").splitlines()[0][:70] if t.get(
+        "description") else ""] for t in res["tools"]]
+    _table(rows, ["TOOL", "DESCRIPTION"])
+
+
+@tools.command("call", help=doc("tools.call"))
+@click.argument("name")
+@click.option("--args", "args", default="{}", metavar="JSON",
+              help="The arguments, a JSON object.")
+@json_option
+@pass_ctx
+def tools_call(obj: Ctx, name: str, args: str, as_json: bool) -> None:
+    try:
+        arguments = msgspec.json.decode(args.encode())
+    except msgspec.DecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from None
+    if not isinstance(arguments, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--args")
+    res = obj.call("tools.call", m.ToolsCall(name=name, arguments=arguments))
+    if as_json:
+        _print_json(res)
+    else:
+        for item in res.get("content") or []:
+            click.echo(item.get("text") if item.get("type") == "text" else json.dumps(item))
+    if res.get("isError"):
+        sys.exit(EXIT_FAILED)
+
+
+@cli.group("mcp")
+def mcp_group() -> None:
+    """The MCP tool servers corral runs."""
+
+
+@mcp_group.command("status", help=doc("mcp.status"))
+@json_option
+@pass_ctx
+def mcp_status(obj: Ctx, as_json: bool) -> None:
+    res = obj.call("mcp.status")
+    if as_json:
+        _print_json(res)
+        return
+    _print_mcp(res["mcp_servers"])
+
+
+def _print_mcp(servers: list[dict[str, Any]]) -> None:
+    rows = [[f"{s['name']}#{s['instance']}", s["state"], str(s["pid"] or "-"),
+             s["protocol_version"] or "-", str(s["tools"]), str(s["calls"]), str(s["errors"]),
+             s["owner"] or "shared"] for s in servers]
+    _table(rows, ["SERVER", "STATE", "PID", "PROTOCOL", "TOOLS", "CALLS", "ERRORS", "FOR"])
 
 
 @cli.command()

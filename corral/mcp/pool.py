@@ -103,7 +103,8 @@ class McpPool:
 
     async def instance(self, entry: ServerEntry, owner: str | None) -> McpServerReplica:
         """A serving instance for this caller, starting one if the server is lazy."""
-        if entry.spec.scope == "per-agent" and owner is not None:
+        if entry.spec.scope == "per-agent":
+            owner = owner or "corral"
             inst = entry.per_agent.get(owner)
             if inst is None:
                 inst = entry.per_agent[owner] = self._new(entry, owner)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .daemon import Daemon
 
 FOLLOW_BATCH = 500
+CLI_OWNER = "corral-cli"  # whose instance a per-agent server uses for operators' calls
 
 
 def _targets(d: Daemon, names: list[str], all_: bool) -> list[Agent]:
@@ -70,7 +71,7 @@ async def agents_status(d: Daemon, p: m.AgentsStatus, c: Connection) -> dict[str
     stats = d.sup.tasks.stats()["agents"]
     return {
         "agents": [replica_json(r) for a in agents for r in a.replicas],
-        "mcp_servers": [],
+        "mcp_servers": d.sup.mcp.status(),
         "tasks": {a.name: stats.get(a.name) for a in agents},
     }
 
@@ -274,3 +275,26 @@ async def events_follow(d: Daemon, p: m.EventsFollow, c: Connection) -> Any:
                     c.notify("events.event", follower.queue.popleft())
     finally:
         bus.unfollow(follower)
+
+
+@implements("tools.list")
+async def tools_list(d: Daemon, p: m.ToolsList, c: Connection) -> Any:
+    assert d.sup is not None
+    if p.agent is not None:
+        agent = d.sup.agent(p.agent)
+        tools = await d.sup.mcp.list_tools(owner=f"{agent.name}#0", allow=list(agent.spec.tools))
+    else:
+        tools = await d.sup.mcp.list_tools(owner=CLI_OWNER)
+    return {"tools": tools}
+
+
+@implements("tools.call")
+async def tools_call(d: Daemon, p: m.ToolsCall, c: Connection) -> Any:
+    assert d.sup is not None
+    return await d.sup.mcp.call(p.name, p.arguments, owner=CLI_OWNER)
+
+
+@implements("mcp.status")
+async def mcp_status(d: Daemon, p: m.McpStatus, c: Connection) -> Any:
+    assert d.sup is not None
+    return {"mcp_servers": d.sup.mcp.status()}

@@ -138,9 +138,8 @@ def convert(data: Any, type: type[Any], *, where: str, prefix: str = "") -> Any:
 
 def validate_name(kind: str, name: str, where: str) -> None:
     if not NAME_RE.match(name):
-        raise ConfigError(f"{where}: {kind}.{name}: name must match [A-Za-z0-9-]+")
-    if kind == "mcp_servers" and "__" in name:  # pragma: no cover - NAME_RE has no "_"
-        raise ConfigError(f"{where}: {kind}.{name}: name may not contain '__'")
+        rule = "[A-Za-z0-9-]+" + (", so no '__'" if kind == "mcp_servers" else "")
+        raise ConfigError(f"{where}: {kind}.{name}: name must match {rule}")
 
 
 def parse_agents(data: dict[str, Any], where: str) -> dict[str, AgentSpec]:
@@ -198,10 +197,47 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                 if name in servers:
                     raise ConfigError(f"{inc}: mcp_servers.{name}: already defined")
                 servers[name] = sspec
-    for spec in agents.values():
-        if spec.cwd and not os.path.isabs(spec.cwd):
-            spec.cwd = str((base / spec.cwd).resolve())
+    if sup.mcp_servers_file:
+        mpath = Path(sup.mcp_servers_file)
+        mpath = mpath if mpath.is_absolute() else base / mpath
+        for name, sspec in load_mcp_servers_file(mpath).items():
+            if name in servers:
+                raise ConfigError(f"{mpath}: mcpServers.{name}: already defined in {path}")
+            servers[name] = sspec
+    for pspec in [*agents.values(), *servers.values()]:
+        if pspec.cwd and not os.path.isabs(pspec.cwd):
+            pspec.cwd = str((base / pspec.cwd).resolve())
     return Config(supervisor=sup, agents=agents, mcp_servers=servers)
+
+
+class DesktopServer(msgspec.Struct, kw_only=True):
+    """One entry of a desktop MCP client's `mcpServers` file (unknown keys are ignored:
+    those files carry client-specific settings)."""
+
+    command: str
+    args: list[str] = []
+    env: dict[str, str] = {}
+    cwd: str | None = None
+
+
+def load_mcp_servers_file(path: Path) -> dict[str, McpServerSpec]:
+    """A standard {"mcpServers": {NAME: {command, args, env}}} file."""
+    try:
+        data = msgspec.json.decode(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not JSON: {exc}") from None
+    entries = data.get("mcpServers") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        raise ConfigError(f"{path}: mcpServers: expected an object of servers")
+    out: dict[str, McpServerSpec] = {}
+    for name, entry in entries.items():
+        validate_name("mcp_servers", name, str(path))
+        d = convert(entry, DesktopServer, where=str(path), prefix=f"mcpServers.{name}")
+        out[name] = McpServerSpec(name=name, command=[d.command], args=d.args, env=d.env,
+                                  cwd=d.cwd)
+    return out
 
 
 def parse_servers(data: dict[str, Any], where: str) -> dict[str, McpServerSpec]:

@@ -17,12 +17,11 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import DEFAULT_MAX_LINE, RpcError
-from .config import AgentSpec, ConfigError
 from ..mcp.pool import McpPool
-from .config import McpServerSpec
+from .config import AgentSpec, ConfigError, McpServerSpec
 from .events import EventBus
-from .mcpserver import McpServerReplica
 from .lifecycle import LIVE, SERVING, State
+from .mcpserver import McpServerReplica
 from .replica import Event, Replica
 from .tasks import TaskManager
 
@@ -321,13 +320,11 @@ class Supervisor:
     async def _wait_mcp_serving(self, inst: McpServerReplica, timeout: float
                                 ) -> McpServerReplica:
         if inst.state not in SERVING:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await self.wait_event(
                     lambda e: e.kind == "mcp" and e.name == inst.name
                     and e.replica == inst.index and e.state in ("ready", "terminated"),
                     timeout)
-            except TimeoutError:
-                pass
         if inst.state not in SERVING:
             raise RpcError(jsonrpc.REFUSED, f"MCP server {inst.label} is not serving: "
                                             f"{inst.reason}")

@@ -101,6 +101,10 @@ class Daemon:
         self.sup.open()
         self.hub.daemon(f"corral {__version__} started, pid {os.getpid()}, "
                         f"config {self.config_path}, socket {sock_path}")
+        for sspec in cfg.mcp_servers.values():
+            if sspec.cwd is None:
+                sspec.cwd = str(self.config_path.parent)
+            self.sup.add_mcp_server(sspec)
         for name, spec in cfg.agents.items():
             self._add(spec)
             self.from_config.add(name)
@@ -144,7 +148,10 @@ class Daemon:
         sup = self.sup
 
         def settled() -> bool:
-            return all(r.state in SERVING or r.state in STOPPED for r in sup.replicas())
+            mcp = [i for e in sup.mcp.servers.values() if e.spec.start == "eager"
+                   for i in e.all()]
+            return all(r.state in SERVING or r.state in STOPPED
+                       for r in [*sup.replicas(), *mcp])
 
         while not settled():
             await sup.wait_event(lambda e: True, 3600)

@@ -1,0 +1,17 @@
+"""An agent that uses MCP tools through corral: it files its findings as notes."""
+
+from corral.worker import run
+
+
+def handle(task, ctx):
+    topic = task.get("topic", "nothing") if isinstance(task, dict) else str(task)
+    tools = [t["name"] for t in ctx.list_tools()["tools"]]
+    ctx.progress(1, 2, "filing a note")
+    stored = ctx.call_tool("notes__add", {"title": topic, "text": f"findings about {topic}"})
+    found = ctx.call_tool("notes__search", {"word": "findings"})
+    return {"tools": tools, "stored": stored["content"][0]["text"],
+            "found": found.get("structuredContent")}
+
+
+if __name__ == "__main__":
+    run(handle)
