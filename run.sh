@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check \
-    --config-settings editable_mode=compat -e .
+    --config-settings editable_mode=compat -e '.[examples]'
 # byte-compile now: an editable install is not compiled by pip, and where
 # PYTHONDONTWRITEBYTECODE is set every daemon, CLI and worker start would compile corral again
 .venv/bin/python -m compileall -q corral

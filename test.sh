@@ -14,6 +14,12 @@ fi
 # byte-compile now: an editable install is not compiled by pip, and where
 # PYTHONDONTWRITEBYTECODE is set every daemon, CLI and worker start would compile corral again
 .venv/bin/python -m compileall -q corral
+# the MCP reference server, pinned, for the conformance tests
+EVERYTHING=@modelcontextprotocol/server-everything@2026.8.31
+if ! grep -qs '"version": "2026.8.31"' \
+        .npm-test/node_modules/@modelcontextprotocol/server-everything/package.json; then
+    npm install --prefix .npm-test --no-audit --no-fund --silent "$EVERYTHING"
+fi
 echo "== ruff"
 .venv/bin/ruff check corral tests examples bench
 echo "== mypy"

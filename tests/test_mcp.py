@@ -1,0 +1,306 @@
+"""The MCP client and pool against real servers: the official SDK's, the npm reference
+server, and a scripted server per protocol revision and fault."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from corral import jsonrpc
+from corral.jsonrpc import RpcError
+from corral.mcp import client as mcp_client
+from corral.supervisor import McpServerSpec, State, Supervisor
+from corral.supervisor.mcpserver import McpServerReplica
+
+from .conftest import EXAMPLES, ROOT, agent
+
+PY = sys.executable
+SCRIPTED = Path(__file__).with_name("scripted_mcp.py")
+EVERYTHING_VERSION = "2026.8.31"
+NPM_DIR = ROOT / ".npm-test"
+EVERYTHING = NPM_DIR / "node_modules" / "@modelcontextprotocol" / "server-everything" / \
+    "dist" / "index.js"
+
+
+def scripted(name: str, modes: str, **kw: Any) -> McpServerSpec:
+    args: dict[str, Any] = {"start_timeout": 5.0, "timeout": 5.0, "backoff_initial": 0.05,
+                            "stop_timeout": 1.0}
+    args.update(kw)
+    return McpServerSpec(name=name, command=[PY, str(SCRIPTED)], args=[modes], **args)
+
+
+async def up(sup: Supervisor, spec: McpServerSpec) -> McpServerReplica:
+    sup.add_mcp_server(spec)
+    entry = sup.mcp.server(spec.name)
+    return await sup.mcp.instance(entry, None)
+
+
+async def wait_mcp(sup: Supervisor, inst: McpServerReplica, state: str, timeout: float = 10
+                   ) -> None:
+    if inst.state.value == state:
+        return
+    await sup.wait_event(lambda e: e.kind == "mcp" and e.name == inst.name
+                         and e.replica == inst.index and e.state == state, timeout)
+
+
+# -- revisions ------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,version", [
+    ("v2024", "2024-11-05"), ("v2025-03", "2025-03-26"), ("v2025-06", "2025-06-18"),
+    ("v2025-11", "2025-11-25"), ("stateless", "2026-07-28"), ("dual", "2026-07-28"),
+])
+async def test_each_revision_is_negotiated(sup: Supervisor, mode: str, version: str) -> None:
+    inst = await up(sup, scripted("s", mode))
+    assert inst.client.version == version
+    assert inst.reason == f"initialized (MCP {version}, 5 tools)"
+    res = await sup.mcp.call("s__echo", {"text": "hi"})
+    assert res == {"content": [{"type": "text", "text": "hi"}],
+                   "structuredContent": {"echo": "hi"}, "isError": False}
+
+
+async def test_batches_are_accepted(sup: Supervisor) -> None:
+    inst = await up(sup, scripted("b", "v2025-03,batch"))
+    assert inst.client.version == "2025-03-26"
+    assert (await sup.mcp.call("b__echo", {"text": "x"}))["content"][0]["text"] == "x"
+
+
+async def test_silent_discover_falls_back_to_initialize(sup: Supervisor,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mcp_client, "DISCOVER_TIMEOUT", 0.3)
+    inst = await up(sup, scripted("m", "v2025-06,mute-discover"))
+    assert inst.client.version == "2025-06-18"
+
+
+async def test_unsupported_version_is_refused_clearly(sup: Supervisor) -> None:
+    sup.add_mcp_server(scripted("old", "bad-version", restart="never"))
+    entry = sup.mcp.server("old")
+    with pytest.raises(RpcError) as err:
+        await sup.mcp.instance(entry, None)
+    inst = entry.instances[0]
+    assert inst.last_exit == ("MCP handshake failed: MCP server old#0 answered initialize "
+                              "with protocol version '1999-01-01', which corral does not "
+                              "speak (2026-07-28, 2025-11-25, 2025-06-18, 2025-03-26, "
+                              "2024-11-05)")
+    assert err.value.code == jsonrpc.REFUSED
+
+
+async def test_never_answers_initialize(sup: Supervisor) -> None:
+    sup.add_mcp_server(scripted("mute", "no-init", start_timeout=0.6, restart="never"))
+    with pytest.raises(RpcError):
+        await sup.mcp.instance(sup.mcp.server("mute"), None)
+    inst = sup.mcp.server("mute").instances[0]
+    await wait_mcp(sup, inst, "terminated")
+    assert inst.last_exit == "start timeout: no answer to the MCP handshake within 0.6 s"
+
+
+async def test_pagination_and_bad_tool_names(sup: Supervisor) -> None:
+    logs: list[str] = []
+    sup.log_listeners.append(lambda r, s, lines: logs.extend(x.decode() for x in lines))
+    inst = await up(sup, scripted("p", "pages,bad-names"))
+    assert [t["name"] for t in inst.client.tools] == ["echo", "slow", "die", "progress", "grow"]
+    assert inst.client.rejected_tools == ["'bad__name'", "'has space'"]
+    assert any("left out tools whose names break the MCP naming rule or contain '__': "
+               "'bad__name', 'has space'" in x for x in logs)
+
+
+async def test_list_changed_is_followed(sup: Supervisor) -> None:
+    inst = await up(sup, scripted("g", "v2025-11"))
+    await sup.mcp.call("g__grow", {})
+    for _ in range(200):
+        if any(t["name"] == "extra" for t in inst.client.tools):
+            break
+        await asyncio.sleep(0.01)
+    assert any(t["name"] == "extra" for t in inst.client.tools)
+
+
+# -- faults ---------------------------------------------------------------------------------
+async def test_timeout_sends_cancelled(sup: Supervisor) -> None:
+    logs: list[str] = []
+    sup.log_listeners.append(lambda r, s, lines: logs.extend(x.decode() for x in lines))
+    inst = await up(sup, scripted("t", "v2025-11", timeout=0.3))
+    with pytest.raises(RpcError) as err:
+        await sup.mcp.call("t__slow", {"seconds": 30})
+    assert err.value.code == jsonrpc.REQUEST_TIMEOUT
+    assert err.value.message == "tools/call: no answer from MCP server t#0 within 0.3 s"
+    got = asyncio.get_running_loop().create_future()
+    sup.log_listeners.append(lambda r, s, lines: got.done() or (any(
+        x.startswith(b"cancelled ") for x in lines) and got.set_result(True)))
+    if not any(x.startswith("cancelled ") for x in logs):
+        await asyncio.wait_for(got, 5)
+    assert inst.client.errors == 1
+
+
+async def test_progress_passes_through(sup: Supervisor) -> None:
+    await up(sup, scripted("pr", "stateless"))
+    seen: list[dict[str, Any]] = []
+    res = await sup.mcp.call("pr__progress", {"steps": 3}, on_progress=seen.append)
+    assert res["content"][0]["text"] == "done"
+    assert seen == [{"progress": i, "total": 3, "message": f"step {i}"} for i in (1, 2, 3)]
+
+
+async def test_server_exit_fails_in_flight_calls_and_restarts(sup: Supervisor) -> None:
+    inst = await up(sup, scripted("d", "v2025-11"))
+    pid = inst.pid
+    slow = asyncio.ensure_future(sup.mcp.call("d__slow", {"seconds": 30}))
+    await asyncio.sleep(0.05)
+    with pytest.raises(RpcError) as err:
+        await sup.mcp.call("d__die", {})
+    assert err.value.code == jsonrpc.PEER_CLOSED
+    assert err.value.message == "MCP server d#0 exited: exited with status 5"
+    with pytest.raises(RpcError) as err2:
+        await slow
+    assert err2.value.message == "MCP server d#0 exited: exited with status 5"
+    await wait_mcp(sup, inst, "ready")
+    assert inst.pid != pid and inst.restarts == 1
+    assert (await sup.mcp.call("d__echo", {"text": "back"}))["content"][0]["text"] == "back"
+
+
+async def test_garbage_huge_line_and_unknown_id(sup: Supervisor) -> None:
+    inst = await up(sup, scripted("gz", "v2025-11,garbage,unknown-id"))
+    assert inst.garbage_lines == 3  # the garbage line, the 20 MiB line, the unknown id
+    assert (await sup.mcp.call("gz__echo", {"text": "ok"}))["content"][0]["text"] == "ok"
+
+
+async def test_unknown_tools_and_servers(sup: Supervisor) -> None:
+    await up(sup, scripted("u", "v2025-11"))
+    with pytest.raises(RpcError) as err:
+        await sup.mcp.call("u__nope", {})
+    assert (err.value.code, err.value.message) == (
+        jsonrpc.NOT_FOUND, "no such tool: u__nope (MCP server u has no tool nope)")
+    with pytest.raises(RpcError) as err:
+        await sup.mcp.call("zz__echo", {})
+    assert err.value.message == "no such tool: zz__echo (no MCP server zz)"
+    with pytest.raises(RpcError) as err:
+        await sup.mcp.call("noseparator", {})
+    assert err.value.message == "no such tool: noseparator (tools are named SERVER__TOOL)"
+
+
+# -- routing through agents -----------------------------------------------------------------
+async def test_agents_call_through_allowlist_and_budget(sup: Supervisor) -> None:
+    sup.add_mcp_server(scripted("notes", "v2025-11"))
+    sup.add(agent("user", "misbehave.py", tools=["notes__echo", "notes__progress"],
+                  max_tool_calls_per_task=2))
+    await sup.wait_state("user", State.READY)
+    res = await sup.tasks.run("user", {"do": "tools", "tool": "notes__echo",
+                                       "arguments": {"text": "a"}, "times": 3})
+    assert res.output[0]["content"][0]["text"] == "a"
+    assert res.output[2]["error"] == jsonrpc.TOOL_BUDGET_EXCEEDED
+    res = await sup.tasks.run("user", {"do": "tools", "tool": "notes__slow", "times": 1})
+    assert res.output[0]["error"] == jsonrpc.TOOL_NOT_ALLOWED
+    res = await sup.tasks.run("user", {"do": "tools", "tool": "notes__echo",
+                                       "arguments": [1, 2], "times": 1})
+    assert res.output[0]["message"] == "tools/call: arguments must be an object"
+    # progress from the tool server reaches the task
+    task = sup.tasks.submit("user", {"do": "tools", "tool": "notes__progress",
+                                     "arguments": {"steps": 2}, "times": 1})
+    await task.done
+    assert task.progress == {"progress": 2, "total": 2, "message": "step 2",
+                             "tool": "notes__progress"}
+
+
+async def test_least_outstanding_requests_over_instances(sup: Supervisor) -> None:
+    sup.add_mcp_server(scripted("lo", "v2025-11", instances=2, start="eager"))
+    entry = sup.mcp.server("lo")
+    for inst in entry.instances:
+        await wait_mcp(sup, inst, "ready")
+    calls = [asyncio.ensure_future(sup.mcp.call("lo__slow", {"seconds": 0.3}))
+             for _ in range(4)]
+    await asyncio.sleep(0.05)
+    assert sorted(i.peer.in_flight for i in entry.instances if i.peer) == [2, 2]
+    await asyncio.gather(*calls)
+    assert [i.client.calls for i in entry.instances] == [2, 2]
+
+
+async def test_per_agent_scope_gives_each_replica_its_own_server(sup: Supervisor) -> None:
+    sup.add_mcp_server(scripted("own", "v2025-11", scope="per-agent"))
+    sup.add(agent("pa", "misbehave.py", replicas=2, tools=["own__*"]))
+    await sup.wait_state("pa", State.READY, replica=1)
+    await asyncio.gather(*(sup.tasks.run("pa", {"do": "tools", "tool": "own__slow",
+                                                "arguments": {"seconds": 0.2}})
+                           for _ in range(2)))
+    entry = sup.mcp.server("own")
+    assert sorted(entry.per_agent) == ["pa#0", "pa#1"]
+    assert len({i.pid for i in entry.per_agent.values()}) == 2
+
+
+# -- servers no one here wrote --------------------------------------------------------------
+async def test_official_sdk_server(sup: Supervisor) -> None:
+    inst = await up(sup, McpServerSpec(name="notes", command=[PY, str(EXAMPLES /
+                                                                     "notes_server.py")]))
+    assert inst.client.version == "2026-07-28"
+    assert [t["name"] for t in inst.client.tools] == ["add", "get", "search"]
+    res = await sup.mcp.call("notes__add", {"title": "t", "text": "some words"})
+    assert res["content"] == [{"type": "text", "text": "stored t"}] and res["isError"] is False
+    res = await sup.mcp.call("notes__search", {"word": "words"})
+    assert res["structuredContent"] == {"result": ["t"]}
+    res = await sup.mcp.call("notes__add", {"title": 5})
+    assert res["isError"] is True  # the server's own validation error, kept as sent
+
+
+def everything_reason() -> str | None:
+    if not EVERYTHING.exists():
+        return (f"@modelcontextprotocol/server-everything@{EVERYTHING_VERSION} is not "
+                f"installed in {NPM_DIR} (test.sh installs it)")
+    if shutil.which("node") is None:
+        return "node is not installed"
+    return None
+
+
+@pytest.mark.skipif(everything_reason() is not None, reason=everything_reason() or "")
+async def test_npm_reference_server(sup: Supervisor) -> None:
+    inst = await up(sup, McpServerSpec(name="ev", command=["node", str(EVERYTHING), "stdio"],
+                                       timeout=1.5))
+    assert inst.client.version == "2025-11-25"  # -32601 on server/discover: the fallback
+    names = {t["name"] for t in inst.client.tools}
+    assert {"echo", "get-sum", "trigger-long-running-operation"} <= names
+    res = await sup.mcp.call("ev__echo", {"message": "hello"})
+    assert res["content"][0]["text"] == "Echo: hello"
+    res = await sup.mcp.call("ev__get-sum", {"a": 2, "b": 40})
+    assert "42" in res["content"][0]["text"]
+    seen: list[dict[str, Any]] = []
+    res = await sup.mcp.call("ev__trigger-long-running-operation",
+                             {"duration": 0.6, "steps": 3}, on_progress=seen.append)
+    assert [p["progress"] for p in seen] == [1, 2, 3]
+    assert res.get("isError") is not True
+    # time it out, and see notifications/cancelled go to the server
+    sent: list[Any] = []
+    assert inst.peer is not None
+    original = inst.peer._send
+    inst.peer._send = lambda data: (sent.append(msgspec.json.decode(data)),  # type: ignore[method-assign]
+                                    original(data))[1]
+    with pytest.raises(RpcError) as err:
+        await sup.mcp.call("ev__trigger-long-running-operation", {"duration": 10, "steps": 5})
+    assert err.value.code == jsonrpc.REQUEST_TIMEOUT
+    call_id = next(m["id"] for m in sent if m.get("method") == "tools/call")
+    assert {"jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": call_id, "reason": "timed out or cancelled by corral"}
+            } in sent
+    assert (await sup.mcp.call("ev__echo", {"message": "still"}))["content"][0]["text"] == \
+        "Echo: still"
+
+
+def test_mcp_servers_file(tmp_path: Path) -> None:
+    from corral.supervisor.config import ConfigError, load_config
+
+    (tmp_path / "mcp.json").write_text('{"mcpServers": {"files": {"command": "npx", "args": '
+                                       '["-y", "x"], "env": {"A": "1"}, "disabled": false}}}')
+    (tmp_path / "c.toml").write_text('[supervisor]\nmcp_servers_file = "mcp.json"\n')
+    cfg = load_config(tmp_path / "c.toml")
+    s = cfg.mcp_servers["files"]
+    assert (s.argv(), s.env, s.scope) == (["npx", "-y", "x"], {"A": "1"}, "shared")
+    (tmp_path / "mcp.json").write_text('{"mcpServers": {"bad__name": {"command": "x"}}}')
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "c.toml")
+    assert str(err.value) == (f"{tmp_path}/mcp.json: mcp_servers.bad__name: name must match "
+                              "[A-Za-z0-9-]+, so no '__'")
+    (tmp_path / "mcp.json").write_text('{"mcpServers": {"x": {"args": []}}}')
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "c.toml")
+    assert str(err.value) == (f"{tmp_path}/mcp.json: mcpServers.x: Object missing required "
+                              "field `command`")
+
