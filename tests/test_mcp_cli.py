@@ -1,0 +1,91 @@
+"""MCP through the daemon and the CLI: `tools`, `tools call`, `mcp status`, `status`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import EXAMPLES, ROOT
+from .daemon_harness import PY, Daemon, shared_tmpdir
+
+SCRIPTED = Path(__file__).with_name("scripted_mcp.py")
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    tmp = shared_tmpdir()
+    (tmp / "mcp.json").write_text(json.dumps({"mcpServers": {"desk": {
+        "command": PY, "args": [str(SCRIPTED), "v2025-06"]}}}))
+    agents = f"""
+[mcp_servers.notes]
+command = ["{PY}", "{EXAMPLES}/notes_server.py"]
+start = "eager"
+
+[mcp_servers.lazy]
+command = "{PY} {SCRIPTED} v2024"
+
+[agents.researcher]
+command = ["{PY}", "{EXAMPLES}/researcher.py"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+tools = ["notes__*"]
+"""
+    d = Daemon(tmp, agents, extra=f'mcp_servers_file = "{tmp}/mcp.json"')
+    d.start()
+    try:
+        yield d
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_eager_server_is_ready_before_ready_1_and_lazy_is_not_started(daemon: Daemon) -> None:
+    st = {f"{s['name']}#{s['instance']}": s for s in daemon.json("mcp", "status")["mcp_servers"]}
+    assert st["notes#0"]["state"] == "ready"
+    assert st["notes#0"]["protocol_version"] == "2026-07-28" and st["notes#0"]["tools"] == 3
+    assert st["lazy#0"]["state"] == "initial" and st["desk#0"]["state"] == "initial"
+    full = daemon.json("status")
+    assert [s["name"] for s in full["mcp_servers"]] == ["notes", "lazy", "desk"]
+
+
+def test_tools_listing_starts_lazy_servers_and_filters_by_agent(daemon: Daemon) -> None:
+    names = [t["name"] for t in daemon.json("tools")["tools"]]
+    assert names[:3] == ["notes__add", "notes__get", "notes__search"]
+    assert "lazy__echo" in names and "desk__echo" in names
+    st = {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}
+    assert (st["lazy"]["protocol_version"], st["desk"]["protocol_version"]) == (
+        "2024-11-05", "2025-06-18")
+    allowed = [t["name"] for t in daemon.json("tools", "--agent", "researcher")["tools"]]
+    assert allowed == ["notes__add", "notes__get", "notes__search"]
+    table = daemon.cli("tools").stdout.splitlines()
+    assert table[0].split() == ["TOOL", "DESCRIPTION"]
+
+
+def test_tools_call(daemon: Daemon) -> None:
+    r = daemon.cli("tools", "call", "notes__add", "--args", '{"title": "x", "text": "y"}')
+    assert (r.returncode, r.stdout) == (0, "stored x\n")
+    r = daemon.cli("tools", "call", "lazy__echo", "--args", '{"text": "hi"}', "--json")
+    assert json.loads(r.stdout)["structuredContent"] == {"echo": "hi"}
+    r = daemon.cli("tools", "call", "notes__add", "--args", '{"title": 1}')
+    assert r.returncode == 1  # isError from the server
+    r = daemon.cli("tools", "call", "notes__nope")
+    assert (r.returncode, r.stderr) == (
+        1, "corral: no such tool: notes__nope (MCP server notes has no tool nope)\n")
+    r = daemon.cli("tools", "call", "notes__add", "--args", "[1]")
+    assert r.returncode == 2 and "must be a JSON object" in r.stderr
+    r = daemon.cli("tools", "call", "notes__add", "--args", "{bad")
+    assert r.returncode == 2 and "not JSON" in r.stderr
+
+
+def test_agent_task_uses_tools(daemon: Daemon) -> None:
+    r = daemon.cli("run", "researcher", "--input", '{"topic": "otters"}', "--json")
+    res = json.loads(r.stdout)
+    assert res["status"] == "succeeded", res
+    assert res["output"]["tools"] == ["notes__add", "notes__get", "notes__search"]
+    assert res["output"]["found"] == {"result": ["otters"]}
+    st = {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}
+    assert st["notes"]["calls"] == 2
