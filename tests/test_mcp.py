@@ -304,3 +304,22 @@ def test_mcp_servers_file(tmp_path: Path) -> None:
     assert str(err.value) == (f"{tmp_path}/mcp.json: mcpServers.x: Object missing required "
                               "field `command`")
 
+
+
+async def test_legacy_server_that_stops_answering_pings_is_restarted(sup: Supervisor) -> None:
+    import os
+    import signal
+
+    inst = await up(sup, scripted("hb", "v2025-11"))
+    assert inst.pings and inst.pid is not None
+    pid = inst.pid
+    os.kill(pid, signal.SIGSTOP)
+    await wait_mcp(sup, inst, "backoff")
+    assert inst.last_exit == "hung: no heartbeat for 1 s"
+    await wait_mcp(sup, inst, "ready")
+    assert inst.pid != pid
+
+
+async def test_stateless_server_is_not_pinged(sup: Supervisor) -> None:
+    inst = await up(sup, scripted("nop", "stateless"))
+    assert inst.client.stateless and not inst.pings
