@@ -49,12 +49,21 @@ def agent(name: str, script: str = "hello.py", **kw: object) -> AgentSpec:
     return AgentSpec(name=name, command=command, env=env, **defaults)  # type: ignore[arg-type]
 
 
+async def all_ready(sup: Supervisor, name: str, timeout: float = 10.0) -> None:
+    """Wait until every replica of `name` has answered initialize."""
+    from corral.supervisor import State
+
+    for i in range(len(sup.agent(name).replicas)):
+        await sup.wait_state(name, State.READY, replica=i, timeout=timeout)
+
+
 @pytest.fixture
 async def sup() -> AsyncIterator[Supervisor]:
     """A supervisor with a fast heartbeat; on teardown, asserts no fd, process or zombie
     outlives it."""
     before = open_fds()
-    s = Supervisor(heartbeat_interval=0.1, heartbeat_timeout=1.0)
+    # 2 s: short enough for hang tests, long enough for a loaded CI machine's workers
+    s = Supervisor(heartbeat_interval=0.1, heartbeat_timeout=2.0)
     s.open()
     try:
         yield s

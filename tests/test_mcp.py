@@ -18,7 +18,7 @@ from corral.mcp import client as mcp_client
 from corral.supervisor import McpServerSpec, State, Supervisor
 from corral.supervisor.mcpserver import McpServerReplica
 
-from .conftest import EXAMPLES, ROOT, agent
+from .conftest import EXAMPLES, ROOT, agent, all_ready
 
 PY = sys.executable
 SCRIPTED = Path(__file__).with_name("scripted_mcp.py")
@@ -111,10 +111,9 @@ async def test_pagination_and_bad_tool_names(sup: Supervisor) -> None:
 async def test_list_changed_is_followed(sup: Supervisor) -> None:
     inst = await up(sup, scripted("g", "v2025-11"))
     await sup.mcp.call("g__grow", {})
-    for _ in range(200):
-        if any(t["name"] == "extra" for t in inst.client.tools):
-            break
+    while inst._refresh is None:  # the list_changed notification follows the result
         await asyncio.sleep(0.01)
+    await inst._refresh
     assert any(t["name"] == "extra" for t in inst.client.tools)
 
 
@@ -147,7 +146,9 @@ async def test_server_exit_fails_in_flight_calls_and_restarts(sup: Supervisor) -
     inst = await up(sup, scripted("d", "v2025-11"))
     pid = inst.pid
     slow = asyncio.ensure_future(sup.mcp.call("d__slow", {"seconds": 30}))
-    await asyncio.sleep(0.05)
+    assert inst.peer is not None
+    while inst.peer.in_flight < 1:  # until the slow call is on the wire
+        await asyncio.sleep(0)
     with pytest.raises(RpcError) as err:
         await sup.mcp.call("d__die", {})
     assert err.value.code == jsonrpc.PEER_CLOSED
@@ -208,9 +209,10 @@ async def test_least_outstanding_requests_over_instances(sup: Supervisor) -> Non
     entry = sup.mcp.server("lo")
     for inst in entry.instances:
         await wait_mcp(sup, inst, "ready")
-    calls = [asyncio.ensure_future(sup.mcp.call("lo__slow", {"seconds": 0.3}))
+    calls = [asyncio.ensure_future(sup.mcp.call("lo__slow", {"seconds": 2}))
              for _ in range(4)]
-    await asyncio.sleep(0.05)
+    while sum(i.peer.in_flight for i in entry.instances if i.peer) < 4:
+        await asyncio.sleep(0)  # until all four are on the wire
     assert sorted(i.peer.in_flight for i in entry.instances if i.peer) == [2, 2]
     await asyncio.gather(*calls)
     assert [i.client.calls for i in entry.instances] == [2, 2]
@@ -219,7 +221,7 @@ async def test_least_outstanding_requests_over_instances(sup: Supervisor) -> Non
 async def test_per_agent_scope_gives_each_replica_its_own_server(sup: Supervisor) -> None:
     sup.add_mcp_server(scripted("own", "v2025-11", scope="per-agent"))
     sup.add(agent("pa", "misbehave.py", replicas=2, tools=["own__*"]))
-    await sup.wait_state("pa", State.READY, replica=1)
+    await all_ready(sup, "pa")
     await asyncio.gather(*(sup.tasks.run("pa", {"do": "tools", "tool": "own__slow",
                                                 "arguments": {"seconds": 0.2}})
                            for _ in range(2)))
@@ -315,7 +317,7 @@ async def test_legacy_server_that_stops_answering_pings_is_restarted(sup: Superv
     pid = inst.pid
     os.kill(pid, signal.SIGSTOP)
     await wait_mcp(sup, inst, "backoff")
-    assert inst.last_exit == "hung: no heartbeat for 1 s"
+    assert inst.last_exit == "hung: no heartbeat for 2 s"
     await wait_mcp(sup, inst, "ready")
     assert inst.pid != pid
 

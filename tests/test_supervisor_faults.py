@@ -112,11 +112,11 @@ async def test_stopped_worker_is_hung_killed_and_restarted(sup: Supervisor) -> N
     await sup.wait_state("frozen", State.READY, timeout=10)
     assert r.pid != old_pid and r.restarts == 1
     assert not psutil.pid_exists(old_pid)
-    hung = "hung: no heartbeat for 1 s"
+    hung = "hung: no heartbeat for 2 s"
     events = [(e.state, e.reason) for e in drain(q, "frozen")]
     assert events[2:4] == [("shutting_down", hung), ("terminated", hung)]
     assert events[4][0] == "backoff"
-    assert re.fullmatch(r"restarting in 0\.\d\d s after: hung: no heartbeat for 1 s", events[4][1])
+    assert re.fullmatch(r"restarting in 0\.\d\d s after: hung: no heartbeat for 2 s", events[4][1])
     assert [s for s, _ in events[5:]] == ["starting", "ready"]
     assert r.last_exit == hung
 

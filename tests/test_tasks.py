@@ -15,7 +15,7 @@ from corral import jsonrpc
 from corral.jsonrpc import RpcError
 from corral.supervisor import State, Supervisor
 
-from .conftest import agent
+from .conftest import agent, all_ready
 
 
 def mb(name: str, **kw: Any) -> Any:
@@ -57,7 +57,7 @@ async def test_crash_mid_task_without_retries_is_lost_with_the_reason(sup: Super
 
 async def test_crash_mid_task_with_retries_runs_again(sup: Supervisor, tmp_path: Path) -> None:
     sup.add(mb("retry", retries=2, replicas=2))
-    await sup.wait_state("retry", State.READY, replica=1)
+    await all_ready(sup, "retry")
     res = await sup.tasks.run("retry", {"do": "crash-once", "marker": str(tmp_path / "m")})
     assert res.status == "succeeded" and res.output["survived"] is True
     assert [a.outcome for a in res.attempts] == ["lost", "succeeded"]
@@ -156,7 +156,7 @@ async def test_priority_then_arrival_order(sup: Supervisor) -> None:
 
 async def test_least_loaded_replica_first(sup: Supervisor) -> None:
     sup.add(mb("spread", replicas=2, max_concurrent_tasks=2))
-    await sup.wait_state("spread", State.READY, replica=1)
+    await all_ready(sup, "spread")
     tasks = [sup.tasks.submit("spread", {"do": "sleep", "seconds": 0.2}) for _ in range(4)]
     assert sorted(t.attempts[0].replica for t in tasks) == [0, 0, 1, 1]
     fifth = sup.tasks.submit("spread", {"do": "echo"})
@@ -249,7 +249,7 @@ async def test_answers_for_tasks_never_given_are_ignored(sup: Supervisor) -> Non
 
 async def test_many_concurrent_runs_and_fan_out_in_order(sup: Supervisor) -> None:
     sup.add(mb("fan", replicas=2, max_concurrent_tasks=4, max_queue=10_000))
-    await sup.wait_state("fan", State.READY, replica=1)
+    await all_ready(sup, "fan")
     results = await asyncio.gather(*(sup.tasks.run("fan", {"do": "echo", "i": i})
                                      for i in range(300)))
     assert [r.output["i"] for r in results] == list(range(300))
