@@ -3,15 +3,7 @@
 # example config (everything local: socket, state and logs under examples/.corral/).
 set -euo pipefail
 cd "$(dirname "$0")"
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install -q --disable-pip-version-check \
-    --config-settings editable_mode=compat -e '.[examples]'
-# byte-compile now: an editable install is not compiled by pip, and where
-# PYTHONDONTWRITEBYTECODE is set every daemon, CLI and worker start would compile corral again
-.venv/bin/python -m compileall -q corral
+. scripts/venv.sh examples
 # the example agents run `python3`: the venv's, which has the worker SDK
 export PATH="$PWD/.venv/bin:$PATH"
 echo "corral: control socket examples/.corral/corral.sock; in another shell try:"

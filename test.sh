@@ -3,17 +3,7 @@
 # reference MCP server) and run lint, type check and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")"
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$PY" -m venv .venv
-fi
-# compat mode: a plain path in a .pth file, not an import hook that every Python started
-# from this venv (every worker) would pay ~10 ms for
-.venv/bin/python -m pip install -q --disable-pip-version-check \
-    --config-settings editable_mode=compat -e '.[test]'
-# byte-compile now: an editable install is not compiled by pip, and where
-# PYTHONDONTWRITEBYTECODE is set every daemon, CLI and worker start would compile corral again
-.venv/bin/python -m compileall -q corral
+. scripts/venv.sh test
 # the MCP reference server, pinned, for the conformance tests
 EVERYTHING=@modelcontextprotocol/server-everything@2026.8.31
 if ! grep -qs '"version": "2026.8.31"' \

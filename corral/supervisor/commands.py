@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sized
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import msgspec
 
@@ -152,31 +153,51 @@ def _check_sources(d: Daemon, names: list[str]) -> None:
             raise RpcError(jsonrpc.NOT_FOUND, f"no such agent: {n}")
 
 
+class _Followed(Protocol):
+    missed: int
+
+    @property
+    def queue(self) -> Sized: ...
+
+    @property
+    def wakeup(self) -> asyncio.Event: ...
+
+
+async def _stream(c: Connection, follower: _Followed, missed_method: str,
+                  send_some: Callable[[], None]) -> NoReturn:
+    """Drain a follower to a client until the client goes away (the Peer then cancels
+    this task). A client that reads slower than the source writes is not waited for: the
+    follower's bounded queue overflows, and the client is told how much it missed."""
+    while True:
+        await follower.wakeup.wait()
+        follower.wakeup.clear()
+        while follower.queue or follower.missed:
+            if not c.writable.is_set():
+                await c.writable.wait()
+            if follower.missed:
+                c.notify(missed_method, {"count": follower.missed})
+                follower.missed = 0
+            send_some()
+
+
 @implements("logs.follow")
 async def logs_follow(d: Daemon, p: m.LogsFollow, c: Connection) -> dict[str, Any]:
     """Streams until the client goes away (the Peer then cancels this task)."""
     _check_sources(d, p.names)
     follower = d.hub.follow(p.names)
+
+    def send_some() -> None:
+        lines: list[m.LogLine] = []
+        while follower.queue and len(lines) < FOLLOW_BATCH:
+            lines.extend(follower.pop().materialize())
+        if lines:
+            c.notify("logs.lines", {"lines": lines})
+
     try:
         backlog = d.hub.tail(p.names, p.lines, p.since)
         if backlog:
             c.notify("logs.lines", {"lines": backlog})
-        while True:
-            await follower.wakeup.wait()
-            follower.wakeup.clear()
-            while follower.queue or follower.missed:
-                if not c.writable.is_set():
-                    # the client reads slower than workers write: stop draining, let the
-                    # bounded queue overflow and count what it drops
-                    await c.writable.wait()
-                if follower.missed:
-                    c.notify("logs.missed", {"count": follower.missed})
-                    follower.missed = 0
-                lines: list[m.LogLine] = []
-                while follower.queue and len(lines) < FOLLOW_BATCH:
-                    lines.extend(follower.pop().materialize())
-                if lines:
-                    c.notify("logs.lines", {"lines": lines})
+        await _stream(c, follower, "logs.missed", send_some)
     finally:
         d.hub.unfollow(follower)
 
@@ -261,18 +282,13 @@ async def events_follow(d: Daemon, p: m.EventsFollow, c: Connection) -> Any:
     assert d.sup is not None
     bus = d.sup.events
     follower = bus.follow(p.pattern)
+
+    def send_some() -> None:
+        for _ in range(min(FOLLOW_BATCH, len(follower.queue))):
+            c.notify("events.event", follower.queue.popleft())
+
     try:
-        while True:
-            await follower.wakeup.wait()
-            follower.wakeup.clear()
-            while follower.queue or follower.missed:
-                if not c.writable.is_set():
-                    await c.writable.wait()
-                if follower.missed:
-                    c.notify("events.missed", {"count": follower.missed})
-                    follower.missed = 0
-                while follower.queue:
-                    c.notify("events.event", follower.queue.popleft())
+        await _stream(c, follower, "events.missed", send_some)
     finally:
         bus.unfollow(follower)
 
