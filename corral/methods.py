@@ -233,3 +233,4 @@ class ReloadResult(msgspec.Struct):
     removed: list[str]
     changed: list[str]
     unchanged: list[str]
+    mcp_servers: dict[str, list[str]] = {}  # the same four keys, for [mcp_servers]

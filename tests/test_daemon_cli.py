@@ -473,6 +473,15 @@ def test_sighup_reloads_and_sigterm_stops_gracefully(daemon: Daemon) -> None:
     assert "shutting_down: supervisor shutting down" in log
 
 
+def test_sigint_stops_gracefully_and_the_process_is_titled(daemon: Daemon) -> None:
+    assert daemon.proc is not None
+    title = Path(f"/proc/{daemon.proc.pid}/cmdline").read_bytes().split(b"\0")[0]
+    assert title.startswith(b"corral: supervisor")
+    pids = [a["pid"] for a in daemon.status().values()]
+    assert daemon.stop(signal.SIGINT) == 0
+    assert not any(psutil.pid_exists(p) for p in pids)
+
+
 def test_sd_notify_protocol(tmp: Path) -> None:
     d = Daemon(tmp, hello("hello", replicas=2), watchdog_usec=400_000)
     try:

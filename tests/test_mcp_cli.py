@@ -6,11 +6,13 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, shared_tmpdir
+from .test_daemon_cli import wait_until
 
 SCRIPTED = Path(__file__).with_name("scripted_mcp.py")
 
@@ -89,3 +91,23 @@ def test_agent_task_uses_tools(daemon: Daemon) -> None:
     assert res["output"]["found"] == {"result": ["otters"]}
     st = {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}
     assert st["notes"]["calls"] == 2
+
+
+def test_reload_applies_mcp_server_changes(daemon: Daemon) -> None:
+    before = {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}
+    text = daemon.config.read_text()
+    text = text.replace("[mcp_servers.lazy]", "[mcp_servers.fresh]")
+    text = text.replace('start = "eager"', 'start = "eager"\ntimeout = 12.0')
+    daemon.config.write_text(text)
+    r = daemon.cli("reload")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == ("MCP servers: added fresh; removed lazy; "
+                                         "changed notes")
+    def servers() -> dict[str, Any]:
+        return {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}
+
+    after = wait_until(lambda: (s := servers())["notes"]["state"] == "ready" and s)
+    assert sorted(after) == ["desk", "fresh", "notes"]
+    assert after["notes"]["pid"] != before["notes"]["pid"]
+    r = daemon.cli("tools", "call", "fresh__echo", "--args", '{"text": "new"}')
+    assert (r.returncode, r.stdout) == (0, "new\n")

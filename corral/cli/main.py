@@ -386,6 +386,10 @@ def reload(obj: Ctx) -> None:
     res = obj.call("config.reload")
     for key in ("added", "removed", "changed", "unchanged"):
         click.echo(f"{key}: {', '.join(res[key]) or '-'}")
+    mcp = res.get("mcp_servers") or {}
+    if any(mcp.get(k) for k in ("added", "removed", "changed")):
+        click.echo("MCP servers: " + "; ".join(f"{k} {', '.join(mcp[k]) or '-'}"
+                                                for k in ("added", "removed", "changed")))
 
 
 @cli.command(help=doc("daemon.shutdown"))

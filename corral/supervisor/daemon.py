@@ -229,17 +229,41 @@ class Daemon:
         for n in added + changed:
             self._add(new[n])
         self.from_config = set(new)
+        mcp = await self._reload_mcp_servers(cfg)
         self.sup.heartbeat_interval = cfg.supervisor.heartbeat_interval
         self.sup.heartbeat_timeout = cfg.supervisor.heartbeat_timeout
         self.config = cfg
         result = ReloadResult(added=added, removed=removed, changed=changed,
-                              unchanged=unchanged)
-        self.hub.daemon(f"reloaded: added {added}, removed {removed}, changed {changed}")
+                              unchanged=unchanged, mcp_servers=mcp)
+        self.hub.daemon(f"reloaded: added {added}, removed {removed}, changed {changed}; "
+                        f"MCP servers: {mcp}")
         self.notifier.ready(self.status_line())
         return result
 
 
-def _same(a: AgentSpec, b: AgentSpec) -> bool:
+    async def _reload_mcp_servers(self, cfg: Config) -> dict[str, list[str]]:
+        """Add, remove, and restart changed tool servers; calls in flight to a removed or
+        changed server fail with the reason."""
+        assert self.sup is not None
+        for spec in cfg.mcp_servers.values():
+            if spec.cwd is None:
+                spec.cwd = str(self.config_path.parent)
+        old = {n: e.spec for n, e in self.sup.mcp.servers.items()}
+        new = cfg.mcp_servers
+        diff = {
+            "added": sorted(set(new) - set(old)),
+            "removed": sorted(set(old) - set(new)),
+            "changed": sorted(n for n in set(old) & set(new) if not _same(old[n], new[n])),
+        }
+        diff["unchanged"] = sorted(set(old) & set(new) - set(diff["changed"]))
+        await asyncio.gather(*(self.sup.mcp.remove(n)
+                               for n in diff["removed"] + diff["changed"]))
+        for n in diff["added"] + diff["changed"]:
+            self.sup.add_mcp_server(new[n])
+        return diff
+
+
+def _same(a: msgspec.Struct, b: msgspec.Struct) -> bool:
     return msgspec.json.encode(a) == msgspec.json.encode(b)
 
 
