@@ -25,6 +25,8 @@ As a task, by its input {"do": WHAT, ...}:
   tools         call {"tool": NAME} {"times": N} times, return the results or the error
   publish       publish {"topic": T, "data": D} on the event bus
   subscribe     subscribe to {"topic": PATTERN}; events received are logged to stderr
+  checkpoint    checkpoint {"state": S}
+  state         return the state this worker was given (or last checkpointed)
 """
 
 import os
@@ -126,6 +128,11 @@ def handle(task, ctx):
         return {"published": task["topic"]}
     if what == "subscribe":
         return ctx.subscribe(task["topic"])
+    if what == "checkpoint":
+        ctx.checkpoint(task["state"])
+        return {"checkpointed": True}
+    if what == "state":
+        return {"state": ctx.state}
     raise TaskError(f"unknown misbehaviour: {what}")
 
 

@@ -300,3 +300,21 @@ async def test_publishing_never_blocks_on_a_stopped_subscriber(sup: Supervisor) 
         assert sup.events.dropped > 0
     finally:
         os.kill(r.pid, signal.SIGCONT)
+
+
+async def test_checkpointed_state_is_given_back_after_a_restart(sup: Supervisor) -> None:
+    sup.add(mb("keeper", state_ttl=60))
+    r = await sup.wait_state("keeper", State.READY)
+    assert (await sup.tasks.run("keeper", {"do": "state"})).output == {"state": None}
+    await sup.tasks.run("keeper", {"do": "checkpoint", "state": {"step": 7}})
+    assert r.pid is not None
+    os.kill(r.pid, signal.SIGKILL)
+    await sup.wait_state("keeper", State.BACKOFF)
+    await sup.wait_state("keeper", State.READY)
+    assert (await sup.tasks.run("keeper", {"do": "state"})).output == {"state": {"step": 7}}
+    # past state_ttl it is not given back
+    when, state = sup.checkpoints[("keeper", 0)]
+    sup.checkpoints[("keeper", 0)] = (when - 61, state)
+    await sup.restart("keeper")
+    await sup.wait_state("keeper", State.READY)
+    assert (await sup.tasks.run("keeper", {"do": "state"})).output == {"state": None}

@@ -142,3 +142,12 @@ def test_events_publish_and_tail(daemon: Daemon) -> None:
         tail.kill()
         tail.wait()
 
+
+
+def test_checkpoints_survive_a_daemon_restart(daemon: Daemon) -> None:
+    r = daemon.cli("run", "other", "--input", '{"do": "checkpoint", "state": [1, 2]}')
+    assert r.returncode == 0
+    assert daemon.stop() == 0
+    daemon.start()
+    r = daemon.cli("run", "other", "--input", '{"do": "state"}')
+    assert json.loads(r.stdout) == {"state": [1, 2]}

@@ -123,7 +123,11 @@ class Supervisor:
         self.worker_notifications: dict[str, Callable[[Replica, Any], None]] = {}
         self.exit_listeners: list[Callable[[Replica, str], None]] = []
         self.ready_listeners: list[Callable[[Replica], None]] = []
-        self.state_provider: Callable[[Replica], Any] = lambda r: None
+        # agent state checkpoints by (agent, replica): (wall time, state), given back in
+        # `initialize` after a restart; listeners persist them (the daemon: SQLite)
+        self.checkpoints: dict[tuple[str, int], tuple[float, Any]] = {}
+        self.checkpoint_listeners: list[Callable[[str, int, float, Any], None]] = []
+        self.worker_notifications["state/checkpoint"] = self._on_checkpoint
         self.tasks = TaskManager(self)
         self.events = EventBus(self)
         self.mcp = McpPool(self._new_mcp_instance, self._wait_mcp_serving)
@@ -357,7 +361,25 @@ class Supervisor:
             listener(replica)
 
     def initial_state(self, replica: Replica) -> Any:
-        return self.state_provider(replica)
+        saved = self.checkpoints.get((replica.name, replica.index))
+        if saved is None:
+            return None
+        ttl = getattr(replica.spec, "state_ttl", 0)
+        if ttl and time.time() - saved[0] > ttl:
+            return None
+        return saved[1]
+
+    def _on_checkpoint(self, replica: Replica, raw: Any) -> None:
+        try:
+            params = msgspec.json.decode(raw)
+        except Exception:
+            return
+        if not isinstance(params, dict) or "state" not in params:
+            return
+        when = time.time()
+        self.checkpoints[(replica.name, replica.index)] = (when, params["state"])
+        for listener in self.checkpoint_listeners:
+            listener(replica.name, replica.index, when, params["state"])
 
     def _worker_request(self, replica: Replica, method: str, params: Any) -> Any:
         handler = self.worker_methods.get(method)

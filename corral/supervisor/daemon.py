@@ -92,6 +92,8 @@ class Daemon:
             self.hub.close()
             return 1
         self.store = StateStore(state_dir / "corral.db")
+        self.sup.checkpoints.update(self.store.states())
+        self.sup.checkpoint_listeners.append(self.store.save_state)
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -20,6 +20,13 @@ CREATE TABLE IF NOT EXISTS runtime_agents (
     spec TEXT NOT NULL,
     added_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS agent_state (
+    name TEXT NOT NULL,
+    replica INTEGER NOT NULL,
+    time REAL NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (name, replica)
+);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY,
     time REAL NOT NULL,
@@ -53,6 +60,16 @@ class StateStore:
 
     def forget_runtime_agent(self, name: str) -> None:
         self.db.execute("DELETE FROM runtime_agents WHERE name = ?", (name,))
+
+    def save_state(self, name: str, replica: int, when: float, state: Any) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO agent_state (name, replica, time, state) VALUES (?,?,?,?)",
+            (name, replica, when, msgspec.json.encode(state).decode()),
+        )
+
+    def states(self) -> dict[tuple[str, int], tuple[float, Any]]:
+        rows = self.db.execute("SELECT name, replica, time, state FROM agent_state")
+        return {(n, r): (t, msgspec.json.decode(s)) for n, r, t, s in rows}
 
     def audit(self, uid: int, pid: int, method: str, params: Any, outcome: str) -> None:
         self.db.execute(

@@ -183,6 +183,11 @@ class Context:
         self.config = worker.config
 
     @property
+    def state(self) -> Any:
+        """The agent state last checkpointed (given back by corral after a restart)."""
+        return self._worker.state
+
+    @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
