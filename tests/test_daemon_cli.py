@@ -550,3 +550,12 @@ def test_systemd_unit_verifies_cleanly(tmp: Path) -> None:
     bad.write_text(good.read_text().replace("Type=notify", "Type=notifyy"))
     r = subprocess.run([analyze, "verify", str(bad)], capture_output=True, text=True)
     assert "Failed to parse service type" in r.stderr
+
+
+def test_top_refreshes(daemon: Daemon) -> None:
+    r = daemon.cli("top", "-n", "2", "-d", "0.05")
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert sum(1 for x in lines if x.startswith("corral top - ")) == 2
+    assert sum(1 for x in lines if x.split()[:2] == ["NAME", "STATE"]) == 2
+    assert any(x.startswith("hello#0 ") and " ready " in x for x in lines)

@@ -411,6 +411,39 @@ def info(obj: Ctx, as_json: bool) -> None:
         click.echo(f"{k}: {v}")
 
 
+@cli.command()
+@click.option("-d", "--interval", default=1.0, show_default=True,
+              type=click.FloatRange(min=0.05), help="Seconds between refreshes.")
+@click.option("-n", "--iterations", default=0, type=click.IntRange(min=0),
+              help="Stop after this many refreshes (0: until Ctrl-C).")
+@pass_ctx
+def top(obj: Ctx, interval: float, iterations: int) -> None:
+    """Every replica and tool server, busiest first, refreshed until Ctrl-C."""
+    clear = sys.stdout.isatty()
+    count = 0
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            st = obj.call("agents.status", m.AgentsStatus())
+            rows = sorted(
+                [*((f"{a['name']}#{a['replica']}", a) for a in st["agents"]),
+                 *((f"mcp {s['name']}#{s['instance']}", s) for s in st["mcp_servers"])],
+                key=lambda kv: (-kv[1]["cpu_percent"], -kv[1]["rss_bytes"]))
+            if clear:
+                click.echo("\x1b[H\x1b[2J", nl=False)
+            click.echo(time.strftime("corral top - %H:%M:%S") +
+                       f"  {len(st['agents'])} replicas, {len(st['mcp_servers'])} servers")
+            _table([[name, a["state"], str(a["pid"] or "-"), f"{a['cpu_percent']:.1f}",
+                     _human_bytes(a["rss_bytes"]) if a["rss_bytes"] else "-",
+                     str(a.get("tasks_running", a.get("in_flight", 0))),
+                     _human_time(a["uptime"]), str(a["restarts"])] for name, a in rows],
+                   ["NAME", "STATE", "PID", "CPU%", "RSS", "ACTIVE", "UPTIME", "RESTARTS"])
+            sys.stdout.flush()
+            count += 1
+            if iterations and count >= iterations:
+                return
+            time.sleep(interval)
+
+
 # -- tasks --------------------------------------------------------------------------------
 MAX_INPUT = 16 * 1024 * 1024 - 4096
 
