@@ -5,7 +5,9 @@ Readiness is awaited on our own NOTIFY_SOCKET (the sd_notify protocol), never by
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +15,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +137,19 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
         self.notify.close()
+
+
+@contextlib.contextmanager
+def running_daemon(tmp: Path, agents: str, extra: str = "") -> Iterator[Daemon]:
+    """A started daemon that must stop cleanly (exit 0) when the test is done."""
+    d = Daemon(tmp, agents, extra=extra)
+    d.start()
+    try:
+        yield d
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def shared_tmpdir() -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import PY, Daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 SCRIPTED = Path(__file__).with_name("scripted_mcp.py")
@@ -35,14 +34,8 @@ command = ["{PY}", "{EXAMPLES}/researcher.py"]
 env = {{ PYTHONPATH = "{ROOT}" }}
 tools = ["notes__*"]
 """
-    d = Daemon(tmp, agents, extra=f'mcp_servers_file = "{tmp}/mcp.json"')
-    d.start()
-    try:
+    with running_daemon(tmp, agents, extra=f'mcp_servers_file = "{tmp}/mcp.json"') as d:
         yield d
-        assert d.stop() == 0
-    finally:
-        d.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_eager_server_is_ready_before_ready_1_and_lazy_is_not_started(daemon: Daemon) -> None:

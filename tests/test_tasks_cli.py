@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import PY, Daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 
@@ -25,15 +24,9 @@ def misbehave(name: str, extra: str = "") -> str:
 
 @pytest.fixture
 def daemon() -> Iterator[Daemon]:
-    tmp = shared_tmpdir()
-    d = Daemon(tmp, misbehave("work", "replicas = 2") + misbehave("other"))
-    d.start()
-    try:
+    with running_daemon(shared_tmpdir(),
+                        misbehave("work", "replicas = 2") + misbehave("other")) as d:
         yield d
-        assert d.stop() == 0
-    finally:
-        d.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_run_json_and_plain(daemon: Daemon) -> None:
