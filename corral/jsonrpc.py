@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -227,15 +227,41 @@ class LineProtocol(asyncio.Protocol):
             self._skipping = 0
 
 
+class LineBlock:
+    """Complete lines that arrived together, kept as one block (joined by newlines, none at
+    the end) and split only when someone iterates them: a million log lines then cost a
+    count and a write, not a million objects."""
+
+    __slots__ = ("block", "count")
+
+    def __init__(self, block: bytes, count: int) -> None:
+        self.block = block
+        self.count = count
+
+    @classmethod
+    def of(cls, lines: list[bytes]) -> LineBlock:
+        return cls(b"\n".join(lines), len(lines))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.block.split(b"\n"))
+
+    def last(self, n: int) -> list[bytes]:
+        if n <= 0:
+            return []
+        return self.block.rsplit(b"\n", n)[-n:]
+
+
 class ChunkLines(asyncio.Protocol):
-    """Splits a log stream into lines a whole read at a time, in C (bytes.split), and hands
-    each read's complete lines over as one list. Empty lines are kept (they are part of a
-    log); a line over `max_line` is cut into pieces of at most `max_line` bytes rather than
-    buffered without bound."""
+    """Splits a log stream into blocks of complete lines, one block per read, in C.
+    Empty lines are kept (they are part of a log); a line over `max_line` is cut into
+    pieces of at most `max_line` bytes rather than buffered without bound."""
 
     def __init__(
         self,
-        on_lines: Callable[[list[bytes]], None],
+        on_lines: Callable[[LineBlock], None],
         on_eof: Callable[[Exception | None], None],
         *,
         max_line: int = DEFAULT_MAX_LINE,
@@ -252,18 +278,25 @@ class ChunkLines(asyncio.Protocol):
         nl = data.rfind(b"\n")
         if nl < 0:
             if len(data) > self.max_line:
-                self.on_lines(self._cut([data]))
+                self.on_lines(LineBlock.of(self._cut([data])))
             else:
                 self._rest = data
             return
-        lines = data[:nl].split(b"\n")
+        block = data[:nl]
         self._rest = data[nl + 1 :]
-        if nl > self.max_line:
-            lines = self._cut(lines)
+        if nl > self.max_line and max(map(len, block.split(b"\n"))) > self.max_line:
+            lines = self._cut(block.split(b"\n"))
+            if len(self._rest) > self.max_line:
+                lines.extend(self._cut([self._rest]))
+                self._rest = b""
+            self.on_lines(LineBlock.of(lines))
+            return
+        out = LineBlock(block, block.count(b"\n") + 1)
         if len(self._rest) > self.max_line:
-            lines.extend(self._cut([self._rest]))
+            cut = self._cut([self._rest])
             self._rest = b""
-        self.on_lines(lines)
+            out = LineBlock(out.block + b"\n" + b"\n".join(cut), out.count + len(cut))
+        self.on_lines(out)
 
     def _cut(self, lines: list[bytes]) -> list[bytes]:
         m = self.max_line
@@ -281,7 +314,7 @@ class ChunkLines(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._rest:  # a last line without its newline (a crash mid-write)
             rest, self._rest = self._rest, b""
-            self.on_lines([rest])
+            self.on_lines(LineBlock(rest, 1))
         self.on_eof(exc)
 
 

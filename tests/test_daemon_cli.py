@@ -559,3 +559,20 @@ def test_top_refreshes(daemon: Daemon) -> None:
     assert sum(1 for x in lines if x.startswith("corral top - ")) == 2
     assert sum(1 for x in lines if x.split()[:2] == ["NAME", "STATE"]) == 2
     assert any(x.startswith("hello#0 ") and " ready " in x for x in lines)
+
+
+def test_raw_log_format_keeps_stderr_as_written(tmp: Path) -> None:
+    d = Daemon(tmp, chatty(tmp, "plain", 3, crash=True), extra='log_format = "raw"')
+    try:
+        d.start()
+        wait_until(lambda: d.status()["plain#0"]["state"] == "terminated")
+        assert (d.state / "logs" / "plain.log").read_text() == (
+            "line 0\nline 1\nline 2\nlast words\n")
+        daemon_log = (d.state / "logs" / "corral.log").read_text()
+        assert " plain#0[" in daemon_log and "event: starting -> terminated: exited with " \
+            "status 9" in daemon_log
+        tagged = d.cli("logs", "plain", "-n", "2").stdout.splitlines()
+        assert tagged[0].endswith(" stderr: last words")  # corral logs still tags lines
+        assert d.stop() == 0
+    finally:
+        d.close()

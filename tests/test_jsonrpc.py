@@ -161,8 +161,8 @@ def test_line_protocol_splits_caps_and_keeps_a_crash_tail() -> None:
 
 
 def test_chunk_lines_keeps_blank_lines_cuts_long_ones_and_the_crash_tail() -> None:
-    batches: list[list[bytes]] = []
-    b = ChunkLines(batches.append, lambda e: None, max_line=8)
+    blocks: list[Any] = []
+    b = ChunkLines(blocks.append, lambda e: None, max_line=8)
     b.data_received(b"one\n\ntwo\nthr")
     b.data_received(b"ee\n")
     b.data_received(b"0123456789abcdefghij\nok\n")  # 20 bytes: cut into 8 + 8 + 4
@@ -170,6 +170,8 @@ def test_chunk_lines_keeps_blank_lines_cuts_long_ones_and_the_crash_tail() -> No
     assert b._rest == b""
     b.data_received(b"tail")
     b.connection_lost(None)
+    assert [len(x) for x in blocks] == [3, 1, 4, 3, 1]
+    batches = [list(x) for x in blocks]
     assert batches == [[b"one", b"", b"two"], [b"three"],
                        [b"01234567", b"89abcdef", b"ghij", b"ok"],
                        [b"x" * 8, b"x" * 8, b"x" * 4], [b"tail"]]

@@ -106,6 +106,10 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     heartbeat_timeout: Positive = 5.0
     include: list[str] = []
     mcp_servers_file: str | None = None
+    # "tagged": every file line carries time, agent#replica, pid and stream;
+    # "raw": an agent's file holds its stderr exactly as written (corral's own lines for it
+    # go, tagged, to corral.log); `corral logs` shows tags either way
+    log_format: Literal["tagged", "raw"] = "tagged"
     log_max_bytes: PositiveInt = 10 * 1024 * 1024
     log_backups: NonNegInt = 5
     log_tail_lines: PositiveInt = 1000

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from .. import jsonrpc
-from ..jsonrpc import DEFAULT_MAX_LINE, RpcError
+from ..jsonrpc import DEFAULT_MAX_LINE, LineBlock, RpcError
 from ..mcp.pool import McpPool
 from .config import AgentSpec, ConfigError, McpServerSpec
 from .events import EventBus
@@ -116,8 +116,8 @@ class Supervisor:
         self._heartbeat: asyncio.Task[None] | None = None
         self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
         self._event_queues: set[asyncio.Queue[Event]] = set()
-        # (replica, stream, lines): raw lines (bytes) that arrived together
-        self.log_listeners: list[Callable[[Replica, str, list[bytes]], None]] = []
+        # (replica, stream, lines): the lines (bytes) that arrived together
+        self.log_listeners: list[Callable[[Replica, str, LineBlock], None]] = []
         self.tick_listeners: list[Callable[[], None]] = []
         self.worker_methods: dict[str, Callable[[Replica, Any], Any]] = {}
         self.worker_notifications: dict[str, Callable[[Replica, Any], None]] = {}
@@ -347,7 +347,9 @@ class Supervisor:
         return {"tools": await self.mcp.list_tools(owner=replica.label, allow=allow)}
 
     # -- hooks the replicas call ----------------------------------------------------------
-    def _on_log(self, replica: Replica, stream: str, lines: list[bytes]) -> None:
+    def _on_log(self, replica: Replica, stream: str, lines: LineBlock | list[bytes]) -> None:
+        if isinstance(lines, list):
+            lines = LineBlock.of(lines)
         for listener in self.log_listeners:
             listener(replica, stream, lines)
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .. import __version__
+from ..jsonrpc import LineBlock
 from ..methods import ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from .config import AgentSpec, Config, ConfigError, load_config, parse_agents
@@ -74,7 +75,7 @@ class Daemon:
         sock_path, state_dir, log_dir = self._paths(cfg)
         s = cfg.supervisor
         self.hub = LogHub(log_dir, max_bytes=s.log_max_bytes, backups=s.log_backups,
-                          tail_lines=s.log_tail_lines)
+                          tail_lines=s.log_tail_lines, raw=s.log_format == "raw")
         self.sup = Supervisor(heartbeat_interval=s.heartbeat_interval,
                               heartbeat_timeout=s.heartbeat_timeout)
         self.sup.log_listeners.append(self._on_worker_log)
@@ -189,7 +190,7 @@ class Daemon:
             if self.notifier.enabled:
                 self.notifier.status(self.status_line())
 
-    def _on_worker_log(self, replica: Replica, stream: str, lines: list[bytes]) -> None:
+    def _on_worker_log(self, replica: Replica, stream: str, lines: LineBlock) -> None:
         self.hub.emit(replica.name, replica.index, replica.pid or 0, stream, lines)
 
     def request_stop(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineProtocol
+from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineBlock, LineProtocol
 from .caps import wrap_argv
 from .config import ConfigError, Limits
 
@@ -83,7 +83,7 @@ class ChildProcess:
         gid: int | None,
         on_stdout_line: Callable[[bytes], None],
         on_stdout_eof: Callable[[Exception | None], None],
-        on_stderr_lines: Callable[[list[bytes]], None],
+        on_stderr_lines: Callable[[LineBlock], None],
         on_oversize: Callable[[int], None],
         max_line: int = DEFAULT_MAX_LINE,
     ) -> ChildProcess:

@@ -20,7 +20,7 @@ import msgspec
 import psutil
 
 from .. import jsonrpc
-from ..jsonrpc import Peer, RpcError
+from ..jsonrpc import LineBlock, Peer, RpcError
 from . import lifecycle
 from .caps import explain_exit
 from .config import ConfigError, ProcessSpec
@@ -375,9 +375,9 @@ class Replica:
     def _on_stdout_eof(self, exc: Exception | None) -> None:
         pass  # exit is told by the pidfd; stdout may close earlier or later
 
-    def _on_stderr_lines(self, lines: list[bytes]) -> None:
-        # kept as bytes: decoding is paid only by whoever reads them
-        self.stderr_tail.extend(lines[-STDERR_TAIL:])
+    def _on_stderr_lines(self, lines: LineBlock) -> None:
+        # kept as bytes: splitting and decoding are paid only by whoever reads them
+        self.stderr_tail.extend(lines.last(STDERR_TAIL))
         self.sup._on_log(self, "stderr", lines)
 
     def _on_oversize(self, size: int) -> None:
@@ -385,7 +385,8 @@ class Replica:
         self.sup._on_log(
             self,
             "corral",
-            [f"discarded a {size}-byte line on stdout (limit {self.sup.max_line} bytes)".encode()],
+            LineBlock(f"discarded a {size}-byte line on stdout (limit {self.sup.max_line} "
+                      "bytes)".encode(), 1),
         )
 
     def _on_garbage(self, line: bytes, why: str) -> None:
@@ -393,7 +394,8 @@ class Replica:
         self.sup._on_log(
             self,
             "corral",
-            [f"discarded a stdout line that is not JSON-RPC ({why}): {preview!r}".encode()],
+            LineBlock(f"discarded a stdout line that is not JSON-RPC ({why}): "
+                      f"{preview!r}".encode(), 1),
         )
 
     def _dispatch(self, method: str, params: Any, peer: Peer) -> Any:
