@@ -318,3 +318,44 @@ async def test_checkpointed_state_is_given_back_after_a_restart(sup: Supervisor)
     await sup.restart("keeper")
     await sup.wait_state("keeper", State.READY)
     assert (await sup.tasks.run("keeper", {"do": "state"})).output == {"state": None}
+
+
+async def test_queued_tasks_end_when_their_agent_stops_or_fails(sup: Supervisor) -> None:
+    sup.add(mb("halt"))
+    await sup.wait_state("halt", State.READY)
+    running = sup.tasks.submit("halt", {"do": "sleep", "seconds": 30})
+    queued = sup.tasks.submit("halt", {"do": "echo"})
+    await sup.stop("halt")
+    assert (running.status, queued.status) == ("lost", "cancelled")
+    assert running.error is not None and running.error.message == "worker exited: stopped"
+    assert queued.error is not None and queued.error.message == "agent halt was stopped"
+
+    sup.add(mb("doomed", max_restarts=0, restart="on-failure"))
+    await sup.wait_state("doomed", State.READY)
+    first = sup.tasks.submit("doomed", {"do": "crash"})
+    waiting = sup.tasks.submit("doomed", {"do": "echo"})
+    await asyncio.wait_for(asyncio.gather(first.done, waiting.done), 10)
+    assert first.status == "lost"
+    assert (waiting.status, waiting.error and waiting.error.message) == (
+        "lost", "agent doomed is failed: too many restarts (0 within 60 s); last exit: "
+                "exited with status 3")
+
+
+async def test_queued_tasks_survive_a_crash_that_is_restarted(sup: Supervisor) -> None:
+    sup.add(mb("phoenix"))
+    await sup.wait_state("phoenix", State.READY)
+    first = sup.tasks.submit("phoenix", {"do": "crash"})
+    waiting = sup.tasks.submit("phoenix", {"do": "echo", "after": "restart"})
+    await asyncio.wait_for(asyncio.gather(first.done, waiting.done), 10)
+    assert first.status == "lost"
+    assert (waiting.status, waiting.output) == ("succeeded", {"do": "echo", "after": "restart"})
+
+
+async def test_queued_tasks_end_when_a_never_restarted_agent_dies(sup: Supervisor) -> None:
+    sup.add(mb("once", restart="never"))
+    await sup.wait_state("once", State.READY)
+    first = sup.tasks.submit("once", {"do": "crash"})
+    waiting = sup.tasks.submit("once", {"do": "echo"})
+    await asyncio.wait_for(asyncio.gather(first.done, waiting.done), 10)
+    assert (waiting.status, waiting.error and waiting.error.message) == (
+        "lost", "agent once is down: exited with status 3")

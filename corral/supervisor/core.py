@@ -123,6 +123,7 @@ class Supervisor:
         self.worker_notifications: dict[str, Callable[[Replica, Any], None]] = {}
         self.exit_listeners: list[Callable[[Replica, str], None]] = []
         self.ready_listeners: list[Callable[[Replica], None]] = []
+        self.transition_listeners: list[Callable[[Replica, Event], None]] = []
         # agent state checkpoints by (agent, replica): (wall time, state), given back in
         # `initialize` after a restart; listeners persist them (the daemon: SQLite)
         self.checkpoints: dict[tuple[str, int], tuple[float, Any]] = {}
@@ -258,6 +259,8 @@ class Supervisor:
         for q in self._event_queues:
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(event)
+        for listener in self.transition_listeners:
+            listener(replica, event)
         if self._waiters:
             keep = []
             for pred, fut in self._waiters:

@@ -183,6 +183,7 @@ class TaskManager:
         self.tool_router: Callable[[Replica, str, dict[str, Any], Task | None], Any] | None = None
         self.tool_lister: Callable[[Replica], Any] | None = None
         sup.ready_listeners.append(lambda r: self._pump(r.name) if r.kind == "agent" else None)
+        sup.transition_listeners.append(self._on_transition)
         sup.worker_notifications["task/progress"] = self._on_progress
         sup.worker_methods["tools/call"] = self._on_tool_call
         sup.worker_methods["tools/list"] = self._on_tool_list
@@ -436,6 +437,32 @@ class TaskManager:
         finished = sum(total[k] for k in TERMINAL)
         total["success_rate"] = round(total["succeeded"] / finished, 4) if finished else None
         return {"total": total, "agents": per_agent}
+
+    def _on_transition(self, r: Replica, event: Any) -> None:
+        if r.kind == "agent" and event.state in ("failed", "terminated"):
+            # `terminated` comes before the restart policy decides: look once it has
+            asyncio.get_running_loop().call_soon(self._drain_if_down, r.name)
+
+    def _drain_if_down(self, name: str) -> None:
+        """Tasks waiting for an agent that will not run again end now, with the reason."""
+        agent = self.sup.agents.get(name)
+        q = self.by_agent.get(name)
+        if agent is None or q is None or not q.depth or self._refusal(agent) is None:
+            return
+        if any(x.state == State.FAILED for x in agent.replicas):
+            status, error = "lost", TaskError(jsonrpc.PEER_CLOSED, self._refusal(agent) or "")
+        elif all(x._stay_down for x in agent.replicas):
+            status, error = "cancelled", TaskError(jsonrpc.REQUEST_CANCELLED,
+                                                   f"agent {name} was stopped")
+        else:
+            last = next((x.last_exit for x in agent.replicas if x.last_exit), "unknown")
+            status, error = "lost", TaskError(jsonrpc.PEER_CLOSED,
+                                              f"agent {name} is down: {last}")
+        for _, _, task in q.heap:
+            if task.status == "queued":
+                q.depth -= 1
+                self._finish(task, status, error=error)
+        q.heap.clear()
 
     def forget_agent(self, name: str) -> None:
         """An agent was removed: its queued tasks are cancelled."""
