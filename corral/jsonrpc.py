@@ -242,6 +242,10 @@ class LineBlock:
     def of(cls, lines: list[bytes]) -> LineBlock:
         return cls(b"\n".join(lines), len(lines))
 
+    @classmethod
+    def one(cls, text: str) -> LineBlock:
+        return cls(text.encode("utf-8", "replace"), 1)
+
     def __len__(self) -> int:
         return self.count
 
@@ -274,39 +278,27 @@ class ChunkLines(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._rest:
             data = self._rest + data
-            self._rest = b""
         nl = data.rfind(b"\n")
-        if nl < 0:
-            if len(data) > self.max_line:
-                self.on_lines(LineBlock.of(self._cut([data])))
-            else:
-                self._rest = data
-            return
-        block = data[:nl]
+        block = data[:nl] if nl >= 0 else None
         self._rest = data[nl + 1 :]
-        if nl > self.max_line and max(map(len, block.split(b"\n"))) > self.max_line:
-            lines = self._cut(block.split(b"\n"))
-            if len(self._rest) > self.max_line:
-                lines.extend(self._cut([self._rest]))
-                self._rest = b""
-            self.on_lines(LineBlock.of(lines))
-            return
-        out = LineBlock(block, block.count(b"\n") + 1)
-        if len(self._rest) > self.max_line:
-            cut = self._cut([self._rest])
+        # a partial line too long to wait for its end is handed over in pieces now
+        overflow = self._rest if len(self._rest) > self.max_line else None
+        if overflow is not None:
             self._rest = b""
-            out = LineBlock(out.block + b"\n" + b"\n".join(cut), out.count + len(cut))
-        self.on_lines(out)
-
-    def _cut(self, lines: list[bytes]) -> list[bytes]:
+        too_long = block is not None and nl > self.max_line and \
+            max(map(len, block.split(b"\n"))) > self.max_line
+        if overflow is None and not too_long:
+            if block is not None:  # the common case: no line object is made
+                self.on_lines(LineBlock(block, block.count(b"\n") + 1))
+            return
+        lines = block.split(b"\n") if block is not None else []
+        if overflow is not None:
+            lines.append(overflow)
         m = self.max_line
-        out: list[bytes] = []
-        for line in lines:
-            if len(line) <= m:
-                out.append(line)
-            else:
-                out.extend(line[i : i + m] for i in range(0, len(line), m))
-        return out
+        self.on_lines(LineBlock.of([
+            piece for line in lines
+            for piece in ([line] if len(line) <= m else
+                          [line[i : i + m] for i in range(0, len(line), m)])]))
 
     def eof_received(self) -> bool:
         return False
@@ -359,13 +351,10 @@ class Peer:
         self._incoming: dict[Id, asyncio.Task[Any]] = {}
         self.closed: RpcError | None = None
         self.garbage_lines = 0
-        self.sent = 0
-        self.received = 0
 
     # outgoing -----------------------------------------------------------------------------
     def send_message(self, msg: Any) -> None:
         if self.closed is None:
-            self.sent += 1
             self._send(encode(msg))
 
     def notify(self, method: str, params: Any = None) -> None:
@@ -404,12 +393,12 @@ class Peer:
                 async with asyncio.timeout(timeout):
                     raw = await fut
         except TimeoutError:
-            self._abandon(rid, "timeout")
+            self._abandon(rid)
             raise RpcError(
                 REQUEST_TIMEOUT, f"{method}: no answer from {self.name} within {timeout:g} s"
             ) from None
         except asyncio.CancelledError:
-            self._abandon(rid, "cancelled")
+            self._abandon(rid)
             raise
         if type is Any:
             return msgspec.json.decode(raw)
@@ -420,7 +409,7 @@ class Peer:
                 INVALID_REQUEST, f"{method}: malformed result from {self.name}: {exc}"
             ) from None
 
-    def _abandon(self, rid: Id, why: str) -> None:
+    def _abandon(self, rid: Id) -> None:
         if self._pending.pop(rid, None) is not None and self._cancel_method:
             params = self._cancel_params(rid) if self._cancel_params else {"id": rid}
             self.notify(self._cancel_method, params)
@@ -431,7 +420,6 @@ class Peer:
 
     # incoming -----------------------------------------------------------------------------
     def feed_line(self, line: bytes) -> None:
-        self.received += 1
         if line[:1] == b"[":
             try:
                 batch = _batch_decoder.decode(line)
@@ -459,7 +447,7 @@ class Peer:
             log.warning("%s: discarded a line that is not JSON-RPC (%s)", self.name, why)
         if self._reply_to_garbage:
             code = PARSE_ERROR if "JSON" in why or "truncated" in why else INVALID_REQUEST
-            self.send_message(ErrorResponse(None, ErrorObject(code, f"{ERROR_NAMES[code]}: {why}")))
+            self.send_error(None, RpcError(code, f"{ERROR_NAMES[code]}: {why}"))
 
     def _handle(self, env: Envelope, line: bytes) -> None:
         if env.jsonrpc != "2.0":
@@ -513,21 +501,19 @@ class Peer:
         method = env.method
         assert isinstance(method, str) and not isinstance(rid, UnsetType)
         if rid is None:
-            self.send_message(
-                ErrorResponse(None, ErrorObject(INVALID_REQUEST, "invalid request: id is null"))
-            )
+            self.send_error(None, RpcError(INVALID_REQUEST, "invalid request: id is null"))
             return
         if self._dispatch is None:
-            self._reply_error(rid, RpcError(METHOD_NOT_FOUND, f"method not found: {method}"))
+            self.send_error(rid, RpcError(METHOD_NOT_FOUND, f"method not found: {method}"))
             return
         try:
             result = self._dispatch(method, env.params, self)
         except RpcError as exc:
-            self._reply_error(rid, exc)
+            self.send_error(rid, exc)
             return
         except Exception as exc:
             log.exception("%s: handler for %s failed", self.name, method)
-            self._reply_error(rid, RpcError(INTERNAL_ERROR, f"internal error: {exc}"))
+            self.send_error(rid, RpcError(INTERNAL_ERROR, f"internal error: {exc}"))
             return
         if isinstance(result, Awaitable):
             task = asyncio.ensure_future(result)
@@ -539,18 +525,19 @@ class Peer:
     def _finish(self, rid: Id, task: asyncio.Future[Any]) -> None:
         self._incoming.pop(rid, None)
         if task.cancelled():
-            self._reply_error(rid, RpcError(REQUEST_CANCELLED, "request cancelled"))
+            self.send_error(rid, RpcError(REQUEST_CANCELLED, "request cancelled"))
             return
         exc = task.exception()
         if exc is None:
             self.send_message(Response(rid, task.result()))
         elif isinstance(exc, RpcError):
-            self._reply_error(rid, exc)
+            self.send_error(rid, exc)
         else:
             log.error("%s: handler failed", self.name, exc_info=exc)
-            self._reply_error(rid, RpcError(INTERNAL_ERROR, f"internal error: {exc}"))
+            self.send_error(rid, RpcError(INTERNAL_ERROR, f"internal error: {exc}"))
 
-    def _reply_error(self, rid: Id, exc: RpcError) -> None:
+    def send_error(self, rid: Id | None, exc: RpcError) -> None:
+        """An error response; `rid` None where the request could not be read."""
         self.send_message(ErrorResponse(rid, exc.to_object()))
 
     # teardown -----------------------------------------------------------------------------

@@ -68,28 +68,26 @@ class AgentsStatus(Params):
     names: list[str] = []
 
 
-@method("agents.start", mutating=True)
-class AgentsStart(Params):
-    """Start agents (all their replicas); a Failed agent is given a fresh start."""
+class Selection(Params):
+    """Some agents by name, or all of them."""
 
     names: list[str] = []
     all: bool = False
+
+
+@method("agents.start", mutating=True)
+class AgentsStart(Selection):
+    """Start agents (all their replicas); a Failed agent is given a fresh start."""
 
 
 @method("agents.stop", mutating=True)
-class AgentsStop(Params):
+class AgentsStop(Selection):
     """Stop agents gracefully: shutdown request, SIGTERM after the grace, then SIGKILL."""
-
-    names: list[str] = []
-    all: bool = False
 
 
 @method("agents.restart", mutating=True)
-class AgentsRestart(Params):
+class AgentsRestart(Selection):
     """Stop then start agents."""
-
-    names: list[str] = []
-    all: bool = False
 
 
 @method("agents.add", mutating=True)

@@ -27,6 +27,10 @@ As a task, by its input {"do": WHAT, ...}:
   subscribe     subscribe to {"topic": PATTERN}; events received are logged to stderr
   checkpoint    checkpoint {"state": S}
   state         return the state this worker was given (or last checkpointed)
+  raw           send {"method": M, "params": P} to corral, as a request, or as a
+                notification with {"notify": true}; return the answer or the error
+
+At start-up, MISBEHAVE=bad-init makes the SDK's on_initialize hook raise.
 """
 
 import os
@@ -133,6 +137,14 @@ def handle(task, ctx):
         return {"checkpointed": True}
     if what == "state":
         return {"state": ctx.state}
+    if what == "raw":
+        if task.get("notify"):
+            ctx._worker.notify(task["method"], task.get("params"))
+            return {"notified": task["method"]}
+        try:
+            return {"result": ctx._worker.request(task["method"], task.get("params"))}
+        except Exception as exc:
+            return {"error": getattr(exc, "code", None), "message": str(exc)}
     raise TaskError(f"unknown misbehaviour: {what}")
 
 
@@ -151,4 +163,10 @@ def on_event(topic, data):
     print(f"event {topic} {data!r}", file=sys.stderr, flush=True)
 
 
-run(handle, on_event=on_event)
+def on_initialize(params):
+    if mode == "bad-init":
+        raise RuntimeError("refusing to start")
+    return {}
+
+
+run(handle, on_event=on_event, on_initialize=on_initialize)

@@ -576,3 +576,35 @@ def test_raw_log_format_keeps_stderr_as_written(tmp: Path) -> None:
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_daemon_start_failures_are_clear(tmp: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([PY, "-m", "corral", "daemon", "--config", str(tmp / "none.toml")],
+                       capture_output=True, text=True, env=env)
+    assert (r.returncode, r.stderr) == (
+        1, f"corral: no config file at {tmp}/none.toml (give one with --config)\n")
+    d = Daemon(tmp, hello("hello"))
+    try:
+        r = subprocess.run([PY, "-m", "corral", "--socket", "/dev/null/corral.sock", "daemon",
+                            "--config", str(d.config)], capture_output=True, text=True,
+                           env=env, timeout=20)
+        assert r.returncode == 1
+        assert r.stderr.startswith("corral: cannot listen on /dev/null/corral.sock: ")
+    finally:
+        d.close()
+
+
+def test_a_socket_nobody_listens_on_exits_3(tmp: Path) -> None:
+    path = tmp / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))  # bound, never listening: what a killed daemon leaves behind
+    try:
+        r = subprocess.run([PY, "-m", "corral", "--socket", str(path), "status"],
+                           capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert r.returncode == 3
+        assert r.stderr.startswith(f"corral: cannot reach the corral daemon at {path}: "
+                                   "nothing is listening (a stale socket?)\n")
+    finally:
+        s.close()

@@ -359,3 +359,46 @@ async def test_queued_tasks_end_when_a_never_restarted_agent_dies(sup: Superviso
     await asyncio.wait_for(asyncio.gather(first.done, waiting.done), 10)
     assert (waiting.status, waiting.error and waiting.error.message) == (
         "lost", "agent once is down: exited with status 3")
+
+
+async def test_bad_params_from_workers_and_callers_are_refused(sup: Supervisor) -> None:
+    logs: list[str] = []
+    sup.log_listeners.append(lambda r, s, lines: logs.extend(x.decode() for x in lines))
+    sup.add(mb("raw", tools=["x__*"]))
+    await sup.wait_state("raw", State.READY)
+
+    async def raw(**task: Any) -> Any:
+        res = await sup.tasks.run("raw", {"do": "raw", **task})
+        assert res.status == "succeeded", res.error
+        return res.output
+
+    # params that are not an object are refused once, for every worker method
+    assert await raw(method="tools/list", params=[1]) == {
+        "error": jsonrpc.INVALID_PARAMS, "message": "tools/list: params must be an object"}
+    assert await raw(method="tools/call", params={"name": 7}) == {
+        "error": jsonrpc.INVALID_PARAMS, "message": "tools/call: name must be a string"}
+    assert await raw(method="events/subscribe", params={"topic": ""}) == {
+        "error": jsonrpc.INVALID_PARAMS,
+        "message": "events/subscribe: topic must be a string"}
+    assert await raw(method="no/such", params={}) == {
+        "error": jsonrpc.METHOD_NOT_FOUND, "message": "method not found: no/such"}
+    # notifications cannot be answered: they are noted in the worker's log
+    await raw(method="task/progress", params="x", notify=True)
+    await raw(method="events/publish", params={"topic": 3}, notify=True)
+    assert "ignored task/progress: params must be an object" in logs
+    assert "ignored events/publish: topic must be a non-empty string" in logs
+    # and from the Python API
+    with pytest.raises(RpcError) as err:
+        sup.tasks.submit("raw", {"do": "echo"}, timeout=0)
+    assert (err.value.code, err.value.message) == (jsonrpc.INVALID_PARAMS,
+                                                   "timeout must be > 0")
+    with pytest.raises(RpcError) as err:
+        sup.events.publish("", None, "test")
+    assert (err.value.code, err.value.message) == (jsonrpc.INVALID_PARAMS,
+                                                   "topic must not be empty")
+
+
+async def test_an_initialize_hook_that_raises_is_a_named_start_failure(sup: Supervisor) -> None:
+    sup.add(mb("grumpy", env={"MISBEHAVE": "bad-init"}, restart="never"))
+    r = await sup.wait_state("grumpy", State.TERMINATED)
+    assert r.last_exit == "initialize failed: RuntimeError: refusing to start"

@@ -27,6 +27,7 @@ WORKER = textwrap.dedent('''
 
     def handle(task, ctx):
         if task == "sleep":
+            ctx.progress(0, message="sleeping")  # lets the test know the task runs
             t = time.monotonic()
             while time.monotonic() - t < 5:
                 ctx.check_cancelled()
@@ -45,6 +46,7 @@ WORKER = textwrap.dedent('''
 
     async def ahandle(task, ctx):
         if task == "sleep":
+            ctx.progress(0, message="sleeping")
             await asyncio.sleep(5)
         if task == "tools":
             return await ctx.list_tools()
@@ -61,6 +63,7 @@ class Worker:
         self.proc = proc
         self.peer = peer
         self.notes = notes
+        self.noted = asyncio.Event()  # set at each notification from the worker
 
 
 async def start(tmp_path: Path, *args: str) -> Worker:
@@ -72,8 +75,15 @@ async def start(tmp_path: Path, *args: str) -> Worker:
     assert proc.stdin and proc.stdout
     notes: list[Any] = []
     stdin = proc.stdin
+    w: Worker | None = None
+
+    def on_note(method: str, params: Any, _: Peer) -> None:
+        notes.append((method, bytes(params)))
+        if w is not None:
+            w.noted.set()
+
     peer = Peer("worker", stdin.write,
-                on_notification=lambda m, p, _: notes.append((m, bytes(p))),
+                on_notification=on_note,
                 dispatch=lambda m, p, _: [{"name": "notes__add"}] if m == "tools/list" else None)
 
     async def pump() -> None:
@@ -86,7 +96,8 @@ async def start(tmp_path: Path, *args: str) -> Worker:
     peer.pump = pumping  # type: ignore[attr-defined]  # keep a reference
     await peer.request("initialize", {"agent": "a", "replica": 0, "protocol_version": "1",
                                       "config": {"k": 1}, "state": None}, timeout=10)
-    return Worker(proc, peer, notes, is_async=args == ("async",))
+    w = Worker(proc, peer, notes, is_async=args == ("async",))
+    return w
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -100,7 +111,7 @@ async def worker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 def test_codes_mirror_the_wire_layer() -> None:
     for name in ("METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR", "PEER_CLOSED",
-                 "REQUEST_CANCELLED", "TASK_FAILED"):
+                 "REQUEST_TIMEOUT", "REQUEST_CANCELLED", "TASK_FAILED"):
         assert getattr(sdk, name) == getattr(jsonrpc, name), name
 
 
@@ -116,7 +127,8 @@ def test_importing_the_sdk_stays_light() -> None:
 async def test_ping_is_answered_while_a_task_runs_and_cancel_works(worker: Worker) -> None:
     task = asyncio.ensure_future(worker.peer.request("task/run", {"task_id": "t1",
                                                                   "input": "sleep"}))
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(worker.noted.wait(), 5)  # the handler is running
+    assert worker.notes[-1][0] == "task/progress"
     t0 = time.monotonic()
     assert await worker.peer.request("ping", {}, timeout=2) == {}
     assert time.monotonic() - t0 < 0.5

@@ -227,7 +227,8 @@ def _parse_since(value: str | None) -> float | None:
                                  param_hint="--since") from None
 
 
-@cli.command(help=doc("logs.follow").replace("logs.lines notifications", "lines"))
+@cli.command(help=doc("logs.tail") + " With -f, new lines as they come, across restarts "
+              "and rotation; a reader too slow to keep up is told how many lines it missed.")
 @names_arg
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(min=0),
@@ -267,39 +268,24 @@ def logs(obj: Ctx, names: tuple[str, ...], follow: bool, lines: int, since: str 
 
 
 # -- changing -----------------------------------------------------------------------------
-def _selection(names: tuple[str, ...], all_: bool) -> None:
-    if not names and not all_:
-        raise click.UsageError("name at least one agent, or --all")
+def _selection_command(verb: str, done: str) -> None:
+    """`corral start|stop|restart NAME…|--all`: one shape, three control methods."""
+    method = f"agents.{verb}"
+    params = REGISTRY[method].params
+
+    @cli.command(verb, help=doc(method))
+    @names_arg
+    @click.option("--all", "all_", is_flag=True, help="Every agent.")
+    @pass_ctx
+    def command(obj: Ctx, names: tuple[str, ...], all_: bool) -> None:
+        if not names and not all_:
+            raise click.UsageError("name at least one agent, or --all")
+        res = obj.call(method, params(names=list(names), all=all_))
+        click.echo(f"{done}: {', '.join(res[done]) or 'nothing'}")
 
 
-@cli.command(help=doc("agents.start"))
-@names_arg
-@click.option("--all", "all_", is_flag=True, help="Every agent.")
-@pass_ctx
-def start(obj: Ctx, names: tuple[str, ...], all_: bool) -> None:
-    _selection(names, all_)
-    res = obj.call("agents.start", m.AgentsStart(names=list(names), all=all_))
-    click.echo(f"started: {', '.join(res['started']) or 'nothing'}")
-
-
-@cli.command(help=doc("agents.stop"))
-@names_arg
-@click.option("--all", "all_", is_flag=True, help="Every agent.")
-@pass_ctx
-def stop(obj: Ctx, names: tuple[str, ...], all_: bool) -> None:
-    _selection(names, all_)
-    res = obj.call("agents.stop", m.AgentsStop(names=list(names), all=all_))
-    click.echo(f"stopped: {', '.join(res['stopped']) or 'nothing'}")
-
-
-@cli.command(help=doc("agents.restart"))
-@names_arg
-@click.option("--all", "all_", is_flag=True, help="Every agent.")
-@pass_ctx
-def restart(obj: Ctx, names: tuple[str, ...], all_: bool) -> None:
-    _selection(names, all_)
-    res = obj.call("agents.restart", m.AgentsRestart(names=list(names), all=all_))
-    click.echo(f"restarted: {', '.join(res['restarted']) or 'nothing'}")
+for _verb, _done in (("start", "started"), ("stop", "stopped"), ("restart", "restarted")):
+    _selection_command(_verb, _done)
 
 
 def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:

@@ -15,6 +15,8 @@ import fnmatch
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 
@@ -142,12 +144,8 @@ class McpPool:
         return out
 
     async def call(self, qualified: str, arguments: dict[str, Any], *,
-                   owner: str | None = None, allow: list[str] | None = None,
-                   on_progress: Progress | None = None) -> Any:
-        if allow is not None and not allowed(qualified, allow):
-            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
-                           f"tool {qualified} is not allowed for {owner or 'this caller'} "
-                           f"(its tools allowlist: {allow})")
+                   owner: str | None = None, on_progress: Progress | None = None) -> Any:
+        """Call a tool; the caller has checked its allowlist (tasks.py, for agents)."""
         server, tool = split(qualified)
         entry = self.servers.get(server)
         if entry is None:
@@ -161,20 +159,18 @@ class McpPool:
                                            on_progress=on_progress)
 
     def status(self) -> list[dict[str, Any]]:
+        """Each instance's replica status, plus what is particular to an MCP server."""
         out = []
         for entry in self.servers.values():
             for i in entry.all():
-                up = i.uptime
-                out.append({
-                    "name": entry.name, "instance": i.index, "owner": i.owner,
-                    "scope": entry.spec.scope, "state": i.state.value,
-                    "pid": i.pid if i.process is not None else None,
-                    "uptime": round(up, 3) if up is not None else None,
-                    "restarts": i.restarts, "last_exit": i.last_exit, "reason": i.reason,
+                row = msgspec.structs.asdict(i.status())
+                row["instance"] = row.pop("replica")
+                row.update({
+                    "owner": i.owner, "scope": entry.spec.scope,
                     "protocol_version": i.client.version, "tools": len(i.client.tools),
                     "rejected_tools": i.client.rejected_tools, "calls": i.client.calls,
                     "errors": i.client.errors,
                     "in_flight": i.peer.in_flight if i.peer is not None else 0,
-                    "cpu_percent": i.sample.cpu_percent, "rss_bytes": i.sample.rss_bytes,
                 })
+                out.append(row)
         return out

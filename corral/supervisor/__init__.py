@@ -1,9 +1,9 @@
 """The daemon's core: processes, lifecycle, policies."""
 
 from .config import AgentSpec, Config, ConfigError, Limits, McpServerSpec, load_config
-from .core import Agent, ReplicaStatus, Stats, Supervisor, SupervisorError
+from .core import Agent, Stats, Supervisor, SupervisorError
 from .lifecycle import State
-from .replica import Event, Replica
+from .replica import Event, Replica, ReplicaStatus
 
 __all__ = [
     "Agent",

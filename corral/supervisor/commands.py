@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Sized
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -15,7 +14,7 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from .config import ConfigError, parse_agents
 from .control import implements
-from .daemon import replica_json
+from .follow import drain
 
 if TYPE_CHECKING:
     from .control import Connection
@@ -71,7 +70,7 @@ async def agents_status(d: Daemon, p: m.AgentsStatus, c: Connection) -> dict[str
     agents = [d.sup.agent(n) for n in p.names] if p.names else list(d.sup.agents.values())
     stats = d.sup.tasks.stats()["agents"]
     return {
-        "agents": [replica_json(r) for a in agents for r in a.replicas],
+        "agents": [r.status() for a in agents for r in a.replicas],
         "mcp_servers": d.sup.mcp.status(),
         "tasks": {a.name: stats.get(a.name) for a in agents},
     }
@@ -134,9 +133,7 @@ async def agents_remove(d: Daemon, p: m.AgentsRemove, c: Connection) -> dict[str
 @implements("agents.scale")
 async def agents_scale(d: Daemon, p: m.AgentsScale, c: Connection) -> dict[str, Any]:
     assert d.sup is not None
-    if p.replicas < 0:
-        raise RpcError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
-    await d.sup.scale(p.name, p.replicas)
+    await d.sup.scale(p.name, p.replicas)  # refuses a negative count
     return {"name": p.name, "replicas": p.replicas}
 
 
@@ -151,33 +148,6 @@ def _check_sources(d: Daemon, names: list[str]) -> None:
     for n in names:
         if n not in d.sup.agents and n != "corral" and n not in d.hub.tails:
             raise RpcError(jsonrpc.NOT_FOUND, f"no such agent: {n}")
-
-
-class _Followed(Protocol):
-    missed: int
-
-    @property
-    def queue(self) -> Sized: ...
-
-    @property
-    def wakeup(self) -> asyncio.Event: ...
-
-
-async def _stream(c: Connection, follower: _Followed, missed_method: str,
-                  send_some: Callable[[], None]) -> NoReturn:
-    """Drain a follower to a client until the client goes away (the Peer then cancels
-    this task). A client that reads slower than the source writes is not waited for: the
-    follower's bounded queue overflows, and the client is told how much it missed."""
-    while True:
-        await follower.wakeup.wait()
-        follower.wakeup.clear()
-        while follower.queue or follower.missed:
-            if not c.writable.is_set():
-                await c.writable.wait()
-            if follower.missed:
-                c.notify(missed_method, {"count": follower.missed})
-                follower.missed = 0
-            send_some()
 
 
 @implements("logs.follow")
@@ -197,7 +167,7 @@ async def logs_follow(d: Daemon, p: m.LogsFollow, c: Connection) -> dict[str, An
         backlog = d.hub.tail(p.names, p.lines, p.since)
         if backlog:
             c.notify("logs.lines", {"lines": backlog})
-        await _stream(c, follower, "logs.missed", send_some)
+        await drain(c, follower, "logs.missed", send_some)
     finally:
         d.hub.unfollow(follower)
 
@@ -285,10 +255,10 @@ async def events_follow(d: Daemon, p: m.EventsFollow, c: Connection) -> Any:
 
     def send_some() -> None:
         for _ in range(min(FOLLOW_BATCH, len(follower.queue))):
-            c.notify("events.event", follower.queue.popleft())
+            c.notify("events.event", follower.pop())
 
     try:
-        await _stream(c, follower, "events.missed", send_some)
+        await drain(c, follower, "events.missed", send_some)
     finally:
         bus.unfollow(follower)
 

@@ -208,9 +208,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             if name in servers:
                 raise ConfigError(f"{mpath}: mcpServers.{name}: already defined in {path}")
             servers[name] = sspec
+    # a process runs where the file that declares it is, unless told otherwise
     for pspec in [*agents.values(), *servers.values()]:
-        if pspec.cwd and not os.path.isabs(pspec.cwd):
-            pspec.cwd = str((base / pspec.cwd).resolve())
+        pspec.cwd = str((base / pspec.cwd).resolve() if pspec.cwd else base.resolve())
     return Config(supervisor=sup, agents=agents, mcp_servers=servers)
 
 

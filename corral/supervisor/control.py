@@ -67,12 +67,9 @@ class Connection(LineProtocol):
         self.peer: Peer | None = None
         self.writable = asyncio.Event()
         self.writable.set()
-        self.transport_: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        # uvloop's transports are not asyncio.Transport subclasses, but quack alike
-        self.transport_ = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         self.pid, self.uid, self.gid = struct.unpack("3i", creds)
@@ -86,11 +83,11 @@ class Connection(LineProtocol):
             log.warning("refused control connection from uid %d pid %d", self.uid, self.pid)
             self.server.daemon.hub.daemon(
                 f"refused control connection from uid {self.uid} pid {self.pid}", "audit")
-            self.peer.send_message(jsonrpc.ErrorResponse(None, jsonrpc.ErrorObject(
+            self.peer.send_error(None, RpcError(
                 jsonrpc.UNAUTHORIZED,
                 f"unauthorized: uid {self.uid} may not use this socket (allowed: root, uid "
                 f"{os.geteuid()}" + (f", group {self.server.group}" if self.server.group
-                                     else "") + ")")))
+                                     else "") + ")"))
             transport.close()
             return
         self.server.connections.add(self)
@@ -113,9 +110,9 @@ class Connection(LineProtocol):
 
     def _oversize(self, size: int) -> None:
         if self.peer is not None:
-            self.peer.send_message(jsonrpc.ErrorResponse(None, jsonrpc.ErrorObject(
+            self.peer.send_error(None, RpcError(
                 jsonrpc.INVALID_REQUEST,
-                f"invalid request: {size} bytes is over the {MAX_REQUEST}-byte limit")))
+                f"invalid request: {size} bytes is over the {MAX_REQUEST}-byte limit"))
 
     def _dispatch(self, method: str, params: Any, peer: Peer) -> Any:
         spec = REGISTRY.get(method)
@@ -213,8 +210,8 @@ class ControlServer:
         if self._server is not None:
             self._server.close()
             for conn in list(self.connections):
-                if conn.transport_ is not None:
-                    conn.transport_.close()
+                if conn.transport is not None:
+                    conn.transport.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
             self._server = None

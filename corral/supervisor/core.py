@@ -22,7 +22,7 @@ from .config import AgentSpec, ConfigError, McpServerSpec
 from .events import EventBus
 from .lifecycle import LIVE, SERVING, State
 from .mcpserver import McpServerReplica
-from .replica import Event, Replica
+from .replica import Event, Replica, ReplicaStatus
 from .tasks import TaskManager
 
 log = logging.getLogger("corral.supervisor")
@@ -30,21 +30,6 @@ log = logging.getLogger("corral.supervisor")
 
 class SupervisorError(RpcError):
     """An operation on the supervisor failed; `code` is a jsonrpc error code."""
-
-
-class ReplicaStatus(msgspec.Struct):
-    name: str
-    replica: int
-    state: str
-    pid: int | None
-    uptime: float | None
-    restarts: int
-    last_exit: str | None
-    reason: str
-    cpu_percent: float
-    rss_bytes: int
-    open_fds: int
-    tasks_running: int
 
 
 class Stats(msgspec.Struct):
@@ -129,11 +114,10 @@ class Supervisor:
         self.checkpoints: dict[tuple[str, int], tuple[float, Any]] = {}
         self.checkpoint_listeners: list[Callable[[str, int, float, Any], None]] = []
         self.worker_notifications["state/checkpoint"] = self._on_checkpoint
-        self.tasks = TaskManager(self)
-        self.events = EventBus(self)
         self.mcp = McpPool(self._new_mcp_instance, self._wait_mcp_serving)
-        self.tasks.tool_router = self._route_tool
-        self.tasks.tool_lister = self._list_tools
+        self.tasks = TaskManager(self, tool_router=self._route_tool,
+                                 tool_lister=self._list_tools)
+        self.events = EventBus(self)
 
     # -- lifecycle of the supervisor itself -----------------------------------------------
     async def __aenter__(self) -> Supervisor:
@@ -150,16 +134,10 @@ class Supervisor:
     async def close(self, *, graceful: bool = True) -> None:
         """Stop every agent (gracefully unless told not to) and the heartbeat loop."""
         self.closing = True
-        replicas = [r for a in self.agents.values() for r in a.replicas]
-        if graceful:
-            await asyncio.gather(*(r.stop("supervisor shutting down") for r in replicas))
-        else:
-            await asyncio.gather(*(r.kill() for r in replicas))
-        servers = [i for e in self.mcp.servers.values() for i in e.all()]
-        if graceful:  # tool servers last: agents may use them while stopping
-            await asyncio.gather(*(i.stop("supervisor shutting down") for i in servers))
-        else:
-            await asyncio.gather(*(i.kill() for i in servers))
+        # tool servers last: agents may use them while stopping
+        for group in (list(self.replicas()), list(self.mcp_instances())):
+            await asyncio.gather(*(r.stop("supervisor shutting down", graceful=graceful)
+                                   for r in group))
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -214,27 +192,12 @@ class Supervisor:
         for a in agents:
             yield from a.replicas
 
+    def mcp_instances(self) -> Iterable[McpServerReplica]:
+        for entry in list(self.mcp.servers.values()):
+            yield from entry.all()
+
     def status(self, name: str | None = None) -> list[ReplicaStatus]:
-        out = []
-        for r in self.replicas(name):
-            up = r.uptime
-            out.append(
-                ReplicaStatus(
-                    name=r.name,
-                    replica=r.index,
-                    state=r.state.value,
-                    pid=r.pid if r.state in LIVE else None,
-                    uptime=round(up, 3) if up is not None else None,
-                    restarts=r.restarts,
-                    last_exit=r.last_exit,
-                    reason=r.reason,
-                    cpu_percent=r.sample.cpu_percent,
-                    rss_bytes=r.sample.rss_bytes,
-                    open_fds=r.sample.open_fds,
-                    tasks_running=r.tasks_running,
-                )
-            )
-        return out
+        return [r.status() for r in self.replicas(name)]
 
     def runtime_stats(self) -> Stats:
         s = msgspec.structs.replace(self.stats)
@@ -290,17 +253,22 @@ class Supervisor:
         timeout: float = 10.0,
     ) -> Replica:
         """Wait until replica `replica` of `name` is in one of `states` (now or later)."""
-        wanted = {states} if isinstance(states, State) else set(states)
         r = self.agent(name).replicas[replica]
+        await self.wait_replica(r, states, timeout)
+        return r
+
+    async def wait_replica(self, r: Replica, states: State | Iterable[State],
+                           timeout: float) -> None:
+        """Wait until `r` (an agent's replica or an MCP instance) is in one of `states`."""
+        wanted = {states} if isinstance(states, State) else set(states)
         if r.state in wanted:
-            return r
+            return
         values = {s.value for s in wanted}
         await self.wait_event(
-            lambda e: e.name == name and e.replica == replica and e.state in values
-            and e.kind == r.kind,
+            lambda e: e.kind == r.kind and e.name == r.name and e.replica == r.index
+            and e.state in values,
             timeout,
         )
-        return r
 
     async def wait_all_serving(self, timeout: float = 30.0) -> None:
         """Wait until every replica of every agent that is meant to run is serving."""
@@ -326,12 +294,8 @@ class Supervisor:
 
     async def _wait_mcp_serving(self, inst: McpServerReplica, timeout: float
                                 ) -> McpServerReplica:
-        if inst.state not in SERVING:
-            with contextlib.suppress(TimeoutError):
-                await self.wait_event(
-                    lambda e: e.kind == "mcp" and e.name == inst.name
-                    and e.replica == inst.index and e.state in ("ready", "terminated"),
-                    timeout)
+        with contextlib.suppress(TimeoutError):
+            await self.wait_replica(inst, {*SERVING, State.TERMINATED}, timeout)
         if inst.state not in SERVING:
             raise RpcError(jsonrpc.REFUSED, f"MCP server {inst.label} is not serving: "
                                             f"{inst.reason}")
@@ -350,9 +314,7 @@ class Supervisor:
         return {"tools": await self.mcp.list_tools(owner=replica.label, allow=allow)}
 
     # -- hooks the replicas call ----------------------------------------------------------
-    def _on_log(self, replica: Replica, stream: str, lines: LineBlock | list[bytes]) -> None:
-        if isinstance(lines, list):
-            lines = LineBlock.of(lines)
+    def _on_log(self, replica: Replica, stream: str, lines: LineBlock) -> None:
         for listener in self.log_listeners:
             listener(replica, stream, lines)
 
@@ -374,28 +336,32 @@ class Supervisor:
             return None
         return saved[1]
 
-    def _on_checkpoint(self, replica: Replica, raw: Any) -> None:
-        try:
-            params = msgspec.json.decode(raw)
-        except Exception:
-            return
-        if not isinstance(params, dict) or "state" not in params:
+    def _on_checkpoint(self, replica: Replica, params: dict[str, Any]) -> None:
+        if "state" not in params:
             return
         when = time.time()
         self.checkpoints[(replica.name, replica.index)] = (when, params["state"])
         for listener in self.checkpoint_listeners:
             listener(replica.name, replica.index, when, params["state"])
 
-    def _worker_request(self, replica: Replica, method: str, params: Any) -> Any:
+    def _worker_request(self, replica: Replica, method: str, raw: Any) -> Any:
         handler = self.worker_methods.get(method)
         if handler is None:
             raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
+        params = _object(raw)
+        if params is None:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"{method}: params must be an object")
         return handler(replica, params)
 
-    def _worker_notification(self, replica: Replica, method: str, params: Any) -> None:
+    def _worker_notification(self, replica: Replica, method: str, raw: Any) -> None:
         handler = self.worker_notifications.get(method)
-        if handler is not None:
-            handler(replica, params)
+        if handler is None:
+            return
+        params = _object(raw)
+        if params is None:
+            replica.note(f"ignored {method}: params must be an object")
+            return
+        handler(replica, params)
 
     # -- the heartbeat loop ---------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
@@ -410,22 +376,25 @@ class Supervisor:
             now = time.monotonic()
             # listing fds is the dearest sample; every 5th tick is enough for a gauge
             sample_fds = tick % 5 == 1
-            for agent in list(self.agents.values()):
-                timeout = agent.spec.heartbeat_timeout or self.heartbeat_timeout
-                for r in agent.replicas:
-                    try:
-                        r.heartbeat(now, timeout, sample_fds)
-                    except Exception:
-                        log.exception("heartbeat of %s failed", r.label)
-            for entry in list(self.mcp.servers.values()):
-                timeout = entry.spec.heartbeat_timeout or self.heartbeat_timeout
-                for inst in entry.all():
-                    try:
-                        inst.heartbeat(now, timeout, sample_fds)
-                    except Exception:
-                        log.exception("heartbeat of %s failed", inst.label)
+            for r in [*self.replicas(), *self.mcp_instances()]:
+                try:
+                    r.heartbeat(now, r.spec.heartbeat_timeout or self.heartbeat_timeout,
+                                sample_fds)
+                except Exception:
+                    log.exception("heartbeat of %s failed", r.label)
             for listener in self.tick_listeners:
                 try:
                     listener()
                 except Exception:
                     log.exception("tick listener failed")
+
+
+def _object(raw: Any) -> dict[str, Any] | None:
+    """A worker's params as a dict (absent params are {}); None if they are not an object."""
+    if raw is msgspec.UNSET:
+        return {}
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:  # pragma: no cover - the envelope was valid JSON
+        return None
+    return value if isinstance(value, dict) else None

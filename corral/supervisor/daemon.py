@@ -44,7 +44,6 @@ class Daemon:
         self.config_path = config_path.resolve()
         self.socket_override = socket
         self.notifier = notifier or Notifier()
-        self.config: Config | None = None
         self.sup: Supervisor | None = None
         self.hub: LogHub = LogHub(None)
         self.store: StateStore | None = None
@@ -71,7 +70,6 @@ class Daemon:
         except ConfigError as exc:
             print(f"corral: invalid config: {exc}", file=sys.stderr)
             return 1
-        self.config = cfg
         sock_path, state_dir, log_dir = self._paths(cfg)
         s = cfg.supervisor
         self.hub = LogHub(log_dir, max_bytes=s.log_max_bytes, backups=s.log_backups,
@@ -105,8 +103,6 @@ class Daemon:
         self.hub.daemon(f"corral {__version__} started, pid {os.getpid()}, "
                         f"config {self.config_path}, socket {sock_path}")
         for sspec in cfg.mcp_servers.values():
-            if sspec.cwd is None:
-                sspec.cwd = str(self.config_path.parent)
             self.sup.add_mcp_server(sspec)
         for name, spec in cfg.agents.items():
             self._add(spec)
@@ -129,6 +125,8 @@ class Daemon:
         return 0
 
     def _add(self, spec: AgentSpec) -> None:
+        """Add an agent; one added at runtime without a cwd runs where the config file is,
+        as the config's own agents do (load_config)."""
         assert self.sup is not None
         if spec.cwd is None:
             spec.cwd = str(self.config_path.parent)
@@ -142,7 +140,7 @@ class Daemon:
             try:
                 spec = parse_agents({"agents": {name: table}}, "state database")[name]
                 self._add(spec)
-            except (ConfigError, Exception) as exc:
+            except Exception as exc:
                 self.hub.daemon(f"could not restore runtime agent {name}: {exc}")
 
     async def _announce_ready(self) -> None:
@@ -186,7 +184,7 @@ class Daemon:
         while True:
             e = await q.get()
             self.hub.emit(e.name, e.replica, e.pid or 0, "event",
-                          [f"{e.previous} -> {e.state}: {e.reason}".encode()], when=e.time)
+                          LineBlock.one(f"{e.previous} -> {e.state}: {e.reason}"), when=e.time)
             if self.notifier.enabled:
                 self.notifier.status(self.status_line())
 
@@ -214,78 +212,43 @@ class Daemon:
         except ConfigError:
             self.notifier.ready(self.status_line())
             raise
-        for spec in cfg.agents.values():
-            if spec.cwd is None:
-                spec.cwd = str(self.config_path.parent)
-        old = {n: self.sup.agents[n].spec for n in self.from_config if n in self.sup.agents}
-        new = cfg.agents
-        added = sorted(set(new) - set(old))
-        removed = sorted(set(old) - set(new))
-        changed = sorted(n for n in set(old) & set(new) if not _same(old[n], new[n]))
-        unchanged = sorted(n for n in set(old) & set(new) if n not in changed)
-        conflicts = [n for n in added if n in self.sup.agents]
-        for n in conflicts:  # declared now in the file, added at runtime before: file wins
-            await self.sup.remove(n)
-            assert self.store is not None
-            self.store.forget_runtime_agent(n)
-        await asyncio.gather(*(self.sup.remove(n) for n in removed + changed))
-        for n in added + changed:
-            self._add(new[n])
-        self.from_config = set(new)
-        mcp = await self._reload_mcp_servers(cfg)
+        agents = _diff({n: self.sup.agents[n].spec for n in self.from_config
+                        if n in self.sup.agents}, cfg.agents)
+        for n in agents["added"]:
+            if n in self.sup.agents:  # added at runtime before, declared now: the file wins
+                await self.sup.remove(n)
+                assert self.store is not None
+                self.store.forget_runtime_agent(n)
+        await asyncio.gather(*(self.sup.remove(n)
+                               for n in agents["removed"] + agents["changed"]))
+        for n in agents["added"] + agents["changed"]:
+            self._add(cfg.agents[n])
+        self.from_config = set(cfg.agents)
+        # calls in flight to a removed or changed tool server fail with the reason
+        servers = _diff({n: e.spec for n, e in self.sup.mcp.servers.items()}, cfg.mcp_servers)
+        await asyncio.gather(*(self.sup.mcp.remove(n)
+                               for n in servers["removed"] + servers["changed"]))
+        for n in servers["added"] + servers["changed"]:
+            self.sup.add_mcp_server(cfg.mcp_servers[n])
         self.sup.heartbeat_interval = cfg.supervisor.heartbeat_interval
         self.sup.heartbeat_timeout = cfg.supervisor.heartbeat_timeout
-        self.config = cfg
-        result = ReloadResult(added=added, removed=removed, changed=changed,
-                              unchanged=unchanged, mcp_servers=mcp)
-        self.hub.daemon(f"reloaded: added {added}, removed {removed}, changed {changed}; "
-                        f"MCP servers: {mcp}")
+        result = ReloadResult(**agents, mcp_servers=servers)
+        self.hub.daemon(f"reloaded: added {agents['added']}, removed {agents['removed']}, "
+                        f"changed {agents['changed']}; MCP servers: {servers}")
         self.notifier.ready(self.status_line())
         return result
 
 
-    async def _reload_mcp_servers(self, cfg: Config) -> dict[str, list[str]]:
-        """Add, remove, and restart changed tool servers; calls in flight to a removed or
-        changed server fail with the reason."""
-        assert self.sup is not None
-        for spec in cfg.mcp_servers.values():
-            if spec.cwd is None:
-                spec.cwd = str(self.config_path.parent)
-        old = {n: e.spec for n, e in self.sup.mcp.servers.items()}
-        new = cfg.mcp_servers
-        diff = {
-            "added": sorted(set(new) - set(old)),
-            "removed": sorted(set(old) - set(new)),
-            "changed": sorted(n for n in set(old) & set(new) if not _same(old[n], new[n])),
-        }
-        diff["unchanged"] = sorted(set(old) & set(new) - set(diff["changed"]))
-        await asyncio.gather(*(self.sup.mcp.remove(n)
-                               for n in diff["removed"] + diff["changed"]))
-        for n in diff["added"] + diff["changed"]:
-            self.sup.add_mcp_server(new[n])
-        return diff
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
+    """Names added, removed, changed and unchanged between two sets of specs."""
+    both = set(old) & set(new)
+    changed = sorted(n for n in both if not _same(old[n], new[n]))
+    return {"added": sorted(set(new) - set(old)), "removed": sorted(set(old) - set(new)),
+            "changed": changed, "unchanged": sorted(both - set(changed))}
 
 
 def _same(a: msgspec.Struct, b: msgspec.Struct) -> bool:
     return msgspec.json.encode(a) == msgspec.json.encode(b)
-
-
-def replica_json(r: Replica) -> dict[str, Any]:
-    up = r.uptime
-    return {
-        "name": r.name,
-        "replica": r.index,
-        "state": r.state.value,
-        "pid": r.pid if r.process is not None else None,
-        "uptime": round(up, 3) if up is not None else None,
-        "restarts": r.restarts,
-        "last_exit": r.last_exit,
-        "reason": r.reason,
-        "cpu_percent": r.sample.cpu_percent,
-        "rss_bytes": r.sample.rss_bytes,
-        "open_fds": r.sample.open_fds,
-        "tasks_running": r.tasks_running,
-    }
 
 
 def run_daemon(config: Path, socket: str | None) -> int:

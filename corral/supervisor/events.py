@@ -8,16 +8,15 @@ counted), and a CLI follower has a bounded queue. Subscriptions are patterns
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
+from .follow import Follower
 
 if TYPE_CHECKING:
     from .core import Supervisor
@@ -34,19 +33,10 @@ class Delivery(msgspec.Struct):
     time: float
 
 
-class EventFollower:
+class EventFollower(Follower[Delivery]):
     def __init__(self, pattern: str) -> None:
+        super().__init__(FOLLOWER_QUEUE)
         self.pattern = pattern
-        self.queue: deque[Delivery] = deque()
-        self.missed = 0
-        self.wakeup = asyncio.Event()
-
-    def push(self, d: Delivery) -> None:
-        if len(self.queue) >= FOLLOWER_QUEUE:
-            self.missed += 1
-        else:
-            self.queue.append(d)
-        self.wakeup.set()
 
 
 class EventBus:
@@ -100,21 +90,15 @@ class EventBus:
     def _on_exit(self, r: Replica, reason: str) -> None:
         self.subscriptions.pop(r, None)
 
-    def _on_publish(self, r: Replica, raw: Any) -> None:
-        try:
-            params = msgspec.json.decode(raw)
-            topic = params["topic"]
-        except Exception:
-            return
+    def _on_publish(self, r: Replica, params: dict[str, Any]) -> None:
+        topic = params.get("topic")
         if isinstance(topic, str) and topic:
             self.publish(topic, params.get("data"), r.label)
+        else:
+            r.note("ignored events/publish: topic must be a non-empty string")
 
-    def _on_subscribe(self, r: Replica, raw: Any) -> Any:
-        try:
-            params = msgspec.json.decode(raw)
-        except Exception:
-            params = None
-        topic = params.get("topic") if isinstance(params, dict) else None
+    def _on_subscribe(self, r: Replica, params: dict[str, Any]) -> Any:
+        topic = params.get("topic")
         if not isinstance(topic, str) or not topic:
             raise RpcError(jsonrpc.INVALID_PARAMS, "events/subscribe: topic must be a string")
         self.subscribe(r, topic)

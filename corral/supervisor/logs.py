@@ -14,7 +14,6 @@ overflows it is counted and reported to the follower as missed.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections import deque
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from ..jsonrpc import LineBlock
 from ..methods import LogLine
+from .follow import Follower
 
 DAEMON_SOURCE = "corral"
 FOLLOWER_QUEUE = 100_000  # lines
@@ -94,34 +94,15 @@ class RotatingFile:
             self._fd = -1
 
 
-class Follower:
-    """A live reader of the hub: a bounded queue of batches and a count of lines that
-    overflowed it."""
+class LogFollower(Follower[Batch]):
+    """A live reader of the hub, counted in lines."""
 
     def __init__(self, names: set[str] | None, maxlen: int = FOLLOWER_QUEUE) -> None:
+        super().__init__(maxlen, weigh=lambda batch: batch.count)
         self.names = names
-        self.maxlen = maxlen
-        self.queue: deque[Batch] = deque()
-        self.queued = 0
-        self.missed = 0
-        self.wakeup = asyncio.Event()
 
     def wants(self, source: str) -> bool:
         return self.names is None or source in self.names
-
-    def push(self, batch: Batch) -> None:
-        n = batch.count
-        if self.queued + n > self.maxlen:
-            self.missed += n
-        else:
-            self.queue.append(batch)
-            self.queued += n
-        self.wakeup.set()
-
-    def pop(self) -> Batch:
-        batch = self.queue.popleft()
-        self.queued -= batch.count
-        return batch
 
 
 class _Tail:
@@ -167,7 +148,7 @@ class LogHub:
         self.tail_lines = tail_lines
         self.tails: dict[str, _Tail] = {}
         self.files: dict[str, RotatingFile] = {}
-        self.followers: set[Follower] = set()
+        self.followers: set[LogFollower] = set()
         self.lines_written = 0
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
@@ -182,11 +163,9 @@ class LogHub:
             )
         return f
 
-    def emit(self, source: str, replica: int, pid: int, stream: str,
-             lines: LineBlock | list[bytes], when: float | None = None) -> None:
+    def emit(self, source: str, replica: int, pid: int, stream: str, lines: LineBlock,
+             when: float | None = None) -> None:
         """Lines that arrived together (one read from a worker) share one timestamp."""
-        if isinstance(lines, list):
-            lines = LineBlock.of(lines)
         if not lines.count:
             return
         batch = Batch(time.time() if when is None else when, source, replica, pid, stream,
@@ -211,7 +190,7 @@ class LogHub:
                 follower.push(batch)
 
     def daemon(self, text: str, stream: str = "event") -> None:
-        self.emit(DAEMON_SOURCE, 0, os.getpid(), stream, [text.encode()])
+        self.emit(DAEMON_SOURCE, 0, os.getpid(), stream, LineBlock.one(text))
 
     def tail(self, names: Iterable[str] | None, n: int, since: float | None) -> list[LogLine]:
         if n <= 0:
@@ -225,12 +204,12 @@ class LogHub:
             merged = [ln for ln in merged if ln.time >= since]
         return merged[-n:]
 
-    def follow(self, names: Iterable[str] | None) -> Follower:
-        f = Follower(set(names) if names else None)
+    def follow(self, names: Iterable[str] | None) -> LogFollower:
+        f = LogFollower(set(names) if names else None)
         self.followers.add(f)
         return f
 
-    def unfollow(self, f: Follower) -> None:
+    def unfollow(self, f: LogFollower) -> None:
         self.followers.discard(f)
 
     def close(self) -> None:

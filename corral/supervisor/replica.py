@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import signal
+import subprocess
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -57,9 +58,28 @@ class Sample(msgspec.Struct):
     cpu_seconds: float = 0.0
 
 
+class ReplicaStatus(msgspec.Struct):
+    name: str
+    replica: int
+    state: str
+    pid: int | None
+    uptime: float | None
+    restarts: int
+    last_exit: str | None
+    reason: str
+    cpu_percent: float
+    rss_bytes: int
+    open_fds: int
+    tasks_running: int
+
+
 class Replica:
     kind = "agent"
     title_prefix = "corral: agent"
+    name_variable = "CORRAL_AGENT"  # tells the process whose replica it is
+    # the opening exchange, as exit reasons name it when it times out / fails
+    handshake = "initialize"
+    handshake_failed = "initialize failed"
 
     def __init__(self, sup: Supervisor, spec: ProcessSpec, name: str, index: int) -> None:
         self.sup = sup
@@ -75,7 +95,6 @@ class Replica:
         self.restarts = 0
         self.spawned_at: float | None = None
         self.ready_at: float | None = None
-        self.capabilities: Any = None
         self.sample = Sample()
         self.stderr_tail: deque[bytes] = deque(maxlen=STDERR_TAIL)
         self.tasks_running = 0
@@ -131,6 +150,27 @@ class Replica:
             return None
         return time.monotonic() - self.spawned_at
 
+    def status(self) -> ReplicaStatus:
+        up = self.uptime
+        return ReplicaStatus(
+            name=self.name,
+            replica=self.index,
+            state=self.state.value,
+            pid=self.pid if self.state in LIVE else None,
+            uptime=round(up, 3) if up is not None else None,
+            restarts=self.restarts,
+            last_exit=self.last_exit,
+            reason=self.reason,
+            cpu_percent=self.sample.cpu_percent,
+            rss_bytes=self.sample.rss_bytes,
+            open_fds=self.sample.open_fds,
+            tasks_running=self.tasks_running,
+        )
+
+    def note(self, text: str) -> None:
+        """A line of corral's own about this replica, into its log."""
+        self.sup._on_log(self, "corral", LineBlock.one(text))
+
     # -- start ----------------------------------------------------------------------------
     def start(self, *, by_hand: bool = True) -> None:
         """Spawn a process unless one is live; a start by hand forgives past restarts."""
@@ -140,8 +180,6 @@ class Replica:
         if by_hand:
             self.policy.reset()
             self._stay_down = False
-        if self.state == State.BACKOFF and by_hand:
-            pass  # skip the remaining delay
         reason = "started" if by_hand else f"restart #{self.restarts}"
         self._down_reason = None
         self._escalation = None
@@ -149,12 +187,16 @@ class Replica:
         self._set(State.STARTING, reason)
         self._life = asyncio.ensure_future(self._lifetime())
 
-    def _environment(self) -> dict[str, str]:
+    def _environment(self, uid: int | None) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.spec.env)
-        env["CORRAL_AGENT" if self.kind == "agent" else "CORRAL_MCP_SERVER"] = self.name
+        env[self.name_variable] = self.name
         env["CORRAL_REPLICA"] = str(self.index)
         env["CORRAL_PROCTITLE"] = f"{self.title_prefix} {self.label}"
+        if uid is not None:  # the user the process runs as, not root's
+            pw = pwd.getpwuid(uid)
+            env.setdefault("HOME", pw.pw_dir)
+            env["USER"] = env["LOGNAME"] = pw.pw_name
         return env
 
     async def _lifetime(self) -> None:
@@ -162,13 +204,7 @@ class Replica:
         spec = self.spec
         try:
             uid, gid = resolve_user(spec.user, spec.group)
-            env = self._environment()
-            if uid is not None:
-                import pwd
-
-                pw = pwd.getpwuid(uid)
-                env.setdefault("HOME", pw.pw_dir)
-                env["USER"] = env["LOGNAME"] = pw.pw_name
+            env = self._environment(uid)
             self.process = await ChildProcess.spawn(
                 spec.argv(),
                 env=env,
@@ -182,7 +218,7 @@ class Replica:
                 on_oversize=self._on_oversize,
                 max_line=self.sup.max_line,
             )
-        except (OSError, ConfigError, ValueError, subprocess_error()) as exc:
+        except (OSError, ConfigError, ValueError, subprocess.SubprocessError) as exc:
             reason = f"spawn failed: {exc}"
             self.last_exit = reason
             self.sup.stats.spawn_failures += 1
@@ -227,28 +263,32 @@ class Replica:
             "state": self.sup.initial_state(self),
         }
 
-    async def _initialize(self) -> None:
+    async def _handshake(self) -> str:
+        """The protocol's opening exchange; returns the reason for Ready, raises RpcError."""
         assert self.peer is not None
+        await self.peer.request(
+            "initialize", self._initialize_params(), timeout=self.spec.start_timeout
+        )
+        return "initialized"
+
+    async def _initialize(self) -> None:
         timeout = self.spec.start_timeout
         try:
-            result = await self.peer.request(
-                "initialize", self._initialize_params(), timeout=timeout
-            )
+            ready_reason = await self._handshake()
         except RpcError as exc:
             if exc.code == jsonrpc.REQUEST_TIMEOUT:
                 self.take_down(
-                    f"start timeout: no answer to initialize within {timeout:g} s",
+                    f"start timeout: no answer to {self.handshake} within {timeout:g} s",
                     graceful=False,
                 )
             elif exc.code != jsonrpc.PEER_CLOSED:
-                self.take_down(f"initialize failed: {exc.message}", graceful=False)
+                self.take_down(f"{self.handshake_failed}: {exc.message}", graceful=False)
             return
         if self.state != State.STARTING:
             return
-        self.capabilities = result.get("capabilities") if isinstance(result, dict) else None
         self.ready_at = time.monotonic()
         self._last_pong = self.ready_at
-        self._set(State.READY, "initialized")
+        self._set(State.READY, ready_reason)
         self.sup._on_ready(self)
 
     # -- stop -----------------------------------------------------------------------------
@@ -283,25 +323,15 @@ class Replica:
             self._escalation = f"SIGKILL after ignoring SIGTERM for {grace:g} s"
         proc.kill_group(signal.SIGKILL)
 
-    async def stop(self, reason: str = "stopped") -> None:
-        """Take the replica down and keep it down; returns once it is Terminated."""
+    async def stop(self, reason: str = "stopped", *, graceful: bool = True) -> None:
+        """Take the replica down and keep it down; returns once it is Terminated.
+        Not graceful: SIGKILL at once (the supervisor must go now)."""
         self._stay_down = True
         self._cancel_timer()
         if self.state == State.BACKOFF:
             self._set(State.TERMINATED, reason)
             return
-        self.take_down(reason, graceful=True)
-        if self._life is not None:
-            await asyncio.shield(self._life)
-
-    async def kill(self) -> None:
-        """SIGKILL at once, keep down (used when the supervisor must go now)."""
-        self._stay_down = True
-        self._cancel_timer()
-        if self.state == State.BACKOFF:
-            self._set(State.TERMINATED, "stopped")
-            return
-        self.take_down("stopped", graceful=False)
+        self.take_down(reason, graceful=graceful)
         if self._life is not None:
             await asyncio.shield(self._life)
 
@@ -382,21 +412,11 @@ class Replica:
 
     def _on_oversize(self, size: int) -> None:
         self._oversize += 1
-        self.sup._on_log(
-            self,
-            "corral",
-            LineBlock(f"discarded a {size}-byte line on stdout (limit {self.sup.max_line} "
-                      "bytes)".encode(), 1),
-        )
+        self.note(f"discarded a {size}-byte line on stdout (limit {self.sup.max_line} bytes)")
 
     def _on_garbage(self, line: bytes, why: str) -> None:
         preview = line[:120].decode("utf-8", "replace")
-        self.sup._on_log(
-            self,
-            "corral",
-            LineBlock(f"discarded a stdout line that is not JSON-RPC ({why}): "
-                      f"{preview!r}".encode(), 1),
-        )
+        self.note(f"discarded a stdout line that is not JSON-RPC ({why}): {preview!r}")
 
     def _dispatch(self, method: str, params: Any, peer: Peer) -> Any:
         return self.sup._worker_request(self, method, params)
@@ -414,15 +434,14 @@ class Replica:
             if self.state == State.STARTING and self.process is not None:
                 self._sample(now, sample_fds)
             return
-        if now - self._last_pong > timeout:
-            self.take_down(f"hung: no heartbeat for {timeout:g} s", graceful=False)
-            return
-        if not self._ping_out and self.pings:
-            self._ping_out = True
-            _, fut = self.peer.request_future("ping", {})
-            fut.add_done_callback(self._pong)
-        elif not self.pings:
-            self._last_pong = time.monotonic()  # nothing to ask: hangs show as call timeouts
+        if self.pings:  # without ping (stateless MCP), hangs show as call timeouts
+            if now - self._last_pong > timeout:
+                self.take_down(f"hung: no heartbeat for {timeout:g} s", graceful=False)
+                return
+            if not self._ping_out:
+                self._ping_out = True
+                _, fut = self.peer.request_future("ping", {})
+                fut.add_done_callback(self._pong)
         self._sample(now, sample_fds)
 
     @property
@@ -487,12 +506,6 @@ class Replica:
         return self.state in SERVING
 
 
-def subprocess_error() -> type[Exception]:
-    import subprocess
-
-    return subprocess.SubprocessError
-
-
 def _swallow(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -504,5 +517,3 @@ async def _wait(fut: asyncio.Future[Any], timeout: float) -> bool:
         await asyncio.wait_for(asyncio.shield(fut), timeout)
     return fut.done()
 
-
-StatusHook = Callable[[Replica], None]

@@ -14,7 +14,6 @@ that has not answered within `cancel_grace` is treated as hung and restarted.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import heapq
 import itertools
 import time
@@ -27,6 +26,7 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
+from ..mcp.pool import allowed
 from .lifecycle import LIVE, SERVING, State
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class TaskInfo(msgspec.Struct):
 
 class Task:
     __slots__ = (
-        "agent", "attempts", "cancel_requested", "created", "done", "error", "finished",
+        "agent", "attempts", "created", "done", "error", "finished",
         "id", "input", "output", "priority", "progress", "progress_log", "replica",
         "retries_left", "seq", "started", "status", "timeout", "timer", "tool_calls",
         "watchers",
@@ -110,7 +110,6 @@ class Task:
         self.tool_calls = 0
         self.replica: Replica | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.cancel_requested = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.watchers: list[Callable[[str, Any], None]] = []
 
@@ -174,14 +173,18 @@ class AgentTasks:
         }
 
 
+ToolRouter = Callable[["Replica", str, dict[str, Any], "Task | None"], Any]
+
+
 class TaskManager:
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: Supervisor, *, tool_router: ToolRouter,
+                 tool_lister: Callable[[Replica], Any]) -> None:
         self.sup = sup
         self.tasks: OrderedDict[str, Task] = OrderedDict()
         self.by_agent: dict[str, AgentTasks] = {}
         self._seq = itertools.count()
-        self.tool_router: Callable[[Replica, str, dict[str, Any], Task | None], Any] | None = None
-        self.tool_lister: Callable[[Replica], Any] | None = None
+        self.tool_router = tool_router
+        self.tool_lister = tool_lister
         sup.ready_listeners.append(lambda r: self._pump(r.name) if r.kind == "agent" else None)
         sup.transition_listeners.append(self._on_transition)
         sup.worker_notifications["task/progress"] = self._on_progress
@@ -408,7 +411,6 @@ class TaskManager:
         task = self.get(task_id)
         if task.status in TERMINAL:
             raise RpcError(jsonrpc.CONFLICT, f"task {task_id} already finished ({task.status})")
-        task.cancel_requested = True
         if task.status == "queued":
             q = self.by_agent[task.agent]
             q.depth -= 1
@@ -458,6 +460,10 @@ class TaskManager:
             last = next((x.last_exit for x in agent.replicas if x.last_exit), "unknown")
             status, error = "lost", TaskError(jsonrpc.PEER_CLOSED,
                                               f"agent {name} is down: {last}")
+        self._drain(q, status, error)
+
+    def _drain(self, q: AgentTasks, status: str, error: TaskError) -> None:
+        """End every task still waiting in `q`."""
         for _, _, task in q.heap:
             if task.status == "queued":
                 q.depth -= 1
@@ -467,16 +473,13 @@ class TaskManager:
     def forget_agent(self, name: str) -> None:
         """An agent was removed: its queued tasks are cancelled."""
         q = self.by_agent.pop(name, None)
-        if q is None:
-            return
-        for _, _, task in q.heap:
-            if task.status == "queued":
-                self._finish(task, "cancelled", error=TaskError(
-                    jsonrpc.REQUEST_CANCELLED, f"agent {name} was removed"))
+        if q is not None:
+            self._drain(q, "cancelled", TaskError(jsonrpc.REQUEST_CANCELLED,
+                                                  f"agent {name} was removed"))
 
     # -- from workers ---------------------------------------------------------------------
-    def _task_of(self, r: Replica, params: Any) -> Task | None:
-        tid = params.get("task_id") if isinstance(params, dict) else None
+    def _task_of(self, r: Replica, params: dict[str, Any]) -> Task | None:
+        tid = params.get("task_id")
         task = self.tasks.get(str(tid)) if tid is not None else None
         if task is None or task.replica is not r or task.status != "running":
             return None
@@ -488,21 +491,15 @@ class TaskManager:
         for w in list(task.watchers):
             w("progress", params)
 
-    def _on_progress(self, r: Replica, raw: Any) -> None:
-        try:
-            params = msgspec.json.decode(raw)
-        except Exception:
-            return
+    def _on_progress(self, r: Replica, params: dict[str, Any]) -> None:
         task = self._task_of(r, params)
         if task is None:
-            self.sup._on_log(r, "corral", [
-                f"ignored task/progress for a task it is not running: {params!r:.200}".encode()])
+            r.note(f"ignored task/progress for a task it is not running: {params!r:.200}")
             return
         params.pop("task_id", None)
         self.report_progress(task, params)
 
-    def _on_tool_call(self, r: Replica, raw: Any) -> Any:
-        params = _decode_object(raw, "tools/call")
+    def _on_tool_call(self, r: Replica, params: dict[str, Any]) -> Any:
         name = params.get("name")
         if not isinstance(name, str):
             raise RpcError(jsonrpc.INVALID_PARAMS, "tools/call: name must be a string")
@@ -512,7 +509,7 @@ class TaskManager:
         if not isinstance(arguments, dict):
             raise RpcError(jsonrpc.INVALID_PARAMS, "tools/call: arguments must be an object")
         allow = list(getattr(r.spec, "tools", []))
-        if not any(fnmatch.fnmatchcase(name, p) for p in allow):
+        if not allowed(name, allow):
             raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
                            f"tool {name} is not allowed for agent {r.name} (its tools "
                            f"allowlist: {allow})")
@@ -524,21 +521,7 @@ class TaskManager:
                                f"tool budget exceeded: task {task.id} has made {task.tool_calls}"
                                f" tool calls (max_tool_calls_per_task {budget})")
             task.tool_calls += 1
-        if self.tool_router is None:
-            raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {name}")
         return self.tool_router(r, name, arguments, task)
 
-    def _on_tool_list(self, r: Replica, raw: Any) -> Any:
-        if self.tool_lister is None:
-            return {"tools": []}
+    def _on_tool_list(self, r: Replica, params: dict[str, Any]) -> Any:
         return self.tool_lister(r)
-
-
-def _decode_object(raw: Any, what: str) -> dict[str, Any]:
-    try:
-        params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else {}
-    except msgspec.DecodeError:  # pragma: no cover - the envelope was valid JSON
-        params = None
-    if not isinstance(params, dict):
-        raise RpcError(jsonrpc.INVALID_PARAMS, f"{what}: params must be an object")
-    return params

@@ -36,6 +36,7 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 PEER_CLOSED = -32001
+REQUEST_TIMEOUT = -32002
 REQUEST_CANCELLED = -32003
 TASK_FAILED = -32030
 
@@ -292,8 +293,10 @@ class Worker:
             err["data"] = data
         self._send({"jsonrpc": "2.0", "id": rid, "error": err})
 
-    def _new_request(self, method: str, params: Any) -> _Waiter:
+    def _new_request(self, method: str, params: Any,
+                     callback: Callable[[bool, Any], None] | None = None) -> _Waiter:
         waiter = _Waiter()
+        waiter.callback = callback  # set before the answer can arrive
         with self._lock:
             self._next_id += 1
             rid = self._next_id
@@ -305,36 +308,31 @@ class Worker:
         """Ask the supervisor something and block this thread for the answer."""
         waiter = self._new_request(method, params)
         if not waiter.event.wait(timeout):
-            raise RpcError(-32002, f"{method}: no answer within {timeout} s")
+            raise RpcError(REQUEST_TIMEOUT, f"{method}: no answer within {timeout} s")
         ok, value = waiter.value
         if not ok:
             raise value
         return value
 
     def request_async(self, method: str, params: Any = None) -> Any:
+        """Ask the supervisor something; an awaitable answer (for coroutine handlers)."""
         import asyncio
 
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        waiter = _Waiter()
 
-        def done(ok: bool, value: Any) -> None:
-            def settle() -> None:
-                if fut.done():
-                    return
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+        def settle(ok: bool, value: Any) -> None:
+            if fut.done():
+                return
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
 
-            loop.call_soon_threadsafe(settle)
+        def answered(ok: bool, value: Any) -> None:  # on the reader thread
+            loop.call_soon_threadsafe(settle, ok, value)
 
-        waiter.callback = done
-        with self._lock:
-            self._next_id += 1
-            rid = self._next_id
-            self._waiters[rid] = waiter
-        self._send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+        self._new_request(method, params, answered)
         return fut
 
     # -- the read loop --------------------------------------------------------------------
@@ -421,7 +419,8 @@ class Worker:
                 capabilities = self.on_initialize(params) or {}
             except Exception as exc:
                 _print_exc()
-                self._error(rid, INTERNAL_ERROR, f"initialize failed: {exc}")
+                # the supervisor says "initialize failed: ..." itself
+                self._error(rid, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
                 return
         self._reply(rid, {"protocol_version": PROTOCOL_VERSION, "capabilities": capabilities})
 
