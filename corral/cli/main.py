@@ -124,7 +124,7 @@ def _default_config() -> str:
 @pass_ctx
 def daemon(obj: Ctx, config: str | None) -> None:
     """Run the supervisor daemon in the foreground (systemd runs it this way too)."""
-    from ..supervisor.daemon import run_daemon
+    from ..daemon.daemon import run_daemon
 
     path = Path(config or _default_config())
     if not path.exists():

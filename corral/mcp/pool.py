@@ -5,31 +5,61 @@ Agents see tools as `SERVER__TOOL`. A call is checked against the agent's allowl
 flight (`scope = "shared"`), or to the calling replica's own instance
 (`scope = "per-agent"`). Servers start with the daemon (`start = "eager"`) or on first use
 (`"lazy"`). The instances themselves are supervised processes made by `factory` (the
-supervisor's McpServerReplica), so this module depends on the wire layer only.
+supervisor's McpServerReplica); this module knows them only by the Protocols below, so it
+depends on the wire layer and the MCP client alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
 from .. import jsonrpc
-from ..jsonrpc import RpcError
-
-if TYPE_CHECKING:
-    from ..supervisor.config import McpServerSpec
-    from ..supervisor.mcpserver import McpServerReplica
+from ..jsonrpc import Peer, RpcError
+from .client import McpClient
 
 SEP = "__"
 SERVING = ("ready", "busy", "idle")
 DOWN = ("failed", "terminated", "initial")
 
-Factory = Callable[["McpServerSpec", str, int, "str | None"], "McpServerReplica"]
-WaitServing = Callable[["McpServerReplica", float], Any]
+
+
+class ServerSpec(Protocol):
+    """What the pool reads of a server's configuration."""
+    name: str
+    instances: int
+    scope: Literal["shared", "per-agent"]
+    start: Literal["lazy", "eager"]
+    timeout: float
+    start_timeout: float
+
+
+class _State(Protocol):
+    @property
+    def value(self) -> str: ...
+
+
+class ServerInstance(Protocol):
+    """What the pool uses of one supervised server process."""
+    owner: str | None
+    client: McpClient
+    reason: str
+
+    @property
+    def state(self) -> _State: ...
+    @property
+    def peer(self) -> Peer | None: ...
+    def start(self, *, by_hand: bool = ...) -> None: ...
+    async def stop(self, reason: str) -> None: ...
+    def status(self) -> msgspec.Struct: ...
+
+
+Spec = TypeVar("Spec", bound=ServerSpec)
+Inst = TypeVar("Inst", bound=ServerInstance)
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -52,29 +82,30 @@ def could_match(server: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(f"{server}{SEP}x", pattern) or pattern.endswith("*")
 
 
-class ServerEntry:
-    def __init__(self, spec: McpServerSpec) -> None:
+class ServerEntry(Generic[Spec, Inst]):
+    def __init__(self, spec: Spec) -> None:
         self.spec = spec
         self.name = spec.name
-        self.instances: list[McpServerReplica] = []  # shared
-        self.per_agent: dict[str, McpServerReplica] = {}
+        self.instances: list[Inst] = []  # shared
+        self.per_agent: dict[str, Inst] = {}
         self.next_index = 0
 
-    def all(self) -> list[McpServerReplica]:
+    def all(self) -> list[Inst]:
         return [*self.instances, *self.per_agent.values()]
 
 
-class McpPool:
-    def __init__(self, factory: Factory, wait_serving: WaitServing) -> None:
+class McpPool(Generic[Spec, Inst]):
+    def __init__(self, factory: Callable[[Spec, str, int, str | None], Inst],
+                 wait_serving: Callable[[Inst, float], Awaitable[Inst]]) -> None:
         self.factory = factory
         self.wait_serving = wait_serving
-        self.servers: dict[str, ServerEntry] = {}
+        self.servers: dict[str, ServerEntry[Spec, Inst]] = {}
 
     # -- servers --------------------------------------------------------------------------
-    def add(self, spec: McpServerSpec) -> ServerEntry:
+    def add(self, spec: Spec) -> ServerEntry[Spec, Inst]:
         if spec.name in self.servers:
             raise RpcError(jsonrpc.CONFLICT, f"MCP server {spec.name} already exists")
-        entry = ServerEntry(spec)
+        entry = ServerEntry[Spec, Inst](spec)
         self.servers[spec.name] = entry
         if spec.scope == "shared":
             entry.instances = [self._new(entry, None) for _ in range(spec.instances)]
@@ -83,7 +114,7 @@ class McpPool:
                     inst.start(by_hand=True)
         return entry
 
-    def _new(self, entry: ServerEntry, owner: str | None) -> McpServerReplica:
+    def _new(self, entry: ServerEntry[Spec, Inst], owner: str | None) -> Inst:
         inst = self.factory(entry.spec, entry.name, entry.next_index, owner)
         entry.next_index += 1
         return inst
@@ -97,13 +128,13 @@ class McpPool:
         await asyncio.gather(*(i.stop("supervisor shutting down")
                                for e in self.servers.values() for i in e.all()))
 
-    def server(self, name: str) -> ServerEntry:
+    def server(self, name: str) -> ServerEntry[Spec, Inst]:
         try:
             return self.servers[name]
         except KeyError:
             raise RpcError(jsonrpc.NOT_FOUND, f"no such MCP server: {name}") from None
 
-    async def instance(self, entry: ServerEntry, owner: str | None) -> McpServerReplica:
+    async def instance(self, entry: ServerEntry[Spec, Inst], owner: str | None) -> Inst:
         """A serving instance for this caller, starting one if the server is lazy."""
         if entry.spec.scope == "per-agent":
             owner = owner or "corral"
@@ -122,7 +153,7 @@ class McpPool:
         if all(i.state.value == "failed" for i in candidates):
             raise RpcError(jsonrpc.REFUSED, f"MCP server {entry.name} is failed: "
                                             f"{candidates[0].reason}")
-        ready: McpServerReplica = await self.wait_serving(candidates[0],
+        ready: Inst = await self.wait_serving(candidates[0],
                                                            entry.spec.start_timeout)
         return ready
 

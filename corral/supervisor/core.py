@@ -114,7 +114,8 @@ class Supervisor:
         self.checkpoints: dict[tuple[str, int], tuple[float, Any]] = {}
         self.checkpoint_listeners: list[Callable[[str, int, float, Any], None]] = []
         self.worker_notifications["state/checkpoint"] = self._on_checkpoint
-        self.mcp = McpPool(self._new_mcp_instance, self._wait_mcp_serving)
+        self.mcp: McpPool[McpServerSpec, McpServerReplica] = McpPool(
+            self._new_mcp_instance, self._wait_mcp_serving)
         self.tasks = TaskManager(self, tool_router=self._route_tool,
                                  tool_lister=self._list_tools)
         self.events = EventBus(self)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..jsonrpc import LineBlock
 from ..methods import LogLine
-from .follow import Follower
+from ..supervisor.follow import Follower
 
 DAEMON_SOURCE = "corral"
 FOLLOWER_QUEUE = 100_000  # lines

@@ -12,13 +12,13 @@ import msgspec
 from .. import __version__, jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
-from .config import ConfigError, parse_agents
+from ..supervisor.config import ConfigError, parse_agents
 from .control import implements
 from .follow import drain
 
 if TYPE_CHECKING:
+    from ..supervisor.core import Agent
     from .control import Connection
-    from .core import Agent
     from .daemon import Daemon
 
 FOLLOW_BATCH = 500

@@ -23,14 +23,14 @@ from .. import __version__
 from ..jsonrpc import LineBlock
 from ..methods import ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
-from .config import AgentSpec, Config, ConfigError, load_config, parse_agents
+from ..supervisor.config import AgentSpec, Config, ConfigError, load_config, parse_agents
+from ..supervisor.core import Supervisor
+from ..supervisor.lifecycle import SERVING, STOPPED, State
+from ..supervisor.replica import Event, Replica
 from .control import AlreadyRunning, ControlServer
-from .core import Supervisor
-from .lifecycle import SERVING, STOPPED, State
 from .logs import LogHub
 from .notify import Notifier
-from .replica import Event, Replica
-from .state import StateStore
+from .store import StateStore
 
 if TYPE_CHECKING:
     from .control import Connection
@@ -260,7 +260,7 @@ def run_daemon(config: Path, socket: str | None) -> int:
         setproctitle("corral: supervisor")
     except ImportError:  # pragma: no cover
         pass
-    from .caps import disable_own_core_dumps
+    from ..supervisor.caps import disable_own_core_dumps
 
     disable_own_core_dumps()
     logging.basicConfig(level=os.environ.get("CORRAL_LOG_LEVEL", "WARNING"),
