@@ -78,6 +78,7 @@ class Daemon:
                               heartbeat_timeout=s.heartbeat_timeout)
         self.sup.log_listeners.append(self._on_worker_log)
         self.sup.tick_listeners.append(self.notifier.watchdog)
+        self.sup.stall_listeners.append(self._on_stall)
         events = self.sup.subscribe(maxsize=100_000)
         self.control = ControlServer(self, sock_path, s.group)
         try:
@@ -187,6 +188,10 @@ class Daemon:
                           LineBlock.one(f"{e.previous} -> {e.state}: {e.reason}"), when=e.time)
             if self.notifier.enabled:
                 self.notifier.status(self.status_line())
+
+    def _on_stall(self, seconds: float) -> None:
+        self.hub.daemon(f"event loop stalled for {seconds:.2f} s (not counted against any "
+                        f"worker's heartbeat)")
 
     def _on_worker_log(self, replica: Replica, stream: str, lines: LineBlock) -> None:
         self.hub.emit(replica.name, replica.index, replica.pid or 0, stream, lines)

@@ -21,6 +21,7 @@ from ..mcp.pool import McpPool
 from .config import AgentSpec, ConfigError, McpServerSpec
 from .events import EventBus
 from .lifecycle import LIVE, SERVING, State
+from .listening import ListeningClock
 from .mcpserver import McpServerReplica
 from .replica import Event, Replica, ReplicaStatus
 from .tasks import TaskManager
@@ -39,6 +40,8 @@ class Stats(msgspec.Struct):
     spawn_failures: int = 0
     exits: int = 0
     active: int = 0  # live processes now
+    loop_stalls: int = 0  # heartbeat ticks at least a second late (see listening.py)
+    longest_stall: float = 0.0
 
 
 class Agent:
@@ -104,6 +107,9 @@ class Supervisor:
         # (replica, stream, lines): the lines (bytes) that arrived together
         self.log_listeners: list[Callable[[Replica, str, LineBlock], None]] = []
         self.tick_listeners: list[Callable[[], None]] = []
+        # the loop's own stalls, taken off the time a worker counts as silent
+        self.listening = ListeningClock()
+        self.stall_listeners: list[Callable[[float], None]] = []
         self.worker_methods: dict[str, Callable[[Replica, Any], Any]] = {}
         self.worker_notifications: dict[str, Callable[[Replica, Any], None]] = {}
         self.exit_listeners: list[Callable[[Replica, str], None]] = []
@@ -203,6 +209,8 @@ class Supervisor:
     def runtime_stats(self) -> Stats:
         s = msgspec.structs.replace(self.stats)
         s.active = sum(1 for a in self.agents.values() for r in a.replicas if r.state in LIVE)
+        s.loop_stalls = self.listening.stalls
+        s.longest_stall = round(self.listening.longest, 3)
         return s
 
     # -- events ---------------------------------------------------------------------------
@@ -372,7 +380,13 @@ class Supervisor:
         tick = 0
         while True:
             await asyncio.sleep(max(0.0, next_tick - loop.time()))
-            next_tick += interval
+            woke = loop.time()
+            stall = self.listening.tick(woke - next_tick)
+            # after a stall, start afresh rather than run the missed ticks (and count the
+            # same stall again)
+            next_tick = next_tick + interval if woke < next_tick + interval else woke + interval
+            if stall:
+                self._on_stall(stall)
             tick += 1
             now = time.monotonic()
             # listing fds is the dearest sample; every 5th tick is enough for a gauge
@@ -388,6 +402,12 @@ class Supervisor:
                     listener()
                 except Exception:
                     log.exception("tick listener failed")
+
+    def _on_stall(self, seconds: float) -> None:
+        log.warning("event loop stalled for %.2f s; not counted as silence of any worker",
+                    seconds)
+        for listener in self.stall_listeners:
+            listener(seconds)
 
 
 def _object(raw: Any) -> dict[str, Any] | None:

@@ -287,7 +287,7 @@ class Replica:
         if self.state != State.STARTING:
             return
         self.ready_at = time.monotonic()
-        self._last_pong = self.ready_at
+        self._last_pong = self.sup.listening.now()
         self._set(State.READY, ready_reason)
         self.sup._on_ready(self)
 
@@ -435,7 +435,8 @@ class Replica:
                 self._sample(now, sample_fds)
             return
         if self.pings:  # without ping (stateless MCP), hangs show as call timeouts
-            if now - self._last_pong > timeout:
+            # silence counts only while corral was able to read the pipe
+            if self.sup.listening.now() - self._last_pong > timeout:
                 self.take_down(f"hung: no heartbeat for {timeout:g} s", graceful=False)
                 return
             if not self._ping_out:
@@ -451,7 +452,7 @@ class Replica:
     def _pong(self, fut: asyncio.Future[Any]) -> None:
         self._ping_out = False
         if not fut.cancelled() and fut.exception() is None:
-            self._last_pong = time.monotonic()
+            self._last_pong = self.sup.listening.now()
 
     def _sample(self, now: float, sample_fds: bool) -> None:
         proc = self.process
