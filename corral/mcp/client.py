@@ -1,4 +1,11 @@
-"""An MCP client over stdio, on corral's JSON-RPC layer.
+"""An MCP client on corral's JSON-RPC layer, over any transport.
+
+The transport seam: the client speaks through a `jsonrpc.Peer` (`make_peer`) whose `send`
+is the transport's write and whose `feed_line` the transport calls with every message from
+the server. For a supervised stdio server that is the process's stdin/stdout
+(supervisor/mcpserver.py); for a remote server it is `mcp/http.py` (Streamable HTTP or the
+legacy HTTP+SSE transport), which also needs the negotiated revision for its
+`MCP-Protocol-Version` header: `on_version` tells it.
 
 Lifecycle, per revision:
 - 2026-07-28 (stateless): `server/discover` first; every request then carries
@@ -71,6 +78,8 @@ class McpClient:
         self._progress: dict[Any, ProgressCallback] = {}
         self.on_tools_changed: Callable[[], None] | None = None
         self.on_log: Callable[[str], None] | None = None
+        # told the negotiated protocol version (an HTTP transport sends it as a header)
+        self.on_version: Callable[[str], None] | None = None
 
     def make_peer(self, send: Callable[[bytes], None], **kw: Any) -> Peer:
         self.peer = Peer(
@@ -107,7 +116,7 @@ class McpClient:
         if isinstance(found, dict) and isinstance(found.get("supportedVersions"), list):
             offered = [v for v in found["supportedVersions"] if isinstance(v, str)]
             if STATELESS in offered:
-                self.version = STATELESS
+                self._negotiated(STATELESS)
                 self.capabilities = found.get("capabilities") or {}
                 self.server_info = (found.get("serverInfo")
                                     or (found.get("_meta") or {}).get(
@@ -133,11 +142,16 @@ class McpClient:
                 f"MCP server {self.name} answered initialize with protocol version "
                 f"{answered!r}, which corral does not speak ({', '.join(SUPPORTED)})")
         version: str = answered
-        self.version = version
+        self._negotiated(version)
         self.capabilities = result.get("capabilities") or {}
         self.server_info = result.get("serverInfo") or {}
         self.peer.notify("notifications/initialized")
         return version
+
+    def _negotiated(self, version: str) -> None:
+        self.version = version
+        if self.on_version is not None:
+            self.on_version(version)
 
     async def ping(self, timeout: float) -> None:
         if self.stateless:
