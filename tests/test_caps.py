@@ -63,6 +63,19 @@ def test_exit_reasons_name_the_cap() -> None:
         "file size limit (RLIMIT_FSIZE 1 MiB)")
     assert explain_exit(-signal.SIGXFSZ, LIM, []) == "file size limit (RLIMIT_FSIZE 1 MiB)"
     # a symptom without its cap in force is not blamed on a cap
-    assert explain_exit(1, Limits(), ["MemoryError"]) == "exited with status 1"
+    # ... but the reason carries the last stderr line
+    assert explain_exit(1, Limits(), ["MemoryError"]) == "exited with status 1: MemoryError"
     assert explain_exit(-signal.SIGSEGV, LIM, []) == "killed by SIGSEGV"
     assert explain_exit(0, LIM, []) == "exited with status 0"
+
+
+def test_an_exit_without_a_cap_carries_its_last_stderr_line_trimmed() -> None:
+    tb = ["Traceback (most recent call last):", '  File "a.py", line 1, in <module>',
+          "ModuleNotFoundError: No module named 'nosuch'", "   ", ""]
+    assert explain_exit(1, Limits(), tb) == (
+        "exited with status 1: ModuleNotFoundError: No module named 'nosuch'")
+    assert explain_exit(-signal.SIGSEGV, Limits(), ["  boom  "]) == "killed by SIGSEGV: boom"
+    long = explain_exit(2, Limits(), ["x" * 500])
+    assert long == "exited with status 2: " + "x" * 199 + "…"
+    # nothing said: nothing added
+    assert explain_exit(2, Limits(), ["", " "]) == "exited with status 2"

@@ -208,11 +208,12 @@ def test_no_line_lost_before_a_crash(tmp: Path) -> None:
         text = (d.state / "logs" / "dying.log").read_text().splitlines()
         lines = [t.split(" stderr: ", 1)[1] for t in text if " stderr: " in t]
         assert lines == [f"line {i}" for i in range(5000)] + ["last words"]
-        assert d.status()["dying#0"]["last_exit"] == "exited with status 9"
+        assert d.status()["dying#0"]["last_exit"] == "exited with status 9: last words"
         r = d.cli("logs", "dying", "-n", "2")
         last_two = r.stdout.splitlines()
         assert last_two[0].endswith(" stderr: last words")
-        assert last_two[1].endswith(" event: starting -> terminated: exited with status 9")
+        assert last_two[1].endswith(
+            " event: starting -> terminated: exited with status 9: last words")
         assert d.stop() == 0
     finally:
         d.close()

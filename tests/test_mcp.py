@@ -152,10 +152,10 @@ async def test_server_exit_fails_in_flight_calls_and_restarts(sup: Supervisor) -
     with pytest.raises(RpcError) as err:
         await sup.mcp.call("d__die", {})
     assert err.value.code == jsonrpc.PEER_CLOSED
-    assert err.value.message == "MCP server d#0 exited: exited with status 5"
+    assert err.value.message == "MCP server d#0 exited: exited with status 5: dying mid-call"
     with pytest.raises(RpcError) as err2:
         await slow
-    assert err2.value.message == "MCP server d#0 exited: exited with status 5"
+    assert err2.value.message == "MCP server d#0 exited: exited with status 5: dying mid-call"
     await wait_mcp(sup, inst, "ready")
     assert inst.pid != pid and inst.restarts == 1
     assert (await sup.mcp.call("d__echo", {"text": "back"}))["content"][0]["text"] == "back"

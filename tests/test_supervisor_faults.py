@@ -239,7 +239,7 @@ async def test_crash_mid_task_fails_the_request_and_restarts(sup: Supervisor) ->
     with pytest.raises(RpcError) as err:
         await run_task(sup, "crashy", {"do": "crash"})
     assert err.value.code == jsonrpc.PEER_CLOSED
-    assert err.value.message == "worker exited: exited with status 3"
+    assert err.value.message == "worker exited: exited with status 3: crashing on request"
     # the last line before the crash made it
     assert "crashing on request" in logs
     await sup.wait_state("crashy", State.READY)

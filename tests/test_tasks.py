@@ -50,9 +50,10 @@ async def test_crash_mid_task_without_retries_is_lost_with_the_reason(sup: Super
     await sup.wait_state("crashy", State.READY)
     res = await sup.tasks.run("crashy", {"do": "crash"})
     assert res.status == "lost"
-    assert res.error is not None and res.error.message == "worker exited: exited with status 3"
+    assert res.error is not None and res.error.message == (
+        "worker exited: exited with status 3: crashing on request")
     assert [(a.outcome, a.error) for a in res.attempts] == [
-        ("lost", "worker exited: exited with status 3")]
+        ("lost", "worker exited: exited with status 3: crashing on request")]
 
 
 async def test_crash_mid_task_with_retries_runs_again(sup: Supervisor, tmp_path: Path) -> None:
@@ -338,7 +339,7 @@ async def test_queued_tasks_end_when_their_agent_stops_or_fails(sup: Supervisor)
     assert first.status == "lost"
     assert (waiting.status, waiting.error and waiting.error.message) == (
         "lost", "agent doomed is failed: too many restarts (0 within 60 s); last exit: "
-                "exited with status 3")
+                "exited with status 3: crashing on request")
 
 
 async def test_queued_tasks_survive_a_crash_that_is_restarted(sup: Supervisor) -> None:
@@ -358,7 +359,7 @@ async def test_queued_tasks_end_when_a_never_restarted_agent_dies(sup: Superviso
     waiting = sup.tasks.submit("once", {"do": "echo"})
     await asyncio.wait_for(asyncio.gather(first.done, waiting.done), 10)
     assert (waiting.status, waiting.error and waiting.error.message) == (
-        "lost", "agent once is down: exited with status 3")
+        "lost", "agent once is down: exited with status 3: crashing on request")
 
 
 async def test_bad_params_from_workers_and_callers_are_refused(sup: Supervisor) -> None:

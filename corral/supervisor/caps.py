@@ -95,6 +95,19 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+LAST_LINE_CHARS = 200  # of the last stderr line an exit reason carries
+
+
+def last_line(stderr_tail: list[str]) -> str:
+    """The last non-blank stderr line, trimmed: what a crash most often says about itself
+    (a traceback ends with the exception)."""
+    for line in reversed(stderr_tail):
+        text = line.strip()
+        if text:
+            return text if len(text) <= LAST_LINE_CHARS else text[: LAST_LINE_CHARS - 1] + "…"
+    return ""
+
+
 def explain_exit(
     returncode: int,
     limits: Limits,
@@ -102,7 +115,8 @@ def explain_exit(
     *,
     cpu_seconds_used: float | None = None,
 ) -> str:
-    """The reason for an exit that corral did not cause, in words that name the cap."""
+    """The reason for an exit that corral did not cause, in words that name the cap; an
+    exit that names no cap carries the process's last stderr line."""
     caps = describe(limits)
     if returncode < 0:
         sig = -returncode
@@ -117,9 +131,9 @@ def explain_exit(
             and cpu_seconds_used >= limits.cpu_seconds - 0.5
         ):
             return caps["cpu"]
-        return f"killed by {signal_name(sig)}"
+        return _with_last_line(f"killed by {signal_name(sig)}", stderr_tail)
     if returncode == 126 and any("ulimit" in line for line in stderr_tail):
-        return "could not apply resource limits: " + stderr_tail[-1].strip()
+        return "could not apply resource limits: " + last_line(stderr_tail)
     tail = "\n".join(stderr_tail[-20:])
     for cap, symptoms in _SYMPTOMS.items():
         if cap in caps and any(s in tail for s in symptoms):
@@ -128,4 +142,9 @@ def explain_exit(
         return "exited with status 0"
     if returncode == 127 and any("not found" in line for line in stderr_tail[-3:]):
         return "command not found (status 127)"
-    return f"exited with status {returncode}"
+    return _with_last_line(f"exited with status {returncode}", stderr_tail)
+
+
+def _with_last_line(reason: str, stderr_tail: list[str]) -> str:
+    line = last_line(stderr_tail)
+    return f"{reason}: {line}" if line else reason

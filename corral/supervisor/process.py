@@ -16,6 +16,7 @@ import os
 import pwd
 import signal
 import subprocess
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,8 @@ from .caps import wrap_argv
 from .config import ConfigError, Limits
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+# the last stderr lines of a process, kept to explain its exit
+STDERR_TAIL = 40
 STDERR_PIPE_SIZE = 1 << 20
 
 
@@ -69,6 +72,9 @@ class ChildProcess:
         self._transports: list[asyncio.BaseTransport] = []
         self.psutil = psutil.Process(self.pid)
         self.descendants: set[int] = set()
+        # this process's own last stderr lines: an exit is explained by them, never by an
+        # earlier process's (the tail lives and dies with the process)
+        self.stderr_tail: deque[bytes] = deque(maxlen=STDERR_TAIL)
         loop.add_reader(pidfd, self._on_pidfd)
 
     @classmethod
@@ -122,13 +128,17 @@ class ChildProcess:
                 popen.stdout,
             )
 
+            def stderr_lines(lines: LineBlock) -> None:
+                child.stderr_tail.extend(lines.last(STDERR_TAIL))
+                on_stderr_lines(lines)
+
             def stderr_eof(exc: Exception | None) -> None:
                 if not child.stderr_closed.done():
                     child.stderr_closed.set_result(None)
 
             # stderr lines are logs; a 16 MiB cap keeps a runaway line from eating memory
             err_t, _ = await loop.connect_read_pipe(
-                lambda: ChunkLines(on_stderr_lines, stderr_eof, max_line=max_line),
+                lambda: ChunkLines(stderr_lines, stderr_eof, max_line=max_line),
                 popen.stderr,
             )
         except BaseException:

@@ -14,7 +14,6 @@ import pwd
 import signal
 import subprocess
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from .core import Supervisor
 
 PROTOCOL_VERSION = "1"
-STDERR_TAIL = 40
 # consecutive heartbeat samples above cpu_percent before it counts as a breach
 CPU_PERCENT_SAMPLES = 5
 
@@ -96,7 +94,6 @@ class Replica:
         self.spawned_at: float | None = None
         self.ready_at: float | None = None
         self.sample = Sample()
-        self.stderr_tail: deque[bytes] = deque(maxlen=STDERR_TAIL)
         self.tasks_running = 0
         self.policy = self._make_policy(spec)
         self._life: asyncio.Task[None] | None = None
@@ -352,7 +349,7 @@ class Replica:
             reason = explain_exit(
                 rc,
                 self.spec.limits,
-                [b.decode("utf-8", "replace") for b in self.stderr_tail],
+                [b.decode("utf-8", "replace") for b in proc.stderr_tail],
                 cpu_seconds_used=cpu_used,
             )
         uptime = time.monotonic() - (self.spawned_at or time.monotonic())
@@ -406,8 +403,6 @@ class Replica:
         pass  # exit is told by the pidfd; stdout may close earlier or later
 
     def _on_stderr_lines(self, lines: LineBlock) -> None:
-        # kept as bytes: splitting and decoding are paid only by whoever reads them
-        self.stderr_tail.extend(lines.last(STDERR_TAIL))
         self.sup._on_log(self, "stderr", lines)
 
     def _on_oversize(self, size: int) -> None:
