@@ -30,7 +30,7 @@ from ..supervisor.replica import Event, Replica
 from .control import AlreadyRunning, ControlServer
 from .logs import LogHub
 from .notify import Notifier
-from .store import StateStore
+from .store import StateStore, StoreError
 
 if TYPE_CHECKING:
     from .control import Connection
@@ -91,8 +91,14 @@ class Daemon:
             print(f"corral: cannot listen on {sock_path}: {exc.strerror}", file=sys.stderr)
             self.hub.close()
             return 1
-        self.store = StateStore(state_dir / "corral.db")
-        self.sup.checkpoints.update(self.store.states())
+        try:
+            self.store = StateStore(state_dir / "corral.db")
+            self.sup.checkpoints.update(self.store.states())
+        except StoreError as exc:
+            print(f"corral: {exc}", file=sys.stderr)
+            await self.control.close()
+            self.hub.close()
+            return 1
         self.sup.checkpoint_listeners.append(self.store.save_state)
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()

@@ -1,56 +1,264 @@
 """The daemon's durable state: an SQLite database (WAL) in the state directory.
 
 What must survive a restart of the daemon lives here: agents added at runtime (the TOML
-file stays the operator's declaration), and the audit log of control operations.
-Writes are few and small (control operations, not the hot path).
+file stays the operator's declaration), agent state checkpoints, the task journal
+(`journal.py` writes it) and the audit log of control operations. The state directory is
+mode 0700 and the database file 0600 (SQLite gives its -wal and -shm files the same mode).
+
+Schema versions. The database's schema version is SQLite's `PRAGMA user_version`: the
+number of entries of `MIGRATIONS` that have been applied to it. At start-up `open_database`
+applies the missing ones in order, each in its own transaction together with the new
+version number, so a crash mid-migration leaves the previous version intact. To change the
+schema, append ONE entry to `MIGRATIONS` (SQL, or a function of the connection for a data
+migration) and never edit an entry that has landed: databases in the field have run it.
+
+    MIGRATIONS.append(...)      # that is the whole procedure
+
+A database written by a newer corral (a higher version than this code knows), one that is
+locked by another process, read-only or corrupt stops the daemon at start-up with a
+`StoreError` that names the file and what to do; nothing is ever reset silently.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runtime_agents (
-    name TEXT PRIMARY KEY,
-    spec TEXT NOT NULL,
-    added_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS agent_state (
-    name TEXT NOT NULL,
-    replica INTEGER NOT NULL,
-    time REAL NOT NULL,
-    state TEXT NOT NULL,
-    PRIMARY KEY (name, replica)
-);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY,
-    time REAL NOT NULL,
-    uid INTEGER NOT NULL,
-    pid INTEGER NOT NULL,
-    method TEXT NOT NULL,
-    params TEXT NOT NULL,
-    outcome TEXT NOT NULL
-);
-"""
+BUSY_TIMEOUT_MS = 2000  # another process's transaction may hold the write lock this long
+
+Migration = str | Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: list[Migration] = [
+    # 1: the schema before versioning existed (IF NOT EXISTS: databases written then
+    # already have these tables, at user_version 0)
+    """
+    CREATE TABLE IF NOT EXISTS runtime_agents (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        added_at REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS agent_state (
+        name TEXT NOT NULL,
+        replica INTEGER NOT NULL,
+        time REAL NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (name, replica)
+    );
+    CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        uid INTEGER NOT NULL,
+        pid INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        params TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    """,
+    # 2: the task journal. `seq` is the engine's acceptance order (the queue's tie-break);
+    # input, output, error, attempts and progress are JSON as the engine holds them.
+    """
+    CREATE TABLE tasks (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        agent TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        timeout REAL NOT NULL,
+        retries_left INTEGER NOT NULL,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        status TEXT NOT NULL,
+        tool_calls INTEGER NOT NULL DEFAULT 0,
+        input BLOB,
+        output BLOB,
+        error BLOB,
+        attempts BLOB NOT NULL,
+        progress BLOB
+    );
+    CREATE INDEX tasks_unfinished ON tasks (seq) WHERE finished IS NULL;
+    CREATE INDEX tasks_finished ON tasks (finished) WHERE finished IS NOT NULL;
+    CREATE INDEX tasks_created ON tasks (created);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The state database cannot be used; the message names the file and what to do."""
+
+
+def _explain(path: Path, exc: sqlite3.Error) -> StoreError:
+    """Turn SQLite's error into one an operator can act on."""
+    text = str(exc)
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in text:
+        return StoreError(
+            f"state database {path} is locked by another process ({text}): is another "
+            "corral daemon using the same state_dir? Stop it, or give this daemon its own "
+            "state_dir")
+    if code == sqlite3.SQLITE_READONLY or "readonly" in text or "read-only" in text:
+        return StoreError(
+            f"state database {path} is read-only ({text}): make the file and its directory "
+            f"writable by uid {os.geteuid()}, or set [supervisor] state_dir to a writable "
+            "directory")
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT) or (
+            "not a database" in text or "malformed" in text):
+        return StoreError(
+            f"state database {path} is corrupt ({text}): corral will not reset it. Move it "
+            "aside (with its -wal and -shm files) to start with an empty state, or restore "
+            "it from a backup; `sqlite3 FILE .recover` may save its contents")
+    if code == sqlite3.SQLITE_CANTOPEN or "unable to open" in text:
+        return StoreError(
+            f"state database {path} cannot be opened ({text}): check that its directory "
+            f"exists and is writable by uid {os.geteuid()}")
+    return StoreError(f"state database {path}: {text}")
+
+
+@contextlib.contextmanager
+def errors_named(path: Path) -> Iterator[None]:
+    """SQLite errors of start-up reads become StoreErrors naming the file."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise _explain(path, exc) from None
+
+
+def prepare_state_dir(directory: Path) -> None:
+    """The state directory exists and only its owner may enter it (0700)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = directory.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        directory.chmod(0o700)
+
+
+def connect(path: Path, *, sync: str = "normal") -> sqlite3.Connection:
+    """A connection with corral's settings (WAL, busy timeout, `sync` = normal | full)."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                         timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
+
+
+def open_database(path: Path, *, sync: str = "normal") -> sqlite3.Connection:
+    """Open (creating it 0600 if new) and migrate the database; StoreError if it cannot."""
+    try:
+        prepare_state_dir(path.parent)
+    except OSError as exc:
+        raise StoreError(f"state directory {path.parent} cannot be created or used "
+                         f"({exc.strerror}): set [supervisor] state_dir to a directory "
+                         f"uid {os.geteuid()} may write") from None
+    # SQLite would open an unwritable file read-only and fail at the first write: say so
+    # now, and about the directory too (WAL needs its -wal and -shm files beside the file)
+    for what, target in (("state database", path), ("state directory", path.parent)):
+        if target.exists() and not os.access(target, os.W_OK, effective_ids=True):
+            why = ("on a read-only file system" if os.statvfs(target).f_flag & os.ST_RDONLY
+                   else f"not writable by uid {os.geteuid()}")
+            raise StoreError(
+                f"{what} {target} is read-only ({why}): make "
+                f"the file and its directory writable by uid {os.geteuid()}, or set "
+                "[supervisor] state_dir to a writable directory")
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    except OSError as exc:
+        raise StoreError(f"state database {path} cannot be created ({exc.strerror}): set "
+                         f"[supervisor] state_dir to a directory uid {os.geteuid()} may "
+                         "write") from None
+    try:
+        db = connect(path, sync=sync)
+    except sqlite3.Error as exc:
+        raise _explain(path, exc) from None
+    try:
+        migrate(db)
+    except sqlite3.Error as exc:
+        db.close()
+        raise _explain(path, exc) from None
+    except StoreError as exc:
+        db.close()
+        raise StoreError(f"state database {path}: {exc}") from None
+    return db
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(db: sqlite3.Connection, migrations: list[Migration] | None = None) -> int:
+    """Apply the migrations the database has not had; its schema version afterwards."""
+    steps = MIGRATIONS if migrations is None else migrations
+    # BEGIN IMMEDIATE: a daemon racing us waits here rather than migrating twice
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = schema_version(db)
+        if version > len(steps):
+            raise StoreError(
+                f"its schema version {version} is newer than this corral knows "
+                f"({len(steps)}): run the corral that wrote it, or a newer one")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    for number in range(version + 1, len(steps) + 1):
+        step = steps[number - 1]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if schema_version(db) >= number:  # another process did it meanwhile
+                db.execute("COMMIT")
+                continue
+            if callable(step):
+                step(db)
+            else:
+                for statement in _statements(step):
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {number}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    return schema_version(db)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (executescript would commit midway)."""
+    out: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                out.append(current.strip())
+            current = ""
+    if current.strip():
+        out.append(current.strip())
+    return out
 
 
 class StateStore:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    """The small tables: runtime agents, state checkpoints, audit. Their writes are few
+    and small (control operations, not the hot path); the task journal has its own
+    writer thread (`journal.py`)."""
+
+    def __init__(self, path: Path, *, sync: str = "normal") -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        self.sync = sync
+        self.db = open_database(path, sync=sync)
 
     def runtime_agents(self) -> dict[str, dict[str, Any]]:
-        rows = self.db.execute("SELECT name, spec FROM runtime_agents ORDER BY added_at")
-        return {name: msgspec.json.decode(spec) for name, spec in rows}
+        with errors_named(self.path):
+            rows = self.db.execute("SELECT name, spec FROM runtime_agents ORDER BY added_at")
+            return {name: msgspec.json.decode(spec) for name, spec in rows}
 
     def save_runtime_agent(self, name: str, table: dict[str, Any]) -> None:
         self.db.execute(
@@ -68,8 +276,9 @@ class StateStore:
         )
 
     def states(self) -> dict[tuple[str, int], tuple[float, Any]]:
-        rows = self.db.execute("SELECT name, replica, time, state FROM agent_state")
-        return {(n, r): (t, msgspec.json.decode(s)) for n, r, t, s in rows}
+        with errors_named(self.path):
+            rows = self.db.execute("SELECT name, replica, time, state FROM agent_state")
+            return {(n, r): (t, msgspec.json.decode(s)) for n, r, t, s in rows}
 
     def audit(self, uid: int, pid: int, method: str, params: Any, outcome: str) -> None:
         self.db.execute(

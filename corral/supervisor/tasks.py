@@ -145,14 +145,25 @@ class AgentTasks:
     """One agent's queue, counters and latency window."""
 
     def __init__(self, per_minute: float) -> None:
+        # (-priority, seq, task): seq is unique, so the order is total and a Task is never
+        # compared; only queued tasks are in the heap (a cancelled one leaves it at once)
         self.heap: list[tuple[int, int, Task]] = []
-        self.depth = 0  # queued tasks still waiting (cancelled ones leave the heap lazily)
         self.bucket = TokenBucket(per_minute) if per_minute else None
         self.counts = dict.fromkeys(
             ("accepted", "succeeded", "failed", "timed_out", "cancelled", "lost", "retried",
              "refused"), 0)
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.running = 0
+
+    @property
+    def depth(self) -> int:
+        """Tasks waiting: derived from the queue itself, so it cannot drift."""
+        return len(self.heap)
+
+    def remove(self, task: Task) -> None:
+        """Take a waiting task out of the queue (it was cancelled)."""
+        self.heap = [e for e in self.heap if e[2] is not task]
+        heapq.heapify(self.heap)
 
     def stats(self) -> dict[str, Any]:
         finished = sum(self.counts[k] for k in TERMINAL)
@@ -242,10 +253,10 @@ class TaskManager:
             return f"agent {agent.name} is stopped"
         return None
 
-    def _enqueue(self, q: AgentTasks, task: Task, front: bool = False) -> None:
-        # retried tasks go before everything of their priority
-        heapq.heappush(q.heap, (-task.priority, -1 if front else task.seq, task))
-        q.depth += 1
+    def _enqueue(self, q: AgentTasks, task: Task) -> None:
+        # a retried task keeps its sequence number: it goes back before every task of its
+        # priority that arrived after it, and ties are impossible
+        heapq.heappush(q.heap, (-task.priority, task.seq, task))
 
     # -- dispatch -------------------------------------------------------------------------
     def _free_replica(self, agent: Agent) -> Replica | None:
@@ -263,14 +274,10 @@ class TaskManager:
         if agent is None or q is None:
             return
         while q.heap:
-            if q.heap[0][2].status != "queued":
-                heapq.heappop(q.heap)  # cancelled while waiting
-                continue
             r = self._free_replica(agent)
             if r is None:
                 return
             _, _, task = heapq.heappop(q.heap)
-            q.depth -= 1
             self._start(task, r, q)
 
     def _start(self, task: Task, r: Replica, q: AgentTasks) -> None:
@@ -322,7 +329,7 @@ class TaskManager:
                 q.counts["retried"] += 1
                 task.status = "queued"
                 task.replica = None
-                self._enqueue(q, task, front=True)
+                self._enqueue(q, task)
             else:
                 self._finish(task, "lost", error=TaskError(exc.code, exc.message))
         elif exc.code == jsonrpc.REQUEST_CANCELLED:
@@ -412,8 +419,7 @@ class TaskManager:
         if task.status in TERMINAL:
             raise RpcError(jsonrpc.CONFLICT, f"task {task_id} already finished ({task.status})")
         if task.status == "queued":
-            q = self.by_agent[task.agent]
-            q.depth -= 1
+            self.by_agent[task.agent].remove(task)
             self._finish(task, "cancelled", error=TaskError(
                 jsonrpc.REQUEST_CANCELLED, "cancelled while queued"))
             return task
@@ -464,11 +470,10 @@ class TaskManager:
 
     def _drain(self, q: AgentTasks, status: str, error: TaskError) -> None:
         """End every task still waiting in `q`."""
-        for _, _, task in q.heap:
-            if task.status == "queued":
-                q.depth -= 1
-                self._finish(task, status, error=error)
+        waiting = [task for _, _, task in sorted(q.heap)]
         q.heap.clear()
+        for task in waiting:
+            self._finish(task, status, error=error)
 
     def forget_agent(self, name: str) -> None:
         """An agent was removed: its queued tasks are cancelled."""

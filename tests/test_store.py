@@ -1,0 +1,212 @@
+"""The state database: schema versions and migrations, file modes, and its faults at
+start-up (locked, read-only, corrupt, too new) — each a clear error, never a reset."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from corral.daemon import store
+from corral.daemon.store import SCHEMA_VERSION, StateStore, StoreError, open_database
+
+from .conftest import ROOT
+from .daemon_harness import Daemon
+
+# The schema as corral wrote it before schema versions existed (user_version 0)
+UNVERSIONED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runtime_agents (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    added_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agent_state (
+    name TEXT NOT NULL,
+    replica INTEGER NOT NULL,
+    time REAL NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (name, replica)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    uid INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    params TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+"""
+
+
+def tables(db: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_a_database_from_before_schema_versions_is_migrated_with_its_rows(
+        tmp_path: Path) -> None:
+    path = tmp_path / "corral.db"
+    old = sqlite3.connect(path)
+    old.executescript(UNVERSIONED_SCHEMA)
+    old.execute("INSERT INTO runtime_agents VALUES ('extra', '{\"command\": \"x\"}', 1.0)")
+    old.execute("INSERT INTO agent_state VALUES ('extra', 0, 2.0, '{\"step\": 3}')")
+    old.execute("INSERT INTO audit VALUES (1, 3.0, 0, 42, 'agents.add', '{}', 'ok')")
+    old.commit()
+    old.close()
+    s = StateStore(path)
+    try:
+        assert store.schema_version(s.db) == SCHEMA_VERSION
+        assert {"runtime_agents", "agent_state", "audit", "tasks"} <= tables(s.db)
+        assert s.runtime_agents() == {"extra": {"command": "x"}}
+        assert s.states() == {("extra", 0): (2.0, {"step": 3})}
+        assert s.audit_log() == [(3.0, 0, 42, "agents.add", "{}", "ok")]
+    finally:
+        s.close()
+
+
+def test_a_new_migration_is_one_appended_entry_applied_once(tmp_path: Path) -> None:
+    path = tmp_path / "corral.db"
+    open_database(path).close()
+    more = [*store.MIGRATIONS, "CREATE TABLE extra (x INTEGER);\nINSERT INTO extra VALUES (1);"]
+    db = store.connect(path)
+    assert store.migrate(db, more) == SCHEMA_VERSION + 1
+    assert store.migrate(db, more) == SCHEMA_VERSION + 1  # nothing left to apply
+    assert db.execute("SELECT count(*) FROM extra").fetchone() == (1,)
+    db.close()
+
+
+def test_a_failing_migration_leaves_the_previous_version_whole(tmp_path: Path) -> None:
+    path = tmp_path / "corral.db"
+    open_database(path).close()
+    broken = [*store.MIGRATIONS, "CREATE TABLE half (x INTEGER);\nNOT SQL AT ALL;"]
+    db = store.connect(path)
+    with pytest.raises(sqlite3.OperationalError, match="syntax error"):
+        store.migrate(db, broken)
+    assert store.schema_version(db) == SCHEMA_VERSION
+    assert "half" not in tables(db)
+    db.close()
+
+
+def test_a_database_from_a_newer_corral_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "corral.db"
+    db = open_database(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 3}")
+    db.close()
+    with pytest.raises(StoreError) as err:
+        open_database(path)
+    assert str(err.value) == (
+        f"state database {path}: its schema version {SCHEMA_VERSION + 3} is newer than this "
+        f"corral knows ({SCHEMA_VERSION}): run the corral that wrote it, or a newer one")
+
+
+def test_the_state_directory_is_0700_and_the_database_0600(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    s = StateStore(state / "corral.db")
+    s.save_state("a", 0, 1.0, {})
+    try:
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        for name in ("corral.db", "corral.db-wal", "corral.db-shm"):
+            assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
+    finally:
+        s.close()
+
+
+def test_a_corrupt_page_is_reported_not_reset(tmp_path: Path) -> None:
+    path = tmp_path / "corral.db"
+    s = StateStore(path)
+    for i in range(300):
+        s.save_state(f"agent{i}", 0, 1.0, {"pad": "x" * 200})
+    s.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    s.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    data[2 * page:len(data)] = b"\xa5" * (len(data) - 2 * page)
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"is corrupt .*corral will not reset it"):
+        StateStore(path).states()
+    assert path.read_bytes() == bytes(data)
+
+
+# -- through `corral daemon` ----------------------------------------------------------------
+def daemon_error(d: Daemon) -> tuple[int, str]:
+    d.start(wait_ready=False)
+    assert d.proc is not None
+    rc = d.proc.wait(30)
+    assert d.proc.stderr is not None
+    return rc, d.proc.stderr.read().decode()
+
+
+def test_daemon_refuses_a_corrupt_database_naming_it(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    d.state.mkdir(mode=0o700)
+    db = d.state / "corral.db"
+    garbage = b"this is not an SQLite database\n" * 200
+    db.write_bytes(garbage)
+    try:
+        rc, err = daemon_error(d)
+    finally:
+        d.close()
+    assert rc == 1
+    assert err.startswith(f"corral: state database {db} is corrupt (file is not a database): "
+                          "corral will not reset it. Move it aside")
+    assert db.read_bytes() == garbage
+
+
+def test_daemon_refuses_a_database_locked_by_another_process(tmp_path: Path) -> None:
+    d = Daemon(tmp_path)
+    db = d.state / "corral.db"
+    open_database(db).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys\n"
+         f"db = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+         "db.execute('BEGIN EXCLUSIVE')\nprint('held', flush=True)\nsys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        rc, err = daemon_error(d)
+    finally:
+        holder.kill()
+        holder.wait()
+        d.close()
+    assert rc == 1
+    assert err == (f"corral: state database {db} is locked by another process (database is "
+                   "locked): is another corral daemon using the same state_dir? Stop it, or "
+                   "give this daemon its own state_dir\n")
+
+
+def unshare_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root for a read-only bind mount in a private mount namespace"
+    if shutil.which("unshare") is None:
+        return "no unshare(1) on this machine"
+    return None
+
+
+@pytest.mark.skipif(unshare_reason() is not None, reason=str(unshare_reason()))
+def test_daemon_refuses_a_read_only_database(tmp_path: Path) -> None:
+    # root may write any file: the state directory is a read-only bind mount, in a mount
+    # namespace of the daemon's own (nothing changes outside it)
+    d = Daemon(tmp_path)
+    db = d.state / "corral.db"
+    open_database(db).close()
+    (d.state / "logs").mkdir()
+    script = ('mount --bind -o ro "$0" "$0" && exec "$1" -m corral daemon --config "$2"')
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+         str(d.state), sys.executable, str(d.config)],
+        capture_output=True, text=True, timeout=30,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    d.close()
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == (
+        f"corral: state database {db} is read-only (on a read-only file system): make the "
+        "file and its directory writable by uid 0, or set [supervisor] state_dir to a "
+        "writable directory\n")
