@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -37,6 +39,7 @@ TOOL_NOT_ALLOWED = -32020  # outside the agent's allowlist
 TOOL_BUDGET_EXCEEDED = -32021  # past max_tool_calls_per_task
 TASK_FAILED = -32030  # the agent's handler raised
 UNSUPPORTED_VERSION = -32040  # protocol version negotiation failed
+MESSAGE_TOO_LARGE = -32041  # the answer was longer than the channel's line limit
 
 ERROR_NAMES = {
     PARSE_ERROR: "parse error",
@@ -56,9 +59,16 @@ ERROR_NAMES = {
     TOOL_BUDGET_EXCEEDED: "tool budget exceeded",
     TASK_FAILED: "task failed",
     UNSUPPORTED_VERSION: "unsupported protocol version",
+    MESSAGE_TOO_LARGE: "message too large",
 }
 
 DEFAULT_MAX_LINE = 16 * 1024 * 1024
+OVERSIZE_ENDS = 256  # bytes kept of each end of a discarded line: where its id is
+# a response's id, at the start of its line (Python SDK order) or at its end (TypeScript's)
+_ID_AT_START = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*'
+                          rb'(-?\d+|"(?:[^"\\]|\\.)*")')
+_ID_AT_END = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")\s*'
+                        rb'(?:,\s*"jsonrpc"\s*:\s*"2\.0"\s*)?\}\s*$')
 
 Id = int | str
 
@@ -150,7 +160,9 @@ class LineProtocol(asyncio.Protocol):
     """Splits a byte stream into lines with a hard cap on line length.
 
     A line longer than `max_line` is never buffered: the bytes seen so far are dropped,
-    the rest of the line is skipped up to its newline, and `on_oversize` is told once.
+    the rest of the line is skipped up to its newline, and `on_oversize` is told once,
+    with the line's size and its first and last `OVERSIZE_ENDS` bytes (where a JSON-RPC
+    response's id is: `Peer.oversized` fails that request at once).
     """
 
     def __init__(
@@ -159,7 +171,7 @@ class LineProtocol(asyncio.Protocol):
         on_eof: Callable[[Exception | None], None],
         *,
         max_line: int = DEFAULT_MAX_LINE,
-        on_oversize: Callable[[int], None] | None = None,
+        on_oversize: Callable[[int, bytes, bytes], None] | None = None,
     ) -> None:
         self.on_line = on_line
         self.on_eof = on_eof
@@ -167,6 +179,8 @@ class LineProtocol(asyncio.Protocol):
         self.max_line = max_line
         self._buf = bytearray()
         self._skipping = 0  # bytes skipped of the current oversized line, 0 when not skipping
+        self._head = b""  # the first bytes of the line being skipped
+        self._tail = b""  # its last bytes so far
         self.transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -178,11 +192,11 @@ class LineProtocol(asyncio.Protocol):
             nl = data.find(b"\n")
             if nl < 0:
                 self._skipping += len(data)
+                self._tail = (self._tail + data)[-OVERSIZE_ENDS:]
                 return
             self._skipping += nl
-            if self.on_oversize:
-                self.on_oversize(self._skipping)
-            self._skipping = 0
+            self._tail = (self._tail + data[:nl])[-OVERSIZE_ENDS:]
+            self._skipped()
             start = nl + 1
         buf = self._buf
         while True:
@@ -198,7 +212,7 @@ class LineProtocol(asyncio.Protocol):
             start = nl + 1
             if len(line) > self.max_line:
                 if self.on_oversize:
-                    self.on_oversize(len(line))
+                    self.on_oversize(len(line), line[:OVERSIZE_ENDS], line[-OVERSIZE_ENDS:])
                 continue
             if line:
                 self.on_line(line)
@@ -206,6 +220,8 @@ class LineProtocol(asyncio.Protocol):
             buf += data[start:]
             if len(buf) > self.max_line:
                 self._skipping = len(buf)
+                self._head = bytes(buf[:OVERSIZE_ENDS])
+                self._tail = bytes(buf[-OVERSIZE_ENDS:])
                 buf.clear()
 
     def eof_received(self) -> bool:
@@ -222,9 +238,14 @@ class LineProtocol(asyncio.Protocol):
             line = bytes(self._buf)
             self._buf.clear()
             self.on_line(line)
-        if self._skipping and self.on_oversize:
-            self.on_oversize(self._skipping)
-            self._skipping = 0
+        if self._skipping:
+            self._skipped()
+
+    def _skipped(self) -> None:
+        size, head, tail = self._skipping, self._head, self._tail
+        self._skipping, self._head, self._tail = 0, b"", b""
+        if self.on_oversize:
+            self.on_oversize(size, head, tail)
 
 
 class LineBlock:
@@ -348,6 +369,8 @@ class Peer:
         self._on_garbage = on_garbage
         self._next_id = 0
         self._pending: dict[Id, asyncio.Future[Any]] = {}
+        # ids of requests given up on without a cancel: their late answers are not garbage
+        self._forgotten: deque[Id] = deque(maxlen=64)
         self._incoming: dict[Id, asyncio.Task[Any]] = {}
         self.closed: RpcError | None = None
         self.garbage_lines = 0
@@ -414,6 +437,33 @@ class Peer:
             params = self._cancel_params(rid) if self._cancel_params else {"id": rid}
             self.notify(self._cancel_method, params)
 
+    def forget(self, rid: Id) -> None:
+        """Stop waiting for a request without cancelling it (the protocol may forbid
+        cancelling it, e.g. MCP's server/discover); a late answer is dropped quietly."""
+        if self._pending.pop(rid, None) is not None:
+            self._forgotten.append(rid)
+
+    def oversized(self, size: int, head: bytes, tail: bytes, limit: int) -> bool:
+        """A line over the limit was discarded: if it was the answer to a pending request
+        (its id is at one end of the line), fail that request now, naming size and limit,
+        rather than let it wait for its timeout. True if a request was failed."""
+        found = _ID_AT_START.match(head) or _ID_AT_END.search(tail)
+        if found is None:
+            return False
+        try:
+            rid = msgspec.json.decode(found.group(1))
+        except msgspec.DecodeError:
+            return False
+        fut = self._pending.pop(rid, None)
+        if fut is None or fut.done():
+            return False
+        mib = f" ({limit // 1048576} MiB)" if limit % 1048576 == 0 else ""
+        fut.set_exception(RpcError(
+            MESSAGE_TOO_LARGE,
+            f"the answer from {self.name} is {size} bytes, over the line limit of {limit} "
+            f"bytes{mib}; it was discarded"))
+        return True
+
     @property
     def in_flight(self) -> int:
         return len(self._pending)
@@ -467,6 +517,9 @@ class Peer:
             return
         fut = self._pending.pop(env.id, None)
         if fut is None:
+            if env.id in self._forgotten:
+                self._forgotten.remove(env.id)
+                return
             self._garbage(line, f"response to unknown request id {env.id!r}")
             return
         if fut.done():

@@ -188,9 +188,11 @@ class EventsFollow(Params):
 @method("tools.list")
 class ToolsList(Params):
     """The tools of the MCP servers, named SERVER__TOOL; with an agent, those its allowlist
-    admits."""
+    admits. Servers that are not serving are named in `unavailable` with the reason, and
+    in `failed` when they are Failed."""
 
     agent: str | None = None
+    server: str | None = None
 
 
 @method("tools.call", mutating=True)
@@ -204,6 +206,63 @@ class ToolsCall(Params):
 @method("mcp.status")
 class McpStatus(Params):
     """The MCP servers: state, protocol version, tools, calls, errors per instance."""
+
+
+class McpSelection(Params):
+    """One MCP server by name (all its instances)."""
+
+    name: str
+
+
+@method("mcp.start", mutating=True)
+class McpStart(McpSelection):
+    """Start an MCP server's instances (a Failed server is given a fresh start)."""
+
+
+@method("mcp.stop", mutating=True)
+class McpStop(McpSelection):
+    """Stop an MCP server's instances: stdin closed, SIGTERM after the grace, then SIGKILL
+    (the MCP stdio shutdown); calls in flight fail with the reason."""
+
+
+@method("mcp.restart", mutating=True)
+class McpRestart(McpSelection):
+    """Stop then start an MCP server's instances."""
+
+
+@method("resources.list")
+class ResourcesList(Params):
+    """The resources (and resource templates) of the MCP servers, or of one; with an
+    agent, those its allowlist admits (as SERVER__URI)."""
+
+    server: str | None = None
+    agent: str | None = None
+
+
+@method("resources.read")
+class ResourcesRead(Params):
+    """Read one resource by its URI, of the server given or else of the one server that
+    lists it."""
+
+    uri: str
+    server: str | None = None
+
+
+@method("prompts.list")
+class PromptsList(Params):
+    """The prompts of the MCP servers, or of one, named SERVER__PROMPT; with an agent,
+    those its allowlist admits."""
+
+    server: str | None = None
+    agent: str | None = None
+
+
+@method("prompts.get")
+class PromptsGet(Params):
+    """Get one prompt (SERVER__PROMPT) with its arguments (strings)."""
+
+    name: str
+    arguments: dict[str, str] = {}
 
 
 # -- results (what the daemon answers; the CLI decodes these) -------------------------------

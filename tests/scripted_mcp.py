@@ -13,10 +13,19 @@
     batch           answers in JSON-RPC batches (arrays)
     garbage         writes garbage and a 20 MiB line before anything else
     unknown-id      answers a request id it was never sent, at start
+    slow-start      reads nothing for 1.5 s (an SDK 2.x server under uvx), then serves
+                    2026-07-28: a discover it answers locks the connection (-32022 for
+                    initialize afterwards)
+    drop-discover   like slow-start's lock, but the first discover is never answered
+    resources       resources (paged, one per page), a template, subscribe; prompts; logging
 
 Tools: echo {text}, slow {seconds} (honours notifications/cancelled), die (exits mid-call),
 progress {steps} (notifications/progress to the caller's token), grow (adds tool "extra"
-and sends notifications/tools/list_changed).
+and sends notifications/tools/list_changed), block {seconds} (blocks the reader: no ping is
+answered meanwhile, like a FastMCP 1.x sync tool), big {mb} (a result of that many MiB),
+typed {n} (outputSchema {"n": integer}; returns structuredContent {"n": n} as given),
+touch {uri} (sends notifications/resources/updated), roots (asks the client roots/list).
+
 """
 
 import json
@@ -33,6 +42,19 @@ lock = threading.Lock()
 cancelled = set()
 tools = [{"name": n, "inputSchema": {"type": "object"}} for n in
          ("echo", "slow", "die", "progress", "grow")]
+if "resources" in modes:
+    tools += [{"name": n, "inputSchema": {"type": "object"}} for n in
+              ("block", "big", "touch", "roots")]
+    tools.append({"name": "typed", "inputSchema": {"type": "object"},
+                  "outputSchema": {"type": "object", "properties": {"n": {"type": "integer"}},
+                                   "required": ["n"]}})
+RESOURCES = [{"uri": f"mem://doc/{i}", "name": f"doc{i}", "mimeType": "text/plain"}
+             for i in range(3)]
+PROMPTS = [{"name": "greet", "description": "Say hello",
+            "arguments": [{"name": "who", "required": True}]}]
+locked = False  # a modern revision was negotiated on this connection
+dropped = False
+requests_out = {}
 if "bad-names" in modes:
     tools += [{"name": "bad__name", "inputSchema": {}}, {"name": "has space", "inputSchema": {}}]
 
@@ -77,6 +99,19 @@ def call(rid, params):
                   "params": {"progressToken": token, "progress": i + 1, "total": steps,
                              "message": f"step {i + 1}"}})
         reply(rid, {"content": [{"type": "text", "text": "done"}]})
+    elif name == "big":
+        reply(rid, {"content": [{"type": "text",
+                                 "text": "x" * int(float(args.get("mb", 2)) * 1048576)}]})
+    elif name == "typed":
+        reply(rid, {"content": [{"type": "text", "text": "typed"}],
+                    "structuredContent": {"n": args.get("n")}})
+    elif name == "touch":
+        send({"jsonrpc": "2.0", "method": "notifications/resources/updated",
+              "params": {"uri": args.get("uri")}})
+        reply(rid, {"content": [{"type": "text", "text": "touched"}]})
+    elif name == "roots":
+        requests_out["roots"] = rid
+        send({"jsonrpc": "2.0", "id": "r1", "method": "roots/list"})
     elif name == "grow":
         tools.append({"name": "extra", "inputSchema": {"type": "object"}})
         reply(rid, {"content": [{"type": "text", "text": "grown"}]})
@@ -86,6 +121,8 @@ def call(rid, params):
                     "isError": True})
 
 
+if "slow-start" in modes:
+    time.sleep(1.5)
 if "garbage" in modes:
     sys.stdout.write("garbage here\n" + "y" * (20 * 1024 * 1024) + "\n")
     sys.stdout.flush()
@@ -95,6 +132,72 @@ if "unknown-id" in modes:
 for line in sys.stdin:
     msg = json.loads(line)
     method, rid, params = msg.get("method"), msg.get("id"), msg.get("params") or {}
+    if method is None and rid == "r1":  # the client's answer to roots/list
+        reply(requests_out.pop("roots"), {"content": [{"type": "text",
+                                                        "text": json.dumps(msg)}]})
+        continue
+    if method == "server/discover" and ("slow-start" in modes or "drop-discover" in modes):
+        locked = True
+        if "drop-discover" in modes and not dropped:
+            dropped = True
+            continue
+        reply(rid, {"resultType": "complete", "supportedVersions": ["2026-07-28"],
+                    "capabilities": {"tools": {}}, "serverInfo": {"name": "slow"}})
+        continue
+    if method == "initialize" and locked:
+        send({"jsonrpc": "2.0", "id": rid, "error": {
+            "code": -32022, "message": "connection is serving the 2026-07-28 protocol; the "
+            "initialize handshake is not accepted", "data": {"supported": ["2026-07-28"]}}})
+        continue
+    if method == "tools/call" and (params.get("name") == "block"):
+        time.sleep(float((params.get("arguments") or {}).get("seconds", 3)))
+        reply(rid, {"content": [{"type": "text", "text": "unblocked"}]})
+        continue
+    if "resources" in modes and method in ("resources/list", "resources/templates/list",
+                                           "resources/read", "resources/subscribe",
+                                           "resources/unsubscribe", "prompts/list",
+                                           "prompts/get", "logging/setLevel",
+                                           "completion/complete"):
+        if method == "resources/list":
+            start = int(params.get("cursor") or 0)
+            page = {"resources": RESOURCES[start:start + 1]}
+            if start + 1 < len(RESOURCES):
+                page["nextCursor"] = str(start + 1)
+            reply(rid, page)
+        elif method == "resources/templates/list":
+            reply(rid, {"resourceTemplates": [{"uriTemplate": "mem://doc/{id}",
+                                               "name": "doc"}]})
+        elif method == "resources/read":
+            uri = params.get("uri")
+            if not any(r["uri"] == uri for r in RESOURCES):
+                error(rid, -32002, f"Resource not found: {uri}")
+            else:
+                reply(rid, {"contents": [{"uri": uri, "mimeType": "text/plain",
+                                          "text": f"contents of {uri}"}]})
+        elif method == "prompts/list":
+            reply(rid, {"prompts": PROMPTS})
+        elif method == "prompts/get":
+            who = (params.get("arguments") or {}).get("who")
+            if params.get("name") != "greet" or not who:
+                error(rid, -32602, "unknown prompt or missing argument who")
+            else:
+                reply(rid, {"messages": [{"role": "user", "content": {
+                    "type": "text", "text": f"Say hello to {who}"}}]})
+        elif method == "logging/setLevel":
+            print(f"log level {params.get('level')}", file=sys.stderr, flush=True)
+            send({"jsonrpc": "2.0", "method": "notifications/message", "params": {
+                "level": "info", "logger": "scripted", "data": {"level": params.get("level")}}})
+            reply(rid, {})
+        elif method == "completion/complete":
+            reply(rid, {"completion": {"values": ["alice", "albert"], "hasMore": False}})
+        else:
+            reply(rid, {})
+        continue
+    if method == "shutdown":
+        print("got shutdown", file=sys.stderr, flush=True)
+    if method == "notifications/roots/list_changed":
+        print("roots changed", file=sys.stderr, flush=True)
+        continue
     if method == "server/discover":
         if "mute-discover" in modes:
             continue
@@ -114,7 +217,11 @@ for line in sys.stdin:
         asked = params.get("protocolVersion")
         version = "1999-01-01" if "bad-version" in modes else (
             asked if asked == legacy else legacy)
-        reply(rid, {"protocolVersion": version, "capabilities": {"tools": {"listChanged": True}},
+        caps = {"tools": {"listChanged": True}}
+        if "resources" in modes:
+            caps.update(resources={"subscribe": True, "listChanged": True}, prompts={},
+                        logging={}, completions={})
+        reply(rid, {"protocolVersion": version, "capabilities": caps,
                     "serverInfo": {"name": "scripted", "version": "1"}})
     elif method == "notifications/cancelled":
         cancelled.add(params.get("requestId"))

@@ -145,8 +145,9 @@ async def test_garbage_is_counted_and_answered_when_asked() -> None:
 
 def test_line_protocol_splits_caps_and_keeps_a_crash_tail() -> None:
     lines: list[bytes] = []
-    over: list[int] = []
-    p = LineProtocol(lines.append, lambda e: None, max_line=10, on_oversize=over.append)
+    over: list[tuple[int, bytes, bytes]] = []
+    p = LineProtocol(lines.append, lambda e: None, max_line=10,
+                     on_oversize=lambda *a: over.append(a))
     p.data_received(b"ab")
     p.data_received(b"c\nde\n\n")
     p.data_received(b"x" * 8)
@@ -156,7 +157,42 @@ def test_line_protocol_splits_caps_and_keeps_a_crash_tail() -> None:
     p.data_received(b"0123456789ABC\nlast")
     p.connection_lost(None)
     assert lines == [b"abc", b"de", b"ok", b"last"]
-    assert over == [18, 13]
+    # size, and the line's first and last bytes (where a response's id is)
+    assert over == [(18, b"x" * 8 + b"y" * 8, b"x" * 8 + b"y" * 8 + b"zz"),
+                    (13, b"0123456789ABC", b"0123456789ABC")]
+
+
+async def test_an_oversized_answer_fails_the_request_its_id_names() -> None:
+    from corral.jsonrpc import MESSAGE_TOO_LARGE, Peer
+
+    peer = Peer("srv", lambda b: None)
+    _, first = peer.request_future("a")
+    _, second = peer.request_future("b")
+    # an id at neither end, or of no pending request: nothing is failed
+    assert not peer.oversized(99, b'{"result": "xxx', b'xxx"}', 10)
+    assert not peer.oversized(99, b'{"jsonrpc":"2.0","id":7,"result"', b"}", 10)
+    # Python SDK order: the id at the start; TypeScript SDK order: the id at the end
+    assert peer.oversized(99, b'{"jsonrpc":"2.0","id":1,"result":{"x', b'x"}}', 10)
+    assert peer.oversized(99, b'{"result":{"x', b'x"}},"jsonrpc":"2.0","id":2}', 10)
+    for fut in (first, second):
+        with pytest.raises(RpcError) as err:
+            fut.result()
+        assert (err.value.code, err.value.message) == (
+            MESSAGE_TOO_LARGE, "the answer from srv is 99 bytes, over the line limit of 10 "
+            "bytes; it was discarded")
+    assert peer.in_flight == 0
+
+
+async def test_a_forgotten_request_answer_is_not_garbage() -> None:
+    from corral.jsonrpc import Peer
+
+    peer = Peer("srv", lambda b: None)
+    rid, fut = peer.request_future("server/discover")
+    peer.forget(rid)
+    peer.feed_line(b'{"jsonrpc":"2.0","id":%d,"result":{}}' % rid)
+    assert (peer.garbage_lines, peer.in_flight, fut.done()) == (0, 0, False)
+    peer.feed_line(b'{"jsonrpc":"2.0","id":%d,"result":{}}' % rid)  # only once
+    assert peer.garbage_lines == 1
 
 
 

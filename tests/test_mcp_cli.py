@@ -29,6 +29,9 @@ start = "eager"
 [mcp_servers.lazy]
 command = "{PY} {SCRIPTED} v2024"
 
+[mcp_servers.docs]
+command = "{PY} {SCRIPTED} v2025-11,resources"
+
 [agents.researcher]
 command = ["{PY}", "{EXAMPLES}/researcher.py"]
 env = {{ PYTHONPATH = "{ROOT}" }}
@@ -44,7 +47,7 @@ def test_eager_server_is_ready_before_ready_1_and_lazy_is_not_started(daemon: Da
     assert st["notes#0"]["protocol_version"] == "2026-07-28" and st["notes#0"]["tools"] == 3
     assert st["lazy#0"]["state"] == "initial" and st["desk#0"]["state"] == "initial"
     full = daemon.json("status")
-    assert [s["name"] for s in full["mcp_servers"]] == ["notes", "lazy", "desk"]
+    assert [s["name"] for s in full["mcp_servers"]] == ["notes", "lazy", "docs", "desk"]
 
 
 def test_tools_listing_starts_lazy_servers_and_filters_by_agent(daemon: Daemon) -> None:
@@ -100,7 +103,77 @@ def test_reload_applies_mcp_server_changes(daemon: Daemon) -> None:
         return {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}
 
     after = wait_until(lambda: (s := servers())["notes"]["state"] == "ready" and s)
-    assert sorted(after) == ["desk", "fresh", "notes"]
+    assert sorted(after) == ["desk", "docs", "fresh", "notes"]
     assert after["notes"]["pid"] != before["notes"]["pid"]
     r = daemon.cli("tools", "call", "fresh__echo", "--args", '{"text": "new"}')
     assert (r.returncode, r.stdout) == (0, "new\n")
+
+
+def test_resources_and_prompts_through_the_cli(daemon: Daemon) -> None:
+    listed = daemon.json("resources", "docs")
+    assert [(r["server"], r["uri"]) for r in listed["resources"]] == [
+        ("docs", f"mem://doc/{i}") for i in range(3)]
+    assert listed["resourceTemplates"][0]["uriTemplate"] == "mem://doc/{id}"
+    assert listed["unavailable"] == {} and listed["failed"] == []
+    table = daemon.cli("resources").stdout.splitlines()
+    assert table[0].split() == ["SERVER", "URI", "NAME", "TYPE"]
+    assert table[1].split() == ["docs", "mem://doc/0", "doc0", "text/plain"]
+    r = daemon.cli("resources", "read", "mem://doc/2")
+    assert (r.returncode, r.stdout) == (0, "contents of mem://doc/2\n")
+    r = daemon.cli("resources", "docs", "read", "mem://gone")
+    assert (r.returncode, r.stderr) == (1, "corral: Resource not found: mem://gone\n")
+    assert daemon.json("resources", "--agent", "researcher")["resources"] == []
+    prompts = daemon.json("prompts")["prompts"]
+    assert [p["name"] for p in prompts] == ["docs__greet"]
+    r = daemon.cli("prompts", "get", "docs__greet", "--args", '{"who": "Ada"}')
+    assert (r.returncode, r.stdout) == (0, "[user] Say hello to Ada\n")
+    r = daemon.cli("prompts", "get", "docs__greet", "--args", "[]")
+    assert r.returncode == 2 and "must be a JSON object" in r.stderr
+
+
+def test_mcp_start_stop_restart(daemon: Daemon) -> None:
+    r = daemon.cli("mcp", "stop", "notes")
+    assert (r.returncode, r.stdout) == (0, "stopped notes (1 instances)\n")
+    st = {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}
+    assert (st["notes"]["state"], st["notes"]["last_exit"]) == ("terminated", "stopped")
+    r = daemon.cli("mcp", "start", "notes")
+    assert (r.returncode, r.stdout) == (0, "started notes (1 instances)\n")
+    wait_until(lambda: {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}
+               ["notes"]["state"] == "ready")
+    r = daemon.cli("mcp", "restart", "nope")
+    assert (r.returncode, r.stderr) == (1, "corral: no such MCP server: nope\n")
+
+
+def test_audit_records_is_error_results_as_errors(daemon: Daemon) -> None:
+    import sqlite3
+
+    # notes__add with a wrong argument type: the official SDK server answers isError
+    assert daemon.cli("tools", "call", "lazy__echo", "--args", '{"text": "ok"}'
+                      ).returncode == 0
+    assert daemon.cli("tools", "call", "notes__add", "--args", '{"title": 1}').returncode == 1
+    db = sqlite3.connect(daemon.state / "corral.db")
+    rows = db.execute("SELECT outcome FROM audit WHERE method = 'tools.call'").fetchall()
+    assert rows[0] == ("ok",)
+    assert rows[1][0].startswith("error: isError result: ")
+
+
+def test_tools_names_servers_not_serving_and_fails_when_one_has_failed() -> None:
+    tmp = shared_tmpdir()
+    agents = f"""
+[mcp_servers.ok]
+command = "{PY} {SCRIPTED} v2025-11"
+
+[mcp_servers.broken]
+command = ["{PY}", "-c", "import sys; sys.exit(3)"]
+max_restarts = 0
+"""
+    with running_daemon(tmp, agents) as d:
+        r = d.cli("tools", "--json")
+        assert r.returncode == 1
+        res = json.loads(r.stdout)
+        assert [t["name"] for t in res["tools"]][:1] == ["ok__echo"]
+        assert res["failed"] == ["broken"]
+        assert res["unavailable"]["broken"].startswith("MCP server broken#0 is not serving")
+        assert r.stderr.startswith("corral: MCP server broken is not serving: ")
+        ready = d.cli("info", "--json")
+        assert ready.returncode == 0

@@ -583,10 +583,119 @@ def tools(ctx: click.Context, agent: str | None, as_json: bool) -> None:
     res = obj.call("tools.list", m.ToolsList(agent=agent))
     if as_json:
         _print_json(res)
+    else:
+        _table([[t["name"], _first_line(t.get("description"))] for t in res["tools"]],
+               ["TOOL", "DESCRIPTION"])
+    _unavailable(res)
+
+
+def _first_line(text: Any) -> str:
+    return text.splitlines()[0][:70] if isinstance(text, str) and text else ""
+
+
+def _unavailable(res: dict[str, Any]) -> None:
+    """Name the servers that are not serving (on stderr); exit 1 when one has failed."""
+    for name, reason in sorted((res.get("unavailable") or {}).items()):
+        click.echo(f"corral: MCP server {name} is not serving: {reason}", err=True)
+    if res.get("failed"):
+        sys.exit(EXIT_FAILED)
+
+
+def _print_content(items: list[dict[str, Any]]) -> None:
+    for item in items:
+        if isinstance(item.get("text"), str):
+            click.echo(item["text"])
+        elif isinstance(item.get("content"), dict):  # a prompt message
+            click.echo(f"[{item.get('role', '')}] ", nl=False)
+            _print_content([item["content"]])
+        else:
+            click.echo(json.dumps(item))
+
+
+@cli.command("resources", context_settings={"ignore_unknown_options": False})
+@click.argument("words", nargs=-1, metavar="[SERVER] | [SERVER] read URI")
+@click.option("--agent", default=None, shell_complete=_complete_agents,
+              help="List what this agent's allowlist admits.")
+@json_option
+@pass_ctx
+def resources(obj: Ctx, words: tuple[str, ...], agent: str | None, as_json: bool) -> None:
+    """The MCP servers' resources and templates, or of one SERVER; `read URI` reads one."""
+    server, rest = _split_words(words, "read")
+    if rest:
+        if len(rest) != 1:
+            raise click.UsageError("usage: corral resources [SERVER] read URI")
+        res = obj.call("resources.read", m.ResourcesRead(uri=rest[0], server=server))
+        if as_json:
+            _print_json(res)
+            return
+        _print_content(res.get("contents") or [])
         return
-    rows = [[t["name"], (t.get("description") or "").splitlines()[0][:70] if t.get(
-        "description") else ""] for t in res["tools"]]
-    _table(rows, ["TOOL", "DESCRIPTION"])
+    res = obj.call("resources.list", m.ResourcesList(server=server, agent=agent))
+    if as_json:
+        _print_json(res)
+    else:
+        rows = [[r["server"], r.get("uri", ""), r.get("name", ""), r.get("mimeType", "")]
+                for r in res["resources"]]
+        rows += [[t["server"], t.get("uriTemplate", ""), t.get("name", ""), "(template)"]
+                 for t in res["resourceTemplates"]]
+        _table(rows, ["SERVER", "URI", "NAME", "TYPE"])
+    _unavailable(res)
+
+
+def _split_words(words: tuple[str, ...], verb: str) -> tuple[str | None, list[str] | None]:
+    """[SERVER] or [SERVER] VERB ARGS...: (server, args after the verb or None)."""
+    if verb in words:
+        i = words.index(verb)
+        if i > 1:
+            raise click.UsageError(f"one SERVER at most before {verb}")
+        return (words[0] if i == 1 else None), list(words[i + 1:])
+    if len(words) > 1:
+        raise click.UsageError(f"one SERVER at most (or {verb} ...)")
+    return (words[0] if words else None), None
+
+
+@cli.command("prompts")
+@click.argument("words", nargs=-1, metavar="[SERVER] | get SERVER__PROMPT")
+@click.option("--args", "args", default="{}", metavar="JSON",
+              help="The prompt's arguments, a JSON object of strings.")
+@click.option("--agent", default=None, shell_complete=_complete_agents,
+              help="List what this agent's allowlist admits.")
+@json_option
+@pass_ctx
+def prompts(obj: Ctx, words: tuple[str, ...], args: str, agent: str | None,
+            as_json: bool) -> None:
+    """The MCP servers' prompts (SERVER__PROMPT), or of one SERVER; `get NAME` gets one."""
+    server, rest = _split_words(words, "get")
+    if rest is not None:
+        if len(rest) != 1:
+            raise click.UsageError("usage: corral prompts get SERVER__PROMPT [--args JSON]")
+        arguments = _json_object(args, "--args")
+        name = rest[0] if server is None or "__" in rest[0] else f"{server}__{rest[0]}"
+        res = obj.call("prompts.get", m.PromptsGet(name=name, arguments=arguments))
+        if as_json:
+            _print_json(res)
+            return
+        _print_content(res.get("messages") or [])
+        return
+    res = obj.call("prompts.list", m.PromptsList(server=server, agent=agent))
+    if as_json:
+        _print_json(res)
+    else:
+        rows = [[p["name"], ", ".join(a.get("name", "") + ("" if a.get("required") else "?")
+                                      for a in p.get("arguments") or []),
+                 _first_line(p.get("description"))] for p in res["prompts"]]
+        _table(rows, ["PROMPT", "ARGUMENTS", "DESCRIPTION"])
+    _unavailable(res)
+
+
+def _json_object(text: str, hint: str) -> dict[str, Any]:
+    try:
+        value = msgspec.json.decode(text.encode())
+    except msgspec.DecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=hint) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=hint)
+    return value
 
 
 @tools.command("call", help=doc("tools.call"))
@@ -596,12 +705,7 @@ def tools(ctx: click.Context, agent: str | None, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def tools_call(obj: Ctx, name: str, args: str, as_json: bool) -> None:
-    try:
-        arguments = msgspec.json.decode(args.encode())
-    except msgspec.DecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from None
-    if not isinstance(arguments, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--args")
+    arguments = _json_object(args, "--args")
     res = obj.call("tools.call", m.ToolsCall(name=name, arguments=arguments))
     if as_json:
         _print_json(res)
@@ -626,6 +730,19 @@ def mcp_status(obj: Ctx, as_json: bool) -> None:
         _print_json(res)
         return
     _print_mcp(res["mcp_servers"])
+
+
+def _mcp_verb(verb: str, done: str) -> None:
+    @mcp_group.command(verb, help=doc(f"mcp.{verb}"))
+    @click.argument("name")
+    @pass_ctx
+    def command(obj: Ctx, name: str) -> None:
+        res = obj.call(f"mcp.{verb}", REGISTRY[f"mcp.{verb}"].params(name=name))
+        click.echo(f"{done} {name} ({res['instances']} instances)")
+
+
+for _verb, _done in (("start", "started"), ("stop", "stopped"), ("restart", "restarted")):
+    _mcp_verb(_verb, _done)
 
 
 def _print_mcp(servers: list[dict[str, Any]]) -> None:

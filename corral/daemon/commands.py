@@ -13,6 +13,7 @@ from .. import __version__, jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError, parse_agents
+from ..supervisor.lifecycle import State
 from .control import implements
 from .follow import drain
 
@@ -263,15 +264,29 @@ async def events_follow(d: Daemon, p: m.EventsFollow, c: Connection) -> Any:
         bus.unfollow(follower)
 
 
+def _lister(d: Daemon, agent: str | None) -> dict[str, Any]:
+    """Whose view a listing takes: an agent's (its allowlist) or the operator's (all)."""
+    assert d.sup is not None
+    if agent is None:
+        return {"owner": CLI_OWNER}
+    a = d.sup.agent(agent)
+    return {"owner": f"{a.name}#0", "allow": list(a.spec.tools)}
+
+
+def _failed(d: Daemon, unavailable: dict[str, str]) -> list[str]:
+    assert d.sup is not None
+    return [n for n in unavailable if (insts := d.sup.mcp.servers[n].all())
+            and all(i.state == State.FAILED for i in insts)]
+
+
 @implements("tools.list")
 async def tools_list(d: Daemon, p: m.ToolsList, c: Connection) -> Any:
     assert d.sup is not None
-    if p.agent is not None:
-        agent = d.sup.agent(p.agent)
-        tools = await d.sup.mcp.list_tools(owner=f"{agent.name}#0", allow=list(agent.spec.tools))
-    else:
-        tools = await d.sup.mcp.list_tools(owner=CLI_OWNER)
-    return {"tools": tools}
+    unavailable: dict[str, str] = {}
+    tools = await d.sup.mcp.list_tools(server=p.server, unavailable=unavailable,
+                                       **_lister(d, p.agent))
+    return {"tools": tools, "unavailable": unavailable,
+            "failed": _failed(d, unavailable)}
 
 
 @implements("tools.call")
@@ -284,3 +299,74 @@ async def tools_call(d: Daemon, p: m.ToolsCall, c: Connection) -> Any:
 async def mcp_status(d: Daemon, p: m.McpStatus, c: Connection) -> Any:
     assert d.sup is not None
     return {"mcp_servers": d.sup.mcp.status()}
+
+
+async def _each_instance(d: Daemon, name: str, verb: str) -> dict[str, Any]:
+    assert d.sup is not None
+    entry = d.sup.mcp.server(name)
+    insts = entry.all()
+    if verb in ("stop", "restart"):
+        await asyncio.gather(*(i.stop("stopped" if verb == "stop" else "restarting")
+                               for i in insts))
+    if verb in ("start", "restart"):
+        for i in insts:
+            i.start(by_hand=True)
+    return {"name": name, "instances": len(insts)}
+
+
+@implements("mcp.start")
+async def mcp_start(d: Daemon, p: m.McpStart, c: Connection) -> Any:
+    return await _each_instance(d, p.name, "start")
+
+
+@implements("mcp.stop")
+async def mcp_stop(d: Daemon, p: m.McpStop, c: Connection) -> Any:
+    return await _each_instance(d, p.name, "stop")
+
+
+@implements("mcp.restart")
+async def mcp_restart(d: Daemon, p: m.McpRestart, c: Connection) -> Any:
+    return await _each_instance(d, p.name, "restart")
+
+
+@implements("resources.list")
+async def resources_list(d: Daemon, p: m.ResourcesList, c: Connection) -> Any:
+    assert d.sup is not None
+    unavailable: dict[str, str] = {}
+    who = _lister(d, p.agent)
+    resources, templates = await asyncio.gather(
+        d.sup.mcp.list_resources(server=p.server, unavailable=unavailable, **who),
+        d.sup.mcp.list_resource_templates(server=p.server, unavailable=unavailable, **who))
+    return {"resources": resources, "resourceTemplates": templates,
+            "unavailable": unavailable, "failed": _failed(d, unavailable)}
+
+
+@implements("resources.read")
+async def resources_read(d: Daemon, p: m.ResourcesRead, c: Connection) -> Any:
+    assert d.sup is not None
+    server = p.server
+    if server is None:
+        listed = await d.sup.mcp.list_resources(owner=CLI_OWNER)
+        having = sorted({r["server"] for r in listed if r.get("uri") == p.uri})
+        if len(having) != 1:
+            raise RpcError(jsonrpc.NOT_FOUND if not having else jsonrpc.INVALID_PARAMS,
+                           f"resource {p.uri}: " + (f"listed by {', '.join(having)}; name "
+                           "the server" if having else "no server lists it; name the server"))
+        server = having[0]
+    return await d.sup.mcp.read_resource(server, p.uri, owner=CLI_OWNER)
+
+
+@implements("prompts.list")
+async def prompts_list(d: Daemon, p: m.PromptsList, c: Connection) -> Any:
+    assert d.sup is not None
+    unavailable: dict[str, str] = {}
+    prompts = await d.sup.mcp.list_prompts(server=p.server, unavailable=unavailable,
+                                           **_lister(d, p.agent))
+    return {"prompts": prompts, "unavailable": unavailable,
+            "failed": _failed(d, unavailable)}
+
+
+@implements("prompts.get")
+async def prompts_get(d: Daemon, p: m.PromptsGet, c: Connection) -> Any:
+    assert d.sup is not None
+    return await d.sup.mcp.get_prompt(p.name, p.arguments, owner=CLI_OWNER)

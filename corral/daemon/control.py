@@ -108,7 +108,7 @@ class Connection(LineProtocol):
         if self.peer is not None:
             self.peer.close("client disconnected")
 
-    def _oversize(self, size: int) -> None:
+    def _oversize(self, size: int, head: bytes, tail: bytes) -> None:
         if self.peer is not None:
             self.peer.send_error(None, RpcError(
                 jsonrpc.INVALID_REQUEST,
@@ -131,7 +131,7 @@ class Connection(LineProtocol):
                 daemon.audit(self, method, params, f"error: {exc.message}")
             raise
         if mutating:
-            daemon.audit(self, method, params, "ok")
+            daemon.audit(self, method, params, _outcome(result))
         return result
 
     def notify(self, method: str, params: Any) -> None:
@@ -220,3 +220,13 @@ class ControlServer:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def _outcome(result: Any) -> str:
+    """How the audit log records a result: an MCP tool result with isError is an error."""
+    if isinstance(result, dict) and result.get("isError") is True:
+        content = result.get("content")
+        first = content[0] if isinstance(content, list) and content else None
+        text = first.get("text") if isinstance(first, dict) else None
+        return f"error: isError result{f': {text:.200}' if isinstance(text, str) else ''}"
+    return "ok"

@@ -170,8 +170,14 @@ class Daemon:
         assert self.sup is not None
         reps = list(self.sup.replicas())
         up = sum(1 for r in reps if r.state in SERVING)
-        failed = sum(1 for r in reps if r.state == State.FAILED)
-        return f"{len(self.sup.agents)} agents, {up}/{len(reps)} replicas ready, {failed} failed"
+        mcp = list(self.sup.mcp_instances())
+        failed = sum(1 for r in [*reps, *mcp] if r.state == State.FAILED)
+        line = f"{len(self.sup.agents)} agents, {up}/{len(reps)} replicas ready"
+        if self.sup.mcp.servers:
+            serving = sum(1 for r in mcp if r.state in SERVING)
+            line += (f", {len(self.sup.mcp.servers)} MCP servers ({serving}/{len(mcp)} "
+                     "instances serving)")
+        return f"{line}, {failed} failed"
 
     # -- loops ----------------------------------------------------------------------------
     async def _handle_signals(self) -> None:
@@ -237,9 +243,12 @@ class Daemon:
         self.from_config = set(cfg.agents)
         # calls in flight to a removed or changed tool server fail with the reason
         servers = _diff({n: e.spec for n, e in self.sup.mcp.servers.items()}, cfg.mcp_servers)
+        # new roots or log level are told to the running server (roots/list_changed)
+        restart = [n for n in servers["changed"]
+                   if not self.sup.retune_mcp_server(cfg.mcp_servers[n])]
         await asyncio.gather(*(self.sup.mcp.remove(n)
-                               for n in servers["removed"] + servers["changed"]))
-        for n in servers["added"] + servers["changed"]:
+                               for n in servers["removed"] + restart))
+        for n in servers["added"] + restart:
             self.sup.add_mcp_server(cfg.mcp_servers[n])
         self.sup.heartbeat_interval = cfg.supervisor.heartbeat_interval
         self.sup.heartbeat_timeout = cfg.supervisor.heartbeat_timeout

@@ -1,32 +1,45 @@
-"""An MCP client on corral's JSON-RPC layer, over any transport.
+"""An MCP client (host side) on corral's JSON-RPC layer, over any transport.
 
 The transport seam: the client speaks through a `jsonrpc.Peer` (`make_peer`) whose `send`
 is the transport's write and whose `feed_line` the transport calls with every message from
 the server. For a supervised stdio server that is the process's stdin/stdout
 (supervisor/mcpserver.py); for a remote server it is `mcp/http.py` (Streamable HTTP or the
 legacy HTTP+SSE transport), which also needs the negotiated revision for its
-`MCP-Protocol-Version` header: `on_version` tells it.
+`MCP-Protocol-Version` header: `on_version` tells it. Everything MCP is here: the
+lifecycle, tools, resources, prompts, completion, roots, logging and task-augmented calls.
 
-Lifecycle, per revision:
-- 2026-07-28 (stateless): `server/discover` first; every request then carries
-  `_meta` with the protocol version and client capabilities; there is no ping.
+Lifecycle, per revision (the official SDK's rules, `mcp/client/_probe.py`):
+- 2026-07-28 (stateless): `server/discover` first; every request then carries `_meta` with
+  the protocol version and client capabilities; there is no ping.
 - 2024-11-05 … 2025-11-25: `initialize` with version negotiation, then
   `notifications/initialized`.
-A server that errors on `server/discover`, or does not answer it in time, is spoken to
-with `initialize`, as the 2026-07-28 revision prescribes for stdio. A server that answers
-with a version corral does not speak is refused with a clear error.
+The probe gets a share of the server's start timeout to itself (slow starters such as the
+SDK 2.x servers under `uvx` take seconds). If it is not answered by then, `initialize` is
+sent on the same connection while the probe stays pending: a late discover answer still
+wins, and a server that meanwhile locked the connection to 2026-07-28 rejects `initialize`
+with -32022, which is modern evidence and leads to one re-probe.
 
 Tool results are returned as the server sent them (`content`, `isError`,
-`structuredContent`, …).
+`structuredContent`, …); a `structuredContent` that breaks the tool's `outputSchema` is
+reported to the caller as an error result, not hidden.
+
+Sampling and elicitation requests from a server are declined with a clear error: corral
+runs unattended, so there is no user to ask and no model of its own to sample from
+(docs/decisions.md).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import re
+import time
 from collections.abc import Callable
 from typing import Any
+
+import msgspec
 
 from .. import __version__, jsonrpc
 from ..jsonrpc import Peer, RpcError
@@ -40,10 +53,17 @@ META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_CLIENT = "io.modelcontextprotocol/clientInfo"
 CLIENT_INFO = {"name": "corral", "version": __version__}
-DISCOVER_TIMEOUT = 2.0
+# the MCP spec's code for "unsupported protocol version" (data: {"supported": [...]})
+MCP_UNSUPPORTED_VERSION = -32022
+# the share of the start timeout the probe has to itself before initialize is tried
+DISCOVER_SHARE = 0.5
 MAX_PAGES = 1000
 # the spec's tool-name rule; "__" is refused too, as corral's SERVER__TOOL separator
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+TASK_DONE = ("completed", "failed", "cancelled")
+TASK_POLL_DEFAULT = 0.5  # seconds, when the server suggests no pollInterval
+TASK_POLL_MAX = 5.0
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -57,27 +77,50 @@ def cancel_params(rid: jsonrpc.Id) -> dict[str, Any]:
     return {"requestId": rid, "reason": "timed out or cancelled by corral"}
 
 
+def _supported_of(exc: RpcError) -> list[str]:
+    data = exc.data if isinstance(exc.data, dict) else {}
+    found = data.get("supported")
+    return [v for v in found if isinstance(v, str)] if isinstance(found, list) else []
+
+
+def root_uri(root: str) -> str:
+    """A configured root (a path or a URI) as the `file://` URI MCP expects."""
+    if "://" in root:
+        return root
+    from pathlib import Path
+
+    return Path(root).resolve().as_uri()
+
+
 class McpClient:
-    """Speaks MCP to one server over a Peer the owner feeds with the server's stdout.
+    """Speaks MCP to one server over a Peer the owner feeds with the server's messages.
 
-    Create the Peer with `dispatch=client.on_request`,
-    `on_notification=client.on_notification`, `cancel_method="notifications/cancelled"`
-    and `cancel_params=cancel_params` (see `make_peer`)."""
+    Create the Peer with `make_peer(send)`; it routes the server's requests and
+    notifications here and cancels abandoned requests with `notifications/cancelled`."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, roots: list[str] | None = None,
+                 log_level: str | None = None) -> None:
         self.name = name
         self.peer: Peer | None = None
         self.version: str | None = None
         self.capabilities: dict[str, Any] = {}
         self.server_info: dict[str, Any] = {}
+        self.instructions: str | None = None
         self.tools: list[dict[str, Any]] = []
         self.rejected_tools: list[str] = []
+        self.roots = [root_uri(r) for r in roots or []]
+        self.log_level = log_level
         self.calls = 0
         self.errors = 0
+        self.calls_in_flight = 0
         self._tokens = itertools.count(1)
         self._progress: dict[Any, ProgressCallback] = {}
+        self._validators: dict[str, Any] = {}
         self.on_tools_changed: Callable[[], None] | None = None
         self.on_log: Callable[[str], None] | None = None
+        # (method of the list_changed notification) -> what to tell; and resource updates
+        self.on_list_changed: Callable[[str], None] | None = None
+        self.on_resource_updated: Callable[[str, dict[str, Any]], None] | None = None
         # told the negotiated protocol version (an HTTP transport sends it as a header)
         self.on_version: Callable[[str], None] | None = None
 
@@ -92,8 +135,14 @@ class McpClient:
     def stateless(self) -> bool:
         return self.version == STATELESS
 
+    def client_capabilities(self) -> dict[str, Any]:
+        # roots only when some are configured: a server such as server-filesystem that is
+        # told the client has roots replaces its directory arguments with them
+        return {"roots": {"listChanged": True}} if self.roots else {}
+
     def _meta(self) -> dict[str, Any]:
-        return {META_VERSION: STATELESS, META_CAPABILITIES: {}, META_CLIENT: CLIENT_INFO}
+        return {META_VERSION: STATELESS, META_CAPABILITIES: self.client_capabilities(),
+                META_CLIENT: CLIENT_INFO}
 
     def _with_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         if self.stateless:
@@ -102,40 +151,125 @@ class McpClient:
             params = {**params, "_meta": meta}
         return params
 
+    async def request(self, method: str, params: dict[str, Any] | None = None, *,
+                      timeout: float) -> Any:
+        """One request, with the revision's `_meta` where it needs one."""
+        assert self.peer is not None
+        return await self.peer.request(method, self._with_meta(params or {}), timeout=timeout)
+
     # -- lifecycle ------------------------------------------------------------------------
     async def connect(self, timeout: float) -> str:
-        """Negotiate a protocol version; returns it."""
+        """Negotiate a protocol version within `timeout`; returns it."""
+        deadline = time.monotonic() + timeout
+        patience = timeout * DISCOVER_SHARE
+        for attempt in range(2):
+            probe = self._probe()
+            found = await self._wait_probe(probe, patience)
+            if found is None:  # a legacy server (it refused discover), or one still silent
+                try:
+                    return await self._initialize_or_late_probe(probe, deadline)
+                except RpcError as exc:
+                    if exc.code != MCP_UNSUPPORTED_VERSION or attempt:
+                        raise
+                    # the connection was locked to a modern revision: re-probe once
+                    if STATELESS not in _supported_of(exc) and _supported_of(exc):
+                        raise UnsupportedVersion(
+                            f"MCP server {self.name} supports protocol versions "
+                            f"{_supported_of(exc)}, none of which corral speaks "
+                            f"({', '.join(SUPPORTED)})") from None
+                    patience = max(0.0, deadline - time.monotonic())
+                    continue
+            return await self._adopt(found, deadline)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _probe(self) -> asyncio.Future[Any]:
         assert self.peer is not None
+        rid, fut = self.peer.request_future("server/discover", {"_meta": self._meta()})
+        # a probe given up on is forgotten quietly: its late answer is not garbage
+        fut.add_done_callback(lambda f: self.peer.forget(rid) if self.peer else None)
+        return fut
+
+    @staticmethod
+    async def _wait_probe(probe: asyncio.Future[Any], patience: float) -> Any:
+        """The probe's result, or None when the server refused it or is still silent."""
+        done, _ = await asyncio.wait({probe}, timeout=patience)
+        if not done:
+            return None
         try:
-            found = await self.peer.request("server/discover", {"_meta": self._meta()},
-                                            timeout=min(timeout, DISCOVER_TIMEOUT))
+            return msgspec.json.decode(probe.result())
         except RpcError as exc:
             if exc.code == jsonrpc.PEER_CLOSED:
                 raise
-            found = None  # a legacy server: fall back to initialize
-        if isinstance(found, dict) and isinstance(found.get("supportedVersions"), list):
-            offered = [v for v in found["supportedVersions"] if isinstance(v, str)]
-            if STATELESS in offered:
-                self._negotiated(STATELESS)
-                self.capabilities = found.get("capabilities") or {}
-                self.server_info = (found.get("serverInfo")
-                                    or (found.get("_meta") or {}).get(
-                                        "io.modelcontextprotocol/serverInfo") or {})
-                return STATELESS
-            common = [v for v in LEGACY if v in offered]
-            if not common:
+            if exc.code == MCP_UNSUPPORTED_VERSION and _supported_of(exc) \
+                    and STATELESS not in _supported_of(exc) \
+                    and not any(v in LEGACY for v in _supported_of(exc)):
                 raise UnsupportedVersion(
-                    f"MCP server {self.name} supports protocol versions {offered}, none of "
-                    f"which corral speaks ({', '.join(SUPPORTED)})")
-            return await self._initialize(common[0], timeout)
-        return await self._initialize(LEGACY[0], timeout)
+                    f"server/discover: the server supports protocol versions "
+                    f"{_supported_of(exc)}, none of which corral speaks "
+                    f"({', '.join(SUPPORTED)})") from None
+            return None  # every other error: a legacy server (the SDK's denylist)
 
-    async def _initialize(self, proposed: str, timeout: float) -> str:
+    async def _initialize_or_late_probe(self, probe: asyncio.Future[Any],
+                                        deadline: float) -> str:
+        """`initialize`, while a probe still pending may answer late and win."""
+        assert self.peer is not None
+        rid, init = self.peer.request_future("initialize", {
+            "protocolVersion": LEGACY[0], "capabilities": self.client_capabilities(),
+            "clientInfo": CLIENT_INFO})
+        waiting = {init} if probe.done() else {init, probe}
+        try:
+            while waiting:
+                left = deadline - time.monotonic()
+                done, waiting = await asyncio.wait(waiting, timeout=max(0.0, left),
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    raise RpcError(jsonrpc.REQUEST_TIMEOUT,
+                                   f"initialize: no answer from {self.name}")
+                if probe in done and not probe.exception():
+                    found = msgspec.json.decode(probe.result())
+                    if _offers_stateless(found):  # the late answer wins
+                        return await self._adopt(found, deadline)
+                if init in done:
+                    return await self._initialized(msgspec.json.decode(init.result()))
+        finally:
+            for fut in (probe, init):
+                if not fut.done():
+                    fut.cancel()
+                _forget(fut)
+            self.peer.forget(rid)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _adopt(self, found: Any, deadline: float) -> str:
+        if not isinstance(found, dict) or not isinstance(found.get("supportedVersions"), list):
+            return await self._initialize(LEGACY[0], deadline)
+        offered = [v for v in found["supportedVersions"] if isinstance(v, str)]
+        if STATELESS in offered:
+            self._negotiated(STATELESS)
+            self.capabilities = found.get("capabilities") or {}
+            self.instructions = found.get("instructions")
+            self.server_info = (found.get("serverInfo")
+                                or (found.get("_meta") or {}).get(
+                                    "io.modelcontextprotocol/serverInfo") or {})
+            await self._after_connect(deadline)
+            return STATELESS
+        common = [v for v in LEGACY if v in offered]
+        if not common:
+            raise UnsupportedVersion(
+                f"MCP server {self.name} supports protocol versions {offered}, none of "
+                f"which corral speaks ({', '.join(SUPPORTED)})")
+        return await self._initialize(common[0], deadline)
+
+    async def _initialize(self, proposed: str, deadline: float) -> str:
         assert self.peer is not None
         result = await self.peer.request(
-            "initialize",
-            {"protocolVersion": proposed, "capabilities": {}, "clientInfo": CLIENT_INFO},
-            timeout=timeout)
+            "initialize", {"protocolVersion": proposed,
+                           "capabilities": self.client_capabilities(),
+                           "clientInfo": CLIENT_INFO},
+            timeout=max(0.001, deadline - time.monotonic()))
+        return await self._initialized(result, deadline)
+
+    async def _initialized(self, result: Any, deadline: float | None = None) -> str:
+        assert self.peer is not None
         answered = result.get("protocolVersion") if isinstance(result, dict) else None
         if answered not in LEGACY:
             raise UnsupportedVersion(
@@ -145,7 +279,9 @@ class McpClient:
         self._negotiated(version)
         self.capabilities = result.get("capabilities") or {}
         self.server_info = result.get("serverInfo") or {}
+        self.instructions = result.get("instructions")
         self.peer.notify("notifications/initialized")
+        await self._after_connect(deadline)
         return version
 
     def _negotiated(self, version: str) -> None:
@@ -153,83 +289,260 @@ class McpClient:
         if self.on_version is not None:
             self.on_version(version)
 
+    async def _after_connect(self, deadline: float | None) -> None:
+        if self.log_level and "logging" in self.capabilities:
+            timeout = 5.0 if deadline is None else max(0.001, deadline - time.monotonic())
+            try:
+                await self.request("logging/setLevel", {"level": self.log_level},
+                                   timeout=timeout)
+            except RpcError as exc:
+                self._note(f"logging/setLevel {self.log_level} failed: {exc.message}")
+
     async def ping(self, timeout: float) -> None:
         if self.stateless:
             return  # the stateless revision has no ping
         assert self.peer is not None
         await self.peer.request("ping", timeout=timeout)
 
-    # -- tools ----------------------------------------------------------------------------
-    async def list_tools(self, timeout: float) -> list[dict[str, Any]]:
-        """All pages of tools/list; tools with names outside the spec are left out."""
-        assert self.peer is not None
-        tools: list[dict[str, Any]] = []
-        rejected: list[str] = []
+    def _note(self, text: str) -> None:
+        if self.on_log is not None:
+            self.on_log(text)
+
+    # -- lists ----------------------------------------------------------------------------
+    async def list_all(self, method: str, key: str, timeout: float) -> list[dict[str, Any]]:
+        """Every page of a paginated list (`tools/list`, `resources/list`, …)."""
+        items: list[dict[str, Any]] = []
         cursor: str | None = None
         for _ in range(MAX_PAGES):
             params: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
-            page = await self.peer.request("tools/list", self._with_meta(params),
-                                           timeout=timeout)
-            if not isinstance(page, dict) or not isinstance(page.get("tools"), list):
+            page = await self.request(method, params, timeout=timeout)
+            if not isinstance(page, dict) or not isinstance(page.get(key), list):
                 raise RpcError(jsonrpc.INVALID_REQUEST,
-                               f"MCP server {self.name}: malformed tools/list result")
-            for tool in page["tools"]:
-                name = tool.get("name") if isinstance(tool, dict) else None
-                if not isinstance(name, str) or not TOOL_NAME.match(name) or "__" in name:
-                    rejected.append(repr(name))
-                    continue
-                tools.append(tool)
+                               f"MCP server {self.name}: malformed {method} result")
+            items.extend(i for i in page[key] if isinstance(i, dict))
             cursor = page.get("nextCursor")
             if not cursor:
                 break
-        if rejected and self.on_log is not None:
-            self.on_log(f"left out tools whose names break the MCP naming rule or contain "
-                        f"'__': {', '.join(rejected)}")
+        return items
+
+    # -- tools ----------------------------------------------------------------------------
+    async def list_tools(self, timeout: float) -> list[dict[str, Any]]:
+        """All pages of tools/list; tools with names outside the spec are left out."""
+        tools: list[dict[str, Any]] = []
+        rejected: list[str] = []
+        for tool in await self.list_all("tools/list", "tools", timeout):
+            name = tool.get("name")
+            if not isinstance(name, str) or not TOOL_NAME.match(name) or "__" in name:
+                rejected.append(repr(name))
+                continue
+            tools.append(tool)
+        if rejected:
+            self._note(f"left out tools whose names break the MCP naming rule or contain "
+                       f"'__': {', '.join(rejected)}")
         self.tools = tools
         self.rejected_tools = rejected
+        self._validators.clear()
         return tools
+
+    def tool(self, name: str) -> dict[str, Any] | None:
+        return next((t for t in self.tools if t.get("name") == name), None)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], *, timeout: float,
                         on_progress: ProgressCallback | None = None) -> Any:
-        """tools/call; on timeout or cancellation `notifications/cancelled` is sent."""
-        assert self.peer is not None
+        """tools/call; on timeout or cancellation `notifications/cancelled` is sent (or
+        `tasks/cancel` for a task-augmented call). Tools whose `execution.taskSupport` is
+        "required" are called as tasks and polled to their result."""
         token = next(self._tokens)
         params: dict[str, Any] = {"name": name, "arguments": arguments,
                                   "_meta": {"progressToken": token}}
+        tool = self.tool(name) or {}
+        as_task = (tool.get("execution") or {}).get("taskSupport") == "required"
         if on_progress is not None:
             self._progress[token] = on_progress
         self.calls += 1
+        self.calls_in_flight += 1
         try:
-            return await self.peer.request("tools/call", self._with_meta(params),
-                                           timeout=timeout)
+            async with asyncio.timeout(timeout):
+                if as_task:
+                    result = await self._call_as_task(params, timeout)
+                else:
+                    result = await self.request("tools/call", params, timeout=timeout + 1)
+        except TimeoutError:
+            self.errors += 1
+            raise RpcError(jsonrpc.REQUEST_TIMEOUT,
+                           f"tools/call: no answer from MCP server {self.name} within "
+                           f"{timeout:g} s") from None
         except RpcError:
             self.errors += 1
             raise
         finally:
+            self.calls_in_flight -= 1
             self._progress.pop(token, None)
+        result = self._check_output(tool, result)
+        if isinstance(result, dict) and result.get("isError"):
+            self.errors += 1
+        return result
+
+    async def _call_as_task(self, params: dict[str, Any], timeout: float) -> Any:
+        ttl = int(timeout * 1000) + 60_000
+        created = await self.request("tools/call", {**params, "task": {"ttl": ttl}},
+                                     timeout=timeout + 1)
+        task = created.get("task") if isinstance(created, dict) else None
+        if not isinstance(task, dict) or not isinstance(task.get("taskId"), str):
+            return created  # the server ran it at once after all
+        task_id: str = task["taskId"]
+        try:
+            while task.get("status") not in TASK_DONE:
+                if task.get("status") == "input_required":
+                    break  # tasks/result carries the server's request's outcome
+                interval = task.get("pollInterval")
+                await asyncio.sleep(min(TASK_POLL_MAX, interval / 1000)
+                                    if isinstance(interval, int | float) and interval > 0
+                                    else TASK_POLL_DEFAULT)
+                task = await self.request("tasks/get", {"taskId": task_id},
+                                          timeout=timeout + 1)
+            return await self.request("tasks/result", {"taskId": task_id},
+                                      timeout=timeout + 1)
+        except (asyncio.CancelledError, TimeoutError):
+            if self.peer is not None and self.peer.closed is None:
+                _, fut = self.peer.request_future(
+                    "tasks/cancel", self._with_meta({"taskId": task_id}))
+                fut.add_done_callback(_forget)
+            raise
+
+    def _check_output(self, tool: dict[str, Any], result: Any) -> Any:
+        """A result whose structuredContent breaks the tool's outputSchema is made an
+        error result naming the mismatch (the spec: clients SHOULD validate)."""
+        schema = tool.get("outputSchema")
+        if not isinstance(schema, dict) or not isinstance(result, dict) \
+                or result.get("isError"):
+            return result
+        name = str(tool.get("name"))
+        problem: str | None
+        if "structuredContent" not in result:
+            problem = "the result has no structuredContent"
+        else:
+            problem = self._schema_problem(name, schema, result["structuredContent"])
+        if problem is None:
+            return result
+        text = (f"MCP server {self.name}: tool {name} returned structuredContent that does "
+                f"not match its outputSchema: {problem}")
+        self._note(text)
+        return {**result, "isError": True,
+                "content": [*(result.get("content") or []), {"type": "text", "text": text}]}
+
+    def _schema_problem(self, name: str, schema: dict[str, Any], value: Any) -> str | None:
+        validator = self._validators.get(name)
+        if validator is None:
+            import jsonschema  # only when some tool declares an outputSchema
+
+            try:
+                cls = jsonschema.validators.validator_for(schema)
+                cls.check_schema(schema)
+                validator = self._validators[name] = cls(schema)
+            except jsonschema.SchemaError as exc:
+                return f"its outputSchema is not a valid JSON Schema: {exc.message}"
+        error = next(iter(validator.iter_errors(value)), None)
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        return f"at {where}: {error.message}"
+
+    # -- resources ------------------------------------------------------------------------
+    async def list_resources(self, timeout: float) -> list[dict[str, Any]]:
+        return await self.list_all("resources/list", "resources", timeout)
+
+    async def list_resource_templates(self, timeout: float) -> list[dict[str, Any]]:
+        return await self.list_all("resources/templates/list", "resourceTemplates", timeout)
+
+    async def read_resource(self, uri: str, timeout: float) -> Any:
+        return await self.request("resources/read", {"uri": uri}, timeout=timeout)
+
+    async def subscribe(self, uri: str, timeout: float) -> None:
+        await self.request("resources/subscribe", {"uri": uri}, timeout=timeout)
+
+    async def unsubscribe(self, uri: str, timeout: float) -> None:
+        await self.request("resources/unsubscribe", {"uri": uri}, timeout=timeout)
+
+    # -- prompts and completion -----------------------------------------------------------
+    async def list_prompts(self, timeout: float) -> list[dict[str, Any]]:
+        return await self.list_all("prompts/list", "prompts", timeout)
+
+    async def get_prompt(self, name: str, arguments: dict[str, str], timeout: float) -> Any:
+        return await self.request("prompts/get", {"name": name, "arguments": arguments},
+                                  timeout=timeout)
+
+    async def complete(self, ref: dict[str, Any], argument: dict[str, Any],
+                       context: dict[str, Any] | None, timeout: float) -> Any:
+        params: dict[str, Any] = {"ref": ref, "argument": argument}
+        if context:
+            params["context"] = context
+        return await self.request("completion/complete", params, timeout=timeout)
+
+    # -- roots and logging ----------------------------------------------------------------
+    def set_roots(self, roots: list[str]) -> None:
+        """New roots (a reload); the server is told they changed."""
+        uris = [root_uri(r) for r in roots]
+        if uris == self.roots:
+            return
+        self.roots = uris
+        if self.peer is not None and self.version is not None:
+            self.peer.notify("notifications/roots/list_changed")
+
+    async def set_log_level(self, level: str, timeout: float) -> None:
+        self.log_level = level
+        await self.request("logging/setLevel", {"level": level}, timeout=timeout)
 
     # -- from the server ------------------------------------------------------------------
     def on_notification(self, method: str, raw: Any, peer: Peer) -> None:
-        import msgspec
-
         try:
             params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else {}
         except msgspec.DecodeError:
             return
-        if method == "notifications/progress" and isinstance(params, dict):
+        if not isinstance(params, dict):
+            params = {}
+        if method == "notifications/progress":
             cb = self._progress.get(params.get("progressToken"))
             if cb is not None:
                 cb({k: v for k, v in params.items() if k != "progressToken"})
         elif method == "notifications/tools/list_changed":
             if self.on_tools_changed is not None:
                 self.on_tools_changed()
-        elif method == "notifications/message" and self.on_log is not None:
-            self.on_log(f"log {params.get('level', '')}: {params.get('data')!r}")
+        elif method in ("notifications/resources/list_changed",
+                        "notifications/prompts/list_changed"):
+            if self.on_list_changed is not None:
+                self.on_list_changed(method)
+        elif method == "notifications/resources/updated":
+            uri = params.get("uri")
+            if isinstance(uri, str) and self.on_resource_updated is not None:
+                self.on_resource_updated(uri, params)
+        elif method == "notifications/message":
+            logger = f" [{params['logger']}]" if isinstance(params.get("logger"), str) else ""
+            data = params.get("data")
+            text = data if isinstance(data, str) else msgspec.json.encode(data).decode()
+            self._note(f"log {params.get('level', '')}{logger}: {text}")
 
     def on_request(self, method: str, raw: Any, peer: Peer) -> Any:
         if method == "ping":
             return {}
         if method == "roots/list":
-            return {"roots": []}
+            return {"roots": [{"uri": u, "name": u.rsplit("/", 1)[-1] or u}
+                              for u in self.roots]}
+        if method in ("sampling/createMessage", "elicitation/create"):
+            what = "sampling" if method.startswith("sampling") else "elicitation"
+            raise RpcError(jsonrpc.METHOD_NOT_FOUND,
+                           f"{method}: corral does not offer {what} (it runs unattended; "
+                           f"see docs/decisions.md)")
         raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
 
+
+def _offers_stateless(found: Any) -> bool:
+    return isinstance(found, dict) and isinstance(found.get("supportedVersions"), list) \
+        and STATELESS in found["supportedVersions"]
+
+
+def _forget(fut: asyncio.Future[Any]) -> None:
+    """Retrieve a settled future's exception so it is not logged as never retrieved."""
+    if fut.done() and not fut.cancelled():
+        with contextlib.suppress(BaseException):
+            fut.exception()

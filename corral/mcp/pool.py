@@ -1,6 +1,7 @@
 """The tool-server pool: MCP servers by name, their instances, and tool routing.
 
-Agents see tools as `SERVER__TOOL`. A call is checked against the agent's allowlist
+Agents see tools as `SERVER__TOOL` and prompts as `SERVER__PROMPT`; resources keep
+their URIs and carry their `server`. A call is checked against the agent's allowlist
 (fnmatch patterns), then sent to the instance of the server with the fewest requests in
 flight (`scope = "shared"`), or to the calling replica's own instance
 (`scope = "per-agent"`). Servers start with the daemon (`start = "eager"`) or on first use
@@ -12,6 +13,7 @@ depends on the wire layer and the MCP client alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -25,8 +27,6 @@ from .client import McpClient
 SEP = "__"
 SERVING = ("ready", "busy", "idle")
 DOWN = ("failed", "terminated", "initial")
-
-
 
 class ServerSpec(Protocol):
     """What the pool reads of a server's configuration."""
@@ -61,14 +61,16 @@ class ServerInstance(Protocol):
 Spec = TypeVar("Spec", bound=ServerSpec)
 Inst = TypeVar("Inst", bound=ServerInstance)
 Progress = Callable[[dict[str, Any]], None]
+# (server, uri, the notification's params)
+ResourceListener = Callable[[str, str, dict[str, Any]], None]
 
 
-def split(qualified: str) -> tuple[str, str]:
-    server, sep, tool = qualified.partition(SEP)
-    if not sep or not server or not tool:
-        raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {qualified} (tools are named "
-                                          "SERVER__TOOL)")
-    return server, tool
+def split(qualified: str, what: str = "tool") -> tuple[str, str]:
+    server, sep, name = qualified.partition(SEP)
+    if not sep or not server or not name:
+        raise RpcError(jsonrpc.NOT_FOUND, f"no such {what}: {qualified} ({what}s are named "
+                                          f"SERVER__{what.upper()})")
+    return server, name
 
 
 def allowed(qualified: str, patterns: list[str]) -> bool:
@@ -100,6 +102,8 @@ class McpPool(Generic[Spec, Inst]):
         self.factory = factory
         self.wait_serving = wait_serving
         self.servers: dict[str, ServerEntry[Spec, Inst]] = {}
+        # (server, uri) -> subscriber -> listener
+        self.subscriptions: dict[tuple[str, str], dict[str, ResourceListener]] = {}
 
     # -- servers --------------------------------------------------------------------------
     def add(self, spec: Spec) -> ServerEntry[Spec, Inst]:
@@ -153,25 +157,84 @@ class McpPool(Generic[Spec, Inst]):
         if all(i.state.value == "failed" for i in candidates):
             raise RpcError(jsonrpc.REFUSED, f"MCP server {entry.name} is failed: "
                                             f"{candidates[0].reason}")
+        if all(i.state.value in ("initial", "failed") for i in candidates):  # cannot start
+            raise RpcError(jsonrpc.REFUSED, f"MCP server {entry.name} is not serving: "
+                                            f"{candidates[0].reason}")
         ready: Inst = await self.wait_serving(candidates[0],
                                                            entry.spec.start_timeout)
         return ready
 
-    # -- tools ----------------------------------------------------------------------------
-    async def list_tools(self, *, owner: str | None = None,
-                         allow: list[str] | None = None) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for entry in self.servers.values():
-            if allow is not None and not any(could_match(entry.name, p) for p in allow):
-                continue  # no pattern can match this server's tools: do not start it
+    # -- listing across servers -----------------------------------------------------------
+    async def _serving(self, owner: str | None, allow: list[str] | None, server: str | None,
+                       unavailable: dict[str, str] | None) -> list[tuple[str, Inst]]:
+        """(name, instance) of every server some pattern could admit, started where lazy,
+        concurrently; servers that cannot serve are told in `unavailable` with the reason."""
+        entries = [self.server(server)] if server is not None else list(self.servers.values())
+        entries = [e for e in entries
+                   if allow is None or any(could_match(e.name, p) for p in allow)]
+
+        async def one(entry: ServerEntry[Spec, Inst]) -> tuple[str, Inst | None]:
             try:
-                inst = await self.instance(entry, owner)
-            except RpcError:
-                continue
+                return entry.name, await self.instance(entry, owner)
+            except RpcError as exc:
+                if unavailable is not None:
+                    unavailable[entry.name] = exc.message
+                return entry.name, None
+
+        found = await asyncio.gather(*(one(e) for e in entries))
+        return [(name, inst) for name, inst in found if inst is not None]
+
+    async def _list_each(self, kind: str, owner: str | None, allow: list[str] | None,
+                         server: str | None, unavailable: dict[str, str] | None,
+                         key: Callable[[str, dict[str, Any]], str]) -> list[dict[str, Any]]:
+        """resources, templates or prompts of every server (the server advertising the
+        capability), each item with its `server`, admitted by `allow` under `key`."""
+        capability = kind.split("/")[0]
+        serving = [(n, i) for n, i in await self._serving(owner, allow, server, unavailable)
+                   if capability in i.client.capabilities]
+
+        async def one(name: str, inst: Inst) -> list[dict[str, Any]]:
+            client = inst.client
+            timeout = self.servers[name].spec.timeout
+            try:
+                if kind == "resources":
+                    items = await client.list_resources(timeout)
+                elif kind == "resources/templates":
+                    items = await client.list_resource_templates(timeout)
+                else:
+                    items = await client.list_prompts(timeout)
+            except RpcError as exc:
+                if unavailable is not None:
+                    unavailable[name] = f"{kind.replace('/', ' ')}: {exc.message}"
+                return []
+            return [{**item, "server": name} for item in items
+                    if allow is None or allowed(key(name, item), allow)]
+
+        lists = await asyncio.gather(*(one(n, i) for n, i in serving))
+        return [item for items in lists for item in items]
+
+    async def _admitted(self, server: str, what: str, qualified: str, owner: str | None,
+                        allow: list[str] | None) -> tuple[ServerEntry[Spec, Inst], Inst]:
+        if allow is not None and not allowed(qualified, allow):
+            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
+                           f"{what} {qualified} is not allowed (allowlist: {allow})")
+        entry = self.servers.get(server)
+        if entry is None:
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such MCP server: {server}")
+        return entry, await self.instance(entry, owner)
+
+    # -- tools ----------------------------------------------------------------------------
+    async def list_tools(self, *, owner: str | None = None, allow: list[str] | None = None,
+                         server: str | None = None,
+                         unavailable: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """The tools as SERVER__TOOL (with `server`); servers that cannot serve are left
+        out and, when `unavailable` is given, named there with the reason."""
+        out: list[dict[str, Any]] = []
+        for name, inst in await self._serving(owner, allow, server, unavailable):
             for tool in inst.client.tools:
-                qualified = f"{entry.name}{SEP}{tool['name']}"
+                qualified = f"{name}{SEP}{tool['name']}"
                 if allow is None or allowed(qualified, allow):
-                    out.append({**tool, "name": qualified, "server": entry.name})
+                    out.append({**tool, "name": qualified, "server": name})
         return out
 
     async def call(self, qualified: str, arguments: dict[str, Any], *,
@@ -183,11 +246,100 @@ class McpPool(Generic[Spec, Inst]):
             raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {qualified} (no MCP server "
                                               f"{server})")
         inst = await self.instance(entry, owner)
-        if not any(t.get("name") == tool for t in inst.client.tools):
+        if inst.client.tool(tool) is None:
             raise RpcError(jsonrpc.NOT_FOUND, f"no such tool: {qualified} (MCP server {server} "
                                               f"has no tool {tool})")
         return await inst.client.call_tool(tool, arguments, timeout=entry.spec.timeout,
                                            on_progress=on_progress)
+
+    # -- resources ------------------------------------------------------------------------
+    # An allowlist admits a resource as SERVER__URI (`notes__*` admits every resource of
+    # notes, `fs__file:///srv/*` those under /srv), a prompt as SERVER__PROMPT.
+    async def list_resources(self, *, owner: str | None = None,
+                             allow: list[str] | None = None, server: str | None = None,
+                             unavailable: dict[str, str] | None = None
+                             ) -> list[dict[str, Any]]:
+        """Every page of every server's resources/list, each with its `server`."""
+        return await self._list_each("resources", owner, allow, server, unavailable,
+                                     lambda s, r: f"{s}{SEP}{r.get('uri')}")
+
+    async def list_resource_templates(self, *, owner: str | None = None,
+                                      allow: list[str] | None = None,
+                                      server: str | None = None,
+                                      unavailable: dict[str, str] | None = None
+                                      ) -> list[dict[str, Any]]:
+        return await self._list_each("resources/templates", owner, allow, server,
+                                     unavailable,
+                                     lambda s, t: f"{s}{SEP}{t.get('uriTemplate')}")
+
+    async def read_resource(self, server: str, uri: str, *, owner: str | None = None,
+                            allow: list[str] | None = None) -> Any:
+        entry, inst = await self._admitted(server, "resource", f"{server}{SEP}{uri}",
+                                           owner, allow)
+        return await inst.client.read_resource(uri, entry.spec.timeout)
+
+    async def subscribe(self, server: str, uri: str, subscriber: str,
+                        on_update: ResourceListener, *, owner: str | None = None,
+                        allow: list[str] | None = None) -> None:
+        """Tell `on_update(server, uri, params)` of every notifications/resources/updated
+        for `uri` until `unsubscribe` (by the same `subscriber` name)."""
+        entry, inst = await self._admitted(server, "resource", f"{server}{SEP}{uri}",
+                                           owner, allow)
+        if not (inst.client.capabilities.get("resources") or {}).get("subscribe"):
+            raise RpcError(jsonrpc.REFUSED, f"MCP server {server} does not offer resource "
+                                            "subscriptions")
+        listeners = self.subscriptions.setdefault((server, uri), {})
+        if not listeners:
+            await inst.client.subscribe(uri, entry.spec.timeout)
+        listeners[subscriber] = on_update
+
+    async def unsubscribe(self, server: str, uri: str, subscriber: str, *,
+                          owner: str | None = None) -> None:
+        listeners = self.subscriptions.get((server, uri))
+        if listeners is None or listeners.pop(subscriber, None) is None or listeners:
+            return
+        del self.subscriptions[(server, uri)]
+        entry = self.servers.get(server)
+        if entry is not None:
+            for inst in entry.all():
+                if inst.state.value in SERVING and inst.peer is not None:
+                    with contextlib.suppress(RpcError):
+                        await inst.client.unsubscribe(uri, entry.spec.timeout)
+
+    def drop_subscriber(self, subscriber: str) -> None:
+        """Forget every subscription of one subscriber (an agent replica that exited)."""
+        for key in [k for k, ls in self.subscriptions.items() if subscriber in ls]:
+            self.subscriptions[key].pop(subscriber, None)
+
+    def resource_updated(self, server: str, uri: str, params: dict[str, Any]) -> None:
+        """An instance of `server` said `uri` changed (instances call this)."""
+        for listener in list(self.subscriptions.get((server, uri), {}).values()):
+            listener(server, uri, params)
+
+    # -- prompts and completion -----------------------------------------------------------
+    async def list_prompts(self, *, owner: str | None = None, allow: list[str] | None = None,
+                           server: str | None = None,
+                           unavailable: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Every server's prompts, named SERVER__PROMPT (with `server`)."""
+        prompts = await self._list_each("prompts", owner, allow, server, unavailable,
+                                        lambda s, p: f"{s}{SEP}{p.get('name')}")
+        return [{**p, "name": f"{p['server']}{SEP}{p.get('name')}"} for p in prompts]
+
+    async def get_prompt(self, qualified: str, arguments: dict[str, str], *,
+                         owner: str | None = None, allow: list[str] | None = None) -> Any:
+        server, name = split(qualified, "prompt")
+        entry, inst = await self._admitted(server, "prompt", qualified, owner, allow)
+        return await inst.client.get_prompt(name, arguments, entry.spec.timeout)
+
+    async def complete(self, server: str, ref: dict[str, Any], argument: dict[str, Any],
+                       context: dict[str, Any] | None = None, *, owner: str | None = None,
+                       allow: list[str] | None = None) -> Any:
+        """completion/complete for a prompt's (`ref/prompt`, name unqualified) or a resource
+        template's (`ref/resource`) argument."""
+        subject = ref.get("name") if ref.get("type") == "ref/prompt" else ref.get("uri")
+        entry, inst = await self._admitted(server, "completion for",
+                                           f"{server}{SEP}{subject}", owner, allow)
+        return await inst.client.complete(ref, argument, context, entry.spec.timeout)
 
     def status(self) -> list[dict[str, Any]]:
         """Each instance's replica status, plus what is particular to an MCP server."""

@@ -18,7 +18,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-NAME_RE = re.compile(r"^[A-Za-z0-9-]+$")
+# DESIGN section 10: 1-64 characters of [A-Za-z0-9_-], starting with a letter or digit
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+RESERVED_NAMES = ("corral",)
+MIB = 1024 * 1024
 
 NonNeg = Annotated[float, Meta(ge=0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
@@ -85,16 +88,48 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     config: dict[str, Any] = {}  # passed to the worker in `initialize`
 
 
+LogLevel = Literal["debug", "info", "notice", "warning", "error", "critical", "alert",
+                   "emergency"]
+
+
 class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
+    """A supervised stdio server (`command` + `args`), or a remote one (`url`)."""
+
+    command: list[str] | str = []
     name: str = ""
     args: list[str] = []
+    url: str | None = None  # a remote server (Streamable HTTP, or legacy HTTP+SSE)
+    headers: dict[str, str] = {}  # for a remote server; values may name ${VARIABLES}
+    transport: Literal["stdio", "http", "sse"] | None = None  # default: from command/url
     instances: PositiveInt = 1
     scope: Literal["shared", "per-agent"] = "shared"
     start: Literal["lazy", "eager"] = "lazy"
     timeout: Positive = 30.0
+    roots: list[str] = []  # offered to the server as MCP roots (paths or URIs)
+    log_level: LogLevel | None = None  # sent as logging/setLevel when the server logs
+    # the longest message (one stdout line) the server may send: base64 images and file
+    # contents make MCP answers far larger than workers' (server-filesystem's 7 MB image
+    # is a 34 MB line)
+    max_message_mb: PositiveInt = 64
+
+    @property
+    def remote(self) -> bool:
+        return self.url is not None
 
     def argv(self) -> list[str]:
         return super().argv() + list(self.args)
+
+    def check(self) -> None:
+        """command xor url, and a transport that fits; raises ConfigError."""
+        if self.url is not None and self.command:
+            raise ConfigError("give either command (a local server) or url (a remote "
+                              "one), not both")
+        if self.url is None:
+            if self.transport not in (None, "stdio"):
+                raise ConfigError(f"transport {self.transport!r} needs a url")
+            self.argv()
+        elif self.transport == "stdio":
+            raise ConfigError("transport 'stdio' needs a command, not a url")
 
 
 class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -141,9 +176,16 @@ def convert(data: Any, type: type[Any], *, where: str, prefix: str = "") -> Any:
 
 
 def validate_name(kind: str, name: str, where: str) -> None:
+    """DESIGN section 10's rule; server names may not contain "__" (the SERVER__TOOL
+    separator)."""
+    rule = "1-64 characters of [A-Za-z0-9_-], starting with a letter or digit"
     if not NAME_RE.match(name):
-        rule = "[A-Za-z0-9-]+" + (", so no '__'" if kind == "mcp_servers" else "")
-        raise ConfigError(f"{where}: {kind}.{name}: name must match {rule}")
+        raise ConfigError(f"{where}: {kind}.{name}: name must be {rule}")
+    if name in RESERVED_NAMES:
+        raise ConfigError(f"{where}: {kind}.{name}: the name {name!r} is reserved")
+    if kind in ("mcp_servers", "mcpServers") and "__" in name:
+        raise ConfigError(f"{where}: {kind}.{name}: a server name may not contain '__' "
+                          "(it separates server and tool in SERVER__TOOL)")
 
 
 def parse_agents(data: dict[str, Any], where: str) -> dict[str, AgentSpec]:
@@ -185,7 +227,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if unknown:
         raise ConfigError(f"{where}: {sorted(unknown)[0]}: unknown top-level key")
     agents = parse_agents(data, where)
-    servers = parse_servers(data, where)
+    declared = data.get("mcp_servers", {})
+    overlays = {n: t for n, t in declared.items() if isinstance(t, dict)
+                and "command" not in t and "url" not in t} if isinstance(declared, dict) else {}
+    for name in overlays:
+        validate_name("mcp_servers", name, where)
+    servers = parse_servers({"mcp_servers": {n: t for n, t in declared.items()
+                                             if n not in overlays}}
+                            if overlays else data, where)
     base = path.parent
     for pattern in sup.include:
         for inc in sorted(glob.glob(str(base / pattern))):
@@ -208,24 +257,50 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             if name in servers:
                 raise ConfigError(f"{mpath}: mcpServers.{name}: already defined in {path}")
             servers[name] = sspec
+        # [mcp_servers.NAME] tables without command or url tune imported servers
+        for name, table in overlays.items():
+            if name not in servers:
+                raise ConfigError(f"{where}: mcp_servers.{name}: needs a command or a url "
+                                  f"(no server {name} in {mpath} to apply it to)")
+            merged = {**msgspec.to_builtins(servers[name]), **table}
+            servers[name] = _server(name, merged, where, f"mcp_servers.{name}")
+    elif overlays:
+        name = next(iter(overlays))
+        raise ConfigError(f"{where}: mcp_servers.{name}: needs a command or a url")
     # a process runs where the file that declares it is, unless told otherwise
     for pspec in [*agents.values(), *servers.values()]:
         pspec.cwd = str((base / pspec.cwd).resolve() if pspec.cwd else base.resolve())
+    for sspec in servers.values():
+        sspec.roots = [r if "://" in r else str((base / r).resolve()) for r in sspec.roots]
     return Config(supervisor=sup, agents=agents, mcp_servers=servers)
 
 
-class DesktopServer(msgspec.Struct, kw_only=True):
-    """One entry of a desktop MCP client's `mcpServers` file (unknown keys are ignored:
-    those files carry client-specific settings)."""
+class DesktopServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One entry of a desktop MCP client's `mcpServers` file: every field those clients
+    write (Claude Desktop, Cursor, VS Code, Windsurf); anything else is refused with its key
+    path rather than silently ignored."""
 
-    command: str
+    command: str | None = None
     args: list[str] = []
     env: dict[str, str] = {}
     cwd: str | None = None
+    url: str | None = None
+    serverUrl: str | None = None  # Windsurf's spelling of url
+    headers: dict[str, str] = {}
+    type: Literal["stdio", "http", "streamable-http", "streamableHttp", "sse"] | None = None
+    transport: Literal["stdio", "http", "streamable-http", "streamableHttp", "sse"] | None \
+        = None
+    disabled: bool = False
+
+
+_TRANSPORTS: dict[str, Literal["stdio", "http", "sse"]] = {
+    "stdio": "stdio", "http": "http", "streamable-http": "http", "streamableHttp": "http",
+    "sse": "sse"}
 
 
 def load_mcp_servers_file(path: Path) -> dict[str, McpServerSpec]:
-    """A standard {"mcpServers": {NAME: {command, args, env}}} file."""
+    """A standard {"mcpServers": {NAME: {command, args, env, cwd | url, headers, type,
+    disabled}}} file; disabled servers are left out."""
     try:
         data = msgspec.json.decode(path.read_bytes())
     except OSError as exc:
@@ -237,11 +312,41 @@ def load_mcp_servers_file(path: Path) -> dict[str, McpServerSpec]:
         raise ConfigError(f"{path}: mcpServers: expected an object of servers")
     out: dict[str, McpServerSpec] = {}
     for name, entry in entries.items():
-        validate_name("mcp_servers", name, str(path))
-        d = convert(entry, DesktopServer, where=str(path), prefix=f"mcpServers.{name}")
-        out[name] = McpServerSpec(name=name, command=[d.command], args=d.args, env=d.env,
-                                  cwd=d.cwd)
+        validate_name("mcpServers", name, str(path))
+        key = f"mcpServers.{name}"
+        d = convert(entry, DesktopServer, where=str(path), prefix=key)
+        if d.disabled:
+            continue
+        url = d.url or d.serverUrl
+        kind = d.type or d.transport
+        transport = _TRANSPORTS[kind] if kind is not None else None
+        if (d.command is None) == (url is None):
+            raise ConfigError(f"{path}: {key}: give either command (a local server) or url "
+                              "(a remote one)")
+        if url is not None and (d.args or d.env or d.cwd):
+            raise ConfigError(f"{path}: {key}: args, env and cwd are for a command, not a "
+                              "url")
+        if d.command is not None and d.headers:
+            raise ConfigError(f"{path}: {key}.headers: headers are for a url, not a command")
+        table: dict[str, Any] = {"transport": transport} if transport else {}
+        if url is not None:
+            table.update(url=url, headers=d.headers)
+        else:
+            table.update(command=[d.command], args=d.args, env=d.env, cwd=d.cwd)
+        out[name] = _server(name, table, str(path), key)
     return out
+
+
+def _server(name: str, table: dict[str, Any], where: str, key: str) -> McpServerSpec:
+    spec: McpServerSpec = convert(
+        {k: v for k, v in table.items() if v is not None and k != "name"},
+        McpServerSpec, where=where, prefix=key)
+    spec.name = name
+    try:
+        spec.check()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {key}: {exc}") from None
+    return spec
 
 
 def parse_servers(data: dict[str, Any], where: str) -> dict[str, McpServerSpec]:
@@ -251,7 +356,7 @@ def parse_servers(data: dict[str, Any], where: str) -> dict[str, McpServerSpec]:
     out: dict[str, McpServerSpec] = {}
     for name, table in servers.items():
         validate_name("mcp_servers", name, where)
-        spec = convert(table, McpServerSpec, where=where, prefix=f"mcp_servers.{name}")
-        spec.name = name
-        out[name] = spec
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: mcp_servers.{name}: expected a table")
+        out[name] = _server(name, table, where, f"mcp_servers.{name}")
     return out

@@ -22,6 +22,7 @@ from .config import AgentSpec, ConfigError, McpServerSpec
 from .events import EventBus
 from .lifecycle import LIVE, SERVING, State
 from .listening import ListeningClock
+from .mcproutes import AgentMcp
 from .mcpserver import McpServerReplica
 from .replica import Event, Replica, ReplicaStatus
 from .tasks import TaskManager
@@ -125,6 +126,7 @@ class Supervisor:
         self.tasks = TaskManager(self, tool_router=self._route_tool,
                                  tool_lister=self._list_tools)
         self.events = EventBus(self)
+        self.agent_mcp = AgentMcp(self)
 
     # -- lifecycle of the supervisor itself -----------------------------------------------
     async def __aenter__(self) -> Supervisor:
@@ -296,6 +298,25 @@ class Supervisor:
     # -- MCP tool servers -----------------------------------------------------------------
     def add_mcp_server(self, spec: McpServerSpec) -> None:
         self.mcp.add(spec)
+
+    def retune_mcp_server(self, spec: McpServerSpec) -> bool:
+        """Apply a changed spec without a restart where only roots or the log level
+        differ (the server is told); False when it needs a restart."""
+        entry = self.mcp.server(spec.name)
+        old = msgspec.structs.replace(entry.spec, roots=spec.roots, log_level=spec.log_level)
+        if old != spec:
+            return False
+        entry.spec = spec
+        for inst in entry.all():
+            inst.retune(spec)
+        return True
+
+    def mcp_instance(self, name: str, index: int) -> McpServerReplica:
+        entry = self.mcp.server(name)
+        for inst in entry.all():
+            if inst.index == index:
+                return inst
+        raise SupervisorError(jsonrpc.NOT_FOUND, f"MCP server {name} has no instance {index}")
 
     def _new_mcp_instance(self, spec: McpServerSpec, name: str, index: int,
                           owner: str | None) -> McpServerReplica:

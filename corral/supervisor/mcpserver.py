@@ -1,5 +1,11 @@
 """An MCP tool server as a supervised process: a Replica that speaks MCP instead of the
-corral worker protocol (same caps, lifecycle, restart policy, logs)."""
+corral worker protocol (same caps, lifecycle, restart policy, logs).
+
+What differs from an agent's replica: the handshake is the MCP client's; a server in a
+call is not hung for missing pings while that call is within its timeout (a FastMCP 1.x
+server runs a sync tool on its event loop and answers no ping until it returns); the line
+limit is the server's `max_message_mb`; and stopping follows the MCP stdio shutdown
+(close stdin, SIGTERM, SIGKILL): MCP has no `shutdown` request."""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..jsonrpc import Peer, RpcError
 from ..mcp.client import McpClient
-from .config import McpServerSpec
+from .config import MIB, McpServerSpec
 from .process import ChildProcess
 from .replica import Replica
 
@@ -28,14 +34,58 @@ class McpServerReplica(Replica):
         super().__init__(sup, spec, name, index)
         self.mcp_spec = spec
         self.owner = owner  # "agent#replica" for scope = "per-agent"
-        self.client = McpClient(f"{name}#{index}")
+        self.client = self._new_client()
         self._refresh: asyncio.Task[Any] | None = None
+        self._retune: asyncio.Future[Any] | None = None
+
+    def _new_client(self) -> McpClient:
+        client = McpClient(self.label, roots=self.mcp_spec.roots,
+                           log_level=self.mcp_spec.log_level)
+        client.on_log = self.note
+        client.on_tools_changed = self._tools_changed
+        client.on_resource_updated = self._resource_updated
+        return client
 
     def _make_peer(self, proc: ChildProcess) -> Peer:
-        self.client = McpClient(self.label)
-        self.client.on_log = self.note
-        self.client.on_tools_changed = self._tools_changed
+        self.client = self._new_client()
         return self.client.make_peer(proc.write, on_garbage=self._on_garbage)
+
+    @property
+    def max_line(self) -> int:
+        return self.mcp_spec.max_message_mb * MIB
+
+    @property
+    def silence_excused(self) -> bool:
+        # each call has its own timeout (`timeout`), after which it fails by itself
+        return self.client.calls_in_flight > 0
+
+    def start(self, *, by_hand: bool = True) -> None:
+        if self.mcp_spec.remote:  # no process to spawn: the HTTP transport's job
+            self.reason = (f"remote MCP server ({self.mcp_spec.url}): this build has no "
+                           "HTTP transport")
+            return
+        super().start(by_hand=by_hand)
+
+    def _ask_to_stop(self) -> None:
+        pass  # the MCP stdio shutdown: closing stdin is the request
+
+    def _resource_updated(self, uri: str, params: dict[str, Any]) -> None:
+        self.sup.mcp.resource_updated(self.name, uri, params)
+
+    def retune(self, spec: McpServerSpec) -> None:
+        """Take a spec that differs only in what a running server can be told (roots,
+        log level): roots/list_changed and logging/setLevel instead of a restart."""
+        self.spec = self.mcp_spec = spec
+        self.client.set_roots(spec.roots)
+        if spec.log_level and spec.log_level != self.client.log_level \
+                and self.client.version is not None and "logging" in self.client.capabilities:
+            self._retune = asyncio.ensure_future(self._set_level(spec.log_level))
+
+    async def _set_level(self, level: str) -> None:
+        try:
+            await self.client.set_log_level(level, self.mcp_spec.timeout)
+        except RpcError as exc:
+            self.note(f"logging/setLevel {level} failed: {exc.message}")
 
     def exit_message(self, reason: str) -> str:
         return f"MCP server {self.label} exited: {reason}"

@@ -90,7 +90,7 @@ class ChildProcess:
         on_stdout_line: Callable[[bytes], None],
         on_stdout_eof: Callable[[Exception | None], None],
         on_stderr_lines: Callable[[LineBlock], None],
-        on_oversize: Callable[[int], None],
+        on_oversize: Callable[[int, bytes, bytes], None],
         max_line: int = DEFAULT_MAX_LINE,
     ) -> ChildProcess:
         loop = asyncio.get_running_loop()

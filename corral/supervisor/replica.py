@@ -213,7 +213,7 @@ class Replica:
                 on_stdout_eof=self._on_stdout_eof,
                 on_stderr_lines=self._on_stderr_lines,
                 on_oversize=self._on_oversize,
-                max_line=self.sup.max_line,
+                max_line=self.max_line,
             )
         except (OSError, ConfigError, ValueError, subprocess.SubprocessError) as exc:
             reason = f"spawn failed: {exc}"
@@ -307,9 +307,7 @@ class Replica:
         grace = self.spec.stop_timeout
         if graceful:
             proc.remember_descendants()
-            if self.peer is not None and self.ready_at is not None and self.peer.closed is None:
-                _, fut = self.peer.request_future("shutdown", {})
-                fut.add_done_callback(_swallow)
+            self._ask_to_stop()
             proc.close_stdin()
             if await _wait(proc.exited, grace):
                 return
@@ -319,6 +317,12 @@ class Replica:
                 return
             self._escalation = f"SIGKILL after ignoring SIGTERM for {grace:g} s"
         proc.kill_group(signal.SIGKILL)
+
+    def _ask_to_stop(self) -> None:
+        """The protocol's own way of asking the process to exit, before stdin closes."""
+        if self.peer is not None and self.ready_at is not None and self.peer.closed is None:
+            _, fut = self.peer.request_future("shutdown", {})
+            fut.add_done_callback(_swallow)
 
     async def stop(self, reason: str = "stopped", *, graceful: bool = True) -> None:
         """Take the replica down and keep it down; returns once it is Terminated.
@@ -405,9 +409,17 @@ class Replica:
     def _on_stderr_lines(self, lines: LineBlock) -> None:
         self.sup._on_log(self, "stderr", lines)
 
-    def _on_oversize(self, size: int) -> None:
+    @property
+    def max_line(self) -> int:
+        """The longest stdout line (one message) this process may write."""
+        return self.sup.max_line
+
+    def _on_oversize(self, size: int, head: bytes, tail: bytes) -> None:
         self._oversize += 1
-        self.note(f"discarded a {size}-byte line on stdout (limit {self.sup.max_line} bytes)")
+        self.note(f"discarded a {size}-byte line on stdout (limit {self.max_line} bytes)")
+        # the answer to a request: that request fails now, not at its timeout
+        if self.peer is not None:
+            self.peer.oversized(size, head, tail, self.max_line)
 
     def _on_garbage(self, line: bytes, why: str) -> None:
         preview = line[:120].decode("utf-8", "replace")
@@ -430,8 +442,11 @@ class Replica:
                 self._sample(now, sample_fds)
             return
         if self.pings:  # without ping (stateless MCP), hangs show as call timeouts
-            # silence counts only while corral was able to read the pipe
-            if self.sup.listening.now() - self._last_pong > timeout:
+            # silence counts only while corral was able to read the pipe, and not while
+            # the process is excused (an MCP server in a call within its timeout)
+            if self.silence_excused:
+                self._last_pong = self.sup.listening.now()
+            elif self.sup.listening.now() - self._last_pong > timeout:
                 self.take_down(f"hung: no heartbeat for {timeout:g} s", graceful=False)
                 return
             if not self._ping_out:
@@ -443,6 +458,11 @@ class Replica:
     @property
     def pings(self) -> bool:
         return True
+
+    @property
+    def silence_excused(self) -> bool:
+        """Whether missed pings are not a hang now (an MCP server in a call)."""
+        return False
 
     def _pong(self, fut: asyncio.Future[Any]) -> None:
         self._ping_out = False

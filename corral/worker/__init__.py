@@ -224,6 +224,26 @@ class Context:
             "tools/call", {"name": name, "arguments": arguments or {}, "task_id": self.task_id}
         )
 
+    def list_resources(self, server: str | None = None) -> Any:
+        """The MCP resources this agent may read (each with its "server")."""
+        return self._call("resources/list", {} if server is None else {"server": server})
+
+    def read_resource(self, server: str, uri: str) -> Any:
+        """resources/read of one server's resource: {"contents": [...]}."""
+        return self._call("resources/read", {"server": server, "uri": uri})
+
+    def subscribe_resource(self, server: str, uri: str) -> Any:
+        """Updates arrive as `on_resource_updated(server, uri)` (see `run`)."""
+        return self._call("resources/subscribe", {"server": server, "uri": uri})
+
+    def list_prompts(self, server: str | None = None) -> Any:
+        """The MCP prompts this agent may get, named SERVER__PROMPT."""
+        return self._call("prompts/list", {} if server is None else {"server": server})
+
+    def get_prompt(self, name: str, arguments: dict[str, str] | None = None) -> Any:
+        """prompts/get of `SERVER__PROMPT`: {"messages": [...]}."""
+        return self._call("prompts/get", {"name": name, "arguments": arguments or {}})
+
     def publish(self, topic: str, data: Any = None) -> None:
         self._worker.notify("events/publish", {"topic": topic, "data": data})
 
@@ -244,11 +264,13 @@ class Worker:
         on_initialize: Callable[[dict[str, Any]], Any] | None = None,
         on_event: Callable[[str, Any], Any] | None = None,
         on_shutdown: Callable[[], Any] | None = None,
+        on_resource_updated: Callable[[str, str], Any] | None = None,
     ) -> None:
         self.handler = handler
         self.on_initialize = on_initialize
         self.on_event = on_event
         self.on_shutdown = on_shutdown
+        self.on_resource_updated = on_resource_updated
         # CO_COROUTINE; cheaper than importing inspect
         self.is_async = bool(getattr(handler, "__code__", None) and
                              handler.__code__.co_flags & 0x80)
@@ -391,6 +413,12 @@ class Worker:
             if self.on_event is not None:
                 try:
                     self.on_event(params.get("topic", ""), params.get("data"))
+                except Exception:
+                    _print_exc()
+        elif method == "resources/updated":
+            if self.on_resource_updated is not None:
+                try:
+                    self.on_resource_updated(params.get("server", ""), params.get("uri", ""))
                 except Exception:
                     _print_exc()
         elif rid is not None:
@@ -545,8 +573,10 @@ def run(
     on_initialize: Callable[[dict[str, Any]], Any] | None = None,
     on_event: Callable[[str, Any], Any] | None = None,
     on_shutdown: Callable[[], Any] | None = None,
+    on_resource_updated: Callable[[str, str], Any] | None = None,
 ) -> None:
     """Serve `handler(task_input, ctx)` over stdio until the supervisor says stop."""
     Worker(
-        handler, on_initialize=on_initialize, on_event=on_event, on_shutdown=on_shutdown
+        handler, on_initialize=on_initialize, on_event=on_event, on_shutdown=on_shutdown,
+        on_resource_updated=on_resource_updated,
     ).run()

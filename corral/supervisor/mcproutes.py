@@ -1,0 +1,108 @@
+"""What agents may ask of the tool-server pool besides tools: resources and prompts.
+
+Tools are in tasks.py (a call counts against its task's tool budget); everything here is
+checked against the same `tools = [...]` allowlist, a resource as `SERVER__URI`, a prompt
+as `SERVER__PROMPT`. Worker protocol (docs/protocol.md):
+
+    resources/list {server?}                 -> {"resources": [...]}  (each with "server")
+    resources/templates/list {server?}       -> {"resourceTemplates": [...]}
+    resources/read {server, uri}             -> the MCP result ({"contents": [...]})
+    resources/subscribe {server, uri}        -> {}; then `resources/updated {server, uri}`
+    resources/unsubscribe {server, uri}      -> {}
+    prompts/list {server?}                   -> {"prompts": [...]}  (named SERVER__PROMPT)
+    prompts/get {name, arguments?}           -> the MCP result ({"messages": [...]})
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+
+if TYPE_CHECKING:
+    from .core import Supervisor
+    from .replica import Replica
+
+
+def _str(params: dict[str, Any], key: str, method: str, *, optional: bool = False
+         ) -> str | None:
+    value = params.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"{method}: {key} must be a string")
+    return value
+
+
+def _allow(r: Replica) -> list[str]:
+    return list(getattr(r.spec, "tools", []))
+
+
+class AgentMcp:
+    """Registers the resources/* and prompts/* worker methods on a Supervisor."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        for method, handler in {
+            "resources/list": self.list_resources,
+            "resources/templates/list": self.list_templates,
+            "resources/read": self.read,
+            "resources/subscribe": self.subscribe,
+            "resources/unsubscribe": self.unsubscribe,
+            "prompts/list": self.list_prompts,
+            "prompts/get": self.get_prompt,
+        }.items():
+            sup.worker_methods[method] = handler
+        sup.exit_listeners.append(lambda r, reason: sup.mcp.drop_subscriber(r.label))
+
+    async def list_resources(self, r: Replica, p: dict[str, Any]) -> Any:
+        server = _str(p, "server", "resources/list", optional=True)
+        return {"resources": await self.sup.mcp.list_resources(
+            owner=r.label, allow=_allow(r), server=server)}
+
+    async def list_templates(self, r: Replica, p: dict[str, Any]) -> Any:
+        server = _str(p, "server", "resources/templates/list", optional=True)
+        return {"resourceTemplates": await self.sup.mcp.list_resource_templates(
+            owner=r.label, allow=_allow(r), server=server)}
+
+    async def read(self, r: Replica, p: dict[str, Any]) -> Any:
+        server = _str(p, "server", "resources/read")
+        uri = _str(p, "uri", "resources/read")
+        assert server is not None and uri is not None
+        return await self.sup.mcp.read_resource(server, uri, owner=r.label, allow=_allow(r))
+
+    async def subscribe(self, r: Replica, p: dict[str, Any]) -> Any:
+        server = _str(p, "server", "resources/subscribe")
+        uri = _str(p, "uri", "resources/subscribe")
+        assert server is not None and uri is not None
+
+        def updated(server: str, uri: str, params: dict[str, Any]) -> None:
+            if r.peer is not None:
+                r.peer.notify("resources/updated", {"server": server, "uri": uri})
+
+        await self.sup.mcp.subscribe(server, uri, r.label, updated, owner=r.label,
+                                     allow=_allow(r))
+        return {}
+
+    async def unsubscribe(self, r: Replica, p: dict[str, Any]) -> Any:
+        server = _str(p, "server", "resources/unsubscribe")
+        uri = _str(p, "uri", "resources/unsubscribe")
+        assert server is not None and uri is not None
+        await self.sup.mcp.unsubscribe(server, uri, r.label, owner=r.label)
+        return {}
+
+    async def list_prompts(self, r: Replica, p: dict[str, Any]) -> Any:
+        server = _str(p, "server", "prompts/list", optional=True)
+        return {"prompts": await self.sup.mcp.list_prompts(
+            owner=r.label, allow=_allow(r), server=server)}
+
+    async def get_prompt(self, r: Replica, p: dict[str, Any]) -> Any:
+        name = _str(p, "name", "prompts/get")
+        assert name is not None
+        arguments = p.get("arguments") or {}
+        if not isinstance(arguments, dict) or \
+                not all(isinstance(v, str) for v in arguments.values()):
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           "prompts/get: arguments must be an object of strings")
+        return await self.sup.mcp.get_prompt(name, arguments, owner=r.label, allow=_allow(r))
