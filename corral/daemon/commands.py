@@ -192,6 +192,7 @@ async def stats_get(d: Daemon, p: m.StatsGet, c: Connection) -> dict[str, Any]:
         "agents": per_agent,
         "tasks": d.sup.tasks.stats(),
         "events": d.sup.events.stats(),
+        "heartbeat": msgspec.structs.asdict(d.sup.heartbeat_work),
     }
 
 

@@ -25,7 +25,7 @@ from ..methods import ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from ..supervisor.config import AgentSpec, Config, ConfigError, load_config, parse_agents
 from ..supervisor.core import Supervisor
-from ..supervisor.lifecycle import SERVING, STOPPED, State
+from ..supervisor.lifecycle import LIVE, SERVING, State
 from ..supervisor.replica import Event, Replica
 from .control import AlreadyRunning, ControlServer
 from .logs import LogHub
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from .control import Connection
 
 log = logging.getLogger("corral.daemon")
+# states in which a replica is neither up nor settled down: READY=1 waits for none to be
+UNSETTLED = (LIVE - SERVING) | {State.BACKOFF}
 
 
 class Daemon:
@@ -52,6 +54,7 @@ class Daemon:
         self.from_config: set[str] = set()  # agents declared by the config file
         self._stop: asyncio.Future[None] | None = None
         self._signals: asyncio.Queue[int] = asyncio.Queue()
+        self._ready_sent = False
 
     # -- start-up -------------------------------------------------------------------------
     def _paths(self, cfg: Config) -> tuple[Path, Path, Path]:
@@ -79,6 +82,8 @@ class Daemon:
         self.sup.log_listeners.append(self._on_worker_log)
         self.sup.tick_listeners.append(self.notifier.watchdog)
         self.sup.stall_listeners.append(self._on_stall)
+        self.sup.transition_listeners.append(self._on_transition)
+        self.notifier.track_status(self.status_line)
         events = self.sup.subscribe(maxsize=100_000)
         self.control = ControlServer(self, sock_path, s.group)
         try:
@@ -115,9 +120,8 @@ class Daemon:
             self._add(spec)
             self.from_config.add(name)
         self._restore_runtime_agents()
-        ready_task = asyncio.ensure_future(self._announce_ready())
+        self._check_ready()
         await self._stop
-        ready_task.cancel()
         self.notifier.stopping("stopping agents")
         self.hub.daemon("shutting down: stopping all agents")
         await self.sup.close(graceful=True)
@@ -150,31 +154,40 @@ class Daemon:
             except Exception as exc:
                 self.hub.daemon(f"could not restore runtime agent {name}: {exc}")
 
-    async def _announce_ready(self) -> None:
+    def _on_transition(self, replica: Replica, event: Event) -> None:
+        """O(1) per lifecycle event: the STATUS line is marked stale (sent at most every
+        100 ms), and READY=1 goes out once every autostart agent is up."""
+        self.notifier.status_changed()
+        if not self._ready_sent:
+            self._check_ready()
+
+    def _check_ready(self) -> None:
         """READY=1 once every autostart agent has answered initialize (or given up)."""
         assert self.sup is not None
         sup = self.sup
-
-        def settled() -> bool:
-            mcp = [i for e in sup.mcp.servers.values() if e.spec.start == "eager"
-                   for i in e.all()]
-            return all(r.state in SERVING or r.state in STOPPED
-                       for r in [*sup.replicas(), *mcp])
-
-        while not settled():
-            await sup.wait_event(lambda e: True, 3600)
+        if any(sup.census[s] for s in UNSETTLED):
+            return
+        # eager tool servers are few; looked at only once the agents are settled
+        for entry in sup.mcp.servers.values():
+            if entry.spec.start == "eager" and any(i.state in UNSETTLED for i in entry.all()):
+                return
+        self._ready_sent = True
         self.notifier.ready(self.status_line())
         self.hub.daemon(f"ready: {self.status_line()}")
 
     def status_line(self) -> str:
+        """From the supervisor's census: O(1), whatever the size of the fleet."""
         assert self.sup is not None
-        reps = list(self.sup.replicas())
-        up = sum(1 for r in reps if r.state in SERVING)
-        mcp = list(self.sup.mcp_instances())
-        failed = sum(1 for r in [*reps, *mcp] if r.state == State.FAILED)
-        line = f"{len(self.sup.agents)} agents, {up}/{len(reps)} replicas ready"
+        c = self.sup.census
+        up = sum(c[s] for s in SERVING)
+        line = f"{len(self.sup.agents)} agents, {up}/{c.total()} replicas ready"
+        failed = c[State.FAILED]
         if self.sup.mcp.servers:
+            # tool-server instances are few next to agents, and this line is computed at
+            # most every 100 ms (notify.py), so they are counted here
+            mcp = list(self.sup.mcp_instances())
             serving = sum(1 for r in mcp if r.state in SERVING)
+            failed += sum(1 for r in mcp if r.state == State.FAILED)
             line += (f", {len(self.sup.mcp.servers)} MCP servers ({serving}/{len(mcp)} "
                      "instances serving)")
         return f"{line}, {failed} failed"
@@ -198,8 +211,6 @@ class Daemon:
             e = await q.get()
             self.hub.emit(e.name, e.replica, e.pid or 0, "event",
                           LineBlock.one(f"{e.previous} -> {e.state}: {e.reason}"), when=e.time)
-            if self.notifier.enabled:
-                self.notifier.status(self.status_line())
 
     def _on_stall(self, seconds: float) -> None:
         self.hub.daemon(f"event loop stalled for {seconds:.2f} s (not counted against any "

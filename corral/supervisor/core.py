@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,6 +33,29 @@ log = logging.getLogger("corral.supervisor")
 
 class SupervisorError(RpcError):
     """An operation on the supervisor failed; `code` is a jsonrpc error code."""
+
+
+# the heartbeat's visits per turn of the loop, and its sampling budget per second
+HEARTBEAT_SLICE = 64
+SAMPLES_PER_SECOND = 250
+FDS_EVERY = 5
+
+
+class HeartbeatWork(msgspec.Struct):
+    """What the heartbeat loop did, in total since start: its cost per tick is
+    busy_seconds / rounds, its longest single turn of the loop longest_slice."""
+
+    rounds: int = 0
+    slices: int = 0
+    visits: int = 0
+    samples: int = 0
+    pings: int = 0  # sent: only to workers silent for half their heartbeat_timeout
+    most_visits: int = 0  # in one turn of the loop (bounded by HEARTBEAT_SLICE)
+    busy_seconds: float = 0.0
+    longest_slice: float = 0.0
+    replicas: int = 0  # in the last round
+    slices_per_round: int = 0
+    sample_every_rounds: int = 1
 
 
 class Stats(msgspec.Struct):
@@ -79,6 +103,7 @@ class Agent:
             gone = self.replicas[n:]
             del self.replicas[n:]
             await asyncio.gather(*(r.stop("scaled down") for r in gone))
+            self.sup._forget(gone)
         self.spec.replicas = n
 
 
@@ -100,6 +125,10 @@ class Supervisor:
         self.max_line = max_line
         self.agents: dict[str, Agent] = {}
         self.stats = Stats()
+        self.heartbeat_work = HeartbeatWork()
+        # agent replicas by state, kept as transitions happen: status lines and readiness
+        # checks read it in O(1) instead of scanning every replica per event
+        self.census: Counter[State] = Counter()
         self.closing = False
         self.started_at = time.monotonic()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -180,7 +209,8 @@ class Supervisor:
         agent = self.agent(name)
         self.tasks.forget_agent(name)
         await agent.stop("removed")
-        self.agents.pop(name, None)
+        if self.agents.pop(name, None) is agent:
+            self._forget(agent.replicas)
 
     def start(self, name: str) -> None:
         self.agent(name).start()
@@ -225,7 +255,21 @@ class Supervisor:
     def unsubscribe(self, q: asyncio.Queue[Event]) -> None:
         self._event_queues.discard(q)
 
+    def _counted(self, replica: Replica) -> None:
+        """A new agent replica (in state Initial) joins the census."""
+        if replica.kind == "agent":
+            self.census[replica.state] += 1
+
+    def _forget(self, replicas: Iterable[Replica]) -> None:
+        """Agent replicas that are gone for good leave the census."""
+        for r in replicas:
+            if r.kind == "agent":
+                self.census[r.state] -= 1
+
     def _emit(self, event: Event, replica: Replica) -> None:
+        if replica.kind == "agent":
+            self.census[State(event.previous)] -= 1
+            self.census[State(event.state)] += 1
         log.debug(
             "%s %s: %s -> %s (%s)",
             event.kind, replica.label, event.previous, event.state, event.reason,
@@ -283,17 +327,11 @@ class Supervisor:
 
     async def wait_all_serving(self, timeout: float = 30.0) -> None:
         """Wait until every replica of every agent that is meant to run is serving."""
-        async def _all() -> None:
-            while True:
-                pending = [
-                    r for a in self.agents.values() for r in a.replicas
-                    if r.state not in SERVING and r.state in LIVE
-                ]
-                if not pending:
-                    return
-                await self.wait_event(lambda e: e.state == "ready", timeout)
+        def settled(_: Event | None = None) -> bool:
+            return not any(self.census[s] for s in LIVE - SERVING)
 
-        await asyncio.wait_for(_all(), timeout)
+        if not settled():
+            await self.wait_event(settled, timeout)
 
     # -- MCP tool servers -----------------------------------------------------------------
     def add_mcp_server(self, spec: McpServerSpec) -> None:
@@ -395,29 +433,61 @@ class Supervisor:
 
     # -- the heartbeat loop ---------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
+        """Visit every live replica once per interval, in slices spread over the interval so
+        that no turn of the loop does more than HEARTBEAT_SLICE visits; sample usage at
+        most SAMPLES_PER_SECOND times a second in all (a large fleet is sampled less often
+        per replica, never more work per second)."""
         loop = asyncio.get_running_loop()
-        interval = self.heartbeat_interval
-        next_tick = loop.time() + interval
-        tick = 0
+        round_start = prev_end = loop.time()
+        rnd = 0
+        work = self.heartbeat_work
         while True:
-            await asyncio.sleep(max(0.0, next_tick - loop.time()))
-            woke = loop.time()
-            stall = self.listening.tick(woke - next_tick)
-            # after a stall, start afresh rather than run the missed ticks (and count the
-            # same stall again)
-            next_tick = next_tick + interval if woke < next_tick + interval else woke + interval
-            if stall:
-                self._on_stall(stall)
-            tick += 1
-            now = time.monotonic()
-            # listing fds is the dearest sample; every 5th tick is enough for a gauge
-            sample_fds = tick % 5 == 1
-            for r in [*self.replicas(), *self.mcp_instances()]:
-                try:
-                    r.heartbeat(now, r.spec.heartbeat_timeout or self.heartbeat_timeout,
-                                sample_fds)
-                except Exception:
-                    log.exception("heartbeat of %s failed", r.label)
+            interval = self.heartbeat_interval
+            reps = [*self.replicas(), *self.mcp_instances()]
+            n = len(reps)
+            slices = max(1, -(-n // HEARTBEAT_SLICE))
+            # each replica is sampled every `every` rounds; fds (a directory listing, the
+            # dearest sample) every FDS_EVERY of its samples
+            every = max(1, -(-n // max(1, int(SAMPLES_PER_SECOND * interval))))
+            for i in range(slices):
+                due = round_start + i * interval / slices
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                woke = loop.time()
+                # a slice woken late is a stall of corral, taken off every worker's
+                # silence; counted from the end of the previous slice, so that slices run
+                # back to back after one stall do not count it again
+                stall = self.listening.tick(woke - max(due, prev_end))
+                if stall:
+                    self._on_stall(stall)
+                t0 = time.perf_counter()
+                now = self.listening.now()
+                sampled = 0
+                for j in range(i * HEARTBEAT_SLICE, min(n, (i + 1) * HEARTBEAT_SLICE)):
+                    r = reps[j]
+                    turn = (j + rnd) % every == 0
+                    sampled += turn
+                    try:
+                        r.heartbeat(now, r.spec.heartbeat_timeout or self.heartbeat_timeout,
+                                    turn, turn and (rnd // every) % FDS_EVERY == 0)
+                    except Exception:
+                        log.exception("heartbeat of %s failed", r.label)
+                spent = time.perf_counter() - t0
+                work.slices += 1
+                visits = min(n, (i + 1) * HEARTBEAT_SLICE) - i * HEARTBEAT_SLICE
+                work.visits += visits
+                work.most_visits = max(work.most_visits, visits)
+                work.samples += sampled
+                work.busy_seconds += spent
+                work.longest_slice = max(work.longest_slice, spent)
+                prev_end = loop.time()
+            work.rounds += 1
+            work.replicas = n
+            work.slices_per_round = slices
+            work.sample_every_rounds = every
+            rnd += 1
+            round_start += interval
+            if round_start < loop.time():  # behind (a stalled loop): start afresh
+                round_start = loop.time()
             for listener in self.tick_listeners:
                 try:
                     listener()

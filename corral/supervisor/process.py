@@ -20,9 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import psutil
-
 from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineBlock, LineProtocol
+from . import procstat
 from .caps import wrap_argv
 from .config import ConfigError, Limits
 
@@ -70,7 +69,6 @@ class ChildProcess:
         self.stderr_closed: asyncio.Future[None] = loop.create_future()
         self.stdin: asyncio.WriteTransport | None = None
         self._transports: list[asyncio.BaseTransport] = []
-        self.psutil = psutil.Process(self.pid)
         self.descendants: set[int] = set()
         # this process's own last stderr lines: an exit is explained by them, never by an
         # earlier process's (the tail lives and dies with the process)
@@ -178,8 +176,7 @@ class ChildProcess:
     def remember_descendants(self) -> None:
         """Note the process's descendants (from /proc), so even those that left the
         process group with setsid() can be killed with it."""
-        with contextlib.suppress(psutil.Error):
-            self.descendants.update(p.pid for p in self.psutil.children(recursive=True))
+        self.descendants.update(procstat.TREE.descendants(self.pid))
 
     def kill_group(self, sig: int) -> None:
         """Signal the whole process group, and descendants that left it."""

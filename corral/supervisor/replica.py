@@ -17,11 +17,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import psutil
 
 from .. import jsonrpc
 from ..jsonrpc import LineBlock, Peer, RpcError
-from . import lifecycle
+from . import lifecycle, procstat
 from .caps import explain_exit
 from .config import ConfigError, ProcessSpec
 from .lifecycle import LIVE, RUNNING, SERVING, State
@@ -104,9 +103,11 @@ class Replica:
         self._stay_down = False  # an operator stop: no restart
         self._last_pong = 0.0
         self._ping_out = False
+        self._heard = False  # a line arrived since the heartbeat last looked
         self._prev_cpu: tuple[float, float] | None = None
         self._cpu_over = 0
         self._oversize = 0
+        sup._counted(self)
 
     @staticmethod
     def _make_policy(spec: ProcessSpec) -> RestartPolicy:
@@ -400,6 +401,7 @@ class Replica:
 
     # -- channel --------------------------------------------------------------------------
     def _on_stdout_line(self, line: bytes) -> None:
+        self._heard = True
         if self.peer is not None:
             self.peer.feed_line(line)
 
@@ -436,24 +438,36 @@ class Replica:
         return (self.peer.garbage_lines if self.peer else 0) + self._oversize
 
     # -- heartbeat ------------------------------------------------------------------------
-    def heartbeat(self, now: float, timeout: float, sample_fds: bool) -> None:
+    def heartbeat(self, now: float, timeout: float, sample: bool, sample_fds: bool) -> None:
+        """One visit of the heartbeat: hang check, a ping only if the worker has been quiet,
+        a usage sample when this visit is one of this replica's sampling turns. `now` is
+        the supervisor's listening clock (listening.py): silence during its stalls is not
+        the worker's."""
         if self.state not in SERVING or self.peer is None:
-            if self.state == State.STARTING and self.process is not None:
-                self._sample(now, sample_fds)
+            if self.state == State.STARTING and self.process is not None and sample:
+                self._sample(sample_fds)
             return
         if self.pings:  # without ping (stateless MCP), hangs show as call timeouts
-            # silence counts only while corral was able to read the pipe, and not while
-            # the process is excused (an MCP server in a call within its timeout)
-            if self.silence_excused:
-                self._last_pong = self.sup.listening.now()
-            elif self.sup.listening.now() - self._last_pong > timeout:
+            # silence counts only while corral was able to read the pipe (`now` is the
+            # listening clock), and not while the process is excused (an MCP server in a
+            # call within its timeout)
+            if self._heard or self.silence_excused:  # a line since the last visit is life
+                self._heard = False
+                self._last_pong = now
+            silent = now - self._last_pong
+            if silent > timeout:
                 self.take_down(f"hung: no heartbeat for {timeout:g} s", graceful=False)
                 return
-            if not self._ping_out:
+            # a worker that spoke within half the timeout needs no ping: an idle fleet
+            # costs a ping per worker every timeout/2, a busy one none, and a hang is still
+            # seen `timeout` after the last sign of life
+            if not self._ping_out and silent >= timeout / 2:
                 self._ping_out = True
+                self.sup.heartbeat_work.pings += 1
                 _, fut = self.peer.request_future("ping", {})
                 fut.add_done_callback(self._pong)
-        self._sample(now, sample_fds)
+        if sample:
+            self._sample(sample_fds)
 
     @property
     def pings(self) -> bool:
@@ -465,24 +479,25 @@ class Replica:
         return False
 
     def _pong(self, fut: asyncio.Future[Any]) -> None:
+        # the answer itself is a line on stdout, which marked the worker heard
         self._ping_out = False
-        if not fut.cancelled() and fut.exception() is None:
-            self._last_pong = self.sup.listening.now()
+        if not fut.cancelled():
+            fut.exception()
 
-    def _sample(self, now: float, sample_fds: bool) -> None:
+    def _sample(self, sample_fds: bool) -> None:
+        now = time.monotonic()  # wall time for CPU %, not the listening clock
         proc = self.process
         if proc is None:
             return
-        p = proc.psutil
-        try:
-            with p.oneshot():
-                t = p.cpu_times()
-                rss = p.memory_info().rss
-                fds = p.num_fds() if sample_fds else self.sample.open_fds
-        except psutil.Error:
+        usage = procstat.cpu_and_rss(proc.pid)
+        if usage is None:
             return
-        total = t.user + t.system
+        total, rss = usage
         s = self.sample
+        if sample_fds:
+            fds = procstat.open_fds(proc.pid)
+            if fds is not None:
+                s.open_fds = fds
         if self._prev_cpu is not None:
             dt = now - self._prev_cpu[0]
             if dt > 0:
@@ -490,7 +505,6 @@ class Replica:
         self._prev_cpu = (now, total)
         s.cpu_seconds = total
         s.rss_bytes = rss
-        s.open_fds = fds
         limits = self.spec.limits
         if limits.rss_mb and rss > limits.rss_mb * 1024 * 1024:
             self.take_down(
@@ -502,7 +516,7 @@ class Replica:
             if self._cpu_over >= CPU_PERCENT_SAMPLES:
                 self.take_down(
                     f"CPU share limit ({s.cpu_percent:g}% > {limits.cpu_percent:g}% "
-                    f"for {CPU_PERCENT_SAMPLES} heartbeats)",
+                    f"for {CPU_PERCENT_SAMPLES} samples)",
                     graceful=True,
                 )
 
