@@ -13,7 +13,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
@@ -69,6 +69,7 @@ _ID_AT_START = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:
                           rb'(-?\d+|"(?:[^"\\]|\\.)*")')
 _ID_AT_END = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")\s*'
                         rb'(?:,\s*"jsonrpc"\s*:\s*"2\.0"\s*)?\}\s*$')
+SMALL_LINE = 64 * 1024  # below this a line is copied to bytes; above, handed over as is
 
 Id = int | str
 
@@ -140,8 +141,12 @@ _batch_decoder = msgspec.json.Decoder(list[Envelope])
 
 
 def encode(msg: Any) -> bytes:
-    """One message as one line, newline included."""
-    return _encoder.encode(msg) + b"\n"
+    """One message as one line, newline included; encoded in place, so a large message
+    is copied once (not once more to append its newline)."""
+    buf = bytearray()
+    _encoder.encode_into(msg, buf)
+    buf += b"\n"
+    return buf  # type: ignore[return-value]  # bytes-like; every writer takes it
 
 
 def decode_params(raw: Raw | UnsetType | None, type: type[Any]) -> Any:
@@ -204,9 +209,12 @@ class LineProtocol(asyncio.Protocol):
             if nl < 0:
                 break
             if buf:
-                buf += data[start:nl]
-                line = bytes(buf)
-                buf.clear()
+                # the end of a line that came in pieces: appended through a view (no slice
+                # copy), and the buffer itself handed over rather than copied again
+                buf += memoryview(data)[start:nl]
+                # (typed as bytes: it is read, never mutated, once handed over)
+                line = bytes(buf) if len(buf) < SMALL_LINE else cast(bytes, buf)
+                buf = self._buf = bytearray()
             else:
                 line = data[start:nl]
             start = nl + 1
@@ -217,7 +225,7 @@ class LineProtocol(asyncio.Protocol):
             if line:
                 self.on_line(line)
         if start < len(data):
-            buf += data[start:]
+            buf += memoryview(data)[start:]
             if len(buf) > self.max_line:
                 self._skipping = len(buf)
                 self._head = bytes(buf[:OVERSIZE_ENDS])

@@ -140,7 +140,9 @@ class TasksRun(Params):
     notifications); with detach, answer the task id at once."""
 
     agent: str
-    input: Any = None
+    # kept as its JSON bytes: the daemon forwards the input to the worker without a
+    # decode and an encode (a 10 MB document is checked once, by the scan that reads it)
+    input: msgspec.Raw = msgspec.Raw(b"null")
     timeout: float | None = None
     priority: int = 0
     detach: bool = False

@@ -27,6 +27,7 @@ As a task, by its input {"do": WHAT, ...}:
   subscribe     subscribe to {"topic": PATTERN}; events received are logged to stderr
   checkpoint    checkpoint {"state": S}
   state         return the state this worker was given (or last checkpointed)
+  modules       {"names": [...]}: which of these modules are imported so far
   raw           send {"method": M, "params": P} to corral, as a request, or as a
                 notification with {"notify": true}; return the answer or the error
 
@@ -137,6 +138,8 @@ def handle(task, ctx):
         return {"checkpointed": True}
     if what == "state":
         return {"state": ctx.state}
+    if what == "modules":  # which of these modules the worker has imported so far
+        return {name: name in sys.modules for name in task["names"]}
     if what == "raw":
         if task.get("notify"):
             ctx._worker.notify(task["method"], task.get("params"))

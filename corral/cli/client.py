@@ -60,12 +60,20 @@ class Client:
         self.close()
 
     def _read_line(self) -> bytes:
-        while b"\n" not in self._buf:
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise Unreachable(f"the corral daemon at {self.path} closed the connection")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
+        nl = self._buf.find(b"\n")
+        if nl < 0:
+            # a large reply arrives in many chunks: look for the newline in each new chunk
+            # only and join once, rather than rescanning and recopying a growing buffer
+            chunks = [self._buf]
+            while nl < 0:
+                chunk = self.sock.recv(1 << 20)
+                if not chunk:
+                    raise Unreachable(f"the corral daemon at {self.path} closed the connection")
+                chunks.append(chunk)
+                nl = chunk.find(b"\n")
+            nl += sum(map(len, chunks)) - len(chunks[-1])
+            self._buf = b"".join(chunks)
+        line, self._buf = self._buf[:nl], self._buf[nl + 1 :]
         return line
 
     def call(

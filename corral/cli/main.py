@@ -39,7 +39,8 @@ class Ctx:
     def call(self, method: str, params: msgspec.Struct | None = None, **kw: Any) -> Any:
         try:
             with self.client() as c:
-                return c.call(method, msgspec.to_builtins(params) if params else {}, **kw)
+                # the Struct itself: msgspec encodes it (and a Raw input in it) as it is
+                return c.call(method, params if params is not None else {}, **kw)
         except Unreachable as exc:
             click.echo(f"corral: {exc}", err=True)
             sys.exit(EXIT_UNREACHABLE)
@@ -434,7 +435,7 @@ def top(obj: Ctx, interval: float, iterations: int) -> None:
 MAX_INPUT = 16 * 1024 * 1024 - 4096
 
 
-def _read_input(value: str) -> Any:
+def _read_input(value: str) -> msgspec.Raw:
     if value == "-":
         data = sys.stdin.buffer.read()
     elif value.startswith("@"):
@@ -450,9 +451,11 @@ def _read_input(value: str) -> Any:
                    "limit", err=True)
         sys.exit(EXIT_FAILED)
     try:
-        return msgspec.json.decode(data)
+        # checked here (a clear usage error), sent on as the bytes it is: no objects built
+        raw: msgspec.Raw = msgspec.json.decode(data, type=msgspec.Raw)
     except msgspec.DecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--input") from None
+    return raw
 
 
 @cli.command("run", help=doc("tasks.run") + "\n\nExits 0 only when the task succeeded.")

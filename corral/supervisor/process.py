@@ -28,7 +28,11 @@ from .config import ConfigError, Limits
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 # the last stderr lines of a process, kept to explain its exit
 STDERR_TAIL = 40
-STDERR_PIPE_SIZE = 1 << 20
+# 1 MiB pipes (the unprivileged maximum, /proc/sys/fs/pipe-max-size): a chatty worker
+# blocks less on stderr and corral reads its logs in bigger chunks; a large message on
+# stdin/stdout moves in one write and a few reads instead of sixteen 64 KiB handoffs,
+# each a wakeup of the other side
+PIPE_SIZE = 1 << 20
 
 
 def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int | None]:
@@ -109,10 +113,9 @@ class ChildProcess:
             close_fds=True,
             **kwargs,
         )
-        # a 1 MiB stderr pipe: a chatty worker blocks less and corral reads (and writes
-        # to the log file) in bigger chunks
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(popen.stderr.fileno(), F_SETPIPE_SZ, STDERR_PIPE_SIZE)  # type: ignore[union-attr]
+        for pipe in (popen.stdin, popen.stdout, popen.stderr):
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, PIPE_SIZE)  # type: ignore[union-attr]
         pidfd = os.pidfd_open(popen.pid)
         child = cls(popen, pidfd, loop)
         assert popen.stdin and popen.stdout and popen.stderr

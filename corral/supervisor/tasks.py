@@ -56,6 +56,28 @@ class TaskError(msgspec.Struct, omit_defaults=True):
     data: Any = None
 
 
+class _RunResult(msgspec.Struct):
+    """A worker's `task/run` result, decoded for a Python caller."""
+
+    output: Any = None
+
+
+class _RawRunResult(msgspec.Struct):
+    """The same with the output left as its JSON bytes."""
+
+    output: msgspec.Raw = msgspec.Raw(b"null")  # (Raw cannot be part of a union)
+
+
+_result_decoders = {t: msgspec.json.Decoder(t) for t in (_RunResult, _RawRunResult)}
+
+
+def _decode_result(raw: msgspec.Raw, t: type[Any]) -> Any:
+    try:
+        return _result_decoders[t].decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return t()  # a worker's result that is not an object: no output
+
+
 class TaskResult(msgspec.Struct):
     """What `corral run --json` prints and the Python API returns."""
 
@@ -84,7 +106,7 @@ class TaskInfo(msgspec.Struct):
 class Task:
     __slots__ = (
         "agent", "attempts", "created", "done", "error", "finished",
-        "id", "input", "output", "priority", "progress", "progress_log", "replica",
+        "id", "input", "priority", "progress", "progress_log", "raw_result", "replica",
         "retries_left", "seq", "started", "status", "timeout", "timer", "tool_calls",
         "watchers",
     )
@@ -102,7 +124,9 @@ class Task:
         self.started: float | None = None
         self.finished: float | None = None
         self.status = "queued"
-        self.output: Any = None
+        # the worker's `task/run` result as it sent it (JSON bytes, `{"output": ...}`):
+        # forwarded as is, decoded only for a Python caller, and each way in one pass
+        self.raw_result: msgspec.Raw | None = None
         self.error: TaskError | None = None
         self.attempts: list[Attempt] = []
         self.progress: Any = None
@@ -113,13 +137,31 @@ class Task:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.watchers: list[Callable[[str, Any], None]] = []
 
-    def result(self) -> TaskResult:
-        return TaskResult(self.id, self.status, self.output, self.error, list(self.attempts))
+    @property
+    def output(self) -> Any:
+        """The output as Python values."""
+        if self.raw_result is None:
+            return None
+        return _decode_result(self.raw_result, _RunResult).output
+
+    @property
+    def raw_output(self) -> msgspec.Raw | None:
+        """The output's JSON bytes, to send on without a decode and an encode."""
+        if self.raw_result is None:
+            return None
+        out: msgspec.Raw = _decode_result(self.raw_result, _RawRunResult).output
+        return out
+
+    def result(self, *, decode: bool = False) -> TaskResult:
+        """The outcome; `output` stays the worker's JSON bytes (`msgspec.Raw`, encoded as
+        is when sent on) unless `decode` asks for Python values (the Python API)."""
+        output = self.output if decode else self.raw_output
+        return TaskResult(self.id, self.status, output, self.error, list(self.attempts))
 
     def info(self) -> TaskInfo:
         return TaskInfo(self.id, self.agent, self.status, self.priority, self.created,
                         self.started, self.finished, self.tool_calls, self.progress,
-                        self.output, self.error, list(self.attempts))
+                        self.raw_output, self.error, list(self.attempts))
 
 
 class TokenBucket:
@@ -314,11 +356,9 @@ class TaskManager:
                                                                              str(exc)))
         elif exc is None:
             attempt.outcome = "succeeded"
-            try:
-                output = msgspec.json.decode(fut.result()).get("output")
-            except (msgspec.DecodeError, AttributeError):
-                output = None
-            self._finish(task, "succeeded", output=output)
+            # the result is kept as its bytes, not looked into here: a 10 MB output costs
+            # one decode for a Python caller, or a scan and a copy for a socket client
+            self._finish(task, "succeeded", result=fut.result())
         elif not isinstance(exc, RpcError):
             attempt.outcome = "failed"
             self._finish(task, "failed", error=TaskError(jsonrpc.INTERNAL_ERROR, str(exc)))
@@ -363,12 +403,12 @@ class TaskManager:
 
         asyncio.get_running_loop().call_later(grace, check)
 
-    def _finish(self, task: Task, status: str, *, output: Any = None,
+    def _finish(self, task: Task, status: str, *, result: msgspec.Raw | None = None,
                 error: TaskError | None = None) -> None:
         if task.status in TERMINAL:
             return  # never twice
         task.status = status
-        task.output = output
+        task.raw_result = result
         task.error = error
         task.finished = time.time()
         q = self.by_agent.get(task.agent)
@@ -391,7 +431,7 @@ class TaskManager:
                   priority: int = 0) -> TaskResult:
         task = self.submit(agent, task_input, timeout=timeout, priority=priority)
         await asyncio.shield(task.done)
-        return task.result()
+        return task.result(decode=True)
 
     async def map(self, agent: str, inputs: Iterable[Any], *, concurrency: int = 8,
                   timeout: float | None = None) -> list[TaskResult]:

@@ -1,0 +1,140 @@
+"""Issue 14: task payloads from 1 KB to 10 MB, corral beside ProcessPoolExecutor and
+multiprocessing.Pool, in one run, interleaved.
+
+    .venv/bin/python -m bench.bench_payload [--quick] [--sizes 1000,100000]
+
+Every runner does the same work: echo a JSON-able input `{"doc": "x" * SIZE}` back, with
+1 and 2 workers. For each size and worker count the runners take turns in rounds
+(corral, PPE, Pool, corral, …) so that drift of this noisy machine hits them alike.
+Latency: one task at a time (median, p99). Throughput: 2 x workers tasks in flight.
+corral goes through its Python API to SDK workers (`bench/echo_agent.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
+
+from corral.supervisor import AgentSpec, Supervisor
+from corral.supervisor.lifecycle import SERVING
+
+from .harness import PY, ROOT, report
+
+QUICK = "--quick" in sys.argv
+SIZES = [1_000, 100_000, 1_000_000, 10_000_000]
+for i, a in enumerate(sys.argv):
+    if a == "--sizes":
+        SIZES = [int(s) for s in sys.argv[i + 1].split(",")]
+ROUNDS = 3
+
+
+def count(size: int) -> int:
+    """Tasks per round: enough for a p99, bounded in bytes moved."""
+    n = max(20, min(400, 40_000_000 // size))
+    return max(10, n // 4) if QUICK else n
+
+
+def echo(x: Any) -> Any:
+    return x
+
+
+Run = Callable[[Any], Awaitable[Any]]
+
+
+async def measure(run: Run, payload: Any, n: int, inflight: int) -> tuple[list[float], float]:
+    lat = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await run(payload)
+        lat.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    sem = asyncio.Semaphore(inflight)
+
+    async def one() -> None:
+        async with sem:
+            await run(payload)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return lat, n / (time.perf_counter() - t0)
+
+
+def p99(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * 0.99))]
+
+
+async def main() -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    results: dict[str, Any] = {"loadavg_start": os.getloadavg()[0], "sizes": {}}
+    async with Supervisor() as sup:
+        sup.add(AgentSpec(name="echo", command=[PY, str(ROOT / "bench" / "echo_agent.py")],
+                          env={"PYTHONPATH": str(ROOT)}, max_concurrent_tasks=4,
+                          max_queue=100_000))
+        for workers in (1, 2):
+            await sup.scale("echo", workers)
+            for i in range(workers):
+                await sup.wait_state("echo", SERVING, replica=i)
+            ppe = concurrent.futures.ProcessPoolExecutor(workers)
+            pool = multiprocessing.get_context("fork").Pool(workers)
+            # warm every worker of each runner
+            for _ in range(4 * workers):
+                ppe.submit(echo, 1).result()
+                pool.apply(echo, (1,))
+
+            async def corral_run(x: Any) -> Any:
+                r = await sup.tasks.run("echo", x)
+                assert r.status == "succeeded", r
+                return r.output
+
+            async def ppe_run(x: Any, ppe: Any = ppe) -> Any:
+                return await asyncio.wrap_future(ppe.submit(echo, x))
+
+            async def pool_run(x: Any, pool: Any = pool) -> Any:
+                fut: asyncio.Future[Any] = loop.create_future()
+                pool.apply_async(echo, (x,), callback=lambda v: loop.call_soon_threadsafe(
+                    fut.set_result, v))
+                return await fut
+
+            runners: dict[str, Run] = {"corral": corral_run, "ProcessPoolExecutor": ppe_run,
+                                       "multiprocessing.Pool": pool_run}
+            for size in SIZES:
+                payload = {"doc": "x" * size}
+                n = count(size)
+                acc: dict[str, dict[str, list[float]]] = {
+                    k: {"lat": [], "tp": []} for k in runners}
+                for _ in range(ROUNDS):
+                    for name, run in runners.items():
+                        lat, tp = await measure(run, payload, n, 2 * workers)
+                        acc[name]["lat"] += lat
+                        acc[name]["tp"].append(tp)
+                row = results["sizes"].setdefault(str(size), {})
+                for name, a in acc.items():
+                    row.setdefault(name, {})[f"{workers}w"] = {
+                        "median_ms": round(statistics.median(a["lat"]) * 1e3, 3),
+                        "p99_ms": round(p99(a["lat"]) * 1e3, 3),
+                        "throughput_per_s": round(statistics.median(a["tp"]), 1),
+                        "tasks": len(a["lat"]),
+                    }
+                c, p = row["corral"][f"{workers}w"], row["ProcessPoolExecutor"][f"{workers}w"]
+                print(f"{size:>9} B {workers}w  corral {c['median_ms']:8.3f} ms "
+                      f"(p99 {c['p99_ms']:8.3f})  PPE {p['median_ms']:8.3f} ms "
+                      f"(p99 {p['p99_ms']:8.3f})  ratio {c['median_ms'] / p['median_ms']:.2f}",
+                      flush=True)
+            ppe.shutdown()
+            pool.terminate()
+            pool.join()
+    results["loadavg_end"] = os.getloadavg()[0]
+    return results
+
+
+if __name__ == "__main__":
+    report("payload", uvloop.run(main()))

@@ -1,0 +1,102 @@
+"""Large task payloads: whole and unchanged from 1 KB to 10 MB, through the Python API, the
+control socket and the worker SDK's two JSON codecs; the line framing hands a long line
+over once."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+from corral.jsonrpc import SMALL_LINE, LineProtocol
+from corral.supervisor import State, Supervisor
+
+from .conftest import EXAMPLES, ROOT, agent
+from .daemon_harness import PY, running_daemon, shared_tmpdir
+
+# non-ASCII, escapes, nesting and numbers: what a stdlib/msgspec codec mismatch would show
+AWKWARD = {"text": "naïve café — 東京 \"quoted\" back\\slash\ttab\nnewline \u2028",
+           "n": [0, -1, 2**53, 1.5, 1e-7, True, False, None], "nested": {"a": [{"b": []}]}}
+
+
+def doc(size: int) -> dict[str, Any]:
+    return {**AWKWARD, "doc": "x" * size}
+
+
+async def test_a_10_mb_input_comes_back_whole_through_the_python_api(sup: Supervisor) -> None:
+    sup.add(agent("big", "misbehave.py"))
+    await sup.wait_state("big", State.READY)
+    payload = doc(10_000_000)
+    res = await sup.tasks.run("big", payload)
+    assert (res.status, res.error) == ("succeeded", None)
+    assert res.output == payload
+
+
+async def test_the_worker_loads_a_fast_codec_only_once_a_large_message_arrives(
+        sup: Supervisor) -> None:
+    sup.add(agent("w", "misbehave.py"))
+    await sup.wait_state("w", State.READY)
+    ask = {"do": "modules", "names": ["msgspec", "json"]}
+    # small messages: the stdlib's C scanner, with neither package imported
+    assert (await sup.tasks.run("w", ask)).output == {"msgspec": False, "json": False}
+    big = {**doc(100_000), "do": "echo"}
+    assert (await sup.tasks.run("w", big)).output == big
+    # from then on msgspec (installed with corral) does every message, with equal results
+    assert (await sup.tasks.run("w", ask)).output == {"msgspec": True, "json": False}
+    assert (await sup.tasks.run("w", {**AWKWARD, "do": "echo"})).output == {
+        **AWKWARD, "do": "echo"}
+
+
+async def test_CORRAL_FAST_JSON_0_keeps_the_stdlib_codec_for_large_messages(
+        sup: Supervisor) -> None:
+    sup.add(agent("w", "misbehave.py", env={"CORRAL_FAST_JSON": "0"}))
+    await sup.wait_state("w", State.READY)
+    big = {**doc(200_000), "do": "echo"}
+    assert (await sup.tasks.run("w", big)).output == big
+    ask = {"do": "modules", "names": ["msgspec"]}
+    assert (await sup.tasks.run("w", ask)).output == {"msgspec": False}
+
+
+async def test_a_task_whose_result_is_not_an_object_succeeds_with_no_output(
+        sup: Supervisor) -> None:
+    sup.add(agent("w", "misbehave.py"))
+    await sup.wait_state("w", State.READY)
+    res = await sup.tasks.run("w", {"do": "raw", "notify": True, "method": "x/unknown"})
+    assert res.output == {"notified": "x/unknown"}
+    task = sup.tasks.submit("w", {"do": "echo", "k": 1})
+    await task.done
+    # the output is kept as the worker's bytes and decoded only for a Python caller
+    assert bytes(task.raw_output) == b'{"do":"echo","k":1}'
+    assert task.output == {"do": "echo", "k": 1}
+
+
+def test_corral_run_sends_a_5_mb_input_file_and_prints_the_whole_output() -> None:
+    config = (f'[agents.big]\ncommand = ["{PY}", "{EXAMPLES}/misbehave.py"]\n'
+              f'env = {{ PYTHONPATH = "{ROOT}" }}\n')
+    with running_daemon(shared_tmpdir(), config) as d:
+        payload = doc(5_000_000)
+        path = d.dir / "big.json"
+        path.write_text(json.dumps(payload, ensure_ascii=False))
+        r = d.cli("run", "big", "--input", f"@{path}", "--json")
+        assert r.returncode == 0, r.stderr[-2000:]
+        res = msgspec.json.decode(r.stdout)
+        assert (res["status"], res["error"]) == ("succeeded", None)
+        assert res["output"] == payload
+        r = d.cli("run", "big", "--input", "{not json")
+        assert r.returncode == 2 and "not JSON" in r.stderr
+
+
+def test_a_long_line_arriving_in_pieces_is_delivered_once_and_whole() -> None:
+    got: list[bytes] = []
+    proto = LineProtocol(got.append, lambda exc: None, max_line=1 << 20)
+    long = b"y" * (3 * SMALL_LINE + 17)
+    stream = b"a\n" + long + b"\nb\n" + b"z" * 10 + b"\n"
+    for i in range(0, len(stream), 50_000):  # pieces that split lines anywhere
+        proto.data_received(stream[i : i + 50_000])
+    assert [bytes(x) for x in got] == [b"a", long, b"b", b"z" * 10]
+    assert [type(x) for x in got] == [bytes, bytearray, bytes, bytes]
+    # the buffer handed over is never written again: the next line gets a fresh one
+    proto.data_received(b"q" * 70_000)
+    proto.data_received(b"\n")
+    assert bytes(got[1]) == long and bytes(got[-1]) == b"q" * 70_000
