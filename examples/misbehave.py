@@ -7,6 +7,9 @@ At start-up, by the MISBEHAVE environment variable:
   hugeline      write one 100 MB line to stdout, then behave
   stubborn      ignore SIGTERM, the shutdown request and stdin EOF
   grandchild    leave a `sleep` child behind (its pid on stderr as "grandchild PID")
+  escape        leave a `sleep` behind that double-forked and called setsid(), so it is
+                in no process group of ours (its pid on stderr as "escaped PID")
+  escape-brief  the same, but the escapee exits by itself after ESCAPE_SECONDS
 
 As a task, by its input {"do": WHAT, ...}:
   echo          return the input
@@ -59,6 +62,26 @@ if mode == "hugeline":
 if mode == "grandchild":
     child = subprocess.Popen(["sleep", "1000"])
     print(f"grandchild {child.pid}", file=sys.stderr, flush=True)
+
+if mode.startswith("escape"):
+    # the daemon's double fork: child -> setsid -> grandchild; the child exits, so the
+    # grandchild is re-parented (to corral, a subreaper) in a session of its own
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(w, b"%d\n" % os.getpid())
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            secs = os.environ.get("ESCAPE_SECONDS", "1000") if mode == "escape-brief" else "1000"
+            os.execvp("sleep", ["sleep", secs])
+        os._exit(0)
+    os.close(w)
+    escaped = int(os.read(r, 64))
+    os.close(r)
+    os.wait()
+    print(f"escaped {escaped}", file=sys.stderr, flush=True)
 
 from corral.worker import TaskError, run  # noqa: E402
 

@@ -87,7 +87,7 @@ class Notifications:
 
 class Daemon:
     def __init__(self, directory: Path, agents: str = "", extra: str = "",
-                 watchdog_usec: int | None = None) -> None:
+                 watchdog_usec: int | None = None, cgroup: Path | None = None) -> None:
         self.dir = directory
         self.sock = directory / "corral.sock"
         self.state = directory / "state"
@@ -95,6 +95,7 @@ class Daemon:
         self.config.write_text(config_text(agents, self.sock, self.state, extra))
         self.notify = Notifications(directory)
         self.watchdog_usec = watchdog_usec
+        self.cgroup = cgroup  # start the daemon in this cgroup (v2), as systemd would
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: bool = True) -> Daemon:
@@ -103,8 +104,12 @@ class Daemon:
         if self.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         self.notify.seen.clear()
+        argv = [PY, "-m", "corral", "daemon", "--config", str(self.config)]
+        if self.cgroup is not None:  # in its cgroup before its first instruction
+            argv = ["/bin/sh", "-c", f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"',
+                    "in-cgroup", *argv]
         self.proc = subprocess.Popen(
-            [PY, "-m", "corral", "daemon", "--config", str(self.config)],
+            argv,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         if wait_ready:
             self.notify.wait_for("READY", proc=self.proc)

@@ -24,6 +24,7 @@ from ..jsonrpc import LineBlock
 from ..methods import ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from ..supervisor.config import AgentSpec, Config, ConfigError, load_config, parse_agents
+from ..supervisor.containment import Containment, ProcessRecord, read_stat
 from ..supervisor.core import Supervisor
 from ..supervisor.lifecycle import LIVE, SERVING, State
 from ..supervisor.replica import Event, Replica
@@ -49,6 +50,7 @@ class Daemon:
         self.sup: Supervisor | None = None
         self.hub: LogHub = LogHub(None)
         self.store: StateStore | None = None
+        self.records: ProcessRecords | None = None
         self.control: ControlServer | None = None
         self.started_at = time.time()
         self.from_config: set[str] = set()  # agents declared by the config file
@@ -78,7 +80,7 @@ class Daemon:
         self.hub = LogHub(log_dir, max_bytes=s.log_max_bytes, backups=s.log_backups,
                           tail_lines=s.log_tail_lines, raw=s.log_format == "raw")
         self.sup = Supervisor(heartbeat_interval=s.heartbeat_interval,
-                              heartbeat_timeout=s.heartbeat_timeout)
+                              heartbeat_timeout=s.heartbeat_timeout, cgroups=s.cgroups)
         self.sup.log_listeners.append(self._on_worker_log)
         self.sup.tick_listeners.append(self.notifier.watchdog)
         self.sup.stall_listeners.append(self._on_stall)
@@ -114,6 +116,10 @@ class Daemon:
         self.sup.open()
         self.hub.daemon(f"corral {__version__} started, pid {os.getpid()}, "
                         f"config {self.config_path}, socket {sock_path}")
+        self.hub.daemon(self.sup.containment.notice)
+        # nothing starts before what a crashed incarnation left running is gone
+        await self._reclaim()
+        self.records = ProcessRecords(self.store, self.sup.containment)
         for sspec in cfg.mcp_servers.values():
             self.sup.add_mcp_server(sspec)
         for name, spec in cfg.agents.items():
@@ -125,6 +131,8 @@ class Daemon:
         self.notifier.stopping("stopping agents")
         self.hub.daemon("shutting down: stopping all agents")
         await self.sup.close(graceful=True)
+        assert self.records is not None
+        self.records.close()
         signal_task.cancel()
         await asyncio.sleep(0)  # let the last events reach the log
         event_task.cancel()
@@ -134,6 +142,28 @@ class Daemon:
         self.hub.close()
         self.notifier.close()
         return 0
+
+    async def _reclaim(self) -> None:
+        """Stop the processes of earlier incarnations that did not shut down cleanly (a
+        crash, SIGKILL, the OOM killer, a watchdog kill), found by their records."""
+        assert self.store is not None and self.sup is not None
+        crashed = []
+        for owner, pid, start_time in self.store.incarnations():
+            st = read_stat(pid)
+            if st is not None and st.start_time == start_time:
+                self.hub.daemon(f"the state directory is in use by a running daemon (pid "
+                                f"{pid}); its processes are left alone")
+                continue
+            crashed.append(owner)
+        if not crashed:
+            return
+        records = self.store.process_records(crashed)
+        report = await self.sup.containment.reclaim(records, crashed)
+        self.hub.daemon(
+            f"the previous daemon did not shut down cleanly: {report.found} of its processes "
+            f"were still running ({report.terminated} ended by SIGTERM, {report.killed} by "
+            f"SIGKILL), {report.cgroups} cgroups removed")
+        self.store.end_incarnations(crashed)
 
     def _add(self, spec: AgentSpec) -> None:
         """Add an agent; one added at runtime without a cwd runs where the config file is,
@@ -268,6 +298,50 @@ class Daemon:
                         f"changed {agents['changed']}; MCP servers: {servers}")
         self.notifier.ready(self.status_line())
         return result
+
+
+class ProcessRecords:
+    """Keeps the store's records of running processes in step with containment: one
+    transaction per loop turn for that turn's spawns and exits. The incarnation row is
+    committed first, before anything is spawned, so even a process whose record had not
+    been written yet when the daemon died is found (by its spawn token)."""
+
+    def __init__(self, store: StateStore, containment: Containment) -> None:
+        self.store = store
+        self.owner = containment.owner
+        me = read_stat(os.getpid())
+        store.begin_incarnation(self.owner, os.getpid(), me.start_time if me else 0)
+        self._started: list[ProcessRecord] = []
+        self._ended: list[str] = []
+        self._flush: asyncio.Handle | None = None
+        containment.started_listeners.append(self._on_started)
+        containment.ended_listeners.append(self._on_ended)
+
+    def _on_started(self, rec: ProcessRecord) -> None:
+        self._started.append(rec)
+        self._schedule()
+
+    def _on_ended(self, rec: ProcessRecord) -> None:
+        self._ended.append(rec.token)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush = None
+        started, ended = self._started, self._ended
+        self._started, self._ended = [], []
+        if started or ended:
+            self.store.write_processes(started, ended)
+
+    def close(self) -> None:
+        """A clean shutdown: every process is gone, so is this incarnation."""
+        if self._flush is not None:
+            self._flush.cancel()
+        self.flush()
+        self.store.end_incarnations([self.owner])
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:

@@ -2,7 +2,9 @@
 
 What must survive a restart of the daemon lives here: agents added at runtime (the TOML
 file stays the operator's declaration), agent state checkpoints, the task journal
-(`journal.py` writes it) and the audit log of control operations. The state directory is
+(`journal.py` writes it), the audit log of control operations, and the records of every
+process the daemon runs (a daemon that starts after a crash stops what the crashed one left
+running: `supervisor/containment.py`). The state directory is
 mode 0700 and the database file 0600 (SQLite gives its -wal and -shm files the same mode).
 
 Schema versions. The database's schema version is SQLite's `PRAGMA user_version`: the
@@ -25,11 +27,13 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from ..supervisor.containment import ProcessRecord
 
 BUSY_TIMEOUT_MS = 2000  # another process's transaction may hold the write lock this long
 
@@ -85,6 +89,23 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX tasks_unfinished ON tasks (seq) WHERE finished IS NULL;
     CREATE INDEX tasks_finished ON tasks (finished) WHERE finished IS NOT NULL;
     CREATE INDEX tasks_created ON tasks (created);
+    """,
+    # 3: containment. An incarnation is one run of the daemon, committed before it starts
+    # anything and deleted at a clean shutdown; `processes` holds the record of each
+    # process it runs (containment.ProcessRecord as JSON), deleted at its exit.
+    """
+    CREATE TABLE incarnations (
+        owner TEXT PRIMARY KEY,
+        pid INTEGER NOT NULL,
+        start_time INTEGER NOT NULL,
+        started_at REAL NOT NULL
+    );
+    CREATE TABLE processes (
+        token TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX processes_owner ON processes (owner);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -292,6 +313,44 @@ class StateStore:
             (limit,),
         )
         return list(reversed(rows.fetchall()))
+
+    # -- containment: incarnations of the daemon and the processes they run --------------
+    def begin_incarnation(self, owner: str, pid: int, start_time: int) -> None:
+        """Written (and committed) before the daemon starts anything."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO incarnations (owner, pid, start_time, started_at) "
+            "VALUES (?, ?, ?, ?)", (owner, pid, start_time, time.time()))
+
+    def incarnations(self) -> list[tuple[str, int, int]]:
+        """(owner, daemon pid, daemon start time) of every incarnation not ended cleanly."""
+        with errors_named(self.path):
+            return list(self.db.execute("SELECT owner, pid, start_time FROM incarnations"))
+
+    def process_records(self, owners: Iterable[str]) -> list[ProcessRecord]:
+        owners = list(owners)
+        with errors_named(self.path):
+            rows = self.db.execute(
+                f"SELECT record FROM processes WHERE owner IN ({','.join('?' * len(owners))})",
+                owners)
+            return [msgspec.json.decode(r, type=ProcessRecord) for (r,) in rows]
+
+    def write_processes(self, started: Iterable[ProcessRecord], ended: Iterable[str]) -> None:
+        """One transaction for a loop turn's spawns and exits."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO processes (token, owner, record) VALUES (?, ?, ?)",
+                [(r.token, r.owner, msgspec.json.encode(r).decode()) for r in started])
+            self.db.executemany("DELETE FROM processes WHERE token = ?",
+                                [(t,) for t in ended])
+
+    def end_incarnations(self, owners: Iterable[str]) -> None:
+        """Forget incarnations whose processes are all gone (stopped or reclaimed)."""
+        with self.db:
+            self.db.execute("BEGIN")
+            for owner in owners:
+                self.db.execute("DELETE FROM processes WHERE owner = ?", (owner,))
+                self.db.execute("DELETE FROM incarnations WHERE owner = ?", (owner,))
 
     def close(self) -> None:
         self.db.close()

@@ -47,12 +47,24 @@ def ulimit_script(limits: Limits) -> str:
     return "; ".join(parts)
 
 
-def wrap_argv(argv: list[str], limits: Limits) -> list[str]:
+# The spawn gate: the prologue reads one line from stdin before anything else, so the
+# parent can do what must happen before the agent's first instruction (put the process in
+# its cgroup) and then let it go by writing "\n". The shell's `read` takes one byte at a
+# time from a pipe, so nothing of the protocol that follows is consumed. An EOF instead of
+# the line (the parent could not place it, or died) ends the prologue with status 125.
+GATE = "read _ || exit 125"
+
+
+def wrap_argv(argv: list[str], limits: Limits, *, gate: bool = False) -> list[str]:
     """The argv to exec: the agent's own when nothing needs setting (an exec saved)."""
     script = ulimit_script(limits)
+    if script:
+        script = f"{script} || exit 126; "
+    if gate:
+        script = f"{GATE}; {script}"
     if not script:
         return list(argv)
-    return [SHELL, "-c", f'{script} || exit 126; exec "$@"', PROLOGUE_NAME, *argv]
+    return [SHELL, "-c", f'{script}exec "$@"', PROLOGUE_NAME, *argv]
 
 
 def disable_own_core_dumps() -> None:
@@ -76,6 +88,13 @@ def describe(limits: Limits) -> dict[str, str]:
     if limits.file_size_mb:
         out["file_size"] = f"file size limit (RLIMIT_FSIZE {limits.file_size_mb} MiB)"
     return out
+
+
+def oom_reason(limits: Limits) -> str:
+    """The exit reason when memory.events counted an OOM kill in the replica's cgroup."""
+    if limits.memory_mb:
+        return f"memory limit (memory.max {limits.memory_mb} MiB): killed by the OOM killer"
+    return "killed by the OOM killer (memory.events oom_kill)"
 
 
 # What a process prints when a cap bites, in C (strerror) and in Python; checked against

@@ -148,6 +148,10 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     log_max_bytes: PositiveInt = 10 * 1024 * 1024
     log_backups: NonNegInt = 5
     log_tail_lines: PositiveInt = 1000
+    # "auto": a cgroup per replica when systemd delegated corral's cgroup (Delegate=yes);
+    # "on": also without systemd's mark, when corral's own cgroup v2 is writable;
+    # "off": subreaper and process records only
+    cgroups: Literal["auto", "on", "off"] = "auto"
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -20,6 +20,7 @@ from .. import jsonrpc
 from ..jsonrpc import DEFAULT_MAX_LINE, LineBlock, RpcError
 from ..mcp.pool import McpPool
 from .config import AgentSpec, ConfigError, McpServerSpec
+from .containment import CgroupMode, Containment
 from .events import EventBus
 from .lifecycle import LIVE, SERVING, State
 from .listening import ListeningClock
@@ -119,8 +120,11 @@ class Supervisor:
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 5.0,
         max_line: int = DEFAULT_MAX_LINE,
+        cgroups: CgroupMode = "auto",
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
+        # subreaper, cgroups and process records: nothing a process starts outlives it
+        self.containment = Containment(cgroups)
         self.heartbeat_timeout = heartbeat_timeout
         self.max_line = max_line
         self.agents: dict[str, Agent] = {}
@@ -166,6 +170,7 @@ class Supervisor:
         await self.close()
 
     def open(self) -> None:
+        self.containment.open()
         if self._heartbeat is None:
             self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
 
@@ -181,6 +186,7 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
+        await self.containment.close()
 
     # -- the API --------------------------------------------------------------------------
     def add(self, spec: AgentSpec, *, start: bool | None = None) -> Agent:
@@ -488,6 +494,12 @@ class Supervisor:
             round_start += interval
             if round_start < loop.time():  # behind (a stalled loop): start afresh
                 round_start = loop.time()
+            # once per round: reap re-parented zombies; a /proc pass if an exit asked
+            self.containment.min_sweep_interval = interval
+            try:
+                self.containment.tick()
+            except Exception:
+                log.exception("containment tick failed")
             for listener in self.tick_listeners:
                 try:
                     listener()

@@ -3,7 +3,9 @@
 The kernel tells us when the process exits (a pidfd becomes readable), so exits are seen
 at once, with no polling and no SIGCHLD races with other child watchers. Signals go
 through the pidfd too, so a recycled pid can never be hit. stdin/stdout carry JSON-RPC,
-stderr carries the log stream.
+stderr carries the log stream. What the process leaves outside its process group (setsid,
+double fork) is containment.py's business: this module asks it for a ticket before the
+spawn and tells it about signals and the exit.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineBlock, LineProtocol
-from . import procstat
 from .caps import wrap_argv
 from .config import ConfigError, Limits
+from .containment import TOKEN_VARIABLE, Containment, place
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 # the last stderr lines of a process, kept to explain its exit
@@ -64,16 +66,19 @@ class ChildProcess:
         popen: subprocess.Popen[bytes],
         pidfd: int,
         loop: asyncio.AbstractEventLoop,
+        containment: Containment,
+        token: str,
     ) -> None:
         self.popen = popen
         self.pid = popen.pid
         self.pidfd = pidfd
         self.loop = loop
+        self.containment = containment
+        self.token = token
         self.exited: asyncio.Future[int] = loop.create_future()
         self.stderr_closed: asyncio.Future[None] = loop.create_future()
         self.stdin: asyncio.WriteTransport | None = None
         self._transports: list[asyncio.BaseTransport] = []
-        self.descendants: set[int] = set()
         # this process's own last stderr lines: an exit is explained by them, never by an
         # earlier process's (the tail lives and dies with the process)
         self.stderr_tail: deque[bytes] = deque(maxlen=STDERR_TAIL)
@@ -84,6 +89,10 @@ class ChildProcess:
         cls,
         argv: list[str],
         *,
+        containment: Containment,
+        kind: str,
+        name: str,
+        index: int,
         env: dict[str, str],
         cwd: str | None,
         limits: Limits,
@@ -94,6 +103,7 @@ class ChildProcess:
         on_stderr_lines: Callable[[LineBlock], None],
         on_oversize: Callable[[int, bytes, bytes], None],
         max_line: int = DEFAULT_MAX_LINE,
+        stop_timeout: float = 10.0,
     ) -> ChildProcess:
         loop = asyncio.get_running_loop()
         kwargs: dict[str, Any] = {}
@@ -102,23 +112,42 @@ class ChildProcess:
             kwargs["extra_groups"] = []  # do not leak root's supplementary groups
         if gid is not None:
             kwargs["group"] = gid
-        popen = subprocess.Popen(
-            wrap_argv(argv, limits),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,  # own session and process group: killpg reaches all
-            close_fds=True,
-            **kwargs,
-        )
+        ticket = containment.ticket(kind, name, index, limits)
+        try:
+            popen = subprocess.Popen(
+                wrap_argv(argv, limits, gate=ticket.cgroup is not None),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={**env, TOKEN_VARIABLE: ticket.token},
+                cwd=cwd,
+                start_new_session=True,  # own session and process group: killpg reaches all
+                close_fds=True,
+                **kwargs,
+            )
+        except BaseException:
+            containment.abandon(ticket)
+            raise
+        assert popen.stdin and popen.stdout and popen.stderr
+        if ticket.cgroup is not None:
+            # the child waits at the gate of its prologue: place it, then let it go
+            try:
+                place(ticket.cgroup, popen.pid)
+                os.write(popen.stdin.fileno(), b"\n")
+            except OSError:
+                popen.kill()
+                popen.wait()
+                for f in (popen.stdin, popen.stdout, popen.stderr):
+                    f.close()
+                containment.abandon(ticket)
+                raise
+        containment.started(ticket, popen.pid, kind=kind, name=name, index=index,
+                            stop_timeout=stop_timeout)
         for pipe in (popen.stdin, popen.stdout, popen.stderr):
             with contextlib.suppress(OSError, AttributeError):
-                fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, PIPE_SIZE)  # type: ignore[union-attr]
+                fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
         pidfd = os.pidfd_open(popen.pid)
-        child = cls(popen, pidfd, loop)
-        assert popen.stdin and popen.stdout and popen.stderr
+        child = cls(popen, pidfd, loop, containment, ticket.token)
         try:
             stdin_t, _ = await loop.connect_write_pipe(asyncio.Protocol, popen.stdin)
             child.stdin = stdin_t  # type: ignore[assignment]
@@ -129,13 +158,13 @@ class ChildProcess:
                 popen.stdout,
             )
 
-            def stderr_lines(lines: LineBlock) -> None:
-                child.stderr_tail.extend(lines.last(STDERR_TAIL))
-                on_stderr_lines(lines)
-
             def stderr_eof(exc: Exception | None) -> None:
                 if not child.stderr_closed.done():
                     child.stderr_closed.set_result(None)
+
+            def stderr_lines(lines: LineBlock) -> None:
+                child.stderr_tail.extend(lines.last(STDERR_TAIL))
+                on_stderr_lines(lines)
 
             # stderr lines are logs; a 16 MiB cap keeps a runaway line from eating memory
             err_t, _ = await loop.connect_read_pipe(
@@ -144,6 +173,9 @@ class ChildProcess:
             )
         except BaseException:
             child.kill_group(signal.SIGKILL)
+            popen.wait()
+            child.close()
+            containment.ended(child.token)
             raise
         child._transports = [stdin_t, out_t, err_t]
         return child
@@ -176,22 +208,11 @@ class ChildProcess:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self.pidfd, sig)
 
-    def remember_descendants(self) -> None:
-        """Note the process's descendants (from /proc), so even those that left the
-        process group with setsid() can be killed with it."""
-        self.descendants.update(procstat.TREE.descendants(self.pid))
-
     def kill_group(self, sig: int) -> None:
-        """Signal the whole process group, and descendants that left it."""
-        self.remember_descendants()
+        """Signal the whole process group, and what left it (escapees, the cgroup)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
-        if sig == signal.SIGKILL:
-            for pid in self.descendants:
-                # pid reuse: only processes whose session is still ours' or whose parent
-                # chain we saw; the window is tiny and SIGKILL is what was asked for
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, sig)
+        self.containment.signal(self.token, sig)
 
     def close(self) -> None:
         """Release pipes and the pidfd; call once the process is gone."""

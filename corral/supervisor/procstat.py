@@ -9,7 +9,6 @@ reaped by corral), so the pid stays its own until corral reaps it.
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -42,61 +41,3 @@ def open_fds(pid: int) -> int | None:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return None
-
-
-def parent_map() -> dict[int, list[int]]:
-    """Every process's children, from one pass over /proc."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            fd = os.open(f"/proc/{name}/stat", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            data = os.read(fd, 512)
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-        fields = data[data.rfind(b")") + 2:].split(None, 2)
-        if len(fields) >= 2:
-            children.setdefault(int(fields[1]), []).append(int(name))
-    return children
-
-
-class ProcessTree:
-    """Descendants of processes, from at most one scan of /proc per turn of the event loop:
-    stopping a thousand agents in one turn scans the host once, not a thousand times."""
-
-    def __init__(self) -> None:
-        self._children: dict[int, list[int]] | None = None
-
-    def descendants(self, pid: int) -> set[int]:
-        children = self._children
-        if children is None:
-            children = parent_map()
-            try:
-                asyncio.get_running_loop().call_soon(self._forget)
-                self._children = children
-            except RuntimeError:  # no loop: no turn to share the scan with
-                pass
-        return _walk(children, pid)
-
-    def _forget(self) -> None:
-        self._children = None
-
-
-def _walk(children: dict[int, list[int]], pid: int) -> set[int]:
-    out: set[int] = set()
-    stack = list(children.get(pid, ()))
-    while stack:
-        p = stack.pop()
-        if p not in out:
-            out.add(p)
-            stack.extend(children.get(p, ()))
-    return out
-
-
-TREE = ProcessTree()

@@ -21,7 +21,7 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import LineBlock, Peer, RpcError
 from . import lifecycle, procstat
-from .caps import explain_exit
+from .caps import explain_exit, oom_reason
 from .config import ConfigError, ProcessSpec
 from .lifecycle import LIVE, RUNNING, SERVING, State
 from .process import ChildProcess, resolve_user
@@ -205,6 +205,11 @@ class Replica:
             env = self._environment(uid)
             self.process = await ChildProcess.spawn(
                 spec.argv(),
+                containment=self.sup.containment,
+                kind=self.kind,
+                name=self.name,
+                index=self.index,
+                stop_timeout=spec.stop_timeout,
                 env=env,
                 cwd=spec.cwd,
                 limits=spec.limits,
@@ -307,7 +312,6 @@ class Replica:
         assert proc is not None
         grace = self.spec.stop_timeout
         if graceful:
-            proc.remember_descendants()
             self._ask_to_stop()
             proc.close_stdin()
             if await _wait(proc.exited, grace):
@@ -342,14 +346,19 @@ class Replica:
         proc = self.process
         assert proc is not None
         cpu_used = self.sample.cpu_seconds
-        # grandchildren still in the group die with their agent
+        # grandchildren still in the group (or its cgroup) die with their agent; those
+        # that left it are found by containment once it hears of the exit
         proc.kill_group(signal.SIGKILL)
+        oom = self.sup.containment.oom_killed(proc.token)
+        self.sup.containment.ended(proc.token)
         # the last lines before a crash are the ones that explain it: wait for EOF
         await _wait(proc.stderr_closed, 1.0)
         if self._down_reason is not None:
             reason = self._down_reason
             if self._escalation:
                 reason = f"{reason} ({self._escalation})"
+        elif oom:
+            reason = oom_reason(self.spec.limits)
         else:
             reason = explain_exit(
                 rc,

@@ -1,0 +1,711 @@
+"""Containment: no process corral starts, and no descendant of one, outlives its agent or
+corral itself.
+
+Three mechanisms, one module:
+
+- **Subreaper.** corral is a child subreaper (PR_SET_CHILD_SUBREAPER): a grandchild that
+  double-forks or calls setsid() is re-parented to corral, not to PID 1. Re-parented
+  processes are found by one pass over /proc, at most one per heartbeat tick and only after
+  an exit (never one per process), attributed to their agent by process group, session or
+  the spawn token every process inherits (`CORRAL_SPAWN`), and killed once their agent's
+  process is gone. Zombies among them are reaped by pid (waitid with WNOWAIT to look,
+  waitpid on that pid to reap), so subprocess.Popen's own statuses are never stolen and
+  the pidfd exit watch of decisions #2 is untouched.
+- **Cgroups v2 where delegated.** When corral's own cgroup is a writable cgroup v2 directory
+  that systemd delegated (`Delegate=yes` sets the `trusted.delegate` xattr), corral moves
+  itself into a `supervisor` leaf, each replica gets a child cgroup it is placed in before
+  its first instruction (the spawn gate, see `place`), `cgroup.kill` ends everything in it,
+  and `memory.max`, `pids.max`, `cpu.max` are written where the controllers are enabled;
+  `memory.events` tells an OOM kill.
+- **Records.** Every process corral starts is described by a `ProcessRecord` (pid, start
+  time from /proc/PID/stat, pgid, sid, cgroup, spawn token) handed to listeners (the
+  daemon stores them). After a crash, `reclaim` finds the previous incarnation's live
+  processes by those records (a pid whose start time differs is someone else) and by their
+  spawn tokens, and stops them: SIGTERM, grace, SIGKILL, `cgroup.kill`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import msgspec
+
+from .config import Limits
+
+log = logging.getLogger("corral.containment")
+
+PR_SET_CHILD_SUBREAPER = 36
+# every process corral starts carries its spawn token; descendants inherit it
+TOKEN_VARIABLE = "CORRAL_SPAWN"
+SUPERVISOR_LEAF = "supervisor"
+CPU_PERIOD_US = 100_000
+
+CgroupMode = Literal["auto", "on", "off"]
+
+
+# -- the subreaper ------------------------------------------------------------------------
+def _prctl(option: int, arg: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def set_subreaper(on: bool) -> None:
+    """Make this process a child subreaper (or stop being one)."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0)
+
+
+def is_subreaper() -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    out = ctypes.c_int(0)
+    libc.prctl(37, ctypes.byref(out), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+    return out.value != 0
+
+
+# -- /proc --------------------------------------------------------------------------------
+class ProcStat(NamedTuple):
+    pid: int
+    state: str
+    ppid: int
+    pgid: int
+    sid: int
+    start_time: int  # clock ticks since boot: with the pid, names one process for ever
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return _parse_stat(pid, data)
+
+
+def _parse_stat(pid: int, data: bytes) -> ProcStat | None:
+    # the command name may contain spaces and parentheses: split after the last ')'
+    try:
+        rest = data[data.rindex(b")") + 2:].split()
+        return ProcStat(pid, rest[0].decode(), int(rest[1]), int(rest[2]), int(rest[3]),
+                        int(rest[19]))
+    except (ValueError, IndexError):
+        return None
+
+
+def scan_processes() -> Iterator[ProcStat]:
+    """One pass over /proc (blocking: callers run it in a thread)."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            st = read_stat(int(entry.name))
+            if st is not None:
+                yield st
+
+
+def read_token(pid: int) -> str | None:
+    """The spawn token in a process's environment, if it has one we may read."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return None
+    key = TOKEN_VARIABLE.encode() + b"="
+    for item in env.split(b"\0"):
+        if item.startswith(key):
+            return item[len(key):].decode("ascii", "replace")
+    return None
+
+
+def token_owner(token: str) -> str:
+    return token.rpartition(".")[0]
+
+
+def open_verified(pid: int, start_time: int) -> int | None:
+    """A pidfd for `pid` if it is still the process that started at `start_time`.
+
+    The pidfd is opened first and the start time checked after, so the fd cannot name a
+    process that took over a recycled pid."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    st = read_stat(pid)
+    if st is None or st.start_time != start_time:
+        os.close(fd)
+        return None
+    return fd
+
+
+def signal_fd(pidfd: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        signal.pidfd_send_signal(pidfd, sig)
+
+
+def try_reap(pid: int) -> bool:
+    """Reap `pid` if it is our child and has exited; True when nothing is left of it."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True  # not our child (or already reaped)
+    return done == pid
+
+
+# -- cgroups v2 ---------------------------------------------------------------------------
+def place(cgroup_dir: str, pid: int) -> None:
+    """Move process `pid` into the cgroup at `cgroup_dir`.
+
+    The one placement primitive: the spawn path calls it between fork and the agent's
+    first instruction (the child waits at the gate of its shell prologue), and so can
+    any other spawner (a zygote, a spawn thread)."""
+    with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as f:
+        f.write(str(pid))
+
+
+def cgroup_pids(cgroup_dir: str) -> list[int]:
+    try:
+        with open(os.path.join(cgroup_dir, "cgroup.procs")) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def cgroup_kill(cgroup_dir: str) -> None:
+    """SIGKILL everything in the cgroup and below (cgroup.kill, Linux 5.14+; before that
+    each listed process, repeated until none is left to fork)."""
+    try:
+        with open(os.path.join(cgroup_dir, "cgroup.kill"), "w") as f:
+            f.write("1")
+        return
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("cgroup.kill in %s failed: %s", cgroup_dir, exc)
+        return
+    for _ in range(10):  # pragma: no cover - kernels before 5.14
+        pids = cgroup_pids(cgroup_dir)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def remove_cgroup(cgroup_dir: str) -> bool:
+    """rmdir the cgroup and its children (deepest first); False while any is busy."""
+    ok = True
+    for dirpath, dirnames, _ in os.walk(cgroup_dir, topdown=False):
+        del dirnames
+        try:
+            os.rmdir(dirpath)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            ok = False
+    return ok
+
+
+def oom_kills(cgroup_dir: str) -> int:
+    try:
+        with open(os.path.join(cgroup_dir, "memory.events")) as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup2_mount() -> tuple[str, str] | None:
+    """(mount point, root within the hierarchy) of the cgroup v2 mount we see."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    fields = left.split()
+                    return fields[4], fields[3]
+    except OSError:
+        pass
+    return None
+
+
+def own_cgroup() -> str | None:
+    """The directory of this process's cgroup v2, or None (no v2 hierarchy mounted)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            rel = next((line.strip()[3:] for line in f if line.startswith("0::")), None)
+    except OSError:
+        return None
+    mount = _cgroup2_mount()
+    if rel is None or mount is None:
+        return None
+    mountpoint, root = mount
+    if root != "/" and rel.startswith(root):
+        rel = rel[len(root):] or "/"
+    if rel.startswith("/.."):  # our cgroup is outside the mounted part (a cgroup namespace)
+        return None
+    return os.path.normpath(mountpoint + rel)
+
+
+def is_delegated(cgroup_dir: str) -> bool:
+    """systemd marks a cgroup it delegated (Delegate=yes) with a `delegate` xattr."""
+    for key in ("trusted.delegate", "user.delegate"):
+        with contextlib.suppress(OSError):
+            if os.getxattr(cgroup_dir, key) == b"1":
+                return True
+    return False
+
+
+class CgroupTree:
+    """The delegated cgroup corral manages: itself in `supervisor`, a child per replica."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.controllers: set[str] = set()
+
+    @classmethod
+    def detect(cls, mode: CgroupMode) -> tuple[CgroupTree | None, str]:
+        """The tree to use, or None; and a sentence saying which and why."""
+        if mode == "off":
+            return None, "cgroups: off (configured); containment by subreaper and records"
+        own = own_cgroup()
+        fallback = "containment by subreaper and records"
+        if own is None:
+            return None, f"cgroups: no cgroup v2 hierarchy for this process; {fallback}"
+        if os.path.basename(own) == SUPERVISOR_LEAF and is_delegated(os.path.dirname(own)):
+            own = os.path.dirname(own)  # an earlier incarnation already moved us
+        mount = _cgroup2_mount()
+        if mount is not None and os.path.normpath(own) == os.path.normpath(mount[0]):
+            return None, f"cgroups: this process is in the root cgroup, not delegated; {fallback}"
+        if not os.access(os.path.join(own, "cgroup.procs"), os.W_OK) or not os.access(
+                own, os.W_OK):
+            return None, f"cgroups: {own} is not writable (no Delegate=yes?); {fallback}"
+        if mode == "auto" and not is_delegated(own):
+            return None, (f"cgroups: {own} is not delegated (no Delegate=yes); {fallback}")
+        tree = cls(own)
+        try:
+            tree.setup()
+        except OSError as exc:
+            return None, f"cgroups: cannot set up {own}: {exc.strerror}; {fallback}"
+        enabled = ", ".join(sorted(tree.controllers)) or "none"
+        return tree, f"cgroups: a cgroup per replica under {own} (controllers: {enabled})"
+
+    def setup(self) -> None:
+        leaf = os.path.join(self.root, SUPERVISOR_LEAF)
+        os.makedirs(leaf, exist_ok=True)
+        # a cgroup with processes cannot hand controllers to its children: move out of the
+        # way first (the whole process, every thread)
+        place(leaf, os.getpid())
+        try:
+            with open(os.path.join(self.root, "cgroup.controllers")) as f:
+                available = set(f.read().split())
+        except OSError:
+            available = set()
+        wanted = available & {"memory", "pids", "cpu"}
+        for ctl in sorted(wanted):
+            try:
+                with open(os.path.join(self.root, "cgroup.subtree_control"), "w") as f:
+                    f.write(f"+{ctl}")
+                self.controllers.add(ctl)
+            except OSError as exc:  # e.g. EBUSY: another process still sits in the root
+                log.warning("cgroups: cannot enable %s in %s: %s", ctl, self.root, exc)
+
+    def path(self, kind: str, name: str, index: int) -> str:
+        return os.path.join(self.root, f"{kind}-{name}-{index}")
+
+    def prepare(self, path: str, limits: Limits) -> None:
+        """Create the replica's cgroup (if needed) and write its limits."""
+        os.makedirs(path, exist_ok=True)
+        self.apply_limits(path, limits)
+
+    def apply_limits(self, path: str, limits: Limits) -> None:
+        values = {
+            "memory": ("memory.max", f"{limits.memory_mb * 1024 * 1024}"
+                       if limits.memory_mb else "max"),
+            "pids": ("pids.max", str(limits.processes) if limits.processes else "max"),
+            "cpu": ("cpu.max", f"{int(limits.cpu_percent * CPU_PERIOD_US / 100)} {CPU_PERIOD_US}"
+                    if limits.cpu_percent else f"max {CPU_PERIOD_US}"),
+        }
+        for ctl, (key, value) in values.items():
+            if ctl in self.controllers:
+                with open(os.path.join(path, key), "w") as f:
+                    f.write(value)
+
+    def children(self) -> list[str]:
+        try:
+            return [e.path for e in os.scandir(self.root)
+                    if e.is_dir() and e.name != SUPERVISOR_LEAF]
+        except OSError:
+            return []
+
+
+# -- records ------------------------------------------------------------------------------
+class ProcessRecord(msgspec.Struct, frozen=True):
+    """What corral knows of a process it started, kept durable by the daemon."""
+
+    token: str
+    kind: str
+    name: str
+    replica: int
+    pid: int
+    start_time: int
+    pgid: int
+    sid: int
+    cgroup: str | None = None
+    stop_timeout: float = 10.0
+
+    @property
+    def owner(self) -> str:
+        return token_owner(self.token)
+
+
+@dataclass
+class Tracked:
+    record: ProcessRecord
+    oom_before: int = 0
+    # re-parented descendants attributed to this process: pid -> start time
+    escapees: dict[int, int] = field(default_factory=dict)
+
+
+class Ticket(NamedTuple):
+    """A spawn in preparation: its token (for the environment) and cgroup, if any."""
+
+    token: str
+    cgroup: str | None
+
+
+class ReclaimReport(msgspec.Struct):
+    found: int = 0  # processes of earlier incarnations still alive
+    terminated: int = 0  # ended by SIGTERM within the grace period
+    killed: int = 0  # needed SIGKILL
+    cgroups: int = 0  # leftover cgroups removed
+
+
+# -- the engine's containment -------------------------------------------------------------
+class Containment:
+    """Tracks every process a Supervisor starts and everything they leave behind."""
+
+    def __init__(self, cgroups: CgroupMode = "auto") -> None:
+        # the incarnation: a random id, so tokens of two daemons (or two runs) never meet
+        self.owner = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self.mode: CgroupMode = cgroups
+        self.tree: CgroupTree | None = None
+        self.notice = "containment not started"
+        self.subreaper = False
+        self.live: dict[str, Tracked] = {}  # token -> tracked
+        self._by_pid: dict[int, Tracked] = {}
+        self._seq = 0
+        self._pending: set[str] = set()  # tokens issued, process not yet started
+        self._orphan_fds: dict[int, int] = {}  # pidfd -> pid: killed orphans to reap
+        self._sweep_wanted = 0  # sweeps still owed (an exit owes two: now and next tick)
+        self._sweep_task: asyncio.Task[int] | None = None
+        self._last_sweep = 0.0
+        self.sweeps = 0  # passes over /proc, for tests and stats
+        self.orphans_killed = 0
+        self.started_listeners: list[Callable[[ProcessRecord], None]] = []
+        self.ended_listeners: list[Callable[[ProcessRecord], None]] = []
+        self.min_sweep_interval = 1.0
+
+    # -- start and stop -------------------------------------------------------------------
+    def open(self) -> None:
+        if not self.subreaper:
+            try:
+                set_subreaper(True)
+                self.subreaper = True
+            except OSError as exc:  # pragma: no cover - Linux < 3.4
+                log.warning("cannot become a child subreaper: %s", exc)
+        if self.tree is None:
+            self.tree, self.notice = CgroupTree.detect(self.mode)
+
+    async def close(self) -> None:
+        """After every tracked process ended: last sweeps, reap, stop being a subreaper."""
+        for _ in range(3):
+            if not await self._sweep_now():
+                break
+        await self._wait_orphans(5.0)
+        self.reap_zombies()
+        if self.tree is not None:
+            for path in self.tree.children():
+                cgroup_kill(path)
+                remove_cgroup(path)
+        if self.subreaper:
+            with contextlib.suppress(OSError):
+                set_subreaper(False)
+            self.subreaper = False
+
+    # -- spawning -------------------------------------------------------------------------
+    def ticket(self, kind: str, name: str, index: int, limits: Limits) -> Ticket:
+        self._seq += 1
+        token = f"{self.owner}.{self._seq}"
+        path = None
+        if self.tree is not None:
+            path = self.tree.path(kind, name, index)
+            self.tree.prepare(path, limits)
+        self._pending.add(token)
+        return Ticket(token, path)
+
+    def abandon(self, ticket: Ticket) -> None:
+        """The spawn for `ticket` failed before any process was tracked."""
+        self._pending.discard(ticket.token)
+
+    def started(self, ticket: Ticket, pid: int, *, kind: str, name: str, index: int,
+                stop_timeout: float) -> ProcessRecord:
+        """A process was spawned for `ticket` (and placed in its cgroup): track it."""
+        st = read_stat(pid)
+        rec = ProcessRecord(
+            token=ticket.token, kind=kind, name=name, replica=index, pid=pid,
+            start_time=st.start_time if st else 0, pgid=st.pgid if st else pid,
+            sid=st.sid if st else pid, cgroup=ticket.cgroup, stop_timeout=stop_timeout)
+        t = Tracked(rec, oom_kills(ticket.cgroup) if ticket.cgroup else 0)
+        self._pending.discard(ticket.token)
+        self.live[rec.token] = t
+        self._by_pid[pid] = t
+        for listener in self.started_listeners:
+            listener(rec)
+        return rec
+
+    def signal(self, token: str, sig: int) -> None:
+        """Signal what the process left outside its group: escapees, the cgroup."""
+        t = self.live.get(token)
+        if t is None:
+            return
+        for pid, start in list(t.escapees.items()):
+            fd = open_verified(pid, start)
+            if fd is None:
+                del t.escapees[pid]
+                continue
+            signal_fd(fd, sig)
+            os.close(fd)
+        if sig == signal.SIGKILL and t.record.cgroup:
+            cgroup_kill(t.record.cgroup)
+
+    def oom_killed(self, token: str) -> bool:
+        t = self.live.get(token)
+        return (t is not None and t.record.cgroup is not None
+                and oom_kills(t.record.cgroup) > t.oom_before)
+
+    def ended(self, token: str) -> None:
+        """The process of `token` exited (and was reaped): its descendants go now."""
+        t = self.live.pop(token, None)
+        if t is None:
+            return
+        self._by_pid.pop(t.record.pid, None)
+        self._kill_escapees(t)
+        if t.record.cgroup:
+            cgroup_kill(t.record.cgroup)
+        else:
+            # the group's other members are dying now and their children are re-parented
+            # as they die: look now and once more on the next tick
+            self._sweep_wanted = 2
+            self._maybe_sweep()
+        for listener in self.ended_listeners:
+            listener(t.record)
+
+    def _kill_escapees(self, t: Tracked) -> None:
+        for pid, start in t.escapees.items():
+            self._kill_orphan(pid, start)
+        t.escapees.clear()
+
+    # -- the tick: zombies and re-parented orphans ----------------------------------------
+    def tick(self) -> None:
+        self.reap_zombies()
+        self._maybe_sweep()
+
+    def reap_zombies(self) -> int:
+        """Reap exited children that are not ours to reap elsewhere (not a tracked
+        process, whose status its Popen collects)."""
+        n = 0
+        if self._pending:
+            # a spawn in flight on another thread: its child may have exited already and
+            # is not known by pid yet; its status is its Popen's, so look next time
+            return n
+        while True:
+            try:
+                res = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return n
+            if res is None or res.si_pid == 0 or res.si_pid in self._by_pid:
+                return n  # nothing, or a tracked process whose pidfd callback reaps it
+            if not try_reap(res.si_pid):
+                return n
+            n += 1
+
+    def _maybe_sweep(self) -> None:
+        if not self._sweep_wanted or (self._sweep_task and not self._sweep_task.done()):
+            return
+        if time.monotonic() - self._last_sweep < self.min_sweep_interval * 0.9:
+            return  # one pass over /proc per tick at most, however many exits
+        self._sweep_wanted -= 1
+        self._sweep_task = asyncio.ensure_future(self._sweep_now())
+
+    async def _sweep_now(self) -> int:
+        """One pass over /proc for processes re-parented to us; kills those whose agent is
+        gone, attaches the others to their agent. Returns how many were killed."""
+        self._last_sweep = time.monotonic()
+        self.sweeps += 1
+        me = os.getpid()
+        found = await asyncio.to_thread(
+            lambda: [(st, read_token(st.pid)) for st in scan_processes()
+                     if st.ppid == me and st.state != "Z"])
+        killed = 0
+        leaders = {t.record.pid: t for t in self.live.values()}
+        for st, token in found:
+            if st.pid in self._by_pid:
+                continue  # a process we started ourselves
+            if token in self._pending:
+                continue  # being spawned by another thread right now
+            owner = leaders.get(st.pgid) or leaders.get(st.sid)
+            if owner is None and token is not None:
+                owner = self.live.get(token)
+            if owner is not None:
+                owner.escapees[st.pid] = st.start_time
+            else:
+                self._kill_orphan(st.pid, st.start_time)
+                killed += 1
+        if killed:
+            self._sweep_wanted = max(self._sweep_wanted, 1)  # their children are next
+        self.orphans_killed += killed
+        return killed
+
+    def _kill_orphan(self, pid: int, start_time: int) -> None:
+        fd = open_verified(pid, start_time)
+        if fd is None:
+            return
+        signal_fd(fd, signal.SIGKILL)
+        if fd in self._orphan_fds:  # pragma: no cover - fds are unique while open
+            os.close(fd)
+            return
+        self._orphan_fds[fd] = pid
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().add_reader(fd, self._orphan_exited, fd)
+            return
+        self._orphan_exited(fd)  # pragma: no cover - no loop: reap what we can
+
+    def _orphan_exited(self, fd: int) -> None:
+        pid = self._orphan_fds.pop(fd, None)
+        with contextlib.suppress(RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+        if pid is not None:
+            try_reap(pid)
+
+    async def _wait_orphans(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self._orphan_fds and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for fd in list(self._orphan_fds):
+            self._orphan_exited(fd)
+
+    # -- after a crash --------------------------------------------------------------------
+    async def reclaim(self, records: Iterable[ProcessRecord], owners: Iterable[str],
+                      *, grace: float | None = None) -> ReclaimReport:
+        """Stop every live process of earlier incarnations `owners`: those in `records`
+        (pid and start time must both match), the members of their groups, anything
+        carrying one of their spawn tokens, and everything in their cgroups.
+
+        The normal stop sequence without the pipes they lost: SIGTERM, the grace period
+        (the longest stop_timeout among them), SIGKILL, cgroup.kill."""
+        records = list(records)
+        owners = set(owners) | {r.owner for r in records}
+        report = ReclaimReport()
+        if not owners:
+            return report
+        if grace is None:
+            grace = max((r.stop_timeout for r in records), default=10.0)
+        groups = {r.pgid: r for r in records} | {r.sid: r for r in records}
+        cgroups = {r.cgroup for r in records if r.cgroup}
+        if self.tree is not None:
+            cgroups.update(self.tree.children())
+
+        def find() -> list[ProcStat]:
+            me = os.getpid()
+            every = {st.pid: st for st in scan_processes()}
+
+            def ours(group: int) -> bool:
+                # a pid is not reused while it names a live group or session: a group of
+                # a record is still the recorded one unless its leader's pid now belongs
+                # to a process that started at another time
+                rec = groups.get(group)
+                leader = every.get(group)
+                return rec is not None and (leader is None
+                                            or leader.start_time == rec.start_time)
+
+            in_cgroups = {pid for cg in cgroups for pid in cgroup_pids(cg)}
+            out = []
+            for st in every.values():
+                if st.pid == me or st.state == "Z":
+                    continue
+                if ours(st.pgid) or ours(st.sid) or st.pid in in_cgroups:
+                    out.append(st)
+                    continue
+                token = read_token(st.pid)
+                if token is not None and token_owner(token) in owners:
+                    out.append(st)
+            return out
+
+        victims = await asyncio.to_thread(find)
+        fds = {}
+        for st in victims:
+            fd = open_verified(st.pid, st.start_time)
+            if fd is not None:
+                fds[fd] = st.pid
+        report.found = len(fds)
+        for fd in fds:
+            signal_fd(fd, signal.SIGTERM)
+        left = await _wait_fds(set(fds), grace)
+        report.terminated = len(fds) - len(left)
+        for fd in left:
+            signal_fd(fd, signal.SIGKILL)
+        report.killed = len(left)
+        for cg in cgroups:
+            cgroup_kill(cg)
+        await _wait_fds(left, 5.0)
+        for fd in fds:
+            os.close(fd)  # their parent (init, or the service manager) reaps them
+        for cg in cgroups:
+            if os.path.isdir(cg):
+                await _wait_empty(cg, 5.0)
+                if remove_cgroup(cg):
+                    report.cgroups += 1
+        return report
+
+
+async def _wait_fds(fds: set[int], timeout: float) -> set[int]:
+    """Wait until every pidfd is readable (its process exited); the ones still open."""
+    left = set(fds)
+    if not left:
+        return left
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def ready(fd: int) -> None:
+        loop.remove_reader(fd)
+        left.discard(fd)
+        if not left and not done.done():
+            done.set_result(None)
+
+    for fd in fds:
+        loop.add_reader(fd, ready, fd)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done, timeout)
+    for fd in left:
+        loop.remove_reader(fd)
+    return left
+
+
+async def _wait_empty(cgroup_dir: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while cgroup_pids(cgroup_dir) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)

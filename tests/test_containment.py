@@ -1,0 +1,240 @@
+"""Containment in the engine: the subreaper, escaped descendants, process records, and the
+reclaim of an earlier incarnation's processes. Real processes, real signals; the `sup`
+fixture asserts that no process, zombie or fd outlives each test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from corral.supervisor import State, Supervisor
+from corral.supervisor.containment import (
+    TOKEN_VARIABLE,
+    Containment,
+    ProcessRecord,
+    is_subreaper,
+    read_stat,
+    read_token,
+    token_owner,
+)
+
+from .conftest import agent
+
+
+def alive(pid: int) -> bool:
+    st = read_stat(pid)
+    return st is not None and st.state != "Z"
+
+
+async def gone(pid: int, timeout: float = 5.0) -> bool:
+    """Wait until `pid` has exited and was reaped by whoever is its parent."""
+    deadline = time.monotonic() + timeout
+    while read_stat(pid) is not None:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def escaped_pids(sup: Supervisor) -> asyncio.Queue[int]:
+    """The pids misbehave.py's escape modes report on stderr, in order."""
+    q: asyncio.Queue[int] = asyncio.Queue()
+
+    def on_log(r: object, stream: str, lines: list[bytes]) -> None:
+        for text in lines:
+            m = re.match(rb"escaped (\d+)", text)
+            if m:
+                q.put_nowait(int(m.group(1)))
+
+    sup.log_listeners.append(on_log)
+    return q
+
+
+async def start_escaper(sup: Supervisor, name: str, **kw: object) -> tuple[int, int]:
+    """An agent whose grandchild double-forked with setsid: (agent pid, escapee pid)."""
+    q = escaped_pids(sup)
+    sup.add(agent(name, "misbehave.py", env={"MISBEHAVE": "escape"}, **kw))
+    r = await sup.wait_state(name, State.READY)
+    esc = await asyncio.wait_for(q.get(), 10)
+    st = read_stat(esc)
+    assert r.pid is not None and st is not None
+    # re-parented to us (the subreaper), in a session of its own: no killpg reaches it
+    assert st.ppid == os.getpid()
+    assert st.sid != r.pid and st.pgid != r.pid
+    # what it still has of its agent: the spawn token in its environment
+    token = read_token(esc)
+    assert token is not None and token_owner(token) == sup.containment.owner
+    return r.pid, esc
+
+
+async def test_a_supervisor_is_a_subreaper_while_open_and_not_after(sup: Supervisor) -> None:
+    assert is_subreaper()
+    await sup.close()
+    assert not is_subreaper()
+
+
+async def test_a_double_forked_setsid_grandchild_is_gone_after_stop(sup: Supervisor) -> None:
+    _, esc = await start_escaper(sup, "esc")
+    await sup.stop("esc")
+    assert await gone(esc), "the escaped grandchild survived `stop`"
+
+
+async def test_a_double_forked_setsid_grandchild_is_gone_after_a_sigkill_of_its_agent(
+        sup: Supervisor) -> None:
+    q = escaped_pids(sup)
+    pid, esc = await start_escaper(sup, "esc")
+    os.kill(pid, signal.SIGKILL)
+    assert await gone(esc), "the escaped grandchild survived its agent's SIGKILL"
+    # the restarted incarnation has an escapee of its own, and it is left alone
+    r = await sup.wait_state("esc", State.READY)
+    assert r.pid != pid and r.last_exit == "killed by SIGKILL"
+    assert await asyncio.wait_for(q.get(), 10) == esc
+    esc2 = await asyncio.wait_for(q.get(), 10)
+    await asyncio.sleep(3 * sup.heartbeat_interval)  # sweeps ran: it must still be there
+    assert alive(esc2)
+
+
+async def test_a_double_forked_setsid_grandchild_is_gone_after_shutdown() -> None:
+    s = Supervisor(heartbeat_interval=0.1, heartbeat_timeout=2.0)
+    s.open()
+    try:
+        _, esc = await start_escaper(s, "esc")
+    finally:
+        await s.close()
+    # close() returns only once the escapee is dead and reaped
+    assert read_stat(esc) is None
+
+
+async def test_an_escapee_that_exits_by_itself_is_reaped_not_left_a_zombie(
+        sup: Supervisor) -> None:
+    q = escaped_pids(sup)
+    sup.add(agent("brief", "misbehave.py",
+                  env={"MISBEHAVE": "escape-brief", "ESCAPE_SECONDS": "0.3"}))
+    await sup.wait_state("brief", State.READY)
+    esc = await asyncio.wait_for(q.get(), 10)
+    # its agent is alive and nothing stops: the tick's zombie reaper collects it
+    assert await gone(esc), f"escapee {esc} left as {read_stat(esc)}"
+
+
+async def test_stopping_many_agents_scans_proc_at_most_once_per_tick() -> None:
+    s = Supervisor(heartbeat_interval=0.5, heartbeat_timeout=5.0)
+    s.open()
+    try:
+        s.add(agent("many", replicas=8))
+        for i in range(8):
+            await s.wait_state("many", State.READY, replica=i)
+        before = s.containment.sweeps
+        t0 = time.monotonic()
+        await s.stop("many")
+        ticks = (time.monotonic() - t0) / s.heartbeat_interval
+        # 8 exits: one sweep at the first exit, one more per tick after (never one per exit)
+        assert s.containment.sweeps - before <= 2 + ticks
+    finally:
+        await s.close()
+
+
+async def test_every_process_is_recorded_with_its_start_time_and_forgotten_at_exit(
+        sup: Supervisor) -> None:
+    started: list[ProcessRecord] = []
+    ended: list[ProcessRecord] = []
+    sup.containment.started_listeners.append(started.append)
+    sup.containment.ended_listeners.append(ended.append)
+    sup.add(agent("rec", replicas=2))
+    for i in range(2):
+        await sup.wait_state("rec", State.READY, replica=i)
+    assert sorted((r.name, r.replica) for r in started) == [("rec", 0), ("rec", 1)]
+    for rec in started:
+        st = read_stat(rec.pid)
+        assert st is not None
+        assert (rec.start_time, rec.pgid, rec.sid) == (st.start_time, rec.pid, rec.pid)
+        assert rec.owner == sup.containment.owner
+        assert rec.token.startswith(rec.owner + ".")
+        assert rec.cgroup is None  # no delegated cgroup in the test suite's own process
+        assert rec.stop_timeout == 2.0
+    await sup.stop("rec")
+    assert sorted(r.token for r in ended) == sorted(r.token for r in started)
+
+
+# -- reclaim: what a crashed incarnation left running -------------------------------------
+def spawn_leftover(token: str, *, ignore_term: bool = False) -> subprocess.Popen[bytes]:
+    """A process as a crashed daemon leaves it: its own session, a spawn token."""
+    code = ("import signal, time, sys\n"
+            + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignore_term else "")
+            + "print('up', flush=True)\ntime.sleep(1000)\n")
+    p = subprocess.Popen(["python3", "-c", code], start_new_session=True,
+                         stdout=subprocess.PIPE, env={**os.environ, TOKEN_VARIABLE: token})
+    assert p.stdout is not None
+    assert p.stdout.readline() == b"up\n"  # the SIGTERM handler is in place
+    return p
+
+
+def record_of(p: subprocess.Popen[bytes], token: str, **kw: object) -> ProcessRecord:
+    st = read_stat(p.pid)
+    assert st is not None
+    fields: dict[str, object] = {
+        "token": token, "kind": "agent", "name": "old", "replica": 0, "pid": p.pid,
+        "start_time": st.start_time, "pgid": st.pgid, "sid": st.sid, "stop_timeout": 0.5}
+    fields.update(kw)
+    return ProcessRecord(**fields)  # type: ignore[arg-type]
+
+
+async def test_reclaim_stops_recorded_processes_by_sigterm_then_sigkill() -> None:
+    old = "12345-0123456789ab"
+    polite = spawn_leftover(f"{old}.1")
+    stubborn = spawn_leftover(f"{old}.2", ignore_term=True)
+    try:
+        c = Containment("off")
+        report = await c.reclaim([record_of(polite, f"{old}.1"),
+                                  record_of(stubborn, f"{old}.2")], [old])
+        assert (report.found, report.terminated, report.killed) == (2, 1, 1)
+        assert polite.wait(5) == -signal.SIGTERM
+        assert stubborn.wait(5) == -signal.SIGKILL
+    finally:
+        for p in (polite, stubborn):
+            p.kill()
+            p.wait()
+
+
+async def test_reclaim_finds_an_unrecorded_process_by_its_spawn_token() -> None:
+    old = "12345-aaaaaaaaaaaa"
+    p = spawn_leftover(f"{old}.7")  # spawned just before the crash: no record yet
+    try:
+        report = await Containment("off").reclaim([], [old])
+        assert report.found == 1
+        assert p.wait(5) == -signal.SIGTERM
+    finally:
+        p.kill()
+        p.wait()
+
+
+async def test_reclaim_never_signals_a_process_that_took_over_a_recorded_pid() -> None:
+    # a record whose pid now belongs to a process that started at another time
+    bystander = spawn_leftover("someone-else.1")
+    try:
+        rec = record_of(bystander, "12345-bbbbbbbbbbbb.1")
+        rec = ProcessRecord(**{**{f: getattr(rec, f) for f in rec.__struct_fields__},
+                               "start_time": rec.start_time - 1})
+        report = await Containment("off").reclaim([rec], ["12345-bbbbbbbbbbbb"])
+        assert report.found == 0
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+@pytest.mark.parametrize("mode", ["off", "auto"])
+def test_no_delegation_is_said_once_with_the_reason(mode: str) -> None:
+    c = Containment(mode)  # type: ignore[arg-type]
+    c.open()
+    try:
+        assert c.tree is None
+        assert c.notice.startswith("cgroups: ")
+        assert c.notice.endswith("containment by subreaper and records")
+    finally:
+        asyncio.run(c.close())

@@ -1,0 +1,181 @@
+"""corral as a systemd service, under a real systemd (tests/nsystemd.py): the unit from
+systemd/ as shipped, plus a drop-in that only shortens its clocks (WatchdogSec, RestartSec)
+so the cases fit the suite's time budget.
+
+A `kill -9` of the daemon, a daemon frozen with SIGSTOP (the watchdog ends it) and
+`systemctl stop` each leave nothing of the old daemon behind: KillMode=mixed and
+Delegate=yes put every agent and every descendant in the unit's cgroup (one child cgroup
+per replica), and the daemon that comes back runs exactly one process per replica."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from corral.supervisor.containment import ProcStat, read_stat
+
+from .conftest import EXAMPLES, ROOT
+from .nsystemd import NSystemd, skip_reason
+
+pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
+
+CONFIG = textwrap.dedent(f"""
+    [supervisor]
+    heartbeat_interval = 0.5
+    heartbeat_timeout = 5.0
+
+    [agents.hello]
+    command = ["python3", "{EXAMPLES}/hello.py"]
+    replicas = 2
+    stop_timeout = 2.0
+
+    [agents.stubborn]                       # ignores stdin EOF and SIGTERM
+    command = ["python3", "{EXAMPLES}/misbehave.py"]
+    env = {{ MISBEHAVE = "stubborn" }}
+    stop_timeout = 1.0
+
+    [agents.escaper]                        # a grandchild double-forked with setsid()
+    command = ["python3", "{EXAMPLES}/misbehave.py"]
+    env = {{ MISBEHAVE = "escape" }}
+    stop_timeout = 1.0
+
+    [agents.shell]
+    command = ["bash", "{EXAMPLES}/echo.sh"]
+    stop_timeout = 1.0
+""")
+REPLICAS = {"hello": 2, "stubborn": 1, "escaper": 1, "shell": 1}
+DROP_IN = "[Service]\nWatchdogSec=3\nRestartSec=0.2\n"
+CLI = "/opt/corral/bin/corral"
+
+
+@pytest.fixture(scope="module")
+def nsd() -> Iterator[NSystemd]:
+    """One booted systemd with corral installed (the repository's venv as /opt/corral)."""
+    n = NSystemd(files={
+        "etc/corral/corral.toml": CONFIG,
+        "etc/systemd/system/corral.service": (ROOT / "systemd/corral.service").read_text(),
+        "etc/systemd/system/corral.service.d/test-clocks.conf": DROP_IN,
+    })
+    n.files.joinpath("opt").mkdir()
+    n.files.joinpath("opt/corral").symlink_to(ROOT / ".venv")
+    with n:
+        yield n
+
+
+class Service(msgspec.Struct):
+    main_pid: int
+    active: str
+    restarts: int
+
+
+def service(nsd: NSystemd) -> Service:
+    out = nsd.run("systemctl", "show", "-p", "MainPID,ActiveState,NRestarts", "corral").stdout
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return Service(int(props["MainPID"]), props["ActiveState"], int(props["NRestarts"]))
+
+
+def wait_restarted(nsd: NSystemd, before: Service, timeout: float = 30.0) -> Service:
+    """Wait until systemd restarted the service and the new daemon sent READY=1."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = service(nsd)
+        if s.restarts > before.restarts and s.active == "active" and s.main_pid not in (
+                0, before.main_pid):
+            return s
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not restarted within {timeout:g} s: {s}; journal:\n"
+                                 + nsd.run("journalctl", "-u", "corral", "--no-pager",
+                                           check=False).stdout[-3000:])
+        time.sleep(0.1)
+
+
+def snapshot(nsd: NSystemd, unit_cg: Path) -> dict[int, ProcStat]:
+    """Every live process of the unit, by host pid."""
+    out = {}
+    for pid in nsd.processes(unit_cg):
+        st = read_stat(pid)
+        if st is not None:
+            out[pid] = st
+    return out
+
+
+def survivors(old: dict[int, ProcStat]) -> list[ProcStat]:
+    left = []
+    for pid, st in old.items():
+        now = read_stat(pid)
+        if now is not None and now.start_time == st.start_time and now.state != "Z":
+            left.append(now)
+    return left
+
+
+def check_fleet(nsd: NSystemd, unit_cg: Path) -> None:
+    """Every replica serving, each replica's cgroup holding its process, nothing else."""
+    deadline = time.monotonic() + 30
+    while True:
+        r = nsd.run(CLI, "status", "--json", check=False)
+        agents = msgspec.json.decode(r.stdout)["agents"] if r.returncode == 0 else []
+        if len(agents) == sum(REPLICAS.values()) and all(
+                a["state"] in ("ready", "idle", "busy") for a in agents):
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fleet not serving: {r.stdout} {r.stderr}")
+        time.sleep(0.1)
+    for name, n in REPLICAS.items():
+        for i in range(n):
+            procs = nsd.processes(unit_cg / f"agent-{name}-{i}")
+            # the agent, plus the escaper's escaped grandchild: contained in its cgroup
+            assert len(procs) == (2 if name == "escaper" else 1), (name, i, procs)
+    leaves = sorted(p.name for p in unit_cg.iterdir() if p.is_dir())
+    assert leaves == sorted(["supervisor"] + [f"agent-{n}-{i}" for n, c in REPLICAS.items()
+                                              for i in range(c)])
+
+
+def load(nsd: NSystemd) -> None:
+    for name in ("hello", "shell"):
+        r = nsd.run(CLI, "run", name, "--input", '{"name": "x"}', check=False)
+        assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_kill_9_and_sigstop_restart_with_nothing_left_and_stop_empties_the_cgroup(
+        nsd: NSystemd) -> None:
+    nsd.run("systemctl", "daemon-reload")
+    t0 = time.monotonic()
+    nsd.run("systemctl", "start", "corral")  # returns after READY=1
+    started = service(nsd)
+    assert started.active == "active", started
+    assert time.monotonic() - t0 < 30
+    unit_cg = nsd.unit_cgroup("corral.service")
+    log = nsd.path("/var/log/corral/corral.log").read_text()
+    assert "cgroups: a cgroup per replica under /sys/fs/cgroup/system.slice/corral.service" \
+        in log, log
+    check_fleet(nsd, unit_cg)
+    load(nsd)
+
+    # kill -9 of the main pid: systemd kills the rest (KillMode=mixed) and restarts it
+    old = snapshot(nsd, unit_cg)
+    assert len(old) >= sum(REPLICAS.values()) + 2
+    nsd.run("kill", "-9", str(started.main_pid))
+    after_kill = wait_restarted(nsd, started)
+    assert not survivors(old), f"left from the killed daemon: {survivors(old)}"
+    check_fleet(nsd, unit_cg)
+    load(nsd)
+
+    # SIGSTOP: no more WATCHDOG=1; the watchdog aborts it and systemd restarts it
+    old = snapshot(nsd, unit_cg)
+    nsd.run("kill", "-STOP", str(after_kill.main_pid))
+    wait_restarted(nsd, after_kill)
+    assert not survivors(old), f"left from the frozen daemon: {survivors(old)}"
+    check_fleet(nsd, unit_cg)
+
+    # systemctl stop: the daemon stops its agents itself; the cgroup is empty after
+    old = snapshot(nsd, unit_cg)
+    nsd.run("systemctl", "stop", "corral")
+    assert service(nsd).active == "inactive"
+    assert not survivors(old)
+    assert nsd.processes(unit_cg) == set()
