@@ -198,3 +198,59 @@ async def test_mcp_servers_are_stopped_the_mcp_way_without_shutdown(sup: Supervi
     inst = await up(sup, scripted("bye", "v2025-11"))
     await inst.stop("stopped")
     assert inst.last_exit == "stopped" and "got shutdown" not in logs
+
+
+# -- agents ---------------------------------------------------------------------------------
+async def test_an_agent_reads_resources_gets_prompts_and_hears_updates(
+        sup: Supervisor) -> None:
+    from corral.supervisor import State
+
+    from .conftest import agent
+
+    await up(sup, scripted("docs", "v2025-11,resources"))
+    sup.add(agent("lib", "librarian.py", tools=["docs__mem://doc/*", "docs__greet",
+                                                "docs__touch"]))
+    await sup.wait_state("lib", State.READY)
+    res = await sup.tasks.run("lib", {"server": "docs", "uri": "mem://doc/1",
+                                      "prompt": "docs__greet", "arguments": {"who": "Ada"},
+                                      "watch": True})
+    assert res.status == "succeeded", res.error
+    assert res.output == {
+        "resources": ["mem://doc/0", "mem://doc/1", "mem://doc/2"],
+        "prompts": ["docs__greet"], "read": "contents of mem://doc/1",
+        "prompt": "Say hello to Ada", "updated": [["docs", "mem://doc/1"]]}
+    assert list(sup.mcp.subscriptions) == [("docs", "mem://doc/1")]
+    await sup.stop("lib")
+    assert sup.mcp.subscriptions[("docs", "mem://doc/1")] == {}
+
+
+async def test_an_agent_is_refused_what_its_allowlist_does_not_admit(sup: Supervisor) -> None:
+    from corral.supervisor import State
+
+    from .conftest import agent
+
+    await up(sup, scripted("docs", "v2025-11,resources"))
+    sup.add(agent("nosy", "misbehave.py", tools=["docs__echo"]))
+    await sup.wait_state("nosy", State.READY)
+    res = await sup.tasks.run("nosy", {"do": "raw", "method": "resources/read",
+                                       "params": {"server": "docs", "uri": "mem://doc/0"}})
+    assert res.output == {"error": jsonrpc.TOOL_NOT_ALLOWED, "message": (
+        "resource docs__mem://doc/0 is not allowed (allowlist: ['docs__echo'])")}
+    res = await sup.tasks.run("nosy", {"do": "raw", "method": "resources/list",
+                                       "params": {}})
+    assert res.output == {"result": {"resources": []}}
+    res = await sup.tasks.run("nosy", {"do": "raw", "method": "prompts/get",
+                                       "params": {"name": "docs__greet", "arguments": [1]}})
+    assert res.output == {"error": jsonrpc.INVALID_PARAMS,
+                          "message": "prompts/get: arguments must be an object of strings"}
+
+
+async def test_list_changes_are_told_to_listeners(sup: Supervisor) -> None:
+    import asyncio
+
+    await up(sup, scripted("gr", "v2025-11"))
+    told: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    sup.mcp.change_listeners.append(lambda server, kind: told.put_nowait((server, kind)))
+    await sup.mcp.call("gr__grow", {})
+    assert await asyncio.wait_for(told.get(), 10) == ("gr", "tools")
+    assert any(t["name"] == "gr__extra" for t in await sup.mcp.list_tools())

@@ -104,6 +104,9 @@ class McpPool(Generic[Spec, Inst]):
         self.servers: dict[str, ServerEntry[Spec, Inst]] = {}
         # (server, uri) -> subscriber -> listener
         self.subscriptions: dict[tuple[str, str], dict[str, ResourceListener]] = {}
+        # told (server, "tools" | "resources" | "prompts") when a server's list changed
+        # (its notifications/*/list_changed; for tools, once corral has the new list)
+        self.change_listeners: list[Callable[[str, str], None]] = []
 
     # -- servers --------------------------------------------------------------------------
     def add(self, spec: Spec) -> ServerEntry[Spec, Inst]:
@@ -315,6 +318,11 @@ class McpPool(Generic[Spec, Inst]):
         """An instance of `server` said `uri` changed (instances call this)."""
         for listener in list(self.subscriptions.get((server, uri), {}).values()):
             listener(server, uri, params)
+
+    def list_changed(self, server: str, kind: str) -> None:
+        """An instance of `server` said its `kind` list changed (instances call this)."""
+        for listener in list(self.change_listeners):
+            listener(server, kind)
 
     # -- prompts and completion -----------------------------------------------------------
     async def list_prompts(self, *, owner: str | None = None, allow: list[str] | None = None,

@@ -44,6 +44,7 @@ class McpServerReplica(Replica):
         client.on_log = self.note
         client.on_tools_changed = self._tools_changed
         client.on_resource_updated = self._resource_updated
+        client.on_list_changed = self._list_changed
         return client
 
     def _make_peer(self, proc: ChildProcess) -> Peer:
@@ -68,6 +69,10 @@ class McpServerReplica(Replica):
 
     def _ask_to_stop(self) -> None:
         pass  # the MCP stdio shutdown: closing stdin is the request
+
+    def _list_changed(self, method: str) -> None:
+        # notifications/resources/list_changed -> "resources"
+        self.sup.mcp.list_changed(self.name, method.split("/")[1])
 
     def _resource_updated(self, uri: str, params: dict[str, Any]) -> None:
         self.sup.mcp.resource_updated(self.name, uri, params)
@@ -108,3 +113,5 @@ class McpServerReplica(Replica):
             await self.client.list_tools(self.mcp_spec.timeout)
         except RpcError as exc:
             self.note(f"tools/list after list_changed failed: {exc.message}")
+            return
+        self.sup.mcp.list_changed(self.name, "tools")

@@ -289,7 +289,8 @@ class Context:
         )
 
     def list_resources(self, server: str | None = None) -> Any:
-        """The MCP resources this agent may read (each with its "server")."""
+        """{"resources": [...]}: the MCP resources this agent may read, each with its
+        "server"."""
         return self._call("resources/list", {} if server is None else {"server": server})
 
     def read_resource(self, server: str, uri: str) -> Any:
@@ -301,7 +302,7 @@ class Context:
         return self._call("resources/subscribe", {"server": server, "uri": uri})
 
     def list_prompts(self, server: str | None = None) -> Any:
-        """The MCP prompts this agent may get, named SERVER__PROMPT."""
+        """{"prompts": [...]}: the MCP prompts this agent may get, named SERVER__PROMPT."""
         return self._call("prompts/list", {} if server is None else {"server": server})
 
     def get_prompt(self, name: str, arguments: dict[str, str] | None = None) -> Any:
