@@ -18,6 +18,8 @@
                     initialize afterwards)
     drop-discover   like slow-start's lock, but the first discover is never answered
     resources       resources (paged, one per page), a template, subscribe; prompts; logging
+    tasks           tools "quick" and "endless" need task augmentation (execution.taskSupport
+                    "required"); "quick" completes at the second tasks/get, "endless" never
 
 Tools: echo {text}, slow {seconds} (honours notifications/cancelled), die (exits mid-call),
 progress {steps} (notifications/progress to the caller's token), grow (adds tool "extra"
@@ -48,6 +50,10 @@ if "resources" in modes:
     tools.append({"name": "typed", "inputSchema": {"type": "object"},
                   "outputSchema": {"type": "object", "properties": {"n": {"type": "integer"}},
                                    "required": ["n"]}})
+if "tasks" in modes:
+    tools += [{"name": n, "inputSchema": {"type": "object"},
+               "execution": {"taskSupport": "required"}} for n in ("quick", "endless")]
+TASKS = {}
 RESOURCES = [{"uri": f"mem://doc/{i}", "name": f"doc{i}", "mimeType": "text/plain"}
              for i in range(3)]
 PROMPTS = [{"name": "greet", "description": "Say hello",
@@ -195,6 +201,32 @@ for line in sys.stdin:
         continue
     if method == "shutdown":
         print("got shutdown", file=sys.stderr, flush=True)
+    if "tasks" in modes and method == "tools/call" and params.get("name") in ("quick",
+                                                                             "endless"):
+        if "task" not in params:
+            error(rid, -32601, f"Tool {params['name']} requires task augmentation")
+            continue
+        tid = f"t{len(TASKS) + 1}"
+        TASKS[tid] = {"name": params["name"], "polls": 0, "status": "working"}
+        reply(rid, {"task": {"taskId": tid, "status": "working", "pollInterval": 50,
+                             "createdAt": "now", "lastUpdatedAt": "now",
+                             "ttl": params["task"].get("ttl")}})
+        continue
+    if "tasks" in modes and method in ("tasks/get", "tasks/result", "tasks/cancel"):
+        task = TASKS[params["taskId"]]
+        if method == "tasks/get":
+            task["polls"] += 1
+            if task["name"] == "quick" and task["polls"] >= 2:
+                task["status"] = "completed"
+            reply(rid, {"taskId": params["taskId"], "status": task["status"]})
+        elif method == "tasks/result":
+            reply(rid, {"content": [{"type": "text",
+                                     "text": f"done after {task['polls']} polls"}]})
+        else:
+            task["status"] = "cancelled"
+            print(f"task {params['taskId']} cancelled", file=sys.stderr, flush=True)
+            reply(rid, {"taskId": params["taskId"], "status": "cancelled"})
+        continue
     if method == "notifications/roots/list_changed":
         print("roots changed", file=sys.stderr, flush=True)
         continue

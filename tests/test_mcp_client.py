@@ -254,3 +254,25 @@ async def test_list_changes_are_told_to_listeners(sup: Supervisor) -> None:
     await sup.mcp.call("gr__grow", {})
     assert await asyncio.wait_for(told.get(), 10) == ("gr", "tools")
     assert any(t["name"] == "gr__extra" for t in await sup.mcp.list_tools())
+
+
+async def test_task_augmented_tools_are_polled_to_their_result_and_cancelled_on_timeout(
+        sup: Supervisor) -> None:
+    import asyncio
+
+    cancelled = asyncio.get_running_loop().create_future()
+
+    def listen(r: Replica, stream: str, block: LineBlock) -> None:
+        if r.name == "tk" and b"task t2 cancelled" in block.block and not cancelled.done():
+            cancelled.set_result(True)
+
+    sup.log_listeners.append(listen)
+    await up(sup, scripted("tk", "v2025-11,tasks", timeout=1.0))
+    assert await sup.mcp.call("tk__quick", {}) == {
+        "content": [{"type": "text", "text": "done after 2 polls"}]}
+    with pytest.raises(RpcError) as err:
+        await sup.mcp.call("tk__endless", {})
+    assert (err.value.code, err.value.message) == (
+        jsonrpc.REQUEST_TIMEOUT, "tools/call: no answer from MCP server tk#0 within 1 s")
+    # tasks/cancel went to the server, which says so on stderr
+    assert await asyncio.wait_for(cancelled, 10)
