@@ -68,8 +68,19 @@ class AgentsStatus(Params):
     names: list[str] = []
 
 
+def parse_target(target: str) -> tuple[str, int | None]:
+    """`NAME` (every replica) or `NAME#N` (replica N), as start/stop/restart/logs/pid/signal
+    take them; raises ValueError for a malformed replica number."""
+    name, sep, index = target.partition("#")
+    if not sep:
+        return name, None
+    if not index.isdigit():
+        raise ValueError(f"{target}: the replica after '#' must be a number")
+    return name, int(index)
+
+
 class Selection(Params):
-    """Some agents by name, or all of them."""
+    """Some agents by name (NAME, or NAME#N for one replica), or all of them."""
 
     names: list[str] = []
     all: bool = False
@@ -77,7 +88,7 @@ class Selection(Params):
 
 @method("agents.start", mutating=True)
 class AgentsStart(Selection):
-    """Start agents (all their replicas); a Failed agent is given a fresh start."""
+    """Start agents (all their replicas, or NAME#N); a Failed agent is given a fresh start."""
 
 
 @method("agents.stop", mutating=True)
@@ -87,14 +98,34 @@ class AgentsStop(Selection):
 
 @method("agents.restart", mutating=True)
 class AgentsRestart(Selection):
-    """Stop then start agents."""
+    """Restart agents: stop then start every replica, or with rolling, replace replicas one
+    at a time, each new one ready before the old one stops."""
+
+    rolling: bool = False
+
+
+@method("agents.signal", mutating=True)
+class AgentsSignal(Selection):
+    """Send a signal (a name like HUP or SIGUSR1, or a number) to agents' processes."""
+
+    signal: str = "TERM"
+
+
+@method("agents.describe")
+class AgentsDescribe(Params):
+    """An agent's effective spec: command, cwd, environment keys, limits, restart policy,
+    revision and origin (the config file, or added at runtime)."""
+
+    name: str
 
 
 @method("agents.add", mutating=True)
 class AgentsAdd(Params):
-    """Add agents at runtime from [agents.NAME] tables; they survive a daemon restart."""
+    """Add agents at runtime from [agents.NAME] tables; they survive a daemon restart.
+    Unless check is false, a command that is not an executable is refused."""
 
     agents: dict[str, dict[str, Any]]
+    check: bool = True
 
 
 @method("agents.remove", mutating=True)

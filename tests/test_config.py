@@ -28,7 +28,7 @@ def test_an_include_may_not_redefine_an_agent(tmp_path: Path) -> None:
                                    "[agents.a]\ncommand = 'x'\n")
     with pytest.raises(ConfigError) as err:
         load_config(c)
-    assert str(err.value) == f"{inc}: agents.a: already defined"
+    assert str(err.value) == f"{inc}: agents.a: already defined in {c}"
 
 
 def test_agents_must_be_a_table_and_cannot_be_read_missing(tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ def test_unknown_agent_and_usage_errors(daemon: Daemon) -> None:
     r = daemon.cli("status", "nope")
     assert (r.returncode, r.stderr) == (1, "corral: no such agent: nope\n")
     r = daemon.cli("stop")
-    assert r.returncode == 2 and "name at least one agent, or --all" in r.stderr
+    assert r.returncode == 2 and "name at least one agent (NAME or NAME#N), or all" in r.stderr
     r = daemon.cli("scale", "hello", "-1")
     assert r.returncode == 2
     r = daemon.cli("stop", "hello", "nope")  # nothing is stopped when one name is wrong
@@ -489,7 +489,7 @@ def test_sd_notify_protocol(tmp: Path) -> None:
         d.start()
         ready = d.notify.wait_for("READY")
         assert ready["READY"] == "1" and ready["MAINPID"] == str(d.proc.pid)  # type: ignore[union-attr]
-        assert ready["STATUS"] == "1 agents, 2/2 replicas ready, 0 failed"
+        assert ready["STATUS"] == "1 agent, 2/2 replicas ready, 0 failed"
         d.notify.wait_for("WATCHDOG")
         d.cli("reload")
         assert d.notify.wait_for("RELOADING")["RELOADING"] == "1"

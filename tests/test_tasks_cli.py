@@ -48,7 +48,7 @@ def test_run_failure_timeout_and_exit_codes(daemon: Daemon) -> None:
     r = daemon.cli("run", "work", "--input", '{"do": "sleep", "seconds": 10}', "--timeout",
                    "0.2", "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["status"] == "timed_out"
-    r = daemon.cli("run", "nope")
+    r = daemon.cli("run", "nope", "--input", "null")
     assert (r.returncode, r.stderr) == (1, "corral: no such agent: nope\n")
 
 
@@ -120,7 +120,7 @@ def test_events_publish_and_tail(daemon: Daemon) -> None:
     try:
         wait_until(lambda: daemon.json("info")["event_followers"] == 1)
         r = daemon.cli("events", "publish", "orders.new", '{"id": 1}')
-        assert (r.returncode, r.stdout) == (0, "delivered to 1 subscribers\n")
+        assert (r.returncode, r.stdout) == (0, "delivered to 1 subscriber\n")
         first = json.loads(tail.stdout.readline())
         assert (first["topic"], first["data"], first["source"]) == ("orders.new", {"id": 1},
                                                                    f"uid {os.geteuid()}")

@@ -10,8 +10,11 @@ import contextlib
 import json
 import os
 import re
+import shlex
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import msgspec
 
 from .. import methods as m
 from ..methods import REGISTRY, LogLine
+from ..text import plural
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
 
 
@@ -98,6 +102,11 @@ def _human_bytes(n: int) -> str:
     return str(n)  # pragma: no cover
 
 
+def _ms(v: float) -> str:
+    """A latency in ms, as people read them: 0.42, 12.3, 5764."""
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
+
+
 def _human_time(s: float | None) -> str:
     if s is None:
         return "-"
@@ -135,31 +144,53 @@ def daemon(obj: Ctx, config: str | None) -> None:
 
 
 @cli.command("check-config")
+@click.argument("path", required=False, metavar="[PATH]")
 @click.option("--config", "-c", "config", metavar="PATH", default=None,
               help="Config file to check (default: as for `corral daemon`).")
-def check_config(config: str | None) -> None:
-    """Validate a config file (and its includes) without starting anything."""
-    from ..supervisor.config import ConfigError, load_config
+@click.option("--no-check", is_flag=True,
+              help="Do not check that each command is an executable (one that will exist "
+                   "later).")
+def check_config(path: str | None, config: str | None, no_check: bool) -> None:
+    """Validate a config file (and its includes) without starting anything: every key, and
+    that every agent's and MCP server's command is an executable on PATH or a file."""
+    from ..supervisor.config import ConfigError, check_commands, load_config
 
-    path = Path(config or _default_config())
+    if path and config and path != config:
+        raise click.UsageError("give the config file once: PATH or --config")
+    where = Path(path or config or _default_config())
     try:
-        cfg = load_config(path)
+        cfg = load_config(where)
+        if not no_check:
+            check_commands(cfg, str(where))
     except ConfigError as exc:
         click.echo(f"corral: invalid config: {exc}", err=True)
         sys.exit(EXIT_FAILED)
-    click.echo(f"{path}: ok ({len(cfg.agents)} agents, {len(cfg.mcp_servers)} MCP servers)")
+    click.echo(f"{where}: ok ({plural(len(cfg.agents), 'agent')}, "
+               f"{plural(len(cfg.mcp_servers), 'MCP server')})")
 
 
 # -- reading ------------------------------------------------------------------------------
-@cli.command(help=doc("agents.status"))
+RUNNING_STATES = ("starting", "ready", "busy", "idle")
+EXIT_NOT_RUNNING = 3  # as `systemctl status`: some listed agent is failed or not running
+
+
+@cli.command(help=doc("agents.status") + "\n\nExits 3 (as `systemctl status` does) when "
+             "any listed replica is failed or not running, so scripts can check health.")
 @names_arg
 @json_option
 @pass_ctx
 def status(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
     st = obj.call("agents.status", m.AgentsStatus(names=list(names)))
+    down = any(a["state"] not in RUNNING_STATES for a in st["agents"])
     if as_json:
         _print_json(st)
-        return
+    else:
+        _print_status(st, with_mcp=not names)
+    if down:
+        sys.exit(EXIT_NOT_RUNNING)
+
+
+def _print_status(st: dict[str, Any], with_mcp: bool) -> None:
     rows = []
     for a in st["agents"]:
         rows.append([
@@ -170,13 +201,13 @@ def status(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
                 f"last exit: {a['last_exit']}" if a["last_exit"] else ""),
         ])
     _table(rows, ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "REASON"])
-    if st.get("mcp_servers"):
+    if with_mcp and st.get("mcp_servers"):
         click.echo()
         _print_mcp(st["mcp_servers"])
     for name, t in (st.get("tasks") or {}).items():
         if t and t["accepted"]:
             rate = t["success_rate"]
-            click.echo(f"{name}: {t['accepted']} tasks, {t['running']} running, "
+            click.echo(f"{name}: {plural(t['accepted'], 'task')}, {t['running']} running, "
                        f"{t['queue_depth']} queued"
                        + (f", {rate:.1%} succeeded" if rate is not None else ""))
 
@@ -203,8 +234,8 @@ def stats(obj: Ctx, as_json: bool) -> None:
                      str(t.get("accepted", 0)), str(t.get("succeeded", 0)),
                      str(t.get("failed", 0) + t.get("timed_out", 0) + t.get("lost", 0)),
                      str(t.get("queue_depth", 0)),
-                     "-" if lat.get("p50") is None else f"{lat['p50']:g}/{lat['p95']:g}/"
-                                                        f"{lat['p99']:g}"])
+                     "-" if lat.get("p50") is None else "/".join(
+                         _ms(lat[k]) for k in ("p50", "p95", "p99"))])
     _table(rows, ["AGENT", "SERVING", "RESTARTS", "CPU%", "RSS", "TASKS", "OK", "FAILED",
                   "QUEUED", "P50/P95/P99 MS"])
 
@@ -228,18 +259,40 @@ def _parse_since(value: str | None) -> float | None:
                                  param_hint="--since") from None
 
 
-@cli.command(help=doc("logs.tail") + " With -f, new lines as they come, across restarts "
-              "and rotation; a reader too slow to keep up is told how many lines it missed.")
-@names_arg
+def _log_options(fn: Any) -> Any:
+    options: list[Callable[[Any], Any]] = [
+        names_arg,
+        click.option("-n", "--lines", default=50, show_default=True,
+                     type=click.IntRange(min=0), help="How many past lines to show."),
+        click.option("--since", default=None, metavar="WHEN",
+                     help="Only lines since WHEN: 30s, 5m, 2h, 1d or an ISO time."),
+        json_option,
+        pass_ctx,
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@cli.command(help=doc("logs.tail") + " NAME#N: one replica's. With -f, new lines as they "
+             "come, across restarts and rotation; a reader too slow to keep up is told how "
+             "many lines it missed.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
-@click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(min=0),
-              help="How many past lines to show.")
-@click.option("--since", default=None, metavar="WHEN",
-              help="Only lines since WHEN: 30s, 5m, 2h, 1d or an ISO time.")
-@json_option
-@pass_ctx
+@_log_options
 def logs(obj: Ctx, names: tuple[str, ...], follow: bool, lines: int, since: str | None,
          as_json: bool) -> None:
+    _logs(obj, names, follow, lines, since, as_json)
+
+
+@cli.command(help="`corral logs -f`: print the last lines, then new ones until Ctrl-C.")
+@_log_options
+def tail(obj: Ctx, names: tuple[str, ...], lines: int, since: str | None,
+         as_json: bool) -> None:
+    _logs(obj, names, True, lines, since, as_json)
+
+
+def _logs(obj: Ctx, names: tuple[str, ...], follow: bool, lines: int, since: str | None,
+          as_json: bool) -> None:
     t = _parse_since(since)
 
     def show(items: list[Any]) -> None:
@@ -263,9 +316,8 @@ def logs(obj: Ctx, names: tuple[str, ...], follow: bool, lines: int, since: str 
                        err=True)
         sys.stdout.flush()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        obj.call("logs.follow", m.LogsFollow(names=list(names), lines=lines, since=t),
-                 on_notification=on_note)
+    obj.call("logs.follow", m.LogsFollow(names=list(names), lines=lines, since=t),
+             on_notification=on_note)
 
 
 # -- changing -----------------------------------------------------------------------------
@@ -274,19 +326,118 @@ def _selection_command(verb: str, done: str) -> None:
     method = f"agents.{verb}"
     params = REGISTRY[method].params
 
-    @cli.command(verb, help=doc(method))
-    @names_arg
-    @click.option("--all", "all_", is_flag=True, help="Every agent.")
-    @pass_ctx
-    def command(obj: Ctx, names: tuple[str, ...], all_: bool) -> None:
-        if not names and not all_:
-            raise click.UsageError("name at least one agent, or --all")
-        res = obj.call(method, params(names=list(names), all=all_))
+    def command(obj: Ctx, names: tuple[str, ...], all_: bool, **extra: Any) -> None:
+        all_, targets = _selection(names, all_)
+        res = obj.call(method, params(names=targets, all=all_, **extra))
         click.echo(f"{done}: {', '.join(res[done]) or 'nothing'}")
+
+    fn: Any = pass_ctx(command)
+    if verb == "restart":
+        fn = click.option(
+            "--rolling", is_flag=True,
+            help="Replace replicas one at a time, each new one ready before the old one "
+                 "stops (no downtime, no task dropped).")(fn)
+    fn = click.option("--all", "all_", is_flag=True, help="Every agent (also: `all`).")(fn)
+    fn = names_arg(fn)
+    cli.command(verb, help=doc(method) + "\n\nNAME#N: one replica; `all` (or --all): "
+                "every agent.")(fn)
+
+
+def _selection(names: tuple[str, ...], all_: bool) -> tuple[bool, list[str]]:
+    """`all` as a name means --all (the supervisorctl habit), unless an agent is named so
+    (it cannot be: `all` is taken as the alias, so names stay unambiguous)."""
+    if "all" in names:
+        if len(names) > 1:
+            raise click.UsageError("`all` means every agent: name no others with it")
+        return True, []
+    if not names and not all_:
+        raise click.UsageError("name at least one agent (NAME or NAME#N), or all")
+    return all_, list(names)
 
 
 for _verb, _done in (("start", "started"), ("stop", "stopped"), ("restart", "restarted")):
     _selection_command(_verb, _done)
+
+
+@cli.command(help=doc("agents.signal"))
+@click.argument("sig", metavar="SIGNAL")
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete_agents)
+@pass_ctx
+def signal(obj: Ctx, sig: str, names: tuple[str, ...]) -> None:
+    all_, targets = _selection(names, False)
+    res = obj.call("agents.signal", m.AgentsSignal(names=targets, all=all_, signal=sig))
+    for s in res["signalled"]:
+        click.echo(f"{res['signal']} sent to {s['replica']} (pid {s['pid']})")
+
+
+@cli.command(help="Print the pid of each running replica of NAME (or of NAME#N), one a line; "
+                  "exits 1 when none is running.")
+@click.argument("target", shell_complete=_complete_agents)
+@pass_ctx
+def pid(obj: Ctx, target: str) -> None:
+    try:
+        name, index = m.parse_target(target)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME[#N]") from None
+    st = obj.call("agents.status", m.AgentsStatus(names=[name]))
+    reps = [a for a in st["agents"] if index is None or a["replica"] == index]
+    if index is not None and not reps:
+        click.echo(f"corral: no such replica: {target}", err=True)
+        sys.exit(EXIT_FAILED)
+    pids = [a["pid"] for a in reps if a["pid"]]
+    for p in pids:
+        click.echo(p)
+    if not pids:
+        click.echo(f"corral: {target} has no running process", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command(help=doc("agents.describe"))
+@click.argument("name", shell_complete=_complete_agents)
+@json_option
+@pass_ctx
+def describe(obj: Ctx, name: str, as_json: bool) -> None:
+    res = obj.call("agents.describe", m.AgentsDescribe(name=name))
+    if as_json:
+        _print_json(res)
+        return
+    spec = res["spec"]
+    click.echo(f"name: {res['name']}")
+    click.echo(f"origin: {res['origin']}")
+    click.echo(f"revision: {res['revision'] if res['revision'] is not None else '-'}")
+    click.echo(f"command: {' '.join(shlex.quote(a) for a in res['argv'])}")
+    click.echo(f"cwd: {spec['cwd']}")
+    click.echo(f"user: {spec['user'] or '-'}" + (f" group: {spec['group']}"
+                                                   if spec["group"] else ""))
+    click.echo(f"env keys: {', '.join(spec['env']) or '-'}")
+    click.echo(f"replicas: {spec['replicas']}  autostart: {str(spec['autostart']).lower()}")
+    click.echo("policy: " + ", ".join(f"{k} = {spec[k]}" for k in (
+        "restart", "max_restarts", "restart_window", "backoff_initial", "backoff_max",
+        "stable_after", "start_timeout", "stop_timeout")))
+    click.echo("tasks: " + ", ".join(f"{k} = {spec[k]}" for k in (
+        "max_concurrent_tasks", "max_queue", "task_timeout", "cancel_grace", "retries",
+        "rate_per_minute", "max_tool_calls_per_task")))
+    limits = {k: v for k, v in spec["limits"].items() if v}
+    click.echo("limits: " + (", ".join(f"{k} = {v}" for k, v in limits.items()) or "none"))
+    click.echo(f"tools: {', '.join(spec['tools']) or '-'}")
+    for r in res["replicas"]:
+        click.echo(f"{res['name']}#{r['replica']}: {r['state']}"
+                   + (f" (pid {r['pid']})" if r["pid"] else ""))
+
+
+@cli.command(help="Print the version of this corral (and of the daemon, when it runs).")
+@pass_ctx
+def version(obj: Ctx) -> None:
+    from .. import __version__
+    from .client import Unreachable
+
+    click.echo(f"corral {__version__}")
+    try:
+        with obj.client() as c:
+            info = c.call("daemon.info", {})
+        click.echo(f"daemon {info['version']} (pid {info['pid']}, {info['socket']})")
+    except Unreachable:
+        click.echo("daemon: not reachable")
 
 
 def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
@@ -323,10 +474,12 @@ def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
               default=None)
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE")
 @click.option("--cwd", default=None)
+@click.option("--no-check", is_flag=True,
+              help="Add even if the command is not (yet) an executable on PATH or a file.")
 @pass_ctx
 def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
         replicas: int | None, restart_: str | None, env: tuple[str, ...],
-        cwd: str | None) -> None:
+        cwd: str | None, no_check: bool) -> None:
     if file and (name or command):
         raise click.UsageError("give a FILE or --name/--command, not both")
     if file:
@@ -345,7 +498,7 @@ def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
                 raise click.BadParameter("use KEY=VALUE", param_hint="--env")
             table["env"] = dict(pairs)
         agents = {name: table}
-    res = obj.call("agents.add", m.AgentsAdd(agents=agents))
+    res = obj.call("agents.add", m.AgentsAdd(agents=agents, check=not no_check))
     click.echo(f"added: {', '.join(res['added'])}")
 add.help = doc("agents.add") + "\n\nFILE holds [agents.NAME] tables as in the config file."
 
@@ -395,7 +548,7 @@ def info(obj: Ctx, as_json: bool) -> None:
         _print_json(res)
         return
     for k, v in res.items():
-        click.echo(f"{k}: {v}")
+        click.echo(f"{k}: {_human_time(v) if k == 'uptime' else v}")
 
 
 @cli.command()
@@ -403,32 +556,43 @@ def info(obj: Ctx, as_json: bool) -> None:
               type=click.FloatRange(min=0.05), help="Seconds between refreshes.")
 @click.option("-n", "--iterations", default=0, type=click.IntRange(min=0),
               help="Stop after this many refreshes (0: until Ctrl-C).")
+@click.option("-l", "--log-lines", default=10, show_default=True, type=click.IntRange(min=0),
+              help="Recent log lines shown under the table (0: no log pane).")
 @pass_ctx
-def top(obj: Ctx, interval: float, iterations: int) -> None:
-    """Every replica and tool server, busiest first, refreshed until Ctrl-C."""
+def top(obj: Ctx, interval: float, iterations: int, log_lines: int) -> None:
+    """Every replica and tool server, busiest first, and the latest log lines, refreshed
+    until Ctrl-C."""
     clear = sys.stdout.isatty()
     count = 0
-    with contextlib.suppress(KeyboardInterrupt):
-        while True:
-            st = obj.call("agents.status", m.AgentsStatus())
-            rows = sorted(
-                [*((f"{a['name']}#{a['replica']}", a) for a in st["agents"]),
-                 *((f"mcp {s['name']}#{s['instance']}", s) for s in st["mcp_servers"])],
-                key=lambda kv: (-kv[1]["cpu_percent"], -kv[1]["rss_bytes"]))
-            if clear:
-                click.echo("\x1b[H\x1b[2J", nl=False)
-            click.echo(time.strftime("corral top - %H:%M:%S") +
-                       f"  {len(st['agents'])} replicas, {len(st['mcp_servers'])} servers")
-            _table([[name, a["state"], str(a["pid"] or "-"), f"{a['cpu_percent']:.1f}",
-                     _human_bytes(a["rss_bytes"]) if a["rss_bytes"] else "-",
-                     str(a.get("tasks_running", a.get("in_flight", 0))),
-                     _human_time(a["uptime"]), str(a["restarts"])] for name, a in rows],
-                   ["NAME", "STATE", "PID", "CPU%", "RSS", "ACTIVE", "UPTIME", "RESTARTS"])
-            sys.stdout.flush()
-            count += 1
-            if iterations and count >= iterations:
-                return
-            time.sleep(interval)
+    # Ctrl-C ends it quietly (main)
+    while True:
+        st = obj.call("agents.status", m.AgentsStatus())
+        rows = sorted(
+            [*((f"{a['name']}#{a['replica']}", a) for a in st["agents"]),
+             *((f"mcp {s['name']}#{s['instance']}", s) for s in st["mcp_servers"])],
+            key=lambda kv: (-kv[1]["cpu_percent"], -kv[1]["rss_bytes"]))
+        if clear:
+            click.echo("\x1b[H\x1b[2J", nl=False)
+        click.echo(time.strftime("corral top - %H:%M:%S") +
+                   f"  {plural(len(st['agents']), 'replica')}, "
+                   f"{plural(len(st['mcp_servers']), 'server')}")
+        _table([[name, a["state"], str(a["pid"] or "-"), f"{a['cpu_percent']:.1f}",
+                 _human_bytes(a["rss_bytes"]) if a["rss_bytes"] else "-",
+                 str(a.get("tasks_running", a.get("in_flight", 0))),
+                 _human_time(a["uptime"]), str(a["restarts"])] for name, a in rows],
+               ["NAME", "STATE", "PID", "CPU%", "RSS", "ACTIVE", "UPTIME", "RESTARTS"])
+        if log_lines:
+            recent = obj.call("logs.tail", m.LogsTail(lines=log_lines))["lines"]
+            click.echo(f"\n-- last {plural(len(recent), 'log line')} --")
+            width = shutil.get_terminal_size().columns
+            for raw in recent:
+                text = msgspec.convert(raw, LogLine).render()
+                click.echo(text[:width] if clear else text)
+        sys.stdout.flush()
+        count += 1
+        if iterations and count >= iterations:
+            return
+        time.sleep(interval)
 
 
 # -- tasks --------------------------------------------------------------------------------
@@ -460,8 +624,9 @@ def _read_input(value: str) -> msgspec.Raw:
 
 @cli.command("run", help=doc("tasks.run") + "\n\nExits 0 only when the task succeeded.")
 @click.argument("agent", shell_complete=_complete_agents)
-@click.option("--input", "input_", default="null", metavar="JSON|@FILE|-",
-              help="The task's input: JSON, @file with JSON, or - for stdin.")
+@click.option("--input", "input_", required=True, metavar="JSON|@FILE|-",
+              help="The task's input: JSON, @file with JSON, or - for stdin "
+                   "(`--input null` for none).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds (default: the agent's task_timeout).")
 @click.option("--priority", type=int, default=0, show_default=True,
@@ -556,7 +721,7 @@ def events_publish(obj: Ctx, topic: str, data: str) -> None:
     except msgspec.DecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from None
     res = obj.call("events.publish", m.EventsPublish(topic=topic, data=value))
-    click.echo(f"delivered to {res['delivered']} subscribers")
+    click.echo(f"delivered to {plural(res['delivered'], 'subscriber')}")
 
 
 @events.command("tail", help=doc("events.follow"))
@@ -570,8 +735,7 @@ def events_tail(obj: Ctx, pattern: str) -> None:
             click.echo(f"corral: missed {params['count']} events", err=True)
         sys.stdout.flush()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        obj.call("events.follow", m.EventsFollow(pattern=pattern), on_notification=on_note)
+    obj.call("events.follow", m.EventsFollow(pattern=pattern), on_notification=on_note)
 
 
 # -- MCP tools ----------------------------------------------------------------------------
@@ -586,6 +750,10 @@ def tools(ctx: click.Context, agent: str | None, as_json: bool) -> None:
     res = obj.call("tools.list", m.ToolsList(agent=agent))
     if as_json:
         _print_json(res)
+    elif not res["tools"] and agent is not None:
+        allow = res.get("allow") or []
+        click.echo(f"no tools match agent {agent}'s allowlist: {', '.join(allow)}" if allow
+                   else f"no tools: agent {agent} has an empty allowlist (its `tools` key)")
     else:
         _table([[t["name"], _first_line(t.get("description"))] for t in res["tools"]],
                ["TOOL", "DESCRIPTION"])
@@ -768,4 +936,14 @@ def completion(shell: str) -> None:
 
 
 def main() -> None:
-    cli(prog_name="corral")
+    import signal as signals
+
+    try:
+        cli(prog_name="corral")
+    except KeyboardInterrupt:
+        # Ctrl-C ends a follow or top: no traceback, and no second interrupt raised while
+        # the interpreter shuts down ("Exception ignored ... KeyboardInterrupt")
+        signals.signal(signals.SIGINT, signals.SIG_IGN)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        sys.exit(130)

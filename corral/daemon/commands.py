@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -12,13 +14,15 @@ import msgspec
 from .. import __version__, jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
-from ..supervisor.config import ConfigError, parse_agents
+from ..supervisor.config import ConfigError, check_command, parse_agents
 from ..supervisor.lifecycle import State
+from ..text import plural
 from .control import implements
 from .follow import drain
 
 if TYPE_CHECKING:
     from ..supervisor.core import Agent
+    from ..supervisor.replica import Replica
     from .control import Connection
     from .daemon import Daemon
 
@@ -26,13 +30,34 @@ FOLLOW_BATCH = 500
 CLI_OWNER = "corral-cli"  # whose instance a per-agent server uses for operators' calls
 
 
-def _targets(d: Daemon, names: list[str], all_: bool) -> list[Agent]:
+def _targets(d: Daemon, names: list[str], all_: bool) -> list[tuple[Agent, int | None]]:
+    """(agent, replica index or None for every replica) for NAME / NAME#N targets; unknown
+    names and replicas are refused before anything is done."""
     assert d.sup is not None
     if all_:
-        return list(d.sup.agents.values())
+        return [(a, None) for a in d.sup.agents.values()]
     if not names:
         raise RpcError(jsonrpc.INVALID_PARAMS, "name at least one agent, or all")
-    return [d.sup.agent(n) for n in names]  # unknown names raise NOT_FOUND before acting
+    out: list[tuple[Agent, int | None]] = []
+    for target in names:
+        try:
+            name, index = m.parse_target(target)
+        except ValueError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        agent = d.sup.agent(name)
+        if index is not None and index >= len(agent.replicas):
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such replica: {target} ({name} has "
+                                              f"{plural(len(agent.replicas), 'replica')})")
+        out.append((agent, index))
+    return out
+
+
+def _label(agent: Agent, index: int | None) -> str:
+    return agent.name if index is None else f"{agent.name}#{index}"
+
+
+def _replicas(targets: list[tuple[Agent, int | None]]) -> list[Replica]:
+    return [r for a, i in targets for r in (a.replicas if i is None else [a.replicas[i]])]
 
 
 @implements("daemon.info")
@@ -80,25 +105,81 @@ async def agents_status(d: Daemon, p: m.AgentsStatus, c: Connection) -> dict[str
 @implements("agents.start")
 async def agents_start(d: Daemon, p: m.AgentsStart, c: Connection) -> dict[str, Any]:
     targets = _targets(d, p.names, p.all)
-    for a in targets:
-        a.start()
-    return {"started": [a.name for a in targets]}
+    for r in _replicas(targets):
+        r.start(by_hand=True)
+    return {"started": [_label(a, i) for a, i in targets]}
 
 
 @implements("agents.stop")
 async def agents_stop(d: Daemon, p: m.AgentsStop, c: Connection) -> dict[str, Any]:
     targets = _targets(d, p.names, p.all)
-    await asyncio.gather(*(a.stop() for a in targets))
-    return {"stopped": [a.name for a in targets]}
+    await asyncio.gather(*(r.stop() for r in _replicas(targets)))
+    return {"stopped": [_label(a, i) for a, i in targets]}
 
 
 @implements("agents.restart")
 async def agents_restart(d: Daemon, p: m.AgentsRestart, c: Connection) -> dict[str, Any]:
     targets = _targets(d, p.names, p.all)
-    await asyncio.gather(*(a.stop("restarting") for a in targets))
-    for a in targets:
-        a.start()
-    return {"restarted": [a.name for a in targets]}
+    if p.rolling:
+        await asyncio.gather(*(a.roll(replicas=None if i is None else [i])
+                               for a, i in targets))
+    else:
+        reps = _replicas(targets)
+        await asyncio.gather(*(r.stop("restarting") for r in reps))
+        for r in reps:
+            r.start(by_hand=True)
+    return {"restarted": [_label(a, i) for a, i in targets]}
+
+
+def _signal_number(name: str) -> int:
+    if name.isdigit():
+        return int(name)
+    key = name.upper()
+    key = key if key.startswith("SIG") else "SIG" + key
+    try:
+        return int(signal.Signals[key])
+    except KeyError:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"unknown signal: {name} (use a name like "
+                                               "HUP, TERM, USR1, or a number)") from None
+
+
+@implements("agents.signal")
+async def agents_signal(d: Daemon, p: m.AgentsSignal, c: Connection) -> dict[str, Any]:
+    sig = _signal_number(p.signal)
+    targets = _targets(d, p.names, p.all)
+    sent = []
+    for r in _replicas(targets):
+        if r.process is not None and r.process.alive:
+            r.process.signal(sig)
+            sent.append({"replica": r.label, "pid": r.pid})
+    if not sent:
+        raise RpcError(jsonrpc.REFUSED, "no running process to signal among "
+                                        + ", ".join(_label(a, i) for a, i in targets))
+    return {"signal": signal.Signals(sig).name if sig in _SIGNALS else str(sig),
+            "signalled": sent}
+
+
+_SIGNALS = {int(s) for s in signal.Signals}
+
+
+@implements("agents.describe")
+async def agents_describe(d: Daemon, p: m.AgentsDescribe, c: Connection) -> dict[str, Any]:
+    assert d.sup is not None
+    agent = d.sup.agent(p.name)
+    spec = agent.spec
+    fields = msgspec.structs.asdict(spec)
+    # values of the environment may be secrets: the keys say what is set
+    fields["env"] = sorted(spec.env)
+    fields["limits"] = msgspec.structs.asdict(spec.limits)
+    return {
+        "name": agent.name,
+        "origin": f"file {d.config_path}" if agent.name in d.from_config else "runtime",
+        "revision": d.revision_of(agent.name),
+        "argv": spec.argv(),
+        "spec": fields,
+        "replicas": [{"replica": r.index, "state": r.state.value, "pid": r.pid}
+                     for r in agent.replicas],
+    }
 
 
 @implements("agents.add")
@@ -108,6 +189,12 @@ async def agents_add(d: Daemon, p: m.AgentsAdd, c: Connection) -> dict[str, Any]
         raise RpcError(jsonrpc.INVALID_PARAMS, "no [agents.NAME] tables to add")
     try:
         specs = parse_agents({"agents": p.agents}, "agents.add")
+        for name, spec in specs.items():
+            d.fill_cwd(spec)
+            why = check_command(spec) if p.check else None
+            if why:
+                raise ConfigError(f"agents.add: agents.{name}.command: {why} "
+                                  "(--no-check to add it anyway)")
     except ConfigError as exc:
         raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
     taken = [n for n in specs if n in d.sup.agents]
@@ -140,32 +227,63 @@ async def agents_scale(d: Daemon, p: m.AgentsScale, c: Connection) -> dict[str, 
 
 @implements("logs.tail")
 async def logs_tail(d: Daemon, p: m.LogsTail, c: Connection) -> dict[str, Any]:
-    _check_sources(d, p.names)
-    return {"lines": d.hub.tail(p.names, p.lines, p.since)}
+    sources, keep = _log_sources(d, p.names)
+    if keep is None:
+        return {"lines": d.hub.tail(sources, p.lines, p.since)}
+    # one replica's lines: filtered from its agent's tail, which holds every replica's
+    lines = [ln for ln in d.hub.tail(sources, d.hub.tail_lines, p.since) if keep(ln)]
+    return {"lines": lines[-p.lines:] if p.lines > 0 else []}
 
 
-def _check_sources(d: Daemon, names: list[str]) -> None:
+def _log_sources(d: Daemon, names: list[str]
+                 ) -> tuple[list[str], Callable[[m.LogLine], bool] | None]:
+    """The sources to read for NAME / NAME#N targets, and a filter when a replica is
+    named (None: every line of the sources)."""
     assert d.sup is not None
-    for n in names:
+    sources: list[str] = []
+    replicas: dict[str, set[int] | None] = {}
+    for target in names:
+        try:
+            n, index = m.parse_target(target)
+        except ValueError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         if n not in d.sup.agents and n != "corral" and n not in d.hub.tails:
             raise RpcError(jsonrpc.NOT_FOUND, f"no such agent: {n}")
+        if n not in replicas:
+            sources.append(n)
+            replicas[n] = set()
+        wanted = replicas[n]
+        if index is None or wanted is None:
+            replicas[n] = None
+        else:
+            wanted.add(index)
+    if all(v is None for v in replicas.values()):
+        return sources, None
+
+    def keep(line: m.LogLine) -> bool:
+        wanted = replicas.get(line.source)
+        return wanted is None or line.replica in wanted
+
+    return sources, keep
 
 
 @implements("logs.follow")
 async def logs_follow(d: Daemon, p: m.LogsFollow, c: Connection) -> dict[str, Any]:
     """Streams until the client goes away (the Peer then cancels this task)."""
-    _check_sources(d, p.names)
-    follower = d.hub.follow(p.names)
+    sources, keep = _log_sources(d, p.names)
+    follower = d.hub.follow(sources)
 
     def send_some() -> None:
         lines: list[m.LogLine] = []
         while follower.queue and len(lines) < FOLLOW_BATCH:
             lines.extend(follower.pop().materialize())
+        if keep is not None:
+            lines = [ln for ln in lines if keep(ln)]
         if lines:
             c.notify("logs.lines", {"lines": lines})
 
     try:
-        backlog = d.hub.tail(p.names, p.lines, p.since)
+        backlog = (await logs_tail(d, p, c))["lines"]
         if backlog:
             c.notify("logs.lines", {"lines": backlog})
         await drain(c, follower, "logs.missed", send_some)
@@ -284,10 +402,12 @@ def _failed(d: Daemon, unavailable: dict[str, str]) -> list[str]:
 async def tools_list(d: Daemon, p: m.ToolsList, c: Connection) -> Any:
     assert d.sup is not None
     unavailable: dict[str, str] = {}
-    tools = await d.sup.mcp.list_tools(server=p.server, unavailable=unavailable,
-                                       **_lister(d, p.agent))
-    return {"tools": tools, "unavailable": unavailable,
-            "failed": _failed(d, unavailable)}
+    lister = _lister(d, p.agent)
+    tools = await d.sup.mcp.list_tools(server=p.server, unavailable=unavailable, **lister)
+    res = {"tools": tools, "unavailable": unavailable, "failed": _failed(d, unavailable)}
+    if "allow" in lister:  # so an empty listing can say why
+        res["allow"] = lister["allow"]
+    return res
 
 
 @implements("tools.call")

@@ -28,6 +28,7 @@ from ..supervisor.containment import Containment, ProcessRecord, read_stat
 from ..supervisor.core import Supervisor
 from ..supervisor.lifecycle import LIVE, SERVING, State
 from ..supervisor.replica import Event, Replica
+from ..text import plural
 from .control import AlreadyRunning, ControlServer
 from .logs import LogHub
 from .notify import Notifier
@@ -165,13 +166,20 @@ class Daemon:
             f"SIGKILL), {report.cgroups} cgroups removed")
         self.store.end_incarnations(crashed)
 
-    def _add(self, spec: AgentSpec) -> None:
-        """Add an agent; one added at runtime without a cwd runs where the config file is,
-        as the config's own agents do (load_config)."""
-        assert self.sup is not None
+    def fill_cwd(self, spec: AgentSpec) -> None:
+        """An agent added at runtime without a cwd runs where the config file is, as the
+        config's own agents do (load_config)."""
         if spec.cwd is None:
             spec.cwd = str(self.config_path.parent)
+
+    def _add(self, spec: AgentSpec) -> None:
+        assert self.sup is not None
+        self.fill_cwd(spec)
         self.sup.add(spec)
+
+    def revision_of(self, name: str) -> int | None:
+        """The number of the agent's current spec revision in the store."""
+        return None
 
     def _restore_runtime_agents(self) -> None:
         assert self.store is not None
@@ -210,7 +218,7 @@ class Daemon:
         assert self.sup is not None
         c = self.sup.census
         up = sum(c[s] for s in SERVING)
-        line = f"{len(self.sup.agents)} agents, {up}/{c.total()} replicas ready"
+        line = f"{plural(len(self.sup.agents), 'agent')}, {up}/{plural(c.total(), 'replica')} ready"
         failed = c[State.FAILED]
         if self.sup.mcp.servers:
             # tool-server instances are few next to agents, and this line is computed at
@@ -218,8 +226,8 @@ class Daemon:
             mcp = list(self.sup.mcp_instances())
             serving = sum(1 for r in mcp if r.state in SERVING)
             failed += sum(1 for r in mcp if r.state == State.FAILED)
-            line += (f", {len(self.sup.mcp.servers)} MCP servers ({serving}/{len(mcp)} "
-                     "instances serving)")
+            line += (f", {plural(len(self.sup.mcp.servers), 'MCP server')} ({serving}/"
+                     f"{plural(len(mcp), 'instance')} serving)")
         return f"{line}, {failed} failed"
 
     # -- loops ----------------------------------------------------------------------------

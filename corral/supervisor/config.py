@@ -11,11 +11,13 @@ import glob
 import os
 import re
 import shlex
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+import msgspec.inspect
 from msgspec import Meta
 
 # DESIGN section 10: 1-64 characters of [A-Za-z0-9_-], starting with a letter or digit
@@ -175,8 +177,31 @@ def convert(data: Any, type: type[Any], *, where: str, prefix: str = "") -> Any:
         return msgspec.convert(data, type=type, strict=True)
     except msgspec.ValidationError as exc:
         problem, path = _key_path(exc)
+        if problem.startswith("Invalid enum value"):
+            values = _enum_values(type, path)
+            if values:
+                problem += " (valid: " + ", ".join(repr(v) for v in values) + ")"
         full = ".".join(p for p in (prefix, path) if p)
         raise ConfigError(f"{where}: {full or '(top level)'}: {problem}") from None
+
+
+def _enum_values(type_: type[Any], path: str) -> list[Any]:
+    """The allowed values of the Literal at `path` (dotted) in `type_`, from the schema
+    itself, so an error lists exactly what the Structs accept."""
+    info: Any = msgspec.inspect.type_info(type_)
+    for key in path.split(".") if path else []:
+        while isinstance(info, msgspec.inspect.UnionType):  # e.g. `X | None`
+            info = next((t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)),
+                        None)
+        if isinstance(info, msgspec.inspect.StructType):
+            info = next((f.type for f in info.fields if f.encode_name == key), None)
+        elif isinstance(info, msgspec.inspect.DictType):
+            info = info.value_type
+        else:
+            return []
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return list(info.values)
+    return []
 
 
 def validate_name(kind: str, name: str, where: str) -> None:
@@ -239,6 +264,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     servers = parse_servers({"mcp_servers": {n: t for n, t in declared.items()
                                              if n not in overlays}}
                             if overlays else data, where)
+    # which file declared each name, so a second declaration can say where the first is
+    origin = {f"agents.{n}": where for n in agents} | {f"mcp_servers.{n}": where
+                                                       for n in servers}
     base = path.parent
     for pattern in sup.include:
         for inc in sorted(glob.glob(str(base / pattern))):
@@ -247,12 +275,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             if bad:
                 raise ConfigError(f"{inc}: {sorted(bad)[0]}: not allowed in an included file")
             for name, spec in parse_agents(idata, inc).items():
-                if name in agents:
-                    raise ConfigError(f"{inc}: agents.{name}: already defined")
+                _define(origin, f"agents.{name}", inc)
                 agents[name] = spec
             for name, sspec in parse_servers(idata, inc).items():
-                if name in servers:
-                    raise ConfigError(f"{inc}: mcp_servers.{name}: already defined")
+                _define(origin, f"mcp_servers.{name}", inc)
                 servers[name] = sspec
     if sup.mcp_servers_file:
         mpath = Path(sup.mcp_servers_file)
@@ -277,6 +303,42 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     for sspec in servers.values():
         sspec.roots = [r if "://" in r else str((base / r).resolve()) for r in sspec.roots]
     return Config(supervisor=sup, agents=agents, mcp_servers=servers)
+
+
+def _define(origin: dict[str, str], key: str, where: str) -> None:
+    if key in origin:
+        raise ConfigError(f"{where}: {key}: already defined in {origin[key]}")
+    origin[key] = where
+
+
+def check_command(spec: ProcessSpec) -> str | None:
+    """Why `spec`'s command cannot be run here (naming the path tried), or None.
+
+    A name without a slash is looked up on PATH (the agent's own PATH if its env sets
+    one, as exec would); a path is taken relative to the process's cwd."""
+    program = spec.argv()[0]
+    if "/" in program:
+        path = Path(program) if os.path.isabs(program) else Path(spec.cwd or ".") / program
+        if not path.is_file():
+            return f"{program}: no such file ({path})"
+        if not os.access(path, os.X_OK):
+            return f"{program}: not executable ({path})"
+        return None
+    search = spec.env.get("PATH", os.environ.get("PATH", os.defpath))
+    if shutil.which(program, path=search) is None:
+        return f"{program}: not an executable on PATH ({search})"
+    return None
+
+
+def check_commands(cfg: Config, where: str) -> None:
+    """Every agent's and MCP server's command can be run, else a ConfigError."""
+    for kind, specs in (("agents", cfg.agents), ("mcp_servers", cfg.mcp_servers)):
+        for name, pspec in specs.items():
+            if kind == "mcp_servers" and not pspec.command:
+                continue
+            why = check_command(pspec)
+            if why:
+                raise ConfigError(f"{where}: {kind}.{name}.command: {why}")
 
 
 class DesktopServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

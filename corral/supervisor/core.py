@@ -22,7 +22,7 @@ from ..mcp.pool import McpPool
 from .config import AgentSpec, ConfigError, McpServerSpec
 from .containment import CgroupMode, Containment
 from .events import EventBus
-from .lifecycle import LIVE, SERVING, State
+from .lifecycle import LIVE, SERVING, STOPPED, State
 from .listening import ListeningClock
 from .mcproutes import AgentMcp
 from .mcpserver import McpServerReplica
@@ -80,6 +80,9 @@ class Agent:
         self.replicas: list[Replica] = [
             self._new_replica(i) for i in range(spec.replicas)
         ]
+        # processes of a rollout not (or no longer) in `replicas`: the one starting and the
+        # one finishing its tasks; the supervisor stops them too when it closes
+        self.replacing: set[Replica] = set()
 
     def _new_replica(self, index: int) -> Replica:
         return Replica(self.sup, self.spec, self.name, index)
@@ -90,6 +93,56 @@ class Agent:
 
     async def stop(self, reason: str = "stopped") -> None:
         await asyncio.gather(*(r.stop(reason) for r in self.replicas))
+
+    async def roll(self, spec: AgentSpec | None = None, *, replicas: list[int] | None = None,
+                   start_stopped: bool = True) -> None:
+        """Replace replicas one at a time (all, or those listed) with processes of `spec`
+        (default: the current one): each new process is serving before the old one is
+        taken out of dispatch, and the old one finishes its running tasks before it stops,
+        so the agent never serves with fewer replicas and no task is dropped. A new process
+        that does not become ready aborts the rollout, the old one kept.
+        A replica stopped by hand (or never started) is replaced without starting, unless
+        `start_stopped`."""
+        new_spec = spec or self.spec
+        for i in replicas if replicas is not None else range(len(self.replicas)):
+            if i < len(self.replicas):
+                await self._replace(i, new_spec, start_stopped)
+        if spec is not None:
+            spec.replicas = self.spec.replicas
+            self.spec = spec
+
+    async def _replace(self, i: int, spec: AgentSpec, start_stopped: bool) -> None:
+        old = self.replicas[i]
+        new = Replica(self.sup, spec, self.name, i)
+        if not start_stopped and (old.state == State.INITIAL
+                                  or (old.state in STOPPED and old._stay_down)):
+            self.replicas[i] = new
+            return
+        self.replacing.update((old, new))
+        try:
+            await self._swap(i, old, new, spec)
+        finally:
+            self.replacing -= {old, new}
+
+    async def _swap(self, i: int, old: Replica, new: Replica, spec: AgentSpec) -> None:
+        new.start(by_hand=True)
+        with contextlib.suppress(TimeoutError):
+            await self.sup.wait_for(lambda: new.state != State.STARTING,
+                                    spec.start_timeout + spec.stop_timeout + 5.0)
+        if not new.serving:
+            why = new.last_exit or new.reason
+            await new.stop("rollout aborted")
+            raise SupervisorError(jsonrpc.REFUSED, f"rollout of {self.name} stopped at "
+                                  f"replica {i}: the new process did not become ready: "
+                                  f"{why}; the old one keeps running")
+        self.replicas[i] = new  # from here on, new tasks go to the new process
+        self.sup.tasks.pump(self.name)
+        if old.tasks_running:
+            old.note(f"replaced: finishing {old.tasks_running} running task(s) first")
+            with contextlib.suppress(TimeoutError):
+                await self.sup.wait_for(lambda: old.tasks_running == 0,
+                                        spec.task_timeout + spec.cancel_grace)
+        await old.stop("replaced by a new process")
 
     async def scale(self, n: int) -> None:
         if n < 0:
@@ -178,7 +231,8 @@ class Supervisor:
         """Stop every agent (gracefully unless told not to) and the heartbeat loop."""
         self.closing = True
         # tool servers last: agents may use them while stopping
-        for group in (list(self.replicas()), list(self.mcp_instances())):
+        rolling = [r for a in self.agents.values() for r in a.replacing]
+        for group in (list({*self.replicas(), *rolling}), list(self.mcp_instances())):
             await asyncio.gather(*(r.stop("supervisor shutting down", graceful=graceful)
                                    for r in group))
         if self._heartbeat is not None:
@@ -295,6 +349,12 @@ class Supervisor:
                 else:
                     keep.append((pred, fut))
             self._waiters = keep
+
+    async def wait_for(self, cond: Callable[[], bool], timeout: float) -> None:
+        """Wait until `cond()` holds, checked now and after every event (states and task
+        counts only change with one); TimeoutError after `timeout`."""
+        if not cond():
+            await self.wait_event(lambda e: cond(), timeout)
 
     async def wait_event(self, pred: Callable[[Event], bool], timeout: float) -> Event:
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()

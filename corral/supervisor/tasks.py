@@ -310,6 +310,10 @@ class TaskManager:
                 best = r
         return best
 
+    def pump(self, agent_name: str) -> None:
+        """Dispatch an agent's waiting tasks to free replicas (after one was replaced)."""
+        self._pump(agent_name)
+
     def _pump(self, agent_name: str) -> None:
         agent = self.sup.agents.get(agent_name)
         q = self.by_agent.get(agent_name)
