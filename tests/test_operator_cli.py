@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import PY, running_daemon, shared_tmpdir
+from .daemon_harness import PY, hello, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 
@@ -65,3 +69,107 @@ backoff_initial = 0.05
         assert st["reason"] == "too many restarts (1 within 60 s); last exit: " + st["last_exit"]
         table = d.cli("status", "broken")
         assert "ModuleNotFoundError: No module named 'corral_no_such_module'" in table.stdout
+
+
+def test_cli_habits_of_supervisorctl_and_systemctl(tmp: Path) -> None:
+    with running_daemon(tmp, hello("hello", replicas=2) + hello("other")) as d:
+        assert d.cli("status").returncode == 0
+        # NAME#N targets one replica; status then exits 3, like `systemctl status`
+        r = d.cli("stop", "hello#1")
+        assert (r.returncode, r.stdout) == (0, "stopped: hello#1\n")
+        st = d.status()
+        assert (st["hello#0"]["state"], st["hello#1"]["state"]) == ("ready", "terminated")
+        assert d.cli("status").returncode == 3
+        assert d.cli("status", "other").returncode == 0
+        assert d.cli("start", "hello#1").stdout == "started: hello#1\n"
+        wait_until(lambda: d.status()["hello#1"]["state"] == "ready", what="hello#1 ready")
+        r = d.cli("stop", "hello#7")
+        assert (r.returncode, r.stderr) == (1, "corral: no such replica: hello#7 (hello has "
+                                               "2 replicas)\n")
+        # pid
+        pids = {k: v["pid"] for k, v in d.status().items()}
+        assert d.cli("pid", "hello#1").stdout == f"{pids['hello#1']}\n"
+        assert d.cli("pid", "hello").stdout == f"{pids['hello#0']}\n{pids['hello#1']}\n"
+        r = d.cli("pid", "hello#x")
+        assert r.returncode == 2 and "the replica after '#' must be a number" in r.stderr
+        # signal
+        r = d.cli("signal", "TERM", "hello#0")
+        assert r.stdout == f"SIGTERM sent to hello#0 (pid {pids['hello#0']})\n"
+        wait_until(lambda: (s := d.status()["hello#0"])["state"] == "ready"
+                   and s["pid"] != pids["hello#0"], what="hello#0 restarted")
+        r = d.cli("signal", "BOGUS", "hello")
+        assert (r.returncode, r.stderr) == (1, "corral: unknown signal: BOGUS (use a name like "
+                                               "HUP, TERM, USR1, or a number)\n")
+        # `all` as --all
+        assert d.cli("restart", "all").stdout == "restarted: hello, other\n"
+        r = d.cli("stop", "all", "other")
+        assert r.returncode == 2 and "`all` means every agent" in r.stderr
+        wait_until(lambda: all(a["state"] == "ready" for a in d.status().values()),
+                   what="all ready")
+        # logs of one replica; tail = logs -f
+        lines = d.cli("logs", "hello#1", "-n", "5").stdout.splitlines()
+        assert lines and all(" hello#1[" in ln for ln in lines)
+        f = subprocess.Popen([PY, "-m", "corral", "--socket", str(d.sock), "tail", "other",
+                              "-n", "1"], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            assert f.stdout is not None and " other#0[" in f.stdout.readline()
+            f.send_signal(signal.SIGINT)  # Ctrl-C: quiet, 130
+            assert f.wait(10) == 130
+        finally:
+            f.kill()
+            f.wait()
+        # version, describe, info
+        v = d.cli("version").stdout.splitlines()
+        assert v[0] == "corral 0.1.0" and v[1].startswith("daemon 0.1.0 (pid ")
+        desc = d.cli("describe", "hello").stdout.splitlines()
+        assert f"origin: file {d.config}" in desc
+        assert f"command: {PY} {EXAMPLES}/hello.py" in desc
+        assert "env keys: PYTHONPATH" in desc
+        assert "replicas: 2  autostart: true" in desc
+        info = d.cli("info").stdout
+        assert re.search(r"^uptime: \d+s$", info, re.M), info
+        # `run` without --input is a usage error, not a silent null
+        r = d.cli("run", "hello")
+        assert r.returncode == 2 and "Missing option '--input'" in r.stderr
+        # top has a pane of recent log lines
+        top = d.cli("top", "-n", "1", "-l", "3").stdout
+        assert "\n-- last 3 log lines --\n" in top
+
+
+def test_check_config_and_add_refuse_a_command_that_is_not_an_executable(tmp: Path) -> None:
+    def check(text: str, *flags: str) -> subprocess.CompletedProcess[str]:
+        p = tmp / "c.toml"
+        p.write_text(text)
+        return subprocess.run([PY, "-m", "corral", "check-config", str(p), *flags],
+                              capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    r = check(hello("a"))
+    assert (r.returncode, r.stdout) == (0, f"{tmp}/c.toml: ok (1 agent, 0 MCP servers)\n")
+    r = check("[agents.a]\ncommand = 'corral-no-such-program --x'\n")
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"corral: invalid config: {tmp}/c.toml: agents.a.command: "
+                               "corral-no-such-program: not an executable on PATH (")
+    assert check("[agents.a]\ncommand = 'corral-no-such-program'\n", "--no-check"
+                 ).returncode == 0
+    r = check("[agents.a]\ncommand = './missing.py'\n")
+    assert r.stderr == (f"corral: invalid config: {tmp}/c.toml: agents.a.command: "
+                        f"./missing.py: no such file ({tmp}/missing.py)\n")
+    (tmp / "plain.py").write_text("")
+    r = check("[agents.a]\ncommand = ['./plain.py']\n")
+    assert r.stderr.endswith(f"./plain.py: not executable ({tmp}/plain.py)\n")
+    r = check(hello("a", extra='restart = "unless-stopped"\n'))
+    assert r.stderr.endswith("agents.a.restart: Invalid enum value 'unless-stopped' (valid: "
+                             "'always', 'never', 'on-failure')\n")
+    (tmp / "d").mkdir()
+    with running_daemon(tmp / "d", "") as d:
+        r = d.cli("add", "--name", "ghost", "--command", "corral-no-such-program")
+        assert r.returncode == 1
+        assert r.stderr.startswith("corral: agents.add: agents.ghost.command: "
+                                   "corral-no-such-program: not an executable on PATH (")
+        assert r.stderr.endswith("(--no-check to add it anyway)\n")
+        assert d.cli("status", "ghost").returncode == 1  # nothing was added
+        r = d.cli("add", "--name", "ghost", "--command", "corral-no-such-program",
+                  "--no-check")
+        assert (r.returncode, r.stdout) == (0, "added: ghost\n")

@@ -59,7 +59,23 @@ socket_option = click.option(
     help="The daemon's control socket (default: CORRAL_SOCKET, else the standard place).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # Ctrl-C ends a follow or top: exit 130 as shells expect, with no "Aborted!",
+            # no traceback, and no second interrupt raised while the interpreter shuts
+            # down ("Exception ignored ... KeyboardInterrupt")
+            import signal as signals
+
+            signals.signal(signals.SIGINT, signals.SIG_IGN)
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @socket_option
 @click.version_option(package_name="corral")
 @click.pass_context
@@ -936,14 +952,4 @@ def completion(shell: str) -> None:
 
 
 def main() -> None:
-    import signal as signals
-
-    try:
-        cli(prog_name="corral")
-    except KeyboardInterrupt:
-        # Ctrl-C ends a follow or top: no traceback, and no second interrupt raised while
-        # the interpreter shuts down ("Exception ignored ... KeyboardInterrupt")
-        signals.signal(signals.SIGINT, signals.SIG_IGN)
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-        sys.exit(130)
+    cli(prog_name="corral")
