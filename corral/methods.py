@@ -119,6 +119,30 @@ class AgentsDescribe(Params):
     name: str
 
 
+@method("agents.history")
+class AgentsHistory(Params):
+    """An agent's spec revisions: number, time, who, what changed."""
+
+    name: str
+    limit: int = 100
+
+
+@method("agents.rollback", mutating=True)
+class AgentsRollback(Params):
+    """Go back to an earlier spec revision (default: the one before the current), replacing
+    replicas one at a time; the rollback is itself a new revision."""
+
+    name: str
+    revision: int | None = None
+
+
+@method("audit.list")
+class AuditList(Params):
+    """The audit log: every state-changing control operation, who asked, and its outcome."""
+
+    limit: int = 100
+
+
 @method("agents.add", mutating=True)
 class AgentsAdd(Params):
     """Add agents at runtime from [agents.NAME] tables; they survive a daemon restart.
@@ -323,4 +347,5 @@ class ReloadResult(msgspec.Struct):
     removed: list[str]
     changed: list[str]
     unchanged: list[str]
+    failed: dict[str, str] = {}  # changed agents whose rollout stopped: name -> why
     mcp_servers: dict[str, list[str]] = {}  # the same four keys, for [mcp_servers]

@@ -81,6 +81,18 @@ class Notifications:
             if key in msg:
                 return msg
 
+    def drain(self) -> None:
+        """Forget every notification received so far, read or not."""
+        self.seen.clear()
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.sock.recv(4096)
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+
     def close(self) -> None:
         self.sock.close()
 
@@ -103,7 +115,7 @@ class Daemon:
                "PYTHONPATH": str(ROOT)}
         if self.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
-        self.notify.seen.clear()
+        self.notify.drain()  # a READY of an earlier daemon (a reload sends one) is stale
         argv = [PY, "-m", "corral", "daemon", "--config", str(self.config)]
         if self.cgroup is not None:  # in its cgroup before its first instruction
             argv = ["/bin/sh", "-c", f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"',

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from corral.cli.client import Client
+
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import PY, hello, running_daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, config_text, hello, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 
@@ -173,3 +175,118 @@ def test_check_config_and_add_refuse_a_command_that_is_not_an_executable(tmp: Pa
         r = d.cli("add", "--name", "ghost", "--command", "corral-no-such-program",
                   "--no-check")
         assert (r.returncode, r.stdout) == (0, "added: ghost\n")
+
+
+def _events(text: str, name: str) -> list[tuple[int, str]]:
+    """(pid, new state) of each lifecycle event line of `name` in `corral logs` output."""
+    pat = re.compile(rf" {name}#\d+\[(\d+)\] event: \w+ -> (\w+)")
+    return [(int(m.group(1)), m.group(2)) for m in map(pat.search, text.splitlines()) if m]
+
+
+def test_a_rolling_restart_under_load_keeps_replicas_serving_and_loses_no_task(
+        tmp: Path) -> None:
+    work = MISBEHAVE.replace("[agents.misbehave", "[agents.work").replace(
+        'restart = "always"', "replicas = 2")
+    with running_daemon(tmp, work) as d:
+        before = {k: v["pid"] for k, v in d.status().items()}
+        follower = subprocess.Popen(
+            [PY, "-m", "corral", "--socket", str(d.sock), "logs", "work", "-f", "-n", "0"],
+            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            wait_until(lambda: d.json("info")["followers"] == 1, what="follower attached")
+            with Client(d.sock) as c:  # a steady load: more work queued than the rollout
+                ids = [c.call("tasks.run", {"agent": "work", "detach": True,
+                                            "input": {"do": "sleep", "seconds": 0.05}}
+                              )["task_id"] for _ in range(60)]
+            r = d.cli("restart", "work", "--rolling")
+            assert (r.returncode, r.stdout) == (0, "restarted: work\n"), r.stderr
+            with Client(d.sock) as c:
+                done = [c.call("tasks.get", {"task_id": i, "wait": True}) for i in ids]
+            assert [t["status"] for t in done] == ["succeeded"] * 60
+        finally:
+            follower.send_signal(signal.SIGINT)
+            out, _ = follower.communicate(timeout=10)
+        after = {k: v["pid"] for k, v in d.status().items()}
+        assert set(after) == set(before) and not set(after.values()) & set(before.values())
+        serving = dict.fromkeys(before.values(), True)
+        lowest = 2
+        for pid, state in _events(out, "work"):
+            serving[pid] = state in ("ready", "busy", "idle")
+            lowest = min(lowest, sum(serving.values()))
+        assert lowest >= 2 - 1
+        assert sum(serving.values()) == 2
+        # each new process was ready before the old one of its replica began to stop
+        for old in before.values():
+            stop_at = next(i for i, (p, s) in enumerate(_events(out, "work"))
+                           if p == old and s == "shutting_down")
+            assert sum(serving[p] for p in after.values()) == 2
+            assert any(p in after.values() and s == "ready"
+                       for p, s in _events(out, "work")[:stop_at])
+
+
+V_AGENT = "import os\nfrom corral.worker import run\nrun(lambda t, ctx: os.environ['V'])\n"
+
+
+def _work(v: str, replicas: int) -> str:
+    return (f'[agents.work]\ncommand = ["{PY}", "v.py"]\n'
+            f'env = {{ PYTHONPATH = "{ROOT}", V = "{v}" }}\nreplicas = {replicas}\n'
+            'backoff_initial = 0.05\nstop_timeout = 2.0\n')
+
+
+def test_reload_rolls_or_scales_history_rollback_and_kept_scale(tmp: Path) -> None:
+    (tmp / "v.py").write_text(V_AGENT)  # answers with $V: which spec it runs
+    d = Daemon(tmp, _work("1", 2))
+    try:
+        d.start()
+
+        def reconfigure(v: str, replicas: int) -> None:
+            d.config.write_text(config_text(_work(v, replicas), d.sock, d.state))
+
+        def pids() -> dict[str, int]:
+            return {k: v["pid"] for k, v in d.status().items()}
+
+        def env_v() -> set[str]:
+            return {d.json("run", "work", "--input", "null")["output"] for _ in range(4)}
+
+        first = pids()
+        reconfigure("2", 2)
+        r = d.cli("reload")
+        assert r.stdout.splitlines()[2] == "changed: work"
+        second = pids()
+        assert not set(second.values()) & set(first.values())
+        assert env_v() == {"2"}
+        reconfigure("2", 3)  # replicas alone: a scale, the running replicas untouched
+        assert d.cli("reload").returncode == 0
+        wait_until(lambda: d.status().get("work#2", {}).get("state") == "ready", what="#2")
+        third = pids()
+        assert {k: third[k] for k in second} == second
+        hist = d.json("history", "work")
+        assert [(r["revision"], r["change"]) for r in hist["revisions"]] == [
+            (1, "created"), (2, "env changed"), (3, "replicas 2 -> 3")]
+        assert hist["revisions"][0]["who"] == "config file"
+        assert re.fullmatch(r"uid \d+ pid \d+", hist["revisions"][1]["who"])
+        table = d.cli("history", "work").stdout.splitlines()
+        assert table[-1].startswith("* 3 ") and table[-1].endswith(" replicas 2 -> 3")
+        # rollback, rolling, to revision 1: V=1 and two replicas
+        r = d.cli("rollback", "work", "1")
+        assert r.stdout == "work: rolled back to revision 1 (now revision 4)\n", r.stderr
+        back = pids()
+        assert set(back) == {"work#0", "work#1"}
+        assert env_v() == {"1"}
+        assert d.json("history", "work")["revisions"][-1]["change"] == (
+            "rollback to revision 1")
+        r = d.cli("rollback", "work", "99")
+        assert (r.returncode, r.stderr) == (1, "corral: no revision 99 of work (its "
+                                               "revisions: 1..4; see `corral history work`)\n")
+        # a scale is kept across a daemon restart
+        assert d.cli("scale", "work", "4").returncode == 0
+        assert d.stop() == 0
+        d.start()
+        assert sorted(d.status()) == ["work#0", "work#1", "work#2", "work#3"]
+        entries = d.json("audit")["entries"]
+        methods = [e["method"] for e in entries]
+        assert {"config.reload", "agents.rollback", "agents.scale"} <= set(methods)
+        assert any(e["outcome"].startswith("error: no revision 99") for e in entries)
+        assert d.stop() == 0
+    finally:
+        d.close()

@@ -536,12 +536,57 @@ def scale(obj: Ctx, name: str, replicas: int) -> None:
     click.echo(f"{res['name']}: {res['replicas']} replicas")
 
 
+@cli.command(help=doc("agents.history"))
+@click.argument("name", shell_complete=_complete_agents)
+@click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(min=0))
+@json_option
+@pass_ctx
+def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
+    res = obj.call("agents.history", m.AgentsHistory(name=name, limit=limit))
+    if as_json:
+        _print_json(res)
+        return
+    rows = [[("* " if r["revision"] == res["current"] else "  ") + str(r["revision"]),
+             _stamp(r["time"]), r["who"], r["change"]] for r in res["revisions"]]
+    _table(rows, ["  REV", "TIME", "WHO", "CHANGE"])
+
+
+def _stamp(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+@cli.command(help=doc("agents.rollback"))
+@click.argument("name", shell_complete=_complete_agents)
+@click.argument("revision", required=False, type=click.IntRange(min=1))
+@pass_ctx
+def rollback(obj: Ctx, name: str, revision: int | None) -> None:
+    res = obj.call("agents.rollback", m.AgentsRollback(name=name, revision=revision))
+    click.echo(f"{name}: rolled back to revision {res['restored']} (now revision "
+               f"{res['revision']})")
+
+
+@cli.command(help=doc("audit.list"))
+@click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(min=0))
+@json_option
+@pass_ctx
+def audit(obj: Ctx, limit: int, as_json: bool) -> None:
+    res = obj.call("audit.list", m.AuditList(limit=limit))
+    if as_json:
+        _print_json(res)
+        return
+    rows = [[_stamp(e["time"]), str(e["uid"]), str(e["pid"]), e["method"], e["outcome"],
+             json.dumps(e["params"])[:60]] for e in res["entries"]]
+    _table(rows, ["TIME", "UID", "PID", "METHOD", "OUTCOME", "PARAMS"])
+
+
 @cli.command(help=doc("config.reload"))
 @pass_ctx
 def reload(obj: Ctx) -> None:
     res = obj.call("config.reload")
     for key in ("added", "removed", "changed", "unchanged"):
         click.echo(f"{key}: {', '.join(res[key]) or '-'}")
+    for name, why in (res.get("failed") or {}).items():
+        click.echo(f"corral: {name} was not changed: {why}", err=True)
     mcp = res.get("mcp_servers") or {}
     if any(mcp.get(k) for k in ("added", "removed", "changed")):
         click.echo("MCP servers: " + "; ".join(f"{k} {', '.join(mcp[k]) or '-'}"

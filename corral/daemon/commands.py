@@ -84,7 +84,7 @@ async def daemon_shutdown(d: Daemon, p: m.DaemonShutdown, c: Connection) -> dict
 @implements("config.reload")
 async def config_reload(d: Daemon, p: m.ConfigReload, c: Connection) -> Any:
     try:
-        return await d.reload()
+        return await d.reload(_who(c))
     except ConfigError as exc:
         raise RpcError(jsonrpc.INVALID_PARAMS, f"reload rejected, nothing changed: {exc}"
                        ) from None
@@ -203,6 +203,7 @@ async def agents_add(d: Daemon, p: m.AgentsAdd, c: Connection) -> dict[str, Any]
     for name, spec in specs.items():
         d._add(spec)
         d.store.save_runtime_agent(name, p.agents[name])
+        d.record(spec, _who(c))
     return {"added": sorted(specs)}
 
 
@@ -215,14 +216,74 @@ async def agents_remove(d: Daemon, p: m.AgentsRemove, c: Connection) -> dict[str
     for n in p.names:
         d.store.forget_runtime_agent(n)
         d.from_config.discard(n)
+        if d.revisions is not None:
+            d.revisions.forget_scaled(n)
     return {"removed": p.names}
 
 
 @implements("agents.scale")
 async def agents_scale(d: Daemon, p: m.AgentsScale, c: Connection) -> dict[str, Any]:
-    assert d.sup is not None
-    await d.sup.scale(p.name, p.replicas)  # refuses a negative count
+    assert d.sup is not None and d.store is not None and d.revisions is not None
+    agent = d.sup.agent(p.name)
+    await agent.scale(p.replicas)  # refuses a negative count
+    # kept across daemon restarts: a runtime agent's table, or beside the config's count
+    if p.name in d.from_config:
+        d.revisions.set_scaled(p.name, p.replicas, d.declared_replicas.get(p.name, 1))
+    else:
+        table = d.store.runtime_agents().get(p.name)
+        if table is not None:
+            d.store.save_runtime_agent(p.name, {**table, "replicas": p.replicas})
+    d.record(agent.spec, _who(c))
     return {"name": p.name, "replicas": p.replicas}
+
+
+def _who(c: Connection) -> str:
+    """Who asked, as revisions record it."""
+    return f"uid {c.uid} pid {c.pid}"
+
+
+@implements("agents.history")
+async def agents_history(d: Daemon, p: m.AgentsHistory, c: Connection) -> dict[str, Any]:
+    assert d.sup is not None and d.revisions is not None
+    d.sup.agent(p.name)
+    revs = d.revisions.history(p.name, max(0, p.limit))
+    return {"name": p.name, "current": d.revision_of(p.name),
+            "revisions": [msgspec.to_builtins(r) for r in revs]}
+
+
+@implements("agents.rollback")
+async def agents_rollback(d: Daemon, p: m.AgentsRollback, c: Connection) -> dict[str, Any]:
+    assert d.sup is not None and d.store is not None and d.revisions is not None
+    d.sup.agent(p.name)
+    latest = d.revisions.latest(p.name)
+    current = latest.revision if latest else 0
+    target = p.revision if p.revision is not None else current - 1
+    rev = d.revisions.get(p.name, target)
+    if rev is None:
+        raise RpcError(jsonrpc.NOT_FOUND, f"no revision {target} of {p.name} (its revisions: "
+                                          f"1..{current}; see `corral history {p.name}`)")
+    try:
+        spec = parse_agents({"agents": {p.name: rev.spec}}, f"revision {target}")[p.name]
+    except ConfigError as exc:
+        raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+    d.fill_cwd(spec)
+    await d.apply_spec(p.name, spec)  # rolling; refuses if a new process is not ready
+    if p.name in d.from_config:
+        # lasts until the config file changes this agent (a reload applies the file)
+        d.revisions.set_scaled(p.name, spec.replicas, d.declared_replicas.get(p.name, 1))
+    else:
+        d.store.save_runtime_agent(p.name, rev.spec)
+    d.record(spec, _who(c), f"rollback to revision {target}")
+    return {"name": p.name, "restored": target, "revision": d.revision_of(p.name)}
+
+
+@implements("audit.list")
+async def audit_list(d: Daemon, p: m.AuditList, c: Connection) -> dict[str, Any]:
+    assert d.store is not None
+    return {"entries": [
+        {"time": t, "uid": uid, "pid": pid, "method": method,
+         "params": msgspec.json.decode(params), "outcome": outcome}
+        for t, uid, pid, method, params, outcome in d.store.audit_log(max(0, p.limit))]}
 
 
 @implements("logs.tail")

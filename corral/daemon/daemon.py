@@ -25,13 +25,14 @@ from ..methods import ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from ..supervisor.config import AgentSpec, Config, ConfigError, load_config, parse_agents
 from ..supervisor.containment import Containment, ProcessRecord, read_stat
-from ..supervisor.core import Supervisor
+from ..supervisor.core import Supervisor, SupervisorError
 from ..supervisor.lifecycle import LIVE, SERVING, State
 from ..supervisor.replica import Event, Replica
 from ..text import plural
 from .control import AlreadyRunning, ControlServer
 from .logs import LogHub
 from .notify import Notifier
+from .revisions import RevisionLog, spec_table
 from .store import StateStore, StoreError
 
 if TYPE_CHECKING:
@@ -55,6 +56,10 @@ class Daemon:
         self.control: ControlServer | None = None
         self.started_at = time.time()
         self.from_config: set[str] = set()  # agents declared by the config file
+        # the replica count each config-declared agent has in the file (before a kept
+        # `corral scale` is applied)
+        self.declared_replicas: dict[str, int] = {}
+        self.revisions: RevisionLog | None = None
         self._stop: asyncio.Future[None] | None = None
         self._signals: asyncio.Queue[int] = asyncio.Queue()
         self._ready_sent = False
@@ -108,6 +113,7 @@ class Daemon:
             self.hub.close()
             return 1
         self.sup.checkpoint_listeners.append(self.store.save_state)
+        self.revisions = RevisionLog(self.store.db)
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -123,9 +129,11 @@ class Daemon:
         self.records = ProcessRecords(self.store, self.sup.containment)
         for sspec in cfg.mcp_servers.values():
             self.sup.add_mcp_server(sspec)
+        self._apply_scaled(cfg.agents)
         for name, spec in cfg.agents.items():
             self._add(spec)
             self.from_config.add(name)
+            self.record(spec, "config file")
         self._restore_runtime_agents()
         self._check_ready()
         await self._stop
@@ -179,7 +187,43 @@ class Daemon:
 
     def revision_of(self, name: str) -> int | None:
         """The number of the agent's current spec revision in the store."""
-        return None
+        last = self.revisions.latest(name) if self.revisions is not None else None
+        return last.revision if last is not None else None
+
+    def record(self, spec: AgentSpec, who: str, change: str | None = None) -> None:
+        """A new spec revision of the agent, when its spec changed."""
+        if self.revisions is not None:
+            rev = self.revisions.record(spec, who, change)
+            if rev is not None:
+                self.hub.daemon(f"{spec.name}: revision {rev.revision} by {who}: {rev.change}")
+
+    def _apply_scaled(self, agents: dict[str, AgentSpec]) -> None:
+        """A `corral scale` of a config-declared agent outlives daemon restarts and reloads,
+        until the config file itself changes the agent's replica count."""
+        assert self.revisions is not None
+        self.declared_replicas = {n: s.replicas for n, s in agents.items()}
+        for name, (replicas, declared) in self.revisions.scaled().items():
+            spec = agents.get(name)
+            if spec is None:
+                continue
+            if spec.replicas == declared:
+                spec.replicas = replicas
+            else:  # the file says otherwise now: the file wins
+                self.revisions.forget_scaled(name)
+
+    async def apply_spec(self, name: str, spec: AgentSpec) -> None:
+        """Bring a running agent to `spec` without downtime: a change of `replicas` alone
+        scales; any other change replaces replicas one at a time (Agent.roll), then
+        scales. Raises SupervisorError when a new process does not become ready."""
+        assert self.sup is not None
+        agent = self.sup.agent(name)
+        want = spec.replicas
+        old, new = spec_table(agent.spec), spec_table(spec)
+        old.pop("replicas", None)
+        new.pop("replicas", None)
+        if old != new:
+            await agent.roll(spec, start_stopped=False)
+        await agent.scale(want)
 
     def _restore_runtime_agents(self) -> None:
         assert self.store is not None
@@ -189,6 +233,7 @@ class Daemon:
             try:
                 spec = parse_agents({"agents": {name: table}}, "state database")[name]
                 self._add(spec)
+                self.record(spec, "corral add (restored)")
             except Exception as exc:
                 self.hub.daemon(f"could not restore runtime agent {name}: {exc}")
 
@@ -240,7 +285,7 @@ class Daemon:
             elif sig == signal.SIGHUP:
                 self.hub.daemon("received SIGHUP: reloading")
                 try:
-                    await self.reload()
+                    await self.reload("SIGHUP")
                 except ConfigError as exc:
                     self.hub.daemon(f"reload rejected: {exc}")
 
@@ -269,8 +314,9 @@ class Daemon:
         if self.store is not None:
             self.store.audit(conn.uid, conn.pid, method, params, outcome)
 
-    async def reload(self) -> ReloadResult:
-        """Apply the config file's difference; on any error nothing changes."""
+    async def reload(self, who: str = "reload") -> ReloadResult:
+        """Apply the config file's difference; on any error nothing changes. Changed agents
+        are brought to their new spec without downtime (apply_spec)."""
         assert self.sup is not None
         self.notifier.reloading()
         try:
@@ -278,6 +324,7 @@ class Daemon:
         except ConfigError:
             self.notifier.ready(self.status_line())
             raise
+        self._apply_scaled(cfg.agents)
         agents = _diff({n: self.sup.agents[n].spec for n in self.from_config
                         if n in self.sup.agents}, cfg.agents)
         for n in agents["added"]:
@@ -285,10 +332,24 @@ class Daemon:
                 await self.sup.remove(n)
                 assert self.store is not None
                 self.store.forget_runtime_agent(n)
-        await asyncio.gather(*(self.sup.remove(n)
-                               for n in agents["removed"] + agents["changed"]))
-        for n in agents["added"] + agents["changed"]:
+        await asyncio.gather(*(self.sup.remove(n) for n in agents["removed"]))
+        for n in agents["added"]:
             self._add(cfg.agents[n])
+            self.record(cfg.agents[n], who)
+        failed: dict[str, str] = {}
+
+        async def change(name: str) -> None:
+            spec = cfg.agents[name]
+            self.fill_cwd(spec)
+            try:
+                await self.apply_spec(name, spec)
+            except SupervisorError as exc:
+                failed[name] = exc.message
+                self.hub.daemon(f"reload: {exc.message}")
+                return
+            self.record(spec, who)
+
+        await asyncio.gather(*(change(n) for n in agents["changed"]))
         self.from_config = set(cfg.agents)
         # calls in flight to a removed or changed tool server fail with the reason
         servers = _diff({n: e.spec for n, e in self.sup.mcp.servers.items()}, cfg.mcp_servers)
@@ -301,7 +362,7 @@ class Daemon:
             self.sup.add_mcp_server(cfg.mcp_servers[n])
         self.sup.heartbeat_interval = cfg.supervisor.heartbeat_interval
         self.sup.heartbeat_timeout = cfg.supervisor.heartbeat_timeout
-        result = ReloadResult(**agents, mcp_servers=servers)
+        result = ReloadResult(**agents, failed=failed, mcp_servers=servers)
         self.hub.daemon(f"reloaded: added {agents['added']}, removed {agents['removed']}, "
                         f"changed {agents['changed']}; MCP servers: {servers}")
         self.notifier.ready(self.status_line())

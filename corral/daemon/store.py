@@ -34,6 +34,7 @@ from typing import Any
 import msgspec
 
 from ..supervisor.containment import ProcessRecord
+from .revisions import MIGRATION as REVISIONS_MIGRATION
 
 BUSY_TIMEOUT_MS = 2000  # another process's transaction may hold the write lock this long
 
@@ -107,6 +108,8 @@ MIGRATIONS: list[Migration] = [
     );
     CREATE INDEX processes_owner ON processes (owner);
     """,
+    # 4: agents' spec revisions and kept scale counts (revisions.py)
+    REVISIONS_MIGRATION,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

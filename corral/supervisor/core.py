@@ -117,6 +117,7 @@ class Agent:
         if not start_stopped and (old.state == State.INITIAL
                                   or (old.state in STOPPED and old._stay_down)):
             self.replicas[i] = new
+            self.sup._forget([old])
             return
         self.replacing.update((old, new))
         try:
@@ -132,6 +133,7 @@ class Agent:
         if not new.serving:
             why = new.last_exit or new.reason
             await new.stop("rollout aborted")
+            self.sup._forget([new])
             raise SupervisorError(jsonrpc.REFUSED, f"rollout of {self.name} stopped at "
                                   f"replica {i}: the new process did not become ready: "
                                   f"{why}; the old one keeps running")
@@ -143,6 +145,7 @@ class Agent:
                 await self.sup.wait_for(lambda: old.tasks_running == 0,
                                         spec.task_timeout + spec.cancel_grace)
         await old.stop("replaced by a new process")
+        self.sup._forget([old])
 
     async def scale(self, n: int) -> None:
         if n < 0:
