@@ -89,7 +89,7 @@ def procs(cg: Path) -> set[int]:
 
 def escapee(d: Daemon) -> int:
     out = d.cli("logs", "escaper", "-n", "100").stdout
-    pids = re.findall(r"escaped (\d+)", out)
+    pids = re.findall(r"stderr: escaped (\d+)", out)
     assert pids, out
     return int(pids[-1])
 

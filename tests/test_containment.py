@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from corral.supervisor import State, Supervisor
+from corral.supervisor import Limits, State, Supervisor
+from corral.supervisor.caps import wrap_argv
 from corral.supervisor.containment import (
     TOKEN_VARIABLE,
+    CgroupTree,
     Containment,
     ProcessRecord,
     is_subreaper,
@@ -24,6 +28,7 @@ from corral.supervisor.containment import (
     token_owner,
 )
 
+from .chaos.procs import wait_until
 from .conftest import agent
 
 
@@ -238,3 +243,46 @@ def test_no_delegation_is_said_once_with_the_reason(mode: str) -> None:
         assert c.notice.endswith("containment by subreaper and records")
     finally:
         asyncio.run(c.close())
+
+
+def test_the_spawn_gate_holds_the_prologue_until_released_and_consumes_only_its_line(
+        ) -> None:
+    argv = wrap_argv(["cat"], Limits(), gate=True)
+    assert argv[:2] == ["/bin/sh", "-c"]
+    assert argv[2].startswith("read _ || exit 125; ") and argv[2].endswith('exec "$@"')
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert p.stdin is not None
+
+        def blocked_reading_stdin() -> bool:
+            # /proc/PID/syscall: "0 0x0 ..." is read(0, ...) on x86-64
+            with open(f"/proc/{p.pid}/syscall") as f:
+                return f.read().split()[:2] == ["0", "0x0"]
+
+        if platform.machine() == "x86_64":
+            wait_until(blocked_reading_stdin, 10, "the prologue to wait at the gate")
+        with open(f"/proc/{p.pid}/cmdline", "rb") as f:
+            assert f.read().split(b"\0")[0] == b"/bin/sh"  # not exec'd: held at the gate
+        out, _ = p.communicate(b"\n" + b'{"jsonrpc": "2.0"}\n', timeout=10)
+        assert out == b'{"jsonrpc": "2.0"}\n'  # the protocol after the gate, intact
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_an_eof_at_the_spawn_gate_ends_the_prologue_with_status_125() -> None:
+    r = subprocess.run(wrap_argv(["true"], Limits(), gate=True), input=b"", timeout=10)
+    assert r.returncode == 125
+
+
+async def test_a_process_that_cannot_be_placed_in_its_cgroup_is_a_spawn_failure(
+        sup: Supervisor, tmp_path: Path) -> None:
+    sup.containment.tree = CgroupTree(str(tmp_path))  # a directory that is no cgroup
+    sup.add(agent("homeless", restart="never"))
+    r = await sup.wait_state("homeless", State.TERMINATED)
+    assert r.last_exit == (
+        f"spawn failed: [Errno 2] cannot place the process in cgroup "
+        f"{tmp_path}/agent-homeless-0: No such file or directory")
+    # nothing tracked, nothing pending, no plain file written where cgroup.procs would be
+    assert sup.containment.live == {} and not sup.containment._pending
+    assert not (tmp_path / "agent-homeless-0" / "cgroup.procs").exists()

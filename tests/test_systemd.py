@@ -49,7 +49,7 @@ CONFIG = textwrap.dedent(f"""
     stop_timeout = 1.0
 """)
 REPLICAS = {"hello": 2, "stubborn": 1, "escaper": 1, "shell": 1}
-DROP_IN = "[Service]\nWatchdogSec=3\nRestartSec=0.2\n"
+DROP_IN = "[Service]\nWatchdogSec=5\nRestartSec=0.2\n"
 CLI = "/opt/corral/bin/corral"
 
 

@@ -161,14 +161,23 @@ def try_reap(pid: int) -> bool:
 
 
 # -- cgroups v2 ---------------------------------------------------------------------------
+def write_knob(path: str, value: str) -> None:
+    """Write a cgroup file. No O_CREAT: in a directory that is not a cgroup (or one removed
+    meanwhile) that is an error, not a plain file created."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
 def place(cgroup_dir: str, pid: int) -> None:
     """Move process `pid` into the cgroup at `cgroup_dir`.
 
     The one placement primitive: the spawn path calls it between fork and the agent's
     first instruction (the child waits at the gate of its shell prologue), and so can
     any other spawner (a zygote, a spawn thread)."""
-    with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as f:
-        f.write(str(pid))
+    write_knob(os.path.join(cgroup_dir, "cgroup.procs"), str(pid))
 
 
 def cgroup_pids(cgroup_dir: str) -> list[int]:
@@ -183,8 +192,7 @@ def cgroup_kill(cgroup_dir: str) -> None:
     """SIGKILL everything in the cgroup and below (cgroup.kill, Linux 5.14+; before that
     each listed process, repeated until none is left to fork)."""
     try:
-        with open(os.path.join(cgroup_dir, "cgroup.kill"), "w") as f:
-            f.write("1")
+        write_knob(os.path.join(cgroup_dir, "cgroup.kill"), "1")
         return
     except FileNotFoundError:
         pass
@@ -316,8 +324,7 @@ class CgroupTree:
         wanted = available & {"memory", "pids", "cpu"}
         for ctl in sorted(wanted):
             try:
-                with open(os.path.join(self.root, "cgroup.subtree_control"), "w") as f:
-                    f.write(f"+{ctl}")
+                write_knob(os.path.join(self.root, "cgroup.subtree_control"), f"+{ctl}")
                 self.controllers.add(ctl)
             except OSError as exc:  # e.g. EBUSY: another process still sits in the root
                 log.warning("cgroups: cannot enable %s in %s: %s", ctl, self.root, exc)
@@ -340,8 +347,7 @@ class CgroupTree:
         }
         for ctl, (key, value) in values.items():
             if ctl in self.controllers:
-                with open(os.path.join(path, key), "w") as f:
-                    f.write(value)
+                write_knob(os.path.join(path, key), value)
 
     def children(self) -> list[str]:
         try:
@@ -491,6 +497,12 @@ class Containment:
         if sig == signal.SIGKILL and t.record.cgroup:
             cgroup_kill(t.record.cgroup)
 
+    def throttles_cpu(self, token: str) -> bool:
+        """Whether the kernel enforces this process's cpu_percent (cpu.max)."""
+        t = self.live.get(token)
+        return (t is not None and t.record.cgroup is not None and self.tree is not None
+                and "cpu" in self.tree.controllers)
+
     def oom_killed(self, token: str) -> bool:
         t = self.live.get(token)
         return (t is not None and t.record.cgroup is not None
@@ -571,7 +583,7 @@ class Containment:
                 owner = self.live.get(token)
             if owner is not None:
                 owner.escapees[st.pid] = st.start_time
-            else:
+            elif st.pid not in self._orphan_fds.values():  # (not one already dying)
                 self._kill_orphan(st.pid, st.start_time)
                 killed += 1
         if killed:

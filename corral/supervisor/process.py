@@ -134,13 +134,14 @@ class ChildProcess:
             try:
                 place(ticket.cgroup, popen.pid)
                 os.write(popen.stdin.fileno(), b"\n")
-            except OSError:
+            except OSError as exc:
                 popen.kill()
                 popen.wait()
                 for f in (popen.stdin, popen.stdout, popen.stderr):
                     f.close()
                 containment.abandon(ticket)
-                raise
+                raise OSError(exc.errno, f"cannot place the process in cgroup "
+                                         f"{ticket.cgroup}: {exc.strerror}") from None
         containment.started(ticket, popen.pid, kind=kind, name=name, index=index,
                             stop_timeout=stop_timeout)
         for pipe in (popen.stdin, popen.stdout, popen.stderr):

@@ -520,7 +520,8 @@ class Replica:
                 f"RSS soft limit ({rss // (1024 * 1024)} MiB > {limits.rss_mb} MiB)",
                 graceful=True,
             )
-        elif limits.cpu_percent:
+        elif limits.cpu_percent and not self.sup.containment.throttles_cpu(proc.token):
+            # (where cpu.max is in force the kernel holds the share; no restart for it)
             self._cpu_over = self._cpu_over + 1 if s.cpu_percent > limits.cpu_percent else 0
             if self._cpu_over >= CPU_PERCENT_SAMPLES:
                 self.take_down(
