@@ -70,6 +70,12 @@ _ID_AT_START = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:
 _ID_AT_END = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")\s*'
                         rb'(?:,\s*"jsonrpc"\s*:\s*"2\.0"\s*)?\}\s*$')
 SMALL_LINE = 64 * 1024  # below this a line is copied to bytes; above, handed over as is
+TOO_DEEP = "JSON nested too deeply"
+
+
+def describe(exc: BaseException) -> str:
+    """An exception in words, never empty (str(MemoryError()) is "")."""
+    return str(exc) or type(exc).__name__
 
 Id = int | str
 
@@ -168,6 +174,10 @@ class LineProtocol(asyncio.Protocol):
     the rest of the line is skipped up to its newline, and `on_oversize` is told once,
     with the line's size and its first and last `OVERSIZE_ENDS` bytes (where a JSON-RPC
     response's id is: `Peer.oversized` fails that request at once).
+
+    `pause()` stops both reading and the delivery of lines already read (what is left of
+    the current read is held, at most one read's worth); `resume()` delivers the held lines
+    and reads again. A reader whose answers are not being read uses it to stop taking work.
     """
 
     def __init__(
@@ -177,21 +187,57 @@ class LineProtocol(asyncio.Protocol):
         *,
         max_line: int = DEFAULT_MAX_LINE,
         on_oversize: Callable[[int, bytes, bytes], None] | None = None,
+        last_line_unterminated: bool = True,
     ) -> None:
         self.on_line = on_line
         self.on_eof = on_eof
         self.on_oversize = on_oversize
+        # whether a last line without its newline still counts as a line when the
+        # connection is lost rather than ended by the other side (a worker's last words
+        # do; a request cut off by a reset or our hanging up is not a request)
+        self.last_line_unterminated = last_line_unterminated
         self.max_line = max_line
         self._buf = bytearray()
         self._skipping = 0  # bytes skipped of the current oversized line, 0 when not skipping
         self._head = b""  # the first bytes of the line being skipped
         self._tail = b""  # its last bytes so far
         self.transport: asyncio.BaseTransport | None = None
+        self.paused = False
+        self.at_eof = False
+        self._held = b""  # read but not yet split while paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
 
+    def pause(self) -> None:
+        if not self.paused:
+            self.paused = True
+            if self.transport is not None:  # uvloop's are not registered as ReadTransport
+                cast(asyncio.ReadTransport, self.transport).pause_reading()
+
+    def resume(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        held, self._held = self._held, b""
+        if held:
+            self.data_received(held)
+        if self.paused:
+            return
+        if self.at_eof:
+            self._flush_tail()
+        elif self.transport is not None and not self.transport.is_closing():
+            cast(asyncio.ReadTransport, self.transport).resume_reading()
+
+    @property
+    def holding(self) -> bool:
+        """Lines read but not yet delivered (paused), or a partial line."""
+        return bool(self._held or self._buf)
+
     def data_received(self, data: bytes) -> None:
+        if self.paused:
+            self._held += data
+            return
         start = 0
         if self._skipping:
             nl = data.find(b"\n")
@@ -224,6 +270,9 @@ class LineProtocol(asyncio.Protocol):
                 continue
             if line:
                 self.on_line(line)
+                if self.paused:  # the line's handler paused us: hold the rest
+                    self._held = data[start:]
+                    return
         if start < len(data):
             buf += memoryview(data)[start:]
             if len(buf) > self.max_line:
@@ -233,10 +282,15 @@ class LineProtocol(asyncio.Protocol):
                 buf.clear()
 
     def eof_received(self) -> bool:
-        self._flush_tail()
+        self.at_eof = True
+        if not self.paused:  # else resume() delivers what is held first
+            self._flush_tail()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._held = b""  # nobody to answer any more
+        if not self.at_eof and not self.last_line_unterminated:
+            self._buf.clear()
         self._flush_tail()
         self.on_eof(exc)
 
@@ -382,6 +436,11 @@ class Peer:
         self._incoming: dict[Id, asyncio.Task[Any]] = {}
         self.closed: RpcError | None = None
         self.garbage_lines = 0
+        self.on_handled: Callable[[], None] | None = None  # after each answered request
+        # requests in a row that timed out with not a line from the other side since: a
+        # peer that has no ping shows a hang this way (only a line read resets it, so a
+        # stall of our own loop, which leaves the answers unread, never counts)
+        self.silent_timeouts = 0
 
     # outgoing -----------------------------------------------------------------------------
     def send_message(self, msg: Any) -> None:
@@ -425,6 +484,7 @@ class Peer:
                     raw = await fut
         except TimeoutError:
             self._abandon(rid)
+            self.timed_out()
             raise RpcError(
                 REQUEST_TIMEOUT, f"{method}: no answer from {self.name} within {timeout:g} s"
             ) from None
@@ -439,6 +499,11 @@ class Peer:
             raise RpcError(
                 INVALID_REQUEST, f"{method}: malformed result from {self.name}: {exc}"
             ) from None
+
+    def timed_out(self) -> None:
+        """A request to the other side got no answer in time (a caller that keeps its own
+        deadline around `request` says so here)."""
+        self.silent_timeouts += 1
 
     def _abandon(self, rid: Id) -> None:
         if self._pending.pop(rid, None) is not None and self._cancel_method:
@@ -478,11 +543,15 @@ class Peer:
 
     # incoming -----------------------------------------------------------------------------
     def feed_line(self, line: bytes) -> None:
+        self.silent_timeouts = 0
         if line[:1] == b"[":
             try:
                 batch = _batch_decoder.decode(line)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self._garbage(line, str(exc))
+                return
+            except RecursionError:
+                self._garbage(line, TOO_DEEP)
                 return
             if not batch:
                 self._garbage(line, "empty batch")
@@ -495,6 +564,9 @@ class Peer:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self._garbage(line, str(exc))
             return
+        except RecursionError:  # msgspec's own depth limit, not a crash of ours
+            self._garbage(line, TOO_DEEP)
+            return
         self._handle(env, line)
 
     def _garbage(self, line: bytes, why: str) -> None:
@@ -504,7 +576,8 @@ class Peer:
         else:
             log.warning("%s: discarded a line that is not JSON-RPC (%s)", self.name, why)
         if self._reply_to_garbage:
-            code = PARSE_ERROR if "JSON" in why or "truncated" in why else INVALID_REQUEST
+            code = PARSE_ERROR if "JSON" in why or "truncated" in why or why == TOO_DEEP \
+                else INVALID_REQUEST
             self.send_error(None, RpcError(code, f"{ERROR_NAMES[code]}: {why}"))
 
     def _handle(self, env: Envelope, line: bytes) -> None:
@@ -574,7 +647,7 @@ class Peer:
             return
         except Exception as exc:
             log.exception("%s: handler for %s failed", self.name, method)
-            self.send_error(rid, RpcError(INTERNAL_ERROR, f"internal error: {exc}"))
+            self.send_error(rid, RpcError(INTERNAL_ERROR, f"internal error: {describe(exc)}"))
             return
         if isinstance(result, Awaitable):
             task = asyncio.ensure_future(result)
@@ -583,8 +656,20 @@ class Peer:
         else:
             self.send_message(Response(rid, result))
 
+    @property
+    def handling(self) -> int:
+        """Requests from the other side still being worked on."""
+        return len(self._incoming)
+
     def _finish(self, rid: Id, task: asyncio.Future[Any]) -> None:
         self._incoming.pop(rid, None)
+        try:
+            self._answer(rid, task)
+        finally:
+            if self.on_handled is not None:
+                self.on_handled()
+
+    def _answer(self, rid: Id, task: asyncio.Future[Any]) -> None:
         if task.cancelled():
             self.send_error(rid, RpcError(REQUEST_CANCELLED, "request cancelled"))
             return
@@ -595,7 +680,7 @@ class Peer:
             self.send_error(rid, exc)
         else:
             log.error("%s: handler failed", self.name, exc_info=exc)
-            self.send_error(rid, RpcError(INTERNAL_ERROR, f"internal error: {exc}"))
+            self.send_error(rid, RpcError(INTERNAL_ERROR, f"internal error: {describe(exc)}"))
 
     def send_error(self, rid: Id | None, exc: RpcError) -> None:
         """An error response; `rid` None where the request could not be read."""

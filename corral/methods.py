@@ -19,6 +19,7 @@ class Method:
     params: type[msgspec.Struct]
     mutating: bool
     streaming: bool = False
+    endless: bool = False  # streams until the client goes (a follow)
 
     @property
     def doc(self) -> str:
@@ -28,11 +29,12 @@ class Method:
 REGISTRY: dict[str, Method] = {}
 
 
-def method(name: str, *, mutating: bool = False, streaming: bool = False) -> Any:
+def method(name: str, *, mutating: bool = False, streaming: bool = False,
+           endless: bool = False) -> Any:
     def register(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
         if name in REGISTRY:  # pragma: no cover - a programming error
             raise RuntimeError(f"method {name} defined twice")
-        REGISTRY[name] = Method(name, cls, mutating, streaming)
+        REGISTRY[name] = Method(name, cls, mutating, streaming or endless, endless)
         cls.__method_name__ = name  # type: ignore[attr-defined]
         return cls
 
@@ -177,7 +179,7 @@ class LogsTail(Params):
     since: float | None = None  # unix time
 
 
-@method("logs.follow", streaming=True)
+@method("logs.follow", endless=True)
 class LogsFollow(LogsTail):
     """Like logs.tail, then new lines as `logs.lines` notifications until the client
     disconnects; a follower too slow to keep up is sent `logs.missed` with a count."""
@@ -234,7 +236,7 @@ class EventsPublish(Params):
     data: Any = None
 
 
-@method("events.follow", streaming=True)
+@method("events.follow", endless=True)
 class EventsFollow(Params):
     """Every event whose topic matches the pattern, as `events.event` notifications."""
 

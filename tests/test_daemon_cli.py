@@ -519,8 +519,8 @@ def test_check_config(tmp: Path) -> None:
     assert r.stderr == (f"corral: invalid config: {tmp}/c.toml: syntax error: Invalid value "
                         "(at line 2, column 11)\n")
     r = check("[agents.'bad name']\ncommand = 'x'\n")
-    assert r.stderr == (f"corral: invalid config: {tmp}/c.toml: agents.bad name: name must be 1-64 "
-                        "characters of [A-Za-z0-9_-], starting with a letter or digit\n")
+    assert r.stderr == (f"corral: invalid config: {tmp}/c.toml: agents.'bad name': name must "
+                        "be 1-64 characters of [A-Za-z0-9_-], starting with a letter or digit\n")
     r = check("[supervisor]\nheartbeat_interval = 0\n")
     assert "supervisor.heartbeat_interval: Expected `float` > 0.0" in r.stderr
     (tmp / "conf.d").mkdir()

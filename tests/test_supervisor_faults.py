@@ -254,12 +254,12 @@ async def test_command_not_found(sup: Supervisor) -> None:
         assert r.last_exit == ("spawn failed: [Errno 2] No such file or directory: "
                                "'/nonexistent/agent'")
     else:  # the suite's own core limit was not 0, so a prologue ran
-        assert r.last_exit == "command not found (status 127)"
+        assert r.last_exit == "command not found (status 127): /nonexistent/agent"
     # with caps a shell prologue execs it, and the shell reports it
     sup.add(agent("ghost2", command=["/nonexistent/agent"], restart="never",
                   limits=Limits(open_files=100)))
     r = await sup.wait_state("ghost2", State.TERMINATED)
-    assert r.last_exit == "command not found (status 127)"
+    assert r.last_exit == "command not found (status 127): /nonexistent/agent"
 
 
 async def test_bad_cwd_is_a_spawn_failure(sup: Supervisor) -> None:

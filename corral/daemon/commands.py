@@ -18,7 +18,7 @@ from ..supervisor.config import ConfigError, check_command, parse_agents
 from ..supervisor.lifecycle import State
 from ..text import plural
 from .control import implements
-from .follow import drain
+from .follow import Latest, drain
 
 if TYPE_CHECKING:
     from ..supervisor.core import Agent
@@ -200,6 +200,7 @@ async def agents_add(d: Daemon, p: m.AgentsAdd, c: Connection) -> dict[str, Any]
     taken = [n for n in specs if n in d.sup.agents]
     if taken:  # all or nothing
         raise RpcError(jsonrpc.CONFLICT, f"agent {taken[0]} already exists")
+    d.sup.check_fleet({n: s.replicas for n, s in specs.items()}, "adding them")
     for name, spec in specs.items():
         d._add(spec)
         d.store.save_runtime_agent(name, p.agents[name])
@@ -382,9 +383,11 @@ async def tasks_run(d: Daemon, p: m.TasksRun, c: Connection) -> Any:
     if p.detach:
         return {"task_id": task.id, "status": task.status}
 
+    progress = Latest(c, "task.progress")  # a client that does not read gets the newest
+
     def watch(kind: str, data: Any) -> None:
         if kind == "progress":
-            c.notify("task.progress", {"task_id": task.id, **data})
+            progress.send({"task_id": task.id, **data})
 
     task.watchers.append(watch)
     try:
@@ -393,6 +396,7 @@ async def tasks_run(d: Daemon, p: m.TasksRun, c: Connection) -> Any:
     finally:
         if watch in task.watchers:
             task.watchers.remove(watch)
+        progress.close()
     return task.result()
 
 
@@ -436,7 +440,7 @@ async def events_follow(d: Daemon, p: m.EventsFollow, c: Connection) -> Any:
 
     def send_some() -> None:
         for _ in range(min(FOLLOW_BATCH, len(follower.queue))):
-            c.notify("events.event", follower.pop())
+            c.notify("events.event", follower.pop())  # encoded once by the bus
 
     try:
         await drain(c, follower, "events.missed", send_some)

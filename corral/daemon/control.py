@@ -8,6 +8,13 @@
   disconnected.
 - Methods come from corral.methods.REGISTRY; implementations are registered here with
   `@implements`, and the server refuses to start if one is missing.
+- Every client is on a budget (DESIGN section 9), so no client can stall the loop or grow
+  the daemon's memory: once REPLY_HIGH bytes of its replies are unread, its requests are
+  no longer read (the kernel's socket buffer then stops the client); replies it still
+  does not read for `control_idle_timeout`, or a backlog past REPLY_LIMIT, close it. A
+  connection that completes no request within that timeout is closed too. At most
+  `max_connections` are served at once; more are refused with the reason. Lines that are
+  not JSON-RPC are answered, and logged once per interval with a count.
 """
 
 from __future__ import annotations
@@ -23,11 +30,12 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import jsonrpc
 from ..jsonrpc import LineProtocol, Peer, RpcError
-from ..methods import REGISTRY
+from ..methods import REGISTRY, Method
+from ..throttle import Throttle
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -36,6 +44,11 @@ log = logging.getLogger("corral.control")
 
 # a task input may be up to 16 MiB; a bigger request line is refused, never buffered
 MAX_REQUEST = 16 * 1024 * 1024 + 64 * 1024
+# unread replies of one client: above HIGH its requests are not read; above LIMIT (only
+# pushed notifications can get there) it is disconnected
+REPLY_HIGH = 1024 * 1024
+REPLY_LOW = 256 * 1024
+REPLY_LIMIT = 32 * 1024 * 1024
 
 Impl = Callable[["Daemon", Any, "Connection"], Awaitable[Any]]
 IMPLEMENTATIONS: dict[str, Impl] = {}
@@ -57,56 +70,141 @@ class AlreadyRunning(Exception):
 
 
 class Connection(LineProtocol):
-    """One client: its credentials, its Peer, and write flow control."""
+    """One client: its credentials, its Peer, write flow control and its budget."""
 
     def __init__(self, server: ControlServer) -> None:
         super().__init__(self._line, self._eof, max_line=MAX_REQUEST,
-                         on_oversize=self._oversize)
+                         on_oversize=self._oversize, last_line_unterminated=False)
         self.server = server
         self.uid = self.pid = self.gid = -1
         self.peer: Peer | None = None
         self.writable = asyncio.Event()
         self.writable.set()
+        self.lines = 0  # complete request lines received
+        self._lines_at_check = 0
+        self._unread_since: float | None = None  # replies not read since (loop time)
+        self._watch: asyncio.TimerHandle | None = None
+        self._streams: set[asyncio.Task[Any]] = set()  # follows: they end with the client
+
+    @property
+    def who(self) -> str:
+        return f"client pid {self.pid} uid {self.uid}"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         self.pid, self.uid, self.gid = struct.unpack("3i", creds)
+        transport.set_write_buffer_limits(high=REPLY_HIGH, low=REPLY_LOW)  # type: ignore[attr-defined]
         self.peer = Peer(
-            f"client pid {self.pid} uid {self.uid}",
-            transport.write,  # type: ignore[attr-defined]
+            self.who,
+            self._send,
             dispatch=self._dispatch,
             reply_to_garbage=True,
+            on_garbage=self._garbage,
         )
-        if not self.server.authorized(self.uid, self.gid):
+        self.peer.on_handled = self._maybe_done
+        server = self.server
+        if not server.authorized(self.uid, self.gid):
             log.warning("refused control connection from uid %d pid %d", self.uid, self.pid)
-            self.server.daemon.hub.daemon(
+            server.daemon.hub.daemon(
                 f"refused control connection from uid {self.uid} pid {self.pid}", "audit")
             self.peer.send_error(None, RpcError(
                 jsonrpc.UNAUTHORIZED,
                 f"unauthorized: uid {self.uid} may not use this socket (allowed: root, uid "
-                f"{os.geteuid()}" + (f", group {self.server.group}" if self.server.group
+                f"{os.geteuid()}" + (f", group {server.group}" if server.group
                                      else "") + ")"))
             transport.close()
             return
-        self.server.connections.add(self)
+        if len(server.connections) >= server.max_connections:
+            text = (f"refused: too many control connections ({len(server.connections)} "
+                    f"open, max_connections = {server.max_connections})")
+            server.complaints(f"{self.who}: {text}")
+            self.peer.send_error(None, RpcError(jsonrpc.REFUSED, text))
+            transport.close()
+            return
+        server.connections.add(self)
+        self._watch = asyncio.get_running_loop().call_later(server.idle_timeout, self._check)
+
+    def _send(self, data: bytes) -> None:
+        # uvloop's transports are not registered as asyncio.WriteTransport: a cast
+        t = cast(asyncio.WriteTransport, self.transport)
+        if t.is_closing():
+            return
+        t.write(data)
+        if not self.writable.is_set() and t.get_write_buffer_size() > REPLY_LIMIT:
+            self.disconnect(f"{t.get_write_buffer_size()} bytes of replies unread "
+                            f"(limit {REPLY_LIMIT})")
+
+    def disconnect(self, reason: str) -> None:
+        """Close a client that went over its budget, saying why in the daemon's log."""
+        text = f"closed the control connection of {self.who}: {reason}"
+        log.warning("%s", text)
+        self.server.daemon.hub.daemon(text)
+        if self.transport is not None:  # abort: close() would wait for the unread replies
+            cast(asyncio.WriteTransport, self.transport).abort()
+
+    def _check(self) -> None:
+        """Every idle_timeout: is the client still doing its part?"""
+        self._watch = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        timeout = self.server.idle_timeout
+        loop = asyncio.get_running_loop()
+        if self._unread_since is not None and loop.time() - self._unread_since >= timeout:
+            self.disconnect(f"replies not read for {timeout:g} s")
+            return
+        stuck = self.lines == 0 or self.holding  # never asked anything, or half a line
+        if (self.lines == self._lines_at_check and stuck and self.peer is not None
+                and not self.peer.handling and self.writable.is_set()):
+            self.disconnect(f"no complete request within {timeout:g} s")
+            return
+        self._lines_at_check = self.lines
+        self._watch = loop.call_later(timeout, self._check)
 
     def pause_writing(self) -> None:
+        # the client is not reading its replies: stop reading its requests
         self.writable.clear()
+        self._unread_since = asyncio.get_running_loop().time()
+        self.pause()
 
     def resume_writing(self) -> None:
         self.writable.set()
+        self._unread_since = None
+        self.resume()
+        self._maybe_done()
+
+    def eof_received(self) -> bool:
+        # the client has sent everything: what it asked is answered (it may still read,
+        # a half-close), except streams, which only ever end with the client
+        super().eof_received()
+        for task in list(self._streams):
+            task.cancel()
+        self._maybe_done()
+        return True
+
+    def _maybe_done(self) -> None:
+        """After a half-close, hang up once every request read has been answered."""
+        if (self.at_eof and not self.paused and self.peer is not None
+                and not self.peer.handling and self.transport is not None):
+            self.transport.close()
 
     def _line(self, line: bytes) -> None:
+        self.lines += 1
         if self.peer is not None:
             self.peer.feed_line(line)
 
     def _eof(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.writable.set()
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self.peer is not None:
             self.peer.close("client disconnected")
+
+    def _garbage(self, line: bytes, why: str) -> None:
+        self.server.complaints(f"{self.who}: answered a line that is not JSON-RPC ({why})")
 
     def _oversize(self, size: int, head: bytes, tail: bytes) -> None:
         if self.peer is not None:
@@ -120,16 +218,22 @@ class Connection(LineProtocol):
         if spec is None or impl is None:
             raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
         typed = jsonrpc.decode_params(params, spec.params)
-        return self._run(spec.mutating, method, typed, impl)
+        return self._run(spec, typed, impl)
 
-    async def _run(self, mutating: bool, method: str, params: Any, impl: Impl) -> Any:
+    async def _run(self, spec: Method, params: Any, impl: Impl) -> Any:
         daemon = self.server.daemon
+        mutating, method = spec.mutating, spec.name
+        task = asyncio.current_task()
+        if spec.endless and task is not None:
+            self._streams.add(task)
         try:
             result = await impl(daemon, params, self)
         except RpcError as exc:
             if mutating:
                 daemon.audit(self, method, params, f"error: {exc.message}")
             raise
+        finally:
+            self._streams.discard(task)  # type: ignore[arg-type]
         if mutating:
             daemon.audit(self, method, params, _outcome(result))
         return result
@@ -140,10 +244,14 @@ class Connection(LineProtocol):
 
 
 class ControlServer:
-    def __init__(self, daemon: Daemon, path: Path, group: str | None) -> None:
+    def __init__(self, daemon: Daemon, path: Path, group: str | None, *,
+                 max_connections: int = 1000, idle_timeout: float = 60.0) -> None:
         self.daemon = daemon
         self.path = path
         self.group = group
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.complaints = Throttle(self._complain)
         self.group_gid: int | None = None
         if group is not None:
             try:
@@ -153,6 +261,10 @@ class ControlServer:
         self.connections: set[Connection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._lock_fd = -1
+
+    def _complain(self, text: str) -> None:
+        log.warning("%s", text)
+        self.daemon.hub.daemon(text)
 
     @property
     def lock_path(self) -> Path:
@@ -207,6 +319,7 @@ class ControlServer:
                 os.chown(self.path, -1, self.group_gid)
 
     async def close(self) -> None:
+        self.complaints.flush()
         if self._server is not None:
             self._server.close()
             for conn in list(self.connections):

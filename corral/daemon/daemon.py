@@ -27,8 +27,10 @@ from ..supervisor.config import AgentSpec, Config, ConfigError, load_config, par
 from ..supervisor.containment import Containment, ProcessRecord, read_stat
 from ..supervisor.core import Supervisor, SupervisorError
 from ..supervisor.lifecycle import LIVE, SERVING, State
+from ..supervisor.names import name_problem, shown
 from ..supervisor.replica import Event, Replica
 from ..text import plural
+from .background import Background
 from .control import AlreadyRunning, ControlServer
 from .logs import LogHub
 from .notify import Notifier
@@ -63,6 +65,7 @@ class Daemon:
         self._stop: asyncio.Future[None] | None = None
         self._signals: asyncio.Queue[int] = asyncio.Queue()
         self._ready_sent = False
+        self.background = Background(self.hub_report)
 
     # -- start-up -------------------------------------------------------------------------
     def _paths(self, cfg: Config) -> tuple[Path, Path, Path]:
@@ -84,16 +87,20 @@ class Daemon:
         sock_path, state_dir, log_dir = self._paths(cfg)
         s = cfg.supervisor
         self.hub = LogHub(log_dir, max_bytes=s.log_max_bytes, backups=s.log_backups,
-                          tail_lines=s.log_tail_lines, raw=s.log_format == "raw")
+                          tail_lines=s.log_tail_lines, tail_bytes=s.log_tail_bytes,
+                          raw=s.log_format == "raw")
         self.sup = Supervisor(heartbeat_interval=s.heartbeat_interval,
-                              heartbeat_timeout=s.heartbeat_timeout, cgroups=s.cgroups)
+                              heartbeat_timeout=s.heartbeat_timeout, cgroups=s.cgroups,
+                              max_replicas=s.max_replicas)
         self.sup.log_listeners.append(self._on_worker_log)
         self.sup.tick_listeners.append(self.notifier.watchdog)
         self.sup.stall_listeners.append(self._on_stall)
         self.sup.transition_listeners.append(self._on_transition)
         self.notifier.track_status(self.status_line)
         events = self.sup.subscribe(maxsize=100_000)
-        self.control = ControlServer(self, sock_path, s.group)
+        self.control = ControlServer(self, sock_path, s.group,
+                                     max_connections=s.max_connections,
+                                     idle_timeout=s.control_idle_timeout)
         try:
             await self.control.start()
         except AlreadyRunning as exc:
@@ -118,8 +125,8 @@ class Daemon:
         self._stop = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
-        signal_task = asyncio.ensure_future(self._handle_signals())
-        event_task = asyncio.ensure_future(self._pump_events(events))
+        self.background.start("signals", self._handle_signals)
+        self.background.start("event pump", lambda: self._pump_events(events))
         self.sup.open()
         self.hub.daemon(f"corral {__version__} started, pid {os.getpid()}, "
                         f"config {self.config_path}, socket {sock_path}")
@@ -131,7 +138,11 @@ class Daemon:
             self.sup.add_mcp_server(sspec)
         self._apply_scaled(cfg.agents)
         for name, spec in cfg.agents.items():
-            self._add(spec)
+            try:
+                self._add(spec)
+            except SupervisorError as exc:  # e.g. over max_replicas: the others still run
+                self.hub.daemon(f"could not start agent {name}: {exc.message}")
+                continue
             self.from_config.add(name)
             self.record(spec, "config file")
         self._restore_runtime_agents()
@@ -142,9 +153,8 @@ class Daemon:
         await self.sup.close(graceful=True)
         assert self.records is not None
         self.records.close()
-        signal_task.cancel()
         await asyncio.sleep(0)  # let the last events reach the log
-        event_task.cancel()
+        await self.background.close()
         self.hub.daemon("stopped")
         await self.control.close()
         self.store.close()
@@ -228,13 +238,18 @@ class Daemon:
     def _restore_runtime_agents(self) -> None:
         assert self.store is not None
         for name, table in self.store.runtime_agents().items():
+            problem = name_problem(name)
+            if problem:  # stored by an older corral, before names were checked
+                self.hub.daemon(f"skipped runtime agent {shown(name)} from the state "
+                                f"database: {problem}")
+                continue
             if self.sup is not None and name in self.sup.agents:
                 continue
             try:
                 spec = parse_agents({"agents": {name: table}}, "state database")[name]
                 self._add(spec)
                 self.record(spec, "corral add (restored)")
-            except Exception as exc:
+            except Exception as exc:  # a restore is never fatal: the others still run
                 self.hub.daemon(f"could not restore runtime agent {name}: {exc}")
 
     def _on_transition(self, replica: Replica, event: Event) -> None:
@@ -274,6 +289,9 @@ class Daemon:
             line += (f", {plural(len(self.sup.mcp.servers), 'MCP server')} ({serving}/"
                      f"{plural(len(mcp), 'instance')} serving)")
         return f"{line}, {failed} failed"
+
+    def hub_report(self, text: str) -> None:
+        self.hub.daemon(text)
 
     # -- loops ----------------------------------------------------------------------------
     async def _handle_signals(self) -> None:
@@ -434,9 +452,10 @@ def run_daemon(config: Path, socket: str | None) -> int:
         setproctitle("corral: supervisor")
     except ImportError:  # pragma: no cover
         pass
-    from ..supervisor.caps import disable_own_core_dumps
+    from ..supervisor.caps import disable_own_core_dumps, raise_own_open_files
 
     disable_own_core_dumps()
+    raise_own_open_files()
     logging.basicConfig(level=os.environ.get("CORRAL_LOG_LEVEL", "WARNING"),
                         format="corral: %(levelname)s %(name)s: %(message)s")
     return uvloop.run(Daemon(config, socket=socket).run())

@@ -1,11 +1,13 @@
-"""Sending a follower's items (logs, events) to a control-socket client: stops reading
-the follower's queue while the client's socket is full, and tells the client how much
-it missed."""
+"""Sending streams to a control-socket client that may not be reading: a follower's items
+(logs, events) wait in the follower's bounded queue while the client's socket is full,
+and the client is told how much it missed; updates where only the newest matters (task
+progress) are coalesced, the newest winning."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from ..supervisor.follow import Follower
 
@@ -29,3 +31,45 @@ async def drain(c: Connection, follower: Follower[T], missed_method: str,
                 c.notify(missed_method, {"count": follower.missed})
                 follower.missed = 0
             send_some()
+
+
+class Latest:
+    """Notifications of which only the newest matters. While the client's socket is full
+    each one replaces the one not yet sent, and the one finally sent carries how many it
+    replaced (`coalesced`): the daemon holds one per stream, whatever the client does."""
+
+    def __init__(self, c: Connection, method: str) -> None:
+        self.c = c
+        self.method = method
+        self.pending: dict[str, Any] | None = None
+        self.replaced = 0
+        self._flush: asyncio.Future[None] | None = None
+
+    def send(self, params: dict[str, Any]) -> None:
+        if self.pending is None and self.c.writable.is_set():
+            self.c.notify(self.method, params)
+            return
+        if self.pending is not None:
+            self.replaced += 1
+        self.pending = params
+        if self._flush is None:
+            self._flush = asyncio.ensure_future(self._send_when_writable())
+
+    async def _send_when_writable(self) -> None:
+        await self.c.writable.wait()
+        self._flush = None
+        self._send_pending()
+
+    def _send_pending(self) -> None:
+        if self.pending is not None:
+            params, self.pending = self.pending, None
+            n, self.replaced = self.replaced, 0
+            self.c.notify(self.method, {**params, "coalesced": n} if n else params)
+
+    def close(self) -> None:
+        """The stream is over: the newest update still goes out (one message, whatever
+        the client's socket holds), before whatever ends the stream."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        self._send_pending()

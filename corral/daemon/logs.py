@@ -14,6 +14,8 @@ overflows it is counted and reported to the follower as missed.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import time
 from collections import deque
@@ -24,9 +26,25 @@ from pathlib import Path
 from ..jsonrpc import LineBlock
 from ..methods import LogLine
 from ..supervisor.follow import Follower
+from ..supervisor.names import NAME_RE
+from ..throttle import Throttle
+
+log = logging.getLogger("corral.logs")
 
 DAEMON_SOURCE = "corral"
 FOLLOWER_QUEUE = 100_000  # lines
+FOLLOWER_BYTES = 64 * 1024 * 1024
+
+
+def log_file_name(source: str) -> str:
+    """NAME.log for a valid name; anything else (it cannot be an agent's, but a log file
+    must never be a path, a hidden file or too long a name) gets a tame name and a hash."""
+    if NAME_RE.fullmatch(source):
+        return f"{source}.log"
+    tame = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_"
+                   for c in source[:32])
+    digest = hashlib.sha256(source.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return f"_{tame}-{digest}.log"
 
 
 @dataclass(slots=True)
@@ -98,7 +116,8 @@ class LogFollower(Follower[Batch]):
     """A live reader of the hub, counted in lines."""
 
     def __init__(self, names: set[str] | None, maxlen: int = FOLLOWER_QUEUE) -> None:
-        super().__init__(maxlen, weigh=lambda batch: batch.count)
+        super().__init__(maxlen, weigh=lambda batch: batch.count,
+                         size=lambda batch: len(batch.lines.block), max_bytes=FOLLOWER_BYTES)
         self.names = names
 
     def wants(self, source: str) -> bool:
@@ -106,20 +125,29 @@ class LogFollower(Follower[Batch]):
 
 
 class _Tail:
-    """The last `limit` lines of one source, kept as batches."""
+    """The last `limit` lines of one source, kept as batches, and never more than
+    `max_bytes` of them (a thousand 16 MiB lines would otherwise be kept)."""
 
-    __slots__ = ("batches", "limit", "lines")
+    __slots__ = ("batches", "bytes", "limit", "lines", "max_bytes")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_bytes: int) -> None:
         self.batches: deque[Batch] = deque()
         self.lines = 0
+        self.bytes = 0
         self.limit = limit
+        self.max_bytes = max_bytes
 
     def add(self, batch: Batch) -> None:
+        if len(batch.lines.block) > self.max_bytes:
+            batch.lines = _last_bytes(batch.lines.block, self.max_bytes)
         self.batches.append(batch)
         self.lines += batch.count
-        while self.batches and self.lines - self.batches[0].count >= self.limit:
-            self.lines -= self.batches.popleft().count
+        self.bytes += len(batch.lines.block)
+        while self.batches and (self.lines - self.batches[0].count >= self.limit
+                                or self.bytes > self.max_bytes):
+            old = self.batches.popleft()
+            self.lines -= old.count
+            self.bytes -= len(old.lines.block)
 
     def last(self, n: int) -> list[LogLine]:
         out: list[LogLine] = []
@@ -131,6 +159,16 @@ class _Tail:
         return out
 
 
+def _last_bytes(block: bytes, n: int) -> LineBlock:
+    """The last whole lines of `block` that fit in `n` bytes; the end of the last line
+    when not even that one fits."""
+    cut = block[-n:]
+    nl = cut.find(b"\n")
+    if 0 <= nl < len(cut) - 1:
+        cut = cut[nl + 1:]
+    return LineBlock(cut, cut.count(b"\n") + 1)
+
+
 class LogHub:
     def __init__(
         self,
@@ -139,6 +177,7 @@ class LogHub:
         max_bytes: int = 10 * 1024 * 1024,
         backups: int = 5,
         tail_lines: int = 1000,
+        tail_bytes: int = 4 * 1024 * 1024,
         raw: bool = False,
     ) -> None:
         self.raw = raw
@@ -146,6 +185,11 @@ class LogHub:
         self.max_bytes = max_bytes
         self.backups = backups
         self.tail_lines = tail_lines
+        self.tail_bytes = tail_bytes
+        # a log file that cannot be written (disk full, permissions) must not stop the
+        # rest: the lines still reach the tail and followers, and the failure is told
+        # (to stderr: corral.log may be the file that fails) once per interval
+        self.file_errors = Throttle(lambda text: log.error("%s", text))
         self.tails: dict[str, _Tail] = {}
         self.files: dict[str, RotatingFile] = {}
         self.followers: set[LogFollower] = set()
@@ -158,10 +202,24 @@ class LogHub:
             return None
         f = self.files.get(source)
         if f is None:
-            f = self.files[source] = RotatingFile(
-                self.log_dir / f"{source}.log", self.max_bytes, self.backups
-            )
+            path = self.log_dir / log_file_name(source)
+            try:
+                f = self.files[source] = RotatingFile(path, self.max_bytes, self.backups)
+            except OSError as exc:
+                self.file_errors(f"cannot open log file {path}: {exc.strerror}")
+                return None
         return f
+
+    def _write(self, source: str, *parts: bytes) -> None:
+        f = self._file(source)
+        if f is None:
+            return
+        try:
+            f.write(*parts)
+        except OSError as exc:
+            self.file_errors(f"cannot write log file {f.path}: {exc.strerror}")
+            f.close()
+            del self.files[source]  # opened again for the next lines
 
     def emit(self, source: str, replica: int, pid: int, stream: str, lines: LineBlock,
              when: float | None = None) -> None:
@@ -172,18 +230,15 @@ class LogHub:
                       lines)
         tail = self.tails.get(source)
         if tail is None:
-            tail = self.tails[source] = _Tail(self.tail_lines)
-        tail.add(batch)
+            tail = self.tails[source] = _Tail(self.tail_lines, self.tail_bytes)
         if self.raw and stream == "stderr":
-            f = self._file(source)
-            if f is not None:
-                f.write(lines.block, b"\n")
-        else:
-            f = self._file(DAEMON_SOURCE if self.raw else source)
-            if f is not None:
-                head = LogLine(batch.time, source, replica, pid, stream, "").render().encode()
-                # one C pass tags every line: no per-line objects
-                f.write(head, lines.block.replace(b"\n", b"\n" + head), b"\n")
+            self._write(source, lines.block, b"\n")
+        elif self.log_dir is not None:
+            head = LogLine(batch.time, source, replica, pid, stream, "").render().encode()
+            # one C pass tags every line: no per-line objects
+            self._write(DAEMON_SOURCE if self.raw else source,
+                        head, lines.block.replace(b"\n", b"\n" + head), b"\n")
+        tail.add(batch)
         self.lines_written += lines.count
         for follower in self.followers:
             if follower.wants(source):

@@ -369,6 +369,8 @@ class McpClient:
                     result = await self.request("tools/call", params, timeout=timeout + 1)
         except TimeoutError:
             self.errors += 1
+            if self.peer is not None:  # a hang of a server without ping shows this way
+                self.peer.timed_out()
             raise RpcError(jsonrpc.REQUEST_TIMEOUT,
                            f"tools/call: no answer from MCP server {self.name} within "
                            f"{timeout:g} s") from None

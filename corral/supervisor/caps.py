@@ -74,6 +74,17 @@ def disable_own_core_dumps() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
 
 
+def raise_own_open_files() -> int:
+    """The daemon's soft RLIMIT_NOFILE up to the hard limit: a supervisor holds several
+    fds per agent and per client, and the soft default (often 1024) is not a budget
+    anyone chose. Agents inherit it; `limits.open_files` caps one. Returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
+
+
 def describe(limits: Limits) -> dict[str, str]:
     """Each cap in force, named as exit reasons name it."""
     out = {}
@@ -133,6 +144,7 @@ def explain_exit(
     stderr_tail: list[str],
     *,
     cpu_seconds_used: float | None = None,
+    command: str | None = None,
 ) -> str:
     """The reason for an exit that corral did not cause, in words that name the cap; an
     exit that names no cap carries the process's last stderr line."""
@@ -160,7 +172,8 @@ def explain_exit(
     if returncode == 0:
         return "exited with status 0"
     if returncode == 127 and any("not found" in line for line in stderr_tail[-3:]):
-        return "command not found (status 127)"
+        return f"command not found (status 127): {command}" if command else \
+            "command not found (status 127)"
     return _with_last_line(f"exited with status {returncode}", stderr_tail)
 
 

@@ -20,9 +20,8 @@ import msgspec
 import msgspec.inspect
 from msgspec import Meta
 
-# DESIGN section 10: 1-64 characters of [A-Za-z0-9_-], starting with a letter or digit
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-RESERVED_NAMES = ("corral",)
+from .names import name_problem, shown
+
 MIB = 1024 * 1024
 
 NonNeg = Annotated[float, Meta(ge=0)]
@@ -154,6 +153,12 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # "on": also without systemd's mark, when corral's own cgroup v2 is writable;
     # "off": subreaper and process records only
     cgroups: Literal["auto", "on", "off"] = "auto"
+    log_tail_bytes: PositiveInt = 4 * 1024 * 1024  # per source, whatever the line count
+    # the control socket's budgets (DESIGN section 9)
+    max_connections: PositiveInt = 1000
+    control_idle_timeout: Positive = 60.0
+    # replicas of all agents together; None: what the machine can hold (see core.py)
+    max_replicas: PositiveInt | None = None
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -205,16 +210,10 @@ def _enum_values(type_: type[Any], path: str) -> list[Any]:
 
 
 def validate_name(kind: str, name: str, where: str) -> None:
-    """DESIGN section 10's rule; server names may not contain "__" (the SERVER__TOOL
-    separator)."""
-    rule = "1-64 characters of [A-Za-z0-9_-], starting with a letter or digit"
-    if not NAME_RE.match(name):
-        raise ConfigError(f"{where}: {kind}.{name}: name must be {rule}")
-    if name in RESERVED_NAMES:
-        raise ConfigError(f"{where}: {kind}.{name}: the name {name!r} is reserved")
-    if kind in ("mcp_servers", "mcpServers") and "__" in name:
-        raise ConfigError(f"{where}: {kind}.{name}: a server name may not contain '__' "
-                          "(it separates server and tool in SERVER__TOOL)")
+    """DESIGN section 10's rule (names.py); server names may not contain "__"."""
+    problem = name_problem(name, server=kind in ("mcp_servers", "mcpServers"))
+    if problem:
+        raise ConfigError(f"{where}: {kind}.{shown(name)}: {problem}")
 
 
 def parse_agents(data: dict[str, Any], where: str) -> dict[str, AgentSpec]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ from .lifecycle import LIVE, SERVING, STOPPED, State
 from .listening import ListeningClock
 from .mcproutes import AgentMcp
 from .mcpserver import McpServerReplica
+from .names import name_problem, shown
 from .replica import Event, Replica, ReplicaStatus
 from .tasks import TaskManager
 
@@ -150,6 +152,7 @@ class Agent:
     async def scale(self, n: int) -> None:
         if n < 0:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
+        self.sup.check_fleet({self.name: n}, f"{n} replicas of {self.name}")
         current = len(self.replicas)
         if n > current:
             new = [self._new_replica(i) for i in range(current, n)]
@@ -177,8 +180,10 @@ class Supervisor:
         heartbeat_timeout: float = 5.0,
         max_line: int = DEFAULT_MAX_LINE,
         cgroups: CgroupMode = "auto",
+        max_replicas: int | None = None,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
+        self.max_replicas = max_replicas or default_max_replicas()
         # subreaper, cgroups and process records: nothing a process starts outlives it
         self.containment = Containment(cgroups)
         self.heartbeat_timeout = heartbeat_timeout
@@ -248,14 +253,16 @@ class Supervisor:
     # -- the API --------------------------------------------------------------------------
     def add(self, spec: AgentSpec, *, start: bool | None = None) -> Agent:
         """Add an agent; starts it when `start` (default: its `autostart`)."""
-        if not spec.name:
-            raise SupervisorError(jsonrpc.INVALID_PARAMS, "agent has no name")
+        problem = name_problem(spec.name)
+        if problem:
+            raise SupervisorError(jsonrpc.INVALID_PARAMS, f"agent {shown(spec.name)}: {problem}")
         if spec.name in self.agents:
             raise SupervisorError(jsonrpc.CONFLICT, f"agent {spec.name} already exists")
         try:
             spec.argv()
         except ConfigError as exc:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, f"agent {spec.name}: {exc}") from None
+        self.check_fleet({spec.name: spec.replicas}, f"agent {spec.name}")
         agent = Agent(self, spec)
         self.agents[spec.name] = agent
         if spec.autostart if start is None else start:
@@ -287,7 +294,18 @@ class Supervisor:
         agent.start()
 
     async def scale(self, name: str, replicas: int) -> None:
-        await self.agent(name).scale(replicas)
+        await self.agent(name).scale(replicas)  # refuses more than max_replicas
+
+    def check_fleet(self, replicas: dict[str, int], what: str) -> None:
+        """Refuse, before any work is done, to give agents `replicas` (name -> count) when
+        the fleet would grow past max_replicas: every replica is a process."""
+        total = sum(len(a.replicas) for n, a in self.agents.items() if n not in replicas)
+        total += sum(replicas.values())
+        if total > self.max_replicas:
+            raise SupervisorError(
+                jsonrpc.INVALID_PARAMS,
+                f"{what} would make {total} replicas in all, over max_replicas = "
+                f"{self.max_replicas} (a [supervisor] setting)")
 
     def replicas(self, name: str | None = None) -> Iterable[Replica]:
         agents = [self.agent(name)] if name is not None else list(self.agents.values())
@@ -404,6 +422,10 @@ class Supervisor:
 
     # -- MCP tool servers -----------------------------------------------------------------
     def add_mcp_server(self, spec: McpServerSpec) -> None:
+        problem = name_problem(spec.name, server=True)
+        if problem:
+            raise SupervisorError(jsonrpc.INVALID_PARAMS,
+                                  f"MCP server {shown(spec.name)}: {problem}")
         self.mcp.add(spec)
 
     def retune_mcp_server(self, spec: McpServerSpec) -> bool:
@@ -574,6 +596,18 @@ class Supervisor:
                     seconds)
         for listener in self.stall_listeners:
             listener(seconds)
+
+
+def default_max_replicas() -> int:
+    """As many replicas as the machine can hold: a process needs a few MiB at the least
+    (8 MiB counted) and a pid (a quarter of pid_max left to everything else)."""
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            pids = int(f.read()) // 4
+    except (OSError, ValueError):
+        pids = 8192
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (8 * 1024 * 1024)
+    return max(16, min(pids, memory))
 
 
 def _object(raw: Any) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 WORKER_BACKLOG = 1 << 20  # bytes waiting in a worker's stdin pipe before events are dropped
 FOLLOWER_QUEUE = 10_000
+FOLLOWER_BYTES = 64 * 1024 * 1024
 
 
 class Delivery(msgspec.Struct):
@@ -33,9 +34,11 @@ class Delivery(msgspec.Struct):
     time: float
 
 
-class EventFollower(Follower[Delivery]):
+class EventFollower(Follower[msgspec.Raw]):
+    """Deliveries encoded once for every follower; bounded in count and in bytes."""
+
     def __init__(self, pattern: str) -> None:
-        super().__init__(FOLLOWER_QUEUE)
+        super().__init__(FOLLOWER_QUEUE, size=len, max_bytes=FOLLOWER_BYTES)
         self.pattern = pattern
 
 
@@ -69,10 +72,15 @@ class EventBus:
                 continue
             peer.notify("event", d)
             n += 1
+        encoded: msgspec.Raw | None = None
         for f in self.followers:
             if fnmatch.fnmatchcase(topic, f.pattern):
-                f.push(d)
-                n += 1
+                if encoded is None:
+                    encoded = msgspec.Raw(msgspec.json.encode(d))
+                if f.push(encoded):
+                    n += 1
+                else:
+                    self.dropped += 1
         self.delivered += n
         return n
 
@@ -104,7 +112,9 @@ class EventBus:
         self.subscribe(r, topic)
         return {"subscribed": topic}
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return {"published": self.published, "delivered": self.delivered,
                 "dropped": self.dropped,
-                "subscribers": sum(len(p) for p in self.subscriptions.values())}
+                "subscribers": sum(len(p) for p in self.subscriptions.values()),
+                "followers": [{"pattern": f.pattern, "delivered": f.delivered,
+                               "dropped": f.dropped} for f in self.followers]}

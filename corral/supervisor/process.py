@@ -79,6 +79,7 @@ class ChildProcess:
         self.stderr_closed: asyncio.Future[None] = loop.create_future()
         self.stdin: asyncio.WriteTransport | None = None
         self._transports: list[asyncio.BaseTransport] = []
+        self.argv0 = ""  # the program asked for (not the caps prologue's shell)
         # this process's own last stderr lines: an exit is explained by them, never by an
         # earlier process's (the tail lives and dies with the process)
         self.stderr_tail: deque[bytes] = deque(maxlen=STDERR_TAIL)
@@ -147,8 +148,20 @@ class ChildProcess:
         for pipe in (popen.stdin, popen.stdout, popen.stderr):
             with contextlib.suppress(OSError, AttributeError):
                 fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
-        pidfd = os.pidfd_open(popen.pid)
-        child = cls(popen, pidfd, loop, containment, ticket.token)
+        pidfd = -1
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+            child = cls(popen, pidfd, loop, containment, ticket.token)
+            child.argv0 = argv[0]
+        except BaseException:  # e.g. out of fds: the process must not run on, unwatched
+            if pidfd >= 0:
+                os.close(pidfd)
+            popen.kill()
+            popen.wait()
+            for pipe in (popen.stdin, popen.stdout, popen.stderr):
+                pipe.close()
+            containment.ended(ticket.token)
+            raise
         try:
             stdin_t, _ = await loop.connect_write_pipe(asyncio.Protocol, popen.stdin)
             child.stdin = stdin_t  # type: ignore[assignment]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import pwd
 import signal
@@ -33,6 +34,13 @@ if TYPE_CHECKING:
 PROTOCOL_VERSION = "1"
 # consecutive heartbeat samples above cpu_percent before it counts as a breach
 CPU_PERCENT_SAMPLES = 5
+# a spawn that fails for want of corral's own resources (fds, memory, processes) is not
+# the agent's failure: retried, with backoff up to this, without counting as a restart
+CORRAL_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
+RESOURCE_RETRY_MAX = 5.0
+# without a ping (the stateless MCP revision has none), this many requests in a row that
+# time out, with nothing at all read from the process meanwhile, mark it hung
+HUNG_AFTER_TIMEOUTS = 3
 
 
 class Event(msgspec.Struct, omit_defaults=True):
@@ -107,6 +115,7 @@ class Replica:
         self._prev_cpu: tuple[float, float] | None = None
         self._cpu_over = 0
         self._oversize = 0
+        self._resource_retries = 0  # consecutive spawns failed for corral's resources
         sup._counted(self)
 
     @staticmethod
@@ -170,7 +179,7 @@ class Replica:
         self.sup._on_log(self, "corral", LineBlock.one(text))
 
     # -- start ----------------------------------------------------------------------------
-    def start(self, *, by_hand: bool = True) -> None:
+    def start(self, *, by_hand: bool = True, reason: str | None = None) -> None:
         """Spawn a process unless one is live; a start by hand forgives past restarts."""
         if self.state in LIVE:
             return
@@ -178,7 +187,7 @@ class Replica:
         if by_hand:
             self.policy.reset()
             self._stay_down = False
-        reason = "started" if by_hand else f"restart #{self.restarts}"
+        reason = reason or ("started" if by_hand else f"restart #{self.restarts}")
         self._down_reason = None
         self._escalation = None
         self.pid = None
@@ -221,13 +230,16 @@ class Replica:
                 on_oversize=self._on_oversize,
                 max_line=self.max_line,
             )
-        except (OSError, ConfigError, ValueError, subprocess.SubprocessError) as exc:
-            reason = f"spawn failed: {exc}"
-            self.last_exit = reason
-            self.sup.stats.spawn_failures += 1
-            self._set(State.TERMINATED, reason)
-            self._after_exit(clean=False, uptime=0.0, reason=reason)
+        except OSError as exc:
+            if exc.errno in CORRAL_RESOURCE_ERRORS:
+                self._spawn_failed_for_want_of(exc)
+            else:
+                self._spawn_failed(f"spawn failed: {exc}")
             return
+        except (ConfigError, ValueError, subprocess.SubprocessError) as exc:
+            self._spawn_failed(f"spawn failed: {exc}")
+            return
+        self._resource_retries = 0
         proc = self.process
         self.pid = proc.pid
         self.spawned_at = time.monotonic()
@@ -256,6 +268,32 @@ class Replica:
     def exit_message(self, reason: str) -> str:
         """What requests in flight fail with when the process is gone."""
         return f"worker exited: {reason}"
+
+    def _spawn_failed(self, reason: str) -> None:
+        self.last_exit = reason
+        self.sup.stats.spawn_failures += 1
+        self._set(State.TERMINATED, reason)
+        self._after_exit(clean=False, uptime=0.0, reason=reason)
+
+    def _spawn_failed_for_want_of(self, exc: OSError) -> None:
+        """corral itself is out of fds, memory or processes: the agent never ran, so this
+        is no restart of it; try again once corral may have recovered."""
+        reason = f"spawn failed for want of corral's own resources: {exc}"
+        self.last_exit = reason
+        self.sup.stats.spawn_failures += 1
+        self._set(State.TERMINATED, reason)
+        if self._stay_down or self.sup.closing:
+            return
+        delay = min(self.policy.backoff(self._resource_retries), RESOURCE_RETRY_MAX)
+        self._resource_retries += 1
+        self._set(State.BACKOFF, f"retrying in {delay:.2f} s (not counted as a restart) "
+                                 f"after: {reason}")
+        self._timer = asyncio.get_running_loop().call_later(delay, self._retry_spawn)
+
+    def _retry_spawn(self) -> None:
+        self._timer = None
+        if self.state == State.BACKOFF:
+            self.start(by_hand=False, reason=f"spawn retry #{self._resource_retries}")
 
     def _initialize_params(self) -> dict[str, Any]:
         return {
@@ -365,6 +403,7 @@ class Replica:
                 self.spec.limits,
                 [b.decode("utf-8", "replace") for b in proc.stderr_tail],
                 cpu_seconds_used=cpu_used,
+                command=proc.argv0,
             )
         uptime = time.monotonic() - (self.spawned_at or time.monotonic())
         if self.peer is not None:
@@ -456,7 +495,7 @@ class Replica:
             if self.state == State.STARTING and self.process is not None and sample:
                 self._sample(sample_fds)
             return
-        if self.pings:  # without ping (stateless MCP), hangs show as call timeouts
+        if self.pings:
             # silence counts only while corral was able to read the pipe (`now` is the
             # listening clock), and not while the process is excused (an MCP server in a
             # call within its timeout)
@@ -475,6 +514,10 @@ class Replica:
                 self.sup.heartbeat_work.pings += 1
                 _, fut = self.peer.request_future("ping", {})
                 fut.add_done_callback(self._pong)
+        elif self.peer.silent_timeouts >= HUNG_AFTER_TIMEOUTS:  # no ping (stateless MCP)
+            self.take_down(f"hung: {self.peer.silent_timeouts} requests in a row timed out "
+                           "with no word from it", graceful=False)
+            return
         if sample:
             self._sample(sample_fds)
 

@@ -1,0 +1,37 @@
+"""The one rule for agent and MCP server names (DESIGN section 10).
+
+A name becomes a log file name, a process title, a key in SQLite and part of
+SERVER__TOOL, so it is checked wherever one comes in: the config file, `agents.add`,
+the Python API and the state database (a name stored by an older corral is reported and
+skipped, not fatal).
+"""
+
+from __future__ import annotations
+
+import re
+
+# fullmatch: `$` would also match before a trailing newline
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+RESERVED = "corral"  # the daemon's own log source
+RULE = "1-64 characters of [A-Za-z0-9_-], starting with a letter or digit"
+
+
+def shown(name: str) -> str:
+    """A name as messages show it: as is when it is tame, else quoted and cut short."""
+    if NAME_RE.fullmatch(name):
+        return name
+    if len(name) > 64:
+        return f"{name[:20]!r}... ({len(name)} characters)"
+    return repr(name)
+
+
+def name_problem(name: str, *, server: bool = False) -> str | None:
+    """Why `name` may not name an agent (or an MCP server), or None if it may."""
+    if not NAME_RE.fullmatch(name):
+        return f"name must be {RULE}"
+    if name == RESERVED:
+        return f"the name {RESERVED!r} is reserved for the daemon's own log"
+    if server and "__" in name:
+        return "a server name may not contain '__' (it separates server and tool in " \
+            "SERVER__TOOL)"
+    return None
