@@ -72,6 +72,7 @@ async def daemon_info(d: Daemon, p: m.DaemonInfo, c: Connection) -> dict[str, An
         "status": d.status_line(),
         "followers": len(d.hub.followers),
         "event_followers": len(d.sup.events.followers) if d.sup else 0,
+        "containment": msgspec.to_builtins(d.sup.containment.info()) if d.sup else None,
     }
 
 

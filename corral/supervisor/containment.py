@@ -392,6 +392,19 @@ class Ticket(NamedTuple):
     cgroup: str | None
 
 
+class ContainmentInfo(msgspec.Struct):
+    """What `corral info` shows of containment."""
+
+    mode: str  # the configured cgroups mode
+    cgroup: str | None  # the delegated cgroup corral manages, if any
+    controllers: list[str]
+    subreaper: bool
+    notice: str  # the start-up sentence: which mechanisms are in force, and why
+    processes: int  # tracked now
+    proc_passes: int  # passes over /proc for re-parented processes, since start
+    orphans_killed: int
+
+
 class ReclaimReport(msgspec.Struct):
     found: int = 0  # processes of earlier incarnations still alive
     terminated: int = 0  # ended by SIGTERM within the grace period
@@ -450,6 +463,13 @@ class Containment:
             with contextlib.suppress(OSError):
                 set_subreaper(False)
             self.subreaper = False
+
+    def info(self) -> ContainmentInfo:
+        return ContainmentInfo(
+            mode=self.mode, cgroup=self.tree.root if self.tree else None,
+            controllers=sorted(self.tree.controllers) if self.tree else [],
+            subreaper=self.subreaper, notice=self.notice, processes=len(self.live),
+            proc_passes=self.sweeps, orphans_killed=self.orphans_killed)
 
     # -- spawning -------------------------------------------------------------------------
     def ticket(self, kind: str, name: str, index: int, limits: Limits) -> Ticket:

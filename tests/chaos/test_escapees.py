@@ -81,6 +81,12 @@ def test_an_escaped_grandchild_is_gone_after_stop_agent_sigkill_and_shutdown(
 
     third = escaped(d, 3)  # the restarted agent's own
     assert running(third)
+    info = d.json("info")["containment"]
+    assert info["mode"] == "off" and info["cgroup"] is None and info["subreaper"] is True
+    assert info["notice"] == "cgroups: off (configured); containment by subreaper and records"
+    assert info["processes"] == 1 and info["orphans_killed"] >= 2
+    # two exits, two or three passes each (now, next tick); none while idle
+    assert 2 <= info["proc_passes"] <= 8, info
     assert d.cli("shutdown").returncode == 0
     assert d.proc is not None and d.proc.wait(20) == 0
     gone(third)
