@@ -19,6 +19,7 @@ import pytest
 
 from corral.supervisor.containment import ProcStat, read_stat
 
+from .chaos.procs import still_alive
 from .conftest import EXAMPLES, ROOT
 from .nsystemd import NSystemd, skip_reason
 
@@ -104,15 +105,6 @@ def snapshot(nsd: NSystemd, unit_cg: Path) -> dict[int, ProcStat]:
     return out
 
 
-def survivors(old: dict[int, ProcStat]) -> list[ProcStat]:
-    left = []
-    for pid, st in old.items():
-        now = read_stat(pid)
-        if now is not None and now.start_time == st.start_time and now.state != "Z":
-            left.append(now)
-    return left
-
-
 def check_fleet(nsd: NSystemd, unit_cg: Path) -> None:
     """Every replica serving, each replica's cgroup holding its process, nothing else."""
     deadline = time.monotonic() + 30
@@ -162,7 +154,7 @@ def test_kill_9_and_sigstop_restart_with_nothing_left_and_stop_empties_the_cgrou
     assert len(old) >= sum(REPLICAS.values()) + 2
     nsd.run("kill", "-9", str(started.main_pid))
     after_kill = wait_restarted(nsd, started)
-    assert not survivors(old), f"left from the killed daemon: {survivors(old)}"
+    assert not still_alive(old), f"left from the killed daemon: {still_alive(old)}"
     check_fleet(nsd, unit_cg)
     load(nsd)
 
@@ -170,12 +162,12 @@ def test_kill_9_and_sigstop_restart_with_nothing_left_and_stop_empties_the_cgrou
     old = snapshot(nsd, unit_cg)
     nsd.run("kill", "-STOP", str(after_kill.main_pid))
     wait_restarted(nsd, after_kill)
-    assert not survivors(old), f"left from the frozen daemon: {survivors(old)}"
+    assert not still_alive(old), f"left from the frozen daemon: {still_alive(old)}"
     check_fleet(nsd, unit_cg)
 
     # systemctl stop: the daemon stops its agents itself; the cgroup is empty after
     old = snapshot(nsd, unit_cg)
     nsd.run("systemctl", "stop", "corral")
     assert service(nsd).active == "inactive"
-    assert not survivors(old)
+    assert not still_alive(old)
     assert nsd.processes(unit_cg) == set()
