@@ -6,6 +6,8 @@ cd "$(dirname "$0")"
 . scripts/venv.sh test
 # the real MCP servers, pinned, for the conformance tests (npm, and PyPI through uvx)
 . scripts/mcp-servers.sh
+# Node 22, the conformance suite and the Inspector, pinned, for the gateway's tests
+. scripts/npm-tools.sh
 echo "== ruff"
 .venv/bin/ruff check corral tests examples bench
 echo "== mypy"

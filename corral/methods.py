@@ -322,6 +322,48 @@ class PromptsGet(Params):
 
     name: str
     arguments: dict[str, str] = {}
+# -- the gateway (`corral mcp serve` is a client of these) --------------------------------
+class GatewayClient(Params):
+    """Whose view: an agent's allowlist, a gateway token's, or (neither) everything."""
+
+    agent: str | None = None
+    token: str | None = None
+
+
+@method("gateway.list")
+class GatewayList(GatewayClient):
+    """The tools, resources, resource templates or prompts a gateway client may see,
+    named SERVER__NAME."""
+
+    kind: str = "tools"
+
+
+@method("gateway.call", streaming=True)
+class GatewayCall(GatewayClient):
+    """One MCP request for an upstream server (tools/call, resources/read, prompts/get,
+    completion/complete) on behalf of a gateway client: allowlist, limits, accounting and
+    audit apply; progress arrives as `gateway.progress` notifications tagged with
+    `progress_id`; `request.cancel {id}` cancels it upstream."""
+
+    method: str = "tools/call"
+    params: dict[str, Any] = {}
+    progress_id: int | None = None
+
+
+@method("gateway.watch", streaming=True)
+class GatewayWatch(Params):
+    """`gateway.changed {kinds}` notifications whenever what the pool offers changes
+    (servers start, stop, are reloaded, or change their lists), until disconnect."""
+
+
+@method("gateway.status")
+class GatewayStatus(Params):
+    """Gateway calls per client and per tool: counts, errors, latency percentiles; the
+    HTTP gateway's address and sessions."""
+
+
+# the notification that cancels a request in flight on the control socket
+CANCEL = "request.cancel"
 
 
 # -- results (what the daemon answers; the CLI decodes these) -------------------------------

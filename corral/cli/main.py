@@ -254,6 +254,7 @@ def stats(obj: Ctx, as_json: bool) -> None:
                          _ms(lat[k]) for k in ("p50", "p95", "p99"))])
     _table(rows, ["AGENT", "SERVING", "RESTARTS", "CPU%", "RSS", "TASKS", "OK", "FAILED",
                   "QUEUED", "P50/P95/P99 MS"])
+    _print_gateway(st.get("gateway") or {})
 
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -962,6 +963,38 @@ def mcp_status(obj: Ctx, as_json: bool) -> None:
         _print_json(res)
         return
     _print_mcp(res["mcp_servers"])
+    _print_gateway(res.get("gateway") or {})
+
+
+def _print_gateway(gw: dict[str, Any]) -> None:
+    """Gateway calls per client and per tool, when there were any."""
+    for what in ("clients", "tools"):
+        rows = [[name, str(s["calls"]), str(s["errors"]),
+                 *(f"{s[k]:.1f}" if s[k] is not None else "-"
+                   for k in ("p50_ms", "p95_ms", "p99_ms"))]
+                for name, s in (gw.get(what) or {}).items()]
+        if rows:
+            click.echo("")
+            _table(rows, ["GATEWAY " + what[:-1].upper(), "CALLS", "ERRORS", "P50 MS",
+                          "P95 MS", "P99 MS"])
+
+
+@mcp_group.command("serve")
+@click.option("--agent", metavar="NAME", help="Serve only what this agent's allowlist admits.")
+@click.option("--token", envvar="CORRAL_MCP_TOKEN", metavar="TOKEN",
+              help="Serve only what this gateway token's allowlist admits "
+                   "(default: CORRAL_MCP_TOKEN).")
+@click.option("--reconnect", type=float, default=30.0, show_default=True, metavar="SECONDS",
+              help="How long to try the daemon again after losing it, then exit 1.")
+@pass_ctx
+def mcp_serve(obj: Ctx, agent: str | None, token: str | None, reconnect: float) -> None:
+    """Serve every MCP server corral runs as one MCP server over stdio (for a host:
+    {"command": "corral", "args": ["mcp", "serve"]}); tools, resources and prompts are
+    named SERVER__NAME."""
+    from ..paths import client_socket
+    from .mcp_serve import run_serve
+
+    sys.exit(run_serve(client_socket(obj.socket), agent, token, reconnect))
 
 
 def _mcp_verb(verb: str, done: str) -> None:

@@ -374,6 +374,7 @@ async def stats_get(d: Daemon, p: m.StatsGet, c: Connection) -> dict[str, Any]:
         "tasks": d.sup.tasks.stats(),
         "events": d.sup.events.stats(),
         "heartbeat": msgspec.structs.asdict(d.sup.heartbeat_work),
+        "gateway": d.gateway_status(),
     }
 
 
@@ -485,7 +486,7 @@ async def tools_call(d: Daemon, p: m.ToolsCall, c: Connection) -> Any:
 @implements("mcp.status")
 async def mcp_status(d: Daemon, p: m.McpStatus, c: Connection) -> Any:
     assert d.sup is not None
-    return {"mcp_servers": d.sup.mcp.status()}
+    return {"mcp_servers": d.sup.mcp.status(), "gateway": d.gateway_status()}
 
 
 async def _each_instance(d: Daemon, name: str, verb: str) -> dict[str, Any]:
@@ -557,3 +558,52 @@ async def prompts_list(d: Daemon, p: m.PromptsList, c: Connection) -> Any:
 async def prompts_get(d: Daemon, p: m.PromptsGet, c: Connection) -> Any:
     assert d.sup is not None
     return await d.sup.mcp.get_prompt(p.name, p.arguments, owner=CLI_OWNER)
+
+
+@implements("gateway.list")
+async def gateway_list(d: Daemon, p: m.GatewayList, c: Connection) -> Any:
+    ident = d.gateway.identify(agent=p.agent, token=p.token)
+    return {"items": await d.gateway.list_items(ident, p.kind),
+            "features": sorted(d.gateway.features())}
+
+
+@implements("gateway.call")
+async def gateway_call(d: Daemon, p: m.GatewayCall, c: Connection) -> Any:
+    ident = d.gateway.identify(agent=p.agent, token=p.token)
+
+    def progress(data: dict[str, Any]) -> None:
+        # a client that does not read loses progress, never grows our buffer
+        if p.progress_id is not None and c.writable.is_set():
+            c.notify("gateway.progress", {**data, "progress_id": p.progress_id})
+
+    return await d.gateway.forward(ident, p.method, p.params, progress, who=(c.uid, c.pid))
+
+
+@implements("gateway.watch")
+async def gateway_watch(d: Daemon, p: m.GatewayWatch, c: Connection) -> Any:
+    """Streams until the client goes away; changes coalesce while it does not read."""
+    pending: set[str] = set()
+    wake = asyncio.Event()
+
+    def tell(kinds: list[str]) -> None:
+        pending.update(kinds)
+        wake.set()
+
+    d.gateway.watchers.add(tell)
+    try:
+        c.notify("gateway.changed", {"kinds": [], "features": sorted(d.gateway.features())})
+        while True:
+            await wake.wait()
+            await c.writable.wait()
+            wake.clear()
+            kinds = sorted(pending)
+            pending.clear()
+            c.notify("gateway.changed", {"kinds": kinds,
+                                         "features": sorted(d.gateway.features())})
+    finally:
+        d.gateway.watchers.discard(tell)
+
+
+@implements("gateway.status")
+async def gateway_status(d: Daemon, p: m.GatewayStatus, c: Connection) -> Any:
+    return d.gateway_status()

@@ -32,9 +32,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import msgspec
+
 from .. import jsonrpc
 from ..jsonrpc import LineProtocol, Peer, RpcError
-from ..methods import REGISTRY, Method
+from ..methods import CANCEL, REGISTRY, Method
 from ..throttle import Throttle
 
 if TYPE_CHECKING:
@@ -63,6 +65,16 @@ def implements(name: str) -> Callable[[Impl], Impl]:
         return fn
 
     return register
+
+
+def _cancel_id(raw: Any) -> jsonrpc.Id | None:
+    """The request a `request.cancel {id}` notification names."""
+    try:
+        params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else None
+    except msgspec.DecodeError:  # pragma: no cover - the envelope was valid JSON
+        return None
+    rid = params.get("id") if isinstance(params, dict) else None
+    return rid if isinstance(rid, int | str) else None
 
 
 class AlreadyRunning(Exception):
@@ -102,6 +114,8 @@ class Connection(LineProtocol):
             dispatch=self._dispatch,
             reply_to_garbage=True,
             on_garbage=self._garbage,
+            cancel_method=CANCEL,
+            cancel_id_of=_cancel_id,
         )
         self.peer.on_handled = self._maybe_done
         server = self.server

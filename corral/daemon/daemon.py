@@ -23,7 +23,14 @@ from .. import __version__
 from ..jsonrpc import LineBlock
 from ..methods import ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
-from ..supervisor.config import AgentSpec, Config, ConfigError, load_config, parse_agents
+from ..supervisor.config import (
+    AgentSpec,
+    Config,
+    ConfigError,
+    GatewaySettings,
+    load_config,
+    parse_agents,
+)
 from ..supervisor.containment import Containment, ProcessRecord, read_stat
 from ..supervisor.core import Supervisor, SupervisorError
 from ..supervisor.lifecycle import LIVE, SERVING, State
@@ -32,6 +39,7 @@ from ..supervisor.replica import Event, Replica
 from ..text import plural
 from .background import Background
 from .control import AlreadyRunning, ControlServer
+from .gateway import GatewayService
 from .logs import LogHub
 from .notify import Notifier
 from .revisions import RevisionLog, spec_table
@@ -56,6 +64,8 @@ class Daemon:
         self.store: StateStore | None = None
         self.records: ProcessRecords | None = None
         self.control: ControlServer | None = None
+        self.gateway = GatewayService(self, GatewaySettings())
+        self.http: Any = None  # the HTTP gateway (http_gateway.HttpGateway) when configured
         self.started_at = time.time()
         self.from_config: set[str] = set()  # agents declared by the config file
         # the replica count each config-declared agent has in the file (before a kept
@@ -97,6 +107,16 @@ class Daemon:
         self.sup.stall_listeners.append(self._on_stall)
         self.sup.transition_listeners.append(self._on_transition)
         self.notifier.track_status(self.status_line)
+        try:
+            self.gateway.configure(cfg.gateway, self.config_path.parent)
+        except ConfigError as exc:
+            print(f"corral: invalid config: {exc}", file=sys.stderr)
+            self.hub.close()
+            return 1
+        self.sup.transition_listeners.append(self.gateway.on_transition)
+        self.sup.mcp.change_listeners.append(lambda server, kind: self.gateway.changed([kind]))
+        self.sup.environment_hooks.append(self.gateway.replica_environment)
+        self.sup.exit_listeners.append(self.gateway.forget_replica)
         events = self.sup.subscribe(maxsize=100_000)
         self.control = ControlServer(self, sock_path, s.group,
                                      max_connections=s.max_connections,
@@ -134,6 +154,14 @@ class Daemon:
         # nothing starts before what a crashed incarnation left running is gone
         await self._reclaim()
         self.records = ProcessRecords(self.store, self.sup.containment)
+        if cfg.gateway.listen and not await self._start_http(cfg):
+            await self.sup.close(graceful=False)
+            self.records.close()  # a clean end: nothing of this incarnation is left
+            await self.background.close()
+            await self.control.close()
+            self.store.close()
+            self.hub.close()
+            return 1
         for sspec in cfg.mcp_servers.values():
             self.sup.add_mcp_server(sspec)
         self._apply_scaled(cfg.agents)
@@ -150,6 +178,8 @@ class Daemon:
         await self._stop
         self.notifier.stopping("stopping agents")
         self.hub.daemon("shutting down: stopping all agents")
+        if self.http is not None:
+            await self.http.close()
         await self.sup.close(graceful=True)
         assert self.records is not None
         self.records.close()
@@ -183,6 +213,24 @@ class Daemon:
             f"were still running ({report.terminated} ended by SIGTERM, {report.killed} by "
             f"SIGKILL), {report.cgroups} cgroups removed")
         self.store.end_incarnations(crashed)
+    async def _start_http(self, cfg: Config) -> bool:
+        """The HTTP gateway, before any agent starts (agents are given its URL)."""
+        from .http_gateway import HttpGateway
+
+        http = HttpGateway(self.gateway, cfg.gateway, self.config_path.parent)
+        try:
+            await http.start()
+        except (ConfigError, OSError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            print(f"corral: cannot start the gateway on {cfg.gateway.listen}: {why}",
+                  file=sys.stderr)
+            await http.close()
+            return False
+        self.http = http
+        self.gateway.url = http.url
+        self.gateway.socket_path = http.socket_path
+        self.hub.daemon(f"gateway listening on {cfg.gateway.listen} ({http.url})")
+        return True
 
     def fill_cwd(self, spec: AgentSpec) -> None:
         """An agent added at runtime without a cwd runs where the config file is, as the
@@ -332,6 +380,18 @@ class Daemon:
         if self.store is not None:
             self.store.audit(conn.uid, conn.pid, method, params, outcome)
 
+    def gateway_audit(self, client: str, tool: str, outcome: str,
+                      who: tuple[int, int]) -> None:
+        """Every call by a gateway client, in the daemon log and the audit table."""
+        self.hub.daemon(f"gateway client {client}: tools/call {tool} -> {outcome}", "audit")
+        if self.store is not None:
+            self.store.audit(who[0], who[1], "gateway.call",
+                             {"client": client, "tool": tool}, outcome)
+
+    def gateway_status(self) -> dict[str, Any]:
+        return {**self.gateway.stats(),
+                "http": self.http.status() if self.http is not None else None}
+
     async def reload(self, who: str = "reload") -> ReloadResult:
         """Apply the config file's difference; on any error nothing changes. Changed agents
         are brought to their new spec without downtime (apply_spec)."""
@@ -339,6 +399,8 @@ class Daemon:
         self.notifier.reloading()
         try:
             cfg = load_config(self.config_path)
+            # the tokens file is re-read: rotating a token is an edit and a reload
+            self.gateway.configure(cfg.gateway, self.config_path.parent)
         except ConfigError:
             self.notifier.ready(self.status_line())
             raise

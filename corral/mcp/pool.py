@@ -119,6 +119,7 @@ class McpPool(Generic[Spec, Inst]):
             if spec.start == "eager":
                 for inst in entry.instances:
                     inst.start(by_hand=True)
+        self._came_or_went(spec.name)
         return entry
 
     def _new(self, entry: ServerEntry[Spec, Inst], owner: str | None) -> Inst:
@@ -129,6 +130,7 @@ class McpPool(Generic[Spec, Inst]):
     async def remove(self, name: str) -> None:
         entry = self.servers.pop(name, None)
         if entry is not None:
+            self._came_or_went(name)
             await asyncio.gather(*(i.stop("removed") for i in entry.all()))
 
     async def close(self) -> None:
@@ -319,8 +321,13 @@ class McpPool(Generic[Spec, Inst]):
         for listener in list(self.subscriptions.get((server, uri), {}).values()):
             listener(server, uri, params)
 
+    def _came_or_went(self, server: str) -> None:
+        for kind in ("tools", "resources", "prompts"):
+            self.list_changed(server, kind)
+
     def list_changed(self, server: str, kind: str) -> None:
-        """An instance of `server` said its `kind` list changed (instances call this)."""
+        """An instance of `server` said its `kind` list changed (instances call this), or
+        the server was added or removed."""
         for listener in list(self.change_listeners):
             listener(server, kind)
 

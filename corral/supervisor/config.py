@@ -161,10 +161,29 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     max_replicas: PositiveInt | None = None
 
 
+class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[gateway]: the pool served as one MCP server over Streamable HTTP."""
+
+    listen: str | None = None  # "unix:PATH" or "HOST:PORT"; absent: no HTTP gateway
+    tokens_file: str | None = None  # [clients.NAME] token_sha256, tools, limits
+    allow_remote: bool = False  # listen on a non-loopback address without TLS
+    tls_cert: str | None = None  # PEM files; with both, the gateway speaks HTTPS
+    tls_key: str | None = None
+    max_sessions: PositiveInt = 256
+    session_idle_timeout: Positive = 600.0  # seconds without a request or an open stream
+    max_concurrent: PositiveInt = 16  # calls in flight per client, unless its entry says
+    rate_per_minute: NonNegInt = 0  # calls per client per minute; 0: unlimited
+    agent_tokens: bool = True  # agents get CORRAL_MCP_URL and a per-replica token
+    # set: a request with no token is served as client "anonymous" with this allowlist
+    # (for a unix socket whose mode already says who may connect); absent: 401
+    anonymous_tools: list[str] | None = None
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     supervisor: SupervisorSettings = msgspec.field(default_factory=SupervisorSettings)
     agents: dict[str, AgentSpec] = {}
     mcp_servers: dict[str, McpServerSpec] = {}
+    gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
 
 
 def _key_path(exc: msgspec.ValidationError) -> tuple[str, str]:
@@ -251,7 +270,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     data = read_toml(path)
     where = str(path)
     sup = convert(data.get("supervisor", {}), SupervisorSettings, where=where, prefix="supervisor")
-    unknown = set(data) - {"supervisor", "agents", "mcp_servers"}
+    gateway = convert(data.get("gateway", {}), GatewaySettings, where=where, prefix="gateway")
+    unknown = set(data) - {"supervisor", "agents", "mcp_servers", "gateway"}
     if unknown:
         raise ConfigError(f"{where}: {sorted(unknown)[0]}: unknown top-level key")
     agents = parse_agents(data, where)
@@ -301,7 +321,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         pspec.cwd = str((base / pspec.cwd).resolve() if pspec.cwd else base.resolve())
     for sspec in servers.values():
         sspec.roots = [r if "://" in r else str((base / r).resolve()) for r in sspec.roots]
-    return Config(supervisor=sup, agents=agents, mcp_servers=servers)
+    return Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway)
 
 
 def _define(origin: dict[str, str], key: str, where: str) -> None:

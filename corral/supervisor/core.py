@@ -210,6 +210,8 @@ class Supervisor:
         self.exit_listeners: list[Callable[[Replica, str], None]] = []
         self.ready_listeners: list[Callable[[Replica], None]] = []
         self.transition_listeners: list[Callable[[Replica, Event], None]] = []
+        # more environment for a process about to start (the daemon: the gateway's token)
+        self.environment_hooks: list[Callable[[Replica], dict[str, str]]] = []
         # agent state checkpoints by (agent, replica): (wall time, state), given back in
         # `initialize` after a restart; listeners persist them (the daemon: SQLite)
         self.checkpoints: dict[tuple[str, int], tuple[float, Any]] = {}

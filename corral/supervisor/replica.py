@@ -200,6 +200,8 @@ class Replica:
         env[self.name_variable] = self.name
         env["CORRAL_REPLICA"] = str(self.index)
         env["CORRAL_PROCTITLE"] = f"{self.title_prefix} {self.label}"
+        for hook in self.sup.environment_hooks:  # e.g. the gateway's URL and token
+            env.update(hook(self))
         if uid is not None:  # the user the process runs as, not root's
             pw = pwd.getpwuid(uid)
             env.setdefault("HOME", pw.pw_dir)

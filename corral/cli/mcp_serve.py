@@ -1,0 +1,200 @@
+"""`corral mcp serve`: the pool as an MCP server over stdio, for a host that starts it.
+
+The MCP side is corral.mcp.gateway's session; what it serves comes from the running daemon
+through the control socket (`gateway.list`, `gateway.call`, `gateway.watch`), so the
+daemon's allowlists, limits, accounting and audit apply exactly as to HTTP clients. A call
+the host cancels is cancelled on the control socket (`request.cancel`) and so upstream.
+
+If the daemon goes away, calls in flight fail with a clear error, and the link is tried
+again for `reconnect` seconds; when it is back, the host is told the lists changed. If it
+does not come back, the reason goes to stderr (which hosts show) and the process exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import jsonrpc
+from ..jsonrpc import LineProtocol, Peer, RpcError
+from ..mcp.gateway import GatewaySession, Progress, StdioTransport
+from ..methods import CANCEL
+
+RETRY_EVERY = 0.2
+
+
+class DaemonLink:
+    """The control-socket connection, its notifications, and reconnection."""
+
+    def __init__(self, path: Path, agent: str | None, token: str | None) -> None:
+        self.path = path
+        self.who: dict[str, Any] = {"agent": agent, "token": token}
+        self.peer: Peer | None = None
+        self.features: frozenset[str] = frozenset({"tools"})
+        self.lost = asyncio.Event()
+        self.on_changed: list[Any] = []
+        self._progress: dict[int, Progress] = {}
+        self._ids = itertools.count(1)
+        self._first_change: asyncio.Future[None] | None = None
+        self._watch_task: asyncio.Future[None] | None = None
+        self._transport: asyncio.BaseTransport | None = None
+
+    def close(self) -> None:
+        """Leaving: nothing more is sent or expected on the control socket."""
+        if self.peer is not None:
+            self.peer.close("corral mcp serve is exiting")
+        if self._transport is not None:
+            self._transport.close()
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        holder: list[Peer] = []
+
+        def line(data: bytes) -> None:
+            holder[0].feed_line(data)
+
+        def eof(exc: Exception | None) -> None:
+            holder[0].close(f"the corral daemon at {self.path} went away")
+            self.lost.set()
+
+        transport, _ = await loop.create_unix_connection(
+            lambda: LineProtocol(line, eof), str(self.path))
+        peer = Peer(f"corral daemon at {self.path}", transport.write,  # type: ignore[attr-defined]
+                    on_notification=self._notification, cancel_method=CANCEL,
+                    cancel_params=lambda rid: {"id": rid})
+        holder.append(peer)
+        self.peer = peer
+        self._transport = transport
+        self.lost.clear()
+        first: asyncio.Future[None] = loop.create_future()
+        self._first_change = first
+        # the watch runs for the connection's life; its first notification says what
+        # the pool serves
+        self._watch_task = asyncio.ensure_future(self._watch(peer))
+        await asyncio.wait_for(first, 10)
+
+    async def _watch(self, peer: Peer) -> None:
+        with contextlib.suppress(RpcError):
+            await peer.request("gateway.watch", {})
+
+    def _notification(self, method: str, raw: Any, peer: Peer) -> None:
+        import msgspec
+
+        params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else {}
+        if method == "gateway.progress":
+            cb = self._progress.get(params.pop("progress_id", None))
+            if cb is not None:
+                cb(params)
+        elif method == "gateway.changed":
+            self.features = frozenset(params.get("features") or ["tools"])
+            if self._first_change is not None and not self._first_change.done():
+                self._first_change.set_result(None)
+            elif params.get("kinds"):
+                for cb in self.on_changed:
+                    cb(params["kinds"])
+
+    def _live(self) -> Peer:
+        if self.peer is None or self.peer.closed is not None:
+            raise RpcError(jsonrpc.PEER_CLOSED, f"the corral daemon at {self.path} is not "
+                                                "reachable (reconnecting)")
+        return self.peer
+
+    async def list_items(self, kind: str) -> list[dict[str, Any]]:
+        res = await self._live().request("gateway.list", {**self.who, "kind": kind})
+        items: list[dict[str, Any]] = res["items"]
+        return items
+
+    async def forward(self, method: str, params: dict[str, Any],
+                      on_progress: Progress | None) -> Any:
+        pid = next(self._ids)
+        if on_progress is not None:
+            self._progress[pid] = on_progress
+        try:
+            return await self._live().request(
+                "gateway.call", {**self.who, "method": method, "params": params,
+                                 "progress_id": pid if on_progress else None})
+        finally:
+            self._progress.pop(pid, None)
+
+
+async def serve(path: Path, agent: str | None, token: str | None, reconnect: float) -> int:
+    link = DaemonLink(path, agent, token)
+    try:
+        return await _serve(link, path, agent, token, reconnect)
+    finally:
+        link.close()
+
+
+async def _serve(link: DaemonLink, path: Path, agent: str | None, token: str | None,
+                 reconnect: float) -> int:
+    loop = asyncio.get_running_loop()
+    try:
+        await link.connect()
+    except (OSError, TimeoutError) as exc:
+        print(f"corral mcp serve: cannot reach the corral daemon at {path}: "
+              f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 3
+    if agent is not None or token is not None:  # refuse an unknown identity at once
+        try:
+            await link.list_items("tools")
+        except RpcError as exc:
+            print(f"corral mcp serve: {exc.message}", file=sys.stderr)
+            return 1
+    session = GatewaySession(link)
+    link.on_changed.append(session.notify_changed)
+    done: asyncio.Future[None] = loop.create_future()
+
+    def stdin_closed() -> None:
+        session.close()
+        if not done.done():
+            done.set_result(None)
+
+    write: Callable[[bytes], None]
+    try:
+        out, _ = await loop.connect_write_pipe(asyncio.Protocol, sys.stdout)
+        write = out.write  # type: ignore[attr-defined]
+    except ValueError:  # stdout is a regular file: plain writes are fine there
+        def write(data: bytes) -> None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+    await loop.connect_read_pipe(lambda: StdioTransport(session, write, stdin_closed),
+                                 sys.stdin)
+    while not done.done():
+        lost: asyncio.Future[Any] = asyncio.ensure_future(link.lost.wait())
+        waiting: list[asyncio.Future[Any]] = [done, lost]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if done.done():
+            lost.cancel()
+            break
+        if not await _reconnect(link, reconnect, done):
+            if done.done():
+                break
+            print(f"corral mcp serve: lost the corral daemon at {path} and could not "
+                  f"reconnect within {reconnect:g} s", file=sys.stderr)
+            session.close()
+            return 1
+        session.notify_changed(["tools", "resources", "prompts"])
+    return 0
+
+
+async def _reconnect(link: DaemonLink, within: float, done: asyncio.Future[None]) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline and not done.done():
+        try:
+            await link.connect()
+            return True
+        except (OSError, TimeoutError):
+            await asyncio.sleep(RETRY_EVERY)
+    return False
+
+
+def run_serve(path: Path, agent: str | None, token: str | None, reconnect: float) -> int:
+    import uvloop
+
+    return int(uvloop.run(serve(path, agent, token, reconnect)))

@@ -1,0 +1,386 @@
+"""The gateway's daemon side: who a client is, what it may use, and what it did.
+
+Every gateway call — from `corral mcp serve` through the control socket, or from the
+HTTP gateway — goes through `GatewayService.call`, once: the client's allowlist, its
+concurrency and rate limits, accounting (per client and per tool: calls, errors,
+latency percentiles; an `isError` result counts as an error) and the audit log.
+
+Clients are identified by
+- an agent's name (`corral mcp serve --agent NAME`): that agent's `tools` allowlist;
+- a token from `[gateway] tokens_file` (only its SHA-256 is stored there);
+- a per-replica token corral mints for each agent replica it starts (in the replica's
+  environment as CORRAL_MCP_TOKEN, with CORRAL_MCP_URL), valid while that replica runs;
+- nothing (an operator on the control socket): everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+import time
+import tomllib
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..mcp.pool import allowed
+
+if TYPE_CHECKING:
+    from ..supervisor.config import GatewaySettings
+    from ..supervisor.core import Supervisor
+    from ..supervisor.replica import Event, Replica
+    from .daemon import Daemon
+
+OPERATOR = "operator"
+LATENCY_SAMPLES = 2048  # per client and per tool: percentiles over the latest calls
+SERVING = frozenset({"ready", "busy", "idle"})
+
+
+def _expands(template: Any, uri: str) -> bool:
+    """Whether `uri` is an expansion of an RFC 6570 template (each {expression} stands for
+    one or more characters)."""
+    if not isinstance(template, str) or "{" not in template:
+        return False
+    parts = re.split(r"\{[^}]*\}", template)
+    return re.fullmatch(".+".join(re.escape(p) for p in parts), uri) is not None
+
+
+class TokenEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One [clients.NAME] table of the tokens file."""
+
+    token_sha256: str
+    tools: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    max_concurrent: int | None = None
+    rate_per_minute: int | None = None
+
+
+class TokensFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    clients: dict[str, TokenEntry] = {}
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_tokens(path: Path) -> dict[str, tuple[str, TokenEntry]]:
+    """token hash -> (client name, entry); errors name the file and the key."""
+    from ..supervisor.config import ConfigError, convert
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not TOML: {exc}") from None
+    parsed: TokensFile = convert(data, TokensFile, where=str(path))
+    out: dict[str, tuple[str, TokenEntry]] = {}
+    for name, entry in parsed.clients.items():
+        digest = entry.token_sha256.lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ConfigError(f"{path}: clients.{name}.token_sha256: not a SHA-256 hex digest")
+        out[digest] = (name, entry)
+    return out
+
+
+class Identity(msgspec.Struct, kw_only=True):
+    """A gateway client: its name, its allowlist (None: everything), whose per-agent
+    server instances it uses, and its limits."""
+
+    name: str
+    allow: list[str] | None
+    owner: str | None
+    max_concurrent: int
+    rate_per_minute: int
+
+
+class CallStats:
+    __slots__ = ("calls", "errors", "latencies")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.errors = 0
+        self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+
+    def add(self, seconds: float, error: bool) -> None:
+        self.calls += 1
+        self.errors += error
+        self.latencies.append(seconds)
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+
+        def pct(q: float) -> float | None:
+            if not lat:
+                return None
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 3)
+
+        return {"calls": self.calls, "errors": self.errors, "p50_ms": pct(0.50),
+                "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
+
+
+class Limiter:
+    """A client's calls in flight and its calls in the last minute."""
+
+    __slots__ = ("in_flight", "recent")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.recent: deque[float] = deque()
+
+    def admit(self, ident: Identity) -> None:
+        if self.in_flight >= ident.max_concurrent:
+            raise RpcError(jsonrpc.REFUSED, f"gateway client {ident.name} has "
+                                            f"{self.in_flight} calls in flight, its limit")
+        if ident.rate_per_minute:
+            now = time.monotonic()
+            while self.recent and now - self.recent[0] >= 60.0:
+                self.recent.popleft()
+            if len(self.recent) >= ident.rate_per_minute:
+                raise RpcError(jsonrpc.REFUSED, f"gateway client {ident.name} is over its "
+                                                f"rate of {ident.rate_per_minute} calls a "
+                                                "minute")
+            self.recent.append(now)
+        self.in_flight += 1
+
+
+class GatewayService:
+    def __init__(self, daemon: Daemon, settings: GatewaySettings) -> None:
+        self.daemon = daemon
+        self.settings = settings
+        self.tokens: dict[str, tuple[str, TokenEntry]] = {}
+        self.replica_tokens: dict[str, Identity] = {}  # token hash -> identity
+        self._replica_hash: dict[str, str] = {}  # replica label -> its token hash
+        self.url: str | None = None  # the HTTP gateway's, for agents' environment
+        self.socket_path: str | None = None  # when it listens on a unix socket
+        self.by_client: dict[str, CallStats] = {}
+        self.by_tool: dict[str, CallStats] = {}
+        self.limiters: dict[str, Limiter] = {}
+        self.watchers: set[Callable[[list[str]], None]] = set()
+        self._pending: set[str] = set()
+        self._flush: asyncio.Handle | None = None
+
+    @property
+    def sup(self) -> Supervisor:
+        assert self.daemon.sup is not None
+        return self.daemon.sup
+
+    # -- configuration --------------------------------------------------------------------
+    def configure(self, settings: GatewaySettings, base: Path) -> None:
+        """Apply [gateway] (at start and on reload): the tokens file is re-read, so
+        rotating a token is an edit and a reload. Raises ConfigError, changing nothing."""
+        tokens: dict[str, tuple[str, TokenEntry]] = {}
+        if settings.tokens_file:
+            path = Path(settings.tokens_file)
+            tokens = load_tokens(path if path.is_absolute() else base / path)
+        self.settings = settings
+        self.tokens = tokens
+
+    # -- identities -----------------------------------------------------------------------
+    def _limits(self, entry: TokenEntry | None = None) -> dict[str, int]:
+        s = self.settings
+        return {"max_concurrent": (entry.max_concurrent if entry and entry.max_concurrent
+                                   else s.max_concurrent),
+                "rate_per_minute": (entry.rate_per_minute if entry and
+                                    entry.rate_per_minute is not None else s.rate_per_minute)}
+
+    def identify(self, *, agent: str | None = None, token: str | None = None) -> Identity:
+        """Who a client is; an unknown token or agent is refused."""
+        if token is not None:
+            ident = self.by_token(token)
+            if ident is None:
+                raise RpcError(jsonrpc.UNAUTHORIZED, "unauthorized: unknown gateway token")
+            return ident
+        if agent is not None:
+            spec = self.sup.agent(agent).spec  # NOT_FOUND for an unknown agent
+            return Identity(name=f"agent:{agent}", allow=list(spec.tools),
+                            owner=f"{agent}#0", **self._limits())
+        return Identity(name=OPERATOR, allow=None, owner="corral-cli",
+                        **self._limits())
+
+    def anonymous(self) -> Identity | None:
+        """Who a request without a token is, when [gateway] anonymous_tools allows it."""
+        allow = self.settings.anonymous_tools
+        if allow is None:
+            return None
+        return Identity(name="anonymous", allow=list(allow), owner="gateway:anonymous",
+                        **self._limits())
+
+    def by_token(self, token: str) -> Identity | None:
+        digest = hash_token(token)
+        ident = self.replica_tokens.get(digest)
+        if ident is not None:
+            return ident
+        # looked up by digest: timing can tell at most something of a SHA-256 of the token
+        found = self.tokens.get(digest)
+        if found is None:
+            return None
+        name, entry = found
+        return Identity(name=name, allow=list(entry.tools), owner=f"gateway:{name}",
+                        **self._limits(entry))
+
+    def replica_environment(self, replica: Replica) -> dict[str, str]:
+        """CORRAL_MCP_URL and a fresh token for an agent replica being started; the
+        replica's previous token stops working."""
+        if replica.kind != "agent" or self.url is None or not self.settings.agent_tokens:
+            return {}
+        token = secrets.token_urlsafe(32)
+        digest = hash_token(token)
+        old = self._replica_hash.pop(replica.label, None)
+        if old is not None:
+            self.replica_tokens.pop(old, None)
+        self._replica_hash[replica.label] = digest
+        self.replica_tokens[digest] = Identity(
+            name=replica.label, allow=list(getattr(replica.spec, "tools", [])),
+            owner=replica.label, **self._limits())
+        env = {"CORRAL_MCP_URL": self.url, "CORRAL_MCP_TOKEN": token}
+        if self.socket_path:
+            env["CORRAL_MCP_SOCKET"] = self.socket_path
+        return env
+
+    def forget_replica(self, replica: Replica, reason: str) -> None:
+        digest = self._replica_hash.pop(replica.label, None)
+        if digest is not None:
+            self.replica_tokens.pop(digest, None)
+
+    # -- what a client sees and calls -----------------------------------------------------
+    def features(self) -> frozenset[str]:
+        return frozenset({"tools", "resources", "prompts", "completions"})
+
+    async def list_items(self, ident: Identity, kind: str) -> list[dict[str, Any]]:
+        """Tools and prompts are named SERVER__NAME; resources keep their URIs (a URI is
+        routed to the one server that lists it), as `server` says in each entry."""
+        pool = self.sup.mcp
+        listers = {"tools": pool.list_tools, "resources": pool.list_resources,
+                   "resourceTemplates": pool.list_resource_templates,
+                   "prompts": pool.list_prompts}
+        lister = listers.get(kind)
+        if lister is None:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"no such list: {kind}")
+        items = await lister(owner=ident.owner, allow=ident.allow)
+        return [{k: v for k, v in i.items() if k != "server"} for i in items]
+
+    async def forward(self, ident: Identity, method: str, params: dict[str, Any],
+                      on_progress: Callable[[dict[str, Any]], None] | None,
+                      who: tuple[int, int] = (-1, -1)) -> Any:
+        pool = self.sup.mcp
+        if method == "tools/call":
+            name = params.get("name")
+            arguments = params.get("arguments") or {}
+            if not isinstance(name, str) or not isinstance(arguments, dict):
+                raise RpcError(jsonrpc.INVALID_PARAMS,
+                               "invalid params: tools/call needs a name and object arguments")
+            return await self.call(ident, name, arguments, on_progress, who)
+        if method == "prompts/get":
+            return await pool.get_prompt(str(params.get("name")),
+                                         params.get("arguments") or {},
+                                         owner=ident.owner, allow=ident.allow)
+        if method == "resources/read":
+            uri = str(params.get("uri"))
+            return await pool.read_resource(await self._server_of(ident, uri), uri,
+                                            owner=ident.owner, allow=ident.allow)
+        if method == "completion/complete":
+            ref = dict(params.get("ref") or {})
+            if ref.get("type") == "ref/prompt":
+                server, _, ref["name"] = str(ref.get("name")).partition("__")
+            else:
+                server = await self._server_of(ident, str(ref.get("uri")), templates=True)
+            return await pool.complete(server, ref, params.get("argument") or {},
+                                       params.get("context"), owner=ident.owner,
+                                       allow=ident.allow)
+        raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
+
+    async def _server_of(self, ident: Identity, uri: str, templates: bool = False) -> str:
+        """The one server whose resources (or, failing that, resource templates) this
+        client may use and that has `uri`."""
+        pool = self.sup.mcp
+        having: list[str] = []
+        if not templates:
+            listed = await pool.list_resources(owner=ident.owner, allow=ident.allow)
+            having = sorted({r["server"] for r in listed if r.get("uri") == uri})
+        if not having:
+            listed = await pool.list_resource_templates(owner=ident.owner, allow=ident.allow)
+            having = sorted({t["server"] for t in listed
+                             if t.get("uriTemplate") == uri or _expands(t.get("uriTemplate"),
+                                                                        uri)})
+        if len(having) != 1:
+            raise RpcError(jsonrpc.NOT_FOUND if not having else jsonrpc.INVALID_PARAMS,
+                           f"resource {uri}: " + (f"listed by {', '.join(having)}" if having
+                                                  else "no server this client may use "
+                                                       "lists it"))
+        return str(having[0])
+
+    async def call(self, ident: Identity, name: str, arguments: dict[str, Any],
+                   on_progress: Callable[[dict[str, Any]], None] | None = None,
+                   who: tuple[int, int] = (-1, -1)) -> Any:
+        """One tools/call by a gateway client: allowlist, limits, accounting, audit."""
+        if ident.allow is not None and not allowed(name, ident.allow):
+            self._record(ident, name, 0.0, "refused: not in the allowlist", who)
+            raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
+                           f"tool {name} is not in the allowlist of gateway client "
+                           f"{ident.name} ({', '.join(ident.allow) or 'empty'})")
+        limiter = self.limiters.setdefault(ident.name, Limiter())
+        try:
+            limiter.admit(ident)
+        except RpcError as exc:
+            self._record(ident, name, 0.0, f"refused: {exc.message}", who)
+            raise
+        start = time.perf_counter()
+        outcome = "ok"
+        try:
+            result = await self.sup.mcp.call(name, arguments, owner=ident.owner,
+                                             on_progress=on_progress)
+            if isinstance(result, dict) and result.get("isError"):
+                outcome = "isError"
+            return result
+        except RpcError as exc:
+            outcome = f"error: {exc.message}"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            limiter.in_flight -= 1
+            self._record(ident, name, time.perf_counter() - start, outcome, who)
+
+    def _record(self, ident: Identity, tool: str, seconds: float, outcome: str,
+                who: tuple[int, int]) -> None:
+        error = outcome != "ok"
+        self.by_client.setdefault(ident.name, CallStats()).add(seconds, error)
+        self.by_tool.setdefault(tool, CallStats()).add(seconds, error)
+        self.daemon.gateway_audit(ident.name, tool, outcome, who)
+
+    def stats(self) -> dict[str, Any]:
+        clients = {}
+        for n in sorted({*self.by_client, *self.limiters}):
+            row = (self.by_client.get(n) or CallStats()).summary()
+            row["in_flight"] = self.limiters[n].in_flight if n in self.limiters else 0
+            clients[n] = row
+        return {"clients": clients,
+                "tools": {n: s.summary() for n, s in sorted(self.by_tool.items())},
+                "url": self.url}
+
+    # -- list_changed ---------------------------------------------------------------------
+    def changed(self, kinds: list[str]) -> None:
+        """Lists changed; watchers hear once per loop turn, however many changes."""
+        self._pending.update(kinds)
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self._tell)
+
+    def _tell(self) -> None:
+        self._flush = None
+        kinds, self._pending = sorted(self._pending), set()
+        for watcher in list(self.watchers):
+            watcher(kinds)
+
+    def on_transition(self, replica: Replica, event: Event) -> None:
+        """An MCP server instance started serving or stopped: what the pool offers may
+        have changed."""
+        if replica.kind == "mcp" and ((event.state in SERVING) != (event.previous in SERVING)):
+            self.changed(["tools", "resources", "prompts"])

@@ -1,0 +1,480 @@
+"""The HTTP gateway: the pool as one MCP server over Streamable HTTP, in the daemon.
+
+`[gateway] listen = "unix:PATH" | "HOST:PORT"`; one endpoint, `/mcp`:
+- POST: one JSON-RPC message (or a batch, for 2025-03-26 clients). Notifications and
+  responses get 202. A request gets its answer as JSON, or — when it asked for progress
+  — as an SSE stream: its progress notifications, then the answer. Each event has an id;
+  a client that lost the stream resumes it with GET and `Last-Event-ID` (the last
+  `REPLAY` events of a session are kept). A stream lost mid-call and not resumed within
+  `RESUME_GRACE` seconds cancels the call upstream, as a client gone away should.
+- GET: the session's stream for what the server says unasked (`list_changed`).
+- DELETE: ends the session, cancelling its calls.
+- Sessions (2024-11-05 … 2025-11-25): `initialize` creates one (`Mcp-Session-Id`); an
+  unknown or expired id gets 404, which tells a client to initialize again. The stateless
+  2026-07-28 revision needs no session: each POST stands alone.
+- Bearer tokens (GatewayService.by_token); none or an unknown one gets 401 with the
+  protected-resource metadata's address (RFC 9728), which is served too. `Origin`, when
+  sent, must be a loopback origin (DNS-rebinding protection, as the transport spec asks).
+- Bounds: `max_sessions` (503 past it, after idle sessions are expired), sessions idle
+  for `session_idle_timeout` are closed, a request body is at most 16 MiB, and a stream
+  whose reader does not read keeps at most `MAX_PENDING` events (progress is dropped
+  first; an answer never is).
+
+aiohttp is imported here only, and this module only when a gateway is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import logging
+import secrets
+import ssl
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import msgspec
+from aiohttp import web
+
+from .. import jsonrpc
+from ..jsonrpc import Envelope, ErrorResponse, Response, RpcError
+from ..mcp import sse
+from ..mcp.client import SUPPORTED
+from ..mcp.gateway import GatewaySession, Progress
+from ..supervisor.config import ConfigError
+
+if TYPE_CHECKING:
+    from ..supervisor.config import GatewaySettings
+    from .gateway import GatewayService, Identity
+
+log = logging.getLogger("corral.gateway.http")
+
+ENDPOINT = "/mcp"
+METADATA = "/.well-known/oauth-protected-resource"
+MAX_BODY = 16 * 1024 * 1024
+REPLAY = 256
+MAX_PENDING = 1024
+RESUME_GRACE = 10.0
+SESSION_HEADER = "Mcp-Session-Id"
+VERSION_HEADER = "MCP-Protocol-Version"
+_single = msgspec.json.Decoder(Envelope)
+_batch = msgspec.json.Decoder(list[Envelope])
+
+
+class PoolBackend:
+    """A session's view of the pool: one client's identity."""
+
+    def __init__(self, service: GatewayService, ident: Identity) -> None:
+        self.service = service
+        self.ident = ident
+
+    @property
+    def features(self) -> frozenset[str]:
+        return self.service.features()
+
+    async def list_items(self, kind: str) -> list[dict[str, Any]]:
+        return await self.service.list_items(self.ident, kind)
+
+    async def forward(self, method: str, params: dict[str, Any],
+                      on_progress: Progress | None) -> Any:
+        return await self.service.forward(self.ident, method, params, on_progress)
+
+
+class Stream:
+    """One SSE stream of a session: a POST's answer, or the session's GET stream."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.pending: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.finished = False  # its last event (a POST's answer) is queued
+        self.readers = 0
+        self.call: asyncio.Task[Any] | None = None
+        self.orphaned: asyncio.TimerHandle | None = None
+
+
+class HttpSession:
+    def __init__(self, sid: str | None, ident: Identity, backend: PoolBackend) -> None:
+        self.id = sid
+        self.ident = ident
+        self.mcp = GatewaySession(backend, push=self._push)
+        self.last_seen = time.monotonic()
+        self.history: deque[tuple[int, str, bytes]] = deque(maxlen=REPLAY)
+        self.streams: dict[str, Stream] = {}
+        self.standalone: Stream | None = None
+        self._seq = itertools.count(1)
+
+    def emit(self, stream: Stream, msg: Any, *, last: bool = False) -> None:
+        payload = msgspec.json.encode(msg)
+        seq = next(self._seq)
+        self.history.append((seq, stream.key, payload))
+        if len(stream.pending) >= MAX_PENDING and not last:
+            return  # a reader that does not read loses progress, not our memory
+        stream.pending.append(sse.format_event(payload, event="message", id=str(seq)))
+        stream.finished = stream.finished or last
+        stream.wake.set()
+
+    def _push(self, msg: Any) -> None:
+        if self.standalone is not None and self.standalone.readers:
+            self.emit(self.standalone, msg)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.mcp.inflight) or any(s.readers for s in self.streams.values()) \
+            or bool(self.standalone and self.standalone.readers)
+
+    def close(self) -> None:
+        self.mcp.close()
+        for s in [*self.streams.values(), *([self.standalone] if self.standalone else [])]:
+            s.finished = True
+            s.wake.set()
+
+
+def parse_listen(listen: str) -> tuple[str, str | None, int]:
+    """("unix", path, 0) or ("tcp", host, port)."""
+    if listen.startswith("unix:"):
+        return "unix", listen[5:], 0
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"gateway.listen: {listen!r} is neither unix:PATH nor HOST:PORT")
+    return "tcp", host.strip("[]"), int(port)
+
+
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class HttpGateway:
+    def __init__(self, service: GatewayService, settings: GatewaySettings,
+                 base: Path) -> None:
+        self.service = service
+        self.settings = settings
+        self.base = base
+        self.sessions: dict[str, HttpSession] = {}
+        self.url = ""
+        self.socket_path: str | None = None
+        self._runner: web.AppRunner | None = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- start and stop -------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        assert s.listen is not None
+        kind, where, port = parse_listen(s.listen)
+        tls: ssl.SSLContext | None = None
+        if s.tls_cert or s.tls_key:
+            if not (s.tls_cert and s.tls_key):
+                raise ConfigError("gateway: tls_cert and tls_key go together")
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(self._path(s.tls_cert), self._path(s.tls_key))
+        if kind == "tcp" and where is not None and not loopback(where) \
+                and tls is None and not s.allow_remote:
+            raise ConfigError(
+                f"gateway.listen: refusing to serve {where}, which is not a loopback address, "
+                "without TLS: set tls_cert and tls_key, or allow_remote = true")
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_route("POST", ENDPOINT, self.post)
+        app.router.add_route("GET", ENDPOINT, self.get)
+        app.router.add_route("DELETE", ENDPOINT, self.delete)
+        app.router.add_route("GET", METADATA, self.metadata)
+        app.router.add_route("GET", METADATA + ENDPOINT, self.metadata)
+        # a client that goes away cancels its handler, and so its call upstream
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                                     handler_cancellation=True, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site: web.BaseSite
+        if kind == "unix":
+            assert where is not None
+            path = self._path(where)
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                Path(path).unlink()
+            site = web.UnixSite(self._runner, path)
+            self.socket_path = path
+            self.url = f"http://localhost{ENDPOINT}"
+        else:
+            site = web.TCPSite(self._runner, where, port, ssl_context=tls)
+        await site.start()
+        if kind == "tcp":
+            server = getattr(site, "_server", None)
+            sockets = getattr(server, "sockets", None) or []
+            bound = sockets[0].getsockname()[1] if sockets else port
+            shown = f"[{where}]" if where and ":" in where else where
+            self.url = f"{'https' if tls else 'http'}://{shown}:{bound}{ENDPOINT}"
+        else:
+            Path(self.socket_path or "").chmod(0o660)
+        self._reaper = asyncio.ensure_future(self._reap())
+
+    def _path(self, p: str) -> str:
+        path = Path(p)
+        return str(path if path.is_absolute() else self.base / path)
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for sess in list(self.sessions.values()):
+            sess.close()
+        self.sessions.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.socket_path:
+            with contextlib.suppress(FileNotFoundError):
+                Path(self.socket_path).unlink()
+
+    def status(self) -> dict[str, Any]:
+        return {"listen": self.settings.listen, "url": self.url,
+                "socket": self.socket_path, "sessions": len(self.sessions)}
+
+    async def _reap(self) -> None:
+        idle = self.settings.session_idle_timeout
+        while True:
+            await asyncio.sleep(min(30.0, idle / 4))
+            self._expire(time.monotonic() - idle)
+
+    def _expire(self, before: float) -> int:
+        gone = [sid for sid, s in self.sessions.items() if s.last_seen < before and not s.busy]
+        for sid in gone:
+            self._end(sid)
+        return len(gone)
+
+    def _end(self, sid: str) -> None:
+        sess = self.sessions.pop(sid, None)
+        if sess is not None:
+            self.service.watchers.discard(sess.mcp.notify_changed)
+            sess.close()
+
+    # -- requests -------------------------------------------------------------------------
+    def _who(self, request: web.Request) -> Identity:
+        origin = request.headers.get("Origin")
+        if origin and not loopback(urlsplit(origin).hostname or ""):
+            raise _http(403, f"origin {origin} is not allowed")
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if not auth:
+            ident = self.service.anonymous()
+        else:
+            ident = self.service.by_token(token.strip()) if scheme.lower() == "bearer" \
+                else None
+        if ident is None:
+            raise web.HTTPUnauthorized(
+                text="a valid bearer token is required" if auth else "no bearer token",
+                headers={"WWW-Authenticate":
+                         f'Bearer resource_metadata="{self._base_url()}{METADATA}{ENDPOINT}"'})
+        version = request.headers.get(VERSION_HEADER)
+        if version is not None and version not in SUPPORTED:
+            raise _http(400, f"unsupported {VERSION_HEADER}: {version}")
+        return ident
+
+    def _base_url(self) -> str:
+        return self.url[: -len(ENDPOINT)] if self.url.endswith(ENDPOINT) else self.url
+
+    def _session(self, request: web.Request, ident: Identity) -> HttpSession:
+        sid = request.headers.get(SESSION_HEADER)
+        if sid is None:
+            raise _http(400, f"no {SESSION_HEADER}: initialize first")
+        sess = self.sessions.get(sid)
+        if sess is None:
+            raise _http(404, "no such session (it ended, expired, or the daemon restarted): "
+                             "initialize again")
+        if sess.ident.name != ident.name:
+            raise _http(403, "this session belongs to another client")
+        sess.last_seen = time.monotonic()
+        return sess
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        ident = self._who(request)
+        body = await request.read()
+        try:
+            batch = body[:1] == b"["
+            envs = _batch.decode(body) if batch else [_single.decode(body)]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            code = jsonrpc.PARSE_ERROR if isinstance(exc, msgspec.DecodeError) \
+                else jsonrpc.INVALID_REQUEST
+            return _json(ErrorResponse(None, RpcError(code, f"{jsonrpc.ERROR_NAMES[code]}: "
+                                                            f"{exc}").to_object()), 400)
+        if not envs:
+            return _json(ErrorResponse(None, RpcError(jsonrpc.INVALID_REQUEST,
+                                                      "empty batch").to_object()), 400)
+        first = envs[0]
+        headers: dict[str, str] = {}
+        if first.method == "initialize" and not batch:
+            sess = self._new_session(ident)
+            assert sess.id is not None
+            headers[SESSION_HEADER] = sess.id
+        elif request.headers.get(SESSION_HEADER) is None and _stateless(first):
+            sess = HttpSession(None, ident, PoolBackend(self.service, ident))
+        else:
+            sess = self._session(request, ident)
+        requests = [e for e in envs if e.method is not msgspec.UNSET
+                    and e.id is not msgspec.UNSET]
+        if not requests:
+            for e in envs:
+                sess.mcp.receive(e, lambda msg: None)
+            return web.Response(status=202, headers=headers)
+        if not batch and _wants_progress(first) and \
+                "text/event-stream" in request.headers.get("Accept", ""):
+            return await self._stream_answer(request, sess, first, headers)
+        answers: list[Any] = []
+        tasks = [t for e in envs if (t := sess.mcp.receive(e, answers.append)) is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        answers = [a for a in answers if isinstance(a, Response | ErrorResponse)]
+        if batch:
+            return _json(answers, 200, headers)
+        if not answers:  # cancelled by the client meanwhile: nothing to say
+            return web.Response(status=202, headers=headers)
+        return _json(answers[0], 200, headers)
+
+    def _new_session(self, ident: Identity) -> HttpSession:
+        if len(self.sessions) >= self.settings.max_sessions and \
+                not self._expire(time.monotonic() - self.settings.session_idle_timeout):
+            raise _http(503, f"the gateway has {len(self.sessions)} sessions, its limit",
+                        {"Retry-After": "5"})
+        sid = secrets.token_urlsafe(24)
+        sess = HttpSession(sid, ident, PoolBackend(self.service, ident))
+        self.sessions[sid] = sess
+        self.service.watchers.add(sess.mcp.notify_changed)
+        return sess
+
+    async def _stream_answer(self, request: web.Request, sess: HttpSession, env: Envelope,
+                             headers: dict[str, str]) -> web.StreamResponse:
+        stream = Stream(f"post-{secrets.token_hex(6)}")
+
+        def reply(msg: Any) -> None:
+            sess.emit(stream, msg, last=isinstance(msg, Response | ErrorResponse))
+
+        stream.call = sess.mcp.receive(env, reply)
+        if stream.call is None and not stream.pending:  # pragma: no cover - defensive
+            return web.Response(status=202, headers=headers)
+        if sess.id is not None:
+            sess.streams[stream.key] = stream
+        return await self._pump(request, sess, stream, headers)
+
+    async def _pump(self, request: web.Request, sess: HttpSession, stream: Stream,
+                    headers: dict[str, str]) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        if stream.orphaned is not None:
+            stream.orphaned.cancel()
+            stream.orphaned = None
+        stream.readers += 1
+        try:
+            await resp.prepare(request)
+            while True:
+                while stream.pending:
+                    await resp.write(stream.pending.popleft())
+                if stream.finished:
+                    break
+                stream.wake.clear()
+                await stream.wake.wait()
+            sess.streams.pop(stream.key, None)
+        finally:
+            stream.readers -= 1
+            if not stream.finished and stream.call is not None and not stream.readers:
+                # lost mid-call: resumable for a while, then the call is cancelled
+                stream.orphaned = asyncio.get_running_loop().call_later(
+                    RESUME_GRACE, _give_up, sess, stream)
+            sess.last_seen = time.monotonic()
+        return resp
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        ident = self._who(request)
+        if "text/event-stream" not in request.headers.get("Accept", "text/event-stream"):
+            raise _http(406, "GET serves text/event-stream only")
+        sess = self._session(request, ident)
+        last = request.headers.get("Last-Event-ID")
+        if last is not None:
+            return await self._resume(request, sess, last)
+        if sess.standalone is not None and sess.standalone.readers:
+            raise _http(409, "this session already has its GET stream open")
+        sess.standalone = sess.standalone or Stream("get")
+        return await self._pump(request, sess, sess.standalone, {})
+
+    async def _resume(self, request: web.Request, sess: HttpSession, last: str
+                      ) -> web.StreamResponse:
+        try:
+            seq = int(last)
+        except ValueError:
+            raise _http(400, f"Last-Event-ID {last!r} is not one corral gave") from None
+        key = next((k for s, k, _ in sess.history if s == seq), None)
+        if key is None:
+            raise _http(404, f"event {last} is no longer kept: call again")
+        stream = sess.streams.get(key) or (sess.standalone if key == "get" else None)
+        if stream is None:  # finished and delivered before: replay what followed
+            stream = Stream(key)
+            stream.finished = True
+        stream.pending = deque(sse.format_event(p, event="message", id=str(s))
+                               for s, k, p in sess.history if k == key and s > seq)
+        return await self._pump(request, sess, stream, {})
+
+    async def delete(self, request: web.Request) -> web.Response:
+        ident = self._who(request)
+        sess = self._session(request, ident)
+        assert sess.id is not None
+        self._end(sess.id)
+        return web.Response(status=200)
+
+    async def metadata(self, request: web.Request) -> web.Response:
+        """RFC 9728 protected-resource metadata: bearer tokens in the header; corral's
+        tokens are issued by its operator (tokens_file), so no authorization server."""
+        return web.json_response({"resource": self.url, "authorization_servers": [],
+                                  "bearer_methods_supported": ["header"],
+                                  "resource_name": "corral MCP gateway"})
+
+
+def _give_up(sess: HttpSession, stream: Stream) -> None:
+    stream.orphaned = None
+    if not stream.readers and stream.call is not None and not stream.call.done():
+        stream.call.cancel()
+    sess.streams.pop(stream.key, None)
+
+
+def _stateless(env: Envelope) -> bool:
+    if env.params is msgspec.UNSET:
+        return False
+    try:
+        params = msgspec.json.decode(env.params)
+    except msgspec.DecodeError:  # pragma: no cover - the envelope was valid JSON
+        return False
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return env.method == "server/discover" or (
+        isinstance(meta, dict) and "io.modelcontextprotocol/protocolVersion" in meta)
+
+
+def _wants_progress(env: Envelope) -> bool:
+    if env.params is msgspec.UNSET:
+        return False
+    with contextlib.suppress(msgspec.DecodeError):
+        params = msgspec.json.decode(env.params)
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        return isinstance(meta, dict) and meta.get("progressToken") is not None
+    return False  # pragma: no cover
+
+
+def _json(msg: Any, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=msgspec.json.encode(msg), status=status,
+                        content_type="application/json", headers=headers)
+
+
+def _http(status: int, text: str, headers: dict[str, str] | None = None) -> web.HTTPException:
+    """An HTTP error whose body is a JSON-RPC error, as MCP clients read it."""
+    body = msgspec.json.encode(ErrorResponse(None, RpcError(
+        jsonrpc.INVALID_REQUEST if status < 500 else jsonrpc.SERVER_ERROR, text).to_object()))
+    cls: type[web.HTTPException] = _ERRORS[status]
+    return cls(body=body, content_type="application/json", headers=headers)
+
+
+_ERRORS: dict[int, type[web.HTTPException]] = {
+    400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
+    406: web.HTTPNotAcceptable, 409: web.HTTPConflict, 503: web.HTTPServiceUnavailable}

@@ -1,0 +1,193 @@
+"""Gateway faults: the daemon restarted under `corral mcp serve` and under HTTP sessions,
+a server stopped by hand (list_changed), a client's limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
+from .test_gateway_stdio import SCRIPTED, gateway, listed, text, wait_until_async
+
+mcp = pytest.importorskip("mcp")
+import httpx2  # noqa: E402
+from mcp import ClientSession  # noqa: E402
+from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+from mcp.shared.exceptions import MCPError  # noqa: E402
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    tmp = shared_tmpdir()
+    with running_daemon(tmp, f"""
+[mcp_servers.sc]
+command = ["{PY}", "{SCRIPTED}", "v2025-11"]
+start_timeout = 30.0
+
+[gateway]
+listen = "unix:{tmp}/mcp.sock"
+anonymous_tools = ["*"]
+max_concurrent = 2
+max_sessions = 2
+""") as d:
+        yield d
+
+
+async def test_mcp_serve_survives_a_daemon_restart(daemon: Daemon) -> None:
+    seen: list[Any] = []
+    async with gateway(daemon, seen=seen) as s:
+        assert "sc__echo" in await listed(s, "sc__echo")
+        await asyncio.to_thread(daemon.stop)
+        with pytest.raises(MCPError) as err:
+            await s.list_tools()
+        assert f"the corral daemon at {daemon.sock}" in str(err.value)
+        await asyncio.to_thread(daemon.start)
+        await wait_until_async(lambda: any(
+            getattr(m, "method", None) == "notifications/tools/list_changed" for m in seen),
+            timeout=30)
+        assert text(await s.call_tool("sc__echo", {"text": "back"})) == "back"
+
+
+def test_mcp_serve_gives_up_with_a_clear_error(daemon: Daemon) -> None:
+    import subprocess
+
+    from .conftest import ROOT
+
+    proc = subprocess.Popen(
+        [PY, "-m", "corral", "--socket", str(daemon.sock), "mcp", "serve", "--reconnect",
+         "0.5"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b'{"id":1,"result":{},"jsonrpc":"2.0"}\n'
+        daemon.stop()
+        assert proc.wait(30) == 1
+        assert proc.stderr is not None
+        assert proc.stderr.read().decode() == (
+            f"corral mcp serve: lost the corral daemon at {daemon.sock} and could not "
+            "reconnect within 0.5 s\n")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        daemon.start()
+
+
+def http_client(d: Daemon) -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=str(d.dir / "mcp.sock")),
+                              timeout=httpx2.Timeout(30, read=60))
+
+
+async def test_http_sessions_after_a_daemon_restart_get_404_and_initialize_again(
+        daemon: Daemon) -> None:
+    url = "http://localhost/mcp"
+    async with http_client(daemon) as c, streamable_http_client(url, http_client=c) as (r, w), \
+            ClientSession(r, w) as s:
+        await s.initialize()
+        assert "sc__echo" in await listed(s, "sc__echo")
+        await asyncio.to_thread(daemon.stop)
+        await asyncio.to_thread(daemon.start)
+        with pytest.raises(MCPError) as err:
+            await s.list_tools()
+        assert "no such session" in str(err.value) or "404" in str(err.value), str(err.value)
+    async with http_client(daemon) as c, streamable_http_client(url, http_client=c) as (r, w), \
+            ClientSession(r, w) as s:
+        await s.initialize()
+        assert text(await s.call_tool("sc__echo", {"text": "again"})) == "again"
+
+
+async def test_list_changed_when_a_server_is_stopped_and_limits_refuse(daemon: Daemon) -> None:
+    seen: list[Any] = []
+    async with gateway(daemon, seen=seen) as s:
+        assert "sc__echo" in await listed(s, "sc__echo")
+        r = await asyncio.to_thread(daemon.cli, "mcp", "stop", "sc")
+        assert r.returncode == 0, r.stderr
+        await wait_until_async(lambda: any(
+            getattr(m, "method", None) == "notifications/tools/list_changed" for m in seen))
+    # max_concurrent = 2: a third call in flight for one client is refused at once
+    async with http_client(daemon) as c, \
+            streamable_http_client("http://localhost/mcp", http_client=c) as (r, w), \
+            ClientSession(r, w) as s:
+        await s.initialize()
+        await listed(s, "sc__slow")
+        slow = [asyncio.ensure_future(s.call_tool("sc__slow", {"seconds": 30}))
+                for _ in range(2)]
+        await wait_until_async(lambda: daemon.json("mcp", "status")["gateway"]["clients"]
+                               .get("anonymous", {}).get("in_flight") == 2)
+        with pytest.raises(MCPError) as err:
+            await s.call_tool("sc__echo", {"text": "third"})
+        assert str(err.value) == ("gateway client anonymous has 2 calls in flight, its "
+                                  "limit")
+        for t in slow:
+            t.cancel()
+        await asyncio.gather(*slow, return_exceptions=True)
+
+
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "raw", "version": "1"}}}
+ACCEPT = {"Accept": "application/json, text/event-stream"}
+
+
+async def test_sessions_are_capped_and_a_client_gone_mid_call_cancels_it(
+        daemon: Daemon) -> None:
+    url = "http://localhost/mcp"
+    async with http_client(daemon) as c:
+        ids = []
+        for _ in range(2):
+            r = await c.post(url, json=INIT, headers=ACCEPT)
+            assert r.status_code == 200 and r.json()["result"]["protocolVersion"] == \
+                "2025-06-18"
+            ids.append(r.headers["Mcp-Session-Id"])
+        r = await c.post(url, json=INIT, headers=ACCEPT)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+        assert r.json()["error"]["message"] == "the gateway has 2 sessions, its limit"
+        r = await c.delete(url, headers={"Mcp-Session-Id": ids.pop()})
+        assert r.status_code == 200
+        sid = ids[0]
+        r = await c.post(url, headers={**ACCEPT, "Mcp-Session-Id": "nope"},
+                         json={"jsonrpc": "2.0", "id": 2, "method": "ping"})
+        assert r.status_code == 404
+        # a call whose client goes away (its read times out) is cancelled upstream
+        with pytest.raises(httpx2.ReadTimeout):
+            await c.post(url, headers={**ACCEPT, "Mcp-Session-Id": sid}, timeout=2.0, json={
+                "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": {"name": "sc__slow", "arguments": {"seconds": 60}}})
+    await wait_until_async(lambda: "cancelled" in daemon.cli("logs", "sc").stdout)
+
+
+def test_a_non_loopback_address_without_tls_is_refused(tmp_path: Any) -> None:
+    d = Daemon(tmp_path, """
+[gateway]
+listen = "0.0.0.0:0"
+""")
+    try:
+        d.start(wait_ready=False)
+        assert d.proc is not None
+        assert d.proc.wait(30) == 1
+        assert d.proc.stderr is not None
+        assert d.proc.stderr.read().decode().endswith(
+            "corral: cannot start the gateway on 0.0.0.0:0: gateway.listen: refusing to "
+            "serve 0.0.0.0, which is not a loopback address, without TLS: set tls_cert and "
+            "tls_key, or allow_remote = true\n")
+    finally:
+        d.close()
+
+
+def test_a_clients_rate_is_limited_per_minute() -> None:
+    from corral.daemon.gateway import Identity, Limiter
+    from corral.jsonrpc import RpcError
+
+    ident = Identity(name="c", allow=None, owner=None, max_concurrent=10, rate_per_minute=2)
+    lim = Limiter()
+    lim.admit(ident)
+    lim.admit(ident)
+    with pytest.raises(RpcError) as err:
+        lim.admit(ident)
+    assert err.value.message == "gateway client c is over its rate of 2 calls a minute"
+    assert lim.in_flight == 2

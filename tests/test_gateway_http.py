@@ -1,0 +1,170 @@
+"""The HTTP gateway (`[gateway] listen`) against the official MCP SDK's Streamable HTTP
+client: tokens, per-client filtering, progress, cancellation, list_changed, sessions across
+a daemon restart, and the agent's own per-replica token (examples/gateway_agent.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from .conftest import EXAMPLES, ROOT
+from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
+from .test_gateway_stdio import listed, pool, text, wait_until_async
+from .test_mcp import everything_reason
+
+mcp = pytest.importorskip("mcp")
+import httpx2  # noqa: E402
+from mcp import ClientSession  # noqa: E402
+from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+from mcp.shared.exceptions import MCPError  # noqa: E402
+
+pytestmark = pytest.mark.skipif(everything_reason() is not None,
+                                reason=everything_reason() or "")
+FULL, NOTES = "full-token-for-tests", "notes-token-for-tests"
+
+
+def sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def config() -> str:
+    return pool("v2025-11") + f"""
+[agents.gwagent]
+command = ["{PY}", "{EXAMPLES}/gateway_agent.py"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+tools = ["notes__*", "ev__echo"]
+
+[gateway]
+listen = "127.0.0.1:0"
+tokens_file = "tokens.toml"
+"""
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    tmp = shared_tmpdir()
+    (tmp / "tokens.toml").write_text(f"""
+[clients.full]
+token_sha256 = "{sha(FULL)}"
+
+[clients.notes-only]
+token_sha256 = "{sha(NOTES)}"
+tools = ["notes__*"]
+""")
+    with running_daemon(tmp, config()) as d:
+        yield d
+
+
+def url(d: Daemon) -> str:
+    u: str = d.json("mcp", "status")["gateway"]["http"]["url"]
+    return u
+
+
+@asynccontextmanager
+async def http_session(d: Daemon, token: str, seen: list[Any] | None = None
+                       ) -> AsyncIterator[ClientSession]:
+    async def on_message(msg: Any) -> None:
+        if seen is not None:
+            seen.append(msg)
+
+    client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
+                                timeout=httpx2.Timeout(30, read=60))
+    async with client, streamable_http_client(url(d), http_client=client) as (r, w), \
+            ClientSession(r, w, message_handler=on_message) as s:
+        await s.initialize()
+        yield s
+
+
+async def test_http_clients_see_the_pool_filtered_by_their_token(daemon: Daemon) -> None:
+    async with http_session(daemon, FULL) as s:
+        names = set(await listed(s, "notes__add", "ev__echo", "sc__slow"))
+        assert {"notes__add", "ev__echo", "sc__slow"} <= names
+        res = await s.call_tool("ev__get-sum", {"a": 2, "b": 40})
+        assert text(res) == "The sum of 2 and 40 is 42."
+    async with http_session(daemon, NOTES) as s:
+        names = set(await listed(s, "notes__add"))
+        assert names == {"notes__add", "notes__get", "notes__search"}
+        with pytest.raises(MCPError) as err:
+            await s.call_tool("ev__echo", {"message": "x"})
+        assert str(err.value) == ("tool ev__echo is not in the allowlist of gateway client "
+                                  "notes-only (notes__*)")
+    st = daemon.json("mcp", "status")["gateway"]
+    assert st["clients"]["full"]["calls"] >= 1
+    assert st["clients"]["notes-only"]["errors"] >= 1
+
+
+async def test_no_token_or_an_unknown_one_is_401(daemon: Daemon) -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "1"}}}
+    async with httpx2.AsyncClient() as c:
+        for headers in ({}, {"Authorization": "Bearer nope"}):
+            r = await c.post(url(daemon), json=body, headers={
+                **headers, "Accept": "application/json, text/event-stream"})
+            assert r.status_code == 401
+            assert r.headers["WWW-Authenticate"].startswith(
+                'Bearer resource_metadata="http://127.0.0.1:')
+        meta = (await c.get(url(daemon).replace(
+            "/mcp", "/.well-known/oauth-protected-resource/mcp"))).json()
+        assert meta["resource"] == url(daemon)
+        assert meta["bearer_methods_supported"] == ["header"]
+
+
+async def test_http_progress_and_cancellation_reach_upstream(daemon: Daemon) -> None:
+    steps: list[float] = []
+
+    async def progress(p: float, total: float | None, message: str | None) -> None:
+        steps.append(p)
+
+    async with http_session(daemon, FULL) as s:
+        res = await s.call_tool("sc__progress", {"steps": 3}, progress_callback=progress)
+        assert text(res) == "done" and steps == [1, 2, 3]
+        call = asyncio.ensure_future(s.call_tool("sc__slow", {"seconds": 60}))
+        await wait_until_async(lambda: in_flight(daemon, "sc") > 0)
+        call.cancel()
+        await wait_until_async(lambda: "cancelled" in daemon.cli("logs", "sc").stdout)
+        assert text(await s.call_tool("sc__echo", {"text": "after"})) == "after"
+
+
+def in_flight(d: Daemon, name: str) -> int:
+    st = {s["name"]: s for s in d.json("mcp", "status")["mcp_servers"]}
+    n: int = st[name]["in_flight"]
+    return n
+
+
+async def test_an_agent_uses_the_pool_with_its_own_token(daemon: Daemon) -> None:
+    """examples/gateway_agent.py: the official SDK's ClientSession, no corral SDK."""
+    r = await asyncio.to_thread(daemon.cli, "run", "gwagent", "--input",
+                                '{"title": "otters", "text": "hold hands"}', "--json")
+    res = json.loads(r.stdout)
+    assert res["status"] == "succeeded", res
+    assert res["output"]["tools"] == ["ev__echo", "notes__add", "notes__get",
+                                      "notes__search"]
+    assert res["output"]["stored"] == "stored otters"
+    assert res["output"]["refused"].startswith("tool sc__echo is not in the allowlist of "
+                                               "gateway client gwagent#0")
+
+
+async def test_list_changed_reaches_http_sessions_and_sessions_survive_restart(
+        daemon: Daemon) -> None:
+    seen: list[Any] = []
+    async with http_session(daemon, FULL, seen=seen) as s:
+        await listed(s, "sc__echo")
+        r = await asyncio.to_thread(daemon.cli, "reload")
+        assert r.returncode == 0
+        original = daemon.config.read_text()
+        daemon.config.write_text(original.replace("[mcp_servers.sc]", "[mcp_servers.sc2]"))
+        try:
+            assert (await asyncio.to_thread(daemon.cli, "reload")).returncode == 0
+            await wait_until_async(lambda: any(
+                getattr(m, "method", None) == "notifications/tools/list_changed"
+                for m in seen))
+        finally:
+            daemon.config.write_text(original)
+            assert (await asyncio.to_thread(daemon.cli, "reload")).returncode == 0
