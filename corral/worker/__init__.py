@@ -556,11 +556,19 @@ class Worker:
         while True:
             rid, ctx, task_input = jobs.get()
             self._run_sync(rid, ctx, task_input)
-            with self._lock:
-                self._idle += 1
 
-    def _finish(self, rid: Any, ctx: Context, ok: bool, value: Any) -> None:
+    def _now_idle(self) -> None:
+        # counted before the reply goes out: the supervisor may send the next task the
+        # moment it reads the reply, and that task must go to this thread, not make a new
+        # one that then fights this one for the GIL
+        with self._lock:
+            self._idle += 1
+
+    def _finish(self, rid: Any, ctx: Context, ok: bool, value: Any,
+                before_reply: Callable[[], None] | None = None) -> None:
         self._tasks.pop(ctx.task_id, None)
+        if before_reply is not None:
+            before_reply()
         if ok:
             self._reply(rid, {"output": value})
             return
@@ -593,9 +601,9 @@ class Worker:
         try:
             result = self.handler(task_input, ctx)
         except BaseException as exc:
-            self._finish(rid, ctx, False, exc)
+            self._finish(rid, ctx, False, exc, self._now_idle)
             return
-        self._finish(rid, ctx, True, result)
+        self._finish(rid, ctx, True, result, self._now_idle)
 
     def _ensure_loop(self) -> Any:
         if self._loop is None:
