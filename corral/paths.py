@@ -12,25 +12,47 @@ def default_config() -> Path:
     return Path.home() / ".config" / "corral" / "corral.toml"
 
 
+SYSTEM_SOCKET = Path("/run/corral/corral.sock")  # the system service's (systemd unit)
+
+
+def runtime_directory() -> Path | None:
+    """systemd's RuntimeDirectory for this service, if it gave one."""
+    value = os.environ.get("RUNTIME_DIRECTORY")
+    return Path(value.split(":")[0]) if value else None
+
+
 def default_socket() -> Path:
     """$RUNTIME_DIRECTORY (systemd) > $XDG_RUNTIME_DIR/corral > /run/corral for root >
     ~/.local/state/corral (a user without a runtime dir)."""
-    if os.environ.get("RUNTIME_DIRECTORY"):
-        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]) / "corral.sock"
+    runtime = runtime_directory()
+    if runtime is not None:
+        return runtime / "corral.sock"
     if os.environ.get("XDG_RUNTIME_DIR"):
         return Path(os.environ["XDG_RUNTIME_DIR"]) / "corral" / "corral.sock"
     if os.geteuid() == 0:
-        return Path("/run/corral/corral.sock")
+        return SYSTEM_SOCKET
     return Path.home() / ".local" / "state" / "corral" / "corral.sock"
 
 
 def client_socket(explicit: str | None) -> Path:
-    """What a client uses: --socket, else CORRAL_SOCKET, else the daemon's default rules."""
+    """What a client uses: --socket, else CORRAL_SOCKET, else the daemon's default rules —
+    and for a user whose own daemon is not running, the system service's socket, so a
+    member of the corral group reaches it without --socket."""
     if explicit:
         return Path(explicit)
     if os.environ.get("CORRAL_SOCKET"):
         return Path(os.environ["CORRAL_SOCKET"])
-    return default_socket()
+    own = default_socket()
+    if own != SYSTEM_SOCKET and not _exists(own) and _exists(SYSTEM_SOCKET.parent):
+        return SYSTEM_SOCKET
+    return own
+
+
+def _exists(p: Path) -> bool:
+    try:
+        return p.exists()
+    except OSError:  # a directory we may not enter
+        return False
 
 
 def default_state_dir() -> Path:

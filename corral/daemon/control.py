@@ -37,6 +37,7 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import LineProtocol, Peer, RpcError
 from ..methods import CANCEL, REGISTRY, Method
+from ..paths import runtime_directory
 from ..throttle import Throttle
 
 if TYPE_CHECKING:
@@ -303,6 +304,9 @@ class ControlServer:
         missing = set(REGISTRY) - set(IMPLEMENTATIONS)
         if missing:  # pragma: no cover - a programming error, caught by the test suite
             raise RuntimeError(f"control methods without implementation: {sorted(missing)}")
+        # a directory of our own (made here, or systemd's RuntimeDirectory) may be opened to
+        # the group; a shared one (/tmp) is never touched
+        own_dir = not self.path.parent.exists() or self.path.parent == runtime_directory()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -331,6 +335,9 @@ class ControlServer:
         if self.group_gid is not None:
             with contextlib.suppress(PermissionError):
                 os.chown(self.path, -1, self.group_gid)
+                if own_dir:  # members must be able to reach the socket: root:GROUP 0750
+                    os.chown(self.path.parent, -1, self.group_gid)
+                    os.chmod(self.path.parent, 0o750)
 
     async def close(self) -> None:
         self.complaints.flush()

@@ -37,9 +37,11 @@ from ..supervisor.lifecycle import LIVE, SERVING, State
 from ..supervisor.names import name_problem, shown
 from ..supervisor.replica import Event, Replica
 from ..text import plural
+from . import journald
 from .background import Background
 from .control import AlreadyRunning, ControlServer
 from .gateway import GatewayService
+from .journald import JournalSender, StderrEcho
 from .logs import LogHub
 from .notify import Notifier
 from .revisions import RevisionLog, spec_table
@@ -72,6 +74,7 @@ class Daemon:
         # `corral scale` is applied)
         self.declared_replicas: dict[str, int] = {}
         self.revisions: RevisionLog | None = None
+        self.journal: JournalSender | None = None
         self._stop: asyncio.Future[None] | None = None
         self._signals: asyncio.Queue[int] = asyncio.Queue()
         self._ready_sent = False
@@ -102,6 +105,9 @@ class Daemon:
         self.sup = Supervisor(heartbeat_interval=s.heartbeat_interval,
                               heartbeat_timeout=s.heartbeat_timeout, cgroups=s.cgroups,
                               max_replicas=s.max_replicas)
+        self.hub.echo = StderrEcho(s.log_level)
+        self.journal = (JournalSender() if s.log_journal is True or (
+            s.log_journal == "auto" and journald.available()) else None)
         self.sup.log_listeners.append(self._on_worker_log)
         self.sup.tick_listeners.append(self.notifier.watchdog)
         self.sup.stall_listeners.append(self._on_stall)
@@ -190,6 +196,8 @@ class Daemon:
         self.store.close()
         self.hub.close()
         self.notifier.close()
+        if self.journal is not None:
+            self.journal.close()
         return 0
 
     async def _reclaim(self) -> None:
@@ -298,7 +306,7 @@ class Daemon:
                 self._add(spec)
                 self.record(spec, "corral add (restored)")
             except Exception as exc:  # a restore is never fatal: the others still run
-                self.hub.daemon(f"could not restore runtime agent {name}: {exc}")
+                self.hub.daemon(f"could not restore runtime agent {name}: {exc}", priority=4)
 
     def _on_transition(self, replica: Replica, event: Event) -> None:
         """O(1) per lifecycle event: the STATUS line is marked stale (sent at most every
@@ -353,20 +361,27 @@ class Daemon:
                 try:
                     await self.reload("SIGHUP")
                 except ConfigError as exc:
-                    self.hub.daemon(f"reload rejected: {exc}")
+                    self.hub.daemon(f"reload rejected: {exc}", priority=4)
 
     async def _pump_events(self, q: asyncio.Queue[Event]) -> None:
         while True:
             e = await q.get()
-            self.hub.emit(e.name, e.replica, e.pid or 0, "event",
-                          LineBlock.one(f"{e.previous} -> {e.state}: {e.reason}"), when=e.time)
+            text = f"{e.previous} -> {e.state}: {e.reason}"
+            self.hub.emit(e.name, e.replica, e.pid or 0, "event", LineBlock.one(text),
+                          when=e.time)
+            if self.journal is not None:
+                self.journal.lines(e.kind, e.name, e.replica, e.pid or 0, "event",
+                                   [text.encode()])
 
     def _on_stall(self, seconds: float) -> None:
         self.hub.daemon(f"event loop stalled for {seconds:.2f} s (not counted against any "
-                        f"worker's heartbeat)")
+                        f"worker's heartbeat)", priority=4)
 
     def _on_worker_log(self, replica: Replica, stream: str, lines: LineBlock) -> None:
         self.hub.emit(replica.name, replica.index, replica.pid or 0, stream, lines)
+        if self.journal is not None:
+            self.journal.lines(replica.kind, replica.name, replica.index, replica.pid or 0,
+                               stream, lines)
 
     def request_stop(self) -> None:
         if self._stop is not None and not self._stop.done():
@@ -425,7 +440,7 @@ class Daemon:
                 await self.apply_spec(name, spec)
             except SupervisorError as exc:
                 failed[name] = exc.message
-                self.hub.daemon(f"reload: {exc.message}")
+                self.hub.daemon(f"reload: {exc.message}", priority=4)
                 return
             self.record(spec, who)
 

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +194,7 @@ class LogHub:
         self.files: dict[str, RotatingFile] = {}
         self.followers: set[LogFollower] = set()
         self.lines_written = 0
+        self.echo: Callable[[str, int], None] | None = None
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -244,8 +245,12 @@ class LogHub:
             if follower.wants(source):
                 follower.push(batch)
 
-    def daemon(self, text: str, stream: str = "event") -> None:
+    def daemon(self, text: str, stream: str = "event", priority: int = 6) -> None:
+        """A line of the daemon's own (syslog `priority`: 6 info, 5 notice, 4 warning):
+        into corral.log, and to `echo` (stderr, hence the journal under systemd)."""
         self.emit(DAEMON_SOURCE, 0, os.getpid(), stream, LineBlock.one(text))
+        if self.echo is not None:
+            self.echo(text, 5 if stream == "audit" and priority == 6 else priority)
 
     def tail(self, names: Iterable[str] | None, n: int, since: float | None) -> list[LogLine]:
         if n <= 0:

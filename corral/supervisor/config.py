@@ -149,6 +149,11 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     log_max_bytes: PositiveInt = 10 * 1024 * 1024
     log_backups: NonNegInt = 5
     log_tail_lines: PositiveInt = 1000
+    # the daemon's own lines on stderr (the journal, under systemd) at or above this level
+    log_level: Literal["debug", "info", "notice", "warning", "error"] = "info"
+    # agents' and MCP servers' lines also to the systemd journal, with CORRAL_AGENT=,
+    # CORRAL_REPLICA=, OBJECT_PID= fields: "auto" = when the journal's socket is there
+    log_journal: Literal["auto"] | bool = "auto"
     # "auto": a cgroup per replica when systemd delegated corral's cgroup (Delegate=yes);
     # "on": also without systemd's mark, when corral's own cgroup v2 is writable;
     # "off": subreaper and process records only

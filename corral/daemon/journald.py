@@ -1,0 +1,148 @@
+"""The systemd journal's native protocol, spoken directly (no libsystemd, no library).
+
+Each entry is one datagram to /run/systemd/journal/socket holding `FIELD=value` lines; a
+value with a newline is sent as `FIELD\\n`, its length as 64-bit little-endian, the bytes,
+`\\n`. An entry too big for a datagram goes in a sealed memfd passed with SCM_RIGHTS, as
+sd_journal_sendv does. Sends never block the loop: the socket is non-blocking and an entry
+the journal cannot take right now (EAGAIN: journald is behind) is counted and dropped —
+the log files keep every line.
+
+Agents' and MCP servers' lines carry fields to filter on:
+`journalctl -u corral CORRAL_AGENT=hello` (or CORRAL_MCP_SERVER=notes), CORRAL_REPLICA,
+CORRAL_STREAM, and OBJECT_PID (journald then adds the agent's OBJECT_COMM, OBJECT_EXE, …).
+Priority: stderr lines are info (6) unless they start with a `<N>` prefix as
+sd-daemon(3) describes (then N, prefix removed); corral's own lines about a process are
+notice (5).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+SYSLOG_IDENTIFIER = "corral"
+PRIORITY_INFO = 6
+PRIORITY_NOTICE = 5
+STREAM_PRIORITY = {"stderr": PRIORITY_INFO}  # everything else corral says: notice
+
+
+def available(path: str = JOURNAL_SOCKET) -> bool:
+    return Path(path).is_socket()
+
+
+def encode(fields: Iterable[tuple[str, bytes | str]]) -> bytes:
+    out = bytearray()
+    for key, value in fields:
+        data = value.encode("utf-8", "replace") if isinstance(value, str) else value
+        out += key.encode()
+        if b"\n" in data:
+            out += b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += b"=" + data + b"\n"
+    return bytes(out)
+
+
+def split_priority(line: bytes, default: int) -> tuple[int, bytes]:
+    """A `<N>` prefix (N in 0..7) sets the priority, as for a service's stderr."""
+    if len(line) >= 3 and line[0:1] == b"<" and line[2:3] == b">" and 48 <= line[1] <= 55:
+        return line[1] - 48, line[3:]
+    return default, line
+
+
+class JournalSender:
+    def __init__(self, path: str = JOURNAL_SOCKET) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.setblocking(False)
+        self.sent = 0
+        self.dropped = 0  # the journal could not take them (they are in the files)
+
+    def send(self, fields: list[tuple[str, bytes | str]]) -> None:
+        data = encode(fields)
+        try:
+            self.sock.sendto(data, self.path)
+            self.sent += 1
+        except OSError as exc:
+            if exc.errno in (errno.EMSGSIZE, errno.ENOBUFS):
+                self._send_memfd(data)
+            else:  # EAGAIN (journald behind), ENOENT/ECONNREFUSED (journald gone)
+                self.dropped += 1
+
+    def _send_memfd(self, data: bytes) -> None:
+        fd = os.memfd_create("corral-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.write(fd, data)
+            # journald only accepts a memfd sealed against any change
+            import fcntl
+
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                        | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+            self.sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                    array.array("i", [fd]))], 0, self.path)
+            self.sent += 1
+        except OSError:
+            self.dropped += 1
+        finally:
+            os.close(fd)
+
+    def lines(self, kind: str, name: str, replica: int, pid: int, stream: str,
+              lines: Iterable[bytes]) -> None:
+        """One entry per line of an agent (kind "agent") or MCP server ("mcp")."""
+        who = "CORRAL_AGENT" if kind == "agent" else "CORRAL_MCP_SERVER"
+        default = STREAM_PRIORITY.get(stream, PRIORITY_NOTICE)
+        common: list[tuple[str, bytes | str]] = [
+            ("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER), (who, name),
+            ("CORRAL_REPLICA", str(replica)), ("CORRAL_STREAM", stream)]
+        if pid:
+            common.append(("OBJECT_PID", str(pid)))
+        for line in lines:
+            priority, text = split_priority(line, default)
+            self.send([("MESSAGE", text), ("PRIORITY", str(priority)), *common])
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+LEVELS = {"debug": 7, "info": 6, "notice": 5, "warning": 4, "error": 3}
+
+
+def stderr_is_journal(env: dict[str, str] | None = None) -> bool:
+    """True when fd 2 is the journal's stream (systemd sets JOURNAL_STREAM=dev:inode)."""
+    value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat(2)
+        return bool(ino) and (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (OSError, ValueError):
+        return False
+
+
+class StderrEcho:
+    """The daemon's own log lines on stderr, at or above `level`: under systemd with a
+    `<N>` priority prefix that journald turns into PRIORITY=N (sd-daemon(3)), else as
+    `corral: TEXT`. stderr is made non-blocking: a reader that does not read costs lines
+    (counted), never a stalled daemon."""
+
+    def __init__(self, level: str = "info") -> None:
+        self.max = LEVELS[level]
+        self.journal = stderr_is_journal()
+        self.dropped = 0
+        with contextlib.suppress(OSError):
+            os.set_blocking(2, False)
+
+    def __call__(self, text: str, priority: int) -> None:
+        if priority > self.max:
+            return
+        line = f"<{priority}>{text}\n" if self.journal else f"corral: {text}\n"
+        try:
+            os.write(2, line.encode("utf-8", "replace"))
+        except OSError:
+            self.dropped += 1
