@@ -1,5 +1,5 @@
 """python -m corral: the CLI."""
 
-from .cli.main import main
+from .cli.entry import main
 
 main()

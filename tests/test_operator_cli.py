@@ -117,7 +117,7 @@ def test_cli_habits_of_supervisorctl_and_systemctl(tmp: Path) -> None:
         try:
             assert f.stdout is not None and " other#0[" in f.stdout.readline()
             f.send_signal(signal.SIGINT)  # Ctrl-C: quiet, 130
-            assert f.wait(10) == 130
+            assert f.wait(30) == 130
         finally:
             f.kill()
             f.wait()

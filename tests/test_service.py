@@ -6,6 +6,7 @@ most 4.0 by `systemd-analyze security` while agents still run in it."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -110,3 +111,39 @@ def test_under_systemd_the_journal_has_every_line_and_the_group_reaches_the_sock
         r = nsd.run(CLI, "run", "talk", "--input", '{"x": 1}', check=False)
         assert (r.returncode, json.loads(r.stdout)) == (0, {"x": 1}), r.stderr
         nsd.run("systemctl", "stop", "corral")
+
+
+def test_systemd_install_writes_the_unit_and_a_starter_config_from_the_package(
+        tmp_path: Any) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    units, config = tmp_path / "units", tmp_path / "etc" / "corral.toml"
+    corral = [str(ROOT / ".venv" / "bin" / "corral")]
+
+    def install(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*corral, "systemd", "install", "--unit-dir", str(units),
+                               "--config", str(config), *extra],
+                              capture_output=True, text=True, env=env)
+
+    r = install()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[:2] == [f"wrote {units}/corral.service", f"wrote {config}"]
+    unit = (units / "corral.service").read_text()
+    bindir = ROOT / ".venv" / "bin"
+    assert f"ExecStart={bindir}/corral daemon --config {config}\n" in unit
+    assert f"Environment=PATH={bindir}:" in unit
+    analyze = shutil.which("systemd-analyze")
+    if analyze is not None:
+        v = subprocess.run([analyze, "verify", str(units / "corral.service")],
+                           capture_output=True, text=True)
+        assert (v.returncode, v.stderr) == (0, ""), v.stderr
+    check = subprocess.run([*corral, "check-config", str(config)], capture_output=True,
+                           text=True, env=env)
+    assert check.returncode == 0, check.stderr
+    # again: the config is kept, the same unit rewritten; a changed unit needs --force
+    assert install().stdout.splitlines()[1] == f"kept {config} (it exists)"
+    (units / "corral.service").write_text(unit + "# local change\n")
+    r = install()
+    assert (r.returncode, r.stderr) == (1, f"corral: {units}/corral.service exists and "
+                                           "differs (--force to replace it)\n")
+    assert install("--force").returncode == 0
+    assert (units / "corral.service").read_text() == unit

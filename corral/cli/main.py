@@ -1017,6 +1017,33 @@ def _print_mcp(servers: list[dict[str, Any]]) -> None:
     _table(rows, ["SERVER", "STATE", "PID", "PROTOCOL", "TOOLS", "CALLS", "ERRORS", "FOR"])
 
 
+@cli.group("systemd")
+def systemd_group() -> None:
+    """corral as a systemd service."""
+
+
+@systemd_group.command("install")
+@click.option("--unit-dir", default="/etc/systemd/system", show_default=True,
+              metavar="DIR", help="Where to write corral.service.")
+@click.option("--config", "config", default="/etc/corral/corral.toml", show_default=True,
+              metavar="PATH", help="The config the unit runs with (a starter one is written "
+                                   "if it does not exist).")
+@click.option("--force", is_flag=True, help="Replace a corral.service that differs.")
+def systemd_install(unit_dir: str, config: str, force: bool) -> None:
+    """Write the systemd unit (pointing at this installation) and a starter config, from
+    the installed package; then run the `systemctl` commands it prints."""
+    from .install import install
+
+    try:
+        done = install(Path(unit_dir), Path(config), force)
+    except (OSError, FileExistsError) as exc:
+        click.echo(f"corral: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    for line in done:
+        click.echo(line)
+    click.echo("next: systemctl daemon-reload && systemctl enable --now corral")
+
+
 @cli.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:
