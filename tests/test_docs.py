@@ -9,7 +9,13 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 
-from corral.supervisor.config import AgentSpec, Limits, McpServerSpec, SupervisorSettings
+from corral.supervisor.config import (
+    AgentSpec,
+    Config,
+    Limits,
+    McpServerSpec,
+    SupervisorSettings,
+)
 
 from .conftest import ROOT
 
@@ -19,6 +25,9 @@ SECTIONS: dict[str, Any] = {
     "[agents.NAME.limits]": Limits,
     "[mcp_servers.NAME]": McpServerSpec,
 }
+for _f in mi.type_info(Config).fields:  # a new top-level table needs a section too
+    if _f.name not in ("supervisor", "agents", "mcp_servers"):
+        SECTIONS[f"[{_f.name}]"] = _f.type.cls
 
 
 def render_default(f: mi.Field) -> str:
