@@ -46,6 +46,7 @@ TARGET = "nsd-test.target"
 # Units that would reach past the namespaces (kernel modules, binfmt_misc, the clock,
 # hardware, the host's block devices) or only slow the boot down.
 MASKED = [
+    "tmp.mount",  # see BOOT: /tmp is the overlay's
     "modprobe@.service", "systemd-modules-load.service", "kmod-static-nodes.service",
     "systemd-sysctl.service", "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount",
     "proc-sys-fs-binfmt_misc.mount", "systemd-timesyncd.service",
@@ -89,7 +90,8 @@ mkdir -p "$R/dev/shm" "$R/dev/pts"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
 ln -s /proc/self/fd "$R/dev/fd"
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
+# /tmp stays the overlay's (writes land in the upper layer, never on the host): a checkout
+# under /tmp, as CI's may be, must be visible inside at its own path
 cp -a "$S.files/." "$R/"
 hostname corral-nsd
 cd "$R"

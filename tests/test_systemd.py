@@ -50,7 +50,9 @@ CONFIG = textwrap.dedent(f"""
     stop_timeout = 1.0
 """)
 REPLICAS = {"hello": 2, "stubborn": 1, "escaper": 1, "shell": 1}
-DROP_IN = "[Service]\nWatchdogSec=5\nRestartSec=0.2\n"
+DROP_IN = "[Service]\nWatchdogSec=5\nRestartSec=0.2\n" + (
+    # the unit's private /tmp would hide a checkout (and its venv) that lives under /tmp
+    "PrivateTmp=no\n" if ROOT.is_relative_to("/tmp") else "")
 CLI = "/opt/corral/bin/corral"
 
 
