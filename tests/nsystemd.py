@@ -148,6 +148,8 @@ class NSystemd:
         for gen in GENERATORS_MASKED:
             os.symlink("/dev/null", gens / gen)
         self.put("etc/fstab", "")  # no mounts of the host's devices
+        # no cleaning of /tmp at boot (tmpfiles' `D /tmp`): it would hide a checkout there
+        self.put("etc/tmpfiles.d/tmp.conf", "")
         for path, text in files.items():
             self.put(path, text)
 
