@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .. import jsonrpc
 from ..jsonrpc import LineProtocol, Peer, RpcError
 from ..mcp.gateway import GatewaySession, Progress, StdioTransport
@@ -83,8 +85,6 @@ class DaemonLink:
             await peer.request("gateway.watch", {})
 
     def _notification(self, method: str, raw: Any, peer: Peer) -> None:
-        import msgspec
-
         params = msgspec.json.decode(raw) if raw is not msgspec.UNSET else {}
         if method == "gateway.progress":
             cb = self._progress.get(params.pop("progress_id", None))
@@ -115,9 +115,11 @@ class DaemonLink:
         if on_progress is not None:
             self._progress[pid] = on_progress
         try:
+            # the result is passed on as the daemon wrote it, never decoded here
             return await self._live().request(
                 "gateway.call", {**self.who, "method": method, "params": params,
-                                 "progress_id": pid if on_progress else None})
+                                 "progress_id": pid if on_progress else None},
+                type=msgspec.Raw)
         finally:
             self._progress.pop(pid, None)
 

@@ -68,6 +68,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self.gateway = GatewayService(self, GatewaySettings())
         self.http: Any = None  # the HTTP gateway (http_gateway.HttpGateway) when configured
+        self._audit_rows: list[tuple[float, int, int, str, str, str]] = []
         self.started_at = time.time()
         self.from_config: set[str] = set()  # agents declared by the config file
         # the replica count each config-declared agent has in the file (before a kept
@@ -193,6 +194,7 @@ class Daemon:
         await self.background.close()
         self.hub.daemon("stopped")
         await self.control.close()
+        self._write_audit()
         self.store.close()
         self.hub.close()
         self.notifier.close()
@@ -397,11 +399,21 @@ class Daemon:
 
     def gateway_audit(self, client: str, tool: str, outcome: str,
                       who: tuple[int, int]) -> None:
-        """Every call by a gateway client, in the daemon log and the audit table."""
+        """Every call by a gateway client, in the daemon log and the audit table (written
+        once per loop turn, however many calls ended in it)."""
         self.hub.daemon(f"gateway client {client}: tools/call {tool} -> {outcome}", "audit")
-        if self.store is not None:
-            self.store.audit(who[0], who[1], "gateway.call",
-                             {"client": client, "tool": tool}, outcome)
+        if self.store is None:
+            return
+        if not self._audit_rows:
+            asyncio.get_running_loop().call_soon(self._write_audit)
+        self._audit_rows.append((time.time(), who[0], who[1], "gateway.call",
+                                 msgspec.json.encode({"client": client, "tool": tool}
+                                                     ).decode(), outcome))
+
+    def _write_audit(self) -> None:
+        rows, self._audit_rows = self._audit_rows, []
+        if self.store is not None and rows:
+            self.store.audit_many(rows)
 
     def gateway_status(self) -> dict[str, Any]:
         return {**self.gateway.stats(),

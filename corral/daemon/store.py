@@ -310,6 +310,13 @@ class StateStore:
             (time.time(), uid, pid, method, msgspec.json.encode(params).decode(), outcome),
         )
 
+    def audit_many(self, rows: list[tuple[float, int, int, str, str, str]]) -> None:
+        """Rows of (time, uid, pid, method, params JSON, outcome) in one transaction."""
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO audit (time, uid, pid, method, params, outcome) "
+                "VALUES (?,?,?,?,?,?)", rows)
+
     def audit_log(self, limit: int = 100) -> list[tuple[Any, ...]]:
         rows = self.db.execute(
             "SELECT time, uid, pid, method, params, outcome FROM audit ORDER BY id DESC LIMIT ?",

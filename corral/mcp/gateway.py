@@ -261,6 +261,8 @@ def _feature(kind: str) -> str:
 
 
 def _complete(result: Any, stateless: bool) -> Any:
+    if stateless and isinstance(result, msgspec.Raw):  # a result passed through undecoded
+        result = msgspec.json.decode(result)
     if stateless and isinstance(result, dict) and "resultType" not in result:
         return {**result, "resultType": "complete"}
     return result
