@@ -191,3 +191,24 @@ def test_a_clients_rate_is_limited_per_minute() -> None:
         lim.admit(ident)
     assert err.value.message == "gateway client c is over its rate of 2 calls a minute"
     assert lim.in_flight == 2
+
+
+async def test_an_idle_session_expires_and_its_client_is_told_to_initialize_again(
+        ) -> None:
+    tmp = shared_tmpdir()
+    with running_daemon(tmp, f"""
+[gateway]
+listen = "unix:{tmp}/idle.sock"
+anonymous_tools = ["*"]
+session_idle_timeout = 0.4
+""") as d:
+        transport = httpx2.AsyncHTTPTransport(uds=str(tmp / "idle.sock"))
+        async with httpx2.AsyncClient(transport=transport) as c:
+            r = await c.post("http://localhost/mcp", json=INIT, headers=ACCEPT)
+            sid = r.headers["Mcp-Session-Id"]
+            await wait_until_async(
+                lambda: d.json("mcp", "status")["gateway"]["http"]["sessions"] == 0)
+            r = await c.post("http://localhost/mcp", headers={**ACCEPT, "Mcp-Session-Id": sid},
+                             json={"jsonrpc": "2.0", "id": 2, "method": "ping"})
+            assert r.status_code == 404
+            assert r.json()["error"]["message"].startswith("no such session")
