@@ -13,6 +13,12 @@ an empty target; tests start what they need with `systemctl`.
         nsd.run("systemctl", "start", "corral")
         nsd.run("systemctl", "show", "-p", "MainPID", "--value", "corral").stdout
 
+Nothing else runs at boot (it takes well under 2 s): start what a test needs, e.g.
+`nsd.run("systemctl", "start", "systemd-journald.socket")` for the journal (then
+`nsd.run("journalctl", ...)`). There is no D-Bus (tools that need it, like `systemd-run`,
+fail; systemctl talks to systemd's private socket). Processes started with `run` are not
+in the container's cgroups; the host's view of a unit's cgroup is `unit_cgroup(unit)`.
+
 `skip_reason()` says why it cannot run here (not root, no systemd, no unshare, no cgroup
 v2), for `pytest.skip`. The `nsystemd` fixture does both.
 """
