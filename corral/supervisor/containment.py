@@ -164,7 +164,7 @@ def try_reap(pid: int) -> bool:
 def write_knob(path: str, value: str) -> None:
     """Write a cgroup file. No O_CREAT: in a directory that is not a cgroup (or one removed
     meanwhile) that is an error, not a plain file created."""
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
     finally:
@@ -450,7 +450,7 @@ class Containment:
 
     async def close(self) -> None:
         """After every tracked process ended: last sweeps, reap, stop being a subreaper."""
-        for _ in range(3):
+        for _ in range(3 if self.tree is None else 0):  # (cgroup.kill needs no search)
             if not await self._sweep_now():
                 break
         await self._wait_orphans(5.0)
@@ -604,26 +604,25 @@ class Containment:
             if owner is not None:
                 owner.escapees[st.pid] = st.start_time
             elif st.pid not in self._orphan_fds.values():  # (not one already dying)
-                self._kill_orphan(st.pid, st.start_time)
-                killed += 1
+                killed += self._kill_orphan(st.pid, st.start_time)
         if killed:
             self._sweep_wanted = max(self._sweep_wanted, 1)  # their children are next
-        self.orphans_killed += killed
         return killed
 
-    def _kill_orphan(self, pid: int, start_time: int) -> None:
+    def _kill_orphan(self, pid: int, start_time: int) -> bool:
+        """SIGKILL a re-parented descendant (if it is still that process) and reap it when
+        it is gone; True if it was signalled."""
         fd = open_verified(pid, start_time)
         if fd is None:
-            return
+            return False
         signal_fd(fd, signal.SIGKILL)
-        if fd in self._orphan_fds:  # pragma: no cover - fds are unique while open
-            os.close(fd)
-            return
+        self.orphans_killed += 1
         self._orphan_fds[fd] = pid
-        with contextlib.suppress(RuntimeError):
+        try:
             asyncio.get_running_loop().add_reader(fd, self._orphan_exited, fd)
-            return
-        self._orphan_exited(fd)  # pragma: no cover - no loop: reap what we can
+        except RuntimeError:  # pragma: no cover - no loop: reap what we can now
+            self._orphan_exited(fd)
+        return True
 
     def _orphan_exited(self, fd: int) -> None:
         pid = self._orphan_fds.pop(fd, None)
