@@ -31,6 +31,7 @@ As a task, by its input {"do": WHAT, ...}:
   checkpoint    checkpoint {"state": S}
   state         return the state this worker was given (or last checkpointed)
   modules       {"names": [...]}: which of these modules are imported so far
+  env           return its environment (os.environ)
   raw           send {"method": M, "params": P} to corral, as a request, or as a
                 notification with {"notify": true}; return the answer or the error
 
@@ -92,6 +93,8 @@ def handle(task, ctx):
     what = task.get("do", "echo") if isinstance(task, dict) else "echo"
     if what == "echo":
         return task
+    if what == "env":
+        return dict(os.environ)
     if what == "crash":
         print("crashing on request", file=sys.stderr, flush=True)
         os._exit(3)

@@ -21,29 +21,56 @@ SHELL = "/bin/sh"
 PROLOGUE_NAME = "corral-caps"
 
 
+KEEP = -2  # in rlimits(): leave this hard limit as it is
+MIB = 1024 * 1024
+# the shell's flag for each rlimit, and its unit in bytes (dash: -v KiB, -f/-c 512 bytes)
+_ULIMIT = {
+    resource.RLIMIT_AS: ("v", 1024),
+    resource.RLIMIT_CPU: ("t", 1),
+    resource.RLIMIT_NOFILE: ("n", 1),
+    resource.RLIMIT_NPROC: ("p", 1),
+    resource.RLIMIT_FSIZE: ("f", 512),
+    resource.RLIMIT_CORE: ("c", 512),
+}
+
+
+def rlimits(limits: Limits) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) for each cap in force: the one definition both start paths
+    apply, the shell prologue of a cold start and setrlimit in a zygote's child.
+
+    The CPU hard limit is one second above the soft one so the kernel sends SIGXCPU
+    (nameable) before SIGKILL. core_mb = 0 means no core files; only its soft limit is
+    set, which anyone may raise to the hard one, so core_mb > 0 works where the hard limit
+    allows it."""
+    out = []
+    if limits.memory_mb:
+        out.append((resource.RLIMIT_AS, limits.memory_mb * MIB, limits.memory_mb * MIB))
+    if limits.cpu_seconds:
+        out.append((resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1))
+    if limits.open_files:
+        out.append((resource.RLIMIT_NOFILE, limits.open_files, limits.open_files))
+    if limits.processes:
+        out.append((resource.RLIMIT_NPROC, limits.processes, limits.processes))
+    if limits.file_size_mb:
+        out.append((resource.RLIMIT_FSIZE, limits.file_size_mb * MIB,
+                    limits.file_size_mb * MIB))
+    if limits.core_mb or resource.getrlimit(resource.RLIMIT_CORE)[0] != 0:
+        out.append((resource.RLIMIT_CORE, limits.core_mb * MIB, KEEP))
+    return out
+
+
 def ulimit_script(limits: Limits) -> str:
     """The shell prologue for these limits, or "" when there is nothing to set.
-
-    Units are dash's: -v KiB, -f and -c 512-byte blocks. The CPU hard limit is one
-    second above the soft one so the kernel sends SIGXCPU (nameable) before SIGKILL.
-    The soft limit must be lowered before the hard one or the kernel refuses (EINVAL).
-    """
+    The soft limit must be lowered before the hard one or the kernel refuses (EINVAL)."""
     parts = []
-    if limits.memory_mb:
-        parts.append(f"ulimit -v {limits.memory_mb * 1024}")
-    if limits.cpu_seconds:
-        parts.append(f"ulimit -S -t {limits.cpu_seconds}")
-        parts.append(f"ulimit -H -t {limits.cpu_seconds + 1}")
-    if limits.open_files:
-        parts.append(f"ulimit -n {limits.open_files}")
-    if limits.processes:
-        parts.append(f"ulimit -p {limits.processes}")
-    if limits.file_size_mb:
-        parts.append(f"ulimit -f {limits.file_size_mb * 2048}")
-    # core_mb = 0 means no core files; only the soft limit, which anyone may raise to the
-    # hard one, so core_mb > 0 works where the hard limit allows it
-    if limits.core_mb or resource.getrlimit(resource.RLIMIT_CORE)[0] != 0:
-        parts.append(f"ulimit -S -c {limits.core_mb * 2048}")
+    for which, soft, hard in rlimits(limits):
+        flag, unit = _ULIMIT[which]
+        if soft == hard:
+            parts.append(f"ulimit -{flag} {soft // unit}")
+            continue
+        parts.append(f"ulimit -S -{flag} {soft // unit}")
+        if hard != KEEP:
+            parts.append(f"ulimit -H -{flag} {hard // unit}")
     return "; ".join(parts)
 
 

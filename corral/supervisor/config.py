@@ -87,6 +87,10 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     tools: list[str] = []
     state_ttl: NonNeg = 0
     config: dict[str, Any] = {}  # passed to the worker in `initialize`
+    # warm starts (supervisor/zygote.py): fork from a zygote that has imported the worker
+    # SDK (warm) and these modules (preload) instead of starting an interpreter
+    warm: bool = False
+    preload: list[str] = []
 
 
 LogLevel = Literal["debug", "info", "notice", "warning", "error", "critical", "alert",

@@ -30,6 +30,7 @@ from .mcpserver import McpServerReplica
 from .names import name_problem, shown
 from .replica import Event, Replica, ReplicaStatus
 from .tasks import TaskManager
+from .zygote import Zygotes
 
 log = logging.getLogger("corral.supervisor")
 
@@ -66,6 +67,7 @@ class Stats(msgspec.Struct):
     restarts: int = 0
     failures: int = 0  # entered Failed
     spawn_failures: int = 0
+    cold_fallbacks: int = 0  # warm starts asked for and not possible (reason in the log)
     exits: int = 0
     active: int = 0  # live processes now
     loop_stalls: int = 0  # heartbeat ticks at least a second late (see listening.py)
@@ -191,6 +193,7 @@ class Supervisor:
         self.agents: dict[str, Agent] = {}
         self.stats = Stats()
         self.heartbeat_work = HeartbeatWork()
+        self.zygotes = Zygotes(self.containment)
         # agent replicas by state, kept as transitions happen: status lines and readiness
         # checks read it in O(1) instead of scanning every replica per event
         self.census: Counter[State] = Counter()
@@ -245,6 +248,7 @@ class Supervisor:
         for group in (list({*self.replicas(), *rolling}), list(self.mcp_instances())):
             await asyncio.gather(*(r.stop("supervisor shutting down", graceful=graceful)
                                    for r in group))
+        self.zygotes.close()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -487,6 +491,17 @@ class Supervisor:
     def _on_ready(self, replica: Replica) -> None:
         for listener in self.ready_listeners:
             listener(replica)
+
+    def zygote_environment(self, agent_env: dict[str, str]) -> dict[str, str]:
+        """What a zygote's preload imports run with: corral's own environment and the
+        agent's PYTHONPATH (part of the zygote's key); each agent gets its own complete
+        environment in the forked child, before any of its code runs."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+        if "PYTHONPATH" in agent_env:
+            env["PYTHONPATH"] = agent_env["PYTHONPATH"]
+        else:
+            env.pop("PYTHONPATH", None)
+        return env
 
     def initial_state(self, replica: Replica) -> Any:
         saved = self.checkpoints.get((replica.name, replica.index))

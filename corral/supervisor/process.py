@@ -20,7 +20,8 @@ import signal
 import subprocess
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineBlock, LineProtocol
 from .caps import wrap_argv
@@ -35,6 +36,10 @@ STDERR_TAIL = 40
 # stdin/stdout moves in one write and a few reads instead of sixteen 64 KiB handoffs,
 # each a wakeup of the other side
 PIPE_SIZE = 1 << 20
+T = TypeVar("T")
+# the exit status of a zygote's child when the zygote did not tell it (dead, stopped)
+STATUS_LOST = 255
+STATUS_GRACE = 2.0
 
 
 def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int | None]:
@@ -58,23 +63,118 @@ def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int |
     return uid, gid
 
 
+# Spawns run on a few threads: fork/exec (~20 ms with the exec of an interpreter) never
+# blocks the loop, and a mass start is paced to SPAWN_THREADS spawns in flight, where one
+# slow exec holds up one thread and nothing else. _posixsubprocess runs no Python between
+# fork and exec, so forking from a thread is safe; the pipes are close-on-exec, so one
+# thread's child never inherits another's. Containment's bookkeeping (tickets, records)
+# stays on the loop: only the fork/exec, the cgroup placement and the gate run there.
+SPAWN_THREADS = 4
+_spawn_pool: ThreadPoolExecutor | None = None
+
+
+def spawn_pool() -> ThreadPoolExecutor:
+    global _spawn_pool
+    if _spawn_pool is None:
+        _spawn_pool = ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="corral-spawn")
+    return _spawn_pool
+
+
+async def off_loop(fn: Callable[[], T], undo: Callable[[T], None]) -> T:
+    """Run `fn` on the spawn threads; if the caller is cancelled meanwhile, `undo` what it
+    made once it is made (a process started for nobody is killed, not leaked)."""
+    fut = asyncio.get_running_loop().run_in_executor(spawn_pool(), fn)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        def made(f: asyncio.Future[T]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                undo(f.result())
+
+        fut.add_done_callback(made)
+        raise
+
+
+def set_pipe_sizes(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+
+
+def _popen(argv: list[str], env: dict[str, str], cwd: str | None, cgroup: str | None,
+           kwargs: dict[str, Any]) -> tuple[subprocess.Popen[bytes], int]:
+    """On a spawn thread: fork/exec, place in the cgroup and open the gate, watch."""
+    popen = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,  # own session and process group: killpg reaches all
+        close_fds=True,
+        **kwargs,
+    )
+    assert popen.stdin and popen.stdout and popen.stderr
+    if cgroup is not None:
+        # the child waits at the gate of its prologue: place it, then let it go
+        try:
+            place(cgroup, popen.pid)
+            os.write(popen.stdin.fileno(), b"\n")
+        except OSError as exc:
+            _kill_popen((popen, -1))
+            raise OSError(exc.errno, f"cannot place the process in cgroup "
+                                     f"{cgroup}: {exc.strerror}") from None
+    set_pipe_sizes([popen.stdin.fileno(), popen.stdout.fileno(), popen.stderr.fileno()])
+    try:
+        return popen, os.pidfd_open(popen.pid)
+    except BaseException:  # e.g. out of fds: the process must not run on, unwatched
+        _kill_popen((popen, -1))
+        raise
+
+
+def _kill_popen(made: tuple[subprocess.Popen[bytes], int]) -> None:
+    popen, pidfd = made
+    popen.kill()
+    popen.wait()
+    for f in (popen.stdin, popen.stdout, popen.stderr):
+        if f is not None:
+            f.close()
+    if pidfd >= 0:
+        os.close(pidfd)
+
+
+def _settle(fut: asyncio.Future[int], value: int) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
 class ChildProcess:
-    """A spawned process with line-framed stdout, stderr lines, and an exit future."""
+    """A spawned process with line-framed stdout, stderr lines, and an exit future.
+
+    Its exit status comes from `reap` (waitpid of our own child) when the pidfd says it
+    has exited, or, for a process forked by a zygote (zygote.py), from `status`, which the
+    zygote that reaped it sets (or waitpid, if the zygote died first and corral, the
+    subreaper, inherited it)."""
 
     def __init__(
         self,
-        popen: subprocess.Popen[bytes],
+        pid: int,
         pidfd: int,
         loop: asyncio.AbstractEventLoop,
         containment: Containment,
         token: str,
+        *,
+        reap: Callable[[], int | None] | None = None,
+        status: asyncio.Future[int] | None = None,
     ) -> None:
-        self.popen = popen
-        self.pid = popen.pid
+        self.pid = pid
         self.pidfd = pidfd
         self.loop = loop
         self.containment = containment
         self.token = token
+        self._reap = reap
+        self._status = status
         self.exited: asyncio.Future[int] = loop.create_future()
         self.stderr_closed: asyncio.Future[None] = loop.create_future()
         self.stdin: asyncio.WriteTransport | None = None
@@ -99,14 +199,10 @@ class ChildProcess:
         limits: Limits,
         uid: int | None,
         gid: int | None,
-        on_stdout_line: Callable[[bytes], None],
-        on_stdout_eof: Callable[[Exception | None], None],
-        on_stderr_lines: Callable[[LineBlock], None],
-        on_oversize: Callable[[int, bytes, bytes], None],
-        max_line: int = DEFAULT_MAX_LINE,
         stop_timeout: float = 10.0,
+        **channel: Any,
     ) -> ChildProcess:
-        loop = asyncio.get_running_loop()
+        """A cold start: fork/exec on the spawn threads, caps by the shell prologue."""
         kwargs: dict[str, Any] = {}
         if uid is not None:
             kwargs["user"] = uid
@@ -114,88 +210,88 @@ class ChildProcess:
         if gid is not None:
             kwargs["group"] = gid
         ticket = containment.ticket(kind, name, index, limits)
+        command = wrap_argv(argv, limits, gate=ticket.cgroup is not None)
+        full_env = {**env, TOKEN_VARIABLE: ticket.token}
         try:
-            popen = subprocess.Popen(
-                wrap_argv(argv, limits, gate=ticket.cgroup is not None),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env={**env, TOKEN_VARIABLE: ticket.token},
-                cwd=cwd,
-                start_new_session=True,  # own session and process group: killpg reaches all
-                close_fds=True,
-                **kwargs,
-            )
+            popen, pidfd = await off_loop(
+                lambda: _popen(command, full_env, cwd, ticket.cgroup, kwargs), _kill_popen)
         except BaseException:
             containment.abandon(ticket)
             raise
-        assert popen.stdin and popen.stdout and popen.stderr
-        if ticket.cgroup is not None:
-            # the child waits at the gate of its prologue: place it, then let it go
-            try:
-                place(ticket.cgroup, popen.pid)
-                os.write(popen.stdin.fileno(), b"\n")
-            except OSError as exc:
-                popen.kill()
-                popen.wait()
-                for f in (popen.stdin, popen.stdout, popen.stderr):
-                    f.close()
-                containment.abandon(ticket)
-                raise OSError(exc.errno, f"cannot place the process in cgroup "
-                                         f"{ticket.cgroup}: {exc.strerror}") from None
         containment.started(ticket, popen.pid, kind=kind, name=name, index=index,
                             stop_timeout=stop_timeout)
-        for pipe in (popen.stdin, popen.stdout, popen.stderr):
-            with contextlib.suppress(OSError, AttributeError):
-                fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
-        pidfd = -1
+        child = cls(popen.pid, pidfd, asyncio.get_running_loop(), containment, ticket.token,
+                    reap=popen.poll)
+        child.argv0 = argv[0]
+        assert popen.stdin and popen.stdout and popen.stderr
         try:
-            pidfd = os.pidfd_open(popen.pid)
-            child = cls(popen, pidfd, loop, containment, ticket.token)
-            child.argv0 = argv[0]
-        except BaseException:  # e.g. out of fds: the process must not run on, unwatched
-            if pidfd >= 0:
-                os.close(pidfd)
-            popen.kill()
+            await child.attach(popen.stdin, popen.stdout, popen.stderr, **channel)
+        except BaseException:
             popen.wait()
-            for pipe in (popen.stdin, popen.stdout, popen.stderr):
-                pipe.close()
-            containment.ended(ticket.token)
+            child.close()
+            containment.ended(child.token)
             raise
+        return child
+
+    async def attach(
+        self,
+        stdin: Any,
+        stdout: Any,
+        stderr: Any,
+        *,
+        on_stdout_line: Callable[[bytes], None],
+        on_stdout_eof: Callable[[Exception | None], None],
+        on_stderr_lines: Callable[[LineBlock], None],
+        on_oversize: Callable[[int, bytes, bytes], None],
+        max_line: int = DEFAULT_MAX_LINE,
+    ) -> None:
+        """Connect our ends of the process's stdio pipes (file objects) to the loop; on
+        failure the process is killed."""
+        loop = self.loop
         try:
-            stdin_t, _ = await loop.connect_write_pipe(asyncio.Protocol, popen.stdin)
-            child.stdin = stdin_t  # type: ignore[assignment]
+            stdin_t, _ = await loop.connect_write_pipe(asyncio.Protocol, stdin)
+            self.stdin = stdin_t  # type: ignore[assignment]
             out_t, _ = await loop.connect_read_pipe(
                 lambda: LineProtocol(
                     on_stdout_line, on_stdout_eof, max_line=max_line, on_oversize=on_oversize
                 ),
-                popen.stdout,
+                stdout,
             )
 
             def stderr_eof(exc: Exception | None) -> None:
-                if not child.stderr_closed.done():
-                    child.stderr_closed.set_result(None)
+                if not self.stderr_closed.done():
+                    self.stderr_closed.set_result(None)
 
             def stderr_lines(lines: LineBlock) -> None:
-                child.stderr_tail.extend(lines.last(STDERR_TAIL))
+                self.stderr_tail.extend(lines.last(STDERR_TAIL))
                 on_stderr_lines(lines)
 
             # stderr lines are logs; a 16 MiB cap keeps a runaway line from eating memory
             err_t, _ = await loop.connect_read_pipe(
                 lambda: ChunkLines(stderr_lines, stderr_eof, max_line=max_line),
-                popen.stderr,
+                stderr,
             )
         except BaseException:
-            child.kill_group(signal.SIGKILL)
-            popen.wait()
-            child.close()
-            containment.ended(child.token)
+            self.kill_group(signal.SIGKILL)
             raise
-        child._transports = [stdin_t, out_t, err_t]
-        return child
+        self._transports = [stdin_t, out_t, err_t]
 
     def _on_pidfd(self) -> None:
-        rc = self.popen.poll()
+        if self._status is not None:  # a zygote's child
+            self.loop.remove_reader(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = -1
+            with contextlib.suppress(ChildProcessError):
+                # its zygote died first: corral, the subreaper, inherited it
+                pid, wstatus = os.waitpid(self.pid, os.WNOHANG)
+                if pid == self.pid:
+                    _settle(self._status, os.waitstatus_to_exitcode(wstatus))
+            self._status.add_done_callback(self._exited_with)
+            # a zygote that cannot say (stopped, hung) must not keep the exit unseen
+            self.loop.call_later(STATUS_GRACE, _settle, self._status, STATUS_LOST)
+            return
+        assert self._reap is not None
+        rc = self._reap()
         if rc is None:  # pragma: no cover - pidfd readable means exited
             return
         self.loop.remove_reader(self.pidfd)
@@ -203,6 +299,10 @@ class ChildProcess:
         self.pidfd = -1
         if not self.exited.done():
             self.exited.set_result(rc)
+
+    def _exited_with(self, status: asyncio.Future[int]) -> None:
+        if not self.exited.done():
+            self.exited.set_result(status.result())
 
     @property
     def alive(self) -> bool:
@@ -219,7 +319,7 @@ class ChildProcess:
     def signal(self, sig: int) -> None:
         """Signal the process itself (not its group)."""
         if self.pidfd >= 0:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(OSError):  # gone already
                 signal.pidfd_send_signal(self.pidfd, sig)
 
     def kill_group(self, sig: int) -> None:

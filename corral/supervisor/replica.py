@@ -27,6 +27,7 @@ from .config import ConfigError, ProcessSpec
 from .lifecycle import LIVE, RUNNING, SERVING, State
 from .process import ChildProcess, resolve_user
 from .restart import RestartPolicy
+from .zygote import Key, ZygoteUnavailable, warm_argv
 
 if TYPE_CHECKING:
     from .core import Supervisor
@@ -202,6 +203,10 @@ class Replica:
         env["CORRAL_PROCTITLE"] = f"{self.title_prefix} {self.label}"
         for hook in self.sup.environment_hooks:  # e.g. the gateway's URL and token
             env.update(hook(self))
+        if self.spec.cwd is not None and "PWD" not in self.spec.env:
+            # as a shell would have it (and the caps prologue's shell does): the same
+            # for every way of starting, not corral's own directory
+            env["PWD"] = os.path.abspath(self.spec.cwd)
         if uid is not None:  # the user the process runs as, not root's
             pw = pwd.getpwuid(uid)
             env.setdefault("HOME", pw.pw_dir)
@@ -214,24 +219,20 @@ class Replica:
         try:
             uid, gid = resolve_user(spec.user, spec.group)
             env = self._environment(uid)
-            self.process = await ChildProcess.spawn(
-                spec.argv(),
-                containment=self.sup.containment,
-                kind=self.kind,
-                name=self.name,
-                index=self.index,
-                stop_timeout=spec.stop_timeout,
-                env=env,
-                cwd=spec.cwd,
-                limits=spec.limits,
-                uid=uid,
-                gid=gid,
-                on_stdout_line=self._on_stdout_line,
-                on_stdout_eof=self._on_stdout_eof,
-                on_stderr_lines=self._on_stderr_lines,
-                on_oversize=self._on_oversize,
-                max_line=self.max_line,
-            )
+            spawning: dict[str, Any] = {
+                "containment": self.sup.containment, "kind": self.kind, "name": self.name,
+                "index": self.index, "stop_timeout": spec.stop_timeout,
+                "on_stdout_line": self._on_stdout_line,
+                "on_stdout_eof": self._on_stdout_eof,
+                "on_stderr_lines": self._on_stderr_lines,
+                "on_oversize": self._on_oversize,
+                "max_line": self.max_line,
+            }
+            self.process = await self._warm_start(env, uid, gid, spawning)
+            if self.process is None:
+                self.process = await ChildProcess.spawn(
+                    spec.argv(), env=env, cwd=spec.cwd, limits=spec.limits, uid=uid,
+                    gid=gid, **spawning)
         except OSError as exc:
             if exc.errno in CORRAL_RESOURCE_ERRORS:
                 self._spawn_failed_for_want_of(exc)
@@ -257,6 +258,25 @@ class Replica:
         finally:
             init.cancel()
         await self._reap(rc)
+
+    async def _warm_start(self, env: dict[str, str], uid: int | None, gid: int | None,
+                          spawning: dict[str, Any]) -> ChildProcess | None:
+        """A fork from the zygote of this agent's interpreter, preload set and user, when
+        the spec asks for one; None (and the reason in the log) to start cold."""
+        spec = self.spec
+        preload = tuple(getattr(spec, "preload", ()))
+        if not (preload or getattr(spec, "warm", False)):
+            return None
+        try:
+            argv = spec.argv()
+            key = Key(warm_argv(argv, env), preload, uid, gid, env.get("PYTHONPATH"))
+            zygote = await self.sup.zygotes.get(key, self.sup.zygote_environment(env))
+            return await zygote.spawn(argv, env=env, cwd=spec.cwd, limits=spec.limits,
+                                      **spawning)
+        except ZygoteUnavailable as exc:
+            self.sup.stats.cold_fallbacks += 1
+            self.note(f"warm start unavailable, starting cold: {exc}")
+            return None
 
     def _make_peer(self, proc: ChildProcess) -> Peer:
         return Peer(

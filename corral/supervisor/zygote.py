@@ -1,0 +1,365 @@
+"""Warm starts: zygotes that have imported an agent's modules and fork agents on request.
+
+One zygote per (interpreter, preload set, user, group, PYTHONPATH), started the first
+time an agent with `warm = true` or `preload = [...]` starts, and again after it dies.
+The zygote program is corral/worker/zygote.py; this is corral's side of it: start and
+watch it, hand it a spawn request with the agent's stdio pipe ends, and give back a
+ChildProcess that the rest of corral cannot tell from a cold start (same pidfd watch,
+same pipes, the exit status the zygote reaped).
+
+Anything that goes wrong with a zygote is `ZygoteUnavailable` with the reason; the
+replica logs it and starts cold. A zygote that failed to start is not tried again for
+RETRY_AFTER seconds (its preload would be paid, and fail, at every restart).
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .caps import rlimits
+from .config import Limits
+from .containment import TOKEN_VARIABLE, Containment, place
+from .process import STATUS_LOST, ChildProcess, off_loop, set_pipe_sizes
+
+log = logging.getLogger("corral.zygote")
+PROGRAM = str(Path(__file__).resolve().parent.parent / "worker" / "zygote.py")
+START_TIMEOUT = 60.0  # heavy preloads (an LLM framework) take seconds
+SPAWN_TIMEOUT = 10.0
+RETRY_AFTER = 30.0
+MAX_MESSAGE = 1 << 20
+
+
+class ZygoteUnavailable(Exception):
+    """No warm start this time; the message says why (logged, then a cold start)."""
+
+
+class Key(msgspec.Struct, frozen=True):
+    interpreter: str
+    preload: tuple[str, ...]
+    uid: int | None
+    gid: int | None
+    pythonpath: str | None
+
+
+def warm_argv(argv: list[str], env: dict[str, str]) -> str:
+    """The interpreter of a command a zygote can run: `PYTHON script.py ...` or
+    `PYTHON -m module ...`; raises ZygoteUnavailable for anything else."""
+    if len(argv) < 2 or (argv[1].startswith("-") and argv[1] != "-m") or (
+            argv[1] == "-m" and len(argv) < 3):
+        raise ZygoteUnavailable(
+            "command is not `PYTHON script.py ...` or `PYTHON -m module ...`")
+    interpreter = shutil.which(argv[0], path=env.get("PATH"))
+    if interpreter is None:
+        raise ZygoteUnavailable(f"interpreter not found: {argv[0]}")
+    # the path as found, not resolved: a venv's python is a symlink that selects the venv
+    return os.path.abspath(interpreter)
+
+
+class Zygote:
+    def __init__(self, key: Key, env: dict[str, str], containment: Containment,
+                 on_death: Callable[[Zygote], None] | None = None) -> None:
+        self.key = key
+        self.env = env
+        self.containment = containment
+        self.token: str | None = None
+        self.on_death = on_death
+        self.pid: int | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.dead: str | None = None  # why, once it is gone
+        self._next = 0
+        self._spawns: dict[int, asyncio.Future[int]] = {}
+        self._statuses: dict[int, asyncio.Future[int]] = {}
+        self.spawned = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        kwargs: dict[str, Any] = {}
+        if self.key.uid is not None:
+            kwargs["user"] = self.key.uid
+            kwargs["extra_groups"] = []
+        if self.key.gid is not None:
+            kwargs["group"] = self.key.gid
+        env = {**self.env, "CORRAL_ZYGOTE_FD": str(theirs.fileno())}
+        argv = [self.key.interpreter, PROGRAM, *self.key.preload]
+
+        def popen() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
+                cwd="/", start_new_session=True, close_fds=True,
+                pass_fds=[theirs.fileno()], **kwargs)
+
+        # tracked like every process corral starts: recorded (a later daemon stops it
+        # after a crash), never taken for an orphan, placed in a cgroup of its own
+        Zygotes.seq += 1
+        ticket = self.containment.ticket("zygote", "zygote", Zygotes.seq, Limits())
+        env[TOKEN_VARIABLE] = ticket.token
+        try:
+            self.proc = await off_loop(popen, _kill)
+            if ticket.cgroup is not None:
+                place(ticket.cgroup, self.proc.pid)
+        except OSError as exc:
+            ours.close()
+            if self.proc is not None:
+                _kill(self.proc)
+            self.containment.abandon(ticket)
+            raise ZygoteUnavailable(f"zygote could not be started: {exc}") from None
+        finally:
+            theirs.close()
+        self.containment.started(ticket, self.proc.pid, kind="zygote", name="zygote",
+                                 index=Zygotes.seq, stop_timeout=1.0)
+        self.token = ticket.token
+        self.sock = ours
+        ours.setblocking(False)
+        loop.add_reader(ours.fileno(), self._readable)
+        try:
+            self.pid = await asyncio.wait_for(asyncio.shield(self.ready), START_TIMEOUT)
+        except TimeoutError:
+            self._die(f"zygote did not get ready within {START_TIMEOUT:g} s")
+        if self.dead is not None:
+            raise ZygoteUnavailable(self.dead)
+
+    def _readable(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                data = self.sock.recv(MAX_MESSAGE)
+            except BlockingIOError:
+                return
+            except ConnectionResetError:  # it died with our request unread
+                data = b""
+            except OSError as exc:
+                self._die(f"zygote connection failed: {exc}")
+                return
+            if not data:
+                self._die("zygote exited")
+                return
+            self._message(msgspec.json.decode(data))
+
+    def _message(self, msg: dict[str, Any]) -> None:
+        if "ready" in msg:
+            if not self.ready.done():
+                self.ready.set_result(int(msg["ready"]))
+        elif "error" in msg:
+            self._die(str(msg["error"]))
+        elif "spawned" in msg:
+            fut = self._spawns.pop(int(msg["spawned"]), None)
+            if fut is not None and not fut.done():
+                fut.set_result(int(msg["pid"]))
+        elif "failed" in msg:
+            fut = self._spawns.pop(int(msg["failed"]), None)
+            if fut is not None and not fut.done():
+                fut.set_exception(ZygoteUnavailable(f"zygote could not fork: {msg['error']}"))
+        elif "exit" in msg:
+            self._status(int(msg["exit"])).set_result(int(msg["status"]))
+
+    def _status(self, pid: int) -> asyncio.Future[int]:
+        """The exit status of the zygote's child `pid`: it may come before the spawn's
+        answer is read (a child that dies at once)."""
+        fut = self._statuses.get(pid)
+        if fut is None:
+            fut = self._statuses[pid] = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(lambda _: self._statuses.pop(pid, None))
+        return fut
+
+    def _die(self, reason: str) -> None:
+        """The zygote is gone or useless: fail what waits on it, stop it."""
+        if self.dead is not None:
+            return
+        self.dead = reason
+        if not self.ready.done():
+            self.ready.set_exception(ZygoteUnavailable(reason))
+            self.ready.exception()
+        for fut in self._spawns.values():
+            if not fut.done():
+                fut.set_exception(ZygoteUnavailable(f"zygote died mid-spawn: {reason}"))
+        self._spawns.clear()
+        # children still running outlive the zygote; their exit status is lost with it
+        for fut in list(self._statuses.values()):
+            if not fut.done():
+                fut.set_result(STATUS_LOST)
+        was_ready = self.ready.done() and not self.ready.exception()
+        self.close()
+        if was_ready and self.on_death is not None:
+            self.on_death(self)
+
+    async def spawn(self, argv: list[str], *, env: dict[str, str], cwd: str | None,
+                    limits: Limits, containment: Containment, kind: str, name: str,
+                    index: int, stop_timeout: float = 10.0, **channel: Any) -> ChildProcess:
+        """Fork an agent; containment sees it as it sees a cold start (token, record,
+        cgroup placed through the same gate: the child waits for a line on stdin)."""
+        if self.dead is not None or self.sock is None:
+            raise ZygoteUnavailable(self.dead or "zygote not started")
+        loop = asyncio.get_running_loop()
+        ticket = containment.ticket(kind, name, index, limits)
+        # our ends are close-on-exec (os.pipe), the child's are passed as SCM_RIGHTS
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        ours = [stdin_w, stdout_r, stderr_r]
+        theirs = [stdin_r, stdout_w, stderr_w]
+        self._next += 1
+        rid = self._next
+        fut: asyncio.Future[int] = loop.create_future()
+        self._spawns[rid] = fut
+        request = {"id": rid, "argv": argv, "env": {**env, TOKEN_VARIABLE: ticket.token},
+                   "cwd": cwd or os.getcwd(), "rlimits": rlimits(limits),
+                   "gate": ticket.cgroup is not None}
+        try:
+            try:
+                self.sock.sendmsg([msgspec.json.encode(request)],
+                                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                    array.array("i", theirs).tobytes())])
+            except OSError as exc:
+                raise ZygoteUnavailable(f"zygote did not take the request: {exc}") from None
+            finally:
+                for fd in theirs:
+                    os.close(fd)
+            try:
+                pid = await asyncio.wait_for(asyncio.shield(fut), SPAWN_TIMEOUT)
+            except TimeoutError:
+                self._die(f"zygote did not fork within {SPAWN_TIMEOUT:g} s")
+                raise ZygoteUnavailable(self.dead or "") from None
+            if ticket.cgroup is not None:
+                try:
+                    place(ticket.cgroup, pid)
+                except OSError as exc:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                    raise OSError(exc.errno, f"cannot place the process in cgroup "
+                                             f"{ticket.cgroup}: {exc.strerror}") from None
+                os.write(stdin_w, b"\n")  # through the gate
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:  # gone already; the zygote reaped it
+                pidfd = -1
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            self._spawns.pop(rid, None)
+            containment.abandon(ticket)
+            raise
+        containment.started(ticket, pid, kind=kind, name=name, index=index,
+                            stop_timeout=stop_timeout)
+        self.spawned += 1
+        status = self._status(pid)
+        if pidfd < 0:  # exited before we could watch it: a fd that is readable now
+            pidfd = os.eventfd(1, os.EFD_CLOEXEC)
+        child = ChildProcess(pid, pidfd, loop, containment, ticket.token, status=status)
+        child.argv0 = argv[0]
+        set_pipe_sizes(ours)
+        files = [open(fd, mode, buffering=0)  # noqa: SIM115 - the transports own them
+                 for fd, mode in zip(ours, ("wb", "rb", "rb"), strict=True)]
+        try:
+            await child.attach(*files, **channel)
+        except BaseException:
+            child.close()
+            containment.ended(child.token)
+            raise
+        return child
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()  # the zygote reads EOF and exits
+            self.sock = None
+        if self.proc is not None:
+            proc, self.proc = self.proc, None
+            _kill(proc)  # its own process group: not its agents', which have their own
+        if self.token is not None:
+            self.containment.ended(self.token)
+            self.token = None
+
+    @property
+    def alive(self) -> bool:
+        return self.dead is None
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+class Zygotes:
+    """The zygotes of a supervisor, by key: started on first use, again after a death."""
+
+    seq = 0
+
+    def __init__(self, containment: Containment) -> None:
+        self.containment = containment
+        self.zygotes: dict[Key, Zygote] = {}
+        self._starting: dict[Key, asyncio.Future[Zygote]] = {}
+        self._failed: dict[Key, tuple[float, str]] = {}
+        self.started = 0
+        self.failures = 0
+        self.closed = False
+
+    async def get(self, key: Key, env: dict[str, str]) -> Zygote:
+        z = self.zygotes.get(key)
+        if z is not None and z.alive:
+            return z
+        failed = self._failed.get(key)
+        if failed is not None and time.monotonic() - failed[0] < RETRY_AFTER:
+            raise ZygoteUnavailable(failed[1])
+        pending = self._starting.get(key)
+        if pending is None:
+            pending = self._starting[key] = asyncio.ensure_future(self._start(key, env))
+        return await asyncio.shield(pending)
+
+    async def _start(self, key: Key, env: dict[str, str]) -> Zygote:
+        z = Zygote(key, env, self.containment, self._died)
+        try:
+            await z.start()
+        except ZygoteUnavailable as exc:
+            self.failures += 1
+            self._failed[key] = (time.monotonic(), str(exc))
+            raise
+        finally:
+            self._starting.pop(key, None)
+        self._failed.pop(key, None)
+        self.started += 1
+        self.zygotes[key] = z
+        return z
+
+    def _died(self, z: Zygote) -> None:
+        """Supervised: a zygote that served and died is started again at once, so the
+        next restart of its agents is warm (a failing start is not retried for
+        RETRY_AFTER; meanwhile its agents start cold)."""
+        log.warning("zygote %s died: %s; starting it again", z.key, z.dead)
+        if self.closed or self.zygotes.get(z.key) is not z:
+            return
+        del self.zygotes[z.key]
+        if z.key not in self._starting:
+            self._starting[z.key] = fut = asyncio.ensure_future(self._start(z.key, z.env))
+            fut.add_done_callback(_swallow)
+
+    def close(self) -> None:
+        self.closed = True
+        for fut in self._starting.values():
+            fut.cancel()
+        for z in self.zygotes.values():
+            z.close()
+        self.zygotes.clear()
+
+
+def _swallow(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()

@@ -1,0 +1,189 @@
+"""The zygote: a Python process that imports an agent's modules once and forks agents.
+
+corral starts one per (interpreter, preload set, user) as
+`PYTHON .../corral/worker/zygote.py MODULE...` (a script: the zygote needs no more of
+corral on the agent's sys.path than the agent does), with a SOCK_SEQPACKET socket on the fd named
+by CORRAL_ZYGOTE_FD. It imports the modules (and this SDK), refuses to serve if that
+started a thread (a fork copies only the calling thread: a thread started at import would
+be missing in every agent, with whatever lock it held locked forever), says `ready`, and
+then forks one agent per `spawn` request. The request carries the agent's argv, cwd,
+environment, rlimits and process title, and its three stdio pipe ends as SCM_RIGHTS.
+
+In the forked child, before any agent code runs: a new session and process group; the
+pipes on fds 0-2 and every other fd of the zygote closed; signal dispositions as a fresh
+interpreter has them; the agent's rlimits (lowered from the user the zygote already runs
+as, so they cannot be raised back); cwd, environment, sys.argv and sys.path[0] as
+`python script.py` / `python -m module` would have them. Then the script or module runs
+as __main__. The zygote reaps its children and reports each exit status.
+
+Messages are one JSON object per datagram. Stdlib only, like the rest of corral.worker.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import importlib
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+MAX_MESSAGE = 1 << 20
+
+
+def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
+    try:
+        sock.send(json.dumps(msg).encode())
+    except OSError:
+        os._exit(0)  # corral is gone: so are we
+
+
+def _threads() -> list[str]:
+    """Threads besides this one, by Python name, or by count from /proc for threads that
+    Python does not know (started by a C extension)."""
+    names = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    try:
+        tasks = len(os.listdir("/proc/self/task"))
+    except OSError:
+        tasks = 1
+    if tasks - 1 > len(names):
+        names.append(f"{tasks - 1 - len(names)} thread(s) not started by Python")
+    return names
+
+
+def _child(req: dict[str, Any], fds: list[int], sock: socket.socket) -> None:
+    """In the forked child: become the agent. Never returns."""
+    status = 1
+    try:
+        os.setsid()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        sock.close()
+        os.closerange(3, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 65536)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        import resource
+
+        for which, soft, hard in req["rlimits"]:
+            resource.setrlimit(which, (soft, hard))
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        if req.get("gate"):
+            # corral places us in the agent's cgroup, then writes a line: nothing of the
+            # agent runs outside it
+            while os.read(0, 1) not in (b"\n", b""):
+                pass
+        argv = req["argv"]
+        import runpy
+
+        if argv[1] == "-m":
+            sys.argv = [argv[2], *argv[3:]]
+            sys.path.insert(0, os.getcwd())
+            runpy.run_module(argv[2], run_name="__main__", alter_sys=True)
+        else:
+            script = argv[1]
+            sys.argv = argv[1:]
+            sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+            runpy.run_path(script, run_name="__main__")
+        status = 0
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            status = 0
+        elif isinstance(code, int):
+            status = code & 0xFF
+        else:
+            print(code, file=sys.stderr)
+            status = 1
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    finally:
+        # what interpreter shutdown would do: join non-daemon threads, run atexit
+        try:
+            threading._shutdown()  # type: ignore[attr-defined]
+            import atexit
+
+            atexit._run_exitfuncs()
+        except BaseException:
+            pass
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(status)
+
+
+def main() -> None:
+    sock = socket.socket(fileno=int(os.environ.pop("CORRAL_ZYGOTE_FD")))
+    del sys.path[0]  # this file's directory: not the agent's
+    preload = sys.argv[1:]
+    try:
+        # the SDK itself is part of every warm start, where the agent can import it; its
+        # title setter runs here first: setproctitle finds the memory it may write over
+        # (argv, environ) once per process, and the children's environ is rewritten
+        with contextlib.suppress(ImportError):
+            from corral.worker import _set_title
+
+            _set_title(" ".join(["corral: zygote", *preload]))
+        for name in preload:
+            importlib.import_module(name)
+    except BaseException as exc:
+        _send(sock, {"error": f"preload failed: {type(exc).__name__}: {exc}"})
+        return
+    threads = _threads()
+    if threads:
+        _send(sock, {"error": "preload started threads, which a fork would not copy: "
+                              + ", ".join(threads)})
+        return
+
+    def reap(signum: int, frame: Any) -> None:
+        while True:
+            try:
+                pid, wstatus = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            _send(sock, {"exit": pid, "status": os.waitstatus_to_exitcode(wstatus)})
+
+    signal.signal(signal.SIGCHLD, reap)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for corral, which stops us
+    _send(sock, {"ready": os.getpid()})
+    while True:
+        fds = array.array("i")
+        try:
+            data, ancdata, _, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(3 * fds.itemsize))
+        except OSError:
+            return
+        if not data:
+            return  # corral closed its end
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        req = json.loads(data)
+        try:
+            if len(fds) != 3:
+                raise ValueError(f"expected 3 fds, got {len(fds)}")
+            pid = os.fork()
+        except Exception as exc:
+            _send(sock, {"failed": req.get("id"), "error": f"{type(exc).__name__}: {exc}"})
+        else:
+            if pid == 0:
+                _child(req, list(fds), sock)
+            _send(sock, {"spawned": req["id"], "pid": pid})
+        for fd in fds:
+            os.close(fd)
+
+
+if __name__ == "__main__":
+    main()
