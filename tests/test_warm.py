@@ -156,8 +156,9 @@ async def test_a_preload_that_fails_to_import_is_a_cold_start_with_the_error(
     said = notes(sup)
     sup.add(agent("nopre", preload=["no_such_module_here"]))
     await sup.wait_state("nopre", State.READY)
-    assert said == ["warm start unavailable, starting cold: preload failed: "
-                    "ModuleNotFoundError: No module named 'no_such_module_here'"]
+    # (once per start: a restart under load says it again, from the remembered failure)
+    assert set(said) == {"warm start unavailable, starting cold: preload failed: "
+                         "ModuleNotFoundError: No module named 'no_such_module_here'"}
     assert not sup.zygotes.zygotes and sup.zygotes.failures == 1
 
 
@@ -172,8 +173,8 @@ async def test_a_preload_that_starts_a_thread_is_refused_with_the_reason(
     sup.add(agent("threaded", preload=["poller"],
                   env={"PYTHONPATH": f"{tmp_path}:{root}"}))
     await sup.wait_state("threaded", State.READY)
-    assert said == ["warm start unavailable, starting cold: preload started threads, "
-                    "which a fork would not copy: poller"]
+    assert set(said) == {"warm start unavailable, starting cold: preload started threads, "
+                         "which a fork would not copy: poller"}
 
 
 async def test_a_command_a_zygote_cannot_run_starts_cold_with_the_reason(
