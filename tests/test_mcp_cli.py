@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,23 @@ max_restarts = 0
         assert r.stderr.startswith("corral: MCP server broken is not serving: ")
         ready = d.cli("info", "--json")
         assert ready.returncode == 0
+
+
+def test_status_of_named_agents_has_no_mcp_table_tools_says_why_empty_and_stats_rounds(
+        daemon: Daemon) -> None:
+    assert "\nSERVER " in daemon.cli("status").stdout
+    named = daemon.cli("status", "researcher").stdout
+    assert named.startswith("AGENT ") and "SERVER" not in named
+    r = daemon.cli("add", "--name", "bare", "--command", f"{PY} {EXAMPLES}/hello.py",
+                   "--env", f"PYTHONPATH={ROOT}")
+    assert r.returncode == 0, r.stderr
+    r = daemon.cli("tools", "--agent", "bare")
+    assert r.stdout == "no tools: agent bare has an empty allowlist (its `tools` key)\n"
+    wait_until(lambda: daemon.status().get("bare#0", {}).get("state") == "ready",
+               what="bare ready")
+    for _ in range(3):
+        assert daemon.cli("run", "bare", "--input", '{"name": "x"}').returncode == 0
+    row = next(ln for ln in daemon.cli("stats").stdout.splitlines() if ln.startswith("bare "))
+    latency = row.split()[-1]
+    # p50/p95/p99 in ms as people read them: 0.42, 12.3, 5764, never 216.093
+    assert re.fullmatch(r"\d+(\.\d{1,2})?/\d+(\.\d{1,2})?/\d+(\.\d{1,2})?", latency), row
