@@ -16,13 +16,14 @@ Clients are identified by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import secrets
 import time
 import tomllib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,11 +135,12 @@ class Limiter:
         self.in_flight = 0
         self.recent: deque[float] = deque()
 
-    def admit(self, ident: Identity) -> None:
+    def admit(self, ident: Identity, rated: bool = True) -> None:
+        """Take a slot (and, for a call, a place in the minute's rate) or refuse."""
         if self.in_flight >= ident.max_concurrent:
             raise RpcError(jsonrpc.REFUSED, f"gateway client {ident.name} has "
                                             f"{self.in_flight} calls in flight, its limit")
-        if ident.rate_per_minute:
+        if rated and ident.rate_per_minute:
             now = time.monotonic()
             while self.recent and now - self.recent[0] >= 60.0:
                 self.recent.popleft()
@@ -253,6 +255,17 @@ class GatewayService:
     def features(self) -> frozenset[str]:
         return frozenset({"tools", "resources", "prompts", "completions"})
 
+    @contextlib.contextmanager
+    def _slot(self, ident: Identity) -> Iterator[None]:
+        """One of the client's `max_concurrent` slots for a request that is not a tool
+        call (lists, reads, prompts, completion): nothing a client sends runs unbounded."""
+        limiter = self.limiters.setdefault(ident.name, Limiter())
+        limiter.admit(ident, rated=False)
+        try:
+            yield
+        finally:
+            limiter.in_flight -= 1
+
     async def list_items(self, ident: Identity, kind: str) -> list[dict[str, Any]]:
         """Tools and prompts are named SERVER__NAME; resources keep their URIs (a URI is
         routed to the one server that lists it), as `server` says in each entry."""
@@ -263,13 +276,13 @@ class GatewayService:
         lister = listers.get(kind)
         if lister is None:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"no such list: {kind}")
-        items = await lister(owner=ident.owner, allow=ident.allow)
+        with self._slot(ident):
+            items = await lister(owner=ident.owner, allow=ident.allow)
         return [{k: v for k, v in i.items() if k != "server"} for i in items]
 
     async def forward(self, ident: Identity, method: str, params: dict[str, Any],
                       on_progress: Callable[[dict[str, Any]], None] | None,
                       who: tuple[int, int] = (-1, -1)) -> Any:
-        pool = self.sup.mcp
         if method == "tools/call":
             name = params.get("name")
             arguments = params.get("arguments") or {}
@@ -277,6 +290,11 @@ class GatewayService:
                 raise RpcError(jsonrpc.INVALID_PARAMS,
                                "invalid params: tools/call needs a name and object arguments")
             return await self.call(ident, name, arguments, on_progress, who)
+        with self._slot(ident):
+            return await self._other(ident, method, params)
+
+    async def _other(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
+        pool = self.sup.mcp
         if method == "prompts/get":
             return await pool.get_prompt(str(params.get("name")),
                                          params.get("arguments") or {},
