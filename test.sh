@@ -6,7 +6,8 @@ cd "$(dirname "$0")"
 . scripts/venv.sh test
 # the real MCP servers, pinned, for the conformance tests (npm, and PyPI through uvx)
 . scripts/mcp-servers.sh
-# Node 22, the conformance suite and the Inspector, pinned, for the gateway's tests
+# Node 22, the conformance suite and the Inspector, pinned, for the gateway's and the
+# MCP client's conformance tests
 . scripts/npm-tools.sh
 echo "== ruff"
 .venv/bin/ruff check corral tests examples bench

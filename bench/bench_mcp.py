@@ -43,8 +43,17 @@ async def run_concurrent(call: Any, n: int, concurrency: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def corral_rates() -> dict[str, list[float]]:
+async def rates(call: Any, calls: int = CALLS, rounds: int = ROUNDS
+                ) -> dict[str, list[float]]:
+    """Calls per second at concurrency 1 and 8, `rounds` times each."""
     out: dict[str, list[float]] = {"1": [], "8": []}
+    for _ in range(rounds):
+        for c in (1, 8):
+            out[str(c)].append(await run_concurrent(call, calls, c))
+    return out
+
+
+async def corral_rates() -> dict[str, list[float]]:
     async with Supervisor() as sup:
         sup.add_mcp_server(McpServerSpec(name="min", command=[PY, str(SERVER)]))
         inst = await sup.mcp.instance(sup.mcp.server("min"), None)
@@ -53,17 +62,13 @@ async def corral_rates() -> dict[str, list[float]]:
         async def call(i: int) -> None:
             await client.call_tool("echo", {"text": str(i)}, timeout=30)
 
-        for _ in range(ROUNDS):
-            for c in (1, 8):
-                out[str(c)].append(await run_concurrent(call, CALLS, c))
-    return out
+        return await rates(call)
 
 
 async def sdk_rates() -> dict[str, list[float]]:
     from mcp.client import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
-    out: dict[str, list[float]] = {"1": [], "8": []}
     params = StdioServerParameters(command=PY, args=[str(SERVER)])
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
@@ -71,10 +76,7 @@ async def sdk_rates() -> dict[str, list[float]]:
         async def call(i: int) -> None:
             await session.call_tool("echo", {"text": str(i)})
 
-        for _ in range(ROUNDS):
-            for c in (1, 8):
-                out[str(c)].append(await run_concurrent(call, CALLS, c))
-    return out
+        return await rates(call)
 
 
 async def raw_floor() -> float:

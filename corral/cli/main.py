@@ -1010,6 +1010,27 @@ for _verb, _done in (("start", "started"), ("stop", "stopped"), ("restart", "res
     _mcp_verb(_verb, _done)
 
 
+@mcp_group.command("login")
+@click.argument("name")
+@click.option("--config", "-c", "config", metavar="PATH", default=None,
+              help="Config file (default: as for `corral daemon`).")
+@click.option("--port", type=int, default=0, show_default=True,
+              help="Loopback port for the redirect (0: any free port).")
+def mcp_login(name: str, config: str | None, port: int) -> None:
+    """Authorize corral for a remote server with auth = "oauth" (OAuth 2.1, PKCE)."""
+    import asyncio
+
+    from .login import LoginError, login
+
+    try:
+        path = asyncio.run(login(Path(config or _default_config()), name, port,
+                                 lambda text: click.echo(text)))
+    except LoginError as exc:
+        click.echo(f"corral: login to {name} failed: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(f"logged in to {name}; tokens in {path}")
+
+
 def _print_mcp(servers: list[dict[str, Any]]) -> None:
     rows = [[f"{s['name']}#{s['instance']}", s["state"], str(s["pid"] or "-"),
              s["protocol_version"] or "-", str(s["tools"]), str(s["calls"]), str(s["errors"]),

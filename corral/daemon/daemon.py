@@ -105,7 +105,7 @@ class Daemon:
                           raw=s.log_format == "raw")
         self.sup = Supervisor(heartbeat_interval=s.heartbeat_interval,
                               heartbeat_timeout=s.heartbeat_timeout, cgroups=s.cgroups,
-                              max_replicas=s.max_replicas)
+                              max_replicas=s.max_replicas, state_dir=state_dir)
         self.hub.echo = StderrEcho(s.log_level)
         self.journal = (JournalSender() if s.log_journal is True or (
             s.log_journal == "auto" and journald.available()) else None)

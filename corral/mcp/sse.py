@@ -36,6 +36,8 @@ class Parser:
         self._id: str | None = None
         self._retry: int | None = None
         self.last_id: str | None = None  # the stream's last event id (for Last-Event-ID)
+        # seconds to wait before reconnecting: the server's last `retry`, else 1 s
+        self.retry = 1.0
 
     def feed(self, chunk: bytes) -> list[Event]:
         buf = self._buf
@@ -79,6 +81,8 @@ class Parser:
     def _dispatch(self, out: list[Event]) -> None:
         if self._id is not None:
             self.last_id = self._id
+        if self._retry is not None:
+            self.retry = self._retry / 1000
         if self._data or self._retry is not None or self._id is not None:
             out.append(Event(b"\n".join(self._data), self._event or "message", self._id,
                              self._retry))

@@ -106,6 +106,14 @@ class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     url: str | None = None  # a remote server (Streamable HTTP, or legacy HTTP+SSE)
     headers: dict[str, str] = {}  # for a remote server; values may name ${VARIABLES}
     transport: Literal["stdio", "http", "sse"] | None = None  # default: from command/url
+    # "oauth": OAuth 2.1 as the MCP authorization spec describes (`corral mcp login NAME`)
+    auth: Literal["oauth"] | None = None
+    oauth_client_id: str | None = None  # a pre-registered client; else dynamic registration
+    oauth_client_secret: str | None = None  # may name ${VARIABLES}
+    oauth_scopes: list[str] = []  # default: what the server asks for
+    # "client_credentials": a machine client (oauth_client_id + oauth_client_secret) gets
+    # its tokens itself, no login
+    oauth_grant: Literal["authorization_code", "client_credentials"] = "authorization_code"
     instances: PositiveInt = 1
     scope: Literal["shared", "per-agent"] = "shared"
     start: Literal["lazy", "eager"] = "lazy"
@@ -125,16 +133,43 @@ class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
         return super().argv() + list(self.args)
 
     def check(self) -> None:
-        """command xor url, and a transport that fits; raises ConfigError."""
+        """command xor url, a transport that fits, a url that is http(s); raises
+        ConfigError. (${VARIABLES} are read when a remote server connects: the daemon's
+        environment, not check-config's, is the one that counts.)"""
         if self.url is not None and self.command:
             raise ConfigError("give either command (a local server) or url (a remote "
                               "one), not both")
         if self.url is None:
             if self.transport not in (None, "stdio"):
                 raise ConfigError(f"transport {self.transport!r} needs a url")
+            if self.auth is not None or self.headers:
+                raise ConfigError("auth and headers are for a remote server (url)")
             self.argv()
-        elif self.transport == "stdio":
+            return
+        if self.transport == "stdio":
             raise ConfigError("transport 'stdio' needs a command, not a url")
+        if not re.match(r"^https?://[^/]", self.url):
+            raise ConfigError(f"url {self.url!r} is not an http:// or https:// URL")
+        if self.oauth_grant == "client_credentials" and not (
+                self.oauth_client_id and self.oauth_client_secret):
+            raise ConfigError('oauth_grant = "client_credentials" needs oauth_client_id and '
+                              "oauth_client_secret")
+
+
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand(value: str) -> str:
+    """`${VAR}` replaced by the environment's value; an unset variable is an error (a
+    header sent with an empty secret would fail later and less clearly)."""
+
+    def one(m: re.Match[str]) -> str:
+        found = os.environ.get(m.group(1))
+        if found is None:
+            raise ConfigError(f"environment variable {m.group(1)} is not set")
+        return found
+
+    return VARIABLE.sub(one, value)
 
 
 class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -13,6 +13,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -28,6 +29,7 @@ from .listening import ListeningClock
 from .mcproutes import AgentMcp
 from .mcpserver import McpServerReplica
 from .names import name_problem, shown
+from .remote import RemoteMcpServer
 from .replica import Event, Replica, ReplicaStatus
 from .tasks import TaskManager
 from .zygote import Zygotes
@@ -183,9 +185,11 @@ class Supervisor:
         max_line: int = DEFAULT_MAX_LINE,
         cgroups: CgroupMode = "auto",
         max_replicas: int | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.max_replicas = max_replicas or default_max_replicas()
+        self.state_dir = state_dir  # where remote servers' OAuth tokens are kept
         # subreaper, cgroups and process records: nothing a process starts outlives it
         self.containment = Containment(cgroups)
         self.heartbeat_timeout = heartbeat_timeout
@@ -432,6 +436,11 @@ class Supervisor:
         if problem:
             raise SupervisorError(jsonrpc.INVALID_PARAMS,
                                   f"MCP server {shown(spec.name)}: {problem}")
+        try:
+            spec.check()
+        except ConfigError as exc:
+            raise SupervisorError(jsonrpc.INVALID_PARAMS,
+                                  f"MCP server {spec.name}: {exc}") from None
         self.mcp.add(spec)
 
     def retune_mcp_server(self, spec: McpServerSpec) -> bool:
@@ -455,6 +464,8 @@ class Supervisor:
 
     def _new_mcp_instance(self, spec: McpServerSpec, name: str, index: int,
                           owner: str | None) -> McpServerReplica:
+        if spec.remote:  # a connection, not a process: supervised the same way
+            return RemoteMcpServer(self, spec, name, index, owner)
         return McpServerReplica(self, spec, name, index, owner)
 
     async def _wait_mcp_serving(self, inst: McpServerReplica, timeout: float

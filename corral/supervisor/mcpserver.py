@@ -60,13 +60,6 @@ class McpServerReplica(Replica):
         # each call has its own timeout (`timeout`), after which it fails by itself
         return self.client.calls_in_flight > 0
 
-    def start(self, *, by_hand: bool = True, reason: str | None = None) -> None:
-        if self.mcp_spec.remote:  # no process to spawn: the HTTP transport's job
-            self.reason = (f"remote MCP server ({self.mcp_spec.url}): this build has no "
-                           "HTTP transport")
-            return
-        super().start(by_hand=by_hand, reason=reason)
-
     def _ask_to_stop(self) -> None:
         pass  # the MCP stdio shutdown: closing stdin is the request
 

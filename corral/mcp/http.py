@@ -1,0 +1,414 @@
+"""MCP over HTTP: the Streamable HTTP transport, and the legacy HTTP+SSE transport that
+older servers speak (found by the spec's backwards-compatibility procedure).
+
+The transport sits under a `jsonrpc.Peer` (see the seam in client.py): `send` takes each
+encoded message the Peer writes, and every message from the server goes to `feed`.
+
+Streamable HTTP (revision 2025-03-26 and later):
+- every message is POSTed to the endpoint; the answer is `application/json`, an SSE stream
+  (`text/event-stream`, which may carry server requests and notifications before the
+  response), or 202 for notifications and responses;
+- the session id the server gives with the `initialize` answer (`Mcp-Session-Id`) is sent
+  with every later request, with `MCP-Protocol-Version` once negotiated; a 404 for a
+  request with a session id means the session is gone (`on_lost`: the owner
+  re-initializes);
+- a GET stream carries what the server sends outside any request; a stream that ends
+  before its response arrived is resumed with GET and `Last-Event-ID` after the server's
+  `retry` delay;
+- DELETE ends the session on close.
+
+Legacy HTTP+SSE (2024-11-05): when the `initialize` POST fails with a 4xx, a GET opens an
+SSE stream whose first `endpoint` event names the URL to POST to; every message from the
+server then comes on that stream.
+
+aiohttp is imported here; this module is loaded only when a remote server is configured,
+so a daemon without one does not load it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urljoin
+
+import aiohttp
+import msgspec
+
+from .. import jsonrpc
+from . import sse
+
+log = logging.getLogger("corral.mcp.http")
+
+JSON = "application/json"
+EVENT_STREAM = "text/event-stream"
+SESSION_HEADER = "Mcp-Session-Id"
+VERSION_HEADER = "MCP-Protocol-Version"
+MAX_RESUMES = 5  # reconnections of one response stream that bring nothing new
+LEGACY_STATUSES = (400, 404, 405)
+MAX_AUTH_ROUNDS = 2  # new credentials for one request: authorize, then step up once
+
+
+class _Head(msgspec.Struct):
+    """What the transport needs to know of a message: is it a request, and its id."""
+
+    id: jsonrpc.Id | None = None
+    method: str | None = None
+
+
+_head = msgspec.json.Decoder(_Head)
+
+
+class HttpError(Exception):
+    """An HTTP exchange failed; `message` says how, for the request it belonged to."""
+
+
+# An auth hook: given the 401/403 response, get credentials so that a retry may succeed
+# (raises HttpError when it cannot); `headers()` gives what to send with every request.
+class Auth:
+    async def headers(self) -> dict[str, str]:
+        return {}
+
+    async def on_unauthorized(self, resp: aiohttp.ClientResponse) -> bool:
+        """Called with a 401 or 403; True when a retry with new credentials makes sense."""
+        return False
+
+
+class HttpTransport:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        feed: Callable[[bytes], None],
+        on_lost: Callable[[str], None],
+        headers: dict[str, str] | None = None,
+        auth: Auth | None = None,
+        max_message: int = jsonrpc.DEFAULT_MAX_LINE,
+        connect_timeout: float = 10.0,
+        sse_only: bool = False,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.feed = feed
+        self.on_lost = on_lost
+        self.static_headers = dict(headers or {})
+        self.auth = auth
+        self.max_message = max_message
+        self.session_id: str | None = None
+        self.protocol_version: str | None = None
+        # the HTTP+SSE transport: found at the first initialize, or configured
+        # (`transport = "sse"`), when no POST to the stream URL is tried at all
+        self.legacy = False
+        self.sse_only = sse_only
+        self._post_url = url
+        self._http: aiohttp.ClientSession | None = None
+        self._connect_timeout = connect_timeout
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._order: asyncio.Future[None] | None = None  # the last notification's POST
+        self._listener: asyncio.Task[None] | None = None
+        self._legacy_endpoint: asyncio.Future[str] | None = None
+        self._closed = False
+        self.lost: str | None = None
+
+    # -- the seam ---------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        """One message from the Peer (bytes ending in a newline)."""
+        if self._closed:
+            return
+        head = _head.decode(data)
+        is_request = head.method is not None and head.id is not None
+        previous = self._order
+        task = asyncio.ensure_future(self._send(data, head, previous))
+        if not is_request:
+            # notifications and responses are delivered in order, and before any request
+            # sent after them (`notifications/initialized` before the first list call)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            task.add_done_callback(lambda _t: _resolve(done))
+            self._order = done
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def set_protocol_version(self, version: str) -> None:
+        self.protocol_version = version
+
+    async def close(self) -> None:
+        """End the session (DELETE, as the spec asks) and every stream."""
+        if self._closed:
+            return
+        self._closed = True
+        for t in [*self._tasks, *([self._listener] if self._listener else [])]:
+            t.cancel()
+        await asyncio.gather(*self._tasks, *([self._listener] if self._listener else []),
+                             return_exceptions=True)
+        http = self._http
+        if http is not None:
+            if self.session_id is not None and not self.legacy:
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        headers = await self._headers()
+                        async with http.delete(self.url, headers=headers) as resp:
+                            await resp.read()
+            await http.close()
+            self._http = None
+
+    # -- requests ---------------------------------------------------------------------------
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
+                # the server's messages are bounded by max_message, not aiohttp's defaults
+                read_bufsize=2**16)
+        return self._http
+
+    async def _headers(self, accept: str = f"{JSON}, {EVENT_STREAM}") -> dict[str, str]:
+        h = {"Accept": accept, **self.static_headers}
+        if self.session_id is not None:
+            h[SESSION_HEADER] = self.session_id
+        if self.protocol_version is not None:
+            h[VERSION_HEADER] = self.protocol_version
+        if self.auth is not None:
+            h.update(await self.auth.headers())
+        return h
+
+    async def _send(self, data: bytes, head: _Head, previous: asyncio.Future[None] | None
+                    ) -> None:
+        if previous is not None:
+            await previous
+        try:
+            await self._post(data, head)
+        except HttpError as exc:
+            self._fail(head, str(exc))
+        except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
+            why = f"cannot reach {self._post_url}: {_describe(exc)}"
+            self._fail(head, why)
+            self._lose(f"unreachable: {_describe(exc)}")
+        except aiohttp.ClientError as exc:
+            self._fail(head, f"HTTP exchange with {self._post_url} failed: {_describe(exc)}")
+        if head.method == "notifications/initialized" and not self.legacy:
+            self._start_listener()
+
+    def _fail(self, head: _Head, message: str) -> None:
+        """Fail the request this message was (if it was one) with `message`."""
+        if head.method is None or head.id is None:
+            log.warning("%s: %s", self.name, message)
+            return
+        self.feed(jsonrpc.encode(jsonrpc.ErrorResponse(
+            head.id, jsonrpc.ErrorObject(jsonrpc.REFUSED, message))))
+
+    def _lose(self, reason: str) -> None:
+        if self.lost is None and not self._closed:
+            self.lost = reason
+            self.on_lost(reason)
+
+    async def _post(self, data: bytes, head: _Head) -> None:
+        http = self._session()
+        if self.legacy or self.sse_only:
+            await self._start_legacy()
+            await self._legacy_post(data)
+            return
+        auth_rounds = 0
+        while True:
+            headers = await self._headers()
+            headers["Content-Type"] = JSON
+            async with http.post(self.url, data=data, headers=headers) as resp:
+                status = resp.status
+                if (status in (401, 403) and self.auth is not None
+                        and auth_rounds < MAX_AUTH_ROUNDS
+                        and await self.auth.on_unauthorized(resp)):
+                    auth_rounds += 1  # a 401, then perhaps a 403 asking for more scopes
+                    continue
+                if status == 404 and self.session_id is not None:
+                    self._lose("session expired (HTTP 404)")
+                    raise HttpError(f"{self.name}: the server ended the session "
+                                    "(HTTP 404); re-initializing")
+                if (status in LEGACY_STATUSES and head.method == "initialize"
+                        and self.session_id is None):
+                    await resp.read()
+                    break  # an HTTP+SSE server: below
+                if status >= 400:
+                    raise HttpError(await _http_error(resp))
+                sid = resp.headers.get(SESSION_HEADER)
+                if sid is not None and head.method == "initialize":
+                    self.session_id = sid
+                if status == 202 or head.id is None or head.method is None:
+                    await resp.read()
+                    return
+                ctype = resp.content_type
+                if ctype == EVENT_STREAM:
+                    await self._read_response_stream(resp, head)
+                elif ctype == JSON:
+                    body = await _read_bounded(resp, self.max_message)
+                    if body.strip():
+                        self.feed(body)
+                else:
+                    raise HttpError(f"unexpected content type {ctype!r} from {self.url} "
+                                    f"(HTTP {status})")
+                return
+        await self._start_legacy()
+        await self._legacy_post(data)
+
+    # -- streams ------------------------------------------------------------------------------
+    async def _read_response_stream(self, resp: aiohttp.ClientResponse, head: _Head) -> None:
+        """Feed a POST's event stream until the response to `head.id` has come; resume it
+        with GET + Last-Event-ID if the server closes it before then."""
+        parser = sse.Parser(self.max_message)
+        answered = await self._pump(resp, parser, head.id)
+        resumes = 0
+        while not answered:
+            if parser.last_id is None:
+                raise HttpError(f"{self.url} closed the response stream of {head.method} "
+                                "before answering, and gave no event id to resume from")
+            if resumes >= MAX_RESUMES:
+                raise HttpError(f"{self.url} closed the response stream of {head.method} "
+                                f"{MAX_RESUMES} times without answering")
+            resumes += 1
+            await asyncio.sleep(parser.retry)
+            before = parser.last_id
+            headers = await self._headers(EVENT_STREAM)
+            headers["Last-Event-ID"] = parser.last_id
+            async with self._session().get(self.url, headers=headers) as again:
+                if again.status >= 400:
+                    raise HttpError(f"resuming the stream of {head.method}: "
+                                    f"{await _http_error(again)}")
+                answered = await self._pump(again, parser, head.id)
+            if parser.last_id != before:
+                resumes = 0
+
+    async def _pump(self, resp: aiohttp.ClientResponse, parser: sse.Parser,
+                    until: jsonrpc.Id | None) -> bool:
+        """Feed the stream's messages; True once the response to `until` went by (the
+        stream is then left: a resumed or POST stream is done with)."""
+        try:
+            async for chunk in resp.content.iter_any():
+                for ev in parser.feed(chunk):
+                    if ev.event != "message" or not ev.data.strip():
+                        continue
+                    self.feed(ev.data)
+                    if until is not None and _answers(ev.data, until):
+                        return True
+        except sse.TooLarge as exc:
+            raise HttpError(f"{self.url}: {exc} (limit {self.max_message} bytes)") from None
+        except aiohttp.ClientPayloadError:
+            pass  # the stream broke off: resumable like a closed one
+        return False
+
+    def _start_listener(self) -> None:
+        if self._listener is None and not self._closed:
+            self._listener = asyncio.ensure_future(self._listen())
+
+    async def _listen(self) -> None:
+        """The GET stream: what the server sends outside any request, for the session's
+        lifetime, reconnected (with Last-Event-ID) when it ends."""
+        parser = sse.Parser(self.max_message)
+        failures = 0
+        while not self._closed:
+            try:
+                headers = await self._headers(EVENT_STREAM)
+                if parser.last_id is not None:
+                    headers["Last-Event-ID"] = parser.last_id
+                async with self._session().get(self.url, headers=headers) as resp:
+                    if resp.status == 405:
+                        return  # the server offers no stream outside requests
+                    if resp.status == 404 and self.session_id is not None:
+                        self._lose("session expired (HTTP 404)")
+                        return
+                    if resp.status >= 400 or resp.content_type != EVENT_STREAM:
+                        log.info("%s: no GET stream (HTTP %d)", self.name, resp.status)
+                        return
+                    failures = 0
+                    await self._pump(resp, parser, None)
+            except (aiohttp.ClientError, OSError, TimeoutError, HttpError) as exc:
+                failures += 1
+                log.info("%s: GET stream: %s", self.name, _describe(exc))
+                if failures > MAX_RESUMES:
+                    return
+            await asyncio.sleep(parser.retry)
+
+    # -- the legacy HTTP+SSE transport --------------------------------------------------------
+    async def _start_legacy(self) -> None:
+        if self._legacy_endpoint is None:
+            self.legacy = True
+            self._legacy_endpoint = asyncio.get_running_loop().create_future()
+            self._listener = asyncio.ensure_future(self._legacy_stream())
+        endpoint = await self._legacy_endpoint
+        self._post_url = endpoint
+
+    async def _legacy_stream(self) -> None:
+        assert self._legacy_endpoint is not None
+        found = self._legacy_endpoint
+        parser = sse.Parser(self.max_message)
+        try:
+            headers = await self._headers(EVENT_STREAM)
+            async with self._session().get(self.url, headers=headers) as resp:
+                if resp.status >= 400 or resp.content_type != EVENT_STREAM:
+                    raise HttpError(
+                        f"{self.url} is neither a Streamable HTTP endpoint nor an HTTP+SSE "
+                        f"one (the initialize POST failed and GET answered HTTP "
+                        f"{resp.status} {resp.content_type})")
+                async for chunk in resp.content.iter_any():
+                    for ev in parser.feed(chunk):
+                        if ev.event == "endpoint" and not found.done():
+                            found.set_result(urljoin(self.url, ev.data.decode().strip()))
+                        elif ev.event == "message" and ev.data.strip():
+                            self.feed(ev.data)
+            raise HttpError(f"{self.url} closed the SSE stream")
+        except asyncio.CancelledError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError, HttpError, sse.TooLarge) as exc:
+            why = _describe(exc)
+            if not found.done():
+                found.set_exception(HttpError(why))
+            self._lose(f"SSE stream lost: {why}")
+
+    async def _legacy_post(self, data: bytes) -> None:
+        headers = await self._headers(JSON)
+        headers["Content-Type"] = JSON
+        async with self._session().post(self._post_url, data=data, headers=headers) as resp:
+            if resp.status >= 400:
+                raise HttpError(await _http_error(resp))
+            await resp.read()  # the answer comes on the SSE stream
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _answers(data: bytes, rid: jsonrpc.Id) -> bool:
+    """Whether this message (or batch) is the response to request `rid`."""
+    try:
+        if data.lstrip()[:1] == b"[":
+            return any(h.method is None and h.id == rid
+                       for h in msgspec.json.decode(data, type=list[_Head]))
+        h = _head.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return h.method is None and h.id == rid
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    if resp.content_length is not None and resp.content_length > limit:
+        raise HttpError(f"a {resp.content_length}-byte answer from {resp.url} is over the "
+                        f"limit of {limit} bytes")
+    buf = bytearray()
+    async for chunk in resp.content.iter_any():
+        buf += chunk
+        if len(buf) > limit:
+            raise HttpError(f"an answer from {resp.url} of more than {limit} bytes (the "
+                            "limit)")
+    return bytes(buf)
+
+
+async def _http_error(resp: aiohttp.ClientResponse) -> str:
+    body = (await resp.content.read(500)).decode("utf-8", "replace").strip()
+    text = f"HTTP {resp.status} {resp.reason or ''}".strip()
+    return f"{resp.method} {resp.url}: {text}" + (f": {body}" if body else "")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text
+

@@ -1,0 +1,142 @@
+"""A remote MCP server (`url = ...`) supervised like a local one.
+
+There is no process: a connection (an HTTP session, mcp/http.py) takes its place in the
+same lifecycle. Connecting and the MCP handshake are Starting; a session that ends (the
+server unreachable, the session gone with HTTP 404, the SSE stream lost, no answer to
+pings) is an exit, and the restart policy decides as for a process: Backoff, then a new
+session, or Failed after too many. So a remote server that is down shows `backoff` with
+the reason in `corral status`, and comes back by itself when it is reachable again.
+
+aiohttp is imported (through mcp/http.py) only when such a server starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from .config import MIB, ConfigError, McpServerSpec, expand
+from .lifecycle import RUNNING, State
+from .mcpserver import McpServerReplica
+
+if TYPE_CHECKING:
+    from ..mcp.http import HttpTransport
+    from ..mcp.oauth import OAuthSettings
+    from .core import Supervisor
+
+
+class RemoteMcpServer(McpServerReplica):
+    handshake = "the MCP handshake"
+
+    def __init__(self, sup: Supervisor, spec: McpServerSpec, name: str, index: int,
+                 owner: str | None = None) -> None:
+        super().__init__(sup, spec, name, index, owner)
+        self.transport: HttpTransport | None = None
+        self._ended: asyncio.Future[str] | None = None
+
+    async def _lifetime(self) -> None:
+        """One session from connect to its end, then the restart policy's decision."""
+        spec = self.mcp_spec
+        assert spec.url is not None
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[str] = loop.create_future()
+        self._ended = ended
+        try:
+            transport = self._connect(spec.url, ended)
+        except ConfigError as exc:
+            reason = f"cannot connect: {exc}"
+            self.last_exit = reason
+            self._set(State.TERMINATED, reason)
+            self._after_exit(clean=False, uptime=0.0, reason=reason)
+            return
+        self.spawned_at = time.monotonic()
+        if self.state == State.SHUTTING_DOWN:  # stopped while setting up
+            _end(ended, self._down_reason or "stopped")
+        init = asyncio.ensure_future(self._initialize())
+        try:
+            reason = await asyncio.shield(ended)
+        finally:
+            init.cancel()
+        await transport.close()
+        uptime = time.monotonic() - (self.spawned_at or time.monotonic())
+        if self.peer is not None:
+            self.peer.close(self.exit_message(reason))
+        self.sup._on_exit(self, reason)
+        self.transport = None
+        self.peer = None
+        self.ready_at = None
+        self.last_exit = reason
+        self._set(State.TERMINATED, reason)
+        self._after_exit(clean=False, uptime=uptime, reason=reason)
+
+    def _connect(self, url: str, ended: asyncio.Future[str]) -> HttpTransport:
+        from ..mcp.http import HttpTransport  # aiohttp: only when a remote server runs
+        spec = self.mcp_spec
+        headers = {}
+        for key, value in spec.headers.items():
+            try:
+                headers[key] = expand(value)
+            except ConfigError as exc:
+                raise ConfigError(f"headers.{key}: {exc}") from None
+        auth = None
+        if spec.auth == "oauth":
+            from ..mcp.oauth import OAuth
+
+            if self.sup.state_dir is None:
+                raise ConfigError('auth = "oauth" needs a state directory for its tokens')
+            auth = OAuth.for_server(spec.name, url, oauth_settings(spec), self.sup.state_dir)
+        client = self.client = self._new_client()
+
+        def lost(reason: str) -> None:
+            if self.state in RUNNING:
+                self._down_reason = reason
+                self._set(State.SHUTTING_DOWN, reason)
+            _end(ended, reason)
+
+        transport = HttpTransport(self.label, url, feed=self._feed, on_lost=lost,
+                                  headers=headers, auth=auth,
+                                  connect_timeout=spec.start_timeout,
+                                  sse_only=spec.transport == "sse",
+                                  max_message=spec.max_message_mb * MIB)
+        self.transport = transport
+        self.peer = client.make_peer(transport.send)
+        client.on_version = transport.set_protocol_version
+        return transport
+
+    def _feed(self, data: bytes) -> None:
+        self._heard = True  # any message is a sign of life, as a process's line is
+        if self.peer is not None:
+            self.peer.feed_line(data)
+
+    def take_down(self, reason: str, *, graceful: bool) -> None:
+        if self.state not in RUNNING:
+            return
+        self._down_reason = reason
+        self._set(State.SHUTTING_DOWN, reason)
+        if self._ended is not None:
+            _end(self._ended, reason)
+
+    def exit_message(self, reason: str) -> str:
+        return f"MCP server {self.label} disconnected: {reason}"
+
+    async def _handshake(self) -> str:
+        await super()._handshake()
+        t = self.transport
+        kind = "HTTP+SSE" if t is not None and t.legacy else "Streamable HTTP"
+        return (f"connected to {self.mcp_spec.url} ({kind}, MCP {self.client.version}, "
+                f"{len(self.client.tools)} tools)")
+
+
+def oauth_settings(spec: McpServerSpec) -> OAuthSettings:
+    from ..mcp.oauth import OAuthSettings
+
+    secret = spec.oauth_client_secret
+    return OAuthSettings(client_id=spec.oauth_client_id,
+                         client_secret=expand(secret) if secret is not None else None,
+                         scopes=list(spec.oauth_scopes), grant=spec.oauth_grant)
+
+
+def _end(fut: asyncio.Future[str], reason: str) -> None:
+    if not fut.done():
+        fut.set_result(reason)
