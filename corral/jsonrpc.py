@@ -73,6 +73,22 @@ SMALL_LINE = 64 * 1024  # below this a line is copied to bytes; above, handed ov
 TOO_DEEP = "JSON nested too deeply"
 
 
+def visible(name: str, limit: int = 80) -> str:
+    """A name from a peer as an error message shows it: as is when it reads plainly,
+    else quoted (an empty name, control characters), and cut short when long."""
+    shown = name if name and name.isprintable() and name.strip() == name else repr(name)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(name)} characters)"
+
+
+def method_not_found(method: str) -> RpcError:
+    return RpcError(METHOD_NOT_FOUND, f"method not found: {visible(method)}")
+
+
+def not_found(what: str, name: str) -> RpcError:
+    """`no such agent: NAME` and the like, the name shown `visible`."""
+    return RpcError(NOT_FOUND, f"no such {what}: {visible(name)}")
+
+
 def describe(exc: BaseException) -> str:
     """An exception in words, never empty (str(MemoryError()) is "")."""
     return str(exc) or type(exc).__name__
@@ -638,7 +654,7 @@ class Peer:
             self.send_error(None, RpcError(INVALID_REQUEST, "invalid request: id is null"))
             return
         if self._dispatch is None:
-            self.send_error(rid, RpcError(METHOD_NOT_FOUND, f"method not found: {method}"))
+            self.send_error(rid, method_not_found(method))
             return
         try:
             result = self._dispatch(method, env.params, self)

@@ -311,7 +311,7 @@ def _log_sources(d: Daemon, names: list[str]
         except ValueError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         if n not in d.sup.agents and n != "corral" and n not in d.hub.tails:
-            raise RpcError(jsonrpc.NOT_FOUND, f"no such agent: {n}")
+            raise jsonrpc.not_found("agent", n)
         if n not in replicas:
             sources.append(n)
             replicas[n] = set()

@@ -231,7 +231,7 @@ class Connection(LineProtocol):
         spec = REGISTRY.get(method)
         impl = IMPLEMENTATIONS.get(method)
         if spec is None or impl is None:
-            raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
+            raise jsonrpc.method_not_found(method)
         typed = jsonrpc.decode_params(params, spec.params)
         return self._run(spec, typed, impl)
 

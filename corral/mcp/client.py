@@ -535,7 +535,7 @@ class McpClient:
             raise RpcError(jsonrpc.METHOD_NOT_FOUND,
                            f"{method}: corral does not offer {what} (it runs unattended; "
                            f"see docs/decisions.md)")
-        raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
+        raise jsonrpc.method_not_found(method)
 
 
 def _offers_stateless(found: Any) -> bool:

@@ -141,7 +141,7 @@ class McpPool(Generic[Spec, Inst]):
         try:
             return self.servers[name]
         except KeyError:
-            raise RpcError(jsonrpc.NOT_FOUND, f"no such MCP server: {name}") from None
+            raise jsonrpc.not_found("MCP server", name) from None
 
     async def instance(self, entry: ServerEntry[Spec, Inst], owner: str | None) -> Inst:
         """A serving instance for this caller, starting one if the server is lazy."""
@@ -225,7 +225,7 @@ class McpPool(Generic[Spec, Inst]):
                            f"{what} {qualified} is not allowed (allowlist: {allow})")
         entry = self.servers.get(server)
         if entry is None:
-            raise RpcError(jsonrpc.NOT_FOUND, f"no such MCP server: {server}")
+            raise jsonrpc.not_found("MCP server", server)
         return entry, await self.instance(entry, owner)
 
     # -- tools ----------------------------------------------------------------------------

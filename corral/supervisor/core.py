@@ -283,7 +283,8 @@ class Supervisor:
         try:
             return self.agents[name]
         except KeyError:
-            raise SupervisorError(jsonrpc.NOT_FOUND, f"no such agent: {name}") from None
+            raise SupervisorError(jsonrpc.NOT_FOUND,
+                                  f"no such agent: {jsonrpc.visible(name)}") from None
 
     async def remove(self, name: str) -> None:
         agent = self.agent(name)
@@ -534,7 +535,7 @@ class Supervisor:
     def _worker_request(self, replica: Replica, method: str, raw: Any) -> Any:
         handler = self.worker_methods.get(method)
         if handler is None:
-            raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {method}")
+            raise jsonrpc.method_not_found(method)
         params = _object(raw)
         if params is None:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"{method}: params must be an object")

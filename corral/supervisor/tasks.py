@@ -456,7 +456,7 @@ class TaskManager:
         try:
             return self.tasks[task_id]
         except KeyError:
-            raise RpcError(jsonrpc.NOT_FOUND, f"no such task: {task_id}") from None
+            raise jsonrpc.not_found("task", task_id) from None
 
     def cancel(self, task_id: str) -> Task:
         task = self.get(task_id)
