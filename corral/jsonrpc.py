@@ -80,6 +80,10 @@ def visible(name: str, limit: int = 80) -> str:
     return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(name)} characters)"
 
 
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    return f"JSON is malformed: not UTF-8 ({exc.reason} at byte {exc.start})"
+
+
 def method_not_found(method: str) -> RpcError:
     return RpcError(METHOD_NOT_FOUND, f"method not found: {visible(method)}")
 
@@ -180,6 +184,9 @@ def decode_params(raw: Raw | UnsetType | None, type: type[Any]) -> Any:
         raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
     except msgspec.DecodeError as exc:  # pragma: no cover - Raw is always valid JSON
         raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
+    except UnicodeDecodeError as exc:  # a string that is not UTF-8 (found by the fuzz test)
+        raise RpcError(INVALID_PARAMS, f"invalid params: not UTF-8: {exc.reason} at byte "
+                                       f"{exc.start}") from None
 
 
 # -- framing --------------------------------------------------------------------------------
@@ -566,6 +573,9 @@ class Peer:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self._garbage(line, str(exc))
                 return
+            except UnicodeDecodeError as exc:
+                self._garbage(line, _not_utf8(exc))
+                return
             except RecursionError:
                 self._garbage(line, TOO_DEEP)
                 return
@@ -579,6 +589,9 @@ class Peer:
             env = _envelope_decoder.decode(line)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self._garbage(line, str(exc))
+            return
+        except UnicodeDecodeError as exc:  # msgspec checks the UTF-8 of what it decodes
+            self._garbage(line, _not_utf8(exc))
             return
         except RecursionError:  # msgspec's own depth limit, not a crash of ours
             self._garbage(line, TOO_DEEP)

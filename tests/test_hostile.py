@@ -220,7 +220,7 @@ def test_connections_past_the_cap_are_refused_and_idle_ones_closed(daemon: Daemo
     healthy(daemon)
 
 
-def test_deep_nesting_gets_a_parse_error_and_the_connection_lives(daemon: Daemon) -> None:
+def test_deep_nesting_and_bad_utf8_get_an_error_and_the_connection_lives(daemon: Daemon) -> None:
     s = connect(daemon)
     deep = b"[" * 100_000 + b"]" * 100_000
     s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"events.publish","params":{"topic":"t",'
@@ -229,6 +229,16 @@ def test_deep_nesting_gets_a_parse_error_and_the_connection_lives(daemon: Daemon
     assert first == {"jsonrpc": "2.0", "id": None, "error": {
         "code": -32700, "message": "parse error: JSON nested too deeply"}}
     assert second["id"] == 2 and second["result"]["pid"] == daemon.proc.pid  # type: ignore[union-attr]
+    # a string that is not UTF-8, in the envelope and in params (found by the fuzz test)
+    s.sendall(b'{"jsonrpc":"\x8a.0","id":3}\n{"jsonrpc":"2.0","id":4,"method":"agents.'
+              b'status","params":{"names":["\xff"]}}\n{"jsonrpc":"2.0","id":5,"method":'
+              b'"daemon.info"}\n')
+    third, fourth, fifth = read_replies(s, 3)
+    assert third["id"] is None and third["error"]["code"] == -32700
+    assert third["error"]["message"].startswith("parse error: JSON is malformed: not UTF-8")
+    assert fourth["id"] == 4 and fourth["error"]["code"] == -32602
+    assert fourth["error"]["message"].startswith("invalid params: not UTF-8")
+    assert fifth["id"] == 5 and "result" in fifth
     s.close()
 
 
