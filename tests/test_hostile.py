@@ -158,7 +158,9 @@ def test_a_client_that_floods_and_never_reads_is_bounded_and_hung_up_on(
         t.join()
     sent, hung_up = result[0]
     assert hung_up, f"the daemon took {sent} bytes and kept the connection"
-    assert rss(daemon) - before < 24 * MiB
+    # measured: ~2 MiB for garbage, ~15 MiB for requests (1 MiB of replies queued, the
+    # rest the allocator's); before the budgets, everything the client sent and its replies
+    assert rss(daemon) - before < 32 * MiB
     pid, uid = os.getpid(), os.getuid()
     lines = log_lines(daemon)
     assert f"closed the control connection of client pid {pid} uid {uid}: replies not read " \

@@ -11,7 +11,8 @@
 - Every client is on a budget (DESIGN section 9), so no client can stall the loop or grow
   the daemon's memory: once REPLY_HIGH bytes of its replies are unread, its requests are
   no longer read (the kernel's socket buffer then stops the client); replies it still
-  does not read for `control_idle_timeout`, or a backlog past REPLY_LIMIT, close it. A
+  does not read for `control_idle_timeout`, or a backlog past REPLY_LIMIT, close it; at
+  most MAX_IN_FLIGHT of a client's requests are worked on at once. A
   connection that completes no request within that timeout is closed too. At most
   `max_connections` are served at once; more are refused with the reason. Lines that are
   not JSON-RPC are answered, and logged once per interval with a count.
@@ -52,6 +53,7 @@ MAX_REQUEST = 16 * 1024 * 1024 + 64 * 1024
 REPLY_HIGH = 1024 * 1024
 REPLY_LOW = 256 * 1024
 REPLY_LIMIT = 32 * 1024 * 1024
+MAX_IN_FLIGHT = 64  # requests of one client being worked on at once; then it waits
 
 Impl = Callable[["Daemon", Any, "Connection"], Awaitable[Any]]
 IMPLEMENTATIONS: dict[str, Impl] = {}
@@ -118,7 +120,7 @@ class Connection(LineProtocol):
             cancel_method=CANCEL,
             cancel_id_of=_cancel_id,
         )
-        self.peer.on_handled = self._maybe_done
+        self.peer.on_handled = self._flow
         server = self.server
         if not server.authorized(self.uid, self.gid):
             log.warning("refused control connection from uid %d pid %d", self.uid, self.pid)
@@ -181,12 +183,22 @@ class Connection(LineProtocol):
         # the client is not reading its replies: stop reading its requests
         self.writable.clear()
         self._unread_since = asyncio.get_running_loop().time()
-        self.pause()
+        self._flow()
 
     def resume_writing(self) -> None:
         self.writable.set()
         self._unread_since = None
-        self.resume()
+        self._flow()
+
+    def _flow(self) -> None:
+        """Read requests only while the client reads its replies and has fewer than
+        MAX_IN_FLIGHT of them being worked on: what one client costs is bounded whatever
+        it sends, not by how much one read of its socket holds."""
+        busy = self.peer is not None and self.peer.handling >= MAX_IN_FLIGHT
+        if not self.writable.is_set() or busy:
+            self.pause()
+        elif self.paused:
+            self.resume()
         self._maybe_done()
 
     def eof_received(self) -> bool:
@@ -208,6 +220,8 @@ class Connection(LineProtocol):
         self.lines += 1
         if self.peer is not None:
             self.peer.feed_line(line)
+            if self.peer.handling >= MAX_IN_FLIGHT:
+                self.pause()
 
     def _eof(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
