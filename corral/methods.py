@@ -350,7 +350,7 @@ class GatewayCall(GatewayClient):
     progress_id: int | None = None
 
 
-@method("gateway.watch", streaming=True)
+@method("gateway.watch", endless=True)
 class GatewayWatch(Params):
     """`gateway.changed {kinds}` notifications whenever what the pool offers changes
     (servers start, stop, are reloaded, or change their lists), until disconnect."""
