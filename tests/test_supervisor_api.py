@@ -151,3 +151,17 @@ async def test_close_stops_everything_gracefully() -> None:
     await sup.close()
     assert [(r.state, r.reason) for r in reps] == [(State.TERMINATED,
                                                     "supervisor shutting down")] * 3
+
+
+async def test_wait_state_timeout_names_the_state_and_the_last_exit(sup: Supervisor) -> None:
+    # the README's first-run trap: a python without corral, so the agent cannot import it
+    sup.add(agent("noimp", command=[sys.executable, "-c", "import corral_not_installed_x"],
+                  max_restarts=1))
+    await sup.wait_state("noimp", State.FAILED, timeout=20)
+    with pytest.raises(TimeoutError) as info:
+        await sup.wait_state("noimp", State.READY, timeout=0.2)
+    message = str(info.value)
+    assert message.startswith(
+        "noimp#0 did not reach ready within 0.2 s: it is failed: too many restarts (1 within "
+        "60 s); last exit: exited with status 1: ")
+    assert "ModuleNotFoundError: No module named 'corral_not_installed_x'" in message

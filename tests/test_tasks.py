@@ -71,8 +71,10 @@ async def test_memory_cap_loss_names_the_cap(sup: Supervisor) -> None:
     sup.add(mb("hog", limits=Limits(memory_mb=200)))
     await sup.wait_state("hog", State.READY)
     res = await sup.tasks.run("hog", {"do": "leak"})
-    # the SDK answers the MemoryError and exits; either way the cap is named somewhere
-    assert res.status in ("failed", "lost")
+    # the SDK does not answer past a cap: the task is lost, the reason naming the cap
+    assert res.status == "lost"
+    assert res.error is not None
+    assert res.error.message == "worker exited: memory limit (RLIMIT_AS 200 MiB)"
     await sup.wait_state("hog", State.BACKOFF)
     assert sup.agent("hog").replicas[0].last_exit == "memory limit (RLIMIT_AS 200 MiB)"
 

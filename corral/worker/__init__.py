@@ -205,6 +205,14 @@ def _print_exc() -> None:
     traceback.print_exc()
 
 
+def _exc_text(exc: BaseException) -> str:
+    """"Name: message", or just the name when the message is empty (a MemoryError has
+    none): never a dangling colon."""
+    name = type(exc).__name__
+    text = str(exc)
+    return f"{name}: {text}" if text else name
+
+
 def _is_fatal(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (
         isinstance(exc, OSError) and exc.errno in _FATAL_ERRNOS
@@ -516,7 +524,7 @@ class Worker:
             except Exception as exc:
                 _print_exc()
                 # the supervisor says "initialize failed: ..." itself
-                self._error(rid, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+                self._error(rid, INTERNAL_ERROR, _exc_text(exc))
                 return
         self._reply(rid, {"protocol_version": PROTOCOL_VERSION, "capabilities": capabilities})
 
@@ -578,24 +586,22 @@ class Worker:
         elif isinstance(exc, TaskError):
             self._error(rid, TASK_FAILED, exc.message, exc.data)
         elif _is_fatal(exc):
-            # past a cap nothing may be imported or opened (no memory, no fds): say what
-            # happened with what is already loaded, and go
+            # past a cap the task is not answered: the worker dies, so the supervisor ends
+            # the task `lost` with the exit reason that names the cap (from this stderr
+            # line), and retries it where the agent has retries. Nothing may be imported or
+            # opened here (no memory, no fds): one write with what is loaded, and go.
             try:
-                self._error(rid, TASK_FAILED, f"{type(exc).__name__}: {exc}",
-                            {"type": type(exc).__name__})
-                os.write(2, f"corral worker: fatal: {type(exc).__name__}: {exc}; "
-                            "exiting\n".encode())
+                os.write(2, f"corral worker: fatal: {_exc_text(exc)}; exiting\n".encode())
             finally:
                 os._exit(FATAL_EXIT_STATUS)
         else:
-            self._error(rid, TASK_FAILED, f"{type(exc).__name__}: {exc}",
-                        {"type": type(exc).__name__})
+            self._error(rid, TASK_FAILED, _exc_text(exc), {"type": type(exc).__name__})
             try:
                 import traceback
 
                 sys.stderr.write("".join(traceback.format_exception(exc)))
             except Exception:
-                sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
+                sys.stderr.write(f"{_exc_text(exc)}\n")
 
     def _run_sync(self, rid: Any, ctx: Context, task_input: Any) -> None:
         try:
