@@ -89,16 +89,18 @@ class Agent:
         # processes of a rollout not (or no longer) in `replicas`: the one starting and the
         # one finishing its tasks; the supervisor stops them too when it closes
         self.replacing: set[Replica] = set()
+        self._starter: asyncio.Future[None] | None = None  # start_all's batches still due
 
     def _new_replica(self, index: int) -> Replica:
         return Replica(self.sup, self.spec, self.name, index)
 
     def start(self) -> None:
-        for r in self.replicas:
-            r.start(by_hand=True)
+        self._starter = start_all(self.replicas)
 
     async def stop(self, reason: str = "stopped") -> None:
-        await asyncio.gather(*(r.stop(reason) for r in self.replicas))
+        if self._starter is not None:
+            self._starter.cancel()
+        await stop_all(self.replicas, reason)
 
     async def roll(self, spec: AgentSpec | None = None, *, replicas: list[int] | None = None,
                    start_stopped: bool = True) -> None:
@@ -161,12 +163,11 @@ class Agent:
         if n > current:
             new = [self._new_replica(i) for i in range(current, n)]
             self.replicas.extend(new)
-            for r in new:
-                r.start(by_hand=True)
+            self._starter = start_all(new)
         elif n < current:
             gone = self.replicas[n:]
             del self.replicas[n:]
-            await asyncio.gather(*(r.stop("scaled down") for r in gone))
+            await stop_all(gone, "scaled down")
             self.sup._forget(gone)
         self.spec.replicas = n
 
@@ -198,6 +199,7 @@ class Supervisor:
         self.stats = Stats()
         self.heartbeat_work = HeartbeatWork()
         self.zygotes = Zygotes(self.containment)
+        self.spawn_slots = asyncio.Semaphore(SPAWN_CONCURRENCY)
         # agent replicas by state, kept as transitions happen: status lines and readiness
         # checks read it in O(1) instead of scanning every replica per event
         self.census: Counter[State] = Counter()
@@ -249,9 +251,11 @@ class Supervisor:
         self.closing = True
         # tool servers last: agents may use them while stopping
         rolling = [r for a in self.agents.values() for r in a.replacing]
+        for a in self.agents.values():
+            if a._starter is not None:
+                a._starter.cancel()
         for group in (list({*self.replicas(), *rolling}), list(self.mcp_instances())):
-            await asyncio.gather(*(r.stop("supervisor shutting down", graceful=graceful)
-                                   for r in group))
+            await stop_all(group, "supervisor shutting down", graceful=graceful)
         self.zygotes.close()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
@@ -650,6 +654,43 @@ def default_max_replicas() -> int:
         pids = 8192
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (8 * 1024 * 1024)
     return max(16, min(pids, memory))
+
+
+# Starting or stopping a replica is a lifecycle event and the first steps of its process;
+# a thousand of them in one turn of the loop stalled it for a second. At most BATCH per
+# turn: the loop answers control calls in between, and the whole is still O(N).
+BATCH = 64
+# spawns in flight at once (on their way to a running process, not to Ready): the pacing
+# of a mass start; one slow spawn holds one slot
+SPAWN_CONCURRENCY = 16
+
+
+def start_all(replicas: list[Replica]) -> asyncio.Future[None] | None:
+    """Start these replicas, BATCH now and BATCH per later turn of the loop; returns the
+    task still starting the rest (None when none are left)."""
+    for r in replicas[:BATCH]:
+        r.start(by_hand=True)
+    if len(replicas) <= BATCH:
+        return None
+
+    async def rest() -> None:
+        for i in range(BATCH, len(replicas), BATCH):
+            await asyncio.sleep(0)
+            for r in replicas[i:i + BATCH]:
+                r.start(by_hand=True)
+
+    return asyncio.ensure_future(rest())
+
+
+async def stop_all(replicas: Iterable[Replica], reason: str, *, graceful: bool = True) -> None:
+    """Stop these replicas concurrently, starting BATCH stops per turn of the loop; returns
+    when all are down (each after at most its own grace periods: no waits add up)."""
+    stops = []
+    for i, r in enumerate(replicas):
+        stops.append(asyncio.ensure_future(r.stop(reason, graceful=graceful)))
+        if i % BATCH == BATCH - 1:
+            await asyncio.sleep(0)
+    await asyncio.gather(*stops)
 
 
 def _object(raw: Any) -> dict[str, Any] | None:

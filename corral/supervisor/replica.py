@@ -228,11 +228,12 @@ class Replica:
                 "on_oversize": self._on_oversize,
                 "max_line": self.max_line,
             }
-            self.process = await self._warm_start(env, uid, gid, spawning)
-            if self.process is None:
-                self.process = await ChildProcess.spawn(
-                    spec.argv(), env=env, cwd=spec.cwd, limits=spec.limits, uid=uid,
-                    gid=gid, **spawning)
+            async with self.sup.spawn_slots:  # the pacing of a mass start
+                self.process = await self._warm_start(env, uid, gid, spawning)
+                if self.process is None:
+                    self.process = await ChildProcess.spawn(
+                        spec.argv(), env=env, cwd=spec.cwd, limits=spec.limits, uid=uid,
+                        gid=gid, **spawning)
         except OSError as exc:
             if exc.errno in CORRAL_RESOURCE_ERRORS:
                 self._spawn_failed_for_want_of(exc)
