@@ -76,6 +76,13 @@ def _child(req: dict[str, Any], fds: list[int], sock: socket.socket) -> None:
         for which, soft, hard in req["rlimits"]:
             resource.setrlimit(which, (soft, hard))
         os.chdir(req["cwd"])
+        # the title first: setproctitle finds the memory it may write over (argv, environ)
+        # once per process, and must see environ before it is rewritten below; the
+        # zygote's own environ stays readable (corral's containment reads its token)
+        title = req["env"].get("CORRAL_PROCTITLE")
+        sdk = sys.modules.get("corral.worker")
+        if title and sdk is not None:
+            sdk._set_title(title)
         os.environ.clear()
         os.environ.update(req["env"])
         if req.get("gate"):
@@ -128,13 +135,9 @@ def main() -> None:
     del sys.path[0]  # this file's directory: not the agent's
     preload = sys.argv[1:]
     try:
-        # the SDK itself is part of every warm start, where the agent can import it; its
-        # title setter runs here first: setproctitle finds the memory it may write over
-        # (argv, environ) once per process, and the children's environ is rewritten
+        # the SDK itself is part of every warm start, where the agent can import it
         with contextlib.suppress(ImportError):
-            from corral.worker import _set_title
-
-            _set_title(" ".join(["corral: zygote", *preload]))
+            import corral.worker  # noqa: F401
         for name in preload:
             importlib.import_module(name)
     except BaseException as exc:
