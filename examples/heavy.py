@@ -2,7 +2,7 @@
 `preload = ["heavy_import"]` corral pays that second once, in the zygote, not at every
 start and restart."""
 
-import heavy_import  # noqa: F401
+import heavy_import
 
 from corral.worker import run
 
