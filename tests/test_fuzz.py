@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import psutil
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from corral.methods import REGISTRY
 
-from .daemon_harness import Daemon, hello, shared_tmpdir
-from .test_hostile import healthy, wait_until
+from .daemon_harness import Daemon, hello, running_daemon, shared_tmpdir
+from .test_daemon_cli import wait_until
+from .test_hostile import healthy, rss
 
 MiB = 1024 * 1024
 FUZZ_WORKER = Path(__file__).with_name("fuzz_worker.py")
@@ -120,23 +120,10 @@ def conversation(draw: st.DrawFn, prefix: str) -> tuple[list[bytes], set[str]]:
     return lines, ids
 
 
-def rss(d: Daemon) -> int:
-    assert d.proc is not None
-    return int(psutil.Process(d.proc.pid).memory_info().rss)
-
-
 @pytest.fixture
 def daemon() -> Iterator[Daemon]:
-    tmp = shared_tmpdir()
-    d = Daemon(tmp, hello("hello"), extra="max_replicas = 4")
-    d.start()
-    yield d
-    try:
-        if d.proc and d.proc.poll() is None:
-            assert d.stop() == 0
-    finally:
-        d.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with running_daemon(shared_tmpdir(), hello("hello"), extra="max_replicas = 4") as d:
+        yield d
 
 
 # no shrinking: each run of an example talks to the daemon, and a failure is reported

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import signal
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,41 +24,20 @@ from corral.supervisor import Supervisor
 from corral.supervisor.core import default_max_replicas
 
 from .conftest import EXAMPLES
-from .daemon_harness import PY, Daemon, hello, shared_tmpdir
+from .daemon_harness import PY, Daemon, hello, running_daemon
+from .test_daemon_cli import tmp, wait_until
+
+__all__ = ["tmp"]  # the fixture, shared with test_daemon_cli
 
 MiB = 1024 * 1024
 # the daemon gives up on a client that does not read its replies after this long
 BUDGETS = "control_idle_timeout = 2.0\nmax_connections = 8"
 
 
-def wait_until(fn: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    d = shared_tmpdir()
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 @pytest.fixture
 def daemon(tmp: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp, hello("hello") + hello("other"), extra=BUDGETS)
-    d.start()
-    yield d
-    try:
-        if d.proc and d.proc.poll() is None:
-            assert d.stop() == 0
-    finally:
-        d.close()
+    with running_daemon(tmp, hello("hello") + hello("other"), extra=BUDGETS) as d:
+        yield d
 
 
 def log_lines(d: Daemon, source: str = "corral", n: int = 200) -> list[str]:
@@ -71,14 +49,8 @@ def log_lines(d: Daemon, source: str = "corral", n: int = 200) -> list[str]:
 @pytest.fixture
 def patient(tmp: Path) -> Iterator[Daemon]:
     """A daemon that gives clients which do not read two minutes, not two seconds."""
-    d = Daemon(tmp, hello("hello"), extra="control_idle_timeout = 120.0")
-    d.start()
-    yield d
-    try:
-        if d.proc and d.proc.poll() is None:
-            assert d.stop() == 0
-    finally:
-        d.close()
+    with running_daemon(tmp, hello("hello"), extra="control_idle_timeout = 120.0") as d:
+        yield d
 
 
 def healthy(d: Daemon) -> dict[str, dict[str, Any]]:
