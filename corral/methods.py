@@ -148,7 +148,8 @@ class AuditList(Params):
 @method("agents.add", mutating=True)
 class AgentsAdd(Params):
     """Add agents at runtime from [agents.NAME] tables; they survive a daemon restart.
-    Unless check is false, a command that is not an executable is refused."""
+    A command that is not an executable on PATH or a file is refused, unless --no-check
+    (check=false)."""
 
     agents: dict[str, dict[str, Any]]
     check: bool = True

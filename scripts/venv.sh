@@ -2,7 +2,11 @@
 # every external package at the exact version in constraints.txt.
 # usage: . scripts/venv.sh EXTRAS
 PY=${PYTHON:-python3}
+_said=
 if [ ! -x .venv/bin/python ]; then
+    # pip -q says nothing for the minute a first install takes: say why we wait
+    echo "corral: setting up .venv (first run: about a minute)…" >&2
+    _said=1
     "$PY" -m venv .venv
 fi
 # nothing to do when the install inputs are unchanged since the last install: ./run.sh
@@ -11,6 +15,11 @@ fi
 _stamp=".venv/.corral-install-$1"
 _inputs="$(cat pyproject.toml constraints.txt; echo "$1"; .venv/bin/python -V)"
 if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_inputs" ]; then
+    if [ -f "$_stamp" ]; then
+        echo "corral: updating .venv (its requirements changed)…" >&2
+    elif [ -z "$_said" ]; then
+        echo "corral: setting up .venv (first run: about a minute)…" >&2
+    fi
     # compat mode: a plain path in a .pth file, not an import hook that every Python
     # started from this venv (every worker) would pay ~10 ms for
     .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \

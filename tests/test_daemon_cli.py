@@ -83,8 +83,10 @@ def test_unknown_agent_and_usage_errors(daemon: Daemon) -> None:
     assert (r.returncode, r.stderr) == (1, "corral: no such agent: nope\n")
     r = daemon.cli("stop")
     assert r.returncode == 2 and "name at least one agent (NAME or NAME#N), or all" in r.stderr
-    r = daemon.cli("scale", "hello", "-1")
-    assert r.returncode == 2
+    for bad in ("-1", "four", "1.5"):
+        r = daemon.cli("scale", "hello", bad)
+        assert r.returncode == 2
+        assert r.stderr.endswith(f"Error: replicas must be a whole number ≥ 0, not '{bad}'\n")
     r = daemon.cli("stop", "hello", "nope")  # nothing is stopped when one name is wrong
     assert r.returncode == 1
     assert daemon.status()["hello#0"]["state"] == "ready"
@@ -611,3 +613,14 @@ def test_a_socket_nobody_listens_on_exits_3(tmp: Path) -> None:
                                    "nothing is listening (a stale socket?)\n")
     finally:
         s.close()
+
+
+def test_info_prints_sections_as_indented_key_value_lines(daemon: Daemon) -> None:
+    r = daemon.cli("info")
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    at = lines.index("containment:")  # a section, not a Python dict on one line
+    assert lines[at + 1].startswith("  mode: ")
+    assert not any("{" in line for line in lines), r.stdout
+    r = daemon.cli("add", "--help")
+    assert "restart. A command that is not an executable" in " ".join(r.stdout.split())

@@ -7,6 +7,7 @@ Each client command's help is its control method's docstring (corral.methods).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import re
@@ -28,7 +29,9 @@ from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachab
 
 
 def doc(method: str) -> str:
-    return REGISTRY[method].doc
+    # cleandoc: a docstring's continuation lines are indented, and click would keep that
+    # indent inside the wrapped paragraph ("restart.     Unless ...")
+    return inspect.cleandoc(REGISTRY[method].doc)
 
 
 class Ctx:
@@ -528,12 +531,16 @@ def remove(obj: Ctx, names: tuple[str, ...]) -> None:
     click.echo(f"removed: {', '.join(res['removed'])}")
 
 
-@cli.command(help=doc("agents.scale"))
+@cli.command(help=doc("agents.scale"), context_settings={"ignore_unknown_options": True})
 @click.argument("name", shell_complete=_complete_agents)
-@click.argument("replicas", type=click.IntRange(min=0))
+# a plain argument, checked here: as an IntRange, "four" read "'four' is not a valid
+# integer range" and "-1" was taken for an option ("No such option '-1'")
+@click.argument("replicas", metavar="N")
 @pass_ctx
-def scale(obj: Ctx, name: str, replicas: int) -> None:
-    res = obj.call("agents.scale", m.AgentsScale(name=name, replicas=replicas))
+def scale(obj: Ctx, name: str, replicas: str) -> None:
+    if not (replicas.isascii() and replicas.isdigit()):
+        raise click.UsageError(f"replicas must be a whole number ≥ 0, not {replicas!r}")
+    res = obj.call("agents.scale", m.AgentsScale(name=name, replicas=int(replicas)))
     click.echo(f"{res['name']}: {res['replicas']} replicas")
 
 
@@ -610,7 +617,21 @@ def info(obj: Ctx, as_json: bool) -> None:
         _print_json(res)
         return
     for k, v in res.items():
-        click.echo(f"{k}: {_human_time(v) if k == 'uptime' else v}")
+        if isinstance(v, dict):  # a section (containment): one indented line per key
+            click.echo(f"{k}:")
+            for kk, vv in v.items():
+                click.echo(f"  {kk}: {_plain(vv)}")
+        else:
+            click.echo(f"{k}: {_human_time(v) if k == 'uptime' else _plain(v)}")
+
+
+def _plain(value: Any) -> str:
+    """A value as a person reads it: lists comma-separated, None as a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "-"
+    return str(value)
 
 
 @cli.command()
