@@ -79,6 +79,21 @@ async def test_memory_cap_loss_names_the_cap(sup: Supervisor) -> None:
     assert sup.agent("hog").replicas[0].last_exit == "memory limit (RLIMIT_AS 200 MiB)"
 
 
+async def test_a_task_past_a_cap_is_retried_and_then_lost_naming_the_cap(
+        sup: Supervisor) -> None:
+    from corral.supervisor import Limits
+
+    sup.add(mb("hogs", limits=Limits(memory_mb=200), retries=1, replicas=2))
+    await all_ready(sup, "hogs")
+    res = await sup.tasks.run("hogs", {"do": "leak"})
+    # no TASK_FAILED answer from the SDK: each attempt is lost with its worker, so the
+    # agent's retries apply
+    assert [a.outcome for a in res.attempts] == ["lost", "lost"]
+    assert res.status == "lost"
+    assert res.error is not None
+    assert res.error.message == "worker exited: memory limit (RLIMIT_AS 200 MiB)"
+
+
 async def test_timeout_sends_cancel_and_a_stuck_worker_is_restarted(sup: Supervisor) -> None:
     sup.add(mb("stuck", cancel_grace=0.3))
     r = await sup.wait_state("stuck", State.READY)
