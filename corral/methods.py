@@ -216,10 +216,12 @@ class TasksGet(Params):
 
 @method("tasks.list")
 class TasksList(Params):
-    """Recent tasks, newest last."""
+    """Recent tasks, newest last (from the task journal: every task until it is pruned)."""
 
     agent: str | None = None
     limit: int = 100
+    status: str | None = None
+    since: float | None = None  # seconds ago
 
 
 @method("tasks.cancel", mutating=True)

@@ -15,6 +15,7 @@ As a task, by its input {"do": WHAT, ...}:
   echo          return the input
   crash         exit with status 3 mid-task
   sleep         sleep {"seconds": S}, honouring cancellation
+  await         wait until the file {"path": P} exists (honouring cancellation), return it
   leak          allocate memory until it runs out (RLIMIT_AS)
   files         open files until none are left (RLIMIT_NOFILE)
   spin          burn CPU forever (RLIMIT_CPU)
@@ -104,6 +105,11 @@ def handle(task, ctx):
             ctx.check_cancelled()
             time.sleep(0.01)
         return {"slept": task.get("seconds", 1)}
+    if what == "await":
+        while not os.path.exists(task["path"]):
+            ctx.check_cancelled()
+            time.sleep(0.01)
+        return {"awaited": task["path"]}
     if what == "leak":
         while True:
             _hold.append(bytearray(16 * 1024 * 1024))

@@ -66,7 +66,10 @@ class Client:
             # only and join once, rather than rescanning and recopying a growing buffer
             chunks = [self._buf]
             while nl < 0:
-                chunk = self.sock.recv(1 << 20)
+                try:
+                    chunk = self.sock.recv(1 << 20)
+                except (ConnectionResetError, BrokenPipeError):
+                    chunk = b""  # the daemon went away, as with a clean close
                 if not chunk:
                     raise Unreachable(f"the corral daemon at {self.path} closed the connection")
                 chunks.append(chunk)

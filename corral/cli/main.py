@@ -43,12 +43,17 @@ class Ctx:
 
         return Client(client_socket(self.socket))
 
-    def call(self, method: str, params: msgspec.Struct | None = None, **kw: Any) -> Any:
+    def call(self, method: str, params: msgspec.Struct | None = None, *,
+             reachable: bool = True, **kw: Any) -> Any:
+        """Call and answer the result; exit with the reason on failure. With
+        `reachable=False` an unreachable daemon raises Unreachable for the caller."""
         try:
             with self.client() as c:
                 # the Struct itself: msgspec encodes it (and a Raw input in it) as it is
                 return c.call(method, params if params is not None else {}, **kw)
         except Unreachable as exc:
+            if not reachable:
+                raise
             click.echo(f"corral: {exc}", err=True)
             sys.exit(EXIT_UNREACHABLE)
         except CallFailed as exc:
@@ -705,6 +710,34 @@ def _read_input(value: str) -> msgspec.Raw:
     return raw
 
 
+RESULT_KEYS = ("task_id", "status", "output", "error", "attempts")
+reconnect_option = click.option(
+    "--reconnect", type=click.FloatRange(min=0), default=60.0, show_default=True,
+    metavar="SECONDS",
+    help="If the daemon goes away while waiting (a restart), reconnect for this long and "
+         "wait again for the same task.")
+
+
+def _wait_again(obj: Ctx, task_id: str, reconnect: float) -> Any:
+    """The daemon went away while we waited: reconnect and wait for the task by its id
+    (the journal keeps it across a restart of the daemon)."""
+    click.echo(f"corral: lost the daemon while waiting for task {task_id}; reconnecting",
+               err=True)
+    deadline = time.monotonic() + reconnect
+    while True:
+        try:
+            with obj.client() as c:
+                return c.call("tasks.get", {"task_id": task_id, "wait": True})
+        except Unreachable as exc:
+            if time.monotonic() >= deadline:
+                click.echo(f"corral: {exc}", err=True)
+                sys.exit(EXIT_UNREACHABLE)
+            time.sleep(0.2)
+        except CallFailed as exc:
+            click.echo(f"corral: {exc.message}", err=True)
+            sys.exit(EXIT_FAILED)
+
+
 @cli.command("run", help=doc("tasks.run") + "\n\nExits 0 only when the task succeeded.")
 @click.argument("agent", shell_complete=_complete_agents)
 @click.option("--input", "input_", required=True, metavar="JSON|@FILE|-",
@@ -715,21 +748,32 @@ def _read_input(value: str) -> msgspec.Raw:
 @click.option("--priority", type=int, default=0, show_default=True,
               help="Higher runs first among waiting tasks.")
 @click.option("--detach", is_flag=True, help="Print the task id and return at once.")
+@reconnect_option
 @json_option
 @pass_ctx
 def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority: int,
-             detach: bool, as_json: bool) -> None:
+             detach: bool, reconnect: float, as_json: bool) -> None:
     task_input = _read_input(input_)
+    accepted: list[str] = []
 
     def on_note(method: str, params: Any) -> None:
-        if method == "task.progress" and not as_json:
+        if method == "task.accepted":
+            accepted.append(params["task_id"])
+        elif method == "task.progress" and not as_json:
             total = f"/{params['total']:g}" if params.get("total") is not None else ""
             msg = f" {params['message']}" if params.get("message") else ""
             click.echo(f"progress: {params.get('progress', 0):g}{total}{msg}", err=True)
 
-    res = obj.call("tasks.run", m.TasksRun(agent=agent, input=task_input, timeout=timeout,
-                                           priority=priority, detach=detach),
-                   on_notification=on_note)
+    params = m.TasksRun(agent=agent, input=task_input, timeout=timeout, priority=priority,
+                        detach=detach)
+    try:
+        res = obj.call("tasks.run", params, on_notification=on_note, reachable=False)
+    except Unreachable as exc:
+        if not accepted:  # never acknowledged: it may not exist
+            click.echo(f"corral: {exc}", err=True)
+            sys.exit(EXIT_UNREACHABLE)
+        info = _wait_again(obj, accepted[0], reconnect)
+        res = {k: info[k] for k in RESULT_KEYS}
     if detach:
         click.echo(json.dumps(res) if as_json else res["task_id"])
         return
@@ -745,13 +789,32 @@ def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority:
         sys.exit(EXIT_FAILED)
 
 
+def _duration(value: str | None) -> float | None:
+    """Seconds from 90, 90s, 15m, 1h or 2d."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
+    if match is None:
+        raise click.BadParameter(f"not a duration: {value} (examples: 90s, 15m, 1h, 2d)",
+                                 param_hint="--since")
+    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
 @cli.command("tasks", help=doc("tasks.list"))
 @click.option("--agent", default=None, shell_complete=_complete_agents)
 @click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(min=0))
+@click.option("--since", default=None, metavar="DURATION",
+              help="Only tasks created within this long ago: 90s, 15m, 1h, 2d.")
+@click.option("--status", default=None,
+              type=click.Choice(["queued", "running", "succeeded", "failed", "timed_out",
+                                 "cancelled", "lost"]),
+              help="Only tasks with this status.")
 @json_option
 @pass_ctx
-def tasks_list(obj: Ctx, agent: str | None, limit: int, as_json: bool) -> None:
-    res = obj.call("tasks.list", m.TasksList(agent=agent, limit=limit))
+def tasks_list(obj: Ctx, agent: str | None, limit: int, since: str | None,
+               status: str | None, as_json: bool) -> None:
+    res = obj.call("tasks.list", m.TasksList(agent=agent, limit=limit, status=status,
+                                             since=_duration(since)))
     if as_json:
         _print_json(res)
         return
@@ -764,16 +827,23 @@ def tasks_list(obj: Ctx, agent: str | None, limit: int, as_json: bool) -> None:
 @cli.command("task", help=doc("tasks.get"))
 @click.argument("task_id")
 @click.option("--wait", is_flag=True, help="Wait until the task has finished.")
+@reconnect_option
 @json_option
 @pass_ctx
-def task_get(obj: Ctx, task_id: str, wait: bool, as_json: bool) -> None:
-    res = obj.call("tasks.get", m.TasksGet(task_id=task_id, wait=wait))
+def task_get(obj: Ctx, task_id: str, wait: bool, reconnect: float, as_json: bool) -> None:
+    try:
+        res = obj.call("tasks.get", m.TasksGet(task_id=task_id, wait=wait),
+                       reachable=not wait)
+    except Unreachable:
+        res = _wait_again(obj, task_id, reconnect)
     if as_json:
         _print_json(res)
         return
     for key in ("task_id", "agent", "status", "priority", "tool_calls", "progress", "output",
                 "error"):
         val = res.get(key)
+        if key == "output" and res.get("output_dropped"):
+            val = "(dropped from memory: the daemon keeps tasks_kept_mb of outputs)"
         if val is not None:
             click.echo(f"{key}: {json.dumps(val) if isinstance(val, dict | list) else val}")
     for i, a in enumerate(res["attempts"], 1):

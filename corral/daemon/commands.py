@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -16,9 +17,11 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError, check_command, parse_agents
 from ..supervisor.lifecycle import State
+from ..supervisor.tasks import TERMINAL
 from ..text import plural
 from .control import implements
 from .follow import Latest, drain
+from .journal import JournalError
 
 if TYPE_CHECKING:
     from ..supervisor.core import Agent
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from .daemon import Daemon
 
 FOLLOW_BATCH = 500
+STATUSES = TERMINAL | {"queued", "running"}
 CLI_OWNER = "corral-cli"  # whose instance a per-agent server uses for operators' calls
 
 
@@ -381,9 +385,8 @@ async def stats_get(d: Daemon, p: m.StatsGet, c: Connection) -> dict[str, Any]:
 @implements("tasks.run")
 async def tasks_run(d: Daemon, p: m.TasksRun, c: Connection) -> Any:
     assert d.sup is not None
+    await d.tasks_recovered.wait()
     task = d.sup.tasks.submit(p.agent, p.input, timeout=p.timeout, priority=p.priority)
-    if p.detach:
-        return {"task_id": task.id, "status": task.status}
 
     progress = Latest(c, "task.progress")  # a client that does not read gets the newest
 
@@ -391,40 +394,56 @@ async def tasks_run(d: Daemon, p: m.TasksRun, c: Connection) -> Any:
         if kind == "progress":
             progress.send({"task_id": task.id, **data})
 
-    task.watchers.append(watch)
+    if not p.detach:
+        task.watchers.append(watch)
     try:
+        try:
+            await d.sup.tasks.committed()  # in the journal before it is acknowledged
+        except JournalError as exc:
+            if task.status not in TERMINAL:
+                d.sup.tasks.cancel(task.id)
+            raise RpcError(jsonrpc.INTERNAL_ERROR, f"{exc}; the task was not accepted"
+                           ) from None
+        if p.detach:
+            return {"task_id": task.id, "status": task.status}
+        # a client that loses the connection (a daemon restart) waits again by this id
+        c.notify("task.accepted", {"task_id": task.id})
         # a client that goes away cancels this wait, not the task
         await asyncio.shield(task.done)
     finally:
         if watch in task.watchers:
             task.watchers.remove(watch)
         progress.close()
-    return task.result()
+    with contextlib.suppress(JournalError):  # logged by the journal; the outcome stands
+        await d.sup.tasks.committed()
+    return await d.sup.tasks.outcome(task)
 
 
 @implements("tasks.get")
 async def tasks_get(d: Daemon, p: m.TasksGet, c: Connection) -> Any:
     assert d.sup is not None
-    task = d.sup.tasks.get(p.task_id)
-    if p.wait:
-        await asyncio.shield(task.done)
-    return task.info()
+    await d.tasks_recovered.wait()
+    return await d.sup.tasks.info(p.task_id, wait=p.wait)
 
 
 @implements("tasks.list")
 async def tasks_list(d: Daemon, p: m.TasksList, c: Connection) -> Any:
     assert d.sup is not None
-    if p.agent is not None:
+    await d.tasks_recovered.wait()
+    if p.agent is not None and d.task_journal is None:
         d.sup.agent(p.agent)
-    tasks = d.sup.tasks.list(p.agent)[-p.limit:] if p.limit > 0 else []
-    return {"tasks": [{"task_id": t.id, "agent": t.agent, "status": t.status,
-                       "priority": t.priority, "created": t.created, "started": t.started,
-                       "finished": t.finished, "attempts": len(t.attempts)} for t in tasks]}
+    if p.status is not None and p.status not in STATUSES:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"no such status: {p.status} (one of "
+                                               f"{', '.join(sorted(STATUSES))})")
+    since = time.time() - p.since if p.since is not None else None
+    return {"tasks": await d.sup.tasks.query(agent=p.agent, status=p.status, since=since,
+                                             limit=p.limit)}
 
 
 @implements("tasks.cancel")
 async def tasks_cancel(d: Daemon, p: m.TasksCancel, c: Connection) -> Any:
     assert d.sup is not None
+    await d.tasks_recovered.wait()
     return d.sup.tasks.cancel(p.task_id).info()
 
 

@@ -36,11 +36,13 @@ from ..supervisor.core import Supervisor, SupervisorError
 from ..supervisor.lifecycle import LIVE, SERVING, State
 from ..supervisor.names import name_problem, shown
 from ..supervisor.replica import Event, Replica
+from ..supervisor.tasks import LOST_IN_RESTART, TaskRecord
 from ..text import plural
 from . import journald
 from .background import Background
 from .control import AlreadyRunning, ControlServer
 from .gateway import GatewayService
+from .journal import Journal
 from .journald import JournalSender, StderrEcho
 from .logs import LogHub
 from .notify import Notifier
@@ -65,6 +67,10 @@ class Daemon:
         self.hub: LogHub = LogHub(None)
         self.store: StateStore | None = None
         self.records: ProcessRecords | None = None
+        self.task_journal: Journal | None = None
+        # task methods wait for this: until the journal's tasks are back in the engine, a
+        # task could be answered from a stale journal row, or accepted out of order
+        self.tasks_recovered = asyncio.Event()
         self.control: ControlServer | None = None
         self.gateway = GatewayService(self, GatewaySettings())
         self.http: Any = None  # the HTTP gateway (http_gateway.HttpGateway) when configured
@@ -105,7 +111,9 @@ class Daemon:
                           raw=s.log_format == "raw")
         self.sup = Supervisor(heartbeat_interval=s.heartbeat_interval,
                               heartbeat_timeout=s.heartbeat_timeout, cgroups=s.cgroups,
-                              max_replicas=s.max_replicas, state_dir=state_dir)
+                              max_replicas=s.max_replicas, state_dir=state_dir,
+                              tasks_kept=s.tasks_kept,
+                              tasks_kept_bytes=int(s.tasks_kept_mb * 1024 * 1024))
         self.hub.echo = StderrEcho(s.log_level)
         self.journal = (JournalSender() if s.log_journal is True or (
             s.log_journal == "auto" and journald.available()) else None)
@@ -139,8 +147,15 @@ class Daemon:
             self.hub.close()
             return 1
         try:
-            self.store = StateStore(state_dir / "corral.db")
+            self.store = StateStore(state_dir / "corral.db", sync=s.journal_sync)
             self.sup.checkpoints.update(self.store.states())
+            if s.task_journal:
+                self.task_journal = Journal(self.store.path, sync=s.journal_sync,
+                                            max_age=s.journal_max_age,
+                                            max_tasks=s.journal_max_tasks,
+                                            on_error=self.hub.daemon)
+                unfinished = self.task_journal.unfinished()
+                self.sup.tasks.journal = self.task_journal
         except StoreError as exc:
             print(f"corral: {exc}", file=sys.stderr)
             await self.control.close()
@@ -181,6 +196,12 @@ class Daemon:
             self.from_config.add(name)
             self.record(spec, "config file")
         self._restore_runtime_agents()
+        if self.task_journal is not None:
+            # no await since the agents were added: no task can be accepted before the
+            # journal's are back, numbered after theirs
+            self._recover_tasks(*unfinished)
+            self.task_journal.start_pruning()
+        self.tasks_recovered.set()
         self._check_ready()
         await self._stop
         self.notifier.stopping("stopping agents")
@@ -190,6 +211,8 @@ class Daemon:
         await self.sup.close(graceful=True)
         assert self.records is not None
         self.records.close()
+        if self.task_journal is not None:
+            await self.task_journal.close()
         await asyncio.sleep(0)  # let the last events reach the log
         await self.background.close()
         self.hub.daemon("stopped")
@@ -223,6 +246,7 @@ class Daemon:
             f"were still running ({report.terminated} ended by SIGTERM, {report.killed} by "
             f"SIGKILL), {report.cgroups} cgroups removed")
         self.store.end_incarnations(crashed)
+
     async def _start_http(self, cfg: Config) -> bool:
         """The HTTP gateway, before any agent starts (agents are given its URL)."""
         from .http_gateway import HttpGateway
@@ -241,6 +265,18 @@ class Daemon:
         self.gateway.socket_path = http.socket_path
         self.hub.daemon(f"gateway listening on {cfg.gateway.listen} ({http.url})")
         return True
+
+    def _recover_tasks(self, records: list[TaskRecord], next_seq: int) -> None:
+        """Finish the story of every task the previous daemon accepted (DESIGN section 8)."""
+        assert self.sup is not None
+        tasks = self.sup.tasks.restore(records, next_seq)
+        if tasks:
+            was_running = {r.task_id for r in records if r.status == "running"}
+            lost = sum(1 for t in tasks if t.status == "lost")
+            retried = sum(1 for t in tasks if t.id in was_running and t.status != "lost")
+            self.hub.daemon(f"task journal: {len(tasks)} unfinished tasks recovered: "
+                            f"{len(tasks) - len(was_running)} queued again, {retried} "
+                            f"running ones retried, {lost} lost ({LOST_IN_RESTART})")
 
     def fill_cwd(self, spec: AgentSpec) -> None:
         """An agent added at runtime without a cwd runs where the config file is, as the

@@ -67,7 +67,8 @@ MIGRATIONS: list[Migration] = [
     );
     """,
     # 2: the task journal. `seq` is the engine's acceptance order (the queue's tie-break);
-    # input, output, error, attempts and progress are JSON as the engine holds them.
+    # input, error, attempts and progress are JSON as the engine holds them; `output` is
+    # the worker's task/run result as it sent it ({"output": ...}).
     """
     CREATE TABLE tasks (
         seq INTEGER PRIMARY KEY,

@@ -4,6 +4,7 @@ from .config import AgentSpec, Config, ConfigError, Limits, McpServerSpec, load_
 from .core import Agent, Stats, Supervisor, SupervisorError
 from .lifecycle import State
 from .replica import Event, Replica, ReplicaStatus
+from .tasks import Task, TaskInfo, TaskJournal, TaskRecord, TaskResult, TaskSummary
 
 __all__ = [
     "Agent",
@@ -19,5 +20,11 @@ __all__ = [
     "Stats",
     "Supervisor",
     "SupervisorError",
+    "Task",
+    "TaskInfo",
+    "TaskJournal",
+    "TaskRecord",
+    "TaskResult",
+    "TaskSummary",
     "load_config",
 ]

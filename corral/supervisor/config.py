@@ -203,6 +203,15 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     control_idle_timeout: Positive = 60.0
     # replicas of all agents together; None: what the machine can hold (see core.py)
     max_replicas: PositiveInt | None = None
+    # the task journal (docs/tasks.md): every accepted task in the state database
+    task_journal: bool = True
+    journal_sync: Literal["normal", "full"] = "normal"  # full: survives power loss too
+    journal_max_age: NonNeg = 7 * 86400  # seconds a finished task is kept; 0: no limit
+    journal_max_tasks: NonNegInt = 100_000  # finished tasks kept in the journal
+    # finished tasks kept in memory, and the bytes of their outputs (past it the oldest
+    # outputs leave memory: read back from the journal, or gone without one)
+    tasks_kept: NonNegInt = 10_000
+    tasks_kept_mb: NonNeg = 32
 
 
 class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

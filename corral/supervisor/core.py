@@ -31,7 +31,7 @@ from .mcpserver import McpServerReplica
 from .names import name_problem, shown
 from .remote import RemoteMcpServer
 from .replica import Event, Replica, ReplicaStatus
-from .tasks import TaskManager
+from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, TaskJournal, TaskManager
 from .zygote import Zygotes
 
 log = logging.getLogger("corral.supervisor")
@@ -187,7 +187,13 @@ class Supervisor:
         cgroups: CgroupMode = "auto",
         max_replicas: int | None = None,
         state_dir: Path | None = None,
+        journal: TaskJournal | None = None,
+        tasks_kept: int = FINISHED_KEPT,
+        tasks_kept_bytes: int = FINISHED_KEPT_BYTES,
     ) -> None:
+        """`journal` makes tasks durable (the daemon passes its SQLite journal); at most
+        `tasks_kept` finished tasks, and `tasks_kept_bytes` of their outputs, stay in
+        memory."""
         self.heartbeat_interval = heartbeat_interval
         self.max_replicas = max_replicas or default_max_replicas()
         self.state_dir = state_dir  # where remote servers' OAuth tokens are kept
@@ -229,7 +235,8 @@ class Supervisor:
         self.mcp: McpPool[McpServerSpec, McpServerReplica] = McpPool(
             self._new_mcp_instance, self._wait_mcp_serving)
         self.tasks = TaskManager(self, tool_router=self._route_tool,
-                                 tool_lister=self._list_tools)
+                                 tool_lister=self._list_tools, journal=journal,
+                                 kept=tasks_kept, kept_bytes=tasks_kept_bytes)
         self.events = EventBus(self)
         self.agent_mcp = AgentMcp(self)
 

@@ -9,6 +9,14 @@ again on a live replica; every attempt is recorded.
 
 Deadlines run from the start of each attempt. On expiry `task/cancel` is sent; a worker
 that has not answered within `cancel_grace` is treated as hung and restarted.
+
+Durability is not the engine's business: it tells a `TaskJournal` (the daemon's is SQLite)
+about every accepted task and every change, and a journal gives unfinished tasks back
+(`restore`) after a crash. Memory stays flat in the number of finished tasks: a finished
+task keeps only what `corral task ID` shows cheaply: its input is dropped; outputs are
+held up to `kept_bytes` in all, and past that the oldest are dropped from memory (read
+back from the journal when there is one, else gone); at most `kept` finished tasks stay
+in memory (older ones are answered from the journal).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -36,9 +44,10 @@ if TYPE_CHECKING:
 TERMINAL = frozenset({"succeeded", "failed", "timed_out", "cancelled", "lost"})
 MAX_INPUT_BYTES = 16 * 1024 * 1024 - 4096  # it must fit one 16 MiB protocol line
 CANCEL_GRACE = 5.0
-FINISHED_KEPT = 10_000
+FINISHED_KEPT = 10_000  # finished tasks kept in memory
+FINISHED_KEPT_BYTES = 32 * 1024 * 1024  # their outputs, in bytes
+LOST_IN_RESTART = "daemon restarted"
 LATENCY_WINDOW = 1000
-PROGRESS_KEPT = 100
 
 
 class Attempt(msgspec.Struct):
@@ -78,6 +87,12 @@ def _decode_result(raw: msgspec.Raw, t: type[Any]) -> Any:
         return t()  # a worker's result that is not an object: no output
 
 
+def raw_output_of(raw_result: msgspec.Raw) -> msgspec.Raw:
+    """The output's JSON bytes in a worker's `task/run` result."""
+    out: msgspec.Raw = _decode_result(raw_result, _RawRunResult).output
+    return out
+
+
 class TaskResult(msgspec.Struct):
     """What `corral run --json` prints and the Python API returns."""
 
@@ -101,14 +116,67 @@ class TaskInfo(msgspec.Struct):
     output: Any
     error: TaskError | None
     attempts: list[Attempt]
+    # the output was dropped from memory to bound it (no journal to read it back from)
+    output_dropped: bool = False
+
+
+class TaskSummary(msgspec.Struct):
+    """One line of `corral tasks`."""
+
+    task_id: str
+    agent: str
+    status: str
+    priority: int
+    created: float
+    started: float | None
+    finished: float | None
+    attempts: int
+
+
+class TaskRecord(msgspec.Struct, kw_only=True):
+    """An unfinished task as a journal gives it back after a restart."""
+
+    seq: int
+    task_id: str
+    agent: str
+    input: msgspec.Raw
+    priority: int
+    timeout: float
+    retries_left: int
+    created: float
+    started: float | None
+    status: str
+    tool_calls: int = 0
+    attempts: list[Attempt] = []
+
+
+class TaskJournal(Protocol):
+    """Where tasks are made durable; the engine works without one.
+
+    `write` is called on the loop when a task is accepted and whenever it changes; it must
+    not block (snapshot the task, write later, in batches). The engine may drop a finished
+    task's input and output from memory once `write` has returned.
+    """
+
+    def write(self, task: Task) -> None: ...
+
+    async def committed(self) -> None:
+        """Return once everything written so far is durable; raise if it cannot be."""
+
+    async def load(self, task_id: str) -> TaskInfo | None:
+        """A task no longer (wholly) in memory."""
+
+    async def query(self, *, agent: str | None, status: str | None, since: float | None,
+                    limit: int) -> list[TaskSummary]:
+        """Tasks created at or after `since` (wall time), oldest first, the newest `limit`."""
 
 
 class Task:
     __slots__ = (
         "agent", "attempts", "created", "done", "error", "finished",
-        "id", "input", "priority", "progress", "progress_log", "raw_result", "replica",
-        "retries_left", "seq", "started", "status", "timeout", "timer", "tool_calls",
-        "watchers",
+        "id", "input", "journaled", "output_dropped", "priority", "progress", "raw_result",
+        "replica", "retries_left", "seq", "started", "status", "timeout", "timer",
+        "tool_calls", "watchers",
     )
 
     def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
@@ -127,10 +195,11 @@ class Task:
         # the worker's `task/run` result as it sent it (JSON bytes, `{"output": ...}`):
         # forwarded as is, decoded only for a Python caller, and each way in one pass
         self.raw_result: msgspec.Raw | None = None
+        self.output_dropped = False  # left in the journal, or dropped to bound memory
+        self.journaled = False  # a journal has the input
         self.error: TaskError | None = None
         self.attempts: list[Attempt] = []
         self.progress: Any = None
-        self.progress_log: deque[Any] = deque(maxlen=PROGRESS_KEPT)
         self.tool_calls = 0
         self.replica: Replica | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -147,10 +216,7 @@ class Task:
     @property
     def raw_output(self) -> msgspec.Raw | None:
         """The output's JSON bytes, to send on without a decode and an encode."""
-        if self.raw_result is None:
-            return None
-        out: msgspec.Raw = _decode_result(self.raw_result, _RawRunResult).output
-        return out
+        return None if self.raw_result is None else raw_output_of(self.raw_result)
 
     def result(self, *, decode: bool = False) -> TaskResult:
         """The outcome; `output` stays the worker's JSON bytes (`msgspec.Raw`, encoded as
@@ -161,7 +227,11 @@ class Task:
     def info(self) -> TaskInfo:
         return TaskInfo(self.id, self.agent, self.status, self.priority, self.created,
                         self.started, self.finished, self.tool_calls, self.progress,
-                        self.raw_output, self.error, list(self.attempts))
+                        self.raw_output, self.error, list(self.attempts), self.output_dropped)
+
+    def summary(self) -> TaskSummary:
+        return TaskSummary(self.id, self.agent, self.status, self.priority, self.created,
+                           self.started, self.finished, len(self.attempts))
 
 
 class TokenBucket:
@@ -231,9 +301,17 @@ ToolRouter = Callable[["Replica", str, dict[str, Any], "Task | None"], Any]
 
 class TaskManager:
     def __init__(self, sup: Supervisor, *, tool_router: ToolRouter,
-                 tool_lister: Callable[[Replica], Any]) -> None:
+                 tool_lister: Callable[[Replica], Any], journal: TaskJournal | None = None,
+                 kept: int = FINISHED_KEPT, kept_bytes: int = FINISHED_KEPT_BYTES) -> None:
         self.sup = sup
-        self.tasks: OrderedDict[str, Task] = OrderedDict()
+        self.journal = journal
+        self.kept = kept
+        self.kept_bytes = kept_bytes
+        self.active: dict[str, Task] = {}  # queued and running
+        self.finished: OrderedDict[str, Task] = OrderedDict()  # in the order they ended
+        # finished tasks still holding an output, and those outputs' bytes
+        self._holding: OrderedDict[str, Task] = OrderedDict()
+        self._held_bytes = 0
         self.by_agent: dict[str, AgentTasks] = {}
         self._seq = itertools.count()
         self.tool_router = tool_router
@@ -280,7 +358,8 @@ class TaskManager:
         task = Task(agent.name, raw, priority, timeout or agent.spec.task_timeout,
                     agent.spec.retries, next(self._seq))
         q.counts["accepted"] += 1
-        self.tasks[task.id] = task
+        self.active[task.id] = task
+        self._journal(task)
         self._enqueue(q, task)
         self._pump(agent.name)
         return task
@@ -336,6 +415,7 @@ class TaskManager:
         task.attempts.append(attempt)
         q.running += 1
         r.task_started(task.id)
+        self._journal(task)
         _, fut = r.peer.request_future(
             "task/run", {"task_id": task.id, "input": task.input, "deadline": now + task.timeout})
         fut.add_done_callback(lambda f: self._on_reply(task, r, attempt, f))
@@ -354,7 +434,8 @@ class TaskManager:
         r.task_finished(task.id)
         exc = fut.exception() if not fut.cancelled() else RpcError(
             jsonrpc.REQUEST_CANCELLED, "cancelled")
-        if task.status in TERMINAL:  # timed out or cancelled before the worker answered
+        late = task.status in TERMINAL
+        if late:  # timed out or cancelled before the worker answered
             attempt.error = attempt.error or (
                 "answered after the task ended" if exc is None else getattr(exc, "message",
                                                                              str(exc)))
@@ -373,6 +454,7 @@ class TaskManager:
                 q.counts["retried"] += 1
                 task.status = "queued"
                 task.replica = None
+                self._journal(task)
                 self._enqueue(q, task)
             else:
                 self._finish(task, "lost", error=TaskError(exc.code, exc.message))
@@ -382,6 +464,8 @@ class TaskManager:
         else:
             attempt.outcome, attempt.error = "failed", exc.message
             self._finish(task, "failed", error=TaskError(exc.code, exc.message, exc.data))
+        if late:
+            self._journal(task)  # the attempt's end, on a task already finished
         self._pump(task.agent)
 
     def _on_timeout(self, task: Task, r: Replica, attempt: Attempt) -> None:
@@ -419,23 +503,108 @@ class TaskManager:
         if q is not None:
             q.counts[status] += 1
             q.latencies.append(task.finished - task.created)
+        self._journal(task)
+        self._retain(task)
         if not task.done.done():
             task.done.set_result(None)
         for w in task.watchers:
             w("done", task.result())
         task.watchers.clear()
-        while len(self.tasks) > FINISHED_KEPT:
-            oldest_id, oldest = next(iter(self.tasks.items()))
-            if oldest.status not in TERMINAL:
-                break
-            del self.tasks[oldest_id]
+
+    def _journal(self, task: Task) -> None:
+        if self.journal is not None:
+            self.journal.write(task)
+            task.journaled = True
+
+    def _retain(self, task: Task) -> None:
+        """Keep of a finished task only what `corral task ID` shows cheaply (module doc)."""
+        self.active.pop(task.id, None)
+        task.input = msgspec.Raw(b"")
+        task.replica = None
+        size = len(task.raw_result) if task.raw_result is not None else 0
+        self.finished[task.id] = task
+        if size:
+            self._holding[task.id] = task
+            self._held_bytes += size
+        while self._held_bytes > self.kept_bytes and self._holding:
+            _, old = self._holding.popitem(last=False)
+            self._drop_output(old)
+        while len(self.finished) > self.kept:
+            _, old = self.finished.popitem(last=False)
+            if self._holding.pop(old.id, None) is not None:
+                self._drop_output(old)
+
+    def _drop_output(self, task: Task) -> None:
+        self._held_bytes -= len(task.raw_result or b"")
+        task.raw_result, task.output_dropped = None, True
+
+    # -- after a restart ------------------------------------------------------------------
+    def restore(self, records: Iterable[TaskRecord], next_seq: int) -> list[Task]:
+        """Take back a journal's unfinished tasks (in their order): queued ones wait again;
+        one that was running has lost its attempt to the restart and is retried when its
+        agent has retries left, else ends `lost`. New tasks are numbered from `next_seq`."""
+        restored: list[Task] = []
+        now = time.time()
+        for rec in records:
+            task = Task(rec.agent, rec.input, rec.priority, rec.timeout, rec.retries_left,
+                        rec.seq)
+            task.id, task.created, task.started = rec.task_id, rec.created, rec.started
+            task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
+            agent = self.sup.agents.get(rec.agent)
+            self.active[task.id] = task
+            restored.append(task)
+            q = self._agent_tasks(agent) if agent is not None else None
+            if q is not None:
+                q.counts["accepted"] += 1
+            if rec.status == "running":
+                for a in task.attempts:
+                    if a.outcome == "running":
+                        a.outcome, a.error, a.finished = "lost", LOST_IN_RESTART, now
+                if q is None or task.retries_left <= 0:
+                    self._finish(task, "lost", error=TaskError(jsonrpc.PEER_CLOSED,
+                                                                LOST_IN_RESTART))
+                    continue
+                task.retries_left -= 1
+                q.counts["retried"] += 1
+            if q is None:
+                self._finish(task, "lost", error=TaskError(
+                    jsonrpc.PEER_CLOSED, f"{LOST_IN_RESTART}: agent {rec.agent} no longer "
+                                         "exists"))
+                continue
+            self._journal(task)
+            self._enqueue(q, task)
+        self._seq = itertools.count(next_seq)
+        # they wait for their agent's replicas to start (an agent that fails or is stopped
+        # ends them, as for any waiting task; one not started waits until it is)
+        for name in {t.agent for t in restored}:
+            self._pump(name)
+        return restored
 
     # -- the API --------------------------------------------------------------------------
     async def run(self, agent: str, task_input: Any, *, timeout: float | None = None,
                   priority: int = 0) -> TaskResult:
         task = self.submit(agent, task_input, timeout=timeout, priority=priority)
+        # durable before it counts as accepted; this also keeps a journal that writes
+        # slower than tasks finish from gathering an unbounded backlog
+        await self.committed()
         await asyncio.shield(task.done)
-        return task.result(decode=True)
+        await self.committed()
+        return await self.outcome(task, decode=True)
+
+    async def outcome(self, task: Task, *, decode: bool = False) -> TaskResult:
+        """A finished task's result, its output read back from the journal if it has
+        already been dropped from memory."""
+        if task.output_dropped and self.journal is not None:
+            info = await self.journal.load(task.id)
+            if info is not None and info.output is not None:
+                out = msgspec.json.decode(info.output) if decode else info.output
+                return TaskResult(task.id, task.status, out, task.error, list(task.attempts))
+        return task.result(decode=decode)
+
+    async def committed(self) -> None:
+        """Everything so far is durable (at once without a journal)."""
+        if self.journal is not None:
+            await self.journal.committed()
 
     async def map(self, agent: str, inputs: Iterable[Any], *, concurrency: int = 8,
                   timeout: float | None = None) -> list[TaskResult]:
@@ -453,10 +622,37 @@ class TaskManager:
         return list(await asyncio.gather(*(one(x) for x in inputs)))
 
     def get(self, task_id: str) -> Task:
-        try:
-            return self.tasks[task_id]
-        except KeyError:
-            raise jsonrpc.not_found("task", task_id) from None
+        """A task in memory (every unfinished one, the last `kept` finished ones)."""
+        task = self.active.get(task_id) or self.finished.get(task_id)
+        if task is None:
+            raise jsonrpc.not_found("task", task_id)
+        return task
+
+    async def info(self, task_id: str, *, wait: bool = False) -> TaskInfo:
+        """What `corral task ID` shows, from memory or else from the journal."""
+        task = self.active.get(task_id) or self.finished.get(task_id)
+        if task is not None and wait:
+            await asyncio.shield(task.done)
+        if task is not None and not (task.output_dropped and self.journal is not None):
+            return task.info()
+        info = await self.journal.load(task_id) if self.journal is not None else None
+        if info is None:
+            raise jsonrpc.not_found("task", task_id)
+        return info
+
+    async def query(self, *, agent: str | None = None, status: str | None = None,
+                    since: float | None = None, limit: int = 100) -> list[TaskSummary]:
+        """Tasks created since `since` (wall time), newest last: from the journal when
+        there is one (every task until pruned), else from memory."""
+        if limit <= 0:
+            return []
+        if self.journal is not None:
+            return await self.journal.query(agent=agent, status=status, since=since,
+                                            limit=limit)
+        tasks = sorted([*self.active.values(), *self.finished.values()], key=lambda t: t.seq)
+        return [t.summary() for t in tasks
+                if (agent is None or t.agent == agent) and (status is None or t.status == status)
+                and (since is None or t.created >= since)][-limit:]
 
     def cancel(self, task_id: str) -> Task:
         task = self.get(task_id)
@@ -472,14 +668,17 @@ class TaskManager:
         if task.timer is not None:
             task.timer.cancel()
             task.timer = None
+        replica = task.replica
+        assert replica is not None
         self._finish(task, "cancelled", error=TaskError(jsonrpc.REQUEST_CANCELLED,
                                                         "cancelled while running"))
-        assert task.replica is not None
-        self._stop_attempt(task, task.replica, attempt, "was cancelled")
+        self._stop_attempt(task, replica, attempt, "was cancelled")
         return task
 
     def list(self, agent: str | None = None) -> list[Task]:
-        return [t for t in self.tasks.values() if agent is None or t.agent == agent]
+        """The tasks in memory, in the order they were accepted."""
+        tasks = sorted([*self.active.values(), *self.finished.values()], key=lambda t: t.seq)
+        return [t for t in tasks if agent is None or t.agent == agent]
 
     def stats(self) -> dict[str, Any]:
         per_agent = {name: q.stats() for name, q in self.by_agent.items()}
@@ -501,6 +700,8 @@ class TaskManager:
         q = self.by_agent.get(name)
         if agent is None or q is None or not q.depth or self._refusal(agent) is None:
             return
+        if self.sup.closing and self.journal is not None:
+            return  # they stay queued in the journal, for the next daemon
         if any(x.state == State.FAILED for x in agent.replicas):
             status, error = "lost", TaskError(jsonrpc.PEER_CLOSED, self._refusal(agent) or "")
         elif all(x._stay_down for x in agent.replicas):
@@ -529,14 +730,13 @@ class TaskManager:
     # -- from workers ---------------------------------------------------------------------
     def _task_of(self, r: Replica, params: dict[str, Any]) -> Task | None:
         tid = params.get("task_id")
-        task = self.tasks.get(str(tid)) if tid is not None else None
+        task = self.active.get(str(tid)) if tid is not None else None
         if task is None or task.replica is not r or task.status != "running":
             return None
         return task
 
     def report_progress(self, task: Task, params: dict[str, Any]) -> None:
         task.progress = params
-        task.progress_log.append(params)
         for w in list(task.watchers):
             w("progress", params)
 

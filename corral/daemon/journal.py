@@ -1,0 +1,277 @@
+"""The task journal: every accepted task in SQLite, so a daemon crash loses none.
+
+The engine calls `write(task)` on the loop at each change; the row is snapshotted at once
+and queued. One flush per loop turn hands the queued rows to a writer thread, which writes
+them in one transaction (an upsert per task, whatever number of changes it had); while it
+writes, the next batch gathers, so commits group themselves under load and there is never
+one fsync per task. `committed()` resolves once everything written so far is durable:
+`tasks.run` acknowledges a task only after that. With `journal_sync = "normal"` (SQLite
+synchronous=NORMAL in WAL) a commit survives a crash of the daemon; with `"full"` it also
+survives a power loss, at the cost of an fsync per batch.
+
+A task's input is kept until it finishes (a restarted daemon needs it to run the task
+again), then cleared. The `output` column holds the worker's `task/run` result as it sent
+it (`{"output": ...}`), kept as bytes end to end. Reads (`load`, `query`) run in a thread
+on a connection of their own, after the rows written so far are committed. Finished tasks
+are pruned by age and count in the writer thread, at start-up and every `PRUNE_EVERY`
+seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..supervisor.tasks import (
+    Attempt,
+    Task,
+    TaskError,
+    TaskInfo,
+    TaskRecord,
+    TaskSummary,
+    raw_output_of,
+)
+from .store import connect, errors_named
+
+log = logging.getLogger("corral.journal")
+
+PRUNE_EVERY = 60.0
+
+UPSERT = """
+INSERT INTO tasks (seq, id, agent, priority, timeout, retries_left, created, started,
+                   finished, status, tool_calls, input, output, error, attempts, progress)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (seq) DO UPDATE SET
+    retries_left = excluded.retries_left, started = excluded.started,
+    finished = excluded.finished, status = excluded.status,
+    tool_calls = excluded.tool_calls,
+    input = CASE WHEN excluded.finished IS NULL THEN coalesce(excluded.input, input) END,
+    output = coalesce(excluded.output, output), error = excluded.error,
+    attempts = excluded.attempts, progress = excluded.progress
+WHERE id = excluded.id
+"""
+
+_encode = msgspec.json.encode
+_attempts = msgspec.json.Decoder(list[Attempt])
+_error = msgspec.json.Decoder(TaskError | None)
+
+Row = tuple[Any, ...]
+
+
+class Journal:
+    """The daemon's `TaskJournal` (see corral.supervisor.tasks)."""
+
+    def __init__(self, path: Path, *, sync: str = "normal", max_age: float = 7 * 86400,
+                 max_tasks: int = 100_000,
+                 on_error: Callable[[str], None] | None = None) -> None:
+        self.path = path
+        self.max_age = max_age
+        self.max_tasks = max_tasks
+        self.on_error = on_error or (lambda msg: log.error("%s", msg))
+        self._loop = asyncio.get_running_loop()
+        self._writer = connect(path, sync=sync)
+        self._reader = connect(path)
+        self._read_lock = threading.Lock()
+        self._pending: dict[int, Row] = {}  # by seq: the latest snapshot of each task
+        self._pending_done: asyncio.Future[None] | None = None
+        self._flush_scheduled = False
+        self._inflight: asyncio.Future[None] | None = None
+        self._jobs: queue.SimpleQueue[tuple[str, Any, asyncio.Future[None] | None] | None] = (
+            queue.SimpleQueue())
+        self._thread = threading.Thread(target=self._run, name="corral-journal", daemon=True)
+        self._thread.start()
+        self._prune_timer: asyncio.TimerHandle | None = None
+        self.writes = 0  # changes handed to the journal
+        self.rows = 0  # rows written (changes to one task in one batch are one row)
+        self.batches = 0  # transactions committed
+
+    # -- start-up -------------------------------------------------------------------------
+    def unfinished(self) -> tuple[list[TaskRecord], int]:
+        """The tasks a crashed daemon left queued or running, in order, and the next
+        sequence number."""
+        with errors_named(self.path):
+            rows = self._reader.execute(
+                "SELECT seq, id, agent, input, priority, timeout, retries_left, created, "
+                "started, status, tool_calls, attempts FROM tasks WHERE finished IS NULL "
+                "ORDER BY seq").fetchall()
+            (top,) = self._reader.execute("SELECT max(seq) FROM tasks").fetchone()
+        records = [
+            TaskRecord(seq=seq, task_id=tid, agent=agent,
+                       input=msgspec.Raw(raw if raw is not None else b"null"),
+                       priority=prio, timeout=timeout, retries_left=retries, created=created,
+                       started=started, status=status, tool_calls=calls,
+                       attempts=_attempts.decode(attempts))
+            for (seq, tid, agent, raw, prio, timeout, retries, created, started, status,
+                 calls, attempts) in rows]
+        return records, (top + 1 if top is not None else 0)
+
+    def start_pruning(self) -> None:
+        self._jobs.put(("prune", None, None))
+        self._prune_timer = self._loop.call_later(PRUNE_EVERY, self._prune_tick)
+
+    def _prune_tick(self) -> None:
+        self._jobs.put(("prune", None, None))
+        self._prune_timer = self._loop.call_later(PRUNE_EVERY, self._prune_tick)
+
+    # -- the TaskJournal protocol ---------------------------------------------------------
+    def write(self, task: Task) -> None:
+        self.writes += 1
+        prev = self._pending.get(task.seq)
+        # the input is kept while the task may have to run again, and written once
+        raw_input = None if task.journaled or task.finished is not None else task.input
+        output = task.raw_result  # the worker's result as sent: {"output": ...}
+        if prev is not None:  # keep what an earlier snapshot had and the engine has dropped
+            if task.finished is None and raw_input is None:
+                raw_input = prev[11]
+            output = prev[12] if output is None else output
+        self._pending[task.seq] = (
+            task.seq, task.id, task.agent, task.priority, task.timeout, task.retries_left,
+            task.created, task.started, task.finished, task.status, task.tool_calls,
+            raw_input, output,
+            None if task.error is None else _encode(task.error),
+            _encode(task.attempts),
+            None if task.progress is None else _encode(task.progress))
+        if not self._flush_scheduled and self._inflight is None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    async def committed(self) -> None:
+        if self._pending:
+            if self._pending_done is None:
+                self._pending_done = self._loop.create_future()
+            await asyncio.shield(self._pending_done)
+        elif self._inflight is not None:
+            await asyncio.shield(self._inflight)
+
+    async def load(self, task_id: str) -> TaskInfo | None:
+        await self.committed()
+        return await asyncio.to_thread(self._load, task_id)
+
+    async def query(self, *, agent: str | None, status: str | None, since: float | None,
+                    limit: int) -> list[TaskSummary]:
+        await self.committed()
+        return await asyncio.to_thread(self._query, agent, status, since, limit)
+
+    # -- loop side of the writer ----------------------------------------------------------
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._inflight is not None or not self._pending:
+            return
+        rows = list(self._pending.values())
+        self._pending.clear()
+        done = self._pending_done or self._loop.create_future()
+        self._pending_done = None
+        self._inflight = done
+        self._jobs.put(("rows", rows, done))
+
+    def _batch_done(self, done: asyncio.Future[None], error: str | None) -> None:
+        self._inflight = None
+        if not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(JournalError(error))
+                done.exception()  # retrieved here: nobody may be waiting
+        if self._pending:
+            self._flush()
+
+    # -- the writer thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            kind, payload, done = job
+            error: str | None = None
+            try:
+                if kind == "rows":
+                    self._write(payload)
+                else:
+                    self._prune()
+            except sqlite3.Error as exc:
+                error = f"task journal {self.path}: cannot write: {exc}"
+                with contextlib.suppress(sqlite3.Error):
+                    if self._writer.in_transaction:
+                        self._writer.execute("ROLLBACK")
+                self._loop.call_soon_threadsafe(self.on_error, error)
+            if done is not None:
+                self._loop.call_soon_threadsafe(self._batch_done, done, error)
+
+    def _write(self, rows: list[Row]) -> None:
+        db = self._writer
+        db.execute("BEGIN")
+        db.executemany(UPSERT, rows)
+        db.execute("COMMIT")
+        self.batches += 1
+        self.rows += len(rows)
+
+    def _prune(self) -> None:
+        db = self._writer
+        db.execute("BEGIN")
+        if self.max_age > 0:
+            db.execute("DELETE FROM tasks WHERE finished IS NOT NULL AND finished < ?",
+                       (time.time() - self.max_age,))
+        db.execute(
+            "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE finished IS NOT NULL "
+            "ORDER BY finished DESC LIMIT -1 OFFSET ?)", (self.max_tasks,))
+        db.execute("COMMIT")
+
+    # -- reads (in a thread) --------------------------------------------------------------
+    def _load(self, task_id: str) -> TaskInfo | None:
+        with self._read_lock:
+            row = self._reader.execute(
+                "SELECT id, agent, status, priority, created, started, finished, tool_calls, "
+                "progress, output, error, attempts FROM tasks WHERE id = ?",
+                (task_id,)).fetchone()
+        if row is None:
+            return None
+        (tid, agent, status, prio, created, started, finished, calls, progress, output,
+         error, attempts) = row
+        return TaskInfo(tid, agent, status, prio, created, started, finished, calls,
+                        None if progress is None else msgspec.json.decode(progress),
+                        raw_output_of(msgspec.Raw(output)) if output is not None else None,
+                        None if error is None else _error.decode(error),
+                        _attempts.decode(attempts))
+
+    def _query(self, agent: str | None, status: str | None, since: float | None,
+               limit: int) -> list[TaskSummary]:
+        where, args = [], []
+        for clause, value in (("agent = ?", agent), ("status = ?", status),
+                              ("created >= ?", since)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = ("SELECT id, agent, status, priority, created, started, finished, attempts "
+               "FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY seq DESC LIMIT ?")
+        with self._read_lock:
+            rows = self._reader.execute(sql, (*args, limit)).fetchall()
+        return [TaskSummary(tid, a, st, prio, created, started, finished,
+                            len(_attempts.decode(attempts)))
+                for tid, a, st, prio, created, started, finished, attempts in reversed(rows)]
+
+    # -- shutdown -------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Write what is pending, then stop the thread and close."""
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
+        with contextlib.suppress(JournalError):
+            await self.committed()
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._writer.close()
+        self._reader.close()
+
+
+class JournalError(Exception):
+    """The journal could not write; the message names the file and SQLite's reason."""

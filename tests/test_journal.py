@@ -1,0 +1,210 @@
+"""The task journal: tasks survive a daemon crash, with every story finished; waiting
+clients get their outcome across a restart; finished tasks stay cheap in memory."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from corral.daemon.journal import Journal
+from corral.daemon.store import open_database
+from corral.supervisor import Supervisor
+
+from .conftest import EXAMPLES, PY, ROOT, agent, all_ready
+from .daemon_harness import Daemon, shared_tmpdir
+from .test_daemon_cli import wait_until
+
+
+def worker(name: str, extra: str = "") -> str:
+    return (f'[agents.{name}]\ncommand = ["{PY}", "{EXAMPLES}/misbehave.py"]\n'
+            f'env = {{ PYTHONPATH = "{ROOT}" }}\nbackoff_initial = 0.05\nstop_timeout = 2.0\n'
+            f'{extra}\n')
+
+
+def kill_daemon_and_workers(d: Daemon) -> None:
+    """SIGKILL the daemon, then its orphaned workers by pid (their containment is another
+    test's subject)."""
+    pids = [a["pid"] for a in d.json("status")["agents"] if a["pid"]]
+    assert d.proc is not None
+    d.proc.kill()
+    d.proc.wait()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_after_a_daemon_crash_every_accepted_task_finishes_its_story() -> None:
+    agents = (worker("keep", "max_concurrent_tasks = 1\nretries = 1")
+              + worker("once", "max_concurrent_tasks = 1\nretries = 0"))
+    d = Daemon(shared_tmpdir(), agents)
+    d.start()
+    try:
+        def submit(name: str, inp: str) -> str:
+            return d.cli("run", name, "--input", inp, "--detach").stdout.strip()
+
+        sleep = '{"do": "sleep", "seconds": 60}'
+        running = {n: submit(n, sleep) for n in ("keep", "once")}
+        queued = [submit("keep", f'{{"do": "echo", "n": {i}}}') for i in range(3)]
+        wait_until(lambda: all(d.json("task", t)["status"] == "running"
+                               for t in running.values()), what="both running")
+        kill_daemon_and_workers(d)
+        d.start()
+        once = d.json("task", running["once"])
+        assert (once["status"], once["error"]["message"]) == ("lost", "daemon restarted")
+        assert [(a["outcome"], a["error"]) for a in once["attempts"]] == [
+            ("lost", "daemon restarted")]
+        # the retried task keeps its place: it runs again before the queued ones
+        keep = wait_until(lambda: (t := d.json("task", running["keep"]))["status"] == "running"
+                          and len(t["attempts"]) == 2 and t, what="the retry")
+        assert (keep["attempts"][0]["outcome"], keep["attempts"][0]["error"]) == (
+            "lost", "daemon restarted")
+        assert [d.json("task", t)["status"] for t in queued] == ["queued"] * 3
+        d.cli("cancel", running["keep"])
+        done = [d.json("task", t, "--wait") for t in queued]
+        assert [t["status"] for t in done] == ["succeeded"] * 3
+        assert [t["output"]["n"] for t in done] == [0, 1, 2]
+        assert done[0]["attempts"][0]["started"] < done[1]["attempts"][0]["started"] < (
+            done[2]["attempts"][0]["started"])
+        lost = d.json("tasks", "--since", "1h", "--status", "lost")["tasks"]
+        assert [t["task_id"] for t in lost] == [running["once"]]
+        listed = d.json("tasks", "--since", "1h")["tasks"]
+        assert [t["task_id"] for t in listed] == [*running.values(), *queued]
+        log = (d.state / "logs" / "corral.log").read_text()
+        assert ("task journal: 5 unfinished tasks recovered: 3 queued again, 1 running ones "
+                "retried, 1 lost (daemon restarted)") in log
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_waiting_run_gets_its_outcome_across_a_daemon_restart() -> None:
+    d = Daemon(shared_tmpdir(), worker("w", "retries = 1"))
+    release = d.dir / "release"
+    d.start()
+    try:
+        client = subprocess.Popen(
+            [PY, "-m", "corral", "--socket", str(d.sock), "run", "w", "--input",
+             json.dumps({"do": "await", "path": str(release)}), "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        tid = wait_until(lambda: [t["task_id"] for t in d.json("tasks")["tasks"]
+                                  if t["status"] == "running"], what="running")[0]
+        kill_daemon_and_workers(d)
+        d.start()
+        release.touch()  # the retry, on the new daemon, may finish
+        out, err = client.communicate(timeout=60)
+        assert client.returncode == 0, (out, err)
+        res = json.loads(out)
+        assert (res["task_id"], res["status"], res["output"]) == (tid, "succeeded",
+                                                                  {"awaited": str(release)})
+        assert [a["outcome"] for a in res["attempts"]] == ["lost", "succeeded"]
+        assert f"corral: lost the daemon while waiting for task {tid}; reconnecting" in err
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_graceful_restart_keeps_queued_tasks() -> None:
+    d = Daemon(shared_tmpdir(), worker("w", "max_concurrent_tasks = 1"))
+    d.start()
+    try:
+        busy = d.cli("run", "w", "--input", '{"do": "sleep", "seconds": 60}',
+                     "--detach").stdout.strip()
+        waiting = d.cli("run", "w", "--input", '{"do": "echo"}', "--detach").stdout.strip()
+        wait_until(lambda: d.json("task", busy)["status"] == "running", what="running")
+        assert d.stop() == 0
+        d.start()
+        assert d.json("task", waiting, "--wait")["status"] == "succeeded"
+        assert d.json("task", busy)["status"] == "lost"
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+# -- in-process: the engine with the real journal --------------------------------------------
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    path = tmp_path / "state" / "corral.db"
+    open_database(path).close()
+    return path
+
+
+async def test_large_outputs_live_in_the_journal_and_memory_stays_small(
+        db_path: Path) -> None:
+    journal = Journal(db_path)
+    async with Supervisor(heartbeat_interval=0.2, journal=journal, tasks_kept=5,
+                          tasks_kept_bytes=50_000) as sup:
+        sup.add(agent("big", "misbehave.py", max_concurrent_tasks=8))
+        await all_ready(sup, "big")
+        pad = "x" * 20_000
+        results = await sup.tasks.map("big", [{"do": "echo", "i": i, "pad": pad}
+                                              for i in range(40)], concurrency=20)
+        assert all(r.status == "succeeded" for r in results)
+        assert len(sup.tasks.finished) == 5 and not sup.tasks.active
+        kept = list(sup.tasks.finished.values())
+        assert [t.output_dropped for t in kept] == [True] * 3 + [False] * 2
+        assert all(len(t.input) == 0 for t in kept)
+        assert sup.tasks._held_bytes == sum(len(t.raw_result or b"") for t in kept) < 50_000
+        assert all(r.output["pad"] == pad for r in results)  # every caller got its output
+        # every task answers, from the journal when it is no longer in memory
+        first = await sup.tasks.info(results[0].task_id)
+        assert msgspec.json.decode(first.output) == {"do": "echo", "i": 0, "pad": pad}
+        last = await sup.tasks.info(results[-1].task_id)
+        assert msgspec.json.decode(last.output)["i"] == 39
+        # batched: changes to a task within a batch are one row, a batch one transaction
+        assert journal.writes >= 3 * 40 and journal.rows < journal.writes
+        assert journal.batches < journal.writes
+        listed = await sup.tasks.query(since=time.time() - 60, limit=100)
+        assert [t.task_id for t in listed] == [r.task_id for r in results]
+    await journal.close()
+
+
+async def test_without_a_journal_outputs_are_dropped_oldest_first_past_the_byte_bound(
+        ) -> None:
+    async with Supervisor(heartbeat_interval=0.2, tasks_kept=30,
+                          tasks_kept_bytes=100_000) as sup:
+        sup.add(agent("big", "misbehave.py"))
+        await all_ready(sup, "big")
+        pad = "x" * 20_000
+        results = [await sup.tasks.run("big", {"do": "echo", "i": i, "pad": pad})
+                   for i in range(10)]
+        kept = [sup.tasks.get(r.task_id) for r in results]
+        assert [t.output_dropped for t in kept] == [True] * 6 + [False] * 4
+        assert kept[-1].output["i"] == 9
+        info = await sup.tasks.info(results[0].task_id)
+        assert (info.status, info.output, info.output_dropped) == ("succeeded", None, True)
+        assert sup.tasks._held_bytes == sum(len(t.raw_result or b"") for t in kept)
+
+
+async def test_the_journal_prunes_finished_tasks_by_count_and_age(db_path: Path) -> None:
+    journal = Journal(db_path, max_tasks=3, max_age=3600)
+    async with Supervisor(heartbeat_interval=0.2, journal=journal) as sup:
+        sup.add(agent("p", "misbehave.py", max_concurrent_tasks=4))
+        await all_ready(sup, "p")
+        results = await sup.tasks.map("p", [{"do": "echo", "i": i} for i in range(8)],
+                                      concurrency=1)
+        await sup.tasks.committed()
+    db = open_database(db_path)
+    db.execute("UPDATE tasks SET finished = finished - 7200 WHERE id = ?",
+               (results[7].task_id,))
+    db.close()
+    journal._prune()
+    await journal.close()
+    db = open_database(db_path)
+    kept = [r[0] for r in db.execute("SELECT id FROM tasks ORDER BY seq")]
+    db.close()
+    assert kept == [r.task_id for r in results[4:7]]
+
+
+async def test_journal_sync_full_sets_synchronous_full(db_path: Path) -> None:
+    journal = Journal(db_path, sync="full")
+    assert journal._writer.execute("PRAGMA synchronous").fetchone() == (2,)
+    await journal.close()
