@@ -160,7 +160,7 @@ def test_a_daemon_killed_with_queued_and_running_tasks_loses_none(tmp: Path) -> 
     try:
         d.start()
         assert d.proc is not None
-        with Load(d.sock, threads=2, task_input={"do": "sleep", "seconds": 0.5},
+        with Load(d.sock, threads=2, task_input={"do": "sleep", "seconds": 1.0},
                   pause=0.05) as load:
             def busy_and_queued() -> bool:
                 s = call(d, "stats.get", {})["tasks"]["agents"]["w"]
