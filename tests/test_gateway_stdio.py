@@ -255,3 +255,17 @@ async def test_a_client_of_the_stateless_revision_discovers_and_calls(daemon: Da
         names = [t.name for t in (await c.list_tools()).tools]
         assert "notes__add" in names
         assert text(await c.call_tool("notes__add", {"title": "s", "text": "t"})) == "stored s"
+
+
+async def test_completion_of_an_upstream_prompts_argument_passes_through(
+        daemon: Daemon) -> None:
+    from mcp.types import PromptReference
+
+    async with gateway(daemon) as s:
+        await listed(s, "ev__echo")
+        ref = PromptReference(type="ref/prompt", name="ev__completable-prompt")
+        res = await s.complete(ref, {"name": "department", "value": "S"})
+        assert res.completion.values == ["Sales", "Support"]
+        res = await s.complete(ref, {"name": "name", "value": ""},
+                               context_arguments={"department": "Engineering"})
+        assert res.completion.values == ["Alice", "Bob", "Charlie"]
