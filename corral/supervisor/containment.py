@@ -82,6 +82,8 @@ class ProcStat(NamedTuple):
     pgid: int
     sid: int
     start_time: int  # clock ticks since boot: with the pid, names one process for ever
+    cpu_ticks: int  # user + system CPU time, in clock ticks (the heartbeat's sample)
+    rss_pages: int
 
 
 def read_stat(pid: int) -> ProcStat | None:
@@ -98,7 +100,7 @@ def _parse_stat(pid: int, data: bytes) -> ProcStat | None:
     try:
         rest = data[data.rindex(b")") + 2:].split()
         return ProcStat(pid, rest[0].decode(), int(rest[1]), int(rest[2]), int(rest[3]),
-                        int(rest[19]))
+                        int(rest[19]), int(rest[11]) + int(rest[12]), int(rest[21]))
     except (ValueError, IndexError):
         return None
 
