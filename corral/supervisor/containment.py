@@ -600,6 +600,11 @@ class Containment:
                 continue  # a process we started ourselves
             if token in self._pending:
                 continue  # being spawned by another thread right now
+            if token is None and self._pending:
+                # a spawn thread's child between fork and exec still has corral's
+                # environment (no token) and is not known by pid yet: look again later
+                self._sweep_wanted = max(self._sweep_wanted, 1)
+                continue
             owner = leaders.get(st.pgid) or leaders.get(st.sid)
             if owner is None and token is not None:
                 owner = self.live.get(token)
