@@ -17,6 +17,8 @@
                     2026-07-28: a discover it answers locks the connection (-32022 for
                     initialize afterwards)
     drop-discover   like slow-start's lock, but the first discover is never answered
+    slow-discover   answers discover (2026-07-28 only) after 1.5 s, out of order; refuses
+                    initialize at once with -32601
     resources       resources (paged, one per page), a template, subscribe; prompts; logging
     tasks           tools "quick" and "endless" need task augmentation (execution.taskSupport
                     "required"); "quick" completes at the second tasks/get, "endless" never
@@ -141,6 +143,16 @@ for line in sys.stdin:
     if method is None and rid == "r1":  # the client's answer to roots/list
         reply(requests_out.pop("roots"), {"content": [{"type": "text",
                                                         "text": json.dumps(msg)}]})
+        continue
+    if method == "server/discover" and "slow-discover" in modes:
+        def late(rid=rid):
+            time.sleep(1.5)
+            reply(rid, {"resultType": "complete", "supportedVersions": ["2026-07-28"],
+                        "capabilities": {"tools": {}}, "serverInfo": {"name": "slow"}})
+        threading.Thread(target=late, daemon=True).start()
+        continue
+    if method == "initialize" and "slow-discover" in modes:
+        error(rid, -32601, "Method not found")
         continue
     if method == "server/discover" and ("slow-start" in modes or "drop-discover" in modes):
         locked = True

@@ -42,6 +42,13 @@ async def test_a_late_discover_answer_is_honoured(sup: Supervisor) -> None:
     assert res["content"] == [{"type": "text", "text": "hi"}]
 
 
+async def test_a_refused_initialize_waits_for_the_late_probe_answer(sup: Supervisor) -> None:
+    # a modern-only server that handles requests concurrently refuses initialize (-32601)
+    # before its slow answer to the probe: the probe's answer decides
+    inst = await up(sup, scripted("ooo", "slow-discover", start_timeout=2.0))
+    assert inst.client.version == "2026-07-28" and inst.restarts == 0
+
+
 async def test_minus_32022_on_initialize_leads_to_one_reprobe(sup: Supervisor) -> None:
     inst = await up(sup, scripted("locked", "drop-discover", start_timeout=2.0))
     assert inst.client.version == "2026-07-28" and inst.restarts == 0

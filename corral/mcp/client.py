@@ -217,6 +217,7 @@ class McpClient:
             "protocolVersion": LEGACY[0], "capabilities": self.client_capabilities(),
             "clientInfo": CLIENT_INFO})
         waiting = {init} if probe.done() else {init, probe}
+        failed: asyncio.Future[Any] | None = None
         try:
             while waiting:
                 left = deadline - time.monotonic()
@@ -225,12 +226,22 @@ class McpClient:
                 if not done:
                     raise RpcError(jsonrpc.REQUEST_TIMEOUT,
                                    f"initialize: no answer from {self.name}")
-                if probe in done and not probe.exception():
+                if probe in done and probe.exception() is None:
                     found = msgspec.json.decode(probe.result())
                     if _offers_stateless(found):  # the late answer wins
                         return await self._adopt(found, deadline)
                 if init in done:
-                    return await self._initialized(msgspec.json.decode(init.result()))
+                    exc = init.exception()
+                    if exc is None:
+                        return await self._initialized(msgspec.json.decode(init.result()))
+                    if probe not in waiting or (isinstance(exc, RpcError)
+                                                and exc.code == MCP_UNSUPPORTED_VERSION):
+                        init.result()  # raises: -32022 leads to the re-probe
+                    # a modern-only server may refuse initialize before its late answer
+                    # to the probe arrives: that answer decides
+                    failed = init
+            if failed is not None:
+                failed.result()  # the probe answered without 2026-07-28: the refusal stands
         finally:
             for fut in (probe, init):
                 if not fut.done():
