@@ -132,6 +132,14 @@ def test_resources_and_prompts_through_the_cli(daemon: Daemon) -> None:
     assert r.returncode == 2 and "must be a JSON object" in r.stderr
 
 
+def test_a_34_mb_tool_result_reaches_the_cli(daemon: Daemon) -> None:
+    # over the workers' 16 MiB line and the control socket's 32 MiB reply backlog: an
+    # MCP server may send up to max_message_mb (64), and the CLI asked for it
+    r = daemon.cli("tools", "call", "docs__big", "--args", '{"mb": 34}', timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout) == 34 * 1048576 + 1 and r.stdout.startswith("xxx")
+
+
 def test_mcp_start_stop_restart(daemon: Daemon) -> None:
     r = daemon.cli("mcp", "stop", "notes")
     assert (r.returncode, r.stdout) == (0, "stopped notes (1 instances)\n")

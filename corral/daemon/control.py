@@ -149,7 +149,11 @@ class Connection(LineProtocol):
         if t.is_closing():
             return
         t.write(data)
-        if not self.writable.is_set() and t.get_write_buffer_size() > REPLY_LIMIT:
+        # the backlog before this message counts: one large answer the client asked for
+        # (an MCP tool's 34 MB image) is not a client that does not read; requests are not
+        # read while replies are unread (REPLY_HIGH), so only pushed notifications pile up
+        if not self.writable.is_set() and \
+                t.get_write_buffer_size() - len(data) > REPLY_LIMIT:
             self.disconnect(f"{t.get_write_buffer_size()} bytes of replies unread "
                             f"(limit {REPLY_LIMIT})")
 
