@@ -156,6 +156,7 @@ def restart_after_crash(seeded: bool) -> dict[str, float]:
         if seeded:
             seed_journal(d / "state" / "corral.db")
         c.notify.close()
+        c.notify_path.unlink()
         c = CorralDaemon(d, agents)
         ready = c.start()
         t0 = time.perf_counter()

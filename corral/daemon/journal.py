@@ -46,6 +46,7 @@ from .store import connect, errors_named
 log = logging.getLogger("corral.journal")
 
 PRUNE_EVERY = 60.0
+BEHIND_BYTES = 32 * 1024 * 1024  # inputs and outputs waiting to be written
 
 UPSERT = """
 INSERT INTO tasks (seq, id, agent, priority, timeout, retries_left, created, started,
@@ -83,6 +84,8 @@ class Journal:
         self._reader = connect(path)
         self._read_lock = threading.Lock()
         self._pending: dict[int, Row] = {}  # by seq: the latest snapshot of each task
+        self._waiting_bytes = 0  # inputs and outputs in pending and in-flight rows
+        self._inflight_bytes = 0
         self._pending_done: asyncio.Future[None] | None = None
         self._flush_scheduled = False
         self._inflight: asyncio.Future[None] | None = None
@@ -134,6 +137,12 @@ class Journal:
             if task.finished is None and raw_input is None:
                 raw_input = prev[11]
             output = prev[12] if output is None else output
+        size = (len(raw_input) if raw_input is not None else 0) + (
+            len(output) if output is not None else 0)
+        if prev is not None:
+            self._waiting_bytes -= (len(prev[11]) if prev[11] is not None else 0) + (
+                len(prev[12]) if prev[12] is not None else 0)
+        self._waiting_bytes += size
         self._pending[task.seq] = (
             task.seq, task.id, task.agent, task.priority, task.timeout, task.retries_left,
             task.created, task.started, task.finished, task.status, task.tool_calls,
@@ -144,6 +153,9 @@ class Journal:
         if not self._flush_scheduled and self._inflight is None:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def behind(self) -> bool:
+        return self._waiting_bytes > BEHIND_BYTES
 
     async def committed(self) -> None:
         if self._pending:
@@ -169,6 +181,8 @@ class Journal:
             return
         rows = list(self._pending.values())
         self._pending.clear()
+        self._inflight_bytes = sum((len(r[11]) if r[11] is not None else 0)
+                                   + (len(r[12]) if r[12] is not None else 0) for r in rows)
         done = self._pending_done or self._loop.create_future()
         self._pending_done = None
         self._inflight = done
@@ -176,6 +190,8 @@ class Journal:
 
     def _batch_done(self, done: asyncio.Future[None], error: str | None) -> None:
         self._inflight = None
+        self._waiting_bytes -= self._inflight_bytes
+        self._inflight_bytes = 0
         if not done.done():
             if error is None:
                 done.set_result(None)

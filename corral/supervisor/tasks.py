@@ -160,6 +160,10 @@ class TaskJournal(Protocol):
 
     def write(self, task: Task) -> None: ...
 
+    def behind(self) -> bool:
+        """True when writes are waiting in memory past the journal's bound: callers that
+        can wait (the Python API's `run`) then wait for `committed()`."""
+
     async def committed(self) -> None:
         """Return once everything written so far is durable; raise if it cannot be."""
 
@@ -584,11 +588,11 @@ class TaskManager:
     async def run(self, agent: str, task_input: Any, *, timeout: float | None = None,
                   priority: int = 0) -> TaskResult:
         task = self.submit(agent, task_input, timeout=timeout, priority=priority)
-        # durable before it counts as accepted; this also keeps a journal that writes
-        # slower than tasks finish from gathering an unbounded backlog
-        await self.committed()
+        if self.journal is not None and self.journal.behind():
+            # a journal that writes slower than tasks finish must not gather an unbounded
+            # backlog in memory: wait for it (the task runs meanwhile)
+            await self.journal.committed()
         await asyncio.shield(task.done)
-        await self.committed()
         return await self.outcome(task, decode=True)
 
     async def outcome(self, task: Task, *, decode: bool = False) -> TaskResult:
