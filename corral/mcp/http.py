@@ -47,6 +47,7 @@ EVENT_STREAM = "text/event-stream"
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
 MAX_RESUMES = 5  # reconnections of one response stream that bring nothing new
+DRAIN_TIMEOUT = 1.0  # seconds to read an answered POST stream to its end
 LEGACY_STATUSES = (400, 404, 405)
 MAX_AUTH_ROUNDS = 2  # new credentials for one request: authorize, then step up once
 
@@ -256,6 +257,14 @@ class HttpTransport:
         with GET + Last-Event-ID if the server closes it before then."""
         parser = sse.Parser(self.max_message)
         answered = await self._pump(resp, parser, head.id)
+        if answered:
+            # the server ends the stream after the answer: read it to its end, so that the
+            # connection goes back to the pool (left unread, it would be closed, and every
+            # call would pay a new connection)
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with asyncio.timeout(DRAIN_TIMEOUT):
+                    await self._pump(resp, parser, None)
+            return
         resumes = 0
         while not answered:
             if parser.last_id is None:
