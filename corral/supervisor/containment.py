@@ -46,6 +46,7 @@ from .config import Limits
 log = logging.getLogger("corral.containment")
 
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 # every process corral starts carries its spawn token; descendants inherit it
 TOKEN_VARIABLE = "CORRAL_SPAWN"
 SUPERVISOR_LEAF = "supervisor"
@@ -70,7 +71,7 @@ def set_subreaper(on: bool) -> None:
 def is_subreaper() -> bool:
     libc = ctypes.CDLL(None, use_errno=True)
     out = ctypes.c_int(0)
-    libc.prctl(37, ctypes.byref(out), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+    libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(out), 0, 0, 0)
     return out.value != 0
 
 
@@ -460,6 +461,7 @@ class Containment:
         if self.tree is not None:
             for path in self.tree.children():
                 cgroup_kill(path)
+                await _wait_empty(path, 5.0)  # rmdir fails while a process is dying
                 remove_cgroup(path)
         if self.subreaper:
             with contextlib.suppress(OSError):
