@@ -8,6 +8,7 @@ import asyncio
 import os
 import platform
 import re
+import secrets
 import signal
 import subprocess
 import time
@@ -167,6 +168,12 @@ async def test_every_process_is_recorded_with_its_start_time_and_forgotten_at_ex
 
 
 # -- reclaim: what a crashed incarnation left running -------------------------------------
+def incarnation() -> str:
+    """A made-up crashed incarnation's id; random, as real ones are: reclaim looks for its
+    tokens across the whole machine, where other test runs may be running this very test."""
+    return f"12345-{secrets.token_hex(6)}"
+
+
 def spawn_leftover(token: str, *, ignore_term: bool = False) -> subprocess.Popen[bytes]:
     """A process as a crashed daemon leaves it: its own session, a spawn token."""
     code = ("import signal, time, sys\n"
@@ -190,7 +197,7 @@ def record_of(p: subprocess.Popen[bytes], token: str, **kw: object) -> ProcessRe
 
 
 async def test_reclaim_stops_recorded_processes_by_sigterm_then_sigkill() -> None:
-    old = "12345-0123456789ab"
+    old = incarnation()
     polite = spawn_leftover(f"{old}.1")
     stubborn = spawn_leftover(f"{old}.2", ignore_term=True)
     try:
@@ -207,7 +214,7 @@ async def test_reclaim_stops_recorded_processes_by_sigterm_then_sigkill() -> Non
 
 
 async def test_reclaim_finds_an_unrecorded_process_by_its_spawn_token() -> None:
-    old = "12345-aaaaaaaaaaaa"
+    old = incarnation()
     p = spawn_leftover(f"{old}.7")  # spawned just before the crash: no record yet
     try:
         report = await Containment("off").reclaim([], [old])
@@ -220,12 +227,13 @@ async def test_reclaim_finds_an_unrecorded_process_by_its_spawn_token() -> None:
 
 async def test_reclaim_never_signals_a_process_that_took_over_a_recorded_pid() -> None:
     # a record whose pid now belongs to a process that started at another time
-    bystander = spawn_leftover("someone-else.1")
+    old = incarnation()
+    bystander = spawn_leftover(f"{incarnation()}.1")
     try:
-        rec = record_of(bystander, "12345-bbbbbbbbbbbb.1")
+        rec = record_of(bystander, f"{old}.1")
         rec = ProcessRecord(**{**{f: getattr(rec, f) for f in rec.__struct_fields__},
                                "start_time": rec.start_time - 1})
-        report = await Containment("off").reclaim([rec], ["12345-bbbbbbbbbbbb"])
+        report = await Containment("off").reclaim([rec], [old])
         assert report.found == 0
         assert bystander.poll() is None
     finally:
