@@ -48,8 +48,14 @@ CONFIG = textwrap.dedent(f"""
     [agents.shell]
     command = ["bash", "{EXAMPLES}/echo.sh"]
     stop_timeout = 1.0
+
+    [agents.sleeper]                        # one task at a time: the rest wait queued
+    command = ["python3", "{EXAMPLES}/misbehave.py"]
+    max_concurrent_tasks = 1
+    retries = 1
+    stop_timeout = 1.0
 """)
-REPLICAS = {"hello": 2, "stubborn": 1, "escaper": 1, "shell": 1}
+REPLICAS = {"hello": 2, "stubborn": 1, "escaper": 1, "shell": 1, "sleeper": 1}
 DROP_IN = "[Service]\nWatchdogSec=5\nRestartSec=0.2\n" + (
     # the unit's private /tmp would hide a checkout (and its venv) that lives under /tmp
     "PrivateTmp=no\n" if ROOT.is_relative_to("/tmp") else "")
@@ -135,7 +141,27 @@ def load(nsd: NSystemd) -> None:
         assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.timeout(120)
+def accept_slow_tasks(nsd: NSystemd, n: int = 3) -> list[str]:
+    """Tasks the daemon has accepted (journaled) and is running or holding queued."""
+    ids = []
+    for _ in range(n):
+        r = nsd.run(CLI, "run", "sleeper", "--input", '{"do": "sleep", "seconds": 1}',
+                    "--detach", check=False)
+        assert r.returncode == 0, r.stderr
+        ids.append(r.stdout.strip())
+    return ids
+
+
+def check_tasks(nsd: NSystemd, ids: list[str]) -> None:
+    """Every accepted task has its outcome from the daemon that came back: none lost."""
+    for tid in ids:
+        r = nsd.run(CLI, "task", tid, "--wait", "--json", check=False, timeout=60)
+        assert r.returncode == 0, (tid, r.stdout, r.stderr)
+        info = msgspec.json.decode(r.stdout)
+        assert info["status"] == "succeeded", info
+
+
+@pytest.mark.timeout(150)
 def test_kill_9_and_sigstop_restart_with_nothing_left_and_stop_empties_the_cgroup(
         nsd: NSystemd) -> None:
     nsd.run("systemctl", "daemon-reload")
@@ -154,18 +180,22 @@ def test_kill_9_and_sigstop_restart_with_nothing_left_and_stop_empties_the_cgrou
     # kill -9 of the main pid: systemd kills the rest (KillMode=mixed) and restarts it
     old = snapshot(nsd, unit_cg)
     assert len(old) >= sum(REPLICAS.values()) + 2
+    accepted = accept_slow_tasks(nsd)
     nsd.run("kill", "-9", str(started.main_pid))
     after_kill = wait_restarted(nsd, started)
     assert not still_alive(old), f"left from the killed daemon: {still_alive(old)}"
     check_fleet(nsd, unit_cg)
+    check_tasks(nsd, accepted)
     load(nsd)
 
     # SIGSTOP: no more WATCHDOG=1; the watchdog aborts it and systemd restarts it
     old = snapshot(nsd, unit_cg)
+    accepted = accept_slow_tasks(nsd)
     nsd.run("kill", "-STOP", str(after_kill.main_pid))
     wait_restarted(nsd, after_kill)
     assert not still_alive(old), f"left from the frozen daemon: {still_alive(old)}"
     check_fleet(nsd, unit_cg)
+    check_tasks(nsd, accepted)
 
     # systemctl stop: the daemon stops its agents itself; the cgroup is empty after
     old = snapshot(nsd, unit_cg)
