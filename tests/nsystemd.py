@@ -114,6 +114,21 @@ INNER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
              "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
 
 
+def install_corral(n: NSystemd, checkout: Path, service: str = "") -> None:
+    """corral installed in the root before boot, as the README installs it: the unit from
+    `systemd/` as shipped, the checkout's venv as /opt/corral, and a drop-in with only what
+    a test needs (`service`: [Service] lines, e.g. shorter clocks)."""
+    n.put("etc/systemd/system/corral.service",
+          (checkout / "systemd" / "corral.service").read_text())
+    if checkout.is_relative_to("/tmp"):
+        # the unit's private /tmp would hide a checkout (and its venv) that lives under /tmp
+        service += "PrivateTmp=no\n"
+    if service:
+        n.put("etc/systemd/system/corral.service.d/test.conf", "[Service]\n" + service)
+    n.files.joinpath("opt").mkdir(exist_ok=True)
+    n.files.joinpath("opt/corral").symlink_to(checkout / ".venv")
+
+
 def skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "booting systemd in namespaces needs root (the suite is not running as root)"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from .conftest import ROOT
-from .nsystemd import NSystemd, skip_reason
+from .nsystemd import NSystemd, install_corral, skip_reason
 
 CLI = "/opt/corral/bin/corral"
 TALK = textwrap.dedent("""
@@ -70,13 +70,8 @@ def _wait_journal(nsd: NSystemd, message: str, *match: str) -> dict[str, Any]:
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
 def test_under_systemd_the_journal_has_every_line_and_the_group_reaches_the_socket() -> None:
-    n = NSystemd(files={
-        "etc/corral/corral.toml": CONFIG,
-        "srv/talk.py": TALK,
-        "etc/systemd/system/corral.service": (ROOT / "systemd/corral.service").read_text(),
-    })
-    n.files.joinpath("opt").mkdir()
-    n.files.joinpath("opt/corral").symlink_to(ROOT / ".venv")
+    n = NSystemd(files={"etc/corral/corral.toml": CONFIG, "srv/talk.py": TALK})
+    install_corral(n, ROOT)
     with n as nsd:
         nsd.run("groupadd", "corral")
         nsd.run("useradd", "-M", "-G", "corral", "member")

@@ -21,7 +21,7 @@ from corral.supervisor.containment import ProcStat, read_stat
 
 from .chaos.procs import still_alive
 from .conftest import EXAMPLES, ROOT
-from .nsystemd import NSystemd, skip_reason
+from .nsystemd import NSystemd, install_corral, skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
 
@@ -56,22 +56,15 @@ CONFIG = textwrap.dedent(f"""
     stop_timeout = 1.0
 """)
 REPLICAS = {"hello": 2, "stubborn": 1, "escaper": 1, "shell": 1, "sleeper": 1}
-DROP_IN = "[Service]\nWatchdogSec=5\nRestartSec=0.2\n" + (
-    # the unit's private /tmp would hide a checkout (and its venv) that lives under /tmp
-    "PrivateTmp=no\n" if ROOT.is_relative_to("/tmp") else "")
+CLOCKS = "WatchdogSec=5\nRestartSec=0.2\n"
 CLI = "/opt/corral/bin/corral"
 
 
 @pytest.fixture(scope="module")
 def nsd() -> Iterator[NSystemd]:
     """One booted systemd with corral installed (the repository's venv as /opt/corral)."""
-    n = NSystemd(files={
-        "etc/corral/corral.toml": CONFIG,
-        "etc/systemd/system/corral.service": (ROOT / "systemd/corral.service").read_text(),
-        "etc/systemd/system/corral.service.d/test-clocks.conf": DROP_IN,
-    })
-    n.files.joinpath("opt").mkdir()
-    n.files.joinpath("opt/corral").symlink_to(ROOT / ".venv")
+    n = NSystemd(files={"etc/corral/corral.toml": CONFIG})
+    install_corral(n, ROOT, CLOCKS)
     with n:
         yield n
 
