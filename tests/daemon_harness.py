@@ -152,8 +152,14 @@ class Daemon:
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            # SIGTERM first: the daemon stops its agents (their own sessions would outlive
+            # a SIGKILLed daemon); SIGKILL if it does not go
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self.notify.close()
 
 
@@ -161,8 +167,8 @@ class Daemon:
 def running_daemon(tmp: Path, agents: str, extra: str = "") -> Iterator[Daemon]:
     """A started daemon that must stop cleanly (exit 0) when the test is done."""
     d = Daemon(tmp, agents, extra=extra)
-    d.start()
     try:
+        d.start()  # inside: a daemon that never gets ready is still stopped
         yield d
         assert d.stop() == 0
     finally:
