@@ -25,14 +25,15 @@ if TYPE_CHECKING:
     from .replica import Replica
 
 
-def _str(params: dict[str, Any], key: str, method: str, *, optional: bool = False
-         ) -> str | None:
+def _str(params: dict[str, Any], key: str, method: str) -> str:
     value = params.get(key)
-    if value is None and optional:
-        return None
     if not isinstance(value, str):
         raise RpcError(jsonrpc.INVALID_PARAMS, f"{method}: {key} must be a string")
     return value
+
+
+def _optional_str(params: dict[str, Any], key: str, method: str) -> str | None:
+    return None if params.get(key) is None else _str(params, key, method)
 
 
 def _allow(r: Replica) -> list[str]:
@@ -57,25 +58,23 @@ class AgentMcp:
         sup.exit_listeners.append(lambda r, reason: sup.mcp.drop_subscriber(r.label))
 
     async def list_resources(self, r: Replica, p: dict[str, Any]) -> Any:
-        server = _str(p, "server", "resources/list", optional=True)
+        server = _optional_str(p, "server", "resources/list")
         return {"resources": await self.sup.mcp.list_resources(
             owner=r.label, allow=_allow(r), server=server)}
 
     async def list_templates(self, r: Replica, p: dict[str, Any]) -> Any:
-        server = _str(p, "server", "resources/templates/list", optional=True)
+        server = _optional_str(p, "server", "resources/templates/list")
         return {"resourceTemplates": await self.sup.mcp.list_resource_templates(
             owner=r.label, allow=_allow(r), server=server)}
 
     async def read(self, r: Replica, p: dict[str, Any]) -> Any:
         server = _str(p, "server", "resources/read")
         uri = _str(p, "uri", "resources/read")
-        assert server is not None and uri is not None
         return await self.sup.mcp.read_resource(server, uri, owner=r.label, allow=_allow(r))
 
     async def subscribe(self, r: Replica, p: dict[str, Any]) -> Any:
         server = _str(p, "server", "resources/subscribe")
         uri = _str(p, "uri", "resources/subscribe")
-        assert server is not None and uri is not None
 
         def updated(server: str, uri: str, params: dict[str, Any]) -> None:
             if r.peer is not None:
@@ -88,18 +87,16 @@ class AgentMcp:
     async def unsubscribe(self, r: Replica, p: dict[str, Any]) -> Any:
         server = _str(p, "server", "resources/unsubscribe")
         uri = _str(p, "uri", "resources/unsubscribe")
-        assert server is not None and uri is not None
         await self.sup.mcp.unsubscribe(server, uri, r.label, owner=r.label)
         return {}
 
     async def list_prompts(self, r: Replica, p: dict[str, Any]) -> Any:
-        server = _str(p, "server", "prompts/list", optional=True)
+        server = _optional_str(p, "server", "prompts/list")
         return {"prompts": await self.sup.mcp.list_prompts(
             owner=r.label, allow=_allow(r), server=server)}
 
     async def get_prompt(self, r: Replica, p: dict[str, Any]) -> Any:
         name = _str(p, "name", "prompts/get")
-        assert name is not None
         arguments = p.get("arguments") or {}
         if not isinstance(arguments, dict) or \
                 not all(isinstance(v, str) for v in arguments.values()):
