@@ -247,7 +247,9 @@ def stats(obj: Ctx, as_json: bool) -> None:
     s = st["supervisor"]
     click.echo(f"uptime {_human_time(s['uptime'])}  active {s['active']}  spawned "
                f"{s['spawned']}  restarts {s['restarts']}  failures {s['failures']}  "
-               f"log lines {s['log_lines']}")
+               f"log lines {s['log_lines']}"
+               + (f" ({s['log_lines_dropped']} not in their files)"
+                  if s.get("log_lines_dropped") else ""))
     tstats = st["tasks"]["agents"]
     rows = []
     for n, a in st["agents"].items():

@@ -44,7 +44,7 @@ from .control import AlreadyRunning, ControlServer
 from .gateway import GatewayService
 from .journal import Journal
 from .journald import JournalSender, StderrEcho
-from .logs import LogHub
+from .logs import LogDirError, LogHub
 from .notify import Notifier
 from .revisions import RevisionLog, spec_table
 from .store import StateStore, StoreError
@@ -106,9 +106,13 @@ class Daemon:
             return 1
         sock_path, state_dir, log_dir = self._paths(cfg)
         s = cfg.supervisor
-        self.hub = LogHub(log_dir, max_bytes=s.log_max_bytes, backups=s.log_backups,
-                          tail_lines=s.log_tail_lines, tail_bytes=s.log_tail_bytes,
-                          raw=s.log_format == "raw")
+        try:
+            self.hub = LogHub(log_dir, max_bytes=s.log_max_bytes, backups=s.log_backups,
+                              tail_lines=s.log_tail_lines, tail_bytes=s.log_tail_bytes,
+                              raw=s.log_format == "raw")
+        except LogDirError as exc:
+            print(f"corral: {exc}", file=sys.stderr)
+            return 1
         self.sup = Supervisor(heartbeat_interval=s.heartbeat_interval,
                               heartbeat_timeout=s.heartbeat_timeout, cgroups=s.cgroups,
                               max_replicas=s.max_replicas, state_dir=state_dir,

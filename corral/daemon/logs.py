@@ -10,12 +10,19 @@ as raw bytes in a `Batch`; they become `LogLine`s (decoded text) only when someo
 them. Files are written unbuffered, so a line that reached corral is in the file even if
 corral dies next. Followers never slow workers down: each has a bounded queue, and what
 overflows it is counted and reported to the follower as missed.
+
+The log directory is checked at start-up (`LogDirError`: the daemon stops with one line
+saying what to do). A file that cannot be written later (a full disk, an I/O error, a file
+size limit) stops nothing: the failure is told once, its lines still reach the tail and the
+followers but are counted as dropped from the file, and the file is tried again at most
+every `RETRY_EVERY` seconds; when a write succeeds again, the gap is marked in the file
+and told with its count.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import logging
 import os
 import time
 from collections import deque
@@ -29,11 +36,36 @@ from ..supervisor.follow import Follower
 from ..supervisor.names import NAME_RE
 from ..throttle import Throttle
 
-log = logging.getLogger("corral.logs")
-
 DAEMON_SOURCE = "corral"
+RETRY_EVERY = 1.0  # seconds between attempts at a log file that could not be written
 FOLLOWER_QUEUE = 100_000  # lines
 FOLLOWER_BYTES = 64 * 1024 * 1024
+
+
+class LogDirError(Exception):
+    """The log directory cannot be used; the message names it and what to do."""
+
+
+def prepare_log_dir(directory: Path) -> None:
+    """The log directory exists and this process may create files in it: tried for real
+    (by opening the daemon's own log file), so a read-only file system stops root too."""
+    uid = os.geteuid()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LogDirError(
+            f"log directory {directory} cannot be created ({exc.strerror}): create it "
+            f"writable by uid {uid}, or set [supervisor] log_dir to a directory uid {uid} "
+            "may write") from None
+    try:
+        os.close(os.open(directory / log_file_name(DAEMON_SOURCE),
+                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640))
+    except OSError as exc:
+        why = ("on a read-only file system" if exc.errno == errno.EROFS
+               else exc.strerror)
+        raise LogDirError(
+            f"log directory {directory} is not writable ({why}): make it writable by uid "
+            f"{uid}, or set [supervisor] log_dir to a writable directory") from None
 
 
 def log_file_name(source: str) -> str:
@@ -112,6 +144,16 @@ class RotatingFile:
             self._fd = -1
 
 
+@dataclass(slots=True)
+class _Broken:
+    """A log file that could not be written: since when, why, and what it missed."""
+
+    since: float
+    why: str
+    retry_at: float  # monotonic
+    dropped: int = 0  # lines
+
+
 class LogFollower(Follower[Batch]):
     """A live reader of the hub, counted in lines."""
 
@@ -159,6 +201,11 @@ class _Tail:
         return out
 
 
+def _clock(when: float) -> str:
+    """As the log files' stamps are: UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
 def _last_bytes(block: bytes, n: int) -> LineBlock:
     """The last whole lines of `block` that fit in `n` bytes; the end of the last line
     when not even that one fits."""
@@ -186,41 +233,83 @@ class LogHub:
         self.backups = backups
         self.tail_lines = tail_lines
         self.tail_bytes = tail_bytes
-        # a log file that cannot be written (disk full, permissions) must not stop the
-        # rest: the lines still reach the tail and followers, and the failure is told
-        # (to stderr: corral.log may be the file that fails) once per interval
-        self.file_errors = Throttle(lambda text: log.error("%s", text))
         self.tails: dict[str, _Tail] = {}
         self.files: dict[str, RotatingFile] = {}
+        self.broken: dict[str, _Broken] = {}  # by file source: files that cannot be written
+        # by file source: a file that fails, comes back and fails again is not told every
+        # time (one throttle per file: another file's failure is its own news)
+        self.file_errors: dict[str, Throttle] = {}
         self.followers: set[LogFollower] = set()
         self.lines_written = 0
+        self.lines_dropped = 0  # lines that reached corral but not their log file
         self.echo: Callable[[str, int], None] | None = None
         if log_dir is not None:
-            log_dir.mkdir(parents=True, exist_ok=True)
+            prepare_log_dir(log_dir)
 
-    def _file(self, source: str) -> RotatingFile | None:
-        if self.log_dir is None:
-            return None
-        f = self.files.get(source)
-        if f is None:
-            path = self.log_dir / log_file_name(source)
-            try:
-                f = self.files[source] = RotatingFile(path, self.max_bytes, self.backups)
-            except OSError as exc:
-                self.file_errors(f"cannot open log file {path}: {exc.strerror}")
-                return None
-        return f
-
-    def _write(self, source: str, *parts: bytes) -> None:
-        f = self._file(source)
-        if f is None:
+    def _write(self, source: str, count: int, *parts: bytes) -> None:
+        """Append `count` lines to the source's file; a file that cannot be written
+        drops them, counted, and is tried again at most every RETRY_EVERY seconds."""
+        assert self.log_dir is not None
+        broken = self.broken.get(source)
+        if broken is not None and time.monotonic() < broken.retry_at:
+            broken.dropped += count
+            self.lines_dropped += count
             return
+        f = self.files.get(source)
         try:
+            if f is None:  # opened at the first line, and again after a failure
+                f = RotatingFile(self.log_dir / log_file_name(source), self.max_bytes,
+                                 self.backups)
+                self.files[source] = f
+            if broken is not None and not (self.raw and source != DAEMON_SOURCE):
+                # the gap is marked where it is, in the file itself (not in a raw one)
+                f.write(self._note(source, f"{broken.dropped} lines dropped: {broken.why}"))
             f.write(*parts)
         except OSError as exc:
-            self.file_errors(f"cannot write log file {f.path}: {exc.strerror}")
-            f.close()
-            del self.files[source]  # opened again for the next lines
+            if f is not None:
+                f.close()
+                del self.files[source]
+            self._failed(source, exc, count, broken)
+            return
+        if broken is not None:
+            del self.broken[source]
+            self.daemon(f"log file {f.path} is written again: {broken.dropped} lines were "
+                        f"dropped from it since {_clock(broken.since)} ({broken.why})",
+                        priority=5)
+
+    def _failed(self, source: str, exc: OSError, count: int, broken: _Broken | None) -> None:
+        self.lines_dropped += count
+        now = time.monotonic()
+        if broken is not None:  # still failing: the next attempt waits again
+            broken.dropped += count
+            broken.retry_at = now + RETRY_EVERY
+            return
+        assert self.log_dir is not None
+        why = exc.strerror or str(exc)
+        self.broken[source] = _Broken(time.time(), why, now + RETRY_EVERY, count)
+        # told after the file is marked broken: when it is corral.log, this line is
+        # dropped from it (counted), not a second failure
+        throttle = self.file_errors.get(source)
+        if throttle is None:
+            throttle = self.file_errors[source] = Throttle(
+                lambda text: self.daemon(text, priority=3))
+        throttle(
+            f"cannot write log file {self.log_dir / log_file_name(source)} ({why}): its "
+            f"lines are dropped (counted in `corral stats`) until it can be written again, "
+            f"tried every {RETRY_EVERY:g} s: free space on its file system or make it "
+            f"writable by uid {os.geteuid()}")
+
+    def failing(self) -> dict[str, int]:
+        """The log files that cannot be written now, with the lines each has dropped."""
+        if self.log_dir is None:
+            return {}
+        return {str(self.log_dir / log_file_name(source)): b.dropped
+                for source, b in self.broken.items()}
+
+    @staticmethod
+    def _note(source: str, text: str) -> bytes:
+        return (LogLine(time.time(), source, 0, os.getpid(), "event", text).render()
+                + "\n").encode()
 
     def emit(self, source: str, replica: int, pid: int, stream: str, lines: LineBlock,
              when: float | None = None) -> None:
@@ -232,12 +321,14 @@ class LogHub:
         tail = self.tails.get(source)
         if tail is None:
             tail = self.tails[source] = _Tail(self.tail_lines, self.tail_bytes)
-        if self.raw and stream == "stderr":
-            self._write(source, lines.block, b"\n")
-        elif self.log_dir is not None:
+        if self.log_dir is None:
+            pass
+        elif self.raw and stream == "stderr":
+            self._write(source, lines.count, lines.block, b"\n")
+        else:
             head = LogLine(batch.time, source, replica, pid, stream, "").render().encode()
             # one C pass tags every line: no per-line objects
-            self._write(DAEMON_SOURCE if self.raw else source,
+            self._write(DAEMON_SOURCE if self.raw else source, lines.count,
                         head, lines.block.replace(b"\n", b"\n" + head), b"\n")
         tail.add(batch)
         self.lines_written += lines.count
