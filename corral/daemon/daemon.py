@@ -157,7 +157,10 @@ class Daemon:
                 self.task_journal = Journal(self.store.path, sync=s.journal_sync,
                                             max_age=s.journal_max_age,
                                             max_tasks=s.journal_max_tasks,
-                                            on_error=self.hub.daemon)
+                                            on_error=lambda text: self.hub.daemon(
+                                                text, priority=3),
+                                            on_notice=lambda text: self.hub.daemon(
+                                                text, priority=5))
                 unfinished = self.task_journal.unfinished()
                 self.sup.tasks.journal = self.task_journal
         except StoreError as exc:

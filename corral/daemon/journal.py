@@ -15,6 +15,12 @@ it (`{"output": ...}`), kept as bytes end to end. Reads (`load`, `query`) run in
 on a connection of their own, after the rows written so far are committed. Finished tasks
 are pruned by age and count in the writer thread, at start-up and every `PRUNE_EVERY`
 seconds.
+
+A batch that cannot be written (a full disk, an I/O error) is not lost: its rows go back
+under the newer changes of their tasks and are tried again every `RETRY_EVERY` seconds.
+Meanwhile `committed()` fails for what waits on the failed attempt (so `tasks.run` refuses
+a task it cannot record), reads still answer, and running tasks go on. The failure is told
+once, and so is the write that catches up; what is still unwritten at shutdown is named.
 """
 
 from __future__ import annotations
@@ -41,11 +47,13 @@ from ..supervisor.tasks import (
     TaskSummary,
     raw_output_of,
 )
+from ..text import plural
 from .store import connect, errors_named
 
 log = logging.getLogger("corral.journal")
 
 PRUNE_EVERY = 60.0
+RETRY_EVERY = 1.0  # seconds between attempts while the journal cannot be written
 BEHIND_BYTES = 32 * 1024 * 1024  # inputs and outputs waiting to be written
 
 UPSERT = """
@@ -74,11 +82,13 @@ class Journal:
 
     def __init__(self, path: Path, *, sync: str = "normal", max_age: float = 7 * 86400,
                  max_tasks: int = 100_000,
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_error: Callable[[str], None] | None = None,
+                 on_notice: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.max_age = max_age
         self.max_tasks = max_tasks
         self.on_error = on_error or (lambda msg: log.error("%s", msg))
+        self.on_notice = on_notice or (lambda msg: log.warning("%s", msg))
         self._loop = asyncio.get_running_loop()
         self._writer = connect(path, sync=sync)
         self._reader = connect(path)
@@ -89,6 +99,9 @@ class Journal:
         self._pending_done: asyncio.Future[None] | None = None
         self._flush_scheduled = False
         self._inflight: asyncio.Future[None] | None = None
+        self._inflight_rows: list[Row] = []
+        self._failing: _Failing | None = None  # since the last write failed, until one works
+        self._retry: asyncio.TimerHandle | None = None
         self._jobs: queue.SimpleQueue[tuple[str, Any, asyncio.Future[None] | None] | None] = (
             queue.SimpleQueue())
         self._thread = threading.Thread(target=self._run, name="corral-journal", daemon=True)
@@ -129,30 +142,36 @@ class Journal:
     # -- the TaskJournal protocol ---------------------------------------------------------
     def write(self, task: Task) -> None:
         self.writes += 1
-        prev = self._pending.get(task.seq)
         # the input is kept while the task may have to run again, and written once
         raw_input = None if task.journaled or task.finished is not None else task.input
-        output = task.raw_result  # the worker's result as sent: {"output": ...}
-        if prev is not None:  # keep what an earlier snapshot had and the engine has dropped
-            if task.finished is None and raw_input is None:
-                raw_input = prev[11]
-            output = prev[12] if output is None else output
-        size = (len(raw_input) if raw_input is not None else 0) + (
-            len(output) if output is not None else 0)
-        if prev is not None:
-            self._waiting_bytes -= (len(prev[11]) if prev[11] is not None else 0) + (
-                len(prev[12]) if prev[12] is not None else 0)
-        self._waiting_bytes += size
-        self._pending[task.seq] = (
+        row: Row = (
             task.seq, task.id, task.agent, task.priority, task.timeout, task.retries_left,
             task.created, task.started, task.finished, task.status, task.tool_calls,
-            raw_input, output,
+            raw_input, task.raw_result,  # the worker's result as sent: {"output": ...}
             None if task.error is None else _encode(task.error),
             _encode(task.attempts),
             None if task.progress is None else _encode(task.progress))
+        self._put(row)
         if not self._flush_scheduled and self._inflight is None:
-            self._flush_scheduled = True
+            self._schedule()
+
+    def _put(self, row: Row) -> None:
+        """The newest snapshot of its task waits to be written, with what an earlier
+        waiting snapshot had and the engine has dropped since."""
+        prev = self._pending.get(row[0])
+        if prev is not None:
+            row = _merged(prev, row)
+            self._waiting_bytes -= _size(prev)
+        self._waiting_bytes += _size(row)
+        self._pending[row[0]] = row
+
+    def _schedule(self) -> None:
+        """The next flush: this loop turn's end, or the next attempt while failing."""
+        self._flush_scheduled = True
+        if self._failing is None:
             self._loop.call_soon(self._flush)
+        else:
+            self._retry = self._loop.call_at(self._failing.retry_at, self._flush)
 
     def behind(self) -> bool:
         return self._waiting_bytes > BEHIND_BYTES
@@ -166,23 +185,26 @@ class Journal:
             await asyncio.shield(self._inflight)
 
     async def load(self, task_id: str) -> TaskInfo | None:
-        await self.committed()
+        with contextlib.suppress(JournalError):  # what is written still answers
+            await self.committed()
         return await asyncio.to_thread(self._load, task_id)
 
     async def query(self, *, agent: str | None, status: str | None, since: float | None,
                     limit: int) -> list[TaskSummary]:
-        await self.committed()
+        with contextlib.suppress(JournalError):
+            await self.committed()
         return await asyncio.to_thread(self._query, agent, status, since, limit)
 
     # -- loop side of the writer ----------------------------------------------------------
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._retry = None
         if self._inflight is not None or not self._pending:
             return
         rows = list(self._pending.values())
         self._pending.clear()
-        self._inflight_bytes = sum((len(r[11]) if r[11] is not None else 0)
-                                   + (len(r[12]) if r[12] is not None else 0) for r in rows)
+        self._inflight_rows = rows
+        self._inflight_bytes = sum(_size(r) for r in rows)
         done = self._pending_done or self._loop.create_future()
         self._pending_done = None
         self._inflight = done
@@ -190,16 +212,47 @@ class Journal:
 
     def _batch_done(self, done: asyncio.Future[None], error: str | None) -> None:
         self._inflight = None
+        rows, self._inflight_rows = self._inflight_rows, []
         self._waiting_bytes -= self._inflight_bytes
         self._inflight_bytes = 0
-        if not done.done():
-            if error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(JournalError(error))
-                done.exception()  # retrieved here: nobody may be waiting
-        if self._pending:
-            self._flush()
+        if error is None:
+            self._written(len(rows))
+            done.set_result(None)
+        else:
+            # nothing of the batch is lost: its rows wait again, under their tasks' newer
+            # changes, for the next attempt
+            newer, self._pending = self._pending, {}
+            for row in rows:
+                self._put(row)
+            for row in newer.values():
+                self._put(row)
+            self._failed(error)
+            done.set_exception(JournalError(error))
+            done.exception()  # retrieved here: nobody may be waiting
+        if self._pending and not self._flush_scheduled:
+            self._schedule()
+
+    def _failed(self, error: str) -> None:
+        retry_at = self._loop.time() + RETRY_EVERY
+        if self._failing is not None:
+            self._failing.retry_at = retry_at
+            return
+        self._failing = _Failing(time.time(), retry_at)
+        waiting = plural(len(self._pending), "accepted task")
+        self.on_error(f"{error}: new tasks are refused until it can be written; the "
+                      f"changes of {waiting} wait in memory and are written when it can "
+                      f"(tried every {RETRY_EVERY:g} s)")
+
+    def _written(self, rows: int) -> None:
+        if self._failing is not None:
+            since, self._failing = self._failing.since, None
+            self.on_notice(f"task journal {self.path} is written again: the changes of "
+                           f"{plural(rows, 'task')} kept in memory since {_clock(since)} "
+                           "are recorded")
+
+    def _job_failed(self, error: str) -> None:
+        """A prune that failed: the journal cannot be written either."""
+        self._failed(error)
 
     # -- the writer thread ----------------------------------------------------------------
     def _run(self) -> None:
@@ -215,11 +268,12 @@ class Journal:
                 else:
                     self._prune()
             except sqlite3.Error as exc:
-                error = f"task journal {self.path}: cannot write: {exc}"
+                error = f"task journal {self.path} cannot be written ({exc})"
                 with contextlib.suppress(sqlite3.Error):
                     if self._writer.in_transaction:
                         self._writer.execute("ROLLBACK")
-                self._loop.call_soon_threadsafe(self.on_error, error)
+                if done is None:
+                    self._loop.call_soon_threadsafe(self._job_failed, error)
             if done is not None:
                 self._loop.call_soon_threadsafe(self._batch_done, done, error)
 
@@ -282,7 +336,16 @@ class Journal:
         if self._prune_timer is not None:
             self._prune_timer.cancel()
         with contextlib.suppress(JournalError):
-            await self.committed()
+            await self.committed()  # while failing: one more attempt
+        if self._retry is not None:
+            self._retry.cancel()
+        if self._pending:
+            ids = [row[1] for row in self._pending.values()]
+            self.on_error(
+                f"task journal {self.path}: the latest changes of {plural(len(ids), 'task')} "
+                f"could not be written before shutdown ({', '.join(ids[:10])}"
+                f"{', …' if len(ids) > 10 else ''}): the next daemon takes them as last "
+                "recorded (queued ones run, running ones are retried or end lost)")
         self._jobs.put(None)
         await asyncio.to_thread(self._thread.join)
         self._writer.close()
@@ -291,3 +354,31 @@ class Journal:
 
 class JournalError(Exception):
     """The journal could not write; the message names the file and SQLite's reason."""
+
+
+class _Failing:
+    __slots__ = ("retry_at", "since")
+
+    def __init__(self, since: float, retry_at: float) -> None:
+        self.since = since  # wall time of the first failure
+        self.retry_at = retry_at  # loop time of the next attempt
+
+
+def _size(row: Row) -> int:
+    """The bytes of a row's input and output, held in memory until it is written."""
+    return (len(row[11]) if row[11] is not None else 0) + (
+        len(row[12]) if row[12] is not None else 0)
+
+
+def _merged(older: Row, newer: Row) -> Row:
+    """A task's newer snapshot, keeping what the older had and the engine has dropped
+    since: the input while the task may still run, and the output."""
+    keep_input = newer[11] is None and newer[8] is None
+    if not keep_input and newer[12] is not None:
+        return newer
+    return (*newer[:11], older[11] if keep_input else newer[11],
+            newer[12] if newer[12] is not None else older[12], *newer[13:])
+
+
+def _clock(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))

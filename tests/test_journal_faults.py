@@ -1,0 +1,147 @@
+"""The task journal when it cannot write (a full disk, an I/O error, a lock it cannot get):
+no task is acknowledged unless its row is committed, the daemon serves on, accepted tasks
+run on, and the journal catches up when it can write again — or names what it could not
+record before a shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import resource
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from corral.daemon.journal import Journal, JournalError
+from corral.daemon.store import open_database
+from corral.supervisor import Supervisor
+
+from .conftest import agent as agent_spec
+from .conftest import all_ready
+from .daemon_harness import Daemon
+from .test_daemon_cli import wait_until
+from .test_journal import worker
+
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+
+
+def rows(db: Path) -> dict[str, tuple[str, bytes | None]]:
+    """Each journaled task's status and input, read as another process would."""
+    conn = sqlite3.connect(db)
+    try:
+        return {tid: (status, inp) for tid, status, inp in
+                conn.execute("SELECT id, status, input FROM tasks")}
+    finally:
+        conn.close()
+
+
+# -- in-process: the real journal, its writes failing on a lock another connection holds ---
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    path = tmp_path / "state" / "corral.db"
+    open_database(path).close()
+    return path
+
+
+async def test_failed_writes_are_kept_and_caught_up_and_what_is_left_is_named_at_close(
+        db_path: Path, tmp_path: Path) -> None:
+    errors: list[str] = []
+    notices: list[str] = []
+    journal = Journal(db_path, on_error=errors.append, on_notice=notices.append)
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    gate1, gate2 = tmp_path / "gate1", tmp_path / "gate2"
+    refused = f"task journal {db_path} cannot be written (database is locked)"
+    async with Supervisor(heartbeat_interval=0.2, journal=journal) as sup:
+        sup.add(agent_spec("w", "misbehave.py", max_concurrent_tasks=4))
+        await all_ready(sup, "w")
+        t1 = sup.tasks.submit("w", {"do": "await", "path": str(gate1)})
+        await sup.tasks.committed()
+        holder.execute("BEGIN EXCLUSIVE")  # every write of the journal's fails now
+        t2 = sup.tasks.submit("w", {"do": "await", "path": str(gate2)})
+        with pytest.raises(JournalError) as err:
+            await sup.tasks.committed()
+        assert str(err.value) == refused
+        assert errors == [f"{refused}: new tasks are refused until it can be written; the "
+                          "changes of 1 accepted task wait in memory and are written when "
+                          "it can (tried every 1 s)"]
+        gate1.touch()
+        await asyncio.wait_for(asyncio.shield(t1.done), 20)  # it runs on meanwhile
+        assert t1.status == "succeeded"
+        assert {t: s for t, (s, _) in rows(db_path).items()} == {t1.id: "running"}
+        holder.execute("ROLLBACK")
+        await sup.tasks.committed()  # the next attempt writes everything kept
+        (notice,) = notices
+        assert re.fullmatch(rf"task journal {re.escape(str(db_path))} is written again: the "
+                            rf"changes of 2 tasks kept in memory since {STAMP} are recorded",
+                            notice)
+        # t2's input was in its first row only (the failed one): it is still recorded, so
+        # a restarted daemon could run it again
+        assert rows(db_path) == {t1.id: ("succeeded", None),
+                                 t2.id: ("running", bytes(t2.input))}
+        gate2.touch()
+        await asyncio.wait_for(asyncio.shield(t2.done), 20)
+        await sup.tasks.committed()
+        holder.execute("BEGIN EXCLUSIVE")
+        t3 = await sup.tasks.run("w", {"do": "echo"})  # the Python API does not wait
+        assert t3.status == "succeeded"
+        await journal.close()  # one more attempt, which fails: what is left is named
+    holder.execute("ROLLBACK")
+    holder.close()
+    # a new failure is told again, and at close what it kept from being written
+    assert len(errors) == 3 and errors[1].startswith(f"{refused}: new tasks are refused")
+    assert errors[2] == (
+        f"task journal {db_path}: the latest changes of 1 task could not be written before "
+        f"shutdown ({t3.task_id}): the next daemon takes them as last recorded (queued ones "
+        "run, running ones are retried or end lost)")
+    assert rows(db_path) == {t1.id: ("succeeded", None), t2.id: ("succeeded", None)}
+
+
+# -- through `corral daemon`: a full disk, as its file size limit ----------------------------
+def test_a_journal_that_cannot_write_refuses_new_tasks_and_the_daemon_serves_on(
+        tmp_path: Path) -> None:
+    d = Daemon(tmp_path, worker("w", "max_concurrent_tasks = 1"))
+    db = d.state / "corral.db"
+    gate = tmp_path / "gate"
+    try:
+        d.start()
+        assert d.proc is not None
+        accepted = d.cli("run", "w", "--input", json.dumps({"do": "await", "path": str(gate)}),
+                         "--detach").stdout.strip()
+        wait_until(lambda: d.json("task", accepted)["status"] == "running", what="running")
+        # every write to a file fails now (EFBIG), as on a full disk
+        _, hard = resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (0, hard))
+        refusal = (f"corral: task journal {db} cannot be written (disk I/O error); the task "
+                   "was not accepted\n")
+        for how in ([], ["--detach"]):
+            r = d.cli("run", "w", "--input", '{"do": "echo"}', *how)
+            assert (r.returncode, r.stdout, r.stderr) == (1, "", refusal)
+        # the daemon serves on, and the accepted task runs on to its end
+        assert d.status()["w#0"]["state"] == "busy"
+        gate.touch()
+        wait_until(lambda: d.json("task", accepted)["status"] == "succeeded",
+                   what="the accepted task's end")
+        assert rows(db)[accepted][0] == "running"  # not recorded yet
+        resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
+        r = d.cli("run", "w", "--input", '{"do": "echo"}', "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["status"] == "succeeded"
+        journaled = rows(db)
+        # caught up; the two refused tasks are there as what they became: cancelled
+        assert journaled[accepted][0] == "succeeded"
+        assert sorted(s for s, _ in journaled.values()) == [
+            "cancelled", "cancelled", "succeeded", "succeeded"]
+        assert d.stop() == 0
+        assert d.proc.stderr is not None
+        err = d.proc.stderr.read().decode().splitlines()
+    finally:
+        d.close()
+    told = [line for line in err if line.startswith("corral: task journal")]
+    assert len(told) == 2, told
+    assert told[0].startswith(f"corral: task journal {db} cannot be written (disk I/O "
+                              "error): new tasks are refused until it can be written; the "
+                              "changes of ")
+    assert re.fullmatch(rf"corral: task journal {re.escape(str(db))} is written again: the "
+                        rf"changes of \d+ tasks kept in memory since {STAMP} are recorded",
+                        told[1])
