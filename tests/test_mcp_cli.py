@@ -184,6 +184,19 @@ max_restarts = 0
         assert res["failed"] == ["broken"]
         assert res["unavailable"]["broken"].startswith("MCP server broken#0 is not serving")
         assert r.stderr.startswith("corral: MCP server broken is not serving: ")
+        # every listing answers the same envelope, and the CLI says it the same way
+        for what, keys in (("resources", ["resources", "resourceTemplates"]),
+                           ("prompts", ["prompts"])):
+            r = d.cli(what, "--json")
+            res = json.loads(r.stdout)
+            assert r.returncode == 1 and sorted(res) == sorted(
+                [*keys, "unavailable", "failed"])
+            assert (res["failed"], list(res["unavailable"])) == (["broken"], ["broken"])
+            why = res["unavailable"]["broken"]
+            assert why.startswith("MCP server broken")
+            r = d.cli(what)
+            assert r.returncode == 1 and r.stdout.split()[0] in ("SERVER", "PROMPT")
+            assert r.stderr == f"corral: MCP server broken is not serving: {why}\n"
         ready = d.cli("info", "--json")
         assert ready.returncode == 0
 

@@ -903,28 +903,42 @@ def tools(ctx: click.Context, agent: str | None, as_json: bool) -> None:
         return
     obj: Ctx = ctx.obj
     res = obj.call("tools.list", m.ToolsList(agent=agent))
-    if as_json:
-        _print_json(res)
-    elif not res["tools"] and agent is not None:
-        allow = res.get("allow") or []
-        click.echo(f"no tools match agent {agent}'s allowlist: {', '.join(allow)}" if allow
-                   else f"no tools: agent {agent} has an empty allowlist (its `tools` key)")
-    else:
-        _table([[t["name"], _first_line(t.get("description"))] for t in res["tools"]],
-               ["TOOL", "DESCRIPTION"])
-    _unavailable(res)
+    allow = res.get("allow") or []
+    empty = None if agent is None else (
+        f"no tools match agent {agent}'s allowlist: {', '.join(allow)}" if allow
+        else f"no tools: agent {agent} has an empty allowlist (its `tools` key)")
+    _show_listing(res, as_json, ["TOOL", "DESCRIPTION"],
+                  [[t["name"], _first_line(t.get("description"))] for t in res["tools"]],
+                  empty=empty)
 
 
 def _first_line(text: Any) -> str:
     return text.splitlines()[0][:70] if isinstance(text, str) and text else ""
 
 
-def _unavailable(res: dict[str, Any]) -> None:
-    """Name the servers that are not serving (on stderr); exit 1 when one has failed."""
+def _show_listing(res: dict[str, Any], as_json: bool, headers: list[str],
+                  rows: list[list[str]], empty: str | None = None) -> None:
+    """A listing of the MCP servers' (tools, resources, prompts): as JSON or a table (or
+    `empty` when there are no rows); then the servers that could not answer, named on
+    stderr, and exit 1 when one of them has failed."""
+    if as_json:
+        _print_json(res)
+    elif not rows and empty is not None:
+        click.echo(empty)
+    else:
+        _table(rows, headers)
     for name, reason in sorted((res.get("unavailable") or {}).items()):
         click.echo(f"corral: MCP server {name} is not serving: {reason}", err=True)
     if res.get("failed"):
         sys.exit(EXIT_FAILED)
+
+
+def _show_content(res: dict[str, Any], as_json: bool, key: str) -> None:
+    """One resource read or prompt got: as JSON, or its contents (messages) as text."""
+    if as_json:
+        _print_json(res)
+    else:
+        _print_content(res.get(key) or [])
 
 
 def _print_content(items: list[dict[str, Any]]) -> None:
@@ -951,21 +965,14 @@ def resources(obj: Ctx, words: tuple[str, ...], agent: str | None, as_json: bool
         if len(rest) != 1:
             raise click.UsageError("usage: corral resources [SERVER] read URI")
         res = obj.call("resources.read", m.ResourcesRead(uri=rest[0], server=server))
-        if as_json:
-            _print_json(res)
-            return
-        _print_content(res.get("contents") or [])
+        _show_content(res, as_json, "contents")
         return
     res = obj.call("resources.list", m.ResourcesList(server=server, agent=agent))
-    if as_json:
-        _print_json(res)
-    else:
-        rows = [[r["server"], r.get("uri", ""), r.get("name", ""), r.get("mimeType", "")]
-                for r in res["resources"]]
-        rows += [[t["server"], t.get("uriTemplate", ""), t.get("name", ""), "(template)"]
-                 for t in res["resourceTemplates"]]
-        _table(rows, ["SERVER", "URI", "NAME", "TYPE"])
-    _unavailable(res)
+    rows = [[r["server"], r.get("uri", ""), r.get("name", ""), r.get("mimeType", "")]
+            for r in res["resources"]]
+    rows += [[t["server"], t.get("uriTemplate", ""), t.get("name", ""), "(template)"]
+             for t in res["resourceTemplates"]]
+    _show_listing(res, as_json, ["SERVER", "URI", "NAME", "TYPE"], rows)
 
 
 def _split_words(words: tuple[str, ...], verb: str) -> tuple[str | None, list[str] | None]:
@@ -998,20 +1005,13 @@ def prompts(obj: Ctx, words: tuple[str, ...], args: str, agent: str | None,
         arguments = _json_object(args, "--args")
         name = rest[0] if server is None or "__" in rest[0] else f"{server}__{rest[0]}"
         res = obj.call("prompts.get", m.PromptsGet(name=name, arguments=arguments))
-        if as_json:
-            _print_json(res)
-            return
-        _print_content(res.get("messages") or [])
+        _show_content(res, as_json, "messages")
         return
     res = obj.call("prompts.list", m.PromptsList(server=server, agent=agent))
-    if as_json:
-        _print_json(res)
-    else:
-        rows = [[p["name"], ", ".join(a.get("name", "") + ("" if a.get("required") else "?")
-                                      for a in p.get("arguments") or []),
-                 _first_line(p.get("description"))] for p in res["prompts"]]
-        _table(rows, ["PROMPT", "ARGUMENTS", "DESCRIPTION"])
-    _unavailable(res)
+    rows = [[p["name"], ", ".join(a.get("name", "") + ("" if a.get("required") else "?")
+                                  for a in p.get("arguments") or []),
+             _first_line(p.get("description"))] for p in res["prompts"]]
+    _show_listing(res, as_json, ["PROMPT", "ARGUMENTS", "DESCRIPTION"], rows)
 
 
 def _json_object(text: str, hint: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -480,21 +480,31 @@ def _lister(d: Daemon, agent: str | None) -> dict[str, Any]:
     return {"owner": f"{a.name}#0", "allow": list(a.spec.tools)}
 
 
-def _failed(d: Daemon, unavailable: dict[str, str]) -> list[str]:
+Listing = Callable[..., Awaitable[list[dict[str, Any]]]]
+
+
+async def _listing(d: Daemon, who: dict[str, Any], server: str | None,
+                   **lists: Listing) -> dict[str, Any]:
+    """The pool's listings (by key) in the envelope every listing method answers with: the
+    servers that could not answer (`unavailable`: name -> why) and, of those, the ones
+    whose every instance has failed (`failed`: the CLI exits 1 for them)."""
     assert d.sup is not None
-    return [n for n in unavailable if (insts := d.sup.mcp.servers[n].all())
-            and all(i.state == State.FAILED for i in insts)]
+    unavailable: dict[str, str] = {}
+    found = await asyncio.gather(*(list_them(server=server, unavailable=unavailable, **who)
+                                   for list_them in lists.values()))
+    failed = [n for n in unavailable if (insts := d.sup.mcp.servers[n].all())
+              and all(i.state == State.FAILED for i in insts)]
+    return {**dict(zip(lists, found, strict=True)), "unavailable": unavailable,
+            "failed": failed}
 
 
 @implements("tools.list")
 async def tools_list(d: Daemon, p: m.ToolsList, c: Connection) -> Any:
     assert d.sup is not None
-    unavailable: dict[str, str] = {}
-    lister = _lister(d, p.agent)
-    tools = await d.sup.mcp.list_tools(server=p.server, unavailable=unavailable, **lister)
-    res = {"tools": tools, "unavailable": unavailable, "failed": _failed(d, unavailable)}
-    if "allow" in lister:  # so an empty listing can say why
-        res["allow"] = lister["allow"]
+    who = _lister(d, p.agent)
+    res = await _listing(d, who, p.server, tools=d.sup.mcp.list_tools)
+    if "allow" in who:  # so an empty listing can say why
+        res["allow"] = who["allow"]
     return res
 
 
@@ -541,13 +551,9 @@ async def mcp_restart(d: Daemon, p: m.McpRestart, c: Connection) -> Any:
 @implements("resources.list")
 async def resources_list(d: Daemon, p: m.ResourcesList, c: Connection) -> Any:
     assert d.sup is not None
-    unavailable: dict[str, str] = {}
-    who = _lister(d, p.agent)
-    resources, templates = await asyncio.gather(
-        d.sup.mcp.list_resources(server=p.server, unavailable=unavailable, **who),
-        d.sup.mcp.list_resource_templates(server=p.server, unavailable=unavailable, **who))
-    return {"resources": resources, "resourceTemplates": templates,
-            "unavailable": unavailable, "failed": _failed(d, unavailable)}
+    return await _listing(d, _lister(d, p.agent), p.server,
+                          resources=d.sup.mcp.list_resources,
+                          resourceTemplates=d.sup.mcp.list_resource_templates)
 
 
 @implements("resources.read")
@@ -568,11 +574,7 @@ async def resources_read(d: Daemon, p: m.ResourcesRead, c: Connection) -> Any:
 @implements("prompts.list")
 async def prompts_list(d: Daemon, p: m.PromptsList, c: Connection) -> Any:
     assert d.sup is not None
-    unavailable: dict[str, str] = {}
-    prompts = await d.sup.mcp.list_prompts(server=p.server, unavailable=unavailable,
-                                           **_lister(d, p.agent))
-    return {"prompts": prompts, "unavailable": unavailable,
-            "failed": _failed(d, unavailable)}
+    return await _listing(d, _lister(d, p.agent), p.server, prompts=d.sup.mcp.list_prompts)
 
 
 @implements("prompts.get")
