@@ -197,7 +197,9 @@ def test_daemon_refuses_a_read_only_database(tmp_path: Path) -> None:
     d = Daemon(tmp_path)
     db = d.state / "corral.db"
     open_database(db).close()
-    (d.state / "logs").mkdir()
+    # the logs elsewhere: a log directory that cannot be written stops the daemon first
+    d.config.write_text(d.config.read_text().replace(f'log_dir = "{d.state}/logs"',
+                                                     f'log_dir = "{tmp_path}/logs"'))
     script = ('mount --bind -o ro "$0" "$0" && exec "$1" -m corral daemon --config "$2"')
     proc = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
