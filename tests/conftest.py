@@ -58,6 +58,16 @@ async def all_ready(sup: Supervisor, name: str, timeout: float = 10.0) -> None:
 
 
 @pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """A new state database (migrated), for the journal in-process."""
+    from corral.daemon.store import open_database
+
+    path = tmp_path / "state" / "corral.db"
+    open_database(path).close()
+    return path
+
+
+@pytest.fixture
 async def sup() -> AsyncIterator[Supervisor]:
     """A supervisor with a fast heartbeat; on teardown, asserts no fd, process or zombie
     outlives it."""

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from corral.daemon.journal import Journal
 from corral.daemon.store import open_database
@@ -130,13 +129,6 @@ def test_a_graceful_restart_keeps_queued_tasks() -> None:
 
 
 # -- in-process: the engine with the real journal --------------------------------------------
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    path = tmp_path / "state" / "corral.db"
-    open_database(path).close()
-    return path
-
-
 async def test_large_outputs_live_in_the_journal_and_memory_stays_small(
         db_path: Path) -> None:
     journal = Journal(db_path)

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from corral.daemon.journal import Journal, JournalError
-from corral.daemon.store import open_database
 from corral.supervisor import Supervisor
 
 from .conftest import agent as agent_spec
@@ -38,13 +37,6 @@ def rows(db: Path) -> dict[str, tuple[str, bytes | None]]:
 
 
 # -- in-process: the real journal, its writes failing on a lock another connection holds ---
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    path = tmp_path / "state" / "corral.db"
-    open_database(path).close()
-    return path
-
-
 async def test_failed_writes_are_kept_and_caught_up_and_what_is_left_is_named_at_close(
         db_path: Path, tmp_path: Path) -> None:
     errors: list[str] = []

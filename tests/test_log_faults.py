@@ -8,8 +8,6 @@ import json
 import os
 import re
 import resource
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import pytest
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon
 from .test_daemon_cli import wait_until
-from .test_store import daemon_error, unshare_reason
+from .test_store import daemon_error, daemon_with_read_only, unshare_reason
 
 
 def test_a_log_directory_that_cannot_be_created_stops_the_daemon_with_one_line(
@@ -43,17 +41,11 @@ def test_a_log_directory_that_cannot_be_created_stops_the_daemon_with_one_line(
 
 @pytest.mark.skipif(unshare_reason() is not None, reason=str(unshare_reason()))
 def test_a_read_only_log_directory_stops_the_daemon_with_one_line(tmp_path: Path) -> None:
-    # root may write any directory: the log directory is a read-only bind mount, in a
-    # mount namespace of the daemon's own (nothing changes outside it)
+    # root may write any directory: the log directory is a read-only bind mount
     d = Daemon(tmp_path)
     logs = d.state / "logs"
     logs.mkdir(parents=True)
-    script = 'mount --bind -o ro "$0" "$0" && exec "$1" -m corral daemon --config "$2"'
-    proc = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-         str(logs), sys.executable, str(d.config)],
-        capture_output=True, text=True, timeout=30,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = daemon_with_read_only(d, logs)
     d.close()
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr == (

@@ -190,22 +190,27 @@ def unshare_reason() -> str | None:
     return None
 
 
+def daemon_with_read_only(d: Daemon, directory: Path) -> subprocess.CompletedProcess[str]:
+    """`corral daemon` run to its end with `directory` a read-only bind mount, in a mount
+    namespace of the daemon's own (nothing changes outside it)."""
+    script = 'mount --bind -o ro "$0" "$0" && exec "$1" -m corral daemon --config "$2"'
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+         str(directory), sys.executable, str(d.config)],
+        capture_output=True, text=True, timeout=30,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
 @pytest.mark.skipif(unshare_reason() is not None, reason=str(unshare_reason()))
 def test_daemon_refuses_a_read_only_database(tmp_path: Path) -> None:
-    # root may write any file: the state directory is a read-only bind mount, in a mount
-    # namespace of the daemon's own (nothing changes outside it)
+    # root may write any file: the state directory is a read-only bind mount
     d = Daemon(tmp_path)
     db = d.state / "corral.db"
     open_database(db).close()
     # the logs elsewhere: a log directory that cannot be written stops the daemon first
     d.config.write_text(d.config.read_text().replace(f'log_dir = "{d.state}/logs"',
                                                      f'log_dir = "{tmp_path}/logs"'))
-    script = ('mount --bind -o ro "$0" "$0" && exec "$1" -m corral daemon --config "$2"')
-    proc = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-         str(d.state), sys.executable, str(d.config)],
-        capture_output=True, text=True, timeout=30,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = daemon_with_read_only(d, d.state)
     d.close()
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr == (
