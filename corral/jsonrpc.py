@@ -70,6 +70,12 @@ _ID_AT_START = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:
 _ID_AT_END = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")\s*'
                         rb'(?:,\s*"jsonrpc"\s*:\s*"2\.0"\s*)?\}\s*$')
 SMALL_LINE = 64 * 1024  # below this a line is copied to bytes; above, handed over as is
+# A success response as corral's SDK (and most encoders of a dict) writes it: where the
+# line starts so, the request it answers may have asked for a one-pass typed decode.
+_RESULT_HEAD = re.compile(rb'\{"jsonrpc":"2\.0","id":(\d{1,15}),"result":')
+# what stands in an encoded message for a Raw sent as a piece of its own (`encode_parts`):
+# a NUL byte is never in msgspec's JSON (control characters are escaped), only in a Raw
+SPLICE = Raw(b"\x00")
 TOO_DEEP = "JSON nested too deeply"
 
 
@@ -173,6 +179,14 @@ def encode(msg: Any) -> bytes:
     _encoder.encode_into(msg, buf)
     buf += b"\n"
     return buf  # type: ignore[return-value]  # bytes-like; every writer takes it
+
+
+def encode_parts(msg: Any, piece: Raw) -> list[bytes | memoryview]:
+    """`msg`, whose one `SPLICE` stands for `piece`, as the pieces of one line: the message
+    around a large Raw is encoded alone and the Raw is never copied into it (written with
+    one writev)."""
+    head, tail = _encoder.encode(msg).split(b"\x00")
+    return [head, memoryview(piece), tail + b"\n"]
 
 
 def decode_params(raw: Raw | UnsetType | None, type: type[Any]) -> Any:
@@ -424,10 +438,12 @@ NotificationHandler = Callable[[str, "Raw | UnsetType", "Peer"], None]
 class Peer:
     """One side of a JSON-RPC conversation over a line-oriented byte channel.
 
-    `send` writes bytes (non-blocking, e.g. a transport's write); incoming lines are fed to
-    `feed_line`. Requests from the other side go to `dispatch(method, params, peer)`, which
-    returns a result, raises `RpcError`, or returns an awaitable (run as a task, so many
-    can be in flight). Notifications go to `on_notification`.
+    `send` writes bytes (non-blocking, e.g. a transport's write), `send_parts` the pieces
+    of one message at once (a transport's writelines; else they are joined); incoming
+    lines are fed to `feed_line`. Requests from the other side go to
+    `dispatch(method, params, peer)`, which returns a result, raises `RpcError`, or returns
+    an awaitable (run as a task, so many can be in flight). Notifications go to
+    `on_notification`.
     """
 
     def __init__(
@@ -435,6 +451,7 @@ class Peer:
         name: str,
         send: Callable[[bytes], None],
         *,
+        send_parts: Callable[[list[bytes | memoryview]], None] | None = None,
         dispatch: Dispatch | None = None,
         on_notification: NotificationHandler | None = None,
         cancel_method: str | None = None,
@@ -445,6 +462,7 @@ class Peer:
     ) -> None:
         self.name = name
         self._send = send
+        self._send_parts = send_parts or (lambda parts: send(b"".join(parts)))
         self._dispatch = dispatch
         self._on_notification = on_notification
         self._cancel_method = cancel_method
@@ -454,6 +472,8 @@ class Peer:
         self._on_garbage = on_garbage
         self._next_id = 0
         self._pending: dict[Id, asyncio.Future[Any]] = {}
+        # pending requests whose answer is decoded whole, in one pass, by their own decoder
+        self._decoders: dict[Id, Callable[[bytes], Any]] = {}
         # ids of requests given up on without a cancel: their late answers are not garbage
         self._forgotten: deque[Id] = deque(maxlen=64)
         self._incoming: dict[Id, asyncio.Task[Any]] = {}
@@ -473,8 +493,23 @@ class Peer:
     def notify(self, method: str, params: Any = None) -> None:
         self.send_message(Notification(method, UNSET if params is None else params))
 
-    def request_future(self, method: str, params: Any = None) -> tuple[Id, asyncio.Future[Any]]:
-        """Send a request; the future resolves to its raw `result` or fails with RpcError."""
+    def request_future(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        decode: Callable[[bytes], Any] | None = None,
+        piece: Raw | None = None,
+    ) -> tuple[Id, asyncio.Future[Any]]:
+        """Send a request; the future resolves to its raw `result` or fails with RpcError.
+
+        `decode`, for a result that may be large: it is given the whole answer line (when
+        the line starts as `_RESULT_HEAD`) and what it returns is the result, so the line
+        is read once, not scanned for its envelope and then decoded again. If it raises
+        (an error response, another layout), the answer takes the usual way: the future
+        then has the raw result, and the caller must expect either.
+        `piece`: the Raw that the `SPLICE` in `params` stands for (`encode_parts`).
+        """
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.closed is not None:
             fut.set_exception(self.closed)
@@ -482,8 +517,19 @@ class Peer:
         self._next_id += 1
         rid = self._next_id
         self._pending[rid] = fut
-        self.send_message(Request(method, rid, UNSET if params is None else params))
+        if decode is not None:
+            self._decoders[rid] = decode
+        msg = Request(method, rid, UNSET if params is None else params)
+        if piece is None:
+            self.send_message(msg)
+        elif self.closed is None:
+            self._send_parts(encode_parts(msg, piece))
         return rid, fut
+
+    def _take(self, rid: Id) -> asyncio.Future[Any] | None:
+        """The pending request `rid`, no longer pending."""
+        self._decoders.pop(rid, None)
+        return self._pending.pop(rid, None)
 
     async def request(
         self,
@@ -529,14 +575,14 @@ class Peer:
         self.silent_timeouts += 1
 
     def _abandon(self, rid: Id) -> None:
-        if self._pending.pop(rid, None) is not None and self._cancel_method:
+        if self._take(rid) is not None and self._cancel_method:
             params = self._cancel_params(rid) if self._cancel_params else {"id": rid}
             self.notify(self._cancel_method, params)
 
     def forget(self, rid: Id) -> None:
         """Stop waiting for a request without cancelling it (the protocol may forbid
         cancelling it, e.g. MCP's server/discover); a late answer is dropped quietly."""
-        if self._pending.pop(rid, None) is not None:
+        if self._take(rid) is not None:
             self._forgotten.append(rid)
 
     def oversized(self, size: int, head: bytes, tail: bytes, limit: int) -> bool:
@@ -550,7 +596,7 @@ class Peer:
             rid = msgspec.json.decode(found.group(1))
         except msgspec.DecodeError:
             return False
-        fut = self._pending.pop(rid, None)
+        fut = self._take(rid)
         if fut is None or fut.done():
             return False
         mib = f" ({limit // 1048576} MiB)" if limit % 1048576 == 0 else ""
@@ -567,6 +613,8 @@ class Peer:
     # incoming -----------------------------------------------------------------------------
     def feed_line(self, line: bytes) -> None:
         self.silent_timeouts = 0
+        if self._decoders and self._decoded(line):
+            return
         if line[:1] == b"[":
             try:
                 batch = _batch_decoder.decode(line)
@@ -598,6 +646,25 @@ class Peer:
             return
         self._handle(env, line)
 
+    def _decoded(self, line: bytes) -> bool:
+        """A success answer to a request with its own decoder, decoded by it (one pass)."""
+        head = _RESULT_HEAD.match(line)
+        if head is None:
+            return False
+        rid = int(head.group(1))
+        decode = self._decoders.get(rid)
+        if decode is None:
+            return False
+        try:
+            result = decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
+                RecursionError):
+            return False  # the usual way says what is wrong with it
+        fut = self._take(rid)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+        return True
+
     def _garbage(self, line: bytes, why: str) -> None:
         self.garbage_lines += 1
         if self._on_garbage:
@@ -625,7 +692,7 @@ class Peer:
                 return
             self._garbage(line, "neither a request nor a response")
             return
-        fut = self._pending.pop(env.id, None)
+        fut = self._take(env.id)
         if fut is None:
             if env.id in self._forgotten:
                 self._forgotten.remove(env.id)
@@ -722,6 +789,7 @@ class Peer:
             return
         self.closed = RpcError(PEER_CLOSED, reason)
         pending, self._pending = self._pending, {}
+        self._decoders.clear()
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(RpcError(PEER_CLOSED, reason))

@@ -144,7 +144,7 @@ async def test_large_outputs_live_in_the_journal_and_memory_stays_small(
         kept = list(sup.tasks.finished.values())
         assert [t.output_dropped for t in kept] == [True] * 3 + [False] * 2
         assert all(len(t.input) == 0 for t in kept)
-        assert sup.tasks._held_bytes == sum(len(t.raw_result or b"") for t in kept) < 50_000
+        assert sup.tasks._held_bytes == sum(t.out.size if t.out else 0 for t in kept) < 50_000
         assert all(r.output["pad"] == pad for r in results)  # every caller got its output
         # every task answers, from the journal when it is no longer in memory
         first = await sup.tasks.info(results[0].task_id)
@@ -173,7 +173,7 @@ async def test_without_a_journal_outputs_are_dropped_oldest_first_past_the_byte_
         assert kept[-1].output["i"] == 9
         info = await sup.tasks.info(results[0].task_id)
         assert (info.status, info.output, info.output_dropped) == ("succeeded", None, True)
-        assert sup.tasks._held_bytes == sum(len(t.raw_result or b"") for t in kept)
+        assert sup.tasks._held_bytes == sum(t.out.size if t.out else 0 for t in kept)
 
 
 async def test_the_journal_prunes_finished_tasks_by_count_and_age(db_path: Path) -> None:

@@ -312,6 +312,11 @@ class ChildProcess:
         if self.stdin is not None and not self.stdin.is_closing():
             self.stdin.write(data)
 
+    def write_parts(self, parts: list[bytes | memoryview]) -> None:
+        """The pieces of one message in one writev, none copied into another."""
+        if self.stdin is not None and not self.stdin.is_closing():
+            self.stdin.writelines(parts)
+
     def close_stdin(self) -> None:
         if self.stdin is not None and not self.stdin.is_closing():
             self.stdin.close()

@@ -283,6 +283,7 @@ class Replica:
         return Peer(
             f"{self.kind} {self.label}",
             proc.write,
+            send_parts=proc.write_parts,
             dispatch=self._dispatch,
             on_notification=self._on_notification,
             on_garbage=self._on_garbage,

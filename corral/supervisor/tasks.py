@@ -93,6 +93,62 @@ def raw_output_of(raw_result: msgspec.Raw) -> msgspec.Raw:
     return out
 
 
+# The worker's whole answer line, read in one pass (`Peer.request_future(decode=...)`):
+# the output comes out as a Python value for a caller that wants one, else as its JSON
+# bytes, without a scan for the envelope before. Unknown members make the line take the
+# usual way (an answer with both result and error is the usual way's to judge).
+class _ValueAnswer(msgspec.Struct, forbid_unknown_fields=True):
+    jsonrpc: str
+    id: int
+    result: _RunResult
+
+
+class _RawAnswer(msgspec.Struct, forbid_unknown_fields=True):
+    jsonrpc: str
+    id: int
+    result: _RawRunResult
+
+
+class Output:
+    """A succeeded task's output: its JSON bytes, or its value when it was decoded for a
+    Python caller as it arrived; each form made from the other only if asked for."""
+
+    __slots__ = ("decoded", "raw", "size", "value")
+
+    def __init__(self, raw: msgspec.Raw | None, value: Any, size: int) -> None:
+        self.raw = raw
+        self.value = value
+        self.decoded = raw is None
+        self.size = size  # bytes held, for `kept_bytes`
+
+    def json(self) -> msgspec.Raw:
+        return self.raw if self.raw is not None else msgspec.Raw(_encoder.encode(self.value))
+
+    def python(self) -> Any:
+        return self.value if self.decoded else msgspec.json.decode(self.raw)  # type: ignore[arg-type]
+
+
+_encoder = msgspec.json.Encoder()
+_value_answer = msgspec.json.Decoder(_ValueAnswer)
+_raw_answer = msgspec.json.Decoder(_RawAnswer)
+
+
+def _read_value(line: bytes) -> Output:
+    return Output(None, _value_answer.decode(line).result.output, len(line))
+
+
+def _read_raw(line: bytes) -> Output:
+    return Output(_raw_answer.decode(line).result.output, None, len(line))
+
+
+def _output(result: Any) -> Output:
+    """What a `task/run` answer's decoder made of it, or its raw result where the answer
+    took the usual way (another layout, or a result that is not an object)."""
+    if isinstance(result, Output):
+        return result
+    return Output(raw_output_of(result), None, len(result))
+
+
 class TaskResult(msgspec.Struct):
     """What `corral run --json` prints and the Python API returns."""
 
@@ -178,9 +234,9 @@ class TaskJournal(Protocol):
 class Task:
     __slots__ = (
         "agent", "attempts", "created", "done", "error", "finished",
-        "id", "input", "journaled", "output_dropped", "priority", "progress", "raw_result",
+        "id", "input", "journaled", "out", "output_dropped", "priority", "progress",
         "replica", "retries_left", "seq", "started", "status", "timeout", "timer",
-        "tool_calls", "watchers",
+        "tool_calls", "values", "watchers",
     )
 
     def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
@@ -196,9 +252,11 @@ class Task:
         self.started: float | None = None
         self.finished: float | None = None
         self.status = "queued"
-        # the worker's `task/run` result as it sent it (JSON bytes, `{"output": ...}`):
-        # forwarded as is, decoded only for a Python caller, and each way in one pass
-        self.raw_result: msgspec.Raw | None = None
+        # the output, read from the worker's answer in one pass: as Python values when
+        # the caller wants them (`values`) and no journal needs the bytes, else as bytes
+        # forwarded as they came
+        self.out: Output | None = None
+        self.values = False
         self.output_dropped = False  # left in the journal, or dropped to bound memory
         self.journaled = False  # a journal has the input
         self.error: TaskError | None = None
@@ -213,14 +271,18 @@ class Task:
     @property
     def output(self) -> Any:
         """The output as Python values."""
-        if self.raw_result is None:
-            return None
-        return _decode_result(self.raw_result, _RunResult).output
+        return None if self.out is None else self.out.python()
 
     @property
     def raw_output(self) -> msgspec.Raw | None:
         """The output's JSON bytes, to send on without a decode and an encode."""
-        return None if self.raw_result is None else raw_output_of(self.raw_result)
+        return None if self.out is None else self.out.json()
+
+    @property
+    def raw_result(self) -> msgspec.Raw | None:
+        """The `task/run` result, `{"output": ...}`, as a journal stores it."""
+        out = self.raw_output
+        return None if out is None else msgspec.Raw(b"".join((b'{"output":', out, b"}")))
 
     def result(self, *, decode: bool = False) -> TaskResult:
         """The outcome; `output` stays the worker's JSON bytes (`msgspec.Raw`, encoded as
@@ -334,8 +396,9 @@ class TaskManager:
 
     # -- admission ------------------------------------------------------------------------
     def submit(self, agent_name: str, task_input: Any, *, timeout: float | None = None,
-               priority: int = 0) -> Task:
-        """Accept a task or refuse it at once with the reason."""
+               priority: int = 0, values: bool = False) -> Task:
+        """Accept a task or refuse it at once with the reason. `values`: the caller reads
+        the output as Python values (so it is decoded once, as it arrives)."""
         agent = self.sup.agent(agent_name)
         q = self._agent_tasks(agent)
         refusal = self._refusal(agent)
@@ -361,6 +424,7 @@ class TaskManager:
                                             f"{agent.spec.max_queue})")
         task = Task(agent.name, raw, priority, timeout or agent.spec.task_timeout,
                     agent.spec.retries, next(self._seq))
+        task.values = values
         q.counts["accepted"] += 1
         self.active[task.id] = task
         self._journal(task)
@@ -420,8 +484,12 @@ class TaskManager:
         q.running += 1
         r.task_started(task.id)
         self._journal(task)
+        # a large input goes out as a piece of its own (one writev, never copied into the
+        # message), and the answer is read in one pass (a journal needs the output's bytes)
+        read = _read_value if task.values and self.journal is None else _read_raw
         _, fut = r.peer.request_future(
-            "task/run", {"task_id": task.id, "input": task.input, "deadline": now + task.timeout})
+            "task/run", {"task_id": task.id, "input": jsonrpc.SPLICE,
+                         "deadline": now + task.timeout}, decode=read, piece=task.input)
         fut.add_done_callback(lambda f: self._on_reply(task, r, attempt, f))
         task.timer = asyncio.get_running_loop().call_later(
             task.timeout, self._on_timeout, task, r, attempt)
@@ -447,7 +515,7 @@ class TaskManager:
             attempt.outcome = "succeeded"
             # the result is kept as its bytes, not looked into here: a 10 MB output costs
             # one decode for a Python caller, or a scan and a copy for a socket client
-            self._finish(task, "succeeded", result=fut.result())
+            self._finish(task, "succeeded", result=_output(fut.result()))
         elif not isinstance(exc, RpcError):
             attempt.outcome = "failed"
             self._finish(task, "failed", error=TaskError(jsonrpc.INTERNAL_ERROR, str(exc)))
@@ -495,12 +563,12 @@ class TaskManager:
 
         asyncio.get_running_loop().call_later(grace, check)
 
-    def _finish(self, task: Task, status: str, *, result: msgspec.Raw | None = None,
+    def _finish(self, task: Task, status: str, *, result: Output | None = None,
                 error: TaskError | None = None) -> None:
         if task.status in TERMINAL:
             return  # never twice
         task.status = status
-        task.raw_result = result
+        task.out = result
         task.error = error
         task.finished = time.time()
         q = self.by_agent.get(task.agent)
@@ -525,7 +593,7 @@ class TaskManager:
         self.active.pop(task.id, None)
         task.input = msgspec.Raw(b"")
         task.replica = None
-        size = len(task.raw_result) if task.raw_result is not None else 0
+        size = task.out.size if task.out is not None else 0
         self.finished[task.id] = task
         if size:
             self._holding[task.id] = task
@@ -539,8 +607,8 @@ class TaskManager:
                 self._drop_output(old)
 
     def _drop_output(self, task: Task) -> None:
-        self._held_bytes -= len(task.raw_result or b"")
-        task.raw_result, task.output_dropped = None, True
+        self._held_bytes -= task.out.size if task.out is not None else 0
+        task.out, task.output_dropped = None, True
 
     # -- after a restart ------------------------------------------------------------------
     def restore(self, records: Iterable[TaskRecord], next_seq: int) -> list[Task]:
@@ -587,7 +655,7 @@ class TaskManager:
     # -- the API --------------------------------------------------------------------------
     async def run(self, agent: str, task_input: Any, *, timeout: float | None = None,
                   priority: int = 0) -> TaskResult:
-        task = self.submit(agent, task_input, timeout=timeout, priority=priority)
+        task = self.submit(agent, task_input, timeout=timeout, priority=priority, values=True)
         if self.journal is not None and self.journal.behind():
             # a journal that writes slower than tasks finish must not gather an unbounded
             # backlog in memory: wait for it (the task runs meanwhile)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 PROTOCOL_VERSION = "1"
-STDIN_BUFFER = 1 << 20
+STDIN_BUFFER = 1 << 20  # what one read asks for, and what the buffer shrinks back to
 
 # Mirrors of corral.jsonrpc's codes; the SDK must not import msgspec (start-up cost).
 # tests/test_worker_sdk.py checks they agree.
@@ -61,7 +61,7 @@ try:
     )
 
     def _std_loads(line: bytes) -> Any:
-        text = line.decode("utf-8")
+        text = str(line, "utf-8")
         # no strip(): that would copy a 10 MB line to drop its newline
         start = 0
         while start < len(text) and text[start] in " \t\r\n":
@@ -144,6 +144,48 @@ def _try_fast_json() -> None:
         _loads, _dumps = orjson_loads, orjson_dumps
     except ImportError:
         pass
+
+
+def _lines(fd: int) -> Any:
+    """The lines read from `fd`, without their newlines, until EOF (a last line without
+    its newline is still a line).
+
+    Each is a view into one buffer, valid until the next is asked for: decoded in place, a
+    large line is never copied (io's readline joined the pieces of a 1 MB line at twice
+    the cost of reading it). Reads go straight into the buffer's free end. A line longer
+    than the buffer moves to one twice its size; the buffer goes back to STDIN_BUFFER once
+    that line is consumed. (Never resized in place: a view handed out may still exist.)
+    """
+    buf = bytearray(STDIN_BUFFER)
+    view = memoryview(buf)
+    start = end = scanned = 0
+    while True:
+        nl = buf.find(b"\n", scanned, end)
+        if nl >= 0:
+            yield view[start:nl]
+            start = scanned = nl + 1
+            continue
+        if start == end:
+            start = end = scanned = 0
+            if len(buf) > STDIN_BUFFER:
+                buf = bytearray(STDIN_BUFFER)
+                view = memoryview(buf)
+        elif end == len(buf):  # full, a partial line at its end: to the front, or bigger
+            part = end - start
+            if part > len(buf) // 2:
+                bigger = bytearray(2 * part)
+                bigger[:part] = view[start:end]
+                buf, view = bigger, memoryview(bigger)
+            else:
+                view[:part] = view[start:end]
+            start, end, scanned = 0, part, part
+        scanned = end
+        n = os.readv(fd, [view[end:]])
+        if n == 0:
+            if start < end:
+                yield view[start:end]
+            return
+        end += n
 
 
 def _set_title(title: str) -> None:
@@ -435,20 +477,17 @@ class Worker:
         title = os.environ.get("CORRAL_PROCTITLE")
         if title:
             _set_title(title)
-        # a 1 MiB buffer: a long line arrives in a few reads, not 8 KiB ones
-        stdin = open(sys.stdin.fileno(), "rb", buffering=STDIN_BUFFER, closefd=False)  # noqa: SIM115
-        while not self._stopping:
-            line = stdin.readline()
-            if not line:
+        for line in _lines(sys.stdin.fileno()):
+            if self._stopping:
                 break
-            if line.isspace():
-                continue
             if len(line) >= FAST_JSON_AT and not _fast_tried:
                 _try_fast_json()
             try:
                 msg = _loads(line)
             except (ValueError, UnicodeDecodeError):
-                print(f"corral worker: ignored a line that is not JSON: {line[:80]!r}",
+                if not bytes(line).strip():  # a blank line is no message, and no error
+                    continue
+                print(f"corral worker: ignored a line that is not JSON: {bytes(line[:80])!r}",
                       file=sys.stderr)
                 continue
             if isinstance(msg, dict):
