@@ -4,13 +4,18 @@ over once."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
+import uuid
 from typing import Any
 
 import msgspec
+import pytest
 
 from corral.jsonrpc import SMALL_LINE, LineProtocol
 from corral.supervisor import State, Supervisor
+from corral.supervisor.tasks import encode_input
 
 from .conftest import EXAMPLES, ROOT, agent
 from .daemon_harness import PY, running_daemon, shared_tmpdir
@@ -37,15 +42,38 @@ async def test_the_worker_loads_a_fast_codec_only_once_a_large_message_arrives(
         sup: Supervisor) -> None:
     sup.add(agent("w", "misbehave.py"))
     await sup.wait_state("w", State.READY)
-    ask = {"do": "modules", "names": ["msgspec", "json"]}
-    # small messages: the stdlib's C scanner, with neither package imported
-    assert (await sup.tasks.run("w", ask)).output == {"msgspec": False, "json": False}
+    ask = {"do": "modules", "names": ["msgspec", "orjson", "json"]}
+    # small messages: the stdlib's C scanner, with no JSON package imported
+    assert (await sup.tasks.run("w", ask)).output == {
+        "msgspec": False, "orjson": False, "json": False}
     big = {**doc(100_000), "do": "echo"}
     assert (await sup.tasks.run("w", big)).output == big
-    # from then on msgspec (installed with corral) does every message, with equal results
-    assert (await sup.tasks.run("w", ask)).output == {"msgspec": True, "json": False}
+    # from then on msgspec decodes and orjson encodes (both installed with corral) every
+    # message, with equal results (orjson brings the json package with it, then)
+    ask["names"] = ["msgspec", "orjson"]
+    assert (await sup.tasks.run("w", ask)).output == {"msgspec": True, "orjson": True}
     assert (await sup.tasks.run("w", {**AWKWARD, "do": "echo"})).output == {
         **AWKWARD, "do": "echo"}
+    # what orjson refuses (an int past 64 bits) the next codec encodes
+    assert (await sup.tasks.run("w", {"do": "echo", "n": 2**70})).output == {
+        "do": "echo", "n": 2**70}
+
+
+def test_a_task_input_is_encoded_as_msgspec_encodes_it_whatever_its_types() -> None:
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    class Name(str):
+        pass
+
+    for value in (AWKWARD, {1: "int key"}, {"big": 2**70}, Point(1), b"bytes", {"s": {1}},
+                  datetime.datetime(2026, 11, 22, tzinfo=datetime.UTC), uuid.UUID(int=5),
+                  float("nan"), doc(100)):
+        assert encode_input(value) == msgspec.json.encode(value), value
+    # and what msgspec cannot encode fails with msgspec's own error
+    with pytest.raises(TypeError, match="^Encoding objects of type Name is unsupported$"):
+        encode_input(Name("x"))
 
 
 async def test_CORRAL_FAST_JSON_0_keeps_the_stdlib_codec_for_large_messages(

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
+import orjson
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
@@ -63,6 +64,26 @@ class TaskError(msgspec.Struct, omit_defaults=True):
     code: int
     message: str
     data: Any = None
+
+
+# orjson encodes JSON's own types as msgspec does, ~8x faster on long strings (SIMD escape
+# checks); anything else (a datetime, a dataclass, a subclass, an int past 64 bits, a key
+# that is not a string) goes to msgspec, so an input's JSON is msgspec's in every case.
+_ORJSON_OPTIONS = (orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+                   | orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+
+def _not_native(value: Any) -> Any:
+    raise TypeError
+
+
+def encode_input(value: Any) -> bytes:
+    """The JSON of a task input given as Python values."""
+    try:
+        return orjson.dumps(value, default=_not_native, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError is one
+        pass
+    return msgspec.json.encode(value)  # (its error, if any, is the caller's to see)
 
 
 class _RunResult(msgspec.Struct):
@@ -406,7 +427,7 @@ class TaskManager:
             q.counts["refused"] += 1
             raise RpcError(jsonrpc.REFUSED, refusal)
         raw = task_input if isinstance(task_input, msgspec.Raw) else msgspec.Raw(
-            msgspec.json.encode(task_input))
+            encode_input(task_input))
         if len(raw) > MAX_INPUT_BYTES:
             q.counts["refused"] += 1
             raise RpcError(jsonrpc.INVALID_PARAMS, f"input too large: {len(raw)} bytes is over "

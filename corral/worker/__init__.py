@@ -101,49 +101,60 @@ _dumps = _std_dumps
 _fast_tried = False
 
 
+def _module(name: str) -> Any:
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
 def _try_fast_json() -> None:
+    """Each direction takes the fastest codec the agent's environment has: msgspec decodes
+    fastest (orjson ~1.2x its time on a 1 MB document), orjson encodes fastest (msgspec
+    ~8x its time on a long ASCII string, ~1.3x on text that needs escapes). A value orjson
+    refuses (an int past 64 bits, a non-string key) is encoded by the next codec."""
     global _loads, _dumps, _fast_tried
     _fast_tried = True
     if os.environ.get("CORRAL_FAST_JSON", "1") == "0":
         return
-    try:
-        import msgspec
-
+    msgspec, orjson = _module("msgspec"), _module("orjson")
+    if msgspec is not None:
         decode = msgspec.json.Decoder().decode
         encoder = msgspec.json.Encoder(enc_hook=str)
 
-        def fast_dumps(obj: Any) -> bytes:
-            buf = bytearray()
-            encoder.encode_into(obj, buf)
-            buf += b"\n"
-            return buf  # type: ignore[return-value]
-
-        def fast_loads(line: bytes) -> Any:
+        def msgspec_loads(line: bytes) -> Any:
             try:
                 return decode(line)
             except msgspec.DecodeError as exc:
                 raise ValueError(str(exc)) from None
 
-        _loads, _dumps = fast_loads, fast_dumps
-        return
-    except ImportError:
-        pass
-    try:
-        import orjson
+        def msgspec_dumps(obj: Any) -> bytes:
+            buf = bytearray()
+            encoder.encode_into(obj, buf)
+            buf += b"\n"
+            return buf  # type: ignore[return-value]
+
+        _loads, _dumps = msgspec_loads, msgspec_dumps
+    if orjson is not None:
+        oj_dumps, oj_loads, newline = orjson.dumps, orjson.loads, orjson.OPT_APPEND_NEWLINE
+        refused, then = orjson.JSONEncodeError, _dumps
+
+        def orjson_dumps(obj: Any) -> bytes:
+            try:
+                out: bytes = oj_dumps(obj, default=str, option=newline)
+            except refused:
+                return then(obj)
+            return out
 
         def orjson_loads(line: bytes) -> Any:
             try:
-                return orjson.loads(line)
+                return oj_loads(line)
             except orjson.JSONDecodeError as exc:
                 raise ValueError(str(exc)) from None
 
-        def orjson_dumps(obj: Any) -> bytes:
-            out: bytes = orjson.dumps(obj, default=str, option=orjson.OPT_APPEND_NEWLINE)
-            return out
-
-        _loads, _dumps = orjson_loads, orjson_dumps
-    except ImportError:
-        pass
+        _dumps = orjson_dumps
+        if msgspec is None:
+            _loads = orjson_loads
 
 
 def _lines(fd: int) -> Any:
