@@ -72,7 +72,7 @@ def test_a_task_input_is_encoded_as_msgspec_encodes_it_whatever_its_types() -> N
                   float("nan"), doc(100)):
         assert encode_input(value) == msgspec.json.encode(value), value
     # and what msgspec cannot encode fails with msgspec's own error
-    with pytest.raises(TypeError, match="^Encoding objects of type Name is unsupported$"):
+    with pytest.raises(TypeError, match=r"^Encoding objects of type Name is unsupported$"):
         encode_input(Name("x"))
 
 
