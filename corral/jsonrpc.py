@@ -151,6 +151,35 @@ class Envelope(msgspec.Struct):
     error: ErrorObject | UnsetType = UNSET
 
 
+class _Decoded:
+    """A result decoded with its answer's line (`Peer.request`)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+_answer_decoders: dict[Any, Callable[[bytes], tuple[int, _Decoded]]] = {}
+
+
+def _answer_decoder(type: Any) -> Callable[[bytes], tuple[int, _Decoded]]:
+    """A decoder of a whole success answer whose result is `type`, in one pass (made once
+    per type: a Struct of the answer's three members, nothing else allowed)."""
+    decode = _answer_decoders.get(type)
+    if decode is None:
+        answer = msgspec.defstruct("Answer", [("jsonrpc", str), ("id", int), ("result", type)],
+                                   forbid_unknown_fields=True)
+        decoder = msgspec.json.Decoder(answer)
+
+        def decode(line: bytes) -> tuple[int, _Decoded]:
+            answer: Any = decoder.decode(line)
+            return answer.id, _Decoded(answer.result)
+
+        _answer_decoders[type] = decode
+    return decode
+
+
 class RpcError(Exception):
     """A JSON-RPC error, raised by handlers and by `Peer.request`."""
 
@@ -204,8 +233,21 @@ def decode_params(raw: Raw | UnsetType | None, type: type[Any]) -> Any:
 
 
 # -- framing --------------------------------------------------------------------------------
-class LineProtocol(asyncio.Protocol):
+READ_SIZE = 256 * 1024  # a channel's read buffer; a longer line gets one of its own
+MIN_READ = 64 * 1024  # the least room a read is given
+
+
+class LineProtocol(asyncio.BufferedProtocol):
     """Splits a byte stream into lines with a hard cap on line length.
+
+    Reads go straight into the protocol's own buffer (uvloop reads into a BufferedProtocol;
+    asyncio's pipe transports call `data_received`, which copies into it), and each line is
+    copied out of it once, as bytes: a 1 MB line costs one copy, not a bytes object per
+    read and a growing join. A line that outgrows the buffer moves, once, to a larger one,
+    sized by the last long line; that one is kept while long lines keep coming (a channel
+    that carries 1 MB messages reads each straight into it) and given back at the next
+    short line, so an idle channel holds READ_SIZE. (The buffer is never resized in place:
+    the transport may hold a view of it while it reports a read.)
 
     A line longer than `max_line` is never buffered: the bytes seen so far are dropped,
     the rest of the line is skipped up to its newline, and `on_oversize` is told once,
@@ -234,14 +276,16 @@ class LineProtocol(asyncio.Protocol):
         # do; a request cut off by a reset or our hanging up is not a request)
         self.last_line_unterminated = last_line_unterminated
         self.max_line = max_line
-        self._buf = bytearray()
+        self._rbuf = bytearray(READ_SIZE)
+        # unconsumed bytes are _rbuf[_start:_end]; _start:_scanned holds no newline
+        self._start = self._end = self._scanned = 0
+        self._long = 0  # the last long line's size: the next gets room for as much at once
         self._skipping = 0  # bytes skipped of the current oversized line, 0 when not skipping
         self._head = b""  # the first bytes of the line being skipped
         self._tail = b""  # its last bytes so far
         self.transport: asyncio.BaseTransport | None = None
         self.paused = False
         self.at_eof = False
-        self._held = b""  # read but not yet split while paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -256,9 +300,7 @@ class LineProtocol(asyncio.Protocol):
         if not self.paused:
             return
         self.paused = False
-        held, self._held = self._held, b""
-        if held:
-            self.data_received(held)
+        self._process()
         if self.paused:
             return
         if self.at_eof:
@@ -269,55 +311,114 @@ class LineProtocol(asyncio.Protocol):
     @property
     def holding(self) -> bool:
         """Lines read but not yet delivered (paused), or a partial line."""
-        return bool(self._held or self._buf)
+        return self._end > self._start
+
+    # reading ------------------------------------------------------------------------------
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if len(self._rbuf) - self._end < MIN_READ:
+            self._make_room()
+        return memoryview(self._rbuf)[self._end:]
+
+    def _make_room(self) -> None:
+        """The unconsumed bytes to the buffer's start; in a new buffer if they need more
+        room: READ_SIZE, or for a line that outgrew it, room for the last long line or
+        twice this one so far."""
+        part, start = self._end - self._start, self._start
+        if part + MIN_READ <= len(self._rbuf):  # (start > 0: else there would be room)
+            view = memoryview(self._rbuf)
+            view[:part] = view[start:self._end]
+            view.release()
+        else:
+            size = READ_SIZE
+            if part + MIN_READ > READ_SIZE:
+                size = max(2 * part, self._long) + MIN_READ
+            new = bytearray(size)
+            new[:part] = memoryview(self._rbuf)[start:self._end]
+            self._rbuf = new
+        self._scanned -= start
+        self._start, self._end = 0, part
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+        if not self.paused:
+            self._process()
+
+    def _process(self) -> None:
+        if self._skipping and not self._skip():
+            return
+        self._split()
+        if not self.paused and self._end - self._start > self.max_line:
+            self._start_skipping()
 
     def data_received(self, data: bytes) -> None:
-        if self.paused:
-            self._held += data
-            return
-        start = 0
-        if self._skipping:
-            nl = data.find(b"\n")
-            if nl < 0:
-                self._skipping += len(data)
-                self._tail = (self._tail + data)[-OVERSIZE_ENDS:]
-                return
-            self._skipping += nl
-            self._tail = (self._tail + data[:nl])[-OVERSIZE_ENDS:]
-            self._skipped()
-            start = nl + 1
-        buf = self._buf
-        while True:
-            nl = data.find(b"\n", start)
-            if nl < 0:
-                break
-            if buf:
-                # the end of a line that came in pieces: appended through a view (no slice
-                # copy), and the buffer itself handed over rather than copied again
-                buf += memoryview(data)[start:nl]
-                # (typed as bytes: it is read, never mutated, once handed over)
-                line = bytes(buf) if len(buf) < SMALL_LINE else cast(bytes, buf)
-                buf = self._buf = bytearray()
-            else:
-                line = data[start:nl]
-            start = nl + 1
-            if len(line) > self.max_line:
-                if self.on_oversize:
-                    self.on_oversize(len(line), line[:OVERSIZE_ENDS], line[-OVERSIZE_ENDS:])
-                continue
-            if line:
-                self.on_line(line)
-                if self.paused:  # the line's handler paused us: hold the rest
-                    self._held = data[start:]
-                    return
-        if start < len(data):
-            buf += memoryview(data)[start:]
-            if len(buf) > self.max_line:
-                self._skipping = len(buf)
-                self._head = bytes(buf[:OVERSIZE_ENDS])
-                self._tail = bytes(buf[-OVERSIZE_ENDS:])
-                buf.clear()
+        """The same for a transport that reads into its own bytes (asyncio's pipes)."""
+        done = 0
+        while done < len(data):
+            view = self.get_buffer(len(data) - done)
+            n = min(len(view), len(data) - done)
+            view[:n] = memoryview(data)[done:done + n]
+            view.release()
+            done += n
+            self.buffer_updated(n)
 
+    def _split(self) -> None:
+        buf = self._rbuf
+        view = memoryview(buf)
+        while not self.paused:
+            nl = buf.find(b"\n", self._scanned, self._end)
+            if nl < 0:
+                self._scanned = self._end
+                break
+            start = self._start
+            size = nl - start
+            self._start = self._scanned = nl + 1
+            if size > self.max_line:
+                if self.on_oversize:
+                    self.on_oversize(size, bytes(view[start:min(nl, start + OVERSIZE_ENDS)]),
+                                     bytes(view[max(start, nl - OVERSIZE_ENDS):nl]))
+                continue
+            if size > READ_SIZE - MIN_READ:
+                self._long = size
+            elif len(buf) > READ_SIZE:
+                self._long = 0  # a short line after long ones: the large buffer goes back
+            if size:
+                self.on_line(view[start:nl].tobytes())
+        view.release()
+        if self._start == self._end:  # all consumed: the buffer is reused from its start
+            self._start = self._end = self._scanned = 0
+            if len(self._rbuf) > READ_SIZE and not self._long:
+                self._rbuf = bytearray(READ_SIZE)
+
+    # an oversized line --------------------------------------------------------------------
+    def _start_skipping(self) -> None:
+        view = memoryview(self._rbuf)
+        self._skipping = self._end - self._start
+        self._head = bytes(view[self._start:min(self._end, self._start + OVERSIZE_ENDS)])
+        self._tail = bytes(view[max(self._start, self._end - OVERSIZE_ENDS):self._end])
+        self._drop()
+
+    def _skip(self) -> bool:
+        """Skip what was read of an oversized line; True if its end came (and what follows
+        it is left to split)."""
+        buf, end = self._rbuf, self._end
+        nl = buf.find(b"\n", 0, end)
+        stop = end if nl < 0 else nl
+        self._skipping += stop
+        self._tail = (self._tail + bytes(memoryview(buf)[max(0, stop - OVERSIZE_ENDS):stop])
+                      )[-OVERSIZE_ENDS:]
+        if nl < 0:
+            self._drop()
+            return False
+        self._skipped()
+        self._start = self._scanned = nl + 1
+        return True
+
+    def _drop(self) -> None:
+        self._start = self._end = self._scanned = 0
+        if len(self._rbuf) > READ_SIZE:
+            self._rbuf = bytearray(READ_SIZE)
+
+    # the end ------------------------------------------------------------------------------
     def eof_received(self) -> bool:
         self.at_eof = True
         if not self.paused:  # else resume() delivers what is held first
@@ -325,17 +426,17 @@ class LineProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._held = b""  # nobody to answer any more
-        if not self.at_eof and not self.last_line_unterminated:
-            self._buf.clear()
+        # held lines: nobody to answer any more; a partial line: see last_line_unterminated
+        if self.paused or (not self.at_eof and not self.last_line_unterminated):
+            self._start = self._end
         self._flush_tail()
         self.on_eof(exc)
 
     def _flush_tail(self) -> None:
         # A last line without its newline (a crash mid-write) is still a line.
-        if self._buf:
-            line = bytes(self._buf)
-            self._buf.clear()
+        if self._end > self._start:
+            line = bytes(memoryview(self._rbuf)[self._start:self._end])
+            self._drop()
             self.on_line(line)
         if self._skipping:
             self._skipped()
@@ -473,7 +574,7 @@ class Peer:
         self._next_id = 0
         self._pending: dict[Id, asyncio.Future[Any]] = {}
         # pending requests whose answer is decoded whole, in one pass, by their own decoder
-        self._decoders: dict[Id, Callable[[bytes], Any]] = {}
+        self._decoders: dict[Id, Callable[[bytes], tuple[int, Any]]] = {}
         # ids of requests given up on without a cancel: their late answers are not garbage
         self._forgotten: deque[Id] = deque(maxlen=64)
         self._incoming: dict[Id, asyncio.Task[Any]] = {}
@@ -498,14 +599,15 @@ class Peer:
         method: str,
         params: Any = None,
         *,
-        decode: Callable[[bytes], Any] | None = None,
+        decode: Callable[[bytes], tuple[int, Any]] | None = None,
         piece: Raw | None = None,
     ) -> tuple[Id, asyncio.Future[Any]]:
         """Send a request; the future resolves to its raw `result` or fails with RpcError.
 
         `decode`, for a result that may be large: it is given the whole answer line (when
-        the line starts as `_RESULT_HEAD`) and what it returns is the result, so the line
-        is read once, not scanned for its envelope and then decoded again. If it raises
+        the line starts as `_RESULT_HEAD`) and returns the answer's id and what becomes the
+        result, so the line is read once, not scanned for its envelope and then decoded
+        again. If it raises
         (an error response, another layout), the answer takes the usual way: the future
         then has the raw result, and the caller must expect either.
         `piece`: the Raw that the `SPLICE` in `params` stands for (`encode_parts`).
@@ -544,7 +646,7 @@ class Peer:
         On timeout or cancellation the request is forgotten and, where the protocol has one,
         a cancel notification is sent so the other side can stop working on it.
         """
-        rid, fut = self.request_future(method, params)
+        rid, fut = self.request_future(method, params, decode=_answer_decoder(type))
         try:
             if timeout is None:
                 raw = await fut
@@ -560,6 +662,8 @@ class Peer:
         except asyncio.CancelledError:
             self._abandon(rid)
             raise
+        if isinstance(raw, _Decoded):  # the answer's line, read in one pass
+            return raw.value
         if type is Any:
             return msgspec.json.decode(raw)
         try:
@@ -656,10 +760,12 @@ class Peer:
         if decode is None:
             return False
         try:
-            result = decode(line)
+            answered, result = decode(line)
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
                 RecursionError):
             return False  # the usual way says what is wrong with it
+        if answered != rid:  # an "id" given twice: the usual way judges it
+            return False
         fut = self._take(rid)
         if fut is not None and not fut.done():
             fut.set_result(result)

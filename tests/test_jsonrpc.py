@@ -152,7 +152,7 @@ def test_line_protocol_splits_caps_and_keeps_a_crash_tail() -> None:
     p.data_received(b"c\nde\n\n")
     p.data_received(b"x" * 8)
     p.data_received(b"y" * 8)  # over the limit: dropped, not buffered
-    assert len(p._buf) == 0
+    assert not p.holding
     p.data_received(b"zz\nok\n")
     p.data_received(b"0123456789ABC\nlast")
     p.connection_lost(None)
@@ -234,3 +234,68 @@ def test_unknown_response_id_is_garbage() -> None:
     peer = Peer("p", lambda data: None)
     peer.feed_line(b'{"jsonrpc":"2.0","id":99,"result":1}')
     assert peer.garbage_lines == 1
+
+
+class Answer(msgspec.Struct, forbid_unknown_fields=True):
+    jsonrpc: str
+    id: int
+    result: dict[str, int]
+
+
+async def test_an_answer_in_the_sdk_layout_is_read_by_its_requests_decoder_in_one_pass(
+        ) -> None:
+    sent: list[bytes] = []
+    peer = Peer("p", sent.append)
+    read: list[bytes] = []
+
+    def decode(line: bytes) -> tuple[int, Any]:
+        read.append(line)
+        answer = msgspec.json.decode(line, type=Answer)
+        return answer.id, ("decoded", answer.result)
+
+    def ask() -> tuple[jsonrpc.Id, asyncio.Future[Any]]:
+        return peer.request_future("m", {"x": 1}, decode=decode)
+
+    rid, fut = ask()
+    peer.feed_line(b'{"jsonrpc":"2.0","id":%d,"result":{"a":1}}' % rid)
+    assert fut.result() == ("decoded", {"a": 1}) and len(read) == 1
+    # the same answer laid out otherwise goes the usual way: the raw result
+    rid, fut = ask()
+    peer.feed_line(b'{"result":{"a":2},"jsonrpc":"2.0","id":%d}' % rid)
+    assert bytes(fut.result()) == b'{"a":2}' and len(read) == 1
+    # so do an error, a member the decoder refuses, a result of another type and an id
+    # given twice; none of them is garbage, and each future gets what the usual way says
+    rid, fut = ask()
+    peer.feed_line(b'{"jsonrpc":"2.0","id":%d,"error":{"code":-32000,"message":"no"}}' % rid)
+    assert isinstance(fut.exception(), RpcError) and fut.exception().message == "no"
+    rid, fut = ask()
+    peer.feed_line(b'{"jsonrpc":"2.0","id":%d,"result":{"a":3},"extra":1}' % rid)
+    assert bytes(fut.result()) == b'{"a":3}'
+    rid, fut = ask()
+    peer.feed_line(b'{"jsonrpc":"2.0","id":%d,"result":[3]}' % rid)
+    assert bytes(fut.result()) == b'[3]'
+    rid, fut = ask()
+    other, later = ask()
+    peer.feed_line(b'{"jsonrpc":"2.0","id":%d,"result":{"a":4},"id":%d}' % (rid, other))
+    assert not fut.done() and bytes(later.result()) == b'{"a":4}'
+    # (the error's line never reached the decoder: it does not start as a result does)
+    assert peer.garbage_lines == 0 and len(read) == 4
+
+
+async def test_a_request_with_a_piece_writes_it_between_the_messages_parts_uncopied(
+        ) -> None:
+    parts: list[list[Any]] = []
+    peer = Peer("p", lambda data: None, send_parts=parts.append)
+    big = msgspec.Raw(b'{"doc":"' + b"x" * 100_000 + b'"}')
+    rid, _ = peer.request_future("task/run", {"task_id": "t", "input": jsonrpc.SPLICE,
+                                              "deadline": 1.5}, piece=big)
+    (head, middle, tail), = parts
+    assert isinstance(middle, memoryview) and middle.obj is big
+    line = bytes(head) + bytes(middle) + bytes(tail)
+    assert line.endswith(b"\n") and msgspec.json.decode(line) == {
+        "method": "task/run", "id": rid, "jsonrpc": "2.0",
+        "params": {"task_id": "t", "input": {"doc": "x" * 100_000}, "deadline": 1.5}}
+    # a peer given no way to write pieces joins them
+    joined: list[bytes] = []
+    Peer("q", joined.append).request_future("m", {"input": jsonrpc.SPLICE}, piece=big)
+    assert msgspec.json.decode(joined[0])["params"]["input"] == {"doc": "x" * 100_000}

@@ -4,16 +4,19 @@ over once."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import json
+import os
+import threading
 import uuid
 from typing import Any
 
 import msgspec
 import pytest
 
-from corral.jsonrpc import SMALL_LINE, LineProtocol
+from corral.jsonrpc import READ_SIZE, SMALL_LINE, LineProtocol
 from corral.supervisor import State, Supervisor
 from corral.supervisor.tasks import encode_input
 
@@ -117,14 +120,42 @@ def test_corral_run_sends_a_5_mb_input_file_and_prints_the_whole_output() -> Non
 
 def test_a_long_line_arriving_in_pieces_is_delivered_once_and_whole() -> None:
     got: list[bytes] = []
-    proto = LineProtocol(got.append, lambda exc: None, max_line=1 << 20)
+    proto = LineProtocol(got.append, lambda exc: None, max_line=4 << 20)
     long = b"y" * (3 * SMALL_LINE + 17)
-    stream = b"a\n" + long + b"\nb\n" + b"z" * 10 + b"\n"
+    longer = b"w" * (READ_SIZE * 3 + 5)
+    stream = b"a\n" + long + b"\nb\n" + longer + b"\n" + b"z" * 10 + b"\n" + longer + b"\n"
     for i in range(0, len(stream), 50_000):  # pieces that split lines anywhere
         proto.data_received(stream[i : i + 50_000])
-    assert [bytes(x) for x in got] == [b"a", long, b"b", b"z" * 10]
-    assert [type(x) for x in got] == [bytes, bytearray, bytes, bytes]
-    # the buffer handed over is never written again: the next line gets a fresh one
+    assert [bytes(x) for x in got] == [b"a", long, b"b", longer, b"z" * 10, longer]
+    # each line is bytes of its own: reusing the buffer changes none of them
+    assert all(type(x) is bytes for x in got)
+    # the large buffer is kept while long lines keep coming ...
+    assert len(proto._rbuf) > len(longer) and proto._long == len(longer)
+    proto.data_received(longer + b"\n")
+    assert got[-1] == longer and len(proto._rbuf) > len(longer)
+    # ... and given back at the next short line
     proto.data_received(b"q" * 70_000)
     proto.data_received(b"\n")
-    assert bytes(got[1]) == long and bytes(got[-1]) == b"q" * 70_000
+    assert got[-1] == b"q" * 70_000 and len(proto._rbuf) == READ_SIZE
+    assert [bytes(x) for x in got[:6]] == [b"a", long, b"b", longer, b"z" * 10, longer]
+
+
+async def test_uvloop_reads_long_lines_from_a_pipe_into_the_protocols_buffer() -> None:
+    loop = asyncio.get_running_loop()
+    got: list[bytes] = []
+    ended = loop.create_future()
+    r, w = os.pipe()
+
+    class ReadInto(LineProtocol):
+        def data_received(self, data: bytes) -> None:  # the copying way: not taken
+            got.append(b"data_received")
+
+    proto = ReadInto(got.append, lambda exc: ended.set_result(exc))
+    await loop.connect_read_pipe(lambda: proto, os.fdopen(r, "rb", buffering=0))
+    long = b"L" * (2 * READ_SIZE + 3)
+    writer = threading.Thread(target=lambda: (
+        os.write(w, b"small\n" + long + b"\n" + long + b"\ntail"), os.close(w)))
+    writer.start()
+    await ended
+    writer.join()
+    assert got == [b"small", long, long, b"tail"]

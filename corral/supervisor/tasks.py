@@ -154,12 +154,14 @@ _value_answer = msgspec.json.Decoder(_ValueAnswer)
 _raw_answer = msgspec.json.Decoder(_RawAnswer)
 
 
-def _read_value(line: bytes) -> Output:
-    return Output(None, _value_answer.decode(line).result.output, len(line))
+def _read_value(line: bytes) -> tuple[int, Output]:
+    answer = _value_answer.decode(line)
+    return answer.id, Output(None, answer.result.output, len(line))
 
 
-def _read_raw(line: bytes) -> Output:
-    return Output(_raw_answer.decode(line).result.output, None, len(line))
+def _read_raw(line: bytes) -> tuple[int, Output]:
+    answer = _raw_answer.decode(line)
+    return answer.id, Output(answer.result.output, None, len(line))
 
 
 def _output(result: Any) -> Output:
