@@ -1,13 +1,16 @@
 """Issue 14: task payloads from 1 KB to 10 MB, corral beside ProcessPoolExecutor and
 multiprocessing.Pool, in one run, interleaved.
 
-    .venv/bin/python -m bench.bench_payload [--quick] [--sizes 1000,100000]
+    .venv/bin/python -m bench.bench_payload [--quick] [--sizes 1000,100000] [--ray] [--text]
 
-Every runner does the same work: echo a JSON-able input `{"doc": "x" * SIZE}` back, with
-1 and 2 workers. For each size and worker count the runners take turns in rounds
-(corral, PPE, Pool, corral, …) so that drift of this noisy machine hits them alike.
-Latency: one task at a time (median, p99). Throughput: 2 x workers tasks in flight.
-corral goes through its Python API to SDK workers (`bench/echo_agent.py`).
+Every runner does the same work: echo a JSON-able input `{"doc": "x" * SIZE}` back (with
+`--text`, SIZE bytes of prose with escapes and non-ASCII instead), with 1 and 2 workers.
+For each size and worker count the runners take turns in rounds (corral, PPE, Pool,
+corral, …) so that drift of this noisy machine hits them alike. Latency: one task at a
+time (median, p99). Throughput: 2 x workers tasks in flight. corral goes through its
+Python API to SDK workers (`bench/echo_agent.py`). `--ray` adds a Ray actor per worker
+(`pip install ".[bench]"`); Ray's own daemons then run beside the others, so its figures
+come from a run of their own.
 """
 
 from __future__ import annotations
@@ -30,7 +33,12 @@ from corral.supervisor.lifecycle import SERVING
 from .harness import PY, ROOT, report
 
 QUICK = "--quick" in sys.argv
+RAY = "--ray" in sys.argv
+TEXT = "--text" in sys.argv
 SIZES = [1_000, 100_000, 1_000_000, 10_000_000]
+# prose with what makes JSON work: quotes, a backslash, a newline, non-ASCII
+PROSE = 'The "quick" brown fox — naïve café, 東京 \\ jumps\nover the lazy dog. '
+
 for i, a in enumerate(sys.argv):
     if a == "--sizes":
         SIZES = [int(s) for s in sys.argv[i + 1].split(",")]
@@ -45,6 +53,13 @@ def count(size: int) -> int:
 
 def echo(x: Any) -> Any:
     return x
+
+
+def document(size: int) -> dict[str, str]:
+    if not TEXT:
+        return {"doc": "x" * size}
+    n = len(PROSE.encode())
+    return {"doc": PROSE * (size // n) + "x" * (size % n)}
 
 
 Run = Callable[[Any], Awaitable[Any]]
@@ -74,7 +89,17 @@ def p99(xs: list[float]) -> float:
 
 async def main() -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    results: dict[str, Any] = {"loadavg_start": os.getloadavg()[0], "sizes": {}}
+    results: dict[str, Any] = {"loadavg_start": os.getloadavg()[0], "sizes": {},
+                               "payload": "text" if TEXT else "ascii"}
+    if RAY:
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+        @ray.remote
+        class Echo:
+            def echo(self, x: Any) -> Any:
+                return x
     async with Supervisor() as sup:
         sup.add(AgentSpec(name="echo", command=[PY, str(ROOT / "bench" / "echo_agent.py")],
                           env={"PYTHONPATH": str(ROOT)}, max_concurrent_tasks=4,
@@ -106,8 +131,19 @@ async def main() -> dict[str, Any]:
 
             runners: dict[str, Run] = {"corral": corral_run, "ProcessPoolExecutor": ppe_run,
                                        "multiprocessing.Pool": pool_run}
+            if RAY:
+                actors = [Echo.remote() for _ in range(workers)]
+                for a in actors:
+                    await asyncio.wrap_future(a.echo.remote(1).future())
+                turn = iter(range(1 << 62))
+
+                async def ray_run(x: Any, actors: list[Any] = actors, turn: Any = turn) -> Any:
+                    actor = actors[next(turn) % len(actors)]
+                    return await asyncio.wrap_future(actor.echo.remote(x).future())
+
+                runners["ray"] = ray_run
             for size in SIZES:
-                payload = {"doc": "x" * size}
+                payload = document(size)
                 n = count(size)
                 acc: dict[str, dict[str, list[float]]] = {
                     k: {"lat": [], "tp": []} for k in runners}
@@ -125,16 +161,24 @@ async def main() -> dict[str, Any]:
                         "tasks": len(a["lat"]),
                     }
                 c, p = row["corral"][f"{workers}w"], row["ProcessPoolExecutor"][f"{workers}w"]
+                others = "".join(f"  {name} {row[name][f'{workers}w']['median_ms']:.3f}"
+                                 for name in runners if name not in ("corral",
+                                                                     "ProcessPoolExecutor"))
                 print(f"{size:>9} B {workers}w  corral {c['median_ms']:8.3f} ms "
                       f"(p99 {c['p99_ms']:8.3f})  PPE {p['median_ms']:8.3f} ms "
-                      f"(p99 {p['p99_ms']:8.3f})  ratio {c['median_ms'] / p['median_ms']:.2f}",
-                      flush=True)
+                      f"(p99 {p['p99_ms']:8.3f})  ratio {c['median_ms'] / p['median_ms']:.2f}"
+                      f"{others}", flush=True)
             ppe.shutdown()
             pool.terminate()
             pool.join()
+            if RAY:
+                for a in actors:
+                    ray.kill(a)
+    if RAY:
+        ray.shutdown()
     results["loadavg_end"] = os.getloadavg()[0]
     return results
 
 
 if __name__ == "__main__":
-    report("payload", uvloop.run(main()))
+    report("payload" + ("-text" if TEXT else "") + ("-ray" if RAY else ""), uvloop.run(main()))
