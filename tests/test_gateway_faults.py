@@ -44,6 +44,9 @@ async def test_mcp_serve_survives_a_daemon_restart(daemon: Daemon) -> None:
         with pytest.raises(MCPError) as err:
             await s.list_tools()
         assert f"the corral daemon at {daemon.sock}" in str(err.value)
+        # what was heard before (the lazy server's tools arriving) says nothing of the
+        # reconnection: only a list_changed from now on does
+        seen.clear()
         await asyncio.to_thread(daemon.start)
         await wait_until_async(lambda: any(
             getattr(m, "method", None) == "notifications/tools/list_changed" for m in seen),
