@@ -77,3 +77,21 @@ async def test_cancelling_a_queued_task_takes_it_out_of_the_depth(sup: Superviso
     assert [t.status for t in queued] == ["succeeded", "cancelled", "succeeded"]
     assert sup.tasks.stats()["agents"]["busy"]["queue_depth"] == 0
     assert json.loads(json.dumps(sup.tasks.stats()))  # plain data
+
+
+async def test_every_agent_has_task_stats_from_the_start_and_a_removed_one_none(
+        sup: Supervisor) -> None:
+    sup.add(agent("idle", autostart=False))
+    sup.add(agent("worked", "misbehave.py"))
+    await all_ready(sup, "worked")
+    # before any task: an entry of zeros (a client polling for its queue finds it at once)
+    idle = sup.tasks.stats()["agents"]["idle"]
+    assert {k: idle[k] for k in ("accepted", "refused", "queue_depth", "running")} == {
+        "accepted": 0, "refused": 0, "queue_depth": 0, "running": 0}
+    assert idle["success_rate"] is None and idle["latency_ms"]["window"] == 0
+    await sup.tasks.submit("worked", {"do": "echo"}).done
+    stats = sup.tasks.stats()
+    assert sorted(stats["agents"]) == ["idle", "worked"]
+    assert (stats["agents"]["worked"]["succeeded"], stats["total"]["succeeded"]) == (1, 1)
+    await sup.remove("idle")
+    assert sorted(sup.tasks.stats()["agents"]) == ["worked"]

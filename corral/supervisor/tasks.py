@@ -776,7 +776,9 @@ class TaskManager:
         return [t for t in tasks if agent is None or t.agent == agent]
 
     def stats(self) -> dict[str, Any]:
-        per_agent = {name: q.stats() for name, q in self.by_agent.items()}
+        # every agent has an entry, zeros until its first task (its queue is made then)
+        per_agent = {name: (self.by_agent.get(name) or AgentTasks(0)).stats()
+                     for name in self.sup.agents}
         total = {k: sum(s[k] for s in per_agent.values())
                  for k in ("accepted", "succeeded", "failed", "timed_out", "cancelled", "lost",
                            "retried", "refused", "queue_depth", "running")}

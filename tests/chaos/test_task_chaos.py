@@ -163,9 +163,8 @@ def test_a_daemon_killed_with_queued_and_running_tasks_loses_none(tmp: Path) -> 
         with Load(d.sock, threads=2, task_input={"do": "sleep", "seconds": 1.0},
                   pause=0.05) as load:
             def busy_and_queued() -> bool:
-                # no entry for the agent until its first task is accepted
-                s = call(d, "stats.get", {})["tasks"]["agents"].get("w")
-                return bool(s and s["running"] >= 2 and s["queue_depth"] >= 3)
+                s = call(d, "stats.get", {})["tasks"]["agents"]["w"]
+                return bool(s["running"] >= 2 and s["queue_depth"] >= 3)
 
             wait_until(busy_and_queued, 30, "tasks queued and running")
             d.proc.kill()
