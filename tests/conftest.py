@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -19,6 +20,16 @@ from corral.supervisor import AgentSpec, Supervisor
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 PY = sys.executable
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started as a background job of a non-interactive shell (CI runners, `cmd &`)
+    inherits SIGINT ignored, and so would every CLI it starts: the tests that press Ctrl-C
+    on `corral tail` would wait for an exit that cannot come. Give SIGINT back its
+    terminal meaning in this process; its children then start with the default."""
+    del config
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_asyncio_loop_factories(config: object, item: object) -> dict[str, object]:
