@@ -839,6 +839,15 @@ class Peer:
         if rid is None:
             self.send_error(None, RpcError(INVALID_REQUEST, "invalid request: id is null"))
             return
+        if rid in self._incoming:
+            # an id names one request (its answer, its cancel); a second under an id still
+            # in progress would also slip past `handling`, the count a reader's budget of
+            # requests in flight rests on (a flood reusing one id ran thousands at once)
+            shown = msgspec.json.encode(rid).decode()
+            self.send_error(rid, RpcError(
+                INVALID_REQUEST, f"invalid request: id {shown} is already in use by a request "
+                                 "in progress"))
+            return
         if self._dispatch is None:
             self.send_error(rid, method_not_found(method))
             return

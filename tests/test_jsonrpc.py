@@ -143,6 +143,37 @@ async def test_garbage_is_counted_and_answered_when_asked() -> None:
     b.close()
 
 
+async def test_a_request_reusing_an_id_in_progress_is_refused_and_not_run() -> None:
+    a, b = socket.socketpair()
+    server, _, _ = await connect(b, "server", dispatch=add)
+    loop = asyncio.get_running_loop()
+    lines: list[bytes] = []
+    got = asyncio.Event()
+
+    def on_line(line: bytes) -> None:
+        lines.append(line)
+        if len(lines) == 3:
+            got.set()
+
+    await loop.create_connection(lambda: LineProtocol(on_line, lambda e: None), sock=a)
+    # "slow" runs on; the second request under its id would be a second handler that
+    # `handling` (one entry per id) does not count
+    a.sendall(b'{"jsonrpc":"2.0","id":"s","method":"slow"}\n'
+              b'{"jsonrpc":"2.0","id":"s","method":"slow"}\n'
+              b'{"jsonrpc":"2.0","id":"s","method":"add","params":{"a":1,"b":2}}\n'
+              b'{"jsonrpc":"2.0","id":7,"method":"add","params":{"a":1,"b":2}}\n')
+    await asyncio.wait_for(got.wait(), 5)
+    refused = {"jsonrpc": "2.0", "id": "s", "error": {
+        "code": jsonrpc.INVALID_REQUEST,
+        "message": 'invalid request: id "s" is already in use by a request in progress'}}
+    assert [msgspec.json.decode(x) for x in lines] == [
+        refused, refused, {"jsonrpc": "2.0", "id": 7, "result": 3}]
+    assert server.handling == 1 and server.garbage_lines == 0
+    server.close("done")
+    a.close()
+    b.close()
+
+
 def test_line_protocol_splits_caps_and_keeps_a_crash_tail() -> None:
     lines: list[bytes] = []
     over: list[tuple[int, bytes, bytes]] = []
