@@ -26,6 +26,7 @@ def daemon() -> Iterator[Daemon]:
 [mcp_servers.notes]
 command = ["{PY}", "{EXAMPLES}/notes_server.py"]
 start = "eager"
+start_timeout = 30.0
 
 [mcp_servers.lazy]
 command = "{PY} {SCRIPTED} v2024"
