@@ -50,8 +50,12 @@ def agent(name: str, script: str = "hello.py", **kw: object) -> AgentSpec:
     defaults: dict[str, object] = {
         "backoff_initial": 0.05,
         "backoff_max": 0.2,
-        "start_timeout": 5.0,
-        "stop_timeout": 2.0,
+        # a limit, not a wait: a Python start is ~0.2 s here but seconds on a loaded 2-core
+        # machine, and a start timed out there is a restart no test asked for
+        "start_timeout": 30.0,
+        # a limit too: an asked worker exits in ~50 ms, but a loaded machine can take more
+        # than 2 s, and a stop escalated to SIGTERM reads "stopped (SIGTERM after 2 s)"
+        "stop_timeout": 10.0,
     }
     defaults.update(kw)
     env = dict(defaults.pop("env", {}) or {})  # type: ignore[call-overload]

@@ -45,7 +45,7 @@ def hello(name: str, replicas: int = 1, extra: str = "") -> str:
         env = {{ PYTHONPATH = "{ROOT}" }}
         replicas = {replicas}
         backoff_initial = 0.05
-        stop_timeout = 2.0
+        stop_timeout = 10.0
     """) + textwrap.dedent(extra)
 
 

@@ -151,7 +151,7 @@ async def test_every_process_is_recorded_with_its_start_time_and_forgotten_at_ex
     ended: list[ProcessRecord] = []
     sup.containment.started_listeners.append(started.append)
     sup.containment.ended_listeners.append(ended.append)
-    sup.add(agent("rec", replicas=2))
+    sup.add(agent("rec", replicas=2, stop_timeout=3.5))
     for i in range(2):
         await sup.wait_state("rec", State.READY, replica=i)
     assert sorted((r.name, r.replica) for r in started) == [("rec", 0), ("rec", 1)]
@@ -162,7 +162,7 @@ async def test_every_process_is_recorded_with_its_start_time_and_forgotten_at_ex
         assert rec.owner == sup.containment.owner
         assert rec.token.startswith(rec.owner + ".")
         assert rec.cgroup is None  # no delegated cgroup in the test suite's own process
-        assert rec.stop_timeout == 2.0
+        assert rec.stop_timeout == 3.5  # the spec's, recorded for a later reclaim
     await sup.stop("rec")
     assert sorted(r.token for r in ended) == sorted(r.token for r in started)
 
