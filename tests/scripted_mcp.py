@@ -13,12 +13,13 @@
     batch           answers in JSON-RPC batches (arrays)
     garbage         writes garbage and a 20 MiB line before anything else
     unknown-id      answers a request id it was never sent, at start
-    slow-start      reads nothing for 1.5 s (an SDK 2.x server under uvx), then serves
-                    2026-07-28: a discover it answers locks the connection (-32022 for
-                    initialize afterwards)
+    slow-start      reads nothing until the client's initialize has come too (it started
+                    slower than the client's patience for discover, like an SDK 2.x
+                    server under uvx), then serves 2026-07-28 in order: a discover it
+                    answers locks the connection (-32022 for initialize afterwards)
     drop-discover   like slow-start's lock, but the first discover is never answered
-    slow-discover   answers discover (2026-07-28 only) after 1.5 s, out of order; refuses
-                    initialize at once with -32601
+    slow-discover   answers discover (2026-07-28 only) out of order, just after it refused
+                    initialize (at once, with -32601)
     resources       resources (paged, one per page), a template, subscribe; prompts; logging
     tasks           tools "quick" and "endless" need task augmentation (execution.taskSupport
                     "required"); "quick" completes at the second tasks/get, "endless" never
@@ -32,6 +33,7 @@ touch {uri} (sends notifications/resources/updated), roots (asks the client root
 
 """
 
+import itertools
 import json
 import os
 import sys
@@ -129,15 +131,20 @@ def call(rid, params):
                     "isError": True})
 
 
-if "slow-start" in modes:
-    time.sleep(1.5)
 if "garbage" in modes:
     sys.stdout.write("garbage here\n" + "y" * (20 * 1024 * 1024) + "\n")
     sys.stdout.flush()
 if "unknown-id" in modes:
     reply(987654, {})
 
-for line in sys.stdin:
+held: list[str] = []
+if "slow-start" in modes:  # the client's messages pile up meanwhile, initialize last
+    for line in sys.stdin:
+        held.append(line)
+        if json.loads(line).get("method") == "initialize":
+            break
+late_discover = None
+for line in itertools.chain(held, sys.stdin):
     msg = json.loads(line)
     method, rid, params = msg.get("method"), msg.get("id"), msg.get("params") or {}
     if method is None and rid == "r1":  # the client's answer to roots/list
@@ -145,14 +152,13 @@ for line in sys.stdin:
                                                         "text": json.dumps(msg)}]})
         continue
     if method == "server/discover" and "slow-discover" in modes:
-        def late(rid=rid):
-            time.sleep(1.5)
-            reply(rid, {"resultType": "complete", "supportedVersions": ["2026-07-28"],
-                        "capabilities": {"tools": {}}, "serverInfo": {"name": "slow"}})
-        threading.Thread(target=late, daemon=True).start()
+        late_discover = rid
         continue
     if method == "initialize" and "slow-discover" in modes:
         error(rid, -32601, "Method not found")
+        if late_discover is not None:
+            reply(late_discover, {"resultType": "complete", "supportedVersions": ["2026-07-28"],
+                                  "capabilities": {"tools": {}}, "serverInfo": {"name": "slow"}})
         continue
     if method == "server/discover" and ("slow-start" in modes or "drop-discover" in modes):
         locked = True

@@ -70,7 +70,7 @@ async def test_batches_are_accepted(sup: Supervisor) -> None:
 
 async def test_silent_discover_falls_back_to_initialize(sup: Supervisor) -> None:
     # the probe has half the start timeout to itself, then initialize is tried
-    inst = await up(sup, scripted("m", "v2025-06,mute-discover", start_timeout=1.0))
+    inst = await up(sup, scripted("m", "v2025-06,mute-discover", start_timeout=4.0))
     assert inst.client.version == "2025-06-18"
     assert inst.client.peer is not None and inst.client.peer.in_flight == 0
 
