@@ -102,8 +102,11 @@ async def test_a_double_forked_setsid_grandchild_is_gone_after_a_sigkill_of_its_
     assert r.pid != pid and (r.last_exit or "").startswith("killed by SIGKILL")
     assert await asyncio.wait_for(q.get(), 10) == esc
     esc2 = await asyncio.wait_for(q.get(), 10)
-    await asyncio.sleep(3 * sup.heartbeat_interval)  # sweeps ran: it must still be there
+    # a pass over /proc now that it exists (the exit's own passes may all have run before
+    # it did): it is its live agent's, and left alone
+    assert await sup.containment._sweep_now() == 0
     assert alive(esc2)
+    assert [list(t.escapees) for t in sup.containment.live.values()] == [[esc2]]
 
 
 async def test_a_double_forked_setsid_grandchild_is_gone_after_shutdown() -> None:
