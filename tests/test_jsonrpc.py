@@ -117,23 +117,28 @@ async def test_peer_going_away_fails_every_pending_request() -> None:
     assert server._incoming == {}  # the server's handlers were cancelled too
 
 
-async def test_garbage_is_counted_and_answered_when_asked() -> None:
-    a, b = socket.socketpair()
-    server, _, _ = await connect(b, "server", dispatch=add, reply_to_garbage=True)
-    loop = asyncio.get_running_loop()
+async def raw_exchange(a: socket.socket, data: bytes, answers: int) -> list[Any]:
+    """Send raw lines on `a` and read back `answers` lines, decoded."""
     lines: list[bytes] = []
     got = asyncio.Event()
 
     def on_line(line: bytes) -> None:
         lines.append(line)
-        if len(lines) == 4:
+        if len(lines) == answers:
             got.set()
 
-    await loop.create_connection(lambda: LineProtocol(on_line, lambda e: None), sock=a)
-    a.sendall(b'not json\n{"jsonrpc":"2.0"}\n{"id":1,"method":"add"}\n'
-              b'{"jsonrpc":"2.0","id":null,"method":"add"}\n')
+    await asyncio.get_running_loop().create_connection(
+        lambda: LineProtocol(on_line, lambda e: None), sock=a)
+    a.sendall(data)
     await asyncio.wait_for(got.wait(), 5)
-    replies = [msgspec.json.decode(x) for x in lines]
+    return [msgspec.json.decode(x) for x in lines]
+
+
+async def test_garbage_is_counted_and_answered_when_asked() -> None:
+    a, b = socket.socketpair()
+    server, _, _ = await connect(b, "server", dispatch=add, reply_to_garbage=True)
+    replies = await raw_exchange(a, b'not json\n{"jsonrpc":"2.0"}\n{"id":1,"method":"add"}\n'
+                                    b'{"jsonrpc":"2.0","id":null,"method":"add"}\n', 4)
     assert [r["error"]["code"] for r in replies] == [
         jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST, jsonrpc.INVALID_REQUEST,
         jsonrpc.INVALID_REQUEST]
@@ -146,28 +151,17 @@ async def test_garbage_is_counted_and_answered_when_asked() -> None:
 async def test_a_request_reusing_an_id_in_progress_is_refused_and_not_run() -> None:
     a, b = socket.socketpair()
     server, _, _ = await connect(b, "server", dispatch=add)
-    loop = asyncio.get_running_loop()
-    lines: list[bytes] = []
-    got = asyncio.Event()
-
-    def on_line(line: bytes) -> None:
-        lines.append(line)
-        if len(lines) == 3:
-            got.set()
-
-    await loop.create_connection(lambda: LineProtocol(on_line, lambda e: None), sock=a)
     # "slow" runs on; the second request under its id would be a second handler that
     # `handling` (one entry per id) does not count
-    a.sendall(b'{"jsonrpc":"2.0","id":"s","method":"slow"}\n'
-              b'{"jsonrpc":"2.0","id":"s","method":"slow"}\n'
-              b'{"jsonrpc":"2.0","id":"s","method":"add","params":{"a":1,"b":2}}\n'
-              b'{"jsonrpc":"2.0","id":7,"method":"add","params":{"a":1,"b":2}}\n')
-    await asyncio.wait_for(got.wait(), 5)
+    replies = await raw_exchange(
+        a, b'{"jsonrpc":"2.0","id":"s","method":"slow"}\n'
+           b'{"jsonrpc":"2.0","id":"s","method":"slow"}\n'
+           b'{"jsonrpc":"2.0","id":"s","method":"add","params":{"a":1,"b":2}}\n'
+           b'{"jsonrpc":"2.0","id":7,"method":"add","params":{"a":1,"b":2}}\n', 3)
     refused = {"jsonrpc": "2.0", "id": "s", "error": {
         "code": jsonrpc.INVALID_REQUEST,
         "message": 'invalid request: id "s" is already in use by a request in progress'}}
-    assert [msgspec.json.decode(x) for x in lines] == [
-        refused, refused, {"jsonrpc": "2.0", "id": 7, "result": 3}]
+    assert replies == [refused, refused, {"jsonrpc": "2.0", "id": 7, "result": 3}]
     assert server.handling == 1 and server.garbage_lines == 0
     server.close("done")
     a.close()
