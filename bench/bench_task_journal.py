@@ -1,7 +1,9 @@
 """The task journal (issue 8) and finished tasks' memory (issue 15.1), side by side in one
 run.
 
-    .venv/bin/python -m bench.bench_task_journal [--quick]
+    .venv/bin/python -m bench.bench_task_journal [--quick] [--api-only]
+
+(`--api-only`: part 1 alone, printed, for a short before/after comparison)
 
 1. task throughput through the Python API, journal off and on (alternating rounds,
    medians): goal on >= 80 % of off
@@ -233,6 +235,13 @@ def main() -> None:
             api[on].append(uvloop.run(api_round(on, d)))
     cleanup(d)
     api_off, api_on = statistics.median(api[False]), statistics.median(api[True])
+    if "--api-only" in sys.argv:
+        print(json.dumps({"load_at_start": load, "journal_off_per_s": round(api_off),
+                          "journal_on_per_s": round(api_on),
+                          "ratio_on_off": round(api_on / api_off, 3), "tasks": TP,
+                          "rounds": ROUNDS, "rates": {"off": api[False], "on": api[True]},
+                          "load_at_end": Path("/proc/loadavg").read_text().split()[:3]}))
+        return
     ctl = socket_throughput()
     empty = restart_after_crash(False)
     full = restart_after_crash(True)

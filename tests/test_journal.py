@@ -16,6 +16,7 @@ import msgspec
 from corral.daemon.journal import Journal
 from corral.daemon.store import open_database
 from corral.supervisor import Supervisor
+from corral.supervisor.tasks import Output, Task
 
 from .conftest import EXAMPLES, PY, ROOT, agent, all_ready
 from .daemon_harness import Daemon, shared_tmpdir
@@ -200,3 +201,23 @@ async def test_journal_sync_full_sets_synchronous_full(db_path: Path) -> None:
     journal = Journal(db_path, sync="full")
     assert journal._writer.execute("PRAGMA synchronous").fetchone() == (2,)
     await journal.close()
+
+
+async def test_a_batch_is_one_upsert_per_task_and_keeps_what_a_change_does_not_carry(
+        db_path: Path) -> None:
+    journal = Journal(db_path)
+    tasks = [Task("a", msgspec.Raw(b'{"n": %d}' % i), 0, 30.0, 0, i) for i in range(341)]
+    for t in tasks:
+        journal.write(t)
+    await journal.committed()
+    for t in tasks[::3]:  # an upsert: some rows change, the rest stay as they were
+        t.status, t.finished, t.out = "succeeded", 1.0, Output(msgspec.Raw(b"1"), None, 1)
+        journal.write(t)
+    await journal.committed()
+    await journal.close()
+    db = open_database(db_path)
+    got = db.execute("SELECT seq, status, input, output FROM tasks ORDER BY seq").fetchall()
+    db.close()
+    assert got == [(i, "succeeded", None, b'{"output":1}') if i % 3 == 0 else
+                   (i, "queued", b'{"n": %d}' % i, None) for i in range(341)]
+    assert journal.batches == 2 and journal.rows == 341 + 114

@@ -125,7 +125,7 @@ def test_a_log_file_that_cannot_be_written_drops_lines_counted_and_resumes(
     # the gap is marked in the file, with its count, right before the first line after it
     (count, first_after) = re.findall(
         r"sayer#0\[\d+\] event: (\d+) lines dropped: File too large\n(.*)\n", text)[0]
-    assert "after" in first_after or "-> busy" in first_after
+    assert " stderr: after " in first_after or " event: " in first_after
     uid = os.geteuid()
     # each file's failure is told once (on stderr: corral.log is one of them)
     failures = [ln for ln in err.splitlines() if "cannot write log file" in ln]

@@ -250,10 +250,6 @@ class Journal:
                            f"{plural(rows, 'task')} kept in memory since {_clock(since)} "
                            "are recorded")
 
-    def _job_failed(self, error: str) -> None:
-        """A prune that failed: the journal cannot be written either."""
-        self._failed(error)
-
     # -- the writer thread ----------------------------------------------------------------
     def _run(self) -> None:
         while True:
@@ -272,8 +268,8 @@ class Journal:
                 with contextlib.suppress(sqlite3.Error):
                     if self._writer.in_transaction:
                         self._writer.execute("ROLLBACK")
-                if done is None:
-                    self._loop.call_soon_threadsafe(self._job_failed, error)
+                if done is None:  # a prune: the journal cannot be written either
+                    self._loop.call_soon_threadsafe(self._failed, error)
             if done is not None:
                 self._loop.call_soon_threadsafe(self._batch_done, done, error)
 
