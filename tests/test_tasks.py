@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -245,10 +246,29 @@ async def test_progress_is_kept_and_streamed(sup: Supervisor) -> None:
     await sup.wait_state("prog", State.READY)
     seen: list[Any] = []
     task = sup.tasks.submit("prog", {"do": "progress", "steps": 3})
-    task.watchers.append(lambda kind, data: seen.append((kind, data)))
+    task.watch(lambda kind, data: seen.append((kind, data)))
     await task.done
     assert task.progress == {"progress": 3, "total": 3, "message": "step 3"}
     assert [k for k, _ in seen] == ["progress"] * 3 + ["done"]
+
+
+async def test_a_finished_task_leaves_the_garbage_collector_nothing_to_look_into_but_itself(
+        sup: Supervisor) -> None:
+    sup.add(mb("fin"))
+    await sup.wait_state("fin", State.READY)
+    first = sup.tasks.submit("fin", {"do": "echo", "n": 1})
+    second = sup.tasks.submit("fin", {"do": "echo", "n": 2}, values=True)
+    running = first.done
+    await asyncio.gather(first.done, second.done)
+    assert running.done()  # the future a waiter held was settled
+    gc.collect()
+    for task in (first, second):
+        assert (task.status, task.watchers) == ("succeeded", None)
+        assert not gc.is_tracked(task.attempts) and len(task.attempts) == 1
+        assert not gc.is_tracked(task.out)
+    # one settled future stands for every finished task's `done`
+    assert first.done is second.done and first.done.done()
+    assert (first.output, second.output) == ({"do": "echo", "n": 1}, {"do": "echo", "n": 2})
 
 
 async def test_answers_for_tasks_never_given_are_ignored(sup: Supervisor) -> None:

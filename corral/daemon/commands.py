@@ -397,7 +397,7 @@ async def tasks_run(d: Daemon, p: m.TasksRun, c: Connection) -> Any:
             progress.send({"task_id": task.id, **data})
 
     if not p.detach:
-        task.watchers.append(watch)
+        task.watch(watch)
     try:
         try:
             await d.sup.tasks.committed()  # in the journal before it is acknowledged
@@ -413,8 +413,7 @@ async def tasks_run(d: Daemon, p: m.TasksRun, c: Connection) -> Any:
         # a client that goes away cancels this wait, not the task
         await asyncio.shield(task.done)
     finally:
-        if watch in task.watchers:
-            task.watchers.remove(watch)
+        task.unwatch(watch)
         progress.close()
     with contextlib.suppress(JournalError):  # logged by the journal; the outcome stands
         await d.sup.tasks.committed()
