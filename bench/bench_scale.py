@@ -13,6 +13,14 @@ Then: crash -> Ready of an agent with a synthetic 1 s import (examples/heavy.py)
 and with `preload`, through the Python API.
 
     .venv/bin/python -m bench.bench_scale [--quick] [--sizes 100,300,1000]
+        [--no-peer] [--no-heavy] [--profile DIR]
+
+`--no-peer` and `--no-heavy` skip supervisord and the crash-to-Ready part (quick rounds
+while working on the loop; the figures in RESULTS.md come from the full run).
+`--profile DIR` runs the daemon under bench/loop_profile.py (cProfile of the loop and
+its turns over 20 ms, per phase, in DIR/N/) on the standard asyncio loop: slower than
+uvloop, so its timings are for finding causes, not for RESULTS.md's tables; with
+`--stalls`, on uvloop, the main thread's stacks sampled during each stall instead.
 """
 
 from __future__ import annotations
@@ -125,15 +133,26 @@ def stop_time(proc: subprocess.Popen[bytes]) -> float:
     return time.perf_counter() - t0
 
 
-def corral_fleet(n: int) -> dict[str, Any]:
+def corral_fleet(n: int, profile: Path | None = None, stalls: bool = False
+                 ) -> dict[str, Any]:
     d = workdir(f"scale{n}")
+    launcher = None
+    if profile is not None:
+        launcher = [sys.executable, "-m", "bench.loop_profile", "--out", str(profile / str(n)),
+                    *(["--uvloop"] if stalls else [])]
     c = CorralDaemon(d, corral_agents(n, [sys.executable, str(HELLO)], extra="warm = true"),
-                     extra="heartbeat_interval = 1.0")
+                     extra="heartbeat_interval = 1.0", launcher=launcher)
     probe = Probe(c.sock)
     probe.start()
     ready = c.start()
     assert c.proc is not None
-    probe.phase = "idle"
+
+    def next_phase(name: str) -> None:
+        if profile is not None and c.proc is not None:
+            c.proc.send_signal(signal.SIGUSR1)  # loop_profile: the phase's profile
+        probe.phase = name
+
+    next_phase("idle")
     info = json.loads(subprocess.run(
         [str(BIN / "corral"), "--socket", str(c.sock), "stats", "--json"],
         capture_output=True, check=True).stdout)
@@ -148,7 +167,7 @@ def corral_fleet(n: int) -> dict[str, Any]:
     status = statistics.median(
         timed([str(BIN / "corral"), "--socket", str(c.sock), "status", "--json"])
         for _ in range(3))
-    probe.phase = "stop"
+    next_phase("stop")
     stop = stop_time(c.proc)
     probe.done.set()
     probe.join(5)
@@ -215,6 +234,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sizes", default="100,300,1000")
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--no-peer", action="store_true", help="skip supervisord")
+    ap.add_argument("--no-heavy", action="store_true", help="skip crash -> Ready")
+    ap.add_argument("--profile", type=Path, help="profile the daemon's loop into DIR")
+    ap.add_argument("--stalls", action="store_true",
+                    help="with --profile: uvloop and a stack sampler of stalls, no cProfile")
+    ap.add_argument("--out", default="scale", help="bench/results/OUT.json")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     if args.quick:
@@ -225,17 +250,21 @@ def main() -> None:
         runs = []
         for _ in range(args.runs):
             load = loadavg()[0]
-            runs.append({"load": load, "corral": corral_fleet(n),
-                         "supervisord": supervisord_fleet(n)})
+            run: dict[str, Any] = {"load": load,
+                                   "corral": corral_fleet(n, args.profile, args.stalls)}
+            if not args.no_peer:
+                run["supervisord"] = supervisord_fleet(n)
+            runs.append(run)
         out["fleet"][str(n)] = runs
-    cold = asyncio.run(heavy_recovery(False, 3))
-    warm = asyncio.run(heavy_recovery(True, 5))
-    out["heavy_crash_to_ready"] = {
-        "cold_s": round(statistics.median(cold), 3),
-        "preload_s": round(statistics.median(warm), 3),
-        "ratio": round(statistics.median(warm) / statistics.median(cold), 3)}
+    if not args.no_heavy:
+        cold = asyncio.run(heavy_recovery(False, 3))
+        warm = asyncio.run(heavy_recovery(True, 5))
+        out["heavy_crash_to_ready"] = {
+            "cold_s": round(statistics.median(cold), 3),
+            "preload_s": round(statistics.median(warm), 3),
+            "ratio": round(statistics.median(warm) / statistics.median(cold), 3)}
     out["loadavg_after"] = loadavg()
-    report("scale", out)
+    report(args.out, out)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,12 @@ def report(name: str, data: dict[str, Any]) -> None:
 
 # -- corral daemon ---------------------------------------------------------------------
 class CorralDaemon:
-    def __init__(self, d: Path, agents: str, extra: str = "") -> None:
+    def __init__(self, d: Path, agents: str, extra: str = "",
+                 launcher: list[str] | None = None) -> None:
+        """`launcher`: the command that runs the daemon, `--config PATH` appended
+        (default `corral daemon`)."""
         self.dir = d
+        self.launcher = launcher or [str(BIN / "corral"), "daemon"]
         self.sock = d / "corral.sock"
         self.config = d / "corral.toml"
         self.config.write_text(textwrap.dedent(f"""
@@ -66,7 +70,7 @@ class CorralDaemon:
         """Launch; returns seconds until READY=1 (every agent answered initialize)."""
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
-            [str(BIN / "corral"), "daemon", "--config", str(self.config)],
+            [*self.launcher, "--config", str(self.config)],
             env={**ENV, "NOTIFY_SOCKET": str(self.notify_path)},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.notify.settimeout(120)

@@ -168,6 +168,8 @@ class Daemon:
             await self.control.close()
             self.hub.close()
             return 1
+        # per-process and per-agent writes (records, checkpoints) go off the loop
+        self.store.open_writer(on_error=self.hub.daemon)
         self.sup.checkpoint_listeners.append(self.store.save_state)
         self.revisions = RevisionLog(self.store.db)
         loop = asyncio.get_running_loop()
@@ -185,7 +187,8 @@ class Daemon:
         self.records = ProcessRecords(self.store, self.sup.containment)
         if cfg.gateway.listen and not await self._start_http(cfg):
             await self.sup.close(graceful=False)
-            self.records.close()  # a clean end: nothing of this incarnation is left
+            await self.records.close()  # a clean end: nothing of this incarnation is left
+            await self.store.close_writer()
             await self.background.close()
             await self.control.close()
             self.store.close()
@@ -217,9 +220,10 @@ class Daemon:
             await self.http.close()
         await self.sup.close(graceful=True)
         assert self.records is not None
-        self.records.close()
+        await self.records.close()
         if self.task_journal is not None:
             await self.task_journal.close()
+        await self.store.close_writer()  # checkpoints too
         await asyncio.sleep(0)  # let the last events reach the log
         await self.background.close()
         self.hub.daemon("stopped")
@@ -520,47 +524,31 @@ class Daemon:
 
 
 class ProcessRecords:
-    """Keeps the store's records of running processes in step with containment: one
-    transaction per loop turn for that turn's spawns and exits. The incarnation row is
-    committed first, before anything is spawned, so even a process whose record had not
-    been written yet when the daemon died is found (by its spawn token)."""
+    """Keeps the store's records of running processes in step with containment, through
+    the store's writer thread (StoreWriter: one transaction per batch, off the loop). The
+    incarnation row is committed first, on the loop, before anything is spawned, so even a
+    process whose record is not committed yet when the daemon dies is found (by its spawn
+    token, process group and session: decision 30)."""
 
     def __init__(self, store: StateStore, containment: Containment) -> None:
-        self.store = store
+        assert store.writer is not None
+        self.writer = store.writer
         self.owner = containment.owner
         me = read_stat(os.getpid())
         store.begin_incarnation(self.owner, os.getpid(), me.start_time if me else 0)
-        self._started: list[ProcessRecord] = []
-        self._ended: list[str] = []
-        self._flush: asyncio.Handle | None = None
         containment.started_listeners.append(self._on_started)
         containment.ended_listeners.append(self._on_ended)
 
     def _on_started(self, rec: ProcessRecord) -> None:
-        self._started.append(rec)
-        self._schedule()
+        self.writer.submit(StateStore.write_processes([rec], []))
 
     def _on_ended(self, rec: ProcessRecord) -> None:
-        self._ended.append(rec.token)
-        self._schedule()
+        self.writer.submit(StateStore.write_processes([], [rec.token]))
 
-    def _schedule(self) -> None:
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._flush = None
-        started, ended = self._started, self._ended
-        self._started, self._ended = [], []
-        if started or ended:
-            self.store.write_processes(started, ended)
-
-    def close(self) -> None:
+    async def close(self) -> None:
         """A clean shutdown: every process is gone, so is this incarnation."""
-        if self._flush is not None:
-            self._flush.cancel()
-        self.flush()
-        self.store.end_incarnations([self.owner])
+        self.writer.submit(StateStore.ending_incarnations([self.owner]))
+        await self.writer.committed()
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:

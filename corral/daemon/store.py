@@ -23,9 +23,13 @@ locked by another process, read-only or corrupt stops the daemon at start-up wit
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -35,6 +39,8 @@ import msgspec
 
 from ..supervisor.containment import ProcessRecord
 from .revisions import MIGRATION as REVISIONS_MIGRATION
+
+log = logging.getLogger("corral.store")
 
 BUSY_TIMEOUT_MS = 2000  # another process's transaction may hold the write lock this long
 
@@ -270,15 +276,118 @@ def _statements(script: str) -> list[str]:
     return out
 
 
+Write = Callable[[sqlite3.Connection], None]
+
+
+class StoreWriter:
+    """A writer thread for the writes that come one per process or per agent (process
+    records at every spawn and exit, state checkpoints): a thousand agents make a
+    thousand of them in a few turns of the loop, and each synchronous SQLite commit (and
+    now and then a WAL checkpoint with its fsyncs) was loop time. They are queued here as
+    functions of the connection; one flush per loop turn hands the queue to the thread,
+    which runs it in ONE transaction while the next batch gathers (group commit without
+    a timer, as the task journal's writer does). Order is kept: a record written and then
+    deleted stays deleted. `committed()` resolves once everything queued so far is
+    durable (synchronous=NORMAL in WAL: it survives a crash of the daemon)."""
+
+    def __init__(self, path: Path, *, sync: str = "normal",
+                 on_error: Callable[[str], None] | None = None) -> None:
+        self.path = path
+        self.on_error = on_error or (lambda msg: log.error("%s", msg))
+        self._loop = asyncio.get_running_loop()
+        self._db = connect(path, sync=sync)
+        self._pending: list[Write] = []
+        self._pending_done: asyncio.Future[None] | None = None
+        self._flush_scheduled = False
+        self._inflight: asyncio.Future[None] | None = None
+        self._jobs: queue.SimpleQueue[tuple[list[Write], asyncio.Future[None]] | None] = (
+            queue.SimpleQueue())
+        self._thread = threading.Thread(target=self._run, name="corral-store", daemon=True)
+        self._thread.start()
+        self.batches = 0  # transactions committed
+        self.writes = 0
+
+    def submit(self, write: Write) -> None:
+        """Queue `write(connection)` for the next batch (never blocks the loop)."""
+        self._pending.append(write)
+        if not self._flush_scheduled and self._inflight is None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    async def committed(self) -> None:
+        """Until everything submitted so far is committed (or failed: see on_error)."""
+        if self._pending:
+            if self._pending_done is None:
+                self._pending_done = self._loop.create_future()
+            await asyncio.shield(self._pending_done)
+        elif self._inflight is not None:
+            await asyncio.shield(self._inflight)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._inflight is not None or not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        done = self._pending_done or self._loop.create_future()
+        self._pending_done = None
+        self._inflight = done
+        self._jobs.put((batch, done))
+
+    def _batch_done(self, done: asyncio.Future[None]) -> None:
+        self._inflight = None
+        if not done.done():
+            done.set_result(None)
+        if self._pending:
+            self._flush()
+
+    def _run(self) -> None:
+        db = self._db
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            batch, done = job
+            try:
+                db.execute("BEGIN")
+                for write in batch:
+                    write(db)
+                db.execute("COMMIT")
+                self.batches += 1
+                self.writes += len(batch)
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                self._loop.call_soon_threadsafe(
+                    self.on_error, f"state database {self.path}: {len(batch)} writes "
+                                   f"could not be committed: {exc}")
+            self._loop.call_soon_threadsafe(self._batch_done, done)
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop the thread."""
+        await self.committed()
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._db.close()
+
+
 class StateStore:
-    """The small tables: runtime agents, state checkpoints, audit. Their writes are few
-    and small (control operations, not the hot path); the task journal has its own
-    writer thread (`journal.py`)."""
+    """The small tables: runtime agents, spec revisions, state checkpoints, audit,
+    incarnations and process records. Writes that come per control operation (runtime
+    agents, revisions, audit) run on the loop's connection: few, and read back at once.
+    Writes that come per process or per agent (process records, checkpoints) go through
+    `writer` (StoreWriter), off the loop. The task journal has its own writer thread
+    (`journal.py`)."""
 
     def __init__(self, path: Path, *, sync: str = "normal") -> None:
         self.path = path
         self.sync = sync
         self.db = open_database(path, sync=sync)
+        self.writer: StoreWriter | None = None  # open_writer(), on the loop
+
+    def open_writer(self, on_error: Callable[[str], None] | None = None) -> StoreWriter:
+        self.writer = StoreWriter(self.path, sync=self.sync, on_error=on_error)
+        return self.writer
 
     def runtime_agents(self) -> dict[str, dict[str, Any]]:
         with errors_named(self.path):
@@ -295,10 +404,17 @@ class StateStore:
         self.db.execute("DELETE FROM runtime_agents WHERE name = ?", (name,))
 
     def save_state(self, name: str, replica: int, when: float, state: Any) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO agent_state (name, replica, time, state) VALUES (?,?,?,?)",
-            (name, replica, when, msgspec.json.encode(state).decode()),
-        )
+        """Through the writer when there is one (checkpoints come per agent)."""
+        row = (name, replica, when, msgspec.json.encode(state).decode())
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO agent_state (name, replica, time, state) "
+                       "VALUES (?,?,?,?)", row)
+
+        if self.writer is not None:
+            self.writer.submit(write)
+        else:
+            write(self.db)
 
     def states(self) -> dict[tuple[str, int], tuple[float, Any]]:
         with errors_named(self.path):
@@ -345,23 +461,43 @@ class StateStore:
                 owners)
             return [msgspec.json.decode(r, type=ProcessRecord) for (r,) in rows]
 
-    def write_processes(self, started: Iterable[ProcessRecord], ended: Iterable[str]) -> None:
-        """One transaction for a loop turn's spawns and exits."""
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.executemany(
+    @staticmethod
+    def write_processes(started: Iterable[ProcessRecord], ended: Iterable[str]
+                        ) -> Write:
+        """A write (for StoreWriter) of spawns' records and exits'."""
+        rows = [(r.token, r.owner, msgspec.json.encode(r).decode()) for r in started]
+        gone = [(t,) for t in ended]
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(
                 "INSERT OR REPLACE INTO processes (token, owner, record) VALUES (?, ?, ?)",
-                [(r.token, r.owner, msgspec.json.encode(r).decode()) for r in started])
-            self.db.executemany("DELETE FROM processes WHERE token = ?",
-                                [(t,) for t in ended])
+                rows)
+            db.executemany("DELETE FROM processes WHERE token = ?", gone)
+
+        return write
+
+    @staticmethod
+    def ending_incarnations(owners: Iterable[str]) -> Write:
+        """A write that forgets incarnations whose processes are all gone."""
+        owners = list(owners)
+
+        def write(db: sqlite3.Connection) -> None:
+            for owner in owners:
+                db.execute("DELETE FROM processes WHERE owner = ?", (owner,))
+                db.execute("DELETE FROM incarnations WHERE owner = ?", (owner,))
+
+        return write
 
     def end_incarnations(self, owners: Iterable[str]) -> None:
         """Forget incarnations whose processes are all gone (stopped or reclaimed)."""
         with self.db:
             self.db.execute("BEGIN")
-            for owner in owners:
-                self.db.execute("DELETE FROM processes WHERE owner = ?", (owner,))
-                self.db.execute("DELETE FROM incarnations WHERE owner = ?", (owner,))
+            self.ending_incarnations(owners)(self.db)
+
+    async def close_writer(self) -> None:
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            await writer.close()
 
     def close(self) -> None:
         self.db.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -29,6 +30,7 @@ from .listening import ListeningClock
 from .mcproutes import AgentMcp
 from .mcpserver import McpServerReplica
 from .names import name_problem, shown
+from .pacing import BATCH, pacer
 from .remote import RemoteMcpServer
 from .replica import Event, Replica, ReplicaStatus
 from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, TaskJournal, TaskManager
@@ -89,7 +91,7 @@ class Agent:
         # processes of a rollout not (or no longer) in `replicas`: the one starting and the
         # one finishing its tasks; the supervisor stops them too when it closes
         self.replacing: set[Replica] = set()
-        self._starter: asyncio.Future[None] | None = None  # start_all's batches still due
+        self._starter: Starter | None = None  # start_all's starts still due
 
     def _new_replica(self, index: int) -> Replica:
         return Replica(self.sup, self.spec, self.name, index)
@@ -663,41 +665,53 @@ def default_max_replicas() -> int:
     return max(16, min(pids, memory))
 
 
-# Starting or stopping a replica is a lifecycle event and the first steps of its process;
-# a thousand of them in one turn of the loop stalled it for a second. At most BATCH per
-# turn: the loop answers control calls in between, and the whole is still O(N).
-BATCH = 64
 # spawns in flight at once (on their way to a running process, not to Ready): the pacing
 # of a mass start; one slow spawn holds one slot
 SPAWN_CONCURRENCY = 16
 
 
-def start_all(replicas: list[Replica]) -> asyncio.Future[None] | None:
-    """Start these replicas, BATCH now and BATCH per later turn of the loop; returns the
-    task still starting the rest (None when none are left)."""
+class Starter:
+    """The starts of one start_all still waiting for their turn (pacing.py)."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Those not started yet stay down (the agent was stopped meanwhile)."""
+        self.cancelled = True
+
+    def start(self, r: Replica) -> None:
+        if not self.cancelled:
+            r.start(by_hand=True)
+
+
+def start_all(replicas: list[Replica]) -> Starter | None:
+    """Start these replicas: BATCH now, the rest BATCH per later turn of the loop, in the
+    loop's one queue of paced work (pacing.py); returns what cancels those still waiting
+    (None when none are). Starting a replica is a lifecycle event and the first steps of
+    its process: a thousand in one turn stalled the loop for a second."""
     for r in replicas[:BATCH]:
         r.start(by_hand=True)
     if len(replicas) <= BATCH:
         return None
-
-    async def rest() -> None:
-        for i in range(BATCH, len(replicas), BATCH):
-            await asyncio.sleep(0)
-            for r in replicas[i:i + BATCH]:
-                r.start(by_hand=True)
-
-    return asyncio.ensure_future(rest())
+    starter = Starter()
+    p = pacer()
+    for r in replicas[BATCH:]:
+        p.submit(starter.start, r)
+    return starter
 
 
 async def stop_all(replicas: Iterable[Replica], reason: str, *, graceful: bool = True) -> None:
-    """Stop these replicas concurrently, starting BATCH stops per turn of the loop; returns
-    when all are down (each after at most its own grace periods: no waits add up)."""
-    stops = []
-    for i, r in enumerate(replicas):
-        stops.append(asyncio.ensure_future(r.stop(reason, graceful=graceful)))
-        if i % BATCH == BATCH - 1:
-            await asyncio.sleep(0)
-    await asyncio.gather(*stops)
+    """Stop these replicas concurrently; returns when all are down (each after at most its
+    own grace periods: no waits add up). Each stop's first steps (its event, the shutdown
+    request, stdin closed) take a place in the loop's queue of paced work, as do the
+    exits that follow (process.py), so a mass stop runs BATCH steps per turn."""
+    replicas = list(replicas)
+    p = pacer()
+    for r in replicas:
+        p.submit(functools.partial(r.begin_stop, reason, graceful=graceful))
+    await p.turn(lambda: None)  # every stop begun (in order: the queue is FIFO)
+    await asyncio.gather(*(r.stopped() for r in replicas))
 
 
 def _object(raw: Any) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineBlock, LineProtocol
 from .caps import wrap_argv
 from .config import ConfigError, Limits
 from .containment import TOKEN_VARIABLE, Containment, place
+from .pacing import pacer
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 # the last stderr lines of a process, kept to explain its exit
@@ -277,10 +278,11 @@ class ChildProcess:
         self._transports = [stdin_t, out_t, err_t]
 
     def _on_pidfd(self) -> None:
+        """The process has exited. The pidfd is done with at once (it would stay readable);
+        the exit itself (the replica's reap, events, restart decision) waits its turn in
+        the loop's paced work: a mass stop makes a thousand pidfds readable in one poll."""
         if self._status is not None:  # a zygote's child
-            self.loop.remove_reader(self.pidfd)
-            os.close(self.pidfd)
-            self.pidfd = -1
+            self._close_pidfd()
             with contextlib.suppress(ChildProcessError):
                 # its zygote died first: corral, the subreaper, inherited it
                 pid, wstatus = os.waitpid(self.pid, os.WNOHANG)
@@ -294,15 +296,17 @@ class ChildProcess:
         rc = self._reap()
         if rc is None:  # pragma: no cover - pidfd readable means exited
             return
-        self.loop.remove_reader(self.pidfd)
-        os.close(self.pidfd)
-        self.pidfd = -1
-        if not self.exited.done():
-            self.exited.set_result(rc)
+        self._close_pidfd()
+        pacer(self.loop).submit(_settle, self.exited, rc)
+
+    def _close_pidfd(self) -> None:
+        if self.pidfd >= 0:
+            self.loop.remove_reader(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = -1
 
     def _exited_with(self, status: asyncio.Future[int]) -> None:
-        if not self.exited.done():
-            self.exited.set_result(status.result())
+        pacer(self.loop).submit(_settle, self.exited, status.result())
 
     @property
     def alive(self) -> bool:
@@ -337,7 +341,4 @@ class ChildProcess:
         """Release pipes and the pidfd; call once the process is gone."""
         for t in self._transports:
             t.close()
-        if self.pidfd >= 0:
-            self.loop.remove_reader(self.pidfd)
-            os.close(self.pidfd)
-            self.pidfd = -1
+        self._close_pidfd()

@@ -271,7 +271,8 @@ class Replica:
         try:
             argv = spec.argv()
             key = Key(warm_argv(argv, env), preload, uid, gid, env.get("PYTHONPATH"))
-            zygote = await self.sup.zygotes.get(key, self.sup.zygote_environment(env))
+            zygote = await self.sup.zygotes.get(
+                key, lambda: self.sup.zygote_environment(env))
             return await zygote.spawn(argv, env=env, cwd=spec.cwd, limits=spec.limits,
                                       **spawning)
         except ZygoteUnavailable as exc:
@@ -367,15 +368,19 @@ class Replica:
             self._begin_shutdown(graceful=graceful)
 
     def _begin_shutdown(self, *, graceful: bool) -> None:
-        self._shutdown_task = asyncio.ensure_future(self._shutdown_sequence(graceful))
-
-    async def _shutdown_sequence(self, graceful: bool) -> None:
         proc = self.process
         assert proc is not None
-        grace = self.spec.stop_timeout
         if graceful:
+            # the asking is done here, not in the task's first step: a mass stop paces
+            # its stops (pacing.py), and this write is the dear part of one
             self._ask_to_stop()
             proc.close_stdin()
+        self._shutdown_task = asyncio.ensure_future(self._shutdown_sequence(proc, graceful))
+
+    async def _shutdown_sequence(self, proc: ChildProcess, graceful: bool) -> None:
+        # `proc`, not self.process: the process may be gone and reaped before this runs
+        grace = self.spec.stop_timeout
+        if graceful:
             if await _wait(proc.exited, grace):
                 return
             proc.kill_group(signal.SIGTERM)
@@ -394,12 +399,20 @@ class Replica:
     async def stop(self, reason: str = "stopped", *, graceful: bool = True) -> None:
         """Take the replica down and keep it down; returns once it is Terminated.
         Not graceful: SIGKILL at once (the supervisor must go now)."""
+        self.begin_stop(reason, graceful=graceful)
+        await self.stopped()
+
+    def begin_stop(self, reason: str, *, graceful: bool) -> None:
+        """stop()'s first steps, at once: down and staying down (stop_all paces these)."""
         self._stay_down = True
         self._cancel_timer()
         if self.state == State.BACKOFF:
             self._set(State.TERMINATED, reason)
             return
         self.take_down(reason, graceful=graceful)
+
+    async def stopped(self) -> None:
+        """Wait for the process of a stop begun to be gone (and the replica Terminated)."""
         if self._life is not None:
             await asyncio.shield(self._life)
 

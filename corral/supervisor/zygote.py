@@ -312,7 +312,10 @@ class Zygotes:
         self.failures = 0
         self.closed = False
 
-    async def get(self, key: Key, env: dict[str, str]) -> Zygote:
+    async def get(self, key: Key, env: Callable[[], dict[str, str]]) -> Zygote:
+        """The zygote for `key`, started with the environment `env()` if there is none
+        (computed only then: a copy of the environment per spawn showed in a mass
+        start's profile)."""
         z = self.zygotes.get(key)
         if z is not None and z.alive:
             return z
@@ -321,7 +324,7 @@ class Zygotes:
             raise ZygoteUnavailable(failed[1])
         pending = self._starting.get(key)
         if pending is None:
-            pending = self._starting[key] = asyncio.ensure_future(self._start(key, env))
+            pending = self._starting[key] = asyncio.ensure_future(self._start(key, env()))
         return await asyncio.shield(pending)
 
     async def _start(self, key: Key, env: dict[str, str]) -> Zygote:

@@ -1,0 +1,95 @@
+"""Work that comes in bursts, one item per replica, run at most BATCH items per loop turn.
+
+A thousand agents started or stopped at once, or a thousand exits readable in one poll of
+the loop, are a thousand small pieces of work (a lifecycle event, a spawn, a reap, a
+restart decision) that would otherwise all run in one turn of the loop: the control
+socket and the heartbeat would wait behind all of them (a 378 ms stall measured at 1000
+agents). Here they wait in one queue per loop, in order, and each turn runs at most BATCH
+of them; the loop serves its sockets between slices and the whole stays O(N).
+
+One queue for all kinds of work: a mass stop is its stops and its exits together, and
+each slice's budget covers both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("corral.supervisor")
+
+# items per turn of the loop: at ~0.2 ms of loop time per replica step, a slice is well
+# under the 50 ms a control call may wait
+BATCH = 32
+
+
+class Pacer:
+    """A FIFO of callbacks, run BATCH per turn of the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, batch: int = BATCH) -> None:
+        self.loop = loop
+        self.batch = batch
+        self._queue: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._scheduled = False
+        self.slices = 0  # turns that ran queued work, since start
+        self.items = 0
+        self.most_waiting = 0  # the longest the queue has been
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn(*args)` in this turn's slice or a later one, after what is queued."""
+        self._queue.append((fn, args))
+        self.most_waiting = max(self.most_waiting, len(self._queue))
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._slice)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def _slice(self) -> None:
+        self.slices += 1
+        q = self._queue
+        for _ in range(min(self.batch, len(q))):
+            fn, args = q.popleft()
+            self.items += 1
+            try:
+                fn(*args)
+            except Exception:  # one item's failure is not the others'
+                log.exception("paced work %r failed", fn)
+        if q:  # the rest after the loop has polled its sockets once more
+            self.loop.call_soon(self._slice)
+        else:
+            self._scheduled = False
+
+    async def turn(self, fn: Callable[..., None], *args: Any) -> None:
+        """Submit `fn(*args)` and wait until it has run."""
+        done = self.loop.create_future()
+
+        def run() -> None:
+            try:
+                fn(*args)
+            finally:
+                if not done.done():
+                    done.set_result(None)
+
+        self.submit(run)
+        await done
+
+
+_pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Pacer] = (
+    weakref.WeakKeyDictionary())
+
+
+def pacer(loop: asyncio.AbstractEventLoop | None = None) -> Pacer:
+    """The pacer of `loop` (default: the running loop): one per loop, shared by every
+    supervisor on it, since they share its turns."""
+    loop = loop or asyncio.get_running_loop()
+    p = _pacers.get(loop)
+    if p is None:
+        p = _pacers[loop] = Pacer(loop)
+    return p
