@@ -189,7 +189,7 @@ async def test_the_journal_prunes_finished_tasks_by_count_and_age(db_path: Path)
     db.execute("UPDATE tasks SET finished = finished - 7200 WHERE id = ?",
                (results[7].task_id,))
     db.close()
-    journal._prune()
+    journal._writer.run(journal._prune)  # runs before close() stops the journal's writer
     await journal.close()
     db = open_database(db_path)
     kept = [r[0] for r in db.execute("SELECT id FROM tasks ORDER BY seq")]
@@ -199,7 +199,7 @@ async def test_the_journal_prunes_finished_tasks_by_count_and_age(db_path: Path)
 
 async def test_journal_sync_full_sets_synchronous_full(db_path: Path) -> None:
     journal = Journal(db_path, sync="full")
-    assert journal._writer.execute("PRAGMA synchronous").fetchone() == (2,)
+    assert journal._writer._db.execute("PRAGMA synchronous").fetchone() == (2,)
     await journal.close()
 
 

@@ -151,8 +151,14 @@ class Daemon:
             self.hub.close()
             return 1
         try:
-            self.store = StateStore(state_dir / "corral.db", sync=s.journal_sync)
-            self.sup.checkpoints.update(self.store.states())
+            # opening (and migrating) the database is a few commits with their fsyncs: in a
+            # thread, as the control socket already answers
+            self.store = await asyncio.to_thread(
+                StateStore, state_dir / "corral.db", sync=s.journal_sync)
+            self.sup.checkpoints.update(await asyncio.to_thread(self.store.states))
+            # per-process and per-agent writes (records, checkpoints) and the task
+            # journal's go through one writer thread, off the loop
+            self.store.open_writer(on_error=self.hub.daemon)
             if s.task_journal:
                 self.task_journal = Journal(self.store.path, sync=s.journal_sync,
                                             max_age=s.journal_max_age,
@@ -160,16 +166,15 @@ class Daemon:
                                             on_error=lambda text: self.hub.daemon(
                                                 text, priority=3),
                                             on_notice=lambda text: self.hub.daemon(
-                                                text, priority=5))
-                unfinished = self.task_journal.unfinished()
+                                                text, priority=5),
+                                            writer=self.store.thread)
+                unfinished = await asyncio.to_thread(self.task_journal.unfinished)
                 self.sup.tasks.journal = self.task_journal
         except StoreError as exc:
             print(f"corral: {exc}", file=sys.stderr)
             await self.control.close()
             self.hub.close()
             return 1
-        # per-process and per-agent writes (records, checkpoints) go off the loop
-        self.store.open_writer(on_error=self.hub.daemon)
         self.sup.checkpoint_listeners.append(self.store.save_state)
         self.revisions = RevisionLog(self.store.db)
         loop = asyncio.get_running_loop()
@@ -194,6 +199,7 @@ class Daemon:
             self.store.close()
             self.hub.close()
             return 1
+        await asyncio.sleep(0)  # the control socket is served before the agents are added
         for sspec in cfg.mcp_servers.values():
             self.sup.add_mcp_server(sspec)
         self._apply_scaled(cfg.agents)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -48,7 +47,7 @@ from ..supervisor.tasks import (
     raw_output_of,
 )
 from ..text import plural
-from .store import connect, errors_named
+from .store import WriterThread, connect, errors_named
 
 log = logging.getLogger("corral.journal")
 
@@ -83,14 +82,18 @@ class Journal:
     def __init__(self, path: Path, *, sync: str = "normal", max_age: float = 7 * 86400,
                  max_tasks: int = 100_000,
                  on_error: Callable[[str], None] | None = None,
-                 on_notice: Callable[[str], None] | None = None) -> None:
+                 on_notice: Callable[[str], None] | None = None,
+                 writer: WriterThread | None = None) -> None:
+        """`writer`: the daemon's one writer thread of the database (store.py), shared
+        with the store's own writes; without one, the journal starts its own."""
         self.path = path
         self.max_age = max_age
         self.max_tasks = max_tasks
         self.on_error = on_error or (lambda msg: log.error("%s", msg))
         self.on_notice = on_notice or (lambda msg: log.warning("%s", msg))
         self._loop = asyncio.get_running_loop()
-        self._writer = connect(path, sync=sync)
+        self._own_writer = writer is None
+        self._writer = writer or WriterThread(path, sync=sync)
         self._reader = connect(path)
         self._read_lock = threading.Lock()
         self._pending: dict[int, Row] = {}  # by seq: the latest snapshot of each task
@@ -102,10 +105,6 @@ class Journal:
         self._inflight_rows: list[Row] = []
         self._failing: _Failing | None = None  # since the last write failed, until one works
         self._retry: asyncio.TimerHandle | None = None
-        self._jobs: queue.SimpleQueue[tuple[str, Any, asyncio.Future[None] | None] | None] = (
-            queue.SimpleQueue())
-        self._thread = threading.Thread(target=self._run, name="corral-journal", daemon=True)
-        self._thread.start()
         self._prune_timer: asyncio.TimerHandle | None = None
         self.writes = 0  # changes handed to the journal
         self.rows = 0  # rows written (changes to one task in one batch are one row)
@@ -132,12 +131,15 @@ class Journal:
         return records, (top + 1 if top is not None else 0)
 
     def start_pruning(self) -> None:
-        self._jobs.put(("prune", None, None))
-        self._prune_timer = self._loop.call_later(PRUNE_EVERY, self._prune_tick)
+        self._prune_tick()
 
     def _prune_tick(self) -> None:
-        self._jobs.put(("prune", None, None))
+        self._writer.run(self._prune, self._pruned)
         self._prune_timer = self._loop.call_later(PRUNE_EVERY, self._prune_tick)
+
+    def _pruned(self, error: str | None) -> None:
+        if error is not None:  # a prune that failed: the journal cannot be written either
+            self._failed(self._cannot(error))
 
     # -- the TaskJournal protocol ---------------------------------------------------------
     def write(self, task: Task) -> None:
@@ -208,7 +210,12 @@ class Journal:
         done = self._pending_done or self._loop.create_future()
         self._pending_done = None
         self._inflight = done
-        self._jobs.put(("rows", rows, done))
+        self._writer.run(lambda db: self._write(db, rows),
+                         lambda error: self._batch_done(
+                             done, None if error is None else self._cannot(error)))
+
+    def _cannot(self, error: str) -> str:
+        return f"task journal {self.path} cannot be written ({error})"
 
     def _batch_done(self, done: asyncio.Future[None], error: str | None) -> None:
         self._inflight = None
@@ -250,39 +257,15 @@ class Journal:
                            f"{plural(rows, 'task')} kept in memory since {_clock(since)} "
                            "are recorded")
 
-    # -- the writer thread ----------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            kind, payload, done = job
-            error: str | None = None
-            try:
-                if kind == "rows":
-                    self._write(payload)
-                else:
-                    self._prune()
-            except sqlite3.Error as exc:
-                error = f"task journal {self.path} cannot be written ({exc})"
-                with contextlib.suppress(sqlite3.Error):
-                    if self._writer.in_transaction:
-                        self._writer.execute("ROLLBACK")
-                if done is None:  # a prune: the journal cannot be written either
-                    self._loop.call_soon_threadsafe(self._failed, error)
-            if done is not None:
-                self._loop.call_soon_threadsafe(self._batch_done, done, error)
-
-    def _write(self, rows: list[Row]) -> None:
-        db = self._writer
+    # -- on the writer thread (store.WriterThread) ------------------------------------
+    def _write(self, db: sqlite3.Connection, rows: list[Row]) -> None:
         db.execute("BEGIN")
         db.executemany(UPSERT, rows)
         db.execute("COMMIT")
         self.batches += 1
         self.rows += len(rows)
 
-    def _prune(self) -> None:
-        db = self._writer
+    def _prune(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN")
         if self.max_age > 0:
             db.execute("DELETE FROM tasks WHERE finished IS NOT NULL AND finished < ?",
@@ -342,9 +325,8 @@ class Journal:
                 f"could not be written before shutdown ({', '.join(ids[:10])}"
                 f"{', …' if len(ids) > 10 else ''}): the next daemon takes them as last "
                 "recorded (queued ones run, running ones are retried or end lost)")
-        self._jobs.put(None)
-        await asyncio.to_thread(self._thread.join)
-        self._writer.close()
+        if self._own_writer:
+            await self._writer.close()
         self._reader.close()
 
 

@@ -279,31 +279,72 @@ def _statements(script: str) -> list[str]:
 Write = Callable[[sqlite3.Connection], None]
 
 
-class StoreWriter:
-    """A writer thread for the writes that come one per process or per agent (process
-    records at every spawn and exit, state checkpoints): a thousand agents make a
-    thousand of them in a few turns of the loop, and each synchronous SQLite commit (and
-    now and then a WAL checkpoint with its fsyncs) was loop time. They are queued here as
-    functions of the connection; one flush per loop turn hands the queue to the thread,
-    which runs it in ONE transaction while the next batch gathers (group commit without
-    a timer, as the task journal's writer does). Order is kept: a record written and then
-    deleted stays deleted. `committed()` resolves once everything queued so far is
-    durable (synchronous=NORMAL in WAL: it survives a crash of the daemon)."""
+class WriterThread:
+    """The state database's one writer: a thread with its own connection that runs jobs
+    (functions of the connection) in the order given. The task journal's batches and
+    prunes and StoreWriter's batches all run here, so SQLite work never waits on the loop
+    and two writers never contend for the database's write lock. A job's `done(error)` is
+    called on the loop, with SQLite's message if the job raised (after a rollback)."""
 
-    def __init__(self, path: Path, *, sync: str = "normal",
-                 on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(self, path: Path, *, sync: str = "normal") -> None:
         self.path = path
-        self.on_error = on_error or (lambda msg: log.error("%s", msg))
         self._loop = asyncio.get_running_loop()
         self._db = connect(path, sync=sync)
+        self._jobs: queue.SimpleQueue[tuple[Write, Callable[[str | None], None] | None]
+                                      | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="corral-store", daemon=True)
+        self._thread.start()
+
+    def run(self, job: Write, done: Callable[[str | None], None] | None = None) -> None:
+        self._jobs.put((job, done))
+
+    def _run(self) -> None:
+        db = self._db
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            job, done = item
+            error: str | None = None
+            try:
+                job(db)
+            except sqlite3.Error as exc:
+                error = str(exc)
+                with contextlib.suppress(sqlite3.Error):
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+            if done is not None:
+                self._loop.call_soon_threadsafe(done, error)
+            elif error is not None:
+                log.error("state database %s: %s", self.path, error)
+
+    async def close(self) -> None:
+        """After the jobs given so far: stop the thread, close the connection."""
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._db.close()
+
+
+class StoreWriter:
+    """Writes that come one per process or per agent (process records at every spawn and
+    exit, state checkpoints): a thousand agents make a thousand of them in a few turns of
+    the loop, and each synchronous SQLite commit (and now and then a WAL checkpoint with
+    its fsyncs) was loop time. They are queued as functions of the connection; one flush
+    per loop turn hands the queue to the writer thread, which runs it in ONE transaction
+    while the next batch gathers (group commit without a timer, as the task journal does).
+    Order is kept: a record written and then deleted stays deleted. `committed()`
+    resolves once everything queued so far is durable (synchronous=NORMAL in WAL: it
+    survives a crash of the daemon); a batch that fails is told to `on_error`."""
+
+    def __init__(self, thread: WriterThread,
+                 on_error: Callable[[str], None] | None = None) -> None:
+        self.thread = thread
+        self.on_error = on_error or (lambda msg: log.error("%s", msg))
+        self._loop = asyncio.get_running_loop()
         self._pending: list[Write] = []
         self._pending_done: asyncio.Future[None] | None = None
         self._flush_scheduled = False
         self._inflight: asyncio.Future[None] | None = None
-        self._jobs: queue.SimpleQueue[tuple[list[Write], asyncio.Future[None]] | None] = (
-            queue.SimpleQueue())
-        self._thread = threading.Thread(target=self._run, name="corral-store", daemon=True)
-        self._thread.start()
         self.batches = 0  # transactions committed
         self.writes = 0
 
@@ -316,12 +357,14 @@ class StoreWriter:
 
     async def committed(self) -> None:
         """Until everything submitted so far is committed (or failed: see on_error)."""
-        if self._pending:
-            if self._pending_done is None:
-                self._pending_done = self._loop.create_future()
-            await asyncio.shield(self._pending_done)
-        elif self._inflight is not None:
-            await asyncio.shield(self._inflight)
+        waiting = self._pending_future() if self._pending else self._inflight
+        if waiting is not None:
+            await asyncio.shield(waiting)
+
+    def _pending_future(self) -> asyncio.Future[None]:
+        if self._pending_done is None:
+            self._pending_done = self._loop.create_future()
+        return self._pending_done
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -331,44 +374,27 @@ class StoreWriter:
         done = self._pending_done or self._loop.create_future()
         self._pending_done = None
         self._inflight = done
-        self._jobs.put((batch, done))
 
-    def _batch_done(self, done: asyncio.Future[None]) -> None:
+        def job(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN")
+            for write in batch:
+                write(db)
+            db.execute("COMMIT")
+
+        self.thread.run(job, lambda error: self._batch_done(done, len(batch), error))
+
+    def _batch_done(self, done: asyncio.Future[None], writes: int, error: str | None
+                    ) -> None:
         self._inflight = None
-        if not done.done():
-            done.set_result(None)
+        if error is None:
+            self.batches += 1
+            self.writes += writes
+        else:
+            self.on_error(f"state database {self.thread.path}: {writes} writes could not "
+                          f"be committed: {error}")
+        done.set_result(None)
         if self._pending:
             self._flush()
-
-    def _run(self) -> None:
-        db = self._db
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            batch, done = job
-            try:
-                db.execute("BEGIN")
-                for write in batch:
-                    write(db)
-                db.execute("COMMIT")
-                self.batches += 1
-                self.writes += len(batch)
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                self._loop.call_soon_threadsafe(
-                    self.on_error, f"state database {self.path}: {len(batch)} writes "
-                                   f"could not be committed: {exc}")
-            self._loop.call_soon_threadsafe(self._batch_done, done)
-
-    async def close(self) -> None:
-        """Commit what is queued, then stop the thread."""
-        await self.committed()
-        self._jobs.put(None)
-        await asyncio.to_thread(self._thread.join)
-        self._db.close()
 
 
 class StateStore:
@@ -383,10 +409,13 @@ class StateStore:
         self.path = path
         self.sync = sync
         self.db = open_database(path, sync=sync)
-        self.writer: StoreWriter | None = None  # open_writer(), on the loop
+        # open_writer(), on the loop: the one writer thread, shared with the task journal
+        self.thread: WriterThread | None = None
+        self.writer: StoreWriter | None = None
 
     def open_writer(self, on_error: Callable[[str], None] | None = None) -> StoreWriter:
-        self.writer = StoreWriter(self.path, sync=self.sync, on_error=on_error)
+        self.thread = WriterThread(self.path, sync=self.sync)
+        self.writer = StoreWriter(self.thread, on_error=on_error)
         return self.writer
 
     def runtime_agents(self) -> dict[str, dict[str, Any]]:
@@ -495,9 +524,14 @@ class StateStore:
             self.ending_incarnations(owners)(self.db)
 
     async def close_writer(self) -> None:
+        """Commit what is queued, then stop the writer thread (after the journal's close:
+        the thread is shared)."""
         if self.writer is not None:
             writer, self.writer = self.writer, None
-            await writer.close()
+            await writer.committed()
+        if self.thread is not None:
+            thread, self.thread = self.thread, None
+            await thread.close()
 
     def close(self) -> None:
         self.db.close()
