@@ -402,8 +402,8 @@ class StateStore:
     incarnations and process records. Writes that come per control operation (runtime
     agents, revisions, audit) run on the loop's connection: few, and read back at once.
     Writes that come per process or per agent (process records, checkpoints) go through
-    `writer` (StoreWriter), off the loop. The task journal has its own writer thread
-    (`journal.py`)."""
+    `writer` (StoreWriter), off the loop, on the writer thread the task journal shares
+    (`thread`, WriterThread)."""
 
     def __init__(self, path: Path, *, sync: str = "normal") -> None:
         self.path = path
