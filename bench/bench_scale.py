@@ -88,10 +88,13 @@ class Probe(threading.Thread):
 
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}
-        for phase, xs in self.samples.items():
-            xs = sorted(xs)
+        for phase, seq in self.samples.items():
+            xs = sorted(seq)
             out[phase] = {"calls": len(xs), "worst_ms": round(xs[-1] * 1000, 1),
-                          "p99_ms": round(xs[int(len(xs) * 0.99) - 1] * 1000, 1)}
+                          "p99_ms": round(xs[int(len(xs) * 0.99) - 1] * 1000, 1),
+                          # which call was the worst (0: the first, answered only once
+                          # the daemon's start-up let the loop turn)
+                          "worst_call": seq.index(xs[-1])}
         return out
 
 

@@ -82,6 +82,23 @@ def stall_sampler(args: argparse.Namespace) -> None:
                     stalls.append((time.time(), now - start, seen))
                     current[0] = None
 
+    import gc
+
+    gc_started = [0.0]
+    collections_seen: list[tuple[float, int, float, int]] = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        # the cyclic collector's passes: a full one over a large heap is a stall of its own
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            took = time.perf_counter() - gc_started[0]
+            if took > limit / 4:
+                collections_seen.append((time.time(), info["generation"], took,
+                                         info["collected"]))
+
+    gc.callbacks.append(on_gc)
+
     def tick(loop: asyncio.AbstractEventLoop) -> None:
         mark[0] = time.perf_counter()
         loop.call_later(0.005, tick, loop)
@@ -98,6 +115,12 @@ def stall_sampler(args: argparse.Namespace) -> None:
                         "samples:\n")
                 for key, n in seen.most_common(6):
                     f.write(f"    {n:4d} x {key[:900]}\n")
+            f.write(f"garbage collections over {args.slow_ms / 4:g} ms: "
+                    f"{len(collections_seen)}\n")
+            for when, gen, took, collected in collections_seen:
+                f.write(f"{took * 1000:8.1f} ms at {when:.3f}: generation {gen}, "
+                        f"{collected} collected\n")
+            collections_seen.clear()
 
     async def run() -> int:
         loop = asyncio.get_running_loop()
