@@ -233,8 +233,11 @@ def decode_params(raw: Raw | UnsetType | None, type: type[Any]) -> Any:
 
 
 # -- framing --------------------------------------------------------------------------------
-READ_SIZE = 256 * 1024  # a channel's read buffer; a longer line gets one of its own
-MIN_READ = 64 * 1024  # the least room a read is given
+# An idle channel's read buffer: what a thousand agents' stdout hold between messages (4 MiB
+# in all; 256 KiB each made the daemon's RSS 300 MiB at 1000 agents). A line that does not
+# fit makes it grow.
+IDLE_BUFFER = 4 * 1024
+MIN_READ = 1024  # the least room a read is given
 
 
 class LineProtocol(asyncio.BufferedProtocol):
@@ -243,11 +246,12 @@ class LineProtocol(asyncio.BufferedProtocol):
     Reads go straight into the protocol's own buffer (uvloop reads into a BufferedProtocol;
     asyncio's pipe transports call `data_received`, which copies into it), and each line is
     copied out of it once, as bytes: a 1 MB line costs one copy, not a bytes object per
-    read and a growing join. A line that outgrows the buffer moves, once, to a larger one,
-    sized by the last long line; that one is kept while long lines keep coming (a channel
-    that carries 1 MB messages reads each straight into it) and given back at the next
-    short line, so an idle channel holds READ_SIZE. (The buffer is never resized in place:
-    the transport may hold a view of it while it reports a read.)
+    read and a growing join. A line that outgrows the buffer moves to a larger one (twice
+    the size, or at once as large as the last long line); that one is kept while long
+    lines keep coming (a channel that carries 1 MB messages reads each straight into it)
+    and given back at the next short line, so an idle channel holds IDLE_BUFFER. (The
+    buffer is never resized in place: the transport may hold a view of it while it
+    reports a read.)
 
     A line longer than `max_line` is never buffered: the bytes seen so far are dropped,
     the rest of the line is skipped up to its newline, and `on_oversize` is told once,
@@ -276,7 +280,7 @@ class LineProtocol(asyncio.BufferedProtocol):
         # do; a request cut off by a reset or our hanging up is not a request)
         self.last_line_unterminated = last_line_unterminated
         self.max_line = max_line
-        self._rbuf = bytearray(READ_SIZE)
+        self._rbuf = bytearray(IDLE_BUFFER)
         # unconsumed bytes are _rbuf[_start:_end]; _start:_scanned holds no newline
         self._start = self._end = self._scanned = 0
         self._long = 0  # the last long line's size: the next gets room for as much at once
@@ -321,18 +325,14 @@ class LineProtocol(asyncio.BufferedProtocol):
 
     def _make_room(self) -> None:
         """The unconsumed bytes to the buffer's start; in a new buffer if they need more
-        room: READ_SIZE, or for a line that outgrew it, room for the last long line or
-        twice this one so far."""
+        room: twice the size, or room for the last long line if that is more."""
         part, start = self._end - self._start, self._start
         if part + MIN_READ <= len(self._rbuf):  # (start > 0: else there would be room)
             view = memoryview(self._rbuf)
             view[:part] = view[start:self._end]
             view.release()
         else:
-            size = READ_SIZE
-            if part + MIN_READ > READ_SIZE:
-                size = max(2 * part, self._long) + MIN_READ
-            new = bytearray(size)
+            new = bytearray(max(2 * len(self._rbuf), self._long + MIN_READ))
             new[:part] = memoryview(self._rbuf)[start:self._end]
             self._rbuf = new
         self._scanned -= start
@@ -377,17 +377,17 @@ class LineProtocol(asyncio.BufferedProtocol):
                     self.on_oversize(size, bytes(view[start:min(nl, start + OVERSIZE_ENDS)]),
                                      bytes(view[max(start, nl - OVERSIZE_ENDS):nl]))
                 continue
-            if size > READ_SIZE - MIN_READ:
+            if size + MIN_READ > IDLE_BUFFER:
                 self._long = size
-            elif len(buf) > READ_SIZE:
+            elif len(buf) > IDLE_BUFFER:
                 self._long = 0  # a short line after long ones: the large buffer goes back
             if size:
                 self.on_line(view[start:nl].tobytes())
         view.release()
         if self._start == self._end:  # all consumed: the buffer is reused from its start
             self._start = self._end = self._scanned = 0
-            if len(self._rbuf) > READ_SIZE and not self._long:
-                self._rbuf = bytearray(READ_SIZE)
+            if len(self._rbuf) > IDLE_BUFFER and not self._long:
+                self._rbuf = bytearray(IDLE_BUFFER)
 
     # an oversized line --------------------------------------------------------------------
     def _start_skipping(self) -> None:
@@ -415,8 +415,8 @@ class LineProtocol(asyncio.BufferedProtocol):
 
     def _drop(self) -> None:
         self._start = self._end = self._scanned = 0
-        if len(self._rbuf) > READ_SIZE:
-            self._rbuf = bytearray(READ_SIZE)
+        if len(self._rbuf) > IDLE_BUFFER:
+            self._rbuf = bytearray(IDLE_BUFFER)
 
     # the end ------------------------------------------------------------------------------
     def eof_received(self) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from corral.jsonrpc import READ_SIZE, SMALL_LINE, LineProtocol
+from corral.jsonrpc import IDLE_BUFFER, SMALL_LINE, LineProtocol
 from corral.supervisor import State, Supervisor
 from corral.supervisor.tasks import encode_input
 
@@ -122,7 +122,7 @@ def test_a_long_line_arriving_in_pieces_is_delivered_once_and_whole() -> None:
     got: list[bytes] = []
     proto = LineProtocol(got.append, lambda exc: None, max_line=4 << 20)
     long = b"y" * (3 * SMALL_LINE + 17)
-    longer = b"w" * (READ_SIZE * 3 + 5)
+    longer = b"w" * (3 * SMALL_LINE + 300_000)
     stream = b"a\n" + long + b"\nb\n" + longer + b"\n" + b"z" * 10 + b"\n" + longer + b"\n"
     for i in range(0, len(stream), 50_000):  # pieces that split lines anywhere
         proto.data_received(stream[i : i + 50_000])
@@ -136,7 +136,9 @@ def test_a_long_line_arriving_in_pieces_is_delivered_once_and_whole() -> None:
     # ... and given back at the next short line
     proto.data_received(b"q" * 70_000)
     proto.data_received(b"\n")
-    assert got[-1] == b"q" * 70_000 and len(proto._rbuf) == READ_SIZE
+    assert got[-1] == b"q" * 70_000 and len(proto._rbuf) > IDLE_BUFFER
+    proto.data_received(b"short\n")
+    assert got[-1] == b"short" and len(proto._rbuf) == IDLE_BUFFER
     assert [bytes(x) for x in got[:6]] == [b"a", long, b"b", longer, b"z" * 10, longer]
 
 
@@ -152,7 +154,7 @@ async def test_uvloop_reads_long_lines_from_a_pipe_into_the_protocols_buffer() -
 
     proto = ReadInto(got.append, lambda exc: ended.set_result(exc))
     await loop.connect_read_pipe(lambda: proto, os.fdopen(r, "rb", buffering=0))
-    long = b"L" * (2 * READ_SIZE + 3)
+    long = b"L" * (2 * SMALL_LINE + 3)
     writer = threading.Thread(target=lambda: (
         os.write(w, b"small\n" + long + b"\n" + long + b"\ntail"), os.close(w)))
     writer.start()

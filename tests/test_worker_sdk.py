@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -196,3 +197,28 @@ async def test_process_title(sup: Supervisor) -> None:
     r = await sup.wait_state("titled", State.READY, replica=1)
     cmdline = Path(f"/proc/{r.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
     assert cmdline.startswith("corral: agent titled#1")
+
+
+def test_the_sdk_reads_lines_whole_however_long_and_however_they_arrive() -> None:
+    from corral.worker import STDIN_IDLE, _lines
+
+    big = b"b" * (3 * STDIN_IDLE + 7)
+    bigger = b"B" * (20 * STDIN_IDLE + 1)
+    stream = [b"one\n", big + b"\n", b"two\nthr", b"ee\n", bigger[:100_000], bigger[100_000:],
+              b"\n" + bigger + b"\n\nfour\n", b"last-without-newline"]
+    r, w = os.pipe()
+
+    def write() -> None:
+        for piece in stream:
+            os.write(w, piece)
+        os.close(w)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        got = [bytes(line) for line in _lines(r)]
+    finally:
+        writer.join()
+        os.close(r)
+    assert got == [b"one", big, b"two", b"three", bigger, bigger, b"", b"four",
+                   b"last-without-newline"]

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 PROTOCOL_VERSION = "1"
-STDIN_BUFFER = 1 << 20  # what one read asks for, and what the buffer shrinks back to
+STDIN_IDLE = 64 * 1024  # an idle worker's read buffer; a longer line makes it grow
 
 # Mirrors of corral.jsonrpc's codes; the SDK must not import msgspec (start-up cost).
 # tests/test_worker_sdk.py checks they agree.
@@ -163,28 +163,31 @@ def _lines(fd: int) -> Any:
 
     Each is a view into one buffer, valid until the next is asked for: decoded in place, a
     large line is never copied (io's readline joined the pieces of a 1 MB line at twice
-    the cost of reading it). Reads go straight into the buffer's free end. A line longer
-    than the buffer moves to one twice its size; the buffer goes back to STDIN_BUFFER once
-    that line is consumed. (Never resized in place: a view handed out may still exist.)
+    the cost of reading it). Reads go straight into the buffer's free end. A line that
+    does not fit moves to a buffer twice the size (or at once as large as the last long
+    line); that one is kept while long lines keep coming and goes back to STDIN_IDLE after
+    a short one. (Never resized in place: a view handed out may still exist.)
     """
-    buf = bytearray(STDIN_BUFFER)
+    buf = bytearray(STDIN_IDLE)
     view = memoryview(buf)
     start = end = scanned = 0
+    long = 0  # the last line's size, if it was long
     while True:
         nl = buf.find(b"\n", scanned, end)
         if nl >= 0:
+            long = nl - start if nl - start > STDIN_IDLE // 2 else 0
             yield view[start:nl]
             start = scanned = nl + 1
             continue
         if start == end:
             start = end = scanned = 0
-            if len(buf) > STDIN_BUFFER:
-                buf = bytearray(STDIN_BUFFER)
+            if len(buf) > STDIN_IDLE and not long:
+                buf = bytearray(STDIN_IDLE)
                 view = memoryview(buf)
         elif end == len(buf):  # full, a partial line at its end: to the front, or bigger
             part = end - start
             if part > len(buf) // 2:
-                bigger = bytearray(2 * part)
+                bigger = bytearray(max(2 * len(buf), long + STDIN_IDLE))
                 bigger[:part] = view[start:end]
                 buf, view = bigger, memoryview(bigger)
             else:
