@@ -158,19 +158,25 @@ async def sdk(world: World, name: str, calls: list[tuple[str, Any]]) -> list[Any
     params = StdioServerParameters(command=command[0], args=command[1:],
                                    env={**os.environ, **env})
     out: list[Any] = []
-    async with Client(params, read_timeout_seconds=60) as client:
-        for method, args in calls:
-            if method == "call":
-                r: Any = await client.call_tool(*args)
-            elif method == "read":
-                r = await client.read_resource(args)
-            elif method == "list_prompts":
-                r = await client.list_prompts()
-            elif method == "get_prompt":
-                r = await client.get_prompt(*args)
-            else:
-                r = await client.list_tools()
-            out.append(norm(r.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    try:
+        async with Client(params, read_timeout_seconds=60) as client:
+            for method, args in calls:
+                if method == "call":
+                    r: Any = await client.call_tool(*args)
+                elif method == "read":
+                    r = await client.read_resource(args)
+                elif method == "list_prompts":
+                    r = await client.list_prompts()
+                elif method == "get_prompt":
+                    r = await client.get_prompt(*args)
+                else:
+                    r = await client.list_tools()
+                out.append(norm(r.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    except* ProcessLookupError:
+        # the SDK's stdio teardown on uvloop, under load: the server exits between the
+        # SDK's last wait and its close(), and uvloop's close() then fails to signal it.
+        # What is compared was answered before; every answer must be in hand.
+        assert len(out) == len(calls), out
     return out
 
 
