@@ -30,13 +30,22 @@ import time
 import uuid
 from pathlib import Path
 
-import msgspec
 import psutil
 import uvloop
 
 from corral.supervisor import AgentSpec, State, Supervisor
 
-from .harness import ENV, PY, ROOT, CorralDaemon, cleanup, corral_agents, report, workdir
+from .harness import (
+    ENV,
+    PY,
+    ROOT,
+    CorralDaemon,
+    cleanup,
+    corral_agents,
+    pipelined_tasks,
+    report,
+    workdir,
+)
 
 QUICK = "--quick" in sys.argv
 TP = 5000 if QUICK else 20000
@@ -73,27 +82,10 @@ async def api_round(journal_on: bool, d: Path) -> float:
 def socket_round(sock_path: str) -> float:
     s = socket.socket(socket.AF_UNIX)
     s.connect(sock_path)
-    f = s.makefile("rb")
-    enc = msgspec.json.Encoder()
-    total, window = TP // 2, 256
-    sent = got = 0
-    t0 = time.perf_counter()
-    while got < total:
-        batch = []
-        while sent < total and sent - got < window:
-            batch.append(enc.encode({"jsonrpc": "2.0", "id": sent, "method": "tasks.run",
-                                     "params": {"agent": "echo", "input": {"n": sent}}})
-                         + b"\n")
-            sent += 1
-        if batch:
-            s.sendall(b"".join(batch))
-        line = f.readline()
-        if b'"method"' in line[:40]:  # a notification (task.accepted), not a reply
-            continue
-        got += 1
-    dt = time.perf_counter() - t0
-    s.close()
-    return total / dt
+    try:
+        return pipelined_tasks(s, TP // 2)
+    finally:
+        s.close()
 
 
 def socket_throughput() -> dict[str, float]:

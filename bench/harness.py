@@ -17,6 +17,7 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +85,30 @@ class CorralDaemon:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(60)
         self.notify.close()
+
+
+def pipelined_tasks(sock: socket.socket, total: int, window: int = 256) -> float:
+    """Run `total` echo tasks through a control socket with `window` of them in flight;
+    tasks per second. Only replies are counted: each `tasks.run` also sends a
+    `task.accepted` notification first (counting it as a reply would double the rate)."""
+    f = sock.makefile("rb")
+    enc = msgspec.json.Encoder()
+    sent = got = 0
+    t0 = time.perf_counter()
+    while got < total:
+        batch = []
+        while sent < total and sent - got < window:
+            batch.append(enc.encode({"jsonrpc": "2.0", "id": sent, "method": "tasks.run",
+                                     "params": {"agent": "echo", "input": {"n": sent}}})
+                         + b"\n")
+            sent += 1
+        if batch:
+            sock.sendall(b"".join(batch))
+        line = f.readline()
+        if b'"method"' in line[:40]:  # a notification (task.accepted), not a reply
+            continue
+        got += 1
+    return total / (time.perf_counter() - t0)
 
 
 def corral_agents(n: int, command: list[str], name: str = "w", extra: str = "") -> str:

@@ -69,7 +69,6 @@ _ID_AT_START = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:
                           rb'(-?\d+|"(?:[^"\\]|\\.)*")')
 _ID_AT_END = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")\s*'
                         rb'(?:,\s*"jsonrpc"\s*:\s*"2\.0"\s*)?\}\s*$')
-SMALL_LINE = 64 * 1024  # below this a line is copied to bytes; above, handed over as is
 # A success response as corral's SDK (and most encoders of a dict) writes it: where the
 # line starts so, the request it answers may have asked for a one-pass typed decode.
 _RESULT_HEAD = re.compile(rb'\{"jsonrpc":"2\.0","id":(\d{1,15}),"result":')
@@ -283,7 +282,8 @@ class LineProtocol(asyncio.BufferedProtocol):
         self._rbuf = bytearray(IDLE_BUFFER)
         # unconsumed bytes are _rbuf[_start:_end]; _start:_scanned holds no newline
         self._start = self._end = self._scanned = 0
-        self._long = 0  # the last long line's size: the next gets room for as much at once
+        self._long = 0  # the last long line's size: a line that outgrows the buffer gets
+        # room for as much at once
         self._skipping = 0  # bytes skipped of the current oversized line, 0 when not skipping
         self._head = b""  # the first bytes of the line being skipped
         self._tail = b""  # its last bytes so far
@@ -364,6 +364,7 @@ class LineProtocol(asyncio.BufferedProtocol):
     def _split(self) -> None:
         buf = self._rbuf
         view = memoryview(buf)
+        last_long: bool | None = None  # whether the last line delivered here was long
         while not self.paused:
             nl = buf.find(b"\n", self._scanned, self._end)
             if nl < 0:
@@ -377,16 +378,15 @@ class LineProtocol(asyncio.BufferedProtocol):
                     self.on_oversize(size, bytes(view[start:min(nl, start + OVERSIZE_ENDS)]),
                                      bytes(view[max(start, nl - OVERSIZE_ENDS):nl]))
                 continue
-            if size + MIN_READ > IDLE_BUFFER:
+            last_long = size + MIN_READ > IDLE_BUFFER
+            if last_long:
                 self._long = size
-            elif len(buf) > IDLE_BUFFER:
-                self._long = 0  # a short line after long ones: the large buffer goes back
             if size:
                 self.on_line(view[start:nl].tobytes())
         view.release()
         if self._start == self._end:  # all consumed: the buffer is reused from its start
             self._start = self._end = self._scanned = 0
-            if len(self._rbuf) > IDLE_BUFFER and not self._long:
+            if last_long is False and len(self._rbuf) > IDLE_BUFFER:  # kept for long lines
                 self._rbuf = bytearray(IDLE_BUFFER)
 
     # an oversized line --------------------------------------------------------------------
@@ -624,7 +624,7 @@ class Peer:
         msg = Request(method, rid, UNSET if params is None else params)
         if piece is None:
             self.send_message(msg)
-        elif self.closed is None:
+        else:
             self._send_parts(encode_parts(msg, piece))
         return rid, fut
 

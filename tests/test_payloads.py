@@ -16,12 +16,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from corral.jsonrpc import IDLE_BUFFER, SMALL_LINE, LineProtocol
+from corral.jsonrpc import IDLE_BUFFER, LineProtocol
 from corral.supervisor import State, Supervisor
 from corral.supervisor.tasks import encode_input
 
 from .conftest import EXAMPLES, ROOT, agent
 from .daemon_harness import PY, running_daemon, shared_tmpdir
+
+LONG_LINE = 64 * 1024  # a line far longer than an idle channel's read buffer
 
 # non-ASCII, escapes, nesting and numbers: what a stdlib/msgspec codec mismatch would show
 AWKWARD = {"text": "naïve café — 東京 \"quoted\" back\\slash\ttab\nnewline \u2028",
@@ -121,8 +123,8 @@ def test_corral_run_sends_a_5_mb_input_file_and_prints_the_whole_output() -> Non
 def test_a_long_line_arriving_in_pieces_is_delivered_once_and_whole() -> None:
     got: list[bytes] = []
     proto = LineProtocol(got.append, lambda exc: None, max_line=4 << 20)
-    long = b"y" * (3 * SMALL_LINE + 17)
-    longer = b"w" * (3 * SMALL_LINE + 300_000)
+    long = b"y" * (3 * LONG_LINE + 17)
+    longer = b"w" * (3 * LONG_LINE + 300_000)
     stream = b"a\n" + long + b"\nb\n" + longer + b"\n" + b"z" * 10 + b"\n" + longer + b"\n"
     for i in range(0, len(stream), 50_000):  # pieces that split lines anywhere
         proto.data_received(stream[i : i + 50_000])
@@ -154,7 +156,7 @@ async def test_uvloop_reads_long_lines_from_a_pipe_into_the_protocols_buffer() -
 
     proto = ReadInto(got.append, lambda exc: ended.set_result(exc))
     await loop.connect_read_pipe(lambda: proto, os.fdopen(r, "rb", buffering=0))
-    long = b"L" * (2 * SMALL_LINE + 3)
+    long = b"L" * (2 * LONG_LINE + 3)
     writer = threading.Thread(target=lambda: (
         os.write(w, b"small\n" + long + b"\n" + long + b"\ntail"), os.close(w)))
     writer.start()

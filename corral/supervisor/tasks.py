@@ -98,19 +98,15 @@ class _RawRunResult(msgspec.Struct):
     output: msgspec.Raw = msgspec.Raw(b"null")  # (Raw cannot be part of a union)
 
 
-_result_decoders = {t: msgspec.json.Decoder(t) for t in (_RunResult, _RawRunResult)}
-
-
-def _decode_result(raw: msgspec.Raw, t: type[Any]) -> Any:
-    try:
-        return _result_decoders[t].decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return t()  # a worker's result that is not an object: no output
+_raw_run_result = msgspec.json.Decoder(_RawRunResult)
 
 
 def raw_output_of(raw_result: msgspec.Raw) -> msgspec.Raw:
     """The output's JSON bytes in a worker's `task/run` result."""
-    out: msgspec.Raw = _decode_result(raw_result, _RawRunResult).output
+    try:
+        out: msgspec.Raw = _raw_run_result.decode(raw_result).output
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return _RawRunResult().output  # a worker's result that is not an object: no output
     return out
 
 
@@ -183,7 +179,9 @@ class TaskResult(msgspec.Struct):
     attempts: list[Attempt]
 
 
-class TaskInfo(msgspec.Struct):
+class _TaskHead(msgspec.Struct):
+    """What `corral task ID` and a line of `corral tasks` begin with (in this order)."""
+
     task_id: str
     agent: str
     status: str
@@ -191,6 +189,9 @@ class TaskInfo(msgspec.Struct):
     created: float
     started: float | None
     finished: float | None
+
+
+class TaskInfo(_TaskHead):
     tool_calls: int
     progress: Any
     output: Any
@@ -200,16 +201,9 @@ class TaskInfo(msgspec.Struct):
     output_dropped: bool = False
 
 
-class TaskSummary(msgspec.Struct):
+class TaskSummary(_TaskHead):
     """One line of `corral tasks`."""
 
-    task_id: str
-    agent: str
-    status: str
-    priority: int
-    created: float
-    started: float | None
-    finished: float | None
     attempts: int
 
 
