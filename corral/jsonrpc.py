@@ -64,6 +64,8 @@ ERROR_NAMES = {
 
 DEFAULT_MAX_LINE = 16 * 1024 * 1024
 OVERSIZE_ENDS = 256  # bytes kept of each end of a discarded line: where its id is
+# ids of requests given up on without a cancel, kept so their late answers are not garbage
+FORGOTTEN_KEPT = 64
 # a response's id, at the start of its line (Python SDK order) or at its end (TypeScript's)
 _ID_AT_START = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*'
                           rb'(-?\d+|"(?:[^"\\]|\\.)*")')
@@ -448,16 +450,14 @@ class LineProtocol(asyncio.BufferedProtocol):
             self.on_oversize(size, head, tail)
 
 
-class LineBlock:
+class LineBlock(msgspec.Struct, gc=False):
     """Complete lines that arrived together, kept as one block (joined by newlines, none at
     the end) and split only when someone iterates them: a million log lines then cost a
-    count and a write, not a million objects."""
+    count and a write, not a million objects (and, untracked by the cyclic collector, no
+    work in its passes)."""
 
-    __slots__ = ("block", "count")
-
-    def __init__(self, block: bytes, count: int) -> None:
-        self.block = block
-        self.count = count
+    block: bytes
+    count: int
 
     @classmethod
     def of(cls, lines: list[bytes]) -> LineBlock:
@@ -575,8 +575,9 @@ class Peer:
         self._pending: dict[Id, asyncio.Future[Any]] = {}
         # pending requests whose answer is decoded whole, in one pass, by their own decoder
         self._decoders: dict[Id, Callable[[bytes], tuple[int, Any]]] = {}
-        # ids of requests given up on without a cancel: their late answers are not garbage
-        self._forgotten: deque[Id] = deque(maxlen=64)
+        # made at the first: a deque kept by every peer would be walked by every full
+        # pass of the cyclic collector (supervisor/lean.py)
+        self._forgotten: deque[Id] | None = None
         self._incoming: dict[Id, asyncio.Task[Any]] = {}
         self.closed: RpcError | None = None
         self.garbage_lines = 0
@@ -687,6 +688,8 @@ class Peer:
         """Stop waiting for a request without cancelling it (the protocol may forbid
         cancelling it, e.g. MCP's server/discover); a late answer is dropped quietly."""
         if self._take(rid) is not None:
+            if self._forgotten is None:
+                self._forgotten = deque(maxlen=FORGOTTEN_KEPT)
             self._forgotten.append(rid)
 
     def oversized(self, size: int, head: bytes, tail: bytes, limit: int) -> bool:
@@ -800,7 +803,7 @@ class Peer:
             return
         fut = self._take(env.id)
         if fut is None:
-            if env.id in self._forgotten:
+            if self._forgotten is not None and env.id in self._forgotten:
                 self._forgotten.remove(env.id)
                 return
             self._garbage(line, f"response to unknown request id {env.id!r}")

@@ -9,6 +9,7 @@ WATCHDOG=1 from the heartbeat loop, STATUS= lines, RELOADING=1, STOPPING=1.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -59,8 +60,11 @@ UNSETTLED = (LIVE - SERVING) | {State.BACKOFF}
 
 class Daemon:
     def __init__(self, config_path: Path, *, socket: str | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, freeze_heap: bool = False) -> None:
         self.config_path = config_path.resolve()
+        # whether what start-up made is taken out of the collector's passes: a decision
+        # for the whole process, so only `corral daemon`'s own (run_daemon) makes it
+        self.freeze_heap = freeze_heap
         self.socket_override = socket
         self.notifier = notifier or Notifier()
         self.sup: Supervisor | None = None
@@ -199,6 +203,12 @@ class Daemon:
             self.store.close()
             self.hub.close()
             return 1
+        if self.freeze_heap:
+            # modules, classes, config and the daemon's own parts live as long as the
+            # process: out of every full pass of the cyclic collector from here on, which
+            # then walks what the fleet holds and no more (decision 60)
+            gc.collect()
+            gc.freeze()
         await asyncio.sleep(0)  # the control socket is served before the agents are added
         for sspec in cfg.mcp_servers.values():
             self.sup.add_mcp_server(sspec)
@@ -584,4 +594,4 @@ def run_daemon(config: Path, socket: str | None) -> int:
     raise_own_open_files()
     logging.basicConfig(level=os.environ.get("CORRAL_LOG_LEVEL", "WARNING"),
                         format="corral: %(levelname)s %(name)s: %(message)s")
-    return uvloop.run(Daemon(config, socket=socket).run())
+    return uvloop.run(Daemon(config, socket=socket, freeze_heap=True).run())

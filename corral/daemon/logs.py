@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from ..jsonrpc import LineBlock
 from ..methods import LogLine
 from ..supervisor.follow import Follower
@@ -79,9 +81,9 @@ def log_file_name(source: str) -> str:
     return f"_{tame}-{digest}.log"
 
 
-@dataclass(slots=True)
-class Batch:
-    """Lines that arrived together from one source."""
+class Batch(msgspec.Struct, gc=False):
+    """Lines that arrived together from one source. Not tracked by the cyclic collector
+    (it holds no container that could make a cycle): the tails keep thousands."""
 
     time: float
     source: str

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import fcntl
 import grp
+import io
 import os
 import pwd
 import signal
@@ -21,7 +22,7 @@ import subprocess
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineBlock, LineProtocol
 from .caps import wrap_argv
@@ -177,13 +178,19 @@ class ChildProcess:
         self._reap = reap
         self._status = status
         self.exited: asyncio.Future[int] = loop.create_future()
-        self.stderr_closed: asyncio.Future[None] = loop.create_future()
         self.stdin: asyncio.WriteTransport | None = None
-        self._transports: list[asyncio.BaseTransport] = []
+        self._stdout: asyncio.BaseTransport | None = None
+        self._stderr: asyncio.BaseTransport | None = None
+        self._on_stderr_lines: Callable[[LineBlock], None] | None = None
+        # what lives as long as the process is kept to plain attributes; the rest is made
+        # when first needed (lean.py): the future of stderr's EOF when someone waits for
+        # it, the tail when the process first writes to stderr
+        self._stderr_at_eof = False
+        self._stderr_closed: asyncio.Future[None] | None = None
         self.argv0 = ""  # the program asked for (not the caps prologue's shell)
         # this process's own last stderr lines: an exit is explained by them, never by an
         # earlier process's (the tail lives and dies with the process)
-        self.stderr_tail: deque[bytes] = deque(maxlen=STDERR_TAIL)
+        self.stderr_tail: deque[bytes] | None = None
         loop.add_reader(pidfd, self._on_pidfd)
 
     @classmethod
@@ -225,11 +232,18 @@ class ChildProcess:
                     reap=popen.poll)
         child.argv0 = argv[0]
         assert popen.stdin and popen.stdout and popen.stderr
+        # the transports take the raw pipes: Popen's buffered wrappers would be three
+        # more objects held (and walked by the collector) as long as the process runs
+        pipes = [cast(io.BufferedIOBase, f).detach()
+                 for f in (popen.stdin, popen.stdout, popen.stderr)]
+        popen.stdin = popen.stdout = popen.stderr = None
         try:
-            await child.attach(popen.stdin, popen.stdout, popen.stderr, **channel)
+            await child.attach(*pipes, **channel)
         except BaseException:
             popen.wait()
             child.close()
+            for f in pipes:
+                f.close()
             containment.ended(child.token)
             raise
         return child
@@ -249,33 +263,52 @@ class ChildProcess:
         """Connect our ends of the process's stdio pipes (file objects) to the loop; on
         failure the process is killed."""
         loop = self.loop
+        self._on_stderr_lines = on_stderr_lines
         try:
             stdin_t, _ = await loop.connect_write_pipe(asyncio.Protocol, stdin)
             self.stdin = stdin_t  # type: ignore[assignment]
-            out_t, _ = await loop.connect_read_pipe(
+            self._stdout, _ = await loop.connect_read_pipe(
                 lambda: LineProtocol(
                     on_stdout_line, on_stdout_eof, max_line=max_line, on_oversize=on_oversize
                 ),
                 stdout,
             )
-
-            def stderr_eof(exc: Exception | None) -> None:
-                if not self.stderr_closed.done():
-                    self.stderr_closed.set_result(None)
-
-            def stderr_lines(lines: LineBlock) -> None:
-                self.stderr_tail.extend(lines.last(STDERR_TAIL))
-                on_stderr_lines(lines)
-
             # stderr lines are logs; a 16 MiB cap keeps a runaway line from eating memory
-            err_t, _ = await loop.connect_read_pipe(
-                lambda: ChunkLines(stderr_lines, stderr_eof, max_line=max_line),
+            self._stderr, _ = await loop.connect_read_pipe(
+                lambda: ChunkLines(self._stderr_lines, self._stderr_eof, max_line=max_line),
                 stderr,
             )
         except BaseException:
             self.kill_group(signal.SIGKILL)
             raise
-        self._transports = [stdin_t, out_t, err_t]
+
+    def _stderr_lines(self, lines: LineBlock) -> None:
+        tail = self.stderr_tail
+        if tail is None:
+            tail = self.stderr_tail = deque(maxlen=STDERR_TAIL)
+        tail.extend(lines.last(STDERR_TAIL))
+        assert self._on_stderr_lines is not None
+        self._on_stderr_lines(lines)
+
+    def _stderr_eof(self, exc: Exception | None) -> None:
+        self._stderr_at_eof = True
+        if self._stderr_closed is not None and not self._stderr_closed.done():
+            self._stderr_closed.set_result(None)
+
+    @property
+    def stderr_done(self) -> bool:
+        """stderr has reached EOF: every line the process wrote has been read."""
+        return self._stderr_at_eof
+
+    @property
+    def stderr_closed(self) -> asyncio.Future[None]:
+        """Done once stderr has reached EOF (the last lines before an exit are read)."""
+        fut = self._stderr_closed
+        if fut is None:
+            fut = self._stderr_closed = self.loop.create_future()
+            if self._stderr_at_eof:
+                fut.set_result(None)
+        return fut
 
     def _on_pidfd(self) -> None:
         """The process has exited. The pidfd is done with at once (it would stay readable);
@@ -339,6 +372,7 @@ class ChildProcess:
 
     def close(self) -> None:
         """Release pipes and the pidfd; call once the process is gone."""
-        for t in self._transports:
-            t.close()
+        for t in (self.stdin, self._stdout, self._stderr):
+            if t is not None:
+                t.close()
         self._close_pidfd()

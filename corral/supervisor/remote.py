@@ -47,6 +47,7 @@ class RemoteMcpServer(McpServerReplica):
         except ConfigError as exc:
             reason = f"cannot connect: {exc}"
             self.last_exit = reason
+            self._life_over()
             self._set(State.TERMINATED, reason)
             self._after_exit(clean=False, uptime=0.0, reason=reason)
             return
@@ -67,6 +68,7 @@ class RemoteMcpServer(McpServerReplica):
         self.peer = None
         self.ready_at = None
         self.last_exit = reason
+        self._life_over()
         self._set(State.TERMINATED, reason)
         self._after_exit(clean=False, uptime=uptime, reason=reason)
 

@@ -24,6 +24,7 @@ from ..jsonrpc import LineBlock, Peer, RpcError
 from . import lifecycle, procstat
 from .caps import explain_exit, oom_reason
 from .config import ConfigError, ProcessSpec
+from .lean import QUIET
 from .lifecycle import LIVE, RUNNING, SERVING, State
 from .process import ChildProcess, resolve_user
 from .restart import RestartPolicy
@@ -104,8 +105,16 @@ class Replica:
         self.sample = Sample()
         self.tasks_running = 0
         self.policy = self._make_policy(spec)
-        self._life: asyncio.Task[None] | None = None
-        self._shutdown_task: asyncio.Future[None] | None = None
+        # A life is one process from spawn to reap. Tasks run only its spawn and its reap:
+        # while the process runs, it is watched by callbacks (its exit future, the
+        # handshake's answer), so a running fleet holds no task or coroutine per replica,
+        # objects every full pass of the cyclic collector would walk (decision 60).
+        self._living = False
+        self._life: asyncio.Task[None] | None = None  # the spawn or the reap under way
+        self._init: asyncio.Task[None] | None = None  # the handshake under way
+        self._over: asyncio.Future[None] | None = None  # made for those who wait: stopped()
+        # the next step of a stop that is not answered: SIGTERM, then SIGKILL
+        self._escalate: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._down_reason: str | None = None  # why corral is taking the process down
         self._escalation: str | None = None
@@ -193,7 +202,17 @@ class Replica:
         self._escalation = None
         self.pid = None
         self._set(State.STARTING, reason)
+        self._living = True
         self._life = asyncio.ensure_future(self._lifetime())
+
+    def _life_over(self) -> None:
+        """The life has ended (spawn failed, or the process reaped): before the state
+        that says so is set, since the transition's listeners may start the next one."""
+        self._living = False
+        self._life = None
+        over, self._over = self._over, None
+        if over is not None and not over.done():
+            over.set_result(None)
 
     def _environment(self, uid: int | None) -> dict[str, str]:
         env = dict(os.environ)
@@ -214,7 +233,16 @@ class Replica:
         return env
 
     async def _lifetime(self) -> None:
-        """One process from spawn to exit, then the restart policy's decision."""
+        """Spawn a process and hand it to its callbacks: `_on_exited` starts the reap and
+        the restart policy's decision."""
+        try:
+            await self._spawn()
+        except BaseException:
+            if self._living and self.process is None:  # no process to end the life
+                self._life_over()
+            raise
+
+    async def _spawn(self) -> None:
         spec = self.spec
         try:
             uid, gid = resolve_user(spec.user, spec.group)
@@ -223,7 +251,7 @@ class Replica:
                 "containment": self.sup.containment, "kind": self.kind, "name": self.name,
                 "index": self.index, "stop_timeout": spec.stop_timeout,
                 "on_stdout_line": self._on_stdout_line,
-                "on_stdout_eof": self._on_stdout_eof,
+                "on_stdout_eof": _stdout_closed,
                 "on_stderr_lines": self._on_stderr_lines,
                 "on_oversize": self._on_oversize,
                 "max_line": self.max_line,
@@ -253,12 +281,34 @@ class Replica:
         self.peer = self._make_peer(proc)
         if self.state == State.SHUTTING_DOWN:  # stopped while spawning
             self._begin_shutdown(graceful=False)
-        init = asyncio.ensure_future(self._initialize())
-        try:
-            rc = await asyncio.shield(proc.exited)
-        finally:
-            init.cancel()
-        await self._reap(rc)
+        self._init = asyncio.ensure_future(self._initialize())
+        self._life = None
+        proc.exited.add_done_callback(self._on_exited, context=QUIET)
+
+    def _on_exited(self, exited: asyncio.Future[int]) -> None:
+        if self._init is not None:  # an answer read after the exit makes nothing Ready
+            self._init.cancel()
+            self._init = None
+        if self._escalate is not None:
+            self._escalate.cancel()
+            self._escalate = None
+        proc = self.process
+        assert proc is not None
+        rc = exited.result()
+        # grandchildren still in the group (or its cgroup) die with their agent; those
+        # that left it are found by containment once it hears of the exit
+        proc.kill_group(signal.SIGKILL)
+        oom = self.sup.containment.oom_killed(proc.token)
+        self.sup.containment.ended(proc.token)
+        if proc.stderr_done:  # as it mostly is: the reap needs no task and no turn
+            self._reap(proc, rc, oom)
+        else:
+            self._life = asyncio.ensure_future(self._reap_after_stderr(proc, rc, oom))
+
+    async def _reap_after_stderr(self, proc: ChildProcess, rc: int, oom: bool) -> None:
+        # the last lines before a crash are the ones that explain it: wait for EOF
+        await _wait(proc.stderr_closed, 1.0)
+        self._reap(proc, rc, oom)
 
     async def _warm_start(self, env: dict[str, str], uid: int | None, gid: int | None,
                           spawning: dict[str, Any]) -> ChildProcess | None:
@@ -295,6 +345,7 @@ class Replica:
         return f"worker exited: {reason}"
 
     def _spawn_failed(self, reason: str) -> None:
+        self._life_over()
         self.last_exit = reason
         self.sup.stats.spawn_failures += 1
         self._set(State.TERMINATED, reason)
@@ -304,6 +355,7 @@ class Replica:
         """corral itself is out of fds, memory or processes: the agent never ran, so this
         is no restart of it; try again once corral may have recovered."""
         reason = f"spawn failed for want of corral's own resources: {exc}"
+        self._life_over()
         self.last_exit = reason
         self.sup.stats.spawn_failures += 1
         self._set(State.TERMINATED, reason)
@@ -338,6 +390,13 @@ class Replica:
         return "initialized"
 
     async def _initialize(self) -> None:
+        try:
+            await self._initialize_steps()
+        finally:
+            if self._init is asyncio.current_task():
+                self._init = None  # a done task kept is a task the collector walks
+
+    async def _initialize_steps(self) -> None:
         timeout = self.spec.start_timeout
         try:
             ready_reason = await self._handshake()
@@ -370,25 +429,32 @@ class Replica:
     def _begin_shutdown(self, *, graceful: bool) -> None:
         proc = self.process
         assert proc is not None
-        if graceful:
-            # the asking is done here, not in the task's first step: a mass stop paces
-            # its stops (pacing.py), and this write is the dear part of one
-            self._ask_to_stop()
-            proc.close_stdin()
-        self._shutdown_task = asyncio.ensure_future(self._shutdown_sequence(proc, graceful))
+        if not graceful:
+            proc.kill_group(signal.SIGKILL)
+            return
+        # the asking is done here, at once: a mass stop paces its stops (pacing.py), and
+        # this write is the dear part of one; what follows if it goes unanswered is a
+        # timer, not a task per stopping replica
+        self._ask_to_stop()
+        proc.close_stdin()
+        self._escalate = asyncio.get_running_loop().call_later(
+            self.spec.stop_timeout, self._stop_unanswered, proc, signal.SIGTERM)
 
-    async def _shutdown_sequence(self, proc: ChildProcess, graceful: bool) -> None:
-        # `proc`, not self.process: the process may be gone and reaped before this runs
+    def _stop_unanswered(self, proc: ChildProcess, sig: int) -> None:
+        """The stop's grace is over and `proc` (not self.process: that may be the next
+        one) has not exited: SIGTERM, and after another grace, SIGKILL."""
+        self._escalate = None
+        if proc.exited.done() or proc is not self.process:
+            return
         grace = self.spec.stop_timeout
-        if graceful:
-            if await _wait(proc.exited, grace):
-                return
-            proc.kill_group(signal.SIGTERM)
+        if sig == signal.SIGTERM:
             self._escalation = f"SIGTERM after {grace:g} s"
-            if await _wait(proc.exited, grace):
-                return
+            proc.kill_group(signal.SIGTERM)
+            self._escalate = asyncio.get_running_loop().call_later(
+                grace, self._stop_unanswered, proc, signal.SIGKILL)
+        else:
             self._escalation = f"SIGKILL after ignoring SIGTERM for {grace:g} s"
-        proc.kill_group(signal.SIGKILL)
+            proc.kill_group(signal.SIGKILL)
 
     def _ask_to_stop(self) -> None:
         """The protocol's own way of asking the process to exit, before stdin closes."""
@@ -413,21 +479,22 @@ class Replica:
 
     async def stopped(self) -> None:
         """Wait for the process of a stop begun to be gone (and the replica Terminated)."""
-        if self._life is not None:
-            await asyncio.shield(self._life)
+        if self._living:
+            if self._over is None:
+                self._over = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._over)
 
     # -- exit -----------------------------------------------------------------------------
-    async def _reap(self, rc: int) -> None:
-        proc = self.process
-        assert proc is not None
+    def _reap(self, proc: ChildProcess, rc: int, oom: bool) -> None:
+        try:
+            self._settle_exit(proc, rc, oom)
+        except BaseException:
+            if self._living:  # the life ends even if its reap failed: stopped() returns
+                self._life_over()
+            raise
+
+    def _settle_exit(self, proc: ChildProcess, rc: int, oom: bool) -> None:
         cpu_used = self.sample.cpu_seconds
-        # grandchildren still in the group (or its cgroup) die with their agent; those
-        # that left it are found by containment once it hears of the exit
-        proc.kill_group(signal.SIGKILL)
-        oom = self.sup.containment.oom_killed(proc.token)
-        self.sup.containment.ended(proc.token)
-        # the last lines before a crash are the ones that explain it: wait for EOF
-        await _wait(proc.stderr_closed, 1.0)
         if self._down_reason is not None:
             reason = self._down_reason
             if self._escalation:
@@ -438,7 +505,7 @@ class Replica:
             reason = explain_exit(
                 rc,
                 self.spec.limits,
-                [b.decode("utf-8", "replace") for b in proc.stderr_tail],
+                [b.decode("utf-8", "replace") for b in proc.stderr_tail or ()],
                 cpu_seconds_used=cpu_used,
                 command=proc.argv0,
             )
@@ -453,6 +520,7 @@ class Replica:
         self.tasks_running = 0
         self.sample = Sample()
         self.last_exit = reason
+        self._life_over()
         self._set(State.TERMINATED, reason)
         clean = rc == 0 and self._down_reason is None
         self._after_exit(clean=clean, uptime=uptime, reason=reason)
@@ -489,9 +557,6 @@ class Replica:
         self._heard = True
         if self.peer is not None:
             self.peer.feed_line(line)
-
-    def _on_stdout_eof(self, exc: Exception | None) -> None:
-        pass  # exit is told by the pidfd; stdout may close earlier or later
 
     def _on_stderr_lines(self, lines: LineBlock) -> None:
         self.sup._on_log(self, "stderr", lines)
@@ -626,6 +691,10 @@ class Replica:
         return self.state in SERVING
 
 
+def _stdout_closed(exc: Exception | None) -> None:
+    pass  # exit is told by the pidfd; stdout may close earlier or later
+
+
 def _swallow(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -633,6 +702,8 @@ def _swallow(fut: asyncio.Future[Any]) -> None:
 
 async def _wait(fut: asyncio.Future[Any], timeout: float) -> bool:
     """True if `fut` finished within `timeout`; never cancels it."""
+    if fut.done():  # wait_for would still take a turn, a timer and a waiter
+        return True
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(fut), timeout)
     return fut.done()

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import random
-from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,7 +48,9 @@ class RestartPolicy:
         # one generator for all policies: seeding one per replica (os.urandom and 2.5 KB of
         # state) cost 20 ms in the turn that created a thousand replicas
         self._rng = rng or _JITTER
-        self._restarts: deque[float] = deque()
+        # the times of recent restarts: a tuple of floats, which the collector stops
+        # tracking, where a deque would be walked in every full pass (lean.py)
+        self._restarts: tuple[float, ...] = ()
         self._attempt = 0  # consecutive quick failures; drives the exponent
 
     def wants_restart(self, clean_exit: bool) -> bool:
@@ -69,18 +70,18 @@ class RestartPolicy:
             self._attempt = 0
         if not self.wants_restart(clean_exit):
             return Decision(restart=False)
-        while self._restarts and now - self._restarts[0] > self.window:
-            self._restarts.popleft()
-        if len(self._restarts) >= self.max_restarts:
+        recent = tuple(t for t in self._restarts if now - t <= self.window)
+        if len(recent) >= self.max_restarts:
+            self._restarts = recent
             return Decision(restart=False, give_up=True)
-        self._restarts.append(now)
+        self._restarts = (*recent, now)
         delay = self.backoff(self._attempt)
         self._attempt += 1
         return Decision(restart=True, delay=delay)
 
     def reset(self) -> None:
         """A start by hand forgives the past."""
-        self._restarts.clear()
+        self._restarts = ()
         self._attempt = 0
 
     @property

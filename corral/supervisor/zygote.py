@@ -167,15 +167,23 @@ class Zygote:
             if fut is not None and not fut.done():
                 fut.set_exception(ZygoteUnavailable(f"zygote could not fork: {msg['error']}"))
         elif "exit" in msg:
-            self._status(int(msg["exit"])).set_result(int(msg["status"]))
+            self._told(int(msg["exit"]), int(msg["status"]))
+
+    def _told(self, pid: int, status: int) -> None:
+        fut = self._statuses.pop(pid, None)
+        if fut is None or fut.done():  # before the spawn asked (a child that died at once)
+            fut = self._statuses[pid] = asyncio.get_running_loop().create_future()
+        fut.set_result(status)
 
     def _status(self, pid: int) -> asyncio.Future[int]:
-        """The exit status of the zygote's child `pid`: it may come before the spawn's
-        answer is read (a child that dies at once)."""
+        """The exit status of the zygote's child `pid`, to come or told already. The
+        entry leaves the table when both sides have met (no callback per child: it would
+        be a closure held as long as the child lives, lean.py)."""
         fut = self._statuses.get(pid)
         if fut is None:
             fut = self._statuses[pid] = asyncio.get_running_loop().create_future()
-            fut.add_done_callback(lambda _: self._statuses.pop(pid, None))
+        elif fut.done():
+            del self._statuses[pid]
         return fut
 
     def _die(self, reason: str) -> None:
@@ -191,9 +199,10 @@ class Zygote:
                 fut.set_exception(ZygoteUnavailable(f"zygote died mid-spawn: {reason}"))
         self._spawns.clear()
         # children still running outlive the zygote; their exit status is lost with it
-        for fut in list(self._statuses.values()):
+        for fut in self._statuses.values():
             if not fut.done():
                 fut.set_result(STATUS_LOST)
+        self._statuses.clear()
         was_ready = self.ready.done() and not self.ready.exception()
         self.close()
         if was_ready and self.on_death is not None:
