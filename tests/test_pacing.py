@@ -148,18 +148,22 @@ async def test_process_records_and_checkpoints_are_committed_off_the_loop_in_ord
         store.close()
 
 
-async def test_a_write_that_fails_is_told_and_the_writer_goes_on(tmp_path: Path) -> None:
+async def test_a_write_that_is_wrong_is_dropped_alone_and_told_and_the_writer_goes_on(
+        tmp_path: Path) -> None:
     store = StateStore(tmp_path / "corral.db")
     errors: list[str] = []
     writer = store.open_writer(on_error=errors.append)
     try:
+        # a write that is wrong (not one the database cannot take now) is dropped alone:
+        # the writes of its batch around it are committed
+        store.save_state("w", 0, 1.0, 6)
         writer.submit(lambda db: db.execute("INSERT INTO no_such_table VALUES (1)"))
+        store.save_state("w", 1, 1.0, 7)
         await writer.committed()  # (the error is told before this returns)
-        assert len(errors) == 1 and "1 writes could not be committed" in errors[0]
-        assert "no such table: no_such_table" in errors[0]
-        store.save_state("w", 0, 1.0, 7)
-        await writer.committed()
-        assert store.states() == {("w", 0): (1.0, 7)}
+        assert errors == [f"state database {store.path}: one write dropped, SQLite refused "
+                          "it (no such table: no_such_table)"]
+        assert store.states() == {("w", 0): (1.0, 6), ("w", 1): (1.0, 7)}
+        assert not writer.outage.failing and writer.pending() == {}
     finally:
         await store.close_writer()
         store.close()

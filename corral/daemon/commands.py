@@ -16,12 +16,22 @@ from .. import __version__, jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError, check_command, parse_agents
+from ..supervisor.core import SupervisorError
 from ..supervisor.lifecycle import State
 from ..supervisor.tasks import TERMINAL
 from ..text import plural
 from .control import implements
 from .follow import Latest, drain
 from .journal import JournalError
+from .revisions import (
+    Revision,
+    Write,
+    forgetting_scaled,
+    recording,
+    setting_scaled,
+    unrecording,
+)
+from .store import StateStore, StoreError, what_to_do
 
 if TYPE_CHECKING:
     from ..supervisor.core import Agent
@@ -187,6 +197,31 @@ async def agents_describe(d: Daemon, p: m.AgentsDescribe, c: Connection) -> dict
     }
 
 
+async def _record(d: Daemon, writes: list[Write], unchanged: str) -> None:
+    """Commit what a command changes that must outlive the daemon, BEFORE it acts
+    (decision 61): a database that cannot be written refuses the command, `unchanged`
+    saying so, and the operator may simply try again once it can."""
+    assert d.store is not None
+    try:
+        await d.store.commit(writes)
+    except StoreError as exc:
+        raise RpcError(jsonrpc.REFUSED, f"{exc}: {unchanged}; {what_to_do()}") from None
+
+
+async def _undo(d: Daemon, writes: list[Write]) -> str:
+    """Take back what `_record` committed for a change that then failed; what the
+    message must add when that cannot be done either."""
+    assert d.store is not None
+    try:
+        await d.store.commit(writes)
+    except StoreError as exc:
+        text = (f"; its record could not be taken back ({exc}): the next daemon starts "
+                "what was recorded")
+        d.hub.daemon(text[2:], priority=3)
+        return text
+    return ""
+
+
 @implements("agents.add")
 async def agents_add(d: Daemon, p: m.AgentsAdd, c: Connection) -> dict[str, Any]:
     assert d.sup is not None and d.store is not None
@@ -202,14 +237,27 @@ async def agents_add(d: Daemon, p: m.AgentsAdd, c: Connection) -> dict[str, Any]
                                   "(--no-check to add it anyway)")
     except ConfigError as exc:
         raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
-    taken = [n for n in specs if n in d.sup.agents]
-    if taken:  # all or nothing
-        raise RpcError(jsonrpc.CONFLICT, f"agent {taken[0]} already exists")
-    d.sup.check_fleet({n: s.replicas for n, s in specs.items()}, "adding them")
-    for name, spec in specs.items():
-        d._add(spec)
-        d.store.save_runtime_agent(name, p.agents[name])
-        d.record(spec, _who(c))
+    async with d.changing(specs):
+        taken = [n for n in specs if n in d.sup.agents]
+        if taken:  # all or nothing
+            raise RpcError(jsonrpc.CONFLICT, f"agent {taken[0]} already exists")
+        d.sup.check_fleet({n: s.replicas for n, s in specs.items()}, "adding them")
+        made: dict[str, list[Revision]] = {n: [] for n in specs}
+        await _record(d, [w for n, spec in specs.items() for w in (
+            StateStore.saving_runtime_agent(n, p.agents[n]),
+            recording(spec, _who(c), None, made[n]))], "nothing was added")
+        added: list[str] = []
+        try:
+            for name, spec in specs.items():
+                d._add(spec)
+                added.append(name)
+        except SupervisorError as exc:  # the fleet grew meanwhile: all or nothing
+            await asyncio.gather(*(d.sup.remove(n) for n in added))
+            exc.message += await _undo(d, [w for n in specs for w in (
+                StateStore.forgetting_runtime_agent(n),
+                *(unrecording(n, r.revision) for r in made[n]))])
+            raise
+    d.told_revisions(r for revs in made.values() for r in revs)
     return {"added": sorted(specs)}
 
 
@@ -218,28 +266,43 @@ async def agents_remove(d: Daemon, p: m.AgentsRemove, c: Connection) -> dict[str
     assert d.sup is not None and d.store is not None
     for n in p.names:
         d.sup.agent(n)
-    await asyncio.gather(*(d.sup.remove(n) for n in p.names))
+    async with d.changing(p.names):
+        for n in p.names:  # still there after our turn came
+            d.sup.agent(n)
+        await _record(d, [w for n in p.names for w in (
+            StateStore.forgetting_runtime_agent(n), forgetting_scaled(n))],
+            "nothing was removed")
+        await asyncio.gather(*(d.sup.remove(n) for n in p.names))
     for n in p.names:
-        d.store.forget_runtime_agent(n)
         d.from_config.discard(n)
-        if d.revisions is not None:
-            d.revisions.forget_scaled(n)
     return {"removed": p.names}
 
 
 @implements("agents.scale")
 async def agents_scale(d: Daemon, p: m.AgentsScale, c: Connection) -> dict[str, Any]:
     assert d.sup is not None and d.store is not None and d.revisions is not None
-    agent = d.sup.agent(p.name)
-    await agent.scale(p.replicas)  # refuses a negative count
-    # kept across daemon restarts: a runtime agent's table, or beside the config's count
-    if p.name in d.from_config:
-        d.revisions.set_scaled(p.name, p.replicas, d.declared_replicas.get(p.name, 1))
-    else:
-        table = d.store.runtime_agents().get(p.name)
-        if table is not None:
-            d.store.save_runtime_agent(p.name, {**table, "replicas": p.replicas})
-    d.record(agent.spec, _who(c))
+    async with d.changing([p.name]):
+        agent = d.sup.agent(p.name)
+        if p.replicas < 0:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
+        d.sup.check_fleet({p.name: p.replicas}, f"{p.replicas} replicas of {p.name}")
+        # kept across daemon restarts: a runtime agent's table, or beside the config's
+        # count; recorded before any replica starts or stops
+        writes: list[Write] = []
+        if p.name in d.from_config:
+            writes.append(setting_scaled(p.name, p.replicas,
+                                         d.declared_replicas.get(p.name, 1)))
+        else:
+            table = d.store.runtime_agents().get(p.name)
+            if table is not None:
+                writes.append(StateStore.saving_runtime_agent(
+                    p.name, {**table, "replicas": p.replicas}))
+        made: list[Revision] = []
+        writes.append(recording(msgspec.structs.replace(agent.spec, replicas=p.replicas),
+                                _who(c), None, made))
+        await _record(d, writes, f"{p.name} was not scaled")
+        await agent.scale(p.replicas)  # checked above: it does not refuse
+    d.told_revisions(made)
     return {"name": p.name, "replicas": p.replicas}
 
 
@@ -260,26 +323,43 @@ async def agents_history(d: Daemon, p: m.AgentsHistory, c: Connection) -> dict[s
 @implements("agents.rollback")
 async def agents_rollback(d: Daemon, p: m.AgentsRollback, c: Connection) -> dict[str, Any]:
     assert d.sup is not None and d.store is not None and d.revisions is not None
-    d.sup.agent(p.name)
-    latest = d.revisions.latest(p.name)
-    current = latest.revision if latest else 0
-    target = p.revision if p.revision is not None else current - 1
-    rev = d.revisions.get(p.name, target)
-    if rev is None:
-        raise RpcError(jsonrpc.NOT_FOUND, f"no revision {target} of {p.name} (its revisions: "
-                                          f"1..{current}; see `corral history {p.name}`)")
-    try:
-        spec = parse_agents({"agents": {p.name: rev.spec}}, f"revision {target}")[p.name]
-    except ConfigError as exc:
-        raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
-    d.fill_cwd(spec)
-    await d.apply_spec(p.name, spec)  # rolling; refuses if a new process is not ready
-    if p.name in d.from_config:
-        # lasts until the config file changes this agent (a reload applies the file)
-        d.revisions.set_scaled(p.name, spec.replicas, d.declared_replicas.get(p.name, 1))
-    else:
-        d.store.save_runtime_agent(p.name, rev.spec)
-    d.record(spec, _who(c), f"rollback to revision {target}")
+    async with d.changing([p.name]):
+        d.sup.agent(p.name)
+        latest = d.revisions.latest(p.name)
+        current = latest.revision if latest else 0
+        target = p.revision if p.revision is not None else current - 1
+        rev = d.revisions.get(p.name, target)
+        if rev is None:
+            raise RpcError(jsonrpc.NOT_FOUND, f"no revision {target} of {p.name} (its "
+                                              f"revisions: 1..{current}; see `corral "
+                                              f"history {p.name}`)")
+        try:
+            spec = parse_agents({"agents": {p.name: rev.spec}}, f"revision {target}")[p.name]
+        except ConfigError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        d.fill_cwd(spec)
+        # recorded first, and taken back if the new processes do not become ready
+        if p.name in d.from_config:
+            # lasts until the config file changes this agent (a reload applies the file)
+            was = d.revisions.scaled().get(p.name)
+            writes = [setting_scaled(p.name, spec.replicas,
+                                     d.declared_replicas.get(p.name, 1))]
+            undo = [setting_scaled(p.name, *was) if was else forgetting_scaled(p.name)]
+        else:
+            table = d.store.runtime_agents().get(p.name)
+            writes = [StateStore.saving_runtime_agent(p.name, rev.spec)]
+            undo = [StateStore.saving_runtime_agent(p.name, table) if table is not None
+                    else StateStore.forgetting_runtime_agent(p.name)]
+        made: list[Revision] = []
+        writes.append(recording(spec, _who(c), f"rollback to revision {target}", made))
+        await _record(d, writes, f"{p.name} was not rolled back")
+        try:
+            await d.apply_spec(p.name, spec)  # rolling; refuses if a new process is not ready
+        except SupervisorError as exc:
+            exc.message += await _undo(d, [*undo, *(unrecording(p.name, r.revision)
+                                                    for r in made)])
+            raise
+    d.told_revisions(made)
     return {"name": p.name, "restored": target, "revision": d.revision_of(p.name)}
 
 

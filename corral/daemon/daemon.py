@@ -9,12 +9,14 @@ WATCHDOG=1 from the heartbeat loop, STATUS= lines, RELOADING=1, STOPPING=1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +49,7 @@ from .journal import Journal
 from .journald import JournalSender, StderrEcho
 from .logs import LogDirError, LogHub
 from .notify import Notifier
-from .revisions import RevisionLog, spec_table
+from .revisions import Revision, RevisionLog, forgetting_scaled, recording, spec_table
 from .store import StateStore, StoreError
 
 if TYPE_CHECKING:
@@ -78,7 +80,9 @@ class Daemon:
         self.control: ControlServer | None = None
         self.gateway = GatewayService(self, GatewaySettings())
         self.http: Any = None  # the HTTP gateway (http_gateway.HttpGateway) when configured
-        self._audit_rows: list[tuple[float, int, int, str, str, str]] = []
+        # agents a command is changing (record, then act: decision 61), so two commands
+        # on one agent take turns: name -> [lock, commands holding or awaiting it]
+        self._changing: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self.started_at = time.time()
         self.from_config: set[str] = set()  # agents declared by the config file
         # the replica count each config-declared agent has in the file (before a kept
@@ -160,9 +164,10 @@ class Daemon:
             self.store = await asyncio.to_thread(
                 StateStore, state_dir / "corral.db", sync=s.journal_sync)
             self.sup.checkpoints.update(await asyncio.to_thread(self.store.states))
-            # per-process and per-agent writes (records, checkpoints) and the task
-            # journal's go through one writer thread, off the loop
-            self.store.open_writer(on_error=self.hub.daemon)
+            # every write (records, checkpoints, audit, revisions, commands' records) and
+            # the task journal's go through one writer thread, off the loop
+            self.store.open_writer(on_error=lambda text: self.hub.daemon(text, priority=3),
+                                   on_notice=lambda text: self.hub.daemon(text, priority=5))
             if s.task_journal:
                 self.task_journal = Journal(self.store.path, sync=s.journal_sync,
                                             max_age=s.journal_max_age,
@@ -244,7 +249,6 @@ class Daemon:
         await self.background.close()
         self.hub.daemon("stopped")
         await self.control.close()
-        self._write_audit()
         self.store.close()
         self.hub.close()
         self.notifier.close()
@@ -322,11 +326,42 @@ class Daemon:
         return last.revision if last is not None else None
 
     def record(self, spec: AgentSpec, who: str, change: str | None = None) -> None:
-        """A new spec revision of the agent, when its spec changed."""
-        if self.revisions is not None:
-            rev = self.revisions.record(spec, who, change)
-            if rev is not None:
-                self.hub.daemon(f"{spec.name}: revision {rev.revision} by {who}: {rev.change}")
+        """A new spec revision of the agent, when its spec changed, through the store's
+        writer (kept while the database cannot be written): for a change the config file
+        made, which is itself what a restart reads. A command's own revision is committed
+        with its change, before it acts (commands.py)."""
+        if self.store is not None and self.store.writer is not None:
+            out: list[Revision] = []
+            self.store.writer.submit(recording(spec, who, change, out), "spec revision",
+                                     lambda: self.told_revisions(out))
+
+    def told_revisions(self, revisions: Iterable[Revision]) -> None:
+        for rev in revisions:
+            self.hub.daemon(f"{rev.agent}: revision {rev.revision} by {rev.who}: "
+                            f"{rev.change}")
+
+    @contextlib.asynccontextmanager
+    async def changing(self, names: Iterable[str]) -> AsyncIterator[None]:
+        """While a command records, then applies, a change of these agents: a second
+        command on any of them waits its turn (it sees the first's result)."""
+        waiting: list[str] = []
+        acquired: list[asyncio.Lock] = []
+        try:
+            for name in sorted(set(names)):  # in order: two commands never deadlock
+                lock, users = self._changing.setdefault(name, (asyncio.Lock(), [0]))
+                users[0] += 1
+                waiting.append(name)
+                await lock.acquire()
+                acquired.append(lock)
+            yield
+        finally:
+            for lock in acquired:
+                lock.release()
+            for name in waiting:
+                users = self._changing[name][1]
+                users[0] -= 1
+                if not users[0]:
+                    del self._changing[name]
 
     def _apply_scaled(self, agents: dict[str, AgentSpec]) -> None:
         """A `corral scale` of a config-declared agent outlives daemon restarts and reloads,
@@ -339,8 +374,10 @@ class Daemon:
                 continue
             if spec.replicas == declared:
                 spec.replicas = replicas
-            else:  # the file says otherwise now: the file wins
-                self.revisions.forget_scaled(name)
+            elif self.store is not None and self.store.writer is not None:
+                # the file says otherwise now: the file wins (kept while the database
+                # cannot be written; a restart would decide the same from the file)
+                self.store.writer.submit(forgetting_scaled(name), "kept scale")
 
     async def apply_spec(self, name: str, spec: AgentSpec) -> None:
         """Bring a running agent to `spec` without downtime: a change of `replicas` alone
@@ -454,6 +491,9 @@ class Daemon:
 
     # -- operations -----------------------------------------------------------------------
     def audit(self, conn: Connection, method: str, params: Any, outcome: str) -> None:
+        """A control command's audit row: in the daemon log, and the audit table through
+        the store's writer, so a row that cannot be written never changes the command's
+        answer (it is kept and written when the database can be: StoreWriter)."""
         text = (f"uid {conn.uid} pid {conn.pid}: {method} "
                 f"{msgspec.json.encode(params).decode()} -> {outcome}")
         self.hub.daemon(text, "audit")
@@ -462,21 +502,12 @@ class Daemon:
 
     def gateway_audit(self, client: str, tool: str, outcome: str,
                       who: tuple[int, int]) -> None:
-        """Every call by a gateway client, in the daemon log and the audit table (written
-        once per loop turn, however many calls ended in it)."""
+        """Every call by a gateway client, in the daemon log and the audit table (the
+        writer commits the rows of a loop turn in one transaction)."""
         self.hub.daemon(f"gateway client {client}: tools/call {tool} -> {outcome}", "audit")
-        if self.store is None:
-            return
-        if not self._audit_rows:
-            asyncio.get_running_loop().call_soon(self._write_audit)
-        self._audit_rows.append((time.time(), who[0], who[1], "gateway.call",
-                                 msgspec.json.encode({"client": client, "tool": tool}
-                                                     ).decode(), outcome))
-
-    def _write_audit(self) -> None:
-        rows, self._audit_rows = self._audit_rows, []
-        if self.store is not None and rows:
-            self.store.audit_many(rows)
+        if self.store is not None:
+            self.store.audit(who[0], who[1], "gateway.call",
+                             {"client": client, "tool": tool}, outcome)
 
     def gateway_status(self) -> dict[str, Any]:
         return {**self.gateway.stats(),
@@ -500,8 +531,11 @@ class Daemon:
         for n in agents["added"]:
             if n in self.sup.agents:  # added at runtime before, declared now: the file wins
                 await self.sup.remove(n)
-                assert self.store is not None
-                self.store.forget_runtime_agent(n)
+                assert self.store is not None and self.store.writer is not None
+                # kept while the database cannot be written; a restart adds the file's
+                # agent first and skips the stored one of the same name anyway
+                self.store.writer.submit(StateStore.forgetting_runtime_agent(n),
+                                         "runtime agent")
         await asyncio.gather(*(self.sup.remove(n) for n in agents["removed"]))
         for n in agents["added"]:
             self._add(cfg.agents[n])
@@ -556,14 +590,14 @@ class ProcessRecords:
         containment.ended_listeners.append(self._on_ended)
 
     def _on_started(self, rec: ProcessRecord) -> None:
-        self.writer.submit(StateStore.write_processes([rec], []))
+        self.writer.submit(StateStore.write_processes([rec], []), "process record")
 
     def _on_ended(self, rec: ProcessRecord) -> None:
-        self.writer.submit(StateStore.write_processes([], [rec.token]))
+        self.writer.submit(StateStore.write_processes([], [rec.token]), "process record")
 
     async def close(self) -> None:
         """A clean shutdown: every process is gone, so is this incarnation."""
-        self.writer.submit(StateStore.ending_incarnations([self.owner]))
+        self.writer.submit(StateStore.ending_incarnations([self.owner]), "process record")
         await self.writer.committed()
 
 

@@ -21,6 +21,8 @@ under the newer changes of their tasks and are tried again every `RETRY_EVERY` s
 Meanwhile `committed()` fails for what waits on the failed attempt (so `tasks.run` refuses
 a task it cannot record), reads still answer, and running tasks go on. The failure is told
 once, and so is the write that catches up; what is still unwritten at shutdown is named.
+The failure's state (`store.Outage`) is shared with store.py's StoreWriter, so the rest of
+the database's writes behave alike.
 """
 
 from __future__ import annotations
@@ -47,12 +49,11 @@ from ..supervisor.tasks import (
     raw_output_of,
 )
 from ..text import plural
-from .store import WriterThread, connect, errors_named
+from .store import RETRY_EVERY, Outage, WriterThread, clock, connect, errors_named
 
 log = logging.getLogger("corral.journal")
 
 PRUNE_EVERY = 60.0
-RETRY_EVERY = 1.0  # seconds between attempts while the journal cannot be written
 BEHIND_BYTES = 32 * 1024 * 1024  # inputs and outputs waiting to be written
 
 UPSERT = """
@@ -103,8 +104,8 @@ class Journal:
         self._flush_scheduled = False
         self._inflight: asyncio.Future[None] | None = None
         self._inflight_rows: list[Row] = []
-        self._failing: _Failing | None = None  # since the last write failed, until one works
-        self._retry: asyncio.TimerHandle | None = None
+        self._outage = Outage()  # since a write failed, until one works (shared with store)
+        self._retry: asyncio.Handle | None = None
         self._prune_timer: asyncio.TimerHandle | None = None
         self.writes = 0  # changes handed to the journal
         self.rows = 0  # rows written (changes to one task in one batch are one row)
@@ -170,10 +171,7 @@ class Journal:
     def _schedule(self) -> None:
         """The next flush: this loop turn's end, or the next attempt while failing."""
         self._flush_scheduled = True
-        if self._failing is None:
-            self._loop.call_soon(self._flush)
-        else:
-            self._retry = self._loop.call_at(self._failing.retry_at, self._flush)
+        self._retry = self._outage.schedule(self._loop, self._flush)
 
     def behind(self) -> bool:
         return self._waiting_bytes > BEHIND_BYTES
@@ -240,21 +238,18 @@ class Journal:
             self._schedule()
 
     def _failed(self, error: str) -> None:
-        retry_at = self._loop.time() + RETRY_EVERY
-        if self._failing is not None:
-            self._failing.retry_at = retry_at
-            return
-        self._failing = _Failing(time.time(), retry_at)
+        if not self._outage.failed(self._loop, error):
+            return  # told once
         waiting = plural(len(self._pending), "accepted task")
         self.on_error(f"{error}: new tasks are refused until it can be written; the "
                       f"changes of {waiting} wait in memory and are written when it can "
                       f"(tried every {RETRY_EVERY:g} s)")
 
     def _written(self, rows: int) -> None:
-        if self._failing is not None:
-            since, self._failing = self._failing.since, None
+        since = self._outage.recovered()
+        if since is not None:
             self.on_notice(f"task journal {self.path} is written again: the changes of "
-                           f"{plural(rows, 'task')} kept in memory since {_clock(since)} "
+                           f"{plural(rows, 'task')} kept in memory since {clock(since)} "
                            "are recorded")
 
     # -- on the writer thread (store.WriterThread) ------------------------------------
@@ -334,14 +329,6 @@ class JournalError(Exception):
     """The journal could not write; the message names the file and SQLite's reason."""
 
 
-class _Failing:
-    __slots__ = ("retry_at", "since")
-
-    def __init__(self, since: float, retry_at: float) -> None:
-        self.since = since  # wall time of the first failure
-        self.retry_at = retry_at  # loop time of the next attempt
-
-
 def _size(row: Row) -> int:
     """The bytes of a row's input and output, held in memory until it is written."""
     return (len(row[11]) if row[11] is not None else 0) + (
@@ -357,6 +344,3 @@ def _merged(older: Row, newer: Row) -> Row:
     return (*newer[:11], older[11] if keep_input else newer[11],
             newer[12] if newer[12] is not None else older[12], *newer[13:])
 
-
-def _clock(when: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))

@@ -3,13 +3,17 @@ state database (who, when, what changed, the whole spec), so `corral history` ca
 and `corral rollback` can go back to any of them. Also where `corral scale` is kept, so a
 scaled agent keeps its replica count across daemon restarts and reloads.
 
-The tables are migration 4 of store.py; this module only reads and writes them.
+The tables are migration 4 of store.py; this module only reads them (RevisionLog, on the
+loop's connection) and makes their writes (functions of a connection, run by store.py's
+writer thread: a command's own in the transaction it commits before acting, the config
+file's through StoreWriter).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -93,32 +97,66 @@ class RevisionLog:
         return list(reversed(self._rows(
             "WHERE agent = ? ORDER BY revision DESC LIMIT ?", agent, limit)))
 
-    def record(self, spec: AgentSpec, who: str, change: str | None = None
-               ) -> Revision | None:
-        """A new revision if `spec` differs from the agent's latest one (else None)."""
-        table = spec_table(spec)
-        last = self.latest(spec.name)
-        if last is not None and last.spec == table:
-            return None
-        rev = Revision(spec.name, last.revision + 1 if last else 1, time.time(), who,
-                       change or describe_change(last.spec if last else None, table), table)
-        self.db.execute(
-            "INSERT INTO revisions (agent, revision, time, who, change, spec) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (rev.agent, rev.revision, rev.time, rev.who, rev.change,
-             msgspec.json.encode(table).decode()))
-        return rev
-
-    # -- `corral scale`, kept -------------------------------------------------------------
-    def set_scaled(self, agent: str, replicas: int, declared: int) -> None:
-        """`declared`: the config's own count when it was scaled; a config that changes
-        its count since then wins over the scale."""
-        self.db.execute("INSERT OR REPLACE INTO scaled (agent, replicas, declared, time) "
-                        "VALUES (?, ?, ?, ?)", (agent, replicas, declared, time.time()))
-
     def scaled(self) -> dict[str, tuple[int, int]]:
         rows = self.db.execute("SELECT agent, replicas, declared FROM scaled")
         return {a: (r, d) for a, r, d in rows}
 
-    def forget_scaled(self, agent: str) -> None:
-        self.db.execute("DELETE FROM scaled WHERE agent = ?", (agent,))
+
+# -- writes: functions of the writer's connection (store.py runs them on its thread) -----
+Write = Callable[[sqlite3.Connection], None]
+
+
+def recording(spec: AgentSpec, who: str, change: str | None = None,
+              out: list[Revision] | None = None) -> Write:
+    """A write of a new revision if `spec` differs from the agent's latest one; the
+    revision it made is put in `out`. Numbered where it is written, so revisions queued or
+    committed by two writers in turn never take the same number."""
+    table = spec_table(spec)
+    encoded = msgspec.json.encode(table).decode()
+    when = time.time()
+
+    def write(db: sqlite3.Connection) -> None:
+        if out is not None:
+            out.clear()  # a batch tried again runs its writes again
+        last = RevisionLog(db).latest(spec.name)
+        if last is not None and last.spec == table:
+            return
+        rev = Revision(spec.name, last.revision + 1 if last else 1, when, who,
+                       change or describe_change(last.spec if last else None, table), table)
+        db.execute(
+            "INSERT INTO revisions (agent, revision, time, who, change, spec) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (rev.agent, rev.revision, rev.time, rev.who, rev.change, encoded))
+        if out is not None:
+            out.append(rev)
+
+    return write
+
+
+def unrecording(agent: str, revision: int) -> Write:
+    """The write that takes back a revision recorded for a change that then failed."""
+    def write(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM revisions WHERE agent = ? AND revision = ?",
+                   (agent, revision))
+
+    return write
+
+
+# -- `corral scale`, kept -----------------------------------------------------------------
+def setting_scaled(agent: str, replicas: int, declared: int) -> Write:
+    """`declared`: the config's own count when it was scaled; a config that changes its
+    count since then wins over the scale."""
+    row = (agent, replicas, declared, time.time())
+
+    def write(db: sqlite3.Connection) -> None:
+        db.execute("INSERT OR REPLACE INTO scaled (agent, replicas, declared, time) "
+                   "VALUES (?, ?, ?, ?)", row)
+
+    return write
+
+
+def forgetting_scaled(agent: str) -> Write:
+    def write(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM scaled WHERE agent = ?", (agent,))
+
+    return write

@@ -33,11 +33,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
 from ..supervisor.containment import ProcessRecord
+from ..text import plural
 from .revisions import MIGRATION as REVISIONS_MIGRATION
 
 log = logging.getLogger("corral.store")
@@ -278,13 +279,74 @@ def _statements(script: str) -> list[str]:
 
 Write = Callable[[sqlite3.Connection], None]
 
+RETRY_EVERY = 1.0  # seconds between attempts while the database cannot be written
+MAX_KEPT = 10_000  # StoreWriter's writes kept in memory while it cannot write; then dropped
+# SQLite's primary result codes of a write that may work when tried again: a full disk, an
+# I/O error (EFBIG past a file size limit is one), a read-only file (a remount), a lock
+TRANSIENT = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR,
+                       sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
+                       sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_PROTOCOL})
+
+
+def transient(exc: sqlite3.Error) -> bool:
+    """Whether a write that raised `exc` may work when tried again (the database cannot be
+    written now), rather than being wrong (a constraint, a missing table)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is None or code & 0xFF in TRANSIENT
+
+
+def what_to_do() -> str:
+    return (f"free space on its file system, or make it and its directory writable by uid "
+            f"{os.geteuid()}")
+
+
+def clock(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+class Outage:
+    """A writer's failure to write, from the first failed attempt until one works: the
+    task journal and StoreWriter share it, so both behave alike. `failed()` says whether
+    this failure is the first (the one to tell); `recovered()` the wall time the outage
+    began (the catch-up to tell), or None when there was none; `schedule()` the next
+    attempt: this loop turn's end, or RETRY_EVERY after the last failure."""
+
+    __slots__ = ("error", "retry_at", "since")
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # wall time of the first failure
+        self.retry_at = 0.0  # loop time of the next attempt
+        self.error = ""  # the first failure's reason
+
+    @property
+    def failing(self) -> bool:
+        return self.since is not None
+
+    def failed(self, loop: asyncio.AbstractEventLoop, error: str) -> bool:
+        self.retry_at = loop.time() + RETRY_EVERY
+        if self.since is not None:
+            return False
+        self.since, self.error = time.time(), error
+        return True
+
+    def recovered(self) -> float | None:
+        since, self.since = self.since, None
+        return since
+
+    def schedule(self, loop: asyncio.AbstractEventLoop, flush: Callable[[], None]
+                 ) -> asyncio.Handle:
+        if self.since is None:
+            return loop.call_soon(flush)
+        return loop.call_at(self.retry_at, flush)
+
 
 class WriterThread:
     """The state database's one writer: a thread with its own connection that runs jobs
     (functions of the connection) in the order given. The task journal's batches and
-    prunes and StoreWriter's batches all run here, so SQLite work never waits on the loop
-    and two writers never contend for the database's write lock. A job's `done(error)` is
-    called on the loop, with SQLite's message if the job raised (after a rollback)."""
+    prunes, StoreWriter's batches and the control commands' records (`commit`) all run
+    here, so SQLite work never waits on the loop and two writers never contend for the
+    database's write lock. A job's `done(error)` is called on the loop, with SQLite's
+    message if the job raised (after a rollback)."""
 
     def __init__(self, path: Path, *, sync: str = "normal") -> None:
         self.path = path
@@ -297,6 +359,23 @@ class WriterThread:
 
     def run(self, job: Write, done: Callable[[str | None], None] | None = None) -> None:
         self._jobs.put((job, done))
+
+    async def commit(self, writes: Iterable[Write]) -> None:
+        """Run `writes` in one transaction, now (ahead of what StoreWriter keeps while it
+        cannot write); StoreError, naming the file and the reason, if it is not committed."""
+        batch = list(writes)
+        done: asyncio.Future[str | None] = self._loop.create_future()
+
+        def job(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                write(db)
+            db.execute("COMMIT")
+
+        self.run(job, done.set_result)
+        error = await done
+        if error is not None:
+            raise StoreError(f"state database {self.path} cannot be written ({error})")
 
     def _run(self) -> None:
         db = self._db
@@ -325,38 +404,75 @@ class WriterThread:
         self._db.close()
 
 
+class _Kept(NamedTuple):
+    """One write waiting in StoreWriter: what it is (for the counts an operator reads)
+    and what runs after its commit."""
+    write: Write
+    kind: str
+    then: Callable[[], None] | None
+
+
 class StoreWriter:
-    """Writes that come one per process or per agent (process records at every spawn and
-    exit, state checkpoints): a thousand agents make a thousand of them in a few turns of
-    the loop, and each synchronous SQLite commit (and now and then a WAL checkpoint with
-    its fsyncs) was loop time. They are queued as functions of the connection; one flush
-    per loop turn hands the queue to the writer thread, which runs it in ONE transaction
-    while the next batch gathers (group commit without a timer, as the task journal does).
-    Order is kept: a record written and then deleted stays deleted. `committed()`
-    resolves once everything queued so far is durable (synchronous=NORMAL in WAL: it
-    survives a crash of the daemon); a batch that fails is told to `on_error`."""
+    """Writes that are many, or must never hold up what caused them: process records at
+    every spawn and exit, state checkpoints, audit rows, spec revisions the config file
+    made. A thousand agents make a thousand of them in a few turns of the loop, and each
+    synchronous SQLite commit (and now and then a WAL checkpoint with its fsyncs) was loop
+    time. They are queued as functions of the connection; one flush per loop turn hands the
+    queue to the writer thread, which runs it in ONE transaction while the next batch
+    gathers (group commit without a timer, as the task journal does). Order is kept: a
+    record written and then deleted stays deleted. `committed()` resolves once everything
+    queued so far has been tried (synchronous=NORMAL in WAL: a commit survives a crash of
+    the daemon).
+
+    When the database cannot be written (a full disk, an I/O error, a read-only remount,
+    a lock held too long), nothing is lost and nothing waits on it: the batch's writes go
+    back in front of the queue and are tried again every RETRY_EVERY seconds, as the task
+    journal's are (`Outage`), up to `max_kept` of them; writes past that are dropped and
+    counted by kind. The failure is told once to `on_error`, and the write that catches up
+    once to `on_notice`, with what was kept and what was dropped. A write that is wrong
+    rather than unlucky (a constraint, a missing table) is dropped alone and told: it runs
+    in a savepoint of its own, so it never holds the others back."""
 
     def __init__(self, thread: WriterThread,
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_error: Callable[[str], None] | None = None,
+                 on_notice: Callable[[str], None] | None = None,
+                 max_kept: int = MAX_KEPT) -> None:
         self.thread = thread
         self.on_error = on_error or (lambda msg: log.error("%s", msg))
+        self.on_notice = on_notice or (lambda msg: log.warning("%s", msg))
+        self.max_kept = max_kept
         self._loop = asyncio.get_running_loop()
-        self._pending: list[Write] = []
+        self._pending: list[_Kept] = []
         self._pending_done: asyncio.Future[None] | None = None
         self._flush_scheduled = False
         self._inflight: asyncio.Future[None] | None = None
+        self.outage = Outage()
+        self._retry: asyncio.Handle | None = None
+        self.dropped: dict[str, int] = {}  # by kind, since the outage began
+        # after a catch-up that dropped writes: (kind -> count, since, reason)
+        self.caught_up_listeners: list[Callable[[dict[str, int], float, str], None]] = []
         self.batches = 0  # transactions committed
         self.writes = 0
 
-    def submit(self, write: Write) -> None:
-        """Queue `write(connection)` for the next batch (never blocks the loop)."""
-        self._pending.append(write)
+    def submit(self, write: Write, kind: str = "write",
+               then: Callable[[], None] | None = None) -> None:
+        """Queue `write(connection)` for the next batch (never blocks the loop); `kind`
+        names it in the counts told while the database cannot be written; `then` runs on
+        the loop once it is committed."""
+        if self.outage.failing and len(self._pending) >= self.max_kept:
+            self.dropped[kind] = self.dropped.get(kind, 0) + 1
+            return
+        self._pending.append(_Kept(write, kind, then))
         if not self._flush_scheduled and self._inflight is None:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._flush_scheduled = True
+        self._retry = self.outage.schedule(self._loop, self._flush)
 
     async def committed(self) -> None:
-        """Until everything submitted so far is committed (or failed: see on_error)."""
+        """Until everything submitted so far has been tried (committed, or kept again
+        after a failure: see on_error)."""
         waiting = self._pending_future() if self._pending else self._inflight
         if waiting is not None:
             await asyncio.shield(waiting)
@@ -368,42 +484,113 @@ class StoreWriter:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._retry = None
         if self._inflight is not None or not self._pending:
             return
         batch, self._pending = self._pending, []
         done = self._pending_done or self._loop.create_future()
         self._pending_done = None
         self._inflight = done
+        wrong: list[str] = []
 
         def job(db: sqlite3.Connection) -> None:
+            wrong.clear()
             db.execute("BEGIN")
-            for write in batch:
-                write(db)
+            for kept in batch:
+                db.execute("SAVEPOINT one")
+                try:
+                    kept.write(db)
+                except sqlite3.Error as exc:
+                    if transient(exc):
+                        raise
+                    db.execute("ROLLBACK TO one")
+                    wrong.append(f"one {kept.kind} dropped, SQLite refused it ({exc})")
+                db.execute("RELEASE one")
             db.execute("COMMIT")
 
-        self.thread.run(job, lambda error: self._batch_done(done, len(batch), error))
+        self.thread.run(job, lambda error: self._batch_done(done, batch, wrong, error))
 
-    def _batch_done(self, done: asyncio.Future[None], writes: int, error: str | None
-                    ) -> None:
+    def _batch_done(self, done: asyncio.Future[None], batch: list[_Kept],
+                    wrong: list[str], error: str | None) -> None:
         self._inflight = None
         if error is None:
             self.batches += 1
-            self.writes += writes
+            self.writes += len(batch) - len(wrong)
+            for text in wrong:
+                self.on_error(f"state database {self.thread.path}: {text}")
+            self._caught_up(batch)
+            for kept in batch:
+                if kept.then is not None:
+                    kept.then()
         else:
-            self.on_error(f"state database {self.thread.path}: {writes} writes could not "
-                          f"be committed: {error}")
+            # nothing of the batch is lost: its writes wait again, in front of the newer
+            # ones, for the next attempt (past max_kept, the newest are dropped)
+            waiting = batch + self._pending
+            self._pending = waiting[:self.max_kept]
+            for kept in waiting[self.max_kept:]:
+                self.dropped[kept.kind] = self.dropped.get(kept.kind, 0) + 1
+            if self.outage.failed(self._loop, error):
+                self.on_error(
+                    f"state database {self.thread.path} cannot be written ({error}): "
+                    f"{_counted(_kinds(self._pending))} wait in memory and are written when "
+                    f"it can (tried every {RETRY_EVERY:g} s; at most {self.max_kept} are "
+                    f"kept, newer ones are dropped and counted): {what_to_do()}")
         done.set_result(None)
-        if self._pending:
-            self._flush()
+        if self._pending and not self._flush_scheduled:
+            self._schedule()
+
+    def _caught_up(self, batch: list[_Kept]) -> None:
+        since = self.outage.recovered()
+        if since is None:
+            return
+        dropped, self.dropped = self.dropped, {}
+        text = (f"state database {self.thread.path} is written again: "
+                f"{_counted(_kinds(batch))} kept in memory since {clock(since)} are recorded")
+        if dropped:
+            text += f"; {_counted(dropped)} could not be kept and are lost"
+        self.on_notice(text)
+        if dropped:
+            for listener in self.caught_up_listeners:
+                listener(dropped, since, self.outage.error)
+
+    def pending(self) -> dict[str, int]:
+        """The writes waiting (kept while failing, or for the next batch), by kind."""
+        return _kinds(self._pending)
+
+    def cancel_retry(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+            self._flush_scheduled = False
+
+
+def _kinds(batch: list[_Kept]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for kept in batch:
+        counts[kept.kind] = counts.get(kept.kind, 0) + 1
+    return counts
+
+
+def _counted(counts: dict[str, int]) -> str:
+    """{"audit row": 2, "process record": 1} -> "2 audit rows and 1 process record"."""
+    parts = [plural(n, kind) for kind, n in counts.items()]
+    if not parts:
+        return "no writes"
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 class StateStore:
     """The small tables: runtime agents, spec revisions, state checkpoints, audit,
-    incarnations and process records. Writes that come per control operation (runtime
-    agents, revisions, audit) run on the loop's connection: few, and read back at once.
-    Writes that come per process or per agent (process records, checkpoints) go through
-    `writer` (StoreWriter), off the loop, on the writer thread the task journal shares
-    (`thread`, WriterThread)."""
+    incarnations and process records. Reads run on the loop's connection (`db`); writes
+    run on the writer thread (`thread`, WriterThread, shared with the task journal), never
+    on the loop once it is open:
+    - what a control command changes that must outlive the daemon (runtime agents, kept
+      scale counts, their revisions) is committed by the command before it acts
+      (`commit`): a database that cannot be written refuses the command, nothing changed
+      (decision 61);
+    - what is many or must not hold up its cause (process records, checkpoints, audit
+      rows, revisions the config file made) goes through `writer` (StoreWriter), batched,
+      and kept and tried again while the database cannot be written."""
 
     def __init__(self, path: Path, *, sync: str = "normal") -> None:
         self.path = path
@@ -413,24 +600,44 @@ class StateStore:
         self.thread: WriterThread | None = None
         self.writer: StoreWriter | None = None
 
-    def open_writer(self, on_error: Callable[[str], None] | None = None) -> StoreWriter:
+    def open_writer(self, on_error: Callable[[str], None] | None = None,
+                    on_notice: Callable[[str], None] | None = None) -> StoreWriter:
         self.thread = WriterThread(self.path, sync=self.sync)
-        self.writer = StoreWriter(self.thread, on_error=on_error)
+        self.writer = StoreWriter(self.thread, on_error=on_error, on_notice=on_notice)
+        self.writer.caught_up_listeners.append(self._audit_gap)
         return self.writer
+
+    async def commit(self, writes: Iterable[Write]) -> None:
+        """Commit `writes` in one transaction now, or raise StoreError (see WriterThread)."""
+        if self.thread is None:  # before the writer is open (tests): on this connection
+            with errors_named(self.path), self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                for write in writes:
+                    write(self.db)
+            return
+        await self.thread.commit(writes)
 
     def runtime_agents(self) -> dict[str, dict[str, Any]]:
         with errors_named(self.path):
             rows = self.db.execute("SELECT name, spec FROM runtime_agents ORDER BY added_at")
             return {name: msgspec.json.decode(spec) for name, spec in rows}
 
-    def save_runtime_agent(self, name: str, table: dict[str, Any]) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO runtime_agents (name, spec, added_at) VALUES (?, ?, ?)",
-            (name, msgspec.json.encode(table).decode(), time.time()),
-        )
+    @staticmethod
+    def saving_runtime_agent(name: str, table: dict[str, Any]) -> Write:
+        row = (name, msgspec.json.encode(table).decode(), time.time())
 
-    def forget_runtime_agent(self, name: str) -> None:
-        self.db.execute("DELETE FROM runtime_agents WHERE name = ?", (name,))
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO runtime_agents (name, spec, added_at) "
+                       "VALUES (?, ?, ?)", row)
+
+        return write
+
+    @staticmethod
+    def forgetting_runtime_agent(name: str) -> Write:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM runtime_agents WHERE name = ?", (name,))
+
+        return write
 
     def save_state(self, name: str, replica: int, when: float, state: Any) -> None:
         """Through the writer when there is one (checkpoints come per agent)."""
@@ -441,7 +648,7 @@ class StateStore:
                        "VALUES (?,?,?,?)", row)
 
         if self.writer is not None:
-            self.writer.submit(write)
+            self.writer.submit(write, "checkpoint")
         else:
             write(self.db)
 
@@ -451,17 +658,35 @@ class StateStore:
             return {(n, r): (t, msgspec.json.decode(s)) for n, r, t, s in rows}
 
     def audit(self, uid: int, pid: int, method: str, params: Any, outcome: str) -> None:
-        self.db.execute(
-            "INSERT INTO audit (time, uid, pid, method, params, outcome) VALUES (?,?,?,?,?,?)",
-            (time.time(), uid, pid, method, msgspec.json.encode(params).decode(), outcome),
-        )
+        """An audit row, through the writer: it never holds up, nor fails, what it records
+        (kept while the database cannot be written; StoreWriter)."""
+        self.audit_row((time.time(), uid, pid, method, msgspec.json.encode(params).decode(),
+                        outcome))
 
-    def audit_many(self, rows: list[tuple[float, int, int, str, str, str]]) -> None:
-        """Rows of (time, uid, pid, method, params JSON, outcome) in one transaction."""
-        with self.db:
-            self.db.executemany(
-                "INSERT INTO audit (time, uid, pid, method, params, outcome) "
-                "VALUES (?,?,?,?,?,?)", rows)
+    def audit_row(self, row: tuple[float, int, int, str, str, str]) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO audit (time, uid, pid, method, params, outcome) "
+                       "VALUES (?,?,?,?,?,?)", row)
+
+        if self.writer is not None:
+            self.writer.submit(write, "audit row")
+            return
+        try:  # no writer (before it opens, after it closes): here, and never raised
+            with self.db:
+                write(self.db)
+        except sqlite3.Error as exc:
+            log.error("state database %s: an audit row could not be written (%s): %s",
+                      self.path, exc, row)
+
+    def _audit_gap(self, dropped: dict[str, int], since: float, reason: str) -> None:
+        """After a catch-up that lost audit rows: a row that says so, where they would be."""
+        rows = dropped.get("audit row", 0)
+        if rows:
+            self.audit_row((time.time(), os.geteuid(), os.getpid(), "audit.dropped",
+                            msgspec.json.encode({"rows": rows, "since": clock(since)}
+                                                ).decode(),
+                            f"error: {plural(rows, 'audit row')} could not be recorded: "
+                            f"the state database could not be written ({reason})"))
 
     def audit_log(self, limit: int = 100) -> list[tuple[Any, ...]]:
         rows = self.db.execute(
@@ -528,7 +753,14 @@ class StateStore:
         the thread is shared)."""
         if self.writer is not None:
             writer, self.writer = self.writer, None
-            await writer.committed()
+            await writer.committed()  # while failing: one more attempt
+            writer.cancel_retry()
+            lost = writer.pending()
+            for kind, n in writer.dropped.items():
+                lost[kind] = lost.get(kind, 0) + n
+            if lost:
+                writer.on_error(f"state database {self.path}: not written before shutdown, "
+                                f"lost: {_counted(lost)}")
         if self.thread is not None:
             thread, self.thread = self.thread, None
             await thread.close()

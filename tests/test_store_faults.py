@@ -1,0 +1,243 @@
+"""The state database when it cannot be written at run time (a full disk, an I/O error, a
+lock held too long): an audit row never changes a command's answer — it is kept, bounded,
+and written when the database can be, told once each way — and a command whose own change
+must outlive the daemon (add, remove, scale, rollback) is refused before anything changes
+(decision 61)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.daemon import store as store_mod
+from corral.daemon.store import StateStore
+
+from .daemon_harness import PY, Daemon, hello
+from .test_daemon_cli import wait_until
+
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+
+
+# -- in-process: the real store, its writes failing on a lock another connection holds -----
+async def test_audit_rows_that_cannot_be_written_are_kept_bounded_and_caught_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_MS", 100)  # a lock fails an attempt fast
+    db = tmp_path / "corral.db"
+    store = StateStore(db)
+    errors: list[str] = []
+    notices: list[str] = []
+    writer = store.open_writer(on_error=errors.append, on_notice=notices.append)
+    writer.max_kept = 3
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        store.audit(0, 1, "agents.stop", {"names": ["a"]}, "ok")
+        await writer.committed()
+        holder.execute("BEGIN EXCLUSIVE")  # every write of the writer's fails now
+        for i in range(2, 7):
+            store.audit(0, i, "agents.stop", {"names": ["a"]}, "ok")
+        await writer.committed()  # the attempt failed: three kept, two dropped
+        assert errors == [
+            f"state database {db} cannot be written (database is locked): 3 audit rows "
+            "wait in memory and are written when it can (tried every 1 s; at most 3 are "
+            "kept, newer ones are dropped and counted): free space on its file system, or "
+            f"make it and its directory writable by uid {os.geteuid()}"]
+        store.audit(0, 7, "agents.start", {"names": ["a"]}, "ok")  # past the bound: dropped
+        assert (writer.pending(), writer.dropped) == ({"audit row": 3}, {"audit row": 3})
+        assert [r[2] for r in store.audit_log()] == [1]  # reads still answer
+        holder.execute("ROLLBACK")
+        await writer.committed()  # the next attempt writes what was kept
+        (notice,) = notices
+        assert re.fullmatch(
+            rf"state database {re.escape(str(db))} is written again: 3 audit rows kept in "
+            rf"memory since {STAMP} are recorded; 3 audit rows could not be kept and are "
+            "lost", notice)
+        await writer.committed()  # the row that marks the gap, queued at the catch-up
+        log = store.audit_log()
+        assert [(r[2], r[3], r[5]) for r in log[:4]] == [
+            (1, "agents.stop", "ok"), (2, "agents.stop", "ok"), (3, "agents.stop", "ok"),
+            (4, "agents.stop", "ok")]
+        (gap,) = log[4:]
+        assert gap[1:4] == (os.geteuid(), os.getpid(), "audit.dropped")
+        assert re.fullmatch(rf'\{{"rows":3,"since":"{STAMP}"\}}', gap[4])
+        assert gap[5] == ("error: 3 audit rows could not be recorded: the state database "
+                          "could not be written (database is locked)")
+        assert len(errors) == 1  # told once
+        # a shutdown while it still cannot write: one more attempt, then what is lost
+        holder.execute("BEGIN EXCLUSIVE")
+        store.audit(0, 8, "agents.stop", {"names": ["a"]}, "ok")
+        await store.close_writer()
+        assert errors[1].startswith(f"state database {db} cannot be written (database is "
+                                    "locked): 1 audit row wait")
+        assert errors[2:] == [f"state database {db}: not written before shutdown, lost: "
+                              "1 audit row"]
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+        await store.close_writer()
+        store.close()
+
+
+# -- through `corral daemon`: a full disk, as its file size limit ----------------------------
+@contextmanager
+def disk_full(d: Daemon) -> Iterator[None]:
+    """Every write of the daemon's to a file fails (EFBIG) while inside, as on a full disk."""
+    assert d.proc is not None
+    _, hard = resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (0, hard))
+    try:
+        yield
+    finally:
+        resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
+
+
+def daemon_lines(d: Daemon) -> str:
+    """The daemon's own recent lines (from memory: its log file may be failing too)."""
+    return d.cli("logs", "corral", "-n", "500").stdout
+
+
+def audit(d: Daemon) -> list[tuple[str, Any, str]]:
+    return [(e["method"], e["params"], e["outcome"]) for e in d.json("audit")["entries"]]
+
+
+def caught_up(d: Daemon) -> None:
+    wait_until(lambda: "is written again" in daemon_lines(d), what="the catch-up")
+
+
+def told(err: str, db: Path) -> list[str]:
+    return [ln for ln in err.splitlines() if ln.startswith(f"corral: state database {db}")]
+
+
+def test_a_command_that_took_effect_says_so_when_its_audit_row_cannot_be_written(
+        tmp_path: Path) -> None:
+    # no task journal: its own failure is test_journal_faults' subject
+    d = Daemon(tmp_path, hello("w"), extra="task_journal = false")
+    db = d.state / "corral.db"
+    try:
+        d.start()
+        with disk_full(d):
+            r = d.cli("stop", "w")
+            assert (r.returncode, r.stdout, r.stderr) == (0, "stopped: w\n", "")
+            assert d.status()["w#0"]["state"] == "terminated"
+            wait_until(lambda: "cannot be written" in daemon_lines(d), what="the failure")
+            r = d.cli("start", "w")
+            assert (r.returncode, r.stdout, r.stderr) == (0, "started: w\n", "")
+            wait_until(lambda: d.status()["w#0"]["state"] == "ready", what="w ready")
+            assert audit(d) == []  # not written yet; `corral audit` still answers
+        caught_up(d)
+        assert audit(d) == [("agents.stop", {"names": ["w"], "all": False}, "ok"),
+                            ("agents.start", {"names": ["w"], "all": False}, "ok")]
+        assert d.stop() == 0
+        assert d.proc is not None and d.proc.stderr is not None
+        err = d.proc.stderr.read().decode()
+    finally:
+        d.close()
+    failure, back = told(err, db)  # once each way
+    assert re.fullmatch(
+        rf"corral: state database {re.escape(str(db))} cannot be written \(disk I/O error\): "
+        r"(\d+ [a-z ]+?s?(, | and ))*\d+ [a-z ]+ wait in memory and are written when it can "
+        r"\(tried every 1 s; at most 10000 are kept, newer ones are dropped and counted\): "
+        "free space on its file system, or make it and its directory writable by uid "
+        f"{os.geteuid()}", failure)
+    assert re.fullmatch(
+        rf"corral: state database {re.escape(str(db))} is written again: .*2 audit rows.* "
+        rf"kept in memory since {STAMP} are recorded", back)
+
+
+def test_changes_that_cannot_be_recorded_are_refused_before_anything_changes(
+        tmp_path: Path) -> None:
+    d = Daemon(tmp_path, extra="task_journal = false")
+    db = d.state / "corral.db"
+    more = tmp_path / "more.toml"
+    more.write_text(hello("new"))
+    uid = os.geteuid()
+
+    def refusal(unchanged: str) -> str:
+        return (f"corral: state database {db} cannot be written (disk I/O error): "
+                f"{unchanged}; free space on its file system, or make it and its directory "
+                f"writable by uid {uid}\n")
+
+    try:
+        d.start()
+        extra = tmp_path / "extra.toml"
+        extra.write_text(hello("extra"))
+        assert d.cli("add", str(extra)).returncode == 0
+        assert d.cli("scale", "extra", "2").returncode == 0
+        wait_until(lambda: d.status().get("extra#1", {}).get("state") == "ready",
+                   what="extra#1 ready")
+        pids = {k: v["pid"] for k, v in d.status().items()}
+        with disk_full(d):
+            for argv, unchanged in ((["add", str(more)], "nothing was added"),
+                                    (["scale", "extra", "3"], "extra was not scaled"),
+                                    (["remove", "extra"], "nothing was removed"),
+                                    (["rollback", "extra", "1"], "extra was not rolled back")):
+                r = d.cli(*argv)
+                assert (r.returncode, r.stdout, r.stderr) == (1, "", refusal(unchanged))
+            # nothing changed: the same processes, no new agent
+            assert {k: v["pid"] for k, v in d.status().items()} == pids
+        caught_up(d)
+        # the refusals are audited as such (their rows were kept meanwhile)
+        assert [(m, o) for m, _, o in audit(d)[-4:]] == [
+            ("agents.add", "error: " + refusal("nothing was added")[8:-1]),
+            ("agents.scale", "error: " + refusal("extra was not scaled")[8:-1]),
+            ("agents.remove", "error: " + refusal("nothing was removed")[8:-1]),
+            ("agents.rollback", "error: " + refusal("extra was not rolled back")[8:-1])]
+        # what a restarted daemon runs is what the answers said
+        assert d.stop() == 0
+        d.start()
+        assert sorted(d.status()) == ["extra#0", "extra#1"]
+        assert [(r["revision"], r["change"]) for r in
+                d.json("history", "extra")["revisions"]] == [
+            (1, "created"), (2, "replicas default -> 2")]
+        # and once the database can be written, the same command simply works
+        r = d.cli("add", str(more))
+        assert (r.returncode, r.stdout, r.stderr) == (0, "added: new\n", "")
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_rollback_that_fails_takes_its_record_back(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, extra="task_journal = false")
+    db = d.state / "corral.db"
+    broken = tmp_path / "broken.toml"
+    broken.write_text(f'[agents.r]\ncommand = ["{PY}", "-c", "raise SystemExit(3)"]\n'
+                      'restart = "never"\n')
+    good = tmp_path / "good.toml"
+    good.write_text(hello("r"))
+
+    def stored() -> dict[str, Any]:
+        conn = sqlite3.connect(db)
+        try:
+            (spec,) = conn.execute("SELECT spec FROM runtime_agents WHERE name = 'r'"
+                                   ).fetchone()
+            return json.loads(spec)  # type: ignore[no-any-return]
+        finally:
+            conn.close()
+
+    try:
+        d.start()
+        assert d.cli("add", str(broken)).returncode == 0  # revision 1: never ready
+        assert d.cli("remove", "r").returncode == 0
+        assert d.cli("add", str(good)).returncode == 0  # revision 2
+        wait_until(lambda: d.status()["r#0"]["state"] == "ready", what="r ready")
+        before = stored()
+        r = d.cli("rollback", "r", "1")
+        assert r.returncode == 1
+        assert re.fullmatch(r"corral: rollout of r stopped at replica 0: the new process did "
+                            r"not become ready: .*; the old one keeps running\n", r.stderr)
+        assert [x["revision"] for x in d.json("history", "r")["revisions"]] == [1, 2]
+        assert stored() == before
+        assert d.status()["r#0"]["state"] == "ready"
+        assert d.stop() == 0
+    finally:
+        d.close()
