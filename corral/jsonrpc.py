@@ -576,7 +576,7 @@ class Peer:
         # pending requests whose answer is decoded whole, in one pass, by their own decoder
         self._decoders: dict[Id, Callable[[bytes], tuple[int, Any]]] = {}
         # made at the first: a deque kept by every peer would be walked by every full
-        # pass of the cyclic collector (supervisor/lean.py)
+        # pass of the cyclic collector (decision 60)
         self._forgotten: deque[Id] | None = None
         self._incoming: dict[Id, asyncio.Task[Any]] = {}
         self.closed: RpcError | None = None

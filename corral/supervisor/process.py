@@ -182,11 +182,12 @@ class ChildProcess:
         self._stdout: asyncio.BaseTransport | None = None
         self._stderr: asyncio.BaseTransport | None = None
         self._on_stderr_lines: Callable[[LineBlock], None] | None = None
+        self._on_stdout_eof: Callable[[Exception | None], None] | None = None
         # what lives as long as the process is kept to plain attributes; the rest is made
-        # when first needed (lean.py): the future of stderr's EOF when someone waits for
-        # it, the tail when the process first writes to stderr
-        self._stderr_at_eof = False
-        self._stderr_closed: asyncio.Future[None] | None = None
+        # when first needed (decision 60): the future of the output's EOF when someone
+        # waits for it, the tail when the process first writes to stderr
+        self._unread_pipes = 2  # stdout and stderr, until each reaches EOF
+        self._output_closed: asyncio.Future[None] | None = None
         self.argv0 = ""  # the program asked for (not the caps prologue's shell)
         # this process's own last stderr lines: an exit is explained by them, never by an
         # earlier process's (the tail lives and dies with the process)
@@ -242,8 +243,6 @@ class ChildProcess:
         except BaseException:
             popen.wait()
             child.close()
-            for f in pipes:
-                f.close()
             containment.ended(child.token)
             raise
         return child
@@ -255,22 +254,23 @@ class ChildProcess:
         stderr: Any,
         *,
         on_stdout_line: Callable[[bytes], None],
-        on_stdout_eof: Callable[[Exception | None], None],
         on_stderr_lines: Callable[[LineBlock], None],
         on_oversize: Callable[[int, bytes, bytes], None],
+        on_stdout_eof: Callable[[Exception | None], None] | None = None,
         max_line: int = DEFAULT_MAX_LINE,
     ) -> None:
         """Connect our ends of the process's stdio pipes (file objects) to the loop; on
-        failure the process is killed."""
+        failure the process is killed and the pipes no transport took are closed."""
         loop = self.loop
         self._on_stderr_lines = on_stderr_lines
+        self._on_stdout_eof = on_stdout_eof
         try:
             stdin_t, _ = await loop.connect_write_pipe(asyncio.Protocol, stdin)
             self.stdin = stdin_t  # type: ignore[assignment]
             self._stdout, _ = await loop.connect_read_pipe(
                 lambda: LineProtocol(
-                    on_stdout_line, on_stdout_eof, max_line=max_line, on_oversize=on_oversize
-                ),
+                    on_stdout_line, self._stdout_eof, max_line=max_line,
+                    on_oversize=on_oversize),
                 stdout,
             )
             # stderr lines are logs; a 16 MiB cap keeps a runaway line from eating memory
@@ -280,6 +280,14 @@ class ChildProcess:
             )
         except BaseException:
             self.kill_group(signal.SIGKILL)
+            # a pipe a transport took is the transport's to close (close() does it, and
+            # its fd is freed a turn later); closing that file here too would free the fd
+            # number at once, for the transport to close someone else's a turn later
+            for pipe, transport in zip((stdin, stdout, stderr),
+                                       (self.stdin, self._stdout, self._stderr),
+                                       strict=True):
+                if transport is None:
+                    pipe.close()
             raise
 
     def _stderr_lines(self, lines: LineBlock) -> None:
@@ -290,23 +298,32 @@ class ChildProcess:
         assert self._on_stderr_lines is not None
         self._on_stderr_lines(lines)
 
+    def _stdout_eof(self, exc: Exception | None) -> None:
+        if self._on_stdout_eof is not None:
+            self._on_stdout_eof(exc)
+        self._pipe_at_eof()
+
     def _stderr_eof(self, exc: Exception | None) -> None:
-        self._stderr_at_eof = True
-        if self._stderr_closed is not None and not self._stderr_closed.done():
-            self._stderr_closed.set_result(None)
+        self._pipe_at_eof()
+
+    def _pipe_at_eof(self) -> None:
+        self._unread_pipes -= 1
+        fut = self._output_closed
+        if self._unread_pipes == 0 and fut is not None and not fut.done():
+            fut.set_result(None)
 
     @property
-    def stderr_done(self) -> bool:
-        """stderr has reached EOF: every line the process wrote has been read."""
-        return self._stderr_at_eof
+    def output_done(self) -> bool:
+        """stdout and stderr have reached EOF: all the process wrote has been read."""
+        return self._unread_pipes <= 0
 
     @property
-    def stderr_closed(self) -> asyncio.Future[None]:
-        """Done once stderr has reached EOF (the last lines before an exit are read)."""
-        fut = self._stderr_closed
+    def output_closed(self) -> asyncio.Future[None]:
+        """Done once stdout and stderr have reached EOF (made when first asked for)."""
+        fut = self._output_closed
         if fut is None:
-            fut = self._stderr_closed = self.loop.create_future()
-            if self._stderr_at_eof:
+            fut = self._output_closed = self.loop.create_future()
+            if self.output_done:
                 fut.set_result(None)
         return fut
 

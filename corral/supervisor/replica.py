@@ -24,7 +24,6 @@ from ..jsonrpc import LineBlock, Peer, RpcError
 from . import lifecycle, procstat
 from .caps import explain_exit, oom_reason
 from .config import ConfigError, ProcessSpec
-from .lean import QUIET
 from .lifecycle import LIVE, RUNNING, SERVING, State
 from .process import ChildProcess, resolve_user
 from .restart import RestartPolicy
@@ -43,6 +42,9 @@ RESOURCE_RETRY_MAX = 5.0
 # without a ping (the stateless MCP revision has none), this many requests in a row that
 # time out, with nothing at all read from the process meanwhile, mark it hung
 HUNG_AFTER_TIMEOUTS = 3
+# how long a reap waits for stdout and stderr to reach EOF after the exit (a grandchild
+# that escaped the kill may hold them open): what the process wrote before it died is read
+OUTPUT_GRACE = 1.0
 
 
 class Event(msgspec.Struct, omit_defaults=True):
@@ -110,6 +112,7 @@ class Replica:
         # handshake's answer), so a running fleet holds no task or coroutine per replica,
         # objects every full pass of the cyclic collector would walk (decision 60).
         self._living = False
+        self._lives = 0  # lives begun: an error's clean-up ends its own life, no later one
         self._life: asyncio.Task[None] | None = None  # the spawn or the reap under way
         self._init: asyncio.Task[None] | None = None  # the handshake under way
         self._over: asyncio.Future[None] | None = None  # made for those who wait: stopped()
@@ -203,7 +206,29 @@ class Replica:
         self.pid = None
         self._set(State.STARTING, reason)
         self._living = True
-        self._life = asyncio.ensure_future(self._lifetime())
+        self._lives += 1
+        self._life = asyncio.ensure_future(self._live(self._lives))
+
+    async def _live(self, life: int) -> None:
+        try:
+            await self._lifetime()  # a subclass's own (a remote server's session) too
+        except BaseException:
+            self._life_failed(life)
+            raise
+
+    def _life_failed(self, life: int) -> None:
+        """corral's own handling of life `life` failed (a bug, logged by the loop): the
+        life must end all the same, or stop() and close() would wait for it forever. A
+        process still running is killed, and its exit ends the life as any exit does."""
+        if not self._living or self._lives != life:
+            return
+        proc = self.process
+        if proc is not None and not proc.exited.done():
+            proc.kill_group(signal.SIGKILL)
+            return
+        if proc is not None:
+            proc.close()
+        self._life_over()
 
     def _life_over(self) -> None:
         """The life has ended (spawn failed, or the process reaped): before the state
@@ -233,16 +258,8 @@ class Replica:
         return env
 
     async def _lifetime(self) -> None:
-        """Spawn a process and hand it to its callbacks: `_on_exited` starts the reap and
-        the restart policy's decision."""
-        try:
-            await self._spawn()
-        except BaseException:
-            if self._living and self.process is None:  # no process to end the life
-                self._life_over()
-            raise
-
-    async def _spawn(self) -> None:
+        """Spawn a process and hand it to its callbacks: its exit (`_on_exited`) reaps it
+        and asks the restart policy."""
         spec = self.spec
         try:
             uid, gid = resolve_user(spec.user, spec.group)
@@ -251,7 +268,6 @@ class Replica:
                 "containment": self.sup.containment, "kind": self.kind, "name": self.name,
                 "index": self.index, "stop_timeout": spec.stop_timeout,
                 "on_stdout_line": self._on_stdout_line,
-                "on_stdout_eof": _stdout_closed,
                 "on_stderr_lines": self._on_stderr_lines,
                 "on_oversize": self._on_oversize,
                 "max_line": self.max_line,
@@ -273,6 +289,8 @@ class Replica:
             return
         self._resource_retries = 0
         proc = self.process
+        # from here its exit ends the life, whatever else happens
+        proc.exited.add_done_callback(self._on_exited)
         self.pid = proc.pid
         self.spawned_at = time.monotonic()
         self._prev_cpu = None
@@ -283,9 +301,16 @@ class Replica:
             self._begin_shutdown(graceful=False)
         self._init = asyncio.ensure_future(self._initialize())
         self._life = None
-        proc.exited.add_done_callback(self._on_exited, context=QUIET)
 
     def _on_exited(self, exited: asyncio.Future[int]) -> None:
+        life = self._lives
+        try:
+            self._exit_seen(exited)
+        except BaseException:
+            self._life_failed(life)
+            raise
+
+    def _exit_seen(self, exited: asyncio.Future[int]) -> None:
         if self._init is not None:  # an answer read after the exit makes nothing Ready
             self._init.cancel()
             self._init = None
@@ -300,15 +325,21 @@ class Replica:
         proc.kill_group(signal.SIGKILL)
         oom = self.sup.containment.oom_killed(proc.token)
         self.sup.containment.ended(proc.token)
-        if proc.stderr_done:  # as it mostly is: the reap needs no task and no turn
+        if proc.output_done:  # as it mostly is: the reap needs no task and no turn
             self._reap(proc, rc, oom)
         else:
-            self._life = asyncio.ensure_future(self._reap_after_stderr(proc, rc, oom))
+            self._life = asyncio.ensure_future(self._reap_after_output(proc, rc, oom))
 
-    async def _reap_after_stderr(self, proc: ChildProcess, rc: int, oom: bool) -> None:
-        # the last lines before a crash are the ones that explain it: wait for EOF
-        await _wait(proc.stderr_closed, 1.0)
-        self._reap(proc, rc, oom)
+    async def _reap_after_output(self, proc: ChildProcess, rc: int, oom: bool) -> None:
+        # what the process wrote before it died is read before its pipes are closed: the
+        # last stderr lines explain a crash, the last stdout messages are answers
+        life = self._lives
+        try:
+            await _wait(proc.output_closed, OUTPUT_GRACE)
+            self._reap(proc, rc, oom)
+        except BaseException:
+            self._life_failed(life)
+            raise
 
     async def _warm_start(self, env: dict[str, str], uid: int | None, gid: int | None,
                           spawning: dict[str, Any]) -> ChildProcess | None:
@@ -444,7 +475,7 @@ class Replica:
         """The stop's grace is over and `proc` (not self.process: that may be the next
         one) has not exited: SIGTERM, and after another grace, SIGKILL."""
         self._escalate = None
-        if proc.exited.done() or proc is not self.process:
+        if proc.pidfd < 0 or proc is not self.process:  # its exit is seen, if not settled
             return
         grace = self.spec.stop_timeout
         if sig == signal.SIGTERM:
@@ -486,14 +517,6 @@ class Replica:
 
     # -- exit -----------------------------------------------------------------------------
     def _reap(self, proc: ChildProcess, rc: int, oom: bool) -> None:
-        try:
-            self._settle_exit(proc, rc, oom)
-        except BaseException:
-            if self._living:  # the life ends even if its reap failed: stopped() returns
-                self._life_over()
-            raise
-
-    def _settle_exit(self, proc: ChildProcess, rc: int, oom: bool) -> None:
         cpu_used = self.sample.cpu_seconds
         if self._down_reason is not None:
             reason = self._down_reason
@@ -689,10 +712,6 @@ class Replica:
     @property
     def serving(self) -> bool:
         return self.state in SERVING
-
-
-def _stdout_closed(exc: Exception | None) -> None:
-    pass  # exit is told by the pidfd; stdout may close earlier or later
 
 
 def _swallow(fut: asyncio.Future[Any]) -> None:

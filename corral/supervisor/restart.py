@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,9 +49,10 @@ class RestartPolicy:
         # one generator for all policies: seeding one per replica (os.urandom and 2.5 KB of
         # state) cost 20 ms in the turn that created a thousand replicas
         self._rng = rng or _JITTER
-        # the times of recent restarts: a tuple of floats, which the collector stops
-        # tracking, where a deque would be walked in every full pass (lean.py)
-        self._restarts: tuple[float, ...] = ()
+        # the times of recent restarts, made at the first: most replicas never restart,
+        # and a deque each would be walked by every full pass of the collector
+        # (decision 60)
+        self._restarts: deque[float] | None = None
         self._attempt = 0  # consecutive quick failures; drives the exponent
 
     def wants_restart(self, clean_exit: bool) -> bool:
@@ -70,20 +72,22 @@ class RestartPolicy:
             self._attempt = 0
         if not self.wants_restart(clean_exit):
             return Decision(restart=False)
-        recent = tuple(t for t in self._restarts if now - t <= self.window)
-        if len(recent) >= self.max_restarts:
-            self._restarts = recent
+        if self._restarts is None:
+            self._restarts = deque()
+        while self._restarts and now - self._restarts[0] > self.window:
+            self._restarts.popleft()
+        if len(self._restarts) >= self.max_restarts:
             return Decision(restart=False, give_up=True)
-        self._restarts = (*recent, now)
+        self._restarts.append(now)
         delay = self.backoff(self._attempt)
         self._attempt += 1
         return Decision(restart=True, delay=delay)
 
     def reset(self) -> None:
         """A start by hand forgives the past."""
-        self._restarts = ()
+        self._restarts = None
         self._attempt = 0
 
     @property
     def recent_restarts(self) -> int:
-        return len(self._restarts)
+        return len(self._restarts) if self._restarts is not None else 0

@@ -43,6 +43,42 @@ RETRY_AFTER = 30.0
 MAX_MESSAGE = 1 << 20
 
 
+class ExitStatuses:
+    """The exit statuses a zygote tells of its children. The zygote may tell a child's
+    exit before the spawn that forked it has read its pid (a child that dies at once), so
+    whichever side comes first makes the entry and the other removes it: the table holds
+    one entry per running child and nothing once both sides have met. No callback per
+    child: it would be a closure held as long as the child runs (decision 60)."""
+
+    def __init__(self) -> None:
+        self._table: dict[int, asyncio.Future[int]] = {}
+
+    def expect(self, pid: int) -> asyncio.Future[int]:
+        """The exit status of child `pid`, done already if it was told first."""
+        fut = self._table.get(pid)
+        if fut is None:
+            fut = self._table[pid] = asyncio.get_running_loop().create_future()
+        elif fut.done():
+            del self._table[pid]
+        return fut
+
+    def told(self, pid: int, status: int) -> None:
+        fut = self._table.pop(pid, None)
+        if fut is None or fut.done():  # first: kept for the spawn still to read its pid
+            fut = self._table[pid] = asyncio.get_running_loop().create_future()
+        fut.set_result(status)
+
+    def lose_all(self) -> None:
+        """The zygote is gone: the children it would have told of are told as lost."""
+        for fut in self._table.values():
+            if not fut.done():
+                fut.set_result(STATUS_LOST)
+        self._table.clear()
+
+    def pids(self) -> set[int]:
+        return set(self._table)
+
+
 class ZygoteUnavailable(Exception):
     """No warm start this time; the message says why (logged, then a cold start)."""
 
@@ -84,7 +120,7 @@ class Zygote:
         self.dead: str | None = None  # why, once it is gone
         self._next = 0
         self._spawns: dict[int, asyncio.Future[int]] = {}
-        self._statuses: dict[int, asyncio.Future[int]] = {}
+        self.statuses = ExitStatuses()
         self.spawned = 0
 
     async def start(self) -> None:
@@ -167,24 +203,7 @@ class Zygote:
             if fut is not None and not fut.done():
                 fut.set_exception(ZygoteUnavailable(f"zygote could not fork: {msg['error']}"))
         elif "exit" in msg:
-            self._told(int(msg["exit"]), int(msg["status"]))
-
-    def _told(self, pid: int, status: int) -> None:
-        fut = self._statuses.pop(pid, None)
-        if fut is None or fut.done():  # before the spawn asked (a child that died at once)
-            fut = self._statuses[pid] = asyncio.get_running_loop().create_future()
-        fut.set_result(status)
-
-    def _status(self, pid: int) -> asyncio.Future[int]:
-        """The exit status of the zygote's child `pid`, to come or told already. The
-        entry leaves the table when both sides have met (no callback per child: it would
-        be a closure held as long as the child lives, lean.py)."""
-        fut = self._statuses.get(pid)
-        if fut is None:
-            fut = self._statuses[pid] = asyncio.get_running_loop().create_future()
-        elif fut.done():
-            del self._statuses[pid]
-        return fut
+            self.statuses.told(int(msg["exit"]), int(msg["status"]))
 
     def _die(self, reason: str) -> None:
         """The zygote is gone or useless: fail what waits on it, stop it."""
@@ -199,10 +218,7 @@ class Zygote:
                 fut.set_exception(ZygoteUnavailable(f"zygote died mid-spawn: {reason}"))
         self._spawns.clear()
         # children still running outlive the zygote; their exit status is lost with it
-        for fut in self._statuses.values():
-            if not fut.done():
-                fut.set_result(STATUS_LOST)
-        self._statuses.clear()
+        self.statuses.lose_all()
         was_ready = self.ready.done() and not self.ready.exception()
         self.close()
         if was_ready and self.on_death is not None:
@@ -225,6 +241,7 @@ class Zygote:
         theirs = [stdin_r, stdout_w, stderr_w]
         self._next += 1
         rid = self._next
+        pid: int | None = None
         fut: asyncio.Future[int] = loop.create_future()
         self._spawns[rid] = fut
         request = {"id": rid, "argv": argv, "env": {**env, TOKEN_VARIABLE: ticket.token},
@@ -263,11 +280,13 @@ class Zygote:
                 os.close(fd)
             self._spawns.pop(rid, None)
             containment.abandon(ticket)
+            if pid is not None:  # forked, then given up: its exit, told or to be, is no one's
+                self.statuses.expect(pid)
             raise
         containment.started(ticket, pid, kind=kind, name=name, index=index,
                             stop_timeout=stop_timeout)
         self.spawned += 1
-        status = self._status(pid)
+        status = self.statuses.expect(pid)
         if pidfd < 0:  # exited before we could watch it: a fd that is readable now
             pidfd = os.eventfd(1, os.EFD_CLOEXEC)
         child = ChildProcess(pid, pidfd, loop, containment, ticket.token, status=status)
