@@ -6,6 +6,7 @@ must outlive the daemon (add, remove, scale, rollback) is refused before anythin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -52,6 +53,7 @@ async def test_audit_rows_that_cannot_be_written_are_kept_bounded_and_caught_up(
             f"make it and its directory writable by uid {os.geteuid()}"]
         store.audit(0, 7, "agents.start", {"names": ["a"]}, "ok")  # past the bound: dropped
         assert (writer.pending(), writer.dropped) == ({"audit row": 3}, {"audit row": 3})
+        assert writer.lost == 3
         assert [r[2] for r in store.audit_log()] == [1]  # reads still answer
         holder.execute("ROLLBACK")
         await writer.committed()  # the next attempt writes what was kept
@@ -109,6 +111,10 @@ def audit(d: Daemon) -> list[tuple[str, Any, str]]:
     return [(e["method"], e["params"], e["outcome"]) for e in d.json("audit")["entries"]]
 
 
+def state_writes(d: Daemon) -> dict[str, Any]:
+    return d.json("stats")["supervisor"]["state_writes"]  # type: ignore[no-any-return]
+
+
 def caught_up(d: Daemon) -> None:
     wait_until(lambda: "is written again" in daemon_lines(d), what="the catch-up")
 
@@ -133,7 +139,11 @@ def test_a_command_that_took_effect_says_so_when_its_audit_row_cannot_be_written
             assert (r.returncode, r.stdout, r.stderr) == (0, "started: w\n", "")
             wait_until(lambda: d.status()["w#0"]["state"] == "ready", what="w ready")
             assert audit(d) == []  # not written yet; `corral audit` still answers
+            during = state_writes(d)
+            assert re.fullmatch(STAMP, during["failing_since"])
+            assert (during["waiting"]["audit row"], during["lost"]) == (2, 0)
         caught_up(d)
+        assert state_writes(d) == {"failing_since": None, "waiting": {}, "lost": 0}
         assert audit(d) == [("agents.stop", {"names": ["w"], "all": False}, "ok"),
                             ("agents.start", {"names": ["w"], "all": False}, "ok")]
         assert d.stop() == 0
@@ -239,5 +249,29 @@ def test_a_rollback_that_fails_takes_its_record_back(tmp_path: Path) -> None:
         assert stored() == before
         assert d.status()["r#0"]["state"] == "ready"
         assert d.stop() == 0
+    finally:
+        d.close()
+
+
+async def test_a_gateway_call_is_answered_when_its_audit_row_cannot_be_written(
+        tmp_path: Path) -> None:
+    pytest.importorskip("mcp")
+    from .test_gateway_stdio import SCRIPTED, gateway, listed, text
+
+    d = Daemon(tmp_path, f'[mcp_servers.sc]\ncommand = ["{PY}", "{SCRIPTED}", "v2025-11"]\n'
+                         'start_timeout = 30.0\n', extra="task_journal = false")
+    try:
+        await asyncio.to_thread(d.start)
+        async with gateway(d) as s:
+            assert "sc__echo" in await listed(s, "sc__echo")
+            with disk_full(d):
+                assert text(await s.call_tool("sc__echo", {"text": "kept"})) == "kept"
+                await asyncio.to_thread(wait_until, lambda: "cannot be written" in
+                                        daemon_lines(d), what="the failure")
+                assert [m for m, _, _ in audit(d)] == []
+            await asyncio.to_thread(caught_up, d)
+        assert audit(d) == [("gateway.call", {"client": "operator", "tool": "sc__echo"},
+                             "ok")]
+        assert await asyncio.to_thread(d.stop) == 0
     finally:
         d.close()

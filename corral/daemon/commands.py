@@ -455,7 +455,9 @@ async def stats_get(d: Daemon, p: m.StatsGet, c: Connection) -> dict[str, Any]:
         "supervisor": {**stats, "uptime": round(time.time() - d.started_at, 3),
                        "log_lines": d.hub.lines_written,
                        "log_lines_dropped": d.hub.lines_dropped,
-                       "log_files_failing": d.hub.failing()},
+                       "log_files_failing": d.hub.failing(),
+                       "state_writes": (d.store.writer.stats() if d.store is not None
+                                        and d.store.writer is not None else None)},
         "agents": per_agent,
         "tasks": d.sup.tasks.stats(),
         "events": d.sup.events.stats(),

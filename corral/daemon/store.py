@@ -446,9 +446,11 @@ class StoreWriter:
         self._pending_done: asyncio.Future[None] | None = None
         self._flush_scheduled = False
         self._inflight: asyncio.Future[None] | None = None
+        self._inflight_batch: list[_Kept] = []
         self.outage = Outage()
         self._retry: asyncio.Handle | None = None
         self.dropped: dict[str, int] = {}  # by kind, since the outage began
+        self.lost = 0  # writes dropped since the writer opened (`corral stats`)
         # after a catch-up that dropped writes: (kind -> count, since, reason)
         self.caught_up_listeners: list[Callable[[dict[str, int], float, str], None]] = []
         self.batches = 0  # transactions committed
@@ -460,7 +462,7 @@ class StoreWriter:
         names it in the counts told while the database cannot be written; `then` runs on
         the loop once it is committed."""
         if self.outage.failing and len(self._pending) >= self.max_kept:
-            self.dropped[kind] = self.dropped.get(kind, 0) + 1
+            self._drop(kind)
             return
         self._pending.append(_Kept(write, kind, then))
         if not self._flush_scheduled and self._inflight is None:
@@ -491,6 +493,7 @@ class StoreWriter:
         done = self._pending_done or self._loop.create_future()
         self._pending_done = None
         self._inflight = done
+        self._inflight_batch = batch
         wrong: list[str] = []
 
         def job(db: sqlite3.Connection) -> None:
@@ -513,6 +516,7 @@ class StoreWriter:
     def _batch_done(self, done: asyncio.Future[None], batch: list[_Kept],
                     wrong: list[str], error: str | None) -> None:
         self._inflight = None
+        self._inflight_batch = []
         if error is None:
             self.batches += 1
             self.writes += len(batch) - len(wrong)
@@ -528,7 +532,7 @@ class StoreWriter:
             waiting = batch + self._pending
             self._pending = waiting[:self.max_kept]
             for kept in waiting[self.max_kept:]:
-                self.dropped[kept.kind] = self.dropped.get(kept.kind, 0) + 1
+                self._drop(kept.kind)
             if self.outage.failed(self._loop, error):
                 self.on_error(
                     f"state database {self.thread.path} cannot be written ({error}): "
@@ -538,6 +542,16 @@ class StoreWriter:
         done.set_result(None)
         if self._pending and not self._flush_scheduled:
             self._schedule()
+
+    def _drop(self, kind: str) -> None:
+        self.dropped[kind] = self.dropped.get(kind, 0) + 1
+        self.lost += 1
+
+    def stats(self) -> dict[str, Any]:
+        """For `corral stats`: failing since (or None), writes waiting by kind, lost."""
+        since = self.outage.since
+        return {"failing_since": None if since is None else clock(since),
+                "waiting": self.pending(), "lost": self.lost}
 
     def _caught_up(self, batch: list[_Kept]) -> None:
         since = self.outage.recovered()
@@ -554,8 +568,9 @@ class StoreWriter:
                 listener(dropped, since, self.outage.error)
 
     def pending(self) -> dict[str, int]:
-        """The writes waiting (kept while failing, or for the next batch), by kind."""
-        return _kinds(self._pending)
+        """The writes not yet committed (kept while failing, being written, or waiting for
+        the next batch), by kind."""
+        return _kinds(self._inflight_batch + self._pending)
 
     def cancel_retry(self) -> None:
         if self._retry is not None:
