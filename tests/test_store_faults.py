@@ -37,31 +37,35 @@ async def test_audit_rows_that_cannot_be_written_are_kept_bounded_and_caught_up(
     errors: list[str] = []
     notices: list[str] = []
     writer = store.open_writer(on_error=errors.append, on_notice=notices.append)
-    writer.max_kept = 3
+    writer.max_kept = 4
     holder = sqlite3.connect(db, isolation_level=None)
     try:
         store.audit(0, 1, "agents.stop", {"names": ["a"]}, "ok")
         await writer.committed()
         holder.execute("BEGIN EXCLUSIVE")  # every write of the writer's fails now
+        for n in range(1, 6):  # a replica's checkpoints replace each other while waiting
+            store.save_state("w", 0, float(n), n)
         for i in range(2, 7):
             store.audit(0, i, "agents.stop", {"names": ["a"]}, "ok")
-        await writer.committed()  # the attempt failed: three kept, two dropped
+        await writer.committed()  # the attempt failed: four kept, two dropped
         assert errors == [
-            f"state database {db} cannot be written (database is locked): 3 audit rows "
-            "wait in memory and are written when it can (tried every 1 s; at most 3 are "
-            "kept, newer ones are dropped and counted): free space on its file system, or "
-            f"make it and its directory writable by uid {os.geteuid()}"]
+            f"state database {db} cannot be written (database is locked): 1 checkpoint and "
+            "3 audit rows wait in memory and are written when it can (tried every 1 s; at "
+            "most 4 are kept, newer ones are dropped and counted): free space on its file "
+            f"system, or make it and its directory writable by uid {os.geteuid()}"]
+        store.save_state("w", 0, 6.0, 6)  # replaces the kept one: nothing dropped
         store.audit(0, 7, "agents.start", {"names": ["a"]}, "ok")  # past the bound: dropped
-        assert (writer.pending(), writer.dropped) == ({"audit row": 3}, {"audit row": 3})
-        assert writer.lost == 3
+        assert writer.pending() == {"checkpoint": 1, "audit row": 3}
+        assert (writer.dropped, writer.lost) == ({"audit row": 3}, 3)
         assert [r[2] for r in store.audit_log()] == [1]  # reads still answer
         holder.execute("ROLLBACK")
         await writer.committed()  # the next attempt writes what was kept
         (notice,) = notices
         assert re.fullmatch(
-            rf"state database {re.escape(str(db))} is written again: 3 audit rows kept in "
-            rf"memory since {STAMP} are recorded; 3 audit rows could not be kept and are "
-            "lost", notice)
+            rf"state database {re.escape(str(db))} is written again: 1 checkpoint and 3 "
+            rf"audit rows kept in memory since {STAMP} are recorded; 3 audit rows could not "
+            "be kept and are lost", notice)
+        assert store.states() == {("w", 0): (6.0, 6)}
         await writer.committed()  # the row that marks the gap, queued at the catch-up
         log = store.audit_log()
         assert [(r[2], r[3], r[5]) for r in log[:4]] == [

@@ -31,7 +31,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -405,11 +405,20 @@ class WriterThread:
 
 
 class _Kept(NamedTuple):
-    """One write waiting in StoreWriter: what it is (for the counts an operator reads)
-    and what runs after its commit."""
+    """One write waiting in StoreWriter: what it is (for the counts an operator reads),
+    what runs after its commit, and the row it replaces whole (or None)."""
     write: Write
     kind: str
     then: Callable[[], None] | None
+    key: Hashable | None
+
+
+def _coalesced(writes: list[_Kept]) -> list[_Kept]:
+    """Without the writes a later one of the same key replaces (a checkpoint superseded)."""
+    last = {w.key: i for i, w in enumerate(writes) if w.key is not None}
+    if len(last) == sum(1 for w in writes if w.key is not None):
+        return writes
+    return [w for i, w in enumerate(writes) if w.key is None or last[w.key] == i]
 
 
 class StoreWriter:
@@ -443,6 +452,7 @@ class StoreWriter:
         self.max_kept = max_kept
         self._loop = asyncio.get_running_loop()
         self._pending: list[_Kept] = []
+        self._keyed: dict[Hashable, int] = {}  # key -> its write's index in _pending
         self._pending_done: asyncio.Future[None] | None = None
         self._flush_scheduled = False
         self._inflight: asyncio.Future[None] | None = None
@@ -457,14 +467,23 @@ class StoreWriter:
         self.writes = 0
 
     def submit(self, write: Write, kind: str = "write",
-               then: Callable[[], None] | None = None) -> None:
+               then: Callable[[], None] | None = None, key: Hashable | None = None) -> None:
         """Queue `write(connection)` for the next batch (never blocks the loop); `kind`
         names it in the counts told while the database cannot be written; `then` runs on
-        the loop once it is committed."""
+        the loop once it is committed. A write with a `key` replaces a waiting one of the
+        same key (an upsert of the same row: a replica's state checkpoint), so writes that
+        supersede each other do not fill what is kept during an outage."""
+        kept = _Kept(write, kind, then, key)
+        index = self._keyed.get(key) if key is not None else None
+        if index is not None:
+            self._pending[index] = kept
+            return
         if self.outage.failing and len(self._pending) >= self.max_kept:
             self._drop(kind)
             return
-        self._pending.append(_Kept(write, kind, then))
+        if key is not None:
+            self._keyed[key] = len(self._pending)
+        self._pending.append(kept)
         if not self._flush_scheduled and self._inflight is None:
             self._schedule()
 
@@ -490,6 +509,7 @@ class StoreWriter:
         if self._inflight is not None or not self._pending:
             return
         batch, self._pending = self._pending, []
+        self._keyed = {}
         done = self._pending_done or self._loop.create_future()
         self._pending_done = None
         self._inflight = done
@@ -529,8 +549,10 @@ class StoreWriter:
         else:
             # nothing of the batch is lost: its writes wait again, in front of the newer
             # ones, for the next attempt (past max_kept, the newest are dropped)
-            waiting = batch + self._pending
+            waiting = _coalesced(batch + self._pending)
             self._pending = waiting[:self.max_kept]
+            self._keyed = {w.key: i for i, w in enumerate(self._pending)
+                           if w.key is not None}
             for kept in waiting[self.max_kept:]:
                 self._drop(kept.kind)
             if self.outage.failed(self._loop, error):
@@ -663,7 +685,7 @@ class StateStore:
                        "VALUES (?,?,?,?)", row)
 
         if self.writer is not None:
-            self.writer.submit(write, "checkpoint")
+            self.writer.submit(write, "checkpoint", key=("agent_state", name, replica))
         else:
             write(self.db)
 
