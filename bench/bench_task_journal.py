@@ -34,6 +34,7 @@ import psutil
 import uvloop
 
 from corral.supervisor import AgentSpec, State, Supervisor
+from corral.supervisor.memory import TRIM_DELAY
 
 from .harness import (
     ENV,
@@ -203,10 +204,14 @@ async def rss_child(journal_on: bool, n: int) -> dict[str, float]:
             assert set(statuses) == {"succeeded"}
         await sup.tasks.committed()
         rss = me.memory_info().rss
+        # and a moment later, once the payloads let go are given back (memory.py)
+        await asyncio.sleep(TRIM_DELAY + 0.5)
+        settled = me.memory_info().rss
     if journal is not None:
         await journal.close()
     cleanup(d)
-    return {"rss_mib": rss / 2**20, "rss_before_tasks_mib": base / 2**20}
+    return {"rss_mib": rss / 2**20, "rss_settled_mib": settled / 2**20,
+            "rss_before_tasks_mib": base / 2**20}
 
 
 def rss(journal_on: bool, n: int) -> dict[str, float]:
@@ -258,6 +263,8 @@ def main() -> None:
             "tasks": n,
             "journal_on_mib": round(mem_on["rss_mib"], 1),
             "journal_off_mib": round(mem_off["rss_mib"], 1),
+            "journal_on_settled_mib": round(mem_on["rss_settled_mib"], 1),
+            "journal_off_settled_mib": round(mem_off["rss_settled_mib"], 1),
             "before_tasks_mib": round(mem_on["rss_before_tasks_mib"], 1),
             "goal_mib": 100},
         "load_at_end": Path("/proc/loadavg").read_text().split()[:3],

@@ -37,6 +37,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..mcp.pool import allowed
 from .lifecycle import LIVE, SERVING, State
+from .memory import Releaser
 
 if TYPE_CHECKING:
     from .core import Agent, Supervisor
@@ -406,6 +407,7 @@ class TaskManager:
         # finished tasks still holding an output, and those outputs' bytes
         self._holding: OrderedDict[str, Task] = OrderedDict()
         self._held_bytes = 0
+        self.memory = Releaser()  # the payloads let go go back to the system (memory.py)
         self._done: asyncio.Future[None] | None = None  # the `done` of every finished task
         self.by_agent: dict[str, AgentTasks] = {}
         self._seq = itertools.count()
@@ -632,6 +634,7 @@ class TaskManager:
     def _retain(self, task: Task) -> None:
         """Keep of a finished task only what `corral task ID` shows cheaply (module doc)."""
         self.active.pop(task.id, None)
+        self.memory.let_go(len(task.input))
         task.input = msgspec.Raw(b"")
         task.replica = None
         size = task.out.size if task.out is not None else 0
@@ -648,7 +651,9 @@ class TaskManager:
                 self._drop_output(old)
 
     def _drop_output(self, task: Task) -> None:
-        self._held_bytes -= task.out.size if task.out is not None else 0
+        size = task.out.size if task.out is not None else 0
+        self._held_bytes -= size
+        self.memory.let_go(size)
         task.out, task.output_dropped = None, True
 
     # -- after a restart ------------------------------------------------------------------
