@@ -6,13 +6,16 @@ that replaced the tasks end every life as the tasks did, having read all it wrot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import os
 import signal
 from pathlib import Path
 
+import psutil
 import pytest
 
-from corral.supervisor import State, Supervisor
+from corral.supervisor import Limits, State, Supervisor
 from corral.supervisor.process import STATUS_LOST
 from corral.supervisor.zygote import ExitStatuses
 
@@ -147,3 +150,64 @@ async def test_an_error_in_handling_an_exit_still_ends_the_life(sup: Supervisor)
         sup.containment.ended_listeners.remove(broken)
     assert errors == ["listener bug"]
     assert proc.pidfd == -1 and proc.stdin is not None and proc.stdin.is_closing()
+    # ended as an exit whose reason is the error: never stuck half-way
+    assert r.state == State.TERMINATED and r.process is None and r.peer is None
+    assert r.reason == r.last_exit == "corral error: RuntimeError: listener bug"
+
+
+async def test_an_error_before_the_spawn_ends_the_life_and_the_policy_decides(
+        sup: Supervisor) -> None:
+    def broken(_: object) -> dict[str, str]:
+        raise RuntimeError("hook bug")
+
+    sup.environment_hooks.append(broken)
+    errors: list[str] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, ctx: errors.append(str(ctx.get("exception"))))
+    try:
+        sup.add(agent("one", restart="on-failure", max_restarts=1, backoff_initial=0.01,
+                      backoff_max=0.01))
+        r = await sup.wait_state("one", State.FAILED, timeout=10)
+    finally:
+        loop.set_exception_handler(None)
+        sup.environment_hooks.remove(broken)
+    assert r.reason == ("too many restarts (1 within 60 s); last exit: corral error: "
+                        "RuntimeError: hook bug")
+    assert r.process is None and r.restarts == 1 and not r._living
+    assert set(errors) <= {"hook bug"}  # logged by the loop (when, is the collector's)
+    await asyncio.wait_for(r.stopped(), 1.0)
+
+
+async def test_a_warm_spawn_given_up_before_its_pid_came_leaves_no_child_or_entry(
+        sup: Supervisor) -> None:
+    sup.add(agent("first", warm=True))
+    await sup.wait_all_serving(timeout=60)
+    zygote = next(iter(sup.zygotes.zygotes.values()))
+    spec = next(iter(sup.replicas("first"))).spec
+    env = {**os.environ, **spec.env, "CORRAL_PROCTITLE": "corral: agent given-up#0"}
+    spawn = asyncio.ensure_future(zygote.spawn(
+        spec.argv(), env=env, cwd=None, limits=Limits(), containment=sup.containment,
+        kind="agent", name="given-up", index=0, on_stdout_line=print, on_stderr_lines=print,
+        on_oversize=print))
+    await asyncio.sleep(0)  # the request is sent; its answer (the pid) is still to come
+    spawn.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await spawn
+    # the fork happens all the same: its child is killed when its pid comes, and its exit,
+    # when the zygote tells it, leaves no entry behind
+    running = {r.pid for r in sup.replicas()}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while given_up_children() or zygote.statuses.pids() != running:
+        assert loop.time() < deadline, (given_up_children(), zygote.statuses.pids())
+        await asyncio.sleep(0.05)  # the zygote's answers come on its own socket
+
+
+def given_up_children() -> list[int]:
+    found = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if (p.status() != psutil.STATUS_ZOMBIE
+                    and p.cmdline()[:1] == ["corral: agent given-up#0"]):
+                found.append(p.pid)
+    return found

@@ -8,7 +8,7 @@ holes the others leave. Measured: after 10,000 tasks of 100 KB the supervisor's 
 with ~30 MiB to give, 0.1 ms with none). So once payloads of at least TRIM_AFTER bytes
 have been let go, a trim runs TRIM_DELAY later: at most one a second while tasks flow,
 and one within a second of the last, so memory is back to what is live when the work
-stops.
+stops. The trim runs on a thread of the loop's default executor, not on the loop.
 
 Not taken: a fixed, lower mmap threshold (`M_MMAP_THRESHOLD` 64 KiB), which keeps RSS at
 what is live without trimming, made a 100 KB task's round trip 60 % slower and a 1 MB
@@ -42,19 +42,25 @@ class Releaser:
         self.total = 0  # and since the start
         self.trims = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
         self._trim: Callable[[int], int] | bool | None = False  # False: not looked up yet
 
     def let_go(self, nbytes: int) -> None:
         self.released += nbytes
         self.total += nbytes
+        if self._timer is not None and self._loop is not None and self._loop.is_closed():
+            self._timer = None  # its loop is gone (an embedding program's): it never runs
         if self.released >= TRIM_AFTER and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(TRIM_DELAY, self.trim)
+            self._loop = asyncio.get_running_loop()
+            self._timer = self._loop.call_later(TRIM_DELAY, self.trim)
 
     def trim(self) -> None:
         self._timer = None
         self.released = 0
         if self._trim is False:
             self._trim = _malloc_trim()
-        if callable(self._trim):
-            self._trim(0)
+        if callable(self._trim) and self._loop is not None:
+            # off the loop: glibc walks every arena's free blocks, longer the bigger the
+            # heap, and ctypes lets the GIL go meanwhile
+            self._loop.run_in_executor(None, self._trim, 0)
             self.trims += 1

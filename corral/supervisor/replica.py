@@ -212,23 +212,37 @@ class Replica:
     async def _live(self, life: int) -> None:
         try:
             await self._lifetime()  # a subclass's own (a remote server's session) too
-        except BaseException:
-            self._life_failed(life)
+        except BaseException as exc:
+            self._life_failed(life, exc)
             raise
 
-    def _life_failed(self, life: int) -> None:
+    def _life_failed(self, life: int, exc: BaseException) -> None:
         """corral's own handling of life `life` failed (a bug, logged by the loop): the
-        life must end all the same, or stop() and close() would wait for it forever. A
-        process still running is killed, and its exit ends the life as any exit does."""
+        life ends all the same, as an exit with the error for its reason, and the restart
+        policy decides, so that the replica is never stuck half-way and stop() and close()
+        never wait for it forever. A process still running is killed first: its exit then
+        ends the life, with the same reason."""
         if not self._living or self._lives != life:
             return
+        reason = f"corral error: {type(exc).__name__}: {exc}"
         proc = self.process
         if proc is not None and not proc.exited.done():
+            self._down_reason = reason
+            if self.state in RUNNING and self.state != State.SHUTTING_DOWN:
+                self._set(State.SHUTTING_DOWN, reason)
             proc.kill_group(signal.SIGKILL)
             return
+        if self.peer is not None:
+            self.peer.close(self.exit_message(reason))
         if proc is not None:
             proc.close()
+        self.process = self.peer = self.ready_at = None
+        self.tasks_running = 0
+        self.last_exit = reason
         self._life_over()
+        if self.state != State.TERMINATED:
+            self._set(State.TERMINATED, reason)
+        self._after_exit(clean=False, uptime=0.0, reason=reason)
 
     def _life_over(self) -> None:
         """The life has ended (spawn failed, or the process reaped): before the state
@@ -306,8 +320,8 @@ class Replica:
         life = self._lives
         try:
             self._exit_seen(exited)
-        except BaseException:
-            self._life_failed(life)
+        except BaseException as exc:
+            self._life_failed(life, exc)
             raise
 
     def _exit_seen(self, exited: asyncio.Future[int]) -> None:
@@ -337,8 +351,8 @@ class Replica:
         try:
             await _wait(proc.output_closed, OUTPUT_GRACE)
             self._reap(proc, rc, oom)
-        except BaseException:
-            self._life_failed(life)
+        except BaseException as exc:
+            self._life_failed(life, exc)
             raise
 
     async def _warm_start(self, env: dict[str, str], uid: int | None, gid: int | None,
@@ -517,6 +531,9 @@ class Replica:
 
     # -- exit -----------------------------------------------------------------------------
     def _reap(self, proc: ChildProcess, rc: int, oom: bool) -> None:
+        if self._escalate is not None:  # a stop begun while the output was awaited
+            self._escalate.cancel()
+            self._escalate = None
         cpu_used = self.sample.cpu_seconds
         if self._down_reason is not None:
             reason = self._down_reason

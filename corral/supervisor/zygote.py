@@ -196,8 +196,13 @@ class Zygote:
             self._die(str(msg["error"]))
         elif "spawned" in msg:
             fut = self._spawns.pop(int(msg["spawned"]), None)
+            pid = int(msg["pid"])
             if fut is not None and not fut.done():
-                fut.set_result(int(msg["pid"]))
+                fut.set_result(pid)
+            else:  # given up before its pid came (cancelled): it must not run unwatched
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                self.statuses.expect(pid)  # its exit, when told, leaves nothing behind
         elif "failed" in msg:
             fut = self._spawns.pop(int(msg["failed"]), None)
             if fut is not None and not fut.done():
