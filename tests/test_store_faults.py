@@ -13,17 +13,19 @@ import re
 import resource
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from corral.daemon import store as store_mod
+from corral.daemon.revisions import RevisionLog, forgetting_scaled, setting_scaled
 from corral.daemon.store import StateStore
 
 from .daemon_harness import PY, Daemon, hello
-from .test_daemon_cli import wait_until
+from .test_daemon_cli import raw, wait_until
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 
@@ -93,17 +95,108 @@ async def test_audit_rows_that_cannot_be_written_are_kept_bounded_and_caught_up(
         store.close()
 
 
+async def test_a_write_that_raises_is_dropped_alone_and_the_writer_thread_lives_on(
+        tmp_path: Path) -> None:
+    db = tmp_path / "corral.db"
+    store = StateStore(db)
+    errors: list[str] = []
+    writer = store.open_writer(on_error=errors.append)
+    try:
+        writer.submit(lambda db: [][1], "broken write")  # a bug, not an outage
+        store.audit(0, 1, "agents.stop", {"names": ["a"]}, "ok")
+        # no SQLite result code (Python cannot bind it): wrong, never retried
+        writer.submit(lambda db: db.execute("INSERT INTO audit (time, uid, pid, method, "
+                                            "params, outcome) VALUES (?,?,?,?,?,?)",
+                                            (object(), 0, 0, "m", "{}", "ok")), "odd row")
+        await asyncio.wait_for(writer.committed(), 10)
+        assert errors == [
+            f"state database {db}: one broken write dropped, it failed (IndexError: list "
+            "index out of range)",
+            f"state database {db}: one odd row dropped, SQLite refused it (Error binding "
+            "parameter 1: type 'object' is not supported)"]
+        assert [r[2] for r in store.audit_log()] == [1]
+        assert writer.stats() == {"failing_since": None, "waiting": {}, "lost": 0}
+        # a command's record that raises is refused; the thread still serves the next one
+        with pytest.raises(store_mod.StoreError) as refused:
+            await asyncio.wait_for(store.commit([lambda db: [][1]]), 10)
+        assert str(refused.value) == (f"state database {db} cannot be written (IndexError: "
+                                      "list index out of range)")
+        await asyncio.wait_for(store.commit([setting_scaled("x", 2, 1)]), 10)
+        assert RevisionLog(store.db).scaled() == {"x": (2, 1)}
+        await asyncio.wait_for(store.close_writer(), 10)
+    finally:
+        await store.close_writer()
+        store.close()
+
+
+async def test_a_callback_that_raises_after_a_commit_holds_nothing_up(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = StateStore(tmp_path / "corral.db")
+    writer = store.open_writer()
+    ran: list[str] = []
+    try:
+        store.save_state("w", 0, 1.0, 1)
+        writer.submit(lambda db: None, "spec revision", then=lambda: [][1])
+        writer.submit(lambda db: None, "spec revision", then=lambda: ran.append("next"))
+        await asyncio.wait_for(writer.committed(), 10)
+        assert ran == ["next"]  # the callbacks after the one that raised still ran
+        assert [r.getMessage() for r in caplog.records if r.name == "corral.store"] == [
+            f"state database {store.path}: what follows the spec revision failed"]
+        store.save_state("w", 0, 2.0, 2)  # and the writer goes on
+        await asyncio.wait_for(writer.committed(), 10)
+        assert store.states() == {("w", 0): (2.0, 2)}
+    finally:
+        await store.close_writer()
+        store.close()
+
+
+async def test_a_commands_record_is_committed_behind_the_writes_kept_before_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_MS", 100)
+    db = tmp_path / "corral.db"
+    store = StateStore(db)
+    writer = store.open_writer(on_error=lambda text: None, on_notice=lambda text: None)
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        await store.commit([setting_scaled("x", 2, 1)])  # `corral scale x 2`
+        holder.execute("BEGIN EXCLUSIVE")
+        writer.submit(forgetting_scaled("x"), "kept scale")  # a reload: the file wins
+        await writer.committed()  # failed: kept
+        assert writer.pending() == {"kept scale": 1}
+        # while the kept write cannot be written, a command's record is refused
+        with pytest.raises(store_mod.StoreError) as refused:
+            await store.commit([setting_scaled("x", 6, 1)])
+        assert str(refused.value) == f"state database {db} cannot be written (database is locked)"
+        holder.execute("ROLLBACK")  # the disk recovers; the kept write's retry is not due
+        await store.commit([setting_scaled("x", 6, 1)])  # `corral scale x 6`
+        assert writer.pending() == {} and not writer.outage.failing
+        await writer.committed()
+        assert RevisionLog(store.db).scaled() == {"x": (6, 1)}  # in the order made
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+        await store.close_writer()
+        store.close()
+
+
 # -- through `corral daemon`: a full disk, as its file size limit ----------------------------
 @contextmanager
 def disk_full(d: Daemon) -> Iterator[None]:
-    """Every write of the daemon's to a file fails (EFBIG) while inside, as on a full disk."""
+    """Every write of the daemon's to a file fails (EFBIG) while inside, as on a full disk.
+    On the way out the limit is restored on the daemon and on every process it started
+    meanwhile (they inherited 0), so nothing after the block runs under it."""
     assert d.proc is not None
-    _, hard = resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE)
-    resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (0, hard))
+    limit = resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (0, limit[1]))
     try:
         yield
     finally:
-        resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
+        resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, limit)
+        for child in psutil.Process(d.proc.pid).children(recursive=True):
+            with suppress(psutil.Error, ProcessLookupError):
+                if resource.prlimit(child.pid, resource.RLIMIT_FSIZE)[0] == 0:
+                    resource.prlimit(child.pid, resource.RLIMIT_FSIZE, limit)
 
 
 def daemon_lines(d: Daemon) -> str:
@@ -146,6 +239,9 @@ def test_a_command_that_took_effect_says_so_when_its_audit_row_cannot_be_written
             during = state_writes(d)
             assert re.fullmatch(STAMP, during["failing_since"])
             assert (during["waiting"]["audit row"], during["lost"]) == (2, 0)
+        # w, started inside the block, writes files again like the rest
+        limit = resource.prlimit(d.status()["w#0"]["pid"], resource.RLIMIT_FSIZE)
+        assert limit == resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE)
         caught_up(d)
         assert state_writes(d) == {"failing_since": None, "waiting": {}, "lost": 0}
         assert audit(d) == [("agents.stop", {"names": ["w"], "all": False}, "ok"),
@@ -277,5 +373,41 @@ async def test_a_gateway_call_is_answered_when_its_audit_row_cannot_be_written(
         assert audit(d) == [("gateway.call", {"client": "operator", "tool": "sc__echo"},
                              "ok")]
         assert await asyncio.to_thread(d.stop) == 0
+    finally:
+        d.close()
+
+
+def test_a_scale_refused_for_the_fleet_bound_leaves_no_record(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, hello("a") + hello("b"), extra="max_replicas = 4\ntask_journal = false")
+    db = d.state / "corral.db"
+
+    def scaled() -> list[tuple[str, int]]:
+        conn = sqlite3.connect(db)
+        try:
+            return list(conn.execute("SELECT agent, replicas FROM scaled ORDER BY agent"))
+        finally:
+            conn.close()
+
+    try:
+        d.start()
+        # both in one read: each is checked (1 + 3 replicas, within the bound) before
+        # either is applied; the turn is each agent's own, the bound the fleet's
+        replies = raw(d, b'{"jsonrpc":"2.0","id":1,"method":"agents.scale","params":'
+                         b'{"name":"a","replicas":3}}\n'
+                         b'{"jsonrpc":"2.0","id":2,"method":"agents.scale","params":'
+                         b'{"name":"b","replicas":3}}\n', n=2)
+        by_id = {r["id"]: r for r in replies}
+        assert by_id[1]["result"] == {"name": "a", "replicas": 3}
+        assert by_id[2]["error"]["message"] == (
+            "3 replicas of b would make 6 replicas in all, over max_replicas = 4 (a "
+            "[supervisor] setting)")
+        # what is recorded is what runs
+        assert scaled() == [("a", 3)]
+        assert [r["revision"] for r in d.json("history", "b")["revisions"]] == [1]
+        assert d.stop() == 0
+        d.start()
+        assert sorted(d.status()) == ["a#0", "a#1", "a#2", "b#0"]
+        assert "could not start" not in daemon_lines(d)
+        assert d.stop() == 0
     finally:
         d.close()

@@ -222,6 +222,19 @@ async def _undo(d: Daemon, writes: list[Write]) -> str:
     return ""
 
 
+def _as_kept_now(d: Daemon, name: str) -> list[Write]:
+    """The writes that put back what keeps the agent across daemon restarts as it is
+    now (its kept scale, or its runtime table): a change recorded that then fails to
+    apply takes its record back with them."""
+    assert d.store is not None and d.revisions is not None
+    if name in d.from_config:
+        was = d.revisions.scaled().get(name)
+        return [setting_scaled(name, *was) if was else forgetting_scaled(name)]
+    table = d.store.runtime_agents().get(name)
+    return [StateStore.saving_runtime_agent(name, table) if table is not None
+            else StateStore.forgetting_runtime_agent(name)]
+
+
 @implements("agents.add")
 async def agents_add(d: Daemon, p: m.AgentsAdd, c: Connection) -> dict[str, Any]:
     assert d.sup is not None and d.store is not None
@@ -297,11 +310,19 @@ async def agents_scale(d: Daemon, p: m.AgentsScale, c: Connection) -> dict[str, 
             if table is not None:
                 writes.append(StateStore.saving_runtime_agent(
                     p.name, {**table, "replicas": p.replicas}))
+        undo = _as_kept_now(d, p.name)
         made: list[Revision] = []
         writes.append(recording(msgspec.structs.replace(agent.spec, replicas=p.replicas),
                                 _who(c), None, made))
         await _record(d, writes, f"{p.name} was not scaled")
-        await agent.scale(p.replicas)  # checked above: it does not refuse
+        try:
+            # refuses when another agent's command grew the fleet past max_replicas
+            # while this one recorded (the turn is this agent's, the bound the fleet's)
+            await agent.scale(p.replicas)
+        except SupervisorError as exc:
+            exc.message += await _undo(d, [*undo, *(unrecording(p.name, r.revision)
+                                                    for r in made)])
+            raise
     d.told_revisions(made)
     return {"name": p.name, "replicas": p.replicas}
 
@@ -341,15 +362,11 @@ async def agents_rollback(d: Daemon, p: m.AgentsRollback, c: Connection) -> dict
         # recorded first, and taken back if the new processes do not become ready
         if p.name in d.from_config:
             # lasts until the config file changes this agent (a reload applies the file)
-            was = d.revisions.scaled().get(p.name)
             writes = [setting_scaled(p.name, spec.replicas,
                                      d.declared_replicas.get(p.name, 1))]
-            undo = [setting_scaled(p.name, *was) if was else forgetting_scaled(p.name)]
         else:
-            table = d.store.runtime_agents().get(p.name)
             writes = [StateStore.saving_runtime_agent(p.name, rev.spec)]
-            undo = [StateStore.saving_runtime_agent(p.name, table) if table is not None
-                    else StateStore.forgetting_runtime_agent(p.name)]
+        undo = _as_kept_now(d, p.name)
         made: list[Revision] = []
         writes.append(recording(spec, _who(c), f"rollback to revision {target}", made))
         await _record(d, writes, f"{p.name} was not rolled back")

@@ -525,6 +525,33 @@ class Daemon:
         except ConfigError:
             self.notifier.ready(self.status_line())
             raise
+        # the agents' turns (as commands take them: `changing`), so a command's record and
+        # the reload's own changes of an agent never interleave; every agent's, since a
+        # reload may add, remove, scale or change any of them
+        async with self.changing(set(cfg.agents) | set(self.sup.agents)):
+            agents, failed = await self._reload_agents(cfg, who)
+        # calls in flight to a removed or changed tool server fail with the reason
+        servers = _diff({n: e.spec for n, e in self.sup.mcp.servers.items()}, cfg.mcp_servers)
+        # new roots or log level are told to the running server (roots/list_changed)
+        restart = [n for n in servers["changed"]
+                   if not self.sup.retune_mcp_server(cfg.mcp_servers[n])]
+        await asyncio.gather(*(self.sup.mcp.remove(n)
+                               for n in servers["removed"] + restart))
+        for n in servers["added"] + restart:
+            self.sup.add_mcp_server(cfg.mcp_servers[n])
+        self.sup.heartbeat_interval = cfg.supervisor.heartbeat_interval
+        self.sup.heartbeat_timeout = cfg.supervisor.heartbeat_timeout
+        result = ReloadResult(**agents, failed=failed, mcp_servers=servers)
+        self.hub.daemon(f"reloaded: added {agents['added']}, removed {agents['removed']}, "
+                        f"changed {agents['changed']}; MCP servers: {servers}")
+        self.notifier.ready(self.status_line())
+        return result
+
+    async def _reload_agents(self, cfg: Config, who: str
+                             ) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """A reload's changes of the agents (their turns held): the diff applied, and the
+        agents whose change failed (name -> why)."""
+        assert self.sup is not None
         self._apply_scaled(cfg.agents)
         agents = _diff({n: self.sup.agents[n].spec for n in self.from_config
                         if n in self.sup.agents}, cfg.agents)
@@ -555,22 +582,7 @@ class Daemon:
 
         await asyncio.gather(*(change(n) for n in agents["changed"]))
         self.from_config = set(cfg.agents)
-        # calls in flight to a removed or changed tool server fail with the reason
-        servers = _diff({n: e.spec for n, e in self.sup.mcp.servers.items()}, cfg.mcp_servers)
-        # new roots or log level are told to the running server (roots/list_changed)
-        restart = [n for n in servers["changed"]
-                   if not self.sup.retune_mcp_server(cfg.mcp_servers[n])]
-        await asyncio.gather(*(self.sup.mcp.remove(n)
-                               for n in servers["removed"] + restart))
-        for n in servers["added"] + restart:
-            self.sup.add_mcp_server(cfg.mcp_servers[n])
-        self.sup.heartbeat_interval = cfg.supervisor.heartbeat_interval
-        self.sup.heartbeat_timeout = cfg.supervisor.heartbeat_timeout
-        result = ReloadResult(**agents, failed=failed, mcp_servers=servers)
-        self.hub.daemon(f"reloaded: added {agents['added']}, removed {agents['removed']}, "
-                        f"changed {agents['changed']}; MCP servers: {servers}")
-        self.notifier.ready(self.status_line())
-        return result
+        return agents, failed
 
 
 class ProcessRecords:

@@ -288,11 +288,18 @@ TRANSIENT = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLIT
                        sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_PROTOCOL})
 
 
-def transient(exc: sqlite3.Error) -> bool:
+def transient(exc: BaseException) -> bool:
     """Whether a write that raised `exc` may work when tried again (the database cannot be
-    written now), rather than being wrong (a constraint, a missing table)."""
+    written now), rather than being wrong (a constraint, a missing table). An error SQLite
+    itself did not raise has no result code (a parameter Python cannot bind, a bug in the
+    write): trying it again would fail the same way, so it is wrong, never an outage."""
     code = getattr(exc, "sqlite_errorcode", None)
-    return code is None or code & 0xFF in TRANSIENT
+    return code is not None and code & 0xFF in TRANSIENT
+
+
+def described(exc: BaseException) -> str:
+    """SQLite's message as it is; any other exception with its type (it is a bug)."""
+    return str(exc) if isinstance(exc, sqlite3.Error) else f"{type(exc).__name__}: {exc}"
 
 
 def what_to_do() -> str:
@@ -361,8 +368,9 @@ class WriterThread:
         self._jobs.put((job, done))
 
     async def commit(self, writes: Iterable[Write]) -> None:
-        """Run `writes` in one transaction, now (ahead of what StoreWriter keeps while it
-        cannot write); StoreError, naming the file and the reason, if it is not committed."""
+        """Run `writes` in one transaction, now; StoreError, naming the file and the
+        reason, if it is not committed. StateStore.commit puts it behind what StoreWriter
+        holds."""
         batch = list(writes)
         done: asyncio.Future[str | None] = self._loop.create_future()
 
@@ -387,8 +395,11 @@ class WriterThread:
             error: str | None = None
             try:
                 job(db)
-            except sqlite3.Error as exc:
-                error = str(exc)
+            except Exception as exc:  # the thread outlives any one job
+                # (every command's record, the task journal and shutdown wait on it)
+                error = described(exc)
+                if not isinstance(exc, sqlite3.Error):
+                    log.error("state database %s: a write failed", self.path, exc_info=exc)
                 with contextlib.suppress(sqlite3.Error):
                     if db.in_transaction:
                         db.execute("ROLLBACK")
@@ -498,6 +509,20 @@ class StoreWriter:
         if waiting is not None:
             await asyncio.shield(waiting)
 
+    async def written(self) -> None:
+        """Until everything submitted so far is committed, trying what is kept once more
+        now; StoreError (the outage's reason) while it cannot be. What a command records
+        waits for this: records are committed in the order the daemon made them, so a
+        kept write never lands after (and undoes) a newer record."""
+        if self.outage.failing and self._retry is not None:
+            self.cancel_retry()  # the command is waiting: try now, not at the next second
+            self._flush_scheduled = True
+            self._retry = self._loop.call_soon(self._flush)
+        await self.committed()
+        if self.outage.failing:
+            raise StoreError(f"state database {self.thread.path} cannot be written "
+                             f"({self.outage.error})")
+
     def _pending_future(self) -> asyncio.Future[None]:
         if self._pending_done is None:
             self._pending_done = self._loop.create_future()
@@ -523,11 +548,13 @@ class StoreWriter:
                 db.execute("SAVEPOINT one")
                 try:
                     kept.write(db)
-                except sqlite3.Error as exc:
+                except Exception as exc:  # a wrong write is dropped alone
                     if transient(exc):
                         raise
                     db.execute("ROLLBACK TO one")
-                    wrong.append(f"one {kept.kind} dropped, SQLite refused it ({exc})")
+                    why = (f"SQLite refused it ({exc})" if isinstance(exc, sqlite3.Error)
+                           else f"it failed ({described(exc)})")
+                    wrong.append(f"one {kept.kind} dropped, {why}")
                 db.execute("RELEASE one")
             db.execute("COMMIT")
 
@@ -535,17 +562,33 @@ class StoreWriter:
 
     def _batch_done(self, done: asyncio.Future[None], batch: list[_Kept],
                     wrong: list[str], error: str | None) -> None:
+        try:
+            self._settle(batch, wrong, error)
+        finally:  # whatever a callback did: committed() and the next batch never hang
+            done.set_result(None)
+            if self._pending and not self._flush_scheduled:
+                self._schedule()
+
+    def _call(self, what: str, fn: Callable[..., None], *args: Any) -> None:
+        """A callback after a batch: one that raises is reported and the others still run."""
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("state database %s: %s failed", self.thread.path, what)
+
+    def _settle(self, batch: list[_Kept], wrong: list[str], error: str | None) -> None:
         self._inflight = None
         self._inflight_batch = []
         if error is None:
             self.batches += 1
             self.writes += len(batch) - len(wrong)
             for text in wrong:
-                self.on_error(f"state database {self.thread.path}: {text}")
+                self._call("telling of a dropped write", self.on_error,
+                           f"state database {self.thread.path}: {text}")
             self._caught_up(batch)
             for kept in batch:
                 if kept.then is not None:
-                    kept.then()
+                    self._call(f"what follows the {kept.kind}", kept.then)
         else:
             # nothing of the batch is lost: its writes wait again, in front of the newer
             # ones, for the next attempt (past max_kept, the newest are dropped)
@@ -556,14 +599,11 @@ class StoreWriter:
             for kept in waiting[self.max_kept:]:
                 self._drop(kept.kind)
             if self.outage.failed(self._loop, error):
-                self.on_error(
+                self._call("telling of the failure", self.on_error,
                     f"state database {self.thread.path} cannot be written ({error}): "
                     f"{_counted(_kinds(self._pending))} wait in memory and are written when "
                     f"it can (tried every {RETRY_EVERY:g} s; at most {self.max_kept} are "
                     f"kept, newer ones are dropped and counted): {what_to_do()}")
-        done.set_result(None)
-        if self._pending and not self._flush_scheduled:
-            self._schedule()
 
     def _drop(self, kind: str) -> None:
         self.dropped[kind] = self.dropped.get(kind, 0) + 1
@@ -584,10 +624,11 @@ class StoreWriter:
                 f"{_counted(_kinds(batch))} kept in memory since {clock(since)} are recorded")
         if dropped:
             text += f"; {_counted(dropped)} could not be kept and are lost"
-        self.on_notice(text)
+        self._call("telling of the catch-up", self.on_notice, text)
         if dropped:
             for listener in self.caught_up_listeners:
-                listener(dropped, since, self.outage.error)
+                self._call("a catch-up listener", listener, dropped, since,
+                           self.outage.error)
 
     def pending(self) -> dict[str, int]:
         """The writes not yet committed (kept while failing, being written, or waiting for
@@ -652,6 +693,9 @@ class StateStore:
                 for write in writes:
                     write(self.db)
             return
+        writes = list(writes)  # made now: behind what the writer holds, never ahead
+        if self.writer is not None:
+            await self.writer.written()
         await self.thread.commit(writes)
 
     def runtime_agents(self) -> dict[str, dict[str, Any]]:
