@@ -117,13 +117,17 @@ def test_a_journal_that_cannot_write_refuses_new_tasks_and_the_daemon_serves_on(
                    what="the accepted task's end")
         assert rows(db)[accepted][0] == "running"  # not recorded yet
         resource.prlimit(d.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
+        # new tasks are taken again once the journal has written what it kept (its next
+        # attempt, at most a second away)
+        wait_until(lambda: rows(db)[accepted][0] == "succeeded", what="the catch-up")
         r = d.cli("run", "w", "--input", '{"do": "echo"}', "--json")
         assert r.returncode == 0 and json.loads(r.stdout)["status"] == "succeeded"
         journaled = rows(db)
-        # caught up; the two refused tasks are there as what they became: cancelled
+        # caught up; the first refused task (queued when its write failed) is there as
+        # what it became, cancelled; the second was refused before it was submitted
         assert journaled[accepted][0] == "succeeded"
         assert sorted(s for s, _ in journaled.values()) == [
-            "cancelled", "cancelled", "succeeded", "succeeded"]
+            "cancelled", "succeeded", "succeeded"]
         assert d.stop() == 0
         assert d.proc.stderr is not None
         err = d.proc.stderr.read().decode().splitlines()
@@ -137,3 +141,42 @@ def test_a_journal_that_cannot_write_refuses_new_tasks_and_the_daemon_serves_on(
     assert re.fullmatch(rf"corral: task journal {re.escape(str(db))} is written again: the "
                         rf"changes of \d+ tasks kept in memory since {STAMP} are recorded",
                         told[1])
+
+
+def test_a_task_that_ended_before_its_write_failed_is_answered_and_the_next_refused(
+        tmp_path: Path) -> None:
+    # the journal learns it cannot write only when a write fails (here after SQLite's
+    # busy timeout, a lock held by another process): a task on an idle agent has run by
+    # then, and its outcome is the answer, not a refusal the client would retry; from
+    # then on new tasks are refused at once, before they reach an agent
+    d = Daemon(tmp_path, worker("w"))
+    db = d.state / "corral.db"
+    holder = None
+    try:
+        d.start()
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        r = d.cli("run", "w", "--input", '{"do": "echo", "n": 1}', "--json")
+        assert r.returncode == 0, r.stderr
+        ran = json.loads(r.stdout)
+        assert ran["status"] == "succeeded"
+        r = d.cli("run", "w", "--input", '{"do": "echo", "n": 2}')
+        assert (r.returncode, r.stdout, r.stderr) == (
+            1, "", f"corral: task journal {db} cannot be written (database is locked); "
+                   "the task was not accepted\n")
+        # the refused one never reached the engine, let alone an agent
+        stats = d.json("stats")
+        total = stats["tasks"]["total"]
+        assert (total["accepted"], total["succeeded"], total["cancelled"]) == (1, 1, 0)
+        assert stats["supervisor"]["task_journal_refusing"] == (
+            f"task journal {db} cannot be written (database is locked)")
+        holder.execute("ROLLBACK")
+        wait_until(lambda: rows(db).get(ran["task_id"], ("", None))[0] == "succeeded",
+                   what="the answered task recorded once the journal writes again")
+        assert len(rows(db)) == 1
+        assert d.json("stats")["supervisor"]["task_journal_refusing"] is None
+        assert d.stop() == 0
+    finally:
+        if holder is not None:
+            holder.close()
+        d.close()

@@ -474,7 +474,10 @@ async def stats_get(d: Daemon, p: m.StatsGet, c: Connection) -> dict[str, Any]:
                        "log_lines_dropped": d.hub.lines_dropped,
                        "log_files_failing": d.hub.failing(),
                        "state_writes": (d.store.writer.stats() if d.store is not None
-                                        and d.store.writer is not None else None)},
+                                        and d.store.writer is not None else None),
+                       # why new tasks are refused now (the journal cannot write), or None
+                       "task_journal_refusing": (d.task_journal.refusing
+                                                 if d.task_journal is not None else None)},
         "agents": per_agent,
         "tasks": d.sup.tasks.stats(),
         "events": d.sup.events.stats(),
@@ -487,6 +490,11 @@ async def stats_get(d: Daemon, p: m.StatsGet, c: Connection) -> dict[str, Any]:
 async def tasks_run(d: Daemon, p: m.TasksRun, c: Connection) -> Any:
     assert d.sup is not None
     await d.tasks_recovered.wait()
+    journal = d.task_journal
+    if journal is not None and journal.refusing is not None:
+        # refused before it reaches an agent: a task that cannot be recorded never runs
+        raise RpcError(jsonrpc.INTERNAL_ERROR, f"{journal.refusing}; the task was not "
+                       "accepted")
     task = d.sup.tasks.submit(p.agent, p.input, timeout=p.timeout, priority=p.priority)
 
     progress = Latest(c, "task.progress")  # a client that does not read gets the newest
@@ -501,10 +509,15 @@ async def tasks_run(d: Daemon, p: m.TasksRun, c: Connection) -> Any:
         try:
             await d.sup.tasks.committed()  # in the journal before it is acknowledged
         except JournalError as exc:
+            # the failure is known only when the write that held the task fails, and the
+            # task may have reached an agent meanwhile: one still queued or running is
+            # cancelled and refused; one that has already ended ran, and its outcome is
+            # the answer (its row is written when the journal can write again), for a
+            # refusal would have the client run it twice
             if task.status not in TERMINAL:
                 d.sup.tasks.cancel(task.id)
-            raise RpcError(jsonrpc.INTERNAL_ERROR, f"{exc}; the task was not accepted"
-                           ) from None
+                raise RpcError(jsonrpc.INTERNAL_ERROR, f"{exc}; the task was not accepted"
+                               ) from None
         if p.detach:
             return {"task_id": task.id, "status": task.status}
         # a client that loses the connection (a daemon restart) waits again by this id
@@ -514,8 +527,9 @@ async def tasks_run(d: Daemon, p: m.TasksRun, c: Connection) -> Any:
     finally:
         task.unwatch(watch)
         progress.close()
-    with contextlib.suppress(JournalError):  # logged by the journal; the outcome stands
-        await d.sup.tasks.committed()
+    if journal is None or journal.refusing is None:  # else written when it can be
+        with contextlib.suppress(JournalError):  # logged by the journal; the outcome stands
+            await d.sup.tasks.committed()
     return await d.sup.tasks.outcome(task)
 
 

@@ -237,6 +237,12 @@ class Journal:
         if self._pending and not self._flush_scheduled:
             self._schedule()
 
+    @property
+    def refusing(self) -> str | None:
+        """While its writes fail, why (the first failure): new tasks are refused at once
+        then, before they reach an agent."""
+        return self._outage.error if self._outage.failing else None
+
     def _failed(self, error: str) -> None:
         if not self._outage.failed(self._loop, error):
             return  # told once
