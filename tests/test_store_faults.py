@@ -411,3 +411,27 @@ def test_a_scale_refused_for_the_fleet_bound_leaves_no_record(tmp_path: Path) ->
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_a_reload_waits_for_a_command_changing_the_same_agent(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, hello("x"), extra="task_journal = false")
+    try:
+        d.start()
+        d.config.write_text(d.config.read_text().replace(hello("x"), hello("x", replicas=3)))
+        # in one read: the scale records, and the reload comes while it does; it takes its
+        # turn after the scale's, and the file's new count wins, as it would one after the
+        # other
+        replies = raw(d, b'{"jsonrpc":"2.0","id":1,"method":"agents.scale","params":'
+                         b'{"name":"x","replicas":2}}\n'
+                         b'{"jsonrpc":"2.0","id":2,"method":"config.reload"}\n', n=2)
+        by_id = {r["id"]: r for r in replies}
+        assert by_id[1]["result"] == {"name": "x", "replicas": 2}
+        assert by_id[2]["result"]["changed"] == ["x"]
+        # what runs is what a restarted daemon runs
+        assert sorted(d.status()) == ["x#0", "x#1", "x#2"]
+        assert d.stop() == 0
+        d.start()
+        assert sorted(d.status()) == ["x#0", "x#1", "x#2"]
+        assert d.stop() == 0
+    finally:
+        d.close()
