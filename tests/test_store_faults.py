@@ -12,8 +12,8 @@ import os
 import re
 import resource
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pytest
 
 from corral.daemon import store as store_mod
 from corral.daemon.revisions import RevisionLog, forgetting_scaled, setting_scaled
-from corral.daemon.store import StateStore
+from corral.daemon.store import StateStore, StoreWriter
 
 from .daemon_harness import PY, Daemon, hello
 from .test_daemon_cli import raw, wait_until
@@ -31,17 +31,32 @@ STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 
 
 # -- in-process: the real store, its writes failing on a lock another connection holds -----
+@asynccontextmanager
+async def lockable_store(db: Path, errors: list[str], notices: list[str]
+                         ) -> AsyncIterator[tuple[StateStore, StoreWriter, sqlite3.Connection]]:
+    """The store with its writer open (telling `errors` and `notices`), and another
+    connection that makes every write of the writer's fail while it holds the lock."""
+    store = StateStore(db)
+    writer = store.open_writer(on_error=errors.append, on_notice=notices.append)
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        yield store, writer, holder
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+        await store.close_writer()
+        store.close()
+
+
 async def test_audit_rows_that_cannot_be_written_are_kept_bounded_and_caught_up(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_MS", 100)  # a lock fails an attempt fast
     db = tmp_path / "corral.db"
-    store = StateStore(db)
     errors: list[str] = []
     notices: list[str] = []
-    writer = store.open_writer(on_error=errors.append, on_notice=notices.append)
-    writer.max_kept = 4
-    holder = sqlite3.connect(db, isolation_level=None)
-    try:
+    async with lockable_store(db, errors, notices) as (store, writer, holder):
+        writer.max_kept = 4
         store.audit(0, 1, "agents.stop", {"names": ["a"]}, "ok")
         await writer.committed()
         holder.execute("BEGIN EXCLUSIVE")  # every write of the writer's fails now
@@ -87,12 +102,6 @@ async def test_audit_rows_that_cannot_be_written_are_kept_bounded_and_caught_up(
                                     "locked): 1 audit row wait")
         assert errors[2:] == [f"state database {db}: not written before shutdown, lost: "
                               "1 audit row"]
-    finally:
-        if holder.in_transaction:
-            holder.execute("ROLLBACK")
-        holder.close()
-        await store.close_writer()
-        store.close()
 
 
 async def test_a_write_that_raises_is_dropped_alone_and_the_writer_thread_lives_on(
@@ -154,10 +163,7 @@ async def test_a_commands_record_is_committed_behind_the_writes_kept_before_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_MS", 100)
     db = tmp_path / "corral.db"
-    store = StateStore(db)
-    writer = store.open_writer(on_error=lambda text: None, on_notice=lambda text: None)
-    holder = sqlite3.connect(db, isolation_level=None)
-    try:
+    async with lockable_store(db, [], []) as (store, writer, holder):
         await store.commit([setting_scaled("x", 2, 1)])  # `corral scale x 2`
         holder.execute("BEGIN EXCLUSIVE")
         writer.submit(forgetting_scaled("x"), "kept scale")  # a reload: the file wins
@@ -172,12 +178,6 @@ async def test_a_commands_record_is_committed_behind_the_writes_kept_before_it(
         assert writer.pending() == {} and not writer.outage.failing
         await writer.committed()
         assert RevisionLog(store.db).scaled() == {"x": (6, 1)}  # in the order made
-    finally:
-        if holder.in_transaction:
-            holder.execute("ROLLBACK")
-        holder.close()
-        await store.close_writer()
-        store.close()
 
 
 # -- through `corral daemon`: a full disk, as its file size limit ----------------------------
