@@ -32,6 +32,7 @@ PEER_CLOSED = -32001  # the other side went away with the request in flight
 REQUEST_TIMEOUT = -32002  # no answer within the request's timeout
 REQUEST_CANCELLED = -32003  # the caller cancelled the request
 UNAUTHORIZED = -32004  # control socket: peer uid not allowed
+FORBIDDEN = -32005  # the caller lacks the scope the method needs
 NOT_FOUND = -32010  # no such agent / task / tool
 CONFLICT = -32011  # duplicate name, wrong state for the operation
 REFUSED = -32012  # admission refused: queue full, rate limited, agent down
@@ -52,6 +53,7 @@ ERROR_NAMES = {
     REQUEST_TIMEOUT: "request timed out",
     REQUEST_CANCELLED: "request cancelled",
     UNAUTHORIZED: "unauthorized",
+    FORBIDDEN: "forbidden",
     NOT_FOUND: "not found",
     CONFLICT: "conflict",
     REFUSED: "refused",

@@ -1,8 +1,10 @@
 """The control-socket methods, each defined once: name, typed params, help.
 
-The daemon implements them (supervisor/control.py); the CLI calls them; both import this
-module, so a method cannot drift between the two. A method's docstring is its help text.
-Methods that change state are `mutating` and are written to the audit log.
+The daemon implements them (daemon/commands.py, called through daemon/api.py's one
+Dispatcher by every front end); the CLI calls them; both import this module, so a method
+cannot drift between the two. A method's docstring is its help text. Methods that change
+state are `mutating` and are written to the audit log; each names the scope a caller must
+hold (DESIGN section 7).
 """
 
 from __future__ import annotations
@@ -12,12 +14,17 @@ from typing import Any
 
 import msgspec
 
+# what a caller may do (DESIGN section 7); "admin" holds every other
+SCOPES = frozenset({"agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read",
+                    "events", "mcp:call", "metrics:read", "audit:read", "admin"})
+
 
 @dataclass(frozen=True)
 class Method:
     name: str
     params: type[msgspec.Struct]
     mutating: bool
+    scope: str
     streaming: bool = False
     endless: bool = False  # streams until the client goes (a follow)
 
@@ -29,12 +36,15 @@ class Method:
 REGISTRY: dict[str, Method] = {}
 
 
-def method(name: str, *, mutating: bool = False, streaming: bool = False,
+def method(name: str, *, scope: str, mutating: bool = False, streaming: bool = False,
            endless: bool = False) -> Any:
+    if scope not in SCOPES:  # pragma: no cover - a programming error
+        raise RuntimeError(f"method {name}: unknown scope {scope}")
+
     def register(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
         if name in REGISTRY:  # pragma: no cover - a programming error
             raise RuntimeError(f"method {name} defined twice")
-        REGISTRY[name] = Method(name, cls, mutating, streaming or endless, endless)
+        REGISTRY[name] = Method(name, cls, mutating, scope, streaming or endless, endless)
         cls.__method_name__ = name  # type: ignore[attr-defined]
         return cls
 
@@ -46,24 +56,24 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 # -- daemon ---------------------------------------------------------------------------------
-@method("daemon.info")
+@method("daemon.info", scope="agents:read")
 class DaemonInfo(Params):
     """Version, pid, uptime, socket and config of the running daemon."""
 
 
-@method("daemon.shutdown", mutating=True)
+@method("daemon.shutdown", scope="admin", mutating=True)
 class DaemonShutdown(Params):
     """Stop every agent gracefully, then the daemon."""
 
 
-@method("config.reload", mutating=True)
+@method("config.reload", scope="admin", mutating=True)
 class ConfigReload(Params):
     """Re-read the config file and apply the difference: add new agents, remove dropped
     ones, restart changed ones; unchanged agents are not touched."""
 
 
 # -- agents ---------------------------------------------------------------------------------
-@method("agents.status")
+@method("agents.status", scope="agents:read")
 class AgentsStatus(Params):
     """State, pid, uptime, restarts, last exit, CPU and memory of agents' replicas."""
 
@@ -88,17 +98,17 @@ class Selection(Params):
     all: bool = False
 
 
-@method("agents.start", mutating=True)
+@method("agents.start", scope="agents:write", mutating=True)
 class AgentsStart(Selection):
     """Start agents (all their replicas, or NAME#N); a Failed agent is given a fresh start."""
 
 
-@method("agents.stop", mutating=True)
+@method("agents.stop", scope="agents:write", mutating=True)
 class AgentsStop(Selection):
     """Stop agents gracefully: shutdown request, SIGTERM after the grace, then SIGKILL."""
 
 
-@method("agents.restart", mutating=True)
+@method("agents.restart", scope="agents:write", mutating=True)
 class AgentsRestart(Selection):
     """Restart agents: stop then start every replica, or with rolling, replace replicas one
     at a time, each new one ready before the old one stops."""
@@ -106,14 +116,14 @@ class AgentsRestart(Selection):
     rolling: bool = False
 
 
-@method("agents.signal", mutating=True)
+@method("agents.signal", scope="agents:write", mutating=True)
 class AgentsSignal(Selection):
     """Send a signal (a name like HUP or SIGUSR1, or a number) to agents' processes."""
 
     signal: str = "TERM"
 
 
-@method("agents.describe")
+@method("agents.describe", scope="agents:read")
 class AgentsDescribe(Params):
     """An agent's effective spec: command, cwd, environment keys, limits, restart policy,
     revision and origin (the config file, or added at runtime)."""
@@ -121,7 +131,7 @@ class AgentsDescribe(Params):
     name: str
 
 
-@method("agents.history")
+@method("agents.history", scope="agents:read")
 class AgentsHistory(Params):
     """An agent's spec revisions: number, time, who, what changed."""
 
@@ -129,7 +139,7 @@ class AgentsHistory(Params):
     limit: int = 100
 
 
-@method("agents.rollback", mutating=True)
+@method("agents.rollback", scope="agents:write", mutating=True)
 class AgentsRollback(Params):
     """Go back to an earlier spec revision (default: the one before the current), replacing
     replicas one at a time; the rollback is itself a new revision."""
@@ -138,14 +148,14 @@ class AgentsRollback(Params):
     revision: int | None = None
 
 
-@method("audit.list")
+@method("audit.list", scope="audit:read")
 class AuditList(Params):
     """The audit log: every state-changing control operation, who asked, and its outcome."""
 
     limit: int = 100
 
 
-@method("agents.add", mutating=True)
+@method("agents.add", scope="agents:write", mutating=True)
 class AgentsAdd(Params):
     """Add agents at runtime from [agents.NAME] tables; they survive a daemon restart.
     A command that is not an executable on PATH or a file is refused, unless --no-check
@@ -155,14 +165,14 @@ class AgentsAdd(Params):
     check: bool = True
 
 
-@method("agents.remove", mutating=True)
+@method("agents.remove", scope="agents:write", mutating=True)
 class AgentsRemove(Params):
     """Stop and remove agents."""
 
     names: list[str]
 
 
-@method("agents.scale", mutating=True)
+@method("agents.scale", scope="agents:write", mutating=True)
 class AgentsScale(Params):
     """Set the number of replicas of an agent."""
 
@@ -171,7 +181,7 @@ class AgentsScale(Params):
 
 
 # -- logs and stats -------------------------------------------------------------------------
-@method("logs.tail")
+@method("logs.tail", scope="logs:read")
 class LogsTail(Params):
     """The last lines of agents' logs (all agents and the daemon when no name is given)."""
 
@@ -180,19 +190,19 @@ class LogsTail(Params):
     since: float | None = None  # unix time
 
 
-@method("logs.follow", endless=True)
+@method("logs.follow", scope="logs:read", endless=True)
 class LogsFollow(LogsTail):
     """Like logs.tail, then new lines as `logs.lines` notifications until the client
     disconnects; a follower too slow to keep up is sent `logs.missed` with a count."""
 
 
-@method("stats.get")
+@method("stats.get", scope="metrics:read")
 class StatsGet(Params):
     """Runtime statistics of the supervisor and per agent."""
 
 
 # -- tasks and events -----------------------------------------------------------------------
-@method("tasks.run", streaming=True)
+@method("tasks.run", scope="tasks:run", streaming=True)
 class TasksRun(Params):
     """Run a task on an agent and wait for its outcome (progress arrives as `task.progress`
     notifications); with detach, answer the task id at once."""
@@ -206,7 +216,7 @@ class TasksRun(Params):
     detach: bool = False
 
 
-@method("tasks.get")
+@method("tasks.get", scope="tasks:read")
 class TasksGet(Params):
     """One task: status, progress, output or error, and every attempt."""
 
@@ -214,7 +224,7 @@ class TasksGet(Params):
     wait: bool = False
 
 
-@method("tasks.list")
+@method("tasks.list", scope="tasks:read")
 class TasksList(Params):
     """Recent tasks, newest last (from the task journal: every task until it is pruned)."""
 
@@ -224,14 +234,14 @@ class TasksList(Params):
     since: float | None = None  # seconds ago
 
 
-@method("tasks.cancel", mutating=True)
+@method("tasks.cancel", scope="tasks:run", mutating=True)
 class TasksCancel(Params):
     """Cancel a queued or running task."""
 
     task_id: str
 
 
-@method("events.publish", mutating=True)
+@method("events.publish", scope="events", mutating=True)
 class EventsPublish(Params):
     """Publish an event to the workers (and followers) subscribed to its topic."""
 
@@ -239,7 +249,7 @@ class EventsPublish(Params):
     data: Any = None
 
 
-@method("events.follow", endless=True)
+@method("events.follow", scope="events", endless=True)
 class EventsFollow(Params):
     """Every event whose topic matches the pattern, as `events.event` notifications."""
 
@@ -247,7 +257,7 @@ class EventsFollow(Params):
 
 
 # -- MCP tools ------------------------------------------------------------------------------
-@method("tools.list")
+@method("tools.list", scope="mcp:call")
 class ToolsList(Params):
     """The tools of the MCP servers, named SERVER__TOOL; with an agent, those its allowlist
     admits. Servers that are not serving are named in `unavailable` with the reason, and
@@ -257,7 +267,7 @@ class ToolsList(Params):
     server: str | None = None
 
 
-@method("tools.call", mutating=True)
+@method("tools.call", scope="mcp:call", mutating=True)
 class ToolsCall(Params):
     """Call one tool (SERVER__TOOL) with arguments, as an operator."""
 
@@ -265,7 +275,7 @@ class ToolsCall(Params):
     arguments: dict[str, Any] = {}
 
 
-@method("mcp.status")
+@method("mcp.status", scope="agents:read")
 class McpStatus(Params):
     """The MCP servers: state, protocol version, tools, calls, errors per instance."""
 
@@ -276,23 +286,23 @@ class McpSelection(Params):
     name: str
 
 
-@method("mcp.start", mutating=True)
+@method("mcp.start", scope="agents:write", mutating=True)
 class McpStart(McpSelection):
     """Start an MCP server's instances (a Failed server is given a fresh start)."""
 
 
-@method("mcp.stop", mutating=True)
+@method("mcp.stop", scope="agents:write", mutating=True)
 class McpStop(McpSelection):
     """Stop an MCP server's instances: stdin closed, SIGTERM after the grace, then SIGKILL
     (the MCP stdio shutdown); calls in flight fail with the reason."""
 
 
-@method("mcp.restart", mutating=True)
+@method("mcp.restart", scope="agents:write", mutating=True)
 class McpRestart(McpSelection):
     """Stop then start an MCP server's instances."""
 
 
-@method("resources.list")
+@method("resources.list", scope="mcp:call")
 class ResourcesList(Params):
     """The resources (and resource templates) of the MCP servers, or of one; with an
     agent, those its allowlist admits (as SERVER__URI)."""
@@ -301,7 +311,7 @@ class ResourcesList(Params):
     agent: str | None = None
 
 
-@method("resources.read")
+@method("resources.read", scope="mcp:call")
 class ResourcesRead(Params):
     """Read one resource by its URI, of the server given or else of the one server that
     lists it."""
@@ -310,7 +320,7 @@ class ResourcesRead(Params):
     server: str | None = None
 
 
-@method("prompts.list")
+@method("prompts.list", scope="mcp:call")
 class PromptsList(Params):
     """The prompts of the MCP servers, or of one, named SERVER__PROMPT; with an agent,
     those its allowlist admits."""
@@ -319,7 +329,7 @@ class PromptsList(Params):
     agent: str | None = None
 
 
-@method("prompts.get")
+@method("prompts.get", scope="mcp:call")
 class PromptsGet(Params):
     """Get one prompt (SERVER__PROMPT) with its arguments (strings)."""
 
@@ -333,7 +343,7 @@ class GatewayClient(Params):
     token: str | None = None
 
 
-@method("gateway.list")
+@method("gateway.list", scope="mcp:call")
 class GatewayList(GatewayClient):
     """The tools, resources, resource templates or prompts a gateway client may see,
     named SERVER__NAME."""
@@ -341,7 +351,7 @@ class GatewayList(GatewayClient):
     kind: str = "tools"
 
 
-@method("gateway.call", streaming=True)
+@method("gateway.call", scope="mcp:call", streaming=True)
 class GatewayCall(GatewayClient):
     """One MCP request for an upstream server (tools/call, resources/read, prompts/get,
     completion/complete) on behalf of a gateway client: allowlist, limits, accounting and
@@ -353,13 +363,13 @@ class GatewayCall(GatewayClient):
     progress_id: int | None = None
 
 
-@method("gateway.watch", endless=True)
+@method("gateway.watch", scope="mcp:call", endless=True)
 class GatewayWatch(Params):
     """`gateway.changed {kinds}` notifications whenever what the pool offers changes
     (servers start, stop, are reloaded, or change their lists), until disconnect."""
 
 
-@method("gateway.status")
+@method("gateway.status", scope="metrics:read")
 class GatewayStatus(Params):
     """Gateway calls per client and per tool: counts, errors, latency percentiles; the
     HTTP gateway's address and sessions."""

@@ -20,7 +20,7 @@ from ..supervisor.core import SupervisorError
 from ..supervisor.lifecycle import State
 from ..supervisor.tasks import TERMINAL
 from ..text import plural
-from .control import implements
+from .api import Caller, Channel, Handlers
 from .follow import Latest, drain
 from .journal import JournalError
 from .revisions import (
@@ -36,8 +36,10 @@ from .store import StateStore, StoreError, what_to_do
 if TYPE_CHECKING:
     from ..supervisor.core import Agent
     from ..supervisor.replica import Replica
-    from .control import Connection
     from .daemon import Daemon
+
+HANDLERS: Handlers[Daemon] = Handlers()
+implements = HANDLERS.implements
 
 FOLLOW_BATCH = 500
 STATUSES = TERMINAL | {"queued", "running"}
@@ -75,7 +77,7 @@ def _replicas(targets: list[tuple[Agent, int | None]]) -> list[Replica]:
 
 
 @implements("daemon.info")
-async def daemon_info(d: Daemon, p: m.DaemonInfo, c: Connection) -> dict[str, Any]:
+async def daemon_info(d: Daemon, p: m.DaemonInfo, caller: Caller, c: Channel) -> dict[str, Any]:
     assert d.control is not None
     return {
         "version": __version__,
@@ -91,22 +93,23 @@ async def daemon_info(d: Daemon, p: m.DaemonInfo, c: Connection) -> dict[str, An
 
 
 @implements("daemon.shutdown")
-async def daemon_shutdown(d: Daemon, p: m.DaemonShutdown, c: Connection) -> dict[str, Any]:
+async def daemon_shutdown(d: Daemon, p: m.DaemonShutdown,
+                          caller: Caller, c: Channel) -> dict[str, Any]:
     asyncio.get_running_loop().call_soon(d.request_stop)
     return {"stopping": True}
 
 
 @implements("config.reload")
-async def config_reload(d: Daemon, p: m.ConfigReload, c: Connection) -> Any:
+async def config_reload(d: Daemon, p: m.ConfigReload, caller: Caller, c: Channel) -> Any:
     try:
-        return await d.reload(_who(c))
+        return await d.reload(caller.who)
     except ConfigError as exc:
         raise RpcError(jsonrpc.INVALID_PARAMS, f"reload rejected, nothing changed: {exc}"
                        ) from None
 
 
 @implements("agents.status")
-async def agents_status(d: Daemon, p: m.AgentsStatus, c: Connection) -> dict[str, Any]:
+async def agents_status(d: Daemon, p: m.AgentsStatus, caller: Caller, c: Channel) -> dict[str, Any]:
     assert d.sup is not None
     agents = [d.sup.agent(n) for n in p.names] if p.names else list(d.sup.agents.values())
     stats = d.sup.tasks.stats()["agents"]
@@ -118,7 +121,7 @@ async def agents_status(d: Daemon, p: m.AgentsStatus, c: Connection) -> dict[str
 
 
 @implements("agents.start")
-async def agents_start(d: Daemon, p: m.AgentsStart, c: Connection) -> dict[str, Any]:
+async def agents_start(d: Daemon, p: m.AgentsStart, caller: Caller, c: Channel) -> dict[str, Any]:
     targets = _targets(d, p.names, p.all)
     for r in _replicas(targets):
         r.start(by_hand=True)
@@ -126,14 +129,15 @@ async def agents_start(d: Daemon, p: m.AgentsStart, c: Connection) -> dict[str, 
 
 
 @implements("agents.stop")
-async def agents_stop(d: Daemon, p: m.AgentsStop, c: Connection) -> dict[str, Any]:
+async def agents_stop(d: Daemon, p: m.AgentsStop, caller: Caller, c: Channel) -> dict[str, Any]:
     targets = _targets(d, p.names, p.all)
     await asyncio.gather(*(r.stop() for r in _replicas(targets)))
     return {"stopped": [_label(a, i) for a, i in targets]}
 
 
 @implements("agents.restart")
-async def agents_restart(d: Daemon, p: m.AgentsRestart, c: Connection) -> dict[str, Any]:
+async def agents_restart(d: Daemon, p: m.AgentsRestart,
+                         caller: Caller, c: Channel) -> dict[str, Any]:
     targets = _targets(d, p.names, p.all)
     if p.rolling:
         await asyncio.gather(*(a.roll(replicas=None if i is None else [i])
@@ -159,7 +163,7 @@ def _signal_number(name: str) -> int:
 
 
 @implements("agents.signal")
-async def agents_signal(d: Daemon, p: m.AgentsSignal, c: Connection) -> dict[str, Any]:
+async def agents_signal(d: Daemon, p: m.AgentsSignal, caller: Caller, c: Channel) -> dict[str, Any]:
     sig = _signal_number(p.signal)
     targets = _targets(d, p.names, p.all)
     sent = []
@@ -178,7 +182,8 @@ _SIGNALS = {int(s) for s in signal.Signals}
 
 
 @implements("agents.describe")
-async def agents_describe(d: Daemon, p: m.AgentsDescribe, c: Connection) -> dict[str, Any]:
+async def agents_describe(d: Daemon, p: m.AgentsDescribe,
+                          caller: Caller, c: Channel) -> dict[str, Any]:
     assert d.sup is not None
     agent = d.sup.agent(p.name)
     spec = agent.spec
@@ -236,7 +241,7 @@ def _as_kept_now(d: Daemon, name: str) -> list[Write]:
 
 
 @implements("agents.add")
-async def agents_add(d: Daemon, p: m.AgentsAdd, c: Connection) -> dict[str, Any]:
+async def agents_add(d: Daemon, p: m.AgentsAdd, caller: Caller, c: Channel) -> dict[str, Any]:
     assert d.sup is not None and d.store is not None
     if not p.agents:
         raise RpcError(jsonrpc.INVALID_PARAMS, "no [agents.NAME] tables to add")
@@ -258,7 +263,7 @@ async def agents_add(d: Daemon, p: m.AgentsAdd, c: Connection) -> dict[str, Any]
         made: dict[str, list[Revision]] = {n: [] for n in specs}
         await _record(d, [w for n, spec in specs.items() for w in (
             StateStore.saving_runtime_agent(n, p.agents[n]),
-            recording(spec, _who(c), None, made[n]))], "nothing was added")
+            recording(spec, caller.who, None, made[n]))], "nothing was added")
         added: list[str] = []
         try:
             for name, spec in specs.items():
@@ -275,7 +280,7 @@ async def agents_add(d: Daemon, p: m.AgentsAdd, c: Connection) -> dict[str, Any]
 
 
 @implements("agents.remove")
-async def agents_remove(d: Daemon, p: m.AgentsRemove, c: Connection) -> dict[str, Any]:
+async def agents_remove(d: Daemon, p: m.AgentsRemove, caller: Caller, c: Channel) -> dict[str, Any]:
     assert d.sup is not None and d.store is not None
     for n in p.names:
         d.sup.agent(n)
@@ -292,7 +297,7 @@ async def agents_remove(d: Daemon, p: m.AgentsRemove, c: Connection) -> dict[str
 
 
 @implements("agents.scale")
-async def agents_scale(d: Daemon, p: m.AgentsScale, c: Connection) -> dict[str, Any]:
+async def agents_scale(d: Daemon, p: m.AgentsScale, caller: Caller, c: Channel) -> dict[str, Any]:
     assert d.sup is not None and d.store is not None and d.revisions is not None
     async with d.changing([p.name]):
         agent = d.sup.agent(p.name)
@@ -313,7 +318,7 @@ async def agents_scale(d: Daemon, p: m.AgentsScale, c: Connection) -> dict[str, 
         undo = _as_kept_now(d, p.name)
         made: list[Revision] = []
         writes.append(recording(msgspec.structs.replace(agent.spec, replicas=p.replicas),
-                                _who(c), None, made))
+                                caller.who, None, made))
         await _record(d, writes, f"{p.name} was not scaled")
         try:
             # refuses when another agent's command grew the fleet past max_replicas
@@ -327,13 +332,9 @@ async def agents_scale(d: Daemon, p: m.AgentsScale, c: Connection) -> dict[str, 
     return {"name": p.name, "replicas": p.replicas}
 
 
-def _who(c: Connection) -> str:
-    """Who asked, as revisions record it."""
-    return f"uid {c.uid} pid {c.pid}"
-
-
 @implements("agents.history")
-async def agents_history(d: Daemon, p: m.AgentsHistory, c: Connection) -> dict[str, Any]:
+async def agents_history(d: Daemon, p: m.AgentsHistory,
+                         caller: Caller, c: Channel) -> dict[str, Any]:
     assert d.sup is not None and d.revisions is not None
     d.sup.agent(p.name)
     revs = d.revisions.history(p.name, max(0, p.limit))
@@ -342,7 +343,8 @@ async def agents_history(d: Daemon, p: m.AgentsHistory, c: Connection) -> dict[s
 
 
 @implements("agents.rollback")
-async def agents_rollback(d: Daemon, p: m.AgentsRollback, c: Connection) -> dict[str, Any]:
+async def agents_rollback(d: Daemon, p: m.AgentsRollback,
+                          caller: Caller, c: Channel) -> dict[str, Any]:
     assert d.sup is not None and d.store is not None and d.revisions is not None
     async with d.changing([p.name]):
         d.sup.agent(p.name)
@@ -368,7 +370,7 @@ async def agents_rollback(d: Daemon, p: m.AgentsRollback, c: Connection) -> dict
             writes = [StateStore.saving_runtime_agent(p.name, rev.spec)]
         undo = _as_kept_now(d, p.name)
         made: list[Revision] = []
-        writes.append(recording(spec, _who(c), f"rollback to revision {target}", made))
+        writes.append(recording(spec, caller.who, f"rollback to revision {target}", made))
         await _record(d, writes, f"{p.name} was not rolled back")
         try:
             await d.apply_spec(p.name, spec)  # rolling; refuses if a new process is not ready
@@ -381,7 +383,7 @@ async def agents_rollback(d: Daemon, p: m.AgentsRollback, c: Connection) -> dict
 
 
 @implements("audit.list")
-async def audit_list(d: Daemon, p: m.AuditList, c: Connection) -> dict[str, Any]:
+async def audit_list(d: Daemon, p: m.AuditList, caller: Caller, c: Channel) -> dict[str, Any]:
     assert d.store is not None
     return {"entries": [
         {"time": t, "uid": uid, "pid": pid, "method": method,
@@ -390,7 +392,7 @@ async def audit_list(d: Daemon, p: m.AuditList, c: Connection) -> dict[str, Any]
 
 
 @implements("logs.tail")
-async def logs_tail(d: Daemon, p: m.LogsTail, c: Connection) -> dict[str, Any]:
+async def logs_tail(d: Daemon, p: m.LogsTail, caller: Caller, c: Channel) -> dict[str, Any]:
     sources, keep = _log_sources(d, p.names)
     if keep is None:
         return {"lines": d.hub.tail(sources, p.lines, p.since)}
@@ -432,7 +434,7 @@ def _log_sources(d: Daemon, names: list[str]
 
 
 @implements("logs.follow")
-async def logs_follow(d: Daemon, p: m.LogsFollow, c: Connection) -> dict[str, Any]:
+async def logs_follow(d: Daemon, p: m.LogsFollow, caller: Caller, c: Channel) -> dict[str, Any]:
     """Streams until the client goes away (the Peer then cancels this task)."""
     sources, keep = _log_sources(d, p.names)
     follower = d.hub.follow(sources)
@@ -447,7 +449,7 @@ async def logs_follow(d: Daemon, p: m.LogsFollow, c: Connection) -> dict[str, An
             c.notify("logs.lines", {"lines": lines})
 
     try:
-        backlog = (await logs_tail(d, p, c))["lines"]
+        backlog = (await logs_tail(d, p, caller, c))["lines"]
         if backlog:
             c.notify("logs.lines", {"lines": backlog})
         await drain(c, follower, "logs.missed", send_some)
@@ -456,7 +458,7 @@ async def logs_follow(d: Daemon, p: m.LogsFollow, c: Connection) -> dict[str, An
 
 
 @implements("stats.get")
-async def stats_get(d: Daemon, p: m.StatsGet, c: Connection) -> dict[str, Any]:
+async def stats_get(d: Daemon, p: m.StatsGet, caller: Caller, c: Channel) -> dict[str, Any]:
     assert d.sup is not None
     stats = msgspec.structs.asdict(d.sup.runtime_stats())
     per_agent = {}
@@ -487,7 +489,7 @@ async def stats_get(d: Daemon, p: m.StatsGet, c: Connection) -> dict[str, Any]:
 
 
 @implements("tasks.run")
-async def tasks_run(d: Daemon, p: m.TasksRun, c: Connection) -> Any:
+async def tasks_run(d: Daemon, p: m.TasksRun, caller: Caller, c: Channel) -> Any:
     assert d.sup is not None
     await d.tasks_recovered.wait()
     journal = d.task_journal
@@ -534,14 +536,14 @@ async def tasks_run(d: Daemon, p: m.TasksRun, c: Connection) -> Any:
 
 
 @implements("tasks.get")
-async def tasks_get(d: Daemon, p: m.TasksGet, c: Connection) -> Any:
+async def tasks_get(d: Daemon, p: m.TasksGet, caller: Caller, c: Channel) -> Any:
     assert d.sup is not None
     await d.tasks_recovered.wait()
     return await d.sup.tasks.info(p.task_id, wait=p.wait)
 
 
 @implements("tasks.list")
-async def tasks_list(d: Daemon, p: m.TasksList, c: Connection) -> Any:
+async def tasks_list(d: Daemon, p: m.TasksList, caller: Caller, c: Channel) -> Any:
     assert d.sup is not None
     await d.tasks_recovered.wait()
     if p.agent is not None and d.task_journal is None:
@@ -555,20 +557,22 @@ async def tasks_list(d: Daemon, p: m.TasksList, c: Connection) -> Any:
 
 
 @implements("tasks.cancel")
-async def tasks_cancel(d: Daemon, p: m.TasksCancel, c: Connection) -> Any:
+async def tasks_cancel(d: Daemon, p: m.TasksCancel, caller: Caller, c: Channel) -> Any:
     assert d.sup is not None
     await d.tasks_recovered.wait()
     return d.sup.tasks.cancel(p.task_id).info()
 
 
 @implements("events.publish")
-async def events_publish(d: Daemon, p: m.EventsPublish, c: Connection) -> Any:
+async def events_publish(d: Daemon, p: m.EventsPublish, caller: Caller, c: Channel) -> Any:
     assert d.sup is not None
-    return {"delivered": d.sup.events.publish(p.topic, p.data, f"uid {c.uid}")}
+    # an event's source names the user, not the one process that published it
+    source = f"token {caller.token}" if caller.token is not None else f"uid {caller.uid}"
+    return {"delivered": d.sup.events.publish(p.topic, p.data, source)}
 
 
 @implements("events.follow")
-async def events_follow(d: Daemon, p: m.EventsFollow, c: Connection) -> Any:
+async def events_follow(d: Daemon, p: m.EventsFollow, caller: Caller, c: Channel) -> Any:
     assert d.sup is not None
     bus = d.sup.events
     follower = bus.follow(p.pattern)
@@ -611,7 +615,7 @@ async def _listing(d: Daemon, who: dict[str, Any], server: str | None,
 
 
 @implements("tools.list")
-async def tools_list(d: Daemon, p: m.ToolsList, c: Connection) -> Any:
+async def tools_list(d: Daemon, p: m.ToolsList, caller: Caller, c: Channel) -> Any:
     assert d.sup is not None
     who = _lister(d, p.agent)
     res = await _listing(d, who, p.server, tools=d.sup.mcp.list_tools)
@@ -621,13 +625,13 @@ async def tools_list(d: Daemon, p: m.ToolsList, c: Connection) -> Any:
 
 
 @implements("tools.call")
-async def tools_call(d: Daemon, p: m.ToolsCall, c: Connection) -> Any:
+async def tools_call(d: Daemon, p: m.ToolsCall, caller: Caller, c: Channel) -> Any:
     assert d.sup is not None
     return await d.sup.mcp.call(p.name, p.arguments, owner=CLI_OWNER)
 
 
 @implements("mcp.status")
-async def mcp_status(d: Daemon, p: m.McpStatus, c: Connection) -> Any:
+async def mcp_status(d: Daemon, p: m.McpStatus, caller: Caller, c: Channel) -> Any:
     assert d.sup is not None
     return {"mcp_servers": d.sup.mcp.status(), "gateway": d.gateway_status()}
 
@@ -646,22 +650,22 @@ async def _each_instance(d: Daemon, name: str, verb: str) -> dict[str, Any]:
 
 
 @implements("mcp.start")
-async def mcp_start(d: Daemon, p: m.McpStart, c: Connection) -> Any:
+async def mcp_start(d: Daemon, p: m.McpStart, caller: Caller, c: Channel) -> Any:
     return await _each_instance(d, p.name, "start")
 
 
 @implements("mcp.stop")
-async def mcp_stop(d: Daemon, p: m.McpStop, c: Connection) -> Any:
+async def mcp_stop(d: Daemon, p: m.McpStop, caller: Caller, c: Channel) -> Any:
     return await _each_instance(d, p.name, "stop")
 
 
 @implements("mcp.restart")
-async def mcp_restart(d: Daemon, p: m.McpRestart, c: Connection) -> Any:
+async def mcp_restart(d: Daemon, p: m.McpRestart, caller: Caller, c: Channel) -> Any:
     return await _each_instance(d, p.name, "restart")
 
 
 @implements("resources.list")
-async def resources_list(d: Daemon, p: m.ResourcesList, c: Connection) -> Any:
+async def resources_list(d: Daemon, p: m.ResourcesList, caller: Caller, c: Channel) -> Any:
     assert d.sup is not None
     return await _listing(d, _lister(d, p.agent), p.server,
                           resources=d.sup.mcp.list_resources,
@@ -669,7 +673,7 @@ async def resources_list(d: Daemon, p: m.ResourcesList, c: Connection) -> Any:
 
 
 @implements("resources.read")
-async def resources_read(d: Daemon, p: m.ResourcesRead, c: Connection) -> Any:
+async def resources_read(d: Daemon, p: m.ResourcesRead, caller: Caller, c: Channel) -> Any:
     assert d.sup is not None
     server = p.server
     if server is None:
@@ -684,26 +688,26 @@ async def resources_read(d: Daemon, p: m.ResourcesRead, c: Connection) -> Any:
 
 
 @implements("prompts.list")
-async def prompts_list(d: Daemon, p: m.PromptsList, c: Connection) -> Any:
+async def prompts_list(d: Daemon, p: m.PromptsList, caller: Caller, c: Channel) -> Any:
     assert d.sup is not None
     return await _listing(d, _lister(d, p.agent), p.server, prompts=d.sup.mcp.list_prompts)
 
 
 @implements("prompts.get")
-async def prompts_get(d: Daemon, p: m.PromptsGet, c: Connection) -> Any:
+async def prompts_get(d: Daemon, p: m.PromptsGet, caller: Caller, c: Channel) -> Any:
     assert d.sup is not None
     return await d.sup.mcp.get_prompt(p.name, p.arguments, owner=CLI_OWNER)
 
 
 @implements("gateway.list")
-async def gateway_list(d: Daemon, p: m.GatewayList, c: Connection) -> Any:
+async def gateway_list(d: Daemon, p: m.GatewayList, caller: Caller, c: Channel) -> Any:
     ident = d.gateway.identify(agent=p.agent, token=p.token)
     return {"items": await d.gateway.list_items(ident, p.kind),
             "features": sorted(d.gateway.features())}
 
 
 @implements("gateway.call")
-async def gateway_call(d: Daemon, p: m.GatewayCall, c: Connection) -> Any:
+async def gateway_call(d: Daemon, p: m.GatewayCall, caller: Caller, c: Channel) -> Any:
     ident = d.gateway.identify(agent=p.agent, token=p.token)
 
     def progress(data: dict[str, Any]) -> None:
@@ -711,11 +715,12 @@ async def gateway_call(d: Daemon, p: m.GatewayCall, c: Connection) -> Any:
         if p.progress_id is not None and c.writable.is_set():
             c.notify("gateway.progress", {**data, "progress_id": p.progress_id})
 
-    return await d.gateway.forward(ident, p.method, p.params, progress, who=(c.uid, c.pid))
+    return await d.gateway.forward(ident, p.method, p.params, progress,
+                                   who=(caller.uid, caller.pid))
 
 
 @implements("gateway.watch")
-async def gateway_watch(d: Daemon, p: m.GatewayWatch, c: Connection) -> Any:
+async def gateway_watch(d: Daemon, p: m.GatewayWatch, caller: Caller, c: Channel) -> Any:
     """Streams until the client goes away; changes coalesce while it does not read."""
     pending: set[str] = set()
     wake = asyncio.Event()
@@ -740,5 +745,5 @@ async def gateway_watch(d: Daemon, p: m.GatewayWatch, c: Connection) -> Any:
 
 
 @implements("gateway.status")
-async def gateway_status(d: Daemon, p: m.GatewayStatus, c: Connection) -> Any:
+async def gateway_status(d: Daemon, p: m.GatewayStatus, caller: Caller, c: Channel) -> Any:
     return d.gateway_status()

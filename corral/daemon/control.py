@@ -6,8 +6,9 @@
 - Mode 0660; every connection's peer uid is checked with SO_PEERCRED: root, the daemon's
   uid, and members of the configured group are served; anyone else gets an error and is
   disconnected.
-- Methods come from corral.methods.REGISTRY; implementations are registered here with
-  `@implements`, and the server refuses to start if one is missing.
+- A transport only: framing, SO_PEERCRED -> `Caller`, flow control. Every request goes to
+  the one `Dispatcher` (api.py), which this module never looks behind; it never imports
+  the handlers.
 - Every client is on a budget (DESIGN section 9), so no client can stall the loop or grow
   the daemon's memory: once REPLY_HIGH bytes of its replies are unread, its requests are
   no longer read (the kernel's socket buffer then stops the client); replies it still
@@ -29,20 +30,18 @@ import os
 import pwd
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import LineProtocol, Peer, RpcError
-from ..methods import CANCEL, REGISTRY, Method
+from ..methods import CANCEL
 from ..paths import runtime_directory
 from ..throttle import Throttle
-
-if TYPE_CHECKING:
-    from .daemon import Daemon
+from .api import Caller, Dispatcher
 
 log = logging.getLogger("corral.control")
 
@@ -54,21 +53,6 @@ REPLY_HIGH = 1024 * 1024
 REPLY_LOW = 256 * 1024
 REPLY_LIMIT = 32 * 1024 * 1024
 MAX_IN_FLIGHT = 64  # requests of one client being worked on at once; then it waits
-
-Impl = Callable[["Daemon", Any, "Connection"], Awaitable[Any]]
-IMPLEMENTATIONS: dict[str, Impl] = {}
-
-
-def implements(name: str) -> Callable[[Impl], Impl]:
-    if name not in REGISTRY:  # pragma: no cover - a programming error
-        raise RuntimeError(f"{name} is not in corral.methods.REGISTRY")
-
-    def register(fn: Impl) -> Impl:
-        IMPLEMENTATIONS[name] = fn
-        return fn
-
-    return register
-
 
 def _cancel_id(raw: Any) -> jsonrpc.Id | None:
     """The request a `request.cancel {id}` notification names."""
@@ -92,6 +76,7 @@ class Connection(LineProtocol):
                          on_oversize=self._oversize, last_line_unterminated=False)
         self.server = server
         self.uid = self.pid = self.gid = -1
+        self.caller = Caller(via="socket")
         self.peer: Peer | None = None
         self.writable = asyncio.Event()
         self.writable.set()
@@ -110,6 +95,7 @@ class Connection(LineProtocol):
         sock = transport.get_extra_info("socket")
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         self.pid, self.uid, self.gid = struct.unpack("3i", creds)
+        self.caller = Caller(via="socket", uid=self.uid, gid=self.gid, pid=self.pid)
         transport.set_write_buffer_limits(high=REPLY_HIGH, low=REPLY_LOW)  # type: ignore[attr-defined]
         self.peer = Peer(
             self.who,
@@ -124,7 +110,7 @@ class Connection(LineProtocol):
         server = self.server
         if not server.authorized(self.uid, self.gid):
             log.warning("refused control connection from uid %d pid %d", self.uid, self.pid)
-            server.daemon.hub.daemon(
+            server.report(
                 f"refused control connection from uid {self.uid} pid {self.pid}", "audit")
             self.peer.send_error(None, RpcError(
                 jsonrpc.UNAUTHORIZED,
@@ -161,7 +147,7 @@ class Connection(LineProtocol):
         """Close a client that went over its budget, saying why in the daemon's log."""
         text = f"closed the control connection of {self.who}: {reason}"
         log.warning("%s", text)
-        self.server.daemon.hub.daemon(text)
+        self.server.report(text, "event")
         if self.transport is not None:  # abort: close() would wait for the unread replies
             cast(asyncio.WriteTransport, self.transport).abort()
 
@@ -246,40 +232,35 @@ class Connection(LineProtocol):
                 f"invalid request: {size} bytes is over the {MAX_REQUEST}-byte limit"))
 
     def _dispatch(self, method: str, params: Any, peer: Peer) -> Any:
-        spec = REGISTRY.get(method)
-        impl = IMPLEMENTATIONS.get(method)
-        if spec is None or impl is None:
-            raise jsonrpc.method_not_found(method)
-        typed = jsonrpc.decode_params(params, spec.params)
-        return self._run(spec, typed, impl)
+        run = self.server.dispatcher.dispatch(self.caller, method, params, self)
+        if not Dispatcher.method(method).endless:
+            return run
+        return self._stream(run)
 
-    async def _run(self, spec: Method, params: Any, impl: Impl) -> Any:
-        daemon = self.server.daemon
-        mutating, method = spec.mutating, spec.name
+    async def _stream(self, run: Any) -> Any:
+        """A stream only ever ends with the client: its half-close cancels it too."""
         task = asyncio.current_task()
-        if spec.endless and task is not None:
-            self._streams.add(task)
+        assert task is not None
+        self._streams.add(task)
         try:
-            result = await impl(daemon, params, self)
-        except RpcError as exc:
-            if mutating:
-                daemon.audit(self, method, params, f"error: {exc.message}")
-            raise
+            return await run
         finally:
-            self._streams.discard(task)  # type: ignore[arg-type]
-        if mutating:
-            daemon.audit(self, method, params, _outcome(result))
-        return result
+            self._streams.discard(task)
 
     def notify(self, method: str, params: Any) -> None:
         if self.peer is not None:
             self.peer.notify(method, params)
 
 
+Report = Callable[[str, str], None]  # (text, stream): into the daemon's log
+
+
 class ControlServer:
-    def __init__(self, daemon: Daemon, path: Path, group: str | None, *,
-                 max_connections: int = 1000, idle_timeout: float = 60.0) -> None:
-        self.daemon = daemon
+    def __init__(self, dispatcher: Dispatcher[Any], report: Report, path: Path,
+                 group: str | None, *, max_connections: int = 1000,
+                 idle_timeout: float = 60.0) -> None:
+        self.dispatcher = dispatcher
+        self.report = report
         self.path = path
         self.group = group
         self.max_connections = max_connections
@@ -297,7 +278,7 @@ class ControlServer:
 
     def _complain(self, text: str) -> None:
         log.warning("%s", text)
-        self.daemon.hub.daemon(text)
+        self.report(text, "event")
 
     @property
     def lock_path(self) -> Path:
@@ -317,11 +298,6 @@ class ControlServer:
         return self.group_gid in os.getgrouplist(name, gid)
 
     async def start(self) -> None:
-        from . import commands  # noqa: F401  (registers the implementations)
-
-        missing = set(REGISTRY) - set(IMPLEMENTATIONS)
-        if missing:  # pragma: no cover - a programming error, caught by the test suite
-            raise RuntimeError(f"control methods without implementation: {sorted(missing)}")
         # a directory of our own (made here, or systemd's RuntimeDirectory) may be opened to
         # the group; a shared one (/tmp) is never touched
         own_dir = not self.path.parent.exists() or self.path.parent == runtime_directory()
@@ -372,13 +348,3 @@ class ControlServer:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
-
-
-def _outcome(result: Any) -> str:
-    """How the audit log records a result: an MCP tool result with isError is an error."""
-    if isinstance(result, dict) and result.get("isError") is True:
-        content = result.get("content")
-        first = content[0] if isinstance(content, list) and content else None
-        text = first.get("text") if isinstance(first, dict) else None
-        return f"error: isError result{f': {text:.200}' if isinstance(text, str) else ''}"
-    return "ok"

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -42,7 +42,9 @@ from ..supervisor.replica import Event, Replica
 from ..supervisor.tasks import LOST_IN_RESTART, TaskRecord
 from ..text import plural
 from . import journald
+from .api import Caller, Dispatcher
 from .background import Background
+from .commands import HANDLERS
 from .control import AlreadyRunning, ControlServer
 from .gateway import GatewayService
 from .journal import Journal
@@ -51,9 +53,6 @@ from .logs import LogDirError, LogHub
 from .notify import Notifier
 from .revisions import Revision, RevisionLog, forgetting_scaled, recording, spec_table
 from .store import StateStore, StoreError
-
-if TYPE_CHECKING:
-    from .control import Connection
 
 log = logging.getLogger("corral.daemon")
 # states in which a replica is neither up nor settled down: READY=1 waits for none to be
@@ -145,7 +144,8 @@ class Daemon:
         self.sup.environment_hooks.append(self.gateway.replica_environment)
         self.sup.exit_listeners.append(self.gateway.forget_replica)
         events = self.sup.subscribe(maxsize=100_000)
-        self.control = ControlServer(self, sock_path, s.group,
+        self.dispatcher = Dispatcher(HANDLERS, self, self.audit)
+        self.control = ControlServer(self.dispatcher, self.hub.daemon, sock_path, s.group,
                                      max_connections=s.max_connections,
                                      idle_timeout=s.control_idle_timeout)
         try:
@@ -490,15 +490,15 @@ class Daemon:
             self._stop.set_result(None)
 
     # -- operations -----------------------------------------------------------------------
-    def audit(self, conn: Connection, method: str, params: Any, outcome: str) -> None:
-        """A control command's audit row: in the daemon log, and the audit table through
-        the store's writer, so a row that cannot be written never changes the command's
-        answer (it is kept and written when the database can be: StoreWriter)."""
-        text = (f"uid {conn.uid} pid {conn.pid}: {method} "
-                f"{msgspec.json.encode(params).decode()} -> {outcome}")
+    def audit(self, caller: Caller, method: str, params: Any, outcome: str) -> None:
+        """A command's audit row, whatever front end it came by: in the daemon log, and
+        the audit table through the store's writer, so a row that cannot be written never
+        changes the command's answer (it is kept and written when the database can be:
+        StoreWriter)."""
+        text = f"{caller.who}: {method} {msgspec.json.encode(params).decode()} -> {outcome}"
         self.hub.daemon(text, "audit")
         if self.store is not None:
-            self.store.audit(conn.uid, conn.pid, method, params, outcome)
+            self.store.audit(caller.uid, caller.pid, method, params, outcome)
 
     def gateway_audit(self, client: str, tool: str, outcome: str,
                       who: tuple[int, int]) -> None:

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from ..supervisor.follow import Follower
 
 if TYPE_CHECKING:
-    from .control import Connection
+    from .api import Channel
 
 T = TypeVar("T")
 
 
-async def drain(c: Connection, follower: Follower[T], missed_method: str,
+async def drain(c: Channel, follower: Follower[T], missed_method: str,
                 send_some: Callable[[], None]) -> NoReturn:
     """Send a follower's items to a client until the client goes away (the Peer then
     cancels this task)."""
@@ -38,7 +38,7 @@ class Latest:
     each one replaces the one not yet sent, and the one finally sent carries how many it
     replaced (`coalesced`): the daemon holds one per stream, whatever the client does."""
 
-    def __init__(self, c: Connection, method: str) -> None:
+    def __init__(self, c: Channel, method: str) -> None:
         self.c = c
         self.method = method
         self.pending: dict[str, Any] | None = None
