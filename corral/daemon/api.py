@@ -103,15 +103,27 @@ Audit = Callable[[Caller, str, Any, str], None]
 
 
 class Dispatcher(Generic[Ctx]):
-    """Every front end's one way in: `dispatch(caller, method, params, channel)`."""
+    """Every front end's one way in: `dispatch(caller, method, params, channel)`.
 
-    def __init__(self, handlers: Handlers[Ctx], context: Ctx, audit: Audit) -> None:
+    A transport may take calls before the services exist (the control socket answers
+    while the state database opens): they wait until `serve(context)` is called."""
+
+    def __init__(self, handlers: Handlers[Ctx], audit: Audit) -> None:
         missing = handlers.missing()
         if missing:  # pragma: no cover - a programming error, caught by the test suite
             raise RuntimeError(f"control methods without implementation: {missing}")
         self.handlers = handlers.table
-        self.context = context
         self.audit = audit
+        self._context: asyncio.Future[Ctx] | None = None
+
+    def serve(self, context: Ctx) -> None:
+        """From now on, handlers run with `context` (the services)."""
+        self._ready().set_result(context)
+
+    def _ready(self) -> asyncio.Future[Ctx]:
+        if self._context is None:
+            self._context = asyncio.get_running_loop().create_future()
+        return self._context
 
     @staticmethod
     def method(name: str) -> Method:
@@ -138,8 +150,10 @@ class Dispatcher(Generic[Ctx]):
 
     async def _run(self, spec: Method, params: Any, caller: Caller, channel: Channel
                    ) -> Any:
+        ready = self._ready()
+        context = ready.result() if ready.done() else await asyncio.shield(ready)
         try:
-            result = await self.handlers[spec.name](self.context, params, caller, channel)
+            result = await self.handlers[spec.name](context, params, caller, channel)
         except RpcError as exc:
             if spec.mutating:
                 self.audit(caller, spec.name, params, f"error: {exc.message}")

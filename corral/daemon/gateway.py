@@ -32,12 +32,14 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..mcp.pool import allowed
+from ..supervisor.config import GatewaySettings
 
 if TYPE_CHECKING:
-    from ..supervisor.config import GatewaySettings
     from ..supervisor.core import Supervisor
     from ..supervisor.replica import Event, Replica
-    from .daemon import Daemon
+
+# a gateway call's audit row: (client, tool, outcome, (uid, pid))
+Audit = Callable[[str, str, str, tuple[int, int]], None]
 
 OPERATOR = "operator"
 LATENCY_SAMPLES = 2048  # per client and per tool: percentiles over the latest calls
@@ -153,9 +155,11 @@ class Limiter:
 
 
 class GatewayService:
-    def __init__(self, daemon: Daemon, settings: GatewaySettings) -> None:
-        self.daemon = daemon
-        self.settings = settings
+    def __init__(self, sup: Supervisor, audit: Audit,
+                 settings: GatewaySettings | None = None) -> None:
+        self.sup = sup
+        self.audit = audit  # every call's row: (client, tool, outcome, (uid, pid))
+        self.settings = settings or GatewaySettings()
         self.tokens: dict[str, tuple[str, TokenEntry]] = {}
         self.replica_tokens: dict[str, Identity] = {}  # token hash -> identity
         self._replica_hash: dict[str, str] = {}  # replica label -> its token hash
@@ -167,11 +171,6 @@ class GatewayService:
         self.watchers: set[Callable[[list[str]], None]] = set()
         self._pending: set[str] = set()
         self._flush: asyncio.Handle | None = None
-
-    @property
-    def sup(self) -> Supervisor:
-        assert self.daemon.sup is not None
-        return self.daemon.sup
 
     # -- configuration --------------------------------------------------------------------
     def configure(self, settings: GatewaySettings, base: Path) -> None:
@@ -372,7 +371,7 @@ class GatewayService:
         error = outcome != "ok"
         self.by_client.setdefault(ident.name, CallStats()).add(seconds, error)
         self.by_tool.setdefault(tool, CallStats()).add(seconds, error)
-        self.daemon.gateway_audit(ident.name, tool, outcome, who)
+        self.audit(ident.name, tool, outcome, who)
 
     def stats(self) -> dict[str, Any]:
         clients = {}

@@ -1,0 +1,402 @@
+"""Changes of the fleet, each one unit of work: record, act, undo on failure.
+
+Every change of what runs — an agent added, removed, scaled or rolled back by a command; a
+reload of the config file; the runtime agents and kept scales restored at start-up — goes
+through `Fleet`, whatever front end asked for it. A command's change is committed to the
+state database BEFORE it is made (decision 61): a database that cannot be written refuses
+the command with nothing changed, and a change that then fails is taken back, record and
+all. Two changes of one agent take turns (`changing`), so a record and the act it stands
+for never interleave with another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..methods import ReloadResult
+from ..supervisor.config import AgentSpec, Config, ConfigError, check_command, parse_agents
+from ..supervisor.core import Supervisor, SupervisorError
+from ..supervisor.names import name_problem, shown
+from .revisions import (
+    Revision,
+    RevisionLog,
+    Write,
+    forgetting_scaled,
+    recording,
+    setting_scaled,
+    spec_table,
+    unrecording,
+)
+from .store import StateStore, StoreError, StoreWriter, what_to_do
+
+Report = Callable[..., None]  # (text, priority=6): a line of the daemon's own log
+
+
+class Fleet:
+    def __init__(self, sup: Supervisor, store: StateStore, writer: StoreWriter,
+                 revisions: RevisionLog, config_dir: Path, report: Report) -> None:
+        self.sup = sup
+        self.store = store
+        self.writer = writer
+        self.revisions = revisions
+        self.config_dir = config_dir
+        self.report = report
+        self.from_config: set[str] = set()  # agents declared by the config file
+        # the replica count each config-declared agent has in the file (before a kept
+        # `corral scale` is applied)
+        self.declared_replicas: dict[str, int] = {}
+        # agents a change is under way for: name -> [lock, changes holding or awaiting it]
+        self._changing: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    # -- the unit of work -------------------------------------------------------------------
+    async def _unit(self, writes: list[Write], unchanged: str,
+                    act: Callable[[], Awaitable[None]],
+                    undo: Callable[[], list[Write]]) -> None:
+        """Commit `writes`, then `act`; when the act fails (SupervisorError), commit
+        what `undo()` gives (made once the record is: it names the revisions made) and
+        say in the error whether that could be done. A database that cannot be written
+        refuses the change, `unchanged` saying so, and the operator may simply try again
+        once it can."""
+        try:
+            await self.store.commit(writes)
+        except StoreError as exc:
+            raise RpcError(jsonrpc.REFUSED, f"{exc}: {unchanged}; {what_to_do()}") from None
+        try:
+            await act()
+        except SupervisorError as exc:
+            try:
+                await self.store.commit(undo())
+            except StoreError as undo_exc:
+                text = (f"its record could not be taken back ({undo_exc}): the next daemon "
+                        "starts what was recorded")
+                self.report(text, priority=3)
+                exc.message += f"; {text}"
+            raise
+
+    @contextlib.asynccontextmanager
+    async def changing(self, names: Iterable[str]) -> AsyncIterator[None]:
+        """While a change of these agents records, then acts: a second change of any of
+        them waits its turn (and sees the first's result)."""
+        waiting: list[str] = []
+        acquired: list[asyncio.Lock] = []
+        try:
+            for name in sorted(set(names)):  # in order: two changes never deadlock
+                lock, users = self._changing.setdefault(name, (asyncio.Lock(), [0]))
+                users[0] += 1
+                waiting.append(name)
+                await lock.acquire()
+                acquired.append(lock)
+            yield
+        finally:
+            for lock in acquired:
+                lock.release()
+            for name in waiting:
+                users = self._changing[name][1]
+                users[0] -= 1
+                if not users[0]:
+                    del self._changing[name]
+
+    def _as_kept_now(self, name: str) -> list[Write]:
+        """The writes that put back what keeps the agent across daemon restarts as it is
+        now (its kept scale, or its runtime table)."""
+        if name in self.from_config:
+            was = self.revisions.scaled().get(name)
+            return [setting_scaled(name, *was) if was else forgetting_scaled(name)]
+        table = self.store.runtime_agents().get(name)
+        return [StateStore.saving_runtime_agent(name, table) if table is not None
+                else StateStore.forgetting_runtime_agent(name)]
+
+    # -- commands ---------------------------------------------------------------------------
+    async def add(self, tables: dict[str, dict[str, Any]], who: str, *, check: bool
+                  ) -> list[str]:
+        """Add agents from [agents.NAME] tables, all or nothing; they outlive the daemon."""
+        if not tables:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "no [agents.NAME] tables to add")
+        try:
+            specs = parse_agents({"agents": tables}, "agents.add")
+            for name, spec in specs.items():
+                self.fill_cwd(spec)
+                why = check_command(spec) if check else None
+                if why:
+                    raise ConfigError(f"agents.add: agents.{name}.command: {why} "
+                                      "(--no-check to add it anyway)")
+        except ConfigError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        made: dict[str, list[Revision]] = {n: [] for n in specs}
+
+        async def act() -> None:
+            added: list[str] = []
+            try:
+                for spec in specs.values():
+                    self.sup.add(spec)
+                    added.append(spec.name)
+            except SupervisorError:  # the fleet grew meanwhile: all or nothing
+                await asyncio.gather(*(self.sup.remove(n) for n in added))
+                raise
+
+        async with self.changing(specs):
+            taken = [n for n in specs if n in self.sup.agents]
+            if taken:
+                raise RpcError(jsonrpc.CONFLICT, f"agent {taken[0]} already exists")
+            self.sup.check_fleet({n: s.replicas for n, s in specs.items()}, "adding them")
+            await self._unit(
+                [w for n, spec in specs.items() for w in (
+                    StateStore.saving_runtime_agent(n, tables[n]),
+                    recording(spec, who, None, made[n]))],
+                "nothing was added", act,
+                lambda: [w for n in specs for w in (
+                    StateStore.forgetting_runtime_agent(n),
+                    *(unrecording(n, r.revision) for r in made[n]))])
+        self.told(r for revs in made.values() for r in revs)
+        return sorted(specs)
+
+    async def remove(self, names: list[str]) -> list[str]:
+        for n in names:
+            self.sup.agent(n)
+
+        async def act() -> None:
+            await asyncio.gather(*(self.sup.remove(n) for n in names))
+
+        async with self.changing(names):
+            for n in names:  # still there after our turn came
+                self.sup.agent(n)
+            await self._unit([w for n in names for w in (
+                StateStore.forgetting_runtime_agent(n), forgetting_scaled(n))],
+                "nothing was removed", act, list)
+        self.from_config.difference_update(names)
+        return names
+
+    async def scale(self, name: str, replicas: int, who: str) -> None:
+        made: list[Revision] = []
+        async with self.changing([name]):
+            agent = self.sup.agent(name)
+            if replicas < 0:
+                raise RpcError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
+            self.sup.check_fleet({name: replicas}, f"{replicas} replicas of {name}")
+            # kept across daemon restarts: a runtime agent's table, or beside the config's
+            # count; recorded before any replica starts or stops
+            writes: list[Write] = []
+            if name in self.from_config:
+                writes.append(setting_scaled(name, replicas,
+                                             self.declared_replicas.get(name, 1)))
+            else:
+                table = self.store.runtime_agents().get(name)
+                if table is not None:
+                    writes.append(StateStore.saving_runtime_agent(
+                        name, {**table, "replicas": replicas}))
+            undo = self._as_kept_now(name)
+            writes.append(recording(msgspec.structs.replace(agent.spec, replicas=replicas),
+                                    who, None, made))
+            # the act refuses when another agent's change grew the fleet past
+            # max_replicas while this one recorded (the turn is this agent's, the bound
+            # the fleet's)
+            await self._unit(writes, f"{name} was not scaled",
+                             lambda: agent.scale(replicas),
+                             lambda: [*undo, *(unrecording(name, r.revision)
+                                               for r in made)])
+        self.told(made)
+
+    async def rollback(self, name: str, revision: int | None, who: str) -> int:
+        """Back to an earlier spec revision (default: the one before the current); the
+        revision restored."""
+        made: list[Revision] = []
+        async with self.changing([name]):
+            self.sup.agent(name)
+            latest = self.revisions.latest(name)
+            current = latest.revision if latest else 0
+            target = revision if revision is not None else current - 1
+            rev = self.revisions.get(name, target)
+            if rev is None:
+                raise RpcError(jsonrpc.NOT_FOUND, f"no revision {target} of {name} (its "
+                                                  f"revisions: 1..{current}; see `corral "
+                                                  f"history {name}`)")
+            try:
+                spec = parse_agents({"agents": {name: rev.spec}}, f"revision {target}")[name]
+            except ConfigError as exc:
+                raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+            self.fill_cwd(spec)
+            if name in self.from_config:
+                # lasts until the config file changes this agent (a reload applies it)
+                writes = [setting_scaled(name, spec.replicas,
+                                         self.declared_replicas.get(name, 1))]
+            else:
+                writes = [StateStore.saving_runtime_agent(name, rev.spec)]
+            undo = self._as_kept_now(name)
+            writes.append(recording(spec, who, f"rollback to revision {target}", made))
+            # rolling; refuses when a new process does not become ready
+            await self._unit(writes, f"{name} was not rolled back",
+                             lambda: self.apply_spec(name, spec),
+                             lambda: [*undo, *(unrecording(name, r.revision)
+                                               for r in made)])
+        self.told(made)
+        return target
+
+    # -- the config file --------------------------------------------------------------------
+    def start(self, cfg: Config) -> None:
+        """Start-up: the config's tool servers and agents (with their kept scales), then
+        the agents added at runtime by an earlier daemon."""
+        for sspec in cfg.mcp_servers.values():
+            self.sup.add_mcp_server(sspec)
+        self._apply_scaled(cfg.agents)
+        for name, spec in cfg.agents.items():
+            try:
+                self._add(spec)
+            except SupervisorError as exc:  # e.g. over max_replicas: the others still run
+                self.report(f"could not start agent {name}: {exc.message}")
+                continue
+            self.from_config.add(name)
+            self.record(spec, "config file")
+        self._restore_runtime_agents()
+
+    def _restore_runtime_agents(self) -> None:
+        for name, table in self.store.runtime_agents().items():
+            problem = name_problem(name)
+            if problem:  # stored by an older corral, before names were checked
+                self.report(f"skipped runtime agent {shown(name)} from the state "
+                            f"database: {problem}")
+                continue
+            if name in self.sup.agents:
+                continue
+            try:
+                spec = parse_agents({"agents": {name: table}}, "state database")[name]
+                self._add(spec)
+                self.record(spec, "corral add (restored)")
+            except Exception as exc:  # a restore is never fatal: the others still run
+                self.report(f"could not restore runtime agent {name}: {exc}", priority=4)
+
+    def _apply_scaled(self, agents: dict[str, AgentSpec]) -> None:
+        """A `corral scale` of a config-declared agent outlives daemon restarts and
+        reloads, until the config file itself changes the agent's replica count."""
+        self.declared_replicas = {n: s.replicas for n, s in agents.items()}
+        for name, (replicas, declared) in self.revisions.scaled().items():
+            spec = agents.get(name)
+            if spec is None:
+                continue
+            if spec.replicas == declared:
+                spec.replicas = replicas
+            else:
+                # the file says otherwise now: the file wins (kept while the database
+                # cannot be written; a restart would decide the same from the file)
+                self.writer.submit(forgetting_scaled(name), "kept scale")
+
+    async def reload(self, cfg: Config, who: str) -> ReloadResult:
+        """Apply the config file's difference; changed agents are brought to their new
+        spec without downtime (apply_spec)."""
+        # every agent's turn, since a reload may add, remove, scale or change any of them
+        async with self.changing(set(cfg.agents) | set(self.sup.agents)):
+            agents, failed = await self._reload_agents(cfg, who)
+        # calls in flight to a removed or changed tool server fail with the reason
+        servers = diff({n: e.spec for n, e in self.sup.mcp.servers.items()},
+                       cfg.mcp_servers)
+        # new roots or log level are told to the running server (roots/list_changed)
+        restart = [n for n in servers["changed"]
+                   if not self.sup.retune_mcp_server(cfg.mcp_servers[n])]
+        await asyncio.gather(*(self.sup.mcp.remove(n)
+                               for n in servers["removed"] + restart))
+        for n in servers["added"] + restart:
+            self.sup.add_mcp_server(cfg.mcp_servers[n])
+        self.sup.heartbeat_interval = cfg.supervisor.heartbeat_interval
+        self.sup.heartbeat_timeout = cfg.supervisor.heartbeat_timeout
+        result = ReloadResult(**agents, failed=failed, mcp_servers=servers)
+        self.report(f"reloaded: added {agents['added']}, removed {agents['removed']}, "
+                    f"changed {agents['changed']}; MCP servers: {servers}")
+        return result
+
+    async def _reload_agents(self, cfg: Config, who: str
+                             ) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """A reload's changes of the agents (their turns held): the diff applied, and the
+        agents whose change failed (name -> why)."""
+        self._apply_scaled(cfg.agents)
+        agents = diff({n: self.sup.agents[n].spec for n in self.from_config
+                       if n in self.sup.agents}, cfg.agents)
+        for n in agents["added"]:
+            if n in self.sup.agents:  # added at runtime before, declared now: the file wins
+                await self.sup.remove(n)
+                # kept while the database cannot be written; a restart adds the file's
+                # agent first and skips the stored one of the same name anyway
+                self.writer.submit(StateStore.forgetting_runtime_agent(n), "runtime agent")
+        await asyncio.gather(*(self.sup.remove(n) for n in agents["removed"]))
+        for n in agents["added"]:
+            self._add(cfg.agents[n])
+            self.record(cfg.agents[n], who)
+        failed: dict[str, str] = {}
+
+        async def change(name: str) -> None:
+            spec = cfg.agents[name]
+            self.fill_cwd(spec)
+            try:
+                await self.apply_spec(name, spec)
+            except SupervisorError as exc:
+                failed[name] = exc.message
+                self.report(f"reload: {exc.message}", priority=4)
+                return
+            self.record(spec, who)
+
+        await asyncio.gather(*(change(n) for n in agents["changed"]))
+        self.from_config = set(cfg.agents)
+        return agents, failed
+
+    # -- helpers ----------------------------------------------------------------------------
+    async def apply_spec(self, name: str, spec: AgentSpec) -> None:
+        """Bring a running agent to `spec` without downtime: a change of `replicas` alone
+        scales; any other change replaces replicas one at a time (Agent.roll), then
+        scales. Raises SupervisorError when a new process does not become ready."""
+        agent = self.sup.agent(name)
+        want = spec.replicas  # before the roll, which gives `spec` the running count
+        old, new = spec_table(agent.spec), spec_table(spec)
+        old.pop("replicas", None)
+        new.pop("replicas", None)
+        if old != new:
+            await agent.roll(spec, start_stopped=False)
+        await agent.scale(want)
+
+    def fill_cwd(self, spec: AgentSpec) -> None:
+        """An agent added at runtime without a cwd runs where the config file is, as the
+        config's own agents do (load_config)."""
+        if spec.cwd is None:
+            spec.cwd = str(self.config_dir)
+
+    def _add(self, spec: AgentSpec) -> None:
+        self.fill_cwd(spec)
+        self.sup.add(spec)
+
+    def origin(self, name: str, config_path: Path) -> str:
+        return f"file {config_path}" if name in self.from_config else "runtime"
+
+    def revision_of(self, name: str) -> int | None:
+        """The number of the agent's current spec revision in the store."""
+        last = self.revisions.latest(name)
+        return last.revision if last is not None else None
+
+    def record(self, spec: AgentSpec, who: str, change: str | None = None) -> None:
+        """A new spec revision of the agent, when its spec changed, through the store's
+        writer (kept while the database cannot be written): for a change the config file
+        made, which is itself what a restart reads. A command's own revision is committed
+        with its change, before it acts (`_unit`)."""
+        out: list[Revision] = []
+        self.writer.submit(recording(spec, who, change, out), "spec revision",
+                           lambda: self.told(out))
+
+    def told(self, revisions: Iterable[Revision]) -> None:
+        for rev in revisions:
+            self.report(f"{rev.agent}: revision {rev.revision} by {rev.who}: {rev.change}")
+
+
+def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
+    """Names added, removed, changed and unchanged between two sets of specs."""
+    both = set(old) & set(new)
+    changed = sorted(n for n in both if not _same(old[n], new[n]))
+    return {"added": sorted(set(new) - set(old)), "removed": sorted(set(old) - set(new)),
+            "changed": changed, "unchanged": sorted(both - set(changed))}
+
+
+def _same(a: msgspec.Struct, b: msgspec.Struct) -> bool:
+    return msgspec.json.encode(a) == msgspec.json.encode(b)

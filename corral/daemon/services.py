@@ -1,0 +1,43 @@
+"""What the command handlers are given: the daemon's services, each one set up before the
+first handler runs (the Dispatcher holds calls until then), so no handler reaches a part
+that may not exist yet."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..methods import ReloadResult
+from ..supervisor.core import Supervisor
+from .fleet import Fleet
+from .gateway import GatewayService
+from .journal import Journal
+from .logs import LogHub
+from .revisions import RevisionLog
+from .store import StateStore
+from .tasks import TaskDesk
+
+
+@dataclass(frozen=True, kw_only=True)
+class Services:
+    sup: Supervisor
+    hub: LogHub
+    store: StateStore
+    revisions: RevisionLog
+    fleet: Fleet
+    tasks: TaskDesk
+    gateway: GatewayService
+    http: Any  # the HTTP gateway (http_gateway.HttpGateway), or None: not configured
+    journal: Journal | None  # the task journal, or None: `task_journal = false`
+    config_path: Path
+    socket_path: Path
+    started_at: float
+    reload: Callable[[str], Awaitable[ReloadResult]]  # who asked -> what changed
+    request_stop: Callable[[], None]
+    status_line: Callable[[], str]
+
+    def gateway_status(self) -> dict[str, Any]:
+        return {**self.gateway.stats(),
+                "http": self.http.status() if self.http is not None else None}

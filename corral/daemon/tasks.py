@@ -1,0 +1,122 @@
+"""A task's way through the daemon: accept -> commit -> acknowledge -> outcome.
+
+The one path every front end calls to run a task, so the durability rule holds for all of
+them: a task is acknowledged (its id told to the caller) only once the journal holds it,
+and while the journal cannot write new tasks are refused before they reach an agent. A
+task that ended before its journal write was known to fail ran, and its outcome is the
+answer: refusing it would have the client run it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import jsonrpc
+from .. import methods as m
+from ..jsonrpc import RpcError
+from ..supervisor.core import Supervisor
+from ..supervisor.tasks import LOST_IN_RESTART, TERMINAL, TaskRecord
+from .api import Channel
+from .follow import Latest
+from .journal import Journal, JournalError
+
+STATUSES = TERMINAL | {"queued", "running"}
+
+
+class TaskDesk:
+    """Where tasks are handed in and asked about. Until the journal's unfinished tasks
+    are back in the engine (`recover`), every call waits: a task could otherwise be
+    answered from a stale journal row, or accepted out of order."""
+
+    def __init__(self, sup: Supervisor, journal: Journal | None,
+                 report: Callable[[str], None]) -> None:
+        self.sup = sup
+        self.journal = journal
+        self.report = report
+        self.recovered = asyncio.Event()
+
+    @property
+    def refusing(self) -> str | None:
+        """Why new tasks are refused now (the journal cannot write), or None."""
+        return self.journal.refusing if self.journal is not None else None
+
+    def recover(self, records: list[TaskRecord], next_seq: int) -> None:
+        """Finish the story of every task the previous daemon accepted (DESIGN section 8),
+        then open the desk. Called with no await since the agents were added, so no task
+        is accepted before the journal's are back, numbered after theirs."""
+        tasks = self.sup.tasks.restore(records, next_seq)
+        if tasks:
+            was_running = {r.task_id for r in records if r.status == "running"}
+            lost = sum(1 for t in tasks if t.status == "lost")
+            retried = sum(1 for t in tasks if t.id in was_running and t.status != "lost")
+            self.report(f"task journal: {len(tasks)} unfinished tasks recovered: "
+                        f"{len(tasks) - len(was_running)} queued again, {retried} "
+                        f"running ones retried, {lost} lost ({LOST_IN_RESTART})")
+        self.recovered.set()
+
+    async def run(self, p: m.TasksRun, channel: Channel) -> Any:
+        await self.recovered.wait()
+        tasks = self.sup.tasks
+        if self.refusing is not None:
+            # refused before it reaches an agent: a task that cannot be recorded never runs
+            raise RpcError(jsonrpc.INTERNAL_ERROR, f"{self.refusing}; the task was not "
+                                                   "accepted")
+        task = tasks.submit(p.agent, p.input, timeout=p.timeout, priority=p.priority)
+
+        # a caller that does not read gets the newest progress, never a growing backlog
+        progress = Latest(channel, "task.progress")
+
+        def watch(kind: str, data: Any) -> None:
+            if kind == "progress":
+                progress.send({"task_id": task.id, **data})
+
+        if not p.detach:
+            task.watch(watch)
+        try:
+            try:
+                await tasks.committed()  # in the journal before it is acknowledged
+            except JournalError as exc:
+                # the failure is known only when the write that held the task fails, and
+                # the task may have reached an agent meanwhile: one still queued or
+                # running is cancelled and refused; one that has already ended ran, and
+                # its outcome is the answer (its row is written when the journal can)
+                if task.status not in TERMINAL:
+                    tasks.cancel(task.id)
+                    raise RpcError(jsonrpc.INTERNAL_ERROR,
+                                   f"{exc}; the task was not accepted") from None
+            if p.detach:
+                return {"task_id": task.id, "status": task.status}
+            # a caller that loses the connection (a daemon restart) waits again by this id
+            channel.notify("task.accepted", {"task_id": task.id})
+            # a caller that goes away cancels this wait, not the task
+            await asyncio.shield(task.done)
+        finally:
+            task.unwatch(watch)
+            progress.close()
+        if self.refusing is None:  # else written when it can be
+            with contextlib.suppress(JournalError):  # logged by the journal; it stands
+                await tasks.committed()
+        return await tasks.outcome(task)
+
+    async def get(self, task_id: str, *, wait: bool) -> Any:
+        await self.recovered.wait()
+        return await self.sup.tasks.info(task_id, wait=wait)
+
+    async def list(self, p: m.TasksList) -> Any:
+        await self.recovered.wait()
+        if p.agent is not None and self.journal is None:
+            self.sup.agent(p.agent)
+        if p.status is not None and p.status not in STATUSES:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"no such status: {p.status} (one of "
+                                                   f"{', '.join(sorted(STATUSES))})")
+        since = time.time() - p.since if p.since is not None else None
+        return await self.sup.tasks.query(agent=p.agent, status=p.status, since=since,
+                                          limit=p.limit)
+
+    async def cancel(self, task_id: str) -> Any:
+        await self.recovered.wait()
+        return self.sup.tasks.cancel(task_id).info()
