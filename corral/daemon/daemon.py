@@ -160,6 +160,7 @@ class Daemon:
 
         # the socket answers from here on: calls wait for the services (`Dispatcher.serve`)
         dispatcher: Dispatcher[Services] = Dispatcher(HANDLERS, self._audit)
+        self.dispatcher = dispatcher  # for another front end to call
         control = ControlServer(dispatcher, hub.daemon, paths.socket, sc.group,
                                 max_connections=sc.max_connections,
                                 idle_timeout=sc.control_idle_timeout)

@@ -1,0 +1,59 @@
+"""An HTTP route for any control method: the request becomes a `Caller` and a call on the
+one Dispatcher, so a method served over HTTP needs no handler code of its own (DESIGN
+section 1). Errors are answered as problem+json (RFC 9457) with the status their code
+maps to; a mutating call is audited by the Dispatcher, as on the socket."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from ..jsonrpc import ERROR_NAMES, RpcError
+from .api import Caller, Dispatcher, http_status
+
+# who the request is: a transport's authentication (a bearer token, a unix peer)
+Authenticate = Callable[[web.Request], Caller]
+Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_BODY = 16 * 1024 * 1024 + 64 * 1024  # as the control socket's request line
+
+
+def problem(status: int, title: str, detail: str, code: int | None = None) -> web.Response:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
+                            "detail": detail}
+    if code is not None:
+        body["code"] = code
+    return web.Response(status=status, body=msgspec.json.encode(body),
+                        content_type="application/problem+json")
+
+
+def route(dispatcher: Dispatcher[Any], method: str, authenticate: Authenticate) -> Route:
+    """The aiohttp handler serving `method`: params are the JSON body (POST) or the
+    query string (GET, each value a string as given)."""
+    Dispatcher.method(method)  # an unknown method is a programming error: raise now
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            caller = authenticate(request)
+        except RpcError as exc:
+            return problem(http_status(exc.code), "unauthorized", exc.message, exc.code)
+        if request.method == "GET":
+            params: Any = dict(request.query)
+        else:
+            if request.content_length is not None and request.content_length > MAX_BODY:
+                return problem(413, "request too large",
+                               f"{request.content_length} bytes is over the "
+                               f"{MAX_BODY}-byte limit")
+            params = await request.read() or None
+        try:
+            result = await dispatcher.call(caller, method, params)
+        except RpcError as exc:
+            status = http_status(exc.code)
+            return problem(status, ERROR_NAMES.get(exc.code, "error"), exc.message, exc.code)
+        return web.Response(body=msgspec.json.encode(result),
+                            content_type="application/json")
+
+    return handle
