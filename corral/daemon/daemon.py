@@ -48,7 +48,7 @@ from .logs import LogDirError, LogHub
 from .notify import Notifier
 from .revisions import RevisionLog
 from .services import Services
-from .store import StateStore, StoreError
+from .store import StateStore, StoreError, StoreWriter
 from .tasks import TaskDesk
 
 log = logging.getLogger("corral.daemon")
@@ -80,6 +80,8 @@ class Daemon:
         self.started_at = time.time()
         self._signals: asyncio.Queue[int] = asyncio.Queue()
         self._ready_sent = False
+        # a stop asked for (not a start-up that failed): what was started ends gracefully
+        self._graceful = False
 
     def _paths(self, cfg: Config) -> Paths:
         base = self.config_path.parent
@@ -118,6 +120,10 @@ class Daemon:
         self.notifier.stopping("stopping agents")
         s.hub.daemon("shutting down: stopping all agents")
         self._graceful = True
+
+    def _stopped(self, hub: LogHub) -> None:
+        if self._graceful:  # a start-up that failed has said why on stderr
+            hub.daemon("stopped")
 
     def request_stop(self) -> None:
         self._signals.put_nowait(STOP)
@@ -171,10 +177,10 @@ class Daemon:
         except OSError as exc:
             raise StartupError(f"cannot listen on {paths.socket}: {exc.strerror}") from None
         stack.push_async_callback(control.close)
-        stack.callback(hub.daemon, "stopped")
+        stack.callback(self._stopped, hub)
 
-        store, journal, unfinished = await self._open_store(stack, paths.state_dir, cfg)
-        assert store.writer is not None
+        store, writer, journal, unfinished = await self._open_store(stack, paths.state_dir,
+                                                                    cfg)
         self.store = store
         sup.checkpoint_listeners.append(store.save_state)
         revisions = RevisionLog(store.db)
@@ -189,7 +195,6 @@ class Daemon:
 
         records: list[ProcessRecords] = []
         stack.push_async_callback(_close_records, records)  # after every process is gone
-        self._graceful = False  # a start-up that fails kills what it started
         stack.push_async_callback(lambda: sup.close(graceful=self._graceful))
         sup.open()
         hub.daemon(f"corral {__version__} started, pid {os.getpid()}, "
@@ -197,13 +202,13 @@ class Daemon:
         hub.daemon(sup.containment.notice)
         # nothing starts before what a crashed incarnation left running is gone
         await self._reclaim(sup, store, hub)
-        records.append(ProcessRecords(store, sup.containment))
+        records.append(ProcessRecords(store, writer, sup.containment))
 
         http: Any = None
         if cfg.gateway.listen:
             http = await self._start_http(cfg, gateway, hub)
             stack.push_async_callback(http.close)
-        fleet = Fleet(sup, store, store.writer, revisions, self.config_path.parent,
+        fleet = Fleet(sup, store, writer, revisions, self.config_path.parent,
                       hub.daemon)
         desk = TaskDesk(sup, journal, hub.daemon)
         services = Services(
@@ -233,7 +238,8 @@ class Daemon:
         return services
 
     async def _open_store(self, stack: contextlib.AsyncExitStack, state_dir: Path,
-                          cfg: Config) -> tuple[StateStore, Journal | None, Any]:
+                          cfg: Config
+                          ) -> tuple[StateStore, StoreWriter, Journal | None, Any]:
         """The state database, its writer thread and the task journal on it, with the
         journal's unfinished tasks."""
         sc = cfg.supervisor
@@ -246,8 +252,9 @@ class Daemon:
             self.sup.checkpoints.update(await asyncio.to_thread(store.states))
             # every write (records, checkpoints, audit, revisions, commands' records) and
             # the task journal's go through one writer thread, off the loop
-            store.open_writer(on_error=lambda text: self.hub.daemon(text, priority=3),
-                              on_notice=lambda text: self.hub.daemon(text, priority=5))
+            writer = store.open_writer(
+                on_error=lambda text: self.hub.daemon(text, priority=3),
+                on_notice=lambda text: self.hub.daemon(text, priority=5))
             stack.push_async_callback(store.close_writer)  # checkpoints too
             journal: Journal | None = None
             unfinished: Any = ([], 0)
@@ -262,7 +269,7 @@ class Daemon:
                 self.sup.tasks.journal = journal
         except StoreError as exc:
             raise StartupError(str(exc)) from None
-        return store, journal, unfinished
+        return store, writer, journal, unfinished
 
     def _wire(self, sup: Supervisor, hub: LogHub, gateway: GatewayService,
               sender: JournalSender | None) -> None:
@@ -425,9 +432,9 @@ class ProcessRecords:
     process whose record is not committed yet when the daemon dies is found (by its spawn
     token, process group and session: decision 30)."""
 
-    def __init__(self, store: StateStore, containment: Containment) -> None:
-        assert store.writer is not None
-        self.writer = store.writer
+    def __init__(self, store: StateStore, writer: StoreWriter,
+                 containment: Containment) -> None:
+        self.writer = writer
         self.owner = containment.owner
         me = read_stat(os.getpid())
         store.begin_incarnation(self.owner, os.getpid(), me.start_time if me else 0)
