@@ -36,6 +36,7 @@ from .store import StateStore, StoreError, what_to_do
 if TYPE_CHECKING:
     from ..supervisor.core import Agent
     from ..supervisor.replica import Replica
+    from ..supervisor.tasks import TaskInfo
     from .daemon import Daemon
 
 HANDLERS: Handlers[Daemon] = Handlers()
@@ -77,30 +78,32 @@ def _replicas(targets: list[tuple[Agent, int | None]]) -> list[Replica]:
 
 
 @implements("daemon.info")
-async def daemon_info(d: Daemon, p: m.DaemonInfo, caller: Caller, c: Channel) -> dict[str, Any]:
+async def daemon_info(d: Daemon, p: m.DaemonInfo, caller: Caller, c: Channel
+                      ) -> m.DaemonInfoResult:
     assert d.control is not None
-    return {
-        "version": __version__,
-        "pid": os.getpid(),
-        "uptime": round(time.time() - d.started_at, 3),
-        "socket": str(d.control.path),
-        "config": str(d.config_path),
-        "status": d.status_line(),
-        "followers": len(d.hub.followers),
-        "event_followers": len(d.sup.events.followers) if d.sup else 0,
-        "containment": msgspec.to_builtins(d.sup.containment.info()) if d.sup else None,
-    }
+    return m.DaemonInfoResult(
+        version=__version__,
+        pid=os.getpid(),
+        uptime=round(time.time() - d.started_at, 3),
+        socket=str(d.control.path),
+        config=str(d.config_path),
+        status=d.status_line(),
+        followers=len(d.hub.followers),
+        event_followers=len(d.sup.events.followers) if d.sup else 0,
+        containment=msgspec.to_builtins(d.sup.containment.info()) if d.sup else None,
+    )
 
 
 @implements("daemon.shutdown")
 async def daemon_shutdown(d: Daemon, p: m.DaemonShutdown,
-                          caller: Caller, c: Channel) -> dict[str, Any]:
+                          caller: Caller, c: Channel) -> m.Stopping:
     asyncio.get_running_loop().call_soon(d.request_stop)
-    return {"stopping": True}
+    return m.Stopping(stopping=True)
 
 
 @implements("config.reload")
-async def config_reload(d: Daemon, p: m.ConfigReload, caller: Caller, c: Channel) -> Any:
+async def config_reload(d: Daemon, p: m.ConfigReload, caller: Caller, c: Channel
+                        ) -> m.ReloadResult:
     try:
         return await d.reload(caller.who)
     except ConfigError as exc:
@@ -109,35 +112,43 @@ async def config_reload(d: Daemon, p: m.ConfigReload, caller: Caller, c: Channel
 
 
 @implements("agents.status")
-async def agents_status(d: Daemon, p: m.AgentsStatus, caller: Caller, c: Channel) -> dict[str, Any]:
+async def agents_status(d: Daemon, p: m.AgentsStatus, caller: Caller, c: Channel
+                        ) -> m.AgentsStatusResult:
     assert d.sup is not None
     agents = [d.sup.agent(n) for n in p.names] if p.names else list(d.sup.agents.values())
     stats = d.sup.tasks.stats()["agents"]
-    return {
-        "agents": [r.status() for a in agents for r in a.replicas],
-        "mcp_servers": d.sup.mcp.status(),
-        "tasks": {a.name: stats.get(a.name) for a in agents},
-    }
+    return m.AgentsStatusResult(
+        agents=_wire([r.status() for a in agents for r in a.replicas]),
+        mcp_servers=_wire(d.sup.mcp.status()),
+        tasks=_wire({a.name: stats.get(a.name) for a in agents}),
+    )
+
+
+def _wire(value: Any) -> Any:
+    """The engine's answer where corral.methods declares its wire twin: the two encode
+    alike (tests/test_methods.py decodes the daemon's answers into the declared results),
+    and converting would only copy."""
+    return value
 
 
 @implements("agents.start")
-async def agents_start(d: Daemon, p: m.AgentsStart, caller: Caller, c: Channel) -> dict[str, Any]:
+async def agents_start(d: Daemon, p: m.AgentsStart, caller: Caller, c: Channel) -> m.Started:
     targets = _targets(d, p.names, p.all)
     for r in _replicas(targets):
         r.start(by_hand=True)
-    return {"started": [_label(a, i) for a, i in targets]}
+    return m.Started(started=[_label(a, i) for a, i in targets])
 
 
 @implements("agents.stop")
-async def agents_stop(d: Daemon, p: m.AgentsStop, caller: Caller, c: Channel) -> dict[str, Any]:
+async def agents_stop(d: Daemon, p: m.AgentsStop, caller: Caller, c: Channel) -> m.Stopped:
     targets = _targets(d, p.names, p.all)
     await asyncio.gather(*(r.stop() for r in _replicas(targets)))
-    return {"stopped": [_label(a, i) for a, i in targets]}
+    return m.Stopped(stopped=[_label(a, i) for a, i in targets])
 
 
 @implements("agents.restart")
 async def agents_restart(d: Daemon, p: m.AgentsRestart,
-                         caller: Caller, c: Channel) -> dict[str, Any]:
+                         caller: Caller, c: Channel) -> m.Restarted:
     targets = _targets(d, p.names, p.all)
     if p.rolling:
         await asyncio.gather(*(a.roll(replicas=None if i is None else [i])
@@ -147,7 +158,7 @@ async def agents_restart(d: Daemon, p: m.AgentsRestart,
         await asyncio.gather(*(r.stop("restarting") for r in reps))
         for r in reps:
             r.start(by_hand=True)
-    return {"restarted": [_label(a, i) for a, i in targets]}
+    return m.Restarted(restarted=[_label(a, i) for a, i in targets])
 
 
 def _signal_number(name: str) -> int:
@@ -163,19 +174,20 @@ def _signal_number(name: str) -> int:
 
 
 @implements("agents.signal")
-async def agents_signal(d: Daemon, p: m.AgentsSignal, caller: Caller, c: Channel) -> dict[str, Any]:
+async def agents_signal(d: Daemon, p: m.AgentsSignal, caller: Caller, c: Channel
+                        ) -> m.SignalResult:
     sig = _signal_number(p.signal)
     targets = _targets(d, p.names, p.all)
     sent = []
     for r in _replicas(targets):
         if r.process is not None and r.process.alive:
             r.process.signal(sig)
-            sent.append({"replica": r.label, "pid": r.pid})
+            sent.append(m.Signalled(replica=r.label, pid=r.pid))
     if not sent:
         raise RpcError(jsonrpc.REFUSED, "no running process to signal among "
                                         + ", ".join(_label(a, i) for a, i in targets))
-    return {"signal": signal.Signals(sig).name if sig in _SIGNALS else str(sig),
-            "signalled": sent}
+    return m.SignalResult(signal=signal.Signals(sig).name if sig in _SIGNALS else str(sig),
+                          signalled=sent)
 
 
 _SIGNALS = {int(s) for s in signal.Signals}
@@ -183,7 +195,7 @@ _SIGNALS = {int(s) for s in signal.Signals}
 
 @implements("agents.describe")
 async def agents_describe(d: Daemon, p: m.AgentsDescribe,
-                          caller: Caller, c: Channel) -> dict[str, Any]:
+                          caller: Caller, c: Channel) -> m.DescribeResult:
     assert d.sup is not None
     agent = d.sup.agent(p.name)
     spec = agent.spec
@@ -191,15 +203,15 @@ async def agents_describe(d: Daemon, p: m.AgentsDescribe,
     # values of the environment may be secrets: the keys say what is set
     fields["env"] = sorted(spec.env)
     fields["limits"] = msgspec.structs.asdict(spec.limits)
-    return {
-        "name": agent.name,
-        "origin": f"file {d.config_path}" if agent.name in d.from_config else "runtime",
-        "revision": d.revision_of(agent.name),
-        "argv": spec.argv(),
-        "spec": fields,
-        "replicas": [{"replica": r.index, "state": r.state.value, "pid": r.pid}
-                     for r in agent.replicas],
-    }
+    return m.DescribeResult(
+        name=agent.name,
+        origin=f"file {d.config_path}" if agent.name in d.from_config else "runtime",
+        revision=d.revision_of(agent.name),
+        argv=spec.argv(),
+        spec=fields,
+        replicas=[m.ReplicaBrief(replica=r.index, state=r.state.value, pid=r.pid)
+                  for r in agent.replicas],
+    )
 
 
 async def _record(d: Daemon, writes: list[Write], unchanged: str) -> None:
@@ -334,12 +346,11 @@ async def agents_scale(d: Daemon, p: m.AgentsScale, caller: Caller, c: Channel) 
 
 @implements("agents.history")
 async def agents_history(d: Daemon, p: m.AgentsHistory,
-                         caller: Caller, c: Channel) -> dict[str, Any]:
+                         caller: Caller, c: Channel) -> m.HistoryResult:
     assert d.sup is not None and d.revisions is not None
     d.sup.agent(p.name)
     revs = d.revisions.history(p.name, max(0, p.limit))
-    return {"name": p.name, "current": d.revision_of(p.name),
-            "revisions": [msgspec.to_builtins(r) for r in revs]}
+    return m.HistoryResult(name=p.name, current=d.revision_of(p.name), revisions=_wire(revs))
 
 
 @implements("agents.rollback")
@@ -383,22 +394,22 @@ async def agents_rollback(d: Daemon, p: m.AgentsRollback,
 
 
 @implements("audit.list")
-async def audit_list(d: Daemon, p: m.AuditList, caller: Caller, c: Channel) -> dict[str, Any]:
+async def audit_list(d: Daemon, p: m.AuditList, caller: Caller, c: Channel) -> m.AuditResult:
     assert d.store is not None
-    return {"entries": [
-        {"time": t, "uid": uid, "pid": pid, "method": method,
-         "params": msgspec.json.decode(params), "outcome": outcome}
-        for t, uid, pid, method, params, outcome in d.store.audit_log(max(0, p.limit))]}
+    return m.AuditResult(entries=[
+        m.AuditEntry(time=t, uid=uid, pid=pid, method=method,
+                     params=msgspec.json.decode(params), outcome=outcome)
+        for t, uid, pid, method, params, outcome in d.store.audit_log(max(0, p.limit))])
 
 
 @implements("logs.tail")
-async def logs_tail(d: Daemon, p: m.LogsTail, caller: Caller, c: Channel) -> dict[str, Any]:
+async def logs_tail(d: Daemon, p: m.LogsTail, caller: Caller, c: Channel) -> m.LogLines:
     sources, keep = _log_sources(d, p.names)
     if keep is None:
-        return {"lines": d.hub.tail(sources, p.lines, p.since)}
+        return m.LogLines(lines=d.hub.tail(sources, p.lines, p.since))
     # one replica's lines: filtered from its agent's tail, which holds every replica's
     lines = [ln for ln in d.hub.tail(sources, d.hub.tail_lines, p.since) if keep(ln)]
-    return {"lines": lines[-p.lines:] if p.lines > 0 else []}
+    return m.LogLines(lines=lines[-p.lines:] if p.lines > 0 else [])
 
 
 def _log_sources(d: Daemon, names: list[str]
@@ -434,7 +445,7 @@ def _log_sources(d: Daemon, names: list[str]
 
 
 @implements("logs.follow")
-async def logs_follow(d: Daemon, p: m.LogsFollow, caller: Caller, c: Channel) -> dict[str, Any]:
+async def logs_follow(d: Daemon, p: m.LogsFollow, caller: Caller, c: Channel) -> None:
     """Streams until the client goes away (the Peer then cancels this task)."""
     sources, keep = _log_sources(d, p.names)
     follower = d.hub.follow(sources)
@@ -449,7 +460,7 @@ async def logs_follow(d: Daemon, p: m.LogsFollow, caller: Caller, c: Channel) ->
             c.notify("logs.lines", {"lines": lines})
 
     try:
-        backlog = (await logs_tail(d, p, caller, c))["lines"]
+        backlog = (await logs_tail(d, p, caller, c)).lines
         if backlog:
             c.notify("logs.lines", {"lines": backlog})
         await drain(c, follower, "logs.missed", send_some)
@@ -458,34 +469,35 @@ async def logs_follow(d: Daemon, p: m.LogsFollow, caller: Caller, c: Channel) ->
 
 
 @implements("stats.get")
-async def stats_get(d: Daemon, p: m.StatsGet, caller: Caller, c: Channel) -> dict[str, Any]:
+async def stats_get(d: Daemon, p: m.StatsGet, caller: Caller, c: Channel) -> m.StatsResult:
     assert d.sup is not None
     stats = msgspec.structs.asdict(d.sup.runtime_stats())
     per_agent = {}
     for a in d.sup.agents.values():
-        per_agent[a.name] = {
-            "replicas": len(a.replicas),
-            "serving": sum(1 for r in a.replicas if r.serving),
-            "restarts": sum(r.restarts for r in a.replicas),
-            "cpu_percent": round(sum(r.sample.cpu_percent for r in a.replicas), 1),
-            "rss_bytes": sum(r.sample.rss_bytes for r in a.replicas),
-        }
-    return {
-        "supervisor": {**stats, "uptime": round(time.time() - d.started_at, 3),
-                       "log_lines": d.hub.lines_written,
-                       "log_lines_dropped": d.hub.lines_dropped,
-                       "log_files_failing": d.hub.failing(),
-                       "state_writes": (d.store.writer.stats() if d.store is not None
-                                        and d.store.writer is not None else None),
-                       # why new tasks are refused now (the journal cannot write), or None
-                       "task_journal_refusing": (d.task_journal.refusing
-                                                 if d.task_journal is not None else None)},
-        "agents": per_agent,
-        "tasks": d.sup.tasks.stats(),
-        "events": d.sup.events.stats(),
-        "heartbeat": msgspec.structs.asdict(d.sup.heartbeat_work),
-        "gateway": d.gateway_status(),
-    }
+        per_agent[a.name] = m.AgentStats(
+            replicas=len(a.replicas),
+            serving=sum(1 for r in a.replicas if r.serving),
+            restarts=sum(r.restarts for r in a.replicas),
+            # a float even for no replicas, as the field says
+            cpu_percent=round(sum((r.sample.cpu_percent for r in a.replicas), 0.0), 1),
+            rss_bytes=sum(r.sample.rss_bytes for r in a.replicas),
+        )
+    return m.StatsResult(
+        supervisor=m.SupervisorStats(
+            **stats, uptime=round(time.time() - d.started_at, 3),
+            log_lines=d.hub.lines_written,
+            log_lines_dropped=d.hub.lines_dropped,
+            log_files_failing=d.hub.failing(),
+            state_writes=(d.store.writer.stats() if d.store is not None
+                          and d.store.writer is not None else None),
+            task_journal_refusing=(d.task_journal.refusing
+                                   if d.task_journal is not None else None)),
+        agents=per_agent,
+        tasks=_wire(d.sup.tasks.stats()),
+        events=d.sup.events.stats(),
+        heartbeat=msgspec.structs.asdict(d.sup.heartbeat_work),
+        gateway=_wire(d.gateway_status()),
+    )
 
 
 @implements("tasks.run")
@@ -536,14 +548,14 @@ async def tasks_run(d: Daemon, p: m.TasksRun, caller: Caller, c: Channel) -> Any
 
 
 @implements("tasks.get")
-async def tasks_get(d: Daemon, p: m.TasksGet, caller: Caller, c: Channel) -> Any:
+async def tasks_get(d: Daemon, p: m.TasksGet, caller: Caller, c: Channel) -> TaskInfo:
     assert d.sup is not None
     await d.tasks_recovered.wait()
     return await d.sup.tasks.info(p.task_id, wait=p.wait)
 
 
 @implements("tasks.list")
-async def tasks_list(d: Daemon, p: m.TasksList, caller: Caller, c: Channel) -> Any:
+async def tasks_list(d: Daemon, p: m.TasksList, caller: Caller, c: Channel) -> m.TaskList:
     assert d.sup is not None
     await d.tasks_recovered.wait()
     if p.agent is not None and d.task_journal is None:
@@ -552,27 +564,28 @@ async def tasks_list(d: Daemon, p: m.TasksList, caller: Caller, c: Channel) -> A
         raise RpcError(jsonrpc.INVALID_PARAMS, f"no such status: {p.status} (one of "
                                                f"{', '.join(sorted(STATUSES))})")
     since = time.time() - p.since if p.since is not None else None
-    return {"tasks": await d.sup.tasks.query(agent=p.agent, status=p.status, since=since,
-                                             limit=p.limit)}
+    return m.TaskList(tasks=_wire(await d.sup.tasks.query(
+        agent=p.agent, status=p.status, since=since, limit=p.limit)))
 
 
 @implements("tasks.cancel")
-async def tasks_cancel(d: Daemon, p: m.TasksCancel, caller: Caller, c: Channel) -> Any:
+async def tasks_cancel(d: Daemon, p: m.TasksCancel, caller: Caller, c: Channel) -> TaskInfo:
     assert d.sup is not None
     await d.tasks_recovered.wait()
     return d.sup.tasks.cancel(p.task_id).info()
 
 
 @implements("events.publish")
-async def events_publish(d: Daemon, p: m.EventsPublish, caller: Caller, c: Channel) -> Any:
+async def events_publish(d: Daemon, p: m.EventsPublish, caller: Caller, c: Channel
+                         ) -> m.Delivered:
     assert d.sup is not None
     # an event's source names the user, not the one process that published it
     source = f"token {caller.token}" if caller.token is not None else f"uid {caller.uid}"
-    return {"delivered": d.sup.events.publish(p.topic, p.data, source)}
+    return m.Delivered(delivered=d.sup.events.publish(p.topic, p.data, source))
 
 
 @implements("events.follow")
-async def events_follow(d: Daemon, p: m.EventsFollow, caller: Caller, c: Channel) -> Any:
+async def events_follow(d: Daemon, p: m.EventsFollow, caller: Caller, c: Channel) -> None:
     assert d.sup is not None
     bus = d.sup.events
     follower = bus.follow(p.pattern)
@@ -600,28 +613,28 @@ Listing = Callable[..., Awaitable[list[dict[str, Any]]]]
 
 
 async def _listing(d: Daemon, who: dict[str, Any], server: str | None,
-                   **lists: Listing) -> dict[str, Any]:
-    """The pool's listings (by key) in the envelope every listing method answers with: the
+                   *lists: Listing) -> tuple[list[list[dict[str, Any]]], dict[str, str],
+                                             list[str]]:
+    """The pool's listings, and what every listing method answers besides them: the
     servers that could not answer (`unavailable`: name -> why) and, of those, the ones
     whose every instance has failed (`failed`: the CLI exits 1 for them)."""
     assert d.sup is not None
     unavailable: dict[str, str] = {}
     found = await asyncio.gather(*(list_them(server=server, unavailable=unavailable, **who)
-                                   for list_them in lists.values()))
+                                   for list_them in lists))
     failed = [n for n in unavailable if (insts := d.sup.mcp.servers[n].all())
               and all(i.state == State.FAILED for i in insts)]
-    return {**dict(zip(lists, found, strict=True)), "unavailable": unavailable,
-            "failed": failed}
+    return list(found), unavailable, failed
 
 
 @implements("tools.list")
-async def tools_list(d: Daemon, p: m.ToolsList, caller: Caller, c: Channel) -> Any:
+async def tools_list(d: Daemon, p: m.ToolsList, caller: Caller, c: Channel) -> m.ToolList:
     assert d.sup is not None
     who = _lister(d, p.agent)
-    res = await _listing(d, who, p.server, tools=d.sup.mcp.list_tools)
-    if "allow" in who:  # so an empty listing can say why
-        res["allow"] = who["allow"]
-    return res
+    (tools,), unavailable, failed = await _listing(d, who, p.server, d.sup.mcp.list_tools)
+    # with an agent, its allowlist, so an empty listing can say why
+    return m.ToolList(tools=tools, unavailable=unavailable, failed=failed,
+                      allow=who.get("allow", msgspec.UNSET))
 
 
 @implements("tools.call")
@@ -631,12 +644,14 @@ async def tools_call(d: Daemon, p: m.ToolsCall, caller: Caller, c: Channel) -> A
 
 
 @implements("mcp.status")
-async def mcp_status(d: Daemon, p: m.McpStatus, caller: Caller, c: Channel) -> Any:
+async def mcp_status(d: Daemon, p: m.McpStatus, caller: Caller, c: Channel
+                     ) -> m.McpStatusResult:
     assert d.sup is not None
-    return {"mcp_servers": d.sup.mcp.status(), "gateway": d.gateway_status()}
+    return m.McpStatusResult(mcp_servers=_wire(d.sup.mcp.status()),
+                             gateway=_wire(d.gateway_status()))
 
 
-async def _each_instance(d: Daemon, name: str, verb: str) -> dict[str, Any]:
+async def _each_instance(d: Daemon, name: str, verb: str) -> m.McpInstances:
     assert d.sup is not None
     entry = d.sup.mcp.server(name)
     insts = entry.all()
@@ -646,30 +661,36 @@ async def _each_instance(d: Daemon, name: str, verb: str) -> dict[str, Any]:
     if verb in ("start", "restart"):
         for i in insts:
             i.start(by_hand=True)
-    return {"name": name, "instances": len(insts)}
+    return m.McpInstances(name=name, instances=len(insts))
 
 
 @implements("mcp.start")
-async def mcp_start(d: Daemon, p: m.McpStart, caller: Caller, c: Channel) -> Any:
+async def mcp_start(d: Daemon, p: m.McpStart, caller: Caller, c: Channel
+                    ) -> m.McpInstances:
     return await _each_instance(d, p.name, "start")
 
 
 @implements("mcp.stop")
-async def mcp_stop(d: Daemon, p: m.McpStop, caller: Caller, c: Channel) -> Any:
+async def mcp_stop(d: Daemon, p: m.McpStop, caller: Caller, c: Channel
+                   ) -> m.McpInstances:
     return await _each_instance(d, p.name, "stop")
 
 
 @implements("mcp.restart")
-async def mcp_restart(d: Daemon, p: m.McpRestart, caller: Caller, c: Channel) -> Any:
+async def mcp_restart(d: Daemon, p: m.McpRestart, caller: Caller, c: Channel
+                      ) -> m.McpInstances:
     return await _each_instance(d, p.name, "restart")
 
 
 @implements("resources.list")
-async def resources_list(d: Daemon, p: m.ResourcesList, caller: Caller, c: Channel) -> Any:
+async def resources_list(d: Daemon, p: m.ResourcesList, caller: Caller, c: Channel
+                         ) -> m.ResourceList:
     assert d.sup is not None
-    return await _listing(d, _lister(d, p.agent), p.server,
-                          resources=d.sup.mcp.list_resources,
-                          resourceTemplates=d.sup.mcp.list_resource_templates)
+    (resources, templates), unavailable, failed = await _listing(
+        d, _lister(d, p.agent), p.server, d.sup.mcp.list_resources,
+        d.sup.mcp.list_resource_templates)
+    return m.ResourceList(resources=resources, resource_templates=templates,
+                          unavailable=unavailable, failed=failed)
 
 
 @implements("resources.read")
@@ -688,9 +709,12 @@ async def resources_read(d: Daemon, p: m.ResourcesRead, caller: Caller, c: Chann
 
 
 @implements("prompts.list")
-async def prompts_list(d: Daemon, p: m.PromptsList, caller: Caller, c: Channel) -> Any:
+async def prompts_list(d: Daemon, p: m.PromptsList, caller: Caller, c: Channel
+                       ) -> m.PromptList:
     assert d.sup is not None
-    return await _listing(d, _lister(d, p.agent), p.server, prompts=d.sup.mcp.list_prompts)
+    (prompts,), unavailable, failed = await _listing(d, _lister(d, p.agent), p.server,
+                                                     d.sup.mcp.list_prompts)
+    return m.PromptList(prompts=prompts, unavailable=unavailable, failed=failed)
 
 
 @implements("prompts.get")
@@ -700,10 +724,11 @@ async def prompts_get(d: Daemon, p: m.PromptsGet, caller: Caller, c: Channel) ->
 
 
 @implements("gateway.list")
-async def gateway_list(d: Daemon, p: m.GatewayList, caller: Caller, c: Channel) -> Any:
+async def gateway_list(d: Daemon, p: m.GatewayList, caller: Caller, c: Channel
+                       ) -> m.GatewayItems:
     ident = d.gateway.identify(agent=p.agent, token=p.token)
-    return {"items": await d.gateway.list_items(ident, p.kind),
-            "features": sorted(d.gateway.features())}
+    return m.GatewayItems(items=await d.gateway.list_items(ident, p.kind),
+                          features=sorted(d.gateway.features()))
 
 
 @implements("gateway.call")
@@ -720,7 +745,7 @@ async def gateway_call(d: Daemon, p: m.GatewayCall, caller: Caller, c: Channel) 
 
 
 @implements("gateway.watch")
-async def gateway_watch(d: Daemon, p: m.GatewayWatch, caller: Caller, c: Channel) -> Any:
+async def gateway_watch(d: Daemon, p: m.GatewayWatch, caller: Caller, c: Channel) -> None:
     """Streams until the client goes away; changes coalesce while it does not read."""
     pending: set[str] = set()
     wake = asyncio.Event()
@@ -745,5 +770,7 @@ async def gateway_watch(d: Daemon, p: m.GatewayWatch, caller: Caller, c: Channel
 
 
 @implements("gateway.status")
-async def gateway_status(d: Daemon, p: m.GatewayStatus, caller: Caller, c: Channel) -> Any:
-    return d.gateway_status()
+async def gateway_status(d: Daemon, p: m.GatewayStatus, caller: Caller, c: Channel
+                         ) -> m.GatewayStats:
+    stats: m.GatewayStats = _wire(d.gateway_status())
+    return stats
