@@ -150,7 +150,7 @@ class Latency(Result):
 
 
 class TaskCounts(Result):
-    """An agent's tasks (or all agents'), counted since the daemon started."""
+    """Tasks counted since the daemon started."""
 
     accepted: int
     succeeded: int
@@ -160,13 +160,23 @@ class TaskCounts(Result):
     lost: int
     retried: int
     refused: int
-    success_rate: float | None
-    queue_depth: int
-    running: int
 
 
 class AgentTaskStats(TaskCounts):
+    """An agent's tasks: counted, waiting, running, and how long they took."""
+
+    success_rate: float | None
+    queue_depth: int
+    running: int
     latency_ms: Latency
+
+
+class TaskTotals(TaskCounts):
+    """Every agent's tasks together."""
+
+    queue_depth: int
+    running: int
+    success_rate: float | None
 
 
 class AgentsStatusResult(Result):
@@ -314,7 +324,7 @@ class AgentStats(Result):
 
 
 class TasksStats(Result):
-    total: TaskCounts
+    total: TaskTotals
     agents: dict[str, AgentTaskStats]
 
 
