@@ -131,7 +131,7 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
     try:
         ask("daemon.info")
         status = ask("agents.status")
-        assert [a.name for a in status.agents] == ["hello", "hello"]
+        assert [a.name for a in status.agents] == ["hello", "hello", "slow"]
         while not all(s.state == "ready" for s in ask("mcp.status").mcp_servers):
             time.sleep(0.1)
         ask("agents.status", {"names": ["hello"]})
