@@ -1,10 +1,16 @@
-"""The control-socket methods, each defined once: name, typed params, help.
+"""The control-socket methods, each defined once: name, typed params, typed result, help.
 
 The daemon implements them (daemon/commands.py, called through daemon/api.py's one
 Dispatcher by every front end); the CLI calls them; both import this module, so a method
 cannot drift between the two. A method's docstring is its help text. Methods that change
 state are `mutating` and are written to the audit log; each names the scope a caller must
 hold (DESIGN section 7).
+
+Each method also declares what it answers (`result`): the CLI decodes answers into it and
+reads fields, and it is the one schema an OpenAPI document is generated from. Where the
+engine already has the Struct (corral.supervisor's ReplicaStatus, TaskResult, ...), the one
+here is its wire twin: this module is imported by every CLI command and must not pull in
+the engine; tests/test_methods.py holds the daemon's answers to these types.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 # what a caller may do (DESIGN section 7); "admin" holds every other
 SCOPES = frozenset({"agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read",
@@ -27,6 +34,9 @@ class Method:
     scope: str
     streaming: bool = False
     endless: bool = False  # streams until the client goes (a follow)
+    # what it answers: a Struct, or None for a follow (it never answers), or an open
+    # payload (an MCP server's result) as dict[str, Any]
+    result: Any = None
 
     @property
     def doc(self) -> str:
@@ -36,15 +46,16 @@ class Method:
 REGISTRY: dict[str, Method] = {}
 
 
-def method(name: str, *, scope: str, mutating: bool = False, streaming: bool = False,
-           endless: bool = False) -> Any:
+def method(name: str, *, scope: str, result: Any, mutating: bool = False,
+           streaming: bool = False, endless: bool = False) -> Any:
     if scope not in SCOPES:  # pragma: no cover - a programming error
         raise RuntimeError(f"method {name}: unknown scope {scope}")
 
     def register(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
         if name in REGISTRY:  # pragma: no cover - a programming error
             raise RuntimeError(f"method {name} defined twice")
-        REGISTRY[name] = Method(name, cls, mutating, scope, streaming or endless, endless)
+        REGISTRY[name] = Method(name, cls, mutating, scope, streaming or endless, endless,
+                                result)
         cls.__method_name__ = name  # type: ignore[attr-defined]
         return cls
 
@@ -55,25 +66,431 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+# -- results (what the daemon answers; the CLI decodes these) -------------------------------
+# Not forbid_unknown_fields: a CLI older than its daemon still reads the fields it knows.
+# Field order is the wire's (and so `--json`'s). A key the daemon sends only sometimes is
+# UNSET when absent, so that it is absent again when printed.
+class Result(msgspec.Struct, kw_only=True):
+    pass
+
+
+class DaemonInfoResult(Result):
+    version: str
+    pid: int
+    uptime: float
+    socket: str
+    config: str
+    status: str
+    followers: int
+    event_followers: int
+    containment: dict[str, Any] | None  # the engine's ContainmentInfo; shown as it is
+
+
+class Stopping(Result):
+    stopping: bool
+
+
+class ReloadResult(msgspec.Struct):
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    unchanged: list[str]
+    failed: dict[str, str] = {}  # changed agents whose rollout stopped: name -> why
+    mcp_servers: dict[str, list[str]] = {}  # the same four keys, for [mcp_servers]
+
+
+class ReplicaStatus(msgspec.Struct):
+    """One replica in `corral status --json` (supervisor.replica.ReplicaStatus's twin)."""
+
+    name: str
+    replica: int
+    state: str
+    pid: int | None
+    uptime: float | None
+    restarts: int
+    last_exit: str | None
+    reason: str
+    cpu_percent: float
+    rss_bytes: int
+    open_fds: int
+    tasks_running: int
+
+
+class McpInstanceStatus(Result):
+    """One MCP server instance: a replica's status (`instance` for `replica`) and its
+    MCP side."""
+
+    name: str
+    state: str
+    pid: int | None
+    uptime: float | None
+    restarts: int
+    last_exit: str | None
+    reason: str
+    cpu_percent: float
+    rss_bytes: int
+    open_fds: int
+    tasks_running: int
+    instance: int
+    owner: str | None
+    scope: str
+    protocol_version: str | None
+    tools: int
+    rejected_tools: list[str]
+    calls: int
+    errors: int
+    in_flight: int
+
+
+class Latency(Result):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    window: int
+
+
+class TaskCounts(Result):
+    """Tasks counted since the daemon started."""
+
+    accepted: int
+    succeeded: int
+    failed: int
+    timed_out: int
+    cancelled: int
+    lost: int
+    retried: int
+    refused: int
+
+
+class AgentTaskStats(TaskCounts):
+    """An agent's tasks: counted, waiting, running, and how long they took."""
+
+    success_rate: float | None
+    queue_depth: int
+    running: int
+    latency_ms: Latency
+
+
+class TaskTotals(TaskCounts):
+    """Every agent's tasks together."""
+
+    queue_depth: int
+    running: int
+    success_rate: float | None
+
+
+class AgentsStatusResult(Result):
+    agents: list[ReplicaStatus]
+    mcp_servers: list[McpInstanceStatus]
+    tasks: dict[str, AgentTaskStats | None]
+
+
+class Started(Result):
+    started: list[str]
+
+
+class Stopped(Result):
+    stopped: list[str]
+
+
+class Restarted(Result):
+    restarted: list[str]
+
+
+class Signalled(Result):
+    replica: str  # NAME#N
+    pid: int | None
+
+
+class SignalResult(Result):
+    signal: str
+    signalled: list[Signalled]
+
+
+class ReplicaBrief(Result):
+    replica: int
+    state: str
+    pid: int | None
+
+
+class DescribeResult(Result):
+    name: str
+    origin: str
+    revision: int | None
+    argv: list[str]
+    spec: dict[str, Any]  # every key of the spec, env reduced to its keys: an open table
+    replicas: list[ReplicaBrief]
+
+
+class Revision(msgspec.Struct):
+    """One spec revision (daemon.revisions.Revision's twin)."""
+
+    agent: str
+    revision: int
+    time: float
+    who: str
+    change: str
+    spec: dict[str, Any]  # the [agents.NAME] table, as the config would write it
+
+
+class HistoryResult(Result):
+    name: str
+    current: int | None
+    revisions: list[Revision]
+
+
+class RollbackResult(Result):
+    name: str
+    restored: int
+    revision: int | None
+
+
+class AuditEntry(Result):
+    time: float
+    uid: int
+    pid: int
+    method: str
+    params: Any  # the call's params as they were given
+    outcome: str
+
+
+class AuditResult(Result):
+    entries: list[AuditEntry]
+
+
+class Added(Result):
+    added: list[str]
+
+
+class Removed(Result):
+    removed: list[str]
+
+
+class Scaled(Result):
+    name: str
+    replicas: int
+
+
+class LogLine(msgspec.Struct, array_like=True):
+    """One log line: time, source (agent name or "corral"), replica, pid, stream, text."""
+
+    time: float
+    source: str
+    replica: int
+    pid: int
+    stream: str
+    text: str
+
+    def render(self) -> str:
+        """How a line reads in log files and in `corral logs`."""
+        from datetime import UTC, datetime
+
+        stamp = datetime.fromtimestamp(self.time, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        who = self.source if self.source == "corral" else f"{self.source}#{self.replica}"
+        return f"{stamp}Z {who}[{self.pid}] {self.stream}: {self.text}"
+
+
+class LogLines(Result):
+    lines: list[LogLine]
+
+
+class SupervisorStats(Result):
+    """The engine's counters (supervisor.core.Stats) and the daemon's."""
+
+    spawned: int
+    restarts: int
+    failures: int
+    spawn_failures: int
+    cold_fallbacks: int
+    exits: int
+    active: int
+    loop_stalls: int
+    longest_stall: float
+    uptime: float
+    log_lines: int
+    log_lines_dropped: int
+    log_files_failing: dict[str, int]  # file -> lines it dropped
+    state_writes: dict[str, Any] | None
+    # why new tasks are refused now (the journal cannot write), or None
+    task_journal_refusing: str | None
+
+
+class AgentStats(Result):
+    replicas: int
+    serving: int
+    restarts: int
+    cpu_percent: float
+    rss_bytes: int
+
+
+class TasksStats(Result):
+    total: TaskTotals
+    agents: dict[str, AgentTaskStats]
+
+
+class CallStats(Result):
+    calls: int
+    errors: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+
+class ClientCallStats(CallStats):
+    in_flight: int
+
+
+class GatewayStats(Result):
+    """Gateway calls per client and per tool; the HTTP gateway's address and sessions."""
+
+    clients: dict[str, ClientCallStats]
+    tools: dict[str, CallStats]
+    url: str | None
+    http: dict[str, Any] | None
+
+
+class StatsResult(Result):
+    supervisor: SupervisorStats
+    agents: dict[str, AgentStats]
+    tasks: TasksStats
+    # the event bus's and the heartbeat loop's counters: shown as they are
+    events: dict[str, Any]
+    heartbeat: dict[str, Any]
+    gateway: GatewayStats
+
+
+class TaskError(msgspec.Struct, omit_defaults=True):
+    code: int
+    message: str
+    data: Any = None
+
+
+class Attempt(msgspec.Struct):
+    replica: int
+    pid: int | None
+    started: float
+    finished: float | None = None
+    outcome: str = "running"
+    error: str | None = None
+
+
+class TaskResult(msgspec.Struct):
+    """What `corral run --json` prints (supervisor.tasks.TaskResult's twin)."""
+
+    task_id: str
+    status: str
+    output: Any  # whatever the agent answered
+    error: TaskError | None
+    attempts: list[Attempt]
+
+
+class TaskAccepted(Result):
+    """tasks.run's answer with detach: the task runs on."""
+
+    task_id: str
+    status: str
+
+
+class _TaskHead(msgspec.Struct):
+    task_id: str
+    agent: str
+    status: str
+    priority: int
+    created: float
+    started: float | None
+    finished: float | None
+
+
+class TaskInfo(_TaskHead):
+    """`corral task ID` (supervisor.tasks.TaskInfo's twin)."""
+
+    tool_calls: int
+    progress: Any  # as the agent reported it
+    output: Any
+    error: TaskError | None
+    attempts: list[Attempt]
+    output_dropped: bool = False
+
+
+class TaskSummary(_TaskHead):
+    """One line of `corral tasks`."""
+
+    attempts: int
+
+
+class TaskList(Result):
+    tasks: list[TaskSummary]
+
+
+class Delivered(Result):
+    delivered: int
+
+
+# a tool, resource or prompt as its server describes it (with `server`): MCP's, open
+McpItem = dict[str, Any]
+
+
+# every listing of the pool answers, besides its lists, the servers that could not answer
+# (`unavailable`: name -> why) and, of those, the ones whose every instance has failed
+class ToolList(Result):
+    tools: list[McpItem]
+    unavailable: dict[str, str]
+    failed: list[str]
+    allow: list[str] | UnsetType = UNSET  # an agent's allowlist, when listed for one
+
+
+class ResourceList(Result):
+    resources: list[McpItem]
+    resource_templates: list[McpItem] = msgspec.field(name="resourceTemplates")
+    unavailable: dict[str, str]
+    failed: list[str]
+
+
+class PromptList(Result):
+    prompts: list[McpItem]
+    unavailable: dict[str, str]
+    failed: list[str]
+
+
+# an MCP server's own answer (a tool result, a resource's contents, a prompt), passed on
+# as the server wrote it: its keys are the MCP version's and the server's, open
+McpResult = dict[str, Any]
+
+
+class McpStatusResult(Result):
+    mcp_servers: list[McpInstanceStatus]
+    gateway: GatewayStats
+
+
+class McpInstances(Result):
+    name: str
+    instances: int
+
+
+class GatewayItems(Result):
+    items: list[McpItem]
+    features: list[str]
+
+
 # -- daemon ---------------------------------------------------------------------------------
-@method("daemon.info", scope="agents:read")
+@method("daemon.info", result=DaemonInfoResult, scope="agents:read")
 class DaemonInfo(Params):
     """Version, pid, uptime, socket and config of the running daemon."""
 
 
-@method("daemon.shutdown", scope="admin", mutating=True)
+@method("daemon.shutdown", result=Stopping, scope="admin", mutating=True)
 class DaemonShutdown(Params):
     """Stop every agent gracefully, then the daemon."""
 
 
-@method("config.reload", scope="admin", mutating=True)
+@method("config.reload", result=ReloadResult, scope="admin", mutating=True)
 class ConfigReload(Params):
     """Re-read the config file and apply the difference: add new agents, remove dropped
     ones, restart changed ones; unchanged agents are not touched."""
 
 
 # -- agents ---------------------------------------------------------------------------------
-@method("agents.status", scope="agents:read")
+@method("agents.status", result=AgentsStatusResult, scope="agents:read")
 class AgentsStatus(Params):
     """State, pid, uptime, restarts, last exit, CPU and memory of agents' replicas."""
 
@@ -98,17 +515,17 @@ class Selection(Params):
     all: bool = False
 
 
-@method("agents.start", scope="agents:write", mutating=True)
+@method("agents.start", result=Started, scope="agents:write", mutating=True)
 class AgentsStart(Selection):
     """Start agents (all their replicas, or NAME#N); a Failed agent is given a fresh start."""
 
 
-@method("agents.stop", scope="agents:write", mutating=True)
+@method("agents.stop", result=Stopped, scope="agents:write", mutating=True)
 class AgentsStop(Selection):
     """Stop agents gracefully: shutdown request, SIGTERM after the grace, then SIGKILL."""
 
 
-@method("agents.restart", scope="agents:write", mutating=True)
+@method("agents.restart", result=Restarted, scope="agents:write", mutating=True)
 class AgentsRestart(Selection):
     """Restart agents: stop then start every replica, or with rolling, replace replicas one
     at a time, each new one ready before the old one stops."""
@@ -116,14 +533,14 @@ class AgentsRestart(Selection):
     rolling: bool = False
 
 
-@method("agents.signal", scope="agents:write", mutating=True)
+@method("agents.signal", result=SignalResult, scope="agents:write", mutating=True)
 class AgentsSignal(Selection):
     """Send a signal (a name like HUP or SIGUSR1, or a number) to agents' processes."""
 
     signal: str = "TERM"
 
 
-@method("agents.describe", scope="agents:read")
+@method("agents.describe", result=DescribeResult, scope="agents:read")
 class AgentsDescribe(Params):
     """An agent's effective spec: command, cwd, environment keys, limits, restart policy,
     revision and origin (the config file, or added at runtime)."""
@@ -131,7 +548,7 @@ class AgentsDescribe(Params):
     name: str
 
 
-@method("agents.history", scope="agents:read")
+@method("agents.history", result=HistoryResult, scope="agents:read")
 class AgentsHistory(Params):
     """An agent's spec revisions: number, time, who, what changed."""
 
@@ -139,7 +556,7 @@ class AgentsHistory(Params):
     limit: int = 100
 
 
-@method("agents.rollback", scope="agents:write", mutating=True)
+@method("agents.rollback", result=RollbackResult, scope="agents:write", mutating=True)
 class AgentsRollback(Params):
     """Go back to an earlier spec revision (default: the one before the current), replacing
     replicas one at a time; the rollback is itself a new revision."""
@@ -148,14 +565,14 @@ class AgentsRollback(Params):
     revision: int | None = None
 
 
-@method("audit.list", scope="audit:read")
+@method("audit.list", result=AuditResult, scope="audit:read")
 class AuditList(Params):
     """The audit log: every state-changing control operation, who asked, and its outcome."""
 
     limit: int = 100
 
 
-@method("agents.add", scope="agents:write", mutating=True)
+@method("agents.add", result=Added, scope="agents:write", mutating=True)
 class AgentsAdd(Params):
     """Add agents at runtime from [agents.NAME] tables; they survive a daemon restart.
     A command that is not an executable on PATH or a file is refused, unless --no-check
@@ -165,14 +582,14 @@ class AgentsAdd(Params):
     check: bool = True
 
 
-@method("agents.remove", scope="agents:write", mutating=True)
+@method("agents.remove", result=Removed, scope="agents:write", mutating=True)
 class AgentsRemove(Params):
     """Stop and remove agents."""
 
     names: list[str]
 
 
-@method("agents.scale", scope="agents:write", mutating=True)
+@method("agents.scale", result=Scaled, scope="agents:write", mutating=True)
 class AgentsScale(Params):
     """Set the number of replicas of an agent."""
 
@@ -181,7 +598,7 @@ class AgentsScale(Params):
 
 
 # -- logs and stats -------------------------------------------------------------------------
-@method("logs.tail", scope="logs:read")
+@method("logs.tail", result=LogLines, scope="logs:read")
 class LogsTail(Params):
     """The last lines of agents' logs (all agents and the daemon when no name is given)."""
 
@@ -190,19 +607,19 @@ class LogsTail(Params):
     since: float | None = None  # unix time
 
 
-@method("logs.follow", scope="logs:read", endless=True)
+@method("logs.follow", result=None, scope="logs:read", endless=True)
 class LogsFollow(LogsTail):
     """Like logs.tail, then new lines as `logs.lines` notifications until the client
     disconnects; a follower too slow to keep up is sent `logs.missed` with a count."""
 
 
-@method("stats.get", scope="metrics:read")
+@method("stats.get", result=StatsResult, scope="metrics:read")
 class StatsGet(Params):
     """Runtime statistics of the supervisor and per agent."""
 
 
 # -- tasks and events -----------------------------------------------------------------------
-@method("tasks.run", scope="tasks:run", streaming=True)
+@method("tasks.run", result=TaskResult, scope="tasks:run", streaming=True)
 class TasksRun(Params):
     """Run a task on an agent and wait for its outcome (progress arrives as `task.progress`
     notifications); with detach, answer the task id at once."""
@@ -216,7 +633,7 @@ class TasksRun(Params):
     detach: bool = False
 
 
-@method("tasks.get", scope="tasks:read")
+@method("tasks.get", result=TaskInfo, scope="tasks:read")
 class TasksGet(Params):
     """One task: status, progress, output or error, and every attempt."""
 
@@ -224,7 +641,7 @@ class TasksGet(Params):
     wait: bool = False
 
 
-@method("tasks.list", scope="tasks:read")
+@method("tasks.list", result=TaskList, scope="tasks:read")
 class TasksList(Params):
     """Recent tasks, newest last (from the task journal: every task until it is pruned)."""
 
@@ -234,14 +651,14 @@ class TasksList(Params):
     since: float | None = None  # seconds ago
 
 
-@method("tasks.cancel", scope="tasks:run", mutating=True)
+@method("tasks.cancel", result=TaskInfo, scope="tasks:run", mutating=True)
 class TasksCancel(Params):
     """Cancel a queued or running task."""
 
     task_id: str
 
 
-@method("events.publish", scope="events", mutating=True)
+@method("events.publish", result=Delivered, scope="events", mutating=True)
 class EventsPublish(Params):
     """Publish an event to the workers (and followers) subscribed to its topic."""
 
@@ -249,7 +666,7 @@ class EventsPublish(Params):
     data: Any = None
 
 
-@method("events.follow", scope="events", endless=True)
+@method("events.follow", result=None, scope="events", endless=True)
 class EventsFollow(Params):
     """Every event whose topic matches the pattern, as `events.event` notifications."""
 
@@ -257,7 +674,7 @@ class EventsFollow(Params):
 
 
 # -- MCP tools ------------------------------------------------------------------------------
-@method("tools.list", scope="mcp:call")
+@method("tools.list", result=ToolList, scope="mcp:call")
 class ToolsList(Params):
     """The tools of the MCP servers, named SERVER__TOOL; with an agent, those its allowlist
     admits. Servers that are not serving are named in `unavailable` with the reason, and
@@ -267,7 +684,7 @@ class ToolsList(Params):
     server: str | None = None
 
 
-@method("tools.call", scope="mcp:call", mutating=True)
+@method("tools.call", result=McpResult, scope="mcp:call", mutating=True)
 class ToolsCall(Params):
     """Call one tool (SERVER__TOOL) with arguments, as an operator."""
 
@@ -275,7 +692,7 @@ class ToolsCall(Params):
     arguments: dict[str, Any] = {}
 
 
-@method("mcp.status", scope="agents:read")
+@method("mcp.status", result=McpStatusResult, scope="agents:read")
 class McpStatus(Params):
     """The MCP servers: state, protocol version, tools, calls, errors per instance."""
 
@@ -286,23 +703,23 @@ class McpSelection(Params):
     name: str
 
 
-@method("mcp.start", scope="agents:write", mutating=True)
+@method("mcp.start", result=McpInstances, scope="agents:write", mutating=True)
 class McpStart(McpSelection):
     """Start an MCP server's instances (a Failed server is given a fresh start)."""
 
 
-@method("mcp.stop", scope="agents:write", mutating=True)
+@method("mcp.stop", result=McpInstances, scope="agents:write", mutating=True)
 class McpStop(McpSelection):
     """Stop an MCP server's instances: stdin closed, SIGTERM after the grace, then SIGKILL
     (the MCP stdio shutdown); calls in flight fail with the reason."""
 
 
-@method("mcp.restart", scope="agents:write", mutating=True)
+@method("mcp.restart", result=McpInstances, scope="agents:write", mutating=True)
 class McpRestart(McpSelection):
     """Stop then start an MCP server's instances."""
 
 
-@method("resources.list", scope="mcp:call")
+@method("resources.list", result=ResourceList, scope="mcp:call")
 class ResourcesList(Params):
     """The resources (and resource templates) of the MCP servers, or of one; with an
     agent, those its allowlist admits (as SERVER__URI)."""
@@ -311,7 +728,7 @@ class ResourcesList(Params):
     agent: str | None = None
 
 
-@method("resources.read", scope="mcp:call")
+@method("resources.read", result=McpResult, scope="mcp:call")
 class ResourcesRead(Params):
     """Read one resource by its URI, of the server given or else of the one server that
     lists it."""
@@ -320,7 +737,7 @@ class ResourcesRead(Params):
     server: str | None = None
 
 
-@method("prompts.list", scope="mcp:call")
+@method("prompts.list", result=PromptList, scope="mcp:call")
 class PromptsList(Params):
     """The prompts of the MCP servers, or of one, named SERVER__PROMPT; with an agent,
     those its allowlist admits."""
@@ -329,7 +746,7 @@ class PromptsList(Params):
     agent: str | None = None
 
 
-@method("prompts.get", scope="mcp:call")
+@method("prompts.get", result=McpResult, scope="mcp:call")
 class PromptsGet(Params):
     """Get one prompt (SERVER__PROMPT) with its arguments (strings)."""
 
@@ -343,7 +760,7 @@ class GatewayClient(Params):
     token: str | None = None
 
 
-@method("gateway.list", scope="mcp:call")
+@method("gateway.list", result=GatewayItems, scope="mcp:call")
 class GatewayList(GatewayClient):
     """The tools, resources, resource templates or prompts a gateway client may see,
     named SERVER__NAME."""
@@ -351,7 +768,7 @@ class GatewayList(GatewayClient):
     kind: str = "tools"
 
 
-@method("gateway.call", scope="mcp:call", streaming=True)
+@method("gateway.call", result=McpResult, scope="mcp:call", streaming=True)
 class GatewayCall(GatewayClient):
     """One MCP request for an upstream server (tools/call, resources/read, prompts/get,
     completion/complete) on behalf of a gateway client: allowlist, limits, accounting and
@@ -363,13 +780,13 @@ class GatewayCall(GatewayClient):
     progress_id: int | None = None
 
 
-@method("gateway.watch", scope="mcp:call", endless=True)
+@method("gateway.watch", result=None, scope="mcp:call", endless=True)
 class GatewayWatch(Params):
     """`gateway.changed {kinds}` notifications whenever what the pool offers changes
     (servers start, stop, are reloaded, or change their lists), until disconnect."""
 
 
-@method("gateway.status", scope="metrics:read")
+@method("gateway.status", result=GatewayStats, scope="metrics:read")
 class GatewayStatus(Params):
     """Gateway calls per client and per tool: counts, errors, latency percentiles; the
     HTTP gateway's address and sessions."""
@@ -377,32 +794,3 @@ class GatewayStatus(Params):
 
 # the notification that cancels a request in flight on the control socket
 CANCEL = "request.cancel"
-
-
-# -- results (what the daemon answers; the CLI decodes these) -------------------------------
-class LogLine(msgspec.Struct, array_like=True):
-    """One log line: time, source (agent name or "corral"), replica, pid, stream, text."""
-
-    time: float
-    source: str
-    replica: int
-    pid: int
-    stream: str
-    text: str
-
-    def render(self) -> str:
-        """How a line reads in log files and in `corral logs`."""
-        from datetime import UTC, datetime
-
-        stamp = datetime.fromtimestamp(self.time, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-        who = self.source if self.source == "corral" else f"{self.source}#{self.replica}"
-        return f"{stamp}Z {who}[{self.pid}] {self.stream}: {self.text}"
-
-
-class ReloadResult(msgspec.Struct):
-    added: list[str]
-    removed: list[str]
-    changed: list[str]
-    unchanged: list[str]
-    failed: dict[str, str] = {}  # changed agents whose rollout stopped: name -> why
-    mcp_servers: dict[str, list[str]] = {}  # the same four keys, for [mcp_servers]

@@ -140,7 +140,7 @@ async def test_an_http_route_for_an_existing_method_needs_no_handler(tmp_path: P
             assert r.state == State.TERMINATED
         lines = await d.dispatcher.call(Caller(via="socket"), "logs.tail",
                                         {"names": ["corral"], "lines": 200})
-        audit = [ln.text for ln in lines["lines"] if ln.stream == "audit"]
+        audit = [ln.text for ln in lines.lines if ln.stream == "audit"]
         assert 'token writer: agents.stop {"names":["hello"],"all":false} -> ok' in audit
         assert not any("token reader" in t for t in audit)
         # an error is audited too, with its message
@@ -195,7 +195,7 @@ async def test_calls_wait_for_the_services_and_bad_calls_are_refused_before() ->
     assert not waiting.done()
     fake = Fake()
     d.serve(fake)
-    assert await asyncio.wait_for(waiting, 5) == {"stopping": True}
+    assert msgspec.to_builtins(await asyncio.wait_for(waiting, 5)) == {"stopping": True}
     await asyncio.sleep(0)  # the stop is asked for in the next turn
     assert fake.stopped == 1
     assert audited == [("daemon.shutdown", "ok")]

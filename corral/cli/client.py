@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
+
+from ..methods import REGISTRY
 
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 3
+INTERNAL_ERROR = -32603  # JSON-RPC's (corral.jsonrpc would import asyncio)
 
 
 class Unreachable(Exception):
@@ -26,6 +30,26 @@ class CallFailed(Exception):
         self.code = code
         self.message = message
         self.data = data
+
+
+class _Message(msgspec.Struct):
+    """A line from the daemon: an answer (its result left as JSON, for the type the method
+    declares) or a notification (no id)."""
+
+    id: int | str | UnsetType | None = UNSET
+    method: str | None = None
+    params: msgspec.Raw = msgspec.Raw(b"null")
+    result: msgspec.Raw = msgspec.Raw(b"null")
+    error: dict[str, Any] | None = None
+
+
+_message = msgspec.json.Decoder(_Message)
+
+
+def result_type(method: str) -> Any:
+    """What the method answers (corral.methods), or Any for one this CLI does not know."""
+    spec = REGISTRY.get(method)
+    return Any if spec is None or spec.result is None else spec.result
 
 
 class Client:
@@ -84,7 +108,11 @@ class Client:
         method: str,
         params: Any = None,
         on_notification: Callable[[str, Any], None] | None = None,
+        *,
+        result: Any = Any,
     ) -> Any:
+        """The method's answer decoded into `result` (plain JSON values unless a type is
+        given); notifications meanwhile go to `on_notification`."""
         self._next_id += 1
         rid = self._next_id
         # the envelope is written here rather than with corral.jsonrpc, which would import
@@ -95,14 +123,33 @@ class Client:
             self.sock.sendall(msgspec.json.encode(req) + b"\n")
 
         while True:
-            msg = msgspec.json.decode(self._read_line())
-            if "method" in msg and "id" not in msg:
+            msg = _message.decode(self._read_line())
+            if msg.method is not None and msg.id is UNSET:
                 if on_notification is not None:
-                    on_notification(msg["method"], msg.get("params"))
+                    on_notification(msg.method, msgspec.json.decode(msg.params))
                 continue
-            if msg.get("id") not in (rid, None):
+            if msg.id not in (rid, None, UNSET):
                 continue
-            if "error" in msg:
-                e = msg["error"]
+            if msg.error is not None:
+                e = msg.error
                 raise CallFailed(e.get("code", 0), e.get("message", ""), e.get("data"))
-            return msg.get("result")
+            try:
+                return msgspec.json.decode(msg.result, type=result)
+            except msgspec.ValidationError as exc:
+                raise CallFailed(INTERNAL_ERROR, f"the daemon's answer to {method} is not "
+                                 f"what this corral reads ({exc}): are the daemon and this "
+                                 "CLI the same version?") from None
+
+    def ask(
+        self,
+        method: str,
+        params: Any = None,
+        on_notification: Callable[[str, Any], None] | None = None,
+        *,
+        result: Any = None,
+    ) -> Any:
+        """`call`, the answer decoded into the result the method declares (corral.methods;
+        the CLI reads its fields), or into `result` where a call answers another (tasks.run
+        with detach)."""
+        return self.call(method, params, on_notification,
+                         result=result if result is not None else result_type(method))

@@ -50,7 +50,7 @@ class Ctx:
         try:
             with self.client() as c:
                 # the Struct itself: msgspec encodes it (and a Raw input in it) as it is
-                return c.call(method, params if params is not None else {}, **kw)
+                return c.ask(method, params if params is not None else {}, **kw)
         except Unreachable as exc:
             if not reachable:
                 raise
@@ -96,8 +96,8 @@ def _complete_agents(ctx: click.Context, param: click.Parameter, incomplete: str
     try:
         root = ctx.find_root().obj or Ctx(None)
         with root.client() as c:
-            st = c.call("agents.status", {})
-        return sorted({a["name"] for a in st["agents"] if a["name"].startswith(incomplete)})
+            st: m.AgentsStatusResult = c.ask("agents.status", {})
+        return sorted({a.name for a in st.agents if a.name.startswith(incomplete)})
     except Exception:
         return []
 
@@ -107,7 +107,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 def _print_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+    """A result (a Struct: its fields in their order, absent ones left out) or plain
+    values, as `--json` prints them."""
+    click.echo(json.dumps(msgspec.to_builtins(obj), indent=2, sort_keys=False))
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> None:
@@ -204,8 +206,8 @@ EXIT_NOT_RUNNING = 3  # as `systemctl status`: some listed agent is failed or no
 @json_option
 @pass_ctx
 def status(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
-    st = obj.call("agents.status", m.AgentsStatus(names=list(names)))
-    down = any(a["state"] not in RUNNING_STATES for a in st["agents"])
+    st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus(names=list(names)))
+    down = any(a.state not in RUNNING_STATES for a in st.agents)
     if as_json:
         _print_json(st)
     else:
@@ -214,25 +216,25 @@ def status(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
         sys.exit(EXIT_NOT_RUNNING)
 
 
-def _print_status(st: dict[str, Any], with_mcp: bool) -> None:
+def _print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
     rows = []
-    for a in st["agents"]:
+    for a in st.agents:
         rows.append([
-            f"{a['name']}#{a['replica']}", a["state"], str(a["pid"] or "-"),
-            _human_time(a["uptime"]), str(a["restarts"]), f"{a['cpu_percent']:.1f}",
-            _human_bytes(a["rss_bytes"]) if a["rss_bytes"] else "-",
-            a["reason"] if a["state"] not in ("ready", "idle", "busy") else (
-                f"last exit: {a['last_exit']}" if a["last_exit"] else ""),
+            f"{a.name}#{a.replica}", a.state, str(a.pid or "-"),
+            _human_time(a.uptime), str(a.restarts), f"{a.cpu_percent:.1f}",
+            _human_bytes(a.rss_bytes) if a.rss_bytes else "-",
+            a.reason if a.state not in ("ready", "idle", "busy") else (
+                f"last exit: {a.last_exit}" if a.last_exit else ""),
         ])
     _table(rows, ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "REASON"])
-    if with_mcp and st.get("mcp_servers"):
+    if with_mcp and st.mcp_servers:
         click.echo()
-        _print_mcp(st["mcp_servers"])
-    for name, t in (st.get("tasks") or {}).items():
-        if t and t["accepted"]:
-            rate = t["success_rate"]
-            click.echo(f"{name}: {plural(t['accepted'], 'task')}, {t['running']} running, "
-                       f"{t['queue_depth']} queued"
+        _print_mcp(st.mcp_servers)
+    for name, t in st.tasks.items():
+        if t and t.accepted:
+            rate = t.success_rate
+            click.echo(f"{name}: {plural(t.accepted, 'task')}, {t.running} running, "
+                       f"{t.queue_depth} queued"
                        + (f", {rate:.1%} succeeded" if rate is not None else ""))
 
 
@@ -240,31 +242,30 @@ def _print_status(st: dict[str, Any], with_mcp: bool) -> None:
 @json_option
 @pass_ctx
 def stats(obj: Ctx, as_json: bool) -> None:
-    st = obj.call("stats.get")
+    st: m.StatsResult = obj.call("stats.get")
     if as_json:
         _print_json(st)
         return
-    s = st["supervisor"]
-    click.echo(f"uptime {_human_time(s['uptime'])}  active {s['active']}  spawned "
-               f"{s['spawned']}  restarts {s['restarts']}  failures {s['failures']}  "
-               f"log lines {s['log_lines']}"
-               + (f" ({s['log_lines_dropped']} not in their files)"
-                  if s.get("log_lines_dropped") else ""))
-    tstats = st["tasks"]["agents"]
+    s = st.supervisor
+    click.echo(f"uptime {_human_time(s.uptime)}  active {s.active}  spawned "
+               f"{s.spawned}  restarts {s.restarts}  failures {s.failures}  "
+               f"log lines {s.log_lines}"
+               + (f" ({s.log_lines_dropped} not in their files)"
+                  if s.log_lines_dropped else ""))
     rows = []
-    for n, a in st["agents"].items():
-        t = tstats.get(n) or {}
-        lat = t.get("latency_ms") or {}
-        rows.append([n, str(a["serving"]) + "/" + str(a["replicas"]), str(a["restarts"]),
-                     f"{a['cpu_percent']:.1f}", _human_bytes(a["rss_bytes"]),
-                     str(t.get("accepted", 0)), str(t.get("succeeded", 0)),
-                     str(t.get("failed", 0) + t.get("timed_out", 0) + t.get("lost", 0)),
-                     str(t.get("queue_depth", 0)),
-                     "-" if lat.get("p50") is None else "/".join(
-                         _ms(lat[k]) for k in ("p50", "p95", "p99"))])
+    for n, a in st.agents.items():
+        t = st.tasks.agents.get(n)
+        lat = t.latency_ms if t is not None else None
+        rows.append([n, str(a.serving) + "/" + str(a.replicas), str(a.restarts),
+                     f"{a.cpu_percent:.1f}", _human_bytes(a.rss_bytes),
+                     *(str(v) for v in ((t.accepted, t.succeeded,
+                                         t.failed + t.timed_out + t.lost, t.queue_depth)
+                                        if t is not None else (0, 0, 0, 0))),
+                     "-" if lat is None or lat.p50 is None else "/".join(
+                         _ms(v) for v in (lat.p50, lat.p95, lat.p99) if v is not None)])
     _table(rows, ["AGENT", "SERVING", "RESTARTS", "CPU%", "RSS", "TASKS", "OK", "FAILED",
                   "QUEUED", "P50/P95/P99 MS"])
-    _print_gateway(st.get("gateway") or {})
+    _print_gateway(st.gateway)
 
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -322,22 +323,22 @@ def _logs(obj: Ctx, names: tuple[str, ...], follow: bool, lines: int, since: str
           as_json: bool) -> None:
     t = _parse_since(since)
 
-    def show(items: list[Any]) -> None:
-        for raw in items:
-            line = msgspec.convert(raw, LogLine)
+    def show(items: list[LogLine]) -> None:
+        for line in items:
             if as_json:
                 click.echo(json.dumps(msgspec.to_builtins(msgspec.structs.asdict(line))))
             else:
                 click.echo(line.render())
 
     if not follow:
-        res = obj.call("logs.tail", m.LogsTail(names=list(names), lines=lines, since=t))
-        show(res["lines"])
+        res: m.LogLines = obj.call("logs.tail", m.LogsTail(names=list(names), lines=lines,
+                                                           since=t))
+        show(res.lines)
         return
 
     def on_note(method: str, params: Any) -> None:
         if method == "logs.lines":
-            show(params["lines"])
+            show(msgspec.convert(params, m.LogLines).lines)
         elif method == "logs.missed":
             click.echo(f"corral: missed {params['count']} lines (reading too slowly)",
                        err=True)
@@ -356,7 +357,7 @@ def _selection_command(verb: str, done: str) -> None:
     def command(obj: Ctx, names: tuple[str, ...], all_: bool, **extra: Any) -> None:
         all_, targets = _selection(names, all_)
         res = obj.call(method, params(names=targets, all=all_, **extra))
-        click.echo(f"{done}: {', '.join(res[done]) or 'nothing'}")
+        click.echo(f"{done}: {', '.join(getattr(res, done)) or 'nothing'}")
 
     fn: Any = pass_ctx(command)
     if verb == "restart":
@@ -392,9 +393,10 @@ for _verb, _done in (("start", "started"), ("stop", "stopped"), ("restart", "res
 @pass_ctx
 def signal(obj: Ctx, sig: str, names: tuple[str, ...]) -> None:
     all_, targets = _selection(names, False)
-    res = obj.call("agents.signal", m.AgentsSignal(names=targets, all=all_, signal=sig))
-    for s in res["signalled"]:
-        click.echo(f"{res['signal']} sent to {s['replica']} (pid {s['pid']})")
+    res: m.SignalResult = obj.call("agents.signal",
+                                   m.AgentsSignal(names=targets, all=all_, signal=sig))
+    for s in res.signalled:
+        click.echo(f"{res.signal} sent to {s.replica} (pid {s.pid})")
 
 
 @cli.command(help="Print the pid of each running replica of NAME (or of NAME#N), one a line; "
@@ -406,12 +408,12 @@ def pid(obj: Ctx, target: str) -> None:
         name, index = m.parse_target(target)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="NAME[#N]") from None
-    st = obj.call("agents.status", m.AgentsStatus(names=[name]))
-    reps = [a for a in st["agents"] if index is None or a["replica"] == index]
+    st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus(names=[name]))
+    reps = [a for a in st.agents if index is None or a.replica == index]
     if index is not None and not reps:
         click.echo(f"corral: no such replica: {target}", err=True)
         sys.exit(EXIT_FAILED)
-    pids = [a["pid"] for a in reps if a["pid"]]
+    pids = [a.pid for a in reps if a.pid]
     for p in pids:
         click.echo(p)
     if not pids:
@@ -424,15 +426,15 @@ def pid(obj: Ctx, target: str) -> None:
 @json_option
 @pass_ctx
 def describe(obj: Ctx, name: str, as_json: bool) -> None:
-    res = obj.call("agents.describe", m.AgentsDescribe(name=name))
+    res: m.DescribeResult = obj.call("agents.describe", m.AgentsDescribe(name=name))
     if as_json:
         _print_json(res)
         return
-    spec = res["spec"]
-    click.echo(f"name: {res['name']}")
-    click.echo(f"origin: {res['origin']}")
-    click.echo(f"revision: {res['revision'] if res['revision'] is not None else '-'}")
-    click.echo(f"command: {' '.join(shlex.quote(a) for a in res['argv'])}")
+    spec = res.spec
+    click.echo(f"name: {res.name}")
+    click.echo(f"origin: {res.origin}")
+    click.echo(f"revision: {res.revision if res.revision is not None else '-'}")
+    click.echo(f"command: {' '.join(shlex.quote(a) for a in res.argv)}")
     click.echo(f"cwd: {spec['cwd']}")
     click.echo(f"user: {spec['user'] or '-'}" + (f" group: {spec['group']}"
                                                    if spec["group"] else ""))
@@ -447,9 +449,9 @@ def describe(obj: Ctx, name: str, as_json: bool) -> None:
     limits = {k: v for k, v in spec["limits"].items() if v}
     click.echo("limits: " + (", ".join(f"{k} = {v}" for k, v in limits.items()) or "none"))
     click.echo(f"tools: {', '.join(spec['tools']) or '-'}")
-    for r in res["replicas"]:
-        click.echo(f"{res['name']}#{r['replica']}: {r['state']}"
-                   + (f" (pid {r['pid']})" if r["pid"] else ""))
+    for r in res.replicas:
+        click.echo(f"{res.name}#{r.replica}: {r.state}"
+                   + (f" (pid {r.pid})" if r.pid else ""))
 
 
 @cli.command(help="Print the version of this corral (and of the daemon, when it runs).")
@@ -461,8 +463,8 @@ def version(obj: Ctx) -> None:
     click.echo(f"corral {__version__}")
     try:
         with obj.client() as c:
-            info = c.call("daemon.info", {})
-        click.echo(f"daemon {info['version']} (pid {info['pid']}, {info['socket']})")
+            info: m.DaemonInfoResult = c.ask("daemon.info", {})
+        click.echo(f"daemon {info.version} (pid {info.pid}, {info.socket})")
     except Unreachable:
         click.echo("daemon: not reachable")
 
@@ -525,8 +527,8 @@ def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
                 raise click.BadParameter("use KEY=VALUE", param_hint="--env")
             table["env"] = dict(pairs)
         agents = {name: table}
-    res = obj.call("agents.add", m.AgentsAdd(agents=agents, check=not no_check))
-    click.echo(f"added: {', '.join(res['added'])}")
+    res: m.Added = obj.call("agents.add", m.AgentsAdd(agents=agents, check=not no_check))
+    click.echo(f"added: {', '.join(res.added)}")
 add.help = doc("agents.add") + "\n\nFILE holds [agents.NAME] tables as in the config file."
 
 
@@ -534,8 +536,8 @@ add.help = doc("agents.add") + "\n\nFILE holds [agents.NAME] tables as in the co
 @click.argument("names", nargs=-1, required=True, shell_complete=_complete_agents)
 @pass_ctx
 def remove(obj: Ctx, names: tuple[str, ...]) -> None:
-    res = obj.call("agents.remove", m.AgentsRemove(names=list(names)))
-    click.echo(f"removed: {', '.join(res['removed'])}")
+    res: m.Removed = obj.call("agents.remove", m.AgentsRemove(names=list(names)))
+    click.echo(f"removed: {', '.join(res.removed)}")
 
 
 @cli.command(help=doc("agents.scale"), context_settings={"ignore_unknown_options": True})
@@ -547,8 +549,8 @@ def remove(obj: Ctx, names: tuple[str, ...]) -> None:
 def scale(obj: Ctx, name: str, replicas: str) -> None:
     if not (replicas.isascii() and replicas.isdigit()):
         raise click.UsageError(f"replicas must be a whole number ≥ 0, not {replicas!r}")
-    res = obj.call("agents.scale", m.AgentsScale(name=name, replicas=int(replicas)))
-    click.echo(f"{res['name']}: {res['replicas']} replicas")
+    res: m.Scaled = obj.call("agents.scale", m.AgentsScale(name=name, replicas=int(replicas)))
+    click.echo(f"{res.name}: {res.replicas} replicas")
 
 
 @cli.command(help=doc("agents.history"))
@@ -557,12 +559,12 @@ def scale(obj: Ctx, name: str, replicas: str) -> None:
 @json_option
 @pass_ctx
 def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
-    res = obj.call("agents.history", m.AgentsHistory(name=name, limit=limit))
+    res: m.HistoryResult = obj.call("agents.history", m.AgentsHistory(name=name, limit=limit))
     if as_json:
         _print_json(res)
         return
-    rows = [[("* " if r["revision"] == res["current"] else "  ") + str(r["revision"]),
-             _stamp(r["time"]), r["who"], r["change"]] for r in res["revisions"]]
+    rows = [[("* " if r.revision == res.current else "  ") + str(r.revision),
+             _stamp(r.time), r.who, r.change] for r in res.revisions]
     _table(rows, ["  REV", "TIME", "WHO", "CHANGE"])
 
 
@@ -575,9 +577,10 @@ def _stamp(t: float) -> str:
 @click.argument("revision", required=False, type=click.IntRange(min=1))
 @pass_ctx
 def rollback(obj: Ctx, name: str, revision: int | None) -> None:
-    res = obj.call("agents.rollback", m.AgentsRollback(name=name, revision=revision))
-    click.echo(f"{name}: rolled back to revision {res['restored']} (now revision "
-               f"{res['revision']})")
+    res: m.RollbackResult = obj.call("agents.rollback",
+                                     m.AgentsRollback(name=name, revision=revision))
+    click.echo(f"{name}: rolled back to revision {res.restored} (now revision "
+               f"{res.revision})")
 
 
 @cli.command(help=doc("audit.list"))
@@ -585,24 +588,24 @@ def rollback(obj: Ctx, name: str, revision: int | None) -> None:
 @json_option
 @pass_ctx
 def audit(obj: Ctx, limit: int, as_json: bool) -> None:
-    res = obj.call("audit.list", m.AuditList(limit=limit))
+    res: m.AuditResult = obj.call("audit.list", m.AuditList(limit=limit))
     if as_json:
         _print_json(res)
         return
-    rows = [[_stamp(e["time"]), str(e["uid"]), str(e["pid"]), e["method"], e["outcome"],
-             json.dumps(e["params"])[:60]] for e in res["entries"]]
+    rows = [[_stamp(e.time), str(e.uid), str(e.pid), e.method, e.outcome,
+             json.dumps(e.params)[:60]] for e in res.entries]
     _table(rows, ["TIME", "UID", "PID", "METHOD", "OUTCOME", "PARAMS"])
 
 
 @cli.command(help=doc("config.reload"))
 @pass_ctx
 def reload(obj: Ctx) -> None:
-    res = obj.call("config.reload")
+    res: m.ReloadResult = obj.call("config.reload")
     for key in ("added", "removed", "changed", "unchanged"):
-        click.echo(f"{key}: {', '.join(res[key]) or '-'}")
-    for name, why in (res.get("failed") or {}).items():
+        click.echo(f"{key}: {', '.join(getattr(res, key)) or '-'}")
+    for name, why in res.failed.items():
         click.echo(f"corral: {name} was not changed: {why}", err=True)
-    mcp = res.get("mcp_servers") or {}
+    mcp = res.mcp_servers
     if any(mcp.get(k) for k in ("added", "removed", "changed")):
         click.echo("MCP servers: " + "; ".join(f"{k} {', '.join(mcp[k]) or '-'}"
                                                 for k in ("added", "removed", "changed")))
@@ -619,11 +622,11 @@ def shutdown(obj: Ctx) -> None:
 @json_option
 @pass_ctx
 def info(obj: Ctx, as_json: bool) -> None:
-    res = obj.call("daemon.info")
+    res: m.DaemonInfoResult = obj.call("daemon.info")
     if as_json:
         _print_json(res)
         return
-    for k, v in res.items():
+    for k, v in msgspec.to_builtins(res).items():
         if isinstance(v, dict):  # a section (containment): one indented line per key
             click.echo(f"{k}:")
             for kk, vv in v.items():
@@ -656,27 +659,27 @@ def top(obj: Ctx, interval: float, iterations: int, log_lines: int) -> None:
     count = 0
     # Ctrl-C ends it quietly (main)
     while True:
-        st = obj.call("agents.status", m.AgentsStatus())
-        rows = sorted(
-            [*((f"{a['name']}#{a['replica']}", a) for a in st["agents"]),
-             *((f"mcp {s['name']}#{s['instance']}", s) for s in st["mcp_servers"])],
-            key=lambda kv: (-kv[1]["cpu_percent"], -kv[1]["rss_bytes"]))
+        st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus())
+        rows: list[tuple[str, m.ReplicaStatus | m.McpInstanceStatus]] = sorted(
+            [*((f"{a.name}#{a.replica}", a) for a in st.agents),
+             *((f"mcp {s.name}#{s.instance}", s) for s in st.mcp_servers)],
+            key=lambda kv: (-kv[1].cpu_percent, -kv[1].rss_bytes))
         if clear:
             click.echo("\x1b[H\x1b[2J", nl=False)
         click.echo(time.strftime("corral top - %H:%M:%S") +
-                   f"  {plural(len(st['agents']), 'replica')}, "
-                   f"{plural(len(st['mcp_servers']), 'server')}")
-        _table([[name, a["state"], str(a["pid"] or "-"), f"{a['cpu_percent']:.1f}",
-                 _human_bytes(a["rss_bytes"]) if a["rss_bytes"] else "-",
-                 str(a.get("tasks_running", a.get("in_flight", 0))),
-                 _human_time(a["uptime"]), str(a["restarts"])] for name, a in rows],
+                   f"  {plural(len(st.agents), 'replica')}, "
+                   f"{plural(len(st.mcp_servers), 'server')}")
+        _table([[name, a.state, str(a.pid or "-"), f"{a.cpu_percent:.1f}",
+                 _human_bytes(a.rss_bytes) if a.rss_bytes else "-",
+                 str(a.tasks_running), _human_time(a.uptime), str(a.restarts)]
+                for name, a in rows],
                ["NAME", "STATE", "PID", "CPU%", "RSS", "ACTIVE", "UPTIME", "RESTARTS"])
         if log_lines:
-            recent = obj.call("logs.tail", m.LogsTail(lines=log_lines))["lines"]
+            recent: list[LogLine] = obj.call("logs.tail", m.LogsTail(lines=log_lines)).lines
             click.echo(f"\n-- last {plural(len(recent), 'log line')} --")
             width = shutil.get_terminal_size().columns
-            for raw in recent:
-                text = msgspec.convert(raw, LogLine).render()
+            for line in recent:
+                text = line.render()
                 click.echo(text[:width] if clear else text)
         sys.stdout.flush()
         count += 1
@@ -712,7 +715,6 @@ def _read_input(value: str) -> msgspec.Raw:
     return raw
 
 
-RESULT_KEYS = ("task_id", "status", "output", "error", "attempts")
 reconnect_option = click.option(
     "--reconnect", type=click.FloatRange(min=0), default=60.0, show_default=True,
     metavar="SECONDS",
@@ -720,7 +722,7 @@ reconnect_option = click.option(
          "wait again for the same task.")
 
 
-def _wait_again(obj: Ctx, task_id: str, reconnect: float) -> Any:
+def _wait_again(obj: Ctx, task_id: str, reconnect: float) -> m.TaskInfo:
     """The daemon went away while we waited: reconnect and wait for the task by its id
     (the journal keeps it across a restart of the daemon)."""
     click.echo(f"corral: lost the daemon while waiting for task {task_id}; reconnecting",
@@ -729,7 +731,8 @@ def _wait_again(obj: Ctx, task_id: str, reconnect: float) -> Any:
     while True:
         try:
             with obj.client() as c:
-                return c.call("tasks.get", {"task_id": task_id, "wait": True})
+                info: m.TaskInfo = c.ask("tasks.get", {"task_id": task_id, "wait": True})
+                return info
         except Unreachable as exc:
             if time.monotonic() >= deadline:
                 click.echo(f"corral: {exc}", err=True)
@@ -768,6 +771,11 @@ def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority:
 
     params = m.TasksRun(agent=agent, input=task_input, timeout=timeout, priority=priority,
                         detach=detach)
+    if detach:  # answered at once, with the id of the task that runs on
+        got: m.TaskAccepted = obj.call("tasks.run", params, result=m.TaskAccepted)
+        click.echo(json.dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
+        return
+    res: m.TaskResult
     try:
         res = obj.call("tasks.run", params, on_notification=on_note, reachable=False)
     except Unreachable as exc:
@@ -775,19 +783,15 @@ def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority:
             click.echo(f"corral: {exc}", err=True)
             sys.exit(EXIT_UNREACHABLE)
         info = _wait_again(obj, accepted[0], reconnect)
-        res = {k: info[k] for k in RESULT_KEYS}
-    if detach:
-        click.echo(json.dumps(res) if as_json else res["task_id"])
-        return
+        res = m.TaskResult(info.task_id, info.status, info.output, info.error, info.attempts)
     if as_json:
         _print_json(res)
-    elif res["status"] == "succeeded":
-        click.echo(json.dumps(res["output"], indent=2))
+    elif res.status == "succeeded":
+        click.echo(json.dumps(res.output, indent=2))
     else:
-        err = res.get("error") or {}
-        click.echo(f"corral: task {res['task_id']} {res['status']}: {err.get('message', '')}",
-                   err=True)
-    if res["status"] != "succeeded":
+        why = res.error.message if res.error is not None else ""
+        click.echo(f"corral: task {res.task_id} {res.status}: {why}", err=True)
+    if res.status != "succeeded":
         sys.exit(EXIT_FAILED)
 
 
@@ -815,14 +819,14 @@ def _duration(value: str | None) -> float | None:
 @pass_ctx
 def tasks_list(obj: Ctx, agent: str | None, limit: int, since: str | None,
                status: str | None, as_json: bool) -> None:
-    res = obj.call("tasks.list", m.TasksList(agent=agent, limit=limit, status=status,
-                                             since=_duration(since)))
+    res: m.TaskList = obj.call("tasks.list", m.TasksList(agent=agent, limit=limit,
+                                                         status=status, since=_duration(since)))
     if as_json:
         _print_json(res)
         return
     now = time.time()
-    rows = [[t["task_id"], t["agent"], t["status"], str(t["priority"]), str(t["attempts"]),
-             _human_time(now - t["created"]) + " ago"] for t in res["tasks"]]
+    rows = [[t.task_id, t.agent, t.status, str(t.priority), str(t.attempts),
+             _human_time(now - t.created) + " ago"] for t in res.tasks]
     _table(rows, ["TASK", "AGENT", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED"])
 
 
@@ -833,6 +837,7 @@ def tasks_list(obj: Ctx, agent: str | None, limit: int, since: str | None,
 @json_option
 @pass_ctx
 def task_get(obj: Ctx, task_id: str, wait: bool, reconnect: float, as_json: bool) -> None:
+    res: m.TaskInfo
     try:
         res = obj.call("tasks.get", m.TasksGet(task_id=task_id, wait=wait),
                        reachable=not wait)
@@ -843,22 +848,22 @@ def task_get(obj: Ctx, task_id: str, wait: bool, reconnect: float, as_json: bool
         return
     for key in ("task_id", "agent", "status", "priority", "tool_calls", "progress", "output",
                 "error"):
-        val = res.get(key)
-        if key == "output" and res.get("output_dropped"):
+        val = msgspec.to_builtins(getattr(res, key))
+        if key == "output" and res.output_dropped:
             val = "(dropped from memory: the daemon keeps tasks_kept_mb of outputs)"
         if val is not None:
             click.echo(f"{key}: {json.dumps(val) if isinstance(val, dict | list) else val}")
-    for i, a in enumerate(res["attempts"], 1):
-        click.echo(f"attempt {i}: replica {a['replica']} pid {a['pid']} {a['outcome']}"
-                   + (f" ({a['error']})" if a.get("error") else ""))
+    for i, a in enumerate(res.attempts, 1):
+        click.echo(f"attempt {i}: replica {a.replica} pid {a.pid} {a.outcome}"
+                   + (f" ({a.error})" if a.error else ""))
 
 
 @cli.command("cancel", help=doc("tasks.cancel"))
 @click.argument("task_id")
 @pass_ctx
 def task_cancel(obj: Ctx, task_id: str) -> None:
-    res = obj.call("tasks.cancel", m.TasksCancel(task_id=task_id))
-    click.echo(f"{res['task_id']}: {res['status']}")
+    res: m.TaskInfo = obj.call("tasks.cancel", m.TasksCancel(task_id=task_id))
+    click.echo(f"{res.task_id}: {res.status}")
 
 
 @cli.group()
@@ -875,8 +880,8 @@ def events_publish(obj: Ctx, topic: str, data: str) -> None:
         value = msgspec.json.decode(data.encode())
     except msgspec.DecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from None
-    res = obj.call("events.publish", m.EventsPublish(topic=topic, data=value))
-    click.echo(f"delivered to {plural(res['delivered'], 'subscriber')}")
+    res: m.Delivered = obj.call("events.publish", m.EventsPublish(topic=topic, data=value))
+    click.echo(f"delivered to {plural(res.delivered, 'subscriber')}")
 
 
 @events.command("tail", help=doc("events.follow"))
@@ -902,13 +907,13 @@ def tools(ctx: click.Context, agent: str | None, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     obj: Ctx = ctx.obj
-    res = obj.call("tools.list", m.ToolsList(agent=agent))
-    allow = res.get("allow") or []
+    res: m.ToolList = obj.call("tools.list", m.ToolsList(agent=agent))
+    allow = res.allow if isinstance(res.allow, list) else []
     empty = None if agent is None else (
         f"no tools match agent {agent}'s allowlist: {', '.join(allow)}" if allow
         else f"no tools: agent {agent} has an empty allowlist (its `tools` key)")
     _show_listing(res, as_json, ["TOOL", "DESCRIPTION"],
-                  [[t["name"], _first_line(t.get("description"))] for t in res["tools"]],
+                  [[t["name"], _first_line(t.get("description"))] for t in res.tools],
                   empty=empty)
 
 
@@ -916,7 +921,8 @@ def _first_line(text: Any) -> str:
     return text.splitlines()[0][:70] if isinstance(text, str) and text else ""
 
 
-def _show_listing(res: dict[str, Any], as_json: bool, headers: list[str],
+def _show_listing(res: m.ToolList | m.ResourceList | m.PromptList, as_json: bool,
+                  headers: list[str],
                   rows: list[list[str]], empty: str | None = None) -> None:
     """A listing of the MCP servers' (tools, resources, prompts): as JSON or a table (or
     `empty` when there are no rows); then the servers that could not answer, named on
@@ -927,9 +933,9 @@ def _show_listing(res: dict[str, Any], as_json: bool, headers: list[str],
         click.echo(empty)
     else:
         _table(rows, headers)
-    for name, reason in sorted((res.get("unavailable") or {}).items()):
+    for name, reason in sorted(res.unavailable.items()):
         click.echo(f"corral: MCP server {name} is not serving: {reason}", err=True)
-    if res.get("failed"):
+    if res.failed:
         sys.exit(EXIT_FAILED)
 
 
@@ -967,12 +973,13 @@ def resources(obj: Ctx, words: tuple[str, ...], agent: str | None, as_json: bool
         res = obj.call("resources.read", m.ResourcesRead(uri=rest[0], server=server))
         _show_content(res, as_json, "contents")
         return
-    res = obj.call("resources.list", m.ResourcesList(server=server, agent=agent))
+    listed: m.ResourceList = obj.call("resources.list",
+                                      m.ResourcesList(server=server, agent=agent))
     rows = [[r["server"], r.get("uri", ""), r.get("name", ""), r.get("mimeType", "")]
-            for r in res["resources"]]
+            for r in listed.resources]
     rows += [[t["server"], t.get("uriTemplate", ""), t.get("name", ""), "(template)"]
-             for t in res["resourceTemplates"]]
-    _show_listing(res, as_json, ["SERVER", "URI", "NAME", "TYPE"], rows)
+             for t in listed.resource_templates]
+    _show_listing(listed, as_json, ["SERVER", "URI", "NAME", "TYPE"], rows)
 
 
 def _split_words(words: tuple[str, ...], verb: str) -> tuple[str | None, list[str] | None]:
@@ -1007,11 +1014,11 @@ def prompts(obj: Ctx, words: tuple[str, ...], args: str, agent: str | None,
         res = obj.call("prompts.get", m.PromptsGet(name=name, arguments=arguments))
         _show_content(res, as_json, "messages")
         return
-    res = obj.call("prompts.list", m.PromptsList(server=server, agent=agent))
+    listed: m.PromptList = obj.call("prompts.list", m.PromptsList(server=server, agent=agent))
     rows = [[p["name"], ", ".join(a.get("name", "") + ("" if a.get("required") else "?")
                                   for a in p.get("arguments") or []),
-             _first_line(p.get("description"))] for p in res["prompts"]]
-    _show_listing(res, as_json, ["PROMPT", "ARGUMENTS", "DESCRIPTION"], rows)
+             _first_line(p.get("description"))] for p in listed.prompts]
+    _show_listing(listed, as_json, ["PROMPT", "ARGUMENTS", "DESCRIPTION"], rows)
 
 
 def _json_object(text: str, hint: str) -> dict[str, Any]:
@@ -1051,21 +1058,21 @@ def mcp_group() -> None:
 @json_option
 @pass_ctx
 def mcp_status(obj: Ctx, as_json: bool) -> None:
-    res = obj.call("mcp.status")
+    res: m.McpStatusResult = obj.call("mcp.status")
     if as_json:
         _print_json(res)
         return
-    _print_mcp(res["mcp_servers"])
-    _print_gateway(res.get("gateway") or {})
+    _print_mcp(res.mcp_servers)
+    _print_gateway(res.gateway)
 
 
-def _print_gateway(gw: dict[str, Any]) -> None:
+def _print_gateway(gw: m.GatewayStats) -> None:
     """Gateway calls per client and per tool, when there were any."""
-    for what in ("clients", "tools"):
-        rows = [[name, str(s["calls"]), str(s["errors"]),
-                 *(f"{s[k]:.1f}" if s[k] is not None else "-"
-                   for k in ("p50_ms", "p95_ms", "p99_ms"))]
-                for name, s in (gw.get(what) or {}).items()]
+    for what, stats in (("clients", gw.clients), ("tools", gw.tools)):
+        rows = [[name, str(s.calls), str(s.errors),
+                 *(f"{v:.1f}" if v is not None else "-"
+                   for v in (s.p50_ms, s.p95_ms, s.p99_ms))]
+                for name, s in stats.items()]
         if rows:
             click.echo("")
             _table(rows, ["GATEWAY " + what[:-1].upper(), "CALLS", "ERRORS", "P50 MS",
@@ -1095,8 +1102,8 @@ def _mcp_verb(verb: str, done: str) -> None:
     @click.argument("name")
     @pass_ctx
     def command(obj: Ctx, name: str) -> None:
-        res = obj.call(f"mcp.{verb}", REGISTRY[f"mcp.{verb}"].params(name=name))
-        click.echo(f"{done} {name} ({res['instances']} instances)")
+        res: m.McpInstances = obj.call(f"mcp.{verb}", REGISTRY[f"mcp.{verb}"].params(name=name))
+        click.echo(f"{done} {name} ({res.instances} instances)")
 
 
 for _verb, _done in (("start", "started"), ("stop", "stopped"), ("restart", "restarted")):
@@ -1124,10 +1131,10 @@ def mcp_login(name: str, config: str | None, port: int) -> None:
     click.echo(f"logged in to {name}; tokens in {path}")
 
 
-def _print_mcp(servers: list[dict[str, Any]]) -> None:
-    rows = [[f"{s['name']}#{s['instance']}", s["state"], str(s["pid"] or "-"),
-             s["protocol_version"] or "-", str(s["tools"]), str(s["calls"]), str(s["errors"]),
-             s["owner"] or "shared"] for s in servers]
+def _print_mcp(servers: list[m.McpInstanceStatus]) -> None:
+    rows = [[f"{s.name}#{s.instance}", s.state, str(s.pid or "-"),
+             s.protocol_version or "-", str(s.tools), str(s.calls), str(s.errors),
+             s.owner or "shared"] for s in servers]
     _table(rows, ["SERVER", "STATE", "PID", "PROTOCOL", "TOOLS", "CALLS", "ERRORS", "FOR"])
 
 

@@ -25,7 +25,7 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import LineProtocol, Peer, RpcError
 from ..mcp.gateway import GatewaySession, Progress, StdioTransport
-from ..methods import CANCEL
+from ..methods import CANCEL, GatewayItems
 
 RETRY_EVERY = 0.2
 
@@ -105,9 +105,9 @@ class DaemonLink:
         return self.peer
 
     async def list_items(self, kind: str) -> list[dict[str, Any]]:
-        res = await self._live().request("gateway.list", {**self.who, "kind": kind})
-        items: list[dict[str, Any]] = res["items"]
-        return items
+        res: GatewayItems = await self._live().request(
+            "gateway.list", {**self.who, "kind": kind}, type=GatewayItems)
+        return res.items
 
     async def forward(self, method: str, params: dict[str, Any],
                       on_progress: Progress | None) -> Any:

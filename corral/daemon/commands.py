@@ -24,6 +24,7 @@ from .services import Services
 if TYPE_CHECKING:
     from ..supervisor.core import Agent
     from ..supervisor.replica import Replica
+    from ..supervisor.tasks import TaskInfo
 
 HANDLERS: Handlers[Services] = Handlers()
 implements = HANDLERS.implements
@@ -62,29 +63,31 @@ def _replicas(targets: list[tuple[Agent, int | None]]) -> list[Replica]:
 
 
 @implements("daemon.info")
-async def daemon_info(d: Services, p: m.DaemonInfo, caller: Caller, c: Channel) -> dict[str, Any]:
-    return {
-        "version": __version__,
-        "pid": os.getpid(),
-        "uptime": round(time.time() - d.started_at, 3),
-        "socket": str(d.socket_path),
-        "config": str(d.config_path),
-        "status": d.status_line(),
-        "followers": len(d.hub.followers),
-        "event_followers": len(d.sup.events.followers) if d.sup else 0,
-        "containment": msgspec.to_builtins(d.sup.containment.info()) if d.sup else None,
-    }
+async def daemon_info(d: Services, p: m.DaemonInfo, caller: Caller, c: Channel
+                      ) -> m.DaemonInfoResult:
+    return m.DaemonInfoResult(
+        version=__version__,
+        pid=os.getpid(),
+        uptime=round(time.time() - d.started_at, 3),
+        socket=str(d.socket_path),
+        config=str(d.config_path),
+        status=d.status_line(),
+        followers=len(d.hub.followers),
+        event_followers=len(d.sup.events.followers) if d.sup else 0,
+        containment=msgspec.to_builtins(d.sup.containment.info()) if d.sup else None,
+    )
 
 
 @implements("daemon.shutdown")
 async def daemon_shutdown(d: Services, p: m.DaemonShutdown,
-                          caller: Caller, c: Channel) -> dict[str, Any]:
+                          caller: Caller, c: Channel) -> m.Stopping:
     asyncio.get_running_loop().call_soon(d.request_stop)
-    return {"stopping": True}
+    return m.Stopping(stopping=True)
 
 
 @implements("config.reload")
-async def config_reload(d: Services, p: m.ConfigReload, caller: Caller, c: Channel) -> Any:
+async def config_reload(d: Services, p: m.ConfigReload, caller: Caller, c: Channel
+                        ) -> m.ReloadResult:
     try:
         return await d.reload(caller.who)
     except ConfigError as exc:
@@ -93,35 +96,42 @@ async def config_reload(d: Services, p: m.ConfigReload, caller: Caller, c: Chann
 
 
 @implements("agents.status")
-async def agents_status(d: Services, p: m.AgentsStatus,
-                        caller: Caller, c: Channel) -> dict[str, Any]:
+async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Channel
+                        ) -> m.AgentsStatusResult:
     agents = [d.sup.agent(n) for n in p.names] if p.names else list(d.sup.agents.values())
     stats = d.sup.tasks.stats()["agents"]
-    return {
-        "agents": [r.status() for a in agents for r in a.replicas],
-        "mcp_servers": d.sup.mcp.status(),
-        "tasks": {a.name: stats.get(a.name) for a in agents},
-    }
+    return m.AgentsStatusResult(
+        agents=_wire([r.status() for a in agents for r in a.replicas]),
+        mcp_servers=_wire(d.sup.mcp.status()),
+        tasks=_wire({a.name: stats.get(a.name) for a in agents}),
+    )
+
+
+def _wire(value: Any) -> Any:
+    """The engine's answer where corral.methods declares its wire twin: the two encode
+    alike (tests/test_methods.py decodes the daemon's answers into the declared results),
+    and converting would only copy."""
+    return value
 
 
 @implements("agents.start")
-async def agents_start(d: Services, p: m.AgentsStart, caller: Caller, c: Channel) -> dict[str, Any]:
+async def agents_start(d: Services, p: m.AgentsStart, caller: Caller, c: Channel) -> m.Started:
     targets = _targets(d, p.names, p.all)
     for r in _replicas(targets):
         r.start(by_hand=True)
-    return {"started": [_label(a, i) for a, i in targets]}
+    return m.Started(started=[_label(a, i) for a, i in targets])
 
 
 @implements("agents.stop")
-async def agents_stop(d: Services, p: m.AgentsStop, caller: Caller, c: Channel) -> dict[str, Any]:
+async def agents_stop(d: Services, p: m.AgentsStop, caller: Caller, c: Channel) -> m.Stopped:
     targets = _targets(d, p.names, p.all)
     await asyncio.gather(*(r.stop() for r in _replicas(targets)))
-    return {"stopped": [_label(a, i) for a, i in targets]}
+    return m.Stopped(stopped=[_label(a, i) for a, i in targets])
 
 
 @implements("agents.restart")
 async def agents_restart(d: Services, p: m.AgentsRestart,
-                         caller: Caller, c: Channel) -> dict[str, Any]:
+                         caller: Caller, c: Channel) -> m.Restarted:
     targets = _targets(d, p.names, p.all)
     if p.rolling:
         await asyncio.gather(*(a.roll(replicas=None if i is None else [i])
@@ -131,7 +141,7 @@ async def agents_restart(d: Services, p: m.AgentsRestart,
         await asyncio.gather(*(r.stop("restarting") for r in reps))
         for r in reps:
             r.start(by_hand=True)
-    return {"restarted": [_label(a, i) for a, i in targets]}
+    return m.Restarted(restarted=[_label(a, i) for a, i in targets])
 
 
 def _signal_number(name: str) -> int:
@@ -147,20 +157,20 @@ def _signal_number(name: str) -> int:
 
 
 @implements("agents.signal")
-async def agents_signal(d: Services, p: m.AgentsSignal,
-                        caller: Caller, c: Channel) -> dict[str, Any]:
+async def agents_signal(d: Services, p: m.AgentsSignal, caller: Caller, c: Channel
+                        ) -> m.SignalResult:
     sig = _signal_number(p.signal)
     targets = _targets(d, p.names, p.all)
     sent = []
     for r in _replicas(targets):
         if r.process is not None and r.process.alive:
             r.process.signal(sig)
-            sent.append({"replica": r.label, "pid": r.pid})
+            sent.append(m.Signalled(replica=r.label, pid=r.pid))
     if not sent:
         raise RpcError(jsonrpc.REFUSED, "no running process to signal among "
                                         + ", ".join(_label(a, i) for a, i in targets))
-    return {"signal": signal.Signals(sig).name if sig in _SIGNALS else str(sig),
-            "signalled": sent}
+    return m.SignalResult(signal=signal.Signals(sig).name if sig in _SIGNALS else str(sig),
+                          signalled=sent)
 
 
 _SIGNALS = {int(s) for s in signal.Signals}
@@ -168,75 +178,74 @@ _SIGNALS = {int(s) for s in signal.Signals}
 
 @implements("agents.describe")
 async def agents_describe(d: Services, p: m.AgentsDescribe,
-                          caller: Caller, c: Channel) -> dict[str, Any]:
+                          caller: Caller, c: Channel) -> m.DescribeResult:
     agent = d.sup.agent(p.name)
     spec = agent.spec
     fields = msgspec.structs.asdict(spec)
     # values of the environment may be secrets: the keys say what is set
     fields["env"] = sorted(spec.env)
     fields["limits"] = msgspec.structs.asdict(spec.limits)
-    return {
-        "name": agent.name,
-        "origin": f"file {d.config_path}" if agent.name in d.fleet.from_config else "runtime",
-        "revision": d.fleet.revision_of(agent.name),
-        "argv": spec.argv(),
-        "spec": fields,
-        "replicas": [{"replica": r.index, "state": r.state.value, "pid": r.pid}
-                     for r in agent.replicas],
-    }
+    return m.DescribeResult(
+        name=agent.name,
+        origin=f"file {d.config_path}" if agent.name in d.fleet.from_config else "runtime",
+        revision=d.fleet.revision_of(agent.name),
+        argv=spec.argv(),
+        spec=fields,
+        replicas=[m.ReplicaBrief(replica=r.index, state=r.state.value, pid=r.pid)
+                  for r in agent.replicas],
+    )
 
 
 @implements("agents.add")
-async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel
-                     ) -> dict[str, Any]:
-    return {"added": await d.fleet.add(p.agents, caller.who, check=p.check)}
+async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel) -> m.Added:
+    return m.Added(added=await d.fleet.add(p.agents, caller.who, check=p.check))
 
 
 @implements("agents.remove")
 async def agents_remove(d: Services, p: m.AgentsRemove, caller: Caller, c: Channel
-                        ) -> dict[str, Any]:
-    return {"removed": await d.fleet.remove(p.names)}
+                        ) -> m.Removed:
+    return m.Removed(removed=await d.fleet.remove(p.names))
 
 
 @implements("agents.scale")
 async def agents_scale(d: Services, p: m.AgentsScale, caller: Caller, c: Channel
-                       ) -> dict[str, Any]:
+                       ) -> m.Scaled:
     await d.fleet.scale(p.name, p.replicas, caller.who)
-    return {"name": p.name, "replicas": p.replicas}
+    return m.Scaled(name=p.name, replicas=p.replicas)
 
 
 @implements("agents.history")
 async def agents_history(d: Services, p: m.AgentsHistory,
-                         caller: Caller, c: Channel) -> dict[str, Any]:
+                         caller: Caller, c: Channel) -> m.HistoryResult:
     d.sup.agent(p.name)
     revs = d.revisions.history(p.name, max(0, p.limit))
-    return {"name": p.name, "current": d.fleet.revision_of(p.name),
-            "revisions": [msgspec.to_builtins(r) for r in revs]}
+    return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name), revisions=_wire(revs))
 
 
 @implements("agents.rollback")
 async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: Channel
-                          ) -> dict[str, Any]:
+                          ) -> m.RollbackResult:
     target = await d.fleet.rollback(p.name, p.revision, caller.who)
-    return {"name": p.name, "restored": target, "revision": d.fleet.revision_of(p.name)}
+    return m.RollbackResult(name=p.name, restored=target,
+                            revision=d.fleet.revision_of(p.name))
 
 
 @implements("audit.list")
-async def audit_list(d: Services, p: m.AuditList, caller: Caller, c: Channel) -> dict[str, Any]:
-    return {"entries": [
-        {"time": t, "uid": uid, "pid": pid, "method": method,
-         "params": msgspec.json.decode(params), "outcome": outcome}
-        for t, uid, pid, method, params, outcome in d.store.audit_log(max(0, p.limit))]}
+async def audit_list(d: Services, p: m.AuditList, caller: Caller, c: Channel) -> m.AuditResult:
+    return m.AuditResult(entries=[
+        m.AuditEntry(time=t, uid=uid, pid=pid, method=method,
+                     params=msgspec.json.decode(params), outcome=outcome)
+        for t, uid, pid, method, params, outcome in d.store.audit_log(max(0, p.limit))])
 
 
 @implements("logs.tail")
-async def logs_tail(d: Services, p: m.LogsTail, caller: Caller, c: Channel) -> dict[str, Any]:
+async def logs_tail(d: Services, p: m.LogsTail, caller: Caller, c: Channel) -> m.LogLines:
     sources, keep = _log_sources(d, p.names)
     if keep is None:
-        return {"lines": d.hub.tail(sources, p.lines, p.since)}
+        return m.LogLines(lines=d.hub.tail(sources, p.lines, p.since))
     # one replica's lines: filtered from its agent's tail, which holds every replica's
     lines = [ln for ln in d.hub.tail(sources, d.hub.tail_lines, p.since) if keep(ln)]
-    return {"lines": lines[-p.lines:] if p.lines > 0 else []}
+    return m.LogLines(lines=lines[-p.lines:] if p.lines > 0 else [])
 
 
 def _log_sources(d: Services, names: list[str]
@@ -271,7 +280,7 @@ def _log_sources(d: Services, names: list[str]
 
 
 @implements("logs.follow")
-async def logs_follow(d: Services, p: m.LogsFollow, caller: Caller, c: Channel) -> dict[str, Any]:
+async def logs_follow(d: Services, p: m.LogsFollow, caller: Caller, c: Channel) -> None:
     """Streams until the client goes away (the Peer then cancels this task)."""
     sources, keep = _log_sources(d, p.names)
     follower = d.hub.follow(sources)
@@ -286,7 +295,7 @@ async def logs_follow(d: Services, p: m.LogsFollow, caller: Caller, c: Channel) 
             c.notify("logs.lines", {"lines": lines})
 
     try:
-        backlog = (await logs_tail(d, p, caller, c))["lines"]
+        backlog = (await logs_tail(d, p, caller, c)).lines
         if backlog:
             c.notify("logs.lines", {"lines": backlog})
         await drain(c, follower, "logs.missed", send_some)
@@ -295,32 +304,32 @@ async def logs_follow(d: Services, p: m.LogsFollow, caller: Caller, c: Channel) 
 
 
 @implements("stats.get")
-async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> dict[str, Any]:
+async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m.StatsResult:
     stats = msgspec.structs.asdict(d.sup.runtime_stats())
     per_agent = {}
     for a in d.sup.agents.values():
-        per_agent[a.name] = {
-            "replicas": len(a.replicas),
-            "serving": sum(1 for r in a.replicas if r.serving),
-            "restarts": sum(r.restarts for r in a.replicas),
-            "cpu_percent": round(sum(r.sample.cpu_percent for r in a.replicas), 1),
-            "rss_bytes": sum(r.sample.rss_bytes for r in a.replicas),
-        }
-    return {
-        "supervisor": {**stats, "uptime": round(time.time() - d.started_at, 3),
-                       "log_lines": d.hub.lines_written,
-                       "log_lines_dropped": d.hub.lines_dropped,
-                       "log_files_failing": d.hub.failing(),
-                       "state_writes": (d.store.writer.stats()
-                                        if d.store.writer is not None else None),
-                       # why new tasks are refused now (the journal cannot write), or None
-                       "task_journal_refusing": d.tasks.refusing},
-        "agents": per_agent,
-        "tasks": d.sup.tasks.stats(),
-        "events": d.sup.events.stats(),
-        "heartbeat": msgspec.structs.asdict(d.sup.heartbeat_work),
-        "gateway": d.gateway_status(),
-    }
+        per_agent[a.name] = m.AgentStats(
+            replicas=len(a.replicas),
+            serving=sum(1 for r in a.replicas if r.serving),
+            restarts=sum(r.restarts for r in a.replicas),
+            # a float even for no replicas, as the field says
+            cpu_percent=round(sum((r.sample.cpu_percent for r in a.replicas), 0.0), 1),
+            rss_bytes=sum(r.sample.rss_bytes for r in a.replicas),
+        )
+    return m.StatsResult(
+        supervisor=m.SupervisorStats(
+            **stats, uptime=round(time.time() - d.started_at, 3),
+            log_lines=d.hub.lines_written,
+            log_lines_dropped=d.hub.lines_dropped,
+            log_files_failing=d.hub.failing(),
+            state_writes=(d.store.writer.stats() if d.store.writer is not None else None),
+            task_journal_refusing=d.tasks.refusing),
+        agents=per_agent,
+        tasks=_wire(d.sup.tasks.stats()),
+        events=d.sup.events.stats(),
+        heartbeat=msgspec.structs.asdict(d.sup.heartbeat_work),
+        gateway=_wire(d.gateway_status()),
+    )
 
 
 @implements("tasks.run")
@@ -329,29 +338,31 @@ async def tasks_run(d: Services, p: m.TasksRun, caller: Caller, c: Channel) -> A
 
 
 @implements("tasks.get")
-async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel) -> Any:
+async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel) -> TaskInfo:
     return await d.tasks.get(p.task_id, wait=p.wait)
 
 
 @implements("tasks.list")
-async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) -> Any:
-    return {"tasks": await d.tasks.list(p)}
+async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) -> m.TaskList:
+    return m.TaskList(tasks=_wire(await d.tasks.list(p)))
 
 
 @implements("tasks.cancel")
-async def tasks_cancel(d: Services, p: m.TasksCancel, caller: Caller, c: Channel) -> Any:
+async def tasks_cancel(d: Services, p: m.TasksCancel, caller: Caller, c: Channel
+                       ) -> TaskInfo:
     return await d.tasks.cancel(p.task_id)
 
 
 @implements("events.publish")
-async def events_publish(d: Services, p: m.EventsPublish, caller: Caller, c: Channel) -> Any:
+async def events_publish(d: Services, p: m.EventsPublish, caller: Caller, c: Channel
+                         ) -> m.Delivered:
     # an event's source names the user, not the one process that published it
     source = f"token {caller.token}" if caller.token is not None else f"uid {caller.uid}"
-    return {"delivered": d.sup.events.publish(p.topic, p.data, source)}
+    return m.Delivered(delivered=d.sup.events.publish(p.topic, p.data, source))
 
 
 @implements("events.follow")
-async def events_follow(d: Services, p: m.EventsFollow, caller: Caller, c: Channel) -> Any:
+async def events_follow(d: Services, p: m.EventsFollow, caller: Caller, c: Channel) -> None:
     bus = d.sup.events
     follower = bus.follow(p.pattern)
 
@@ -377,26 +388,26 @@ Listing = Callable[..., Awaitable[list[dict[str, Any]]]]
 
 
 async def _listing(d: Services, who: dict[str, Any], server: str | None,
-                   **lists: Listing) -> dict[str, Any]:
-    """The pool's listings (by key) in the envelope every listing method answers with: the
+                   *lists: Listing) -> tuple[list[list[dict[str, Any]]], dict[str, str],
+                                             list[str]]:
+    """The pool's listings, and what every listing method answers besides them: the
     servers that could not answer (`unavailable`: name -> why) and, of those, the ones
     whose every instance has failed (`failed`: the CLI exits 1 for them)."""
     unavailable: dict[str, str] = {}
     found = await asyncio.gather(*(list_them(server=server, unavailable=unavailable, **who)
-                                   for list_them in lists.values()))
+                                   for list_them in lists))
     failed = [n for n in unavailable if (insts := d.sup.mcp.servers[n].all())
               and all(i.state == State.FAILED for i in insts)]
-    return {**dict(zip(lists, found, strict=True)), "unavailable": unavailable,
-            "failed": failed}
+    return list(found), unavailable, failed
 
 
 @implements("tools.list")
-async def tools_list(d: Services, p: m.ToolsList, caller: Caller, c: Channel) -> Any:
+async def tools_list(d: Services, p: m.ToolsList, caller: Caller, c: Channel) -> m.ToolList:
     who = _lister(d, p.agent)
-    res = await _listing(d, who, p.server, tools=d.sup.mcp.list_tools)
-    if "allow" in who:  # so an empty listing can say why
-        res["allow"] = who["allow"]
-    return res
+    (tools,), unavailable, failed = await _listing(d, who, p.server, d.sup.mcp.list_tools)
+    # with an agent, its allowlist, so an empty listing can say why
+    return m.ToolList(tools=tools, unavailable=unavailable, failed=failed,
+                      allow=who.get("allow", msgspec.UNSET))
 
 
 @implements("tools.call")
@@ -405,11 +416,13 @@ async def tools_call(d: Services, p: m.ToolsCall, caller: Caller, c: Channel) ->
 
 
 @implements("mcp.status")
-async def mcp_status(d: Services, p: m.McpStatus, caller: Caller, c: Channel) -> Any:
-    return {"mcp_servers": d.sup.mcp.status(), "gateway": d.gateway_status()}
+async def mcp_status(d: Services, p: m.McpStatus, caller: Caller, c: Channel
+                     ) -> m.McpStatusResult:
+    return m.McpStatusResult(mcp_servers=_wire(d.sup.mcp.status()),
+                             gateway=_wire(d.gateway_status()))
 
 
-async def _each_instance(d: Services, name: str, verb: str) -> dict[str, Any]:
+async def _each_instance(d: Services, name: str, verb: str) -> m.McpInstances:
     entry = d.sup.mcp.server(name)
     insts = entry.all()
     if verb in ("stop", "restart"):
@@ -418,29 +431,35 @@ async def _each_instance(d: Services, name: str, verb: str) -> dict[str, Any]:
     if verb in ("start", "restart"):
         for i in insts:
             i.start(by_hand=True)
-    return {"name": name, "instances": len(insts)}
+    return m.McpInstances(name=name, instances=len(insts))
 
 
 @implements("mcp.start")
-async def mcp_start(d: Services, p: m.McpStart, caller: Caller, c: Channel) -> Any:
+async def mcp_start(d: Services, p: m.McpStart, caller: Caller, c: Channel
+                    ) -> m.McpInstances:
     return await _each_instance(d, p.name, "start")
 
 
 @implements("mcp.stop")
-async def mcp_stop(d: Services, p: m.McpStop, caller: Caller, c: Channel) -> Any:
+async def mcp_stop(d: Services, p: m.McpStop, caller: Caller, c: Channel
+                   ) -> m.McpInstances:
     return await _each_instance(d, p.name, "stop")
 
 
 @implements("mcp.restart")
-async def mcp_restart(d: Services, p: m.McpRestart, caller: Caller, c: Channel) -> Any:
+async def mcp_restart(d: Services, p: m.McpRestart, caller: Caller, c: Channel
+                      ) -> m.McpInstances:
     return await _each_instance(d, p.name, "restart")
 
 
 @implements("resources.list")
-async def resources_list(d: Services, p: m.ResourcesList, caller: Caller, c: Channel) -> Any:
-    return await _listing(d, _lister(d, p.agent), p.server,
-                          resources=d.sup.mcp.list_resources,
-                          resourceTemplates=d.sup.mcp.list_resource_templates)
+async def resources_list(d: Services, p: m.ResourcesList, caller: Caller, c: Channel
+                         ) -> m.ResourceList:
+    (resources, templates), unavailable, failed = await _listing(
+        d, _lister(d, p.agent), p.server, d.sup.mcp.list_resources,
+        d.sup.mcp.list_resource_templates)
+    return m.ResourceList(resources=resources, resource_templates=templates,
+                          unavailable=unavailable, failed=failed)
 
 
 @implements("resources.read")
@@ -458,8 +477,11 @@ async def resources_read(d: Services, p: m.ResourcesRead, caller: Caller, c: Cha
 
 
 @implements("prompts.list")
-async def prompts_list(d: Services, p: m.PromptsList, caller: Caller, c: Channel) -> Any:
-    return await _listing(d, _lister(d, p.agent), p.server, prompts=d.sup.mcp.list_prompts)
+async def prompts_list(d: Services, p: m.PromptsList, caller: Caller, c: Channel
+                       ) -> m.PromptList:
+    (prompts,), unavailable, failed = await _listing(d, _lister(d, p.agent), p.server,
+                                                     d.sup.mcp.list_prompts)
+    return m.PromptList(prompts=prompts, unavailable=unavailable, failed=failed)
 
 
 @implements("prompts.get")
@@ -468,10 +490,11 @@ async def prompts_get(d: Services, p: m.PromptsGet, caller: Caller, c: Channel) 
 
 
 @implements("gateway.list")
-async def gateway_list(d: Services, p: m.GatewayList, caller: Caller, c: Channel) -> Any:
+async def gateway_list(d: Services, p: m.GatewayList, caller: Caller, c: Channel
+                       ) -> m.GatewayItems:
     ident = d.gateway.identify(agent=p.agent, token=p.token)
-    return {"items": await d.gateway.list_items(ident, p.kind),
-            "features": sorted(d.gateway.features())}
+    return m.GatewayItems(items=await d.gateway.list_items(ident, p.kind),
+                          features=sorted(d.gateway.features()))
 
 
 @implements("gateway.call")
@@ -488,7 +511,7 @@ async def gateway_call(d: Services, p: m.GatewayCall, caller: Caller, c: Channel
 
 
 @implements("gateway.watch")
-async def gateway_watch(d: Services, p: m.GatewayWatch, caller: Caller, c: Channel) -> Any:
+async def gateway_watch(d: Services, p: m.GatewayWatch, caller: Caller, c: Channel) -> None:
     """Streams until the client goes away; changes coalesce while it does not read."""
     pending: set[str] = set()
     wake = asyncio.Event()
@@ -513,5 +536,7 @@ async def gateway_watch(d: Services, p: m.GatewayWatch, caller: Caller, c: Chann
 
 
 @implements("gateway.status")
-async def gateway_status(d: Services, p: m.GatewayStatus, caller: Caller, c: Channel) -> Any:
-    return d.gateway_status()
+async def gateway_status(d: Services, p: m.GatewayStatus, caller: Caller, c: Channel
+                         ) -> m.GatewayStats:
+    stats: m.GatewayStats = _wire(d.gateway_status())
+    return stats

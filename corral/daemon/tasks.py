@@ -19,7 +19,7 @@ from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.core import Supervisor
-from ..supervisor.tasks import LOST_IN_RESTART, TERMINAL, TaskRecord
+from ..supervisor.tasks import LOST_IN_RESTART, TERMINAL, TaskInfo, TaskRecord, TaskSummary
 from .api import Channel
 from .follow import Latest
 from .journal import Journal, JournalError
@@ -102,11 +102,11 @@ class TaskDesk:
                 await tasks.committed()
         return await tasks.outcome(task)
 
-    async def get(self, task_id: str, *, wait: bool) -> Any:
+    async def get(self, task_id: str, *, wait: bool) -> TaskInfo:
         await self.recovered.wait()
         return await self.sup.tasks.info(task_id, wait=wait)
 
-    async def list(self, p: m.TasksList) -> Any:
+    async def list(self, p: m.TasksList) -> list[TaskSummary]:
         await self.recovered.wait()
         if p.agent is not None and self.journal is None:
             self.sup.agent(p.agent)
@@ -117,6 +117,6 @@ class TaskDesk:
         return await self.sup.tasks.query(agent=p.agent, status=p.status, since=since,
                                           limit=p.limit)
 
-    async def cancel(self, task_id: str) -> Any:
+    async def cancel(self, task_id: str) -> TaskInfo:
         await self.recovered.wait()
         return self.sup.tasks.cancel(task_id).info()

@@ -1,0 +1,185 @@
+"""Every control method declares its result (corral.methods), and the daemon answers it.
+
+The declared results are what the CLI decodes and the one schema an OpenAPI document is
+generated from; a handler whose answer drifts from its declared type fails here, against a
+real daemon: each answer must decode strictly into the type AND encode back to the same
+JSON (no key dropped, none added, null and absent kept apart, an int not made a float).
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from corral import methods as m
+from corral.methods import REGISTRY
+
+from .conftest import EXAMPLES, ROOT
+from .daemon_harness import PY, Daemon, hello, running_daemon, shared_tmpdir
+
+SCRIPTED = Path(__file__).with_name("scripted_mcp.py")
+# an MCP server's own answer, passed on as it is: open by design
+OPEN = {"tools.call", "resources.read", "prompts.get", "gateway.call"}
+
+
+def test_every_method_declares_a_result() -> None:
+    for name, spec in REGISTRY.items():
+        if spec.endless:
+            assert spec.result is None, name  # a follow streams and never answers
+        elif name in OPEN:
+            assert spec.result == dict[str, Any], name
+        else:
+            assert isinstance(spec.result, type), name
+            assert issubclass(spec.result, msgspec.Struct), name
+
+
+def test_every_result_has_a_json_schema() -> None:
+    """The one schema source: the results of every method, in one document."""
+    types = [spec.result for spec in REGISTRY.values() if spec.result is not None]
+    refs, components = msgspec.json.schema_components([*types, m.TaskAccepted])
+    assert len(refs) == len(types) + 1
+    for spec in REGISTRY.values():
+        if isinstance(spec.result, type):
+            assert spec.result.__name__ in components, spec.name
+    # the fixed names of DESIGN section 10 are in the schema as they are on the wire
+    status = components["ReplicaStatus"]["properties"]
+    assert {"name", "replica", "state", "pid", "uptime", "restarts", "last_exit",
+            "cpu_percent", "rss_bytes"} <= set(status)
+    assert list(components["TaskResult"]["properties"]) == [
+        "task_id", "status", "output", "error", "attempts"]
+    assert "resourceTemplates" in components["ResourceList"]["properties"]
+
+
+class Raw:
+    """The control socket spoken by hand: the answer's JSON as the daemon wrote it."""
+
+    class _Answer(msgspec.Struct):
+        id: int | None = None
+        method: str | None = None
+        result: msgspec.Raw = msgspec.Raw(b"null")
+        error: dict[str, Any] | None = None
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(60)
+        self.sock.connect(str(path))
+        self.file = self.sock.makefile("rb")
+        self.ids = itertools.count(1)
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> bytes:
+        rid = next(self.ids)
+        self.sock.sendall(msgspec.json.encode(
+            {"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}}) + b"\n")
+        while True:
+            answer = msgspec.json.decode(self.file.readline(), type=self._Answer)
+            if answer.id != rid:
+                continue  # a notification
+            assert answer.error is None, (method, answer.error)
+            return bytes(answer.result)
+
+
+def holds(result: Any, raw: bytes) -> Any:
+    """The answer decoded strictly into its declared type, which encodes it back as the
+    daemon wrote it (normalized: the daemon's spacing is not the point)."""
+    typed = msgspec.json.decode(raw, type=result)
+    assert msgspec.json.encode(typed) == msgspec.json.encode(msgspec.json.decode(raw)), (
+        result, raw)
+    return typed
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    tmp = shared_tmpdir()
+    agents = hello("hello", replicas=2, extra='tools = ["notes__*"]\n') + hello(
+        "idle", replicas=0) + f"""
+[agents.slow]
+command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+
+[mcp_servers.notes]
+command = ["{PY}", "{EXAMPLES}/notes_server.py"]
+start = "eager"
+start_timeout = 30.0
+
+[mcp_servers.docs]
+command = "{PY} {SCRIPTED} v2025-11,resources"
+start = "eager"
+"""
+    with running_daemon(tmp, agents) as d:
+        yield d
+
+
+def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
+    c = Raw(daemon.sock)
+    done: set[str] = set()
+
+    def ask(method: str, params: dict[str, Any] | None = None, result: Any = None) -> Any:
+        done.add(method)
+        return holds(result or REGISTRY[method].result, c.call(method, params))
+
+    try:
+        ask("daemon.info")
+        status = ask("agents.status")
+        assert [a.name for a in status.agents] == ["hello", "hello", "slow"]
+        while not all(s.state == "ready" for s in ask("mcp.status").mcp_servers):
+            time.sleep(0.1)
+        ask("agents.status", {"names": ["hello"]})
+        ask("agents.start", {"names": ["hello#0"]})
+        ask("agents.signal", {"names": ["hello"], "signal": "CONT"})
+        ask("agents.restart", {"names": ["hello#1"]})
+        ask("agents.stop", {"names": ["idle"]})
+        ask("agents.describe", {"name": "hello"})
+        ask("agents.history", {"name": "hello"})
+        ask("agents.scale", {"name": "idle", "replicas": 0})
+        ask("agents.add", {"agents": {"extra": {
+            "command": [PY, f"{EXAMPLES}/hello.py"], "env": {"PYTHONPATH": str(ROOT)},
+            "cwd": str(daemon.dir)}}})
+        ask("agents.scale", {"name": "extra", "replicas": 2})
+        ask("agents.rollback", {"name": "extra"})
+        ask("agents.remove", {"names": ["extra"]})
+        ran = ask("tasks.run", {"agent": "hello", "input": {"name": "types"}})
+        assert ran.status == "succeeded" and ran.output["greeting"] == "hello, types"
+        accepted = ask("tasks.run", {"agent": "hello", "input": None, "detach": True},
+                       m.TaskAccepted)
+        ask("tasks.get", {"task_id": accepted.task_id, "wait": True})
+        assert ask("tasks.list", {}).tasks
+        ask("events.publish", {"topic": "t", "data": {"x": 1}})
+        ask("logs.tail", {"names": ["hello#0"], "lines": 5})
+        ask("logs.tail", {})
+        ask("stats.get")
+        ask("tools.list")
+        assert ask("tools.list", {"agent": "hello"}).allow == ["notes__*"]
+        ask("tools.list", {"agent": "idle"})  # an empty allowlist: `allow` is []
+        ask("tools.call", {"name": "notes__add", "arguments": {"title": "a", "text": "b"}})
+        ask("resources.list", {})
+        ask("resources.read", {"uri": "mem://doc/0", "server": "docs"})
+        ask("prompts.list", {})
+        ask("prompts.get", {"name": "docs__greet", "arguments": {"who": "x"}})
+        ask("gateway.list", {"kind": "tools"})
+        ask("gateway.call", {"method": "tools/call",
+                             "params": {"name": "notes__get", "arguments": {"title": "a"}}})
+        ask("gateway.status")
+        ask("mcp.stop", {"name": "docs"})
+        ask("mcp.start", {"name": "docs"})
+        ask("mcp.restart", {"name": "docs"})
+        ask("audit.list", {})
+        ask("config.reload")
+        slow = ask("tasks.run", {"agent": "slow", "input": {"do": "sleep", "seconds": 30},
+                                 "detach": True}, m.TaskAccepted)
+        assert ask("tasks.cancel", {"task_id": slow.task_id}).status == "cancelled"
+        ask("daemon.shutdown")
+    finally:
+        c.close()
+    # every method that answers was asked (a new method needs a line here)
+    assert done == {n for n, s in REGISTRY.items() if not s.endless}
