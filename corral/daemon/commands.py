@@ -22,7 +22,6 @@ from ..supervisor.tasks import TERMINAL
 from ..text import plural
 from .control import implements
 from .follow import Latest, drain
-from .journal import JournalError
 from .revisions import (
     Revision,
     Write,
@@ -32,6 +31,7 @@ from .revisions import (
     unrecording,
 )
 from .store import StateStore, StoreError, what_to_do
+from .taskjournal import TaskJournalError
 
 if TYPE_CHECKING:
     from ..supervisor.core import Agent
@@ -508,7 +508,7 @@ async def tasks_run(d: Daemon, p: m.TasksRun, c: Connection) -> Any:
     try:
         try:
             await d.sup.tasks.committed()  # in the journal before it is acknowledged
-        except JournalError as exc:
+        except TaskJournalError as exc:
             # the failure is known only when the write that held the task fails, and the
             # task may have reached an agent meanwhile: one still queued or running is
             # cancelled and refused; one that has already ended ran, and its outcome is
@@ -528,7 +528,7 @@ async def tasks_run(d: Daemon, p: m.TasksRun, c: Connection) -> Any:
         task.unwatch(watch)
         progress.close()
     if journal is None or journal.refusing is None:  # else written when it can be
-        with contextlib.suppress(JournalError):  # logged by the journal; the outcome stands
+        with contextlib.suppress(TaskJournalError):  # logged by the journal; the outcome stands
             await d.sup.tasks.committed()
     return await d.sup.tasks.outcome(task)
 

@@ -45,12 +45,12 @@ from . import journald
 from .background import Background
 from .control import AlreadyRunning, ControlServer
 from .gateway import GatewayService
-from .journal import Journal
 from .journald import JournalSender, StderrEcho
 from .logs import LogDirError, LogHub
 from .notify import Notifier
 from .revisions import Revision, RevisionLog, forgetting_scaled, recording, spec_table
 from .store import StateStore, StoreError
+from .taskjournal import TaskJournalDB
 
 if TYPE_CHECKING:
     from .control import Connection
@@ -73,7 +73,7 @@ class Daemon:
         self.hub: LogHub = LogHub(None)
         self.store: StateStore | None = None
         self.records: ProcessRecords | None = None
-        self.task_journal: Journal | None = None
+        self.task_journal: TaskJournalDB | None = None
         # task methods wait for this: until the journal's tasks are back in the engine, a
         # task could be answered from a stale journal row, or accepted out of order
         self.tasks_recovered = asyncio.Event()
@@ -169,7 +169,7 @@ class Daemon:
             self.store.open_writer(on_error=lambda text: self.hub.daemon(text, priority=3),
                                    on_notice=lambda text: self.hub.daemon(text, priority=5))
             if s.task_journal:
-                self.task_journal = Journal(self.store.path, sync=s.journal_sync,
+                self.task_journal = TaskJournalDB(self.store.path, sync=s.journal_sync,
                                             max_age=s.journal_max_age,
                                             max_tasks=s.journal_max_tasks,
                                             on_error=lambda text: self.hub.daemon(
@@ -230,7 +230,7 @@ class Daemon:
         if self.task_journal is not None:
             # no await since the agents were added: no task can be accepted before the
             # journal's are back, numbered after theirs
-            self._recover_tasks(*unfinished)
+            self._recover_tasks(unfinished)
             self.task_journal.start_pruning()
         self.tasks_recovered.set()
         self._check_ready()
@@ -297,10 +297,10 @@ class Daemon:
         self.hub.daemon(f"gateway listening on {cfg.gateway.listen} ({http.url})")
         return True
 
-    def _recover_tasks(self, records: list[TaskRecord], next_seq: int) -> None:
+    def _recover_tasks(self, records: list[TaskRecord]) -> None:
         """Finish the story of every task the previous daemon accepted (DESIGN section 8)."""
         assert self.sup is not None
-        tasks = self.sup.tasks.restore(records, next_seq)
+        tasks = self.sup.tasks.restore(records)
         if tasks:
             was_running = {r.task_id for r in records if r.status == "running"}
             lost = sum(1 for t in tasks if t.status == "lost")

@@ -2,7 +2,7 @@
 
 What must survive a restart of the daemon lives here: agents added at runtime (the TOML
 file stays the operator's declaration), agent state checkpoints, the task journal
-(`journal.py` writes it), the audit log of control operations, and the records of every
+(`taskjournal.py` writes it), the audit log of control operations, and the records of every
 process the daemon runs (a daemon that starts after a crash stops what the crashed one left
 running: `supervisor/containment.py`). The state directory is
 mode 0700 and the database file 0600 (SQLite gives its -wal and -shm files the same mode).
@@ -118,6 +118,40 @@ MIGRATIONS: list[Migration] = [
     """,
     # 4: agents' spec revisions and kept scale counts (revisions.py)
     REVISIONS_MIGRATION,
+    # 5: the task journal keyed by the task id (ids are unique across processes: UUIDv7);
+    # `arrival` is the order tasks were accepted in, across daemons (the old `seq`)
+    """
+    CREATE TABLE tasks_by_id (
+        id TEXT PRIMARY KEY,
+        arrival INTEGER,
+        agent TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        timeout REAL NOT NULL,
+        retries_left INTEGER NOT NULL,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        status TEXT NOT NULL,
+        tool_calls INTEGER NOT NULL DEFAULT 0,
+        input BLOB,
+        output BLOB,
+        error BLOB,
+        attempts BLOB NOT NULL,
+        progress BLOB
+    );
+    INSERT INTO tasks_by_id (id, arrival, agent, priority, timeout, retries_left, created,
+                             started, finished, status, tool_calls, input, output, error,
+                             attempts, progress)
+        SELECT id, seq, agent, priority, timeout, retries_left, created, started, finished,
+               status, tool_calls, input, output, error, attempts, progress
+        FROM tasks ORDER BY seq;
+    DROP TABLE tasks;
+    ALTER TABLE tasks_by_id RENAME TO tasks;
+    CREATE INDEX tasks_arrival ON tasks (arrival);
+    CREATE INDEX tasks_unfinished ON tasks (arrival) WHERE finished IS NULL;
+    CREATE INDEX tasks_finished ON tasks (finished) WHERE finished IS NOT NULL;
+    CREATE INDEX tasks_created ON tasks (created);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
