@@ -29,8 +29,8 @@ under the newer changes of their tasks and are tried again every `RETRY_EVERY` s
 Meanwhile `committed()` fails for what waits on the failed attempt (so `tasks.run` refuses
 a task it cannot record), reads still answer, and running tasks go on. The failure is told
 once, and so is the write that catches up; what is still unwritten at shutdown is named.
-The failure's state (`store.Outage`) is shared with store.py's StoreWriter, so the rest of
-the database's writes behave alike.
+The batching, the keeping and the retries are store.py's GroupCommit, which StoreWriter
+uses as well, so the rest of the database's writes behave alike.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from ..supervisor.tasks import (
     raw_output_of,
 )
 from ..text import plural
-from .store import RETRY_EVERY, Outage, WriterThread, clock, connect, errors_named
+from .store import RETRY_EVERY, GroupCommit, WriterThread, clock, connect, errors_named
 
 log = logging.getLogger("corral.taskjournal")
 
@@ -105,15 +105,11 @@ class TaskJournalDB:
         self._writer = writer or WriterThread(path, sync=sync)
         self._reader = connect(path)
         self._read_lock = threading.Lock()
-        self._pending: dict[str, Row] = {}  # by id: the latest snapshot of each task
-        self._waiting_bytes = 0  # inputs and outputs in pending and in-flight rows
-        self._inflight_bytes = 0
-        self._pending_done: asyncio.Future[None] | None = None
-        self._flush_scheduled = False
-        self._inflight: asyncio.Future[None] | None = None
-        self._inflight_rows: list[Row] = []
-        self._outage = Outage()  # since a write failed, until one works (shared with store)
-        self._retry: asyncio.Handle | None = None
+        # by id: the latest snapshot of each task; one GroupCommit with StoreWriter's kind
+        self._group: GroupCommit[Row] = GroupCommit(
+            self._writer, self._write, self._settled, merge=_merged, size=_size,
+            error_type=TaskJournalError, explain=self._cannot)
+        self._outage = self._group.outage  # since a write failed, until one works
         self._prune_timer: asyncio.TimerHandle | None = None
         self.writes = 0  # changes handed to the journal
         self.rows = 0  # rows written (changes to one task in one batch are one row)
@@ -147,8 +143,8 @@ class TaskJournalDB:
         self._prune_timer = self._loop.call_later(PRUNE_EVERY, self._prune_tick)
 
     def _pruned(self, error: str | None) -> None:
-        if error is not None:  # a prune that failed: the journal cannot be written either
-            self._failed(self._cannot(error))
+        if error is not None and self._outage.failed(self._loop, self._cannot(error)):
+            self._failed(self._cannot(error))  # the journal cannot be written either
 
     # -- the TaskJournal protocol ---------------------------------------------------------
     def write(self, task: Task) -> None:
@@ -163,35 +159,13 @@ class TaskJournalDB:
             None if task.error is None else _encode(task.error),
             _encode(task.attempts),
             None if task.progress is None else _encode(task.progress))
-        self._put(row)
-        if not self._flush_scheduled and self._inflight is None:
-            self._schedule()
-
-    def _put(self, row: Row) -> None:
-        """The newest snapshot of its task waits to be written, with what an earlier
-        waiting snapshot had and the engine has dropped since."""
-        prev = self._pending.get(row[0])
-        if prev is not None:
-            row = _merged(prev, row)
-            self._waiting_bytes -= _size(prev)
-        self._waiting_bytes += _size(row)
-        self._pending[row[0]] = row
-
-    def _schedule(self) -> None:
-        """The next flush: this loop turn's end, or the next attempt while failing."""
-        self._flush_scheduled = True
-        self._retry = self._outage.schedule(self._loop, self._flush)
+        self._group.put(task.id, row)
 
     def behind(self) -> bool:
-        return self._waiting_bytes > BEHIND_BYTES
+        return self._group.waiting_bytes > BEHIND_BYTES
 
     async def committed(self) -> None:
-        if self._pending:
-            if self._pending_done is None:
-                self._pending_done = self._loop.create_future()
-            await asyncio.shield(self._pending_done)
-        elif self._inflight is not None:
-            await asyncio.shield(self._inflight)
+        await self._group.committed()
 
     async def load(self, task_id: str) -> TaskInfo | None:
         with contextlib.suppress(TaskJournalError):  # what is written still answers
@@ -205,46 +179,14 @@ class TaskJournalDB:
         return await asyncio.to_thread(self._query, agent, status, since, limit)
 
     # -- loop side of the writer ----------------------------------------------------------
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        self._retry = None
-        if self._inflight is not None or not self._pending:
-            return
-        rows = list(self._pending.values())
-        self._pending.clear()
-        self._inflight_rows = rows
-        self._inflight_bytes = sum(_size(r) for r in rows)
-        done = self._pending_done or self._loop.create_future()
-        self._pending_done = None
-        self._inflight = done
-        self._writer.run(lambda db: self._write(db, rows),
-                         lambda error: self._batch_done(
-                             done, None if error is None else self._cannot(error)))
-
     def _cannot(self, error: str) -> str:
         return f"task journal {self.path} cannot be written ({error})"
 
-    def _batch_done(self, done: asyncio.Future[None], error: str | None) -> None:
-        self._inflight = None
-        rows, self._inflight_rows = self._inflight_rows, []
-        self._waiting_bytes -= self._inflight_bytes
-        self._inflight_bytes = 0
+    def _settled(self, rows: list[Row], error: str | None) -> None:
         if error is None:
             self._written(len(rows))
-            done.set_result(None)
-        else:
-            # nothing of the batch is lost: its rows wait again, under their tasks' newer
-            # changes, for the next attempt
-            newer, self._pending = self._pending, {}
-            for row in rows:
-                self._put(row)
-            for row in newer.values():
-                self._put(row)
+        elif self._group.first_failure:
             self._failed(error)
-            done.set_exception(TaskJournalError(error))
-            done.exception()  # retrieved here: nobody may be waiting
-        if self._pending and not self._flush_scheduled:
-            self._schedule()
 
     @property
     def refusing(self) -> str | None:
@@ -253,9 +195,7 @@ class TaskJournalDB:
         return self._outage.error if self._outage.failing else None
 
     def _failed(self, error: str) -> None:
-        if not self._outage.failed(self._loop, error):
-            return  # told once
-        waiting = plural(len(self._pending), "accepted task")
+        waiting = plural(len(self._group.pending), "accepted task")
         self.on_error(f"{error}: new tasks are refused until it can be written; the "
                       f"changes of {waiting} wait in memory and are written when it can "
                       f"(tried every {RETRY_EVERY:g} s)")
@@ -326,10 +266,9 @@ class TaskJournalDB:
             self._prune_timer.cancel()
         with contextlib.suppress(TaskJournalError):
             await self.committed()  # while failing: one more attempt
-        if self._retry is not None:
-            self._retry.cancel()
-        if self._pending:
-            ids = [row[0] for row in self._pending.values()]
+        self._group.cancel_retry()
+        if self._group.pending:
+            ids = [row[0] for row in self._group.pending.values()]
             self.on_error(
                 f"task journal {self.path}: the latest changes of {plural(len(ids), 'task')} "
                 f"could not be written before shutdown ({', '.join(ids[:10])}"
