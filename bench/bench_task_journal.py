@@ -56,14 +56,14 @@ ECHO = ROOT / "bench" / "echo_agent.py"
 
 # -- 1. the Python API ----------------------------------------------------------------------
 async def api_round(journal_on: bool, d: Path) -> float:
-    from corral.daemon.journal import Journal
     from corral.daemon.store import open_database
+    from corral.daemon.taskjournal import TaskJournalDB
 
     journal = None
     if journal_on:
         db = d / f"api-{uuid.uuid4().hex[:6]}" / "corral.db"
         open_database(db).close()
-        journal = Journal(db)
+        journal = TaskJournalDB(db)
     async with Supervisor(journal=journal) as sup:
         sup.add(AgentSpec(name="echo", command=[PY, str(ECHO)], env={"PYTHONPATH": str(ROOT)},
                           max_concurrent_tasks=64, max_queue=1_000_000))
@@ -129,7 +129,7 @@ def seed_journal(db: Path) -> None:
     rows = []
     for seq in range(FINISHED + QUEUED):
         done = seq < FINISHED
-        rows.append((seq, uuid.uuid4().hex[:12], f"a{seq % AGENTS}", 0, 300.0, 0,
+        rows.append((uuid.uuid4().hex[:12], seq, f"a{seq % AGENTS}", 0, 300.0, 0,
                      now - 60, now - 60 if done else None, now - 59 if done else None,
                      "succeeded" if done else "queued", 0, b'{"n":1}',
                      b'{"output":{"n":1}}' if done else None, None,
@@ -173,14 +173,14 @@ def restart_after_crash(seeded: bool) -> dict[str, float]:
 
 # -- 4. memory after 10,000 finished 100 KB tasks --------------------------------------------
 async def rss_child(journal_on: bool, n: int) -> dict[str, float]:
-    from corral.daemon.journal import Journal
     from corral.daemon.store import open_database
+    from corral.daemon.taskjournal import TaskJournalDB
 
     d = workdir("journal-rss")
     journal = None
     if journal_on:
         open_database(d / "corral.db").close()
-        journal = Journal(d / "corral.db")
+        journal = TaskJournalDB(d / "corral.db")
     me = psutil.Process()
     pad = "x" * 100_000
     async with Supervisor(journal=journal) as sup:

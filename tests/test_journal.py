@@ -13,8 +13,8 @@ from pathlib import Path
 
 import msgspec
 
-from corral.daemon.journal import Journal
 from corral.daemon.store import open_database
+from corral.daemon.taskjournal import TaskJournalDB
 from corral.supervisor import Supervisor
 from corral.supervisor.tasks import Output, Task
 
@@ -132,7 +132,7 @@ def test_a_graceful_restart_keeps_queued_tasks() -> None:
 # -- in-process: the engine with the real journal --------------------------------------------
 async def test_large_outputs_live_in_the_journal_and_memory_stays_small(
         db_path: Path) -> None:
-    journal = Journal(db_path)
+    journal = TaskJournalDB(db_path)
     async with Supervisor(heartbeat_interval=0.2, journal=journal, tasks_kept=5,
                           tasks_kept_bytes=50_000) as sup:
         sup.add(agent("big", "misbehave.py", max_concurrent_tasks=8))
@@ -145,7 +145,8 @@ async def test_large_outputs_live_in_the_journal_and_memory_stays_small(
         kept = list(sup.tasks.finished.values())
         assert [t.output_dropped for t in kept] == [True] * 3 + [False] * 2
         assert all(len(t.input) == 0 for t in kept)
-        assert sup.tasks._held_bytes == sum(t.out.size if t.out else 0 for t in kept) < 50_000
+        held = sup.tasks.retention.held_bytes
+        assert held == sum(t.out.size if t.out else 0 for t in kept) < 50_000
         assert all(r.output["pad"] == pad for r in results)  # every caller got its output
         # every task answers, from the journal when it is no longer in memory
         first = await sup.tasks.info(results[0].task_id)
@@ -174,11 +175,11 @@ async def test_without_a_journal_outputs_are_dropped_oldest_first_past_the_byte_
         assert kept[-1].output["i"] == 9
         info = await sup.tasks.info(results[0].task_id)
         assert (info.status, info.output, info.output_dropped) == ("succeeded", None, True)
-        assert sup.tasks._held_bytes == sum(t.out.size if t.out else 0 for t in kept)
+        assert sup.tasks.retention.held_bytes == sum(t.out.size if t.out else 0 for t in kept)
 
 
 async def test_the_journal_prunes_finished_tasks_by_count_and_age(db_path: Path) -> None:
-    journal = Journal(db_path, max_tasks=3, max_age=3600)
+    journal = TaskJournalDB(db_path, max_tasks=3, max_age=3600)
     async with Supervisor(heartbeat_interval=0.2, journal=journal) as sup:
         sup.add(agent("p", "misbehave.py", max_concurrent_tasks=4))
         await all_ready(sup, "p")
@@ -192,20 +193,20 @@ async def test_the_journal_prunes_finished_tasks_by_count_and_age(db_path: Path)
     journal._writer.run(journal._prune)  # runs before close() stops the journal's writer
     await journal.close()
     db = open_database(db_path)
-    kept = [r[0] for r in db.execute("SELECT id FROM tasks ORDER BY seq")]
+    kept = [r[0] for r in db.execute("SELECT id FROM tasks ORDER BY arrival")]
     db.close()
     assert kept == [r.task_id for r in results[4:7]]
 
 
 async def test_journal_sync_full_sets_synchronous_full(db_path: Path) -> None:
-    journal = Journal(db_path, sync="full")
+    journal = TaskJournalDB(db_path, sync="full")
     assert journal._writer._db.execute("PRAGMA synchronous").fetchone() == (2,)
     await journal.close()
 
 
 async def test_a_batch_is_one_upsert_per_task_and_keeps_what_a_change_does_not_carry(
         db_path: Path) -> None:
-    journal = Journal(db_path)
+    journal = TaskJournalDB(db_path)
     tasks = [Task("a", msgspec.Raw(b'{"n": %d}' % i), 0, 30.0, 0, i) for i in range(341)]
     for t in tasks:
         journal.write(t)
@@ -216,7 +217,8 @@ async def test_a_batch_is_one_upsert_per_task_and_keeps_what_a_change_does_not_c
     await journal.committed()
     await journal.close()
     db = open_database(db_path)
-    got = db.execute("SELECT seq, status, input, output FROM tasks ORDER BY seq").fetchall()
+    got = db.execute("SELECT arrival, status, input, output FROM tasks ORDER BY arrival"
+                     ).fetchall()
     db.close()
     assert got == [(i, "succeeded", None, b'{"output":1}') if i % 3 == 0 else
                    (i, "queued", b'{"n": %d}' % i, None) for i in range(341)]

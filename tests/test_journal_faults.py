@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.daemon.journal import Journal, JournalError
+from corral.daemon.taskjournal import TaskJournalDB, TaskJournalError
 from corral.supervisor import Supervisor
 
 from .conftest import agent as agent_spec
@@ -41,7 +41,7 @@ async def test_failed_writes_are_kept_and_caught_up_and_what_is_left_is_named_at
         db_path: Path, tmp_path: Path) -> None:
     errors: list[str] = []
     notices: list[str] = []
-    journal = Journal(db_path, on_error=errors.append, on_notice=notices.append)
+    journal = TaskJournalDB(db_path, on_error=errors.append, on_notice=notices.append)
     holder = sqlite3.connect(db_path, isolation_level=None)
     gate1, gate2 = tmp_path / "gate1", tmp_path / "gate2"
     refused = f"task journal {db_path} cannot be written (database is locked)"
@@ -52,7 +52,7 @@ async def test_failed_writes_are_kept_and_caught_up_and_what_is_left_is_named_at
         await sup.tasks.committed()
         holder.execute("BEGIN EXCLUSIVE")  # every write of the journal's fails now
         t2 = sup.tasks.submit("w", {"do": "await", "path": str(gate2)})
-        with pytest.raises(JournalError) as err:
+        with pytest.raises(TaskJournalError) as err:
             await sup.tasks.committed()
         assert str(err.value) == refused
         assert errors == [f"{refused}: new tasks are refused until it can be written; the "

@@ -224,7 +224,7 @@ async def test_tool_budget(sup: Supervisor) -> None:
         calls.append((name, arguments))
         return {"content": [{"type": "text", "text": "ok"}], "isError": False}
 
-    sup.tasks.tool_router = router
+    sup.tasks.worker.tool_router = router
     sup.add(mb("budget", max_tool_calls_per_task=2, tools=["notes__*"]))
     await sup.wait_state("budget", State.READY)
     # outside the allowlist: refused, and not counted against the budget

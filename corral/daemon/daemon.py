@@ -34,6 +34,7 @@ from ..supervisor.containment import Containment, ProcessRecord, read_stat
 from ..supervisor.core import Supervisor
 from ..supervisor.lifecycle import LIVE, SERVING, State
 from ..supervisor.replica import Event, Replica
+from ..supervisor.tasks import TaskRecord
 from ..text import plural
 from . import journald
 from .api import Caller, Dispatcher
@@ -42,13 +43,13 @@ from .commands import HANDLERS
 from .control import AlreadyRunning, ControlServer
 from .fleet import Fleet
 from .gateway import GatewayService
-from .journal import Journal
 from .journald import JournalSender, StderrEcho
 from .logs import LogDirError, LogHub
 from .notify import Notifier
 from .revisions import RevisionLog
 from .services import Services
 from .store import StateStore, StoreError, StoreWriter
+from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
 
 log = logging.getLogger("corral.daemon")
@@ -230,16 +231,17 @@ class Daemon:
         if journal is not None:
             # no await since the agents were added: no task can be accepted before the
             # journal's are back, numbered after theirs
-            desk.recover(*unfinished)
+            desk.recover(unfinished)
             journal.start_pruning()
         else:
-            desk.recover([], 0)
+            desk.recover([])
         self._check_ready()
         return services
 
     async def _open_store(self, stack: contextlib.AsyncExitStack, state_dir: Path,
                           cfg: Config
-                          ) -> tuple[StateStore, StoreWriter, Journal | None, Any]:
+                          ) -> tuple[StateStore, StoreWriter, TaskJournalDB | None,
+                                     list[TaskRecord]]:
         """The state database, its writer thread and the task journal on it, with the
         journal's unfinished tasks."""
         sc = cfg.supervisor
@@ -256,10 +258,10 @@ class Daemon:
                 on_error=lambda text: self.hub.daemon(text, priority=3),
                 on_notice=lambda text: self.hub.daemon(text, priority=5))
             stack.push_async_callback(store.close_writer)  # checkpoints too
-            journal: Journal | None = None
-            unfinished: Any = ([], 0)
+            journal: TaskJournalDB | None = None
+            unfinished: list[TaskRecord] = []
             if sc.task_journal:
-                journal = Journal(store.path, sync=sc.journal_sync,
+                journal = TaskJournalDB(store.path, sync=sc.journal_sync,
                                   max_age=sc.journal_max_age, max_tasks=sc.journal_max_tasks,
                                   on_error=lambda text: self.hub.daemon(text, priority=3),
                                   on_notice=lambda text: self.hub.daemon(text, priority=5),

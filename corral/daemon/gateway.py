@@ -32,6 +32,7 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..mcp.pool import allowed
+from ..percentile import percentile_ms
 from ..supervisor.config import GatewaySettings
 
 if TYPE_CHECKING:
@@ -118,14 +119,9 @@ class CallStats:
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
-
-        def pct(q: float) -> float | None:
-            if not lat:
-                return None
-            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 3)
-
-        return {"calls": self.calls, "errors": self.errors, "p50_ms": pct(0.50),
-                "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
+        return {"calls": self.calls, "errors": self.errors,
+                "p50_ms": percentile_ms(lat, 0.50), "p95_ms": percentile_ms(lat, 0.95),
+                "p99_ms": percentile_ms(lat, 0.99)}
 
 
 class Limiter:

@@ -13,10 +13,10 @@ from ..methods import ReloadResult
 from ..supervisor.core import Supervisor
 from .fleet import Fleet
 from .gateway import GatewayService
-from .journal import Journal
 from .logs import LogHub
 from .revisions import RevisionLog
 from .store import StateStore
+from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
 
 
@@ -30,7 +30,7 @@ class Services:
     tasks: TaskDesk
     gateway: GatewayService
     http: Any  # the HTTP gateway (http_gateway.HttpGateway), or None: not configured
-    journal: Journal | None  # the task journal, or None: `task_journal = false`
+    journal: TaskJournalDB | None  # the task journal, or None: `task_journal = false`
     config_path: Path
     socket_path: Path
     started_at: float

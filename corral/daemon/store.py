@@ -2,7 +2,7 @@
 
 What must survive a restart of the daemon lives here: agents added at runtime (the TOML
 file stays the operator's declaration), agent state checkpoints, the task journal
-(`journal.py` writes it), the audit log of control operations, and the records of every
+(`taskjournal.py` writes it), the audit log of control operations, and the records of every
 process the daemon runs (a daemon that starts after a crash stops what the crashed one left
 running: `supervisor/containment.py`). The state directory is
 mode 0700 and the database file 0600 (SQLite gives its -wal and -shm files the same mode).
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -33,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgspec
 
@@ -118,6 +119,40 @@ MIGRATIONS: list[Migration] = [
     """,
     # 4: agents' spec revisions and kept scale counts (revisions.py)
     REVISIONS_MIGRATION,
+    # 5: the task journal keyed by the task id (ids are unique across processes: UUIDv7);
+    # `arrival` is the order tasks were accepted in, across daemons (the old `seq`)
+    """
+    CREATE TABLE tasks_by_id (
+        id TEXT PRIMARY KEY,
+        arrival INTEGER,
+        agent TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        timeout REAL NOT NULL,
+        retries_left INTEGER NOT NULL,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        status TEXT NOT NULL,
+        tool_calls INTEGER NOT NULL DEFAULT 0,
+        input BLOB,
+        output BLOB,
+        error BLOB,
+        attempts BLOB NOT NULL,
+        progress BLOB
+    );
+    INSERT INTO tasks_by_id (id, arrival, agent, priority, timeout, retries_left, created,
+                             started, finished, status, tool_calls, input, output, error,
+                             attempts, progress)
+        SELECT id, seq, agent, priority, timeout, retries_left, created, started, finished,
+               status, tool_calls, input, output, error, attempts, progress
+        FROM tasks ORDER BY seq;
+    DROP TABLE tasks;
+    ALTER TABLE tasks_by_id RENAME TO tasks;
+    CREATE INDEX tasks_arrival ON tasks (arrival);
+    CREATE INDEX tasks_unfinished ON tasks (arrival) WHERE finished IS NULL;
+    CREATE INDEX tasks_finished ON tasks (finished) WHERE finished IS NOT NULL;
+    CREATE INDEX tasks_created ON tasks (created);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -415,6 +450,137 @@ class WriterThread:
         self._db.close()
 
 
+V = TypeVar("V")
+
+
+class GroupCommit(Generic[V]):
+    """Writes gathered on the loop and committed by the writer thread in one transaction a
+    batch (group commit without a timer): one flush per loop turn hands what waits to the
+    thread, and while it writes, the next batch gathers. The task journal (its rows) and
+    StoreWriter (its writes) are both one of these.
+
+    Writes are keyed: one with the key of a waiting one takes its place, `merge`d with it
+    (a task's newer snapshot, a superseded checkpoint). A batch that cannot be written
+    (`Outage`) loses nothing: its writes wait again in front of the newer ones (merged
+    under them) and are tried again every RETRY_EVERY seconds. `settled(batch, error)` is
+    told on the loop after each attempt, once the writes are back in place if it failed;
+    what waits on the batch (`committed()`) then resolves, or fails with `error_type`
+    when there is one; `explain` turns SQLite's message into the one they all see.
+    (`first_failure` says, while `settled` runs, whether a failure
+    began an outage: it is told once.)"""
+
+    def __init__(self, thread: WriterThread,
+                 job: Callable[[sqlite3.Connection, list[V]], None],
+                 settled: Callable[[list[V], str | None], None], *,
+                 merge: Callable[[V, V], V] | None = None,
+                 size: Callable[[V], int] | None = None,
+                 error_type: Callable[[str], Exception] | None = None,
+                 explain: Callable[[str], str] | None = None) -> None:
+        self.thread = thread
+        self._job = job
+        self._settled = settled
+        self._merge = merge
+        self._size = size
+        self._error_type = error_type
+        self._explain = explain
+        self._loop = asyncio.get_running_loop()
+        self.pending: dict[Hashable, V] = {}  # in the order they came; replaced in place
+        self.inflight: list[tuple[Hashable, V]] = []
+        self.waiting_bytes = 0  # `size` of what is pending and in flight
+        self._pending_done: asyncio.Future[None] | None = None
+        self._inflight_done: asyncio.Future[None] | None = None
+        self._flush_scheduled = False
+        self.outage = Outage()
+        self.first_failure = False  # the batch just settled failed, and began the outage
+        self._retry: asyncio.Handle | None = None
+
+    def put(self, key: Hashable, value: V) -> None:
+        self._put(key, value)
+        if not self._flush_scheduled and self._inflight_done is None:
+            self._schedule()
+
+    def _put(self, key: Hashable, value: V) -> None:
+        prev = self.pending.get(key)
+        if prev is not None:
+            if self._merge is not None:
+                value = self._merge(prev, value)
+            if self._size is not None:
+                self.waiting_bytes -= self._size(prev)
+        if self._size is not None:
+            self.waiting_bytes += self._size(value)
+        self.pending[key] = value
+
+    def _schedule(self) -> None:
+        """The next flush: this loop turn's end, or the next attempt while failing."""
+        self._flush_scheduled = True
+        self._retry = self.outage.schedule(self._loop, self._flush)
+
+    def retry_now(self) -> None:
+        """While failing, try at once rather than at the next attempt's time."""
+        if self.outage.failing and self._retry is not None:
+            self.cancel_retry()
+            self._flush_scheduled = True
+            self._retry = self._loop.call_soon(self._flush)
+
+    def cancel_retry(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+            self._flush_scheduled = False
+
+    async def committed(self) -> None:
+        """Until everything put so far has been tried (see the class doc for a failure)."""
+        if self.pending:
+            if self._pending_done is None:
+                self._pending_done = self._loop.create_future()
+            await asyncio.shield(self._pending_done)
+        elif self._inflight_done is not None:
+            await asyncio.shield(self._inflight_done)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._retry = None
+        if self._inflight_done is not None or not self.pending:
+            return
+        items = list(self.pending.items())
+        self.pending.clear()
+        self.inflight = items
+        batch = [v for _, v in items]
+        done = self._pending_done or self._loop.create_future()
+        self._pending_done = None
+        self._inflight_done = done
+        self.thread.run(lambda db: self._job(db, batch),
+                        lambda error: self._batch_done(done, items, batch, error))
+
+    def _batch_done(self, done: asyncio.Future[None], items: list[tuple[Hashable, V]],
+                    batch: list[V], error: str | None) -> None:
+        self._inflight_done = None
+        self.inflight = []
+        if self._size is not None:
+            self.waiting_bytes -= sum(self._size(v) for v in batch)
+        if error is not None and self._explain is not None:
+            error = self._explain(error)
+        try:
+            if error is not None:
+                newer, self.pending = self.pending, {}
+                for key, value in items:
+                    self._put(key, value)
+                for key, value in newer.items():
+                    if self._size is not None:
+                        self.waiting_bytes -= self._size(value)
+                    self._put(key, value)
+                self.first_failure = self.outage.failed(self._loop, error)
+            self._settled(batch, error)
+        finally:  # whatever a callback did: committed() and the next batch never hang
+            if error is None or self._error_type is None:
+                done.set_result(None)
+            else:
+                done.set_exception(self._error_type(error))
+                done.exception()  # retrieved here: nobody may be waiting
+            if self.pending and not self._flush_scheduled:
+                self._schedule()
+
+
 class _Kept(NamedTuple):
     """One write waiting in StoreWriter: what it is (for the counts an operator reads),
     what runs after its commit, and the row it replaces whole (or None)."""
@@ -424,25 +590,15 @@ class _Kept(NamedTuple):
     key: Hashable | None
 
 
-def _coalesced(writes: list[_Kept]) -> list[_Kept]:
-    """Without the writes a later one of the same key replaces (a checkpoint superseded)."""
-    last = {w.key: i for i, w in enumerate(writes) if w.key is not None}
-    if len(last) == sum(1 for w in writes if w.key is not None):
-        return writes
-    return [w for i, w in enumerate(writes) if w.key is None or last[w.key] == i]
-
-
 class StoreWriter:
     """Writes that are many, or must never hold up what caused them: process records at
     every spawn and exit, state checkpoints, audit rows, spec revisions the config file
     made. A thousand agents make a thousand of them in a few turns of the loop, and each
     synchronous SQLite commit (and now and then a WAL checkpoint with its fsyncs) was loop
-    time. They are queued as functions of the connection; one flush per loop turn hands the
-    queue to the writer thread, which runs it in ONE transaction while the next batch
-    gathers (group commit without a timer, as the task journal does). Order is kept: a
-    record written and then deleted stays deleted. `committed()` resolves once everything
-    queued so far has been tried (synchronous=NORMAL in WAL: a commit survives a crash of
-    the daemon).
+    time. They are queued as functions of the connection and written by a GroupCommit, as
+    the task journal's rows are, one transaction a batch. Order is kept: a record written
+    and then deleted stays deleted. `committed()` resolves once everything queued so far
+    has been tried (synchronous=NORMAL in WAL: a commit survives a crash of the daemon).
 
     When the database cannot be written (a full disk, an I/O error, a read-only remount,
     a lock held too long), nothing is lost and nothing waits on it: the batch's writes go
@@ -461,15 +617,10 @@ class StoreWriter:
         self.on_error = on_error or (lambda msg: log.error("%s", msg))
         self.on_notice = on_notice or (lambda msg: log.warning("%s", msg))
         self.max_kept = max_kept
-        self._loop = asyncio.get_running_loop()
-        self._pending: list[_Kept] = []
-        self._keyed: dict[Hashable, int] = {}  # key -> its write's index in _pending
-        self._pending_done: asyncio.Future[None] | None = None
-        self._flush_scheduled = False
-        self._inflight: asyncio.Future[None] | None = None
-        self._inflight_batch: list[_Kept] = []
-        self.outage = Outage()
-        self._retry: asyncio.Handle | None = None
+        self._group: GroupCommit[_Kept] = GroupCommit(thread, self._job, self._settle)
+        self.outage = self._group.outage
+        self._unkeyed = itertools.count()  # keys for writes that replace nothing
+        self._wrong: list[str] = []  # the batch in flight's dropped writes (one at a time)
         self.dropped: dict[str, int] = {}  # by kind, since the outage began
         self.lost = 0  # writes dropped since the writer opened (`corral stats`)
         # after a catch-up that dropped writes: (kind -> count, since, reason)
@@ -485,89 +636,46 @@ class StoreWriter:
         same key (an upsert of the same row: a replica's state checkpoint), so writes that
         supersede each other do not fill what is kept during an outage."""
         kept = _Kept(write, kind, then, key)
-        index = self._keyed.get(key) if key is not None else None
-        if index is not None:
-            self._pending[index] = kept
-            return
-        if self.outage.failing and len(self._pending) >= self.max_kept:
+        slot: Hashable = ("keyed", key) if key is not None else next(self._unkeyed)
+        if (self.outage.failing and len(self._group.pending) >= self.max_kept
+                and slot not in self._group.pending):
             self._drop(kind)
             return
-        if key is not None:
-            self._keyed[key] = len(self._pending)
-        self._pending.append(kept)
-        if not self._flush_scheduled and self._inflight is None:
-            self._schedule()
-
-    def _schedule(self) -> None:
-        self._flush_scheduled = True
-        self._retry = self.outage.schedule(self._loop, self._flush)
+        self._group.put(slot, kept)
 
     async def committed(self) -> None:
         """Until everything submitted so far has been tried (committed, or kept again
         after a failure: see on_error)."""
-        waiting = self._pending_future() if self._pending else self._inflight
-        if waiting is not None:
-            await asyncio.shield(waiting)
+        await self._group.committed()
 
     async def written(self) -> None:
         """Until everything submitted so far is committed, trying what is kept once more
         now; StoreError (the outage's reason) while it cannot be. What a command records
         waits for this: records are committed in the order the daemon made them, so a
         kept write never lands after (and undoes) a newer record."""
-        if self.outage.failing and self._retry is not None:
-            self.cancel_retry()  # the command is waiting: try now, not at the next second
-            self._flush_scheduled = True
-            self._retry = self._loop.call_soon(self._flush)
+        self._group.retry_now()  # the command is waiting: try now, not at the next second
         await self.committed()
         if self.outage.failing:
             raise StoreError(f"state database {self.thread.path} cannot be written "
                              f"({self.outage.error})")
 
-    def _pending_future(self) -> asyncio.Future[None]:
-        if self._pending_done is None:
-            self._pending_done = self._loop.create_future()
-        return self._pending_done
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        self._retry = None
-        if self._inflight is not None or not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        self._keyed = {}
-        done = self._pending_done or self._loop.create_future()
-        self._pending_done = None
-        self._inflight = done
-        self._inflight_batch = batch
-        wrong: list[str] = []
-
-        def job(db: sqlite3.Connection) -> None:
-            wrong.clear()
-            db.execute("BEGIN")
-            for kept in batch:
-                db.execute("SAVEPOINT one")
-                try:
-                    kept.write(db)
-                except Exception as exc:  # a wrong write is dropped alone
-                    if transient(exc):
-                        raise
-                    db.execute("ROLLBACK TO one")
-                    why = (f"SQLite refused it ({exc})" if isinstance(exc, sqlite3.Error)
-                           else f"it failed ({described(exc)})")
-                    wrong.append(f"one {kept.kind} dropped, {why}")
-                db.execute("RELEASE one")
-            db.execute("COMMIT")
-
-        self.thread.run(job, lambda error: self._batch_done(done, batch, wrong, error))
-
-    def _batch_done(self, done: asyncio.Future[None], batch: list[_Kept],
-                    wrong: list[str], error: str | None) -> None:
-        try:
-            self._settle(batch, wrong, error)
-        finally:  # whatever a callback did: committed() and the next batch never hang
-            done.set_result(None)
-            if self._pending and not self._flush_scheduled:
-                self._schedule()
+    def _job(self, db: sqlite3.Connection, batch: list[_Kept]) -> None:
+        wrong = self._wrong
+        wrong.clear()
+        db.execute("BEGIN")
+        for kept in batch:
+            db.execute("SAVEPOINT one")
+            try:
+                kept.write(db)
+            except Exception as exc:  # a wrong write is dropped alone
+                if transient(exc):
+                    raise
+                db.execute("ROLLBACK TO one")
+                why = (f"SQLite refused it ({exc})" if isinstance(exc, sqlite3.Error)
+                       else f"it failed ({described(exc)})")
+                wrong.append(f"one {kept.kind} dropped, {why}")
+            db.execute("RELEASE one")
+        db.execute("COMMIT")
 
     def _call(self, what: str, fn: Callable[..., None], *args: Any) -> None:
         """A callback after a batch: one that raises is reported and the others still run."""
@@ -576,10 +684,9 @@ class StoreWriter:
         except Exception:
             log.exception("state database %s: %s failed", self.thread.path, what)
 
-    def _settle(self, batch: list[_Kept], wrong: list[str], error: str | None) -> None:
-        self._inflight = None
-        self._inflight_batch = []
+    def _settle(self, batch: list[_Kept], error: str | None) -> None:
         if error is None:
+            wrong, self._wrong = self._wrong, []
             self.batches += 1
             self.writes += len(batch) - len(wrong)
             for text in wrong:
@@ -589,21 +696,18 @@ class StoreWriter:
             for kept in batch:
                 if kept.then is not None:
                     self._call(f"what follows the {kept.kind}", kept.then)
-        else:
-            # nothing of the batch is lost: its writes wait again, in front of the newer
-            # ones, for the next attempt (past max_kept, the newest are dropped)
-            waiting = _coalesced(batch + self._pending)
-            self._pending = waiting[:self.max_kept]
-            self._keyed = {w.key: i for i, w in enumerate(self._pending)
-                           if w.key is not None}
-            for kept in waiting[self.max_kept:]:
-                self._drop(kept.kind)
-            if self.outage.failed(self._loop, error):
-                self._call("telling of the failure", self.on_error,
-                    f"state database {self.thread.path} cannot be written ({error}): "
-                    f"{_counted(_kinds(self._pending))} wait in memory and are written when "
-                    f"it can (tried every {RETRY_EVERY:g} s; at most {self.max_kept} are "
-                    f"kept, newer ones are dropped and counted): {what_to_do()}")
+            return
+        # past max_kept, the newest are dropped
+        pending = self._group.pending
+        while len(pending) > self.max_kept:
+            self._drop(pending.pop(next(reversed(pending))).kind)
+        if self._group.first_failure:
+            self._call("telling of the failure", self.on_error,
+                f"state database {self.thread.path} cannot be written ({error}): "
+                f"{_counted(_kinds(list(pending.values())))} wait in memory and are "
+                f"written when it can (tried every {RETRY_EVERY:g} s; at most "
+                f"{self.max_kept} are kept, newer ones are dropped and counted): "
+                f"{what_to_do()}")
 
     def _drop(self, kind: str) -> None:
         self.dropped[kind] = self.dropped.get(kind, 0) + 1
@@ -633,13 +737,11 @@ class StoreWriter:
     def pending(self) -> dict[str, int]:
         """The writes not yet committed (kept while failing, being written, or waiting for
         the next batch), by kind."""
-        return _kinds(self._inflight_batch + self._pending)
+        return _kinds([v for _, v in self._group.inflight]
+                      + list(self._group.pending.values()))
 
     def cancel_retry(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-            self._flush_scheduled = False
+        self._group.cancel_retry()
 
 
 def _kinds(batch: list[_Kept]) -> dict[str, int]:

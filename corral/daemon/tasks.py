@@ -22,7 +22,7 @@ from ..supervisor.core import Supervisor
 from ..supervisor.tasks import LOST_IN_RESTART, TERMINAL, TaskInfo, TaskRecord, TaskSummary
 from .api import Channel
 from .follow import Latest
-from .journal import Journal, JournalError
+from .taskjournal import TaskJournalDB, TaskJournalError
 
 STATUSES = TERMINAL | {"queued", "running"}
 
@@ -32,7 +32,7 @@ class TaskDesk:
     are back in the engine (`recover`), every call waits: a task could otherwise be
     answered from a stale journal row, or accepted out of order."""
 
-    def __init__(self, sup: Supervisor, journal: Journal | None,
+    def __init__(self, sup: Supervisor, journal: TaskJournalDB | None,
                  report: Callable[[str], None]) -> None:
         self.sup = sup
         self.journal = journal
@@ -44,11 +44,11 @@ class TaskDesk:
         """Why new tasks are refused now (the journal cannot write), or None."""
         return self.journal.refusing if self.journal is not None else None
 
-    def recover(self, records: list[TaskRecord], next_seq: int) -> None:
+    def recover(self, records: list[TaskRecord]) -> None:
         """Finish the story of every task the previous daemon accepted (DESIGN section 8),
         then open the desk. Called with no await since the agents were added, so no task
-        is accepted before the journal's are back, numbered after theirs."""
-        tasks = self.sup.tasks.restore(records, next_seq)
+        is accepted before the journal's are back, queued after theirs."""
+        tasks = self.sup.tasks.restore(records)
         if tasks:
             was_running = {r.task_id for r in records if r.status == "running"}
             lost = sum(1 for t in tasks if t.status == "lost")
@@ -79,7 +79,7 @@ class TaskDesk:
         try:
             try:
                 await tasks.committed()  # in the journal before it is acknowledged
-            except JournalError as exc:
+            except TaskJournalError as exc:
                 # the failure is known only when the write that held the task fails, and
                 # the task may have reached an agent meanwhile: one still queued or
                 # running is cancelled and refused; one that has already ended ran, and
@@ -98,7 +98,7 @@ class TaskDesk:
             task.unwatch(watch)
             progress.close()
         if self.refusing is None:  # else written when it can be
-            with contextlib.suppress(JournalError):  # logged by the journal; it stands
+            with contextlib.suppress(TaskJournalError):  # logged by the journal; it stands
                 await tasks.committed()
         return await tasks.outcome(task)
 

@@ -4,7 +4,15 @@ from .config import AgentSpec, Config, ConfigError, Limits, McpServerSpec, load_
 from .core import Agent, Stats, Supervisor, SupervisorError
 from .lifecycle import State
 from .replica import Event, Replica, ReplicaStatus
-from .tasks import Task, TaskInfo, TaskJournal, TaskRecord, TaskResult, TaskSummary
+from .tasks import (
+    Task,
+    TaskInfo,
+    TaskJournal,
+    TaskRecord,
+    TaskResult,
+    TaskStatus,
+    TaskSummary,
+)
 
 __all__ = [
     "Agent",
@@ -25,6 +33,7 @@ __all__ = [
     "TaskJournal",
     "TaskRecord",
     "TaskResult",
+    "TaskStatus",
     "TaskSummary",
     "load_config",
 ]

@@ -1,5 +1,13 @@
 """The task journal: every accepted task in SQLite, so a daemon crash loses none.
 
+(Not to be confused with journald.py, which sends the daemon's log lines to systemd's
+journal.) Rows are keyed by the task id; `arrival` numbers them in the order they were
+accepted, across daemons: it is what a restarted daemon queues them again by, and the
+order of `corral tasks`. It is given at a task's first write (one more than the highest
+in the database when the journal opened, then counting), since the engine's own
+sequence numbers start again in every process and ids of tasks from before UUIDv7 ids
+do not sort by time.
+
 The engine calls `write(task)` on the loop at each change; the row is snapshotted at once
 and queued. One flush per loop turn hands the queued rows to a writer thread, which writes
 them in one transaction (an upsert per task, whatever number of changes it had); while it
@@ -21,14 +29,15 @@ under the newer changes of their tasks and are tried again every `RETRY_EVERY` s
 Meanwhile `committed()` fails for what waits on the failed attempt (so `tasks.run` refuses
 a task it cannot record), reads still answer, and running tasks go on. The failure is told
 once, and so is the write that catches up; what is still unwritten at shutdown is named.
-The failure's state (`store.Outage`) is shared with store.py's StoreWriter, so the rest of
-the database's writes behave alike.
+The batching, the keeping and the retries are store.py's GroupCommit, which StoreWriter
+uses as well, so the rest of the database's writes behave alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import sqlite3
 import threading
@@ -49,25 +58,24 @@ from ..supervisor.tasks import (
     raw_output_of,
 )
 from ..text import plural
-from .store import RETRY_EVERY, Outage, WriterThread, clock, connect, errors_named
+from .store import RETRY_EVERY, GroupCommit, WriterThread, clock, connect, errors_named
 
-log = logging.getLogger("corral.journal")
+log = logging.getLogger("corral.taskjournal")
 
 PRUNE_EVERY = 60.0
 BEHIND_BYTES = 32 * 1024 * 1024  # inputs and outputs waiting to be written
 
 UPSERT = """
-INSERT INTO tasks (seq, id, agent, priority, timeout, retries_left, created, started,
+INSERT INTO tasks (id, arrival, agent, priority, timeout, retries_left, created, started,
                    finished, status, tool_calls, input, output, error, attempts, progress)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (seq) DO UPDATE SET
+ON CONFLICT (id) DO UPDATE SET
     retries_left = excluded.retries_left, started = excluded.started,
     finished = excluded.finished, status = excluded.status,
     tool_calls = excluded.tool_calls,
     input = CASE WHEN excluded.finished IS NULL THEN coalesce(excluded.input, input) END,
     output = coalesce(excluded.output, output), error = excluded.error,
     attempts = excluded.attempts, progress = excluded.progress
-WHERE id = excluded.id
 """
 
 _encode = msgspec.json.encode
@@ -77,8 +85,8 @@ _error = msgspec.json.Decoder(TaskError | None)
 Row = tuple[Any, ...]
 
 
-class Journal:
-    """The daemon's `TaskJournal` (see corral.supervisor.tasks)."""
+class TaskJournalDB:
+    """The daemon's `TaskJournal` (see corral.supervisor.tasks.durable)."""
 
     def __init__(self, path: Path, *, sync: str = "normal", max_age: float = 7 * 86400,
                  max_tasks: int = 100_000,
@@ -97,39 +105,35 @@ class Journal:
         self._writer = writer or WriterThread(path, sync=sync)
         self._reader = connect(path)
         self._read_lock = threading.Lock()
-        self._pending: dict[int, Row] = {}  # by seq: the latest snapshot of each task
-        self._waiting_bytes = 0  # inputs and outputs in pending and in-flight rows
-        self._inflight_bytes = 0
-        self._pending_done: asyncio.Future[None] | None = None
-        self._flush_scheduled = False
-        self._inflight: asyncio.Future[None] | None = None
-        self._inflight_rows: list[Row] = []
-        self._outage = Outage()  # since a write failed, until one works (shared with store)
-        self._retry: asyncio.Handle | None = None
+        # by id: the latest snapshot of each task; one GroupCommit with StoreWriter's kind
+        self._group: GroupCommit[Row] = GroupCommit(
+            self._writer, self._write, self._settled, merge=_merged, size=_size,
+            error_type=TaskJournalError, explain=self._cannot)
+        self._outage = self._group.outage  # since a write failed, until one works
         self._prune_timer: asyncio.TimerHandle | None = None
         self.writes = 0  # changes handed to the journal
         self.rows = 0  # rows written (changes to one task in one batch are one row)
         self.batches = 0  # transactions committed
+        with errors_named(self.path):
+            (top,) = self._reader.execute("SELECT max(arrival) FROM tasks").fetchone()
+        self._arrivals = itertools.count(top + 1 if top is not None else 0)
 
     # -- start-up -------------------------------------------------------------------------
-    def unfinished(self) -> tuple[list[TaskRecord], int]:
-        """The tasks a crashed daemon left queued or running, in order, and the next
-        sequence number."""
+    def unfinished(self) -> list[TaskRecord]:
+        """The tasks a crashed daemon left queued or running, in the order they arrived."""
         with errors_named(self.path):
             rows = self._reader.execute(
-                "SELECT seq, id, agent, input, priority, timeout, retries_left, created, "
+                "SELECT id, agent, input, priority, timeout, retries_left, created, "
                 "started, status, tool_calls, attempts FROM tasks WHERE finished IS NULL "
-                "ORDER BY seq").fetchall()
-            (top,) = self._reader.execute("SELECT max(seq) FROM tasks").fetchone()
-        records = [
-            TaskRecord(seq=seq, task_id=tid, agent=agent,
+                "ORDER BY arrival").fetchall()
+        return [
+            TaskRecord(task_id=tid, agent=agent,
                        input=msgspec.Raw(raw if raw is not None else b"null"),
                        priority=prio, timeout=timeout, retries_left=retries, created=created,
                        started=started, status=status, tool_calls=calls,
                        attempts=_attempts.decode(attempts))
-            for (seq, tid, agent, raw, prio, timeout, retries, created, started, status,
+            for (tid, agent, raw, prio, timeout, retries, created, started, status,
                  calls, attempts) in rows]
-        return records, (top + 1 if top is not None else 0)
 
     def start_pruning(self) -> None:
         self._prune_tick()
@@ -139,8 +143,8 @@ class Journal:
         self._prune_timer = self._loop.call_later(PRUNE_EVERY, self._prune_tick)
 
     def _pruned(self, error: str | None) -> None:
-        if error is not None:  # a prune that failed: the journal cannot be written either
-            self._failed(self._cannot(error))
+        if error is not None and self._outage.failed(self._loop, self._cannot(error)):
+            self._failed(self._cannot(error))  # the journal cannot be written either
 
     # -- the TaskJournal protocol ---------------------------------------------------------
     def write(self, task: Task) -> None:
@@ -148,94 +152,41 @@ class Journal:
         # the input is kept while the task may have to run again, and written once
         raw_input = None if task.journaled or task.finished is not None else task.input
         row: Row = (
-            task.seq, task.id, task.agent, task.priority, task.timeout, task.retries_left,
-            task.created, task.started, task.finished, task.status, task.tool_calls,
+            task.id, None if task.journaled else next(self._arrivals), task.agent,
+            task.priority, task.timeout, task.retries_left, task.created, task.started,
+            task.finished, task.status, task.tool_calls,
             raw_input, task.raw_result,  # the worker's result as sent: {"output": ...}
             None if task.error is None else _encode(task.error),
             _encode(task.attempts),
             None if task.progress is None else _encode(task.progress))
-        self._put(row)
-        if not self._flush_scheduled and self._inflight is None:
-            self._schedule()
-
-    def _put(self, row: Row) -> None:
-        """The newest snapshot of its task waits to be written, with what an earlier
-        waiting snapshot had and the engine has dropped since."""
-        prev = self._pending.get(row[0])
-        if prev is not None:
-            row = _merged(prev, row)
-            self._waiting_bytes -= _size(prev)
-        self._waiting_bytes += _size(row)
-        self._pending[row[0]] = row
-
-    def _schedule(self) -> None:
-        """The next flush: this loop turn's end, or the next attempt while failing."""
-        self._flush_scheduled = True
-        self._retry = self._outage.schedule(self._loop, self._flush)
+        self._group.put(task.id, row)
 
     def behind(self) -> bool:
-        return self._waiting_bytes > BEHIND_BYTES
+        return self._group.waiting_bytes > BEHIND_BYTES
 
     async def committed(self) -> None:
-        if self._pending:
-            if self._pending_done is None:
-                self._pending_done = self._loop.create_future()
-            await asyncio.shield(self._pending_done)
-        elif self._inflight is not None:
-            await asyncio.shield(self._inflight)
+        await self._group.committed()
 
     async def load(self, task_id: str) -> TaskInfo | None:
-        with contextlib.suppress(JournalError):  # what is written still answers
+        with contextlib.suppress(TaskJournalError):  # what is written still answers
             await self.committed()
         return await asyncio.to_thread(self._load, task_id)
 
     async def query(self, *, agent: str | None, status: str | None, since: float | None,
                     limit: int) -> list[TaskSummary]:
-        with contextlib.suppress(JournalError):
+        with contextlib.suppress(TaskJournalError):
             await self.committed()
         return await asyncio.to_thread(self._query, agent, status, since, limit)
 
     # -- loop side of the writer ----------------------------------------------------------
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        self._retry = None
-        if self._inflight is not None or not self._pending:
-            return
-        rows = list(self._pending.values())
-        self._pending.clear()
-        self._inflight_rows = rows
-        self._inflight_bytes = sum(_size(r) for r in rows)
-        done = self._pending_done or self._loop.create_future()
-        self._pending_done = None
-        self._inflight = done
-        self._writer.run(lambda db: self._write(db, rows),
-                         lambda error: self._batch_done(
-                             done, None if error is None else self._cannot(error)))
-
     def _cannot(self, error: str) -> str:
         return f"task journal {self.path} cannot be written ({error})"
 
-    def _batch_done(self, done: asyncio.Future[None], error: str | None) -> None:
-        self._inflight = None
-        rows, self._inflight_rows = self._inflight_rows, []
-        self._waiting_bytes -= self._inflight_bytes
-        self._inflight_bytes = 0
+    def _settled(self, rows: list[Row], error: str | None) -> None:
         if error is None:
             self._written(len(rows))
-            done.set_result(None)
-        else:
-            # nothing of the batch is lost: its rows wait again, under their tasks' newer
-            # changes, for the next attempt
-            newer, self._pending = self._pending, {}
-            for row in rows:
-                self._put(row)
-            for row in newer.values():
-                self._put(row)
+        elif self._group.first_failure:
             self._failed(error)
-            done.set_exception(JournalError(error))
-            done.exception()  # retrieved here: nobody may be waiting
-        if self._pending and not self._flush_scheduled:
-            self._schedule()
 
     @property
     def refusing(self) -> str | None:
@@ -244,9 +195,7 @@ class Journal:
         return self._outage.error if self._outage.failing else None
 
     def _failed(self, error: str) -> None:
-        if not self._outage.failed(self._loop, error):
-            return  # told once
-        waiting = plural(len(self._pending), "accepted task")
+        waiting = plural(len(self._group.pending), "accepted task")
         self.on_error(f"{error}: new tasks are refused until it can be written; the "
                       f"changes of {waiting} wait in memory and are written when it can "
                       f"(tried every {RETRY_EVERY:g} s)")
@@ -272,7 +221,7 @@ class Journal:
             db.execute("DELETE FROM tasks WHERE finished IS NOT NULL AND finished < ?",
                        (time.time() - self.max_age,))
         db.execute(
-            "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE finished IS NOT NULL "
+            "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE finished IS NOT NULL "
             "ORDER BY finished DESC LIMIT -1 OFFSET ?)", (self.max_tasks,))
         db.execute("COMMIT")
 
@@ -303,7 +252,7 @@ class Journal:
                 args.append(value)
         sql = ("SELECT id, agent, status, priority, created, started, finished, attempts "
                "FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
-               + " ORDER BY seq DESC LIMIT ?")
+               + " ORDER BY arrival DESC LIMIT ?")
         with self._read_lock:
             rows = self._reader.execute(sql, (*args, limit)).fetchall()
         return [TaskSummary(tid, a, st, prio, created, started, finished,
@@ -315,12 +264,11 @@ class Journal:
         """Write what is pending, then stop the thread and close."""
         if self._prune_timer is not None:
             self._prune_timer.cancel()
-        with contextlib.suppress(JournalError):
+        with contextlib.suppress(TaskJournalError):
             await self.committed()  # while failing: one more attempt
-        if self._retry is not None:
-            self._retry.cancel()
-        if self._pending:
-            ids = [row[1] for row in self._pending.values()]
+        self._group.cancel_retry()
+        if self._group.pending:
+            ids = [row[0] for row in self._group.pending.values()]
             self.on_error(
                 f"task journal {self.path}: the latest changes of {plural(len(ids), 'task')} "
                 f"could not be written before shutdown ({', '.join(ids[:10])}"
@@ -331,7 +279,7 @@ class Journal:
         self._reader.close()
 
 
-class JournalError(Exception):
+class TaskJournalError(Exception):
     """The journal could not write; the message names the file and SQLite's reason."""
 
 
@@ -344,6 +292,8 @@ def _size(row: Row) -> int:
 def _merged(older: Row, newer: Row) -> Row:
     """A task's newer snapshot, keeping what the older had and the engine has dropped
     since: the input while the task may still run, and the output."""
+    if newer[1] is None:  # the arrival, given at the first write only
+        newer = (newer[0], older[1], *newer[2:])
     keep_input = newer[11] is None and newer[8] is None
     if not keep_input and newer[12] is not None:
         return newer

@@ -1,0 +1,68 @@
+"""Tasks: work given to agents, each ending in exactly one terminal outcome.
+
+model.py      Task, Attempt, TaskStatus and the structs that show a task
+ids.py        task ids (UUIDv7: unique, sortable by creation)
+payload.py    inputs encoded, workers' answers read in one pass (Output)
+durable.py    the TaskJournal port (the daemon's: corral.daemon.taskjournal)
+admission.py  refusals: an agent that cannot run it, input size, rate, a full queue
+queue.py      the Queue protocol, and LocalQueue (the priority heap)
+dispatch.py   to a replica's free slot, deadlines, retries
+counters.py   per-agent counts and latency window
+retention.py  what finished tasks keep in memory
+worker.py     task/progress, tools/call and tools/list from workers
+manager.py    TaskManager, composing them
+"""
+
+from .admission import MAX_INPUT_BYTES, TokenBucket
+from .counters import LATENCY_WINDOW, AgentTasks
+from .dispatch import CANCEL_GRACE, Dispatcher
+from .durable import TaskJournal
+from .ids import new_id
+from .manager import TaskManager
+from .model import (
+    LOST_IN_RESTART,
+    TERMINAL,
+    Attempt,
+    Task,
+    TaskError,
+    TaskInfo,
+    TaskRecord,
+    TaskResult,
+    TaskStatus,
+    TaskSummary,
+)
+from .payload import Output, encode_input, raw_output_of
+from .queue import LocalQueue, Queue
+from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
+from .worker import ToolRouter
+
+__all__ = [
+    "CANCEL_GRACE",
+    "FINISHED_KEPT",
+    "FINISHED_KEPT_BYTES",
+    "LATENCY_WINDOW",
+    "LOST_IN_RESTART",
+    "MAX_INPUT_BYTES",
+    "TERMINAL",
+    "AgentTasks",
+    "Attempt",
+    "Dispatcher",
+    "LocalQueue",
+    "Output",
+    "Queue",
+    "Retention",
+    "Task",
+    "TaskError",
+    "TaskInfo",
+    "TaskJournal",
+    "TaskManager",
+    "TaskRecord",
+    "TaskResult",
+    "TaskStatus",
+    "TaskSummary",
+    "TokenBucket",
+    "ToolRouter",
+    "encode_input",
+    "new_id",
+    "raw_output_of",
+]

@@ -1,0 +1,68 @@
+"""Whether a task is accepted: every refusal is at once, with its reason, before the task
+is journaled or queued."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ... import jsonrpc
+from ...jsonrpc import RpcError
+from ..lifecycle import LIVE, State
+
+if TYPE_CHECKING:
+    from ..core import Agent
+
+MAX_INPUT_BYTES = 16 * 1024 * 1024 - 4096  # it must fit one 16 MiB protocol line
+
+
+class TokenBucket:
+    """`rate_per_minute` admissions a minute, with at most a minute's worth in a burst."""
+
+    def __init__(self, per_minute: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, per_minute)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+def refusal(agent: Agent) -> str | None:
+    """Why `agent` cannot take a task now (no replica will run it), or None."""
+    reps = agent.replicas
+    if not reps:
+        return f"agent {agent.name} has no replicas"
+    if all(r.state == State.FAILED for r in reps):
+        return f"agent {agent.name} is failed: {reps[0].reason}"
+    if not any(r.state in LIVE or r.state == State.BACKOFF for r in reps):
+        return f"agent {agent.name} is stopped"
+    return None
+
+
+def check_input(size: int) -> None:
+    if size > MAX_INPUT_BYTES:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"input too large: {size} bytes is over "
+                                               f"the {MAX_INPUT_BYTES}-byte limit")
+
+
+def check_timeout(timeout: float | None) -> None:
+    if timeout is not None and timeout <= 0:
+        raise RpcError(jsonrpc.INVALID_PARAMS, "timeout must be > 0")
+
+
+def rate_limited(agent: Agent) -> RpcError:
+    return RpcError(jsonrpc.REFUSED, f"rate limit: agent {agent.name} takes "
+                                     f"{agent.spec.rate_per_minute:g} tasks a minute")
+
+
+def queue_full(agent: Agent, depth: int) -> RpcError:
+    return RpcError(jsonrpc.REFUSED, f"queue full: agent {agent.name} has {depth} tasks "
+                                     f"waiting (max_queue {agent.spec.max_queue})")

@@ -1,0 +1,40 @@
+"""One agent's task counters and latency window, for `corral stats`."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from ...percentile import percentile_ms
+from .admission import TokenBucket
+from .model import TERMINAL
+
+LATENCY_WINDOW = 1000
+COUNTED = ("accepted", "succeeded", "failed", "timed_out", "cancelled", "lost", "retried",
+           "refused")
+
+
+class AgentTasks:
+    """An agent's counts by outcome, its tasks running, the latency of its last
+    LATENCY_WINDOW finished tasks, and its rate limit's bucket."""
+
+    __slots__ = ("bucket", "counts", "latencies", "running")
+
+    def __init__(self, per_minute: float) -> None:
+        self.bucket = TokenBucket(per_minute) if per_minute else None
+        self.counts = dict.fromkeys(COUNTED, 0)
+        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.running = 0
+
+    def stats(self, depth: int) -> dict[str, Any]:
+        """`depth`: its tasks waiting, as the queue says (so it cannot drift)."""
+        finished = sum(self.counts[k] for k in TERMINAL)
+        lat = sorted(self.latencies)
+        return {
+            **self.counts,
+            "success_rate": round(self.counts["succeeded"] / finished, 4) if finished else None,
+            "queue_depth": depth,
+            "running": self.running,
+            "latency_ms": {"p50": percentile_ms(lat, 0.50), "p95": percentile_ms(lat, 0.95),
+                           "p99": percentile_ms(lat, 0.99), "window": len(lat)},
+        }

@@ -1,0 +1,170 @@
+"""Dispatch: a waiting task goes to the least-loaded serving replica of its agent with a
+free slot (`max_concurrent_tasks`), taken from the Queue only then; each attempt has its
+deadline, and a task lost with its worker goes back to the queue while it has retries.
+
+Deadlines run from the start of each attempt. On expiry `task/cancel` is sent; a worker
+that has not answered within `cancel_grace` is treated as hung and restarted. A late
+answer after a timeout or cancel is recorded on its attempt, never reported again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ... import jsonrpc
+from ...jsonrpc import RpcError
+from ..lifecycle import SERVING
+from .counters import AgentTasks
+from .durable import TaskJournal
+from .model import TERMINAL, Attempt, Task, TaskError, TaskStatus
+from .payload import Output, output_of, read_raw, read_value
+from .queue import Queue
+
+if TYPE_CHECKING:
+    from ..core import Agent, Supervisor
+    from ..replica import Replica
+
+CANCEL_GRACE = 5.0
+
+
+class Outcomes(Protocol):
+    """What dispatch tells of a task (the task manager)."""
+
+    @property
+    def journal(self) -> TaskJournal | None: ...
+
+    def record(self, task: Task) -> None:
+        """The task changed: its journal hears of it."""
+
+    def finish(self, task: Task, status: TaskStatus, *, result: Output | None = None,
+               error: TaskError | None = None) -> None:
+        """The task's one outcome (a second one is ignored)."""
+
+
+class Dispatcher:
+    def __init__(self, sup: Supervisor, queue: Queue, by_agent: Mapping[str, AgentTasks],
+                 outcomes: Outcomes) -> None:
+        self.sup = sup
+        self.queue = queue
+        self.by_agent = by_agent
+        self.outcomes = outcomes
+
+    def free_replica(self, agent: Agent) -> Replica | None:
+        limit = agent.spec.max_concurrent_tasks
+        best = None
+        for r in agent.replicas:
+            if r.state in SERVING and r.peer is not None and r.tasks_running < limit and (
+                    best is None or r.tasks_running < best.tasks_running):
+                best = r
+        return best
+
+    def pump(self, agent_name: str) -> None:
+        """Start the agent's waiting tasks on its replicas' free slots."""
+        agent = self.sup.agents.get(agent_name)
+        q = self.by_agent.get(agent_name)
+        if agent is None or q is None:
+            return
+        queue = self.queue
+        while queue.depth(agent_name):
+            r = self.free_replica(agent)
+            if r is None:
+                return
+            task = queue.take(agent_name)
+            if task is None:
+                return
+            self._start(task, r, q)
+
+    # the replica is told of each task it starts and ends here, and only here
+    def _start(self, task: Task, r: Replica, q: AgentTasks) -> None:
+        assert r.peer is not None
+        now = time.time()
+        task.status = TaskStatus.RUNNING
+        task.started = task.started or now
+        task.replica = r
+        attempt = Attempt(r.index, r.pid, now)
+        task.attempts = [*task.attempts, attempt]
+        q.running += 1
+        r.task_started(task.id)
+        self.outcomes.record(task)
+        # a large input goes out as a piece of its own (one writev, never copied into the
+        # message), and the answer is read in one pass (a journal needs the output's bytes)
+        read = read_value if task.values and self.outcomes.journal is None else read_raw
+        _, fut = r.peer.request_future(
+            "task/run", {"task_id": task.id, "input": jsonrpc.SPLICE,
+                         "deadline": now + task.timeout}, decode=read, piece=task.input)
+        fut.add_done_callback(lambda f: self._on_reply(task, r, attempt, f))
+        task.timer = asyncio.get_running_loop().call_later(
+            task.timeout, self._on_timeout, task, r, attempt)
+
+    def _on_reply(self, task: Task, r: Replica, attempt: Attempt, fut: asyncio.Future[Any]
+                  ) -> None:
+        if task.timer is not None and task.status == TaskStatus.RUNNING:
+            task.timer.cancel()
+            task.timer = None
+        attempt.finished = time.time()
+        q = self.by_agent.get(task.agent)
+        if q is not None:
+            q.running -= 1
+        r.task_finished(task.id)
+        exc = fut.exception() if not fut.cancelled() else RpcError(
+            jsonrpc.REQUEST_CANCELLED, "cancelled")
+        late = task.status in TERMINAL
+        finish = self.outcomes.finish
+        if late:  # timed out or cancelled before the worker answered
+            attempt.error = attempt.error or (
+                "answered after the task ended" if exc is None else getattr(exc, "message",
+                                                                             str(exc)))
+        elif exc is None:
+            attempt.outcome = TaskStatus.SUCCEEDED
+            # the result is kept as its bytes, not looked into here: a 10 MB output costs
+            # one decode for a Python caller, or a scan and a copy for a socket client
+            finish(task, TaskStatus.SUCCEEDED, result=output_of(fut.result()))
+        elif not isinstance(exc, RpcError):
+            attempt.outcome = TaskStatus.FAILED
+            finish(task, TaskStatus.FAILED, error=TaskError(jsonrpc.INTERNAL_ERROR, str(exc)))
+        elif exc.code == jsonrpc.PEER_CLOSED:
+            attempt.outcome, attempt.error = TaskStatus.LOST, exc.message
+            if task.retries_left > 0 and q is not None:
+                task.retries_left -= 1
+                q.counts["retried"] += 1
+                task.status = TaskStatus.QUEUED
+                task.replica = None
+                self.outcomes.record(task)
+                self.queue.requeue(task)
+            else:
+                finish(task, TaskStatus.LOST, error=TaskError(exc.code, exc.message))
+        elif exc.code == jsonrpc.REQUEST_CANCELLED:
+            attempt.outcome = TaskStatus.CANCELLED
+            finish(task, TaskStatus.CANCELLED, error=TaskError(exc.code, exc.message))
+        else:
+            attempt.outcome, attempt.error = TaskStatus.FAILED, exc.message
+            finish(task, TaskStatus.FAILED, error=TaskError(exc.code, exc.message, exc.data))
+        if late:
+            self.outcomes.record(task)  # the attempt's end, on a task already finished
+        self.pump(task.agent)
+
+    def _on_timeout(self, task: Task, r: Replica, attempt: Attempt) -> None:
+        task.timer = None
+        if task.status != TaskStatus.RUNNING:
+            return
+        attempt.outcome = TaskStatus.TIMED_OUT
+        self.outcomes.finish(task, TaskStatus.TIMED_OUT, error=TaskError(
+            jsonrpc.REQUEST_TIMEOUT, f"task timed out after {task.timeout:g} s"))
+        self.stop_attempt(task, r, attempt, "timed out")
+
+    def stop_attempt(self, task: Task, r: Replica, attempt: Attempt, why: str) -> None:
+        """Ask the worker to stop; if it has not answered within the grace, it is hung."""
+        if r.peer is not None:
+            r.peer.notify("task/cancel", {"task_id": task.id})
+
+        grace = getattr(r.spec, "cancel_grace", CANCEL_GRACE)
+
+        def check() -> None:
+            if attempt.finished is None and r.state in SERVING:
+                r.take_down(f"hung: task {task.id} {why}, and did not stop within "
+                            f"{grace:g} s of task/cancel", graceful=False)
+
+        asyncio.get_running_loop().call_later(grace, check)

@@ -1,0 +1,34 @@
+"""Where tasks are made durable: the engine's port to a journal (the daemon's is SQLite,
+corral.daemon.taskjournal); the engine works without one."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .model import Task, TaskInfo, TaskSummary
+
+
+class TaskJournal(Protocol):
+    """Where tasks are made durable; the engine works without one.
+
+    `write` is called on the loop when a task is accepted and whenever it changes; it must
+    not block (snapshot the task, write later, in batches). The engine may drop a finished
+    task's input and output from memory once `write` has returned.
+    """
+
+    def write(self, task: Task) -> None: ...
+
+    def behind(self) -> bool:
+        """True when writes are waiting in memory past the journal's bound: callers that
+        can wait (the Python API's `run`) then wait for `committed()`."""
+
+    async def committed(self) -> None:
+        """Return once everything written so far is durable; raise if it cannot be."""
+
+    async def load(self, task_id: str) -> TaskInfo | None:
+        """A task no longer (wholly) in memory."""
+
+    async def query(self, *, agent: str | None, status: str | None, since: float | None,
+                    limit: int) -> list[TaskSummary]:
+        """Tasks created at or after `since` (wall time), oldest first, the newest `limit`."""
+

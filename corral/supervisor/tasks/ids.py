@@ -1,0 +1,63 @@
+"""Task ids: UUIDv7 (RFC 9562), unique across processes and nodes, and sortable.
+
+An id is the canonical text of a version-7 UUID: 48 bits of Unix time in milliseconds,
+then 12 bits that count ids made within one millisecond (seeded at random each
+millisecond), then 62 random bits; 122 bits in all that are time or random. The text
+sorts as the ids were made: ids made by one process are strictly increasing, even when
+the wall clock steps back (the last millisecond is reused, and borrowed from the next one
+when its counter runs out), and ids made elsewhere interleave by their time. A task's
+place in its queue can therefore be told from its id alone, which is what a shared queue
+needs (ids of tasks accepted before ids were UUIDv7, 12 hex characters, stay valid ids).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+_COUNTER_MAX = 0xFFF
+# a fresh millisecond starts its counter in the lower half: room for the ids after it
+_SEED_MASK = 0x7FF
+FORMAT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+class IdClock:
+    """Makes ids; one per process (`new_id`), or one per test."""
+
+    __slots__ = ("counter", "last_ms")
+
+    def __init__(self) -> None:
+        self.last_ms = -1
+        self.counter = 0
+
+    def make(self, now_ns: int | None = None) -> str:
+        ms = (time.time_ns() if now_ns is None else now_ns) // 1_000_000
+        rand = int.from_bytes(os.urandom(10))  # 62 bits for the id, 11 for a seed
+        if ms > self.last_ms:
+            self.last_ms, self.counter = ms, (rand >> 62) & _SEED_MASK
+        else:  # the same millisecond, or the clock went back: count on from the last id
+            self.counter += 1
+            if self.counter > _COUNTER_MAX:
+                self.last_ms += 1
+                self.counter = (rand >> 62) & _SEED_MASK
+        value = ((self.last_ms << 80) | (0x7 << 76) | (self.counter << 64)
+                 | (0b10 << 62) | (rand & 0x3FFF_FFFF_FFFF_FFFF))
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_clock = IdClock()
+
+
+def new_id() -> str:
+    """A new task id (module doc)."""
+    return _clock.make()
+
+
+def id_time(task_id: str) -> float | None:
+    """The Unix time (seconds) an id was made, or None for an id that is not a UUIDv7
+    (one from before, 12 hex characters)."""
+    if not FORMAT.fullmatch(task_id):
+        return None
+    return int(task_id[:8] + task_id[9:13], 16) / 1000

@@ -1,0 +1,373 @@
+"""Tasks: work given to agents, each ending in exactly one terminal outcome.
+
+A task goes to the least-loaded serving replica with a free slot (`max_concurrent_tasks`);
+otherwise it waits in the agent's bounded queue, ordered by priority then arrival
+(queue.py; dispatch.py starts it). Outcomes: succeeded, failed (the agent's error),
+timed_out, cancelled, lost (with its worker). A task is finished once. With `retries = N`,
+a task lost with its worker runs again on a live replica; every attempt is recorded.
+
+Durability is not the engine's business: it tells a `TaskJournal` (durable.py; the
+daemon's is SQLite) about every accepted task and every change, and a journal gives
+unfinished tasks back (`restore`) after a crash. Memory stays flat in the number of
+finished tasks (retention.py).
+
+The TaskManager composes the parts: admission (admission.py), the Queue, the Dispatcher,
+Retention and the workers' methods (worker.py); what happens at a task's end is here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ... import jsonrpc
+from ...jsonrpc import RpcError
+from ..lifecycle import State
+from .admission import (
+    check_input,
+    check_timeout,
+    queue_full,
+    rate_limited,
+    refusal,
+)
+from .counters import COUNTED, AgentTasks
+from .dispatch import Dispatcher
+from .durable import TaskJournal
+from .model import (
+    LOST_IN_RESTART,
+    TERMINAL,
+    Task,
+    TaskError,
+    TaskInfo,
+    TaskRecord,
+    TaskResult,
+    TaskStatus,
+    TaskSummary,
+)
+from .payload import Output, encode_input
+from .queue import LocalQueue, Queue
+from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
+from .worker import ToolRouter, WorkerMethods, report_progress
+
+if TYPE_CHECKING:
+    from ..core import Agent, Supervisor
+    from ..replica import Replica
+
+
+class TaskManager:
+    def __init__(self, sup: Supervisor, *, tool_router: ToolRouter,
+                 tool_lister: Callable[[Replica], Any], journal: TaskJournal | None = None,
+                 kept: int = FINISHED_KEPT, kept_bytes: int = FINISHED_KEPT_BYTES,
+                 queue: Queue | None = None) -> None:
+        self.sup = sup
+        self.journal = journal
+        self.active: dict[str, Task] = {}  # queued and running
+        self.retention = Retention(kept, kept_bytes)
+        self.finished = self.retention.finished  # in the order they ended
+        self.memory = self.retention.memory  # the payloads let go go back to the system
+        self._done: asyncio.Future[None] | None = None  # the `done` of every finished task
+        self.by_agent: dict[str, AgentTasks] = {}
+        self.queue: Queue = queue if queue is not None else LocalQueue()
+        self.dispatch = Dispatcher(sup, self.queue, self.by_agent, self)
+        self._seq = itertools.count()  # arrival order in this process (Task.seq)
+        self.worker = WorkerMethods(self.active, tool_router, tool_lister)
+        sup.ready_listeners.append(self.replica_ready)  # TEMP: engine branch calls these directly
+        sup.transition_listeners.append(self._on_state)  # TEMP: engine branch calls these directly
+        sup.worker_notifications["task/progress"] = self.worker.on_progress
+        sup.worker_methods["tools/call"] = self.worker.on_tool_call
+        sup.worker_methods["tools/list"] = self.worker.on_tool_list
+
+    def _agent_tasks(self, agent: Agent) -> AgentTasks:
+        q = self.by_agent.get(agent.name)
+        if q is None:
+            q = self.by_agent[agent.name] = AgentTasks(agent.spec.rate_per_minute)
+        return q
+
+    # -- the Supervisor's calls -----------------------------------------------------------
+    def replica_ready(self, r: Replica) -> None:
+        """A replica is ready for tasks: its agent's waiting tasks may start on it."""
+        if r.kind == "agent":
+            self.dispatch.pump(r.name)
+
+    def replica_down(self, r: Replica) -> None:
+        """A replica failed or terminated: if its agent will not run again, its waiting
+        tasks end now. (`terminated` comes before the restart policy decides: look once it
+        has.)"""
+        if r.kind == "agent":
+            asyncio.get_running_loop().call_soon(self._drain_if_down, r.name)
+
+    def _on_state(self, r: Replica, event: Any) -> None:
+        if event.state in ("failed", "terminated"):
+            self.replica_down(r)
+
+    def pump(self, agent_name: str) -> None:
+        """Dispatch an agent's waiting tasks to free replicas (after one was replaced)."""
+        self.dispatch.pump(agent_name)
+
+    # -- admission ------------------------------------------------------------------------
+    def submit(self, agent_name: str, task_input: Any, *, timeout: float | None = None,
+               priority: int = 0, values: bool = False) -> Task:
+        """Accept a task or refuse it at once with the reason. `values`: the caller reads
+        the output as Python values (so it is decoded once, as it arrives)."""
+        agent = self.sup.agent(agent_name)
+        q = self._agent_tasks(agent)
+        why = refusal(agent)
+        if why:
+            q.counts["refused"] += 1
+            raise RpcError(jsonrpc.REFUSED, why)
+        raw = task_input if isinstance(task_input, msgspec.Raw) else msgspec.Raw(
+            encode_input(task_input))
+        try:
+            check_input(len(raw))
+        except RpcError:
+            q.counts["refused"] += 1
+            raise
+        check_timeout(timeout)
+        if q.bucket is not None and not q.bucket.take():
+            q.counts["refused"] += 1
+            raise rate_limited(agent)
+        depth = self.queue.depth(agent.name)
+        if depth >= agent.spec.max_queue and self.dispatch.free_replica(agent) is None:
+            q.counts["refused"] += 1
+            raise queue_full(agent, depth)
+        task = Task(agent.name, raw, priority, timeout or agent.spec.task_timeout,
+                    agent.spec.retries, next(self._seq))
+        task.values = values
+        q.counts["accepted"] += 1
+        self.active[task.id] = task
+        self.record(task)
+        self.queue.put(task)
+        self.dispatch.pump(agent.name)
+        return task
+
+    # -- a task's end ---------------------------------------------------------------------
+    def finish(self, task: Task, status: TaskStatus, *, result: Output | None = None,
+               error: TaskError | None = None) -> None:
+        if task.status in TERMINAL:
+            return  # never twice
+        task.status = status
+        task.out = result
+        task.error = error
+        task.finished = time.time()
+        q = self.by_agent.get(task.agent)
+        if q is not None:
+            q.counts[status] += 1
+            q.latencies.append(task.finished - task.created)
+        self.record(task)
+        self.active.pop(task.id, None)
+        self.retention.keep(task)
+        done, task.done = task.done, self._finished()
+        if not done.done():
+            done.set_result(None)
+        watchers, task.watchers = task.watchers, None
+        for w in watchers or ():
+            w("done", task.result())
+        # what a finished task keeps is left with no container the garbage collector must
+        # look into again (a tuple of untracked Attempts is untracked; Output is not
+        # tracked; `done` is one future shared by all): 10,000 finished tasks made a full
+        # collection of the supervisor take 28 ms, a stall of its loop
+        task.attempts = tuple(task.attempts)
+
+    def _finished(self) -> asyncio.Future[None]:
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+            self._done.set_result(None)
+        return self._done
+
+    def record(self, task: Task) -> None:
+        if self.journal is not None:
+            self.journal.write(task)
+            task.journaled = True
+
+    # -- after a restart ------------------------------------------------------------------
+    def restore(self, records: Iterable[TaskRecord]) -> list[Task]:
+        """Take back a journal's unfinished tasks (in their order): queued ones wait again;
+        one that was running has lost its attempt to the restart and is retried when its
+        agent has retries left, else ends `lost`. They keep their order before every task
+        accepted after."""
+        restored: list[Task] = []
+        waiting: list[Task] = []
+        now = time.time()
+        for rec in records:
+            task = Task(rec.agent, rec.input, rec.priority, rec.timeout, rec.retries_left,
+                        next(self._seq))
+            task.id, task.created, task.started = rec.task_id, rec.created, rec.started
+            task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
+            agent = self.sup.agents.get(rec.agent)
+            self.active[task.id] = task
+            restored.append(task)
+            q = self._agent_tasks(agent) if agent is not None else None
+            if q is not None:
+                q.counts["accepted"] += 1
+            if rec.status == TaskStatus.RUNNING:
+                for a in task.attempts:
+                    if a.outcome == TaskStatus.RUNNING:
+                        a.outcome, a.error, a.finished = TaskStatus.LOST, LOST_IN_RESTART, now
+                if q is None or task.retries_left <= 0:
+                    self.finish(task, TaskStatus.LOST, error=TaskError(jsonrpc.PEER_CLOSED,
+                                                                       LOST_IN_RESTART))
+                    continue
+                task.retries_left -= 1
+                q.counts["retried"] += 1
+            if q is None:
+                self.finish(task, TaskStatus.LOST, error=TaskError(
+                    jsonrpc.PEER_CLOSED, f"{LOST_IN_RESTART}: agent {rec.agent} no longer "
+                                         "exists"))
+                continue
+            self.record(task)
+            waiting.append(task)
+        self.queue.recover(waiting)
+        # they wait for their agent's replicas to start (an agent that fails or is stopped
+        # ends them, as for any waiting task; one not started waits until it is)
+        for name in {t.agent for t in restored}:
+            self.dispatch.pump(name)
+        return restored
+
+    # -- the API --------------------------------------------------------------------------
+    async def run(self, agent: str, task_input: Any, *, timeout: float | None = None,
+                  priority: int = 0) -> TaskResult:
+        task = self.submit(agent, task_input, timeout=timeout, priority=priority, values=True)
+        if self.journal is not None and self.journal.behind():
+            # a journal that writes slower than tasks finish must not gather an unbounded
+            # backlog in memory: wait for it (the task runs meanwhile)
+            await self.journal.committed()
+        await asyncio.shield(task.done)
+        return await self.outcome(task, decode=True)
+
+    async def outcome(self, task: Task, *, decode: bool = False) -> TaskResult:
+        """A finished task's result, its output read back from the journal if it has
+        already been dropped from memory."""
+        if task.output_dropped and self.journal is not None:
+            info = await self.journal.load(task.id)
+            if info is not None and info.output is not None:
+                out = msgspec.json.decode(info.output) if decode else info.output
+                return TaskResult(task.id, task.status, out, task.error, list(task.attempts))
+        return task.result(decode=decode)
+
+    async def committed(self) -> None:
+        """Everything so far is durable (at once without a journal)."""
+        if self.journal is not None:
+            await self.journal.committed()
+
+    async def map(self, agent: str, inputs: Iterable[Any], *, concurrency: int = 8,
+                  timeout: float | None = None) -> list[TaskResult]:
+        """Run many tasks with at most `concurrency` at once; results in input order.
+        A refused task is a result with status "refused" rather than an exception."""
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(x: Any) -> TaskResult:
+            async with sem:
+                try:
+                    return await self.run(agent, x, timeout=timeout)
+                except RpcError as exc:
+                    return TaskResult("", "refused", None, TaskError(exc.code, exc.message), [])
+
+        return list(await asyncio.gather(*(one(x) for x in inputs)))
+
+    def get(self, task_id: str) -> Task:
+        """A task in memory (every unfinished one, the last `kept` finished ones)."""
+        task = self.active.get(task_id) or self.finished.get(task_id)
+        if task is None:
+            raise jsonrpc.not_found("task", task_id)
+        return task
+
+    async def info(self, task_id: str, *, wait: bool = False) -> TaskInfo:
+        """What `corral task ID` shows, from memory or else from the journal."""
+        task = self.active.get(task_id) or self.finished.get(task_id)
+        if task is not None and wait:
+            await asyncio.shield(task.done)
+        if task is not None and not (task.output_dropped and self.journal is not None):
+            return task.info()
+        info = await self.journal.load(task_id) if self.journal is not None else None
+        if info is None:
+            raise jsonrpc.not_found("task", task_id)
+        return info
+
+    async def query(self, *, agent: str | None = None, status: str | None = None,
+                    since: float | None = None, limit: int = 100) -> list[TaskSummary]:
+        """Tasks created since `since` (wall time), newest last: from the journal when
+        there is one (every task until pruned), else from memory."""
+        if limit <= 0:
+            return []
+        if self.journal is not None:
+            return await self.journal.query(agent=agent, status=status, since=since,
+                                            limit=limit)
+        tasks = sorted([*self.active.values(), *self.finished.values()], key=lambda t: t.seq)
+        return [t.summary() for t in tasks
+                if (agent is None or t.agent == agent) and (status is None or t.status == status)
+                and (since is None or t.created >= since)][-limit:]
+
+    def cancel(self, task_id: str) -> Task:
+        task = self.get(task_id)
+        if task.status in TERMINAL:
+            raise RpcError(jsonrpc.CONFLICT, f"task {task_id} already finished ({task.status})")
+        if task.status == TaskStatus.QUEUED:
+            self.queue.remove(task)
+            self.finish(task, TaskStatus.CANCELLED, error=TaskError(
+                jsonrpc.REQUEST_CANCELLED, "cancelled while queued"))
+            return task
+        attempt = task.attempts[-1]
+        attempt.outcome = TaskStatus.CANCELLED
+        if task.timer is not None:
+            task.timer.cancel()
+            task.timer = None
+        replica = task.replica
+        assert replica is not None
+        self.finish(task, TaskStatus.CANCELLED, error=TaskError(jsonrpc.REQUEST_CANCELLED,
+                                                               "cancelled while running"))
+        self.dispatch.stop_attempt(task, replica, attempt, "was cancelled")
+        return task
+
+    def stats(self) -> dict[str, Any]:
+        # every agent has an entry, zeros until its first task (its counters are made then)
+        per_agent = {name: (self.by_agent.get(name) or AgentTasks(0)).stats(
+                         self.queue.depth(name))
+                     for name in self.sup.agents}
+        total = {k: sum(s[k] for s in per_agent.values())
+                 for k in (*COUNTED, "queue_depth", "running")}
+        finished = sum(total[k] for k in TERMINAL)
+        total["success_rate"] = round(total["succeeded"] / finished, 4) if finished else None
+        return {"total": total, "agents": per_agent}
+
+    def _drain_if_down(self, name: str) -> None:
+        """Tasks waiting for an agent that will not run again end now, with the reason."""
+        agent = self.sup.agents.get(name)
+        if agent is None or not self.queue.depth(name) or refusal(agent) is None:
+            return
+        if self.sup.closing and self.journal is not None:
+            return  # they stay queued in the journal, for the next daemon
+        status: TaskStatus
+        if any(x.state == State.FAILED for x in agent.replicas):
+            status, error = TaskStatus.LOST, TaskError(jsonrpc.PEER_CLOSED,
+                                                       refusal(agent) or "")
+        elif all(x._stay_down for x in agent.replicas):
+            status, error = TaskStatus.CANCELLED, TaskError(jsonrpc.REQUEST_CANCELLED,
+                                                            f"agent {name} was stopped")
+        else:
+            last = next((x.last_exit for x in agent.replicas if x.last_exit), "unknown")
+            status, error = TaskStatus.LOST, TaskError(jsonrpc.PEER_CLOSED,
+                                                       f"agent {name} is down: {last}")
+        self._drain(name, status, error)
+
+    def _drain(self, name: str, status: TaskStatus, error: TaskError) -> None:
+        """End every task still waiting for agent `name`."""
+        waiting = []
+        while (task := self.queue.take(name)) is not None:
+            waiting.append(task)
+        for task in waiting:
+            self.finish(task, status, error=error)
+
+    def forget_agent(self, name: str) -> None:
+        """An agent was removed: its queued tasks are cancelled."""
+        if self.by_agent.pop(name, None) is not None:
+            self._drain(name, TaskStatus.CANCELLED, TaskError(
+                jsonrpc.REQUEST_CANCELLED, f"agent {name} was removed"))
+
+    # -- from workers ---------------------------------------------------------------------
+    def report_progress(self, task: Task, params: dict[str, Any]) -> None:
+        report_progress(task, params)

@@ -1,0 +1,185 @@
+"""What a task is: its statuses, its attempts, the Task itself, and the structs that
+show it (`corral run`, `corral task ID`, `corral tasks`, a journal's records)."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .ids import new_id
+from .payload import Output
+
+if TYPE_CHECKING:
+    from ..replica import Replica
+
+
+class TaskStatus(enum.StrEnum):
+    """A task's status; the values are the wire's and the journal's."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMED_OUT,
+                      TaskStatus.CANCELLED, TaskStatus.LOST})
+LOST_IN_RESTART = "daemon restarted"
+
+
+class Attempt(msgspec.Struct, gc=False):  # (scalars only: nothing to collect)
+    replica: int
+    pid: int | None
+    started: float
+    finished: float | None = None
+    outcome: str = "running"
+    error: str | None = None
+
+
+class TaskError(msgspec.Struct, omit_defaults=True):
+    code: int
+    message: str
+    data: Any = None
+
+
+class TaskResult(msgspec.Struct):
+    """What `corral run --json` prints and the Python API returns."""
+
+    task_id: str
+    status: str
+    output: Any
+    error: TaskError | None
+    attempts: list[Attempt]
+
+
+class _TaskHead(msgspec.Struct):
+    """What `corral task ID` and a line of `corral tasks` begin with (in this order)."""
+
+    task_id: str
+    agent: str
+    status: str
+    priority: int
+    created: float
+    started: float | None
+    finished: float | None
+
+
+class TaskInfo(_TaskHead):
+    tool_calls: int
+    progress: Any
+    output: Any
+    error: TaskError | None
+    attempts: list[Attempt]
+    # the output was dropped from memory to bound it (no journal to read it back from)
+    output_dropped: bool = False
+
+
+class TaskSummary(_TaskHead):
+    """One line of `corral tasks`."""
+
+    attempts: int
+
+
+class TaskRecord(msgspec.Struct, kw_only=True):
+    """An unfinished task as a journal gives it back after a restart (in the order they
+    were accepted)."""
+
+    task_id: str
+    agent: str
+    input: msgspec.Raw
+    priority: int
+    timeout: float
+    retries_left: int
+    created: float
+    started: float | None
+    status: str
+    tool_calls: int = 0
+    attempts: list[Attempt] = []
+
+
+class Task:
+    __slots__ = (
+        "agent", "attempts", "created", "done", "error", "finished",
+        "id", "input", "journaled", "out", "output_dropped", "priority", "progress",
+        "replica", "retries_left", "seq", "started", "status", "timeout", "timer",
+        "tool_calls", "values", "watchers",
+    )
+
+    def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
+                 retries: int, seq: int) -> None:
+        self.id = new_id()
+        self.agent = agent
+        self.input = raw_input
+        self.priority = priority
+        self.timeout = timeout
+        self.retries_left = retries
+        self.seq = seq  # arrival in this process: the queue's tie-break, never stored
+        self.created = time.time()
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.status: TaskStatus = TaskStatus.QUEUED
+        # the output, read from the worker's answer in one pass: as Python values when
+        # the caller wants them (`values`) and no journal needs the bytes, else as bytes
+        # forwarded as they came
+        self.out: Output | None = None
+        self.values = False
+        self.output_dropped = False  # left in the journal, or dropped to bound memory
+        self.journaled = False  # a journal has the input
+        self.error: TaskError | None = None
+        # a tuple once finished: then the garbage collector stops looking at it (module doc)
+        self.attempts: Sequence[Attempt] = []
+        self.progress: Any = None
+        self.tool_calls = 0
+        self.replica: Replica | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.watchers: list[Callable[[str, Any], None]] | None = []  # None once finished
+
+    def watch(self, watcher: Callable[[str, Any], None]) -> None:
+        """`watcher(kind, data)` hears "progress" and then "done" (with the result)."""
+        if self.watchers is not None:
+            self.watchers.append(watcher)
+
+    def unwatch(self, watcher: Callable[[str, Any], None]) -> None:
+        if self.watchers is not None and watcher in self.watchers:
+            self.watchers.remove(watcher)
+
+    @property
+    def output(self) -> Any:
+        """The output as Python values."""
+        return None if self.out is None else self.out.python()
+
+    @property
+    def raw_output(self) -> msgspec.Raw | None:
+        """The output's JSON bytes, to send on without a decode and an encode."""
+        return None if self.out is None else self.out.json()
+
+    @property
+    def raw_result(self) -> msgspec.Raw | None:
+        """The `task/run` result, `{"output": ...}`, as a journal stores it."""
+        out = self.raw_output
+        return None if out is None else msgspec.Raw(b"".join((b'{"output":', out, b"}")))
+
+    def result(self, *, decode: bool = False) -> TaskResult:
+        """The outcome; `output` stays the worker's JSON bytes (`msgspec.Raw`, encoded as
+        is when sent on) unless `decode` asks for Python values (the Python API)."""
+        output = self.output if decode else self.raw_output
+        return TaskResult(self.id, self.status, output, self.error, list(self.attempts))
+
+    def info(self) -> TaskInfo:
+        return TaskInfo(self.id, self.agent, self.status, self.priority, self.created,
+                        self.started, self.finished, self.tool_calls, self.progress,
+                        self.raw_output, self.error, list(self.attempts), self.output_dropped)
+
+    def summary(self) -> TaskSummary:
+        return TaskSummary(self.id, self.agent, self.status, self.priority, self.created,
+                           self.started, self.finished, len(self.attempts))
+

@@ -1,0 +1,186 @@
+"""The task package's seams: ids (UUIDv7), the Queue protocol's local heap, the journal
+keyed by task id (and the migration of a journal keyed by the old sequence number), and
+no import cycle between the package's files."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+
+from corral.daemon import store
+from corral.daemon.store import open_database
+from corral.daemon.taskjournal import TaskJournalDB
+from corral.supervisor import Supervisor
+from corral.supervisor.tasks import LocalQueue, Queue, Task, TaskRecord, TaskStatus, new_id
+from corral.supervisor.tasks.ids import FORMAT, IdClock, id_time
+
+from .conftest import ROOT, agent, all_ready
+
+
+# -- ids --------------------------------------------------------------------------------------
+def test_ids_are_uuidv7_unique_and_sorted_in_creation_order() -> None:
+    before = time.time()
+    ids = [new_id() for _ in range(20_000)]  # many share a millisecond
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    for i in (ids[0], ids[-1]):
+        assert FORMAT.fullmatch(i), i
+        u = uuid.UUID(i)
+        assert (u.version, u.variant) == (7, uuid.RFC_4122)
+    made = id_time(ids[0])
+    assert made is not None and before - 0.002 <= made <= time.time()
+    assert id_time("0123456789ab") is None  # an id from before: valid, not a UUIDv7
+
+
+def test_ids_keep_increasing_when_the_clock_steps_back_or_a_millisecond_runs_out() -> None:
+    clock = IdClock()
+    now = 1_700_000_000_000 * 1_000_000
+    ids = [clock.make(now) for _ in range(10_000)]  # past the 4,096 of one millisecond
+    ids += [clock.make(now - 5_000_000_000) for _ in range(10)]  # 5 s back
+    ids.append(clock.make(now + 60_000_000_000))
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(FORMAT.fullmatch(i) for i in ids)
+
+
+# -- the local queue --------------------------------------------------------------------------
+async def test_the_local_queue_orders_by_priority_then_arrival() -> None:
+    q: Queue = LocalQueue()
+    tasks = [Task("a", msgspec.Raw(b"null"), p, 1.0, 0, seq)
+             for seq, p in enumerate([0, 0, 5, 0, 5])]
+    for t in tasks:
+        q.put(t)
+    other = Task("b", msgspec.Raw(b"null"), 9, 1.0, 0, 99)
+    q.put(other)
+    assert (q.depth("a"), q.depth("b"), q.depth("nobody")) == (5, 1, 0)
+    first = q.take("a")
+    assert first is tasks[2]
+    q.requeue(first)  # a retried task goes back to its place
+    assert q.remove(tasks[3]) and not q.remove(tasks[3])
+    taken = []
+    while (t := q.take("a")) is not None:
+        taken.append(t)
+    assert taken == [tasks[2], tasks[4], tasks[0], tasks[1]]
+    assert q.take("a") is None and q.take("nobody") is None and q.take("b") is other
+    q.recover(reversed(tasks[:2]))
+    assert [q.take("a"), q.take("a")] == tasks[:2]
+
+
+# -- the journal, keyed by task id ------------------------------------------------------------
+async def test_a_restart_queues_the_journal_tasks_again_in_their_order(db_path: Path) -> None:
+    journal = TaskJournalDB(db_path)
+    async with Supervisor(heartbeat_interval=0.2, journal=journal) as sup:
+        sup.add(agent("q", "misbehave.py", max_concurrent_tasks=1))
+        await all_ready(sup, "q")
+        busy = sup.tasks.submit("q", {"do": "sleep", "seconds": 60})
+        waiting = [sup.tasks.submit("q", {"do": "echo", "n": i}, priority=p)
+                   for i, p in enumerate([0, 3, 0, 3, 1])]
+        await sup.wait_for(lambda: busy.status == TaskStatus.RUNNING, 10.0)
+        await sup.tasks.committed()
+    await journal.close()
+    journal = TaskJournalDB(db_path)
+    records = journal.unfinished()
+    assert [r.task_id for r in records] == [t.id for t in waiting]  # in arrival order
+    assert {r.status for r in records} == {"queued"}
+    ran = await _run_restored(journal, records)
+    assert ran == [waiting[i].id for i in (1, 3, 4, 0, 2)]
+
+
+async def _run_restored(journal: TaskJournalDB, records: list[TaskRecord]) -> list[str]:
+    """Restore `records` into a new engine with one slot: the ids in the order they ran."""
+    async with Supervisor(heartbeat_interval=0.2, journal=journal) as sup:
+        sup.add(agent("q", "misbehave.py", max_concurrent_tasks=1))
+        restored = sup.tasks.restore(records)
+        await asyncio.gather(*(asyncio.shield(t.done) for t in restored))
+        assert {t.status for t in restored} == {"succeeded"}
+        await sup.tasks.committed()
+    await journal.close()
+    return [t.id for t in sorted(restored, key=lambda t: t.attempts[0].started)]
+
+
+OLD_ROW = ("INSERT INTO tasks (seq, id, agent, priority, timeout, retries_left, created, "
+           "started, finished, status, tool_calls, input, output, error, attempts, progress) "
+           "VALUES (?, ?, 'q', ?, 30.0, 0, ?, ?, ?, ?, 0, ?, ?, NULL, ?, NULL)")
+
+
+async def test_a_journal_keyed_by_sequence_is_migrated_to_task_ids(tmp_path: Path) -> None:
+    db_path = tmp_path / "corral.db"
+    db = sqlite3.connect(db_path, isolation_level=None)
+    assert store.migrate(db, store.MIGRATIONS[:4]) == 4  # the schema before task-id keys
+    now = time.time()
+    done_attempt = b'[{"replica":0,"pid":1,"started":1.0,"finished":2.0,"outcome":"succeeded"}]'
+    # old ids: 12 hex characters, not in the order of their sequence numbers
+    old = [(0, "f00000000001", 0, "succeeded"), (1, "a00000000002", 0, "queued"),
+           (2, "000000000003", 2, "queued"), (3, "c00000000004", 0, "queued"),
+           (4, "b00000000005", 2, "queued")]
+    for seq, tid, prio, status in old:
+        done = status == "succeeded"
+        db.execute(OLD_ROW, (seq, tid, prio, now - 10 + seq, 1.0 if done else None,
+                             2.0 if done else None, status, None if done else b'{"do":"echo"}',
+                             b'{"output":7}' if done else None,
+                             done_attempt if done else b"[]"))
+    db.close()
+
+    db = open_database(db_path)  # migrates
+    assert store.schema_version(db) == store.SCHEMA_VERSION
+    rows = db.execute("SELECT id, arrival, priority, status, input, output FROM tasks "
+                      "ORDER BY arrival").fetchall()
+    columns = [c[1] for c in db.execute("PRAGMA table_info(tasks)")]
+    key = [c[1] for c in db.execute("PRAGMA table_info(tasks)") if c[5]]
+    db.close()
+    assert "seq" not in columns and key == ["id"]
+    assert rows == [(tid, seq, prio, status,
+                     None if status == "succeeded" else b'{"do":"echo"}',
+                     b'{"output":7}' if status == "succeeded" else None)
+                    for seq, tid, prio, status in old]
+
+    journal = TaskJournalDB(db_path)
+    records = journal.unfinished()
+    assert [r.task_id for r in records] == [tid for _, tid, _, st in old if st == "queued"]
+    assert (await journal.load("f00000000001")) is not None  # old ids stay valid
+    # a new task arrives after every old one
+    journal.write(Task("q", msgspec.Raw(b"1"), 0, 30.0, 0, 0))
+    await journal.committed()
+    (top,) = journal._reader.execute("SELECT max(arrival) FROM tasks").fetchone()
+    assert top == 5
+    ran = await _run_restored(journal, records)
+    assert ran == ["000000000003", "b00000000005", "a00000000002", "c00000000004"]
+
+
+# -- no import cycle between the package's files ----------------------------------------------
+def test_the_task_package_has_no_import_cycle() -> None:
+    package = ROOT / "corral" / "supervisor" / "tasks"
+    edges: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        name = path.stem
+        edges[name] = set()
+        for node in ast.walk(ast.parse(path.read_text())):  # TYPE_CHECKING blocks too
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    edges[name].add(node.module.split(".")[0])
+                else:
+                    edges[name].update(a.name for a in node.names)
+    edges.pop("__init__")
+    for deps in edges.values():
+        deps.discard("__init__")
+    state: dict[str, int] = {}
+
+    def visit(n: str, path: list[str]) -> None:
+        if state.get(n) == 1:
+            raise AssertionError(f"import cycle: {' -> '.join([*path, n])}")
+        if state.get(n) == 2:
+            return
+        state[n] = 1
+        for m in sorted(edges.get(n, ())):
+            visit(m, [*path, n])
+        state[n] = 2
+
+    for n in sorted(edges):
+        visit(n, [])
+    assert {"model", "ids", "queue", "admission", "dispatch", "retention", "worker",
+            "manager"} <= set(edges)
