@@ -34,11 +34,17 @@ from ..supervisor.config import (
     load_config,
     parse_agents,
 )
-from ..supervisor.containment import Containment, ProcessRecord, read_stat
+from ..supervisor.containment import (
+    Containment,
+    ProcessEnded,
+    ProcessStarted,
+    read_stat,
+)
 from ..supervisor.core import Supervisor, SupervisorError
 from ..supervisor.lifecycle import LIVE, SERVING, State
 from ..supervisor.names import name_problem, shown
-from ..supervisor.replica import Event, Replica
+from ..supervisor.process_replica import Event, Exited, LogLines
+from ..supervisor.stream import Checkpoint, ListChanged, Stall, Tick
 from ..supervisor.tasks import LOST_IN_RESTART, TaskRecord
 from ..text import plural
 from . import journald
@@ -129,10 +135,11 @@ class Daemon:
         self.hub.echo = StderrEcho(s.log_level)
         self.journal = (JournalSender() if s.log_journal is True or (
             s.log_journal == "auto" and journald.available()) else None)
-        self.sup.log_listeners.append(self._on_worker_log)
-        self.sup.tick_listeners.append(self.notifier.watchdog)
-        self.sup.stall_listeners.append(self._on_stall)
-        self.sup.transition_listeners.append(self._on_transition)
+        stream = self.sup.stream
+        stream.subscribe(self._on_worker_log, LogLines)
+        stream.subscribe(lambda _: self.notifier.watchdog(), Tick)
+        stream.subscribe(self._on_stall, Stall)
+        stream.subscribe(self._on_transition, Event)
         self.notifier.track_status(self.status_line)
         try:
             self.gateway.configure(cfg.gateway, self.config_path.parent)
@@ -140,10 +147,10 @@ class Daemon:
             print(f"corral: invalid config: {exc}", file=sys.stderr)
             self.hub.close()
             return 1
-        self.sup.transition_listeners.append(self.gateway.on_transition)
-        self.sup.mcp.change_listeners.append(lambda server, kind: self.gateway.changed([kind]))
-        self.sup.environment_hooks.append(self.gateway.replica_environment)
-        self.sup.exit_listeners.append(self.gateway.forget_replica)
+        stream.subscribe(self.gateway.on_transition, Event)
+        stream.subscribe(lambda e: self.gateway.changed([e.kind]), ListChanged)
+        self.sup.environment_provider = self.gateway.replica_environment
+        stream.subscribe(self.gateway.forget_replica, Exited)
         events = self.sup.subscribe(maxsize=100_000)
         self.control = ControlServer(self, sock_path, s.group,
                                      max_connections=s.max_connections,
@@ -184,7 +191,9 @@ class Daemon:
             await self.control.close()
             self.hub.close()
             return 1
-        self.sup.checkpoint_listeners.append(self.store.save_state)
+        store = self.store
+        stream.subscribe(lambda c: store.save_state(c.agent, c.replica, c.time, c.state),
+                         Checkpoint)
         self.revisions = RevisionLog(self.store.db)
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
@@ -410,7 +419,7 @@ class Daemon:
             except Exception as exc:  # a restore is never fatal: the others still run
                 self.hub.daemon(f"could not restore runtime agent {name}: {exc}", priority=4)
 
-    def _on_transition(self, replica: Replica, event: Event) -> None:
+    def _on_transition(self, event: Event) -> None:
         """O(1) per lifecycle event: the STATUS line is marked stale (sent at most every
         100 ms), and READY=1 goes out once every autostart agent is up."""
         self.notifier.status_changed()
@@ -475,11 +484,12 @@ class Daemon:
                 self.journal.lines(e.kind, e.name, e.replica, e.pid or 0, "event",
                                    [text.encode()])
 
-    def _on_stall(self, seconds: float) -> None:
-        self.hub.daemon(f"event loop stalled for {seconds:.2f} s (not counted against any "
+    def _on_stall(self, e: Stall) -> None:
+        self.hub.daemon(f"event loop stalled for {e.seconds:.2f} s (not counted against any "
                         f"worker's heartbeat)", priority=4)
 
-    def _on_worker_log(self, replica: Replica, stream: str, lines: LineBlock) -> None:
+    def _on_worker_log(self, e: LogLines) -> None:
+        replica, stream, lines = e
         self.hub.emit(replica.name, replica.index, replica.pid or 0, stream, lines)
         if self.journal is not None:
             self.journal.lines(replica.kind, replica.name, replica.index, replica.pid or 0,
@@ -598,14 +608,14 @@ class ProcessRecords:
         self.owner = containment.owner
         me = read_stat(os.getpid())
         store.begin_incarnation(self.owner, os.getpid(), me.start_time if me else 0)
-        containment.started_listeners.append(self._on_started)
-        containment.ended_listeners.append(self._on_ended)
+        containment.stream.subscribe(self._on_started, ProcessStarted)
+        containment.stream.subscribe(self._on_ended, ProcessEnded)
 
-    def _on_started(self, rec: ProcessRecord) -> None:
-        self.writer.submit(StateStore.write_processes([rec], []), "process record")
+    def _on_started(self, e: ProcessStarted) -> None:
+        self.writer.submit(StateStore.write_processes([e.record], []), "process record")
 
-    def _on_ended(self, rec: ProcessRecord) -> None:
-        self.writer.submit(StateStore.write_processes([], [rec.token]), "process record")
+    def _on_ended(self, e: ProcessEnded) -> None:
+        self.writer.submit(StateStore.write_processes([], [e.record.token]), "process record")
 
     async def close(self) -> None:
         """A clean shutdown: every process is gone, so is this incarnation."""

@@ -1,23 +1,40 @@
 """The daemon's core: processes, lifecycle, policies."""
 
 from .config import AgentSpec, Config, ConfigError, Limits, McpServerSpec, load_config
-from .core import Agent, Stats, Supervisor, SupervisorError
-from .lifecycle import State
-from .replica import Event, Replica, ReplicaStatus
+from .containment import ProcessEnded, ProcessStarted
+from .core import Agent, Supervisor, SupervisorError
+from .lifecycle import Cause, State
+from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaHost, ReplicaStatus
+from .replica import AgentHost, Replica
+from .stats import Stats
+from .stream import Checkpoint, ListChanged, Stall, Stream, Subscription, Tick
 from .tasks import Task, TaskInfo, TaskJournal, TaskRecord, TaskResult, TaskSummary
 
 __all__ = [
     "Agent",
+    "AgentHost",
     "AgentSpec",
+    "Cause",
+    "Checkpoint",
     "Config",
     "ConfigError",
     "Event",
+    "Exited",
     "Limits",
+    "ListChanged",
+    "LogLines",
     "McpServerSpec",
+    "ProcessEnded",
+    "ProcessReplica",
+    "ProcessStarted",
     "Replica",
+    "ReplicaHost",
     "ReplicaStatus",
+    "Stall",
     "State",
     "Stats",
+    "Stream",
+    "Subscription",
     "Supervisor",
     "SupervisorError",
     "Task",
@@ -26,5 +43,6 @@ __all__ = [
     "TaskRecord",
     "TaskResult",
     "TaskSummary",
+    "Tick",
     "load_config",
 ]

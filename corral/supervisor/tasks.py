@@ -413,8 +413,6 @@ class TaskManager:
         self._seq = itertools.count()
         self.tool_router = tool_router
         self.tool_lister = tool_lister
-        sup.ready_listeners.append(lambda r: self._pump(r.name) if r.kind == "agent" else None)
-        sup.transition_listeners.append(self._on_transition)
         sup.worker_notifications["task/progress"] = self._on_progress
         sup.worker_methods["tools/call"] = self._on_tool_call
         sup.worker_methods["tools/list"] = self._on_tool_list
@@ -809,10 +807,14 @@ class TaskManager:
         total["success_rate"] = round(total["succeeded"] / finished, 4) if finished else None
         return {"total": total, "agents": per_agent}
 
-    def _on_transition(self, r: Replica, event: Any) -> None:
-        if r.kind == "agent" and event.state in ("failed", "terminated"):
-            # `terminated` comes before the restart policy decides: look once it has
-            asyncio.get_running_loop().call_soon(self._drain_if_down, r.name)
+    def replica_ready(self, r: Replica) -> None:
+        """An agent replica answered initialize: it takes the queue's tasks."""
+        self._pump(r.name)
+
+    def replica_down(self, r: Replica) -> None:
+        """An agent replica is Terminated or Failed."""
+        # `terminated` comes before the restart policy decides: look once it has
+        asyncio.get_running_loop().call_soon(self._drain_if_down, r.name)
 
     def _drain_if_down(self, name: str) -> None:
         """Tasks waiting for an agent that will not run again end now, with the reason."""
