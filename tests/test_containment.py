@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.supervisor import Limits, State, Supervisor
+from corral.supervisor import Limits, LogLines, ProcessEnded, ProcessStarted, State, Supervisor
 from corral.supervisor.caps import wrap_argv
 from corral.supervisor.containment import (
     TOKEN_VARIABLE,
@@ -58,7 +58,7 @@ def escaped_pids(sup: Supervisor) -> asyncio.Queue[int]:
             if m:
                 q.put_nowait(int(m.group(1)))
 
-    sup.log_listeners.append(on_log)
+    sup.stream.subscribe(lambda e: on_log(*e), LogLines)
     return q
 
 
@@ -152,8 +152,8 @@ async def test_every_process_is_recorded_with_its_start_time_and_forgotten_at_ex
         sup: Supervisor) -> None:
     started: list[ProcessRecord] = []
     ended: list[ProcessRecord] = []
-    sup.containment.started_listeners.append(started.append)
-    sup.containment.ended_listeners.append(ended.append)
+    sup.stream.subscribe(lambda e: started.append(e.record), ProcessStarted)
+    sup.stream.subscribe(lambda e: ended.append(e.record), ProcessEnded)
     sup.add(agent("rec", replicas=2, stop_timeout=3.5))
     for i in range(2):
         await sup.wait_state("rec", State.READY, replica=i)

@@ -128,17 +128,20 @@ async def test_a_zygotes_exit_statuses_meet_their_spawns_in_either_order() -> No
 
 
 async def test_an_error_in_handling_an_exit_still_ends_the_life(sup: Supervisor) -> None:
-    # a bug in corral's own exit handling (here: a containment listener that raises) is
-    # logged by the loop; the life ends all the same, so stop() and close() never hang
+    # a bug in corral's own exit handling (here: containment's bookkeeping of the exit
+    # raises) is logged by the loop; the life ends all the same, so stop() and close() never hang
     sup.add(agent("one", restart="never"))
     r = await sup.wait_state("one", State.READY)
     proc = r.process
     assert proc is not None
 
-    def broken(_: object) -> None:
+    ended = sup.containment.ended
+
+    def broken(token: str) -> None:
+        ended(token)
         raise RuntimeError("listener bug")
 
-    sup.containment.ended_listeners.append(broken)
+    sup.containment.ended = broken  # type: ignore[method-assign]
     errors: list[str] = []
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _, ctx: errors.append(str(ctx.get("exception"))))
@@ -147,7 +150,7 @@ async def test_an_error_in_handling_an_exit_still_ends_the_life(sup: Supervisor)
         await asyncio.wait_for(r.stopped(), 10.0)
     finally:
         loop.set_exception_handler(None)
-        sup.containment.ended_listeners.remove(broken)
+        del sup.containment.ended
     assert errors == ["listener bug"]
     assert proc.pidfd == -1 and proc.stdin is not None and proc.stdin.is_closing()
     # ended as an exit whose reason is the error: never stuck half-way
@@ -160,7 +163,7 @@ async def test_an_error_before_the_spawn_ends_the_life_and_the_policy_decides(
     def broken(_: object) -> dict[str, str]:
         raise RuntimeError("hook bug")
 
-    sup.environment_hooks.append(broken)
+    sup.environment_provider = broken
     errors: list[str] = []
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _, ctx: errors.append(str(ctx.get("exception"))))
@@ -170,7 +173,7 @@ async def test_an_error_before_the_spawn_ends_the_life_and_the_policy_decides(
         r = await sup.wait_state("one", State.FAILED, timeout=10)
     finally:
         loop.set_exception_handler(None)
-        sup.environment_hooks.remove(broken)
+        sup.environment_provider = None
     assert r.reason == ("too many restarts (1 within 60 s); last exit: corral error: "
                         "RuntimeError: hook bug")
     assert r.process is None and r.restarts == 1 and not r._living

@@ -11,7 +11,7 @@ import pytest
 
 from corral import jsonrpc
 from corral.jsonrpc import LineBlock, RpcError
-from corral.supervisor import Supervisor
+from corral.supervisor import ListChanged, LogLines, Supervisor
 from corral.supervisor.replica import Replica
 
 from .test_mcp import scripted, up, wait_mcp
@@ -24,7 +24,7 @@ def capture_logs(sup: Supervisor, name: str) -> list[str]:
         if r.name == name:
             lines.extend(b.decode() for b in block)
 
-    sup.log_listeners.append(listen)
+    sup.stream.subscribe(lambda e: listen(*e), LogLines)
     return lines
 
 
@@ -258,7 +258,7 @@ async def test_list_changes_are_told_to_listeners(sup: Supervisor) -> None:
 
     await up(sup, scripted("gr", "v2025-11"))
     told: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-    sup.mcp.change_listeners.append(lambda server, kind: told.put_nowait((server, kind)))
+    sup.stream.subscribe(lambda e: told.put_nowait((e.server, e.kind)), ListChanged)
     await sup.mcp.call("gr__grow", {})
     assert await asyncio.wait_for(told.get(), 10) == ("gr", "tools")
     assert any(t["name"] == "gr__extra" for t in await sup.mcp.list_tools())
@@ -274,7 +274,7 @@ async def test_task_augmented_tools_are_polled_to_their_result_and_cancelled_on_
         if r.name == "tk" and b"task t2 cancelled" in block.block and not cancelled.done():
             cancelled.set_result(True)
 
-    sup.log_listeners.append(listen)
+    sup.stream.subscribe(lambda e: listen(*e), LogLines)
     await up(sup, scripted("tk", "v2025-11,tasks", timeout=1.0))
     assert await sup.mcp.call("tk__quick", {}) == {
         "content": [{"type": "text", "text": "done after 2 polls"}]}

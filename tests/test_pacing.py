@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from corral.daemon.store import StateStore
-from corral.supervisor import State, Supervisor
+from corral.supervisor import Event, State, Supervisor
 from corral.supervisor.containment import ProcessRecord
 from corral.supervisor.pacing import BATCH, Pacer, pacer
 
@@ -65,8 +65,8 @@ async def test_a_mass_crash_and_a_mass_stop_are_handled_in_slices_each_agent_onc
         assert r.pid is not None
         os.kill(r.pid, signal.SIGKILL)
     ended: set[int] = set()
-    sup.transition_listeners.append(
-        lambda r, e: ended.add(r.index) if e.state == "terminated" else None)
+    sup.stream.subscribe(
+        lambda e: ended.add(e.replica) if e.state == "terminated" else None, Event)
     await sup.wait_for(lambda: len(ended) == N, 60)
     seen = await look.done()
     # the exits were handled over several turns, the looking task served in between

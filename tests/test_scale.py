@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from corral.daemon.notify import Notifier
-from corral.supervisor import State, Supervisor
+from corral.supervisor import State, Supervisor, Tick
 from corral.supervisor.core import HEARTBEAT_SLICE
 
 from .conftest import agent
@@ -27,11 +27,11 @@ async def _rounds(sup: Supervisor, n: int, timeout: float = 30.0) -> None:
         if sup.heartbeat_work.rounds >= target and not done.done():
             done.set_result(None)
 
-    sup.tick_listeners.append(on_tick)
+    ticks = sup.stream.subscribe(lambda _: on_tick(), Tick)
     try:
         await asyncio.wait_for(done, timeout)
     finally:
-        sup.tick_listeners.remove(on_tick)
+        sup.stream.unsubscribe(ticks)
 
 
 async def test_a_quiet_worker_is_pinged_once_per_half_timeout_not_every_tick(

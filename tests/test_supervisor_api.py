@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from corral import jsonrpc
-from corral.supervisor import State, Supervisor, SupervisorError
+from corral.supervisor import State, Supervisor, SupervisorError, Tick
 
 from .conftest import agent
 
@@ -83,9 +83,9 @@ async def _ticks(sup: Supervisor, n: int) -> None:
         if count >= n:
             done.set()
 
-    sup.tick_listeners.append(on_tick)
+    ticks = sup.stream.subscribe(lambda _: on_tick(), Tick)
     await asyncio.wait_for(done.wait(), 5)
-    sup.tick_listeners.remove(on_tick)
+    sup.stream.unsubscribe(ticks)
 
 
 async def test_stop_start_restart_remove(sup: Supervisor) -> None:

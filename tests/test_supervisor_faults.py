@@ -18,7 +18,7 @@ import pytest
 
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
-from corral.supervisor import Limits, State, Supervisor
+from corral.supervisor import Limits, LogLines, State, Supervisor
 from corral.supervisor.replica import Event
 
 from .conftest import NOBODY_PY, agent, nobody_reason
@@ -76,8 +76,8 @@ async def test_never_answers_initialize_hits_start_timeout(sup: Supervisor) -> N
 
 async def test_garbage_on_stdout_is_counted_and_logged_not_fatal(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.log_listeners.append(
-        lambda r, stream, lines: logs.extend(f"{stream}: {t.decode()}" for t in lines))
+    sup.stream.subscribe(
+        lambda e: logs.extend(f"{e.stream}: {t.decode()}" for t in e.lines), LogLines)
     sup.add(agent("noisy", "misbehave.py", env={"MISBEHAVE": "garbage"}))
     r = await sup.wait_state("noisy", State.READY)
     assert await run_task(sup, "noisy", {"do": "echo", "x": 1}) == {
@@ -91,7 +91,7 @@ async def test_garbage_on_stdout_is_counted_and_logged_not_fatal(sup: Supervisor
 
 async def test_100mb_line_is_discarded_without_buffering_it(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.log_listeners.append(lambda r, stream, lines: logs.extend(t.decode() for t in lines))
+    sup.stream.subscribe(lambda e: logs.extend(t.decode() for t in e.lines), LogLines)
     rss_before = psutil.Process().memory_info().rss
     sup.add(agent("huge", "misbehave.py", env={"MISBEHAVE": "hugeline"}))
     r = await sup.wait_state("huge", State.READY, timeout=20)
@@ -220,7 +220,7 @@ async def test_grandchild_dies_with_its_agent(sup: Supervisor) -> None:
             if m and not found.done():
                 found.set_result(int(m.group(1)))
 
-    sup.log_listeners.append(on_log)
+    sup.stream.subscribe(lambda e: on_log(*e), LogLines)
     sup.add(agent("parent", "misbehave.py", env={"MISBEHAVE": "grandchild"}))
     await sup.wait_state("parent", State.READY)
     gc = await asyncio.wait_for(found, 5)
@@ -233,7 +233,7 @@ async def test_grandchild_dies_with_its_agent(sup: Supervisor) -> None:
 
 async def test_crash_mid_task_fails_the_request_and_restarts(sup: Supervisor) -> None:
     logs: list[str] = []
-    sup.log_listeners.append(lambda r, stream, lines: logs.extend(t.decode() for t in lines))
+    sup.stream.subscribe(lambda e: logs.extend(t.decode() for t in e.lines), LogLines)
     sup.add(agent("crashy", "misbehave.py"))
     r = await sup.wait_state("crashy", State.READY)
     with pytest.raises(RpcError) as err:

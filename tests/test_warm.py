@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.supervisor import Limits, State, Supervisor
+from corral.supervisor import Limits, LogLines, State, Supervisor
 from corral.supervisor.containment import TOKEN_VARIABLE
 from corral.supervisor.replica import Replica
 
@@ -56,7 +56,7 @@ def notes(sup: Supervisor) -> list[str]:
         if stream == "corral":
             got.extend(bytes(line).decode() for line in lines)  # type: ignore[attr-defined]
 
-    sup.log_listeners.append(on_log)
+    sup.stream.subscribe(lambda e: on_log(*e), LogLines)
     return got
 
 

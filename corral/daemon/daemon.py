@@ -30,10 +30,11 @@ from ..jsonrpc import LineBlock
 from ..methods import ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from ..supervisor.config import Config, ConfigError, load_config
-from ..supervisor.containment import Containment, ProcessRecord, read_stat
+from ..supervisor.containment import Containment, ProcessEnded, ProcessStarted, read_stat
 from ..supervisor.core import Supervisor
 from ..supervisor.lifecycle import LIVE, SERVING, State
-from ..supervisor.replica import Event, Replica
+from ..supervisor.process_replica import Event, Exited, LogLines
+from ..supervisor.stream import Checkpoint, ListChanged, Stall, Tick
 from ..supervisor.tasks import TaskRecord
 from ..text import plural
 from . import journald
@@ -183,7 +184,8 @@ class Daemon:
         store, writer, journal, unfinished = await self._open_store(stack, paths.state_dir,
                                                                     cfg)
         self.store = store
-        sup.checkpoint_listeners.append(store.save_state)
+        sup.stream.subscribe(
+            lambda c: store.save_state(c.agent, c.replica, c.time, c.state), Checkpoint)
         revisions = RevisionLog(store.db)
 
         loop = asyncio.get_running_loop()
@@ -277,15 +279,16 @@ class Daemon:
               sender: JournalSender | None) -> None:
         """What the daemon hears from the engine."""
         self.sender = sender
-        sup.log_listeners.append(self._on_worker_log)
-        sup.tick_listeners.append(self.notifier.watchdog)
-        sup.stall_listeners.append(self._on_stall)
-        sup.transition_listeners.append(self._on_transition)
+        stream = sup.stream
+        stream.subscribe(self._on_worker_log, LogLines)
+        stream.subscribe(lambda _: self.notifier.watchdog(), Tick)
+        stream.subscribe(self._on_stall, Stall)
+        stream.subscribe(self._on_transition, Event)
         self.notifier.track_status(self.status_line)
-        sup.transition_listeners.append(gateway.on_transition)
-        sup.mcp.change_listeners.append(lambda server, kind: gateway.changed([kind]))
-        sup.environment_hooks.append(gateway.replica_environment)
-        sup.exit_listeners.append(gateway.forget_replica)
+        stream.subscribe(gateway.on_transition, Event)
+        stream.subscribe(lambda e: gateway.changed([e.kind]), ListChanged)
+        stream.subscribe(gateway.forget_replica, Exited)
+        sup.environment_provider = gateway.replica_environment
 
     async def _reclaim(self, sup: Supervisor, store: StateStore, hub: LogHub) -> None:
         """Stop the processes of earlier incarnations that did not shut down cleanly (a
@@ -326,7 +329,7 @@ class Daemon:
         return http
 
     # -- what the engine tells ------------------------------------------------------------------
-    def _on_transition(self, replica: Replica, event: Event) -> None:
+    def _on_transition(self, event: Event) -> None:
         """O(1) per lifecycle event: the STATUS line is marked stale (sent at most every
         100 ms), and READY=1 goes out once every autostart agent is up."""
         self.notifier.status_changed()
@@ -373,11 +376,12 @@ class Daemon:
                 self.sender.lines(e.kind, e.name, e.replica, e.pid or 0, "event",
                                   [text.encode()])
 
-    def _on_stall(self, seconds: float) -> None:
-        self.hub.daemon(f"event loop stalled for {seconds:.2f} s (not counted against any "
+    def _on_stall(self, e: Stall) -> None:
+        self.hub.daemon(f"event loop stalled for {e.seconds:.2f} s (not counted against any "
                         f"worker's heartbeat)", priority=4)
 
-    def _on_worker_log(self, replica: Replica, stream: str, lines: LineBlock) -> None:
+    def _on_worker_log(self, e: LogLines) -> None:
+        replica, stream, lines = e
         self.hub.emit(replica.name, replica.index, replica.pid or 0, stream, lines)
         if self.sender is not None:
             self.sender.lines(replica.kind, replica.name, replica.index, replica.pid or 0,
@@ -440,14 +444,14 @@ class ProcessRecords:
         self.owner = containment.owner
         me = read_stat(os.getpid())
         store.begin_incarnation(self.owner, os.getpid(), me.start_time if me else 0)
-        containment.started_listeners.append(self._on_started)
-        containment.ended_listeners.append(self._on_ended)
+        containment.stream.subscribe(self._on_started, ProcessStarted)
+        containment.stream.subscribe(self._on_ended, ProcessEnded)
 
-    def _on_started(self, rec: ProcessRecord) -> None:
-        self.writer.submit(StateStore.write_processes([rec], []), "process record")
+    def _on_started(self, e: ProcessStarted) -> None:
+        self.writer.submit(StateStore.write_processes([e.record], []), "process record")
 
-    def _on_ended(self, rec: ProcessRecord) -> None:
-        self.writer.submit(StateStore.write_processes([], [rec.token]), "process record")
+    def _on_ended(self, e: ProcessEnded) -> None:
+        self.writer.submit(StateStore.write_processes([], [e.record.token]), "process record")
 
     async def close(self) -> None:
         """A clean shutdown: every process is gone, so is this incarnation."""

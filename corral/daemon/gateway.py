@@ -37,7 +37,7 @@ from ..supervisor.config import GatewaySettings
 
 if TYPE_CHECKING:
     from ..supervisor.core import Supervisor
-    from ..supervisor.replica import Event, Replica
+    from ..supervisor.process_replica import Event, Exited, ProcessReplica
 
 # a gateway call's audit row: (client, tool, outcome, (uid, pid))
 Audit = Callable[[str, str, str, tuple[int, int]], None]
@@ -222,7 +222,7 @@ class GatewayService:
         return Identity(name=name, allow=list(entry.tools), owner=f"gateway:{name}",
                         **self._limits(entry))
 
-    def replica_environment(self, replica: Replica) -> dict[str, str]:
+    def replica_environment(self, replica: ProcessReplica) -> dict[str, str]:
         """CORRAL_MCP_URL and a fresh token for an agent replica being started; the
         replica's previous token stops working."""
         if replica.kind != "agent" or self.url is None or not self.settings.agent_tokens:
@@ -241,8 +241,8 @@ class GatewayService:
             env["CORRAL_MCP_SOCKET"] = self.socket_path
         return env
 
-    def forget_replica(self, replica: Replica, reason: str) -> None:
-        digest = self._replica_hash.pop(replica.label, None)
+    def forget_replica(self, e: Exited) -> None:
+        digest = self._replica_hash.pop(e.replica.label, None)
         if digest is not None:
             self.replica_tokens.pop(digest, None)
 
@@ -392,8 +392,8 @@ class GatewayService:
         for watcher in list(self.watchers):
             watcher(kinds)
 
-    def on_transition(self, replica: Replica, event: Event) -> None:
+    def on_transition(self, event: Event) -> None:
         """An MCP server instance started serving or stopped: what the pool offers may
         have changed."""
-        if replica.kind == "mcp" and ((event.state in SERVING) != (event.previous in SERVING)):
+        if event.kind == "mcp" and ((event.state in SERVING) != (event.previous in SERVING)):
             self.changed(["tools", "resources", "prompts"])

@@ -105,8 +105,9 @@ class McpPool(Generic[Spec, Inst]):
         # (server, uri) -> subscriber -> listener
         self.subscriptions: dict[tuple[str, str], dict[str, ResourceListener]] = {}
         # told (server, "tools" | "resources" | "prompts") when a server's list changed
-        # (its notifications/*/list_changed; for tools, once corral has the new list)
-        self.change_listeners: list[Callable[[str, str], None]] = []
+        # (its notifications/*/list_changed; for tools, once corral has the new list):
+        # the supervisor puts it on its event stream
+        self.on_change: Callable[[str, str], None] | None = None
 
     # -- servers --------------------------------------------------------------------------
     def add(self, spec: Spec) -> ServerEntry[Spec, Inst]:
@@ -328,8 +329,8 @@ class McpPool(Generic[Spec, Inst]):
     def list_changed(self, server: str, kind: str) -> None:
         """An instance of `server` said its `kind` list changed (instances call this), or
         the server was added or removed."""
-        for listener in list(self.change_listeners):
-            listener(server, kind)
+        if self.on_change is not None:
+            self.on_change(server, kind)
 
     # -- prompts and completion -----------------------------------------------------------
     async def list_prompts(self, *, owner: str | None = None, allow: list[str] | None = None,

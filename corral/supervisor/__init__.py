@@ -1,9 +1,13 @@
 """The daemon's core: processes, lifecycle, policies."""
 
 from .config import AgentSpec, Config, ConfigError, Limits, McpServerSpec, load_config
-from .core import Agent, Stats, Supervisor, SupervisorError
-from .lifecycle import State
-from .replica import Event, Replica, ReplicaStatus
+from .containment import ProcessEnded, ProcessStarted
+from .core import Agent, Supervisor, SupervisorError
+from .lifecycle import Cause, State
+from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaHost, ReplicaStatus
+from .replica import AgentHost, Replica
+from .stats import Stats
+from .stream import Checkpoint, ListChanged, Stall, Stream, Subscription, Tick
 from .tasks import (
     Task,
     TaskInfo,
@@ -16,16 +20,29 @@ from .tasks import (
 
 __all__ = [
     "Agent",
+    "AgentHost",
     "AgentSpec",
+    "Cause",
+    "Checkpoint",
     "Config",
     "ConfigError",
     "Event",
+    "Exited",
     "Limits",
+    "ListChanged",
+    "LogLines",
     "McpServerSpec",
+    "ProcessEnded",
+    "ProcessReplica",
+    "ProcessStarted",
     "Replica",
+    "ReplicaHost",
     "ReplicaStatus",
+    "Stall",
     "State",
     "Stats",
+    "Stream",
+    "Subscription",
     "Supervisor",
     "SupervisorError",
     "Task",
@@ -35,5 +52,6 @@ __all__ = [
     "TaskResult",
     "TaskStatus",
     "TaskSummary",
+    "Tick",
     "load_config",
 ]

@@ -35,13 +35,14 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import msgspec
 
 from .config import Limits
+from .stream import Stream
 
 log = logging.getLogger("corral.containment")
 
@@ -380,6 +381,18 @@ class ProcessRecord(msgspec.Struct, frozen=True):
         return token_owner(self.token)
 
 
+class ProcessStarted(NamedTuple):
+    """A process was spawned and is tracked (the daemon records it)."""
+
+    record: ProcessRecord
+
+
+class ProcessEnded(NamedTuple):
+    """A tracked process exited and was reaped; its descendants are being killed."""
+
+    record: ProcessRecord
+
+
 @dataclass
 class Tracked:
     record: ProcessRecord
@@ -419,7 +432,9 @@ class ReclaimReport(msgspec.Struct):
 class Containment:
     """Tracks every process a Supervisor starts and everything they leave behind."""
 
-    def __init__(self, cgroups: CgroupMode = "auto") -> None:
+    def __init__(self, cgroups: CgroupMode = "auto", *, stream: Stream | None = None) -> None:
+        """`stream`: where ProcessStarted and ProcessEnded go (the supervisor's)."""
+        self.stream = stream if stream is not None else Stream()
         # the incarnation: a random id, so tokens of two daemons (or two runs) never meet
         self.owner = f"{os.getpid()}-{secrets.token_hex(6)}"
         self.mode: CgroupMode = cgroups
@@ -436,8 +451,6 @@ class Containment:
         self._last_sweep = 0.0
         self.sweeps = 0  # passes over /proc, for tests and stats
         self.orphans_killed = 0
-        self.started_listeners: list[Callable[[ProcessRecord], None]] = []
-        self.ended_listeners: list[Callable[[ProcessRecord], None]] = []
         self.min_sweep_interval = 1.0
 
     # -- start and stop -------------------------------------------------------------------
@@ -502,8 +515,7 @@ class Containment:
         self._pending.discard(ticket.token)
         self.live[rec.token] = t
         self._by_pid[pid] = t
-        for listener in self.started_listeners:
-            listener(rec)
+        self.stream.emit(ProcessStarted(rec))
         return rec
 
     def signal(self, token: str, sig: int) -> None:
@@ -546,8 +558,7 @@ class Containment:
             # as they die: look now and once more on the next tick
             self._sweep_wanted = 2
             self._maybe_sweep()
-        for listener in self.ended_listeners:
-            listener(t.record)
+        self.stream.emit(ProcessEnded(t.record))
 
     def _kill_escapees(self, t: Tracked) -> None:
         for pid, start in t.escapees.items():

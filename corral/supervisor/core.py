@@ -31,10 +31,15 @@ from .mcproutes import AgentMcp
 from .mcpserver import McpServerReplica
 from .names import name_problem, shown
 from .pacing import BATCH, pacer
+from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaStatus
 from .remote import RemoteMcpServer
-from .replica import Event, Replica, ReplicaStatus
+from .replica import Replica
+from .stats import HeartbeatWork, Stats
+from .stream import TICK, Checkpoint, ListChanged, Stall, Stream, Subscription
 from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, TaskJournal, TaskManager
 from .zygote import Zygotes
+
+__all__ = ["Agent", "HeartbeatWork", "Stats", "Supervisor", "SupervisorError"]
 
 log = logging.getLogger("corral.supervisor")
 
@@ -47,35 +52,6 @@ class SupervisorError(RpcError):
 HEARTBEAT_SLICE = 64
 SAMPLES_PER_SECOND = 250
 FDS_EVERY = 5
-
-
-class HeartbeatWork(msgspec.Struct):
-    """What the heartbeat loop did, in total since start: its cost per tick is
-    busy_seconds / rounds, its longest single turn of the loop longest_slice."""
-
-    rounds: int = 0
-    slices: int = 0
-    visits: int = 0
-    samples: int = 0
-    pings: int = 0  # sent: only to workers silent for half their heartbeat_timeout
-    most_visits: int = 0  # in one turn of the loop (bounded by HEARTBEAT_SLICE)
-    busy_seconds: float = 0.0
-    longest_slice: float = 0.0
-    replicas: int = 0  # in the last round
-    slices_per_round: int = 0
-    sample_every_rounds: int = 1
-
-
-class Stats(msgspec.Struct):
-    spawned: int = 0
-    restarts: int = 0
-    failures: int = 0  # entered Failed
-    spawn_failures: int = 0
-    cold_fallbacks: int = 0  # warm starts asked for and not possible (reason in the log)
-    exits: int = 0
-    active: int = 0  # live processes now
-    loop_stalls: int = 0  # heartbeat ticks at least a second late (see listening.py)
-    longest_stall: float = 0.0
 
 
 class Agent:
@@ -199,8 +175,11 @@ class Supervisor:
         self.heartbeat_interval = heartbeat_interval
         self.max_replicas = max_replicas or default_max_replicas()
         self.state_dir = state_dir  # where remote servers' OAuth tokens are kept
+        # every event (transitions, log lines, exits, ticks, ...) goes out on this stream;
+        # its subscribers cannot break it (stream.py)
+        self.stream = Stream()
         # subreaper, cgroups and process records: nothing a process starts outlives it
-        self.containment = Containment(cgroups)
+        self.containment = Containment(cgroups, stream=self.stream)
         self.heartbeat_timeout = heartbeat_timeout
         self.max_line = max_line
         self.agents: dict[str, Agent] = {}
@@ -215,32 +194,26 @@ class Supervisor:
         self.started_at = time.monotonic()
         self._heartbeat: asyncio.Task[None] | None = None
         self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
-        self._event_queues: set[asyncio.Queue[Event]] = set()
-        # (replica, stream, lines): the lines (bytes) that arrived together
-        self.log_listeners: list[Callable[[Replica, str, LineBlock], None]] = []
-        self.tick_listeners: list[Callable[[], None]] = []
+        self._event_queues: dict[asyncio.Queue[Event], Subscription] = {}
         # the loop's own stalls, taken off the time a worker counts as silent
         self.listening = ListeningClock()
-        self.stall_listeners: list[Callable[[float], None]] = []
         self.worker_methods: dict[str, Callable[[Replica, Any], Any]] = {}
         self.worker_notifications: dict[str, Callable[[Replica, Any], None]] = {}
-        self.exit_listeners: list[Callable[[Replica, str], None]] = []
-        self.ready_listeners: list[Callable[[Replica], None]] = []
-        self.transition_listeners: list[Callable[[Replica, Event], None]] = []
         # more environment for a process about to start (the daemon: the gateway's token)
-        self.environment_hooks: list[Callable[[Replica], dict[str, str]]] = []
+        self.environment_provider: Callable[[ProcessReplica], dict[str, str]] | None = None
         # agent state checkpoints by (agent, replica): (wall time, state), given back in
-        # `initialize` after a restart; listeners persist them (the daemon: SQLite)
+        # `initialize` after a restart; subscribers to Checkpoint persist them (the
+        # daemon: SQLite)
         self.checkpoints: dict[tuple[str, int], tuple[float, Any]] = {}
-        self.checkpoint_listeners: list[Callable[[str, int, float, Any], None]] = []
         self.worker_notifications["state/checkpoint"] = self._on_checkpoint
         self.mcp: McpPool[McpServerSpec, McpServerReplica] = McpPool(
             self._new_mcp_instance, self._wait_mcp_serving)
+        self.mcp.on_change = self._list_changed
         self.tasks = TaskManager(self, tool_router=self._route_tool,
                                  tool_lister=self._list_tools, journal=journal,
                                  kept=tasks_kept, kept_bytes=tasks_kept_bytes)
-        self.events = EventBus(self)
-        self.agent_mcp = AgentMcp(self)
+        self.events = EventBus(self.stream, self.worker_methods, self.worker_notifications)
+        self.agent_mcp = AgentMcp(self.mcp, self.stream, self.worker_methods)
 
     # -- lifecycle of the supervisor itself -----------------------------------------------
     async def __aenter__(self) -> Supervisor:
@@ -348,42 +321,41 @@ class Supervisor:
         s.active = sum(1 for a in self.agents.values() for r in a.replicas if r.state in LIVE)
         s.loop_stalls = self.listening.stalls
         s.longest_stall = round(self.listening.longest, 3)
+        s.restarts_by_cause = dict(self.stats.restarts_by_cause)
+        s.subscriber_failures = self.stream.failures
         return s
 
     # -- events ---------------------------------------------------------------------------
     def subscribe(self, maxsize: int = 10000) -> asyncio.Queue[Event]:
-        """A queue of every future event; a full queue drops events rather than block."""
+        """A queue of every future transition; a full queue drops events rather than
+        block. (A callback for any event type: `self.stream.subscribe`.)"""
         q: asyncio.Queue[Event] = asyncio.Queue(maxsize)
-        self._event_queues.add(q)
+        self._event_queues[q] = self.stream.subscribe(functools.partial(_offer, q), Event)
         return q
 
     def unsubscribe(self, q: asyncio.Queue[Event]) -> None:
-        self._event_queues.discard(q)
-
-    def _counted(self, replica: Replica) -> None:
-        """A new agent replica (in state Initial) joins the census."""
-        if replica.kind == "agent":
-            self.census[replica.state] += 1
+        sub = self._event_queues.pop(q, None)
+        if sub is not None:
+            self.stream.unsubscribe(sub)
 
     def _forget(self, replicas: Iterable[Replica]) -> None:
         """Agent replicas that are gone for good leave the census."""
         for r in replicas:
-            if r.kind == "agent":
-                self.census[r.state] -= 1
+            self.census[r.state] -= 1
 
-    def _emit(self, event: Event, replica: Replica) -> None:
-        if replica.kind == "agent":
-            self.census[State(event.previous)] -= 1
-            self.census[State(event.state)] += 1
-        log.debug(
-            "%s %s: %s -> %s (%s)",
-            event.kind, replica.label, event.previous, event.state, event.reason,
-        )
-        for q in self._event_queues:
-            with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait(event)
-        for listener in self.transition_listeners:
-            listener(replica, event)
+    # -- the ReplicaHost protocol (process_replica.py, replica.py, mcpserver.py) ----------
+    def replica_added(self, r: ProcessReplica) -> None:
+        """A new agent replica (in state Initial) joins the census."""
+        if r.kind == "agent":
+            self.census[r.state] += 1
+
+    def transitioned(self, r: ProcessReplica, event: Event) -> None:
+        if r.kind == "agent":
+            self.census[event.previous] -= 1
+            self.census[event.state] += 1
+        log.debug("%s %s: %s -> %s (%s: %s)", event.kind, r.label, event.previous,
+                  event.state, event.cause, event.reason)
+        self.stream.emit(event)
         if self._waiters:
             keep = []
             for pred, fut in self._waiters:
@@ -423,7 +395,7 @@ class Supervisor:
         await self.wait_replica(r, states, timeout)
         return r
 
-    async def wait_replica(self, r: Replica, states: State | Iterable[State],
+    async def wait_replica(self, r: ProcessReplica, states: State | Iterable[State],
                            timeout: float) -> None:
         """Wait until `r` (an agent's replica or an MCP instance) is in one of `states`."""
         wanted = {states} if isinstance(states, State) else set(states)
@@ -442,7 +414,7 @@ class Supervisor:
             raise TimeoutError(self._not_reached(r, values, timeout)) from None
 
     @staticmethod
-    def _not_reached(r: Replica, values: set[str], timeout: float) -> str:
+    def _not_reached(r: ProcessReplica, values: set[str], timeout: float) -> str:
         msg = (f"{r.label} did not reach {' or '.join(sorted(values))} within {timeout:g} s: "
                f"it is {r.state.value}: {r.reason}")
         if r.last_exit and r.last_exit not in r.reason:
@@ -482,13 +454,6 @@ class Supervisor:
             inst.retune(spec)
         return True
 
-    def mcp_instance(self, name: str, index: int) -> McpServerReplica:
-        entry = self.mcp.server(name)
-        for inst in entry.all():
-            if inst.index == index:
-                return inst
-        raise SupervisorError(jsonrpc.NOT_FOUND, f"MCP server {name} has no instance {index}")
-
     def _new_mcp_instance(self, spec: McpServerSpec, name: str, index: int,
                           owner: str | None) -> McpServerReplica:
         if spec.remote:  # a connection, not a process: supervised the same way
@@ -513,22 +478,30 @@ class Supervisor:
         return self.mcp.call(name, arguments, owner=replica.label, on_progress=progress)
 
     async def _list_tools(self, replica: Replica) -> dict[str, Any]:
-        allow = list(getattr(replica.spec, "tools", []))
+        allow = list(replica.spec.tools)
         return {"tools": await self.mcp.list_tools(owner=replica.label, allow=allow)}
 
-    # -- hooks the replicas call ----------------------------------------------------------
-    def _on_log(self, replica: Replica, stream: str, lines: LineBlock) -> None:
-        for listener in self.log_listeners:
-            listener(replica, stream, lines)
+    def _list_changed(self, server: str, kind: str) -> None:
+        self.stream.emit(ListChanged(server, kind))
 
-    def _on_exit(self, replica: Replica, reason: str) -> None:
+    # -- the ReplicaHost protocol, continued ----------------------------------------------
+    def replica_log(self, r: ProcessReplica, stream: str, lines: LineBlock) -> None:
+        if self.stream.wants(LogLines):  # nothing made for lines nobody reads
+            self.stream.emit(LogLines(r, stream, lines))
+
+    def replica_exited(self, r: ProcessReplica, reason: str) -> None:
         self.stats.exits += 1
-        for listener in self.exit_listeners:
-            listener(replica, reason)
+        self.stream.emit(Exited(r, reason))
 
-    def _on_ready(self, replica: Replica) -> None:
-        for listener in self.ready_listeners:
-            listener(replica)
+    def replica_ready(self, r: Replica) -> None:
+        self.tasks.replica_ready(r)
+
+    def replica_down(self, r: Replica) -> None:
+        self.tasks.replica_down(r)
+
+    def environment(self, r: ProcessReplica) -> dict[str, str]:
+        provide = self.environment_provider
+        return provide(r) if provide is not None else {}
 
     def zygote_environment(self, agent_env: dict[str, str]) -> dict[str, str]:
         """What a zygote's preload imports run with: corral's own environment and the
@@ -545,7 +518,7 @@ class Supervisor:
         saved = self.checkpoints.get((replica.name, replica.index))
         if saved is None:
             return None
-        ttl = getattr(replica.spec, "state_ttl", 0)
+        ttl = replica.spec.state_ttl
         if ttl and time.time() - saved[0] > ttl:
             return None
         return saved[1]
@@ -555,10 +528,9 @@ class Supervisor:
             return
         when = time.time()
         self.checkpoints[(replica.name, replica.index)] = (when, params["state"])
-        for listener in self.checkpoint_listeners:
-            listener(replica.name, replica.index, when, params["state"])
+        self.stream.emit(Checkpoint(replica.name, replica.index, when, params["state"]))
 
-    def _worker_request(self, replica: Replica, method: str, raw: Any) -> Any:
+    def worker_request(self, replica: Replica, method: str, raw: Any) -> Any:
         handler = self.worker_methods.get(method)
         if handler is None:
             raise jsonrpc.method_not_found(method)
@@ -567,7 +539,7 @@ class Supervisor:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"{method}: params must be an object")
         return handler(replica, params)
 
-    def _worker_notification(self, replica: Replica, method: str, raw: Any) -> None:
+    def worker_notification(self, replica: Replica, method: str, raw: Any) -> None:
         handler = self.worker_notifications.get(method)
         if handler is None:
             return
@@ -589,7 +561,7 @@ class Supervisor:
         work = self.heartbeat_work
         while True:
             interval = self.heartbeat_interval
-            reps = [*self.replicas(), *self.mcp_instances()]
+            reps: list[ProcessReplica] = [*self.replicas(), *self.mcp_instances()]
             n = len(reps)
             slices = max(1, -(-n // HEARTBEAT_SLICE))
             # each replica is sampled every `every` rounds; fds (a directory listing, the
@@ -640,17 +612,12 @@ class Supervisor:
                 self.containment.tick()
             except Exception:
                 log.exception("containment tick failed")
-            for listener in self.tick_listeners:
-                try:
-                    listener()
-                except Exception:
-                    log.exception("tick listener failed")
+            self.stream.emit(TICK)
 
     def _on_stall(self, seconds: float) -> None:
         log.warning("event loop stalled for %.2f s; not counted as silence of any worker",
                     seconds)
-        for listener in self.stall_listeners:
-            listener(seconds)
+        self.stream.emit(Stall(seconds))
 
 
 def default_max_replicas() -> int:
@@ -701,7 +668,8 @@ def start_all(replicas: list[Replica]) -> Starter | None:
     return starter
 
 
-async def stop_all(replicas: Iterable[Replica], reason: str, *, graceful: bool = True) -> None:
+async def stop_all(replicas: Iterable[ProcessReplica], reason: str, *,
+                   graceful: bool = True) -> None:
     """Stop these replicas concurrently; returns when all are down (each after at most its
     own grace periods: no waits add up). Each stop's first steps (its event, the shutdown
     request, stdin closed) take a place in the loop's queue of paced work, as do the
@@ -723,3 +691,8 @@ def _object(raw: Any) -> dict[str, Any] | None:
     except msgspec.DecodeError:  # pragma: no cover - the envelope was valid JSON
         return None
     return value if isinstance(value, dict) else None
+
+
+def _offer(q: asyncio.Queue[Event], event: Event) -> None:
+    if not q.full():  # a reader that does not keep up loses events; corral goes on
+        q.put_nowait(event)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -17,9 +18,10 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from .follow import Follower
+from .process_replica import Exited
+from .stream import Stream
 
 if TYPE_CHECKING:
-    from .core import Supervisor
     from .replica import Replica
 
 WORKER_BACKLOG = 1 << 20  # bytes waiting in a worker's stdin pipe before events are dropped
@@ -43,16 +45,18 @@ class EventFollower(Follower[msgspec.Raw]):
 
 
 class EventBus:
-    def __init__(self, sup: Supervisor) -> None:
-        self.sup = sup
+    def __init__(self, stream: Stream,
+                 worker_methods: dict[str, Callable[[Replica, Any], Any]],
+                 worker_notifications: dict[str, Callable[[Replica, Any], None]]) -> None:
+        """Serves the workers' events/* methods (registered in these tables)."""
         self.subscriptions: dict[Replica, set[str]] = {}
         self.followers: set[EventFollower] = set()
         self.published = 0
         self.delivered = 0
         self.dropped = 0
-        sup.worker_notifications["events/publish"] = self._on_publish
-        sup.worker_methods["events/subscribe"] = self._on_subscribe
-        sup.exit_listeners.append(self._on_exit)
+        worker_notifications["events/publish"] = self._on_publish
+        worker_methods["events/subscribe"] = self._on_subscribe
+        stream.subscribe(self._on_exit, Exited)
 
     def publish(self, topic: str, data: Any, source: str) -> int:
         """Deliver to every live subscriber whose pattern matches; returns how many got it."""
@@ -95,8 +99,8 @@ class EventBus:
     def unfollow(self, f: EventFollower) -> None:
         self.followers.discard(f)
 
-    def _on_exit(self, r: Replica, reason: str) -> None:
-        self.subscriptions.pop(r, None)
+    def _on_exit(self, e: Exited) -> None:
+        self.subscriptions.pop(e.replica, None)  # type: ignore[call-overload]
 
     def _on_publish(self, r: Replica, params: dict[str, Any]) -> None:
         topic = params.get("topic")

@@ -1,18 +1,26 @@
-"""The lifecycle of a supervised process, as pure data.
+"""The lifecycle of a supervised process: the machine, as pure data and code without I/O.
 
-Every edge a process may take is listed in TRANSITIONS; taking any other is a bug and
-raises. Dependency-free on purpose, so it reads like the diagram in DESIGN.md section 4:
+A table keyed by (state, cause) gives the next state and the actions the replica runs
+(spawn, shut down, ask the restart policy, arm a timer, tell its host it serves or is
+down); a pair not in the table is a bug in corral and raises. `Machine` holds the state
+and the "extra bits" (stay down, why corral is taking the process down, the escalation,
+the restart decision), so that all of it is unit-tested without processes
+(tests/test_machine.py). It reads like the diagram in DESIGN.md section 4:
 
-    Initial -spawn-> Starting -initialize ok-> Ready -task-> Busy -done-> Idle -task-> Busy
-    any running state -stop / hang / cap / start timeout-> ShuttingDown -> Terminated
+    Initial -spawn-> Starting -ready-> Ready -task-> Busy -done-> Idle -task-> Busy
+    any running state -stop / hang / cap / unhealthy / error-> ShuttingDown -exit-> Terminated
     any running state -crash (the process is already gone)-> Terminated
-    Terminated -policy says restart-> Backoff -delay over-> Starting
-    Terminated -too many restarts in the window-> Failed (stays down until started by hand)
+    Terminated -policy restart-> Backoff -backoff over-> Starting
+    Terminated -give up (too many restarts in the window)-> Failed (down until started by hand)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
+from typing import NamedTuple
+
+from .restart import RestartPolicy
 
 
 class State(StrEnum):
@@ -27,7 +35,27 @@ class State(StrEnum):
     FAILED = "failed"
 
 
+class Cause(StrEnum):
+    """What made a transition: every event carries one, and restarts are counted by it."""
+
+    SPAWN = "spawn"  # a start by hand: forgives past restarts
+    READY = "ready"  # the handshake was answered
+    TASK = "task"
+    DONE = "done"  # the last running task ended
+    STOP = "stop"  # an operator's (stop, scale down, replace, remove, shutdown): stay down
+    HANG = "hang"  # no heartbeat, or no answer to the handshake in time
+    CAP = "cap"  # a soft limit (RSS, CPU share)
+    UNHEALTHY = "unhealthy"  # the handshake failed, a remote session was lost
+    ERROR = "error"  # corral's own handling of the life failed (a bug, logged)
+    EXIT = "exit"  # the process corral was taking down is gone
+    CRASH = "crash"  # the process is gone (or never spawned) without corral asking
+    POLICY_RESTART = "policy restart"
+    BACKOFF_OVER = "backoff over"
+    GIVE_UP = "give up"
+
+
 S = State
+C = Cause
 
 # has answered initialize and can take work
 SERVING = frozenset({S.READY, S.BUSY, S.IDLE})
@@ -38,25 +66,194 @@ LIVE = RUNNING | {S.SHUTTING_DOWN}
 # no process, and none will be started without an operator or a policy
 STOPPED = frozenset({S.INITIAL, S.TERMINATED, S.FAILED})
 
+# corral decided the process must go
+TAKE_DOWN = frozenset({C.STOP, C.HANG, C.CAP, C.UNHEALTHY, C.ERROR})
+
+
+class Step(NamedTuple):
+    """A row of the table: the next state (None: stay, emit nothing) and what follows."""
+
+    target: State | None
+    spawn: bool = False  # begin a life: spawn a process
+    shutdown: bool = False  # take the process down (ask, or kill: the caller's choice)
+    decide: bool = False  # the life is over: ask the restart policy
+    arm: bool = False  # arm the timer (the backoff's delay)
+    serving: bool = False  # tell the host: the replica takes work
+    down: bool = False  # tell the host: the replica is down (maybe for good)
+    # the extra bits
+    forgive: bool = False  # a start by hand: the policy's past and stay-down forgotten
+    fresh: bool = False  # a new life: no down reason, no escalation
+    stay_down: bool = False  # no restart after this
+    remember: bool = False  # keep the cause and reason the process is taken down for
+
+
+IGNORE = Step(None)
+
+
+def _table() -> dict[tuple[State, Cause], Step]:
+    t: dict[tuple[State, Cause], Step] = {}
+
+    def rows(states: Iterable[State], causes: Iterable[Cause], step: Step) -> None:
+        for s in states:
+            for c in causes:
+                assert (s, c) not in t, (s, c)
+                t[s, c] = step
+
+    stopped_or_waiting = (S.INITIAL, S.TERMINATED, S.FAILED, S.BACKOFF)
+    rows(stopped_or_waiting, [C.SPAWN], Step(S.STARTING, spawn=True, forgive=True, fresh=True))
+    rows([S.BACKOFF], [C.BACKOFF_OVER], Step(S.STARTING, spawn=True, fresh=True))
+    rows(LIVE, [C.SPAWN, C.BACKOFF_OVER], IGNORE)  # it runs already
+    rows(STOPPED, [C.BACKOFF_OVER], IGNORE)  # a timer outlived its backoff
+    rows([S.STARTING], [C.READY], Step(S.READY, serving=True))
+    rows([S.READY, S.IDLE], [C.TASK], Step(S.BUSY))
+    rows(sorted(set(State) - {S.READY, S.IDLE}), [C.TASK], IGNORE)  # busy, or on its way out
+    rows([S.BUSY], [C.DONE], Step(S.IDLE))
+    rows(sorted(set(State) - {S.BUSY}), [C.DONE], IGNORE)
+    rows(RUNNING, TAKE_DOWN - {C.STOP}, Step(S.SHUTTING_DOWN, shutdown=True, remember=True))
+    rows(RUNNING, [C.STOP], Step(S.SHUTTING_DOWN, shutdown=True, remember=True,
+                                 stay_down=True))
+    # a stop while it waits to restart: no process to take down
+    rows([S.BACKOFF], [C.STOP], Step(S.TERMINATED, stay_down=True, down=True))
+    rows(STOPPED | {S.SHUTTING_DOWN}, [C.STOP], Step(None, stay_down=True))
+    # on its way out already: the first reason stands; corral's own error replaces it
+    rows([S.SHUTTING_DOWN], TAKE_DOWN - {C.STOP, C.ERROR}, IGNORE)
+    rows([S.SHUTTING_DOWN], [C.ERROR], Step(None, remember=True))
+    rows(stopped_or_waiting, TAKE_DOWN - {C.STOP}, IGNORE)  # no process
+    rows([S.SHUTTING_DOWN], [C.EXIT], Step(S.TERMINATED, decide=True, down=True))
+    rows(RUNNING, [C.CRASH], Step(S.TERMINATED, decide=True, down=True))
+    rows([S.TERMINATED], [C.POLICY_RESTART], Step(S.BACKOFF, arm=True))
+    rows([S.TERMINATED], [C.GIVE_UP], Step(S.FAILED, down=True))
+    return t
+
+
+TABLE = _table()
+# the same rows by state, then cause: a lookup per event without a key built for it
+_ROWS: dict[State, dict[Cause, Step]] = {s: {} for s in State}
+for (_s, _c), _step in TABLE.items():
+    _ROWS[_s][_c] = _step
+
+# the edges the table allows (a start by hand of any stopped replica among them)
 TRANSITIONS: dict[State, frozenset[State]] = {
-    S.INITIAL: frozenset({S.STARTING}),
-    S.STARTING: frozenset({S.READY, S.SHUTTING_DOWN, S.TERMINATED}),
-    S.READY: frozenset({S.BUSY, S.SHUTTING_DOWN, S.TERMINATED}),
-    S.BUSY: frozenset({S.IDLE, S.SHUTTING_DOWN, S.TERMINATED}),
-    S.IDLE: frozenset({S.BUSY, S.SHUTTING_DOWN, S.TERMINATED}),
-    S.SHUTTING_DOWN: frozenset({S.TERMINATED}),
-    # Terminated -> Starting is a start by hand; -> Backoff / Failed is the restart policy.
-    S.TERMINATED: frozenset({S.STARTING, S.BACKOFF, S.FAILED}),
-    # Backoff -> Terminated: stopped by hand while waiting to restart.
-    S.BACKOFF: frozenset({S.STARTING, S.TERMINATED}),
-    S.FAILED: frozenset({S.STARTING}),
+    s: frozenset(st.target for st in row.values() if st.target is not None)
+    for s, row in _ROWS.items()
 }
 
 
 class IllegalTransition(RuntimeError):
-    """A transition not in the table: always a bug in corral, never an operator error."""
+    """A pair not in the table: always a bug in corral, never an operator error."""
 
 
 def check(current: State, target: State) -> None:
     if target not in TRANSITIONS[current]:
         raise IllegalTransition(f"illegal transition {current.value} -> {target.value}")
+
+
+class Decision(NamedTuple):
+    """The restart policy's answer to an exit: the cause to fire, its reason, the delay."""
+
+    cause: Cause
+    reason: str
+    delay: float = 0.0
+
+
+class Machine:
+    """A state, the extra bits, and the table applied to them; nothing here does I/O.
+    `_transitioned` is the one hook: the replica emits the event there."""
+
+    state: State
+    reason: str
+    policy: RestartPolicy
+    _stay_down: bool
+    _down_reason: str | None  # why corral is taking the process down
+    _down_cause: Cause | None
+    _escalation: str | None  # how far the stop went past asking (SIGTERM, SIGKILL)
+    _restart_cause: Cause  # what ended the life the policy chose to restart
+
+    def _machine_init(self, policy: RestartPolicy) -> None:
+        self.state = State.INITIAL
+        self.reason = "not started"
+        self.policy = policy
+        self._stay_down = False
+        self._down_reason = None
+        self._down_cause = None
+        self._escalation = None
+        self._restart_cause = Cause.CRASH
+
+    def row(self, cause: Cause) -> Step:
+        """The step `cause` would take now."""
+        try:
+            return _ROWS[self.state][cause]
+        except KeyError:
+            raise IllegalTransition(
+                f"no transition from {self.state.value} on {cause.value}") from None
+
+    def fire(self, cause: Cause, reason: str) -> Step:
+        """Apply the row of (state, cause): the extra bits, then the transition and its
+        event. Returns the step, whose actions the caller runs."""
+        step = self.row(cause)
+        if step.forgive:
+            self.policy.reset()
+            self._stay_down = False
+        if step.fresh:
+            self._down_reason = self._down_cause = self._escalation = None
+            self._fresh_life()
+        if step.stay_down:
+            self._stay_down = True
+            self._staying_down()
+        if step.remember:
+            self._down_reason, self._down_cause = reason, cause
+        if step.target is not None:
+            previous, self.state, self.reason = self.state, step.target, reason
+            self._transitioned(previous, cause, reason)
+        return step
+
+    # the hooks the replica runs its own bits in
+    def _transitioned(self, previous: State, cause: Cause, reason: str) -> None:
+        """The state changed (the replica emits the event)."""
+
+    def _fresh_life(self) -> None:
+        """A life begins (the replica forgets the last one's pid and timer)."""
+
+    def _staying_down(self) -> None:
+        """An operator's stop (the replica cancels a pending restart)."""
+
+    @property
+    def exit_cause(self) -> Cause:
+        """The cause to fire when the process is gone: corral took it down, or it went."""
+        return Cause.EXIT if self._down_cause is not None else Cause.CRASH
+
+    def taken_down_for(self) -> str | None:
+        """Why corral took the process down (and how far the stop had to go), or None
+        when it went by itself."""
+        if self._down_reason is None:
+            return None
+        if self._escalation:
+            return f"{self._down_reason} ({self._escalation})"
+        return self._down_reason
+
+    @property
+    def clean_exit_asked(self) -> bool:
+        """corral asked for the exit (an exit status of 0 then is no clean exit of its
+        own accord)."""
+        return self._down_reason is not None
+
+    def wants_retry(self, closing: bool) -> bool:
+        """Whether a spawn that failed for want of corral's resources is tried again."""
+        return not (self._stay_down or closing)
+
+    def decide(self, *, clean: bool, uptime: float, now: float, closing: bool,
+               reason: str) -> Decision | None:
+        """The restart decision after an exit (`reason`): None when the replica stays down
+        (stopped by hand, the supervisor closing, or the policy wants no restart)."""
+        if self._stay_down or closing:
+            return None
+        d = self.policy.on_exit(clean_exit=clean, uptime=uptime, now=now)
+        if d.restart:
+            self._restart_cause = self._down_cause or Cause.CRASH
+            return Decision(Cause.POLICY_RESTART,
+                            f"restarting in {d.delay:.2f} s after: {reason}", d.delay)
+        if d.give_up:
+            return Decision(Cause.GIVE_UP,
+                            f"too many restarts ({self.policy.max_restarts} within "
+                            f"{self.policy.window:g} s); last exit: {reason}")
+        return None

@@ -15,13 +15,16 @@ as `SERVER__PROMPT`. Worker protocol (docs/protocol.md):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
+from ..mcp.pool import McpPool
+from .process_replica import Exited
+from .stream import Stream
 
 if TYPE_CHECKING:
-    from .core import Supervisor
     from .replica import Replica
 
 
@@ -37,14 +40,16 @@ def _optional_str(params: dict[str, Any], key: str, method: str) -> str | None:
 
 
 def _allow(r: Replica) -> list[str]:
-    return list(getattr(r.spec, "tools", []))
+    return list(r.spec.tools)
 
 
 class AgentMcp:
-    """Registers the resources/* and prompts/* worker methods on a Supervisor."""
+    """Serves the resources/* and prompts/* worker methods (registered in
+    `worker_methods`) from the tool-server pool."""
 
-    def __init__(self, sup: Supervisor) -> None:
-        self.sup = sup
+    def __init__(self, pool: McpPool[Any, Any], stream: Stream,
+                 worker_methods: dict[str, Callable[[Replica, Any], Any]]) -> None:
+        self.pool = pool
         for method, handler in {
             "resources/list": self.list_resources,
             "resources/templates/list": self.list_templates,
@@ -54,23 +59,26 @@ class AgentMcp:
             "prompts/list": self.list_prompts,
             "prompts/get": self.get_prompt,
         }.items():
-            sup.worker_methods[method] = handler
-        sup.exit_listeners.append(lambda r, reason: sup.mcp.drop_subscriber(r.label))
+            worker_methods[method] = handler
+        stream.subscribe(self._on_exit, Exited)
+
+    def _on_exit(self, e: Exited) -> None:
+        self.pool.drop_subscriber(e.replica.label)
 
     async def list_resources(self, r: Replica, p: dict[str, Any]) -> Any:
         server = _optional_str(p, "server", "resources/list")
-        return {"resources": await self.sup.mcp.list_resources(
+        return {"resources": await self.pool.list_resources(
             owner=r.label, allow=_allow(r), server=server)}
 
     async def list_templates(self, r: Replica, p: dict[str, Any]) -> Any:
         server = _optional_str(p, "server", "resources/templates/list")
-        return {"resourceTemplates": await self.sup.mcp.list_resource_templates(
+        return {"resourceTemplates": await self.pool.list_resource_templates(
             owner=r.label, allow=_allow(r), server=server)}
 
     async def read(self, r: Replica, p: dict[str, Any]) -> Any:
         server = _str(p, "server", "resources/read")
         uri = _str(p, "uri", "resources/read")
-        return await self.sup.mcp.read_resource(server, uri, owner=r.label, allow=_allow(r))
+        return await self.pool.read_resource(server, uri, owner=r.label, allow=_allow(r))
 
     async def subscribe(self, r: Replica, p: dict[str, Any]) -> Any:
         server = _str(p, "server", "resources/subscribe")
@@ -80,19 +88,19 @@ class AgentMcp:
             if r.peer is not None:
                 r.peer.notify("resources/updated", {"server": server, "uri": uri})
 
-        await self.sup.mcp.subscribe(server, uri, r.label, updated, owner=r.label,
+        await self.pool.subscribe(server, uri, r.label, updated, owner=r.label,
                                      allow=_allow(r))
         return {}
 
     async def unsubscribe(self, r: Replica, p: dict[str, Any]) -> Any:
         server = _str(p, "server", "resources/unsubscribe")
         uri = _str(p, "uri", "resources/unsubscribe")
-        await self.sup.mcp.unsubscribe(server, uri, r.label, owner=r.label)
+        await self.pool.unsubscribe(server, uri, r.label, owner=r.label)
         return {}
 
     async def list_prompts(self, r: Replica, p: dict[str, Any]) -> Any:
         server = _optional_str(p, "server", "prompts/list")
-        return {"prompts": await self.sup.mcp.list_prompts(
+        return {"prompts": await self.pool.list_prompts(
             owner=r.label, allow=_allow(r), server=server)}
 
     async def get_prompt(self, r: Replica, p: dict[str, Any]) -> Any:
@@ -102,4 +110,4 @@ class AgentMcp:
                 not all(isinstance(v, str) for v in arguments.values()):
             raise RpcError(jsonrpc.INVALID_PARAMS,
                            "prompts/get: arguments must be an object of strings")
-        return await self.sup.mcp.get_prompt(name, arguments, owner=r.label, allow=_allow(r))
+        return await self.pool.get_prompt(name, arguments, owner=r.label, allow=_allow(r))

@@ -10,28 +10,38 @@ limit is the server's `max_message_mb`; and stopping follows the MCP stdio shutd
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from ..jsonrpc import Peer, RpcError
 from ..mcp.client import McpClient
+from ..mcp.pool import McpPool
 from .config import MIB, McpServerSpec
 from .process import ChildProcess
-from .replica import Replica
-
-if TYPE_CHECKING:
-    from .core import Supervisor
+from .process_replica import ProcessReplica, ReplicaHost
 
 
-class McpServerReplica(Replica):
+class McpHost(ReplicaHost, Protocol):
+    """What a tool server's replica needs of the supervisor besides a process replica's."""
+
+    @property
+    def mcp(self) -> McpPool[Any, Any]: ...  # told of list changes and resource updates
+    @property
+    def state_dir(self) -> Path | None: ...  # where remote servers' OAuth tokens are kept
+
+
+class McpServerReplica(ProcessReplica):
     kind = "mcp"
     title_prefix = "corral: mcp"
     name_variable = "CORRAL_MCP_SERVER"
     handshake = "the MCP handshake"
     handshake_failed = "MCP handshake failed"
+    host: McpHost
+    spec: McpServerSpec
 
-    def __init__(self, sup: Supervisor, spec: McpServerSpec, name: str, index: int,
+    def __init__(self, host: McpHost, spec: McpServerSpec, name: str, index: int,
                  owner: str | None = None) -> None:
-        super().__init__(sup, spec, name, index)
+        super().__init__(host, spec, name, index)
         self.mcp_spec = spec
         self.owner = owner  # "agent#replica" for scope = "per-agent"
         self.client = self._new_client()
@@ -60,15 +70,12 @@ class McpServerReplica(Replica):
         # each call has its own timeout (`timeout`), after which it fails by itself
         return self.client.calls_in_flight > 0
 
-    def _ask_to_stop(self) -> None:
-        pass  # the MCP stdio shutdown: closing stdin is the request
-
     def _list_changed(self, method: str) -> None:
         # notifications/resources/list_changed -> "resources"
-        self.sup.mcp.list_changed(self.name, method.split("/")[1])
+        self.host.mcp.list_changed(self.name, method.split("/")[1])
 
     def _resource_updated(self, uri: str, params: dict[str, Any]) -> None:
-        self.sup.mcp.resource_updated(self.name, uri, params)
+        self.host.mcp.resource_updated(self.name, uri, params)
 
     def retune(self, spec: McpServerSpec) -> None:
         """Take a spec that differs only in what a running server can be told (roots,
@@ -107,4 +114,4 @@ class McpServerReplica(Replica):
         except RpcError as exc:
             self.note(f"tools/list after list_changed failed: {exc.message}")
             return
-        self.sup.mcp.list_changed(self.name, "tools")
+        self.host.mcp.list_changed(self.name, "tools")

@@ -17,21 +17,20 @@ import time
 from typing import TYPE_CHECKING
 
 from .config import MIB, ConfigError, McpServerSpec, expand
-from .lifecycle import RUNNING, State
-from .mcpserver import McpServerReplica
+from .lifecycle import Cause, State
+from .mcpserver import McpHost, McpServerReplica
 
 if TYPE_CHECKING:
     from ..mcp.http import HttpTransport
     from ..mcp.oauth import OAuthSettings
-    from .core import Supervisor
 
 
 class RemoteMcpServer(McpServerReplica):
     handshake = "the MCP handshake"
 
-    def __init__(self, sup: Supervisor, spec: McpServerSpec, name: str, index: int,
+    def __init__(self, host: McpHost, spec: McpServerSpec, name: str, index: int,
                  owner: str | None = None) -> None:
-        super().__init__(sup, spec, name, index, owner)
+        super().__init__(host, spec, name, index, owner)
         self.transport: HttpTransport | None = None
         self._ended: asyncio.Future[str] | None = None
 
@@ -48,8 +47,7 @@ class RemoteMcpServer(McpServerReplica):
             reason = f"cannot connect: {exc}"
             self.last_exit = reason
             self._life_over()
-            self._set(State.TERMINATED, reason)
-            self._after_exit(clean=False, uptime=0.0, reason=reason)
+            self._life_ended(clean=False, uptime=0.0, reason=reason)
             return
         self.spawned_at = time.monotonic()
         if self.state == State.SHUTTING_DOWN:  # stopped while setting up
@@ -63,14 +61,13 @@ class RemoteMcpServer(McpServerReplica):
         uptime = time.monotonic() - (self.spawned_at or time.monotonic())
         if self.peer is not None:
             self.peer.close(self.exit_message(reason))
-        self.sup._on_exit(self, reason)
+        self.host.replica_exited(self, reason)
         self.transport = None
         self.peer = None
         self.ready_at = None
         self.last_exit = reason
         self._life_over()
-        self._set(State.TERMINATED, reason)
-        self._after_exit(clean=False, uptime=uptime, reason=reason)
+        self._life_ended(clean=False, uptime=uptime, reason=reason)
 
     def _connect(self, url: str, ended: asyncio.Future[str]) -> HttpTransport:
         from ..mcp.http import HttpTransport  # aiohttp: only when a remote server runs
@@ -85,15 +82,13 @@ class RemoteMcpServer(McpServerReplica):
         if spec.auth == "oauth":
             from ..mcp.oauth import OAuth
 
-            if self.sup.state_dir is None:
+            if self.host.state_dir is None:
                 raise ConfigError('auth = "oauth" needs a state directory for its tokens')
-            auth = OAuth.for_server(spec.name, url, oauth_settings(spec), self.sup.state_dir)
+            auth = OAuth.for_server(spec.name, url, oauth_settings(spec), self.host.state_dir)
         client = self.client = self._new_client()
 
         def lost(reason: str) -> None:
-            if self.state in RUNNING:
-                self._down_reason = reason
-                self._set(State.SHUTTING_DOWN, reason)
+            self._apply(Cause.UNHEALTHY, reason)
             _end(ended, reason)
 
         transport = HttpTransport(self.label, url, feed=self._feed, on_lost=lost,
@@ -111,12 +106,9 @@ class RemoteMcpServer(McpServerReplica):
         if self.peer is not None:
             self.peer.feed_line(data)
 
-    def take_down(self, reason: str, *, graceful: bool) -> None:
-        if self.state not in RUNNING:
-            return
-        self._down_reason = reason
-        self._set(State.SHUTTING_DOWN, reason)
-        if self._ended is not None:
+    def take_down(self, reason: str, *, graceful: bool, cause: Cause = Cause.HANG) -> None:
+        step = self._apply(cause, reason)
+        if step.shutdown and self._ended is not None:
             _end(self._ended, reason)
 
     def exit_message(self, reason: str) -> str:

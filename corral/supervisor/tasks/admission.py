@@ -11,7 +11,7 @@ from ...jsonrpc import RpcError
 from ..lifecycle import LIVE, State
 
 if TYPE_CHECKING:
-    from ..core import Agent
+    from .host import AgentLike
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024 - 4096  # it must fit one 16 MiB protocol line
 
@@ -35,7 +35,7 @@ class TokenBucket:
         return False
 
 
-def refusal(agent: Agent) -> str | None:
+def refusal(agent: AgentLike) -> str | None:
     """Why `agent` cannot take a task now (no replica will run it), or None."""
     reps = agent.replicas
     if not reps:
@@ -58,11 +58,11 @@ def check_timeout(timeout: float | None) -> None:
         raise RpcError(jsonrpc.INVALID_PARAMS, "timeout must be > 0")
 
 
-def rate_limited(agent: Agent) -> RpcError:
+def rate_limited(agent: AgentLike) -> RpcError:
     return RpcError(jsonrpc.REFUSED, f"rate limit: agent {agent.name} takes "
                                      f"{agent.spec.rate_per_minute:g} tasks a minute")
 
 
-def queue_full(agent: Agent, depth: int) -> RpcError:
+def queue_full(agent: AgentLike, depth: int) -> RpcError:
     return RpcError(jsonrpc.REFUSED, f"queue full: agent {agent.name} has {depth} tasks "
                                      f"waiting (max_queue {agent.spec.max_queue})")

@@ -24,8 +24,8 @@ from .payload import Output, output_of, read_raw, read_value
 from .queue import Queue
 
 if TYPE_CHECKING:
-    from ..core import Agent, Supervisor
     from ..replica import Replica
+    from .host import AgentLike, TaskHost
 
 CANCEL_GRACE = 5.0
 
@@ -45,14 +45,14 @@ class Outcomes(Protocol):
 
 
 class Dispatcher:
-    def __init__(self, sup: Supervisor, queue: Queue, by_agent: Mapping[str, AgentTasks],
+    def __init__(self, sup: TaskHost, queue: Queue, by_agent: Mapping[str, AgentTasks],
                  outcomes: Outcomes) -> None:
         self.sup = sup
         self.queue = queue
         self.by_agent = by_agent
         self.outcomes = outcomes
 
-    def free_replica(self, agent: Agent) -> Replica | None:
+    def free_replica(self, agent: AgentLike) -> Replica | None:
         limit = agent.spec.max_concurrent_tasks
         best = None
         for r in agent.replicas:

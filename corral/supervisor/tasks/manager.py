@@ -55,12 +55,12 @@ from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
 from .worker import ToolRouter, WorkerMethods, report_progress
 
 if TYPE_CHECKING:
-    from ..core import Agent, Supervisor
     from ..replica import Replica
+    from .host import AgentLike, TaskHost
 
 
 class TaskManager:
-    def __init__(self, sup: Supervisor, *, tool_router: ToolRouter,
+    def __init__(self, sup: TaskHost, *, tool_router: ToolRouter,
                  tool_lister: Callable[[Replica], Any], journal: TaskJournal | None = None,
                  kept: int = FINISHED_KEPT, kept_bytes: int = FINISHED_KEPT_BYTES,
                  queue: Queue | None = None) -> None:
@@ -76,19 +76,17 @@ class TaskManager:
         self.dispatch = Dispatcher(sup, self.queue, self.by_agent, self)
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
         self.worker = WorkerMethods(self.active, tool_router, tool_lister)
-        sup.ready_listeners.append(self.replica_ready)  # TEMP: engine branch calls these directly
-        sup.transition_listeners.append(self._on_state)  # TEMP: engine branch calls these directly
         sup.worker_notifications["task/progress"] = self.worker.on_progress
         sup.worker_methods["tools/call"] = self.worker.on_tool_call
         sup.worker_methods["tools/list"] = self.worker.on_tool_list
 
-    def _agent_tasks(self, agent: Agent) -> AgentTasks:
+    def _agent_tasks(self, agent: AgentLike) -> AgentTasks:
         q = self.by_agent.get(agent.name)
         if q is None:
             q = self.by_agent[agent.name] = AgentTasks(agent.spec.rate_per_minute)
         return q
 
-    # -- the Supervisor's calls -----------------------------------------------------------
+    # -- the engine's calls -----------------------------------------------------------
     def replica_ready(self, r: Replica) -> None:
         """A replica is ready for tasks: its agent's waiting tasks may start on it."""
         if r.kind == "agent":
@@ -100,10 +98,6 @@ class TaskManager:
         has.)"""
         if r.kind == "agent":
             asyncio.get_running_loop().call_soon(self._drain_if_down, r.name)
-
-    def _on_state(self, r: Replica, event: Any) -> None:
-        if event.state in ("failed", "terminated"):
-            self.replica_down(r)
 
     def pump(self, agent_name: str) -> None:
         """Dispatch an agent's waiting tasks to free replicas (after one was replaced)."""

@@ -1,0 +1,142 @@
+"""One stream of typed events (transitions, log lines, exits, ticks, ...) to subscribers.
+
+Delivery is synchronous and in subscription order, O(subscribers) per event with nothing
+allocated for it. Subscribers cannot break it: one that raises is logged (at most once per
+LOG_EVERY seconds per subscriber, with the number since) and counted, and the others, and
+whatever the emitter does next (the restart decision after a `terminated`), go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
+
+log = logging.getLogger("corral.supervisor")
+
+E = TypeVar("E")
+
+LOG_EVERY = 10.0  # seconds between log lines about one failing subscriber
+
+
+class Subscription:
+    """What `subscribe` returns: give it back to `unsubscribe`."""
+
+    __slots__ = ("callback", "failures", "logged_at", "types", "unlogged")
+
+    def __init__(self, callback: Callable[[Any], None], types: tuple[type, ...]) -> None:
+        self.callback = callback
+        self.types = types
+        self.failures = 0
+        self.unlogged = 0  # failures not in the log yet
+        self.logged_at = float("-inf")
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.callback!r} to {[t.__name__ for t in self.types]}>"
+
+
+class Stream:
+    def __init__(self) -> None:
+        # by event type, the callbacks in subscription order (a tuple, replaced on change:
+        # a subscriber that unsubscribes during delivery does not disturb it)
+        self._callbacks: dict[type, tuple[Callable[[Any], None], ...]] = {}
+        self._subs: dict[type, tuple[Subscription, ...]] = {}
+        self.delivered = 0
+        self.failures = 0  # deliveries that raised, in all
+
+    def subscribe(self, callback: Callable[[E], None], *types: type[E]) -> Subscription:
+        """Call `callback(event)` for every event of these types (at least one)."""
+        if not types:
+            raise ValueError("subscribe to at least one event type")
+        sub = Subscription(callback, types)
+        for t in types:
+            self._subs[t] = (*self._subs.get(t, ()), sub)
+            self._reindex(t)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        for t in sub.types:
+            kept = tuple(s for s in self._subs.get(t, ()) if s is not sub)
+            if kept:
+                self._subs[t] = kept
+            else:
+                self._subs.pop(t, None)
+            self._reindex(t)
+
+    def _reindex(self, t: type) -> None:
+        subs = self._subs.get(t)
+        if subs:
+            self._callbacks[t] = tuple(s.callback for s in subs)
+        else:
+            self._callbacks.pop(t, None)
+
+    def wants(self, t: type) -> bool:
+        """Whether an event of type `t` has subscribers (to skip building it if not)."""
+        return t in self._callbacks
+
+    def emit(self, event: object) -> None:
+        callbacks = self._callbacks.get(type(event))
+        if not callbacks:
+            return
+        for cb in callbacks:
+            try:
+                cb(event)
+            except Exception as exc:
+                self._failed(type(event), cb, exc)
+        self.delivered += 1
+
+    def _failed(self, t: type, cb: Callable[[Any], None], exc: Exception) -> None:
+        self.failures += 1
+        sub = next((s for s in self._subs.get(t, ()) if s.callback is cb), None)
+        if sub is None:  # unsubscribed by an earlier subscriber of this same event
+            log.error("a subscriber to %s raised", t.__name__, exc_info=exc)
+            return
+        sub.failures += 1
+        sub.unlogged += 1
+        now = time.monotonic()
+        if now - sub.logged_at >= LOG_EVERY:
+            log.error("subscriber %r to %s raised (%d time(s) since the last report); "
+                      "the others were told", cb, t.__name__, sub.unlogged, exc_info=exc)
+            sub.logged_at = now
+            sub.unlogged = 0
+
+    def stats(self) -> dict[str, Any]:
+        subs = {s for group in self._subs.values() for s in group}
+        return {"delivered": self.delivered, "subscriber_failures": self.failures,
+                "subscribers": len(subs),
+                "failing": sorted(repr(s.callback) for s in subs if s.failures)}
+
+
+# the supervisor's own events (a replica's are in process_replica.py, a process record's
+# in containment.py)
+class Tick:
+    """A round of the heartbeat loop is over (about every heartbeat_interval)."""
+
+    __slots__ = ()
+
+
+TICK = Tick()  # one for every round: nothing made per tick
+
+
+class Stall(NamedTuple):
+    """The event loop was this late: corral, not a worker, was silent."""
+
+    seconds: float
+
+
+class Checkpoint(NamedTuple):
+    """An agent replica saved its state (`state/checkpoint`)."""
+
+    agent: str
+    replica: int
+    time: float
+    state: Any
+
+
+class ListChanged(NamedTuple):
+    """A tool server's `kind` list ("tools", "resources", "prompts") changed, or the
+    server came or went."""
+
+    server: str
+    kind: str

@@ -1,0 +1,39 @@
+"""What the task manager needs of the engine that runs it: agents by name, their specs
+and replicas, and the worker-method tables. The Supervisor implements it; a Protocol, so
+that the task package never imports the module that builds it (no cycle)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..config import AgentSpec
+    from ..replica import Replica
+
+
+class AgentLike(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def spec(self) -> AgentSpec: ...
+
+    @property
+    def replicas(self) -> list[Replica]: ...
+
+
+class TaskHost(Protocol):
+    @property
+    def agents(self) -> Mapping[str, AgentLike]: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+    @property
+    def worker_methods(self) -> dict[str, Callable[[Replica, Any], Any]]: ...
+
+    @property
+    def worker_notifications(self) -> dict[str, Callable[[Replica, Any], None]]: ...
+
+    def agent(self, name: str) -> AgentLike: ...

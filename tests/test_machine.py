@@ -1,0 +1,147 @@
+"""The lifecycle machine without processes: the table, its actions and the extra bits."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from corral.supervisor.lifecycle import (
+    LIVE,
+    RUNNING,
+    TABLE,
+    Cause,
+    IllegalTransition,
+    Machine,
+    State,
+)
+from corral.supervisor.restart import RestartPolicy
+
+
+class Recorder(Machine):
+    """A machine whose events are kept in a list."""
+
+    def __init__(self, **policy: object) -> None:
+        args: dict[str, object] = dict(max_restarts=2, window=60.0, backoff_initial=1.0,
+                                       backoff_max=4.0, stable_after=30.0,
+                                       rng=random.Random(1))
+        args.update(policy)
+        mode = args.pop("mode", "always")
+        self._machine_init(RestartPolicy(mode, **args))  # type: ignore[arg-type]
+        self.events: list[tuple[State, State, Cause, str]] = []
+        self.fresh_lives = 0
+        self.stays = 0
+
+    def _transitioned(self, previous: State, cause: Cause, reason: str) -> None:
+        self.events.append((previous, self.state, cause, reason))
+
+    def _fresh_life(self) -> None:
+        self.fresh_lives += 1
+
+    def _staying_down(self) -> None:
+        self.stays += 1
+
+    def at(self, state: State) -> Recorder:
+        self.state = state
+        return self
+
+
+def test_a_life_from_spawn_to_restart() -> None:
+    m = Recorder()
+    assert m.fire(Cause.SPAWN, "started").spawn
+    assert m.fire(Cause.READY, "initialized").serving
+    m.fire(Cause.TASK, "task 1")
+    assert m.fire(Cause.TASK, "task 2").target is None  # busy already: no event
+    m.fire(Cause.DONE, "task 2 done")
+    step = m.fire(m.exit_cause, "exit status 1")
+    assert step.decide and step.down and m.exit_cause is Cause.CRASH
+    d = m.decide(clean=False, uptime=1.0, now=0.0, closing=False, reason="exit status 1")
+    assert d is not None and d.cause is Cause.POLICY_RESTART and 0.5 <= d.delay <= 1.0
+    assert m.fire(d.cause, d.reason).arm
+    assert m.fire(Cause.BACKOFF_OVER, "restart #1").spawn
+    assert [(a.value, b.value, c.value) for a, b, c, _ in m.events] == [
+        ("initial", "starting", "spawn"), ("starting", "ready", "ready"),
+        ("ready", "busy", "task"), ("busy", "idle", "done"), ("idle", "terminated", "crash"),
+        ("terminated", "backoff", "policy restart"), ("backoff", "starting", "backoff over")]
+    assert m.fresh_lives == 2
+
+
+@pytest.mark.parametrize("cause", [Cause.HANG, Cause.CAP, Cause.UNHEALTHY, Cause.ERROR])
+def test_a_take_down_is_remembered_and_named_at_the_exit(cause: Cause) -> None:
+    m = Recorder().at(State.BUSY)
+    step = m.fire(cause, "hung: no heartbeat for 5 s")
+    assert step.shutdown and m.state == State.SHUTTING_DOWN and not m._stay_down
+    assert m.exit_cause is Cause.EXIT and m.clean_exit_asked
+    m._escalation = "SIGKILL after ignoring SIGTERM for 1 s"
+    assert m.taken_down_for() == ("hung: no heartbeat for 5 s (SIGKILL after ignoring "
+                                  "SIGTERM for 1 s)")
+    m.fire(Cause.EXIT, "gone")
+    d = m.decide(clean=False, uptime=0.0, now=0.0, closing=False, reason="gone")
+    assert d is not None and d.cause is Cause.POLICY_RESTART and m._restart_cause is cause
+    m.fire(d.cause, d.reason)
+    m.fire(Cause.BACKOFF_OVER, "restart #1")
+    assert m.taken_down_for() is None and m.exit_cause is Cause.CRASH  # a fresh life
+
+
+def test_a_stop_stays_down_and_the_first_reason_stands() -> None:
+    m = Recorder().at(State.READY)
+    assert m.fire(Cause.STOP, "stopped").shutdown and m._stay_down and m.stays == 1
+    assert m.fire(Cause.HANG, "hung").target is None  # on its way out: no new reason
+    assert m._down_reason == "stopped"
+    assert m.fire(Cause.ERROR, "corral error: x").target is None
+    assert m._down_reason == "corral error: x"  # corral's own error is what ends it
+    m.fire(Cause.EXIT, "gone")
+    assert m.decide(clean=True, uptime=0.0, now=0.0, closing=False, reason="gone") is None
+
+
+def test_a_stop_in_backoff_terminates_and_a_start_by_hand_forgives() -> None:
+    m = Recorder(max_restarts=1).at(State.TERMINATED)
+    assert m.decide(clean=False, uptime=0, now=0, closing=False, reason="x") is not None
+    m.fire(Cause.POLICY_RESTART, "restarting")
+    step = m.fire(Cause.STOP, "stopped")
+    assert m.state == State.TERMINATED and step.down and m._stay_down
+    assert m.fire(Cause.STOP, "stopped again").target is None  # stays down, no event
+    m.fire(Cause.SPAWN, "started")
+    assert not m._stay_down and m.policy.recent_restarts == 0
+
+
+def test_too_many_restarts_give_up_and_closing_restarts_nothing() -> None:
+    m = Recorder(max_restarts=1).at(State.TERMINATED)
+    assert m.decide(clean=False, uptime=0, now=0, closing=True, reason="x") is None
+    assert m.decide(clean=False, uptime=0, now=0, closing=False, reason="x") is not None
+    d = m.decide(clean=False, uptime=0, now=1, closing=False, reason="exit status 3")
+    assert d is not None and d.cause is Cause.GIVE_UP
+    assert d.reason == "too many restarts (1 within 60 s); last exit: exit status 3"
+    assert m.fire(d.cause, d.reason).down and m.state == State.FAILED
+    never = Recorder(mode="on-failure").at(State.TERMINATED)
+    assert never.decide(clean=True, uptime=0, now=0, closing=False, reason="x") is None
+
+
+def test_ignored_pairs_change_nothing_and_missing_pairs_raise() -> None:
+    for state in LIVE:
+        m = Recorder().at(state)
+        assert m.fire(Cause.SPAWN, "started").target is None and m.state == state
+        assert not m.fire(Cause.BACKOFF_OVER, "late timer").spawn and not m.events
+    with pytest.raises(IllegalTransition, match="from initial on ready"):
+        Recorder().fire(Cause.READY, "initialized")
+    with pytest.raises(IllegalTransition, match="from failed on exit"):
+        Recorder().at(State.FAILED).fire(Cause.EXIT, "gone")
+    with pytest.raises(IllegalTransition, match="from shutting_down on crash"):
+        Recorder().at(State.SHUTTING_DOWN).fire(Cause.CRASH, "gone")
+
+
+def test_the_table_is_what_the_design_says() -> None:
+    # every take-down cause from every running state, every exit, and nothing else leaves
+    # a running state
+    for s in RUNNING:
+        leaving = {c for (st, c), step in TABLE.items()
+                   if st == s and step.target not in (None, *RUNNING)}
+        assert leaving == {Cause.STOP, Cause.HANG, Cause.CAP, Cause.UNHEALTHY, Cause.ERROR,
+                           Cause.CRASH}
+    assert {c for (st, c) in TABLE if st == State.SHUTTING_DOWN and
+            TABLE[st, c].target is not None} == {Cause.EXIT}
+    # a restart comes only from the policy, a spawn only from a start or a backoff's end
+    assert {(s, c) for (s, c), step in TABLE.items() if step.target == State.BACKOFF} == {
+        (State.TERMINATED, Cause.POLICY_RESTART)}
+    assert {c for (_, c), step in TABLE.items() if step.spawn} == {
+        Cause.SPAWN, Cause.BACKOFF_OVER}

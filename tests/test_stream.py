@@ -1,0 +1,86 @@
+"""The event stream: typed delivery, and subscribers that cannot break it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import pytest
+
+from corral.supervisor import Event, Stall, State, Stream, Supervisor, Tick
+
+from .conftest import agent
+
+
+def test_delivery_by_type_in_order_and_unsubscribe() -> None:
+    s = Stream()
+    got: list[str] = []
+    a = s.subscribe(lambda e: got.append(f"a{e.seconds}"), Stall)
+    s.subscribe(lambda e: got.append(f"b{e.seconds}"), Stall, Tick)
+    s.emit(Stall(1.0))
+    s.emit(Tick())
+    s.unsubscribe(a)
+    s.emit(Stall(2.0))
+    assert got == ["a1.0", "b1.0", "b2.0"]
+    assert not s.wants(Event) and s.wants(Stall)
+
+
+def test_a_subscriber_that_raises_is_counted_logged_once_and_the_others_are_told(
+        caplog: pytest.LogCaptureFixture) -> None:
+    s = Stream()
+    got: list[float] = []
+
+    def broken(e: Stall) -> None:
+        raise RuntimeError("subscriber bug")
+
+    s.subscribe(broken, Stall)
+    s.subscribe(lambda e: got.append(e.seconds), Stall)
+    with caplog.at_level(logging.ERROR, "corral.supervisor"):
+        for i in range(3):
+            s.emit(Stall(float(i)))
+    assert got == [0.0, 1.0, 2.0]
+    assert s.failures == 3 and s.stats()["subscriber_failures"] == 3
+    assert len([r for r in caplog.records if "subscriber bug" in str(r.exc_info)]) == 1
+
+
+def test_unsubscribing_during_delivery_disturbs_nothing() -> None:
+    s = Stream()
+    got: list[str] = []
+
+    def once(e: Stall) -> None:
+        got.append("once")
+        s.unsubscribe(sub)
+
+    sub = s.subscribe(once, Stall)
+    s.subscribe(lambda e: got.append("other"), Stall)
+    s.emit(Stall(0.0))
+    s.emit(Stall(0.0))
+    assert got == ["once", "other", "other"]
+
+
+async def test_a_raising_transition_subscriber_during_a_reap_never_skips_the_restart(
+        sup: Supervisor) -> None:
+    # a subscriber that raises on `terminated`, as a reap emits it: the restart policy
+    # decides all the same (Backoff), and the replica comes back
+    sup.add(agent("again", restart="always", backoff_initial=0.01, backoff_max=0.01))
+    r = await sup.wait_state("again", State.READY)
+    proc = r.process
+    assert proc is not None
+
+    def broken(e: Event) -> None:
+        if e.state == State.TERMINATED:
+            raise RuntimeError("subscriber bug")
+
+    sup.stream.subscribe(broken, Event)
+    seen = sup.subscribe()
+    proc.kill_group(signal.SIGKILL)
+    await sup.wait_event(lambda e: e.name == "again" and e.state == State.READY
+                         and e.previous == State.STARTING, 10)
+    states = []
+    while not seen.empty():
+        states.append(seen.get_nowait().state.value)
+    assert states[:4] == ["terminated", "backoff", "starting", "ready"]
+    assert r.restarts == 1 and sup.runtime_stats().restarts_by_cause == {"crash": 1}
+    assert sup.runtime_stats().subscriber_failures == 1
+    await asyncio.wait_for(r.stop(), 10)
