@@ -299,13 +299,16 @@ class SupervisorStats(Result):
 
     spawned: int
     restarts: int
+    restarts_by_cause: dict[str, int]  # by what ended the life restarted (crash, hang, ...)
     failures: int
     spawn_failures: int
     cold_fallbacks: int
     exits: int
+    stuck_after_kill: int  # not reaped within a bound after SIGKILL: stop() went on
     active: int
     loop_stalls: int
     longest_stall: float
+    subscriber_failures: int  # deliveries of the event stream that raised
     uptime: float
     log_lines: int
     log_lines_dropped: int
