@@ -9,6 +9,10 @@ cd "$(dirname "$0")"
 # Node 22, the conformance suite and the Inspector, pinned, for the gateway's and the
 # MCP client's conformance tests
 . scripts/npm-tools.sh
+# Debian's chromium (the dashboard's browser tests) and prometheus (promtool checks the
+# /metrics exposition), pinned, installed with apt-get where missing
+. scripts/browser.sh
+. scripts/prometheus.sh
 echo "== ruff"
 .venv/bin/ruff check corral tests examples bench
 echo "== mypy"

@@ -795,5 +795,14 @@ class GatewayStatus(Params):
     HTTP gateway's address and sessions."""
 
 
+# -- tokens (issue 21) ---------------------------------------------------------------------
+
+
+# -- metrics history (issue 21) ------------------------------------------------------------
+
+
+# -- the dashboard (issue 21) --------------------------------------------------------------
+
+
 # the notification that cancels a request in flight on the control socket
 CANCEL = "request.cancel"

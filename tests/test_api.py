@@ -19,7 +19,7 @@ from aiohttp import web
 from corral import jsonrpc
 from corral.daemon.api import Caller, Discard, Dispatcher
 from corral.daemon.daemon import Daemon
-from corral.daemon.rest import route
+from corral.daemon.http.route import route
 from corral.jsonrpc import RpcError
 from corral.methods import REGISTRY, SCOPES
 from corral.supervisor import State

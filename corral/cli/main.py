@@ -1177,5 +1177,14 @@ def completion(shell: str) -> None:
     click.echo(comp.source())
 
 
+# -- tokens (issue 21) ---------------------------------------------------------------------
+
+
+# -- metrics history (issue 21) ------------------------------------------------------------
+
+
+# -- the dashboard (issue 21) --------------------------------------------------------------
+
+
 def main() -> None:
     cli(prog_name="corral")

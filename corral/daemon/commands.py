@@ -540,3 +540,12 @@ async def gateway_status(d: Services, p: m.GatewayStatus, caller: Caller, c: Cha
                          ) -> m.GatewayStats:
     stats: m.GatewayStats = _wire(d.gateway_status())
     return stats
+
+
+# -- tokens (issue 21) ---------------------------------------------------------------------
+
+
+# -- metrics history (issue 21) ------------------------------------------------------------
+
+
+# -- the dashboard (issue 21) --------------------------------------------------------------

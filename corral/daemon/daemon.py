@@ -44,6 +44,8 @@ from .commands import HANDLERS
 from .control import AlreadyRunning, ControlServer
 from .fleet import Fleet
 from .gateway import GatewayService
+from .http.context import HttpContext
+from .http.server import HttpServer
 from .journald import JournalSender, StderrEcho
 from .logs import LogDirError, LogHub
 from .notify import Notifier
@@ -221,6 +223,10 @@ class Daemon:
             reload=lambda who: self._reload(services, who),
             request_stop=self.request_stop, status_line=self.status_line)
         self.services = services
+        if cfg.http.listen:
+            self.http_server = await self._start_http_server(stack, cfg, services,
+                                                             dispatcher)
+        # (issue 21) the metrics history sampler starts here
         if self.freeze_heap:
             # modules, classes, config and the daemon's own parts live as long as the
             # process: out of every full pass of the cyclic collector from here on, which
@@ -327,6 +333,23 @@ class Daemon:
         gateway.socket_path = http.socket_path
         hub.daemon(f"gateway listening on {cfg.gateway.listen} ({http.url})")
         return http
+
+    async def _start_http_server(self, stack: contextlib.AsyncExitStack, cfg: Config,
+                                 services: Services, dispatcher: Dispatcher[Services]
+                                 ) -> HttpServer:
+        """[http]: the REST API, /metrics and the dashboard, once the services exist."""
+        ctx = HttpContext(services=services, dispatcher=dispatcher, settings=cfg.http,
+                          config_dir=self.config_path.parent)
+        server = HttpServer(ctx)
+        stack.push_async_callback(server.close)
+        try:
+            await server.start()
+        except (ConfigError, OSError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise StartupError(f"cannot start the HTTP server on {cfg.http.listen}: {why}"
+                               ) from None
+        services.hub.daemon(f"HTTP listening on {cfg.http.listen} ({server.url})")
+        return server
 
     # -- what the engine tells ------------------------------------------------------------------
     def _on_transition(self, event: Event) -> None:

@@ -232,11 +232,30 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     anonymous_tools: list[str] | None = None
 
 
+class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[http]: the daemon's HTTP server (the REST API, /metrics, the dashboard)."""
+
+    listen: str | None = None  # "HOST:PORT" or "unix:PATH"; absent: no HTTP server
+    tls_cert: str | None = None  # PEM files; with both, HTTPS
+    tls_key: str | None = None
+    # a non-loopback address without TLS is refused unless this says so in so many words
+    allow_insecure_remote: bool = False
+    metrics_public: bool = False  # /metrics without a token (loopback only)
+    rate_per_minute: NonNegInt = 600  # requests per token per minute; 0: unlimited
+    # metrics history: a sample every history_interval seconds, kept history_raw_hours;
+    # rolled up per minute (kept history_minute_days) and per hour (history_hour_days)
+    history_interval: Positive = 10.0
+    history_raw_hours: Positive = 6.0
+    history_minute_days: Positive = 7.0
+    history_hour_days: Positive = 90.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     supervisor: SupervisorSettings = msgspec.field(default_factory=SupervisorSettings)
     agents: dict[str, AgentSpec] = {}
     mcp_servers: dict[str, McpServerSpec] = {}
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
 
 
 def _key_path(exc: msgspec.ValidationError) -> tuple[str, str]:
@@ -324,7 +343,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     where = str(path)
     sup = convert(data.get("supervisor", {}), SupervisorSettings, where=where, prefix="supervisor")
     gateway = convert(data.get("gateway", {}), GatewaySettings, where=where, prefix="gateway")
-    unknown = set(data) - {"supervisor", "agents", "mcp_servers", "gateway"}
+    http = convert(data.get("http", {}), HttpSettings, where=where, prefix="http")
+    unknown = set(data) - {"supervisor", "agents", "mcp_servers", "gateway", "http"}
     if unknown:
         raise ConfigError(f"{where}: {sorted(unknown)[0]}: unknown top-level key")
     agents = parse_agents(data, where)
@@ -374,7 +394,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         pspec.cwd = str((base / pspec.cwd).resolve() if pspec.cwd else base.resolve())
     for sspec in servers.values():
         sspec.roots = [r if "://" in r else str((base / r).resolve()) for r in sspec.roots]
-    return Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway)
+    return Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
+                  http=http)
 
 
 def _define(origin: dict[str, str], key: str, where: str) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ..jsonrpc import ERROR_NAMES, RpcError
-from .api import Caller, Dispatcher, http_status
+from ...jsonrpc import ERROR_NAMES, RpcError
+from ..api import Caller, Dispatcher, http_status
 
 # who the request is: a transport's authentication (a bearer token, a unix peer)
 Authenticate = Callable[[web.Request], Caller]

@@ -1,0 +1,28 @@
+"""What every part of the HTTP server is given: the services, the one Dispatcher, the
+[http] settings, and how a request is authenticated."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ...supervisor.config import HttpSettings
+from ..api import Caller, Dispatcher
+from ..services import Services
+
+
+@dataclass(kw_only=True)
+class HttpContext:
+    services: Services
+    dispatcher: Dispatcher[Any]
+    settings: HttpSettings
+    config_dir: Path
+    # the request's Caller, or raise RpcError(UNAUTHORIZED): bearer tokens (rest.py's
+    # auth), and the dashboard's session cookie (ui.py) where one is set up
+    authenticators: list[Callable[[web.Request], Caller | None]] = field(
+        default_factory=list)
+    url: str = ""  # where the server listens, once it does

@@ -1,0 +1,1 @@
+# Sourced by test.sh (issue 21: being built).
