@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -44,8 +44,6 @@ from .commands import HANDLERS
 from .control import AlreadyRunning, ControlServer
 from .fleet import Fleet
 from .gateway import GatewayService
-from .http.context import HttpContext
-from .http.server import HttpServer
 from .journald import JournalSender, StderrEcho
 from .logs import LogDirError, LogHub
 from .notify import Notifier
@@ -54,6 +52,9 @@ from .services import Services
 from .store import StateStore, StoreError, StoreWriter
 from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
+
+if TYPE_CHECKING:
+    from .http.server import HttpServer
 
 log = logging.getLogger("corral.daemon")
 # states in which a replica is neither up nor settled down: READY=1 waits for none to be
@@ -337,7 +338,11 @@ class Daemon:
     async def _start_http_server(self, stack: contextlib.AsyncExitStack, cfg: Config,
                                  services: Services, dispatcher: Dispatcher[Services]
                                  ) -> HttpServer:
-        """[http]: the REST API, /metrics and the dashboard, once the services exist."""
+        """[http]: the REST API, /metrics and the dashboard, once the services exist
+        (aiohttp is imported only then: a daemon without HTTP does not carry it)."""
+        from .http.context import HttpContext
+        from .http.server import HttpServer
+
         ctx = HttpContext(services=services, dispatcher=dispatcher, settings=cfg.http,
                           config_dir=self.config_path.parent)
         server = HttpServer(ctx)
