@@ -46,6 +46,7 @@ from .fleet import Fleet
 from .gateway import GatewayService
 from .http.context import HttpContext
 from .http.server import HttpServer
+from .http.ui import Sessions
 from .journald import JournalSender, StderrEcho
 from .logs import LogDirError, LogHub
 from .notify import Notifier
@@ -221,7 +222,8 @@ class Daemon:
             gateway=gateway, http=http, journal=journal, config_path=self.config_path,
             socket_path=control.path, started_at=self.started_at,
             reload=lambda who: self._reload(services, who),
-            request_stop=self.request_stop, status_line=self.status_line)
+            request_stop=self.request_stop, status_line=self.status_line,
+            ui=Sessions() if cfg.http.listen else None)
         self.services = services
         if cfg.http.listen:
             self.http_server = await self._start_http_server(stack, cfg, services,
