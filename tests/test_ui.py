@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import re
 import shutil
 import time
@@ -394,3 +395,124 @@ def test_corral_ui_prints_a_link_that_logs_in() -> None:
         assert (r.returncode, r.stdout, r.stderr) == (
             1, "", "corral: the dashboard is served by the HTTP server, and this daemon "
                    "has none: set [http] listen\n")
+
+
+# -- the page in a real browser -------------------------------------------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+# as this machine needs them: no GPU, no sandbox (root), and nothing reaching the network
+# the tests do not have (Playwright adds --headless and a new, empty profile itself)
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+# recorded before any page script runs: Playwright's init scripts are not subject to the
+# page's CSP, so the listener sees every violation, the page's own included
+WATCH_CSP = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || "inline"}`);
+});
+"""
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at "
+                    "/usr/bin/chromium (scripts/browser.sh installs it; CI runs it)")
+@pytest.mark.timeout(240)
+def test_the_dashboard_in_chromium() -> None:
+    from playwright.sync_api import ConsoleMessage, expect, sync_playwright
+
+    serving = re.compile(r"^(ready|idle|busy)$")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with running_daemon(shared_tmpdir(), hello("hello"),
+                        extra='[http]\nlisten = "127.0.0.1:0"\n') as d:
+        task = d.json("run", "hello", "--input", '{"name": "ui"}')
+        assert task["status"] == "succeeded"
+        r = d.cli("ui")
+        assert r.returncode == 0, r.stderr
+        link = r.stdout.strip()
+        problems: list[str] = []
+
+        def on_console(msg: ConsoleMessage) -> None:
+            if msg.type in ("error", "warning"):
+                problems.append(f"console {msg.type}: {msg.text}")
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                page.add_init_script(WATCH_CSP)
+                page.on("console", on_console)
+                page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+
+                def shot(name: str) -> None:
+                    page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"),
+                                    full_page=True)
+
+                # log in with the one-time link: the fleet, live
+                page.goto(link)
+                assert page.url == link.split("/login")[0] + "/"
+                hello0 = page.locator('#fleet tr[data-agent="hello"][data-replica="0"]')
+                expect(hello0.locator(".state")).to_have_text(serving)
+                expect(page.locator("#live")).to_contain_text("live, updated")
+                shot("fleet")
+
+                # an agent: scale it from the page, and see the new replica come up
+                page.click('#fleet a[href="#/agent/hello"]')
+                expect(page.locator("#replicas-table tbody tr")).to_have_count(1)
+                page.fill("#replicas", "2")
+                page.click("#scale")
+                expect(page.locator('#replicas-table tr[data-replica="1"] .state')).to_have_text(
+                    serving, timeout=30_000)
+                assert [(a["name"], a["replica"]) for a in d.json("status")["agents"]] == [
+                    ("hello", 0), ("hello", 1)]
+                # the log tail follows: the new replica's lifecycle lines arrive
+                expect(page.locator("#log")).to_contain_text("#1 event: starting -> ready")
+                shot("agent")
+                if os.environ.get("CORRAL_UPDATE_SCREENSHOT"):  # README's picture, on demand
+                    page.screenshot(path=str(ROOT / "docs" / "dashboard.png"))
+
+                # tasks: the one run above, its attempts and output
+                page.click('nav a[href="#/tasks"]')
+                row = page.locator(f'#tasks tr[data-task="{task["task_id"]}"]')
+                expect(row).to_contain_text("succeeded")
+                row.locator("a").click()
+                expect(page.locator("#task-output")).to_contain_text("hello, ui")
+                expect(page.locator("#attempts tbody tr")).to_have_count(1)
+                shot("task")
+
+                # charts with points: uPlot's own data, read in the page
+                page.click('nav a[href="#/metrics"]')
+                page.wait_for_function(
+                    "() => ['tasks', 'errors', 'latency', 'queue', 'cpu', 'memory'].every("
+                    "id => window.corralCharts[id] && window.corralCharts[id].data[0]"
+                    ".length >= 3)", timeout=30_000)
+                memory = page.evaluate("window.corralCharts.memory.data[1]")
+                assert memory[-1] > 0, memory
+                expect(page.locator("#history-note")).to_contain_text(
+                    "This daemon keeps no metrics history")
+                shot("metrics")
+
+                page.click('nav a[href="#/mcp"]')
+                expect(page.locator("#mcp")).to_be_visible()
+                page.click('nav a[href="#/audit"]')
+                expect(page.locator("#audit")).to_contain_text("agents.scale")
+                shot("audit")
+
+                page.click('nav a[href="#/fleet"]')
+                expect(page.locator('#fleet tr[data-agent="hello"]')).to_have_count(2)
+                expect(page.locator('#fleet tr[data-replica="1"] .state')).to_have_text(serving)
+                shot("fleet-scaled")
+
+                assert page.evaluate("window.__cspViolations") == []
+                assert problems == []
+
+                # and the watch can fail: an inline script is blocked, and seen
+                page.evaluate("""() => { const s = document.createElement("script");
+                    s.textContent = "window.ran = 1"; document.body.append(s); }""")
+                page.wait_for_function("window.__cspViolations.length > 0")
+                assert page.evaluate("window.__cspViolations") == [
+                    "script-src-elem blocked inline"]
+                assert page.evaluate("window.ran") is None
+            finally:
+                browser.close()
