@@ -8,4 +8,6 @@ cd "$(dirname "$0")"
 export PATH="$PWD/.venv/bin:$PATH"
 echo "corral: control socket examples/.corral/corral.sock; in another shell try:"
 echo "  .venv/bin/corral --socket examples/.corral/corral.sock status"
+echo "corral: the dashboard is on http://127.0.0.1:7070/ui/; to log in, open the one-time"
+echo "  link that this prints:  .venv/bin/corral --socket examples/.corral/corral.sock ui"
 exec corral daemon --config examples/corral.toml

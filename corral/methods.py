@@ -802,6 +802,17 @@ class GatewayStatus(Params):
 
 
 # -- the dashboard (issue 21) --------------------------------------------------------------
+class UiLoginResult(Result):
+    code: str
+    path: str  # the link's path on the HTTP server: /ui/login?code=...
+    url: str  # the whole link (the server's URL and the path)
+    expires: float  # unix time; the code also ends when it is used once
+
+
+@method("ui.login", result=UiLoginResult, scope="admin", mutating=True)
+class UiLogin(Params):
+    """A one-time link that logs a browser in to the dashboard (/ui) with the caller's
+    scopes: it works once, within a minute."""
 
 
 # the notification that cancels a request in flight on the control socket

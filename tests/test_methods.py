@@ -175,6 +175,8 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         ask("mcp.restart", {"name": "docs"})
         ask("audit.list", {})
         ask("config.reload")
+        # needs [http]: its answer is held to UiLoginResult in tests/test_ui.py
+        done.add("ui.login")
         slow = ask("tasks.run", {"agent": "slow", "input": {"do": "sleep", "seconds": 30},
                                  "detach": True}, m.TaskAccepted)
         assert ask("tasks.cancel", {"task_id": slow.task_id}).status == "cancelled"

@@ -1184,6 +1184,19 @@ def completion(shell: str) -> None:
 
 
 # -- the dashboard (issue 21) --------------------------------------------------------------
+@cli.command("ui", help=doc("ui.login"))
+@json_option
+@pass_ctx
+def ui_login(obj: Ctx, as_json: bool) -> None:
+    res: m.UiLoginResult = obj.call("ui.login", m.UiLogin())
+    if as_json:
+        _print_json(res)
+        return
+    # the link alone on stdout, so that `xdg-open "$(corral ui)"` works
+    click.echo(res.url)
+    left = max(0, round(res.expires - time.time()))
+    click.echo(f"corral: open this link in a browser on this machine within {left} s; "
+               f"it works once", err=True)
 
 
 def main() -> None:

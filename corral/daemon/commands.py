@@ -549,3 +549,12 @@ async def gateway_status(d: Services, p: m.GatewayStatus, caller: Caller, c: Cha
 
 
 # -- the dashboard (issue 21) --------------------------------------------------------------
+@implements("ui.login")
+async def ui_login(d: Services, p: m.UiLogin, caller: Caller, c: Channel
+                   ) -> m.UiLoginResult:
+    if d.ui is None or not d.ui.url:
+        raise RpcError(jsonrpc.CONFLICT, "the dashboard is served by the HTTP server, and "
+                                         "this daemon has none: set [http] listen")
+    code, expires = d.ui.issue(caller)
+    path = f"/ui/login?code={code}"
+    return m.UiLoginResult(code=code, path=path, url=d.ui.url + path, expires=expires)

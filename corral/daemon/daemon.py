@@ -222,7 +222,8 @@ class Daemon:
             gateway=gateway, http=http, journal=journal, config_path=self.config_path,
             socket_path=control.path, started_at=self.started_at,
             reload=lambda who: self._reload(services, who),
-            request_stop=self.request_stop, status_line=self.status_line)
+            request_stop=self.request_stop, status_line=self.status_line,
+            ui=_dashboard_sessions() if cfg.http.listen else None)
         self.services = services
         if cfg.http.listen:
             self.http_server = await self._start_http_server(stack, cfg, services,
@@ -447,6 +448,12 @@ class Daemon:
         result = await s.fleet.reload(cfg, who)
         self.notifier.ready(self.status_line())
         return result
+
+
+def _dashboard_sessions() -> Any:
+    from .http.ui import Sessions  # with aiohttp: only where [http] is configured
+
+    return Sessions()
 
 
 async def _after_a_turn(close: Any) -> None:

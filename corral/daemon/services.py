@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..methods import ReloadResult
 from ..supervisor.core import Supervisor
@@ -18,6 +18,9 @@ from .revisions import RevisionLog
 from .store import StateStore
 from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
+
+if TYPE_CHECKING:
+    from .http.ui import Sessions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +40,7 @@ class Services:
     reload: Callable[[str], Awaitable[ReloadResult]]  # who asked -> what changed
     request_stop: Callable[[], None]
     status_line: Callable[[], str]
+    ui: Sessions | None = None  # the dashboard's logins, where [http] serves it
 
     def gateway_status(self) -> dict[str, Any]:
         return {**self.gateway.stats(),

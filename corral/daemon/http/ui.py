@@ -1,11 +1,341 @@
-"""(issue 21: being built)"""
+"""The dashboard (`/ui`): one page and its vendored libraries, served under a strict
+Content-Security-Policy, and one JSON endpoint through which the page calls an allowlist
+of control methods on the one Dispatcher (docs/http.md, "The dashboard"; decision 69).
+
+Login: `corral ui` calls `ui.login` on the control socket, which mints a one-time code
+(`Sessions.issue`); `GET /ui/login?code=...` trades it for a session cookie (HttpOnly,
+SameSite=Strict, Path=/ui). A call from the page must carry the session's CSRF token in
+`X-CSRF-Token` and a same-origin `Origin`; every `/ui` request must name this server in
+its `Host` (a DNS-rebinding page names its own)."""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import yarl
 from aiohttp import web
 
+from ... import jsonrpc
+from ...jsonrpc import RpcError
+from ...methods import REGISTRY
+from ..api import Caller
 from .context import HttpContext
+from .route import Route, problem, route
+
+STATIC = Path(__file__).with_name("static")
+PREFIX = "/ui"
+COOKIE = "corral_ui"
+CSRF_HEADER = "X-CSRF-Token"
+
+# long enough to copy a link from a terminal into a browser, short enough that a link
+# left in a scrollback or a shell history is dead
+CODE_TTL = 60.0
+SESSION_TTL = 12 * 3600.0
+# both stores are bounded: a caller with the admin scope could mint codes in a loop
+MAX_CODES = 32
+MAX_SESSIONS = 64
+
+# the control methods the page calls; stats.history only where the metrics history is
+# built into this daemon (the page says so in its charts when it is not)
+METHODS = ("agents.status", "agents.describe", "agents.history", "agents.rollback",
+           "agents.scale", "agents.restart", "tasks.list", "tasks.get", "logs.tail",
+           "stats.get", "stats.history", "mcp.status", "gateway.status", "audit.list")
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+# by suffix, not mimetypes: its table does not know .mjs everywhere, and under nosniff a
+# module served as anything but JavaScript does not run
+TYPES = {".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript",
+         ".css": "text/css", ".md": "text/plain", ".png": "image/png"}
+
+
+class LoginRefused(Exception):
+    pass
+
+
+@dataclass(kw_only=True)
+class Session:
+    id: str
+    csrf: str
+    caller: Caller
+    expires: float
+
+
+@dataclass(kw_only=True)
+class _Grant:
+    caller: Caller
+    expires: float
+
+
+@dataclass(kw_only=True)
+class Sessions:
+    """The one-time login codes and the sessions they became, in memory: a daemon restart
+    logs every page out, which a new `corral ui` link mends."""
+
+    code_ttl: float = CODE_TTL
+    session_ttl: float = SESSION_TTL
+    clock: Callable[[], float] = time.time
+    codes: dict[str, _Grant] = field(default_factory=dict)
+    sessions: dict[str, Session] = field(default_factory=dict)
+    # the HTTP server's context, once ui.setup has mounted the dashboard on it
+    context: HttpContext | None = None
+
+    @property
+    def url(self) -> str:
+        return self.context.url if self.context is not None else ""
+
+    def issue(self, issuer: Caller) -> tuple[str, float]:
+        """A one-time code for a session with the issuer's tenant and scopes."""
+        now = self.clock()
+        self._prune(now)
+        while len(self.codes) >= MAX_CODES:
+            del self.codes[next(iter(self.codes))]  # the oldest: dicts keep their order
+        code = secrets.token_urlsafe(24)
+        expires = now + self.code_ttl
+        caller = Caller(via="ui", uid=issuer.uid, gid=issuer.gid, token="dashboard",
+                        tenant=issuer.tenant, scopes=issuer.scopes)
+        self.codes[code] = _Grant(caller=caller, expires=expires)
+        return code, expires
+
+    def redeem(self, code: str) -> Session:
+        """The code's new session; the code is gone whatever the outcome."""
+        now = self.clock()
+        grant = self.codes.pop(code, None)
+        self._prune(now)
+        if grant is None:
+            raise LoginRefused("this login link is not valid: it was used already, or it "
+                               "never was; run `corral ui` for a new one")
+        if grant.expires <= now:
+            raise LoginRefused("this login link has expired; run `corral ui` for a new one")
+        while len(self.sessions) >= MAX_SESSIONS:
+            del self.sessions[next(iter(self.sessions))]
+        session = Session(id=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32),
+                          caller=grant.caller, expires=now + self.session_ttl)
+        self.sessions[session.id] = session
+        return session
+
+    def find(self, sid: str | None) -> Session | None:
+        if sid is None:
+            return None
+        session = self.sessions.get(sid)
+        if session is not None and session.expires <= self.clock():
+            del self.sessions[sid]
+            return None
+        return session
+
+    def end(self, sid: str) -> None:
+        self.sessions.pop(sid, None)
+
+    def _prune(self, now: float) -> None:
+        for code in [c for c, g in self.codes.items() if g.expires <= now]:
+            # an expired code is kept until its link is tried once, to say "expired"
+            # rather than "not valid"; past twice its life it is forgotten
+            if now - self.codes[code].expires > self.code_ttl:
+                del self.codes[code]
+        for sid in [s for s, v in self.sessions.items() if v.expires <= now]:
+            del self.sessions[sid]
+
+
+class Guard:
+    """The rules every `/ui` request meets: Host, then (for a call) session, Origin and
+    CSRF token."""
+
+    def __init__(self, ctx: HttpContext, sessions: Sessions) -> None:
+        self.ctx = ctx
+        self.sessions = sessions
+        self._hostnames: set[str] | None = None
+
+    def _server(self) -> yarl.URL:
+        return yarl.URL(self.ctx.url)
+
+    def host_ok(self, host: str | None) -> bool:
+        server = self._server()
+        if server.scheme == "http+unix":
+            return True  # no browser reaches a unix socket by a name it resolved
+        if not host:
+            return False
+        try:
+            asked = yarl.URL(f"{server.scheme}://{host}")
+        except ValueError:
+            return False
+        if asked.port != server.port or asked.host is None or asked.user is not None:
+            return False
+        name = asked.host.lower().strip("[]")
+        listen = (server.host or "").strip("[]")
+        if name in (listen, "localhost"):
+            return True
+        try:
+            literal = ipaddress.ip_address(name)
+        except ValueError:
+            literal = None
+        if ipaddress.ip_address(listen).is_unspecified:
+            # on every address: any address of ours, or this machine's own names
+            return literal is not None or name in self._own_names()
+        return False
+
+    def _own_names(self) -> set[str]:
+        if self._hostnames is None:
+            self._hostnames = {socket.gethostname().lower(), socket.getfqdn().lower()}
+        return self._hostnames
+
+    def origin_ok(self, request: web.Request) -> bool:
+        return request.headers.get("Origin") == f"{self._server().scheme}://{request.host}"
+
+    def caller(self, request: web.Request) -> Caller | None:
+        """The session's Caller, None without a session cookie; raises RpcError when a
+        write breaks a rule. Also the HTTP server's authenticator for the cookie."""
+        session = self.sessions.find(request.cookies.get(COOKIE))
+        if session is None:
+            return None
+        if request.method not in ("GET", "HEAD"):
+            self.check_write(request, session)
+        return session.caller
+
+    def check_write(self, request: web.Request, session: Session) -> None:
+        if not self.origin_ok(request):
+            raise RpcError(jsonrpc.FORBIDDEN,
+                           f"forbidden: Origin {request.headers.get('Origin')!r} is not "
+                           f"this dashboard's")
+        token = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(token.encode(), session.csrf.encode()):
+            raise RpcError(jsonrpc.FORBIDDEN,
+                           f"forbidden: missing or wrong {CSRF_HEADER} header")
+
+    def authenticate(self, request: web.Request) -> Caller:
+        caller = self.caller(request)
+        if caller is None:
+            raise RpcError(jsonrpc.UNAUTHORIZED,
+                           "unauthorized: no dashboard session (open the link that "
+                           "`corral ui` prints)")
+        return caller
+
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    """Every file the page may load, read once: nothing outside this table is served,
+    whatever the path asked."""
+    out: dict[str, tuple[bytes, str]] = {}
+    for path in sorted(STATIC.rglob("*")):
+        kind = TYPES.get(path.suffix) or ("text/plain" if path.name.startswith("LICENSE")
+                                          else None)
+        if path.is_file() and kind is not None:
+            out[path.relative_to(STATIC).as_posix()] = (path.read_bytes(), kind)
+    return out
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def setup(app: web.Application, ctx: HttpContext) -> None:
-    pass
+    sessions: Sessions | None = ctx.services.ui
+    if sessions is None:
+        return
+    sessions.context = ctx
+    guard = Guard(ctx, sessions)
+    ctx.authenticators.append(guard.caller)
+    files = _static_files()
+    methods = [name for name in METHODS if name in REGISTRY]
+    calls: dict[str, Route] = {name: route(ctx.dispatcher, name, guard.authenticate)
+                               for name in methods}
+
+    @web.middleware
+    async def rules(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not guard.host_ok(request.headers.get("Host")):
+            response: web.StreamResponse = problem(
+                421, "misdirected request",
+                f"Host {request.headers.get('Host')!r} is not this server's")
+        else:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                response = problem(exc.status, exc.reason, f"{request.method} "
+                                                            f"{request.path}: {exc.reason}")
+        response.headers.update(SECURITY_HEADERS)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    def static(name: str) -> web.Response:
+        if name not in files:
+            raise web.HTTPNotFound()
+        body, kind = files[name]
+        # revalidated each load: a daemon upgraded under an open tab serves its own page
+        return web.Response(body=body, content_type=kind,
+                            charset="utf-8" if kind.startswith("text/") else None,
+                            headers={"Cache-Control": "no-cache"})
+
+    async def index(request: web.Request) -> web.StreamResponse:
+        return static("index.html")
+
+    async def asset(request: web.Request) -> web.StreamResponse:
+        return static(request.match_info["path"])
+
+    async def to_index(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=302, headers={"Location": f"{PREFIX}/"})
+
+    async def login(request: web.Request) -> web.StreamResponse:
+        try:
+            session = sessions.redeem(request.query.get("code", ""))
+        except LoginRefused as exc:
+            return problem(401, "login refused", str(exc))
+        response = web.Response(status=303, headers={"Location": f"{PREFIX}/"})
+        response.set_cookie(COOKIE, session.id, path=PREFIX, httponly=True,
+                            samesite="Strict", max_age=int(sessions.session_ttl),
+                            secure=ctx.url.startswith("https:"))
+        return response
+
+    async def session_info(request: web.Request) -> web.StreamResponse:
+        session = sessions.find(request.cookies.get(COOKIE))
+        if session is None:
+            return problem(401, "unauthorized", "no dashboard session (open the link "
+                                                "that `corral ui` prints)")
+        body = {"csrf": session.csrf, "expires": session.expires, "methods": methods,
+                "scopes": sorted(session.caller.scopes)}
+        return web.Response(body=msgspec.json.encode(body), content_type="application/json")
+
+    async def logout(request: web.Request) -> web.StreamResponse:
+        try:
+            caller = guard.caller(request)
+        except RpcError as exc:
+            return problem(403, "forbidden", exc.message, exc.code)
+        if caller is not None:
+            sessions.end(request.cookies[COOKIE])
+        response = web.Response(status=204)
+        response.del_cookie(COOKIE, path=PREFIX)
+        return response
+
+    async def call(request: web.Request) -> web.StreamResponse:
+        handle = calls.get(request.match_info["method"])
+        if handle is None:
+            return problem(404, "not found", f"{request.match_info['method']} is not a "
+                                             f"method the dashboard calls")
+        return await handle(request)
+
+    ui = web.Application(middlewares=[rules])
+    ui.add_routes([
+        web.get("", to_index),
+        web.get("/", index),
+        web.get("/static/{path:.+}", asset),
+        web.get("/login", login),
+        web.get("/session", session_info),
+        web.post("/logout", logout),
+        web.post("/api/{method}", call),
+    ])
+    app.add_subapp(PREFIX, ui)
+

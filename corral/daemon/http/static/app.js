@@ -1,0 +1,480 @@
+// The corral dashboard: one page, no build step. Preact components written with htm's
+// tagged templates (no JSX to compile, no eval); every call goes through POST api/METHOD
+// with the session's CSRF token. Everything live is polled every second: bounded (one
+// request per view per second, nothing held for the page on the server) and simple.
+import { Component, h, render } from "./vendor/preact.mjs";
+import htm from "./vendor/htm.mjs";
+
+const html = htm.bind(h);
+const POLL_MS = 1000;
+const KEEP_POINTS = 7 * 24 * 3600; // a week of one-second points, at most
+
+const session = { csrf: "", methods: [] };
+
+class CallError extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+  }
+}
+
+async function call(method, params = {}) {
+  const r = await fetch(`api/${method}`, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": session.csrf },
+    body: JSON.stringify(params),
+  });
+  const body = await r.json();
+  if (!r.ok) throw new CallError(r.status, body.detail || r.statusText);
+  return body;
+}
+
+// -- formatting ---------------------------------------------------------------------------
+function duration(s) {
+  if (s === null || s === undefined) return "–";
+  if (s < 60) return `${s.toFixed(0)} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${Math.floor(s % 60)} s`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+function bytes(n) {
+  if (!n) return "0 B";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  const i = Math.min(units.length - 1, Math.floor(Math.log(n) / Math.log(1024)));
+  return `${(n / 1024 ** i).toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+function stamp(t) {
+  return t ? new Date(t * 1000).toLocaleString() : "–";
+}
+const State = ({ s }) => html`<span class=${`state state-${s}`}>${s}</span>`;
+
+// -- a view that polls its data every second while it is shown ------------------------------
+class Polled extends Component {
+  componentDidMount() {
+    this.gen = 0;
+    this.tick(this.gen);
+  }
+  componentWillUnmount() {
+    this.gen = -1;
+    clearTimeout(this.timer);
+  }
+  componentDidUpdate(prevProps, prevState) {
+    if (this.key(prevProps, prevState) !== this.key(this.props, this.state)) {
+      clearTimeout(this.timer);
+      this.gen += 1;
+      this.setState({ data: null, error: null });
+      this.tick(this.gen);
+    }
+  }
+  key(props) {
+    return "";
+  }
+  // one loop per view and key: an answer for an older key is dropped
+  async tick(gen) {
+    let data = null;
+    let error = null;
+    try {
+      data = await this.load();
+    } catch (e) {
+      error = e.message;
+    }
+    if (gen !== this.gen) return;
+    this.setState(error ? { error } : { data, error: null });
+    this.timer = setTimeout(() => this.tick(gen), POLL_MS);
+  }
+  render() {
+    const { data, error } = this.state;
+    return html`${error && html`<div class="error">${error}</div>`}
+      ${data ? this.show(data) : !error && html`<p class="note">Loading…</p>`}`;
+  }
+}
+
+// -- the fleet ------------------------------------------------------------------------------
+function Fleet({ status }) {
+  if (!status) return html`<p class="note">Loading…</p>`;
+  return html`<section>
+    <h2>Agents</h2>
+    <table id="fleet">
+      <thead><tr><th>Agent</th><th class="num">Replica</th><th>State</th><th class="num">PID</th>
+        <th class="num">Uptime</th><th class="num">Restarts</th><th class="num">CPU</th>
+        <th class="num">RSS</th><th class="num">Tasks</th><th>Last exit</th></tr></thead>
+      <tbody>${status.agents.map((a) => html`<tr data-agent=${a.name} data-replica=${a.replica}>
+        <td><a href=${`#/agent/${a.name}`}>${a.name}</a></td>
+        <td class="num">${a.replica}</td><td><${State} s=${a.state} /></td>
+        <td class="num">${a.pid ?? "–"}</td><td class="num">${duration(a.uptime)}</td>
+        <td class="num">${a.restarts}</td><td class="num">${a.cpu_percent.toFixed(1)} %</td>
+        <td class="num">${bytes(a.rss_bytes)}</td><td class="num">${a.tasks_running}</td>
+        <td>${a.last_exit ?? ""}</td></tr>`)}</tbody>
+    </table>
+    ${status.agents.length === 0 && html`<p class="note">No agents.</p>`}
+  </section>`;
+}
+
+// -- an agent -------------------------------------------------------------------------------
+class Agent extends Polled {
+  key(props) {
+    return props.name;
+  }
+  async load() {
+    const name = this.props.name;
+    const [spec, history, logs] = await Promise.all([
+      call("agents.describe", { name }),
+      call("agents.history", { name, limit: 20 }),
+      call("logs.tail", { names: [name], lines: 100 }),
+    ]);
+    return { spec, history, logs };
+  }
+  async act(method, params) {
+    this.setState({ busy: true, error: null });
+    try {
+      await call(method, params);
+    } catch (e) {
+      this.setState({ error: e.message });
+    }
+    this.setState({ busy: false });
+  }
+  show({ spec, history, logs }) {
+    const name = this.props.name;
+    const replicas = (this.props.status?.agents || []).filter((a) => a.name === name);
+    const want = this.state.replicas ?? spec.replicas.length;
+    const busy = this.state.busy;
+    return html`<section>
+      <h2>${name} <span class="note">revision ${spec.revision ?? "–"}, ${spec.origin}</span></h2>
+      <p><code>${spec.argv.join(" ")}</code></p>
+      <div class="controls">
+        <label>Replicas <input class="replicas" id="replicas" type="number" min="0"
+          value=${want} onInput=${(e) => this.setState({ replicas: Number(e.target.value) })} /></label>
+        <button class="primary" id="scale" disabled=${busy}
+          onClick=${() => this.act("agents.scale", { name, replicas: want })}>Scale</button>
+        <button id="restart" disabled=${busy}
+          onClick=${() => this.act("agents.restart", { names: [name] })}>Restart</button>
+        <button id="rolling" disabled=${busy}
+          onClick=${() => this.act("agents.restart", { names: [name], rolling: true })}>Rolling restart</button>
+      </div>
+      <table id="replicas-table">
+        <thead><tr><th class="num">Replica</th><th>State</th><th class="num">PID</th>
+          <th class="num">Uptime</th><th class="num">Restarts</th><th class="num">CPU</th>
+          <th class="num">RSS</th><th>Last exit</th></tr></thead>
+        <tbody>${replicas.map((a) => html`<tr data-replica=${a.replica}>
+          <td class="num">${a.replica}</td><td><${State} s=${a.state} /></td>
+          <td class="num">${a.pid ?? "–"}</td><td class="num">${duration(a.uptime)}</td>
+          <td class="num">${a.restarts}</td><td class="num">${a.cpu_percent.toFixed(1)} %</td>
+          <td class="num">${bytes(a.rss_bytes)}</td><td>${a.last_exit ?? ""}</td></tr>`)}</tbody>
+      </table>
+    </section>
+    <section>
+      <h2>Log</h2>
+      <pre class="log" id="log">${logs.lines.map((l) =>
+        `${new Date(l[0] * 1000).toISOString().slice(11, 23)} #${l[2]} ${l[4]}: ${l[5]}\n`)}</pre>
+    </section>
+    <section>
+      <h2>Revisions</h2>
+      <table id="revisions">
+        <thead><tr><th class="num">Rev</th><th>Time</th><th>Who</th><th>Change</th><th></th></tr></thead>
+        <tbody>${history.revisions.map((r) => html`<tr>
+          <td class="num">${r.revision === history.current ? "* " : ""}${r.revision}</td>
+          <td>${stamp(r.time)}</td><td>${r.who}</td><td>${r.change}</td>
+          <td>${r.revision !== history.current && html`<button disabled=${busy}
+            onClick=${() => this.act("agents.rollback", { name, revision: r.revision })}>Roll back</button>`}</td>
+        </tr>`)}</tbody>
+      </table>
+    </section>`;
+  }
+}
+
+// -- tasks ----------------------------------------------------------------------------------
+const TASK_STATES = ["", "queued", "running", "succeeded", "failed", "timed_out", "cancelled", "lost"];
+
+class Tasks extends Polled {
+  key(props, state) {
+    return `${state.agent || ""} ${state.status || ""}`;
+  }
+  load() {
+    const params = { limit: 200 };
+    if (this.state.agent) params.agent = this.state.agent;
+    if (this.state.status) params.status = this.state.status;
+    return call("tasks.list", params);
+  }
+  show(data) {
+    const names = [...new Set((this.props.status?.agents || []).map((a) => a.name))];
+    const tasks = [...data.tasks].reverse();
+    return html`<section>
+      <h2>Tasks</h2>
+      <div class="controls">
+        <label>Agent <select id="task-agent" onChange=${(e) => this.setState({ agent: e.target.value })}>
+          <option value="">every agent</option>
+          ${names.map((n) => html`<option value=${n} selected=${n === this.state.agent}>${n}</option>`)}
+        </select></label>
+        <label>Status <select id="task-status" onChange=${(e) => this.setState({ status: e.target.value })}>
+          ${TASK_STATES.map((s) => html`<option value=${s} selected=${s === this.state.status}>${s || "any"}</option>`)}
+        </select></label>
+      </div>
+      <table id="tasks">
+        <thead><tr><th>Task</th><th>Agent</th><th>Status</th><th>Created</th>
+          <th class="num">Took</th><th class="num">Attempts</th></tr></thead>
+        <tbody>${tasks.map((t) => html`<tr data-task=${t.task_id}>
+          <td><a href=${`#/task/${t.task_id}`}>${t.task_id}</a></td><td>${t.agent}</td>
+          <td><${State} s=${t.status} /></td><td>${stamp(t.created)}</td>
+          <td class="num">${t.finished && t.started ? `${((t.finished - t.started) * 1000).toFixed(0)} ms` : "–"}</td>
+          <td class="num">${t.attempts}</td></tr>`)}</tbody>
+      </table>
+      ${tasks.length === 0 && html`<p class="note">No tasks.</p>`}
+    </section>`;
+  }
+}
+
+class Task extends Polled {
+  key(props) {
+    return props.id;
+  }
+  load() {
+    return call("tasks.get", { task_id: this.props.id });
+  }
+  show(t) {
+    return html`<section id="task">
+      <h2>Task ${t.task_id} <${State} s=${t.status} /></h2>
+      <p>Agent <a href=${`#/agent/${t.agent}`}>${t.agent}</a>, priority ${t.priority},
+        created ${stamp(t.created)}, ${t.tool_calls} tool calls</p>
+      <h2>Attempts</h2>
+      <table id="attempts">
+        <thead><tr><th class="num">Replica</th><th class="num">PID</th><th>Started</th>
+          <th>Finished</th><th>Outcome</th><th>Error</th></tr></thead>
+        <tbody>${t.attempts.map((a) => html`<tr>
+          <td class="num">${a.replica}</td><td class="num">${a.pid ?? "–"}</td>
+          <td>${stamp(a.started)}</td><td>${stamp(a.finished)}</td><td>${a.outcome}</td>
+          <td>${a.error ?? ""}</td></tr>`)}</tbody>
+      </table>
+      <h2>Output</h2>
+      <pre class="json" id="task-output">${JSON.stringify(t.error ?? t.output, null, 2)}</pre>
+    </section>`;
+  }
+}
+
+// -- metrics --------------------------------------------------------------------------------
+// Points kept here, one per poll of stats.get: counters become rates by their deltas.
+const series = { t: [], tasksPerMin: [], errorRate: [], p50: [], p95: [], queue: [], cpu: [], rss: [] };
+let previous = null;
+
+function finished(total) {
+  return total.succeeded + total.failed + total.timed_out + total.cancelled + total.lost;
+}
+
+function record(stats) {
+  const now = Date.now() / 1000;
+  const total = stats.tasks.total;
+  const agents = Object.values(stats.agents);
+  const lat = Object.values(stats.tasks.agents).map((a) => a.latency_ms);
+  const worst = (key) => {
+    const v = lat.map((l) => l[key]).filter((x) => x !== null);
+    return v.length ? Math.max(...v) : null;
+  };
+  let perMin = null;
+  let errors = null;
+  if (previous) {
+    const dt = now - previous.t;
+    const done = finished(total) - finished(previous.total);
+    const bad = done - (total.succeeded - previous.total.succeeded);
+    perMin = dt > 0 ? (done / dt) * 60 : null;
+    errors = done > 0 ? bad / done : 0;
+  }
+  previous = { t: now, total };
+  const add = (k, v) => series[k].push(v);
+  add("t", now);
+  add("tasksPerMin", perMin);
+  add("errorRate", errors);
+  add("p50", worst("p50"));
+  add("p95", worst("p95"));
+  add("queue", total.queue_depth);
+  add("cpu", agents.reduce((s, a) => s + a.cpu_percent, 0));
+  add("rss", agents.reduce((s, a) => s + a.rss_bytes, 0));
+  if (series.t.length > KEEP_POINTS) for (const k in series) series[k].shift();
+}
+
+const CHARTS = [
+  { id: "tasks", title: "Tasks per minute", lines: [["tasksPerMin", "tasks/min"]] },
+  { id: "errors", title: "Error rate", lines: [["errorRate", "errors / finished"]] },
+  { id: "latency", title: "Latency (ms, the slowest agent's)", lines: [["p50", "p50"], ["p95", "p95"]] },
+  { id: "queue", title: "Queue depth", lines: [["queue", "queued"]] },
+  { id: "cpu", title: "CPU (%, every agent)", lines: [["cpu", "CPU %"]] },
+  { id: "memory", title: "Memory (RSS, every agent)", lines: [["rss", "RSS"]], bytes: true },
+];
+const COLOURS = ["#2f6fdf", "#cf222e"];
+const RANGES = { hour: 3600, day: 86400, week: 7 * 86400 };
+window.corralCharts = {}; // uPlot instances by chart id: the browser tests read them
+
+class Chart extends Component {
+  componentDidMount() {
+    const { spec } = this.props;
+    const opts = {
+      width: Math.max(300, this.el.clientWidth),
+      height: 180,
+      series: [{}, ...spec.lines.map(([, label], i) => ({
+        label, stroke: COLOURS[i], width: 1.5, spanGaps: true,
+        value: spec.bytes ? (u, v) => (v === null ? "–" : bytes(v)) : undefined,
+      }))],
+      axes: [{}, spec.bytes ? { values: (u, vals) => vals.map(bytes), size: 70 } : {}],
+      legend: { live: true },
+    };
+    this.plot = new window.uPlot(opts, this.data(), this.el);
+    window.corralCharts[spec.id] = this.plot;
+  }
+  componentWillUnmount() {
+    delete window.corralCharts[this.props.spec.id];
+    this.plot.destroy();
+  }
+  data() {
+    const from = Date.now() / 1000 - RANGES[this.props.range];
+    let i = 0;
+    while (i < series.t.length && series.t[i] < from) i++;
+    return [series.t.slice(i), ...this.props.spec.lines.map(([k]) => series[k].slice(i))];
+  }
+  componentDidUpdate() {
+    this.plot.setData(this.data());
+  }
+  render() {
+    return html`<div class="chart" id=${`chart-${this.props.spec.id}`}>
+      <h3>${this.props.spec.title}</h3><div class="plot" ref=${(el) => (this.el = el)}></div></div>`;
+  }
+}
+
+function Metrics({ range, setRange, tick }) {
+  const history = session.methods.includes("stats.history");
+  return html`<section>
+    <h2>Metrics</h2>
+    <div class="controls">
+      ${Object.keys(RANGES).map((r) => html`<button class=${r === range ? "primary" : ""}
+        id=${`range-${r}`} onClick=${() => setRange(r)}>last ${r}</button>`)}
+      <span class="note" id="history-note">${history
+        ? "Points every second since this page opened."
+        : "This daemon keeps no metrics history (stats.history): the charts show the points since this page opened, one a second."}</span>
+    </div>
+    <div class="charts">${CHARTS.map((c) => html`<${Chart} spec=${c} range=${range} tick=${tick} />`)}</div>
+  </section>`;
+}
+
+// -- MCP servers and the gateway's clients ----------------------------------------------------
+class Mcp extends Polled {
+  load() {
+    return call("mcp.status");
+  }
+  show(data) {
+    const clients = Object.entries(data.gateway.clients);
+    return html`<section>
+      <h2>MCP servers</h2>
+      <table id="mcp">
+        <thead><tr><th>Server</th><th class="num">Instance</th><th>State</th><th>Scope</th>
+          <th class="num">Tools</th><th class="num">Calls</th><th class="num">Errors</th>
+          <th class="num">In flight</th><th class="num">Restarts</th><th>Protocol</th></tr></thead>
+        <tbody>${data.mcp_servers.map((s) => html`<tr>
+          <td>${s.name}</td><td class="num">${s.instance}</td><td><${State} s=${s.state} /></td>
+          <td>${s.scope}${s.owner ? ` (${s.owner})` : ""}</td><td class="num">${s.tools}</td>
+          <td class="num">${s.calls}</td><td class="num">${s.errors}</td>
+          <td class="num">${s.in_flight}</td><td class="num">${s.restarts}</td>
+          <td>${s.protocol_version ?? "–"}</td></tr>`)}</tbody>
+      </table>
+      ${data.mcp_servers.length === 0 && html`<p class="note">No MCP servers.</p>`}
+    </section>
+    <section>
+      <h2>Gateway clients ${data.gateway.url && html`<span class="note">${data.gateway.url}</span>`}</h2>
+      <table id="gateway">
+        <thead><tr><th>Client</th><th class="num">Calls</th><th class="num">Errors</th>
+          <th class="num">In flight</th><th class="num">p50</th><th class="num">p95</th></tr></thead>
+        <tbody>${clients.map(([name, c]) => html`<tr><td>${name}</td>
+          <td class="num">${c.calls}</td><td class="num">${c.errors}</td><td class="num">${c.in_flight}</td>
+          <td class="num">${c.p50_ms?.toFixed(1) ?? "–"}</td><td class="num">${c.p95_ms?.toFixed(1) ?? "–"}</td></tr>`)}</tbody>
+      </table>
+      ${clients.length === 0 && html`<p class="note">No gateway calls yet.</p>`}
+    </section>`;
+  }
+}
+
+// -- the audit log --------------------------------------------------------------------------
+class Audit extends Polled {
+  load() {
+    return call("audit.list", { limit: 200 });
+  }
+  show(data) {
+    return html`<section>
+      <h2>Audit log</h2>
+      <table id="audit">
+        <thead><tr><th>Time</th><th class="num">UID</th><th>Method</th><th>Outcome</th><th>Params</th></tr></thead>
+        <tbody>${data.entries.map((e) => html`<tr><td>${stamp(e.time)}</td>
+          <td class="num">${e.uid}</td><td>${e.method}</td><td>${e.outcome}</td>
+          <td><code>${JSON.stringify(e.params).slice(0, 120)}</code></td></tr>`)}</tbody>
+      </table>
+    </section>`;
+  }
+}
+
+// -- the page -------------------------------------------------------------------------------
+const VIEWS = [["fleet", "Fleet"], ["tasks", "Tasks"], ["metrics", "Metrics"], ["mcp", "MCP"], ["audit", "Audit"]];
+
+function route() {
+  const [view, arg] = location.hash.replace(/^#\/?/, "").split("/");
+  return { view: view || "fleet", arg: arg ? decodeURIComponent(arg) : null };
+}
+
+class App extends Component {
+  constructor() {
+    super();
+    this.state = { route: route(), status: null, error: null, login: null, range: "hour", tick: 0, seen: 0 };
+  }
+  async componentDidMount() {
+    window.addEventListener("hashchange", () => this.setState({ route: route() }));
+    const r = await fetch("session", { credentials: "same-origin" });
+    if (!r.ok) {
+      this.setState({ login: (await r.json()).detail });
+      return;
+    }
+    Object.assign(session, await r.json());
+    this.poll();
+  }
+  async poll() {
+    try {
+      const [status, stats] = await Promise.all([call("agents.status"), call("stats.get")]);
+      record(stats);
+      this.setState({ status, error: null, seen: Date.now(), tick: this.state.tick + 1 });
+    } catch (e) {
+      if (e.status === 401) {
+        this.setState({ login: e.message });
+        return;
+      }
+      this.setState({ error: e.message });
+    }
+    setTimeout(() => this.poll(), POLL_MS);
+  }
+  view() {
+    const { route: r, status, range, tick } = this.state;
+    switch (r.view) {
+      case "agent": return html`<${Agent} name=${r.arg} status=${status} />`;
+      case "tasks": return html`<${Tasks} status=${status} />`;
+      case "task": return html`<${Task} id=${r.arg} />`;
+      case "metrics": return html`<${Metrics} range=${range} tick=${tick}
+        setRange=${(x) => this.setState({ range: x })} />`;
+      case "mcp": return html`<${Mcp} />`;
+      case "audit": return html`<${Audit} />`;
+      default: return html`<${Fleet} status=${status} />`;
+    }
+  }
+  render() {
+    const { login, error, seen, route: r } = this.state;
+    if (login) {
+      return html`<section id="login"><h2>Not logged in</h2><p>${login}</p>
+        <p>Run <code>corral ui</code> on the daemon's machine and open the link it prints.</p></section>`;
+    }
+    const stale = seen && Date.now() - seen > 5 * POLL_MS;
+    return html`<header>
+        <h1>corral</h1>
+        <nav>${VIEWS.map(([v, label]) => html`<a href=${`#/${v}`}
+          class=${r.view === v ? "current" : ""}>${label}</a>`)}</nav>
+        <span class=${`live${stale ? " stale" : ""}`} id="live">${seen
+          ? `live, updated ${new Date(seen).toLocaleTimeString()}` : "connecting…"}</span>
+      </header>
+      <main>${error && html`<div class="error">${error}</div>`}${this.view()}</main>`;
+  }
+}
+
+const root = document.getElementById("app");
+root.textContent = "";
+render(html`<${App} />`, root);

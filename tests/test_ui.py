@@ -1,0 +1,518 @@
+"""The dashboard (`/ui`, corral/daemon/http/ui.py): its vendored libraries are the npm
+registry's files, byte for byte, and ship with the package."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import time
+import tomllib
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+import yarl
+
+from corral import jsonrpc
+from corral import methods as m
+from corral.daemon.api import Caller
+from corral.daemon.daemon import Daemon
+from corral.daemon.http.ui import CSP
+from corral.jsonrpc import RpcError
+from corral.supervisor import State
+
+from .conftest import ROOT
+from .daemon_harness import config_text, hello, running_daemon, shared_tmpdir
+
+STATIC = ROOT / "corral" / "daemon" / "http" / "static"
+VENDOR = STATIC / "vendor"
+
+
+def recorded_hashes(vendor: Path) -> dict[str, str]:
+    """File name -> sha256, from VENDORED.md's table of files."""
+    rows = re.findall(r"^\| `([^`]+)` \|[^|]*\|[^|]*\| `([0-9a-f]{64})` \|$",
+                      (vendor / "VENDORED.md").read_text(), re.MULTILINE)
+    return dict(rows)
+
+
+def vendor_mismatches(vendor: Path) -> list[str]:
+    """What differs between the vendored files and VENDORED.md: a changed file, a file
+    not recorded, a recorded file missing."""
+    recorded = recorded_hashes(vendor)
+    present = {p.name for p in vendor.iterdir() if p.name != "VENDORED.md"}
+    out = [f"not recorded: {n}" for n in sorted(present - set(recorded))]
+    out += [f"missing: {n}" for n in sorted(set(recorded) - present)]
+    for name in sorted(present & set(recorded)):
+        if hashlib.sha256((vendor / name).read_bytes()).hexdigest() != recorded[name]:
+            out.append(f"changed: {name}")
+    return out
+
+
+def test_vendored_files_match_their_recorded_hashes() -> None:
+    assert set(recorded_hashes(VENDOR)) == {
+        "preact.mjs", "htm.mjs", "uPlot.iife.min.js", "uPlot.min.css",
+        "LICENSE.preact", "LICENSE.htm", "LICENSE.uplot"}
+    assert vendor_mismatches(VENDOR) == []
+
+
+def test_a_changed_or_unrecorded_vendored_file_is_caught(tmp_path: Path) -> None:
+    copy = tmp_path / "vendor"
+    shutil.copytree(VENDOR, copy)
+    with (copy / "htm.mjs").open("ab") as f:
+        f.write(b"\n")
+    (copy / "extra.js").write_text("")
+    (copy / "LICENSE.uplot").unlink()
+    assert vendor_mismatches(copy) == ["not recorded: extra.js", "missing: LICENSE.uplot",
+                                       "changed: htm.mjs"]
+
+
+def test_every_static_file_is_package_data() -> None:
+    """An installed corral (not a checkout) serves the same page: every file under
+    static/ matches a package-data glob of pyproject.toml."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = config["tool"]["setuptools"]["package-data"]["corral.daemon.http"]
+    base = STATIC.parent
+    shipped = {p for g in globs for p in base.glob(g)}
+    files = {p for p in STATIC.rglob("*") if p.is_file()}
+    assert files and files <= shipped, sorted(str(p) for p in files - shipped)
+
+
+# -- the rules of /ui, over plain HTTP, against a real daemon in this process ---------------
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, http: bool = True) -> AsyncIterator[Daemon]:
+    config = tmp_path / "corral.toml"
+    extra = '[http]\nlisten = "127.0.0.1:0"\n' if http else ""
+    config.write_text(config_text(hello("hello"), tmp_path / "corral.sock",
+                                  tmp_path / "state") + extra)
+    d = Daemon(config)
+    run = asyncio.ensure_future(d.run())
+    try:
+        while not hasattr(d, "services"):  # the composition root is done when it is set
+            assert not run.done(), run.result()
+            await asyncio.sleep(0.01)
+        await d.services.sup.wait_state("hello", State.READY, timeout=20)
+        yield d
+    finally:
+        d.request_stop()
+        assert await asyncio.wait_for(run, 30) == 0
+
+
+OPERATOR = Caller(via="socket", uid=0)
+
+
+async def login_link(d: Daemon, caller: Caller = OPERATOR) -> m.UiLoginResult:
+    result: m.UiLoginResult = await d.dispatcher.call(caller, "ui.login")
+    return result
+
+
+async def audited(d: Daemon) -> list[str]:
+    """The daemon log's audit lines, written as each call ends (the audit table's rows
+    are written later, by the store's writer)."""
+    lines = await d.dispatcher.call(OPERATOR, "logs.tail", {"names": ["corral"],
+                                                             "lines": 500})
+    return [ln.text for ln in lines.lines if ln.stream == "audit"]
+
+
+class Page:
+    """A browser's side of the rules, by hand: a cookie jar, and Host, Origin and the
+    CSRF header as a page of this origin sends them."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        self.csrf = ""
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def get(self, path: str, **kw: Any) -> tuple[int, dict[str, str], Any]:
+        async with self.http.get(self.base + path, allow_redirects=False, **kw) as r:
+            return r.status, dict(r.headers), await _body(r)
+
+    async def login(self, link: str) -> None:
+        status, headers, _ = await self.get(link.removeprefix(self.base))
+        assert (status, headers["Location"]) == (303, "/ui/")
+        status, _, body = await self.get("/ui/session")
+        assert status == 200, body
+        self.csrf = body["csrf"]
+
+    async def call(self, method: str, params: Any = None, *, csrf: str | None = None,
+                   origin: str | None = None, host: str | None = None
+                   ) -> tuple[int, dict[str, str], Any]:
+        headers = {"Origin": self.base if origin is None else origin,
+                   "X-CSRF-Token": self.csrf if csrf is None else csrf}
+        if host is not None:
+            headers["Host"] = host
+        headers = {k: v for k, v in headers.items() if v != "-"}  # "-": not sent
+        async with self.http.post(f"{self.base}/ui/api/{method}", headers=headers,
+                                  data=msgspec.json.encode(params or {})) as r:
+            return r.status, dict(r.headers), await _body(r)
+
+
+async def _body(r: aiohttp.ClientResponse) -> Any:
+    raw = await r.read()
+    if r.content_type.endswith("json"):
+        return msgspec.json.decode(raw)
+    return raw
+
+
+@contextlib.asynccontextmanager
+async def page(d: Daemon) -> AsyncIterator[Page]:
+    p = Page(d.services.ui.url if d.services.ui else "")
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+def problem_of(status: int, detail: str, title: str, code: int | None = None
+               ) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
+                            "detail": detail}
+    if code is not None:
+        body["code"] = code
+    return body
+
+
+NO_SESSION = "unauthorized: no dashboard session (open the link that `corral ui` prints)"
+
+
+@pytest.mark.deadline(90)
+async def test_a_login_link_works_once_and_its_session_may_call(tmp_path: Path) -> None:
+    async with running(tmp_path) as d, page(d) as p:
+        link = await login_link(d)
+        assert link.url == p.base + link.path
+        assert link.path == f"/ui/login?code={link.code}"
+        assert 55 < link.expires - time.time() <= 60
+        # no cookie yet: the page and its files load, every call is refused
+        status, headers, body = await p.get("/ui/")
+        assert (status, headers["Content-Type"]) == (200, "text/html; charset=utf-8")
+        status, _, body = await p.get("/ui/session")
+        assert (status, body) == (401, problem_of(401, NO_SESSION.removeprefix(
+            "unauthorized: "), "unauthorized"))
+        status, _, body = await p.call("agents.status")
+        assert (status, body) == (401, problem_of(401, NO_SESSION, "unauthorized",
+                                                  jsonrpc.UNAUTHORIZED))
+
+        status, headers, _ = await p.get(link.path)
+        assert (status, headers["Location"]) == (303, "/ui/")
+        cookie = headers["Set-Cookie"]
+        assert cookie.startswith("corral_ui=")
+        assert {"HttpOnly", "Path=/ui", "SameSite=Strict", "Max-Age=43200"} <= {
+            part.strip() for part in cookie.split(";")}
+        status, _, session = await p.get("/ui/session")
+        assert status == 200 and len(session["csrf"]) >= 32
+        assert "stats.get" in session["methods"] and "tasks.run" not in session["methods"]
+        p.csrf = session["csrf"]
+        status, _, body = await p.call("agents.status")
+        assert status == 200 and [a["name"] for a in body["agents"]] == ["hello"]
+
+        # the same link again, in another browser: refused, no second session
+        async with page(d) as other:
+            status, headers, body = await other.get(link.path)
+            assert (status, body) == (401, problem_of(
+                401, "this login link is not valid: it was used already, or it never "
+                     "was; run `corral ui` for a new one", "login refused"))
+            assert "Set-Cookie" not in headers
+        assert d.services.ui is not None and len(d.services.ui.sessions) == 1
+
+        # the login is audited (the code is not: ui.login has no params)
+        assert await audited(d) == ["uid 0 pid -1: ui.login {} -> ok"]
+
+        # a call the session makes is the operator's, audited as the dashboard's
+        status, _, body = await p.call("agents.scale", {"name": "hello", "replicas": 2})
+        assert (status, body) == (200, {"name": "hello", "replicas": 2})
+        await d.services.sup.wait_state("hello", State.READY, timeout=20)
+        assert (await audited(d))[-1] == (
+            'token dashboard: agents.scale {"name":"hello","replicas":2} -> ok')
+
+        # logging out ends the session on the server
+        async with p.http.post(f"{p.base}/ui/logout", headers={
+                "Origin": p.base, "X-CSRF-Token": p.csrf}) as r:
+            assert r.status == 204
+        assert d.services.ui.sessions == {}
+        status, _, body = await p.call("agents.status")
+        assert (status, body["detail"]) == (401, NO_SESSION)
+
+
+@pytest.mark.deadline(90)
+async def test_an_expired_or_unknown_code_is_refused(tmp_path: Path) -> None:
+    async with running(tmp_path) as d, page(d) as p:
+        sessions = d.services.ui
+        assert sessions is not None
+        now = [time.time()]
+        sessions.clock = lambda: now[0]
+        link = await login_link(d)
+        now[0] += 60.0  # the code's last instant is past
+        status, headers, body = await p.get(link.path)
+        assert (status, body) == (401, problem_of(
+            401, "this login link has expired; run `corral ui` for a new one",
+            "login refused"))
+        assert "Set-Cookie" not in headers and sessions.sessions == {}
+        # tried once, an expired code is gone too
+        status, _, body = await p.get(link.path)
+        assert body["detail"].startswith("this login link is not valid")
+        status, _, body = await p.get("/ui/login?code=made-up")
+        assert (status, body["detail"]) == (401, "this login link is not valid: it was "
+                                                 "used already, or it never was; run "
+                                                 "`corral ui` for a new one")
+        status, _, body = await p.get("/ui/login")
+        assert status == 401 and sessions.sessions == {}
+
+        # a session past its life is gone: its cookie no longer calls
+        await p.login((await login_link(d)).url)
+        assert (await p.call("agents.status"))[0] == 200
+        now[0] += sessions.session_ttl
+        status, _, body = await p.call("agents.status")
+        assert (status, body["detail"]) == (401, NO_SESSION)
+        assert sessions.sessions == {}
+
+
+@pytest.mark.deadline(90)
+async def test_writes_need_the_csrf_header_and_this_origin(tmp_path: Path) -> None:
+    async with running(tmp_path) as d, page(d) as p:
+        await p.login((await login_link(d)).url)
+        agent = d.services.sup.agent("hello")
+        pid = agent.replicas[0].pid
+
+        def unchanged() -> None:
+            assert [(r.state, r.pid) for r in agent.replicas] == [(State.READY, pid)]
+
+        for csrf, detail in [("-", "forbidden: missing or wrong X-CSRF-Token header"),
+                             ("x" + p.csrf[1:],
+                              "forbidden: missing or wrong X-CSRF-Token header")]:
+            status, headers, body = await p.call("agents.scale",
+                                                 {"name": "hello", "replicas": 3},
+                                                 csrf=csrf)
+            assert (status, body) == (403, problem_of(403, detail, "unauthorized",
+                                                      jsonrpc.FORBIDDEN))
+            assert headers["Content-Security-Policy"] == CSP
+            unchanged()
+        for origin in ["http://evil.example", "-", "null",
+                       p.base.replace("127.0.0.1", "localhost")]:
+            status, _, body = await p.call("agents.restart", {"names": ["hello"]},
+                                           origin=origin)
+            shown = None if origin == "-" else origin
+            assert (status, body) == (403, problem_of(
+                403, f"forbidden: Origin {shown!r} is not this dashboard's",
+                "unauthorized", jsonrpc.FORBIDDEN))
+            unchanged()
+        # logging out is a write too
+        async with p.http.post(f"{p.base}/ui/logout",
+                               headers={"Origin": "http://evil.example",
+                                        "X-CSRF-Token": p.csrf}) as r:
+            assert r.status == 403
+        assert d.services.ui is not None and len(d.services.ui.sessions) == 1
+        # a method the page does not call is not reachable, session or not
+        status, _, body = await p.call("daemon.shutdown")
+        assert (status, body) == (404, problem_of(
+            404, "daemon.shutdown is not a method the dashboard calls", "not found"))
+        unchanged()
+        # no audit row for any refused call
+        assert [t.split(" {")[0] for t in await audited(d)] == ["uid 0 pid -1: ui.login"]
+
+
+@pytest.mark.deadline(90)
+async def test_a_foreign_host_is_misdirected_and_every_response_has_the_csp(
+        tmp_path: Path) -> None:
+    async with running(tmp_path) as d, page(d) as p:
+        await p.login((await login_link(d)).url)
+        port = yarl.URL(p.base).port
+        pid = d.services.sup.agent("hello").replicas[0].pid
+        for host in ["evil.example", f"evil.example:{port}", "127.0.0.1:1",
+                     f"127.0.0.2:{port}", f"user@127.0.0.1:{port}", ""]:
+            status, headers, body = await p.call("agents.restart", {"names": ["hello"]},
+                                                 host=host)
+            assert (status, body) == (421, problem_of(
+                421, f"Host {host!r} is not this server's", "misdirected request"))
+            assert headers["Content-Security-Policy"] == CSP
+            status, _, _ = await p.get("/ui/", headers={"Host": host})
+            assert status == 421
+        assert d.services.sup.agent("hello").replicas[0].pid == pid
+        # localhost with our port is ours
+        status, _, _ = await p.get("/ui/", headers={"Host": f"localhost:{port}"})
+        assert status == 200
+
+        for path in ["/ui", "/ui/", "/ui/static/app.js", "/ui/static/vendor/preact.mjs",
+                     "/ui/static/nope.js", "/ui/static/../ui.py", "/ui/session",
+                     "/ui/login?code=x", "/ui/nothing"]:
+            status, headers, _ = await p.get(path)
+            assert headers["Content-Security-Policy"] == CSP, path
+            assert headers["X-Content-Type-Options"] == "nosniff", path
+            assert headers["Referrer-Policy"] == "no-referrer", path
+            assert status in (200, 302, 401, 404), (path, status)
+        assert (await p.get("/ui/static/nope.js"))[0] == 404
+        assert (await p.get("/ui/static/../ui.py"))[0] == 404
+        status, headers, body = await p.get("/ui/static/vendor/preact.mjs")
+        assert (status, headers["Content-Type"]) == (200, "text/javascript; charset=utf-8")
+        assert body == (VENDOR / "preact.mjs").read_bytes()
+
+
+@pytest.mark.deadline(90)
+async def test_ui_login_without_http_is_refused(tmp_path: Path) -> None:
+    async with running(tmp_path, http=False) as d:
+        with pytest.raises(RpcError) as err:
+            await login_link(d)
+        assert (err.value.code, err.value.message) == (
+            jsonrpc.CONFLICT, "the dashboard is served by the HTTP server, and this "
+                              "daemon has none: set [http] listen")
+        # a caller without admin may not mint a login at all
+        with pytest.raises(RpcError) as err:
+            await login_link(d, Caller(via="http", token="r",
+                                       scopes=frozenset({"agents:read"})))
+        assert err.value.code == jsonrpc.FORBIDDEN
+
+
+def test_corral_ui_prints_a_link_that_logs_in() -> None:
+    with running_daemon(shared_tmpdir(), hello("hello"),
+                        extra='[http]\nlisten = "127.0.0.1:0"\n') as d:
+        r = d.cli("ui")
+        assert r.returncode == 0, r.stderr
+        link = r.stdout.strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/ui/login\?code=[\w-]{32}", link)
+        assert re.fullmatch(r"corral: open this link in a browser on this machine within "
+                            r"(59|60) s; it works once\n", r.stderr)
+        r = d.cli("ui", "--json")
+        assert r.returncode == 0, r.stderr
+        # the answer as declared, strictly
+        answer = msgspec.json.decode(r.stdout, type=m.UiLoginResult)
+        assert msgspec.json.encode(answer) == msgspec.json.encode(
+            msgspec.json.decode(r.stdout))
+        assert answer.url.endswith(answer.path) and answer.code != link.rsplit("=")[-1]
+        with urllib.request.urlopen(urllib.request.Request(link)) as resp:
+            # the redirect followed to the page; the cookie was set on the way
+            assert (resp.status, resp.url) == (200, link.split("/login")[0] + "/")
+    with running_daemon(shared_tmpdir(), hello("hello")) as d:
+        r = d.cli("ui")
+        assert (r.returncode, r.stdout, r.stderr) == (
+            1, "", "corral: the dashboard is served by the HTTP server, and this daemon "
+                   "has none: set [http] listen\n")
+
+
+# -- the page in a real browser -------------------------------------------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+# as this machine needs them: no GPU, no sandbox (root), and nothing reaching the network
+# the tests do not have (Playwright adds --headless and a new, empty profile itself)
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+# recorded before any page script runs: Playwright's init scripts are not subject to the
+# page's CSP, so the listener sees every violation, the page's own included
+WATCH_CSP = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || "inline"}`);
+});
+"""
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at "
+                    "/usr/bin/chromium (scripts/browser.sh installs it; CI runs it)")
+@pytest.mark.timeout(240)
+def test_the_dashboard_in_chromium() -> None:
+    from playwright.sync_api import ConsoleMessage, expect, sync_playwright
+
+    serving = re.compile(r"^(ready|idle|busy)$")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with running_daemon(shared_tmpdir(), hello("hello"),
+                        extra='[http]\nlisten = "127.0.0.1:0"\n') as d:
+        task = d.json("run", "hello", "--input", '{"name": "ui"}')
+        assert task["status"] == "succeeded"
+        r = d.cli("ui")
+        assert r.returncode == 0, r.stderr
+        link = r.stdout.strip()
+        problems: list[str] = []
+
+        def on_console(msg: ConsoleMessage) -> None:
+            if msg.type in ("error", "warning"):
+                problems.append(f"console {msg.type}: {msg.text}")
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                page.add_init_script(WATCH_CSP)
+                page.on("console", on_console)
+                page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+
+                def shot(name: str) -> None:
+                    page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"),
+                                    full_page=True)
+
+                # log in with the one-time link: the fleet, live
+                page.goto(link)
+                assert page.url == link.split("/login")[0] + "/"
+                hello0 = page.locator('#fleet tr[data-agent="hello"][data-replica="0"]')
+                expect(hello0.locator(".state")).to_have_text(serving)
+                expect(page.locator("#live")).to_contain_text("live, updated")
+                shot("fleet")
+
+                # an agent: scale it from the page, and see the new replica come up
+                page.click('#fleet a[href="#/agent/hello"]')
+                expect(page.locator("#replicas-table tbody tr")).to_have_count(1)
+                page.fill("#replicas", "2")
+                page.click("#scale")
+                expect(page.locator('#replicas-table tr[data-replica="1"] .state')).to_have_text(
+                    serving, timeout=30_000)
+                assert [(a["name"], a["replica"]) for a in d.json("status")["agents"]] == [
+                    ("hello", 0), ("hello", 1)]
+                # the log tail follows: the new replica's lifecycle lines arrive
+                expect(page.locator("#log")).to_contain_text("#1 event: starting -> ready")
+                shot("agent")
+                if os.environ.get("CORRAL_UPDATE_SCREENSHOT"):  # README's picture, on demand
+                    page.screenshot(path=str(ROOT / "docs" / "dashboard.png"))
+
+                # tasks: the one run above, its attempts and output
+                page.click('nav a[href="#/tasks"]')
+                row = page.locator(f'#tasks tr[data-task="{task["task_id"]}"]')
+                expect(row).to_contain_text("succeeded")
+                row.locator("a").click()
+                expect(page.locator("#task-output")).to_contain_text("hello, ui")
+                expect(page.locator("#attempts tbody tr")).to_have_count(1)
+                shot("task")
+
+                # charts with points: uPlot's own data, read in the page
+                page.click('nav a[href="#/metrics"]')
+                page.wait_for_function(
+                    "() => ['tasks', 'errors', 'latency', 'queue', 'cpu', 'memory'].every("
+                    "id => window.corralCharts[id] && window.corralCharts[id].data[0]"
+                    ".length >= 3)", timeout=30_000)
+                memory = page.evaluate("window.corralCharts.memory.data[1]")
+                assert memory[-1] > 0, memory
+                expect(page.locator("#history-note")).to_contain_text(
+                    "This daemon keeps no metrics history")
+                shot("metrics")
+
+                page.click('nav a[href="#/mcp"]')
+                expect(page.locator("#mcp")).to_be_visible()
+                page.click('nav a[href="#/audit"]')
+                expect(page.locator("#audit")).to_contain_text("agents.scale")
+                shot("audit")
+
+                page.click('nav a[href="#/fleet"]')
+                expect(page.locator('#fleet tr[data-agent="hello"]')).to_have_count(2)
+                expect(page.locator('#fleet tr[data-replica="1"] .state')).to_have_text(serving)
+                shot("fleet-scaled")
+
+                assert page.evaluate("window.__cspViolations") == []
+                assert problems == []
+
+                # and the watch can fail: an inline script is blocked, and seen
+                page.evaluate("""() => { const s = document.createElement("script");
+                    s.textContent = "window.ran = 1"; document.body.append(s); }""")
+                page.wait_for_function("window.__cspViolations.length > 0")
+                assert page.evaluate("window.__cspViolations") == [
+                    "script-src-elem blocked inline"]
+                assert page.evaluate("window.ran") is None
+            finally:
+                browser.close()
