@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import platform
 import shutil
 import signal
@@ -146,6 +147,23 @@ async def test_the_exposition_passes_promtool_with_the_series_and_no_ids(
         assert not [k for k in samples(text) if dict(k[1]).get("agent") == "b"]
         assert value(samples(text), "corral_tasks_total", agent="a",
                      outcome="succeeded") == 1
+
+
+@pytest.mark.deadline(60)
+async def test_restarts_are_counted_per_agent_by_cause(tmp_path: Path) -> None:
+    async with running(tmp_path, hello("a") + hello("b")) as d:
+        sup = d.services.sup
+        r = await sup.wait_state("a", State.READY, timeout=20)
+        await sup.wait_state("b", State.READY, timeout=20)
+        assert r.pid is not None
+        os.kill(r.pid, signal.SIGKILL)
+        await sup.wait_state("a", State.STARTING, timeout=20)
+        await sup.wait_state("a", State.READY, timeout=20)
+        _, _, text = await scrape(d)
+        series = samples(text)
+        assert value(series, "corral_agent_restarts_total", agent="a", cause="crash") == 1
+        assert not [k for k in series if k[0] == "corral_agent_restarts_total"
+                    and dict(k[1])["agent"] == "b"]
 
 
 @pytest.mark.deadline(60)
