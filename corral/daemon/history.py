@@ -146,6 +146,9 @@ class TaskTimes:
         self.finished = finished
         self.last: str | None = None
         self.agents: dict[str, AgentTimes] = {}
+        # every agent's, agents gone included (/metrics' histograms never go back)
+        self.duration = Times()
+        self.wait = Times()
 
     def poll(self) -> None:
         finished = self.finished
@@ -168,12 +171,17 @@ class TaskTimes:
             end = task.finished or 0.0
             started = task.started
             if started is None:  # never ran (cancelled or lost while queued)
-                times.wait.add(max(0.0, end - task.created))
+                waited = max(0.0, end - task.created)
+                times.wait.add(waited)
+                self.wait.add(waited)
                 continue
-            times.wait.add(max(0.0, started - task.created))
+            waited = max(0.0, started - task.created)
+            times.wait.add(waited)
+            self.wait.add(waited)
             took = max(0.0, end - started)
             times.duration.add(took)
             times.interval.add(took)
+            self.duration.add(took)
 
     def forget(self, keep: Iterable[str]) -> None:
         kept = set(keep)

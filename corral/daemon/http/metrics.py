@@ -18,6 +18,7 @@ holding `metrics:read`. 401 and 403 are problem+json.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import platform
 from collections.abc import Awaitable, Callable, Iterator
@@ -46,7 +47,6 @@ from .context import HttpContext
 from .route import problem
 
 SCOPE = "metrics:read"
-STATES = tuple(s.value for s in State)
 OUTCOMES = ("succeeded", "failed", "timed_out", "cancelled", "lost", "refused")
 _LE = (*(f"{b:g}" for b in BUCKETS), "+Inf")
 
@@ -103,8 +103,6 @@ class AgentFigures:
     rss_bytes: int
     counts: dict[str, int] | None
     queued: int
-    duration: tuple[list[int], float] | None
-    wait: tuple[list[int], float] | None
 
 
 @dataclass(slots=True)
@@ -114,6 +112,9 @@ class Snapshot:
     agents: list[AgentFigures] = field(default_factory=list)
     mcp: dict[str, tuple[int, int]] = field(default_factory=dict)  # server: calls, errors
     requests: dict[tuple[str, str], int] = field(default_factory=dict)
+    # every agent's task times: bucket counts and their sum
+    duration: tuple[list[int], float] = ([], 0.0)
+    wait: tuple[list[int], float] = ([], 0.0)
 
 
 def take(services: Services, restarts: Restarts, requests: dict[tuple[str, str], int]
@@ -125,7 +126,6 @@ def take(services: Services, restarts: Restarts, requests: dict[tuple[str, str],
     restarts.forget_gone()
     by_agent = sup.tasks.by_agent
     depth = sup.tasks.queue.depth
-    timed = times.agents
     out = Snapshot(requests=dict(requests))
     for name, agent in sup.agents.items():
         states: dict[str, int] = {}
@@ -137,17 +137,16 @@ def take(services: Services, restarts: Restarts, requests: dict[tuple[str, str],
             cpu += s.cpu_seconds
             rss += s.rss_bytes
         q = by_agent.get(name)
-        t = timed.get(name)
         out.agents.append(AgentFigures(
             name, states, dict(restarts.by_agent.get(name, ())), cpu, rss,
-            dict(q.counts) if q is not None else None, depth(name),
-            (list(t.duration.buckets), t.duration.sum) if t is not None else None,
-            (list(t.wait.buckets), t.wait.sum) if t is not None else None))
+            dict(q.counts) if q is not None else None, depth(name)))
+    out.duration = (list(times.duration.buckets), times.duration.sum)
+    out.wait = (list(times.wait.buckets), times.wait.sum)
     for server, entry in sup.mcp.servers.items():
         calls = errors = 0
-        for i in entry.all():
-            calls += i.client.calls
-            errors += i.client.errors
+        for instance in entry.all():
+            calls += instance.client.calls
+            errors += instance.client.errors
         out.mcp[server] = (calls, errors)
     return out
 
@@ -168,50 +167,66 @@ class Families(Collector):
         self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
+        """One family at a time, each built in a pass of its own: the caller encodes
+        each before the next is made."""
         snap = self.snapshot
+        agents = snap.agents
         info = InfoMetricFamily("corral_build", "The corral that runs.")
         info.add_metric([], {"version": __version__,
                              "python": platform.python_version()})
         yield info
+        # the states and outcomes an agent has: a zero for each of the others would be
+        # most of the exposition, and of the scrape's time
         replicas = GaugeMetricFamily("corral_agent_replicas",
                                      "An agent's replicas in each lifecycle state.",
                                      labels=("agent", "state"))
+        for a in agents:
+            for state, n in a.states.items():
+                replicas.add_metric([a.name, state], n)
+        yield replicas
         restarts = CounterMetricFamily(
             "corral_agent_restarts", "An agent's restarts, by what ended the life "
             "restarted.", labels=("agent", "cause"))
+        for a in agents:
+            for cause, n in a.restarts.items():
+                restarts.add_metric([a.name, cause], n)
+        yield restarts
         cpu = CounterMetricFamily("corral_agent_cpu_seconds",
                                   "CPU time of an agent's live processes, as last sampled.",
                                   labels=("agent",))
+        for a in agents:
+            cpu.add_metric([a.name], a.cpu_seconds)
+        yield cpu
         rss = GaugeMetricFamily("corral_agent_resident_memory_bytes",
                                 "Resident memory of an agent's processes, as last sampled.",
                                 labels=("agent",))
+        for a in agents:
+            rss.add_metric([a.name], a.rss_bytes)
+        yield rss
         tasks = CounterMetricFamily("corral_tasks", "An agent's tasks by outcome.",
                                     labels=("agent", "outcome"))
+        for a in agents:
+            counts = a.counts
+            if counts is not None:
+                for outcome in OUTCOMES:
+                    if counts[outcome]:
+                        tasks.add_metric([a.name, outcome], counts[outcome])
+        yield tasks
         queued = GaugeMetricFamily("corral_tasks_queued", "An agent's tasks waiting.",
                                    labels=("agent",))
+        for a in agents:
+            queued.add_metric([a.name], a.queued)
+        yield queued
         duration = HistogramMetricFamily(
-            "corral_task_duration_seconds", "Tasks' execution time (started to finished).",
-            labels=("agent",))
+            "corral_task_duration_seconds", "Tasks' execution time (started to finished), "
+            "every agent's.")
+        duration.add_metric([], _buckets(snap.duration[0]), snap.duration[1])
+        yield duration
         wait = HistogramMetricFamily(
-            "corral_task_queue_wait_seconds", "Tasks' time from accepted to started.",
-            labels=("agent",))
-        for a in snap.agents:
-            label = [a.name]
-            for state in STATES:
-                replicas.add_metric([a.name, state], a.states.get(state, 0))
-            for cause, n in a.restarts.items():
-                restarts.add_metric([a.name, cause], n)
-            cpu.add_metric(label, a.cpu_seconds)
-            rss.add_metric(label, a.rss_bytes)
-            counts = a.counts
-            for outcome in OUTCOMES:
-                tasks.add_metric([a.name, outcome], counts[outcome] if counts else 0)
-            queued.add_metric(label, a.queued)
-            if a.duration is not None:
-                duration.add_metric(label, _buckets(a.duration[0]), a.duration[1])
-            if a.wait is not None:
-                wait.add_metric(label, _buckets(a.wait[0]), a.wait[1])
-        yield from (replicas, restarts, cpu, rss, tasks, queued, duration, wait)
+            "corral_task_queue_wait_seconds", "Tasks' time from accepted to started, every "
+            "agent's.")
+        wait.add_metric([], _buckets(snap.wait[0]), snap.wait[1])
+        yield wait
         mcp = CounterMetricFamily("corral_mcp_calls", "Calls to each MCP server, by "
                                   "outcome.", labels=("server", "outcome"))
         for server, (calls, errors) in snap.mcp.items():
@@ -225,13 +240,29 @@ class Families(Collector):
         yield http
 
 
-def exposition(snapshot: Snapshot, accept: str | None) -> tuple[bytes, str]:
-    """The body and its content type (in a thread: the encoder and /proc/self)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Families(snapshot))
-    ProcessCollector(registry=registry)
-    encoder, content_type = choose_encoder(accept or "")
-    return encoder(registry), content_type
+class One(Collector):
+    def __init__(self, family: Metric) -> None:
+        self.family = family
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.family
+
+
+def encode(families: Iterator[Metric], accept: str | None) -> Iterator[bytes]:
+    """The exposition one family at a time (a family is never split: the formats want
+    each in one group); OpenMetrics' `# EOF` only once, at the end."""
+    encoder, _ = choose_encoder(accept or "")
+    for family in families:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(One(family))
+        body = encoder(registry)
+        yield body.removesuffix(EOF)
+    process = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=process)
+    yield encoder(process)
+
+
+EOF = b"# EOF\n"
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -283,10 +314,25 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
                                                  f"scope, which {caller.who} does not hold",
                                jsonrpc.FORBIDDEN)
         snapshot = take(services, restarts, requests)
-        body, content_type = await asyncio.to_thread(
-            exposition, snapshot, request.headers.get("Accept"))
-        response = web.Response(body=body)
-        response.headers["Content-Type"] = content_type
+        accept = request.headers.get("Accept")
+        parts = []
+        # on the loop, a family per turn: a thread would hold the GIL against the loop
+        # for the whole encoding (every syscall of the loop then waits its turn)
+        chunks = encode(Families(snapshot).collect(), accept)
+        while True:
+            # a family's objects are acyclic and gone by the end of its turn: the cyclic
+            # collector would only promote them, and then walk the whole heap for them
+            gc.disable()
+            try:
+                part = next(chunks, None)
+            finally:
+                gc.enable()
+            if part is None:
+                break
+            parts.append(part)
+            await asyncio.sleep(0)
+        response = web.Response(body=b"".join(parts))
+        response.headers["Content-Type"] = choose_encoder(accept or "")[1]
         return response
 
     async def unsubscribe(app: web.Application) -> None:
