@@ -16,7 +16,7 @@ the engine; tests/test_methods.py holds the daemon's answers to these types.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -799,6 +799,48 @@ class GatewayStatus(Params):
 
 
 # -- metrics history (issue 21) ------------------------------------------------------------
+class MetricsSample(msgspec.Struct):
+    """One period of the metrics history (the fleet's, or one agent's). Counts and
+    gauges are the period's (gauges averaged over its samples in a roll-up); times are
+    tasks' execution times (started to finished), estimated from buckets."""
+
+    time: float  # the period's start (a sample's own time at the raw resolution)
+    seconds: float  # what the period covers
+    agents: float  # agents with a serving replica (for one agent: 0 or 1)
+    replicas: float
+    serving: float
+    cpu_percent: float
+    rss_bytes: int
+    queued: float
+    running: float
+    executions: int  # tasks finished in the period
+    per_minute: float
+    errors: int  # of those: failed, timed out or lost
+    error_rate: float | None
+    avg_ms: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+class MetricsHistoryResult(Result):
+    agent: str | None  # None: the whole fleet
+    resolution: str  # raw | minute | hour
+    interval: float  # seconds between two samples at this resolution
+    since: float  # the wall time asked from
+    samples: list[MetricsSample]  # oldest first
+    truncated: bool  # more samples than one answer carries: the newest are given
+
+
+@method("stats.history", result=MetricsHistoryResult, scope="metrics:read")
+class StatsHistory(Params):
+    """The metrics history of the last `since` seconds, of the fleet or of one agent: at
+    the raw resolution (a sample every [http] history_interval seconds), per minute or
+    per hour (default: the finest whose retention covers `since`)."""
+
+    since: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    agent: str | None = None
+    resolution: Literal["raw", "minute", "hour"] | None = None
+
 
 
 # -- the dashboard (issue 21) --------------------------------------------------------------

@@ -158,6 +158,7 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         ask("logs.tail", {"names": ["hello#0"], "lines": 5})
         ask("logs.tail", {})
         ask("stats.get")
+        ask("stats.history", {"since": 3600, "agent": "hello"})
         ask("tools.list")
         assert ask("tools.list", {"agent": "hello"}).allow == ["notes__*"]
         ask("tools.list", {"agent": "idle"})  # an empty allowlist: `allow` is []

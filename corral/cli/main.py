@@ -238,10 +238,22 @@ def _print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
                        + (f", {rate:.1%} succeeded" if rate is not None else ""))
 
 
-@cli.command(help=doc("stats.get"))
+@cli.command(help=doc("stats.get") + "\n\nWith --since: the metrics history instead "
+                                      "(stats.history).")
+@click.option("--since", default=None, metavar="DURATION",
+              help="The metrics history of the last DURATION (30s, 5m, 2h, 1d).")
+@click.option("--agent", default=None, help="With --since: one agent's history.")
+@click.option("--resolution", type=click.Choice(["raw", "minute", "hour"]), default=None,
+              help="With --since: the samples' resolution (default: the finest kept).")
 @json_option
 @pass_ctx
-def stats(obj: Ctx, as_json: bool) -> None:
+def stats(obj: Ctx, since: str | None, agent: str | None, resolution: str | None,
+          as_json: bool) -> None:
+    if since is not None:
+        _stats_history(obj, since, agent, resolution, as_json)
+        return
+    if agent is not None or resolution is not None:
+        raise click.UsageError("--agent and --resolution go with --since")
     st: m.StatsResult = obj.call("stats.get")
     if as_json:
         _print_json(st)
@@ -1181,6 +1193,35 @@ def completion(shell: str) -> None:
 
 
 # -- metrics history (issue 21) ------------------------------------------------------------
+def _stats_history(obj: Ctx, since: str, agent: str | None, resolution: str | None,
+                   as_json: bool) -> None:
+    mt = _SINCE.match(since)
+    if not mt:
+        raise click.BadParameter("use a duration like 30s, 5m, 2h or 1d",
+                                 param_hint="--since")
+    seconds = float(mt.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[mt.group(2)]
+    if seconds <= 0:
+        raise click.BadParameter("the duration must be more than 0", param_hint="--since")
+    h: m.MetricsHistoryResult = obj.call("stats.history", m.StatsHistory(
+        since=seconds, agent=agent, resolution=resolution))  # type: ignore[arg-type]
+    if as_json:
+        _print_json(h)
+        return
+    click.echo(f"{agent or 'fleet'}: {plural(len(h.samples), 'sample')} at the "
+               f"{h.resolution} resolution (every {h.interval:g} s)"
+               + (", the newest only" if h.truncated else ""))
+    rows = []
+    for x in h.samples:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(x.time))
+        rows.append([stamp, f"{x.agents:g}", f"{x.serving:g}/{x.replicas:g}",
+                     f"{x.cpu_percent:.1f}", _human_bytes(x.rss_bytes), f"{x.queued:g}",
+                     f"{x.per_minute:g}",
+                     "-" if x.error_rate is None else f"{x.error_rate * 100:.1f}",
+                     "-" if x.avg_ms is None else "/".join(
+                         _ms(v) for v in (x.avg_ms, x.p50_ms, x.p95_ms) if v is not None)])
+    _table(rows, ["TIME", "AGENTS", "SERVING", "CPU%", "RSS", "QUEUED", "EXEC/MIN",
+                  "ERR%", "AVG/P50/P95 MS"])
+
 
 
 # -- the dashboard (issue 21) --------------------------------------------------------------

@@ -19,6 +19,7 @@ from ..supervisor.lifecycle import State
 from ..text import plural
 from .api import Caller, Channel, Handlers
 from .follow import drain
+from .history import has_rows
 from .services import Services
 
 if TYPE_CHECKING:
@@ -546,6 +547,16 @@ async def gateway_status(d: Services, p: m.GatewayStatus, caller: Caller, c: Cha
 
 
 # -- metrics history (issue 21) ------------------------------------------------------------
+@implements("stats.history")
+async def stats_history(d: Services, p: m.StatsHistory, caller: Caller, c: Channel
+                        ) -> m.MetricsHistoryResult:
+    result = await d.history.read(p.since, p.agent, p.resolution)
+    if p.agent is not None and not result.samples and p.agent not in d.sup.agents and (
+            not await asyncio.to_thread(has_rows, d.history.path, p.agent)):
+        raise RpcError(jsonrpc.NOT_FOUND, f"no such agent: {p.agent} (and no history "
+                                          f"of one)")
+    return result
+
 
 
 # -- the dashboard (issue 21) --------------------------------------------------------------

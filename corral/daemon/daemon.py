@@ -44,6 +44,7 @@ from .commands import HANDLERS
 from .control import AlreadyRunning, ControlServer
 from .fleet import Fleet
 from .gateway import GatewayService
+from .history import History
 from .journald import JournalSender, StderrEcho
 from .logs import LogDirError, LogHub
 from .notify import Notifier
@@ -217,9 +218,11 @@ class Daemon:
         fleet = Fleet(sup, store, writer, revisions, self.config_path.parent,
                       hub.daemon)
         desk = TaskDesk(sup, journal, hub.daemon)
+        history = History(sup, store, cfg.http)
         services = Services(
             sup=sup, hub=hub, store=store, revisions=revisions, fleet=fleet, tasks=desk,
-            gateway=gateway, http=http, journal=journal, config_path=self.config_path,
+            gateway=gateway, http=http, journal=journal, history=history,
+            config_path=self.config_path,
             socket_path=control.path, started_at=self.started_at,
             reload=lambda who: self._reload(services, who),
             request_stop=self.request_stop, status_line=self.status_line,
@@ -229,6 +232,8 @@ class Daemon:
             self.http_server = await self._start_http_server(stack, cfg, services,
                                                              dispatcher)
         # (issue 21) the metrics history sampler starts here
+        history.start()
+        stack.push_async_callback(history.close)
         if self.freeze_heap:
             # modules, classes, config and the daemon's own parts live as long as the
             # process: out of every full pass of the cyclic collector from here on, which

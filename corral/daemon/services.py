@@ -13,6 +13,7 @@ from ..methods import ReloadResult
 from ..supervisor.core import Supervisor
 from .fleet import Fleet
 from .gateway import GatewayService
+from .history import History
 from .logs import LogHub
 from .revisions import RevisionLog
 from .store import StateStore
@@ -34,6 +35,7 @@ class Services:
     gateway: GatewayService
     http: Any  # the HTTP gateway (http_gateway.HttpGateway), or None: not configured
     journal: TaskJournalDB | None  # the task journal, or None: `task_journal = false`
+    history: History  # the metrics history (its sampler starts once the services exist)
     config_path: Path
     socket_path: Path
     started_at: float

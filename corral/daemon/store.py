@@ -40,6 +40,7 @@ import msgspec
 
 from ..supervisor.containment import ProcessRecord
 from ..text import plural
+from .history import MIGRATION as HISTORY_MIGRATION
 from .revisions import MIGRATION as REVISIONS_MIGRATION
 
 log = logging.getLogger("corral.store")
@@ -153,6 +154,8 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX tasks_finished ON tasks (finished) WHERE finished IS NOT NULL;
     CREATE INDEX tasks_created ON tasks (created);
     """,
+    # 6: the metrics history (history.py): samples, per-minute and per-hour roll-ups
+    HISTORY_MIGRATION,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,108 @@
+"""Issue 21: a scrape of `/metrics` at 1000 agents (each one replica, each with a finished
+task, so every per-agent series and histogram is there): the time per scrape, the size
+of the exposition, and the loop's worst stall while scraping (bench_scale's probe: a
+control call every 5 ms on the socket), beside the same probe while idle. Also the cost
+of one metrics-history sample at that size (`stats.get`'s figures do not include it: the
+daemon's own sampler runs every `history_interval`; here every second).
+
+    .venv/bin/python -m bench.bench_metrics [--agents 1000] [--scrapes 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from .bench_scale import Probe
+from .harness import HELLO, ROOT, CorralDaemon, report, workdir
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+def agents(n: int, port: int) -> str:
+    tables = [f"""
+[agents.w{i}]
+command = ["{sys.executable}", "{HELLO}"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+warm = true
+start_timeout = 120
+""" for i in range(n)]
+    return "".join(tables) + f"""
+[http]
+listen = "127.0.0.1:{port}"
+metrics_public = true
+history_interval = 1.0
+"""
+
+
+def call(sock_path: str, method: str, params: dict[str, Any]) -> Any:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock_path)
+        f = s.makefile("rb")
+        s.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
+                              "params": params}).encode() + b"\n")
+        return json.loads(f.readline())["result"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(url: str, accept: str | None) -> tuple[float, int, int]:
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(req) as r:
+        body = r.read()
+    return time.perf_counter() - t0, len(body), body.count(b"\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agents", type=int, default=1000)
+    ap.add_argument("--scrapes", type=int, default=30)
+    args = ap.parse_args()
+    d = workdir("metrics")
+    port = free_port()
+    c = CorralDaemon(d, agents(args.agents, port), extra="heartbeat_interval = 1.0")
+    probe = Probe(c.sock)
+    probe.start()
+    try:
+        ready = c.start()
+        probe.phase = "tasks"
+        ids = [call(str(c.sock), "tasks.run", {"agent": f"w{i}", "input": {"name": "m"},
+                                               "detach": True})["task_id"]
+               for i in range(args.agents)]
+        for task_id in ids:
+            call(str(c.sock), "tasks.get", {"task_id": task_id, "wait": True})
+        probe.phase = "idle"
+        time.sleep(5)
+        url = f"http://127.0.0.1:{port}/metrics"
+        out: dict[str, Any] = {"agents": args.agents, "ready_s": round(ready, 2)}
+        for name, accept in (("text", None), ("openmetrics", OPENMETRICS)):
+            probe.phase = f"scrape_{name}"
+            runs = [scrape(url, accept) for _ in range(args.scrapes)]
+            times = sorted(t for t, _, _ in runs)
+            out[name] = {"scrapes": len(runs), "median_ms": round(
+                statistics.median(times) * 1000, 1), "worst_ms": round(times[-1] * 1000, 1),
+                "bytes": runs[-1][1], "lines": runs[-1][2]}
+        probe.phase = "done"
+        out["loop_lag"] = {k: v for k, v in probe.summary().items()
+                           if k in ("idle", "scrape_text", "scrape_openmetrics")}
+        history = call(str(c.sock), "stats.history", {"since": 60})
+        out["history_samples_in_the_last_minute"] = len(history["samples"])
+        report("bench_metrics", out)
+    finally:
+        probe.done.set()
+        c.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,440 @@
+"""The metrics history: fleet and per-agent figures sampled every `[http]
+history_interval` seconds into the state database, rolled up per minute and per hour, and
+kept within a retention per resolution and a row budget (DESIGN section 12; decision 68).
+
+A sample reads only what the engine already holds (each replica's heartbeat `sample`, the
+task counters, the queue's depths): nothing is measured for it, and its work is one pass
+over the replicas. Rates come from differences of counters between two samples; execution
+and queue-wait times from the tasks finished since the last look (`TaskTimes`, which also
+feeds /metrics' histograms). The rows are written by the store's writer thread, with the
+roll-ups and the pruning in the same transaction, so nothing of it runs on the loop.
+
+Roll-ups are SQL over what is stored, bounded by the sample's own time: every write rolls
+up the complete minutes (hours) after the newest minute (hour) row, so a restart or a gap
+loses nothing that was sampled, and a test drives the whole of it with the times it
+chooses (`History.tick(now)`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..methods import MetricsHistoryResult, MetricsSample
+
+if TYPE_CHECKING:
+    from ..supervisor.config import HttpSettings
+    from ..supervisor.core import Supervisor
+    from ..supervisor.tasks.model import Task
+
+
+class Store(Protocol):
+    """What the history needs of the StateStore (store.py imports this module for its
+    migration, so not the class itself): the file, and its writer once open (StoreWriter,
+    or None)."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def writer(self) -> Any: ...
+
+# upper bounds (seconds) of the task time buckets, shared by /metrics' histograms and the
+# stored rows, so a roll-up merges them exactly; the last bucket is +Inf
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+           120.0, 300.0, 600.0)
+NBUCKETS = len(BUCKETS) + 1
+
+RAW, MINUTE, HOUR = 0, 60, 3600
+RESOLUTIONS = {"raw": RAW, "minute": MINUTE, "hour": HOUR}
+# per-agent rows kept per resolution, whatever the fleet: past it the oldest go first (the
+# fleet's own rows are one per period and only follow the retention)
+MAX_AGENT_ROWS = 200_000
+MAX_POINTS = 20_000  # samples one stats.history answer carries (the newest)
+POLL_EVERY = 1.0  # seconds between two looks at the tasks finished (TaskTimes)
+FLEET = ""  # the agent column of the fleet's rows
+
+_H = [f"h{i}" for i in range(NBUCKETS)]
+_GAUGES = ("agents", "replicas", "serving", "cpu_percent", "rss_bytes", "queued", "running")
+_SUMS = ("seconds", "finished", "errors", "exec_sum", "exec_count", *_H)
+COLUMNS = ("resolution", "time", "agent", *_GAUGES, *_SUMS)
+
+MIGRATION = f"""
+CREATE TABLE metrics_history (
+    resolution INTEGER NOT NULL,
+    time REAL NOT NULL,
+    agent TEXT NOT NULL,
+    {", ".join(f"{c} REAL NOT NULL" for c in _GAUGES)},
+    seconds REAL NOT NULL,
+    finished INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    exec_sum REAL NOT NULL,
+    exec_count INTEGER NOT NULL,
+    {", ".join(f"{h} INTEGER NOT NULL" for h in _H)},
+    PRIMARY KEY (resolution, agent, time)
+) WITHOUT ROWID;
+CREATE INDEX metrics_history_time ON metrics_history (resolution, time);
+"""
+
+
+def bucket_of(seconds: float) -> int:
+    """The index of the bucket a time falls in (Prometheus' `le`: at most the bound)."""
+    return bisect.bisect_left(BUCKETS, seconds)
+
+
+def quantile(counts: list[int], q: float) -> float | None:
+    """The q-quantile (seconds) of bucketed times, interpolated in its bucket as
+    Prometheus' histogram_quantile does; None without times."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(counts):
+        if n and seen + n >= rank:
+            if i == len(BUCKETS):  # +Inf: the last finite bound is all that is known
+                return BUCKETS[-1]
+            low = BUCKETS[i - 1] if i else 0.0
+            return low + (BUCKETS[i] - low) * (rank - seen) / n
+        seen += n
+    return BUCKETS[-1]  # pragma: no cover - rank <= total
+
+
+class Times:
+    """Bucketed times: counts per bucket, their sum and number."""
+
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * NBUCKETS
+        self.sum = 0.0
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        self.buckets[bucket_of(seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+
+class AgentTimes:
+    """An agent's task times: since it was first seen (for /metrics) and since the last
+    sample (for the history)."""
+
+    __slots__ = ("duration", "interval", "wait")
+
+    def __init__(self) -> None:
+        self.duration = Times()
+        self.wait = Times()
+        self.interval = Times()
+
+
+class TaskTimes:
+    """Execution and queue-wait times of finished tasks, read from the task manager's
+    finished tasks (newest last) back to the last one seen: O(1) per task, and nothing
+    added to the engine. Looked at every POLL_EVERY seconds, at each sample and at each
+    scrape; more tasks finishing between two looks than the manager keeps are counted by
+    the counters but not timed. Agents gone are forgotten at the next sample."""
+
+    def __init__(self, finished: OrderedDict[str, Task]) -> None:
+        self.finished = finished
+        self.last: str | None = None
+        self.agents: dict[str, AgentTimes] = {}
+        # every agent's, agents gone included (/metrics' histograms never go back)
+        self.duration = Times()
+        self.wait = Times()
+
+    def poll(self) -> None:
+        finished = self.finished
+        if not finished:
+            return
+        newest = next(reversed(finished))
+        if newest == self.last:
+            return
+        new = []
+        for task_id in reversed(finished):
+            if task_id == self.last:
+                break
+            new.append(finished[task_id])
+        self.last = newest
+        agents = self.agents
+        for task in reversed(new):
+            times = agents.get(task.agent)
+            if times is None:
+                times = agents[task.agent] = AgentTimes()
+            end = task.finished or 0.0
+            started = task.started
+            if started is None:  # never ran (cancelled or lost while queued)
+                waited = max(0.0, end - task.created)
+                times.wait.add(waited)
+                self.wait.add(waited)
+                continue
+            waited = max(0.0, started - task.created)
+            times.wait.add(waited)
+            self.wait.add(waited)
+            took = max(0.0, end - started)
+            times.duration.add(took)
+            times.interval.add(took)
+            self.duration.add(took)
+
+    def forget(self, keep: Iterable[str]) -> None:
+        kept = set(keep)
+        for name in [n for n in self.agents if n not in kept]:
+            del self.agents[name]
+
+
+@dataclass(slots=True)
+class Counted:
+    finished: int
+    errors: int
+
+
+def _row(resolution: int, when: float, agent: str, gauges: tuple[float, ...],
+         seconds: float, finished: int, errors: int, times: Times | None
+         ) -> tuple[Any, ...]:
+    if times is None:
+        return (resolution, when, agent, *gauges, seconds, finished, errors, 0.0, 0,
+                *([0] * NBUCKETS))
+    return (resolution, when, agent, *gauges, seconds, finished, errors, times.sum,
+            times.count, *times.buckets)
+
+
+_INSERT = (f"INSERT OR REPLACE INTO metrics_history ({', '.join(COLUMNS)}) VALUES "
+           f"({', '.join('?' * len(COLUMNS))})")
+
+
+def roll_up(db: sqlite3.Connection, source: int, target: int, now: float) -> None:
+    """Roll the complete `target` periods of `source` rows after the newest `target` row
+    (and before `now`'s period) into `target` rows: gauges averaged, counts summed."""
+    end = int(now // target) * target
+    (last,) = db.execute("SELECT MAX(time) FROM metrics_history WHERE resolution = ?",
+                         (target,)).fetchone()
+    start = 0.0 if last is None else last + target
+    if start >= end:
+        return
+    db.execute(
+        f"INSERT OR REPLACE INTO metrics_history ({', '.join(COLUMNS)}) "
+        f"SELECT ?, CAST(time / ? AS INTEGER) * ?, agent, "
+        f"{', '.join(f'AVG({g})' for g in _GAUGES)}, "
+        f"{', '.join(f'SUM({s})' for s in _SUMS)} "
+        f"FROM metrics_history WHERE resolution = ? AND time >= ? AND time < ? "
+        f"GROUP BY agent, CAST(time / ? AS INTEGER)",
+        (target, target, target, source, start, end, target))
+
+
+def prune(db: sqlite3.Connection, resolution: int, period: float, now: float,
+          keep: float, agents: int) -> None:
+    """Rows older than `keep` seconds go; per-agent rows also past MAX_AGENT_ROWS (at
+    least two periods of the next resolution are kept, for its roll-up)."""
+    db.execute("DELETE FROM metrics_history WHERE resolution = ? AND time < ?",
+               (resolution, now - keep))
+    if agents:
+        periods = max(MAX_AGENT_ROWS // agents, 1)
+        floor = {RAW: 2 * MINUTE, MINUTE: 2 * HOUR}.get(resolution, 0)
+        window = max(periods * period, floor)
+        if window < keep:
+            db.execute("DELETE FROM metrics_history WHERE resolution = ? AND time < ? "
+                       "AND agent != ''", (resolution, now - window))
+
+
+class History:
+    """The sampler (a loop timer) and the reader of the metrics history."""
+
+    def __init__(self, sup: Supervisor, store: Store, settings: HttpSettings
+                 ) -> None:
+        self.sup = sup
+        self.store = store
+        self.path = store.path
+        self.interval = settings.history_interval
+        self.keep = {RAW: settings.history_raw_hours * 3600,
+                     MINUTE: settings.history_minute_days * 86400,
+                     HOUR: settings.history_hour_days * 86400}
+        self.times = TaskTimes(sup.tasks.finished)
+        self.counted: dict[str, Counted] = {}
+        self.last_time: float | None = None
+        self.samples = 0
+        self.skipped = 0  # ticks not written: the database could not be written then
+        self._timer: asyncio.TimerHandle | None = None
+        self._poller: asyncio.TimerHandle | None = None
+
+    # -- the sampler --------------------------------------------------------------------
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.interval, self._tick)
+        self._poller = loop.call_later(POLL_EVERY, self._poll)
+
+    async def close(self) -> None:
+        for handle in (self._timer, self._poller):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._poller = None
+
+    def _tick(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
+        self.tick(time.time())
+
+    def _poll(self) -> None:
+        self._poller = asyncio.get_running_loop().call_later(POLL_EVERY, self._poll)
+        self.times.poll()
+
+    def tick(self, now: float) -> None:
+        """Take a sample at wall time `now` and hand it to the writer."""
+        writer = self.store.writer
+        rows = self.sample(now)
+        if writer is None or writer.outage.failing:
+            # a gap rather than memory that grows with the outage
+            self.skipped += 1
+            return
+        self.samples += 1
+        writer.submit(self._write(rows, now, len(rows) - 1), "metrics sample")
+
+    def sample(self, now: float) -> list[tuple[Any, ...]]:
+        """One pass over the agents: the fleet's row first, then one per agent."""
+        sup = self.sup
+        tasks = sup.tasks
+        self.times.poll()
+        seconds = self.interval if self.last_time is None else max(
+            now - self.last_time, 0.0)
+        self.last_time = now
+        rows: list[tuple[Any, ...]] = []
+        total = [0.0] * len(_GAUGES)
+        fin_total = err_total = 0
+        fleet_times = Times()
+        by_agent = tasks.by_agent
+        counted = self.counted
+        timed = self.times.agents
+        for name, agent in sup.agents.items():
+            cpu = 0.0
+            rss = serving = 0
+            for r in agent.replicas:
+                s = r.sample
+                cpu += s.cpu_percent
+                rss += s.rss_bytes
+                serving += r.serving
+            q = by_agent.get(name)
+            running = q.running if q is not None else 0
+            if q is not None:
+                c = q.counts
+                fin = c["succeeded"] + c["failed"] + c["timed_out"] + c["cancelled"] + c[
+                    "lost"]
+                err = c["failed"] + c["timed_out"] + c["lost"]
+            else:
+                fin = err = 0
+            before = counted.get(name)
+            if before is None:  # counted from zero when the agent was added
+                counted[name] = Counted(fin, err)
+                d_fin, d_err = fin, err
+            else:
+                # a counter below its last value: the agent was removed and added again
+                d_fin = fin - before.finished if fin >= before.finished else fin
+                d_err = err - before.errors if err >= before.errors else err
+                before.finished, before.errors = fin, err
+            gauges = (1.0 if serving else 0.0, float(len(agent.replicas)), float(serving),
+                      cpu, float(rss), float(tasks.queue.depth(name)), float(running))
+            for i, g in enumerate(gauges):
+                total[i] += g
+            t = timed.get(name)
+            interval = None
+            if t is not None:
+                interval, t.interval = t.interval, Times()
+                for i, n in enumerate(interval.buckets):
+                    fleet_times.buckets[i] += n
+                fleet_times.sum += interval.sum
+                fleet_times.count += interval.count
+            fin_total += d_fin
+            err_total += d_err
+            rows.append(_row(RAW, now, name, gauges, seconds, d_fin, d_err, interval))
+        if len(counted) > len(sup.agents):
+            for name in [n for n in counted if n not in sup.agents]:
+                del counted[name]
+            self.times.forget(sup.agents)
+        rows.insert(0, _row(RAW, now, FLEET, tuple(total), seconds, fin_total, err_total,
+                            fleet_times))
+        return rows
+
+    def _write(self, rows: list[tuple[Any, ...]], now: float, agents: int
+               ) -> Callable[[sqlite3.Connection], None]:
+        keep, interval = self.keep, self.interval
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(_INSERT, rows)
+            roll_up(db, RAW, MINUTE, now)
+            roll_up(db, MINUTE, HOUR, now)
+            prune(db, RAW, interval, now, keep[RAW], agents)
+            prune(db, MINUTE, MINUTE, now, keep[MINUTE], agents)
+            prune(db, HOUR, HOUR, now, keep[HOUR], agents)
+
+        return write
+
+    # -- the reader -------------------------------------------------------------------------
+    def resolution_for(self, since: float) -> str:
+        """The finest resolution whose retention covers the last `since` seconds."""
+        if since <= self.keep[RAW]:
+            return "raw"
+        if since <= self.keep[MINUTE]:
+            return "minute"
+        return "hour"
+
+    async def read(self, since: float, agent: str | None, resolution: str | None,
+                   now: float | None = None) -> MetricsHistoryResult:
+        """The samples of the last `since` seconds, oldest first, read on a connection
+        of its own in a thread (a long history is thousands of rows)."""
+        res = resolution or self.resolution_for(since)
+        now = time.time() if now is None else now
+        rows, truncated = await asyncio.to_thread(
+            read_rows, self.path, RESOLUTIONS[res], agent or FLEET, now - since)
+        return MetricsHistoryResult(
+            agent=agent, resolution=res,
+            interval=self.interval if res == "raw" else float(RESOLUTIONS[res]),
+            since=round(now - since, 3), samples=[figures(r) for r in rows],
+            truncated=truncated)
+
+
+def read_rows(path: Path, resolution: int, agent: str, since: float
+              ) -> tuple[list[tuple[Any, ...]], bool]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            f"SELECT {', '.join(COLUMNS[1:])} FROM metrics_history WHERE resolution = ? "
+            f"AND agent = ? AND time >= ? ORDER BY time DESC LIMIT ?",
+            (resolution, agent, since, MAX_POINTS + 1)).fetchall()
+    finally:
+        db.close()
+    truncated = len(rows) > MAX_POINTS
+    rows = rows[:MAX_POINTS]
+    rows.reverse()
+    return rows, truncated
+
+
+def has_rows(path: Path, agent: str) -> bool:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT 1 FROM metrics_history WHERE agent = ? LIMIT 1",
+                          (agent,)).fetchone() is not None
+    finally:
+        db.close()
+
+
+def figures(row: tuple[Any, ...]) -> MetricsSample:
+    """A stored row (without its resolution) as the figures a reader wants."""
+    when, _agent, agents, replicas, serving, cpu, rss, queued, running = row[:9]
+    seconds, finished, errors, exec_sum, exec_count = row[9:14]
+    counts = list(row[14:])
+    p50, p95 = quantile(counts, 0.50), quantile(counts, 0.95)
+    return MetricsSample(
+        time=when, seconds=round(seconds, 3), agents=round(agents, 2),
+        replicas=round(replicas, 2), serving=round(serving, 2),
+        cpu_percent=round(cpu, 1), rss_bytes=int(rss), queued=round(queued, 2),
+        running=round(running, 2), executions=finished,
+        per_minute=round(finished * 60 / seconds, 2) if seconds else 0.0,
+        errors=errors, error_rate=round(errors / finished, 4) if finished else None,
+        avg_ms=round(exec_sum / exec_count * 1000, 2) if exec_count else None,
+        p50_ms=None if p50 is None else round(p50 * 1000, 2),
+        p95_ms=None if p95 is None else round(p95 * 1000, 2))
+

@@ -1,0 +1,296 @@
+"""`/metrics` (daemon/http/metrics.py) on a real daemon's HTTP server: the exposition
+checked by Debian's promtool and scraped by a real Prometheus, the series and their
+labels, a removed agent's series gone, OpenMetrics by negotiation, who may scrape."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from aiohttp import web
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from corral import __version__, jsonrpc
+from corral.daemon.api import Caller
+from corral.daemon.daemon import Daemon
+from corral.daemon.http.metrics import loopback
+from corral.jsonrpc import RpcError
+from corral.supervisor import State
+
+from .daemon_harness import config_text, hello
+
+PROMTOOL = shutil.which("promtool")
+PROMETHEUS = shutil.which("prometheus")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool: scripts/prometheus.sh")
+
+TOKENS = {"scraper": frozenset({"metrics:read"}), "reader": frozenset({"agents:read"})}
+LABELS = {"agent", "state", "cause", "outcome", "server", "route", "code", "le",
+          "version", "python"}
+
+
+def bearer(request: web.Request) -> Caller | None:
+    """A stand-in for the API's token authenticator: a name and its scopes."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    token = header.removeprefix("Bearer ")
+    if token not in TOKENS:
+        raise RpcError(jsonrpc.UNAUTHORIZED, "unauthorized: unknown token")
+    return Caller(via="http", token=token, scopes=TOKENS[token])
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, agents: str, http: str = "") -> AsyncIterator[Daemon]:
+    config = tmp_path / "corral.toml"
+    config.write_text(config_text(agents, tmp_path / "corral.sock", tmp_path / "state",
+                                  extra="") + f'\n[http]\nlisten = "127.0.0.1:0"\n{http}')
+    d = Daemon(config)
+    run = asyncio.ensure_future(d.run())
+    try:
+        while not hasattr(d, "services"):  # the composition root is done when it is set
+            assert not run.done(), run.result()
+            await asyncio.sleep(0.01)
+        d.http_server.ctx.authenticators.append(bearer)
+        yield d
+    finally:
+        d.request_stop()
+        assert await asyncio.wait_for(run, 30) == 0
+
+
+async def scrape(d: Daemon, token: str | None = "scraper", accept: str | None = None
+                 ) -> tuple[int, str, str]:
+    headers = {}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if accept is not None:
+        headers["Accept"] = accept
+    async with aiohttp.ClientSession() as http, http.get(
+            f"{d.http_server.url}/metrics", headers=headers) as r:
+        return r.status, r.headers["Content-Type"], await r.text()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def value(series: dict[Any, float], name: str, **labels: str) -> float | None:
+    return series.get((name, tuple(sorted(labels.items()))))
+
+
+async def promtool(text: str) -> tuple[int, str]:
+    assert PROMTOOL is not None
+    proc = await asyncio.create_subprocess_exec(
+        PROMTOOL, "check", "metrics", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate(text.encode())
+    return proc.returncode or 0, out.decode()
+
+
+@needs_promtool
+@pytest.mark.deadline(120)
+async def test_the_exposition_passes_promtool_with_the_series_and_no_ids(
+        tmp_path: Path) -> None:
+    async with running(tmp_path, hello("a", replicas=2) + hello("b")) as d:
+        sup = d.services.sup
+        for name, n in (("a", 2), ("b", 1)):
+            for i in range(n):
+                await sup.wait_state(name, State.READY, replica=i, timeout=20)
+        task = sup.tasks.submit("a", {"name": "m"})
+        await task.done
+        status, kind, text = await scrape(d)
+        assert (status, kind) == (200, "text/plain; version=0.0.4; charset=utf-8")
+        rc, said = await promtool(text)
+        assert (rc, said) == (0, "")
+        series = samples(text)
+        assert sum(value(series, "corral_agent_replicas", agent="a", state=s) or 0
+                   for s in ("ready", "busy", "idle")) == 2
+        # the states and outcomes an agent has, no zeros for the others
+        assert value(series, "corral_agent_replicas", agent="a", state="failed") is None
+        assert value(series, "corral_agent_replicas", agent="b", state="ready") == 1
+        assert value(series, "corral_tasks_total", agent="a", outcome="succeeded") == 1
+        assert value(series, "corral_tasks_total", agent="b", outcome="succeeded") is None
+        assert value(series, "corral_tasks_queued", agent="a") == 0
+        assert value(series, "corral_tasks_queued", agent="b") == 0
+        # the fleet's task times (per agent, the history has them)
+        assert value(series, "corral_task_duration_seconds_count") == 1
+        assert value(series, "corral_task_queue_wait_seconds_count") == 1
+        assert value(series, "corral_task_duration_seconds_bucket", le="+Inf") == 1
+        assert value(series, "corral_agent_resident_memory_bytes", agent="a") is not None
+        assert value(series, "corral_agent_cpu_seconds_total", agent="b") is not None
+        assert value(series, "corral_build_info", version=__version__,
+                     python=platform.python_version()) == 1
+        assert value(series, "process_resident_memory_bytes") is not None
+        # every label is a name: no task, request or session id
+        assert {k for _, labels in series for k, _ in labels} <= LABELS
+        assert task.id not in text
+
+        # the requests counted by route pattern, the scrape before this one included
+        status, _, text = await scrape(d)
+        assert value(samples(text), "corral_http_requests_total", route="/metrics",
+                     code="200") == 1
+
+        # a removed agent's series are gone
+        await d.dispatcher.call(Caller(via="socket"), "agents.remove", {"names": ["b"]})
+        _, _, text = await scrape(d)
+        assert not [k for k in samples(text) if dict(k[1]).get("agent") == "b"]
+        assert value(samples(text), "corral_tasks_total", agent="a",
+                     outcome="succeeded") == 1
+
+
+@pytest.mark.deadline(60)
+async def test_restarts_are_counted_per_agent_by_cause(tmp_path: Path) -> None:
+    async with running(tmp_path, hello("a") + hello("b")) as d:
+        sup = d.services.sup
+        r = await sup.wait_state("a", State.READY, timeout=20)
+        await sup.wait_state("b", State.READY, timeout=20)
+        assert r.pid is not None
+        os.kill(r.pid, signal.SIGKILL)
+        await sup.wait_state("a", State.STARTING, timeout=20)
+        await sup.wait_state("a", State.READY, timeout=20)
+        _, _, text = await scrape(d)
+        series = samples(text)
+        assert value(series, "corral_agent_restarts_total", agent="a", cause="crash") == 1
+        assert not [k for k in series if k[0] == "corral_agent_restarts_total"
+                    and dict(k[1])["agent"] == "b"]
+
+
+@pytest.mark.deadline(60)
+async def test_openmetrics_when_the_scraper_asks(tmp_path: Path) -> None:
+    async with running(tmp_path, "") as d:
+        status, kind, text = await scrape(
+            d, accept="application/openmetrics-text; version=1.0.0; charset=utf-8")
+        assert status == 200
+        assert kind == ("application/openmetrics-text; version=1.0.0; charset=utf-8; "
+                        "escaping=underscores")
+        assert text.endswith("# EOF\n") and "corral_build_info{" in text
+        # promtool reads the text format only; the OpenMetrics parser is strict (and a
+        # real Prometheus asks for OpenMetrics first: test_a_real_prometheus_scrapes_it)
+        names = {f.name for f in openmetrics_families(text)}
+        assert {"corral_build", "corral_http_requests", "process_cpu_seconds"} <= names
+
+
+@pytest.mark.deadline(60)
+async def test_who_may_scrape(tmp_path: Path) -> None:
+    async with running(tmp_path, "") as d:
+        async with aiohttp.ClientSession() as http:
+            url = f"{d.http_server.url}/metrics"
+            async with http.get(url) as r:
+                body = msgspec.json.decode(await r.read())
+                assert (r.status, r.content_type, r.headers["WWW-Authenticate"]) == (
+                    401, "application/problem+json", 'Bearer realm="corral"')
+                assert body == {"type": "about:blank", "title": "unauthorized",
+                                "status": 401, "code": jsonrpc.UNAUTHORIZED,
+                                "detail": "unauthorized: /metrics needs a bearer token "
+                                          "with the metrics:read scope"}
+            async with http.get(url, headers={"Authorization": "Bearer nope"}) as r:
+                body = msgspec.json.decode(await r.read())
+                assert (r.status, body["detail"], body["code"]) == (
+                    401, "unauthorized: unknown token", jsonrpc.UNAUTHORIZED)
+            async with http.get(url, headers={"Authorization": "Bearer reader"}) as r:
+                body = msgspec.json.decode(await r.read())
+                assert (r.status, r.content_type) == (403, "application/problem+json")
+                assert body == {"type": "about:blank", "title": "forbidden",
+                                "status": 403, "code": jsonrpc.FORBIDDEN,
+                                "detail": "forbidden: /metrics needs the metrics:read "
+                                          "scope, which token reader does not hold"}
+        # refusals are counted like any request, by the route's pattern
+        _, _, text = await scrape(d)
+        series = samples(text)
+        assert value(series, "corral_http_requests_total", route="/metrics",
+                     code="401") == 2
+        assert value(series, "corral_http_requests_total", route="/metrics",
+                     code="403") == 1
+
+
+@pytest.mark.deadline(60)
+async def test_metrics_public_on_loopback_needs_no_token(tmp_path: Path) -> None:
+    async with running(tmp_path, "", http="metrics_public = true\n") as d:
+        status, _, text = await scrape(d, token=None)
+        assert status == 200 and "corral_build_info" in text
+        # the rest of the server is not made public by it
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{d.http_server.url}/nothing-here") as r:
+            assert r.status == 404
+        _, _, text = await scrape(d, token=None)
+        assert value(samples(text), "corral_http_requests_total", route="unmatched",
+                     code="404") == 1
+
+
+def test_metrics_public_is_for_loopback_addresses_only() -> None:
+    assert loopback("127.0.0.1:7070") and loopback("[::1]:7070")
+    assert loopback("localhost:7070") and loopback("unix:/run/corral/http.sock")
+    assert not loopback("0.0.0.0:7070") and not loopback("192.0.2.1:7070")
+    assert not loopback("[::]:7070") and not loopback("example.org:7070")
+    assert not loopback(None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus: scripts/prometheus.sh")
+@pytest.mark.deadline(120)
+async def test_a_real_prometheus_scrapes_it(tmp_path: Path) -> None:
+    async with running(tmp_path, hello("a")) as d:
+        await d.services.sup.wait_state("a", State.READY, timeout=20)
+        target = d.http_server.url.removeprefix("http://")
+        port = free_port()
+        (tmp_path / "prometheus.yml").write_text(f"""
+global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: corral
+    authorization:
+      credentials: scraper
+    static_configs:
+      - targets: ["{target}"]
+""")
+        assert PROMETHEUS is not None
+        proc = await asyncio.create_subprocess_exec(
+            PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        api = f"http://127.0.0.1:{port}/api/v1"
+        try:
+            async with aiohttp.ClientSession() as http:
+                result: list[Any] = []
+                while not result:
+                    assert proc.returncode is None, "prometheus exited"
+                    # the server answers once it is up, and the query once it scraped
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with http.get(f"{api}/query", params={
+                                "query": 'corral_agent_replicas{state="ready"}'}) as r:
+                            if r.status == 200:
+                                result = (await r.json())["data"]["result"]
+                    if not result:
+                        await asyncio.sleep(0.2)
+                assert result[0]["metric"]["agent"] == "a"
+                assert result[0]["value"][1] == "1"
+                async with http.get(f"{api}/targets") as r:
+                    (t,) = (await r.json())["data"]["activeTargets"]
+                assert (t["health"], t["lastError"]) == ("up", "")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
