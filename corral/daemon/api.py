@@ -147,6 +147,15 @@ class Dispatcher(Generic[Ctx]):
         """Check and decode a call at once (an unknown method, params of the wrong shape
         or a caller without the scope raise RpcError before anything runs), then return
         the handler's run to await. `params`: JSON bytes, a msgspec.Raw, a dict, or None."""
+        spec, typed, rule = self.check(caller, name, params)
+        if rule is not None and rule.channel is not None:
+            channel = rule.channel(channel, caller)
+        return self._run(spec, typed, caller, channel, rule)
+
+    def check(self, caller: Caller, name: str, params: Any
+              ) -> tuple[Method, Any, AgentRule | None]:
+        """What `dispatch` checks before anything runs, for a transport that serves a
+        call from what it already has (a stream's shared ring): raises RpcError."""
         spec = self.method(name)
         if not caller.may(spec.scope):
             raise RpcError(jsonrpc.FORBIDDEN, f"forbidden: {name} needs the {spec.scope} "
@@ -156,9 +165,7 @@ class Dispatcher(Generic[Ctx]):
         if caller.agents is not None:
             rule = agent_rule(spec.name, caller)
             rule.check(typed, caller)
-            if rule.channel is not None:
-                channel = rule.channel(channel, caller)
-        return self._run(spec, typed, caller, channel, rule)
+        return spec, typed, rule
 
     async def call(self, caller: Caller, name: str, params: Any = None,
                    channel: Channel | None = None) -> Any:
