@@ -360,3 +360,51 @@ async def test_event_streams_have_ids_resume_and_stay_bounded(tmp_path: Path) ->
             first = (await sse_events(stream, 1))[0]
         assert first["event"] == "missed" and first["data"]["count"] > 100
         writer.close()
+
+
+def test_a_remote_address_needs_tls_or_saying_so_in_so_many_words(tmp_path: Path) -> None:
+    from corral.daemon.http.server import tls_context
+    from corral.supervisor.config import ConfigError, HttpSettings
+
+    for listen in ("127.0.0.1:7070", "[::1]:7070", "localhost:7070", "unix:/x/http.sock"):
+        assert tls_context(HttpSettings(listen=listen)) is None
+    with pytest.raises(ConfigError) as e:
+        tls_context(HttpSettings(listen="0.0.0.0:7070"))
+    assert str(e.value) == ("0.0.0.0 is not a loopback address: give [http] tls_cert and "
+                            "tls_key, or set allow_insecure_remote = true to send tokens "
+                            "in clear text")
+    assert tls_context(HttpSettings(listen="0.0.0.0:7070", allow_insecure_remote=True)
+                       ) is None
+    with pytest.raises(ConfigError) as e:
+        tls_context(HttpSettings(listen="10.0.0.1:7070", tls_cert="cert.pem"))
+    assert str(e.value) == "[http] tls_cert and tls_key go together: give both or neither"
+    with pytest.raises(ConfigError) as e:
+        tls_context(HttpSettings(listen="10.0.0.1:7070", tls_cert=str(tmp_path / "no.pem"),
+                                 tls_key=str(tmp_path / "no.key")))
+    assert str(e.value).startswith("[http] tls_cert/tls_key: [Errno 2] No such file")
+
+
+@pytest.mark.deadline(60)
+async def test_the_openapi_document_is_made_from_the_methods(tmp_path: Path) -> None:
+    from corral.daemon.http.resources import RESOURCES
+    from corral.methods import REGISTRY
+
+    async with serving(tmp_path, hello("web-1")) as api:
+        status, doc, _ = await api.ask("GET", "/openapi.json")
+        assert status == 200 and doc["openapi"] == "3.1.0"
+        for res in RESOURCES:
+            op = doc["paths"]["/api/v1" + res.path][res.verb.lower()]
+            assert (op["x-corral-method"], op["x-corral-scope"]) == (
+                res.method, REGISTRY[res.method].scope)
+            assert op["security"] == [{"bearer": []}]
+            assert op["responses"]["401"]["content"]["application/problem+json"]
+        # the params Struct's fields, not a copy written by hand
+        scale = doc["paths"]["/api/v1/agents/{name}/scale"]["post"]
+        assert scale["requestBody"]["content"]["application/json"]["schema"] == {
+            "type": "object", "additionalProperties": False,
+            "properties": {"replicas": {"type": "integer", "default": 1}}, "required": []}
+        post = doc["paths"]["/api/v1/tasks"]["post"]
+        submit = post["requestBody"]["content"]["application/json"]["schema"]
+        assert doc["components"]["schemas"][submit["$ref"].rsplit("/", 1)[1]][
+            "properties"]["input"] == {"description": "any JSON value: the agent's input"}
+        assert set(post["responses"]) >= {"200", "202", "400", "401", "429"}

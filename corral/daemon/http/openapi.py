@@ -40,12 +40,6 @@ ERRORS = {
 }
 
 
-def _raw_schema(t: type) -> dict[str, Any]:
-    if t is msgspec.Raw:
-        return {"description": "any JSON value"}
-    raise NotImplementedError(t)
-
-
 def _problem_responses() -> dict[str, Any]:
     return {code: {"description": why, "content": {
         route.PROBLEM: {"schema": {"$ref": REF.format(name="Problem")}}}}
@@ -60,8 +54,10 @@ def document() -> dict[str, Any]:
         if spec.result is not None:
             types.append(spec.result)
     types.append(REGISTRY["tasks.run"].result)
-    schemas, components = msgspec.json.schema_components(
-        types, schema_hook=_raw_schema, ref_template=REF)
+    schemas, components = msgspec.json.schema_components(types, ref_template=REF)
+    # msgspec.Raw reads as the empty schema (any value); say what it is
+    components["TaskSubmit"]["properties"]["input"] = {
+        "description": "any JSON value: the agent's input"}
     by_type = dict(zip(types, schemas, strict=True))
     components["Problem"] = PROBLEM_SCHEMA
     paths: dict[str, dict[str, Any]] = {}
