@@ -252,6 +252,7 @@ class AuditEntry(Result):
     method: str
     params: Any  # the call's params as they were given
     outcome: str
+    who: str | None = None  # a token's caller: "token NAME" (a socket peer: uid and pid)
 
 
 class AuditResult(Result):
@@ -796,6 +797,50 @@ class GatewayStatus(Params):
 
 
 # -- tokens (issue 21) ---------------------------------------------------------------------
+class TokenInfo(Result):
+    """A token as `corral token list` shows it: never its secret, which is not kept."""
+
+    name: str
+    scopes: list[str]
+    agents: str | None  # the glob of agent names it may see and touch; None: every agent
+    created: float
+    expires: float | None  # unix time; None: never
+
+
+class TokenCreated(TokenInfo):
+    """`corral token create --json`: the secret, shown this once."""
+
+    token: str
+
+
+class TokenList(Result):
+    tokens: list[TokenInfo]
+
+
+@method("tokens.create", result=TokenCreated, scope="admin", mutating=True)
+class TokensCreate(Params):
+    """Create a bearer token for the HTTP API with scopes, optionally limited to agents
+    whose names match a glob and to a lifetime; its secret is answered once and only its
+    hash is kept."""
+
+    name: str
+    scopes: list[str]
+    agents: str | None = None
+    expires_in: float | None = None  # seconds from now
+
+
+@method("tokens.list", result=TokenList, scope="admin")
+class TokensList(Params):
+    """The HTTP API's tokens: name, scopes, agent glob, created, expires."""
+
+
+@method("tokens.revoke", result=TokenInfo, scope="admin", mutating=True)
+class TokensRevoke(Params):
+    """Revoke a token: a request presenting it is refused from now on."""
+
+    name: str
+
+
 
 
 # -- metrics history (issue 21) ------------------------------------------------------------

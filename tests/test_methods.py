@@ -175,6 +175,10 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         ask("mcp.start", {"name": "docs"})
         ask("mcp.restart", {"name": "docs"})
         ask("audit.list", {})
+        ask("tokens.create", {"name": "t", "scopes": ["agents:read"], "agents": "w*",
+                              "expires_in": 60})
+        ask("tokens.list")
+        ask("tokens.revoke", {"name": "t"})
         ask("config.reload")
         # needs [http]: its answer is held to UiLoginResult in tests/test_ui.py
         done.add("ui.login")

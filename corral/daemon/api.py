@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..methods import REGISTRY, SCOPES, Method
+from ..methods import REGISTRY, SCOPES, Method, parse_target
+from ..supervisor.names import RESERVED
 
 Ctx = TypeVar("Ctx")
 
@@ -36,6 +39,13 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     token: str | None = None  # the name of the token it presented
     tenant: str | None = None  # None: every tenant (an operator)
     scopes: frozenset[str] = SCOPES
+    # a glob: the only agents it may see and touch (a token's `--agents`); None: all
+    agents: str | None = None
+
+    def sees(self, name: str) -> bool:
+        """Whether an agent of this name exists for this caller: the daemon's own log
+        ("corral") tells of every agent, so a caller limited to some never sees it."""
+        return self.agents is None or (name != RESERVED and fnmatchcase(name, self.agents))
 
     @property
     def who(self) -> str:
@@ -137,23 +147,46 @@ class Dispatcher(Generic[Ctx]):
         """Check and decode a call at once (an unknown method, params of the wrong shape
         or a caller without the scope raise RpcError before anything runs), then return
         the handler's run to await. `params`: JSON bytes, a msgspec.Raw, a dict, or None."""
+        spec, typed, rule = self.check(caller, name, params)
+        if rule is not None and rule.channel is not None:
+            channel = rule.channel(channel, caller)
+        return self._run(spec, typed, caller, channel, rule)
+
+    def check(self, caller: Caller, name: str, params: Any
+              ) -> tuple[Method, Any, AgentRule | None]:
+        """What `dispatch` checks before anything runs, for a transport that serves a
+        call from what it already has (a stream's shared ring): raises RpcError."""
         spec = self.method(name)
         if not caller.may(spec.scope):
             raise RpcError(jsonrpc.FORBIDDEN, f"forbidden: {name} needs the {spec.scope} "
                                               f"scope, which {caller.who} does not hold")
         typed = decode(params, spec.params)
-        return self._run(spec, typed, caller, channel)
+        rule: AgentRule | None = None
+        if caller.agents is not None:
+            rule = agent_rule(spec.name, caller)
+            rule.check(typed, caller)
+        return spec, typed, rule
 
     async def call(self, caller: Caller, name: str, params: Any = None,
                    channel: Channel | None = None) -> Any:
         return await self.dispatch(caller, name, params, channel or Discard())
 
-    async def _run(self, spec: Method, params: Any, caller: Caller, channel: Channel
-                   ) -> Any:
+    async def _run(self, spec: Method, params: Any, caller: Caller, channel: Channel,
+                   rule: AgentRule | None = None) -> Any:
         ready = self._ready()
         context = ready.result() if ready.done() else await asyncio.shield(ready)
         try:
+            if rule is not None and rule.owner is not None:
+                # the object named (a task) must be of an agent the caller sees, and is
+                # looked up before the call acts on it
+                look, what, key = rule.owner
+                found = await self.handlers[look](context, decode(
+                    {key: getattr(params, key)}, REGISTRY[look].params), caller, Discard())
+                if not caller.sees(found.agent):
+                    raise jsonrpc.not_found(what, getattr(params, key))
             result = await self.handlers[spec.name](context, params, caller, channel)
+            if rule is not None and rule.filter is not None:
+                result = rule.filter(result, caller)
         except RpcError as exc:
             if spec.mutating:
                 self.audit(caller, spec.name, params, f"error: {exc.message}")
@@ -164,7 +197,10 @@ class Dispatcher(Generic[Ctx]):
 
 
 def decode(params: Any, into: type[msgspec.Struct]) -> Any:
-    """Params as any transport has them, decoded into the method's Struct."""
+    """Params as any transport has them, decoded into the method's Struct (a transport
+    that built the Struct itself, from a query string, passes it as it is)."""
+    if type(params) is into:
+        return params
     if isinstance(params, Mapping):
         try:
             return msgspec.convert(params, into)
@@ -213,3 +249,169 @@ def scopes_of(names: Iterable[str]) -> frozenset[str]:
     if unknown:
         raise ValueError(f"unknown scope {unknown[0]} (known: {', '.join(sorted(SCOPES))})")
     return wanted
+
+
+# -- callers limited to some agents ----------------------------------------------------------
+# A token may be limited to agents whose names match a glob (Caller.agents). It cannot see
+# or touch the others: a call naming one answers as if the agent did not exist, listings
+# leave them out. How each method names agents is said once, here, for every transport; a
+# method not in the table is refused to such a caller, so a new method stays closed to it
+# until someone says how it names agents.
+
+
+def _glob_refusal(caller: Caller, what: str) -> RpcError:
+    return RpcError(jsonrpc.FORBIDDEN, f"forbidden: {caller.who} is limited to agents "
+                                       f"matching {caller.agents}: {what}")
+
+
+@dataclass(frozen=True)
+class AgentRule:
+    check: Callable[[Any, Caller], None]
+    # what the answer holds of agents the caller does not see, taken out
+    filter: Callable[[Any, Caller], Any] | None = None
+    # a stream's notifications, filtered the same way
+    channel: Callable[[Channel, Caller], Channel] | None = None
+    # (method to look the object up, what it is called, the param naming it): the object
+    # must belong to an agent the caller sees
+    owner: tuple[str, str, str] | None = None
+
+
+def _nothing(params: Any, caller: Caller) -> None:
+    pass
+
+
+def _one(field: str) -> Callable[[Any, Caller], None]:
+    def check(params: Any, caller: Caller) -> None:
+        name = getattr(params, field)
+        if name is not None and not caller.sees(name):
+            raise jsonrpc.not_found("agent", name)
+
+    return check
+
+
+def _targets(field: str, *, all_field: bool = False) -> Callable[[Any, Caller], None]:
+    def check(params: Any, caller: Caller) -> None:
+        if all_field and params.all:
+            raise _glob_refusal(caller, "name the agents rather than all")
+        for target in getattr(params, field):
+            try:
+                name, _ = parse_target(target)
+            except ValueError:
+                continue  # the handler says what is wrong with it
+            if not caller.sees(name):
+                raise jsonrpc.not_found("agent", name)
+
+    return check
+
+
+def _adding(params: Any, caller: Caller) -> None:
+    for name in params.agents:
+        if not caller.sees(name):
+            raise _glob_refusal(caller, f"may not add {name}")
+
+
+def _replace(result: Any, **fields: Any) -> Any:
+    if isinstance(result, msgspec.Struct):
+        return msgspec.structs.replace(result, **fields)
+    return {**result, **fields}
+
+
+def _get(obj: Any, key: str) -> Any:
+    return obj[key] if isinstance(obj, Mapping) else getattr(obj, key)
+
+
+def _seen_keys(table: Mapping[str, Any], caller: Caller) -> dict[str, Any]:
+    return {k: v for k, v in table.items() if caller.sees(k)}
+
+
+def _status_filter(result: Any, caller: Caller) -> Any:
+    return _replace(result, agents=[a for a in result.agents if caller.sees(a.name)],
+                    tasks=_seen_keys(result.tasks, caller))
+
+
+def _stats_filter(result: Any, caller: Caller) -> Any:
+    tasks = result.tasks
+    return _replace(result, agents=_seen_keys(result.agents, caller),
+                    tasks=_replace(tasks, agents=_seen_keys(_get(tasks, "agents"), caller)))
+
+
+def _tasks_filter(result: Any, caller: Caller) -> Any:
+    return _replace(result, tasks=[t for t in result.tasks if caller.sees(t.agent)])
+
+
+def _task_filter(result: Any, caller: Caller) -> Any:
+    if not caller.sees(result.agent):
+        raise jsonrpc.not_found("task", result.task_id)
+    return result
+
+
+def _lines_filter(result: Any, caller: Caller) -> Any:
+    return _replace(result, lines=[ln for ln in result.lines if caller.sees(ln.source)])
+
+
+class _SeenLines:
+    """A follow's channel that passes on only the lines of agents the caller sees."""
+
+    def __init__(self, inner: Channel, caller: Caller) -> None:
+        self.inner = inner
+        self.caller = caller
+
+    @property
+    def writable(self) -> asyncio.Event:
+        return self.inner.writable
+
+    def notify(self, method: str, params: Any) -> None:
+        if method == "logs.lines":
+            lines = [ln for ln in params["lines"] if self.caller.sees(ln.source)]
+            if not lines:
+                return
+            params = {**params, "lines": lines}
+        self.inner.notify(method, params)
+
+
+_AGENT_PARAM = _one("agent")
+AGENT_RULES: dict[str, AgentRule] = {
+    "daemon.info": AgentRule(_nothing),
+    "agents.status": AgentRule(_targets("names"), filter=_status_filter),
+    "agents.start": AgentRule(_targets("names", all_field=True)),
+    "agents.stop": AgentRule(_targets("names", all_field=True)),
+    "agents.restart": AgentRule(_targets("names", all_field=True)),
+    "agents.signal": AgentRule(_targets("names", all_field=True)),
+    "agents.describe": AgentRule(_one("name")),
+    "agents.history": AgentRule(_one("name")),
+    "agents.rollback": AgentRule(_one("name")),
+    "agents.add": AgentRule(_adding),
+    "agents.remove": AgentRule(_targets("names")),
+    "agents.scale": AgentRule(_one("name")),
+    "logs.tail": AgentRule(_targets("names"), filter=_lines_filter),
+    "logs.follow": AgentRule(_targets("names"), channel=_SeenLines),
+    "stats.get": AgentRule(_nothing, filter=_stats_filter),
+    "stats.history": AgentRule(_AGENT_PARAM),
+    "tasks.run": AgentRule(_AGENT_PARAM),
+    "tasks.get": AgentRule(_nothing, filter=_task_filter),
+    "tasks.list": AgentRule(_AGENT_PARAM, filter=_tasks_filter),
+    "tasks.cancel": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),
+    "events.publish": AgentRule(_nothing),
+    "events.follow": AgentRule(_nothing),
+    "tools.list": AgentRule(_AGENT_PARAM),
+    "tools.call": AgentRule(_nothing),
+    "mcp.status": AgentRule(_nothing),
+    "mcp.start": AgentRule(_nothing),
+    "mcp.stop": AgentRule(_nothing),
+    "mcp.restart": AgentRule(_nothing),
+    "resources.list": AgentRule(_AGENT_PARAM),
+    "resources.read": AgentRule(_nothing),
+    "prompts.list": AgentRule(_AGENT_PARAM),
+    "prompts.get": AgentRule(_nothing),
+    "gateway.list": AgentRule(_AGENT_PARAM),
+    "gateway.call": AgentRule(_AGENT_PARAM),
+    "gateway.watch": AgentRule(_nothing),
+    "gateway.status": AgentRule(_nothing),
+}
+
+
+def agent_rule(name: str, caller: Caller) -> AgentRule:
+    rule = AGENT_RULES.get(name)
+    if rule is None:
+        raise _glob_refusal(caller, f"{name} is for callers that see every agent")
+    return rule

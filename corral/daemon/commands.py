@@ -21,6 +21,7 @@ from .api import Caller, Channel, Handlers
 from .follow import drain
 from .history import has_rows
 from .services import Services
+from .tokens import Token, tokens_of
 
 if TYPE_CHECKING:
     from ..supervisor.core import Agent
@@ -235,8 +236,8 @@ async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: C
 async def audit_list(d: Services, p: m.AuditList, caller: Caller, c: Channel) -> m.AuditResult:
     return m.AuditResult(entries=[
         m.AuditEntry(time=t, uid=uid, pid=pid, method=method,
-                     params=msgspec.json.decode(params), outcome=outcome)
-        for t, uid, pid, method, params, outcome in d.store.audit_log(max(0, p.limit))])
+                     params=msgspec.json.decode(params), outcome=outcome, who=who)
+        for t, uid, pid, method, params, outcome, who in d.store.audit_log(max(0, p.limit))])
 
 
 @implements("logs.tail")
@@ -544,6 +545,30 @@ async def gateway_status(d: Services, p: m.GatewayStatus, caller: Caller, c: Cha
 
 
 # -- tokens (issue 21) ---------------------------------------------------------------------
+def _token_info(t: Token) -> m.TokenInfo:
+    return m.TokenInfo(name=t.name, scopes=sorted(t.scopes), agents=t.agents,
+                       created=t.created, expires=t.expires)
+
+
+@implements("tokens.create")
+async def tokens_create(d: Services, p: m.TokensCreate, caller: Caller, c: Channel
+                        ) -> m.TokenCreated:
+    secret, t = await tokens_of(d.store).create(p.name, p.scopes, p.agents, p.expires_in)
+    return m.TokenCreated(**msgspec.structs.asdict(_token_info(t)), token=secret)
+
+
+@implements("tokens.list")
+async def tokens_list(d: Services, p: m.TokensList, caller: Caller, c: Channel
+                      ) -> m.TokenList:
+    return m.TokenList(tokens=[_token_info(t) for t in tokens_of(d.store).list()])
+
+
+@implements("tokens.revoke")
+async def tokens_revoke(d: Services, p: m.TokensRevoke, caller: Caller, c: Channel
+                        ) -> m.TokenInfo:
+    return _token_info(await tokens_of(d.store).revoke(p.name))
+
+
 
 
 # -- metrics history (issue 21) ------------------------------------------------------------

@@ -429,7 +429,8 @@ class Daemon:
         StoreWriter)."""
         text = f"{caller.who}: {method} {msgspec.json.encode(params).decode()} -> {outcome}"
         self.hub.daemon(text, "audit")
-        self.store.audit(caller.uid, caller.pid, method, params, outcome)
+        self.store.audit(caller.uid, caller.pid, method, params, outcome,
+                         caller.who if caller.token is not None else None)
 
     def _gateway_audit(self, client: str, tool: str, outcome: str,
                        who: tuple[int, int]) -> None:

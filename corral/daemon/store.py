@@ -154,7 +154,22 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX tasks_finished ON tasks (finished) WHERE finished IS NOT NULL;
     CREATE INDEX tasks_created ON tasks (created);
     """,
-    # 6: the metrics history (history.py): samples, per-minute and per-hour roll-ups
+    # 6: the HTTP API's bearer tokens (tokens.py): a token's SHA-256, never the token;
+    # `scopes` a JSON list, `agents` a glob of the agent names it may see, `expires`
+    # unix time or NULL; and who asked, on audit rows ("token NAME", or NULL: a socket
+    # peer, whose uid and pid say it)
+    """
+    CREATE TABLE tokens (
+        name TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        scopes TEXT NOT NULL,
+        agents TEXT,
+        created REAL NOT NULL,
+        expires REAL
+    );
+    ALTER TABLE audit ADD COLUMN who TEXT;
+    """,
+    # 7: the metrics history (history.py): samples, per-minute and per-hour roll-ups
     HISTORY_MIGRATION,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -843,16 +858,21 @@ class StateStore:
             rows = self.db.execute("SELECT name, replica, time, state FROM agent_state")
             return {(n, r): (t, msgspec.json.decode(s)) for n, r, t, s in rows}
 
-    def audit(self, uid: int, pid: int, method: str, params: Any, outcome: str) -> None:
+    def audit(self, uid: int, pid: int, method: str, params: Any, outcome: str,
+              who: str | None = None) -> None:
         """An audit row, through the writer: it never holds up, nor fails, what it records
-        (kept while the database cannot be written; StoreWriter)."""
+        (kept while the database cannot be written; StoreWriter). `who`: a token's
+        caller ("token NAME"); a socket peer is its uid and pid."""
         self.audit_row((time.time(), uid, pid, method, msgspec.json.encode(params).decode(),
-                        outcome))
+                        outcome), who)
 
-    def audit_row(self, row: tuple[float, int, int, str, str, str]) -> None:
+    def audit_row(self, row: tuple[float, int, int, str, str, str],
+                  who: str | None = None) -> None:
+        full = (*row, who)
+
         def write(db: sqlite3.Connection) -> None:
-            db.execute("INSERT INTO audit (time, uid, pid, method, params, outcome) "
-                       "VALUES (?,?,?,?,?,?)", row)
+            db.execute("INSERT INTO audit (time, uid, pid, method, params, outcome, who) "
+                       "VALUES (?,?,?,?,?,?,?)", full)
 
         if self.writer is not None:
             self.writer.submit(write, "audit row")
@@ -862,7 +882,7 @@ class StateStore:
                 write(self.db)
         except sqlite3.Error as exc:
             log.error("state database %s: an audit row could not be written (%s): %s",
-                      self.path, exc, row)
+                      self.path, exc, full)
 
     def _audit_gap(self, dropped: dict[str, int], since: float, reason: str) -> None:
         """After a catch-up that lost audit rows: a row that says so, where they would be."""
@@ -876,7 +896,8 @@ class StateStore:
 
     def audit_log(self, limit: int = 100) -> list[tuple[Any, ...]]:
         rows = self.db.execute(
-            "SELECT time, uid, pid, method, params, outcome FROM audit ORDER BY id DESC LIMIT ?",
+            "SELECT time, uid, pid, method, params, outcome, who FROM audit "
+            "ORDER BY id DESC LIMIT ?",
             (limit,),
         )
         return list(reversed(rows.fetchall()))

@@ -1,11 +1,342 @@
-"""(issue 21: being built)"""
+"""The REST API (`/api/v1`): resources over the control methods (DESIGN section 12).
+
+Each resource is a row of `RESOURCES`: an HTTP method and path, the control method it
+calls, which params the path gives, and which the query string or the JSON body may give.
+One generic handler serves every row: authenticate (a bearer token), the per-token rate
+limit, params built from the request, one call on the Dispatcher, the answer as JSON or
+as problem+json. The OpenAPI document (openapi.py) is made from the same rows and the
+methods' Structs. Nothing here knows what a method does, except `POST /tasks`, whose
+answer is the task's (202 and where to find it, or its outcome with `?wait`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import msgspec.inspect as mi
 from aiohttp import web
 
+from ... import jsonrpc
+from ...jsonrpc import RpcError
+from ...methods import REGISTRY, TasksRun
+from ..api import Caller, Dispatcher
+from ..tokens import tokens_of
+from . import route, sse
+from .auth import authenticate, bearer
 from .context import HttpContext
+from .idempotency import MAX_KEY_LENGTH, Answer, Keys, Pending
+from .resources import PREFIX, RESOURCES, Resource, TaskSubmit
+
+JSON = "application/json"
+MAX_WAIT = 3600.0  # seconds a `POST /tasks?wait` may hold the request
+
+
+class Limiter:
+    """Requests per caller per minute: a bucket per token holding a minute's requests,
+    refilled continuously, so a burst is allowed and a steady rate above it is not."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.buckets: dict[str, tuple[float, float]] = {}  # who -> (level, when)
+
+    def wait(self, who: str) -> float:
+        """0 when the request may go now (and it is counted), else the seconds until it
+        could."""
+        if self.per_minute <= 0:
+            return 0.0
+        now = time.monotonic()
+        rate = self.per_minute / 60.0
+        level, when = self.buckets.get(who, (float(self.per_minute), now))
+        level = min(float(self.per_minute), level + (now - when) * rate)
+        if level < 1.0:
+            self.buckets[who] = (level, now)
+            return (1.0 - level) / rate
+        self.buckets[who] = (level - 1.0, now)
+        return 0.0
+
+
+def _fields(method: str) -> dict[str, mi.Field]:
+    info = mi.type_info(REGISTRY[method].params)
+    assert isinstance(info, mi.StructType)
+    return {f.encode_name: f for f in info.fields}
+
+
+def _is_list(f: mi.Field) -> bool:
+    t = f.type
+    if isinstance(t, mi.UnionType):
+        return any(isinstance(x, mi.ListType) for x in t.types)
+    return isinstance(t, mi.ListType)
+
+
+class Api:
+    def __init__(self, ctx: HttpContext) -> None:
+        self.ctx = ctx
+        self.dispatcher: Dispatcher[Any] = ctx.dispatcher
+        self.limiter = Limiter(ctx.settings.rate_per_minute)
+        self.keys = Keys()
+        self.ring = sse.EventRing(ctx.dispatcher)
+
+    # -- the way in ----------------------------------------------------------------------
+    def caller(self, request: web.Request) -> Caller | web.Response:
+        """The request's Caller, or the 401/429 that answers it."""
+        try:
+            caller = authenticate(self.ctx, request)
+        except RpcError as exc:
+            return route.problem(401, "unauthorized", exc.message, exc.code,
+                                 {"WWW-Authenticate": 'Bearer realm="corral"'})
+        wait = self.limiter.wait(caller.who)
+        if wait > 0:
+            return route.problem(
+                429, "too many requests",
+                f"{caller.who} is over its {self.limiter.per_minute} requests per minute",
+                jsonrpc.REFUSED, {"Retry-After": str(math.ceil(wait))})
+        return caller
+
+    async def call(self, caller: Caller, method: str, params: Any) -> Any:
+        return await self.dispatcher.call(caller, method, params)
+
+    # -- params from the request ----------------------------------------------------------
+    @staticmethod
+    def query_params(request: web.Request, res: Resource, fields: dict[str, mi.Field]
+                     ) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for key in request.query:
+            if key not in res.query:
+                raise RpcError(jsonrpc.INVALID_PARAMS,
+                               f"invalid params: unknown query parameter `{key}`"
+                               + (f" (known: {', '.join(res.query)})" if res.query else ""))
+            if key in params:
+                continue
+            values = request.query.getall(key)
+            if _is_list(fields[key]):
+                params[key] = [v for value in values for v in value.split(",") if v]
+            elif len(values) > 1:
+                raise RpcError(jsonrpc.INVALID_PARAMS,
+                               f"invalid params: query parameter `{key}` given twice")
+            else:
+                params[key] = values[0]
+        return params
+
+    @staticmethod
+    def body_params(body: bytes, res: Resource) -> dict[str, Any]:
+        if not body.strip():
+            return {}
+        try:
+            params = msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            raise RpcError(jsonrpc.PARSE_ERROR, f"malformed JSON: {exc}") from None
+        if not isinstance(params, dict):
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           "invalid params: the body must be a JSON object")
+        for key in params:
+            if key not in res.body:
+                raise RpcError(jsonrpc.INVALID_PARAMS,
+                               f"invalid params: unknown field `{key}`"
+                               + (f" (known: {', '.join(res.body)})" if res.body
+                                  else ": this request takes no body fields"))
+        return params
+
+    def params(self, request: web.Request, res: Resource, body: bytes) -> Any:
+        """The method's params from the path, the query string and the body: a Struct
+        (decoded here, strings of the query string converted), or JSON bytes for the
+        Dispatcher to decode."""
+        spec = REGISTRY[res.method]
+        fields = _fields(res.method)
+        params = self.query_params(request, res, fields)
+        params.update(self.body_params(body, res))
+        for var, name in res.path_params.items():
+            value = request.match_info[var]
+            params[name] = [value] if name == "names" else value
+        try:
+            return msgspec.convert(params, spec.params, strict=False)
+        except msgspec.ValidationError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {exc}") from None
+
+    # -- the handlers ---------------------------------------------------------------------
+    def handler(self, res: Resource) -> route.Route:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            caller = self.caller(request)
+            if isinstance(caller, web.Response):
+                return caller
+            body = b""
+            if request.body_exists:
+                read = await route.body_of(request)
+                if isinstance(read, web.Response):
+                    return read
+                body = read
+                if body.strip() and request.content_type not in (JSON, "",
+                                                                 "application/octet-stream"):
+                    return route.problem(415, "unsupported media type",
+                                         f"send the body as {JSON}, not "
+                                         f"{request.content_type}")
+            try:
+                params = self.params(request, res, body)
+                if res.method == "events.follow":
+                    _, typed, _ = self.dispatcher.check(caller, res.method, params)
+                    return await sse.events(request, self.ring, caller, typed)
+                if res.stream is not None:
+                    return await sse.follow(request, self.dispatcher, caller, res.method,
+                                            params)
+                return await self.idempotent(request, caller, res, body,
+                                             lambda: self.answer(caller, res, params))
+            except RpcError as exc:
+                return route.rpc_problem(exc)
+
+        return handle
+
+    async def answer(self, caller: Caller, res: Resource, params: Any) -> web.Response:
+        result = await self.call(caller, res.method, params)
+        return web.Response(body=msgspec.json.encode(result), content_type=JSON)
+
+    async def idempotent(self, request: web.Request, caller: Caller, res: Resource | None,
+                         body: bytes, run: Callable[[], Any]) -> web.Response:
+        """`run()`'s answer, or with an Idempotency-Key seen before, the first one's."""
+        key = request.headers.get("Idempotency-Key")
+        if key is None or (res is not None and not res.idempotent):
+            response: web.Response = await run()
+            return response
+        if not key or len(key) > MAX_KEY_LENGTH:
+            return route.problem(400, "invalid request", "an Idempotency-Key is 1 to "
+                                 f"{MAX_KEY_LENGTH} characters", jsonrpc.INVALID_REQUEST)
+        who = caller.who
+        fingerprint = Keys.fingerprint(request.method, request.path, request.query_string,
+                                       body)
+        try:
+            first = self.keys.begin(who, key, fingerprint)
+        except ValueError as exc:
+            return route.problem(422, "unprocessable", f"{exc}: send a new key",
+                                 jsonrpc.INVALID_REQUEST)
+        if isinstance(first, Pending):
+            return route.problem(409, "conflict", "a request with this Idempotency-Key is "
+                                 "still being answered: try again when it is",
+                                 jsonrpc.CONFLICT)
+        if first is not None:
+            headers = {"Idempotent-Replayed": "true"}
+            if first.location:
+                headers["Location"] = first.location
+            return web.Response(status=first.status, body=first.body,
+                                content_type=first.content_type, headers=headers)
+        kept: Answer | None = None
+        try:
+            try:
+                response = await run()
+            except RpcError as exc:
+                response = route.rpc_problem(exc)
+            # an answer that says "not now" is not the request's answer: it may be tried
+            # again as new
+            if response.status not in (429, 503) and response.status < 500:
+                assert isinstance(response.body, bytes)
+                kept = Answer(response.status, response.body, response.content_type,
+                              response.headers.get("Location"))
+            return response
+        finally:
+            self.keys.keep_answer(who, key, kept)
+
+    # -- POST /tasks ----------------------------------------------------------------------
+    async def submit_task(self, request: web.Request) -> web.StreamResponse:
+        caller = self.caller(request)
+        if isinstance(caller, web.Response):
+            return caller
+        body = await route.body_of(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            wait = self.wait_of(request)
+            try:
+                task = msgspec.json.decode(body, type=TaskSubmit)
+            except msgspec.ValidationError as exc:
+                raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {exc}") from None
+            except msgspec.DecodeError as exc:
+                raise RpcError(jsonrpc.PARSE_ERROR, f"malformed JSON: {exc}") from None
+            params = TasksRun(agent=task.agent, input=task.input, timeout=task.timeout,
+                              priority=task.priority, detach=True)
+            return await self.idempotent(request, caller, None, body,
+                                         lambda: self.run_task(caller, params, wait))
+        except RpcError as exc:
+            return route.rpc_problem(exc)
+
+    @staticmethod
+    def wait_of(request: web.Request) -> float | None:
+        for key in request.query:
+            if key != "wait":
+                raise RpcError(jsonrpc.INVALID_PARAMS,
+                               f"invalid params: unknown query parameter `{key}` (known: wait)")
+        value = request.query.get("wait")
+        if value is None:
+            return None
+        try:
+            wait = float(value)
+        except ValueError:
+            wait = -1.0
+        if not 0 <= wait <= MAX_WAIT:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "invalid params: wait is seconds from 0 "
+                                                   f"to {MAX_WAIT:g}, not {value}")
+        return wait
+
+    async def run_task(self, caller: Caller, params: TasksRun, wait: float | None
+                       ) -> web.Response:
+        accepted = await self.call(caller, "tasks.run", params)
+        task_id = accepted["task_id"] if isinstance(accepted, dict) else accepted.task_id
+        location = f"{PREFIX}/tasks/{task_id}"
+        if wait is not None:
+            try:
+                info = await asyncio.wait_for(self.call(
+                    caller, "tasks.get", {"task_id": task_id, "wait": True}), wait)
+            except TimeoutError:
+                pass
+            else:
+                # as `corral run --json` prints it
+                outcome = {"task_id": info.task_id, "status": info.status,
+                           "output": info.output, "error": info.error,
+                           "attempts": info.attempts}
+                return web.Response(body=msgspec.json.encode(outcome), content_type=JSON,
+                                    headers={"Location": location})
+        return web.Response(status=202, body=msgspec.json.encode(accepted),
+                            content_type=JSON, headers={"Location": location})
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own refusals under the API (no such path, a method the path does not
+    take, a body over the limit) as problem+json too."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if not request.path.startswith(PREFIX + "/") or exc.status < 400:
+            raise
+        titles = {404: "not found", 405: "method not allowed", 413: "request too large"}
+        detail = {404: f"no such resource: {request.path}",
+                  405: f"{request.path} does not take {request.method}"}.get(
+                      exc.status, exc.text or exc.reason)
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return route.problem(exc.status, titles.get(exc.status, exc.reason), detail,
+                             headers=headers)
 
 
 def setup(app: web.Application, ctx: HttpContext) -> None:
-    pass
+    app.middlewares.append(problems)
+    ctx.authenticators.append(bearer(tokens_of(ctx.services.store)))
+    api = Api(ctx)
+    app[API_KEY] = api
+
+    async def close(app: web.Application) -> None:
+        await api.ring.close()
+
+    app.on_cleanup.append(close)
+    app[sse.STREAMS] = set()
+    app.on_shutdown.append(sse.close_streams)
+    routes = [web.route(res.verb, PREFIX + res.path, api.handler(res)) for res in RESOURCES]
+    routes.append(web.post(PREFIX + "/tasks", api.submit_task))
+    app.add_routes(routes)
+    from . import openapi
+
+    app.add_routes([web.get(PREFIX + "/openapi.json", openapi.handler())])
+
+
+API_KEY: web.AppKey[Api] = web.AppKey("corral.rest", Api)

@@ -5,7 +5,7 @@ maps to; a mutating call is audited by the Dispatcher, as on the socket."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -19,15 +19,43 @@ Authenticate = Callable[[web.Request], Caller]
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_BODY = 16 * 1024 * 1024 + 64 * 1024  # as the control socket's request line
+# what a client told to come back later waits, unless something knows better
+RETRY_AFTER = 1
+
+PROBLEM = "application/problem+json"
 
 
-def problem(status: int, title: str, detail: str, code: int | None = None) -> web.Response:
+def problem(status: int, title: str, detail: str, code: int | None = None,
+            headers: Mapping[str, str] | None = None) -> web.Response:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
                             "detail": detail}
     if code is not None:
         body["code"] = code
+    extra = dict(headers or {})
+    if status in (429, 503):
+        extra.setdefault("Retry-After", str(RETRY_AFTER))
     return web.Response(status=status, body=msgspec.json.encode(body),
-                        content_type="application/problem+json")
+                        content_type=PROBLEM, headers=extra)
+
+
+def rpc_problem(exc: RpcError) -> web.Response:
+    return problem(http_status(exc.code), ERROR_NAMES.get(exc.code, "error"), exc.message,
+                   exc.code)
+
+
+def too_large(size: int | None) -> web.Response:
+    said = f"{size} bytes is" if size is not None else "the body is"
+    return problem(413, "request too large", f"{said} over the {MAX_BODY}-byte limit")
+
+
+async def body_of(request: web.Request) -> bytes | web.Response:
+    """The request's body, or the 413 that answers one over MAX_BODY."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return too_large(request.content_length)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return too_large(None)
 
 
 def route(dispatcher: Dispatcher[Any], method: str, authenticate: Authenticate) -> Route:
@@ -43,16 +71,14 @@ def route(dispatcher: Dispatcher[Any], method: str, authenticate: Authenticate) 
         if request.method == "GET":
             params: Any = dict(request.query)
         else:
-            if request.content_length is not None and request.content_length > MAX_BODY:
-                return problem(413, "request too large",
-                               f"{request.content_length} bytes is over the "
-                               f"{MAX_BODY}-byte limit")
-            params = await request.read() or None
+            body = await body_of(request)
+            if isinstance(body, web.Response):
+                return body
+            params = body or None
         try:
             result = await dispatcher.call(caller, method, params)
         except RpcError as exc:
-            status = http_status(exc.code)
-            return problem(status, ERROR_NAMES.get(exc.code, "error"), exc.message, exc.code)
+            return rpc_problem(exc)
         return web.Response(body=msgspec.json.encode(result),
                             content_type="application/json")
 

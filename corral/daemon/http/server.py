@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+import ssl
 from typing import Any
 
 from aiohttp import web
 
+from ...supervisor.config import ConfigError, HttpSettings
 from .context import HttpContext
+from .route import MAX_BODY
+
+
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def tls_context(settings: HttpSettings) -> ssl.SSLContext | None:
+    """HTTPS with tls_cert and tls_key, plain HTTP with neither; a non-loopback address
+    needs TLS or `allow_insecure_remote = true` (a bearer token in clear text crosses
+    the network otherwise). Raises ConfigError."""
+    listen = settings.listen or ""
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("[http] tls_cert and tls_key go together: give both or neither")
+    if not listen.startswith("unix:"):
+        host = listen.rpartition(":")[0].strip("[]")
+        if not settings.tls_cert and not loopback(host) and not settings.allow_insecure_remote:
+            raise ConfigError(
+                f"{host} is not a loopback address: give [http] tls_cert and tls_key, or "
+                "set allow_insecure_remote = true to send tokens in clear text")
+    if not settings.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"[http] tls_cert/tls_key: {exc}") from None
+    return context
 
 
 def health_routes(ctx: HttpContext) -> list[web.RouteDef]:
@@ -24,7 +60,7 @@ def health_routes(ctx: HttpContext) -> list[web.RouteDef]:
 class HttpServer:
     def __init__(self, ctx: HttpContext) -> None:
         self.ctx = ctx
-        self.app = web.Application()
+        self.app = web.Application(client_max_size=MAX_BODY)
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -39,13 +75,14 @@ class HttpServer:
     async def start(self) -> None:
         listen = self.ctx.settings.listen
         assert listen is not None
+        tls = tls_context(self.ctx.settings)
         self.mount()
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
         site: Any
         if listen.startswith("unix:"):
             path = listen.removeprefix("unix:")
-            site = web.UnixSite(self.runner, path)
+            site = web.UnixSite(self.runner, path, ssl_context=tls)
             self.url = f"http+unix://{path}"
         else:
             host, _, port = listen.rpartition(":")
@@ -54,8 +91,9 @@ class HttpServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, int(port)))
             bound = sock.getsockname()[1]
-            site = web.SockSite(self.runner, sock)
-            self.url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
+            site = web.SockSite(self.runner, sock, ssl_context=tls)
+            shown = host if ":" not in host else f"[{host}]"
+            self.url = f"{'https' if tls else 'http'}://{shown}:{bound}"
         await site.start()
         self.ctx.url = self.url
 

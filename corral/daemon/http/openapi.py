@@ -1,0 +1,159 @@
+"""The OpenAPI 3.1 document of the REST API, made from what serves it: the rows of
+rest.RESOURCES and the methods' params and result Structs (corral.methods), through
+msgspec's JSON Schema. Never written by hand, so it cannot drift from the API."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from ... import __version__
+from ...methods import REGISTRY, TaskAccepted
+from . import route
+from .resources import PREFIX, RESOURCES, TaskSubmit
+
+REF = "#/components/schemas/{name}"
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details; `code` is the JSON-RPC error code",
+    "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                   "status": {"type": "integer"}, "detail": {"type": "string"},
+                   "code": {"type": "integer"}},
+    "required": ["type", "title", "status", "detail"],
+}
+ERRORS = {
+    "400": "Malformed JSON, params of the wrong shape, or unknown fields",
+    "401": "No valid bearer token",
+    "403": "The token lacks the scope the method needs (named), or its agent glob",
+    "404": "No such agent, task, token, server or tool",
+    "409": "A conflict with the current state",
+    "413": "The body is over the size limit",
+    "415": "The body is not JSON",
+    "422": "An Idempotency-Key reused for a different request",
+    "429": "Over the token's rate, or refused for now (Retry-After)",
+    "500": "The operation failed",
+    "503": "Not available now (Retry-After)",
+}
+
+
+def _problem_responses() -> dict[str, Any]:
+    return {code: {"description": why, "content": {
+        route.PROBLEM: {"schema": {"$ref": REF.format(name="Problem")}}}}
+        for code, why in ERRORS.items()}
+
+
+def document() -> dict[str, Any]:
+    types: list[Any] = [TaskSubmit, TaskAccepted]
+    for res in RESOURCES:
+        spec = REGISTRY[res.method]
+        types.append(spec.params)
+        if spec.result is not None:
+            types.append(spec.result)
+    types.append(REGISTRY["tasks.run"].result)
+    schemas, components = msgspec.json.schema_components(types, ref_template=REF)
+    # msgspec.Raw reads as the empty schema (any value); say what it is
+    components["TaskSubmit"]["properties"]["input"] = {
+        "description": "any JSON value: the agent's input"}
+    by_type = dict(zip(types, schemas, strict=True))
+    components["Problem"] = PROBLEM_SCHEMA
+    paths: dict[str, dict[str, Any]] = {}
+
+    for res in RESOURCES:
+        spec = REGISTRY[res.method]
+        whole = copy.deepcopy(components[spec.params.__name__])
+        props: dict[str, Any] = whole.get("properties", {})
+        required = set(whole.get("required", []))
+        op: dict[str, Any] = {
+            "operationId": f"{res.verb.lower()}{res.path.replace('/', '_')}".replace(
+                "{", "").replace("}", ""),
+            "summary": res.summary, "description": spec.doc, "tags": [res.tag],
+            "x-corral-method": res.method, "x-corral-scope": spec.scope,
+            "security": [{"bearer": []}],
+        }
+        parameters: list[dict[str, Any]] = [
+            {"name": var, "in": "path", "required": True,
+             "schema": {"type": "string", "minLength": 1}}
+            for var in res.path_params]
+        for name in res.query:
+            schema = props[name]
+            parameters.append({"name": name, "in": "query",
+                               "required": name in required, "schema": schema,
+                               **({"style": "form", "explode": True}
+                                  if schema.get("type") == "array" else {})})
+        if res.idempotent:
+            parameters.append(_idempotency_header())
+        if parameters:
+            op["parameters"] = parameters
+        if res.body:
+            body = {"type": "object", "additionalProperties": False,
+                    "properties": {k: props[k] for k in res.body},
+                    "required": sorted(required & set(res.body))}
+            op["requestBody"] = {"required": bool(body["required"]), "content": {
+                "application/json": {"schema": body}}}
+        if res.stream is not None:
+            ok: dict[str, Any] = {"description": f"Server-Sent Events: `{res.stream}` "
+                                  "events with ids; reconnect with Last-Event-ID",
+                                  "content": {"text/event-stream": {"schema": {
+                                      "type": "string"}}}}
+        else:
+            result = spec.result
+            ok = {"description": "OK", "content": {"application/json": {
+                "schema": by_type[result] if result is not None else {}}}}
+        op["responses"] = {"200": ok, **_problem_responses()}
+        paths.setdefault(PREFIX + res.path, {})[res.verb.lower()] = op
+
+    outcome = by_type[REGISTRY["tasks.run"].result]
+    paths.setdefault(PREFIX + "/tasks", {})["post"] = {
+        "operationId": "post_tasks", "summary": "Submit a task",
+        "description": "202 and the task's Location at once; with `wait`, the outcome "
+                       "(as `corral run --json` prints it) if the task ends within that "
+                       "many seconds, else 202.",
+        "tags": ["tasks"], "x-corral-method": "tasks.run",
+        "x-corral-scope": REGISTRY["tasks.run"].scope, "security": [{"bearer": []}],
+        "parameters": [{"name": "wait", "in": "query", "required": False,
+                        "schema": {"type": "number", "minimum": 0, "maximum": 3600}},
+                       _idempotency_header()],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": by_type[TaskSubmit]}}},
+        "responses": {
+            "200": {"description": "The task's outcome", "headers": _location(),
+                    "content": {"application/json": {"schema": outcome}}},
+            "202": {"description": "Accepted: the task runs on", "headers": _location(),
+                    "content": {"application/json": {"schema": by_type[TaskAccepted]}}},
+            **_problem_responses()},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "corral", "version": __version__,
+                 "description": "The corral daemon's REST API (docs/http.md)"},
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {"schemas": components, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "A token from `corral token create`"}}},
+    }
+
+
+def _location() -> dict[str, Any]:
+    return {"Location": {"schema": {"type": "string"},
+                         "description": "The task: /api/v1/tasks/{task_id}"}}
+
+
+def _idempotency_header() -> dict[str, Any]:
+    return {"name": "Idempotency-Key", "in": "header", "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            "description": "Repeat the request with the same key: the first answer is "
+                           "replayed, nothing is done twice"}
+
+
+def handler() -> Any:
+    body = msgspec.json.encode(document())
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    return openapi

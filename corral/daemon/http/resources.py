@@ -1,0 +1,106 @@
+"""The REST API's resources: each a row saying which control method an HTTP method and
+path call, and where its params come from. rest.py serves the rows, openapi.py
+describes them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+PREFIX = "/api/v1"
+
+
+@dataclass(frozen=True)
+class Resource:
+    verb: str
+    path: str  # under PREFIX; {var} parts are params
+    method: str  # the control method
+    summary: str
+    # path variable -> the param it fills; "names" takes it as a one-name list
+    path_params: dict[str, str] = field(default_factory=dict)
+    query: tuple[str, ...] = ()  # params the query string may give
+    body: tuple[str, ...] = ()  # params the JSON body may give
+    idempotent: bool = False  # takes an Idempotency-Key
+    stream: str | None = None  # an SSE stream of this notification
+    tag: str = ""
+
+
+def _r(verb: str, path: str, method: str, summary: str, **kw: Any) -> Resource:
+    if "{name}" in path and "path_params" not in kw:
+        kw["path_params"] = {"name": "name"}
+    return Resource(verb, path, method, summary, tag=path.split("/")[1], **kw)
+
+
+ONE = {"name": "names"}  # an agent named by the path, where the method takes a list
+RESOURCES: list[Resource] = [
+    _r("GET", "/agents", "agents.status", "Agents' replicas: state, pid, restarts, "
+       "CPU, memory, tasks", query=("names",)),
+    _r("POST", "/agents", "agents.add", "Add agents from [agents.NAME] tables",
+       body=("agents", "check"), idempotent=True),
+    _r("GET", "/agents/{name}", "agents.describe", "One agent's effective spec"),
+    _r("DELETE", "/agents/{name}", "agents.remove", "Stop and remove an agent",
+       path_params=ONE),
+    _r("GET", "/agents/{name}/replicas", "agents.status", "One agent's replicas",
+       path_params=ONE),
+    _r("POST", "/agents/{name}/start", "agents.start", "Start an agent", path_params=ONE),
+    _r("POST", "/agents/{name}/stop", "agents.stop", "Stop an agent", path_params=ONE),
+    _r("POST", "/agents/{name}/restart", "agents.restart",
+       "Restart an agent (rolling: one replica at a time)", path_params=ONE,
+       body=("rolling",)),
+    _r("POST", "/agents/{name}/signal", "agents.signal", "Signal an agent's processes",
+       path_params=ONE, body=("signal",)),
+    _r("POST", "/agents/{name}/scale", "agents.scale", "Set an agent's replicas",
+       body=("replicas",)),
+    _r("GET", "/agents/{name}/history", "agents.history", "An agent's spec revisions",
+       query=("limit",)),
+    _r("POST", "/agents/{name}/rollback", "agents.rollback",
+       "Go back to an earlier spec revision", body=("revision",)),
+    _r("GET", "/agents/{name}/logs", "logs.tail", "An agent's last log lines",
+       path_params=ONE, query=("lines", "since")),
+    _r("GET", "/agents/{name}/logs/stream", "logs.follow",
+       "An agent's log lines as they come (SSE)", path_params=ONE,
+       query=("lines", "since"), stream="logs.lines"),
+    _r("GET", "/logs", "logs.tail", "The last log lines of agents (and the daemon)",
+       query=("names", "lines", "since")),
+    _r("GET", "/logs/stream", "logs.follow", "Log lines as they come (SSE)",
+       query=("names", "lines", "since"), stream="logs.lines"),
+    _r("GET", "/tasks", "tasks.list", "Recent tasks, newest last",
+       query=("agent", "status", "since", "limit")),
+    _r("GET", "/tasks/{task_id}", "tasks.get", "One task",
+       path_params={"task_id": "task_id"}),
+    _r("POST", "/tasks/{task_id}/cancel", "tasks.cancel", "Cancel a task",
+       path_params={"task_id": "task_id"}),
+    _r("POST", "/events", "events.publish", "Publish an event", body=("topic", "data")),
+    _r("GET", "/events/stream", "events.follow", "Events matching a pattern (SSE)",
+       query=("pattern",), stream="events.event"),
+    _r("GET", "/mcp/servers", "mcp.status", "The MCP servers' instances"),
+    _r("POST", "/mcp/servers/{name}/start", "mcp.start", "Start an MCP server"),
+    _r("POST", "/mcp/servers/{name}/stop", "mcp.stop", "Stop an MCP server"),
+    _r("POST", "/mcp/servers/{name}/restart", "mcp.restart", "Restart an MCP server"),
+    _r("GET", "/tools", "tools.list", "The MCP servers' tools", query=("agent", "server")),
+    _r("POST", "/tools/{name}/call", "tools.call", "Call a tool", body=("arguments",)),
+    _r("GET", "/resources", "resources.list", "The MCP servers' resources",
+       query=("server", "agent")),
+    _r("GET", "/prompts", "prompts.list", "The MCP servers' prompts",
+       query=("server", "agent")),
+    _r("GET", "/stats", "stats.get", "Runtime statistics"),
+    _r("GET", "/audit", "audit.list", "The audit log", query=("limit",)),
+    _r("POST", "/config/reload", "config.reload", "Reload the config file"),
+    _r("GET", "/daemon", "daemon.info", "The daemon: version, pid, uptime"),
+    _r("GET", "/tokens", "tokens.list", "The API's tokens"),
+    _r("POST", "/tokens", "tokens.create", "Create a token (its secret shown once)",
+       body=("name", "scopes", "agents", "expires_in")),
+    _r("DELETE", "/tokens/{name}", "tokens.revoke", "Revoke a token"),
+]
+
+
+class TaskSubmit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`POST /api/v1/tasks`: what to run, on which agent."""
+
+    agent: str
+    # a factory: a Raw default cannot be written into the JSON Schema
+    input: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
+    timeout: float | None = None
+    priority: int = 0

@@ -1,0 +1,142 @@
+"""Bearer tokens of the HTTP API (DESIGN section 7): random, shown once, kept as a hash.
+
+A token is `crl_` and `secrets.token_urlsafe(32)`; the state database keeps its SHA-256
+(the `tokens` table, store migration 6), its name, scopes, optional agent glob and expiry.
+A fast hash is enough: the secret has 256 bits of entropy, so there is nothing for a slow
+hash to protect against, and every HTTP request checks one. The table is read once into
+memory; every change goes through `Tokens`, committed before it is answered, so the
+memory and the database never disagree about a revoked token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import time
+import weakref
+from dataclasses import dataclass
+
+import msgspec
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..supervisor.names import NAME_RE, RULE
+from .api import scopes_of
+from .store import StateStore
+
+PREFIX = "crl_"
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    scopes: frozenset[str]
+    agents: str | None  # a glob the agent names it may see and touch must match
+    created: float
+    expires: float | None  # unix time, or None: never
+
+    def expired(self, now: float) -> bool:
+        return self.expires is not None and now >= self.expires
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Tokens:
+    """The tokens of one state database, in memory by hash."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.by_hash: dict[str, Token] = {}
+        self.hash_of: dict[str, str] = {}
+        rows = store.db.execute(
+            "SELECT name, hash, scopes, agents, created, expires FROM tokens")
+        for name, hashed, scopes, agents, created, expires in rows:
+            self._keep(hashed, Token(name, frozenset(msgspec.json.decode(scopes)), agents,
+                                     created, expires))
+
+    def _keep(self, hashed: str, token: Token) -> None:
+        self.by_hash[hashed] = token
+        self.hash_of[token.name] = hashed
+
+    def authenticate(self, secret: str) -> Token | None:
+        """The live token whose secret this is, or None."""
+        if not secret.startswith(PREFIX):
+            return None
+        hashed = digest(secret)
+        token = self.by_hash.get(hashed)
+        # the dict lookup is not constant-time; comparing the found hash again is
+        if token is None or not hmac.compare_digest(hashed, self.hash_of[token.name]):
+            return None
+        return None if token.expired(time.time()) else token
+
+    async def create(self, name: str, scopes: list[str], agents: str | None,
+                     expires_in: float | None) -> tuple[str, Token]:
+        """A new token and its secret (the only time the secret exists outside the
+        caller's hands)."""
+        if not NAME_RE.fullmatch(name):
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"token name must be {RULE}")
+        if not scopes:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "name at least one scope")
+        try:
+            held = scopes_of(scopes)
+        except ValueError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        if agents is not None and not agents:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "an agents glob may not be empty")
+        if expires_in is not None and expires_in <= 0:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "expires_in must be positive (seconds)")
+        if name in self.hash_of:
+            raise RpcError(jsonrpc.CONFLICT, f"token {name} exists (revoke it first)")
+        secret = PREFIX + secrets.token_urlsafe(32)
+        hashed = digest(secret)
+        now = time.time()
+        token = Token(name, held, agents, now,
+                      now + expires_in if expires_in is not None else None)
+        row = (name, hashed, msgspec.json.encode(sorted(held)).decode(), agents, now,
+               token.expires)
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO tokens (name, hash, scopes, agents, created, expires) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", row)
+
+        await self.store.commit([write])
+        if name in self.hash_of:  # created by a call that overtook this one's commit
+            raise RpcError(jsonrpc.CONFLICT, f"token {name} exists (revoke it first)")
+        self._keep(hashed, token)
+        return secret, token
+
+    def list(self) -> list[Token]:
+        return sorted(self.by_hash.values(), key=lambda t: t.name)
+
+    async def revoke(self, name: str) -> Token:
+        hashed = self.hash_of.get(name)
+        if hashed is None:
+            raise jsonrpc.not_found("token", name)
+        # refused at once, before the commit: a revoked token must not serve meanwhile
+        token = self.by_hash.pop(hashed)
+        del self.hash_of[name]
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM tokens WHERE name = ?", (name,))
+
+        try:
+            await self.store.commit([write])
+        except BaseException:
+            self._keep(hashed, token)
+            raise
+        return token
+
+
+_OF: weakref.WeakKeyDictionary[StateStore, Tokens] = weakref.WeakKeyDictionary()
+
+
+def tokens_of(store: StateStore) -> Tokens:
+    """The one `Tokens` of a state database, made on first use (the services have no
+    field for it: the HTTP server and the handlers both reach it through the store)."""
+    tokens = _OF.get(store)
+    if tokens is None:
+        tokens = _OF[store] = Tokens(store)
+    return tokens
