@@ -415,6 +415,16 @@ document.addEventListener("securitypolicyviolation", (e) => {
 """
 
 
+CHART_IDS = ["tasks", "errors", "latency", "queue", "cpu", "memory"]
+
+
+def wait_for_points(page: Any, n: int, timeout: float = 30_000) -> None:
+    """Until every chart has at least `n` points (uPlot's own data, read in the page)."""
+    page.wait_for_function(
+        f"() => {CHART_IDS}.every(id => window.corralCharts[id] && "
+        f"window.corralCharts[id].data[0].length >= {n})", timeout=timeout)
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at "
                     "/usr/bin/chromium (scripts/browser.sh installs it; CI runs it)")
 @pytest.mark.timeout(240)
@@ -424,8 +434,10 @@ def test_the_dashboard_in_chromium() -> None:
     serving = re.compile(r"^(ready|idle|busy)$")
 
     ARTIFACTS.mkdir(exist_ok=True)
+    # a history sample five times a second: the charts' last hour fills within the test
     with running_daemon(shared_tmpdir(), hello("hello"),
-                        extra='[http]\nlisten = "127.0.0.1:0"\n') as d:
+                        extra='[http]\nlisten = "127.0.0.1:0"\nhistory_interval = 0.2\n'
+                        ) as d:
         task = d.json("run", "hello", "--input", '{"name": "ui"}')
         assert task["status"] == "succeeded"
         r = d.cli("ui")
@@ -468,6 +480,12 @@ def test_the_dashboard_in_chromium() -> None:
                     ("hello", 0), ("hello", 1)]
                 # the log tail follows: the new replica's lifecycle lines arrive
                 expect(page.locator("#log")).to_contain_text("#1 event: starting -> ready")
+                # the agent's own history, its last hour (the default range)
+                wait_for_points(page, 3)
+                expect(page.locator("#history-note")).to_contain_text(re.compile(
+                    r"^History of hello \(stats\.history\): a point per 0\.2 s, \d+ "
+                    r"samples from "))
+                assert page.evaluate("window.corralCharts.memory.data[1]")[-1] > 0
                 shot("agent")
                 if os.environ.get("CORRAL_UPDATE_SCREENSHOT"):  # README's picture, on demand
                     page.screenshot(path=str(ROOT / "docs" / "dashboard.png"))
@@ -481,17 +499,42 @@ def test_the_dashboard_in_chromium() -> None:
                 expect(page.locator("#attempts tbody tr")).to_have_count(1)
                 shot("task")
 
-                # charts with points: uPlot's own data, read in the page
+                # charts with points: uPlot's own data, read in the page. The last hour
+                # is the daemon's samples, the fleet's: it ran a task
                 page.click('nav a[href="#/metrics"]')
-                page.wait_for_function(
-                    "() => ['tasks', 'errors', 'latency', 'queue', 'cpu', 'memory'].every("
-                    "id => window.corralCharts[id] && window.corralCharts[id].data[0]"
-                    ".length >= 3)", timeout=30_000)
+                wait_for_points(page, 3)
                 memory = page.evaluate("window.corralCharts.memory.data[1]")
                 assert memory[-1] > 0, memory
-                expect(page.locator("#history-note")).to_contain_text(
-                    "This daemon keeps no metrics history")
+                expect(page.locator("#history-note")).to_contain_text(re.compile(
+                    r"^History of the fleet \(stats\.history\): a point per 0\.2 s, \d+ "
+                    r"samples from "))
+                # it is reloaded: new samples come in
+                before = page.evaluate("window.corralCharts.tasks.data[0].length")
+                wait_for_points(page, before + 3)
+                # the samples, as the page plots them: tasks/min is the period's executions
+                # over its minutes (the one task run above is in one of them)
+                history = d.json("stats", "--since", "1h")
+                assert history["resolution"] == "raw"
+                [ran] = [x for x in history["samples"] if x["executions"]]
+                assert ran["executions"] == 1
+                times, per_minute = page.evaluate("window.corralCharts.tasks.data.slice(0, 2)")
+                assert per_minute[times.index(ran["time"])] == pytest.approx(
+                    60 / ran["seconds"])
                 shot("metrics")
+                # the last day and week: the per-minute roll-ups do not exist yet (the
+                # history is younger than a minute), so the raw samples
+                page.click("#range-week")
+                expect(page.locator("#range-week")).to_have_class("primary")
+                expect(page.locator("#history-note")).to_contain_text("a point per 0.2 s")
+                wait_for_points(page, 3)
+                # live: the page's own points, one a second, from stats.get
+                page.click("#range-live")
+                expect(page.locator("#history-note")).to_contain_text(
+                    "Live: points of the fleet, one a second since this page opened")
+                wait_for_points(page, 3)
+                live_memory = page.evaluate("window.corralCharts.memory.data[1]")
+                assert live_memory[-1] > 0, live_memory
+                page.click("#range-hour")
 
                 page.click('nav a[href="#/mcp"]')
                 expect(page.locator("#mcp")).to_be_visible()
@@ -514,5 +557,45 @@ def test_the_dashboard_in_chromium() -> None:
                 assert page.evaluate("window.__cspViolations") == [
                     "script-src-elem blocked inline"]
                 assert page.evaluate("window.ran") is None
+            finally:
+                browser.close()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at "
+                    "/usr/bin/chromium (scripts/browser.sh installs it; CI runs it)")
+@pytest.mark.timeout(120)
+def test_the_charts_say_when_there_is_no_history_yet() -> None:
+    """A daemon's first sample comes one history_interval after it starts: until then
+    the history ranges are empty, and say so; live has its points meanwhile."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with running_daemon(shared_tmpdir(), hello("hello"),
+                        extra='[http]\nlisten = "127.0.0.1:0"\nhistory_interval = 3600\n'
+                        ) as d:
+        r = d.cli("ui")
+        assert r.returncode == 0, r.stderr
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                page.add_init_script(WATCH_CSP)
+                page.goto(r.stdout.strip())
+                page.click('nav a[href="#/metrics"]')
+                expect(page.locator("#history-note")).to_have_text(
+                    "No history samples yet for the fleet: the daemon takes one every "
+                    "hour ([http] history_interval).")
+                wait_for_points(page, 0)
+                assert page.evaluate(f"{CHART_IDS}.map(id => window.corralCharts[id]"
+                                     f".data[0].length)") == [0] * 6
+                page.click('#range-day')
+                expect(page.locator("#history-note")).to_contain_text(
+                    "No history samples yet")
+                page.click('#range-live')
+                wait_for_points(page, 3)
+                page.goto(page.url.split("#")[0] + "#/agent/hello")
+                expect(page.locator("#history-note")).to_contain_text(
+                    "Live: points of hello, one a second")
+                wait_for_points(page, 3)
+                assert page.evaluate("window.__cspViolations") == []
             finally:
                 browser.close()

@@ -43,8 +43,8 @@ SESSION_TTL = 12 * 3600.0
 MAX_CODES = 32
 MAX_SESSIONS = 64
 
-# the control methods the page calls; stats.history only where the metrics history is
-# built into this daemon (the page says so in its charts when it is not)
+# the control methods the page calls (those this build registers: without stats.history
+# the page's charts say they have only the points since it opened)
 METHODS = ("agents.status", "agents.describe", "agents.history", "agents.rollback",
            "agents.scale", "agents.restart", "tasks.list", "tasks.get", "logs.tail",
            "stats.get", "stats.history", "mcp.status", "gateway.status", "audit.list")

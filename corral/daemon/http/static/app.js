@@ -163,6 +163,8 @@ class Agent extends Polled {
           <td class="num">${bytes(a.rss_bytes)}</td><td>${a.last_exit ?? ""}</td></tr>`)}</tbody>
       </table>
     </section>
+    <${Metrics} agent=${name} range=${this.props.range} tick=${this.props.tick}
+      setRange=${this.props.setRange} />
     <section>
       <h2>Log</h2>
       <pre class="log" id="log">${logs.lines.map((l) =>
@@ -252,15 +254,41 @@ class Task extends Polled {
 }
 
 // -- metrics --------------------------------------------------------------------------------
-// Points kept here, one per poll of stats.get: counters become rates by their deltas.
-const series = { t: [], tasksPerMin: [], errorRate: [], p50: [], p95: [], queue: [], cpu: [], rss: [] };
-let previous = null;
+// Two sources. Live: a point per poll of stats.get, kept in the page (counters become rates
+// by their deltas), for the fleet and for the agent whose view is open. Last hour, day or
+// week: the daemon's samples (stats.history), reloaded as often as new ones come.
+const KEYS = ["tasksPerMin", "errorRate", "p50", "p95", "queue", "cpu", "rss"];
+function emptySeries() {
+  const s = { t: [], prev: null };
+  for (const k of KEYS) s[k] = [];
+  return s;
+}
+const live = { fleet: emptySeries(), agent: null, agentName: null };
 
-function finished(total) {
-  return total.succeeded + total.failed + total.timed_out + total.cancelled + total.lost;
+function finished(c) {
+  return c.succeeded + c.failed + c.timed_out + c.cancelled + c.lost;
 }
 
-function record(stats) {
+// one live point: `counts` are counters (TaskCounts), `g` the gauges of the moment
+function append(s, now, counts, g) {
+  let perMin = null;
+  let errors = null;
+  if (s.prev) {
+    const dt = now - s.prev.t;
+    const done = finished(counts) - finished(s.prev.counts);
+    // as the history counts them: failed, timed out or lost (a cancel is no error)
+    const bad = ["failed", "timed_out", "lost"].reduce((n, k) => n + counts[k] - s.prev.counts[k], 0);
+    perMin = dt > 0 ? (done / dt) * 60 : null;
+    errors = done > 0 ? bad / done : 0;
+  }
+  s.prev = { t: now, counts };
+  s.t.push(now);
+  const point = { tasksPerMin: perMin, errorRate: errors, ...g };
+  for (const k of KEYS) s[k].push(point[k]);
+  if (s.t.length > KEEP_POINTS) for (const k of ["t", ...KEYS]) s[k].shift();
+}
+
+function record(stats, agentName) {
   const now = Date.now() / 1000;
   const total = stats.tasks.total;
   const agents = Object.values(stats.agents);
@@ -269,38 +297,52 @@ function record(stats) {
     const v = lat.map((l) => l[key]).filter((x) => x !== null);
     return v.length ? Math.max(...v) : null;
   };
-  let perMin = null;
-  let errors = null;
-  if (previous) {
-    const dt = now - previous.t;
-    const done = finished(total) - finished(previous.total);
-    const bad = done - (total.succeeded - previous.total.succeeded);
-    perMin = dt > 0 ? (done / dt) * 60 : null;
-    errors = done > 0 ? bad / done : 0;
+  append(live.fleet, now, total, {
+    p50: worst("p50"), p95: worst("p95"), queue: total.queue_depth,
+    cpu: agents.reduce((s, a) => s + a.cpu_percent, 0),
+    rss: agents.reduce((s, a) => s + a.rss_bytes, 0),
+  });
+  // the open agent's own points, from the page's opening of its view
+  if (agentName !== live.agentName) {
+    live.agentName = agentName;
+    live.agent = agentName ? emptySeries() : null;
   }
-  previous = { t: now, total };
-  const add = (k, v) => series[k].push(v);
-  add("t", now);
-  add("tasksPerMin", perMin);
-  add("errorRate", errors);
-  add("p50", worst("p50"));
-  add("p95", worst("p95"));
-  add("queue", total.queue_depth);
-  add("cpu", agents.reduce((s, a) => s + a.cpu_percent, 0));
-  add("rss", agents.reduce((s, a) => s + a.rss_bytes, 0));
-  if (series.t.length > KEEP_POINTS) for (const k in series) series[k].shift();
+  const tasks = agentName && stats.tasks.agents[agentName];
+  const a = agentName && stats.agents[agentName];
+  if (tasks && a) {
+    append(live.agent, now, tasks, {
+      p50: tasks.latency_ms.p50, p95: tasks.latency_ms.p95, queue: tasks.queue_depth,
+      cpu: a.cpu_percent, rss: a.rss_bytes,
+    });
+  }
+}
+
+// stats.history's samples as the charts' series
+function fromSamples(samples) {
+  const s = emptySeries();
+  for (const x of samples) {
+    s.t.push(x.time);
+    s.tasksPerMin.push(x.seconds > 0 ? x.executions / (x.seconds / 60) : null);
+    s.errorRate.push(x.error_rate);
+    s.p50.push(x.p50_ms);
+    s.p95.push(x.p95_ms);
+    s.queue.push(x.queued);
+    s.cpu.push(x.cpu_percent);
+    s.rss.push(x.rss_bytes);
+  }
+  return s;
 }
 
 const CHARTS = [
   { id: "tasks", title: "Tasks per minute", lines: [["tasksPerMin", "tasks/min"]] },
   { id: "errors", title: "Error rate", lines: [["errorRate", "errors / finished"]] },
-  { id: "latency", title: "Latency (ms, the slowest agent's)", lines: [["p50", "p50"], ["p95", "p95"]] },
+  { id: "latency", title: "Execution time (ms)", lines: [["p50", "p50"], ["p95", "p95"]] },
   { id: "queue", title: "Queue depth", lines: [["queue", "queued"]] },
-  { id: "cpu", title: "CPU (%, every agent)", lines: [["cpu", "CPU %"]] },
-  { id: "memory", title: "Memory (RSS, every agent)", lines: [["rss", "RSS"]], bytes: true },
+  { id: "cpu", title: "CPU (%)", lines: [["cpu", "CPU %"]] },
+  { id: "memory", title: "Memory (RSS)", lines: [["rss", "RSS"]], bytes: true },
 ];
 const COLOURS = ["#2f6fdf", "#cf222e"];
-const RANGES = { hour: 3600, day: 86400, week: 7 * 86400 };
+const RANGES = { live: null, hour: 3600, day: 86400, week: 7 * 86400 };
 window.corralCharts = {}; // uPlot instances by chart id: the browser tests read them
 
 class Chart extends Component {
@@ -320,17 +362,15 @@ class Chart extends Component {
     window.corralCharts[spec.id] = this.plot;
   }
   componentWillUnmount() {
-    delete window.corralCharts[this.props.spec.id];
+    if (window.corralCharts[this.props.spec.id] === this.plot) delete window.corralCharts[this.props.spec.id];
     this.plot.destroy();
   }
   data() {
-    const from = Date.now() / 1000 - RANGES[this.props.range];
-    let i = 0;
-    while (i < series.t.length && series.t[i] < from) i++;
-    return [series.t.slice(i), ...this.props.spec.lines.map(([k]) => series[k].slice(i))];
+    const { series } = this.props;
+    return [series.t, ...this.props.spec.lines.map(([k]) => series[k])];
   }
-  componentDidUpdate() {
-    this.plot.setData(this.data());
+  componentDidUpdate(prev) {
+    if (prev.series !== this.props.series) this.plot.setData(this.data());
   }
   render() {
     return html`<div class="chart" id=${`chart-${this.props.spec.id}`}>
@@ -338,19 +378,94 @@ class Chart extends Component {
   }
 }
 
-function Metrics({ range, setRange, tick }) {
-  const history = session.methods.includes("stats.history");
-  return html`<section>
-    <h2>Metrics</h2>
-    <div class="controls">
-      ${Object.keys(RANGES).map((r) => html`<button class=${r === range ? "primary" : ""}
-        id=${`range-${r}`} onClick=${() => setRange(r)}>last ${r}</button>`)}
-      <span class="note" id="history-note">${history
-        ? "Points every second since this page opened."
-        : "This daemon keeps no metrics history (stats.history): the charts show the points since this page opened, one a second."}</span>
-    </div>
-    <div class="charts">${CHARTS.map((c) => html`<${Chart} spec=${c} range=${range} tick=${tick} />`)}</div>
-  </section>`;
+function every(seconds) {
+  return seconds < 60 ? `${+seconds.toFixed(1)} s` : seconds === 60 ? "minute" : seconds === 3600 ? "hour" : duration(seconds);
+}
+
+// The charts of the fleet (no `agent`) or of one agent, over `range`.
+class Metrics extends Component {
+  componentDidMount() {
+    this.gen = 0;
+    this.load(this.gen);
+  }
+  componentWillUnmount() {
+    this.gen = -1;
+    clearTimeout(this.timer);
+  }
+  componentDidUpdate(prev) {
+    if (prev.range !== this.props.range || prev.agent !== this.props.agent) {
+      clearTimeout(this.timer);
+      this.gen += 1;
+      this.setState({ history: null, error: null });
+      this.load(this.gen);
+    }
+  }
+  stored() {
+    return this.props.range !== "live" && session.methods.includes("stats.history");
+  }
+  // the history of the range; reloaded when a new sample may be there (at most once a
+  // second, at least once a minute)
+  async load(gen) {
+    if (!this.stored()) return;
+    const params = { since: RANGES[this.props.range] };
+    if (this.props.agent) params.agent = this.props.agent;
+    let history = null;
+    let error = null;
+    try {
+      history = await call("stats.history", params);
+      // a roll-up not made yet (the first minute or hour of a history): the raw samples
+      if (!history.samples.length && history.resolution !== "raw") {
+        history = await call("stats.history", { ...params, resolution: "raw" });
+      }
+    } catch (e) {
+      error = e.message;
+    }
+    if (gen !== this.gen) return;
+    this.setState(error ? { error } : { history: { result: history, series: fromSamples(history.samples) }, error: null });
+    const wait = Math.min(60, Math.max(1, history ? history.interval : 5)) * 1000;
+    this.timer = setTimeout(() => this.load(gen), wait);
+  }
+  note(who) {
+    if (!session.methods.includes("stats.history")) {
+      return "This daemon keeps no metrics history (stats.history): the charts show the points since this page opened, one a second.";
+    }
+    if (!this.stored()) {
+      return `Live: points of ${who}, one a second since this page opened (stats.get); last hour, day or week show the daemon's history.`;
+    }
+    const h = this.state.history;
+    if (!h) return this.state.error ? "" : "Loading the history…";
+    const r = h.result;
+    const n = r.samples.length;
+    if (!n) {
+      return `No history samples yet for ${who}: the daemon takes one every ${every(r.interval)} ([http] history_interval).`;
+    }
+    return `History of ${who} (stats.history): a point per ${every(r.interval)}, ` +
+      `${n} samples from ${stamp(r.samples[0].time)}${r.truncated ? " (the newest only)" : ""}.`;
+  }
+  render() {
+    const { range, setRange, agent } = this.props;
+    let series;
+    if (this.stored()) {
+      series = this.state.history ? this.state.history.series : emptySeries();
+    } else {
+      const s = (agent ? live.agentName === agent && live.agent : live.fleet) || emptySeries();
+      const from = RANGES[range] ? Date.now() / 1000 - RANGES[range] : 0;
+      let i = 0;
+      while (i < s.t.length && s.t[i] < from) i++;
+      series = { t: s.t.slice(i) };
+      for (const k of KEYS) series[k] = s[k].slice(i);
+    }
+    return html`<section>
+      <h2>Metrics</h2>
+      <div class="controls">
+        ${Object.keys(RANGES).map((r) => html`<button class=${r === range ? "primary" : ""}
+          id=${`range-${r}`} onClick=${() => setRange(r)}>${r === "live" ? "live" : `last ${r}`}</button>`)}
+        <span class="note" id="history-note">${this.note(agent || "the fleet")}</span>
+      </div>
+      ${this.state.error && html`<div class="error">${this.state.error}</div>`}
+      <div class="charts">${CHARTS.map((c) => html`<${Chart} spec=${c} series=${series} />`)}</div>
+    </section>`;
+  }
 }
 
 // -- MCP servers and the gateway's clients ----------------------------------------------------
@@ -433,7 +548,8 @@ class App extends Component {
   async poll() {
     try {
       const [status, stats] = await Promise.all([call("agents.status"), call("stats.get")]);
-      record(stats);
+      const r = this.state.route;
+      record(stats, r.view === "agent" ? r.arg : null);
       this.setState({ status, error: null, seen: Date.now(), tick: this.state.tick + 1 });
     } catch (e) {
       if (e.status === 401) {
@@ -447,7 +563,8 @@ class App extends Component {
   view() {
     const { route: r, status, range, tick } = this.state;
     switch (r.view) {
-      case "agent": return html`<${Agent} name=${r.arg} status=${status} />`;
+      case "agent": return html`<${Agent} name=${r.arg} status=${status} range=${range} tick=${tick}
+        setRange=${(x) => this.setState({ range: x })} />`;
       case "tasks": return html`<${Tasks} status=${status} />`;
       case "task": return html`<${Task} id=${r.arg} />`;
       case "metrics": return html`<${Metrics} range=${range} tick=${tick}
