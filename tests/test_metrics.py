@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from aiohttp import web
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
@@ -27,8 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from corral import __version__, jsonrpc
 from corral.daemon.api import Caller
 from corral.daemon.daemon import Daemon
+from corral.daemon.http.auth import BAD_TOKEN
 from corral.daemon.http.metrics import loopback
-from corral.jsonrpc import RpcError
+from corral.daemon.tokens import tokens_of
 from corral.supervisor import State
 
 from .daemon_harness import config_text, hello
@@ -42,17 +42,6 @@ LABELS = {"agent", "state", "cause", "outcome", "server", "route", "code", "le",
           "version", "python"}
 
 
-def bearer(request: web.Request) -> Caller | None:
-    """A stand-in for the API's token authenticator: a name and its scopes."""
-    header = request.headers.get("Authorization")
-    if header is None:
-        return None
-    token = header.removeprefix("Bearer ")
-    if token not in TOKENS:
-        raise RpcError(jsonrpc.UNAUTHORIZED, "unauthorized: unknown token")
-    return Caller(via="http", token=token, scopes=TOKENS[token])
-
-
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, agents: str, http: str = "") -> AsyncIterator[Daemon]:
     config = tmp_path / "corral.toml"
@@ -64,7 +53,10 @@ async def running(tmp_path: Path, agents: str, http: str = "") -> AsyncIterator[
         while not hasattr(d, "services"):  # the composition root is done when it is set
             assert not run.done(), run.result()
             await asyncio.sleep(0.01)
-        d.http_server.ctx.authenticators.append(bearer)
+        # real tokens of the state database, as `corral token create` makes them
+        tokens = tokens_of(d.services.store)
+        d.secrets = {name: (await tokens.create(name, sorted(scopes), None, None))[0]  # type: ignore[attr-defined]
+                     for name, scopes in TOKENS.items()}
         yield d
     finally:
         d.request_stop()
@@ -75,7 +67,7 @@ async def scrape(d: Daemon, token: str | None = "scraper", accept: str | None = 
                  ) -> tuple[int, str, str]:
     headers = {}
     if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
+        headers["Authorization"] = f"Bearer {d.secrets[token]}"  # type: ignore[attr-defined]
     if accept is not None:
         headers["Accept"] = accept
     async with aiohttp.ClientSession() as http, http.get(
@@ -199,9 +191,10 @@ async def test_who_may_scrape(tmp_path: Path) -> None:
                                           "with the metrics:read scope"}
             async with http.get(url, headers={"Authorization": "Bearer nope"}) as r:
                 body = msgspec.json.decode(await r.read())
-                assert (r.status, body["detail"], body["code"]) == (
-                    401, "unauthorized: unknown token", jsonrpc.UNAUTHORIZED)
-            async with http.get(url, headers={"Authorization": "Bearer reader"}) as r:
+                assert (r.status, body["detail"], body["code"]) == (401, BAD_TOKEN,
+                                                                    jsonrpc.UNAUTHORIZED)
+            reader = {"Authorization": f"Bearer {d.secrets['reader']}"}  # type: ignore[attr-defined]
+            async with http.get(url, headers=reader) as r:
                 body = msgspec.json.decode(await r.read())
                 assert (r.status, r.content_type) == (403, "application/problem+json")
                 assert body == {"type": "about:blank", "title": "forbidden",
@@ -251,6 +244,7 @@ async def test_a_real_prometheus_scrapes_it(tmp_path: Path) -> None:
     async with running(tmp_path, hello("a")) as d:
         await d.services.sup.wait_state("a", State.READY, timeout=20)
         target = d.http_server.url.removeprefix("http://")
+        secret = d.secrets["scraper"]  # type: ignore[attr-defined]
         port = free_port()
         (tmp_path / "prometheus.yml").write_text(f"""
 global:
@@ -258,7 +252,7 @@ global:
 scrape_configs:
   - job_name: corral
     authorization:
-      credentials: scraper
+      credentials: {secret}
     static_configs:
       - targets: ["{target}"]
 """)
@@ -272,8 +266,13 @@ scrape_configs:
         try:
             async with aiohttp.ClientSession() as http:
                 result: list[Any] = []
+                give_up = asyncio.get_running_loop().time() + 30
                 while not result:
                     assert proc.returncode is None, "prometheus exited"
+                    if asyncio.get_running_loop().time() > give_up:
+                        async with http.get(f"{api}/targets") as r:
+                            raise AssertionError(f"no sample scraped within 30 s: "
+                                                 f"{await r.text()}")
                     # the server answers once it is up, and the query once it scraped
                     with contextlib.suppress(aiohttp.ClientError):
                         async with http.get(f"{api}/query", params={
