@@ -146,6 +146,12 @@ async def agents_restart(d: Services, p: m.AgentsRestart,
     return m.Restarted(restarted=[_label(a, i) for a, i in targets])
 
 
+def rows(limit: int) -> int:
+    """A count of rows asked for, as SQLite can take it: 0 to 2**62 (a larger one is
+    all of them, not an overflow)."""
+    return min(max(0, limit), 1 << 62)
+
+
 def _signal_number(name: str) -> int:
     if name.isdigit():
         return int(name)
@@ -220,7 +226,7 @@ async def agents_scale(d: Services, p: m.AgentsScale, caller: Caller, c: Channel
 async def agents_history(d: Services, p: m.AgentsHistory,
                          caller: Caller, c: Channel) -> m.HistoryResult:
     d.sup.agent(p.name)
-    revs = d.revisions.history(p.name, max(0, p.limit))
+    revs = d.revisions.history(p.name, rows(p.limit))
     return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name), revisions=_wire(revs))
 
 
@@ -237,7 +243,7 @@ async def audit_list(d: Services, p: m.AuditList, caller: Caller, c: Channel) ->
     return m.AuditResult(entries=[
         m.AuditEntry(time=t, uid=uid, pid=pid, method=method,
                      params=msgspec.json.decode(params), outcome=outcome, who=who)
-        for t, uid, pid, method, params, outcome, who in d.store.audit_log(max(0, p.limit))])
+        for t, uid, pid, method, params, outcome, who in d.store.audit_log(rows(p.limit))])
 
 
 @implements("logs.tail")

@@ -115,7 +115,7 @@ class TaskDesk:
                                                    f"{', '.join(sorted(STATUSES))})")
         since = time.time() - p.since if p.since is not None else None
         return await self.sup.tasks.query(agent=p.agent, status=p.status, since=since,
-                                          limit=p.limit)
+                                          limit=min(p.limit, 1 << 62))
 
     async def cancel(self, task_id: str) -> TaskInfo:
         await self.recovered.wait()

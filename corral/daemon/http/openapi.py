@@ -5,13 +5,16 @@ msgspec's JSON Schema. Never written by hand, so it cannot drift from the API.""
 from __future__ import annotations
 
 import copy
+import signal
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from ... import __version__
-from ...methods import REGISTRY, TaskAccepted
+from ...methods import REGISTRY, SCOPES, TaskAccepted
+from ...supervisor.names import NAME_RE
+from ..tasks import STATUSES
 from . import route
 from .resources import PREFIX, RESOURCES, TaskSubmit
 
@@ -37,6 +40,31 @@ ERRORS = {
     "429": "Over the token's rate, or refused for now (Retry-After)",
     "500": "The operation failed",
     "503": "Not available now (Retry-After)",
+}
+
+
+NAME = f"^{NAME_RE.pattern}$"
+# an agent where the method takes targets: NAME or NAME#N (one replica)
+TARGET = f"^{NAME_RE.pattern}(#[0-9]+)?$"
+# What the command layer checks with messages of its own, beyond the params' types: said
+# in the document too (from the same constants), so a value it shows as valid is one the
+# API accepts. Keyed by (method, param); merged into that param's schema.
+RULES: dict[tuple[str, str], dict[str, Any]] = {
+    ("logs.tail", "names"): {"items": {"type": "string", "pattern": TARGET}},
+    ("logs.follow", "names"): {"items": {"type": "string", "pattern": TARGET}},
+    ("tasks.list", "status"): {"anyOf": [{"enum": sorted(STATUSES)}, {"type": "null"}]},
+    ("events.publish", "topic"): {"minLength": 1},
+    ("tokens.create", "name"): {"pattern": NAME},
+    ("tokens.create", "scopes"): {"minItems": 1, "items": {"enum": sorted(SCOPES)}},
+    ("tokens.create", "expires_in"): {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                                                {"type": "null"}]},
+    # a name (HUP, SIGUSR1; any case is taken) or a number
+    ("agents.signal", "signal"): {"pattern": "^([0-9]+|(SIG)?(" + "|".join(
+        s.name[3:] for s in signal.Signals) + "))$"},
+    # each table is an agent's config ([agents.NAME]); command is what it may not lack
+    ("agents.add", "agents"): {"minProperties": 1, "propertyNames": {"pattern": NAME},
+                               "additionalProperties": {"type": "object",
+                                                        "required": ["command"]}},
 }
 
 
@@ -66,6 +94,11 @@ def document() -> dict[str, Any]:
         spec = REGISTRY[res.method]
         whole = copy.deepcopy(components[spec.params.__name__])
         props: dict[str, Any] = whole.get("properties", {})
+        for (method, name), rule in RULES.items():
+            if method == res.method:
+                props[name] = {k: v for k, v in props[name].items()
+                               if k not in ("anyOf", "type") or "anyOf" not in rule
+                               } | rule
         required = set(whole.get("required", []))
         op: dict[str, Any] = {
             "operationId": f"{res.verb.lower()}{res.path.replace('/', '_')}".replace(
@@ -76,8 +109,9 @@ def document() -> dict[str, Any]:
         }
         parameters: list[dict[str, Any]] = [
             {"name": var, "in": "path", "required": True,
-             "schema": {"type": "string", "minLength": 1}}
-            for var in res.path_params]
+             "schema": {"type": "string", "minLength": 1}
+             | ({"pattern": TARGET} if param == "names" else {})}
+            for var, param in res.path_params.items()]
         for name in res.query:
             schema = props[name]
             parameters.append({"name": name, "in": "query",

@@ -186,6 +186,9 @@ class Api:
                                              lambda: self.answer(caller, res, params))
             except RpcError as exc:
                 return route.rpc_problem(exc)
+            except Exception as exc:  # a defect: answered as one, as the socket does
+                return route.rpc_problem(RpcError(jsonrpc.INTERNAL_ERROR,
+                                                  f"internal error: {jsonrpc.describe(exc)}"))
 
         return handle
 
