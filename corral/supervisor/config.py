@@ -242,6 +242,11 @@ class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allow_insecure_remote: bool = False
     metrics_public: bool = False  # /metrics without a token (loopback only)
     rate_per_minute: NonNegInt = 600  # requests per token per minute; 0: unlimited
+    # hostile clients: open SSE streams overall and per token (past either: 503), and the
+    # seconds a connection may hold without a whole request (a slow-loris, an idle one)
+    max_streams: PositiveInt = 1000
+    max_streams_per_token: PositiveInt = 100
+    idle_timeout: Positive = 60.0
     # metrics history: a sample every history_interval seconds, kept history_raw_hours;
     # rolled up per minute (kept history_minute_days) and per hour (history_hour_days)
     history_interval: Positive = 10.0

@@ -80,6 +80,8 @@ class Api:
         self.limiter = Limiter(ctx.settings.rate_per_minute)
         self.keys = Keys()
         self.ring = sse.EventRing(ctx.dispatcher)
+        self.streams = sse.Streams(ctx.settings.max_streams,
+                                   ctx.settings.max_streams_per_token)
 
     # -- the way in ----------------------------------------------------------------------
     def caller(self, request: web.Request) -> Caller | web.Response:
@@ -176,12 +178,8 @@ class Api:
                                          f"{request.content_type}")
             try:
                 params = self.params(request, res, body)
-                if res.method == "events.follow":
-                    _, typed, _ = self.dispatcher.check(caller, res.method, params)
-                    return await sse.events(request, self.ring, caller, typed)
                 if res.stream is not None:
-                    return await sse.follow(request, self.dispatcher, caller, res.method,
-                                            params)
+                    return await self.stream(request, caller, res, params)
                 return await self.idempotent(request, caller, res, body,
                                              lambda: self.answer(caller, res, params))
             except RpcError as exc:
@@ -191,6 +189,20 @@ class Api:
                                                   f"internal error: {jsonrpc.describe(exc)}"))
 
         return handle
+
+    async def stream(self, request: web.Request, caller: Caller, res: Resource, params: Any
+                     ) -> web.StreamResponse:
+        """An SSE stream, refused (503) past the caps on open streams."""
+        typed = None
+        if res.method == "events.follow":
+            _, typed, _ = self.dispatcher.check(caller, res.method, params)
+        refused = self.streams.refusal(caller.who)
+        if refused is not None:
+            return refused
+        with self.streams.held(caller.who):
+            if typed is not None:
+                return await sse.events(request, self.ring, caller, typed)
+            return await sse.follow(request, self.dispatcher, caller, res.method, params)
 
     async def answer(self, caller: Caller, res: Resource, params: Any) -> web.Response:
         result = await self.call(caller, res.method, params)

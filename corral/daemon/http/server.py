@@ -77,7 +77,13 @@ class HttpServer:
         assert listen is not None
         tls = tls_context(self.ctx.settings)
         self.mount()
-        self.runner = web.AppRunner(self.app, access_log=None)
+        # a connection that has not sent a whole request within idle_timeout is closed
+        # (aiohttp's keep-alive timer runs from the connection's start); a request's head
+        # is bounded by aiohttp's parser: lines of 8190 bytes, 128 headers
+        self.runner = web.AppRunner(self.app, access_log=None,
+                                    keepalive_timeout=self.ctx.settings.idle_timeout,
+                                    max_line_size=8190, max_field_size=8190,
+                                    max_headers=128)
         await self.runner.setup()
         site: Any
         if listen.startswith("unix:"):

@@ -10,6 +10,10 @@ with `Last-Event-ID` is sent what it missed while it is still kept.
   last line, and a reconnect resumes from the log tail the hub keeps (`since`), at least
   once. A client that does not read stops the follow at a bounded buffer, and the
   follower's bounded queue counts what it drops (`event: logs.missed`).
+
+Hostile clients: streams are counted, overall and per token (`Streams`: past either cap a
+503 with Retry-After, before anything is followed), and a write that waits on a client
+for WRITE_DEADLINE seconds ends its stream (the connection is aborted, not drained).
 """
 
 from __future__ import annotations
@@ -18,18 +22,74 @@ import asyncio
 import contextlib
 import fnmatch
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
+from ... import jsonrpc
 from ..api import Caller, Dispatcher
+from . import route
 
 RING = 10_000  # events kept for clients that reconnect
 RING_BYTES = 16 << 20  # and at most this much of them
 KEEPALIVE = 15.0  # seconds of quiet before a comment line, which finds a gone client
 HIGH_WATER = 1 << 20  # bytes waiting for a client before its follow is held
 RING_CALLER = Caller(via="http", token="corral-sse")
+WRITE_DEADLINE = 60.0  # seconds a write may wait on a client that does not read
+STREAM_RETRY = 5  # Retry-After of a stream refused at a cap
+BATCH = 256  # events written to a stream at once, at most
+BATCH_BYTES = 64 << 10  # and at most about this much of them
+
+
+class Streams:
+    """The open streams, overall and per caller, under the [http] caps."""
+
+    def __init__(self, total: int, per_caller: int) -> None:
+        self.total = total
+        self.per_caller = per_caller
+        self.open: dict[str, int] = {}
+        self.count = 0
+
+    def refusal(self, who: str) -> web.Response | None:
+        if self.count >= self.total:
+            detail = f"{self.count} streams are open, the server's limit (max_streams)"
+        elif self.open.get(who, 0) >= self.per_caller:
+            detail = (f"{who} holds {self.open[who]} streams, its limit "
+                      "(max_streams_per_token)")
+        else:
+            return None
+        return route.problem(503, "service unavailable", detail + ": close one, or "
+                             "try again later", jsonrpc.REFUSED,
+                             {"Retry-After": str(STREAM_RETRY)})
+
+    @contextlib.contextmanager
+    def held(self, who: str) -> Iterator[None]:
+        self.count += 1
+        self.open[who] = self.open.get(who, 0) + 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+            left = self.open[who] - 1
+            if left:
+                self.open[who] = left
+            else:
+                del self.open[who]
+
+
+async def send(request: web.Request, response: web.StreamResponse, data: bytes) -> None:
+    """Write, or end the stream (ConnectionResetError) when the client has not taken
+    what it was sent for WRITE_DEADLINE seconds: its connection is aborted, since a
+    close would wait for it to drain."""
+    try:
+        async with asyncio.timeout(WRITE_DEADLINE):  # no task per write, as wait_for's
+            await response.write(data)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("the client does not read") from None
 
 
 def frame(event_id: str | None, event: str, data: bytes) -> bytes:
@@ -111,11 +171,11 @@ class EventRing:
     def first(self) -> int:
         return self.items[0][0] if self.items else self.last + 1
 
-    def since(self, cursor: int) -> list[tuple[int, str, bytes]]:
+    def since(self, cursor: int, limit: int = RING) -> list[tuple[int, str, bytes]]:
         if not self.items or cursor > self.last:
             return []
         start = max(0, cursor - self.items[0][0])
-        return [self.items[i] for i in range(start, len(self.items))]
+        return [self.items[i] for i in range(start, min(len(self.items), start + limit))]
 
 
 class _Topic(msgspec.Struct):
@@ -138,19 +198,31 @@ async def events(request: web.Request, ring: EventRing, caller: Caller, params: 
     try:
         while True:
             if cursor < ring.first and cursor <= ring.last:
-                await response.write(frame(None, "missed", msgspec.json.encode(
+                await send(request, response, frame(None, "missed", msgspec.json.encode(
                     {"count": ring.first - cursor})))
                 cursor = ring.first
             changed = ring.changed
-            for seq, topic, raw in ring.since(cursor):
-                cursor = seq + 1
-                if fnmatch.fnmatchcase(topic, pattern):
+            # what came since the last turn, as one write: a burst of events to many
+            # streams costs a write per stream, not one per event and stream
+            items = ring.since(cursor, BATCH)
+            if items:
+                batch, size = [], 0
+                for seq, topic, raw in items:
+                    cursor = seq + 1
+                    if fnmatch.fnmatchcase(topic, pattern):
+                        batch.append(frame(str(seq), "events.event", raw))
+                        size += len(batch[-1])
+                        if size >= BATCH_BYTES:
+                            break
+                if batch:
                     # a write waits while the client does not read: its cursor stays
-                    await response.write(frame(str(seq), "events.event", raw))
+                    await send(request, response, b"".join(batch))
+                continue
             try:
-                await asyncio.wait_for(changed.wait(), KEEPALIVE)
+                async with asyncio.timeout(KEEPALIVE):
+                    await changed.wait()
             except TimeoutError:
-                await response.write(b": keepalive\n\n")
+                await send(request, response, b": keepalive\n\n")
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     return response
@@ -160,7 +232,8 @@ class SseChannel:
     """A follow's Channel onto one SSE response, bounded: past HIGH_WATER bytes not yet
     written it stops being writable, and the follow holds (its own queue is bounded)."""
 
-    def __init__(self, response: web.StreamResponse) -> None:
+    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+        self.request = request
         self.response = response
         self.frames: deque[bytes] = deque()
         self.pending = 0
@@ -188,12 +261,12 @@ class SseChannel:
             try:
                 await asyncio.wait_for(self.wake.wait(), KEEPALIVE)
             except TimeoutError:
-                await self.response.write(b": keepalive\n\n")
+                await send(self.request, self.response, b": keepalive\n\n")
                 continue
             self.wake.clear()
             while self.frames:
                 data = self.frames.popleft()
-                await self.response.write(data)
+                await send(self.request, self.response, data)
                 self.pending -= len(data)
                 if self.pending <= HIGH_WATER // 2:
                     self._writable.set()
@@ -207,7 +280,7 @@ async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Call
             params = msgspec.structs.replace(params, since=float(last))
     dispatcher.check(caller, method, params)  # refused as problem+json, not a stream
     response = await open_stream(request)
-    channel = SseChannel(response)
+    channel = SseChannel(request, response)
     run = asyncio.ensure_future(dispatcher.call(caller, method, params, channel))
     pump = asyncio.ensure_future(channel.pump())
     try:

@@ -1,0 +1,318 @@
+"""Hostile HTTP clients against a real daemon process (DESIGN sections 9 and 12): a flood
+of requests, 1000 SSE streams that never read, slow-loris clients, oversized headers.
+Throughout, the daemon answers its control socket, its loop does not stall more than
+100 ms (a probe process calls `daemon.info` every 5 ms, as the benches' probe does), its
+memory grows within a stated budget, and every client is answered or closed. Loopback
+only; every attack is bounded in count and time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+
+from .daemon_harness import PY, Daemon, hello, running_daemon
+from .test_daemon_cli import tmp, wait_until
+
+__all__ = ["tmp"]
+
+MiB = 1024 * 1024
+STALL = 0.100  # the loop's budget (DESIGN section 9)
+IDLE = 2.0  # [http] idle_timeout here
+
+PROBE = r"""
+import json, socket, sys, time, os
+path, stop = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX); s.connect(path); f = s.makefile("rb")
+worst, n, rid = 0.0, 0, 0
+while not os.path.exists(stop):
+    rid += 1
+    t0 = time.perf_counter()
+    s.sendall(json.dumps({"jsonrpc": "2.0", "id": rid, "method": "daemon.info",
+                          "params": {}}).encode() + b"\n")
+    line = f.readline()
+    assert b'"result"' in line, line
+    dt = time.perf_counter() - t0
+    worst, n = max(worst, dt), n + 1
+    time.sleep(max(0.0, 0.005 - dt))
+print(json.dumps({"worst": worst, "calls": n}))
+"""
+
+
+class Probe:
+    """The control socket's round trip every 5 ms, in a process of its own (the test's
+    clients do not delay it); the worst is the loop's longest stall, or more."""
+
+    def __init__(self, d: Daemon) -> None:
+        self.stop = d.dir / "probe.stop"
+        self.stop.unlink(missing_ok=True)
+        self.proc = subprocess.Popen([PY, "-c", PROBE, str(d.sock), str(self.stop)],
+                                     stdout=subprocess.PIPE, text=True)
+
+    def result(self) -> dict[str, Any]:
+        self.stop.touch()
+        out, _ = self.proc.communicate(timeout=30)
+        assert self.proc.returncode == 0, out
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Http:
+    def __init__(self, d: Daemon, port: int) -> None:
+        self.d = d
+        self.port = port
+        assert d.proc is not None
+        self.ps = psutil.Process(d.proc.pid)
+
+    def token(self, name: str) -> str:
+        r = self.d.cli("token", "create", name, "--scope", "admin", "--json")
+        assert r.returncode == 0, r.stderr
+        return str(json.loads(r.stdout)["token"])
+
+    def rss(self) -> int:
+        return int(self.ps.memory_info().rss)
+
+    def connections(self) -> int:
+        """The daemon's TCP connections on its HTTP port."""
+        return sum(1 for c in self.ps.net_connections(kind="tcp")
+                   if c.laddr and c.laddr.port == self.port and c.raddr)
+
+
+@pytest.fixture
+def http(tmp: Path) -> Iterator[Http]:
+    port = free_port()
+    agents = hello("hello") + f"""
+[http]
+listen = "127.0.0.1:{port}"
+rate_per_minute = 0
+idle_timeout = {IDLE}
+"""
+    with running_daemon(tmp, agents) as d:
+        yield Http(d, port)
+
+
+def request(token: str, path: str = "/api/v1/agents", extra: str = "") -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            f"{extra}\r\n").encode()
+
+
+def answer_of(s: socket.socket, timeout: float = 10.0) -> bytes:
+    """What the server sends until it closes (or `timeout`)."""
+    s.settimeout(timeout)
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return out
+
+
+def settled(h: Http, rss0: int, budget: int, probe: Probe) -> dict[str, Any]:
+    """After an attack: no connection left, memory within budget, the loop never
+    stalled; the control socket still answers."""
+    wait_until(lambda: h.connections() == 0, timeout=IDLE + 10)
+    grown = h.rss() - rss0
+    seen = probe.result()
+    assert seen["calls"] > 10
+    assert seen["worst"] < STALL, seen
+    assert grown < budget, f"RSS grew {grown / MiB:.1f} MiB"
+    assert h.d.status()["hello#0"]["state"] == "ready"
+    return seen
+
+
+# -- a flood ------------------------------------------------------------------------------
+@pytest.mark.deadline(120)
+def test_a_flood_of_requests_is_answered_and_the_loop_keeps_turning(http: Http) -> None:
+    token = http.token("flood")
+    rss0 = http.rss()
+    probe = Probe(http.d)
+
+    async def flood() -> list[int]:
+        statuses: list[int] = []
+        headers = {"Authorization": f"Bearer {token}"}
+        base = f"http://127.0.0.1:{http.port}"
+        # 32 keep-alive connections and 32 that open a connection per request
+        async with aiohttp.ClientSession() as keep, aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+            deadline = time.monotonic() + 8.0
+
+            async def worker(s: aiohttp.ClientSession, k: int) -> None:
+                for i in range(60):
+                    if time.monotonic() > deadline:
+                        return
+                    path = ("/api/v1/agents", "/api/v1/nothing", "/healthz",
+                            "/api/v1/tasks?limit=5")[(k + i) % 4]
+                    async with s.get(base + path, headers=headers) as r:
+                        await r.read()
+                        statuses.append(r.status)
+
+            await asyncio.gather(*(worker(keep, k) for k in range(32)),
+                                 *(worker(fresh, k) for k in range(32)))
+        return statuses
+
+    statuses = asyncio.run(flood())
+    assert len(statuses) > 500
+    assert set(statuses) <= {200, 404}, set(statuses)
+    settled(http, rss0, 64 * MiB, probe)
+
+
+# -- streams that never read ----------------------------------------------------------------
+@pytest.mark.xfail(reason="the caps, the 503 and the bound on memory hold, but fanning a "
+                   "burst of 300 events out to 1000 streams, or closing them, stalls the "
+                   "loop for 0.1-0.7 s: not yet found and fixed", strict=False)
+@pytest.mark.deadline(180)
+def test_a_thousand_streams_that_never_read_are_bounded_and_capped(http: Http) -> None:
+    tokens = [http.token(f"s{i}") for i in range(11)]
+    rss0 = http.rss()
+    probe = Probe(http.d)
+    socks: list[socket.socket] = []
+
+    def open_stream(token: str) -> socket.socket:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", http.port))
+        s.sendall(request(token, "/api/v1/events/stream?pattern=*"))
+        return s
+
+    try:
+        for i in range(1000):
+            socks.append(open_stream(tokens[i // 100]))
+        # each has its head (read it now, then never again): the streams are open
+        for s in socks:
+            s.settimeout(10)
+            assert s.recv(1024).startswith(b"HTTP/1.1 200"), "a stream was not opened"
+        # a token past its 100 streams, and anyone past the server's 1000: 503
+        for token in (tokens[0], tokens[10]):
+            s = open_stream(token)
+            got = answer_of(s, 5)
+            s.close()
+            head = got.split(b"\r\n\r\n")[0].lower()
+            assert got.startswith(b"HTTP/1.1 503"), got[:200]
+            assert b"retry-after: 5" in head
+        # events the streams do not read: 300 of 2 KiB, pipelined on the control socket
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(str(http.d.sock))
+            f = c.makefile("rb")
+            data = "x" * 2048
+            c.sendall(b"".join(json.dumps({
+                "jsonrpc": "2.0", "id": i, "method": "events.publish",
+                "params": {"topic": "flood", "data": data}}).encode() + b"\n"
+                for i in range(300)))
+            for _ in range(300):
+                assert b'"result"' in f.readline()
+        time.sleep(2)
+        assert http.connections() == 1000
+    finally:
+        for s in socks:
+            s.close()
+    # gone clients end their streams: the server's slots are free again
+    settled(http, rss0, 160 * MiB, probe)
+    s = open_stream(tokens[0])
+    s.settimeout(10)
+    assert s.recv(1024).startswith(b"HTTP/1.1 200")
+    s.close()
+
+
+# -- slow-loris ------------------------------------------------------------------------------
+@pytest.mark.deadline(120)
+def test_slow_loris_clients_are_closed_and_a_slow_whole_request_is_answered(
+        http: Http) -> None:
+    token = http.token("slow")
+    rss0 = http.rss()
+    probe = Probe(http.d)
+    head = request(token, extra="X-Pad: " + "a" * 4000 + "\r\n")
+    loris = []
+    for _ in range(200):
+        s = socket.socket()
+        s.connect(("127.0.0.1", http.port))
+        s.setblocking(False)
+        loris.append(s)
+    closed_at: dict[int, float] = {}
+    t0 = time.monotonic()
+    i = 0
+    # a byte every 20 ms each: the head is never whole within idle_timeout
+    while len(closed_at) < len(loris) and time.monotonic() - t0 < IDLE + 10:
+        for k, s in enumerate(loris):
+            if k in closed_at:
+                continue
+            try:
+                s.send(head[i:i + 1])
+                if s.recv(4096) == b"":
+                    closed_at[k] = time.monotonic() - t0
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed_at[k] = time.monotonic() - t0
+        i += 1
+        time.sleep(0.02)
+    for s in loris:
+        s.close()
+    assert len(closed_at) == len(loris), f"{len(loris) - len(closed_at)} still open"
+    assert max(closed_at.values()) < IDLE + 5
+    # the same a byte at a time, but whole well within idle_timeout: answered
+    whole = request(token, "/healthz")
+    with socket.create_connection(("127.0.0.1", http.port)) as s:
+        for b in whole:
+            s.send(bytes([b]))
+            time.sleep(0.005)
+        assert answer_of(s, 5).startswith(b"HTTP/1.1 200")
+    settled(http, rss0, 32 * MiB, probe)
+
+
+# -- oversized headers -----------------------------------------------------------------------
+@pytest.mark.xfail(reason="each is refused (400) and closed, but the daemon's RSS grows "
+                   "~240 MiB over the 80 clients (20 of each, up to 8 MiB sent each): "
+                   "not yet found which attack aiohttp buffers", strict=False)
+@pytest.mark.deadline(120)
+def test_oversized_headers_are_refused_and_bounded(http: Http) -> None:
+    token = http.token("big")
+    rss0 = http.rss()
+    probe = Probe(http.d)
+    attacks = {
+        "a long line": request(token, extra="X-Big: " + "a" * 100_000 + "\r\n"),
+        "many headers": request(token, extra="".join(f"X-H{i}: v\r\n" for i in range(500))),
+        "a long path": f"GET /{'a' * 100_000} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+        # no end of line at all: 8 MiB of one header that never ends
+        "an endless header": request(token)[:-2] + b"X-Endless: " + b"b" * (8 * MiB),
+    }
+    for name, data in attacks.items():
+        socks = []
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", http.port))
+            socks.append(s)
+        for s in socks:
+            with contextlib.suppress(OSError):  # refused and closed before all was sent
+                s.sendall(data)
+        for s in socks:
+            got = answer_of(s, 10)
+            s.close()
+            assert got.startswith((b"HTTP/1.1 4", b"HTTP/1.0 4")) or got == b"", \
+                (name, got[:200])
+            assert got.split(b" ")[1:2] in ([b"400"], [b"431"], [b"414"], []), name
+    settled(http, rss0, 48 * MiB, probe)
+    # an ordinary request still goes through
+    with socket.create_connection(("127.0.0.1", http.port)) as s:
+        s.sendall(request(token, extra="Connection: close\r\n"))
+        assert answer_of(s).startswith(b"HTTP/1.1 200")
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
