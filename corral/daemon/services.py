@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..methods import ReloadResult
 from ..supervisor.core import Supervisor
+from .api import Caller
 from .fleet import Fleet
 from .gateway import GatewayService
 from .history import History
@@ -20,8 +21,15 @@ from .store import StateStore
 from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
 
-if TYPE_CHECKING:
-    from .http.ui import Sessions
+
+class Logins(Protocol):
+    """The dashboard's one-time login codes (http/ui.py's Sessions implements it): a
+    Protocol, so that the services never import the HTTP server's parts (no cycle)."""
+
+    @property
+    def url(self) -> str: ...
+
+    def issue(self, issuer: Caller) -> tuple[str, float]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +50,7 @@ class Services:
     reload: Callable[[str], Awaitable[ReloadResult]]  # who asked -> what changed
     request_stop: Callable[[], None]
     status_line: Callable[[], str]
-    ui: Sessions | None = None  # the dashboard's logins, where [http] serves it
+    ui: Logins | None = None  # the dashboard's logins, where [http] serves it
 
     def gateway_status(self) -> dict[str, Any]:
         return {**self.gateway.stats(),

@@ -242,8 +242,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def setup(app: web.Application, ctx: HttpContext) -> None:
-    sessions: Sessions | None = ctx.services.ui
-    if sessions is None:
+    sessions = ctx.services.ui
+    if not isinstance(sessions, Sessions):  # no [http], or logins of another kind
         return
     sessions.context = ctx
     guard = Guard(ctx, sessions)
