@@ -5,6 +5,7 @@ Readiness is awaited on our own NOTIFY_SOCKET (the sd_notify protocol), never by
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,32 @@ def shared_tmpdir() -> Path:
     d = Path(tempfile.mkdtemp(prefix="corral-test-"))
     d.chmod(0o755)
     return d
+
+
+@contextlib.asynccontextmanager
+async def in_process(tmp_path: Path, agents: str, toml: str = "") -> AsyncIterator[Any]:
+    """The real daemon (corral.daemon.daemon.Daemon) in this test's event loop, with
+    `agents` and more TOML (e.g. an [http] table) after them; every agent Ready before
+    it is handed over, and the daemon stopped (and its exit status checked) after."""
+    from corral.daemon.daemon import Daemon as InProcess
+    from corral.supervisor import State
+
+    config = tmp_path / "corral.toml"
+    config.write_text(config_text(agents, tmp_path / "corral.sock", tmp_path / "state")
+                      + toml)
+    d = InProcess(config)
+    run = asyncio.ensure_future(d.run())
+    try:
+        set_up = asyncio.ensure_future(d.set_up.wait())
+        await asyncio.wait([run, set_up], return_when=asyncio.FIRST_COMPLETED)
+        set_up.cancel()
+        assert not run.done(), f"the daemon exited with {run.result()}"
+        sup = d.services.sup
+        for name, agent in sup.agents.items():
+            for i in range(len(agent.replicas)):
+                await sup.wait_state(name, State.READY, replica=i, timeout=30)
+        yield d
+    finally:
+        d.request_stop()
+        assert await asyncio.wait_for(run, 30) == 0
+

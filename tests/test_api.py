@@ -24,7 +24,7 @@ from corral.jsonrpc import RpcError
 from corral.methods import REGISTRY, SCOPES
 from corral.supervisor import State
 
-from .daemon_harness import config_text, hello
+from .daemon_harness import hello, in_process
 
 TOKENS = {
     "reader": frozenset({"agents:read"}),
@@ -40,22 +40,8 @@ def bearer(request: web.Request) -> Caller:
     return Caller(via="http", token=token, scopes=TOKENS[token])
 
 
-@contextlib.asynccontextmanager
-async def running(tmp_path: Path) -> AsyncIterator[Daemon]:
-    config = tmp_path / "corral.toml"
-    config.write_text(config_text(hello("hello"), tmp_path / "corral.sock",
-                                  tmp_path / "state"))
-    d = Daemon(config)
-    run = asyncio.ensure_future(d.run())
-    try:
-        while not hasattr(d, "services"):  # the composition root is done when it is set
-            assert not run.done(), run.result()
-            await asyncio.sleep(0.01)
-        await d.services.sup.wait_state("hello", State.READY, timeout=20)
-        yield d
-    finally:
-        d.request_stop()
-        assert await asyncio.wait_for(run, 30) == 0
+def running(tmp_path: Path) -> contextlib.AbstractAsyncContextManager[Daemon]:
+    return in_process(tmp_path, hello("hello"))
 
 
 @contextlib.asynccontextmanager

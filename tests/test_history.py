@@ -4,7 +4,6 @@ driven by sample times the test chooses, `stats.history` and `corral stats --sin
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +16,6 @@ import pytest
 from corral import jsonrpc
 from corral.daemon import history as hist
 from corral.daemon.api import Caller
-from corral.daemon.daemon import Daemon
 from corral.daemon.history import BUCKETS, History, TaskTimes, quantile
 from corral.daemon.store import StateStore
 from corral.jsonrpc import RpcError
@@ -26,7 +24,7 @@ from corral.supervisor import State, Supervisor
 from corral.supervisor.config import HttpSettings
 
 from .conftest import agent
-from .daemon_harness import config_text, hello, running_daemon
+from .daemon_harness import hello, in_process, running_daemon
 
 # a wall time at the start of an hour, so the test knows where every boundary falls
 T0 = 1_800_000_000.0 - 1_800_000_000.0 % 3600
@@ -257,14 +255,7 @@ def test_corral_stats_since(tmp_path: Path) -> None:
 
 
 async def test_stats_history_refuses_bad_params(tmp_path: Path) -> None:
-    config = tmp_path / "corral.toml"
-    config.write_text(config_text("", tmp_path / "corral.sock", tmp_path / "state"))
-    d = Daemon(config)
-    run = asyncio.ensure_future(d.run())
-    try:
-        while not hasattr(d, "services"):  # the composition root is done when it is set
-            assert not run.done(), run.result()
-            await asyncio.sleep(0.01)
+    async with in_process(tmp_path, "") as d:
         me = Caller(via="socket")
         for params, message in (
                 ({"since": 0}, "invalid params: Expected `float` > 0.0 - at `$.since`"),
@@ -281,6 +272,3 @@ async def test_stats_history_refuses_bad_params(tmp_path: Path) -> None:
                                "which uid -1 pid -1 does not hold")
         empty = await d.dispatcher.call(me, "stats.history", {"since": 60})
         assert (empty.agent, empty.resolution, empty.truncated) == (None, "raw", False)
-    finally:
-        d.request_stop()
-        assert await asyncio.wait_for(run, 30) == 0

@@ -22,7 +22,7 @@ from corral.daemon.http import route, sse
 from corral.supervisor import State
 
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import config_text, hello
+from .daemon_harness import hello, in_process
 
 SOCKET = Caller(via="socket")
 PROBLEM = "application/problem+json"
@@ -71,22 +71,9 @@ class Api:
 
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, agents: str, http: str = "") -> AsyncIterator[Api]:
-    config = tmp_path / "corral.toml"
-    config.write_text(config_text(agents, tmp_path / "corral.sock", tmp_path / "state",
-                                  extra="") + f'\n[http]\nlisten = "127.0.0.1:0"\n{http}\n')
-    d = Daemon(config)
-    run = asyncio.ensure_future(d.run())
-    try:
-        while not hasattr(d, "services"):  # the composition root is done when it is set
-            assert not run.done(), run.result()
-            await asyncio.sleep(0.01)
-        for name in d.services.sup.agents:
-            await d.services.sup.wait_state(name, State.READY, timeout=30)
-        async with aiohttp.ClientSession() as session:
-            yield Api(d, session)
-    finally:
-        d.request_stop()
-        assert await asyncio.wait_for(run, 30) == 0
+    async with in_process(tmp_path, agents, f'\n[http]\nlisten = "127.0.0.1:0"\n{http}\n'
+                          ) as d, aiohttp.ClientSession() as session:
+        yield Api(d, session)
 
 
 def problem(status: int, title: str, detail: str, code: int | None = None

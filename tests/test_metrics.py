@@ -31,7 +31,7 @@ from corral.daemon.http.metrics import loopback
 from corral.daemon.tokens import tokens_of
 from corral.supervisor import State
 
-from .daemon_harness import config_text, hello
+from .daemon_harness import hello, in_process
 
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
@@ -44,23 +44,13 @@ LABELS = {"agent", "state", "cause", "outcome", "server", "route", "code", "le",
 
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, agents: str, http: str = "") -> AsyncIterator[Daemon]:
-    config = tmp_path / "corral.toml"
-    config.write_text(config_text(agents, tmp_path / "corral.sock", tmp_path / "state",
-                                  extra="") + f'\n[http]\nlisten = "127.0.0.1:0"\n{http}')
-    d = Daemon(config)
-    run = asyncio.ensure_future(d.run())
-    try:
-        while not hasattr(d, "services"):  # the composition root is done when it is set
-            assert not run.done(), run.result()
-            await asyncio.sleep(0.01)
+    async with in_process(tmp_path, agents,
+                          f'\n[http]\nlisten = "127.0.0.1:0"\n{http}') as d:
         # real tokens of the state database, as `corral token create` makes them
         tokens = tokens_of(d.services.store)
-        d.secrets = {name: (await tokens.create(name, sorted(scopes), None, None))[0]  # type: ignore[attr-defined]
+        d.secrets = {name: (await tokens.create(name, sorted(scopes), None, None))[0]
                      for name, scopes in TOKENS.items()}
         yield d
-    finally:
-        d.request_stop()
-        assert await asyncio.wait_for(run, 30) == 0
 
 
 async def scrape(d: Daemon, token: str | None = "scraper", accept: str | None = None

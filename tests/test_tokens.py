@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import hashlib
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from corral.jsonrpc import RpcError
 from corral.supervisor import State
 
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import config_text, hello
+from .daemon_harness import hello, in_process
 
 SOCKET = Caller(via="socket")
 
@@ -37,22 +36,8 @@ def sleeper(name: str) -> str:
     """
 
 
-@contextlib.asynccontextmanager
-async def running(tmp_path: Path, agents: str) -> AsyncIterator[Daemon]:
-    config = tmp_path / "corral.toml"
-    config.write_text(config_text(agents, tmp_path / "corral.sock", tmp_path / "state"))
-    d = Daemon(config)
-    run = asyncio.ensure_future(d.run())
-    try:
-        while not hasattr(d, "services"):  # the composition root is done when it is set
-            assert not run.done(), run.result()
-            await asyncio.sleep(0.01)
-        for name in d.services.sup.agents:
-            await d.services.sup.wait_state(name, State.READY, timeout=30)
-        yield d
-    finally:
-        d.request_stop()
-        assert await asyncio.wait_for(run, 30) == 0
+def running(tmp_path: Path, agents: str) -> contextlib.AbstractAsyncContextManager[Daemon]:
+    return in_process(tmp_path, agents)
 
 
 async def refused(d: Daemon, caller: Caller, method: str, params: Any = None

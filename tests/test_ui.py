@@ -3,7 +3,6 @@ registry's files, byte for byte, and ship with the package."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
@@ -30,7 +29,7 @@ from corral.jsonrpc import RpcError
 from corral.supervisor import State
 
 from .conftest import ROOT
-from .daemon_harness import config_text, hello, running_daemon, shared_tmpdir
+from .daemon_harness import hello, in_process, running_daemon, shared_tmpdir
 
 STATIC = ROOT / "corral" / "daemon" / "http" / "static"
 VENDOR = STATIC / "vendor"
@@ -86,23 +85,10 @@ def test_every_static_file_is_package_data() -> None:
 
 
 # -- the rules of /ui, over plain HTTP, against a real daemon in this process ---------------
-@contextlib.asynccontextmanager
-async def running(tmp_path: Path, http: bool = True) -> AsyncIterator[Daemon]:
-    config = tmp_path / "corral.toml"
-    extra = '[http]\nlisten = "127.0.0.1:0"\n' if http else ""
-    config.write_text(config_text(hello("hello"), tmp_path / "corral.sock",
-                                  tmp_path / "state") + extra)
-    d = Daemon(config)
-    run = asyncio.ensure_future(d.run())
-    try:
-        while not hasattr(d, "services"):  # the composition root is done when it is set
-            assert not run.done(), run.result()
-            await asyncio.sleep(0.01)
-        await d.services.sup.wait_state("hello", State.READY, timeout=20)
-        yield d
-    finally:
-        d.request_stop()
-        assert await asyncio.wait_for(run, 30) == 0
+def running(tmp_path: Path, http: bool = True
+            ) -> contextlib.AbstractAsyncContextManager[Daemon]:
+    return in_process(tmp_path, hello("hello"),
+                      '[http]\nlisten = "127.0.0.1:0"\n' if http else "")
 
 
 OPERATOR = Caller(via="socket", uid=0)

@@ -85,6 +85,9 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.started_at = time.time()
         self._signals: asyncio.Queue[int] = asyncio.Queue()
+        # set once the parts are up and the agents added: what an embedding program (a
+        # test running the daemon in its own loop) waits for before it uses `services`
+        self.set_up = asyncio.Event()
         self._ready_sent = False
         # a stop asked for (not a start-up that failed): what was started ends gracefully
         self._graceful = False
@@ -106,6 +109,7 @@ class Daemon:
             except StartupError as exc:
                 print(f"corral: {exc}", file=sys.stderr)
                 return 1
+            self.set_up.set()
             await self._arbiter(services)
         return 0
 
