@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from .bench_mcp import run_concurrent
-from .harness import ENV, PY, ROOT, CorralDaemon, median, report, workdir
+from .harness import ENV, PY, ROOT, CorralDaemon, free_port, median, report, workdir
 
 QUICK = "--quick" in sys.argv
 CALLS = 300 if QUICK else 1000
@@ -67,13 +66,6 @@ async def over_http(url: str) -> AsyncIterator[ClientSession]:
             ClientSession(r, w) as s:
         await s.initialize()
         yield s
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def proxy_bin() -> Path:

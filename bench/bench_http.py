@@ -48,6 +48,8 @@ from .harness import (
     CorralDaemon,
     Supervisord,
     cleanup,
+    free_port,
+    hello_agents,
     pipelined_tasks,
     report,
     workdir,
@@ -57,14 +59,7 @@ ECHO = ROOT / "bench" / "echo_agent.py"
 
 
 def config(n: int, port: int) -> str:
-    tables = [f"""
-[agents.w{i}]
-command = ["{sys.executable}", "{HELLO}"]
-env = {{ PYTHONPATH = "{ROOT}" }}
-warm = true
-start_timeout = 120
-""" for i in range(n)]
-    return "".join(tables) + f"""
+    return hello_agents(n) + f"""
 [agents.echo]
 command = ["{sys.executable}", "{ECHO}"]
 env = {{ PYTHONPATH = "{ROOT}" }}
@@ -76,11 +71,6 @@ listen = "127.0.0.1:{port}"
 rate_per_minute = 0
 """
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stats(xs: list[float]) -> dict[str, float]:

@@ -14,26 +14,18 @@ import argparse
 import json
 import socket
 import statistics
-import sys
 import time
 import urllib.request
 from typing import Any
 
 from .bench_scale import Probe
-from .harness import HELLO, ROOT, CorralDaemon, report, workdir
+from .harness import CorralDaemon, free_port, hello_agents, report, workdir
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 def agents(n: int, port: int) -> str:
-    tables = [f"""
-[agents.w{i}]
-command = ["{sys.executable}", "{HELLO}"]
-env = {{ PYTHONPATH = "{ROOT}" }}
-warm = true
-start_timeout = 120
-""" for i in range(n)]
-    return "".join(tables) + f"""
+    return hello_agents(n) + f"""
 [http]
 listen = "127.0.0.1:{port}"
 metrics_public = true
@@ -49,11 +41,6 @@ def call(sock_path: str, method: str, params: dict[str, Any]) -> Any:
                               "params": params}).encode() + b"\n")
         return json.loads(f.readline())["result"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(url: str, accept: str | None) -> tuple[float, int, int]:

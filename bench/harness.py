@@ -123,6 +123,25 @@ def corral_agents(n: int, command: list[str], name: str = "w", extra: str = "") 
     """)
 
 
+def hello_agents(n: int) -> str:
+    """N agents (not replicas) `w0`..: SDK hello workers from the zygote, as the HTTP and
+    metrics benches list and scrape them."""
+    return "".join(f"""
+[agents.w{i}]
+command = ["{sys.executable}", "{HELLO}"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+warm = true
+start_timeout = 120
+""" for i in range(n))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 # -- supervisord -------------------------------------------------------------------------
 class Supervisord:
     def __init__(self, d: Path, n: int, command: str, extra: str = "") -> None:

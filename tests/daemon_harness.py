@@ -211,3 +211,10 @@ async def in_process(tmp_path: Path, agents: str, toml: str = "") -> AsyncIterat
         d.request_stop()
         assert await asyncio.wait_for(run, 30) == 0
 
+
+def free_port() -> int:
+    """A loopback TCP port nobody holds now (for a server the test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from corral.jsonrpc import RpcError
 from corral.methods import REGISTRY, SCOPES
 from corral.supervisor import State
 
-from .daemon_harness import hello, in_process
+from .daemon_harness import free_port, hello, in_process
 
 TOKENS = {
     "reader": frozenset({"agents:read"}),
@@ -48,9 +47,7 @@ def running(tmp_path: Path) -> contextlib.AbstractAsyncContextManager[Daemon]:
 async def serving(app: web.Application) -> AsyncIterator[str]:
     runner = web.AppRunner(app)
     await runner.setup()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     try:

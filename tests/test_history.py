@@ -5,8 +5,7 @@ driven by sample times the test chooses, `stats.history` and `corral stats --sin
 from __future__ import annotations
 
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from corral.supervisor.config import HttpSettings
 
 from .conftest import agent
 from .daemon_harness import hello, in_process, running_daemon
+from .test_daemon_cli import wait_until
 
 # a wall time at the start of an hour, so the test knows where every boundary falls
 T0 = 1_800_000_000.0 - 1_800_000_000.0 % 3600
@@ -203,17 +203,6 @@ def test_task_times_walk_back_to_the_last_task_seen() -> None:
     assert not times.agents
 
 
-def wait_until(fn: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_corral_stats_since(tmp_path: Path) -> None:
     with running_daemon(tmp_path, hello("h"),
                         extra="[http]\nhistory_interval = 0.2\n") as d:
@@ -224,7 +213,7 @@ def test_corral_stats_since(tmp_path: Path) -> None:
             got = d.json("stats", "--since", "1h", "--agent", "h")
             return got if any(s["executions"] for s in got["samples"]) else None
 
-        got = wait_until(counted, "a sample that counted the task")
+        got = wait_until(counted, what="a sample that counted the task")
         assert (got["agent"], got["resolution"], got["interval"], got["truncated"]) == (
             "h", "raw", 0.2, False)
         msgspec.convert(got, MetricsHistoryResult)

@@ -19,10 +19,12 @@ from corral import jsonrpc
 from corral.daemon.api import Caller
 from corral.daemon.daemon import Daemon
 from corral.daemon.http import route, sse
+from corral.daemon.http.rest import API_KEY
 from corral.supervisor import State
 
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import hello, in_process
+from .test_gateway_stdio import wait_until_async
 
 SOCKET = Caller(via="socket")
 PROBLEM = "application/problem+json"
@@ -308,12 +310,9 @@ async def test_event_streams_have_ids_resume_and_stay_bounded(tmp_path: Path) ->
 
         async with api.http.get(url, headers=auth) as stream:
             assert stream.headers["Content-Type"] == "text/event-stream"
-            ring = api.d.http_server.app[__import__(
-                "corral.daemon.http.rest", fromlist=["API_KEY"]).API_KEY].ring
-            while ring.task is None:
-                await asyncio.sleep(0.01)
-            while not api.d.services.sup.events.followers:
-                await asyncio.sleep(0.01)
+            ring = api.d.http_server.app[API_KEY].ring
+            await wait_until_async(lambda: ring.task is not None
+                                   and api.d.services.sup.events.followers)
             for i in range(3):
                 await api.ask("POST", "/events", "ev", {"topic": f"orders.{i}", "data": i})
                 await api.ask("POST", "/events", "ev", {"topic": "other", "data": i})
@@ -339,14 +338,36 @@ async def test_event_streams_have_ids_resume_and_stay_bounded(tmp_path: Path) ->
         chunk = {"topic": "bulk", "data": "x" * (256 * 1024)}
         for _ in range(200):  # 50 MB published, more than the ring keeps
             await api.d.dispatcher.call(SOCKET, "events.publish", chunk)
-        while ring.last < ids[-1] + 1 + 200:  # "other" after the last order, then bulk
-            await asyncio.sleep(0.01)
+        # "other" after the last order, then bulk
+        await wait_until_async(lambda: ring.last >= ids[-1] + 1 + 200)
         assert ring.bytes <= sse.RING_BYTES and len(ring.items) < 200
         async with api.http.get(api.base + "/events/stream",
                                 headers={**auth, "Last-Event-ID": "0"}) as stream:
             first = (await sse_events(stream, 1))[0]
         assert first["event"] == "missed" and first["data"]["count"] > 100
         writer.close()
+
+
+def test_a_daemon_that_may_not_serve_its_http_address_starts_nothing(tmp_path: Path
+                                                                      ) -> None:
+    """The rule holds where it matters: the daemon itself refuses to start, says why
+    and what to do, and leaves nothing behind (no socket, no agent, no "stopped")."""
+    from .daemon_harness import Daemon as Harness
+
+    d = Harness(tmp_path, hello("a") + '\n[http]\nlisten = "0.0.0.0:0"\n')
+    try:
+        d.start(wait_ready=False)
+        assert d.proc is not None and d.proc.wait(30) == 1
+        assert d.proc.stderr is not None
+        err = d.proc.stderr.read().decode()
+        assert err.endswith(
+            "corral: cannot start the HTTP server on 0.0.0.0:0: 0.0.0.0 is not a loopback "
+            "address: give [http] tls_cert and tls_key, or set allow_insecure_remote = true "
+            "to send tokens in clear text\n"), err
+        assert "stopped" not in err and "revision 1" not in err  # no agent was added
+        assert not d.sock.exists()
+    finally:
+        d.close()
 
 
 def test_a_remote_address_needs_tls_or_saying_so_in_so_many_words(tmp_path: Path) -> None:

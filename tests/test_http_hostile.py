@@ -22,7 +22,7 @@ import aiohttp
 import psutil
 import pytest
 
-from .daemon_harness import PY, Daemon, hello, running_daemon
+from .daemon_harness import PY, Daemon, free_port, hello, running_daemon
 from .test_daemon_cli import tmp, wait_until
 
 __all__ = ["tmp"]
@@ -67,11 +67,6 @@ class Probe:
         result: dict[str, Any] = json.loads(out)
         return result
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Http:
@@ -125,16 +120,28 @@ def answer_of(s: socket.socket, timeout: float = 10.0) -> bytes:
     return out
 
 
-def settled(h: Http, rss0: int, budget: int, probe: Probe) -> dict[str, Any]:
+def settled(h: Http, rss0: int, budget: int, probe: Probe, *, known_stall: str = "",
+            known_growth: str = "") -> dict[str, Any]:
     """After an attack: no connection left, memory within budget, the loop never
-    stalled; the control socket still answers."""
+    stalled; the control socket still answers. A known, not yet fixed, breach of the
+    stall or the memory bound (`known_*`: why) is reported as an expected failure, and
+    only after every other check here has held."""
     wait_until(lambda: h.connections() == 0, timeout=IDLE + 10)
     grown = h.rss() - rss0
     seen = probe.result()
     assert seen["calls"] > 10
-    assert seen["worst"] < STALL, seen
-    assert grown < budget, f"RSS grew {grown / MiB:.1f} MiB"
     assert h.d.status()["hello#0"]["state"] == "ready"
+    over = []
+    if seen["worst"] >= STALL:
+        if not known_stall:
+            raise AssertionError(seen)
+        over.append(f"{known_stall} (worst {seen['worst'] * 1000:.0f} ms)")
+    if grown >= budget:
+        if not known_growth:
+            raise AssertionError(f"RSS grew {grown / MiB:.1f} MiB")
+        over.append(f"{known_growth} (RSS grew {grown / MiB:.1f} MiB)")
+    if over:
+        pytest.xfail("; ".join(over))
     return seen
 
 
@@ -175,9 +182,6 @@ def test_a_flood_of_requests_is_answered_and_the_loop_keeps_turning(http: Http) 
 
 
 # -- streams that never read ----------------------------------------------------------------
-@pytest.mark.xfail(reason="the caps, the 503 and the bound on memory hold, but fanning a "
-                   "burst of 300 events out to 1000 streams, or closing them, stalls the "
-                   "loop for 0.1-0.7 s: not yet found and fixed", strict=False)
 @pytest.mark.deadline(180)
 def test_a_thousand_streams_that_never_read_are_bounded_and_capped(http: Http) -> None:
     tokens = [http.token(f"s{i}") for i in range(11)]
@@ -218,17 +222,20 @@ def test_a_thousand_streams_that_never_read_are_bounded_and_capped(http: Http) -
                 for i in range(300)))
             for _ in range(300):
                 assert b'"result"' in f.readline()
-        time.sleep(2)
+        # none of them was closed for not reading: each is within its write timeout
         assert http.connections() == 1000
     finally:
         for s in socks:
             s.close()
     # gone clients end their streams: the server's slots are free again
-    settled(http, rss0, 160 * MiB, probe)
+    wait_until(lambda: http.connections() == 0, timeout=IDLE + 10)
     s = open_stream(tokens[0])
     s.settimeout(10)
     assert s.recv(1024).startswith(b"HTTP/1.1 200")
     s.close()
+    settled(http, rss0, 160 * MiB, probe, known_stall=(
+        "fanning a burst of 300 events out to 1000 streams that never read, or closing "
+        "them, stalls the loop: not yet found and fixed"))
 
 
 # -- slow-loris ------------------------------------------------------------------------------
@@ -278,9 +285,6 @@ def test_slow_loris_clients_are_closed_and_a_slow_whole_request_is_answered(
 
 
 # -- oversized headers -----------------------------------------------------------------------
-@pytest.mark.xfail(reason="each is refused (400) and closed, but the daemon's RSS grows "
-                   "~240 MiB over the 80 clients (20 of each, up to 8 MiB sent each): "
-                   "not yet found which attack aiohttp buffers", strict=False)
 @pytest.mark.deadline(120)
 def test_oversized_headers_are_refused_and_bounded(http: Http) -> None:
     token = http.token("big")
@@ -307,11 +311,13 @@ def test_oversized_headers_are_refused_and_bounded(http: Http) -> None:
             assert got.startswith((b"HTTP/1.1 4", b"HTTP/1.0 4")) or got == b"", \
                 (name, got[:200])
             assert got.split(b" ")[1:2] in ([b"400"], [b"431"], [b"414"], []), name
-    settled(http, rss0, 48 * MiB, probe)
     # an ordinary request still goes through
     with socket.create_connection(("127.0.0.1", http.port)) as s:
         s.sendall(request(token, extra="Connection: close\r\n"))
         assert answer_of(s).startswith(b"HTTP/1.1 200")
+    settled(http, rss0, 48 * MiB, probe, known_growth=(
+        "each is refused and closed, but the daemon's RSS grows past the budget: not yet "
+        "found which of the attacks aiohttp buffers"))
 
 
 if __name__ == "__main__":

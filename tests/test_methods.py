@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from corral.methods import REGISTRY
 
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, hello, running_daemon, shared_tmpdir
+from .test_daemon_cli import wait_until
 
 SCRIPTED = Path(__file__).with_name("scripted_mcp.py")
 # an MCP server's own answer, passed on as it is: open by design
@@ -132,8 +132,8 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         ask("daemon.info")
         status = ask("agents.status")
         assert [a.name for a in status.agents] == ["hello", "hello", "slow"]
-        while not all(s.state == "ready" for s in ask("mcp.status").mcp_servers):
-            time.sleep(0.1)
+        wait_until(lambda: all(s.state == "ready" for s in ask("mcp.status").mcp_servers),
+                   what="every MCP server ready")
         ask("agents.status", {"names": ["hello"]})
         ask("agents.start", {"names": ["hello#0"]})
         ask("agents.signal", {"names": ["hello"], "signal": "CONT"})

@@ -10,7 +10,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,14 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from corral import __version__, jsonrpc
+from corral.daemon.addresses import local_listen
 from corral.daemon.api import Caller
 from corral.daemon.daemon import Daemon
 from corral.daemon.http.auth import BAD_TOKEN
-from corral.daemon.http.metrics import loopback
 from corral.daemon.tokens import tokens_of
 from corral.supervisor import State
 
-from .daemon_harness import hello, in_process
+from .daemon_harness import free_port, hello, in_process
 
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
@@ -215,17 +214,12 @@ async def test_metrics_public_on_loopback_needs_no_token(tmp_path: Path) -> None
 
 
 def test_metrics_public_is_for_loopback_addresses_only() -> None:
-    assert loopback("127.0.0.1:7070") and loopback("[::1]:7070")
-    assert loopback("localhost:7070") and loopback("unix:/run/corral/http.sock")
-    assert not loopback("0.0.0.0:7070") and not loopback("192.0.2.1:7070")
-    assert not loopback("[::]:7070") and not loopback("example.org:7070")
-    assert not loopback(None)
+    assert local_listen("127.0.0.1:7070") and local_listen("[::1]:7070")
+    assert local_listen("localhost:7070") and local_listen("unix:/run/corral/http.sock")
+    assert not local_listen("0.0.0.0:7070") and not local_listen("192.0.2.1:7070")
+    assert not local_listen("[::]:7070") and not local_listen("example.org:7070")
+    assert not local_listen(None)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus: scripts/prometheus.sh")

@@ -20,11 +20,16 @@ from typing import Any
 import psutil
 import pytest
 
+from corral import jsonrpc
 from corral.daemon import store as store_mod
+from corral.daemon.api import Caller
 from corral.daemon.revisions import RevisionLog, forgetting_scaled, setting_scaled
-from corral.daemon.store import StateStore, StoreWriter
+from corral.daemon.store import StateStore, StoreError, StoreWriter
+from corral.jsonrpc import RpcError
+from corral.supervisor import State
 
-from .daemon_harness import PY, Daemon, hello
+from .conftest import EXAMPLES, ROOT
+from .daemon_harness import PY, Daemon, hello, in_process
 from .test_daemon_cli import raw, wait_until
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
@@ -435,3 +440,47 @@ def test_a_reload_waits_for_a_command_changing_the_same_agent(tmp_path: Path) ->
         assert d.stop() == 0
     finally:
         d.close()
+
+
+async def test_a_change_whose_undo_cannot_be_written_says_so(tmp_path: Path) -> None:
+    """A change recorded, then failed, whose record cannot be taken back: the error says
+    what the next daemon will do, the log says it as an error, and the failed change is
+    undone in the running daemon all the same."""
+
+    operator = Caller(via="socket")
+    async with in_process(tmp_path, "", "") as d:
+        call = d.dispatcher.call
+        broken = {"command": [PY, "-c", "raise SystemExit(3)"], "restart": "never"}
+        await call(operator, "agents.add", {"agents": {"r": broken}})  # revision 1
+        await call(operator, "agents.remove", {"names": ["r"]})
+        good = {"command": [PY, str(EXAMPLES / "hello.py")],
+                "env": {"PYTHONPATH": str(ROOT)}}
+        await call(operator, "agents.add", {"agents": {"r": good}})  # revision 2
+        sup = d.services.sup
+        await sup.wait_state("r", State.READY, timeout=20)
+        pid = sup.agent("r").replicas[0].pid
+        store = d.services.store
+        commit, commits = store.commit, []
+
+        async def undo_fails(writes: Any) -> None:
+            commits.append(writes)
+            if len(commits) == 2:  # the record went in; its undo does not
+                raise StoreError("state database: disk I/O error")
+            await commit(writes)
+
+        store.commit = undo_fails  # type: ignore[method-assign]
+        with pytest.raises(RpcError) as e:
+            await call(operator, "agents.rollback", {"name": "r", "revision": 1})
+        assert e.value.code == jsonrpc.REFUSED
+        assert re.fullmatch(
+            r"rollout of r stopped at replica 0: the new process did not become ready: "
+            r".*; the old one keeps running; its record could not be taken back \(state "
+            r"database: disk I/O error\): the next daemon starts what was recorded",
+            e.value.message), e.value.message
+        assert len(commits) == 2
+        # what runs is unchanged: the old process serves on
+        r = sup.agent("r").replicas[0]
+        assert (r.state, r.pid) == (State.READY, pid)
+        lines = await call(operator, "logs.tail", {"names": ["corral"], "lines": 50})
+        assert any(ln.text.startswith("its record could not be taken back (state database: "
+                                      "disk I/O error)") for ln in lines.lines)

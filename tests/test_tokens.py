@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import hashlib
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from corral.supervisor import State
 
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import hello, in_process
+from .test_gateway_stdio import wait_until_async
 
 SOCKET = Caller(via="socket")
 
@@ -117,9 +119,8 @@ async def test_a_token_is_shown_once_kept_as_a_hash_expires_and_is_revoked(
         brief = await d.dispatcher.call(SOCKET, "tokens.create", {
             "name": "brief", "scopes": ["agents:read"], "expires_in": 0.2})
         assert tokens.authenticate(brief.token) is not None
-        while tokens.authenticate(brief.token) is not None:
-            await asyncio.sleep(0.05)
-        assert brief.expires <= __import__("time").time()
+        await wait_until_async(lambda: tokens.authenticate(brief.token) is None)
+        assert brief.expires <= time.time()
 
         # revoked: refused at once, and gone from the database; a second revoke is a 404
         rc, out, err = await cli(d, "token", "revoke", "ci")
@@ -180,10 +181,7 @@ async def test_a_caller_limited_to_web_agents_cannot_see_or_touch_db(tmp_path: P
         running_task = await d.dispatcher.call(SOCKET, "tasks.run", msgspec.json.encode({
             "agent": "db", "input": {"do": "sleep", "seconds": 60}, "detach": True}))
         tid = running_task["task_id"]
-        info = await d.dispatcher.call(SOCKET, "tasks.get", {"task_id": tid})
-        while info.status != "running":
-            info = await d.dispatcher.call(SOCKET, "tasks.get", {"task_id": tid})
-            await asyncio.sleep(0.02)
+        await wait_until_async(lambda: d.services.sup.tasks.get(tid).status == "running")
         assert await refused(d, web, "tasks.get", {"task_id": tid}) == (
             jsonrpc.NOT_FOUND, f"no such task: {tid}")
         assert await refused(d, web, "tasks.cancel", {"task_id": tid}) == (

@@ -195,7 +195,7 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
     fields["limits"] = msgspec.structs.asdict(spec.limits)
     return m.DescribeResult(
         name=agent.name,
-        origin=f"file {d.config_path}" if agent.name in d.fleet.from_config else "runtime",
+        origin=d.fleet.origin(agent.name, d.config_path),
         revision=d.fleet.revision_of(agent.name),
         argv=spec.argv(),
         spec=fields,

@@ -369,6 +369,7 @@ class Fleet:
         self.sup.add(spec)
 
     def origin(self, name: str, config_path: Path) -> str:
+        """Where the agent comes from, as `corral describe` says it."""
         return f"file {config_path}" if name in self.from_config else "runtime"
 
     def revision_of(self, name: str) -> int | None:

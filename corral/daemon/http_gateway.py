@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 import logging
 import secrets
@@ -47,6 +46,7 @@ from ..mcp import sse
 from ..mcp.client import SUPPORTED
 from ..mcp.gateway import GatewaySession, Progress
 from ..supervisor.config import ConfigError
+from .addresses import loopback
 
 if TYPE_CHECKING:
     from ..supervisor.config import GatewaySettings
@@ -143,15 +143,6 @@ def parse_listen(listen: str) -> tuple[str, str | None, int]:
     if not sep or not port.isdigit() or not host:
         raise ConfigError(f"gateway.listen: {listen!r} is neither unix:PATH nor HOST:PORT")
     return "tcp", host.strip("[]"), int(port)
-
-
-def loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class HttpGateway:

@@ -19,12 +19,19 @@ from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.core import Supervisor
-from ..supervisor.tasks import LOST_IN_RESTART, TERMINAL, TaskInfo, TaskRecord, TaskSummary
+from ..supervisor.tasks import (
+    LOST_IN_RESTART,
+    TERMINAL,
+    TaskInfo,
+    TaskRecord,
+    TaskStatus,
+    TaskSummary,
+)
 from .api import Channel
 from .follow import Latest
 from .taskjournal import TaskJournalDB, TaskJournalError
 
-STATUSES = TERMINAL | {"queued", "running"}
+STATUSES = frozenset(TaskStatus)  # what `tasks.list` may filter on
 
 
 class TaskDesk:

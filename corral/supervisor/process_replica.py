@@ -285,15 +285,7 @@ class ProcessReplica(Machine):
             self._apply(Cause.ERROR, reason)
             self._kill(proc)
             return
-        if self.peer is not None:
-            self.peer.close(self.exit_message(reason))
-        if proc is not None:
-            proc.close()
-        self.process = self.peer = self.ready_at = None
-        self.tasks_running = 0
-        self.last_exit = reason
-        self._life_over()
-        self._life_ended(clean=False, uptime=0.0, reason=reason)
+        self._end_life(reason, proc, clean=False, uptime=0.0, told=False)
 
     def _life_over(self) -> None:
         """The life has ended (spawn failed, or the process reaped): before the state
@@ -542,18 +534,7 @@ class ProcessReplica(Machine):
             self._init.cancel()
             self._init = None
         reason = self.taken_down_for() or f"corral error: pid {proc.pid} {stuck}"
-        uptime = time.monotonic() - (self.spawned_at or time.monotonic())
-        if self.peer is not None:
-            self.peer.close(self.exit_message(reason))
-        self.host.replica_exited(self, reason)
-        self.process = None
-        self.peer = None
-        self.ready_at = None
-        self.tasks_running = 0
-        self.sample = Sample()
-        self.last_exit = reason
-        self._life_over()
-        self._life_ended(clean=False, uptime=uptime, reason=reason)
+        self._end_life(reason, None, clean=False, uptime=self._uptime_now())
 
     def _late_reap(self, proc: ChildProcess) -> None:
         """A process given up on after SIGKILL has died at last."""
@@ -605,15 +586,26 @@ class ProcessReplica(Machine):
                 cpu_seconds_used=cpu_used,
                 command=proc.argv0,
             )
-        clean = rc == 0 and not self.clean_exit_asked
-        uptime = time.monotonic() - (self.spawned_at or time.monotonic())
+        self._end_life(reason, proc, clean=rc == 0 and not self.clean_exit_asked,
+                       uptime=self._uptime_now())
+
+    def _uptime_now(self) -> float:
+        return time.monotonic() - (self.spawned_at or time.monotonic())
+
+    def _end_life(self, reason: str, proc: ChildProcess | None, *, clean: bool,
+                  uptime: float, told: bool = True) -> None:
+        """What every end of a life does, whatever ended it (a reap, a process given up
+        on after SIGKILL, corral's own error): the channel fails what is in flight with
+        the reason, `proc` is closed (None: it stays watched), the host is told of the
+        exit (`told`: a life that never had a process tells nothing), the life's fields
+        are cleared, and the machine and the restart policy take it from there."""
         if self.peer is not None:
             self.peer.close(self.exit_message(reason))
-        proc.close()
-        self.host.replica_exited(self, reason)
-        self.process = None
-        self.peer = None
-        self.ready_at = None
+        if proc is not None:
+            proc.close()
+        if told:
+            self.host.replica_exited(self, reason)
+        self.process = self.peer = self.ready_at = None
         self.tasks_running = 0
         self.sample = Sample()
         self.last_exit = reason

@@ -44,10 +44,8 @@ class RemoteMcpServer(McpServerReplica):
         try:
             transport = self._connect(spec.url, ended)
         except ConfigError as exc:
-            reason = f"cannot connect: {exc}"
-            self.last_exit = reason
-            self._life_over()
-            self._life_ended(clean=False, uptime=0.0, reason=reason)
+            self._end_life(f"cannot connect: {exc}", None, clean=False, uptime=0.0,
+                           told=False)
             return
         self.spawned_at = time.monotonic()
         if self.state == State.SHUTTING_DOWN:  # stopped while setting up
@@ -58,16 +56,8 @@ class RemoteMcpServer(McpServerReplica):
         finally:
             init.cancel()
         await transport.close()
-        uptime = time.monotonic() - (self.spawned_at or time.monotonic())
-        if self.peer is not None:
-            self.peer.close(self.exit_message(reason))
-        self.host.replica_exited(self, reason)
         self.transport = None
-        self.peer = None
-        self.ready_at = None
-        self.last_exit = reason
-        self._life_over()
-        self._life_ended(clean=False, uptime=uptime, reason=reason)
+        self._end_life(reason, None, clean=False, uptime=self._uptime_now())
 
     def _connect(self, url: str, ended: asyncio.Future[str]) -> HttpTransport:
         from ..mcp.http import HttpTransport  # aiohttp: only when a remote server runs

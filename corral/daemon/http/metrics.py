@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import platform
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,30 +39,17 @@ from ... import __version__, jsonrpc
 from ...jsonrpc import RpcError
 from ...supervisor.lifecycle import Cause, State
 from ...supervisor.process_replica import Event
+from ..addresses import local_listen
 from ..api import Caller, http_status
 from ..history import BUCKETS
 from ..services import Services
+from .auth import NO_TOKEN, authenticate
 from .context import HttpContext
 from .route import problem
 
 SCOPE = "metrics:read"
 OUTCOMES = ("succeeded", "failed", "timed_out", "cancelled", "lost", "refused")
 _LE = (*(f"{b:g}" for b in BUCKETS), "+Inf")
-
-
-def loopback(listen: str | None) -> bool:
-    """Whether an [http] listen address is reachable from this host only."""
-    if listen is None:
-        return False
-    if listen.startswith("unix:"):
-        return True
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Restarts:
@@ -273,7 +259,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     restarts = Restarts(services)
     subscription = services.sup.stream.subscribe(restarts.on_event, Event)
     requests: dict[tuple[str, str], int] = {}
-    public = ctx.settings.metrics_public and loopback(ctx.settings.listen)
+    public = ctx.settings.metrics_public and local_listen(ctx.settings.listen)
 
     @web.middleware
     async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -292,12 +278,11 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
 
     def who(request: web.Request) -> Caller | web.Response:
         try:
-            for authenticate in ctx.authenticators:
-                caller = authenticate(request)
-                if caller is not None:
-                    return caller
+            return authenticate(ctx, request)
         except RpcError as exc:
-            return problem(http_status(exc.code), "unauthorized", exc.message, exc.code)
+            if exc.message != NO_TOKEN:  # a token, not a valid one
+                return problem(http_status(exc.code), "unauthorized", exc.message,
+                               exc.code)
         refused = problem(401, "unauthorized", f"unauthorized: /metrics needs a bearer "
                                                f"token with the {SCOPE} scope",
                           jsonrpc.UNAUTHORIZED)

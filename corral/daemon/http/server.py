@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import ssl
 from typing import Any
@@ -10,17 +9,9 @@ from typing import Any
 from aiohttp import web
 
 from ...supervisor.config import ConfigError, HttpSettings
+from ..addresses import loopback
 from .context import HttpContext
 from .route import MAX_BODY
-
-
-def loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to anything
 
 
 def tls_context(settings: HttpSettings) -> ssl.SSLContext | None:
@@ -79,8 +70,10 @@ class HttpServer:
         self.mount()
         # a connection that has not sent a whole request within idle_timeout is closed
         # (aiohttp's keep-alive timer runs from the connection's start); a request's head
-        # is bounded by aiohttp's parser: lines of 8190 bytes, 128 headers
-        self.runner = web.AppRunner(self.app, access_log=None,
+        # is bounded by aiohttp's parser: lines of 8190 bytes, 128 headers. A client that
+        # goes away cancels its handler, as on the control socket: a stream's slot is
+        # free when the kernel says the connection closed, not at the next write to it
+        self.runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True,
                                     keepalive_timeout=self.ctx.settings.idle_timeout,
                                     max_line_size=8190, max_field_size=8190,
                                     max_headers=128)

@@ -34,7 +34,7 @@ from . import route
 
 RING = 10_000  # events kept for clients that reconnect
 RING_BYTES = 16 << 20  # and at most this much of them
-KEEPALIVE = 15.0  # seconds of quiet before a comment line, which finds a gone client
+KEEPALIVE = 15.0  # seconds of quiet before a comment line, which keeps proxies open
 HIGH_WATER = 1 << 20  # bytes waiting for a client before its follow is held
 RING_CALLER = Caller(via="http", token="corral-sse")
 WRITE_DEADLINE = 60.0  # seconds a write may wait on a client that does not read
