@@ -42,6 +42,7 @@ T = TypeVar("T")
 # the exit status of a zygote's child when the zygote did not tell it (dead, stopped)
 STATUS_LOST = 255
 STATUS_GRACE = 2.0
+CORK_BYTES = 64 * 1024  # stdin gathered in one loop turn before it is written at once
 
 
 def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int | None]:
@@ -192,6 +193,8 @@ class ChildProcess:
         # this process's own last stderr lines: an exit is explained by them, never by an
         # earlier process's (the tail lives and dies with the process)
         self.stderr_tail: deque[bytes] | None = None
+        self._corked: list[bytes | memoryview] = []  # written at the end of this turn
+        self._corked_bytes = 0
         loop.add_reader(pidfd, self._on_pidfd)
 
     @classmethod
@@ -362,16 +365,35 @@ class ChildProcess:
     def alive(self) -> bool:
         return not self.exited.done()
 
+    # Writes to stdin are gathered over one turn of the loop and go out in one writev at
+    # its end: a burst of tasks (a `map`, a queue draining) wakes the worker once, not once
+    # a message, and the worker reads them in one read. Past CORK_BYTES they go at once,
+    # so what waits here stays small beside the transport's buffer, which is what the
+    # backlog checks look at.
     def write(self, data: bytes) -> None:
-        if self.stdin is not None and not self.stdin.is_closing():
-            self.stdin.write(data)
+        self.write_parts((data,))
 
-    def write_parts(self, parts: list[bytes | memoryview]) -> None:
+    def write_parts(self, parts: list[bytes | memoryview] | tuple[bytes, ...]) -> None:
         """The pieces of one message in one writev, none copied into another."""
+        if self.stdin is None or self.stdin.is_closing():
+            return
+        if not self._corked:
+            self.loop.call_soon(self._uncork)
+        self._corked += parts
+        self._corked_bytes += sum(map(len, parts))
+        if self._corked_bytes >= CORK_BYTES:
+            self._uncork()
+
+    def _uncork(self) -> None:
+        parts = self._corked
+        if not parts:
+            return
+        self._corked, self._corked_bytes = [], 0
         if self.stdin is not None and not self.stdin.is_closing():
             self.stdin.writelines(parts)
 
     def close_stdin(self) -> None:
+        self._uncork()
         if self.stdin is not None and not self.stdin.is_closing():
             self.stdin.close()
 
