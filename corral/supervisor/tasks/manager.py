@@ -71,6 +71,7 @@ class TaskManager:
         self.finished = self.retention.finished  # in the order they ended
         self.memory = self.retention.memory  # the payloads let go go back to the system
         self._done: asyncio.Future[None] | None = None  # the `done` of every finished task
+        self._running: asyncio.AbstractEventLoop | None = None  # the loop it works in
         self.by_agent: dict[str, AgentTasks] = {}
         self.queue: Queue = queue if queue is not None else LocalQueue()
         self.dispatch = Dispatcher(sup, self.queue, self.by_agent, self)
@@ -155,9 +156,12 @@ class TaskManager:
         self.record(task)
         self.active.pop(task.id, None)
         self.retention.keep(task)
-        done, task.done = task.done, self._finished()
-        if not done.done():
+        done, task._done = task._done, self._finished()
+        if done is not None and not done.done():
             done.set_result(None)
+        waiter, task.waiter = task.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         watchers, task.watchers = task.watchers, None
         for w in watchers or ():
             w("done", task.result())
@@ -169,9 +173,16 @@ class TaskManager:
 
     def _finished(self) -> asyncio.Future[None]:
         if self._done is None:
-            self._done = asyncio.get_running_loop().create_future()
+            self._done = self._loop().create_future()
             self._done.set_result(None)
         return self._done
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        # asked once: get_running_loop() is a getpid(2) each time
+        loop = self._running
+        if loop is None:
+            loop = self._running = asyncio.get_running_loop()
+        return loop
 
     def record(self, task: Task) -> None:
         if self.journal is not None:
@@ -230,7 +241,13 @@ class TaskManager:
             # a journal that writes slower than tasks finish must not gather an unbounded
             # backlog in memory: wait for it (the task runs meanwhile)
             await self.journal.committed()
-        await asyncio.shield(task.done)
+        if task.status not in TERMINAL:
+            # its own future, not the shared `done` (no shield, one wake-up fewer); a
+            # cancelled run() cancels only this
+            task.waiter = waiter = self._loop().create_future()
+            await waiter
+        if not task.output_dropped:
+            return task.result(decode=True)
         return await self.outcome(task, decode=True)
 
     async def outcome(self, task: Task, *, decode: bool = False) -> TaskResult:
@@ -317,9 +334,7 @@ class TaskManager:
             return task
         attempt = task.attempts[-1]
         attempt.outcome = TaskStatus.CANCELLED
-        if task.timer is not None:
-            task.timer.cancel()
-            task.timer = None
+        self.dispatch.deadlines.discard(task, task.timeout)
         replica = task.replica
         assert replica is not None
         self.finish(task, TaskStatus.CANCELLED, error=TaskError(jsonrpc.REQUEST_CANCELLED,
