@@ -12,6 +12,8 @@ alike:
   same event loop (its callback hands the result over with `call_soon_threadsafe`), 256
   lanes each with one task in flight: how an asyncio program uses a Pool, and the runner
   of bench_payload;
+- Pool, gathered: the same Pool with bench_payload's load generator, a coroutine per task
+  made up front (`gather`) behind a semaphore of 256 (context: what the issue measured);
 - Pool, its own way: `imap_unordered(chunksize=1)` from a thread of its own, no event
   loop (context: the Pool's fastest path for single tasks, not the goal's peer).
 
@@ -110,6 +112,18 @@ async def main() -> dict[str, Any]:
                 await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
                 assert len(last) == TASKS
 
+            async def pool_gathered(pool: Any = pool) -> None:
+                sem = asyncio.Semaphore(IN_FLIGHT)
+
+                async def one(i: int) -> Any:
+                    async with sem:
+                        fut: asyncio.Future[Any] = loop.create_future()
+                        pool.apply_async(echo, ({"n": i},), callback=lambda v: (
+                            loop.call_soon_threadsafe(fut.set_result, v)))
+                        return await fut
+
+                assert len(await asyncio.gather(*(one(i) for i in range(TASKS)))) == TASKS
+
             async def pool_own(pool: Any = pool) -> None:
                 def drain() -> int:
                     return sum(1 for _ in pool.imap_unordered(
@@ -120,6 +134,7 @@ async def main() -> dict[str, Any]:
             runners: dict[str, tuple[Callable[[], Awaitable[None]], list[psutil.Process]]] = {
                 "corral": (corral_run, corral_procs),
                 "Pool": (pool_run, pool_procs),
+                "Pool, gathered": (pool_gathered, pool_procs),
                 "Pool.imap_unordered": (pool_own, pool_procs),
             }
             acc: dict[str, list[dict[str, float]]] = {k: [] for k in runners}
@@ -128,13 +143,14 @@ async def main() -> dict[str, Any]:
                     acc[name].append(await timed(run, procs))
             pool.terminate()
             pool.join()
-            row = {name: {k: round(statistics.median(r[k] for r in rs), 1) for k in rs[0]}
+            row: dict[str, Any] = {name: {k: round(statistics.median(r[k] for r in rs), 1) for k in rs[0]}
                    for name, rs in acc.items()}
             row["corral_over_pool"] = round(row["corral"]["per_s"] / row["Pool"]["per_s"], 2)
             row["loadavg"] = os.getloadavg()[0]
             results[f"{workers}w"] = row
             print(f"{workers} worker(s): corral {row['corral']['per_s']:.0f}/s, Pool "
-                  f"{row['Pool']['per_s']:.0f}/s (x{row['corral_over_pool']}), "
+                  f"{row['Pool']['per_s']:.0f}/s (x{row['corral_over_pool']}), Pool gathered "
+                  f"{row['Pool, gathered']['per_s']:.0f}/s, "
                   f"Pool.imap_unordered {row['Pool.imap_unordered']['per_s']:.0f}/s; "
                   f"load {row['loadavg']:.1f}", flush=True)
     results["loadavg_end"] = os.getloadavg()[0]
