@@ -143,8 +143,9 @@ async def main() -> dict[str, Any]:
                     acc[name].append(await timed(run, procs))
             pool.terminate()
             pool.join()
-            row: dict[str, Any] = {name: {k: round(statistics.median(r[k] for r in rs), 1) for k in rs[0]}
-                   for name, rs in acc.items()}
+            row: dict[str, Any] = {
+                name: {k: round(statistics.median(r[k] for r in rs), 1) for k in rs[0]}
+                for name, rs in acc.items()}
             row["corral_over_pool"] = round(row["corral"]["per_s"] / row["Pool"]["per_s"], 2)
             row["loadavg"] = os.getloadavg()[0]
             results[f"{workers}w"] = row

@@ -56,9 +56,11 @@ async def test_an_attach_that_fails_kills_the_process_and_closes_every_pipe_once
 
 
 async def test_stdin_written_in_one_turn_goes_out_at_its_end_in_order() -> None:
-    """Messages written in one turn of the loop are gathered and written once at its end
-    (a burst of tasks wakes the worker once); past CORK_BYTES what is gathered goes at
-    once, so the transport's buffer, which backlog checks read, never lags far behind."""
+    """The first message written in a turn of the loop goes at once (one at a time, none
+    waits for a turn); those after it in the same turn are gathered and written once at
+    its end (a burst of tasks wakes the worker twice, not once a message); past CORK_BYTES
+    what is gathered goes at once, so the transport's buffer, which backlog checks read,
+    never lags far behind."""
     echo = ("import sys\nfor line in sys.stdin.buffer:\n    sys.stdout.buffer.write(line)\n"
             "    sys.stdout.buffer.flush()\n")
     popen = subprocess.Popen([sys.executable, "-c", echo], stdin=subprocess.PIPE,
@@ -75,15 +77,21 @@ async def test_stdin_written_in_one_turn_goes_out_at_its_end_in_order() -> None:
                            on_oversize=print)
         assert child.stdin is not None
         written = child.stdin.get_write_buffer_size
-        sent = []
+        sent = [b"first"]
+        child.write(b"first\n")
+        assert child._corked == [] and child._turn  # out at once
         for i in range(3):
             sent.append(b"message %d" % i)
             child.write(sent[-1] + b"\n")
         child.write_parts([b"in ", memoryview(b"pieces"), b"\n"])
         sent.append(b"in pieces")
-        assert child._corked_bytes == sum(len(m) + 1 for m in sent)  # held, not written
+        assert child._corked_bytes == sum(len(m) + 1 for m in sent[1:])  # held, not written
         await asyncio.sleep(0)  # the turn ends: all of it in one writev
         assert child._corked == [] and child._corked_bytes == 0 and written() == 0
+        assert not child._turn
+        child.write(b"next turn\n")
+        sent.append(b"next turn")
+        assert child._corked == []  # the first of its turn: at once
         big = b"x" * CORK_BYTES
         child.write(b"small\n")
         child.write(big + b"\n")  # over the bound: out now, with what was gathered before
