@@ -315,9 +315,9 @@ def test_oversized_headers_are_refused_and_bounded(http: Http) -> None:
     with socket.create_connection(("127.0.0.1", http.port)) as s:
         s.sendall(request(token, extra="Connection: close\r\n"))
         assert answer_of(s).startswith(b"HTTP/1.1 200")
-    settled(http, rss0, 48 * MiB, probe, known_growth=(
-        "each is refused and closed, but the daemon's RSS grows past the budget: not yet "
-        "found which of the attacks aiohttp buffers"))
+    # what follows a refused head is not read (server._Connection): 8 MiB of one header
+    # on each of 20 connections once pinned about that much per connection
+    settled(http, rss0, 48 * MiB, probe)
 
 
 if __name__ == "__main__":
