@@ -590,6 +590,31 @@ async def stats_history(d: Services, p: m.StatsHistory, caller: Caller, c: Chann
 
 
 
+# -- watching the fleet live (issue 21) ------------------------------------------------------
+@implements("agents.watch")
+async def agents_watch(d: Services, p: m.AgentsWatch, caller: Caller, c: Channel) -> None:
+    """Streams until the client goes away (daemon/watch.py)."""
+    await d.watch.serve(c, frozenset(p.names), p.interval, p.last_event_id)
+
+
+@implements("stats.watch")
+async def stats_watch(d: Services, p: m.StatsWatch, caller: Caller, c: Channel) -> None:
+    """stats.get each interval while the client reads: one that does not is sent nothing
+    until it does, and then the newest."""
+    loop = asyncio.get_running_loop()
+    due = loop.time()
+    while True:
+        if not c.writable.is_set():
+            await c.writable.wait()
+        stats = await stats_get(d, m.StatsGet(), caller, c)
+        c.notify("stats.sample", m.StatsSample(**msgspec.structs.asdict(stats),
+                                               time=time.time()))
+        due += p.interval
+        if due <= loop.time():  # late: the next one a whole interval on
+            due = loop.time() + p.interval
+        await asyncio.sleep(due - loop.time())
+
+
 # -- the dashboard (issue 21) --------------------------------------------------------------
 @implements("ui.login")
 async def ui_login(d: Services, p: m.UiLogin, caller: Caller, c: Channel

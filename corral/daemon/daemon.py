@@ -53,6 +53,7 @@ from .services import Services
 from .store import StateStore, StoreError, StoreWriter
 from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
+from .watch import FleetWatch
 
 if TYPE_CHECKING:
     from .http.server import HttpServer
@@ -226,6 +227,7 @@ class Daemon:
         services = Services(
             sup=sup, hub=hub, store=store, revisions=revisions, fleet=fleet, tasks=desk,
             gateway=gateway, http=http, journal=journal, history=history,
+            watch=FleetWatch(sup),
             config_path=self.config_path,
             socket_path=control.path, started_at=self.started_at,
             reload=lambda who: self._reload(services, who),

@@ -20,6 +20,7 @@ from .revisions import RevisionLog
 from .store import StateStore
 from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
+from .watch import FleetWatch
 
 
 class Logins(Protocol):
@@ -44,6 +45,7 @@ class Services:
     http: Any  # the HTTP gateway (http_gateway.HttpGateway), or None: not configured
     journal: TaskJournalDB | None  # the task journal, or None: `task_journal = false`
     history: History  # the metrics history (its sampler starts once the services exist)
+    watch: FleetWatch  # the fleet's changes for agents.watch
     config_path: Path
     socket_path: Path
     started_at: float

@@ -35,7 +35,7 @@ from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaSta
 from .remote import RemoteMcpServer
 from .replica import Replica
 from .stats import HeartbeatWork, Stats
-from .stream import TICK, Checkpoint, ListChanged, Stall, Stream, Subscription
+from .stream import TICK, Checkpoint, ListChanged, Roster, Stall, Stream, Subscription
 from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, TaskJournal, TaskManager
 from .zygote import Zygotes
 
@@ -103,6 +103,7 @@ class Agent:
         if not start_stopped and (old.state == State.INITIAL
                                   or (old.state in STOPPED and old._stay_down)):
             self.replicas[i] = new
+            self.sup.stream.emit(Roster(self.name))
             self.sup._forget([old])
             return
         self.replacing.update((old, new))
@@ -124,6 +125,7 @@ class Agent:
                                   f"replica {i}: the new process did not become ready: "
                                   f"{why}; the old one keeps running")
         self.replicas[i] = new  # from here on, new tasks go to the new process
+        self.sup.stream.emit(Roster(self.name))
         self.sup.tasks.pump(self.name)
         if old.tasks_running:
             old.note(f"replaced: finishing {old.tasks_running} running task(s) first")
@@ -141,10 +143,12 @@ class Agent:
         if n > current:
             new = [self._new_replica(i) for i in range(current, n)]
             self.replicas.extend(new)
+            self.sup.stream.emit(Roster(self.name))
             self._starter = start_all(new)
         elif n < current:
             gone = self.replicas[n:]
             del self.replicas[n:]
+            self.sup.stream.emit(Roster(self.name))
             await stop_all(gone, "scaled down")
             self.sup._forget(gone)
         self.spec.replicas = n
@@ -261,6 +265,7 @@ class Supervisor:
         self.check_fleet({spec.name: spec.replicas}, f"agent {spec.name}")
         agent = Agent(self, spec)
         self.agents[spec.name] = agent
+        self.stream.emit(Roster(spec.name))
         if spec.autostart if start is None else start:
             agent.start()
         return agent
@@ -278,6 +283,7 @@ class Supervisor:
         await agent.stop("removed")
         if self.agents.pop(name, None) is agent:
             self._forget(agent.replicas)
+            self.stream.emit(Roster(name))
 
     def start(self, name: str) -> None:
         self.agent(name).start()
