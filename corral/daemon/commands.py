@@ -15,6 +15,7 @@ from .. import __version__, jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError
+from ..supervisor.core import start_each, stop_all
 from ..supervisor.lifecycle import State
 from ..text import plural
 from .api import Caller, Channel, Handlers
@@ -119,15 +120,16 @@ def _wire(value: Any) -> Any:
 @implements("agents.start")
 async def agents_start(d: Services, p: m.AgentsStart, caller: Caller, c: Channel) -> m.Started:
     targets = _targets(d, p.names, p.all)
-    for r in _replicas(targets):
-        r.start(by_hand=True)
+    # paced, as stops are: a thousand starts begun in one turn stall the loop
+    await start_each(_replicas(targets))
     return m.Started(started=[_label(a, i) for a, i in targets])
 
 
 @implements("agents.stop")
 async def agents_stop(d: Services, p: m.AgentsStop, caller: Caller, c: Channel) -> m.Stopped:
     targets = _targets(d, p.names, p.all)
-    await asyncio.gather(*(r.stop() for r in _replicas(targets)))
+    # paced (stop_all): a thousand stops begun in one turn stalled the loop for a second
+    await stop_all(_replicas(targets), "stopped")
     return m.Stopped(stopped=[_label(a, i) for a, i in targets])
 
 
@@ -140,9 +142,8 @@ async def agents_restart(d: Services, p: m.AgentsRestart,
                                for a, i in targets))
     else:
         reps = _replicas(targets)
-        await asyncio.gather(*(r.stop("restarting") for r in reps))
-        for r in reps:
-            r.start(by_hand=True)
+        await stop_all(reps, "restarting")
+        await start_each(reps)
     return m.Restarted(restarted=[_label(a, i) for a, i in targets])
 
 

@@ -688,6 +688,16 @@ async def stop_all(replicas: Iterable[ProcessReplica], reason: str, *,
     await asyncio.gather(*(r.stopped() for r in replicas))
 
 
+async def start_each(replicas: Iterable[Replica]) -> None:
+    """Start these replicas by hand, paced as stop_all's stops are (one FIFO per loop: a
+    stop asked after them still comes after them); returns once every start has begun
+    (each replica is Starting, or refused and says why)."""
+    p = pacer()
+    for r in replicas:
+        p.submit(functools.partial(r.start, by_hand=True))
+    await p.turn(lambda: None)
+
+
 def _object(raw: Any) -> dict[str, Any] | None:
     """A worker's params as a dict (absent params are {}); None if they are not an object."""
     if raw is msgspec.UNSET:
