@@ -2,7 +2,9 @@
 stream numbers every agent replica's transition and every change of an agent's list of
 replicas (`Roster`), and keeps the newest in a ring shared by every watcher, each built
 once whatever the number of watchers. A watcher is a cursor into the ring: it is sent a
-snapshot, then the changes after it, in order.
+snapshot, then the changes after it, in order. A watcher that has sent everything and
+whose transport is writable is sent a new change at once, as the stream delivers it (no
+turn of the loop between the change and its write); the others are woken to catch up.
 
 A watcher that does not read is not sent more (its transport says when it is writable
 again) and costs its cursor: it is never queued for. When it reads again, the changes
@@ -46,6 +48,19 @@ class Kept(NamedTuple):
     weight: int  # replica rows it holds (at least 1)
 
 
+class Watcher:
+    """One client: its channel, the agents it watches (empty: all) and the number of the
+    next change it is to be sent."""
+
+    __slots__ = ("c", "cursor", "names", "wake")
+
+    def __init__(self, c: Channel, names: Collection[str], cursor: int) -> None:
+        self.c = c
+        self.names = names
+        self.cursor = cursor
+        self.wake = asyncio.Event()
+
+
 class FleetWatch:
     """The numbered changes of the fleet's agents, the newest RING replica rows of them."""
 
@@ -56,7 +71,7 @@ class FleetWatch:
         self.items: deque[Kept] = deque()
         self.weight = 0
         self.last = 0  # the number of the newest change
-        self.changed = asyncio.Event()
+        self.watchers: set[Watcher] = set()
         self._subs: list[Subscription] = []
 
     def open(self) -> None:
@@ -108,8 +123,13 @@ class FleetWatch:
         self.weight += kept.weight
         while self.weight > self.ring and len(self.items) > 1:
             self.weight -= self.items.popleft().weight
-        self.changed.set()
-        self.changed = asyncio.Event()
+        for w in self.watchers:
+            if w.cursor == kept.seq and w.c.writable.is_set():
+                w.cursor += 1
+                if not w.names or kept.agent in w.names:
+                    w.c.notify(kept.method, kept.params)
+            else:
+                w.wake.set()
 
     # -- what a watcher is sent -----------------------------------------------------------
     def since(self, cursor: int, limit: int = BATCH) -> list[Kept]:
@@ -160,36 +180,48 @@ class FleetWatch:
             c.notify("agents.snapshot", self.snapshot(names, last_event_id is not None,
                                                       missed))
             cursor = self.last + 1
+        w = Watcher(c, names, cursor)
+        self.watchers.add(w)
         due = loop.time() + interval if interval else None
-        while True:
-            if not c.writable.is_set():
-                await c.writable.wait()
-            if cursor < self.first:  # the ring turned over past this watcher
-                c.notify("agents.snapshot", self.snapshot(names, True, self.first - cursor))
-                cursor = self.last + 1
-                continue
-            items = self.since(cursor)
-            for kept in items:
-                cursor = kept.seq + 1
-                if not names or kept.agent in names:
-                    c.notify(kept.method, kept.params)
-                    if not c.writable.is_set():
-                        break
-            if items:
-                continue
-            if due is not None and loop.time() >= due:
-                c.notify("agents.sample", self.sample(names))
-                assert interval is not None
-                due += interval
-                if due <= loop.time():  # the loop was late: the next one a whole interval on
-                    due = loop.time() + interval
-                continue
-            changed = self.changed
-            try:
-                async with asyncio.timeout_at(due):
-                    await changed.wait()
-            except TimeoutError:
-                pass
+        try:
+            while True:
+                if not c.writable.is_set():
+                    await c.writable.wait()
+                if self._catch_up(w):
+                    await asyncio.sleep(0)  # a batch a turn: the loop serves the others
+                    continue
+                if due is not None and loop.time() >= due:
+                    c.notify("agents.sample", self.sample(names))
+                    assert interval is not None
+                    due += interval
+                    if due <= loop.time():  # the loop was late: the next a whole interval on
+                        due = loop.time() + interval
+                    continue
+                w.wake.clear()
+                try:
+                    async with asyncio.timeout_at(due):
+                        await w.wake.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            self.watchers.discard(w)
+
+    def _catch_up(self, w: Watcher) -> bool:
+        """Send `w` a batch of what it has not been sent (or a resync, when the ring has
+        turned over past it); False when it has been sent everything."""
+        if w.cursor < self.first:
+            w.c.notify("agents.snapshot", self.snapshot(w.names, True,
+                                                        self.first - w.cursor))
+            w.cursor = self.last + 1
+            return True
+        items = self.since(w.cursor)
+        for kept in items:
+            w.cursor = kept.seq + 1
+            if not w.names or kept.agent in w.names:
+                w.c.notify(kept.method, kept.params)
+                if not w.c.writable.is_set():
+                    break
+        return bool(items)
 
 
 def _wire(value: Any) -> Any:

@@ -263,7 +263,8 @@ class SseChannel:
     async def pump(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self.wake.wait(), KEEPALIVE)
+                async with asyncio.timeout(KEEPALIVE):  # no task per wait, as wait_for's
+                    await self.wake.wait()
             except TimeoutError:
                 await send(self.request, self.response, b": keepalive\n\n")
                 continue
