@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +24,8 @@ from corral.daemon.daemon import Daemon
 from corral.jsonrpc import RpcError
 from corral.supervisor import State
 
-from .daemon_harness import hello, in_process
+from .conftest import ROOT
+from .daemon_harness import hello, in_process, running_daemon, shared_tmpdir
 from .test_gateway_stdio import wait_until_async
 from .test_http_api import PROBLEM, SOCKET, problem, serving
 
@@ -435,3 +438,72 @@ async def test_a_socket_caller_limited_to_some_agents(tmp_path: Path) -> None:
                 "agents.transition"}
         finally:
             run.cancel()
+
+
+async def _lines(stream: asyncio.StreamReader, until: str, timeout: float = 30
+                 ) -> list[str]:
+    """A process's output lines up to the first that contains `until`."""
+    out: list[str] = []
+    async with asyncio.timeout(timeout):
+        while not out or until not in out[-1]:
+            line = await stream.readline()
+            assert line, f"the output ended: {out}"
+            out.append(line.decode().rstrip("\n"))
+    return out
+
+
+@pytest.mark.deadline(90)
+async def test_corral_status_watch() -> None:
+    # a daemon of its own process: the in-process one is the subreaper of this process's
+    # children, and would take the CLI for a stray of its agents
+    with running_daemon(shared_tmpdir(), hello("a") + hello("b")) as d:
+        env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+        cli = [sys.executable, "-m", "corral", "--socket", str(d.sock), "status", "--watch"]
+        text = await asyncio.create_subprocess_exec(*cli, "a", stdout=asyncio.subprocess.PIPE,
+                                                    env=env)
+        js = await asyncio.create_subprocess_exec(*cli, "--json",
+                                                  stdout=asyncio.subprocess.PIPE, env=env)
+        try:
+            assert text.stdout is not None and js.stdout is not None
+            # the table, as `corral status a` prints it; then a line per change
+            table = await _lines(text.stdout, "a#0")
+            assert table[0].split() == ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS",
+                                        "CPU%", "RSS", "REASON"]
+            assert table[1].split()[:2] == ["a#0", "ready"]
+            first = msgspec.json.decode(await js.stdout.readline())
+            assert first["event"] == "agents.snapshot"
+            assert [r["name"] for r in first["replicas"]] == ["a", "b"]
+
+            # as JSON: every notification, each as the method declares it
+            async def changes(agent: str) -> list[m.ReplicaChange]:
+                assert js.stdout is not None
+                seen: list[m.ReplicaChange] = []
+                while not seen or seen[-1].state != "ready":
+                    note = msgspec.json.decode(await asyncio.wait_for(js.stdout.readline(),
+                                                                      30))
+                    kind = note.pop("event")
+                    change = strictly(TYPES[kind], msgspec.json.encode(note))
+                    if kind == "agents.transition" and change.agent == agent:
+                        seen.append(change)
+                return seen
+
+            old = d.status()["a#0"]["pid"]
+            await asyncio.to_thread(d.cli, "restart", "b")
+            assert [c.state for c in await changes("b")] == [
+                "shutting_down", "terminated", "starting", "ready"]
+            await asyncio.to_thread(d.cli, "restart", "a")
+            lines = await _lines(text.stdout, "starting -> ready")
+            assert [c.state for c in await changes("a")] == [
+                "shutting_down", "terminated", "starting", "ready"]
+            new = d.status()["a#0"]["pid"]
+            stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+            assert [re.sub(stamp, "T", ln) for ln in lines] == [
+                f"T a#0[{old}] ready -> shutting_down: restarting",
+                f"T a#0[{old}] shutting_down -> terminated: restarting",
+                "T a#0 terminated -> starting: started",
+                f"T a#0[{new}] starting -> ready: initialized"]
+        finally:
+            for p in (text, js):
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+                await asyncio.wait_for(p.wait(), 10)
