@@ -827,12 +827,14 @@ def _duration(value: str | None) -> float | None:
               type=click.Choice(["queued", "running", "succeeded", "failed", "timed_out",
                                  "cancelled", "lost"]),
               help="Only tasks with this status.")
+@click.option("--before", default=None, metavar="TASK_ID",
+              help="Only tasks accepted before this one: the next page (older tasks).")
 @json_option
 @pass_ctx
 def tasks_list(obj: Ctx, agent: str | None, limit: int, since: str | None,
-               status: str | None, as_json: bool) -> None:
-    res: m.TaskList = obj.call("tasks.list", m.TasksList(agent=agent, limit=limit,
-                                                         status=status, since=_duration(since)))
+               status: str | None, before: str | None, as_json: bool) -> None:
+    res: m.TaskList = obj.call("tasks.list", m.TasksList(
+        agent=agent, limit=limit, status=status, since=_duration(since), before=before))
     if as_json:
         _print_json(res)
         return
@@ -840,6 +842,8 @@ def tasks_list(obj: Ctx, agent: str | None, limit: int, since: str | None,
     rows = [[t.task_id, t.agent, t.status, str(t.priority), str(t.attempts),
              _human_time(now - t.created) + " ago"] for t in res.tasks]
     _table(rows, ["TASK", "AGENT", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED"])
+    if isinstance(res.next, str):
+        click.echo(f"older tasks: the same with --before {res.next}", err=True)
 
 
 @cli.command("task", help=doc("tasks.get"))

@@ -352,7 +352,10 @@ async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel) -> T
 
 @implements("tasks.list")
 async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) -> m.TaskList:
-    return m.TaskList(tasks=_wire(await d.tasks.list(p)))
+    # a caller limited to some agents pages through theirs only (full pages; a cursor
+    # of another agent's task reads as absent)
+    tasks, older = await d.tasks.list(p, caller.sees if caller.agents is not None else None)
+    return m.TaskList(tasks=_wire(tasks), next=older if older is not None else msgspec.UNSET)
 
 
 @implements("tasks.cancel")
