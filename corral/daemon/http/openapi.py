@@ -16,7 +16,7 @@ from ...methods import REGISTRY, SCOPES, TaskAccepted
 from ...supervisor.names import NAME_RE
 from ...supervisor.tasks import ids
 from ..tasks import STATUSES
-from . import route
+from . import route, sse
 from .resources import PREFIX, RESOURCES, TaskSubmit
 
 REF = "#/components/schemas/{name}"
@@ -124,6 +124,14 @@ def document() -> dict[str, Any]:
                                   if schema.get("type") == "array" else {})})
         if res.idempotent:
             parameters.append(_idempotency_header())
+        if res.stream is not None:
+            resume = "Resume after this event id (the `id:` of the last event received)"
+            parameters += [
+                {"name": "Last-Event-ID", "in": "header", "required": False,
+                 "schema": {"type": "string"}, "description": resume},
+                {"name": sse.LAST_ID, "in": "query", "required": False,
+                 "schema": {"type": "string"},
+                 "description": resume + ", for a client that cannot send the header"}]
         if parameters:
             op["parameters"] = parameters
         if res.body:

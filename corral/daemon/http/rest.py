@@ -108,6 +108,8 @@ class Api:
                      ) -> dict[str, Any]:
         params: dict[str, Any] = {}
         for key in request.query:
+            if key == sse.LAST_ID and res.stream is not None:
+                continue  # the stream's resumption point (sse.py), not a param
             if key not in res.query:
                 raise RpcError(jsonrpc.INVALID_PARAMS,
                                f"invalid params: unknown query parameter `{key}`"
