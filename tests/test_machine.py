@@ -107,7 +107,9 @@ def test_a_restart_is_counted_when_decided_by_the_cause_that_ended_the_life() ->
     m.fire(Cause.STOP, "stopped")
     m.fire(Cause.SPAWN, "started")
     assert (m.restarts, m.counted) == (2, [Cause.HANG, Cause.CRASH])
-    # only the policy's restart counts
+    # only the policy's restart counts, not a spawn corral could not make, tried again
+    m.fire(Cause.CRASH, "spawn failed for want of corral's own resources")
+    assert not m.fire(Cause.SPAWN_RETRY, "retrying").tally and m.restarts == 2
     assert {(s, c) for (s, c), step in TABLE.items() if step.tally} == {
         (State.TERMINATED, Cause.POLICY_RESTART)}
 
@@ -169,8 +171,9 @@ def test_the_table_is_what_the_design_says() -> None:
                            Cause.CRASH}
     assert {c for (st, c) in TABLE if st == State.SHUTTING_DOWN and
             TABLE[st, c].target is not None} == {Cause.EXIT}
-    # a restart comes only from the policy, a spawn only from a start or a backoff's end
+    # a restart comes only from the policy (or a spawn corral could not make, tried again
+    # and not counted), a spawn only from a start or a backoff's end
     assert {(s, c) for (s, c), step in TABLE.items() if step.target == State.BACKOFF} == {
-        (State.TERMINATED, Cause.POLICY_RESTART)}
+        (State.TERMINATED, Cause.POLICY_RESTART), (State.TERMINATED, Cause.SPAWN_RETRY)}
     assert {c for (_, c), step in TABLE.items() if step.spawn} == {
         Cause.SPAWN, Cause.BACKOFF_OVER}

@@ -11,6 +11,7 @@ the restart decision), so that all of it is unit-tested without processes
     any running state -stop / hang / cap / unhealthy / error-> ShuttingDown -exit-> Terminated
     any running state -crash (the process is already gone)-> Terminated
     Terminated -policy restart-> Backoff -backoff over-> Starting
+    Terminated -spawn retry (corral lacked fds, memory: no restart)-> Backoff
     Terminated -give up (too many restarts in the window)-> Failed (down until started by hand)
 """
 
@@ -50,6 +51,9 @@ class Cause(StrEnum):
     EXIT = "exit"  # the process corral was taking down is gone
     CRASH = "crash"  # the process is gone (or never spawned) without corral asking
     POLICY_RESTART = "policy restart"
+    # a spawn failed for want of corral's own resources: tried again, and no restart (the
+    # process never ran), so not counted as one
+    SPAWN_RETRY = "spawn retry"
     BACKOFF_OVER = "backoff over"
     GIVE_UP = "give up"
 
@@ -125,6 +129,7 @@ def _table() -> dict[tuple[State, Cause], Step]:
     rows([S.SHUTTING_DOWN], [C.EXIT], Step(S.TERMINATED, decide=True, down=True))
     rows(RUNNING, [C.CRASH], Step(S.TERMINATED, decide=True, down=True))
     rows([S.TERMINATED], [C.POLICY_RESTART], Step(S.BACKOFF, arm=True, tally=True))
+    rows([S.TERMINATED], [C.SPAWN_RETRY], Step(S.BACKOFF, arm=True))
     rows([S.TERMINATED], [C.GIVE_UP], Step(S.FAILED, down=True))
     return t
 

@@ -429,7 +429,7 @@ class ProcessReplica(Machine):
             return
         delay = min(self.policy.backoff(self._resource_retries), RESOURCE_RETRY_MAX)
         self._resource_retries += 1
-        step = self._apply(Cause.POLICY_RESTART,
+        step = self._apply(Cause.SPAWN_RETRY,
                            f"retrying in {delay:.2f} s (not counted as a restart) "
                            f"after: {reason}")
         if step.arm:
