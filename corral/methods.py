@@ -243,6 +243,7 @@ class RollbackResult(Result):
     name: str
     restored: int
     revision: int | None
+    change: str = ""  # what the rollback changed: "replicas 3 -> 2, env.V changed"
 
 
 class AuditEntry(Result):
@@ -284,11 +285,10 @@ class LogLine(msgspec.Struct, array_like=True):
 
     def render(self) -> str:
         """How a line reads in log files and in `corral logs`."""
-        from datetime import UTC, datetime
+        from .text import iso_time
 
-        stamp = datetime.fromtimestamp(self.time, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
         who = self.source if self.source == "corral" else f"{self.source}#{self.replica}"
-        return f"{stamp}Z {who}[{self.pid}] {self.stream}: {self.text}"
+        return f"{iso_time(self.time, ms=True)} {who}[{self.pid}] {self.stream}: {self.text}"
 
 
 class LogLines(Result):

@@ -175,7 +175,8 @@ class Daemon:
         events = sup.subscribe(maxsize=100_000)
 
         # the socket answers from here on: calls wait for the services (`Dispatcher.serve`)
-        dispatcher: Dispatcher[Services] = Dispatcher(HANDLERS, self._audit)
+        dispatcher: Dispatcher[Services] = Dispatcher(HANDLERS, self._audit,
+                                                      lambda services: services.sup.agents)
         self.dispatcher = dispatcher  # for another front end to call
         control = ControlServer(dispatcher, hub.daemon, paths.socket, sc.group,
                                 max_connections=sc.max_connections,
@@ -323,8 +324,9 @@ class Daemon:
         report = await sup.containment.reclaim(records, crashed)
         hub.daemon(
             f"the previous daemon did not shut down cleanly: {report.found} of its processes "
-            f"were still running ({report.terminated} ended by SIGTERM, {report.killed} by "
-            f"SIGKILL), {report.cgroups} cgroups removed")
+            f"{'was' if report.found == 1 else 'were'} still running ({report.terminated} "
+            f"ended by SIGTERM, {report.killed} by SIGKILL), "
+            f"{plural(report.cgroups, 'cgroup')} removed")
         store.end_incarnations(crashed)
 
     async def _start_http(self, stack: contextlib.AsyncExitStack, cfg: Config,

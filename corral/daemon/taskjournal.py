@@ -58,8 +58,8 @@ from ..supervisor.tasks import (
     raw_output_of,
     unknown_cursor,
 )
-from ..text import plural
-from .store import RETRY_EVERY, GroupCommit, WriterThread, clock, connect, errors_named
+from ..text import iso_time, plural
+from .store import RETRY_EVERY, GroupCommit, WriterThread, connect, errors_named
 
 log = logging.getLogger("corral.taskjournal")
 
@@ -211,7 +211,7 @@ class TaskJournalDB:
         since = self._outage.recovered()
         if since is not None:
             self.on_notice(f"task journal {self.path} is written again: the changes of "
-                           f"{plural(rows, 'task')} kept in memory since {clock(since)} "
+                           f"{plural(rows, 'task')} kept in memory since {iso_time(since)} "
                            "are recorded")
 
     # -- on the writer thread (store.WriterThread) ------------------------------------

@@ -28,6 +28,7 @@ from ..supervisor.tasks import (
     TaskSummary,
     is_task_id,
 )
+from ..text import plural
 from .api import Channel
 from .follow import Latest
 from .taskjournal import TaskJournalDB, TaskJournalError
@@ -61,9 +62,10 @@ class TaskDesk:
             was_running = {r.task_id for r in records if r.status == "running"}
             lost = sum(1 for t in tasks if t.status == "lost")
             retried = sum(1 for t in tasks if t.id in was_running and t.status != "lost")
-            self.report(f"task journal: {len(tasks)} unfinished tasks recovered: "
-                        f"{len(tasks) - len(was_running)} queued again, {retried} "
-                        f"running ones retried, {lost} lost ({LOST_IN_RESTART})")
+            self.report(f"task journal: {plural(len(tasks), 'unfinished task')} recovered: "
+                        f"{len(tasks) - len(was_running)} queued again, "
+                        f"{plural(retried, 'running task')} retried, {lost} lost "
+                        f"({LOST_IN_RESTART})")
         self.recovered.set()
 
     async def run(self, p: m.TasksRun, channel: Channel) -> Any:
