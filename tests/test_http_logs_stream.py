@@ -99,9 +99,9 @@ async def test_a_log_followed_over_sse_resumes_with_last_event_id(tmp_path: Path
             status, body, _ = await api.ask("GET", path)
             assert (status, body["title"]) == (401, "unauthorized")
             status, body, _ = await api.ask("GET", path, "elsewhere")
-            assert (status, body) == (404, problem(404, "not found",
-                                                   "no such agent: talker",
-                                                   jsonrpc.NOT_FOUND))
+            assert (status, body) == (404, problem(
+                404, "not found", "no such agent: talker (agents: other)",
+                jsonrpc.NOT_FOUND))
         assert not hub.followers
 
         # lines written after subscribing (no backlog asked: lines=0) come as they are
