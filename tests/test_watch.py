@@ -395,7 +395,7 @@ async def test_the_fleet_as_server_sent_events(tmp_path: Path) -> None:
             assert (first.agent, first.state) == ("web-1", "shutting_down")
         # and a name it does not see does not exist for it
         status, body, _ = await api.ask("GET", "/replicas/stream?names=db", "web")
-        assert (status, body["detail"]) == (404, "no such agent: db")
+        assert (status, body["detail"]) == (404, "no such agent: db (agents: web-1)")
 
         # stats: a sample each interval, of the agents the token sees
         async with api.http.get(api.base + "/stats/stream?interval=0.2",
