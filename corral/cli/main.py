@@ -577,7 +577,12 @@ def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
         return
     rows = [[("* " if r.revision == res.current else "  ") + str(r.revision),
              _stamp(r.time), r.who, r.change] for r in res.revisions]
-    _table(rows, ["  REV", "TIME", "WHO", "CHANGE"])
+    headers = ["  REV", "TIME", "WHO", "CHANGE"]
+    if any(r.release for r in res.revisions):  # an agent package: which release, version
+        rows = [[*row[:2], r.release or "-", r.version or "-", *row[2:]]
+                for row, r in zip(rows, res.revisions, strict=True)]
+        headers = [*headers[:2], "RELEASE", "VERSION", *headers[2:]]
+    _table(rows, headers)
 
 
 def _stamp(t: float) -> str:
@@ -593,6 +598,60 @@ def rollback(obj: Ctx, name: str, revision: int | None) -> None:
                                      m.AgentsRollback(name=name, revision=revision))
     click.echo(f"{name}: rolled back to revision {res.restored} (now revision "
                f"{res.revision})")
+
+
+@cli.command(help=doc("packages.deploy") + "\n\nPATH: the package's directory (or its "
+             "manifest file); the daemon reads it, so it must be on the daemon's host.")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--name", default=None, help="The agent's name (default: the manifest's).")
+@json_option
+@pass_ctx
+def deploy(obj: Ctx, path: str, name: str | None, as_json: bool) -> None:
+    from ..paths import client_socket
+
+    def progress(method: str, params: Any) -> None:
+        if method == "packages.progress" and not as_json:
+            click.echo(f"corral: {params.get('message')}", err=True)
+
+    params = m.PackagesDeploy(path=os.path.abspath(path), name=name)
+    try:
+        # no client timeout: a build is bounded by the daemon's build_timeout, a switch by
+        # healthy_deadline, and Ctrl-C ends the wait
+        with Client(client_socket(obj.socket), timeout=None) as c:
+            res: m.DeployResult = c.ask("packages.deploy", params, progress)
+    except Unreachable as exc:
+        click.echo(f"corral: {exc}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
+    except CallFailed as exc:
+        click.echo(f"corral: {exc.message}", err=True)
+        sys.exit(EXIT_FAILED)
+    if as_json:
+        _print_json(res)
+        return
+    version = f" (version {res.version})" if res.version else ""
+    if not res.changed:
+        click.echo(f"{res.name}: release {res.release}{version} is current already")
+        return
+    built = "built" if res.built else "kept from before, not built again"
+    click.echo(f"{res.name}: now release {res.release}{version} ({built}), revision "
+               f"{res.revision}" + (f"; was {res.previous}" if res.previous else ""))
+
+
+@cli.command(help=doc("packages.releases"))
+@click.argument("name", shell_complete=_complete_agents)
+@json_option
+@pass_ctx
+def releases(obj: Ctx, name: str, as_json: bool) -> None:
+    res: m.ReleasesResult = obj.call("packages.releases", m.PackagesReleases(name=name))
+    if as_json:
+        _print_json(res)
+        return
+    rows = [[("* " if r.current else "  ") + r.release, r.version or "-",
+             _stamp(r.built_at) if r.built_at else "-",
+             _human_bytes(r.size_bytes) if r.size_bytes is not None else "-",
+             r.python_version or "-", ",".join(map(str, r.revisions)) or "-"]
+            for r in res.releases]
+    _table(rows, ["  RELEASE", "VERSION", "BUILT", "SIZE", "PYTHON", "REVISIONS"])
 
 
 @cli.command(help=doc("audit.list"))

@@ -48,6 +48,7 @@ from .history import History
 from .journald import JournalSender, StderrEcho
 from .logs import LogDirError, LogHub
 from .notify import Notifier
+from .packages.service import Packages
 from .revisions import RevisionLog
 from .services import Services
 from .store import StateStore, StoreError, StoreWriter
@@ -223,9 +224,17 @@ class Daemon:
                       hub.daemon)
         desk = TaskDesk(sup, journal, hub.daemon)
         history = History(sup, store, cfg.http)
+        packages = Packages(cfg.packages, Path(cfg.packages.dir) if cfg.packages.dir
+                            else paths.state_dir / "packages", sup, store, revisions, fleet,
+                            hub.daemon)
+        try:
+            # interrupted builds and switches are dealt with before any agent starts
+            await packages.start()
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
         services = Services(
             sup=sup, hub=hub, store=store, revisions=revisions, fleet=fleet, tasks=desk,
-            gateway=gateway, http=http, journal=journal, history=history,
+            gateway=gateway, http=http, journal=journal, history=history, packages=packages,
             config_path=self.config_path,
             socket_path=control.path, started_at=self.started_at,
             reload=lambda who: self._reload(services, who),

@@ -11,6 +11,7 @@ file's through StoreWriter).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -47,6 +48,16 @@ class Revision(msgspec.Struct):
     who: str  # "config file", "uid 0 pid 123: agents.add", "SIGHUP", ...
     change: str  # in words: "created", "replicas 2 -> 3, env changed"
     spec: dict[str, Any]  # the [agents.NAME] table, as the config would write it
+    release: str | None = None  # an agent package's release (its name), from the spec
+    version: str | None = None
+
+
+def revision(agent: str, number: int, when: float, who: str, change: str,
+             spec: dict[str, Any]) -> Revision:
+    release = spec.get("release")
+    return Revision(agent, number, when, who, change, spec,
+                    os.path.basename(release) if isinstance(release, str) else None,
+                    spec.get("version"))
 
 
 def spec_table(spec: AgentSpec) -> dict[str, Any]:
@@ -83,7 +94,7 @@ class RevisionLog:
     def _rows(self, sql: str, *args: Any) -> list[Revision]:
         rows = self.db.execute(
             "SELECT agent, revision, time, who, change, spec FROM revisions " + sql, args)
-        return [Revision(a, r, t, w, c, msgspec.json.decode(s)) for a, r, t, w, c, s in rows]
+        return [revision(a, r, t, w, c, msgspec.json.decode(s)) for a, r, t, w, c, s in rows]
 
     def latest(self, agent: str) -> Revision | None:
         rows = self._rows("WHERE agent = ? ORDER BY revision DESC LIMIT 1", agent)
@@ -121,7 +132,7 @@ def recording(spec: AgentSpec, who: str, change: str | None = None,
         last = RevisionLog(db).latest(spec.name)
         if last is not None and last.spec == table:
             return
-        rev = Revision(spec.name, last.revision + 1 if last else 1, when, who,
+        rev = revision(spec.name, last.revision + 1 if last else 1, when, who,
                        change or describe_change(last.spec if last else None, table), table)
         db.execute(
             "INSERT INTO revisions (agent, revision, time, who, change, spec) "

@@ -16,6 +16,7 @@ from .fleet import Fleet
 from .gateway import GatewayService
 from .history import History
 from .logs import LogHub
+from .packages.service import Packages
 from .revisions import RevisionLog
 from .store import StateStore
 from .taskjournal import TaskJournalDB
@@ -44,6 +45,7 @@ class Services:
     http: Any  # the HTTP gateway (http_gateway.HttpGateway), or None: not configured
     journal: TaskJournalDB | None  # the task journal, or None: `task_journal = false`
     history: History  # the metrics history (its sampler starts once the services exist)
+    packages: Packages  # agent packages: deploy, releases
     config_path: Path
     socket_path: Path
     started_at: float
