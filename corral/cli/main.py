@@ -184,6 +184,9 @@ def check_config(path: str | None, config: str | None, no_check: bool) -> None:
     if path and config and path != config:
         raise click.UsageError("give the config file once: PATH or --config")
     where = Path(path or config or _default_config())
+    if _is_manifest(where):
+        _check_manifest(where)
+        return
     try:
         cfg = load_config(where)
         if not no_check:
@@ -193,6 +196,31 @@ def check_config(path: str | None, config: str | None, no_check: bool) -> None:
         sys.exit(EXIT_FAILED)
     click.echo(f"{where}: ok ({plural(len(cfg.agents), 'agent')}, "
                f"{plural(len(cfg.mcp_servers), 'MCP server')})")
+
+
+def _is_manifest(path: Path) -> bool:
+    """An agent package (its directory, pyproject.toml, or a TOML file with an [agent]
+    table) rather than a daemon's config file."""
+    if path.is_dir() or path.name == "pyproject.toml":
+        return True
+    try:
+        return bool(re.search(rb"(?m)^\s*\[agent\]", path.read_bytes()))
+    except OSError:
+        return False
+
+
+def _check_manifest(path: Path) -> None:
+    from ..daemon.packages.manifest import read_manifest
+    from ..supervisor.config import ConfigError
+
+    try:
+        manifest = read_manifest(path.resolve())
+    except ConfigError as exc:
+        click.echo(f"corral: invalid manifest: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    lock = f"lock {manifest.lock.name}" if manifest.lock else "no dependencies"
+    click.echo(f"{manifest.file}: ok (package {manifest.name}, version "
+               f"{manifest.version or '-'}, {lock})")
 
 
 # -- reading ------------------------------------------------------------------------------

@@ -309,7 +309,8 @@ class Builder:
             return remaining
 
         async def step(argv: list[str], what: str, watch: Path | None = None) -> None:
-            await self._run(argv, kind="build", name=name, cwd=final, timeout=left(),
+            # in the source: a requirements file's relative paths are the package's
+            await self._run(argv, kind="build", name=name, cwd=src, timeout=left(),
                             what=what, watch=watch)
 
         await step([uv, "venv", str(venv), "--python", plan.interpreter, "--no-project",
