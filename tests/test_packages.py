@@ -563,3 +563,49 @@ def test_a_build_killed_half_way_leaves_nothing_that_could_start(
         assert "removed" in d.cli("logs", "corral", "-n", "200").stdout
     finally:
         d.close()
+
+
+def _unshare_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to mount a small tmpfs in a mount namespace of the daemon's own"
+    if shutil.which("unshare") is None:
+        return "no unshare(1) here"
+    return None
+
+
+@pytest.mark.skipif(_unshare_reason() is not None, reason=str(_unshare_reason()))
+@pytest.mark.timeout(180)
+def test_a_full_disk_during_a_build_is_a_clear_error_and_the_current_release_stays(
+        tmp_path: Path, uv_cache: Path) -> None:
+    """The daemon runs in a mount namespace of its own where its packages directory is a
+    4 MB tmpfs (nothing of the machine's changes)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    v1 = package(tmp_path / "v1", "1.0")
+    v2 = package(tmp_path / "v2", "2.0")
+    (v2 / "data.bin").write_bytes(os.urandom(6 << 20))
+    (tmp_path / "d").mkdir()
+    d = _with_packages(Daemon(tmp_path / "d", ""), uv_cache)
+    d.config.write_text(d.config.read_text() + f'dir = "{small}"\n')
+    try:
+        d.notify.drain()
+        d.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+             f'mount -t tmpfs -o size=4m corral-test {small} && exec "$@"', "in-ns",
+             PY, "-m", "corral", "daemon", "--config", str(d.config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "NOTIFY_SOCKET": str(d.notify.path),
+                 "PYTHONPATH": str(ROOT)})
+        d.notify.wait_for("READY", proc=d.proc)
+        assert d.cli("deploy", str(v1), timeout=120).returncode == 0
+        r = d.cli("deploy", str(v2), timeout=120)
+        assert r.returncode == 1
+        assert r.stderr.endswith(f"corral: deploy of greeter: copying the source: the file "
+                                 f"system of {small}/greeter is full: nothing was built; "
+                                 "nothing changed\n"), r.stderr
+        out = d.cli("run", "greeter", "--input", "null", "--json")
+        assert msgspec.json.decode(out.stdout)["output"]["version"] == "1.0"
+        listed = d.json("releases", "greeter")["releases"]
+        assert [(r["version"], r["current"]) for r in listed] == [("1.0", True)]
+    finally:
+        d.close()  # the namespace, and its tmpfs, end with the daemon

@@ -278,9 +278,6 @@ class PackagesSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     max_release_mb: PositiveInt = 2048  # a release bigger than this is refused
     min_free_mb: NonNegInt = 256  # a build needs this much free space to start
     max_source_mb: PositiveInt = 256  # a package's source (what is copied) at most
-    # let uv download a Python a manifest asks for when the host has none (off: the
-    # interpreter must be on the host)
-    python_downloads: bool = False
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -61,10 +61,14 @@ def read_manifest(path: str | os.PathLike[str], name: str | None = None) -> Mani
     given = Path(path)
     if not given.is_absolute():
         raise ConfigError(f"{given}: the package's path must be absolute")
-    given = given.resolve()
-    if given.is_file():
+    try:
+        given = given.resolve()
+        is_file, is_dir = given.is_file(), given.is_dir()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL in it
+        raise ConfigError(f"{str(given)[:200]!r}: not a path here ({exc})") from None
+    if is_file:
         directory, files = given.parent, [given]
-    elif given.is_dir():
+    elif is_dir:
         directory, files = given, [given / MANIFEST, given / PYPROJECT]
     else:
         raise ConfigError(f"{given}: no such file or directory")
