@@ -33,6 +33,7 @@ from corral.supervisor.config import ConfigError
 from .conftest import PY, ROOT, nobody_reason
 from .daemon_harness import Daemon, in_process, shared_tmpdir
 from .test_daemon_cli import wait_until
+from .test_gateway_stdio import wait_until_async
 
 SIX_1, SIX_2 = "six==1.16.0", "six==1.17.0"
 
@@ -609,3 +610,73 @@ def test_a_full_disk_during_a_build_is_a_clear_error_and_the_current_release_sta
         assert [(r["version"], r["current"]) for r in listed] == [("1.0", True)]
     finally:
         d.close()  # the namespace, and its tmpfs, end with the daemon
+
+
+# -- development mode -----------------------------------------------------------------
+DEV_AGENT = """\
+from corral.worker import run
+run(lambda task, ctx: {{"says": {says!r}}})
+"""
+
+
+def daemon_lines(d: Any) -> list[str]:
+    """The daemon's own last log lines."""
+    return [ln.text for ln in d.services.hub.tail(["corral"], 1000, None)]
+
+
+@pytest.mark.deadline(90)
+async def test_watch_restarts_a_plain_agent_rolling_when_its_files_change(
+        tmp_path: Path) -> None:
+    src = tmp_path / "dev"
+    src.mkdir()
+    (src / "agent.py").write_text(DEV_AGENT.format(says="one"))
+    agents = f"""
+[agents.dev]
+command = ["{PY}", "agent.py"]
+cwd = "{src}"
+env = {{ PYTHONPATH = "{ROOT}" }}
+watch = ["*.py"]
+"""
+    async with in_process(tmp_path, agents) as d:
+        sup, watches = d.services.sup, d.services.watches
+        await wait_until_async(lambda: any(f"dev: watching *.py under {src}" in t
+                                           for t in daemon_lines(d)))
+        assert (await ask(d, "dev"))["says"] == "one"
+        pid = sup.agent("dev").replicas[0].pid
+        (src / "notes.txt").write_text("not a match")
+        (src / "agent.py").write_text(DEV_AGENT.format(says="two"))
+        await sup.wait_for(lambda: sup.agent("dev").replicas[0].pid not in (pid, None)
+                           and sup.agent("dev").replicas[0].serving, 30)
+        assert (await ask(d, "dev"))["says"] == "two"
+        lines = [t for t in daemon_lines(d) if "changed: restarting" in t]
+        assert lines == ["dev: agent.py changed: restarting (rolling)"]
+        # no longer watched: nothing restarts it
+        d.services.sup.agent("dev").spec.watch = []
+        watches.sync("dev")
+        assert "dev" not in watches.watching
+
+
+@pytest.mark.deadline(120)
+async def test_watch_deploys_a_package_again_and_refuses_a_broken_edit(
+        tmp_path: Path, uv_cache: Path) -> None:
+    v = package(tmp_path / "pkg", "1.0", manifest='watch = ["*.py"]\n')
+    async with in_process(tmp_path, "", packages_toml(uv_cache)) as d:
+        sup, watches = d.services.sup, d.services.watches
+        first = await deploy(d, v)
+        await wait_until_async(lambda: any("greeter: watching *.py under" in t
+                                           for t in daemon_lines(d)))
+        (v / "agent.py").write_text(AGENT.format(version="1.1", extra=""))
+        await sup.wait_for(lambda: sup.agent("greeter").spec.release is not None
+                           and not sup.agent("greeter").spec.release.endswith(first.release),
+                           60)
+        assert (await ask(d))["version"] == "1.1"
+        current = sup.agent("greeter").spec.release
+        pids = {r.pid for r in sup.agent("greeter").replicas}
+        (v / "agent.py").write_text(AGENT.format(version="1.2", extra="import nope_1_2"))
+        await wait_until_async(lambda: any(
+            "greeter: after the change of agent.py: deploy of greeter: release " in t
+            and "No module named 'nope_1_2'" in t for t in daemon_lines(d)), 60)
+        assert sup.agent("greeter").spec.release == current
+        assert {r.pid for r in sup.agent("greeter").replicas} == pids
+        assert (await ask(d))["version"] == "1.1"
+        assert watches.restarts == 2

@@ -54,6 +54,7 @@ from .services import Services
 from .store import StateStore, StoreError, StoreWriter
 from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
+from .watch import Watches
 
 if TYPE_CHECKING:
     from .http.server import HttpServer
@@ -232,9 +233,13 @@ class Daemon:
             await packages.start()
         except StoreError as exc:
             raise StartupError(str(exc)) from None
+        watches = Watches(sup, fleet, packages, hub.daemon)
+        sup.stream.subscribe(watches.on_transition, Event)
+        stack.push_async_callback(watches.close)
         services = Services(
             sup=sup, hub=hub, store=store, revisions=revisions, fleet=fleet, tasks=desk,
             gateway=gateway, http=http, journal=journal, history=history, packages=packages,
+            watches=watches,
             config_path=self.config_path,
             socket_path=control.path, started_at=self.started_at,
             reload=lambda who: self._reload(services, who),
@@ -256,6 +261,7 @@ class Daemon:
         dispatcher.serve(services)
         await asyncio.sleep(0)  # the control socket is served before the agents are added
         fleet.start(cfg)
+        watches.sync_all()
         if journal is not None:
             # no await since the agents were added: no task can be accepted before the
             # journal's are back, numbered after theirs

@@ -21,6 +21,7 @@ from .revisions import RevisionLog
 from .store import StateStore
 from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
+from .watch import Watches
 
 
 class Logins(Protocol):
@@ -46,6 +47,7 @@ class Services:
     journal: TaskJournalDB | None  # the task journal, or None: `task_journal = false`
     history: History  # the metrics history (its sampler starts once the services exist)
     packages: Packages  # agent packages: deploy, releases
+    watches: Watches  # development mode (`watch = [...]`)
     config_path: Path
     socket_path: Path
     started_at: float

@@ -337,7 +337,7 @@ class Builder:
                            python=plan.interpreter, python_version=plan.python_version,
                            lock=lock.name if lock else None, built_at=time.time(),
                            build_seconds=round(time.monotonic() - started, 3),
-                           size_bytes=size, who=who)
+                           size_bytes=size, who=who, source=str(manifest.directory))
         try:
             await asyncio.to_thread(_seal, final, scratch, info)
         except OSError as exc:

@@ -43,6 +43,7 @@ class ReleaseInfo(msgspec.Struct, kw_only=True):
     build_seconds: float
     size_bytes: int
     who: str
+    source: str | None = None  # the package's directory it was built from
 
 
 class Rollout(msgspec.Struct, kw_only=True):

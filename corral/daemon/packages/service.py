@@ -51,6 +51,7 @@ class Packages:
         self.fleet = fleet
         self.report = report
         cache = Path(settings.cache_dir) if settings.cache_dir else root / CACHE
+        self._sources: dict[str, str | None] = {}
         self.builder = Builder(self.releases, settings, sup.containment,
                                find_uv(settings.uv), cache)
 
@@ -277,6 +278,13 @@ class Packages:
         keep = (agent.spec if agent is not None else AgentSpec(command="-")).keep_releases
         return m.ReleasesResult(name=name, current=current, keep_releases=keep,
                                 releases=entries)
+
+    def source_of(self, release: str) -> str | None:
+        """The directory a release was built from (read once per release)."""
+        if release not in self._sources:
+            info = self.releases.info(Path(release))
+            self._sources[release] = info.source if info is not None else None
+        return self._sources[release]
 
     def status(self) -> dict[str, Any]:
         b = self.builder
