@@ -30,7 +30,7 @@ from corral.daemon.packages.releases import remove_tree
 from corral.jsonrpc import RpcError
 from corral.supervisor.config import ConfigError
 
-from .conftest import PY, ROOT, nobody_reason
+from .conftest import EXAMPLES, PY, ROOT, nobody_reason
 from .daemon_harness import Daemon, in_process, shared_tmpdir
 from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
@@ -680,3 +680,22 @@ async def test_watch_deploys_a_package_again_and_refuses_a_broken_edit(
         assert {r.pid for r in sup.agent("greeter").replicas} == pids
         assert (await ask(d))["version"] == "1.1"
         assert watches.restarts == 2
+
+
+@pytest.mark.deadline(90)
+async def test_the_example_package_deploys_from_its_uv_lock_and_starts_warm(
+        tmp_path: Path, uv_cache: Path) -> None:
+    async with in_process(tmp_path, "", packages_toml(uv_cache)) as d:
+        res = await deploy(d, EXAMPLES / "package")
+        assert (res.name, res.version, res.built) == ("sizes", "1.0.0", True)
+        out = await ask(d, "sizes", {"bytes": 3_000_000, "seconds": 90})
+        assert out == {"humanize": "4.14.0", "size": "3.0 MB",
+                       "duration": "1 minute and 30 seconds"}
+        # each replica forked from a zygote of the release's own interpreter
+        sup = d.services.sup
+        release = sup.agent("sizes").spec.release
+        assert [k.interpreter for k in sup.zygotes.zygotes] == [f"{release}/venv/bin/python"]
+        assert sup.stats.cold_fallbacks == 0
+        site = next(Path(release, "venv", "lib").glob("python3*/site-packages"))
+        assert sorted(p.name for p in site.glob("*.dist-info")) == [
+            "humanize-4.14.0.dist-info"]
