@@ -699,3 +699,27 @@ async def test_the_example_package_deploys_from_its_uv_lock_and_starts_warm(
         site = next(Path(release, "venv", "lib").glob("python3*/site-packages"))
         assert sorted(p.name for p in site.glob("*.dist-info")) == [
             "humanize-4.14.0.dist-info"]
+
+
+@pytest.mark.deadline(90)
+async def test_a_client_that_goes_away_mid_switch_does_not_stop_it(
+        tmp_path: Path, uv_cache: Path) -> None:
+    v1 = package(tmp_path / "v1", "1.0")
+    v2 = package(tmp_path / "v2", "2.0", manifest="min_healthy_time = 2\n")
+    async with in_process(tmp_path, "", packages_toml(uv_cache)) as d:
+        sup = d.services.sup
+        await deploy(d, v1)
+        # a client of the control socket that asks for the deploy and goes away (in this
+        # process: a child of the test would be a stray child of the daemon in it)
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "corral.sock"))
+        writer.write(msgspec.json.encode({"jsonrpc": "2.0", "id": 1, "params": {
+            "path": str(v2)}, "method": "packages.deploy"}) + b"\n")
+        await wait_until_async(lambda: bool(sup.agent("greeter").replacing), 60)
+        writer.close()
+        await writer.wait_closed()
+        del reader
+        marker = d.services.packages.releases.root / "greeter" / "ROLLOUT"
+        await wait_until_async(lambda: not marker.exists(), 30)  # the switch is over
+        assert sup.agent("greeter").spec.version == "2.0"
+        assert (await ask(d))["version"] == "2.0"
+        assert d.services.fleet.revision_of("greeter") == 2

@@ -475,6 +475,9 @@ def describe(obj: Ctx, name: str, as_json: bool) -> None:
     click.echo(f"origin: {res.origin}")
     click.echo(f"revision: {res.revision if res.revision is not None else '-'}")
     click.echo(f"command: {' '.join(shlex.quote(a) for a in res.argv)}")
+    if spec.get("release"):  # an agent package's
+        click.echo(f"release: {os.path.basename(spec['release'])} (version "
+                   f"{spec.get('version') or '-'}, {spec['release']})")
     click.echo(f"cwd: {spec['cwd']}")
     click.echo(f"user: {spec['user'] or '-'}" + (f" group: {spec['group']}"
                                                    if spec["group"] else ""))

@@ -119,6 +119,23 @@ class Packages:
         except BuildError as exc:
             raise RpcError(jsonrpc.REFUSED, f"deploy of {name}: {exc}; nothing changed"
                            ) from None
+        # from here the deploy is the daemon's: a client that goes away (Ctrl-C) does not
+        # stop a switch half-way (its record made, its processes started)
+        switch = asyncio.ensure_future(self._in_turn(name, plan, release, built, who, say))
+        switch.add_done_callback(self._told)
+        return await asyncio.shield(switch)
+
+    def _told(self, switch: asyncio.Future[m.DeployResult]) -> None:
+        """A switch's failure is in the daemon's log, whether its client waits or not."""
+        if switch.cancelled():
+            return
+        exc = switch.exception()
+        if exc is not None:
+            why = exc.message if isinstance(exc, RpcError) else f"{type(exc).__name__}: {exc}"
+            self.report(why, priority=4)
+
+    async def _in_turn(self, name: str, plan: Plan, release: Path, built: bool, who: str,
+                       say: Say) -> m.DeployResult:
         async with self.fleet.changing([name]):
             return await self._switch(name, plan, release, built, who, say)
 
