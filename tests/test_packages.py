@@ -723,3 +723,17 @@ async def test_a_client_that_goes_away_mid_switch_does_not_stop_it(
         assert sup.agent("greeter").spec.version == "2.0"
         assert (await ask(d))["version"] == "2.0"
         assert d.services.fleet.revision_of("greeter") == 2
+
+
+@pytest.mark.deadline(60)
+async def test_hardlink_mode_shares_the_caches_files_read_only(tmp_path: Path,
+                                                               uv_cache: Path) -> None:
+    v1 = package(tmp_path / "v1", "1.0")
+    async with in_process(tmp_path, "", packages_toml(uv_cache, 'link_mode = "hardlink"')
+                          ) as d:
+        await deploy(d, v1)
+        assert (await ask(d))["six"] == "1.16.0"
+        release = Path(d.services.sup.agent("greeter").spec.release)
+        six = next((release / "venv" / "lib").glob("python3*/site-packages/six.py"))
+        st = six.stat()
+        assert st.st_nlink > 1 and not st.st_mode & 0o222

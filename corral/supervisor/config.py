@@ -278,6 +278,10 @@ class PackagesSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     max_release_mb: PositiveInt = 2048  # a release bigger than this is refused
     min_free_mb: NonNegInt = 256  # a build needs this much free space to start
     max_source_mb: PositiveInt = 256  # a package's source (what is copied) at most
+    # how a release gets its packages' files from uv's cache: "copy" (a release shares
+    # nothing), or "hardlink" (a rebuild several times faster; a release's files are then
+    # the cache's, made read-only with it)
+    link_mode: Literal["copy", "hardlink"] = "copy"
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -327,7 +327,8 @@ class Builder:
                            f"reading {lock.name}")
                 requirements = exported
             say(f"installing {lock.name} with uv")
-            await step([uv, "pip", "install", "--python", python, "--link-mode", "copy",
+            await step([uv, "pip", "install", "--python", python, "--link-mode",
+                        settings.link_mode,
                         "--compile-bytecode", "--quiet", "-r", str(requirements)],
                        f"installing {lock.name}", watch=final)
         await step([python, "-I", "-m", "compileall", "-q", str(src)], "compiling the source")
