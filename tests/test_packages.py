@@ -29,6 +29,7 @@ from corral.daemon.packages.manifest import read_manifest
 from corral.daemon.packages.releases import remove_tree
 from corral.jsonrpc import RpcError
 from corral.supervisor.config import ConfigError
+from corral.supervisor.lifecycle import State
 
 from .conftest import EXAMPLES, PY, ROOT, nobody_reason
 from .daemon_harness import Daemon, in_process, shared_tmpdir
@@ -737,3 +738,26 @@ async def test_hardlink_mode_shares_the_caches_files_read_only(tmp_path: Path,
         six = next((release / "venv" / "lib").glob("python3*/site-packages/six.py"))
         st = six.stat()
         assert st.st_nlink > 1 and not st.st_mode & 0o222
+
+
+@pytest.mark.deadline(90)
+async def test_a_new_release_is_how_a_failed_agent_is_fixed(tmp_path: Path,
+                                                             uv_cache: Path) -> None:
+    dies = ("_handle = handle\n"
+            "def handle(task, ctx):\n"
+            "    if task == 'die':\n"
+            "        os._exit(4)\n"
+            "    return _handle(task, ctx)\n")
+    v1 = package(tmp_path / "v1", "1.0", manifest="max_restarts = 0\n")
+    (v1 / "agent.py").write_text(AGENT.format(version="1.0", extra="").replace(
+        "\n\nrun(handle)", "\n" + dies + "\n\nrun(handle)"))
+    v2 = package(tmp_path / "v2", "2.0")
+    async with in_process(tmp_path, "", packages_toml(uv_cache)) as d:
+        sup = d.services.sup
+        await deploy(d, v1)
+        lost = await sup.tasks.run("greeter", "die")
+        assert lost.status == "lost"
+        await sup.wait_state("greeter", State.FAILED, timeout=30)
+        await deploy(d, v2)
+        assert sup.agent("greeter").replicas[0].serving
+        assert (await ask(d))["version"] == "2.0"

@@ -145,11 +145,12 @@ class Agent:
         they take the agent's tasks, together, while the old ones finish theirs and
         stop. Until then the old ones serve as before; a new process that exits or is
         late stops the switch (SupervisorError with its reason) and the new ones are
-        stopped. Replicas stopped by hand are replaced without starting."""
+        stopped. Replicas stopped by hand (or never started) are replaced without
+        starting; Failed ones are started (a new release is how one is fixed)."""
         old = list(self.replicas)
         new = [Replica(self.sup, spec, self.name, i) for i in range(len(old))]
-        started = [n for n, o in zip(new, old, strict=True)
-                   if not (o.state == State.INITIAL or (o.state in STOPPED and o._stay_down))]
+        started = [n for n, o in zip(new, old, strict=True) if o.state == State.FAILED or not (
+            o.state == State.INITIAL or (o.state in STOPPED and o._stay_down))]
         self.replacing.update((*old, *new))
         try:
             for r in started:
