@@ -245,6 +245,7 @@ class RollbackResult(Result):
     name: str
     restored: int
     revision: int | None
+    change: str = ""  # what the rollback changed: "replicas 3 -> 2, env.V changed"
 
 
 class AuditEntry(Result):
@@ -286,11 +287,10 @@ class LogLine(msgspec.Struct, array_like=True):
 
     def render(self) -> str:
         """How a line reads in log files and in `corral logs`."""
-        from datetime import UTC, datetime
+        from .text import iso_time
 
-        stamp = datetime.fromtimestamp(self.time, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
         who = self.source if self.source == "corral" else f"{self.source}#{self.replica}"
-        return f"{stamp}Z {who}[{self.pid}] {self.stream}: {self.text}"
+        return f"{iso_time(self.time, ms=True)} {who}[{self.pid}] {self.stream}: {self.text}"
 
 
 class LogLines(Result):
@@ -426,6 +426,9 @@ class TaskSummary(_TaskHead):
 
 class TaskList(Result):
     tasks: list[TaskSummary]
+    # the cursor of the next page (older tasks): `before` of the next call; absent on the
+    # last page
+    next: str | UnsetType = UNSET
 
 
 class Delivered(Result):
@@ -649,12 +652,15 @@ class TasksGet(Params):
 
 @method("tasks.list", result=TaskList, scope="tasks:read")
 class TasksList(Params):
-    """Recent tasks, newest last (from the task journal: every task until it is pruned)."""
+    """Recent tasks, newest last (from the task journal: every task until it is pruned),
+    a page of `limit` at a time: `next`, when there are older tasks, is the `before` that
+    lists them."""
 
     agent: str | None = None
     limit: int = 100
     status: str | None = None
     since: float | None = None  # seconds ago
+    before: str | None = None  # a task id: only the tasks accepted before it
 
 
 @method("tasks.cancel", result=TaskInfo, scope="tasks:run", mutating=True)

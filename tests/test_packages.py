@@ -310,7 +310,9 @@ async def test_deploy_switch_under_load_refuse_roll_back_and_redeploy(
         assert [(r.revision, r.release, r.version) for r in history.revisions] == [
             (1, first.release, "1.0"), (2, second.release, "2.0"),
             (3, first.release, "1.0"), (4, second.release, "2.0")]
-        assert [r.change for r in history.revisions][2] == "rollback to revision 1"
+        assert [r.change for r in history.revisions][2] == (
+            f"rollback to revision 1: release '{second.release}' -> '{first.release}', "
+            "version '2.0' -> '1.0'")
         listed = await d.dispatcher.call(SOCKET, "packages.releases", {"name": "greeter"})
         assert [(r.version, r.current, r.revisions) for r in listed.releases] == [
             ("1.0", False, [1, 3]), ("2.0", True, [2, 4]), ("3.0", False, [])]
@@ -506,8 +508,12 @@ def test_a_daemon_killed_during_a_switch_leaves_the_old_release_current(
         history = d.json("history", "greeter")["revisions"]
         assert [r["version"] for r in history] == ["1.0", "2.0", "1.0"]
         assert history[-1]["change"].startswith("rollout to release ")
-        assert history[-1]["change"].endswith("interrupted by a daemon restart: back to "
-                                              f"release {history[0]['spec']['release']}")
+        first = os.path.basename(history[0]["spec"]["release"])
+        second = os.path.basename(history[1]["spec"]["release"])
+        assert history[-1]["change"] == (
+            f"rollout to release {second} interrupted by a daemon restart: back to release "
+            f"{first}: healthy_deadline 120.0 -> default, min_healthy_time 60.0 -> default, "
+            f"release '{second}' -> '{first}', version '2.0' -> '1.0'")
     finally:
         d.close()
 
@@ -561,7 +567,7 @@ def test_a_build_killed_half_way_leaves_nothing_that_could_start(
         wait_until(lambda: not _alive(backend), what="the build's processes ended")
         r = d.cli("releases", "greeter")
         assert (r.returncode, r.stderr) == (1, "corral: no such agent: greeter (and no "
-                                               "releases of one)\n")
+                                               "releases of one; there are no agents)\n")
         assert "removed" in d.cli("logs", "corral", "-n", "200").stdout
     finally:
         d.close()

@@ -15,6 +15,7 @@ from .. import __version__, jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError
+from ..supervisor.core import NoSuchAgent
 from ..supervisor.lifecycle import State
 from ..text import plural
 from .api import Caller, Channel, Handlers
@@ -233,9 +234,9 @@ async def agents_history(d: Services, p: m.AgentsHistory,
 @implements("agents.rollback")
 async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: Channel
                           ) -> m.RollbackResult:
-    target = await d.fleet.rollback(p.name, p.revision, caller.who)
+    target, change = await d.fleet.rollback(p.name, p.revision, caller.who)
     return m.RollbackResult(name=p.name, restored=target,
-                            revision=d.fleet.revision_of(p.name))
+                            revision=d.fleet.revision_of(p.name), change=change)
 
 
 @implements("audit.list")
@@ -268,7 +269,7 @@ def _log_sources(d: Services, names: list[str]
         except ValueError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         if n not in d.sup.agents and n != "corral" and n not in d.hub.tails:
-            raise jsonrpc.not_found("agent", n)
+            raise NoSuchAgent(n, d.sup.agents)
         if n not in replicas:
             sources.append(n)
             replicas[n] = set()
@@ -352,7 +353,10 @@ async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel) -> T
 
 @implements("tasks.list")
 async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) -> m.TaskList:
-    return m.TaskList(tasks=_wire(await d.tasks.list(p)))
+    # a caller limited to some agents pages through theirs only (full pages; a cursor
+    # of another agent's task reads as absent)
+    tasks, older = await d.tasks.list(p, caller.sees if caller.agents is not None else None)
+    return m.TaskList(tasks=_wire(tasks), next=older if older is not None else msgspec.UNSET)
 
 
 @implements("tasks.cancel")
@@ -584,8 +588,7 @@ async def stats_history(d: Services, p: m.StatsHistory, caller: Caller, c: Chann
     result = await d.history.read(p.since, p.agent, p.resolution)
     if p.agent is not None and not result.samples and p.agent not in d.sup.agents and (
             not await asyncio.to_thread(has_rows, d.history.path, p.agent)):
-        raise RpcError(jsonrpc.NOT_FOUND, f"no such agent: {p.agent} (and no history "
-                                          f"of one)")
+        raise NoSuchAgent(p.agent, d.sup.agents, "and no history of one")
     return result
 
 

@@ -43,7 +43,8 @@ class Services:
     fleet: Fleet
     tasks: TaskDesk
     gateway: GatewayService
-    http: Any  # the HTTP gateway (http_gateway.HttpGateway), or None: not configured
+    # the HTTP gateway (http_gateway.HttpGateway): /mcp of [http], [gateway] listen; or None
+    http: Any
     journal: TaskJournalDB | None  # the task journal, or None: `task_journal = false`
     history: History  # the metrics history (its sampler starts once the services exist)
     packages: Packages  # agent packages: deploy, releases

@@ -22,6 +22,7 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import DEFAULT_MAX_LINE, LineBlock, RpcError
 from ..mcp.pool import McpPool
+from ..text import closest, listing, plural
 from .config import AgentSpec, ConfigError, McpServerSpec
 from .containment import CgroupMode, Containment
 from .events import EventBus
@@ -39,13 +40,33 @@ from .stream import TICK, Checkpoint, ListChanged, Stall, Stream, Subscription
 from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, TaskJournal, TaskManager
 from .zygote import Zygotes
 
-__all__ = ["Agent", "HeartbeatWork", "Stats", "Supervisor", "SupervisorError"]
+__all__ = ["Agent", "HeartbeatWork", "NoSuchAgent", "Stats", "Supervisor", "SupervisorError"]
 
 log = logging.getLogger("corral.supervisor")
 
 
 class SupervisorError(RpcError):
     """An operation on the supervisor failed; `code` is a jsonrpc error code."""
+
+
+class NoSuchAgent(SupervisorError):
+    """`no such agent: NAME`, and what there is instead: the closest name, else the
+    agents there are (`known`; None: not known here, nothing said). Every refusal of an
+    unknown agent is one, so that a caller limited to some agents is told of those alone
+    (daemon.api words it again for such a caller)."""
+
+    def __init__(self, name: str, known: Iterable[str] | None, note: str | None = None
+                 ) -> None:
+        self.name = name
+        self.note = note  # said first in the parentheses: "and no history of one"
+        said = [note] if note else []
+        if known is not None:
+            names = sorted(known)
+            near = closest(name, names)
+            said.append(f"did you mean `{near}`?" if near is not None
+                        else f"agents: {listing(names)}" if names else "there are no agents")
+        super().__init__(jsonrpc.NOT_FOUND, f"no such agent: {jsonrpc.visible(name)}"
+                                            + (f" ({'; '.join(said)})" if said else ""))
 
 
 # the heartbeat's visits per turn of the loop, and its sampling budget per second
@@ -173,7 +194,7 @@ class Agent:
     async def scale(self, n: int) -> None:
         if n < 0:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
-        self.sup.check_fleet({self.name: n}, f"{n} replicas of {self.name}")
+        self.sup.check_fleet({self.name: n}, f"{plural(n, 'replica')} of {self.name}")
         current = len(self.replicas)
         if n > current:
             new = [self._new_replica(i) for i in range(current, n)]
@@ -308,8 +329,7 @@ class Supervisor:
         try:
             return self.agents[name]
         except KeyError:
-            raise SupervisorError(jsonrpc.NOT_FOUND,
-                                  f"no such agent: {jsonrpc.visible(name)}") from None
+            raise NoSuchAgent(name, self.agents) from None
 
     async def remove(self, name: str) -> None:
         agent = self.agent(name)
@@ -340,7 +360,7 @@ class Supervisor:
         if total > self.max_replicas:
             raise SupervisorError(
                 jsonrpc.INVALID_PARAMS,
-                f"{what} would make {total} replicas in all, over max_replicas = "
+                f"{what} would make {plural(total, 'replica')} in all, over max_replicas = "
                 f"{self.max_replicas} (a [supervisor] setting)")
 
     def replicas(self, name: str | None = None) -> Iterable[Replica]:

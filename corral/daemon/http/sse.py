@@ -41,6 +41,10 @@ WRITE_DEADLINE = 60.0  # seconds a write may wait on a client that does not read
 STREAM_RETRY = 5  # Retry-After of a stream refused at a cap
 BATCH = 256  # events written to a stream at once, at most
 BATCH_BYTES = 64 << 10  # and at most about this much of them
+RESUME_LINES = 1 << 30  # a log stream resumed: all its tail holds (which is bounded)
+# Last-Event-ID as a query parameter, for a client that cannot set the header (a new
+# EventSource in a browser)
+LAST_ID = "last_event_id"
 
 
 class Streams:
@@ -183,7 +187,7 @@ class _Topic(msgspec.Struct):
 
 
 def _last_id(request: web.Request) -> str | None:
-    return request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    return request.headers.get("Last-Event-ID") or request.query.get(LAST_ID)
 
 
 async def events(request: web.Request, ring: EventRing, caller: Caller, params: Any
@@ -277,7 +281,8 @@ async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Call
     last = _last_id(request)
     if last is not None and method == "logs.follow":
         with contextlib.suppress(ValueError):
-            params = msgspec.structs.replace(params, since=float(last))
+            # every line kept since then, however few the first request asked for
+            params = msgspec.structs.replace(params, since=float(last), lines=RESUME_LINES)
     dispatcher.check(caller, method, params)  # refused as problem+json, not a stream
     response = await open_stream(request)
     channel = SseChannel(request, response)

@@ -26,7 +26,7 @@ from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
 from ...supervisor.config import AgentSpec, ConfigError, PackagesSettings, parse_agents
-from ...supervisor.core import Supervisor, SupervisorError
+from ...supervisor.core import NoSuchAgent, Supervisor, SupervisorError
 from ...supervisor.release import SOURCE, VENV
 from ..fleet import Fleet
 from ..revisions import Revision, RevisionLog, recording, spec_table, unrecording
@@ -81,7 +81,7 @@ class Packages:
             await self._undo_rollout(name, rollout)
 
     async def _undo_rollout(self, name: str, rollout: Rollout) -> None:
-        was = (f"release {rollout.previous.get('release')}"
+        was = (f"release {os.path.basename(rollout.previous['release'])}"
                if rollout.previous and rollout.previous.get("release") else
                "its table from before" if rollout.previous else "no agent")
         writes = []
@@ -183,7 +183,7 @@ class Packages:
         made: list[Revision] = []
         version = f" (version {plan.manifest.version})" if plan.manifest.version else ""
         writes = [StateStore.saving_runtime_agent(name, table),
-                  recording(spec, who, f"deployed release {plan.release}{version}", made)]
+                  recording(spec, who, "deployed", made)]
         undo = [StateStore.saving_runtime_agent(name, before) if before is not None
                 else StateStore.forgetting_runtime_agent(name)]
         if agent is None:
@@ -277,8 +277,7 @@ class Packages:
         agent = self.sup.agents.get(name)
         kept = await asyncio.to_thread(self.releases.of, name)
         if agent is None and not kept:
-            raise RpcError(jsonrpc.NOT_FOUND, f"no such agent: {jsonrpc.visible(name)} (and "
-                                              "no releases of one)")
+            raise NoSuchAgent(name, self.sup.agents, "and no releases of one")
         current = os.path.basename(agent.spec.release) if agent and agent.spec.release \
             else None
         revisions: dict[str, list[int]] = {}
