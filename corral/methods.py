@@ -896,6 +896,101 @@ class StatsHistory(Params):
 
 
 
+# -- watching the fleet live (issue 21) ------------------------------------------------------
+class FleetSnapshot(Result):
+    """`agents.snapshot`: every replica the watch covers, as agents.status shows them; the
+    changes after it follow. Sent first, and again (`resync`) when changes were lost to
+    this client."""
+
+    id: str  # the stream's position: the changes after it follow
+    time: float
+    replicas: list[ReplicaStatus]
+    # sent again in place of changes this client did not get: it fell behind the changes
+    # the daemon keeps, or its last_event_id is not of this daemon's life
+    resync: bool
+    missed: int | None  # how many changes it did not get (None: unknown)
+
+
+class ReplicaChange(Result):
+    """`agents.transition`: one replica's state change, as it happened."""
+
+    id: str  # resume after it with last_event_id (an SSE client: Last-Event-ID)
+    time: float  # when it happened, the daemon's unix time
+    agent: str
+    replica: int
+    state: str
+    previous: str
+    pid: int | None
+    cause: str | None  # what made it (crash, spawn, stop, ...)
+    reason: str
+    # the replica as agents.status shows it now, when the process that changed holds its
+    # place (None: the other process of a rollout, or a replica scaled away)
+    row: ReplicaStatus | None
+
+
+class AgentRoster(Result):
+    """`agents.roster`: an agent's replicas as a list changed (the agent was added or
+    removed, scaled, or a rollout put a new process in a replica's place): all of them
+    now, as agents.status shows them; none: the agent is gone."""
+
+    id: str
+    time: float
+    agent: str
+    replicas: list[ReplicaStatus]
+
+
+class ReplicaSample(msgspec.Struct, array_like=True):
+    """A replica's figures that change without a transition: agent, replica, uptime,
+    CPU, resident memory, open descriptors, tasks running."""
+
+    agent: str
+    replica: int
+    uptime: float | None
+    cpu_percent: float
+    rss_bytes: int
+    open_fds: int
+    tasks_running: int
+
+
+class ReplicaSamples(Result):
+    """`agents.sample`: every covered replica's figures, each `interval` (no id: a sample
+    replaces the one before, and none is sent again on resume)."""
+
+    time: float
+    replicas: list[ReplicaSample]
+
+
+@method("agents.watch", result=None, scope="agents:read", endless=True)
+class AgentsWatch(Params):
+    """The fleet as it changes: `agents.snapshot` (every replica), then an
+    `agents.transition` per replica state change and an `agents.roster` when an agent's
+    replicas change as a list, each with an id, until the client disconnects; with an
+    interval, `agents.sample` (CPU, memory, uptime) that often. A client that falls behind
+    the changes kept is sent a new snapshot (`resync`) instead of them."""
+
+    # agents to watch (default: every agent); one not there yet is watched for: its
+    # agents.roster comes when it is added
+    names: list[str] = []
+    # seconds between agents.sample notifications; none without
+    interval: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] | None = None
+    last_event_id: str | None = None  # resume after this change (a snapshot if too old)
+
+
+class StatsSample(StatsResult):
+    """`stats.sample`: stats.get's answer and when it was taken."""
+
+    time: float
+
+
+@method("stats.watch", result=None, scope="metrics:read", endless=True)
+class StatsWatch(Params):
+    """stats.get's answer as `stats.sample` notifications, one each interval, until the
+    client disconnects; a client that does not read is sent the newest when it reads
+    again, and none of those it missed."""
+
+    interval: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 1.0
+
+
 # -- the dashboard (issue 21) --------------------------------------------------------------
 class UiLoginResult(Result):
     code: str

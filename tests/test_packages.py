@@ -645,7 +645,7 @@ env = {{ PYTHONPATH = "{ROOT}" }}
 watch = ["*.py"]
 """
     async with in_process(tmp_path, agents) as d:
-        sup, watches = d.services.sup, d.services.watches
+        sup, watches = d.services.sup, d.services.dev_watch
         await wait_until_async(lambda: any(f"dev: watching *.py under {src}" in t
                                            for t in daemon_lines(d)))
         assert (await ask(d, "dev"))["says"] == "one"
@@ -668,7 +668,7 @@ async def test_watch_deploys_a_package_again_and_refuses_a_broken_edit(
         tmp_path: Path, uv_cache: Path) -> None:
     v = package(tmp_path / "pkg", "1.0", manifest='watch = ["*.py"]\n')
     async with in_process(tmp_path, "", packages_toml(uv_cache)) as d:
-        sup, watches = d.services.sup, d.services.watches
+        sup, watches = d.services.sup, d.services.dev_watch
         first = await deploy(d, v)
         await wait_until_async(lambda: any("greeter: watching *.py under" in t
                                            for t in daemon_lines(d)))

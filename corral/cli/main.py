@@ -231,9 +231,15 @@ EXIT_NOT_RUNNING = 3  # as `systemctl status`: some listed agent is failed or no
 @cli.command(help=doc("agents.status") + "\n\nExits 3 (as `systemctl status` does) when "
              "any listed replica is failed or not running, so scripts can check health.")
 @names_arg
+@click.option("--watch", is_flag=True,
+              help="Then a line per replica state change as it happens (agents.watch), "
+                   "until interrupted; with --json, each notification as a JSON line.")
 @json_option
 @pass_ctx
-def status(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
+def status(obj: Ctx, names: tuple[str, ...], watch: bool, as_json: bool) -> None:
+    if watch:
+        _watch(obj, names, as_json)
+        return
     st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus(names=list(names)))
     down = any(a.state not in RUNNING_STATES for a in st.agents)
     if as_json:
@@ -242,6 +248,36 @@ def status(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
         _print_status(st, with_mcp=not names)
     if down:
         sys.exit(EXIT_NOT_RUNNING)
+
+
+def _watch(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
+    def on_note(method: str, params: Any) -> None:
+        if as_json:
+            click.echo(json.dumps({"event": method, **params}))
+        elif method == "agents.snapshot":
+            if params["resync"]:
+                missed = params["missed"]
+                click.echo(f"corral: {'some' if missed is None else missed} change(s) "
+                           "missed; the fleet as it is now:", err=True)
+            _print_status(msgspec.convert({"agents": params["replicas"], "mcp_servers": [],
+                                           "tasks": {}}, m.AgentsStatusResult),
+                          with_mcp=False)
+        elif method == "agents.transition":
+            pid = f"[{params['pid']}]" if params["pid"] else ""
+            click.echo(f"{_log_stamp(params['time'])} {params['agent']}#{params['replica']}{pid} "
+                       f"{params['previous']} -> {params['state']}: {params['reason']}")
+        elif method == "agents.roster":
+            n = len(params["replicas"])
+            click.echo(f"{_log_stamp(params['time'])} {params['agent']}: "
+                       + (plural(n, "replica") if n else "removed"))
+        sys.stdout.flush()
+
+    obj.call("agents.watch", m.AgentsWatch(names=list(names)), on_notification=on_note)
+
+
+def _log_stamp(t: float) -> str:
+    """As log lines stamp their time (UTC, milliseconds)."""
+    return LogLine(t, "", 0, 0, "", "").render().split(" ", 1)[0]
 
 
 def _print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:

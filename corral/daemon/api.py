@@ -396,6 +396,46 @@ class _SeenLines:
         self.inner.notify(method, params)
 
 
+class _Seen:
+    """A stream's channel that passes on only what the caller sees: each notification of
+    a method in `filters` through its filter (None: not sent at all)."""
+
+    def __init__(self, inner: Channel, caller: Caller,
+                 filters: Mapping[str, Callable[[Any, Caller], Any]]) -> None:
+        self.inner = inner
+        self.caller = caller
+        self.filters = filters
+
+    @property
+    def writable(self) -> asyncio.Event:
+        return self.inner.writable
+
+    def notify(self, method: str, params: Any) -> None:
+        seen = self.filters.get(method)
+        if seen is not None:
+            params = seen(params, self.caller)
+            if params is None:
+                return
+        self.inner.notify(method, params)
+
+
+def _seen(filters: Mapping[str, Callable[[Any, Caller], Any]]
+          ) -> Callable[[Channel, Caller], Channel]:
+    return lambda inner, caller: _Seen(inner, caller, filters)
+
+
+def _of_agent(params: Any, caller: Caller) -> Any:
+    return params if caller.sees(params.agent) else None
+
+
+def _rows_filter(field: str) -> Callable[[Any, Caller], Any]:
+    def seen(params: Any, caller: Caller) -> Any:
+        return _replace(params, replicas=[r for r in params.replicas
+                                          if caller.sees(getattr(r, field))])
+
+    return seen
+
+
 _AGENT_PARAM = _one("agent")
 AGENT_RULES: dict[str, AgentRule] = {
     "daemon.info": AgentRule(_nothing),
@@ -414,6 +454,10 @@ AGENT_RULES: dict[str, AgentRule] = {
     "logs.follow": AgentRule(_targets("names"), channel=_SeenLines),
     "stats.get": AgentRule(_nothing, filter=_stats_filter),
     "stats.history": AgentRule(_AGENT_PARAM),
+    "stats.watch": AgentRule(_nothing, channel=_seen({"stats.sample": _stats_filter})),
+    "agents.watch": AgentRule(_targets("names"), channel=_seen({
+        "agents.snapshot": _rows_filter("name"), "agents.sample": _rows_filter("agent"),
+        "agents.transition": _of_agent, "agents.roster": _of_agent})),
     "tasks.run": AgentRule(_AGENT_PARAM),
     "tasks.get": AgentRule(_nothing, filter=_task_filter),
     "tasks.list": AgentRule(_AGENT_PARAM, filter=_tasks_filter),

@@ -15,7 +15,7 @@ from .. import __version__, jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError
-from ..supervisor.core import NoSuchAgent
+from ..supervisor.core import NoSuchAgent, start_each, stop_all
 from ..supervisor.lifecycle import State
 from ..text import plural
 from .api import Caller, Channel, Handlers
@@ -120,15 +120,16 @@ def _wire(value: Any) -> Any:
 @implements("agents.start")
 async def agents_start(d: Services, p: m.AgentsStart, caller: Caller, c: Channel) -> m.Started:
     targets = _targets(d, p.names, p.all)
-    for r in _replicas(targets):
-        r.start(by_hand=True)
+    # paced, as stops are: a thousand starts begun in one turn stall the loop
+    await start_each(_replicas(targets))
     return m.Started(started=[_label(a, i) for a, i in targets])
 
 
 @implements("agents.stop")
 async def agents_stop(d: Services, p: m.AgentsStop, caller: Caller, c: Channel) -> m.Stopped:
     targets = _targets(d, p.names, p.all)
-    await asyncio.gather(*(r.stop() for r in _replicas(targets)))
+    # paced (stop_all): a thousand stops begun in one turn stalled the loop for a second
+    await stop_all(_replicas(targets), "stopped")
     return m.Stopped(stopped=[_label(a, i) for a, i in targets])
 
 
@@ -141,9 +142,8 @@ async def agents_restart(d: Services, p: m.AgentsRestart,
                                for a, i in targets))
     else:
         reps = _replicas(targets)
-        await asyncio.gather(*(r.stop("restarting") for r in reps))
-        for r in reps:
-            r.start(by_hand=True)
+        await stop_all(reps, "restarting")
+        await start_each(reps)
     return m.Restarted(restarted=[_label(a, i) for a, i in targets])
 
 
@@ -591,6 +591,31 @@ async def stats_history(d: Services, p: m.StatsHistory, caller: Caller, c: Chann
         raise NoSuchAgent(p.agent, d.sup.agents, "and no history of one")
     return result
 
+
+
+# -- watching the fleet live (issue 21) ------------------------------------------------------
+@implements("agents.watch")
+async def agents_watch(d: Services, p: m.AgentsWatch, caller: Caller, c: Channel) -> None:
+    """Streams until the client goes away (daemon/watch.py)."""
+    await d.watch.serve(c, frozenset(p.names), p.interval, p.last_event_id)
+
+
+@implements("stats.watch")
+async def stats_watch(d: Services, p: m.StatsWatch, caller: Caller, c: Channel) -> None:
+    """stats.get each interval while the client reads: one that does not is sent nothing
+    until it does, and then the newest."""
+    loop = asyncio.get_running_loop()
+    due = loop.time()
+    while True:
+        if not c.writable.is_set():
+            await c.writable.wait()
+        stats = await stats_get(d, m.StatsGet(), caller, c)
+        c.notify("stats.sample", m.StatsSample(**msgspec.structs.asdict(stats),
+                                               time=time.time()))
+        due += p.interval
+        if due <= loop.time():  # late: the next one a whole interval on
+            due = loop.time() + p.interval
+        await asyncio.sleep(due - loop.time())
 
 
 # -- the dashboard (issue 21) --------------------------------------------------------------

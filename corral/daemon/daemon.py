@@ -42,6 +42,7 @@ from .api import Caller, Dispatcher
 from .background import Background
 from .commands import HANDLERS
 from .control import AlreadyRunning, ControlServer
+from .devwatch import Watches
 from .fleet import Fleet
 from .gateway import GatewayService
 from .history import History
@@ -54,7 +55,7 @@ from .services import Services
 from .store import StateStore, StoreError, StoreWriter
 from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
-from .watch import Watches
+from .watch import FleetWatch
 
 if TYPE_CHECKING:
     from .http.server import HttpServer
@@ -239,7 +240,7 @@ class Daemon:
         services = Services(
             sup=sup, hub=hub, store=store, revisions=revisions, fleet=fleet, tasks=desk,
             gateway=gateway, http=http, journal=journal, history=history, packages=packages,
-            watches=watches,
+            dev_watch=watches, watch=FleetWatch(sup),
             config_path=self.config_path,
             socket_path=control.path, started_at=self.started_at,
             reload=lambda who: self._reload(services, who),

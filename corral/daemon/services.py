@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from ..methods import ReloadResult
 from ..supervisor.core import Supervisor
 from .api import Caller
+from .devwatch import Watches
 from .fleet import Fleet
 from .gateway import GatewayService
 from .history import History
@@ -21,7 +22,7 @@ from .revisions import RevisionLog
 from .store import StateStore
 from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
-from .watch import Watches
+from .watch import FleetWatch
 
 
 class Logins(Protocol):
@@ -48,7 +49,8 @@ class Services:
     journal: TaskJournalDB | None  # the task journal, or None: `task_journal = false`
     history: History  # the metrics history (its sampler starts once the services exist)
     packages: Packages  # agent packages: deploy, releases
-    watches: Watches  # development mode (`watch = [...]`)
+    dev_watch: Watches  # development mode (`watch = [...]`)
+    watch: FleetWatch  # the fleet's changes for agents.watch
     config_path: Path
     socket_path: Path
     started_at: float

@@ -36,7 +36,7 @@ from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaSta
 from .remote import RemoteMcpServer
 from .replica import Replica
 from .stats import HeartbeatWork, Stats
-from .stream import TICK, Checkpoint, ListChanged, Stall, Stream, Subscription
+from .stream import TICK, Checkpoint, ListChanged, Roster, Stall, Stream, Subscription
 from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, TaskJournal, TaskManager
 from .zygote import Zygotes
 
@@ -124,6 +124,7 @@ class Agent:
         if not start_stopped and (old.state == State.INITIAL
                                   or (old.state in STOPPED and old._stay_down)):
             self.replicas[i] = new
+            self.sup.stream.emit(Roster(self.name))
             self.sup._forget([old])
             return
         self.replacing.update((old, new))
@@ -143,6 +144,7 @@ class Agent:
                                   f"replica {i}: the new process did not become ready: "
                                   f"{why}; the old one keeps running")
         self.replicas[i] = new  # from here on, new tasks go to the new process
+        self.sup.stream.emit(Roster(self.name))
         self.sup.tasks.pump(self.name)
         await self._retire([old], spec, "replaced by a new process")
 
@@ -199,10 +201,12 @@ class Agent:
         if n > current:
             new = [self._new_replica(i) for i in range(current, n)]
             self.replicas.extend(new)
+            self.sup.stream.emit(Roster(self.name))
             self._starter = start_all(new)
         elif n < current:
             gone = self.replicas[n:]
             del self.replicas[n:]
+            self.sup.stream.emit(Roster(self.name))
             await stop_all(gone, "scaled down")
             self.sup._forget(gone)
         self.spec.replicas = n
@@ -321,6 +325,7 @@ class Supervisor:
         self.check_fleet({spec.name: spec.replicas}, f"agent {spec.name}")
         agent = Agent(self, spec)
         self.agents[spec.name] = agent
+        self.stream.emit(Roster(spec.name))
         if spec.autostart if start is None else start:
             agent.start()
         return agent
@@ -337,6 +342,7 @@ class Supervisor:
         await agent.stop("removed")
         if self.agents.pop(name, None) is agent:
             self._forget(agent.replicas)
+            self.stream.emit(Roster(name))
 
     def start(self, name: str) -> None:
         self.agent(name).start()
@@ -771,6 +777,16 @@ async def stop_all(replicas: Iterable[ProcessReplica], reason: str, *,
         p.submit(functools.partial(r.begin_stop, reason, graceful=graceful))
     await p.turn(lambda: None)  # every stop begun (in order: the queue is FIFO)
     await asyncio.gather(*(r.stopped() for r in replicas))
+
+
+async def start_each(replicas: Iterable[Replica]) -> None:
+    """Start these replicas by hand, paced as stop_all's stops are (one FIFO per loop: a
+    stop asked after them still comes after them); returns once every start has begun
+    (each replica is Starting, or refused and says why)."""
+    p = pacer()
+    for r in replicas:
+        p.submit(functools.partial(r.start, by_hand=True))
+    await p.turn(lambda: None)
 
 
 def _object(raw: Any) -> dict[str, Any] | None:

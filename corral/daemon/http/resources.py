@@ -89,6 +89,11 @@ RESOURCES: list[Resource] = [
     _r("GET", "/prompts", "prompts.list", "The MCP servers' prompts",
        query=("server", "agent")),
     _r("GET", "/stats", "stats.get", "Runtime statistics"),
+    _r("GET", "/stats/stream", "stats.watch", "Runtime statistics every interval (SSE)",
+       query=("interval",), stream="stats.sample"),
+    _r("GET", "/replicas/stream", "agents.watch", "The fleet's replicas, then each state "
+       "change as it happens (SSE)", query=("names", "interval"),
+       stream="agents.transition"),
     _r("GET", "/audit", "audit.list", "The audit log", query=("limit",)),
     _r("POST", "/config/reload", "config.reload", "Reload the config file"),
     _r("GET", "/daemon", "daemon.info", "The daemon: version, pid, uptime"),

@@ -10,6 +10,9 @@ with `Last-Event-ID` is sent what it missed while it is still kept.
   last line, and a reconnect resumes from the log tail the hub keeps (`since`), at least
   once. A client that does not read stops the follow at a bounded buffer, and the
   follower's bounded queue counts what it drops (`event: logs.missed`).
+- The fleet (`/replicas/stream`, agents.watch) and the like: the client's own call; a
+  notification that carries an `id` is sent with it, and a reconnect's Last-Event-ID is
+  the method's `last_event_id` (daemon/watch.py says what it resumes).
 
 Hostile clients: streams are counted, overall and per token (`Streams`: past either cap a
 503 with Retry-After, before anything is followed), and a write that waits on a client
@@ -250,7 +253,8 @@ class SseChannel:
         return self._writable
 
     def notify(self, method: str, params: Any) -> None:
-        event_id = None
+        # a notification that carries its `id` (agents.watch's) is an event with that id
+        event_id = getattr(params, "id", None)
         if method == "logs.lines" and params["lines"]:
             event_id = repr(params["lines"][-1].time)
         data = frame(event_id, method, msgspec.json.encode(params))
@@ -263,7 +267,8 @@ class SseChannel:
     async def pump(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self.wake.wait(), KEEPALIVE)
+                async with asyncio.timeout(KEEPALIVE):  # no task per wait, as wait_for's
+                    await self.wake.wait()
             except TimeoutError:
                 await send(self.request, self.response, b": keepalive\n\n")
                 continue
@@ -283,6 +288,8 @@ async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Call
         with contextlib.suppress(ValueError):
             # every line kept since then, however few the first request asked for
             params = msgspec.structs.replace(params, since=float(last), lines=RESUME_LINES)
+    elif last is not None and "last_event_id" in params.__struct_fields__:
+        params = msgspec.structs.replace(params, last_event_id=last)
     dispatcher.check(caller, method, params)  # refused as problem+json, not a stream
     response = await open_stream(request)
     channel = SseChannel(request, response)

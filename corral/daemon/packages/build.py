@@ -1,4 +1,4 @@
-"""Building a release with uv (docs/packages.md, decision 72).
+"""Building a release with uv (docs/packages.md, decision 73).
 
 A release is named by a hash of what makes it: the package's source (every file, its
 bytes and whether it is executable; the manifest and the lock file are part of it), the
