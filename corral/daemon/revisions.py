@@ -12,6 +12,7 @@ file's through StoreWriter).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -48,6 +49,16 @@ class Revision(msgspec.Struct):
     who: str  # "config file", "uid 0 pid 123: agents.add", "SIGHUP", ...
     change: str  # in words: "created", "replicas 2 -> 3, env changed"
     spec: dict[str, Any]  # the [agents.NAME] table, as the config would write it
+    release: str | None = None  # an agent package's release (its name), from the spec
+    version: str | None = None
+
+
+def revision(agent: str, number: int, when: float, who: str, change: str,
+             spec: dict[str, Any]) -> Revision:
+    release = spec.get("release")
+    return Revision(agent, number, when, who, change, spec,
+                    os.path.basename(release) if isinstance(release, str) else None,
+                    spec.get("version"))
 
 
 def spec_table(spec: AgentSpec) -> dict[str, Any]:
@@ -78,6 +89,10 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str, hidden: 
         if a == b:
             continue
         path = f"{prefix}{key}"
+        if not prefix and key in ("release", "cwd") and _in_releases(old, new):
+            if key == "cwd":  # the source of each release: the release says it
+                continue
+            a, b = (os.path.basename(v) if isinstance(v, str) else v for v in (a, b))
         if isinstance(a, dict | None) and isinstance(b, dict | None):
             parts += _differences(a or {}, b or {}, f"{path}.", hidden or key in HIDDEN)
         elif hidden:
@@ -88,6 +103,12 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str, hidden: 
         else:
             parts.append(f"{path} changed")
     return parts
+
+
+def _in_releases(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Both specs run packages' releases, each from its own source (cwd)."""
+    return all(isinstance(t.get("release"), str) and isinstance(t.get("cwd"), str)
+               and t["cwd"].startswith(t["release"] + os.sep) for t in (old, new))
 
 
 def _show(v: Any) -> str:
@@ -107,7 +128,7 @@ class RevisionLog:
     def _rows(self, sql: str, *args: Any) -> list[Revision]:
         rows = self.db.execute(
             "SELECT agent, revision, time, who, change, spec FROM revisions " + sql, args)
-        return [Revision(a, r, t, w, c, msgspec.json.decode(s)) for a, r, t, w, c, s in rows]
+        return [revision(a, r, t, w, c, msgspec.json.decode(s)) for a, r, t, w, c, s in rows]
 
     def latest(self, agent: str) -> Revision | None:
         rows = self._rows("WHERE agent = ? ORDER BY revision DESC LIMIT 1", agent)
@@ -147,7 +168,7 @@ def recording(spec: AgentSpec, who: str, change: str | None = None,
         if last is not None and last.spec == table:
             return
         diff = describe_change(last.spec if last else None, table)
-        rev = Revision(spec.name, last.revision + 1 if last else 1, when, who,
+        rev = revision(spec.name, last.revision + 1 if last else 1, when, who,
                        f"{change}: {diff}" if change else diff, table)
         db.execute(
             "INSERT INTO revisions (agent, revision, time, who, change, spec) "

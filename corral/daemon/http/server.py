@@ -59,7 +59,7 @@ class _Connection(RequestHandler):
     read into one more error holding the whole chunk twice (its repr and a pointer line
     as long), and uvloop reads up to 32 chunks of 256 kB in one callback: a client that
     sends megabytes of one header line pinned about that much on each of its connections
-    (decision 73). `close()` is aiohttp's own "no more requests on this connection": its
+    (decision 76). `close()` is aiohttp's own "no more requests on this connection": its
     data_received drops what comes after, and the 400 already queued is still answered.
     """
 
