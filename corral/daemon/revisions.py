@@ -73,19 +73,41 @@ def spec_table(spec: AgentSpec) -> dict[str, Any]:
 HIDDEN = frozenset({"env", "config"})
 
 
+def _defaults(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    """A spec type's default values as the table leaves them out (nested tables too):
+    what a key absent from a revision stands for."""
+    table: dict[str, Any] = {}
+    for field in msgspec.structs.fields(struct):
+        kind = field.type
+        if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+            table[field.name] = _defaults(kind)
+        elif field.default is not msgspec.NODEFAULT:
+            table[field.name] = msgspec.to_builtins(field.default)
+        elif field.default_factory is not msgspec.NODEFAULT:
+            table[field.name] = msgspec.to_builtins(field.default_factory())
+    return table
+
+
+DEFAULTS = _defaults(AgentSpec)
+
+
 def describe_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     """What changed from `old` to `new`, key by key (nested tables as `limits.memory_mb`):
-    `replicas 2 -> 3, env.TOKEN changed, limits.memory_mb default -> 256`."""
+    `replicas 2 -> 3, env.TOKEN changed, limits.memory_mb 0 -> 256`."""
     if old is None:
         return "created"
-    return ", ".join(_differences(old, new, "", hidden=False)) or "no change"
+    return ", ".join(_differences(old, new, "", hidden=False, defaults=DEFAULTS)
+                     ) or "no change"
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str, hidden: bool
-                 ) -> list[str]:
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str, hidden: bool,
+                 defaults: dict[str, Any]) -> list[str]:
     parts = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
+        default = defaults.get(key)
+        # a key left out is its default: shown as the value it stands for
+        a = old.get(key, None if isinstance(default, dict) else default)
+        b = new.get(key, None if isinstance(default, dict) else default)
         if a == b:
             continue
         path = f"{prefix}{key}"
@@ -94,7 +116,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str, hidden: 
                 continue
             a, b = (os.path.basename(v) if isinstance(v, str) else v for v in (a, b))
         if isinstance(a, dict | None) and isinstance(b, dict | None):
-            parts += _differences(a or {}, b or {}, f"{path}.", hidden or key in HIDDEN)
+            parts += _differences(a or {}, b or {}, f"{path}.", hidden or key in HIDDEN,
+                                  default if isinstance(default, dict) else {})
         elif hidden:
             what = "added" if a is None else "removed" if b is None else "changed"
             parts.append(f"{path} {what}")
