@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -120,6 +121,22 @@ async def test_stopped_worker_is_hung_killed_and_restarted(sup: Supervisor) -> N
     assert re.fullmatch(r"restarting in 0\.\d\d s after: hung: no heartbeat for 2 s", events[4][1])
     assert [s for s, _ in events[5:]] == ["starting", "ready"]
     assert r.last_exit == hung
+
+
+async def test_a_worker_whose_main_thread_stops_reading_is_hung(sup: Supervisor) -> None:
+    """Asleep, but not reading its stdin: it is pinged, the ping goes unanswered, and it is
+    hung after heartbeat_timeout, as a stopped process is."""
+    deaf = ("import json, sys, time\n"
+            "rid = json.loads(sys.stdin.buffer.readline())['id']\n"
+            "print(json.dumps({'jsonrpc': '2.0', 'id': rid, 'result': {}}), flush=True)\n"
+            "time.sleep(3600)\n")
+    sup.add(agent("deaf", command=[sys.executable, "-c", deaf], backoff_initial=30.0,
+                  backoff_max=30.0))
+    r = await sup.wait_state("deaf", State.READY)
+    pings = sup.heartbeat_work.pings
+    await sup.wait_state("deaf", State.BACKOFF, timeout=15)
+    assert r.last_exit == "hung: no heartbeat for 2 s"
+    assert sup.heartbeat_work.pings > pings
 
 
 async def test_ignores_sigterm_is_killed_after_grace(sup: Supervisor) -> None:

@@ -26,7 +26,7 @@ from ..jsonrpc import LineBlock, Peer, RpcError
 from . import procstat
 from .caps import explain_exit, oom_reason
 from .config import ConfigError, ProcessSpec
-from .containment import Containment
+from .containment import Containment, ProcStat
 from .lifecycle import LIVE, SERVING, Cause, Machine, State, Step
 from .listening import ListeningClock
 from .process import ChildProcess, resolve_user
@@ -176,6 +176,11 @@ class ProcessReplica(Machine):
         self._last_pong = 0.0
         self._ping_out = False
         self._heard = False  # a line arrived since the heartbeat last looked
+        # the process's /proc files, open while it lives (procstat.open_proc), and its
+        # CPU ticks when the heartbeat last found it parked on its stdin (-1: not yet)
+        self._stat_fd = -1
+        self._syscall_fd = -1
+        self._parked_ticks = -1
         self._prev_cpu: tuple[float, float] | None = None
         self._cpu_over = 0
         self._oversize = 0
@@ -603,6 +608,7 @@ class ProcessReplica(Machine):
             self.peer.close(self.exit_message(reason))
         if proc is not None:
             proc.close()
+        self._close_proc_files()
         if told:
             self.host.replica_exited(self, reason)
         self.process = self.peer = self.ready_at = None
@@ -697,10 +703,14 @@ class ProcessReplica(Machine):
             # costs a ping per worker every timeout/2, a busy one none, and a hang is still
             # seen `timeout` after the last sign of life
             if not self._ping_out and silent >= timeout / 2:
-                self._ping_out = True
-                self.host.heartbeat_work.pings += 1
-                _, fut = self.peer.request_future("ping", {})
-                fut.add_done_callback(self._pong)
+                if self._parked():
+                    self._last_pong = now
+                    self.host.heartbeat_work.parked += 1
+                else:
+                    self._ping_out = True
+                    self.host.heartbeat_work.pings += 1
+                    _, fut = self.peer.request_future("ping", {})
+                    fut.add_done_callback(self._pong)
         elif self.peer.silent_timeouts >= HUNG_AFTER_TIMEOUTS:  # no ping (stateless MCP)
             self.take_down(f"hung: {self.peer.silent_timeouts} requests in a row timed out "
                            "with no word from it", graceful=False, cause=Cause.HANG)
@@ -717,6 +727,44 @@ class ProcessReplica(Machine):
         """Whether missed pings are not a hang now (an MCP server in a call)."""
         return False
 
+    def _parked(self) -> bool:
+        """Whether the process shows, without being woken, that it would answer a ping now:
+        its main thread asleep reading its stdin (corral's pipe, so nothing of corral's is
+        unread), no task or request of corral's on it, and no CPU used since the last
+        visit that found it so (nothing else in it running: a thread spinning while it
+        holds the interpreter would keep a ping from being answered). Anything else, or
+        a /proc that will not say, and it is pinged: a stopped process (SIGSTOP) is not
+        asleep, a deadlocked or busy main thread is not reading. An idle SDK worker is
+        pinged once and then looked at: its CPU stays asleep (decision 70)."""
+        proc = self.process
+        if (proc is None or self.tasks_running or self.peer is None or self.peer.in_flight
+                or not procstat.READ_CALLS):
+            return False
+        st = self._proc_stat(proc.pid)
+        if st is None or st.state != "S":
+            return False
+        if self._syscall_fd == -1:
+            self._syscall_fd = procstat.UNAVAILABLE
+            pipe = proc.stdin.get_extra_info("pipe") if proc.stdin is not None else None
+            if pipe is not None and procstat.same_pipe(proc.pid, pipe.fileno()):
+                self._syscall_fd = procstat.open_proc(proc.pid, "syscall")
+        if self._syscall_fd < 0 or not procstat.reading_stdin(self._syscall_fd):
+            self._parked_ticks = -1
+            return False
+        before, self._parked_ticks = self._parked_ticks, st.cpu_ticks
+        return before == st.cpu_ticks
+
+    def _proc_stat(self, pid: int) -> ProcStat | None:
+        if self._stat_fd == -1:
+            self._stat_fd = procstat.open_proc(pid, "stat")
+        return procstat.stat_at(self._stat_fd, pid) if self._stat_fd >= 0 else None
+
+    def _close_proc_files(self) -> None:
+        for fd in (self._stat_fd, self._syscall_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._stat_fd = self._syscall_fd = self._parked_ticks = -1
+
     def _pong(self, fut: asyncio.Future[Any]) -> None:
         # the answer itself is a line on stdout, which marked the worker heard
         self._ping_out = False
@@ -728,10 +776,11 @@ class ProcessReplica(Machine):
         proc = self.process
         if proc is None:
             return
-        usage = procstat.cpu_and_rss(proc.pid)
-        if usage is None:
+        st = self._proc_stat(proc.pid)
+        if st is None:
             return
-        total, rss = usage
+        total = st.cpu_ticks / procstat.CLOCK_TICKS
+        rss = st.rss_pages * procstat.PAGE_SIZE
         s = self.sample
         if sample_fds:
             fds = procstat.open_fds(proc.pid)
