@@ -473,6 +473,11 @@ class ProcessReplica(Machine):
             return
         self.ready_at = time.monotonic()
         self._last_pong = self.host.listening.now()
+        # its CPU time as it answered: the first look at it parked compares with this, so
+        # an idle worker is never pinged, not even once (see _parked)
+        if self.process is not None and procstat.READ_CALLS:
+            st = self._proc_stat(self.process.pid)
+            self._parked_ticks = st.cpu_ticks if st is not None else -1
         self._apply(Cause.READY, ready_reason)
 
     # -- stop -----------------------------------------------------------------------------
@@ -731,11 +736,11 @@ class ProcessReplica(Machine):
         """Whether the process shows, without being woken, that it would answer a ping now:
         its main thread asleep reading its stdin (corral's pipe, so nothing of corral's is
         unread), no task or request of corral's on it, and no CPU used since the last
-        visit that found it so (nothing else in it running: a thread spinning while it
-        holds the interpreter would keep a ping from being answered). Anything else, or
-        a /proc that will not say, and it is pinged: a stopped process (SIGSTOP) is not
-        asleep, a deadlocked or busy main thread is not reading. An idle SDK worker is
-        pinged once and then looked at: its CPU stays asleep (decision 70)."""
+        look that found it so, or since its handshake (nothing else in it running: a
+        thread spinning while it holds the interpreter would keep a ping from being
+        answered). Anything else, or a /proc that will not say, and it is pinged: a
+        stopped process (SIGSTOP) is not asleep, a deadlocked or busy main thread is not
+        reading. An idle SDK worker is never woken (decision 70)."""
         proc = self.process
         if (proc is None or self.tasks_running or self.peer is None or self.peer.in_flight
                 or not procstat.READ_CALLS):
