@@ -181,6 +181,9 @@ class ProcessReplica(Machine):
         self._stat_fd = -1
         self._syscall_fd = -1
         self._parked_ticks = -1
+        # what the last look read of it (time, CPU ticks, RSS pages), not yet sampled
+        self._looked_at = 0.0
+        self._looked_ticks = self._looked_rss = 0
         self._prev_cpu: tuple[float, float] | None = None
         self._cpu_over = 0
         self._oversize = 0
@@ -745,9 +748,6 @@ class ProcessReplica(Machine):
         if (proc is None or self.tasks_running or self.peer is None or self.peer.in_flight
                 or not procstat.READ_CALLS):
             return False
-        st = self._proc_stat(proc.pid)
-        if st is None or st.state != "S":
-            return False
         if self._syscall_fd == -1:
             self._syscall_fd = procstat.UNAVAILABLE
             pipe = proc.stdin.get_extra_info("pipe") if proc.stdin is not None else None
@@ -756,6 +756,13 @@ class ProcessReplica(Machine):
         if self._syscall_fd < 0 or not procstat.reading_stdin(self._syscall_fd):
             self._parked_ticks = -1
             return False
+        st = self._proc_stat(proc.pid)
+        if st is None or st.state != "S":  # (a stopped process shows its read too)
+            return False
+        # the dear read of a look (the kernel sums the threads' times) is the usage sample
+        # too, when the replica's sampling turn comes
+        self._looked_at, self._looked_ticks, self._looked_rss = (
+            time.monotonic(), st.cpu_ticks, st.rss_pages)
         before, self._parked_ticks = self._parked_ticks, st.cpu_ticks
         return before == st.cpu_ticks
 
@@ -769,6 +776,7 @@ class ProcessReplica(Machine):
             if fd >= 0:
                 os.close(fd)
         self._stat_fd = self._syscall_fd = self._parked_ticks = -1
+        self._looked_at = 0.0
 
     def _pong(self, fut: asyncio.Future[Any]) -> None:
         # the answer itself is a line on stdout, which marked the worker heard
@@ -777,15 +785,20 @@ class ProcessReplica(Machine):
             fut.exception()
 
     def _sample(self, sample_fds: bool) -> None:
-        now = time.monotonic()  # wall time for CPU %, not the listening clock
         proc = self.process
         if proc is None:
             return
-        st = self._proc_stat(proc.pid)
-        if st is None:
-            return
-        total = st.cpu_ticks / procstat.CLOCK_TICKS
-        rss = st.rss_pages * procstat.PAGE_SIZE
+        if self._looked_at:  # read by a look since the last sample: not read again
+            now, ticks, pages = self._looked_at, self._looked_ticks, self._looked_rss
+            self._looked_at = 0.0
+        else:
+            st = self._proc_stat(proc.pid)
+            if st is None:
+                return
+            # wall time for CPU %, not the listening clock
+            now, ticks, pages = time.monotonic(), st.cpu_ticks, st.rss_pages
+        total = ticks / procstat.CLOCK_TICKS
+        rss = pages * procstat.PAGE_SIZE
         s = self.sample
         if sample_fds:
             fds = procstat.open_fds(proc.pid)
