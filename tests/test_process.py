@@ -1,14 +1,17 @@
 """One OS process under corral (process.py): what happens to its pipes when connecting
-them to the loop fails."""
+them to the loop fails; its stdout is not read while it does not read its stdin."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
+import sys
+from collections.abc import Callable
 
 from corral.supervisor.containment import Containment
-from corral.supervisor.process import ChildProcess
+from corral.supervisor.process import STDIN_HIGH, STDIN_LOW, ChildProcess
 
 from .conftest import _is_pipe_or_pidfd, open_fds
 
@@ -51,3 +54,71 @@ async def test_an_attach_that_fails_kills_the_process_and_closes_every_pipe_once
     popen.stdout.close()
     # (the loop may have made fds of its own meanwhile: pipes and pidfds are ours)
     assert {fd for fd in open_fds() - before if _is_pipe_or_pidfd(fd)} == set()
+
+
+# writes lines to stdout without end; reads nothing of its stdin until SIGUSR1
+CHATTY = """
+import os, signal, threading
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+def chatter():
+    while True:
+        os.write(1, b"line\\n" * 100)
+threading.Thread(target=chatter, daemon=True).start()
+signal.sigwait({signal.SIGUSR1})
+while os.read(0, 1 << 16):
+    pass
+"""
+
+
+async def test_stdout_is_not_read_while_stdin_is_full_or_its_requests_are_held() -> None:
+    popen = subprocess.Popen([sys.executable, "-c", CHATTY], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    assert popen.stdin and popen.stdout and popen.stderr
+    loop = asyncio.get_running_loop()
+    child = ChildProcess(popen.pid, os.pidfd_open(popen.pid), loop, Containment(), "token",
+                         reap=popen.poll)
+    lines: list[bytes] = []
+    full: list[bool] = []
+    pipes = [f.detach() for f in (popen.stdin, popen.stdout, popen.stderr)]
+    await child.attach(*pipes, on_stdout_line=lines.append, on_stderr_lines=print,
+                       on_oversize=print, on_stdin_full=lambda p, f: full.append(f))
+
+    async def until(cond: Callable[[], bool], what: str) -> None:
+        async with asyncio.timeout(10):
+            while not cond():
+                await asyncio.sleep(0.01)
+        assert cond(), what
+
+    async def unread_while(cond: Callable[[], bool]) -> None:
+        """No line is delivered while `cond` holds, for as long as a few reads take."""
+        seen = len(lines)
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+            assert cond() and len(lines) == seen
+
+    try:
+        await until(lambda: len(lines) > 0, "lines from the process")
+        # more than STDIN_HIGH it does not read: its stdout is no longer read
+        child.write(b"x" * (3 * STDIN_HIGH))
+        assert child.stdin_full and not child.reading and full == [True]
+        assert child.stdin_backlog > STDIN_HIGH
+        await unread_while(lambda: child.stdin_full)
+        # it reads its stdin: under STDIN_LOW, its stdout is read again
+        os.kill(popen.pid, signal.SIGUSR1)
+        await until(lambda: not child.stdin_full, "the backlog to drain")
+        assert full == [True, False] and child.reading and child.stdin_backlog <= STDIN_LOW
+        seen = len(lines)
+        await until(lambda: len(lines) > seen, "lines again")
+        # its owner holds its requests: not read either, until let go
+        child.hold(True)
+        assert not child.reading
+        await unread_while(lambda: child.busy)
+        child.hold(False)
+        seen = len(lines)
+        await until(lambda: len(lines) > seen, "lines after the hold")
+    finally:
+        child.kill_group(signal.SIGKILL)
+        popen.wait(10)
+        child.close()
+        await asyncio.sleep(0)  # transports close their pipes a turn later

@@ -38,6 +38,13 @@ STDERR_TAIL = 40
 # stdin/stdout moves in one write and a few reads instead of sixteen 64 KiB handoffs,
 # each a wakeup of the other side
 PIPE_SIZE = 1 << 20
+# What corral keeps unwritten toward one process's stdin (answers to its requests, task
+# inputs, events), when the process does not read it: over STDIN_HIGH its stdout is no
+# longer read, so its requests wait in its own pipe and cannot make corral answer more;
+# reading resumes under STDIN_LOW. (What corral sends unasked is bounded where it is sent:
+# events are dropped meanwhile, tasks by the agent's concurrency.)
+STDIN_HIGH = 1024 * 1024
+STDIN_LOW = 256 * 1024
 T = TypeVar("T")
 # the exit status of a zygote's child when the zygote did not tell it (dead, stopped)
 STATUS_LOST = 255
@@ -146,6 +153,26 @@ def _kill_popen(made: tuple[subprocess.Popen[bytes], int]) -> None:
         os.close(pidfd)
 
 
+class _StdinFlow(asyncio.Protocol):
+    """The stdin pipe's protocol: tells its process when the pipe's write backlog crosses
+    STDIN_HIGH (and falls back under STDIN_LOW)."""
+
+    __slots__ = ("child",)
+
+    def __init__(self, child: ChildProcess) -> None:
+        self.child = child
+
+    def pause_writing(self) -> None:
+        self.child._stdin_full(True)
+
+    def resume_writing(self) -> None:
+        self.child._stdin_full(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # nothing more is buffered toward it: what it still writes is read to the end
+        self.child._stdin_full(False)
+
+
 def _settle(fut: asyncio.Future[int], value: int) -> None:
     if not fut.done():
         fut.set_result(value)
@@ -183,6 +210,10 @@ class ChildProcess:
         self._stderr: asyncio.BaseTransport | None = None
         self._on_stderr_lines: Callable[[LineBlock], None] | None = None
         self._on_stdout_eof: Callable[[Exception | None], None] | None = None
+        self._reader: LineProtocol | None = None  # stdout's, paused while stdin is full
+        self._on_stdin_full: Callable[[ChildProcess, bool], None] | None = None
+        self.stdin_full = False  # the stdin backlog is over STDIN_HIGH: stdout not read
+        self.busy = False  # its owner has as many of its requests in hand as it takes
         # what lives as long as the process is kept to plain attributes; the rest is made
         # when first needed (decision 60): the future of the output's EOF when someone
         # waits for it, the tail when the process first writes to stderr
@@ -257,22 +288,28 @@ class ChildProcess:
         on_stderr_lines: Callable[[LineBlock], None],
         on_oversize: Callable[[int, bytes, bytes], None],
         on_stdout_eof: Callable[[Exception | None], None] | None = None,
+        on_stdin_full: Callable[[ChildProcess, bool], None] | None = None,
         max_line: int = DEFAULT_MAX_LINE,
     ) -> None:
         """Connect our ends of the process's stdio pipes (file objects) to the loop; on
-        failure the process is killed and the pipes no transport took are closed."""
+        failure the process is killed and the pipes no transport took are closed.
+        `on_stdin_full(process, full)`: the stdin backlog went over STDIN_HIGH (stdout is
+        then not read) or back under STDIN_LOW."""
         loop = self.loop
         self._on_stderr_lines = on_stderr_lines
         self._on_stdout_eof = on_stdout_eof
+        self._on_stdin_full = on_stdin_full
         try:
-            stdin_t, _ = await loop.connect_write_pipe(asyncio.Protocol, stdin)
+            stdin_t, _ = await loop.connect_write_pipe(lambda: _StdinFlow(self), stdin)
+            stdin_t.set_write_buffer_limits(high=STDIN_HIGH, low=STDIN_LOW)  # type: ignore[attr-defined]
             self.stdin = stdin_t  # type: ignore[assignment]
-            self._stdout, _ = await loop.connect_read_pipe(
+            self._stdout, reader = await loop.connect_read_pipe(
                 lambda: LineProtocol(
                     on_stdout_line, self._stdout_eof, max_line=max_line,
                     on_oversize=on_oversize),
                 stdout,
             )
+            self._reader = reader
             # stderr lines are logs; a 16 MiB cap keeps a runaway line from eating memory
             self._stderr, _ = await loop.connect_read_pipe(
                 lambda: ChunkLines(self._stderr_lines, self._stderr_eof, max_line=max_line),
@@ -289,6 +326,45 @@ class ChildProcess:
                 if transport is None:
                     pipe.close()
             raise
+
+    def _stdin_full(self, full: bool) -> None:
+        """The stdin pipe's backlog crossed a mark."""
+        if full == self.stdin_full:
+            return
+        self.stdin_full = full
+        self._flow()
+        if self._on_stdin_full is not None:
+            self._on_stdin_full(self, full)
+
+    def hold(self, busy: bool) -> None:
+        """Whether the owner takes more of the process's requests now (it may have as
+        many in hand as it takes): stdout is not read meanwhile."""
+        if busy != self.busy:
+            self.busy = busy
+            self._flow()
+
+    @property
+    def reading(self) -> bool:
+        """Whether corral reads the process's stdout now (else its silence is corral's)."""
+        return not (self.stdin_full or self.busy)
+
+    def _flow(self) -> None:
+        """Read stdout only while the process reads what corral sends it and the owner
+        takes more of its requests: what one process costs corral is bounded whatever it
+        writes."""
+        reader = self._reader
+        if reader is None:
+            return
+        if self.stdin_full or self.busy:
+            reader.pause()
+        else:
+            reader.resume()
+
+    @property
+    def stdin_backlog(self) -> int:
+        """Bytes written toward the process that it has not read yet (beyond its pipe)."""
+        t = self.stdin
+        return 0 if t is None else t.get_write_buffer_size()
 
     def _stderr_lines(self, lines: LineBlock) -> None:
         tail = self.stderr_tail
@@ -389,6 +465,8 @@ class ChildProcess:
 
     def close(self) -> None:
         """Release pipes and the pidfd; call once the process is gone."""
+        self._reader = None  # lines held unread are nobody's now (the next life's peer
+        # must never see them)
         for t in (self.stdin, self._stdout, self._stderr):
             if t is not None:
                 t.close()

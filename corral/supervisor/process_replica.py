@@ -29,7 +29,7 @@ from .config import ConfigError, ProcessSpec
 from .containment import Containment
 from .lifecycle import LIVE, SERVING, Cause, Machine, State, Step
 from .listening import ListeningClock
-from .process import ChildProcess, resolve_user
+from .process import STDIN_HIGH, ChildProcess, resolve_user
 from .restart import RestartPolicy
 from .stats import HeartbeatWork, Stats
 
@@ -45,6 +45,9 @@ HUNG_AFTER_TIMEOUTS = 3
 # how long a reap waits for stdout and stderr to reach EOF after the exit (a grandchild
 # that escaped the kill may hold them open): what the process wrote before it died is read
 OUTPUT_GRACE = 1.0
+# a process's requests worked on at once (tool calls, resource reads); more wait in its
+# stdout pipe, which is not read meanwhile
+MAX_IN_FLIGHT = 256
 # how long a process may take to be reaped after SIGKILL before stop() gives up on it (a
 # process in uninterruptible sleep dies only when its system call returns)
 KILL_GRACE = 5.0
@@ -179,6 +182,10 @@ class ProcessReplica(Machine):
         self._prev_cpu: tuple[float, float] | None = None
         self._cpu_over = 0
         self._oversize = 0
+        # since when (listening clock) what corral sent the process has stayed over
+        # STDIN_HIGH unread: its stdout is not read meanwhile, and past the heartbeat
+        # timeout it is hung (Cause.UNREAD)
+        self._unread_since: float | None = None
         self._resource_retries = 0  # consecutive spawns failed for corral's resources
         host.replica_added(self)
 
@@ -216,6 +223,7 @@ class ProcessReplica(Machine):
     def _fresh_life(self) -> None:
         self._cancel_timer()
         self.pid = None
+        self._unread_since = None
 
     def _staying_down(self) -> None:
         self._cancel_timer()
@@ -326,6 +334,7 @@ class ProcessReplica(Machine):
                 "on_stdout_line": self._on_stdout_line,
                 "on_stderr_lines": self._on_stderr_lines,
                 "on_oversize": self._on_oversize,
+                "on_stdin_full": self._on_stdin_full,
                 "max_line": self.max_line,
             }
             async with self.host.spawn_slots:  # the pacing of a mass start
@@ -353,6 +362,7 @@ class ProcessReplica(Machine):
         self._cpu_over = 0
         self.host.stats.spawned += 1
         self.peer = self._make_peer(proc)
+        self.peer.on_handled = self._handled
         if self.state == State.SHUTTING_DOWN:  # stopped while spawning
             self._begin_shutdown(graceful=False)
         self._init = asyncio.ensure_future(self._initialize())
@@ -645,8 +655,18 @@ class ProcessReplica(Machine):
     # -- channel --------------------------------------------------------------------------
     def _on_stdout_line(self, line: bytes) -> None:
         self._heard = True
-        if self.peer is not None:
-            self.peer.feed_line(line)
+        peer = self.peer
+        if peer is not None:
+            peer.feed_line(line)
+            if peer.handling >= MAX_IN_FLIGHT and self.process is not None:
+                self.process.hold(True)
+
+    def _handled(self) -> None:
+        """One of the process's requests is answered: read more of them if it was held."""
+        proc, peer = self.process, self.peer
+        if proc is not None and proc.busy and peer is not None \
+                and peer.handling < MAX_IN_FLIGHT:
+            proc.hold(False)
 
     def _on_stderr_lines(self, lines: LineBlock) -> None:
         self.host.replica_log(self, "stderr", lines)
@@ -663,6 +683,21 @@ class ProcessReplica(Machine):
         if self.peer is not None:
             self.peer.oversized(size, head, tail, self.max_line)
 
+    def _on_stdin_full(self, proc: ChildProcess, full: bool) -> None:
+        if proc is self.process:
+            self._unread_since = self.host.listening.now() if full else None
+
+    def _unread_too_long(self, now: float, timeout: float) -> bool:
+        """What corral sent has stayed over STDIN_HIGH unread for the heartbeat timeout:
+        the process is hung on its stdin, whatever it still writes, and is taken down."""
+        since = self._unread_since
+        if since is None or now - since <= timeout or self.process is None:
+            return False
+        self.take_down(f"hung: {self.process.stdin_backlog} bytes sent to it unread for "
+                       f"{timeout:g} s (budget {STDIN_HIGH} bytes)", graceful=False,
+                       cause=Cause.UNREAD)
+        return True
+
     def _on_garbage(self, line: bytes, why: str) -> None:
         preview = line[:120].decode("utf-8", "replace")
         self.note(f"discarded a stdout line that is not JSON-RPC ({why}): {preview!r}")
@@ -677,15 +712,19 @@ class ProcessReplica(Machine):
         a usage sample when this visit is one of this replica's sampling turns. `now` is
         the supervisor's listening clock (listening.py): silence during its stalls is not
         the worker's."""
+        if self._unread_too_long(now, timeout):
+            return
         if self.state not in SERVING or self.peer is None:
             if self.state == State.STARTING and self.process is not None and sample:
                 self._sample(sample_fds)
             return
         if self.pings:
             # silence counts only while corral was able to read the pipe (`now` is the
-            # listening clock), and not while the process is excused (an MCP server in a
-            # call within its timeout)
-            if self._heard or self.silence_excused:  # a line since the last visit is life
+            # listening clock) and chose to (not while the process's stdin is full: that
+            # has its own timeout, above), and not while the process is excused (an MCP
+            # server in a call within its timeout)
+            proc = self.process
+            if self._heard or self.silence_excused or (proc is not None and not proc.reading):
                 self._heard = False
                 self._last_pong = now
             silent = now - self._last_pong
