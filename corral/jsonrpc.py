@@ -584,6 +584,11 @@ class Peer:
         self.closed: RpcError | None = None
         self.garbage_lines = 0
         self.on_handled: Callable[[], None] | None = None  # after each answered request
+        # whether the reader takes no more requests now (its answers are not being read,
+        # it has enough in hand): a request then waits, with those of its line after it,
+        # in `held`, until `release()`; the reader stops reading meanwhile
+        self.hold_requests: Callable[[], bool] | None = None
+        self.held: list[Envelope] | None = None
         # requests in a row that timed out with not a line from the other side since: a
         # peer that has no ping shows a hang this way (only a line read resets it, so a
         # stall of our own loop, which leaves the answers unread, never counts)
@@ -838,6 +843,25 @@ class Peer:
                 log.exception("%s: notification handler for %s failed", self.name, method)
 
     def _handle_request(self, env: Envelope) -> None:
+        if self.hold_requests is not None and (self.held or self.hold_requests()):
+            if self.held is None:
+                self.held = []
+            self.held.append(env)
+            return
+        self._take_request(env)
+
+    def release(self) -> None:
+        """Take the held requests, in order, as long as `hold_requests` allows."""
+        held, self.held = self.held or [], None
+        for i, env in enumerate(held):
+            if self.closed is not None:
+                return
+            if self.hold_requests is not None and self.hold_requests():
+                self.held = held[i:]
+                return
+            self._take_request(env)
+
+    def _take_request(self, env: Envelope) -> None:
         rid = env.id
         method = env.method
         assert isinstance(method, str) and not isinstance(rid, UnsetType)
@@ -908,6 +932,7 @@ class Peer:
         if self.closed is not None:
             return
         self.closed = RpcError(PEER_CLOSED, reason)
+        self.held = None
         pending, self._pending = self._pending, {}
         self._decoders.clear()
         for fut in pending.values():

@@ -2,7 +2,9 @@
 requests (distinct ids) of FLOOD_METHOD with FLOOD_PARAMS (JSON) as fast as it can, and
 never reads its stdin again; it sleeps until it is killed. With FLOOD_READS=1 it reads
 its stdin all the same (answering pings): a worker with many requests in flight, not a
-hostile one. Standard library only, like a worker written in any language."""
+hostile one; with FLOOD_READ="BYTES,SECONDS,FIRST" too, but only BYTES at a time,
+SECONDS apart, for its first FIRST bytes (a slow reader, for a while). Standard library
+only, like a worker written in any language."""
 
 import json
 import os
@@ -30,19 +32,29 @@ def write(data: bytes) -> None:
 
 
 def read_and_ping() -> None:
-    rest = b""
-    while chunk := os.read(0, 1 << 16):
+    global answers
+    size, pause, first = os.environ.get("FLOOD_READ", "65536,0,0").split(",")
+    rest, read = b"", 0
+    while chunk := os.read(0, int(size) if read < int(first) else 1 << 20):
+        if read < int(first):
+            time.sleep(float(pause))
+        read += len(chunk)
         *lines, rest = (rest + chunk).split(b"\n")
         for line in lines:
             msg = json.loads(line)
             if msg.get("method") == "ping":
                 write(b'{"jsonrpc":"2.0","id":%s,"result":{}}\n' % json.dumps(msg["id"]).encode())
+            elif "id" in msg and "method" not in msg:
+                answers += 1
+                if answers == n:
+                    os.write(2, b"all answered\n")
     os._exit(0)
 
 
+n = int(os.environ.get("FLOOD_REQUESTS", "1000000"))
+answers = 0
 if os.environ.get("FLOOD_READS") == "1":
     threading.Thread(target=read_and_ping, daemon=True).start()
-n = int(os.environ.get("FLOOD_REQUESTS", "1000000"))
 method = json.dumps(os.environ.get("FLOOD_METHOD", "events/subscribe")).encode()
 params = os.environ.get("FLOOD_PARAMS", '{"topic":"flood.t"}').encode()
 per_block = 10000

@@ -255,6 +255,38 @@ async def test_batches_are_accepted() -> None:
     b.close()
 
 
+async def test_held_requests_wait_in_order_while_answers_and_notifications_pass() -> None:
+    sent: list[bytes] = []
+    noted: list[str] = []
+    hold = [True]
+    peer = Peer("p", sent.append, dispatch=add,
+                on_notification=lambda method, params, p: noted.append(method))
+    peer.hold_requests = lambda: hold[0]
+    _, fut = peer.request_future("ask")
+    sent.clear()
+    peer.feed_line(b'[{"jsonrpc":"2.0","id":1,"method":"add","params":{"a":1,"b":1}},'
+                   b'{"jsonrpc":"2.0","id":2,"method":"add","params":{"a":2,"b":2}}]')
+    peer.feed_line(b'{"jsonrpc":"2.0","id":1,"result":"answered"}')  # an answer passes
+    peer.feed_line(b'{"jsonrpc":"2.0","method":"note"}')  # so does a notification
+    assert sent == [] and peer.held is not None and len(peer.held) == 2
+    assert msgspec.json.decode(fut.result()) == "answered" and noted == ["note"]
+    peer.release()  # still to hold: nothing is taken
+    assert sent == [] and peer.held is not None and len(peer.held) == 2
+    hold[0] = False
+    peer.release()
+    assert peer.held is None
+    assert [msgspec.json.decode(x) for x in sent] == [
+        {"id": 1, "result": 2, "jsonrpc": "2.0"}, {"id": 2, "result": 4, "jsonrpc": "2.0"}]
+    # held when the peer closes: dropped, never run
+    hold[0] = True
+    sent.clear()
+    peer.feed_line(b'{"jsonrpc":"2.0","id":3,"method":"add","params":{"a":3,"b":3}}')
+    peer.close("gone")
+    assert peer.held is None
+    peer.release()
+    assert sent == []
+
+
 def test_unknown_response_id_is_garbage() -> None:
     peer = Peer("p", lambda data: None)
     peer.feed_line(b'{"jsonrpc":"2.0","id":99,"result":1}')

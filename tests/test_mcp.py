@@ -358,8 +358,8 @@ async def test_a_server_that_floods_and_never_reads_is_bounded_and_restarted(
     finally:
         peak.done.set()
         peak.join()
-    assert re.fullmatch(r"hung: \d+ bytes sent to it unread for 2 s \(budget 1048576 "
-                        r"bytes\)", str(inst.last_exit)), inst.last_exit
+    assert re.fullmatch(r"hung: \d+ bytes sent to it unread for 2 s", str(inst.last_exit)), \
+        inst.last_exit
     assert err.value.code == jsonrpc.PEER_CLOSED
     assert err.value.message == f"MCP server fl#0 exited: {inst.last_exit}"
     # measured: a few MiB; without the budget, every ping's answer queued (+300 MiB)

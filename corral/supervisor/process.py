@@ -39,10 +39,10 @@ STDERR_TAIL = 40
 # each a wakeup of the other side
 PIPE_SIZE = 1 << 20
 # What corral keeps unwritten toward one process's stdin (answers to its requests, task
-# inputs, events), when the process does not read it: over STDIN_HIGH its stdout is no
-# longer read, so its requests wait in its own pipe and cannot make corral answer more;
-# reading resumes under STDIN_LOW. (What corral sends unasked is bounded where it is sent:
-# events are dropped meanwhile, tasks by the agent's concurrency.)
+# inputs, events), when the process does not read it: over STDIN_HIGH the process is
+# "full" until it has read all but STDIN_LOW, and its owner answers no more of its
+# requests meanwhile (process_replica.py). (What corral sends unasked is bounded where it
+# is sent: events are dropped meanwhile, tasks by the agent's concurrency.)
 STDIN_HIGH = 1024 * 1024
 STDIN_LOW = 256 * 1024
 T = TypeVar("T")
@@ -210,10 +210,10 @@ class ChildProcess:
         self._stderr: asyncio.BaseTransport | None = None
         self._on_stderr_lines: Callable[[LineBlock], None] | None = None
         self._on_stdout_eof: Callable[[Exception | None], None] | None = None
-        self._reader: LineProtocol | None = None  # stdout's, paused while stdin is full
+        self._reader: LineProtocol | None = None  # stdout's, paused while `held`
         self._on_stdin_full: Callable[[ChildProcess, bool], None] | None = None
-        self.stdin_full = False  # the stdin backlog is over STDIN_HIGH: stdout not read
-        self.busy = False  # its owner has as many of its requests in hand as it takes
+        self.stdin_full = False  # the stdin backlog went over STDIN_HIGH, not yet down
+        self.held = False  # stdout is not read: the owner takes no more of it now
         # what lives as long as the process is kept to plain attributes; the rest is made
         # when first needed (decision 60): the future of the output's EOF when someone
         # waits for it, the tail when the process first writes to stderr
@@ -293,8 +293,8 @@ class ChildProcess:
     ) -> None:
         """Connect our ends of the process's stdio pipes (file objects) to the loop; on
         failure the process is killed and the pipes no transport took are closed.
-        `on_stdin_full(process, full)`: the stdin backlog went over STDIN_HIGH (stdout is
-        then not read) or back under STDIN_LOW."""
+        `on_stdin_full(process, full)`: the stdin backlog went over STDIN_HIGH, or back
+        under STDIN_LOW."""
         loop = self.loop
         self._on_stderr_lines = on_stderr_lines
         self._on_stdout_eof = on_stdout_eof
@@ -332,33 +332,22 @@ class ChildProcess:
         if full == self.stdin_full:
             return
         self.stdin_full = full
-        self._flow()
         if self._on_stdin_full is not None:
             self._on_stdin_full(self, full)
 
-    def hold(self, busy: bool) -> None:
-        """Whether the owner takes more of the process's requests now (it may have as
-        many in hand as it takes): stdout is not read meanwhile."""
-        if busy != self.busy:
-            self.busy = busy
-            self._flow()
-
-    @property
-    def reading(self) -> bool:
-        """Whether corral reads the process's stdout now (else its silence is corral's)."""
-        return not (self.stdin_full or self.busy)
-
-    def _flow(self) -> None:
-        """Read stdout only while the process reads what corral sends it and the owner
-        takes more of its requests: what one process costs corral is bounded whatever it
-        writes."""
-        reader = self._reader
-        if reader is None:
+    def hold(self, held: bool) -> None:
+        """Stop reading stdout (the owner takes no more of the process's requests now:
+        they wait in its pipe), or read it again (lines read but not delivered go
+        first)."""
+        if held == self.held:
             return
-        if self.stdin_full or self.busy:
-            reader.pause()
-        else:
-            reader.resume()
+        self.held = held
+        reader = self._reader
+        if reader is not None:
+            if held:
+                reader.pause()
+            else:
+                reader.resume()
 
     @property
     def stdin_backlog(self) -> int:

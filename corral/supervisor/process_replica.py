@@ -29,7 +29,7 @@ from .config import ConfigError, ProcessSpec
 from .containment import Containment
 from .lifecycle import LIVE, SERVING, Cause, Machine, State, Step
 from .listening import ListeningClock
-from .process import STDIN_HIGH, ChildProcess, resolve_user
+from .process import ChildProcess, resolve_user
 from .restart import RestartPolicy
 from .stats import HeartbeatWork, Stats
 
@@ -182,10 +182,11 @@ class ProcessReplica(Machine):
         self._prev_cpu: tuple[float, float] | None = None
         self._cpu_over = 0
         self._oversize = 0
-        # since when (listening clock) what corral sent the process has stayed over
-        # STDIN_HIGH unread: its stdout is not read meanwhile, and past the heartbeat
-        # timeout it is hung (Cause.UNREAD)
+        # since when (listening clock) corral has had bytes for the process that it did
+        # not take, none of them read (past the heartbeat timeout it is hung on its
+        # stdin: Cause.UNREAD), and how many there were when the heartbeat last looked
         self._unread_since: float | None = None
+        self._unread_left = 0
         self._resource_retries = 0  # consecutive spawns failed for corral's resources
         host.replica_added(self)
 
@@ -362,7 +363,8 @@ class ProcessReplica(Machine):
         self._cpu_over = 0
         self.host.stats.spawned += 1
         self.peer = self._make_peer(proc)
-        self.peer.on_handled = self._handled
+        self.peer.on_handled = self._release
+        self.peer.hold_requests = self._holds_requests
         if self.state == State.SHUTTING_DOWN:  # stopped while spawning
             self._begin_shutdown(graceful=False)
         self._init = asyncio.ensure_future(self._initialize())
@@ -658,14 +660,26 @@ class ProcessReplica(Machine):
         peer = self.peer
         if peer is not None:
             peer.feed_line(line)
-            if peer.handling >= MAX_IN_FLIGHT and self.process is not None:
+            if peer.held and self.process is not None:  # a request it may not make now
                 self.process.hold(True)
 
-    def _handled(self) -> None:
-        """One of the process's requests is answered: read more of them if it was held."""
+    def _holds_requests(self) -> bool:
+        """Whether the process's next request must wait: what corral sent it is over
+        STDIN_HIGH unread (answering more would only add to it), or MAX_IN_FLIGHT of its
+        requests are being worked on. Its answers and notifications are read meanwhile:
+        a process kept from writing them could stop reading its stdin too."""
         proc, peer = self.process, self.peer
-        if proc is not None and proc.busy and peer is not None \
-                and peer.handling < MAX_IN_FLIGHT:
+        return proc is not None and (
+            proc.stdin_full or (peer is not None and peer.handling >= MAX_IN_FLIGHT))
+
+    def _release(self) -> None:
+        """Its stdin drained, or one of its requests is answered: take the held ones, and
+        read its stdout again if none is left waiting."""
+        proc, peer = self.process, self.peer
+        if proc is None or peer is None or not proc.held or self._holds_requests():
+            return
+        peer.release()
+        if not peer.held:
             proc.hold(False)
 
     def _on_stderr_lines(self, lines: LineBlock) -> None:
@@ -684,18 +698,26 @@ class ProcessReplica(Machine):
             self.peer.oversized(size, head, tail, self.max_line)
 
     def _on_stdin_full(self, proc: ChildProcess, full: bool) -> None:
-        if proc is self.process:
-            self._unread_since = self.host.listening.now() if full else None
+        if proc is self.process and not full:
+            self._release()
 
     def _unread_too_long(self, now: float, timeout: float) -> bool:
-        """What corral sent has stayed over STDIN_HIGH unread for the heartbeat timeout:
-        the process is hung on its stdin, whatever it still writes, and is taken down."""
-        since = self._unread_since
-        if since is None or now - since <= timeout or self.process is None:
+        """corral has had bytes for the process (more than its stdin pipe holds) and it
+        has read none of them for the heartbeat timeout: it is hung on its stdin,
+        whatever it still writes, and is taken down. One that reads, if slowly, is not
+        (a ping behind that backlog could not be answered sooner either)."""
+        proc = self.process
+        left = proc.stdin_backlog if proc is not None else 0
+        if not left:
+            self._unread_since = None
             return False
-        self.take_down(f"hung: {self.process.stdin_backlog} bytes sent to it unread for "
-                       f"{timeout:g} s (budget {STDIN_HIGH} bytes)", graceful=False,
-                       cause=Cause.UNREAD)
+        if self._unread_since is None or left < self._unread_left:
+            self._unread_since = now
+        self._unread_left = left
+        if now - self._unread_since <= timeout:
+            return False
+        self.take_down(f"hung: {left} bytes sent to it unread for {timeout:g} s",
+                       graceful=False, cause=Cause.UNREAD)
         return True
 
     def _on_garbage(self, line: bytes, why: str) -> None:
@@ -720,11 +742,12 @@ class ProcessReplica(Machine):
             return
         if self.pings:
             # silence counts only while corral was able to read the pipe (`now` is the
-            # listening clock) and chose to (not while the process's stdin is full: that
-            # has its own timeout, above), and not while the process is excused (an MCP
-            # server in a call within its timeout)
-            proc = self.process
-            if self._heard or self.silence_excused or (proc is not None and not proc.reading):
+            # listening clock) and chose to (not while it holds the process's requests),
+            # not while corral has bytes for the process it did not take (a ping would wait
+            # behind them; that has its own timeout, above), and not while the process is
+            # excused (an MCP server in a call within its timeout)
+            if self._heard or self.silence_excused or self._unread_since is not None or \
+                    (self.process is not None and self.process.held):
                 self._heard = False
                 self._last_pong = now
             silent = now - self._last_pong
