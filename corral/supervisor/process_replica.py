@@ -734,11 +734,11 @@ class ProcessReplica(Machine):
         a usage sample when this visit is one of this replica's sampling turns. `now` is
         the supervisor's listening clock (listening.py): silence during its stalls is not
         the worker's."""
-        if self._unread_too_long(now, timeout):
-            return
         if self.state not in SERVING or self.peer is None:
             if self.state == State.STARTING and self.process is not None and sample:
                 self._sample(sample_fds)
+            return  # (a start has its own timeout, whatever it reads meanwhile)
+        if self._unread_too_long(now, timeout):
             return
         if self.pings:
             # silence counts only while corral was able to read the pipe (`now` is the
