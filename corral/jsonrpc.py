@@ -18,6 +18,8 @@ from typing import Any, cast
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
+from .text import one_line
+
 log = logging.getLogger("corral.jsonrpc")
 
 # -- error codes: the standard ones, then corral's own (-32000..-32099), named once --------
@@ -467,7 +469,8 @@ class LineBlock(msgspec.Struct, gc=False):
 
     @classmethod
     def one(cls, text: str) -> LineBlock:
-        return cls(text.encode("utf-8", "replace"), 1)
+        """corral's own record: one line, whatever `text` holds (escaped: text.one_line)."""
+        return cls(one_line(text).encode("utf-8", "replace"), 1)
 
     def __len__(self) -> int:
         return self.count

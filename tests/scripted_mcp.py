@@ -58,6 +58,14 @@ if "resources" in modes:
                                    "required": ["n"]}})
 if "flood" in modes:
     tools.append({"name": "flood", "inputSchema": {"type": "object"}})
+if "schema" in modes:  # a tool whose input schema says all a listing may show
+    tools.append({"name": "find", "description": "Find notes.\n\nBy a word, newest first.",
+                  "inputSchema": {"type": "object", "required": ["word"], "properties": {
+                      "word": {"type": "string", "description": "What to look for"},
+                      "limit": {"type": "integer", "default": 10},
+                      "order": {"enum": ["new", "old"]},
+                      "tags": {"type": "array", "items": {"type": "string"}},
+                      "since": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}})
 if "tasks" in modes:
     tools += [{"name": n, "inputSchema": {"type": "object"},
                "execution": {"taskSupport": "required"}} for n in ("quick", "endless")]

@@ -78,7 +78,7 @@ def test_after_a_daemon_crash_every_accepted_task_finishes_its_story() -> None:
         listed = d.json("tasks", "--since", "1h")["tasks"]
         assert [t["task_id"] for t in listed] == [*running.values(), *queued]
         log = (d.state / "logs" / "corral.log").read_text()
-        assert ("task journal: 5 unfinished tasks recovered: 3 queued again, 1 running ones "
+        assert ("task journal: 5 unfinished tasks recovered: 3 queued again, 1 running task "
                 "retried, 1 lost (daemon restarted)") in log
         assert d.stop() == 0
     finally:

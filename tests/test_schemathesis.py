@@ -26,7 +26,7 @@ EXAMPLES = 12  # per operation and mode: bounded, so the run takes well under a 
 # An SSE stream never ends: a request for one would hold the run until its timeout. The
 # streams are tested in tests/test_http_api.py (ids, Last-Event-ID, bounds).
 ENDLESS = {"/api/v1/logs/stream", "/api/v1/agents/{name}/logs/stream",
-           "/api/v1/events/stream"}
+           "/api/v1/events/stream", "/api/v1/replicas/stream", "/api/v1/stats/stream"}
 
 # Checks that cannot pass for an operation, and why.
 # POST /agents: whether a table is accepted depends on the host, not on its shape (the

@@ -185,12 +185,18 @@ async def test_least_loaded_replica_first(sup: Supervisor) -> None:
 
 async def test_rate_limit(sup: Supervisor) -> None:
     sup.add(mb("rated", rate_per_minute=2))
+    sup.add(mb("once", rate_per_minute=1))
     await sup.wait_state("rated", State.READY)
+    await sup.wait_state("once", State.READY)
     for _ in range(2):
         sup.tasks.submit("rated", {"do": "echo"})
+    sup.tasks.submit("once", {"do": "echo"})
     with pytest.raises(RpcError) as err:
         sup.tasks.submit("rated", {"do": "echo"})
     assert err.value.message == "rate limit: agent rated takes 2 tasks a minute"
+    with pytest.raises(RpcError) as err:
+        sup.tasks.submit("once", {"do": "echo"})
+    assert err.value.message == "rate limit: agent once takes 1 task a minute"
 
 
 async def test_unknown_stopped_failed_agents_refuse_with_the_reason(sup: Supervisor) -> None:

@@ -442,6 +442,8 @@ def test_the_dashboard_in_chromium() -> None:
                 page.add_init_script(WATCH_CSP)
                 page.on("console", on_console)
                 page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+                asked: list[str] = []  # every request the page makes, after /ui/
+                page.on("request", lambda req: asked.append(req.url.split("/ui/", 1)[-1]))
 
                 def shot(name: str) -> None:
                     page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"),
@@ -454,6 +456,31 @@ def test_the_dashboard_in_chromium() -> None:
                 expect(hello0.locator(".state")).to_have_text(serving)
                 expect(page.locator("#live")).to_contain_text("live, updated")
                 shot("fleet")
+
+                # a state change reaches the page as it happens, from the fleet's stream:
+                # no reload, and no request for the fleet's status
+                page.evaluate("window.sameDocument = true")
+                live = page.evaluate("window.corralLive")
+                assert live["agents.snapshot"] == 1, live
+                old_pid = d.json("status")["agents"][0]["pid"]
+                r = d.cli("stop", "hello")
+                assert r.returncode == 0, r.stderr
+                expect(hello0.locator(".state")).to_have_text("terminated")
+                expect(hello0.locator("td").nth(3)).to_have_text("\u2013")  # no pid: a dash
+                r = d.cli("start", "hello")
+                assert r.returncode == 0, r.stderr
+                expect(hello0.locator(".state")).to_have_text(serving)
+                new_pid = d.json("status")["agents"][0]["pid"]
+                assert new_pid != old_pid
+                expect(hello0.locator("td").nth(3)).to_have_text(str(new_pid))
+                # ready -> shutting_down -> terminated, then starting -> ready (each sent;
+                # the page draws the newest once per frame)
+                assert page.evaluate("window.corralLive['agents.transition']") >= 4
+                assert page.evaluate("window.sameDocument") is True
+                # and the figures that change without a transition: each second
+                samples = page.evaluate("window.corralLive['agents.sample']")
+                page.wait_for_function(
+                    f"() => window.corralLive['agents.sample'] >= {samples + 2}", timeout=10_000)
 
                 # an agent: scale it from the page, and see the new replica come up
                 page.click('#fleet a[href="#/agent/hello"]')
@@ -535,6 +562,18 @@ def test_the_dashboard_in_chromium() -> None:
 
                 assert page.evaluate("window.__cspViolations") == []
                 assert problems == []
+                # nothing live was polled: the fleet, the figures and the log came on one
+                # stream each, opened once for the whole visit (the agent's log once per
+                # opening of its view); the agent's spec was loaded when its view opened,
+                # when its list of replicas changed and after the scale, not each second
+                polled = [a for a in asked if a.startswith(
+                    ("api/agents.status", "api/stats.get", "api/logs.tail"))]
+                assert polled == []
+                streams = [a.split("?")[0] for a in asked if a.startswith("stream/")]
+                assert sorted(streams) == ["stream/agents.watch", "stream/logs.follow",
+                                           "stream/stats.watch"], streams
+                assert asked.count("api/agents.describe") <= 4, asked
+                assert page.evaluate("window.sameDocument") is True
 
                 # and the watch can fail: an inline script is blocked, and seen
                 page.evaluate("""() => { const s = document.createElement("script");

@@ -25,6 +25,7 @@ from ..methods import ReloadResult
 from ..supervisor.config import AgentSpec, Config, ConfigError, check_command, parse_agents
 from ..supervisor.core import Supervisor, SupervisorError
 from ..supervisor.names import name_problem, shown
+from ..text import plural
 from .revisions import (
     Revision,
     RevisionLog,
@@ -180,7 +181,7 @@ class Fleet:
             agent = self.sup.agent(name)
             if replicas < 0:
                 raise RpcError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
-            self.sup.check_fleet({name: replicas}, f"{replicas} replicas of {name}")
+            self.sup.check_fleet({name: replicas}, f"{plural(replicas, 'replica')} of {name}")
             # kept across daemon restarts: a runtime agent's table, or beside the config's
             # count; recorded before any replica starts or stops
             writes: list[Write] = []
@@ -204,9 +205,9 @@ class Fleet:
                                                for r in made)])
         self.told(made)
 
-    async def rollback(self, name: str, revision: int | None, who: str) -> int:
+    async def rollback(self, name: str, revision: int | None, who: str) -> tuple[int, str]:
         """Back to an earlier spec revision (default: the one before the current); the
-        revision restored."""
+        revision restored, and what that changed (`replicas 3 -> 2, env.V changed`)."""
         made: list[Revision] = []
         async with self.changing([name]):
             self.sup.agent(name)
@@ -230,14 +231,15 @@ class Fleet:
             else:
                 writes = [StateStore.saving_runtime_agent(name, rev.spec)]
             undo = self._as_kept_now(name)
-            writes.append(recording(spec, who, f"rollback to revision {target}", made))
+            why = f"rollback to revision {target}"
+            writes.append(recording(spec, who, why, made))
             # rolling; refuses when a new process does not become ready
             await self._unit(writes, f"{name} was not rolled back",
                              lambda: self.apply_spec(name, spec),
                              lambda: [*undo, *(unrecording(name, r.revision)
                                                for r in made)])
         self.told(made)
-        return target
+        return target, made[0].change.removeprefix(f"{why}: ") if made else "no change"
 
     # -- the config file --------------------------------------------------------------------
     def start(self, cfg: Config) -> None:
@@ -306,8 +308,10 @@ class Fleet:
         self.sup.heartbeat_interval = cfg.supervisor.heartbeat_interval
         self.sup.heartbeat_timeout = cfg.supervisor.heartbeat_timeout
         result = ReloadResult(**agents, failed=failed, mcp_servers=servers)
-        self.report(f"reloaded: added {agents['added']}, removed {agents['removed']}, "
-                    f"changed {agents['changed']}; MCP servers: {servers}")
+        said = [f"{kind} {change} {', '.join(names[change])}"
+                for kind, names in (("agents", agents), ("MCP servers", servers))
+                for change in ("added", "removed", "changed") if names[change]]
+        self.report(f"reloaded: {'; '.join(said) or 'nothing changed'}")
         return result
 
     async def _reload_agents(self, cfg: Config, who: str

@@ -11,6 +11,7 @@ file's through StoreWriter).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -56,24 +57,47 @@ def spec_table(spec: AgentSpec) -> dict[str, Any]:
     return table
 
 
+# tables whose values are not shown, only their keys (`corral describe` shows env's keys
+# alone): secrets live there
+HIDDEN = frozenset({"env", "config"})
+
+
 def describe_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """What changed from `old` to `new`, key by key (nested tables as `limits.memory_mb`):
+    `replicas 2 -> 3, env.TOKEN changed, limits.memory_mb default -> 256`."""
     if old is None:
         return "created"
+    return ", ".join(_differences(old, new, "", hidden=False)) or "no change"
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str, hidden: bool
+                 ) -> list[str]:
     parts = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if a == b:
             continue
-        scalar = all(isinstance(v, str | int | float | bool) or v is None for v in (a, b))
-        if scalar and len(repr(a)) + len(repr(b)) < 80:
-            parts.append(f"{key} {_show(a)} -> {_show(b)}")
+        path = f"{prefix}{key}"
+        if isinstance(a, dict | None) and isinstance(b, dict | None):
+            parts += _differences(a or {}, b or {}, f"{path}.", hidden or key in HIDDEN)
+        elif hidden:
+            what = "added" if a is None else "removed" if b is None else "changed"
+            parts.append(f"{path} {what}")
+        elif len(shown := f"{path} {_show(a)} -> {_show(b)}") < 100:
+            parts.append(shown)
         else:
-            parts.append(f"{key} changed")
-    return ", ".join(parts) or "no change"
+            parts.append(f"{path} changed")
+    return parts
 
 
 def _show(v: Any) -> str:
-    return "default" if v is None else repr(v) if isinstance(v, str) else str(v)
+    if v is None:
+        return "default"
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, list):  # a command, an allowlist: as the config writes it
+        return json.dumps(v, ensure_ascii=False)
+    return str(v)
 
 
 class RevisionLog:
@@ -110,7 +134,8 @@ def recording(spec: AgentSpec, who: str, change: str | None = None,
               out: list[Revision] | None = None) -> Write:
     """A write of a new revision if `spec` differs from the agent's latest one; the
     revision it made is put in `out`. Numbered where it is written, so revisions queued or
-    committed by two writers in turn never take the same number."""
+    committed by two writers in turn never take the same number. `change`: what made it
+    (`rollback to revision 1`), said before the difference."""
     table = spec_table(spec)
     encoded = msgspec.json.encode(table).decode()
     when = time.time()
@@ -121,8 +146,9 @@ def recording(spec: AgentSpec, who: str, change: str | None = None,
         last = RevisionLog(db).latest(spec.name)
         if last is not None and last.spec == table:
             return
+        diff = describe_change(last.spec if last else None, table)
         rev = Revision(spec.name, last.revision + 1 if last else 1, when, who,
-                       change or describe_change(last.spec if last else None, table), table)
+                       f"{change}: {diff}" if change else diff, table)
         db.execute(
             "INSERT INTO revisions (agent, revision, time, who, change, spec) "
             "VALUES (?, ?, ?, ?, ?, ?)",

@@ -20,6 +20,7 @@ import msgspec
 import msgspec.inspect
 from msgspec import Meta
 
+from ..text import did_you_mean
 from .names import name_problem, shown
 
 MIB = 1024 * 1024
@@ -282,26 +283,46 @@ def convert(data: Any, type: type[Any], *, where: str, prefix: str = "") -> Any:
             values = _enum_values(type, path)
             if values:
                 problem += " (valid: " + ", ".join(repr(v) for v in values) + ")"
+        unknown = re.fullmatch(r"Object contains unknown field `(.*)`", problem)
+        if unknown:
+            problem += did_you_mean(unknown[1], _field_names(type, path))
         full = ".".join(p for p in (prefix, path) if p)
         raise ConfigError(f"{where}: {full or '(top level)'}: {problem}") from None
 
 
-def _enum_values(type_: type[Any], path: str) -> list[Any]:
-    """The allowed values of the Literal at `path` (dotted) in `type_`, from the schema
-    itself, so an error lists exactly what the Structs accept."""
+def _type_at(type_: type[Any], path: str) -> Any:
+    """The schema (msgspec.inspect) of what is at `path` (dotted) in `type_`, or None:
+    errors then say exactly what the Structs accept."""
     info: Any = msgspec.inspect.type_info(type_)
     for key in path.split(".") if path else []:
-        while isinstance(info, msgspec.inspect.UnionType):  # e.g. `X | None`
-            info = next((t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)),
-                        None)
+        info = _not_none(info)
         if isinstance(info, msgspec.inspect.StructType):
             info = next((f.type for f in info.fields if f.encode_name == key), None)
         elif isinstance(info, msgspec.inspect.DictType):
             info = info.value_type
         else:
-            return []
-    if isinstance(info, msgspec.inspect.LiteralType):
-        return list(info.values)
+            return None
+    return _not_none(info)
+
+
+def _not_none(info: Any) -> Any:
+    while isinstance(info, msgspec.inspect.UnionType):  # e.g. `X | None`
+        info = next((t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)),
+                    None)
+    return info
+
+
+def _enum_values(type_: type[Any], path: str) -> list[Any]:
+    """The allowed values of the Literal at `path`."""
+    info = _type_at(type_, path)
+    return list(info.values) if isinstance(info, msgspec.inspect.LiteralType) else []
+
+
+def _field_names(type_: type[Any], path: str) -> list[str]:
+    """The keys the table at `path` takes (for a misspelt one, the nearest)."""
+    info = _type_at(type_, path)
+    if isinstance(info, msgspec.inspect.StructType):
+        return [f.encode_name for f in info.fields]
     return []
 
 
@@ -349,9 +370,11 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     sup = convert(data.get("supervisor", {}), SupervisorSettings, where=where, prefix="supervisor")
     gateway = convert(data.get("gateway", {}), GatewaySettings, where=where, prefix="gateway")
     http = convert(data.get("http", {}), HttpSettings, where=where, prefix="http")
-    unknown = set(data) - {"supervisor", "agents", "mcp_servers", "gateway", "http"}
+    tables = [f.encode_name for f in msgspec.structs.fields(Config)]
+    unknown = set(data) - set(tables)
     if unknown:
-        raise ConfigError(f"{where}: {sorted(unknown)[0]}: unknown top-level key")
+        key = sorted(unknown)[0]
+        raise ConfigError(f"{where}: {key}: unknown top-level key{did_you_mean(key, tables)}")
     agents = parse_agents(data, where)
     declared = data.get("mcp_servers", {})
     overlays = {n: t for n, t in declared.items() if isinstance(t, dict)
@@ -370,7 +393,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             idata = read_toml(Path(inc))
             bad = set(idata) - {"agents", "mcp_servers"}
             if bad:
-                raise ConfigError(f"{inc}: {sorted(bad)[0]}: not allowed in an included file")
+                key = sorted(bad)[0]
+                raise ConfigError(f"{inc}: {key}: not allowed in an included file (it holds "
+                                  f"[agents] and [mcp_servers] tables)"
+                                  f"{did_you_mean(key, ['agents', 'mcp_servers'])}")
             for name, spec in parse_agents(idata, inc).items():
                 _define(origin, f"agents.{name}", inc)
                 agents[name] = spec

@@ -22,6 +22,7 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import DEFAULT_MAX_LINE, LineBlock, RpcError
 from ..mcp.pool import McpPool
+from ..text import closest, listing, plural
 from .config import AgentSpec, ConfigError, McpServerSpec
 from .containment import CgroupMode, Containment
 from .events import EventBus
@@ -35,17 +36,37 @@ from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaSta
 from .remote import RemoteMcpServer
 from .replica import Replica
 from .stats import HeartbeatWork, Stats
-from .stream import TICK, Checkpoint, ListChanged, Stall, Stream, Subscription
+from .stream import TICK, Checkpoint, ListChanged, Roster, Stall, Stream, Subscription
 from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, TaskJournal, TaskManager
 from .zygote import Zygotes
 
-__all__ = ["Agent", "HeartbeatWork", "Stats", "Supervisor", "SupervisorError"]
+__all__ = ["Agent", "HeartbeatWork", "NoSuchAgent", "Stats", "Supervisor", "SupervisorError"]
 
 log = logging.getLogger("corral.supervisor")
 
 
 class SupervisorError(RpcError):
     """An operation on the supervisor failed; `code` is a jsonrpc error code."""
+
+
+class NoSuchAgent(SupervisorError):
+    """`no such agent: NAME`, and what there is instead: the closest name, else the
+    agents there are (`known`; None: not known here, nothing said). Every refusal of an
+    unknown agent is one, so that a caller limited to some agents is told of those alone
+    (daemon.api words it again for such a caller)."""
+
+    def __init__(self, name: str, known: Iterable[str] | None, note: str | None = None
+                 ) -> None:
+        self.name = name
+        self.note = note  # said first in the parentheses: "and no history of one"
+        said = [note] if note else []
+        if known is not None:
+            names = sorted(known)
+            near = closest(name, names)
+            said.append(f"did you mean `{near}`?" if near is not None
+                        else f"agents: {listing(names)}" if names else "there are no agents")
+        super().__init__(jsonrpc.NOT_FOUND, f"no such agent: {jsonrpc.visible(name)}"
+                                            + (f" ({'; '.join(said)})" if said else ""))
 
 
 # the heartbeat's visits per turn of the loop, and its sampling budget per second
@@ -103,6 +124,7 @@ class Agent:
         if not start_stopped and (old.state == State.INITIAL
                                   or (old.state in STOPPED and old._stay_down)):
             self.replicas[i] = new
+            self.sup.stream.emit(Roster(self.name))
             self.sup._forget([old])
             return
         self.replacing.update((old, new))
@@ -124,6 +146,7 @@ class Agent:
                                   f"replica {i}: the new process did not become ready: "
                                   f"{why}; the old one keeps running")
         self.replicas[i] = new  # from here on, new tasks go to the new process
+        self.sup.stream.emit(Roster(self.name))
         self.sup.tasks.pump(self.name)
         if old.tasks_running:
             old.note(f"replaced: finishing {old.tasks_running} running task(s) first")
@@ -136,15 +159,17 @@ class Agent:
     async def scale(self, n: int) -> None:
         if n < 0:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
-        self.sup.check_fleet({self.name: n}, f"{n} replicas of {self.name}")
+        self.sup.check_fleet({self.name: n}, f"{plural(n, 'replica')} of {self.name}")
         current = len(self.replicas)
         if n > current:
             new = [self._new_replica(i) for i in range(current, n)]
             self.replicas.extend(new)
+            self.sup.stream.emit(Roster(self.name))
             self._starter = start_all(new)
         elif n < current:
             gone = self.replicas[n:]
             del self.replicas[n:]
+            self.sup.stream.emit(Roster(self.name))
             await stop_all(gone, "scaled down")
             self.sup._forget(gone)
         self.spec.replicas = n
@@ -261,6 +286,7 @@ class Supervisor:
         self.check_fleet({spec.name: spec.replicas}, f"agent {spec.name}")
         agent = Agent(self, spec)
         self.agents[spec.name] = agent
+        self.stream.emit(Roster(spec.name))
         if spec.autostart if start is None else start:
             agent.start()
         return agent
@@ -269,8 +295,7 @@ class Supervisor:
         try:
             return self.agents[name]
         except KeyError:
-            raise SupervisorError(jsonrpc.NOT_FOUND,
-                                  f"no such agent: {jsonrpc.visible(name)}") from None
+            raise NoSuchAgent(name, self.agents) from None
 
     async def remove(self, name: str) -> None:
         agent = self.agent(name)
@@ -278,6 +303,7 @@ class Supervisor:
         await agent.stop("removed")
         if self.agents.pop(name, None) is agent:
             self._forget(agent.replicas)
+            self.stream.emit(Roster(name))
 
     def start(self, name: str) -> None:
         self.agent(name).start()
@@ -301,7 +327,7 @@ class Supervisor:
         if total > self.max_replicas:
             raise SupervisorError(
                 jsonrpc.INVALID_PARAMS,
-                f"{what} would make {total} replicas in all, over max_replicas = "
+                f"{what} would make {plural(total, 'replica')} in all, over max_replicas = "
                 f"{self.max_replicas} (a [supervisor] setting)")
 
     def replicas(self, name: str | None = None) -> Iterable[Replica]:
@@ -680,6 +706,16 @@ async def stop_all(replicas: Iterable[ProcessReplica], reason: str, *,
         p.submit(functools.partial(r.begin_stop, reason, graceful=graceful))
     await p.turn(lambda: None)  # every stop begun (in order: the queue is FIFO)
     await asyncio.gather(*(r.stopped() for r in replicas))
+
+
+async def start_each(replicas: Iterable[Replica]) -> None:
+    """Start these replicas by hand, paced as stop_all's stops are (one FIFO per loop: a
+    stop asked after them still comes after them); returns once every start has begun
+    (each replica is Starting, or refused and says why)."""
+    p = pacer()
+    for r in replicas:
+        p.submit(functools.partial(r.start, by_hand=True))
+    await p.turn(lambda: None)
 
 
 def _object(raw: Any) -> dict[str, Any] | None:

@@ -159,7 +159,6 @@ class ProcessReplica(Machine):
         self.process: ChildProcess | None = None
         self.peer: Peer | None = None
         self.pid: int | None = None
-        self.restarts = 0
         self.spawned_at: float | None = None
         self.ready_at: float | None = None
         self.sample = Sample()
@@ -442,7 +441,7 @@ class ProcessReplica(Machine):
             return
         delay = min(self.policy.backoff(self._resource_retries), RESOURCE_RETRY_MAX)
         self._resource_retries += 1
-        step = self._apply(Cause.POLICY_RESTART,
+        step = self._apply(Cause.SPAWN_RETRY,
                            f"retrying in {delay:.2f} s (not counted as a restart) "
                            f"after: {reason}")
         if step.arm:
@@ -639,14 +638,13 @@ class ProcessReplica(Machine):
         if step.arm:
             self._timer = asyncio.get_running_loop().call_later(d.delay, self._backoff_over)
 
+    def _restart_counted(self, cause: Cause) -> None:
+        stats = self.host.stats
+        stats.restarts += 1
+        stats.restarts_by_cause[cause] = stats.restarts_by_cause.get(cause, 0) + 1
+
     def _backoff_over(self) -> None:
         self._timer = None
-        if self.row(Cause.BACKOFF_OVER).spawn:
-            self.restarts += 1
-            stats = self.host.stats
-            stats.restarts += 1
-            by_cause = stats.restarts_by_cause
-            by_cause[self._restart_cause] = by_cause.get(self._restart_cause, 0) + 1
         self.start(by_hand=False)
 
     def _cancel_timer(self) -> None:

@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 
 from ... import __version__, jsonrpc
 from ...jsonrpc import RpcError
-from ...supervisor.lifecycle import Cause, State
+from ...supervisor.lifecycle import Cause
 from ...supervisor.process_replica import Event
 from ..addresses import local_listen
 from ..api import Caller, http_status
@@ -55,15 +55,14 @@ _LE = (*(f"{b:g}" for b in BUCKETS), "+Inf")
 class Restarts:
     """Restarts per agent by the cause that ended the life restarted, counted from the
     event stream (the engine counts them by cause for the whole fleet only): O(1) per
-    event."""
+    event. Counted when decided, as the machine counts them (lifecycle.Step.tally)."""
 
     def __init__(self, services: Services) -> None:
         self.sup = services.sup
         self.by_agent: dict[str, dict[str, int]] = {}
 
     def on_event(self, e: Event) -> None:
-        if e.cause is not Cause.BACKOFF_OVER or e.kind != "agent" or (
-                e.previous is not State.BACKOFF):
+        if e.cause is not Cause.POLICY_RESTART or e.kind != "agent":
             return
         agent = self.sup.agents.get(e.name)
         if agent is None or e.replica >= len(agent.replicas):

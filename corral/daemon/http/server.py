@@ -59,6 +59,8 @@ class HttpServer:
         from . import metrics, rest, ui
 
         self.app.add_routes(health_routes(self.ctx))
+        if self.ctx.services.http is not None:  # the MCP gateway's /mcp
+            self.ctx.services.http.mount(self.app)
         rest.setup(self.app, self.ctx)
         metrics.setup(self.app, self.ctx)
         ui.setup(self.app, self.ctx)

@@ -10,6 +10,9 @@ with `Last-Event-ID` is sent what it missed while it is still kept.
   last line, and a reconnect resumes from the log tail the hub keeps (`since`), at least
   once. A client that does not read stops the follow at a bounded buffer, and the
   follower's bounded queue counts what it drops (`event: logs.missed`).
+- The fleet (`/replicas/stream`, agents.watch) and the like: the client's own call; a
+  notification that carries an `id` is sent with it, and a reconnect's Last-Event-ID is
+  the method's `last_event_id` (daemon/watch.py says what it resumes).
 
 Hostile clients: streams are counted, overall and per token (`Streams`: past either cap a
 503 with Retry-After, before anything is followed), and a write that waits on a client
@@ -41,6 +44,10 @@ WRITE_DEADLINE = 60.0  # seconds a write may wait on a client that does not read
 STREAM_RETRY = 5  # Retry-After of a stream refused at a cap
 BATCH = 256  # events written to a stream at once, at most
 BATCH_BYTES = 64 << 10  # and at most about this much of them
+RESUME_LINES = 1 << 30  # a log stream resumed: all its tail holds (which is bounded)
+# Last-Event-ID as a query parameter, for a client that cannot set the header (a new
+# EventSource in a browser)
+LAST_ID = "last_event_id"
 
 
 class Streams:
@@ -183,7 +190,7 @@ class _Topic(msgspec.Struct):
 
 
 def _last_id(request: web.Request) -> str | None:
-    return request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    return request.headers.get("Last-Event-ID") or request.query.get(LAST_ID)
 
 
 async def events(request: web.Request, ring: EventRing, caller: Caller, params: Any
@@ -246,7 +253,8 @@ class SseChannel:
         return self._writable
 
     def notify(self, method: str, params: Any) -> None:
-        event_id = None
+        # a notification that carries its `id` (agents.watch's) is an event with that id
+        event_id = getattr(params, "id", None)
         if method == "logs.lines" and params["lines"]:
             event_id = repr(params["lines"][-1].time)
         data = frame(event_id, method, msgspec.json.encode(params))
@@ -259,7 +267,8 @@ class SseChannel:
     async def pump(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self.wake.wait(), KEEPALIVE)
+                async with asyncio.timeout(KEEPALIVE):  # no task per wait, as wait_for's
+                    await self.wake.wait()
             except TimeoutError:
                 await send(self.request, self.response, b": keepalive\n\n")
                 continue
@@ -277,7 +286,10 @@ async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Call
     last = _last_id(request)
     if last is not None and method == "logs.follow":
         with contextlib.suppress(ValueError):
-            params = msgspec.structs.replace(params, since=float(last))
+            # every line kept since then, however few the first request asked for
+            params = msgspec.structs.replace(params, since=float(last), lines=RESUME_LINES)
+    elif last is not None and "last_event_id" in params.__struct_fields__:
+        params = msgspec.structs.replace(params, last_event_id=last)
     dispatcher.check(caller, method, params)  # refused as problem+json, not a stream
     response = await open_stream(request)
     channel = SseChannel(request, response)

@@ -37,7 +37,7 @@ from .admission import (
 )
 from .counters import COUNTED, AgentTasks
 from .dispatch import Dispatcher
-from .durable import TaskJournal
+from .durable import TaskJournal, unknown_cursor
 from .model import (
     LOST_IN_RESTART,
     TERMINAL,
@@ -281,18 +281,30 @@ class TaskManager:
         return info
 
     async def query(self, *, agent: str | None = None, status: str | None = None,
-                    since: float | None = None, limit: int = 100) -> list[TaskSummary]:
+                    since: float | None = None, limit: int = 100,
+                    before: str | None = None, sees: Callable[[str], bool] | None = None
+                    ) -> list[TaskSummary]:
         """Tasks created since `since` (wall time), newest last: from the journal when
-        there is one (every task until pruned), else from memory."""
+        there is one (every task until pruned), else from memory, in the order they were
+        accepted; with `before` (a task id), those accepted before it (a page's cursor);
+        with `sees`, of the agents it admits (TaskJournal.query)."""
         if limit <= 0:
             return []
         if self.journal is not None:
             return await self.journal.query(agent=agent, status=status, since=since,
-                                            limit=limit)
+                                            limit=limit, before=before, sees=sees)
+        last = None
+        if before is not None:
+            cursor = self.active.get(before) or self.finished.get(before)
+            if cursor is None or (sees is not None and not sees(cursor.agent)):
+                raise unknown_cursor(before)
+            last = cursor.seq
         tasks = sorted([*self.active.values(), *self.finished.values()], key=lambda t: t.seq)
         return [t.summary() for t in tasks
                 if (agent is None or t.agent == agent) and (status is None or t.status == status)
-                and (since is None or t.created >= since)][-limit:]
+                and (since is None or t.created >= since)
+                and (last is None or t.seq < last) and (sees is None or sees(t.agent))
+                ][-limit:]
 
     def cancel(self, task_id: str) -> Task:
         task = self.get(task_id)
