@@ -231,6 +231,8 @@ class Revision(msgspec.Struct):
     who: str
     change: str
     spec: dict[str, Any]  # the [agents.NAME] table, as the config would write it
+    release: str | None = None  # an agent package's release (its name), if it runs one
+    version: str | None = None  # and the package's version
 
 
 class HistoryResult(Result):
@@ -1005,3 +1007,54 @@ class UiLogin(Params):
 
 # the notification that cancels a request in flight on the control socket
 CANCEL = "request.cancel"
+
+
+# -- agent packages (issue 25, docs/packages.md) -------------------------------------------
+class DeployResult(Result):
+    name: str
+    release: str  # the release now current (its name: a hash of what it is made of)
+    version: str | None
+    built: bool  # False: the release was there already (deployed before), nothing built
+    changed: bool  # False: it was current already, nothing was started
+    previous: str | None  # the release it replaced (None: none, or a plain command)
+    revision: int | None  # the agent's spec revision now
+    removed: list[str]  # releases removed past keep_releases
+
+
+@method("packages.deploy", result=DeployResult, scope="agents:write", mutating=True)
+class PackagesDeploy(Params):
+    """Build a release of the agent package at `path` (a directory on the daemon's host
+    with a manifest) and make it the agent's: its new processes start beside the running
+    ones and take the tasks only once all are Ready (and have stayed so for
+    min_healthy_time), else the running release stays and the reason is given. What was
+    deployed before is not built again."""
+
+    path: str
+    name: str | None = None  # default: the manifest's
+
+
+class ReleaseEntry(msgspec.Struct):
+    release: str
+    version: str | None
+    built_at: float | None
+    size_bytes: int | None
+    python_version: str | None
+    lock: str | None
+    current: bool
+    revisions: list[int]  # the agent's spec revisions that ran it
+
+
+class ReleasesResult(Result):
+    name: str
+    current: str | None
+    keep_releases: int
+    releases: list[ReleaseEntry]  # oldest first
+
+
+@method("packages.releases", result=ReleasesResult, scope="agents:read")
+class PackagesReleases(Params):
+    """The kept releases of an agent package: version, when built, size, which is
+    current, and the revisions that ran each (`corral rollback NAME REV` returns to one
+    without building)."""
+
+    name: str

@@ -32,10 +32,13 @@ ENDLESS = {"/api/v1/logs/stream", "/api/v1/agents/{name}/logs/stream",
 # POST /agents: whether a table is accepted depends on the host, not on its shape (the
 # command must be an executable on PATH, the name must not be taken), which no schema
 # can say; the shape of the request is still checked (negative cases, the answers).
+# POST /packages: whether a path is a package depends on the host's files, not on the
+# request's shape.
 # POST /tasks: an Idempotency-Key already sent with another request is a 422 (documented):
 # whether a key is accepted depends on the requests before it, not on its shape.
 EXCLUDED = {("POST", "/api/v1/agents"): {"positive_data_acceptance"},
-            ("POST", "/api/v1/tasks"): {"positive_data_acceptance"}}
+            ("POST", "/api/v1/tasks"): {"positive_data_acceptance"},
+            ("POST", "/api/v1/packages"): {"positive_data_acceptance"}}
 
 
 async def cli(sock: Path, *args: str) -> tuple[int, str, str]:

@@ -232,6 +232,6 @@ def test_a_revision_says_each_key_changed_old_to_new() -> None:
     # nested tables key by key; env's and config's values are never shown
     assert describe_change(old, new) == (
         'command ["python3", "a.py"] -> ["python3", "b.py"], config.key removed, '
-        "env.A removed, env.B added, env.TOKEN changed, limits.cpu_seconds default -> 60, "
-        "limits.memory_mb 256 -> 512, replicas 3 -> 2, restart default -> 'always'")
+        "env.A removed, env.B added, env.TOKEN changed, limits.cpu_seconds 0 -> 60, "
+        "limits.memory_mb 256 -> 512, replicas 3 -> 2, restart 'on-failure' -> 'always'")
     assert describe_change({"tools": ["x" * 60]}, {"tools": ["y" * 60]}) == "tools changed"

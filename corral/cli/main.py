@@ -184,6 +184,9 @@ def check_config(path: str | None, config: str | None, no_check: bool) -> None:
     if path and config and path != config:
         raise click.UsageError("give the config file once: PATH or --config")
     where = Path(path or config or _default_config())
+    if _is_manifest(where):
+        _check_manifest(where)
+        return
     try:
         cfg = load_config(where)
         if not no_check:
@@ -193,6 +196,31 @@ def check_config(path: str | None, config: str | None, no_check: bool) -> None:
         sys.exit(EXIT_FAILED)
     click.echo(f"{where}: ok ({plural(len(cfg.agents), 'agent')}, "
                f"{plural(len(cfg.mcp_servers), 'MCP server')})")
+
+
+def _is_manifest(path: Path) -> bool:
+    """An agent package (its directory, pyproject.toml, or a TOML file with an [agent]
+    table) rather than a daemon's config file."""
+    if path.is_dir() or path.name == "pyproject.toml":
+        return True
+    try:
+        return bool(re.search(rb"(?m)^\s*\[agent\]", path.read_bytes()))
+    except OSError:
+        return False
+
+
+def _check_manifest(path: Path) -> None:
+    from ..daemon.packages.manifest import read_manifest
+    from ..supervisor.config import ConfigError
+
+    try:
+        manifest = read_manifest(path.resolve())
+    except ConfigError as exc:
+        click.echo(f"corral: invalid manifest: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    lock = f"lock {manifest.lock.name}" if manifest.lock else "no dependencies"
+    click.echo(f"{manifest.file}: ok (package {manifest.name}, version "
+               f"{manifest.version or '-'}, {lock})")
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -483,6 +511,9 @@ def describe(obj: Ctx, name: str, as_json: bool) -> None:
     click.echo(f"origin: {res.origin}")
     click.echo(f"revision: {res.revision if res.revision is not None else '-'}")
     click.echo(f"command: {' '.join(shlex.quote(a) for a in res.argv)}")
+    if spec.get("release"):  # an agent package's
+        click.echo(f"release: {os.path.basename(spec['release'])} (version "
+                   f"{spec.get('version') or '-'}, {spec['release']})")
     click.echo(f"cwd: {spec['cwd']}")
     click.echo(f"user: {spec['user'] or '-'}" + (f" group: {spec['group']}"
                                                    if spec["group"] else ""))
@@ -613,7 +644,12 @@ def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
         return
     rows = [[("* " if r.revision == res.current else "  ") + str(r.revision),
              _stamp(r.time), r.who, r.change] for r in res.revisions]
-    _table(rows, ["  REV", "TIME", "WHO", "CHANGE"])
+    headers = ["  REV", "TIME", "WHO", "CHANGE"]
+    if any(r.release for r in res.revisions):  # an agent package: which release, version
+        rows = [[*row[:2], r.release or "-", r.version or "-", *row[2:]]
+                for row, r in zip(rows, res.revisions, strict=True)]
+        headers = [*headers[:2], "RELEASE", "VERSION", *headers[2:]]
+    _table(rows, headers)
 
 
 def _stamp(t: float) -> str:
@@ -630,6 +666,60 @@ def rollback(obj: Ctx, name: str, revision: int | None) -> None:
                                      m.AgentsRollback(name=name, revision=revision))
     click.echo(f"{name}: rolled back to revision {res.restored} (now revision "
                f"{res.revision})" + (f": {res.change}" if res.change else ""))
+
+
+@cli.command(help=doc("packages.deploy") + "\n\nPATH: the package's directory (or its "
+             "manifest file); the daemon reads it, so it must be on the daemon's host.")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--name", default=None, help="The agent's name (default: the manifest's).")
+@json_option
+@pass_ctx
+def deploy(obj: Ctx, path: str, name: str | None, as_json: bool) -> None:
+    from ..paths import client_socket
+
+    def progress(method: str, params: Any) -> None:
+        if method == "packages.progress" and not as_json:
+            click.echo(f"corral: {params.get('message')}", err=True)
+
+    params = m.PackagesDeploy(path=os.path.abspath(path), name=name)
+    try:
+        # no client timeout: a build is bounded by the daemon's build_timeout, a switch by
+        # healthy_deadline, and Ctrl-C ends the wait
+        with Client(client_socket(obj.socket), timeout=None) as c:
+            res: m.DeployResult = c.ask("packages.deploy", params, progress)
+    except Unreachable as exc:
+        click.echo(f"corral: {exc}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
+    except CallFailed as exc:
+        click.echo(f"corral: {exc.message}", err=True)
+        sys.exit(EXIT_FAILED)
+    if as_json:
+        _print_json(res)
+        return
+    version = f" (version {res.version})" if res.version else ""
+    if not res.changed:
+        click.echo(f"{res.name}: release {res.release}{version} is current already")
+        return
+    built = "built" if res.built else "kept from before, not built again"
+    click.echo(f"{res.name}: now release {res.release}{version} ({built}), revision "
+               f"{res.revision}" + (f"; was {res.previous}" if res.previous else ""))
+
+
+@cli.command(help=doc("packages.releases"))
+@click.argument("name", shell_complete=_complete_agents)
+@json_option
+@pass_ctx
+def releases(obj: Ctx, name: str, as_json: bool) -> None:
+    res: m.ReleasesResult = obj.call("packages.releases", m.PackagesReleases(name=name))
+    if as_json:
+        _print_json(res)
+        return
+    rows = [[("* " if r.current else "  ") + r.release, r.version or "-",
+             _stamp(r.built_at) if r.built_at else "-",
+             _human_bytes(r.size_bytes) if r.size_bytes is not None else "-",
+             r.python_version or "-", ",".join(map(str, r.revisions)) or "-"]
+            for r in res.releases]
+    _table(rows, ["  RELEASE", "VERSION", "BUILT", "SIZE", "PYTHON", "REVISIONS"])
 
 
 @cli.command(help=doc("audit.list"))

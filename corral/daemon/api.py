@@ -478,6 +478,8 @@ AGENT_RULES: dict[str, AgentRule] = {
     "gateway.call": AgentRule(_AGENT_PARAM),
     "gateway.watch": AgentRule(_nothing),
     "gateway.status": AgentRule(_nothing),
+    # packages.deploy reads a path of the daemon's host: for callers that see every agent
+    "packages.releases": AgentRule(_one("name")),
 }
 
 

@@ -628,3 +628,20 @@ async def ui_login(d: Services, p: m.UiLogin, caller: Caller, c: Channel
     code, expires = d.ui.issue(caller)
     path = f"/ui/login?code={code}"
     return m.UiLoginResult(code=code, path=path, url=d.ui.url + path, expires=expires)
+
+
+# -- agent packages (issue 25) -------------------------------------------------------------
+@implements("packages.deploy")
+async def packages_deploy(d: Services, p: m.PackagesDeploy, caller: Caller, c: Channel
+                          ) -> m.DeployResult:
+    def say(text: str) -> None:
+        c.notify("packages.progress", {"message": text})
+        d.hub.daemon(f"deploy {p.path}: {text}")
+
+    return await d.packages.deploy(p.path, p.name, caller.who, say)
+
+
+@implements("packages.releases")
+async def packages_releases(d: Services, p: m.PackagesReleases, caller: Caller, c: Channel
+                            ) -> m.ReleasesResult:
+    return await d.packages.list(p.name)

@@ -42,12 +42,14 @@ from .api import Caller, Dispatcher
 from .background import Background
 from .commands import HANDLERS
 from .control import AlreadyRunning, ControlServer
+from .devwatch import Watches
 from .fleet import Fleet
 from .gateway import GatewayService
 from .history import History
 from .journald import JournalSender, StderrEcho
 from .logs import LogDirError, LogHub
 from .notify import Notifier
+from .packages.service import Packages
 from .revisions import RevisionLog
 from .services import Services
 from .store import StateStore, StoreError, StoreWriter
@@ -224,10 +226,21 @@ class Daemon:
                       hub.daemon)
         desk = TaskDesk(sup, journal, hub.daemon)
         history = History(sup, store, cfg.http)
+        packages = Packages(cfg.packages, Path(cfg.packages.dir) if cfg.packages.dir
+                            else paths.state_dir / "packages", sup, store, revisions, fleet,
+                            hub.daemon)
+        try:
+            # interrupted builds and switches are dealt with before any agent starts
+            await packages.start()
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        watches = Watches(sup, fleet, packages, hub.daemon)
+        sup.stream.subscribe(watches.on_transition, Event)
+        stack.push_async_callback(watches.close)
         services = Services(
             sup=sup, hub=hub, store=store, revisions=revisions, fleet=fleet, tasks=desk,
-            gateway=gateway, http=http, journal=journal, history=history,
-            watch=FleetWatch(sup),
+            gateway=gateway, http=http, journal=journal, history=history, packages=packages,
+            dev_watch=watches, watch=FleetWatch(sup),
             config_path=self.config_path,
             socket_path=control.path, started_at=self.started_at,
             reload=lambda who: self._reload(services, who),
@@ -249,6 +262,7 @@ class Daemon:
         dispatcher.serve(services)
         await asyncio.sleep(0)  # the control socket is served before the agents are added
         fleet.start(cfg)
+        watches.sync_all()
         if journal is not None:
             # no await since the agents were added: no task can be accepted before the
             # journal's are back, numbered after theirs

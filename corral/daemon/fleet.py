@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from ..methods import ReloadResult
 from ..supervisor.config import AgentSpec, Config, ConfigError, check_command, parse_agents
 from ..supervisor.core import Supervisor, SupervisorError
 from ..supervisor.names import name_problem, shown
+from ..supervisor.release import READY
 from ..text import plural
 from .revisions import (
     Revision,
@@ -224,6 +226,12 @@ class Fleet:
             except ConfigError as exc:
                 raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
             self.fill_cwd(spec)
+            if spec.release is not None and not os.path.isfile(
+                    os.path.join(spec.release, READY)):
+                raise RpcError(jsonrpc.NOT_FOUND, f"revision {target} of {name} runs release "
+                               f"{os.path.basename(spec.release)}, which is no longer kept "
+                               f"(keep_releases = {spec.keep_releases}; see `corral releases "
+                               f"{name}`): deploy it again")
             if name in self.from_config:
                 # lasts until the config file changes this agent (a reload applies it)
                 writes = [setting_scaled(name, spec.replicas,
@@ -359,7 +367,12 @@ class Fleet:
         old.pop("replicas", None)
         new.pop("replicas", None)
         if old != new:
-            await agent.roll(spec, start_stopped=False)
+            if old.get("release") != new.get("release"):
+                # another release (a rollback of a package): all at once, seen healthy
+                # before it takes tasks, never two releases serving together
+                await agent.switch(spec)
+            else:
+                await agent.roll(spec, start_stopped=False)
         await agent.scale(want)
 
     def fill_cwd(self, spec: AgentSpec) -> None:

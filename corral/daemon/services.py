@@ -12,10 +12,12 @@ from typing import Any, Protocol
 from ..methods import ReloadResult
 from ..supervisor.core import Supervisor
 from .api import Caller
+from .devwatch import Watches
 from .fleet import Fleet
 from .gateway import GatewayService
 from .history import History
 from .logs import LogHub
+from .packages.service import Packages
 from .revisions import RevisionLog
 from .store import StateStore
 from .taskjournal import TaskJournalDB
@@ -46,6 +48,8 @@ class Services:
     http: Any
     journal: TaskJournalDB | None  # the task journal, or None: `task_journal = false`
     history: History  # the metrics history (its sampler starts once the services exist)
+    packages: Packages  # agent packages: deploy, releases
+    dev_watch: Watches  # development mode (`watch = [...]`)
     watch: FleetWatch  # the fleet's changes for agents.watch
     config_path: Path
     socket_path: Path

@@ -92,6 +92,19 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # SDK (warm) and these modules (preload) instead of starting an interpreter
     warm: bool = False
     preload: list[str] = []
+    # rolling replacement (restart --rolling, reload, rollback, a deploy): a new process
+    # takes tasks only once it has been Ready for min_healthy_time seconds, which must
+    # happen within healthy_deadline seconds of its start
+    min_healthy_time: NonNeg = 0
+    healthy_deadline: Positive = 60.0
+    # an agent package (corral deploy, docs/packages.md): the release it runs, as its
+    # directory (its venv first on PATH, its source the cwd), and the package's version
+    release: str | None = None
+    version: str | None = None
+    keep_releases: PositiveInt = 5  # releases of the package kept for rollback
+    # development mode: restart (rolling) when a file matching one of these globs, under
+    # the agent's cwd, changes
+    watch: list[str] = []
 
 
 LogLevel = Literal["debug", "info", "notice", "warning", "error", "critical", "alert",
@@ -256,12 +269,29 @@ class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     history_hour_days: Positive = 90.0
 
 
+class PackagesSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[packages]: how `corral deploy` builds releases (docs/packages.md)."""
+
+    dir: str | None = None  # default: STATE_DIR/packages
+    uv: str | None = None  # the uv binary; default: the one installed with corral
+    cache_dir: str | None = None  # uv's cache, shared by every build; default: DIR/.cache
+    build_timeout: Positive = 600.0  # seconds a whole build may take
+    max_release_mb: PositiveInt = 2048  # a release bigger than this is refused
+    min_free_mb: NonNegInt = 256  # a build needs this much free space to start
+    max_source_mb: PositiveInt = 256  # a package's source (what is copied) at most
+    # how a release gets its packages' files from uv's cache: "copy" (a release shares
+    # nothing), or "hardlink" (a rebuild several times faster; a release's files are then
+    # the cache's, made read-only with it)
+    link_mode: Literal["copy", "hardlink"] = "copy"
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     supervisor: SupervisorSettings = msgspec.field(default_factory=SupervisorSettings)
     agents: dict[str, AgentSpec] = {}
     mcp_servers: dict[str, McpServerSpec] = {}
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    packages: PackagesSettings = msgspec.field(default_factory=PackagesSettings)
 
 
 def _key_path(exc: msgspec.ValidationError) -> tuple[str, str]:
@@ -370,6 +400,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     sup = convert(data.get("supervisor", {}), SupervisorSettings, where=where, prefix="supervisor")
     gateway = convert(data.get("gateway", {}), GatewaySettings, where=where, prefix="gateway")
     http = convert(data.get("http", {}), HttpSettings, where=where, prefix="http")
+    packages = convert(data.get("packages", {}), PackagesSettings, where=where,
+                       prefix="packages")
     tables = [f.encode_name for f in msgspec.structs.fields(Config)]
     unknown = set(data) - set(tables)
     if unknown:
@@ -425,8 +457,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         pspec.cwd = str((base / pspec.cwd).resolve() if pspec.cwd else base.resolve())
     for sspec in servers.values():
         sspec.roots = [r if "://" in r else str((base / r).resolve()) for r in sspec.roots]
+    if packages.dir is not None:
+        packages.dir = str((base / packages.dir).resolve())
+    if packages.cache_dir is not None:
+        packages.cache_dir = str((base / packages.cache_dir).resolve())
     return Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
-                  http=http)
+                  http=http, packages=packages)
 
 
 def _define(origin: dict[str, str], key: str, where: str) -> None:

@@ -101,6 +101,11 @@ RESOURCES: list[Resource] = [
     _r("POST", "/tokens", "tokens.create", "Create a token (its secret shown once)",
        body=("name", "scopes", "agents", "expires_in")),
     _r("DELETE", "/tokens/{name}", "tokens.revoke", "Revoke a token"),
+    # agent packages (docs/packages.md)
+    _r("POST", "/packages", "packages.deploy", "Deploy an agent package: build its release "
+       "(a path on the daemon's host) and switch the agent to it", body=("path", "name")),
+    _r("GET", "/agents/{name}/releases", "packages.releases",
+       "An agent package's kept releases"),
 ]
 
 

@@ -61,7 +61,7 @@ class _RawAnswer(msgspec.Struct, forbid_unknown_fields=True):
 class Output(msgspec.Struct, gc=False):
     """A succeeded task's output as its JSON bytes; a Python caller's values are decoded
     from them when asked for, and are the caller's: what a finished task keeps is never
-    an object graph for every full pass of the garbage collector to walk (decision 74).
+    an object graph for every full pass of the garbage collector to walk (decision 78).
     (Not tracked by the collector itself: bytes hold nothing.)"""
 
     raw: msgspec.Raw
