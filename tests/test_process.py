@@ -1,5 +1,5 @@
 """One OS process under corral (process.py): what happens to its pipes when connecting
-them to the loop fails; a stdin it does not read past the budget, and a stdout held."""
+them to the loop fails; its requests wait while it does not read the answers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from corral.jsonrpc import Peer
 from corral.supervisor.containment import Containment
-from corral.supervisor.process import STDIN_HIGH, STDIN_LOW, ChildProcess
+from corral.supervisor.process import STDIN_HIGH, ChildProcess
 
 from .conftest import _is_pipe_or_pidfd, open_fds
 
@@ -56,13 +57,16 @@ async def test_an_attach_that_fails_kills_the_process_and_closes_every_pipe_once
     assert {fd for fd in open_fds() - before if _is_pipe_or_pidfd(fd)} == set()
 
 
-# writes lines to stdout without end; reads nothing of its stdin until SIGUSR1
+# sends requests without end; reads nothing of its stdin until SIGUSR1
 CHATTY = """
 import os, signal, threading
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
 def chatter():
+    n = 0
     while True:
-        os.write(1, b"line\\n" * 100)
+        os.write(1, b"".join(b'{"jsonrpc":"2.0","id":%d,"method":"m"}\\n' % i
+                             for i in range(n, n + 100)))
+        n += 100
 threading.Thread(target=chatter, daemon=True).start()
 signal.sigwait({signal.SIGUSR1})
 while os.read(0, 1 << 16):
@@ -70,7 +74,7 @@ while os.read(0, 1 << 16):
 """
 
 
-async def test_a_stdin_unread_past_the_budget_is_told_and_stdout_can_be_held() -> None:
+async def test_requests_wait_unread_while_answers_to_them_are_unread() -> None:
     popen = subprocess.Popen([sys.executable, "-c", CHATTY], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              start_new_session=True)
@@ -78,38 +82,32 @@ async def test_a_stdin_unread_past_the_budget_is_told_and_stdout_can_be_held() -
     loop = asyncio.get_running_loop()
     child = ChildProcess(popen.pid, os.pidfd_open(popen.pid), loop, Containment(), "token",
                          reap=popen.poll)
-    lines: list[bytes] = []
-    full: list[bool] = []
+    answered: list[int] = []
+    peer = Peer("chatty", child.write, dispatch=lambda m, p, _: answered.append(1))
     pipes = [f.detach() for f in (popen.stdin, popen.stdout, popen.stderr)]
-    await child.attach(*pipes, on_stdout_line=lines.append, on_stderr_lines=print,
-                       on_oversize=print, on_stdin_full=lambda p, f: full.append(f))
+    await child.attach(*pipes, on_stdout_line=peer.feed_line, on_stderr_lines=print,
+                       on_oversize=print)
+    assert child.reader is not None
+    peer.reader, child.peer = child.reader, peer
 
     async def until(cond: Callable[[], bool], what: str) -> None:
         async with asyncio.timeout(10):
             while not cond():
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.001)
         assert cond(), what
 
     try:
-        await until(lambda: len(lines) > 0, "lines from the process")
-        # more than STDIN_HIGH it does not read: told at once, once
-        child.write(b"x" * (3 * STDIN_HIGH))
-        assert child.stdin_full and full == [True] and child.stdin_backlog > STDIN_HIGH
-        child.write(b"x")
-        assert full == [True]
-        # held: no line is delivered, for as long as a few reads take
-        child.hold(True)
-        seen = len(lines)
-        for _ in range(20):
+        # it reads none of the answers: past STDIN_HIGH of them, its requests wait
+        await until(lambda: child.stdin_full, "the answers to fill its stdin")
+        assert peer.requests_paused and peer.held is not None and child.reader.paused
+        seen, backlog = len(answered), child.stdin_backlog
+        assert STDIN_HIGH < backlog < STDIN_HIGH + 64
+        for _ in range(20):  # for as long as a few reads take: nothing more is taken
             await asyncio.sleep(0.005)
-            assert len(lines) == seen
-        # it reads its stdin: under STDIN_LOW it is told so
+            assert (len(answered), child.stdin_backlog) == (seen, backlog)
+        # it reads them: under STDIN_LOW, its requests are taken again
         os.kill(popen.pid, signal.SIGUSR1)
-        await until(lambda: not child.stdin_full, "the backlog to drain")
-        assert full == [True, False] and child.stdin_backlog <= STDIN_LOW
-        assert len(lines) == seen  # still held: the owner lets go, not the drain
-        child.hold(False)
-        await until(lambda: len(lines) > seen, "lines after the hold")
+        await until(lambda: len(answered) > seen + 100_000, "more requests answered")
     finally:
         child.kill_group(signal.SIGKILL)
         popen.wait(10)

@@ -334,7 +334,6 @@ class ProcessReplica(Machine):
                 "on_stdout_line": self._on_stdout_line,
                 "on_stderr_lines": self._on_stderr_lines,
                 "on_oversize": self._on_oversize,
-                "on_stdin_full": self._on_stdin_full,
                 "max_line": self.max_line,
             }
             async with self.host.spawn_slots:  # the pacing of a mass start
@@ -361,9 +360,11 @@ class ProcessReplica(Machine):
         self._prev_cpu = None
         self._cpu_over = 0
         self.host.stats.spawned += 1
-        self.peer = self._make_peer(proc)
-        self.peer.on_handled = self._release
-        self.peer.hold_requests = self._holds_requests
+        self.peer = peer = self._make_peer(proc)
+        # the process's requests wait, unread, while its stdin is full or MAX_IN_FLIGHT of
+        # them are worked on; its answers and notifications before them are read (a
+        # process kept from writing them could stop reading its stdin too)
+        peer.reader, peer.max_handling, proc.peer = proc.reader, MAX_IN_FLIGHT, peer
         if self.state == State.SHUTTING_DOWN:  # stopped while spawning
             self._begin_shutdown(graceful=False)
         self._init = asyncio.ensure_future(self._initialize())
@@ -655,30 +656,8 @@ class ProcessReplica(Machine):
     # -- channel --------------------------------------------------------------------------
     def _on_stdout_line(self, line: bytes) -> None:
         self._heard = True
-        peer = self.peer
-        if peer is not None:
-            peer.feed_line(line)
-            if peer.held and self.process is not None:  # a request it may not make now
-                self.process.hold(True)
-
-    def _holds_requests(self) -> bool:
-        """Whether the process's next request must wait: what corral sent it is over
-        STDIN_HIGH unread (answering more would only add to it), or MAX_IN_FLIGHT of its
-        requests are being worked on. Its answers and notifications are read meanwhile:
-        a process kept from writing them could stop reading its stdin too."""
-        proc, peer = self.process, self.peer
-        return proc is not None and (
-            proc.stdin_full or (peer is not None and peer.handling >= MAX_IN_FLIGHT))
-
-    def _release(self) -> None:
-        """Its stdin drained, or one of its requests is answered: take the held ones, and
-        read its stdout again if none is left waiting."""
-        proc, peer = self.process, self.peer
-        if proc is None or peer is None or not proc.held or self._holds_requests():
-            return
-        peer.release()
-        if not peer.held:
-            proc.hold(False)
+        if self.peer is not None:
+            self.peer.feed_line(line)
 
     def _on_stderr_lines(self, lines: LineBlock) -> None:
         self.host.replica_log(self, "stderr", lines)
@@ -694,10 +673,6 @@ class ProcessReplica(Machine):
         # the answer to a request: that request fails now, not at its timeout
         if self.peer is not None:
             self.peer.oversized(size, head, tail, self.max_line)
-
-    def _on_stdin_full(self, proc: ChildProcess, full: bool) -> None:
-        if proc is self.process and not full:
-            self._release()
 
     def _unread_too_long(self, now: float, timeout: float) -> bool:
         """corral has had bytes for the process (more than its stdin pipe holds) and it
@@ -745,7 +720,7 @@ class ProcessReplica(Machine):
             # behind them; that has its own timeout, above), and not while the process is
             # excused (an MCP server in a call within its timeout)
             if self._heard or self.silence_excused or self._unread_since is not None or \
-                    (self.process is not None and self.process.held):
+                    self.peer.held is not None:
                 self._heard = False
                 self._last_pong = now
             silent = now - self._last_pong
