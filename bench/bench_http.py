@@ -8,11 +8,10 @@
     echo agent of 2 replicas. Goal <= 1.5x. Then throughput: CONC keep-alive HTTP
     connections each sending its next task when the last is answered (HTTP/1.1 has no
     useful pipelining) beside the socket pipelined 256 deep (harness.pipelined_tasks).
-(c) an event to SSE clients: there is no SSE route for agent state changes (the daemon
-    does not put them on the event bus; `/api/v1/events/stream` carries the bus), so
-    this measures what exists: `events.publish` on the control socket -> the event read
+(c) an event to SSE clients: `events.publish` on the control socket -> the event read
     by each of STREAMS clients of `/api/v1/events/stream`, with 1000 agents running.
-    Goal: p99 <= 100 ms.
+    Goal: p99 <= 100 ms. (An agent's state change -> the fleet's stream,
+    `/api/v1/replicas/stream`, is bench/bench_watch.py.)
 
 The 1000 agents (SDK hello, one replica each, `warm = true`) run first under corral, then
 under supervisord (never both at once: 2000 interpreters would be the measure). The load

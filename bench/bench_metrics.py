@@ -1,9 +1,11 @@
 """Issue 21: a scrape of `/metrics` at 1000 agents (each one replica, each with a finished
 task, so every per-agent series and histogram is there): the time per scrape, the size
 of the exposition, and the loop's worst stall while scraping (bench_scale's probe: a
-control call every 5 ms on the socket), beside the same probe while idle. Also the cost
-of one metrics-history sample at that size (`stats.get`'s figures do not include it: the
-daemon's own sampler runs every `history_interval`; here every second).
+control call every 5 ms on the socket), beside the same probe while idle; then the
+daemon's CPU time per scrape, scraped again with the probe paused (a figure a loaded
+machine changes less than the wall-clock ones). Also the cost of one metrics-history
+sample at that size (`stats.get`'s figures do not include it: the daemon's own sampler
+runs every `history_interval`; here every second).
 
     .venv/bin/python -m bench.bench_metrics [--agents 1000] [--scrapes 30]
 """
@@ -18,7 +20,7 @@ import time
 import urllib.request
 from typing import Any
 
-from .bench_scale import Probe
+from .bench_scale import Probe, cpu
 from .harness import CorralDaemon, free_port, hello_agents, report, workdir
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -73,13 +75,27 @@ def main() -> None:
         time.sleep(5)
         url = f"http://127.0.0.1:{port}/metrics"
         out: dict[str, Any] = {"agents": args.agents, "ready_s": round(ready, 2)}
+        assert c.proc is not None
         for name, accept in (("text", None), ("openmetrics", OPENMETRICS)):
             probe.phase = f"scrape_{name}"
             runs = [scrape(url, accept) for _ in range(args.scrapes)]
             times = sorted(t for t, _, _ in runs)
+            probe.paused = True
+            time.sleep(0.1)
+            # less what the daemon spends meanwhile without scrapes (a thousand agents'
+            # heartbeats): measured just before, over as long
+            cpu0, t0 = cpu(c.proc.pid), time.perf_counter()
+            for _ in range(args.scrapes):
+                scrape(url, accept)
+            spent, took = cpu(c.proc.pid) - cpu0, time.perf_counter() - t0
+            cpu0 = cpu(c.proc.pid)
+            time.sleep(took)
+            spent -= cpu(c.proc.pid) - cpu0
+            probe.paused = False
             out[name] = {"scrapes": len(runs), "median_ms": round(
                 statistics.median(times) * 1000, 1), "worst_ms": round(times[-1] * 1000, 1),
-                "bytes": runs[-1][1], "lines": runs[-1][2]}
+                "bytes": runs[-1][1], "lines": runs[-1][2],
+                "daemon_cpu_per_scrape_ms": round(spent / args.scrapes * 1000, 1)}
         probe.phase = "done"
         out["loop_lag"] = {k: v for k, v in probe.summary().items()
                            if k in ("idle", "scrape_text", "scrape_openmetrics")}

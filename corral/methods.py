@@ -231,6 +231,8 @@ class Revision(msgspec.Struct):
     who: str
     change: str
     spec: dict[str, Any]  # the [agents.NAME] table, as the config would write it
+    release: str | None = None  # an agent package's release (its name), if it runs one
+    version: str | None = None  # and the package's version
 
 
 class HistoryResult(Result):
@@ -243,6 +245,7 @@ class RollbackResult(Result):
     name: str
     restored: int
     revision: int | None
+    change: str = ""  # what the rollback changed: "replicas 3 -> 2, env.V changed"
 
 
 class AuditEntry(Result):
@@ -284,11 +287,10 @@ class LogLine(msgspec.Struct, array_like=True):
 
     def render(self) -> str:
         """How a line reads in log files and in `corral logs`."""
-        from datetime import UTC, datetime
+        from .text import iso_time
 
-        stamp = datetime.fromtimestamp(self.time, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
         who = self.source if self.source == "corral" else f"{self.source}#{self.replica}"
-        return f"{stamp}Z {who}[{self.pid}] {self.stream}: {self.text}"
+        return f"{iso_time(self.time, ms=True)} {who}[{self.pid}] {self.stream}: {self.text}"
 
 
 class LogLines(Result):
@@ -424,6 +426,9 @@ class TaskSummary(_TaskHead):
 
 class TaskList(Result):
     tasks: list[TaskSummary]
+    # the cursor of the next page (older tasks): `before` of the next call; absent on the
+    # last page
+    next: str | UnsetType = UNSET
 
 
 class Delivered(Result):
@@ -647,12 +652,15 @@ class TasksGet(Params):
 
 @method("tasks.list", result=TaskList, scope="tasks:read")
 class TasksList(Params):
-    """Recent tasks, newest last (from the task journal: every task until it is pruned)."""
+    """Recent tasks, newest last (from the task journal: every task until it is pruned),
+    a page of `limit` at a time: `next`, when there are older tasks, is the `before` that
+    lists them."""
 
     agent: str | None = None
     limit: int = 100
     status: str | None = None
     since: float | None = None  # seconds ago
+    before: str | None = None  # a task id: only the tasks accepted before it
 
 
 @method("tasks.cancel", result=TaskInfo, scope="tasks:run", mutating=True)
@@ -888,6 +896,101 @@ class StatsHistory(Params):
 
 
 
+# -- watching the fleet live (issue 21) ------------------------------------------------------
+class FleetSnapshot(Result):
+    """`agents.snapshot`: every replica the watch covers, as agents.status shows them; the
+    changes after it follow. Sent first, and again (`resync`) when changes were lost to
+    this client."""
+
+    id: str  # the stream's position: the changes after it follow
+    time: float
+    replicas: list[ReplicaStatus]
+    # sent again in place of changes this client did not get: it fell behind the changes
+    # the daemon keeps, or its last_event_id is not of this daemon's life
+    resync: bool
+    missed: int | None  # how many changes it did not get (None: unknown)
+
+
+class ReplicaChange(Result):
+    """`agents.transition`: one replica's state change, as it happened."""
+
+    id: str  # resume after it with last_event_id (an SSE client: Last-Event-ID)
+    time: float  # when it happened, the daemon's unix time
+    agent: str
+    replica: int
+    state: str
+    previous: str
+    pid: int | None
+    cause: str | None  # what made it (crash, spawn, stop, ...)
+    reason: str
+    # the replica as agents.status shows it now, when the process that changed holds its
+    # place (None: the other process of a rollout, or a replica scaled away)
+    row: ReplicaStatus | None
+
+
+class AgentRoster(Result):
+    """`agents.roster`: an agent's replicas as a list changed (the agent was added or
+    removed, scaled, or a rollout put a new process in a replica's place): all of them
+    now, as agents.status shows them; none: the agent is gone."""
+
+    id: str
+    time: float
+    agent: str
+    replicas: list[ReplicaStatus]
+
+
+class ReplicaSample(msgspec.Struct, array_like=True):
+    """A replica's figures that change without a transition: agent, replica, uptime,
+    CPU, resident memory, open descriptors, tasks running."""
+
+    agent: str
+    replica: int
+    uptime: float | None
+    cpu_percent: float
+    rss_bytes: int
+    open_fds: int
+    tasks_running: int
+
+
+class ReplicaSamples(Result):
+    """`agents.sample`: every covered replica's figures, each `interval` (no id: a sample
+    replaces the one before, and none is sent again on resume)."""
+
+    time: float
+    replicas: list[ReplicaSample]
+
+
+@method("agents.watch", result=None, scope="agents:read", endless=True)
+class AgentsWatch(Params):
+    """The fleet as it changes: `agents.snapshot` (every replica), then an
+    `agents.transition` per replica state change and an `agents.roster` when an agent's
+    replicas change as a list, each with an id, until the client disconnects; with an
+    interval, `agents.sample` (CPU, memory, uptime) that often. A client that falls behind
+    the changes kept is sent a new snapshot (`resync`) instead of them."""
+
+    # agents to watch (default: every agent); one not there yet is watched for: its
+    # agents.roster comes when it is added
+    names: list[str] = []
+    # seconds between agents.sample notifications; none without
+    interval: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] | None = None
+    last_event_id: str | None = None  # resume after this change (a snapshot if too old)
+
+
+class StatsSample(StatsResult):
+    """`stats.sample`: stats.get's answer and when it was taken."""
+
+    time: float
+
+
+@method("stats.watch", result=None, scope="metrics:read", endless=True)
+class StatsWatch(Params):
+    """stats.get's answer as `stats.sample` notifications, one each interval, until the
+    client disconnects; a client that does not read is sent the newest when it reads
+    again, and none of those it missed."""
+
+    interval: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 1.0
+
+
 # -- the dashboard (issue 21) --------------------------------------------------------------
 class UiLoginResult(Result):
     code: str
@@ -904,3 +1007,54 @@ class UiLogin(Params):
 
 # the notification that cancels a request in flight on the control socket
 CANCEL = "request.cancel"
+
+
+# -- agent packages (issue 25, docs/packages.md) -------------------------------------------
+class DeployResult(Result):
+    name: str
+    release: str  # the release now current (its name: a hash of what it is made of)
+    version: str | None
+    built: bool  # False: the release was there already (deployed before), nothing built
+    changed: bool  # False: it was current already, nothing was started
+    previous: str | None  # the release it replaced (None: none, or a plain command)
+    revision: int | None  # the agent's spec revision now
+    removed: list[str]  # releases removed past keep_releases
+
+
+@method("packages.deploy", result=DeployResult, scope="agents:write", mutating=True)
+class PackagesDeploy(Params):
+    """Build a release of the agent package at `path` (a directory on the daemon's host
+    with a manifest) and make it the agent's: its new processes start beside the running
+    ones and take the tasks only once all are Ready (and have stayed so for
+    min_healthy_time), else the running release stays and the reason is given. What was
+    deployed before is not built again."""
+
+    path: str
+    name: str | None = None  # default: the manifest's
+
+
+class ReleaseEntry(msgspec.Struct):
+    release: str
+    version: str | None
+    built_at: float | None
+    size_bytes: int | None
+    python_version: str | None
+    lock: str | None
+    current: bool
+    revisions: list[int]  # the agent's spec revisions that ran it
+
+
+class ReleasesResult(Result):
+    name: str
+    current: str | None
+    keep_releases: int
+    releases: list[ReleaseEntry]  # oldest first
+
+
+@method("packages.releases", result=ReleasesResult, scope="agents:read")
+class PackagesReleases(Params):
+    """The kept releases of an agent package: version, when built, size, which is
+    current, and the revisions that ran each (`corral rollback NAME REV` returns to one
+    without building)."""
+
+    name: str

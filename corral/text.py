@@ -2,7 +2,68 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 
-def plural(n: int, word: str) -> str:
-    """`1 agent`, `2 agents`: counts as a person would write them."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+def plural(n: float, word: str, many: str | None = None) -> str:
+    """`1 agent`, `2 agents`: counts as a person would write them (`many` for a word
+    whose plural is not WORD + s: `plural(n, "process", "processes")`)."""
+    count = f"{n:g}" if isinstance(n, float) else str(n)
+    return f"{count} {word}" if n == 1 else f"{count} {many or word + 's'}"
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice `word` most likely misspells, or None when none is near enough."""
+    import difflib  # here: the CLI's start-up does not pay for it
+
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean `NAME`?)` for the closest choice, or nothing."""
+    near = closest(word, choices)
+    return f" (did you mean `{near}`?)" if near is not None else ""
+
+
+def listing(names: Iterable[str], most: int = 10) -> str:
+    """Names in a sentence, at most `most` of them: `a, b, c and 12 more`."""
+    shown = list(names)
+    if len(shown) <= most:
+        return ", ".join(shown)
+    return f"{', '.join(shown[:most])} and {len(shown) - most} more"
+
+
+def iso_time(t: float, ms: bool = False) -> str:
+    """A wall-clock time as corral shows every time: ISO 8601, UTC (`Z`), to the second
+    (`ms`: to the millisecond), the same in log files, the daemon's messages and the CLI."""
+    from datetime import UTC, datetime
+
+    when = datetime.fromtimestamp(t, UTC)
+    if ms:
+        return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: str) -> str:
+    """`text` as one line of a log: newlines and other control characters escaped
+    (`\\n`, `\\x1b`), so that a record never spans lines nor moves a terminal's cursor."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters for a one-line record: at the last space
+    (a URL or a word is not cut in its middle, unless it is all there is), saying how
+    long it was."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit + 1)
+    head = text[:cut if cut > 0 else limit].rstrip()
+    return f"{head}… ({len(text)} characters)"

@@ -18,7 +18,9 @@ if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_inputs" ]; then
     if [ -f "$_stamp" ]; then
         echo "corral: updating .venv (its requirements changed)…" >&2
     elif [ -z "$_said" ]; then
-        echo "corral: setting up .venv (first run: about a minute)…" >&2
+        # the venv is there (another script's extras, or an install from before the
+        # stamps): not a first run
+        echo "corral: installing corral[$1] into the existing .venv (up to a minute)…" >&2
     fi
     # compat mode: a plain path in a .pth file, not an import hook that every Python
     # started from this venv (every worker) would pay ~10 ms for

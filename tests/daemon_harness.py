@@ -185,16 +185,18 @@ def shared_tmpdir() -> Path:
 
 
 @contextlib.asynccontextmanager
-async def in_process(tmp_path: Path, agents: str, toml: str = "") -> AsyncIterator[Any]:
+async def in_process(tmp_path: Path, agents: str, toml: str = "", supervisor: str = ""
+                     ) -> AsyncIterator[Any]:
     """The real daemon (corral.daemon.daemon.Daemon) in this test's event loop, with
-    `agents` and more TOML (e.g. an [http] table) after them; every agent Ready before
-    it is handed over, and the daemon stopped (and its exit status checked) after."""
+    `agents` and more TOML (e.g. an [http] table) after them, and `supervisor` lines in
+    its [supervisor] table; every agent Ready before it is handed over, and the daemon
+    stopped (and its exit status checked) after."""
     from corral.daemon.daemon import Daemon as InProcess
     from corral.supervisor import State
 
     config = tmp_path / "corral.toml"
-    config.write_text(config_text(agents, tmp_path / "corral.sock", tmp_path / "state")
-                      + toml)
+    config.write_text(config_text(agents, tmp_path / "corral.sock", tmp_path / "state",
+                                  supervisor) + toml)
     d = InProcess(config)
     run = asyncio.ensure_future(d.run())
     try:

@@ -114,7 +114,7 @@ async def test_an_http_route_for_an_existing_method_needs_no_handler(tmp_path: P
             # an unknown agent: 404, as the socket says it
             status, _, body = await _post(f"{base}/api/v1/agents/stop", "writer",
                                           {"names": ["nobody"]})
-            assert (status, body["detail"]) == (404, "no such agent: nobody")
+            assert (status, body["detail"]) == (404, "no such agent: nobody (agents: hello)")
 
             # the writer may: the agent stops, and the call is audited under its name
             status, _, body = await _post(f"{base}/api/v1/agents/stop", "writer",
@@ -128,7 +128,7 @@ async def test_an_http_route_for_an_existing_method_needs_no_handler(tmp_path: P
         assert not any("token reader" in t for t in audit)
         # an error is audited too, with its message
         assert ('token writer: agents.stop {"names":["nobody"],"all":false} -> error: '
-                'no such agent: nobody') in audit
+                'no such agent: nobody (agents: hello)') in audit
 
 
 def test_every_method_names_a_known_scope_and_has_a_handler() -> None:

@@ -26,7 +26,7 @@ from corral.supervisor.containment import (
 
 from .chaos.procs import wait_until
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import PY, Daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, hello, shared_tmpdir
 
 
 def cgroup_reason() -> str | None:
@@ -171,5 +171,58 @@ def test_limits_are_written_to_the_controllers_and_an_oom_kill_is_named(
         wait_until(lambda: d.status()["hog#0"]["state"] == "terminated", 20, "the OOM kill")
         assert "killed by the OOM killer" in d.status()["hog#0"]["last_exit"]
         assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_rolling_restart_leaves_the_new_process_running_in_a_cgroup_of_its_own(
+        delegated: Path, tmp: Path) -> None:
+    """The old process's end kills its cgroup: the new one, started beside it, is in the
+    other one of the replica's two (it was killed with the old one before)."""
+    d = Daemon(tmp, hello("h"), cgroup=delegated)
+    try:
+        d.start()
+        old = d.status()["h#0"]["pid"]
+        assert procs(delegated / "agent-h-0") == {old}
+        assert d.cli("restart", "h", "--rolling").returncode == 0
+        new = d.status()["h#0"]
+        assert new["pid"] != old
+        wait_until(lambda: not procs(delegated / "agent-h-0"), 5, "the old cgroup emptied")
+        assert procs(delegated / "agent-h-0.surge") == {new["pid"]}
+        assert d.cli("restart", "h", "--rolling").returncode == 0  # and back again
+        third = d.status()["h#0"]
+        assert procs(delegated / "agent-h-0") == {third["pid"]}
+        wait_until(lambda: not procs(delegated / "agent-h-0.surge"), 5, "the surge emptied")
+        r = d.cli("run", "h", "--input", '{"name": "x"}')
+        assert r.returncode == 0, r.stderr
+        assert (d.status()["h#0"]["pid"], d.status()["h#0"]["restarts"]) == (third["pid"], 0)
+    finally:
+        d.close()
+
+
+def test_a_deploys_new_processes_outlive_the_old_ones_cgroups(
+        delegated: Path, tmp: Path) -> None:
+    """A deploy's switch starts every replica's new process beside the old one: each in a
+    cgroup the old one's end does not kill."""
+    d = Daemon(tmp, "", cgroup=delegated)
+    pkg = tmp / "pkg"
+    pkg.mkdir()
+    (pkg / "hello.py").write_text((EXAMPLES / "hello.py").read_text())
+    try:
+        d.start()
+        for version in ("1", "2"):
+            (pkg / "corral.toml").write_text(
+                f'[agent]\nname = "p"\nversion = "{version}"\nreplicas = 2\n'
+                'command = ["python", "hello.py"]\n')
+            r = d.cli("deploy", str(pkg), timeout=120)
+            assert r.returncode == 0, r.stderr
+        status = d.status()
+        pids = {status["p#0"]["pid"], status["p#1"]["pid"]}
+        assert procs(delegated / "agent-p-0.surge") | procs(
+            delegated / "agent-p-1.surge") == pids
+        assert d.cli("run", "p", "--input", '{"name": "x"}').returncode == 0
+        status = d.status()
+        assert {status["p#0"]["pid"], status["p#1"]["pid"]} == pids
+        assert [status[f"p#{i}"]["restarts"] for i in (0, 1)] == [0, 0]
     finally:
         d.close()

@@ -18,7 +18,7 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
     c = write(tmp_path / "c.toml", "[agentz.a]\ncommand = 'x'\n")
     with pytest.raises(ConfigError) as err:
         load_config(c)
-    assert str(err.value) == f"{c}: agentz: unknown top-level key"
+    assert str(err.value) == f"{c}: agentz: unknown top-level key (did you mean `agents`?)"
 
 
 def test_an_include_may_not_redefine_an_agent(tmp_path: Path) -> None:
@@ -79,8 +79,10 @@ def test_mcp_servers_file_understands_every_desktop_field(tmp_path: Path) -> Non
                                            "command, not a url"),
     ('{"command": "x", "headers": {"a": "b"}}', "mcpServers.s.headers: headers are for a url, "
                                                 "not a command"),
+    # a Literal that may be absent (`| None`) lists its values too
     ('{"command": "x", "type": "websocket"}', "mcpServers.s.type: Invalid enum value "
-                                              "'websocket'"),
+                                              "'websocket' (valid: 'http', 'sse', 'stdio', "
+                                              "'streamable-http', 'streamableHttp')"),
     ('{"url": "http://h", "type": "stdio"}', "mcpServers.s: transport 'stdio' needs a "
                                              "command, not a url"),
 ])

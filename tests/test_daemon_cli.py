@@ -80,7 +80,11 @@ def test_status_json_and_table(daemon: Daemon) -> None:
 
 def test_unknown_agent_and_usage_errors(daemon: Daemon) -> None:
     r = daemon.cli("status", "nope")
-    assert (r.returncode, r.stderr) == (1, "corral: no such agent: nope\n")
+    assert (r.returncode, r.stderr) == (1, "corral: no such agent: nope (agents: hello, "
+                                           "other)\n")
+    r = daemon.cli("restart", "helo")
+    assert (r.returncode, r.stderr) == (1, "corral: no such agent: helo (did you mean "
+                                           "`hello`?)\n")
     r = daemon.cli("stop")
     assert r.returncode == 2 and "name at least one agent (NAME or NAME#N), or all" in r.stderr
     for bad in ("-1", "four", "1.5"):
@@ -148,7 +152,7 @@ def test_add_invalid_spec_names_the_key(daemon: Daemon, tmp: Path) -> None:
     f.write_text('[agents.bad]\ncommand = ["true"]\nreplicaz = 2\n')
     r = daemon.cli("add", str(f))
     assert r.stderr == ("corral: agents.add: agents.bad: Object contains unknown field "
-                        "`replicaz`\n")
+                        "`replicaz` (did you mean `replicas`?)\n")
     f.write_text('[agents.bad]\ncommand = ["true"]\nreplicas = = 2\n')
     r = daemon.cli("add", str(f))
     assert r.returncode == 1
@@ -441,7 +445,21 @@ def test_reload_applies_only_the_difference(daemon: Daemon) -> None:
     daemon.config.write_text(daemon.config.read_text().replace("[agents.other]", "[agents.new]")
                              .replace("replicas = 1\n", "replicas = 2\n", 1))
     r = daemon.cli("reload")
-    assert r.stdout == "added: new\nremoved: other\nchanged: hello\nunchanged: -\n"
+    assert r.stdout == ("KIND   NAME   CHANGE\n"
+                        "agent  new    added\n"
+                        "agent  other  removed\n"
+                        "agent  hello  changed\n"
+                        "unchanged: 0 agents, 0 MCP servers\n")
+    r = daemon.cli("reload", "--json")  # nothing changed since
+    assert json.loads(r.stdout) == {
+        "added": [], "removed": [], "changed": [], "unchanged": ["hello", "new"],
+        "failed": {}, "mcp_servers": {"added": [], "removed": [], "changed": [],
+                                      "unchanged": []}}
+    assert daemon.cli("reload").stdout == "nothing changed\nunchanged: 2 agents, 0 MCP servers\n"
+    log = (daemon.state / "logs" / "corral.log").read_text()
+    assert "event: reloaded: agents added new; agents removed other; agents changed hello\n" \
+        in log
+    assert log.count("event: reloaded: nothing changed\n") == 2
     after = daemon.status()
     assert "other#0" not in after and "new#0" in after and "hello#1" in after
     # a change of `replicas` alone scales: the running replica is not touched
@@ -515,7 +533,7 @@ def test_check_config(tmp: Path) -> None:
     r = check("[agents.a]\ncommand = ['x']\n[agents.a.limits]\nmemory = 5\n")
     assert r.returncode == 1
     assert r.stderr == (f"corral: invalid config: {tmp}/c.toml: agents.a.limits: Object "
-                        "contains unknown field `memory`\n")
+                        "contains unknown field `memory` (did you mean `memory_mb`?)\n")
     r = check("[agents.a]\ncommand = = ['x']\n")
     assert r.returncode == 1
     assert r.stderr == (f"corral: invalid config: {tmp}/c.toml: syntax error: Invalid value "
@@ -531,7 +549,50 @@ def test_check_config(tmp: Path) -> None:
     assert r.stdout.endswith("ok (2 agents, 0 MCP servers)\n")
     (tmp / "conf.d" / "y.toml").write_text("[supervisor]\n")
     r = check('[supervisor]\ninclude = ["conf.d/*.toml"]\n')
-    assert r.stderr.endswith("conf.d/y.toml: supervisor: not allowed in an included file\n")
+    assert r.stderr.endswith("conf.d/y.toml: supervisor: not allowed in an included file "
+                             "(it holds [agents] and [mcp_servers] tables)\n")
+    (tmp / "conf.d" / "y.toml").write_text("[agent.x]\n")
+    r = check('[supervisor]\ninclude = ["conf.d/*.toml"]\n')
+    assert r.stderr.endswith("conf.d/y.toml: agent: not allowed in an included file (it "
+                             "holds [agents] and [mcp_servers] tables) (did you mean "
+                             "`agents`?)\n")
+
+
+@pytest.mark.parametrize("text,where,unknown,near", [
+    ("[agents.a]\ncommand = 'true'\nreplica = 2\n", "agents.a", "replica", "replicas"),
+    ("[agents.a]\ncommand = 'true'\n[agents.a.limits]\nrss = 1\n", "agents.a.limits", "rss",
+     "rss_mb"),
+    ("[mcp_servers.m]\ncommand = 'true'\ninstance = 2\n", "mcp_servers.m", "instance",
+     "instances"),
+    ("[http]\nlisten_on = '127.0.0.1:7070'\n", "http", "listen_on", "listen"),
+    ("[supervisor]\nheartbeat_intervall = 1\n", "supervisor", "heartbeat_intervall",
+     "heartbeat_interval"),
+    ("[gateway]\nmax_session = 3\n", "gateway", "max_session", "max_sessions"),
+])
+def test_check_config_names_the_nearest_key(tmp: Path, text: str, where: str, unknown: str,
+                                            near: str) -> None:
+    p = tmp / "c.toml"
+    p.write_text(text)
+    r = subprocess.run([PY, "-m", "corral", "check-config", str(p)], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (r.returncode, r.stdout, r.stderr) == (
+        1, "", f"corral: invalid config: {p}: {where}: Object contains unknown field "
+               f"`{unknown}` (did you mean `{near}`?)\n")
+
+
+def test_check_config_says_nothing_of_a_key_near_none(tmp: Path) -> None:
+    p = tmp / "c.toml"
+    p.write_text("[agents.a]\ncommand = 'true'\nzzz = 1\n")
+    r = subprocess.run([PY, "-m", "corral", "check-config", str(p)], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (r.returncode, r.stderr) == (
+        1, f"corral: invalid config: {p}: agents.a: Object contains unknown field `zzz`\n")
+    p.write_text("[agent.a]\ncommand = 'true'\n")
+    r = subprocess.run([PY, "-m", "corral", "check-config", str(p)], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (r.returncode, r.stderr) == (
+        1, f"corral: invalid config: {p}: agent: unknown top-level key (did you mean "
+           "`agents`?)\n")
 
 
 def test_completion_script() -> None:
@@ -564,6 +625,68 @@ def test_top_refreshes(daemon: Daemon) -> None:
     assert sum(1 for x in lines if x.startswith("corral top - ")) == 2
     assert sum(1 for x in lines if x.split()[:2] == ["NAME", "STATE"]) == 2
     assert any(x.startswith("hello#0 ") and " ready " in x for x in lines)
+
+
+def test_top_quits_on_q(daemon: Daemon) -> None:
+    import pty
+    import select
+    import termios
+
+    main, term = pty.openpty()
+    before = termios.tcgetattr(term)
+    top = subprocess.Popen([PY, "-m", "corral", "--socket", str(daemon.sock), "top", "-d",
+                            "0.2"], stdin=term, stdout=term, stderr=term,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    seen = bytearray()
+
+    def screens() -> int:
+        if select.select([main], [], [], 0.1)[0]:
+            seen.extend(os.read(main, 65536))
+        return seen.count(b"corral top - ")
+
+    try:
+        wait_until(lambda: screens() >= 1, what="the first screen")
+        # it reads keys as they are pressed: no Enter needed, nothing echoed
+        wait_until(lambda: not termios.tcgetattr(term)[3] & (termios.ICANON | termios.ECHO),
+                   what="cbreak")
+        os.write(main, b"x")  # any other key: it goes on refreshing
+        drawn = screens()
+        wait_until(lambda: screens() >= drawn + 2, what="screens after x")
+        assert top.poll() is None
+        os.write(main, b"q")
+        assert top.wait(10) == 0
+        assert termios.tcgetattr(term) == before  # the terminal is given back as it was
+    finally:
+        if top.poll() is None:
+            top.kill()
+            top.wait()
+        os.close(main)
+        os.close(term)
+
+
+def test_a_restart_counts_when_decided_during_its_backoff(tmp: Path) -> None:
+    d = Daemon(tmp, f"""
+[agents.slow]
+command = ["{PY}", "{EXAMPLES}/hello.py"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+backoff_initial = 60.0
+backoff_max = 60.0
+""")
+    try:
+        d.start()
+        pid = d.status()["slow#0"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        st = wait_until(lambda: (s := d.status()["slow#0"])["state"] == "backoff" and s,
+                        what="backoff")
+        # the restart is decided, so counted, long before the process starts again
+        assert (st["restarts"], st["pid"]) == (1, None)
+        row = d.cli("status").stdout.splitlines()[1].split()
+        assert row[:5] == ["slow#0", "backoff", "-", "-", "1"]
+        sup = d.json("stats")["supervisor"]
+        assert (sup["restarts"], sup["restarts_by_cause"]) == (1, {"crash": 1})
+        assert d.stop() == 0
+    finally:
+        d.close()
 
 
 def test_raw_log_format_keeps_stderr_as_written(tmp: Path) -> None:

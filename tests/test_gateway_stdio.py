@@ -130,7 +130,8 @@ async def test_an_agents_identity_sees_and_calls_only_its_allowlist(daemon: Daem
         assert str(err.value) == ("tool ev__echo is not in the allowlist of gateway client "
                                   "agent:researcher (notes__*)")
     r = daemon.cli("mcp", "serve", "--agent", "ghost", input="")
-    assert (r.returncode, r.stderr) == (1, "corral mcp serve: no such agent: ghost\n")
+    assert (r.returncode, r.stderr) == (1, "corral mcp serve: no such agent: ghost (agents: "
+                                           "researcher)\n")
 
 
 async def test_progress_reaches_the_client_with_its_own_token(daemon: Daemon) -> None:

@@ -240,7 +240,7 @@ def test_corral_stats_since(tmp_path: Path) -> None:
         nobody = d.cli("stats", "--since", "1h", "--agent", "nobody")
         assert nobody.returncode == 1, nobody.stderr
         assert nobody.stderr.strip() == (
-            "corral: no such agent: nobody (and no history of one)")
+            "corral: no such agent: nobody (and no history of one; agents: h)")
 
 
 async def test_stats_history_refuses_bad_params(tmp_path: Path) -> None:

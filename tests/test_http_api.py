@@ -127,8 +127,10 @@ async def test_tokens_scopes_and_the_agent_glob_over_http(tmp_path: Path) -> Non
                            ("POST", "/agents/db/restart"), ("DELETE", "/agents/db"),
                            ("GET", "/agents/db/logs"), ("GET", "/agents/nobody")):
             name = path.split("/")[2]
+            # the agents it is told of are its own: web-1, never db
             assert (await api.ask(verb, path, "web"))[:2] == (404, problem(
-                404, "not found", f"no such agent: {name}", jsonrpc.NOT_FOUND)), path
+                404, "not found", f"no such agent: {name} (agents: web-1)",
+                jsonrpc.NOT_FOUND)), path
         assert {n: sup.agent(n).replicas[0].pid for n in ("web-1", "db")} == pids
         assert sup.agent("db").replicas[0].state == State.READY
 
@@ -185,7 +187,8 @@ async def test_bad_requests_are_refused_with_a_clear_message_and_change_nothing(
              "invalid params: Object contains unknown field `inputs`"),
             ("POST", "/tasks?wait=forever", b'{"agent": "web-1"}', 400,
              "invalid params: wait is seconds from 0 to 3600, not forever"),
-            ("POST", "/tasks", b'{"agent": "nobody"}', 404, "no such agent: nobody"),
+            ("POST", "/tasks", b'{"agent": "nobody"}', 404,
+             "no such agent: nobody (agents: web-1)"),
         ]
         for verb, path, raw, status, detail in cases:
             got, body, r = await api.ask(verb, path, "admin", raw=raw)

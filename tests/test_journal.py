@@ -78,7 +78,7 @@ def test_after_a_daemon_crash_every_accepted_task_finishes_its_story() -> None:
         listed = d.json("tasks", "--since", "1h")["tasks"]
         assert [t["task_id"] for t in listed] == [*running.values(), *queued]
         log = (d.state / "logs" / "corral.log").read_text()
-        assert ("task journal: 5 unfinished tasks recovered: 3 queued again, 1 running ones "
+        assert ("task journal: 5 unfinished tasks recovered: 3 queued again, 1 running task "
                 "retried, 1 lost (daemon restarted)") in log
         assert d.stop() == 0
     finally:
@@ -212,7 +212,7 @@ async def test_a_batch_is_one_upsert_per_task_and_keeps_what_a_change_does_not_c
         journal.write(t)
     await journal.committed()
     for t in tasks[::3]:  # an upsert: some rows change, the rest stay as they were
-        t.status, t.finished, t.out = "succeeded", 1.0, Output(msgspec.Raw(b"1"), None, 1)
+        t.status, t.finished, t.out = "succeeded", 1.0, Output(msgspec.Raw(b"1"), 1)
         journal.write(t)
     await journal.committed()
     await journal.close()

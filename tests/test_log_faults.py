@@ -139,3 +139,50 @@ def test_a_log_file_that_cannot_be_written_drops_lines_counted_and_resumes(
         rf"corral: log file {re.escape(str(sayer_log))} is written again: {count} lines were "
         r"dropped from it since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(File too large\)", back)
     assert int(count) >= 3 + 1  # three lines, their events and at least one "after" attempt
+
+
+ECHO_INTO_A_PIPE = r"""
+import json, os, sys
+from corral.daemon.journald import StderrEcho
+
+r, w = os.pipe()
+os.dup2(w, 2)
+os.close(w)
+os.set_blocking(r, False)
+echo = StderrEcho("info")  # not under systemd: "corral: TEXT" lines
+
+
+def drain():
+    out = b""
+    while True:
+        try:
+            out += os.read(r, 1 << 20)
+        except BlockingIOError:
+            return out
+
+
+long = "a" * 100_000  # more than the pipe holds: it takes the line's start only
+echo(long, 6)
+got = drain()
+echo("next", 6)  # the long line's end first, then this one
+got += drain()
+echo(long, 6)
+echo("lost", 6)  # the pipe is full of the long line: this one is dropped whole
+got += drain()
+echo("after", 6)
+got += drain()
+print(json.dumps({"lines": got.decode().split("\n"), "dropped": echo.dropped}))
+"""
+
+
+def test_stderr_never_carries_half_a_line(tmp_path: Path) -> None:
+    """The daemon's stderr is non-blocking: a line the pipe takes part of is finished
+    before any other is begun, and a line it cannot begin is dropped whole (counted)."""
+    import subprocess
+
+    r = subprocess.run([PY, "-c", ECHO_INTO_A_PIPE], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    long = "corral: " + "a" * 100_000
+    assert got == {"lines": [long, "corral: next", long, "corral: after", ""], "dropped": 1}

@@ -31,6 +31,7 @@ class Recorder(Machine):
         self.events: list[tuple[State, State, Cause, str]] = []
         self.fresh_lives = 0
         self.stays = 0
+        self.counted: list[Cause] = []
 
     def _transitioned(self, previous: State, cause: Cause, reason: str) -> None:
         self.events.append((previous, self.state, cause, reason))
@@ -40,6 +41,9 @@ class Recorder(Machine):
 
     def _staying_down(self) -> None:
         self.stays += 1
+
+    def _restart_counted(self, cause: Cause) -> None:
+        self.counted.append(cause)
 
     def at(self, state: State) -> Recorder:
         self.state = state
@@ -66,7 +70,8 @@ def test_a_life_from_spawn_to_restart() -> None:
     assert m.fresh_lives == 2
 
 
-@pytest.mark.parametrize("cause", [Cause.HANG, Cause.CAP, Cause.UNHEALTHY, Cause.ERROR])
+@pytest.mark.parametrize("cause", [Cause.HANG, Cause.CAP, Cause.UNREAD, Cause.UNHEALTHY,
+                                   Cause.ERROR])
 def test_a_take_down_is_remembered_and_named_at_the_exit(cause: Cause) -> None:
     m = Recorder().at(State.BUSY)
     step = m.fire(cause, "hung: no heartbeat for 5 s")
@@ -81,6 +86,33 @@ def test_a_take_down_is_remembered_and_named_at_the_exit(cause: Cause) -> None:
     m.fire(d.cause, d.reason)
     m.fire(Cause.BACKOFF_OVER, "restart #1")
     assert m.taken_down_for() is None and m.exit_cause is Cause.CRASH  # a fresh life
+
+
+def test_a_restart_is_counted_when_decided_by_the_cause_that_ended_the_life() -> None:
+    m = Recorder().at(State.READY)
+    m.fire(Cause.HANG, "hung")
+    m.fire(Cause.EXIT, "gone")
+    assert (m.restarts, m.counted) == (0, [])
+    d = m.decide(clean=False, uptime=0.0, now=0.0, closing=False, reason="gone")
+    assert d is not None and m.fire(d.cause, d.reason).tally
+    # in backoff: restarted, as far as its status says, before the process starts
+    assert (m.state, m.restarts, m.counted) == (State.BACKOFF, 1, [Cause.HANG])
+    assert not m.fire(Cause.BACKOFF_OVER, "restart #1").tally and m.restarts == 1
+    m.fire(Cause.READY, "initialized")
+    m.fire(m.exit_cause, "exit status 1")  # gone by itself: a crash
+    d = m.decide(clean=False, uptime=0.0, now=1.0, closing=False, reason="exit status 1")
+    assert d is not None
+    m.fire(d.cause, d.reason)
+    assert (m.restarts, m.counted) == (2, [Cause.HANG, Cause.CRASH])
+    # a stop in backoff keeps the count (the restart was decided), a start by hand too
+    m.fire(Cause.STOP, "stopped")
+    m.fire(Cause.SPAWN, "started")
+    assert (m.restarts, m.counted) == (2, [Cause.HANG, Cause.CRASH])
+    # only the policy's restart counts, not a spawn corral could not make, tried again
+    m.fire(Cause.CRASH, "spawn failed for want of corral's own resources")
+    assert not m.fire(Cause.SPAWN_RETRY, "retrying").tally and m.restarts == 2
+    assert {(s, c) for (s, c), step in TABLE.items() if step.tally} == {
+        (State.TERMINATED, Cause.POLICY_RESTART)}
 
 
 def test_a_stop_stays_down_and_the_first_reason_stands() -> None:
@@ -136,12 +168,13 @@ def test_the_table_is_what_the_design_says() -> None:
     for s in RUNNING:
         leaving = {c for (st, c), step in TABLE.items()
                    if st == s and step.target not in (None, *RUNNING)}
-        assert leaving == {Cause.STOP, Cause.HANG, Cause.CAP, Cause.UNHEALTHY, Cause.ERROR,
-                           Cause.CRASH}
+        assert leaving == {Cause.STOP, Cause.HANG, Cause.CAP, Cause.UNREAD, Cause.UNHEALTHY,
+                           Cause.ERROR, Cause.CRASH}
     assert {c for (st, c) in TABLE if st == State.SHUTTING_DOWN and
             TABLE[st, c].target is not None} == {Cause.EXIT}
-    # a restart comes only from the policy, a spawn only from a start or a backoff's end
+    # a restart comes only from the policy (or a spawn corral could not make, tried again
+    # and not counted), a spawn only from a start or a backoff's end
     assert {(s, c) for (s, c), step in TABLE.items() if step.target == State.BACKOFF} == {
-        (State.TERMINATED, Cause.POLICY_RESTART)}
+        (State.TERMINATED, Cause.POLICY_RESTART), (State.TERMINATED, Cause.SPAWN_RETRY)}
     assert {c for (_, c), step in TABLE.items() if step.spawn} == {
         Cause.SPAWN, Cause.BACKOFF_OVER}

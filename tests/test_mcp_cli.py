@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,47 @@ def test_tools_listing_starts_lazy_servers_and_filters_by_agent(daemon: Daemon) 
     allowed = [t["name"] for t in daemon.json("tools", "--agent", "researcher")["tools"]]
     assert allowed == ["notes__add", "notes__get", "notes__search"]
     table = daemon.cli("tools").stdout.splitlines()
-    assert table[0].split() == ["TOOL", "DESCRIPTION"]
+    assert table[0].split() == ["TOOL", "ARGUMENTS", "DESCRIPTION"]
+    assert table[1].split() == ["notes__add", "title:", "string,", "text:", "string", "Store",
+                                "a", "note", "under", "a", "title."]
+
+
+def test_tools_show_their_arguments_and_describe_one() -> None:
+    tmp = shared_tmpdir()
+    with running_daemon(tmp, f'[mcp_servers.s]\ncommand = "{PY} {SCRIPTED} v2025-11,schema"\n'
+                        ) as d:
+        r = d.cli("tools")
+        row = next(ln for ln in r.stdout.splitlines() if ln.startswith("s__find "))
+        head = r.stdout.splitlines()[0]
+        assert head.split() == ["TOOL", "ARGUMENTS", "DESCRIPTION"]
+        # required ones plain, optional ones with a ?, the type when the schema has one
+        assert row[head.index("ARGUMENTS"):].rstrip() == (
+            "word: string, limit?: integer, order?, tags?: string[], since?: string|null  "
+            "Find notes.")
+        r = d.cli("tools", "describe", "s__find")
+        assert (r.returncode, r.stdout) == (0, (
+            "s__find (MCP server s)\n"
+            "Find notes.\n"
+            "\n"
+            "By a word, newest first.\n"
+            "\n"
+            "ARGUMENT  TYPE         REQUIRED  DESCRIPTION\n"
+            "word      string       yes       What to look for\n"
+            "limit     integer      no        default: 10\n"
+            "order     -            no        one of: \"new\", \"old\"\n"
+            "tags      string[]     no\n"
+            "since     string|null  no\n"))
+        assert json.loads(d.cli("tools", "describe", "s__find", "--json").stdout)[
+            "inputSchema"]["required"] == ["word"]
+        r = d.cli("tools", "describe", "s__echo")
+        assert r.stdout == "s__echo (MCP server s)\n\nno arguments\n"
+        r = d.cli("tools", "describe", "s__fnd")
+        assert (r.returncode, r.stderr) == (1, "corral: no such tool: s__fnd (did you mean "
+                                               "`s__find`?)\n")
+        r = d.cli("tools", "describe", "nope__x")
+        assert (r.returncode, r.stderr) == (1, "corral: no such MCP server: nope\n")
+        r = d.cli("tools", "describe", "find")
+        assert r.returncode == 2 and "tools are named SERVER__TOOL" in r.stderr
 
 
 def test_tools_call(daemon: Daemon) -> None:
@@ -99,8 +140,11 @@ def test_reload_applies_mcp_server_changes(daemon: Daemon) -> None:
     daemon.config.write_text(text)
     r = daemon.cli("reload")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[-1] == ("MCP servers: added fresh; removed lazy; "
-                                         "changed notes")
+    assert r.stdout == ("KIND        NAME   CHANGE\n"
+                        "MCP server  fresh  added\n"
+                        "MCP server  lazy   removed\n"
+                        "MCP server  notes  changed\n"
+                        "unchanged: 1 agent, 2 MCP servers\n")
     def servers() -> dict[str, Any]:
         return {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}
 
@@ -143,11 +187,11 @@ def test_a_34_mb_tool_result_reaches_the_cli(daemon: Daemon) -> None:
 
 def test_mcp_start_stop_restart(daemon: Daemon) -> None:
     r = daemon.cli("mcp", "stop", "notes")
-    assert (r.returncode, r.stdout) == (0, "stopped notes (1 instances)\n")
+    assert (r.returncode, r.stdout) == (0, "stopped notes (1 instance)\n")
     st = {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}
     assert (st["notes"]["state"], st["notes"]["last_exit"]) == ("terminated", "stopped")
     r = daemon.cli("mcp", "start", "notes")
-    assert (r.returncode, r.stdout) == (0, "started notes (1 instances)\n")
+    assert (r.returncode, r.stdout) == (0, "started notes (1 instance)\n")
     wait_until(lambda: {s["name"]: s for s in daemon.json("mcp", "status")["mcp_servers"]}
                ["notes"]["state"] == "ready")
     r = daemon.cli("mcp", "restart", "nope")
@@ -165,6 +209,35 @@ def test_audit_records_is_error_results_as_errors(daemon: Daemon) -> None:
     rows = db.execute("SELECT outcome FROM audit WHERE method = 'tools.call'").fetchall()
     assert rows[0] == ("ok",)
     assert rows[1][0].startswith("error: isError result: ")
+
+
+def test_a_failed_call_is_one_audit_line_on_stderr_as_in_corral_log() -> None:
+    """A server's multi-line error (pydantic's, ending in a URL) is one line in the
+    daemon's stderr, the same line as in corral.log, escaped and not cut."""
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, f'[mcp_servers.notes]\ncommand = ["{PY}", "{EXAMPLES}/notes_server.py"]\n'
+                    'start_timeout = 30.0\n')
+    try:
+        d.start()
+        args = '{"title": 1}'
+        r = d.cli("tools", "call", "notes__add", "--args", args, "--json")
+        assert r.returncode == 1
+        text = json.loads(r.stdout)["content"][0]["text"]
+        assert "\n" in text and "https://errors.pydantic.dev/" in text  # what it was about
+        entry = d.json("audit")["entries"][-1]
+        record = (f"uid {entry['uid']} pid {entry['pid']}: tools.call "
+                  f'{{"name":"notes__add","arguments":{{"title":1}}}} -> error: isError '
+                  f"result: {text}".replace("\n", "\\n"))
+        assert entry["outcome"] == record.split(" -> ", 1)[1]
+        assert d.stop() == 0
+        assert d.proc is not None and d.proc.stderr is not None
+        err = d.proc.stderr.read().decode()
+        assert [ln for ln in err.splitlines() if "tools.call" in ln] == [f"corral: {record}"]
+        log = (d.state / "logs" / "corral.log").read_text().splitlines()
+        assert [ln.split(" audit: ", 1)[1] for ln in log if "tools.call" in ln] == [record]
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_tools_names_servers_not_serving_and_fails_when_one_has_failed() -> None:

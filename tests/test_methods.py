@@ -9,6 +9,7 @@ JSON (no key dropped, none added, null and absent kept apart, an int not made a 
 from __future__ import annotations
 
 import itertools
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,6 +180,14 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
                               "expires_in": 60})
         ask("tokens.list")
         ask("tokens.revoke", {"name": "t"})
+        pkg = daemon.dir / "pkg"  # an agent package without dependencies: no download
+        pkg.mkdir()
+        (pkg / "corral.toml").write_text('[agent]\nname = "pkg"\nversion = "1"\n'
+                                         'command = ["python", "hello.py"]\n')
+        shutil.copy(EXAMPLES / "hello.py", pkg)
+        assert ask("packages.deploy", {"path": str(pkg)}).built
+        assert ask("packages.deploy", {"path": str(pkg), "name": "pkg"}).changed is False
+        assert ask("packages.releases", {"name": "pkg"}).releases[0].version == "1"
         ask("config.reload")
         # needs [http]: its answer is held to UiLoginResult in tests/test_ui.py
         done.add("ui.login")

@@ -253,7 +253,7 @@ def test_reload_rolls_or_scales_history_rollback_and_kept_scale(tmp: Path) -> No
         first = pids()
         reconfigure("2", 2)
         r = d.cli("reload")
-        assert r.stdout.splitlines()[2] == "changed: work"
+        assert r.stdout.splitlines()[1].split() == ["agent", "work", "changed"]
         second = pids()
         assert not set(second.values()) & set(first.values())
         assert env_v() == {"2"}
@@ -264,19 +264,24 @@ def test_reload_rolls_or_scales_history_rollback_and_kept_scale(tmp: Path) -> No
         assert {k: third[k] for k in second} == second
         hist = d.json("history", "work")
         assert [(r["revision"], r["change"]) for r in hist["revisions"]] == [
-            (1, "created"), (2, "env changed"), (3, "replicas 2 -> 3")]
+            (1, "created"), (2, "env.V changed"), (3, "replicas 2 -> 3")]
         assert hist["revisions"][0]["who"] == "config file"
         assert re.fullmatch(r"uid \d+ pid \d+", hist["revisions"][1]["who"])
         table = d.cli("history", "work").stdout.splitlines()
         assert table[-1].startswith("* 3 ") and table[-1].endswith(" replicas 2 -> 3")
         # rollback, rolling, to revision 1: V=1 and two replicas
         r = d.cli("rollback", "work", "1")
-        assert r.stdout == "work: rolled back to revision 1 (now revision 4)\n", r.stderr
+        assert r.stdout == ("work: rolled back to revision 1 (now revision 4): env.V changed, "
+                            "replicas 3 -> 2\n"), r.stderr
         back = pids()
         assert set(back) == {"work#0", "work#1"}
         assert env_v() == {"1"}
+        # what the rollback changed, as any change is told (env's values are not shown)
         assert d.json("history", "work")["revisions"][-1]["change"] == (
-            "rollback to revision 1")
+            "rollback to revision 1: env.V changed, replicas 3 -> 2")
+        table = d.cli("history", "work").stdout.splitlines()
+        assert table[-1].startswith("* 4 ") and table[-1].endswith(
+            " rollback to revision 1: env.V changed, replicas 3 -> 2")
         r = d.cli("rollback", "work", "99")
         assert (r.returncode, r.stderr) == (1, "corral: no revision 99 of work (its "
                                                "revisions: 1..4; see `corral history work`)\n")

@@ -26,16 +26,19 @@ EXAMPLES = 12  # per operation and mode: bounded, so the run takes well under a 
 # An SSE stream never ends: a request for one would hold the run until its timeout. The
 # streams are tested in tests/test_http_api.py (ids, Last-Event-ID, bounds).
 ENDLESS = {"/api/v1/logs/stream", "/api/v1/agents/{name}/logs/stream",
-           "/api/v1/events/stream"}
+           "/api/v1/events/stream", "/api/v1/replicas/stream", "/api/v1/stats/stream"}
 
 # Checks that cannot pass for an operation, and why.
 # POST /agents: whether a table is accepted depends on the host, not on its shape (the
 # command must be an executable on PATH, the name must not be taken), which no schema
 # can say; the shape of the request is still checked (negative cases, the answers).
+# POST /packages: whether a path is a package depends on the host's files, not on the
+# request's shape.
 # POST /tasks: an Idempotency-Key already sent with another request is a 422 (documented):
 # whether a key is accepted depends on the requests before it, not on its shape.
 EXCLUDED = {("POST", "/api/v1/agents"): {"positive_data_acceptance"},
-            ("POST", "/api/v1/tasks"): {"positive_data_acceptance"}}
+            ("POST", "/api/v1/tasks"): {"positive_data_acceptance"},
+            ("POST", "/api/v1/packages"): {"positive_data_acceptance"}}
 
 
 async def cli(sock: Path, *args: str) -> tuple[int, str, str]:

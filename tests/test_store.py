@@ -218,3 +218,20 @@ def test_daemon_refuses_a_read_only_database(tmp_path: Path) -> None:
         f"corral: state database {db} is read-only (on a read-only file system): make the "
         "file and its directory writable by uid 0, or set [supervisor] state_dir to a "
         "writable directory\n")
+
+
+def test_a_revision_says_each_key_changed_old_to_new() -> None:
+    from corral.daemon.revisions import describe_change
+
+    old = {"command": ["python3", "a.py"], "replicas": 3, "env": {"TOKEN": "s1", "A": "x"},
+           "limits": {"memory_mb": 256}, "config": {"key": "secret"}}
+    new = {"command": ["python3", "b.py"], "replicas": 2, "env": {"TOKEN": "s2", "B": "y"},
+           "limits": {"memory_mb": 512, "cpu_seconds": 60}, "restart": "always"}
+    assert describe_change(None, new) == "created"
+    assert describe_change(new, new) == "no change"
+    # nested tables key by key; env's and config's values are never shown
+    assert describe_change(old, new) == (
+        'command ["python3", "a.py"] -> ["python3", "b.py"], config.key removed, '
+        "env.A removed, env.B added, env.TOKEN changed, limits.cpu_seconds 0 -> 60, "
+        "limits.memory_mb 256 -> 512, replicas 3 -> 2, restart 'on-failure' -> 'always'")
+    assert describe_change({"tools": ["x" * 60]}, {"tools": ["y" * 60]}) == "tools changed"

@@ -312,7 +312,7 @@ def test_changes_that_cannot_be_recorded_are_refused_before_anything_changes(
         assert sorted(d.status()) == ["extra#0", "extra#1"]
         assert [(r["revision"], r["change"]) for r in
                 d.json("history", "extra")["revisions"]] == [
-            (1, "created"), (2, "replicas default -> 2")]
+            (1, "created"), (2, "replicas 1 -> 2")]
         # and once the database can be written, the same command simply works
         r = d.cli("add", str(more))
         assert (r.returncode, r.stdout, r.stderr) == (0, "added: new\n", "")

@@ -26,7 +26,8 @@ async def test_unknown_agent_operations_are_refused(sup: Supervisor) -> None:
     for call in (lambda: sup.start("nope"), lambda: sup.status("nope")):
         with pytest.raises(SupervisorError) as err:
             call()
-        assert (err.value.code, err.value.message) == (jsonrpc.NOT_FOUND, "no such agent: nope")
+        assert (err.value.code, err.value.message) == (
+            jsonrpc.NOT_FOUND, "no such agent: nope (there are no agents)")
     for coro in (sup.stop("nope"), sup.remove("nope"), sup.restart("nope"),
                  sup.scale("nope", 2)):
         with pytest.raises(SupervisorError, match="no such agent: nope"):

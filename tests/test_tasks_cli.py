@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from corral.text import iso_time
+
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
@@ -49,7 +51,25 @@ def test_run_failure_timeout_and_exit_codes(daemon: Daemon) -> None:
                    "0.2", "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["status"] == "timed_out"
     r = daemon.cli("run", "nope", "--input", "null")
-    assert (r.returncode, r.stderr) == (1, "corral: no such agent: nope\n")
+    assert (r.returncode, r.stderr) == (1, "corral: no such agent: nope (agents: other, "
+                                           "work)\n")
+
+
+def test_an_unknown_agent_is_answered_with_the_agents_there_are(daemon: Daemon) -> None:
+    # the closest name when one is near, else every agent there is
+    for args, said in ((("run", "wrok", "--input", "null"), "wrok (did you mean `work`?)"),
+                       (("run", "nosuch", "--input", "null"), "nosuch (agents: other, work)"),
+                       (("logs", "nosuch"), "nosuch (agents: other, work)"),
+                       (("describe", "othr"), "othr (did you mean `other`?)"),
+                       (("stats", "--since", "1h", "--agent", "nosuch"),
+                        "nosuch (and no history of one; agents: other, work)")):
+        r = daemon.cli(*args)
+        assert (r.returncode, r.stdout, r.stderr) == (
+            1, "", f"corral: no such agent: {said}\n"), args
+    assert daemon.cli("remove", "work", "other").returncode == 0
+    r = daemon.cli("run", "work", "--input", "null")
+    assert (r.returncode, r.stderr) == (1, "corral: no such agent: work (there are no "
+                                           "agents)\n")
 
 
 def test_input_forms_and_bad_input(daemon: Daemon, tmp_path: Path) -> None:
@@ -113,27 +133,36 @@ def test_many_clients_at_once(daemon: Daemon) -> None:
 
 
 def test_events_publish_and_tail(daemon: Daemon) -> None:
-    tail = subprocess.Popen([PY, "-m", "corral", "--socket", str(daemon.sock), "events",
-                             "tail", "orders.*"], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert tail.stdout is not None
+    def follow(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([PY, "-m", "corral", "--socket", str(daemon.sock), "events",
+                                 "tail", "orders.*", *args], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    tail, plain = follow("--json"), follow()
+    assert tail.stdout is not None and plain.stdout is not None
     try:
-        wait_until(lambda: daemon.json("info")["event_followers"] == 1)
+        wait_until(lambda: daemon.json("info")["event_followers"] == 2)
         r = daemon.cli("events", "publish", "orders.new", '{"id": 1}')
-        assert (r.returncode, r.stdout) == (0, "delivered to 1 subscriber\n")
+        assert (r.returncode, r.stdout) == (0, "delivered to 2 subscribers\n")
         first = json.loads(tail.stdout.readline())
         assert (first["topic"], first["data"], first["source"]) == ("orders.new", {"id": 1},
                                                                    f"uid {os.geteuid()}")
+        # a line as `corral logs` writes one: its time in ISO 8601, UTC, to the ms
+        assert plain.stdout.readline() == (f"{iso_time(first['time'], ms=True)} orders.new "
+                                           f"from uid {os.geteuid()}: {{\"id\": 1}}\n")
         daemon.cli("run", "work", "--input",
                    '{"do": "publish", "topic": "orders.paid", "data": 2}')
         second = json.loads(tail.stdout.readline())
         assert (second["topic"], second["data"]) == ("orders.paid", 2)
         assert second["source"].startswith("work#")
+        assert plain.stdout.readline() == (f"{iso_time(second['time'], ms=True)} orders.paid "
+                                           f"from {second['source']}: 2\n")
         r = daemon.cli("events", "publish", "x", "{bad")
         assert r.returncode == 2
     finally:
-        tail.kill()
-        tail.wait()
+        for p in (tail, plain):
+            p.kill()
+            p.wait()
 
 
 

@@ -151,17 +151,25 @@ async def test_a_caller_limited_to_web_agents_cannot_see_or_touch_db(tmp_path: P
         assert list(stats.agents) == ["web-1"]
         assert list(stats.tasks["agents"]) == ["web-1"]
         assert await refused(d, web, "agents.describe", {"name": "db"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: db")
-        # as absent as an agent that does not exist
+            jsonrpc.NOT_FOUND, "no such agent: db (agents: web-1)")
+        # as absent as an agent that does not exist; told of its own agents alone
         assert await refused(d, SOCKET, "agents.describe", {"name": "nobody"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: nobody")
+            jsonrpc.NOT_FOUND, "no such agent: nobody (agents: db, web-1)")
+        assert await refused(d, web, "agents.describe", {"name": "nobody"}) == (
+            jsonrpc.NOT_FOUND, "no such agent: nobody (agents: web-1)")
+        assert await refused(d, web, "agents.describe", {"name": "web-2"}) == (
+            jsonrpc.NOT_FOUND, "no such agent: web-2 (did you mean `web-1`?)")
+        assert await refused(d, web, "agents.describe", {"name": "dbb"}) == (
+            jsonrpc.NOT_FOUND, "no such agent: dbb (agents: web-1)")
+        assert await refused(d, SOCKET, "agents.describe", {"name": "dbb"}) == (
+            jsonrpc.NOT_FOUND, "no such agent: dbb (did you mean `db`?)")
         assert await refused(d, web, "agents.status", {"names": ["db"]}) == (
-            jsonrpc.NOT_FOUND, "no such agent: db")
+            jsonrpc.NOT_FOUND, "no such agent: db (agents: web-1)")
         for method in ("agents.stop", "agents.restart", "agents.signal", "agents.remove"):
             assert await refused(d, web, method, {"names": ["web-1", "db#0"]}) == (
-                jsonrpc.NOT_FOUND, "no such agent: db"), method
+                jsonrpc.NOT_FOUND, "no such agent: db (agents: web-1)"), method
         assert await refused(d, web, "agents.scale", {"name": "db", "replicas": 0}) == (
-            jsonrpc.NOT_FOUND, "no such agent: db")
+            jsonrpc.NOT_FOUND, "no such agent: db (agents: web-1)")
         assert await refused(d, web, "agents.stop", {"all": True}) == (
             jsonrpc.FORBIDDEN, "forbidden: token web is limited to agents matching web-*: "
                                "name the agents rather than all")
@@ -173,9 +181,9 @@ async def test_a_caller_limited_to_web_agents_cannot_see_or_touch_db(tmp_path: P
             jsonrpc.FORBIDDEN, "forbidden: token web is limited to agents matching web-*: "
                                "config.reload is for callers that see every agent")
         assert await refused(d, web, "tasks.run", {"agent": "db"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: db")
+            jsonrpc.NOT_FOUND, "no such agent: db (agents: web-1)")
         assert await refused(d, web, "tools.list", {"agent": "db"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: db")
+            jsonrpc.NOT_FOUND, "no such agent: db (agents: web-1)")
 
         # db's task: neither seen nor cancelled by the limited caller
         running_task = await d.dispatcher.call(SOCKET, "tasks.run", msgspec.json.encode({
@@ -193,7 +201,7 @@ async def test_a_caller_limited_to_web_agents_cannot_see_or_touch_db(tmp_path: P
         lines = await d.dispatcher.call(web, "logs.tail", {"lines": 1000})
         assert lines.lines and {ln.source for ln in lines.lines} == {"web-1"}
         assert await refused(d, web, "logs.tail", {"names": ["corral"]}) == (
-            jsonrpc.NOT_FOUND, "no such agent: corral")
+            jsonrpc.NOT_FOUND, "no such agent: corral (agents: web-1)")
 
         # nothing of db changed: the same process, its task still running
         r = sup.agent("db").replicas[0]

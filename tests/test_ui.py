@@ -30,6 +30,7 @@ from corral.supervisor import State
 
 from .conftest import ROOT
 from .daemon_harness import hello, in_process, running_daemon, shared_tmpdir
+from .test_daemon_cli import wait_until
 
 STATIC = ROOT / "corral" / "daemon" / "http" / "static"
 VENDOR = STATIC / "vendor"
@@ -442,6 +443,8 @@ def test_the_dashboard_in_chromium() -> None:
                 page.add_init_script(WATCH_CSP)
                 page.on("console", on_console)
                 page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+                asked: list[str] = []  # every request the page makes, after /ui/
+                page.on("request", lambda req: asked.append(req.url.split("/ui/", 1)[-1]))
 
                 def shot(name: str) -> None:
                     page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"),
@@ -454,6 +457,31 @@ def test_the_dashboard_in_chromium() -> None:
                 expect(hello0.locator(".state")).to_have_text(serving)
                 expect(page.locator("#live")).to_contain_text("live, updated")
                 shot("fleet")
+
+                # a state change reaches the page as it happens, from the fleet's stream:
+                # no reload, and no request for the fleet's status
+                page.evaluate("window.sameDocument = true")
+                live = page.evaluate("window.corralLive")
+                assert live["agents.snapshot"] == 1, live
+                old_pid = d.json("status")["agents"][0]["pid"]
+                r = d.cli("stop", "hello")
+                assert r.returncode == 0, r.stderr
+                expect(hello0.locator(".state")).to_have_text("terminated")
+                expect(hello0.locator("td").nth(3)).to_have_text("\u2013")  # no pid: a dash
+                r = d.cli("start", "hello")
+                assert r.returncode == 0, r.stderr
+                expect(hello0.locator(".state")).to_have_text(serving)
+                new_pid = d.json("status")["agents"][0]["pid"]
+                assert new_pid != old_pid
+                expect(hello0.locator("td").nth(3)).to_have_text(str(new_pid))
+                # ready -> shutting_down -> terminated, then starting -> ready (each sent;
+                # the page draws the newest once per frame)
+                assert page.evaluate("window.corralLive['agents.transition']") >= 4
+                assert page.evaluate("window.sameDocument") is True
+                # and the figures that change without a transition: each second
+                samples = page.evaluate("window.corralLive['agents.sample']")
+                page.wait_for_function(
+                    f"() => window.corralLive['agents.sample'] >= {samples + 2}", timeout=10_000)
 
                 # an agent: scale it from the page, and see the new replica come up
                 page.click('#fleet a[href="#/agent/hello"]')
@@ -535,6 +563,18 @@ def test_the_dashboard_in_chromium() -> None:
 
                 assert page.evaluate("window.__cspViolations") == []
                 assert problems == []
+                # nothing live was polled: the fleet, the figures and the log came on one
+                # stream each, opened once for the whole visit (the agent's log once per
+                # opening of its view); the agent's spec was loaded when its view opened,
+                # when its list of replicas changed and after the scale, not each second
+                polled = [a for a in asked if a.startswith(
+                    ("api/agents.status", "api/stats.get", "api/logs.tail"))]
+                assert polled == []
+                streams = [a.split("?")[0] for a in asked if a.startswith("stream/")]
+                assert sorted(streams) == ["stream/agents.watch", "stream/logs.follow",
+                                           "stream/stats.watch"], streams
+                assert asked.count("api/agents.describe") <= 4, asked
+                assert page.evaluate("window.sameDocument") is True
 
                 # and the watch can fail: an inline script is blocked, and seen
                 page.evaluate("""() => { const s = document.createElement("script");
@@ -585,3 +625,53 @@ def test_the_charts_say_when_there_is_no_history_yet() -> None:
                 assert page.evaluate("window.__cspViolations") == []
             finally:
                 browser.close()
+
+
+def test_an_agent_is_rolled_back_from_the_dashboard() -> None:
+    """The agent view's revisions: the one before the current is rolled back to with its
+    button; the daemon records the rollback as a new revision, the page shows it current
+    and the replicas it brings, and the audit says the page's session did it."""
+    from playwright.sync_api import expect, sync_playwright
+
+    extra = '[http]\nlisten = "127.0.0.1:0"\n'
+    with running_daemon(shared_tmpdir(), hello("hello"), extra=extra) as d:
+        # revision 2: two replicas, by a reload of the config file
+        d.config.write_text(d.config.read_text().replace("replicas = 1", "replicas = 2"))
+        r = d.cli("reload")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: d.status().get("hello#1", {}).get("state") in ("ready", "idle", "busy"),
+                   what="hello#1 serving")
+        assert [(v["revision"], v["change"]) for v in d.json("history", "hello")[
+            "revisions"]] == [(1, "created"), (2, "replicas 1 -> 2")]
+        r = d.cli("ui")
+        assert r.returncode == 0, r.stderr
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                page.add_init_script(WATCH_CSP)
+                page.goto(r.stdout.strip())
+                page.goto(page.url.split("#")[0] + "#/agent/hello")
+                revisions = page.locator("#revisions tbody tr")
+                expect(revisions).to_have_count(2)
+                expect(revisions.nth(1).locator("td").first).to_have_text("* 2")
+                # the current revision has no button; the first one has
+                expect(revisions.nth(1).locator("button")).to_have_count(0)
+                expect(page.locator("#replicas-table tbody tr")).to_have_count(2)
+                revisions.nth(0).locator("button", has_text="Roll back").click()
+                expect(revisions).to_have_count(3, timeout=30_000)
+                expect(revisions.nth(2).locator("td").first).to_have_text("* 3")
+                expect(revisions.nth(2)).to_contain_text(
+                    "rollback to revision 1: replicas 2 -> 1")
+                expect(page.locator("#replicas-table tbody tr")).to_have_count(
+                    1, timeout=30_000)
+                page.screenshot(path=str(ARTIFACTS / "dashboard-rollback.png"),
+                                full_page=True)
+                assert page.evaluate("window.__cspViolations") == []
+            finally:
+                browser.close()
+        hist = d.json("history", "hello")
+        assert [(v["revision"], v["change"]) for v in hist["revisions"]][-1] == (
+            3, "rollback to revision 1: replicas 2 -> 1")
+        assert hist["revisions"][-1]["who"] == "token dashboard"
+        assert sorted(d.status()) == ["hello#0"]

@@ -85,9 +85,9 @@ async def test_a_forked_agent_s_collector_leaves_the_zygote_s_heap_alone(
     the child made (walking the zygote's objects wrote to, and so copied, their pages in
     every child)."""
     script = tmp_path / "census.py"
-    script.write_text(
-        "import gc\nfrom corral.worker import run\n"
-        "run(lambda i, c: gc.get_freeze_count())\n")
+    script.write_text(  # (run() freezes the agent's own heap too: counted before it)
+        "import gc\nfrozen = gc.get_freeze_count()\nfrom corral.worker import run\n"
+        "run(lambda i, c: frozen)\n")
     sup.add(agent("cold", command=[PY, str(script)]))
     sup.add(agent("warm", command=[PY, str(script)], warm=True))
     await sup.wait_state("cold", State.READY)

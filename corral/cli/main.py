@@ -24,7 +24,7 @@ import msgspec
 
 from .. import methods as m
 from ..methods import REGISTRY, LogLine
-from ..text import plural
+from ..text import did_you_mean, iso_time, plural
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
 
 
@@ -184,6 +184,9 @@ def check_config(path: str | None, config: str | None, no_check: bool) -> None:
     if path and config and path != config:
         raise click.UsageError("give the config file once: PATH or --config")
     where = Path(path or config or _default_config())
+    if _is_manifest(where):
+        _check_manifest(where)
+        return
     try:
         cfg = load_config(where)
         if not no_check:
@@ -195,6 +198,31 @@ def check_config(path: str | None, config: str | None, no_check: bool) -> None:
                f"{plural(len(cfg.mcp_servers), 'MCP server')})")
 
 
+def _is_manifest(path: Path) -> bool:
+    """An agent package (its directory, pyproject.toml, or a TOML file with an [agent]
+    table) rather than a daemon's config file."""
+    if path.is_dir() or path.name == "pyproject.toml":
+        return True
+    try:
+        return bool(re.search(rb"(?m)^\s*\[agent\]", path.read_bytes()))
+    except OSError:
+        return False
+
+
+def _check_manifest(path: Path) -> None:
+    from ..daemon.packages.manifest import read_manifest
+    from ..supervisor.config import ConfigError
+
+    try:
+        manifest = read_manifest(path.resolve())
+    except ConfigError as exc:
+        click.echo(f"corral: invalid manifest: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    lock = f"lock {manifest.lock.name}" if manifest.lock else "no dependencies"
+    click.echo(f"{manifest.file}: ok (package {manifest.name}, version "
+               f"{manifest.version or '-'}, {lock})")
+
+
 # -- reading ------------------------------------------------------------------------------
 RUNNING_STATES = ("starting", "ready", "busy", "idle")
 EXIT_NOT_RUNNING = 3  # as `systemctl status`: some listed agent is failed or not running
@@ -203,9 +231,15 @@ EXIT_NOT_RUNNING = 3  # as `systemctl status`: some listed agent is failed or no
 @cli.command(help=doc("agents.status") + "\n\nExits 3 (as `systemctl status` does) when "
              "any listed replica is failed or not running, so scripts can check health.")
 @names_arg
+@click.option("--watch", is_flag=True,
+              help="Then a line per replica state change as it happens (agents.watch), "
+                   "until interrupted; with --json, each notification as a JSON line.")
 @json_option
 @pass_ctx
-def status(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
+def status(obj: Ctx, names: tuple[str, ...], watch: bool, as_json: bool) -> None:
+    if watch:
+        _watch(obj, names, as_json)
+        return
     st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus(names=list(names)))
     down = any(a.state not in RUNNING_STATES for a in st.agents)
     if as_json:
@@ -214,6 +248,36 @@ def status(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
         _print_status(st, with_mcp=not names)
     if down:
         sys.exit(EXIT_NOT_RUNNING)
+
+
+def _watch(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
+    def on_note(method: str, params: Any) -> None:
+        if as_json:
+            click.echo(json.dumps({"event": method, **params}))
+        elif method == "agents.snapshot":
+            if params["resync"]:
+                missed = params["missed"]
+                click.echo(f"corral: {'some' if missed is None else missed} change(s) "
+                           "missed; the fleet as it is now:", err=True)
+            _print_status(msgspec.convert({"agents": params["replicas"], "mcp_servers": [],
+                                           "tasks": {}}, m.AgentsStatusResult),
+                          with_mcp=False)
+        elif method == "agents.transition":
+            pid = f"[{params['pid']}]" if params["pid"] else ""
+            click.echo(f"{_log_stamp(params['time'])} {params['agent']}#{params['replica']}{pid} "
+                       f"{params['previous']} -> {params['state']}: {params['reason']}")
+        elif method == "agents.roster":
+            n = len(params["replicas"])
+            click.echo(f"{_log_stamp(params['time'])} {params['agent']}: "
+                       + (plural(n, "replica") if n else "removed"))
+        sys.stdout.flush()
+
+    obj.call("agents.watch", m.AgentsWatch(names=list(names)), on_notification=on_note)
+
+
+def _log_stamp(t: float) -> str:
+    """As log lines stamp their time (UTC, milliseconds)."""
+    return LogLine(t, "", 0, 0, "", "").render().split(" ", 1)[0]
 
 
 def _print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
@@ -352,7 +416,7 @@ def _logs(obj: Ctx, names: tuple[str, ...], follow: bool, lines: int, since: str
         if method == "logs.lines":
             show(msgspec.convert(params, m.LogLines).lines)
         elif method == "logs.missed":
-            click.echo(f"corral: missed {params['count']} lines (reading too slowly)",
+            click.echo(f"corral: missed {plural(params['count'], 'line')} (reading too slowly)",
                        err=True)
         sys.stdout.flush()
 
@@ -447,6 +511,9 @@ def describe(obj: Ctx, name: str, as_json: bool) -> None:
     click.echo(f"origin: {res.origin}")
     click.echo(f"revision: {res.revision if res.revision is not None else '-'}")
     click.echo(f"command: {' '.join(shlex.quote(a) for a in res.argv)}")
+    if spec.get("release"):  # an agent package's
+        click.echo(f"release: {os.path.basename(spec['release'])} (version "
+                   f"{spec.get('version') or '-'}, {spec['release']})")
     click.echo(f"cwd: {spec['cwd']}")
     click.echo(f"user: {spec['user'] or '-'}" + (f" group: {spec['group']}"
                                                    if spec["group"] else ""))
@@ -562,7 +629,7 @@ def scale(obj: Ctx, name: str, replicas: str) -> None:
     if not (replicas.isascii() and replicas.isdigit()):
         raise click.UsageError(f"replicas must be a whole number ≥ 0, not {replicas!r}")
     res: m.Scaled = obj.call("agents.scale", m.AgentsScale(name=name, replicas=int(replicas)))
-    click.echo(f"{res.name}: {res.replicas} replicas")
+    click.echo(f"{res.name}: {plural(res.replicas, 'replica')}")
 
 
 @cli.command(help=doc("agents.history"))
@@ -577,11 +644,17 @@ def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
         return
     rows = [[("* " if r.revision == res.current else "  ") + str(r.revision),
              _stamp(r.time), r.who, r.change] for r in res.revisions]
-    _table(rows, ["  REV", "TIME", "WHO", "CHANGE"])
+    headers = ["  REV", "TIME", "WHO", "CHANGE"]
+    if any(r.release for r in res.revisions):  # an agent package: which release, version
+        rows = [[*row[:2], r.release or "-", r.version or "-", *row[2:]]
+                for row, r in zip(rows, res.revisions, strict=True)]
+        headers = [*headers[:2], "RELEASE", "VERSION", *headers[2:]]
+    _table(rows, headers)
 
 
 def _stamp(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    """A time in a table: ISO 8601, UTC, as in the logs."""
+    return iso_time(t)
 
 
 @cli.command(help=doc("agents.rollback"))
@@ -592,7 +665,61 @@ def rollback(obj: Ctx, name: str, revision: int | None) -> None:
     res: m.RollbackResult = obj.call("agents.rollback",
                                      m.AgentsRollback(name=name, revision=revision))
     click.echo(f"{name}: rolled back to revision {res.restored} (now revision "
-               f"{res.revision})")
+               f"{res.revision})" + (f": {res.change}" if res.change else ""))
+
+
+@cli.command(help=doc("packages.deploy") + "\n\nPATH: the package's directory (or its "
+             "manifest file); the daemon reads it, so it must be on the daemon's host.")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--name", default=None, help="The agent's name (default: the manifest's).")
+@json_option
+@pass_ctx
+def deploy(obj: Ctx, path: str, name: str | None, as_json: bool) -> None:
+    from ..paths import client_socket
+
+    def progress(method: str, params: Any) -> None:
+        if method == "packages.progress" and not as_json:
+            click.echo(f"corral: {params.get('message')}", err=True)
+
+    params = m.PackagesDeploy(path=os.path.abspath(path), name=name)
+    try:
+        # no client timeout: a build is bounded by the daemon's build_timeout, a switch by
+        # healthy_deadline, and Ctrl-C ends the wait
+        with Client(client_socket(obj.socket), timeout=None) as c:
+            res: m.DeployResult = c.ask("packages.deploy", params, progress)
+    except Unreachable as exc:
+        click.echo(f"corral: {exc}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
+    except CallFailed as exc:
+        click.echo(f"corral: {exc.message}", err=True)
+        sys.exit(EXIT_FAILED)
+    if as_json:
+        _print_json(res)
+        return
+    version = f" (version {res.version})" if res.version else ""
+    if not res.changed:
+        click.echo(f"{res.name}: release {res.release}{version} is current already")
+        return
+    built = "built" if res.built else "kept from before, not built again"
+    click.echo(f"{res.name}: now release {res.release}{version} ({built}), revision "
+               f"{res.revision}" + (f"; was {res.previous}" if res.previous else ""))
+
+
+@cli.command(help=doc("packages.releases"))
+@click.argument("name", shell_complete=_complete_agents)
+@json_option
+@pass_ctx
+def releases(obj: Ctx, name: str, as_json: bool) -> None:
+    res: m.ReleasesResult = obj.call("packages.releases", m.PackagesReleases(name=name))
+    if as_json:
+        _print_json(res)
+        return
+    rows = [[("* " if r.current else "  ") + r.release, r.version or "-",
+             _stamp(r.built_at) if r.built_at else "-",
+             _human_bytes(r.size_bytes) if r.size_bytes is not None else "-",
+             r.python_version or "-", ",".join(map(str, r.revisions)) or "-"]
+            for r in res.releases]
+    _table(rows, ["  RELEASE", "VERSION", "BUILT", "SIZE", "PYTHON", "REVISIONS"])
 
 
 @cli.command(help=doc("audit.list"))
@@ -609,18 +736,29 @@ def audit(obj: Ctx, limit: int, as_json: bool) -> None:
     _table(rows, ["TIME", "UID", "PID", "METHOD", "OUTCOME", "PARAMS"])
 
 
-@cli.command(help=doc("config.reload"))
+@cli.command(help=doc("config.reload") + "\n\nPrints each agent and MCP server added, removed "
+             "or changed, then how many are unchanged; an agent whose change did not take "
+             "is named on stderr with the reason.")
+@json_option
 @pass_ctx
-def reload(obj: Ctx) -> None:
+def reload(obj: Ctx, as_json: bool) -> None:
     res: m.ReloadResult = obj.call("config.reload")
-    for key in ("added", "removed", "changed", "unchanged"):
-        click.echo(f"{key}: {', '.join(getattr(res, key)) or '-'}")
+    if as_json:
+        _print_json(res)
+        return
+    mcp = res.mcp_servers
+    rows = [[kind, name, "failed" if kind == "agent" and name in res.failed else change]
+            for kind, changes in (("agent", msgspec.structs.asdict(res)), ("MCP server", mcp))
+            for change in ("added", "removed", "changed")
+            for name in changes.get(change) or []]
+    if rows:
+        _table(rows, ["KIND", "NAME", "CHANGE"])
+    else:
+        click.echo("nothing changed")
+    click.echo(f"unchanged: {plural(len(res.unchanged), 'agent')}, "
+               f"{plural(len(mcp.get('unchanged') or []), 'MCP server')}")
     for name, why in res.failed.items():
         click.echo(f"corral: {name} was not changed: {why}", err=True)
-    mcp = res.mcp_servers
-    if any(mcp.get(k) for k in ("added", "removed", "changed")):
-        click.echo("MCP servers: " + "; ".join(f"{k} {', '.join(mcp[k]) or '-'}"
-                                                for k in ("added", "removed", "changed")))
 
 
 @cli.command(help=doc("daemon.shutdown"))
@@ -666,7 +804,51 @@ def _plain(value: Any) -> str:
 @pass_ctx
 def top(obj: Ctx, interval: float, iterations: int, log_lines: int) -> None:
     """Every replica and tool server, busiest first, and the latest log lines, refreshed
-    until Ctrl-C."""
+    until q (or Ctrl-C)."""
+    with _keys() as pause:
+        _top(obj, interval, iterations, log_lines, pause)
+
+
+@contextlib.contextmanager
+def _keys() -> Any:
+    """A pause between refreshes that a key press of q ends for good: with the terminal
+    read a key at a time (no Enter needed, nothing echoed) and given back as it was,
+    however the command ends. Without a terminal on stdin, a plain sleep."""
+    fd = sys.stdin.fileno() if sys.stdin is not None and sys.stdin.isatty() else None
+    if fd is None:
+        def sleep(seconds: float) -> bool:
+            time.sleep(seconds)
+            return False
+
+        yield sleep
+        return
+    import select
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)  # Ctrl-C still interrupts (ISIG stays on)
+
+    def pause(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([fd], [], [], left)[0]:
+                continue
+            keys = os.read(fd, 64)
+            if b"q" in keys.lower():
+                return True
+            if not keys:  # the terminal is gone: no key will come
+                time.sleep(max(0.0, deadline - time.monotonic()))
+        return False
+
+    try:
+        yield pause
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _top(obj: Ctx, interval: float, iterations: int, log_lines: int,
+         pause: Callable[[float], bool]) -> None:
     clear = sys.stdout.isatty()
     count = 0
     # Ctrl-C ends it quietly (main)
@@ -695,9 +877,8 @@ def top(obj: Ctx, interval: float, iterations: int, log_lines: int) -> None:
                 click.echo(text[:width] if clear else text)
         sys.stdout.flush()
         count += 1
-        if iterations and count >= iterations:
+        if (iterations and count >= iterations) or pause(interval):
             return
-        time.sleep(interval)
 
 
 # -- tasks --------------------------------------------------------------------------------
@@ -827,12 +1008,14 @@ def _duration(value: str | None) -> float | None:
               type=click.Choice(["queued", "running", "succeeded", "failed", "timed_out",
                                  "cancelled", "lost"]),
               help="Only tasks with this status.")
+@click.option("--before", default=None, metavar="TASK_ID",
+              help="Only tasks accepted before this one: the next page (older tasks).")
 @json_option
 @pass_ctx
 def tasks_list(obj: Ctx, agent: str | None, limit: int, since: str | None,
-               status: str | None, as_json: bool) -> None:
-    res: m.TaskList = obj.call("tasks.list", m.TasksList(agent=agent, limit=limit,
-                                                         status=status, since=_duration(since)))
+               status: str | None, before: str | None, as_json: bool) -> None:
+    res: m.TaskList = obj.call("tasks.list", m.TasksList(
+        agent=agent, limit=limit, status=status, since=_duration(since), before=before))
     if as_json:
         _print_json(res)
         return
@@ -840,6 +1023,8 @@ def tasks_list(obj: Ctx, agent: str | None, limit: int, since: str | None,
     rows = [[t.task_id, t.agent, t.status, str(t.priority), str(t.attempts),
              _human_time(now - t.created) + " ago"] for t in res.tasks]
     _table(rows, ["TASK", "AGENT", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED"])
+    if isinstance(res.next, str):
+        click.echo(f"older tasks: the same with --before {res.next}", err=True)
 
 
 @cli.command("task", help=doc("tasks.get"))
@@ -896,15 +1081,21 @@ def events_publish(obj: Ctx, topic: str, data: str) -> None:
     click.echo(f"delivered to {plural(res.delivered, 'subscriber')}")
 
 
-@events.command("tail", help=doc("events.follow"))
+@events.command("tail", help=doc("events.follow") + "\n\nOne line each: the time (ISO 8601, "
+                "UTC, as in `corral logs`), the topic, who published it and the data as JSON; "
+                "with --json, each event as a JSON object (its time in seconds since the "
+                "epoch, as every --json prints times).")
 @click.argument("pattern", default="*")
+@json_option
 @pass_ctx
-def events_tail(obj: Ctx, pattern: str) -> None:
+def events_tail(obj: Ctx, pattern: str, as_json: bool) -> None:
     def on_note(method: str, params: Any) -> None:
         if method == "events.event":
-            click.echo(json.dumps(params))
+            click.echo(json.dumps(params) if as_json else
+                       f"{iso_time(params['time'], ms=True)} {params['topic']} from "
+                       f"{params['source']}: {json.dumps(params['data'])}")
         elif method == "events.missed":
-            click.echo(f"corral: missed {params['count']} events", err=True)
+            click.echo(f"corral: missed {plural(params['count'], 'event')}", err=True)
         sys.stdout.flush()
 
     obj.call("events.follow", m.EventsFollow(pattern=pattern), on_notification=on_note)
@@ -924,13 +1115,90 @@ def tools(ctx: click.Context, agent: str | None, as_json: bool) -> None:
     empty = None if agent is None else (
         f"no tools match agent {agent}'s allowlist: {', '.join(allow)}" if allow
         else f"no tools: agent {agent} has an empty allowlist (its `tools` key)")
-    _show_listing(res, as_json, ["TOOL", "DESCRIPTION"],
-                  [[t["name"], _first_line(t.get("description"))] for t in res.tools],
+    _show_listing(res, as_json, ["TOOL", "ARGUMENTS", "DESCRIPTION"],
+                  [[t["name"], ", ".join(f"{name}{'' if required else '?'}"
+                                         + (f": {kind}" if kind else "")
+                                         for name, kind, required, _ in _arguments(t)),
+                    _first_line(t.get("description"))] for t in res.tools],
                   empty=empty)
 
 
+@tools.command("describe")
+@click.argument("name", metavar="SERVER__TOOL")
+@json_option
+@pass_ctx
+def tools_describe(obj: Ctx, name: str, as_json: bool) -> None:
+    """One tool: its whole description and each argument (from its input schema): type,
+    whether it is required, what it is for."""
+    server = name.split("__", 1)[0] if "__" in name else None
+    if server is None:
+        raise click.BadParameter("tools are named SERVER__TOOL", param_hint="SERVER__TOOL")
+    res: m.ToolList = obj.call("tools.list", m.ToolsList(server=server))
+    tool = next((t for t in res.tools if t["name"] == name), None)
+    if tool is None:
+        for why in res.unavailable.values():
+            click.echo(f"corral: MCP server {server} is not serving: {why}", err=True)
+        if not res.unavailable:
+            click.echo(f"corral: no such tool: {name}"
+                       + did_you_mean(name, [t["name"] for t in res.tools]), err=True)
+        sys.exit(EXIT_FAILED)
+    if as_json:
+        _print_json(tool)
+        return
+    click.echo(f"{name} (MCP server {tool.get('server', server)})")
+    description = tool.get("description")
+    if isinstance(description, str) and description.strip():
+        click.echo(inspect.cleandoc(description))
+    rows = [[arg, kind or "-", "yes" if required else "no", about]
+            for arg, kind, required, about in _arguments(tool)]
+    click.echo()
+    if rows:
+        _table(rows, ["ARGUMENT", "TYPE", "REQUIRED", "DESCRIPTION"])
+    else:
+        click.echo("no arguments")
+
+
+def _arguments(tool: dict[str, Any]) -> list[tuple[str, str, bool, str]]:
+    """A tool's arguments from its input schema (a JSON Schema object): name, type,
+    required, and what the schema says of it (description, default, allowed values)."""
+    schema = tool.get("inputSchema")
+    props = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(props, dict):
+        return []
+    required = schema.get("required") if isinstance(schema, dict) else None
+    needed = set(required) if isinstance(required, list) else set()
+    out = []
+    for arg, prop in props.items():
+        prop = prop if isinstance(prop, dict) else {}
+        text = prop.get("description")
+        about = [" ".join(text.split())] if isinstance(text, str) and text.strip() else []
+        if "default" in prop:
+            about.append(f"default: {json.dumps(prop['default'])}")
+        if isinstance(prop.get("enum"), list):
+            about.append("one of: " + ", ".join(json.dumps(v) for v in prop["enum"]))
+        out.append((str(arg), _schema_type(prop), arg in needed, "; ".join(about)))
+    return out
+
+
+def _schema_type(prop: dict[str, Any]) -> str:
+    """A JSON Schema's type as a person reads it: string, integer|null, string[]."""
+    kind = prop.get("type")
+    if isinstance(kind, list):
+        return "|".join(str(k) for k in kind)
+    if kind == "array" and isinstance(prop.get("items"), dict):
+        inner = _schema_type(prop["items"])
+        return f"{inner}[]" if inner and "|" not in inner else "array"
+    if isinstance(kind, str):
+        return kind
+    for key in ("anyOf", "oneOf"):
+        if isinstance(prop.get(key), list):
+            kinds = [_schema_type(p) for p in prop[key] if isinstance(p, dict)]
+            return "|".join(k for k in kinds if k)
+    return ""
+
+
 def _first_line(text: Any) -> str:
-    return text.splitlines()[0][:70] if isinstance(text, str) and text else ""
+    return text.strip().splitlines()[0][:70] if isinstance(text, str) and text.strip() else ""
 
 
 def _show_listing(res: m.ToolList | m.ResourceList | m.PromptList, as_json: bool,
@@ -1115,7 +1383,7 @@ def _mcp_verb(verb: str, done: str) -> None:
     @pass_ctx
     def command(obj: Ctx, name: str) -> None:
         res: m.McpInstances = obj.call(f"mcp.{verb}", REGISTRY[f"mcp.{verb}"].params(name=name))
-        click.echo(f"{done} {name} ({res.instances} instances)")
+        click.echo(f"{done} {name} ({plural(res.instances, 'instance')})")
 
 
 for _verb, _done in (("start", "started"), ("stop", "stopped"), ("restart", "restarted")):
@@ -1276,8 +1544,7 @@ def _stats_history(obj: Ctx, since: str, agent: str | None, resolution: str | No
                + (", the newest only" if h.truncated else ""))
     rows = []
     for x in h.samples:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(x.time))
-        rows.append([stamp, f"{x.agents:g}", f"{x.serving:g}/{x.replicas:g}",
+        rows.append([_stamp(x.time), f"{x.agents:g}", f"{x.serving:g}/{x.replicas:g}",
                      f"{x.cpu_percent:.1f}", _human_bytes(x.rss_bytes), f"{x.queued:g}",
                      f"{x.per_minute:g}",
                      "-" if x.error_rate is None else f"{x.error_rate * 100:.1f}",

@@ -22,7 +22,9 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..methods import REGISTRY, SCOPES, Method, parse_target
+from ..supervisor.core import NoSuchAgent
 from ..supervisor.names import RESERVED
+from ..text import clip, one_line
 
 Ctx = TypeVar("Ctx")
 
@@ -118,12 +120,14 @@ class Dispatcher(Generic[Ctx]):
     A transport may take calls before the services exist (the control socket answers
     while the state database opens): they wait until `serve(context)` is called."""
 
-    def __init__(self, handlers: Handlers[Ctx], audit: Audit) -> None:
+    def __init__(self, handlers: Handlers[Ctx], audit: Audit,
+                 agents: Callable[[Ctx], Iterable[str]] | None = None) -> None:
         missing = handlers.missing()
         if missing:  # pragma: no cover - a programming error, caught by the test suite
             raise RuntimeError(f"control methods without implementation: {missing}")
         self.handlers = handlers.table
         self.audit = audit
+        self.agents = agents  # the names of the agents there are, for a refusal to name
         self._context: asyncio.Future[Ctx] | None = None
 
     def serve(self, context: Ctx) -> None:
@@ -164,8 +168,21 @@ class Dispatcher(Generic[Ctx]):
         rule: AgentRule | None = None
         if caller.agents is not None:
             rule = agent_rule(spec.name, caller)
-            rule.check(typed, caller)
+            try:
+                rule.check(typed, caller)
+            except NoSuchAgent as exc:
+                raise self._as_seen(exc, caller) from None
         return spec, typed, rule
+
+    def _as_seen(self, exc: NoSuchAgent, caller: Caller) -> NoSuchAgent:
+        """A refusal of an unknown agent, for a caller limited to some: the agents it
+        names are the caller's own, so that one it may not see is as absent as one that
+        does not exist."""
+        ready = self._context
+        known = (self.agents(ready.result()) if self.agents is not None and ready is not None
+                 and ready.done() else None)
+        return NoSuchAgent(exc.name, None if known is None else
+                           [n for n in known if caller.sees(n)], exc.note)
 
     async def call(self, caller: Caller, name: str, params: Any = None,
                    channel: Channel | None = None) -> Any:
@@ -188,9 +205,13 @@ class Dispatcher(Generic[Ctx]):
             if rule is not None and rule.filter is not None:
                 result = rule.filter(result, caller)
         except RpcError as exc:
+            told = (self._as_seen(exc, caller)
+                    if isinstance(exc, NoSuchAgent) and caller.agents is not None else exc)
             if spec.mutating:
-                self.audit(caller, spec.name, params, f"error: {exc.message}")
-            raise
+                self.audit(caller, spec.name, params, f"error: {told.message}")
+            if told is exc:
+                raise
+            raise told from None
         if spec.mutating:
             self.audit(caller, spec.name, params, outcome(result))
         return result
@@ -211,13 +232,19 @@ def decode(params: Any, into: type[msgspec.Struct]) -> Any:
     return jsonrpc.decode_params(params, into)
 
 
+OUTCOME_TEXT = 500  # characters of an isError result's text kept in its audit row
+
+
 def outcome(result: Any) -> str:
     """How the audit log records a result: an MCP tool result with isError is an error."""
     if isinstance(result, dict) and result.get("isError") is True:
         content = result.get("content")
         first = content[0] if isinstance(content, list) and content else None
         text = first.get("text") if isinstance(first, dict) else None
-        return f"error: isError result{f': {text:.200}' if isinstance(text, str) else ''}"
+        # one line, bounded, cut between words: a server's message is often several
+        # lines ending in a URL (pydantic's "For further information visit https://…")
+        said = f": {clip(one_line(text), OUTCOME_TEXT)}" if isinstance(text, str) else ""
+        return f"error: isError result{said}"
     return "ok"
 
 
@@ -284,7 +311,7 @@ def _one(field: str) -> Callable[[Any, Caller], None]:
     def check(params: Any, caller: Caller) -> None:
         name = getattr(params, field)
         if name is not None and not caller.sees(name):
-            raise jsonrpc.not_found("agent", name)
+            raise NoSuchAgent(name, None)  # worded for the caller: Dispatcher._as_seen
 
     return check
 
@@ -299,7 +326,7 @@ def _targets(field: str, *, all_field: bool = False) -> Callable[[Any, Caller], 
             except ValueError:
                 continue  # the handler says what is wrong with it
             if not caller.sees(name):
-                raise jsonrpc.not_found("agent", name)
+                raise NoSuchAgent(name, None)
 
     return check
 
@@ -369,6 +396,46 @@ class _SeenLines:
         self.inner.notify(method, params)
 
 
+class _Seen:
+    """A stream's channel that passes on only what the caller sees: each notification of
+    a method in `filters` through its filter (None: not sent at all)."""
+
+    def __init__(self, inner: Channel, caller: Caller,
+                 filters: Mapping[str, Callable[[Any, Caller], Any]]) -> None:
+        self.inner = inner
+        self.caller = caller
+        self.filters = filters
+
+    @property
+    def writable(self) -> asyncio.Event:
+        return self.inner.writable
+
+    def notify(self, method: str, params: Any) -> None:
+        seen = self.filters.get(method)
+        if seen is not None:
+            params = seen(params, self.caller)
+            if params is None:
+                return
+        self.inner.notify(method, params)
+
+
+def _seen(filters: Mapping[str, Callable[[Any, Caller], Any]]
+          ) -> Callable[[Channel, Caller], Channel]:
+    return lambda inner, caller: _Seen(inner, caller, filters)
+
+
+def _of_agent(params: Any, caller: Caller) -> Any:
+    return params if caller.sees(params.agent) else None
+
+
+def _rows_filter(field: str) -> Callable[[Any, Caller], Any]:
+    def seen(params: Any, caller: Caller) -> Any:
+        return _replace(params, replicas=[r for r in params.replicas
+                                          if caller.sees(getattr(r, field))])
+
+    return seen
+
+
 _AGENT_PARAM = _one("agent")
 AGENT_RULES: dict[str, AgentRule] = {
     "daemon.info": AgentRule(_nothing),
@@ -387,6 +454,10 @@ AGENT_RULES: dict[str, AgentRule] = {
     "logs.follow": AgentRule(_targets("names"), channel=_SeenLines),
     "stats.get": AgentRule(_nothing, filter=_stats_filter),
     "stats.history": AgentRule(_AGENT_PARAM),
+    "stats.watch": AgentRule(_nothing, channel=_seen({"stats.sample": _stats_filter})),
+    "agents.watch": AgentRule(_targets("names"), channel=_seen({
+        "agents.snapshot": _rows_filter("name"), "agents.sample": _rows_filter("agent"),
+        "agents.transition": _of_agent, "agents.roster": _of_agent})),
     "tasks.run": AgentRule(_AGENT_PARAM),
     "tasks.get": AgentRule(_nothing, filter=_task_filter),
     "tasks.list": AgentRule(_AGENT_PARAM, filter=_tasks_filter),
@@ -407,6 +478,8 @@ AGENT_RULES: dict[str, AgentRule] = {
     "gateway.call": AgentRule(_AGENT_PARAM),
     "gateway.watch": AgentRule(_nothing),
     "gateway.status": AgentRule(_nothing),
+    # packages.deploy reads a path of the daemon's host: for callers that see every agent
+    "packages.releases": AgentRule(_one("name")),
 }
 
 

@@ -15,6 +15,7 @@ from .. import __version__, jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError
+from ..supervisor.core import NoSuchAgent, start_each, stop_all
 from ..supervisor.lifecycle import State
 from ..text import plural
 from .api import Caller, Channel, Handlers
@@ -119,15 +120,16 @@ def _wire(value: Any) -> Any:
 @implements("agents.start")
 async def agents_start(d: Services, p: m.AgentsStart, caller: Caller, c: Channel) -> m.Started:
     targets = _targets(d, p.names, p.all)
-    for r in _replicas(targets):
-        r.start(by_hand=True)
+    # paced, as stops are: a thousand starts begun in one turn stall the loop
+    await start_each(_replicas(targets))
     return m.Started(started=[_label(a, i) for a, i in targets])
 
 
 @implements("agents.stop")
 async def agents_stop(d: Services, p: m.AgentsStop, caller: Caller, c: Channel) -> m.Stopped:
     targets = _targets(d, p.names, p.all)
-    await asyncio.gather(*(r.stop() for r in _replicas(targets)))
+    # paced (stop_all): a thousand stops begun in one turn stalled the loop for a second
+    await stop_all(_replicas(targets), "stopped")
     return m.Stopped(stopped=[_label(a, i) for a, i in targets])
 
 
@@ -140,9 +142,8 @@ async def agents_restart(d: Services, p: m.AgentsRestart,
                                for a, i in targets))
     else:
         reps = _replicas(targets)
-        await asyncio.gather(*(r.stop("restarting") for r in reps))
-        for r in reps:
-            r.start(by_hand=True)
+        await stop_all(reps, "restarting")
+        await start_each(reps)
     return m.Restarted(restarted=[_label(a, i) for a, i in targets])
 
 
@@ -233,9 +234,9 @@ async def agents_history(d: Services, p: m.AgentsHistory,
 @implements("agents.rollback")
 async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: Channel
                           ) -> m.RollbackResult:
-    target = await d.fleet.rollback(p.name, p.revision, caller.who)
+    target, change = await d.fleet.rollback(p.name, p.revision, caller.who)
     return m.RollbackResult(name=p.name, restored=target,
-                            revision=d.fleet.revision_of(p.name))
+                            revision=d.fleet.revision_of(p.name), change=change)
 
 
 @implements("audit.list")
@@ -268,7 +269,7 @@ def _log_sources(d: Services, names: list[str]
         except ValueError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         if n not in d.sup.agents and n != "corral" and n not in d.hub.tails:
-            raise jsonrpc.not_found("agent", n)
+            raise NoSuchAgent(n, d.sup.agents)
         if n not in replicas:
             sources.append(n)
             replicas[n] = set()
@@ -352,7 +353,10 @@ async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel) -> T
 
 @implements("tasks.list")
 async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) -> m.TaskList:
-    return m.TaskList(tasks=_wire(await d.tasks.list(p)))
+    # a caller limited to some agents pages through theirs only (full pages; a cursor
+    # of another agent's task reads as absent)
+    tasks, older = await d.tasks.list(p, caller.sees if caller.agents is not None else None)
+    return m.TaskList(tasks=_wire(tasks), next=older if older is not None else msgspec.UNSET)
 
 
 @implements("tasks.cancel")
@@ -584,10 +588,34 @@ async def stats_history(d: Services, p: m.StatsHistory, caller: Caller, c: Chann
     result = await d.history.read(p.since, p.agent, p.resolution)
     if p.agent is not None and not result.samples and p.agent not in d.sup.agents and (
             not await asyncio.to_thread(has_rows, d.history.path, p.agent)):
-        raise RpcError(jsonrpc.NOT_FOUND, f"no such agent: {p.agent} (and no history "
-                                          f"of one)")
+        raise NoSuchAgent(p.agent, d.sup.agents, "and no history of one")
     return result
 
+
+
+# -- watching the fleet live (issue 21) ------------------------------------------------------
+@implements("agents.watch")
+async def agents_watch(d: Services, p: m.AgentsWatch, caller: Caller, c: Channel) -> None:
+    """Streams until the client goes away (daemon/watch.py)."""
+    await d.watch.serve(c, frozenset(p.names), p.interval, p.last_event_id)
+
+
+@implements("stats.watch")
+async def stats_watch(d: Services, p: m.StatsWatch, caller: Caller, c: Channel) -> None:
+    """stats.get each interval while the client reads: one that does not is sent nothing
+    until it does, and then the newest."""
+    loop = asyncio.get_running_loop()
+    due = loop.time()
+    while True:
+        if not c.writable.is_set():
+            await c.writable.wait()
+        stats = await stats_get(d, m.StatsGet(), caller, c)
+        c.notify("stats.sample", m.StatsSample(**msgspec.structs.asdict(stats),
+                                               time=time.time()))
+        due += p.interval
+        if due <= loop.time():  # late: the next one a whole interval on
+            due = loop.time() + p.interval
+        await asyncio.sleep(due - loop.time())
 
 
 # -- the dashboard (issue 21) --------------------------------------------------------------
@@ -600,3 +628,20 @@ async def ui_login(d: Services, p: m.UiLogin, caller: Caller, c: Channel
     code, expires = d.ui.issue(caller)
     path = f"/ui/login?code={code}"
     return m.UiLoginResult(code=code, path=path, url=d.ui.url + path, expires=expires)
+
+
+# -- agent packages (issue 25) -------------------------------------------------------------
+@implements("packages.deploy")
+async def packages_deploy(d: Services, p: m.PackagesDeploy, caller: Caller, c: Channel
+                          ) -> m.DeployResult:
+    def say(text: str) -> None:
+        c.notify("packages.progress", {"message": text})
+        d.hub.daemon(f"deploy {p.path}: {text}")
+
+    return await d.packages.deploy(p.path, p.name, caller.who, say)
+
+
+@implements("packages.releases")
+async def packages_releases(d: Services, p: m.PackagesReleases, caller: Caller, c: Channel
+                            ) -> m.ReleasesResult:
+    return await d.packages.list(p.name)

@@ -42,17 +42,20 @@ from .api import Caller, Dispatcher
 from .background import Background
 from .commands import HANDLERS
 from .control import AlreadyRunning, ControlServer
+from .devwatch import Watches
 from .fleet import Fleet
 from .gateway import GatewayService
 from .history import History
 from .journald import JournalSender, StderrEcho
 from .logs import LogDirError, LogHub
 from .notify import Notifier
+from .packages.service import Packages
 from .revisions import RevisionLog
 from .services import Services
 from .store import StateStore, StoreError, StoreWriter
 from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
+from .watch import FleetWatch
 
 if TYPE_CHECKING:
     from .http.server import HttpServer
@@ -175,7 +178,8 @@ class Daemon:
         events = sup.subscribe(maxsize=100_000)
 
         # the socket answers from here on: calls wait for the services (`Dispatcher.serve`)
-        dispatcher: Dispatcher[Services] = Dispatcher(HANDLERS, self._audit)
+        dispatcher: Dispatcher[Services] = Dispatcher(HANDLERS, self._audit,
+                                                      lambda services: services.sup.agents)
         self.dispatcher = dispatcher  # for another front end to call
         control = ControlServer(dispatcher, hub.daemon, paths.socket, sc.group,
                                 max_connections=sc.max_connections,
@@ -216,16 +220,27 @@ class Daemon:
         records.append(ProcessRecords(store, writer, sup.containment))
 
         http: Any = None
-        if cfg.gateway.listen:
-            http = await self._start_http(cfg, gateway, hub)
-            stack.push_async_callback(http.close)
+        if cfg.gateway.listen or cfg.http.listen:
+            http = await self._start_http(stack, cfg, gateway, hub)
         fleet = Fleet(sup, store, writer, revisions, self.config_path.parent,
                       hub.daemon)
         desk = TaskDesk(sup, journal, hub.daemon)
         history = History(sup, store, cfg.http)
+        packages = Packages(cfg.packages, Path(cfg.packages.dir) if cfg.packages.dir
+                            else paths.state_dir / "packages", sup, store, revisions, fleet,
+                            hub.daemon)
+        try:
+            # interrupted builds and switches are dealt with before any agent starts
+            await packages.start()
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        watches = Watches(sup, fleet, packages, hub.daemon)
+        sup.stream.subscribe(watches.on_transition, Event)
+        stack.push_async_callback(watches.close)
         services = Services(
             sup=sup, hub=hub, store=store, revisions=revisions, fleet=fleet, tasks=desk,
-            gateway=gateway, http=http, journal=journal, history=history,
+            gateway=gateway, http=http, journal=journal, history=history, packages=packages,
+            dev_watch=watches, watch=FleetWatch(sup),
             config_path=self.config_path,
             socket_path=control.path, started_at=self.started_at,
             reload=lambda who: self._reload(services, who),
@@ -247,6 +262,7 @@ class Daemon:
         dispatcher.serve(services)
         await asyncio.sleep(0)  # the control socket is served before the agents are added
         fleet.start(cfg)
+        watches.sync_all()
         if journal is not None:
             # no await since the agents were added: no task can be accepted before the
             # journal's are back, numbered after theirs
@@ -324,19 +340,25 @@ class Daemon:
         report = await sup.containment.reclaim(records, crashed)
         hub.daemon(
             f"the previous daemon did not shut down cleanly: {report.found} of its processes "
-            f"were still running ({report.terminated} ended by SIGTERM, {report.killed} by "
-            f"SIGKILL), {report.cgroups} cgroups removed")
+            f"{'was' if report.found == 1 else 'were'} still running ({report.terminated} "
+            f"ended by SIGTERM, {report.killed} by SIGKILL), "
+            f"{plural(report.cgroups, 'cgroup')} removed")
         store.end_incarnations(crashed)
 
-    async def _start_http(self, cfg: Config, gateway: GatewayService, hub: LogHub) -> Any:
-        """The HTTP gateway, before any agent starts (agents are given its URL)."""
+    async def _start_http(self, stack: contextlib.AsyncExitStack, cfg: Config,
+                          gateway: GatewayService, hub: LogHub) -> Any:
+        """The HTTP gateway, before any agent starts (agents are given its URL): at
+        `/mcp` of the [http] server (mounted there when it starts), and on a site of its
+        own at `[gateway] listen`."""
         from .http_gateway import HttpGateway
 
         http = HttpGateway(gateway, cfg.gateway, self.config_path.parent)
+        stack.push_async_callback(http.close)
+        if not cfg.gateway.listen:
+            return http
         try:
             await http.start()
         except (ConfigError, OSError) as exc:
-            await http.close()
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise StartupError(f"cannot start the gateway on {cfg.gateway.listen}: {why}"
                                ) from None
@@ -364,6 +386,13 @@ class Daemon:
             raise StartupError(f"cannot start the HTTP server on {cfg.http.listen}: {why}"
                                ) from None
         services.hub.daemon(f"HTTP listening on {cfg.http.listen} ({server.url})")
+        http = services.http
+        if http is not None:
+            # /mcp is mounted: agents are given it unless the gateway has its own site
+            listen = cfg.http.listen or ""
+            unix = listen.removeprefix("unix:") if listen.startswith("unix:") else None
+            http.served_at("http://localhost" if unix else server.url, unix)
+            services.gateway.url, services.gateway.socket_path = http.url, http.socket_path
         return server
 
     # -- what the engine tells ------------------------------------------------------------------

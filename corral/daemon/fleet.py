@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from ..methods import ReloadResult
 from ..supervisor.config import AgentSpec, Config, ConfigError, check_command, parse_agents
 from ..supervisor.core import Supervisor, SupervisorError
 from ..supervisor.names import name_problem, shown
+from ..supervisor.release import READY
+from ..text import plural
 from .revisions import (
     Revision,
     RevisionLog,
@@ -180,7 +183,7 @@ class Fleet:
             agent = self.sup.agent(name)
             if replicas < 0:
                 raise RpcError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
-            self.sup.check_fleet({name: replicas}, f"{replicas} replicas of {name}")
+            self.sup.check_fleet({name: replicas}, f"{plural(replicas, 'replica')} of {name}")
             # kept across daemon restarts: a runtime agent's table, or beside the config's
             # count; recorded before any replica starts or stops
             writes: list[Write] = []
@@ -204,9 +207,9 @@ class Fleet:
                                                for r in made)])
         self.told(made)
 
-    async def rollback(self, name: str, revision: int | None, who: str) -> int:
+    async def rollback(self, name: str, revision: int | None, who: str) -> tuple[int, str]:
         """Back to an earlier spec revision (default: the one before the current); the
-        revision restored."""
+        revision restored, and what that changed (`replicas 3 -> 2, env.V changed`)."""
         made: list[Revision] = []
         async with self.changing([name]):
             self.sup.agent(name)
@@ -223,6 +226,12 @@ class Fleet:
             except ConfigError as exc:
                 raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
             self.fill_cwd(spec)
+            if spec.release is not None and not os.path.isfile(
+                    os.path.join(spec.release, READY)):
+                raise RpcError(jsonrpc.NOT_FOUND, f"revision {target} of {name} runs release "
+                               f"{os.path.basename(spec.release)}, which is no longer kept "
+                               f"(keep_releases = {spec.keep_releases}; see `corral releases "
+                               f"{name}`): deploy it again")
             if name in self.from_config:
                 # lasts until the config file changes this agent (a reload applies it)
                 writes = [setting_scaled(name, spec.replicas,
@@ -230,14 +239,15 @@ class Fleet:
             else:
                 writes = [StateStore.saving_runtime_agent(name, rev.spec)]
             undo = self._as_kept_now(name)
-            writes.append(recording(spec, who, f"rollback to revision {target}", made))
+            why = f"rollback to revision {target}"
+            writes.append(recording(spec, who, why, made))
             # rolling; refuses when a new process does not become ready
             await self._unit(writes, f"{name} was not rolled back",
                              lambda: self.apply_spec(name, spec),
                              lambda: [*undo, *(unrecording(name, r.revision)
                                                for r in made)])
         self.told(made)
-        return target
+        return target, made[0].change.removeprefix(f"{why}: ") if made else "no change"
 
     # -- the config file --------------------------------------------------------------------
     def start(self, cfg: Config) -> None:
@@ -306,8 +316,10 @@ class Fleet:
         self.sup.heartbeat_interval = cfg.supervisor.heartbeat_interval
         self.sup.heartbeat_timeout = cfg.supervisor.heartbeat_timeout
         result = ReloadResult(**agents, failed=failed, mcp_servers=servers)
-        self.report(f"reloaded: added {agents['added']}, removed {agents['removed']}, "
-                    f"changed {agents['changed']}; MCP servers: {servers}")
+        said = [f"{kind} {change} {', '.join(names[change])}"
+                for kind, names in (("agents", agents), ("MCP servers", servers))
+                for change in ("added", "removed", "changed") if names[change]]
+        self.report(f"reloaded: {'; '.join(said) or 'nothing changed'}")
         return result
 
     async def _reload_agents(self, cfg: Config, who: str
@@ -355,7 +367,12 @@ class Fleet:
         old.pop("replicas", None)
         new.pop("replicas", None)
         if old != new:
-            await agent.roll(spec, start_stopped=False)
+            if old.get("release") != new.get("release"):
+                # another release (a rollback of a package): all at once, seen healthy
+                # before it takes tasks, never two releases serving together
+                await agent.switch(spec)
+            else:
+                await agent.roll(spec, start_stopped=False)
         await agent.scale(want)
 
     def fill_cwd(self, spec: AgentSpec) -> None:

@@ -34,6 +34,7 @@ from ..jsonrpc import RpcError
 from ..mcp.pool import allowed
 from ..percentile import percentile_ms
 from ..supervisor.config import GatewaySettings
+from ..text import plural
 
 if TYPE_CHECKING:
     from ..supervisor.core import Supervisor
@@ -137,15 +138,16 @@ class Limiter:
         """Take a slot (and, for a call, a place in the minute's rate) or refuse."""
         if self.in_flight >= ident.max_concurrent:
             raise RpcError(jsonrpc.REFUSED, f"gateway client {ident.name} has "
-                                            f"{self.in_flight} calls in flight, its limit")
+                                            f"{plural(self.in_flight, 'call')} in flight, its "
+                                            "limit")
         if rated and ident.rate_per_minute:
             now = time.monotonic()
             while self.recent and now - self.recent[0] >= 60.0:
                 self.recent.popleft()
             if len(self.recent) >= ident.rate_per_minute:
                 raise RpcError(jsonrpc.REFUSED, f"gateway client {ident.name} is over its "
-                                                f"rate of {ident.rate_per_minute} calls a "
-                                                "minute")
+                                                f"rate of {plural(ident.rate_per_minute, 'call')} "
+                                                "a minute")
             self.recent.append(now)
         self.in_flight += 1
 

@@ -1,6 +1,9 @@
 """The HTTP gateway: the pool as one MCP server over Streamable HTTP, in the daemon.
 
-`[gateway] listen = "unix:PATH" | "HOST:PORT"`; one endpoint, `/mcp`:
+Served at `/mcp` of the daemon's HTTP server (`[http] listen`, with the REST API: the
+routes are mounted on its application) and, with `[gateway] listen = "unix:PATH" |
+"HOST:PORT"`, on a site of its own too; either way by the same handlers and sessions,
+with the gateway's own tokens. One endpoint, `/mcp`:
 - POST: one JSON-RPC message (or a batch, for 2025-03-26 clients). Notifications and
   responses get 202. A request gets its answer as JSON, or — when it asked for progress
   — as an SSE stream: its progress notifications, then the answer. Each event has an id;
@@ -20,7 +23,7 @@
   whose reader does not read keeps at most `MAX_PENDING` events (progress is dropped
   first; an answer never is).
 
-aiohttp is imported here only, and this module only when a gateway is configured.
+aiohttp is imported here only, and this module only when the gateway is served over HTTP.
 """
 
 from __future__ import annotations
@@ -152,13 +155,44 @@ class HttpGateway:
         self.settings = settings
         self.base = base
         self.sessions: dict[str, HttpSession] = {}
-        self.url = ""
+        self.url = ""  # where agents are told to reach it
         self.socket_path: str | None = None
+        self.mounted = ""  # its URL on the [http] server, when mounted there
         self._runner: web.AppRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
 
     # -- start and stop -------------------------------------------------------------------
+    def mount(self, app: web.Application) -> None:
+        """The endpoint and its metadata as routes of `app`: this gateway's own site's,
+        or the daemon's HTTP server's."""
+        app.router.add_route("POST", ENDPOINT, self.post)
+        app.router.add_route("GET", ENDPOINT, self.get)
+        app.router.add_route("DELETE", ENDPOINT, self.delete)
+        app.router.add_route("GET", METADATA, self.metadata)
+        app.router.add_route("GET", METADATA + ENDPOINT, self.metadata)
+        # a session's streams end when their server stops, rather than holding its stop
+        app.on_shutdown.append(self._end_sessions)
+        self.open()
+
+    def open(self) -> None:
+        """Idle sessions are closed from now on."""
+        if self._reaper is None:
+            self._reaper = asyncio.ensure_future(self._reap())
+
+    def served_at(self, base: str, socket_path: str | None) -> None:
+        """Mounted on the daemon's HTTP server at `base` (its URL; over a unix socket,
+        `http://localhost` and the socket): the address agents are given, unless the
+        gateway has a site of its own."""
+        self.mounted = base + ENDPOINT
+        if not self.url:
+            self.url, self.socket_path = self.mounted, socket_path
+
+    async def _end_sessions(self, app: web.Application) -> None:
+        for sid in list(self.sessions):
+            self._end(sid)
+
     async def start(self) -> None:
+        """A site of its own, at `[gateway] listen`."""
         s = self.settings
         assert s.listen is not None
         kind, where, port = parse_listen(s.listen)
@@ -174,11 +208,7 @@ class HttpGateway:
                 f"gateway.listen: refusing to serve {where}, which is not a loopback address, "
                 "without TLS: set tls_cert and tls_key, or allow_remote = true")
         app = web.Application(client_max_size=MAX_BODY)
-        app.router.add_route("POST", ENDPOINT, self.post)
-        app.router.add_route("GET", ENDPOINT, self.get)
-        app.router.add_route("DELETE", ENDPOINT, self.delete)
-        app.router.add_route("GET", METADATA, self.metadata)
-        app.router.add_route("GET", METADATA + ENDPOINT, self.metadata)
+        self.mount(app)
         # a client that goes away cancels its handler, and so its call upstream
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                      handler_cancellation=True, shutdown_timeout=2.0)
@@ -204,7 +234,6 @@ class HttpGateway:
             self.url = f"{'https' if tls else 'http'}://{shown}:{bound}{ENDPOINT}"
         else:
             Path(self.socket_path or "").chmod(0o660)
-        self._reaper = asyncio.ensure_future(self._reap())
 
     def _path(self, p: str) -> str:
         path = Path(p)
@@ -213,6 +242,7 @@ class HttpGateway:
     async def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+            self._reaper = None
         for sess in list(self.sessions.values()):
             sess.close()
         self.sessions.clear()
@@ -225,7 +255,8 @@ class HttpGateway:
 
     def status(self) -> dict[str, Any]:
         return {"listen": self.settings.listen, "url": self.url,
-                "socket": self.socket_path, "sessions": len(self.sessions)}
+                "socket": self.socket_path, "mounted": self.mounted or None,
+                "sessions": len(self.sessions)}
 
     async def _reap(self) -> None:
         idle = self.settings.session_idle_timeout
@@ -260,15 +291,12 @@ class HttpGateway:
         if ident is None:
             raise web.HTTPUnauthorized(
                 text="a valid bearer token is required" if auth else "no bearer token",
-                headers={"WWW-Authenticate":
-                         f'Bearer resource_metadata="{self._base_url()}{METADATA}{ENDPOINT}"'})
+                headers={"WWW-Authenticate": 'Bearer resource_metadata='
+                         f'"{_origin(request)}{METADATA}{ENDPOINT}"'})
         version = request.headers.get(VERSION_HEADER)
         if version is not None and version not in SUPPORTED:
             raise _http(400, f"unsupported {VERSION_HEADER}: {version}")
         return ident
-
-    def _base_url(self) -> str:
-        return self.url[: -len(ENDPOINT)] if self.url.endswith(ENDPOINT) else self.url
 
     def _session(self, request: web.Request, ident: Identity) -> HttpSession:
         sid = request.headers.get(SESSION_HEADER)
@@ -419,9 +447,16 @@ class HttpGateway:
     async def metadata(self, request: web.Request) -> web.Response:
         """RFC 9728 protected-resource metadata: bearer tokens in the header; corral's
         tokens are issued by its operator (tokens_file), so no authorization server."""
-        return web.json_response({"resource": self.url, "authorization_servers": [],
+        return web.json_response({"resource": f"{_origin(request)}{ENDPOINT}",
+                                  "authorization_servers": [],
                                   "bearer_methods_supported": ["header"],
                                   "resource_name": "corral MCP gateway"})
+
+
+def _origin(request: web.Request) -> str:
+    """The server as the client addressed it (the gateway may be served at several
+    addresses): the resource its metadata names is the one the client asked."""
+    return str(request.url.origin())
 
 
 def _give_up(sess: HttpSession, stream: Stream) -> None:

@@ -129,12 +129,15 @@ class StderrEcho:
     """The daemon's own log lines on stderr, at or above `level`: under systemd with a
     `<N>` priority prefix that journald turns into PRIORITY=N (sd-daemon(3)), else as
     `corral: TEXT`. stderr is made non-blocking: a reader that does not read costs lines
-    (counted), never a stalled daemon."""
+    (counted), never a stalled daemon, and never half a line: the end of a line the pipe
+    took only part of is written before any other (a record cut mid-way would run into
+    the next one)."""
 
     def __init__(self, level: str = "info") -> None:
         self.max = LEVELS[level]
         self.journal = stderr_is_journal()
         self.dropped = 0
+        self.rest = b""  # the unwritten end of a line begun
         with contextlib.suppress(OSError):
             os.set_blocking(2, False)
 
@@ -142,7 +145,21 @@ class StderrEcho:
         if priority > self.max:
             return
         line = f"<{priority}>{text}\n" if self.journal else f"corral: {text}\n"
-        try:
-            os.write(2, line.encode("utf-8", "replace"))
-        except OSError:
+        if self.rest:  # finish the line begun first
+            self.rest = self.rest[_put(self.rest):]
+            if self.rest:
+                self.dropped += 1
+                return
+        data = line.encode("utf-8", "replace")
+        done = _put(data)
+        if done == 0:
             self.dropped += 1
+        self.rest = data[done:] if done else b""
+
+
+def _put(data: bytes) -> int:
+    """What of `data` the non-blocking stderr took (0 when full or gone)."""
+    try:
+        return os.write(2, data)
+    except OSError:
+        return 0

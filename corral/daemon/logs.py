@@ -36,6 +36,7 @@ from ..jsonrpc import LineBlock
 from ..methods import LogLine
 from ..supervisor.follow import Follower
 from ..supervisor.names import NAME_RE
+from ..text import iso_time, one_line, plural
 from ..throttle import Throttle
 
 DAEMON_SOURCE = "corral"
@@ -203,11 +204,6 @@ class _Tail:
         return out
 
 
-def _clock(when: float) -> str:
-    """As the log files' stamps are: UTC."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
-
-
 def _last_bytes(block: bytes, n: int) -> LineBlock:
     """The last whole lines of `block` that fit in `n` bytes; the end of the last line
     when not even that one fits."""
@@ -265,7 +261,8 @@ class LogHub:
                 self.files[source] = f
             if broken is not None and not (self.raw and source != DAEMON_SOURCE):
                 # the gap is marked where it is, in the file itself (not in a raw one)
-                f.write(self._note(source, f"{broken.dropped} lines dropped: {broken.why}"))
+                f.write(self._note(source, f"{plural(broken.dropped, 'line')} dropped: "
+                                           f"{broken.why}"))
             f.write(*parts)
         except OSError as exc:
             if f is not None:
@@ -275,8 +272,10 @@ class LogHub:
             return
         if broken is not None:
             del self.broken[source]
-            self.daemon(f"log file {f.path} is written again: {broken.dropped} lines were "
-                        f"dropped from it since {_clock(broken.since)} ({broken.why})",
+            self.daemon(f"log file {f.path} is written again: "
+                        f"{plural(broken.dropped, 'line')} "
+                        f"{'was' if broken.dropped == 1 else 'were'} dropped from it since "
+                        f"{iso_time(broken.since)} ({broken.why})",
                         priority=5)
 
     def _failed(self, source: str, exc: OSError, count: int, broken: _Broken | None) -> None:
@@ -340,7 +339,9 @@ class LogHub:
 
     def daemon(self, text: str, stream: str = "event", priority: int = 6) -> None:
         """A line of the daemon's own (syslog `priority`: 6 info, 5 notice, 4 warning):
-        into corral.log, and to `echo` (stderr, hence the journal under systemd)."""
+        into corral.log, and to `echo` (stderr, hence the journal under systemd): one line
+        in both, whatever `text` holds (a server's multi-line error, escaped)."""
+        text = one_line(text)
         self.emit(DAEMON_SOURCE, 0, os.getpid(), stream, LineBlock.one(text))
         if self.echo is not None:
             self.echo(text, 5 if stream == "audit" and priority == 6 else priority)

@@ -11,6 +11,8 @@ file's through StoreWriter).
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -47,6 +49,16 @@ class Revision(msgspec.Struct):
     who: str  # "config file", "uid 0 pid 123: agents.add", "SIGHUP", ...
     change: str  # in words: "created", "replicas 2 -> 3, env changed"
     spec: dict[str, Any]  # the [agents.NAME] table, as the config would write it
+    release: str | None = None  # an agent package's release (its name), from the spec
+    version: str | None = None
+
+
+def revision(agent: str, number: int, when: float, who: str, change: str,
+             spec: dict[str, Any]) -> Revision:
+    release = spec.get("release")
+    return Revision(agent, number, when, who, change, spec,
+                    os.path.basename(release) if isinstance(release, str) else None,
+                    spec.get("version"))
 
 
 def spec_table(spec: AgentSpec) -> dict[str, Any]:
@@ -56,24 +68,80 @@ def spec_table(spec: AgentSpec) -> dict[str, Any]:
     return table
 
 
+# tables whose values are not shown, only their keys (`corral describe` shows env's keys
+# alone): secrets live there
+HIDDEN = frozenset({"env", "config"})
+
+
+def _defaults(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    """A spec type's default values as the table leaves them out (nested tables too):
+    what a key absent from a revision stands for."""
+    table: dict[str, Any] = {}
+    for field in msgspec.structs.fields(struct):
+        kind = field.type
+        if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+            table[field.name] = _defaults(kind)
+        elif field.default is not msgspec.NODEFAULT:
+            table[field.name] = msgspec.to_builtins(field.default)
+        elif field.default_factory is not msgspec.NODEFAULT:
+            table[field.name] = msgspec.to_builtins(field.default_factory())
+    return table
+
+
+DEFAULTS = _defaults(AgentSpec)
+
+
 def describe_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """What changed from `old` to `new`, key by key (nested tables as `limits.memory_mb`):
+    `replicas 2 -> 3, env.TOKEN changed, limits.memory_mb 0 -> 256`."""
     if old is None:
         return "created"
+    return ", ".join(_differences(old, new, "", hidden=False, defaults=DEFAULTS)
+                     ) or "no change"
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str, hidden: bool,
+                 defaults: dict[str, Any]) -> list[str]:
     parts = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
+        default = defaults.get(key)
+        # a key left out is its default: shown as the value it stands for
+        a = old.get(key, None if isinstance(default, dict) else default)
+        b = new.get(key, None if isinstance(default, dict) else default)
         if a == b:
             continue
-        scalar = all(isinstance(v, str | int | float | bool) or v is None for v in (a, b))
-        if scalar and len(repr(a)) + len(repr(b)) < 80:
-            parts.append(f"{key} {_show(a)} -> {_show(b)}")
+        path = f"{prefix}{key}"
+        if not prefix and key in ("release", "cwd") and _in_releases(old, new):
+            if key == "cwd":  # the source of each release: the release says it
+                continue
+            a, b = (os.path.basename(v) if isinstance(v, str) else v for v in (a, b))
+        if isinstance(a, dict | None) and isinstance(b, dict | None):
+            parts += _differences(a or {}, b or {}, f"{path}.", hidden or key in HIDDEN,
+                                  default if isinstance(default, dict) else {})
+        elif hidden:
+            what = "added" if a is None else "removed" if b is None else "changed"
+            parts.append(f"{path} {what}")
+        elif len(shown := f"{path} {_show(a)} -> {_show(b)}") < 100:
+            parts.append(shown)
         else:
-            parts.append(f"{key} changed")
-    return ", ".join(parts) or "no change"
+            parts.append(f"{path} changed")
+    return parts
+
+
+def _in_releases(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Both specs run packages' releases, each from its own source (cwd)."""
+    return all(isinstance(t.get("release"), str) and isinstance(t.get("cwd"), str)
+               and t["cwd"].startswith(t["release"] + os.sep) for t in (old, new))
 
 
 def _show(v: Any) -> str:
-    return "default" if v is None else repr(v) if isinstance(v, str) else str(v)
+    if v is None:
+        return "default"
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, list):  # a command, an allowlist: as the config writes it
+        return json.dumps(v, ensure_ascii=False)
+    return str(v)
 
 
 class RevisionLog:
@@ -83,7 +151,7 @@ class RevisionLog:
     def _rows(self, sql: str, *args: Any) -> list[Revision]:
         rows = self.db.execute(
             "SELECT agent, revision, time, who, change, spec FROM revisions " + sql, args)
-        return [Revision(a, r, t, w, c, msgspec.json.decode(s)) for a, r, t, w, c, s in rows]
+        return [revision(a, r, t, w, c, msgspec.json.decode(s)) for a, r, t, w, c, s in rows]
 
     def latest(self, agent: str) -> Revision | None:
         rows = self._rows("WHERE agent = ? ORDER BY revision DESC LIMIT 1", agent)
@@ -110,7 +178,8 @@ def recording(spec: AgentSpec, who: str, change: str | None = None,
               out: list[Revision] | None = None) -> Write:
     """A write of a new revision if `spec` differs from the agent's latest one; the
     revision it made is put in `out`. Numbered where it is written, so revisions queued or
-    committed by two writers in turn never take the same number."""
+    committed by two writers in turn never take the same number. `change`: what made it
+    (`rollback to revision 1`), said before the difference."""
     table = spec_table(spec)
     encoded = msgspec.json.encode(table).decode()
     when = time.time()
@@ -121,8 +190,9 @@ def recording(spec: AgentSpec, who: str, change: str | None = None,
         last = RevisionLog(db).latest(spec.name)
         if last is not None and last.spec == table:
             return
-        rev = Revision(spec.name, last.revision + 1 if last else 1, when, who,
-                       change or describe_change(last.spec if last else None, table), table)
+        diff = describe_change(last.spec if last else None, table)
+        rev = revision(spec.name, last.revision + 1 if last else 1, when, who,
+                       f"{change}: {diff}" if change else diff, table)
         db.execute(
             "INSERT INTO revisions (agent, revision, time, who, change, spec) "
             "VALUES (?, ?, ?, ?, ?, ?)",

@@ -12,14 +12,17 @@ from typing import Any, Protocol
 from ..methods import ReloadResult
 from ..supervisor.core import Supervisor
 from .api import Caller
+from .devwatch import Watches
 from .fleet import Fleet
 from .gateway import GatewayService
 from .history import History
 from .logs import LogHub
+from .packages.service import Packages
 from .revisions import RevisionLog
 from .store import StateStore
 from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
+from .watch import FleetWatch
 
 
 class Logins(Protocol):
@@ -41,9 +44,13 @@ class Services:
     fleet: Fleet
     tasks: TaskDesk
     gateway: GatewayService
-    http: Any  # the HTTP gateway (http_gateway.HttpGateway), or None: not configured
+    # the HTTP gateway (http_gateway.HttpGateway): /mcp of [http], [gateway] listen; or None
+    http: Any
     journal: TaskJournalDB | None  # the task journal, or None: `task_journal = false`
     history: History  # the metrics history (its sampler starts once the services exist)
+    packages: Packages  # agent packages: deploy, releases
+    dev_watch: Watches  # development mode (`watch = [...]`)
+    watch: FleetWatch  # the fleet's changes for agents.watch
     config_path: Path
     socket_path: Path
     started_at: float

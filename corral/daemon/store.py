@@ -39,7 +39,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import msgspec
 
 from ..supervisor.containment import ProcessRecord
-from ..text import plural
+from ..text import iso_time, plural
 from .history import MIGRATION as HISTORY_MIGRATION
 from .revisions import MIGRATION as REVISIONS_MIGRATION
 
@@ -358,10 +358,6 @@ def described(exc: BaseException) -> str:
 def what_to_do() -> str:
     return (f"free space on its file system, or make it and its directory writable by uid "
             f"{os.geteuid()}")
-
-
-def clock(when: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 class Outage:
@@ -734,7 +730,7 @@ class StoreWriter:
     def stats(self) -> dict[str, Any]:
         """For `corral stats`: failing since (or None), writes waiting by kind, lost."""
         since = self.outage.since
-        return {"failing_since": None if since is None else clock(since),
+        return {"failing_since": None if since is None else iso_time(since),
                 "waiting": self.pending(), "lost": self.lost}
 
     def _caught_up(self, batch: list[_Kept]) -> None:
@@ -743,7 +739,7 @@ class StoreWriter:
             return
         dropped, self.dropped = self.dropped, {}
         text = (f"state database {self.thread.path} is written again: "
-                f"{_counted(_kinds(batch))} kept in memory since {clock(since)} are recorded")
+                f"{_counted(_kinds(batch))} kept in memory since {iso_time(since)} are recorded")
         if dropped:
             text += f"; {_counted(dropped)} could not be kept and are lost"
         self._call("telling of the catch-up", self.on_notice, text)
@@ -889,7 +885,7 @@ class StateStore:
         rows = dropped.get("audit row", 0)
         if rows:
             self.audit_row((time.time(), os.geteuid(), os.getpid(), "audit.dropped",
-                            msgspec.json.encode({"rows": rows, "since": clock(since)}
+                            msgspec.json.encode({"rows": rows, "since": iso_time(since)}
                                                 ).decode(),
                             f"error: {plural(rows, 'audit row')} could not be recorded: "
                             f"the state database could not be written ({reason})"))

@@ -56,9 +56,10 @@ from ..supervisor.tasks import (
     TaskRecord,
     TaskSummary,
     raw_output_of,
+    unknown_cursor,
 )
-from ..text import plural
-from .store import RETRY_EVERY, GroupCommit, WriterThread, clock, connect, errors_named
+from ..text import iso_time, plural
+from .store import RETRY_EVERY, GroupCommit, WriterThread, connect, errors_named
 
 log = logging.getLogger("corral.taskjournal")
 
@@ -173,10 +174,16 @@ class TaskJournalDB:
         return await asyncio.to_thread(self._load, task_id)
 
     async def query(self, *, agent: str | None, status: str | None, since: float | None,
-                    limit: int) -> list[TaskSummary]:
+                    limit: int, before: str | None = None,
+                    sees: Callable[[str], bool] | None = None) -> list[TaskSummary]:
         with contextlib.suppress(TaskJournalError):
             await self.committed()
-        return await asyncio.to_thread(self._query, agent, status, since, limit)
+        page = await asyncio.to_thread(self._query, agent, status, since, limit, before,
+                                       sees)
+        if page is None:
+            assert before is not None
+            raise unknown_cursor(before)
+        return page
 
     # -- loop side of the writer ----------------------------------------------------------
     def _cannot(self, error: str) -> str:
@@ -204,7 +211,7 @@ class TaskJournalDB:
         since = self._outage.recovered()
         if since is not None:
             self.on_notice(f"task journal {self.path} is written again: the changes of "
-                           f"{plural(rows, 'task')} kept in memory since {clock(since)} "
+                           f"{plural(rows, 'task')} kept in memory since {iso_time(since)} "
                            "are recorded")
 
     # -- on the writer thread (store.WriterThread) ------------------------------------
@@ -243,18 +250,42 @@ class TaskJournalDB:
                         _attempts.decode(attempts))
 
     def _query(self, agent: str | None, status: str | None, since: float | None,
-               limit: int) -> list[TaskSummary]:
-        where, args = [], []
+               limit: int, before: str | None, sees: Callable[[str], bool] | None
+               ) -> list[TaskSummary] | None:
+        """The page, or None when `before` names no task (that `sees` admits)."""
+        where: list[str] = []
+        args: list[Any] = []
         for clause, value in (("agent = ?", agent), ("status = ?", status),
                               ("created >= ?", since)):
             if value is not None:
                 where.append(clause)
                 args.append(value)
-        sql = ("SELECT id, agent, status, priority, created, started, finished, attempts "
-               "FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
-               + " ORDER BY arrival DESC LIMIT ?")
+        seen = ""
+        if sees is not None:
+            # the caller's own test of a name, in the query (SQL's GLOB reads a glob
+            # otherwise): a page is whole, and its cursor a task the caller may see
+            where.append("sees(agent)")
+            seen = " AND sees(agent)"
         with self._read_lock:
-            rows = self._reader.execute(sql, (*args, limit)).fetchall()
+            self._reader.create_function("sees", 1, sees, deterministic=True)
+            try:
+                if before is not None:
+                    # the cursor is a task, and its arrival the page's bound: a task
+                    # pruned or accepted meanwhile moves no other from page to page
+                    found = self._reader.execute(
+                        "SELECT arrival FROM tasks WHERE id = ?" + seen,
+                        (before,)).fetchone()
+                    if found is None:
+                        return None
+                    where.append("arrival < ?")
+                    args.append(found[0])
+                sql = ("SELECT id, agent, status, priority, created, started, finished, "
+                       "attempts FROM tasks"
+                       + (" WHERE " + " AND ".join(where) if where else "")
+                       + " ORDER BY arrival DESC LIMIT ?")
+                rows = self._reader.execute(sql, (*args, limit)).fetchall()
+            finally:
+                self._reader.create_function("sees", 1, None)
         return [TaskSummary(tid, a, st, prio, created, started, finished,
                             len(_attempts.decode(attempts)))
                 for tid, a, st, prio, created, started, finished, attempts in reversed(rows)]

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import jsonrpc
 from .. import methods as m
-from ..jsonrpc import RpcError
+from ..jsonrpc import RpcError, visible
 from ..supervisor.core import Supervisor
 from ..supervisor.tasks import (
     LOST_IN_RESTART,
@@ -26,7 +26,9 @@ from ..supervisor.tasks import (
     TaskRecord,
     TaskStatus,
     TaskSummary,
+    is_task_id,
 )
+from ..text import plural
 from .api import Channel
 from .follow import Latest
 from .taskjournal import TaskJournalDB, TaskJournalError
@@ -60,9 +62,10 @@ class TaskDesk:
             was_running = {r.task_id for r in records if r.status == "running"}
             lost = sum(1 for t in tasks if t.status == "lost")
             retried = sum(1 for t in tasks if t.id in was_running and t.status != "lost")
-            self.report(f"task journal: {len(tasks)} unfinished tasks recovered: "
-                        f"{len(tasks) - len(was_running)} queued again, {retried} "
-                        f"running ones retried, {lost} lost ({LOST_IN_RESTART})")
+            self.report(f"task journal: {plural(len(tasks), 'unfinished task')} recovered: "
+                        f"{len(tasks) - len(was_running)} queued again, "
+                        f"{plural(retried, 'running task')} retried, {lost} lost "
+                        f"({LOST_IN_RESTART})")
         self.recovered.set()
 
     async def run(self, p: m.TasksRun, channel: Channel) -> Any:
@@ -113,16 +116,31 @@ class TaskDesk:
         await self.recovered.wait()
         return await self.sup.tasks.info(task_id, wait=wait)
 
-    async def list(self, p: m.TasksList) -> list[TaskSummary]:
+    async def list(self, p: m.TasksList, sees: Callable[[str], bool] | None = None
+                   ) -> tuple[list[TaskSummary], str | None]:
+        """A page of tasks, newest last, and the cursor of the page before it (older
+        tasks), or None when there is none; with `sees`, of the agents it admits."""
         await self.recovered.wait()
         if p.agent is not None and self.journal is None:
             self.sup.agent(p.agent)
         if p.status is not None and p.status not in STATUSES:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"no such status: {p.status} (one of "
                                                    f"{', '.join(sorted(STATUSES))})")
+        if p.before is not None and not is_task_id(p.before):
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           f"invalid params: before is a task id (the `next` of a page), "
+                           f"not {visible(p.before)}")
         since = time.time() - p.since if p.since is not None else None
-        return await self.sup.tasks.query(agent=p.agent, status=p.status, since=since,
-                                          limit=min(p.limit, 1 << 62))
+        limit = min(p.limit, 1 << 62)
+        if limit <= 0:
+            return [], None
+        # one more than the page: whether older tasks are left, without counting them
+        page = await self.sup.tasks.query(agent=p.agent, status=p.status, since=since,
+                                          limit=limit + 1, before=p.before, sees=sees)
+        if len(page) <= limit:
+            return page, None
+        page = page[1:]
+        return page, page[0].task_id
 
     async def cancel(self, task_id: str) -> TaskInfo:
         await self.recovered.wait()

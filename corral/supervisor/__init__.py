@@ -2,7 +2,7 @@
 
 from .config import AgentSpec, Config, ConfigError, Limits, McpServerSpec, load_config
 from .containment import ProcessEnded, ProcessStarted
-from .core import Agent, Supervisor, SupervisorError
+from .core import Agent, NoSuchAgent, Supervisor, SupervisorError
 from .lifecycle import Cause, State
 from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaHost, ReplicaStatus
 from .replica import AgentHost, Replica
@@ -32,6 +32,7 @@ __all__ = [
     "ListChanged",
     "LogLines",
     "McpServerSpec",
+    "NoSuchAgent",
     "ProcessEnded",
     "ProcessReplica",
     "ProcessStarted",

@@ -20,6 +20,7 @@ import msgspec
 import msgspec.inspect
 from msgspec import Meta
 
+from ..text import did_you_mean
 from .names import name_problem, shown
 
 MIB = 1024 * 1024
@@ -91,6 +92,19 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # SDK (warm) and these modules (preload) instead of starting an interpreter
     warm: bool = False
     preload: list[str] = []
+    # rolling replacement (restart --rolling, reload, rollback, a deploy): a new process
+    # takes tasks only once it has been Ready for min_healthy_time seconds, which must
+    # happen within healthy_deadline seconds of its start
+    min_healthy_time: NonNeg = 0
+    healthy_deadline: Positive = 60.0
+    # an agent package (corral deploy, docs/packages.md): the release it runs, as its
+    # directory (its venv first on PATH, its source the cwd), and the package's version
+    release: str | None = None
+    version: str | None = None
+    keep_releases: PositiveInt = 5  # releases of the package kept for rollback
+    # development mode: restart (rolling) when a file matching one of these globs, under
+    # the agent's cwd, changes
+    watch: list[str] = []
 
 
 LogLevel = Literal["debug", "info", "notice", "warning", "error", "critical", "alert",
@@ -255,12 +269,29 @@ class HttpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     history_hour_days: Positive = 90.0
 
 
+class PackagesSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[packages]: how `corral deploy` builds releases (docs/packages.md)."""
+
+    dir: str | None = None  # default: STATE_DIR/packages
+    uv: str | None = None  # the uv binary; default: the one installed with corral
+    cache_dir: str | None = None  # uv's cache, shared by every build; default: DIR/.cache
+    build_timeout: Positive = 600.0  # seconds a whole build may take
+    max_release_mb: PositiveInt = 2048  # a release bigger than this is refused
+    min_free_mb: NonNegInt = 256  # a build needs this much free space to start
+    max_source_mb: PositiveInt = 256  # a package's source (what is copied) at most
+    # how a release gets its packages' files from uv's cache: "copy" (a release shares
+    # nothing), or "hardlink" (a rebuild several times faster; a release's files are then
+    # the cache's, made read-only with it)
+    link_mode: Literal["copy", "hardlink"] = "copy"
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     supervisor: SupervisorSettings = msgspec.field(default_factory=SupervisorSettings)
     agents: dict[str, AgentSpec] = {}
     mcp_servers: dict[str, McpServerSpec] = {}
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    packages: PackagesSettings = msgspec.field(default_factory=PackagesSettings)
 
 
 def _key_path(exc: msgspec.ValidationError) -> tuple[str, str]:
@@ -282,26 +313,46 @@ def convert(data: Any, type: type[Any], *, where: str, prefix: str = "") -> Any:
             values = _enum_values(type, path)
             if values:
                 problem += " (valid: " + ", ".join(repr(v) for v in values) + ")"
+        unknown = re.fullmatch(r"Object contains unknown field `(.*)`", problem)
+        if unknown:
+            problem += did_you_mean(unknown[1], _field_names(type, path))
         full = ".".join(p for p in (prefix, path) if p)
         raise ConfigError(f"{where}: {full or '(top level)'}: {problem}") from None
 
 
-def _enum_values(type_: type[Any], path: str) -> list[Any]:
-    """The allowed values of the Literal at `path` (dotted) in `type_`, from the schema
-    itself, so an error lists exactly what the Structs accept."""
+def _type_at(type_: type[Any], path: str) -> Any:
+    """The schema (msgspec.inspect) of what is at `path` (dotted) in `type_`, or None:
+    errors then say exactly what the Structs accept."""
     info: Any = msgspec.inspect.type_info(type_)
     for key in path.split(".") if path else []:
-        while isinstance(info, msgspec.inspect.UnionType):  # e.g. `X | None`
-            info = next((t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)),
-                        None)
+        info = _not_none(info)
         if isinstance(info, msgspec.inspect.StructType):
             info = next((f.type for f in info.fields if f.encode_name == key), None)
         elif isinstance(info, msgspec.inspect.DictType):
             info = info.value_type
         else:
-            return []
-    if isinstance(info, msgspec.inspect.LiteralType):
-        return list(info.values)
+            return None
+    return _not_none(info)
+
+
+def _not_none(info: Any) -> Any:
+    while isinstance(info, msgspec.inspect.UnionType):  # e.g. `X | None`
+        info = next((t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)),
+                    None)
+    return info
+
+
+def _enum_values(type_: type[Any], path: str) -> list[Any]:
+    """The allowed values of the Literal at `path`."""
+    info = _type_at(type_, path)
+    return list(info.values) if isinstance(info, msgspec.inspect.LiteralType) else []
+
+
+def _field_names(type_: type[Any], path: str) -> list[str]:
+    """The keys the table at `path` takes (for a misspelt one, the nearest)."""
+    info = _type_at(type_, path)
+    if isinstance(info, msgspec.inspect.StructType):
+        return [f.encode_name for f in info.fields]
     return []
 
 
@@ -349,9 +400,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     sup = convert(data.get("supervisor", {}), SupervisorSettings, where=where, prefix="supervisor")
     gateway = convert(data.get("gateway", {}), GatewaySettings, where=where, prefix="gateway")
     http = convert(data.get("http", {}), HttpSettings, where=where, prefix="http")
-    unknown = set(data) - {"supervisor", "agents", "mcp_servers", "gateway", "http"}
+    packages = convert(data.get("packages", {}), PackagesSettings, where=where,
+                       prefix="packages")
+    tables = [f.encode_name for f in msgspec.structs.fields(Config)]
+    unknown = set(data) - set(tables)
     if unknown:
-        raise ConfigError(f"{where}: {sorted(unknown)[0]}: unknown top-level key")
+        key = sorted(unknown)[0]
+        raise ConfigError(f"{where}: {key}: unknown top-level key{did_you_mean(key, tables)}")
     agents = parse_agents(data, where)
     declared = data.get("mcp_servers", {})
     overlays = {n: t for n, t in declared.items() if isinstance(t, dict)
@@ -370,7 +425,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             idata = read_toml(Path(inc))
             bad = set(idata) - {"agents", "mcp_servers"}
             if bad:
-                raise ConfigError(f"{inc}: {sorted(bad)[0]}: not allowed in an included file")
+                key = sorted(bad)[0]
+                raise ConfigError(f"{inc}: {key}: not allowed in an included file (it holds "
+                                  f"[agents] and [mcp_servers] tables)"
+                                  f"{did_you_mean(key, ['agents', 'mcp_servers'])}")
             for name, spec in parse_agents(idata, inc).items():
                 _define(origin, f"agents.{name}", inc)
                 agents[name] = spec
@@ -399,8 +457,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         pspec.cwd = str((base / pspec.cwd).resolve() if pspec.cwd else base.resolve())
     for sspec in servers.values():
         sspec.roots = [r if "://" in r else str((base / r).resolve()) for r in sspec.roots]
+    if packages.dir is not None:
+        packages.dir = str((base / packages.dir).resolve())
+    if packages.cache_dir is not None:
+        packages.cache_dir = str((base / packages.cache_dir).resolve())
     return Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
-                  http=http)
+                  http=http, packages=packages)
 
 
 def _define(origin: dict[str, str], key: str, where: str) -> None:

@@ -51,6 +51,9 @@ PR_GET_CHILD_SUBREAPER = 37
 # every process corral starts carries its spawn token; descendants inherit it
 TOKEN_VARIABLE = "CORRAL_SPAWN"
 SUPERVISOR_LEAF = "supervisor"
+# the cgroup of a replica's process started while its previous one still runs (a rolling
+# restart, a deploy's switch): "agent-NAME-N.surge" beside "agent-NAME-N"
+SURGE = ".surge"
 CPU_PERIOD_US = 100_000
 
 CgroupMode = Literal["auto", "on", "off"]
@@ -445,6 +448,11 @@ class Containment:
         self._by_pid: dict[int, Tracked] = {}
         self._seq = 0
         self._pending: set[str] = set()  # tokens issued, process not yet started
+        # cgroup -> the processes issued a ticket for it and not yet ended: a replica's
+        # new process started beside its old one (a rolling restart, a deploy) must not be
+        # in the old one's cgroup, which is killed when the old one ends
+        self._cgroup_users: dict[str, int] = {}
+        self._ticket_cgroups: dict[str, str] = {}  # token -> its cgroup, while counted
         self._orphan_fds: dict[int, int] = {}  # pidfd -> pid: killed orphans to reap
         self._sweep_wanted = 0  # sweeps still owed (an exit owes two: now and next tick)
         self._sweep_task: asyncio.Task[int] | None = None
@@ -495,13 +503,29 @@ class Containment:
         path = None
         if self.tree is not None:
             path = self.tree.path(kind, name, index)
+            if self._cgroup_users.get(path):  # its process of before runs on: the other
+                path += SURGE
+            if self._cgroup_users.get(path):  # pragma: no cover - a third at once
+                path = self.tree.path(kind, name, index) + f".{self._seq}"
             self.tree.prepare(path, limits)
+            self._cgroup_users[path] = self._cgroup_users.get(path, 0) + 1
+            self._ticket_cgroups[token] = path
         self._pending.add(token)
         return Ticket(token, path)
+
+    def _release_cgroup(self, token: str) -> None:
+        path = self._ticket_cgroups.pop(token, None)
+        if path is not None:
+            left = self._cgroup_users[path] - 1
+            if left:
+                self._cgroup_users[path] = left
+            else:
+                del self._cgroup_users[path]
 
     def abandon(self, ticket: Ticket) -> None:
         """The spawn for `ticket` failed before any process was tracked."""
         self._pending.discard(ticket.token)
+        self._release_cgroup(ticket.token)
 
     def started(self, ticket: Ticket, pid: int, *, kind: str, name: str, index: int,
                 stop_timeout: float) -> ProcessRecord:
@@ -549,6 +573,7 @@ class Containment:
         t = self.live.pop(token, None)
         if t is None:
             return
+        self._release_cgroup(token)
         self._by_pid.pop(t.record.pid, None)
         self._kill_escapees(t)
         if t.record.cgroup:

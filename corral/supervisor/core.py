@@ -22,6 +22,7 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import DEFAULT_MAX_LINE, LineBlock, RpcError
 from ..mcp.pool import McpPool
+from ..text import closest, listing, plural
 from .config import AgentSpec, ConfigError, McpServerSpec
 from .containment import CgroupMode, Containment
 from .events import EventBus
@@ -35,17 +36,37 @@ from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaSta
 from .remote import RemoteMcpServer
 from .replica import Replica
 from .stats import HeartbeatWork, Stats
-from .stream import TICK, Checkpoint, ListChanged, Stall, Stream, Subscription
+from .stream import TICK, Checkpoint, ListChanged, Roster, Stall, Stream, Subscription
 from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, TaskJournal, TaskManager
 from .zygote import Zygotes
 
-__all__ = ["Agent", "HeartbeatWork", "Stats", "Supervisor", "SupervisorError"]
+__all__ = ["Agent", "HeartbeatWork", "NoSuchAgent", "Stats", "Supervisor", "SupervisorError"]
 
 log = logging.getLogger("corral.supervisor")
 
 
 class SupervisorError(RpcError):
     """An operation on the supervisor failed; `code` is a jsonrpc error code."""
+
+
+class NoSuchAgent(SupervisorError):
+    """`no such agent: NAME`, and what there is instead: the closest name, else the
+    agents there are (`known`; None: not known here, nothing said). Every refusal of an
+    unknown agent is one, so that a caller limited to some agents is told of those alone
+    (daemon.api words it again for such a caller)."""
+
+    def __init__(self, name: str, known: Iterable[str] | None, note: str | None = None
+                 ) -> None:
+        self.name = name
+        self.note = note  # said first in the parentheses: "and no history of one"
+        said = [note] if note else []
+        if known is not None:
+            names = sorted(known)
+            near = closest(name, names)
+            said.append(f"did you mean `{near}`?" if near is not None
+                        else f"agents: {listing(names)}" if names else "there are no agents")
+        super().__init__(jsonrpc.NOT_FOUND, f"no such agent: {jsonrpc.visible(name)}"
+                                            + (f" ({'; '.join(said)})" if said else ""))
 
 
 # the heartbeat's visits per turn of the loop, and its sampling budget per second
@@ -103,6 +124,7 @@ class Agent:
         if not start_stopped and (old.state == State.INITIAL
                                   or (old.state in STOPPED and old._stay_down)):
             self.replicas[i] = new
+            self.sup.stream.emit(Roster(self.name))
             self.sup._forget([old])
             return
         self.replacing.update((old, new))
@@ -113,38 +135,78 @@ class Agent:
 
     async def _swap(self, i: int, old: Replica, new: Replica, spec: AgentSpec) -> None:
         new.start(by_hand=True)
-        with contextlib.suppress(TimeoutError):
-            await self.sup.wait_for(lambda: new.state != State.STARTING,
-                                    spec.start_timeout + spec.stop_timeout + 5.0)
-        if not new.serving:
-            why = new.last_exit or new.reason
+        why = await self.sup.healthy([new], spec, spec.start_timeout + spec.stop_timeout
+                                     + 5.0 + spec.min_healthy_time)
+        if why is not None:
             await new.stop("rollout aborted")
             self.sup._forget([new])
             raise SupervisorError(jsonrpc.REFUSED, f"rollout of {self.name} stopped at "
                                   f"replica {i}: the new process did not become ready: "
                                   f"{why}; the old one keeps running")
         self.replicas[i] = new  # from here on, new tasks go to the new process
+        self.sup.stream.emit(Roster(self.name))
         self.sup.tasks.pump(self.name)
-        if old.tasks_running:
-            old.note(f"replaced: finishing {old.tasks_running} running task(s) first")
+        await self._retire([old], spec, "replaced by a new process")
+
+    async def _retire(self, old: list[Replica], spec: AgentSpec, reason: str) -> None:
+        """Processes out of dispatch finish their running tasks (each within its task's
+        deadline and grace), then stop."""
+        busy = [r for r in old if r.tasks_running]
+        for r in busy:
+            r.note(f"replaced: finishing {r.tasks_running} running task(s) first")
+        if busy:
             with contextlib.suppress(TimeoutError):
-                await self.sup.wait_for(lambda: old.tasks_running == 0,
+                await self.sup.wait_for(lambda: not any(r.tasks_running for r in busy),
                                         spec.task_timeout + spec.cancel_grace)
-        await old.stop("replaced by a new process")
-        self.sup._forget([old])
+        await stop_all(old, reason)
+        self.sup._forget(old)
+
+    async def switch(self, spec: AgentSpec) -> None:
+        """Replace every replica at once with processes of `spec` (a release of a
+        package): they start beside the running ones, and only once all are Ready and
+        have stayed so for `spec.min_healthy_time` (within `spec.healthy_deadline`) do
+        they take the agent's tasks, together, while the old ones finish theirs and
+        stop. Until then the old ones serve as before; a new process that exits or is
+        late stops the switch (SupervisorError with its reason) and the new ones are
+        stopped. Replicas stopped by hand (or never started) are replaced without
+        starting; Failed ones are started (a new release is how one is fixed)."""
+        old = list(self.replicas)
+        new = [Replica(self.sup, spec, self.name, i) for i in range(len(old))]
+        started = [n for n, o in zip(new, old, strict=True) if o.state == State.FAILED or not (
+            o.state == State.INITIAL or (o.state in STOPPED and o._stay_down))]
+        self.replacing.update((*old, *new))
+        try:
+            for r in started:
+                r.start(by_hand=True)
+            why = await self.sup.healthy(started, spec, spec.healthy_deadline)
+            if why is not None:
+                await stop_all(new, "rollout aborted")
+                self.sup._forget(new)
+                raise SupervisorError(jsonrpc.REFUSED, f"a new process of {self.name} did "
+                                      f"not become ready: {why}; the running processes "
+                                      "keep serving")
+            spec.replicas = len(new)
+            self.spec = spec
+            self.replicas = new  # from here on, new tasks go to the new processes
+            self.sup.tasks.pump(self.name)
+            await self._retire(old, spec, "replaced by a new release")
+        finally:
+            self.replacing -= {*old, *new}
 
     async def scale(self, n: int) -> None:
         if n < 0:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
-        self.sup.check_fleet({self.name: n}, f"{n} replicas of {self.name}")
+        self.sup.check_fleet({self.name: n}, f"{plural(n, 'replica')} of {self.name}")
         current = len(self.replicas)
         if n > current:
             new = [self._new_replica(i) for i in range(current, n)]
             self.replicas.extend(new)
+            self.sup.stream.emit(Roster(self.name))
             self._starter = start_all(new)
         elif n < current:
             gone = self.replicas[n:]
             del self.replicas[n:]
+            self.sup.stream.emit(Roster(self.name))
             await stop_all(gone, "scaled down")
             self.sup._forget(gone)
         self.spec.replicas = n
@@ -201,6 +263,8 @@ class Supervisor:
         self.worker_notifications: dict[str, Callable[[Replica, Any], None]] = {}
         # more environment for a process about to start (the daemon: the gateway's token)
         self.environment_provider: Callable[[ProcessReplica], dict[str, str]] | None = None
+        # the worker SDK on every release's PYTHONPATH (release.py; the daemon makes it)
+        self.release_sdk: str | None = None
         # agent state checkpoints by (agent, replica): (wall time, state), given back in
         # `initialize` after a restart; subscribers to Checkpoint persist them (the
         # daemon: SQLite)
@@ -261,6 +325,7 @@ class Supervisor:
         self.check_fleet({spec.name: spec.replicas}, f"agent {spec.name}")
         agent = Agent(self, spec)
         self.agents[spec.name] = agent
+        self.stream.emit(Roster(spec.name))
         if spec.autostart if start is None else start:
             agent.start()
         return agent
@@ -269,8 +334,7 @@ class Supervisor:
         try:
             return self.agents[name]
         except KeyError:
-            raise SupervisorError(jsonrpc.NOT_FOUND,
-                                  f"no such agent: {jsonrpc.visible(name)}") from None
+            raise NoSuchAgent(name, self.agents) from None
 
     async def remove(self, name: str) -> None:
         agent = self.agent(name)
@@ -278,6 +342,7 @@ class Supervisor:
         await agent.stop("removed")
         if self.agents.pop(name, None) is agent:
             self._forget(agent.replicas)
+            self.stream.emit(Roster(name))
 
     def start(self, name: str) -> None:
         self.agent(name).start()
@@ -301,7 +366,7 @@ class Supervisor:
         if total > self.max_replicas:
             raise SupervisorError(
                 jsonrpc.INVALID_PARAMS,
-                f"{what} would make {total} replicas in all, over max_replicas = "
+                f"{what} would make {plural(total, 'replica')} in all, over max_replicas = "
                 f"{self.max_replicas} (a [supervisor] setting)")
 
     def replicas(self, name: str | None = None) -> Iterable[Replica]:
@@ -366,6 +431,38 @@ class Supervisor:
                 else:
                     keep.append((pred, fut))
             self._waiters = keep
+
+    async def healthy(self, new: list[Replica], spec: AgentSpec, deadline: float
+                      ) -> str | None:
+        """None once every process of `new` (being started) is Ready and has stayed so for
+        `spec.min_healthy_time` seconds, all within `deadline` seconds; else why not (the
+        exit's reason, as `status` shows it). Health checks of their own are not there
+        yet (issue 24): Ready and staying up is the check."""
+        give_up = time.monotonic() + deadline
+
+        def broke() -> Replica | None:
+            # an exit, even one its policy would restart, fails the rollout at once
+            return next((r for r in new if r.last_exit is not None
+                         or r.state in STOPPED), None)
+
+        try:
+            await self.wait_for(lambda: broke() is not None or all(r.serving for r in new),
+                                deadline)
+        except TimeoutError:
+            late = next(r for r in new if not r.serving)
+            return f"not Ready within {deadline:g} s ({late.state}: {late.reason})"
+        r = broke()
+        if r is None and spec.min_healthy_time:
+            with contextlib.suppress(TimeoutError):
+                await self.wait_for(lambda: any(not r.serving for r in new),
+                                    spec.min_healthy_time)
+            r = next((r for r in new if not r.serving), None)
+            if r is None and time.monotonic() > give_up:
+                return (f"not Ready for min_healthy_time ({spec.min_healthy_time:g} s) "
+                        f"within {deadline:g} s")
+        if r is not None:
+            return r.last_exit or r.reason
+        return None
 
     async def wait_for(self, cond: Callable[[], bool], timeout: float) -> None:
         """Wait until `cond()` holds, checked now and after every event (states and task
@@ -680,6 +777,16 @@ async def stop_all(replicas: Iterable[ProcessReplica], reason: str, *,
         p.submit(functools.partial(r.begin_stop, reason, graceful=graceful))
     await p.turn(lambda: None)  # every stop begun (in order: the queue is FIFO)
     await asyncio.gather(*(r.stopped() for r in replicas))
+
+
+async def start_each(replicas: Iterable[Replica]) -> None:
+    """Start these replicas by hand, paced as stop_all's stops are (one FIFO per loop: a
+    stop asked after them still comes after them); returns once every start has begun
+    (each replica is Starting, or refused and says why)."""
+    p = pacer()
+    for r in replicas:
+        p.submit(functools.partial(r.start, by_hand=True))
+    await p.turn(lambda: None)
 
 
 def _object(raw: Any) -> dict[str, Any] | None:

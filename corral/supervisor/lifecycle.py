@@ -8,9 +8,11 @@ the restart decision), so that all of it is unit-tested without processes
 (tests/test_machine.py). It reads like the diagram in DESIGN.md section 4:
 
     Initial -spawn-> Starting -ready-> Ready -task-> Busy -done-> Idle -task-> Busy
-    any running state -stop / hang / cap / unhealthy / error-> ShuttingDown -exit-> Terminated
+    any running state -stop / hang / cap / unread / unhealthy / error-> ShuttingDown -exit->
+        Terminated
     any running state -crash (the process is already gone)-> Terminated
     Terminated -policy restart-> Backoff -backoff over-> Starting
+    Terminated -spawn retry (corral lacked fds, memory: no restart)-> Backoff
     Terminated -give up (too many restarts in the window)-> Failed (down until started by hand)
 """
 
@@ -45,11 +47,15 @@ class Cause(StrEnum):
     STOP = "stop"  # an operator's (stop, scale down, replace, remove, shutdown): stay down
     HANG = "hang"  # no heartbeat, or no answer to the handshake in time
     CAP = "cap"  # a soft limit (RSS, CPU share)
+    UNREAD = "unread"  # what corral sent it went unread past the budget (a hang of its stdin)
     UNHEALTHY = "unhealthy"  # the handshake failed, a remote session was lost
     ERROR = "error"  # corral's own handling of the life failed (a bug, logged)
     EXIT = "exit"  # the process corral was taking down is gone
     CRASH = "crash"  # the process is gone (or never spawned) without corral asking
     POLICY_RESTART = "policy restart"
+    # a spawn failed for want of corral's own resources: tried again, and no restart (the
+    # process never ran), so not counted as one
+    SPAWN_RETRY = "spawn retry"
     BACKOFF_OVER = "backoff over"
     GIVE_UP = "give up"
 
@@ -67,7 +73,7 @@ LIVE = RUNNING | {S.SHUTTING_DOWN}
 STOPPED = frozenset({S.INITIAL, S.TERMINATED, S.FAILED})
 
 # corral decided the process must go
-TAKE_DOWN = frozenset({C.STOP, C.HANG, C.CAP, C.UNHEALTHY, C.ERROR})
+TAKE_DOWN = frozenset({C.STOP, C.HANG, C.CAP, C.UNREAD, C.UNHEALTHY, C.ERROR})
 
 
 class Step(NamedTuple):
@@ -78,6 +84,9 @@ class Step(NamedTuple):
     shutdown: bool = False  # take the process down (ask, or kill: the caller's choice)
     decide: bool = False  # the life is over: ask the restart policy
     arm: bool = False  # arm the timer (the backoff's delay)
+    # a restart is decided: counted now, by what ended the life (during its backoff the
+    # replica has restarted as far as anyone reading its status is concerned)
+    tally: bool = False
     serving: bool = False  # tell the host: the replica takes work
     down: bool = False  # tell the host: the replica is down (maybe for good)
     # the extra bits
@@ -121,7 +130,8 @@ def _table() -> dict[tuple[State, Cause], Step]:
     rows(stopped_or_waiting, TAKE_DOWN - {C.STOP}, IGNORE)  # no process
     rows([S.SHUTTING_DOWN], [C.EXIT], Step(S.TERMINATED, decide=True, down=True))
     rows(RUNNING, [C.CRASH], Step(S.TERMINATED, decide=True, down=True))
-    rows([S.TERMINATED], [C.POLICY_RESTART], Step(S.BACKOFF, arm=True))
+    rows([S.TERMINATED], [C.POLICY_RESTART], Step(S.BACKOFF, arm=True, tally=True))
+    rows([S.TERMINATED], [C.SPAWN_RETRY], Step(S.BACKOFF, arm=True))
     rows([S.TERMINATED], [C.GIVE_UP], Step(S.FAILED, down=True))
     return t
 
@@ -163,6 +173,7 @@ class Machine:
     state: State
     reason: str
     policy: RestartPolicy
+    restarts: int  # restarts decided by the policy, in all (a start by hand keeps them)
     _stay_down: bool
     _down_reason: str | None  # why corral is taking the process down
     _down_cause: Cause | None
@@ -173,6 +184,7 @@ class Machine:
         self.state = State.INITIAL
         self.reason = "not started"
         self.policy = policy
+        self.restarts = 0
         self._stay_down = False
         self._down_reason = None
         self._down_cause = None
@@ -202,6 +214,9 @@ class Machine:
             self._staying_down()
         if step.remember:
             self._down_reason, self._down_cause = reason, cause
+        if step.tally:
+            self.restarts += 1
+            self._restart_counted(self._restart_cause)
         if step.target is not None:
             previous, self.state, self.reason = self.state, step.target, reason
             self._transitioned(previous, cause, reason)
@@ -216,6 +231,10 @@ class Machine:
 
     def _staying_down(self) -> None:
         """An operator's stop (the replica cancels a pending restart)."""
+
+    def _restart_counted(self, cause: Cause) -> None:
+        """A restart is decided, `cause` having ended the life (the replica counts it in
+        its host's figures too)."""
 
     @property
     def exit_cause(self) -> Cause:

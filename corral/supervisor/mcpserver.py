@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from ..jsonrpc import Peer, RpcError
 from ..mcp.client import McpClient
 from ..mcp.pool import McpPool
+from ..text import plural
 from .config import MIB, McpServerSpec
 from .process import ChildProcess
 from .process_replica import ProcessReplica, ReplicaHost
@@ -102,7 +103,7 @@ class McpServerReplica(ProcessReplica):
     async def _handshake(self) -> str:
         version = await self.client.connect(self.spec.start_timeout)
         await self.client.list_tools(self.mcp_spec.timeout)
-        return f"initialized (MCP {version}, {len(self.client.tools)} tools)"
+        return f"initialized (MCP {version}, {plural(len(self.client.tools), 'tool')})"
 
     def _tools_changed(self) -> None:
         if self._refresh is None or self._refresh.done():

@@ -45,6 +45,9 @@ HUNG_AFTER_TIMEOUTS = 3
 # how long a reap waits for stdout and stderr to reach EOF after the exit (a grandchild
 # that escaped the kill may hold them open): what the process wrote before it died is read
 OUTPUT_GRACE = 1.0
+# a process's requests worked on at once (tool calls, resource reads); more wait in its
+# stdout pipe, which is not read meanwhile
+MAX_IN_FLIGHT = 256
 # how long a process may take to be reaped after SIGKILL before stop() gives up on it (a
 # process in uninterruptible sleep dies only when its system call returns)
 KILL_GRACE = 5.0
@@ -156,7 +159,6 @@ class ProcessReplica(Machine):
         self.process: ChildProcess | None = None
         self.peer: Peer | None = None
         self.pid: int | None = None
-        self.restarts = 0
         self.spawned_at: float | None = None
         self.ready_at: float | None = None
         self.sample = Sample()
@@ -187,6 +189,11 @@ class ProcessReplica(Machine):
         self._prev_cpu: tuple[float, float] | None = None
         self._cpu_over = 0
         self._oversize = 0
+        # since when (listening clock) corral has had bytes for the process that it did
+        # not take, none of them read (past the heartbeat timeout it is hung on its
+        # stdin: Cause.UNREAD), and how many there were when the heartbeat last looked
+        self._unread_since: float | None = None
+        self._unread_left = 0
         self._resource_retries = 0  # consecutive spawns failed for corral's resources
         host.replica_added(self)
 
@@ -224,6 +231,7 @@ class ProcessReplica(Machine):
     def _fresh_life(self) -> None:
         self._cancel_timer()
         self.pid = None
+        self._unread_since = None
 
     def _staying_down(self) -> None:
         self._cancel_timer()
@@ -360,7 +368,11 @@ class ProcessReplica(Machine):
         self._prev_cpu = None
         self._cpu_over = 0
         self.host.stats.spawned += 1
-        self.peer = self._make_peer(proc)
+        self.peer = peer = self._make_peer(proc)
+        # the process's requests wait, unread, while its stdin is full or MAX_IN_FLIGHT of
+        # them are worked on; its answers and notifications before them are read (a
+        # process kept from writing them could stop reading its stdin too)
+        peer.reader, peer.max_handling, proc.peer = proc.reader, MAX_IN_FLIGHT, peer
         if self.state == State.SHUTTING_DOWN:  # stopped while spawning
             self._begin_shutdown(graceful=False)
         self._init = asyncio.ensure_future(self._initialize())
@@ -438,7 +450,7 @@ class ProcessReplica(Machine):
             return
         delay = min(self.policy.backoff(self._resource_retries), RESOURCE_RETRY_MAX)
         self._resource_retries += 1
-        step = self._apply(Cause.POLICY_RESTART,
+        step = self._apply(Cause.SPAWN_RETRY,
                            f"retrying in {delay:.2f} s (not counted as a restart) "
                            f"after: {reason}")
         if step.arm:
@@ -641,14 +653,13 @@ class ProcessReplica(Machine):
         if step.arm:
             self._timer = asyncio.get_running_loop().call_later(d.delay, self._backoff_over)
 
+    def _restart_counted(self, cause: Cause) -> None:
+        stats = self.host.stats
+        stats.restarts += 1
+        stats.restarts_by_cause[cause] = stats.restarts_by_cause.get(cause, 0) + 1
+
     def _backoff_over(self) -> None:
         self._timer = None
-        if self.row(Cause.BACKOFF_OVER).spawn:
-            self.restarts += 1
-            stats = self.host.stats
-            stats.restarts += 1
-            by_cause = stats.restarts_by_cause
-            by_cause[self._restart_cause] = by_cause.get(self._restart_cause, 0) + 1
         self.start(by_hand=False)
 
     def _cancel_timer(self) -> None:
@@ -677,6 +688,25 @@ class ProcessReplica(Machine):
         if self.peer is not None:
             self.peer.oversized(size, head, tail, self.max_line)
 
+    def _unread_too_long(self, now: float, timeout: float) -> bool:
+        """corral has had bytes for the process (more than its stdin pipe holds) and it
+        has read none of them for the heartbeat timeout: it is hung on its stdin,
+        whatever it still writes, and is taken down. One that reads, if slowly, is not
+        (a ping behind that backlog could not be answered sooner either)."""
+        proc = self.process
+        left = proc.stdin_backlog if proc is not None else 0
+        if not left:
+            self._unread_since = None
+            return False
+        if self._unread_since is None or left < self._unread_left:
+            self._unread_since = now
+        self._unread_left = left
+        if now - self._unread_since <= timeout:
+            return False
+        self.take_down(f"hung: {left} bytes sent to it unread for {timeout:g} s",
+                       graceful=False, cause=Cause.UNREAD)
+        return True
+
     def _on_garbage(self, line: bytes, why: str) -> None:
         preview = line[:120].decode("utf-8", "replace")
         self.note(f"discarded a stdout line that is not JSON-RPC ({why}): {preview!r}")
@@ -694,12 +724,17 @@ class ProcessReplica(Machine):
         if self.state not in SERVING or self.peer is None:
             if self.state == State.STARTING and self.process is not None and sample:
                 self._sample(sample_fds)
+            return  # (a start has its own timeout, whatever it reads meanwhile)
+        if self._unread_too_long(now, timeout):
             return
         if self.pings:
             # silence counts only while corral was able to read the pipe (`now` is the
-            # listening clock), and not while the process is excused (an MCP server in a
-            # call within its timeout)
-            if self._heard or self.silence_excused:  # a line since the last visit is life
+            # listening clock) and chose to (not while it holds the process's requests),
+            # not while corral has bytes for the process it did not take (a ping would wait
+            # behind them; that has its own timeout, above), and not while the process is
+            # excused (an MCP server in a call within its timeout)
+            if self._heard or self.silence_excused or self._unread_since is not None or \
+                    self.peer.held is not None:
                 self._heard = False
                 self._last_pong = now
             silent = now - self._last_pong
@@ -743,10 +778,10 @@ class ProcessReplica(Machine):
         thread spinning while it holds the interpreter would keep a ping from being
         answered). Anything else, or a /proc that will not say, and it is pinged: a
         stopped process (SIGSTOP) is not asleep, a deadlocked or busy main thread is not
-        reading. An idle SDK worker is never woken (decision 70)."""
+        reading. An idle SDK worker is never woken (decision 79)."""
         proc = self.process
         if (proc is None or self.tasks_running or self.peer is None or self.peer.in_flight
-                or not procstat.READ_CALLS):
+                or proc.stdin_backlog or not procstat.READ_CALLS):
             return False
         if self._syscall_fd == -1:
             self._syscall_fd = procstat.UNAVAILABLE

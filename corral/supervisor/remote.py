@@ -16,6 +16,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from ..text import plural
 from .config import MIB, ConfigError, McpServerSpec, expand
 from .lifecycle import Cause, State
 from .mcpserver import McpHost, McpServerReplica
@@ -109,7 +110,7 @@ class RemoteMcpServer(McpServerReplica):
         t = self.transport
         kind = "HTTP+SSE" if t is not None and t.legacy else "Streamable HTTP"
         return (f"connected to {self.mcp_spec.url} ({kind}, MCP {self.client.version}, "
-                f"{len(self.client.tools)} tools)")
+                f"{plural(len(self.client.tools), 'tool')})")
 
 
 def oauth_settings(spec: McpServerSpec) -> OAuthSettings:

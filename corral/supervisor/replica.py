@@ -21,6 +21,7 @@ from .process_replica import (
     ReplicaStatus,
     _swallow,
 )
+from .release import release_environment
 from .zygote import Key, Zygotes, ZygoteUnavailable, warm_argv
 
 __all__ = ["PROTOCOL_VERSION", "AgentHost", "Event", "Replica", "ReplicaStatus"]
@@ -35,6 +36,10 @@ class AgentHost(ReplicaHost, Protocol):
     def zygotes(self) -> Zygotes: ...
 
     def zygote_environment(self, agent_env: dict[str, str]) -> dict[str, str]: ...
+
+    @property
+    def release_sdk(self) -> str | None:
+        """Where the worker SDK every release imports is (None: nowhere of its own)."""
 
     def initial_state(self, r: Replica) -> Any:
         """The state saved by a checkpoint, given back in `initialize`."""
@@ -61,6 +66,12 @@ class Replica(ProcessReplica):
 
     def __init__(self, host: AgentHost, spec: AgentSpec, name: str, index: int) -> None:
         super().__init__(host, spec, name, index)
+
+    def _environment(self, uid: int | None) -> dict[str, str]:
+        env = super()._environment(uid)
+        if self.spec.release is not None:  # an agent package's release (release.py)
+            release_environment(env, self.spec.release, self.host.release_sdk)
+        return env
 
     async def _prestart(self, env: dict[str, str], uid: int | None, gid: int | None,
                         spawning: dict[str, Any]) -> ChildProcess | None:

@@ -140,3 +140,11 @@ class ListChanged(NamedTuple):
 
     server: str
     kind: str
+
+
+class Roster(NamedTuple):
+    """An agent's list of replicas changed: the agent was added or removed, scaled, or a
+    rollout put a new process in a replica's place. (What each process does is its own
+    transitions, `Event`s; this says which processes hold the agent's places.)"""
+
+    agent: str

@@ -387,6 +387,12 @@ class Zygotes:
             self._starting[z.key] = fut = asyncio.ensure_future(self._start(z.key, z.env))
             fut.add_done_callback(_swallow)
 
+    def retire(self, which: Callable[[Key], bool]) -> None:
+        """Stop the zygotes whose key `which` names (a release no agent runs any more:
+        its interpreter is about to be removed, or no agent will fork from it)."""
+        for key in [k for k in self.zygotes if which(k)]:
+            self.zygotes.pop(key).close()
+
     def close(self) -> None:
         self.closed = True
         for fut in self._starting.values():

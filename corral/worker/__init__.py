@@ -18,6 +18,7 @@ The main thread reads stdin and answers `initialize`, `ping`, `task/cancel` and
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import sys
 import threading
@@ -509,13 +510,29 @@ class Worker:
         title = os.environ.get("CORRAL_PROCTITLE")
         if title:
             _set_title(title)
+        # The agent's modules and the SDK's own live as long as the process: out of every
+        # full pass of the cyclic collector from here on, which then walks what the tasks
+        # leave and no more (a pass over the start-up heap was a stall of the worker every
+        # ~70 tasks of 100 KB of records). No collection first: it would cost every start
+        # a walk of that heap, for the little garbage an import leaves.
+        gc.freeze()
         for line in _lines(sys.stdin.fileno()):
             if self._stopping:
                 break
-            if len(line) >= FAST_JSON_AT and not _fast_tried:
+            long = len(line) >= FAST_JSON_AT
+            if long and not _fast_tried:
                 _try_fast_json()
             try:
-                msg = _loads(line)
+                if long and gc.isenabled():
+                    # JSON has no cycles: a pass in the middle of a large document
+                    # would only move the half-built values up a generation
+                    gc.disable()
+                    try:
+                        msg = _loads(line)
+                    finally:
+                        gc.enable()
+                else:
+                    msg = _loads(line)
             except (ValueError, UnicodeDecodeError):
                 if not bytes(line).strip():  # a blank line is no message, and no error
                     continue

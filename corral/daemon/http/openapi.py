@@ -14,8 +14,9 @@ from aiohttp import web
 from ... import __version__
 from ...methods import REGISTRY, SCOPES, TaskAccepted
 from ...supervisor.names import NAME_RE
+from ...supervisor.tasks import ids
 from ..tasks import STATUSES
-from . import route
+from . import route, sse
 from .resources import PREFIX, RESOURCES, TaskSubmit
 
 REF = "#/components/schemas/{name}"
@@ -53,6 +54,9 @@ RULES: dict[tuple[str, str], dict[str, Any]] = {
     ("logs.tail", "names"): {"items": {"type": "string", "pattern": TARGET}},
     ("logs.follow", "names"): {"items": {"type": "string", "pattern": TARGET}},
     ("tasks.list", "status"): {"anyOf": [{"enum": sorted(STATUSES)}, {"type": "null"}]},
+    ("tasks.list", "before"): {"anyOf": [{"type": "string",
+                                          "pattern": f"^({ids.ANY.pattern})$"},
+                                         {"type": "null"}]},
     ("events.publish", "topic"): {"minLength": 1},
     ("tokens.create", "name"): {"pattern": NAME},
     ("tokens.create", "scopes"): {"minItems": 1, "items": {"enum": sorted(SCOPES)}},
@@ -120,6 +124,14 @@ def document() -> dict[str, Any]:
                                   if schema.get("type") == "array" else {})})
         if res.idempotent:
             parameters.append(_idempotency_header())
+        if res.stream is not None:
+            resume = "Resume after this event id (the `id:` of the last event received)"
+            parameters += [
+                {"name": "Last-Event-ID", "in": "header", "required": False,
+                 "schema": {"type": "string"}, "description": resume},
+                {"name": sse.LAST_ID, "in": "query", "required": False,
+                 "schema": {"type": "string"},
+                 "description": resume + ", for a client that cannot send the header"}]
         if parameters:
             op["parameters"] = parameters
         if res.body:
@@ -137,6 +149,11 @@ def document() -> dict[str, Any]:
             result = spec.result
             ok = {"description": "OK", "content": {"application/json": {
                 "schema": by_type[result] if result is not None else {}}}}
+            if res.cursor is not None:
+                ok["headers"] = {"Link": {
+                    "schema": {"type": "string"},
+                    "description": f'`<URL>; rel="next"`: this request with `{res.cursor}` '
+                                   "set to the answer's `next` (there is a next page)"}}
         op["responses"] = {"200": ok, **_problem_responses()}
         paths.setdefault(PREFIX + res.path, {})[res.verb.lower()] = op
 

@@ -24,6 +24,9 @@ class Resource:
     body: tuple[str, ...] = ()  # params the JSON body may give
     idempotent: bool = False  # takes an Idempotency-Key
     stream: str | None = None  # an SSE stream of this notification
+    # a paged listing: the query param the answer's `next` is given back in (the
+    # response's `Link: <...>; rel="next"`)
+    cursor: str | None = None
     tag: str = ""
 
 
@@ -66,8 +69,8 @@ RESOURCES: list[Resource] = [
        query=("names", "lines", "since")),
     _r("GET", "/logs/stream", "logs.follow", "Log lines as they come (SSE)",
        query=("names", "lines", "since"), stream="logs.lines"),
-    _r("GET", "/tasks", "tasks.list", "Recent tasks, newest last",
-       query=("agent", "status", "since", "limit")),
+    _r("GET", "/tasks", "tasks.list", "Recent tasks, newest last, a page at a time",
+       query=("agent", "status", "since", "limit", "before"), cursor="before"),
     _r("GET", "/tasks/{task_id}", "tasks.get", "One task",
        path_params={"task_id": "task_id"}),
     _r("POST", "/tasks/{task_id}/cancel", "tasks.cancel", "Cancel a task",
@@ -86,6 +89,11 @@ RESOURCES: list[Resource] = [
     _r("GET", "/prompts", "prompts.list", "The MCP servers' prompts",
        query=("server", "agent")),
     _r("GET", "/stats", "stats.get", "Runtime statistics"),
+    _r("GET", "/stats/stream", "stats.watch", "Runtime statistics every interval (SSE)",
+       query=("interval",), stream="stats.sample"),
+    _r("GET", "/replicas/stream", "agents.watch", "The fleet's replicas, then each state "
+       "change as it happens (SSE)", query=("names", "interval"),
+       stream="agents.transition"),
     _r("GET", "/audit", "audit.list", "The audit log", query=("limit",)),
     _r("POST", "/config/reload", "config.reload", "Reload the config file"),
     _r("GET", "/daemon", "daemon.info", "The daemon: version, pid, uptime"),
@@ -93,6 +101,11 @@ RESOURCES: list[Resource] = [
     _r("POST", "/tokens", "tokens.create", "Create a token (its secret shown once)",
        body=("name", "scopes", "agents", "expires_in")),
     _r("DELETE", "/tokens/{name}", "tokens.revoke", "Revoke a token"),
+    # agent packages (docs/packages.md)
+    _r("POST", "/packages", "packages.deploy", "Deploy an agent package: build its release "
+       "(a path on the daemon's host) and switch the agent to it", body=("path", "name")),
+    _r("GET", "/agents/{name}/releases", "packages.releases",
+       "An agent package's kept releases"),
 ]
 
 

@@ -108,6 +108,8 @@ class Api:
                      ) -> dict[str, Any]:
         params: dict[str, Any] = {}
         for key in request.query:
+            if key == sse.LAST_ID and res.stream is not None:
+                continue  # the stream's resumption point (sse.py), not a param
             if key not in res.query:
                 raise RpcError(jsonrpc.INVALID_PARAMS,
                                f"invalid params: unknown query parameter `{key}`"
@@ -181,7 +183,8 @@ class Api:
                 if res.stream is not None:
                     return await self.stream(request, caller, res, params)
                 return await self.idempotent(request, caller, res, body,
-                                             lambda: self.answer(caller, res, params))
+                                             lambda: self.answer(request, caller, res,
+                                                                 params))
             except RpcError as exc:
                 return route.rpc_problem(exc)
             except Exception as exc:  # a defect: answered as one, as the socket does
@@ -204,9 +207,18 @@ class Api:
                 return await sse.events(request, self.ring, caller, typed)
             return await sse.follow(request, self.dispatcher, caller, res.method, params)
 
-    async def answer(self, caller: Caller, res: Resource, params: Any) -> web.Response:
+    async def answer(self, request: web.Request, caller: Caller, res: Resource,
+                     params: Any) -> web.Response:
         result = await self.call(caller, res.method, params)
-        return web.Response(body=msgspec.json.encode(result), content_type=JSON)
+        headers = None
+        following = getattr(result, "next", None)
+        if res.cursor is not None and isinstance(following, str):
+            # the same request with the cursor of the next page (RFC 8288; relative to
+            # the request's URL)
+            url = request.rel_url.update_query({res.cursor: following})
+            headers = {"Link": f'<{url}>; rel="next"'}
+        return web.Response(body=msgspec.json.encode(result), content_type=JSON,
+                            headers=headers)
 
     async def idempotent(self, request: web.Request, caller: Caller, res: Resource | None,
                          body: bytes, run: Callable[[], Any]) -> web.Response:

@@ -7,6 +7,8 @@ import ssl
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.web_protocol import RequestHandler
 
 from ...supervisor.config import ConfigError, HttpSettings
 from ..addresses import loopback
@@ -48,6 +50,42 @@ def health_routes(ctx: HttpContext) -> list[web.RouteDef]:
     return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
 
 
+class _Connection(RequestHandler):
+    """aiohttp's connection, reading nothing more once a request's head was refused.
+
+    aiohttp answers a malformed head (past max_line_size, max_field_size, max_headers)
+    with a 400, but keeps feeding what follows on the connection to its parser until the
+    answer is sent and the connection closed. The parser, already failed, turns each chunk
+    read into one more error holding the whole chunk twice (its repr and a pointer line
+    as long), and uvloop reads up to 32 chunks of 256 kB in one callback: a client that
+    sends megabytes of one header line pinned about that much on each of its connections
+    (decision 76). `close()` is aiohttp's own "no more requests on this connection": its
+    data_received drops what comes after, and the 400 already queued is still answered.
+    """
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # aiohttp has no hook for a refused head: its queue holds an error in place of a
+        # request (the pinned aiohttp version; tests/test_http_hostile.py watches it)
+        queued = self._messages
+        if queued and not isinstance(queued[-1][0], RawRequestMessage):
+            self.close()
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # the application's own server, making _Connections
+        return server
+
+
 class HttpServer:
     def __init__(self, ctx: HttpContext) -> None:
         self.ctx = ctx
@@ -59,6 +97,8 @@ class HttpServer:
         from . import metrics, rest, ui
 
         self.app.add_routes(health_routes(self.ctx))
+        if self.ctx.services.http is not None:  # the MCP gateway's /mcp
+            self.ctx.services.http.mount(self.app)
         rest.setup(self.app, self.ctx)
         metrics.setup(self.app, self.ctx)
         ui.setup(self.app, self.ctx)
@@ -70,10 +110,11 @@ class HttpServer:
         self.mount()
         # a connection that has not sent a whole request within idle_timeout is closed
         # (aiohttp's keep-alive timer runs from the connection's start); a request's head
-        # is bounded by aiohttp's parser: lines of 8190 bytes, 128 headers. A client that
+        # is bounded by aiohttp's parser: lines of 8190 bytes, 128 headers, and nothing after
+        # a head it refused is read (_Connection). A client that
         # goes away cancels its handler, as on the control socket: a stream's slot is
         # free when the kernel says the connection closed, not at the next write to it
-        self.runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True,
+        self.runner = _Runner(self.app, access_log=None, handler_cancellation=True,
                                     keepalive_timeout=self.ctx.settings.idle_timeout,
                                     max_line_size=8190, max_field_size=8190,
                                     max_headers=128)

@@ -2,18 +2,28 @@
 with `Last-Event-ID` is sent what it missed while it is still kept.
 
 - Events (`/events/stream`): one follower of the bus for every client, through the
-  Dispatcher as the daemon's own caller, fills a ring of the newest events, numbered; a
-  client is a cursor into the ring, so it costs nothing but that cursor and what its
-  connection buffers. A client slower than the ring turns over is told how many it missed
-  (`event: missed`) and goes on from the oldest kept.
+  Dispatcher as the daemon's own caller, fills a ring of the newest events, numbered and
+  framed once; a client is a cursor into the ring (a `Reader`), so it costs nothing but
+  that cursor and what its connection buffers. One fan-out task writes to every reader
+  behind the ring, a batch each, a few milliseconds of it per turn of the loop, and never
+  waits on a client: a reader whose connection has STREAM_BUFFER bytes waiting is passed
+  by until its client takes them (its own task waits for that, up to WRITE_DEADLINE), then
+  goes on from its cursor. A client slower than the ring turns over is told how many it
+  missed (`event: missed`) and goes on from the oldest kept.
 - Logs (`/logs/stream`): the client's own `logs.follow`; an event's id is the time of its
   last line, and a reconnect resumes from the log tail the hub keeps (`since`), at least
   once. A client that does not read stops the follow at a bounded buffer, and the
   follower's bounded queue counts what it drops (`event: logs.missed`).
+- The fleet (`/replicas/stream`, agents.watch) and the like: the client's own call; a
+  notification that carries an `id` is sent with it, and a reconnect's Last-Event-ID is
+  the method's `last_event_id` (daemon/watch.py says what it resumes).
 
 Hostile clients: streams are counted, overall and per token (`Streams`: past either cap a
-503 with Retry-After, before anything is followed), and a write that waits on a client
-for WRITE_DEADLINE seconds ends its stream (the connection is aborted, not drained).
+503 with Retry-After, before anything is followed); a stream's socket has a small kernel
+send buffer (STREAM_SNDBUF) and its transport a small high-water mark (STREAM_BUFFER), so a
+client that never reads pins little in the kernel or the daemon and costs no copying; and
+a write that waits on a client for WRITE_DEADLINE seconds ends its stream (the connection
+is aborted, not drained).
 """
 
 from __future__ import annotations
@@ -21,12 +31,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import socket
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 
 from ... import jsonrpc
 from ..api import Caller, Dispatcher
@@ -40,7 +53,14 @@ RING_CALLER = Caller(via="http", token="corral-sse")
 WRITE_DEADLINE = 60.0  # seconds a write may wait on a client that does not read
 STREAM_RETRY = 5  # Retry-After of a stream refused at a cap
 BATCH = 256  # events written to a stream at once, at most
-BATCH_BYTES = 64 << 10  # and at most about this much of them
+BATCH_BYTES = 16 << 10  # and at most about this much of them
+STREAM_BUFFER = 16 << 10  # bytes waiting in the daemon for a stream's client, at most
+STREAM_SNDBUF = 32 << 10  # a stream socket's kernel send buffer (Linux doubles it)
+SLICE = 0.004  # seconds the fan-out writes to streams before the loop turns
+RESUME_LINES = 1 << 30  # a log stream resumed: all its tail holds (which is bounded)
+# Last-Event-ID as a query parameter, for a client that cannot set the header (a new
+# EventSource in a browser)
+LAST_ID = "last_event_id"
 
 
 class Streams:
@@ -112,6 +132,17 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
+    transport = request.transport
+    if transport is not None:
+        # what a client that does not read can pin: STREAM_BUFFER bytes here (then its
+        # writes wait, or the fan-out passes it by), and a kernel send buffer that does
+        # not grow to megabytes (autotuning would let it, and copying that much into it
+        # for a thousand such clients is what stalled the loop)
+        transport.set_write_buffer_limits(high=STREAM_BUFFER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
     await response.prepare(request)
     task = asyncio.current_task()
     if task is not None:
@@ -122,17 +153,23 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
 
 
 class EventRing:
-    """The newest events of the bus, numbered from 1 in this daemon's life."""
+    """The newest events of the bus, numbered from 1 in this daemon's life and framed
+    once, and the task that writes them out to the readers behind."""
 
     def __init__(self, dispatcher: Dispatcher[Any]) -> None:
         self.dispatcher = dispatcher
-        self.items: deque[tuple[int, str, bytes]] = deque(maxlen=RING)
+        # (number, topic, SSE frame); a number the bus dropped before the ring saw it is
+        # kept as a gap (topic None), so that numbers and places stay in step
+        self.items: deque[tuple[int, str | None, bytes]] = deque(maxlen=RING)
         self.last = 0  # the number of the newest event
         self.bytes = 0
-        self.changed = asyncio.Event()
+        self.changed = asyncio.Event()  # set, and replaced, at each new event
         self._writable = asyncio.Event()
         self._writable.set()
         self.task: asyncio.Task[Any] | None = None
+        self.readers: dict[Reader, None] = {}
+        self._due = asyncio.Event()
+        self._fan_out: asyncio.Task[None] | None = None
 
     # the ring is the follow's Channel: always writable, the ring bounds itself
     @property
@@ -141,41 +178,150 @@ class EventRing:
 
     def notify(self, method: str, params: Any) -> None:
         if method == "events.missed":
-            self.last += int(params["count"])  # numbers that will never be sent
-            return
-        raw = bytes(params) if isinstance(params, msgspec.Raw) else msgspec.json.encode(
-            params)
-        topic = msgspec.json.decode(raw, type=_Topic).topic
+            # numbers that will never be sent: gaps, told to a reader as missed
+            count = int(params["count"])
+            if count >= RING:
+                self.items.clear()
+                self.bytes = 0
+                self.last += count
+            else:
+                for _ in range(count):
+                    self._keep(None, b"")
+        else:
+            raw = bytes(params) if isinstance(params, msgspec.Raw) else msgspec.json.encode(
+                params)
+            topic = msgspec.json.decode(raw, type=_Topic).topic
+            self._keep(topic, frame(str(self.last + 1), "events.event", raw))
+        self.changed.set()
+        self.changed = asyncio.Event()
+        self._due.set()
+
+    def _keep(self, topic: str | None, data: bytes) -> None:
         self.last += 1
         if len(self.items) == RING:
             self.bytes -= len(self.items[0][2])
-        self.items.append((self.last, topic, raw))
-        self.bytes += len(raw)
+        self.items.append((self.last, topic, data))
+        self.bytes += len(data)
         while self.bytes > RING_BYTES and len(self.items) > 1:
             self.bytes -= len(self.items.popleft()[2])
-        self.changed.set()
-        self.changed = asyncio.Event()
 
     def start(self) -> None:
         if self.task is None:
             self.task = asyncio.ensure_future(self.dispatcher.call(
                 RING_CALLER, "events.follow", {"pattern": "*"}, self))
+        if self._fan_out is None:
+            self._fan_out = asyncio.ensure_future(self._write_out())
 
     async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+        for task in (self.task, self._fan_out):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     @property
     def first(self) -> int:
         return self.items[0][0] if self.items else self.last + 1
 
-    def since(self, cursor: int, limit: int = RING) -> list[tuple[int, str, bytes]]:
-        if not self.items or cursor > self.last:
-            return []
-        start = max(0, cursor - self.items[0][0])
-        return [self.items[i] for i in range(start, min(len(self.items), start + limit))]
+    def at(self, number: int) -> tuple[int, str | None, bytes]:
+        """The item numbered `number`, kept (first <= number <= last)."""
+        return self.items[number - self.items[0][0]]
+
+    def attach(self, reader: Reader) -> None:
+        self.readers[reader] = None
+        self._due.set()
+
+    def detach(self, reader: Reader) -> None:
+        self.readers.pop(reader, None)
+
+    def due(self) -> None:
+        """A reader may be written to again."""
+        self._due.set()
+
+    async def _write_out(self) -> None:
+        """Every reader behind the ring gets a batch per pass; a pass yields to the loop
+        every SLICE seconds, so a burst of events to a thousand streams is many short
+        turns, not one long one; a reader whose client does not take what it was sent
+        is passed by (held) until its own task has seen it drain."""
+        due = self._due
+        clock = time.perf_counter
+        while True:
+            await due.wait()
+            due.clear()
+            until = clock() + SLICE
+            for reader in list(self.readers):
+                if (reader.cursor <= self.last and not reader.held and not reader.gone
+                        and reader in self.readers):  # (it may have gone since the list)
+                    await reader.pump(self)
+                    if reader.cursor <= self.last and not reader.held:
+                        due.set()  # more than a batch behind: another pass
+                if clock() > until:
+                    await asyncio.sleep(0)
+                    until = clock() + SLICE
+
+
+class Reader:
+    """A client of `/events/stream`: its cursor into the ring, and its connection."""
+
+    __slots__ = ("cursor", "gone", "held", "pattern", "quiet", "request", "wake", "writer")
+
+    def __init__(self, request: web.Request, pattern: str, cursor: int) -> None:
+        writer = request.writer
+        assert isinstance(writer, StreamWriter)
+        self.request = request
+        self.writer = writer
+        self.pattern = None if pattern == "*" else pattern
+        self.cursor = cursor
+        self.wake = asyncio.Event()  # for its own task: held, or gone
+        self.held = False  # its client has not taken what it was sent
+        self.gone = False
+        self.quiet = True  # nothing written since the last keepalive
+
+    async def write(self, data: bytes) -> None:
+        """Write without waiting on the client (aiohttp's writer does not suspend when
+        not asked to drain); past STREAM_BUFFER the reader is held."""
+        try:
+            await self.writer.write(data, drain=False)
+        except Exception:  # the transport is closing (the client went), or worse: the
+            self.gone = True  # stream ends, and the fan-out goes on with the others
+            self.wake.set()
+            return
+        self.quiet = False
+        if self.request.protocol.writing_paused:
+            self.held = True
+            self.wake.set()
+
+    async def pump(self, ring: EventRing) -> None:
+        """Write the next batch of what the ring holds past the cursor."""
+        cursor = self.cursor
+        parts: list[bytes] = []
+        size = missed = 0
+        first = ring.first
+        if cursor < first:
+            missed = first - cursor
+            cursor = first
+        pattern = self.pattern
+        end = min(ring.last, cursor + BATCH - 1)
+        while cursor <= end and size < BATCH_BYTES:
+            _, topic, data = ring.at(cursor)
+            cursor += 1
+            if topic is None:
+                missed += 1
+            elif pattern is None or fnmatch.fnmatchcase(topic, pattern):
+                if missed:
+                    parts.append(_missed(missed))
+                    missed = 0
+                parts.append(data)
+                size += len(data)
+        if missed:
+            parts.append(_missed(missed))
+        self.cursor = cursor
+        if parts:
+            await self.write(b"".join(parts))
+
+
+def _missed(count: int) -> bytes:
+    return frame(None, "missed", msgspec.json.encode({"count": count}))
 
 
 class _Topic(msgspec.Struct):
@@ -183,48 +329,50 @@ class _Topic(msgspec.Struct):
 
 
 def _last_id(request: web.Request) -> str | None:
-    return request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    return request.headers.get("Last-Event-ID") or request.query.get(LAST_ID)
 
 
 async def events(request: web.Request, ring: EventRing, caller: Caller, params: Any
                  ) -> web.StreamResponse:
-    pattern = params.pattern
+    """The stream's own task does no writing but keepalives: it waits for the fan-out to
+    say its client is slow (then for the client, within WRITE_DEADLINE) or gone."""
     ring.start()
     last = _last_id(request)
     cursor = ring.last + 1
     if last is not None and last.isdigit():
         cursor = int(last) + 1
     response = await open_stream(request)
+    reader = Reader(request, params.pattern, cursor)
+    ring.attach(reader)
     try:
-        while True:
-            if cursor < ring.first and cursor <= ring.last:
-                await send(request, response, frame(None, "missed", msgspec.json.encode(
-                    {"count": ring.first - cursor})))
-                cursor = ring.first
-            changed = ring.changed
-            # what came since the last turn, as one write: a burst of events to many
-            # streams costs a write per stream, not one per event and stream
-            items = ring.since(cursor, BATCH)
-            if items:
-                batch, size = [], 0
-                for seq, topic, raw in items:
-                    cursor = seq + 1
-                    if fnmatch.fnmatchcase(topic, pattern):
-                        batch.append(frame(str(seq), "events.event", raw))
-                        size += len(batch[-1])
-                        if size >= BATCH_BYTES:
-                            break
-                if batch:
-                    # a write waits while the client does not read: its cursor stays
-                    await send(request, response, b"".join(batch))
-                continue
+        while not reader.gone:
             try:
                 async with asyncio.timeout(KEEPALIVE):
-                    await changed.wait()
+                    await reader.wake.wait()
             except TimeoutError:
-                await send(request, response, b": keepalive\n\n")
+                if reader.quiet and not reader.held:
+                    await reader.write(b": keepalive\n\n")
+                reader.quiet = True
+                continue
+            reader.wake.clear()
+            if reader.held:
+                try:
+                    async with asyncio.timeout(WRITE_DEADLINE):
+                        await reader.writer.drain()
+                except TimeoutError:
+                    if request.transport is not None:
+                        request.transport.abort()  # a close would wait for it to drain
+                    break
+                reader.held = False
+                ring.due()
     except (ConnectionResetError, asyncio.CancelledError):
+        # a client gone (aiohttp cancels the handler) or the server's shutdown: the
+        # handler returns as any does. Not re-raised: the exception's traceback would tie
+        # the stream's objects (long promoted to the oldest generation) into cycles that
+        # only a full pass of the cyclic collector frees, a thousand streams' at once
         pass
+    finally:
+        ring.detach(reader)
     return response
 
 
@@ -246,7 +394,8 @@ class SseChannel:
         return self._writable
 
     def notify(self, method: str, params: Any) -> None:
-        event_id = None
+        # a notification that carries its `id` (agents.watch's) is an event with that id
+        event_id = getattr(params, "id", None)
         if method == "logs.lines" and params["lines"]:
             event_id = repr(params["lines"][-1].time)
         data = frame(event_id, method, msgspec.json.encode(params))
@@ -259,7 +408,8 @@ class SseChannel:
     async def pump(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self.wake.wait(), KEEPALIVE)
+                async with asyncio.timeout(KEEPALIVE):  # no task per wait, as wait_for's
+                    await self.wake.wait()
             except TimeoutError:
                 await send(self.request, self.response, b": keepalive\n\n")
                 continue
@@ -277,7 +427,10 @@ async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Call
     last = _last_id(request)
     if last is not None and method == "logs.follow":
         with contextlib.suppress(ValueError):
-            params = msgspec.structs.replace(params, since=float(last))
+            # every line kept since then, however few the first request asked for
+            params = msgspec.structs.replace(params, since=float(last), lines=RESUME_LINES)
+    elif last is not None and "last_event_id" in params.__struct_fields__:
+        params = msgspec.structs.replace(params, last_event_id=last)
     dispatcher.check(caller, method, params)  # refused as problem+json, not a stream
     response = await open_stream(request)
     channel = SseChannel(request, response)

@@ -2,6 +2,10 @@
 Content-Security-Policy, and one JSON endpoint through which the page calls an allowlist
 of control methods on the one Dispatcher (docs/http.md, "The dashboard"; decision 69).
 
+The page follows the fleet (agents.watch), the runtime figures (stats.watch) and an
+agent's log (logs.follow) as Server-Sent Events at `GET /ui/stream/METHOD`, with the
+session's cookie and the REST API's caps on open streams.
+
 Login: `corral ui` calls `ui.login` on the control socket, which mints a one-time code
 (`Sessions.issue`); `GET /ui/login?code=...` trades it for a session cookie (HttpOnly,
 SameSite=Strict, Path=/ui). A call from the page must carry the session's CSRF token in
@@ -27,8 +31,11 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...methods import REGISTRY
 from ..api import Caller
+from . import sse
 from .context import HttpContext
-from .route import Route, problem, route
+from .resources import RESOURCES
+from .rest import API_KEY
+from .route import Route, problem, route, rpc_problem
 
 STATIC = Path(__file__).with_name("static")
 PREFIX = "/ui"
@@ -48,6 +55,10 @@ MAX_SESSIONS = 64
 METHODS = ("agents.status", "agents.describe", "agents.history", "agents.rollback",
            "agents.scale", "agents.restart", "tasks.list", "tasks.get", "logs.tail",
            "stats.get", "stats.history", "mcp.status", "gateway.status", "audit.list")
+
+# the streams the page follows (Server-Sent Events with the session's cookie), each
+# served as the REST API serves it (rest.Api.stream: its caps on open streams)
+STREAMS = ("agents.watch", "stats.watch", "logs.follow")
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -252,6 +263,9 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     methods = [name for name in METHODS if name in REGISTRY]
     calls: dict[str, Route] = {name: route(ctx.dispatcher, name, guard.authenticate)
                                for name in methods}
+    # each stream's REST row (the one without path variables): its params and their checks
+    streams = {res.method: res for res in RESOURCES
+               if res.stream is not None and res.method in STREAMS and not res.path_params}
 
     @web.middleware
     async def rules(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -306,7 +320,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
             return problem(401, "unauthorized", "no dashboard session (open the link "
                                                 "that `corral ui` prints)")
         body = {"csrf": session.csrf, "expires": session.expires, "methods": methods,
-                "scopes": sorted(session.caller.scopes)}
+                "streams": sorted(streams), "scopes": sorted(session.caller.scopes)}
         return web.Response(body=msgspec.json.encode(body), content_type="application/json")
 
     async def logout(request: web.Request) -> web.StreamResponse:
@@ -327,7 +341,26 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
                                              f"method the dashboard calls")
         return await handle(request)
 
+    async def stream(request: web.Request) -> web.StreamResponse:
+        """A stream for the page's EventSource: a GET, so no CSRF header (it changes
+        nothing, and the SameSite=Strict cookie is not sent from another site's page)."""
+        res = streams.get(request.match_info["method"])
+        if res is None:
+            return problem(404, "not found", f"{request.match_info['method']} is not a "
+                                             f"stream the dashboard follows")
+        try:
+            caller = guard.authenticate(request)
+        except RpcError as exc:
+            return problem(401, "unauthorized", exc.message, exc.code)
+        api = request.config_dict[API_KEY]
+        try:
+            params = api.params(request, res, b"")
+            return await api.stream(request, caller, res, params)
+        except RpcError as exc:
+            return rpc_problem(exc)
+
     ui = web.Application(middlewares=[rules])
+    ui[sse.STREAMS] = app[sse.STREAMS]  # the server's one set: all are ended at shutdown
     ui.add_routes([
         web.get("", to_index),
         web.get("/", index),
@@ -336,6 +369,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
         web.get("/session", session_info),
         web.post("/logout", logout),
         web.post("/api/{method}", call),
+        web.get("/stream/{method}", stream),
     ])
     app.add_subapp(PREFIX, ui)
 

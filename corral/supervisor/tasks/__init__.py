@@ -16,8 +16,8 @@ manager.py    TaskManager, composing them
 from .admission import MAX_INPUT_BYTES, TokenBucket
 from .counters import LATENCY_WINDOW, AgentTasks
 from .dispatch import CANCEL_GRACE, Dispatcher
-from .durable import TaskJournal
-from .ids import new_id
+from .durable import TaskJournal, unknown_cursor
+from .ids import is_task_id, new_id
 from .manager import TaskManager
 from .model import (
     LOST_IN_RESTART,
@@ -63,6 +63,8 @@ __all__ = [
     "TokenBucket",
     "ToolRouter",
     "encode_input",
+    "is_task_id",
     "new_id",
     "raw_output_of",
+    "unknown_cursor",
 ]

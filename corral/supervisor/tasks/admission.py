@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
+from ...text import plural
 from ..lifecycle import LIVE, State
 
 if TYPE_CHECKING:
@@ -60,9 +61,10 @@ def check_timeout(timeout: float | None) -> None:
 
 def rate_limited(agent: AgentLike) -> RpcError:
     return RpcError(jsonrpc.REFUSED, f"rate limit: agent {agent.name} takes "
-                                     f"{agent.spec.rate_per_minute:g} tasks a minute")
+                                     f"{plural(agent.spec.rate_per_minute, 'task')} a minute")
 
 
 def queue_full(agent: AgentLike, depth: int) -> RpcError:
-    return RpcError(jsonrpc.REFUSED, f"queue full: agent {agent.name} has {depth} tasks "
-                                     f"waiting (max_queue {agent.spec.max_queue})")
+    return RpcError(jsonrpc.REFUSED, f"queue full: agent {agent.name} has "
+                                     f"{plural(depth, 'task')} waiting (max_queue "
+                                     f"{agent.spec.max_queue})")

@@ -20,7 +20,7 @@ from ..lifecycle import SERVING
 from .counters import AgentTasks
 from .durable import TaskJournal
 from .model import TERMINAL, Attempt, Task, TaskError, TaskStatus
-from .payload import Output, output_of, read_raw, read_value
+from .payload import Output, output_of, read_raw
 from .queue import Queue
 
 if TYPE_CHECKING:
@@ -90,11 +90,10 @@ class Dispatcher:
         r.task_started(task.id)
         self.outcomes.record(task)
         # a large input goes out as a piece of its own (one writev, never copied into the
-        # message), and the answer is read in one pass (a journal needs the output's bytes)
-        read = read_value if task.values and self.outcomes.journal is None else read_raw
+        # message), and the answer is read in one pass, its output kept as its bytes
         _, fut = r.peer.request_future(
             "task/run", {"task_id": task.id, "input": jsonrpc.SPLICE,
-                         "deadline": now + task.timeout}, decode=read, piece=task.input)
+                         "deadline": now + task.timeout}, decode=read_raw, piece=task.input)
         fut.add_done_callback(lambda f: self._on_reply(task, r, attempt, f))
         task.timer = asyncio.get_running_loop().call_later(
             task.timeout, self._on_timeout, task, r, attempt)

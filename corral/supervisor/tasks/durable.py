@@ -3,9 +3,20 @@ corral.daemon.taskjournal); the engine works without one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
+from ... import jsonrpc
+from ...jsonrpc import RpcError
 from .model import Task, TaskInfo, TaskSummary
+
+
+def unknown_cursor(task_id: str) -> RpcError:
+    """A page's cursor (`before`) that names no task kept: 404, as a task id that names
+    nothing is elsewhere (a well-formed request, of a task that is gone)."""
+    return RpcError(jsonrpc.NOT_FOUND, f"no such task: {task_id} (the cursor `before` "
+                                       "names no task kept: pruned, or never accepted; "
+                                       "list again from the newest)")
 
 
 class TaskJournal(Protocol):
@@ -29,6 +40,10 @@ class TaskJournal(Protocol):
         """A task no longer (wholly) in memory."""
 
     async def query(self, *, agent: str | None, status: str | None, since: float | None,
-                    limit: int) -> list[TaskSummary]:
-        """Tasks created at or after `since` (wall time), oldest first, the newest `limit`."""
+                    limit: int, before: str | None = None,
+                    sees: Callable[[str], bool] | None = None) -> list[TaskSummary]:
+        """Tasks created at or after `since` (wall time), oldest first, the newest `limit`;
+        with `before` (a task id), only those that arrived before that task; with `sees`,
+        only tasks of the agents it admits (a task of another reads as absent, the cursor
+        too). Raises `unknown_cursor(before)` when it names no task."""
 

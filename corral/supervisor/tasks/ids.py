@@ -20,6 +20,8 @@ _COUNTER_MAX = 0xFFF
 # a fresh millisecond starts its counter in the lower half: room for the ids after it
 _SEED_MASK = 0x7FF
 FORMAT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+# any task id: a UUIDv7, or one from before them
+ANY = re.compile(f"{FORMAT.pattern}|[0-9a-f]{{12}}")
 
 
 class IdClock:
@@ -61,3 +63,8 @@ def id_time(task_id: str) -> float | None:
     if not FORMAT.fullmatch(task_id):
         return None
     return int(task_id[:8] + task_id[9:13], 16) / 1000
+
+
+def is_task_id(text: str) -> bool:
+    """Whether `text` has the shape of a task id (of now, or from before UUIDv7 ids)."""
+    return ANY.fullmatch(text) is not None

@@ -37,7 +37,7 @@ from .admission import (
 )
 from .counters import COUNTED, AgentTasks
 from .dispatch import Dispatcher
-from .durable import TaskJournal
+from .durable import TaskJournal, unknown_cursor
 from .model import (
     LOST_IN_RESTART,
     TERMINAL,
@@ -105,9 +105,8 @@ class TaskManager:
 
     # -- admission ------------------------------------------------------------------------
     def submit(self, agent_name: str, task_input: Any, *, timeout: float | None = None,
-               priority: int = 0, values: bool = False) -> Task:
-        """Accept a task or refuse it at once with the reason. `values`: the caller reads
-        the output as Python values (so it is decoded once, as it arrives)."""
+               priority: int = 0) -> Task:
+        """Accept a task or refuse it at once with the reason."""
         agent = self.sup.agent(agent_name)
         q = self._agent_tasks(agent)
         why = refusal(agent)
@@ -131,7 +130,6 @@ class TaskManager:
             raise queue_full(agent, depth)
         task = Task(agent.name, raw, priority, timeout or agent.spec.task_timeout,
                     agent.spec.retries, next(self._seq))
-        task.values = values
         q.counts["accepted"] += 1
         self.active[task.id] = task
         self.record(task)
@@ -225,7 +223,7 @@ class TaskManager:
     # -- the API --------------------------------------------------------------------------
     async def run(self, agent: str, task_input: Any, *, timeout: float | None = None,
                   priority: int = 0) -> TaskResult:
-        task = self.submit(agent, task_input, timeout=timeout, priority=priority, values=True)
+        task = self.submit(agent, task_input, timeout=timeout, priority=priority)
         if self.journal is not None and self.journal.behind():
             # a journal that writes slower than tasks finish must not gather an unbounded
             # backlog in memory: wait for it (the task runs meanwhile)
@@ -283,18 +281,30 @@ class TaskManager:
         return info
 
     async def query(self, *, agent: str | None = None, status: str | None = None,
-                    since: float | None = None, limit: int = 100) -> list[TaskSummary]:
+                    since: float | None = None, limit: int = 100,
+                    before: str | None = None, sees: Callable[[str], bool] | None = None
+                    ) -> list[TaskSummary]:
         """Tasks created since `since` (wall time), newest last: from the journal when
-        there is one (every task until pruned), else from memory."""
+        there is one (every task until pruned), else from memory, in the order they were
+        accepted; with `before` (a task id), those accepted before it (a page's cursor);
+        with `sees`, of the agents it admits (TaskJournal.query)."""
         if limit <= 0:
             return []
         if self.journal is not None:
             return await self.journal.query(agent=agent, status=status, since=since,
-                                            limit=limit)
+                                            limit=limit, before=before, sees=sees)
+        last = None
+        if before is not None:
+            cursor = self.active.get(before) or self.finished.get(before)
+            if cursor is None or (sees is not None and not sees(cursor.agent)):
+                raise unknown_cursor(before)
+            last = cursor.seq
         tasks = sorted([*self.active.values(), *self.finished.values()], key=lambda t: t.seq)
         return [t.summary() for t in tasks
                 if (agent is None or t.agent == agent) and (status is None or t.status == status)
-                and (since is None or t.created >= since)][-limit:]
+                and (since is None or t.created >= since)
+                and (last is None or t.seq < last) and (sees is None or sees(t.agent))
+                ][-limit:]
 
     def cancel(self, task_id: str) -> Task:
         task = self.get(task_id)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
+from ...text import plural
 from .model import Task, TaskStatus
 
 if TYPE_CHECKING:
@@ -66,8 +67,9 @@ class WorkerMethods:
             budget = getattr(r.spec, "max_tool_calls_per_task", 0)
             if task.tool_calls >= budget:
                 raise RpcError(jsonrpc.TOOL_BUDGET_EXCEEDED,
-                               f"tool budget exceeded: task {task.id} has made {task.tool_calls}"
-                               f" tool calls (max_tool_calls_per_task {budget})")
+                               f"tool budget exceeded: task {task.id} has made "
+                               f"{plural(task.tool_calls, 'tool call')} "
+                               f"(max_tool_calls_per_task {budget})")
             task.tool_calls += 1
         return self.tool_router(r, name, arguments, task)
 

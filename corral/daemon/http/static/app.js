@@ -1,15 +1,20 @@
 // The corral dashboard: one page, no build step. Preact components written with htm's
 // tagged templates (no JSX to compile, no eval); every call goes through POST api/METHOD
-// with the session's CSRF token. Everything live is polled every second: bounded (one
-// request per view per second, nothing held for the page on the server) and simple.
+// with the session's CSRF token. What the daemon pushes comes as Server-Sent Events on
+// stream/METHOD (EventSource, the session's cookie): the fleet as it changes
+// (agents.watch: a snapshot, then each replica's state change at once, and every
+// replica's figures each second), the runtime figures each second (stats.watch: the live
+// charts' points) and an agent's log (logs.follow). The lists that are not a stream
+// (tasks, MCP servers, the audit log) are reloaded every second while shown.
 import { Component, h, render } from "./vendor/preact.mjs";
 import htm from "./vendor/htm.mjs";
 
 const html = htm.bind(h);
 const POLL_MS = 1000;
+const LOG_LINES = 500; // of an agent's log, kept in the page
 const KEEP_POINTS = 7 * 24 * 3600; // a week of one-second points, at most
 
-const session = { csrf: "", methods: [] };
+const session = { csrf: "", methods: [], streams: [] };
 
 class CallError extends Error {
   constructor(status, detail) {
@@ -28,6 +33,85 @@ async function call(method, params = {}) {
   const body = await r.json();
   if (!r.ok) throw new CallError(r.status, body.detail || r.statusText);
   return body;
+}
+
+// A stream of the daemon's, followed while `onEvent` is wanted: reconnected by the browser
+// (with Last-Event-ID: the fleet resumes where it was), or after a pause when the
+// browser gives up on it; `onState` is told "live", "reconnecting" or "closed".
+function follow(method, params, handlers, onState) {
+  const query = new URLSearchParams(params).toString();
+  let es = null;
+  let timer = null;
+  let closed = false;
+  const open = () => {
+    es = new EventSource(`stream/${method}${query ? `?${query}` : ""}`);
+    es.onopen = () => onState && onState("live");
+    es.onerror = () => {
+      if (closed) return;
+      if (es.readyState === EventSource.CLOSED) {
+        // refused (a session that ended, a cap on streams): ask again later
+        onState && onState("closed");
+        timer = setTimeout(open, 2 * POLL_MS);
+      } else {
+        onState && onState("reconnecting");
+      }
+    };
+    for (const [name, fn] of Object.entries(handlers)) {
+      es.addEventListener(name, (e) => {
+        if (name in window.corralLive) window.corralLive[name] += 1;
+        fn(JSON.parse(e.data));
+      });
+    }
+  };
+  open();
+  return () => {
+    closed = true;
+    clearTimeout(timer);
+    if (es) es.close();
+  };
+}
+
+// what the streams brought, counted: the browser tests read them
+window.corralLive = { "agents.snapshot": 0, "agents.transition": 0, "agents.roster": 0,
+  "agents.sample": 0, "stats.sample": 0 };
+
+// The fleet as agents.watch tells it: every replica's row as agents.status shows it.
+class FleetModel {
+  constructor() {
+    this.rows = [];
+    this.index = new Map(); // "name#replica" -> position in rows
+    this.rosters = {}; // agent -> how many times its list of replicas changed
+  }
+  reindex() {
+    this.index = new Map(this.rows.map((r, i) => [`${r.name}#${r.replica}`, i]));
+  }
+  snapshot(s) {
+    this.rows = s.replicas;
+    this.reindex();
+  }
+  transition(c) {
+    // a change of the process that holds the replica's place (a rollout's other process,
+    // or a replica scaled away, holds none: its row stays as it is)
+    if (!c.row) return;
+    const i = this.index.get(`${c.agent}#${c.replica}`);
+    if (i !== undefined) this.rows[i] = c.row;
+  }
+  roster(r) {
+    const at = this.rows.findIndex((x) => x.name === r.agent);
+    const rest = this.rows.filter((x) => x.name !== r.agent);
+    const where = at < 0 ? rest.length : at;
+    this.rows = [...rest.slice(0, where), ...r.replicas, ...rest.slice(where)];
+    this.rosters[r.agent] = (this.rosters[r.agent] || 0) + 1;
+    this.reindex();
+  }
+  sample(s) {
+    for (const [agent, replica, uptime, cpu, rss, fds, tasks] of s.replicas) {
+      const i = this.index.get(`${agent}#${replica}`);
+      if (i === undefined) continue;
+      this.rows[i] = { ...this.rows[i], uptime, cpu_percent: cpu, rss_bytes: rss,
+        open_fds: fds, tasks_running: tasks };
+    }
+  }
 }
 
 // -- formatting ---------------------------------------------------------------------------
@@ -112,18 +196,54 @@ function Fleet({ status }) {
 }
 
 // -- an agent -------------------------------------------------------------------------------
-class Agent extends Polled {
-  key(props) {
-    return props.name;
+// Its replicas are the fleet's rows (live); its spec and revisions are loaded when the view
+// opens and again when its list of replicas changes (scaled, rolled back, reloaded) or an
+// action of the page's ends; its log is followed (logs.follow).
+class Agent extends Component {
+  componentDidMount() {
+    this.open();
   }
-  async load() {
+  componentWillUnmount() {
+    this.close();
+  }
+  componentDidUpdate(prev) {
+    if (prev.name !== this.props.name) {
+      this.close();
+      this.setState({ data: null, error: null, lines: [], replicas: undefined });
+      this.open();
+    } else if (prev.roster !== this.props.roster) {
+      this.reload();
+    }
+  }
+  open() {
+    this.gen = (this.gen || 0) + 1;
+    this.setState({ lines: [] });
+    this.reload();
     const name = this.props.name;
-    const [spec, history, logs] = await Promise.all([
-      call("agents.describe", { name }),
-      call("agents.history", { name, limit: 20 }),
-      call("logs.tail", { names: [name], lines: 100 }),
-    ]);
-    return { spec, history, logs };
+    this.unfollow = follow("logs.follow", { names: name, lines: 100 }, {
+      "logs.lines": (p) => this.setState((st) => ({ lines: [...(st.lines || []), ...p.lines].slice(-LOG_LINES) })),
+      "logs.missed": (p) => this.setState((st) => ({
+        lines: [...(st.lines || []), [Date.now() / 1000, name, "-", 0, "corral", `${p.count} lines missed`]].slice(-LOG_LINES),
+      })),
+    });
+  }
+  close() {
+    this.gen += 1;
+    if (this.unfollow) this.unfollow();
+    this.unfollow = null;
+  }
+  async reload() {
+    const gen = this.gen;
+    const name = this.props.name;
+    try {
+      const [spec, history] = await Promise.all([
+        call("agents.describe", { name }),
+        call("agents.history", { name, limit: 20 }),
+      ]);
+      if (gen === this.gen) this.setState({ data: { spec, history }, error: null });
+    } catch (e) {
+      if (gen === this.gen) this.setState({ error: e.message });
+    }
   }
   async act(method, params) {
     this.setState({ busy: true, error: null });
@@ -133,8 +253,15 @@ class Agent extends Polled {
       this.setState({ error: e.message });
     }
     this.setState({ busy: false });
+    this.reload();
   }
-  show({ spec, history, logs }) {
+  render() {
+    const { data, error } = this.state;
+    return html`${error && html`<div class="error">${error}</div>`}
+      ${data ? this.show(data) : !error && html`<p class="note">Loading…</p>`}`;
+  }
+  show({ spec, history }) {
+    const logs = { lines: this.state.lines || [] };
     const name = this.props.name;
     const replicas = (this.props.status?.agents || []).filter((a) => a.name === name);
     const want = this.state.replicas ?? spec.replicas.length;
@@ -543,28 +670,53 @@ class App extends Component {
       return;
     }
     Object.assign(session, await r.json());
-    this.poll();
+    this.fleet = new FleetModel();
+    const state = (s) => this.connection(s);
+    this.unfollow = [
+      follow("agents.watch", { interval: 1 }, {
+        "agents.snapshot": (s) => this.changed(() => this.fleet.snapshot(s)),
+        "agents.transition": (c) => this.changed(() => this.fleet.transition(c)),
+        "agents.roster": (r) => this.changed(() => this.fleet.roster(r)),
+        "agents.sample": (s) => this.changed(() => this.fleet.sample(s)),
+      }, state),
+      follow("stats.watch", { interval: 1 }, {
+        "stats.sample": (stats) => {
+          const r = this.state.route;
+          record(stats, r.view === "agent" ? r.arg : null);
+          this.setState({ tick: this.state.tick + 1, seen: Date.now() });
+        },
+      }, state),
+    ];
   }
-  async poll() {
-    try {
-      const [status, stats] = await Promise.all([call("agents.status"), call("stats.get")]);
-      const r = this.state.route;
-      record(stats, r.view === "agent" ? r.arg : null);
-      this.setState({ status, error: null, seen: Date.now(), tick: this.state.tick + 1 });
-    } catch (e) {
-      if (e.status === 401) {
-        this.setState({ login: e.message });
+  componentWillUnmount() {
+    for (const stop of this.unfollow || []) stop();
+  }
+  // what the fleet's stream changed, shown once per frame however many changes came
+  changed(apply) {
+    apply();
+    if (this.frame) return;
+    this.frame = requestAnimationFrame(() => {
+      this.frame = null;
+      this.setState({ status: { agents: [...this.fleet.rows] }, error: null, seen: Date.now() });
+    });
+  }
+  async connection(s) {
+    if (s === "closed") {
+      // refused: a session that ended is a login to ask for
+      const r = await fetch("session", { credentials: "same-origin" });
+      if (r.status === 401) {
+        for (const stop of this.unfollow || []) stop();
+        this.setState({ login: (await r.json()).detail });
         return;
       }
-      this.setState({ error: e.message });
     }
-    setTimeout(() => this.poll(), POLL_MS);
+    this.setState({ error: s === "live" ? null : `the daemon's stream is ${s === "closed" ? "closed: trying again" : "reconnecting"}…` });
   }
   view() {
     const { route: r, status, range, tick } = this.state;
     switch (r.view) {
       case "agent": return html`<${Agent} name=${r.arg} status=${status} range=${range} tick=${tick}
-        setRange=${(x) => this.setState({ range: x })} />`;
+        roster=${this.fleet && this.fleet.rosters[r.arg]} setRange=${(x) => this.setState({ range: x })} />`;
       case "tasks": return html`<${Tasks} status=${status} />`;
       case "task": return html`<${Task} id=${r.arg} />`;
       case "metrics": return html`<${Metrics} range=${range} tick=${tick}

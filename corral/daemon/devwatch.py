@@ -1,0 +1,148 @@
+"""Development mode: `watch = ["*.py"]` on an agent restarts it when a matching file
+changes, as PM2's --watch and uvicorn's --reload do (docs/packages.md).
+
+The kernel tells of changes (inotify, through watchfiles; never a polling loop); changes
+that come together are taken as one (watchfiles' debounce, then a quiet `STEP`). A plain
+agent is restarted rolling (each new process Ready before the old one goes) in its own
+directory (cwd); an agent package is deployed again from the directory it was deployed
+from (a release is read-only: what changed is its source), which builds a new release
+(its dependencies from uv's cache) and switches to it if it comes up, so an edit that
+breaks the agent is refused and the running release keeps serving. Either waits for the
+agent's turn (Fleet.changing): never during a deploy, a rollback or a reload of it.
+
+Which agents are watched follows the fleet: every lifecycle event of an agent looks
+whether its watch (globs, directory) is the one being watched, O(1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..jsonrpc import RpcError
+from ..supervisor.core import Supervisor
+from ..supervisor.process_replica import Event
+from .fleet import Fleet
+from .packages.service import Packages
+
+STEP_MS = 300  # quiet after a change before it is acted on
+DEBOUNCE_MS = 1600  # changes within this are one batch, however many
+WHO = "watch"
+
+Report = Callable[..., None]
+
+
+class Key(msgspec.Struct, frozen=True):
+    globs: tuple[str, ...]
+    directory: str
+    package: bool  # the directory is a package's source: deploy it again
+
+
+class Watches:
+    def __init__(self, sup: Supervisor, fleet: Fleet, packages: Packages,
+                 report: Report) -> None:
+        self.sup = sup
+        self.fleet = fleet
+        self.packages = packages
+        self.report = report
+        self.watching: dict[str, tuple[Key, asyncio.Task[None]]] = {}
+        self.restarts = 0
+        self.closed = False
+
+    def on_transition(self, event: Event) -> None:
+        if event.kind == "agent":
+            self.sync(event.name)
+
+    def sync_all(self) -> None:
+        for name in list(self.sup.agents):
+            self.sync(name)
+
+    def sync(self, name: str) -> None:
+        """Watch what the agent's spec says now (or nothing)."""
+        agent = self.sup.agents.get(name)
+        key = self._key(agent.spec) if agent is not None and agent.spec.watch else None
+        current = self.watching.get(name)
+        if current is not None and current[0] == key:
+            return
+        if current is not None:
+            current[1].cancel()
+            del self.watching[name]
+        if key is not None and not self.closed:
+            self.watching[name] = (key, asyncio.ensure_future(self._watch(name, key)))
+
+    def _key(self, spec: Any) -> Key | None:
+        if spec.release is not None:
+            source = self.packages.source_of(spec.release)
+            if source is None:
+                return None
+            return Key(tuple(spec.watch), source, True)
+        return Key(tuple(spec.watch), os.path.abspath(spec.cwd or "."), False)
+
+    async def _watch(self, name: str, key: Key) -> None:
+        try:
+            from watchfiles import DefaultFilter, awatch
+        except ImportError:
+            self.report(f"{name}: watch needs watchfiles (installed with corral[daemon]); "
+                        "not watching", priority=4)
+            return
+        ignored = DefaultFilter()
+        root = key.directory
+
+        def matches(change: Any, path: str) -> bool:
+            if not ignored(change, path):
+                return False
+            rel = os.path.relpath(path, root)
+            return any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(os.path.basename(rel), g)
+                       for g in key.globs)
+
+        if not Path(root).is_dir():
+            self.report(f"{name}: watch: {root} is not a directory; not watching",
+                        priority=4)
+            return
+        self.report(f"{name}: watching {', '.join(key.globs)} under {root}")
+        try:
+            async for changes in awatch(root, watch_filter=matches, step=STEP_MS,
+                                        debounce=DEBOUNCE_MS, recursive=True):
+                paths = sorted({os.path.relpath(p, root) for _, p in changes})
+                await self._changed(name, key, paths)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the watcher's own failure: told, never the daemon's
+            self.report(f"{name}: watch stopped: {type(exc).__name__}: {exc}", priority=3)
+
+    async def _changed(self, name: str, key: Key, paths: list[str]) -> None:
+        shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5
+                                        else "")
+        self.restarts += 1
+        try:
+            if key.package:
+                self.report(f"{name}: {shown} changed: deploying {key.directory} again")
+                res = await self.packages.deploy(key.directory, name, WHO,
+                                                 lambda text: None)
+                self.report(f"{name}: runs release {res.release} (watch)" if res.changed
+                            else f"{name}: release {res.release} is current already")
+                return
+            self.report(f"{name}: {shown} changed: restarting (rolling)")
+            async with self.fleet.changing([name]):
+                agent = self.sup.agents.get(name)
+                if agent is not None:
+                    await agent.roll(start_stopped=False)
+        except RpcError as exc:  # refused: what runs keeps serving
+            self.report(f"{name}: after the change of {shown}: {exc.message}", priority=4)
+
+    async def close(self) -> None:
+        self.closed = True
+        tasks = [t for _, t in self.watching.values()]
+        self.watching.clear()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t

@@ -1,0 +1,457 @@
+"""Building a release with uv (docs/packages.md, decision 73).
+
+A release is named by a hash of what makes it: the package's source (every file, its
+bytes and whether it is executable; the manifest and the lock file are part of it), the
+interpreter (its real path and version) and this recipe's version. Deploying what was
+deployed before finds the release by that name and builds nothing.
+
+A build: the source is copied (and checked against the hash while it is copied), a venv
+is made by uv at the release's final path (a venv cannot be moved), the lock is installed
+into it from uv's cache (shared by every build; files copied from it, never linked, so a
+release does not change with the cache), every module is compiled, the whole is made
+read-only, and READY is written last. Builds take turns on the host (one lock file in the
+packages directory), are bounded in time (build_timeout, every process of the build
+killed at it) and disk (max_release_mb, watched while uv installs; min_free_mb free to
+start), and one that fails or is cancelled leaves nothing: its directory is removed, and
+a directory without READY (a daemon killed half-way) is removed at start-up. uv and the
+interpreter run as children of the daemon known to containment like any process corral
+starts, so a crash of the daemon does not leave them running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import fnmatch
+import hashlib
+import os
+import shutil
+import signal
+import stat
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import msgspec
+
+from ...jsonrpc import LineBlock
+from ...supervisor.config import Limits, PackagesSettings
+from ...supervisor.containment import Containment
+from ...supervisor.process import ChildProcess
+from ...supervisor.release import READY, SOURCE, VENV
+from .manifest import Manifest
+from .releases import (
+    BUILD_LOCK,
+    INFO,
+    ReleaseInfo,
+    Releases,
+    fsync_dir,
+    make_read_only,
+    remove_tree,
+    tree_size,
+)
+
+FORMAT = b"corral-release-1"  # this recipe: a new one names every release anew
+RELEASE_CHARS = 16  # hex characters of the hash in a release's name
+# never copied from a package's directory: version control, environments, caches
+SKIP_DIRS = frozenset({".git", ".hg", ".svn", ".venv", "__pycache__", ".mypy_cache",
+                       ".pytest_cache", ".ruff_cache", ".tox", ".nox", "node_modules",
+                       ".corral"})
+SKIP_FILES = ("*.pyc", "*.pyo")
+MAX_FILES = 50_000
+TAIL = 20  # the last lines of a failing step's output shown in the error
+DISK_CHECK = 1.0  # seconds between two looks at a build's size while uv installs
+PROBE = ("import os, sys; print(os.path.realpath(getattr(sys, '_base_executable', "
+         "sys.executable))); print(sys.version.split()[0])")
+
+Say = Callable[[str], None]
+
+
+class BuildError(Exception):
+    """A build failed; the message says which step and why."""
+
+
+class Plan(msgspec.Struct, kw_only=True):
+    """What a deploy would build: the release's name and the inputs it hashes."""
+
+    manifest: Manifest
+    release: str
+    interpreter: str  # real path
+    python_version: str
+    files: list[str]  # relative paths of the source, as copied
+    source_bytes: int
+    source: str  # the hash of the source
+
+
+def find_uv(configured: str | None) -> str | None:
+    """The uv binary: the configured one, else the one installed with corral (the uv
+    package, a dependency of corral[daemon]), else one on PATH."""
+    if configured:
+        return configured
+    with contextlib.suppress(ImportError, FileNotFoundError):
+        from uv import find_uv_bin
+
+        return str(find_uv_bin())
+    return shutil.which("uv")
+
+
+def scan_source(manifest: Manifest, max_bytes: int) -> tuple[list[str], int, str]:
+    """The package's files (relative paths, sorted), their size, and the hash of them
+    (paths, executable bits, contents). Blocking: in a thread."""
+    root = manifest.directory
+    exclude = manifest.exclude
+    files: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        keep = []
+        for d in sorted(dirnames):
+            rel = os.path.normpath(os.path.join(rel_dir, d))
+            full = os.path.join(dirpath, d)
+            if d in SKIP_DIRS or _excluded(rel, exclude) or os.path.isfile(
+                    os.path.join(full, "pyvenv.cfg")):
+                continue
+            if os.path.islink(full):
+                raise BuildError(f"source: {rel} is a link to a directory (not followed: "
+                                 "copy what it holds, or exclude it)")
+            keep.append(d)
+        dirnames[:] = keep
+        for f in filenames:
+            rel = os.path.normpath(os.path.join(rel_dir, f))
+            if any(fnmatch.fnmatch(f, p) for p in SKIP_FILES) or _excluded(rel, exclude):
+                continue
+            files.append(rel)
+        if len(files) > MAX_FILES:
+            raise BuildError(f"source: more than {MAX_FILES} files under {root} (leave "
+                             "out what is not the package with exclude = [...])")
+    files.sort()
+    digest = hashlib.sha256()
+    total = 0
+    for rel in files:
+        data, executable = _read(root / rel)
+        total += len(data)
+        if total > max_bytes:
+            raise BuildError(f"source: more than {max_bytes // (1 << 20)} MB under {root} "
+                             "([packages] max_source_mb; leave out what is not the package "
+                             "with exclude = [...])")
+        _add(digest, rel, executable, data)
+    return files, total, digest.hexdigest()
+
+
+def _excluded(rel: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(os.path.basename(rel), p)
+               for p in patterns)
+
+
+def _read(path: Path) -> tuple[bytes, bool]:
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            return f.read(), bool(st.st_mode & stat.S_IXUSR)
+    except OSError as exc:
+        raise BuildError(f"source: cannot read {path}: {exc.strerror}") from None
+
+
+def _add(digest: hashlib._Hash, rel: str, executable: bool, data: bytes) -> None:
+    digest.update(rel.encode() + b"\0" + (b"x" if executable else b"-")
+                  + len(data).to_bytes(8, "big"))
+    digest.update(data)
+
+
+def release_name(interpreter: str, version: str, source: str) -> str:
+    digest = hashlib.sha256(b"\0".join([FORMAT, interpreter.encode(), version.encode(),
+                                        source.encode()]))
+    return digest.hexdigest()[:RELEASE_CHARS]
+
+
+def copy_source(manifest: Manifest, files: list[str], dest: Path, expected: str) -> None:
+    """Copy the files to `dest`, hashing what is written: a source that changed since it
+    was planned is refused (its release would not be what its name says)."""
+    digest = hashlib.sha256()
+    root = manifest.directory
+    for rel in files:
+        data, executable = _read(root / rel)
+        _add(digest, rel, executable, data)
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(data)
+        if executable:
+            os.chmod(target, 0o755)
+    if digest.hexdigest() != expected:
+        raise BuildError(f"source: {root} changed while it was deployed; deploy again")
+
+
+class Builder:
+    def __init__(self, releases: Releases, settings: PackagesSettings,
+                 containment: Containment, uv: str | None, cache: Path) -> None:
+        self.releases = releases
+        self.settings = settings
+        self.containment = containment
+        self.uv = uv
+        self.cache = cache
+        self._turn = asyncio.Lock()  # one build at a time in this daemon...
+        self._probe = asyncio.Lock()
+        self.built = 0
+        self.reused = 0
+        self.failed = 0
+        self.building: str | None = None  # NAME/RELEASE of the build under way
+
+    # -- what a deploy would build -----------------------------------------------------
+    async def plan(self, manifest: Manifest) -> Plan:
+        interpreter, version = await self._interpreter(manifest.python)
+        files, size, source = await asyncio.to_thread(
+            scan_source, manifest, self.settings.max_source_mb << 20)
+        return Plan(manifest=manifest, release=release_name(interpreter, version, source),
+                    interpreter=interpreter, python_version=version, files=files,
+                    source_bytes=size, source=source)
+
+    async def _interpreter(self, wanted: str | None) -> tuple[str, str]:
+        """(real path, version) of the interpreter a release of `wanted` is made from:
+        the daemon's own when the manifest names none."""
+        async with self._probe:
+            python = sys.executable
+            if wanted is not None:
+                out = await self._run([self._uv(), "python", "find", wanted], kind="probe",
+                                      name="python", cwd=None, timeout=30.0,
+                                      what=f"finding Python {wanted}")
+                python = out[-1].decode().strip() if out else ""
+                if not python:
+                    raise BuildError(f"no Python {wanted} on this host")
+            out = await self._run([python, "-I", "-c", PROBE], kind="probe", name="python",
+                                  cwd=None, timeout=30.0, what=f"asking {python}")
+        if len(out) < 2:
+            raise BuildError(f"{python} did not say what it is")
+        return out[0].decode().strip(), out[1].decode().strip()
+
+    def _uv(self) -> str:
+        if self.uv is None:
+            raise BuildError("uv not found: install corral[daemon] (it brings uv), or set "
+                             "[packages] uv")
+        return self.uv
+
+    # -- the build -----------------------------------------------------------------------
+    async def build(self, name: str, plan: Plan, who: str, say: Say) -> tuple[Path, bool]:
+        """The release's directory, and whether it was built now (False: it was there)."""
+        final = self.releases.directory(name, plan.release)
+        if self.releases.ready(final):
+            self.reused += 1
+            return final, False
+        if self._turn.locked():
+            say(f"waiting for the build of {self.building} to finish")
+        async with self._turn, self._host_turn(say):
+            if self.releases.ready(final):  # built by the deploy we waited for
+                self.reused += 1
+                return final, False
+            self.building = f"{name}/{plan.release}"
+            try:
+                await self._build(name, plan, final, who, say)
+            except BaseException:
+                self.failed += 1
+                # a cancelled deploy too: nothing of the build is left
+                await asyncio.shield(asyncio.to_thread(remove_tree, final))
+                raise
+            finally:
+                self.building = None
+        self.built += 1
+        return final, True
+
+    @contextlib.asynccontextmanager
+    async def _host_turn(self, say: Say) -> AsyncIterator[None]:
+        """The host's build lock, for another daemon sharing this packages directory
+        (flock: released by the kernel when its holder dies)."""
+        fd = os.open(self.releases.root / BUILD_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+        try:
+            told = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not told:
+                        say("waiting for another daemon's build to finish")
+                        told = True
+                    await asyncio.sleep(0.2)  # a rare case: no wakeup to wait on
+            yield
+        finally:
+            os.close(fd)  # the lock goes with it
+
+    async def _build(self, name: str, plan: Plan, final: Path, who: str, say: Say) -> None:
+        settings = self.settings
+        started = time.monotonic()
+        deadline = started + settings.build_timeout
+        manifest = plan.manifest
+        await asyncio.to_thread(remove_tree, final)  # a failed build of the same release
+        free = shutil.disk_usage(self.releases.root).free
+        if free < settings.min_free_mb << 20:
+            raise BuildError(f"{free >> 20} MB free on the file system of "
+                             f"{self.releases.root}, less than [packages] min_free_mb "
+                             f"({settings.min_free_mb}): nothing was built")
+        src, venv, scratch = final / SOURCE, final / VENV, final / ".build"
+        say(f"building release {plan.release} of {name} (version "
+            f"{manifest.version or '-'}, Python {plan.python_version})")
+        try:
+            await asyncio.to_thread(_make_dirs, final, src, scratch)
+            await asyncio.to_thread(copy_source, manifest, plan.files, src, plan.source)
+        except OSError as exc:
+            raise BuildError(_os_error("copying the source", exc, final)) from None
+        uv = self._uv()
+
+        def left() -> float:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BuildError(f"the build took longer than [packages] build_timeout "
+                                 f"({settings.build_timeout:g} s)")
+            return remaining
+
+        async def step(argv: list[str], what: str, watch: Path | None = None) -> None:
+            # in the source: a requirements file's relative paths are the package's
+            await self._run(argv, kind="build", name=name, cwd=src, timeout=left(),
+                            what=what, watch=watch)
+
+        await step([uv, "venv", str(venv), "--python", plan.interpreter, "--no-project",
+                    "--quiet"], "making the venv")
+        python = str(venv / "bin" / "python")
+        lock = manifest.lock
+        if lock is not None:
+            requirements = src / lock.relative_to(manifest.directory)
+            if manifest.lock_kind == "uv.lock":
+                exported = scratch / "requirements.txt"
+                await step([uv, "export", "--frozen", "--no-dev", "--no-emit-project",
+                            "--format", "requirements-txt", "--no-header", "--quiet",
+                            "--project", str(requirements.parent), "-o", str(exported)],
+                           f"reading {lock.name}")
+                requirements = exported
+            say(f"installing {lock.name} with uv")
+            await step([uv, "pip", "install", "--python", python, "--link-mode",
+                        settings.link_mode,
+                        "--compile-bytecode", "--quiet", "-r", str(requirements)],
+                       f"installing {lock.name}", watch=final)
+        await step([python, "-I", "-m", "compileall", "-q", str(src)], "compiling the source")
+        size = await asyncio.to_thread(tree_size, final)
+        self._check_size(size)
+        info = ReleaseInfo(name=name, release=plan.release, version=manifest.version,
+                           python=plan.interpreter, python_version=plan.python_version,
+                           lock=lock.name if lock else None, built_at=time.time(),
+                           build_seconds=round(time.monotonic() - started, 3),
+                           size_bytes=size, who=who, source=str(manifest.directory))
+        try:
+            await asyncio.to_thread(_seal, final, scratch, info)
+        except OSError as exc:
+            raise BuildError(_os_error("sealing the release", exc, final)) from None
+        say(f"built release {plan.release} in {info.build_seconds:.1f} s "
+            f"({size / (1 << 20):.1f} MB)")
+
+    def _check_size(self, size: int) -> None:
+        limit = self.settings.max_release_mb
+        if size > limit << 20:
+            raise BuildError(f"the release grew past [packages] max_release_mb ({limit} MB)")
+
+    async def _run(self, argv: list[str], *, kind: str, name: str, cwd: Path | None,
+                   timeout: float, what: str, watch: Path | None = None) -> list[bytes]:
+        """Run one step as a child known to containment; its stdout lines, or BuildError
+        with its last lines of output. Killed (its whole group) at `timeout`, when
+        `watch` grows past max_release_mb, or when the deploy is cancelled."""
+        out: deque[bytes] = deque(maxlen=1000)
+        err: deque[bytes] = deque(maxlen=TAIL)
+
+        def on_err(lines: LineBlock) -> None:
+            err.extend(lines.last(TAIL))
+
+        try:
+            child = await ChildProcess.spawn(
+                argv, containment=self.containment, kind=kind, name=name, index=0,
+                env=build_environment(self.cache), cwd=str(cwd) if cwd else None,
+                limits=Limits(), uid=None, gid=None, stop_timeout=5.0,
+                on_stdout_line=out.append, on_stderr_lines=on_err,
+                on_oversize=lambda *_: None)
+        except OSError as exc:
+            raise BuildError(f"{what}: cannot run {argv[0]}: {exc.strerror}") from None
+        child.close_stdin()
+        watcher = asyncio.ensure_future(self._watch(watch)) if watch else None
+        waits: list[asyncio.Future[object]] = [child.exited]  # type: ignore[list-item]
+        if watcher is not None:
+            waits.append(watcher)  # type: ignore[arg-type]
+        try:
+            done, _ = await asyncio.wait(waits, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if watcher is not None and watcher in done:
+                watcher.result()  # raises: too big
+            if child.exited not in done:
+                raise BuildError(f"{what}: the build took longer than [packages] "
+                                 f"build_timeout ({self.settings.build_timeout:g} s)")
+            rc = child.exited.result()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await asyncio.shield(self._end(child))
+        if rc != 0:
+            lines = [line.decode("utf-8", "replace") for line in err if line.strip()]
+            tail = "; ".join(lines[-5:]) or f"exit status {rc}"
+            if any("No space left on device" in line for line in lines):
+                tail = (f"the file system of {self.releases.root} is full "
+                        f"({shutil.disk_usage(self.releases.root).free >> 20} MB free): "
+                        + tail)
+            raise BuildError(f"{what} failed: {tail}")
+        return list(out)
+
+    async def _watch(self, path: Path) -> None:
+        while True:
+            await asyncio.sleep(DISK_CHECK)
+            self._check_size(await asyncio.to_thread(tree_size, path))
+
+    async def _end(self, child: ChildProcess) -> None:
+        if child.alive:
+            child.kill_group(signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(child.exited), 10.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(child.output_closed), 1.0)
+        child.kill_group(signal.SIGKILL)  # what it left in its group
+        self.containment.ended(child.token)
+        child.close()
+
+
+def build_environment(cache: Path) -> dict[str, str]:
+    """The daemon's environment (proxies, uv's index settings) without what would send
+    a build's Python elsewhere, with the shared cache; no interpreter is downloaded."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CORRAL_", "PYTHON", "VIRTUAL_ENV", "CONDA_"))}
+    env.update(UV_CACHE_DIR=str(cache), UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1")
+    return env
+
+
+def _make_dirs(final: Path, src: Path, scratch: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    final.parent.chmod(0o711)
+    final.mkdir(mode=0o755)
+    src.mkdir()
+    scratch.mkdir()
+
+
+def _seal(final: Path, scratch: Path, info: ReleaseInfo) -> None:
+    """Read-only, then READY: a release only once everything before it is on disk."""
+    shutil.rmtree(scratch)
+    (final / INFO).write_bytes(msgspec.json.format(msgspec.json.encode(info)) + b"\n")
+    make_read_only(final)
+    os.chmod(final, 0o755)
+    ready = final / READY
+    fd = os.open(ready, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    try:
+        os.write(fd, info.release.encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(final, 0o555)
+    fsync_dir(final)
+    fsync_dir(final.parent)
+
+
+def _os_error(what: str, exc: OSError, final: Path) -> str:
+    if exc.errno == errno.ENOSPC:
+        return (f"{what}: the file system of {final.parent} is full: nothing was built")
+    return f"{what}: {exc.strerror or exc} ({exc.filename or final})"

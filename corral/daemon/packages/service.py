@@ -1,0 +1,313 @@
+"""Agent packages as a service of the daemon: deploy, releases, and what start-up finds.
+
+A packaged agent is a runtime agent (`corral add`'s kind: its table in the state
+database) whose table names a release; its revisions are the fleet's, so `corral history`
+shows each switch and `corral rollback` returns to a kept release without building.
+
+A deploy builds (or finds) the release, then switches the agent to it under the agent's
+turn (Fleet.changing). The switch is recorded before it is made (decision 61), and a
+ROLLOUT marker beside the releases is written before that: a daemon that dies during the
+switch leaves the marker, and the next daemon puts the agent's table from before back (the
+old release, or no agent for a first deploy) before it starts any agent, so the release
+that was being tried never becomes current without having been seen healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ... import jsonrpc
+from ... import methods as m
+from ...jsonrpc import RpcError
+from ...supervisor.config import AgentSpec, ConfigError, PackagesSettings, parse_agents
+from ...supervisor.core import NoSuchAgent, Supervisor, SupervisorError
+from ...supervisor.release import SOURCE, VENV
+from ..fleet import Fleet
+from ..revisions import Revision, RevisionLog, recording, spec_table, unrecording
+from ..store import StateStore, StoreError, what_to_do
+from .build import Builder, BuildError, Plan, find_uv
+from .manifest import read_manifest
+from .releases import CACHE, Releases, Rollout, remove_tree
+
+Say = Callable[[str], None]
+Report = Callable[..., None]
+
+
+class Packages:
+    def __init__(self, settings: PackagesSettings, root: Path, sup: Supervisor,
+                 store: StateStore, revisions: RevisionLog, fleet: Fleet,
+                 report: Report) -> None:
+        self.settings = settings
+        self.releases = Releases(root)
+        self.sup = sup
+        self.store = store
+        self.revisions = revisions
+        self.fleet = fleet
+        self.report = report
+        cache = Path(settings.cache_dir) if settings.cache_dir else root / CACHE
+        self._sources: dict[str, str | None] = {}
+        self.builder = Builder(self.releases, settings, sup.containment,
+                               find_uv(settings.uv), cache)
+
+    # -- start-up ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Before any agent starts: the directory, the SDK every release imports, what
+        interrupted builds left (removed), and interrupted switches (undone)."""
+        releases = self.releases
+
+        def prepare() -> tuple[str, list[Path]]:
+            releases.prepare()
+            sdk = releases.install_sdk(Path(__file__).resolve().parents[2])
+            gone = list(releases.incomplete())
+            for path in gone:
+                remove_tree(path)
+            return str(sdk), gone
+
+        try:
+            sdk, gone = await asyncio.to_thread(prepare)
+        except OSError as exc:
+            raise StoreError(f"packages directory {releases.root}: {exc.strerror or exc}"
+                             ) from None
+        self.sup.release_sdk = sdk
+        for path in gone:
+            self.report(f"removed {path}: its build was interrupted (no READY)", priority=4)
+        for name, rollout in (await asyncio.to_thread(releases.rollouts)).items():
+            await self._undo_rollout(name, rollout)
+
+    async def _undo_rollout(self, name: str, rollout: Rollout) -> None:
+        was = (f"release {os.path.basename(rollout.previous['release'])}"
+               if rollout.previous and rollout.previous.get("release") else
+               "its table from before" if rollout.previous else "no agent")
+        writes = []
+        if rollout.previous is None:
+            writes.append(StateStore.forgetting_runtime_agent(name))
+        else:
+            writes.append(StateStore.saving_runtime_agent(name, rollout.previous))
+            try:
+                spec = parse_agents({"agents": {name: rollout.previous}}, "ROLLOUT")[name]
+            except ConfigError:
+                spec = None
+            if spec is not None:
+                writes.append(recording(spec, "daemon start-up", f"rollout to release "
+                                        f"{rollout.release} interrupted by a daemon "
+                                        f"restart: back to {was}"))
+        await self.store.commit(writes)  # StoreError: the daemon does not start
+        await asyncio.to_thread(self.releases.end_rollout, name)
+        self.report(f"{name}: the rollout to release {rollout.release} (by {rollout.who}) "
+                    f"was interrupted by a daemon restart; back to {was}", priority=4)
+
+    # -- deploy --------------------------------------------------------------------------
+    async def deploy(self, path: str, name: str | None, who: str, say: Say
+                     ) -> m.DeployResult:
+        try:
+            manifest = await asyncio.to_thread(read_manifest, path, name)
+        except ConfigError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        name = manifest.name
+        if name in self.fleet.from_config:
+            raise RpcError(jsonrpc.CONFLICT, f"agent {name} is declared by the config file: "
+                                             "deploy the package under another name (--name)")
+        try:
+            plan = await self.builder.plan(manifest)
+            release, built = await self.builder.build(name, plan, who, say)
+        except BuildError as exc:
+            raise RpcError(jsonrpc.REFUSED, f"deploy of {name}: {exc}; nothing changed"
+                           ) from None
+        # from here the deploy is the daemon's: a client that goes away (Ctrl-C) does not
+        # stop a switch half-way (its record made, its processes started)
+        switch = asyncio.ensure_future(self._in_turn(name, plan, release, built, who, say))
+        switch.add_done_callback(self._told)
+        return await asyncio.shield(switch)
+
+    def _told(self, switch: asyncio.Future[m.DeployResult]) -> None:
+        """A switch's failure is in the daemon's log, whether its client waits or not."""
+        if switch.cancelled():
+            return
+        exc = switch.exception()
+        if exc is not None:
+            why = exc.message if isinstance(exc, RpcError) else f"{type(exc).__name__}: {exc}"
+            self.report(why, priority=4)
+
+    async def _in_turn(self, name: str, plan: Plan, release: Path, built: bool, who: str,
+                       say: Say) -> m.DeployResult:
+        async with self.fleet.changing([name]):
+            return await self._switch(name, plan, release, built, who, say)
+
+    def _spec(self, name: str, plan: Plan, release: Path) -> tuple[dict[str, Any], AgentSpec]:
+        table = dict(plan.manifest.table)
+        table["release"] = str(release)
+        if plan.manifest.version is not None:
+            table["version"] = plan.manifest.version
+        table["cwd"] = str(release / SOURCE / table.get("cwd", ""))
+        running = self.sup.agents.get(name)
+        if running is not None:  # the count `corral scale` set is kept
+            table["replicas"] = len(running.replicas)
+        try:
+            spec = parse_agents({"agents": {name: table}}, "deploy")[name]
+        except ConfigError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        program = spec.argv()[0]
+        search = os.pathsep.join([str(release / VENV / "bin"),
+                                  spec.env.get("PATH", os.environ.get("PATH", os.defpath))])
+        found = (shutil.which(program, path=search) if "/" not in program else
+                 program if os.access(os.path.join(spec.cwd or "", program), os.X_OK)
+                 else None)
+        if found is None:
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           f"deploy of {name}: command: {program}: not an executable in "
+                           f"the release's venv, its source or on PATH; nothing changed")
+        return table, spec
+
+    async def _switch(self, name: str, plan: Plan, release: Path, built: bool, who: str,
+                      say: Say) -> m.DeployResult:
+        table, spec = self._spec(name, plan, release)
+        agent = self.sup.agents.get(name)
+        if agent is not None and self.store.runtime_agents().get(name) is None:
+            raise RpcError(jsonrpc.CONFLICT, f"agent {name} is declared by the config file: "
+                                             "deploy the package under another name (--name)")
+        previous = agent.spec.release if agent is not None else None
+        result = m.DeployResult(
+            name=name, release=plan.release, version=plan.manifest.version, built=built,
+            changed=False, previous=os.path.basename(previous) if previous else None,
+            revision=self.fleet.revision_of(name), removed=[])
+        if agent is not None and spec_table(agent.spec) == spec_table(spec):
+            say(f"release {plan.release} is {name}'s already: nothing to do")
+            return result
+        before = self.store.runtime_agents().get(name)
+        made: list[Revision] = []
+        version = f" (version {plan.manifest.version})" if plan.manifest.version else ""
+        writes = [StateStore.saving_runtime_agent(name, table),
+                  recording(spec, who, "deployed", made)]
+        undo = [StateStore.saving_runtime_agent(name, before) if before is not None
+                else StateStore.forgetting_runtime_agent(name)]
+        if agent is None:
+            self.sup.check_fleet({name: spec.replicas}, f"agent {name}")
+        try:
+            await asyncio.to_thread(self.releases.begin_rollout, name, Rollout(
+                release=plan.release, previous=before, time=time.time(), who=who))
+        except OSError as exc:
+            raise RpcError(jsonrpc.REFUSED, f"deploy of {name}: cannot write its rollout "
+                           f"marker ({exc.strerror}): nothing changed") from None
+        keep_marker = False
+        try:
+            try:
+                await self.store.commit(writes)
+            except StoreError as exc:
+                raise RpcError(jsonrpc.REFUSED, f"{exc}: nothing was deployed; "
+                               f"{what_to_do()}") from None
+            n = plural_replicas(spec.replicas)
+            say(f"starting {n} of release {plan.release} beside the running ones"
+                if agent is not None else f"starting {n} of release {plan.release}")
+            try:
+                await self._act(name, spec, agent)
+            except SupervisorError as exc:
+                try:
+                    await self.store.commit([*undo, *(unrecording(name, r.revision)
+                                                      for r in made)])
+                except StoreError as undo_exc:
+                    keep_marker = True  # the next daemon takes it back
+                    exc.message += (f"; its record could not be taken back ({undo_exc}): "
+                                    "the next daemon does it")
+                raise RpcError(jsonrpc.REFUSED, f"deploy of {name}: release "
+                               f"{plan.release} was not taken: {exc.message}") from None
+        finally:
+            if not keep_marker:
+                await asyncio.shield(asyncio.to_thread(self.releases.end_rollout, name))
+        self.fleet.told(made)
+        say(f"{name} runs release {plan.release}{version}")
+        result.changed = True
+        result.revision = self.fleet.revision_of(name)
+        result.removed = await self._prune(name, spec)
+        return result
+
+    async def _act(self, name: str, spec: AgentSpec, agent: Any) -> None:
+        if agent is not None:
+            await agent.switch(spec)
+            return
+        # a first deploy: its processes are the only ones, seen healthy all the same
+        new = self.sup.add(spec)
+        why = await self.sup.healthy(list(new.replicas), spec, spec.healthy_deadline)
+        if why is not None:
+            await self.sup.remove(name)
+            raise SupervisorError(jsonrpc.REFUSED, f"a new process of {name} did not "
+                                                   f"become ready: {why}; the agent was "
+                                                   "not added")
+
+    # -- keep_releases -------------------------------------------------------------------
+    async def _prune(self, name: str, spec: AgentSpec) -> list[str]:
+        """Past keep_releases, the releases least recently made current go (the current
+        one never); zygotes of releases no agent runs are stopped."""
+        used = self._last_used(name)
+        current = os.path.basename(spec.release or "")
+        kept = await asyncio.to_thread(self.releases.of, name)
+        ready = [(p, info) for p, info, ok in kept if ok]
+        ready.sort(key=lambda x: max(used.get(x[0].name, 0.0),
+                                     x[1].built_at if x[1] else 0.0), reverse=True)
+        gone = [p for i, (p, _) in enumerate(ready)
+                if i >= spec.keep_releases and p.name != current]
+        for p in gone:
+            await asyncio.to_thread(remove_tree, p)
+        if gone:
+            self.report(f"{name}: removed {len(gone)} release(s) past keep_releases "
+                        f"({spec.keep_releases}): {', '.join(p.name for p in gone)}")
+        self.retire_zygotes()
+        return [p.name for p in gone]
+
+    def _last_used(self, name: str) -> dict[str, float]:
+        used: dict[str, float] = {}
+        for rev in self.revisions.history(name, 1_000_000):
+            if rev.release:
+                used[rev.release] = max(used.get(rev.release, 0.0), rev.time)
+        return used
+
+    def retire_zygotes(self) -> None:
+        running = {a.spec.release for a in self.sup.agents.values() if a.spec.release}
+        root = str(self.releases.root) + os.sep
+        self.sup.zygotes.retire(lambda key: key.interpreter.startswith(root) and not any(
+            key.interpreter.startswith(r + os.sep) for r in running))
+
+    # -- releases ------------------------------------------------------------------------
+    async def list(self, name: str) -> m.ReleasesResult:
+        agent = self.sup.agents.get(name)
+        kept = await asyncio.to_thread(self.releases.of, name)
+        if agent is None and not kept:
+            raise NoSuchAgent(name, self.sup.agents, "and no releases of one")
+        current = os.path.basename(agent.spec.release) if agent and agent.spec.release \
+            else None
+        revisions: dict[str, list[int]] = {}
+        for rev in self.revisions.history(name, 1_000_000):
+            if rev.release:
+                revisions.setdefault(rev.release, []).append(rev.revision)
+        entries = [m.ReleaseEntry(
+            release=p.name, version=info.version if info else None,
+            built_at=info.built_at if info else None,
+            size_bytes=info.size_bytes if info else None,
+            python_version=info.python_version if info else None,
+            lock=info.lock if info else None, current=p.name == current,
+            revisions=revisions.get(p.name, [])) for p, info, ok in kept if ok]
+        keep = (agent.spec if agent is not None else AgentSpec(command="-")).keep_releases
+        return m.ReleasesResult(name=name, current=current, keep_releases=keep,
+                                releases=entries)
+
+    def source_of(self, release: str) -> str | None:
+        """The directory a release was built from (read once per release)."""
+        if release not in self._sources:
+            info = self.releases.info(Path(release))
+            self._sources[release] = info.source if info is not None else None
+        return self._sources[release]
+
+    def status(self) -> dict[str, Any]:
+        b = self.builder
+        return {"dir": str(self.releases.root), "uv": b.uv, "cache": str(b.cache),
+                "built": b.built, "reused": b.reused, "failed": b.failed,
+                "building": b.building}
+
+
+def plural_replicas(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"

@@ -1,0 +1,66 @@
+"""scripts/venv.sh (sourced by ./run.sh and ./test.sh) says what it is about to do: a first
+run only when there is no venv yet."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import ROOT
+
+FIRST_RUN = "corral: setting up .venv (first run: about a minute)…"
+
+
+def project(tmp: Path) -> Path:
+    """A copy of what venv.sh reads: itself, pyproject.toml, constraints.txt, corral/."""
+    (tmp / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "venv.sh", tmp / "scripts" / "venv.sh")
+    for name in ("pyproject.toml", "constraints.txt"):
+        shutil.copy(ROOT / name, tmp / name)
+    (tmp / "corral").mkdir()
+    return tmp
+
+
+def source(tmp: Path, extras: str) -> subprocess.CompletedProcess[str]:
+    # the venv below has no pip: an install fails at once, after venv.sh said what it does
+    return subprocess.run(["sh", "-c", '. scripts/venv.sh "$1"', "sh", extras], cwd=tmp,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_an_existing_venv_is_no_first_run(tmp_path: Path) -> None:
+    tmp = project(tmp_path)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp / ".venv")],
+                   check=True, timeout=60)
+    # ./run.sh made it (its extras): ./test.sh installs its own into it
+    r = source(tmp, "test")
+    assert r.stderr.splitlines()[0] == (
+        "corral: installing corral[test] into the existing .venv (up to a minute)…")
+    assert FIRST_RUN not in r.stderr
+    assert "No module named pip" in r.stderr  # it did try to install
+    # installed before, with other requirements: an update
+    stamp = tmp / ".venv" / ".corral-install-test"
+    stamp.write_text("older inputs")
+    r = source(tmp, "test")
+    assert r.stderr.splitlines()[0] == "corral: updating .venv (its requirements changed)…"
+    # installed with these very inputs: nothing to say, nothing to do
+    python = subprocess.run([str(tmp / ".venv" / "bin" / "python"), "-V"], text=True,
+                            capture_output=True, check=True).stdout
+    stamp.write_text((tmp / "pyproject.toml").read_text()
+                     + (tmp / "constraints.txt").read_text() + "test\n" + python.rstrip("\n"))
+    assert source(tmp, "test").stderr == ""
+
+
+def test_no_venv_is_a_first_run(tmp_path: Path) -> None:
+    tmp = project(tmp_path)
+    sh = subprocess.Popen(["sh", "-c", '. scripts/venv.sh test'], cwd=tmp,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert sh.stderr is not None
+        assert sh.stderr.readline().rstrip("\n") == FIRST_RUN  # before it makes the venv
+    finally:
+        os.killpg(sh.pid, signal.SIGKILL)  # the shell and the venv it was making
+        sh.wait()
