@@ -75,10 +75,12 @@ async def test_a_quiet_worker_with_a_busy_thread_is_pinged_every_half_timeout(
         sup: Supervisor) -> None:
     """Its CPU time moves between looks: something in it runs, and only an answer says
     that its main thread would get the interpreter to answer a task."""
-    spin = ("import threading\nfrom corral.worker import run\n"
-            "def spin():\n    while True:\n        pass\n"
-            "threading.Thread(target=spin, daemon=True).start()\nrun(lambda i, c: i)\n")
-    sup.add(agent("busy", command=[sys.executable, "-c", spin]))
+    # a tenth of a core or so: enough CPU time to move its clock-tick count every second
+    busy = ("import threading, time\nfrom corral.worker import run\n"
+            "def busy():\n    while True:\n        sum(range(100000))\n"
+            "        time.sleep(0.02)\n"
+            "threading.Thread(target=busy, daemon=True).start()\nrun(lambda i, c: i)\n")
+    sup.add(agent("busy", command=[sys.executable, "-c", busy]))
     r = await sup.wait_state("busy", State.READY)
     pings, parked, t0 = sup.heartbeat_work.pings, sup.heartbeat_work.parked, time.monotonic()
     await _rounds(sup, 45)

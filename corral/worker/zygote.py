@@ -172,7 +172,7 @@ def main() -> None:
         sdk._load_title_setter()
     # The heap as it is now moves out of the collector's sight: a child's collections
     # would walk (and so copy, page by page, since walking writes) every object the
-    # zygote made, several milliseconds per child; the shared pages stay shared.
+    # zygote made, in every child; the shared pages stay shared.
     gc.freeze()
     signal.signal(signal.SIGCHLD, reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for corral, which stops us
