@@ -13,7 +13,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
@@ -537,6 +537,43 @@ class ChunkLines(asyncio.Protocol):
 
 
 # -- the peer -------------------------------------------------------------------------------
+class _Pending(Protocol):
+    """What a pending request's answer settles: a future, or an `_Answered`."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+Answered = Callable[[Any, BaseException | None], None]
+
+
+class _Answered:
+    """A pending request whose answer goes straight to a function `(result, error)`: a
+    success at once, as it is read (no future, no turn of the loop in between); a failure
+    on the next turn (a closing peer fails every pending request while its owner is still
+    half torn down)."""
+
+    __slots__ = ("_fn", "_settled")
+
+    def __init__(self, fn: Answered) -> None:
+        self._fn = fn
+        self._settled = False
+
+    def done(self) -> bool:
+        return self._settled
+
+    def set_result(self, result: Any, /) -> None:
+        self._settled = True
+        self._fn(result, None)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._settled = True
+        asyncio.get_running_loop().call_soon(self._fn, None, exception)
+
+
 Dispatch = Callable[[str, "Raw | UnsetType", "Peer"], Any]
 NotificationHandler = Callable[[str, "Raw | UnsetType", "Peer"], None]
 
@@ -577,7 +614,7 @@ class Peer:
         self._reply_to_garbage = reply_to_garbage
         self._on_garbage = on_garbage
         self._next_id = 0
-        self._pending: dict[Id, asyncio.Future[Any]] = {}
+        self._pending: dict[Id, _Pending] = {}
         # pending requests whose answer is decoded whole, in one pass, by their own decoder
         self._decoders: dict[Id, Callable[[bytes], tuple[int, Any]]] = {}
         # made at the first: a deque kept by every peer would be walked by every full
@@ -629,12 +666,29 @@ class Peer:
         `piece`: the Raw that the `SPLICE` in `params` stands for (`encode_parts`).
         """
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        return self._request(method, params, fut, decode, piece), fut
+
+    def request_callback(
+        self,
+        method: str,
+        params: Any,
+        answered: Answered,
+        *,
+        decode: Callable[[bytes], tuple[int, Any]] | None = None,
+        piece: Raw | None = None,
+    ) -> Id:
+        """`request_future` for a caller that would only add a done callback: `answered`
+        gets `(result, None)` as the answer is read, or `(None, RpcError)` a turn later."""
+        return self._request(method, params, _Answered(answered), decode, piece)
+
+    def _request(self, method: str, params: Any, pending: _Pending,
+                 decode: Callable[[bytes], tuple[int, Any]] | None, piece: Raw | None) -> Id:
         if self.closed is not None:
-            fut.set_exception(self.closed)
-            return -1, fut
+            pending.set_exception(self.closed)
+            return -1
         self._next_id += 1
         rid = self._next_id
-        self._pending[rid] = fut
+        self._pending[rid] = pending
         if decode is not None:
             self._decoders[rid] = decode
         msg = Request(method, rid, UNSET if params is None else params)
@@ -642,9 +696,9 @@ class Peer:
             self.send_message(msg)
         else:
             self._send_parts(encode_parts(msg, piece))
-        return rid, fut
+        return rid
 
-    def _take(self, rid: Id) -> asyncio.Future[Any] | None:
+    def _take(self, rid: Id) -> _Pending | None:
         """The pending request `rid`, no longer pending."""
         self._decoders.pop(rid, None)
         return self._pending.pop(rid, None)

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -14,13 +15,14 @@ from pathlib import Path
 import msgspec
 
 from corral.daemon.store import open_database
-from corral.daemon.taskjournal import TaskJournalDB
+from corral.daemon.taskjournal import YOUNG_FOR, TaskJournalDB
 from corral.supervisor import Supervisor
 from corral.supervisor.tasks import Output, Task
 
 from .conftest import EXAMPLES, PY, ROOT, agent, all_ready
 from .daemon_harness import Daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
+from .test_gateway_stdio import wait_until_async
 
 
 def worker(name: str, extra: str = "") -> str:
@@ -223,3 +225,51 @@ async def test_a_batch_is_one_upsert_per_task_and_keeps_what_a_change_does_not_c
     assert got == [(i, "succeeded", None, b'{"output":1}') if i % 3 == 0 else
                    (i, "queued", b'{"n": %d}' % i, None) for i in range(341)]
     assert journal.batches == 2 and journal.rows == 341 + 114
+
+
+def _rows(db_path: Path, *ids: str) -> dict[str, tuple[object, ...]]:
+    """The journal's rows of `ids` as a reader sees them: id -> (status, input, output)."""
+    db = sqlite3.connect(db_path)
+    try:
+        got = db.execute(f"SELECT id, status, input, output FROM tasks WHERE id IN "
+                         f"({','.join('?' * len(ids))})", ids).fetchall()
+    finally:
+        db.close()
+    return {i: tuple(rest) for i, *rest in got}
+
+
+async def test_a_new_task_nobody_waits_on_is_one_row_and_a_long_one_is_written_running(
+        db_path: Path) -> None:
+    """A new task's first row waits up to YOUNG_FOR when nobody awaits its commit: one that
+    ends meanwhile is one row (one insert, not an insert and an update); one still running
+    then is written as it is (input kept for a restart); `committed()` takes every waiting
+    row at once (what `tasks.run` acknowledges after)."""
+    journal = TaskJournalDB(db_path)
+    async with Supervisor(heartbeat_interval=0.2, journal=journal) as sup:
+        sup.add(agent("y", "misbehave.py", max_concurrent_tasks=8))
+        await all_ready(sup, "y")
+        rows = journal.rows
+        results = await sup.tasks.map("y", [{"do": "echo", "i": i} for i in range(20)],
+                                      concurrency=4)
+        await sup.tasks.committed()
+        assert journal.rows - rows == 20  # one row a task
+        ids = [r.task_id for r in results]
+        assert _rows(db_path, *ids) == {
+            r.task_id: ("succeeded", None, b'{"output":{"do":"echo","i":%d}}' % i)
+            for i, r in enumerate(results)}
+        long = sup.tasks.submit("y", {"do": "sleep", "seconds": 30})
+        assert long.id in journal._young and _rows(db_path, long.id) == {}
+        await wait_until_async(lambda: long.id not in journal._young, YOUNG_FOR + 10)
+        await journal._group.committed()  # the writer's turn, without taking young rows
+        assert _rows(db_path, long.id) == {
+            long.id: ("running", b'{"do":"sleep","seconds":30}', None)}
+        waited = sup.tasks.submit("y", {"do": "sleep", "seconds": 30})
+        assert waited.id in journal._young
+        await sup.tasks.committed()  # someone waits: written now, young no more
+        assert waited.id not in journal._young
+        assert _rows(db_path, waited.id)[waited.id][1] == b'{"do":"sleep","seconds":30}'
+        sup.tasks.cancel(long.id)
+        sup.tasks.cancel(waited.id)
+        await sup.tasks.committed()
+        assert {s for s, _, _ in _rows(db_path, long.id, waited.id).values()} == {"cancelled"}
+    await journal.close()

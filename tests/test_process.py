@@ -1,5 +1,6 @@
 """One OS process under corral (process.py): what happens to its pipes when connecting
-them to the loop fails; its requests wait while it does not read the answers."""
+them to the loop fails; its requests wait while it does not read the answers; how what
+is written to its stdin goes out."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 
 from corral.jsonrpc import Peer
 from corral.supervisor.containment import Containment
-from corral.supervisor.process import STDIN_HIGH, ChildProcess
+from corral.supervisor.process import CORK_BYTES, STDIN_HIGH, ChildProcess
 
 from .conftest import _is_pipe_or_pidfd, open_fds
 
@@ -113,3 +114,63 @@ async def test_requests_wait_unread_while_answers_to_them_are_unread() -> None:
         popen.wait(10)
         child.close()
         await asyncio.sleep(0)  # transports close their pipes a turn later
+
+
+async def test_stdin_written_in_one_turn_goes_out_at_its_end_in_order() -> None:
+    """The first message written in a turn of the loop goes at once (one at a time, none
+    waits for a turn); those after it in the same turn are gathered and written once at
+    its end (a burst of tasks wakes the worker twice, not once a message); past CORK_BYTES
+    what is gathered goes at once, so the transport's buffer, which backlog checks read,
+    never lags far behind."""
+    echo = ("import sys\nfor line in sys.stdin.buffer:\n    sys.stdout.buffer.write(line)\n"
+            "    sys.stdout.buffer.flush()\n")
+    popen = subprocess.Popen([sys.executable, "-c", echo], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    assert popen.stdin and popen.stdout and popen.stderr
+    loop = asyncio.get_running_loop()
+    child = ChildProcess(popen.pid, os.pidfd_open(popen.pid), loop, Containment(), "token",
+                         reap=popen.poll)
+    lines: list[bytes] = []
+    try:
+        await child.attach(popen.stdin.detach(), popen.stdout.detach(), popen.stderr.detach(),
+                           on_stdout_line=lines.append, on_stderr_lines=print,
+                           on_oversize=print)
+        assert child.stdin is not None
+        written = child.stdin.get_write_buffer_size
+        sent = [b"first"]
+        child.write(b"first\n")
+        assert child._corked == [] and child._turn  # out at once
+        for i in range(3):
+            sent.append(b"message %d" % i)
+            child.write(sent[-1] + b"\n")
+        child.write_parts([b"in ", memoryview(b"pieces"), b"\n"])
+        sent.append(b"in pieces")
+        assert child._corked_bytes == sum(len(m) + 1 for m in sent[1:])  # held, not written
+        await asyncio.sleep(0)  # the turn ends: all of it in one writev
+        assert child._corked == [] and child._corked_bytes == 0 and written() == 0
+        assert not child._turn
+        child.write(b"next turn\n")
+        sent.append(b"next turn")
+        assert child._corked == []  # the first of its turn: at once
+        big = b"x" * CORK_BYTES
+        child.write(b"small\n")
+        child.write(big + b"\n")  # over the bound: out now, with what was gathered before
+        assert child._corked == []
+        sent += [b"small", big]
+        async with asyncio.timeout(10):
+            while len(lines) < len(sent):
+                await asyncio.sleep(0.01)
+        assert lines == sent
+        child.write(b"last\n")
+        child.close_stdin()  # what is gathered goes before the end of input
+        async with asyncio.timeout(10):
+            while len(lines) < len(sent) + 1:
+                await asyncio.sleep(0.01)
+        assert lines[-1] == b"last"
+        assert popen.wait(10) == 0
+    finally:
+        if popen.poll() is None:
+            os.kill(popen.pid, 9)
+            popen.wait(10)
+        child.close()

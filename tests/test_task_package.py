@@ -1,11 +1,12 @@
-"""The task package's seams: ids (UUIDv7), the Queue protocol's local heap, the journal
-keyed by task id (and the migration of a journal keyed by the old sequence number), and
-no import cycle between the package's files."""
+"""The task package's seams: ids (UUIDv7), running attempts' deadlines, the Queue
+protocol's local heap, the journal keyed by task id (and the migration of a journal keyed
+by the old sequence number), and no import cycle between the package's files."""
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import os
 import sqlite3
 import time
 import uuid
@@ -18,6 +19,7 @@ from corral.daemon.store import open_database
 from corral.daemon.taskjournal import TaskJournalDB
 from corral.supervisor import Supervisor
 from corral.supervisor.tasks import LocalQueue, Queue, Task, TaskRecord, TaskStatus, new_id
+from corral.supervisor.tasks.deadlines import RESOLUTION, Deadlines
 from corral.supervisor.tasks.ids import FORMAT, IdClock, id_time
 
 from .conftest import ROOT, agent, all_ready
@@ -46,6 +48,63 @@ def test_ids_keep_increasing_when_the_clock_steps_back_or_a_millisecond_runs_out
     ids.append(clock.make(now + 60_000_000_000))
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(FORMAT.fullmatch(i) for i in ids)
+
+
+def test_a_forked_child_makes_ids_of_its_own() -> None:
+    """Random bits are taken from the kernel in batches: a child forked from a process
+    that holds some must not make the ids (the random tail) its parent makes next."""
+    new_id()  # the parent holds a batch now
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one id, then out, whatever happens
+        try:
+            os.write(w, new_id().encode())
+        finally:
+            os._exit(0)
+    try:
+        os.close(w)
+        child = os.read(r, 100).decode()
+        os.close(r)
+    finally:
+        os.waitpid(pid, 0)
+    mine = new_id()
+    assert FORMAT.fullmatch(child) and child[-12:] != mine[-12:]
+
+
+async def test_deadlines_expire_in_order_each_at_its_own_time() -> None:
+    """One timer behind every running attempt's deadline: each expires at its deadline
+    (not before), in deadline order across timeouts; one discarded never expires; a
+    deadline whose attempt ended only moves the timer on to the next."""
+    loop = asyncio.get_running_loop()
+    expired: list[tuple[str, float]] = []
+    all_done = loop.create_future()
+
+    def expire(key: str, at: float) -> None:
+        expired.append((key, loop.time()))
+        assert loop.time() >= at - RESOLUTION, (key, loop.time(), at)
+        if key == "last":
+            all_done.set_result(None)
+
+    d: Deadlines[str, float] = Deadlines(expire)
+    t0 = loop.time()
+    d.add("first-ended", 0.05, t0 + 0.05)
+    d.add("a", 0.05, t0 + 0.05)
+    d.add("short", 0.02, t0 + 0.02)
+    d.add("ended", 0.02, t0 + 0.02)
+    d.add("last", 0.15, t0 + 0.15)
+    assert d.discard("first-ended", 0.05) == t0 + 0.05
+    assert d.discard("ended", 0.02) == t0 + 0.02 and d.discard("ended", 0.02) is None
+    assert d.discard("nobody", 9.0) is None
+    assert len(d) == 3
+    async with asyncio.timeout(5):
+        await all_done
+    assert [k for k, _ in expired] == ["short", "a", "last"]
+    assert len(d) == 0
+    d.add("again", 0.01, loop.time() + 0.01)  # the timer is set anew after running dry
+    async with asyncio.timeout(5):
+        while len(expired) < 4:
+            await asyncio.sleep(0.005)
+    assert expired[-1][0] == "again"
 
 
 # -- the local queue --------------------------------------------------------------------------

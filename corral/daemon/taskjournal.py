@@ -9,13 +9,17 @@ sequence numbers start again in every process and ids of tasks from before UUIDv
 do not sort by time.
 
 The engine calls `write(task)` on the loop at each change; the row is snapshotted at once
-and queued. One flush per loop turn hands the queued rows to a writer thread, which writes
-them in one transaction (an upsert per task, whatever number of changes it had); while it
-writes, the next batch gathers, so commits group themselves under load and there is never
-one fsync per task. `committed()` resolves once everything written so far is durable:
-`tasks.run` acknowledges a task only after that. With `journal_sync = "normal"` (SQLite
-synchronous=NORMAL in WAL) a commit survives a crash of the daemon; with `"full"` it also
-survives a power loss, at the cost of an fsync per batch.
+and queued. A new task's first row is the exception: while nobody waits for a commit
+(`committed()`, which `tasks.run` awaits before it acknowledges), it waits up to
+YOUNG_FOR, made then from the task as it is, so a task that ends meanwhile is one row
+(one insert rather than an insert and an update). One flush per loop turn hands the
+queued rows to a writer thread, which writes them in one transaction (an upsert per task,
+whatever number of changes it had); while it writes, the next batch gathers, so commits
+group themselves under load and there is never one fsync per task. `committed()` resolves
+once everything written so far is durable: `tasks.run` acknowledges a task only after
+that. With `journal_sync = "normal"` (SQLite synchronous=NORMAL in WAL) a commit survives
+a crash of the daemon; with `"full"` it also survives a power loss, at the cost of an
+fsync per batch.
 
 A task's input is kept until it finishes (a restarted daemon needs it to run the task
 again), then cleared. The `output` column holds the worker's `task/run` result as it sent
@@ -64,6 +68,9 @@ from .store import RETRY_EVERY, GroupCommit, WriterThread, connect, errors_named
 log = logging.getLogger("corral.taskjournal")
 
 PRUNE_EVERY = 60.0
+# how long a new task's first row may wait when nobody waits for it to be committed
+YOUNG_FOR = 0.1
+YOUNG_SLACK = 0.002  # released with the ones due this soon: one wake-up for a burst
 BEHIND_BYTES = 32 * 1024 * 1024  # inputs and outputs waiting to be written
 
 UPSERT = """
@@ -112,6 +119,9 @@ class TaskJournalDB:
             error_type=TaskJournalError, explain=self._cannot)
         self._outage = self._group.outage  # since a write failed, until one works
         self._prune_timer: asyncio.TimerHandle | None = None
+        # new tasks whose first row waits: id -> (when, arrival, the task), oldest first
+        self._young: dict[str, tuple[float, int, Task]] = {}
+        self._release_timer: asyncio.TimerHandle | None = None
         self.writes = 0  # changes handed to the journal
         self.rows = 0  # rows written (changes to one task in one batch are one row)
         self.batches = 0  # transactions committed
@@ -150,22 +160,51 @@ class TaskJournalDB:
     # -- the TaskJournal protocol ---------------------------------------------------------
     def write(self, task: Task) -> None:
         self.writes += 1
+        young = self._young.get(task.id)
+        if young is None and not task.journaled and task.finished is None:
+            # a new task that nobody waits to see committed: its first row waits (module
+            # doc), and the task's changes meanwhile cost nothing here
+            self._young[task.id] = (self._loop.time(), next(self._arrivals), task)
+            if self._release_timer is None:
+                self._release_timer = self._loop.call_later(YOUNG_FOR, self._release)
+            return
+        if young is not None:
+            if task.finished is None:
+                return  # still young: its row is made when it is released
+            del self._young[task.id]
+            self._group.put(task.id, _row(task, young[1], None))  # its one row
+            return
         # the input is kept while the task may have to run again, and written once
         raw_input = None if task.journaled or task.finished is not None else task.input
-        row: Row = (
-            task.id, None if task.journaled else next(self._arrivals), task.agent,
-            task.priority, task.timeout, task.retries_left, task.created, task.started,
-            task.finished, task.status, task.tool_calls,
-            raw_input, task.raw_result,  # the worker's result as sent: {"output": ...}
-            None if task.error is None else _encode(task.error),
-            _encode(task.attempts),
-            None if task.progress is None else _encode(task.progress))
-        self._group.put(task.id, row)
+        arrival = None if task.journaled else next(self._arrivals)
+        self._group.put(task.id, _row(task, arrival, raw_input))
+
+    def _release(self) -> None:
+        """Young rows old enough go to the writer (as their tasks are now)."""
+        self._release_timer = None
+        young = self._young
+        if not young:
+            return
+        due = self._loop.time() - YOUNG_FOR + YOUNG_SLACK
+        while young:
+            task_id, (since, arrival, task) = next(iter(young.items()))
+            if since > due:
+                self._release_timer = self._loop.call_later(
+                    since - due + YOUNG_SLACK, self._release)
+                return
+            del young[task_id]
+            self._group.put(task_id, _row(task, arrival, task.input))
+
+    def _release_all(self) -> None:
+        young, self._young = self._young, {}
+        for task_id, (_, arrival, task) in young.items():
+            self._group.put(task_id, _row(task, arrival, task.input))
 
     def behind(self) -> bool:
         return self._group.waiting_bytes > BEHIND_BYTES
 
     async def committed(self) -> None:
+        self._release_all()  # someone waits: nothing is young any more
         await self._group.committed()
 
     async def load(self, task_id: str) -> TaskInfo | None:
@@ -295,6 +334,8 @@ class TaskJournalDB:
         """Write what is pending, then stop the thread and close."""
         if self._prune_timer is not None:
             self._prune_timer.cancel()
+        if self._release_timer is not None:
+            self._release_timer.cancel()
         with contextlib.suppress(TaskJournalError):
             await self.committed()  # while failing: one more attempt
         self._group.cancel_retry()
@@ -312,6 +353,19 @@ class TaskJournalDB:
 
 class TaskJournalError(Exception):
     """The journal could not write; the message names the file and SQLite's reason."""
+
+
+def _row(task: Task, arrival: int | None, raw_input: msgspec.Raw | None) -> Row:
+    """A task's row as it is now: `arrival` at its first write only (None: the row has
+    one), `raw_input` while it may still have to run (None: the row keeps what it has)."""
+    return (
+        task.id, arrival, task.agent, task.priority, task.timeout, task.retries_left,
+        task.created, task.started, task.finished, task.status, task.tool_calls,
+        None if task.finished is not None else raw_input,
+        task.raw_result,  # the worker's result as sent: {"output": ...}
+        None if task.error is None else _encode(task.error),
+        _encode(task.attempts),
+        None if task.progress is None else _encode(task.progress))
 
 
 def _size(row: Row) -> int:

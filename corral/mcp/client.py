@@ -152,8 +152,9 @@ class McpClient:
         return params
 
     async def request(self, method: str, params: dict[str, Any] | None = None, *,
-                      timeout: float) -> Any:
-        """One request, with the revision's `_meta` where it needs one."""
+                      timeout: float | None) -> Any:
+        """One request, with the revision's `_meta` where it needs one (`timeout` None: the
+        caller keeps the deadline)."""
         assert self.peer is not None
         return await self.peer.request(method, self._with_meta(params or {}), timeout=timeout)
 
@@ -376,8 +377,8 @@ class McpClient:
             async with asyncio.timeout(timeout):
                 if as_task:
                     result = await self._call_as_task(params, timeout)
-                else:
-                    result = await self.request("tools/call", params, timeout=timeout + 1)
+                else:  # (the deadline is the one above: one timer a call)
+                    result = await self.request("tools/call", params, timeout=None)
         except TimeoutError:
             self.errors += 1
             if self.peer is not None:  # a hang of a server without ping shows this way

@@ -18,6 +18,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ..lifecycle import SERVING
 from .counters import AgentTasks
+from .deadlines import Deadlines
 from .durable import TaskJournal
 from .model import TERMINAL, Attempt, Task, TaskError, TaskStatus
 from .payload import Output, output_of, read_raw
@@ -51,6 +52,7 @@ class Dispatcher:
         self.queue = queue
         self.by_agent = by_agent
         self.outcomes = outcomes
+        self.deadlines: Deadlines[Task, tuple[Replica, Attempt]] = Deadlines(self._on_timeout)
 
     def free_replica(self, agent: AgentLike) -> Replica | None:
         limit = agent.spec.max_concurrent_tasks
@@ -91,25 +93,22 @@ class Dispatcher:
         self.outcomes.record(task)
         # a large input goes out as a piece of its own (one writev, never copied into the
         # message), and the answer is read in one pass, its output kept as its bytes
-        _, fut = r.peer.request_future(
+        r.peer.request_callback(
             "task/run", {"task_id": task.id, "input": jsonrpc.SPLICE,
-                         "deadline": now + task.timeout}, decode=read_raw, piece=task.input)
-        fut.add_done_callback(lambda f: self._on_reply(task, r, attempt, f))
-        task.timer = asyncio.get_running_loop().call_later(
-            task.timeout, self._on_timeout, task, r, attempt)
+                         "deadline": now + task.timeout},
+            lambda result, exc: self._on_reply(task, r, attempt, result, exc),
+            decode=read_raw, piece=task.input)
+        self.deadlines.add(task, task.timeout, (r, attempt))
 
-    def _on_reply(self, task: Task, r: Replica, attempt: Attempt, fut: asyncio.Future[Any]
-                  ) -> None:
-        if task.timer is not None and task.status == TaskStatus.RUNNING:
-            task.timer.cancel()
-            task.timer = None
+    def _on_reply(self, task: Task, r: Replica, attempt: Attempt, result: Any,
+                  exc: BaseException | None) -> None:
+        if task.status == TaskStatus.RUNNING:
+            self.deadlines.discard(task, task.timeout)
         attempt.finished = time.time()
         q = self.by_agent.get(task.agent)
         if q is not None:
             q.running -= 1
         r.task_finished(task.id)
-        exc = fut.exception() if not fut.cancelled() else RpcError(
-            jsonrpc.REQUEST_CANCELLED, "cancelled")
         late = task.status in TERMINAL
         finish = self.outcomes.finish
         if late:  # timed out or cancelled before the worker answered
@@ -120,7 +119,7 @@ class Dispatcher:
             attempt.outcome = TaskStatus.SUCCEEDED
             # the result is kept as its bytes, not looked into here: a 10 MB output costs
             # one decode for a Python caller, or a scan and a copy for a socket client
-            finish(task, TaskStatus.SUCCEEDED, result=output_of(fut.result()))
+            finish(task, TaskStatus.SUCCEEDED, result=output_of(result))
         elif not isinstance(exc, RpcError):
             attempt.outcome = TaskStatus.FAILED
             finish(task, TaskStatus.FAILED, error=TaskError(jsonrpc.INTERNAL_ERROR, str(exc)))
@@ -145,8 +144,8 @@ class Dispatcher:
             self.outcomes.record(task)  # the attempt's end, on a task already finished
         self.pump(task.agent)
 
-    def _on_timeout(self, task: Task, r: Replica, attempt: Attempt) -> None:
-        task.timer = None
+    def _on_timeout(self, task: Task, running: tuple[Replica, Attempt]) -> None:
+        r, attempt = running
         if task.status != TaskStatus.RUNNING:
             return
         attempt.outcome = TaskStatus.TIMED_OUT

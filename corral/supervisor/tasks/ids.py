@@ -24,18 +24,32 @@ FORMAT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-
 ANY = re.compile(f"{FORMAT.pattern}|[0-9a-f]{{12}}")
 
 
+_RANDOM_BATCH = 256  # ids' worth of random bytes asked of the kernel at once
+_RAND_BYTES = 10  # 62 bits for the id, 11 for a seed
+
+
 class IdClock:
     """Makes ids; one per process (`new_id`), or one per test."""
 
-    __slots__ = ("counter", "last_ms")
+    __slots__ = ("_random", "_used", "counter", "last_ms")
 
     def __init__(self) -> None:
         self.last_ms = -1
         self.counter = 0
+        self._random = b""  # os.urandom's bytes, taken in batches: a syscall per id cost
+        self._used = 0  # as much as the rest of making one
+
+    def forget_random(self) -> None:
+        """After a fork: the child must not make the parent's ids."""
+        self._random, self._used = b"", 0
 
     def make(self, now_ns: int | None = None) -> str:
         ms = (time.time_ns() if now_ns is None else now_ns) // 1_000_000
-        rand = int.from_bytes(os.urandom(10))  # 62 bits for the id, 11 for a seed
+        used = self._used
+        if used >= len(self._random):
+            self._random, used = os.urandom(_RAND_BYTES * _RANDOM_BATCH), 0
+        self._used = used + _RAND_BYTES
+        rand = int.from_bytes(self._random[used:used + _RAND_BYTES])
         if ms > self.last_ms:
             self.last_ms, self.counter = ms, (rand >> 62) & _SEED_MASK
         else:  # the same millisecond, or the clock went back: count on from the last id
@@ -50,6 +64,7 @@ class IdClock:
 
 
 _clock = IdClock()
+os.register_at_fork(after_in_child=_clock.forget_random)
 
 
 def new_id() -> str:

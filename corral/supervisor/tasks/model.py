@@ -107,10 +107,10 @@ class TaskRecord(msgspec.Struct, kw_only=True):
 
 class Task:
     __slots__ = (
-        "agent", "attempts", "created", "done", "error", "finished",
+        "_done", "agent", "attempts", "created", "error", "finished",
         "id", "input", "journaled", "out", "output_dropped", "priority", "progress",
-        "replica", "retries_left", "seq", "started", "status", "timeout", "timer",
-        "tool_calls", "watchers",
+        "replica", "retries_left", "seq", "started", "status", "timeout",
+        "tool_calls", "waiter", "watchers",
     )
 
     def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
@@ -137,9 +137,18 @@ class Task:
         self.progress: Any = None
         self.tool_calls = 0
         self.replica: Replica | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # done when the task is: made when first asked for (most tasks have only `waiter`)
+        self._done: asyncio.Future[None] | None = None
+        self.waiter: asyncio.Future[None] | None = None  # the submitter's own (run())
         self.watchers: list[Callable[[str, Any], None]] | None = []  # None once finished
+
+    @property
+    def done(self) -> asyncio.Future[None]:
+        """Done when the task has finished; shared: await it shielded."""
+        done = self._done
+        if done is None:
+            done = self._done = asyncio.get_running_loop().create_future()
+        return done
 
     def watch(self, watcher: Callable[[str, Any], None]) -> None:
         """`watcher(kind, data)` hears "progress" and then "done" (with the result)."""

@@ -1,0 +1,162 @@
+"""Issue 26: tiny task throughput, corral beside multiprocessing.Pool, in one run.
+
+    .venv/bin/python -m bench.bench_tiny [--quick] [--tasks N] [--rounds R]
+
+The same echo of a tiny input (`{"n": i}`) through 1 and 2 workers, 256 tasks in flight,
+the runners taking turns in each round so that drift of this shared machine hits them
+alike:
+
+- corral: `Supervisor.tasks.map(..., concurrency=256)` to SDK workers
+  (`bench/echo_agent.py`, `max_concurrent_tasks = 64`), the Python API;
+- Pool: `multiprocessing.Pool(workers)` (fork), each task `apply_async` awaited on the
+  same event loop (its callback hands the result over with `call_soon_threadsafe`), 256
+  lanes each with one task in flight: how an asyncio program uses a Pool, and the runner
+  of bench_payload;
+- Pool, gathered: the same Pool with bench_payload's load generator, a coroutine per task
+  made up front (`gather`) behind a semaphore of 256 (context: what the issue measured);
+- Pool, its own way: `imap_unordered(chunksize=1)` from a thread of its own, no event
+  loop (context: the Pool's fastest path for single tasks, not the goal's peer).
+
+Each row also gives the CPU time per task of the bench's process (corral's supervisor
+and load generator, or the Pool's parent and its threads) and of the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psutil
+import uvloop
+
+from corral.supervisor import AgentSpec, Supervisor
+from corral.supervisor.lifecycle import SERVING
+
+from .harness import PY, ROOT, report
+
+QUICK = "--quick" in sys.argv
+TASKS = 5_000 if QUICK else 20_000
+ROUNDS = 3 if QUICK else 5
+for i, a in enumerate(sys.argv):
+    if a == "--tasks":
+        TASKS = int(sys.argv[i + 1])
+    elif a == "--rounds":
+        ROUNDS = int(sys.argv[i + 1])
+IN_FLIGHT = 256
+
+
+def echo(x: Any) -> Any:
+    return x
+
+
+def cpu(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        t = p.cpu_times()
+        total += t.user + t.system
+    return total
+
+
+async def timed(run: Callable[[], Awaitable[None]], workers: list[psutil.Process]
+                ) -> dict[str, float]:
+    me = [psutil.Process()]
+    c0, w0, t0 = cpu(me), cpu(workers), time.perf_counter()
+    await run()
+    dt = time.perf_counter() - t0
+    return {"per_s": TASKS / dt, "parent_cpu_us": (cpu(me) - c0) / TASKS * 1e6,
+            "workers_cpu_us": (cpu(workers) - w0) / TASKS * 1e6}
+
+
+async def main() -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    results: dict[str, Any] = {"loadavg_start": os.getloadavg()[0], "tasks": TASKS,
+                               "rounds": ROUNDS, "in_flight": IN_FLIGHT}
+    async with Supervisor() as sup:
+        sup.add(AgentSpec(name="echo", command=[PY, str(ROOT / "bench" / "echo_agent.py")],
+                          env={"PYTHONPATH": str(ROOT)}, max_concurrent_tasks=64,
+                          max_queue=1_000_000))
+        for workers in (1, 2):
+            await sup.scale("echo", workers)
+            for i in range(workers):
+                await sup.wait_state("echo", SERVING, replica=i)
+            agent = sup.agents["echo"]
+            corral_procs = [psutil.Process(r.pid) for r in agent.replicas if r.pid]
+            pool = multiprocessing.get_context("fork").Pool(workers)
+            pool_procs = [psutil.Process(p.pid) for p in pool._pool]  # type: ignore[attr-defined]
+            for _ in range(4 * workers):
+                pool.apply(echo, (1,))
+            await sup.tasks.map("echo", ({"n": i} for i in range(500)), concurrency=256)
+
+            async def corral_run() -> None:
+                out = await sup.tasks.map("echo", ({"n": i} for i in range(TASKS)),
+                                          concurrency=IN_FLIGHT)
+                assert out[-1].status == "succeeded" and out[-1].output == {"n": TASKS - 1}
+
+            async def pool_run(pool: Any = pool) -> None:
+                todo = iter(range(TASKS))
+                last: list[Any] = []
+
+                async def lane() -> None:
+                    for i in todo:
+                        fut: asyncio.Future[Any] = loop.create_future()
+                        pool.apply_async(echo, ({"n": i},), callback=lambda v, f=fut:
+                                         loop.call_soon_threadsafe(f.set_result, v))
+                        last.append(await fut)
+
+                await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
+                assert len(last) == TASKS
+
+            async def pool_gathered(pool: Any = pool) -> None:
+                sem = asyncio.Semaphore(IN_FLIGHT)
+
+                async def one(i: int) -> Any:
+                    async with sem:
+                        fut: asyncio.Future[Any] = loop.create_future()
+                        pool.apply_async(echo, ({"n": i},), callback=lambda v: (
+                            loop.call_soon_threadsafe(fut.set_result, v)))
+                        return await fut
+
+                assert len(await asyncio.gather(*(one(i) for i in range(TASKS)))) == TASKS
+
+            async def pool_own(pool: Any = pool) -> None:
+                def drain() -> int:
+                    return sum(1 for _ in pool.imap_unordered(
+                        echo, ({"n": i} for i in range(TASKS)), chunksize=1))
+
+                assert await asyncio.to_thread(drain) == TASKS
+
+            runners: dict[str, tuple[Callable[[], Awaitable[None]], list[psutil.Process]]] = {
+                "corral": (corral_run, corral_procs),
+                "Pool": (pool_run, pool_procs),
+                "Pool, gathered": (pool_gathered, pool_procs),
+                "Pool.imap_unordered": (pool_own, pool_procs),
+            }
+            acc: dict[str, list[dict[str, float]]] = {k: [] for k in runners}
+            for _ in range(ROUNDS):
+                for name, (run, procs) in runners.items():
+                    acc[name].append(await timed(run, procs))
+            pool.terminate()
+            pool.join()
+            row: dict[str, Any] = {
+                name: {k: round(statistics.median(r[k] for r in rs), 1) for k in rs[0]}
+                for name, rs in acc.items()}
+            row["corral_over_pool"] = round(row["corral"]["per_s"] / row["Pool"]["per_s"], 2)
+            row["loadavg"] = os.getloadavg()[0]
+            results[f"{workers}w"] = row
+            print(f"{workers} worker(s): corral {row['corral']['per_s']:.0f}/s, Pool "
+                  f"{row['Pool']['per_s']:.0f}/s (x{row['corral_over_pool']}), Pool gathered "
+                  f"{row['Pool, gathered']['per_s']:.0f}/s, "
+                  f"Pool.imap_unordered {row['Pool.imap_unordered']['per_s']:.0f}/s; "
+                  f"load {row['loadavg']:.1f}", flush=True)
+    results["loadavg_end"] = os.getloadavg()[0]
+    return results
+
+
+if __name__ == "__main__":
+    report("tiny", uvloop.run(main()))

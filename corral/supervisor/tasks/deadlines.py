@@ -1,0 +1,91 @@
+"""The deadlines of running attempts, behind one timer.
+
+A timer per attempt (uvloop makes a libuv timer for each `call_later`, and closes it on
+`cancel`) cost more than the rest of a tiny task's dispatch. Here the attempts of one
+timeout are kept in the order they started, which is the order of their deadlines
+(`loop.time()` never goes back): an insertion-ordered dict per timeout, an attempt that
+ends taken out in O(1), and one timer set for the earliest deadline of all. When it
+fires, what has expired is handed on and the timer is set for the next; a deadline whose
+attempt has already ended costs one wake-up that finds nothing and sets the timer again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+K = TypeVar("K")  # what a deadline is for (a task), hashed by identity
+V = TypeVar("V")  # what is handed on with it when it expires
+# libuv's timers count whole milliseconds: one may fire a little before its deadline as
+# `loop.time()` tells it, which must not make it wait a turn (or spin) for the rest
+RESOLUTION = 0.001
+
+
+class Deadlines(Generic[K, V]):
+    __slots__ = ("_at", "_by_timeout", "_expire", "_loop", "_timer")
+
+    def __init__(self, expire: Callable[[K, V], None]) -> None:
+        self._expire = expire
+        self._by_timeout: dict[float, dict[K, tuple[float, V]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf  # when the timer fires
+
+    def add(self, key: K, timeout: float, value: V) -> None:
+        """`key` expires `timeout` seconds from now, unless discarded before."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        at = loop.time() + timeout
+        group = self._by_timeout.get(timeout)
+        if group is None:
+            group = self._by_timeout[timeout] = {}
+        group.pop(key, None)  # (re-added: now at the end, in its new order)
+        group[key] = (at, value)
+        if at < self._at:
+            self._arm(at)
+
+    def discard(self, key: K, timeout: float) -> V | None:
+        """`key` will not expire (its attempt ended); what was kept with it, if it was."""
+        group = self._by_timeout.get(timeout)
+        if group is None:
+            return None
+        entry = group.pop(key, None)
+        if not group:
+            del self._by_timeout[timeout]
+        return None if entry is None else entry[1]
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self._by_timeout.values())
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._at = at
+        self._timer = self._loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._at = None, math.inf
+        assert self._loop is not None
+        now = self._loop.time()
+        expired: list[tuple[K, V]] = []
+        upcoming = math.inf
+        for timeout, group in list(self._by_timeout.items()):
+            due = []
+            for key, (at, value) in group.items():  # in the order of their deadlines
+                if at > now + RESOLUTION:
+                    upcoming = min(upcoming, at)
+                    break
+                due.append((key, value))
+            for key, _ in due:
+                del group[key]
+            if not group:
+                del self._by_timeout[timeout]
+            expired += due
+        if upcoming < math.inf:
+            self._arm(upcoming)
+        for key, value in expired:
+            self._expire(key, value)
