@@ -1,10 +1,16 @@
 """Issue 14: task payloads from 1 KB to 10 MB, corral beside ProcessPoolExecutor and
 multiprocessing.Pool, in one run, interleaved.
 
-    .venv/bin/python -m bench.bench_payload [--quick] [--sizes 1000,100000] [--ray] [--text]
+    .venv/bin/python -m bench.bench_payload [--quick] [--sizes 1000,100000] [--ray]
+        [--text | --json] [--rounds N] [--freeze]
 
 Every runner does the same work: echo a JSON-able input `{"doc": "x" * SIZE}` back (with
-`--text`, SIZE bytes of prose with escapes and non-ASCII instead), with 1 and 2 workers.
+`--text`, SIZE bytes of prose with escapes and non-ASCII instead; with `--json`, a
+document of SIZE bytes made of records, each a dict holding a list, as an API's answer
+is: ~1,800 containers per 100 KB, for the garbage collector to walk), with 1 and 2
+workers. `--freeze`: the bench's process freezes its heap once set up (`gc.freeze()`), as
+`corral daemon` does after its start-up (decision 60), for every runner alike; without
+it, the process is an embedding program's, whose full collections walk its whole heap.
 For each size and worker count the runners take turns in rounds (corral, PPE, Pool,
 corral, …) so that drift of this noisy machine hits them alike. Latency: one task at a
 time (median, p99). Throughput: 2 x workers tasks in flight. corral goes through its
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import multiprocessing
 import os
 import statistics
@@ -35,14 +42,18 @@ from .harness import PY, ROOT, report
 QUICK = "--quick" in sys.argv
 RAY = "--ray" in sys.argv
 TEXT = "--text" in sys.argv
+JSON = "--json" in sys.argv
+FREEZE = "--freeze" in sys.argv
 SIZES = [1_000, 100_000, 1_000_000, 10_000_000]
 # prose with what makes JSON work: quotes, a backslash, a newline, non-ASCII
 PROSE = 'The "quick" brown fox — naïve café, 東京 \\ jumps\nover the lazy dog. '
 
+ROUNDS = 3
 for i, a in enumerate(sys.argv):
     if a == "--sizes":
         SIZES = [int(s) for s in sys.argv[i + 1].split(",")]
-ROUNDS = 3
+    if a == "--rounds":
+        ROUNDS = int(sys.argv[i + 1])
 
 
 def count(size: int) -> int:
@@ -55,7 +66,19 @@ def echo(x: Any) -> Any:
     return x
 
 
-def document(size: int) -> dict[str, str]:
+def records(size: int) -> dict[str, Any]:
+    """About `size` bytes of JSON in records of ~110 bytes, a dict and a list each."""
+    out: list[dict[str, Any]] = []
+    while len(out) * 110 < size:
+        i = len(out)
+        out.append({"id": i, "name": f"item-{i:06d}", "tags": ["red", "green"],
+                    "text": "lorem ipsum dolor sit amet", "score": i * 0.5})
+    return {"records": out}
+
+
+def document(size: int) -> Any:
+    if JSON:
+        return records(size)
     if not TEXT:
         return {"doc": "x" * size}
     n = len(PROSE.encode())
@@ -82,15 +105,16 @@ async def measure(run: Run, payload: Any, n: int, inflight: int) -> tuple[list[f
     return lat, n / (time.perf_counter() - t0)
 
 
-def p99(xs: list[float]) -> float:
+def p99(xs: list[float], q: float = 0.99) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * 0.99))]
+    return xs[min(len(xs) - 1, int(len(xs) * q))]
 
 
 async def main() -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     results: dict[str, Any] = {"loadavg_start": os.getloadavg()[0], "sizes": {},
-                               "payload": "text" if TEXT else "ascii"}
+                               "payload": "text" if TEXT else "json" if JSON else "ascii",
+                               "rounds": ROUNDS, "frozen_heap": FREEZE}
     if RAY:
         import ray
 
@@ -114,6 +138,9 @@ async def main() -> dict[str, Any]:
             for _ in range(4 * workers):
                 ppe.submit(echo, 1).result()
                 pool.apply(echo, (1,))
+            if FREEZE:
+                gc.collect()
+                gc.freeze()
 
             async def corral_run(x: Any) -> Any:
                 r = await sup.tasks.run("echo", x)
@@ -156,7 +183,9 @@ async def main() -> dict[str, Any]:
                 for name, a in acc.items():
                     row.setdefault(name, {})[f"{workers}w"] = {
                         "median_ms": round(statistics.median(a["lat"]) * 1e3, 3),
+                        "p90_ms": round(p99(a["lat"], 0.9) * 1e3, 3),
                         "p99_ms": round(p99(a["lat"]) * 1e3, 3),
+                        "max_ms": round(max(a["lat"]) * 1e3, 3),
                         "throughput_per_s": round(statistics.median(a["tp"]), 1),
                         "tasks": len(a["lat"]),
                     }
@@ -181,4 +210,5 @@ async def main() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    report("payload" + ("-text" if TEXT else "") + ("-ray" if RAY else ""), uvloop.run(main()))
+    report("payload" + ("-text" if TEXT else "") + ("-json" if JSON else "")
+           + ("-frozen" if FREEZE else "") + ("-ray" if RAY else ""), uvloop.run(main()))

@@ -184,6 +184,8 @@ def corral_fleet(n: int, profile: Path | None = None, stalls: bool = False
         "heartbeat_per_round": {
             "busy_ms": round(1000 * (hb1["busy_seconds"] - hb0["busy_seconds"]) / rounds, 2),
             "pings": round((hb1["pings"] - hb0["pings"]) / rounds, 1),
+            # pings not sent: the worker was seen parked on its stdin
+            "parked": round((hb1.get("parked", 0) - hb0.get("parked", 0)) / rounds, 1),
             "samples": round((hb1["samples"] - hb0["samples"]) / rounds, 1),
             "slices": hb1["slices_per_round"],
             "longest_slice_ms": round(1000 * hb1["longest_slice"], 2),

@@ -624,6 +624,16 @@ class Peer:
         self.closed: RpcError | None = None
         self.garbage_lines = 0
         self.on_handled: Callable[[], None] | None = None  # after each answered request
+        # Flow control of the other side's requests, for an owner that sets it up (plain
+        # attributes, no callbacks: a supervisor keeps a peer per process, decision 60).
+        # While `requests_paused` (the owner's: its answers are not being read), or while
+        # `max_handling` of them are worked on, a request waits, with those of its line
+        # after it, in `held`, and `reader` stops reading; `release()` takes them when
+        # allowed again (by itself as requests are answered) and lets `reader` go on.
+        self.reader: LineProtocol | None = None
+        self.requests_paused = False
+        self.max_handling = 0  # 0: no limit
+        self.held: list[Envelope] | None = None
         # requests in a row that timed out with not a line from the other side since: a
         # peer that has no ping shows a hang this way (only a line read resets it, so a
         # stall of our own loop, which leaves the answers unread, never counts)
@@ -895,6 +905,35 @@ class Peer:
                 log.exception("%s: notification handler for %s failed", self.name, method)
 
     def _handle_request(self, env: Envelope) -> None:
+        if self.held is not None or self._holding_requests():
+            if self.held is None:
+                self.held = []
+                if self.reader is not None:
+                    self.reader.pause()
+            self.held.append(env)
+            return
+        self._take_request(env)
+
+    def _holding_requests(self) -> bool:
+        return self.requests_paused or 0 < self.max_handling <= len(self._incoming)
+
+    def release(self) -> None:
+        """Take the held requests, in order, as far as allowed; once none is left, the
+        reader reads on."""
+        if self.held is None:
+            return
+        held, self.held = self.held, None
+        for i, env in enumerate(held):
+            if self.closed is not None:
+                return
+            if self._holding_requests():
+                self.held = held[i:]
+                return
+            self._take_request(env)
+        if self.held is None and self.reader is not None:
+            self.reader.resume()
+
+    def _take_request(self, env: Envelope) -> None:
         rid = env.id
         method = env.method
         assert isinstance(method, str) and not isinstance(rid, UnsetType)
@@ -939,6 +978,8 @@ class Peer:
         try:
             self._answer(rid, task)
         finally:
+            if self.held is not None:
+                self.release()
             if self.on_handled is not None:
                 self.on_handled()
 
@@ -965,6 +1006,7 @@ class Peer:
         if self.closed is not None:
             return
         self.closed = RpcError(PEER_CLOSED, reason)
+        self.held = self.reader = None
         pending, self._pending = self._pending, {}
         self._decoders.clear()
         for fut in pending.values():

@@ -23,6 +23,8 @@
     resources       resources (paged, one per page), a template, subscribe; prompts; logging
     tasks           tools "quick" and "endless" need task augmentation (execution.taskSupport
                     "required"); "quick" completes at the second tasks/get, "endless" never
+    flood           tool "flood" {n}: sends the client n pings (distinct ids) as fast as it
+                    can, then never reads its stdin again
 
 Tools: echo {text}, slow {seconds} (honours notifications/cancelled), die (exits mid-call),
 progress {steps} (notifications/progress to the caller's token), grow (adds tool "extra"
@@ -54,6 +56,8 @@ if "resources" in modes:
     tools.append({"name": "typed", "inputSchema": {"type": "object"},
                   "outputSchema": {"type": "object", "properties": {"n": {"type": "integer"}},
                                    "required": ["n"]}})
+if "flood" in modes:
+    tools.append({"name": "flood", "inputSchema": {"type": "object"}})
 if "schema" in modes:  # a tool whose input schema says all a listing may show
     tools.append({"name": "find", "description": "Find notes.\n\nBy a word, newest first.",
                   "inputSchema": {"type": "object", "required": ["word"], "properties": {
@@ -130,6 +134,17 @@ def call(rid, params):
     elif name == "roots":
         requests_out["roots"] = rid
         send({"jsonrpc": "2.0", "id": "r1", "method": "roots/list"})
+    elif name == "flood":
+        n = int(args.get("n", 1000000))
+        for first in range(0, n, 10000):
+            block = "".join(f'{{"jsonrpc":"2.0","id":"p-{i}","method":"ping"}}\n'
+                            for i in range(first, min(n, first + 10000)))
+            with lock:
+                sys.stdout.write(block)
+                sys.stdout.flush()
+        print("flooded", file=sys.stderr, flush=True)
+        while True:  # the answers are never read
+            time.sleep(3600)
     elif name == "grow":
         tools.append({"name": "extra", "inputSchema": {"type": "object"}})
         reply(rid, {"content": [{"type": "text", "text": "grown"}]})

@@ -214,7 +214,7 @@ async def test_a_batch_is_one_upsert_per_task_and_keeps_what_a_change_does_not_c
         journal.write(t)
     await journal.committed()
     for t in tasks[::3]:  # an upsert: some rows change, the rest stay as they were
-        t.status, t.finished, t.out = "succeeded", 1.0, Output(msgspec.Raw(b"1"), None, 1)
+        t.status, t.finished, t.out = "succeeded", 1.0, Output(msgspec.Raw(b"1"), 1)
         journal.write(t)
     await journal.committed()
     await journal.close()

@@ -255,6 +255,61 @@ async def test_batches_are_accepted() -> None:
     b.close()
 
 
+async def test_held_requests_wait_in_order_while_answers_and_notifications_pass() -> None:
+    sent: list[bytes] = []
+    noted: list[str] = []
+    read: list[bytes] = []
+    reader = LineProtocol(read.append, lambda exc: None)
+    peer = Peer("p", sent.append, dispatch=add,
+                on_notification=lambda method, params, p: noted.append(method))
+    peer.reader, peer.requests_paused = reader, True
+    _, fut = peer.request_future("ask")
+    sent.clear()
+    peer.feed_line(b'[{"jsonrpc":"2.0","id":1,"method":"add","params":{"a":1,"b":1}},'
+                   b'{"jsonrpc":"2.0","id":2,"method":"add","params":{"a":2,"b":2}}]')
+    assert reader.paused  # at the first request held
+    peer.feed_line(b'{"jsonrpc":"2.0","id":1,"result":"answered"}')  # an answer passes
+    peer.feed_line(b'{"jsonrpc":"2.0","method":"note"}')  # so does a notification
+    assert sent == [] and peer.held is not None and len(peer.held) == 2
+    assert msgspec.json.decode(fut.result()) == "answered" and noted == ["note"]
+    peer.release()  # still paused: nothing is taken
+    assert sent == [] and peer.held is not None and len(peer.held) == 2 and reader.paused
+    peer.requests_paused = False
+    peer.release()
+    assert peer.held is None and not reader.paused
+    assert [msgspec.json.decode(x) for x in sent] == [
+        {"id": 1, "result": 2, "jsonrpc": "2.0"}, {"id": 2, "result": 4, "jsonrpc": "2.0"}]
+    # held when the peer closes: dropped, never run
+    peer.requests_paused = True
+    sent.clear()
+    peer.feed_line(b'{"jsonrpc":"2.0","id":3,"method":"add","params":{"a":3,"b":3}}')
+    peer.close("gone")
+    assert peer.held is None
+    peer.release()
+    assert sent == []
+
+
+async def test_at_most_max_handling_requests_are_worked_on_and_the_rest_follow() -> None:
+    sent: list[bytes] = []
+    gates = [asyncio.get_running_loop().create_future() for _ in range(3)]
+
+    def slow(method: str, params: Any, peer: Peer) -> Any:
+        return gates[int(method)]
+
+    peer = Peer("p", sent.append, dispatch=slow)
+    peer.max_handling = 2
+    for i in range(3):
+        peer.feed_line(b'{"jsonrpc":"2.0","id":%d,"method":"%d"}' % (i, i))
+    assert peer.handling == 2 and peer.held is not None and len(peer.held) == 1
+    gates[0].set_result("zero")
+    await asyncio.sleep(0)  # its answer is written, and the held one taken
+    assert peer.handling == 2 and peer.held is None
+    for g in gates[1:]:
+        g.set_result("more")
+    await asyncio.sleep(0)
+    assert peer.handling == 0 and len(sent) == 3
+
+
 def test_unknown_response_id_is_garbage() -> None:
     peer = Peer("p", lambda data: None)
     peer.feed_line(b'{"jsonrpc":"2.0","id":99,"result":1}')

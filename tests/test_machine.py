@@ -70,7 +70,8 @@ def test_a_life_from_spawn_to_restart() -> None:
     assert m.fresh_lives == 2
 
 
-@pytest.mark.parametrize("cause", [Cause.HANG, Cause.CAP, Cause.UNHEALTHY, Cause.ERROR])
+@pytest.mark.parametrize("cause", [Cause.HANG, Cause.CAP, Cause.UNREAD, Cause.UNHEALTHY,
+                                   Cause.ERROR])
 def test_a_take_down_is_remembered_and_named_at_the_exit(cause: Cause) -> None:
     m = Recorder().at(State.BUSY)
     step = m.fire(cause, "hung: no heartbeat for 5 s")
@@ -167,8 +168,8 @@ def test_the_table_is_what_the_design_says() -> None:
     for s in RUNNING:
         leaving = {c for (st, c), step in TABLE.items()
                    if st == s and step.target not in (None, *RUNNING)}
-        assert leaving == {Cause.STOP, Cause.HANG, Cause.CAP, Cause.UNHEALTHY, Cause.ERROR,
-                           Cause.CRASH}
+        assert leaving == {Cause.STOP, Cause.HANG, Cause.CAP, Cause.UNREAD, Cause.UNHEALTHY,
+                           Cause.ERROR, Cause.CRASH}
     assert {c for (st, c) in TABLE if st == State.SHUTTING_DOWN and
             TABLE[st, c].target is not None} == {Cause.EXIT}
     # a restart comes only from the policy (or a spawn corral could not make, tried again

@@ -4,18 +4,22 @@ server, and a scripted server per protocol revision and fault."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import psutil
 import pytest
 
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
 from corral.supervisor import LogLines, McpServerSpec, State, Supervisor
 from corral.supervisor.mcpserver import McpServerReplica
+from corral.supervisor.process_replica import MAX_IN_FLIGHT
 
 from .conftest import EXAMPLES, ROOT, agent, all_ready
 
@@ -322,6 +326,74 @@ async def test_legacy_server_that_stops_answering_pings_is_restarted(sup: Superv
     assert inst.last_exit == "hung: no heartbeat for 2 s"
     await wait_mcp(sup, inst, "ready")
     assert inst.pid != pid
+
+
+class PeakRss(threading.Thread):
+    """This process's highest RSS, sampled every few milliseconds until stopped (a thread:
+    the loop is what is being flooded)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.me = psutil.Process()
+        self.base = self.peak = self.me.memory_info().rss
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.005):
+            self.peak = max(self.peak, self.me.memory_info().rss)
+
+
+async def test_a_server_that_floods_and_never_reads_is_bounded_and_restarted(
+        sup: Supervisor) -> None:
+    # the same pipe writer as a worker's (process.py): past its budget corral stops
+    # reading the server, and a server whose stdin stays full for the heartbeat timeout is
+    # hung; the call in flight fails with that reason
+    inst = await up(sup, scripted("fl", "v2025-11,flood", timeout=30.0))
+    pid = inst.pid
+    peak = PeakRss()
+    peak.start()
+    try:
+        with pytest.raises(RpcError) as err:
+            await sup.mcp.call("fl__flood", {"n": 1000000})
+    finally:
+        peak.done.set()
+        peak.join()
+    assert re.fullmatch(r"hung: \d+ bytes sent to it unread for 2 s", str(inst.last_exit)), \
+        inst.last_exit
+    assert err.value.code == jsonrpc.PEER_CLOSED
+    assert err.value.message == f"MCP server fl#0 exited: {inst.last_exit}"
+    # measured: a few MiB; without the budget, every ping's answer queued (+300 MiB)
+    assert peak.peak - peak.base < 64 * 1024 * 1024, (peak.base, peak.peak)
+    await wait_mcp(sup, inst, "ready")
+    assert inst.pid != pid and inst.restarts == 1
+    assert sup.runtime_stats().restarts_by_cause == {"unread": 1}
+    assert (await sup.mcp.call("fl__echo", {"text": "after"}))["content"][0]["text"] == "after"
+
+
+async def test_a_worker_has_at_most_max_in_flight_requests_worked_on(sup: Supervisor) -> None:
+    # a worker (that reads its stdin) sends more tool calls at once than corral takes:
+    # the rest wait in its pipe, unread, and it is not taken for hung meanwhile
+    sup.add_mcp_server(scripted("s", "v2025-11"))
+    n = MAX_IN_FLIGHT + 150
+    sup.add(agent("many", command=[PY, str(ROOT / "tests" / "flood_worker.py")],
+                  tools=["s__slow"], env={
+                      "FLOOD_READS": "1", "FLOOD_REQUESTS": str(n), "FLOOD_METHOD": "tools/call",
+                      "FLOOD_PARAMS": '{"name":"s__slow","arguments":{"seconds":0.005}}'}))
+    r = await sup.wait_state("many", State.READY)
+    most, total = 0, 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:  # every turn of the loop, until every call is answered
+        peer = r.peer
+        assert peer is not None and r.restarts == 0
+        most = max(most, peer.handling)
+        total = sup.mcp.server("s").instances[0].client.calls
+        if total == n and peer.handling == 0:
+            break
+        assert loop.time() < deadline, f"{total} of {n} calls made, at most {most} at once"
+        await asyncio.sleep(0)
+    assert most == MAX_IN_FLIGHT
+    assert r.state == State.READY and r.restarts == 0
 
 
 async def test_stateless_server_is_not_pinged(sup: Supervisor) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import gc
 import json
 import os
 import threading
@@ -163,3 +164,31 @@ async def test_uvloop_reads_long_lines_from_a_pipe_into_the_protocols_buffer() -
     await ended
     writer.join()
     assert got == [b"small", long, long, b"tail"]
+
+
+def test_an_output_is_decoded_for_a_python_caller_without_a_collection_meanwhile() -> None:
+    from corral.supervisor.tasks.payload import Output
+
+    passes: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            passes.append(info["generation"])
+
+    records = [{"id": i, "tags": ["a", "b"]} for i in range(5000)]  # 10,000 containers
+    raw = msgspec.json.encode(records)
+    gc.callbacks.append(seen)
+    try:
+        value = Output(msgspec.Raw(raw), len(raw)).python()
+        during = len(passes)  # (a new list would be an allocation, and the pass now due)
+        with pytest.raises(msgspec.DecodeError):
+            Output(msgspec.Raw(raw[:-1]), len(raw)).python()
+    finally:
+        gc.callbacks.remove(seen)
+    assert value == records and during == 0  # else ~14 passes of the youngest generation
+    assert gc.isenabled()  # on again, after a failure too
+    gc.disable()
+    try:  # a caller that has the collector off keeps it off
+        assert Output(msgspec.Raw(b"[1]"), 3).python() == [1] and not gc.isenabled()
+    finally:
+        gc.enable()

@@ -1,15 +1,19 @@
 """One OS process under corral (process.py): what happens to its pipes when connecting
-them to the loop fails; how what is written to its stdin goes out."""
+them to the loop fails; its requests wait while it does not read the answers; how what
+is written to its stdin goes out."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 
+from corral.jsonrpc import Peer
 from corral.supervisor.containment import Containment
-from corral.supervisor.process import CORK_BYTES, ChildProcess
+from corral.supervisor.process import CORK_BYTES, STDIN_HIGH, ChildProcess
 
 from .conftest import _is_pipe_or_pidfd, open_fds
 
@@ -53,6 +57,65 @@ async def test_an_attach_that_fails_kills_the_process_and_closes_every_pipe_once
     # (the loop may have made fds of its own meanwhile: pipes and pidfds are ours)
     assert {fd for fd in open_fds() - before if _is_pipe_or_pidfd(fd)} == set()
 
+
+# sends requests without end; reads nothing of its stdin until SIGUSR1
+CHATTY = """
+import os, signal, threading
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+def chatter():
+    n = 0
+    while True:
+        os.write(1, b"".join(b'{"jsonrpc":"2.0","id":%d,"method":"m"}\\n' % i
+                             for i in range(n, n + 100)))
+        n += 100
+threading.Thread(target=chatter, daemon=True).start()
+signal.sigwait({signal.SIGUSR1})
+while os.read(0, 1 << 16):
+    pass
+"""
+
+
+async def test_requests_wait_unread_while_answers_to_them_are_unread() -> None:
+    popen = subprocess.Popen([sys.executable, "-c", CHATTY], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    assert popen.stdin and popen.stdout and popen.stderr
+    loop = asyncio.get_running_loop()
+    child = ChildProcess(popen.pid, os.pidfd_open(popen.pid), loop, Containment(), "token",
+                         reap=popen.poll)
+    answered: list[int] = []
+    peer = Peer("chatty", child.write, dispatch=lambda m, p, _: answered.append(1))
+    pipes = [f.detach() for f in (popen.stdin, popen.stdout, popen.stderr)]
+    await child.attach(*pipes, on_stdout_line=peer.feed_line, on_stderr_lines=print,
+                       on_oversize=print)
+    assert child.reader is not None
+    peer.reader, child.peer = child.reader, peer
+
+    async def until(cond: Callable[[], bool], what: str) -> None:
+        async with asyncio.timeout(10):
+            while not cond():
+                await asyncio.sleep(0.001)
+        assert cond(), what
+
+    try:
+        # it reads none of the answers: past STDIN_HIGH of them, its requests wait
+        await until(lambda: child.stdin_full, "the answers to fill its stdin")
+        assert peer.requests_paused and peer.held is not None and child.reader.paused
+        seen, backlog = len(answered), child.stdin_backlog
+        # past the mark by at most what one turn of the loop gathers before it is written
+        # (CORK_BYTES) and one answer
+        assert STDIN_HIGH < backlog < STDIN_HIGH + CORK_BYTES + 64
+        for _ in range(20):  # for as long as a few reads take: nothing more is taken
+            await asyncio.sleep(0.005)
+            assert (len(answered), child.stdin_backlog) == (seen, backlog)
+        # it reads them: under STDIN_LOW, its requests are taken again
+        os.kill(popen.pid, signal.SIGUSR1)
+        await until(lambda: len(answered) > seen + 100_000, "more requests answered")
+    finally:
+        child.kill_group(signal.SIGKILL)
+        popen.wait(10)
+        child.close()
+        await asyncio.sleep(0)  # transports close their pipes a turn later
 
 
 async def test_stdin_written_in_one_turn_goes_out_at_its_end_in_order() -> None:

@@ -1,5 +1,6 @@
-"""A fleet's idle cost and per-event bookkeeping: the heartbeat pings only quiet workers
-and visits a bounded number per turn of the loop; sd_notify messages are coalesced and
+"""A fleet's idle cost and per-event bookkeeping: the heartbeat pings only quiet workers,
+and not those it sees parked on their stdin, and visits a bounded number per turn of the
+loop; sd_notify messages are coalesced and
 never lost to a full socket; hundreds of agents start and stop in linear time."""
 
 from __future__ import annotations
@@ -7,12 +8,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from corral.daemon.notify import Notifier
-from corral.supervisor import State, Supervisor, Tick
+from corral.supervisor import State, Supervisor, Tick, procstat
 from corral.supervisor.core import HEARTBEAT_SLICE
 
 from .conftest import agent
@@ -34,16 +41,116 @@ async def _rounds(sup: Supervisor, n: int, timeout: float = 30.0) -> None:
         sup.stream.unsubscribe(ticks)
 
 
-async def test_a_quiet_worker_is_pinged_once_per_half_timeout_not_every_tick(
+needs_syscall_file = pytest.mark.skipif(
+    not procstat.READ_CALLS, reason="no read/readv numbers for this machine in procstat")
+
+
+@needs_syscall_file
+async def _rounds_until(sup: Supervisor, cond: Callable[[], bool], rounds: int = 100) -> None:
+    """Wait round by round of the heartbeat until `cond()` holds; fails after `rounds`."""
+    for _ in range(rounds):
+        if cond():
+            return
+        await _rounds(sup, 1)
+    assert cond(), f"not so after {rounds} heartbeat rounds"
+
+
+async def test_a_quiet_worker_parked_on_its_stdin_is_looked_at_not_pinged(
         sup: Supervisor) -> None:
+    pings = sup.heartbeat_work.pings
     sup.add(agent("quiet"))
-    await sup.wait_state("quiet", State.READY)
-    pings, t0 = sup.heartbeat_work.pings, time.monotonic()
-    await _rounds(sup, 15)  # 1.5 s at the fixture's 0.1 s interval: 15 pings before
+    r = await sup.wait_state("quiet", State.READY)
+    pid = r.pid
+    # the fixture's heartbeat_timeout is 2 s: a look after each 1 s of silence, compared
+    # with the CPU time it had as it answered initialize
+    await _rounds(sup, 45)  # 4.5 s: twice the timeout, four looks
+    # (one ping at most: the answer's last microseconds may cross a clock tick, and a
+    # look that sees the CPU time moved pings, once)
+    assert sup.heartbeat_work.pings - pings <= 1
+    assert sup.heartbeat_work.parked >= 2
+    assert r.state == State.READY and r.pid == pid and r.restarts == 0
+
+
+async def test_a_quiet_worker_with_a_busy_thread_is_pinged_every_half_timeout(
+        sup: Supervisor) -> None:
+    """Its CPU time moves between looks: something in it runs, and only an answer says
+    that its main thread would get the interpreter to answer a task."""
+    # a tenth of a core or so: enough CPU time to move its clock-tick count every second
+    busy = ("import threading, time\nfrom corral.worker import run\n"
+            "def busy():\n    while True:\n        sum(range(100000))\n"
+            "        time.sleep(0.02)\n"
+            "threading.Thread(target=busy, daemon=True).start()\nrun(lambda i, c: i)\n")
+    sup.add(agent("busy", command=[sys.executable, "-c", busy]))
+    r = await sup.wait_state("busy", State.READY)
+    pings, parked, t0 = sup.heartbeat_work.pings, sup.heartbeat_work.parked, time.monotonic()
+    await _rounds(sup, 45)
     sent = sup.heartbeat_work.pings - pings
-    # the fixture's heartbeat_timeout is 2 s: a ping after 1 s of silence
-    assert 1 <= sent <= (time.monotonic() - t0) / 1.0 + 1
-    assert sup.agent("quiet").replicas[0].state == State.READY
+    assert 2 <= sent <= (time.monotonic() - t0) / 1.0 + 1
+    assert sup.heartbeat_work.parked == parked
+    assert r.state == State.READY and r.restarts == 0
+
+
+def test_the_proc_files_say_whether_a_process_sleeps_reading_its_stdin() -> None:
+    reader = subprocess.Popen([sys.executable, "-c", "import os\nos.readv(0, [bytearray(8)])"],
+                              stdin=subprocess.PIPE)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time\ntime.sleep(60)"],
+                               stdin=subprocess.PIPE)
+    other = subprocess.Popen([sys.executable, "-c", "import os\nos.readv(0, [bytearray(8)])"],
+                             stdin=subprocess.PIPE)
+    stranger, _ = os.pipe2(os.O_CLOEXEC)
+    try:
+        assert reader.stdin is not None and sleeper.stdin is not None
+        assert procstat.same_pipe(reader.pid, reader.stdin.fileno())
+        assert not procstat.same_pipe(other.pid, reader.stdin.fileno())
+        assert not procstat.same_pipe(reader.pid, stranger)
+        fd = procstat.open_proc(reader.pid, "syscall")
+        sleeping = procstat.open_proc(sleeper.pid, "syscall")
+        try:
+            if procstat.READ_CALLS:
+                deadline = time.monotonic() + 30  # until the interpreter reaches the read
+                while not procstat.reading_stdin(fd):
+                    assert time.monotonic() < deadline, "never seen reading its stdin"
+                    time.sleep(0.01)
+                st = procstat.stat_at(procstat.open_proc(reader.pid, "stat"), reader.pid)
+                assert st is not None and st.state == "S"
+            assert not procstat.reading_stdin(sleeping)
+            reader.stdin.write(b"x\n")
+            reader.stdin.flush()
+            assert reader.wait(30) == 0
+            assert not procstat.reading_stdin(fd)  # gone: the open file says nothing more
+        finally:
+            os.close(fd)
+            os.close(sleeping)
+    finally:
+        os.close(stranger)
+        for p in (reader, sleeper, other):
+            p.kill()
+            p.wait(30)
+    assert procstat.open_proc(reader.pid, "syscall") == procstat.UNAVAILABLE
+
+
+async def test_a_process_s_proc_files_are_closed_when_its_life_ends(sup: Supervisor) -> None:
+    sup.add(agent("looked"))
+    r = await sup.wait_state("looked", State.READY)
+    await _rounds_until(sup, lambda: r._stat_fd >= 0 and r._syscall_fd >= 0)
+    pid = r.pid
+    assert pid is not None
+    assert len(_files_of(pid)) == 2  # its stat and syscall, kept open
+    os.kill(pid, signal.SIGKILL)
+    await sup.wait_event(lambda e: e.name == "looked" and e.state == "terminated", 10)
+    assert r._stat_fd == r._syscall_fd == -1
+    assert _files_of(pid) == set()
+
+
+def _files_of(pid: int) -> set[str]:
+    """What this process holds open of /proc/PID/."""
+    held = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own fd, gone already
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(f"/proc/{pid}/"):
+                held.add(target)
+    return held
 
 
 async def test_a_worker_that_keeps_answering_tasks_is_never_pinged(sup: Supervisor) -> None:

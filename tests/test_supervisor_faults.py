@@ -21,7 +21,7 @@ from corral.jsonrpc import RpcError
 from corral.supervisor import Limits, LogLines, State, Supervisor
 from corral.supervisor.replica import Event
 
-from .conftest import NOBODY_PY, agent, nobody_reason
+from .conftest import NOBODY_PY, PY, ROOT, agent, nobody_reason
 
 
 def drain(q: asyncio.Queue[Event], name: str) -> list[Event]:
@@ -120,6 +120,45 @@ async def test_stopped_worker_is_hung_killed_and_restarted(sup: Supervisor) -> N
     assert re.fullmatch(r"restarting in 0\.\d\d s after: hung: no heartbeat for 2 s", events[4][1])
     assert [s for s, _ in events[5:]] == ["starting", "ready"]
     assert r.last_exit == hung
+
+
+async def test_a_worker_whose_main_thread_stops_reading_is_hung(sup: Supervisor) -> None:
+    """Asleep, but not reading its stdin: it is pinged, the ping goes unanswered, and it is
+    hung after heartbeat_timeout, as a stopped process is."""
+    deaf = ("import json, sys, time\n"
+            "rid = json.loads(sys.stdin.buffer.readline())['id']\n"
+            "print(json.dumps({'jsonrpc': '2.0', 'id': rid, 'result': {}}), flush=True)\n"
+            "time.sleep(3600)\n")
+    sup.add(agent("deaf", command=[PY, "-c", deaf], backoff_initial=30.0,
+                  backoff_max=30.0))
+    r = await sup.wait_state("deaf", State.READY)
+    pings = sup.heartbeat_work.pings
+    await sup.wait_state("deaf", State.BACKOFF, timeout=15)
+    assert r.last_exit == "hung: no heartbeat for 2 s"
+    assert sup.heartbeat_work.pings > pings
+
+
+async def test_a_slow_reader_is_waited_for_not_taken_for_hung(sup: Supervisor) -> None:
+    # it floods corral with requests but reads the answers slowly (~500 KB/s) for its
+    # first MB: past the budget its requests wait, for longer than its heartbeat timeout,
+    # and as long as it reads some of what is waiting it is not hung
+    logs: list[bytes] = []
+    sup.stream.subscribe(lambda e: logs.extend(e.lines), LogLines)
+    n, topic = 2600, "t" * 1000  # answers of ~1 KB: 2.6 MB in all, past pipe and budget
+    sup.add(agent("slowpoke", command=[PY, str(ROOT / "tests" / "flood_worker.py")],
+                  heartbeat_timeout=1.0, env={
+                      "FLOOD_READS": "1", "FLOOD_READ": "16384,0.03,1000000",
+                      "FLOOD_REQUESTS": str(n), "FLOOD_PARAMS": f'{{"topic":"{topic}"}}'}))
+    r = await sup.wait_state("slowpoke", State.READY)
+    proc = r.process
+    assert proc is not None
+    was_full = False
+    async with asyncio.timeout(30):
+        while b"all answered" not in logs:
+            was_full = was_full or proc.stdin_full
+            assert r.restarts == 0 and r.process is proc, r.last_exit
+            await asyncio.sleep(0.01)
+    assert was_full and r.restarts == 0 and r.state == State.READY
 
 
 async def test_ignores_sigterm_is_killed_after_grace(sup: Supervisor) -> None:

@@ -79,6 +79,25 @@ async def test_a_forked_agent_looks_in_proc_exactly_like_a_cold_start(
     assert "Max open files            200                  200" in str(w["limits"])
 
 
+async def test_a_forked_agent_s_collector_leaves_the_zygote_s_heap_alone(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """The zygote freezes its heap before it forks: a child's collections walk only what
+    the child made (walking the zygote's objects wrote to, and so copied, their pages in
+    every child)."""
+    script = tmp_path / "census.py"
+    script.write_text(  # (run() freezes the agent's own heap too: counted before it)
+        "import gc\nfrozen = gc.get_freeze_count()\nfrom corral.worker import run\n"
+        "run(lambda i, c: frozen)\n")
+    sup.add(agent("cold", command=[PY, str(script)]))
+    sup.add(agent("warm", command=[PY, str(script)], warm=True))
+    await sup.wait_state("cold", State.READY)
+    await sup.wait_state("warm", State.READY)
+    warm = (await sup.tasks.run("warm", None)).output
+    cold = (await sup.tasks.run("cold", None)).output
+    assert sup.stats.cold_fallbacks == 0
+    assert isinstance(warm, int) and warm > 1000 and cold == 0
+
+
 async def test_a_warm_agents_exit_reasons_and_restarts_are_those_of_a_cold_one(
         sup: Supervisor, tmp_path: Path) -> None:
     sup.add(agent("crashy", "misbehave.py", warm=True, limits=Limits(file_size_mb=1)))

@@ -23,10 +23,13 @@ from corral.supervisor import State, Supervisor
 from .conftest import ROOT, agent
 
 WORKER = textwrap.dedent('''
-    import asyncio, sys, time
+    import asyncio, gc, sys, time
     from corral.worker import TaskError, run
 
     def handle(task, ctx):
+        if isinstance(task, dict) and "records" in task:
+            return {"frozen": gc.get_freeze_count(), "enabled": gc.isenabled(),
+                    "records": len(task["records"])}
         if task == "sleep":
             ctx.progress(0, message="sleeping")  # lets the test know the task runs
             t = time.monotonic()
@@ -174,6 +177,24 @@ async def test_sync_specifics(tmp_path: Path) -> None:
         if w.proc.returncode is None:
             w.proc.kill()
             await w.proc.wait()
+
+
+async def test_the_start_up_heap_is_frozen_and_large_inputs_leave_the_collector_on(
+        tmp_path: Path) -> None:
+    # the collector's full passes walk what tasks leave, not the agent's modules; a large
+    # input is decoded with the collector off (JSON has no cycles), and it is on after,
+    # also after a large line that is not JSON
+    w = await start(tmp_path)
+    try:
+        records = [{"id": i, "tags": ["a", "b"], "text": "lorem ipsum"} for i in range(2000)]
+        assert w.proc.stdin is not None
+        w.proc.stdin.write(b'{"not json' + b"x" * 100_000 + b"\n")
+        out = await w.peer.request("task/run", {"task_id": "r", "input": {"records": records}})
+        assert out["output"]["records"] == 2000 and out["output"]["enabled"] is True
+        assert out["output"]["frozen"] > 1000  # the interpreter's and the SDK's objects
+    finally:
+        w.proc.kill()
+        await w.proc.wait()
 
 
 async def test_stdin_eof_ends_the_worker(worker: Worker) -> None:

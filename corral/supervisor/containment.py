@@ -97,10 +97,10 @@ def read_stat(pid: int) -> ProcStat | None:
             data = f.read()
     except OSError:
         return None
-    return _parse_stat(pid, data)
+    return parse_stat(pid, data)
 
 
-def _parse_stat(pid: int, data: bytes) -> ProcStat | None:
+def parse_stat(pid: int, data: bytes) -> ProcStat | None:
     # the command name may contain spaces and parentheses: split after the last ')'
     try:
         rest = data[data.rindex(b")") + 2:].split()

@@ -24,7 +24,6 @@ from .stream import Stream
 if TYPE_CHECKING:
     from .replica import Replica
 
-WORKER_BACKLOG = 1 << 20  # bytes waiting in a worker's stdin pipe before events are dropped
 FOLLOWER_QUEUE = 10_000
 FOLLOWER_BYTES = 64 * 1024 * 1024
 
@@ -70,8 +69,10 @@ class EventBus:
                 continue
             proc, peer = r.process, r.peer
             stdin = proc.stdin if proc is not None else None
-            if peer is None or stdin is None or stdin.is_closing() or \
-                    stdin.get_write_buffer_size() > WORKER_BACKLOG:
+            # a worker whose stdin is over its budget unread (process.STDIN_HIGH) misses
+            # events meanwhile
+            if peer is None or proc is None or stdin is None or stdin.is_closing() or \
+                    proc.stdin_full:
                 self.dropped += 1
                 continue
             peer.notify("event", d)

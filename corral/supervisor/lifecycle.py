@@ -8,7 +8,8 @@ the restart decision), so that all of it is unit-tested without processes
 (tests/test_machine.py). It reads like the diagram in DESIGN.md section 4:
 
     Initial -spawn-> Starting -ready-> Ready -task-> Busy -done-> Idle -task-> Busy
-    any running state -stop / hang / cap / unhealthy / error-> ShuttingDown -exit-> Terminated
+    any running state -stop / hang / cap / unread / unhealthy / error-> ShuttingDown -exit->
+        Terminated
     any running state -crash (the process is already gone)-> Terminated
     Terminated -policy restart-> Backoff -backoff over-> Starting
     Terminated -spawn retry (corral lacked fds, memory: no restart)-> Backoff
@@ -46,6 +47,7 @@ class Cause(StrEnum):
     STOP = "stop"  # an operator's (stop, scale down, replace, remove, shutdown): stay down
     HANG = "hang"  # no heartbeat, or no answer to the handshake in time
     CAP = "cap"  # a soft limit (RSS, CPU share)
+    UNREAD = "unread"  # what corral sent it went unread past the budget (a hang of its stdin)
     UNHEALTHY = "unhealthy"  # the handshake failed, a remote session was lost
     ERROR = "error"  # corral's own handling of the life failed (a bug, logged)
     EXIT = "exit"  # the process corral was taking down is gone
@@ -71,7 +73,7 @@ LIVE = RUNNING | {S.SHUTTING_DOWN}
 STOPPED = frozenset({S.INITIAL, S.TERMINATED, S.FAILED})
 
 # corral decided the process must go
-TAKE_DOWN = frozenset({C.STOP, C.HANG, C.CAP, C.UNHEALTHY, C.ERROR})
+TAKE_DOWN = frozenset({C.STOP, C.HANG, C.CAP, C.UNREAD, C.UNHEALTHY, C.ERROR})
 
 
 class Step(NamedTuple):

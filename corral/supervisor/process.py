@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
-from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineBlock, LineProtocol
+from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineBlock, LineProtocol, Peer
 from .caps import wrap_argv
 from .config import ConfigError, Limits
 from .containment import TOKEN_VARIABLE, Containment, place
@@ -38,6 +38,13 @@ STDERR_TAIL = 40
 # stdin/stdout moves in one write and a few reads instead of sixteen 64 KiB handoffs,
 # each a wakeup of the other side
 PIPE_SIZE = 1 << 20
+# What corral keeps unwritten toward one process's stdin (answers to its requests, task
+# inputs, events), when the process does not read it: over STDIN_HIGH the process is
+# "full" until it has read all but STDIN_LOW, and its peer takes none of its requests
+# meanwhile (`Peer.requests_paused`). (What corral sends unasked is bounded where it is
+# sent: events are dropped meanwhile, tasks by the agent's concurrency.)
+STDIN_HIGH = 1024 * 1024
+STDIN_LOW = 256 * 1024
 T = TypeVar("T")
 # the exit status of a zygote's child when the zygote did not tell it (dead, stopped)
 STATUS_LOST = 255
@@ -152,13 +159,15 @@ def _settle(fut: asyncio.Future[int], value: int) -> None:
         fut.set_result(value)
 
 
-class ChildProcess:
+class ChildProcess(asyncio.Protocol):
     """A spawned process with line-framed stdout, stderr lines, and an exit future.
 
     Its exit status comes from `reap` (waitpid of our own child) when the pidfd says it
     has exited, or, for a process forked by a zygote (zygote.py), from `status`, which the
     zygote that reaped it sets (or waitpid, if the zygote died first and corral, the
-    subreaper, inherited it)."""
+    subreaper, inherited it). It is its stdin pipe's protocol too, told when what is
+    written there and not read crosses STDIN_HIGH or STDIN_LOW (no object of its own per
+    process, decision 60)."""
 
     def __init__(
         self,
@@ -184,6 +193,11 @@ class ChildProcess:
         self._stderr: asyncio.BaseTransport | None = None
         self._on_stderr_lines: Callable[[LineBlock], None] | None = None
         self._on_stdout_eof: Callable[[Exception | None], None] | None = None
+        self.reader: LineProtocol | None = None  # stdout's
+        # the peer over the pipes, which takes none of the process's requests while its
+        # stdin is full (set by the owner; a reference, no callback: decision 60)
+        self.peer: Peer | None = None
+        self.stdin_full = False  # the stdin backlog went over STDIN_HIGH, not yet down
         # what lives as long as the process is kept to plain attributes; the rest is made
         # when first needed (decision 60): the future of the output's EOF when someone
         # waits for it, the tail when the process first writes to stderr
@@ -269,9 +283,10 @@ class ChildProcess:
         self._on_stderr_lines = on_stderr_lines
         self._on_stdout_eof = on_stdout_eof
         try:
-            stdin_t, _ = await loop.connect_write_pipe(asyncio.Protocol, stdin)
+            stdin_t, _ = await loop.connect_write_pipe(lambda: self, stdin)
+            stdin_t.set_write_buffer_limits(high=STDIN_HIGH, low=STDIN_LOW)  # type: ignore[attr-defined]
             self.stdin = stdin_t  # type: ignore[assignment]
-            self._stdout, _ = await loop.connect_read_pipe(
+            self._stdout, self.reader = await loop.connect_read_pipe(
                 lambda: LineProtocol(
                     on_stdout_line, self._stdout_eof, max_line=max_line,
                     on_oversize=on_oversize),
@@ -293,6 +308,33 @@ class ChildProcess:
                 if transport is None:
                     pipe.close()
             raise
+
+    # the stdin pipe's protocol: its write backlog crossed a mark
+    def pause_writing(self) -> None:
+        self._stdin_full(True)
+
+    def resume_writing(self) -> None:
+        self._stdin_full(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # nothing more is buffered toward it: what it still writes is read to the end
+        self._stdin_full(False)
+
+    def _stdin_full(self, full: bool) -> None:
+        if full == self.stdin_full:
+            return
+        self.stdin_full = full
+        peer = self.peer
+        if peer is not None:
+            peer.requests_paused = full
+            if not full:
+                peer.release()
+
+    @property
+    def stdin_backlog(self) -> int:
+        """Bytes written toward the process that it has not read yet (beyond its pipe)."""
+        t = self.stdin
+        return 0 if t is None else t.get_write_buffer_size()
 
     def _stderr_lines(self, lines: LineBlock) -> None:
         tail = self.stderr_tail
@@ -422,6 +464,8 @@ class ChildProcess:
 
     def close(self) -> None:
         """Release pipes and the pidfd; call once the process is gone."""
+        self.reader = self.peer = None  # lines held unread are nobody's now (the next
+        # life's peer must never see them)
         for t in (self.stdin, self._stdout, self._stderr):
             if t is not None:
                 t.close()

@@ -26,7 +26,7 @@ from ..jsonrpc import LineBlock, Peer, RpcError
 from . import procstat
 from .caps import explain_exit, oom_reason
 from .config import ConfigError, ProcessSpec
-from .containment import Containment
+from .containment import Containment, ProcStat
 from .lifecycle import LIVE, SERVING, Cause, Machine, State, Step
 from .listening import ListeningClock
 from .process import ChildProcess, resolve_user
@@ -45,6 +45,9 @@ HUNG_AFTER_TIMEOUTS = 3
 # how long a reap waits for stdout and stderr to reach EOF after the exit (a grandchild
 # that escaped the kill may hold them open): what the process wrote before it died is read
 OUTPUT_GRACE = 1.0
+# a process's requests worked on at once (tool calls, resource reads); more wait in its
+# stdout pipe, which is not read meanwhile
+MAX_IN_FLIGHT = 256
 # how long a process may take to be reaped after SIGKILL before stop() gives up on it (a
 # process in uninterruptible sleep dies only when its system call returns)
 KILL_GRACE = 5.0
@@ -175,9 +178,22 @@ class ProcessReplica(Machine):
         self._last_pong = 0.0
         self._ping_out = False
         self._heard = False  # a line arrived since the heartbeat last looked
+        # the process's /proc files, open while it lives (procstat.open_proc), and its
+        # CPU ticks when the heartbeat last found it parked on its stdin (-1: not yet)
+        self._stat_fd = -1
+        self._syscall_fd = -1
+        self._parked_ticks = -1
+        # what the last look read of it (time, CPU ticks, RSS pages), not yet sampled
+        self._looked_at = 0.0
+        self._looked_ticks = self._looked_rss = 0
         self._prev_cpu: tuple[float, float] | None = None
         self._cpu_over = 0
         self._oversize = 0
+        # since when (listening clock) corral has had bytes for the process that it did
+        # not take, none of them read (past the heartbeat timeout it is hung on its
+        # stdin: Cause.UNREAD), and how many there were when the heartbeat last looked
+        self._unread_since: float | None = None
+        self._unread_left = 0
         self._resource_retries = 0  # consecutive spawns failed for corral's resources
         host.replica_added(self)
 
@@ -215,6 +231,7 @@ class ProcessReplica(Machine):
     def _fresh_life(self) -> None:
         self._cancel_timer()
         self.pid = None
+        self._unread_since = None
 
     def _staying_down(self) -> None:
         self._cancel_timer()
@@ -351,7 +368,11 @@ class ProcessReplica(Machine):
         self._prev_cpu = None
         self._cpu_over = 0
         self.host.stats.spawned += 1
-        self.peer = self._make_peer(proc)
+        self.peer = peer = self._make_peer(proc)
+        # the process's requests wait, unread, while its stdin is full or MAX_IN_FLIGHT of
+        # them are worked on; its answers and notifications before them are read (a
+        # process kept from writing them could stop reading its stdin too)
+        peer.reader, peer.max_handling, proc.peer = proc.reader, MAX_IN_FLIGHT, peer
         if self.state == State.SHUTTING_DOWN:  # stopped while spawning
             self._begin_shutdown(graceful=False)
         self._init = asyncio.ensure_future(self._initialize())
@@ -467,6 +488,11 @@ class ProcessReplica(Machine):
             return
         self.ready_at = time.monotonic()
         self._last_pong = self.host.listening.now()
+        # its CPU time as it answered: the first look at it parked compares with this, so
+        # an idle worker is never pinged, not even once (see _parked)
+        if self.process is not None and procstat.READ_CALLS:
+            st = self._proc_stat(self.process.pid)
+            self._parked_ticks = st.cpu_ticks if st is not None else -1
         self._apply(Cause.READY, ready_reason)
 
     # -- stop -----------------------------------------------------------------------------
@@ -602,6 +628,7 @@ class ProcessReplica(Machine):
             self.peer.close(self.exit_message(reason))
         if proc is not None:
             proc.close()
+        self._close_proc_files()
         if told:
             self.host.replica_exited(self, reason)
         self.process = self.peer = self.ready_at = None
@@ -661,6 +688,25 @@ class ProcessReplica(Machine):
         if self.peer is not None:
             self.peer.oversized(size, head, tail, self.max_line)
 
+    def _unread_too_long(self, now: float, timeout: float) -> bool:
+        """corral has had bytes for the process (more than its stdin pipe holds) and it
+        has read none of them for the heartbeat timeout: it is hung on its stdin,
+        whatever it still writes, and is taken down. One that reads, if slowly, is not
+        (a ping behind that backlog could not be answered sooner either)."""
+        proc = self.process
+        left = proc.stdin_backlog if proc is not None else 0
+        if not left:
+            self._unread_since = None
+            return False
+        if self._unread_since is None or left < self._unread_left:
+            self._unread_since = now
+        self._unread_left = left
+        if now - self._unread_since <= timeout:
+            return False
+        self.take_down(f"hung: {left} bytes sent to it unread for {timeout:g} s",
+                       graceful=False, cause=Cause.UNREAD)
+        return True
+
     def _on_garbage(self, line: bytes, why: str) -> None:
         preview = line[:120].decode("utf-8", "replace")
         self.note(f"discarded a stdout line that is not JSON-RPC ({why}): {preview!r}")
@@ -678,12 +724,17 @@ class ProcessReplica(Machine):
         if self.state not in SERVING or self.peer is None:
             if self.state == State.STARTING and self.process is not None and sample:
                 self._sample(sample_fds)
+            return  # (a start has its own timeout, whatever it reads meanwhile)
+        if self._unread_too_long(now, timeout):
             return
         if self.pings:
             # silence counts only while corral was able to read the pipe (`now` is the
-            # listening clock), and not while the process is excused (an MCP server in a
-            # call within its timeout)
-            if self._heard or self.silence_excused:  # a line since the last visit is life
+            # listening clock) and chose to (not while it holds the process's requests),
+            # not while corral has bytes for the process it did not take (a ping would wait
+            # behind them; that has its own timeout, above), and not while the process is
+            # excused (an MCP server in a call within its timeout)
+            if self._heard or self.silence_excused or self._unread_since is not None or \
+                    self.peer.held is not None:
                 self._heard = False
                 self._last_pong = now
             silent = now - self._last_pong
@@ -695,10 +746,14 @@ class ProcessReplica(Machine):
             # costs a ping per worker every timeout/2, a busy one none, and a hang is still
             # seen `timeout` after the last sign of life
             if not self._ping_out and silent >= timeout / 2:
-                self._ping_out = True
-                self.host.heartbeat_work.pings += 1
-                _, fut = self.peer.request_future("ping", {})
-                fut.add_done_callback(self._pong)
+                if self._parked():
+                    self._last_pong = now
+                    self.host.heartbeat_work.parked += 1
+                else:
+                    self._ping_out = True
+                    self.host.heartbeat_work.pings += 1
+                    _, fut = self.peer.request_future("ping", {})
+                    fut.add_done_callback(self._pong)
         elif self.peer.silent_timeouts >= HUNG_AFTER_TIMEOUTS:  # no ping (stateless MCP)
             self.take_down(f"hung: {self.peer.silent_timeouts} requests in a row timed out "
                            "with no word from it", graceful=False, cause=Cause.HANG)
@@ -715,6 +770,49 @@ class ProcessReplica(Machine):
         """Whether missed pings are not a hang now (an MCP server in a call)."""
         return False
 
+    def _parked(self) -> bool:
+        """Whether the process shows, without being woken, that it would answer a ping now:
+        its main thread asleep reading its stdin (corral's pipe, so nothing of corral's is
+        unread), no task or request of corral's on it, and no CPU used since the last
+        look that found it so, or since its handshake (nothing else in it running: a
+        thread spinning while it holds the interpreter would keep a ping from being
+        answered). Anything else, or a /proc that will not say, and it is pinged: a
+        stopped process (SIGSTOP) is not asleep, a deadlocked or busy main thread is not
+        reading. An idle SDK worker is never woken (decision 79)."""
+        proc = self.process
+        if (proc is None or self.tasks_running or self.peer is None or self.peer.in_flight
+                or proc.stdin_backlog or not procstat.READ_CALLS):
+            return False
+        if self._syscall_fd == -1:
+            self._syscall_fd = procstat.UNAVAILABLE
+            pipe = proc.stdin.get_extra_info("pipe") if proc.stdin is not None else None
+            if pipe is not None and procstat.same_pipe(proc.pid, pipe.fileno()):
+                self._syscall_fd = procstat.open_proc(proc.pid, "syscall")
+        if self._syscall_fd < 0 or not procstat.reading_stdin(self._syscall_fd):
+            self._parked_ticks = -1
+            return False
+        st = self._proc_stat(proc.pid)
+        if st is None or st.state != "S":  # (a stopped process shows its read too)
+            return False
+        # the dear read of a look (the kernel sums the threads' times) is the usage sample
+        # too, when the replica's sampling turn comes
+        self._looked_at, self._looked_ticks, self._looked_rss = (
+            time.monotonic(), st.cpu_ticks, st.rss_pages)
+        before, self._parked_ticks = self._parked_ticks, st.cpu_ticks
+        return before == st.cpu_ticks
+
+    def _proc_stat(self, pid: int) -> ProcStat | None:
+        if self._stat_fd == -1:
+            self._stat_fd = procstat.open_proc(pid, "stat")
+        return procstat.stat_at(self._stat_fd, pid) if self._stat_fd >= 0 else None
+
+    def _close_proc_files(self) -> None:
+        for fd in (self._stat_fd, self._syscall_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._stat_fd = self._syscall_fd = self._parked_ticks = -1
+        self._looked_at = 0.0
+
     def _pong(self, fut: asyncio.Future[Any]) -> None:
         # the answer itself is a line on stdout, which marked the worker heard
         self._ping_out = False
@@ -722,14 +820,20 @@ class ProcessReplica(Machine):
             fut.exception()
 
     def _sample(self, sample_fds: bool) -> None:
-        now = time.monotonic()  # wall time for CPU %, not the listening clock
         proc = self.process
         if proc is None:
             return
-        usage = procstat.cpu_and_rss(proc.pid)
-        if usage is None:
-            return
-        total, rss = usage
+        if self._looked_at:  # read by a look since the last sample: not read again
+            now, ticks, pages = self._looked_at, self._looked_ticks, self._looked_rss
+            self._looked_at = 0.0
+        else:
+            st = self._proc_stat(proc.pid)
+            if st is None:
+                return
+            # wall time for CPU %, not the listening clock
+            now, ticks, pages = time.monotonic(), st.cpu_ticks, st.rss_pages
+        total = ticks / procstat.CLOCK_TICKS
+        rss = pages * procstat.PAGE_SIZE
         s = self.sample
         if sample_fds:
             fds = procstat.open_fds(proc.pid)

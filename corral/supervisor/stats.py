@@ -14,6 +14,8 @@ class HeartbeatWork(msgspec.Struct):
     visits: int = 0
     samples: int = 0
     pings: int = 0  # sent: only to workers silent for half their heartbeat_timeout
+    # pings not sent: the worker was found parked on its stdin (process_replica._parked)
+    parked: int = 0
     most_visits: int = 0  # in one turn of the loop (bounded by HEARTBEAT_SLICE)
     busy_seconds: float = 0.0
     longest_slice: float = 0.0

@@ -18,6 +18,7 @@ The main thread reads stdin and answers `initialize`, `ping`, `task/cancel` and
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import sys
 import threading
@@ -202,25 +203,43 @@ def _lines(fd: int) -> Any:
         end += n
 
 
-def _set_title(title: str) -> None:
-    """setproctitle, without its package's `import logging` (~15 ms): load the C extension
-    straight from the package directory."""
-    try:
-        import importlib.machinery as machinery
+_title_setter: Any = None  # setproctitle's C function, once loaded
 
-        pkg = machinery.PathFinder.find_spec("setproctitle")
-        if pkg is None or not pkg.submodule_search_locations:
-            return
-        spec = machinery.PathFinder.find_spec(
-            "_setproctitle", list(pkg.submodule_search_locations)
-        )
-        if spec is None or spec.loader is None:
-            return
-        mod = spec.loader.create_module(spec)
-        spec.loader.exec_module(mod)  # type: ignore[arg-type]
-        mod.setproctitle(title)  # type: ignore[union-attr]
-    except Exception:
-        pass  # a title is a nicety
+
+def _load_title_setter() -> Any:
+    """setproctitle's C function, without its package's `import logging` (~15 ms): the C
+    extension loaded straight from the package directory, once per process (a zygote
+    loads it for all its children: a lookup on sys.path and a dlopen each otherwise).
+    Loading it changes nothing: the title's memory is taken at the first title set."""
+    global _title_setter
+    if _title_setter is None:
+        _title_setter = False  # tried: not again
+        try:
+            import importlib.machinery as machinery
+
+            pkg = machinery.PathFinder.find_spec("setproctitle")
+            if pkg is None or not pkg.submodule_search_locations:
+                return None
+            spec = machinery.PathFinder.find_spec(
+                "_setproctitle", list(pkg.submodule_search_locations)
+            )
+            if spec is None or spec.loader is None:
+                return None
+            mod = spec.loader.create_module(spec)
+            spec.loader.exec_module(mod)  # type: ignore[arg-type]
+            _title_setter = mod.setproctitle  # type: ignore[union-attr]
+        except Exception:
+            pass  # a title is a nicety
+    return _title_setter or None
+
+
+def _set_title(title: str) -> None:
+    setter = _load_title_setter()
+    if setter is not None:
+        try:  # noqa: SIM105 - contextlib is not imported for this (start-up cost)
+            setter(title)
+        except Exception:
+            pass  # a title is a nicety
 
 
 # A handler that hits one of these has hit a resource cap; its process is not trusted to
@@ -491,13 +510,29 @@ class Worker:
         title = os.environ.get("CORRAL_PROCTITLE")
         if title:
             _set_title(title)
+        # The agent's modules and the SDK's own live as long as the process: out of every
+        # full pass of the cyclic collector from here on, which then walks what the tasks
+        # leave and no more (a pass over the start-up heap was a stall of the worker every
+        # ~70 tasks of 100 KB of records). No collection first: it would cost every start
+        # a walk of that heap, for the little garbage an import leaves.
+        gc.freeze()
         for line in _lines(sys.stdin.fileno()):
             if self._stopping:
                 break
-            if len(line) >= FAST_JSON_AT and not _fast_tried:
+            long = len(line) >= FAST_JSON_AT
+            if long and not _fast_tried:
                 _try_fast_json()
             try:
-                msg = _loads(line)
+                if long and gc.isenabled():
+                    # JSON has no cycles: a pass in the middle of a large document
+                    # would only move the half-built values up a generation
+                    gc.disable()
+                    try:
+                        msg = _loads(line)
+                    finally:
+                        gc.enable()
+                else:
+                    msg = _loads(line)
             except (ValueError, UnicodeDecodeError):
                 if not bytes(line).strip():  # a blank line is no message, and no error
                     continue

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -159,6 +160,20 @@ def main() -> None:
                 return
             _send(sock, {"exit": pid, "status": os.waitstatus_to_exitcode(wstatus)})
 
+    # What every child does before the agent's code runs, done once here instead: the
+    # modules _child imports (runpy.run_path imports pkgutil, and with it typing), and
+    # setproctitle's extension (a dlopen per child).
+    import pkgutil  # noqa: F401
+    import resource  # noqa: F401
+    import runpy  # noqa: F401
+
+    sdk = sys.modules.get("corral.worker")
+    if sdk is not None:
+        sdk._load_title_setter()
+    # The heap as it is now moves out of the collector's sight: a child's collections
+    # would walk (and so copy, page by page, since walking writes) every object the
+    # zygote made, in every child; the shared pages stay shared.
+    gc.freeze()
     signal.signal(signal.SIGCHLD, reap)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for corral, which stops us
     _send(sock, {"ready": os.getpid()})

@@ -21,7 +21,7 @@ from .counters import AgentTasks
 from .deadlines import Deadlines
 from .durable import TaskJournal
 from .model import TERMINAL, Attempt, Task, TaskError, TaskStatus
-from .payload import Output, output_of, read_raw, read_value
+from .payload import Output, output_of, read_raw
 from .queue import Queue
 
 if TYPE_CHECKING:
@@ -92,13 +92,12 @@ class Dispatcher:
         r.task_started(task.id)
         self.outcomes.record(task)
         # a large input goes out as a piece of its own (one writev, never copied into the
-        # message), and the answer is read in one pass (a journal needs the output's bytes)
-        read = read_value if task.values and self.outcomes.journal is None else read_raw
+        # message), and the answer is read in one pass, its output kept as its bytes
         r.peer.request_callback(
             "task/run", {"task_id": task.id, "input": jsonrpc.SPLICE,
                          "deadline": now + task.timeout},
             lambda result, exc: self._on_reply(task, r, attempt, result, exc),
-            decode=read, piece=task.input)
+            decode=read_raw, piece=task.input)
         self.deadlines.add(task, task.timeout, (r, attempt))
 
     def _on_reply(self, task: Task, r: Replica, attempt: Attempt, result: Any,

@@ -106,9 +106,8 @@ class TaskManager:
 
     # -- admission ------------------------------------------------------------------------
     def submit(self, agent_name: str, task_input: Any, *, timeout: float | None = None,
-               priority: int = 0, values: bool = False) -> Task:
-        """Accept a task or refuse it at once with the reason. `values`: the caller reads
-        the output as Python values (so it is decoded once, as it arrives)."""
+               priority: int = 0) -> Task:
+        """Accept a task or refuse it at once with the reason."""
         agent = self.sup.agent(agent_name)
         q = self._agent_tasks(agent)
         why = refusal(agent)
@@ -132,7 +131,6 @@ class TaskManager:
             raise queue_full(agent, depth)
         task = Task(agent.name, raw, priority, timeout or agent.spec.task_timeout,
                     agent.spec.retries, next(self._seq))
-        task.values = values
         q.counts["accepted"] += 1
         self.active[task.id] = task
         self.record(task)
@@ -236,7 +234,7 @@ class TaskManager:
     # -- the API --------------------------------------------------------------------------
     async def run(self, agent: str, task_input: Any, *, timeout: float | None = None,
                   priority: int = 0) -> TaskResult:
-        task = self.submit(agent, task_input, timeout=timeout, priority=priority, values=True)
+        task = self.submit(agent, task_input, timeout=timeout, priority=priority)
         if self.journal is not None and self.journal.behind():
             # a journal that writes slower than tasks finish must not gather an unbounded
             # backlog in memory: wait for it (the task runs meanwhile)

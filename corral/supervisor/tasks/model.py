@@ -110,7 +110,7 @@ class Task:
         "_done", "agent", "attempts", "created", "error", "finished",
         "id", "input", "journaled", "out", "output_dropped", "priority", "progress",
         "replica", "retries_left", "seq", "started", "status", "timeout",
-        "tool_calls", "values", "waiter", "watchers",
+        "tool_calls", "waiter", "watchers",
     )
 
     def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
@@ -126,11 +126,9 @@ class Task:
         self.started: float | None = None
         self.finished: float | None = None
         self.status: TaskStatus = TaskStatus.QUEUED
-        # the output, read from the worker's answer in one pass: as Python values when
-        # the caller wants them (`values`) and no journal needs the bytes, else as bytes
-        # forwarded as they came
+        # the output, read from the worker's answer in one pass and kept as its bytes
+        # (forwarded as they came; decoded for a Python caller when it asks)
         self.out: Output | None = None
-        self.values = False
         self.output_dropped = False  # left in the journal, or dropped to bound memory
         self.journaled = False  # a journal has the input
         self.error: TaskError | None = None

@@ -1,9 +1,10 @@
 """A task's payloads on the wire: inputs encoded to JSON once, and a worker's `task/run`
-answer read in one pass, its output kept as the bytes it came in (or as Python values for
-a Python caller) in an `Output`, which the garbage collector never walks."""
+answer read in one pass, its output kept as the bytes it came in, in an `Output`, which
+the garbage collector never walks (a Python caller gets its values decoded from them)."""
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import msgspec
@@ -29,14 +30,8 @@ def encode_input(value: Any) -> bytes:
     return msgspec.json.encode(value)  # (its error, if any, is the caller's to see)
 
 
-class _RunResult(msgspec.Struct):
-    """A worker's `task/run` result, decoded for a Python caller."""
-
-    output: Any = None
-
-
 class _RawRunResult(msgspec.Struct):
-    """The same with the output left as its JSON bytes."""
+    """A worker's `task/run` result, the output left as its JSON bytes."""
 
     output: msgspec.Raw = msgspec.Raw(b"null")  # (Raw cannot be part of a union)
 
@@ -54,15 +49,9 @@ def raw_output_of(raw_result: msgspec.Raw) -> msgspec.Raw:
 
 
 # The worker's whole answer line, read in one pass (`Peer.request_future(decode=...)`):
-# the output comes out as a Python value for a caller that wants one, else as its JSON
-# bytes, without a scan for the envelope before. Unknown members make the line take the
-# usual way (an answer with both result and error is the usual way's to judge).
-class _ValueAnswer(msgspec.Struct, forbid_unknown_fields=True):
-    jsonrpc: str
-    id: int
-    result: _RunResult
-
-
+# the output comes out as its JSON bytes, without a scan for the envelope before. Unknown
+# members make the line take the usual way (an answer with both result and error is the
+# usual way's to judge).
 class _RawAnswer(msgspec.Struct, forbid_unknown_fields=True):
     jsonrpc: str
     id: int
@@ -70,38 +59,41 @@ class _RawAnswer(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Output(msgspec.Struct, gc=False):
-    """A succeeded task's output: its JSON bytes, or its value when it was decoded for a
-    Python caller as it arrived; each form made from the other only if asked for. (Not
-    tracked by the garbage collector: it holds decoded JSON, which has no cycles.)"""
+    """A succeeded task's output as its JSON bytes; a Python caller's values are decoded
+    from them when asked for, and are the caller's: what a finished task keeps is never
+    an object graph for every full pass of the garbage collector to walk (decision 78).
+    (Not tracked by the collector itself: bytes hold nothing.)"""
 
-    raw: msgspec.Raw | None
-    value: Any
+    raw: msgspec.Raw
     size: int  # bytes held, for `kept_bytes`
 
-    @property
-    def decoded(self) -> bool:
-        return self.raw is None
-
     def json(self) -> msgspec.Raw:
-        return self.raw if self.raw is not None else msgspec.Raw(_encoder.encode(self.value))
+        return self.raw
 
     def python(self) -> Any:
-        return self.value if self.decoded else msgspec.json.decode(self.raw)  # type: ignore[arg-type]
+        return acyclic(self.raw)
 
 
-_encoder = msgspec.json.Encoder()
-_value_answer = msgspec.json.Decoder(_ValueAnswer)
 _raw_answer = msgspec.json.Decoder(_RawAnswer)
 
 
-def read_value(line: bytes) -> tuple[int, Output]:
-    answer = _value_answer.decode(line)
-    return answer.id, Output(None, answer.result.output, len(line))
+def acyclic(raw: bytes) -> Any:
+    """JSON as Python values, without a pass of the cyclic collector meanwhile: what is
+    decoded has no cycles, and a pass in the middle of a large document (one every 700
+    containers) would only move the half-built values up a generation, until the full
+    pass that walks the whole heap for them."""
+    if not gc.isenabled():
+        return msgspec.json.decode(raw)
+    gc.disable()
+    try:
+        return msgspec.json.decode(raw)
+    finally:
+        gc.enable()
 
 
 def read_raw(line: bytes) -> tuple[int, Output]:
     answer = _raw_answer.decode(line)
-    return answer.id, Output(answer.result.output, None, len(line))
+    return answer.id, Output(answer.result.output, len(line))
 
 
 def output_of(result: Any) -> Output:
@@ -109,5 +101,5 @@ def output_of(result: Any) -> Output:
     took the usual way (another layout, or a result that is not an object)."""
     if isinstance(result, Output):
         return result
-    return Output(raw_output_of(result), None, len(result))
+    return Output(raw_output_of(result), len(result))
 
