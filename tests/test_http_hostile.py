@@ -36,7 +36,9 @@ import json, socket, sys, time, os
 path, stop = sys.argv[1], sys.argv[2]
 s = socket.socket(socket.AF_UNIX); s.connect(path); f = s.makefile("rb")
 worst, n, rid = 0.0, 0, 0
-while not os.path.exists(stop):
+# at least 11 round trips whatever the attack's length: a quick attack still has
+# its stall measured around it; "up" once the first has come back (the attack waits)
+while n < 11 or not os.path.exists(stop):
     rid += 1
     t0 = time.perf_counter()
     s.sendall(json.dumps({"jsonrpc": "2.0", "id": rid, "method": "daemon.info",
@@ -45,6 +47,8 @@ while not os.path.exists(stop):
     assert b'"result"' in line, line
     dt = time.perf_counter() - t0
     worst, n = max(worst, dt), n + 1
+    if n == 1:
+        print("up", flush=True)
     time.sleep(max(0.0, 0.005 - dt))
 print(json.dumps({"worst": worst, "calls": n}))
 """
@@ -59,10 +63,13 @@ class Probe:
         self.stop.unlink(missing_ok=True)
         self.proc = subprocess.Popen([PY, "-c", PROBE, str(d.sock), str(self.stop)],
                                      stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        # measuring before the attack begins (a probe still starting measures nothing)
+        assert self.proc.stdout.readline() == "up\n"
 
     def result(self) -> dict[str, Any]:
         self.stop.touch()
-        out, _ = self.proc.communicate(timeout=30)
+        out, _ = self.proc.communicate(timeout=30)  # (its "up" line was read)
         assert self.proc.returncode == 0, out
         result: dict[str, Any] = json.loads(out)
         return result

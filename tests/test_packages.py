@@ -512,7 +512,7 @@ def test_a_daemon_killed_during_a_switch_leaves_the_old_release_current(
         second = os.path.basename(history[1]["spec"]["release"])
         assert history[-1]["change"] == (
             f"rollout to release {second} interrupted by a daemon restart: back to release "
-            f"{first}: healthy_deadline 120.0 -> default, min_healthy_time 60.0 -> default, "
+            f"{first}: healthy_deadline 120.0 -> 60.0, min_healthy_time 60.0 -> 0, "
             f"release '{second}' -> '{first}', version '2.0' -> '1.0'")
     finally:
         d.close()
