@@ -651,9 +651,13 @@ def test_an_agent_is_rolled_back_from_the_dashboard() -> None:
                 page = browser.new_page(viewport={"width": 1280, "height": 800})
                 page.add_init_script(WATCH_CSP)
                 page.goto(r.stdout.strip())
-                page.goto(page.url.split("#")[0] + "#/agent/hello")
+                # logged in: the fleet is drawn; then the agent's view, as a user goes
+                expect(page.locator('#fleet tr[data-agent="hello"][data-replica="1"]'
+                                    ' .state')).to_have_text(
+                    re.compile(r"^(ready|idle|busy)$"), timeout=30_000)
+                page.click('#fleet a[href="#/agent/hello"]')
                 revisions = page.locator("#revisions tbody tr")
-                expect(revisions).to_have_count(2)
+                expect(revisions).to_have_count(2, timeout=30_000)
                 expect(revisions.nth(1).locator("td").first).to_have_text("* 2")
                 # the current revision has no button; the first one has
                 expect(revisions.nth(1).locator("button")).to_have_count(0)
