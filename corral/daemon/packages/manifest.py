@@ -10,13 +10,12 @@ the release is: `release` is corral's, and `cwd` is relative to the package's so
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import msgspec
 
-from ...supervisor.config import AgentSpec, ConfigError, convert, validate_name
+from ...supervisor.config import AgentSpec, ConfigError, convert, read_toml, validate_name
 
 MANIFEST = "corral.toml"
 PYPROJECT = "pyproject.toml"
@@ -45,16 +44,6 @@ class Manifest(msgspec.Struct, kw_only=True):
             else "requirements")
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: syntax error: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-
-
 def read_manifest(path: str | os.PathLike[str], name: str | None = None) -> Manifest:
     """The manifest of the package at `path` (its directory, or the manifest file);
     `name` overrides the manifest's. ConfigError names the file and the key."""
@@ -78,7 +67,7 @@ def read_manifest(path: str | os.PathLike[str], name: str | None = None) -> Mani
     for f in files:
         if not f.is_file():
             continue
-        data = _read(f)
+        data = read_toml(f)
         if f.name == PYPROJECT:
             project = data.get("project", {}) if isinstance(data.get("project"), dict) else {}
             found = data.get("tool", {}).get("corral", {}).get("agent")
@@ -94,7 +83,7 @@ def read_manifest(path: str | os.PathLike[str], name: str | None = None) -> Mani
         raise ConfigError(f"{given}: no package manifest: an [agent] table in {MANIFEST} or "
                           f"[tool.corral.agent] in {PYPROJECT}")
     if where.name != PYPROJECT and (directory / PYPROJECT).is_file():
-        data = _read(directory / PYPROJECT)
+        data = read_toml(directory / PYPROJECT)
         project = data.get("project", {}) if isinstance(data.get("project"), dict) else {}
     prefix = "tool.corral.agent" if where.name == PYPROJECT else "agent"
     return _manifest(directory, where, prefix, table, project, name)
