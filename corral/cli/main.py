@@ -38,17 +38,19 @@ class Ctx:
     def __init__(self, socket: str | None) -> None:
         self.socket = socket
 
-    def client(self) -> Client:
+    def client(self, wait_forever: bool = False) -> Client:
         from ..paths import client_socket
 
-        return Client(client_socket(self.socket))
+        path = client_socket(self.socket)
+        return Client(path, timeout=None) if wait_forever else Client(path)
 
     def call(self, method: str, params: msgspec.Struct | None = None, *,
-             reachable: bool = True, **kw: Any) -> Any:
+             reachable: bool = True, wait_forever: bool = False, **kw: Any) -> Any:
         """Call and answer the result; exit with the reason on failure. With
-        `reachable=False` an unreachable daemon raises Unreachable for the caller."""
+        `reachable=False` an unreachable daemon raises Unreachable for the caller;
+        `wait_forever` drops the client's timeout (for a call the daemon bounds itself)."""
         try:
-            with self.client() as c:
+            with self.client(wait_forever) as c:
                 # the Struct itself: msgspec encodes it (and a Raw input in it) as it is
                 return c.ask(method, params if params is not None else {}, **kw)
         except Unreachable as exc:
@@ -675,24 +677,15 @@ def rollback(obj: Ctx, name: str, revision: int | None) -> None:
 @json_option
 @pass_ctx
 def deploy(obj: Ctx, path: str, name: str | None, as_json: bool) -> None:
-    from ..paths import client_socket
-
     def progress(method: str, params: Any) -> None:
         if method == "packages.progress" and not as_json:
             click.echo(f"corral: {params.get('message')}", err=True)
 
     params = m.PackagesDeploy(path=os.path.abspath(path), name=name)
-    try:
-        # no client timeout: a build is bounded by the daemon's build_timeout, a switch by
-        # healthy_deadline, and Ctrl-C ends the wait
-        with Client(client_socket(obj.socket), timeout=None) as c:
-            res: m.DeployResult = c.ask("packages.deploy", params, progress)
-    except Unreachable as exc:
-        click.echo(f"corral: {exc}", err=True)
-        sys.exit(EXIT_UNREACHABLE)
-    except CallFailed as exc:
-        click.echo(f"corral: {exc.message}", err=True)
-        sys.exit(EXIT_FAILED)
+    # no client timeout: a build is bounded by the daemon's build_timeout, a switch by
+    # healthy_deadline, and Ctrl-C ends the wait
+    res: m.DeployResult = obj.call("packages.deploy", params, on_notification=progress,
+                                   wait_forever=True)
     if as_json:
         _print_json(res)
         return
