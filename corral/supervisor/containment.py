@@ -447,12 +447,8 @@ class Containment:
         self.live: dict[str, Tracked] = {}  # token -> tracked
         self._by_pid: dict[int, Tracked] = {}
         self._seq = 0
-        self._pending: set[str] = set()  # tokens issued, process not yet started
-        # cgroup -> the processes issued a ticket for it and not yet ended: a replica's
-        # new process started beside its old one (a rolling restart, a deploy) must not be
-        # in the old one's cgroup, which is killed when the old one ends
-        self._cgroup_users: dict[str, int] = {}
-        self._ticket_cgroups: dict[str, str] = {}  # token -> its cgroup, while counted
+        # tokens issued, process not yet started -> their cgroup
+        self._pending: dict[str, str | None] = {}
         self._orphan_fds: dict[int, int] = {}  # pidfd -> pid: killed orphans to reap
         self._sweep_wanted = 0  # sweeps still owed (an exit owes two: now and next tick)
         self._sweep_task: asyncio.Task[int] | None = None
@@ -502,30 +498,22 @@ class Containment:
         token = f"{self.owner}.{self._seq}"
         path = None
         if self.tree is not None:
+            # a replica's new process started beside its old one (a rolling restart, a
+            # deploy) must not be in the old one's cgroup, which is killed when it ends
+            in_use = {t.record.cgroup for t in self.live.values()}
+            in_use.update(self._pending.values())
             path = self.tree.path(kind, name, index)
-            if self._cgroup_users.get(path):  # its process of before runs on: the other
+            if path in in_use:  # its process of before runs on: the other
                 path += SURGE
-            if self._cgroup_users.get(path):  # pragma: no cover - a third at once
+            if path in in_use:  # pragma: no cover - a third at once
                 path = self.tree.path(kind, name, index) + f".{self._seq}"
             self.tree.prepare(path, limits)
-            self._cgroup_users[path] = self._cgroup_users.get(path, 0) + 1
-            self._ticket_cgroups[token] = path
-        self._pending.add(token)
+        self._pending[token] = path
         return Ticket(token, path)
-
-    def _release_cgroup(self, token: str) -> None:
-        path = self._ticket_cgroups.pop(token, None)
-        if path is not None:
-            left = self._cgroup_users[path] - 1
-            if left:
-                self._cgroup_users[path] = left
-            else:
-                del self._cgroup_users[path]
 
     def abandon(self, ticket: Ticket) -> None:
         """The spawn for `ticket` failed before any process was tracked."""
-        self._pending.discard(ticket.token)
-        self._release_cgroup(ticket.token)
+        self._pending.pop(ticket.token, None)
 
     def started(self, ticket: Ticket, pid: int, *, kind: str, name: str, index: int,
                 stop_timeout: float) -> ProcessRecord:
@@ -536,7 +524,7 @@ class Containment:
             start_time=st.start_time if st else 0, pgid=st.pgid if st else pid,
             sid=st.sid if st else pid, cgroup=ticket.cgroup, stop_timeout=stop_timeout)
         t = Tracked(rec, oom_kills(ticket.cgroup) if ticket.cgroup else 0)
-        self._pending.discard(ticket.token)
+        self._pending.pop(ticket.token, None)
         self.live[rec.token] = t
         self._by_pid[pid] = t
         self.stream.emit(ProcessStarted(rec))
@@ -573,7 +561,6 @@ class Containment:
         t = self.live.pop(token, None)
         if t is None:
             return
-        self._release_cgroup(token)
         self._by_pid.pop(t.record.pid, None)
         self._kill_escapees(t)
         if t.record.cgroup:
