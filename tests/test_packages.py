@@ -483,6 +483,8 @@ def test_a_daemon_killed_during_a_switch_leaves_the_old_release_current(
         d.start()
         r = d.cli("deploy", str(v1), timeout=120)
         assert r.returncode == 0, r.stderr
+        # the daemon's progress, as it goes
+        assert "\ncorral: starting 1 process of release " in r.stderr, r.stderr
         before = d.cli("run", "greeter", "--input", "null", "--json")
         assert msgspec.json.decode(before.stdout)["output"]["version"] == "1.0"
         marker = d.state / "packages" / "greeter" / "ROLLOUT"

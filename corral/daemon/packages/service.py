@@ -28,6 +28,7 @@ from ...jsonrpc import RpcError
 from ...supervisor.config import AgentSpec, ConfigError, PackagesSettings, parse_agents
 from ...supervisor.core import NoSuchAgent, Supervisor, SupervisorError
 from ...supervisor.release import SOURCE, VENV
+from ...text import plural
 from ..fleet import Fleet
 from ..revisions import Revision, RevisionLog, recording, spec_table, unrecording
 from ..store import StateStore, StoreError, what_to_do
@@ -201,7 +202,7 @@ class Packages:
             except StoreError as exc:
                 raise RpcError(jsonrpc.REFUSED, f"{exc}: nothing was deployed; "
                                f"{what_to_do()}") from None
-            n = plural_replicas(spec.replicas)
+            n = plural(spec.replicas, "process", "processes")
             say(f"starting {n} of release {plan.release} beside the running ones"
                 if agent is not None else f"starting {n} of release {plan.release}")
             try:
@@ -307,7 +308,3 @@ class Packages:
         return {"dir": str(self.releases.root), "uv": b.uv, "cache": str(b.cache),
                 "built": b.built, "reused": b.reused, "failed": b.failed,
                 "building": b.building}
-
-
-def plural_replicas(n: int) -> str:
-    return f"{n} process" if n == 1 else f"{n} processes"
