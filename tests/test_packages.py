@@ -32,7 +32,7 @@ from corral.supervisor.config import ConfigError
 from corral.supervisor.lifecycle import State
 
 from .conftest import EXAMPLES, PY, ROOT, nobody_reason
-from .daemon_harness import Daemon, in_process, shared_tmpdir
+from .daemon_harness import Daemon, hello, in_process, shared_tmpdir
 from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
 
@@ -342,6 +342,22 @@ async def test_a_release_that_does_not_stay_up_is_refused(tmp_path: Path,
         assert err.value.message.endswith("exited with status 3; the agent was not added")
         assert "fresh" not in d.services.sup.agents
         assert "fresh" not in d.services.store.runtime_agents()
+
+
+async def test_a_package_named_as_a_config_files_agent_is_refused_before_a_build(
+        tmp_path: Path, uv_cache: Path) -> None:
+    pkg = package(tmp_path / "pkg", "1.0")
+    async with in_process(tmp_path, hello("greeter"), packages_toml(uv_cache)) as d:
+        pid = d.services.sup.agent("greeter").replicas[0].pid
+        with pytest.raises(RpcError) as err:
+            await deploy(d, pkg)
+        assert (err.value.code, err.value.message) == (
+            jsonrpc.CONFLICT, "agent greeter is declared by the config file: deploy the "
+                              "package under another name (--name)")
+        assert d.services.packages.builder.built == 0
+        assert d.services.packages.releases.of("greeter") == []
+        assert d.services.sup.agent("greeter").replicas[0].pid == pid
+        assert d.services.store.runtime_agents() == {}
 
 
 @pytest.mark.deadline(120)

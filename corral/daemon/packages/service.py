@@ -111,9 +111,8 @@ class Packages:
         except ConfigError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         name = manifest.name
-        if name in self.fleet.from_config:
-            raise RpcError(jsonrpc.CONFLICT, f"agent {name} is declared by the config file: "
-                                             "deploy the package under another name (--name)")
+        if name in self.fleet.from_config:  # before a build: the switch would refuse
+            raise _declared(name)
         try:
             plan = await self.builder.plan(manifest)
             release, built = await self.builder.build(name, plan, who, say)
@@ -170,8 +169,7 @@ class Packages:
         table, spec = self._spec(name, plan, release)
         agent = self.sup.agents.get(name)
         if agent is not None and self.store.runtime_agents().get(name) is None:
-            raise RpcError(jsonrpc.CONFLICT, f"agent {name} is declared by the config file: "
-                                             "deploy the package under another name (--name)")
+            raise _declared(name)  # by a reload during the build
         previous = agent.spec.release if agent is not None else None
         result = m.DeployResult(
             name=name, release=plan.release, version=plan.manifest.version, built=built,
@@ -308,3 +306,8 @@ class Packages:
         return {"dir": str(self.releases.root), "uv": b.uv, "cache": str(b.cache),
                 "built": b.built, "reused": b.reused, "failed": b.failed,
                 "building": b.building}
+
+
+def _declared(name: str) -> RpcError:
+    return RpcError(jsonrpc.CONFLICT, f"agent {name} is declared by the config file: "
+                                      "deploy the package under another name (--name)")
