@@ -35,6 +35,7 @@ from .conftest import EXAMPLES, PY, ROOT, nobody_reason
 from .daemon_harness import Daemon, hello, in_process, shared_tmpdir
 from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
+from .test_store import unshare_reason
 
 SIX_1, SIX_2 = "six==1.16.0", "six==1.17.0"
 
@@ -591,15 +592,7 @@ def test_a_build_killed_half_way_leaves_nothing_that_could_start(
         d.close()
 
 
-def _unshare_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to mount a small tmpfs in a mount namespace of the daemon's own"
-    if shutil.which("unshare") is None:
-        return "no unshare(1) here"
-    return None
-
-
-@pytest.mark.skipif(_unshare_reason() is not None, reason=str(_unshare_reason()))
+@pytest.mark.skipif(unshare_reason() is not None, reason=str(unshare_reason()))
 @pytest.mark.timeout(180)
 def test_a_full_disk_during_a_build_is_a_clear_error_and_the_current_release_stays(
         tmp_path: Path, uv_cache: Path) -> None:

@@ -184,8 +184,10 @@ def test_daemon_refuses_a_database_locked_by_another_process(tmp_path: Path) -> 
 
 
 def unshare_reason() -> str | None:
+    """Why a test cannot run the daemon in a mount namespace of its own here (to mount
+    something only it sees), or None."""
     if os.geteuid() != 0:
-        return "needs root for a read-only bind mount in a private mount namespace"
+        return "needs root to mount in a private mount namespace"
     if shutil.which("unshare") is None:
         return "no unshare(1) on this machine"
     return None
