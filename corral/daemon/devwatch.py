@@ -29,6 +29,7 @@ import msgspec
 from ..jsonrpc import RpcError
 from ..supervisor.core import Supervisor
 from ..supervisor.process_replica import Event
+from ..text import listing
 from .fleet import Fleet
 from .packages.service import Packages
 
@@ -118,8 +119,7 @@ class Watches:
             self.report(f"{name}: watch stopped: {type(exc).__name__}: {exc}", priority=3)
 
     async def _changed(self, name: str, key: Key, paths: list[str]) -> None:
-        shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5
-                                        else "")
+        shown = listing(paths, most=5)
         self.restarts += 1
         try:
             if key.package:
