@@ -266,20 +266,17 @@ def _watch(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
                           with_mcp=False)
         elif method == "agents.transition":
             pid = f"[{params['pid']}]" if params["pid"] else ""
-            click.echo(f"{_log_stamp(params['time'])} {params['agent']}#{params['replica']}{pid} "
+            # the time as log lines stamp it
+            click.echo(f"{iso_time(params['time'], ms=True)} "
+                       f"{params['agent']}#{params['replica']}{pid} "
                        f"{params['previous']} -> {params['state']}: {params['reason']}")
         elif method == "agents.roster":
             n = len(params["replicas"])
-            click.echo(f"{_log_stamp(params['time'])} {params['agent']}: "
+            click.echo(f"{iso_time(params['time'], ms=True)} {params['agent']}: "
                        + (plural(n, "replica") if n else "removed"))
         sys.stdout.flush()
 
     obj.call("agents.watch", m.AgentsWatch(names=list(names)), on_notification=on_note)
-
-
-def _log_stamp(t: float) -> str:
-    """As log lines stamp their time (UTC, milliseconds)."""
-    return LogLine(t, "", 0, 0, "", "").render().split(" ", 1)[0]
 
 
 def _print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
