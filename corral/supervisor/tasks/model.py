@@ -167,7 +167,7 @@ class Task:
     @property
     def raw_output(self) -> msgspec.Raw | None:
         """The output's JSON bytes, to send on without a decode and an encode."""
-        return None if self.out is None else self.out.json()
+        return None if self.out is None else self.out.raw
 
     @property
     def raw_result(self) -> msgspec.Raw | None:

@@ -67,9 +67,6 @@ class Output(msgspec.Struct, gc=False):
     raw: msgspec.Raw
     size: int  # bytes held, for `kept_bytes`
 
-    def json(self) -> msgspec.Raw:
-        return self.raw
-
     def python(self) -> Any:
         return acyclic(self.raw)
 
