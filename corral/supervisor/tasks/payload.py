@@ -48,7 +48,7 @@ def raw_output_of(raw_result: msgspec.Raw) -> msgspec.Raw:
     return out
 
 
-# The worker's whole answer line, read in one pass (`Peer.request_future(decode=...)`):
+# The worker's whole answer line, read in one pass (`Peer.request_callback(decode=...)`):
 # the output comes out as its JSON bytes, without a scan for the envelope before. Unknown
 # members make the line take the usual way (an answer with both result and error is the
 # usual way's to judge).
