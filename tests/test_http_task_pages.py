@@ -91,6 +91,9 @@ async def test_tasks_are_listed_a_page_at_a_time(tmp_path: Path, journal: bool) 
         # a page that ends exactly at the oldest task has no next
         whole = await pages(api, "runner", f"limit={TASKS}")
         assert len(whole) == 1 and seen(whole) == ids
+        # a limit past SQLite's integers is all of them, not an overflow
+        whole = await pages(api, "runner", f"limit={1 << 63}")
+        assert len(whole) == 1 and seen(whole) == ids
 
         # filters with the cursor: each page holds only what the filters admit
         db = [t for t, a in made if a == "db"]
