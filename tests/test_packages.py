@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import stat
@@ -415,6 +416,28 @@ async def test_builds_are_bounded_and_leave_nothing_when_they_fail(
             await deploy(d, package(tmp_path / "v2", "2.0"))
         assert "less than [packages] min_free_mb (1099511627776): nothing was built" in (
             err.value.message)
+
+
+async def test_an_interpreter_that_does_not_answer_is_bounded_by_the_probes_timeout(
+        tmp_path: Path, uv_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not build_timeout: the probe has its own bound, and says so."""
+    from corral.daemon.packages import build
+
+    monkeypatch.setattr(build, "PROBE_TIMEOUT", 1.0)
+    hangs = tmp_path / "bin" / "python3"
+    hangs.parent.mkdir()
+    hangs.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nexec sleep 60\n")
+    hangs.chmod(0o755)
+    pkg = package(tmp_path / "pkg", "1.0", manifest=f'python = "{hangs}"\n')
+    async with in_process(tmp_path, "", packages_toml(uv_cache)) as d:
+        with pytest.raises(RpcError) as err:
+            await deploy(d, pkg)
+        assert re.fullmatch(r"deploy of greeter: (finding Python|asking) \S+: no answer "
+                            r"within 1 s; nothing changed", err.value.message
+                            ), err.value.message
+        wait_until(lambda: not _alive(int((tmp_path / "pid").read_text())),
+                   what="the probe killed")
+        assert d.services.packages.releases.of("greeter") == []
 
 
 def slow_package(where: Path, marker: Path, seconds: float = 60) -> Path:

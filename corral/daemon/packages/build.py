@@ -65,6 +65,7 @@ SKIP_FILES = ("*.pyc", "*.pyo")
 MAX_FILES = 50_000
 TAIL = 20  # the last lines of a failing step's output shown in the error
 DISK_CHECK = 1.0  # seconds between two looks at a build's size while uv installs
+PROBE_TIMEOUT = 30.0  # seconds uv, then the interpreter, may take to say which Python
 PROBE = ("import os, sys; print(os.path.realpath(getattr(sys, '_base_executable', "
          "sys.executable))); print(sys.version.split()[0])")
 
@@ -216,13 +217,13 @@ class Builder:
             python = sys.executable
             if wanted is not None:
                 out = await self._run([self._uv(), "python", "find", wanted], kind="probe",
-                                      name="python", cwd=None, timeout=30.0,
+                                      name="python", cwd=None, timeout=PROBE_TIMEOUT,
                                       what=f"finding Python {wanted}")
                 python = out[-1].decode().strip() if out else ""
                 if not python:
                     raise BuildError(f"no Python {wanted} on this host")
             out = await self._run([python, "-I", "-c", PROBE], kind="probe", name="python",
-                                  cwd=None, timeout=30.0, what=f"asking {python}")
+                                  cwd=None, timeout=PROBE_TIMEOUT, what=f"asking {python}")
         if len(out) < 2:
             raise BuildError(f"{python} did not say what it is")
         return out[0].decode().strip(), out[1].decode().strip()
@@ -382,8 +383,12 @@ class Builder:
             if watcher is not None and watcher in done:
                 watcher.result()  # raises: too big
             if child.exited not in done:
-                raise BuildError(f"{what}: the build took longer than [packages] "
-                                 f"build_timeout ({self.settings.build_timeout:g} s)")
+                # a build's step is bounded by what is left of build_timeout; a probe, by
+                # its own
+                raise BuildError(f"{what}: " + (
+                    f"no answer within {timeout:g} s" if kind == "probe" else
+                    f"the build took longer than [packages] build_timeout "
+                    f"({self.settings.build_timeout:g} s)"))
             rc = child.exited.result()
         finally:
             if watcher is not None:
