@@ -321,6 +321,23 @@ async def test_deploy_switch_under_load_refuse_roll_back_and_redeploy(
         assert listed.current == second.release
 
 
+@pytest.mark.deadline(120)
+async def test_releases_past_keep_releases_go_least_recently_current_first(
+        tmp_path: Path, uv_cache: Path) -> None:
+    keep = "keep_releases = 2\n"
+    v1, v2, v3 = (package(tmp_path / f"v{n}", f"{n}.0", manifest=keep) for n in (1, 2, 3))
+    async with in_process(tmp_path, "", packages_toml(uv_cache)) as d:
+        first, second = await deploy(d, v1), await deploy(d, v2)
+        assert (first.removed, second.removed) == ([], [])
+        # v1 current again (a rollback): v2 is now the one least recently current
+        await d.dispatcher.call(SOCKET, "agents.rollback", {"name": "greeter", "revision": 1})
+        third = await deploy(d, v3)
+        assert third.removed == [second.release]
+        kept = d.services.packages.releases.of("greeter")
+        assert sorted(p.name for p, _, _ in kept) == sorted([first.release, third.release])
+        assert (await ask(d))["version"] == "3.0"
+
+
 @pytest.mark.deadline(90)
 async def test_a_release_that_does_not_stay_up_is_refused(tmp_path: Path,
                                                           uv_cache: Path) -> None:

@@ -242,7 +242,8 @@ class Packages:
     async def _prune(self, name: str, spec: AgentSpec) -> list[str]:
         """Past keep_releases, the releases least recently made current go (the current
         one never); zygotes of releases no agent runs are stopped."""
-        used = self._last_used(name)
+        used = {release: max(r.time for r in revs)
+                for release, revs in self._by_release(name).items()}
         current = os.path.basename(spec.release or "")
         kept = await asyncio.to_thread(self.releases.of, name)
         ready = [(p, info) for p, info, ok in kept if ok]
@@ -258,12 +259,13 @@ class Packages:
         self.retire_zygotes()
         return [p.name for p in gone]
 
-    def _last_used(self, name: str) -> dict[str, float]:
-        used: dict[str, float] = {}
+    def _by_release(self, name: str) -> dict[str, list[Revision]]:
+        """The agent's revisions, by the release each ran."""
+        out: dict[str, list[Revision]] = {}
         for rev in self.revisions.history(name, 1_000_000):
             if rev.release:
-                used[rev.release] = max(used.get(rev.release, 0.0), rev.time)
-        return used
+                out.setdefault(rev.release, []).append(rev)
+        return out
 
     def retire_zygotes(self) -> None:
         running = {a.spec.release for a in self.sup.agents.values() if a.spec.release}
@@ -279,10 +281,8 @@ class Packages:
             raise NoSuchAgent(name, self.sup.agents, "and no releases of one")
         current = os.path.basename(agent.spec.release) if agent and agent.spec.release \
             else None
-        revisions: dict[str, list[int]] = {}
-        for rev in self.revisions.history(name, 1_000_000):
-            if rev.release:
-                revisions.setdefault(rev.release, []).append(rev.revision)
+        revisions = {release: [r.revision for r in revs]
+                     for release, revs in self._by_release(name).items()}
         entries = [m.ReleaseEntry(
             release=p.name, version=info.version if info else None,
             built_at=info.built_at if info else None,
