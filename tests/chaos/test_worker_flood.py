@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -25,15 +23,6 @@ from .procs import by_owner, wait_until
 MiB = 1024 * 1024
 FLOODER = ROOT / "tests" / "flood_worker.py"
 UNREAD = re.compile(r"hung: \d+ bytes sent to it unread for 2 s")
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    d = Path(os.environ.get("TMPDIR", "/tmp")) / f"corral-flood-{os.getpid()}"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 class Peak(threading.Thread):
