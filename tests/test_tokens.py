@@ -210,3 +210,47 @@ async def test_a_caller_limited_to_web_agents_cannot_see_or_touch_db(tmp_path: P
                 ).status == "running"
         cancelled = await d.dispatcher.call(SOCKET, "tasks.cancel", {"task_id": tid})
         assert cancelled.status == "cancelled"
+
+
+class Lines:
+    """A follow's channel: the sources of each `logs.lines` batch it is sent, in order."""
+
+    def __init__(self) -> None:
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.batches: list[set[str]] = []
+
+    def notify(self, method: str, params: Any) -> None:
+        assert method == "logs.lines", method
+        self.batches.append({ln.source for ln in params["lines"]})
+
+
+@pytest.mark.deadline(120)
+async def test_a_limited_caller_following_every_log_is_sent_only_its_agents_lines(
+        tmp_path: Path) -> None:
+    async with running(tmp_path, hello("web-1") + sleeper("db")) as d:
+        web = Caller(via="http", token="web", agents="web-*")
+        mine, every = Lines(), Lines()
+        follows = [asyncio.create_task(d.dispatcher.call(caller, "logs.follow",
+                                                         {"lines": 1000}, channel))
+                   for caller, channel in ((web, mine), (SOCKET, every))]
+        try:
+            # the backlog: the socket is told of db, the limited caller is not
+            await wait_until_async(lambda: bool(mine.batches and every.batches))
+            assert {"web-1", "db"} <= set().union(*every.batches)
+            assert mine.batches == [{"web-1"}]
+            # a line of db's, then web-1's restart: the limited caller is sent web-1's
+            # lines, and never a batch with db's
+            crash = {"agent": "db", "input": {"do": "crash"}, "detach": True}
+            await d.dispatcher.call(SOCKET, "tasks.run", msgspec.json.encode(crash))
+            seen = len(every.batches)
+            await wait_until_async(lambda: "db" in set().union(*every.batches[seen:]))
+            await d.dispatcher.call(SOCKET, "agents.restart", {"names": ["web-1"]})
+            await wait_until_async(lambda: len(mine.batches) > 1)
+            assert all(batch == {"web-1"} for batch in mine.batches), mine.batches
+        finally:
+            for follow in follows:
+                follow.cancel()
+            for follow in follows:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follow
