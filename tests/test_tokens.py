@@ -22,20 +22,12 @@ from corral.daemon.tokens import PREFIX, Tokens, tokens_of
 from corral.jsonrpc import RpcError
 from corral.supervisor import State
 
-from .conftest import EXAMPLES, ROOT
-from .daemon_harness import hello, in_process
+from .conftest import ROOT
+from .daemon_harness import hello, in_process, sleeper
 from .test_gateway_stdio import wait_until_async
 
 SOCKET = Caller(via="socket")
 
-
-def sleeper(name: str) -> str:
-    return f"""
-        [agents.{name}]
-        command = ["{sys.executable}", "{EXAMPLES}/misbehave.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        stop_timeout = 10.0
-    """
 
 
 def running(tmp_path: Path, agents: str) -> contextlib.AbstractAsyncContextManager[Daemon]:
