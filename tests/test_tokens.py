@@ -142,19 +142,17 @@ async def test_a_caller_limited_to_web_agents_cannot_see_or_touch_db(tmp_path: P
         stats = await d.dispatcher.call(web, "stats.get")
         assert list(stats.agents) == ["web-1"]
         assert list(stats.tasks["agents"]) == ["web-1"]
-        assert await refused(d, web, "agents.describe", {"name": "db"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: db (agents: web-1)")
-        # as absent as an agent that does not exist; told of its own agents alone
-        assert await refused(d, SOCKET, "agents.describe", {"name": "nobody"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: nobody (agents: db, web-1)")
-        assert await refused(d, web, "agents.describe", {"name": "nobody"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: nobody (agents: web-1)")
-        assert await refused(d, web, "agents.describe", {"name": "web-2"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: web-2 (did you mean `web-1`?)")
-        assert await refused(d, web, "agents.describe", {"name": "dbb"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: dbb (agents: web-1)")
-        assert await refused(d, SOCKET, "agents.describe", {"name": "dbb"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: dbb (did you mean `db`?)")
+        # db is as absent as an agent that does not exist: the limited caller is told of
+        # its own agents alone
+        for caller, name, told in [
+                (web, "db", "agents: web-1"),
+                (SOCKET, "nobody", "agents: db, web-1"),
+                (web, "nobody", "agents: web-1"),
+                (web, "web-2", "did you mean `web-1`?"),
+                (web, "dbb", "agents: web-1"),
+                (SOCKET, "dbb", "did you mean `db`?")]:
+            assert await refused(d, caller, "agents.describe", {"name": name}) == (
+                jsonrpc.NOT_FOUND, f"no such agent: {name} ({told})"), (caller.who, name)
         assert await refused(d, web, "agents.status", {"names": ["db"]}) == (
             jsonrpc.NOT_FOUND, "no such agent: db (agents: web-1)")
         for method in ("agents.stop", "agents.restart", "agents.signal", "agents.remove"):
