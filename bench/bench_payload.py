@@ -66,6 +66,20 @@ def echo(x: Any) -> Any:
     return x
 
 
+def add_echo(sup: Supervisor, *, max_concurrent_tasks: int, max_queue: int) -> None:
+    """The SDK echo worker (`bench/echo_agent.py`) as agent `echo`, no replica yet."""
+    sup.add(AgentSpec(name="echo", command=[PY, str(ROOT / "bench" / "echo_agent.py")],
+                      env={"PYTHONPATH": str(ROOT)}, max_concurrent_tasks=max_concurrent_tasks,
+                      max_queue=max_queue))
+
+
+async def scale_echo(sup: Supervisor, workers: int) -> None:
+    """`workers` replicas of `echo`, each serving."""
+    await sup.scale("echo", workers)
+    for i in range(workers):
+        await sup.wait_state("echo", SERVING, replica=i)
+
+
 def records(size: int) -> dict[str, Any]:
     """About `size` bytes of JSON in records of ~110 bytes, a dict and a list each."""
     out: list[dict[str, Any]] = []
@@ -125,13 +139,9 @@ async def main() -> dict[str, Any]:
             def echo(self, x: Any) -> Any:
                 return x
     async with Supervisor() as sup:
-        sup.add(AgentSpec(name="echo", command=[PY, str(ROOT / "bench" / "echo_agent.py")],
-                          env={"PYTHONPATH": str(ROOT)}, max_concurrent_tasks=4,
-                          max_queue=100_000))
+        add_echo(sup, max_concurrent_tasks=4, max_queue=100_000)
         for workers in (1, 2):
-            await sup.scale("echo", workers)
-            for i in range(workers):
-                await sup.wait_state("echo", SERVING, replica=i)
+            await scale_echo(sup, workers)
             ppe = concurrent.futures.ProcessPoolExecutor(workers)
             pool = multiprocessing.get_context("fork").Pool(workers)
             # warm every worker of each runner

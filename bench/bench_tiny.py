@@ -35,10 +35,10 @@ from typing import Any
 import psutil
 import uvloop
 
-from corral.supervisor import AgentSpec, Supervisor
-from corral.supervisor.lifecycle import SERVING
+from corral.supervisor import Supervisor
 
-from .harness import PY, ROOT, report
+from .bench_payload import add_echo, echo, scale_echo
+from .harness import report
 
 QUICK = "--quick" in sys.argv
 TASKS = 5_000 if QUICK else 20_000
@@ -49,10 +49,6 @@ for i, a in enumerate(sys.argv):
     elif a == "--rounds":
         ROUNDS = int(sys.argv[i + 1])
 IN_FLIGHT = 256
-
-
-def echo(x: Any) -> Any:
-    return x
 
 
 def cpu(procs: list[psutil.Process]) -> float:
@@ -78,13 +74,9 @@ async def main() -> dict[str, Any]:
     results: dict[str, Any] = {"loadavg_start": os.getloadavg()[0], "tasks": TASKS,
                                "rounds": ROUNDS, "in_flight": IN_FLIGHT}
     async with Supervisor() as sup:
-        sup.add(AgentSpec(name="echo", command=[PY, str(ROOT / "bench" / "echo_agent.py")],
-                          env={"PYTHONPATH": str(ROOT)}, max_concurrent_tasks=64,
-                          max_queue=1_000_000))
+        add_echo(sup, max_concurrent_tasks=64, max_queue=1_000_000)
         for workers in (1, 2):
-            await sup.scale("echo", workers)
-            for i in range(workers):
-                await sup.wait_state("echo", SERVING, replica=i)
+            await scale_echo(sup, workers)
             agent = sup.agents["echo"]
             corral_procs = [psutil.Process(r.pid) for r in agent.replicas if r.pid]
             pool = multiprocessing.get_context("fork").Pool(workers)

@@ -35,14 +35,13 @@ import uvloop
 from corral.supervisor import AgentSpec, McpServerSpec, Supervisor
 from corral.supervisor.lifecycle import SERVING
 
+from .bench_tasks import RAW_ECHO
 from .harness import PY, ROOT, report
 
 QUICK = "--quick" in sys.argv
 N = 300 if QUICK else 1000
 ROUNDS = 3 if QUICK else 7
 SERVER = ROOT / "bench" / "min_mcp_server.py"
-RAW_ECHO = ("import sys\nr, w = sys.stdin.buffer, sys.stdout.buffer\n"
-            "for line in r:\n    w.write(line)\n    w.flush()\n")
 
 
 async def timed(one: Callable[[int], Awaitable[Any]]) -> list[float]:

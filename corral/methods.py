@@ -849,8 +849,6 @@ class TokensRevoke(Params):
     name: str
 
 
-
-
 # -- metrics history (issue 21) ------------------------------------------------------------
 class MetricsSample(msgspec.Struct):
     """One period of the metrics history (the fleet's, or one agent's). Counts and
@@ -893,7 +891,6 @@ class StatsHistory(Params):
     since: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
     agent: str | None = None
     resolution: Literal["raw", "minute", "hour"] | None = None
-
 
 
 # -- watching the fleet live (issue 21) ------------------------------------------------------

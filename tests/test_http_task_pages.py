@@ -19,8 +19,8 @@ from corral import jsonrpc
 from corral.supervisor.tasks import new_id
 
 from .conftest import ROOT
-from .daemon_harness import hello, in_process
-from .test_http_api import PROBLEM, SOCKET, Api, problem
+from .daemon_harness import hello, in_process, problem
+from .test_http_api import PROBLEM, SOCKET, Api
 
 TASKS = 23  # more than three pages of PAGE
 PAGE = 7
@@ -90,6 +90,9 @@ async def test_tasks_are_listed_a_page_at_a_time(tmp_path: Path, journal: bool) 
         assert [len(b["tasks"]) for b in got] == [PAGE, PAGE, PAGE, TASKS - 3 * PAGE]
         # a page that ends exactly at the oldest task has no next
         whole = await pages(api, "runner", f"limit={TASKS}")
+        assert len(whole) == 1 and seen(whole) == ids
+        # a limit past SQLite's integers is all of them, not an overflow
+        whole = await pages(api, "runner", f"limit={1 << 63}")
         assert len(whole) == 1 and seen(whole) == ids
 
         # filters with the cursor: each page holds only what the filters admit

@@ -273,3 +273,29 @@ async def test_a_new_task_nobody_waits_on_is_one_row_and_a_long_one_is_written_r
         await sup.tasks.committed()
         assert {s for s, _, _ in _rows(db_path, long.id, waited.id).values()} == {"cancelled"}
     await journal.close()
+
+
+async def test_a_first_row_still_waiting_at_close_is_written_and_a_restart_has_it(
+        db_path: Path) -> None:
+    """Closing the journal does not drop the rows that wait (YOUNG_FOR): their timer is
+    stopped, and close writes them as their tasks are, input and arrival order kept, so
+    the next daemon runs them again."""
+    journal = TaskJournalDB(db_path)
+    async with Supervisor(heartbeat_interval=0.2, journal=journal) as sup:
+        sup.add(agent("y", "misbehave.py", max_concurrent_tasks=1))
+        await all_ready(sup, "y")
+        running = sup.tasks.submit("y", {"do": "sleep", "seconds": 30})
+        queued = sup.tasks.submit("y", {"do": "echo", "n": 1})
+        assert list(journal._young) == [running.id, queued.id]
+        assert _rows(db_path, running.id, queued.id) == {}
+        await journal.close()
+        assert not journal._young
+        assert _rows(db_path, running.id, queued.id) == {
+            running.id: ("running", b'{"do":"sleep","seconds":30}', None),
+            queued.id: ("queued", b'{"do":"echo","n":1}', None)}
+    reopened = TaskJournalDB(db_path)
+    try:
+        assert [(r.task_id, r.status) for r in reopened.unfinished()] == [
+            (running.id, "running"), (queued.id, "queued")]
+    finally:
+        await reopened.close()

@@ -77,34 +77,38 @@ async def test_deadlines_expire_in_order_each_at_its_own_time() -> None:
     deadline whose attempt ended only moves the timer on to the next."""
     loop = asyncio.get_running_loop()
     expired: list[tuple[str, float]] = []
-    all_done = loop.create_future()
+    deadline: dict[str, float] = {}
+    heard: dict[str, asyncio.Future[None]] = {
+        k: loop.create_future() for k in ("last", "again")}
 
-    def expire(key: str, at: float) -> None:
+    def expire(key: str) -> None:
         expired.append((key, loop.time()))
-        assert loop.time() >= at - RESOLUTION, (key, loop.time(), at)
-        if key == "last":
-            all_done.set_result(None)
+        assert loop.time() >= deadline[key] - RESOLUTION, (key, loop.time(), deadline[key])
+        if key in heard:
+            heard[key].set_result(None)
 
-    d: Deadlines[str, float] = Deadlines(expire)
-    t0 = loop.time()
-    d.add("first-ended", 0.05, t0 + 0.05)
-    d.add("a", 0.05, t0 + 0.05)
-    d.add("short", 0.02, t0 + 0.02)
-    d.add("ended", 0.02, t0 + 0.02)
-    d.add("last", 0.15, t0 + 0.15)
-    assert d.discard("first-ended", 0.05) == t0 + 0.05
-    assert d.discard("ended", 0.02) == t0 + 0.02 and d.discard("ended", 0.02) is None
-    assert d.discard("nobody", 9.0) is None
+    def add(key: str, timeout: float) -> None:
+        deadline[key] = loop.time() + timeout
+        d.add(key, timeout)
+
+    d: Deadlines[str] = Deadlines(expire)
+    add("first-ended", 0.05)
+    add("a", 0.05)
+    add("short", 0.02)
+    add("ended", 0.02)
+    add("last", 0.15)
+    assert d.discard("first-ended", 0.05)
+    assert d.discard("ended", 0.02) and not d.discard("ended", 0.02)
+    assert not d.discard("nobody", 9.0)
     assert len(d) == 3
     async with asyncio.timeout(5):
-        await all_done
+        await heard["last"]
     assert [k for k, _ in expired] == ["short", "a", "last"]
     assert len(d) == 0
-    d.add("again", 0.01, loop.time() + 0.01)  # the timer is set anew after running dry
+    add("again", 0.01)  # the timer is set anew after running dry
     async with asyncio.timeout(5):
-        while len(expired) < 4:
-            await asyncio.sleep(0.005)
-    assert expired[-1][0] == "again"
+        await heard["again"]
+    assert [k for k, _ in expired] == ["short", "a", "last", "again"]
 
 
 # -- the local queue --------------------------------------------------------------------------

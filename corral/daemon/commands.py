@@ -22,6 +22,7 @@ from .api import Caller, Channel, Handlers
 from .follow import drain
 from .history import has_rows
 from .services import Services
+from .store import row_limit
 from .tokens import Token, tokens_of
 
 if TYPE_CHECKING:
@@ -147,12 +148,6 @@ async def agents_restart(d: Services, p: m.AgentsRestart,
     return m.Restarted(restarted=[_label(a, i) for a, i in targets])
 
 
-def rows(limit: int) -> int:
-    """A count of rows asked for, as SQLite can take it: 0 to 2**62 (a larger one is
-    all of them, not an overflow)."""
-    return min(max(0, limit), 1 << 62)
-
-
 def _signal_number(name: str) -> int:
     if name.isdigit():
         return int(name)
@@ -227,7 +222,7 @@ async def agents_scale(d: Services, p: m.AgentsScale, caller: Caller, c: Channel
 async def agents_history(d: Services, p: m.AgentsHistory,
                          caller: Caller, c: Channel) -> m.HistoryResult:
     d.sup.agent(p.name)
-    revs = d.revisions.history(p.name, rows(p.limit))
+    revs = d.revisions.history(p.name, row_limit(p.limit))
     return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name), revisions=_wire(revs))
 
 
@@ -244,7 +239,7 @@ async def audit_list(d: Services, p: m.AuditList, caller: Caller, c: Channel) ->
     return m.AuditResult(entries=[
         m.AuditEntry(time=t, uid=uid, pid=pid, method=method,
                      params=msgspec.json.decode(params), outcome=outcome, who=who)
-        for t, uid, pid, method, params, outcome, who in d.store.audit_log(rows(p.limit))])
+        for t, uid, pid, method, params, outcome, who in d.store.audit_log(row_limit(p.limit))])
 
 
 @implements("logs.tail")
@@ -579,8 +574,6 @@ async def tokens_revoke(d: Services, p: m.TokensRevoke, caller: Caller, c: Chann
     return _token_info(await tokens_of(d.store).revoke(p.name))
 
 
-
-
 # -- metrics history (issue 21) ------------------------------------------------------------
 @implements("stats.history")
 async def stats_history(d: Services, p: m.StatsHistory, caller: Caller, c: Channel
@@ -590,7 +583,6 @@ async def stats_history(d: Services, p: m.StatsHistory, caller: Caller, c: Chann
             not await asyncio.to_thread(has_rows, d.history.path, p.agent)):
         raise NoSuchAgent(p.agent, d.sup.agents, "and no history of one")
     return result
-
 
 
 # -- watching the fleet live (issue 21) ------------------------------------------------------

@@ -70,6 +70,14 @@ class StartupError(Exception):
     """The daemon cannot start; the text says why, for stderr."""
 
 
+def _cannot_start(what: str, listen: str | None, exc: ConfigError | OSError
+                  ) -> StartupError:
+    """A site that would not start: the OS's reason without errno's prefix, else the
+    config's."""
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    return StartupError(f"cannot start {what} on {listen}: {why}")
+
+
 @dataclass
 class Paths:
     socket: Path
@@ -359,9 +367,7 @@ class Daemon:
         try:
             await http.start()
         except (ConfigError, OSError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise StartupError(f"cannot start the gateway on {cfg.gateway.listen}: {why}"
-                               ) from None
+            raise _cannot_start("the gateway", cfg.gateway.listen, exc) from None
         gateway.url = http.url
         gateway.socket_path = http.socket_path
         hub.daemon(f"gateway listening on {cfg.gateway.listen} ({http.url})")
@@ -382,9 +388,7 @@ class Daemon:
         try:
             await server.start()
         except (ConfigError, OSError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise StartupError(f"cannot start the HTTP server on {cfg.http.listen}: {why}"
-                               ) from None
+            raise _cannot_start("the HTTP server", cfg.http.listen, exc) from None
         services.hub.daemon(f"HTTP listening on {cfg.http.listen} ({server.url})")
         http = services.http
         if http is not None:

@@ -223,6 +223,12 @@ def prepare_state_dir(directory: Path) -> None:
         directory.chmod(0o700)
 
 
+def row_limit(limit: int) -> int:
+    """A count of rows asked for, as SQLite can take it: 0 to 2**62 (a larger one is
+    all of them, not an overflow)."""
+    return min(max(0, limit), 1 << 62)
+
+
 def connect(path: Path, *, sync: str = "normal") -> sqlite3.Connection:
     """A connection with corral's settings (WAL, busy timeout, `sync` = normal | full)."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,

@@ -31,6 +31,7 @@ from ..supervisor.tasks import (
 from ..text import plural
 from .api import Channel
 from .follow import Latest
+from .store import row_limit
 from .taskjournal import TaskJournalDB, TaskJournalError
 
 STATUSES = frozenset(TaskStatus)  # what `tasks.list` may filter on
@@ -131,8 +132,8 @@ class TaskDesk:
                            f"invalid params: before is a task id (the `next` of a page), "
                            f"not {visible(p.before)}")
         since = time.time() - p.since if p.since is not None else None
-        limit = min(p.limit, 1 << 62)
-        if limit <= 0:
+        limit = row_limit(p.limit)
+        if limit == 0:
             return [], None
         # one more than the page: whether older tasks are left, without counting them
         page = await self.sup.tasks.query(agent=p.agent, status=p.status, since=since,

@@ -7,6 +7,7 @@ durable.py    the TaskJournal port (the daemon's: corral.daemon.taskjournal)
 admission.py  refusals: an agent that cannot run it, input size, rate, a full queue
 queue.py      the Queue protocol, and LocalQueue (the priority heap)
 dispatch.py   to a replica's free slot, deadlines, retries
+deadlines.py  the running attempts' deadlines, behind one timer
 counters.py   per-agent counts and latency window
 retention.py  what finished tasks keep in memory
 worker.py     task/progress, tools/call and tools/list from workers

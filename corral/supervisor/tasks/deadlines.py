@@ -7,6 +7,7 @@ timeout are kept in the order they started, which is the order of their deadline
 ends taken out in O(1), and one timer set for the earliest deadline of all. When it
 fires, what has expired is handed on and the timer is set for the next; a deadline whose
 attempt has already ended costs one wake-up that finds nothing and sets the timer again.
+Only the key is kept: what its expiry needs (a task's replica and attempt) the key has.
 """
 
 from __future__ import annotations
@@ -17,23 +18,22 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")  # what a deadline is for (a task), hashed by identity
-V = TypeVar("V")  # what is handed on with it when it expires
 # libuv's timers count whole milliseconds: one may fire a little before its deadline as
 # `loop.time()` tells it, which must not make it wait a turn (or spin) for the rest
 RESOLUTION = 0.001
 
 
-class Deadlines(Generic[K, V]):
+class Deadlines(Generic[K]):
     __slots__ = ("_at", "_by_timeout", "_expire", "_loop", "_timer")
 
-    def __init__(self, expire: Callable[[K, V], None]) -> None:
+    def __init__(self, expire: Callable[[K], None]) -> None:
         self._expire = expire
-        self._by_timeout: dict[float, dict[K, tuple[float, V]]] = {}
+        self._by_timeout: dict[float, dict[K, float]] = {}  # timeout -> key -> deadline
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._at = math.inf  # when the timer fires
 
-    def add(self, key: K, timeout: float, value: V) -> None:
+    def add(self, key: K, timeout: float) -> None:
         """`key` expires `timeout` seconds from now, unless discarded before."""
         loop = self._loop
         if loop is None:
@@ -43,19 +43,19 @@ class Deadlines(Generic[K, V]):
         if group is None:
             group = self._by_timeout[timeout] = {}
         group.pop(key, None)  # (re-added: now at the end, in its new order)
-        group[key] = (at, value)
+        group[key] = at
         if at < self._at:
             self._arm(at)
 
-    def discard(self, key: K, timeout: float) -> V | None:
-        """`key` will not expire (its attempt ended); what was kept with it, if it was."""
+    def discard(self, key: K, timeout: float) -> bool:
+        """`key` will not expire (its attempt ended); whether it was waiting to."""
         group = self._by_timeout.get(timeout)
         if group is None:
-            return None
-        entry = group.pop(key, None)
+            return False
+        at = group.pop(key, None)
         if not group:
             del self._by_timeout[timeout]
-        return None if entry is None else entry[1]
+        return at is not None
 
     def __len__(self) -> int:
         return sum(len(g) for g in self._by_timeout.values())
@@ -71,21 +71,21 @@ class Deadlines(Generic[K, V]):
         self._timer, self._at = None, math.inf
         assert self._loop is not None
         now = self._loop.time()
-        expired: list[tuple[K, V]] = []
+        expired: list[K] = []
         upcoming = math.inf
         for timeout, group in list(self._by_timeout.items()):
             due = []
-            for key, (at, value) in group.items():  # in the order of their deadlines
+            for key, at in group.items():  # in the order of their deadlines
                 if at > now + RESOLUTION:
                     upcoming = min(upcoming, at)
                     break
-                due.append((key, value))
-            for key, _ in due:
+                due.append(key)
+            for key in due:
                 del group[key]
             if not group:
                 del self._by_timeout[timeout]
             expired += due
         if upcoming < math.inf:
             self._arm(upcoming)
-        for key, value in expired:
-            self._expire(key, value)
+        for key in expired:
+            self._expire(key)

@@ -52,7 +52,7 @@ class Dispatcher:
         self.queue = queue
         self.by_agent = by_agent
         self.outcomes = outcomes
-        self.deadlines: Deadlines[Task, tuple[Replica, Attempt]] = Deadlines(self._on_timeout)
+        self.deadlines: Deadlines[Task] = Deadlines(self._on_timeout)
 
     def free_replica(self, agent: AgentLike) -> Replica | None:
         limit = agent.spec.max_concurrent_tasks
@@ -98,7 +98,7 @@ class Dispatcher:
                          "deadline": now + task.timeout},
             lambda result, exc: self._on_reply(task, r, attempt, result, exc),
             decode=read_raw, piece=task.input)
-        self.deadlines.add(task, task.timeout, (r, attempt))
+        self.deadlines.add(task, task.timeout)
 
     def _on_reply(self, task: Task, r: Replica, attempt: Attempt, result: Any,
                   exc: BaseException | None) -> None:
@@ -144,10 +144,13 @@ class Dispatcher:
             self.outcomes.record(task)  # the attempt's end, on a task already finished
         self.pump(task.agent)
 
-    def _on_timeout(self, task: Task, running: tuple[Replica, Attempt]) -> None:
-        r, attempt = running
+    def _on_timeout(self, task: Task) -> None:
         if task.status != TaskStatus.RUNNING:
             return
+        # a running task's replica and its last attempt are the ones the deadline is for
+        # (its one attempt at a time; a new one is added only after this one's end)
+        r, attempt = task.replica, task.attempts[-1]
+        assert r is not None
         attempt.outcome = TaskStatus.TIMED_OUT
         self.outcomes.finish(task, TaskStatus.TIMED_OUT, error=TaskError(
             jsonrpc.REQUEST_TIMEOUT, f"task timed out after {task.timeout:g} s"))

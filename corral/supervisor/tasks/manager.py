@@ -49,7 +49,7 @@ from .model import (
     TaskStatus,
     TaskSummary,
 )
-from .payload import Output, encode_input
+from .payload import Output, acyclic, encode_input
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
 from .worker import ToolRouter, WorkerMethods, report_progress
@@ -254,7 +254,7 @@ class TaskManager:
         if task.output_dropped and self.journal is not None:
             info = await self.journal.load(task.id)
             if info is not None and info.output is not None:
-                out = msgspec.json.decode(info.output) if decode else info.output
+                out = acyclic(info.output) if decode else info.output
                 return TaskResult(task.id, task.status, out, task.error, list(task.attempts))
         return task.result(decode=decode)
 

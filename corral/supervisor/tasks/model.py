@@ -130,7 +130,7 @@ class Task:
         # (forwarded as they came; decoded for a Python caller when it asks)
         self.out: Output | None = None
         self.output_dropped = False  # left in the journal, or dropped to bound memory
-        self.journaled = False  # a journal has the input
+        self.journaled = False  # handed to a journal, input and all (its first row may wait)
         self.error: TaskError | None = None
         # a tuple once finished: then the garbage collector stops looking at it (module doc)
         self.attempts: Sequence[Attempt] = []
@@ -167,7 +167,7 @@ class Task:
     @property
     def raw_output(self) -> msgspec.Raw | None:
         """The output's JSON bytes, to send on without a decode and an encode."""
-        return None if self.out is None else self.out.json()
+        return None if self.out is None else self.out.raw
 
     @property
     def raw_result(self) -> msgspec.Raw | None:

@@ -48,7 +48,7 @@ def raw_output_of(raw_result: msgspec.Raw) -> msgspec.Raw:
     return out
 
 
-# The worker's whole answer line, read in one pass (`Peer.request_future(decode=...)`):
+# The worker's whole answer line, read in one pass (`Peer.request_callback(decode=...)`):
 # the output comes out as its JSON bytes, without a scan for the envelope before. Unknown
 # members make the line take the usual way (an answer with both result and error is the
 # usual way's to judge).
@@ -66,9 +66,6 @@ class Output(msgspec.Struct, gc=False):
 
     raw: msgspec.Raw
     size: int  # bytes held, for `kept_bytes`
-
-    def json(self) -> msgspec.Raw:
-        return self.raw
 
     def python(self) -> Any:
         return acyclic(self.raw)
