@@ -23,6 +23,7 @@ from corral.supervisor import AgentSpec, LogLines, Supervisor
 from corral.supervisor.lifecycle import SERVING
 
 from .bench_payload import p99, records
+from .gc_echo_agent import Gen2Passes
 from .harness import PY, ROOT, report
 
 ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
@@ -31,17 +32,8 @@ FREEZE = "--freeze" in sys.argv
 
 
 async def main() -> dict[str, Any]:
-    full: list[float] = []
-    started = [0.0]
-
-    def timed(phase: str, info: dict[str, int]) -> None:
-        if info["generation"] != 2:
-            return
-        if phase == "start":
-            started[0] = time.perf_counter()
-        else:
-            full.append((time.perf_counter() - started[0]) * 1e3)
-
+    timed = Gen2Passes()
+    full = timed.ms
     worker: list[str] = []
     async with Supervisor() as sup:
         sup.stream.subscribe(lambda e: worker.extend(

@@ -920,8 +920,8 @@ class Peer:
     def release(self) -> None:
         """Take the held requests, in order, as far as allowed; once none is left, the
         reader reads on."""
-        if self.held is None:
-            return
+        if self.held is None or self._holding_requests():
+            return  # (each answer while the owner keeps them held comes here)
         held, self.held = self.held, None
         for i, env in enumerate(held):
             if self.closed is not None:

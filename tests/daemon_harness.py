@@ -50,6 +50,27 @@ def hello(name: str, replicas: int = 1, extra: str = "") -> str:
     """) + textwrap.dedent(extra)
 
 
+def sleeper(name: str) -> str:
+    """An agent of examples/misbehave.py: it does what each task's input says (sleep,
+    crash, ...)."""
+    return textwrap.dedent(f"""
+        [agents.{name}]
+        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        stop_timeout = 10.0
+    """)
+
+
+def problem(status: int, title: str, detail: str, code: int | None = None
+            ) -> dict[str, Any]:
+    """The RFC 9457 body of an HTTP error of the API."""
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
+                            "detail": detail}
+    if code is not None:
+        body["code"] = code
+    return body
+
+
 class Notifications:
     """Our own datagram socket standing in for systemd's NOTIFY_SOCKET."""
 

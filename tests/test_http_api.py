@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,21 +21,12 @@ from corral.daemon.http import route, sse
 from corral.daemon.http.rest import API_KEY
 from corral.supervisor import State
 
-from .conftest import EXAMPLES, ROOT
-from .daemon_harness import hello, in_process
+from .daemon_harness import hello, in_process, problem, sleeper
 from .test_gateway_stdio import wait_until_async
 
 SOCKET = Caller(via="socket")
 PROBLEM = "application/problem+json"
 
-
-def sleeper(name: str) -> str:
-    return f"""
-        [agents.{name}]
-        command = ["{sys.executable}", "{EXAMPLES}/misbehave.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        stop_timeout = 10.0
-    """
 
 
 class Api:
@@ -77,14 +67,6 @@ async def serving(tmp_path: Path, agents: str, http: str = "") -> AsyncIterator[
                           ) as d, aiohttp.ClientSession() as session:
         yield Api(d, session)
 
-
-def problem(status: int, title: str, detail: str, code: int | None = None
-            ) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
-                            "detail": detail}
-    if code is not None:
-        body["code"] = code
-    return body
 
 
 @pytest.mark.deadline(120)

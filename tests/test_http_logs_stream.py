@@ -17,8 +17,9 @@ import pytest
 from corral import jsonrpc
 
 from .conftest import ROOT
+from .daemon_harness import problem
 from .test_gateway_stdio import wait_until_async
-from .test_http_api import PROBLEM, SOCKET, Api, problem, serving, sse_events
+from .test_http_api import PROBLEM, SOCKET, Api, serving, sse_events
 
 TALKER = """
 import sys

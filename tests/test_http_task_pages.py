@@ -19,8 +19,8 @@ from corral import jsonrpc
 from corral.supervisor.tasks import new_id
 
 from .conftest import ROOT
-from .daemon_harness import hello, in_process
-from .test_http_api import PROBLEM, SOCKET, Api, problem
+from .daemon_harness import hello, in_process, problem
+from .test_http_api import PROBLEM, SOCKET, Api
 
 TASKS = 23  # more than three pages of PAGE
 PAGE = 7

@@ -7,12 +7,10 @@ import asyncio
 import re
 import shutil
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import psutil
 import pytest
 
 from corral import jsonrpc
@@ -21,6 +19,7 @@ from corral.supervisor import LogLines, McpServerSpec, State, Supervisor
 from corral.supervisor.mcpserver import McpServerReplica
 from corral.supervisor.process_replica import MAX_IN_FLIGHT
 
+from .chaos.procs import PeakRss
 from .conftest import EXAMPLES, ROOT, agent, all_ready
 
 PY = sys.executable
@@ -328,21 +327,6 @@ async def test_legacy_server_that_stops_answering_pings_is_restarted(sup: Superv
     assert inst.pid != pid
 
 
-class PeakRss(threading.Thread):
-    """This process's highest RSS, sampled every few milliseconds until stopped (a thread:
-    the loop is what is being flooded)."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.me = psutil.Process()
-        self.base = self.peak = self.me.memory_info().rss
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(0.005):
-            self.peak = max(self.peak, self.me.memory_info().rss)
-
-
 async def test_a_server_that_floods_and_never_reads_is_bounded_and_restarted(
         sup: Supervisor) -> None:
     # the same pipe writer as a worker's (process.py): past its budget corral stops
@@ -350,14 +334,8 @@ async def test_a_server_that_floods_and_never_reads_is_bounded_and_restarted(
     # hung; the call in flight fails with that reason
     inst = await up(sup, scripted("fl", "v2025-11,flood", timeout=30.0))
     pid = inst.pid
-    peak = PeakRss()
-    peak.start()
-    try:
-        with pytest.raises(RpcError) as err:
-            await sup.mcp.call("fl__flood", {"n": 1000000})
-    finally:
-        peak.done.set()
-        peak.join()
+    with PeakRss() as peak, pytest.raises(RpcError) as err:
+        await sup.mcp.call("fl__flood", {"n": 1000000})
     assert re.fullmatch(r"hung: \d+ bytes sent to it unread for 2 s", str(inst.last_exit)), \
         inst.last_exit
     assert err.value.code == jsonrpc.PEER_CLOSED

@@ -9,13 +9,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from typing import Any
 
 from corral.jsonrpc import Peer
 from corral.supervisor.containment import Containment
 from corral.supervisor.process import CORK_BYTES, STDIN_HIGH, ChildProcess
 
 from .conftest import _is_pipe_or_pidfd, open_fds
+from .test_gateway_stdio import wait_until_async
 
 
 async def test_an_attach_that_fails_kills_the_process_and_closes_every_pipe_once() -> None:
@@ -75,31 +76,33 @@ while os.read(0, 1 << 16):
 """
 
 
-async def test_requests_wait_unread_while_answers_to_them_are_unread() -> None:
-    popen = subprocess.Popen([sys.executable, "-c", CHATTY], stdin=subprocess.PIPE,
+def _spawn(code: str) -> tuple[subprocess.Popen[bytes], ChildProcess]:
+    """Python running `code` in a session of its own, watched as a ChildProcess (its
+    pipes still the Popen's: `_pipes` hands them over to `attach`)."""
+    popen = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              start_new_session=True)
+    child = ChildProcess(popen.pid, os.pidfd_open(popen.pid), asyncio.get_running_loop(),
+                         Containment(), "token", reap=popen.poll)
+    return popen, child
+
+
+def _pipes(popen: subprocess.Popen[bytes]) -> tuple[Any, Any, Any]:
     assert popen.stdin and popen.stdout and popen.stderr
-    loop = asyncio.get_running_loop()
-    child = ChildProcess(popen.pid, os.pidfd_open(popen.pid), loop, Containment(), "token",
-                         reap=popen.poll)
+    return popen.stdin.detach(), popen.stdout.detach(), popen.stderr.detach()
+
+
+async def test_requests_wait_unread_while_answers_to_them_are_unread() -> None:
+    popen, child = _spawn(CHATTY)
     answered: list[int] = []
     peer = Peer("chatty", child.write, dispatch=lambda m, p, _: answered.append(1))
-    pipes = [f.detach() for f in (popen.stdin, popen.stdout, popen.stderr)]
-    await child.attach(*pipes, on_stdout_line=peer.feed_line, on_stderr_lines=print,
+    await child.attach(*_pipes(popen), on_stdout_line=peer.feed_line, on_stderr_lines=print,
                        on_oversize=print)
     assert child.reader is not None
     peer.reader, child.peer = child.reader, peer
-
-    async def until(cond: Callable[[], bool], what: str) -> None:
-        async with asyncio.timeout(10):
-            while not cond():
-                await asyncio.sleep(0.001)
-        assert cond(), what
-
     try:
         # it reads none of the answers: past STDIN_HIGH of them, its requests wait
-        await until(lambda: child.stdin_full, "the answers to fill its stdin")
+        await wait_until_async(lambda: child.stdin_full, 10)
         assert peer.requests_paused and peer.held is not None and child.reader.paused
         seen, backlog = len(answered), child.stdin_backlog
         # past the mark by at most what one turn of the loop gathers before it is written
@@ -110,7 +113,7 @@ async def test_requests_wait_unread_while_answers_to_them_are_unread() -> None:
             assert (len(answered), child.stdin_backlog) == (seen, backlog)
         # it reads them: under STDIN_LOW, its requests are taken again
         os.kill(popen.pid, signal.SIGUSR1)
-        await until(lambda: len(answered) > seen + 100_000, "more requests answered")
+        await wait_until_async(lambda: len(answered) > seen + 100_000, 10)
     finally:
         child.kill_group(signal.SIGKILL)
         popen.wait(10)
@@ -126,18 +129,11 @@ async def test_stdin_written_in_one_turn_goes_out_at_its_end_in_order() -> None:
     never lags far behind."""
     echo = ("import sys\nfor line in sys.stdin.buffer:\n    sys.stdout.buffer.write(line)\n"
             "    sys.stdout.buffer.flush()\n")
-    popen = subprocess.Popen([sys.executable, "-c", echo], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             start_new_session=True)
-    assert popen.stdin and popen.stdout and popen.stderr
-    loop = asyncio.get_running_loop()
-    child = ChildProcess(popen.pid, os.pidfd_open(popen.pid), loop, Containment(), "token",
-                         reap=popen.poll)
+    popen, child = _spawn(echo)
     lines: list[bytes] = []
     try:
-        await child.attach(popen.stdin.detach(), popen.stdout.detach(), popen.stderr.detach(),
-                           on_stdout_line=lines.append, on_stderr_lines=print,
-                           on_oversize=print)
+        await child.attach(*_pipes(popen), on_stdout_line=lines.append,
+                           on_stderr_lines=print, on_oversize=print)
         assert child.stdin is not None
         written = child.stdin.get_write_buffer_size
         sent = [b"first"]
@@ -160,15 +156,11 @@ async def test_stdin_written_in_one_turn_goes_out_at_its_end_in_order() -> None:
         child.write(big + b"\n")  # over the bound: out now, with what was gathered before
         assert child._corked == []
         sent += [b"small", big]
-        async with asyncio.timeout(10):
-            while len(lines) < len(sent):
-                await asyncio.sleep(0.01)
+        await wait_until_async(lambda: len(lines) >= len(sent), 10)
         assert lines == sent
         child.write(b"last\n")
         child.close_stdin()  # what is gathered goes before the end of input
-        async with asyncio.timeout(10):
-            while len(lines) < len(sent) + 1:
-                await asyncio.sleep(0.01)
+        await wait_until_async(lambda: len(lines) > len(sent), 10)
         assert lines[-1] == b"last"
         assert popen.wait(10) == 0
     finally:

@@ -23,6 +23,7 @@ from corral.supervisor import State, Supervisor, Tick, procstat
 from corral.supervisor.core import HEARTBEAT_SLICE
 
 from .conftest import agent
+from .test_daemon_cli import wait_until
 
 
 async def _rounds(sup: Supervisor, n: int, timeout: float = 30.0) -> None:
@@ -97,7 +98,7 @@ def test_the_proc_files_say_whether_a_process_sleeps_reading_its_stdin() -> None
                                stdin=subprocess.PIPE)
     other = subprocess.Popen([sys.executable, "-c", "import os\nos.readv(0, [bytearray(8)])"],
                              stdin=subprocess.PIPE)
-    stranger, _ = os.pipe2(os.O_CLOEXEC)
+    stranger, stranger_w = os.pipe2(os.O_CLOEXEC)
     try:
         assert reader.stdin is not None and sleeper.stdin is not None
         assert procstat.same_pipe(reader.pid, reader.stdin.fileno())
@@ -107,11 +108,13 @@ def test_the_proc_files_say_whether_a_process_sleeps_reading_its_stdin() -> None
         sleeping = procstat.open_proc(sleeper.pid, "syscall")
         try:
             if procstat.READ_CALLS:
-                deadline = time.monotonic() + 30  # until the interpreter reaches the read
-                while not procstat.reading_stdin(fd):
-                    assert time.monotonic() < deadline, "never seen reading its stdin"
-                    time.sleep(0.01)
-                st = procstat.stat_at(procstat.open_proc(reader.pid, "stat"), reader.pid)
+                # until the interpreter reaches the read
+                wait_until(lambda: procstat.reading_stdin(fd), 30, "it to read its stdin")
+                stat = procstat.open_proc(reader.pid, "stat")
+                try:
+                    st = procstat.stat_at(stat, reader.pid)
+                finally:
+                    os.close(stat)
                 assert st is not None and st.state == "S"
             assert not procstat.reading_stdin(sleeping)
             reader.stdin.write(b"x\n")
@@ -123,6 +126,7 @@ def test_the_proc_files_say_whether_a_process_sleeps_reading_its_stdin() -> None
             os.close(sleeping)
     finally:
         os.close(stranger)
+        os.close(stranger_w)
         for p in (reader, sleeper, other):
             p.kill()
             p.wait(30)

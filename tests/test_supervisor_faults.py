@@ -20,6 +20,7 @@ from corral import jsonrpc
 from corral.jsonrpc import RpcError
 from corral.supervisor import Limits, LogLines, State, Supervisor
 from corral.supervisor.replica import Event
+from corral.supervisor.stream import Roster
 
 from .conftest import NOBODY_PY, PY, ROOT, agent, nobody_reason
 
@@ -306,3 +307,21 @@ async def test_bad_cwd_is_a_spawn_failure(sup: Supervisor) -> None:
     r = await sup.wait_state("lost", State.TERMINATED)
     assert r.last_exit is not None
     assert r.last_exit.startswith("spawn failed: [Errno 2] No such file or directory")
+
+
+async def test_a_switch_to_a_new_release_tells_of_the_new_processes_in_their_places(
+        sup: Supervisor) -> None:
+    """Whoever keeps an agent's places from `Roster` (daemon.watch) learns that the new
+    processes hold them, as after a rollout's swap; else the old ones' stops, which come
+    after, would read as the agent's places going down."""
+    rosters: list[list[int]] = []
+    sup.stream.subscribe(
+        lambda e: rosters.append([id(r) for r in sup.agents[e.agent].replicas]), Roster)
+    a = sup.add(agent("sw", replicas=2))
+    await sup.wait_for(lambda: all(r.serving for r in a.replicas), 30)
+    old = [id(r) for r in a.replicas]
+    assert rosters == [old]
+    await a.switch(agent("sw", replicas=2))
+    new = [id(r) for r in a.replicas]
+    assert set(new).isdisjoint(old) and all(r.serving for r in a.replicas)
+    assert rosters == [old, new]

@@ -22,20 +22,12 @@ from corral.daemon.tokens import PREFIX, Tokens, tokens_of
 from corral.jsonrpc import RpcError
 from corral.supervisor import State
 
-from .conftest import EXAMPLES, ROOT
-from .daemon_harness import hello, in_process
+from .conftest import ROOT
+from .daemon_harness import hello, in_process, sleeper
 from .test_gateway_stdio import wait_until_async
 
 SOCKET = Caller(via="socket")
 
-
-def sleeper(name: str) -> str:
-    return f"""
-        [agents.{name}]
-        command = ["{sys.executable}", "{EXAMPLES}/misbehave.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        stop_timeout = 10.0
-    """
 
 
 def running(tmp_path: Path, agents: str) -> contextlib.AbstractAsyncContextManager[Daemon]:
@@ -115,9 +107,10 @@ async def test_a_token_is_shown_once_kept_as_a_hash_expires_and_is_revoked(
             2, "Error: Invalid value for --expires: a token's lifetime must be positive")
         assert [t.name for t in tokens.list()] == ["ci"]
 
-        # a token that expires is refused from then on
+        # a token that expires is refused from then on (its second of life outlasts a
+        # loaded machine's stall between the create and the first check)
         brief = await d.dispatcher.call(SOCKET, "tokens.create", {
-            "name": "brief", "scopes": ["agents:read"], "expires_in": 0.2})
+            "name": "brief", "scopes": ["agents:read"], "expires_in": 1.0})
         assert tokens.authenticate(brief.token) is not None
         await wait_until_async(lambda: tokens.authenticate(brief.token) is None)
         assert brief.expires <= time.time()
@@ -150,19 +143,17 @@ async def test_a_caller_limited_to_web_agents_cannot_see_or_touch_db(tmp_path: P
         stats = await d.dispatcher.call(web, "stats.get")
         assert list(stats.agents) == ["web-1"]
         assert list(stats.tasks["agents"]) == ["web-1"]
-        assert await refused(d, web, "agents.describe", {"name": "db"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: db (agents: web-1)")
-        # as absent as an agent that does not exist; told of its own agents alone
-        assert await refused(d, SOCKET, "agents.describe", {"name": "nobody"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: nobody (agents: db, web-1)")
-        assert await refused(d, web, "agents.describe", {"name": "nobody"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: nobody (agents: web-1)")
-        assert await refused(d, web, "agents.describe", {"name": "web-2"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: web-2 (did you mean `web-1`?)")
-        assert await refused(d, web, "agents.describe", {"name": "dbb"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: dbb (agents: web-1)")
-        assert await refused(d, SOCKET, "agents.describe", {"name": "dbb"}) == (
-            jsonrpc.NOT_FOUND, "no such agent: dbb (did you mean `db`?)")
+        # db is as absent as an agent that does not exist: the limited caller is told of
+        # its own agents alone
+        for caller, name, told in [
+                (web, "db", "agents: web-1"),
+                (SOCKET, "nobody", "agents: db, web-1"),
+                (web, "nobody", "agents: web-1"),
+                (web, "web-2", "did you mean `web-1`?"),
+                (web, "dbb", "agents: web-1"),
+                (SOCKET, "dbb", "did you mean `db`?")]:
+            assert await refused(d, caller, "agents.describe", {"name": name}) == (
+                jsonrpc.NOT_FOUND, f"no such agent: {name} ({told})"), (caller.who, name)
         assert await refused(d, web, "agents.status", {"names": ["db"]}) == (
             jsonrpc.NOT_FOUND, "no such agent: db (agents: web-1)")
         for method in ("agents.stop", "agents.restart", "agents.signal", "agents.remove"):
@@ -210,3 +201,47 @@ async def test_a_caller_limited_to_web_agents_cannot_see_or_touch_db(tmp_path: P
                 ).status == "running"
         cancelled = await d.dispatcher.call(SOCKET, "tasks.cancel", {"task_id": tid})
         assert cancelled.status == "cancelled"
+
+
+class Lines:
+    """A follow's channel: the sources of each `logs.lines` batch it is sent, in order."""
+
+    def __init__(self) -> None:
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.batches: list[set[str]] = []
+
+    def notify(self, method: str, params: Any) -> None:
+        assert method == "logs.lines", method
+        self.batches.append({ln.source for ln in params["lines"]})
+
+
+@pytest.mark.deadline(120)
+async def test_a_limited_caller_following_every_log_is_sent_only_its_agents_lines(
+        tmp_path: Path) -> None:
+    async with running(tmp_path, hello("web-1") + sleeper("db")) as d:
+        web = Caller(via="http", token="web", agents="web-*")
+        mine, every = Lines(), Lines()
+        follows = [asyncio.create_task(d.dispatcher.call(caller, "logs.follow",
+                                                         {"lines": 1000}, channel))
+                   for caller, channel in ((web, mine), (SOCKET, every))]
+        try:
+            # the backlog: the socket is told of db, the limited caller is not
+            await wait_until_async(lambda: bool(mine.batches and every.batches))
+            assert {"web-1", "db"} <= set().union(*every.batches)
+            assert mine.batches == [{"web-1"}]
+            # a line of db's, then web-1's restart: the limited caller is sent web-1's
+            # lines, and never a batch with db's
+            crash = {"agent": "db", "input": {"do": "crash"}, "detach": True}
+            await d.dispatcher.call(SOCKET, "tasks.run", msgspec.json.encode(crash))
+            seen = len(every.batches)
+            await wait_until_async(lambda: "db" in set().union(*every.batches[seen:]))
+            await d.dispatcher.call(SOCKET, "agents.restart", {"names": ["web-1"]})
+            await wait_until_async(lambda: len(mine.batches) > 1)
+            assert all(batch == {"web-1"} for batch in mine.batches), mine.batches
+        finally:
+            for follow in follows:
+                follow.cancel()
+            for follow in follows:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follow

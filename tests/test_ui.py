@@ -11,7 +11,7 @@ import shutil
 import time
 import tomllib
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from corral.jsonrpc import RpcError
 from corral.supervisor import State
 
 from .conftest import ROOT
-from .daemon_harness import hello, in_process, running_daemon, shared_tmpdir
+from .daemon_harness import hello, in_process, problem, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 
 STATIC = ROOT / "corral" / "daemon" / "http" / "static"
@@ -160,14 +160,6 @@ async def page(d: Daemon) -> AsyncIterator[Page]:
         await p.close()
 
 
-def problem_of(status: int, detail: str, title: str, code: int | None = None
-               ) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
-                            "detail": detail}
-    if code is not None:
-        body["code"] = code
-    return body
-
 
 NO_SESSION = "unauthorized: no dashboard session (open the link that `corral ui` prints)"
 
@@ -183,11 +175,11 @@ async def test_a_login_link_works_once_and_its_session_may_call(tmp_path: Path) 
         status, headers, body = await p.get("/ui/")
         assert (status, headers["Content-Type"]) == (200, "text/html; charset=utf-8")
         status, _, body = await p.get("/ui/session")
-        assert (status, body) == (401, problem_of(401, NO_SESSION.removeprefix(
-            "unauthorized: "), "unauthorized"))
+        assert (status, body) == (401, problem(401, "unauthorized", NO_SESSION.removeprefix(
+            "unauthorized: ")))
         status, _, body = await p.call("agents.status")
-        assert (status, body) == (401, problem_of(401, NO_SESSION, "unauthorized",
-                                                  jsonrpc.UNAUTHORIZED))
+        assert (status, body) == (401, problem(401, "unauthorized", NO_SESSION,
+                                               jsonrpc.UNAUTHORIZED))
 
         status, headers, _ = await p.get(link.path)
         assert (status, headers["Location"]) == (303, "/ui/")
@@ -205,9 +197,9 @@ async def test_a_login_link_works_once_and_its_session_may_call(tmp_path: Path) 
         # the same link again, in another browser: refused, no second session
         async with page(d) as other:
             status, headers, body = await other.get(link.path)
-            assert (status, body) == (401, problem_of(
-                401, "this login link is not valid: it was used already, or it never "
-                     "was; run `corral ui` for a new one", "login refused"))
+            assert (status, body) == (401, problem(
+                401, "login refused", "this login link is not valid: it was used "
+                     "already, or it never was; run `corral ui` for a new one"))
             assert "Set-Cookie" not in headers
         assert d.services.ui is not None and len(d.services.ui.sessions) == 1
 
@@ -240,9 +232,9 @@ async def test_an_expired_or_unknown_code_is_refused(tmp_path: Path) -> None:
         link = await login_link(d)
         now[0] += 60.0  # the code's last instant is past
         status, headers, body = await p.get(link.path)
-        assert (status, body) == (401, problem_of(
-            401, "this login link has expired; run `corral ui` for a new one",
-            "login refused"))
+        assert (status, body) == (401, problem(
+            401, "login refused",
+            "this login link has expired; run `corral ui` for a new one"))
         assert "Set-Cookie" not in headers and sessions.sessions == {}
         # tried once, an expired code is gone too
         status, _, body = await p.get(link.path)
@@ -279,8 +271,8 @@ async def test_writes_need_the_csrf_header_and_this_origin(tmp_path: Path) -> No
             status, headers, body = await p.call("agents.scale",
                                                  {"name": "hello", "replicas": 3},
                                                  csrf=csrf)
-            assert (status, body) == (403, problem_of(403, detail, "unauthorized",
-                                                      jsonrpc.FORBIDDEN))
+            assert (status, body) == (403, problem(403, "unauthorized", detail,
+                                                   jsonrpc.FORBIDDEN))
             assert headers["Content-Security-Policy"] == CSP
             unchanged()
         for origin in ["http://evil.example", "-", "null",
@@ -288,9 +280,9 @@ async def test_writes_need_the_csrf_header_and_this_origin(tmp_path: Path) -> No
             status, _, body = await p.call("agents.restart", {"names": ["hello"]},
                                            origin=origin)
             shown = None if origin == "-" else origin
-            assert (status, body) == (403, problem_of(
-                403, f"forbidden: Origin {shown!r} is not this dashboard's",
-                "unauthorized", jsonrpc.FORBIDDEN))
+            assert (status, body) == (403, problem(
+                403, "unauthorized", f"forbidden: Origin {shown!r} is not this dashboard's",
+                jsonrpc.FORBIDDEN))
             unchanged()
         # logging out is a write too
         async with p.http.post(f"{p.base}/ui/logout",
@@ -300,8 +292,8 @@ async def test_writes_need_the_csrf_header_and_this_origin(tmp_path: Path) -> No
         assert d.services.ui is not None and len(d.services.ui.sessions) == 1
         # a method the page does not call is not reachable, session or not
         status, _, body = await p.call("daemon.shutdown")
-        assert (status, body) == (404, problem_of(
-            404, "daemon.shutdown is not a method the dashboard calls", "not found"))
+        assert (status, body) == (404, problem(
+            404, "not found", "daemon.shutdown is not a method the dashboard calls"))
         unchanged()
         # no audit row for any refused call
         assert [t.split(" {")[0] for t in await audited(d)] == ["uid 0 pid -1: ui.login"]
@@ -318,8 +310,8 @@ async def test_a_foreign_host_is_misdirected_and_every_response_has_the_csp(
                      f"127.0.0.2:{port}", f"user@127.0.0.1:{port}", ""]:
             status, headers, body = await p.call("agents.restart", {"names": ["hello"]},
                                                  host=host)
-            assert (status, body) == (421, problem_of(
-                421, f"Host {host!r} is not this server's", "misdirected request"))
+            assert (status, body) == (421, problem(
+                421, "misdirected request", f"Host {host!r} is not this server's"))
             assert headers["Content-Security-Policy"] == CSP
             status, _, _ = await p.get("/ui/", headers={"Host": host})
             assert status == 421
@@ -402,6 +394,26 @@ document.addEventListener("securitypolicyviolation", (e) => {
 """
 
 
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium "
+    "(scripts/browser.sh installs it; CI runs it)")
+
+
+@contextlib.contextmanager
+def chromium_page() -> Iterator[Any]:
+    """A page of a new headless chromium, recording CSP violations (WATCH_CSP)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.add_init_script(WATCH_CSP)
+            yield page
+        finally:
+            browser.close()
+
+
 CHART_IDS = ["tasks", "errors", "latency", "queue", "cpu", "memory"]
 
 
@@ -412,11 +424,10 @@ def wait_for_points(page: Any, n: int, timeout: float = 30_000) -> None:
         f"window.corralCharts[id].data[0].length >= {n})", timeout=timeout)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at "
-                    "/usr/bin/chromium (scripts/browser.sh installs it; CI runs it)")
+@needs_chromium
 @pytest.mark.timeout(240)
 def test_the_dashboard_in_chromium() -> None:
-    from playwright.sync_api import ConsoleMessage, expect, sync_playwright
+    from playwright.sync_api import ConsoleMessage, expect
 
     serving = re.compile(r"^(ready|idle|busy)$")
 
@@ -436,202 +447,190 @@ def test_the_dashboard_in_chromium() -> None:
             if msg.type in ("error", "warning"):
                 problems.append(f"console {msg.type}: {msg.text}")
 
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-            try:
-                page = browser.new_page(viewport={"width": 1280, "height": 800})
-                page.add_init_script(WATCH_CSP)
-                page.on("console", on_console)
-                page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-                asked: list[str] = []  # every request the page makes, after /ui/
-                page.on("request", lambda req: asked.append(req.url.split("/ui/", 1)[-1]))
+        with chromium_page() as page:
+            page.on("console", on_console)
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            asked: list[str] = []  # every request the page makes, after /ui/
+            page.on("request", lambda req: asked.append(req.url.split("/ui/", 1)[-1]))
 
-                def shot(name: str) -> None:
-                    page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"),
-                                    full_page=True)
+            def shot(name: str) -> None:
+                page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"),
+                                full_page=True)
 
-                # log in with the one-time link: the fleet, live
-                page.goto(link)
-                assert page.url == link.split("/login")[0] + "/"
-                hello0 = page.locator('#fleet tr[data-agent="hello"][data-replica="0"]')
-                expect(hello0.locator(".state")).to_have_text(serving)
-                expect(page.locator("#live")).to_contain_text("live, updated")
-                shot("fleet")
+            # log in with the one-time link: the fleet, live
+            page.goto(link)
+            assert page.url == link.split("/login")[0] + "/"
+            hello0 = page.locator('#fleet tr[data-agent="hello"][data-replica="0"]')
+            expect(hello0.locator(".state")).to_have_text(serving)
+            expect(page.locator("#live")).to_contain_text("live, updated")
+            shot("fleet")
 
-                # a state change reaches the page as it happens, from the fleet's stream:
-                # no reload, and no request for the fleet's status
-                page.evaluate("window.sameDocument = true")
-                live = page.evaluate("window.corralLive")
-                assert live["agents.snapshot"] == 1, live
-                old_pid = d.json("status")["agents"][0]["pid"]
-                r = d.cli("stop", "hello")
-                assert r.returncode == 0, r.stderr
-                expect(hello0.locator(".state")).to_have_text("terminated")
-                expect(hello0.locator("td").nth(3)).to_have_text("\u2013")  # no pid: a dash
-                r = d.cli("start", "hello")
-                assert r.returncode == 0, r.stderr
-                expect(hello0.locator(".state")).to_have_text(serving)
-                new_pid = d.json("status")["agents"][0]["pid"]
-                assert new_pid != old_pid
-                expect(hello0.locator("td").nth(3)).to_have_text(str(new_pid))
-                # ready -> shutting_down -> terminated, then starting -> ready (each sent;
-                # the page draws the newest once per frame)
-                assert page.evaluate("window.corralLive['agents.transition']") >= 4
-                assert page.evaluate("window.sameDocument") is True
-                # and the figures that change without a transition: each second
-                samples = page.evaluate("window.corralLive['agents.sample']")
-                page.wait_for_function(
-                    f"() => window.corralLive['agents.sample'] >= {samples + 2}", timeout=10_000)
+            # a state change reaches the page as it happens, from the fleet's stream:
+            # no reload, and no request for the fleet's status
+            page.evaluate("window.sameDocument = true")
+            live = page.evaluate("window.corralLive")
+            assert live["agents.snapshot"] == 1, live
+            old_pid = d.json("status")["agents"][0]["pid"]
+            r = d.cli("stop", "hello")
+            assert r.returncode == 0, r.stderr
+            expect(hello0.locator(".state")).to_have_text("terminated")
+            expect(hello0.locator("td").nth(3)).to_have_text("\u2013")  # no pid: a dash
+            r = d.cli("start", "hello")
+            assert r.returncode == 0, r.stderr
+            expect(hello0.locator(".state")).to_have_text(serving)
+            new_pid = d.json("status")["agents"][0]["pid"]
+            assert new_pid != old_pid
+            expect(hello0.locator("td").nth(3)).to_have_text(str(new_pid))
+            # ready -> shutting_down -> terminated, then starting -> ready (each sent;
+            # the page draws the newest once per frame)
+            assert page.evaluate("window.corralLive['agents.transition']") >= 4
+            assert page.evaluate("window.sameDocument") is True
+            # and the figures that change without a transition: each second
+            samples = page.evaluate("window.corralLive['agents.sample']")
+            page.wait_for_function(
+                f"() => window.corralLive['agents.sample'] >= {samples + 2}", timeout=10_000)
 
-                # an agent: scale it from the page, and see the new replica come up
-                page.click('#fleet a[href="#/agent/hello"]')
-                expect(page.locator("#replicas-table tbody tr")).to_have_count(1)
-                page.fill("#replicas", "2")
-                page.click("#scale")
-                expect(page.locator('#replicas-table tr[data-replica="1"] .state')).to_have_text(
-                    serving, timeout=30_000)
-                assert [(a["name"], a["replica"]) for a in d.json("status")["agents"]] == [
-                    ("hello", 0), ("hello", 1)]
-                # the log tail follows: the new replica's lifecycle lines arrive
-                expect(page.locator("#log")).to_contain_text("#1 event: starting -> ready")
-                # the agent's own history, its last hour (the default range)
-                wait_for_points(page, 3)
-                expect(page.locator("#history-note")).to_contain_text(re.compile(
-                    r"^History of hello \(stats\.history\): a point per 0\.2 s, \d+ "
-                    r"samples from "))
-                assert page.evaluate("window.corralCharts.memory.data[1]")[-1] > 0
-                shot("agent")
-                if os.environ.get("CORRAL_UPDATE_SCREENSHOT"):  # README's picture, on demand
-                    page.screenshot(path=str(ROOT / "docs" / "dashboard.png"))
+            # an agent: scale it from the page, and see the new replica come up
+            page.click('#fleet a[href="#/agent/hello"]')
+            expect(page.locator("#replicas-table tbody tr")).to_have_count(1)
+            page.fill("#replicas", "2")
+            page.click("#scale")
+            expect(page.locator('#replicas-table tr[data-replica="1"] .state')).to_have_text(
+                serving, timeout=30_000)
+            assert [(a["name"], a["replica"]) for a in d.json("status")["agents"]] == [
+                ("hello", 0), ("hello", 1)]
+            # the log tail follows: the new replica's lifecycle lines arrive
+            expect(page.locator("#log")).to_contain_text("#1 event: starting -> ready")
+            # the agent's own history, its last hour (the default range)
+            wait_for_points(page, 3)
+            expect(page.locator("#history-note")).to_contain_text(re.compile(
+                r"^History of hello \(stats\.history\): a point per 0\.2 s, \d+ "
+                r"samples from "))
+            assert page.evaluate("window.corralCharts.memory.data[1]")[-1] > 0
+            shot("agent")
+            if os.environ.get("CORRAL_UPDATE_SCREENSHOT"):  # README's picture, on demand
+                page.screenshot(path=str(ROOT / "docs" / "dashboard.png"))
 
-                # tasks: the one run above, its attempts and output
-                page.click('nav a[href="#/tasks"]')
-                row = page.locator(f'#tasks tr[data-task="{task["task_id"]}"]')
-                expect(row).to_contain_text("succeeded")
-                row.locator("a").click()
-                expect(page.locator("#task-output")).to_contain_text("hello, ui")
-                expect(page.locator("#attempts tbody tr")).to_have_count(1)
-                shot("task")
+            # tasks: the one run above, its attempts and output
+            page.click('nav a[href="#/tasks"]')
+            row = page.locator(f'#tasks tr[data-task="{task["task_id"]}"]')
+            expect(row).to_contain_text("succeeded")
+            row.locator("a").click()
+            expect(page.locator("#task-output")).to_contain_text("hello, ui")
+            expect(page.locator("#attempts tbody tr")).to_have_count(1)
+            shot("task")
 
-                # charts with points: uPlot's own data, read in the page. The last hour
-                # is the daemon's samples, the fleet's: it ran a task
-                page.click('nav a[href="#/metrics"]')
-                wait_for_points(page, 3)
-                memory = page.evaluate("window.corralCharts.memory.data[1]")
-                assert memory[-1] > 0, memory
-                expect(page.locator("#history-note")).to_contain_text(re.compile(
-                    r"^History of the fleet \(stats\.history\): a point per 0\.2 s, \d+ "
-                    r"samples from "))
-                # it is reloaded: new samples come in
-                before = page.evaluate("window.corralCharts.tasks.data[0].length")
-                wait_for_points(page, before + 3)
-                # the samples, as the page plots them: tasks/min is the period's executions
-                # over its minutes (the one task run above is in one of them)
-                history = d.json("stats", "--since", "1h")
-                assert history["resolution"] == "raw"
-                [ran] = [x for x in history["samples"] if x["executions"]]
-                assert ran["executions"] == 1
-                times, per_minute = page.evaluate("window.corralCharts.tasks.data.slice(0, 2)")
-                assert per_minute[times.index(ran["time"])] == pytest.approx(
-                    60 / ran["seconds"])
-                shot("metrics")
-                # the last day and week: the per-minute roll-ups do not exist yet (the
-                # history is younger than a minute), so the raw samples
-                page.click("#range-week")
-                expect(page.locator("#range-week")).to_have_class("primary")
-                expect(page.locator("#history-note")).to_contain_text("a point per 0.2 s")
-                wait_for_points(page, 3)
-                # live: the page's own points, one a second, from stats.get
-                page.click("#range-live")
-                expect(page.locator("#history-note")).to_contain_text(
-                    "Live: points of the fleet, one a second since this page opened")
-                wait_for_points(page, 3)
-                live_memory = page.evaluate("window.corralCharts.memory.data[1]")
-                assert live_memory[-1] > 0, live_memory
-                page.click("#range-hour")
+            # charts with points: uPlot's own data, read in the page. The last hour
+            # is the daemon's samples, the fleet's: it ran a task
+            page.click('nav a[href="#/metrics"]')
+            wait_for_points(page, 3)
+            memory = page.evaluate("window.corralCharts.memory.data[1]")
+            assert memory[-1] > 0, memory
+            expect(page.locator("#history-note")).to_contain_text(re.compile(
+                r"^History of the fleet \(stats\.history\): a point per 0\.2 s, \d+ "
+                r"samples from "))
+            # it is reloaded: new samples come in
+            before = page.evaluate("window.corralCharts.tasks.data[0].length")
+            wait_for_points(page, before + 3)
+            # the samples, as the page plots them: tasks/min is the period's executions
+            # over its minutes (the one task run above is in one of them)
+            history = d.json("stats", "--since", "1h")
+            assert history["resolution"] == "raw"
+            [ran] = [x for x in history["samples"] if x["executions"]]
+            assert ran["executions"] == 1
+            times, per_minute = page.evaluate("window.corralCharts.tasks.data.slice(0, 2)")
+            assert per_minute[times.index(ran["time"])] == pytest.approx(
+                60 / ran["seconds"])
+            shot("metrics")
+            # the last day and week: the per-minute roll-ups do not exist yet (the
+            # history is younger than a minute), so the raw samples
+            page.click("#range-week")
+            expect(page.locator("#range-week")).to_have_class("primary")
+            expect(page.locator("#history-note")).to_contain_text("a point per 0.2 s")
+            wait_for_points(page, 3)
+            # live: the page's own points, one a second, from stats.get
+            page.click("#range-live")
+            expect(page.locator("#history-note")).to_contain_text(
+                "Live: points of the fleet, one a second since this page opened")
+            wait_for_points(page, 3)
+            live_memory = page.evaluate("window.corralCharts.memory.data[1]")
+            assert live_memory[-1] > 0, live_memory
+            page.click("#range-hour")
 
-                page.click('nav a[href="#/mcp"]')
-                expect(page.locator("#mcp")).to_be_visible()
-                page.click('nav a[href="#/audit"]')
-                expect(page.locator("#audit")).to_contain_text("agents.scale")
-                shot("audit")
+            page.click('nav a[href="#/mcp"]')
+            expect(page.locator("#mcp")).to_be_visible()
+            page.click('nav a[href="#/audit"]')
+            expect(page.locator("#audit")).to_contain_text("agents.scale")
+            shot("audit")
 
-                page.click('nav a[href="#/fleet"]')
-                expect(page.locator('#fleet tr[data-agent="hello"]')).to_have_count(2)
-                expect(page.locator('#fleet tr[data-replica="1"] .state')).to_have_text(serving)
-                shot("fleet-scaled")
+            page.click('nav a[href="#/fleet"]')
+            expect(page.locator('#fleet tr[data-agent="hello"]')).to_have_count(2)
+            expect(page.locator('#fleet tr[data-replica="1"] .state')).to_have_text(serving)
+            shot("fleet-scaled")
 
-                assert page.evaluate("window.__cspViolations") == []
-                assert problems == []
-                # nothing live was polled: the fleet, the figures and the log came on one
-                # stream each, opened once for the whole visit (the agent's log once per
-                # opening of its view); the agent's spec was loaded when its view opened,
-                # when its list of replicas changed and after the scale, not each second
-                polled = [a for a in asked if a.startswith(
-                    ("api/agents.status", "api/stats.get", "api/logs.tail"))]
-                assert polled == []
-                streams = [a.split("?")[0] for a in asked if a.startswith("stream/")]
-                assert sorted(streams) == ["stream/agents.watch", "stream/logs.follow",
-                                           "stream/stats.watch"], streams
-                assert asked.count("api/agents.describe") <= 4, asked
-                assert page.evaluate("window.sameDocument") is True
+            assert page.evaluate("window.__cspViolations") == []
+            assert problems == []
+            # nothing live was polled: the fleet, the figures and the log came on one
+            # stream each, opened once for the whole visit (the agent's log once per
+            # opening of its view); the agent's spec was loaded when its view opened,
+            # when its list of replicas changed and after the scale, not each second
+            polled = [a for a in asked if a.startswith(
+                ("api/agents.status", "api/stats.get", "api/logs.tail"))]
+            assert polled == []
+            streams = [a.split("?")[0] for a in asked if a.startswith("stream/")]
+            assert sorted(streams) == ["stream/agents.watch", "stream/logs.follow",
+                                       "stream/stats.watch"], streams
+            assert asked.count("api/agents.describe") <= 4, asked
+            assert page.evaluate("window.sameDocument") is True
 
-                # and the watch can fail: an inline script is blocked, and seen
-                page.evaluate("""() => { const s = document.createElement("script");
-                    s.textContent = "window.ran = 1"; document.body.append(s); }""")
-                page.wait_for_function("window.__cspViolations.length > 0")
-                assert page.evaluate("window.__cspViolations") == [
-                    "script-src-elem blocked inline"]
-                assert page.evaluate("window.ran") is None
-            finally:
-                browser.close()
+            # and the watch can fail: an inline script is blocked, and seen
+            page.evaluate("""() => { const s = document.createElement("script");
+                s.textContent = "window.ran = 1"; document.body.append(s); }""")
+            page.wait_for_function("window.__cspViolations.length > 0")
+            assert page.evaluate("window.__cspViolations") == [
+                "script-src-elem blocked inline"]
+            assert page.evaluate("window.ran") is None
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at "
-                    "/usr/bin/chromium (scripts/browser.sh installs it; CI runs it)")
+@needs_chromium
 @pytest.mark.timeout(120)
 def test_the_charts_say_when_there_is_no_history_yet() -> None:
     """A daemon's first sample comes one history_interval after it starts: until then
     the history ranges are empty, and say so; live has its points meanwhile."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     with running_daemon(shared_tmpdir(), hello("hello"),
                         extra='[http]\nlisten = "127.0.0.1:0"\nhistory_interval = 3600\n'
                         ) as d:
         r = d.cli("ui")
         assert r.returncode == 0, r.stderr
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-            try:
-                page = browser.new_page(viewport={"width": 1280, "height": 800})
-                page.add_init_script(WATCH_CSP)
-                page.goto(r.stdout.strip())
-                page.click('nav a[href="#/metrics"]')
-                expect(page.locator("#history-note")).to_have_text(
-                    "No history samples yet for the fleet: the daemon takes one every "
-                    "hour ([http] history_interval).")
-                wait_for_points(page, 0)
-                assert page.evaluate(f"{CHART_IDS}.map(id => window.corralCharts[id]"
-                                     f".data[0].length)") == [0] * 6
-                page.click('#range-day')
-                expect(page.locator("#history-note")).to_contain_text(
-                    "No history samples yet")
-                page.click('#range-live')
-                wait_for_points(page, 3)
-                page.goto(page.url.split("#")[0] + "#/agent/hello")
-                expect(page.locator("#history-note")).to_contain_text(
-                    "Live: points of hello, one a second")
-                wait_for_points(page, 3)
-                assert page.evaluate("window.__cspViolations") == []
-            finally:
-                browser.close()
+        with chromium_page() as page:
+            page.goto(r.stdout.strip())
+            page.click('nav a[href="#/metrics"]')
+            expect(page.locator("#history-note")).to_have_text(
+                "No history samples yet for the fleet: the daemon takes one every "
+                "hour ([http] history_interval).")
+            wait_for_points(page, 0)
+            assert page.evaluate(f"{CHART_IDS}.map(id => window.corralCharts[id]"
+                                 f".data[0].length)") == [0] * 6
+            page.click('#range-day')
+            expect(page.locator("#history-note")).to_contain_text(
+                "No history samples yet")
+            page.click('#range-live')
+            wait_for_points(page, 3)
+            page.goto(page.url.split("#")[0] + "#/agent/hello")
+            expect(page.locator("#history-note")).to_contain_text(
+                "Live: points of hello, one a second")
+            wait_for_points(page, 3)
+            assert page.evaluate("window.__cspViolations") == []
 
 
+@needs_chromium
 def test_an_agent_is_rolled_back_from_the_dashboard() -> None:
     """The agent view's revisions: the one before the current is rolled back to with its
     button; the daemon records the rollback as a new revision, the page shows it current
     and the replicas it brings, and the audit says the page's session did it."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     extra = '[http]\nlisten = "127.0.0.1:0"\n'
     with running_daemon(shared_tmpdir(), hello("hello"), extra=extra) as d:
@@ -645,35 +644,29 @@ def test_an_agent_is_rolled_back_from_the_dashboard() -> None:
             "revisions"]] == [(1, "created"), (2, "replicas 1 -> 2")]
         r = d.cli("ui")
         assert r.returncode == 0, r.stderr
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-            try:
-                page = browser.new_page(viewport={"width": 1280, "height": 800})
-                page.add_init_script(WATCH_CSP)
-                page.goto(r.stdout.strip())
-                # logged in: the fleet is drawn; then the agent's view, as a user goes
-                expect(page.locator('#fleet tr[data-agent="hello"][data-replica="1"]'
-                                    ' .state')).to_have_text(
-                    re.compile(r"^(ready|idle|busy)$"), timeout=30_000)
-                page.click('#fleet a[href="#/agent/hello"]')
-                revisions = page.locator("#revisions tbody tr")
-                expect(revisions).to_have_count(2, timeout=30_000)
-                expect(revisions.nth(1).locator("td").first).to_have_text("* 2")
-                # the current revision has no button; the first one has
-                expect(revisions.nth(1).locator("button")).to_have_count(0)
-                expect(page.locator("#replicas-table tbody tr")).to_have_count(2)
-                revisions.nth(0).locator("button", has_text="Roll back").click()
-                expect(revisions).to_have_count(3, timeout=30_000)
-                expect(revisions.nth(2).locator("td").first).to_have_text("* 3")
-                expect(revisions.nth(2)).to_contain_text(
-                    "rollback to revision 1: replicas 2 -> 1")
-                expect(page.locator("#replicas-table tbody tr")).to_have_count(
-                    1, timeout=30_000)
-                page.screenshot(path=str(ARTIFACTS / "dashboard-rollback.png"),
-                                full_page=True)
-                assert page.evaluate("window.__cspViolations") == []
-            finally:
-                browser.close()
+        with chromium_page() as page:
+            page.goto(r.stdout.strip())
+            # logged in: the fleet is drawn; then the agent's view, as a user goes
+            expect(page.locator('#fleet tr[data-agent="hello"][data-replica="1"]'
+                                ' .state')).to_have_text(
+                re.compile(r"^(ready|idle|busy)$"), timeout=30_000)
+            page.click('#fleet a[href="#/agent/hello"]')
+            revisions = page.locator("#revisions tbody tr")
+            expect(revisions).to_have_count(2, timeout=30_000)
+            expect(revisions.nth(1).locator("td").first).to_have_text("* 2")
+            # the current revision has no button; the first one has
+            expect(revisions.nth(1).locator("button")).to_have_count(0)
+            expect(page.locator("#replicas-table tbody tr")).to_have_count(2)
+            revisions.nth(0).locator("button", has_text="Roll back").click()
+            expect(revisions).to_have_count(3, timeout=30_000)
+            expect(revisions.nth(2).locator("td").first).to_have_text("* 3")
+            expect(revisions.nth(2)).to_contain_text(
+                "rollback to revision 1: replicas 2 -> 1")
+            expect(page.locator("#replicas-table tbody tr")).to_have_count(
+                1, timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-rollback.png"),
+                            full_page=True)
+            assert page.evaluate("window.__cspViolations") == []
         hist = d.json("history", "hello")
         assert [(v["revision"], v["change"]) for v in hist["revisions"]][-1] == (
             3, "rollback to revision 1: replicas 2 -> 1")

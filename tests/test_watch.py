@@ -25,9 +25,9 @@ from corral.jsonrpc import RpcError
 from corral.supervisor import State
 
 from .conftest import ROOT
-from .daemon_harness import hello, in_process, running_daemon, shared_tmpdir
+from .daemon_harness import hello, in_process, problem, running_daemon, shared_tmpdir
 from .test_gateway_stdio import wait_until_async
-from .test_http_api import PROBLEM, SOCKET, problem, serving
+from .test_http_api import PROBLEM, SOCKET, serving
 
 # what each notification decodes into, strictly (an unknown key fails the test)
 TYPES: dict[str, Any] = {"agents.snapshot": m.FleetSnapshot,

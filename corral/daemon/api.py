@@ -373,27 +373,12 @@ def _task_filter(result: Any, caller: Caller) -> Any:
 
 
 def _lines_filter(result: Any, caller: Caller) -> Any:
-    return _replace(result, lines=[ln for ln in result.lines if caller.sees(ln.source)])
+    return _replace(result, lines=[ln for ln in _get(result, "lines") if caller.sees(ln.source)])
 
 
-class _SeenLines:
-    """A follow's channel that passes on only the lines of agents the caller sees."""
-
-    def __init__(self, inner: Channel, caller: Caller) -> None:
-        self.inner = inner
-        self.caller = caller
-
-    @property
-    def writable(self) -> asyncio.Event:
-        return self.inner.writable
-
-    def notify(self, method: str, params: Any) -> None:
-        if method == "logs.lines":
-            lines = [ln for ln in params["lines"] if self.caller.sees(ln.source)]
-            if not lines:
-                return
-            params = {**params, "lines": lines}
-        self.inner.notify(method, params)
+def _new_lines(params: Any, caller: Caller) -> Any:
+    seen = _lines_filter(params, caller)
+    return seen if _get(seen, "lines") else None
 
 
 class _Seen:
@@ -451,7 +436,7 @@ AGENT_RULES: dict[str, AgentRule] = {
     "agents.remove": AgentRule(_targets("names")),
     "agents.scale": AgentRule(_one("name")),
     "logs.tail": AgentRule(_targets("names"), filter=_lines_filter),
-    "logs.follow": AgentRule(_targets("names"), channel=_SeenLines),
+    "logs.follow": AgentRule(_targets("names"), channel=_seen({"logs.lines": _new_lines})),
     "stats.get": AgentRule(_nothing, filter=_stats_filter),
     "stats.history": AgentRule(_AGENT_PARAM),
     "stats.watch": AgentRule(_nothing, channel=_seen({"stats.sample": _stats_filter})),

@@ -188,6 +188,7 @@ class Agent:
             spec.replicas = len(new)
             self.spec = spec
             self.replicas = new  # from here on, new tasks go to the new processes
+            self.sup.stream.emit(Roster(self.name))
             self.sup.tasks.pump(self.name)
             await self._retire(old, spec, "replaced by a new release")
         finally:

@@ -183,9 +183,8 @@ class ProcessReplica(Machine):
         self._stat_fd = -1
         self._syscall_fd = -1
         self._parked_ticks = -1
-        # what the last look read of it (time, CPU ticks, RSS pages), not yet sampled
-        self._looked_at = 0.0
-        self._looked_ticks = self._looked_rss = 0
+        # what the last look read of it, and when, not yet sampled
+        self._looked: tuple[float, ProcStat] | None = None
         self._prev_cpu: tuple[float, float] | None = None
         self._cpu_over = 0
         self._oversize = 0
@@ -796,8 +795,7 @@ class ProcessReplica(Machine):
             return False
         # the dear read of a look (the kernel sums the threads' times) is the usage sample
         # too, when the replica's sampling turn comes
-        self._looked_at, self._looked_ticks, self._looked_rss = (
-            time.monotonic(), st.cpu_ticks, st.rss_pages)
+        self._looked = time.monotonic(), st
         before, self._parked_ticks = self._parked_ticks, st.cpu_ticks
         return before == st.cpu_ticks
 
@@ -811,7 +809,7 @@ class ProcessReplica(Machine):
             if fd >= 0:
                 os.close(fd)
         self._stat_fd = self._syscall_fd = self._parked_ticks = -1
-        self._looked_at = 0.0
+        self._looked = None
 
     def _pong(self, fut: asyncio.Future[Any]) -> None:
         # the answer itself is a line on stdout, which marked the worker heard
@@ -823,17 +821,17 @@ class ProcessReplica(Machine):
         proc = self.process
         if proc is None:
             return
-        if self._looked_at:  # read by a look since the last sample: not read again
-            now, ticks, pages = self._looked_at, self._looked_ticks, self._looked_rss
-            self._looked_at = 0.0
+        looked, self._looked = self._looked, None
+        if looked is not None:  # read by a look since the last sample: not read again
+            now, st = looked
         else:
-            st = self._proc_stat(proc.pid)
-            if st is None:
+            fresh = self._proc_stat(proc.pid)
+            if fresh is None:
                 return
             # wall time for CPU %, not the listening clock
-            now, ticks, pages = time.monotonic(), st.cpu_ticks, st.rss_pages
-        total = ticks / procstat.CLOCK_TICKS
-        rss = pages * procstat.PAGE_SIZE
+            now, st = time.monotonic(), fresh
+        total = st.cpu_ticks / procstat.CLOCK_TICKS
+        rss = st.rss_pages * procstat.PAGE_SIZE
         s = self.sample
         if sample_fds:
             fds = procstat.open_fds(proc.pid)

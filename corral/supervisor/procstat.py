@@ -3,7 +3,7 @@ it is parked on its stdin, from /proc/PID/syscall.
 
 psutil's `oneshot()` costs several file opens and Python objects per process; the
 heartbeat samples every live process, so at a thousand agents that was most of the loop's
-idle work. `/proc/PID/stat` (parsed once, in containment.read_stat) has CPU time and RSS.
+idle work. `/proc/PID/stat` (parsed once, in containment.parse_stat) has CPU time and RSS.
 The pid cannot be recycled under us: it is corral's unreaped child, or a zygote's child
 watched by pidfd. A replica keeps its process's files open (`open_proc`) and reads them
 with one pread each: a third of the cost of opening, reading and closing, and an open
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from .containment import ProcStat, parse_stat, read_stat
+from .containment import ProcStat, parse_stat
 
 # The system calls a thread blocked reading a pipe sleeps in (read, readv), as
 # /proc/PID/syscall numbers them: they differ by architecture. Elsewhere none: every
@@ -28,14 +28,6 @@ UNAVAILABLE = -2  # an fd of /proc that could not be opened: not tried again thi
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
-def cpu_and_rss(pid: int) -> tuple[float, int] | None:
-    """(CPU seconds, user + system; resident bytes), or None if the process is gone."""
-    st = read_stat(pid)
-    if st is None:
-        return None
-    return st.cpu_ticks / CLOCK_TICKS, st.rss_pages * PAGE_SIZE
 
 
 def open_fds(pid: int) -> int | None:

@@ -3,8 +3,12 @@ read straight from /proc (no help from the daemon under test)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from types import TracebackType
+
+import psutil
 
 from corral.supervisor.containment import (
     ProcStat,
@@ -13,6 +17,31 @@ from corral.supervisor.containment import (
     scan_processes,
     token_owner,
 )
+
+
+class PeakRss(threading.Thread):
+    """A process's highest RSS (default: this one's), sampled every few milliseconds by a
+    thread (the loop may be what is flooded) while the `with` block runs; `base` is its
+    RSS as the block began."""
+
+    def __init__(self, proc: psutil.Process | None = None) -> None:
+        super().__init__(daemon=True)
+        self.proc = proc or psutil.Process()
+        self.base = self.peak = self.proc.memory_info().rss
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.005):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.done.set()
+        self.join()
 
 
 def by_owner(daemon_pid: int) -> dict[int, ProcStat]:

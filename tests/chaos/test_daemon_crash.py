@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import textwrap
 from pathlib import Path
@@ -60,15 +59,6 @@ def all_serving(d: Daemon) -> bool:
     st = d.status()
     return len(st) == sum(REPLICAS.values()) and all(
         a["state"] in ("ready", "busy", "idle") for a in st.values())
-
-
-@pytest.fixture
-def tmp() -> object:
-    d = Path(os.environ.get("TMPDIR", "/tmp")) / f"corral-chaos-{os.getpid()}"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.timeout(90)

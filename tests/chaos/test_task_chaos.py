@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +29,6 @@ def fleet(replicas: int, concurrency: int) -> str:
             f'env = {{ PYTHONPATH = "{ROOT}" }}\nreplicas = {replicas}\n'
             f"max_concurrent_tasks = {concurrency}\nretries = 1\nmax_restarts = 10000\n"
             "backoff_initial = 0.05\nbackoff_max = 0.2\nstop_timeout = 1.0\n")
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    d = Path(os.environ.get("TMPDIR", "/tmp")) / f"corral-taskchaos-{os.getpid()}"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 class Load:

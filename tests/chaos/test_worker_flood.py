@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -20,34 +17,11 @@ from corral.cli.client import Client
 
 from ..conftest import ROOT
 from ..daemon_harness import PY, hello, running_daemon
-from .procs import by_owner, wait_until
+from .procs import PeakRss, by_owner, wait_until
 
 MiB = 1024 * 1024
 FLOODER = ROOT / "tests" / "flood_worker.py"
 UNREAD = re.compile(r"hung: \d+ bytes sent to it unread for 2 s")
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    d = Path(os.environ.get("TMPDIR", "/tmp")) / f"corral-flood-{os.getpid()}"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-class Peak(threading.Thread):
-    """The highest RSS of a process, sampled every few milliseconds until stopped."""
-
-    def __init__(self, proc: psutil.Process) -> None:
-        super().__init__(daemon=True)
-        self.proc = proc
-        self.peak = proc.memory_info().rss
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(0.005):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
 @pytest.mark.timeout(60)
@@ -81,11 +55,8 @@ def flood_and_check(pid: int, c: Client) -> None:
         return {a["name"]: a for a in c.call("agents.status", {})["agents"]}
 
     wait_until(lambda: status()["hello"]["state"] == "ready", 20, "hello to be ready")
-    base = daemon.memory_info().rss
-    peak = Peak(daemon)
-    peak.start()
     answered, slowest = 0, 0.0
-    try:
+    with PeakRss(daemon) as peak:
         # tasks one after the other on the healthy agent until the flooder has been
         # taken down three times (each flood fills corral's budget in milliseconds,
         # then the heartbeat timeout of 2 s runs out)
@@ -99,9 +70,7 @@ def flood_and_check(pid: int, c: Client) -> None:
                 res["output"]["greeting"] == f"hello, {answered}", res
             answered += 1
             time.sleep(0.05)  # a steady trickle: the flood's cost is what is measured
-    finally:
-        peak.done.set()
-        peak.join()
+    base = peak.base
     # measured: +9 MiB; before the budget, +550 MiB per flood, 230 MiB kept after
     assert peak.peak - base < 64 * MiB, (base, peak.peak)
     assert answered >= 40 and slowest < 2.0, (answered, slowest)  # measured: 0.2-0.5 s, loaded

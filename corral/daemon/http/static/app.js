@@ -154,8 +154,17 @@ class Polled extends Component {
   key(props) {
     return "";
   }
+  // whether the view loads at all for its key
+  polls() {
+    return true;
+  }
+  // milliseconds to the next load after `data` (null after an error)
+  next(data) {
+    return POLL_MS;
+  }
   // one loop per view and key: an answer for an older key is dropped
   async tick(gen) {
+    if (!this.polls()) return;
     let data = null;
     let error = null;
     try {
@@ -165,7 +174,7 @@ class Polled extends Component {
     }
     if (gen !== this.gen) return;
     this.setState(error ? { error } : { data, error: null });
-    this.timer = setTimeout(() => this.tick(gen), POLL_MS);
+    this.timer = setTimeout(() => this.tick(gen), this.next(data));
   }
   render() {
     const { data, error } = this.state;
@@ -510,47 +519,30 @@ function every(seconds) {
 }
 
 // The charts of the fleet (no `agent`) or of one agent, over `range`.
-class Metrics extends Component {
-  componentDidMount() {
-    this.gen = 0;
-    this.load(this.gen);
+class Metrics extends Polled {
+  key(props) {
+    return `${props.range} ${props.agent || ""}`;
   }
-  componentWillUnmount() {
-    this.gen = -1;
-    clearTimeout(this.timer);
-  }
-  componentDidUpdate(prev) {
-    if (prev.range !== this.props.range || prev.agent !== this.props.agent) {
-      clearTimeout(this.timer);
-      this.gen += 1;
-      this.setState({ history: null, error: null });
-      this.load(this.gen);
-    }
+  polls() {
+    return this.stored();
   }
   stored() {
     return this.props.range !== "live" && session.methods.includes("stats.history");
   }
   // the history of the range; reloaded when a new sample may be there (at most once a
   // second, at least once a minute)
-  async load(gen) {
-    if (!this.stored()) return;
+  async load() {
     const params = { since: RANGES[this.props.range] };
     if (this.props.agent) params.agent = this.props.agent;
-    let history = null;
-    let error = null;
-    try {
-      history = await call("stats.history", params);
-      // a roll-up not made yet (the first minute or hour of a history): the raw samples
-      if (!history.samples.length && history.resolution !== "raw") {
-        history = await call("stats.history", { ...params, resolution: "raw" });
-      }
-    } catch (e) {
-      error = e.message;
+    let history = await call("stats.history", params);
+    // a roll-up not made yet (the first minute or hour of a history): the raw samples
+    if (!history.samples.length && history.resolution !== "raw") {
+      history = await call("stats.history", { ...params, resolution: "raw" });
     }
-    if (gen !== this.gen) return;
-    this.setState(error ? { error } : { history: { result: history, series: fromSamples(history.samples) }, error: null });
-    const wait = Math.min(60, Math.max(1, history ? history.interval : 5)) * 1000;
-    this.timer = setTimeout(() => this.load(gen), wait);
+    return { result: history, series: fromSamples(history.samples) };
+  }
+  next(data) {
+    return Math.min(60, Math.max(1, data ? data.result.interval : 5)) * 1000;
   }
   note(who) {
     if (!session.methods.includes("stats.history")) {
@@ -559,7 +551,7 @@ class Metrics extends Component {
     if (!this.stored()) {
       return `Live: points of ${who}, one a second since this page opened (stats.get); last hour, day or week show the daemon's history.`;
     }
-    const h = this.state.history;
+    const h = this.state.data;
     if (!h) return this.state.error ? "" : "Loading the history…";
     const r = h.result;
     const n = r.samples.length;
@@ -573,7 +565,7 @@ class Metrics extends Component {
     const { range, setRange, agent } = this.props;
     let series;
     if (this.stored()) {
-      series = this.state.history ? this.state.history.series : emptySeries();
+      series = this.state.data ? this.state.data.series : emptySeries();
     } else {
       const s = (agent ? live.agentName === agent && live.agent : live.fleet) || emptySeries();
       const from = RANGES[range] ? Date.now() / 1000 - RANGES[range] : 0;
