@@ -253,16 +253,36 @@ class ProcessReplica(Machine):
     # -- pause ----------------------------------------------------------------------------
     async def pause(self, reason: str) -> bool:
         """Freeze a serving replica's process where it is, its memory kept (False: it is
-        not serving, nothing done). Returns once the kernel says its cgroup is frozen
-        (FREEZE_WAIT at most), or at once after SIGSTOP (which stops the group at its
-        next return to user space). No ping, hang check or usage sample while paused."""
+        not serving, nothing done). Returns once the kernel says its cgroup is frozen, or
+        that the process is stopped (SIGSTOP takes effect when it next leaves the kernel),
+        FREEZE_WAIT at most. No ping, hang check or usage sample while paused."""
         step = self._apply(Cause.PAUSE, reason)
         if not step.freeze:
             return False
-        cgroup = self._frozen
-        if isinstance(cgroup, str) and not await wait_frozen(cgroup, FREEZE_WAIT):
-            self.note(f"paused, but {cgroup} did not say it was frozen within "
-                      f"{FREEZE_WAIT:g} s (a task in uninterruptible sleep?)")
+        how = self._frozen
+        if isinstance(how, str):
+            done = await wait_frozen(how, FREEZE_WAIT)
+        else:
+            done = await self._wait_stopped()
+        if not done and self.state == State.PAUSED:
+            self.note(f"paused, but not seen {'frozen' if isinstance(how, str) else 'stopped'}"
+                      f" within {FREEZE_WAIT:g} s (in uninterruptible sleep?)")
+        return True
+
+    async def _wait_stopped(self) -> bool:
+        """Until /proc says the process is stopped. The kernel tells a stop to the parent
+        alone (a warm worker's is its zygote), so this looks, at growing intervals: a
+        stop takes effect within a scheduling tick."""
+        deadline = time.monotonic() + FREEZE_WAIT
+        delay = 0.0002
+        while self.state == State.PAUSED and self.process is not None:
+            st = self._proc_stat(self.process.pid)
+            if st is None or st.state in ("T", "t"):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
         return True
 
     def resume(self, reason: str) -> bool:
