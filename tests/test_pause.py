@@ -19,10 +19,11 @@ import pytest
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
 from corral.supervisor import Event, NoSuchAgent, State, Supervisor
-from corral.supervisor.containment import read_stat
+from corral.supervisor.containment import cgroup_pids, read_stat
 
 from .conftest import ROOT, agent
 from .daemon_harness import PY, Daemon, free_port, problem, shared_tmpdir
+from .test_cgroups import delegated  # noqa: F401  (the fixture)
 from .test_daemon_cli import wait_until
 
 WORKER = Path(__file__).with_name("pause_worker.py")
@@ -366,3 +367,41 @@ def test_a_daemon_killed_while_paused_has_its_stopped_processes_reclaimed(
     assert "2 of its processes were still running (2 ended by SIGTERM, 0 by SIGKILL)" in log
     wait_until(lambda: all(s["state"] == "ready" for s in d.status().values()),
                what="fresh replicas ready")
+
+
+# -- cgroup.freeze where the replica has a delegated cgroup of its own ---------------------
+def cgroup_file(cg: Path, name: str) -> str:
+    return (cg / name).read_text()
+
+
+def test_in_a_delegated_cgroup_pause_is_cgroup_freeze(delegated: Path) -> None:
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, agents_toml().replace("replicas = 2", "replicas = 1"), cgroup=delegated)
+    try:
+        d.start()
+        wait_until(lambda: d.status()["w#0"]["state"] == "ready", what="w#0 ready")
+        cg = delegated / "agent-w-0"
+        pid = d.status()["w#0"]["pid"]
+        assert cgroup_pids(str(cg)) == [pid]
+        assert d.cli("pause", "w").returncode == 0
+        # the command returned once the kernel said so
+        assert cgroup_file(cg, "cgroup.freeze").strip() == "1"
+        assert "frozen 1" in cgroup_file(cg, "cgroup.events")
+        assert proc_state(pid) != "T"  # frozen by the cgroup, not stopped by a signal
+        assert d.cli("resume", "w").returncode == 0
+        assert "frozen 0" in cgroup_file(cg, "cgroup.events")
+        assert d.json("run", "w", "--input", '{"do": "info"}')["output"]["pid"] == pid
+        # a crash while frozen (SIGKILL reaches a frozen task): the next process, in the
+        # same cgroup, is not born frozen
+        assert d.cli("pause", "w").returncode == 0
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: (s := d.status()["w#0"])["state"] == "ready" and s["pid"] != pid,
+                   what="a new w#0 ready")
+        assert cgroup_file(cg, "cgroup.freeze").strip() == "0"
+        assert d.status()["w#0"]["restarts"] == 1
+        # the daemon's shutdown while frozen: thawed, stopped, the cgroup empty
+        assert d.cli("pause", "w").returncode == 0
+        assert d.stop() == 0
+        assert sorted(p.name for p in delegated.iterdir() if p.is_dir()) == ["supervisor"]
+    finally:
+        d.close()
