@@ -22,9 +22,10 @@ from corral.supervisor import Event, NoSuchAgent, State, Supervisor
 from corral.supervisor.containment import cgroup_pids, read_stat
 
 from .conftest import ROOT, agent
-from .daemon_harness import PY, Daemon, free_port, problem, shared_tmpdir
+from .daemon_harness import PY, Daemon, free_port, problem, running_daemon, shared_tmpdir
 from .test_cgroups import delegated  # noqa: F401  (the fixture)
 from .test_daemon_cli import wait_until
+from .test_ui import chromium_page, needs_chromium
 
 WORKER = Path(__file__).with_name("pause_worker.py")
 
@@ -405,3 +406,42 @@ def test_in_a_delegated_cgroup_pause_is_cgroup_freeze(delegated: Path) -> None:
         assert sorted(p.name for p in delegated.iterdir() if p.is_dir()) == ["supervisor"]
     finally:
         d.close()
+
+
+# -- the dashboard ----------------------------------------------------------------------------
+@needs_chromium
+def test_a_replica_is_paused_and_resumed_from_the_dashboard() -> None:
+    """The agent view: a replica's Pause button freezes it (the row says paused, the
+    process is stopped), the agent's Resume button lets it run on, same pid; the audit
+    says the page's session did it."""
+    import re
+
+    from playwright.sync_api import expect
+
+    extra = '[http]\nlisten = "127.0.0.1:0"\n'
+    with running_daemon(shared_tmpdir(), agents_toml(), extra=extra) as d:
+        wait_until(lambda: all(s["state"] == "ready" for s in d.status().values()),
+                   what="both replicas ready")
+        pid = d.status()["w#1"]["pid"]
+        r = d.cli("ui")
+        assert r.returncode == 0, r.stderr
+        with chromium_page() as page:
+            page.goto(r.stdout.strip())
+            expect(page.locator('#fleet tr[data-agent="w"][data-replica="1"] .state')
+                   ).to_have_text(re.compile(r"^(ready|idle|busy)$"), timeout=30_000)
+            page.click('#fleet a[href="#/agent/w"]')
+            row = page.locator('#replicas-table tr[data-replica="1"]')
+            row.locator("button.pause").click()
+            expect(row.locator(".state")).to_have_text("paused", timeout=30_000)
+            assert proc_state(pid) == "T"
+            expect(page.locator('#replicas-table tr[data-replica="0"] .state')
+                   ).to_have_text("ready")
+            page.click("#resume")
+            expect(row.locator(".state")).to_have_text("ready", timeout=30_000)
+            expect(page.locator("#resume")).to_have_count(0)
+            assert page.evaluate("window.__cspViolations") == []
+        assert (d.status()["w#1"]["pid"], d.status()["w#1"]["restarts"]) == (pid, 0)
+        who = [(a["method"], a["who"]) for a in d.json("audit")["entries"]
+               if a["method"] in ("agents.pause", "agents.resume")]
+        assert who == [("agents.pause", "token dashboard"),
+                       ("agents.resume", "token dashboard")]
