@@ -375,7 +375,7 @@ def cgroup_file(cg: Path, name: str) -> str:
     return (cg / name).read_text()
 
 
-def test_in_a_delegated_cgroup_pause_is_cgroup_freeze(delegated: Path) -> None:
+def test_in_a_delegated_cgroup_pause_is_cgroup_freeze(delegated: Path) -> None:  # noqa: F811
     tmp = shared_tmpdir()
     d = Daemon(tmp, agents_toml().replace("replicas = 2", "replicas = 1"), cgroup=delegated)
     try:
