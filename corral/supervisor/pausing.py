@@ -4,15 +4,24 @@ what each cause does to a paused replica the machine's (lifecycle.py)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from .. import jsonrpc
 from ..text import plural
 from .lifecycle import Cause
 
 if TYPE_CHECKING:
-    from .core import Agent
     from .replica import Replica
+
+
+class Agent(Protocol):
+    """An agent as a pause sees it (core.Agent)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def replicas(self) -> Sequence[Replica]: ...
 
 
 class PauseRefused(jsonrpc.RpcError):
