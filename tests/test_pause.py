@@ -85,6 +85,19 @@ async def test_pause_keeps_the_process_and_its_memory_and_counts_no_restart(
         ("idle", "busy", "task"), ("busy", "idle", "done")]
 
 
+async def test_a_warm_worker_forked_by_its_zygote_pauses_the_same(sup: Supervisor) -> None:
+    # its parent is the zygote, not corral: the stop is seen in /proc
+    sup.add(worker("z", mb=8, warm=True))
+    r = await sup.wait_state("z", State.READY)
+    pid = r.pid
+    assert pid is not None and read_stat(pid).ppid != os.getpid()  # type: ignore[union-attr]
+    await sup.pause("z")
+    assert proc_state(pid) == "T"
+    sup.resume("z")
+    assert (await sup.tasks.run("z", {"do": "info"})).output["pid"] == pid
+    assert (r.restarts, sup.stats.cold_fallbacks) == (0, 0)
+
+
 async def test_no_heartbeat_kill_while_paused_past_the_timeout(sup: Supervisor) -> None:
     sup.add(worker("h", mb=1, heartbeat_timeout=0.5))
     r = await sup.wait_state("h", State.READY)
