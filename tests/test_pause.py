@@ -6,6 +6,7 @@ refusals, word for word."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import textwrap
@@ -458,3 +459,43 @@ def test_a_replica_is_paused_and_resumed_from_the_dashboard() -> None:
                if a["method"] in ("agents.pause", "agents.resume")]
         assert who == [("agents.pause", "token dashboard"),
                        ("agents.resume", "token dashboard")]
+
+
+@pytest.mark.deadline(90)
+async def test_corral_status_watch_shows_the_pause_and_the_resume() -> None:
+    import re
+    import sys
+
+    # a daemon of its own process, as tests/test_watch.py says why
+    with running_daemon(shared_tmpdir(), agents_toml()) as d:
+        await asyncio.to_thread(wait_until, lambda: all(
+            s["state"] == "ready" for s in d.status().values()), what="replicas ready")
+        pid = d.status()["w#0"]["pid"]
+        env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+        watch = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "corral", "--socket", str(d.sock), "status", "--watch", "w",
+            stdout=asyncio.subprocess.PIPE, env=env)
+        try:
+            assert watch.stdout is not None
+
+            async def line_with(text: str) -> str:
+                assert watch.stdout is not None
+                while True:
+                    line = (await asyncio.wait_for(watch.stdout.readline(), 30)).decode()
+                    assert line, "the watch ended"
+                    if text in line:
+                        return line.rstrip("\n")
+
+            await line_with("w#1")  # the table first
+            await asyncio.to_thread(d.cli, "pause", "w#0")
+            paused = await line_with(" -> paused")
+            await asyncio.to_thread(d.cli, "resume", "w#0")
+            resumed = await line_with("paused -> ")
+            stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+            assert [re.sub(stamp, "T", ln) for ln in (paused, resumed)] == [
+                f"T w#0[{pid}] ready -> paused: paused by uid 0",
+                f"T w#0[{pid}] paused -> ready: resumed by uid 0"]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                watch.kill()
+            await asyncio.wait_for(watch.wait(), 10)
