@@ -499,3 +499,21 @@ async def test_corral_status_watch_shows_the_pause_and_the_resume() -> None:
             with contextlib.suppress(ProcessLookupError):
                 watch.kill()
             await asyncio.wait_for(watch.wait(), 10)
+
+
+async def test_a_rolling_restart_resumes_a_paused_replica_to_finish_its_task(
+        sup: Supervisor, tmp_path: Path) -> None:
+    sup.add(worker("r", mb=1))
+    old = await sup.wait_state("r", State.READY)
+    flag = tmp_path / "go"
+    task = sup.tasks.submit("r", {"do": "await", "path": str(flag)}, timeout=60)
+    await sup.wait_state("r", State.BUSY)
+    await sup.pause("r")
+    flag.touch()
+    async with asyncio.timeout(30):
+        await sup.agent("r").roll()
+        info = await sup.tasks.info(task.id, wait=True)
+    assert info.status == "succeeded"
+    new = sup.agent("r").replicas[0]
+    assert new is not old and new.state == State.READY and old.state == State.TERMINATED
+    assert old.last_exit == "replaced by a new process"

@@ -26,7 +26,7 @@ from ..text import closest, listing, plural
 from .config import AgentSpec, ConfigError, McpServerSpec
 from .containment import CgroupMode, Containment
 from .events import EventBus
-from .lifecycle import LIVE, SERVING, STOPPED, TRANSIENT, State
+from .lifecycle import LIVE, SERVING, STOPPED, TRANSIENT, Cause, State
 from .listening import ListeningClock
 from .mcproutes import AgentMcp
 from .mcpserver import McpServerReplica
@@ -152,6 +152,9 @@ class Agent:
     async def _retire(self, old: list[Replica], spec: AgentSpec, reason: str) -> None:
         """Processes out of dispatch finish their running tasks (each within its task's
         deadline and grace), then stop."""
+        for r in old:
+            if r.moves(Cause.RESUME):  # paused: it finishes its tasks only if it runs
+                r.resume(f"{reason}: resumed to finish its tasks and stop")
         busy = [r for r in old if r.tasks_running]
         for r in busy:
             r.note(f"replaced: finishing {r.tasks_running} running task(s) first")
