@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import msgspec
 
 from ..jsonrpc import LineBlock, RpcError
+from ..text import plural
 from .config import CheckSpec, HealthSpec, Limits
 from .lifecycle import SERVING, STOPPED, Cause, State
 from .process import ChildProcess
@@ -57,6 +58,7 @@ DEFAULT_RECOVERY = {READINESS: "drain", LIVENESS: "restart"}
 # how long a killed check may take to be reaped before it is given up on (containment
 # reaps it when it does die)
 KILL_GRACE = 5.0
+OUTPUT_GRACE = 1.0  # how long its output is read after its exit (a grandchild may hold it)
 OUTPUT_KEPT = 5  # the last lines of a command's output, for the failure's message
 MESSAGE_MAX = 300  # a worker's message beyond this is cut (it goes into reasons, logs)
 
@@ -75,14 +77,15 @@ class Flip(Enum):
 class CheckCounter:
     """One check's consecutive outcomes for one life of a replica."""
 
-    __slots__ = ("failures", "failures_needed", "grace_until", "message", "ok", "successes",
-                 "successes_needed")
+    __slots__ = ("failures", "failures_needed", "grace_until", "message", "ok", "previous",
+                 "successes", "successes_needed")
 
     def __init__(self, failures: int, successes: int, grace_until: float) -> None:
         self.failures_needed = failures
         self.successes_needed = successes
         self.grace_until = grace_until  # failures before this (start_period) are not counted
         self.ok: bool | None = None  # None: not passed nor failed yet
+        self.previous: bool | None = None  # `ok` before the last flip
         self.failures = 0  # consecutive, counted
         self.successes = 0  # consecutive
         self.message = ""  # the last verdict's
@@ -93,7 +96,7 @@ class CheckCounter:
             self.failures = 0
             self.successes += 1
             if self.ok is not True and self.successes >= self.successes_needed:
-                self.ok = True
+                self.previous, self.ok = self.ok, True
                 return Flip.PASSED
             return None
         self.successes = 0
@@ -104,7 +107,7 @@ class CheckCounter:
             return None
         if self.ok is False:
             return Flip.FAILING
-        self.ok = False
+        self.previous, self.ok = self.ok, False
         return Flip.FAILED
 
 
@@ -160,16 +163,19 @@ async def run_command(argv: list[str], *, containment: Containment, kind: str, n
         return Verdict(False, f"cannot run {argv[0]}: {exc}")
     try:
         proc.close_stdin()
-        if await _wait(proc.exited, timeout):
-            rc = proc.exited.result()
-            said = next((t for t in reversed(tail) if t), "")
-            if rc == 0:
-                return Verdict(True, said[:MESSAGE_MAX])
-            return Verdict(False, f"exit status {rc}" + (f": {said}"[:MESSAGE_MAX]
-                                                         if said else ""))
-        proc.kill_group(signal.SIGKILL)
-        await _wait(proc.exited, KILL_GRACE)
-        return Verdict(False, f"no exit within {timeout:g} s: killed with its process group")
+        if not await _wait(proc.exited, timeout):
+            proc.kill_group(signal.SIGKILL)
+            await _wait(proc.exited, KILL_GRACE)
+            return Verdict(False, f"no exit within {timeout:g} s: killed with its process "
+                                  "group")
+        proc.kill_group(signal.SIGKILL)  # what it left in its group
+        await _wait(proc.output_closed, OUTPUT_GRACE)  # its last words explain a failure
+        rc = proc.exited.result()
+        said = next((t for t in reversed(tail) if t), "")
+        if rc == 0:
+            return Verdict(True, said[:MESSAGE_MAX])
+        return Verdict(False, (f"exit status {rc}" + (f": {said}" if said else ""))
+                       [:MESSAGE_MAX])
     finally:
         proc.kill_group(signal.SIGKILL)  # what it left in its group, if it ended first
         containment.ended(proc.token)
@@ -407,11 +413,11 @@ class HealthBoard:
         was = h.ready
         h.ready = h._ready_now()
         if flip is Flip.PASSED:
-            action = "ready" if h.ready and not was else "passed"
             text = f"{run.label} passed" + (f": {v.message}" if v.message else "")
-            if action == "ready":
-                text += "; ready for tasks"
-            self._emit(h, run, v, action, text)
+            if h.ready and not was:
+                self._emit(h, run, v, "ready", f"{text}; ready for tasks")
+            elif run.counter.previous is False:  # (a first pass changing nothing: quiet)
+                self._emit(h, run, v, "passed", text)
         elif self._recover(h, run, v, flip) is None:
             return
         if h.ready != was:
@@ -422,7 +428,7 @@ class HealthBoard:
                  ) -> str | None:
         """The recovery of a failed check; the action taken (None: nothing new)."""
         r = h.r
-        failed = (f"{run.label} failed {run.counter.failures} times"
+        failed = (f"{run.label} failed {plural(run.counter.failures, 'time')}"
                   + (f": {v.message}" if v.message else ""))
         how = run.recovery
         if how == "restart":
@@ -497,8 +503,8 @@ class HealthBoard:
 
     def look_at(self, agent: str) -> None:
         """Raise (or end) the agent-wide event: every serving replica unready."""
-        serving = [r for r in self.host.agent_replicas(agent)
-                   if r.serving and getattr(r, "health", None) is not None]
+        places = self.host.agent_replicas(agent)
+        serving = [r for r in places if r.serving and getattr(r, "health", None) is not None]
         if not serving:
             if agent in self.unready_agents:
                 self.unready_agents.discard(agent)
@@ -508,8 +514,8 @@ class HealthBoard:
             self.unready_agents.add(agent)
             self.host.stream.emit(AgentReadiness(
                 time.time(), agent, False,
-                f"every replica of {agent} is unready ({len(serving)} serving); its "
-                "tasks wait in the queue"))
+                f"every replica of {agent} is unready ({len(serving)} serving of "
+                f"{len(places)}); its tasks wait in the queue"))
         elif not unready and agent in self.unready_agents:
             self.unready_agents.discard(agent)
             self.host.stream.emit(AgentReadiness(time.time(), agent, True,

@@ -76,8 +76,10 @@ class Replica(ProcessReplica):
     # -- health (health.py) ---------------------------------------------------------------
     @property
     def health_ready(self) -> bool:
-        """Whether its health lets it take new tasks (no [health]: always)."""
-        return self.health is None or self.health.ready
+        """Whether its health lets it take new tasks (no [health]: always). (Its checks
+        begin just after the transition to Ready is announced: not before.)"""
+        h = self.health
+        return h.ready if h is not None else self.spec.health is None
 
     @property
     def cwd(self) -> str | None:
