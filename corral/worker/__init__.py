@@ -12,7 +12,8 @@ The handler may be a plain function (run in a thread, so pings are answered whil
 works) or a coroutine function (run on an asyncio loop, imported only then). The SDK is
 deliberately stdlib-only and imports little: a worker's start-up is paid at every restart.
 The main thread reads stdin and answers `initialize`, `ping`, `task/cancel` and
-`shutdown` itself; stdout is reserved for the protocol (print() goes to stderr).
+`shutdown` itself (`health/check`, the `@health_check` functions, on a thread of its own);
+stdout is reserved for the protocol (print() goes to stderr).
 """
 
 from __future__ import annotations
