@@ -460,3 +460,54 @@ async def test_a_release_switches_only_once_the_new_processes_pass_readiness(
         'a new process of h did not become ready: not ready within 1.5 s: readiness check '
         '"ready" failed: unready-all is there; the running processes keep serving')
     assert a.replicas == [old] and old.serving
+
+
+# -- what operators see -----------------------------------------------------------------------
+async def test_operators_see_health_in_status_logs_and_metrics(tmp_path: Path) -> None:
+    import aiohttp
+
+    from .test_metrics import running, samples, scrape, value
+
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    (flags / "unready-all").touch()
+    agents = textwrap.dedent(f"""
+        [agents.h]
+        command = ["{PY}", "{HERE}/health_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}", HEALTH_DIR = "{flags}" }}
+        [agents.h.health.readiness]
+        check = "ready"
+        interval = 0.1
+        failures = 1
+    """)
+    async with running(tmp_path, agents) as d:
+        sup = d.services.sup
+        seen = Seen(sup)
+        r = sup.agent("h").replicas[0]
+        await seen.until(lambda: sup.health_board.unready_agents == {"h"}, timeout=30)
+        assert r.serving
+        token = d.secrets["reader"]  # type: ignore[attr-defined]
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{d.http_server.url}/api/v1/agents", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            rows = (await resp.json())["agents"]
+        assert [(r["ready"], r["health"]) for r in rows] == [
+            (False, 'readiness check "ready" failed: unready-all is there')]
+        _, _, text = await scrape(d)
+        series = samples(text)
+        assert value(series, "corral_agent_ready_replicas", agent="h") == 0
+        failed = value(series, "corral_health_check_failures_total", agent="h",
+                       check="readiness")
+        assert failed is not None and failed >= 1
+        (flags / "unready-all").unlink()
+        await seen.until(lambda: [e for e in seen.agents if e.ready], timeout=30)
+        series = samples((await scrape(d))[2])
+        assert value(series, "corral_agent_ready_replicas", agent="h") == 1
+        logged = [line.text for line in d.hub.tail(["h"], 100, None)]
+        assert [t for t in logged if "readiness" in t or "every replica" in t
+                or "ready replica" in t] == [
+            'readiness check "ready" failed 1 time: unready-all is there; no new tasks '
+            "until it passes",
+            "every replica of h is unready (1 serving of 1); its tasks wait in the queue",
+            'readiness check "ready" passed; ready for tasks',
+            "h has a ready replica again"]
