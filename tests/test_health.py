@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from corral import jsonrpc
@@ -304,6 +305,7 @@ async def test_start_period_holds_failures_back(sup: Supervisor, tmp_path: Path)
 async def test_drain_and_event_recoveries_keep_the_process(
         sup: Supervisor, tmp_path: Path) -> None:
     seen = Seen(sup)
+    bus = sup.events.follow("corral.*")
     sup.add(health_agent("h", tmp_path, liveness=live_check(recovery="drain")))
     r = sup.agent("h").replicas[0]
     await seen.until(lambda: r.serving and r.health is not None
@@ -317,6 +319,16 @@ async def test_drain_and_event_recoveries_keep_the_process(
     await seen.until(lambda: task.status == "succeeded")
     assert r.pid == pid and r.restarts == 0
     assert [c.action for c in seen.changes] == ["unready", "ready"]
+    # each flip on the event bus too, as `corral events tail corral.health` shows it
+    published = [msgspec.json.decode(bus.pop()) for _ in range(len(bus.queue))]
+    assert [(d["topic"], d["source"], d["data"]["action"], d["data"]["check"],
+             d["data"]["pid"]) for d in published] == [
+        ("corral.health", "corral", "unready", "liveness", pid),
+        ("corral.health", "corral", "ready", "liveness", pid)]
+    assert published[0]["data"]["text"] == (
+        'liveness check "live" failed 2 times: RuntimeError: the database is gone; no new '
+        "tasks until it passes")
+    sup.events.unfollow(bus)
 
 
 async def test_exec_recovery_runs_with_the_replica_in_its_environment(
@@ -511,3 +523,22 @@ async def test_operators_see_health_in_status_logs_and_metrics(tmp_path: Path) -
             "every replica of h is unready (1 serving of 1); its tasks wait in the queue",
             'readiness check "ready" passed; ready for tasks',
             "h has a ready replica again"]
+
+
+def test_status_marks_an_unready_replica(capsys: pytest.CaptureFixture[str]) -> None:
+    from corral import methods as m
+    from corral.cli.main import _print_status
+
+    def row(index: int, ready: bool | None, health: str | None) -> m.ReplicaStatus:
+        return m.ReplicaStatus(name="h", replica=index, state="idle", pid=100 + index,
+                               uptime=5.0, restarts=0, last_exit=None, reason="ready",
+                               cpu_percent=0.0, rss_bytes=0, open_fds=3, tasks_running=0,
+                               ready=ready, health=health)
+
+    _print_status(m.AgentsStatusResult(agents=[
+        row(0, True, None), row(1, False, 'readiness check "db" failed: refused'),
+        row(2, None, None)], mcp_servers=[], tasks={}), with_mcp=False)
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [line[:3] for line in lines[1:]] == [
+        ["h#0", "idle", "100"], ["h#1", "idle", "(unready)"], ["h#2", "idle", "102"]]
+    assert lines[2][-6:] == ["unready:", "readiness", "check", '"db"', "failed:", "refused"]

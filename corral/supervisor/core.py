@@ -459,6 +459,9 @@ class Supervisor:
             self.tasks.pump(r.name)
         self._look_at_conditions()
 
+    def publish(self, topic: str, data: Any) -> None:
+        self.events.publish(topic, data, "corral")
+
     def agent_replicas(self, agent: str) -> list[Replica]:
         a = self.agents.get(agent)
         return a.replicas if a is not None else []

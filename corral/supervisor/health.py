@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 READINESS = "readiness"
 LIVENESS = "liveness"
 DEFAULT_RECOVERY = {READINESS: "drain", LIVENESS: "restart"}
+HEALTH_TOPIC = "corral.health"  # the event bus's topic of every check's flip
 # how long a killed check may take to be reaped before it is given up on (containment
 # reaps it when it does die)
 KILL_GRACE = 5.0
@@ -383,6 +384,9 @@ class HealthHost(Protocol):
         """The replicas holding the agent's places now ([] for an agent gone)."""
         ...
 
+    def publish(self, topic: str, data: Any) -> None:
+        """An event on the event bus (workers' `events/subscribe`, `corral events`)."""
+
 
 class HealthBoard:
     """The supervisor's side of health: actions, counts, the agent-wide event."""
@@ -395,6 +399,7 @@ class HealthBoard:
         # replicas taken down for their health whose new life is not ready yet, by agent
         self.restarting: dict[str, set[Any]] = {}
         self.exec_runs = 0  # exec recoveries begun (for tests and stats)
+        self.checks = 0  # checks ended, in all (bench/bench_health.py)
 
     @property
     def containment(self) -> Containment:
@@ -406,6 +411,7 @@ class HealthBoard:
     def checked(self, h: ReplicaHealth, run: CheckRun, v: Verdict, flip: Flip | None
                 ) -> None:
         r = h.r
+        self.checks += 1
         if not v.ok:
             self.failures[r.name, run.kind] += 1
         if flip is None:
@@ -500,6 +506,10 @@ class HealthBoard:
         r = h.r
         self.host.stream.emit(HealthChange(time.time(), r.name, r.index, r.pid, run.kind,
                                            run.label, v.ok, v.message, action, text))
+        # on the event bus too: what an agent or an operator's script reacts to
+        self.host.publish(HEALTH_TOPIC, {"agent": r.name, "replica": r.index, "pid": r.pid,
+                                         "check": run.kind, "ok": v.ok, "action": action,
+                                         "message": v.message, "text": text})
 
     def look_at(self, agent: str) -> None:
         """Raise (or end) the agent-wide event: every serving replica unready."""
