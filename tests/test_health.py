@@ -542,3 +542,89 @@ def test_status_marks_an_unready_replica(capsys: pytest.CaptureFixture[str]) -> 
     assert [line[:3] for line in lines[1:]] == [
         ["h#0", "idle", "100"], ["h#1", "idle", "(unready)"], ["h#2", "idle", "102"]]
     assert lines[2][-6:] == ["unready:", "readiness", "check", '"db"', "failed:", "refused"]
+
+
+# -- the SDK ----------------------------------------------------------------------------------
+SDK_CHECKS = """
+import asyncio
+from corral.worker import health_check, run
+
+@health_check
+def plain():
+    return None
+
+@health_check("false")
+def no():
+    return False
+
+@health_check("said")
+def said():
+    return {"ok": False, "message": "the disk is full"}
+
+@health_check("raises")
+def raises():
+    raise ValueError("boom")
+
+@health_check("async")
+async def coroutine():
+    await asyncio.sleep(0)
+    return True
+
+@health_check("odd")
+def odd():
+    return 5
+
+run(lambda task, ctx: task)
+"""
+
+
+def test_the_sdk_answers_health_check_from_its_functions(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    script = tmp_path / "checks.py"
+    script.write_text(SDK_CHECKS)
+    asked: list[dict[str, Any]] = [{}, {"name": "plain"}, {"name": "false"}, {"name": "said"},
+                                   {"name": "raises"}, {"name": "async"}, {"name": "odd"},
+                                   {"name": "nope"}]
+    proc = subprocess.Popen([PY, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        for i, params in enumerate(asked):
+            proc.stdin.write(json.dumps({"jsonrpc": "2.0", "id": i, "method": "health/check",
+                                         "params": params}).encode() + b"\n")
+        proc.stdin.flush()
+        answers = {}
+        for _ in asked:
+            msg = json.loads(proc.stdout.readline())
+            answers[msg["id"]] = msg["result"]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [answers[i] for i in range(len(asked))] == [
+        {"ok": False, "message": "false failed"},  # all of them: the first failure, named
+        {"ok": True},
+        {"ok": False},
+        {"ok": False, "message": "the disk is full"},
+        {"ok": False, "message": "ValueError: boom"},
+        {"ok": True},
+        {"ok": False, "message": "the check returned int, not None, a bool or {'ok': ...}"},
+        {"ok": False, "message": "no health check named 'nope'"},
+    ]
+
+
+async def test_a_busy_handler_does_not_make_its_replica_unready(
+        sup: Supervisor, tmp_path: Path) -> None:
+    seen = Seen(sup)
+    sup.add(health_agent("h", tmp_path, readiness=ready_check(timeout=0.5, failures=1),
+                         liveness=live_check(timeout=0.5, failures=1)))
+    r = sup.agent("h").replicas[0]
+    await seen.until(lambda: r.serving and r.health_ready, timeout=30)
+    before = sup.health_board.checks
+    # the handler holds its thread (and, sleeping, not the GIL) for 1.5 s
+    task = sup.tasks.submit("h", {"sleep": 1.5})
+    await seen.until(lambda: task.status == "succeeded", timeout=30)
+    assert sup.health_board.checks - before >= 6  # both checks went on meanwhile
+    assert not [c for c in seen.changes if not c.ok] and r.health_ready
+    assert sum(sup.health_board.failures.values()) == 0
