@@ -478,6 +478,8 @@ async def test_a_release_switches_only_once_the_new_processes_pass_readiness(
 async def test_operators_see_health_in_status_logs_and_metrics(tmp_path: Path) -> None:
     import aiohttp
 
+    from corral.daemon.watch import FleetWatch
+
     from .test_metrics import running, samples, scrape, value
 
     flags = tmp_path / "flags"
@@ -511,8 +513,16 @@ async def test_operators_see_health_in_status_logs_and_metrics(tmp_path: Path) -
         failed = value(series, "corral_health_check_failures_total", agent="h",
                        check="readiness")
         assert failed is not None and failed >= 1
+        watch = FleetWatch(sup)  # agents.watch's ring: what every watcher is sent
+        watch.open()
         (flags / "unready-all").unlink()
         await seen.until(lambda: [e for e in seen.agents if e.ready], timeout=30)
+        notes = [k for k in watch.since(watch.first) if k.method == "agents.health"]
+        watch.close()
+        assert [(k.params.check, k.params.ok, k.params.action, k.params.text,
+                 k.params.row.ready) for k in notes] == [
+            ("readiness", True, "ready", 'readiness check "ready" passed; ready for tasks',
+             True)]
         series = samples((await scrape(d))[2])
         assert value(series, "corral_agent_ready_replicas", agent="h") == 1
         logged = [line.text for line in d.hub.tail(["h"], 100, None)]
