@@ -115,6 +115,23 @@ def test_a_good_health_table_is_read_with_its_defaults(tmp_path: Path) -> None:
             h.readiness.successes) == (10.0, 5.0, 3, 1)
 
 
+def test_a_package_manifest_is_held_to_the_same_rules(tmp_path: Path) -> None:
+    from corral.daemon.packages.manifest import read_manifest
+
+    (tmp_path / "corral.toml").write_text(textwrap.dedent("""
+        [agent]
+        name = "p"
+        command = "python agent.py"
+        [agent.health.readiness]
+        command = ["true"]
+        exec = ["true"]
+    """))
+    with pytest.raises(ConfigError) as exc:
+        read_manifest(tmp_path)
+    assert str(exc.value) == (f"{tmp_path / 'corral.toml'}: agent.health.readiness.exec: "
+                              'is run only with recovery = "exec"')
+
+
 async def test_the_api_refuses_a_bad_health_table(sup: Supervisor) -> None:
     spec = agent("a", health=HealthSpec(liveness=CheckSpec(recovery="exec")))
     with pytest.raises(SupervisorError) as exc:
