@@ -655,3 +655,16 @@ async def test_a_busy_handler_does_not_make_its_replica_unready(
     assert sup.health_board.checks - before >= 6  # both checks went on meanwhile
     assert not [c for c in seen.changes if not c.ok] and r.health_ready
     assert sum(sup.health_board.failures.values()) == 0
+
+
+async def test_a_check_command_that_cannot_run_is_a_failed_check(
+        sup: Supervisor, tmp_path: Path) -> None:
+    seen = Seen(sup)
+    missing = tmp_path / "no-such-check"
+    sup.add(health_agent("h", tmp_path, liveness=CheckSpec(
+        command=[str(missing)], interval=0.1, failures=2, recovery="event")))
+    await seen.until(lambda: seen.changes, timeout=30)
+    assert seen.changes[0].text == (
+        f'liveness check "{missing}" failed 2 times: cannot run {missing}: [Errno 2] No such '
+        f"file or directory: '{missing}'")
+    assert sup.agent("h").replicas[0].restarts == 0

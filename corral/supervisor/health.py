@@ -160,7 +160,7 @@ async def run_command(argv: list[str], *, containment: Containment, kind: str, n
             cwd=cwd, limits=Limits(), uid=None, gid=None, stop_timeout=timeout,
             on_stdout_line=out, on_stderr_lines=err, on_oversize=lambda *_: None,
             max_line=64 * 1024)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # a spawn that failed is a failed check, not corral's error
         return Verdict(False, f"cannot run {argv[0]}: {exc}")
     try:
         proc.close_stdin()
@@ -228,7 +228,7 @@ class CheckRun:
         self.label = check_label(kind, spec)
         self.recovery = spec.recovery or DEFAULT_RECOVERY[kind]
         self.counter = CheckCounter(spec.failures, spec.successes, grace_until)
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.Handle | None = None
         self.task: asyncio.Task[None] | None = None  # a command check running
         self.turn = 0  # attempts begun: a late answer to an earlier one is ignored
 
@@ -272,7 +272,7 @@ class ReplicaHealth:
         self.execs: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
         for run in self.runs:  # the first check at once: readiness gates the first task
-            run.timer = loop.call_soon(self._due, run)  # type: ignore[assignment]
+            run.timer = loop.call_soon(self._due, run)
 
     def _ready_now(self) -> bool:
         for run in self.runs:
@@ -325,7 +325,8 @@ class ReplicaHealth:
             run.task = asyncio.ensure_future(self._command(run, turn, spec.command))
             return
         peer = self.r.peer
-        if peer is None:
+        if peer is None:  # (not while it serves) looked at again next interval
+            self._done(run, Verdict(False, "no channel to the worker"))
             return
         rid, fut = peer.request_future("health/check",
                                        {"name": spec.check} if spec.check else {})
