@@ -191,6 +191,9 @@ class Snapshot:
     # every agent's task times: bucket counts and their sum
     duration: tuple[list[int], float] = ([], 0.0)
     wait: tuple[list[int], float] = ([], 0.0)
+    # agents with [health] only: failed checks by (agent, check), ready replicas by agent
+    health_failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    ready: dict[str, int] = field(default_factory=dict)
 
 
 def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
@@ -205,6 +208,10 @@ def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
             calls += instance.client.calls
             errors += instance.client.errors
         out.mcp[server] = (calls, errors)
+    out.health_failures = dict(sup.health_board.failures)
+    for name, agent in sup.agents.items():
+        if agent.spec.health is not None:
+            out.ready[name] = sum(1 for r in agent.replicas if r.serving and r.health_ready)
     return out
 
 
@@ -246,6 +253,18 @@ def fleet_families(snap: Snapshot) -> Iterator[Metric]:
     for (route, code), n in snap.requests.items():
         http.add_metric([route, code], n)
     yield http
+    failures = CounterMetricFamily(
+        "corral_health_check_failures", "Failed health checks ([health]), by agent and "
+        "check (readiness, liveness).", labels=("agent", "check"))
+    for (agent, check), n in snap.health_failures.items():
+        failures.add_metric([agent, check], n)
+    yield failures
+    ready = GaugeMetricFamily(
+        "corral_agent_ready_replicas", "An agent's serving replicas that pass their "
+        "readiness check (agents with [health]).", labels=("agent",))
+    for agent, n in snap.ready.items():
+        ready.add_metric([agent], n)
+    yield ready
 
 
 class Families(Collector):
