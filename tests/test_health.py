@@ -668,3 +668,26 @@ async def test_a_check_command_that_cannot_run_is_a_failed_check(
         f'liveness check "{missing}" failed 2 times: cannot run {missing}: [Errno 2] No such '
         f"file or directory: '{missing}'")
     assert sup.agent("h").replicas[0].restarts == 0
+
+
+async def test_a_paused_replica_runs_no_check_and_is_checked_afresh_on_resume(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """A frozen worker cannot answer: its checks stop at the pause (no failure counted,
+    no liveness restart however long it stays paused) and start again at the resume,
+    where it is ready once its first readiness check passes."""
+    seen = Seen(sup)
+    sup.add(health_agent("h", tmp_path, readiness=ready_check(),
+                         liveness=live_check(timeout=0.3)))
+    r = sup.agent("h").replicas[0]
+    await seen.until(lambda: r.serving and r.health_ready)
+    pid = r.pid
+    await sup.pause("h")
+    assert r.state == State.PAUSED and r.health is None and not r.health_ready
+    # a check's interval, timeout and failures over many times: nothing judged it
+    before = len(seen.changes)
+    await asyncio.sleep(1.5)  # nothing to wait for: this checks that nothing happens
+    assert len(seen.changes) == before and r.state == State.PAUSED and r.pid == pid
+    sup.resume("h")
+    await seen.until(lambda: r.serving and r.health_ready)
+    assert (r.pid, r.restarts) == (pid, 0)
+    assert (await sup.tasks.run("h", {})).status == "succeeded"
