@@ -31,6 +31,7 @@ from corral.supervisor.lifecycle import Cause
 from corral.supervisor.stream import Tick
 
 from .conftest import PY, ROOT, agent
+from .test_pause import quiet_for
 
 HERE = Path(__file__).resolve().parent
 FAST = {"interval": 0.1, "timeout": 2.0, "failures": 2}
@@ -680,14 +681,20 @@ async def test_a_paused_replica_runs_no_check_and_is_checked_afresh_on_resume(
                          liveness=live_check(timeout=0.3)))
     r = sup.agent("h").replicas[0]
     await seen.until(lambda: r.serving and r.health_ready)
-    pid = r.pid
+    pid, first = r.pid, r.health
+    assert first is not None
     await sup.pause("h")
     assert r.state == State.PAUSED and r.health is None and not r.health_ready
-    # a check's interval, timeout and failures over many times: nothing judged it
-    before = len(seen.changes)
-    await asyncio.sleep(1.5)  # nothing to wait for: this checks that nothing happens
-    assert len(seen.changes) == before and r.state == State.PAUSED and r.pid == pid
+    assert first.closed and all(x.timer is None and x.task is None for x in first.runs)
+    # a check's interval, timeout and failures over many times: no transition (a liveness
+    # restart) comes, and no check ends, not even the one in flight at the pause
+    before, checks = len(seen.changes), sup.health_board.checks
+    await quiet_for(sup, "h", 1.5)
+    assert (len(seen.changes), sup.health_board.checks) == (before, checks)
+    assert r.state == State.PAUSED and r.pid == pid
     sup.resume("h")
+    # a new round of checks, from nothing: unready until its readiness passes
+    assert r.health is not None and r.health is not first and not r.health_ready
     await seen.until(lambda: r.serving and r.health_ready)
     assert (r.pid, r.restarts) == (pid, 0)
     assert (await sup.tasks.run("h", {})).status == "succeeded"
