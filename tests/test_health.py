@@ -361,8 +361,12 @@ async def test_exec_recovery_runs_with_the_replica_in_its_environment(
     (tmp_path / "dead-0").touch()
     await seen.until(lambda: out.exists() and out.read_text().endswith("\n"))
     assert out.read_text() == f"h 0 {r.pid} liveness\n"
+    # rounds of failures past the one that flipped it: once per failure, not per round
+    h = r.health
+    assert h is not None
+    await seen.until(lambda: h.runs[0].counter.failures >= FAST["failures"] + 3)
     exec_changes = [c for c in seen.changes if c.action == "exec"]
-    assert len(exec_changes) == 1 and r.restarts == 0  # once per failure, not per round
+    assert (len(exec_changes), sup.health_board.exec_runs, r.restarts) == (1, 1, 0)
 
 
 # -- command checks ---------------------------------------------------------------------------
