@@ -496,6 +496,32 @@ async def test_a_release_switches_only_once_the_new_processes_pass_readiness(
     assert a.replicas == [old] and old.serving
 
 
+async def test_a_release_unready_again_within_min_healthy_time_is_refused_with_the_check(
+        sup: Supervisor, tmp_path: Path) -> None:
+    seen = Seen(sup)
+    sup.add(health_agent("h", tmp_path, readiness=ready_check()))
+    a = sup.agent("h")
+    await seen.until(lambda: a.replicas[0].health_ready, timeout=30)
+    old = a.replicas[0]
+    new_dir = tmp_path / "new"
+    new_dir.mkdir()
+    spec = health_agent("h", new_dir, readiness=ready_check())
+    spec.min_healthy_time = 30.0  # the check fails long before: no wait that long
+    switch = asyncio.ensure_future(a.switch(spec))
+    try:
+        new = await seen.until(lambda: next((r for r in a.replacing if r is not old
+                                              and r.serving and r.health_ready), None))
+        (new_dir / "unready-all").touch()
+        with pytest.raises(SupervisorError) as exc:
+            await asyncio.wait_for(switch, 20)
+    finally:
+        switch.cancel()
+    assert exc.value.message == (
+        'a new process of h did not become ready: readiness check "ready" failed: '
+        "unready-all is there; the running processes keep serving")
+    assert a.replicas == [old] and old.serving and new.state == State.TERMINATED
+
+
 # -- what operators see -----------------------------------------------------------------------
 async def test_operators_see_health_in_status_logs_and_metrics(tmp_path: Path) -> None:
     import aiohttp
