@@ -728,3 +728,32 @@ async def test_a_paused_replica_runs_no_check_and_is_checked_afresh_on_resume(
     await seen.until(lambda: r.serving and r.health_ready)
     assert (r.pid, r.restarts) == (pid, 0)
     assert (await sup.tasks.run("h", {})).status == "succeeded"
+
+
+async def test_a_paused_replica_does_not_hold_its_siblings_liveness_restarts(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """One replica at a time restarts for its health; one paused in its new life (not yet
+    ready) may stay frozen for ever, so the pause ends the wait for the others."""
+    seen = Seen(sup)
+    sup.add(health_agent("h", tmp_path, replicas=2, readiness=ready_check(),
+                         liveness=live_check()))
+    a = sup.agent("h")
+    await seen.until(lambda: all(r.serving and r.health_ready for r in a.replicas))
+    (tmp_path / "unready-all").touch()
+    (tmp_path / "dead-all").touch()
+
+    def downs() -> list[int]:
+        return [e.replica for e in seen.transitions
+                if e.cause == Cause.UNHEALTHY and e.state == "shutting_down"]
+
+    await seen.until(lambda: len(downs()) == 1, timeout=30)
+    first = a.replicas[downs()[0]]
+    other = a.replicas[1 - first.index]
+    # its new life serves, unready; the other's liveness restart waits for it
+    await seen.until(lambda: first.serving and first.health is not None
+                     and [c for c in seen.changes
+                          if c.action == "restart held" and c.replica == other.index],
+                     timeout=30)
+    await sup.pause("h", first.index)
+    await seen.until(lambda: other.index in downs(), timeout=30)
+    assert first.state == State.PAUSED and downs()[0] == first.index
