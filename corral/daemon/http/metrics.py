@@ -191,6 +191,8 @@ class Snapshot:
     # every agent's task times: bucket counts and their sum
     duration: tuple[list[int], float] = ([], 0.0)
     wait: tuple[list[int], float] = ([], 0.0)
+    # what agents reported (usage/report): (agent, model, input, output, dollars)
+    usage: list[tuple[str, str, int, int, float]] = field(default_factory=list)
 
 
 def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
@@ -205,6 +207,9 @@ def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
             calls += instance.client.calls
             errors += instance.client.errors
         out.mcp[server] = (calls, errors)
+    for agent, used in sup.tasks.budgets.usage.items():
+        for model, u in used.models.items():
+            out.usage.append((agent, model, u.input_tokens, u.output_tokens, u.cost_usd))
     return out
 
 
@@ -235,6 +240,19 @@ def fleet_families(snap: Snapshot) -> Iterator[Metric]:
         "agent's.")
     wait.add_metric([], _buckets(snap.wait[0]), snap.wait[1])
     yield wait
+    # only agents that reported: most fleets have none, and a series per agent and model
+    # of zeros would be noise
+    tokens = CounterMetricFamily("corral_agent_tokens", "Tokens an agent reported "
+                                 "(usage/report), by model and kind (input, output).",
+                                 labels=("agent", "model", "kind"))
+    cost = CounterMetricFamily("corral_agent_cost_usd", "Dollars an agent reported "
+                               "(usage/report), by model.", labels=("agent", "model"))
+    for agent, model, inp, out, dollars in snap.usage:
+        tokens.add_metric([agent, model, "input"], inp)
+        tokens.add_metric([agent, model, "output"], out)
+        cost.add_metric([agent, model], dollars)
+    yield tokens
+    yield cost
     mcp = CounterMetricFamily("corral_mcp_calls", "Calls to each MCP server, by "
                               "outcome.", labels=("server", "outcome"))
     for server, (calls, errors) in snap.mcp.items():

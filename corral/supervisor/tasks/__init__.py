@@ -7,6 +7,7 @@ durable.py    the TaskJournal port (the daemon's: corral.daemon.taskjournal)
 admission.py  refusals: an agent that cannot run it, input size, rate, a full queue
 queue.py      the Queue protocol, and LocalQueue (the priority heap)
 dispatch.py   to a replica's free slot, deadlines, retries
+budget.py     usage agents report, token and cost budgets, the gate dispatch asks
 deadlines.py  the running attempts' deadlines, behind one timer
 counters.py   per-agent counts and latency window
 retention.py  what finished tasks keep in memory
@@ -15,6 +16,7 @@ manager.py    TaskManager, composing them
 """
 
 from .admission import MAX_INPUT_BYTES, TokenBucket
+from .budget import Budget, Budgets, ModelUsage, Usage
 from .counters import LATENCY_WINDOW, AgentTasks
 from .dispatch import CANCEL_GRACE, Dispatcher
 from .durable import TaskJournal, unknown_cursor
@@ -47,8 +49,11 @@ __all__ = [
     "TERMINAL",
     "AgentTasks",
     "Attempt",
+    "Budget",
+    "Budgets",
     "Dispatcher",
     "LocalQueue",
+    "ModelUsage",
     "Output",
     "Queue",
     "Retention",
@@ -63,6 +68,7 @@ __all__ = [
     "TaskSummary",
     "TokenBucket",
     "ToolRouter",
+    "Usage",
     "encode_input",
     "is_task_id",
     "new_id",
