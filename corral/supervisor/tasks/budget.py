@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ...text import iso_time
+from .usage import ModelUsage, Usage
 
 if TYPE_CHECKING:
     from ..replica import Replica
@@ -39,36 +40,6 @@ UNKNOWN_MODEL = "unknown"  # a report that names no model
 # the least a re-armed gate timer waits: a timer that fires a hair before the edge (the
 # loop's clock is not the wall clock) waits again briefly rather than spinning
 MIN_WAIT = 0.005
-
-
-class Usage(msgspec.Struct):
-    """Tokens and dollars reported, and how many reports made them."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    reports: int = 0
-
-    def add(self, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
-        self.input_tokens += input_tokens
-        self.output_tokens += output_tokens
-        self.cost_usd += cost_usd
-        self.reports += 1
-
-
-class ModelUsage(Usage):
-    """Usage in total and per model (a task's, an agent's since the daemon started)."""
-
-    models: dict[str, Usage] = {}
-
-    def add_model(self, model: str, input_tokens: int, output_tokens: int,
-                  cost_usd: float) -> None:
-        self.add(input_tokens, output_tokens, cost_usd)
-        one = self.models.get(model)
-        if one is None:
-            # (not the shared default: msgspec copies a mutable default per instance)
-            one = self.models[model] = Usage()
-        one.add(input_tokens, output_tokens, cost_usd)
 
 
 class Window:

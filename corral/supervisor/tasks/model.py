@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .budget import ModelUsage
 from .ids import new_id
 from .payload import Output
+from .usage import ModelUsage
 
 if TYPE_CHECKING:
     from ..replica import Replica
