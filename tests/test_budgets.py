@@ -27,7 +27,8 @@ from corral.supervisor.tasks.budget import DAY, MINUTE, BadUsage, Window, parse_
 from corral.text import iso_time
 
 from .conftest import EXAMPLES, ROOT, agent
-from .daemon_harness import PY, in_process
+from .daemon_harness import PY, in_process, running_daemon, shared_tmpdir
+from .test_ui import chromium_page, needs_chromium
 
 SOCKET = Caller(via="socket")
 
@@ -391,3 +392,28 @@ async def test_a_restarted_daemon_keeps_the_days_usage_from_the_journal(
         assert info.usage is not None and (info.usage.input_tokens,
                                            info.usage.output_tokens) == (8000, 2000)
         sup.tasks.cancel(waiting.id)
+
+
+@needs_chromium
+@pytest.mark.timeout(180)
+def test_the_dashboards_agent_page_shows_its_usage_and_why_tasks_wait() -> None:
+    from playwright.sync_api import expect
+
+    agents = usage_agent("spender", "tokens_per_minute = 25000")
+    with running_daemon(shared_tmpdir(), agents,
+                        extra='[http]\nlisten = "127.0.0.1:0"\n') as d:
+        for tokens in (10_000, 20_000):
+            r = d.cli("run", "spender", "--input", json.dumps(spend(tokens, cost=0.01)))
+            assert r.returncode == 0, r.stderr
+        r = d.cli("run", "spender", "--detach", "--input", json.dumps(spend()))
+        assert r.returncode == 0, r.stderr
+        link = d.cli("ui").stdout.strip()
+        with chromium_page() as page:
+            page.goto(link)
+            page.click('#fleet a[href="#/agent/spender"]')
+            usage = page.locator("#usage")
+            expect(usage).to_contain_text(
+                "Usage since the daemon started: 30,000 tokens (24,000 in, 6,000 out), "
+                "$0.0200 (m1); last minute 30,000 tokens", timeout=20_000)
+            expect(page.locator("#usage-waiting")).to_contain_text(
+                "Tasks wait: budget: tokens_per_minute 25000 used 30000, next at ")
