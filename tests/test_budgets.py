@@ -417,3 +417,21 @@ def test_the_dashboards_agent_page_shows_its_usage_and_why_tasks_wait() -> None:
                 "$0.0200 (m1); last minute 30,000 tokens", timeout=20_000)
             expect(page.locator("#usage-waiting")).to_contain_text(
                 "Tasks wait: budget: tokens_per_minute 25000 used 30000, next at ")
+
+
+@pytest.mark.deadline(120)
+async def test_a_budget_raised_by_a_reload_lets_the_held_tasks_go_at_once(
+        tmp_path: Path) -> None:
+    before = usage_agent("tight", "tokens_per_day = 100")
+    async with in_process(tmp_path, before) as d:
+        sup = d.services.sup
+        await done(sup.tasks.submit("tight", spend(1000)))
+        held = sup.tasks.submit("tight", spend(1000))
+        assert held.status == TaskStatus.QUEUED
+        config = tmp_path / "corral.toml"
+        config.write_text(config.read_text().replace("tokens_per_day = 100",
+                                                     "tokens_per_day = 5000"))
+        await d.dispatcher.call(SOCKET, "config.reload", {})
+        await done(held)
+        assert held.status == TaskStatus.SUCCEEDED
+        assert "tight" not in sup.tasks.budgets.holding
