@@ -98,7 +98,12 @@ def test_a_budget_holds_by_the_limit_that_holds_longest_and_0_is_none() -> None:
     ({"task_id": "t", "input_tokens": 1.5}, "input_tokens must be a whole number, not 1.5"),
     ({"task_id": "t", "cost_usd": -0.5}, "cost_usd must not be negative (-0.5)"),
     ({"task_id": "t", "cost_usd": "free"}, "cost_usd must be a number, not 'free'"),
-    ({"task_id": "t", "cost_usd": math.inf}, "cost_usd must be a number, not inf"),
+    ({"task_id": "t", "cost_usd": math.inf}, "cost_usd must be at most 1e+12 (inf)"),
+    ({"task_id": "t", "cost_usd": math.nan}, "cost_usd must be a number, not nan"),
+    ({"task_id": "t", "cost_usd": 10**400}, "cost_usd must be at most 1e+12 (1000000000"
+                                            "000000000000000000000000000000)"),
+    ({"task_id": "t", "input_tokens": 10**16},
+     "input_tokens must be at most 1e+15 (10000000000000000)"),
     ({"task_id": "t", "model": 7}, "model must be a name of at most 200 characters, not 7"),
 ])
 def test_a_bad_report_says_what_is_wrong(params: dict[str, Any], said: str) -> None:

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 MINUTE = 60.0
 DAY = 86400.0
 UNKNOWN_MODEL = "unknown"  # a report that names no model
+# the most one report may say (a sum of them stays exact in a float; an integer of 400
+# digits, which JSON allows, would not even convert)
+MAX_TOKENS = 10**15
+MAX_COST = 1e12
 # the least a re-armed gate timer waits: a timer that fires a hair before the edge (the
 # loop's clock is not the wall clock) waits again briefly rather than spinning
 MIN_WAIT = 0.005
@@ -151,6 +155,8 @@ class BadUsage(ValueError):
 
 def _count(params: Mapping[str, Any], key: str) -> int:
     value = params.get(key, 0)
+    if type(value) is int and 0 <= value <= MAX_TOKENS:  # nearly every report: one test
+        return value
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int | float) or (
@@ -158,6 +164,8 @@ def _count(params: Mapping[str, Any], key: str) -> int:
         raise BadUsage(f"{key} must be a whole number, not {value!r:.40}")
     if value < 0:
         raise BadUsage(f"{key} must not be negative ({value!r:.40})")
+    if value > MAX_TOKENS:
+        raise BadUsage(f"{key} must be at most {MAX_TOKENS:.0e} ({value!r:.40})")
     return int(value)
 
 
@@ -169,12 +177,16 @@ def parse_report(params: Mapping[str, Any]) -> tuple[str, int, int, float, str]:
         raise BadUsage("task_id must be a task's id")
     inp, out = _count(params, "input_tokens"), _count(params, "output_tokens")
     cost = params.get("cost_usd", 0.0)
-    if cost is None:
+    if type(cost) is float and 0.0 <= cost <= MAX_COST:
+        pass
+    elif cost is None:
         cost = 0.0
-    if isinstance(cost, bool) or not isinstance(cost, int | float) or not math.isfinite(cost):
+    elif isinstance(cost, bool) or not isinstance(cost, int | float) or cost != cost:
         raise BadUsage(f"cost_usd must be a number, not {cost!r:.40}")
-    if cost < 0:
+    elif cost < 0:
         raise BadUsage(f"cost_usd must not be negative ({cost!r:.40})")
+    elif cost > MAX_COST:
+        raise BadUsage(f"cost_usd must be at most {MAX_COST:.0e} ({cost!r:.40})")
     model = params.get("model")
     if model is None or model == "":
         model = UNKNOWN_MODEL

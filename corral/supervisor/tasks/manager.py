@@ -411,10 +411,11 @@ class TaskManager:
         return self.active.get(task_id) or self.finished.get(task_id)
 
     def _on_usage(self, r: Replica, params: dict[str, Any]) -> None:
-        """usage/report: counted for the task, its agent and its model (budget.py); the
-        task's journal row carries it."""
+        """usage/report: counted for the task, its agent and its model (budget.py). The
+        task's journal row carries it from the task's next change (its end, as progress
+        does); a report after the end is written at once."""
         task = self.budgets.on_report(r, params)
-        if task is not None:
+        if task is not None and task.status in TERMINAL:
             self.record(task)
 
     def report_progress(self, task: Task, params: dict[str, Any]) -> None:
