@@ -174,7 +174,7 @@ async def test_the_gate_reopens_by_its_timer_at_the_windows_edge(sup: Supervisor
     sup.add(mb("edge", tokens_per_minute=25_000))
     await sup.wait_state("edge", State.READY)
     budgets = sup.tasks.budgets
-    budgets.restore("edge", Usage(input_tokens=30_000), time.time() - 59.5)
+    budgets.restore("edge", 30_000, 0.0, time.time() - 59.5)
     tasks = [sup.tasks.submit("edge", spend()) for _ in range(3)]
     assert [t.status for t in tasks] == [TaskStatus.QUEUED] * 3
     until = budgets.holding["edge"].until

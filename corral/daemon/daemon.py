@@ -315,9 +315,9 @@ class Daemon:
                 self.sup.tasks.journal = journal
                 # the budgets' windows as the journaled tasks' usage left them
                 budgets = self.sup.tasks.budgets
-                for agent, when, usage in await asyncio.to_thread(
+                for agent, when, tokens, cost in await asyncio.to_thread(
                         journal.usage_since, time.time() - DAY):
-                    budgets.restore(agent, usage, when)
+                    budgets.restore(agent, tokens, cost, when)
         except StoreError as exc:
             raise StartupError(str(exc)) from None
         return store, writer, journal, unfinished

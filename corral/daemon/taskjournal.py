@@ -63,6 +63,7 @@ from ..supervisor.tasks import (
     raw_output_of,
     unknown_cursor,
 )
+from ..supervisor.tasks.budget import MINUTE
 from ..text import iso_time, plural
 from .store import RETRY_EVERY, GroupCommit, WriterThread, connect, errors_named
 
@@ -86,6 +87,23 @@ ON CONFLICT (id) DO UPDATE SET
     input = CASE WHEN excluded.finished IS NULL THEN coalesce(excluded.input, input) END,
     output = coalesce(excluded.output, output), error = excluded.error,
     attempts = excluded.attempts, progress = excluded.progress, usage = excluded.usage
+"""
+
+# the usage of the tasks that ended since :since (or have not), summed per agent and
+# bucket (module doc of supervisor/tasks/budget.py); two halves, each on its partial index
+# of the table. (CAST: a BLOB is JSONB to a newer SQLite's json functions; ours is text)
+USAGE_SINCE = """
+SELECT agent, CASE WHEN f < :recent THEN CAST(f / :minute AS INTEGER) * :minute
+                   ELSE f END AS w,
+       sum(coalesce(json_extract(u, '$.input_tokens'), 0)
+           + coalesce(json_extract(u, '$.output_tokens'), 0)),
+       sum(coalesce(json_extract(u, '$.cost_usd'), 0.0))
+FROM (SELECT agent, finished AS f, CAST(usage AS TEXT) AS u FROM tasks
+      WHERE finished >= :since AND usage IS NOT NULL
+      UNION ALL
+      SELECT agent, :now, CAST(usage AS TEXT) FROM tasks
+      WHERE finished IS NULL AND usage IS NOT NULL)
+GROUP BY agent, w
 """
 
 _encode = msgspec.json.encode
@@ -150,19 +168,18 @@ class TaskJournalDB:
             for (tid, agent, raw, prio, timeout, retries, created, started, status,
                  calls, attempts, usage) in rows]
 
-    def usage_since(self, since: float) -> list[tuple[str, float, ModelUsage]]:
-        """(agent, when, usage) of the tasks that reported usage and ended at or after
-        `since` (wall time), or have not ended (`when`: now): what the budgets' windows
-        are rebuilt from at start-up, each task's usage counted at its end."""
+    def usage_since(self, since: float) -> list[tuple[str, float, int, float]]:
+        """(agent, when, tokens, dollars) the tasks that reported usage and ended at or
+        after `since` (wall time), or have not ended (`when`: now), reported: what the
+        budgets' windows are rebuilt from at start-up, each task's usage counted at its
+        end. Summed per agent and minute (the day window's bucket), and to the second in
+        the last minute (the minute window's), in SQL: one row per bucket comes back."""
         now = time.time()
         with errors_named(self.path):
-            # (two halves, each on its partial index of the table)
-            rows = self._reader.execute(
-                "SELECT agent, finished, usage FROM tasks WHERE finished >= ? AND usage IS "
-                "NOT NULL UNION ALL SELECT agent, finished, usage FROM tasks WHERE finished "
-                "IS NULL AND usage IS NOT NULL", (since,)).fetchall()
-        return [(agent, finished if finished is not None else now, _usage.decode(usage))
-                for agent, finished, usage in rows]
+            rows = self._reader.execute(USAGE_SINCE, {
+                "since": since, "now": now, "recent": now - MINUTE - 1.0,
+                "minute": MINUTE}).fetchall()
+        return [(agent, when, int(tokens), cost) for agent, when, tokens, cost in rows]
 
     def start_pruning(self) -> None:
         self._prune_tick()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ...text import iso_time
-from .usage import ModelUsage, Usage
+from .usage import ModelUsage
 
 if TYPE_CHECKING:
     from ..replica import Replica
@@ -116,9 +116,13 @@ class Budget:
         self.day_tokens = Window(DAY, MINUTE)
         self.day_cost = Window(DAY, MINUTE)
 
-    def add(self, tokens: int, cost_usd: float, when: float) -> None:
+    def add(self, tokens: int, cost_usd: float, when: float, *, day_only: bool = False
+            ) -> None:
+        """`day_only`: usage too old for the minute's window (restored after a restart),
+        which would only sit in it until its next look."""
         if tokens:
-            self.minute_tokens.add(tokens, when)
+            if not day_only:
+                self.minute_tokens.add(tokens, when)
             self.day_tokens.add(tokens, when)
         if cost_usd:
             self.day_cost.add(cost_usd, when)
@@ -246,11 +250,11 @@ class Budgets:
             w = self.windows[agent] = Budget()
         return w
 
-    def restore(self, agent: str, usage: Usage, when: float) -> None:
-        """Usage a previous daemon counted (a journaled task's, at its end): into the
+    def restore(self, agent: str, tokens: int, cost_usd: float, when: float) -> None:
+        """Usage a previous daemon counted (journaled tasks', at their end): into the
         windows only (the totals are since this daemon started)."""
-        self.window(agent).add(usage.input_tokens + usage.output_tokens, usage.cost_usd,
-                               when)
+        self.window(agent).add(tokens, cost_usd, when,
+                               day_only=when < time.time() - MINUTE - 1.0)
 
     # -- the gate -----------------------------------------------------------------------
     def holds(self, agent: AgentLike) -> bool:
