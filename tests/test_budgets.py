@@ -22,7 +22,7 @@ from corral.daemon.api import Caller
 from corral.jsonrpc import RpcError
 from corral.supervisor import LogLines, State, Supervisor
 from corral.supervisor.config import ConfigError, load_config
-from corral.supervisor.tasks import Budget, ModelUsage, Task, TaskStatus, Usage
+from corral.supervisor.tasks import Budget, Budgets, ModelUsage, Task, TaskStatus, Usage
 from corral.supervisor.tasks.budget import DAY, MINUTE, BadUsage, Window, parse_report
 from corral.text import iso_time
 
@@ -385,7 +385,10 @@ async def test_a_restarted_daemon_keeps_the_days_usage_from_the_journal(
     async with in_process(tmp_path, agents) as d:
         sup = d.services.sup
         budgets = sup.tasks.budgets
-        assert budgets.windows["daily"].day_tokens.used(time.time()) == 20_000
+        window = budgets.windows["daily"]
+        # the tasks ended within the minute: in both windows
+        assert window.day_tokens.used(time.time()) == 20_000
+        assert window.minute_tokens.used(time.time()) == 20_000
         assert "daily" not in budgets.usage  # totals count since this daemon started
         waiting = sup.tasks.submit("daily", spend())
         assert waiting.status == TaskStatus.QUEUED
@@ -440,3 +443,51 @@ async def test_a_budget_raised_by_a_reload_lets_the_held_tasks_go_at_once(
         await done(held)
         assert held.status == TaskStatus.SUCCEEDED
         assert "tight" not in sup.tasks.budgets.holding
+
+
+async def test_the_journal_gives_back_the_days_usage_summed_per_bucket(
+        db_path: Path) -> None:
+    import sqlite3
+
+    from corral.daemon.taskjournal import TaskJournalDB
+
+    now = time.time()
+    hour_ago = now - 3600
+    usage = msgspec.json.encode(ModelUsage(100, 20, 0.5, 1, {"m": Usage(100, 20, 0.5, 1)}))
+    rows = [("old", now - 2 * DAY, usage),  # out of the day
+            ("a", hour_ago, usage), ("b", hour_ago + 0.1, usage),  # one minute each
+            ("a", hour_ago + 0.2, usage),  # the same minute as the first
+            ("a", now - 10.5, usage),  # in the last minute: to the second
+            ("a", None, usage),  # not ended: counted now
+            ("a", now - 5, None)]  # no usage reported
+    db = sqlite3.connect(db_path)
+    db.executemany(
+        "INSERT INTO tasks (id, arrival, agent, priority, timeout, retries_left, created, "
+        "started, finished, status, attempts, usage) VALUES (?, ?, ?, 0, 60, 0, ?, ?, ?, "
+        "?, '[]', ?)",
+        [(f"t{i}", i, agent, now - 2 * DAY, now - 2 * DAY, when,
+          "queued" if when is None else "succeeded", u)
+         for i, (agent, when, u) in enumerate(rows)])
+    db.commit()
+    db.close()
+    journal = TaskJournalDB(db_path)
+    try:
+        got = await asyncio.to_thread(journal.usage_since, now - DAY)
+    finally:
+        await journal.close()
+    minute = math.floor(hour_ago / 60) * 60
+    by_key = {(agent, round(when, 1) if when > now - 61 else when): (tokens, cost)
+              for agent, when, tokens, cost in got}
+    late = [when for agent, when, _, _ in got if agent == "a" and when >= now - 1]
+    assert len(late) == 1 and now <= late[0] <= time.time()
+    assert by_key == {("a", minute): (240, 1.0), ("b", minute): (120, 0.5),
+                      ("a", round(now - 10.5, 1)): (120, 0.5),
+                      ("a", round(late[0], 1)): (120, 0.5)}
+    budgets = Budgets(lambda _: None, lambda _: None)
+    for agent, when, tokens, cost in got:
+        budgets.restore(agent, tokens, cost, when)
+    a = budgets.windows["a"]
+    t = time.time()
+    # the hour-old usage is in the day's window only
+    assert (a.minute_tokens.used(t), a.day_tokens.used(t), a.day_cost.used(t)) == (
+        240, 480, 2.0)
