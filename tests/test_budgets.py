@@ -217,8 +217,13 @@ async def test_day_and_cost_budgets_hold_and_a_full_queue_still_refuses(
         sup.tasks.submit("tpd", spend())
     assert (err.value.code, err.value.message) == (
         jsonrpc.REFUSED, "queue full: agent tpd has 1 task waiting (max_queue 1)")
-    # cancelling a held task is as for any queued task
+    # cancelling a held task is as for any queued task; with none left waiting, no
+    # reason is shown (the gate stays shut until its timer)
     assert sup.tasks.cancel(third.id).status == TaskStatus.CANCELLED
+    assert "tpd" in sup.tasks.budgets.holding
+    assert sup.tasks.budgets.waiting("tpd") is None
+    shown = sup.tasks.budgets.stats("tpd")
+    assert shown is not None and shown["waiting"] is None
     usd = sup.tasks.budgets.usage["usd"]
     assert (usd.input_tokens, usd.output_tokens, round(usd.cost_usd, 6), usd.reports,
             list(usd.models)) == (160, 40, 0.06, 2, ["m2"])
@@ -476,16 +481,16 @@ async def test_the_journal_gives_back_the_days_usage_summed_per_bucket(
     finally:
         await journal.close()
     minute = math.floor(hour_ago / 60) * 60
-    by_key = {(agent, round(when, 1) if when > now - 61 else when): (tokens, cost)
-              for agent, when, tokens, cost in got}
-    late = [when for agent, when, _, _ in got if agent == "a" and when >= now - 1]
+    by_key = {(name, round(when, 1) if when > now - 61 else when): (tokens, cost)
+              for name, when, tokens, cost in got}
+    late = [when for name, when, _, _ in got if name == "a" and when >= now - 1]
     assert len(late) == 1 and now <= late[0] <= time.time()
     assert by_key == {("a", minute): (240, 1.0), ("b", minute): (120, 0.5),
                       ("a", round(now - 10.5, 1)): (120, 0.5),
                       ("a", round(late[0], 1)): (120, 0.5)}
     budgets = Budgets(lambda _: None, lambda _: None)
-    for agent, when, tokens, cost in got:
-        budgets.restore(agent, tokens, cost, when)
+    for name, when, tokens, cost in got:
+        budgets.restore(name, tokens, cost, when)
     a = budgets.windows["a"]
     t = time.time()
     # the hour-old usage is in the day's window only

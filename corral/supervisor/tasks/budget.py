@@ -203,12 +203,15 @@ class Budgets:
     """Every agent's usage and windows, the gate, and its timers.
 
     `find(task_id)` gives a task kept in memory; `reopen(agent)` is called when a held
-    agent's window has room again (the dispatcher's pump)."""
+    agent's window has room again (the dispatcher's pump); `depth(agent)`: its tasks
+    waiting (a hold is shown only while some wait)."""
 
     def __init__(self, find: Callable[[str], Task | None],
-                 reopen: Callable[[str], None]) -> None:
+                 reopen: Callable[[str], None],
+                 depth: Callable[[str], int] = lambda _: 1) -> None:
         self.find = find
         self.reopen = reopen
+        self.depth = depth
         self.usage: dict[str, ModelUsage] = {}  # since the daemon started
         self.windows: dict[str, Budget] = {}
         self.holding: dict[str, Held] = {}  # agents held now, as last judged
@@ -291,9 +294,10 @@ class Budgets:
         self.reopen(name)
 
     def waiting(self, agent: str) -> str | None:
-        """Why the agent's queued tasks wait, if a budget holds them."""
+        """Why the agent's queued tasks wait, if a budget holds them (and some wait: the
+        last may have been cancelled since)."""
         held = self.holding.get(agent)
-        return None if held is None else held.text()
+        return None if held is None or not self.depth(agent) else held.text()
 
     # -- shown --------------------------------------------------------------------------
     def stats(self, agent: str) -> dict[str, Any] | None:
@@ -304,13 +308,12 @@ class Budgets:
             if w is None:
                 return None
             used = ModelUsage()  # restored windows only
-        held = self.holding.get(agent)
         return {**msgspec.structs.asdict(used),
                 "models": {m: msgspec.structs.asdict(u) for m, u in used.models.items()},
                 **(w.figures(time.time()) if w is not None else
                    {"tokens_last_minute": 0.0, "tokens_last_day": 0.0,
                     "cost_usd_last_day": 0.0}),
-                "waiting": None if held is None else held.text()}
+                "waiting": self.waiting(agent)}
 
     def forget(self, agent: str) -> None:
         """The agent was removed."""

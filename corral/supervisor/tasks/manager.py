@@ -75,7 +75,7 @@ class TaskManager:
         self._running: asyncio.AbstractEventLoop | None = None  # the loop it works in
         self.by_agent: dict[str, AgentTasks] = {}
         self.queue: Queue = queue if queue is not None else LocalQueue()
-        self.budgets = Budgets(self._kept, self.pump)
+        self.budgets = Budgets(self._kept, self.pump, self.queue.depth)
         self.dispatch = Dispatcher(sup, self.queue, self.by_agent, self, self.budgets)
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
         self.worker = WorkerMethods(self.active, tool_router, tool_lister)
