@@ -142,6 +142,8 @@ async def test_10000_tokens_a_task_at_25000_a_minute_runs_3_and_the_rest_wait(
     """The issue's test: the first minute runs what fits (a task starts while the window
     is under the limit: 0, 10,000, 20,000), the rest wait queued, with the reason and the
     moment the window has room again; one timer is armed for it."""
+    logs: list[str] = []
+    sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogLines)
     sup.add(mb("tpm", tokens_per_minute=25_000))
     await sup.wait_state("tpm", State.READY)
     before = time.time()
@@ -166,6 +168,8 @@ async def test_10000_tokens_a_task_at_25000_a_minute_runs_3_and_the_rest_wait(
     # nothing else starts while held: a pump finds the gate shut
     sup.tasks.pump("tpm")
     assert [t.status for t in tasks[3:]] == [TaskStatus.QUEUED] * 3
+    # the agent's log says so once, however often the gate is looked at
+    assert [x for x in logs if "budget:" in x] == [f"{waiting}: its tasks wait until then"]
 
 
 async def test_the_gate_reopens_by_its_timer_at_the_windows_edge(sup: Supervisor) -> None:

@@ -204,14 +204,17 @@ class Budgets:
 
     `find(task_id)` gives a task kept in memory; `reopen(agent)` is called when a held
     agent's window has room again (the dispatcher's pump); `depth(agent)`: its tasks
-    waiting (a hold is shown only while some wait)."""
+    waiting (a hold is shown only while some wait); `tell(agent, text)`: a hold's start,
+    for the agent's log."""
 
     def __init__(self, find: Callable[[str], Task | None],
                  reopen: Callable[[str], None],
-                 depth: Callable[[str], int] = lambda _: 1) -> None:
+                 depth: Callable[[str], int] = lambda _: 1,
+                 tell: Callable[[AgentLike, str], None] = lambda _, __: None) -> None:
         self.find = find
         self.reopen = reopen
         self.depth = depth
+        self.tell = tell
         self.usage: dict[str, ModelUsage] = {}  # since the daemon started
         self.windows: dict[str, Budget] = {}
         self.holding: dict[str, Held] = {}  # agents held now, as last judged
@@ -278,6 +281,8 @@ class Budgets:
         if held is None:
             self.holding.pop(name, None)
             return False
+        if name not in self.holding:  # once a hold, not at every look
+            self.tell(agent, f"{held.text()}: its tasks wait until then")
         self.holding[name] = held
         armed = self._timers.get(name)
         if armed is None or armed[0] != held.until:

@@ -60,6 +60,12 @@ if TYPE_CHECKING:
     from .host import AgentLike, TaskHost
 
 
+def _note_first(agent: AgentLike, text: str) -> None:
+    """A line of corral's own about the agent, in its first replica's log."""
+    if agent.replicas:
+        agent.replicas[0].note(text)
+
+
 class TaskManager:
     def __init__(self, sup: TaskHost, *, tool_router: ToolRouter,
                  tool_lister: Callable[[Replica], Any], journal: TaskJournal | None = None,
@@ -75,7 +81,7 @@ class TaskManager:
         self._running: asyncio.AbstractEventLoop | None = None  # the loop it works in
         self.by_agent: dict[str, AgentTasks] = {}
         self.queue: Queue = queue if queue is not None else LocalQueue()
-        self.budgets = Budgets(self._kept, self.pump, self.queue.depth)
+        self.budgets = Budgets(self._kept, self.pump, self.queue.depth, _note_first)
         self.dispatch = Dispatcher(sup, self.queue, self.by_agent, self, self.budgets)
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
         self.worker = WorkerMethods(self.active, tool_router, tool_lister)
