@@ -213,6 +213,13 @@ class ReplicaBrief(Result):
     pid: int | None
 
 
+class PauseResult(Result):
+    """The replicas a pause or resume named, and their states after it."""
+
+    agent: str
+    replicas: list[ReplicaBrief]
+
+
 class DescribeResult(Result):
     name: str
     origin: str
@@ -576,6 +583,25 @@ class AgentsSignal(Selection):
     """Send a signal (a name like HUP or SIGUSR1, or a number) to agents' processes."""
 
     signal: str = "TERM"
+
+
+@method("agents.pause", result=PauseResult, scope="agents:write", mutating=True)
+class AgentsPause(Params):
+    """Freeze an agent's replicas (or replica N) where they are, memory and process kept:
+    no task goes to them (tasks wait in the queue) and no heartbeat judges them until
+    resumed. Refused when a replica named is not running."""
+
+    name: str
+    replica: int | None = None
+
+
+@method("agents.resume", result=PauseResult, scope="agents:write", mutating=True)
+class AgentsResume(Params):
+    """Let paused replicas run on, each as it was (same process, no restart counted);
+    the tasks that waited go to them."""
+
+    name: str
+    replica: int | None = None
 
 
 @method("agents.describe", result=DescribeResult, scope="agents:read")

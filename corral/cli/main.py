@@ -226,7 +226,8 @@ def _check_manifest(path: Path) -> None:
 
 
 # -- reading ------------------------------------------------------------------------------
-RUNNING_STATES = ("starting", "ready", "busy", "idle")
+# (paused: an operator's choice, not a failure)
+RUNNING_STATES = ("starting", "ready", "busy", "idle", "paused")
 EXIT_NOT_RUNNING = 3  # as `systemctl status`: some listed agent is failed or not running
 
 
@@ -495,6 +496,33 @@ def signal(obj: Ctx, sig: str, names: tuple[str, ...]) -> None:
                                    m.AgentsSignal(names=targets, all=all_, signal=sig))
     for s in res.signalled:
         click.echo(f"{res.signal} sent to {s.replica} (pid {s.pid})")
+
+
+def _pause_command(verb: str) -> None:
+    """`corral pause|resume NAME[#N]`: one shape, two control methods."""
+    method = f"agents.{verb}"
+    params = REGISTRY[method].params
+
+    def command(obj: Ctx, target: str, as_json: bool) -> None:
+        try:
+            name, index = m.parse_target(target)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="NAME[#N]") from None
+        res: m.PauseResult = obj.call(method, params(name=name, replica=index))
+        if as_json:
+            _print_json(res)
+            return
+        for r in res.replicas:
+            click.echo(f"{res.agent}#{r.replica}: {r.state}"
+                       + (f" (pid {r.pid})" if r.pid else ""))
+
+    fn: Any = json_option(pass_ctx(command))
+    fn = click.argument("target", metavar="NAME[#N]", shell_complete=_complete_agents)(fn)
+    cli.command(verb, help=doc(method) + "\n\nNAME: every replica; NAME#N: one.")(fn)
+
+
+for _verb in ("pause", "resume"):
+    _pause_command(_verb)
 
 
 @cli.command(help="Print the pid of each running replica of NAME (or of NAME#N), one a line; "

@@ -435,6 +435,8 @@ AGENT_RULES: dict[str, AgentRule] = {
     "agents.add": AgentRule(_adding),
     "agents.remove": AgentRule(_targets("names")),
     "agents.scale": AgentRule(_one("name")),
+    "agents.pause": AgentRule(_one("name")),
+    "agents.resume": AgentRule(_one("name")),
     "logs.tail": AgentRule(_targets("names"), filter=_lines_filter),
     "logs.follow": AgentRule(_targets("names"), channel=_seen({"logs.lines": _new_lines})),
     "stats.get": AgentRule(_nothing, filter=_stats_filter),

@@ -32,7 +32,7 @@ from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from ..supervisor.config import Config, ConfigError, load_config
 from ..supervisor.containment import Containment, ProcessEnded, ProcessStarted, read_stat
 from ..supervisor.core import Supervisor
-from ..supervisor.lifecycle import LIVE, SERVING, State
+from ..supervisor.lifecycle import SERVING, TRANSIENT, State
 from ..supervisor.process_replica import Event, Exited, LogLines
 from ..supervisor.stream import Checkpoint, ListChanged, Stall, Tick
 from ..supervisor.tasks import TaskRecord
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral.daemon")
 # states in which a replica is neither up nor settled down: READY=1 waits for none to be
-UNSETTLED = (LIVE - SERVING) | {State.BACKOFF}
+UNSETTLED = TRANSIENT | {State.BACKOFF}
 STOP = -1  # queued like a signal: `daemon.shutdown`
 
 
@@ -432,6 +432,8 @@ class Daemon:
         c = sup.census
         up = sum(c[s] for s in SERVING)
         line = f"{plural(len(sup.agents), 'agent')}, {up}/{plural(c.total(), 'replica')} ready"
+        if c[State.PAUSED]:
+            line += f", {c[State.PAUSED]} paused"
         failed = c[State.FAILED]
         if sup.mcp.servers:
             # tool-server instances are few next to agents, and this line is computed at

@@ -26,12 +26,13 @@ from ..text import closest, listing, plural
 from .config import AgentSpec, ConfigError, McpServerSpec
 from .containment import CgroupMode, Containment
 from .events import EventBus
-from .lifecycle import LIVE, SERVING, STOPPED, State
+from .lifecycle import LIVE, SERVING, STOPPED, TRANSIENT, Cause, State
 from .listening import ListeningClock
 from .mcproutes import AgentMcp
 from .mcpserver import McpServerReplica
 from .names import name_problem, shown
 from .pacing import BATCH, pacer
+from .pausing import selected, to_pause, to_resume
 from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaStatus
 from .remote import RemoteMcpServer
 from .replica import Replica
@@ -151,6 +152,9 @@ class Agent:
     async def _retire(self, old: list[Replica], spec: AgentSpec, reason: str) -> None:
         """Processes out of dispatch finish their running tasks (each within its task's
         deadline and grace), then stop."""
+        for r in old:
+            if r.moves(Cause.RESUME):  # paused: it finishes its tasks only if it runs
+                r.resume(f"{reason}: resumed to finish its tasks and stop")
         busy = [r for r in old if r.tasks_running]
         for r in busy:
             r.note(f"replaced: finishing {r.tasks_running} running task(s) first")
@@ -360,6 +364,25 @@ class Supervisor:
     async def scale(self, name: str, replicas: int) -> None:
         await self.agent(name).scale(replicas)  # refuses more than max_replicas
 
+    async def pause(self, name: str, index: int | None = None, reason: str = "paused"
+                    ) -> list[Replica]:
+        """Freeze an agent's replicas (or replica `index`) where they are, memory kept: no
+        task goes to them and no heartbeat judges them until resumed. Refused (nothing
+        done) when one named is not running. Returns the replicas named."""
+        agent = self.agent(name)
+        await asyncio.gather(*(r.pause(reason) for r in to_pause(agent, index)))
+        return selected(agent, index)
+
+    def resume(self, name: str, index: int | None = None, reason: str = "resumed"
+               ) -> list[Replica]:
+        """Let paused replicas run on, each back in the state it was paused in (same
+        process: no restart); their agent's waiting tasks go to them. Returns the
+        replicas named."""
+        agent = self.agent(name)
+        for r in to_resume(agent, index):
+            r.resume(reason)
+        return selected(agent, index)
+
     def check_fleet(self, replicas: dict[str, int], what: str) -> None:
         """Refuse, before any work is done, to give agents `replicas` (name -> count) when
         the fleet would grow past max_replicas: every replica is a process."""
@@ -523,7 +546,7 @@ class Supervisor:
     async def wait_all_serving(self, timeout: float = 30.0) -> None:
         """Wait until every replica of every agent that is meant to run is serving."""
         def settled(_: Event | None = None) -> bool:
-            return not any(self.census[s] for s in LIVE - SERVING)
+            return not any(self.census[s] for s in TRANSIENT)
 
         if not settled():
             await self.wait_event(settled, timeout)

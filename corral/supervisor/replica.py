@@ -142,11 +142,11 @@ class Replica(ProcessReplica):
     # -- work -----------------------------------------------------------------------------
     def task_started(self, task_id: str) -> None:
         self.tasks_running += 1
-        if self.row(Cause.TASK).target is not None:  # no reason made for nothing
+        if self.moves(Cause.TASK):  # no reason made for nothing
             self.fire(Cause.TASK, f"task {task_id}")
 
     def task_finished(self, task_id: str) -> None:
         self.tasks_running = max(0, self.tasks_running - 1)
-        if self.tasks_running == 0 and self.row(Cause.DONE).target is not None:
+        if self.tasks_running == 0 and self.moves(Cause.DONE):
             self.fire(Cause.DONE, f"task {task_id} done")
 
