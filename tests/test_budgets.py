@@ -6,6 +6,7 @@ restart of the daemon."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import os
@@ -165,6 +166,9 @@ async def test_10000_tokens_a_task_at_25000_a_minute_runs_3_and_the_rest_wait(
     assert [t.usage for t in tasks] == [one] * 3 + [None] * 3
     assert budgets.usage["tpm"] == ModelUsage(24_000, 6000, 0.0, 3,
                                               {"m1": Usage(24_000, 6000, 0.0, 3)})
+    # a finished task's usage is nothing the cyclic collector walks
+    used = tasks[0].usage
+    assert used is not None and not gc.is_tracked(used) and not gc.is_tracked(used.models)
     # nothing else starts while held: a pump finds the gate shut
     sup.tasks.pump("tpm")
     assert [t.status for t in tasks[3:]] == [TaskStatus.QUEUED] * 3

@@ -6,7 +6,9 @@ from __future__ import annotations
 import msgspec
 
 
-class Usage(msgspec.Struct):
+# gc=False: scalars, and a dict of names to scalars, can be in no cycle; a finished task
+# that reported usage then adds nothing for the cyclic collector to walk (manager.finish)
+class Usage(msgspec.Struct, gc=False):
     """Tokens and dollars reported, and how many reports made them."""
 
     input_tokens: int = 0
@@ -21,7 +23,7 @@ class Usage(msgspec.Struct):
         self.reports += 1
 
 
-class ModelUsage(Usage):
+class ModelUsage(Usage, gc=False):
     """Usage in total and per model (a task's, an agent's since the daemon started)."""
 
     models: dict[str, Usage] = {}
