@@ -271,6 +271,9 @@ def _watch(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"{iso_time(params['time'], ms=True)} "
                        f"{params['agent']}#{params['replica']}{pid} "
                        f"{params['previous']} -> {params['state']}: {params['reason']}")
+        elif method == "agents.health":
+            click.echo(f"{iso_time(params['time'], ms=True)} "
+                       f"{params['agent']}#{params['replica']} {params['text']}")
         elif method == "agents.roster":
             n = len(params["replicas"])
             click.echo(f"{iso_time(params['time'], ms=True)} {params['agent']}: "
@@ -284,10 +287,14 @@ def _print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
     rows = []
     for a in st.agents:
         rows.append([
-            f"{a.name}#{a.replica}", a.state, str(a.pid or "-"),
+            f"{a.name}#{a.replica}",
+            # readiness ([health]): serving, but no new task goes to it
+            f"{a.state} (unready)" if a.ready is False and a.state in ("ready", "idle", "busy")
+            else a.state, str(a.pid or "-"),
             _human_time(a.uptime), str(a.restarts), f"{a.cpu_percent:.1f}",
             _human_bytes(a.rss_bytes) if a.rss_bytes else "-",
             a.reason if a.state not in ("ready", "idle", "busy") else (
+                f"unready: {a.health}" if a.ready is False and a.health else
                 f"last exit: {a.last_exit}" if a.last_exit else ""),
         ])
     _table(rows, ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "REASON"])

@@ -32,6 +32,7 @@ from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from ..supervisor.config import Config, ConfigError, load_config
 from ..supervisor.containment import Containment, ProcessEnded, ProcessStarted, read_stat
 from ..supervisor.core import Supervisor
+from ..supervisor.health import AgentReadiness, HealthChange
 from ..supervisor.lifecycle import SERVING, TRANSIENT, State
 from ..supervisor.process_replica import Event, Exited, LogLines
 from ..supervisor.stream import Checkpoint, ListChanged, Stall, Tick
@@ -330,6 +331,8 @@ class Daemon:
         stream.subscribe(self._on_worker_log, LogLines)
         stream.subscribe(lambda _: self.notifier.watchdog(), Tick)
         stream.subscribe(self._on_stall, Stall)
+        stream.subscribe(self._on_health, HealthChange)
+        stream.subscribe(self._on_agent_readiness, AgentReadiness)
         stream.subscribe(self._on_transition, Event)
         self.notifier.track_status(self.status_line)
         stream.subscribe(gateway.on_transition, Event)
@@ -454,6 +457,18 @@ class Daemon:
             if self.sender is not None:
                 self.sender.lines(e.kind, e.name, e.replica, e.pid or 0, "event",
                                   [text.encode()])
+
+    def _on_health(self, e: HealthChange) -> None:
+        """A check flipped: a line in the replica's log (`corral logs`), as transitions."""
+        self.hub.emit(e.agent, e.replica, e.pid or 0, "event", LineBlock.one(e.text),
+                      when=e.time)
+        if self.sender is not None:
+            self.sender.lines("agent", e.agent, e.replica, e.pid or 0, "event",
+                              [e.text.encode()])
+
+    def _on_agent_readiness(self, e: AgentReadiness) -> None:
+        self.hub.emit(e.agent, 0, 0, "event", LineBlock.one(e.text), when=e.time)
+        self.hub.daemon(e.text, priority=6 if e.ready else 4)
 
     def _on_stall(self, e: Stall) -> None:
         self.hub.daemon(f"event loop stalled for {e.seconds:.2f} s (not counted against any "
