@@ -295,8 +295,9 @@ class Budgets:
 
     def _reopen(self, name: str) -> None:
         self._timers.pop(name, None)
-        self.holding.pop(name, None)  # judged again by the pump, if tasks wait
-        self.reopen(name)
+        self.reopen(name)  # judged again by the pump, if tasks wait and a slot is free
+        if name not in self._timers:  # not held again (a timer a hair early would be)
+            self.holding.pop(name, None)
 
     def waiting(self, agent: str) -> str | None:
         """Why the agent's queued tasks wait, if a budget holds them (and some wait: the
