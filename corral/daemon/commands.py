@@ -343,6 +343,7 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
             # a float even for no replicas, as the field says
             cpu_percent=round(sum((r.sample.cpu_percent for r in a.replicas), 0.0), 1),
             rss_bytes=sum(r.sample.rss_bytes for r in a.replicas),
+            usage=_wire(d.sup.tasks.budgets.stats(a.name)),
         )
     return m.StatsResult(
         supervisor=m.SupervisorStats(
@@ -351,7 +352,8 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
             log_lines_dropped=d.hub.lines_dropped,
             log_files_failing=d.hub.failing(),
             state_writes=(d.store.writer.stats() if d.store.writer is not None else None),
-            task_journal_refusing=d.tasks.refusing),
+            task_journal_refusing=d.tasks.refusing,
+            usage_reports_ignored=d.sup.tasks.budgets.bad_reports),
         agents=per_agent,
         tasks=_wire(d.sup.tasks.stats()),
         events=d.sup.events.stats(),
