@@ -266,6 +266,7 @@ class AuditEntry(Result):
     params: Any  # the call's params as they were given
     outcome: str
     who: str | None = None  # a token's caller: "token NAME" (a socket peer: uid and pid)
+    tenant: str | None = None  # the caller's tenant (None: an operator's call)
 
 
 class AuditResult(Result):
@@ -540,9 +541,11 @@ class ConfigReload(Params):
 # -- agents ---------------------------------------------------------------------------------
 @method("agents.status", result=AgentsStatusResult, scope="agents:read")
 class AgentsStatus(Params):
-    """State, pid, uptime, restarts, last exit, CPU and memory of agents' replicas."""
+    """State, pid, uptime, restarts, last exit, CPU and memory of agents' replicas (with
+    a tenant, of that tenant's agents)."""
 
     names: list[str] = []
+    tenant: str | None = None
 
 
 def parse_target(target: str) -> tuple[str, int | None]:
@@ -871,6 +874,7 @@ class TokenInfo(Result):
     agents: str | None  # the glob of agent names it may see and touch; None: every agent
     created: float
     expires: float | None  # unix time; None: never
+    tenant: str | None  # the tenant whose objects alone it sees; None: every one
 
 
 class TokenCreated(TokenInfo):
@@ -893,6 +897,7 @@ class TokensCreate(Params):
     scopes: list[str]
     agents: str | None = None
     expires_in: float | None = None  # seconds from now
+    tenant: str | None = None  # a tenant's token: it sees that tenant's objects only
 
 
 @method("tokens.list", result=TokenList, scope="admin")
@@ -1129,3 +1134,58 @@ class PackagesReleases(Params):
     without building)."""
 
     name: str
+
+
+# -- tenants (issue 23, docs/tenants.md) ---------------------------------------------------
+class TenantUse(msgspec.Struct):
+    """What a tenant's agents use now (supervisor.tenants.TenantUse's twin)."""
+
+    agents: int
+    replicas: int
+    queued: int
+    running: int
+    tokens_last_minute: float = 0.0
+
+
+class TenantEntry(Result):
+    """One tenant: where it is declared, its quotas (the keys set: 0 or absent is no
+    quota) and its use beside them."""
+
+    name: str
+    origin: str  # "file PATH", "runtime", or "default" (the tenant of everything else)
+    revision: int | None  # its latest revision (a runtime add or set), None: none
+    quotas: dict[str, Any]  # the [tenants.NAME] table: an open table, as the file has it
+    use: TenantUse
+    enforced: list[str]  # the keys set that corral enforces now (the others are shown)
+
+
+class TenantList(Result):
+    tenants: list[TenantEntry]
+
+
+@method("tenants.list", result=TenantList, scope="agents:read")
+class TenantsList(Params):
+    """The tenants, each with its quotas beside its use (a tenant's caller: its own)."""
+
+
+@method("tenants.add", result=Added, scope="admin", mutating=True)
+class TenantsAdd(Params):
+    """Add tenants at runtime from [tenants.NAME] tables; they survive a daemon restart."""
+
+    tenants: dict[str, dict[str, Any]]
+
+
+@method("tenants.set", result=TenantEntry, scope="admin", mutating=True)
+class TenantsSet(Params):
+    """Set keys of a tenant's table (0 or null: no quota); nothing that runs is stopped,
+    a quota below the use refuses what comes next."""
+
+    name: str
+    set: dict[str, Any]
+
+
+@method("tenants.remove", result=Removed, scope="admin", mutating=True)
+class TenantsRemove(Params):
+    """Remove tenants added at runtime; refused while an agent or MCP server is in one."""
+
+    names: list[str]

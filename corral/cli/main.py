@@ -237,13 +237,19 @@ EXIT_NOT_RUNNING = 3  # as `systemctl status`: some listed agent is failed or no
 @click.option("--watch", is_flag=True,
               help="Then a line per replica state change as it happens (agents.watch), "
                    "until interrupted; with --json, each notification as a JSON line.")
+@click.option("--tenant", default=None, metavar="TENANT",
+              help="Only the agents of this tenant.")
 @json_option
 @pass_ctx
-def status(obj: Ctx, names: tuple[str, ...], watch: bool, as_json: bool) -> None:
+def status(obj: Ctx, names: tuple[str, ...], watch: bool, tenant: str | None,
+           as_json: bool) -> None:
     if watch:
+        if tenant is not None:
+            raise click.UsageError("--tenant and --watch: name the agents to watch instead")
         _watch(obj, names, as_json)
         return
-    st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus(names=list(names)))
+    st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus(names=list(names),
+                                                                         tenant=tenant))
     down = any(a.state not in RUNNING_STATES for a in st.agents)
     if as_json:
         _print_json(st)
@@ -1541,18 +1547,22 @@ def _when(t: float | None) -> str:
               help="Only agents whose names match GLOB (e.g. 'web-*').")
 @click.option("--expires", default=None, metavar="DURATION",
               help="Lifetime, e.g. 30d or 12h (default: never expires).")
+@click.option("--tenant", default=None, metavar="TENANT",
+              help="A tenant's token: it sees and acts on that tenant's objects only.")
 @json_option
 @pass_ctx
 def token_create(obj: Ctx, name: str, scopes: tuple[str, ...], agents: str | None,
-                 expires: str | None, as_json: bool) -> None:
+                 expires: str | None, tenant: str | None, as_json: bool) -> None:
     res: m.TokenCreated = obj.call("tokens.create", m.TokensCreate(
-        name=name, scopes=list(scopes), agents=agents, expires_in=_lifetime(expires)))
+        name=name, scopes=list(scopes), agents=agents, expires_in=_lifetime(expires),
+        tenant=tenant))
     if as_json:
         _print_json(res)
         return
     click.echo(res.token)
     click.echo(f"corral: token {res.name} ({', '.join(res.scopes)}"
-               f"{f'; agents {res.agents}' if res.agents else ''}; expires "
+               f"{f'; agents {res.agents}' if res.agents else ''}"
+               f"{f'; tenant {res.tenant}' if res.tenant else ''}; expires "
                f"{_when(res.expires)}): it is shown this once", err=True)
 
 
@@ -1564,9 +1574,9 @@ def token_list(obj: Ctx, as_json: bool) -> None:
     if as_json:
         _print_json(res)
         return
-    _table([[t.name, ",".join(t.scopes), t.agents or "*", _stamp(t.created),
-             _when(t.expires)] for t in res.tokens],
-           ["NAME", "SCOPES", "AGENTS", "CREATED", "EXPIRES"])
+    _table([[t.name, ",".join(t.scopes), t.agents or "*", t.tenant or "*",
+             _stamp(t.created), _when(t.expires)] for t in res.tokens],
+           ["NAME", "SCOPES", "AGENTS", "TENANT", "CREATED", "EXPIRES"])
 
 
 @token.command("revoke", help=doc("tokens.revoke"))
@@ -1577,6 +1587,87 @@ def token_revoke(obj: Ctx, name: str) -> None:
     click.echo(f"revoked token {res.name}")
 
 
+
+
+# -- tenants (issue 23) --------------------------------------------------------------------
+@cli.group(invoke_without_command=True, help=doc("tenants.list"))
+@json_option
+@pass_ctx
+@click.pass_context
+def tenants(ctx: click.Context, obj: Ctx, as_json: bool) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    res: m.TenantList = obj.call("tenants.list")
+    if as_json:
+        _print_json(res)
+        return
+    rows = []
+    for t in res.tenants:
+        q, u = t.quotas, t.use
+
+        def beside(used: float, key: str, q: dict[str, Any] = q) -> str:
+            quota = q.get(key)
+            return f"{used:g}/{quota:g}" if quota else f"{used:g}"
+
+        rows.append([t.name, beside(u.agents, "max_agents"),
+                     beside(u.replicas, "max_replicas"), beside(u.queued, "max_queue"),
+                     beside(u.running, "max_concurrent_tasks"),
+                     beside(u.tokens_last_minute, "tokens_per_minute"),
+                     ", ".join(f"{k}={v}" for k, v in q.items() if k not in _SHOWN_BESIDE)
+                     or "-"])
+    _table(rows, ["TENANT", "AGENTS", "REPLICAS", "QUEUED", "RUNNING", "TOKENS/MIN",
+                  "OTHER"])
+
+
+_SHOWN_BESIDE = {"max_agents", "max_replicas", "max_queue", "max_concurrent_tasks",
+                 "tokens_per_minute"}
+
+
+@tenants.command("add", help=doc("tenants.add") + "\n\nFILE holds [tenants.NAME] tables.")
+@click.argument("file")
+@pass_ctx
+def tenants_add(obj: Ctx, file: str) -> None:
+    import tomllib
+
+    try:
+        with open(file, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.UsageError(f"{file}: {exc}") from None
+    tables = data.get("tenants")
+    if not isinstance(tables, dict) or not tables:
+        raise click.UsageError(f"{file}: no [tenants.NAME] tables")
+    res: m.Added = obj.call("tenants.add", m.TenantsAdd(tenants=tables))
+    click.echo(f"added: {', '.join(res.added)}")
+
+
+@tenants.command("set", help=doc("tenants.set"))
+@click.argument("name")
+@click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
+@pass_ctx
+def tenants_set(obj: Ctx, name: str, pairs: tuple[str, ...]) -> None:
+    import tomllib
+
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"use KEY=VALUE, not {pair!r}", param_hint="KEY=VALUE")
+        try:  # a TOML value (4, 2.5, "bwrap"); a bare word is a string
+            changes[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            changes[key] = value
+    res: m.TenantEntry = obj.call("tenants.set", m.TenantsSet(name=name, set=changes))
+    click.echo(f"tenant {res.name}: " + (", ".join(f"{k}={v}" for k, v in res.quotas.items())
+                                         or "no quotas"))
+
+
+@tenants.command("remove", help=doc("tenants.remove"))
+@click.argument("names", nargs=-1, required=True)
+@pass_ctx
+def tenants_remove(obj: Ctx, names: tuple[str, ...]) -> None:
+    res: m.Removed = obj.call("tenants.remove", m.TenantsRemove(names=list(names)))
+    click.echo(f"removed: {', '.join(res.removed)}")
 
 
 # -- metrics history (issue 21) ------------------------------------------------------------

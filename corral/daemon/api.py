@@ -27,6 +27,7 @@ from ..supervisor.names import RESERVED
 from ..text import clip, one_line
 
 Ctx = TypeVar("Ctx")
+SHARED = "*"  # the owner of an MCP server every tenant's callers see (`shared = true`)
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,11 +44,33 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     scopes: frozenset[str] = SCOPES
     # a glob: the only agents it may see and touch (a token's `--agents`); None: all
     agents: str | None = None
+    # for a tenant's caller, bound by the Dispatcher: the tenant an agent (kind "agent")
+    # or an MCP server ("server") is of, None when there is none; SHARED for a server
+    # every tenant may use
+    owner: Callable[[str, str], str | None] | None = None
+
+    @property
+    def limited(self) -> bool:
+        """Whether the caller sees only some agents (a glob, a tenant)."""
+        return self.agents is not None or self.tenant is not None
 
     def sees(self, name: str) -> bool:
         """Whether an agent of this name exists for this caller: the daemon's own log
         ("corral") tells of every agent, so a caller limited to some never sees it."""
-        return self.agents is None or (name != RESERVED and fnmatchcase(name, self.agents))
+        if self.agents is not None and (name == RESERVED
+                                        or not fnmatchcase(name, self.agents)):
+            return False
+        if self.tenant is None:
+            return True
+        return self.owner is not None and self.owner("agent", name) == self.tenant
+
+    def sees_server(self, name: str) -> bool:
+        """Whether an MCP server of this name exists for this caller: its tenant's, or
+        one shared on purpose."""
+        if self.tenant is None:
+            return True
+        owner = self.owner("server", name) if self.owner is not None else None
+        return owner == self.tenant or owner == SHARED
 
     @property
     def who(self) -> str:
@@ -121,14 +144,31 @@ class Dispatcher(Generic[Ctx]):
     while the state database opens): they wait until `serve(context)` is called."""
 
     def __init__(self, handlers: Handlers[Ctx], audit: Audit,
-                 agents: Callable[[Ctx], Iterable[str]] | None = None) -> None:
+                 agents: Callable[[Ctx], Iterable[str]] | None = None,
+                 owner: Callable[[Ctx, str, str], str | None] | None = None) -> None:
         missing = handlers.missing()
         if missing:  # pragma: no cover - a programming error, caught by the test suite
             raise RuntimeError(f"control methods without implementation: {missing}")
         self.handlers = handlers.table
         self.audit = audit
         self.agents = agents  # the names of the agents there are, for a refusal to name
+        # whose an agent or a server is (Caller.owner), for the callers of a tenant
+        self.owner = owner
         self._context: asyncio.Future[Ctx] | None = None
+
+    def bind(self, caller: Caller) -> Caller:
+        """A tenant's caller, given the way to tell whose each object is (before the
+        services exist: nothing is anyone's, so nothing is seen)."""
+        if caller.tenant is None or caller.owner is not None:
+            return caller
+        ready, owner = self._context, self.owner
+
+        def owner_of(kind: str, name: str) -> str | None:
+            if owner is None or ready is None or not ready.done():
+                return None
+            return owner(ready.result(), kind, name)
+
+        return msgspec.structs.replace(caller, owner=owner_of)
 
     def serve(self, context: Ctx) -> None:
         """From now on, handlers run with `context` (the services)."""
@@ -151,7 +191,16 @@ class Dispatcher(Generic[Ctx]):
         """Check and decode a call at once (an unknown method, params of the wrong shape
         or a caller without the scope raise RpcError before anything runs), then return
         the handler's run to await. `params`: JSON bytes, a msgspec.Raw, a dict, or None."""
-        spec, typed, rule = self.check(caller, name, params)
+        caller = self.bind(caller)
+        try:
+            spec, typed, rule = self.check(caller, name, params)
+        except RpcError as exc:
+            if caller.tenant is not None and name in REGISTRY:
+                # a tenant's refused calls are audited, reads too: trying another
+                # tenant's objects is what isolation is there to record
+                self.audit(caller, name, params if isinstance(params, Mapping) else None,
+                           f"error: {exc.message}")
+            raise
         if rule is not None and rule.channel is not None:
             channel = rule.channel(channel, caller)
         return self._run(spec, typed, caller, channel, rule)
@@ -160,13 +209,14 @@ class Dispatcher(Generic[Ctx]):
               ) -> tuple[Method, Any, AgentRule | None]:
         """What `dispatch` checks before anything runs, for a transport that serves a
         call from what it already has (a stream's shared ring): raises RpcError."""
+        caller = self.bind(caller)
         spec = self.method(name)
         if not caller.may(spec.scope):
             raise RpcError(jsonrpc.FORBIDDEN, f"forbidden: {name} needs the {spec.scope} "
                                               f"scope, which {caller.who} does not hold")
         typed = decode(params, spec.params)
         rule: AgentRule | None = None
-        if caller.agents is not None:
+        if caller.limited:
             rule = agent_rule(spec.name, caller)
             try:
                 rule.check(typed, caller)
@@ -206,8 +256,8 @@ class Dispatcher(Generic[Ctx]):
                 result = rule.filter(result, caller)
         except RpcError as exc:
             told = (self._as_seen(exc, caller)
-                    if isinstance(exc, NoSuchAgent) and caller.agents is not None else exc)
-            if spec.mutating:
+                    if isinstance(exc, NoSuchAgent) and caller.limited else exc)
+            if spec.mutating or caller.tenant is not None:
                 self.audit(caller, spec.name, params, f"error: {told.message}")
             if told is exc:
                 raise
@@ -287,6 +337,9 @@ def scopes_of(names: Iterable[str]) -> frozenset[str]:
 
 
 def _glob_refusal(caller: Caller, what: str) -> RpcError:
+    if caller.agents is None:
+        return RpcError(jsonrpc.FORBIDDEN, f"forbidden: {caller.who} is a caller of tenant "
+                                           f"{caller.tenant}: {what}")
     return RpcError(jsonrpc.FORBIDDEN, f"forbidden: {caller.who} is limited to agents "
                                        f"matching {caller.agents}: {what}")
 
@@ -332,9 +385,100 @@ def _targets(field: str, *, all_field: bool = False) -> Callable[[Any, Caller], 
 
 
 def _adding(params: Any, caller: Caller) -> None:
-    for name in params.agents:
-        if not caller.sees(name):
+    for name, table in params.agents.items():
+        if caller.agents is not None and (name == RESERVED
+                                          or not fnmatchcase(name, caller.agents)):
             raise _glob_refusal(caller, f"may not add {name}")
+        if caller.tenant is not None:
+            # a tenant's caller adds agents of its tenant: the table says so, or is made to
+            wanted = table.get("tenant", caller.tenant) if isinstance(table, dict) else None
+            if wanted != caller.tenant:
+                raise _glob_refusal(caller, f"may not add {name} to tenant {wanted}")
+            if isinstance(table, dict):
+                table["tenant"] = caller.tenant
+
+
+def _server(field: str) -> Callable[[Any, Caller], None]:
+    """An MCP server named by a param: one the caller does not see is as absent as one
+    that does not exist (the pool's own words)."""
+    def check(params: Any, caller: Caller) -> None:
+        name = getattr(params, field)
+        if name is not None and not caller.sees_server(name):
+            raise jsonrpc.not_found("MCP server", name)
+
+    return check
+
+
+def _tool(what: str) -> Callable[[Any, Caller], None]:
+    """A SERVER__NAME param: the pool's words for a server there is not."""
+    def check(params: Any, caller: Caller) -> None:
+        server, sep, _ = params.name.partition("__")
+        if sep and not caller.sees_server(server):
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such {what}: {params.name} (no MCP server "
+                                              f"{server})")
+
+    return check
+
+
+def _reading(params: Any, caller: Caller) -> None:
+    if params.server is None and caller.tenant is not None:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"resource {params.uri}: name the server")
+    _server("server")(params, caller)
+
+
+def _named_by_tenant(field: str, what: str) -> Callable[[Any, Caller], None]:
+    """What a tenant's caller must name (a whole-fleet view would show every tenant's)."""
+    def check(params: Any, caller: Caller) -> None:
+        if caller.tenant is not None and getattr(params, field) is None:
+            raise _glob_refusal(caller, f"name {what}")
+
+    return check
+
+
+def _not_for_tenants(params: Any, caller: Caller) -> None:
+    if caller.tenant is not None:
+        raise _glob_refusal(caller, "events are not yet kept apart per tenant")
+
+
+def _gateway_client(params: Any, caller: Caller) -> None:
+    if caller.tenant is not None and (params.agent is None or params.token is not None):
+        raise _glob_refusal(caller, "a gateway client of its own is one of its agents "
+                                    "(agent, not token)")
+    _one("agent")(params, caller)
+
+
+def _both(*checks: Callable[[Any, Caller], None]) -> Callable[[Any, Caller], None]:
+    def check(params: Any, caller: Caller) -> None:
+        for one in checks:
+            one(params, caller)
+
+    return check
+
+
+def _servers_filter(*lists: str) -> Callable[[Any, Caller], Any]:
+    """Listings of the pool: items, `unavailable` and `failed` of servers the caller does
+    not see taken out (`mcp_servers` rows by their name)."""
+    def seen(result: Any, caller: Caller) -> Any:
+        if caller.tenant is None:
+            return result
+        fields: dict[str, Any] = {}
+        for key in lists:
+            rows = _get(result, key)
+            fields[key] = [r for r in rows if caller.sees_server(
+                _get(r, "server") if isinstance(r, Mapping) else r.name)]
+        for key in ("unavailable", "failed"):
+            if _has(result, key):
+                value = _get(result, key)
+                fields[key] = ({k: v for k, v in value.items() if caller.sees_server(k)}
+                               if isinstance(value, Mapping)
+                               else [n for n in value if caller.sees_server(n)])
+        return _replace(result, **fields)
+
+    return seen
+
+
+def _has(obj: Any, key: str) -> bool:
+    return key in obj if isinstance(obj, Mapping) else hasattr(obj, key)
 
 
 def _replace(result: Any, **fields: Any) -> Any:
@@ -352,8 +496,9 @@ def _seen_keys(table: Mapping[str, Any], caller: Caller) -> dict[str, Any]:
 
 
 def _status_filter(result: Any, caller: Caller) -> Any:
-    return _replace(result, agents=[a for a in result.agents if caller.sees(a.name)],
-                    tasks=_seen_keys(result.tasks, caller))
+    return _servers_filter("mcp_servers")(_replace(
+        result, agents=[a for a in result.agents if caller.sees(a.name)],
+        tasks=_seen_keys(result.tasks, caller)), caller)
 
 
 def _stats_filter(result: Any, caller: Caller) -> Any:
@@ -440,7 +585,7 @@ AGENT_RULES: dict[str, AgentRule] = {
     "logs.tail": AgentRule(_targets("names"), filter=_lines_filter),
     "logs.follow": AgentRule(_targets("names"), channel=_seen({"logs.lines": _new_lines})),
     "stats.get": AgentRule(_nothing, filter=_stats_filter),
-    "stats.history": AgentRule(_AGENT_PARAM),
+    "stats.history": AgentRule(_both(_named_by_tenant("agent", "an agent"), _AGENT_PARAM)),
     "stats.watch": AgentRule(_nothing, channel=_seen({"stats.sample": _stats_filter})),
     "agents.watch": AgentRule(_targets("names"), channel=_seen({
         "agents.snapshot": _rows_filter("name"), "agents.sample": _rows_filter("agent"),
@@ -450,20 +595,26 @@ AGENT_RULES: dict[str, AgentRule] = {
     "tasks.get": AgentRule(_nothing, filter=_task_filter),
     "tasks.list": AgentRule(_AGENT_PARAM, filter=_tasks_filter),
     "tasks.cancel": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),
-    "events.publish": AgentRule(_nothing),
-    "events.follow": AgentRule(_nothing),
-    "tools.list": AgentRule(_AGENT_PARAM),
-    "tools.call": AgentRule(_nothing),
-    "mcp.status": AgentRule(_nothing),
-    "mcp.start": AgentRule(_nothing),
-    "mcp.stop": AgentRule(_nothing),
-    "mcp.restart": AgentRule(_nothing),
-    "resources.list": AgentRule(_AGENT_PARAM),
-    "resources.read": AgentRule(_nothing),
-    "prompts.list": AgentRule(_AGENT_PARAM),
-    "prompts.get": AgentRule(_nothing),
-    "gateway.list": AgentRule(_AGENT_PARAM),
-    "gateway.call": AgentRule(_AGENT_PARAM),
+    "events.publish": AgentRule(_not_for_tenants),
+    "events.follow": AgentRule(_not_for_tenants),
+    "tools.list": AgentRule(_both(_AGENT_PARAM, _server("server")),
+                            filter=_servers_filter("tools")),
+    "tools.call": AgentRule(_tool("tool")),
+    "mcp.status": AgentRule(_nothing, filter=_servers_filter("mcp_servers")),
+    "mcp.start": AgentRule(_server("name")),
+    "mcp.stop": AgentRule(_server("name")),
+    "mcp.restart": AgentRule(_server("name")),
+    "resources.list": AgentRule(_both(_AGENT_PARAM, _server("server")),
+                                filter=_servers_filter("resources", "resource_templates")),
+    "resources.read": AgentRule(_reading),
+    "prompts.list": AgentRule(_both(_AGENT_PARAM, _server("server")),
+                              filter=_servers_filter("prompts")),
+    "prompts.get": AgentRule(_tool("prompt")),
+    # a tenant's own view (its callers' only tenants method)
+    "tenants.list": AgentRule(_nothing, filter=lambda r, c: _replace(
+        r, tenants=[t for t in r.tenants if c.tenant is None or t.name == c.tenant])),
+    "gateway.list": AgentRule(_gateway_client),
+    "gateway.call": AgentRule(_gateway_client),
     "gateway.watch": AgentRule(_nothing),
     "gateway.status": AgentRule(_nothing),
     # packages.deploy reads a path of the daemon's host: for callers that see every agent

@@ -18,7 +18,7 @@ from ..supervisor.config import ConfigError
 from ..supervisor.core import NoSuchAgent, start_each, stop_all
 from ..supervisor.lifecycle import State
 from ..text import plural
-from .api import Caller, Channel, Handlers
+from .api import SHARED, Caller, Channel, Handlers
 from .follow import drain
 from .history import has_rows
 from .services import Services
@@ -99,10 +99,25 @@ async def config_reload(d: Services, p: m.ConfigReload, caller: Caller, c: Chann
                        ) from None
 
 
+def owner_of(d: Services, kind: str, name: str) -> str | None:
+    """Whose an agent or an MCP server is (Caller.owner): its tenant, SHARED for a server
+    every tenant may use, None when there is no such object."""
+    if kind == "agent":
+        return d.sup.tenancy.tenant_of(name)
+    entry = d.sup.mcp.servers.get(name)
+    if entry is None:
+        return None
+    return SHARED if entry.spec.shared else entry.spec.tenant
+
+
 @implements("agents.status")
 async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Channel
                         ) -> m.AgentsStatusResult:
     agents = [d.sup.agent(n) for n in p.names] if p.names else list(d.sup.agents.values())
+    if p.tenant is not None:
+        if not d.sup.tenancy.known(p.tenant) or (caller.tenant not in (None, p.tenant)):
+            raise jsonrpc.not_found("tenant", p.tenant)
+        agents = [a for a in agents if a.spec.tenant == p.tenant]
     stats = d.sup.tasks.stats()["agents"]
     return m.AgentsStatusResult(
         agents=_wire([r.status() for a in agents for r in a.replicas]),
@@ -262,8 +277,10 @@ async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: C
 async def audit_list(d: Services, p: m.AuditList, caller: Caller, c: Channel) -> m.AuditResult:
     return m.AuditResult(entries=[
         m.AuditEntry(time=t, uid=uid, pid=pid, method=method,
-                     params=msgspec.json.decode(params), outcome=outcome, who=who)
-        for t, uid, pid, method, params, outcome, who in d.store.audit_log(row_limit(p.limit))])
+                     params=msgspec.json.decode(params), outcome=outcome, who=who,
+                     tenant=tenant)
+        for t, uid, pid, method, params, outcome, who, tenant in d.store.audit_log(
+            row_limit(p.limit))])
 
 
 @implements("logs.tail")
@@ -376,7 +393,7 @@ async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel) -> T
 async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) -> m.TaskList:
     # a caller limited to some agents pages through theirs only (full pages; a cursor
     # of another agent's task reads as absent)
-    tasks, older = await d.tasks.list(p, caller.sees if caller.agents is not None else None)
+    tasks, older = await d.tasks.list(p, caller.sees if caller.limited else None)
     return m.TaskList(tasks=_wire(tasks), next=older if older is not None else msgspec.UNSET)
 
 
@@ -576,13 +593,17 @@ async def gateway_status(d: Services, p: m.GatewayStatus, caller: Caller, c: Cha
 # -- tokens (issue 21) ---------------------------------------------------------------------
 def _token_info(t: Token) -> m.TokenInfo:
     return m.TokenInfo(name=t.name, scopes=sorted(t.scopes), agents=t.agents,
-                       created=t.created, expires=t.expires)
+                       created=t.created, expires=t.expires, tenant=t.tenant)
 
 
 @implements("tokens.create")
 async def tokens_create(d: Services, p: m.TokensCreate, caller: Caller, c: Channel
                         ) -> m.TokenCreated:
-    secret, t = await tokens_of(d.store).create(p.name, p.scopes, p.agents, p.expires_in)
+    if p.tenant is not None and not d.sup.tenancy.known(p.tenant):
+        raise RpcError(jsonrpc.INVALID_PARAMS, d.sup.tenancy.unknown(f"token {p.name}",
+                                                                     p.tenant))
+    secret, t = await tokens_of(d.store).create(p.name, p.scopes, p.agents, p.expires_in,
+                                                p.tenant)
     return m.TokenCreated(**msgspec.structs.asdict(_token_info(t)), token=secret)
 
 
@@ -661,3 +682,27 @@ async def packages_deploy(d: Services, p: m.PackagesDeploy, caller: Caller, c: C
 async def packages_releases(d: Services, p: m.PackagesReleases, caller: Caller, c: Channel
                             ) -> m.ReleasesResult:
     return await d.packages.list(p.name)
+
+
+# -- tenants (issue 23) --------------------------------------------------------------------
+@implements("tenants.list")
+async def tenants_list(d: Services, p: m.TenantsList, caller: Caller, c: Channel
+                       ) -> m.TenantList:
+    return m.TenantList(tenants=d.tenants.entries())
+
+
+@implements("tenants.add")
+async def tenants_add(d: Services, p: m.TenantsAdd, caller: Caller, c: Channel) -> m.Added:
+    return m.Added(added=await d.tenants.add(p.tenants, caller.who))
+
+
+@implements("tenants.set")
+async def tenants_set(d: Services, p: m.TenantsSet, caller: Caller, c: Channel
+                      ) -> m.TenantEntry:
+    return await d.tenants.set(p.name, p.set, caller.who)
+
+
+@implements("tenants.remove")
+async def tenants_remove(d: Services, p: m.TenantsRemove, caller: Caller, c: Channel
+                         ) -> m.Removed:
+    return m.Removed(removed=await d.tenants.remove(p.names))

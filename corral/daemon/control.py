@@ -95,7 +95,13 @@ class Connection(LineProtocol):
         sock = transport.get_extra_info("socket")
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         self.pid, self.uid, self.gid = struct.unpack("3i", creds)
-        self.caller = Caller(via="socket", uid=self.uid, gid=self.gid, pid=self.pid)
+        refusal: RpcError | None = None
+        try:
+            tenant = self.server.tenant_of(self.uid, self.gid)
+        except RpcError as exc:
+            tenant, refusal = None, exc
+        self.caller = Caller(via="socket", uid=self.uid, gid=self.gid, pid=self.pid,
+                             tenant=tenant)
         transport.set_write_buffer_limits(high=REPLY_HIGH, low=REPLY_LOW)  # type: ignore[attr-defined]
         self.peer = Peer(
             self.who,
@@ -108,6 +114,12 @@ class Connection(LineProtocol):
         )
         self.peer.on_handled = self._flow
         server = self.server
+        if refusal is not None:
+            log.warning("refused control connection from uid %d pid %d: %s", self.uid,
+                        self.pid, refusal.message)
+            self.peer.send_error(None, refusal)
+            transport.close()
+            return
         if not server.authorized(self.uid, self.gid):
             log.warning("refused control connection from uid %d pid %d", self.uid, self.pid)
             server.report(
@@ -273,6 +285,8 @@ class ControlServer:
             except KeyError:
                 log.warning("control socket group %s does not exist; ignoring it", group)
         self.connections: set[Connection] = set()
+        # a Unix group's members are the callers of a tenant (gid -> tenant)
+        self.tenant_groups: dict[int, str] = {}
         self._server: asyncio.AbstractServer | None = None
         self._lock_fd = -1
 
@@ -284,8 +298,43 @@ class ControlServer:
     def lock_path(self) -> Path:
         return self.path.with_name(self.path.name + ".lock")
 
+    def set_tenant_groups(self, groups: dict[int, str]) -> None:
+        self.tenant_groups = dict(groups)
+        if self._server is not None:
+            self._open_to_tenants()
+
+    def _open_to_tenants(self) -> None:
+        """With tenants' groups, the socket is open to every local user (0666), as one
+        file has one group: each peer is then judged by its credentials (SO_PEERCRED) at
+        connect, and one of no tenant's group nor the operators' is refused with the
+        reason."""
+        with contextlib.suppress(OSError):
+            os.chmod(self.path, 0o666 if self.tenant_groups else 0o660)
+
+    def tenant_of(self, uid: int, gid: int) -> str | None:
+        """The tenant a peer calls as: the one whose group it is in (its primary group or
+        one of its others, as the user database says). Root and the daemon's uid are
+        operators; a peer in the groups of two tenants is refused (UNAUTHORIZED)."""
+        if uid in (0, os.geteuid()) or not self.tenant_groups:
+            return None
+        found = {t for g, t in self.tenant_groups.items() if g in self._groups(uid, gid)}
+        if len(found) > 1:
+            raise RpcError(jsonrpc.UNAUTHORIZED, f"unauthorized: uid {uid} is in the groups "
+                                                 f"of tenants {', '.join(sorted(found))}")
+        return found.pop() if found else None
+
+    @staticmethod
+    def _groups(uid: int, gid: int) -> set[int]:
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return {gid}
+        return {gid, *os.getgrouplist(name, gid)}
+
     def authorized(self, uid: int, gid: int) -> bool:
         if uid in (0, os.geteuid()):
+            return True
+        if self.tenant_groups and self.tenant_groups.keys() & self._groups(uid, gid):
             return True
         if self.group_gid is None:
             return False
@@ -326,6 +375,8 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o660)
+        if self.tenant_groups:
+            self._open_to_tenants()
         if self.group_gid is not None:
             with contextlib.suppress(PermissionError):
                 os.chown(self.path, -1, self.group_gid)

@@ -42,7 +42,7 @@ from ..text import plural
 from . import journald
 from .api import Caller, Dispatcher
 from .background import Background
-from .commands import HANDLERS
+from .commands import HANDLERS, owner_of
 from .control import AlreadyRunning, ControlServer
 from .devwatch import Watches
 from .fleet import Fleet
@@ -57,6 +57,7 @@ from .services import Services
 from .store import StateStore, StoreError, StoreWriter
 from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
+from .tenants import TenantDesk, groups_of
 from .watch import FleetWatch
 
 if TYPE_CHECKING:
@@ -189,11 +190,15 @@ class Daemon:
 
         # the socket answers from here on: calls wait for the services (`Dispatcher.serve`)
         dispatcher: Dispatcher[Services] = Dispatcher(HANDLERS, self._audit,
-                                                      lambda services: services.sup.agents)
+                                                      lambda services: services.sup.agents,
+                                                      owner=owner_of)
         self.dispatcher = dispatcher  # for another front end to call
         control = ControlServer(dispatcher, hub.daemon, paths.socket, sc.group,
                                 max_connections=sc.max_connections,
                                 idle_timeout=sc.control_idle_timeout)
+        # the file's tenants' groups at once: no peer of a tenant is served as an operator
+        # while the state database opens (its runtime tenants' come with it)
+        control.set_tenant_groups(groups_of(cfg.tenants, hub.daemon))
         try:
             await control.start()
         except AlreadyRunning as exc:
@@ -234,6 +239,8 @@ class Daemon:
             http = await self._start_http(stack, cfg, gateway, hub)
         fleet = Fleet(sup, store, writer, revisions, self.config_path.parent,
                       hub.daemon)
+        tenants = TenantDesk(sup, store, self.config_path, hub.daemon)
+        tenants.on_groups = control.set_tenant_groups
         desk = TaskDesk(sup, journal, hub.daemon)
         history = History(sup, store, cfg.http)
         packages = Packages(cfg.packages, Path(cfg.packages.dir) if cfg.packages.dir
@@ -250,7 +257,7 @@ class Daemon:
         services = Services(
             sup=sup, hub=hub, store=store, revisions=revisions, fleet=fleet, tasks=desk,
             gateway=gateway, http=http, journal=journal, history=history, packages=packages,
-            dev_watch=watches, watch=FleetWatch(sup),
+            dev_watch=watches, watch=FleetWatch(sup), tenants=tenants,
             config_path=self.config_path,
             socket_path=control.path, started_at=self.started_at,
             reload=lambda who: self._reload(services, who),
@@ -271,6 +278,7 @@ class Daemon:
             gc.freeze()
         dispatcher.serve(services)
         await asyncio.sleep(0)  # the control socket is served before the agents are added
+        tenants.start(cfg)  # before the agents, whose quotas they are
         fleet.start(cfg)
         watches.sync_all()
         if journal is not None:
@@ -490,7 +498,7 @@ class Daemon:
         text = f"{caller.who}: {method} {msgspec.json.encode(params).decode()} -> {outcome}"
         self.hub.daemon(text, "audit")
         self.store.audit(caller.uid, caller.pid, method, params, outcome,
-                         caller.who if caller.token is not None else None)
+                         caller.who if caller.token is not None else None, caller.tenant)
 
     def _gateway_audit(self, client: str, tool: str, outcome: str,
                        who: tuple[int, int]) -> None:
@@ -508,9 +516,13 @@ class Daemon:
             cfg = load_config(self.config_path)
             # the tokens file is re-read: rotating a token is an edit and a reload
             s.gateway.configure(cfg.gateway, self.config_path.parent)
+            s.tenants.check_reload(cfg, [(a.name, a.spec.tenant)
+                                         for a in s.sup.agents.values()
+                                         if a.name not in s.fleet.from_config])
         except ConfigError:
             self.notifier.ready(self.status_line())
             raise
+        s.tenants.apply_config(cfg)  # before the agents, which may name new tenants
         result = await s.fleet.reload(cfg, who)
         self.notifier.ready(self.status_line())
         return result

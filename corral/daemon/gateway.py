@@ -198,7 +198,7 @@ class GatewayService:
             return ident
         if agent is not None:
             spec = self.sup.agent(agent).spec  # NOT_FOUND for an unknown agent
-            return Identity(name=f"agent:{agent}", allow=list(spec.tools),
+            return Identity(name=f"agent:{agent}", allow=self.sup.allowlist(spec),
                             owner=f"{agent}#0", **self._limits())
         return Identity(name=OPERATOR, allow=None, owner="corral-cli",
                         **self._limits())
@@ -236,7 +236,7 @@ class GatewayService:
             self.replica_tokens.pop(old, None)
         self._replica_hash[replica.label] = digest
         self.replica_tokens[digest] = Identity(
-            name=replica.label, allow=list(getattr(replica.spec, "tools", [])),
+            name=replica.label, allow=self.sup.allowlist(replica.spec),
             owner=replica.label, **self._limits())
         env = {"CORRAL_MCP_URL": self.url, "CORRAL_MCP_TOKEN": token}
         if self.socket_path:

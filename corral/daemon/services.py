@@ -22,6 +22,7 @@ from .revisions import RevisionLog
 from .store import StateStore
 from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
+from .tenants import TenantDesk
 from .watch import FleetWatch
 
 
@@ -51,6 +52,7 @@ class Services:
     packages: Packages  # agent packages: deploy, releases
     dev_watch: Watches  # development mode (`watch = [...]`)
     watch: FleetWatch  # the fleet's changes for agents.watch
+    tenants: TenantDesk  # the tenants: the file's and the runtime's (issue 23)
     config_path: Path
     socket_path: Path
     started_at: float

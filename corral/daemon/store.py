@@ -176,6 +176,19 @@ MIGRATIONS: list[Migration] = [
     """
     ALTER TABLE tasks ADD COLUMN usage BLOB;
     """,
+    # 9: tenants (daemon/tenants.py): those added or changed at runtime (`declared`: a
+    # config tenant's table when it was changed, so that an edit of the file wins), the
+    # tenant of a token, and the caller's tenant on audit rows
+    """
+    CREATE TABLE runtime_tenants (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        declared TEXT,
+        time REAL NOT NULL
+    );
+    ALTER TABLE tokens ADD COLUMN tenant TEXT;
+    ALTER TABLE audit ADD COLUMN tenant TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -866,20 +879,20 @@ class StateStore:
             return {(n, r): (t, msgspec.json.decode(s)) for n, r, t, s in rows}
 
     def audit(self, uid: int, pid: int, method: str, params: Any, outcome: str,
-              who: str | None = None) -> None:
+              who: str | None = None, tenant: str | None = None) -> None:
         """An audit row, through the writer: it never holds up, nor fails, what it records
         (kept while the database cannot be written; StoreWriter). `who`: a token's
-        caller ("token NAME"); a socket peer is its uid and pid."""
+        caller ("token NAME"); a socket peer is its uid and pid. `tenant`: the caller's."""
         self.audit_row((time.time(), uid, pid, method, msgspec.json.encode(params).decode(),
-                        outcome), who)
+                        outcome), who, tenant)
 
     def audit_row(self, row: tuple[float, int, int, str, str, str],
-                  who: str | None = None) -> None:
-        full = (*row, who)
+                  who: str | None = None, tenant: str | None = None) -> None:
+        full = (*row, who, tenant)
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute("INSERT INTO audit (time, uid, pid, method, params, outcome, who) "
-                       "VALUES (?,?,?,?,?,?,?)", full)
+            db.execute("INSERT INTO audit (time, uid, pid, method, params, outcome, who, "
+                       "tenant) VALUES (?,?,?,?,?,?,?,?)", full)
 
         if self.writer is not None:
             self.writer.submit(write, "audit row")
@@ -903,7 +916,7 @@ class StateStore:
 
     def audit_log(self, limit: int = 100) -> list[tuple[Any, ...]]:
         rows = self.db.execute(
-            "SELECT time, uid, pid, method, params, outcome, who FROM audit "
+            "SELECT time, uid, pid, method, params, outcome, who, tenant FROM audit "
             "ORDER BY id DESC LIMIT ?",
             (limit,),
         )

@@ -35,6 +35,7 @@ class Token:
     agents: str | None  # a glob the agent names it may see and touch must match
     created: float
     expires: float | None  # unix time, or None: never
+    tenant: str | None = None  # whose objects alone it sees (None: every tenant's)
 
     def expired(self, now: float) -> bool:
         return self.expires is not None and now >= self.expires
@@ -52,10 +53,10 @@ class Tokens:
         self.by_hash: dict[str, Token] = {}
         self.hash_of: dict[str, str] = {}
         rows = store.db.execute(
-            "SELECT name, hash, scopes, agents, created, expires FROM tokens")
-        for name, hashed, scopes, agents, created, expires in rows:
+            "SELECT name, hash, scopes, agents, created, expires, tenant FROM tokens")
+        for name, hashed, scopes, agents, created, expires, tenant in rows:
             self._keep(hashed, Token(name, frozenset(msgspec.json.decode(scopes)), agents,
-                                     created, expires))
+                                     created, expires, tenant))
 
     def _keep(self, hashed: str, token: Token) -> None:
         self.by_hash[hashed] = token
@@ -73,7 +74,8 @@ class Tokens:
         return None if token.expired(time.time()) else token
 
     async def create(self, name: str, scopes: list[str], agents: str | None,
-                     expires_in: float | None) -> tuple[str, Token]:
+                     expires_in: float | None, tenant: str | None = None
+                     ) -> tuple[str, Token]:
         """A new token and its secret (the only time the secret exists outside the
         caller's hands)."""
         if not NAME_RE.fullmatch(name):
@@ -94,13 +96,13 @@ class Tokens:
         hashed = digest(secret)
         now = time.time()
         token = Token(name, held, agents, now,
-                      now + expires_in if expires_in is not None else None)
+                      now + expires_in if expires_in is not None else None, tenant)
         row = (name, hashed, msgspec.json.encode(sorted(held)).decode(), agents, now,
-               token.expires)
+               token.expires, tenant)
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute("INSERT INTO tokens (name, hash, scopes, agents, created, expires) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", row)
+            db.execute("INSERT INTO tokens (name, hash, scopes, agents, created, expires, "
+                       "tenant) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
 
         await self.store.commit([write])
         if name in self.hash_of:  # created by a call that overtook this one's commit

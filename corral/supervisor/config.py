@@ -24,6 +24,7 @@ from ..text import did_you_mean
 from .names import name_problem, shown
 
 MIB = 1024 * 1024
+DEFAULT_TENANT = "default"  # the tenant of everything that names none
 
 NonNeg = Annotated[float, Meta(ge=0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
@@ -159,6 +160,7 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     tokens_per_day: NonNegInt = 0
     max_cost_usd_per_day: NonNeg = 0
     health: HealthSpec | None = None  # readiness and liveness checks (health.py)
+    tenant: str = DEFAULT_TENANT  # whose quotas it counts against ([tenants.NAME])
 
     def check_health(self) -> None:
         """Raises ConfigError ("health.liveness.exec: ...") if the health table is wrong."""
@@ -197,6 +199,8 @@ class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # contents make MCP answers far larger than workers' (server-filesystem's 7 MB image
     # is a 34 MB line)
     max_message_mb: PositiveInt = 64
+    tenant: str = DEFAULT_TENANT  # whose agents may use it (tenants.md)
+    shared: bool = False  # usable by every tenant's agents, not only its own
 
     @property
     def remote(self) -> bool:
@@ -344,6 +348,64 @@ class PackagesSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     link_mode: Literal["copy", "hardlink"] = "copy"
 
 
+class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """`[tenants.NAME]`: a tenant's quotas (0: none), checked at admission (tenants.py),
+    its socket group, and what its agents run under."""
+
+    group: str | None = None  # socket peers in this Unix group are this tenant's callers
+    user: str | None = None  # parsed and shown; enforcement is a later step
+    max_agents: NonNegInt = 0
+    max_replicas: NonNegInt = 0
+    max_queue: NonNegInt = 0  # tasks waiting, over all its agents
+    max_concurrent_tasks: NonNegInt = 0  # tasks running at once; more wait in their queue
+    rate_per_minute: NonNeg = 0  # tasks accepted a minute, over all its agents
+    max_task_seconds: NonNeg = 0  # a task's timeout is capped at this
+    tokens_per_minute: NonNegInt = 0  # one budget shared by all its agents (budget.py)
+    # kernel quotas: parsed, validated and shown; not enforced yet (docs/tenants.md)
+    max_memory_mb: NonNegInt = 0
+    memory_high_mb: NonNegInt = 0
+    max_cpu_percent: NonNeg = 0
+    cpu_weight: Annotated[int, Meta(ge=0, le=10000)] = 0
+    max_processes: NonNegInt = 0
+    # the sandbox's settings, which the agent's own take over (the sandbox work's hook:
+    # tenants.Tenancy.sandbox_of)
+    sandbox: Literal["none", "bwrap"] | None = None
+    network: Literal["host", "none", "gateway"] | None = None
+
+    def check(self) -> None:
+        if self.memory_high_mb and self.max_memory_mb and self.memory_high_mb > self.max_memory_mb:
+            raise ConfigError(f"memory_high_mb {self.memory_high_mb} is above max_memory_mb "
+                              f"{self.max_memory_mb}")
+
+
+def parse_tenants(data: dict[str, Any], where: str) -> dict[str, TenantSpec]:
+    """The `[tenants.NAME]` tables of a document (`tenants.add` takes them too)."""
+    tables = data.get("tenants", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{where}: tenants: expected a table")
+    out: dict[str, TenantSpec] = {}
+    for name, table in tables.items():
+        validate_name("tenants", name, where)
+        spec = convert(table, TenantSpec, where=where, prefix=f"tenants.{name}")
+        try:
+            spec.check()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: tenants.{name}: {exc}") from None
+        out[name] = spec
+    return out
+
+
+def check_tenants_named(cfg: Config, where: str) -> None:
+    """Every agent's and server's tenant is declared (or is the default one)."""
+    known = set(cfg.tenants) | {DEFAULT_TENANT}
+    for kind, specs in (("agents", cfg.agents), ("mcp_servers", cfg.mcp_servers)):
+        for name, spec in specs.items():
+            if spec.tenant not in known:
+                raise ConfigError(f"{where}: {kind}.{name}.tenant: no tenant "
+                                  f"{shown(spec.tenant)} (declared: "
+                                  f"{', '.join(sorted(known))})")
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     supervisor: SupervisorSettings = msgspec.field(default_factory=SupervisorSettings)
     agents: dict[str, AgentSpec] = {}
@@ -351,6 +413,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     packages: PackagesSettings = msgspec.field(default_factory=PackagesSettings)
+    tenants: dict[str, TenantSpec] = {}
 
 
 def _key_path(exc: msgspec.ValidationError) -> tuple[str, str]:
@@ -471,6 +534,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         key = sorted(unknown)[0]
         raise ConfigError(f"{where}: {key}: unknown top-level key{did_you_mean(key, tables)}")
     agents = parse_agents(data, where)
+    tenants = parse_tenants(data, where)
     declared = data.get("mcp_servers", {})
     overlays = {n: t for n, t in declared.items() if isinstance(t, dict)
                 and "command" not in t and "url" not in t} if isinstance(declared, dict) else {}
@@ -524,8 +588,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         packages.dir = str((base / packages.dir).resolve())
     if packages.cache_dir is not None:
         packages.cache_dir = str((base / packages.cache_dir).resolve())
-    return Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
-                  http=http, packages=packages)
+    cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
+                 http=http, packages=packages, tenants=tenants)
+    check_tenants_named(cfg, where)
+    return cfg
 
 
 def _define(origin: dict[str, str], key: str, where: str) -> None:

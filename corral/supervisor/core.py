@@ -40,6 +40,7 @@ from .replica import Replica
 from .stats import HeartbeatWork, Stats
 from .stream import TICK, Checkpoint, ListChanged, Roster, Stall, Stream, Subscription
 from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, TaskJournal, TaskManager
+from .tenants import Tenancy, visible_allow
 from .zygote import Zygotes
 
 __all__ = ["Agent", "HeartbeatWork", "NoSuchAgent", "Stats", "Supervisor", "SupervisorError"]
@@ -203,6 +204,8 @@ class Agent:
         if n < 0:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
         self.sup.check_fleet({self.name: n}, f"{plural(n, 'replica')} of {self.name}")
+        self.sup.check_tenants({self.name: (self.spec.tenant, n)},
+                               f"scaling {self.name} to {n}")
         current = len(self.replicas)
         if n > current:
             new = [self._new_replica(i) for i in range(current, n)]
@@ -281,9 +284,13 @@ class Supervisor:
         self.mcp: McpPool[McpServerSpec, McpServerReplica] = McpPool(
             self._new_mcp_instance, self._wait_mcp_serving)
         self.mcp.on_change = self._list_changed
+        # the tenants' quotas (tenants.py): with none declared, nothing is bounded
+        self.tenancy = Tenancy(self.agents)
         self.tasks = TaskManager(self, tool_router=self._route_tool,
                                  tool_lister=self._list_tools, journal=journal,
-                                 kept=tasks_kept, kept_bytes=tasks_kept_bytes)
+                                 kept=tasks_kept, kept_bytes=tasks_kept_bytes,
+                                 tenancy=self.tenancy)
+        self.tasks.worker.allow_of = lambda r: self.allowlist(r.spec)
         self.events = EventBus(self.stream, self.worker_methods, self.worker_notifications)
         self.agent_mcp = AgentMcp(self.mcp, self.stream, self.worker_methods)
         # health checks of agents with [health] (health.py); nothing for the others
@@ -335,6 +342,7 @@ class Supervisor:
         except ConfigError as exc:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, f"agent {spec.name}: {exc}") from None
         self.check_fleet({spec.name: spec.replicas}, f"agent {spec.name}")
+        self.check_tenants({spec.name: (spec.tenant, spec.replicas)}, f"adding {spec.name}")
         agent = Agent(self, spec)
         self.agents[spec.name] = agent
         self.stream.emit(Roster(spec.name))
@@ -400,6 +408,15 @@ class Supervisor:
                 jsonrpc.INVALID_PARAMS,
                 f"{what} would make {plural(total, 'replica')} in all, over max_replicas = "
                 f"{self.max_replicas} (a [supervisor] setting)")
+
+    def check_tenants(self, want: dict[str, tuple[str, int]], what: str) -> None:
+        """Refuse, before any work is done, to give agents (name -> (tenant, replicas))
+        more than their tenants' quotas allow (tenants.py); an unknown tenant too."""
+        why = self.tenancy.refusal(want, what)
+        if why is not None:
+            code = jsonrpc.REFUSED if all(self.tenancy.known(t) for t, _ in want.values()) \
+                else jsonrpc.INVALID_PARAMS
+            raise SupervisorError(code, why)
 
     def replicas(self, name: str | None = None) -> Iterable[Replica]:
         agents = [self.agent(name)] if name is not None else list(self.agents.values())
@@ -646,8 +663,13 @@ class Supervisor:
         return self.mcp.call(name, arguments, owner=replica.label, on_progress=progress)
 
     async def _list_tools(self, replica: Replica) -> dict[str, Any]:
-        allow = list(replica.spec.tools)
-        return {"tools": await self.mcp.list_tools(owner=replica.label, allow=allow)}
+        return {"tools": await self.mcp.list_tools(owner=replica.label,
+                                                   allow=self.allowlist(replica.spec))}
+
+    def allowlist(self, spec: Any) -> list[str]:
+        """An agent's tools allowlist, narrowed to the MCP servers its tenant sees."""
+        return visible_allow(list(getattr(spec, "tools", [])), spec.tenant,
+                             {n: e.spec for n, e in self.mcp.servers.items()})
 
     def _list_changed(self, server: str, kind: str) -> None:
         self.stream.emit(ListChanged(server, kind))

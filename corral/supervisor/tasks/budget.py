@@ -44,6 +44,8 @@ MAX_COST = 1e12
 # the least a re-armed gate timer waits: a timer that fires a hair before the edge (the
 # loop's clock is not the wall clock) waits again briefly rather than spinning
 MIN_WAIT = 0.005
+# the key of a group's shared Budget (a tenant's): agent names have no spaces
+BUDGET_PREFIX = "tenant "
 
 
 class Window:
@@ -220,6 +222,9 @@ class Budgets:
         self.holding: dict[str, Held] = {}  # agents held now, as last judged
         self._timers: dict[str, tuple[float, asyncio.TimerHandle]] = {}
         self.bad_reports = 0
+        # the budget an agent shares with others (its tenant's): (the shared window's
+        # key, its tokens_per_minute), or None
+        self.shared: Callable[[str], tuple[str, int] | None] = lambda _: None
 
     # -- reports ------------------------------------------------------------------------
     def on_report(self, r: Replica, params: dict[str, Any]) -> Task | None:
@@ -249,6 +254,9 @@ class Budgets:
             agent = self.usage[task.agent] = ModelUsage()
         agent.add_model(model, inp, out, cost)
         self.window(task.agent).add(inp + out, cost, when)
+        group = self.shared(task.agent)
+        if group is not None:
+            self.window(group[0]).add(inp + out, cost, when)
 
     def window(self, agent: str) -> Budget:
         w = self.windows.get(agent)
@@ -268,6 +276,9 @@ class Budgets:
         timer reopens it at the window's edge."""
         spec = agent.spec
         name = agent.name
+        group = self.shared(name)
+        if group is not None and self._holds_group(agent, *group):
+            return True
         if not (spec.tokens_per_minute or spec.tokens_per_day or spec.max_cost_usd_per_day):
             if self.holding:
                 self.holding.pop(name, None)  # its budgets were taken away (a reload)
@@ -278,6 +289,21 @@ class Budgets:
         now = time.time()
         held = w.held(spec.tokens_per_minute, spec.tokens_per_day,
                       spec.max_cost_usd_per_day, now)
+        return self._hold(agent, name, held, now)
+
+    def _holds_group(self, agent: AgentLike, key: str, tokens_per_minute: int) -> bool:
+        """The shared budget of the agent's group, judged as its own are: held under the
+        group's key, whose timer reopens every agent of the group."""
+        w = self.windows.get(key)
+        if w is None:
+            return False
+        now = time.time()
+        held = w.held(tokens_per_minute, 0, 0, now)
+        if held is not None:
+            held.budget = f"{key} {held.budget}"  # "tenant acme tokens_per_minute"
+        return self._hold(agent, key, held, now)
+
+    def _hold(self, agent: AgentLike, name: str, held: Held | None, now: float) -> bool:
         if held is None:
             self.holding.pop(name, None)
             return False
@@ -303,6 +329,9 @@ class Budgets:
         """Why the agent's queued tasks wait, if a budget holds them (and some wait: the
         last may have been cancelled since)."""
         held = self.holding.get(agent)
+        group = self.shared(agent)
+        if held is None and group is not None:
+            held = self.holding.get(group[0])
         return None if held is None or not self.depth(agent) else held.text()
 
     # -- shown --------------------------------------------------------------------------

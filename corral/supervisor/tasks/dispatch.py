@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ... import jsonrpc
@@ -57,6 +57,11 @@ class Dispatcher:
         self.by_agent = by_agent
         self.outcomes = outcomes
         self.deadlines: Deadlines[Task] = Deadlines(self._on_timeout)
+        # a bound shared with other agents (a tenant's max_concurrent_tasks): while it
+        # holds, the agent's tasks wait; `freed` is told of each task's end, so that the
+        # others' waiting tasks start
+        self.gate: Callable[[AgentLike], bool] | None = None
+        self.freed: Callable[[str], None] | None = None
 
     def free_replica(self, agent: AgentLike) -> Replica | None:
         limit = agent.spec.max_concurrent_tasks
@@ -82,6 +87,8 @@ class Dispatcher:
                 return
             # over a token or cost budget: the tasks wait, and its timer pumps again
             if self.budgets is not None and self.budgets.holds(agent):
+                return
+            if self.gate is not None and self.gate(agent):
                 return
             task = queue.take(agent_name)
             if task is None:
@@ -152,6 +159,8 @@ class Dispatcher:
         if late:
             self.outcomes.record(task)  # the attempt's end, on a task already finished
         self.pump(task.agent)
+        if self.freed is not None:
+            self.freed(task.agent)
 
     def _on_timeout(self, task: Task) -> None:
         if task.status != TaskStatus.RUNNING:

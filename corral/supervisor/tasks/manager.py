@@ -35,7 +35,7 @@ from .admission import (
     rate_limited,
     refusal,
 )
-from .budget import Budgets
+from .budget import BUDGET_PREFIX, Budgets
 from .counters import COUNTED, AgentTasks
 from .dispatch import Dispatcher
 from .durable import TaskJournal, unknown_cursor
@@ -57,6 +57,7 @@ from .worker import ToolRouter, WorkerMethods, report_progress
 
 if TYPE_CHECKING:
     from ..replica import Replica
+    from ..tenants import Tenancy
     from .host import AgentLike, TaskHost
 
 
@@ -70,8 +71,9 @@ class TaskManager:
     def __init__(self, sup: TaskHost, *, tool_router: ToolRouter,
                  tool_lister: Callable[[Replica], Any], journal: TaskJournal | None = None,
                  kept: int = FINISHED_KEPT, kept_bytes: int = FINISHED_KEPT_BYTES,
-                 queue: Queue | None = None) -> None:
+                 queue: Queue | None = None, tenancy: Tenancy | None = None) -> None:
         self.sup = sup
+        self.tenancy = tenancy  # the tenants' quotas; None: no tenants
         self.journal = journal
         self.active: dict[str, Task] = {}  # queued and running
         self.retention = Retention(kept, kept_bytes)
@@ -81,8 +83,12 @@ class TaskManager:
         self._running: asyncio.AbstractEventLoop | None = None  # the loop it works in
         self.by_agent: dict[str, AgentTasks] = {}
         self.queue: Queue = queue if queue is not None else LocalQueue()
-        self.budgets = Budgets(self._kept, self.pump, self.queue.depth, _note_first)
+        self.budgets = Budgets(self._kept, self._reopen, self.queue.depth, _note_first)
         self.dispatch = Dispatcher(sup, self.queue, self.by_agent, self, self.budgets)
+        if tenancy is not None:
+            self.budgets.shared = tenancy.budget
+            self.dispatch.gate = lambda agent: tenancy.full(agent, self.running)
+            self.dispatch.freed = self._freed
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
         self.worker = WorkerMethods(self.active, tool_router, tool_lister)
         sup.worker_notifications["task/progress"] = self.worker.on_progress
@@ -113,6 +119,30 @@ class TaskManager:
         """Dispatch an agent's waiting tasks to free replicas (after one was replaced)."""
         self.dispatch.pump(agent_name)
 
+    def _reopen(self, key: str) -> None:
+        """A budget has room again: its agent's tasks, or every agent's of a tenant whose
+        shared budget it is."""
+        if key.startswith(BUDGET_PREFIX) and self.tenancy is not None:
+            for a in self.tenancy.members(key.removeprefix(BUDGET_PREFIX)):
+                self.dispatch.pump(a.name)
+        else:
+            self.dispatch.pump(key)
+
+    def _freed(self, agent_name: str) -> None:
+        """A task of the agent ended: where its tenant bounds the tasks running at once,
+        the tenant's other agents' waiting tasks may start."""
+        tenancy = self.tenancy
+        tenant = tenancy.tenant_of(agent_name) if tenancy is not None else None
+        if tenancy is None or tenant is None or not tenancy.spec(tenant).max_concurrent_tasks:
+            return
+        for a in tenancy.members(tenant):
+            if a.name != agent_name:
+                self.dispatch.pump(a.name)
+
+    def running(self, agent_name: str) -> int:
+        q = self.by_agent.get(agent_name)
+        return q.running if q is not None else 0
+
     # -- admission ------------------------------------------------------------------------
     def submit(self, agent_name: str, task_input: Any, *, timeout: float | None = None,
                priority: int = 0) -> Task:
@@ -134,12 +164,20 @@ class TaskManager:
         if q.bucket is not None and not q.bucket.take():
             q.counts["refused"] += 1
             raise rate_limited(agent)
+        tenancy = self.tenancy
+        if tenancy is not None:
+            why = tenancy.task_refusal(agent, self.queue.depth)
+            if why is not None:
+                q.counts["refused"] += 1
+                raise RpcError(jsonrpc.REFUSED, why)
         depth = self.queue.depth(agent.name)
         if depth >= agent.spec.max_queue and (self.dispatch.free_replica(agent) is None
                                               or self.budgets.holds(agent)):
             q.counts["refused"] += 1
             raise queue_full(agent, depth)
-        task = Task(agent.name, raw, priority, timeout or agent.spec.task_timeout,
+        asked = timeout or agent.spec.task_timeout
+        task = Task(agent.name, raw, priority,
+                    tenancy.timeout(agent, asked) if tenancy is not None else asked,
                     agent.spec.retries, next(self._seq))
         q.counts["accepted"] += 1
         self.active[task.id] = task

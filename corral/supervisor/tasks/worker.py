@@ -32,6 +32,9 @@ class WorkerMethods:
         self.active = active
         self.tool_router = tool_router
         self.tool_lister = tool_lister
+        # the tools a replica's agent may call (the engine narrows it to its tenant's)
+        self.allow_of: Callable[[Replica], list[str]] = lambda r: list(
+            getattr(r.spec, "tools", []))
 
     def _task_of(self, r: Replica, params: dict[str, Any]) -> Task | None:
         tid = params.get("task_id")
@@ -57,7 +60,7 @@ class WorkerMethods:
             arguments = {}
         if not isinstance(arguments, dict):
             raise RpcError(jsonrpc.INVALID_PARAMS, "tools/call: arguments must be an object")
-        allow = list(getattr(r.spec, "tools", []))
+        allow = self.allow_of(r)
         if not allowed(name, allow):
             raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
                            f"tool {name} is not allowed for agent {r.name} (its tools "

@@ -1,0 +1,255 @@
+"""The tenants of a running daemon (issue 23, docs/tenants.md): those of the config file
+and those added or changed at runtime (`tenants.add`, `tenants.set`, `tenants.remove`),
+kept in the state database (the `runtime_tenants` table, store migration 9), each change
+a revision (the `revisions` table, under `tenant:NAME`, which no agent name can be) and an
+audit row (the Dispatcher's, as every mutating call's).
+
+A config tenant changed at runtime keeps the change across daemon restarts and reloads
+until the file itself changes that tenant (as a kept `corral scale` does): the table the
+file had is stored beside the change.
+
+The engine's `Tenancy` (supervisor/tenants.py) checks the quotas; this module gives it the
+specs, answers the listing and maps socket groups to tenants.
+"""
+
+from __future__ import annotations
+
+import grp
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .. import jsonrpc
+from .. import methods as m
+from ..jsonrpc import RpcError
+from ..supervisor.config import DEFAULT_TENANT, Config, ConfigError, TenantSpec, parse_tenants
+from ..supervisor.core import Supervisor
+from .store import StateStore, StoreError, what_to_do
+
+Report = Callable[..., None]
+# the quotas corral enforces now; the others are parsed, validated and shown
+ENFORCED = ("max_agents", "max_replicas", "max_queue", "max_concurrent_tasks",
+            "rate_per_minute", "max_task_seconds", "tokens_per_minute", "group")
+REVISION_PREFIX = "tenant:"
+
+
+def table_of(spec: TenantSpec) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(spec)
+    return out
+
+
+def _change(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    if old is None:
+        return "created"
+    keys = sorted(set(old) | set(new))
+    said = [f"{k} {old.get(k, 0)} -> {new.get(k, 0)}" for k in keys if old.get(k) != new.get(k)]
+    return ", ".join(said) or "no change"
+
+
+def groups_of(specs: Mapping[str, TenantSpec], report: Report) -> dict[int, str]:
+    """Socket peers' groups (gid) -> their tenant."""
+    out: dict[int, str] = {}
+    for name, spec in specs.items():
+        if spec.group is None:
+            continue
+        try:
+            out[grp.getgrnam(spec.group).gr_gid] = name
+        except KeyError:
+            report(f"tenant {name}: group {spec.group} does not exist; no socket peer is "
+                   "of this tenant by its group", priority=4)
+    return out
+
+
+class TenantDesk:
+    def __init__(self, sup: Supervisor, store: StateStore, config_path: Path,
+                 report: Report) -> None:
+        self.sup = sup
+        self.store = store
+        self.config_path = config_path
+        self.report = report
+        self.declared: dict[str, dict[str, Any]] = {}  # the config file's tables
+        self.tables: dict[str, dict[str, Any]] = {}  # what applies: file or runtime
+        self.runtime: set[str] = set()  # added at runtime (not in the file)
+        self.on_groups: Callable[[dict[int, str]], None] | None = None
+
+    # -- start-up and reload ------------------------------------------------------------
+    def start(self, cfg: Config) -> None:
+        self.apply_config(cfg)
+
+    def apply_config(self, cfg: Config) -> None:
+        """The file's tenants, with what runtime changes of them still hold, and the
+        runtime tenants; then the engine and the socket's groups are told."""
+        self.declared = {n: table_of(s) for n, s in cfg.tenants.items()}
+        tables = dict(self.declared)
+        self.runtime = set()
+        for name, table, declared in self._stored():
+            if name in self.declared:
+                if declared == self.declared[name]:
+                    tables[name] = table  # the file is as it was: the change holds
+                elif self.store.writer is not None:  # the file changed it: the file wins
+                    self.store.writer.submit(_forgetting(name), "tenant")
+            elif declared is None:
+                tables[name] = table
+                self.runtime.add(name)
+        self._apply(tables)
+
+    def check_reload(self, cfg: Config, staying: list[tuple[str, str]]) -> None:
+        """Refuse a reload that would drop a tenant an agent staying (added at runtime:
+        (name, tenant)) is in."""
+        known = {DEFAULT_TENANT, *cfg.tenants, *self.runtime}
+        for name, tenant in staying:
+            if tenant not in known:
+                raise ConfigError(f"{self.config_path}: tenants.{tenant}: agent {name} "
+                                  "(added at runtime) is in it: remove the agent first")
+
+    def _stored(self) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+        rows = self.store.db.execute("SELECT name, spec, declared FROM runtime_tenants "
+                                     "ORDER BY time")
+        return [(n, msgspec.json.decode(s), msgspec.json.decode(d) if d else None)
+                for n, s, d in rows]
+
+    def _apply(self, tables: dict[str, dict[str, Any]]) -> None:
+        specs: dict[str, TenantSpec] = {}
+        for name, table in tables.items():
+            try:
+                specs[name] = parse_tenants({"tenants": {name: table}}, "state database")[name]
+            except ConfigError as exc:  # stored by another corral: the others still apply
+                self.report(f"skipped tenant {name}: {exc}", priority=4)
+        self.tables = {n: tables[n] for n in specs}
+        self.sup.tenancy.replace(specs)
+        if self.on_groups is not None:
+            self.on_groups(self.groups())
+
+    def groups(self) -> dict[int, str]:
+        return groups_of(self.sup.tenancy.specs, self.report)
+
+    # -- commands -----------------------------------------------------------------------
+    async def add(self, tables: dict[str, dict[str, Any]], who: str) -> list[str]:
+        if not tables:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "no [tenants.NAME] tables to add")
+        try:
+            specs = parse_tenants({"tenants": tables}, "tenants.add")
+        except ConfigError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        for name in specs:
+            if self.sup.tenancy.known(name):
+                raise RpcError(jsonrpc.CONFLICT, f"tenant {name} already exists")
+        made = {n: table_of(s) for n, s in specs.items()}
+        await self._commit([w for n, t in made.items()
+                            for w in (_saving(n, t, None), _revising(n, who, None, t))],
+                           "nothing was added")
+        self.runtime.update(made)
+        self._apply({**self.tables, **made})
+        return sorted(made)
+
+    async def set(self, name: str, changes: dict[str, Any], who: str) -> m.TenantEntry:
+        if name not in self.tables:
+            if name == DEFAULT_TENANT:
+                raise RpcError(jsonrpc.INVALID_PARAMS, "the default tenant has no quotas "
+                               "until it is declared: add [tenants.default]")
+            raise jsonrpc.not_found("tenant", name)
+        if not changes:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "name at least one key to set")
+        old = self.tables[name]
+        new = {**old}
+        for key, value in changes.items():
+            if value is None or value == 0:
+                new.pop(key, None)
+            else:
+                new[key] = value
+        try:
+            spec = parse_tenants({"tenants": {name: new}}, "tenants.set")[name]
+        except ConfigError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        table = table_of(spec)
+        await self._commit([_saving(name, table, self.declared.get(name)),
+                            _revising(name, who, old, table)], f"tenant {name} was not changed")
+        self._apply({**self.tables, name: table})
+        return self.entry(name)
+
+    async def remove(self, names: list[str]) -> list[str]:
+        if not names:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "name at least one tenant")
+        for name in names:
+            if name not in self.tables:
+                raise jsonrpc.not_found("tenant", name)
+            if name in self.declared:
+                raise RpcError(jsonrpc.CONFLICT, f"tenant {name} is declared in "
+                               f"{self.config_path}: remove it there and reload")
+            users = sorted([a.name for a in self.sup.tenancy.members(name)] + [
+                f"MCP server {n}" for n, e in self.sup.mcp.servers.items()
+                if e.spec.tenant == name])
+            if users:
+                raise RpcError(jsonrpc.CONFLICT, f"tenant {name} is in use by "
+                                                 f"{', '.join(users)}")
+        await self._commit([_forgetting(n) for n in names], "nothing was removed")
+        self.runtime.difference_update(names)
+        self._apply({n: t for n, t in self.tables.items() if n not in names})
+        return names
+
+    async def _commit(self, writes: list[Any], unchanged: str) -> None:
+        try:
+            await self.store.commit(writes)
+        except StoreError as exc:
+            raise RpcError(jsonrpc.REFUSED, f"{exc}: {unchanged}; {what_to_do()}") from None
+
+    # -- shown --------------------------------------------------------------------------
+    def entry(self, name: str) -> m.TenantEntry:
+        tasks = self.sup.tasks
+        use = self.sup.tenancy.use(name, tasks.queue.depth, tasks.running)
+        budget = tasks.budgets.windows.get("tenant " + name)
+        if budget is not None:
+            use.tokens_last_minute = budget.minute_tokens.used(time.time())
+        table = self.tables.get(name, {})
+        origin = ("runtime" if name in self.runtime else f"file {self.config_path}"
+                  if name in self.declared else "default")
+        return m.TenantEntry(name=name, origin=origin, revision=self._revision(name),
+                             quotas=table, use=msgspec.convert(msgspec.to_builtins(use),
+                                                               m.TenantUse),
+                             enforced=[k for k in ENFORCED if k in table])
+
+    def entries(self) -> list[m.TenantEntry]:
+        return [self.entry(n) for n in self.sup.tenancy.names()]
+
+    def _revision(self, name: str) -> int | None:
+        row = self.store.db.execute("SELECT MAX(revision) FROM revisions WHERE agent = ?",
+                                    (REVISION_PREFIX + name,)).fetchone()
+        return row[0] if row is not None else None
+
+
+def _saving(name: str, table: dict[str, Any], declared: dict[str, Any] | None) -> Any:
+    row = (name, msgspec.json.encode(table).decode(),
+           msgspec.json.encode(declared).decode() if declared is not None else None,
+           time.time())
+
+    def write(db: sqlite3.Connection) -> None:
+        db.execute("INSERT OR REPLACE INTO runtime_tenants (name, spec, declared, time) "
+                   "VALUES (?, ?, ?, ?)", row)
+
+    return write
+
+
+def _forgetting(name: str) -> Any:
+    def write(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM runtime_tenants WHERE name = ?", (name,))
+
+    return write
+
+
+def _revising(name: str, who: str, old: dict[str, Any] | None, new: dict[str, Any]) -> Any:
+    key = REVISION_PREFIX + name
+    change = _change(old, new)
+    spec = msgspec.json.encode(new).decode()
+
+    def write(db: sqlite3.Connection) -> None:
+        (last,) = db.execute("SELECT COALESCE(MAX(revision), 0) FROM revisions WHERE "
+                             "agent = ?", (key,)).fetchone()
+        db.execute("INSERT INTO revisions (agent, revision, time, who, change, spec) "
+                   "VALUES (?, ?, ?, ?, ?, ?)", (key, last + 1, time.time(), who, change,
+                                                 spec))
+
+    return write

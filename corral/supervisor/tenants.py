@@ -1,0 +1,210 @@
+"""Tenants (DESIGN section 13, docs/tenants.md): the quotas a group of agents shares,
+checked at admission.
+
+Every agent belongs to one tenant (`tenant = "NAME"`, default `default`). A quota is a
+bound on what the tenant's agents may be given: agents and replicas when they are added
+or scaled, tasks when they are accepted (queue, rate, timeout) or started (concurrency),
+and one token budget over all of them. A refusal names the quota, its value and the
+current use. As with Kubernetes' ResourceQuota, nothing here ever stops what runs: a quota
+lowered below the use refuses the next admission and kills nothing.
+
+The engine asks this module; it raises nothing itself (the caller wraps a refusal in its
+own error type), so it imports neither the supervisor nor the task manager.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from .config import DEFAULT_TENANT, TenantSpec
+from .tasks.admission import TokenBucket
+from .tasks.budget import BUDGET_PREFIX
+
+if TYPE_CHECKING:
+    from .config import AgentSpec, McpServerSpec
+    from .tasks.host import AgentLike
+
+NO_QUOTAS = TenantSpec()
+
+
+class TenantUse(msgspec.Struct, kw_only=True):
+    """What a tenant uses now, beside its quotas."""
+
+    agents: int
+    replicas: int
+    queued: int
+    running: int
+    tokens_last_minute: float = 0.0
+
+
+class Tenancy:
+    """The tenants' specs and the checks of their quotas, over the supervisor's agents."""
+
+    def __init__(self, agents: Mapping[str, AgentLike]) -> None:
+        self.agents = agents
+        self.specs: dict[str, TenantSpec] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+
+    # -- the tenants --------------------------------------------------------------------
+    def replace(self, specs: Mapping[str, TenantSpec]) -> None:
+        """Every tenant at once (start-up, a reload): a rate whose quota is the same
+        keeps its bucket."""
+        old = self.specs
+        self.specs = dict(specs)
+        for name in list(self._buckets):
+            if name not in self.specs or self.spec(name).rate_per_minute != \
+                    old.get(name, NO_QUOTAS).rate_per_minute:
+                del self._buckets[name]
+
+    def put(self, name: str, spec: TenantSpec) -> None:
+        if self.spec(name).rate_per_minute != spec.rate_per_minute:
+            self._buckets.pop(name, None)
+        self.specs[name] = spec
+
+    def drop(self, name: str) -> None:
+        self.specs.pop(name, None)
+        self._buckets.pop(name, None)
+
+    def known(self, name: str) -> bool:
+        return name == DEFAULT_TENANT or name in self.specs
+
+    def names(self) -> list[str]:
+        return sorted({DEFAULT_TENANT, *self.specs})
+
+    def spec(self, name: str) -> TenantSpec:
+        return self.specs.get(name, NO_QUOTAS)
+
+    def tenant_of(self, agent: str) -> str | None:
+        """The tenant of an agent there is (None: no such agent)."""
+        a = self.agents.get(agent)
+        return a.spec.tenant if a is not None else None
+
+    def members(self, tenant: str) -> list[AgentLike]:
+        return [a for a in self.agents.values() if a.spec.tenant == tenant]
+
+    def unknown(self, what: str, tenant: str) -> str:
+        return (f"{what}: no tenant {tenant} (declared: {', '.join(self.names())}; "
+                "add it with [tenants.NAME] or `corral tenants add`)")
+
+    # -- the sandbox's hook -------------------------------------------------------------
+    def sandbox_of(self, spec: AgentSpec | McpServerSpec) -> tuple[str | None, str | None]:
+        """The tenant's (sandbox, network) for a process of it, None where it sets none:
+        a process's own setting takes over; this is the value the sandbox's resolution
+        starts from."""
+        t = self.spec(spec.tenant)
+        return t.sandbox, t.network
+
+    # -- agents and replicas ------------------------------------------------------------
+    def refusal(self, want: Mapping[str, tuple[str, int]], what: str) -> str | None:
+        """Why agents may not have these (name -> (tenant, replicas)) — an agent added,
+        or one scaled — or None. Only growth is refused: a scale down, or anything a
+        lowered quota already exceeds, that asks for no more, passes."""
+        for name, (tenant, _) in want.items():
+            if not self.known(tenant):
+                return self.unknown(f"agent {name}", tenant)
+        for tenant in sorted({t for t, _ in want.values()}):
+            spec = self.spec(tenant)
+            if not (spec.max_agents or spec.max_replicas):
+                continue
+            mine = {n: w for n, (t, w) in want.items() if t == tenant}
+            members = {a.name: len(a.replicas) for a in self.members(tenant)}
+            new_agents = [n for n in mine if n not in members]
+            if spec.max_agents and new_agents:
+                used = len(members)
+                if used + len(new_agents) > spec.max_agents:
+                    return (f"tenant {tenant}: max_agents {spec.max_agents} "
+                            f"{_reached(used, spec.max_agents)}({used} in use); {what} "
+                            f"needs {len(new_agents)} more")
+            used = sum(members.values())
+            more = sum(w - members.get(n, 0) for n, w in mine.items())
+            if spec.max_replicas and more > 0 and used + more > spec.max_replicas:
+                return (f"tenant {tenant}: max_replicas {spec.max_replicas} "
+                        f"{_reached(used, spec.max_replicas)}({used} in use); {what} "
+                        f"needs {more} more")
+        return None
+
+    # -- tasks --------------------------------------------------------------------------
+    def task_refusal(self, agent: AgentLike, depth: Callable[[str], int]) -> str | None:
+        """Why the tenant of `agent` takes no more tasks now, or None (the rate quota's
+        token is taken when it passes)."""
+        tenant = agent.spec.tenant
+        spec = self.specs.get(tenant)
+        if spec is None:
+            return None
+        if spec.max_queue:
+            queued = sum(depth(a.name) for a in self.members(tenant))
+            if queued >= spec.max_queue:
+                return (f"tenant {tenant}: max_queue {spec.max_queue} reached ({queued} "
+                        f"waiting); a task for {agent.name} needs 1 more")
+        if spec.rate_per_minute:
+            bucket = self._buckets.get(tenant)
+            if bucket is None:
+                bucket = self._buckets[tenant] = TokenBucket(spec.rate_per_minute)
+            if not bucket.take():
+                return (f"tenant {tenant}: rate_per_minute {spec.rate_per_minute:g} "
+                        f"reached; a task for {agent.name} waits for the next minute's "
+                        "room")
+        return None
+
+    def timeout(self, agent: AgentLike, asked: float) -> float:
+        """A task's timeout, capped at its tenant's max_task_seconds."""
+        spec = self.specs.get(agent.spec.tenant)
+        cap = spec.max_task_seconds if spec is not None else 0
+        return min(asked, cap) if cap else asked
+
+    def full(self, agent: AgentLike, running: Callable[[str], int]) -> bool:
+        """Whether the tenant of `agent` runs as many tasks as max_concurrent_tasks: a
+        task of it waits in its queue until one of the tenant's ends."""
+        spec = self.specs.get(agent.spec.tenant)
+        if spec is None or not spec.max_concurrent_tasks:
+            return False
+        return sum(running(a.name) for a in self.members(agent.spec.tenant)
+                   ) >= spec.max_concurrent_tasks
+
+    def budget(self, agent: str) -> tuple[str, int] | None:
+        """The shared token budget of the agent's tenant: (its Budget's key, its
+        tokens_per_minute), or None."""
+        tenant = self.tenant_of(agent)
+        if tenant is None:
+            return None
+        spec = self.specs.get(tenant)
+        if spec is None or not spec.tokens_per_minute:
+            return None
+        return BUDGET_PREFIX + tenant, spec.tokens_per_minute
+
+    def use(self, tenant: str, depth: Callable[[str], int], running: Callable[[str], int]
+            ) -> TenantUse:
+        members = self.members(tenant)
+        return TenantUse(agents=len(members), replicas=sum(len(a.replicas) for a in members),
+                         queued=sum(depth(a.name) for a in members),
+                         running=sum(running(a.name) for a in members))
+
+
+def visible_allow(allow: list[str], tenant: str, servers: Mapping[str, McpServerSpec]
+                  ) -> list[str]:
+    """An agent's tools allowlist as its tenant narrows it: only servers of its tenant, or
+    shared ones. Unchanged where the agent sees every server (a config without tenants);
+    else each pattern is rooted at each server it sees (`*` -> `notes__*`), so that no
+    pattern can admit another tenant's server. A pattern without SERVER__ other than `*`
+    admits nothing then (narrower, never wider)."""
+    seen = [n for n, s in servers.items() if s.shared or s.tenant == tenant]
+    if len(seen) == len(servers):
+        return allow
+    out: list[str] = []
+    for pattern in allow:
+        server, sep, rest = pattern.partition("__")
+        for name in seen:
+            if sep and fnmatchcase(name, server):
+                out.append(f"{name}__{rest}")
+            elif not sep and pattern == "*":
+                out.append(f"{name}__*")
+    return out
+
+
+def _reached(used: int, quota: int) -> str:
+    return "reached " if used >= quota else ""
+
