@@ -15,6 +15,7 @@ from corral.supervisor.config import (
     Limits,
     McpServerSpec,
     SupervisorSettings,
+    TenantSpec,
 )
 
 from .conftest import ROOT
@@ -24,9 +25,10 @@ SECTIONS: dict[str, Any] = {
     "[agents.NAME]": AgentSpec,
     "[agents.NAME.limits]": Limits,
     "[mcp_servers.NAME]": McpServerSpec,
+    "[tenants.NAME]": TenantSpec,
 }
 for _f in mi.type_info(Config).fields:  # a new top-level table needs a section too
-    if _f.name not in ("supervisor", "agents", "mcp_servers"):
+    if _f.name not in ("supervisor", "agents", "mcp_servers", "tenants"):
         SECTIONS[f"[{_f.name}]"] = _f.type.cls
 
 

@@ -164,7 +164,7 @@ async def test_bad_requests_are_refused_with_a_clear_message_and_change_nothing(
             ("GET", "/tasks?limit=ten", b"", 400,
              "invalid params: Expected `int`, got `str` - at `$.limit`"),
             ("GET", "/agents?verbose=1", b"", 400,
-             "invalid params: unknown query parameter `verbose` (known: names)"),
+             "invalid params: unknown query parameter `verbose` (known: names, tenant)"),
             ("POST", "/tasks", b'{"agent": "web-1", "inputs": 1}', 400,
              "invalid params: Object contains unknown field `inputs`"),
             ("POST", "/tasks?wait=forever", b'{"agent": "web-1"}', 400,

@@ -192,6 +192,11 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         assert ask("packages.deploy", {"path": str(pkg)}).built
         assert ask("packages.deploy", {"path": str(pkg), "name": "pkg"}).changed is False
         assert ask("packages.releases", {"name": "pkg"}).releases[0].version == "1"
+        assert ask("tenants.add", {"tenants": {"acme": {"max_agents": 3}}}).added == ["acme"]
+        assert ask("tenants.set", {"name": "acme", "set": {"max_queue": 9}}).quotas == {
+            "max_agents": 3, "max_queue": 9}
+        assert [t.name for t in ask("tenants.list").tenants] == ["acme", "default"]
+        assert ask("tenants.remove", {"names": ["acme"]}).removed == ["acme"]
         ask("config.reload")
         # needs [http]: its answer is held to UiLoginResult in tests/test_ui.py
         done.add("ui.login")

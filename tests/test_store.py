@@ -65,8 +65,8 @@ def test_a_database_from_before_schema_versions_is_migrated_with_its_rows(
         assert {"runtime_agents", "agent_state", "audit", "tasks"} <= tables(s.db)
         assert s.runtime_agents() == {"extra": {"command": "x"}}
         assert s.states() == {("extra", 0): (2.0, {"step": 3})}
-        # a row from before migration 6 names no token
-        assert s.audit_log() == [(3.0, 0, 42, "agents.add", "{}", "ok", None)]
+        # a row from before migrations 6 and 9 names no token and no tenant
+        assert s.audit_log() == [(3.0, 0, 42, "agents.add", "{}", "ok", None, None)]
     finally:
         s.close()
 

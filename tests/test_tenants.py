@@ -5,11 +5,10 @@ callers of one tenant, who see and touch nothing of another's. Against the real 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-import pwd
 import shutil
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from corral.methods import REGISTRY
 from corral.supervisor import State
 from corral.supervisor.config import ConfigError, load_config
 
-from .conftest import EXAMPLES, ROOT
+from .conftest import EXAMPLES, NOBODY_PY, ROOT, nobody_reason
 from .daemon_harness import PY, free_port, hello, in_process, shared_tmpdir
 from .daemon_harness import Daemon as DaemonProcess
 from .test_tokens import cli
@@ -288,3 +287,261 @@ def test_a_config_without_tenants_has_only_the_default_one(tmp_path: Path) -> No
     assert cfg.tenants == {}
     # the spec says nothing of a tenant: revisions and `describe` are as they were
     assert "tenant" not in msgspec.to_builtins(cfg.agents["a"])
+
+
+# -- scoped access ----------------------------------------------------------------------------
+def notes(name: str, tenant: str, shared: bool = False) -> str:
+    return textwrap.dedent(f"""
+        [mcp_servers.{name}]
+        command = ["{PY}", "{EXAMPLES}/notes_server.py"]
+        tenant = "{tenant}"
+        shared = {"true" if shared else "false"}
+        start_timeout = 30.0
+    """)
+
+
+TWO = "[tenants.a]\n[tenants.b]\n"
+FLEET = (sleeper("a1", "a", 'tools = ["*"]\n') + sleeper("zeta", "b", 'tools = ["*"]\n')
+         + notes("aserv", "a") + notes("zserv", "b") + notes("common", "b", shared=True))
+B, GHOST = "zeta", "omega"  # another tenant's agent, and none: no name near a1's
+BS, GHOST_S = "zserv", "oserv"
+
+
+def probes(task_b: str, ghost_task: str) -> dict[str, tuple[str, Any, Any]]:
+    """Every method, tried by tenant a's caller on tenant b's objects: (how it must
+    answer, params naming b's object, the same naming one that does not exist).
+    `missing`: as the nonexistent one, word for word; `forbidden`: not a tenant's
+    to call; `listing`: b's objects left out; `own`: names no object (checked apart)."""
+    def run(agent: str) -> bytes:
+        return msgspec.json.encode({"agent": agent, "input": {"do": "echo"}})
+
+    def names(n: str) -> dict[str, Any]:
+        return {"names": [n]}
+
+    return {
+        "daemon.info": ("own", None, None),
+        "daemon.shutdown": ("forbidden", {}, None),
+        "config.reload": ("forbidden", {}, None),
+        "agents.status": ("missing", names(B), names(GHOST)),
+        "agents.start": ("missing", names(B), names(GHOST)),
+        "agents.stop": ("missing", names(B), names(GHOST)),
+        "agents.restart": ("missing", names(B), names(GHOST)),
+        "agents.signal": ("missing", names(B), names(GHOST)),
+        "agents.pause": ("missing", {"name": B}, {"name": GHOST}),
+        "agents.resume": ("missing", {"name": B}, {"name": GHOST}),
+        "agents.describe": ("missing", {"name": B}, {"name": GHOST}),
+        "agents.history": ("missing", {"name": B}, {"name": GHOST}),
+        "agents.rollback": ("missing", {"name": B}, {"name": GHOST}),
+        "audit.list": ("forbidden", {}, None),
+        "agents.add": ("forbidden", {"agents": {"new": {"command": "true", "tenant": "b"}}},
+                       None),
+        "agents.remove": ("missing", names(B), names(GHOST)),
+        "agents.scale": ("missing", {"name": B, "replicas": 2},
+                         {"name": GHOST, "replicas": 2}),
+        "logs.tail": ("missing", names(B), names(GHOST)),
+        "logs.follow": ("missing", names(B), names(GHOST)),
+        "stats.get": ("listing", {}, None),
+        "tasks.run": ("missing", run(B), run(GHOST)),
+        "tasks.get": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),
+        "tasks.list": ("missing", {"agent": B}, {"agent": GHOST}),
+        "tasks.cancel": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),
+        "events.publish": ("forbidden", {"topic": "x"}, None),
+        "events.follow": ("forbidden", {}, None),
+        "tools.list": ("missing", {"server": BS}, {"server": GHOST_S}),
+        "tools.call": ("missing", {"name": f"{BS}__add"}, {"name": f"{GHOST_S}__add"}),
+        "mcp.status": ("listing", {}, None),
+        "mcp.start": ("missing", {"name": BS}, {"name": GHOST_S}),
+        "mcp.stop": ("missing", {"name": BS}, {"name": GHOST_S}),
+        "mcp.restart": ("missing", {"name": BS}, {"name": GHOST_S}),
+        "resources.list": ("missing", {"server": BS}, {"server": GHOST_S}),
+        "resources.read": ("missing", {"uri": "note://x", "server": BS},
+                           {"uri": "note://x", "server": GHOST_S}),
+        "prompts.list": ("missing", {"server": BS}, {"server": GHOST_S}),
+        "prompts.get": ("missing", {"name": f"{BS}__p"}, {"name": f"{GHOST_S}__p"}),
+        "gateway.list": ("missing", {"agent": B}, {"agent": GHOST}),
+        "gateway.call": ("missing", {"agent": B}, {"agent": GHOST}),
+        "gateway.watch": ("own", None, None),
+        "gateway.status": ("own", None, None),
+        "tokens.create": ("forbidden", {"name": "x", "scopes": ["admin"]}, None),
+        "tokens.list": ("forbidden", {}, None),
+        "tokens.revoke": ("forbidden", {"name": "ta"}, None),
+        "stats.history": ("missing", {"agent": B}, {"agent": GHOST}),
+        "agents.watch": ("missing", names(B), names(GHOST)),
+        "stats.watch": ("own", None, None),
+        "ui.login": ("forbidden", {}, None),
+        "packages.deploy": ("forbidden", {"path": "/nonexistent"}, None),
+        "packages.releases": ("missing", {"name": B}, {"name": GHOST}),
+        "tenants.list": ("listing", {}, None),
+        "tenants.add": ("forbidden", {"tenants": {"c": {}}}, None),
+        "tenants.set": ("forbidden", {"name": "a", "set": {"max_agents": 100}}, None),
+        "tenants.remove": ("forbidden", {"names": ["b"]}, None),
+    }
+
+
+@pytest.mark.deadline(180)
+async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) -> None:
+    async with in_process(tmp_path, FLEET, TWO) as d:
+        b_task = (await _run(d, B, {"do": "echo"})).task_id
+        a_task = (await _run(d, "a1", {"do": "echo"})).task_id
+        ghost_task = b_task[:-4] + ("0000" if not b_task.endswith("0000") else "1111")
+        # a token of tenant a, with every scope (admin too): the tenant bounds it still
+        _, token = await tokens_of(d.services.store).create(
+            "ta", sorted(m.SCOPES), None, None, "a")
+        a = Caller(via="http", token=token.name, scopes=token.scopes, tenant=token.tenant)
+
+        table = probes(b_task, ghost_task)
+        assert set(table) == set(REGISTRY), "a new method: say how a tenant sees it"
+        tried = []
+        for method, (kind, on_b, on_ghost) in table.items():
+            if kind == "missing":
+                code, text = await refused(d, a, method, on_b)
+                g_code, g_text = await refused(d, a, method, on_ghost)
+                assert code == g_code == jsonrpc.NOT_FOUND, (method, text)
+                named = {GHOST: B, GHOST_S: BS, ghost_task: b_task}
+                for ghost, real in named.items():
+                    g_text = g_text.replace(ghost, real)
+                assert text == g_text, method
+                tried.append(method)
+            elif kind == "forbidden":
+                code, text = await refused(d, a, method, on_b)
+                assert code == jsonrpc.FORBIDDEN, (method, text)
+                assert text.startswith("forbidden: token ta is a caller of tenant a: "), text
+                tried.append(method)
+            elif kind == "listing":
+                await call(d, method, on_b, a)  # checked below
+        # every refusal of a tenant's caller is audited, with its tenant
+        await d.services.store.writer.written()
+        rows = d.services.store.db.execute(
+            "SELECT method, outcome, tenant, who FROM audit WHERE tenant IS NOT NULL"
+        ).fetchall()
+        audited = {r[0] for r in rows}
+        assert set(tried) <= audited, set(tried) - audited
+        assert all(t == "a" and who == "token ta" and o.startswith("error: ")
+                   for _, o, t, who in rows)
+
+        # listings leave b's objects out; a's are there
+        st = await call(d, "agents.status", {}, a)
+        assert {r.name for r in st.agents} == {"a1"} and set(st.tasks) == {"a1"}
+        assert {s["name"] for s in st.mcp_servers} <= {"aserv", "common"}
+        stats = await call(d, "stats.get", {}, a)
+        assert set(stats.agents) == {"a1"} and set(stats.tasks["agents"]) <= {"a1"}
+        tasks = await call(d, "tasks.list", {}, a)
+        assert [t.task_id for t in tasks.tasks] == [a_task]
+        assert [t.name for t in (await call(d, "tenants.list", {}, a)).tenants] == ["a"]
+        assert {s["name"] for s in (await call(d, "mcp.status", {}, a)).mcp_servers} <= {
+            "aserv", "common"}
+        tools = await call(d, "tools.list", {}, a)
+        assert {t["server"] for t in tools.tools} == {"aserv", "common"}
+        lines = await call(d, "logs.tail", {"lines": 1000}, a)
+        assert {ln.source for ln in lines.lines} == {"a1"}
+        # the operator sees both
+        assert {r.name for r in (await call(d, "agents.status", {})).agents} == {"a1", B}
+
+        # a tenant's agent reaches its tenant's servers and shared ones, not another's
+        sup = d.services.sup
+        assert sup.allowlist(sup.agents["a1"].spec) == ["aserv__*", "common__*"]
+        called = await _run(d, "a1", {"do": "tools", "tool": f"{BS}__add", "times": 1})
+        assert f"tool {BS}__add is not allowed for agent a1" in bytes(called.output).decode()
+        listed = await call(d, "gateway.list", {"agent": "a1"}, a)
+        assert {t["name"].split("__")[0] for t in listed.items} == {"aserv", "common"}
+
+
+@pytest.mark.deadline(120)
+async def test_a_tenant_token_over_http_and_the_cli(tmp_path: Path) -> None:
+    import aiohttp
+
+    port = free_port()
+    async with in_process(tmp_path, sleeper("a1", "a") + sleeper(B, "b"),
+                          TWO + f'[http]\nlisten = "127.0.0.1:{port}"\n') as d:
+        rc, out, err = await cli(d, "token", "create", "ta", "--scope", "agents:read",
+                                 "--scope", "agents:write", "--tenant", "a", "--json")
+        assert rc == 0, err
+        made = msgspec.json.decode(out)
+        assert made["tenant"] == "a"
+        rc, out, err = await cli(d, "token", "create", "tx", "--scope", "agents:read",
+                                 "--tenant", "nope")
+        assert rc == 1 and "token tx: no tenant nope (declared: a, b, default;" in err
+        base = f"http://127.0.0.1:{port}/api/v1"
+        headers = {"Authorization": f"Bearer {made['token']}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.get(f"{base}/agents") as r:
+                assert r.status == 200
+                assert {a["name"] for a in (await r.json())["agents"]} == {"a1"}
+            for verb, path in (("GET", f"/agents/{B}"), ("POST", f"/agents/{B}/stop"),
+                               ("DELETE", f"/agents/{B}"), ("GET", f"/agents/{GHOST}")):
+                async with http.request(verb, base + path) as r:
+                    body = await r.json()
+                    assert r.status == 404, (path, body)
+            async with http.get(f"{base}/agents/{B}") as r:
+                on_b = (await r.json())["detail"]
+            async with http.get(f"{base}/agents/{GHOST}") as r:
+                on_ghost = (await r.json())["detail"]
+            assert on_b == on_ghost.replace(GHOST, B)
+            async with http.patch(f"{base}/tenants/a", json={"set": {"max_agents": 9}}) as r:
+                assert r.status == 403
+        assert d.services.sup.agents[B].replicas[0].state in (State.READY, State.IDLE)
+        rc, out, err = await cli(d, "status", "--tenant", "b", "--json")
+        assert rc == 0, err
+        assert {a["name"] for a in msgspec.json.decode(out)["agents"]} == {B}
+        rc, out, err = await cli(d, "status", "--tenant", "nope")
+        assert rc == 1 and "no such tenant: nope" in err
+
+
+# a client of the control socket in the standard library alone, for a Python user nobody
+# may run: one request, its answer on stdout
+RAW_CLIENT = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(30)
+s.connect(sys.argv[1])
+s.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": sys.argv[2],
+                      "params": json.loads(sys.argv[3])}).encode() + b"\\n")
+print(s.makefile("rb").readline().decode())
+"""
+
+
+@pytest.mark.skipif(nobody_reason() is not None, reason=nobody_reason() or "")
+@pytest.mark.deadline(120)
+def test_a_unix_group_of_a_tenant_on_the_socket() -> None:
+    """A peer in a tenant's group (`nobody` in `nogroup`, the test run as root) calls as
+    that tenant: it sees its own agents only, another's are not found; root, the
+    operator, sees all."""
+    import subprocess
+
+    tmp = shared_tmpdir()
+    d = DaemonProcess(tmp, hello("a1", extra='tenant = "a"\n') + hello(
+        B, extra='tenant = "b"\n'))
+    d.config.write_text(d.config.read_text() + '[tenants.a]\ngroup = "nogroup"\n'
+                        "[tenants.b]\n")
+
+    def as_nobody(method: str, params: dict[str, Any]) -> dict[str, Any]:
+        r = subprocess.run([NOBODY_PY, "-c", RAW_CLIENT, str(d.sock), method,
+                            json.dumps(params)], capture_output=True, text=True,
+                           timeout=60, user="nobody", group="nogroup",
+                           extra_groups=[], cwd="/")
+        assert r.returncode == 0, (r.stderr, (d.state / "logs" / "corral.log").read_text())
+        answer: dict[str, Any] = json.loads(r.stdout)
+        return answer
+
+    try:
+        d.start()
+        assert os.stat(d.sock).st_mode & 0o777 == 0o666
+        got = as_nobody("agents.status", {})
+        assert "result" in got, got
+        assert {a["name"] for a in got["result"]["agents"]} == {"a1"}
+        on_b = as_nobody("agents.stop", {"names": [B]})["error"]
+        on_ghost = as_nobody("agents.stop", {"names": [GHOST]})["error"]
+        assert on_b["code"] == jsonrpc.NOT_FOUND
+        assert on_b["message"] == on_ghost["message"].replace(GHOST, B)
+        refused = as_nobody("tenants.set", {"name": "a", "set": {"max_agents": 9}})["error"]
+        assert refused["code"] == jsonrpc.FORBIDDEN
+        assert refused["message"].startswith("forbidden: uid 65534 pid ")
+        assert refused["message"].endswith(" is a caller of tenant a: tenants.set is for "
+                                           "callers that see every agent")
+        assert {a["name"] for a in d.json("status")["agents"]} == {"a1", B}
+        audit = d.json("audit")["entries"]
+        assert [e["tenant"] for e in audit if e["method"] == "agents.stop"] == ["a", "a"]
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -60,7 +60,8 @@ async def test_a_token_is_shown_once_kept_as_a_hash_expires_and_is_revoked(
                                  "--expires", "30d", "--json")
         assert rc == 0, err
         made = msgspec.json.decode(out)
-        assert list(made) == ["name", "scopes", "agents", "created", "expires", "token"]
+        assert list(made) == ["name", "scopes", "agents", "created", "expires", "tenant",
+                              "token"]
         assert (made["name"], made["scopes"], made["agents"]) == (
             "ci", ["agents:read", "tasks:run"], "web-*")
         assert made["expires"] == pytest.approx(made["created"] + 30 * 86400)

@@ -464,8 +464,9 @@ def _servers_filter(*lists: str) -> Callable[[Any, Caller], Any]:
         fields: dict[str, Any] = {}
         for key in lists:
             rows = _get(result, key)
+            # a pool's item names its `server`; an instance's status row is the server's
             fields[key] = [r for r in rows if caller.sees_server(
-                _get(r, "server") if isinstance(r, Mapping) else r.name)]
+                r.get("server", r.get("name")) if isinstance(r, Mapping) else r.name)]
         for key in ("unavailable", "failed"):
             if _has(result, key):
                 value = _get(result, key)

@@ -40,7 +40,7 @@ ONE = {"name": "names"}  # an agent named by the path, where the method takes a 
 REPLICA = {"name": "name", "replica": "replica"}  # one replica of an agent
 RESOURCES: list[Resource] = [
     _r("GET", "/agents", "agents.status", "Agents' replicas: state, pid, restarts, "
-       "CPU, memory, tasks", query=("names",)),
+       "CPU, memory, tasks", query=("names", "tenant")),
     _r("POST", "/agents", "agents.add", "Add agents from [agents.NAME] tables",
        body=("agents", "check"), idempotent=True),
     _r("GET", "/agents/{name}", "agents.describe", "One agent's effective spec"),
@@ -109,6 +109,14 @@ RESOURCES: list[Resource] = [
     _r("POST", "/tokens", "tokens.create", "Create a token (its secret shown once)",
        body=("name", "scopes", "agents", "expires_in")),
     _r("DELETE", "/tokens/{name}", "tokens.revoke", "Revoke a token"),
+    # tenants (docs/tenants.md)
+    _r("GET", "/tenants", "tenants.list", "The tenants: quotas beside use"),
+    _r("POST", "/tenants", "tenants.add", "Add tenants from [tenants.NAME] tables",
+       body=("tenants",), idempotent=True),
+    _r("PATCH", "/tenants/{name}", "tenants.set", "Set keys of a tenant's table",
+       body=("set",)),
+    _r("DELETE", "/tenants/{name}", "tenants.remove", "Remove a runtime tenant",
+       path_params=ONE),
     # agent packages (docs/packages.md)
     _r("POST", "/packages", "packages.deploy", "Deploy an agent package: build its release "
        "(a path on the daemon's host) and switch the agent to it", body=("path", "name")),
