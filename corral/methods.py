@@ -365,6 +365,7 @@ class AgentStats(Result):
     cpu_percent: float
     rss_bytes: int
     usage: AgentUsage | None = None
+    tenant: str = "default"
 
 
 class TasksStats(Result):

@@ -37,7 +37,7 @@ PROMETHEUS = shutil.which("prometheus")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool: scripts/prometheus.sh")
 
 TOKENS = {"scraper": frozenset({"metrics:read"}), "reader": frozenset({"agents:read"})}
-LABELS = {"agent", "state", "cause", "outcome", "server", "route", "code", "le",
+LABELS = {"agent", "tenant", "state", "cause", "outcome", "server", "route", "code", "le",
           "version", "python"}
 
 
@@ -70,6 +70,8 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def value(series: dict[Any, float], name: str, **labels: str) -> float | None:
+    if "agent" in labels and name.startswith(("corral_agent_", "corral_tasks")):
+        labels.setdefault("tenant", "default")  # every agent family's series has one
     return series.get((name, tuple(sorted(labels.items()))))
 
 
@@ -174,7 +176,8 @@ def test_the_per_agent_lines_are_what_prometheus_client_makes_of_the_same_figure
         AgentFigures('odd"\\name\n', {"backoff": 1}, {}, 0.0, 0, None, 0),
         AgentFigures("big", {"ready": 1_000_000}, {"oom": 2_500_000}, 1e-7, 999_999,
                      dict.fromkeys(OUTCOMES, 1_000_001), 1_234_567),
-        AgentFigures("none", {}, {}, 3.0, 10**15, dict.fromkeys(OUTCOMES, 0), 0),
+        AgentFigures("none", {}, {}, 3.0, 10**15, dict.fromkeys(OUTCOMES, 0), 0,
+                     'acme"\\x\n'),
     ]
     for accept in ("", "application/openmetrics-text; version=1.0.0; charset=utf-8"):
         encoder, _ = choose_encoder(accept)
@@ -185,15 +188,15 @@ def test_the_per_agent_lines_are_what_prometheus_client_makes_of_the_same_figure
         replicas, restarts, cpu, rss, tasks, queued = families
         for a in agents:
             for state, n in a.states.items():
-                replicas.add_metric([a.name, state], n)
+                replicas.add_metric([a.name, a.tenant, state], n)
             for cause, n in a.restarts.items():
-                restarts.add_metric([a.name, cause], n)
-            cpu.add_metric([a.name], a.cpu_seconds)
-            rss.add_metric([a.name], a.rss_bytes)
+                restarts.add_metric([a.name, a.tenant, cause], n)
+            cpu.add_metric([a.name, a.tenant], a.cpu_seconds)
+            rss.add_metric([a.name, a.tenant], a.rss_bytes)
             for outcome in OUTCOMES:
                 if a.counts is not None and a.counts[outcome]:
-                    tasks.add_metric([a.name, outcome], a.counts[outcome])
-            queued.add_metric([a.name], a.queued)
+                    tasks.add_metric([a.name, a.tenant, outcome], a.counts[outcome])
+            queued.add_metric([a.name, a.tenant], a.queued)
         theirs = [encode(encoder, [f]) for f in families]
         assert ours == theirs, accept
         assert b"1e+06" in theirs[0] and b"1.000001e+06" in theirs[4]  # (exercised)

@@ -479,6 +479,18 @@ async def test_a_tenant_token_over_http_and_the_cli(tmp_path: Path) -> None:
             assert on_b == on_ghost.replace(GHOST, B)
             async with http.patch(f"{base}/tenants/a", json={"set": {"max_agents": 9}}) as r:
                 assert r.status == 403
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                assert r.status == 403  # the fleet's series are every tenant's
+        secret, _ = await tokens_of(d.services.store).create("ops", ["metrics:read"], None,
+                                                             None)
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {secret}"}
+                                         ) as http, http.get(
+                f"http://127.0.0.1:{port}/metrics") as r:
+            text = await r.text()
+        assert f'corral_tasks_queued{{agent="{B}",tenant="b"}} 0.0' in text
+        assert 'corral_tasks_queued{agent="a1",tenant="a"} 0.0' in text
+        stats = await call(d, "stats.get", {})
+        assert {n: s.tenant for n, s in stats.agents.items()} == {"a1": "a", B: "b"}
         assert d.services.sup.agents[B].replicas[0].state in (State.READY, State.IDLE)
         rc, out, err = await cli(d, "status", "--tenant", "b", "--json")
         assert rc == 0, err

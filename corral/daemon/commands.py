@@ -361,6 +361,7 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
             cpu_percent=round(sum((r.sample.cpu_percent for r in a.replicas), 0.0), 1),
             rss_bytes=sum(r.sample.rss_bytes for r in a.replicas),
             usage=_wire(d.sup.tasks.budgets.stats(a.name)),
+            tenant=a.spec.tenant,
         )
     return m.StatsResult(
         supervisor=m.SupervisorStats(

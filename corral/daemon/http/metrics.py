@@ -95,6 +95,7 @@ class AgentFigures:
     rss_bytes: int
     counts: dict[str, int] | None
     queued: int
+    tenant: str = "default"  # every agent family's series carries it (docs/tenants.md)
 
 
 def figures(name: str, agent: Any, restarts: Restarts, by_agent: dict[str, Any],
@@ -110,7 +111,8 @@ def figures(name: str, agent: Any, restarts: Restarts, by_agent: dict[str, Any],
         rss += sample.rss_bytes
     q = by_agent.get(name)
     return AgentFigures(name, states, dict(restarts.by_agent.get(name, ())), cpu, rss,
-                        dict(q.counts) if q is not None else None, depth(name))
+                        dict(q.counts) if q is not None else None, depth(name),
+                        agent.spec.tenant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +125,8 @@ class PerAgent:
     label: str | None = None
 
     def empty(self) -> Metric:
-        labels = ("agent",) if self.label is None else ("agent", self.label)
+        labels = ("agent", "tenant") if self.label is None else (
+            "agent", "tenant", self.label)
         return self.kind(self.name, self.documentation, labels=labels)
 
 
@@ -164,22 +167,25 @@ def render(a: AgentFigures) -> tuple[str, str, str, str, str, str]:
     """The agent's sample lines of each PER_AGENT family, as prometheus_client writes
     them (labels in name order, values by its floatToGoString; a sample line is the same
     in both formats): about a microsecond a line against its encoder's six."""
+    # prometheus_client writes labels sorted by name: agent, then state/cause/outcome,
+    # then tenant
     agent = f'{{agent="{escape(a.name)}"'
-    replicas = "".join(f'corral_agent_replicas{agent},state="{escape(state)}"}} '
+    tenant = f'tenant="{escape(a.tenant)}"}}'
+    replicas = "".join(f'corral_agent_replicas{agent},state="{escape(state)}",{tenant} '
                        f"{integer(n)}\n" for state, n in a.states.items())
-    restarts = "".join(f'corral_agent_restarts_total{agent},cause="{escape(cause)}"}} '
-                       f"{integer(n)}\n" for cause, n in a.restarts.items())
+    restarts = "".join(f'corral_agent_restarts_total{agent},cause="{escape(cause)}",'
+                       f"{tenant} {integer(n)}\n" for cause, n in a.restarts.items())
     tasks = ""
     counts = a.counts
     if counts is not None:
-        tasks = "".join(f'corral_tasks_total{agent},outcome="{outcome}"}} '
+        tasks = "".join(f'corral_tasks_total{agent},outcome="{outcome}",{tenant} '
                         f"{integer(counts[outcome])}\n"
                         for outcome in OUTCOMES if counts[outcome])
     return (replicas, restarts,
-            f"corral_agent_cpu_seconds_total{agent}}} {number(a.cpu_seconds)}\n",
-            f"corral_agent_resident_memory_bytes{agent}}} {integer(a.rss_bytes)}\n",
+            f"corral_agent_cpu_seconds_total{agent},{tenant} {number(a.cpu_seconds)}\n",
+            f"corral_agent_resident_memory_bytes{agent},{tenant} {integer(a.rss_bytes)}\n",
             tasks,
-            f"corral_tasks_queued{agent}}} {integer(a.queued)}\n")
+            f"corral_tasks_queued{agent},{tenant} {integer(a.queued)}\n")
 
 
 @dataclass(slots=True)
@@ -377,6 +383,10 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
                 return problem(403, "forbidden", f"forbidden: /metrics needs the {SCOPE} "
                                                  f"scope, which {caller.who} does not hold",
                                jsonrpc.FORBIDDEN)
+            if caller.tenant is not None:  # the fleet's series: every tenant's
+                return problem(403, "forbidden", f"forbidden: /metrics is every tenant's; "
+                               f"{caller.who}, a caller of tenant {caller.tenant}, reads its "
+                               "agents' figures at /api/v1/stats", jsonrpc.FORBIDDEN)
         encoder, content_type = choose_encoder(request.headers.get("Accept") or "")
         response = web.Response(body=await exposition(encoder))
         response.headers["Content-Type"] = content_type
