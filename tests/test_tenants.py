@@ -436,6 +436,17 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
         assert {ln.source for ln in lines.lines} == {"a1"}
         # the operator sees both
         assert {r.name for r in (await call(d, "agents.status", {})).agents} == {"a1", B}
+        # the gateway's figures name clients and tools: another tenant's are left out
+        for agent, tool in ((B, f"{BS}__add"), ("a1", "aserv__add")):
+            await call(d, "gateway.call", {"agent": agent, "method": "tools/call", "params": {
+                "name": tool, "arguments": {"title": "t", "text": "x"}}})
+        every = await call(d, "gateway.status", {})
+        assert {"agent:a1", f"agent:{B}"} <= set(every["clients"])
+        for seen in ((await call(d, "gateway.status", {}, a)),
+                     (await call(d, "stats.get", {}, a)).gateway,
+                     (await call(d, "mcp.status", {}, a)).gateway):
+            assert set(seen["clients"]) == {"agent:a1"}, seen
+            assert set(seen["tools"]) == {"aserv__add"}, seen
 
         # a tenant's agent reaches its tenant's servers and shared ones, not another's
         sup = d.services.sup
@@ -557,3 +568,30 @@ def test_a_unix_group_of_a_tenant_on_the_socket() -> None:
     finally:
         d.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.deadline(120)
+async def test_a_reload_brings_new_tenants_and_keeps_those_runtime_agents_are_in(
+        tmp_path: Path) -> None:
+    async with in_process(tmp_path, hello("a1"), "[tenants.old]\n") as d:
+        config = d.services.config_path
+        await call(d, "agents.add", {"agents": {"r1": {
+            "command": [PY, str(EXAMPLES / "hello.py")], "env": {"PYTHONPATH": str(ROOT)},
+            "tenant": "old"}}})
+        text = config.read_text()
+        config.write_text(text.replace("[tenants.old]\n", "[tenants.new]\nmax_agents = 1\n")
+                          + hello("n1", extra='tenant = "new"\n'))
+        code, msg = await refused(d, OPERATOR, "config.reload")
+        assert (code, msg) == (jsonrpc.INVALID_PARAMS, f"reload rejected, nothing changed: "
+                               f"{config}: tenants.old: agent r1 (added at runtime) is in "
+                               "it: remove the agent first")
+        assert d.services.sup.tenancy.names() == ["default", "old"]
+        config.write_text(text + "[tenants.new]\nmax_agents = 1\n"
+                          + hello("n1", extra='tenant = "new"\n'))
+        result = await call(d, "config.reload")
+        assert result.added == ["n1"]
+        assert d.services.sup.tenancy.names() == ["default", "new", "old"]
+        assert d.services.sup.agents["n1"].spec.tenant == "new"
+        code, msg = await refused(d, OPERATOR, "agents.add", {"agents": {"n2": {
+            "command": "true", "tenant": "new"}}, "check": False})
+        assert msg == "tenant new: max_agents 1 reached (1 in use); adding n2 needs 1 more"

@@ -504,8 +504,33 @@ def _status_filter(result: Any, caller: Caller) -> Any:
 
 def _stats_filter(result: Any, caller: Caller) -> Any:
     tasks = result.tasks
+    fields: dict[str, Any] = {}
+    if caller.tenant is not None:
+        # the gateway's clients and tools, and log files, name other tenants' agents
+        fields["gateway"] = _gateway_filter(result.gateway, caller)
+        fields["supervisor"] = _replace(result.supervisor, log_files_failing={})
     return _replace(result, agents=_seen_keys(result.agents, caller),
-                    tasks=_replace(tasks, agents=_seen_keys(_get(tasks, "agents"), caller)))
+                    tasks=_replace(tasks, agents=_seen_keys(_get(tasks, "agents"), caller)),
+                    **fields)
+
+
+def _gateway_filter(stats: Any, caller: Caller) -> Any:
+    """Gateway figures a tenant's caller may see: its agents' clients (`agent:NAME`, a
+    replica's `NAME#N`) and the tools of servers it sees."""
+    if caller.tenant is None:
+        return stats
+
+    def client_seen(name: str) -> bool:
+        agent = name.removeprefix("agent:") if name.startswith("agent:") else (
+            name.partition("#")[0] if "#" in name else None)
+        return agent is not None and caller.sees(agent)
+
+    clients = _get(stats, "clients")
+    tools = _get(stats, "tools")
+    return _replace(stats, clients={k: v for k, v in clients.items() if client_seen(k)},
+                    tools={k: v for k, v in tools.items()
+                           if caller.sees_server(k.partition("__")[0])},
+                    http=None)
 
 
 def _tasks_filter(result: Any, caller: Caller) -> Any:
@@ -601,7 +626,9 @@ AGENT_RULES: dict[str, AgentRule] = {
     "tools.list": AgentRule(_both(_AGENT_PARAM, _server("server")),
                             filter=_servers_filter("tools")),
     "tools.call": AgentRule(_tool("tool")),
-    "mcp.status": AgentRule(_nothing, filter=_servers_filter("mcp_servers")),
+    "mcp.status": AgentRule(_nothing, filter=lambda r, c: _replace(
+        _servers_filter("mcp_servers")(r, c), gateway=_gateway_filter(
+            _get(r, "gateway"), c))),
     "mcp.start": AgentRule(_server("name")),
     "mcp.stop": AgentRule(_server("name")),
     "mcp.restart": AgentRule(_server("name")),
@@ -617,7 +644,7 @@ AGENT_RULES: dict[str, AgentRule] = {
     "gateway.list": AgentRule(_gateway_client),
     "gateway.call": AgentRule(_gateway_client),
     "gateway.watch": AgentRule(_nothing),
-    "gateway.status": AgentRule(_nothing),
+    "gateway.status": AgentRule(_nothing, filter=_gateway_filter),
     # packages.deploy reads a path of the daemon's host: for callers that see every agent
     "packages.releases": AgentRule(_one("name")),
 }
