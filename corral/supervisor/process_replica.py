@@ -434,8 +434,8 @@ class ProcessReplica(Machine):
                 self.process = await self._prestart(env, uid, gid, spawning)
                 if self.process is None:
                     self.process = await ChildProcess.spawn(
-                        spec.argv(), env=env, cwd=spec.cwd, limits=spec.limits, uid=uid,
-                        gid=gid, **spawning)
+                        self._command(env, uid), env=env, cwd=spec.cwd, limits=spec.limits,
+                        uid=uid, gid=gid, **spawning)
         except OSError as exc:
             if exc.errno in CORRAL_RESOURCE_ERRORS:
                 self._spawn_failed_for_want_of(exc)
@@ -469,6 +469,14 @@ class ProcessReplica(Machine):
         """A process started some other way than a cold spawn (an agent's warm start), or
         None."""
         return None
+
+    def _command(self, env: dict[str, str], uid: int | None) -> list[str]:
+        """The argv of a cold start (an agent's may be wrapped in its sandbox)."""
+        return self.spec.argv()
+
+    def _exit_status(self, rc: int) -> int:
+        """The process's own exit status from what its pid's exit says."""
+        return rc
 
     def _on_exited(self, exited: asyncio.Future[int]) -> None:
         proc = self.process
@@ -691,7 +699,7 @@ class ProcessReplica(Machine):
         reason = self.taken_down_for()
         if reason is None:
             reason = oom_reason(self.spec.limits) if oom else explain_exit(
-                rc,
+                self._exit_status(rc),
                 self.spec.limits,
                 [b.decode("utf-8", "replace") for b in proc.stderr_tail or ()],
                 cpu_seconds_used=cpu_used,
