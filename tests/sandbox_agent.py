@@ -10,6 +10,8 @@ from typing import Any
 
 from corral.worker import run
 
+HELD: list[bytes] = []
+
 
 def attempt(task: dict[str, Any]) -> Any:
     do = task["do"]
@@ -41,6 +43,9 @@ def attempt(task: dict[str, Any]) -> Any:
     if do == "allocate":
         block = bytearray(task["mb"] * 1024 * 1024)
         return len(block)
+    if do == "hold":  # memory kept (and touched) until the process ends
+        HELD.append(b"x" * (task["mb"] * 1024 * 1024))
+        return task["mb"]
     if do == "leave":  # descendants left behind: one in our group, one that left it
         subprocess.Popen(["sleep", str(task["seconds"])])
         subprocess.Popen(["sh", "-c", f"setsid sleep {task['seconds']} &"]).wait()

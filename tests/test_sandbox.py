@@ -23,7 +23,9 @@ from corral.supervisor.config import ConfigError, check_commands, load_config
 from corral.supervisor.sandbox import exit_status, host_refusal, userns_forbidden
 
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import PY, config_text, in_process
+from .daemon_harness import PY, Daemon, config_text, in_process, shared_tmpdir
+from .test_cgroups import delegated, procs  # noqa: F401  (the fixture)
+from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
 from .test_http_api import SOCKET
 
@@ -222,13 +224,52 @@ async def test_caps_and_containment_hold_inside(tmp_path: Path) -> None:
 
 
 @pytest.mark.deadline(120)
+async def test_samples_and_soft_caps_are_the_agents_not_bwraps(tmp_path: Path) -> None:
+    extra = "[agents.box.limits]\nrss_mb = 150\n"
+    async with in_process(tmp_path, agent("box", tmp_path / "home", extra)) as d:
+        replica = d.services.sup.agents["box"].replicas[0]
+        # the interpreter's RSS, not bwrap's few pages
+        await wait_until_async(lambda: replica.sample.rss_bytes > 8 << 20)
+        # (the task may end before the sample that takes the replica down, or with it)
+        await asyncio.wait_for(d.dispatcher.call(SOCKET, "tasks.run", msgspec.json.encode(
+            {"agent": "box", "input": {"do": "hold", "mb": 200}})), 60)
+        await wait_until_async(lambda: replica.last_exit is not None)
+        said = replica.last_exit
+        assert said is not None and said.startswith("RSS soft limit (") and said.endswith(
+            " MiB > 150 MiB)"), said
+
+
+def test_the_whole_sandbox_is_in_the_replicas_cgroup(delegated: Path) -> None:  # noqa: F811
+    # placed by the spawn gate before bwrap runs: bwrap, its init and the agent are all in
+    # the replica's cgroup, and a stop empties it
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, agent("box", tmp / "home"), cgroup=delegated)
+    try:
+        d.start()
+        cg = delegated / "agent-box-0"
+        pid = d.status()["box#0"]["pid"]
+        inside = procs(cg)
+        assert pid in inside and len(inside) == 3, inside
+        # the pid corral watches is the outer bwrap; its init and the agent beside it
+        bwraps = set(in_sandbox_of(tmp / "home"))
+        assert pid in bwraps and len(bwraps) == 2 and bwraps < inside
+        assert d.cli("stop", "box").returncode == 0
+        wait_until(lambda: not procs(cg), 10, "the replica's cgroup to empty")
+    finally:
+        d.stop()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.deadline(120)
 async def test_a_death_inside_is_explained_as_outside(tmp_path: Path) -> None:
     # bwrap exits 128 + N for what it ran killed by signal N: the reason names the signal
     async with in_process(tmp_path, agent("box", tmp_path / "home")) as d:
         replica = d.services.sup.agents["box"].replicas[0]
         done = await asyncio.wait_for(d.dispatcher.call(SOCKET, "tasks.run", msgspec.json.encode(
             {"agent": "box", "input": {"do": "die", "signal": 11}})), 60)
-        assert msgspec.to_builtins(done)["error"]["message"] == (
+        assert msgspec.json.decode(msgspec.json.encode(done))["error"]["message"] == (
             "worker exited: killed by SIGSEGV: dying of signal 11")
         await wait_until_async(lambda: replica.last_exit is not None)
         assert replica.last_exit == "killed by SIGSEGV: dying of signal 11"

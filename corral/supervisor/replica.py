@@ -24,7 +24,13 @@ from .process_replica import (
     _swallow,
 )
 from .release import release_environment
-from .sandbox import exit_status, program_paths, resolve_program, sandboxed
+from .sandbox import (
+    exit_status,
+    program_paths,
+    resolve_program,
+    sandboxed,
+    sandboxed_pid,
+)
 from .zygote import Key, Zygotes, ZygoteUnavailable, warm_argv
 
 __all__ = ["PROTOCOL_VERSION", "AgentHost", "Event", "Replica", "ReplicaStatus"]
@@ -75,6 +81,7 @@ class Replica(ProcessReplica):
 
     def __init__(self, host: AgentHost, spec: AgentSpec, name: str, index: int) -> None:
         super().__init__(host, spec, name, index)
+        self._inner: tuple[ChildProcess, int] | None = None  # a sandboxed agent's own pid
 
     def _environment(self, uid: int | None) -> dict[str, str]:
         env = super()._environment(uid)
@@ -124,6 +131,19 @@ class Replica(ProcessReplica):
             argv, program=self.host.sandbox_program, cwd=spec.cwd or os.getcwd(), env=env,
             network=iso.network, root=(os.geteuid() if uid is None else uid) == 0,
             read_only=map(str, read_only), gateway_socket=env.get("CORRAL_MCP_SOCKET"))
+
+    def _measured_pid(self, proc: ChildProcess) -> int | None:
+        """A sandboxed agent's own process, not the bwrap around it (found once per
+        process, when its sandbox has started it)."""
+        if isolation(self.spec).sandbox == "none":
+            return proc.pid
+        known = self._inner
+        if known is None or known[0] is not proc:
+            inner = sandboxed_pid(proc.pid)
+            if inner is None:
+                return None
+            known = self._inner = (proc, inner)
+        return known[1]
 
     def _exit_status(self, rc: int) -> int:
         return exit_status(rc) if isolation(self.spec).sandbox != "none" else rc

@@ -205,3 +205,22 @@ def exit_status(rc: int) -> int:
     """The agent's own exit status from bwrap's: bwrap exits 128 + N when what it ran was
     killed by signal N, and is itself killed by what signals its group."""
     return -(rc - SIGNALLED) if SIGNALLED < rc <= SIGNALLED + 64 else rc
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            return [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def sandboxed_pid(outer: int) -> int | None:
+    """The host's pid of the program bwrap (pid `outer`) runs: the first child of the
+    sandbox's init, the outer bwrap's child; None until both are there. What corral
+    samples (CPU, RSS, the soft caps) and looks at (parked on its stdin) is that
+    process, not bwrap."""
+    for init in _children(outer):
+        for pid in _children(init):
+            return pid
+    return None
