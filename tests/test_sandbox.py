@@ -20,6 +20,7 @@ import pytest
 
 from corral.supervisor import State
 from corral.supervisor.config import ConfigError, check_commands, load_config
+from corral.supervisor.containment import read_stat
 from corral.supervisor.sandbox import exit_status, host_refusal, userns_forbidden
 
 from .conftest import EXAMPLES, ROOT
@@ -221,6 +222,22 @@ async def test_caps_and_containment_hold_inside(tmp_path: Path) -> None:
         await asyncio.wait_for(sup.stop("box"), 30)
         await sup.wait_state("box", State.TERMINATED, timeout=30)
         await wait_until_async(lambda: not sleepers(seconds) and not in_sandbox_of(home))
+
+
+@pytest.mark.deadline(120)
+async def test_pause_stops_the_agent_inside(tmp_path: Path) -> None:
+    async with in_process(tmp_path, agent("box", tmp_path / "home")) as d:
+        sup = d.services.sup
+        replica = sup.agents["box"].replicas[0]
+        await wait_until_async(lambda: replica.sample.rss_bytes > 0)
+        inner = replica._measured_pid(replica.process)
+        assert inner is not None and inner != replica.pid
+        assert await sup.pause("box", 0) == [replica]
+        if sup.containment.tree is None:  # SIGSTOP of the group: the agent inside too
+            st = read_stat(inner)
+            assert st is not None and st.state == "T"
+        sup.resume("box", 0)
+        assert await run(d, "box", {"do": "allocate", "mb": 1}) == {"ok": 1 << 20}
 
 
 @pytest.mark.deadline(120)
