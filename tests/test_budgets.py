@@ -412,6 +412,10 @@ async def test_a_restarted_daemon_keeps_the_days_usage_from_the_journal(
         assert window.day_tokens.used(time.time()) == 20_000
         assert window.minute_tokens.used(time.time()) == 20_000
         assert "daily" not in budgets.usage  # totals count since this daemon started
+        shown = budgets.stats("daily")
+        assert shown is not None and (shown["input_tokens"], shown["reports"],
+                                      shown["models"], shown["tokens_last_day"]) == (
+            0, 0, {}, 20_000)
         waiting = sup.tasks.submit("daily", spend())
         assert waiting.status == TaskStatus.QUEUED
         said = (await sup.tasks.info(waiting.id)).waiting
