@@ -454,8 +454,11 @@ def test_the_dashboards_agent_page_shows_its_usage_and_why_tasks_wait() -> None:
 
 
 @pytest.mark.deadline(120)
+@pytest.mark.parametrize("after", ["tokens_per_day = 5000", ""], ids=["raised", "removed"])
 async def test_a_budget_raised_by_a_reload_lets_the_held_tasks_go_at_once(
-        tmp_path: Path) -> None:
+        tmp_path: Path, after: str) -> None:
+    """Raised, or taken away (the gate's path of an agent with no budget: its hold, and
+    the reason its tasks wait, go)."""
     before = usage_agent("tight", "tokens_per_day = 100")
     async with in_process(tmp_path, before) as d:
         sup = d.services.sup
@@ -463,8 +466,8 @@ async def test_a_budget_raised_by_a_reload_lets_the_held_tasks_go_at_once(
         held = sup.tasks.submit("tight", spend(1000))
         assert held.status == TaskStatus.QUEUED
         config = tmp_path / "corral.toml"
-        config.write_text(config.read_text().replace("tokens_per_day = 100",
-                                                     "tokens_per_day = 5000"))
+        assert "tight" in sup.tasks.budgets.holding
+        config.write_text(config.read_text().replace("tokens_per_day = 100", after))
         await d.dispatcher.call(SOCKET, "config.reload", {})
         await done(held)
         assert held.status == TaskStatus.SUCCEEDED
