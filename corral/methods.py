@@ -114,6 +114,9 @@ class ReplicaStatus(msgspec.Struct):
     rss_bytes: int
     open_fds: int
     tasks_running: int
+    # an agent with [health]: whether the replica takes new tasks, and why not
+    ready: bool | None = None
+    health: str | None = None
 
 
 class McpInstanceStatus(Result):
@@ -326,6 +329,32 @@ class SupervisorStats(Result):
     state_writes: dict[str, Any] | None
     # why new tasks are refused now (the journal cannot write), or None
     task_journal_refusing: str | None
+    # usage/report notifications not counted (bad numbers, a task not the agent's)
+    usage_reports_ignored: int = 0
+
+
+class Usage(msgspec.Struct):
+    """Tokens and dollars an agent reported (usage/report), and in how many reports."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    reports: int = 0
+
+
+class ModelUsage(Usage):
+    """Usage in total and per model (supervisor.tasks.budget.ModelUsage's twin)."""
+
+    models: dict[str, Usage] = {}
+
+
+class AgentUsage(ModelUsage):
+    """An agent's usage since the daemon started, and what its budgets' windows hold."""
+
+    tokens_last_minute: float = 0.0
+    tokens_last_day: float = 0.0
+    cost_usd_last_day: float = 0.0
+    waiting: str | None = None  # the budget its waiting tasks are held by
 
 
 class AgentStats(Result):
@@ -334,6 +363,7 @@ class AgentStats(Result):
     restarts: int
     cpu_percent: float
     rss_bytes: int
+    usage: AgentUsage | None = None
 
 
 class TasksStats(Result):
@@ -423,6 +453,8 @@ class TaskInfo(_TaskHead):
     error: TaskError | None
     attempts: list[Attempt]
     output_dropped: bool = False
+    usage: ModelUsage | None = None  # what the worker reported (usage/report)
+    waiting: str | None = None  # why a queued task is not started yet (a budget)
 
 
 class TaskSummary(_TaskHead):
@@ -962,6 +994,21 @@ class AgentRoster(Result):
     replicas: list[ReplicaStatus]
 
 
+class HealthNote(Result):
+    """`agents.health`: a health check of a replica flipped ([health]: passed, failed)
+    and what corral did (ready, unready, restart, restart held, drain, exec, event)."""
+
+    id: str
+    time: float
+    agent: str
+    replica: int
+    check: str  # readiness or liveness
+    ok: bool
+    action: str
+    text: str  # the sentence logs show
+    row: ReplicaStatus | None  # the replica as agents.status shows it now
+
+
 class ReplicaSample(msgspec.Struct, array_like=True):
     """A replica's figures that change without a transition: agent, replica, uptime,
     CPU, resident memory, open descriptors, tasks running."""
@@ -986,8 +1033,9 @@ class ReplicaSamples(Result):
 @method("agents.watch", result=None, scope="agents:read", endless=True)
 class AgentsWatch(Params):
     """The fleet as it changes: `agents.snapshot` (every replica), then an
-    `agents.transition` per replica state change and an `agents.roster` when an agent's
-    replicas change as a list, each with an id, until the client disconnects; with an
+    `agents.transition` per replica state change, an `agents.roster` when an agent's
+    replicas change as a list and an `agents.health` when a health check flips, each with
+    an id, until the client disconnects; with an
     interval, `agents.sample` (CPU, memory, uptime) that often. A client that falls behind
     the changes kept is sent a new snapshot (`resync`) instead of them."""
 

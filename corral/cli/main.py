@@ -271,6 +271,9 @@ def _watch(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"{iso_time(params['time'], ms=True)} "
                        f"{params['agent']}#{params['replica']}{pid} "
                        f"{params['previous']} -> {params['state']}: {params['reason']}")
+        elif method == "agents.health":
+            click.echo(f"{iso_time(params['time'], ms=True)} "
+                       f"{params['agent']}#{params['replica']} {params['text']}")
         elif method == "agents.roster":
             n = len(params["replicas"])
             click.echo(f"{iso_time(params['time'], ms=True)} {params['agent']}: "
@@ -284,10 +287,14 @@ def _print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
     rows = []
     for a in st.agents:
         rows.append([
-            f"{a.name}#{a.replica}", a.state, str(a.pid or "-"),
+            f"{a.name}#{a.replica}",
+            # readiness ([health]): serving, but no new task goes to it
+            f"{a.state} (unready)" if a.ready is False and a.state in ("ready", "idle", "busy")
+            else a.state, str(a.pid or "-"),
             _human_time(a.uptime), str(a.restarts), f"{a.cpu_percent:.1f}",
             _human_bytes(a.rss_bytes) if a.rss_bytes else "-",
             a.reason if a.state not in ("ready", "idle", "busy") else (
+                f"unready: {a.health}" if a.ready is False and a.health else
                 f"last exit: {a.last_exit}" if a.last_exit else ""),
         ])
     _table(rows, ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "REASON"])
@@ -341,7 +348,30 @@ def stats(obj: Ctx, since: str | None, agent: str | None, resolution: str | None
                          _ms(v) for v in (lat.p50, lat.p95, lat.p99) if v is not None)])
     _table(rows, ["AGENT", "SERVING", "RESTARTS", "CPU%", "RSS", "TASKS", "OK", "FAILED",
                   "QUEUED", "P50/P95/P99 MS"])
+    _print_usage(st.agents)
     _print_gateway(st.gateway)
+
+
+def _print_usage(agents: dict[str, m.AgentStats]) -> None:
+    """Token and cost usage per agent and model, when an agent reported any; then its
+    budgets' windows, and why its tasks wait if a budget holds them."""
+    rows, windows = [], []
+    for name, a in agents.items():
+        u = a.usage
+        if u is None:
+            continue
+        for model, mu in sorted(u.models.items()):
+            rows.append([name, model, f"{mu.input_tokens:,}", f"{mu.output_tokens:,}",
+                         f"{mu.cost_usd:.4f}", str(mu.reports)])
+        windows.append([name, f"{u.tokens_last_minute:,.0f}", f"{u.tokens_last_day:,.0f}",
+                        f"{u.cost_usd_last_day:.4f}", u.waiting or "-"])
+    if rows:
+        click.echo("")
+        _table(rows, ["AGENT", "MODEL", "INPUT TOKENS", "OUTPUT TOKENS", "COST USD",
+                      "REPORTS"])
+    if windows:
+        click.echo("")
+        _table(windows, ["AGENT", "TOKENS/MINUTE", "TOKENS/DAY", "USD/DAY", "WAITING"])
 
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -1068,6 +1098,13 @@ def task_get(obj: Ctx, task_id: str, wait: bool, reconnect: float, as_json: bool
             val = "(dropped from memory: the daemon keeps tasks_kept_mb of outputs)"
         if val is not None:
             click.echo(f"{key}: {json.dumps(val) if isinstance(val, dict | list) else val}")
+    if res.waiting is not None:
+        click.echo(f"waiting: {res.waiting}")
+    if res.usage is not None:
+        u = res.usage
+        click.echo(f"usage: {u.input_tokens + u.output_tokens:,} tokens ({u.input_tokens:,} "
+                   f"in, {u.output_tokens:,} out), ${u.cost_usd:.4f}, models "
+                   + ", ".join(sorted(u.models)))
     for i, a in enumerate(res.attempts, 1):
         click.echo(f"attempt {i}: replica {a.replica} pid {a.pid} {a.outcome}"
                    + (f" ({a.error})" if a.error else ""))

@@ -32,10 +32,12 @@ from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from ..supervisor.config import Config, ConfigError, check_sandboxes, load_config
 from ..supervisor.containment import Containment, ProcessEnded, ProcessStarted, read_stat
 from ..supervisor.core import Supervisor
+from ..supervisor.health import AgentReadiness, HealthChange
 from ..supervisor.lifecycle import SERVING, TRANSIENT, State
 from ..supervisor.process_replica import Event, Exited, LogLines
 from ..supervisor.stream import Checkpoint, ListChanged, Stall, Tick
 from ..supervisor.tasks import TaskRecord
+from ..supervisor.tasks.budget import DAY
 from ..text import plural
 from . import journald
 from .api import Caller, Dispatcher
@@ -315,6 +317,11 @@ class Daemon:
                 stack.push_async_callback(journal.close)
                 unfinished = await asyncio.to_thread(journal.unfinished)
                 self.sup.tasks.journal = journal
+                # the budgets' windows as the journaled tasks' usage left them
+                budgets = self.sup.tasks.budgets
+                for agent, when, tokens, cost in await asyncio.to_thread(
+                        journal.usage_since, time.time() - DAY):
+                    budgets.restore(agent, tokens, cost, when)
         except StoreError as exc:
             raise StartupError(str(exc)) from None
         return store, writer, journal, unfinished
@@ -327,6 +334,8 @@ class Daemon:
         stream.subscribe(self._on_worker_log, LogLines)
         stream.subscribe(lambda _: self.notifier.watchdog(), Tick)
         stream.subscribe(self._on_stall, Stall)
+        stream.subscribe(self._on_health, HealthChange)
+        stream.subscribe(self._on_agent_readiness, AgentReadiness)
         stream.subscribe(self._on_transition, Event)
         self.notifier.track_status(self.status_line)
         stream.subscribe(gateway.on_transition, Event)
@@ -451,6 +460,18 @@ class Daemon:
             if self.sender is not None:
                 self.sender.lines(e.kind, e.name, e.replica, e.pid or 0, "event",
                                   [text.encode()])
+
+    def _on_health(self, e: HealthChange) -> None:
+        """A check flipped: a line in the replica's log (`corral logs`), as transitions."""
+        self.hub.emit(e.agent, e.replica, e.pid or 0, "event", LineBlock.one(e.text),
+                      when=e.time)
+        if self.sender is not None:
+            self.sender.lines("agent", e.agent, e.replica, e.pid or 0, "event",
+                              [e.text.encode()])
+
+    def _on_agent_readiness(self, e: AgentReadiness) -> None:
+        self.hub.emit(e.agent, 0, 0, "event", LineBlock.one(e.text), when=e.time)
+        self.hub.daemon(e.text, priority=6 if e.ready else 4)
 
     def _on_stall(self, e: Stall) -> None:
         self.hub.daemon(f"event loop stalled for {e.seconds:.2f} s (not counted against any "

@@ -388,6 +388,9 @@ class Fleet:
             else:
                 await agent.roll(spec, start_stopped=False)
         await agent.scale(want)
+        # its budgets may be others now: tasks a budget held are judged again at once,
+        # not when the old window would have let them go (a day, for a day's budget)
+        self.sup.tasks.pump(name)
 
     def fill_cwd(self, spec: AgentSpec) -> None:
         """An agent added at runtime without a cwd runs where the config file is, as the

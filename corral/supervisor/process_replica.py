@@ -106,6 +106,9 @@ class ReplicaStatus(msgspec.Struct):
     rss_bytes: int
     open_fds: int
     tasks_running: int
+    # an agent with [health]: whether the replica takes new tasks, and why not (health.py)
+    ready: bool | None = None
+    health: str | None = None
 
 
 class ReplicaHost(Protocol):

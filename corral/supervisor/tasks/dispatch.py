@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ..lifecycle import SERVING, State
+from .budget import Budgets
 from .counters import AgentTasks
 from .deadlines import Deadlines
 from .durable import TaskJournal
@@ -49,8 +50,9 @@ class Outcomes(Protocol):
 
 class Dispatcher:
     def __init__(self, sup: TaskHost, queue: Queue, by_agent: Mapping[str, AgentTasks],
-                 outcomes: Outcomes) -> None:
+                 outcomes: Outcomes, budgets: Budgets | None = None) -> None:
         self.sup = sup
+        self.budgets = budgets
         self.queue = queue
         self.by_agent = by_agent
         self.outcomes = outcomes
@@ -62,6 +64,8 @@ class Dispatcher:
         for r in agent.replicas:
             if r.state in SERVING and r.peer is not None and r.tasks_running < limit and (
                     best is None or r.tasks_running < best.tasks_running):
+                if not r.health_ready:  # readiness (health.py): no new task while unready
+                    continue
                 best = r
         return best
 
@@ -75,6 +79,9 @@ class Dispatcher:
         while queue.depth(agent_name):
             r = self.free_replica(agent)
             if r is None:
+                return
+            # over a token or cost budget: the tasks wait, and its timer pumps again
+            if self.budgets is not None and self.budgets.holds(agent):
                 return
             task = queue.take(agent_name)
             if task is None:
