@@ -40,6 +40,13 @@ def attempt(task: dict[str, Any]) -> Any:
     if do == "limits":
         with open("/proc/self/limits") as f:
             return next(line for line in f if line.startswith("Max address space"))
+    if do == "privileges":  # its capability sets, no_new_privs, and a user namespace tried
+        with open("/proc/self/status") as f:
+            status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        made = subprocess.run(["unshare", "--user", "true"], capture_output=True, text=True)
+        held = {k: status[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb",
+                                       "NoNewPrivs")}
+        return {**held, "userns": made.stderr.strip() or "made"}
     if do == "allocate":
         block = bytearray(task["mb"] * 1024 * 1024)
         return len(block)

@@ -209,6 +209,12 @@ async def test_caps_and_containment_hold_inside(tmp_path: Path) -> None:
     extra = "[agents.box.limits]\nmemory_mb = 1024\n"
     async with in_process(tmp_path, agent("box", home, extra)) as d:
         sup = d.services.sup
+        # no capability in any set (root's bounding set too), no_new_privs, and no user
+        # namespace of its own making (where the kernel's attack surface widens)
+        none = "0000000000000000"
+        assert await run(d, "box", {"do": "privileges"}) == {"ok": {
+            "CapInh": none, "CapPrm": none, "CapEff": none, "CapBnd": none, "CapAmb": none,
+            "NoNewPrivs": "1", "userns": "unshare: unshare failed: No space left on device"}}
         # RLIMIT_AS is in force in the sandboxed process, and bites there
         assert await run(d, "box", {"do": "limits"}) == {
             "ok": f"Max address space         {1 << 30:<20} {1 << 30:<20} bytes     \n"}
@@ -405,4 +411,6 @@ def test_an_unprivileged_sandbox_is_tried_as_its_user() -> None:
         assert why is not None and forbidden in why
     else:
         assert why is None
-    assert host_refusal("bwrap", "root") is None  # root needs no user namespace
+    # root's sandbox has a user namespace too (it is what lets it make none of its own),
+    # tried as any other: allowed to root wherever bwrap works at all
+    assert host_refusal("bwrap", "root") is None

@@ -44,18 +44,6 @@ USERNS_SYSCTLS = (
 )
 
 
-def runs_as_root(user: str | None) -> bool:
-    """Whether the agent's process (the daemon's user, or `user`) is root: bwrap then
-    needs no user namespace; otherwise it creates one."""
-    if user is None:
-        return os.geteuid() == 0
-    try:
-        pw = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
-    except KeyError:
-        return False  # the user check says so, in its own words
-    return pw.pw_uid == 0
-
-
 def userns_forbidden(sysctl: Path = Path("/proc/sys")) -> str | None:
     """The host setting that forbids unprivileged user namespaces, as `name = value`."""
     for rel, forbidding in USERNS_SYSCTLS:
@@ -79,17 +67,15 @@ def host_refusal(program: str, user: str | None, *,
                  sysctl: Path = Path("/proc/sys")) -> str | None:
     """Why this host cannot sandbox a process of `user` with bubblewrap, or None.
 
-    As root bwrap makes its namespaces itself; as anyone else it needs an unprivileged user
-    namespace, which a host may forbid. A real sandbox is tried (as that user) rather than
-    the settings guessed at: an AppArmor profile may allow bwrap where the sysctl says
-    restricted, and a container may refuse where the sysctls allow. The settings then say
-    why."""
+    Every sandbox has a user namespace of its own (root's too: it is what lets the agent
+    make no further one), which a host may forbid. A real sandbox is tried (as that user)
+    rather than the settings guessed at: an AppArmor profile may allow bwrap where the
+    sysctl says restricted, and a container or a systemd unit (RestrictNamespaces=) may
+    refuse where the sysctls allow. The settings then say why."""
     path = find_program(program)
     if path is None:
         return (f"bubblewrap is not installed ({program} not found; Debian's package is "
                 f"bubblewrap)")
-    if runs_as_root(user):
-        return None
     uid = None
     if user is not None:
         uid = pwd.getpwnam(user).pw_uid if not user.isdigit() else int(user)
@@ -108,7 +94,7 @@ def host_refusal(program: str, user: str | None, *,
     forbidden = userns_forbidden(sysctl)
     if forbidden:
         return (f"user namespaces are forbidden on this host ({forbidden}); bubblewrap "
-                f"needs one to sandbox a process that is not root ({said_last})")
+                f"needs one to sandbox a process ({said_last})")
     return f"bubblewrap cannot make a sandbox on this host: {said_last}"
 
 
@@ -175,11 +161,12 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
         raise OSError(f"bubblewrap is not installed ({program} not found)")
     args = [found, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try"]
+    # a user namespace of its own for root too: without one, root (even with no
+    # capabilities) may make user namespaces, and keeps a full bounding set
+    args += ["--unshare-user", "--disable-userns"]
     if root:
-        # bwrap run by root keeps root's capabilities unless told: none inside
+        # root in the sandbox's user namespace has all its capabilities unless told
         args += ["--cap-drop", "ALL"]
-    else:
-        args += ["--unshare-user", "--disable-userns"]
     if network in ("none", "gateway"):
         args.append("--unshare-net")
     args += _system_args()
