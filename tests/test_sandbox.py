@@ -21,7 +21,12 @@ import pytest
 from corral.supervisor import State
 from corral.supervisor.config import ConfigError, check_commands, load_config
 from corral.supervisor.containment import read_stat
-from corral.supervisor.sandbox import exit_status, host_refusal, userns_forbidden
+from corral.supervisor.sandbox import (
+    exit_status,
+    host_refusal,
+    program_paths,
+    userns_forbidden,
+)
 
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, config_text, in_process, shared_tmpdir
@@ -414,3 +419,22 @@ def test_an_unprivileged_sandbox_is_tried_as_its_user() -> None:
     # root's sandbox has a user namespace too (it is what lets it make none of its own),
     # tried as any other: allowed to root wherever bwrap works at all
     assert host_refusal("bwrap", "root") is None
+
+
+def test_what_a_program_needs_is_its_installation_or_its_directory(tmp_path: Path) -> None:
+    # a venv's interpreter: the venv, and its base interpreter's installation
+    base, venv = tmp_path / "base", tmp_path / "venv"
+    (base / "bin").mkdir(parents=True)
+    (base / "bin" / "python3").touch()
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(base / "bin" / "python3")
+    (venv / "pyvenv.cfg").write_text(f"home = {base / 'bin'}\n")
+    assert program_paths(str(venv / "bin" / "python")) == [venv, base, base]
+    # a script outside a bin directory: its own directory, not the one holding it (here,
+    # every agent's)
+    script = tmp_path / "agents" / "x" / "run.sh"
+    script.parent.mkdir(parents=True)
+    script.touch()
+    assert program_paths(str(script)) == [script.parent, script.parent]
+    # the system's: bound already
+    assert program_paths("/usr/bin/env") == []
