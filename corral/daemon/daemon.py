@@ -32,6 +32,7 @@ from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from ..supervisor.config import Config, ConfigError, load_config
 from ..supervisor.containment import Containment, ProcessEnded, ProcessStarted, read_stat
 from ..supervisor.core import Supervisor
+from ..supervisor.elastic import Scaling
 from ..supervisor.lifecycle import LIVE, SERVING, State
 from ..supervisor.process_replica import Event, Exited, LogLines
 from ..supervisor.stream import Checkpoint, ListChanged, Stall, Tick
@@ -325,6 +326,7 @@ class Daemon:
         stream.subscribe(lambda _: self.notifier.watchdog(), Tick)
         stream.subscribe(self._on_stall, Stall)
         stream.subscribe(self._on_transition, Event)
+        stream.subscribe(self._on_scaling, Scaling)
         self.notifier.track_status(self.status_line)
         stream.subscribe(gateway.on_transition, Event)
         stream.subscribe(lambda e: gateway.changed([e.kind]), ListChanged)
@@ -446,6 +448,11 @@ class Daemon:
             if self.sender is not None:
                 self.sender.lines(e.kind, e.name, e.replica, e.pid or 0, "event",
                                   [text.encode()])
+
+    def _on_scaling(self, s: Scaling) -> None:
+        """An autoscaling decision: a line of the agent's log, as its transitions are."""
+        text = f"autoscale {s.direction} {s.previous} -> {s.replicas}: {s.reason}"
+        self.hub.emit(s.agent, 0, 0, "event", LineBlock.one(text), when=s.time)
 
     def _on_stall(self, e: Stall) -> None:
         self.hub.daemon(f"event loop stalled for {e.seconds:.2f} s (not counted against any "

@@ -73,6 +73,8 @@ class Dispatcher:
         while queue.depth(agent_name):
             r = self.free_replica(agent)
             if r is None:
+                if not agent.replicas:  # an elastic agent asleep: the task wakes it
+                    self.sup.wake(agent_name)
                 return
             task = queue.take(agent_name)
             if task is None:
