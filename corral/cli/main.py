@@ -647,6 +647,10 @@ def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
     if as_json:
         _print_json(res)
         return
+    _print_history(res)
+
+
+def _print_history(res: m.HistoryResult) -> None:
     rows = [[("* " if r.revision == res.current else "  ") + str(r.revision),
              _stamp(r.time), r.who, r.change] for r in res.revisions]
     headers = ["  REV", "TIME", "WHO", "CHANGE"]

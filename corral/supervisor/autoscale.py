@@ -124,8 +124,7 @@ class Decider:
         if sleep and not load and idle_for >= sleep:
             hib = p.hibernate_after > 0 and idle_for >= p.hibernate_after
             why = "hibernate_after" if hib else "idle_after"
-            return Decision(0, f"idle for {idle_for:.0f} s ({why} {sleep:g} s): to zero",
-                            hibernate=hib)
+            return Decision(0, f"no work for {why} ({sleep:g} s): to zero", hibernate=hib)
         if current < p.min_replicas:
             return Decision(p.min_replicas, f"below min_replicas {p.min_replicas}")
         if current > p.max_replicas:

@@ -413,7 +413,7 @@ class Worker:
         on_event: Callable[[str, Any], Any] | None = None,
         on_shutdown: Callable[[], Any] | None = None,
         on_resource_updated: Callable[[str, str], Any] | None = None,
-        on_hibernate: Callable[[], Any] | None = None,
+        on_hibernate: Callable[[Any], Any] | None = None,
     ) -> None:
         self.handler = handler
         self.on_hibernate = on_hibernate
@@ -636,7 +636,7 @@ class Worker:
         checkpointed = False
         if self.on_hibernate is not None:
             try:
-                state = self.on_hibernate()
+                state = self.on_hibernate(self.state)
             except Exception as exc:
                 _print_exc()
                 if rid is not None:
@@ -768,11 +768,12 @@ def run(
     on_event: Callable[[str, Any], Any] | None = None,
     on_shutdown: Callable[[], Any] | None = None,
     on_resource_updated: Callable[[str, str], Any] | None = None,
-    on_hibernate: Callable[[], Any] | None = None,
+    on_hibernate: Callable[[Any], Any] | None = None,
 ) -> None:
     """Serve `handler(task_input, ctx)` over stdio until the supervisor says stop.
-    `on_hibernate()`: called when corral hibernates the idle agent; what it returns (if
-    not None) is checkpointed as the agent's state."""
+    `on_hibernate(state)`: called with the state last checkpointed when corral
+    hibernates the idle agent; what it returns (if not None) is checkpointed as the
+    agent's state, given back by `initialize` when a task wakes it."""
     Worker(
         handler, on_initialize=on_initialize, on_event=on_event, on_shutdown=on_shutdown,
         on_resource_updated=on_resource_updated, on_hibernate=on_hibernate,
