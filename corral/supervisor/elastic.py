@@ -23,7 +23,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
@@ -32,8 +33,45 @@ from .config import AgentSpec
 from .lifecycle import SERVING, STOPPED, State
 
 if TYPE_CHECKING:
-    from .core import Agent, Supervisor
     from .replica import Replica
+    from .stream import Stream
+    from .tasks import TaskManager
+
+
+class Agent(Protocol):
+    """What the loop needs of an agent (core.Agent implements it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def spec(self) -> AgentSpec: ...
+
+    @property
+    def replicas(self) -> list[Replica]: ...
+
+    @property
+    def replacing(self) -> set[Replica]: ...
+
+    async def scale(self, n: int, *, idle_only: bool = False, reason: str = "scaled down",
+                    before_stop: Callable[[list[Replica]], Awaitable[None]] | None = None
+                    ) -> int: ...
+
+
+class Host(Protocol):
+    """What the loop needs of the supervisor (core.Supervisor implements it)."""
+
+    @property
+    def agents(self) -> Mapping[str, Agent]: ...
+
+    @property
+    def heartbeat_interval(self) -> float: ...
+
+    @property
+    def tasks(self) -> TaskManager: ...
+
+    @property
+    def stream(self) -> Stream: ...
 
 log = logging.getLogger("corral.supervisor")
 
@@ -84,7 +122,7 @@ class Entry:
 
 
 class Elastic:
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: Host) -> None:
         self.sup = sup
         self.entries: dict[str, Entry] = {}
         self.decisions: dict[str, deque[Scaling]] = {}
