@@ -12,10 +12,12 @@ import msgspec
 import psutil
 import pytest
 
+from corral import jsonrpc
 from corral import methods as m
 from corral.cli.main import _print_history, _print_status
 from corral.daemon.api import Caller
 from corral.daemon.http.metrics import autoscale_families, take
+from corral.jsonrpc import RpcError
 from corral.supervisor import LogLines, State, Supervisor
 from corral.supervisor.config import Autoscale
 from corral.supervisor.elastic import ASLEEP, AWAKE
@@ -70,15 +72,10 @@ async def test_tasks_while_asleep_all_run_and_none_is_refused(sup: Supervisor) -
 
 async def test_an_agent_without_autoscale_and_no_replicas_is_still_refused(
         sup: Supervisor) -> None:
-    from corral.jsonrpc import RpcError
-
     sup.add(agent("none", replicas=0))
-    try:
+    with pytest.raises(RpcError) as err:
         sup.tasks.submit("none", {})
-    except RpcError as exc:
-        assert exc.message == "agent none has no replicas"
-    else:  # pragma: no cover - the failure this test is for
-        raise AssertionError("a task for an agent with no replicas was accepted")
+    assert err.value.message == "agent none has no replicas"
 
 
 async def test_hibernate_checkpoints_stops_and_the_wake_gives_the_state_back(
@@ -174,3 +171,41 @@ async def test_daemon_shows_asleep_the_decisions_and_the_wake_time(
         assert counts[("nap", "sleep")] >= 1 and counts[("nap", "wake")] == 1
         kinds = {s.labels["kind"] for s in fams["corral_autoscale_replicas"].samples}
         assert kinds == {"desired", "current"}
+
+
+def bounded_toml(name: str, most: int) -> str:
+    return textwrap.dedent(f"""
+        [agents.{name}]
+        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        stop_timeout = 10.0
+        [agents.{name}.autoscale]
+        min_replicas = 1
+        max_replicas = {most}
+        upscale_delay = 0.0
+        downscale_delay = 0.3
+    """)
+
+
+async def test_a_kept_scale_is_where_a_restarted_daemon_starts_within_bounds(
+        tmp_path: Path) -> None:
+    me = Caller(via="socket")
+    async with in_process(tmp_path, bounded_toml("ks", 4)) as d:
+        with pytest.raises(RpcError) as err:
+            await d.dispatcher.call(me, "agents.scale", {"name": "ks", "replicas": 5})
+        assert (err.value.code, err.value.message) == (
+            jsonrpc.INVALID_PARAMS, "ks autoscales between min_replicas 1 and max_replicas "
+            "4: 5 is outside them (change [agents.ks.autoscale] to go further)")
+        assert len(d.services.sup.agent("ks").replicas) == 1
+        await d.dispatcher.call(me, "agents.scale", {"name": "ks", "replicas": 4})
+        assert len(d.services.sup.agent("ks").replicas) == 4
+        # idle: the autoscaler takes it back down (no revision, no kept scale written)
+        got = decisions(d.services.sup)
+        down = await got.until(lambda s: s.replicas == 1, 15.0)
+        assert down.direction == "down"
+        assert d.services.revisions.scaled()["ks"][0] == 4
+    # the file now allows at most 2: the kept 4 starts as 2, and the autoscaler goes on
+    async with in_process(tmp_path, bounded_toml("ks", 2)) as d:
+        assert len(d.services.sup.agent("ks").replicas) == 2
+        got = decisions(d.services.sup)
+        await got.until(lambda s: s.replicas == 1, 15.0)
