@@ -263,30 +263,33 @@ async def test_scale_down_never_takes_a_replica_with_a_running_task(
         sup: Supervisor, tmp_path: Path) -> None:
     """Two replicas, the last one busy: the stable window says one, yet the busy one
     stays until its task ends; then it goes."""
+    got = decisions(sup)
     sup.add(agent("keep", "misbehave.py", replicas=2, autoscale=Autoscale(
         min_replicas=1, max_replicas=2, upscale_delay=0.0, downscale_delay=0.3)))
     a = sup.agent("keep")
-    for i in range(2):
-        await sup.wait_state("keep", State.READY, replica=i)
-    gate = tmp_path / "go"
-    got = decisions(sup)
-    first = sup.tasks.submit("keep", {"do": "await", "path": str(gate) + "-never"})
-    second = asyncio.ensure_future(sup.tasks.run("keep", {"do": "await", "path": str(gate)}))
-    await sup.wait_for(lambda: a.replicas[1].tasks_running == 1, 10.0)
-    sup.tasks.cancel(first.id)  # replica 0 idle; replica 1 busy
+    # two tasks from the start, so the load asks for both replicas while they start
+    gates = [tmp_path / "gate0", tmp_path / "gate1"]
+    runs = [asyncio.ensure_future(sup.tasks.run("keep", {"do": "await", "path": str(g)}))
+            for g in gates]
+    await sup.wait_for(lambda: len(a.replicas) == 2 and all(
+        r.tasks_running == 1 for r in a.replicas), 30.0)
+    # which task runs on the last replica: its gate stays shut, the other one opens
+    on_last = next(i for i, t in enumerate(sup.tasks.active.values())
+                   if t.replica is a.replicas[1])
+    gates[1 - on_last].write_text("")
     await sup.wait_for(lambda: a.replicas[0].tasks_running == 0, 10.0)
     pid = a.replicas[1].pid
     # the stable window (0.3 s) passes several times: the busy replica is never stopped
     ticks = sup.elastic.ticks
-    for _ in range(80):
+    for _ in range(200):
         if sup.elastic.ticks >= ticks + 8:
             break
         await asyncio.sleep(0.05)  # polling the loop's own tick count, bounded
     assert sup.elastic.ticks >= ticks + 8
     assert len(a.replicas) == 2 and a.replicas[1].pid == pid and not got
-    gate.write_text("")
-    res = await asyncio.wait_for(second, 10.0)
-    assert res.status == "succeeded"
+    gates[on_last].write_text("")
+    results = await asyncio.wait_for(asyncio.gather(*runs), 10.0)
+    assert [r.status for r in results] == ["succeeded", "succeeded"]
     down = await got.until(lambda s: s.direction == "down", 10.0)
     assert (down.previous, down.replicas) == (2, 1)
     assert len(a.replicas) == 1

@@ -96,10 +96,12 @@ class Window:
 class Decider:
     """One agent's decisions; `decide` once per tick of the loop, at most."""
 
-    __slots__ = ("first", "panic", "policy", "stable")
+    __slots__ = ("awake", "first", "panic", "policy", "sleep_after", "stable")
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        self.awake = policy.awake  # (the policy's derived figures, made once)
+        self.sleep_after = policy.sleep_after
         self.panic = Window(policy.upscale_delay, greatest=False)
         self.stable = Window(policy.downscale_delay, greatest=True)
         self.first: float | None = None  # the first wish's time: is the panic window full?
@@ -109,18 +111,24 @@ class Decider:
         since the agent last had work (0 while it has some)."""
         p = self.policy
         # while awake, never fewer than one: going to zero is the sleep's alone
-        wish = min(p.max_replicas, max(p.awake, math.ceil(load / p.target_load)))
+        wish = self.awake
+        if load:
+            wish = min(p.max_replicas, max(wish, math.ceil(load / p.target_load)))
         if self.first is None:
             self.first = now
-        low = self.panic.add(now, wish)
-        high = self.stable.add(now, wish)
+        pv, sv = self.panic.values, self.stable.values
+        if len(pv) == 1 and len(sv) == 1 and pv[0][1] == wish == sv[0][1]:
+            low = high = wish  # the same wish all along (an idle fleet's every tick)
+        else:
+            low = self.panic.add(now, wish)
+            high = self.stable.add(now, wish)
         if current == 0:
             if load:
                 self.restart(now, wish)
                 return Decision(max(1, min(wish, self._step(0))),
                                 f"woken by {plural(load, 'task')}")
             return Decision(0, "asleep")
-        sleep = p.sleep_after
+        sleep = self.sleep_after
         if sleep and not load and idle_for >= sleep:
             hib = p.hibernate_after > 0 and idle_for >= p.hibernate_after
             why = "hibernate_after" if hib else "idle_after"
