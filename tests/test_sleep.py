@@ -20,7 +20,7 @@ from corral.daemon.http.metrics import autoscale_families, take
 from corral.jsonrpc import RpcError
 from corral.supervisor import LogLines, State, Supervisor
 from corral.supervisor.config import Autoscale
-from corral.supervisor.elastic import ASLEEP, AWAKE
+from corral.supervisor.elastic import ASLEEP, AWAKE, Scaling
 
 from .conftest import EXAMPLES, PY, ROOT, agent
 from .daemon_harness import in_process
@@ -50,11 +50,16 @@ async def test_idle_agent_goes_to_zero_processes_and_a_task_wakes_it(
     assert a.replicas == [] and sup.elastic.status("zz").state == ASLEEP  # type: ignore[union-attr]
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     # a task is accepted (not refused for "no replicas"), waits, wakes a replica and runs
-    res = await asyncio.wait_for(sup.tasks.run("zz", {"do": "echo", "x": 1}), 30.0)
-    assert (res.status, res.output) == ("succeeded", {"do": "echo", "x": 1})
+    shown: list[str | None] = []
+    sup.stream.subscribe(lambda s: shown.append(sup.elastic.shown_state("zz")), Scaling)
+    task = sup.tasks.submit("zz", {"do": "echo", "x": 1})
+    assert task.status == "queued"
     wake = await got.until(lambda s: s.direction == "wake", 1.0)
+    assert shown == ["waking"]  # as the wake is decided: no replica serves yet
     assert (wake.previous, wake.replicas, wake.reason) == (0, 1, "woken by 1 task")
-    info = await sup.tasks.info(res.task_id)
+    info = await asyncio.wait_for(sup.tasks.info(task.id, wait=True), 30.0)
+    assert (info.status, msgspec.json.decode(info.output)) == (
+        "succeeded", {"do": "echo", "x": 1})
     assert info.queue_wait is not None and info.queue_wait > 0
     assert info.queue_wait == round(info.started - info.created, 6)  # type: ignore[operator]
     assert sup.elastic.status("zz").state == AWAKE  # type: ignore[union-attr]

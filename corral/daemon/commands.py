@@ -121,7 +121,8 @@ def _elastic(d: Services, agents: list[Agent]) -> dict[str, m.ElasticStatus]:
         p = e.decider.policy
         last = e.last
         out[a.name] = m.ElasticStatus(
-            state=e.state, replicas=len(a.replicas), desired=e.desired,
+            state=d.sup.elastic.shown_state(a.name) or e.state, replicas=len(a.replicas),
+            desired=e.desired,
             min_replicas=p.min_replicas, max_replicas=p.max_replicas,
             last=None if last is None else (f"{last.direction} {last.previous} -> "
                                             f"{last.replicas}: {last.reason}"),

@@ -149,6 +149,18 @@ class Elastic:
     def status(self, name: str) -> Entry | None:
         return self.entries.get(name)
 
+    def shown_state(self, name: str) -> str | None:
+        """What `corral status` says of the agent: asleep, waking (woken, no replica
+        serving yet) or awake; None when it is not elastic."""
+        e = self.entries.get(name)
+        agent = self.sup.agents.get(name)
+        if e is None or agent is None:
+            return None
+        if e.state == AWAKE and e.last is not None and e.last.direction == "wake" and not any(
+                r.state in SERVING for r in agent.replicas):
+            return WAKING
+        return e.state
+
     # -- the loop ---------------------------------------------------------------------------
     def start(self) -> None:
         if self._loop is None:
@@ -237,7 +249,6 @@ class Elastic:
         reason = d.reason
         try:
             if up:
-                e.state = WAKING if current == 0 else e.state
                 reached = await agent.scale(d.desired)
             else:
                 hibernate = self._hibernate if d.hibernate else None
