@@ -10,10 +10,10 @@
    second, and decides "steady"), the two one after the other in one run.
 
     .venv/bin/python -m bench.bench_elastic [--rounds 5] [--agents 100] [--idle 10]
-        [--no-fleet]
+        [--repeat 1] [--no-fleet]
 
-The 1000-agent figure: `--agents 1000 --idle 20` (a few minutes; two daemons started
-one after the other).
+The 1000-agent figure: `--agents 1000 --idle 20 --repeat 2` (a few minutes: four
+daemons of 1000 agents, one after the other, off and on alternated).
 """
 
 from __future__ import annotations
@@ -117,17 +117,25 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--agents", type=int, default=100)
     ap.add_argument("--idle", type=float, default=10.0)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="daemons of each kind, alternated (off, on, on, off, ...): the "
+                         "medians are reported")
     ap.add_argument("--no-fleet", action="store_true", help="skip the autoscaler's cost")
     args = ap.parse_args()
     out: dict[str, Any] = {"load_before": os.getloadavg()[0]}
     out["wake"] = asyncio.run(wake_and_restart(args.rounds))
     if not args.no_fleet:
-        off = idle_cpu(args.agents, False, args.idle)
-        on = idle_cpu(args.agents, True, args.idle)
-        out["fleet"] = {"agents": args.agents, "idle_s": args.idle, "autoscale_off": off,
-                        "autoscale_on": on,
-                        "difference_points": round(on["idle_cpu_percent"]
-                                                   - off["idle_cpu_percent"], 2)}
+        runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+        for i in range(args.repeat):
+            order = (False, True) if i % 2 == 0 else (True, False)
+            for autoscale in order:
+                runs[autoscale].append(idle_cpu(args.agents, autoscale, args.idle))
+        off, on = (statistics.median(r["idle_cpu_percent"] for r in runs[k])
+                   for k in (False, True))
+        out["fleet"] = {"agents": args.agents, "idle_s": args.idle, "repeat": args.repeat,
+                        "autoscale_off": runs[False], "autoscale_on": runs[True],
+                        "median_off": off, "median_on": on,
+                        "difference_points": round(on - off, 2)}
     out["load_after"] = os.getloadavg()[0]
     report("elastic" if args.agents == 100 else f"elastic-{args.agents}", out)
 
