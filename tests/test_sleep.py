@@ -214,3 +214,30 @@ async def test_a_kept_scale_is_where_a_restarted_daemon_starts_within_bounds(
         assert len(d.services.sup.agent("ks").replicas) == 2
         got = decisions(d.services.sup)
         await got.until(lambda s: s.replicas == 1, 15.0)
+
+
+async def test_a_reload_leaves_an_asleep_agent_asleep(tmp_path: Path) -> None:
+    """A reload that changes the agent (its bounds, its env: a rolling change) does not
+    wake it, nor scale it to the file's count: the count is the autoscaler's."""
+    async with in_process(tmp_path, sleepy_toml("rl")) as d:
+        sup = d.services.sup
+        got = decisions(sup)
+        await got.until(lambda s: s.direction == "sleep", 15.0)
+        config = tmp_path / "corral.toml"
+        config.write_text(config.read_text().replace("max_replicas = 3", "max_replicas = 2")
+                          .replace('PYTHONPATH = "', 'V = "1", PYTHONPATH = "'))
+        res = await d.dispatcher.call(Caller(via="socket"), "config.reload", {})
+        assert (res.changed, res.failed) == (["rl"], {})
+        assert sup.agent("rl").replicas == [] and sup.agent("rl").spec.env["V"] == "1"
+        st = await d.dispatcher.call(Caller(via="socket"), "agents.status", {})
+        assert (st.elastic["rl"].state, st.elastic["rl"].max_replicas) == ("asleep", 2)
+        ran = await asyncio.wait_for(sup.tasks.run("rl", {"do": "env"}), 30.0)
+        assert ran.output["V"] == "1"  # woken with the new spec
+        # without its autoscale table, the agent is the file's count again, and stays
+        text = config.read_text()
+        config.write_text(text[:text.index("[agents.rl.autoscale]")])
+        res = await d.dispatcher.call(Caller(via="socket"), "config.reload", {})
+        assert (res.changed, res.failed) == (["rl"], {})
+        assert len(sup.agent("rl").replicas) == 1 and sup.elastic.status("rl") is None
+        st = await d.dispatcher.call(Caller(via="socket"), "agents.status", {})
+        assert st.elastic == {}

@@ -388,6 +388,7 @@ class Fleet:
             if not have and (a is None or not a.min_replicas):
                 want = 0  # asleep: the next task wakes it
         await agent.scale(want)
+        self.sup.elastic.track(agent)  # autoscale added, changed or taken away
 
     def fill_cwd(self, spec: AgentSpec) -> None:
         """An agent added at runtime without a cwd runs where the config file is, as the

@@ -135,10 +135,14 @@ class Elastic:
 
     # -- agents -----------------------------------------------------------------------------
     def track(self, agent: Agent) -> None:
-        if agent.spec.elastic:
-            self.entries[agent.name] = Entry(agent.spec, time.monotonic())
-        else:
+        """An agent added, or its spec changed (a reload, a rollback): elastic or not."""
+        e = self.entries.get(agent.name)
+        if not agent.spec.elastic:
             self.entries.pop(agent.name, None)
+        elif e is None:
+            self.entries[agent.name] = Entry(agent.spec, time.monotonic())
+        elif e.spec is not agent.spec:
+            self._respec(e, agent)
 
     def forget(self, name: str) -> None:
         self.entries.pop(name, None)
@@ -147,7 +151,11 @@ class Elastic:
             del self.counts[key]
 
     def status(self, name: str) -> Entry | None:
-        return self.entries.get(name)
+        e = self.entries.get(name)
+        agent = self.sup.agents.get(name)
+        if e is not None and agent is not None and agent.spec is not e.spec:
+            self._respec(e, agent)  # changed since the last tick: its bounds as they are
+        return e
 
     def shown_state(self, name: str) -> str | None:
         """What `corral status` says of the agent: asleep, waking (woken, no replica
@@ -194,11 +202,15 @@ class Elastic:
         tasks = self.sup.tasks
         by_agent = tasks.by_agent
         depth = tasks.queue.depth
+        gone: list[str] = []  # no longer elastic
         for name, e in self.entries.items():
             agent = agents.get(name)
             if agent is None or e.applying or agent.replacing:
                 continue
-            if agent.spec is not e.spec:  # a reload or rollout changed it
+            if agent.spec is not e.spec:  # a reload, rollback or deploy changed it
+                if not agent.spec.elastic:
+                    gone.append(name)
+                    continue
                 self._respec(e, agent)
             counters = by_agent.get(name)
             running = counters.running if counters is not None else 0
@@ -217,6 +229,8 @@ class Elastic:
             e.desired = d.desired
             if d.desired != current:
                 self._apply(agent, e, current, d)
+        for name in gone:
+            del self.entries[name]
 
     def _respec(self, e: Entry, agent: Agent) -> None:
         e.spec = agent.spec
