@@ -114,6 +114,9 @@ class ReplicaStatus(msgspec.Struct):
     rss_bytes: int
     open_fds: int
     tasks_running: int
+    # an agent with [health]: whether the replica takes new tasks, and why not
+    ready: bool | None = None
+    health: str | None = None
 
 
 class McpInstanceStatus(Result):
@@ -225,6 +228,13 @@ class ReplicaBrief(Result):
     replica: int
     state: str
     pid: int | None
+
+
+class PauseResult(Result):
+    """The replicas a pause or resume named, and their states after it."""
+
+    agent: str
+    replicas: list[ReplicaBrief]
 
 
 class DescribeResult(Result):
@@ -576,6 +586,25 @@ class AgentsSignal(Selection):
     """Send a signal (a name like HUP or SIGUSR1, or a number) to agents' processes."""
 
     signal: str = "TERM"
+
+
+@method("agents.pause", result=PauseResult, scope="agents:write", mutating=True)
+class AgentsPause(Params):
+    """Freeze an agent's replicas (or replica N) where they are, memory and process kept:
+    no task goes to them (tasks wait in the queue) and no heartbeat judges them until
+    resumed. Refused when a replica named is not running."""
+
+    name: str
+    replica: int | None = None
+
+
+@method("agents.resume", result=PauseResult, scope="agents:write", mutating=True)
+class AgentsResume(Params):
+    """Let paused replicas run on, each as it was (same process, no restart counted);
+    the tasks that waited go to them."""
+
+    name: str
+    replica: int | None = None
 
 
 @method("agents.describe", result=DescribeResult, scope="agents:read")
@@ -965,6 +994,21 @@ class AgentRoster(Result):
     replicas: list[ReplicaStatus]
 
 
+class HealthNote(Result):
+    """`agents.health`: a health check of a replica flipped ([health]: passed, failed)
+    and what corral did (ready, unready, restart, restart held, drain, exec, event)."""
+
+    id: str
+    time: float
+    agent: str
+    replica: int
+    check: str  # readiness or liveness
+    ok: bool
+    action: str
+    text: str  # the sentence logs show
+    row: ReplicaStatus | None  # the replica as agents.status shows it now
+
+
 class ReplicaSample(msgspec.Struct, array_like=True):
     """A replica's figures that change without a transition: agent, replica, uptime,
     CPU, resident memory, open descriptors, tasks running."""
@@ -989,8 +1033,9 @@ class ReplicaSamples(Result):
 @method("agents.watch", result=None, scope="agents:read", endless=True)
 class AgentsWatch(Params):
     """The fleet as it changes: `agents.snapshot` (every replica), then an
-    `agents.transition` per replica state change and an `agents.roster` when an agent's
-    replicas change as a list, each with an id, until the client disconnects; with an
+    `agents.transition` per replica state change, an `agents.roster` when an agent's
+    replicas change as a list and an `agents.health` when a health check flips, each with
+    an id, until the client disconnects; with an
     interval, `agents.sample` (CPU, memory, uptime) that often. A client that falls behind
     the changes kept is sent a new snapshot (`resync`) instead of them."""
 

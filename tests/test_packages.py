@@ -341,8 +341,8 @@ async def test_releases_past_keep_releases_go_least_recently_current_first(
 @pytest.mark.deadline(90)
 async def test_a_release_that_does_not_stay_up_is_refused(tmp_path: Path,
                                                           uv_cache: Path) -> None:
-    """Ready, then gone before min_healthy_time: not taken (the health checks of issue 24
-    do not exist yet: staying Ready is the check)."""
+    """Ready, then gone before min_healthy_time: not taken (without [health], staying
+    Ready is the check; with it, passing readiness too: tests/test_health.py)."""
     dies = ("import threading\nthreading.Timer(0.5, lambda: os._exit(3)).start()"
             "\n")
     v1 = package(tmp_path / "v1", "1.0")

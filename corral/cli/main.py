@@ -226,7 +226,8 @@ def _check_manifest(path: Path) -> None:
 
 
 # -- reading ------------------------------------------------------------------------------
-RUNNING_STATES = ("starting", "ready", "busy", "idle")
+# (paused: an operator's choice, not a failure)
+RUNNING_STATES = ("starting", "ready", "busy", "idle", "paused")
 EXIT_NOT_RUNNING = 3  # as `systemctl status`: some listed agent is failed or not running
 
 
@@ -270,6 +271,9 @@ def _watch(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"{iso_time(params['time'], ms=True)} "
                        f"{params['agent']}#{params['replica']}{pid} "
                        f"{params['previous']} -> {params['state']}: {params['reason']}")
+        elif method == "agents.health":
+            click.echo(f"{iso_time(params['time'], ms=True)} "
+                       f"{params['agent']}#{params['replica']} {params['text']}")
         elif method == "agents.roster":
             n = len(params["replicas"])
             click.echo(f"{iso_time(params['time'], ms=True)} {params['agent']}: "
@@ -283,10 +287,14 @@ def _print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
     rows = []
     for a in st.agents:
         rows.append([
-            f"{a.name}#{a.replica}", a.state, str(a.pid or "-"),
+            f"{a.name}#{a.replica}",
+            # readiness ([health]): serving, but no new task goes to it
+            f"{a.state} (unready)" if a.ready is False and a.state in ("ready", "idle", "busy")
+            else a.state, str(a.pid or "-"),
             _human_time(a.uptime), str(a.restarts), f"{a.cpu_percent:.1f}",
             _human_bytes(a.rss_bytes) if a.rss_bytes else "-",
             a.reason if a.state not in ("ready", "idle", "busy") else (
+                f"unready: {a.health}" if a.ready is False and a.health else
                 f"last exit: {a.last_exit}" if a.last_exit else ""),
         ])
     _table(rows, ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "REASON"])
@@ -478,6 +486,33 @@ def signal(obj: Ctx, sig: str, names: tuple[str, ...]) -> None:
                                    m.AgentsSignal(names=targets, all=all_, signal=sig))
     for s in res.signalled:
         click.echo(f"{res.signal} sent to {s.replica} (pid {s.pid})")
+
+
+def _pause_command(verb: str) -> None:
+    """`corral pause|resume NAME[#N]`: one shape, two control methods."""
+    method = f"agents.{verb}"
+    params = REGISTRY[method].params
+
+    def command(obj: Ctx, target: str, as_json: bool) -> None:
+        try:
+            name, index = m.parse_target(target)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="NAME[#N]") from None
+        res: m.PauseResult = obj.call(method, params(name=name, replica=index))
+        if as_json:
+            _print_json(res)
+            return
+        for r in res.replicas:
+            click.echo(f"{res.agent}#{r.replica}: {r.state}"
+                       + (f" (pid {r.pid})" if r.pid else ""))
+
+    fn: Any = json_option(pass_ctx(command))
+    fn = click.argument("target", metavar="NAME[#N]", shell_complete=_complete_agents)(fn)
+    cli.command(verb, help=doc(method) + "\n\nNAME: every replica; NAME#N: one.")(fn)
+
+
+for _verb in ("pause", "resume"):
+    _pause_command(_verb)
 
 
 @cli.command(help="Print the pid of each running replica of NAME (or of NAME#N), one a line; "

@@ -199,6 +199,29 @@ async def agents_signal(d: Services, p: m.AgentsSignal, caller: Caller, c: Chann
 _SIGNALS = {int(s) for s in signal.Signals}
 
 
+def _by(caller: Caller) -> str:
+    """Who paused or resumed, as the replica's reason says it."""
+    return f"token {caller.token}" if caller.token is not None else f"uid {caller.uid}"
+
+
+def _paused(name: str, replicas: list[Replica]) -> m.PauseResult:
+    return m.PauseResult(agent=name, replicas=[
+        m.ReplicaBrief(replica=r.index, state=r.state.value, pid=r.status().pid)
+        for r in replicas])
+
+
+@implements("agents.pause")
+async def agents_pause(d: Services, p: m.AgentsPause, caller: Caller, c: Channel
+                       ) -> m.PauseResult:
+    return _paused(p.name, await d.sup.pause(p.name, p.replica, f"paused by {_by(caller)}"))
+
+
+@implements("agents.resume")
+async def agents_resume(d: Services, p: m.AgentsResume, caller: Caller, c: Channel
+                        ) -> m.PauseResult:
+    return _paused(p.name, d.sup.resume(p.name, p.replica, f"resumed by {_by(caller)}"))
+
+
 @implements("agents.describe")
 async def agents_describe(d: Services, p: m.AgentsDescribe,
                           caller: Caller, c: Channel) -> m.DescribeResult:

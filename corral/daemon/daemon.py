@@ -33,7 +33,8 @@ from ..supervisor.config import Config, ConfigError, load_config
 from ..supervisor.containment import Containment, ProcessEnded, ProcessStarted, read_stat
 from ..supervisor.core import Supervisor
 from ..supervisor.elastic import Scaling
-from ..supervisor.lifecycle import LIVE, SERVING, State
+from ..supervisor.health import AgentReadiness, HealthChange
+from ..supervisor.lifecycle import SERVING, TRANSIENT, State
 from ..supervisor.process_replica import Event, Exited, LogLines
 from ..supervisor.stream import Checkpoint, ListChanged, Stall, Tick
 from ..supervisor.tasks import TaskRecord
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral.daemon")
 # states in which a replica is neither up nor settled down: READY=1 waits for none to be
-UNSETTLED = (LIVE - SERVING) | {State.BACKOFF}
+UNSETTLED = TRANSIENT | {State.BACKOFF}
 STOP = -1  # queued like a signal: `daemon.shutdown`
 
 
@@ -325,6 +326,8 @@ class Daemon:
         stream.subscribe(self._on_worker_log, LogLines)
         stream.subscribe(lambda _: self.notifier.watchdog(), Tick)
         stream.subscribe(self._on_stall, Stall)
+        stream.subscribe(self._on_health, HealthChange)
+        stream.subscribe(self._on_agent_readiness, AgentReadiness)
         stream.subscribe(self._on_transition, Event)
         stream.subscribe(self._on_scaling, Scaling)
         self.notifier.track_status(self.status_line)
@@ -428,6 +431,8 @@ class Daemon:
         c = sup.census
         up = sum(c[s] for s in SERVING)
         line = f"{plural(len(sup.agents), 'agent')}, {up}/{plural(c.total(), 'replica')} ready"
+        if c[State.PAUSED]:
+            line += f", {c[State.PAUSED]} paused"
         failed = c[State.FAILED]
         if sup.mcp.servers:
             # tool-server instances are few next to agents, and this line is computed at
@@ -453,6 +458,18 @@ class Daemon:
         """An autoscaling decision: a line of the agent's log, as its transitions are."""
         text = f"autoscale {s.direction} {s.previous} -> {s.replicas}: {s.reason}"
         self.hub.emit(s.agent, 0, 0, "event", LineBlock.one(text), when=s.time)
+
+    def _on_health(self, e: HealthChange) -> None:
+        """A check flipped: a line in the replica's log (`corral logs`), as transitions."""
+        self.hub.emit(e.agent, e.replica, e.pid or 0, "event", LineBlock.one(e.text),
+                      when=e.time)
+        if self.sender is not None:
+            self.sender.lines("agent", e.agent, e.replica, e.pid or 0, "event",
+                              [e.text.encode()])
+
+    def _on_agent_readiness(self, e: AgentReadiness) -> None:
+        self.hub.emit(e.agent, 0, 0, "event", LineBlock.one(e.text), when=e.time)
+        self.hub.daemon(e.text, priority=6 if e.ready else 4)
 
     def _on_stall(self, e: Stall) -> None:
         self.hub.daemon(f"event loop stalled for {e.seconds:.2f} s (not counted against any "

@@ -87,6 +87,54 @@ class Autoscale(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_d
     idle_after: NonNeg = 300.0  # with min_replicas = 0: seconds without work before sleeping
 
 
+class CheckSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """[agents.NAME.health.readiness] / [...liveness]: one health check (health.py)."""
+
+    interval: Positive = 10.0  # seconds from the end of one check to the next
+    timeout: Positive = 5.0  # a check not answered (a command not exited) by then fails
+    failures: PositiveInt = 3  # consecutive failures that make the check failed
+    successes: PositiveInt = 1  # consecutive passes that make it passing again
+    # the worker's check (`health/check`), all of its checks or the one named here ...
+    check: str | None = None
+    # ... or a command instead, run beside the worker: exit status 0 passes
+    command: list[str] | None = None
+    # what a failed check does (default: readiness drains, liveness restarts)
+    recovery: Literal["restart", "drain", "exec", "event"] | None = None
+    exec: list[str] | None = None  # recovery = "exec": the command run
+
+    def problem(self) -> tuple[str, str] | None:
+        """(the key, what is wrong with it), or None."""
+        if self.check is not None and self.command is not None:
+            return "", "give either check (the worker's) or command, not both"
+        if self.command is not None and not self.command:
+            return "command", "is empty"
+        if self.recovery == "exec" and not self.exec:
+            return "exec", 'recovery = "exec" needs exec = [the command to run]'
+        if self.exec is not None and self.recovery != "exec":
+            return "exec", 'is run only with recovery = "exec"'
+        return None
+
+
+class HealthSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """[agents.NAME.health]: readiness gates dispatch, liveness restarts (health.py)."""
+
+    # seconds after Ready in which failed checks are not counted (a slow warm-up)
+    start_period: NonNeg = 0.0
+    readiness: CheckSpec | None = None
+    liveness: CheckSpec | None = None
+
+    def check(self) -> None:
+        """Raises ConfigError naming the key (below `health`) and the problem."""
+        if self.readiness is None and self.liveness is None:
+            raise ConfigError("health: give readiness, liveness or both")
+        for kind in ("readiness", "liveness"):
+            c: CheckSpec | None = getattr(self, kind)
+            bad = c.problem() if c is not None else None
+            if bad is not None:
+                key = ".".join(k for k in ("health", kind, bad[0]) if k)
+                raise ConfigError(f"{key}: {bad[1]}")
+
+
 class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     name: str = ""
     replicas: NonNegInt = 1
@@ -122,11 +170,17 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # hibernates (checkpoint, then stop) after hibernate_after seconds; 0: never
     autoscale: Autoscale | None = None
     hibernate_after: NonNeg = 0
+    health: HealthSpec | None = None  # readiness and liveness checks (health.py)
 
     @property
     def elastic(self) -> bool:
         """Whether corral, not the operator, sets the replica count (and wakes it)."""
         return self.autoscale is not None or self.hibernate_after > 0
+
+    def check_health(self) -> None:
+        """Raises ConfigError ("health.liveness.exec: ...") if the health table is wrong."""
+        if self.health is not None:
+            self.health.check()
 
 
 LogLevel = Literal["debug", "info", "notice", "warning", "error", "critical", "alert",
@@ -402,6 +456,10 @@ def parse_agents(data: dict[str, Any], where: str) -> dict[str, AgentSpec]:
             spec.argv()
         except ConfigError as exc:
             raise ConfigError(f"{where}: agents.{name}.command: {exc}") from None
+        try:
+            spec.check_health()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: agents.{name}.{exc}") from None
         out[name] = spec
     return out
 

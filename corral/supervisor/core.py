@@ -27,12 +27,14 @@ from .config import AgentSpec, ConfigError, McpServerSpec, elastic_problem
 from .containment import CgroupMode, Containment
 from .elastic import Elastic, scale_refusal
 from .events import EventBus
-from .lifecycle import LIVE, SERVING, STOPPED, State
+from .health import HealthBoard
+from .lifecycle import LIVE, SERVING, STOPPED, TRANSIENT, Cause, State
 from .listening import ListeningClock
 from .mcproutes import AgentMcp
 from .mcpserver import McpServerReplica
 from .names import name_problem, shown
 from .pacing import BATCH, pacer
+from .pausing import selected, to_pause, to_resume
 from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaStatus
 from .remote import RemoteMcpServer
 from .replica import Replica
@@ -152,6 +154,9 @@ class Agent:
     async def _retire(self, old: list[Replica], spec: AgentSpec, reason: str) -> None:
         """Processes out of dispatch finish their running tasks (each within its task's
         deadline and grace), then stop."""
+        for r in old:
+            if r.moves(Cause.RESUME):  # paused: it finishes its tasks only if it runs
+                r.resume(f"{reason}: resumed to finish its tasks and stop")
         busy = [r for r in old if r.tasks_running]
         for r in busy:
             r.note(f"replaced: finishing {r.tasks_running} running task(s) first")
@@ -273,6 +278,8 @@ class Supervisor:
         self.started_at = time.monotonic()
         self._heartbeat: asyncio.Task[None] | None = None
         self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
+        # wait_for's conditions: looked at after every transition and readiness change
+        self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._event_queues: dict[asyncio.Queue[Event], Subscription] = {}
         # the loop's own stalls, taken off the time a worker counts as silent
         self.listening = ListeningClock()
@@ -297,6 +304,8 @@ class Supervisor:
         self.agent_mcp = AgentMcp(self.mcp, self.stream, self.worker_methods)
         # autoscaling, sleep and wake of elastic agents (elastic.py)
         self.elastic = Elastic(self)
+        # health checks of agents with [health] (health.py); nothing for the others
+        self.health_board = HealthBoard(self)
 
     # -- lifecycle of the supervisor itself -----------------------------------------------
     async def __aenter__(self) -> Supervisor:
@@ -341,6 +350,7 @@ class Supervisor:
             raise SupervisorError(jsonrpc.CONFLICT, f"agent {spec.name} already exists")
         try:
             spec.argv()
+            spec.check_health()
         except ConfigError as exc:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, f"agent {spec.name}: {exc}") from None
         problem = elastic_problem(spec)
@@ -366,6 +376,7 @@ class Supervisor:
         self.tasks.forget_agent(name)
         self.elastic.forget(name)
         await agent.stop("removed")
+        self.health_board.forget(name)
         if self.agents.pop(name, None) is agent:
             self._forget(agent.replicas)
             self.stream.emit(Roster(name))
@@ -387,6 +398,25 @@ class Supervisor:
         if why:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, why)
         await agent.scale(replicas)  # refuses more than max_replicas
+
+    async def pause(self, name: str, index: int | None = None, reason: str = "paused"
+                    ) -> list[Replica]:
+        """Freeze an agent's replicas (or replica `index`) where they are, memory kept: no
+        task goes to them and no heartbeat judges them until resumed. Refused (nothing
+        done) when one named is not running. Returns the replicas named."""
+        agent = self.agent(name)
+        await asyncio.gather(*(r.pause(reason) for r in to_pause(agent, index)))
+        return selected(agent, index)
+
+    def resume(self, name: str, index: int | None = None, reason: str = "resumed"
+               ) -> list[Replica]:
+        """Let paused replicas run on, each back in the state it was paused in (same
+        process: no restart); their agent's waiting tasks go to them. Returns the
+        replicas named."""
+        agent = self.agent(name)
+        for r in to_resume(agent, index):
+            r.resume(reason)
+        return selected(agent, index)
 
     def check_fleet(self, replicas: dict[str, int], what: str) -> None:
         """Refuse, before any work is done, to give agents `replicas` (name -> count) when
@@ -461,13 +491,39 @@ class Supervisor:
                 else:
                     keep.append((pred, fut))
             self._waiters = keep
+        self._look_at_conditions()
+
+    def _look_at_conditions(self) -> None:
+        if self._conditions:
+            keep = []
+            for cond, fut in self._conditions:
+                if fut.done():
+                    continue
+                if cond():
+                    fut.set_result(None)
+                else:
+                    keep.append((cond, fut))
+            self._conditions = keep
+
+    # -- health (health.py's HealthHost) --------------------------------------------------
+    def readiness_changed(self, r: Replica) -> None:
+        if r.health_ready:
+            self.tasks.pump(r.name)
+        self._look_at_conditions()
+
+    def publish(self, topic: str, data: Any) -> None:
+        self.events.publish(topic, data, "corral")
+
+    def agent_replicas(self, agent: str) -> list[Replica]:
+        a = self.agents.get(agent)
+        return a.replicas if a is not None else []
 
     async def healthy(self, new: list[Replica], spec: AgentSpec, deadline: float
                       ) -> str | None:
-        """None once every process of `new` (being started) is Ready and has stayed so for
+        """None once every process of `new` (being started) is Ready, passes its readiness
+        check where the agent has one ([health], health.py), and has stayed so for
         `spec.min_healthy_time` seconds, all within `deadline` seconds; else why not (the
-        exit's reason, as `status` shows it). Health checks of their own are not there
-        yet (issue 24): Ready and staying up is the check."""
+        exit's reason, as `status` shows it)."""
         give_up = time.monotonic() + deadline
 
         def broke() -> Replica | None:
@@ -476,29 +532,42 @@ class Supervisor:
                          or r.state in STOPPED), None)
 
         try:
-            await self.wait_for(lambda: broke() is not None or all(r.serving for r in new),
-                                deadline)
+            await self.wait_for(lambda: broke() is not None or all(
+                r.serving and r.health_ready for r in new), deadline)
         except TimeoutError:
-            late = next(r for r in new if not r.serving)
+            late = next(r for r in new if not (r.serving and r.health_ready))
+            if late.serving and late.health is not None:
+                return (f"not ready within {deadline:g} s: "
+                        f"{late.health.reason or 'unready'}")
             return f"not Ready within {deadline:g} s ({late.state}: {late.reason})"
         r = broke()
         if r is None and spec.min_healthy_time:
             with contextlib.suppress(TimeoutError):
-                await self.wait_for(lambda: any(not r.serving for r in new),
-                                    spec.min_healthy_time)
-            r = next((r for r in new if not r.serving), None)
+                await self.wait_for(lambda: any(not (r.serving and r.health_ready)
+                                                for r in new), spec.min_healthy_time)
+            r = next((r for r in new if not (r.serving and r.health_ready)), None)
             if r is None and time.monotonic() > give_up:
                 return (f"not Ready for min_healthy_time ({spec.min_healthy_time:g} s) "
                         f"within {deadline:g} s")
         if r is not None:
+            if r.serving and r.health is not None:
+                return r.health.reason or "unready"
             return r.last_exit or r.reason
         return None
 
     async def wait_for(self, cond: Callable[[], bool], timeout: float) -> None:
-        """Wait until `cond()` holds, checked now and after every event (states and task
-        counts only change with one); TimeoutError after `timeout`."""
-        if not cond():
-            await self.wait_event(lambda e: cond(), timeout)
+        """Wait until `cond()` holds, checked now and after every event and readiness
+        change (states, task counts and readiness only change with one); TimeoutError
+        after `timeout`."""
+        if cond():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._conditions.append((cond, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            if not fut.done():
+                fut.cancel()
 
     async def wait_event(self, pred: Callable[[Event], bool], timeout: float) -> Event:
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
@@ -551,7 +620,7 @@ class Supervisor:
     async def wait_all_serving(self, timeout: float = 30.0) -> None:
         """Wait until every replica of every agent that is meant to run is serving."""
         def settled(_: Event | None = None) -> bool:
-            return not any(self.census[s] for s in LIVE - SERVING)
+            return not any(self.census[s] for s in TRANSIENT)
 
         if not settled():
             await self.wait_event(settled, timeout)

@@ -26,7 +26,7 @@ from ..jsonrpc import LineBlock, Peer, RpcError
 from . import procstat
 from .caps import explain_exit, oom_reason
 from .config import ConfigError, ProcessSpec
-from .containment import Containment, ProcStat
+from .containment import Containment, ProcStat, set_frozen, wait_frozen
 from .lifecycle import LIVE, SERVING, Cause, Machine, State, Step
 from .listening import ListeningClock
 from .process import ChildProcess, resolve_user
@@ -51,6 +51,9 @@ MAX_IN_FLIGHT = 256
 # how long a process may take to be reaped after SIGKILL before stop() gives up on it (a
 # process in uninterruptible sleep dies only when its system call returns)
 KILL_GRACE = 5.0
+# how long a pause waits for the kernel to say a replica's cgroup is frozen (every task in
+# it stopped: one in uninterruptible sleep is frozen when its system call returns)
+FREEZE_WAIT = 2.0
 
 
 class Event(msgspec.Struct, omit_defaults=True):
@@ -103,6 +106,9 @@ class ReplicaStatus(msgspec.Struct):
     rss_bytes: int
     open_fds: int
     tasks_running: int
+    # an agent with [health]: whether the replica takes new tasks, and why not (health.py)
+    ready: bool | None = None
+    health: str | None = None
 
 
 class ReplicaHost(Protocol):
@@ -194,6 +200,9 @@ class ProcessReplica(Machine):
         self._unread_since: float | None = None
         self._unread_left = 0
         self._resource_retries = 0  # consecutive spawns failed for corral's resources
+        # how a paused process was stopped: its cgroup's freezer (the cgroup), or SIGSTOP
+        # to its group (True); thawed the same way
+        self._frozen: str | bool = False
         host.replica_added(self)
 
     @staticmethod
@@ -216,6 +225,12 @@ class ProcessReplica(Machine):
         """Fire `cause` and run the actions that tell the host; the caller runs the rest
         (spawn, shutdown, decide, arm), which need its arguments."""
         step = self.fire(cause, reason)
+        if step.freeze:
+            self._freeze()
+        if step.thaw:
+            self._thaw()
+        if step.back:
+            self._resumed()
         if step.serving:
             self._serving()
         if step.down:
@@ -237,6 +252,81 @@ class ProcessReplica(Machine):
 
     def _serving(self) -> None:
         """It takes work now (an agent's queue is pumped)."""
+
+    # -- pause ----------------------------------------------------------------------------
+    async def pause(self, reason: str) -> bool:
+        """Freeze a serving replica's process where it is, its memory kept (False: it is
+        not serving, nothing done). Returns once the kernel says its cgroup is frozen, or
+        that the process is stopped (SIGSTOP takes effect when it next leaves the kernel),
+        FREEZE_WAIT at most. No ping, hang check or usage sample while paused."""
+        step = self._apply(Cause.PAUSE, reason)
+        if not step.freeze:
+            return False
+        how = self._frozen
+        if isinstance(how, str):
+            done = await wait_frozen(how, FREEZE_WAIT)
+        else:
+            done = await self._wait_stopped()
+        if not done and self.state == State.PAUSED:
+            self.note(f"paused, but not seen {'frozen' if isinstance(how, str) else 'stopped'}"
+                      f" within {FREEZE_WAIT:g} s (in uninterruptible sleep?)")
+        return True
+
+    async def _wait_stopped(self) -> bool:
+        """Until /proc says the process is stopped. The kernel tells a stop to the parent
+        alone (a warm worker's is its zygote), so this looks, at growing intervals: a
+        stop takes effect within a scheduling tick."""
+        deadline = time.monotonic() + FREEZE_WAIT
+        delay = 0.0002
+        while self.state == State.PAUSED and self.process is not None:
+            st = self._proc_stat(self.process.pid)
+            if st is None or st.state in ("T", "t"):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return True
+
+    def resume(self, reason: str) -> bool:
+        """Let a paused replica run on, as it was (False: it is not paused)."""
+        return self._apply(Cause.RESUME, reason).back
+
+    def _freeze(self) -> None:
+        proc = self.process
+        if proc is None:  # pragma: no cover - a serving replica has its process
+            return
+        cgroup = self.host.containment.cgroup_of(proc.token)
+        if cgroup is not None:
+            try:
+                set_frozen(cgroup, True)
+                self._frozen = cgroup
+                return
+            except OSError as exc:
+                self.note(f"cgroup.freeze of {cgroup} failed ({exc.strerror}); SIGSTOP")
+        proc.kill_group(signal.SIGSTOP)
+        self._frozen = True
+
+    def _thaw(self) -> None:
+        """Before a resume, a stop, or after a crash: a cgroup left frozen would freeze the
+        next process placed in it."""
+        frozen, self._frozen = self._frozen, False
+        if isinstance(frozen, str):
+            try:
+                set_frozen(frozen, False)
+            except OSError as exc:  # gone with its process (a crash): nothing to thaw
+                if exc.errno != errno.ENOENT:
+                    self.note(f"cgroup.freeze of {frozen} failed ({exc.strerror})")
+        elif frozen and self.process is not None:
+            self.process.kill_group(signal.SIGCONT)
+
+    def _resumed(self) -> None:
+        """Its silence while paused was corral's doing: the heartbeat counts afresh."""
+        self._last_pong = self.host.listening.now()
+        self._heard = False
+        self._unread_since = None
+        self._prev_cpu = None
+        self._parked_ticks = -1
 
     def _down(self) -> None:
         """It is down, maybe for good (an agent's waiting tasks may end)."""

@@ -12,7 +12,8 @@ from typing import Any, Protocol
 
 from ..jsonrpc import Peer
 from .config import AgentSpec
-from .lifecycle import Cause
+from .health import HealthBoard, ReplicaHealth, environment_of
+from .lifecycle import SERVING, Cause, State
 from .process import ChildProcess
 from .process_replica import (
     Event,
@@ -54,6 +55,9 @@ class AgentHost(ReplicaHost, Protocol):
     def replica_down(self, r: Replica) -> None:
         """`r` is Terminated or Failed: tasks waiting for it may have to end."""
 
+    @property
+    def health_board(self) -> HealthBoard: ...
+
 
 class Replica(ProcessReplica):
     kind = "agent"
@@ -66,6 +70,40 @@ class Replica(ProcessReplica):
 
     def __init__(self, host: AgentHost, spec: AgentSpec, name: str, index: int) -> None:
         super().__init__(host, spec, name, index)
+        # this life's health checks ([health]), from Ready until it leaves serving
+        self.health: ReplicaHealth | None = None
+
+    # -- health (health.py) ---------------------------------------------------------------
+    @property
+    def health_ready(self) -> bool:
+        """Whether its health lets it take new tasks (no [health]: always). (Its checks
+        begin just after the transition to Ready is announced: not before.)"""
+        h = self.health
+        return h.ready if h is not None else self.spec.health is None
+
+    @property
+    def cwd(self) -> str | None:
+        return self.spec.cwd
+
+    def check_environment(self) -> dict[str, str]:
+        return environment_of(self.spec.env, self.name, self.index, self.pid)
+
+    def _transitioned(self, previous: State, cause: Cause, reason: str) -> None:
+        health = self.health
+        if health is not None and self.state not in SERVING:
+            # a new life starts its checks from nothing
+            self.health = None
+            health.close()
+            self.host.health_board.look_at(self.name)
+        super()._transitioned(previous, cause, reason)
+
+    def status(self) -> ReplicaStatus:
+        st = super().status()
+        if self.spec.health is not None:
+            h = self.health
+            st.ready = h is not None and h.ready
+            st.health = h.reason if h is not None else None
+        return st
 
     def _environment(self, uid: int | None) -> dict[str, str]:
         env = super()._environment(uid)
@@ -128,6 +166,8 @@ class Replica(ProcessReplica):
             fut.add_done_callback(_swallow)
 
     def _serving(self) -> None:
+        if self.spec.health is not None:
+            self.health = self.host.health_board.start(self, self.spec.health)
         self.host.replica_ready(self)
 
     def _down(self) -> None:
@@ -142,11 +182,11 @@ class Replica(ProcessReplica):
     # -- work -----------------------------------------------------------------------------
     def task_started(self, task_id: str) -> None:
         self.tasks_running += 1
-        if self.row(Cause.TASK).target is not None:  # no reason made for nothing
+        if self.moves(Cause.TASK):  # no reason made for nothing
             self.fire(Cause.TASK, f"task {task_id}")
 
     def task_finished(self, task_id: str) -> None:
         self.tasks_running = max(0, self.tasks_running - 1)
-        if self.tasks_running == 0 and self.row(Cause.DONE).target is not None:
+        if self.tasks_running == 0 and self.moves(Cause.DONE):
             self.fire(Cause.DONE, f"task {task_id} done")
 

@@ -12,7 +12,8 @@ The handler may be a plain function (run in a thread, so pings are answered whil
 works) or a coroutine function (run on an asyncio loop, imported only then). The SDK is
 deliberately stdlib-only and imports little: a worker's start-up is paid at every restart.
 The main thread reads stdin and answers `initialize`, `ping`, `task/cancel` and
-`shutdown` itself; stdout is reserved for the protocol (print() goes to stderr).
+`shutdown` itself (`health/check`, the `@health_check` functions, on a thread of its own);
+stdout is reserved for the protocol (print() goes to stderr).
 """
 
 from __future__ import annotations
@@ -248,7 +249,32 @@ def _set_title(title: str) -> None:
 _FATAL_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.EFBIG, errno.ENOMEM, errno.EAGAIN}
 FATAL_EXIT_STATUS = 70
 
-__all__ = ["Context", "RpcError", "TaskCancelled", "TaskError", "Worker", "run"]
+__all__ = ["Context", "RpcError", "TaskCancelled", "TaskError", "Worker", "health_check",
+           "run"]
+
+# -- health checks -------------------------------------------------------------------------
+# `@health_check` functions by name, answered to corral's `health/check` requests
+_HEALTH_CHECKS: dict[str, Callable[[], Any]] = {}
+# health/check requests waiting for the health thread: past this many, answered failed at
+# once (a check that hangs makes the agent unhealthy, not the worker's memory grow)
+HEALTH_PENDING_MAX = 8
+
+
+def health_check(fn_or_name: Any = None) -> Any:
+    """Register a health check corral asks for (`health/check`, docs/sdk.md):
+    `@health_check` (named after the function) or `@health_check("db")`.
+
+    The function takes no argument (a coroutine function runs on the worker's asyncio
+    loop); returning None or True passes, False fails, a dict {"ok": bool, "message": str}
+    says both, and an exception fails with its text. Checks run on a thread of their own,
+    so a busy handler does not fail them unless the check itself says so."""
+    def register(fn: Callable[[], Any], name: str | None = None) -> Callable[[], Any]:
+        _HEALTH_CHECKS[name or fn.__name__] = fn
+        return fn
+
+    if callable(fn_or_name):
+        return register(fn_or_name)
+    return lambda fn: register(fn, fn_or_name)
 
 
 class TaskError(Exception):
@@ -439,6 +465,8 @@ class Worker:
         # a small task itself
         self._jobs: Any = None
         self._idle = 0
+        self._health_jobs: Any = None  # health/check requests for the health thread
+        self._health_pending = 0
         # stdout is the protocol channel: keep a private handle, send stray prints to stderr
         self._out = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)
@@ -577,6 +605,8 @@ class Worker:
             self._shutdown(rid)
         elif method == "hibernate":
             self._hibernate(rid)
+        elif method == "health/check":
+            self._health_request(rid, params)
         elif method == "event":
             if self.on_event is not None:
                 try:
@@ -649,6 +679,74 @@ class Worker:
                 checkpointed = True
         if rid is not None:
             self._reply(rid, {"checkpointed": checkpointed})
+
+    # -- health ---------------------------------------------------------------------------
+    def _health_request(self, rid: Any, params: dict[str, Any]) -> None:
+        """Answered on the health thread: the reader goes on reading (pings, tasks)."""
+        if rid is None:
+            return
+        name = params.get("name")
+        if self._health_jobs is None:
+            from _queue import SimpleQueue
+
+            self._health_jobs = SimpleQueue()
+            threading.Thread(target=self._health_thread, daemon=True, name="health").start()
+        with self._lock:
+            full = self._health_pending >= HEALTH_PENDING_MAX
+            if not full:
+                self._health_pending += 1
+        if full:
+            self._reply(rid, {"ok": False, "message": "earlier health checks still running"})
+            return
+        self._health_jobs.put((rid, name))
+
+    def _health_thread(self) -> None:
+        jobs = self._health_jobs
+        while True:
+            rid, name = jobs.get()
+            try:
+                answer = self._run_checks(name)
+            except BaseException as exc:
+                answer = {"ok": False, "message": _exc_text(exc)}
+            with self._lock:
+                self._health_pending -= 1
+            self._reply(rid, answer)
+
+    def _run_checks(self, name: Any) -> dict[str, Any]:
+        if name is not None:
+            fn = _HEALTH_CHECKS.get(str(name))
+            if fn is None:
+                return {"ok": False, "message": f"no health check named {name!r}"}
+            return self._one_check(fn)
+        for check_name, fn in list(_HEALTH_CHECKS.items()):
+            answer = self._one_check(fn)
+            if not answer["ok"]:
+                said = answer.get("message")
+                return {"ok": False, "message": f"{check_name}: {said}" if said
+                        else f"{check_name} failed"}
+        return {"ok": True}
+
+    def _one_check(self, fn: Callable[[], Any]) -> dict[str, Any]:
+        try:
+            if getattr(fn, "__code__", None) and fn.__code__.co_flags & 0x80:
+                import asyncio
+
+                value = asyncio.run_coroutine_threadsafe(fn(), self._ensure_loop()).result()
+            else:
+                value = fn()
+        except Exception as exc:
+            return {"ok": False, "message": _exc_text(exc)}
+        if value is None or value is True:
+            return {"ok": True}
+        if value is False:
+            return {"ok": False}
+        if isinstance(value, dict) and isinstance(value.get("ok"), bool):
+            out: dict[str, Any] = {"ok": value["ok"]}
+            if value.get("message") is not None:
+                out["message"] = str(value["message"])
+            return out
+        return {"ok": False, "message": f"the check returned {type(value).__name__}, not "
+                                        "None, a bool or {'ok': ...}"}
 
     # -- tasks ----------------------------------------------------------------------------
     def _start_task(self, rid: Any, params: dict[str, Any]) -> None:

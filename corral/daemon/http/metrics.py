@@ -194,6 +194,9 @@ class Snapshot:
     # the autoscaler's: decisions by (agent, direction); (agent, desired, current)
     decisions: dict[tuple[str, str], int] = field(default_factory=dict)
     scaled: list[tuple[str, int, int]] = field(default_factory=list)
+    # agents with [health] only: failed checks by (agent, check), ready replicas by agent
+    health_failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    ready: dict[str, int] = field(default_factory=dict)
 
 
 def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
@@ -211,6 +214,10 @@ def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
     out.decisions = dict(sup.elastic.counts)
     out.scaled = [(name, e.desired, len(sup.agents[name].replicas))
                   for name, e in sup.elastic.entries.items() if name in sup.agents]
+    out.health_failures = dict(sup.health_board.failures)
+    for name, agent in sup.agents.items():
+        if agent.spec.health is not None:
+            out.ready[name] = sum(1 for r in agent.replicas if r.serving and r.health_ready)
     return out
 
 
@@ -253,6 +260,18 @@ def fleet_families(snap: Snapshot) -> Iterator[Metric]:
     for (route, code), n in snap.requests.items():
         http.add_metric([route, code], n)
     yield http
+    failures = CounterMetricFamily(
+        "corral_health_check_failures", "Failed health checks ([health]), by agent and "
+        "check (readiness, liveness).", labels=("agent", "check"))
+    for (agent, check), n in snap.health_failures.items():
+        failures.add_metric([agent, check], n)
+    yield failures
+    ready = GaugeMetricFamily(
+        "corral_agent_ready_replicas", "An agent's serving replicas that pass their "
+        "readiness check (agents with [health]).", labels=("agent",))
+    for agent, n in snap.ready.items():
+        ready.add_metric([agent], n)
+    yield ready
 
 
 def autoscale_families(snap: Snapshot) -> Iterator[Metric]:

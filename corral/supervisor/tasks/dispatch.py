@@ -3,7 +3,9 @@ free slot (`max_concurrent_tasks`), taken from the Queue only then; each attempt
 deadline, and a task lost with its worker goes back to the queue while it has retries.
 
 Deadlines run from the start of each attempt. On expiry `task/cancel` is sent; a worker
-that has not answered within `cancel_grace` is treated as hung and restarted. A late
+that has not answered within `cancel_grace` is treated as hung and restarted. A paused
+replica (corral pause) takes no task; the deadline of one it runs keeps running (the
+caller is answered on time), and its cancel grace counts once it is resumed. A late
 answer after a timeout or cancel is recorded on its attempt, never reported again.
 """
 
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
-from ..lifecycle import SERVING
+from ..lifecycle import SERVING, State
 from .counters import AgentTasks
 from .deadlines import Deadlines
 from .durable import TaskJournal
@@ -60,6 +62,8 @@ class Dispatcher:
         for r in agent.replicas:
             if r.state in SERVING and r.peer is not None and r.tasks_running < limit and (
                     best is None or r.tasks_running < best.tasks_running):
+                if not r.health_ready:  # readiness (health.py): no new task while unready
+                    continue
                 best = r
         return best
 
@@ -164,10 +168,15 @@ class Dispatcher:
             r.peer.notify("task/cancel", {"task_id": task.id})
 
         grace = getattr(r.spec, "cancel_grace", CANCEL_GRACE)
+        loop = asyncio.get_running_loop()
 
         def check() -> None:
-            if attempt.finished is None and r.state in SERVING:
+            if attempt.finished is not None:
+                return
+            if r.state is State.PAUSED:  # it cannot read the cancel: its grace is after
+                loop.call_later(grace, check)
+            elif r.state in SERVING:
                 r.take_down(f"hung: task {task.id} {why}, and did not stop within "
                             f"{grace:g} s of task/cancel", graceful=False)
 
-        asyncio.get_running_loop().call_later(grace, check)
+        loop.call_later(grace, check)

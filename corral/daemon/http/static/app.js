@@ -131,6 +131,7 @@ function bytes(n) {
 function stamp(t) {
   return t ? new Date(t * 1000).toLocaleString() : "–";
 }
+const SERVING = new Set(["ready", "busy", "idle"]); // states a replica can be paused in
 const State = ({ s }) => html`<span class=${`state state-${s}`}>${s}</span>`;
 
 // -- a view that polls its data every second while it is shown ------------------------------
@@ -287,16 +288,24 @@ class Agent extends Component {
           onClick=${() => this.act("agents.restart", { names: [name] })}>Restart</button>
         <button id="rolling" disabled=${busy}
           onClick=${() => this.act("agents.restart", { names: [name], rolling: true })}>Rolling restart</button>
+        ${replicas.some((a) => SERVING.has(a.state)) && html`<button id="pause" disabled=${busy}
+          onClick=${() => this.act("agents.pause", { name })}>Pause</button>`}
+        ${replicas.some((a) => a.state === "paused") && html`<button id="resume" disabled=${busy}
+          onClick=${() => this.act("agents.resume", { name })}>Resume</button>`}
       </div>
       <table id="replicas-table">
         <thead><tr><th class="num">Replica</th><th>State</th><th class="num">PID</th>
           <th class="num">Uptime</th><th class="num">Restarts</th><th class="num">CPU</th>
-          <th class="num">RSS</th><th>Last exit</th></tr></thead>
+          <th class="num">RSS</th><th>Last exit</th><th></th></tr></thead>
         <tbody>${replicas.map((a) => html`<tr data-replica=${a.replica}>
           <td class="num">${a.replica}</td><td><${State} s=${a.state} /></td>
           <td class="num">${a.pid ?? "–"}</td><td class="num">${duration(a.uptime)}</td>
           <td class="num">${a.restarts}</td><td class="num">${a.cpu_percent.toFixed(1)} %</td>
-          <td class="num">${bytes(a.rss_bytes)}</td><td>${a.last_exit ?? ""}</td></tr>`)}</tbody>
+          <td class="num">${bytes(a.rss_bytes)}</td><td>${a.last_exit ?? ""}</td>
+          <td>${SERVING.has(a.state) ? html`<button class="pause" disabled=${busy}
+            onClick=${() => this.act("agents.pause", { name, replica: a.replica })}>Pause</button>`
+            : a.state === "paused" && html`<button class="resume" disabled=${busy}
+            onClick=${() => this.act("agents.resume", { name, replica: a.replica })}>Resume</button>`}</td></tr>`)}</tbody>
       </table>
     </section>
     <${Metrics} agent=${name} range=${this.props.range} tick=${this.props.tick}
