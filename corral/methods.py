@@ -986,12 +986,15 @@ class ReplicaChange(Result):
 class AgentRoster(Result):
     """`agents.roster`: an agent's replicas as a list changed (the agent was added or
     removed, scaled, or a rollout put a new process in a replica's place): all of them
-    now, as agents.status shows them; none: the agent is gone."""
+    now, as agents.status shows them; `removed`: the agent is gone."""
 
     id: str
     time: float
     agent: str
     replicas: list[ReplicaStatus]
+    # the agent is gone (no replicas and not removed: scaled to zero, an elastic agent
+    # asleep)
+    removed: bool = False
 
 
 class HealthNote(Result):

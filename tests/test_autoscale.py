@@ -296,16 +296,26 @@ async def test_scale_down_never_takes_a_replica_with_a_running_task(
 
 
 async def test_fleet_max_replicas_holds_the_autoscaler() -> None:
-    async with Supervisor(heartbeat_interval=0.1, max_replicas=2) as s:
+    """Up as far as the fleet's max_replicas allows, then held: told once, not per tick."""
+    async with Supervisor(heartbeat_interval=0.05, max_replicas=3) as s:
         got = decisions(s)
         s.add(agent("cap", "misbehave.py", autoscale=Autoscale(
             min_replicas=1, max_replicas=4, upscale_delay=0.0, downscale_delay=30.0)))
-        s.add(agent("other"), start=False)  # its place counts: the fleet is full
+        s.add(agent("other"), start=False)  # its place counts
         await s.wait_state("cap", State.READY)
         for _ in range(4):
             s.tasks.submit("cap", {"do": "sleep", "seconds": 5})
-        await got.until(lambda d: True, 10.0)
-        assert got[0].direction == "held"
-        assert got[0].replicas == 1 and got[0].desired == 4
-        assert "over max_replicas = 2" in got[0].reason
-        assert len(s.agent("cap").replicas) == 1
+        up = await got.until(lambda d: True, 10.0)
+        assert (up.direction, up.previous, up.replicas, up.desired) == ("up", 1, 2, 4)
+        assert up.reason == ("load 4 over 1 replica (target_load 1) for 0 s; held at 2 by "
+                             "max_replicas = 3 (a [supervisor] setting)")
+        held = await got.until(lambda d: d.direction == "held", 10.0)
+        assert (held.previous, held.replicas, held.desired) == (2, 2, 4)
+        assert len(s.agent("cap").replicas) == 2
+        ticks = s.elastic.ticks
+        for _ in range(200):
+            if s.elastic.ticks >= ticks + 10:
+                break
+            await asyncio.sleep(0.02)  # polling the loop's own tick count, bounded
+        assert [d.direction for d in got] == ["up", "held"]
+        assert s.elastic.counts == {("cap", "up"): 1, ("cap", "held"): 1}

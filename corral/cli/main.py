@@ -277,7 +277,7 @@ def _watch(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
         elif method == "agents.roster":
             n = len(params["replicas"])
             click.echo(f"{iso_time(params['time'], ms=True)} {params['agent']}: "
-                       + (plural(n, "replica") if n else "removed"))
+                       + ("removed" if params.get("removed", not n) else plural(n, "replica")))
         sys.stdout.flush()
 
     obj.call("agents.watch", m.AgentsWatch(names=list(names)), on_notification=on_note)

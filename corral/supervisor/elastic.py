@@ -68,6 +68,9 @@ class Host(Protocol):
     def heartbeat_interval(self) -> float: ...
 
     @property
+    def max_replicas(self) -> int: ...
+
+    @property
     def tasks(self) -> TaskManager: ...
 
     @property
@@ -261,9 +264,18 @@ class Elastic:
         direction = ("wake" if current == 0 else "up") if up else (
             "sleep" if d.desired == 0 else "down")
         reason = d.reason
+        target = d.desired
         try:
             if up:
-                reached = await agent.scale(d.desired)
+                room = self.sup.max_replicas - sum(len(a.replicas)
+                                                   for a in self.sup.agents.values())
+                if current + room < target:  # as far as the fleet's max_replicas allows
+                    target = max(current, current + room)
+                    reason += (f"; held at {target} by max_replicas = "
+                               f"{self.sup.max_replicas} (a [supervisor] setting)")
+                    if target == current:
+                        direction = "held"
+                reached = await agent.scale(target) if target > current else current
             else:
                 hibernate = self._hibernate if d.hibernate else None
                 reached = await agent.scale(d.desired, idle_only=True,
@@ -280,7 +292,11 @@ class Elastic:
         finally:
             e.applying = False
         e.state = ASLEEP if reached == 0 else AWAKE
-        if reached != current or direction == "held":
+        last = e.last
+        # a hold is told once (not every tick while the fleet is full)
+        if reached != current or (direction == "held" and not (
+                last is not None and last.direction == "held" and last.replicas == current
+                and last.desired == d.desired)):
             self._tell(Scaling(time.time(), agent.name, current, reached, d.desired,
                                direction, reason))
         if reached == 0 and self.sup.tasks.queue.depth(agent.name):
