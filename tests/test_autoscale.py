@@ -101,6 +101,17 @@ def test_hibernate_after_goes_to_zero_with_a_checkpoint_asked() -> None:
     assert d.decide(2, 1, 0, 0.0) == Decision(2, "woken by 1 task")
 
 
+def test_a_load_falling_in_steps_falls_once_per_stable_window() -> None:
+    d = Decider(P._replace(upscale_delay=0.0))
+    assert d.decide(0, 12, 1, 0.0).desired == 6
+    wants = [(t, d.decide(float(t), load, 6, 0.0).desired)
+             for t, load in [(1, 6), (2, 2), (11, 2), (12, 2), (13, 2)]]
+    # the 6 of t=0 leaves the window at 11: down to what the rest asks (3); the wish of
+    # t=1 (a 3) leaves it at 12, but the count moved at 11: it waits a whole window
+    assert wants == [(1, 6), (2, 6), (11, 3), (12, 6), (13, 6)]
+    assert d.decide(21.0, 2, 3, 0.0) == Decision(1, "load at most 2 for 10 s (target_load 2)")
+
+
 def test_min_zero_without_idle_stays_at_one() -> None:
     p = P._replace(min_replicas=0, idle_after=0.0)
     assert run(p, [(0, 0, 1, 1e9), (20, 0, 1, 1e9)])[-1] == Decision(1, "steady")
@@ -257,6 +268,31 @@ async def test_burst_of_500_rises_within_upscale_delay_and_returns_to_one(
     assert next(s.direction for s in got) == "up"
     assert sup.tasks.stats()["agents"]["burst"]["lost"] == 0
     assert sum(sup.stats.restarts_by_cause.values()) == 0
+
+
+async def test_oscillating_load_with_real_workers_rises_once_and_holds(
+        sup: Supervisor) -> None:
+    """Bursts of work with idle gaps shorter than the stable window: the count rises and
+    does not fall while it lasts; the one fall comes a whole window after the last burst."""
+    got = decisions(sup)
+    sup.add(agent("osc", "misbehave.py", autoscale=Autoscale(
+        min_replicas=1, max_replicas=4, upscale_delay=0.2, downscale_delay=1.5)))
+    await sup.wait_state("osc", State.READY)
+    loop = asyncio.get_running_loop()
+    for _ in range(5):
+        await asyncio.wait_for(asyncio.gather(*(
+            sup.tasks.run("osc", {"do": "sleep", "seconds": 0.3}) for _ in range(4))), 30.0)
+        last_work = loop.time()
+        await asyncio.sleep(0.4)  # the load's own shape: an idle gap, not a wait for a state
+    # rises only (a later burst may find the count short of its wish), never a fall
+    rises = len(got)
+    assert rises >= 1 and {d.direction for d in got} == {"up"}
+    down = await got.until(lambda d: d.direction == "down", 15.0)
+    assert loop.time() - last_work >= 1.5  # a whole window after the last work
+    if down.replicas > 1:  # the last burst's tasks ended over more than one tick
+        await got.until(lambda d: d.direction == "down" and d.replicas == 1, 15.0)
+        assert got[-1].time - down.time >= 1.5  # a whole window apart
+    assert [d.direction for d in got[rises:]] in (["down"], ["down", "down"])
 
 
 async def test_scale_down_never_takes_a_replica_with_a_running_task(

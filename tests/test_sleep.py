@@ -188,7 +188,8 @@ def bounded_toml(name: str, most: int) -> str:
         min_replicas = 1
         max_replicas = {most}
         upscale_delay = 0.0
-        downscale_delay = 0.3
+        # long enough that the harness sees every replica it started Ready first
+        downscale_delay = 2.0
     """)
 
 

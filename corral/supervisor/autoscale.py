@@ -6,8 +6,9 @@ asks for is ceil(load / target_load). Two windows of those wishes decide:
 - the panic window (`upscale_delay`): the count rises to the least wish of the window, so
   a rise held for upscale_delay seconds scales up (a spike shorter than that does not);
 - the stable window (`downscale_delay`): the count falls to the greatest wish of the
-  window, so it falls only after the load has stayed lower for the whole window: an
-  oscillating load changes the count at most once per stable window.
+  window, so it falls only after the load has stayed lower for the whole window, and
+  never sooner than a whole window after the last change: an oscillating load (or one
+  falling in steps) changes the count at most once per stable window.
 Each window keeps its wishes in a monotone deque, so a decision costs O(1) amortised
 whatever the windows' lengths (a thousand agents are fed every second).
 
@@ -96,7 +97,7 @@ class Window:
 class Decider:
     """One agent's decisions; `decide` once per tick of the loop, at most."""
 
-    __slots__ = ("awake", "first", "panic", "policy", "sleep_after", "stable")
+    __slots__ = ("awake", "changed", "first", "panic", "policy", "sleep_after", "stable")
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -105,6 +106,7 @@ class Decider:
         self.panic = Window(policy.upscale_delay, greatest=False)
         self.stable = Window(policy.downscale_delay, greatest=True)
         self.first: float | None = None  # the first wish's time: is the panic window full?
+        self.changed = float("-inf")  # when it last decided a change of the count
 
     def decide(self, now: float, load: int, current: int, idle_for: float) -> Decision:
         """`load`: tasks running + queued; `current`: replicas now; `idle_for`: seconds
@@ -139,9 +141,13 @@ class Decider:
             return Decision(p.max_replicas, f"above max_replicas {p.max_replicas}")
         if low > current and now - self.first >= p.upscale_delay:
             up = min(low, self._step(current))
+            self.changed = now
             return Decision(up, f"load {load} over {plural(current, 'replica')} "
                                 f"(target_load {p.target_load:g}) for {p.upscale_delay:g} s")
-        if high < current:
+        # a fall only a whole stable window after the last change: a load that falls in
+        # steps (or swings) moves the count down at most once per window
+        if high < current and now - self.changed >= p.downscale_delay:
+            self.changed = now
             return Decision(high, f"load at most {p.target_load * high:g} for "
                                   f"{p.downscale_delay:g} s (target_load {p.target_load:g})")
         return Decision(current, "steady")
@@ -154,6 +160,6 @@ class Decider:
         """Forget the windows (a wake: the time asleep says nothing of the load)."""
         self.panic.reset()
         self.stable.reset()
-        self.first = now
+        self.first = self.changed = now
         self.panic.add(now, wish)
         self.stable.add(now, wish)
