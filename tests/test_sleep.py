@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -203,12 +204,15 @@ async def test_a_kept_scale_is_where_a_restarted_daemon_starts_within_bounds(
             jsonrpc.INVALID_PARAMS, "ks autoscales between min_replicas 1 and max_replicas "
             "4: 5 is outside them (change [agents.ks.autoscale] to go further)")
         assert len(d.services.sup.agent("ks").replicas) == 1
-        await d.dispatcher.call(me, "agents.scale", {"name": "ks", "replicas": 4})
-        assert len(d.services.sup.agent("ks").replicas) == 4
-        # idle: the autoscaler takes it back down (no revision, no kept scale written)
         got = decisions(d.services.sup)
+        await d.dispatcher.call(me, "agents.scale", {"name": "ks", "replicas": 4})
+        scaled = time.time()
+        assert len(d.services.sup.agent("ks").replicas) == 4
+        # idle: the autoscaler takes it back down, a whole stable window after the
+        # operator's change (no revision, no kept scale written)
         down = await got.until(lambda s: s.replicas == 1, 15.0)
-        assert down.direction == "down"
+        assert down.direction == "down" and down.previous == 4
+        assert down.time - scaled >= 2.0 - 0.2  # (the tick's granularity)
         assert d.services.revisions.scaled()["ks"][0] == 4
     # the file now allows at most 2: the kept 4 starts as 2, and the autoscaler goes on
     async with in_process(tmp_path, bounded_toml("ks", 2)) as d:

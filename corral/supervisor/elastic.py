@@ -110,12 +110,15 @@ def policy_of(spec: AgentSpec, awake: int) -> Policy:
 class Entry:
     """An elastic agent's autoscaling state."""
 
-    __slots__ = ("accepted", "applying", "decider", "desired", "last", "last_work",
-                 "spec", "state")
+    __slots__ = ("accepted", "applying", "count", "decider", "desired", "last",
+                 "last_work", "spec", "state")
 
     def __init__(self, spec: AgentSpec, now: float) -> None:
         self.spec = spec
         self.decider = Decider(policy_of(spec, max(1, spec.replicas)))
+        # the count it starts with holds for a stable window, as one set later by hand
+        self.decider.changed = now
+        self.count = spec.replicas  # as the autoscaler last left it
         self.last_work = now  # when it last had a task running or queued
         self.accepted = -1  # its tasks accepted, as last seen: a change is work
         self.applying = False  # a change of its count is under way
@@ -223,6 +226,9 @@ class Elastic:
                 e.last_work = now
                 e.accepted = accepted
             current = len(agent.replicas)
+            if current != e.count:  # `corral scale`: a change, held a stable window too
+                e.count = current
+                e.decider.changed = now
             if (current and e.spec.autoscale is None
                     and current != e.decider.policy.min_replicas):
                 self._respec(e, agent)  # `corral scale` set the count it wakes to
@@ -238,7 +244,9 @@ class Elastic:
     def _respec(self, e: Entry, agent: Agent) -> None:
         e.spec = agent.spec
         awake = max(1, len(agent.replicas) or e.decider.policy.awake)
+        was = e.decider
         e.decider = Decider(policy_of(agent.spec, awake))
+        e.decider.changed = was.changed  # its windows start afresh, not its last change
 
     # -- changes ----------------------------------------------------------------------------
     def wake(self, name: str) -> None:
@@ -291,6 +299,7 @@ class Elastic:
             reached, direction, reason = len(agent.replicas), "held", f"{reason}; {exc}"
         finally:
             e.applying = False
+        e.count = reached
         e.state = ASLEEP if reached == 0 else AWAKE
         last = e.last
         # a hold is told once (not every tick while the fleet is full)
