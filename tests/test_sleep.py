@@ -246,3 +246,27 @@ async def test_a_reload_leaves_an_asleep_agent_asleep(tmp_path: Path) -> None:
         assert len(sup.agent("rl").replicas) == 1 and sup.elastic.status("rl") is None
         st = await d.dispatcher.call(Caller(via="socket"), "agents.status", {})
         assert st.elastic == {}
+
+
+async def test_a_wake_the_fleet_has_no_room_for_waits_and_is_told_once() -> None:
+    async with Supervisor(heartbeat_interval=0.05, max_replicas=1) as s:
+        got = decisions(s)
+        s.add(agent("nap", "misbehave.py", autoscale=SLEEPY))
+        await got.until(lambda d: d.direction == "sleep", 15.0)
+        s.add(agent("hog"), start=False)  # takes the fleet's one place
+        task = s.tasks.submit("nap", {"do": "echo"})
+        held = await got.until(lambda d: d.direction == "held", 10.0)
+        assert (held.previous, held.replicas, held.desired) == (0, 0, 1)
+        assert held.reason == ("woken by 1 task; held at 0 by max_replicas = 1 (a "
+                               "[supervisor] setting)")
+        ticks = s.elastic.ticks
+        for _ in range(200):
+            if s.elastic.ticks >= ticks + 10:
+                break
+            await asyncio.sleep(0.02)  # polling the loop's own tick count, bounded
+        assert [d.direction for d in got].count("held") == 1 and task.status == "queued"
+        # room again: the next tick wakes it, and the task runs
+        await s.remove("hog")
+        info = await asyncio.wait_for(s.tasks.info(task.id, wait=True), 30.0)
+        assert info.status == "succeeded"
+        assert got[-1].direction == "wake"

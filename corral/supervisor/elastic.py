@@ -308,7 +308,7 @@ class Elastic:
                 and last.desired == d.desired)):
             self._tell(Scaling(time.time(), agent.name, current, reached, d.desired,
                                direction, reason))
-        if reached == 0 and self.sup.tasks.queue.depth(agent.name):
+        if reached == 0 and direction != "held" and self.sup.tasks.queue.depth(agent.name):
             self.wake(agent.name)  # a task came while it went to sleep
 
     async def _hibernate(self, gone: list[Replica]) -> None:
