@@ -356,6 +356,32 @@ class SupervisorStats(Result):
     state_writes: dict[str, Any] | None
     # why new tasks are refused now (the journal cannot write), or None
     task_journal_refusing: str | None
+    # usage/report notifications not counted (bad numbers, a task not the agent's)
+    usage_reports_ignored: int = 0
+
+
+class Usage(msgspec.Struct):
+    """Tokens and dollars an agent reported (usage/report), and in how many reports."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    reports: int = 0
+
+
+class ModelUsage(Usage):
+    """Usage in total and per model (supervisor.tasks.budget.ModelUsage's twin)."""
+
+    models: dict[str, Usage] = {}
+
+
+class AgentUsage(ModelUsage):
+    """An agent's usage since the daemon started, and what its budgets' windows hold."""
+
+    tokens_last_minute: float = 0.0
+    tokens_last_day: float = 0.0
+    cost_usd_last_day: float = 0.0
+    waiting: str | None = None  # the budget its waiting tasks are held by
 
 
 class AgentStats(Result):
@@ -364,6 +390,7 @@ class AgentStats(Result):
     restarts: int
     cpu_percent: float
     rss_bytes: int
+    usage: AgentUsage | None = None
 
 
 class TasksStats(Result):
@@ -453,6 +480,8 @@ class TaskInfo(_TaskHead):
     error: TaskError | None
     attempts: list[Attempt]
     output_dropped: bool = False
+    usage: ModelUsage | None = None  # what the worker reported (usage/report)
+    waiting: str | None = None  # why a queued task is not started yet (a budget)
     # seconds from accepted to its first start (a sleeping agent's wake among it)
     queue_wait: float | None = None
 

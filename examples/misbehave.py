@@ -33,6 +33,8 @@ As a task, by its input {"do": WHAT, ...}:
   state         return the state this worker was given (or last checkpointed)
   modules       {"names": [...]}: which of these modules are imported so far
   env           return its environment (os.environ)
+  usage         report usage: each of {"reports": [{input_tokens, output_tokens,
+                cost_usd, model}, ...]} with ctx.report_usage, then return
   raw           send {"method": M, "params": P} to corral, as a request, or as a
                 notification with {"notify": true}; return the answer or the error
 
@@ -174,6 +176,10 @@ def handle(task, ctx):
         return {"state": ctx.state}
     if what == "modules":  # which of these modules the worker has imported so far
         return {name: name in sys.modules for name in task["names"]}
+    if what == "usage":
+        for report in task.get("reports", []):
+            ctx.report_usage(**report)
+        return {"reported": len(task.get("reports", []))}
     if what == "raw":
         if task.get("notify"):
             ctx._worker.notify(task["method"], task.get("params"))

@@ -31,6 +31,7 @@ from corral.supervisor.lifecycle import Cause
 from corral.supervisor.stream import Tick
 
 from .conftest import PY, ROOT, agent
+from .test_pause import quiet_for
 
 HERE = Path(__file__).resolve().parent
 FAST = {"interval": 0.1, "timeout": 2.0, "failures": 2}
@@ -360,8 +361,12 @@ async def test_exec_recovery_runs_with_the_replica_in_its_environment(
     (tmp_path / "dead-0").touch()
     await seen.until(lambda: out.exists() and out.read_text().endswith("\n"))
     assert out.read_text() == f"h 0 {r.pid} liveness\n"
+    # rounds of failures past the one that flipped it: once per failure, not per round
+    h = r.health
+    assert h is not None
+    await seen.until(lambda: h.runs[0].counter.failures >= FAST["failures"] + 3)
     exec_changes = [c for c in seen.changes if c.action == "exec"]
-    assert len(exec_changes) == 1 and r.restarts == 0  # once per failure, not per round
+    assert (len(exec_changes), sup.health_board.exec_runs, r.restarts) == (1, 1, 0)
 
 
 # -- command checks ---------------------------------------------------------------------------
@@ -489,6 +494,32 @@ async def test_a_release_switches_only_once_the_new_processes_pass_readiness(
         'a new process of h did not become ready: not ready within 1.5 s: readiness check '
         '"ready" failed: unready-all is there; the running processes keep serving')
     assert a.replicas == [old] and old.serving
+
+
+async def test_a_release_unready_again_within_min_healthy_time_is_refused_with_the_check(
+        sup: Supervisor, tmp_path: Path) -> None:
+    seen = Seen(sup)
+    sup.add(health_agent("h", tmp_path, readiness=ready_check()))
+    a = sup.agent("h")
+    await seen.until(lambda: a.replicas[0].health_ready, timeout=30)
+    old = a.replicas[0]
+    new_dir = tmp_path / "new"
+    new_dir.mkdir()
+    spec = health_agent("h", new_dir, readiness=ready_check())
+    spec.min_healthy_time = 30.0  # the check fails long before: no wait that long
+    switch = asyncio.ensure_future(a.switch(spec))
+    try:
+        new = await seen.until(lambda: next((r for r in a.replacing if r is not old
+                                              and r.serving and r.health_ready), None))
+        (new_dir / "unready-all").touch()
+        with pytest.raises(SupervisorError) as exc:
+            await asyncio.wait_for(switch, 20)
+    finally:
+        switch.cancel()
+    assert exc.value.message == (
+        'a new process of h did not become ready: readiness check "ready" failed: '
+        "unready-all is there; the running processes keep serving")
+    assert a.replicas == [old] and old.serving and new.state == State.TERMINATED
 
 
 # -- what operators see -----------------------------------------------------------------------
@@ -680,14 +711,49 @@ async def test_a_paused_replica_runs_no_check_and_is_checked_afresh_on_resume(
                          liveness=live_check(timeout=0.3)))
     r = sup.agent("h").replicas[0]
     await seen.until(lambda: r.serving and r.health_ready)
-    pid = r.pid
+    pid, first = r.pid, r.health
+    assert first is not None
     await sup.pause("h")
     assert r.state == State.PAUSED and r.health is None and not r.health_ready
-    # a check's interval, timeout and failures over many times: nothing judged it
-    before = len(seen.changes)
-    await asyncio.sleep(1.5)  # nothing to wait for: this checks that nothing happens
-    assert len(seen.changes) == before and r.state == State.PAUSED and r.pid == pid
+    assert first.closed and all(x.timer is None and x.task is None for x in first.runs)
+    # a check's interval, timeout and failures over many times: no transition (a liveness
+    # restart) comes, and no check ends, not even the one in flight at the pause
+    before, checks = len(seen.changes), sup.health_board.checks
+    await quiet_for(sup, "h", 1.5)
+    assert (len(seen.changes), sup.health_board.checks) == (before, checks)
+    assert r.state == State.PAUSED and r.pid == pid
     sup.resume("h")
+    # a new round of checks, from nothing: unready until its readiness passes
+    assert r.health is not None and r.health is not first and not r.health_ready
     await seen.until(lambda: r.serving and r.health_ready)
     assert (r.pid, r.restarts) == (pid, 0)
     assert (await sup.tasks.run("h", {})).status == "succeeded"
+
+
+async def test_a_paused_replica_does_not_hold_its_siblings_liveness_restarts(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """One replica at a time restarts for its health; one paused in its new life (not yet
+    ready) may stay frozen for ever, so the pause ends the wait for the others."""
+    seen = Seen(sup)
+    sup.add(health_agent("h", tmp_path, replicas=2, readiness=ready_check(),
+                         liveness=live_check()))
+    a = sup.agent("h")
+    await seen.until(lambda: all(r.serving and r.health_ready for r in a.replicas))
+    (tmp_path / "unready-all").touch()
+    (tmp_path / "dead-all").touch()
+
+    def downs() -> list[int]:
+        return [e.replica for e in seen.transitions
+                if e.cause == Cause.UNHEALTHY and e.state == "shutting_down"]
+
+    await seen.until(lambda: len(downs()) == 1, timeout=30)
+    first = a.replicas[downs()[0]]
+    other = a.replicas[1 - first.index]
+    # its new life serves, unready; the other's liveness restart waits for it
+    await seen.until(lambda: first.serving and first.health is not None
+                     and [c for c in seen.changes
+                          if c.action == "restart held" and c.replica == other.index],
+                     timeout=30)
+    await sup.pause("h", first.index)
+    await seen.until(lambda: other.index in downs(), timeout=30)
+    assert first.state == State.PAUSED and downs()[0] == first.index

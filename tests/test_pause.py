@@ -273,13 +273,13 @@ def daemon() -> Iterator[Daemon]:
 
 
 def test_cli_pause_and_resume_status_watch_and_audit(daemon: Daemon) -> None:
-    d = daemon
+    d, me = daemon, f"uid {os.geteuid()}"
     pids = {k: s["pid"] for k, s in d.status().items()}
     out = d.cli("pause", "w#1")
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"w#1: paused (pid {pids['w#1']})\n"
     st = d.status()
-    assert (st["w#1"]["state"], st["w#1"]["reason"]) == ("paused", "paused by uid 0")
+    assert (st["w#1"]["state"], st["w#1"]["reason"]) == ("paused", f"paused by {me}")
     assert proc_state(pids["w#1"]) == "T" and st["w#0"]["state"] == "ready"
     table = d.cli("status")
     assert table.returncode == 0  # paused is an operator's choice, not a failure
@@ -312,7 +312,10 @@ def test_cli_pause_and_resume_status_watch_and_audit(daemon: Daemon) -> None:
     assert ("agents.resume", {"name": "w", "replica": 0}) in rows
     # the transitions are in the log as events are
     log = d.cli("logs", "w#1", "-n", "200").stdout
-    assert "ready -> paused: paused by uid 0" in log or "paused by uid 0" in log
+    pid = pids["w#1"]
+    assert [ln.split(" ", 1)[1] for ln in log.splitlines()][-2:] == [
+        f"w#1[{pid}] event: ready -> paused: paused by {me}",
+        f"w#1[{pid}] event: paused -> ready: resumed by {me}"]
 
 
 def test_http_pause_and_resume_per_agent_and_per_replica(daemon: Daemon) -> None:
@@ -493,8 +496,8 @@ async def test_corral_status_watch_shows_the_pause_and_the_resume() -> None:
             resumed = await line_with("paused -> ")
             stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
             assert [re.sub(stamp, "T", ln) for ln in (paused, resumed)] == [
-                f"T w#0[{pid}] ready -> paused: paused by uid 0",
-                f"T w#0[{pid}] paused -> ready: resumed by uid 0"]
+                f"T w#0[{pid}] ready -> paused: paused by uid {os.geteuid()}",
+                f"T w#0[{pid}] paused -> ready: resumed by uid {os.geteuid()}"]
         finally:
             with contextlib.suppress(ProcessLookupError):
                 watch.kill()

@@ -354,7 +354,30 @@ def stats(obj: Ctx, since: str | None, agent: str | None, resolution: str | None
                          _ms(v) for v in (lat.p50, lat.p95, lat.p99) if v is not None)])
     _table(rows, ["AGENT", "SERVING", "RESTARTS", "CPU%", "RSS", "TASKS", "OK", "FAILED",
                   "QUEUED", "P50/P95/P99 MS"])
+    _print_usage(st.agents)
     _print_gateway(st.gateway)
+
+
+def _print_usage(agents: dict[str, m.AgentStats]) -> None:
+    """Token and cost usage per agent and model, when an agent reported any; then its
+    budgets' windows, and why its tasks wait if a budget holds them."""
+    rows, windows = [], []
+    for name, a in agents.items():
+        u = a.usage
+        if u is None:
+            continue
+        for model, mu in sorted(u.models.items()):
+            rows.append([name, model, f"{mu.input_tokens:,}", f"{mu.output_tokens:,}",
+                         f"{mu.cost_usd:.4f}", str(mu.reports)])
+        windows.append([name, f"{u.tokens_last_minute:,.0f}", f"{u.tokens_last_day:,.0f}",
+                        f"{u.cost_usd_last_day:.4f}", u.waiting or "-"])
+    if rows:
+        click.echo("")
+        _table(rows, ["AGENT", "MODEL", "INPUT TOKENS", "OUTPUT TOKENS", "COST USD",
+                      "REPORTS"])
+    if windows:
+        click.echo("")
+        _table(windows, ["AGENT", "TOKENS/MINUTE", "TOKENS/DAY", "USD/DAY", "WAITING"])
 
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -1089,6 +1112,13 @@ def task_get(obj: Ctx, task_id: str, wait: bool, reconnect: float, as_json: bool
             val = "(dropped from memory: the daemon keeps tasks_kept_mb of outputs)"
         if val is not None:
             click.echo(f"{key}: {json.dumps(val) if isinstance(val, dict | list) else val}")
+    if res.waiting is not None:
+        click.echo(f"waiting: {res.waiting}")
+    if res.usage is not None:
+        u = res.usage
+        click.echo(f"usage: {u.input_tokens + u.output_tokens:,} tokens ({u.input_tokens:,} "
+                   f"in, {u.output_tokens:,} out), ${u.cost_usd:.4f}, models "
+                   + ", ".join(sorted(u.models)))
     for i, a in enumerate(res.attempts, 1):
         click.echo(f"attempt {i}: replica {a.replica} pid {a.pid} {a.outcome}"
                    + (f" ({a.error})" if a.error else ""))

@@ -199,8 +199,9 @@ async def agents_signal(d: Services, p: m.AgentsSignal, caller: Caller, c: Chann
 _SIGNALS = {int(s) for s in signal.Signals}
 
 
-def _by(caller: Caller) -> str:
-    """Who paused or resumed, as the replica's reason says it."""
+def _user(caller: Caller) -> str:
+    """The user behind a call (not the one process: `Caller.who`), as a pause's reason and
+    an event's source name it."""
     return f"token {caller.token}" if caller.token is not None else f"uid {caller.uid}"
 
 
@@ -213,13 +214,13 @@ def _paused(name: str, replicas: list[Replica]) -> m.PauseResult:
 @implements("agents.pause")
 async def agents_pause(d: Services, p: m.AgentsPause, caller: Caller, c: Channel
                        ) -> m.PauseResult:
-    return _paused(p.name, await d.sup.pause(p.name, p.replica, f"paused by {_by(caller)}"))
+    return _paused(p.name, await d.sup.pause(p.name, p.replica, f"paused by {_user(caller)}"))
 
 
 @implements("agents.resume")
 async def agents_resume(d: Services, p: m.AgentsResume, caller: Caller, c: Channel
                         ) -> m.PauseResult:
-    return _paused(p.name, d.sup.resume(p.name, p.replica, f"resumed by {_by(caller)}"))
+    return _paused(p.name, d.sup.resume(p.name, p.replica, f"resumed by {_user(caller)}"))
 
 
 @implements("agents.describe")
@@ -365,6 +366,7 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
             # a float even for no replicas, as the field says
             cpu_percent=round(sum((r.sample.cpu_percent for r in a.replicas), 0.0), 1),
             rss_bytes=sum(r.sample.rss_bytes for r in a.replicas),
+            usage=_wire(d.sup.tasks.budgets.stats(a.name)),
         )
     return m.StatsResult(
         supervisor=m.SupervisorStats(
@@ -373,7 +375,8 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
             log_lines_dropped=d.hub.lines_dropped,
             log_files_failing=d.hub.failing(),
             state_writes=(d.store.writer.stats() if d.store.writer is not None else None),
-            task_journal_refusing=d.tasks.refusing),
+            task_journal_refusing=d.tasks.refusing,
+            usage_reports_ignored=d.sup.tasks.budgets.bad_reports),
         agents=per_agent,
         tasks=_wire(d.sup.tasks.stats()),
         events=d.sup.events.stats(),
@@ -409,9 +412,7 @@ async def tasks_cancel(d: Services, p: m.TasksCancel, caller: Caller, c: Channel
 @implements("events.publish")
 async def events_publish(d: Services, p: m.EventsPublish, caller: Caller, c: Channel
                          ) -> m.Delivered:
-    # an event's source names the user, not the one process that published it
-    source = f"token {caller.token}" if caller.token is not None else f"uid {caller.uid}"
-    return m.Delivered(delivered=d.sup.events.publish(p.topic, p.data, source))
+    return m.Delivered(delivered=d.sup.events.publish(p.topic, p.data, _user(caller)))
 
 
 @implements("events.follow")

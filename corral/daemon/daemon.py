@@ -38,6 +38,7 @@ from ..supervisor.lifecycle import SERVING, TRANSIENT, State
 from ..supervisor.process_replica import Event, Exited, LogLines
 from ..supervisor.stream import Checkpoint, ListChanged, Stall, Tick
 from ..supervisor.tasks import TaskRecord
+from ..supervisor.tasks.budget import DAY
 from ..text import plural
 from . import journald
 from .api import Caller, Dispatcher
@@ -314,6 +315,11 @@ class Daemon:
                 stack.push_async_callback(journal.close)
                 unfinished = await asyncio.to_thread(journal.unfinished)
                 self.sup.tasks.journal = journal
+                # the budgets' windows as the journaled tasks' usage left them
+                budgets = self.sup.tasks.budgets
+                for agent, when, tokens, cost in await asyncio.to_thread(
+                        journal.usage_since, time.time() - DAY):
+                    budgets.restore(agent, tokens, cost, when)
         except StoreError as exc:
             raise StartupError(str(exc)) from None
         return store, writer, journal, unfinished

@@ -389,6 +389,9 @@ class Fleet:
                 want = 0  # asleep: the next task wakes it
         await agent.scale(want)
         self.sup.elastic.track(agent)  # autoscale added, changed or taken away
+        # its budgets may be others now: tasks a budget held are judged again at once,
+        # not when the old window would have let them go (a day, for a day's budget)
+        self.sup.tasks.pump(name)
 
     def fill_cwd(self, spec: AgentSpec) -> None:
         """An agent added at runtime without a cwd runs where the config file is, as the

@@ -170,6 +170,11 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # hibernates (checkpoint, then stop) after hibernate_after seconds; 0: never
     autoscale: Autoscale | None = None
     hibernate_after: NonNeg = 0
+    # budgets (tasks/budget.py): from the usage the agent reports (`usage/report`); over
+    # one, its waiting tasks wait until the window has room; 0: no budget
+    tokens_per_minute: NonNegInt = 0
+    tokens_per_day: NonNegInt = 0
+    max_cost_usd_per_day: NonNeg = 0
     health: HealthSpec | None = None  # readiness and liveness checks (health.py)
 
     @property

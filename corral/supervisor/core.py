@@ -333,6 +333,7 @@ class Supervisor:
         for group in (list({*self.replicas(), *rolling}), list(self.mcp_instances())):
             await stop_all(group, "supervisor shutting down", graceful=graceful)
         self.zygotes.close()
+        self.tasks.budgets.close()  # no gate timer outlives the agents
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

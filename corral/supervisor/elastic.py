@@ -208,6 +208,7 @@ class Elastic:
         tasks = self.sup.tasks
         by_agent = tasks.by_agent
         depth = tasks.queue.depth
+        budgets = tasks.dispatch.budgets
         gone: list[str] = []  # no longer elastic
         for name, e in self.entries.items():
             agent = agents.get(name)
@@ -220,7 +221,10 @@ class Elastic:
                 self._respec(e, agent)
             counters = by_agent.get(name)
             running = counters.running if counters is not None else 0
-            load = running + depth(name)
+            queued = depth(name)
+            if queued and budgets is not None and budgets.holds(agent):
+                queued = 0  # held by a budget: more replicas would not start them
+            load = running + queued
             accepted = counters.counts["accepted"] if counters is not None else 0
             if load or accepted != e.accepted:
                 e.last_work = now

@@ -472,7 +472,9 @@ class HealthBoard:
         places = self.host.agent_replicas(r.name)
         for o in list(others):
             h = getattr(o, "health", None)
-            done = (o not in places or o.state == State.FAILED
+            # an operator's pause ends the wait too: a frozen replica may stay so for
+            # ever, and its siblings' liveness must not be held that long
+            done = (o not in places or o.state in (State.FAILED, State.PAUSED)
                     or (o.state in STOPPED and getattr(o, "_stay_down", False))
                     or (o.state in SERVING and (h is None or h.ready)))
             if done:

@@ -382,6 +382,17 @@ class Context:
             params["message"] = message
         self._worker.notify("task/progress", params)
 
+    def report_usage(self, input_tokens: int = 0, output_tokens: int = 0,
+                     cost_usd: float = 0.0, model: str | None = None) -> None:
+        """Tell corral what this task spent on a model (a `usage/report` notification):
+        counted for the task, the agent and the model, against the agent's token and cost
+        budgets. Call it after each model call; it does not wait."""
+        params: dict[str, Any] = {"task_id": self.task_id, "input_tokens": input_tokens,
+                                  "output_tokens": output_tokens, "cost_usd": cost_usd}
+        if model is not None:
+            params["model"] = model
+        self._worker.notify("usage/report", params)
+
     def _call(self, method: str, params: Any) -> Any:
         if self._async:
             return self._worker.request_async(method, params)

@@ -10,8 +10,8 @@ the agents per turn of the loop; their headers and every other family are
 `prometheus_client`'s own (a test holds the lines to what it makes of the same figures).
 The daemon's own `process_*` figures are read in a thread (counting its open files is a
 walk of /proc/self/fd, thousands of entries at a thousand agents). Labels are names
-(agent, state, cause, outcome, server, route, code), never a task, request or session
-id; a removed agent's series are gone at the next scrape.
+(agent, state, cause, outcome, server, route, code, model, kind), never a task, request
+or session id; a removed agent's series are gone at the next scrape.
 
 Who may scrape: with `[http] metrics_public = true` on a loopback address (or a unix
 socket) anyone who reaches it; otherwise a caller one of `ctx.authenticators` recognises,
@@ -197,6 +197,8 @@ class Snapshot:
     # agents with [health] only: failed checks by (agent, check), ready replicas by agent
     health_failures: dict[tuple[str, str], int] = field(default_factory=dict)
     ready: dict[str, int] = field(default_factory=dict)
+    # what agents reported (usage/report): (agent, model, input, output, dollars)
+    usage: list[tuple[str, str, int, int, float]] = field(default_factory=list)
 
 
 def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
@@ -218,6 +220,10 @@ def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
     for name, agent in sup.agents.items():
         if agent.spec.health is not None:
             out.ready[name] = sum(1 for r in agent.replicas if r.serving and r.health_ready)
+    for reporter, used in sup.tasks.budgets.usage.items():
+        for model, u in used.models.items():
+            out.usage.append((reporter, model, u.input_tokens, u.output_tokens,
+                              u.cost_usd))
     return out
 
 
@@ -248,6 +254,19 @@ def fleet_families(snap: Snapshot) -> Iterator[Metric]:
         "agent's.")
     wait.add_metric([], _buckets(snap.wait[0]), snap.wait[1])
     yield wait
+    # only agents that reported: most fleets have none, and a series per agent and model
+    # of zeros would be noise
+    tokens = CounterMetricFamily("corral_agent_tokens", "Tokens an agent reported "
+                                 "(usage/report), by model and kind (input, output).",
+                                 labels=("agent", "model", "kind"))
+    cost = CounterMetricFamily("corral_agent_cost_usd", "Dollars an agent reported "
+                               "(usage/report), by model.", labels=("agent", "model"))
+    for agent, model, inp, out, dollars in snap.usage:
+        tokens.add_metric([agent, model, "input"], inp)
+        tokens.add_metric([agent, model, "output"], out)
+        cost.add_metric([agent, model], dollars)
+    yield tokens
+    yield cost
     mcp = CounterMetricFamily("corral_mcp_calls", "Calls to each MCP server, by "
                               "outcome.", labels=("server", "outcome"))
     for server, (calls, errors) in snap.mcp.items():

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ..lifecycle import SERVING, State
+from .budget import Budgets
 from .counters import AgentTasks
 from .deadlines import Deadlines
 from .durable import TaskJournal
@@ -49,8 +50,9 @@ class Outcomes(Protocol):
 
 class Dispatcher:
     def __init__(self, sup: TaskHost, queue: Queue, by_agent: Mapping[str, AgentTasks],
-                 outcomes: Outcomes) -> None:
+                 outcomes: Outcomes, budgets: Budgets | None = None) -> None:
         self.sup = sup
+        self.budgets = budgets
         self.queue = queue
         self.by_agent = by_agent
         self.outcomes = outcomes
@@ -77,8 +79,14 @@ class Dispatcher:
         while queue.depth(agent_name):
             r = self.free_replica(agent)
             if r is None:
-                if not agent.replicas:  # an elastic agent asleep: the task wakes it
+                # an elastic agent asleep: the task wakes it (unless a budget holds its
+                # tasks: the budget's timer pumps again, and wakes it, when they may go)
+                if not agent.replicas and not (self.budgets is not None
+                                               and self.budgets.holds(agent)):
                     self.sup.wake(agent_name)
+                return
+            # over a token or cost budget: the tasks wait, and its timer pumps again
+            if self.budgets is not None and self.budgets.holds(agent):
                 return
             task = queue.take(agent_name)
             if task is None:

@@ -13,6 +13,7 @@ import msgspec
 
 from .ids import new_id
 from .payload import Output
+from .usage import ModelUsage
 
 if TYPE_CHECKING:
     from ..replica import Replica
@@ -80,6 +81,8 @@ class TaskInfo(_TaskHead):
     attempts: list[Attempt]
     # the output was dropped from memory to bound it (no journal to read it back from)
     output_dropped: bool = False
+    usage: ModelUsage | None = None  # what the worker reported (usage/report)
+    waiting: str | None = None  # why a queued task is not started yet (a budget)
     # seconds from accepted to its first start: its wait in the queue, a sleeping agent's
     # wake among it (None: not started)
     queue_wait: float | None = None
@@ -110,6 +113,7 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     status: str
     tool_calls: int = 0
     attempts: list[Attempt] = []
+    usage: ModelUsage | None = None
 
 
 class Task:
@@ -117,7 +121,7 @@ class Task:
         "_done", "agent", "attempts", "created", "error", "finished",
         "id", "input", "journaled", "out", "output_dropped", "priority", "progress",
         "replica", "retries_left", "seq", "started", "status", "timeout",
-        "tool_calls", "waiter", "watchers",
+        "tool_calls", "usage", "waiter", "watchers",
     )
 
     def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
@@ -143,6 +147,7 @@ class Task:
         self.attempts: Sequence[Attempt] = []
         self.progress: Any = None
         self.tool_calls = 0
+        self.usage: ModelUsage | None = None  # reported by its worker (budget.py)
         self.replica: Replica | None = None
         # done when the task is: made when first asked for (most tasks have only `waiter`)
         self._done: asyncio.Future[None] | None = None
@@ -191,7 +196,8 @@ class Task:
     def info(self) -> TaskInfo:
         return TaskInfo(self.id, self.agent, self.status, self.priority, self.created,
                         self.started, self.finished, self.tool_calls, self.progress,
-                        self.raw_output, self.error, list(self.attempts), self.output_dropped)
+                        self.raw_output, self.error, list(self.attempts), self.output_dropped,
+                        self.usage)
 
     def summary(self) -> TaskSummary:
         return TaskSummary(self.id, self.agent, self.status, self.priority, self.created,
