@@ -29,7 +29,7 @@ from .. import __version__
 from ..jsonrpc import LineBlock
 from ..methods import ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
-from ..supervisor.config import Config, ConfigError, load_config
+from ..supervisor.config import Config, ConfigError, check_sandboxes, load_config
 from ..supervisor.containment import Containment, ProcessEnded, ProcessStarted, read_stat
 from ..supervisor.core import Supervisor
 from ..supervisor.elastic import Scaling
@@ -156,6 +156,7 @@ class Daemon:
     async def _setup(self, stack: contextlib.AsyncExitStack) -> Services:
         try:
             cfg = load_config(self.config_path)
+            check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(self.config_path))
         except ConfigError as exc:
             raise StartupError(f"invalid config: {exc}") from None
         paths = self._paths(cfg)
@@ -179,6 +180,7 @@ class Daemon:
                          max_replicas=sc.max_replicas, state_dir=paths.state_dir,
                          tasks_kept=sc.tasks_kept,
                          tasks_kept_bytes=int(sc.tasks_kept_mb * 1024 * 1024))
+        sup.sandbox_program = sc.bwrap
         self.sup = sup
         gateway = GatewayService(sup, self._gateway_audit)
         try:
@@ -235,6 +237,7 @@ class Daemon:
             http = await self._start_http(stack, cfg, gateway, hub)
         fleet = Fleet(sup, store, writer, revisions, self.config_path.parent,
                       hub.daemon)
+        fleet.gateway = cfg.gateway
         desk = TaskDesk(sup, journal, hub.daemon)
         history = History(sup, store, cfg.http)
         packages = Packages(cfg.packages, Path(cfg.packages.dir) if cfg.packages.dir
@@ -513,11 +516,14 @@ class Daemon:
         self.notifier.reloading()
         try:
             cfg = load_config(self.config_path)
+            check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(self.config_path))
             # the tokens file is re-read: rotating a token is an edit and a reload
             s.gateway.configure(cfg.gateway, self.config_path.parent)
         except ConfigError:
             self.notifier.ready(self.status_line())
             raise
+        s.sup.sandbox_program = cfg.supervisor.bwrap
+        s.fleet.gateway = cfg.gateway
         result = await s.fleet.reload(cfg, who)
         self.notifier.ready(self.status_line())
         return result

@@ -23,7 +23,16 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..methods import ReloadResult
-from ..supervisor.config import AgentSpec, Config, ConfigError, check_command, parse_agents
+from ..supervisor.config import (
+    AgentSpec,
+    Config,
+    ConfigError,
+    GatewaySettings,
+    check_command,
+    check_sandboxes,
+    isolation_problem,
+    parse_agents,
+)
 from ..supervisor.core import Supervisor, SupervisorError
 from ..supervisor.elastic import scale_refusal
 from ..supervisor.names import name_problem, shown
@@ -53,6 +62,7 @@ class Fleet:
         self.revisions = revisions
         self.config_dir = config_dir
         self.report = report
+        self.gateway = GatewaySettings()  # the config's, which network = "gateway" needs
         self.from_config: set[str] = set()  # agents declared by the config file
         # the replica count each config-declared agent has in the file (before a kept
         # `corral scale` is applied)
@@ -132,6 +142,10 @@ class Fleet:
                 if why:
                     raise ConfigError(f"agents.add: agents.{name}.command: {why} "
                                       "(--no-check to add it anyway)")
+                problem = isolation_problem(spec, self.gateway)
+                if problem:
+                    raise ConfigError(f"agents.add: agents.{name}.{problem}")
+            check_sandboxes(specs, self.sup.sandbox_program, "agents.add")
         except ConfigError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         made: dict[str, list[Revision]] = {n: [] for n in specs}

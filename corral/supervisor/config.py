@@ -14,7 +14,7 @@ import shlex
 import shutil
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 import msgspec.inspect
@@ -22,6 +22,7 @@ from msgspec import Meta
 
 from ..text import did_you_mean
 from .names import name_problem, shown
+from .sandbox import host_refusal
 
 MIB = 1024 * 1024
 
@@ -170,6 +171,11 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # hibernates (checkpoint, then stop) after hibernate_after seconds; 0: never
     autoscale: Autoscale | None = None
     hibernate_after: NonNeg = 0
+    # isolation (supervisor/sandbox.py, docs/sandbox.md); unset: the tenant's, else
+    # "none" and "host" (see `isolation`)
+    sandbox: Literal["none", "bwrap"] | None = None
+    network: Literal["host", "none", "gateway"] | None = None
+    sandbox_paths: list[str] = []  # read-only in the sandbox besides what corral binds
     # budgets (tasks/budget.py): from the usage the agent reports (`usage/report`); over
     # one, its waiting tasks wait until the window has room; 0: no budget
     tokens_per_minute: NonNegInt = 0
@@ -307,6 +313,7 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # outputs leave memory: read back from the journal, or gone without one)
     tasks_kept: NonNegInt = 10_000
     tasks_kept_mb: NonNeg = 32
+    bwrap: str = "bwrap"  # bubblewrap, for agents with sandbox = "bwrap"
 
 
 class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -557,9 +564,15 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     elif overlays:
         name = next(iter(overlays))
         raise ConfigError(f"{where}: mcp_servers.{name}: needs a command or a url")
+    for name, aspec in agents.items():
+        problem = isolation_problem(aspec, gateway)
+        if problem:
+            raise ConfigError(f"{origin[f'agents.{name}']}: agents.{name}.{problem}")
     # a process runs where the file that declares it is, unless told otherwise
     for pspec in [*agents.values(), *servers.values()]:
         pspec.cwd = str((base / pspec.cwd).resolve() if pspec.cwd else base.resolve())
+    for aspec in agents.values():
+        aspec.sandbox_paths = [str((base / sp).resolve()) for sp in aspec.sandbox_paths]
     for sspec in servers.values():
         sspec.roots = [r if "://" in r else str((base / r).resolve()) for r in sspec.roots]
     if packages.dir is not None:
@@ -568,6 +581,46 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         packages.cache_dir = str((base / packages.cache_dir).resolve())
     return Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
                   http=http, packages=packages)
+
+
+class Isolation(NamedTuple):
+    sandbox: str  # "none" | "bwrap"
+    network: str  # "host" | "none" | "gateway"
+
+
+def isolation(spec: AgentSpec) -> Isolation:
+    """The sandbox and network an agent runs with: its own keys, else its tenant's (when
+    tenants come, here), else none and the host's network."""
+    return Isolation(spec.sandbox or "none", spec.network or "host")
+
+
+def gateway_socket(gateway: GatewaySettings) -> str | None:
+    """The MCP gateway's unix socket as configured (`listen = "unix:PATH"`), or None."""
+    listen = gateway.listen
+    return listen[len("unix:"):] if listen and listen.startswith("unix:") else None
+
+
+def isolation_problem(spec: AgentSpec, gateway: GatewaySettings) -> str | None:
+    """What is wrong with an agent's isolation keys, as `KEY: problem`, or None."""
+    iso = isolation(spec)
+    if iso.sandbox == "none" and iso.network != "host":
+        return (f'network: network = "{iso.network}" needs sandbox = "bwrap" (without a '
+                f"sandbox an agent shares the host's network)")
+    if iso.network == "gateway" and gateway_socket(gateway) is None:
+        return ('network: network = "gateway" needs [gateway] listen = "unix:PATH" (its '
+                "socket is the only one bound into the sandbox's empty network namespace)")
+    return None
+
+
+def check_sandboxes(agents: dict[str, AgentSpec], program: str, where: str) -> None:
+    """Every sandboxed agent can be sandboxed on this host (bubblewrap there, and user
+    namespaces allowed where it needs them), else a ConfigError saying why."""
+    for name, spec in agents.items():
+        if isolation(spec).sandbox != "bwrap":
+            continue
+        why = host_refusal(program, spec.user)
+        if why:
+            raise ConfigError(f"{where}: agents.{name}.sandbox: {why}")
 
 
 def _define(origin: dict[str, str], key: str, where: str) -> None:
@@ -604,6 +657,7 @@ def check_commands(cfg: Config, where: str) -> None:
             why = check_command(pspec)
             if why:
                 raise ConfigError(f"{where}: {kind}.{name}.command: {why}")
+    check_sandboxes(cfg.agents, cfg.supervisor.bwrap, where)
 
 
 class DesktopServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

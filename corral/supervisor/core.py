@@ -289,6 +289,7 @@ class Supervisor:
         self.environment_provider: Callable[[ProcessReplica], dict[str, str]] | None = None
         # the worker SDK on every release's PYTHONPATH (release.py; the daemon makes it)
         self.release_sdk: str | None = None
+        self.sandbox_program = "bwrap"  # [supervisor] bwrap: for sandbox = "bwrap"
         # agent state checkpoints by (agent, replica): (wall time, state), given back in
         # `initialize` after a restart; subscribers to Checkpoint persist them (the
         # daemon: SQLite)

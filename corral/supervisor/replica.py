@@ -8,10 +8,12 @@ requests to the supervisor, and its tasks (Busy / Idle).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..jsonrpc import Peer
-from .config import AgentSpec
+from .config import AgentSpec, isolation
 from .health import HealthBoard, ReplicaHealth, environment_of
 from .lifecycle import SERVING, Cause, State
 from .process import ChildProcess
@@ -23,11 +25,20 @@ from .process_replica import (
     _swallow,
 )
 from .release import release_environment
+from .sandbox import (
+    exit_status,
+    program_paths,
+    resolve_program,
+    sandboxed,
+    sandboxed_pid,
+)
 from .zygote import Key, Zygotes, ZygoteUnavailable, warm_argv
 
 __all__ = ["PROTOCOL_VERSION", "AgentHost", "Event", "Replica", "ReplicaStatus"]
 
 PROTOCOL_VERSION = "1"
+# corral's package, which a sandboxed agent's worker SDK is imported from
+SDK = Path(__file__).resolve().parent.parent
 
 
 class AgentHost(ReplicaHost, Protocol):
@@ -37,6 +48,10 @@ class AgentHost(ReplicaHost, Protocol):
     def zygotes(self) -> Zygotes: ...
 
     def zygote_environment(self, agent_env: dict[str, str]) -> dict[str, str]: ...
+
+    @property
+    def sandbox_program(self) -> str:
+        """bubblewrap, for agents with sandbox = "bwrap" ([supervisor] bwrap)."""
 
     @property
     def release_sdk(self) -> str | None:
@@ -70,6 +85,7 @@ class Replica(ProcessReplica):
 
     def __init__(self, host: AgentHost, spec: AgentSpec, name: str, index: int) -> None:
         super().__init__(host, spec, name, index)
+        self._inner: tuple[ChildProcess, int] | None = None  # a sandboxed agent's own pid
         # this life's health checks ([health]), from Ready until it leaves serving
         self.health: ReplicaHealth | None = None
 
@@ -119,6 +135,11 @@ class Replica(ProcessReplica):
         preload = tuple(spec.preload)
         if not (preload or spec.warm):
             return None
+        if isolation(spec).sandbox != "none":
+            # a zygote's fork would be outside the sandbox: a sandboxed agent starts cold
+            self.host.stats.cold_fallbacks += 1
+            self.note("warm start unavailable, starting cold: the agent is sandboxed")
+            return None
         try:
             argv = spec.argv()
             key = Key(warm_argv(argv, env), preload, uid, gid, env.get("PYTHONPATH"))
@@ -130,6 +151,40 @@ class Replica(ProcessReplica):
             self.host.stats.cold_fallbacks += 1
             self.note(f"warm start unavailable, starting cold: {exc}")
             return None
+
+    def _command(self, env: dict[str, str], uid: int | None) -> list[str]:
+        spec = self.spec
+        iso = isolation(spec)
+        argv = spec.argv()
+        if iso.sandbox == "none":
+            return argv
+        argv[0] = resolve_program(argv[0], env, spec.cwd)
+        read_only = [*program_paths(argv[0]), SDK, *spec.sandbox_paths]
+        read_only += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if spec.release is not None:
+            read_only.append(spec.release)
+        if self.host.release_sdk is not None:
+            read_only.append(self.host.release_sdk)
+        return sandboxed(
+            argv, program=self.host.sandbox_program, cwd=spec.cwd or os.getcwd(), env=env,
+            network=iso.network, root=(os.geteuid() if uid is None else uid) == 0,
+            read_only=map(str, read_only), gateway_socket=env.get("CORRAL_MCP_SOCKET"))
+
+    def _measured_pid(self, proc: ChildProcess) -> int | None:
+        """A sandboxed agent's own process, not the bwrap around it (found once per
+        process, when its sandbox has started it)."""
+        if isolation(self.spec).sandbox == "none":
+            return proc.pid
+        known = self._inner
+        if known is None or known[0] is not proc:
+            inner = sandboxed_pid(proc.pid)
+            if inner is None:
+                return None
+            known = self._inner = (proc, inner)
+        return known[1]
+
+    def _exit_status(self, rc: int) -> int:
+        return exit_status(rc) if isolation(self.spec).sandbox != "none" else rc
 
     def _make_peer(self, proc: ChildProcess) -> Peer:
         return Peer(
