@@ -32,6 +32,7 @@ from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from ..supervisor.config import Config, ConfigError, check_sandboxes, load_config
 from ..supervisor.containment import Containment, ProcessEnded, ProcessStarted, read_stat
 from ..supervisor.core import Supervisor
+from ..supervisor.elastic import Scaling
 from ..supervisor.health import AgentReadiness, HealthChange
 from ..supervisor.lifecycle import SERVING, TRANSIENT, State
 from ..supervisor.process_replica import Event, Exited, LogLines
@@ -337,6 +338,7 @@ class Daemon:
         stream.subscribe(self._on_health, HealthChange)
         stream.subscribe(self._on_agent_readiness, AgentReadiness)
         stream.subscribe(self._on_transition, Event)
+        stream.subscribe(self._on_scaling, Scaling)
         self.notifier.track_status(self.status_line)
         stream.subscribe(gateway.on_transition, Event)
         stream.subscribe(lambda e: gateway.changed([e.kind]), ListChanged)
@@ -460,6 +462,11 @@ class Daemon:
             if self.sender is not None:
                 self.sender.lines(e.kind, e.name, e.replica, e.pid or 0, "event",
                                   [text.encode()])
+
+    def _on_scaling(self, s: Scaling) -> None:
+        """An autoscaling decision: a line of the agent's log, as its transitions are."""
+        text = f"autoscale {s.direction} {s.previous} -> {s.replicas}: {s.reason}"
+        self.hub.emit(s.agent, 0, 0, "event", LineBlock.one(text), when=s.time)
 
     def _on_health(self, e: HealthChange) -> None:
         """A check flipped: a line in the replica's log (`corral logs`), as transitions."""

@@ -75,6 +75,19 @@ class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit
         return argv
 
 
+class Autoscale(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """[agents.NAME.autoscale]: the replica count follows the load (supervisor/autoscale.py,
+    docs/elastic.md); with it, `replicas` is the count the agent starts with."""
+
+    min_replicas: NonNegInt = 1  # 0: the agent sleeps after idle_after, a task wakes it
+    max_replicas: PositiveInt = 1
+    target_load: Positive = 1.0  # running + queued tasks per replica
+    upscale_delay: NonNeg = 2.0  # the panic window: more load held this long scales up
+    downscale_delay: NonNeg = 120.0  # the stable window: less load held this long scales down
+    max_step_up: NonNegInt = 0  # replicas added by one decision at most; 0: no bound
+    idle_after: NonNeg = 300.0  # with min_replicas = 0: seconds without work before sleeping
+
+
 class CheckSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     """[agents.NAME.health.readiness] / [...liveness]: one health check (health.py)."""
 
@@ -154,6 +167,10 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # development mode: restart (rolling) when a file matching one of these globs, under
     # the agent's cwd, changes
     watch: list[str] = []
+    # elastic fleets (docs/elastic.md): the replica count follows the load; an idle agent
+    # hibernates (checkpoint, then stop) after hibernate_after seconds; 0: never
+    autoscale: Autoscale | None = None
+    hibernate_after: NonNeg = 0
     # isolation (supervisor/sandbox.py, docs/sandbox.md); unset: the tenant's, else
     # "none" and "host" (see `isolation`)
     sandbox: Literal["none", "bwrap"] | None = None
@@ -165,6 +182,11 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     tokens_per_day: NonNegInt = 0
     max_cost_usd_per_day: NonNeg = 0
     health: HealthSpec | None = None  # readiness and liveness checks (health.py)
+
+    @property
+    def elastic(self) -> bool:
+        """Whether corral, not the operator, sets the replica count (and wakes it)."""
+        return self.autoscale is not None or self.hibernate_after > 0
 
     def check_health(self) -> None:
         """Raises ConfigError ("health.liveness.exec: ...") if the health table is wrong."""
@@ -439,6 +461,9 @@ def parse_agents(data: dict[str, Any], where: str) -> dict[str, AgentSpec]:
         validate_name("agents", name, where)
         spec = convert(table, AgentSpec, where=where, prefix=f"agents.{name}")
         spec.name = name
+        problem = elastic_problem(spec, explicit_replicas="replicas" in table)
+        if problem:
+            raise ConfigError(f"{where}: agents.{name}.{problem}")
         try:
             spec.argv()
         except ConfigError as exc:
@@ -449,6 +474,23 @@ def parse_agents(data: dict[str, Any], where: str) -> dict[str, AgentSpec]:
             raise ConfigError(f"{where}: agents.{name}.{exc}") from None
         out[name] = spec
     return out
+
+
+def elastic_problem(spec: AgentSpec, *, explicit_replicas: bool = True) -> str | None:
+    """What is wrong with the agent's autoscale bounds ("KEY: problem"), or None. A
+    `replicas` the table does not give is brought within them (the count it starts with)."""
+    auto = spec.autoscale
+    if auto is None:
+        return None
+    lo, hi = auto.min_replicas, auto.max_replicas
+    if lo > hi:
+        return (f"autoscale: min_replicas ({lo}) is above max_replicas ({hi})")
+    if not explicit_replicas:
+        spec.replicas = min(max(spec.replicas, lo), hi)
+    elif not lo <= spec.replicas <= hi:
+        return (f"replicas: {spec.replicas} is outside autoscale's min_replicas..max_replicas "
+                f"({lo}..{hi})")
+    return None
 
 
 def read_toml(path: Path) -> dict[str, Any]:
