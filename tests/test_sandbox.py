@@ -438,3 +438,61 @@ def test_what_a_program_needs_is_its_installation_or_its_directory(tmp_path: Pat
     assert program_paths(str(script)) == [script.parent, script.parent]
     # the system's: bound already
     assert program_paths("/usr/bin/env") == []
+
+
+def test_a_sandboxed_agent_may_not_hold_corrals_files_in_its_directory(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Its directory is writable: one holding corral's config (an agent without a cwd of
+    its own runs in the config's directory) would let it rewrite corral's orders."""
+    cfg = write_config(tmp_path, f'[agents.a]\ncommand = ["{PY}"]\nsandbox = "bwrap"\n')
+    why = (f"agents.a.cwd: {tmp_path} is writable in the sandbox and holds corral's config "
+           f"file ({cfg}): give the agent a cwd of its own")
+    with pytest.raises(ConfigError) as err:
+        check_commands(load_config(cfg), str(cfg))
+    assert str(err.value) == f"{cfg}: {why}"
+    from corral.daemon.daemon import Daemon
+    assert asyncio.run(Daemon(cfg).run()) == 1
+    assert capsys.readouterr().err == f"corral: invalid config: {cfg}: {why}\n"
+    assert not (tmp_path / "corral.sock").exists()
+    # nor the includes' directory (a new file there is a new agent at the next reload)
+    (tmp_path / "agents" / "conf.d").mkdir(parents=True)
+    cfg = write_config(tmp_path, f'[agents.a]\ncommand = ["{PY}"]\nsandbox = "bwrap"\n'
+                                 f'cwd = "{tmp_path}/agents"\n',
+                       supervisor='include = ["agents/conf.d/*.toml"]')
+    with pytest.raises(ConfigError) as err:
+        check_commands(load_config(cfg), str(cfg))
+    assert str(err.value) == (
+        f"{cfg}: agents.a.cwd: {tmp_path}/agents is writable in the sandbox and holds the "
+        f"config's includes ({tmp_path}/agents/conf.d): give the agent a cwd of its own")
+
+
+@pytest.mark.deadline(120)
+async def test_corrals_files_are_masked_in_what_it_may_read(tmp_path: Path) -> None:
+    """Read-only is no guard for a unix socket (connect needs no write permission): the
+    control socket, the config and the state inside a path the agent may read are hidden."""
+    home = tmp_path / "home"
+    async with in_process(tmp_path, agent("box", home, f'sandbox_paths = ["{tmp_path}"]\n')
+                          ) as d:
+        assert (tmp_path / "corral.sock").exists()
+        assert await run(d, "box", {"do": "connect_unix", "path": str(tmp_path / "corral.sock")}
+                         ) == {"error": "ConnectionRefusedError: [Errno 111] Connection refused"}
+        config = tmp_path / "corral.toml"
+        assert await run(d, "box", {"do": "read", "path": str(config)}) == {
+            "error": f"PermissionError: [Errno 13] Permission denied: '{config}'"}
+        db = tmp_path / "state" / "corral.db"
+        assert db.exists()
+        assert await run(d, "box", {"do": "read", "path": str(db)}) == {
+            "error": f"FileNotFoundError: [Errno 2] No such file or directory: '{db}'"}
+        # what else is there is readable, as sandbox_paths says
+        (tmp_path / "data.txt").write_text("shared data")
+        assert await run(d, "box", {"do": "read", "path": str(tmp_path / "data.txt")}) == {
+            "ok": "shared data"}
+
+        # an agent added at runtime without a cwd runs in the config's directory: refused
+        with pytest.raises(Exception) as err:
+            await d.dispatcher.call(SOCKET, "agents.add", msgspec.json.encode(
+                {"agents": {"x": {"command": [PY], "sandbox": "bwrap"}}}))
+        assert str(err.value) == (
+            f"agents.add: agents.x.cwd: {tmp_path} is writable in the sandbox and holds "
+            f"corral's config file ({tmp_path}/corral.toml): give the agent a cwd of its own")
+        assert "x" not in d.services.sup.agents

@@ -29,7 +29,13 @@ from .. import __version__
 from ..jsonrpc import LineBlock
 from ..methods import ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
-from ..supervisor.config import Config, ConfigError, check_sandboxes, load_config
+from ..supervisor.config import (
+    Config,
+    ConfigError,
+    check_sandboxes,
+    config_files,
+    load_config,
+)
 from ..supervisor.containment import Containment, ProcessEnded, ProcessStarted, read_stat
 from ..supervisor.core import Supervisor
 from ..supervisor.elastic import Scaling
@@ -114,6 +120,15 @@ class Daemon:
         state_dir = resolve(base, s.state_dir) or default_state_dir()
         return Paths(sock, state_dir, resolve(base, s.log_dir) or default_log_dir(state_dir))
 
+    def _protected(self, cfg: Config, paths: Paths) -> list[tuple[str, str]]:
+        """What no sandboxed agent may write or reach: corral's config files, its state,
+        logs and control socket (the socket is where `paths` says, even before it is
+        bound: the sandbox masks it if it is there when an agent starts)."""
+        return [*config_files(cfg, self.config_path),
+                (str(paths.state_dir), "corral's state directory"),
+                (str(paths.log_dir), "corral's log directory"),
+                (str(paths.socket), "corral's control socket")]
+
     # -- the arbiter ------------------------------------------------------------------------
     async def run(self) -> int:
         """Run until told to stop; the exit status of `corral daemon`."""
@@ -156,10 +171,11 @@ class Daemon:
     async def _setup(self, stack: contextlib.AsyncExitStack) -> Services:
         try:
             cfg = load_config(self.config_path)
-            check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(self.config_path))
+            paths = self._paths(cfg)
+            check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(self.config_path),
+                            self._protected(cfg, paths))
         except ConfigError as exc:
             raise StartupError(f"invalid config: {exc}") from None
-        paths = self._paths(cfg)
         sc = cfg.supervisor
         try:
             hub = LogHub(paths.log_dir, max_bytes=sc.log_max_bytes, backups=sc.log_backups,
@@ -181,6 +197,7 @@ class Daemon:
                          tasks_kept=sc.tasks_kept,
                          tasks_kept_bytes=int(sc.tasks_kept_mb * 1024 * 1024))
         sup.sandbox_program = sc.bwrap
+        sup.protected_paths = self._protected(cfg, paths)
         self.sup = sup
         gateway = GatewayService(sup, self._gateway_audit)
         try:
@@ -516,13 +533,15 @@ class Daemon:
         self.notifier.reloading()
         try:
             cfg = load_config(self.config_path)
-            check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(self.config_path))
+            protected = self._protected(cfg, self._paths(cfg))
+            check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(self.config_path), protected)
             # the tokens file is re-read: rotating a token is an edit and a reload
             s.gateway.configure(cfg.gateway, self.config_path.parent)
         except ConfigError:
             self.notifier.ready(self.status_line())
             raise
         s.sup.sandbox_program = cfg.supervisor.bwrap
+        s.sup.protected_paths = protected
         s.fleet.gateway = cfg.gateway
         result = await s.fleet.reload(cfg, who)
         self.notifier.ready(self.status_line())

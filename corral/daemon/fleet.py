@@ -145,7 +145,8 @@ class Fleet:
                 problem = isolation_problem(spec, self.gateway)
                 if problem:
                     raise ConfigError(f"agents.add: agents.{name}.{problem}")
-            check_sandboxes(specs, self.sup.sandbox_program, "agents.add")
+            check_sandboxes(specs, self.sup.sandbox_program, "agents.add",
+                            self.sup.protected_paths)
         except ConfigError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         made: dict[str, list[Revision]] = {n: [] for n in specs}

@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -22,7 +23,7 @@ from msgspec import Meta
 
 from ..text import did_you_mean
 from .names import name_problem, shown
-from .sandbox import host_refusal
+from .sandbox import exposed, host_refusal
 
 MIB = 1024 * 1024
 
@@ -612,15 +613,36 @@ def isolation_problem(spec: AgentSpec, gateway: GatewaySettings) -> str | None:
     return None
 
 
-def check_sandboxes(agents: dict[str, AgentSpec], program: str, where: str) -> None:
+def config_files(cfg: Config, path: Path) -> list[tuple[str, str]]:
+    """The files corral reads its own orders from, as (path, what it is): a sandboxed
+    agent may not hold one in its writable directory (it would rewrite them), nor reach
+    one through what it may read (sandbox.py masks them)."""
+    base = path.parent
+    out = [(str(path.absolute()), "corral's config file")]
+    out += [(str((base / pattern).parent.absolute()), "the config's includes")
+            for pattern in cfg.supervisor.include]
+    for file, what in ((cfg.supervisor.mcp_servers_file, "the MCP servers file"),
+                       (cfg.gateway.tokens_file, "the gateway's tokens file")):
+        if file:
+            out.append((str((base / file).absolute()), what))
+    return out
+
+
+def check_sandboxes(agents: dict[str, AgentSpec], program: str, where: str,
+                    protected: Iterable[tuple[str, str]] = ()) -> None:
     """Every sandboxed agent can be sandboxed on this host (bubblewrap there, and user
-    namespaces allowed where it needs them), else a ConfigError saying why."""
+    namespaces allowed where it needs them), and its writable directory holds none of
+    corral's own files (`protected`), else a ConfigError saying why."""
+    protected = list(protected)
     for name, spec in agents.items():
         if isolation(spec).sandbox != "bwrap":
             continue
         why = host_refusal(program, spec.user)
         if why:
             raise ConfigError(f"{where}: agents.{name}.sandbox: {why}")
+        why = exposed(spec.cwd or os.getcwd(), protected)
+        if why:
+            raise ConfigError(f"{where}: agents.{name}.cwd: {why}")
 
 
 def _define(origin: dict[str, str], key: str, where: str) -> None:
@@ -657,7 +679,7 @@ def check_commands(cfg: Config, where: str) -> None:
             why = check_command(pspec)
             if why:
                 raise ConfigError(f"{where}: {kind}.{name}.command: {why}")
-    check_sandboxes(cfg.agents, cfg.supervisor.bwrap, where)
+    check_sandboxes(cfg.agents, cfg.supervisor.bwrap, where, config_files(cfg, Path(where)))
 
 
 class DesktopServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -290,6 +290,8 @@ class Supervisor:
         # the worker SDK on every release's PYTHONPATH (release.py; the daemon makes it)
         self.release_sdk: str | None = None
         self.sandbox_program = "bwrap"  # [supervisor] bwrap: for sandbox = "bwrap"
+        # corral's own files, which no sandboxed agent may write or reach (the daemon's)
+        self.protected_paths: list[tuple[str, str]] = []
         # agent state checkpoints by (agent, replica): (wall time, state), given back in
         # `initialize` after a restart; subscribers to Checkpoint persist them (the
         # daemon: SQLite)

@@ -54,6 +54,11 @@ class AgentHost(ReplicaHost, Protocol):
         """bubblewrap, for agents with sandbox = "bwrap" ([supervisor] bwrap)."""
 
     @property
+    def protected_paths(self) -> list[tuple[str, str]]:
+        """corral's own files, as (path, what): a sandbox may not hold them writable, and
+        masks them where it binds what holds them."""
+
+    @property
     def release_sdk(self) -> str | None:
         """Where the worker SDK every release imports is (None: nowhere of its own)."""
 
@@ -168,7 +173,8 @@ class Replica(ProcessReplica):
         return sandboxed(
             argv, program=self.host.sandbox_program, cwd=spec.cwd or os.getcwd(), env=env,
             network=iso.network, root=(os.geteuid() if uid is None else uid) == 0,
-            read_only=map(str, read_only), gateway_socket=env.get("CORRAL_MCP_SOCKET"))
+            read_only=map(str, read_only), gateway_socket=env.get("CORRAL_MCP_SOCKET"),
+            protected=self.host.protected_paths)
 
     def _measured_pid(self, proc: ChildProcess) -> int | None:
         """A sandboxed agent's own process, not the bwrap around it (found once per

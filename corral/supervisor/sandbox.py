@@ -34,6 +34,7 @@ from pathlib import Path
 # the host has merged /usr)
 SYSTEM = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc")
 PROBE_TIMEOUT = 10.0
+MASK = "mask"  # a mount of one of corral's own paths: hidden, not bound
 # what an exit status above this means, from bwrap: killed by signal (status - 128)
 SIGNALLED = 128
 # the host settings that forbid unprivileged user namespaces, and the value that does
@@ -150,14 +151,35 @@ def resolve_program(argv0: str, env: dict[str, str], cwd: str | None) -> str:
     return found if found is not None else argv0
 
 
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def exposed(cwd: str, protected: Iterable[tuple[str, str]]) -> str | None:
+    """Why `cwd` may not be a sandboxed agent's (it is writable there): it holds one of
+    corral's own files, as (path, what it is) in `protected` — an agent there would
+    rewrite corral's orders (its config, includes, state, socket). None when it holds none."""
+    cwd = os.path.abspath(cwd)
+    for path, what in protected:
+        if _inside(os.path.abspath(path), cwd):
+            return (f"{cwd} is writable in the sandbox and holds {what} ({path}): give the "
+                    "agent a cwd of its own")
+    return None
+
+
 def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
               network: str, root: bool, read_only: Iterable[str],
-              gateway_socket: str | None = None) -> list[str]:
+              gateway_socket: str | None = None,
+              protected: Iterable[tuple[str, str]] = ()) -> list[str]:
     """The bwrap command line that runs `argv` (absolute argv[0]) sandboxed.
 
     `read_only`: what the agent may read besides the system; `cwd` is writable. Mounts are
     made parents first, so a read-only directory inside the cwd (a venv) stays read-only,
     and where the same path is both, writable wins (it is the agent's own)."""
+    protected = list(protected)
+    why = exposed(cwd, protected)
+    if why:
+        raise OSError(why)
     found = find_program(program)
     if found is None:
         raise OSError(f"bubblewrap is not installed ({program} not found)")
@@ -182,8 +204,17 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
             raise OSError('network = "gateway": the MCP gateway has no unix socket '
                           '([gateway] listen = "unix:PATH") to bind in')
         mounts[gateway_socket] = "--bind"
+    # corral's own files inside what it may read are masked: read-only is no guard for a
+    # unix socket (connect(2) needs no write permission), nor for secrets
+    for path in (os.path.abspath(p) for p, _ in protected):
+        if os.path.lexists(path) and any(_inside(path, m) for m in mounts):
+            mounts[path] = MASK
     for path in sorted(mounts, key=lambda p: (p.count("/"), p)):
-        args += [mounts[path], path, path]
+        if mounts[path] == MASK:
+            args += (["--tmpfs", path] if os.path.isdir(path)
+                     else ["--ro-bind", "/dev/null", path])
+        else:
+            args += [mounts[path], path, path]
     # the root is bwrap's scratch tmpfs, holding the mount points: read-only, so that
     # the only places the agent writes are its directory and its /tmp
     args += ["--remount-ro", "/", "--chdir", cwd, "--", *argv]
