@@ -334,6 +334,11 @@ def test_config_errors_are_exact(tmp_path: Path) -> None:
     assert config_error(cfg) == (f'{cfg}: agents.a.network: network = "gateway" needs '
                                  f'[gateway] listen = "unix:PATH" (its socket is the only '
                                  f"one bound into the sandbox's empty network namespace)")
+    cfg = write_config(tmp_path, base + 'sandbox = "bwrap"\nnetwork = "gateway"\n',
+                       '[gateway]\nlisten = "unix:mcp.sock"\nagent_tokens = false\n')
+    assert config_error(cfg) == (f'{cfg}: agents.a.network: network = "gateway" needs '
+                                 f"[gateway] agent_tokens = true (the agent is given the "
+                                 f"gateway's socket with its own token)")
     # in an included file: that file is named
     (tmp_path / "conf.d").mkdir()
     inc = tmp_path / "conf.d" / "b.toml"

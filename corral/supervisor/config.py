@@ -610,6 +610,9 @@ def isolation_problem(spec: AgentSpec, gateway: GatewaySettings) -> str | None:
     if iso.network == "gateway" and gateway_socket(gateway) is None:
         return ('network: network = "gateway" needs [gateway] listen = "unix:PATH" (its '
                 "socket is the only one bound into the sandbox's empty network namespace)")
+    if iso.network == "gateway" and not gateway.agent_tokens:
+        return ('network: network = "gateway" needs [gateway] agent_tokens = true (the '
+                "agent is given the gateway's socket with its own token)")
     return None
 
 
