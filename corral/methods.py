@@ -182,10 +182,24 @@ class TaskTotals(TaskCounts):
     success_rate: float | None
 
 
+class ElasticStatus(msgspec.Struct):
+    """An elastic agent's autoscaling (docs/elastic.md): `state` is "awake", "waking" or
+    "asleep" (scaled to zero; a task wakes it)."""
+
+    state: str
+    replicas: int
+    desired: int
+    min_replicas: int
+    max_replicas: int
+    last: str | None = None  # the last change, in words: "up 1 -> 3: load 9 over ..."
+    last_time: float | None = None
+
+
 class AgentsStatusResult(Result):
     agents: list[ReplicaStatus]
     mcp_servers: list[McpInstanceStatus]
     tasks: dict[str, AgentTaskStats | None]
+    elastic: dict[str, ElasticStatus] = {}  # by agent, the elastic ones
 
 
 class Started(Result):
@@ -245,10 +259,23 @@ class Revision(msgspec.Struct):
     version: str | None = None  # and the package's version
 
 
+class ScalingDecision(msgspec.Struct):
+    """A change of an agent's replica count the autoscaler made (not a revision: the
+    spec is unchanged); the daemon keeps the last ones in memory."""
+
+    time: float
+    previous: int
+    replicas: int
+    desired: int
+    direction: str  # up, down, wake, sleep, hibernate, held
+    reason: str
+
+
 class HistoryResult(Result):
     name: str
     current: int | None
     revisions: list[Revision]
+    scaling: list[ScalingDecision] = []  # the autoscaler's last changes, oldest first
 
 
 class RollbackResult(Result):
@@ -457,6 +484,8 @@ class TaskInfo(_TaskHead):
     output_dropped: bool = False
     usage: ModelUsage | None = None  # what the worker reported (usage/report)
     waiting: str | None = None  # why a queued task is not started yet (a budget)
+    # seconds from accepted to its first start (a sleeping agent's wake among it)
+    queue_wait: float | None = None
 
 
 class TaskSummary(_TaskHead):
@@ -992,12 +1021,15 @@ class ReplicaChange(Result):
 class AgentRoster(Result):
     """`agents.roster`: an agent's replicas as a list changed (the agent was added or
     removed, scaled, or a rollout put a new process in a replica's place): all of them
-    now, as agents.status shows them; none: the agent is gone."""
+    now, as agents.status shows them; `removed`: the agent is gone."""
 
     id: str
     time: float
     agent: str
     replicas: list[ReplicaStatus]
+    # the agent is gone (no replicas and not removed: scaled to zero, an elastic agent
+    # asleep)
+    removed: bool = False
 
 
 class HealthNote(Result):

@@ -39,6 +39,8 @@ As a task, by its input {"do": WHAT, ...}:
                 notification with {"notify": true}; return the answer or the error
 
 At start-up, MISBEHAVE=bad-init makes the SDK's on_initialize hook raise.
+On `hibernate` it checkpoints {"hibernated": true, "before": STATE}; MISBEHAVE=no-hibernate
+makes it never answer.
 """
 
 import os
@@ -210,4 +212,10 @@ def on_initialize(params):
     return {}
 
 
-run(handle, on_event=on_event, on_initialize=on_initialize)
+def on_hibernate(state):
+    if mode == "no-hibernate":
+        time.sleep(3600)
+    return {"hibernated": True, "before": state}
+
+
+run(handle, on_event=on_event, on_initialize=on_initialize, on_hibernate=on_hibernate)

@@ -283,7 +283,7 @@ def _watch(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
         elif method == "agents.roster":
             n = len(params["replicas"])
             click.echo(f"{iso_time(params['time'], ms=True)} {params['agent']}: "
-                       + (plural(n, "replica") if n else "removed"))
+                       + ("removed" if params.get("removed", not n) else plural(n, "replica")))
         sys.stdout.flush()
 
     obj.call("agents.watch", m.AgentsWatch(names=list(names)), on_notification=on_note)
@@ -307,6 +307,12 @@ def _print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
     if with_mcp and st.mcp_servers:
         click.echo()
         _print_mcp(st.mcp_servers)
+    for name, e in st.elastic.items():
+        line = (f"{name}: {e.state}, {plural(e.replicas, 'replica')} (autoscale "
+                f"{e.min_replicas}..{e.max_replicas}, wants {e.desired})")
+        if e.state == "asleep":
+            line += "; a task wakes it"
+        click.echo(line + (f"; last: {e.last}" if e.last else ""))
     for name, t in st.tasks.items():
         if t and t.accepted:
             rate = t.success_rate
@@ -705,6 +711,10 @@ def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
     if as_json:
         _print_json(res)
         return
+    _print_history(res)
+
+
+def _print_history(res: m.HistoryResult) -> None:
     rows = [[("* " if r.revision == res.current else "  ") + str(r.revision),
              _stamp(r.time), r.who, r.change] for r in res.revisions]
     headers = ["  REV", "TIME", "WHO", "CHANGE"]
@@ -713,6 +723,10 @@ def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
                 for row, r in zip(rows, res.revisions, strict=True)]
         headers = [*headers[:2], "RELEASE", "VERSION", *headers[2:]]
     _table(rows, headers)
+    if res.scaling:  # the autoscaler's changes: not revisions, the spec is unchanged
+        click.echo()
+        _table([[_stamp(s.time), s.direction, f"{s.previous} -> {s.replicas}", s.reason]
+                for s in res.scaling], ["TIME", "AUTOSCALE", "REPLICAS", "REASON"])
 
 
 def _stamp(t: float) -> str:
@@ -1097,8 +1111,8 @@ def task_get(obj: Ctx, task_id: str, wait: bool, reconnect: float, as_json: bool
     if as_json:
         _print_json(res)
         return
-    for key in ("task_id", "agent", "status", "priority", "tool_calls", "progress", "output",
-                "error"):
+    for key in ("task_id", "agent", "status", "priority", "queue_wait", "tool_calls",
+                "progress", "output", "error"):
         val = msgspec.to_builtins(getattr(res, key))
         if key == "output" and res.output_dropped:
             val = "(dropped from memory: the daemon keeps tasks_kept_mb of outputs)"

@@ -123,7 +123,26 @@ async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Chann
         agents=_wire([r.status() for a in agents for r in a.replicas]),
         mcp_servers=_wire(d.sup.mcp.status()),
         tasks=_wire({a.name: stats.get(a.name) for a in agents}),
+        elastic=_elastic(d, agents),
     )
+
+
+def _elastic(d: Services, agents: list[Agent]) -> dict[str, m.ElasticStatus]:
+    out: dict[str, m.ElasticStatus] = {}
+    for a in agents:
+        e = d.sup.elastic.status(a.name)
+        if e is None:
+            continue
+        p = e.decider.policy
+        last = e.last
+        out[a.name] = m.ElasticStatus(
+            state=d.sup.elastic.shown_state(a.name) or e.state, replicas=len(a.replicas),
+            desired=e.desired,
+            min_replicas=p.min_replicas, max_replicas=p.max_replicas,
+            last=None if last is None else (f"{last.direction} {last.previous} -> "
+                                            f"{last.replicas}: {last.reason}"),
+            last_time=None if last is None else last.time)
+    return out
 
 
 def _wire(value: Any) -> Any:
@@ -262,7 +281,11 @@ async def agents_history(d: Services, p: m.AgentsHistory,
                          caller: Caller, c: Channel) -> m.HistoryResult:
     d.sup.agent(p.name)
     revs = d.revisions.history(p.name, row_limit(p.limit))
-    return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name), revisions=_wire(revs))
+    scaling = [m.ScalingDecision(time=s.time, previous=s.previous, replicas=s.replicas,
+                                 desired=s.desired, direction=s.direction, reason=s.reason)
+               for s in d.sup.elastic.decisions.get(p.name, ())]
+    return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name), revisions=_wire(revs),
+                           scaling=scaling[-row_limit(p.limit):])
 
 
 @implements("agents.rollback")

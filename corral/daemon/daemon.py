@@ -29,9 +29,16 @@ from .. import __version__
 from ..jsonrpc import LineBlock
 from ..methods import ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
-from ..supervisor.config import Config, ConfigError, load_config
+from ..supervisor.config import (
+    Config,
+    ConfigError,
+    check_sandboxes,
+    config_files,
+    load_config,
+)
 from ..supervisor.containment import Containment, ProcessEnded, ProcessStarted, read_stat
 from ..supervisor.core import Supervisor
+from ..supervisor.elastic import Scaling
 from ..supervisor.health import AgentReadiness, HealthChange
 from ..supervisor.lifecycle import SERVING, TRANSIENT, State
 from ..supervisor.process_replica import Event, Exited, LogLines
@@ -114,6 +121,15 @@ class Daemon:
         state_dir = resolve(base, s.state_dir) or default_state_dir()
         return Paths(sock, state_dir, resolve(base, s.log_dir) or default_log_dir(state_dir))
 
+    def _protected(self, cfg: Config, paths: Paths) -> list[tuple[str, str]]:
+        """What no sandboxed agent may write or reach: corral's config files, its state,
+        logs and control socket (the socket is where `paths` says, even before it is
+        bound: the sandbox masks it if it is there when an agent starts)."""
+        return [*config_files(cfg, self.config_path),
+                (str(paths.state_dir), "corral's state directory"),
+                (str(paths.log_dir), "corral's log directory"),
+                (str(paths.socket), "corral's control socket")]
+
     # -- the arbiter ------------------------------------------------------------------------
     async def run(self) -> int:
         """Run until told to stop; the exit status of `corral daemon`."""
@@ -156,9 +172,11 @@ class Daemon:
     async def _setup(self, stack: contextlib.AsyncExitStack) -> Services:
         try:
             cfg = load_config(self.config_path)
+            paths = self._paths(cfg)
+            check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(self.config_path),
+                            self._protected(cfg, paths))
         except ConfigError as exc:
             raise StartupError(f"invalid config: {exc}") from None
-        paths = self._paths(cfg)
         sc = cfg.supervisor
         try:
             hub = LogHub(paths.log_dir, max_bytes=sc.log_max_bytes, backups=sc.log_backups,
@@ -179,6 +197,8 @@ class Daemon:
                          max_replicas=sc.max_replicas, state_dir=paths.state_dir,
                          tasks_kept=sc.tasks_kept,
                          tasks_kept_bytes=int(sc.tasks_kept_mb * 1024 * 1024))
+        sup.sandbox_program = sc.bwrap
+        sup.protected_paths = self._protected(cfg, paths)
         self.sup = sup
         gateway = GatewayService(sup, self._gateway_audit)
         try:
@@ -241,6 +261,7 @@ class Daemon:
                       hub.daemon)
         tenants = TenantDesk(sup, store, self.config_path, hub.daemon)
         tenants.on_groups = control.set_tenant_groups
+        fleet.gateway = cfg.gateway
         desk = TaskDesk(sup, journal, hub.daemon)
         history = History(sup, store, cfg.http)
         packages = Packages(cfg.packages, Path(cfg.packages.dir) if cfg.packages.dir
@@ -342,6 +363,7 @@ class Daemon:
         stream.subscribe(self._on_health, HealthChange)
         stream.subscribe(self._on_agent_readiness, AgentReadiness)
         stream.subscribe(self._on_transition, Event)
+        stream.subscribe(self._on_scaling, Scaling)
         self.notifier.track_status(self.status_line)
         stream.subscribe(gateway.on_transition, Event)
         stream.subscribe(lambda e: gateway.changed([e.kind]), ListChanged)
@@ -466,6 +488,11 @@ class Daemon:
                 self.sender.lines(e.kind, e.name, e.replica, e.pid or 0, "event",
                                   [text.encode()])
 
+    def _on_scaling(self, s: Scaling) -> None:
+        """An autoscaling decision: a line of the agent's log, as its transitions are."""
+        text = f"autoscale {s.direction} {s.previous} -> {s.replicas}: {s.reason}"
+        self.hub.emit(s.agent, 0, 0, "event", LineBlock.one(text), when=s.time)
+
     def _on_health(self, e: HealthChange) -> None:
         """A check flipped: a line in the replica's log (`corral logs`), as transitions."""
         self.hub.emit(e.agent, e.replica, e.pid or 0, "event", LineBlock.one(e.text),
@@ -514,6 +541,8 @@ class Daemon:
         self.notifier.reloading()
         try:
             cfg = load_config(self.config_path)
+            protected = self._protected(cfg, self._paths(cfg))
+            check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(self.config_path), protected)
             # the tokens file is re-read: rotating a token is an edit and a reload
             s.gateway.configure(cfg.gateway, self.config_path.parent)
             s.tenants.check_reload(cfg, [(a.name, a.spec.tenant)
@@ -523,6 +552,9 @@ class Daemon:
             self.notifier.ready(self.status_line())
             raise
         s.tenants.apply_config(cfg)  # before the agents, which may name new tenants
+        s.sup.sandbox_program = cfg.supervisor.bwrap
+        s.sup.protected_paths = protected
+        s.fleet.gateway = cfg.gateway
         result = await s.fleet.reload(cfg, who)
         self.notifier.ready(self.status_line())
         return result

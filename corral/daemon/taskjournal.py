@@ -94,7 +94,7 @@ ON CONFLICT (id) DO UPDATE SET
 # of the table. (CAST: a BLOB is JSONB to a newer SQLite's json functions; ours is text)
 USAGE_SINCE = """
 SELECT agent, CASE WHEN f < :recent THEN CAST(f / :minute AS INTEGER) * :minute
-                   ELSE f END AS w,
+                   ELSE CAST(f AS INTEGER) END AS w,
        sum(coalesce(json_extract(u, '$.input_tokens'), 0)
            + coalesce(json_extract(u, '$.output_tokens'), 0)),
        sum(coalesce(json_extract(u, '$.cost_usd'), 0.0))

@@ -116,7 +116,8 @@ class FleetWatch:
         rows = [r.status() for r in agent.replicas] if agent is not None else []
         seq = self.last + 1
         self._keep(Kept(seq, e.agent, "agents.roster", m.AgentRoster(
-            id=self.id_of(seq), time=time.time(), agent=e.agent, replicas=_wire(rows)),
+            id=self.id_of(seq), time=time.time(), agent=e.agent, replicas=_wire(rows),
+            removed=agent is None),
             max(1, len(rows))))
 
     def _on_health(self, e: HealthChange) -> None:

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,9 @@ from .. import jsonrpc
 from ..jsonrpc import DEFAULT_MAX_LINE, LineBlock, RpcError
 from ..mcp.pool import McpPool
 from ..text import closest, listing, plural
-from .config import AgentSpec, ConfigError, McpServerSpec
+from .config import AgentSpec, ConfigError, McpServerSpec, TenantSpec, elastic_problem
 from .containment import CgroupMode, Containment
+from .elastic import Elastic, scale_refusal
 from .events import EventBus
 from .health import HealthBoard
 from .lifecycle import LIVE, SERVING, STOPPED, TRANSIENT, Cause, State
@@ -200,7 +201,13 @@ class Agent:
         finally:
             self.replacing -= {*old, *new}
 
-    async def scale(self, n: int) -> None:
+    async def scale(self, n: int, *, idle_only: bool = False, reason: str = "scaled down",
+                    before_stop: Callable[[list[Replica]], Awaitable[None]] | None = None
+                    ) -> int:
+        """To `n` replicas; returns the count reached. `idle_only` (the autoscaler):
+        only replicas with no running task are taken, from the end, so fewer may go
+        than asked. `before_stop`: awaited with the replicas going, once they are out of
+        dispatch and before they are asked to stop (hibernate's checkpoint)."""
         if n < 0:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
         self.sup.check_fleet({self.name: n}, f"{plural(n, 'replica')} of {self.name}")
@@ -213,12 +220,21 @@ class Agent:
             self.sup.stream.emit(Roster(self.name))
             self._starter = start_all(new)
         elif n < current:
+            if idle_only:
+                keep = current
+                while keep > n and not self.replicas[keep - 1].tasks_running:
+                    keep -= 1
+                n = keep
             gone = self.replicas[n:]
             del self.replicas[n:]
-            self.sup.stream.emit(Roster(self.name))
-            await stop_all(gone, "scaled down")
-            self.sup._forget(gone)
+            if gone:
+                self.sup.stream.emit(Roster(self.name))
+                if before_stop is not None:
+                    await before_stop(gone)
+                await stop_all(gone, reason)
+                self.sup._forget(gone)
         self.spec.replicas = n
+        return n
 
 
 class Supervisor:
@@ -276,6 +292,9 @@ class Supervisor:
         self.environment_provider: Callable[[ProcessReplica], dict[str, str]] | None = None
         # the worker SDK on every release's PYTHONPATH (release.py; the daemon makes it)
         self.release_sdk: str | None = None
+        self.sandbox_program = "bwrap"  # [supervisor] bwrap: for sandbox = "bwrap"
+        # corral's own files, which no sandboxed agent may write or reach (the daemon's)
+        self.protected_paths: list[tuple[str, str]] = []
         # agent state checkpoints by (agent, replica): (wall time, state), given back in
         # `initialize` after a restart; subscribers to Checkpoint persist them (the
         # daemon: SQLite)
@@ -293,6 +312,8 @@ class Supervisor:
         self.tasks.worker.allow_of = lambda r: self.allowlist(r.spec)
         self.events = EventBus(self.stream, self.worker_methods, self.worker_notifications)
         self.agent_mcp = AgentMcp(self.mcp, self.stream, self.worker_methods)
+        # autoscaling, sleep and wake of elastic agents (elastic.py)
+        self.elastic = Elastic(self)
         # health checks of agents with [health] (health.py); nothing for the others
         self.health_board = HealthBoard(self)
 
@@ -308,10 +329,12 @@ class Supervisor:
         self.containment.open()
         if self._heartbeat is None:
             self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
+        self.elastic.start()
 
     async def close(self, *, graceful: bool = True) -> None:
         """Stop every agent (gracefully unless told not to) and the heartbeat loop."""
         self.closing = True
+        await self.elastic.close()
         # tool servers last: agents may use them while stopping
         rolling = [r for a in self.agents.values() for r in a.replacing]
         for a in self.agents.values():
@@ -341,10 +364,14 @@ class Supervisor:
             spec.check_health()
         except ConfigError as exc:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, f"agent {spec.name}: {exc}") from None
+        problem = elastic_problem(spec)
+        if problem:
+            raise SupervisorError(jsonrpc.INVALID_PARAMS, f"agent {spec.name}: {problem}")
         self.check_fleet({spec.name: spec.replicas}, f"agent {spec.name}")
         self.check_tenants({spec.name: (spec.tenant, spec.replicas)}, f"adding {spec.name}")
         agent = Agent(self, spec)
         self.agents[spec.name] = agent
+        self.elastic.track(agent)
         self.stream.emit(Roster(spec.name))
         if spec.autostart if start is None else start:
             agent.start()
@@ -359,6 +386,7 @@ class Supervisor:
     async def remove(self, name: str) -> None:
         agent = self.agent(name)
         self.tasks.forget_agent(name)
+        self.elastic.forget(name)
         await agent.stop("removed")
         self.health_board.forget(name)
         if self.agents.pop(name, None) is agent:
@@ -377,7 +405,11 @@ class Supervisor:
         agent.start()
 
     async def scale(self, name: str, replicas: int) -> None:
-        await self.agent(name).scale(replicas)  # refuses more than max_replicas
+        agent = self.agent(name)
+        why = scale_refusal(agent.spec, replicas)
+        if why:
+            raise SupervisorError(jsonrpc.INVALID_PARAMS, why)
+        await agent.scale(replicas)  # refuses more than max_replicas
 
     async def pause(self, name: str, index: int | None = None, reason: str = "paused"
                     ) -> list[Replica]:
@@ -666,6 +698,9 @@ class Supervisor:
         return {"tools": await self.mcp.list_tools(owner=replica.label,
                                                    allow=self.allowlist(replica.spec))}
 
+    def tenant_spec(self, tenant: str) -> TenantSpec | None:
+        return self.tenancy.specs.get(tenant)
+
     def allowlist(self, spec: Any) -> list[str]:
         """An agent's tools allowlist, narrowed to the MCP servers its tenant sees."""
         return visible_allow(list(getattr(spec, "tools", [])), spec.tenant,
@@ -688,6 +723,10 @@ class Supervisor:
 
     def replica_down(self, r: Replica) -> None:
         self.tasks.replica_down(r)
+
+    def wake(self, name: str) -> None:
+        """A task waits for `name`, which has no replica: an elastic agent wakes."""
+        self.elastic.wake(name)
 
     def environment(self, r: ProcessReplica) -> dict[str, str]:
         provide = self.environment_provider

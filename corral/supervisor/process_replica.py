@@ -279,7 +279,7 @@ class ProcessReplica(Machine):
         deadline = time.monotonic() + FREEZE_WAIT
         delay = 0.0002
         while self.state == State.PAUSED and self.process is not None:
-            st = self._proc_stat(self.process.pid)
+            st = self._proc_stat(self._measured_pid(self.process) or self.process.pid)
             if st is None or st.state in ("T", "t"):
                 return True
             if time.monotonic() >= deadline:
@@ -437,8 +437,8 @@ class ProcessReplica(Machine):
                 self.process = await self._prestart(env, uid, gid, spawning)
                 if self.process is None:
                     self.process = await ChildProcess.spawn(
-                        spec.argv(), env=env, cwd=spec.cwd, limits=spec.limits, uid=uid,
-                        gid=gid, **spawning)
+                        self._command(env, uid), env=env, cwd=spec.cwd, limits=spec.limits,
+                        uid=uid, gid=gid, **spawning)
         except OSError as exc:
             if exc.errno in CORRAL_RESOURCE_ERRORS:
                 self._spawn_failed_for_want_of(exc)
@@ -472,6 +472,14 @@ class ProcessReplica(Machine):
         """A process started some other way than a cold spawn (an agent's warm start), or
         None."""
         return None
+
+    def _command(self, env: dict[str, str], uid: int | None) -> list[str]:
+        """The argv of a cold start (an agent's may be wrapped in its sandbox)."""
+        return self.spec.argv()
+
+    def _exit_status(self, rc: int) -> int:
+        """The process's own exit status from what its pid's exit says."""
+        return rc
 
     def _on_exited(self, exited: asyncio.Future[int]) -> None:
         proc = self.process
@@ -579,8 +587,9 @@ class ProcessReplica(Machine):
         self._last_pong = self.host.listening.now()
         # its CPU time as it answered: the first look at it parked compares with this, so
         # an idle worker is never pinged, not even once (see _parked)
-        if self.process is not None and procstat.READ_CALLS:
-            st = self._proc_stat(self.process.pid)
+        pid = self._measured_pid(self.process) if self.process is not None else None
+        if pid is not None and procstat.READ_CALLS:
+            st = self._proc_stat(pid)
             self._parked_ticks = st.cpu_ticks if st is not None else -1
         self._apply(Cause.READY, ready_reason)
 
@@ -694,7 +703,7 @@ class ProcessReplica(Machine):
         reason = self.taken_down_for()
         if reason is None:
             reason = oom_reason(self.spec.limits) if oom else explain_exit(
-                rc,
+                self._exit_status(rc),
                 self.spec.limits,
                 [b.decode("utf-8", "replace") for b in proc.stderr_tail or ()],
                 cpu_seconds_used=cpu_used,
@@ -872,15 +881,18 @@ class ProcessReplica(Machine):
         if (proc is None or self.tasks_running or self.peer is None or self.peer.in_flight
                 or proc.stdin_backlog or not procstat.READ_CALLS):
             return False
+        pid = self._measured_pid(proc)
+        if pid is None:
+            return False
         if self._syscall_fd == -1:
             self._syscall_fd = procstat.UNAVAILABLE
             pipe = proc.stdin.get_extra_info("pipe") if proc.stdin is not None else None
-            if pipe is not None and procstat.same_pipe(proc.pid, pipe.fileno()):
-                self._syscall_fd = procstat.open_proc(proc.pid, "syscall")
+            if pipe is not None and procstat.same_pipe(pid, pipe.fileno()):
+                self._syscall_fd = procstat.open_proc(pid, "syscall")
         if self._syscall_fd < 0 or not procstat.reading_stdin(self._syscall_fd):
             self._parked_ticks = -1
             return False
-        st = self._proc_stat(proc.pid)
+        st = self._proc_stat(pid)
         if st is None or st.state != "S":  # (a stopped process shows its read too)
             return False
         # the dear read of a look (the kernel sums the threads' times) is the usage sample
@@ -888,6 +900,11 @@ class ProcessReplica(Machine):
         self._looked = time.monotonic(), st
         before, self._parked_ticks = self._parked_ticks, st.cpu_ticks
         return before == st.cpu_ticks
+
+    def _measured_pid(self, proc: ChildProcess) -> int | None:
+        """The pid whose /proc says what the replica uses and does (its process's own;
+        None: not known yet)."""
+        return proc.pid
 
     def _proc_stat(self, pid: int) -> ProcStat | None:
         if self._stat_fd == -1:
@@ -915,7 +932,8 @@ class ProcessReplica(Machine):
         if looked is not None:  # read by a look since the last sample: not read again
             now, st = looked
         else:
-            fresh = self._proc_stat(proc.pid)
+            pid = self._measured_pid(proc)
+            fresh = self._proc_stat(pid) if pid is not None else None
             if fresh is None:
                 return
             # wall time for CPU %, not the listening clock
@@ -924,7 +942,8 @@ class ProcessReplica(Machine):
         rss = st.rss_pages * procstat.PAGE_SIZE
         s = self.sample
         if sample_fds:
-            fds = procstat.open_fds(proc.pid)
+            pid = self._measured_pid(proc)
+            fds = procstat.open_fds(pid) if pid is not None else None
             if fds is not None:
                 s.open_fds = fds
         if self._prev_cpu is not None:

@@ -8,10 +8,12 @@ requests to the supervisor, and its tasks (Busy / Idle).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..jsonrpc import Peer
-from .config import AgentSpec
+from .config import AgentSpec, Isolation, TenantSpec, isolation
 from .health import HealthBoard, ReplicaHealth, environment_of
 from .lifecycle import SERVING, Cause, State
 from .process import ChildProcess
@@ -23,11 +25,20 @@ from .process_replica import (
     _swallow,
 )
 from .release import release_environment
+from .sandbox import (
+    exit_status,
+    program_paths,
+    resolve_program,
+    sandboxed,
+    sandboxed_pid,
+)
 from .zygote import Key, Zygotes, ZygoteUnavailable, warm_argv
 
 __all__ = ["PROTOCOL_VERSION", "AgentHost", "Event", "Replica", "ReplicaStatus"]
 
 PROTOCOL_VERSION = "1"
+# corral's package, which a sandboxed agent's worker SDK is imported from
+SDK = Path(__file__).resolve().parent.parent
 
 
 class AgentHost(ReplicaHost, Protocol):
@@ -37,6 +48,18 @@ class AgentHost(ReplicaHost, Protocol):
     def zygotes(self) -> Zygotes: ...
 
     def zygote_environment(self, agent_env: dict[str, str]) -> dict[str, str]: ...
+
+    @property
+    def sandbox_program(self) -> str:
+        """bubblewrap, for agents with sandbox = "bwrap" ([supervisor] bwrap)."""
+
+    @property
+    def protected_paths(self) -> list[tuple[str, str]]:
+        """corral's own files, as (path, what): a sandbox may not hold them writable, and
+        masks them where it binds what holds them."""
+
+    def tenant_spec(self, tenant: str) -> TenantSpec | None:
+        """An agent's tenant's [tenants.NAME] (its sandbox and network), or None."""
 
     @property
     def release_sdk(self) -> str | None:
@@ -70,6 +93,8 @@ class Replica(ProcessReplica):
 
     def __init__(self, host: AgentHost, spec: AgentSpec, name: str, index: int) -> None:
         super().__init__(host, spec, name, index)
+        self._inner: tuple[ChildProcess, int] | None = None  # a sandboxed agent's own pid
+        self._iso = isolation(spec)  # judged again, with its tenant's, at each start
         # this life's health checks ([health]), from Ready until it leaves serving
         self.health: ReplicaHealth | None = None
 
@@ -116,8 +141,16 @@ class Replica(ProcessReplica):
         """A fork from the zygote of this agent's interpreter, preload set and user, when
         the spec asks for one; None (and the reason in the log) to start cold."""
         spec = self.spec
+        # the agent's keys, else its tenant's as it is now: a change of the tenant's
+        # applies from a process's next start, and a running one is judged as it started
+        self._iso = isolation(spec, self.host.tenant_spec(spec.tenant))
         preload = tuple(spec.preload)
         if not (preload or spec.warm):
+            return None
+        if self._isolation().sandbox != "none":
+            # a zygote's fork would be outside the sandbox: a sandboxed agent starts cold
+            self.host.stats.cold_fallbacks += 1
+            self.note("warm start unavailable, starting cold: the agent is sandboxed")
             return None
         try:
             argv = spec.argv()
@@ -130,6 +163,45 @@ class Replica(ProcessReplica):
             self.host.stats.cold_fallbacks += 1
             self.note(f"warm start unavailable, starting cold: {exc}")
             return None
+
+    def _isolation(self) -> Isolation:
+        """The sandbox and network of the process started last (judged at its start)."""
+        return self._iso
+
+    def _command(self, env: dict[str, str], uid: int | None) -> list[str]:
+        spec = self.spec
+        iso = self._isolation()
+        argv = spec.argv()
+        if iso.sandbox == "none":
+            return argv
+        argv[0] = resolve_program(argv[0], env, spec.cwd)
+        read_only = [*program_paths(argv[0]), SDK, *spec.sandbox_paths]
+        read_only += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if spec.release is not None:
+            read_only.append(spec.release)
+        if self.host.release_sdk is not None:
+            read_only.append(self.host.release_sdk)
+        return sandboxed(
+            argv, program=self.host.sandbox_program, cwd=spec.cwd or os.getcwd(), env=env,
+            network=iso.network, root=(os.geteuid() if uid is None else uid) == 0,
+            read_only=map(str, read_only), gateway_socket=env.get("CORRAL_MCP_SOCKET"),
+            protected=self.host.protected_paths)
+
+    def _measured_pid(self, proc: ChildProcess) -> int | None:
+        """A sandboxed agent's own process, not the bwrap around it (found once per
+        process, when its sandbox has started it)."""
+        if self._isolation().sandbox == "none":
+            return proc.pid
+        known = self._inner
+        if known is None or known[0] is not proc:
+            inner = sandboxed_pid(proc.pid)
+            if inner is None:
+                return None
+            known = self._inner = (proc, inner)
+        return known[1]
+
+    def _exit_status(self, rc: int) -> int:
+        return exit_status(rc) if self._isolation().sandbox != "none" else rc
 
     def _make_peer(self, proc: ChildProcess) -> Peer:
         return Peer(

@@ -127,6 +127,14 @@ class Tenancy:
                         f"needs {more} more")
         return None
 
+    def replica_room(self, tenant: str) -> tuple[int, int] | None:
+        """(replicas the tenant may still add, its max_replicas), None without one."""
+        spec = self.specs.get(tenant)
+        if spec is None or not spec.max_replicas:
+            return None
+        used = sum(len(a.replicas) for a in self.members(tenant))
+        return max(0, spec.max_replicas - used), spec.max_replicas
+
     # -- tasks --------------------------------------------------------------------------
     def task_refusal(self, agent: AgentLike, depth: Callable[[str], int]) -> str | None:
         """Why the tenant of `agent` takes no more tasks now, or None (the rate quota's

@@ -450,8 +450,10 @@ class Worker:
         on_event: Callable[[str, Any], Any] | None = None,
         on_shutdown: Callable[[], Any] | None = None,
         on_resource_updated: Callable[[str, str], Any] | None = None,
+        on_hibernate: Callable[[Any], Any] | None = None,
     ) -> None:
         self.handler = handler
+        self.on_hibernate = on_hibernate
         self.on_initialize = on_initialize
         self.on_event = on_event
         self.on_shutdown = on_shutdown
@@ -612,6 +614,8 @@ class Worker:
             self._initialize(rid, params)
         elif method == "shutdown":
             self._shutdown(rid)
+        elif method == "hibernate":
+            self._hibernate(rid)
         elif method == "health/check":
             self._health_request(rid, params)
         elif method == "event":
@@ -666,6 +670,26 @@ class Worker:
         if rid is not None:
             self._reply(rid, {})
         self._exit(0)
+
+    def _hibernate(self, rid: Any) -> None:
+        """corral is about to stop this idle worker until work comes (hibernate_after):
+        the hook's answer, unless None, is checkpointed, and `initialize` gives it back."""
+        checkpointed = False
+        if self.on_hibernate is not None:
+            try:
+                state = self.on_hibernate(self.state)
+            except Exception as exc:
+                _print_exc()
+                if rid is not None:
+                    self._error(rid, INTERNAL_ERROR, _exc_text(exc))
+                return
+            if state is not None:
+                self.state = state
+                # before the answer, on the same channel: corral has it when it stops us
+                self.notify("state/checkpoint", {"state": state})
+                checkpointed = True
+        if rid is not None:
+            self._reply(rid, {"checkpointed": checkpointed})
 
     # -- health ---------------------------------------------------------------------------
     def _health_request(self, rid: Any, params: dict[str, Any]) -> None:
@@ -853,9 +877,13 @@ def run(
     on_event: Callable[[str, Any], Any] | None = None,
     on_shutdown: Callable[[], Any] | None = None,
     on_resource_updated: Callable[[str, str], Any] | None = None,
+    on_hibernate: Callable[[Any], Any] | None = None,
 ) -> None:
-    """Serve `handler(task_input, ctx)` over stdio until the supervisor says stop."""
+    """Serve `handler(task_input, ctx)` over stdio until the supervisor says stop.
+    `on_hibernate(state)`: called with the state last checkpointed when corral
+    hibernates the idle agent; what it returns (if not None) is checkpointed as the
+    agent's state, given back by `initialize` when a task wakes it."""
     Worker(
         handler, on_initialize=on_initialize, on_event=on_event, on_shutdown=on_shutdown,
-        on_resource_updated=on_resource_updated,
+        on_resource_updated=on_resource_updated, on_hibernate=on_hibernate,
     ).run()

@@ -197,6 +197,9 @@ class Snapshot:
     # every agent's task times: bucket counts and their sum
     duration: tuple[list[int], float] = ([], 0.0)
     wait: tuple[list[int], float] = ([], 0.0)
+    # the autoscaler's: decisions by (agent, direction); (agent, desired, current)
+    decisions: dict[tuple[str, str], int] = field(default_factory=dict)
+    scaled: list[tuple[str, int, int]] = field(default_factory=list)
     # agents with [health] only: failed checks by (agent, check), ready replicas by agent
     health_failures: dict[tuple[str, str], int] = field(default_factory=dict)
     ready: dict[str, int] = field(default_factory=dict)
@@ -216,6 +219,9 @@ def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
             calls += instance.client.calls
             errors += instance.client.errors
         out.mcp[server] = (calls, errors)
+    out.decisions = dict(sup.elastic.counts)
+    out.scaled = [(name, e.desired, len(sup.agents[name].replicas))
+                  for name, e in sup.elastic.entries.items() if name in sup.agents]
     out.health_failures = dict(sup.health_board.failures)
     for name, agent in sup.agents.items():
         if agent.spec.health is not None:
@@ -273,6 +279,7 @@ def fleet_families(snap: Snapshot) -> Iterator[Metric]:
         mcp.add_metric([server, "ok"], calls - errors)
         mcp.add_metric([server, "error"], errors)
     yield mcp
+    yield from autoscale_families(snap)
     http = CounterMetricFamily("corral_http_requests", "Requests to the daemon's HTTP "
                                "server, by route and status.", labels=("route", "code"))
     for (route, code), n in snap.requests.items():
@@ -290,6 +297,23 @@ def fleet_families(snap: Snapshot) -> Iterator[Metric]:
     for agent, n in snap.ready.items():
         ready.add_metric([agent], n)
     yield ready
+
+
+def autoscale_families(snap: Snapshot) -> Iterator[Metric]:
+    decisions = CounterMetricFamily(
+        "corral_autoscale_decisions", "The autoscaler's changes of an agent's replica "
+        "count, by direction (up, down, wake, sleep, hibernate, held).",
+        labels=("agent", "direction"))
+    for (agent, direction), n in sorted(snap.decisions.items()):
+        decisions.add_metric([agent, direction], n)
+    yield decisions
+    replicas = GaugeMetricFamily(
+        "corral_autoscale_replicas", "An elastic agent's replica count: the one its "
+        "autoscaler wants (desired) and the one it has (current).", labels=("agent", "kind"))
+    for agent, desired, current in snap.scaled:
+        replicas.add_metric([agent, "desired"], desired)
+        replicas.add_metric([agent, "current"], current)
+    yield replicas
 
 
 class Families(Collector):

@@ -336,19 +336,17 @@ class Budgets:
 
     # -- shown --------------------------------------------------------------------------
     def stats(self, agent: str) -> dict[str, Any] | None:
-        """The agent's usage and windows (`corral stats`); None if it never reported."""
+        """The agent's usage and windows (`corral stats`); None if it never reported
+        (nor did it before a restart: a report makes its windows, as a restore does)."""
         w = self.windows.get(agent)
+        if w is None:
+            return None
         used = self.usage.get(agent)
         if used is None:
-            if w is None:
-                return None
             used = ModelUsage()  # restored windows only
         return {**msgspec.structs.asdict(used),
                 "models": {m: msgspec.structs.asdict(u) for m, u in used.models.items()},
-                **(w.figures(time.time()) if w is not None else
-                   {"tokens_last_minute": 0.0, "tokens_last_day": 0.0,
-                    "cost_usd_last_day": 0.0}),
-                "waiting": self.waiting(agent)}
+                **w.figures(time.time()), "waiting": self.waiting(agent)}
 
     def forget(self, agent: str) -> None:
         """The agent was removed."""

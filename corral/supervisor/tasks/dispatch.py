@@ -84,6 +84,11 @@ class Dispatcher:
         while queue.depth(agent_name):
             r = self.free_replica(agent)
             if r is None:
+                # an elastic agent asleep: the task wakes it (unless a budget holds its
+                # tasks: the budget's timer pumps again, and wakes it, when they may go)
+                if not agent.replicas and not (self.budgets is not None
+                                               and self.budgets.holds(agent)):
+                    self.sup.wake(agent_name)
                 return
             # over a token or cost budget: the tasks wait, and its timer pumps again
             if self.budgets is not None and self.budgets.holds(agent):

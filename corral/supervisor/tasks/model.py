@@ -83,6 +83,13 @@ class TaskInfo(_TaskHead):
     output_dropped: bool = False
     usage: ModelUsage | None = None  # what the worker reported (usage/report)
     waiting: str | None = None  # why a queued task is not started yet (a budget)
+    # seconds from accepted to its first start: its wait in the queue, a sleeping agent's
+    # wake among it (None: not started)
+    queue_wait: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.started is not None and self.queue_wait is None:
+            self.queue_wait = round(max(0.0, self.started - self.created), 6)
 
 
 class TaskSummary(_TaskHead):
