@@ -595,3 +595,63 @@ async def test_a_reload_brings_new_tenants_and_keeps_those_runtime_agents_are_in
         code, msg = await refused(d, OPERATOR, "agents.add", {"agents": {"n2": {
             "command": "true", "tenant": "new"}}, "check": False})
         assert msg == "tenant new: max_agents 1 reached (1 in use); adding n2 needs 1 more"
+
+
+# -- the sandbox's values of a tenant ---------------------------------------------------------
+def test_an_agent_takes_its_tenants_sandbox_and_network_unless_it_sets_its_own(
+        tmp_path: Path) -> None:
+    from corral.supervisor.config import Isolation, TenantSpec, isolation
+
+    path = tmp_path / "corral.toml"
+    path.write_text(textwrap.dedent("""
+        [tenants.boxed]
+        sandbox = "bwrap"
+        network = "none"
+        [agents.a]
+        command = "true"
+        tenant = "boxed"
+        [agents.b]
+        command = "true"
+        tenant = "boxed"
+        network = "host"
+    """))
+    cfg = load_config(path)
+    boxed = cfg.tenants["boxed"]
+    assert isolation(cfg.agents["a"], boxed) == Isolation("bwrap", "none")
+    assert isolation(cfg.agents["b"], boxed) == Isolation("bwrap", "host")
+    assert isolation(cfg.agents["a"], TenantSpec()) == Isolation("none", "host")
+    # the tenant's network needs a sandbox, as an agent's own does
+    path.write_text('[tenants.t]\nnetwork = "none"\n[agents.a]\ncommand = "true"\n'
+                    'tenant = "t"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == (f'{path}: agents.a.network: network = "none" needs sandbox = '
+                            '"bwrap" (without a sandbox an agent shares the host\'s network)')
+
+
+@pytest.mark.deadline(120)
+async def test_a_tenants_sandbox_runs_its_agents_in_bubblewrap(tmp_path: Path) -> None:
+    from corral.supervisor.sandbox import host_refusal
+
+    why = host_refusal("bwrap", None)
+    if why is not None:
+        pytest.skip(f"no sandbox here: {why}")
+    home = tmp_path / "home"
+    home.mkdir()
+    agents = textwrap.dedent(f"""
+        [agents.box]
+        command = ["{PY}", "{Path(__file__).with_name('sandbox_agent.py')}"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        cwd = "{home}"
+        tenant = "boxed"
+        stop_timeout = 5.0
+    """)
+    async with in_process(tmp_path, agents, '[tenants.boxed]\nsandbox = "bwrap"\n') as d:
+        r = d.services.sup.agents["box"].replicas[0]
+        assert r.process is not None
+        cmdline = Path(f"/proc/{r.process.pid}/cmdline").read_bytes().split(b"\0")
+        assert Path(cmdline[0].decode()).name == "bwrap", cmdline[:3]
+        outside = tmp_path / "outside.txt"
+        done = await call(d, "tasks.run", msgspec.json.encode(
+            {"agent": "box", "input": {"do": "write", "path": str(outside)}}))
+        assert done.status == "succeeded" and not outside.exists()  # its private /tmp
