@@ -655,3 +655,42 @@ async def test_a_tenants_sandbox_runs_its_agents_in_bubblewrap(tmp_path: Path) -
         done = await call(d, "tasks.run", msgspec.json.encode(
             {"agent": "box", "input": {"do": "write", "path": str(outside)}}))
         assert done.status == "succeeded" and not outside.exists()  # its private /tmp
+
+
+# -- memory and CPU, by sampling --------------------------------------------------------------
+def holder(name: str, tenant: str) -> str:
+    return textwrap.dedent(f"""
+        [agents.{name}]
+        command = ["{PY}", "{Path(__file__).with_name('sandbox_agent.py')}"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "{tenant}"
+        stop_timeout = 5.0
+        backoff_initial = 0.05
+    """)
+
+
+@pytest.mark.deadline(120)
+async def test_a_tenant_over_its_memory_has_its_largest_replica_restarted_in_order(
+        tmp_path: Path) -> None:
+    from .test_gateway_stdio import wait_until_async
+
+    toml = "[tenants.acme]\nmax_memory_mb = 150\n[tenants.other]\n"
+    agents = holder("big", "acme") + holder("small", "acme") + holder("else", "other")
+    async with in_process(tmp_path, agents, toml) as d:
+        sup = d.services.sup
+        big, small, other = (sup.agents[n].replicas[0] for n in ("big", "small", "else"))
+        before = (small.pid, other.pid)
+        await wait_until_async(lambda: small.sample.rss_bytes > 8 << 20)
+        await asyncio.wait_for(call(d, "tasks.run", msgspec.json.encode(
+            {"agent": "big", "input": {"do": "hold", "mb": 200}})), 60)
+        await wait_until_async(lambda: big.last_exit is not None, timeout=30)
+        said = big.last_exit
+        assert said is not None and said.startswith(
+            "tenant acme: max_memory_mb 150 exceeded (") and said.endswith(
+            " MiB in use); its largest replica restarted"), said
+        await sup.wait_state("big", {State.READY, State.IDLE}, timeout=30)
+        # the others ran on: the tenant's smaller replica, and another tenant's
+        assert (small.pid, other.pid) == before
+        assert (small.restarts, other.restarts) == (0, 0)
+        entry = {t.name: t for t in (await call(d, "tenants.list")).tenants}["acme"]
+        assert "max_memory_mb" in entry.enforced

@@ -33,7 +33,8 @@ from .store import StateStore, StoreError, what_to_do
 Report = Callable[..., None]
 # the quotas corral enforces now; the others are parsed, validated and shown
 ENFORCED = ("max_agents", "max_replicas", "max_queue", "max_concurrent_tasks",
-            "rate_per_minute", "max_task_seconds", "tokens_per_minute", "group")
+            "rate_per_minute", "max_task_seconds", "tokens_per_minute", "group",
+            "max_memory_mb", "max_cpu_percent", "sandbox", "network")
 REVISION_PREFIX = "tenant:"
 
 
@@ -96,6 +97,12 @@ class TenantDesk:
                 tables[name] = table
                 self.runtime.add(name)
         self._apply(tables)
+        sampled = [n for n, t in self.sup.tenancy.specs.items()
+                   if t.max_memory_mb or t.max_cpu_percent]
+        if sampled:
+            self.report(f"tenants {', '.join(sampled)}: max_memory_mb and max_cpu_percent "
+                        "are enforced by sampling (an orderly restart of the tenant's "
+                        "largest or busiest replica), not by a kernel cgroup per tenant")
 
     def check_reload(self, cfg: Config, staying: list[tuple[str, str]]) -> None:
         """Refuse a reload that would drop a tenant an agent staying (added at runtime:

@@ -841,6 +841,9 @@ class Supervisor:
                 self.containment.tick()
             except Exception:
                 log.exception("containment tick failed")
+            # tenants' memory and CPU quotas, on this round's samples (tenants.py)
+            for r, why in self.tenancy.caps():
+                r.take_down(why, graceful=True, cause=Cause.CAP)
             self.stream.emit(TICK)
 
     def _on_stall(self, seconds: float) -> None:

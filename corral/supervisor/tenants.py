@@ -21,14 +21,18 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from .config import DEFAULT_TENANT, TenantSpec
+from .lifecycle import SERVING, State
 from .tasks.admission import TokenBucket
 from .tasks.budget import BUDGET_PREFIX
 
 if TYPE_CHECKING:
     from .config import AgentSpec, McpServerSpec
+    from .replica import Replica
     from .tasks.host import AgentLike
 
 NO_QUOTAS = TenantSpec()
+MIB = 1024 * 1024
+CPU_ROUNDS = 3  # heartbeat rounds a tenant is over max_cpu_percent before a restart
 
 
 class TenantUse(msgspec.Struct, kw_only=True):
@@ -48,6 +52,8 @@ class Tenancy:
         self.agents = agents
         self.specs: dict[str, TenantSpec] = {}
         self._buckets: dict[str, TokenBucket] = {}
+        self._going: dict[str, Replica] = {}  # restarted for its tenant's memory or CPU
+        self._cpu_over: dict[str, int] = {}  # rounds a tenant has been over its CPU
 
     # -- the tenants --------------------------------------------------------------------
     def replace(self, specs: Mapping[str, TenantSpec]) -> None:
@@ -134,6 +140,47 @@ class Tenancy:
             return None
         used = sum(len(a.replicas) for a in self.members(tenant))
         return max(0, spec.max_replicas - used), spec.max_replicas
+
+    # -- memory and CPU, by sampling -----------------------------------------------------
+    def caps(self) -> list[tuple[Replica, str]]:
+        """The replicas to restart, in order (gracefully), for their tenant's memory or
+        CPU quota, judged on the samples the heartbeat takes: the largest (or busiest)
+        live replica of a tenant over `max_memory_mb` (or over `max_cpu_percent` for
+        CPU_ROUNDS rounds), one per tenant at a time, the next judged once it is back."""
+        out: list[tuple[Replica, str]] = []
+        for tenant, spec in self.specs.items():
+            if not (spec.max_memory_mb or spec.max_cpu_percent):
+                continue
+            going = self._going.get(tenant)
+            if going is not None:
+                if going.state not in SERVING and going.state is not State.FAILED and any(
+                        going in a.replicas for a in self.members(tenant)):
+                    continue  # one at a time: the last one is not back yet
+                del self._going[tenant]
+            live = [r for a in self.members(tenant) for r in a.replicas
+                    if r.state in SERVING]
+            if not live:
+                continue
+            rss = sum(r.sample.rss_bytes for r in live)
+            cpu = sum(r.sample.cpu_percent for r in live)
+            over = self._cpu_over[tenant] = (self._cpu_over.get(tenant, 0) + 1 if
+                                             spec.max_cpu_percent and
+                                             cpu > spec.max_cpu_percent else 0)
+            if spec.max_memory_mb and rss > spec.max_memory_mb * MIB:
+                r = max(live, key=lambda r: r.sample.rss_bytes)
+                why = (f"tenant {tenant}: max_memory_mb {spec.max_memory_mb} exceeded "
+                       f"({rss // MIB} MiB in use); its largest replica restarted")
+            elif over >= CPU_ROUNDS:
+                r = max(live, key=lambda r: r.sample.cpu_percent)
+                why = (f"tenant {tenant}: max_cpu_percent {spec.max_cpu_percent:g} "
+                       f"exceeded ({cpu:g}% for {CPU_ROUNDS} samples); its busiest replica "
+                       "restarted")
+            else:
+                continue
+            self._going[tenant] = r
+            self._cpu_over[tenant] = 0
+            out.append((r, why))
+        return out
 
     # -- tasks --------------------------------------------------------------------------
     def task_refusal(self, agent: AgentLike, depth: Callable[[str], int]) -> str | None:
