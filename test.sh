@@ -13,6 +13,8 @@ cd "$(dirname "$0")"
 # /metrics exposition), pinned, installed with apt-get where missing
 . scripts/browser.sh
 . scripts/prometheus.sh
+# Debian's redis-server, pinned, for the cluster tests (each starts its own server)
+. scripts/redis.sh
 echo "== ruff"
 .venv/bin/ruff check corral tests examples bench
 echo "== mypy"
