@@ -1,0 +1,49 @@
+"""The node's Redis client: redis-py's asyncio client (hiredis parses its replies where
+installed), one pool per node. It reconnects by itself on the next command after a lost
+connection; nothing here retries a command (the callers know whether one may be)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..supervisor.config import ClusterSettings
+
+
+def connect(settings: ClusterSettings, node: str) -> Any:
+    """The client (typed Any: redis-py's asyncio annotations say every reply may be an
+    awaitable or not)."""
+    # a reply may take a blocking read's `beat` plus the network: a TTL is the most any
+    # call waits for a Redis that does not answer
+    return Redis.from_url(
+        settings.redis, decode_responses=False, retry=Retry(NoBackoff(), 0),
+        socket_timeout=settings.node_ttl + settings.beat,
+        socket_connect_timeout=settings.beat, client_name=f"corral:{node}")
+
+
+def shown(url: str) -> str:
+    """The URL without a password, as messages and `corral nodes` say it."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def why(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.rstrip(".")
+
+
+def unavailable(url: str, exc: RedisError, what: str) -> RpcError:
+    return RpcError(jsonrpc.UNAVAILABLE,
+                    f"the cluster's Redis at {shown(url)} is unreachable ({why(exc)}): {what}")
+

@@ -1,0 +1,153 @@
+"""A corral node of a cluster: membership, the desk, the pullers, the outbox and the
+reaper around one Redis client, and the loops that drive them. The daemon makes one
+where [cluster] is configured, before its agents start (the engine's task queue is the
+node's `ClusterQueue`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .. import methods as m
+from ..supervisor.config import ClusterSettings
+from ..supervisor.tasks import TERMINAL, TaskManager
+from ..supervisor.tasks.host import TaskHost
+from . import records
+from .connection import connect, shown, unavailable, why
+from .desk import ClusterDesk
+from .keys import Keys
+from .membership import Membership, NodeView
+from .outbox import Outbox
+from .puller import Puller
+from .queue import ClusterQueue, ClusterTask, free_slots
+from .reaper import Reaper
+from .scripts import Scripts
+
+
+def node_name(settings: ClusterSettings) -> str:
+    return settings.node or socket.gethostname()
+
+
+class ClusterNode:
+    def __init__(self, settings: ClusterSettings, host: TaskHost, tasks: TaskManager,
+                 queue: ClusterQueue, report: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.host = host
+        self.tasks = tasks
+        self.queue = queue
+        self.report = report
+        self.node = node_name(settings)
+        self.redis = connect(settings, self.node)
+        self.keys = Keys(settings.name)
+        scripts = Scripts(self.redis)
+        self.membership = Membership(self.redis, scripts, self.keys, settings, self.node,
+                                     self._offer, report)
+        self.desk = ClusterDesk(self.redis, scripts, self.keys, settings, self.membership,
+                                host, report)
+        self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
+                             tasks, settings.beat, report)
+        self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
+                             report)
+        self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report)
+        tasks.on_finish.append(self.outbox.finished)
+        self.membership.on_fence.append(self._fenced)
+        self._loops: list[asyncio.Task[None]] = []
+
+    def _offer(self) -> tuple[int, int, list[str]]:
+        agents = self.host.agents
+        capacity = sum(free_slots(a) + sum(r.tasks_running for r in a.replicas)
+                       for a in agents.values())
+        return capacity, len(self.tasks.active), sorted(agents)
+
+    def _fenced(self, consumer: str) -> None:
+        """What was taken from this incarnation is the cluster's now: its outcomes are
+        not sent, and it stops here."""
+        self.outbox.give_up(consumer)
+        for task in [t for t in self.tasks.active.values()
+                     if isinstance(t, ClusterTask) and t.consumer == consumer]:
+            if task.status not in TERMINAL:
+                self.tasks.cancel(task.id)
+
+    # -- the loops --------------------------------------------------------------------
+    def start(self) -> None:
+        self.report(f"cluster {self.settings.name}: node {self.node} on Redis "
+                    f"{shown(self.settings.redis)}")
+        for name, loop in (("membership", self.membership.run), ("beat", self._beat),
+                           ("outbox", self.outbox.run), ("outcomes", self.desk.tail)):
+            self._loops.append(asyncio.ensure_future(self._keep(name, loop)))
+
+    async def _keep(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """A loop that fails is reported and started again a beat later: the node must
+        not silently stop taking part."""
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug: said, and the loop goes on
+                self.report(f"cluster: the {name} loop failed: {type(exc).__name__}: "
+                            f"{exc}")
+                await asyncio.sleep(self.settings.beat)
+
+    async def _beat(self) -> None:
+        while True:
+            self.puller.sync()
+            if self.membership.member:
+                try:
+                    await self.reaper.refresh(list(self.tasks.active.values()))
+                    await self.desk.refresh_view()
+                    await self.reaper.reap()
+                except RedisError as exc:
+                    self.report(f"cluster: the beat's reaping: {why(exc)}")
+            await asyncio.sleep(self.settings.beat)
+
+    async def close(self) -> None:
+        await self.puller.close()
+        loops, self._loops = self._loops, []
+        for t in loops:
+            t.cancel()
+        for t in loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        with contextlib.suppress(RedisError, OSError):
+            await asyncio.wait_for(self.membership.leave(), self.settings.beat)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.redis.aclose(), self.settings.beat)
+
+    # -- for the command layer ----------------------------------------------------------
+    async def nodes(self) -> list[NodeView]:
+        try:
+            return await self.membership.nodes()
+        except RedisError as exc:
+            raise unavailable(self.settings.redis, exc, "the nodes cannot be listed"
+                              ) from None
+
+    async def task(self, task_id: str, *, wait: bool = False) -> m.TaskInfo | None:
+        """A cluster task's record (after its end, with `wait`), or None when the cluster
+        has no such task (a local one: the engine answers)."""
+        try:
+            info = await self.desk.info(task_id)
+            if info is not None and wait and info.status.encode() not in records.TERMINAL:
+                info = await self.desk.wait(task_id)
+        except RedisError as exc:
+            if task_id in self.tasks.active or task_id in self.tasks.finished:
+                return None  # this node's engine still knows it
+            raise unavailable(self.settings.redis, exc, f"task {task_id} cannot be read"
+                              ) from None
+        return info
+
+    def status(self) -> dict[str, Any]:
+        """This node's view of itself (stats)."""
+        m = self.membership
+        return {"node": self.node, "cluster": self.settings.name, "state": m.state,
+                "incarnation": m.incarnation, "redis": shown(self.settings.redis),
+                "redis_error": m.error, "fences": m.fences,
+                "claimed": self.puller.claimed, "published": self.outbox.published,
+                "outbox": len(self.outbox.pending), "late_writes_refused": self.outbox.refused,
+                "requeued": self.reaper.requeued, "lost": self.reaper.lost}

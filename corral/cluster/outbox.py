@@ -1,0 +1,94 @@
+"""Outcomes of the cluster tasks this node ran, on their way to the task records: each
+written by scripts.FINISH, which accepts it only from the holder of the task's fence
+token while the task still runs under it. Outcomes wait here in order while Redis is
+away and go once it answers (the outbox); a refused one (the task was taken over from
+this node while it was paused or cut off) is counted, logged and dropped: the cluster
+already gave the task to another node, or ended it `lost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from ..supervisor.tasks import Task
+from . import records
+from .connection import why
+from .desk import KEEP_FINISHED
+from .keys import Keys
+from .queue import ClusterQueue, ClusterTask
+from .scripts import Scripts
+
+BATCH = 256  # outcomes written in one round trip (a pipeline of script calls)
+
+
+class Outbox:
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, node: str, beat: float,
+                 queue: ClusterQueue, report: Callable[[str], None]) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.node = node
+        self.beat = beat
+        self.queue = queue
+        self.report = report
+        self.pending: deque[tuple[ClusterTask, list[Any]]] = deque()
+        self.given_up: set[str] = set()  # fenced incarnations: their outcomes are not sent
+        self.published = 0
+        self.refused = 0  # late writes the fence refused
+        self._kick = asyncio.Event()
+
+    def finished(self, task: Task) -> None:
+        """The engine's hook at a task's end (TaskManager.on_finish)."""
+        self.queue.wake(task.agent)  # its slot is free: its agent's puller may read more
+        if not isinstance(task, ClusterTask) or task.consumer in self.given_up:
+            return
+        err = task.error
+        args = [task.token, task.id, str(task.status),
+                b"" if task.raw_output is None else bytes(task.raw_output),
+                b"" if err is None else records.error_json(err), repr(task.finished),
+                task.entry, task.base, KEEP_FINISHED, task.retries_left,
+                *(records.attempt_json(a, self.node) for a in task.attempts)]
+        self.pending.append((task, args))
+        self._kick.set()
+
+    def give_up(self, consumer: str) -> None:
+        """A fenced incarnation's tasks are the cluster's again: none of its outcomes go."""
+        self.given_up.add(consumer)
+        kept = [(t, a) for t, a in self.pending if t.consumer != consumer]
+        self.pending = deque(kept)
+
+    async def run(self) -> None:
+        while True:
+            if not self.pending:
+                self._kick.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), self.beat)
+                continue
+            batch = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
+            pipe = self.redis.pipeline(transaction=False)
+            for task, args in batch:
+                await self.scripts.finish(
+                    keys=[self.keys.task(task.id), self.keys.attempts(task.id),
+                          task.stream, self.keys.outcomes], args=args, client=pipe)
+            try:
+                written = await pipe.execute()
+            except RedisError as exc:
+                self.report(f"cluster: {len(self.pending)} outcomes wait for Redis "
+                            f"({why(exc)})")
+                await asyncio.sleep(self.beat)
+                continue
+            for _ in batch:
+                self.pending.popleft()
+            for (task, _args), ok in zip(batch, written, strict=True):
+                if ok:
+                    self.published += 1
+                else:
+                    self.refused += 1
+                    self.report(f"cluster: the outcome of task {task.id} ({task.status}) was "
+                                "refused: the task was taken over from this node")

@@ -1,0 +1,141 @@
+"""Pull: for each agent this node runs, read the agent's streams (highest priority
+first) only while a replica has a free slot, claim each entry read (a fence token, this
+node as owner: scripts.CLAIM) and hand the task to the local engine, where it waits for
+the replica like any task (TaskManager.adopt).
+
+A node reads at most what it can start, so the least loaded node takes the work. An entry
+read but not claimed when its reader dies stays pending with a dead consumer: the reaper
+queues it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from redis.exceptions import RedisError
+
+from ..supervisor.tasks import TaskManager
+from ..supervisor.tasks.host import TaskHost
+from . import records
+from .connection import why
+from .keys import GROUP, Keys
+from .membership import Membership
+from .queue import ClusterQueue, ClusterTask
+from .scripts import Scripts
+
+
+class Puller:
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
+                 queue: ClusterQueue, host: TaskHost, tasks: TaskManager, beat: float,
+                 report: Callable[[str], None]) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.membership = membership
+        self.queue = queue
+        self.host = host
+        self.tasks = tasks
+        self.beat = beat
+        self.report = report
+        self.loops: dict[str, asyncio.Task[None]] = {}
+        self.claimed = 0  # tasks this node claimed
+        self.errors = 0
+
+    def sync(self) -> None:
+        """A pull loop for each agent this node runs, and none for one it no longer does."""
+        for name in self.host.agents:
+            if name not in self.loops or self.loops[name].done():
+                self.loops[name] = asyncio.ensure_future(self._pull(name))
+        for name in [n for n in self.loops if n not in self.host.agents]:
+            self.loops.pop(name).cancel()
+
+    async def close(self) -> None:
+        loops = list(self.loops.values())
+        self.loops.clear()
+        for t in loops:
+            t.cancel()
+        for t in loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    async def _idle(self, agent: str) -> None:
+        """Until a slot of `agent` may have freed, or a beat."""
+        ev = self.queue.event(agent)
+        ev.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), self.beat)
+
+    async def _pull(self, name: str) -> None:
+        block = max(1, int(self.beat * 1000))
+        while True:
+            agent = self.host.agents.get(name)
+            if agent is None:
+                return
+            want = self.queue.wanted(agent)
+            if not self.membership.member or want <= 0:
+                await self._idle(name)
+                continue
+            consumer = self.membership.consumer
+            try:
+                prios = await self.redis.zrange(self.keys.priorities(name), 0, -1, desc=True)
+                if not prios:
+                    await asyncio.sleep(self.beat)  # no task was ever submitted for it
+                    continue
+                streams = [self.keys.stream(name, int(p)) for p in prios]
+                got: list[tuple[str, bytes, bytes]] = []
+                for stream in streams:  # highest priority first
+                    reply = await self.redis.xreadgroup(GROUP, consumer, {stream: ">"},
+                                                        count=want - len(got))
+                    got += _entries(reply)
+                    if len(got) >= want:
+                        break
+                if not got:
+                    reply = await self.redis.xreadgroup(
+                        GROUP, consumer, dict.fromkeys(streams, ">"), count=1, block=block)
+                    got = _entries(reply)
+                for stream, entry, task_id in got:
+                    await self._claim(name, consumer, stream, entry.decode(),
+                                      task_id.decode())
+            except RedisError as exc:
+                self.errors += 1
+                if self.errors == 1 or self.membership.error is None:
+                    self.report(f"cluster: pulling tasks of {name}: {why(exc)}")
+                await asyncio.sleep(self.beat)
+
+    async def _claim(self, name: str, consumer: str, stream: str, entry: str,
+                     task_id: str) -> None:
+        agent = self.host.agents.get(name)
+        if agent is None or consumer != self.membership.consumer:
+            return  # fenced since it was read: the reaper gives it back to the cluster
+        node = self.membership.node
+        now = time.time()
+        got = await self.scripts.claim(
+            keys=[self.keys.task(task_id), self.keys.attempts(task_id), self.keys.fence,
+                  stream],
+            args=[consumer, node, repr(now), entry, records.claimed_attempt(node, now),
+                  agent.spec.retries, repr(agent.spec.task_timeout)])
+        if not got:
+            return
+        token, base, raw, timeout, retries, prio, created = got
+        self.claimed += 1
+        task = ClusterTask(task_id, name, msgspec.Raw(raw), int(prio), float(timeout),
+                           int(retries), float(created), token=int(token), base=int(base),
+                           entry=entry, stream=stream, consumer=consumer)
+        self.tasks.adopt(task)
+
+
+def _entries(reply: Any) -> list[tuple[str, bytes, bytes]]:
+    """(stream, entry id, task id) of an XREADGROUP reply."""
+    out = []
+    for stream, entries in reply or ():
+        name = stream.decode() if isinstance(stream, bytes) else stream
+        for entry_id, fields in entries:
+            task_id = fields.get(b"task") if fields else None
+            if task_id is not None:
+                out.append((name, entry_id, task_id))
+    return out

@@ -1,0 +1,190 @@
+"""The Lua scripts: every change of a cluster task's record is one of these, atomic in
+Redis, and every write of an attempt checks the fence token its claim issued.
+
+Only Redis 7.0 commands (Debian's redis-server 7.0, newer Redis and Valkey).
+Statuses are the engine's (supervisor.tasks.TaskStatus values).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .keys import GROUP, OUTCOMES_KEPT
+
+# KEYS: task, stream, priorities, agents
+# ARGV: task_id, agent, input, priority, timeout ('' the claiming node's), retries (''
+#       the claiming node's), created, submitted_on, max_queue (0: unbounded)
+# -> 1 accepted, 0 already accepted (the same id: a retried submit), -1 the queue is full
+SUBMIT = f"""
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local max_queue = tonumber(ARGV[9])
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[2], '{GROUP}', '0', 'MKSTREAM')
+elseif max_queue > 0 and redis.call('XLEN', KEYS[2]) >= max_queue then
+  return -1
+end
+local entry = redis.call('XADD', KEYS[2], '*', 'task', ARGV[1])
+redis.call('HSET', KEYS[1], 'agent', ARGV[2], 'input', ARGV[3], 'priority', ARGV[4],
+  'timeout', ARGV[5], 'retries_left', ARGV[6], 'created', ARGV[7], 'status', 'queued',
+  'fence', '0', 'submitted_on', ARGV[8], 'entry', entry, 'stream', KEYS[2])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[2])
+return 1
+"""
+
+# A node that read an entry takes its task: a new fence token, the node as owner, an
+# attempt begun. A task no longer queued (finished meanwhile, or taken over and queued
+# again under a new entry) is not taken, and the stale entry leaves the stream.
+# KEYS: task, attempts, fence, stream
+# ARGV: consumer, node, now, entry, attempt (JSON), the claiming node's retries and
+#       task_timeout (for a task submitted without them)
+# -> false, or {token, attempts before this one, input, timeout, retries_left, priority,
+#    created}
+CLAIM = f"""
+local rec = redis.call('HMGET', KEYS[1], 'status', 'entry')
+if rec[1] ~= 'queued' or rec[2] ~= ARGV[4] then
+  redis.call('XACK', KEYS[4], '{GROUP}', ARGV[4])
+  redis.call('XDEL', KEYS[4], ARGV[4])
+  return false
+end
+local token = redis.call('INCR', KEYS[3])
+local base = redis.call('LLEN', KEYS[2])
+if redis.call('HGET', KEYS[1], 'retries_left') == '' then
+  redis.call('HSET', KEYS[1], 'retries_left', ARGV[6])
+end
+if redis.call('HGET', KEYS[1], 'timeout') == '' then
+  redis.call('HSET', KEYS[1], 'timeout', ARGV[7])
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'fence', token, 'owner', ARGV[1],
+  'node', ARGV[2])
+if redis.call('HEXISTS', KEYS[1], 'started') == 0 then
+  redis.call('HSET', KEYS[1], 'started', ARGV[3])
+end
+redis.call('RPUSH', KEYS[2], ARGV[5])
+local v = redis.call('HMGET', KEYS[1], 'input', 'timeout', 'retries_left', 'priority',
+  'created')
+return {{token, base, v[1], v[2], v[3], v[4], v[5]}}
+"""
+
+# The outcome of an attempt, from the node that holds its fence token, and only while the
+# task is still running under that token: a node paused past its TTL, whose task was
+# taken over, is refused (0), so a task never gets two outcomes.
+# KEYS: task, attempts, stream, outcomes
+# ARGV: token, task_id, status, output JSON ('' none), error JSON ('' none), finished,
+#       entry, attempts before the claim, seconds a finished record is kept,
+#       retries_left, then this node's attempts (JSON each)
+FINISH = f"""
+local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
+if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished', ARGV[6],
+  'retries_left', ARGV[10])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'output', ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
+local base = tonumber(ARGV[8])
+if base == 0 then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('LTRIM', KEYS[2], 0, base - 1)
+end
+for i = 11, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+redis.call('XACK', KEYS[3], '{GROUP}', ARGV[7])
+redis.call('XDEL', KEYS[3], ARGV[7])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[9])
+redis.call('EXPIRE', KEYS[2], ARGV[9])
+return 1
+"""
+
+# Progress of a running attempt, fenced as its outcome is.
+# KEYS: task; ARGV: token, progress JSON -> 1 written, 0 refused
+PROGRESS = """
+local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
+if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[2])
+return 1
+"""
+
+# A reaper found an entry pending with a consumer whose liveness key is gone: the task
+# it was running is re-run (queued again under a new entry, its fence withdrawn) while its
+# retries last, else it ends `lost`. Checked here, atomically: the consumer is still
+# dead, the entry is still the task's, and the task still that consumer's.
+# KEYS: task, attempts, stream, outcomes, the dead consumer's liveness key
+# ARGV: task_id, entry, dead consumer, now, reason, seconds a finished record is kept,
+#       error JSON (ends lost)
+# -> 'requeued', 'lost', or false (nothing to do)
+TAKEOVER = f"""
+if redis.call('EXISTS', KEYS[5]) == 1 then return false end
+local rec = redis.call('HMGET', KEYS[1], 'status', 'entry', 'owner', 'retries_left')
+if rec[2] ~= ARGV[2] then
+  -- the entry is stale (its task was queued again, or is gone)
+  redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
+  redis.call('XDEL', KEYS[3], ARGV[2])
+  return false
+end
+if rec[1] == 'queued' then
+  -- read but not yet claimed when its reader died: it waits again as it was
+  redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
+  redis.call('XDEL', KEYS[3], ARGV[2])
+  local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[1])
+  redis.call('HSET', KEYS[1], 'entry', entry)
+  return 'requeued'
+end
+if rec[1] ~= 'running' or rec[3] ~= ARGV[3] then return false end
+local last = redis.call('LINDEX', KEYS[2], -1)
+if last then
+  local a = cjson.decode(last)
+  if a['outcome'] == 'running' then
+    a['outcome'] = 'lost'
+    a['error'] = ARGV[5]
+    a['finished'] = tonumber(ARGV[4])
+    redis.call('LSET', KEYS[2], -1, cjson.encode(a))
+  end
+end
+redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
+redis.call('XDEL', KEYS[3], ARGV[2])
+local retries = tonumber(rec[4]) or 0
+if retries > 0 then
+  local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[1])
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '',
+    'retries_left', retries - 1, 'entry', entry)
+  return 'requeued'
+end
+redis.call('HSET', KEYS[1], 'status', 'lost', 'fence', '0', 'finished', ARGV[4],
+  'error', ARGV[7])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return 'lost'
+"""
+
+# Membership. JOIN: a new incarnation's liveness key (NX: never another's) and its entry
+# in the nodes hash. KEYS: alive, nodes; ARGV: node, beat JSON, ttl ms -> 1, or 0 when
+# the key was somehow there.
+JOIN = """
+if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+# BEAT: renewed only while it exists (XX): a key that expired means the cluster may
+# already have taken this incarnation's tasks, so it must not come back to life.
+# KEYS: alive, nodes; ARGV: node, beat JSON, ttl ms -> 1 renewed, 0 expired
+BEAT = """
+if not redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+class Scripts:
+    """The scripts registered with a client: called by their SHA (EVALSHA), loaded again
+    by redis-py where a restarted Redis has forgotten them."""
+
+    def __init__(self, redis: Any) -> None:
+        self.submit = redis.register_script(SUBMIT)
+        self.claim = redis.register_script(CLAIM)
+        self.finish = redis.register_script(FINISH)
+        self.progress = redis.register_script(PROGRESS)
+        self.takeover = redis.register_script(TAKEOVER)
+        self.join = redis.register_script(JOIN)
+        self.beat = redis.register_script(BEAT)

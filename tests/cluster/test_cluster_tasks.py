@@ -1,0 +1,111 @@
+"""Cluster tasks across real daemons on one host and a real redis-server: submitted on
+any node, run on a node that runs the agent, readable from every node."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+
+from corral import methods as m
+
+from ..daemon_harness import hello
+from ..redis_harness import RedisServer
+from ..test_daemon_cli import wait_until
+from ..test_methods import Raw, holds
+from .harness import nodes, sleeper
+
+
+def test_a_task_submitted_on_a_runs_on_b_and_every_node_reads_it(
+        tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": "", "b": hello("greeter")}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: any(n["node"] == "b" and n["alive"]
+                               for n in a.json("nodes")["nodes"]), what="b alive")
+        r = a.run("greeter", '{"name": "cluster"}')
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        assert res["status"] == "succeeded"
+        assert res["output"]["greeting"] == "hello, cluster"
+        assert [x["node"] for x in res["attempts"]] == ["b"]
+        for n in (a, b):
+            info = msgspec.json.decode(n.cli("task", res["task_id"], "--json").stdout,
+                                       type=m.TaskInfo)
+            assert info.status == "succeeded" and info.output == res["output"]
+            assert [x.node for x in info.attempts] == ["b"]
+
+
+def test_nodes_and_a_cluster_task_answer_as_declared(tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": hello("greeter")}) as ns:
+        a = ns["a"]
+        c = Raw(a.sock)
+        try:
+            wait_until(lambda: holds(m.NodesResult, c.call("nodes.list")).nodes,
+                       what="a listed")
+            got = holds(m.NodesResult, c.call("nodes.list")).nodes
+            assert [(n.node, n.alive, n.incarnation, n.agents) for n in got] == [
+                ("a", True, 1, ["greeter"])]
+            ran = holds(m.TaskResult, c.call("tasks.run", {"agent": "greeter"}))
+            assert ran.status == "succeeded"
+            info = holds(m.TaskInfo, c.call("tasks.get", {"task_id": ran.task_id}))
+            assert [x.node for x in info.attempts] == ["a"]
+            stats = msgspec.json.decode(c.call("stats.get"))
+            assert stats["cluster"]["node"] == "a" and stats["cluster"]["claimed"] == 1
+            assert stats["cluster"]["published"] == 1
+        finally:
+            c.close()
+
+
+def test_local_runs_here_and_refusals_say_why(tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": "", "b": hello("greeter")}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        r = b.run("greeter", "null", "--local")
+        assert r.returncode == 0, r.stderr
+        assert "node" not in json.loads(r.stdout)["attempts"][0]  # not a cluster task
+        r = a.run("greeter", "null", "--local")
+        assert r.returncode == 1 and "no such agent: greeter" in r.stderr, r.stderr
+        r = a.run("nobody", "null")
+        assert r.returncode == 1
+        assert r.stderr.strip() == "corral: no live node of cluster test runs agent nobody"
+        r = a.cli("task", "0190a5c0-0000-7000-8000-000000000000")
+        assert r.returncode == 1 and "no such task" in r.stderr, r.stderr
+
+
+def test_nodes_without_a_cluster_is_a_clear_error(tmp: Path) -> None:
+    from ..daemon_harness import running_daemon
+    (tmp / "solo").mkdir()
+    with running_daemon(tmp / "solo", hello("greeter")) as d:
+        r = d.cli("nodes")
+        assert r.returncode == 1
+        assert r.stderr.strip() == ("corral: this daemon is not a node of a cluster (its "
+                                    "config has no [cluster] table)")
+
+
+def test_redis_away_refuses_submissions_and_loses_nothing_accepted(
+        tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy", concurrency=4)}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        # accepted before Redis dies: one running, the others waiting in the stream
+        ids = [a.call("tasks.run", {"agent": "sleepy", "detach": True,
+                                    "input": {"do": "sleep", "seconds": 0.3}})["task_id"]
+               for _ in range(8)]
+        redis.kill()
+        r = a.run("sleepy", '{"do": "echo"}')
+        assert r.returncode == 1
+        assert r.stderr.startswith(f"corral: the cluster's Redis at {redis.url} is "
+                                   "unreachable ("), r.stderr
+        assert r.stderr.rstrip().endswith("): the task was not accepted"), r.stderr
+        r = a.cli("nodes")
+        assert r.returncode == 1 and "the nodes cannot be listed" in r.stderr
+        # local work goes on, and no node died of it
+        assert b.run("sleepy", '{"do": "echo", "x": 1}', "--local").returncode == 0
+        assert a.proc is not None and a.proc.poll() is None
+        redis.start()  # from its AOF
+        for task_id in ids:
+            info = a.call("tasks.get", {"task_id": task_id, "wait": True})
+            assert info["status"] == "succeeded", info
+        r = a.run("sleepy", '{"do": "echo", "y": 2}')
+        assert r.returncode == 0, r.stderr
