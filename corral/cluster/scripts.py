@@ -133,7 +133,7 @@ if rec[1] ~= 'running' or rec[3] ~= ARGV[3] then return false end
 local last = redis.call('LINDEX', KEYS[2], -1)
 if last then
   local a = cjson.decode(last)
-  if a['outcome'] == 'running' then
+  if a['outcome'] == nil or a['outcome'] == 'running' then  -- (omitted: the default)
     a['outcome'] = 'lost'
     a['error'] = ARGV[5]
     a['finished'] = tonumber(ARGV[4])
