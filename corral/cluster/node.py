@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -44,7 +45,7 @@ class ClusterNode:
         self.node = node_name(settings)
         self.redis = connect(settings, self.node)
         self.keys = Keys(settings.name)
-        scripts = Scripts(self.redis)
+        self.scripts = scripts = Scripts(self.redis)
         self.membership = Membership(self.redis, scripts, self.keys, settings, self.node,
                                      self._offer, report)
         self.desk = ClusterDesk(self.redis, scripts, self.keys, settings, self.membership,
@@ -55,8 +56,13 @@ class ClusterNode:
                              report)
         self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report)
         tasks.on_finish.append(self.outbox.finished)
+        self.puller.on_claim = self._watch
         self.membership.on_fence.append(self._fenced)
         self._loops: list[asyncio.Task[None]] = []
+
+    def _watch(self, task: ClusterTask) -> None:
+        outbox = self.outbox
+        task.watch(lambda kind, data: outbox.progress(task, kind, data))
 
     def _offer(self) -> tuple[int, int, list[str]]:
         agents = self.host.agents
@@ -106,6 +112,38 @@ class ClusterNode:
                 except RedisError as exc:
                     self.report(f"cluster: the beat's reaping: {why(exc)}")
             await asyncio.sleep(self.settings.beat)
+
+    async def hand_back(self) -> None:
+        """A node about to stop (before its agents do): it reads nothing more, sends the
+        outcomes it has, and hands back what it still holds, at once and with its retries
+        untouched (no TTL to wait out; `corral drain`, not yet built, is the way to let
+        them finish first)."""
+        await self.puller.close()
+        if not self.membership.member:
+            return
+        consumer = self.membership.consumer
+        # what is not sent is taken over once this incarnation's key is gone
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.outbox.flush(), self.settings.node_ttl)
+        self.outbox.give_up(consumer)
+        held = [t for t in self.tasks.active.values()
+                if isinstance(t, ClusterTask) and t.consumer == consumer
+                and t.status not in TERMINAL]
+        if not held:
+            return
+        reason = f"node {self.node} stopped"
+        pipe = self.redis.pipeline(transaction=False)
+        for t in held:
+            await self.scripts.release(
+                keys=[self.keys.task(t.id), self.keys.attempts(t.id), t.stream],
+                args=[t.token, t.id, t.entry, repr(time.time()), reason], client=pipe)
+        try:
+            given = await asyncio.wait_for(pipe.execute(), self.settings.node_ttl)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.report(f"cluster: {len(held)} tasks not handed back ({why(exc)}): the "
+                        "cluster takes them over once this node's key expires")
+            return
+        self.report(f"cluster: {sum(1 for g in given if g)} tasks handed back ({reason})")
 
     async def close(self) -> None:
         await self.puller.close()

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from redis.exceptions import RedisError
 
 from ..supervisor.tasks import Task
@@ -25,6 +26,7 @@ from .queue import ClusterQueue, ClusterTask
 from .scripts import Scripts
 
 BATCH = 256  # outcomes written in one round trip (a pipeline of script calls)
+_json = msgspec.json.Encoder().encode
 
 
 class Outbox:
@@ -38,10 +40,12 @@ class Outbox:
         self.queue = queue
         self.report = report
         self.pending: deque[tuple[ClusterTask, list[Any]]] = deque()
+        self.reports: dict[str, tuple[ClusterTask, bytes]] = {}  # newest progress, by task
         self.given_up: set[str] = set()  # fenced incarnations: their outcomes are not sent
         self.published = 0
         self.refused = 0  # late writes the fence refused
         self._kick = asyncio.Event()
+        self._sending = asyncio.Lock()
 
     def finished(self, task: Task) -> None:
         """The engine's hook at a task's end (TaskManager.on_finish)."""
@@ -57,38 +61,65 @@ class Outbox:
         self.pending.append((task, args))
         self._kick.set()
 
+    def progress(self, task: ClusterTask, kind: str, data: Any) -> None:
+        """A watcher of each claimed task (Task.watch): its newest progress goes to the
+        record, fenced like its outcome; a report not yet sent is replaced by a newer."""
+        if kind != "progress" or task.consumer in self.given_up:
+            return
+        self.reports[task.id] = (task, _json(data))
+        self._kick.set()
+
     def give_up(self, consumer: str) -> None:
         """A fenced incarnation's tasks are the cluster's again: none of its outcomes go."""
-        self.given_up.add(consumer)
-        kept = [(t, a) for t, a in self.pending if t.consumer != consumer]
-        self.pending = deque(kept)
+        self.given_up.add(consumer)  # what waits of it is let go as it comes up (send)
 
     async def run(self) -> None:
         while True:
-            if not self.pending:
+            if not self.pending and not self.reports:
                 self._kick.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), self.beat)
                 continue
-            batch = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
+            if not await self.send():
+                await asyncio.sleep(self.beat)
+
+    async def flush(self) -> None:
+        """Send what waits, while Redis answers (a node about to stop)."""
+        while self.pending and await self.send():
+            pass
+
+    async def send(self) -> bool:
+        """One batch to Redis; False when it did not answer (the batch still waits). One
+        send at a time: a batch leaves the outbox only once Redis has answered for it."""
+        async with self._sending:
+            reports, self.reports = self.reports, {}
+            taken = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
+            batch = [(t, a) for t, a in taken if t.consumer not in self.given_up]
             pipe = self.redis.pipeline(transaction=False)
+            # progress before outcomes: a report never lands on a task already ended
+            for task, data in reports.values():
+                await self.scripts.progress(keys=[self.keys.task(task.id)],
+                                            args=[task.token, data], client=pipe)
             for task, args in batch:
                 await self.scripts.finish(
                     keys=[self.keys.task(task.id), self.keys.attempts(task.id),
                           task.stream, self.keys.outcomes], args=args, client=pipe)
             try:
-                written = await pipe.execute()
+                written = await pipe.execute() if batch or reports else []
             except RedisError as exc:
                 self.report(f"cluster: {len(self.pending)} outcomes wait for Redis "
                             f"({why(exc)})")
-                await asyncio.sleep(self.beat)
-                continue
-            for _ in batch:
+                for tid, report in reports.items():  # unless newer ones came meanwhile
+                    self.reports.setdefault(tid, report)
+                return False
+            written = written[len(reports):]
+            for _ in taken:
                 self.pending.popleft()
-            for (task, _args), ok in zip(batch, written, strict=True):
-                if ok:
-                    self.published += 1
-                else:
-                    self.refused += 1
-                    self.report(f"cluster: the outcome of task {task.id} ({task.status}) was "
-                                "refused: the task was taken over from this node")
+        for (task, _args), ok in zip(batch, written, strict=True):
+            if ok:
+                self.published += 1
+            else:
+                self.refused += 1
+                self.report(f"cluster: the outcome of task {task.id} ({task.status}) was "
+                            "refused: the task was taken over from this node")
+        return True

@@ -44,10 +44,15 @@ class Puller:
         self.report = report
         self.loops: dict[str, asyncio.Task[None]] = {}
         self.claimed = 0  # tasks this node claimed
+        # told of each task claimed, before the engine has it (the node watches its progress)
+        self.on_claim: Callable[[ClusterTask], None] = lambda task: None
+        self.closed = False
         self.errors = 0
 
     def sync(self) -> None:
         """A pull loop for each agent this node runs, and none for one it no longer does."""
+        if self.closed:
+            return
         for name in self.host.agents:
             if name not in self.loops or self.loops[name].done():
                 self.loops[name] = asyncio.ensure_future(self._pull(name))
@@ -55,6 +60,8 @@ class Puller:
             self.loops.pop(name).cancel()
 
     async def close(self) -> None:
+        """Read nothing more, for good."""
+        self.closed = True
         loops = list(self.loops.values())
         self.loops.clear()
         for t in loops:
@@ -126,6 +133,7 @@ class Puller:
         task = ClusterTask(task_id, name, msgspec.Raw(raw), int(prio), float(timeout),
                            int(retries), float(created), token=int(token), base=int(base),
                            entry=entry, stream=stream, consumer=consumer)
+        self.on_claim(task)
         self.tasks.adopt(task)
 
 

@@ -157,6 +157,30 @@ redis.call('EXPIRE', KEYS[2], ARGV[6])
 return 'lost'
 """
 
+# A node that stops hands back what it holds: the task waits again under a new entry,
+# its retries untouched (nothing failed), this node's attempt ended with the reason.
+# KEYS: task, attempts, stream; ARGV: token, task_id, entry, now, reason -> 1, or 0 when
+# the task is no longer this claim's
+RELEASE = f"""
+local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
+if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
+local last = redis.call('LINDEX', KEYS[2], -1)
+if last then
+  local a = cjson.decode(last)
+  if a['outcome'] == nil or a['outcome'] == 'running' then
+    a['outcome'] = 'lost'
+    a['error'] = ARGV[5]
+    a['finished'] = tonumber(ARGV[4])
+    redis.call('LSET', KEYS[2], -1, cjson.encode(a))
+  end
+end
+redis.call('XACK', KEYS[3], '{GROUP}', ARGV[3])
+redis.call('XDEL', KEYS[3], ARGV[3])
+local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '', 'entry', entry)
+return 1
+"""
+
 # Membership. JOIN: a new incarnation's liveness key (NX: never another's) and its entry
 # in the nodes hash. KEYS: alive, nodes; ARGV: node, beat JSON, ttl ms -> 1, or 0 when
 # the key was somehow there.
@@ -186,5 +210,6 @@ class Scripts:
         self.finish = redis.register_script(FINISH)
         self.progress = redis.register_script(PROGRESS)
         self.takeover = redis.register_script(TAKEOVER)
+        self.release = redis.register_script(RELEASE)
         self.join = redis.register_script(JOIN)
         self.beat = redis.register_script(BEAT)

@@ -144,6 +144,10 @@ class Daemon:
         s.hub.daemon("shutting down: stopping all agents")
         self._graceful = True
 
+    async def _hand_back(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.hand_back()
+
     async def _leave_cluster(self) -> None:
         if self.cluster is not None:
             await self.cluster.close()
@@ -235,6 +239,8 @@ class Daemon:
         # reverse): their last outcomes are in its outbox by then
         stack.push_async_callback(self._leave_cluster)
         stack.push_async_callback(lambda: sup.close(graceful=self._graceful))
+        # and before they stop, it hands back the cluster tasks it holds
+        stack.push_async_callback(self._hand_back)
         sup.open()
         hub.daemon(f"corral {__version__} started, pid {os.getpid()}, "
                    f"config {self.config_path}, socket {paths.socket}")

@@ -109,3 +109,15 @@ def test_redis_away_refuses_submissions_and_loses_nothing_accepted(
             assert info["status"] == "succeeded", info
         r = a.run("sleepy", '{"do": "echo", "y": 2}')
         assert r.returncode == 0, r.stderr
+
+
+def test_progress_reaches_the_record_read_anywhere(tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}) as ns:
+        a = ns["a"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        r = a.run("sleepy", '{"do": "progress", "steps": 3}')
+        assert r.returncode == 0, r.stderr
+        task_id = json.loads(r.stdout)["task_id"]
+        info = a.call("tasks.get", {"task_id": task_id})
+        assert info["progress"]["message"] == "step 3"
+        assert (info["progress"]["progress"], info["progress"]["total"]) == (3, 3)

@@ -121,3 +121,22 @@ def test_tasks_longer_than_the_ttl_are_never_run_again(tmp: Path,
         done = outcomes(a, ids)
         assert [(d["status"], len(d["attempts"])) for d in done] == [("succeeded", 1)] * 4
         assert sorted(d["attempts"][0]["node"] for d in done) == ["b", "b", "c", "c"]
+
+
+def test_a_node_stopped_gracefully_hands_its_tasks_back(tmp: Path,
+                                                        redis: RedisServer) -> None:
+    # no retries: a stop is no failure, and costs none
+    with three(tmp, redis, retries=0) as ns:
+        a, b, c = ns["a"], ns["b"], ns["c"]
+        wait_until(lambda: all_alive(a), what="three nodes alive")
+        ids = submit(a, 6, 1.0)
+        wait_until(lambda: running_on(b) == 2, what="b busy")
+        assert b.stop() == 0
+        done = outcomes(a, ids)
+        assert [d["status"] for d in done] == ["succeeded"] * len(ids)
+        assert outcomes(c, ids) == done
+        handed = [d for d in done if d["attempts"][0]["node"] == "b"]
+        assert len(handed) == 2
+        for d in handed:
+            assert [(x["node"], x["outcome"], x["error"]) for x in d["attempts"]] == [
+                ("b", "lost", "node b stopped"), ("c", "succeeded", None)]
