@@ -100,33 +100,60 @@ class ClusterDesk:
             return None
         return records.info(task_id, rec, attempts)
 
-    async def wait(self, task_id: str) -> m.TaskInfo:
-        """The task once it has finished. Woken by the outcomes stream; reads the record
-        also every few beats, so a wake-up lost with a connection costs only time."""
+    def _waiter(self, task_id: str) -> asyncio.Future[None]:
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(task_id, []).append(fut)
+        return fut
+
+    def _unwait(self, task_id: str, fut: asyncio.Future[None]) -> None:
+        waiters = self._waiting.get(task_id)
+        if waiters is not None:
+            waiters.remove(fut)
+            if not waiters:
+                del self._waiting[task_id]
+
+    async def wait(self, task_id: str, fut: asyncio.Future[None] | None = None
+                   ) -> m.TaskInfo:
+        """The task once it has finished. Woken by the outcomes stream (`fut`: a waiter
+        registered before the task was submitted, so that no wake-up can come before
+        it); reads the record also every few beats, so a wake-up lost with a connection
+        costs only time."""
         while True:
-            fut = asyncio.get_running_loop().create_future()
-            waiters = self._waiting.setdefault(task_id, [])
-            waiters.append(fut)
-            try:
+            if fut is None:
+                fut = self._waiter(task_id)
                 try:
                     i = await self.info(task_id)
                 except RedisError:
                     i = None
                 if i is not None and i.status.encode() in records.TERMINAL:
+                    self._unwait(task_id, fut)
                     return i
+            try:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(fut, RECHECK_BEATS * self.settings.beat)
+                    await asyncio.wait_for(asyncio.shield(fut),
+                                           RECHECK_BEATS * self.settings.beat)
             finally:
-                waiters.remove(fut)
-                if not waiters:
-                    del self._waiting[task_id]
+                self._unwait(task_id, fut)
+            woken, fut = fut.done(), None
+            if woken:
+                with contextlib.suppress(RedisError):
+                    i = await self.info(task_id)
+                    if i is not None and i.status.encode() in records.TERMINAL:
+                        return i
 
     async def run(self, p: m.TasksRun, notify: Callable[[str, Any], None]) -> Any:
-        task_id = await self.submit(p)
-        if p.detach:
+        task_id = new_id()
+        fut = None if p.detach else self._waiter(task_id)
+        try:
+            await self.submit(p, task_id)
+        except BaseException:
+            if fut is not None:
+                self._unwait(task_id, fut)
+            raise
+        if fut is None:
             return m.TaskAccepted(task_id=task_id, status="queued")
         notify("task.accepted", {"task_id": task_id})
-        return records.result(await self.wait(task_id))
+        return records.result(await self.wait(task_id, fut))
 
     # -- the outcomes stream ------------------------------------------------------------
     def _wake(self, task_id: str) -> None:

@@ -106,7 +106,10 @@ class ClusterNode:
             self.puller.sync()
             if self.membership.member:
                 try:
-                    await self.reaper.refresh(list(self.tasks.active.values()))
+                    # held: what runs here, and what ended here with its outcome not
+                    # yet written
+                    held = [*self.tasks.active.values(), *(t for t, _ in self.outbox.pending)]
+                    await self.reaper.refresh(held, self.puller.streams())
                     await self.desk.refresh_view()
                     await self.reaper.reap()
                 except RedisError as exc:
@@ -188,4 +191,5 @@ class ClusterNode:
                 "redis_error": m.error, "fences": m.fences,
                 "claimed": self.puller.claimed, "published": self.outbox.published,
                 "outbox": len(self.outbox.pending), "late_writes_refused": self.outbox.refused,
-                "requeued": self.reaper.requeued, "lost": self.reaper.lost}
+                "requeued": self.reaper.requeued, "lost": self.reaper.lost,
+                "orphans": self.reaper.orphans}

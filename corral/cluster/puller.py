@@ -43,6 +43,8 @@ class Puller:
         self.beat = beat
         self.report = report
         self.loops: dict[str, asyncio.Task[None]] = {}
+        self._prios: dict[str, tuple[float, list[str]]] = {}  # agent -> (when, streams)
+        self._read: set[str] = set()
         self.claimed = 0  # tasks this node claimed
         # told of each task claimed, before the engine has it (the node watches its progress)
         self.on_claim: Callable[[ClusterTask], None] = lambda task: None
@@ -89,11 +91,10 @@ class Puller:
                 continue
             consumer = self.membership.consumer
             try:
-                prios = await self.redis.zrange(self.keys.priorities(name), 0, -1, desc=True)
-                if not prios:
+                streams = await self._streams(name)
+                if not streams:
                     await asyncio.sleep(self.beat)  # no task was ever submitted for it
                     continue
-                streams = [self.keys.stream(name, int(p)) for p in prios]
                 got: list[tuple[str, bytes, bytes]] = []
                 for stream in streams:  # highest priority first
                     reply = await self.redis.xreadgroup(GROUP, consumer, {stream: ">"},
@@ -105,36 +106,66 @@ class Puller:
                     reply = await self.redis.xreadgroup(
                         GROUP, consumer, dict.fromkeys(streams, ">"), count=1, block=block)
                     got = _entries(reply)
-                for stream, entry, task_id in got:
-                    await self._claim(name, consumer, stream, entry.decode(),
-                                      task_id.decode())
+                if got:
+                    # a blocking read that came back empty may have missed a priority
+                    # that appeared meanwhile: look again before the next one
+                    await self._claim(name, consumer, got)
+                else:
+                    self._prios.pop(name, None)
             except RedisError as exc:
                 self.errors += 1
                 if self.errors == 1 or self.membership.error is None:
                     self.report(f"cluster: pulling tasks of {name}: {why(exc)}")
                 await asyncio.sleep(self.beat)
+            except Exception as exc:  # a bug: said, and the loop goes on
+                self.report(f"cluster: pulling tasks of {name} failed: "
+                            f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(self.beat)
 
-    async def _claim(self, name: str, consumer: str, stream: str, entry: str,
-                     task_id: str) -> None:
+    def streams(self) -> list[str]:
+        """Every stream this node has read."""
+        return sorted(self._read)
+
+    async def _streams(self, name: str) -> list[str]:
+        """The agent's streams, highest priority first; read again at most every beat
+        (or after a blocking read found nothing)."""
+        now = time.monotonic()
+        known = self._prios.get(name)
+        if known is None or now - known[0] > self.beat:
+            prios = await self.redis.zrange(self.keys.priorities(name), 0, -1, desc=True)
+            known = self._prios[name] = (now, [self.keys.stream(name, int(p))
+                                               for p in prios])
+            self._read.update(known[1])
+        return known[1]
+
+    async def _claim(self, name: str, consumer: str,
+                     got: list[tuple[str, bytes, bytes]]) -> None:
+        """Claim what was read, in one round trip, and hand each task to the engine."""
         agent = self.host.agents.get(name)
         if agent is None or consumer != self.membership.consumer:
             return  # fenced since it was read: the reaper gives it back to the cluster
         node = self.membership.node
         now = time.time()
-        got = await self.scripts.claim(
-            keys=[self.keys.task(task_id), self.keys.attempts(task_id), self.keys.fence,
-                  stream],
-            args=[consumer, node, repr(now), entry, records.claimed_attempt(node, now),
-                  agent.spec.retries, repr(agent.spec.task_timeout)])
-        if not got:
-            return
-        token, base, raw, timeout, retries, prio, created = got
-        self.claimed += 1
-        task = ClusterTask(task_id, name, msgspec.Raw(raw), int(prio), float(timeout),
-                           int(retries), float(created), token=int(token), base=int(base),
-                           entry=entry, stream=stream, consumer=consumer)
-        self.on_claim(task)
-        self.tasks.adopt(task)
+        attempt = records.claimed_attempt(node, now)
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, entry, task_id in got:
+            tid = task_id.decode()
+            await self.scripts.claim(
+                keys=[self.keys.task(tid), self.keys.attempts(tid), self.keys.fence, stream],
+                args=[consumer, node, repr(now), entry, attempt, agent.spec.retries,
+                      repr(agent.spec.task_timeout)], client=pipe)
+        claims = await pipe.execute()
+        for (stream, entry, task_id), claimed in zip(got, claims, strict=True):
+            if not claimed:
+                continue
+            token, base, raw, timeout, retries, prio, created = claimed
+            self.claimed += 1
+            task = ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
+                               float(timeout), int(retries), float(created),
+                               token=int(token), base=int(base), entry=entry.decode(),
+                               stream=stream, consumer=consumer)
+            self.on_claim(task)
+            self.tasks.adopt(task)
 
 
 def _entries(reply: Any) -> list[tuple[str, bytes, bytes]]:

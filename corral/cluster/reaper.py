@@ -31,6 +31,9 @@ from .queue import ClusterTask
 from .scripts import Scripts
 
 PAGE = 100  # pending entries looked at per stream and dead consumer in one beat
+# an entry its live owner neither runs nor refreshed for this many beats is an orphan
+# (an entry read is claimed within one round trip; a task run is refreshed every beat)
+ORPHAN_BEATS = 3
 
 
 class Reaper:
@@ -43,6 +46,8 @@ class Reaper:
         self.report = report
         self.requeued = 0
         self.lost = 0
+        self.orphans = 0
+        self.beat = membership.beat
 
     async def streams(self) -> list[str]:
         agents = await self.redis.smembers(self.keys.agents)
@@ -65,14 +70,21 @@ class Reaper:
             for dead in (c for c in holders if c not in alive):
                 await self._take_over(stream, dead)
 
-    async def _take_over(self, stream: str, dead: str) -> None:
+    async def _take_over(self, stream: str, dead: str, *, idle: int | None = None,
+                         held: frozenset[bytes] = frozenset()) -> None:
+        """What `dead` holds in `stream` goes back; with `idle` (ms), what this live node
+        holds without running it (not in `held`), idle that long: an orphan."""
         pending = await self.redis.xpending_range(stream, GROUP, "-", "+", PAGE,
-                                                  consumername=dead)
+                                                  consumername=dead, idle=idle)
         node, _inc = split_consumer(dead)
-        reason = f"node {node} lost"
+        orphans = idle is not None
+        reason = (f"node {node} did not run it (its claim's answer was lost)" if orphans
+                  else f"node {node} lost")
         error = records.error_json(TaskError(jsonrpc.PEER_CLOSED, reason))
         for p in pending:
             entry = p["message_id"]
+            if entry in held:
+                continue
             found = await self.redis.xrange(stream, entry, entry)
             task_id = found[0][1].get(b"task") if found else None
             if task_id is None:  # the entry was deleted: nothing to run, only to let go
@@ -82,17 +94,22 @@ class Reaper:
             got = await self.scripts.takeover(
                 keys=[self.keys.task(tid), self.keys.attempts(tid), stream,
                       self.keys.outcomes, self.keys.alive(dead)],
-                args=[tid, entry, dead, repr(time.time()), reason, KEEP_FINISHED, error])
-            if got == b"requeued":
+                args=[tid, entry, dead, repr(time.time()), reason, KEEP_FINISHED, error,
+                      "orphan" if orphans else "dead"])
+            if got == b"requeued" and orphans:
+                self.orphans += 1
+                self.report(f"cluster: task {tid} queued again ({reason})")
+            elif got == b"requeued":
                 self.requeued += 1
                 self.report(f"cluster: task {tid} of {dead} queued again ({reason})")
             elif got == b"lost":
                 self.lost += 1
                 self.report(f"cluster: task {tid} lost ({reason}, no retries left)")
 
-    async def refresh(self, tasks: Iterable[Task]) -> None:
+    async def refresh(self, tasks: Iterable[Task], streams: Iterable[str]) -> None:
         """The owner's every beat: its running cluster tasks' entries are its own again,
-        idle 0."""
+        idle 0; an entry it holds in `streams` without running it, idle for
+        ORPHAN_BEATS, goes back to the cluster."""
         consumer = self.membership.consumer
         by_stream: dict[str, list[str]] = defaultdict(list)
         for t in tasks:
@@ -101,5 +118,9 @@ class Reaper:
         try:
             for stream, entries in by_stream.items():
                 await self.redis.xclaim(stream, GROUP, consumer, 0, entries, justid=True)
+            idle = int(ORPHAN_BEATS * self.beat * 1000)
+            for stream in streams:
+                held = frozenset(e.encode() for e in by_stream.get(stream, ()))
+                await self._take_over(stream, consumer, idle=idle, held=held)
         except RedisError as exc:
             self.report(f"cluster: refreshing pending entries: {why(exc)}")

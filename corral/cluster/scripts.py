@@ -108,12 +108,15 @@ return 1
 # it was running is re-run (queued again under a new entry, its fence withdrawn) while its
 # retries last, else it ends `lost`. Checked here, atomically: the consumer is still
 # dead, the entry is still the task's, and the task still that consumer's.
+# The same for an orphan (ARGV[8] = 'orphan'): an entry a live node holds but does not
+# run (its claim's reply was lost with a connection); it waits again, no retry spent.
 # KEYS: task, attempts, stream, outcomes, the dead consumer's liveness key
 # ARGV: task_id, entry, dead consumer, now, reason, seconds a finished record is kept,
-#       error JSON (ends lost)
+#       error JSON (ends lost), 'dead' or 'orphan'
 # -> 'requeued', 'lost', or false (nothing to do)
 TAKEOVER = f"""
-if redis.call('EXISTS', KEYS[5]) == 1 then return false end
+local orphan = ARGV[8] == 'orphan'
+if not orphan and redis.call('EXISTS', KEYS[5]) == 1 then return false end
 local rec = redis.call('HMGET', KEYS[1], 'status', 'entry', 'owner', 'retries_left')
 if rec[2] ~= ARGV[2] then
   -- the entry is stale (its task was queued again, or is gone)
@@ -143,6 +146,12 @@ end
 redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
 local retries = tonumber(rec[4]) or 0
+if orphan then
+  local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[1])
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '',
+    'entry', entry)
+  return 'requeued'
+end
 if retries > 0 then
   local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[1])
   redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '',

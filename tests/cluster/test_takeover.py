@@ -140,3 +140,38 @@ def test_a_node_stopped_gracefully_hands_its_tasks_back(tmp: Path,
         for d in handed:
             assert [(x["node"], x["outcome"], x["error"]) for x in d["attempts"]] == [
                 ("b", "lost", "node b stopped"), ("c", "succeeded", None)]
+
+
+def test_a_claim_whose_answer_was_lost_is_given_back(tmp: Path, redis: RedisServer) -> None:
+    """An entry a live node holds but does not run (the claim's reply lost with its
+    connection) is an orphan: its owner gives it back after ORPHAN_BEATS, no retry spent."""
+    import redis as redis_py
+
+    from corral.cluster import records
+    from corral.cluster.keys import GROUP, Keys
+    from corral.cluster.scripts import CLAIM
+
+    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+                   what="a and b alive")
+        [busy] = submit(a, 1, 1.0)  # b's one slot is taken: the next task waits unread
+        wait_until(lambda: running_on(b) == 1, what="b busy")
+        [orphan] = submit(a, 1, 0.1)
+        k = Keys("test")
+        r = redis_py.Redis(port=redis.port)
+        try:
+            # b's consumer reads it, and the claim's answer never reaches b
+            [[stream, [(entry, _)]]] = r.xreadgroup(GROUP, "b/1", {k.stream("sleepy", 0): ">"},
+                                                   count=1)
+            assert r.eval(CLAIM, 4, k.task(orphan), k.attempts(orphan), k.fence, stream,
+                          "b/1", "b", "1.0", entry, records.claimed_attempt("b", 1.0), 0,
+                          "30.0")
+        finally:
+            r.close()
+        done = outcomes(a, [busy, orphan])
+        assert [d["status"] for d in done] == ["succeeded", "succeeded"]
+        assert [(x["node"], x["outcome"], x["error"]) for x in done[1]["attempts"]] == [
+            ("b", "lost", "node b did not run it (its claim's answer was lost)"),
+            ("b", "succeeded", None)]
+        assert b.call("stats.get")["cluster"]["orphans"] == 1
