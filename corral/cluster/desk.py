@@ -24,6 +24,7 @@ from ..supervisor.tasks import is_task_id, new_id
 from ..supervisor.tasks.admission import check_input, check_timeout
 from ..supervisor.tasks.host import TaskHost
 from . import records
+from .batch import Batcher
 from .connection import unavailable, why
 from .keys import Keys
 from .membership import Membership, NodeView
@@ -31,6 +32,7 @@ from .scripts import Scripts
 
 KEEP_FINISHED = 7 * 86400  # seconds a finished task's record stays in Redis
 RECHECK_BEATS = 5  # a waiting client reads its task's record at least this often (beats)
+Waiter = asyncio.Future[m.TaskResult | None]
 
 
 class ClusterDesk:
@@ -45,7 +47,10 @@ class ClusterDesk:
         self.host = host
         self.report = report
         self.view: list[NodeView] = []  # the nodes as last read (each beat)
-        self._waiting: dict[str, list[asyncio.Future[None]]] = {}
+        # clients waiting here, by task: woken with the outcome when the outcomes stream
+        # carries it, else with None (read the record)
+        self._waiting: dict[str, list[Waiter]] = {}
+        self._submit = Batcher(redis, scripts.submit)
 
     # -- submit ---------------------------------------------------------------------------
     async def refresh_view(self) -> None:
@@ -72,7 +77,7 @@ class ClusterDesk:
         max_queue = local.spec.max_queue if local is not None else 0
         try:
             await self._check_served(p.agent)
-            got = await self.scripts.submit(
+            got = await self._submit(
                 keys=[self.keys.task(task_id), self.keys.stream(p.agent, p.priority),
                       self.keys.priorities(p.agent), self.keys.agents],
                 args=[task_id, p.agent, raw, p.priority,
@@ -100,46 +105,57 @@ class ClusterDesk:
             return None
         return records.info(task_id, rec, attempts)
 
-    def _waiter(self, task_id: str) -> asyncio.Future[None]:
-        fut = asyncio.get_running_loop().create_future()
+    def _waiter(self, task_id: str) -> Waiter:
+        fut: Waiter = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(task_id, []).append(fut)
         return fut
 
-    def _unwait(self, task_id: str, fut: asyncio.Future[None]) -> None:
+    def _unwait(self, task_id: str, fut: Waiter) -> None:
         waiters = self._waiting.get(task_id)
         if waiters is not None:
             waiters.remove(fut)
             if not waiters:
                 del self._waiting[task_id]
 
-    async def wait(self, task_id: str, fut: asyncio.Future[None] | None = None
-                   ) -> m.TaskInfo:
-        """The task once it has finished. Woken by the outcomes stream (`fut`: a waiter
-        registered before the task was submitted, so that no wake-up can come before
-        it); reads the record also every few beats, so a wake-up lost with a connection
-        costs only time."""
+    async def _ended(self, task_id: str, fut: Waiter | None) -> m.TaskResult | m.TaskInfo:
+        """The task's outcome once it has ended: as the outcomes stream carried it, or
+        its record. `fut`: a waiter registered before the task was submitted, so that no
+        wake-up can come before it. The record is also read every few beats, so a
+        wake-up lost with a connection costs only time."""
         while True:
             if fut is None:
                 fut = self._waiter(task_id)
-                try:
+                with contextlib.suppress(RedisError):
                     i = await self.info(task_id)
-                except RedisError:
-                    i = None
-                if i is not None and i.status.encode() in records.TERMINAL:
-                    self._unwait(task_id, fut)
-                    return i
+                    if i is not None and i.status.encode() in records.TERMINAL:
+                        self._unwait(task_id, fut)
+                        return i
             try:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(fut),
                                            RECHECK_BEATS * self.settings.beat)
             finally:
                 self._unwait(task_id, fut)
+            carried = fut.result() if fut.done() else None
+            if carried is not None:
+                return carried
             woken, fut = fut.done(), None
             if woken:
                 with contextlib.suppress(RedisError):
                     i = await self.info(task_id)
                     if i is not None and i.status.encode() in records.TERMINAL:
                         return i
+
+    async def wait(self, task_id: str) -> m.TaskInfo:
+        """The task's record once it has ended (`corral task ID --wait`)."""
+        while True:
+            got = await self._ended(task_id, None)
+            if isinstance(got, m.TaskInfo):
+                return got
+            with contextlib.suppress(RedisError):
+                i = await self.info(task_id)
+                if i is not None:
+                    return i
 
     async def run(self, p: m.TasksRun, notify: Callable[[str, Any], None]) -> Any:
         task_id = new_id()
@@ -153,13 +169,14 @@ class ClusterDesk:
         if fut is None:
             return m.TaskAccepted(task_id=task_id, status="queued")
         notify("task.accepted", {"task_id": task_id})
-        return records.result(await self.wait(task_id, fut))
+        got = await self._ended(task_id, fut)
+        return records.result(got) if isinstance(got, m.TaskInfo) else got
 
     # -- the outcomes stream ------------------------------------------------------------
-    def _wake(self, task_id: str) -> None:
+    def _wake(self, task_id: str, result: m.TaskResult | None = None) -> None:
         for fut in self._waiting.get(task_id, ()):
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(result)
 
     async def tail(self) -> None:
         """Every outcome of the cluster as it is written: the clients waiting here for
@@ -184,6 +201,7 @@ class ClusterDesk:
                 for entry_id, fields in entries:
                     last = entry_id
                     task_id = fields.get(b"task")
-                    if task_id is not None:
-                        self._wake(task_id.decode())
+                    if task_id is not None and task_id.decode() in self._waiting:
+                        tid = task_id.decode()
+                        self._wake(tid, records.inline_result(tid, fields))
 

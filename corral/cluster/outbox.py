@@ -26,6 +26,9 @@ from .queue import ClusterQueue, ClusterTask
 from .scripts import Scripts
 
 BATCH = 256  # outcomes written in one round trip (a pipeline of script calls)
+# an output up to this size rides along on the outcomes stream, which every node reads:
+# the client waiting for it needs no read of the record
+INLINE_OUTPUT = 4096
 _json = msgspec.json.Encoder().encode
 
 
@@ -53,10 +56,12 @@ class Outbox:
         if not isinstance(task, ClusterTask) or task.consumer in self.given_up:
             return
         err = task.error
-        args = [task.token, task.id, str(task.status),
-                b"" if task.raw_output is None else bytes(task.raw_output),
+        output = b"" if task.raw_output is None else bytes(task.raw_output)
+        inline = task.base == 0 and len(output) <= INLINE_OUTPUT
+        args = [task.token, task.id, str(task.status), output,
                 b"" if err is None else records.error_json(err), repr(task.finished),
                 task.entry, task.base, KEEP_FINISHED, task.retries_left,
+                "1" if inline else "0",
                 *(records.attempt_json(a, self.node) for a in task.attempts)]
         self.pending.append((task, args))
         self._kick.set()

@@ -79,3 +79,17 @@ def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.Task
 def result(i: m.TaskInfo) -> m.TaskResult:
     """What `corral run` answers, from `corral task ID`'s."""
     return m.TaskResult(i.task_id, i.status, i.output, i.error, i.attempts)
+
+
+_attempts = msgspec.json.Decoder(list[m.Attempt])
+
+
+def inline_result(task_id: str, fields: dict[bytes, bytes]) -> m.TaskResult | None:
+    """The outcome as an outcomes stream entry carries it, when it does (FINISH)."""
+    status = fields.get(b"status")
+    if status is None:
+        return None
+    out, err = fields.get(b"output"), fields.get(b"error")
+    return m.TaskResult(task_id, status.decode(), msgspec.Raw(out) if out else None,
+                        _error.decode(err) if err else None,
+                        _attempts.decode(fields[b"attempts"]))

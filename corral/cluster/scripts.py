@@ -72,7 +72,9 @@ return {{token, base, v[1], v[2], v[3], v[4], v[5]}}
 # KEYS: task, attempts, stream, outcomes
 # ARGV: token, task_id, status, output JSON ('' none), error JSON ('' none), finished,
 #       entry, attempts before the claim, seconds a finished record is kept,
-#       retries_left, then this node's attempts (JSON each)
+#       retries_left, '1' when the outcome rides along on the outcomes stream (small, and
+#       every attempt is this node's: the waiting client needs no read of the record),
+#       then this node's attempts (JSON each)
 FINISH = f"""
 local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
 if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
@@ -86,10 +88,20 @@ if base == 0 then
 else
   redis.call('LTRIM', KEYS[2], 0, base - 1)
 end
-for i = 11, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+local attempts = {{}}
+for i = 12, #ARGV do
+  redis.call('RPUSH', KEYS[2], ARGV[i])
+  attempts[#attempts + 1] = ARGV[i]
+end
 redis.call('XACK', KEYS[3], '{GROUP}', ARGV[7])
 redis.call('XDEL', KEYS[3], ARGV[7])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[2])
+if ARGV[11] == '1' then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[2],
+    'status', ARGV[3], 'output', ARGV[4], 'error', ARGV[5],
+    'attempts', '[' .. table.concat(attempts, ',') .. ']')
+else
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[2])
+end
 redis.call('EXPIRE', KEYS[1], ARGV[9])
 redis.call('EXPIRE', KEYS[2], ARGV[9])
 return 1

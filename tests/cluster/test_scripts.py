@@ -21,6 +21,7 @@ from ..redis_harness import RedisServer
 
 K = Keys("t")
 TID = "0190a5c0-0000-7000-8000-00000000000{}"
+ATTEMPT = b'{"replica":0,"pid":1,"started":2.0,"node":"n","outcome":"succeeded"}'
 
 
 @pytest.fixture
@@ -49,8 +50,7 @@ async def finish(s: Scripts, c: Any, i: int, token: int) -> Any:
     entry = await c.hget(K.task(tid), "entry")
     return await s.finish(keys=[K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes],
                           args=[token, tid, "succeeded", b'{"ok":true}', b"", "3.0", entry,
-                                0, 60, 2, b'{"replica":0,"pid":1,"started":2.0,'
-                                          b'"node":"n","outcome":"succeeded"}'])
+                                0, 60, 2, "1", ATTEMPT])
 
 
 async def test_submit_is_idempotent_on_the_id_and_bounded(client: Any) -> None:
@@ -88,8 +88,14 @@ async def test_claims_fence_and_only_the_holder_writes(client: Any) -> None:
     info = records.info(tid, rec, await client.lrange(K.attempts(tid), 0, -1))
     assert [(a.node, a.outcome) for a in info.attempts] == [("n", "succeeded")]
     assert await client.xlen(K.stream("w", 0)) == 1  # its entry deleted (task 2 waits)
+    # the outcome rides along on the outcomes stream: a waiting client reads no record
     [(_, fields)] = await client.xrange(K.outcomes)
-    assert fields == {b"task": tid.encode()}
+    assert fields == {b"task": tid.encode(), b"status": b"succeeded",
+                      b"output": b'{"ok":true}', b"error": b"", b"attempts": b"[" + ATTEMPT + b"]"}
+    carried = records.inline_result(tid, fields)
+    assert carried is not None and (carried.status, carried.output, carried.error) == (
+        "succeeded", msgspec.Raw(b'{"ok":true}'), None)
+    assert [(a.node, a.pid) for a in carried.attempts] == [("n", 1)]
 
 
 async def test_a_takeover_needs_the_consumer_dead(client: Any) -> None:
