@@ -189,7 +189,8 @@ class ClusterNode:
         return {"node": self.node, "cluster": self.settings.name, "state": m.state,
                 "incarnation": m.incarnation, "redis": shown(self.settings.redis),
                 "redis_error": m.error, "fences": m.fences,
-                "claimed": self.puller.claimed, "published": self.outbox.published,
+                "claimed": self.puller.claimed, "reads": self.puller.reads,
+                "read": self.puller.read, "published": self.outbox.published,
                 "outbox": len(self.outbox.pending), "late_writes_refused": self.outbox.refused,
                 "requeued": self.reaper.requeued, "lost": self.reaper.lost,
                 "orphans": self.reaper.orphans}

@@ -49,6 +49,8 @@ class Puller:
         # told of each task claimed, before the engine has it (the node watches its progress)
         self.on_claim: Callable[[ClusterTask], None] = lambda task: None
         self.closed = False
+        self.reads = 0  # XREADGROUP rounds that ended in claims (or in nothing)
+        self.read = 0  # entries they read
         self.errors = 0
 
     def sync(self) -> None:
@@ -106,6 +108,8 @@ class Puller:
                     reply = await self.redis.xreadgroup(
                         GROUP, consumer, dict.fromkeys(streams, ">"), count=1, block=block)
                     got = _entries(reply)
+                self.reads += 1
+                self.read += len(got)
                 if got:
                     # a blocking read that came back empty may have missed a priority
                     # that appeared meanwhile: look again before the next one
