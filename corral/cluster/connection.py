@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .. import jsonrpc
@@ -41,6 +42,11 @@ def shown(url: str) -> str:
 def why(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text.rstrip(".")
+
+
+def never_sent(exc: RedisError) -> bool:
+    """The command cannot have reached Redis: no connection could be made."""
+    return isinstance(exc, RedisConnectionError) and "connecting to" in str(exc)
 
 
 def unavailable(url: str, exc: RedisError, what: str) -> RpcError:

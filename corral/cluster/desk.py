@@ -25,7 +25,7 @@ from ..supervisor.tasks.admission import check_input, check_timeout
 from ..supervisor.tasks.host import TaskHost
 from . import records
 from .batch import Batcher
-from .connection import unavailable, why
+from .connection import never_sent, unavailable, why
 from .keys import Keys
 from .membership import Membership, NodeView
 from .scripts import Scripts
@@ -75,17 +75,27 @@ class ClusterDesk:
         check_timeout(p.timeout)
         local = self.host.agents.get(p.agent)
         max_queue = local.spec.max_queue if local is not None else 0
+        keys = [self.keys.task(task_id), self.keys.stream(p.agent, p.priority),
+                self.keys.priorities(p.agent), self.keys.agents]
+        args = [task_id, p.agent, raw, p.priority,
+                "" if p.timeout is None else repr(p.timeout), "", repr(time.time()),
+                self.membership.node, max_queue]
         try:
             await self._check_served(p.agent)
-            got = await self._submit(
-                keys=[self.keys.task(task_id), self.keys.stream(p.agent, p.priority),
-                      self.keys.priorities(p.agent), self.keys.agents],
-                args=[task_id, p.agent, raw, p.priority,
-                      "" if p.timeout is None else repr(p.timeout), "", repr(time.time()),
-                      self.membership.node, max_queue])
+            got = await self._submit(keys=keys, args=args)
         except RedisError as exc:
-            raise unavailable(self.settings.redis, exc, "the task was not accepted"
-                              ) from None
+            if never_sent(exc):
+                raise unavailable(self.settings.redis, exc, "the task was not accepted"
+                                  ) from None
+            # the answer was lost, not necessarily the submit: once more, the same id (a
+            # submit Redis already holds answers 0, and counts as accepted)
+            try:
+                got = await self.scripts.submit(keys=keys, args=args)
+            except RedisError as again:
+                raise unavailable(
+                    self.settings.redis, again,
+                    f"the task was not accepted, unless Redis took it before it stopped "
+                    f"answering (`corral task {task_id}` tells once it answers)") from None
         if got == -1:
             raise RpcError(jsonrpc.REFUSED, f"agent {p.agent}'s cluster queue is full "
                                             f"({max_queue} waiting, max_queue)")
