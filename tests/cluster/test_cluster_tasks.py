@@ -121,3 +121,33 @@ def test_progress_reaches_the_record_read_anywhere(tmp: Path, redis: RedisServer
         info = a.call("tasks.get", {"task_id": task_id})
         assert info["progress"]["message"] == "step 3"
         assert (info["progress"]["progress"], info["progress"]["total"]) == (3, 3)
+
+
+def test_higher_priority_runs_first_and_the_queue_is_bounded(tmp: Path,
+                                                             redis: RedisServer) -> None:
+    agent = sleeper("sleepy") + "max_queue = 6\n"
+    with nodes(tmp, redis, {"a": agent.replace("[agents.sleepy]", "[agents.sleepy]\n"
+                                               "replicas = 0"), "b": agent}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+
+        def submit(priority: int, seconds: float = 0.05) -> str:
+            return str(a.call("tasks.run", {
+                "agent": "sleepy", "detach": True, "priority": priority,
+                "input": {"do": "sleep", "seconds": seconds}})["task_id"])
+
+        busy = submit(0, 1.0)  # b's one slot: the rest wait in their streams
+        wait_until(lambda: b.call("stats.get")["tasks"]["total"]["running"] == 1,
+                   what="b busy")
+        low = [submit(0) for _ in range(3)]
+        high = [submit(5) for _ in range(3)]
+        # the bound is per stream (an agent and a priority), by the submitting node's
+        # max_queue: priority 0 holds the running task's entry and 3 waiting, so 2 more
+        more = [submit(0), submit(0)]
+        r = a.run("sleepy", '{"do": "echo"}', "--priority", "0")
+        assert r.returncode == 1
+        assert r.stderr.strip() == ("corral: agent sleepy's cluster queue is full (6 waiting, "
+                                    "max_queue)")
+        started = {t: a.call("tasks.get", {"task_id": t, "wait": True})["started"]
+                   for t in [busy, *low, *high, *more]}
+        assert max(started[t] for t in high) < min(started[t] for t in low)
