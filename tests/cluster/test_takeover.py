@@ -175,3 +175,43 @@ def test_a_claim_whose_answer_was_lost_is_given_back(tmp: Path, redis: RedisServ
             ("b", "lost", "node b did not run it (its claim's answer was lost)"),
             ("b", "succeeded", None)]
         assert b.call("stats.get")["cluster"]["orphans"] == 1
+
+
+def test_a_node_cut_off_from_redis_loses_its_tasks_and_comes_back(
+        tmp: Path, redis: RedisServer) -> None:
+    from .harness import Node
+    from .proxy import Proxy
+
+    proxy = Proxy(redis.port)
+    worker = sleeper("sleepy", retries=1)
+    b = Node(tmp / "b", "b", redis, worker)
+    b.config.write_text(b.config.read_text().replace(redis.url, proxy.url))
+    try:
+        with nodes(tmp, redis, {"a": "", "c": worker}) as ns:
+            a, c = ns["a"], ns["c"]
+            b.start()
+            wait_until(lambda: all_alive(a), what="three nodes alive")
+            assert c.proc is not None
+            c.proc.send_signal(signal.SIGSTOP)  # b takes the task
+            [task_id] = submit(a, 1, 1.0)
+            wait_until(lambda: running_on(b) == 1, what="running on b")
+            proxy.cut()
+            c.proc.send_signal(signal.SIGCONT)
+            [done] = outcomes(a, [task_id])
+            assert [(x["node"], x["outcome"]) for x in done["attempts"]] == [
+                ("b", "lost"), ("c", "succeeded")]
+            # b ran it to its end too, cut off: never written, and b fenced itself
+            wait_until(lambda: b.call("stats.get")["cluster"]["fences"] == 1,
+                       what="b fenced")
+            assert b.call("stats.get")["cluster"]["redis_error"] is not None
+            proxy.restore()
+            wait_until(lambda: all_alive(a), what="b back")
+            stats = b.call("stats.get")["cluster"]
+            assert (stats["incarnation"], stats["published"], stats["redis_error"]) == (
+                2, 0, None)
+            assert outcomes(c, [task_id]) == [done]
+            r = a.run("sleepy", '{"do": "echo"}')
+            assert r.returncode == 0, r.stderr
+    finally:
+        b.close()
+        proxy.close()
