@@ -11,6 +11,9 @@ bench's own (Debian's 7.0, AOF on, `appendfsync everysec`).
 - throughput of tiny tasks over the three nodes, each running the echo agent (2
   replicas, 64 slots each), 256 tasks in flight per node through its socket, beside the
   same load with `local` on each node (no Redis);
+- beside it, Celery 5 with its Redis broker (and result backend) on a redis-server of
+  the same configuration: three workers of 2 processes, the same echo task, 768 in
+  flight (`.[bench]` installs it; skipped where it is not installed);
 - takeover: a long task running on one node, that node's daemon and workers killed -9;
   the time until another node has claimed it (`node_ttl = 3`, `beat = 1`, the defaults).
 """
@@ -33,7 +36,7 @@ from typing import Any
 import msgspec
 import psutil
 
-from .harness import PY, ROOT, CorralDaemon, corral_agents, free_port, report
+from .harness import ENV, PY, ROOT, CorralDaemon, corral_agents, free_port, report
 
 QUICK = "--quick" in sys.argv
 LATENCY_TASKS = 300 if QUICK else 1000
@@ -214,6 +217,62 @@ def throughput(base: Path, redis: Redis) -> dict[str, Any]:
         "tasks_per_node": THROUGHPUT_TASKS, "in_flight_per_node": 256}
 
 
+def celery(base: Path, redis: Redis) -> dict[str, Any] | None:
+    """Celery 5 with the Redis broker and result backend on the same redis-server: three
+    workers (as three nodes), each with 2 prefork processes (as 2 replicas), the echo
+    task; the producer keeps 768 tasks in flight (256 per node, as corral's load) and
+    waits for every result."""
+    try:
+        import celery as _  # noqa: F401
+    except ImportError:
+        return None  # `pip install -e '.[bench]'`
+    env = {**ENV, "CELERY_BROKER": f"redis://127.0.0.1:{redis.port}/1",
+           "CELERY_BACKEND": f"redis://127.0.0.1:{redis.port}/2"}
+    workers = [subprocess.Popen(
+        [PY, "-m", "celery", "-A", "bench.celery_app", "worker", "-c", "2", "-P", "prefork",
+         "-n", f"w{i}@bench", "--without-gossip", "--without-mingle", "--without-heartbeat",
+         "-l", "WARNING"], cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL) for i in range(3)]
+    total = 3 * THROUGHPUT_TASKS
+    script = f"""
+import os, sys, time, collections
+sys.path.insert(0, {str(ROOT)!r})
+from bench.celery_app import echo
+for r in [echo.delay(-1) for _ in range(30)]:  # every worker is up
+    r.get(timeout=120)
+rates = []
+for _ in range(2):
+    t0 = time.perf_counter()
+    window = collections.deque()
+    sent = 0
+    while sent < {total} or window:
+        while sent < {total} and len(window) < 768:
+            window.append(echo.delay({{"n": sent}}))
+            sent += 1
+        window.popleft().get(timeout=120)
+    rates.append(round({total} / (time.perf_counter() - t0)))
+print(rates)
+"""
+    try:
+        out = subprocess.run([PY, "-c", script], env=env, capture_output=True, text=True,
+                             timeout=900, check=True).stdout
+        rates = json.loads(out.strip().splitlines()[-1])
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            try:
+                w.wait(30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+    return {"tasks_per_s": max(rates), "runs": rates, "version": _celery_version()}
+
+
+def _celery_version() -> str:
+    import celery as c
+    return str(c.__version__)
+
+
 def takeover(base: Path, redis: Redis) -> dict[str, Any]:
     sleeper = (f'\n[agents.sleepy]\ncommand = ["{PY}", "{MISBEHAVE}"]\n'
                f'env = {{ PYTHONPATH = "{ROOT}" }}\nretries = 1\n')
@@ -273,7 +332,7 @@ def main() -> None:
     results: dict[str, Any] = {"load_1min_before": psutil.getloadavg()[0]}
     try:
         for name, part in (("latency", latency), ("throughput", throughput),
-                           ("takeover", takeover)):
+                           ("celery", celery), ("takeover", takeover)):
             d = base / name
             d.mkdir()
             (d / "redis").mkdir()
