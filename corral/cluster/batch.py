@@ -9,12 +9,14 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from .scripts import Scripts
+
 BATCH = 512  # calls in one pipeline at most
 
 
 class Batcher:
-    def __init__(self, redis: Any, script: Any) -> None:
-        self.redis = redis
+    def __init__(self, scripts: Scripts, script: Any) -> None:
+        self.scripts = scripts
         self.script = script
         self._calls: list[tuple[list[Any], list[Any], asyncio.Future[Any]]] = []
         self._scheduled = False
@@ -42,10 +44,8 @@ class Batcher:
     async def _send(self, calls: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]
                     ) -> None:
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for keys, args, _ in calls:
-                await self.script(keys=keys, args=args, client=pipe)
-            results = await pipe.execute(raise_on_error=False)
+            results = await self.scripts.run([(self.script, keys, args)
+                                              for keys, args, _ in calls])
         except (RedisError, OSError) as exc:
             for _, _, fut in calls:
                 if not fut.done():

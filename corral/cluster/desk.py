@@ -50,7 +50,7 @@ class ClusterDesk:
         # clients waiting here, by task: woken with the outcome when the outcomes stream
         # carries it, else with None (read the record)
         self._waiting: dict[str, list[Waiter]] = {}
-        self._submit = Batcher(redis, scripts.submit)
+        self._submit = Batcher(scripts, scripts.submit)
 
     # -- submit ---------------------------------------------------------------------------
     async def refresh_view(self) -> None:

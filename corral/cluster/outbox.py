@@ -95,22 +95,21 @@ class Outbox:
 
     async def send(self) -> bool:
         """One batch to Redis; False when it did not answer (the batch still waits). One
-        send at a time: a batch leaves the outbox only once Redis has answered for it."""
+        send at a time: a batch leaves the outbox only once Redis has answered for it;
+        an outcome Redis refused with an error (a full Redis: noeviction) waits again."""
         async with self._sending:
             reports, self.reports = self.reports, {}
             taken = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
             batch = [(t, a) for t, a in taken if t.consumer not in self.given_up]
-            pipe = self.redis.pipeline(transaction=False)
             # progress before outcomes: a report never lands on a task already ended
-            for task, data in reports.values():
-                await self.scripts.progress(keys=[self.keys.task(task.id)],
-                                            args=[task.token, data], client=pipe)
-            for task, args in batch:
-                await self.scripts.finish(
-                    keys=[self.keys.task(task.id), self.keys.attempts(task.id),
-                          task.stream, self.keys.outcomes], args=args, client=pipe)
+            calls = [(self.scripts.progress, [self.keys.task(task.id)], [task.token, data])
+                     for task, data in reports.values()]
+            calls += [(self.scripts.finish, [self.keys.task(task.id),
+                                             self.keys.attempts(task.id), task.stream,
+                                             self.keys.outcomes], args)
+                      for task, args in batch]
             try:
-                written = await pipe.execute() if batch or reports else []
+                written = await self.scripts.run(calls) if calls else []
             except RedisError as exc:
                 self.report(f"cluster: {len(self.pending)} outcomes wait for Redis "
                             f"({why(exc)})")
@@ -120,11 +119,19 @@ class Outbox:
             written = written[len(reports):]
             for _ in taken:
                 self.pending.popleft()
+            again = [(item, w) for item, w in zip(batch, written, strict=True)
+                     if isinstance(w, Exception)]
+            self.pending.extendleft(reversed([item for item, _ in again]))
+        if again:
+            self.report(f"cluster: {len(again)} outcomes wait: Redis refused them "
+                        f"({why(again[0][1])})")
         for (task, _args), ok in zip(batch, written, strict=True):
+            if isinstance(ok, Exception):
+                continue
             if ok:
                 self.published += 1
             else:
                 self.refused += 1
                 self.report(f"cluster: the outcome of task {task.id} ({task.status}) was "
                             "refused: the task was taken over from this node")
-        return True
+        return not again

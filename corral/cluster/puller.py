@@ -151,15 +151,18 @@ class Puller:
         node = self.membership.node
         now = time.time()
         attempt = records.claimed_attempt(node, now)
-        pipe = self.redis.pipeline(transaction=False)
-        for stream, entry, task_id in got:
-            tid = task_id.decode()
-            await self.scripts.claim(
-                keys=[self.keys.task(tid), self.keys.attempts(tid), self.keys.fence, stream],
-                args=[consumer, node, repr(now), entry, attempt, agent.spec.retries,
-                      repr(agent.spec.task_timeout)], client=pipe)
-        claims = await pipe.execute()
+        claims = await self.scripts.run([
+            (self.scripts.claim,
+             [self.keys.task(tid.decode()), self.keys.attempts(tid.decode()),
+              self.keys.fence, stream],
+             [consumer, node, repr(now), entry, attempt, agent.spec.retries,
+              repr(agent.spec.task_timeout)])
+            for stream, entry, tid in got])
         for (stream, entry, task_id), claimed in zip(got, claims, strict=True):
+            if isinstance(claimed, Exception):
+                # left pending with this node: given back as an orphan (reaper.py)
+                self.report(f"cluster: claiming task {task_id.decode()}: {claimed}")
+                continue
             if not claimed:
                 continue
             token, base, raw, timeout, retries, prio, created = claimed

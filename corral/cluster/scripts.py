@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from .keys import GROUP, OUTCOMES_KEPT
 
 # KEYS: task, stream, priorities, agents
@@ -221,11 +223,15 @@ return 1
 """
 
 
+Call = tuple[Any, list[Any], list[Any]]  # (a registered script, keys, args)
+
+
 class Scripts:
     """The scripts registered with a client: called by their SHA (EVALSHA), loaded again
-    by redis-py where a restarted Redis has forgotten them."""
+    where a restarted Redis has forgotten them."""
 
     def __init__(self, redis: Any) -> None:
+        self.redis = redis
         self.submit = redis.register_script(SUBMIT)
         self.claim = redis.register_script(CLAIM)
         self.finish = redis.register_script(FINISH)
@@ -234,3 +240,24 @@ class Scripts:
         self.release = redis.register_script(RELEASE)
         self.join = redis.register_script(JOIN)
         self.beat = redis.register_script(BEAT)
+
+    async def run(self, calls: list[Call]) -> list[Any]:
+        """Many script calls in one pipeline (one round trip), each answer or its error in
+        order. Not redis-py's own way of piping scripts, which asks SCRIPT EXISTS before
+        every pipeline (a round trip more each time): a script Redis does not know
+        answers NOSCRIPT, having done nothing, and those calls go again once loaded."""
+        results = await self._pipe(calls)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                script.sha = await self.redis.script_load(script.script)
+            again = await self._pipe([calls[i] for i in missing])
+            for i, r in zip(missing, again, strict=True):
+                results[i] = r
+        return results
+
+    async def _pipe(self, calls: list[Call]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))

@@ -118,3 +118,18 @@ async def test_a_takeover_needs_the_consumer_dead(client: Any) -> None:
     [attempt] = await client.lrange(K.attempts(tid), 0, -1)
     assert msgspec.json.decode(attempt)["error"] == "node b lost"
     assert await finish(s, client, 1, token) == 0  # the old holder is refused
+
+
+async def test_scripts_redis_has_forgotten_are_loaded_again(client: Any) -> None:
+    """A restarted Redis (or SCRIPT FLUSH) knows no script: the calls answered NOSCRIPT,
+    having done nothing, and run once the scripts are loaded again."""
+    s = Scripts(client)
+    await submit(s, 1)
+    await client.script_flush()
+    tid = TID.format(2)
+    got = await s.run([(s.submit, [K.task(tid), K.stream("w", 0), K.priorities("w"),
+                                   K.agents],
+                        [tid, "w", b"null", 0, "", "", "1.0", "n", 0]),
+                       (s.progress, [K.task(tid)], [7, b"{}"])])
+    assert got == [1, 0]  # submitted once; the progress refused (no such claim)
+    assert await client.xlen(K.stream("w", 0)) == 2
