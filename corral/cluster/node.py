@@ -14,13 +14,15 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from .. import jsonrpc
 from .. import methods as m
+from ..jsonrpc import RpcError
 from ..supervisor.config import ClusterSettings
-from ..supervisor.tasks import TERMINAL, TaskManager
+from ..supervisor.tasks import TERMINAL, TaskError, TaskManager, is_task_id
 from ..supervisor.tasks.host import TaskHost
 from . import records
 from .connection import connect, shown, unavailable, why
-from .desk import ClusterDesk
+from .desk import KEEP_FINISHED, ClusterDesk
 from .keys import Keys
 from .membership import Membership, NodeView
 from .outbox import Outbox
@@ -110,6 +112,7 @@ class ClusterNode:
                     # yet written
                     held = [*self.tasks.active.values(), *(t for t, _ in self.outbox.pending)]
                     await self.reaper.refresh(held, self.puller.streams())
+                    await self._cancels()
                     await self.desk.refresh_view()
                     await self.reaper.reap()
                 except RedisError as exc:
@@ -182,6 +185,52 @@ class ClusterNode:
             raise unavailable(self.settings.redis, exc, f"task {task_id} cannot be read"
                               ) from None
         return info
+
+    async def cancel(self, task_id: str) -> m.TaskInfo | None:
+        """Cancel a cluster task from any node: at once when queued or running here,
+        else the node running it does at its next beat; the task's record after (None: no
+        such cluster task)."""
+        mine = self.tasks.active.get(task_id)
+        if isinstance(mine, ClusterTask) and mine.status not in TERMINAL:
+            self.tasks.cancel(task_id)  # its outcome goes through the fence
+            with contextlib.suppress(RedisError, TimeoutError):
+                await asyncio.wait_for(self.outbox.flush(), self.settings.node_ttl)
+        elif is_task_id(task_id):
+            error = records.error_json(TaskError(jsonrpc.REQUEST_CANCELLED,
+                                                 "cancelled while queued"))
+            try:
+                rec = await self.redis.hmget(self.keys.task(task_id), "stream")
+                if rec[0] is None:
+                    return None
+                got = await self.scripts.cancel(
+                    keys=[self.keys.task(task_id), rec[0], self.keys.outcomes],
+                    args=[task_id, repr(time.time()), error, KEEP_FINISHED])
+            except RedisError as exc:
+                raise unavailable(self.settings.redis, exc,
+                                  f"task {task_id} was not cancelled") from None
+            if got is None:
+                return None
+            if got.startswith(b"ended:"):
+                raise RpcError(jsonrpc.CONFLICT,
+                               f"task {task_id} already finished ({got[6:].decode()})")
+            if got == b"asked":  # the node running it cancels it within a beat
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(self.desk.wait(task_id),
+                                                  2 * self.settings.node_ttl)
+        return await self.task(task_id)
+
+    async def _cancels(self) -> None:
+        """The running cluster tasks here that a node was asked to cancel."""
+        mine = [t for t in self.tasks.active.values()
+                if isinstance(t, ClusterTask) and t.status not in TERMINAL]
+        if not mine:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for t in mine:
+            pipe.hget(self.keys.task(t.id), "cancel")
+        for t, asked in zip(mine, await pipe.execute(), strict=True):
+            if asked and t.status not in TERMINAL:
+                self.tasks.cancel(t.id)
 
     def status(self) -> dict[str, Any]:
         """This node's view of itself (stats)."""

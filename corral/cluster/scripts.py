@@ -204,6 +204,31 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '', 'entr
 return 1
 """
 
+# `corral cancel` of a cluster task, on any node: one still queued ends here; a running
+# one is marked, and the node running it cancels it at its next beat (its outcome, then,
+# is written through the fence like any other).
+# KEYS: task, stream, outcomes; ARGV: task_id, now, error JSON, seconds a finished record
+# is kept -> 'cancelled', 'asked', 'ended:STATUS' (it had already finished), or false
+# (no such task)
+CANCEL = f"""
+local rec = redis.call('HMGET', KEYS[1], 'status', 'entry')
+if not rec[1] then return false end
+if rec[1] == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', ARGV[2], 'error', ARGV[3],
+    'fence', '0')
+  redis.call('XACK', KEYS[2], '{GROUP}', rec[2])
+  redis.call('XDEL', KEYS[2], rec[2])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return 'cancelled'
+end
+if rec[1] == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+  return 'asked'
+end
+return 'ended:' .. rec[1]
+"""
+
 # Membership. JOIN: a new incarnation's liveness key (NX: never another's) and its entry
 # in the nodes hash. KEYS: alive, nodes; ARGV: node, beat JSON, ttl ms -> 1, or 0 when
 # the key was somehow there.
@@ -238,6 +263,7 @@ class Scripts:
         self.progress = redis.register_script(PROGRESS)
         self.takeover = redis.register_script(TAKEOVER)
         self.release = redis.register_script(RELEASE)
+        self.cancel = redis.register_script(CANCEL)
         self.join = redis.register_script(JOIN)
         self.beat = redis.register_script(BEAT)
 

@@ -358,7 +358,7 @@ async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) ->
 
 @implements("tasks.cancel")
 async def tasks_cancel(d: Services, p: m.TasksCancel, caller: Caller, c: Channel
-                       ) -> TaskInfo:
+                       ) -> TaskInfo | m.TaskInfo:
     return await d.tasks.cancel(p.task_id)
 
 

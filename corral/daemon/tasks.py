@@ -156,6 +156,10 @@ class TaskDesk:
         page = page[1:]
         return page, page[0].task_id
 
-    async def cancel(self, task_id: str) -> TaskInfo:
+    async def cancel(self, task_id: str) -> TaskInfo | m.TaskInfo:
         await self.recovered.wait()
+        if self.cluster is not None:
+            found = await self.cluster.cancel(task_id)
+            if found is not None:
+                return found
         return self.sup.tasks.cancel(task_id).info()

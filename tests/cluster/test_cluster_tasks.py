@@ -151,3 +151,34 @@ def test_higher_priority_runs_first_and_the_queue_is_bounded(tmp: Path,
         started = {t: a.call("tasks.get", {"task_id": t, "wait": True})["started"]
                    for t in [busy, *low, *high, *more]}
         assert max(started[t] for t in high) < min(started[t] for t in low)
+
+
+def test_a_cluster_task_is_cancelled_from_any_node(tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+
+        def submit(seconds: float) -> str:
+            return str(a.call("tasks.run", {"agent": "sleepy", "detach": True,
+                                            "input": {"do": "sleep", "seconds": seconds}}
+                              )["task_id"])
+
+        running, queued = submit(30), submit(30)
+        wait_until(lambda: b.call("stats.get")["tasks"]["total"]["running"] == 1,
+                   what="b busy")
+        got = a.call("tasks.cancel", {"task_id": queued})
+        assert (got["status"], got["error"]["message"], got["attempts"]) == (
+            "cancelled", "cancelled while queued", [])
+        got = a.call("tasks.cancel", {"task_id": running})  # b cancels it at its beat
+        assert got["status"] == "cancelled"
+        assert [(x["node"], x["outcome"]) for x in got["attempts"]] == [("b", "cancelled")]
+        r = a.cli("cancel", running)
+        assert r.returncode == 1
+        assert r.stderr.strip() == f"corral: task {running} already finished (cancelled)"
+        # on the node running it: at once
+        third = submit(30)
+        wait_until(lambda: b.call("stats.get")["tasks"]["total"]["running"] == 1,
+                   what="b busy again")
+        got = b.call("tasks.cancel", {"task_id": third})
+        assert got["status"] == "cancelled" and got["attempts"][0]["node"] == "b"
+        assert a.call("tasks.get", {"task_id": third})["status"] == "cancelled"
