@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import hiredis
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -18,15 +20,46 @@ from ..jsonrpc import RpcError
 from ..supervisor.config import ClusterSettings
 
 
+class _PackedByHiredis:
+    """Commands packed by hiredis, in C, not by redis-py's asyncio connection in Python
+    (which does so only for its synchronous one): that packing was the largest part of a
+    node's CPU per cluster task (its script calls carry a dozen arguments)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):  # "SCRIPT LOAD": a command of two words
+            args = (*args[0].encode().split(), *args[1:])
+        return [hiredis.pack_command(args)]
+
+
+class _Tcp(_PackedByHiredis, Connection):
+    pass
+
+
+class _Tls(_PackedByHiredis, SSLConnection):
+    pass
+
+
+class _Unix(_PackedByHiredis, UnixDomainSocketConnection):
+    pass
+
+
+_PACKED: dict[type, type] = {Connection: _Tcp, SSLConnection: _Tls,
+                             UnixDomainSocketConnection: _Unix}
+
+
 def connect(settings: ClusterSettings, node: str) -> Any:
     """The client (typed Any: redis-py's asyncio annotations say every reply may be an
     awaitable or not)."""
     # a reply may take a blocking read's `beat` plus the network: a TTL is the most any
     # call waits for a Redis that does not answer
-    return Redis.from_url(
+    client = Redis.from_url(
         settings.redis, decode_responses=False, retry=Retry(NoBackoff(), 0),
         socket_timeout=settings.node_ttl + settings.beat,
         socket_connect_timeout=settings.beat, client_name=f"corral:{node}")
+    # the URL chose the kind of connection (tcp, TLS, unix); its packing is hiredis's
+    pool = client.connection_pool
+    pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)
+    return client
 
 
 def shown(url: str) -> str:
