@@ -1,10 +1,12 @@
 """The node's Redis client: redis-py's asyncio client (hiredis parses its replies where
 installed), one pool per node. It reconnects by itself on the next command after a lost
-connection; nothing here retries a command (the callers know whether one may be)."""
+connection; only reads are tried again here (`read`): the callers know whether a write
+may be."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
@@ -14,10 +16,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..supervisor.config import ClusterSettings
+
+T = TypeVar("T")
 
 
 class _PackedByHiredis:
@@ -75,6 +80,16 @@ def shown(url: str) -> str:
 def why(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text.rstrip(".")
+
+
+async def read(call: Callable[[], Awaitable[T]]) -> T:
+    """A read, tried once more on a connection error: after Redis restarts, every
+    connection the pool kept is dead, and the first use of each says so (no retries are
+    configured, since not every write may be repeated; a read may)."""
+    try:
+        return await call()
+    except (RedisConnectionError, RedisTimeoutError):
+        return await call()
 
 
 def never_sent(exc: RedisError) -> bool:

@@ -25,7 +25,7 @@ from ..supervisor.tasks.admission import check_input, check_timeout
 from ..supervisor.tasks.host import TaskHost
 from . import records
 from .batch import Batcher
-from .connection import never_sent, unavailable, why
+from .connection import never_sent, read, unavailable, why
 from .keys import Keys
 from .membership import Membership, NodeView
 from .scripts import Scripts
@@ -107,10 +107,14 @@ class ClusterDesk:
         Redis does not answer."""
         if not is_task_id(task_id):
             return None
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self.keys.task(task_id))
-        pipe.lrange(self.keys.attempts(task_id), 0, -1)
-        rec, attempts = await pipe.execute()
+
+        async def get() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(self.keys.task(task_id))
+            pipe.lrange(self.keys.attempts(task_id), 0, -1)
+            return list(await pipe.execute())
+
+        rec, attempts = await read(get)
         if not rec:
             return None
         return records.info(task_id, rec, attempts)

@@ -20,7 +20,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from ..supervisor.config import ClusterSettings
-from .connection import why
+from .connection import read, why
 from .keys import Keys, consumer
 from .scripts import Scripts
 
@@ -174,7 +174,8 @@ class Membership:
 
     async def nodes(self) -> list[NodeView]:
         """Every node that ever beat in this cluster, alive or not, by name."""
-        beats = [_beat.decode(v) for v in (await self.redis.hgetall(self.keys.nodes)).values()]
+        got = await read(lambda: self.redis.hgetall(self.keys.nodes))
+        beats = [_beat.decode(v) for v in got.values()]
         beats.sort(key=lambda b: b.node)
         if not beats:
             return []
@@ -186,8 +187,12 @@ class Membership:
         """Which of these consumers' liveness keys exist now."""
         if not consumers:
             return set()
-        pipe = self.redis.pipeline(transaction=False)
-        for c in consumers:
-            pipe.exists(self.keys.alive(c))
-        found = await pipe.execute()
+
+        async def exist() -> list[int]:
+            pipe = self.redis.pipeline(transaction=False)
+            for c in consumers:
+                pipe.exists(self.keys.alive(c))
+            return list(await pipe.execute())
+
+        found = await read(exist)
         return {c for c, n in zip(consumers, found, strict=True) if n}
