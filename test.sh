@@ -10,9 +10,11 @@ cd "$(dirname "$0")"
 # MCP client's conformance tests
 . scripts/npm-tools.sh
 # Debian's chromium (the dashboard's browser tests) and prometheus (promtool checks the
-# /metrics exposition), pinned, installed with apt-get where missing
+# /metrics exposition) and bubblewrap (sandbox = "bwrap"), pinned, installed with apt-get
+# where missing
 . scripts/browser.sh
 . scripts/prometheus.sh
+. scripts/bwrap.sh
 # Debian's redis-server, pinned, for the cluster tests (each starts its own server)
 . scripts/redis.sh
 echo "== ruff"

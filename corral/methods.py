@@ -114,6 +114,9 @@ class ReplicaStatus(msgspec.Struct):
     rss_bytes: int
     open_fds: int
     tasks_running: int
+    # an agent with [health]: whether the replica takes new tasks, and why not
+    ready: bool | None = None
+    health: str | None = None
 
 
 class McpInstanceStatus(Result):
@@ -179,10 +182,24 @@ class TaskTotals(TaskCounts):
     success_rate: float | None
 
 
+class ElasticStatus(msgspec.Struct):
+    """An elastic agent's autoscaling (docs/elastic.md): `state` is "awake", "waking" or
+    "asleep" (scaled to zero; a task wakes it)."""
+
+    state: str
+    replicas: int
+    desired: int
+    min_replicas: int
+    max_replicas: int
+    last: str | None = None  # the last change, in words: "up 1 -> 3: load 9 over ..."
+    last_time: float | None = None
+
+
 class AgentsStatusResult(Result):
     agents: list[ReplicaStatus]
     mcp_servers: list[McpInstanceStatus]
     tasks: dict[str, AgentTaskStats | None]
+    elastic: dict[str, ElasticStatus] = {}  # by agent, the elastic ones
 
 
 class Started(Result):
@@ -213,6 +230,13 @@ class ReplicaBrief(Result):
     pid: int | None
 
 
+class PauseResult(Result):
+    """The replicas a pause or resume named, and their states after it."""
+
+    agent: str
+    replicas: list[ReplicaBrief]
+
+
 class DescribeResult(Result):
     name: str
     origin: str
@@ -235,10 +259,23 @@ class Revision(msgspec.Struct):
     version: str | None = None  # and the package's version
 
 
+class ScalingDecision(msgspec.Struct):
+    """A change of an agent's replica count the autoscaler made (not a revision: the
+    spec is unchanged); the daemon keeps the last ones in memory."""
+
+    time: float
+    previous: int
+    replicas: int
+    desired: int
+    direction: str  # up, down, wake, sleep, hibernate, held
+    reason: str
+
+
 class HistoryResult(Result):
     name: str
     current: int | None
     revisions: list[Revision]
+    scaling: list[ScalingDecision] = []  # the autoscaler's last changes, oldest first
 
 
 class RollbackResult(Result):
@@ -319,6 +356,32 @@ class SupervisorStats(Result):
     state_writes: dict[str, Any] | None
     # why new tasks are refused now (the journal cannot write), or None
     task_journal_refusing: str | None
+    # usage/report notifications not counted (bad numbers, a task not the agent's)
+    usage_reports_ignored: int = 0
+
+
+class Usage(msgspec.Struct):
+    """Tokens and dollars an agent reported (usage/report), and in how many reports."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    reports: int = 0
+
+
+class ModelUsage(Usage):
+    """Usage in total and per model (supervisor.tasks.budget.ModelUsage's twin)."""
+
+    models: dict[str, Usage] = {}
+
+
+class AgentUsage(ModelUsage):
+    """An agent's usage since the daemon started, and what its budgets' windows hold."""
+
+    tokens_last_minute: float = 0.0
+    tokens_last_day: float = 0.0
+    cost_usd_last_day: float = 0.0
+    waiting: str | None = None  # the budget its waiting tasks are held by
 
 
 class AgentStats(Result):
@@ -327,6 +390,7 @@ class AgentStats(Result):
     restarts: int
     cpu_percent: float
     rss_bytes: int
+    usage: AgentUsage | None = None
 
 
 class TasksStats(Result):
@@ -421,6 +485,10 @@ class TaskInfo(_TaskHead):
     error: TaskError | None
     attempts: list[Attempt]
     output_dropped: bool = False
+    usage: ModelUsage | None = None  # what the worker reported (usage/report)
+    waiting: str | None = None  # why a queued task is not started yet (a budget)
+    # seconds from accepted to its first start (a sleeping agent's wake among it)
+    queue_wait: float | None = None
 
 
 class TaskSummary(_TaskHead):
@@ -552,6 +620,25 @@ class AgentsSignal(Selection):
     """Send a signal (a name like HUP or SIGUSR1, or a number) to agents' processes."""
 
     signal: str = "TERM"
+
+
+@method("agents.pause", result=PauseResult, scope="agents:write", mutating=True)
+class AgentsPause(Params):
+    """Freeze an agent's replicas (or replica N) where they are, memory and process kept:
+    no task goes to them (tasks wait in the queue) and no heartbeat judges them until
+    resumed. Refused when a replica named is not running."""
+
+    name: str
+    replica: int | None = None
+
+
+@method("agents.resume", result=PauseResult, scope="agents:write", mutating=True)
+class AgentsResume(Params):
+    """Let paused replicas run on, each as it was (same process, no restart counted);
+    the tasks that waited go to them."""
+
+    name: str
+    replica: int | None = None
 
 
 @method("agents.describe", result=DescribeResult, scope="agents:read")
@@ -959,12 +1046,30 @@ class ReplicaChange(Result):
 class AgentRoster(Result):
     """`agents.roster`: an agent's replicas as a list changed (the agent was added or
     removed, scaled, or a rollout put a new process in a replica's place): all of them
-    now, as agents.status shows them; none: the agent is gone."""
+    now, as agents.status shows them; `removed`: the agent is gone."""
 
     id: str
     time: float
     agent: str
     replicas: list[ReplicaStatus]
+    # the agent is gone (no replicas and not removed: scaled to zero, an elastic agent
+    # asleep)
+    removed: bool = False
+
+
+class HealthNote(Result):
+    """`agents.health`: a health check of a replica flipped ([health]: passed, failed)
+    and what corral did (ready, unready, restart, restart held, drain, exec, event)."""
+
+    id: str
+    time: float
+    agent: str
+    replica: int
+    check: str  # readiness or liveness
+    ok: bool
+    action: str
+    text: str  # the sentence logs show
+    row: ReplicaStatus | None  # the replica as agents.status shows it now
 
 
 class ReplicaSample(msgspec.Struct, array_like=True):
@@ -991,8 +1096,9 @@ class ReplicaSamples(Result):
 @method("agents.watch", result=None, scope="agents:read", endless=True)
 class AgentsWatch(Params):
     """The fleet as it changes: `agents.snapshot` (every replica), then an
-    `agents.transition` per replica state change and an `agents.roster` when an agent's
-    replicas change as a list, each with an id, until the client disconnects; with an
+    `agents.transition` per replica state change, an `agents.roster` when an agent's
+    replicas change as a list and an `agents.health` when a health check flips, each with
+    an id, until the client disconnects; with an
     interval, `agents.sample` (CPU, memory, uptime) that often. A client that falls behind
     the changes kept is sent a new snapshot (`resync`) instead of them."""
 

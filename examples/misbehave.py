@@ -33,10 +33,14 @@ As a task, by its input {"do": WHAT, ...}:
   state         return the state this worker was given (or last checkpointed)
   modules       {"names": [...]}: which of these modules are imported so far
   env           return its environment (os.environ)
+  usage         report usage: each of {"reports": [{input_tokens, output_tokens,
+                cost_usd, model}, ...]} with ctx.report_usage, then return
   raw           send {"method": M, "params": P} to corral, as a request, or as a
                 notification with {"notify": true}; return the answer or the error
 
 At start-up, MISBEHAVE=bad-init makes the SDK's on_initialize hook raise.
+On `hibernate` it checkpoints {"hibernated": true, "before": STATE}; MISBEHAVE=no-hibernate
+makes it never answer.
 """
 
 import os
@@ -172,6 +176,10 @@ def handle(task, ctx):
         return {"state": ctx.state}
     if what == "modules":  # which of these modules the worker has imported so far
         return {name: name in sys.modules for name in task["names"]}
+    if what == "usage":
+        for report in task.get("reports", []):
+            ctx.report_usage(**report)
+        return {"reported": len(task.get("reports", []))}
     if what == "raw":
         if task.get("notify"):
             ctx._worker.notify(task["method"], task.get("params"))
@@ -204,4 +212,10 @@ def on_initialize(params):
     return {}
 
 
-run(handle, on_event=on_event, on_initialize=on_initialize)
+def on_hibernate(state):
+    if mode == "no-hibernate":
+        time.sleep(3600)
+    return {"hibernated": True, "before": state}
+
+
+run(handle, on_event=on_event, on_initialize=on_initialize, on_hibernate=on_hibernate)

@@ -11,6 +11,7 @@ import msgspec.inspect as mi
 
 from corral.supervisor.config import (
     AgentSpec,
+    Autoscale,
     Config,
     Limits,
     McpServerSpec,
@@ -22,6 +23,7 @@ from .conftest import ROOT
 SECTIONS: dict[str, Any] = {
     "[supervisor]": SupervisorSettings,
     "[agents.NAME]": AgentSpec,
+    "[agents.NAME.autoscale]": Autoscale,
     "[agents.NAME.limits]": Limits,
     "[mcp_servers.NAME]": McpServerSpec,
 }

@@ -14,8 +14,8 @@ from corral.supervisor.restart import RestartPolicy
 def test_every_state_has_a_row_and_names_are_fixed() -> None:
     assert set(lifecycle.TRANSITIONS) == set(State)
     assert [s.value for s in State] == [
-        "initial", "starting", "ready", "busy", "idle", "shutting_down", "terminated",
-        "backoff", "failed"]
+        "initial", "starting", "ready", "busy", "idle", "paused", "shutting_down",
+        "terminated", "backoff", "failed"]
 
 
 @pytest.mark.parametrize(("a", "b"), [

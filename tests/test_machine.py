@@ -9,7 +9,10 @@ import pytest
 from corral.supervisor.lifecycle import (
     LIVE,
     RUNNING,
+    SERVING,
     TABLE,
+    TAKE_DOWN,
+    TRANSITIONS,
     Cause,
     IllegalTransition,
     Machine,
@@ -167,7 +170,7 @@ def test_the_table_is_what_the_design_says() -> None:
     # a running state
     for s in RUNNING:
         leaving = {c for (st, c), step in TABLE.items()
-                   if st == s and step.target not in (None, *RUNNING)}
+                   if st == s and step.target not in (None, *RUNNING, State.PAUSED)}
         assert leaving == {Cause.STOP, Cause.HANG, Cause.CAP, Cause.UNREAD, Cause.UNHEALTHY,
                            Cause.ERROR, Cause.CRASH}
     assert {c for (st, c) in TABLE if st == State.SHUTTING_DOWN and
@@ -178,3 +181,82 @@ def test_the_table_is_what_the_design_says() -> None:
         (State.TERMINATED, Cause.POLICY_RESTART), (State.TERMINATED, Cause.SPAWN_RETRY)}
     assert {c for (_, c), step in TABLE.items() if step.spawn} == {
         Cause.SPAWN, Cause.BACKOFF_OVER}
+
+
+# -- pause and resume -----------------------------------------------------------------------
+@pytest.mark.parametrize("state", sorted(SERVING))
+def test_a_pause_freezes_and_a_resume_goes_back_to_where_it_was(state: State) -> None:
+    m = Recorder().at(state)
+    step = m.fire(Cause.PAUSE, "paused by uid 0")
+    assert step.freeze and not step.shutdown and m.state == State.PAUSED
+    assert m.paused_in == state
+    assert m.fire(Cause.PAUSE, "paused again").target is None and m.state == State.PAUSED
+    step = m.fire(Cause.RESUME, "resumed by uid 0")
+    assert step.thaw and step.back and step.serving and not step.spawn
+    assert m.state == state and m.paused_in is None
+    assert [(a, b, c) for a, b, c, _ in m.events] == [
+        (state, State.PAUSED, Cause.PAUSE), (State.PAUSED, state, Cause.RESUME)]
+    # the same life: no restart, nothing forgotten or begun
+    assert (m.restarts, m.counted, m.fresh_lives, m.stays) == (0, [], 0, 0)
+
+
+def test_a_task_ending_while_paused_resumes_to_idle_silently() -> None:
+    m = Recorder().at(State.BUSY)
+    m.fire(Cause.PAUSE, "paused")
+    assert m.fire(Cause.DONE, "task t done").target is None and m.state == State.PAUSED
+    assert m.paused_in == State.IDLE and len(m.events) == 1
+    # (no task starts on a paused replica; were one told, Ready and Idle would be Busy)
+    m.fire(Cause.TASK, "task u")
+    assert m.paused_in == State.BUSY
+    m.fire(Cause.DONE, "task u done")
+    m.fire(Cause.RESUME, "resumed")
+    assert m.state == State.IDLE
+
+
+@pytest.mark.parametrize("state", sorted(set(State) - SERVING))
+def test_only_a_serving_replica_pauses_and_only_a_paused_one_resumes(state: State) -> None:
+    m = Recorder().at(state)
+    assert not m.moves(Cause.PAUSE) or state == State.PAUSED
+    assert m.fire(Cause.PAUSE, "paused").target is None and m.state == state
+    if state != State.PAUSED:
+        assert not m.moves(Cause.RESUME)
+        assert m.fire(Cause.RESUME, "resumed").target is None and m.state == state
+        assert not m.events
+
+
+@pytest.mark.parametrize("cause", sorted(TAKE_DOWN))
+def test_a_take_down_of_a_paused_replica_thaws_it_first(cause: Cause) -> None:
+    m = Recorder().at(State.IDLE)
+    m.fire(Cause.PAUSE, "paused")
+    step = m.fire(cause, "why")
+    assert step.thaw and step.shutdown and m.state == State.SHUTTING_DOWN
+    assert m.paused_in is None and m._stay_down == (cause == Cause.STOP)
+    assert m.exit_cause is Cause.EXIT and m.taken_down_for() == "why"
+    m.fire(Cause.EXIT, "gone")
+    d = m.decide(clean=False, uptime=0.0, now=0.0, closing=False, reason="gone")
+    assert (d is None) == (cause == Cause.STOP)
+
+
+def test_a_crash_while_paused_is_a_crash_and_thaws() -> None:
+    m = Recorder().at(State.BUSY)
+    m.fire(Cause.PAUSE, "paused")
+    assert m.fire(Cause.SPAWN, "start").target is None  # it has a process
+    assert not m.fire(Cause.BACKOFF_OVER, "late timer").spawn
+    step = m.fire(m.exit_cause, "killed by SIGKILL")
+    assert step.thaw and step.decide and step.down and m.state == State.TERMINATED
+    d = m.decide(clean=False, uptime=1.0, now=0.0, closing=False, reason="killed")
+    assert d is not None and m.fire(d.cause, d.reason).tally
+    assert m.counted == [Cause.CRASH]
+    m.fire(Cause.BACKOFF_OVER, "restart #1")
+    assert m.paused_in is None and m.state == State.STARTING
+
+
+def test_paused_is_live_and_settled_and_its_edges_are_the_tables() -> None:
+    assert State.PAUSED in LIVE and State.PAUSED not in RUNNING | SERVING
+    assert TRANSITIONS[State.PAUSED] == SERVING | {State.SHUTTING_DOWN, State.TERMINATED}
+    assert {s for (s, c), step in TABLE.items() if c == Cause.PAUSE and step.freeze} == set(
+        SERVING)
+    assert {(s, c) for (s, c), step in TABLE.items() if step.thaw} == {
+        (State.PAUSED, c) for c in (*TAKE_DOWN, Cause.CRASH, Cause.RESUME)}
+    with pytest.raises(IllegalTransition, match="from paused on ready"):
+        Recorder().at(State.PAUSED).fire(Cause.READY, "initialized")

@@ -138,6 +138,10 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         ask("agents.status", {"names": ["hello"]})
         ask("agents.start", {"names": ["hello#0"]})
         ask("agents.signal", {"names": ["hello"], "signal": "CONT"})
+        paused = ask("agents.pause", {"name": "hello", "replica": 1})
+        assert [(r.replica, r.state) for r in paused.replicas] == [(1, "paused")]
+        resumed = ask("agents.resume", {"name": "hello"})
+        assert [r.state for r in resumed.replicas] == ["ready", "ready"]
         ask("agents.restart", {"names": ["hello#1"]})
         ask("agents.stop", {"names": ["idle"]})
         ask("agents.describe", {"name": "hello"})

@@ -341,8 +341,8 @@ async def test_releases_past_keep_releases_go_least_recently_current_first(
 @pytest.mark.deadline(90)
 async def test_a_release_that_does_not_stay_up_is_refused(tmp_path: Path,
                                                           uv_cache: Path) -> None:
-    """Ready, then gone before min_healthy_time: not taken (the health checks of issue 24
-    do not exist yet: staying Ready is the check)."""
+    """Ready, then gone before min_healthy_time: not taken (without [health], staying
+    Ready is the check; with it, passing readiness too: tests/test_health.py)."""
     dies = ("import threading\nthreading.Timer(0.5, lambda: os._exit(3)).start()"
             "\n")
     v1 = package(tmp_path / "v1", "1.0")
@@ -361,6 +361,32 @@ async def test_a_release_that_does_not_stay_up_is_refused(tmp_path: Path,
         assert err.value.message.endswith("exited with status 3; the agent was not added")
         assert "fresh" not in d.services.sup.agents
         assert "fresh" not in d.services.store.runtime_agents()
+
+
+@pytest.mark.deadline(90)
+async def test_a_release_whose_health_check_fails_is_refused(tmp_path: Path,
+                                                             uv_cache: Path) -> None:
+    """The manifest's [agent.health]: a new release whose readiness check (the SDK's
+    @health_check) fails never takes a task; the current one keeps serving."""
+    sick = ("from corral.worker import health_check\n"
+            "@health_check('db')\n"
+            "def db():\n"
+            "    raise RuntimeError('no database at db.internal')\n")
+    health = ("healthy_deadline = 2.0\n[agent.health.readiness]\ncheck = \"db\"\n"
+              "interval = 0.1\nfailures = 1\n")
+    v1 = package(tmp_path / "v1", "1.0")
+    v2 = package(tmp_path / "v2", "2.0", extra=sick, manifest=health)
+    async with in_process(tmp_path, "", packages_toml(uv_cache)) as d:
+        await deploy(d, v1)
+        pid = d.services.sup.agent("greeter").replicas[0].pid
+        with pytest.raises(RpcError) as err:
+            await deploy(d, v2)
+        assert err.value.message.endswith(
+            'did not become ready: not ready within 2 s: readiness check "db" failed: '
+            "RuntimeError: no database at db.internal; the running processes keep "
+            "serving"), err.value.message
+        assert d.services.sup.agent("greeter").replicas[0].pid == pid
+        assert (await ask(d))["version"] == "1.0"
 
 
 async def test_a_package_named_as_a_config_files_agent_is_refused_before_a_build(

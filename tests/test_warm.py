@@ -8,11 +8,14 @@ import os
 import signal
 from pathlib import Path
 
+import psutil
 import pytest
 
 from corral.supervisor import Limits, LogLines, State, Supervisor
 from corral.supervisor.containment import TOKEN_VARIABLE
 from corral.supervisor.replica import Replica
+from corral.supervisor.zygote import PROGRAM as ZYGOTE_PROGRAM
+from corral.supervisor.zygote import Key, ZygoteUnavailable
 
 from .conftest import NOBODY_PY, PY, agent, nobody_reason
 
@@ -204,3 +207,22 @@ async def test_a_command_a_zygote_cannot_run_starts_cold_with_the_reason(
     await sup.wait_state("flags", State.TERMINATED)
     assert said[0] == ("warm start unavailable, starting cold: command is not "
                        "`PYTHON script.py ...` or `PYTHON -m module ...`")
+
+
+async def test_a_zygote_retired_while_it_starts_is_closed_and_never_served(
+        sup: Supervisor) -> None:
+    """A release pruned while its zygote starts: the zygote is closed once its start ends
+    (its waiter told why, to start cold), not kept serving an interpreter about to go."""
+    key = Key(PY, (), None, None, None)
+    waiter = asyncio.ensure_future(sup.zygotes.get(key, lambda: dict(os.environ)))
+    while key not in sup.zygotes._starting:
+        await asyncio.sleep(0)
+    sup.zygotes.retire(lambda k: k == key)
+    with pytest.raises(ZygoteUnavailable, match="zygote retired while it started"):
+        await asyncio.wait_for(waiter, 15)
+    assert sup.zygotes.zygotes == {} and sup.zygotes.started == 0
+    assert not [c.pid for c in psutil.Process().children()
+                if ZYGOTE_PROGRAM in " ".join(c.cmdline())]
+    # the key is not retired for ever: the next start of it serves
+    z = await asyncio.wait_for(sup.zygotes.get(key, lambda: dict(os.environ)), 15)
+    assert z.alive and sup.zygotes.zygotes == {key: z}

@@ -201,13 +201,18 @@ async def test_the_fleet_then_each_change_in_order_on_the_socket(tmp_path: Path)
             await d.dispatcher.call(SOCKET, "agents.remove", {"names": ["a"]})
             await notes.changes_of("a", 0, "terminated")
             roster = await notes.next("agents.roster")
-            assert (roster.agent, roster.replicas) == ("a", [])
+            assert (roster.agent, roster.replicas, roster.removed) == ("a", [], True)
             await d.dispatcher.call(SOCKET, "agents.add", {"agents": {
                 "c": {"command": sup.agent("b").spec.command, "autostart": False,
                       "env": sup.agent("b").spec.env}}})
             roster = await notes.next("agents.roster")
             assert (roster.agent, [(r.replica, r.state) for r in roster.replicas]) == (
                 "c", [(0, "initial")])
+            assert not roster.removed
+            # scaled to zero, not removed (an elastic agent asleep is so too)
+            await d.dispatcher.call(SOCKET, "agents.scale", {"name": "c", "replicas": 0})
+            roster = await notes.next("agents.roster")
+            assert (roster.agent, roster.replicas, roster.removed) == ("c", [], False)
 
 
 @pytest.mark.deadline(60)

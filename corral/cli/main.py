@@ -226,7 +226,8 @@ def _check_manifest(path: Path) -> None:
 
 
 # -- reading ------------------------------------------------------------------------------
-RUNNING_STATES = ("starting", "ready", "busy", "idle")
+# (paused: an operator's choice, not a failure)
+RUNNING_STATES = ("starting", "ready", "busy", "idle", "paused")
 EXIT_NOT_RUNNING = 3  # as `systemctl status`: some listed agent is failed or not running
 
 
@@ -270,10 +271,13 @@ def _watch(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"{iso_time(params['time'], ms=True)} "
                        f"{params['agent']}#{params['replica']}{pid} "
                        f"{params['previous']} -> {params['state']}: {params['reason']}")
+        elif method == "agents.health":
+            click.echo(f"{iso_time(params['time'], ms=True)} "
+                       f"{params['agent']}#{params['replica']} {params['text']}")
         elif method == "agents.roster":
             n = len(params["replicas"])
             click.echo(f"{iso_time(params['time'], ms=True)} {params['agent']}: "
-                       + (plural(n, "replica") if n else "removed"))
+                       + ("removed" if params.get("removed", not n) else plural(n, "replica")))
         sys.stdout.flush()
 
     obj.call("agents.watch", m.AgentsWatch(names=list(names)), on_notification=on_note)
@@ -283,16 +287,26 @@ def _print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
     rows = []
     for a in st.agents:
         rows.append([
-            f"{a.name}#{a.replica}", a.state, str(a.pid or "-"),
+            f"{a.name}#{a.replica}",
+            # readiness ([health]): serving, but no new task goes to it
+            f"{a.state} (unready)" if a.ready is False and a.state in ("ready", "idle", "busy")
+            else a.state, str(a.pid or "-"),
             _human_time(a.uptime), str(a.restarts), f"{a.cpu_percent:.1f}",
             _human_bytes(a.rss_bytes) if a.rss_bytes else "-",
             a.reason if a.state not in ("ready", "idle", "busy") else (
+                f"unready: {a.health}" if a.ready is False and a.health else
                 f"last exit: {a.last_exit}" if a.last_exit else ""),
         ])
     _table(rows, ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "REASON"])
     if with_mcp and st.mcp_servers:
         click.echo()
         _print_mcp(st.mcp_servers)
+    for name, e in st.elastic.items():
+        line = (f"{name}: {e.state}, {plural(e.replicas, 'replica')} (autoscale "
+                f"{e.min_replicas}..{e.max_replicas}, wants {e.desired})")
+        if e.state == "asleep":
+            line += "; a task wakes it"
+        click.echo(line + (f"; last: {e.last}" if e.last else ""))
     for name, t in st.tasks.items():
         if t and t.accepted:
             rate = t.success_rate
@@ -340,7 +354,30 @@ def stats(obj: Ctx, since: str | None, agent: str | None, resolution: str | None
                          _ms(v) for v in (lat.p50, lat.p95, lat.p99) if v is not None)])
     _table(rows, ["AGENT", "SERVING", "RESTARTS", "CPU%", "RSS", "TASKS", "OK", "FAILED",
                   "QUEUED", "P50/P95/P99 MS"])
+    _print_usage(st.agents)
     _print_gateway(st.gateway)
+
+
+def _print_usage(agents: dict[str, m.AgentStats]) -> None:
+    """Token and cost usage per agent and model, when an agent reported any; then its
+    budgets' windows, and why its tasks wait if a budget holds them."""
+    rows, windows = [], []
+    for name, a in agents.items():
+        u = a.usage
+        if u is None:
+            continue
+        for model, mu in sorted(u.models.items()):
+            rows.append([name, model, f"{mu.input_tokens:,}", f"{mu.output_tokens:,}",
+                         f"{mu.cost_usd:.4f}", str(mu.reports)])
+        windows.append([name, f"{u.tokens_last_minute:,.0f}", f"{u.tokens_last_day:,.0f}",
+                        f"{u.cost_usd_last_day:.4f}", u.waiting or "-"])
+    if rows:
+        click.echo("")
+        _table(rows, ["AGENT", "MODEL", "INPUT TOKENS", "OUTPUT TOKENS", "COST USD",
+                      "REPORTS"])
+    if windows:
+        click.echo("")
+        _table(windows, ["AGENT", "TOKENS/MINUTE", "TOKENS/DAY", "USD/DAY", "WAITING"])
 
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -472,6 +509,33 @@ def signal(obj: Ctx, sig: str, names: tuple[str, ...]) -> None:
                                    m.AgentsSignal(names=targets, all=all_, signal=sig))
     for s in res.signalled:
         click.echo(f"{res.signal} sent to {s.replica} (pid {s.pid})")
+
+
+def _pause_command(verb: str) -> None:
+    """`corral pause|resume NAME[#N]`: one shape, two control methods."""
+    method = f"agents.{verb}"
+    params = REGISTRY[method].params
+
+    def command(obj: Ctx, target: str, as_json: bool) -> None:
+        try:
+            name, index = m.parse_target(target)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="NAME[#N]") from None
+        res: m.PauseResult = obj.call(method, params(name=name, replica=index))
+        if as_json:
+            _print_json(res)
+            return
+        for r in res.replicas:
+            click.echo(f"{res.agent}#{r.replica}: {r.state}"
+                       + (f" (pid {r.pid})" if r.pid else ""))
+
+    fn: Any = json_option(pass_ctx(command))
+    fn = click.argument("target", metavar="NAME[#N]", shell_complete=_complete_agents)(fn)
+    cli.command(verb, help=doc(method) + "\n\nNAME: every replica; NAME#N: one.")(fn)
+
+
+for _verb in ("pause", "resume"):
+    _pause_command(_verb)
 
 
 @cli.command(help="Print the pid of each running replica of NAME (or of NAME#N), one a line; "
@@ -641,6 +705,10 @@ def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
     if as_json:
         _print_json(res)
         return
+    _print_history(res)
+
+
+def _print_history(res: m.HistoryResult) -> None:
     rows = [[("* " if r.revision == res.current else "  ") + str(r.revision),
              _stamp(r.time), r.who, r.change] for r in res.revisions]
     headers = ["  REV", "TIME", "WHO", "CHANGE"]
@@ -649,6 +717,10 @@ def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
                 for row, r in zip(rows, res.revisions, strict=True)]
         headers = [*headers[:2], "RELEASE", "VERSION", *headers[2:]]
     _table(rows, headers)
+    if res.scaling:  # the autoscaler's changes: not revisions, the spec is unchanged
+        click.echo()
+        _table([[_stamp(s.time), s.direction, f"{s.previous} -> {s.replicas}", s.reason]
+                for s in res.scaling], ["TIME", "AUTOSCALE", "REPLICAS", "REASON"])
 
 
 def _stamp(t: float) -> str:
@@ -1035,13 +1107,20 @@ def task_get(obj: Ctx, task_id: str, wait: bool, reconnect: float, as_json: bool
     if as_json:
         _print_json(res)
         return
-    for key in ("task_id", "agent", "status", "priority", "tool_calls", "progress", "output",
-                "error"):
+    for key in ("task_id", "agent", "status", "priority", "queue_wait", "tool_calls",
+                "progress", "output", "error"):
         val = msgspec.to_builtins(getattr(res, key))
         if key == "output" and res.output_dropped:
             val = "(dropped from memory: the daemon keeps tasks_kept_mb of outputs)"
         if val is not None:
             click.echo(f"{key}: {json.dumps(val) if isinstance(val, dict | list) else val}")
+    if res.waiting is not None:
+        click.echo(f"waiting: {res.waiting}")
+    if res.usage is not None:
+        u = res.usage
+        click.echo(f"usage: {u.input_tokens + u.output_tokens:,} tokens ({u.input_tokens:,} "
+                   f"in, {u.output_tokens:,} out), ${u.cost_usd:.4f}, models "
+                   + ", ".join(sorted(u.models)))
     for i, a in enumerate(res.attempts, 1):
         where = f"node {a.node} " if isinstance(a.node, str) else ""
         click.echo(f"attempt {i}: {where}replica {a.replica} pid {a.pid} {a.outcome}"

@@ -436,6 +436,8 @@ AGENT_RULES: dict[str, AgentRule] = {
     "agents.add": AgentRule(_adding),
     "agents.remove": AgentRule(_targets("names")),
     "agents.scale": AgentRule(_one("name")),
+    "agents.pause": AgentRule(_one("name")),
+    "agents.resume": AgentRule(_one("name")),
     "logs.tail": AgentRule(_targets("names"), filter=_lines_filter),
     "logs.follow": AgentRule(_targets("names"), channel=_seen({"logs.lines": _new_lines})),
     "stats.get": AgentRule(_nothing, filter=_stats_filter),
@@ -443,7 +445,8 @@ AGENT_RULES: dict[str, AgentRule] = {
     "stats.watch": AgentRule(_nothing, channel=_seen({"stats.sample": _stats_filter})),
     "agents.watch": AgentRule(_targets("names"), channel=_seen({
         "agents.snapshot": _rows_filter("name"), "agents.sample": _rows_filter("agent"),
-        "agents.transition": _of_agent, "agents.roster": _of_agent})),
+        "agents.transition": _of_agent, "agents.roster": _of_agent,
+        "agents.health": _of_agent})),
     "tasks.run": AgentRule(_AGENT_PARAM),
     "tasks.get": AgentRule(_nothing, filter=_task_filter),
     "tasks.list": AgentRule(_AGENT_PARAM, filter=_tasks_filter),

@@ -108,7 +108,26 @@ async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Chann
         agents=_wire([r.status() for a in agents for r in a.replicas]),
         mcp_servers=_wire(d.sup.mcp.status()),
         tasks=_wire({a.name: stats.get(a.name) for a in agents}),
+        elastic=_elastic(d, agents),
     )
+
+
+def _elastic(d: Services, agents: list[Agent]) -> dict[str, m.ElasticStatus]:
+    out: dict[str, m.ElasticStatus] = {}
+    for a in agents:
+        e = d.sup.elastic.status(a.name)
+        if e is None:
+            continue
+        p = e.decider.policy
+        last = e.last
+        out[a.name] = m.ElasticStatus(
+            state=d.sup.elastic.shown_state(a.name) or e.state, replicas=len(a.replicas),
+            desired=e.desired,
+            min_replicas=p.min_replicas, max_replicas=p.max_replicas,
+            last=None if last is None else (f"{last.direction} {last.previous} -> "
+                                            f"{last.replicas}: {last.reason}"),
+            last_time=None if last is None else last.time)
+    return out
 
 
 def _wire(value: Any) -> Any:
@@ -180,6 +199,30 @@ async def agents_signal(d: Services, p: m.AgentsSignal, caller: Caller, c: Chann
 _SIGNALS = {int(s) for s in signal.Signals}
 
 
+def _user(caller: Caller) -> str:
+    """The user behind a call (not the one process: `Caller.who`), as a pause's reason and
+    an event's source name it."""
+    return f"token {caller.token}" if caller.token is not None else f"uid {caller.uid}"
+
+
+def _paused(name: str, replicas: list[Replica]) -> m.PauseResult:
+    return m.PauseResult(agent=name, replicas=[
+        m.ReplicaBrief(replica=r.index, state=r.state.value, pid=r.status().pid)
+        for r in replicas])
+
+
+@implements("agents.pause")
+async def agents_pause(d: Services, p: m.AgentsPause, caller: Caller, c: Channel
+                       ) -> m.PauseResult:
+    return _paused(p.name, await d.sup.pause(p.name, p.replica, f"paused by {_user(caller)}"))
+
+
+@implements("agents.resume")
+async def agents_resume(d: Services, p: m.AgentsResume, caller: Caller, c: Channel
+                        ) -> m.PauseResult:
+    return _paused(p.name, d.sup.resume(p.name, p.replica, f"resumed by {_user(caller)}"))
+
+
 @implements("agents.describe")
 async def agents_describe(d: Services, p: m.AgentsDescribe,
                           caller: Caller, c: Channel) -> m.DescribeResult:
@@ -223,7 +266,11 @@ async def agents_history(d: Services, p: m.AgentsHistory,
                          caller: Caller, c: Channel) -> m.HistoryResult:
     d.sup.agent(p.name)
     revs = d.revisions.history(p.name, row_limit(p.limit))
-    return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name), revisions=_wire(revs))
+    scaling = [m.ScalingDecision(time=s.time, previous=s.previous, replicas=s.replicas,
+                                 desired=s.desired, direction=s.direction, reason=s.reason)
+               for s in d.sup.elastic.decisions.get(p.name, ())]
+    return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name), revisions=_wire(revs),
+                           scaling=scaling[-row_limit(p.limit):])
 
 
 @implements("agents.rollback")
@@ -319,6 +366,7 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
             # a float even for no replicas, as the field says
             cpu_percent=round(sum((r.sample.cpu_percent for r in a.replicas), 0.0), 1),
             rss_bytes=sum(r.sample.rss_bytes for r in a.replicas),
+            usage=_wire(d.sup.tasks.budgets.stats(a.name)),
         )
     return m.StatsResult(
         supervisor=m.SupervisorStats(
@@ -327,7 +375,8 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
             log_lines_dropped=d.hub.lines_dropped,
             log_files_failing=d.hub.failing(),
             state_writes=(d.store.writer.stats() if d.store.writer is not None else None),
-            task_journal_refusing=d.tasks.refusing),
+            task_journal_refusing=d.tasks.refusing,
+            usage_reports_ignored=d.sup.tasks.budgets.bad_reports),
         agents=per_agent,
         tasks=_wire(d.sup.tasks.stats()),
         events=d.sup.events.stats(),
@@ -374,9 +423,7 @@ async def nodes_list(d: Services, p: m.NodesList, caller: Caller, c: Channel
 @implements("events.publish")
 async def events_publish(d: Services, p: m.EventsPublish, caller: Caller, c: Channel
                          ) -> m.Delivered:
-    # an event's source names the user, not the one process that published it
-    source = f"token {caller.token}" if caller.token is not None else f"uid {caller.uid}"
-    return m.Delivered(delivered=d.sup.events.publish(p.topic, p.data, source))
+    return m.Delivered(delivered=d.sup.events.publish(p.topic, p.data, _user(caller)))
 
 
 @implements("events.follow")

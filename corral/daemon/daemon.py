@@ -29,13 +29,22 @@ from .. import __version__
 from ..jsonrpc import LineBlock
 from ..methods import ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
-from ..supervisor.config import Config, ConfigError, load_config
+from ..supervisor.config import (
+    Config,
+    ConfigError,
+    check_sandboxes,
+    config_files,
+    load_config,
+)
 from ..supervisor.containment import Containment, ProcessEnded, ProcessStarted, read_stat
 from ..supervisor.core import Supervisor
-from ..supervisor.lifecycle import LIVE, SERVING, State
+from ..supervisor.elastic import Scaling
+from ..supervisor.health import AgentReadiness, HealthChange
+from ..supervisor.lifecycle import SERVING, TRANSIENT, State
 from ..supervisor.process_replica import Event, Exited, LogLines
 from ..supervisor.stream import Checkpoint, ListChanged, Stall, Tick
 from ..supervisor.tasks import TaskRecord
+from ..supervisor.tasks.budget import DAY
 from ..text import plural
 from . import journald
 from .api import Caller, Dispatcher
@@ -63,7 +72,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral.daemon")
 # states in which a replica is neither up nor settled down: READY=1 waits for none to be
-UNSETTLED = (LIVE - SERVING) | {State.BACKOFF}
+UNSETTLED = TRANSIENT | {State.BACKOFF}
 STOP = -1  # queued like a signal: `daemon.shutdown`
 
 
@@ -112,6 +121,15 @@ class Daemon:
                 else resolve(base, s.socket) or default_socket())
         state_dir = resolve(base, s.state_dir) or default_state_dir()
         return Paths(sock, state_dir, resolve(base, s.log_dir) or default_log_dir(state_dir))
+
+    def _protected(self, cfg: Config, paths: Paths) -> list[tuple[str, str]]:
+        """What no sandboxed agent may write or reach: corral's config files, its state,
+        logs and control socket (the socket is where `paths` says, even before it is
+        bound: the sandbox masks it if it is there when an agent starts)."""
+        return [*config_files(cfg, self.config_path),
+                (str(paths.state_dir), "corral's state directory"),
+                (str(paths.log_dir), "corral's log directory"),
+                (str(paths.socket), "corral's control socket")]
 
     # -- the arbiter ------------------------------------------------------------------------
     async def run(self) -> int:
@@ -163,9 +181,11 @@ class Daemon:
     async def _setup(self, stack: contextlib.AsyncExitStack) -> Services:
         try:
             cfg = load_config(self.config_path)
+            paths = self._paths(cfg)
+            check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(self.config_path),
+                            self._protected(cfg, paths))
         except ConfigError as exc:
             raise StartupError(f"invalid config: {exc}") from None
-        paths = self._paths(cfg)
         sc = cfg.supervisor
         try:
             hub = LogHub(paths.log_dir, max_bytes=sc.log_max_bytes, backups=sc.log_backups,
@@ -193,6 +213,8 @@ class Daemon:
                          tasks_kept=sc.tasks_kept,
                          tasks_kept_bytes=int(sc.tasks_kept_mb * 1024 * 1024),
                          task_queue=task_queue)
+        sup.sandbox_program = sc.bwrap
+        sup.protected_paths = self._protected(cfg, paths)
         self.sup = sup
         gateway = GatewayService(sup, self._gateway_audit)
         try:
@@ -254,6 +276,7 @@ class Daemon:
             http = await self._start_http(stack, cfg, gateway, hub)
         fleet = Fleet(sup, store, writer, revisions, self.config_path.parent,
                       hub.daemon)
+        fleet.gateway = cfg.gateway
         desk = TaskDesk(sup, journal, hub.daemon)
         if cfg.cluster is not None:
             from ..cluster.node import ClusterNode  # redis-py only where [cluster] is
@@ -341,6 +364,11 @@ class Daemon:
                 stack.push_async_callback(journal.close)
                 unfinished = await asyncio.to_thread(journal.unfinished)
                 self.sup.tasks.journal = journal
+                # the budgets' windows as the journaled tasks' usage left them
+                budgets = self.sup.tasks.budgets
+                for agent, when, tokens, cost in await asyncio.to_thread(
+                        journal.usage_since, time.time() - DAY):
+                    budgets.restore(agent, tokens, cost, when)
         except StoreError as exc:
             raise StartupError(str(exc)) from None
         return store, writer, journal, unfinished
@@ -353,7 +381,10 @@ class Daemon:
         stream.subscribe(self._on_worker_log, LogLines)
         stream.subscribe(lambda _: self.notifier.watchdog(), Tick)
         stream.subscribe(self._on_stall, Stall)
+        stream.subscribe(self._on_health, HealthChange)
+        stream.subscribe(self._on_agent_readiness, AgentReadiness)
         stream.subscribe(self._on_transition, Event)
+        stream.subscribe(self._on_scaling, Scaling)
         self.notifier.track_status(self.status_line)
         stream.subscribe(gateway.on_transition, Event)
         stream.subscribe(lambda e: gateway.changed([e.kind]), ListChanged)
@@ -455,6 +486,8 @@ class Daemon:
         c = sup.census
         up = sum(c[s] for s in SERVING)
         line = f"{plural(len(sup.agents), 'agent')}, {up}/{plural(c.total(), 'replica')} ready"
+        if c[State.PAUSED]:
+            line += f", {c[State.PAUSED]} paused"
         failed = c[State.FAILED]
         if sup.mcp.servers:
             # tool-server instances are few next to agents, and this line is computed at
@@ -475,6 +508,23 @@ class Daemon:
             if self.sender is not None:
                 self.sender.lines(e.kind, e.name, e.replica, e.pid or 0, "event",
                                   [text.encode()])
+
+    def _on_scaling(self, s: Scaling) -> None:
+        """An autoscaling decision: a line of the agent's log, as its transitions are."""
+        text = f"autoscale {s.direction} {s.previous} -> {s.replicas}: {s.reason}"
+        self.hub.emit(s.agent, 0, 0, "event", LineBlock.one(text), when=s.time)
+
+    def _on_health(self, e: HealthChange) -> None:
+        """A check flipped: a line in the replica's log (`corral logs`), as transitions."""
+        self.hub.emit(e.agent, e.replica, e.pid or 0, "event", LineBlock.one(e.text),
+                      when=e.time)
+        if self.sender is not None:
+            self.sender.lines("agent", e.agent, e.replica, e.pid or 0, "event",
+                              [e.text.encode()])
+
+    def _on_agent_readiness(self, e: AgentReadiness) -> None:
+        self.hub.emit(e.agent, 0, 0, "event", LineBlock.one(e.text), when=e.time)
+        self.hub.daemon(e.text, priority=6 if e.ready else 4)
 
     def _on_stall(self, e: Stall) -> None:
         self.hub.daemon(f"event loop stalled for {e.seconds:.2f} s (not counted against any "
@@ -512,11 +562,16 @@ class Daemon:
         self.notifier.reloading()
         try:
             cfg = load_config(self.config_path)
+            protected = self._protected(cfg, self._paths(cfg))
+            check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(self.config_path), protected)
             # the tokens file is re-read: rotating a token is an edit and a reload
             s.gateway.configure(cfg.gateway, self.config_path.parent)
         except ConfigError:
             self.notifier.ready(self.status_line())
             raise
+        s.sup.sandbox_program = cfg.supervisor.bwrap
+        s.sup.protected_paths = protected
+        s.fleet.gateway = cfg.gateway
         result = await s.fleet.reload(cfg, who)
         self.notifier.ready(self.status_line())
         return result

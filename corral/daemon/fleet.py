@@ -23,8 +23,18 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..methods import ReloadResult
-from ..supervisor.config import AgentSpec, Config, ConfigError, check_command, parse_agents
+from ..supervisor.config import (
+    AgentSpec,
+    Config,
+    ConfigError,
+    GatewaySettings,
+    check_command,
+    check_sandboxes,
+    isolation_problem,
+    parse_agents,
+)
 from ..supervisor.core import Supervisor, SupervisorError
+from ..supervisor.elastic import scale_refusal
 from ..supervisor.names import name_problem, shown
 from ..supervisor.release import READY
 from ..text import plural
@@ -52,6 +62,7 @@ class Fleet:
         self.revisions = revisions
         self.config_dir = config_dir
         self.report = report
+        self.gateway = GatewaySettings()  # the config's, which network = "gateway" needs
         self.from_config: set[str] = set()  # agents declared by the config file
         # the replica count each config-declared agent has in the file (before a kept
         # `corral scale` is applied)
@@ -131,6 +142,11 @@ class Fleet:
                 if why:
                     raise ConfigError(f"agents.add: agents.{name}.command: {why} "
                                       "(--no-check to add it anyway)")
+                problem = isolation_problem(spec, self.gateway)
+                if problem:
+                    raise ConfigError(f"agents.add: agents.{name}.{problem}")
+            check_sandboxes(specs, self.sup.sandbox_program, "agents.add",
+                            self.sup.protected_paths)
         except ConfigError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         made: dict[str, list[Revision]] = {n: [] for n in specs}
@@ -183,6 +199,9 @@ class Fleet:
             agent = self.sup.agent(name)
             if replicas < 0:
                 raise RpcError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
+            why = scale_refusal(agent.spec, replicas)
+            if why:
+                raise RpcError(jsonrpc.INVALID_PARAMS, why)
             self.sup.check_fleet({name: replicas}, f"{plural(replicas, 'replica')} of {name}")
             # kept across daemon restarts: a runtime agent's table, or beside the config's
             # count; recorded before any replica starts or stops
@@ -202,7 +221,7 @@ class Fleet:
             # max_replicas while this one recorded (the turn is this agent's, the bound
             # the fleet's)
             await self._unit(writes, f"{name} was not scaled",
-                             lambda: agent.scale(replicas),
+                             lambda: self.sup.scale(name, replicas),
                              lambda: [*undo, *(unrecording(name, r.revision)
                                                for r in made)])
         self.told(made)
@@ -291,7 +310,10 @@ class Fleet:
             if spec is None:
                 continue
             if spec.replicas == declared:
-                spec.replicas = replicas
+                a = spec.autoscale
+                # a kept scale of an autoscaled agent is where it starts, within bounds
+                spec.replicas = replicas if a is None else min(
+                    max(replicas, a.min_replicas), a.max_replicas)
             else:
                 # the file says otherwise now: the file wins (kept while the database
                 # cannot be written; a restart would decide the same from the file)
@@ -373,7 +395,18 @@ class Fleet:
                 await agent.switch(spec)
             else:
                 await agent.roll(spec, start_stopped=False)
+        if spec.elastic:
+            # the count is the autoscaler's: kept, brought within new bounds only
+            have = len(agent.replicas)
+            a = spec.autoscale
+            want = have if a is None else min(max(have, a.min_replicas), a.max_replicas)
+            if not have and (a is None or not a.min_replicas):
+                want = 0  # asleep: the next task wakes it
         await agent.scale(want)
+        self.sup.elastic.track(agent)  # autoscale added, changed or taken away
+        # its budgets may be others now: tasks a budget held are judged again at once,
+        # not when the old window would have let them go (a day, for a day's budget)
+        self.sup.tasks.pump(name)
 
     def fill_cwd(self, spec: AgentSpec) -> None:
         """An agent added at runtime without a cwd runs where the config file is, as the

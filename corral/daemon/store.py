@@ -171,6 +171,11 @@ MIGRATIONS: list[Migration] = [
     """,
     # 7: the metrics history (history.py): samples, per-minute and per-hour roll-ups
     HISTORY_MIGRATION,
+    # 8: the usage a task's worker reported (usage/report; tasks/budget.py), JSON: the
+    # budgets' windows are rebuilt from it after a restart
+    """
+    ALTER TABLE tasks ADD COLUMN usage BLOB;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

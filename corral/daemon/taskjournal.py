@@ -54,6 +54,7 @@ import msgspec
 
 from ..supervisor.tasks import (
     Attempt,
+    ModelUsage,
     Task,
     TaskError,
     TaskInfo,
@@ -62,6 +63,7 @@ from ..supervisor.tasks import (
     raw_output_of,
     unknown_cursor,
 )
+from ..supervisor.tasks.budget import MINUTE
 from ..text import iso_time, plural
 from .store import RETRY_EVERY, GroupCommit, WriterThread, connect, errors_named
 
@@ -75,20 +77,39 @@ BEHIND_BYTES = 32 * 1024 * 1024  # inputs and outputs waiting to be written
 
 UPSERT = """
 INSERT INTO tasks (id, arrival, agent, priority, timeout, retries_left, created, started,
-                   finished, status, tool_calls, input, output, error, attempts, progress)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   finished, status, tool_calls, input, output, error, attempts, progress,
+                   usage)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
     retries_left = excluded.retries_left, started = excluded.started,
     finished = excluded.finished, status = excluded.status,
     tool_calls = excluded.tool_calls,
     input = CASE WHEN excluded.finished IS NULL THEN coalesce(excluded.input, input) END,
     output = coalesce(excluded.output, output), error = excluded.error,
-    attempts = excluded.attempts, progress = excluded.progress
+    attempts = excluded.attempts, progress = excluded.progress, usage = excluded.usage
+"""
+
+# the usage of the tasks that ended since :since (or have not), summed per agent and
+# bucket (module doc of supervisor/tasks/budget.py); two halves, each on its partial index
+# of the table. (CAST: a BLOB is JSONB to a newer SQLite's json functions; ours is text)
+USAGE_SINCE = """
+SELECT agent, CASE WHEN f < :recent THEN CAST(f / :minute AS INTEGER) * :minute
+                   ELSE CAST(f AS INTEGER) END AS w,
+       sum(coalesce(json_extract(u, '$.input_tokens'), 0)
+           + coalesce(json_extract(u, '$.output_tokens'), 0)),
+       sum(coalesce(json_extract(u, '$.cost_usd'), 0.0))
+FROM (SELECT agent, finished AS f, CAST(usage AS TEXT) AS u FROM tasks
+      WHERE finished >= :since AND usage IS NOT NULL
+      UNION ALL
+      SELECT agent, :now, CAST(usage AS TEXT) FROM tasks
+      WHERE finished IS NULL AND usage IS NOT NULL)
+GROUP BY agent, w
 """
 
 _encode = msgspec.json.encode
 _attempts = msgspec.json.Decoder(list[Attempt])
 _error = msgspec.json.Decoder(TaskError | None)
+_usage = msgspec.json.Decoder(ModelUsage)
 
 Row = tuple[Any, ...]
 
@@ -135,16 +156,30 @@ class TaskJournalDB:
         with errors_named(self.path):
             rows = self._reader.execute(
                 "SELECT id, agent, input, priority, timeout, retries_left, created, "
-                "started, status, tool_calls, attempts FROM tasks WHERE finished IS NULL "
-                "ORDER BY arrival").fetchall()
+                "started, status, tool_calls, attempts, usage FROM tasks WHERE finished IS "
+                "NULL ORDER BY arrival").fetchall()
         return [
             TaskRecord(task_id=tid, agent=agent,
                        input=msgspec.Raw(raw if raw is not None else b"null"),
                        priority=prio, timeout=timeout, retries_left=retries, created=created,
                        started=started, status=status, tool_calls=calls,
-                       attempts=_attempts.decode(attempts))
+                       attempts=_attempts.decode(attempts),
+                       usage=None if usage is None else _usage.decode(usage))
             for (tid, agent, raw, prio, timeout, retries, created, started, status,
-                 calls, attempts) in rows]
+                 calls, attempts, usage) in rows]
+
+    def usage_since(self, since: float) -> list[tuple[str, float, int, float]]:
+        """(agent, when, tokens, dollars) the tasks that reported usage and ended at or
+        after `since` (wall time), or have not ended (`when`: now), reported: what the
+        budgets' windows are rebuilt from at start-up, each task's usage counted at its
+        end. Summed per agent and minute (the day window's bucket), and to the second in
+        the last minute (the minute window's), in SQL: one row per bucket comes back."""
+        now = time.time()
+        with errors_named(self.path):
+            rows = self._reader.execute(USAGE_SINCE, {
+                "since": since, "now": now, "recent": now - MINUTE - 1.0,
+                "minute": MINUTE}).fetchall()
+        return [(agent, when, int(tokens), cost) for agent, when, tokens, cost in rows]
 
     def start_pruning(self) -> None:
         self._prune_tick()
@@ -276,17 +311,18 @@ class TaskJournalDB:
         with self._read_lock:
             row = self._reader.execute(
                 "SELECT id, agent, status, priority, created, started, finished, tool_calls, "
-                "progress, output, error, attempts FROM tasks WHERE id = ?",
+                "progress, output, error, attempts, usage FROM tasks WHERE id = ?",
                 (task_id,)).fetchone()
         if row is None:
             return None
         (tid, agent, status, prio, created, started, finished, calls, progress, output,
-         error, attempts) = row
+         error, attempts, usage) = row
         return TaskInfo(tid, agent, status, prio, created, started, finished, calls,
                         None if progress is None else msgspec.json.decode(progress),
                         raw_output_of(msgspec.Raw(output)) if output is not None else None,
                         None if error is None else _error.decode(error),
-                        _attempts.decode(attempts))
+                        _attempts.decode(attempts),
+                        usage=None if usage is None else _usage.decode(usage))
 
     def _query(self, agent: str | None, status: str | None, since: float | None,
                limit: int, before: str | None, sees: Callable[[str], bool] | None
@@ -365,7 +401,8 @@ def _row(task: Task, arrival: int | None, raw_input: msgspec.Raw | None) -> Row:
         task.raw_result,  # the worker's result as sent: {"output": ...}
         None if task.error is None else _encode(task.error),
         _encode(task.attempts),
-        None if task.progress is None else _encode(task.progress))
+        None if task.progress is None else _encode(task.progress),
+        None if task.usage is None else _encode(task.usage))
 
 
 def _size(row: Row) -> int:

@@ -28,6 +28,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from .. import methods as m
+from ..supervisor.health import HealthChange
 from ..supervisor.process_replica import Event
 from ..supervisor.stream import Roster
 
@@ -43,7 +44,7 @@ BATCH = 256  # changes sent to one watcher before it looks at its transport agai
 class Kept(NamedTuple):
     seq: int
     agent: str
-    method: str  # the notification: agents.transition or agents.roster
+    method: str  # the notification: agents.transition, agents.roster or agents.health
     params: Any  # its Struct, made once for every watcher
     weight: int  # replica rows it holds (at least 1)
 
@@ -80,7 +81,8 @@ class FleetWatch:
         if not self._subs:
             stream = self.sup.stream
             self._subs = [stream.subscribe(self._on_transition, Event),
-                          stream.subscribe(self._on_roster, Roster)]
+                          stream.subscribe(self._on_roster, Roster),
+                          stream.subscribe(self._on_health, HealthChange)]
 
     def close(self) -> None:
         for sub in self._subs:
@@ -114,8 +116,18 @@ class FleetWatch:
         rows = [r.status() for r in agent.replicas] if agent is not None else []
         seq = self.last + 1
         self._keep(Kept(seq, e.agent, "agents.roster", m.AgentRoster(
-            id=self.id_of(seq), time=time.time(), agent=e.agent, replicas=_wire(rows)),
+            id=self.id_of(seq), time=time.time(), agent=e.agent, replicas=_wire(rows),
+            removed=agent is None),
             max(1, len(rows))))
+
+    def _on_health(self, e: HealthChange) -> None:
+        agent = self.sup.agents.get(e.agent)
+        r = agent.replicas[e.replica] if agent and e.replica < len(agent.replicas) else None
+        row = r.status() if r is not None and r.pid == e.pid else None
+        seq = self.last + 1
+        self._keep(Kept(seq, e.agent, "agents.health", m.HealthNote(
+            id=self.id_of(seq), time=e.time, agent=e.agent, replica=e.replica,
+            check=e.check, ok=e.ok, action=e.action, text=e.text, row=_wire(row)), 1))
 
     def _keep(self, kept: Kept) -> None:
         self.last = kept.seq

@@ -13,8 +13,9 @@ import re
 import shlex
 import shutil
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 import msgspec.inspect
@@ -22,6 +23,7 @@ from msgspec import Meta
 
 from ..text import did_you_mean
 from .names import name_problem, shown
+from .sandbox import exposed, host_refusal
 
 MIB = 1024 * 1024
 
@@ -74,6 +76,67 @@ class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit
         return argv
 
 
+class Autoscale(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """[agents.NAME.autoscale]: the replica count follows the load (supervisor/autoscale.py,
+    docs/elastic.md); with it, `replicas` is the count the agent starts with."""
+
+    min_replicas: NonNegInt = 1  # 0: the agent sleeps after idle_after, a task wakes it
+    max_replicas: PositiveInt = 1
+    target_load: Positive = 1.0  # running + queued tasks per replica
+    upscale_delay: NonNeg = 2.0  # the panic window: more load held this long scales up
+    downscale_delay: NonNeg = 120.0  # the stable window: less load held this long scales down
+    max_step_up: NonNegInt = 0  # replicas added by one decision at most; 0: no bound
+    idle_after: NonNeg = 300.0  # with min_replicas = 0: seconds without work before sleeping
+
+
+class CheckSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """[agents.NAME.health.readiness] / [...liveness]: one health check (health.py)."""
+
+    interval: Positive = 10.0  # seconds from the end of one check to the next
+    timeout: Positive = 5.0  # a check not answered (a command not exited) by then fails
+    failures: PositiveInt = 3  # consecutive failures that make the check failed
+    successes: PositiveInt = 1  # consecutive passes that make it passing again
+    # the worker's check (`health/check`), all of its checks or the one named here ...
+    check: str | None = None
+    # ... or a command instead, run beside the worker: exit status 0 passes
+    command: list[str] | None = None
+    # what a failed check does (default: readiness drains, liveness restarts)
+    recovery: Literal["restart", "drain", "exec", "event"] | None = None
+    exec: list[str] | None = None  # recovery = "exec": the command run
+
+    def problem(self) -> tuple[str, str] | None:
+        """(the key, what is wrong with it), or None."""
+        if self.check is not None and self.command is not None:
+            return "", "give either check (the worker's) or command, not both"
+        if self.command is not None and not self.command:
+            return "command", "is empty"
+        if self.recovery == "exec" and not self.exec:
+            return "exec", 'recovery = "exec" needs exec = [the command to run]'
+        if self.exec is not None and self.recovery != "exec":
+            return "exec", 'is run only with recovery = "exec"'
+        return None
+
+
+class HealthSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """[agents.NAME.health]: readiness gates dispatch, liveness restarts (health.py)."""
+
+    # seconds after Ready in which failed checks are not counted (a slow warm-up)
+    start_period: NonNeg = 0.0
+    readiness: CheckSpec | None = None
+    liveness: CheckSpec | None = None
+
+    def check(self) -> None:
+        """Raises ConfigError naming the key (below `health`) and the problem."""
+        if self.readiness is None and self.liveness is None:
+            raise ConfigError("health: give readiness, liveness or both")
+        for kind in ("readiness", "liveness"):
+            c: CheckSpec | None = getattr(self, kind)
+            bad = c.problem() if c is not None else None
+            if bad is not None:
+                key = ".".join(k for k in ("health", kind, bad[0]) if k)
+                raise ConfigError(f"{key}: {bad[1]}")
+
+
 class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     name: str = ""
     replicas: NonNegInt = 1
@@ -105,6 +168,31 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # development mode: restart (rolling) when a file matching one of these globs, under
     # the agent's cwd, changes
     watch: list[str] = []
+    # elastic fleets (docs/elastic.md): the replica count follows the load; an idle agent
+    # hibernates (checkpoint, then stop) after hibernate_after seconds; 0: never
+    autoscale: Autoscale | None = None
+    hibernate_after: NonNeg = 0
+    # isolation (supervisor/sandbox.py, docs/sandbox.md); unset: the tenant's, else
+    # "none" and "host" (see `isolation`)
+    sandbox: Literal["none", "bwrap"] | None = None
+    network: Literal["host", "none", "gateway"] | None = None
+    sandbox_paths: list[str] = []  # read-only in the sandbox besides what corral binds
+    # budgets (tasks/budget.py): from the usage the agent reports (`usage/report`); over
+    # one, its waiting tasks wait until the window has room; 0: no budget
+    tokens_per_minute: NonNegInt = 0
+    tokens_per_day: NonNegInt = 0
+    max_cost_usd_per_day: NonNeg = 0
+    health: HealthSpec | None = None  # readiness and liveness checks (health.py)
+
+    @property
+    def elastic(self) -> bool:
+        """Whether corral, not the operator, sets the replica count (and wakes it)."""
+        return self.autoscale is not None or self.hibernate_after > 0
+
+    def check_health(self) -> None:
+        """Raises ConfigError ("health.liveness.exec: ...") if the health table is wrong."""
+        if self.health is not None:
+            self.health.check()
 
 
 LogLevel = Literal["debug", "info", "notice", "warning", "error", "critical", "alert",
@@ -226,6 +314,7 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # outputs leave memory: read back from the journal, or gone without one)
     tasks_kept: NonNegInt = 10_000
     tasks_kept_mb: NonNeg = 32
+    bwrap: str = "bwrap"  # bubblewrap, for agents with sandbox = "bwrap"
 
 
 class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -404,12 +493,36 @@ def parse_agents(data: dict[str, Any], where: str) -> dict[str, AgentSpec]:
         validate_name("agents", name, where)
         spec = convert(table, AgentSpec, where=where, prefix=f"agents.{name}")
         spec.name = name
+        problem = elastic_problem(spec, explicit_replicas="replicas" in table)
+        if problem:
+            raise ConfigError(f"{where}: agents.{name}.{problem}")
         try:
             spec.argv()
         except ConfigError as exc:
             raise ConfigError(f"{where}: agents.{name}.command: {exc}") from None
+        try:
+            spec.check_health()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: agents.{name}.{exc}") from None
         out[name] = spec
     return out
+
+
+def elastic_problem(spec: AgentSpec, *, explicit_replicas: bool = True) -> str | None:
+    """What is wrong with the agent's autoscale bounds ("KEY: problem"), or None. A
+    `replicas` the table does not give is brought within them (the count it starts with)."""
+    auto = spec.autoscale
+    if auto is None:
+        return None
+    lo, hi = auto.min_replicas, auto.max_replicas
+    if lo > hi:
+        return (f"autoscale: min_replicas ({lo}) is above max_replicas ({hi})")
+    if not explicit_replicas:
+        spec.replicas = min(max(spec.replicas, lo), hi)
+    elif not lo <= spec.replicas <= hi:
+        return (f"replicas: {spec.replicas} is outside autoscale's min_replicas..max_replicas "
+                f"({lo}..{hi})")
+    return None
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -487,9 +600,15 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     elif overlays:
         name = next(iter(overlays))
         raise ConfigError(f"{where}: mcp_servers.{name}: needs a command or a url")
+    for name, aspec in agents.items():
+        problem = isolation_problem(aspec, gateway)
+        if problem:
+            raise ConfigError(f"{origin[f'agents.{name}']}: agents.{name}.{problem}")
     # a process runs where the file that declares it is, unless told otherwise
     for pspec in [*agents.values(), *servers.values()]:
         pspec.cwd = str((base / pspec.cwd).resolve() if pspec.cwd else base.resolve())
+    for aspec in agents.values():
+        aspec.sandbox_paths = [str((base / sp).resolve()) for sp in aspec.sandbox_paths]
     for sspec in servers.values():
         sspec.roots = [r if "://" in r else str((base / r).resolve()) for r in sspec.roots]
     if packages.dir is not None:
@@ -498,6 +617,70 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         packages.cache_dir = str((base / packages.cache_dir).resolve())
     return Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
                   http=http, packages=packages, cluster=cluster)
+
+
+class Isolation(NamedTuple):
+    sandbox: str  # "none" | "bwrap"
+    network: str  # "host" | "none" | "gateway"
+
+
+def isolation(spec: AgentSpec) -> Isolation:
+    """The sandbox and network an agent runs with: its own keys, else its tenant's (when
+    tenants come, here), else none and the host's network."""
+    return Isolation(spec.sandbox or "none", spec.network or "host")
+
+
+def gateway_socket(gateway: GatewaySettings) -> str | None:
+    """The MCP gateway's unix socket as configured (`listen = "unix:PATH"`), or None."""
+    listen = gateway.listen
+    return listen[len("unix:"):] if listen and listen.startswith("unix:") else None
+
+
+def isolation_problem(spec: AgentSpec, gateway: GatewaySettings) -> str | None:
+    """What is wrong with an agent's isolation keys, as `KEY: problem`, or None."""
+    iso = isolation(spec)
+    if iso.sandbox == "none" and iso.network != "host":
+        return (f'network: network = "{iso.network}" needs sandbox = "bwrap" (without a '
+                f"sandbox an agent shares the host's network)")
+    if iso.network == "gateway" and gateway_socket(gateway) is None:
+        return ('network: network = "gateway" needs [gateway] listen = "unix:PATH" (its '
+                "socket is the only one bound into the sandbox's empty network namespace)")
+    if iso.network == "gateway" and not gateway.agent_tokens:
+        return ('network: network = "gateway" needs [gateway] agent_tokens = true (the '
+                "agent is given the gateway's socket with its own token)")
+    return None
+
+
+def config_files(cfg: Config, path: Path) -> list[tuple[str, str]]:
+    """The files corral reads its own orders from, as (path, what it is): a sandboxed
+    agent may not hold one in its writable directory (it would rewrite them), nor reach
+    one through what it may read (sandbox.py masks them)."""
+    base = path.parent
+    out = [(str(path.absolute()), "corral's config file")]
+    out += [(str((base / pattern).parent.absolute()), "the config's includes")
+            for pattern in cfg.supervisor.include]
+    for file, what in ((cfg.supervisor.mcp_servers_file, "the MCP servers file"),
+                       (cfg.gateway.tokens_file, "the gateway's tokens file")):
+        if file:
+            out.append((str((base / file).absolute()), what))
+    return out
+
+
+def check_sandboxes(agents: dict[str, AgentSpec], program: str, where: str,
+                    protected: Iterable[tuple[str, str]] = ()) -> None:
+    """Every sandboxed agent can be sandboxed on this host (bubblewrap there, and user
+    namespaces allowed where it needs them), and its writable directory holds none of
+    corral's own files (`protected`), else a ConfigError saying why."""
+    protected = list(protected)
+    for name, spec in agents.items():
+        if isolation(spec).sandbox != "bwrap":
+            continue
+        why = host_refusal(program, spec.user)
+        if why:
+            raise ConfigError(f"{where}: agents.{name}.sandbox: {why}")
+        why = exposed(spec.cwd or os.getcwd(), protected)
+        if why:
+            raise ConfigError(f"{where}: agents.{name}.cwd: {why}")
 
 
 def _define(origin: dict[str, str], key: str, where: str) -> None:
@@ -534,6 +717,7 @@ def check_commands(cfg: Config, where: str) -> None:
             why = check_command(pspec)
             if why:
                 raise ConfigError(f"{where}: {kind}.{name}.command: {why}")
+    check_sandboxes(cfg.agents, cfg.supervisor.bwrap, where, config_files(cfg, Path(where)))
 
 
 class DesktopServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -33,6 +33,7 @@ import errno
 import logging
 import os
 import secrets
+import select
 import signal
 import time
 from collections.abc import Iterable, Iterator
@@ -240,6 +241,59 @@ def oom_kills(cgroup_dir: str) -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+# -- the freezer (corral pause) ----------------------------------------------------------
+def set_frozen(cgroup_dir: str, on: bool) -> None:
+    """Freeze everything in the cgroup and below (or let it run again): cgroup.freeze."""
+    write_knob(os.path.join(cgroup_dir, "cgroup.freeze"), "1" if on else "0")
+
+
+def _events_say_frozen(fd: int) -> bool:
+    # a read from the start is what re-arms the kernel's notification of the next change
+    for line in os.pread(fd, 4096, 0).decode().splitlines():
+        key, _, value = line.partition(" ")
+        if key == "frozen":
+            return value.strip() == "1"
+    return False
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def wait_frozen(cgroup_dir: str, timeout: float) -> bool:
+    """Wait until the kernel says the cgroup is frozen (`frozen 1` in cgroup.events: a
+    freeze is done only once every task in it has stopped); False after `timeout`. The
+    kernel notifies a change of that file (EPOLLPRI): an epoll set holding it is watched
+    by the loop, so nothing polls."""
+    try:
+        fd = os.open(os.path.join(cgroup_dir, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    ep = select.epoll()
+    loop = asyncio.get_running_loop()
+    try:
+        ep.register(fd, select.EPOLLPRI)
+        deadline = loop.time() + timeout
+        while not _events_say_frozen(fd):
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            changed: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(ep.fileno(), _settle, changed)
+            try:
+                await asyncio.wait_for(changed, left)
+            except TimeoutError:
+                pass
+            finally:
+                loop.remove_reader(ep.fileno())
+            ep.poll(0)
+        return True
+    finally:
+        ep.close()
+        os.close(fd)
 
 
 def _cgroup2_mount() -> tuple[str, str] | None:
@@ -545,6 +599,11 @@ class Containment:
         if sig == signal.SIGKILL and t.record.cgroup:
             cgroup_kill(t.record.cgroup)
 
+    def cgroup_of(self, token: str) -> str | None:
+        """The cgroup of a tracked process, where it has one of its own."""
+        t = self.live.get(token)
+        return t.record.cgroup if t is not None and self.tree is not None else None
+
     def throttles_cpu(self, token: str) -> bool:
         """Whether the kernel enforces this process's cpu_percent (cpu.max)."""
         t = self.live.get(token)
@@ -678,8 +737,9 @@ class Containment:
         (pid and start time must both match), the members of their groups, anything
         carrying one of their spawn tokens, and everything in their cgroups.
 
-        The normal stop sequence without the pipes they lost: SIGTERM, the grace period
-        (the longest stop_timeout among them), SIGKILL, cgroup.kill."""
+        The normal stop sequence without the pipes they lost: SIGTERM (and a thaw: one
+        may have been paused), the grace period (the longest stop_timeout among them),
+        SIGKILL, cgroup.kill."""
         records = list(records)
         owners = set(owners) | {r.owner for r in records}
         report = ReclaimReport()
@@ -725,8 +785,13 @@ class Containment:
             if fd is not None:
                 fds[fd] = st.pid
         report.found = len(fds)
+        # a process paused (corral pause) when its daemon died must run to handle SIGTERM
+        for cg in cgroups:
+            with contextlib.suppress(OSError):
+                set_frozen(cg, False)
         for fd in fds:
             signal_fd(fd, signal.SIGTERM)
+            signal_fd(fd, signal.SIGCONT)
         left = await _wait_fds(set(fds), grace)
         report.terminated = len(fds) - len(left)
         for fd in left:

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,18 @@ from .. import jsonrpc
 from ..jsonrpc import DEFAULT_MAX_LINE, LineBlock, RpcError
 from ..mcp.pool import McpPool
 from ..text import closest, listing, plural
-from .config import AgentSpec, ConfigError, McpServerSpec
+from .config import AgentSpec, ConfigError, McpServerSpec, elastic_problem
 from .containment import CgroupMode, Containment
+from .elastic import Elastic, scale_refusal
 from .events import EventBus
-from .lifecycle import LIVE, SERVING, STOPPED, State
+from .health import HealthBoard
+from .lifecycle import LIVE, SERVING, STOPPED, TRANSIENT, Cause, State
 from .listening import ListeningClock
 from .mcproutes import AgentMcp
 from .mcpserver import McpServerReplica
 from .names import name_problem, shown
 from .pacing import BATCH, pacer
+from .pausing import selected, to_pause, to_resume
 from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaStatus
 from .remote import RemoteMcpServer
 from .replica import Replica
@@ -151,6 +154,9 @@ class Agent:
     async def _retire(self, old: list[Replica], spec: AgentSpec, reason: str) -> None:
         """Processes out of dispatch finish their running tasks (each within its task's
         deadline and grace), then stop."""
+        for r in old:
+            if r.moves(Cause.RESUME):  # paused: it finishes its tasks only if it runs
+                r.resume(f"{reason}: resumed to finish its tasks and stop")
         busy = [r for r in old if r.tasks_running]
         for r in busy:
             r.note(f"replaced: finishing {r.tasks_running} running task(s) first")
@@ -194,7 +200,13 @@ class Agent:
         finally:
             self.replacing -= {*old, *new}
 
-    async def scale(self, n: int) -> None:
+    async def scale(self, n: int, *, idle_only: bool = False, reason: str = "scaled down",
+                    before_stop: Callable[[list[Replica]], Awaitable[None]] | None = None
+                    ) -> int:
+        """To `n` replicas; returns the count reached. `idle_only` (the autoscaler):
+        only replicas with no running task are taken, from the end, so fewer may go
+        than asked. `before_stop`: awaited with the replicas going, once they are out of
+        dispatch and before they are asked to stop (hibernate's checkpoint)."""
         if n < 0:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
         self.sup.check_fleet({self.name: n}, f"{plural(n, 'replica')} of {self.name}")
@@ -205,12 +217,21 @@ class Agent:
             self.sup.stream.emit(Roster(self.name))
             self._starter = start_all(new)
         elif n < current:
+            if idle_only:
+                keep = current
+                while keep > n and not self.replicas[keep - 1].tasks_running:
+                    keep -= 1
+                n = keep
             gone = self.replicas[n:]
             del self.replicas[n:]
-            self.sup.stream.emit(Roster(self.name))
-            await stop_all(gone, "scaled down")
-            self.sup._forget(gone)
+            if gone:
+                self.sup.stream.emit(Roster(self.name))
+                if before_stop is not None:
+                    await before_stop(gone)
+                await stop_all(gone, reason)
+                self.sup._forget(gone)
         self.spec.replicas = n
+        return n
 
 
 class Supervisor:
@@ -259,6 +280,8 @@ class Supervisor:
         self.started_at = time.monotonic()
         self._heartbeat: asyncio.Task[None] | None = None
         self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
+        # wait_for's conditions: looked at after every transition and readiness change
+        self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._event_queues: dict[asyncio.Queue[Event], Subscription] = {}
         # the loop's own stalls, taken off the time a worker counts as silent
         self.listening = ListeningClock()
@@ -268,6 +291,9 @@ class Supervisor:
         self.environment_provider: Callable[[ProcessReplica], dict[str, str]] | None = None
         # the worker SDK on every release's PYTHONPATH (release.py; the daemon makes it)
         self.release_sdk: str | None = None
+        self.sandbox_program = "bwrap"  # [supervisor] bwrap: for sandbox = "bwrap"
+        # corral's own files, which no sandboxed agent may write or reach (the daemon's)
+        self.protected_paths: list[tuple[str, str]] = []
         # agent state checkpoints by (agent, replica): (wall time, state), given back in
         # `initialize` after a restart; subscribers to Checkpoint persist them (the
         # daemon: SQLite)
@@ -282,6 +308,10 @@ class Supervisor:
                                  queue=task_queue)
         self.events = EventBus(self.stream, self.worker_methods, self.worker_notifications)
         self.agent_mcp = AgentMcp(self.mcp, self.stream, self.worker_methods)
+        # autoscaling, sleep and wake of elastic agents (elastic.py)
+        self.elastic = Elastic(self)
+        # health checks of agents with [health] (health.py); nothing for the others
+        self.health_board = HealthBoard(self)
 
     # -- lifecycle of the supervisor itself -----------------------------------------------
     async def __aenter__(self) -> Supervisor:
@@ -295,10 +325,12 @@ class Supervisor:
         self.containment.open()
         if self._heartbeat is None:
             self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
+        self.elastic.start()
 
     async def close(self, *, graceful: bool = True) -> None:
         """Stop every agent (gracefully unless told not to) and the heartbeat loop."""
         self.closing = True
+        await self.elastic.close()
         # tool servers last: agents may use them while stopping
         rolling = [r for a in self.agents.values() for r in a.replacing]
         for a in self.agents.values():
@@ -307,6 +339,7 @@ class Supervisor:
         for group in (list({*self.replicas(), *rolling}), list(self.mcp_instances())):
             await stop_all(group, "supervisor shutting down", graceful=graceful)
         self.zygotes.close()
+        self.tasks.budgets.close()  # no gate timer outlives the agents
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -324,11 +357,16 @@ class Supervisor:
             raise SupervisorError(jsonrpc.CONFLICT, f"agent {spec.name} already exists")
         try:
             spec.argv()
+            spec.check_health()
         except ConfigError as exc:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, f"agent {spec.name}: {exc}") from None
+        problem = elastic_problem(spec)
+        if problem:
+            raise SupervisorError(jsonrpc.INVALID_PARAMS, f"agent {spec.name}: {problem}")
         self.check_fleet({spec.name: spec.replicas}, f"agent {spec.name}")
         agent = Agent(self, spec)
         self.agents[spec.name] = agent
+        self.elastic.track(agent)
         self.stream.emit(Roster(spec.name))
         if spec.autostart if start is None else start:
             agent.start()
@@ -343,7 +381,9 @@ class Supervisor:
     async def remove(self, name: str) -> None:
         agent = self.agent(name)
         self.tasks.forget_agent(name)
+        self.elastic.forget(name)
         await agent.stop("removed")
+        self.health_board.forget(name)
         if self.agents.pop(name, None) is agent:
             self._forget(agent.replicas)
             self.stream.emit(Roster(name))
@@ -360,7 +400,30 @@ class Supervisor:
         agent.start()
 
     async def scale(self, name: str, replicas: int) -> None:
-        await self.agent(name).scale(replicas)  # refuses more than max_replicas
+        agent = self.agent(name)
+        why = scale_refusal(agent.spec, replicas)
+        if why:
+            raise SupervisorError(jsonrpc.INVALID_PARAMS, why)
+        await agent.scale(replicas)  # refuses more than max_replicas
+
+    async def pause(self, name: str, index: int | None = None, reason: str = "paused"
+                    ) -> list[Replica]:
+        """Freeze an agent's replicas (or replica `index`) where they are, memory kept: no
+        task goes to them and no heartbeat judges them until resumed. Refused (nothing
+        done) when one named is not running. Returns the replicas named."""
+        agent = self.agent(name)
+        await asyncio.gather(*(r.pause(reason) for r in to_pause(agent, index)))
+        return selected(agent, index)
+
+    def resume(self, name: str, index: int | None = None, reason: str = "resumed"
+               ) -> list[Replica]:
+        """Let paused replicas run on, each back in the state it was paused in (same
+        process: no restart); their agent's waiting tasks go to them. Returns the
+        replicas named."""
+        agent = self.agent(name)
+        for r in to_resume(agent, index):
+            r.resume(reason)
+        return selected(agent, index)
 
     def check_fleet(self, replicas: dict[str, int], what: str) -> None:
         """Refuse, before any work is done, to give agents `replicas` (name -> count) when
@@ -435,13 +498,39 @@ class Supervisor:
                 else:
                     keep.append((pred, fut))
             self._waiters = keep
+        self._look_at_conditions()
+
+    def _look_at_conditions(self) -> None:
+        if self._conditions:
+            keep = []
+            for cond, fut in self._conditions:
+                if fut.done():
+                    continue
+                if cond():
+                    fut.set_result(None)
+                else:
+                    keep.append((cond, fut))
+            self._conditions = keep
+
+    # -- health (health.py's HealthHost) --------------------------------------------------
+    def readiness_changed(self, r: Replica) -> None:
+        if r.health_ready:
+            self.tasks.pump(r.name)
+        self._look_at_conditions()
+
+    def publish(self, topic: str, data: Any) -> None:
+        self.events.publish(topic, data, "corral")
+
+    def agent_replicas(self, agent: str) -> list[Replica]:
+        a = self.agents.get(agent)
+        return a.replicas if a is not None else []
 
     async def healthy(self, new: list[Replica], spec: AgentSpec, deadline: float
                       ) -> str | None:
-        """None once every process of `new` (being started) is Ready and has stayed so for
+        """None once every process of `new` (being started) is Ready, passes its readiness
+        check where the agent has one ([health], health.py), and has stayed so for
         `spec.min_healthy_time` seconds, all within `deadline` seconds; else why not (the
-        exit's reason, as `status` shows it). Health checks of their own are not there
-        yet (issue 24): Ready and staying up is the check."""
+        exit's reason, as `status` shows it)."""
         give_up = time.monotonic() + deadline
 
         def broke() -> Replica | None:
@@ -450,29 +539,42 @@ class Supervisor:
                          or r.state in STOPPED), None)
 
         try:
-            await self.wait_for(lambda: broke() is not None or all(r.serving for r in new),
-                                deadline)
+            await self.wait_for(lambda: broke() is not None or all(
+                r.serving and r.health_ready for r in new), deadline)
         except TimeoutError:
-            late = next(r for r in new if not r.serving)
+            late = next(r for r in new if not (r.serving and r.health_ready))
+            if late.serving and late.health is not None:
+                return (f"not ready within {deadline:g} s: "
+                        f"{late.health.reason or 'unready'}")
             return f"not Ready within {deadline:g} s ({late.state}: {late.reason})"
         r = broke()
         if r is None and spec.min_healthy_time:
             with contextlib.suppress(TimeoutError):
-                await self.wait_for(lambda: any(not r.serving for r in new),
-                                    spec.min_healthy_time)
-            r = next((r for r in new if not r.serving), None)
+                await self.wait_for(lambda: any(not (r.serving and r.health_ready)
+                                                for r in new), spec.min_healthy_time)
+            r = next((r for r in new if not (r.serving and r.health_ready)), None)
             if r is None and time.monotonic() > give_up:
                 return (f"not Ready for min_healthy_time ({spec.min_healthy_time:g} s) "
                         f"within {deadline:g} s")
         if r is not None:
+            if r.serving and r.health is not None:
+                return r.health.reason or "unready"
             return r.last_exit or r.reason
         return None
 
     async def wait_for(self, cond: Callable[[], bool], timeout: float) -> None:
-        """Wait until `cond()` holds, checked now and after every event (states and task
-        counts only change with one); TimeoutError after `timeout`."""
-        if not cond():
-            await self.wait_event(lambda e: cond(), timeout)
+        """Wait until `cond()` holds, checked now and after every event and readiness
+        change (states, task counts and readiness only change with one); TimeoutError
+        after `timeout`."""
+        if cond():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._conditions.append((cond, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            if not fut.done():
+                fut.cancel()
 
     async def wait_event(self, pred: Callable[[Event], bool], timeout: float) -> Event:
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
@@ -525,7 +627,7 @@ class Supervisor:
     async def wait_all_serving(self, timeout: float = 30.0) -> None:
         """Wait until every replica of every agent that is meant to run is serving."""
         def settled(_: Event | None = None) -> bool:
-            return not any(self.census[s] for s in LIVE - SERVING)
+            return not any(self.census[s] for s in TRANSIENT)
 
         if not settled():
             await self.wait_event(settled, timeout)
@@ -599,6 +701,10 @@ class Supervisor:
 
     def replica_down(self, r: Replica) -> None:
         self.tasks.replica_down(r)
+
+    def wake(self, name: str) -> None:
+        """A task waits for `name`, which has no replica: an elastic agent wakes."""
+        self.elastic.wake(name)
 
     def environment(self, r: ProcessReplica) -> dict[str, str]:
         provide = self.environment_provider

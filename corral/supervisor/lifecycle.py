@@ -8,9 +8,12 @@ the restart decision), so that all of it is unit-tested without processes
 (tests/test_machine.py). It reads like the diagram in DESIGN.md section 4:
 
     Initial -spawn-> Starting -ready-> Ready -task-> Busy -done-> Idle -task-> Busy
+    Ready / Busy / Idle -pause-> Paused -resume-> back to where it was (a task that ended
+        meanwhile makes Busy Idle)
+    Paused -stop / hang / cap / unread / unhealthy / error-> (thawed) ShuttingDown
     any running state -stop / hang / cap / unread / unhealthy / error-> ShuttingDown -exit->
         Terminated
-    any running state -crash (the process is already gone)-> Terminated
+    any running or paused state -crash (the process is already gone)-> Terminated
     Terminated -policy restart-> Backoff -backoff over-> Starting
     Terminated -spawn retry (corral lacked fds, memory: no restart)-> Backoff
     Terminated -give up (too many restarts in the window)-> Failed (down until started by hand)
@@ -31,6 +34,7 @@ class State(StrEnum):
     READY = "ready"
     BUSY = "busy"
     IDLE = "idle"
+    PAUSED = "paused"  # frozen by an operator, its memory kept (corral pause)
     SHUTTING_DOWN = "shutting_down"
     TERMINATED = "terminated"
     BACKOFF = "backoff"
@@ -58,6 +62,8 @@ class Cause(StrEnum):
     SPAWN_RETRY = "spawn retry"
     BACKOFF_OVER = "backoff over"
     GIVE_UP = "give up"
+    PAUSE = "pause"  # an operator's: freeze the process where it is
+    RESUME = "resume"  # an operator's: let it run on, back to where it was
 
 
 S = State
@@ -65,10 +71,13 @@ C = Cause
 
 # has answered initialize and can take work
 SERVING = frozenset({S.READY, S.BUSY, S.IDLE})
-# a process exists and is meant to keep running
+# a process exists, runs, and is meant to keep running
 RUNNING = frozenset({S.STARTING}) | SERVING
-# a process exists (maybe on its way out)
-LIVE = RUNNING | {S.SHUTTING_DOWN}
+# a process exists (maybe frozen, maybe on its way out)
+LIVE = RUNNING | {S.PAUSED, S.SHUTTING_DOWN}
+# a process on its way up or down: what a wait for a settled fleet waits out (a paused
+# replica is settled: it stays so until an operator resumes it)
+TRANSIENT = frozenset({S.STARTING, S.SHUTTING_DOWN})
 # no process, and none will be started without an operator or a policy
 STOPPED = frozenset({S.INITIAL, S.TERMINATED, S.FAILED})
 
@@ -94,6 +103,12 @@ class Step(NamedTuple):
     fresh: bool = False  # a new life: no down reason, no escalation
     stay_down: bool = False  # no restart after this
     remember: bool = False  # keep the cause and reason the process is taken down for
+    # pause and resume
+    freeze: bool = False  # stop the process where it is; the state it was in is kept
+    thaw: bool = False  # let a frozen process run again (before it is asked to stop)
+    back: bool = False  # the next state is the one it was paused in (target: None)
+    # while paused: a task's start or end changes the state it goes back to, silently
+    behind: bool = False
 
 
 IGNORE = Step(None)
@@ -115,9 +130,10 @@ def _table() -> dict[tuple[State, Cause], Step]:
     rows(STOPPED, [C.BACKOFF_OVER], IGNORE)  # a timer outlived its backoff
     rows([S.STARTING], [C.READY], Step(S.READY, serving=True))
     rows([S.READY, S.IDLE], [C.TASK], Step(S.BUSY))
-    rows(sorted(set(State) - {S.READY, S.IDLE}), [C.TASK], IGNORE)  # busy, or on its way out
+    # busy, or on its way out (paused: below)
+    rows(sorted(set(State) - {S.READY, S.IDLE, S.PAUSED}), [C.TASK], IGNORE)
     rows([S.BUSY], [C.DONE], Step(S.IDLE))
-    rows(sorted(set(State) - {S.BUSY}), [C.DONE], IGNORE)
+    rows(sorted(set(State) - {S.BUSY, S.PAUSED}), [C.DONE], IGNORE)
     rows(RUNNING, TAKE_DOWN - {C.STOP}, Step(S.SHUTTING_DOWN, shutdown=True, remember=True))
     rows(RUNNING, [C.STOP], Step(S.SHUTTING_DOWN, shutdown=True, remember=True,
                                  stay_down=True))
@@ -133,6 +149,23 @@ def _table() -> dict[tuple[State, Cause], Step]:
     rows([S.TERMINATED], [C.POLICY_RESTART], Step(S.BACKOFF, arm=True, tally=True))
     rows([S.TERMINATED], [C.SPAWN_RETRY], Step(S.BACKOFF, arm=True))
     rows([S.TERMINATED], [C.GIVE_UP], Step(S.FAILED, down=True))
+    # pause: a serving replica freezes; resume thaws it and it serves again as it was. A
+    # replica on its way up or down, or without a process, is not paused (the command
+    # says why); a paused one paused again stays as it is
+    rows(SERVING, [C.PAUSE], Step(S.PAUSED, freeze=True))
+    rows(sorted(set(State) - SERVING), [C.PAUSE], IGNORE)
+    rows([S.PAUSED], [C.RESUME], Step(None, back=True, thaw=True, serving=True))
+    rows(sorted(set(State) - {S.PAUSED}), [C.RESUME], IGNORE)
+    # while paused: no task is started on it (it is not serving), but an answer read after
+    # the freeze ends one
+    rows([S.PAUSED], [C.TASK, C.DONE], Step(None, behind=True))
+    # taken down while paused: thawed first, so that it can be asked to stop and handle
+    # SIGTERM; a crash (killed from outside, the OOM killer) is a crash
+    rows([S.PAUSED], TAKE_DOWN - {C.STOP},
+         Step(S.SHUTTING_DOWN, shutdown=True, remember=True, thaw=True))
+    rows([S.PAUSED], [C.STOP], Step(S.SHUTTING_DOWN, shutdown=True, remember=True,
+                                    stay_down=True, thaw=True))
+    rows([S.PAUSED], [C.CRASH], Step(S.TERMINATED, decide=True, down=True, thaw=True))
     return t
 
 
@@ -142,9 +175,11 @@ _ROWS: dict[State, dict[Cause, Step]] = {s: {} for s in State}
 for (_s, _c), _step in TABLE.items():
     _ROWS[_s][_c] = _step
 
-# the edges the table allows (a start by hand of any stopped replica among them)
+# the edges the table allows (a start by hand of any stopped replica among them; a
+# resume goes back to any state a pause comes from)
 TRANSITIONS: dict[State, frozenset[State]] = {
     s: frozenset(st.target for st in row.values() if st.target is not None)
+    | (SERVING if any(st.back for st in row.values()) else frozenset())
     for s, row in _ROWS.items()
 }
 
@@ -179,6 +214,7 @@ class Machine:
     _down_cause: Cause | None
     _escalation: str | None  # how far the stop went past asking (SIGTERM, SIGKILL)
     _restart_cause: Cause  # what ended the life the policy chose to restart
+    _paused_in: State | None  # the state a paused replica goes back to on resume
 
     def _machine_init(self, policy: RestartPolicy) -> None:
         self.state = State.INITIAL
@@ -190,6 +226,7 @@ class Machine:
         self._down_cause = None
         self._escalation = None
         self._restart_cause = Cause.CRASH
+        self._paused_in = None
 
     def row(self, cause: Cause) -> Step:
         """The step `cause` would take now."""
@@ -208,6 +245,7 @@ class Machine:
             self._stay_down = False
         if step.fresh:
             self._down_reason = self._down_cause = self._escalation = None
+            self._paused_in = None
             self._fresh_life()
         if step.stay_down:
             self._stay_down = True
@@ -217,10 +255,29 @@ class Machine:
         if step.tally:
             self.restarts += 1
             self._restart_counted(self._restart_cause)
-        if step.target is not None:
-            previous, self.state, self.reason = self.state, step.target, reason
+        target = step.target
+        if step.behind:
+            assert self._paused_in is not None
+            self._paused_in = _ROWS[self._paused_in][cause].target or self._paused_in
+        if step.freeze:
+            self._paused_in = self.state
+        if step.back:
+            target = self._paused_in
+        if step.thaw:
+            self._paused_in = None
+        if target is not None:
+            previous, self.state, self.reason = self.state, target, reason
             self._transitioned(previous, cause, reason)
         return step
+
+    def moves(self, cause: Cause) -> bool:
+        """Whether `cause` does anything now (a reason need not be made for nothing)."""
+        return self.row(cause) is not IGNORE
+
+    @property
+    def paused_in(self) -> State | None:
+        """The state a paused replica goes back to on resume (None: not paused)."""
+        return self._paused_in
 
     # the hooks the replica runs its own bits in
     def _transitioned(self, previous: State, cause: Cause, reason: str) -> None:

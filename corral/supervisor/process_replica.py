@@ -26,7 +26,7 @@ from ..jsonrpc import LineBlock, Peer, RpcError
 from . import procstat
 from .caps import explain_exit, oom_reason
 from .config import ConfigError, ProcessSpec
-from .containment import Containment, ProcStat
+from .containment import Containment, ProcStat, set_frozen, wait_frozen
 from .lifecycle import LIVE, SERVING, Cause, Machine, State, Step
 from .listening import ListeningClock
 from .process import ChildProcess, resolve_user
@@ -51,6 +51,9 @@ MAX_IN_FLIGHT = 256
 # how long a process may take to be reaped after SIGKILL before stop() gives up on it (a
 # process in uninterruptible sleep dies only when its system call returns)
 KILL_GRACE = 5.0
+# how long a pause waits for the kernel to say a replica's cgroup is frozen (every task in
+# it stopped: one in uninterruptible sleep is frozen when its system call returns)
+FREEZE_WAIT = 2.0
 
 
 class Event(msgspec.Struct, omit_defaults=True):
@@ -103,6 +106,9 @@ class ReplicaStatus(msgspec.Struct):
     rss_bytes: int
     open_fds: int
     tasks_running: int
+    # an agent with [health]: whether the replica takes new tasks, and why not (health.py)
+    ready: bool | None = None
+    health: str | None = None
 
 
 class ReplicaHost(Protocol):
@@ -194,6 +200,9 @@ class ProcessReplica(Machine):
         self._unread_since: float | None = None
         self._unread_left = 0
         self._resource_retries = 0  # consecutive spawns failed for corral's resources
+        # how a paused process was stopped: its cgroup's freezer (the cgroup), or SIGSTOP
+        # to its group (True); thawed the same way
+        self._frozen: str | bool = False
         host.replica_added(self)
 
     @staticmethod
@@ -216,6 +225,12 @@ class ProcessReplica(Machine):
         """Fire `cause` and run the actions that tell the host; the caller runs the rest
         (spawn, shutdown, decide, arm), which need its arguments."""
         step = self.fire(cause, reason)
+        if step.freeze:
+            self._freeze()
+        if step.thaw:
+            self._thaw()
+        if step.back:
+            self._resumed()
         if step.serving:
             self._serving()
         if step.down:
@@ -237,6 +252,81 @@ class ProcessReplica(Machine):
 
     def _serving(self) -> None:
         """It takes work now (an agent's queue is pumped)."""
+
+    # -- pause ----------------------------------------------------------------------------
+    async def pause(self, reason: str) -> bool:
+        """Freeze a serving replica's process where it is, its memory kept (False: it is
+        not serving, nothing done). Returns once the kernel says its cgroup is frozen, or
+        that the process is stopped (SIGSTOP takes effect when it next leaves the kernel),
+        FREEZE_WAIT at most. No ping, hang check or usage sample while paused."""
+        step = self._apply(Cause.PAUSE, reason)
+        if not step.freeze:
+            return False
+        how = self._frozen
+        if isinstance(how, str):
+            done = await wait_frozen(how, FREEZE_WAIT)
+        else:
+            done = await self._wait_stopped()
+        if not done and self.state == State.PAUSED:
+            self.note(f"paused, but not seen {'frozen' if isinstance(how, str) else 'stopped'}"
+                      f" within {FREEZE_WAIT:g} s (in uninterruptible sleep?)")
+        return True
+
+    async def _wait_stopped(self) -> bool:
+        """Until /proc says the process is stopped. The kernel tells a stop to the parent
+        alone (a warm worker's is its zygote), so this looks, at growing intervals: a
+        stop takes effect within a scheduling tick."""
+        deadline = time.monotonic() + FREEZE_WAIT
+        delay = 0.0002
+        while self.state == State.PAUSED and self.process is not None:
+            st = self._proc_stat(self._measured_pid(self.process) or self.process.pid)
+            if st is None or st.state in ("T", "t"):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return True
+
+    def resume(self, reason: str) -> bool:
+        """Let a paused replica run on, as it was (False: it is not paused)."""
+        return self._apply(Cause.RESUME, reason).back
+
+    def _freeze(self) -> None:
+        proc = self.process
+        if proc is None:  # pragma: no cover - a serving replica has its process
+            return
+        cgroup = self.host.containment.cgroup_of(proc.token)
+        if cgroup is not None:
+            try:
+                set_frozen(cgroup, True)
+                self._frozen = cgroup
+                return
+            except OSError as exc:
+                self.note(f"cgroup.freeze of {cgroup} failed ({exc.strerror}); SIGSTOP")
+        proc.kill_group(signal.SIGSTOP)
+        self._frozen = True
+
+    def _thaw(self) -> None:
+        """Before a resume, a stop, or after a crash: a cgroup left frozen would freeze the
+        next process placed in it."""
+        frozen, self._frozen = self._frozen, False
+        if isinstance(frozen, str):
+            try:
+                set_frozen(frozen, False)
+            except OSError as exc:  # gone with its process (a crash): nothing to thaw
+                if exc.errno != errno.ENOENT:
+                    self.note(f"cgroup.freeze of {frozen} failed ({exc.strerror})")
+        elif frozen and self.process is not None:
+            self.process.kill_group(signal.SIGCONT)
+
+    def _resumed(self) -> None:
+        """Its silence while paused was corral's doing: the heartbeat counts afresh."""
+        self._last_pong = self.host.listening.now()
+        self._heard = False
+        self._unread_since = None
+        self._prev_cpu = None
+        self._parked_ticks = -1
 
     def _down(self) -> None:
         """It is down, maybe for good (an agent's waiting tasks may end)."""
@@ -347,8 +437,8 @@ class ProcessReplica(Machine):
                 self.process = await self._prestart(env, uid, gid, spawning)
                 if self.process is None:
                     self.process = await ChildProcess.spawn(
-                        spec.argv(), env=env, cwd=spec.cwd, limits=spec.limits, uid=uid,
-                        gid=gid, **spawning)
+                        self._command(env, uid), env=env, cwd=spec.cwd, limits=spec.limits,
+                        uid=uid, gid=gid, **spawning)
         except OSError as exc:
             if exc.errno in CORRAL_RESOURCE_ERRORS:
                 self._spawn_failed_for_want_of(exc)
@@ -382,6 +472,14 @@ class ProcessReplica(Machine):
         """A process started some other way than a cold spawn (an agent's warm start), or
         None."""
         return None
+
+    def _command(self, env: dict[str, str], uid: int | None) -> list[str]:
+        """The argv of a cold start (an agent's may be wrapped in its sandbox)."""
+        return self.spec.argv()
+
+    def _exit_status(self, rc: int) -> int:
+        """The process's own exit status from what its pid's exit says."""
+        return rc
 
     def _on_exited(self, exited: asyncio.Future[int]) -> None:
         proc = self.process
@@ -489,8 +587,9 @@ class ProcessReplica(Machine):
         self._last_pong = self.host.listening.now()
         # its CPU time as it answered: the first look at it parked compares with this, so
         # an idle worker is never pinged, not even once (see _parked)
-        if self.process is not None and procstat.READ_CALLS:
-            st = self._proc_stat(self.process.pid)
+        pid = self._measured_pid(self.process) if self.process is not None else None
+        if pid is not None and procstat.READ_CALLS:
+            st = self._proc_stat(pid)
             self._parked_ticks = st.cpu_ticks if st is not None else -1
         self._apply(Cause.READY, ready_reason)
 
@@ -604,7 +703,7 @@ class ProcessReplica(Machine):
         reason = self.taken_down_for()
         if reason is None:
             reason = oom_reason(self.spec.limits) if oom else explain_exit(
-                rc,
+                self._exit_status(rc),
                 self.spec.limits,
                 [b.decode("utf-8", "replace") for b in proc.stderr_tail or ()],
                 cpu_seconds_used=cpu_used,
@@ -782,15 +881,18 @@ class ProcessReplica(Machine):
         if (proc is None or self.tasks_running or self.peer is None or self.peer.in_flight
                 or proc.stdin_backlog or not procstat.READ_CALLS):
             return False
+        pid = self._measured_pid(proc)
+        if pid is None:
+            return False
         if self._syscall_fd == -1:
             self._syscall_fd = procstat.UNAVAILABLE
             pipe = proc.stdin.get_extra_info("pipe") if proc.stdin is not None else None
-            if pipe is not None and procstat.same_pipe(proc.pid, pipe.fileno()):
-                self._syscall_fd = procstat.open_proc(proc.pid, "syscall")
+            if pipe is not None and procstat.same_pipe(pid, pipe.fileno()):
+                self._syscall_fd = procstat.open_proc(pid, "syscall")
         if self._syscall_fd < 0 or not procstat.reading_stdin(self._syscall_fd):
             self._parked_ticks = -1
             return False
-        st = self._proc_stat(proc.pid)
+        st = self._proc_stat(pid)
         if st is None or st.state != "S":  # (a stopped process shows its read too)
             return False
         # the dear read of a look (the kernel sums the threads' times) is the usage sample
@@ -798,6 +900,11 @@ class ProcessReplica(Machine):
         self._looked = time.monotonic(), st
         before, self._parked_ticks = self._parked_ticks, st.cpu_ticks
         return before == st.cpu_ticks
+
+    def _measured_pid(self, proc: ChildProcess) -> int | None:
+        """The pid whose /proc says what the replica uses and does (its process's own;
+        None: not known yet)."""
+        return proc.pid
 
     def _proc_stat(self, pid: int) -> ProcStat | None:
         if self._stat_fd == -1:
@@ -825,7 +932,8 @@ class ProcessReplica(Machine):
         if looked is not None:  # read by a look since the last sample: not read again
             now, st = looked
         else:
-            fresh = self._proc_stat(proc.pid)
+            pid = self._measured_pid(proc)
+            fresh = self._proc_stat(pid) if pid is not None else None
             if fresh is None:
                 return
             # wall time for CPU %, not the listening clock
@@ -834,7 +942,8 @@ class ProcessReplica(Machine):
         rss = st.rss_pages * procstat.PAGE_SIZE
         s = self.sample
         if sample_fds:
-            fds = procstat.open_fds(proc.pid)
+            pid = self._measured_pid(proc)
+            fds = procstat.open_fds(pid) if pid is not None else None
             if fds is not None:
                 s.open_fds = fds
         if self._prev_cpu is not None:

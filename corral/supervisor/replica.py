@@ -8,11 +8,14 @@ requests to the supervisor, and its tasks (Busy / Idle).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..jsonrpc import Peer
-from .config import AgentSpec
-from .lifecycle import Cause
+from .config import AgentSpec, isolation
+from .health import HealthBoard, ReplicaHealth, environment_of
+from .lifecycle import SERVING, Cause, State
 from .process import ChildProcess
 from .process_replica import (
     Event,
@@ -22,11 +25,20 @@ from .process_replica import (
     _swallow,
 )
 from .release import release_environment
+from .sandbox import (
+    exit_status,
+    program_paths,
+    resolve_program,
+    sandboxed,
+    sandboxed_pid,
+)
 from .zygote import Key, Zygotes, ZygoteUnavailable, warm_argv
 
 __all__ = ["PROTOCOL_VERSION", "AgentHost", "Event", "Replica", "ReplicaStatus"]
 
 PROTOCOL_VERSION = "1"
+# corral's package, which a sandboxed agent's worker SDK is imported from
+SDK = Path(__file__).resolve().parent.parent
 
 
 class AgentHost(ReplicaHost, Protocol):
@@ -36,6 +48,15 @@ class AgentHost(ReplicaHost, Protocol):
     def zygotes(self) -> Zygotes: ...
 
     def zygote_environment(self, agent_env: dict[str, str]) -> dict[str, str]: ...
+
+    @property
+    def sandbox_program(self) -> str:
+        """bubblewrap, for agents with sandbox = "bwrap" ([supervisor] bwrap)."""
+
+    @property
+    def protected_paths(self) -> list[tuple[str, str]]:
+        """corral's own files, as (path, what): a sandbox may not hold them writable, and
+        masks them where it binds what holds them."""
 
     @property
     def release_sdk(self) -> str | None:
@@ -54,6 +75,9 @@ class AgentHost(ReplicaHost, Protocol):
     def replica_down(self, r: Replica) -> None:
         """`r` is Terminated or Failed: tasks waiting for it may have to end."""
 
+    @property
+    def health_board(self) -> HealthBoard: ...
+
 
 class Replica(ProcessReplica):
     kind = "agent"
@@ -66,6 +90,41 @@ class Replica(ProcessReplica):
 
     def __init__(self, host: AgentHost, spec: AgentSpec, name: str, index: int) -> None:
         super().__init__(host, spec, name, index)
+        self._inner: tuple[ChildProcess, int] | None = None  # a sandboxed agent's own pid
+        # this life's health checks ([health]), from Ready until it leaves serving
+        self.health: ReplicaHealth | None = None
+
+    # -- health (health.py) ---------------------------------------------------------------
+    @property
+    def health_ready(self) -> bool:
+        """Whether its health lets it take new tasks (no [health]: always). (Its checks
+        begin just after the transition to Ready is announced: not before.)"""
+        h = self.health
+        return h.ready if h is not None else self.spec.health is None
+
+    @property
+    def cwd(self) -> str | None:
+        return self.spec.cwd
+
+    def check_environment(self) -> dict[str, str]:
+        return environment_of(self.spec.env, self.name, self.index, self.pid)
+
+    def _transitioned(self, previous: State, cause: Cause, reason: str) -> None:
+        health = self.health
+        if health is not None and self.state not in SERVING:
+            # a new life starts its checks from nothing
+            self.health = None
+            health.close()
+            self.host.health_board.look_at(self.name)
+        super()._transitioned(previous, cause, reason)
+
+    def status(self) -> ReplicaStatus:
+        st = super().status()
+        if self.spec.health is not None:
+            h = self.health
+            st.ready = h is not None and h.ready
+            st.health = h.reason if h is not None else None
+        return st
 
     def _environment(self, uid: int | None) -> dict[str, str]:
         env = super()._environment(uid)
@@ -81,6 +140,11 @@ class Replica(ProcessReplica):
         preload = tuple(spec.preload)
         if not (preload or spec.warm):
             return None
+        if isolation(spec).sandbox != "none":
+            # a zygote's fork would be outside the sandbox: a sandboxed agent starts cold
+            self.host.stats.cold_fallbacks += 1
+            self.note("warm start unavailable, starting cold: the agent is sandboxed")
+            return None
         try:
             argv = spec.argv()
             key = Key(warm_argv(argv, env), preload, uid, gid, env.get("PYTHONPATH"))
@@ -92,6 +156,41 @@ class Replica(ProcessReplica):
             self.host.stats.cold_fallbacks += 1
             self.note(f"warm start unavailable, starting cold: {exc}")
             return None
+
+    def _command(self, env: dict[str, str], uid: int | None) -> list[str]:
+        spec = self.spec
+        iso = isolation(spec)
+        argv = spec.argv()
+        if iso.sandbox == "none":
+            return argv
+        argv[0] = resolve_program(argv[0], env, spec.cwd)
+        read_only = [*program_paths(argv[0]), SDK, *spec.sandbox_paths]
+        read_only += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if spec.release is not None:
+            read_only.append(spec.release)
+        if self.host.release_sdk is not None:
+            read_only.append(self.host.release_sdk)
+        return sandboxed(
+            argv, program=self.host.sandbox_program, cwd=spec.cwd or os.getcwd(), env=env,
+            network=iso.network, root=(os.geteuid() if uid is None else uid) == 0,
+            read_only=map(str, read_only), gateway_socket=env.get("CORRAL_MCP_SOCKET"),
+            protected=self.host.protected_paths)
+
+    def _measured_pid(self, proc: ChildProcess) -> int | None:
+        """A sandboxed agent's own process, not the bwrap around it (found once per
+        process, when its sandbox has started it)."""
+        if isolation(self.spec).sandbox == "none":
+            return proc.pid
+        known = self._inner
+        if known is None or known[0] is not proc:
+            inner = sandboxed_pid(proc.pid)
+            if inner is None:
+                return None
+            known = self._inner = (proc, inner)
+        return known[1]
+
+    def _exit_status(self, rc: int) -> int:
+        return exit_status(rc) if isolation(self.spec).sandbox != "none" else rc
 
     def _make_peer(self, proc: ChildProcess) -> Peer:
         return Peer(
@@ -128,6 +227,8 @@ class Replica(ProcessReplica):
             fut.add_done_callback(_swallow)
 
     def _serving(self) -> None:
+        if self.spec.health is not None:
+            self.health = self.host.health_board.start(self, self.spec.health)
         self.host.replica_ready(self)
 
     def _down(self) -> None:
@@ -142,11 +243,11 @@ class Replica(ProcessReplica):
     # -- work -----------------------------------------------------------------------------
     def task_started(self, task_id: str) -> None:
         self.tasks_running += 1
-        if self.row(Cause.TASK).target is not None:  # no reason made for nothing
+        if self.moves(Cause.TASK):  # no reason made for nothing
             self.fire(Cause.TASK, f"task {task_id}")
 
     def task_finished(self, task_id: str) -> None:
         self.tasks_running = max(0, self.tasks_running - 1)
-        if self.tasks_running == 0 and self.row(Cause.DONE).target is not None:
+        if self.tasks_running == 0 and self.moves(Cause.DONE):
             self.fire(Cause.DONE, f"task {task_id} done")
 

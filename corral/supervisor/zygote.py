@@ -341,6 +341,8 @@ class Zygotes:
         self.zygotes: dict[Key, Zygote] = {}
         self._starting: dict[Key, asyncio.Future[Zygote]] = {}
         self._failed: dict[Key, tuple[float, str]] = {}
+        # starting when retired: closed as soon as the start ends, never served
+        self._retired: set[Key] = set()
         self.started = 0
         self.failures = 0
         self.closed = False
@@ -370,7 +372,13 @@ class Zygotes:
             raise
         finally:
             self._starting.pop(key, None)
+            retired = key in self._retired
+            self._retired.discard(key)
         self._failed.pop(key, None)
+        if retired:
+            z.close()
+            raise ZygoteUnavailable("zygote retired while it started (no agent runs its "
+                                    "release any more)")
         self.started += 1
         self.zygotes[key] = z
         return z
@@ -392,6 +400,9 @@ class Zygotes:
         its interpreter is about to be removed, or no agent will fork from it)."""
         for key in [k for k in self.zygotes if which(k)]:
             self.zygotes.pop(key).close()
+        # one still starting is let finish (its waiters get an answer, not a
+        # cancellation) and closed then
+        self._retired.update(k for k in self._starting if which(k))
 
     def close(self) -> None:
         self.closed = True

@@ -12,7 +12,8 @@ The handler may be a plain function (run in a thread, so pings are answered whil
 works) or a coroutine function (run on an asyncio loop, imported only then). The SDK is
 deliberately stdlib-only and imports little: a worker's start-up is paid at every restart.
 The main thread reads stdin and answers `initialize`, `ping`, `task/cancel` and
-`shutdown` itself; stdout is reserved for the protocol (print() goes to stderr).
+`shutdown` itself (`health/check`, the `@health_check` functions, on a thread of its own);
+stdout is reserved for the protocol (print() goes to stderr).
 """
 
 from __future__ import annotations
@@ -248,7 +249,32 @@ def _set_title(title: str) -> None:
 _FATAL_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.EFBIG, errno.ENOMEM, errno.EAGAIN}
 FATAL_EXIT_STATUS = 70
 
-__all__ = ["Context", "RpcError", "TaskCancelled", "TaskError", "Worker", "run"]
+__all__ = ["Context", "RpcError", "TaskCancelled", "TaskError", "Worker", "health_check",
+           "run"]
+
+# -- health checks -------------------------------------------------------------------------
+# `@health_check` functions by name, answered to corral's `health/check` requests
+_HEALTH_CHECKS: dict[str, Callable[[], Any]] = {}
+# health/check requests waiting for the health thread: past this many, answered failed at
+# once (a check that hangs makes the agent unhealthy, not the worker's memory grow)
+HEALTH_PENDING_MAX = 8
+
+
+def health_check(fn_or_name: Any = None) -> Any:
+    """Register a health check corral asks for (`health/check`, docs/sdk.md):
+    `@health_check` (named after the function) or `@health_check("db")`.
+
+    The function takes no argument (a coroutine function runs on the worker's asyncio
+    loop); returning None or True passes, False fails, a dict {"ok": bool, "message": str}
+    says both, and an exception fails with its text. Checks run on a thread of their own,
+    so a busy handler does not fail them unless the check itself says so."""
+    def register(fn: Callable[[], Any], name: str | None = None) -> Callable[[], Any]:
+        _HEALTH_CHECKS[name or fn.__name__] = fn
+        return fn
+
+    if callable(fn_or_name):
+        return register(fn_or_name)
+    return lambda fn: register(fn, fn_or_name)
 
 
 class TaskError(Exception):
@@ -356,6 +382,17 @@ class Context:
             params["message"] = message
         self._worker.notify("task/progress", params)
 
+    def report_usage(self, input_tokens: int = 0, output_tokens: int = 0,
+                     cost_usd: float = 0.0, model: str | None = None) -> None:
+        """Tell corral what this task spent on a model (a `usage/report` notification):
+        counted for the task, the agent and the model, against the agent's token and cost
+        budgets. Call it after each model call; it does not wait."""
+        params: dict[str, Any] = {"task_id": self.task_id, "input_tokens": input_tokens,
+                                  "output_tokens": output_tokens, "cost_usd": cost_usd}
+        if model is not None:
+            params["model"] = model
+        self._worker.notify("usage/report", params)
+
     def _call(self, method: str, params: Any) -> Any:
         if self._async:
             return self._worker.request_async(method, params)
@@ -413,8 +450,10 @@ class Worker:
         on_event: Callable[[str, Any], Any] | None = None,
         on_shutdown: Callable[[], Any] | None = None,
         on_resource_updated: Callable[[str, str], Any] | None = None,
+        on_hibernate: Callable[[Any], Any] | None = None,
     ) -> None:
         self.handler = handler
+        self.on_hibernate = on_hibernate
         self.on_initialize = on_initialize
         self.on_event = on_event
         self.on_shutdown = on_shutdown
@@ -437,6 +476,8 @@ class Worker:
         # a small task itself
         self._jobs: Any = None
         self._idle = 0
+        self._health_jobs: Any = None  # health/check requests for the health thread
+        self._health_pending = 0
         # stdout is the protocol channel: keep a private handle, send stray prints to stderr
         self._out = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)
@@ -573,6 +614,10 @@ class Worker:
             self._initialize(rid, params)
         elif method == "shutdown":
             self._shutdown(rid)
+        elif method == "hibernate":
+            self._hibernate(rid)
+        elif method == "health/check":
+            self._health_request(rid, params)
         elif method == "event":
             if self.on_event is not None:
                 try:
@@ -625,6 +670,94 @@ class Worker:
         if rid is not None:
             self._reply(rid, {})
         self._exit(0)
+
+    def _hibernate(self, rid: Any) -> None:
+        """corral is about to stop this idle worker until work comes (hibernate_after):
+        the hook's answer, unless None, is checkpointed, and `initialize` gives it back."""
+        checkpointed = False
+        if self.on_hibernate is not None:
+            try:
+                state = self.on_hibernate(self.state)
+            except Exception as exc:
+                _print_exc()
+                if rid is not None:
+                    self._error(rid, INTERNAL_ERROR, _exc_text(exc))
+                return
+            if state is not None:
+                self.state = state
+                # before the answer, on the same channel: corral has it when it stops us
+                self.notify("state/checkpoint", {"state": state})
+                checkpointed = True
+        if rid is not None:
+            self._reply(rid, {"checkpointed": checkpointed})
+
+    # -- health ---------------------------------------------------------------------------
+    def _health_request(self, rid: Any, params: dict[str, Any]) -> None:
+        """Answered on the health thread: the reader goes on reading (pings, tasks)."""
+        if rid is None:
+            return
+        name = params.get("name")
+        if self._health_jobs is None:
+            from _queue import SimpleQueue
+
+            self._health_jobs = SimpleQueue()
+            threading.Thread(target=self._health_thread, daemon=True, name="health").start()
+        with self._lock:
+            full = self._health_pending >= HEALTH_PENDING_MAX
+            if not full:
+                self._health_pending += 1
+        if full:
+            self._reply(rid, {"ok": False, "message": "earlier health checks still running"})
+            return
+        self._health_jobs.put((rid, name))
+
+    def _health_thread(self) -> None:
+        jobs = self._health_jobs
+        while True:
+            rid, name = jobs.get()
+            try:
+                answer = self._run_checks(name)
+            except BaseException as exc:
+                answer = {"ok": False, "message": _exc_text(exc)}
+            with self._lock:
+                self._health_pending -= 1
+            self._reply(rid, answer)
+
+    def _run_checks(self, name: Any) -> dict[str, Any]:
+        if name is not None:
+            fn = _HEALTH_CHECKS.get(str(name))
+            if fn is None:
+                return {"ok": False, "message": f"no health check named {name!r}"}
+            return self._one_check(fn)
+        for check_name, fn in list(_HEALTH_CHECKS.items()):
+            answer = self._one_check(fn)
+            if not answer["ok"]:
+                said = answer.get("message")
+                return {"ok": False, "message": f"{check_name}: {said}" if said
+                        else f"{check_name} failed"}
+        return {"ok": True}
+
+    def _one_check(self, fn: Callable[[], Any]) -> dict[str, Any]:
+        try:
+            if getattr(fn, "__code__", None) and fn.__code__.co_flags & 0x80:
+                import asyncio
+
+                value = asyncio.run_coroutine_threadsafe(fn(), self._ensure_loop()).result()
+            else:
+                value = fn()
+        except Exception as exc:
+            return {"ok": False, "message": _exc_text(exc)}
+        if value is None or value is True:
+            return {"ok": True}
+        if value is False:
+            return {"ok": False}
+        if isinstance(value, dict) and isinstance(value.get("ok"), bool):
+            out: dict[str, Any] = {"ok": value["ok"]}
+            if value.get("message") is not None:
+                out["message"] = str(value["message"])
+            return out
+        return {"ok": False, "message": f"the check returned {type(value).__name__}, not "
+                                        "None, a bool or {'ok': ...}"}
 
     # -- tasks ----------------------------------------------------------------------------
     def _start_task(self, rid: Any, params: dict[str, Any]) -> None:
@@ -744,9 +877,13 @@ def run(
     on_event: Callable[[str, Any], Any] | None = None,
     on_shutdown: Callable[[], Any] | None = None,
     on_resource_updated: Callable[[str, str], Any] | None = None,
+    on_hibernate: Callable[[Any], Any] | None = None,
 ) -> None:
-    """Serve `handler(task_input, ctx)` over stdio until the supervisor says stop."""
+    """Serve `handler(task_input, ctx)` over stdio until the supervisor says stop.
+    `on_hibernate(state)`: called with the state last checkpointed when corral
+    hibernates the idle agent; what it returns (if not None) is checkpointed as the
+    agent's state, given back by `initialize` when a task wakes it."""
     Worker(
         handler, on_initialize=on_initialize, on_event=on_event, on_shutdown=on_shutdown,
-        on_resource_updated=on_resource_updated,
+        on_resource_updated=on_resource_updated, on_hibernate=on_hibernate,
     ).run()

@@ -10,8 +10,8 @@ the agents per turn of the loop; their headers and every other family are
 `prometheus_client`'s own (a test holds the lines to what it makes of the same figures).
 The daemon's own `process_*` figures are read in a thread (counting its open files is a
 walk of /proc/self/fd, thousands of entries at a thousand agents). Labels are names
-(agent, state, cause, outcome, server, route, code), never a task, request or session
-id; a removed agent's series are gone at the next scrape.
+(agent, state, cause, outcome, server, route, code, model, kind), never a task, request
+or session id; a removed agent's series are gone at the next scrape.
 
 Who may scrape: with `[http] metrics_public = true` on a loopback address (or a unix
 socket) anyone who reaches it; otherwise a caller one of `ctx.authenticators` recognises,
@@ -191,6 +191,14 @@ class Snapshot:
     # every agent's task times: bucket counts and their sum
     duration: tuple[list[int], float] = ([], 0.0)
     wait: tuple[list[int], float] = ([], 0.0)
+    # the autoscaler's: decisions by (agent, direction); (agent, desired, current)
+    decisions: dict[tuple[str, str], int] = field(default_factory=dict)
+    scaled: list[tuple[str, int, int]] = field(default_factory=list)
+    # agents with [health] only: failed checks by (agent, check), ready replicas by agent
+    health_failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    ready: dict[str, int] = field(default_factory=dict)
+    # what agents reported (usage/report): (agent, model, input, output, dollars)
+    usage: list[tuple[str, str, int, int, float]] = field(default_factory=list)
 
 
 def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
@@ -205,6 +213,17 @@ def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
             calls += instance.client.calls
             errors += instance.client.errors
         out.mcp[server] = (calls, errors)
+    out.decisions = dict(sup.elastic.counts)
+    out.scaled = [(name, e.desired, len(sup.agents[name].replicas))
+                  for name, e in sup.elastic.entries.items() if name in sup.agents]
+    out.health_failures = dict(sup.health_board.failures)
+    for name, agent in sup.agents.items():
+        if agent.spec.health is not None:
+            out.ready[name] = sum(1 for r in agent.replicas if r.serving and r.health_ready)
+    for reporter, used in sup.tasks.budgets.usage.items():
+        for model, u in used.models.items():
+            out.usage.append((reporter, model, u.input_tokens, u.output_tokens,
+                              u.cost_usd))
     return out
 
 
@@ -235,17 +254,60 @@ def fleet_families(snap: Snapshot) -> Iterator[Metric]:
         "agent's.")
     wait.add_metric([], _buckets(snap.wait[0]), snap.wait[1])
     yield wait
+    # only agents that reported: most fleets have none, and a series per agent and model
+    # of zeros would be noise
+    tokens = CounterMetricFamily("corral_agent_tokens", "Tokens an agent reported "
+                                 "(usage/report), by model and kind (input, output).",
+                                 labels=("agent", "model", "kind"))
+    cost = CounterMetricFamily("corral_agent_cost_usd", "Dollars an agent reported "
+                               "(usage/report), by model.", labels=("agent", "model"))
+    for agent, model, inp, out, dollars in snap.usage:
+        tokens.add_metric([agent, model, "input"], inp)
+        tokens.add_metric([agent, model, "output"], out)
+        cost.add_metric([agent, model], dollars)
+    yield tokens
+    yield cost
     mcp = CounterMetricFamily("corral_mcp_calls", "Calls to each MCP server, by "
                               "outcome.", labels=("server", "outcome"))
     for server, (calls, errors) in snap.mcp.items():
         mcp.add_metric([server, "ok"], calls - errors)
         mcp.add_metric([server, "error"], errors)
     yield mcp
+    yield from autoscale_families(snap)
     http = CounterMetricFamily("corral_http_requests", "Requests to the daemon's HTTP "
                                "server, by route and status.", labels=("route", "code"))
     for (route, code), n in snap.requests.items():
         http.add_metric([route, code], n)
     yield http
+    failures = CounterMetricFamily(
+        "corral_health_check_failures", "Failed health checks ([health]), by agent and "
+        "check (readiness, liveness).", labels=("agent", "check"))
+    for (agent, check), n in snap.health_failures.items():
+        failures.add_metric([agent, check], n)
+    yield failures
+    ready = GaugeMetricFamily(
+        "corral_agent_ready_replicas", "An agent's serving replicas that pass their "
+        "readiness check (agents with [health]).", labels=("agent",))
+    for agent, n in snap.ready.items():
+        ready.add_metric([agent], n)
+    yield ready
+
+
+def autoscale_families(snap: Snapshot) -> Iterator[Metric]:
+    decisions = CounterMetricFamily(
+        "corral_autoscale_decisions", "The autoscaler's changes of an agent's replica "
+        "count, by direction (up, down, wake, sleep, hibernate, held).",
+        labels=("agent", "direction"))
+    for (agent, direction), n in sorted(snap.decisions.items()):
+        decisions.add_metric([agent, direction], n)
+    yield decisions
+    replicas = GaugeMetricFamily(
+        "corral_autoscale_replicas", "An elastic agent's replica count: the one its "
+        "autoscaler wants (desired) and the one it has (current).", labels=("agent", "kind"))
+    for agent, desired, current in snap.scaled:
+        replicas.add_metric([agent, "desired"], desired)
+        replicas.add_metric([agent, "current"], current)
+    yield replicas
 
 
 class Families(Collector):

@@ -114,7 +114,8 @@ def document() -> dict[str, Any]:
         parameters: list[dict[str, Any]] = [
             {"name": var, "in": "path", "required": True,
              "schema": {"type": "string", "minLength": 1}
-             | ({"pattern": TARGET} if param == "names" else {})}
+             | ({"pattern": TARGET} if param == "names" else {})
+             | ({"pattern": "^(0|[1-9][0-9]{0,8})$"} if param == "replica" else {})}
             for var, param in res.path_params.items()]
         for name in res.query:
             schema = props[name]

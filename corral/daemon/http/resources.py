@@ -37,6 +37,7 @@ def _r(verb: str, path: str, method: str, summary: str, **kw: Any) -> Resource:
 
 
 ONE = {"name": "names"}  # an agent named by the path, where the method takes a list
+REPLICA = {"name": "name", "replica": "replica"}  # one replica of an agent
 RESOURCES: list[Resource] = [
     _r("GET", "/agents", "agents.status", "Agents' replicas: state, pid, restarts, "
        "CPU, memory, tasks", query=("names",)),
@@ -56,6 +57,13 @@ RESOURCES: list[Resource] = [
        path_params=ONE, body=("signal",)),
     _r("POST", "/agents/{name}/scale", "agents.scale", "Set an agent's replicas",
        body=("replicas",)),
+    _r("POST", "/agents/{name}/pause", "agents.pause",
+       "Pause an agent: freeze its replicas, memory kept"),
+    _r("POST", "/agents/{name}/resume", "agents.resume", "Resume an agent's paused replicas"),
+    _r("POST", "/agents/{name}/replicas/{replica}/pause", "agents.pause",
+       "Pause one replica", path_params=REPLICA),
+    _r("POST", "/agents/{name}/replicas/{replica}/resume", "agents.resume",
+       "Resume one paused replica", path_params=REPLICA),
     _r("GET", "/agents/{name}/history", "agents.history", "An agent's spec revisions",
        query=("limit",)),
     _r("POST", "/agents/{name}/rollback", "agents.rollback",

@@ -53,8 +53,9 @@ MAX_SESSIONS = 64
 # the control methods the page calls (those this build registers: without stats.history
 # the page's charts say they have only the points since it opened)
 METHODS = ("agents.status", "agents.describe", "agents.history", "agents.rollback",
-           "agents.scale", "agents.restart", "tasks.list", "tasks.get", "logs.tail",
-           "stats.get", "stats.history", "mcp.status", "gateway.status", "audit.list")
+           "agents.scale", "agents.restart", "agents.pause", "agents.resume", "tasks.list",
+           "tasks.get", "logs.tail", "stats.get", "stats.history", "mcp.status",
+           "gateway.status", "audit.list")
 
 # the streams the page follows (Server-Sent Events with the session's cookie), each
 # served as the REST API serves it (rest.Api.stream: its caps on open streams)

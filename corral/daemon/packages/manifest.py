@@ -127,6 +127,10 @@ def _manifest(directory: Path, where: Path, prefix: str, table: dict[str, Any],
         spec.argv()
     except ConfigError as exc:
         raise bad("command", str(exc)) from None
+    try:
+        spec.check_health()
+    except ConfigError as exc:  # "health.liveness.exec: ..."
+        raise ConfigError(f"{where}: {prefix}.{exc}") from None
     if spec.min_healthy_time >= spec.healthy_deadline:
         raise bad("min_healthy_time", f"{spec.min_healthy_time:g} s is not less than "
                                       f"healthy_deadline ({spec.healthy_deadline:g} s)")

@@ -7,6 +7,8 @@ durable.py    the TaskJournal port (the daemon's: corral.daemon.taskjournal)
 admission.py  refusals: an agent that cannot run it, input size, rate, a full queue
 queue.py      the Queue protocol, and LocalQueue (the priority heap)
 dispatch.py   to a replica's free slot, deadlines, retries
+usage.py      what agents report they spent (tokens, dollars, per model)
+budget.py     usage agents report, token and cost budgets, the gate dispatch asks
 deadlines.py  the running attempts' deadlines, behind one timer
 counters.py   per-agent counts and latency window
 retention.py  what finished tasks keep in memory
@@ -15,6 +17,7 @@ manager.py    TaskManager, composing them
 """
 
 from .admission import MAX_INPUT_BYTES, TokenBucket
+from .budget import Budget, Budgets
 from .counters import LATENCY_WINDOW, AgentTasks
 from .dispatch import CANCEL_GRACE, Dispatcher
 from .durable import TaskJournal, unknown_cursor
@@ -35,6 +38,7 @@ from .model import (
 from .payload import Output, encode_input, raw_output_of
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
+from .usage import ModelUsage, Usage
 from .worker import ToolRouter
 
 __all__ = [
@@ -47,8 +51,11 @@ __all__ = [
     "TERMINAL",
     "AgentTasks",
     "Attempt",
+    "Budget",
+    "Budgets",
     "Dispatcher",
     "LocalQueue",
+    "ModelUsage",
     "Output",
     "Queue",
     "Retention",
@@ -63,6 +70,7 @@ __all__ = [
     "TaskSummary",
     "TokenBucket",
     "ToolRouter",
+    "Usage",
     "encode_input",
     "is_task_id",
     "new_id",

@@ -40,7 +40,8 @@ def refusal(agent: AgentLike) -> str | None:
     """Why `agent` cannot take a task now (no replica will run it), or None."""
     reps = agent.replicas
     if not reps:
-        return f"agent {agent.name} has no replicas"
+        # an elastic agent asleep takes the task: it waits while a replica wakes
+        return None if agent.spec.elastic else f"agent {agent.name} has no replicas"
     if all(r.state == State.FAILED for r in reps):
         return f"agent {agent.name} is failed: {reps[0].reason}"
     if not any(r.state in LIVE or r.state == State.BACKOFF for r in reps):

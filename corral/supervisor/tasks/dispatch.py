@@ -3,7 +3,9 @@ free slot (`max_concurrent_tasks`), taken from the Queue only then; each attempt
 deadline, and a task lost with its worker goes back to the queue while it has retries.
 
 Deadlines run from the start of each attempt. On expiry `task/cancel` is sent; a worker
-that has not answered within `cancel_grace` is treated as hung and restarted. A late
+that has not answered within `cancel_grace` is treated as hung and restarted. A paused
+replica (corral pause) takes no task; the deadline of one it runs keeps running (the
+caller is answered on time), and its cancel grace counts once it is resumed. A late
 answer after a timeout or cancel is recorded on its attempt, never reported again.
 """
 
@@ -16,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
-from ..lifecycle import SERVING
+from ..lifecycle import SERVING, State
+from .budget import Budgets
 from .counters import AgentTasks
 from .deadlines import Deadlines
 from .durable import TaskJournal
@@ -47,8 +50,9 @@ class Outcomes(Protocol):
 
 class Dispatcher:
     def __init__(self, sup: TaskHost, queue: Queue, by_agent: Mapping[str, AgentTasks],
-                 outcomes: Outcomes) -> None:
+                 outcomes: Outcomes, budgets: Budgets | None = None) -> None:
         self.sup = sup
+        self.budgets = budgets
         self.queue = queue
         self.by_agent = by_agent
         self.outcomes = outcomes
@@ -60,6 +64,8 @@ class Dispatcher:
         for r in agent.replicas:
             if r.state in SERVING and r.peer is not None and r.tasks_running < limit and (
                     best is None or r.tasks_running < best.tasks_running):
+                if not r.health_ready:  # readiness (health.py): no new task while unready
+                    continue
                 best = r
         return best
 
@@ -73,6 +79,14 @@ class Dispatcher:
         while queue.depth(agent_name):
             r = self.free_replica(agent)
             if r is None:
+                # an elastic agent asleep: the task wakes it (unless a budget holds its
+                # tasks: the budget's timer pumps again, and wakes it, when they may go)
+                if not agent.replicas and not (self.budgets is not None
+                                               and self.budgets.holds(agent)):
+                    self.sup.wake(agent_name)
+                return
+            # over a token or cost budget: the tasks wait, and its timer pumps again
+            if self.budgets is not None and self.budgets.holds(agent):
                 return
             task = queue.take(agent_name)
             if task is None:
@@ -162,10 +176,15 @@ class Dispatcher:
             r.peer.notify("task/cancel", {"task_id": task.id})
 
         grace = getattr(r.spec, "cancel_grace", CANCEL_GRACE)
+        loop = asyncio.get_running_loop()
 
         def check() -> None:
-            if attempt.finished is None and r.state in SERVING:
+            if attempt.finished is not None:
+                return
+            if r.state is State.PAUSED:  # it cannot read the cancel: its grace is after
+                loop.call_later(grace, check)
+            elif r.state in SERVING:
                 r.take_down(f"hung: task {task.id} {why}, and did not stop within "
                             f"{grace:g} s of task/cancel", graceful=False)
 
-        asyncio.get_running_loop().call_later(grace, check)
+        loop.call_later(grace, check)

@@ -37,3 +37,6 @@ class TaskHost(Protocol):
     def worker_notifications(self) -> dict[str, Callable[[Replica, Any], None]]: ...
 
     def agent(self, name: str) -> AgentLike: ...
+
+    def wake(self, name: str) -> None:
+        """A task waits for an agent with no replica (an elastic one wakes)."""

@@ -35,6 +35,7 @@ from .admission import (
     rate_limited,
     refusal,
 )
+from .budget import Budgets
 from .counters import COUNTED, AgentTasks
 from .dispatch import Dispatcher
 from .durable import TaskJournal, unknown_cursor
@@ -59,6 +60,12 @@ if TYPE_CHECKING:
     from .host import AgentLike, TaskHost
 
 
+def _note_first(agent: AgentLike, text: str) -> None:
+    """A line of corral's own about the agent, in its first replica's log."""
+    if agent.replicas:
+        agent.replicas[0].note(text)
+
+
 class TaskManager:
     def __init__(self, sup: TaskHost, *, tool_router: ToolRouter,
                  tool_lister: Callable[[Replica], Any], journal: TaskJournal | None = None,
@@ -74,7 +81,8 @@ class TaskManager:
         self._running: asyncio.AbstractEventLoop | None = None  # the loop it works in
         self.by_agent: dict[str, AgentTasks] = {}
         self.queue: Queue = queue if queue is not None else LocalQueue()
-        self.dispatch = Dispatcher(sup, self.queue, self.by_agent, self)
+        self.budgets = Budgets(self._kept, self.pump, self.queue.depth, _note_first)
+        self.dispatch = Dispatcher(sup, self.queue, self.by_agent, self, self.budgets)
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
         self.worker = WorkerMethods(self.active, tool_router, tool_lister)
         # told of every task as it finishes (a cluster node publishes its tasks' outcomes)
@@ -82,6 +90,7 @@ class TaskManager:
         sup.worker_notifications["task/progress"] = self.worker.on_progress
         sup.worker_methods["tools/call"] = self.worker.on_tool_call
         sup.worker_methods["tools/list"] = self.worker.on_tool_list
+        sup.worker_notifications["usage/report"] = self._on_usage
 
     def _agent_tasks(self, agent: AgentLike) -> AgentTasks:
         q = self.by_agent.get(agent.name)
@@ -128,7 +137,8 @@ class TaskManager:
             q.counts["refused"] += 1
             raise rate_limited(agent)
         depth = self.queue.depth(agent.name)
-        if depth >= agent.spec.max_queue and self.dispatch.free_replica(agent) is None:
+        if depth >= agent.spec.max_queue and (self.dispatch.free_replica(agent) is None
+                                              or self.budgets.holds(agent)):
             q.counts["refused"] += 1
             raise queue_full(agent, depth)
         task = Task(agent.name, raw, priority, timeout or agent.spec.task_timeout,
@@ -217,6 +227,7 @@ class TaskManager:
                         next(self._seq))
             task.id, task.created, task.started = rec.task_id, rec.created, rec.started
             task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
+            task.usage = rec.usage
             agent = self.sup.agents.get(rec.agent)
             self.active[task.id] = task
             restored.append(task)
@@ -317,7 +328,10 @@ class TaskManager:
         if task is not None and wait:
             await asyncio.shield(task.done)
         if task is not None and not (task.output_dropped and self.journal is not None):
-            return task.info()
+            shown = task.info()
+            if task.status == TaskStatus.QUEUED:
+                shown.waiting = self.budgets.waiting(task.agent)
+            return shown
         info = await self.journal.load(task_id) if self.journal is not None else None
         if info is None:
             raise jsonrpc.not_found("task", task_id)
@@ -409,10 +423,22 @@ class TaskManager:
 
     def forget_agent(self, name: str) -> None:
         """An agent was removed: its queued tasks are cancelled."""
+        self.budgets.forget(name)
         if self.by_agent.pop(name, None) is not None:
             self._drain(name, TaskStatus.CANCELLED, TaskError(
                 jsonrpc.REQUEST_CANCELLED, f"agent {name} was removed"))
 
     # -- from workers ---------------------------------------------------------------------
+    def _kept(self, task_id: str) -> Task | None:
+        return self.active.get(task_id) or self.finished.get(task_id)
+
+    def _on_usage(self, r: Replica, params: dict[str, Any]) -> None:
+        """usage/report: counted for the task, its agent and its model (budget.py). The
+        task's journal row carries it from the task's next change (its end, as progress
+        does); a report after the end is written at once."""
+        task = self.budgets.on_report(r, params)
+        if task is not None and task.status in TERMINAL:
+            self.record(task)
+
     def report_progress(self, task: Task, params: dict[str, Any]) -> None:
         report_progress(task, params)

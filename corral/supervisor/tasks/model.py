@@ -13,6 +13,7 @@ import msgspec
 
 from .ids import new_id
 from .payload import Output
+from .usage import ModelUsage
 
 if TYPE_CHECKING:
     from ..replica import Replica
@@ -80,6 +81,15 @@ class TaskInfo(_TaskHead):
     attempts: list[Attempt]
     # the output was dropped from memory to bound it (no journal to read it back from)
     output_dropped: bool = False
+    usage: ModelUsage | None = None  # what the worker reported (usage/report)
+    waiting: str | None = None  # why a queued task is not started yet (a budget)
+    # seconds from accepted to its first start: its wait in the queue, a sleeping agent's
+    # wake among it (None: not started)
+    queue_wait: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.started is not None and self.queue_wait is None:
+            self.queue_wait = round(max(0.0, self.started - self.created), 6)
 
 
 class TaskSummary(_TaskHead):
@@ -103,6 +113,7 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     status: str
     tool_calls: int = 0
     attempts: list[Attempt] = []
+    usage: ModelUsage | None = None
 
 
 class Task:
@@ -110,7 +121,7 @@ class Task:
         "_done", "agent", "attempts", "created", "error", "finished",
         "id", "input", "journaled", "out", "output_dropped", "priority", "progress",
         "replica", "retries_left", "seq", "started", "status", "timeout",
-        "tool_calls", "waiter", "watchers",
+        "tool_calls", "usage", "waiter", "watchers",
     )
 
     # whether this node's journal keeps the task: not one a cluster keeps (its record in
@@ -140,6 +151,7 @@ class Task:
         self.attempts: Sequence[Attempt] = []
         self.progress: Any = None
         self.tool_calls = 0
+        self.usage: ModelUsage | None = None  # reported by its worker (budget.py)
         self.replica: Replica | None = None
         # done when the task is: made when first asked for (most tasks have only `waiter`)
         self._done: asyncio.Future[None] | None = None
@@ -188,7 +200,8 @@ class Task:
     def info(self) -> TaskInfo:
         return TaskInfo(self.id, self.agent, self.status, self.priority, self.created,
                         self.started, self.finished, self.tool_calls, self.progress,
-                        self.raw_output, self.error, list(self.attempts), self.output_dropped)
+                        self.raw_output, self.error, list(self.attempts), self.output_dropped,
+                        self.usage)
 
     def summary(self) -> TaskSummary:
         return TaskSummary(self.id, self.agent, self.status, self.priority, self.created,

@@ -122,6 +122,20 @@ function duration(s) {
   if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
   return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
 }
+// an agent's reported usage (usage/report) and its budgets' windows (docs/elastic.md)
+function UsageLine({ u }) {
+  const n = (x) => Math.round(x).toLocaleString("en-US");
+  const models = Object.keys(u.models).sort().join(", ");
+  // one string: htm drops the spaces around a line break next to a value
+  const text = `Usage since the daemon started: ${n(u.input_tokens + u.output_tokens)} ` +
+    `tokens (${n(u.input_tokens)} in, ${n(u.output_tokens)} out), ` +
+    `$${u.cost_usd.toFixed(4)}${models && ` (${models})`}; last minute ` +
+    `${n(u.tokens_last_minute)} tokens, last day ${n(u.tokens_last_day)} tokens, ` +
+    `$${u.cost_usd_last_day.toFixed(4)}.`;
+  return html`<p class="note" id="usage">${text}${u.waiting &&
+    html` <strong id="usage-waiting">${`Tasks wait: ${u.waiting}`}</strong>`}</p>`;
+}
+
 function bytes(n) {
   if (!n) return "0 B";
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -131,6 +145,7 @@ function bytes(n) {
 function stamp(t) {
   return t ? new Date(t * 1000).toLocaleString() : "–";
 }
+const SERVING = new Set(["ready", "busy", "idle"]); // states a replica can be paused in
 const State = ({ s }) => html`<span class=${`state state-${s}`}>${s}</span>`;
 
 // -- a view that polls its data every second while it is shown ------------------------------
@@ -278,6 +293,7 @@ class Agent extends Component {
     return html`<section>
       <h2>${name} <span class="note">revision ${spec.revision ?? "–"}, ${spec.origin}</span></h2>
       <p><code>${spec.argv.join(" ")}</code></p>
+      ${live.agentName === name && live.usage && html`<${UsageLine} u=${live.usage} />`}
       <div class="controls">
         <label>Replicas <input class="replicas" id="replicas" type="number" min="0"
           value=${want} onInput=${(e) => this.setState({ replicas: Number(e.target.value) })} /></label>
@@ -287,16 +303,24 @@ class Agent extends Component {
           onClick=${() => this.act("agents.restart", { names: [name] })}>Restart</button>
         <button id="rolling" disabled=${busy}
           onClick=${() => this.act("agents.restart", { names: [name], rolling: true })}>Rolling restart</button>
+        ${replicas.some((a) => SERVING.has(a.state)) && html`<button id="pause" disabled=${busy}
+          onClick=${() => this.act("agents.pause", { name })}>Pause</button>`}
+        ${replicas.some((a) => a.state === "paused") && html`<button id="resume" disabled=${busy}
+          onClick=${() => this.act("agents.resume", { name })}>Resume</button>`}
       </div>
       <table id="replicas-table">
         <thead><tr><th class="num">Replica</th><th>State</th><th class="num">PID</th>
           <th class="num">Uptime</th><th class="num">Restarts</th><th class="num">CPU</th>
-          <th class="num">RSS</th><th>Last exit</th></tr></thead>
+          <th class="num">RSS</th><th>Last exit</th><th></th></tr></thead>
         <tbody>${replicas.map((a) => html`<tr data-replica=${a.replica}>
           <td class="num">${a.replica}</td><td><${State} s=${a.state} /></td>
           <td class="num">${a.pid ?? "–"}</td><td class="num">${duration(a.uptime)}</td>
           <td class="num">${a.restarts}</td><td class="num">${a.cpu_percent.toFixed(1)} %</td>
-          <td class="num">${bytes(a.rss_bytes)}</td><td>${a.last_exit ?? ""}</td></tr>`)}</tbody>
+          <td class="num">${bytes(a.rss_bytes)}</td><td>${a.last_exit ?? ""}</td>
+          <td>${SERVING.has(a.state) ? html`<button class="pause" disabled=${busy}
+            onClick=${() => this.act("agents.pause", { name, replica: a.replica })}>Pause</button>`
+            : a.state === "paused" && html`<button class="resume" disabled=${busy}
+            onClick=${() => this.act("agents.resume", { name, replica: a.replica })}>Resume</button>`}</td></tr>`)}</tbody>
       </table>
     </section>
     <${Metrics} agent=${name} range=${this.props.range} tick=${this.props.tick}
@@ -399,7 +423,8 @@ function emptySeries() {
   for (const k of KEYS) s[k] = [];
   return s;
 }
-const live = { fleet: emptySeries(), agent: null, agentName: null };
+// `usage`: the open agent's token and cost usage, as the last stats.sample had it
+const live = { fleet: emptySeries(), agent: null, agentName: null, usage: null };
 
 function finished(c) {
   return c.succeeded + c.failed + c.timed_out + c.cancelled + c.lost;
@@ -445,6 +470,7 @@ function record(stats, agentName) {
   }
   const tasks = agentName && stats.tasks.agents[agentName];
   const a = agentName && stats.agents[agentName];
+  live.usage = (a && a.usage) || null;
   if (tasks && a) {
     append(live.agent, now, tasks, {
       p50: tasks.latency_ms.p50, p95: tasks.latency_ms.p95, queue: tasks.queue_depth,

@@ -1,0 +1,362 @@
+"""The autoscaler's loop: once per heartbeat interval it feeds every elastic agent's
+decider (autoscale.py) with its load and applies what it decides through `Agent.scale`,
+the code `corral scale` runs; a task for a sleeping agent wakes it at once (`wake`, from
+dispatch).
+
+Scale-down takes idle replicas only, from the end (`Agent.scale(idle_only=True)`): a
+replica with a running task is never stopped by it; the count falls as they finish.
+Going to zero by `hibernate_after` first asks each worker to `hibernate` (it checkpoints
+its state, which `initialize` gives back on the wake); one that does not answer within its
+stop_timeout is stopped anyway, its state as last checkpointed, and the event says so.
+
+Every decision that changes the count is a `Scaling` event with its reason (the daemon
+logs it under the agent, counts it for /metrics and keeps the last ones for `corral
+history`). A decision is not a config revision and is not kept across daemon restarts: a
+new daemon starts the agent at its (kept) `replicas` and the autoscaler takes it from
+there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from .autoscale import Decider, Decision, Policy
+from .config import AgentSpec
+from .lifecycle import SERVING, STOPPED, State
+
+if TYPE_CHECKING:
+    from .replica import Replica
+    from .stream import Stream
+    from .tasks import TaskManager
+
+
+class Agent(Protocol):
+    """What the loop needs of an agent (core.Agent implements it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def spec(self) -> AgentSpec: ...
+
+    @property
+    def replicas(self) -> list[Replica]: ...
+
+    @property
+    def replacing(self) -> set[Replica]: ...
+
+    async def scale(self, n: int, *, idle_only: bool = False, reason: str = "scaled down",
+                    before_stop: Callable[[list[Replica]], Awaitable[None]] | None = None
+                    ) -> int: ...
+
+
+class Host(Protocol):
+    """What the loop needs of the supervisor (core.Supervisor implements it)."""
+
+    @property
+    def agents(self) -> Mapping[str, Agent]: ...
+
+    @property
+    def heartbeat_interval(self) -> float: ...
+
+    @property
+    def max_replicas(self) -> int: ...
+
+    @property
+    def tasks(self) -> TaskManager: ...
+
+    @property
+    def stream(self) -> Stream: ...
+
+log = logging.getLogger("corral.supervisor")
+
+KEPT_DECISIONS = 100  # per agent, for `corral history`
+
+ASLEEP = "asleep"  # what `corral status` shows of an agent at zero replicas
+AWAKE = "awake"
+WAKING = "waking"
+
+
+class Scaling(NamedTuple):
+    """An autoscaling decision that changed (or tried to change) an agent's count."""
+
+    time: float
+    agent: str
+    previous: int
+    replicas: int  # the count reached
+    desired: int
+    direction: str  # "up", "down", "wake", "sleep", "held"
+    reason: str
+
+
+def policy_of(spec: AgentSpec, awake: int) -> Policy:
+    """`awake`: the count an agent without autoscale (hibernate_after alone) wakes to."""
+    a = spec.autoscale
+    if a is None:
+        return Policy(awake, awake, upscale_delay=0.0, downscale_delay=0.0,
+                      hibernate_after=spec.hibernate_after)
+    return Policy(a.min_replicas, a.max_replicas, a.target_load, a.upscale_delay,
+                  a.downscale_delay, a.max_step_up, a.idle_after, spec.hibernate_after)
+
+
+class Entry:
+    """An elastic agent's autoscaling state."""
+
+    __slots__ = ("accepted", "applying", "count", "decider", "desired", "last",
+                 "last_work", "spec", "state")
+
+    def __init__(self, spec: AgentSpec, now: float) -> None:
+        self.spec = spec
+        self.decider = Decider(policy_of(spec, max(1, spec.replicas)))
+        # the count it starts with holds for a stable window, as one set later by hand
+        self.decider.changed = now
+        self.count = spec.replicas  # as the autoscaler last left it
+        self.last_work = now  # when it last had a task running or queued
+        self.accepted = -1  # its tasks accepted, as last seen: a change is work
+        self.applying = False  # a change of its count is under way
+        self.desired = spec.replicas
+        self.state = AWAKE
+        self.last: Scaling | None = None
+
+
+class Elastic:
+    def __init__(self, sup: Host) -> None:
+        self.sup = sup
+        self.entries: dict[str, Entry] = {}
+        self.decisions: dict[str, deque[Scaling]] = {}
+        # decisions by (agent, direction), for /metrics
+        self.counts: dict[tuple[str, str], int] = {}
+        self._loop: asyncio.Task[None] | None = None
+        self._changes: set[asyncio.Future[None]] = set()  # changes of counts under way
+        self.ticks = 0
+        self.busy_seconds = 0.0  # the loop's own work, for the bench
+
+    # -- agents -----------------------------------------------------------------------------
+    def track(self, agent: Agent) -> None:
+        """An agent added, or its spec changed (a reload, a rollback): elastic or not."""
+        e = self.entries.get(agent.name)
+        if not agent.spec.elastic:
+            self.entries.pop(agent.name, None)
+        elif e is None:
+            self.entries[agent.name] = Entry(agent.spec, time.monotonic())
+        elif e.spec is not agent.spec:
+            self._respec(e, agent)
+
+    def forget(self, name: str) -> None:
+        self.entries.pop(name, None)
+        self.decisions.pop(name, None)
+        for key in [k for k in self.counts if k[0] == name]:
+            del self.counts[key]
+
+    def status(self, name: str) -> Entry | None:
+        e = self.entries.get(name)
+        agent = self.sup.agents.get(name)
+        if e is not None and agent is not None and agent.spec is not e.spec:
+            self._respec(e, agent)  # changed since the last tick: its bounds as they are
+        return e
+
+    def shown_state(self, name: str) -> str | None:
+        """What `corral status` says of the agent: asleep, waking (woken, no replica
+        serving yet) or awake; None when it is not elastic."""
+        e = self.entries.get(name)
+        agent = self.sup.agents.get(name)
+        if e is None or agent is None:
+            return None
+        if e.state == AWAKE and e.last is not None and e.last.direction == "wake" and not any(
+                r.state in SERVING for r in agent.replicas):
+            return WAKING
+        return e.state
+
+    # -- the loop ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+            self._loop = None
+        for change in list(self._changes):  # the supervisor stops every replica next
+            change.cancel()
+        await asyncio.gather(*self._changes, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.sup.heartbeat_interval)
+            if not self.entries:
+                continue
+            t0 = time.perf_counter()
+            try:
+                self.tick(time.monotonic())
+            except Exception:
+                log.exception("autoscaler tick failed")
+            self.busy_seconds += time.perf_counter() - t0
+            self.ticks += 1
+
+    def tick(self, now: float) -> None:
+        agents = self.sup.agents
+        tasks = self.sup.tasks
+        by_agent = tasks.by_agent
+        depth = tasks.queue.depth
+        budgets = tasks.dispatch.budgets
+        gone: list[str] = []  # no longer elastic
+        for name, e in self.entries.items():
+            agent = agents.get(name)
+            if agent is None or e.applying or agent.replacing:
+                continue
+            if agent.spec is not e.spec:  # a reload, rollback or deploy changed it
+                if not agent.spec.elastic:
+                    gone.append(name)
+                    continue
+                self._respec(e, agent)
+            counters = by_agent.get(name)
+            running = counters.running if counters is not None else 0
+            queued = depth(name)
+            if queued and budgets is not None and budgets.holds(agent):
+                queued = 0  # held by a budget: more replicas would not start them
+            load = running + queued
+            accepted = counters.counts["accepted"] if counters is not None else 0
+            if load or accepted != e.accepted:
+                e.last_work = now
+                e.accepted = accepted
+            current = len(agent.replicas)
+            if current != e.count:  # `corral scale`: a change, held a stable window too
+                e.count = current
+                e.decider.changed = now
+            if (current and e.spec.autoscale is None
+                    and current != e.decider.policy.min_replicas):
+                self._respec(e, agent)  # `corral scale` set the count it wakes to
+            if current and _stopped_by_hand(agent):
+                continue  # an operator stopped it: it stays down
+            d = e.decider.decide(now, load, current, now - e.last_work)
+            e.desired = d.desired
+            if d.desired != current:
+                self._apply(agent, e, current, d)
+        for name in gone:
+            del self.entries[name]
+
+    def _respec(self, e: Entry, agent: Agent) -> None:
+        e.spec = agent.spec
+        awake = max(1, len(agent.replicas) or e.decider.policy.awake)
+        was = e.decider
+        e.decider = Decider(policy_of(agent.spec, awake))
+        e.decider.changed = was.changed  # its windows start afresh, not its last change
+
+    # -- changes ----------------------------------------------------------------------------
+    def wake(self, name: str) -> None:
+        """A task waits for an agent with no replica: start one now (dispatch calls this;
+        the loop does not wait for its tick)."""
+        e = self.entries.get(name)
+        agent = self.sup.agents.get(name)
+        if e is None or agent is None or e.applying or agent.replicas:
+            return
+        now = time.monotonic()
+        e.last_work = now
+        load = self.sup.tasks.queue.depth(name)
+        self._apply(agent, e, 0, e.decider.decide(now, load, 0, 0.0))
+
+    def _apply(self, agent: Agent, e: Entry, current: int, d: Decision) -> None:
+        e.applying = True
+        change = asyncio.ensure_future(self._change(agent, e, current, d))
+        self._changes.add(change)
+        change.add_done_callback(self._changes.discard)
+
+    async def _change(self, agent: Agent, e: Entry, current: int, d: Decision) -> None:
+        up = d.desired > current
+        direction = ("wake" if current == 0 else "up") if up else (
+            "sleep" if d.desired == 0 else "down")
+        reason = d.reason
+        target = d.desired
+        try:
+            if up:
+                room = self.sup.max_replicas - sum(len(a.replicas)
+                                                   for a in self.sup.agents.values())
+                if current + room < target:  # as far as the fleet's max_replicas allows
+                    target = max(current, current + room)
+                    reason += (f"; held at {target} by max_replicas = "
+                               f"{self.sup.max_replicas} (a [supervisor] setting)")
+                    if target == current:
+                        direction = "held"
+                reached = await agent.scale(target) if target > current else current
+            else:
+                hibernate = self._hibernate if d.hibernate else None
+                reached = await agent.scale(d.desired, idle_only=True,
+                                            reason=f"autoscale: {reason}",
+                                            before_stop=hibernate)
+                if d.hibernate and reached == 0:
+                    direction = "hibernate"
+        except RpcError as exc:  # over the fleet's max_replicas: held where it is
+            reached, direction = len(agent.replicas), "held"
+            reason = f"{reason}; not applied: {exc.message}"
+        except Exception as exc:  # pragma: no cover - a bug: logged, the loop goes on
+            log.exception("autoscaling %s failed", agent.name)
+            reached, direction, reason = len(agent.replicas), "held", f"{reason}; {exc}"
+        finally:
+            e.applying = False
+        e.count = reached
+        e.state = ASLEEP if reached == 0 else AWAKE
+        last = e.last
+        # a hold is told once (not every tick while the fleet is full)
+        if reached != current or (direction == "held" and not (
+                last is not None and last.direction == "held" and last.replicas == current
+                and last.desired == d.desired)):
+            self._tell(Scaling(time.time(), agent.name, current, reached, d.desired,
+                               direction, reason))
+        if reached == 0 and direction != "held" and self.sup.tasks.queue.depth(agent.name):
+            self.wake(agent.name)  # a task came while it went to sleep
+
+    async def _hibernate(self, gone: list[Replica]) -> None:
+        """Ask each worker to checkpoint (`hibernate`), each within its stop_timeout."""
+        await asyncio.gather(*(self._ask_hibernate(r) for r in gone))
+
+    async def _ask_hibernate(self, r: Replica) -> None:
+        if r.peer is None or r.state not in SERVING:
+            return
+        timeout = r.spec.stop_timeout
+        try:
+            await r.peer.request("hibernate", {}, timeout=timeout)
+        except RpcError as exc:
+            if exc.code == jsonrpc.REQUEST_TIMEOUT:
+                r.note(f"did not answer hibernate within {timeout:g} s: stopped anyway, "
+                       "its state as last checkpointed")
+            else:
+                r.note(f"hibernate failed ({exc.message}): stopped anyway, its state as "
+                       "last checkpointed")
+
+    def _tell(self, s: Scaling) -> None:
+        e = self.entries.get(s.agent)
+        if e is not None:
+            e.last = s
+        kept = self.decisions.get(s.agent)
+        if kept is None:
+            kept = self.decisions[s.agent] = deque(maxlen=KEPT_DECISIONS)
+        kept.append(s)
+        key = (s.agent, s.direction)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.sup.stream.emit(s)
+
+
+def scale_refusal(spec: AgentSpec, n: int) -> str | None:
+    """Why `corral scale` may not set an autoscaled agent to `n` replicas, or None: within
+    [min_replicas, max_replicas] it sets the count now (the autoscaler goes on from it)."""
+    a = spec.autoscale
+    if a is None or a.min_replicas <= n <= a.max_replicas:
+        return None
+    return (f"{spec.name} autoscales between min_replicas {a.min_replicas} and max_replicas "
+            f"{a.max_replicas}: {n} is outside them (change [agents.{spec.name}.autoscale] "
+            "to go further)")
+
+
+def _stopped_by_hand(agent: Agent) -> bool:
+    return all(r.state in STOPPED and (r._stay_down or r.state == State.INITIAL)
+               for r in agent.replicas)

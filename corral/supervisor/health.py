@@ -1,0 +1,554 @@
+"""Health checks: readiness gates dispatch, liveness restarts, recovery actions.
+
+`[agents.NAME.health]` (config.HealthSpec) gives an agent a readiness check, a liveness
+check or both. Each is the worker's own (`health/check`, answered `{ok, message?}`; the
+SDK's `@health_check` functions) or a command run beside it (exit status 0 passes).
+
+- `CheckCounter` is the pure part: consecutive failures and passes against `failures`
+  and `successes`, failures inside `start_period` not counted; it says when a check
+  flips (passing, failed, failing again). Unit-tested without processes.
+- `ReplicaHealth` runs one replica's checks for one life: made when the replica is Ready,
+  closed when it leaves serving (so a restart starts from nothing). Each check is a loop
+  timer armed `interval` after the last ended, and a request (or a command) bounded by
+  `timeout`: an agent without `[health]` costs nothing at all, one with it a timer per
+  check.
+- `HealthBoard` is the supervisor's: it acts on a flip (the recovery: restart through the
+  restart policy with cause UNHEALTHY, drain, exec a command, an event only), keeps the
+  failure counts `/metrics` shows, raises one event when every serving replica of an
+  agent is unready (and one when one is ready again), and lets one replica of an agent at
+  a time be restarted for its health, so that a failure all replicas share (their
+  database is down) never restarts the whole agent at once.
+
+Command checks and `exec` recoveries are processes of containment (process.ChildProcess:
+their own session and process group, the agent's cgroup machinery where delegated): at
+the timeout the whole group is killed and the process reaped, and what it left in its
+group goes with it whether it timed out or not; escapees are containment's, as for any
+agent process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import shlex
+import signal
+import time
+from collections import Counter, deque
+from enum import Enum
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+import msgspec
+
+from ..jsonrpc import LineBlock, RpcError
+from ..text import plural
+from .config import CheckSpec, HealthSpec, Limits
+from .lifecycle import SERVING, STOPPED, Cause, State
+from .process import ChildProcess
+from .stream import Stream
+
+if TYPE_CHECKING:
+    from ..jsonrpc import Peer
+    from .containment import Containment
+
+READINESS = "readiness"
+LIVENESS = "liveness"
+DEFAULT_RECOVERY = {READINESS: "drain", LIVENESS: "restart"}
+HEALTH_TOPIC = "corral.health"  # the event bus's topic of every check's flip
+# how long a killed check may take to be reaped before it is given up on (containment
+# reaps it when it does die)
+KILL_GRACE = 5.0
+OUTPUT_GRACE = 1.0  # how long its output is read after its exit (a grandchild may hold it)
+OUTPUT_KEPT = 5  # the last lines of a command's output, for the failure's message
+MESSAGE_MAX = 300  # a worker's message beyond this is cut (it goes into reasons, logs)
+
+
+class Verdict(NamedTuple):
+    ok: bool
+    message: str = ""
+
+
+class Flip(Enum):
+    PASSED = "passed"  # passing now (enough consecutive passes)
+    FAILED = "failed"  # failed now (enough consecutive counted failures)
+    FAILING = "failing"  # one more failure while failed: an action held back may go now
+
+
+class CheckCounter:
+    """One check's consecutive outcomes for one life of a replica."""
+
+    __slots__ = ("failures", "failures_needed", "grace_until", "message", "ok", "previous",
+                 "successes", "successes_needed")
+
+    def __init__(self, failures: int, successes: int, grace_until: float) -> None:
+        self.failures_needed = failures
+        self.successes_needed = successes
+        self.grace_until = grace_until  # failures before this (start_period) are not counted
+        self.ok: bool | None = None  # None: not passed nor failed yet
+        self.previous: bool | None = None  # `ok` before the last flip
+        self.failures = 0  # consecutive, counted
+        self.successes = 0  # consecutive
+        self.message = ""  # the last verdict's
+
+    def record(self, v: Verdict, now: float) -> Flip | None:
+        self.message = v.message
+        if v.ok:
+            self.failures = 0
+            self.successes += 1
+            if self.ok is not True and self.successes >= self.successes_needed:
+                self.previous, self.ok = self.ok, True
+                return Flip.PASSED
+            return None
+        self.successes = 0
+        if now < self.grace_until:
+            return None
+        self.failures += 1
+        if self.failures < self.failures_needed:
+            return None
+        if self.ok is False:
+            return Flip.FAILING
+        self.previous, self.ok = self.ok, False
+        return Flip.FAILED
+
+
+def check_label(kind: str, spec: CheckSpec) -> str:
+    """How reasons and events name a check: `liveness check "db"`."""
+    if spec.check is not None:
+        return f'{kind} check "{spec.check}"'
+    if spec.command is not None:
+        return f'{kind} check "{shlex.join(spec.command)}"'
+    return f"{kind} check"
+
+
+def worker_verdict(fut: asyncio.Future[Any]) -> Verdict:
+    """The worker's answer to `health/check` as a verdict (an error answer fails)."""
+    if fut.cancelled():
+        return Verdict(False, "health/check cancelled")
+    exc = fut.exception()
+    if exc is not None:
+        return Verdict(False, exc.message if isinstance(exc, RpcError) else str(exc))
+    raw = fut.result()
+    try:
+        value = msgspec.json.decode(raw) if isinstance(raw, (bytes, msgspec.Raw)) else raw
+    except msgspec.DecodeError:
+        value = None
+    if not isinstance(value, dict) or not isinstance(value.get("ok"), bool):
+        return Verdict(False, "health/check answer has no boolean ok")
+    message = value.get("message")
+    text = message[:MESSAGE_MAX] if isinstance(message, str) else ""
+    return Verdict(value["ok"], text)
+
+
+async def run_command(argv: list[str], *, containment: Containment, kind: str, name: str,
+                      index: int, env: dict[str, str], cwd: str | None,
+                      timeout: float) -> Verdict:
+    """Run `argv` to its end or `timeout`, then kill its process group (and cgroup) and
+    reap it: nothing it started is left. Exit status 0 passes."""
+    tail: deque[str] = deque(maxlen=OUTPUT_KEPT)
+
+    def out(line: bytes) -> None:
+        tail.append(line.decode("utf-8", "replace").strip())
+
+    def err(lines: LineBlock) -> None:
+        for line in lines.last(OUTPUT_KEPT):
+            tail.append(line.decode("utf-8", "replace").strip())
+
+    try:
+        proc = await ChildProcess.spawn(
+            argv, containment=containment, kind=kind, name=name, index=index, env=env,
+            cwd=cwd, limits=Limits(), uid=None, gid=None, stop_timeout=timeout,
+            on_stdout_line=out, on_stderr_lines=err, on_oversize=lambda *_: None,
+            max_line=64 * 1024)
+    except Exception as exc:  # a spawn that failed is a failed check, not corral's error
+        return Verdict(False, f"cannot run {argv[0]}: {exc}")
+    try:
+        proc.close_stdin()
+        if not await _wait(proc.exited, timeout):
+            proc.kill_group(signal.SIGKILL)
+            await _wait(proc.exited, KILL_GRACE)
+            return Verdict(False, f"no exit within {timeout:g} s: killed with its process "
+                                  "group")
+        proc.kill_group(signal.SIGKILL)  # what it left in its group
+        await _wait(proc.output_closed, OUTPUT_GRACE)  # its last words explain a failure
+        rc = proc.exited.result()
+        said = next((t for t in reversed(tail) if t), "")
+        if rc == 0:
+            return Verdict(True, said[:MESSAGE_MAX])
+        return Verdict(False, (f"exit status {rc}" + (f": {said}" if said else ""))
+                       [:MESSAGE_MAX])
+    finally:
+        proc.kill_group(signal.SIGKILL)  # what it left in its group, if it ended first
+        containment.ended(proc.token)
+        proc.close()
+
+
+async def _wait(fut: asyncio.Future[Any], timeout: float) -> bool:
+    if not fut.done():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+    return fut.done()
+
+
+class Checked(Protocol):
+    """The replica a ReplicaHealth checks (replica.Replica)."""
+
+    name: str
+    index: int
+    pid: int | None
+    peer: Peer | None
+    state: State
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def serving(self) -> bool: ...
+
+    def check_environment(self) -> dict[str, str]:
+        """The environment of a command check or exec recovery: the agent's, and
+        CORRAL_AGENT, CORRAL_REPLICA, CORRAL_PID."""
+        ...
+
+    @property
+    def cwd(self) -> str | None: ...
+
+    def take_down(self, reason: str, *, graceful: bool, cause: Cause = ...) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+
+class CheckRun:
+    """One check of one life: its spec, counter, timer and the attempt in flight."""
+
+    __slots__ = ("counter", "kind", "label", "recovery", "spec", "task", "timer", "turn")
+
+    def __init__(self, kind: str, spec: CheckSpec, grace_until: float) -> None:
+        self.kind = kind
+        self.spec = spec
+        self.label = check_label(kind, spec)
+        self.recovery = spec.recovery or DEFAULT_RECOVERY[kind]
+        self.counter = CheckCounter(spec.failures, spec.successes, grace_until)
+        self.timer: asyncio.Handle | None = None
+        self.task: asyncio.Task[None] | None = None  # a command check running
+        self.turn = 0  # attempts begun: a late answer to an earlier one is ignored
+
+
+class HealthChange(NamedTuple):
+    """A check of a replica flipped (passed, failed), and what was done."""
+
+    time: float
+    agent: str
+    replica: int
+    pid: int | None
+    check: str  # "readiness" or "liveness"
+    label: str  # `liveness check "db"`
+    ok: bool
+    message: str
+    action: str  # "ready", "unready", "restart", "restart held", "drain", "exec", "event"
+    text: str  # the sentence logs show
+
+
+class AgentReadiness(NamedTuple):
+    """Every serving replica of an agent is unready (ready=False), or one is ready
+    again: once per change, never per tick."""
+
+    time: float
+    agent: str
+    ready: bool
+    text: str
+
+
+class ReplicaHealth:
+    """The checks of one life of one replica."""
+
+    def __init__(self, r: Checked, spec: HealthSpec, board: HealthBoard) -> None:
+        self.r = r
+        self.board = board
+        grace_until = time.monotonic() + spec.start_period
+        self.runs = [CheckRun(kind, c, grace_until) for kind, c in
+                     ((READINESS, spec.readiness), (LIVENESS, spec.liveness)) if c is not None]
+        self.closed = False
+        self.ready = self._ready_now()
+        self.execs: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        for run in self.runs:  # the first check at once: readiness gates the first task
+            run.timer = loop.call_soon(self._due, run)
+
+    def _ready_now(self) -> bool:
+        for run in self.runs:
+            ok = run.counter.ok
+            if run.kind == READINESS and ok is not True:
+                return False
+            if run.recovery == "drain" and ok is False:
+                return False
+        return True
+
+    @property
+    def reason(self) -> str | None:
+        """Why the replica is unready or failing a check, or None when all pass."""
+        for run in self.runs:
+            c = run.counter
+            if c.ok is False:
+                return f"{run.label} failed: {c.message}" if c.message else \
+                    f"{run.label} failed"
+            if run.kind == READINESS and c.ok is None:
+                return f"{run.label} not passed yet" + (f": {c.message}" if c.message
+                                                        else "")
+        return None
+
+    def close(self) -> None:
+        """The life is over (or leaving serving): no more checks; a command running is
+        killed with its group (its task's clean-up)."""
+        if self.closed:
+            return
+        self.closed = True
+        for run in self.runs:
+            if run.timer is not None:
+                run.timer.cancel()
+                run.timer = None
+            if run.task is not None:
+                run.task.cancel()
+                run.task = None
+            run.turn += 1
+        for task in self.execs:  # bounded by its timeout, but not past the life
+            task.cancel()
+
+    # -- one attempt ----------------------------------------------------------------------
+    def _due(self, run: CheckRun) -> None:
+        run.timer = None
+        if self.closed:
+            return
+        run.turn += 1
+        turn = run.turn
+        spec = run.spec
+        if spec.command is not None:
+            run.task = asyncio.ensure_future(self._command(run, turn, spec.command))
+            return
+        peer = self.r.peer
+        if peer is None:  # (not while it serves) looked at again next interval
+            self._done(run, Verdict(False, "no channel to the worker"))
+            return
+        rid, fut = peer.request_future("health/check",
+                                       {"name": spec.check} if spec.check else {})
+        run.timer = asyncio.get_running_loop().call_later(
+            spec.timeout, self._unanswered, run, turn, peer, rid)
+        fut.add_done_callback(functools.partial(self._answered, run, turn))
+
+    def _answered(self, run: CheckRun, turn: int, fut: asyncio.Future[Any]) -> None:
+        v = worker_verdict(fut)
+        if self.closed or turn != run.turn:
+            return
+        if run.timer is not None:
+            run.timer.cancel()
+            run.timer = None
+        self._done(run, v)
+
+    def _unanswered(self, run: CheckRun, turn: int, peer: Peer, rid: Any) -> None:
+        run.timer = None
+        if self.closed or turn != run.turn:
+            return
+        run.turn += 1  # its answer, if it comes, is too late
+        peer.forget(rid)
+        self._done(run, Verdict(False, f"no answer to health/check within "
+                                       f"{run.spec.timeout:g} s"))
+
+    async def _command(self, run: CheckRun, turn: int, argv: list[str]) -> None:
+        r = self.r
+        v = await run_command(argv, containment=self.board.containment, kind="health",
+                              name=r.name, index=r.index, env=r.check_environment(),
+                              cwd=r.cwd, timeout=run.spec.timeout)
+        if self.closed or turn != run.turn:
+            return
+        run.task = None
+        self._done(run, v)
+
+    def _done(self, run: CheckRun, v: Verdict) -> None:
+        flip = run.counter.record(v, time.monotonic())
+        self.board.checked(self, run, v, flip)
+        if not self.closed and run.timer is None:
+            run.timer = asyncio.get_running_loop().call_later(run.spec.interval, self._due,
+                                                              run)
+
+
+class HealthHost(Protocol):
+    """What the board needs of the supervisor."""
+
+    @property
+    def stream(self) -> Stream: ...
+    @property
+    def containment(self) -> Containment: ...
+
+    def readiness_changed(self, r: Any) -> None:
+        """A replica's readiness changed: pump its agent's queue, wake waiters."""
+
+    def agent_replicas(self, agent: str) -> list[Any]:
+        """The replicas holding the agent's places now ([] for an agent gone)."""
+        ...
+
+    def publish(self, topic: str, data: Any) -> None:
+        """An event on the event bus (workers' `events/subscribe`, `corral events`)."""
+
+
+class HealthBoard:
+    """The supervisor's side of health: actions, counts, the agent-wide event."""
+
+    def __init__(self, host: HealthHost) -> None:
+        self.host = host
+        # failed checks (every failure, counted or not) by (agent, check kind)
+        self.failures: Counter[tuple[str, str]] = Counter()
+        self.unready_agents: set[str] = set()  # the all-unready event is raised for these
+        # replicas taken down for their health whose new life is not ready yet, by agent
+        self.restarting: dict[str, set[Any]] = {}
+        self.exec_runs = 0  # exec recoveries begun (for tests and stats)
+        self.checks = 0  # checks ended, in all (bench/bench_health.py)
+
+    @property
+    def containment(self) -> Containment:
+        return self.host.containment
+
+    def start(self, r: Any, spec: HealthSpec) -> ReplicaHealth:
+        return ReplicaHealth(r, spec, self)
+
+    def checked(self, h: ReplicaHealth, run: CheckRun, v: Verdict, flip: Flip | None
+                ) -> None:
+        r = h.r
+        self.checks += 1
+        if not v.ok:
+            self.failures[r.name, run.kind] += 1
+        if flip is None:
+            return
+        was = h.ready
+        h.ready = h._ready_now()
+        if flip is Flip.PASSED:
+            text = f"{run.label} passed" + (f": {v.message}" if v.message else "")
+            if h.ready and not was:
+                self._emit(h, run, v, "ready", f"{text}; ready for tasks")
+            elif run.counter.previous is False:  # (a first pass changing nothing: quiet)
+                self._emit(h, run, v, "passed", text)
+        elif self._recover(h, run, v, flip) is None:
+            return
+        if h.ready != was:
+            self.host.readiness_changed(r)
+        self.look_at(r.name)
+
+    def _recover(self, h: ReplicaHealth, run: CheckRun, v: Verdict, flip: Flip
+                 ) -> str | None:
+        """The recovery of a failed check; the action taken (None: nothing new)."""
+        r = h.r
+        failed = (f"{run.label} failed {plural(run.counter.failures, 'time')}"
+                  + (f": {v.message}" if v.message else ""))
+        how = run.recovery
+        if how == "restart":
+            held = self._restart_held(r)
+            if held is not None:
+                if flip is Flip.FAILED:
+                    self._emit(h, run, v, "restart held",
+                               f"{failed}; restart held: {held} is restarting for its "
+                               "health already")
+                return "restart held" if flip is Flip.FAILED else None
+            self.restarting.setdefault(r.name, set()).add(r)
+            self._emit(h, run, v, "restart", f"{failed}; restarting")
+            r.take_down(failed, graceful=True, cause=Cause.UNHEALTHY)
+            return "restart"
+        if flip is Flip.FAILING:
+            return None
+        if how == "exec":
+            assert run.spec.exec is not None
+            self._exec(h, run, run.spec.exec)
+            self._emit(h, run, v, "exec", f"{failed}; running {shlex.join(run.spec.exec)}")
+        elif how == "drain":
+            self._emit(h, run, v, "unready" if not h.ready else "drain",
+                       f"{failed}; no new tasks until it passes")
+        else:
+            self._emit(h, run, v, "event", failed)
+        return how
+
+    def _restart_held(self, r: Any) -> str | None:
+        """The label of another replica of r's agent restarting for its health (whose new
+        life is not ready yet), or None: one at a time."""
+        others = self.restarting.get(r.name)
+        if not others:
+            return None
+        places = self.host.agent_replicas(r.name)
+        for o in list(others):
+            h = getattr(o, "health", None)
+            # an operator's pause ends the wait too: a frozen replica may stay so for
+            # ever, and its siblings' liveness must not be held that long
+            done = (o not in places or o.state in (State.FAILED, State.PAUSED)
+                    or (o.state in STOPPED and getattr(o, "_stay_down", False))
+                    or (o.state in SERVING and (h is None or h.ready)))
+            if done:
+                others.discard(o)
+        if not others:
+            del self.restarting[r.name]
+            return None
+        other = next((o for o in others if o is not r), None)
+        return other.label if other is not None else None
+
+    def _exec(self, h: ReplicaHealth, run: CheckRun, argv: list[str]) -> None:
+        r = h.r
+        env = r.check_environment()
+        env["CORRAL_CHECK"] = run.kind
+        env["CORRAL_CHECK_MESSAGE"] = run.counter.message
+        self.exec_runs += 1
+
+        async def go() -> None:
+            v = await run_command(argv, containment=self.containment, kind="health",
+                                  name=r.name, index=r.index, env=env, cwd=r.cwd,
+                                  timeout=run.spec.timeout)
+            r.note(f"recovery {shlex.join(argv)}: "
+                   + ("done" if v.ok else "failed") + (f": {v.message}" if v.message
+                                                       else ""))
+
+        task = asyncio.ensure_future(go())
+        h.execs.add(task)
+        task.add_done_callback(h.execs.discard)
+
+    def _emit(self, h: ReplicaHealth, run: CheckRun, v: Verdict, action: str,
+              text: str) -> None:
+        r = h.r
+        self.host.stream.emit(HealthChange(time.time(), r.name, r.index, r.pid, run.kind,
+                                           run.label, v.ok, v.message, action, text))
+        # on the event bus too: what an agent or an operator's script reacts to
+        self.host.publish(HEALTH_TOPIC, {"agent": r.name, "replica": r.index, "pid": r.pid,
+                                         "check": run.kind, "ok": v.ok, "action": action,
+                                         "message": v.message, "text": text})
+
+    def look_at(self, agent: str) -> None:
+        """Raise (or end) the agent-wide event: every serving replica unready."""
+        places = self.host.agent_replicas(agent)
+        serving = [r for r in places if r.serving and getattr(r, "health", None) is not None]
+        if not serving:
+            if agent in self.unready_agents:
+                self.unready_agents.discard(agent)
+            return
+        unready = all(not r.health.ready for r in serving)
+        if unready and agent not in self.unready_agents:
+            self.unready_agents.add(agent)
+            self.host.stream.emit(AgentReadiness(
+                time.time(), agent, False,
+                f"every replica of {agent} is unready ({len(serving)} serving of "
+                f"{len(places)}); its tasks wait in the queue"))
+        elif not unready and agent in self.unready_agents:
+            self.unready_agents.discard(agent)
+            self.host.stream.emit(AgentReadiness(time.time(), agent, True,
+                                                 f"{agent} has a ready replica again"))
+
+    def forget(self, agent: str) -> None:
+        """The agent is gone."""
+        self.unready_agents.discard(agent)
+        self.restarting.pop(agent, None)
+        for key in [k for k in self.failures if k[0] == agent]:
+            del self.failures[key]
+
+
+def environment_of(base: dict[str, str], agent: str, index: int, pid: int | None
+                   ) -> dict[str, str]:
+    """A check's environment: corral's, the agent's `env`, and who it checks."""
+    env = dict(os.environ)
+    env.update(base)
+    env["CORRAL_AGENT"] = agent
+    env["CORRAL_REPLICA"] = str(index)
+    env["CORRAL_PID"] = str(pid or "")
+    return env
+

@@ -1,0 +1,246 @@
+"""`sandbox = "bwrap"`: an agent's process run under bubblewrap (docs/sandbox.md).
+
+The sandbox is built from what corral knows of the agent: the system read-only (/usr, the
+/bin, /lib* links or directories, /etc), a private /tmp, /proc of a pid namespace of its
+own, a minimal /dev, the agent's cwd writable, and read-only what it needs to run (its
+interpreter's installation and venv, corral's worker SDK, its PYTHONPATH, its release,
+`sandbox_paths`). Nothing else of the host's filesystem is there: not /home, not /run, not
+corral's control socket. `network = "none"` gives it an empty network namespace (a
+loopback of its own); `"gateway"` the same, with the MCP gateway's unix socket bound in at
+the path CORRAL_MCP_SOCKET already names.
+
+How it fits corral's process handling (decision 101): bwrap is exec'd by the caps
+prologue, so rlimits are in force and the process is in its cgroup (the spawn gate) before
+bwrap runs; every process of the sandbox inherits both. No `--new-session`: the agent has
+no controlling terminal (corral starts it in a session of its own), so there is no TIOCSTI
+to guard against, and the sandbox stays in corral's process group, which is what `stop`
+signals. `--die-with-parent` ties the sandbox's pid namespace to the outer bwrap, so when
+that dies (of SIGTERM, SIGKILL) the kernel kills everything inside: nothing outlives it.
+
+This module knows nothing of the config's Structs (config.py imports it to check a host):
+it takes plain values.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+# the system directories bound read-only (or recreated as the symlinks they are, where
+# the host has merged /usr)
+SYSTEM = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc")
+PROBE_TIMEOUT = 10.0
+MASK = "mask"  # a mount of one of corral's own paths: hidden, not bound
+# what an exit status above this means, from bwrap: killed by signal (status - 128)
+SIGNALLED = 128
+# the host settings that forbid unprivileged user namespaces, and the value that does
+USERNS_SYSCTLS = (
+    ("kernel/unprivileged_userns_clone", "0"),  # Debian's and older Ubuntu's patch
+    ("user/max_user_namespaces", "0"),
+    ("kernel/apparmor_restrict_unprivileged_userns", "1"),  # Ubuntu 23.10 on
+)
+
+
+def userns_forbidden(sysctl: Path = Path("/proc/sys")) -> str | None:
+    """The host setting that forbids unprivileged user namespaces, as `name = value`."""
+    for rel, forbidding in USERNS_SYSCTLS:
+        try:
+            value = (sysctl / rel).read_text().strip()
+        except OSError:
+            continue  # not this kernel's (or not this distribution's) setting
+        if value == forbidding:
+            return f"{rel.replace('/', '.')} = {value}"
+    return None
+
+
+def find_program(program: str) -> str | None:
+    """bwrap's absolute path, or None."""
+    if "/" in program:
+        return program if os.access(program, os.X_OK) and os.path.isfile(program) else None
+    return shutil.which(program)
+
+
+def host_refusal(program: str, user: str | None, *,
+                 sysctl: Path = Path("/proc/sys")) -> str | None:
+    """Why this host cannot sandbox a process of `user` with bubblewrap, or None.
+
+    Every sandbox has a user namespace of its own (root's too: it is what lets the agent
+    make no further one), which a host may forbid. A real sandbox is tried (as that user)
+    rather than the settings guessed at: an AppArmor profile may allow bwrap where the
+    sysctl says restricted, and a container or a systemd unit (RestrictNamespaces=) may
+    refuse where the sysctls allow. The settings then say why."""
+    path = find_program(program)
+    if path is None:
+        return (f"bubblewrap is not installed ({program} not found; Debian's package is "
+                f"bubblewrap)")
+    uid = None
+    if user is not None:
+        uid = pwd.getpwnam(user).pw_uid if not user.isdigit() else int(user)
+        if os.geteuid() != 0 and uid != os.geteuid():
+            return None  # the user check refuses this, in its own words
+    argv = [path, "--unshare-user", "--disable-userns", "--ro-bind", "/", "/", "true"]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT,
+                              user=uid, extra_groups=[] if uid is not None else None)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"bubblewrap could not be run ({path}): {exc}"
+    if done.returncode == 0:
+        return None
+    said = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    said_last = said[-1] if said else f"status {done.returncode}"
+    forbidden = userns_forbidden(sysctl)
+    if forbidden:
+        return (f"user namespaces are forbidden on this host ({forbidden}); bubblewrap "
+                f"needs one to sandbox a process ({said_last})")
+    return f"bubblewrap cannot make a sandbox on this host: {said_last}"
+
+
+def _system_args(root: Path = Path("/")) -> list[str]:
+    out: list[str] = []
+    for name in SYSTEM:
+        path = root / name
+        if path.is_symlink():
+            out += ["--symlink", os.readlink(path), f"/{name}"]
+        elif path.is_dir():
+            out += ["--ro-bind", str(path), f"/{name}"]
+    return out
+
+
+def _prefix(program: Path) -> Path | None:
+    """The installation a program belongs to (the parent of its bin directory), or for a
+    program not in a bin directory its own directory (the parent's parent of a script
+    would be whatever holds its directory: every agent's, or a home), unless that is / or
+    under the system's directories, bound already."""
+    prefix = program.parent.parent if program.parent.name == "bin" else program.parent
+    if len(prefix.parts) < 2 or prefix.parts[1] in SYSTEM:
+        return None
+    return prefix
+
+
+def program_paths(program: str) -> list[Path]:
+    """What running `program` (an absolute path) needs besides the system: its
+    installation, as named and as resolved, and where it is a venv's interpreter, that
+    venv and its base interpreter's installation (pyvenv.cfg's `home`)."""
+    named = Path(program)
+    real = Path(os.path.realpath(named))
+    out = [p for p in (_prefix(named), _prefix(real)) if p is not None]
+    cfg = named.parent.parent / "pyvenv.cfg"
+    try:
+        lines = cfg.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "home" and value.strip():
+            base = _prefix(Path(value.strip()) / "python")
+            if base is not None:
+                out.append(base)
+    return out
+
+
+def resolve_program(argv0: str, env: dict[str, str], cwd: str | None) -> str:
+    """argv[0] as an absolute path, looked up as exec would (the agent's PATH): the
+    sandbox has none of the host's PATH directories that are not bound."""
+    if "/" in argv0:
+        return os.path.join(cwd or os.getcwd(), argv0)
+    found = shutil.which(argv0, path=env.get("PATH", os.defpath))
+    return found if found is not None else argv0
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def exposed(cwd: str, protected: Iterable[tuple[str, str]]) -> str | None:
+    """Why `cwd` may not be a sandboxed agent's (it is writable there): it holds one of
+    corral's own files, as (path, what it is) in `protected` — an agent there would
+    rewrite corral's orders (its config, includes, state, socket). None when it holds none."""
+    cwd = os.path.abspath(cwd)
+    for path, what in protected:
+        if _inside(os.path.abspath(path), cwd):
+            return (f"{cwd} is writable in the sandbox and holds {what} ({path}): give the "
+                    "agent a cwd of its own")
+    return None
+
+
+def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
+              network: str, root: bool, read_only: Iterable[str],
+              gateway_socket: str | None = None,
+              protected: Iterable[tuple[str, str]] = ()) -> list[str]:
+    """The bwrap command line that runs `argv` (absolute argv[0]) sandboxed.
+
+    `read_only`: what the agent may read besides the system; `cwd` is writable. Mounts are
+    made parents first, so a read-only directory inside the cwd (a venv) stays read-only,
+    and where the same path is both, writable wins (it is the agent's own)."""
+    protected = list(protected)
+    why = exposed(cwd, protected)
+    if why:
+        raise OSError(why)
+    found = find_program(program)
+    if found is None:
+        raise OSError(f"bubblewrap is not installed ({program} not found)")
+    args = [found, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try"]
+    # a user namespace of its own for root too: without one, root (even with no
+    # capabilities) may make user namespaces, and keeps a full bounding set
+    args += ["--unshare-user", "--disable-userns"]
+    if root:
+        # root in the sandbox's user namespace has all its capabilities unless told
+        args += ["--cap-drop", "ALL"]
+    if network in ("none", "gateway"):
+        args.append("--unshare-net")
+    args += _system_args()
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    mounts: dict[str, str] = {}
+    for path in read_only:
+        mounts.setdefault(os.path.abspath(path), "--ro-bind-try")
+    mounts[os.path.abspath(cwd)] = "--bind"
+    if network == "gateway":
+        if gateway_socket is None:
+            raise OSError('network = "gateway": the MCP gateway has no unix socket '
+                          '([gateway] listen = "unix:PATH") to bind in')
+        mounts[gateway_socket] = "--bind"
+    # corral's own files inside what it may read are masked: read-only is no guard for a
+    # unix socket (connect(2) needs no write permission), nor for secrets
+    for path in (os.path.abspath(p) for p, _ in protected):
+        if os.path.lexists(path) and any(_inside(path, m) for m in mounts):
+            mounts[path] = MASK
+    for path in sorted(mounts, key=lambda p: (p.count("/"), p)):
+        if mounts[path] == MASK:
+            args += (["--tmpfs", path] if os.path.isdir(path)
+                     else ["--ro-bind", "/dev/null", path])
+        else:
+            args += [mounts[path], path, path]
+    # the root is bwrap's scratch tmpfs, holding the mount points: read-only, so that
+    # the only places the agent writes are its directory and its /tmp
+    args += ["--remount-ro", "/", "--chdir", cwd, "--", *argv]
+    return args
+
+
+def exit_status(rc: int) -> int:
+    """The agent's own exit status from bwrap's: bwrap exits 128 + N when what it ran was
+    killed by signal N, and is itself killed by what signals its group."""
+    return -(rc - SIGNALLED) if SIGNALLED < rc <= SIGNALLED + 64 else rc
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            return [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def sandboxed_pid(outer: int) -> int | None:
+    """The host's pid of the program bwrap (pid `outer`) runs: the first child of the
+    sandbox's init, the outer bwrap's child; None until both are there. What corral
+    samples (CPU, RSS, the soft caps) and looks at (parked on its stdin) is that
+    process, not bwrap."""
+    for init in _children(outer):
+        for pid in _children(init):
+            return pid
+    return None

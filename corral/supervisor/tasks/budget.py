@@ -1,0 +1,335 @@
+"""Token and cost budgets: what agents report they spent on their models
+(`usage/report`), counted per agent, per task and per model, and the gate that holds an
+agent's waiting tasks while it is over a budget.
+
+Windows are sliding, in buckets: an amount reported at time t is counted in the bucket of
+`step` seconds that holds t, and leaves the window once the bucket's end is `length`
+seconds past (between `length` and `length + step` seconds after it was reported). The
+minute window has 1-second buckets, the day window 1-minute ones. A gate that shuts arms
+one timer, for the moment enough of the window has left it, and that timer pumps the
+agent's queue again: there is no polling.
+
+Nothing here stops an agent from spending: usage counts once reported, so a task that is
+running goes on, and what a task reports is what the next task's start is judged by. The
+`Budget` (the windows) knows nothing of agents, so a group of agents (a tenant) can share
+one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ...text import iso_time
+from .usage import ModelUsage
+
+if TYPE_CHECKING:
+    from ..replica import Replica
+    from .host import AgentLike
+    from .model import Task
+
+MINUTE = 60.0
+DAY = 86400.0
+UNKNOWN_MODEL = "unknown"  # a report that names no model
+# the most one report may say (a sum of them stays exact in a float; an integer of 400
+# digits, which JSON allows, would not even convert)
+MAX_TOKENS = 10**15
+MAX_COST = 1e12
+# the least a re-armed gate timer waits: a timer that fires a hair before the edge (the
+# loop's clock is not the wall clock) waits again briefly rather than spinning
+MIN_WAIT = 0.005
+
+
+class Window:
+    """A sum over the last `length` seconds, kept in buckets of `step` seconds."""
+
+    __slots__ = ("buckets", "length", "step", "total")
+
+    def __init__(self, length: float, step: float) -> None:
+        self.length = length
+        self.step = step
+        self.buckets: deque[list[float]] = deque()  # [start, amount], oldest first
+        self.total = 0.0
+
+    def add(self, amount: float, when: float) -> None:
+        start = math.floor(when / self.step) * self.step
+        buckets = self.buckets
+        if buckets and buckets[-1][0] == start:
+            buckets[-1][1] += amount
+        elif not buckets or buckets[-1][0] < start:
+            buckets.append([start, amount])
+        else:  # an older time (usage restored after a restart): in its place
+            at = next(i for i, b in enumerate(buckets) if b[0] >= start)
+            if buckets[at][0] == start:
+                buckets[at][1] += amount
+            else:
+                buckets.insert(at, [start, amount])
+        self.total += amount
+
+    def used(self, now: float) -> float:
+        """The sum of what is still in the window at `now`."""
+        buckets = self.buckets
+        gone = now - self.length - self.step
+        while buckets and buckets[0][0] <= gone:
+            self.total -= buckets.popleft()[1]
+        if not buckets:
+            self.total = 0.0  # no drift from float sums
+        return self.total
+
+    def below_at(self, limit: float, now: float) -> float:
+        """When the sum will be under `limit` (with nothing more added); `now` if it is."""
+        left = self.used(now)
+        for start, amount in self.buckets:
+            if left < limit:
+                break
+            left -= amount
+            now = start + self.step + self.length
+        return now
+
+
+class Held(msgspec.Struct):
+    """Why an agent's waiting tasks are held, and until when."""
+
+    budget: str  # the key: tokens_per_minute, tokens_per_day, max_cost_usd_per_day
+    limit: float
+    used: float
+    until: float  # wall time
+
+    def text(self) -> str:
+        return (f"budget: {self.budget} {self.limit:g} used {self.used:g}, next at "
+                f"{iso_time(self.until)}")
+
+
+class Budget:
+    """The windows of one agent, or of a group of agents that share limits."""
+
+    __slots__ = ("day_cost", "day_tokens", "minute_tokens")
+
+    def __init__(self) -> None:
+        self.minute_tokens = Window(MINUTE, 1.0)
+        self.day_tokens = Window(DAY, MINUTE)
+        self.day_cost = Window(DAY, MINUTE)
+
+    def add(self, tokens: int, cost_usd: float, when: float, *, day_only: bool = False
+            ) -> None:
+        """`day_only`: usage too old for the minute's window (restored after a restart),
+        which would only sit in it until its next look."""
+        if tokens:
+            if not day_only:
+                self.minute_tokens.add(tokens, when)
+            self.day_tokens.add(tokens, when)
+        if cost_usd:
+            self.day_cost.add(cost_usd, when)
+
+    def held(self, tokens_per_minute: float, tokens_per_day: float,
+             max_cost_usd_per_day: float, now: float) -> Held | None:
+        """The limit that holds new work longest, or None when none is reached (0: no
+        limit). A limit is reached when what is used is at it or over."""
+        worst: Held | None = None
+        for key, limit, window in (("tokens_per_minute", tokens_per_minute,
+                                    self.minute_tokens),
+                                   ("tokens_per_day", tokens_per_day, self.day_tokens),
+                                   ("max_cost_usd_per_day", max_cost_usd_per_day,
+                                    self.day_cost)):
+            if limit <= 0:
+                continue
+            used = window.used(now)
+            if used < limit:
+                continue
+            until = window.below_at(limit, now)
+            if worst is None or until > worst.until:
+                worst = Held(key, limit, round(used, 6), until)
+        return worst
+
+    def figures(self, now: float) -> dict[str, float]:
+        return {"tokens_last_minute": self.minute_tokens.used(now),
+                "tokens_last_day": self.day_tokens.used(now),
+                "cost_usd_last_day": round(self.day_cost.used(now), 6)}
+
+
+class BadUsage(ValueError):
+    """A usage/report that is not counted; the message says why."""
+
+
+def _count(params: Mapping[str, Any], key: str) -> int:
+    value = params.get(key, 0)
+    if type(value) is int and 0 <= value <= MAX_TOKENS:  # nearly every report: one test
+        return value
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and not value.is_integer()):
+        raise BadUsage(f"{key} must be a whole number, not {value!r:.40}")
+    if value < 0:
+        raise BadUsage(f"{key} must not be negative ({value!r:.40})")
+    if value > MAX_TOKENS:
+        raise BadUsage(f"{key} must be at most {MAX_TOKENS:.0e} ({value!r:.40})")
+    return int(value)
+
+
+def parse_report(params: Mapping[str, Any]) -> tuple[str, int, int, float, str]:
+    """(task_id, input_tokens, output_tokens, cost_usd, model) of a report's params, or
+    BadUsage."""
+    task_id = params.get("task_id")
+    if not isinstance(task_id, str) or not task_id:
+        raise BadUsage("task_id must be a task's id")
+    inp, out = _count(params, "input_tokens"), _count(params, "output_tokens")
+    cost = params.get("cost_usd", 0.0)
+    if type(cost) is float and 0.0 <= cost <= MAX_COST:
+        pass
+    elif cost is None:
+        cost = 0.0
+    elif isinstance(cost, bool) or not isinstance(cost, int | float) or cost != cost:
+        raise BadUsage(f"cost_usd must be a number, not {cost!r:.40}")
+    elif cost < 0:
+        raise BadUsage(f"cost_usd must not be negative ({cost!r:.40})")
+    elif cost > MAX_COST:
+        raise BadUsage(f"cost_usd must be at most {MAX_COST:.0e} ({cost!r:.40})")
+    model = params.get("model")
+    if model is None or model == "":
+        model = UNKNOWN_MODEL
+    if not isinstance(model, str) or len(model) > 200:
+        raise BadUsage(f"model must be a name of at most 200 characters, not {model!r:.40}")
+    return task_id, inp, out, float(cost), model
+
+
+class Budgets:
+    """Every agent's usage and windows, the gate, and its timers.
+
+    `find(task_id)` gives a task kept in memory; `reopen(agent)` is called when a held
+    agent's window has room again (the dispatcher's pump); `depth(agent)`: its tasks
+    waiting (a hold is shown only while some wait); `tell(agent, text)`: a hold's start,
+    for the agent's log."""
+
+    def __init__(self, find: Callable[[str], Task | None],
+                 reopen: Callable[[str], None],
+                 depth: Callable[[str], int] = lambda _: 1,
+                 tell: Callable[[AgentLike, str], None] = lambda _, __: None) -> None:
+        self.find = find
+        self.reopen = reopen
+        self.depth = depth
+        self.tell = tell
+        self.usage: dict[str, ModelUsage] = {}  # since the daemon started
+        self.windows: dict[str, Budget] = {}
+        self.holding: dict[str, Held] = {}  # agents held now, as last judged
+        self._timers: dict[str, tuple[float, asyncio.TimerHandle]] = {}
+        self.bad_reports = 0
+
+    # -- reports ------------------------------------------------------------------------
+    def on_report(self, r: Replica, params: dict[str, Any]) -> Task | None:
+        """`usage/report` from a worker: counted (the task it was for), or counted as bad
+        and noted in the replica's log (None; never an error the worker sees: it is a
+        notification)."""
+        try:
+            task_id, inp, out, cost, model = parse_report(params)
+            task = self.find(task_id)
+            if task is None or task.agent != r.name:
+                raise BadUsage(f"task {task_id!r:.60} is not a task of agent {r.name}")
+        except BadUsage as exc:
+            self.bad_reports += 1
+            r.note(f"ignored usage/report: {exc}")
+            return None
+        self.count(task, inp, out, cost, model, time.time())
+        return task
+
+    def count(self, task: Task, inp: int, out: int, cost: float, model: str,
+              when: float) -> None:
+        used = task.usage
+        if used is None:
+            used = task.usage = ModelUsage()
+        used.add_model(model, inp, out, cost)
+        agent = self.usage.get(task.agent)
+        if agent is None:
+            agent = self.usage[task.agent] = ModelUsage()
+        agent.add_model(model, inp, out, cost)
+        self.window(task.agent).add(inp + out, cost, when)
+
+    def window(self, agent: str) -> Budget:
+        w = self.windows.get(agent)
+        if w is None:
+            w = self.windows[agent] = Budget()
+        return w
+
+    def restore(self, agent: str, tokens: int, cost_usd: float, when: float) -> None:
+        """Usage a previous daemon counted (journaled tasks', at their end): into the
+        windows only (the totals are since this daemon started)."""
+        self.window(agent).add(tokens, cost_usd, when,
+                               day_only=when < time.time() - MINUTE - 1.0)
+
+    # -- the gate -----------------------------------------------------------------------
+    def holds(self, agent: AgentLike) -> bool:
+        """True while the agent is over a budget: its waiting tasks stay queued, and a
+        timer reopens it at the window's edge."""
+        spec = agent.spec
+        name = agent.name
+        if not (spec.tokens_per_minute or spec.tokens_per_day or spec.max_cost_usd_per_day):
+            if self.holding:
+                self.holding.pop(name, None)  # its budgets were taken away (a reload)
+            return False  # (the dispatch path of every agent without a budget)
+        w = self.windows.get(name)
+        if w is None:
+            return False
+        now = time.time()
+        held = w.held(spec.tokens_per_minute, spec.tokens_per_day,
+                      spec.max_cost_usd_per_day, now)
+        if held is None:
+            self.holding.pop(name, None)
+            return False
+        if name not in self.holding:  # once a hold, not at every look
+            self.tell(agent, f"{held.text()}: its tasks wait until then")
+        self.holding[name] = held
+        armed = self._timers.get(name)
+        if armed is None or armed[0] != held.until:
+            if armed is not None:
+                armed[1].cancel()
+            handle = asyncio.get_running_loop().call_later(
+                max(held.until - now, MIN_WAIT), self._reopen, name)
+            self._timers[name] = (held.until, handle)
+        return True
+
+    def _reopen(self, name: str) -> None:
+        self._timers.pop(name, None)
+        self.reopen(name)  # judged again by the pump, if tasks wait and a slot is free
+        if name not in self._timers:  # not held again (a timer a hair early would be)
+            self.holding.pop(name, None)
+
+    def waiting(self, agent: str) -> str | None:
+        """Why the agent's queued tasks wait, if a budget holds them (and some wait: the
+        last may have been cancelled since)."""
+        held = self.holding.get(agent)
+        return None if held is None or not self.depth(agent) else held.text()
+
+    # -- shown --------------------------------------------------------------------------
+    def stats(self, agent: str) -> dict[str, Any] | None:
+        """The agent's usage and windows (`corral stats`); None if it never reported
+        (nor did it before a restart: a report makes its windows, as a restore does)."""
+        w = self.windows.get(agent)
+        if w is None:
+            return None
+        used = self.usage.get(agent)
+        if used is None:
+            used = ModelUsage()  # restored windows only
+        return {**msgspec.structs.asdict(used),
+                "models": {m: msgspec.structs.asdict(u) for m, u in used.models.items()},
+                **w.figures(time.time()), "waiting": self.waiting(agent)}
+
+    def forget(self, agent: str) -> None:
+        """The agent was removed."""
+        self.usage.pop(agent, None)
+        self.windows.pop(agent, None)
+        self.holding.pop(agent, None)
+        armed = self._timers.pop(agent, None)
+        if armed is not None:
+            armed[1].cancel()
+
+    def close(self) -> None:
+        for _, handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+
