@@ -40,10 +40,11 @@ class ClusterTask(Task):
 
 
 def free_slots(agent: AgentLike) -> int:
-    """Tasks the agent's serving replicas could start now."""
+    """Tasks the agent's serving replicas could start now (those dispatch would give a
+    task: serving, and ready by their health checks)."""
     limit = agent.spec.max_concurrent_tasks
     return sum(max(0, limit - r.tasks_running) for r in agent.replicas
-               if r.state in SERVING and r.peer is not None)
+               if r.state in SERVING and r.peer is not None and r.health_ready)
 
 
 class ClusterQueue:

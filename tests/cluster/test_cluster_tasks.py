@@ -4,6 +4,7 @@ any node, run on a node that runs the agent, readable from every node."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import msgspec
@@ -14,7 +15,7 @@ from ..daemon_harness import hello
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from ..test_methods import Raw, holds
-from .harness import nodes, sleeper
+from .harness import Node, nodes, sleeper
 
 
 def test_a_task_submitted_on_a_runs_on_b_and_every_node_reads_it(
@@ -182,3 +183,30 @@ def test_a_cluster_task_is_cancelled_from_any_node(tmp: Path, redis: RedisServer
         got = b.call("tasks.cancel", {"task_id": third})
         assert got["status"] == "cancelled" and got["attempts"][0]["node"] == "b"
         assert a.call("tasks.get", {"task_id": third})["status"] == "cancelled"
+
+
+def test_an_unready_replica_takes_no_cluster_task(tmp: Path, redis: RedisServer) -> None:
+    """Readiness gates the pull as it gates dispatch: a node whose replica has not passed
+    its readiness check reads nothing for it."""
+    marker = tmp / "ready"
+    agent = sleeper("sleepy") + (
+        f'[agents.sleepy.health.readiness]\ncommand = ["test", "-e", "{marker}"]\n'
+        "interval = 0.1\nfailures = 1\n")
+    b = Node(tmp / "b", "b", redis, agent)
+    try:
+        with nodes(tmp, redis, {"a": ""}) as ns:
+            a = ns["a"]
+            b.start(wait_ready=False)  # it says READY once its replica is ready
+            wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+            task_id = a.call("tasks.run", {"agent": "sleepy", "detach": True,
+                                           "input": {"do": "echo"}})["task_id"]
+            deadline = time.monotonic() + 1.0  # several beats and checks: still waiting
+            while time.monotonic() < deadline:
+                info = a.call("tasks.get", {"task_id": task_id})
+                assert (info["status"], info["attempts"]) == ("queued", [])
+                time.sleep(0.1)
+            marker.touch()
+            done = a.call("tasks.get", {"task_id": task_id, "wait": True})
+            assert done["status"] == "succeeded" and done["attempts"][0]["node"] == "b"
+    finally:
+        b.close()
