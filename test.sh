@@ -15,6 +15,8 @@ cd "$(dirname "$0")"
 . scripts/browser.sh
 . scripts/prometheus.sh
 . scripts/bwrap.sh
+# Debian's redis-server, pinned, for the cluster tests (each starts its own server)
+. scripts/redis.sh
 echo "== ruff"
 .venv/bin/ruff check corral tests examples bench
 echo "== mypy"

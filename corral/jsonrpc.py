@@ -38,6 +38,7 @@ FORBIDDEN = -32005  # the caller lacks the scope the method needs
 NOT_FOUND = -32010  # no such agent / task / tool
 CONFLICT = -32011  # duplicate name, wrong state for the operation
 REFUSED = -32012  # admission refused: queue full, rate limited, agent down
+UNAVAILABLE = -32013  # a service the operation needs is away (the cluster's Redis)
 TOOL_NOT_ALLOWED = -32020  # outside the agent's allowlist
 TOOL_BUDGET_EXCEEDED = -32021  # past max_tool_calls_per_task
 TASK_FAILED = -32030  # the agent's handler raised
@@ -59,6 +60,7 @@ ERROR_NAMES = {
     NOT_FOUND: "not found",
     CONFLICT: "conflict",
     REFUSED: "refused",
+    UNAVAILABLE: "unavailable",
     TOOL_NOT_ALLOWED: "tool not allowed",
     TOOL_BUDGET_EXCEEDED: "tool budget exceeded",
     TASK_FAILED: "task failed",

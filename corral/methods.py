@@ -429,6 +429,9 @@ class StatsResult(Result):
     events: dict[str, Any]
     heartbeat: dict[str, Any]
     gateway: GatewayStats
+    # with [cluster]: this node's view (membership, claims, outcomes published, late
+    # writes the fence refused, takeovers): shown as it is (docs/cluster.md)
+    cluster: dict[str, Any] | UnsetType = UNSET
 
 
 class TaskError(msgspec.Struct, omit_defaults=True):
@@ -444,6 +447,8 @@ class Attempt(msgspec.Struct):
     finished: float | None = None
     outcome: str = "running"
     error: str | None = None
+    # the cluster node that ran it (a cluster task's attempts only: docs/cluster.md)
+    node: str | UnsetType = UNSET
 
 
 class TaskResult(msgspec.Struct):
@@ -731,6 +736,8 @@ class TasksRun(Params):
     timeout: float | None = None
     priority: int = 0
     detach: bool = False
+    # with [cluster]: run it on this node, not on whichever node has room
+    local: bool = False
 
 
 @method("tasks.get", result=TaskInfo, scope="tasks:read")
@@ -774,6 +781,30 @@ class EventsFollow(Params):
     """Every event whose topic matches the pattern, as `events.event` notifications."""
 
     pattern: str = "*"
+
+
+# -- the cluster (docs/cluster.md) ----------------------------------------------------------
+class NodeInfo(msgspec.Struct):
+    """One node of the cluster as `corral nodes` shows it (cluster.membership.NodeView's
+    twin)."""
+
+    node: str
+    alive: bool  # its liveness key exists (it beat within node_ttl)
+    incarnation: int  # a new one each time it joins (after a restart or a fence)
+    load: int  # tasks running and waiting on it, at its last beat
+    agents: list[str]
+    last_beat: float  # wall time
+    capacity: int = 0  # task slots of its serving replicas, at its last beat
+
+
+class NodesResult(Result):
+    nodes: list[NodeInfo]
+
+
+@method("nodes.list", result=NodesResult, scope="agents:read")
+class NodesList(Params):
+    """The nodes of this daemon's cluster, alive or not: incarnation, load, agents, last
+    beat."""
 
 
 # -- MCP tools ------------------------------------------------------------------------------
@@ -1085,7 +1116,7 @@ class AgentsWatch(Params):
     last_event_id: str | None = None  # resume after this change (a snapshot if too old)
 
 
-class StatsSample(StatsResult):
+class StatsSample(StatsResult, kw_only=True):
     """`stats.sample`: stats.get's answer and when it was taken."""
 
     time: float

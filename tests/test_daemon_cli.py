@@ -63,7 +63,8 @@ def daemon(tmp: Path) -> Iterator[Daemon]:
 # -- reading ------------------------------------------------------------------------------
 def test_status_json_and_table(daemon: Daemon) -> None:
     st = daemon.json("status")
-    assert set(st) == {"agents", "mcp_servers", "tasks"}
+    assert set(st) == {"agents", "mcp_servers", "tasks", "elastic"}
+    assert st["elastic"] == {}  # no agent here has [autoscale] or hibernate_after
     a = st["agents"][0]
     for key in ("name", "replica", "state", "pid", "uptime", "restarts", "last_exit",
                 "cpu_percent", "rss_bytes"):

@@ -200,6 +200,8 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         ask("config.reload")
         # needs [http]: its answer is held to UiLoginResult in tests/test_ui.py
         done.add("ui.login")
+        # needs [cluster] and Redis: held to NodesResult in tests/cluster/
+        done.add("nodes.list")
         slow = ask("tasks.run", {"agent": "slow", "input": {"do": "sleep", "seconds": 30},
                                  "detach": True}, m.TaskAccepted)
         assert ask("tasks.cancel", {"task_id": slow.task_id}).status == "cancelled"

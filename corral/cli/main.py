@@ -1014,11 +1014,13 @@ def _wait_again(obj: Ctx, task_id: str, reconnect: float) -> m.TaskInfo:
 @click.option("--priority", type=int, default=0, show_default=True,
               help="Higher runs first among waiting tasks.")
 @click.option("--detach", is_flag=True, help="Print the task id and return at once.")
+@click.option("--local", is_flag=True,
+              help="With [cluster]: run it on this node, not on whichever node has room.")
 @reconnect_option
 @json_option
 @pass_ctx
 def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority: int,
-             detach: bool, reconnect: float, as_json: bool) -> None:
+             detach: bool, local: bool, reconnect: float, as_json: bool) -> None:
     task_input = _read_input(input_)
     accepted: list[str] = []
 
@@ -1031,7 +1033,7 @@ def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority:
             click.echo(f"progress: {params.get('progress', 0):g}{total}{msg}", err=True)
 
     params = m.TasksRun(agent=agent, input=task_input, timeout=timeout, priority=priority,
-                        detach=detach)
+                        detach=detach, local=local)
     if detach:  # answered at once, with the id of the task that runs on
         got: m.TaskAccepted = obj.call("tasks.run", params, result=m.TaskAccepted)
         click.echo(json.dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
@@ -1126,8 +1128,24 @@ def task_get(obj: Ctx, task_id: str, wait: bool, reconnect: float, as_json: bool
                    f"in, {u.output_tokens:,} out), ${u.cost_usd:.4f}, models "
                    + ", ".join(sorted(u.models)))
     for i, a in enumerate(res.attempts, 1):
-        click.echo(f"attempt {i}: replica {a.replica} pid {a.pid} {a.outcome}"
+        where = f"node {a.node} " if isinstance(a.node, str) else ""
+        click.echo(f"attempt {i}: {where}replica {a.replica} pid {a.pid} {a.outcome}"
                    + (f" ({a.error})" if a.error else ""))
+
+
+@cli.command("nodes", help=doc("nodes.list"))
+@json_option
+@pass_ctx
+def nodes_list(obj: Ctx, as_json: bool) -> None:
+    res: m.NodesResult = obj.call("nodes.list", m.NodesList())
+    if as_json:
+        _print_json(res)
+        return
+    now = time.time()
+    rows = [[n.node, "alive" if n.alive else "dead", str(n.incarnation), str(n.load),
+             str(n.capacity), _human_time(now - n.last_beat) + " ago", ",".join(n.agents)]
+            for n in res.nodes]
+    _table(rows, ["NODE", "STATE", "INCARNATION", "LOAD", "CAPACITY", "LAST BEAT", "AGENTS"])
 
 
 @cli.command("cancel", help=doc("tasks.cancel"))

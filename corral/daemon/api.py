@@ -309,6 +309,7 @@ _HTTP_STATUS = {
     jsonrpc.NOT_FOUND: 404,
     jsonrpc.CONFLICT: 409,
     jsonrpc.REFUSED: 429,
+    jsonrpc.UNAVAILABLE: 503,
     jsonrpc.TOOL_NOT_ALLOWED: 403,
     jsonrpc.REQUEST_TIMEOUT: 504,
     jsonrpc.MESSAGE_TOO_LARGE: 413,

@@ -400,6 +400,7 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
         events=d.sup.events.stats(),
         heartbeat=msgspec.structs.asdict(d.sup.heartbeat_work),
         gateway=_wire(d.gateway_status()),
+        cluster=d.tasks.cluster.status() if d.tasks.cluster is not None else msgspec.UNSET,
     )
 
 
@@ -409,7 +410,8 @@ async def tasks_run(d: Services, p: m.TasksRun, caller: Caller, c: Channel) -> A
 
 
 @implements("tasks.get")
-async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel) -> TaskInfo:
+async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel
+                    ) -> TaskInfo | m.TaskInfo:
     return await d.tasks.get(p.task_id, wait=p.wait)
 
 
@@ -423,8 +425,17 @@ async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) ->
 
 @implements("tasks.cancel")
 async def tasks_cancel(d: Services, p: m.TasksCancel, caller: Caller, c: Channel
-                       ) -> TaskInfo:
+                       ) -> TaskInfo | m.TaskInfo:
     return await d.tasks.cancel(p.task_id)
+
+
+@implements("nodes.list")
+async def nodes_list(d: Services, p: m.NodesList, caller: Caller, c: Channel
+                     ) -> dict[str, Any]:
+    if d.tasks.cluster is None:
+        raise RpcError(jsonrpc.CONFLICT, "this daemon is not a node of a cluster (its "
+                                         "config has no [cluster] table)")
+    return {"nodes": await d.tasks.cluster.nodes()}
 
 
 @implements("events.publish")

@@ -68,6 +68,7 @@ from .tenants import TenantDesk, groups_of
 from .watch import FleetWatch
 
 if TYPE_CHECKING:
+    from ..cluster.node import ClusterNode
     from .http.server import HttpServer
 
 log = logging.getLogger("corral.daemon")
@@ -112,6 +113,7 @@ class Daemon:
         self._ready_sent = False
         # a stop asked for (not a start-up that failed): what was started ends gracefully
         self._graceful = False
+        self.cluster: ClusterNode | None = None  # with [cluster]: this node
 
     def _paths(self, cfg: Config) -> Paths:
         base = self.config_path.parent
@@ -161,6 +163,14 @@ class Daemon:
         s.hub.daemon("shutting down: stopping all agents")
         self._graceful = True
 
+    async def _hand_back(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.hand_back()
+
+    async def _leave_cluster(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.close()
+
     def _stopped(self, hub: LogHub) -> None:
         if self._graceful:  # a start-up that failed has said why on stderr
             hub.daemon("stopped")
@@ -192,11 +202,18 @@ class Daemon:
             sc.log_journal == "auto" and journald.available()) else None)
         if sender is not None:
             stack.callback(sender.close)
+        task_queue = None
+        if cfg.cluster is not None:
+            # a cluster node's engine waits on its ClusterQueue (no Redis in it: the node
+            # that pulls into it is made below)
+            from ..cluster.queue import ClusterQueue
+            task_queue = ClusterQueue()
         sup = Supervisor(heartbeat_interval=sc.heartbeat_interval,
                          heartbeat_timeout=sc.heartbeat_timeout, cgroups=sc.cgroups,
                          max_replicas=sc.max_replicas, state_dir=paths.state_dir,
                          tasks_kept=sc.tasks_kept,
-                         tasks_kept_bytes=int(sc.tasks_kept_mb * 1024 * 1024))
+                         tasks_kept_bytes=int(sc.tasks_kept_mb * 1024 * 1024),
+                         task_queue=task_queue)
         sup.sandbox_program = sc.bwrap
         sup.protected_paths = self._protected(cfg, paths)
         self.sup = sup
@@ -245,7 +262,12 @@ class Daemon:
 
         records: list[ProcessRecords] = []
         stack.push_async_callback(_close_records, records)  # after every process is gone
+        # the node leaves its cluster after the agents have stopped (the stack unwinds in
+        # reverse): their last outcomes are in its outbox by then
+        stack.push_async_callback(self._leave_cluster)
         stack.push_async_callback(lambda: sup.close(graceful=self._graceful))
+        # and before they stop, it hands back the cluster tasks it holds
+        stack.push_async_callback(self._hand_back)
         sup.open()
         hub.daemon(f"corral {__version__} started, pid {os.getpid()}, "
                    f"config {self.config_path}, socket {paths.socket}")
@@ -263,6 +285,11 @@ class Daemon:
         tenants.on_groups = control.set_tenant_groups
         fleet.gateway = cfg.gateway
         desk = TaskDesk(sup, journal, hub.daemon)
+        if cfg.cluster is not None:
+            from ..cluster.node import ClusterNode  # redis-py only where [cluster] is
+            assert task_queue is not None
+            desk.cluster = self.cluster = ClusterNode(cfg.cluster, sup, sup.tasks,
+                                                      task_queue, hub.daemon)
         history = History(sup, store, cfg.http)
         packages = Packages(cfg.packages, Path(cfg.packages.dir) if cfg.packages.dir
                             else paths.state_dir / "packages", sup, store, revisions, fleet,
@@ -309,6 +336,8 @@ class Daemon:
             journal.start_pruning()
         else:
             desk.recover([])
+        if desk.cluster is not None:
+            desk.cluster.start()
         self._check_ready()
         return services
 

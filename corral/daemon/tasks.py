@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import jsonrpc
 from .. import methods as m
@@ -30,6 +30,9 @@ from ..supervisor.tasks import (
 )
 from ..text import plural
 from .api import Channel
+
+if TYPE_CHECKING:
+    from ..cluster.node import ClusterNode
 from .follow import Latest
 from .store import row_limit
 from .taskjournal import TaskJournalDB, TaskJournalError
@@ -48,6 +51,8 @@ class TaskDesk:
         self.journal = journal
         self.report = report
         self.recovered = asyncio.Event()
+        # with [cluster]: tasks go to the cluster unless submitted `local` (docs/cluster.md)
+        self.cluster: ClusterNode | None = None
 
     @property
     def refusing(self) -> str | None:
@@ -71,6 +76,8 @@ class TaskDesk:
 
     async def run(self, p: m.TasksRun, channel: Channel) -> Any:
         await self.recovered.wait()
+        if self.cluster is not None and not p.local:
+            return await self.cluster.desk.run(p, channel.notify)
         tasks = self.sup.tasks
         if self.refusing is not None:
             # refused before it reaches an agent: a task that cannot be recorded never runs
@@ -113,8 +120,14 @@ class TaskDesk:
                 await tasks.committed()
         return await tasks.outcome(task)
 
-    async def get(self, task_id: str, *, wait: bool) -> TaskInfo:
+    async def get(self, task_id: str, *, wait: bool) -> TaskInfo | m.TaskInfo:
         await self.recovered.wait()
+        if self.cluster is not None:
+            # a cluster task's record is the truth, wherever it ran; one this node ran is
+            # in its engine too, but its record has every attempt
+            found = await self.cluster.task(task_id, wait=wait)
+            if found is not None:
+                return found
         return await self.sup.tasks.info(task_id, wait=wait)
 
     async def list(self, p: m.TasksList, sees: Callable[[str], bool] | None = None
@@ -143,6 +156,10 @@ class TaskDesk:
         page = page[1:]
         return page, page[0].task_id
 
-    async def cancel(self, task_id: str) -> TaskInfo:
+    async def cancel(self, task_id: str) -> TaskInfo | m.TaskInfo:
         await self.recovered.wait()
+        if self.cluster is not None:
+            found = await self.cluster.cancel(task_id)
+            if found is not None:
+                return found
         return self.sup.tasks.cancel(task_id).info()

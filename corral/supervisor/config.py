@@ -434,6 +434,34 @@ def check_tenants_named(cfg: Config, where: str) -> None:
                 raise ConfigError(f"{where}: {kind}.{name}.tenant: no tenant "
                                   f"{shown(spec.tenant)} (declared: "
                                   f"{', '.join(sorted(known))})")
+# a cluster's and a node's name go into Redis keys: host names (dots) are allowed
+CLUSTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[cluster]: this node shares tasks with the other nodes of a cluster through Redis
+    (docs/cluster.md); absent: one node, as before."""
+
+    redis: str = "redis://127.0.0.1:6379/0"  # redis://, rediss:// or unix://
+    name: str = "default"  # several clusters may share one Redis
+    node: str | None = None  # default: the host name
+    node_ttl: Positive = 3.0  # seconds a node counts as alive after its last beat
+    beat: Positive = 1.0  # seconds between beats (renewing the membership key)
+
+    def check(self, where: str) -> None:
+        """What the types cannot say; raises ConfigError naming the key."""
+        if not self.redis.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"{where}: cluster.redis: {self.redis!r} is not a redis://, "
+                              "rediss:// or unix:// URL")
+        for key, value in (("name", self.name), ("node", self.node)):
+            if value is not None and CLUSTER_NAME.fullmatch(value) is None:
+                raise ConfigError(f"{where}: cluster.{key}: {value!r} is not 1-64 "
+                                  "characters of letters, digits, '_', '-' and '.' starting "
+                                  "with a letter or digit")
+        if self.beat * 2 > self.node_ttl:
+            # a node must renew at least twice within its TTL, or one late beat kills it
+            raise ConfigError(f"{where}: cluster.beat: {self.beat:g} s is more than half of "
+                              f"node_ttl ({self.node_ttl:g} s)")
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -444,6 +472,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     packages: PackagesSettings = msgspec.field(default_factory=PackagesSettings)
     tenants: dict[str, TenantSpec] = {}
+    cluster: ClusterSettings | None = None
 
 
 def _key_path(exc: msgspec.ValidationError) -> tuple[str, str]:
@@ -578,6 +607,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     http = convert(data.get("http", {}), HttpSettings, where=where, prefix="http")
     packages = convert(data.get("packages", {}), PackagesSettings, where=where,
                        prefix="packages")
+    cluster = None
+    if "cluster" in data:
+        cluster = convert(data["cluster"], ClusterSettings, where=where, prefix="cluster")
+        cluster.check(where)
     tables = [f.encode_name for f in msgspec.structs.fields(Config)]
     unknown = set(data) - set(tables)
     if unknown:
@@ -645,7 +678,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if packages.cache_dir is not None:
         packages.cache_dir = str((base / packages.cache_dir).resolve())
     cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
-                 http=http, packages=packages, tenants=tenants)
+                 http=http, packages=packages, cluster=cluster, tenants=tenants)
     check_tenants_named(cfg, where)
     return cfg
 

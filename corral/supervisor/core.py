@@ -40,7 +40,7 @@ from .remote import RemoteMcpServer
 from .replica import Replica
 from .stats import HeartbeatWork, Stats
 from .stream import TICK, Checkpoint, ListChanged, Roster, Stall, Stream, Subscription
-from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, TaskJournal, TaskManager
+from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, Queue, TaskJournal, TaskManager
 from .tenants import Tenancy, visible_allow
 from .zygote import Zygotes
 
@@ -255,10 +255,12 @@ class Supervisor:
         journal: TaskJournal | None = None,
         tasks_kept: int = FINISHED_KEPT,
         tasks_kept_bytes: int = FINISHED_KEPT_BYTES,
+        task_queue: Queue | None = None,
     ) -> None:
         """`journal` makes tasks durable (the daemon passes its SQLite journal); at most
         `tasks_kept` finished tasks, and `tasks_kept_bytes` of their outputs, stay in
-        memory."""
+        memory; `task_queue` holds waiting tasks (default: the local heap; a cluster
+        node's: corral.cluster.queue)."""
         self.heartbeat_interval = heartbeat_interval
         self.max_replicas = max_replicas or default_max_replicas()
         self.state_dir = state_dir  # where remote servers' OAuth tokens are kept
@@ -308,7 +310,7 @@ class Supervisor:
         self.tasks = TaskManager(self, tool_router=self._route_tool,
                                  tool_lister=self._list_tools, journal=journal,
                                  kept=tasks_kept, kept_bytes=tasks_kept_bytes,
-                                 tenancy=self.tenancy)
+                                 queue=task_queue, tenancy=self.tenancy)
         self.tasks.worker.allow_of = lambda r: self.allowlist(r.spec)
         self.events = EventBus(self.stream, self.worker_methods, self.worker_notifications)
         self.agent_mcp = AgentMcp(self.mcp, self.stream, self.worker_methods)

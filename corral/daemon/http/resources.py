@@ -102,6 +102,7 @@ RESOURCES: list[Resource] = [
     _r("GET", "/replicas/stream", "agents.watch", "The fleet's replicas, then each state "
        "change as it happens (SSE)", query=("names", "interval"),
        stream="agents.transition"),
+    _r("GET", "/nodes", "nodes.list", "The nodes of the cluster (with [cluster])"),
     _r("GET", "/audit", "audit.list", "The audit log", query=("limit",)),
     _r("POST", "/config/reload", "config.reload", "Reload the config file"),
     _r("GET", "/daemon", "daemon.info", "The daemon: version, pid, uptime"),
@@ -133,3 +134,4 @@ class TaskSubmit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     input: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
     timeout: float | None = None
     priority: int = 0
+    local: bool = False  # with [cluster]: on this node, not the cluster's

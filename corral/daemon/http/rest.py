@@ -281,7 +281,7 @@ class Api:
             except msgspec.DecodeError as exc:
                 raise RpcError(jsonrpc.PARSE_ERROR, f"malformed JSON: {exc}") from None
             params = TasksRun(agent=task.agent, input=task.input, timeout=task.timeout,
-                              priority=task.priority, detach=True)
+                              priority=task.priority, detach=True, local=task.local)
             return await self.idempotent(request, caller, None, body,
                                          lambda: self.run_task(caller, params, wait))
         except RpcError as exc:

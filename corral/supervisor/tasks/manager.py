@@ -91,6 +91,8 @@ class TaskManager:
             self.dispatch.freed = self._freed
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
         self.worker = WorkerMethods(self.active, tool_router, tool_lister)
+        # told of every task as it finishes (a cluster node publishes its tasks' outcomes)
+        self.on_finish: list[Callable[[Task], None]] = []
         sup.worker_notifications["task/progress"] = self.worker.on_progress
         sup.worker_methods["tools/call"] = self.worker.on_tool_call
         sup.worker_methods["tools/list"] = self.worker.on_tool_list
@@ -186,6 +188,18 @@ class TaskManager:
         self.dispatch.pump(agent.name)
         return task
 
+    def adopt(self, task: Task) -> None:
+        """A task accepted elsewhere (a cluster task this node claimed) waits here for a
+        replica like one submitted here, its admission already done where it was
+        accepted."""
+        agent = self.sup.agent(task.agent)
+        task.seq = next(self._seq)
+        self._agent_tasks(agent).counts["accepted"] += 1
+        self.active[task.id] = task
+        self.record(task)
+        self.queue.put(task)
+        self.dispatch.pump(agent.name)
+
     # -- a task's end ---------------------------------------------------------------------
     def finish(self, task: Task, status: TaskStatus, *, result: Output | None = None,
                error: TaskError | None = None) -> None:
@@ -211,6 +225,8 @@ class TaskManager:
         watchers, task.watchers = task.watchers, None
         for w in watchers or ():
             w("done", task.result())
+        for hook in self.on_finish:
+            hook(task)
         # what a finished task keeps is left with no container the garbage collector must
         # look into again (a tuple of untracked Attempts is untracked; Output is not
         # tracked; `done` is one future shared by all): 10,000 finished tasks made a full
@@ -231,7 +247,7 @@ class TaskManager:
         return loop
 
     def record(self, task: Task) -> None:
-        if self.journal is not None:
+        if self.journal is not None and task.journal_here:
             self.journal.write(task)
             task.journaled = True
 

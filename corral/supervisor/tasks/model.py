@@ -124,6 +124,10 @@ class Task:
         "tool_calls", "usage", "waiter", "watchers",
     )
 
+    # whether this node's journal keeps the task: not one a cluster keeps (its record in
+    # Redis is what survives, and a restart here must not run it again beside a takeover)
+    journal_here = True
+
     def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
                  retries: int, seq: int) -> None:
         self.id = new_id()

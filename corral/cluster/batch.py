@@ -1,0 +1,60 @@
+"""Calls of one script made in the same turn of the event loop go to Redis together, as
+one pipeline: one write and one read for a burst of submits (a client with many tasks in
+flight sends them in one read of the control socket), not one round trip each."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .scripts import Scripts
+
+BATCH = 512  # calls in one pipeline at most
+
+
+class Batcher:
+    def __init__(self, scripts: Scripts, script: Any) -> None:
+        self.scripts = scripts
+        self.script = script
+        self._calls: list[tuple[list[Any], list[Any], asyncio.Future[Any]]] = []
+        self._scheduled = False
+        self._sending: set[asyncio.Future[None]] = set()
+
+    async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._calls.append((keys, args, fut))
+        if not self._scheduled:
+            # after what this turn has already made ready: the rest of the burst
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        calls, self._calls = self._calls, []
+        for i in range(0, len(calls), BATCH):
+            # held until done: a task the loop only references weakly may be collected
+            sending = asyncio.ensure_future(self._send(calls[i:i + BATCH]))
+            self._sending.add(sending)
+            sending.add_done_callback(self._sending.discard)
+
+    async def _send(self, calls: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]
+                    ) -> None:
+        try:
+            results = await self.scripts.run([(self.script, keys, args)
+                                              for keys, args, _ in calls])
+        except (RedisError, OSError) as exc:
+            for _, _, fut in calls:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, _, fut), result in zip(calls, results, strict=True):
+            if fut.done():
+                continue  # its caller went away
+            if isinstance(result, Exception):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)

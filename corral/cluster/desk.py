@@ -1,0 +1,221 @@
+"""Cluster tasks handed in and asked about, on any node: the submit (a Lua script,
+idempotent on the task id, acknowledged once Redis has it), `corral task ID` from the
+record, and the wait for an outcome, woken by the outcomes stream every node tails.
+
+Redis away: a submission is refused with the reason (never accepted and lost); a client
+already waiting keeps waiting, and hears the outcome once Redis answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .. import jsonrpc
+from .. import methods as m
+from ..jsonrpc import RpcError
+from ..supervisor.config import ClusterSettings
+from ..supervisor.tasks import is_task_id, new_id
+from ..supervisor.tasks.admission import check_input, check_timeout
+from ..supervisor.tasks.host import TaskHost
+from . import records
+from .batch import Batcher
+from .connection import never_sent, read, unavailable, why
+from .keys import Keys
+from .membership import Membership, NodeView
+from .scripts import Scripts
+
+KEEP_FINISHED = 7 * 86400  # seconds a finished task's record stays in Redis
+RECHECK_BEATS = 5  # a waiting client reads its task's record at least this often (beats)
+Waiter = asyncio.Future[m.TaskResult | None]
+
+
+class ClusterDesk:
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, settings: ClusterSettings,
+                 membership: Membership, host: TaskHost,
+                 report: Callable[[str], None]) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.settings = settings
+        self.membership = membership
+        self.host = host
+        self.report = report
+        self.view: list[NodeView] = []  # the nodes as last read (each beat)
+        # clients waiting here, by task: woken with the outcome when the outcomes stream
+        # carries it, else with None (read the record)
+        self._waiting: dict[str, list[Waiter]] = {}
+        self._submit = Batcher(scripts, scripts.submit)
+
+    # -- submit ---------------------------------------------------------------------------
+    async def refresh_view(self) -> None:
+        self.view = await self.membership.nodes()
+
+    async def _check_served(self, agent: str) -> None:
+        """Refused at once when no live node runs the agent: it would wait forever."""
+        def served() -> bool:
+            return any(n.alive and agent in n.agents for n in self.view)
+        if not served():
+            await self.refresh_view()
+            if not served():
+                raise RpcError(jsonrpc.REFUSED, f"no live node of cluster "
+                                                f"{self.settings.name} runs agent {agent}")
+
+    async def submit(self, p: m.TasksRun, task_id: str | None = None) -> str:
+        """Accept a cluster task: its id once Redis holds it; RpcError with the reason
+        otherwise (nothing was accepted)."""
+        task_id = task_id or new_id()
+        raw = bytes(p.input)
+        check_input(len(raw))
+        check_timeout(p.timeout)
+        local = self.host.agents.get(p.agent)
+        max_queue = local.spec.max_queue if local is not None else 0
+        keys = [self.keys.task(task_id), self.keys.stream(p.agent, p.priority),
+                self.keys.priorities(p.agent), self.keys.agents]
+        args = [task_id, p.agent, raw, p.priority,
+                "" if p.timeout is None else repr(p.timeout), "", repr(time.time()),
+                self.membership.node, max_queue]
+        try:
+            await self._check_served(p.agent)
+            got = await self._submit(keys=keys, args=args)
+        except RedisError as exc:
+            if never_sent(exc):
+                raise unavailable(self.settings.redis, exc, "the task was not accepted"
+                                  ) from None
+            # the answer was lost, not necessarily the submit: once more, the same id (a
+            # submit Redis already holds answers 0, and counts as accepted)
+            try:
+                got = await self.scripts.submit(keys=keys, args=args)
+            except RedisError as again:
+                raise unavailable(
+                    self.settings.redis, again,
+                    f"the task was not accepted, unless Redis took it before it stopped "
+                    f"answering (`corral task {task_id}` tells once it answers)") from None
+        if got == -1:
+            raise RpcError(jsonrpc.REFUSED, f"agent {p.agent}'s cluster queue is full "
+                                            f"({max_queue} waiting, max_queue)")
+        return task_id
+
+    # -- ask --------------------------------------------------------------------------------
+    async def info(self, task_id: str) -> m.TaskInfo | None:
+        """The task's record, or None when the cluster has no such task; RedisError when
+        Redis does not answer."""
+        if not is_task_id(task_id):
+            return None
+
+        async def get() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(self.keys.task(task_id))
+            pipe.lrange(self.keys.attempts(task_id), 0, -1)
+            return list(await pipe.execute())
+
+        rec, attempts = await read(get)
+        if not rec:
+            return None
+        return records.info(task_id, rec, attempts)
+
+    def _waiter(self, task_id: str) -> Waiter:
+        fut: Waiter = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(task_id, []).append(fut)
+        return fut
+
+    def _unwait(self, task_id: str, fut: Waiter) -> None:
+        waiters = self._waiting.get(task_id)
+        if waiters is not None:
+            waiters.remove(fut)
+            if not waiters:
+                del self._waiting[task_id]
+
+    async def _ended(self, task_id: str, fut: Waiter | None) -> m.TaskResult | m.TaskInfo:
+        """The task's outcome once it has ended: as the outcomes stream carried it, or
+        its record. `fut`: a waiter registered before the task was submitted, so that no
+        wake-up can come before it. The record is also read every few beats, so a
+        wake-up lost with a connection costs only time."""
+        while True:
+            if fut is None:
+                fut = self._waiter(task_id)
+                with contextlib.suppress(RedisError):
+                    i = await self.info(task_id)
+                    if i is not None and i.status.encode() in records.TERMINAL:
+                        self._unwait(task_id, fut)
+                        return i
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fut),
+                                           RECHECK_BEATS * self.settings.beat)
+            finally:
+                self._unwait(task_id, fut)
+            carried = fut.result() if fut.done() else None
+            if carried is not None:
+                return carried
+            woken, fut = fut.done(), None
+            if woken:
+                with contextlib.suppress(RedisError):
+                    i = await self.info(task_id)
+                    if i is not None and i.status.encode() in records.TERMINAL:
+                        return i
+
+    async def wait(self, task_id: str) -> m.TaskInfo:
+        """The task's record once it has ended (`corral task ID --wait`)."""
+        while True:
+            got = await self._ended(task_id, None)
+            if isinstance(got, m.TaskInfo):
+                return got
+            with contextlib.suppress(RedisError):
+                i = await self.info(task_id)
+                if i is not None:
+                    return i
+
+    async def run(self, p: m.TasksRun, notify: Callable[[str, Any], None]) -> Any:
+        task_id = new_id()
+        fut = None if p.detach else self._waiter(task_id)
+        try:
+            await self.submit(p, task_id)
+        except BaseException:
+            if fut is not None:
+                self._unwait(task_id, fut)
+            raise
+        if fut is None:
+            return m.TaskAccepted(task_id=task_id, status="queued")
+        notify("task.accepted", {"task_id": task_id})
+        got = await self._ended(task_id, fut)
+        return records.result(got) if isinstance(got, m.TaskInfo) else got
+
+    # -- the outcomes stream ------------------------------------------------------------
+    def _wake(self, task_id: str, result: m.TaskResult | None = None) -> None:
+        for fut in self._waiting.get(task_id, ()):
+            if not fut.done():
+                fut.set_result(result)
+
+    async def tail(self) -> None:
+        """Every outcome of the cluster as it is written: the clients waiting here for
+        those tasks wake. After Redis was away, every waiter reads its record again."""
+        last: bytes | None = None
+        block = max(1, int(self.settings.beat * 1000))
+        while True:
+            try:
+                if last is None:
+                    newest = await self.redis.xrevrange(self.keys.outcomes, count=1)
+                    last = newest[0][0] if newest else b"0-0"
+                    for task_id in list(self._waiting):
+                        self._wake(task_id)  # what ended before the tail began
+                got = await self.redis.xread({self.keys.outcomes: last}, count=1000,
+                                             block=block)
+            except RedisError as exc:
+                self.report(f"cluster: the outcomes stream: {why(exc)}")
+                last = None
+                await asyncio.sleep(self.settings.beat)
+                continue
+            for _stream, entries in got or ():
+                for entry_id, fields in entries:
+                    last = entry_id
+                    task_id = fields.get(b"task")
+                    if task_id is not None and task_id.decode() in self._waiting:
+                        tid = task_id.decode()
+                        self._wake(tid, records.inline_result(tid, fields))
+

@@ -1,0 +1,75 @@
+"""The names of everything a cluster keeps in Redis, in one place.
+
+Every key of a cluster starts with `corral:{NAME}:` (the braces are a hash tag: were the
+keys ever spread over Redis Cluster slots, a cluster's would share one, so its Lua
+scripts may touch several). Several clusters may share one Redis.
+"""
+
+from __future__ import annotations
+
+GROUP = "corral"  # the one consumer group of every task stream
+OUTCOMES_KEPT = 10_000  # the outcomes stream is capped near this (MAXLEN ~)
+
+
+def consumer(node: str, incarnation: int) -> str:
+    """A node incarnation's name as a stream consumer, and in its liveness key."""
+    return f"{node}/{incarnation}"
+
+
+def split_consumer(name: str) -> tuple[str, int]:
+    node, _, inc = name.rpartition("/")
+    return node, int(inc)
+
+
+class Keys:
+    __slots__ = ("prefix",)
+
+    def __init__(self, cluster: str) -> None:
+        self.prefix = f"corral:{{{cluster}}}:"
+
+    # -- membership ---------------------------------------------------------------------
+    def alive(self, consumer_name: str) -> str:
+        """A node incarnation's liveness key: it is alive exactly while this exists (set
+        with PX, renewed with XX); its value is the node's beat (JSON)."""
+        return f"{self.prefix}alive:{consumer_name}"
+
+    @property
+    def nodes(self) -> str:
+        """Hash: node -> its last beat (JSON), kept after it dies, for `corral nodes`."""
+        return f"{self.prefix}nodes"
+
+    def incarnations(self, node: str) -> str:
+        """Counter: a node's incarnations (INCR at each join)."""
+        return f"{self.prefix}inc:{node}"
+
+    # -- tasks --------------------------------------------------------------------------
+    def stream(self, agent: str, priority: int) -> str:
+        return f"{self.prefix}q:{agent}:{priority}"
+
+    def priorities(self, agent: str) -> str:
+        """Sorted set: the priorities an agent's streams exist for (scored by priority)."""
+        return f"{self.prefix}prio:{agent}"
+
+    @property
+    def agents(self) -> str:
+        """Set: the agents that have task streams (what a reaper looks through)."""
+        return f"{self.prefix}agents"
+
+    def task(self, task_id: str) -> str:
+        """Hash: a cluster task's record (input, status, outcome, fence, owner)."""
+        return f"{self.prefix}task:{task_id}"
+
+    def attempts(self, task_id: str) -> str:
+        """List: a cluster task's attempts (JSON each), oldest first."""
+        return f"{self.prefix}att:{task_id}"
+
+    @property
+    def fence(self) -> str:
+        """Counter: fence tokens, one per claim, increasing across the cluster."""
+        return f"{self.prefix}fence"
+
+    @property
+    def outcomes(self) -> str:
+        """Stream: `task_id` of each task as it finishes (capped), which every node tails
+        to wake its waiting clients."""
+        return f"{self.prefix}outcomes"

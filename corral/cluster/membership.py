@@ -1,0 +1,198 @@
+"""Membership: a node incarnation is alive exactly while its liveness key exists.
+
+Joining takes a new incarnation (a counter per node name) and sets the key with a TTL
+(`SET NX PX`); every beat renews it only while it exists (`SET XX PX`), with what the node
+offers (capacity, load, agents). A key found expired means the cluster may already have
+taken this incarnation's tasks, and a node that could not renew for 2 x TTL must assume
+so too: either way the node fences itself (takes nothing new, cancels what was taken from
+it; `on_fence`) and joins again as a new incarnation. Redis being away kills no node: the
+beat keeps trying, and the view says why it is not a member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+from redis.exceptions import RedisError
+
+from ..supervisor.config import ClusterSettings
+from .connection import read, why
+from .keys import Keys, consumer
+from .scripts import Scripts
+
+State = Literal["joining", "member", "fenced"]
+
+
+class Beat(msgspec.Struct):
+    """What a node says of itself every beat (`corral nodes` shows it)."""
+
+    node: str
+    incarnation: int
+    capacity: int  # task slots of its serving replicas
+    load: int  # tasks running and waiting on it
+    agents: list[str]  # the agents it runs
+    last_beat: float  # wall time
+
+
+class NodeView(msgspec.Struct):
+    """One line of `corral nodes`."""
+
+    node: str
+    alive: bool
+    incarnation: int
+    load: int
+    agents: list[str]
+    last_beat: float
+    capacity: int = 0
+
+
+Offer = Callable[[], tuple[int, int, list[str]]]  # -> capacity, load, agents
+
+_beat = msgspec.json.Decoder(Beat)
+
+
+class Membership:
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, settings: ClusterSettings,
+                 node: str, offer: Offer, report: Callable[[str], None]) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.node = node
+        self.ttl = settings.node_ttl
+        self.beat = settings.beat
+        self.offer = offer
+        self.report = report
+        self.state: State = "joining"
+        self.incarnation = 0
+        self.consumer = ""
+        self.error: str | None = None  # why the last call to Redis failed, until one works
+        self.renewed = 0.0  # monotonic time of the last renewal
+        # monotonic time since which Redis has answered every beat (None: it does not
+        # now): a reaper waits out TTL + a beat of it before declaring anyone dead
+        self.connected_since: float | None = None
+        self.on_fence: list[Callable[[str], None]] = []  # (the fenced consumer)
+        self.on_join: list[Callable[[], None]] = []
+        self.fences = 0  # times this node fenced itself
+        self.changed = asyncio.Event()  # set at each join and fence
+
+    @property
+    def member(self) -> bool:
+        return self.state == "member"
+
+    def settled(self) -> bool:
+        """Connected for long enough that a missing liveness key means a dead node, not
+        one that has not beaten since Redis came back."""
+        since = self.connected_since
+        return since is not None and time.monotonic() - since >= self.ttl + self.beat
+
+    def _beat_json(self) -> bytes:
+        capacity, load, agents = self.offer()
+        return msgspec.json.encode(Beat(self.node, self.incarnation, capacity, load, agents,
+                                        time.time()))
+
+    @property
+    def _ttl_ms(self) -> int:
+        return int(self.ttl * 1000)
+
+    async def join(self) -> None:
+        inc = int(await self.redis.incr(self.keys.incarnations(self.node)))
+        name = consumer(self.node, inc)
+        self.incarnation, self.consumer = inc, name
+        ok = await self.scripts.join(keys=[self.keys.alive(name), self.keys.nodes],
+                                     args=[self.node, self._beat_json(), self._ttl_ms])
+        if not ok:  # pragma: no cover - an incarnation number is never given twice
+            raise RuntimeError(f"incarnation {name} is already alive")
+        self.renewed = time.monotonic()
+        self.state = "member"
+        self.report(f"cluster: joined as {name}")
+        for hook in self.on_join:
+            hook()
+        self.changed.set()
+        self.changed.clear()
+
+    async def renew(self) -> bool:
+        ok = await self.scripts.beat(keys=[self.keys.alive(self.consumer), self.keys.nodes],
+                                     args=[self.node, self._beat_json(), self._ttl_ms])
+        if ok:
+            self.renewed = time.monotonic()
+        return bool(ok)
+
+    def fence(self, why_: str) -> None:
+        """Take nothing new, give up what was taken from this incarnation; join again at
+        the next beat."""
+        if self.state != "member":
+            return
+        old = self.consumer
+        self.state = "fenced"
+        self.fences += 1
+        self.report(f"cluster: {old} fenced itself: {why_}; its tasks are the cluster's "
+                    "again")
+        for hook in self.on_fence:
+            hook(old)
+        self.changed.set()
+        self.changed.clear()
+
+    async def step(self) -> None:
+        """One beat: join, or renew (fencing when the key has expired), and note whether
+        Redis answered."""
+        try:
+            if self.state == "member" and not await asyncio.wait_for(self.renew(),
+                                                                     self.beat):
+                self.fence(f"its liveness key expired (no renewal within "
+                           f"{self.ttl:g} s)")
+            if self.state != "member":
+                await asyncio.wait_for(self.join(), self.beat)
+        except (RedisError, OSError, TimeoutError) as exc:
+            if self.error is None:
+                self.report(f"cluster: Redis does not answer ({why(exc)}); trying again "
+                            "every beat")
+            self.error = why(exc)
+            self.connected_since = None
+        else:
+            if self.error is not None:
+                self.report("cluster: Redis answers again")
+            self.error = None
+            if self.connected_since is None:
+                self.connected_since = time.monotonic()
+        if self.state == "member" and time.monotonic() - self.renewed > 2 * self.ttl:
+            self.fence(f"no renewal for {2 * self.ttl:g} s (2 x node_ttl)")
+
+    async def run(self) -> None:
+        while True:
+            await self.step()
+            await asyncio.sleep(self.beat)
+
+    async def leave(self) -> None:
+        """A clean stop: the key goes now, not a TTL later."""
+        if self.state == "member":
+            self.state = "fenced"
+            await self.redis.delete(self.keys.alive(self.consumer))
+
+    async def nodes(self) -> list[NodeView]:
+        """Every node that ever beat in this cluster, alive or not, by name."""
+        got = await read(lambda: self.redis.hgetall(self.keys.nodes))
+        beats = [_beat.decode(v) for v in got.values()]
+        beats.sort(key=lambda b: b.node)
+        if not beats:
+            return []
+        alive = await self.alive([consumer(b.node, b.incarnation) for b in beats])
+        return [NodeView(b.node, consumer(b.node, b.incarnation) in alive, b.incarnation,
+                         b.load, b.agents, b.last_beat, b.capacity) for b in beats]
+
+    async def alive(self, consumers: list[str]) -> set[str]:
+        """Which of these consumers' liveness keys exist now."""
+        if not consumers:
+            return set()
+
+        async def exist() -> list[int]:
+            pipe = self.redis.pipeline(transaction=False)
+            for c in consumers:
+                pipe.exists(self.keys.alive(c))
+            return list(await pipe.execute())
+
+        found = await read(exist)
+        return {c for c, n in zip(consumers, found, strict=True) if n}

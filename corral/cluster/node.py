@@ -1,0 +1,245 @@
+"""A corral node of a cluster: membership, the desk, the pullers, the outbox and the
+reaper around one Redis client, and the loops that drive them. The daemon makes one
+where [cluster] is configured, before its agents start (the engine's task queue is the
+node's `ClusterQueue`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .. import jsonrpc
+from .. import methods as m
+from ..jsonrpc import RpcError
+from ..supervisor.config import ClusterSettings
+from ..supervisor.tasks import TERMINAL, TaskError, TaskManager, is_task_id
+from ..supervisor.tasks.host import TaskHost
+from . import records
+from .connection import connect, shown, unavailable, why
+from .desk import KEEP_FINISHED, ClusterDesk
+from .keys import Keys
+from .membership import Membership, NodeView
+from .outbox import Outbox
+from .puller import Puller
+from .queue import ClusterQueue, ClusterTask, free_slots
+from .reaper import Reaper
+from .scripts import Scripts
+
+
+def node_name(settings: ClusterSettings) -> str:
+    return settings.node or socket.gethostname()
+
+
+class ClusterNode:
+    def __init__(self, settings: ClusterSettings, host: TaskHost, tasks: TaskManager,
+                 queue: ClusterQueue, report: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.host = host
+        self.tasks = tasks
+        self.queue = queue
+        self.report = report
+        self.node = node_name(settings)
+        self.redis = connect(settings, self.node)
+        self.keys = Keys(settings.name)
+        self.scripts = scripts = Scripts(self.redis)
+        self.membership = Membership(self.redis, scripts, self.keys, settings, self.node,
+                                     self._offer, report)
+        self.desk = ClusterDesk(self.redis, scripts, self.keys, settings, self.membership,
+                                host, report)
+        self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
+                             tasks, settings.beat, report)
+        self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
+                             report)
+        self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report)
+        tasks.on_finish.append(self.outbox.finished)
+        self.puller.on_claim = self._watch
+        self.membership.on_fence.append(self._fenced)
+        self._loops: list[asyncio.Task[None]] = []
+
+    def _watch(self, task: ClusterTask) -> None:
+        outbox = self.outbox
+        task.watch(lambda kind, data: outbox.progress(task, kind, data))
+
+    def _offer(self) -> tuple[int, int, list[str]]:
+        agents = self.host.agents
+        capacity = sum(free_slots(a) + sum(r.tasks_running for r in a.replicas)
+                       for a in agents.values())
+        return capacity, len(self.tasks.active), sorted(agents)
+
+    def _fenced(self, consumer: str) -> None:
+        """What was taken from this incarnation is the cluster's now: its outcomes are
+        not sent, and it stops here."""
+        self.outbox.give_up(consumer)
+        for task in [t for t in self.tasks.active.values()
+                     if isinstance(t, ClusterTask) and t.consumer == consumer]:
+            if task.status not in TERMINAL:
+                self.tasks.cancel(task.id)
+
+    # -- the loops --------------------------------------------------------------------
+    def start(self) -> None:
+        self.report(f"cluster {self.settings.name}: node {self.node} on Redis "
+                    f"{shown(self.settings.redis)}")
+        for name, loop in (("membership", self.membership.run), ("beat", self._beat),
+                           ("outbox", self.outbox.run), ("outcomes", self.desk.tail)):
+            self._loops.append(asyncio.ensure_future(self._keep(name, loop)))
+
+    async def _keep(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """A loop that fails is reported and started again a beat later: the node must
+        not silently stop taking part."""
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug: said, and the loop goes on
+                self.report(f"cluster: the {name} loop failed: {type(exc).__name__}: "
+                            f"{exc}")
+                await asyncio.sleep(self.settings.beat)
+
+    async def _beat(self) -> None:
+        while True:
+            self.puller.sync()
+            if self.membership.member:
+                try:
+                    # held: what runs here, and what ended here with its outcome not
+                    # yet written
+                    held = [*self.tasks.active.values(), *(t for t, _ in self.outbox.pending)]
+                    await self.reaper.refresh(held, self.puller.streams())
+                    await self._cancels()
+                    await self.desk.refresh_view()
+                    await self.reaper.reap()
+                except RedisError as exc:
+                    self.report(f"cluster: the beat's reaping: {why(exc)}")
+            await asyncio.sleep(self.settings.beat)
+
+    async def hand_back(self) -> None:
+        """A node about to stop (before its agents do): it reads nothing more, sends the
+        outcomes it has, and hands back what it still holds, at once and with its retries
+        untouched (no TTL to wait out; `corral drain`, not yet built, is the way to let
+        them finish first)."""
+        await self.puller.close()
+        if not self.membership.member:
+            return
+        consumer = self.membership.consumer
+        # what is not sent is taken over once this incarnation's key is gone
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.outbox.flush(), self.settings.node_ttl)
+        self.outbox.give_up(consumer)
+        held = [t for t in self.tasks.active.values()
+                if isinstance(t, ClusterTask) and t.consumer == consumer
+                and t.status not in TERMINAL]
+        if not held:
+            return
+        reason = f"node {self.node} stopped"
+        pipe = self.redis.pipeline(transaction=False)
+        for t in held:
+            await self.scripts.release(
+                keys=[self.keys.task(t.id), self.keys.attempts(t.id), t.stream],
+                args=[t.token, t.id, t.entry, repr(time.time()), reason], client=pipe)
+        try:
+            given = await asyncio.wait_for(pipe.execute(), self.settings.node_ttl)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.report(f"cluster: {len(held)} tasks not handed back ({why(exc)}): the "
+                        "cluster takes them over once this node's key expires")
+            return
+        self.report(f"cluster: {sum(1 for g in given if g)} tasks handed back ({reason})")
+
+    async def close(self) -> None:
+        await self.puller.close()
+        loops, self._loops = self._loops, []
+        for t in loops:
+            t.cancel()
+        for t in loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        with contextlib.suppress(RedisError, OSError):
+            await asyncio.wait_for(self.membership.leave(), self.settings.beat)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.redis.aclose(), self.settings.beat)
+
+    # -- for the command layer ----------------------------------------------------------
+    async def nodes(self) -> list[NodeView]:
+        try:
+            return await self.membership.nodes()
+        except RedisError as exc:
+            raise unavailable(self.settings.redis, exc, "the nodes cannot be listed"
+                              ) from None
+
+    async def task(self, task_id: str, *, wait: bool = False) -> m.TaskInfo | None:
+        """A cluster task's record (after its end, with `wait`), or None when the cluster
+        has no such task (a local one: the engine answers)."""
+        try:
+            info = await self.desk.info(task_id)
+            if info is not None and wait and info.status.encode() not in records.TERMINAL:
+                info = await self.desk.wait(task_id)
+        except RedisError as exc:
+            if task_id in self.tasks.active or task_id in self.tasks.finished:
+                return None  # this node's engine still knows it
+            raise unavailable(self.settings.redis, exc, f"task {task_id} cannot be read"
+                              ) from None
+        return info
+
+    async def cancel(self, task_id: str) -> m.TaskInfo | None:
+        """Cancel a cluster task from any node: at once when queued or running here,
+        else the node running it does at its next beat; the task's record after (None: no
+        such cluster task)."""
+        mine = self.tasks.active.get(task_id)
+        if isinstance(mine, ClusterTask) and mine.status not in TERMINAL:
+            self.tasks.cancel(task_id)  # its outcome goes through the fence
+            with contextlib.suppress(RedisError, TimeoutError):
+                await asyncio.wait_for(self.outbox.flush(), self.settings.node_ttl)
+        elif is_task_id(task_id):
+            error = records.error_json(TaskError(jsonrpc.REQUEST_CANCELLED,
+                                                 "cancelled while queued"))
+            try:
+                rec = await self.redis.hmget(self.keys.task(task_id), "stream")
+                if rec[0] is None:
+                    return None
+                got = await self.scripts.cancel(
+                    keys=[self.keys.task(task_id), rec[0], self.keys.outcomes],
+                    args=[task_id, repr(time.time()), error, KEEP_FINISHED])
+            except RedisError as exc:
+                raise unavailable(self.settings.redis, exc,
+                                  f"task {task_id} was not cancelled") from None
+            if got is None:
+                return None
+            if got.startswith(b"ended:"):
+                raise RpcError(jsonrpc.CONFLICT,
+                               f"task {task_id} already finished ({got[6:].decode()})")
+            if got == b"asked":  # the node running it cancels it within a beat
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(self.desk.wait(task_id),
+                                                  2 * self.settings.node_ttl)
+        return await self.task(task_id)
+
+    async def _cancels(self) -> None:
+        """The running cluster tasks here that a node was asked to cancel."""
+        mine = [t for t in self.tasks.active.values()
+                if isinstance(t, ClusterTask) and t.status not in TERMINAL]
+        if not mine:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for t in mine:
+            pipe.hget(self.keys.task(t.id), "cancel")
+        for t, asked in zip(mine, await pipe.execute(), strict=True):
+            if asked and t.status not in TERMINAL:
+                self.tasks.cancel(t.id)
+
+    def status(self) -> dict[str, Any]:
+        """This node's view of itself (stats)."""
+        m = self.membership
+        return {"node": self.node, "cluster": self.settings.name, "state": m.state,
+                "incarnation": m.incarnation, "redis": shown(self.settings.redis),
+                "redis_error": m.error, "fences": m.fences,
+                "claimed": self.puller.claimed, "reads": self.puller.reads,
+                "read": self.puller.read, "published": self.outbox.published,
+                "outbox": len(self.outbox.pending), "late_writes_refused": self.outbox.refused,
+                "requeued": self.reaper.requeued, "lost": self.reaper.lost,
+                "orphans": self.reaper.orphans}

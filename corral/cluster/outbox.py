@@ -1,0 +1,137 @@
+"""Outcomes of the cluster tasks this node ran, on their way to the task records: each
+written by scripts.FINISH, which accepts it only from the holder of the task's fence
+token while the task still runs under it. Outcomes wait here in order while Redis is
+away and go once it answers (the outbox); a refused one (the task was taken over from
+this node while it was paused or cut off) is counted, logged and dropped: the cluster
+already gave the task to another node, or ended it `lost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from redis.exceptions import RedisError
+
+from ..supervisor.tasks import Task
+from . import records
+from .connection import why
+from .desk import KEEP_FINISHED
+from .keys import Keys
+from .queue import ClusterQueue, ClusterTask
+from .scripts import Scripts
+
+BATCH = 256  # outcomes written in one round trip (a pipeline of script calls)
+# an output up to this size rides along on the outcomes stream, which every node reads:
+# the client waiting for it needs no read of the record
+INLINE_OUTPUT = 4096
+_json = msgspec.json.Encoder().encode
+
+
+class Outbox:
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, node: str, beat: float,
+                 queue: ClusterQueue, report: Callable[[str], None]) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.node = node
+        self.beat = beat
+        self.queue = queue
+        self.report = report
+        self.pending: deque[tuple[ClusterTask, list[Any]]] = deque()
+        self.reports: dict[str, tuple[ClusterTask, bytes]] = {}  # newest progress, by task
+        self.given_up: set[str] = set()  # fenced incarnations: their outcomes are not sent
+        self.published = 0
+        self.refused = 0  # late writes the fence refused
+        self._kick = asyncio.Event()
+        self._sending = asyncio.Lock()
+
+    def finished(self, task: Task) -> None:
+        """The engine's hook at a task's end (TaskManager.on_finish)."""
+        self.queue.wake(task.agent)  # its slot is free: its agent's puller may read more
+        if not isinstance(task, ClusterTask) or task.consumer in self.given_up:
+            return
+        err = task.error
+        output = b"" if task.raw_output is None else bytes(task.raw_output)
+        inline = task.base == 0 and len(output) <= INLINE_OUTPUT
+        args = [task.token, task.id, str(task.status), output,
+                b"" if err is None else records.error_json(err), repr(task.finished),
+                task.entry, task.base, KEEP_FINISHED, task.retries_left,
+                "1" if inline else "0",
+                *(records.attempt_json(a, self.node) for a in task.attempts)]
+        self.pending.append((task, args))
+        self._kick.set()
+
+    def progress(self, task: ClusterTask, kind: str, data: Any) -> None:
+        """A watcher of each claimed task (Task.watch): its newest progress goes to the
+        record, fenced like its outcome; a report not yet sent is replaced by a newer."""
+        if kind != "progress" or task.consumer in self.given_up:
+            return
+        self.reports[task.id] = (task, _json(data))
+        self._kick.set()
+
+    def give_up(self, consumer: str) -> None:
+        """A fenced incarnation's tasks are the cluster's again: none of its outcomes go."""
+        self.given_up.add(consumer)  # what waits of it is let go as it comes up (send)
+
+    async def run(self) -> None:
+        while True:
+            if not self.pending and not self.reports:
+                self._kick.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), self.beat)
+                continue
+            if not await self.send():
+                await asyncio.sleep(self.beat)
+
+    async def flush(self) -> None:
+        """Send what waits, while Redis answers (a node about to stop)."""
+        while self.pending and await self.send():
+            pass
+
+    async def send(self) -> bool:
+        """One batch to Redis; False when it did not answer (the batch still waits). One
+        send at a time: a batch leaves the outbox only once Redis has answered for it;
+        an outcome Redis refused with an error (a full Redis: noeviction) waits again."""
+        async with self._sending:
+            reports, self.reports = self.reports, {}
+            taken = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
+            batch = [(t, a) for t, a in taken if t.consumer not in self.given_up]
+            # progress before outcomes: a report never lands on a task already ended
+            calls = [(self.scripts.progress, [self.keys.task(task.id)], [task.token, data])
+                     for task, data in reports.values()]
+            calls += [(self.scripts.finish, [self.keys.task(task.id),
+                                             self.keys.attempts(task.id), task.stream,
+                                             self.keys.outcomes], args)
+                      for task, args in batch]
+            try:
+                written = await self.scripts.run(calls) if calls else []
+            except RedisError as exc:
+                self.report(f"cluster: {len(self.pending)} outcomes wait for Redis "
+                            f"({why(exc)})")
+                for tid, report in reports.items():  # unless newer ones came meanwhile
+                    self.reports.setdefault(tid, report)
+                return False
+            written = written[len(reports):]
+            for _ in taken:
+                self.pending.popleft()
+            again = [(item, w) for item, w in zip(batch, written, strict=True)
+                     if isinstance(w, Exception)]
+            self.pending.extendleft(reversed([item for item, _ in again]))
+        if again:
+            self.report(f"cluster: {len(again)} outcomes wait: Redis refused them "
+                        f"({why(again[0][1])})")
+        for (task, _args), ok in zip(batch, written, strict=True):
+            if isinstance(ok, Exception):
+                continue
+            if ok:
+                self.published += 1
+            else:
+                self.refused += 1
+                self.report(f"cluster: the outcome of task {task.id} ({task.status}) was "
+                            "refused: the task was taken over from this node")
+        return not again

@@ -1,0 +1,93 @@
+"""The cluster's side of the engine's Queue: a node's TaskManager is given a
+`ClusterQueue`, which holds what waits on this node (tasks submitted with `--local`, and
+cluster tasks this node claimed) in the local priority heap, and says how many more tasks
+each agent's replicas could start now: that is what the node pulls from the agent's
+streams (pull: a node takes work only when it has a free slot, so the least loaded node
+takes it). What waits for the whole cluster stays in Redis, in the streams, until a node
+with room reads it.
+
+A `ClusterTask` is the engine's Task with what its claim gave: the fence token every
+write of its outcome must show, the stream entry, and the incarnation that claimed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import msgspec
+
+from ..supervisor.lifecycle import SERVING
+from ..supervisor.tasks import LocalQueue, Task
+from ..supervisor.tasks.host import AgentLike
+
+
+class ClusterTask(Task):
+    __slots__ = ("base", "consumer", "entry", "stream", "token")
+    journal_here = False
+
+    def __init__(self, task_id: str, agent: str, raw_input: msgspec.Raw, priority: int,
+                 timeout: float, retries: int, created: float, *, token: int, base: int,
+                 entry: str, stream: str, consumer: str) -> None:
+        super().__init__(agent, raw_input, priority, timeout, retries, 0)
+        self.id = task_id
+        self.created = created
+        self.token = token  # the fence token of this claim
+        self.base = base  # attempts the record had before this claim
+        self.entry = entry  # its stream entry (acknowledged with the outcome)
+        self.stream = stream
+        self.consumer = consumer  # the node incarnation that claimed it
+
+
+def free_slots(agent: AgentLike) -> int:
+    """Tasks the agent's serving replicas could start now (those dispatch would give a
+    task: serving, and ready by their health checks)."""
+    limit = agent.spec.max_concurrent_tasks
+    return sum(max(0, limit - r.tasks_running) for r in agent.replicas
+               if r.state in SERVING and r.peer is not None and r.health_ready)
+
+
+class ClusterQueue:
+    """The Queue protocol over the local heap; `wanted` and `wake` drive the pullers."""
+
+    __slots__ = ("_local", "_wake")
+
+    def __init__(self) -> None:
+        self._local = LocalQueue()
+        self._wake: dict[str, asyncio.Event] = {}
+
+    def put(self, task: Task) -> None:
+        self._local.put(task)
+
+    def take(self, agent: str) -> Task | None:
+        return self._local.take(agent)
+
+    def requeue(self, task: Task) -> None:
+        self._local.requeue(task)
+
+    def remove(self, task: Task) -> bool:
+        return self._local.remove(task)
+
+    def depth(self, agent: str) -> int:
+        return self._local.depth(agent)
+
+    def recover(self, tasks: Iterable[Task]) -> None:
+        self._local.recover(tasks)
+
+    # -- for the pullers ----------------------------------------------------------------
+    def wanted(self, agent: AgentLike) -> int:
+        """How many cluster tasks this node should read for `agent` now: its free slots
+        less what already waits here for them."""
+        return free_slots(agent) - self._local.depth(agent.name)
+
+    def event(self, agent: str) -> asyncio.Event:
+        ev = self._wake.get(agent)
+        if ev is None:
+            ev = self._wake[agent] = asyncio.Event()
+        return ev
+
+    def wake(self, agent: str) -> None:
+        """A slot of `agent` may have freed (a task of it ended here)."""
+        ev = self._wake.get(agent)
+        if ev is not None:
+            ev.set()

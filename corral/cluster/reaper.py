@@ -1,0 +1,126 @@
+"""Takeover: every beat each node looks at what is pending in the task streams and
+gives back to the cluster what a dead node incarnation held (scripts.TAKEOVER: re-run
+while the task has retries, else `lost`, "node N lost").
+
+Never by idle time: Redis counts an entry's idle time from its delivery, not from its
+owner's death, so a healthy node's long task would be stolen again and again. A consumer
+is dead exactly when its liveness key is gone; and after Redis itself was away, a reaper
+waits out a TTL and a beat (`Membership.settled`) so that live nodes have beaten again.
+
+The owner's side: it refreshes its own pending entries every beat (XCLAIM to itself,
+JUSTID), so their idle time tells an operator how long since their owner last beat.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .. import jsonrpc
+from ..supervisor.tasks import Task, TaskError
+from . import records
+from .connection import why
+from .desk import KEEP_FINISHED
+from .keys import GROUP, Keys, split_consumer
+from .membership import Membership
+from .queue import ClusterTask
+from .scripts import Scripts
+
+PAGE = 100  # pending entries looked at per stream and dead consumer in one beat
+# an entry its live owner neither runs nor refreshed for this many beats is an orphan
+# (an entry read is claimed within one round trip; a task run is refreshed every beat)
+ORPHAN_BEATS = 3
+
+
+class Reaper:
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
+                 report: Callable[[str], None]) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.membership = membership
+        self.report = report
+        self.requeued = 0
+        self.lost = 0
+        self.orphans = 0
+        self.beat = membership.beat
+
+    async def streams(self) -> list[str]:
+        agents = await self.redis.smembers(self.keys.agents)
+        out = []
+        for a in sorted(agents):
+            name = a.decode()
+            for p in await self.redis.zrange(self.keys.priorities(name), 0, -1):
+                out.append(self.keys.stream(name, int(p)))
+        return out
+
+    async def reap(self) -> None:
+        """One pass over every stream: what dead consumers hold goes back."""
+        if not self.membership.member or not self.membership.settled():
+            return
+        for stream in await self.streams():
+            summary = await self.redis.xpending(stream, GROUP)
+            holders = [c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                       for c in summary.get("consumers") or ()]
+            alive = await self.membership.alive(holders)
+            for dead in (c for c in holders if c not in alive):
+                await self._take_over(stream, dead)
+
+    async def _take_over(self, stream: str, dead: str, *, idle: int | None = None,
+                         held: frozenset[bytes] = frozenset()) -> None:
+        """What `dead` holds in `stream` goes back; with `idle` (ms), what this live node
+        holds without running it (not in `held`), idle that long: an orphan."""
+        pending = await self.redis.xpending_range(stream, GROUP, "-", "+", PAGE,
+                                                  consumername=dead, idle=idle)
+        node, _inc = split_consumer(dead)
+        orphans = idle is not None
+        reason = (f"node {node} did not run it (its claim's answer was lost)" if orphans
+                  else f"node {node} lost")
+        error = records.error_json(TaskError(jsonrpc.PEER_CLOSED, reason))
+        for p in pending:
+            entry = p["message_id"]
+            if entry in held:
+                continue
+            found = await self.redis.xrange(stream, entry, entry)
+            task_id = found[0][1].get(b"task") if found else None
+            if task_id is None:  # the entry was deleted: nothing to run, only to let go
+                await self.redis.xack(stream, GROUP, entry)
+                continue
+            tid = task_id.decode()
+            got = await self.scripts.takeover(
+                keys=[self.keys.task(tid), self.keys.attempts(tid), stream,
+                      self.keys.outcomes, self.keys.alive(dead)],
+                args=[tid, entry, dead, repr(time.time()), reason, KEEP_FINISHED, error,
+                      "orphan" if orphans else "dead"])
+            if got == b"requeued" and orphans:
+                self.orphans += 1
+                self.report(f"cluster: task {tid} queued again ({reason})")
+            elif got == b"requeued":
+                self.requeued += 1
+                self.report(f"cluster: task {tid} of {dead} queued again ({reason})")
+            elif got == b"lost":
+                self.lost += 1
+                self.report(f"cluster: task {tid} lost ({reason}, no retries left)")
+
+    async def refresh(self, tasks: Iterable[Task], streams: Iterable[str]) -> None:
+        """The owner's every beat: its running cluster tasks' entries are its own again,
+        idle 0; an entry it holds in `streams` without running it, idle for
+        ORPHAN_BEATS, goes back to the cluster."""
+        consumer = self.membership.consumer
+        by_stream: dict[str, list[str]] = defaultdict(list)
+        for t in tasks:
+            if isinstance(t, ClusterTask) and t.consumer == consumer:
+                by_stream[t.stream].append(t.entry)
+        try:
+            for stream, entries in by_stream.items():
+                await self.redis.xclaim(stream, GROUP, consumer, 0, entries, justid=True)
+            idle = int(ORPHAN_BEATS * self.beat * 1000)
+            for stream in streams:
+                held = frozenset(e.encode() for e in by_stream.get(stream, ()))
+                await self._take_over(stream, consumer, idle=idle, held=held)
+        except RedisError as exc:
+            self.report(f"cluster: refreshing pending entries: {why(exc)}")

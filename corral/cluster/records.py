@@ -1,0 +1,95 @@
+"""A cluster task's record in Redis (a hash, and a list of attempts) read back as what
+`corral task ID` and `corral run` answer, and a local attempt written as the record's.
+
+The output, the error and the progress are kept as JSON bytes, as the local journal keeps
+them: an output is forwarded to the client as it came from the worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .. import methods as m
+from ..supervisor.tasks import Attempt, TaskError
+
+TERMINAL = frozenset({b"succeeded", b"failed", b"timed_out", b"cancelled", b"lost"})
+NOT_STARTED = -1  # an attempt claimed by a node, not yet on one of its replicas
+
+_attempt = msgspec.json.Decoder(m.Attempt)
+_error = msgspec.json.Decoder(m.TaskError)
+
+
+class ClusterAttempt(msgspec.Struct, omit_defaults=True):
+    """An attempt as the record keeps it: the local one, and the node that ran it."""
+
+    replica: int
+    pid: int | None
+    started: float
+    node: str
+    finished: float | None = None
+    outcome: str = "running"
+    error: str | None = None
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def attempt_json(a: Attempt, node: str) -> bytes:
+    return _encode(ClusterAttempt(a.replica, a.pid, a.started, node, a.finished, a.outcome,
+                                  a.error))
+
+
+def claimed_attempt(node: str, now: float) -> bytes:
+    """What a claim records before the task reaches a replica here."""
+    return _encode(ClusterAttempt(NOT_STARTED, None, now, node))
+
+
+def error_json(error: TaskError) -> bytes:
+    return _encode(error)
+
+
+def _s(rec: dict[bytes, bytes], key: bytes) -> str:
+    return rec[key].decode()
+
+
+def _f(rec: dict[bytes, bytes], key: bytes) -> float | None:
+    v = rec.get(key)
+    return float(v) if v else None
+
+
+def _raw(rec: dict[bytes, bytes], key: bytes) -> Any:
+    v = rec.get(key)
+    return msgspec.Raw(v) if v else None
+
+
+def info(task_id: str, rec: dict[bytes, bytes], attempts: list[bytes]) -> m.TaskInfo:
+    """`corral task ID` of a cluster task, from its record."""
+    err = rec.get(b"error")
+    return m.TaskInfo(
+        task_id=task_id, agent=_s(rec, b"agent"), status=_s(rec, b"status"),
+        priority=int(rec[b"priority"]), created=float(rec[b"created"]),
+        started=_f(rec, b"started"), finished=_f(rec, b"finished"), tool_calls=0,
+        progress=_raw(rec, b"progress"), output=_raw(rec, b"output"),
+        error=_error.decode(err) if err else None,
+        attempts=[_attempt.decode(a) for a in attempts])
+
+
+def result(i: m.TaskInfo) -> m.TaskResult:
+    """What `corral run` answers, from `corral task ID`'s."""
+    return m.TaskResult(i.task_id, i.status, i.output, i.error, i.attempts)
+
+
+_attempts = msgspec.json.Decoder(list[m.Attempt])
+
+
+def inline_result(task_id: str, fields: dict[bytes, bytes]) -> m.TaskResult | None:
+    """The outcome as an outcomes stream entry carries it, when it does (FINISH)."""
+    status = fields.get(b"status")
+    if status is None:
+        return None
+    out, err = fields.get(b"output"), fields.get(b"error")
+    return m.TaskResult(task_id, status.decode(), msgspec.Raw(out) if out else None,
+                        _error.decode(err) if err else None,
+                        _attempts.decode(fields[b"attempts"]))

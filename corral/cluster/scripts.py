@@ -1,0 +1,289 @@
+"""The Lua scripts: every change of a cluster task's record is one of these, atomic in
+Redis, and every write of an attempt checks the fence token its claim issued.
+
+Only Redis 7.0 commands (Debian's redis-server 7.0, newer Redis and Valkey).
+Statuses are the engine's (supervisor.tasks.TaskStatus values).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from .keys import GROUP, OUTCOMES_KEPT
+
+# KEYS: task, stream, priorities, agents
+# ARGV: task_id, agent, input, priority, timeout ('' the claiming node's), retries (''
+#       the claiming node's), created, submitted_on, max_queue (0: unbounded)
+# -> 1 accepted, 0 already accepted (the same id: a retried submit), -1 the queue is full
+SUBMIT = f"""
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local max_queue = tonumber(ARGV[9])
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[2], '{GROUP}', '0', 'MKSTREAM')
+elseif max_queue > 0 and redis.call('XLEN', KEYS[2]) >= max_queue then
+  return -1
+end
+local entry = redis.call('XADD', KEYS[2], '*', 'task', ARGV[1])
+redis.call('HSET', KEYS[1], 'agent', ARGV[2], 'input', ARGV[3], 'priority', ARGV[4],
+  'timeout', ARGV[5], 'retries_left', ARGV[6], 'created', ARGV[7], 'status', 'queued',
+  'fence', '0', 'submitted_on', ARGV[8], 'entry', entry, 'stream', KEYS[2])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[2])
+return 1
+"""
+
+# A node that read an entry takes its task: a new fence token, the node as owner, an
+# attempt begun. A task no longer queued (finished meanwhile, or taken over and queued
+# again under a new entry) is not taken, and the stale entry leaves the stream.
+# KEYS: task, attempts, fence, stream
+# ARGV: consumer, node, now, entry, attempt (JSON), the claiming node's retries and
+#       task_timeout (for a task submitted without them)
+# -> false, or {token, attempts before this one, input, timeout, retries_left, priority,
+#    created}
+CLAIM = f"""
+local rec = redis.call('HMGET', KEYS[1], 'status', 'entry')
+if rec[1] ~= 'queued' or rec[2] ~= ARGV[4] then
+  redis.call('XACK', KEYS[4], '{GROUP}', ARGV[4])
+  redis.call('XDEL', KEYS[4], ARGV[4])
+  return false
+end
+local token = redis.call('INCR', KEYS[3])
+local base = redis.call('LLEN', KEYS[2])
+if redis.call('HGET', KEYS[1], 'retries_left') == '' then
+  redis.call('HSET', KEYS[1], 'retries_left', ARGV[6])
+end
+if redis.call('HGET', KEYS[1], 'timeout') == '' then
+  redis.call('HSET', KEYS[1], 'timeout', ARGV[7])
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'fence', token, 'owner', ARGV[1],
+  'node', ARGV[2])
+if redis.call('HEXISTS', KEYS[1], 'started') == 0 then
+  redis.call('HSET', KEYS[1], 'started', ARGV[3])
+end
+redis.call('RPUSH', KEYS[2], ARGV[5])
+local v = redis.call('HMGET', KEYS[1], 'input', 'timeout', 'retries_left', 'priority',
+  'created')
+return {{token, base, v[1], v[2], v[3], v[4], v[5]}}
+"""
+
+# The outcome of an attempt, from the node that holds its fence token, and only while the
+# task is still running under that token: a node paused past its TTL, whose task was
+# taken over, is refused (0), so a task never gets two outcomes.
+# KEYS: task, attempts, stream, outcomes
+# ARGV: token, task_id, status, output JSON ('' none), error JSON ('' none), finished,
+#       entry, attempts before the claim, seconds a finished record is kept,
+#       retries_left, '1' when the outcome rides along on the outcomes stream (small, and
+#       every attempt is this node's: the waiting client needs no read of the record),
+#       then this node's attempts (JSON each)
+FINISH = f"""
+local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
+if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished', ARGV[6],
+  'retries_left', ARGV[10])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'output', ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
+local base = tonumber(ARGV[8])
+if base == 0 then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('LTRIM', KEYS[2], 0, base - 1)
+end
+local attempts = {{}}
+for i = 12, #ARGV do
+  redis.call('RPUSH', KEYS[2], ARGV[i])
+  attempts[#attempts + 1] = ARGV[i]
+end
+redis.call('XACK', KEYS[3], '{GROUP}', ARGV[7])
+redis.call('XDEL', KEYS[3], ARGV[7])
+if ARGV[11] == '1' then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[2],
+    'status', ARGV[3], 'output', ARGV[4], 'error', ARGV[5],
+    'attempts', '[' .. table.concat(attempts, ',') .. ']')
+else
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[9])
+redis.call('EXPIRE', KEYS[2], ARGV[9])
+return 1
+"""
+
+# Progress of a running attempt, fenced as its outcome is.
+# KEYS: task; ARGV: token, progress JSON -> 1 written, 0 refused
+PROGRESS = """
+local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
+if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[2])
+return 1
+"""
+
+# A reaper found an entry pending with a consumer whose liveness key is gone: the task
+# it was running is re-run (queued again under a new entry, its fence withdrawn) while its
+# retries last, else it ends `lost`. Checked here, atomically: the consumer is still
+# dead, the entry is still the task's, and the task still that consumer's.
+# The same for an orphan (ARGV[8] = 'orphan'): an entry a live node holds but does not
+# run (its claim's reply was lost with a connection); it waits again, no retry spent.
+# KEYS: task, attempts, stream, outcomes, the dead consumer's liveness key
+# ARGV: task_id, entry, dead consumer, now, reason, seconds a finished record is kept,
+#       error JSON (ends lost), 'dead' or 'orphan'
+# -> 'requeued', 'lost', or false (nothing to do)
+TAKEOVER = f"""
+local orphan = ARGV[8] == 'orphan'
+if not orphan and redis.call('EXISTS', KEYS[5]) == 1 then return false end
+local rec = redis.call('HMGET', KEYS[1], 'status', 'entry', 'owner', 'retries_left')
+if rec[2] ~= ARGV[2] then
+  -- the entry is stale (its task was queued again, or is gone)
+  redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
+  redis.call('XDEL', KEYS[3], ARGV[2])
+  return false
+end
+if rec[1] == 'queued' then
+  -- read but not yet claimed when its reader died: it waits again as it was
+  redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
+  redis.call('XDEL', KEYS[3], ARGV[2])
+  local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[1])
+  redis.call('HSET', KEYS[1], 'entry', entry)
+  return 'requeued'
+end
+if rec[1] ~= 'running' or rec[3] ~= ARGV[3] then return false end
+local last = redis.call('LINDEX', KEYS[2], -1)
+if last then
+  local a = cjson.decode(last)
+  if a['outcome'] == nil or a['outcome'] == 'running' then  -- (omitted: the default)
+    a['outcome'] = 'lost'
+    a['error'] = ARGV[5]
+    a['finished'] = tonumber(ARGV[4])
+    redis.call('LSET', KEYS[2], -1, cjson.encode(a))
+  end
+end
+redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
+redis.call('XDEL', KEYS[3], ARGV[2])
+local retries = tonumber(rec[4]) or 0
+if orphan then
+  local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[1])
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '',
+    'entry', entry)
+  return 'requeued'
+end
+if retries > 0 then
+  local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[1])
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '',
+    'retries_left', retries - 1, 'entry', entry)
+  return 'requeued'
+end
+redis.call('HSET', KEYS[1], 'status', 'lost', 'fence', '0', 'finished', ARGV[4],
+  'error', ARGV[7])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return 'lost'
+"""
+
+# A node that stops hands back what it holds: the task waits again under a new entry,
+# its retries untouched (nothing failed), this node's attempt ended with the reason.
+# KEYS: task, attempts, stream; ARGV: token, task_id, entry, now, reason -> 1, or 0 when
+# the task is no longer this claim's
+RELEASE = f"""
+local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
+if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
+local last = redis.call('LINDEX', KEYS[2], -1)
+if last then
+  local a = cjson.decode(last)
+  if a['outcome'] == nil or a['outcome'] == 'running' then
+    a['outcome'] = 'lost'
+    a['error'] = ARGV[5]
+    a['finished'] = tonumber(ARGV[4])
+    redis.call('LSET', KEYS[2], -1, cjson.encode(a))
+  end
+end
+redis.call('XACK', KEYS[3], '{GROUP}', ARGV[3])
+redis.call('XDEL', KEYS[3], ARGV[3])
+local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '', 'entry', entry)
+return 1
+"""
+
+# `corral cancel` of a cluster task, on any node: one still queued ends here; a running
+# one is marked, and the node running it cancels it at its next beat (its outcome, then,
+# is written through the fence like any other).
+# KEYS: task, stream, outcomes; ARGV: task_id, now, error JSON, seconds a finished record
+# is kept -> 'cancelled', 'asked', 'ended:STATUS' (it had already finished), or false
+# (no such task)
+CANCEL = f"""
+local rec = redis.call('HMGET', KEYS[1], 'status', 'entry')
+if not rec[1] then return false end
+if rec[1] == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', ARGV[2], 'error', ARGV[3],
+    'fence', '0')
+  redis.call('XACK', KEYS[2], '{GROUP}', rec[2])
+  redis.call('XDEL', KEYS[2], rec[2])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return 'cancelled'
+end
+if rec[1] == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+  return 'asked'
+end
+return 'ended:' .. rec[1]
+"""
+
+# Membership. JOIN: a new incarnation's liveness key (NX: never another's) and its entry
+# in the nodes hash. KEYS: alive, nodes; ARGV: node, beat JSON, ttl ms -> 1, or 0 when
+# the key was somehow there.
+JOIN = """
+if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+# BEAT: renewed only while it exists (XX): a key that expired means the cluster may
+# already have taken this incarnation's tasks, so it must not come back to life.
+# KEYS: alive, nodes; ARGV: node, beat JSON, ttl ms -> 1 renewed, 0 expired
+BEAT = """
+if not redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+Call = tuple[Any, list[Any], list[Any]]  # (a registered script, keys, args)
+
+
+class Scripts:
+    """The scripts registered with a client: called by their SHA (EVALSHA), loaded again
+    where a restarted Redis has forgotten them."""
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+        self.submit = redis.register_script(SUBMIT)
+        self.claim = redis.register_script(CLAIM)
+        self.finish = redis.register_script(FINISH)
+        self.progress = redis.register_script(PROGRESS)
+        self.takeover = redis.register_script(TAKEOVER)
+        self.release = redis.register_script(RELEASE)
+        self.cancel = redis.register_script(CANCEL)
+        self.join = redis.register_script(JOIN)
+        self.beat = redis.register_script(BEAT)
+
+    async def run(self, calls: list[Call]) -> list[Any]:
+        """Many script calls in one pipeline (one round trip), each answer or its error in
+        order. Not redis-py's own way of piping scripts, which asks SCRIPT EXISTS before
+        every pipeline (a round trip more each time): a script Redis does not know
+        answers NOSCRIPT, having done nothing, and those calls go again once loaded."""
+        results = await self._pipe(calls)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                script.sha = await self.redis.script_load(script.script)
+            again = await self._pipe([calls[i] for i in missing])
+            for i, r in zip(missing, again, strict=True):
+                results[i] = r
+        return results
+
+    async def _pipe(self, calls: list[Call]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))

@@ -1,0 +1,93 @@
+"""Cluster nodes for the tests: real `corral daemon` processes on one host, each with its
+own socket and state directory, all on the test's redis-server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+
+from ..conftest import EXAMPLES, ROOT
+from ..daemon_harness import PY, Daemon
+from ..redis_harness import RedisServer
+from ..test_methods import Raw
+
+TTL = 1.0  # short, so that a dead node is found within a test's patience
+BEAT = 0.25
+
+
+def cluster_table(redis: RedisServer, node: str, ttl: float = TTL, beat: float = BEAT,
+                  name: str = "test") -> str:
+    return textwrap.dedent(f"""
+        [cluster]
+        redis = "{redis.url}"
+        name = "{name}"
+        node = "{node}"
+        node_ttl = {ttl}
+        beat = {beat}
+    """)
+
+
+class Node(Daemon):
+    def __init__(self, directory: Path, name: str, redis: RedisServer, agents: str,
+                 **cluster: Any) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        super().__init__(directory, agents + cluster_table(redis, name, **cluster))
+        self.name = name
+
+    def run(self, agent: str, task_input: str, *args: str) -> Any:
+        return self.cli("run", agent, "--input", task_input, "--json", *args)
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """One control call on the socket, its answer as JSON values."""
+        c = Raw(self.sock)
+        try:
+            return msgspec.json.decode(c.call(method, params))
+        finally:
+            c.close()
+
+    def kill9(self) -> None:
+        """kill -9 of the daemon, and then of the workers it leaves behind (their own
+        sessions would outlive it), each by pid."""
+        assert self.proc is not None
+        workers = psutil.Process(self.proc.pid).children(recursive=True)
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.pid, signal.SIGKILL)
+
+
+def sleeper(name: str, *, retries: int = 0, concurrency: int = 1) -> str:
+    """examples/misbehave.py: each task does what its input says (sleep, ...)."""
+    return textwrap.dedent(f"""
+        [agents.{name}]
+        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        max_concurrent_tasks = {concurrency}
+        retries = {retries}
+        stop_timeout = 5.0
+    """)
+
+
+@contextlib.contextmanager
+def nodes(tmp: Path, redis: RedisServer, agents: dict[str, str], **cluster: Any
+          ) -> Iterator[dict[str, Node]]:
+    """Started nodes by name (each with its agents' TOML), stopped after."""
+    made: dict[str, Node] = {}
+    try:
+        for name, toml in agents.items():
+            made[name] = Node(tmp / name, name, redis, toml, **cluster)
+        for n in made.values():
+            n.start()
+        yield made
+    finally:
+        for n in made.values():
+            n.close()

@@ -1,0 +1,212 @@
+"""Cluster tasks across real daemons on one host and a real redis-server: submitted on
+any node, run on a node that runs the agent, readable from every node."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import msgspec
+
+from corral import methods as m
+
+from ..daemon_harness import hello
+from ..redis_harness import RedisServer
+from ..test_daemon_cli import wait_until
+from ..test_methods import Raw, holds
+from .harness import Node, nodes, sleeper
+
+
+def test_a_task_submitted_on_a_runs_on_b_and_every_node_reads_it(
+        tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": "", "b": hello("greeter")}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: any(n["node"] == "b" and n["alive"]
+                               for n in a.json("nodes")["nodes"]), what="b alive")
+        r = a.run("greeter", '{"name": "cluster"}')
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        assert res["status"] == "succeeded"
+        assert res["output"]["greeting"] == "hello, cluster"
+        assert [x["node"] for x in res["attempts"]] == ["b"]
+        for n in (a, b):
+            info = msgspec.json.decode(n.cli("task", res["task_id"], "--json").stdout,
+                                       type=m.TaskInfo)
+            assert info.status == "succeeded" and info.output == res["output"]
+            assert [x.node for x in info.attempts] == ["b"]
+
+
+def test_nodes_and_a_cluster_task_answer_as_declared(tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": hello("greeter")}) as ns:
+        a = ns["a"]
+        c = Raw(a.sock)
+        try:
+            wait_until(lambda: holds(m.NodesResult, c.call("nodes.list")).nodes,
+                       what="a listed")
+            got = holds(m.NodesResult, c.call("nodes.list")).nodes
+            assert [(n.node, n.alive, n.incarnation, n.agents) for n in got] == [
+                ("a", True, 1, ["greeter"])]
+            ran = holds(m.TaskResult, c.call("tasks.run", {"agent": "greeter"}))
+            assert ran.status == "succeeded"
+            info = holds(m.TaskInfo, c.call("tasks.get", {"task_id": ran.task_id}))
+            assert [x.node for x in info.attempts] == ["a"]
+            stats = msgspec.json.decode(c.call("stats.get"))
+            assert stats["cluster"]["node"] == "a" and stats["cluster"]["claimed"] == 1
+            assert stats["cluster"]["published"] == 1
+        finally:
+            c.close()
+
+
+def test_local_runs_here_and_refusals_say_why(tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": "", "b": hello("greeter")}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        r = b.run("greeter", "null", "--local")
+        assert r.returncode == 0, r.stderr
+        assert "node" not in json.loads(r.stdout)["attempts"][0]  # not a cluster task
+        r = a.run("greeter", "null", "--local")
+        assert r.returncode == 1 and "no such agent: greeter" in r.stderr, r.stderr
+        r = a.run("nobody", "null")
+        assert r.returncode == 1
+        assert r.stderr.strip() == "corral: no live node of cluster test runs agent nobody"
+        r = a.cli("task", "0190a5c0-0000-7000-8000-000000000000")
+        assert r.returncode == 1 and "no such task" in r.stderr, r.stderr
+
+
+def test_nodes_without_a_cluster_is_a_clear_error(tmp: Path) -> None:
+    from ..daemon_harness import running_daemon
+    (tmp / "solo").mkdir()
+    with running_daemon(tmp / "solo", hello("greeter")) as d:
+        r = d.cli("nodes")
+        assert r.returncode == 1
+        assert r.stderr.strip() == ("corral: this daemon is not a node of a cluster (its "
+                                    "config has no [cluster] table)")
+
+
+def test_redis_away_refuses_submissions_and_loses_nothing_accepted(
+        tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy", concurrency=4)}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        # accepted before Redis dies: one running, the others waiting in the stream
+        ids = [a.call("tasks.run", {"agent": "sleepy", "detach": True,
+                                    "input": {"do": "sleep", "seconds": 0.3}})["task_id"]
+               for _ in range(8)]
+        redis.kill()
+        r = a.run("sleepy", '{"do": "echo"}')
+        assert r.returncode == 1
+        assert r.stderr.startswith(f"corral: the cluster's Redis at {redis.url} is "
+                                   "unreachable ("), r.stderr
+        assert r.stderr.rstrip().endswith("): the task was not accepted"), r.stderr
+        r = a.cli("nodes")
+        assert r.returncode == 1 and "the nodes cannot be listed" in r.stderr
+        # local work goes on, and no node died of it
+        assert b.run("sleepy", '{"do": "echo", "x": 1}', "--local").returncode == 0
+        assert a.proc is not None and a.proc.poll() is None
+        redis.start()  # from its AOF
+        for task_id in ids:
+            info = a.call("tasks.get", {"task_id": task_id, "wait": True})
+            assert info["status"] == "succeeded", info
+        r = a.run("sleepy", '{"do": "echo", "y": 2}')
+        assert r.returncode == 0, r.stderr
+
+
+def test_progress_reaches_the_record_read_anywhere(tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}) as ns:
+        a = ns["a"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        r = a.run("sleepy", '{"do": "progress", "steps": 3}')
+        assert r.returncode == 0, r.stderr
+        task_id = json.loads(r.stdout)["task_id"]
+        info = a.call("tasks.get", {"task_id": task_id})
+        assert info["progress"]["message"] == "step 3"
+        assert (info["progress"]["progress"], info["progress"]["total"]) == (3, 3)
+
+
+def test_higher_priority_runs_first_and_the_queue_is_bounded(tmp: Path,
+                                                             redis: RedisServer) -> None:
+    agent = sleeper("sleepy") + "max_queue = 6\n"
+    with nodes(tmp, redis, {"a": agent.replace("[agents.sleepy]", "[agents.sleepy]\n"
+                                               "replicas = 0"), "b": agent}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+
+        def submit(priority: int, seconds: float = 0.05) -> str:
+            return str(a.call("tasks.run", {
+                "agent": "sleepy", "detach": True, "priority": priority,
+                "input": {"do": "sleep", "seconds": seconds}})["task_id"])
+
+        busy = submit(0, 1.0)  # b's one slot: the rest wait in their streams
+        wait_until(lambda: b.call("stats.get")["tasks"]["total"]["running"] == 1,
+                   what="b busy")
+        low = [submit(0) for _ in range(3)]
+        high = [submit(5) for _ in range(3)]
+        # the bound is per stream (an agent and a priority), by the submitting node's
+        # max_queue: priority 0 holds the running task's entry and 3 waiting, so 2 more
+        more = [submit(0), submit(0)]
+        r = a.run("sleepy", '{"do": "echo"}', "--priority", "0")
+        assert r.returncode == 1
+        assert r.stderr.strip() == ("corral: agent sleepy's cluster queue is full (6 waiting, "
+                                    "max_queue)")
+        started = {t: a.call("tasks.get", {"task_id": t, "wait": True})["started"]
+                   for t in [busy, *low, *high, *more]}
+        assert max(started[t] for t in high) < min(started[t] for t in low)
+
+
+def test_a_cluster_task_is_cancelled_from_any_node(tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+
+        def submit(seconds: float) -> str:
+            return str(a.call("tasks.run", {"agent": "sleepy", "detach": True,
+                                            "input": {"do": "sleep", "seconds": seconds}}
+                              )["task_id"])
+
+        running, queued = submit(30), submit(30)
+        wait_until(lambda: b.call("stats.get")["tasks"]["total"]["running"] == 1,
+                   what="b busy")
+        got = a.call("tasks.cancel", {"task_id": queued})
+        assert (got["status"], got["error"]["message"], got["attempts"]) == (
+            "cancelled", "cancelled while queued", [])
+        got = a.call("tasks.cancel", {"task_id": running})  # b cancels it at its beat
+        assert got["status"] == "cancelled"
+        assert [(x["node"], x["outcome"]) for x in got["attempts"]] == [("b", "cancelled")]
+        r = a.cli("cancel", running)
+        assert r.returncode == 1
+        assert r.stderr.strip() == f"corral: task {running} already finished (cancelled)"
+        # on the node running it: at once
+        third = submit(30)
+        wait_until(lambda: b.call("stats.get")["tasks"]["total"]["running"] == 1,
+                   what="b busy again")
+        got = b.call("tasks.cancel", {"task_id": third})
+        assert got["status"] == "cancelled" and got["attempts"][0]["node"] == "b"
+        assert a.call("tasks.get", {"task_id": third})["status"] == "cancelled"
+
+
+def test_an_unready_replica_takes_no_cluster_task(tmp: Path, redis: RedisServer) -> None:
+    """Readiness gates the pull as it gates dispatch: a node whose replica has not passed
+    its readiness check reads nothing for it."""
+    marker = tmp / "ready"
+    agent = sleeper("sleepy") + (
+        f'[agents.sleepy.health.readiness]\ncommand = ["test", "-e", "{marker}"]\n'
+        "interval = 0.1\nfailures = 1\n")
+    b = Node(tmp / "b", "b", redis, agent)
+    try:
+        with nodes(tmp, redis, {"a": ""}) as ns:
+            a = ns["a"]
+            b.start(wait_ready=False)  # it says READY once its replica is ready
+            wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+            task_id = a.call("tasks.run", {"agent": "sleepy", "detach": True,
+                                           "input": {"do": "echo"}})["task_id"]
+            deadline = time.monotonic() + 1.0  # several beats and checks: still waiting
+            while time.monotonic() < deadline:
+                info = a.call("tasks.get", {"task_id": task_id})
+                assert (info["status"], info["attempts"]) == ("queued", [])
+                time.sleep(0.1)
+            marker.touch()
+            done = a.call("tasks.get", {"task_id": task_id, "wait": True})
+            assert done["status"] == "succeeded" and done["attempts"][0]["node"] == "b"
+    finally:
+        b.close()

@@ -1,0 +1,105 @@
+"""Membership on a real redis-server: a node incarnation is alive exactly while its
+liveness key exists; a key that expired (a node paused past its TTL) or 2 x TTL without
+a renewal makes the node fence itself and join again as a new incarnation; Redis away
+kills nothing, and the node joins again by itself once it answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from corral.cluster.connection import connect
+from corral.cluster.keys import Keys
+from corral.cluster.membership import Membership
+from corral.cluster.scripts import Scripts
+from corral.supervisor.config import ClusterSettings
+
+from ..redis_harness import RedisServer
+
+TTL, BEAT = 0.6, 0.15
+
+
+def member(redis: RedisServer, node: str, said: list[str]) -> Membership:
+    settings = ClusterSettings(redis=redis.url, name="t", node=node, node_ttl=TTL, beat=BEAT)
+    client = connect(settings, node)
+    return Membership(client, Scripts(client), Keys("t"), settings, node,
+                      lambda: (4, 1, ["greeter"]), said.append)
+
+
+async def until(cond: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_node_is_alive_while_it_beats_and_dead_a_ttl_after(
+        redis: RedisServer) -> None:
+    said: list[str] = []
+    a, b = member(redis, "a", said), member(redis, "b", said)
+    await a.join()
+    await b.join()
+    assert (a.consumer, b.consumer) == ("a/1", "b/1")
+    ttl_ms = await a.redis.pttl(a.keys.alive(a.consumer))
+    assert 0 < ttl_ms <= TTL * 1000
+    views = {v.node: v for v in await a.nodes()}
+    assert views["a"].alive and views["b"].alive
+    assert (views["a"].capacity, views["a"].load, views["a"].agents) == (4, 1, ["greeter"])
+    # b stops beating: dead one TTL later, still listed with its last beat
+    beating = asyncio.ensure_future(a.run())
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            views = {v.node: v for v in await a.nodes()}
+            if not views["b"].alive:
+                break
+            assert time.monotonic() < deadline, "b never died"
+            await asyncio.sleep(0.05)
+        assert views["a"].alive, "a renews every beat"
+        assert views["b"].incarnation == 1 and views["b"].last_beat < time.time() - TTL / 2
+    finally:
+        beating.cancel()
+        await a.redis.aclose()
+        await b.redis.aclose()
+
+
+async def test_an_expired_key_fences_the_node_and_it_joins_as_a_new_incarnation(
+        redis: RedisServer) -> None:
+    said: list[str] = []
+    a = member(redis, "a", said)
+    fenced: list[str] = []
+    a.on_fence.append(fenced.append)
+    await a.join()
+    # what a node paused past its TTL finds when it wakes: its key is gone
+    await a.redis.delete(a.keys.alive(a.consumer))
+    await a.step()
+    assert fenced == ["a/1"]
+    assert a.state == "member" and a.consumer == "a/2" and a.fences == 1
+    assert any("a/1 fenced itself: its liveness key expired" in s for s in said), said
+    views = await a.nodes()
+    assert [(v.node, v.incarnation, v.alive) for v in views] == [("a", 2, True)]
+    await a.redis.aclose()
+
+
+async def test_redis_away_fences_after_two_ttl_and_the_node_rejoins_by_itself(
+        redis: RedisServer) -> None:
+    said: list[str] = []
+    a = member(redis, "a", said)
+    fenced: list[str] = []
+    a.on_fence.append(fenced.append)
+    await a.join()
+    beating = asyncio.ensure_future(a.run())
+    try:
+        redis.kill()
+        await until(lambda: a.error is not None)
+        assert a.state == "member"  # not before 2 x TTL
+        await until(lambda: a.state == "fenced", 2 * TTL + 2)
+        assert fenced == ["a/1"]
+        assert any("no renewal for 1.2 s (2 x node_ttl)" in s for s in said), said
+        redis.start()  # the same port and AOF: the incarnation counter survived
+        await until(lambda: a.state == "member", 10)
+        assert a.error is None and a.consumer == "a/2"
+        assert "cluster: Redis answers again" in said
+    finally:
+        beating.cancel()
+        await a.redis.aclose()

@@ -1,0 +1,112 @@
+"""Redis itself fails under load: kill -9 of redis-server while three nodes take and run
+tasks, then a restart from its AOF. While it is away submissions are refused with the
+reason; every task that was acknowledged runs to exactly one outcome, readable from every
+node, and none is lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..redis_harness import RedisServer
+from ..test_daemon_cli import wait_until
+from .harness import nodes, sleeper
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_redis_killed_under_load_and_restarted_from_its_aof(tmp: Path,
+                                                            redis: RedisServer) -> None:
+    worker = sleeper("sleepy", concurrency=2)
+    with nodes(tmp, redis, {"a": worker, "b": worker, "c": worker}) as ns:
+        a = ns["a"]
+        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 3,
+                   what="three nodes alive")
+        accepted: list[str] = []
+        refused: list[str] = []
+        stop = threading.Event()
+
+        def load(n: Any) -> None:
+            while not stop.is_set():
+                try:
+                    got = n.call("tasks.run", {"agent": "sleepy", "detach": True,
+                                               "input": {"do": "sleep", "seconds": 0.05}})
+                    accepted.append(got["task_id"])
+                except AssertionError as exc:  # the harness's error: its message
+                    refused.append(str(exc))
+                time.sleep(0.01)
+
+        threads = [threading.Thread(target=load, args=(n,)) for n in ns.values()]
+        for t in threads:
+            t.start()
+        try:
+            wait_until(lambda: len(accepted) >= 30, what="tasks accepted")
+            redis.kill()
+            wait_until(lambda: len(refused) >= 3, what="submissions refused")
+            before = len(accepted)
+            redis.start()
+            wait_until(lambda: len(accepted) >= before + 30, timeout=30,
+                       what="submissions accepted again")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+        assert all("the cluster's Redis at" in r and "unreachable" in r for r in refused), (
+            refused[:3])
+        assert len(set(accepted)) == len(accepted)
+        for n in ns.values():
+            done = [n.call("tasks.get", {"task_id": t, "wait": True}) for t in accepted]
+            assert {d["status"] for d in done} == {"succeeded"}
+            # one outcome each: the last attempt succeeded, none before it did
+            for d in done:
+                outcomes = [x["outcome"] for x in d["attempts"]]
+                assert outcomes.count("succeeded") == 1 and outcomes[-1] == "succeeded", d
+
+
+def test_a_rolling_restart_of_every_node_under_load(tmp: Path, redis: RedisServer) -> None:
+    worker = sleeper("sleepy", concurrency=2)
+    with nodes(tmp, redis, {"a": worker, "b": worker, "c": worker}) as ns:
+        a = ns["a"]
+        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 3,
+                   what="three nodes alive")
+        accepted: list[str] = []
+        stop = threading.Event()
+        order = list(ns.values())
+
+        def load() -> None:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                n = order[i % 3]
+                try:
+                    got = n.call("tasks.run", {"agent": "sleepy", "detach": True,
+                                               "input": {"do": "sleep", "seconds": 0.2}})
+                    accepted.append(got["task_id"])
+                except (AssertionError, OSError):
+                    pass  # that node is restarting: not accepted
+                time.sleep(0.01)
+
+        thread = threading.Thread(target=load)
+        thread.start()
+        try:
+            for n in order:
+                wait_until(lambda: len(accepted) >= 20, what="tasks accepted")
+                assert n.stop() == 0
+                n.start()
+                wait_until(lambda: sum(x["alive"] for x in a.json("nodes")["nodes"]) == 3,
+                           what="every node back")
+        finally:
+            stop.set()
+            thread.join(10)
+        incarnations = {x["node"]: x["incarnation"] for x in a.json("nodes")["nodes"]}
+        assert incarnations == {"a": 2, "b": 2, "c": 2}
+        done = [a.call("tasks.get", {"task_id": t, "wait": True}) for t in accepted]
+        assert {d["status"] for d in done} == {"succeeded"}
+        for d in done:
+            assert [x["outcome"] for x in d["attempts"]].count("succeeded") == 1, d
+        handed = [x for d in done for x in d["attempts"] if x["outcome"] == "lost"]
+        assert all(x["error"].endswith("stopped") for x in handed), handed

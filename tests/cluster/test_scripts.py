@@ -1,0 +1,135 @@
+"""The Lua scripts against a real redis-server, each rule alone: the submit is idempotent
+on the task id and bounded by max_queue; a claim issues increasing fence tokens and takes
+only a queued task by its current entry; outcome and progress are refused without the
+current token; a takeover acts only on a consumer whose liveness key is gone."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from corral.cluster import records
+from corral.cluster.connection import connect
+from corral.cluster.keys import Keys
+from corral.cluster.scripts import Scripts
+from corral.supervisor.config import ClusterSettings
+
+from ..redis_harness import RedisServer
+
+K = Keys("t")
+TID = "0190a5c0-0000-7000-8000-00000000000{}"
+ATTEMPT = b'{"replica":0,"pid":1,"started":2.0,"node":"n","outcome":"succeeded"}'
+
+
+@pytest.fixture
+async def client(redis: RedisServer) -> AsyncIterator[Any]:
+    c = connect(ClusterSettings(redis=redis.url, name="t", node="n"), "n")
+    yield c
+    await c.aclose()
+
+
+async def submit(s: Scripts, i: int, max_queue: int = 0) -> Any:
+    tid = TID.format(i)
+    return await s.submit(keys=[K.task(tid), K.stream("w", 0), K.priorities("w"), K.agents],
+                          args=[tid, "w", b'{"x":1}', 0, "", "", "1.0", "n", max_queue])
+
+
+async def claim(s: Scripts, c: Any, i: int, consumer: str = "n/1") -> Any:
+    tid = TID.format(i)
+    entry = await c.hget(K.task(tid), "entry")
+    return await s.claim(keys=[K.task(tid), K.attempts(tid), K.fence, K.stream("w", 0)],
+                         args=[consumer, consumer.split("/")[0], "2.0", entry,
+                               records.claimed_attempt("n", 2.0), 2, "30.0"])
+
+
+async def finish(s: Scripts, c: Any, i: int, token: int) -> Any:
+    tid = TID.format(i)
+    entry = await c.hget(K.task(tid), "entry")
+    return await s.finish(keys=[K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes],
+                          args=[token, tid, "succeeded", b'{"ok":true}', b"", "3.0", entry,
+                                0, 60, 2, "1", ATTEMPT])
+
+
+async def test_submit_is_idempotent_on_the_id_and_bounded(client: Any) -> None:
+    s = Scripts(client)
+    assert await submit(s, 1, max_queue=2) == 1
+    assert await submit(s, 1, max_queue=2) == 0  # a retried submit: no second entry
+    assert await client.xlen(K.stream("w", 0)) == 1
+    assert await submit(s, 2, max_queue=2) == 1
+    assert await submit(s, 3, max_queue=2) == -1  # full: refused, nothing written
+    assert await client.exists(K.task(TID.format(3))) == 0
+    rec = await client.hgetall(K.task(TID.format(1)))
+    assert (rec[b"status"], rec[b"fence"], rec[b"input"]) == (b"queued", b"0", b'{"x":1}')
+
+
+async def test_claims_fence_and_only_the_holder_writes(client: Any) -> None:
+    s = Scripts(client)
+    await submit(s, 1)
+    await submit(s, 2)
+    got1, got2 = await claim(s, client, 1), await claim(s, client, 2)
+    token1, base, raw, timeout, retries, prio, created = got1
+    assert (token1, base, raw, timeout, retries, prio, created) == (
+        1, 0, b'{"x":1}', b"30.0", b"2", b"0", b"1.0")  # the claimer's defaults filled in
+    assert got2[0] == 2  # tokens increase across the cluster
+    assert await claim(s, client, 1) is None  # running: not claimed twice
+    tid = TID.format(1)
+    assert await s.progress(keys=[K.task(tid)], args=[token1 + 5, b'{"p":1}']) == 0
+    assert await s.progress(keys=[K.task(tid)], args=[token1, b'{"p":1}']) == 1
+    assert await finish(s, client, 1, token1 + 5) == 0  # a stale token: refused
+    assert await finish(s, client, 1, token1) == 1
+    assert await finish(s, client, 1, token1) == 0  # never twice
+    rec = await client.hgetall(K.task(tid))
+    assert (rec[b"status"], rec[b"output"], rec[b"progress"]) == (
+        b"succeeded", b'{"ok":true}', b'{"p":1}')
+    assert 0 < await client.ttl(K.task(tid)) <= 60
+    info = records.info(tid, rec, await client.lrange(K.attempts(tid), 0, -1))
+    assert [(a.node, a.outcome) for a in info.attempts] == [("n", "succeeded")]
+    assert await client.xlen(K.stream("w", 0)) == 1  # its entry deleted (task 2 waits)
+    # the outcome rides along on the outcomes stream: a waiting client reads no record
+    [(_, fields)] = await client.xrange(K.outcomes)
+    assert fields == {b"task": tid.encode(), b"status": b"succeeded",
+                      b"output": b'{"ok":true}', b"error": b"", b"attempts": b"[" + ATTEMPT + b"]"}
+    carried = records.inline_result(tid, fields)
+    assert carried is not None and (carried.status, carried.output, carried.error) == (
+        "succeeded", msgspec.Raw(b'{"ok":true}'), None)
+    assert [(a.node, a.pid) for a in carried.attempts] == [("n", 1)]
+
+
+async def test_a_takeover_needs_the_consumer_dead(client: Any) -> None:
+    s = Scripts(client)
+    await submit(s, 1)
+    token, *_ = await claim(s, client, 1, consumer="b/1")
+    tid = TID.format(1)
+    entry = await client.hget(K.task(tid), "entry")
+    keys = [K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes, K.alive("b/1")]
+    args = [tid, entry, "b/1", "5.0", "node b lost", 60,
+            msgspec.json.encode({"code": -32001, "message": "node b lost"})]
+    await client.set(K.alive("b/1"), b"{}")
+    assert await s.takeover(keys=keys, args=args) is None  # alive: never taken
+    await client.delete(K.alive("b/1"))
+    assert await s.takeover(keys=keys, args=args) == b"requeued"
+    assert await s.takeover(keys=keys, args=args) is None  # the entry is stale now
+    rec = await client.hgetall(K.task(tid))
+    assert (rec[b"status"], rec[b"fence"], rec[b"retries_left"]) == (b"queued", b"0", b"1")
+    assert rec[b"entry"] != entry
+    [attempt] = await client.lrange(K.attempts(tid), 0, -1)
+    assert msgspec.json.decode(attempt)["error"] == "node b lost"
+    assert await finish(s, client, 1, token) == 0  # the old holder is refused
+
+
+async def test_scripts_redis_has_forgotten_are_loaded_again(client: Any) -> None:
+    """A restarted Redis (or SCRIPT FLUSH) knows no script: the calls answered NOSCRIPT,
+    having done nothing, and run once the scripts are loaded again."""
+    s = Scripts(client)
+    await submit(s, 1)
+    await client.script_flush()
+    tid = TID.format(2)
+    got = await s.run([(s.submit, [K.task(tid), K.stream("w", 0), K.priorities("w"),
+                                   K.agents],
+                        [tid, "w", b"null", 0, "", "", "1.0", "n", 0]),
+                       (s.progress, [K.task(tid)], [7, b"{}"])])
+    assert got == [1, 0]  # submitted once; the progress refused (no such claim)
+    assert await client.xlen(K.stream("w", 0)) == 2

@@ -1,0 +1,217 @@
+"""Faults of a node, three daemons on one host and a real redis-server: kill -9 under
+load, SIGSTOP past the TTL then SIGCONT, and long tasks with no fault. After each: every
+accepted task has exactly one outcome, readable from every node; re-runs at most what
+the failed node had in flight; no late write of a fenced node accepted."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..redis_harness import RedisServer
+from ..test_daemon_cli import wait_until
+from .harness import TTL, Node, nodes, sleeper
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def submit(n: Node, count: int, seconds: float) -> list[str]:
+    return [n.call("tasks.run", {"agent": "sleepy", "detach": True,
+                                 "input": {"do": "sleep", "seconds": seconds}})["task_id"]
+            for _ in range(count)]
+
+
+def outcomes(n: Node, ids: list[str]) -> list[dict[str, Any]]:
+    return [n.call("tasks.get", {"task_id": t, "wait": True}) for t in ids]
+
+
+def running_on(n: Node) -> int:
+    return int(n.call("stats.get")["tasks"]["total"]["running"])
+
+
+def three(tmp: Path, redis: RedisServer, retries: int) -> Any:
+    worker = sleeper("sleepy", retries=retries, concurrency=2)
+    return nodes(tmp, redis, {"a": "", "b": worker, "c": worker})
+
+
+def all_alive(a: Node) -> bool:
+    return sum(n["alive"] for n in a.json("nodes")["nodes"]) == 3
+
+
+def test_kill_9_of_a_node_under_load_reruns_only_what_it_ran(
+        tmp: Path, redis: RedisServer) -> None:
+    with three(tmp, redis, retries=1) as ns:
+        a, b, c = ns["a"], ns["b"], ns["c"]
+        wait_until(lambda: all_alive(a), what="three nodes alive")
+        ids = submit(a, 16, 0.4)
+        wait_until(lambda: running_on(b) == 2, what="b busy")
+        in_flight = running_on(b)
+        killed_at = time.monotonic()
+        b.kill9()
+        done = outcomes(a, ids)
+        assert time.monotonic() - killed_at < 20
+        assert [d["status"] for d in done] == ["succeeded"] * len(ids)
+        assert outcomes(c, ids) == done  # the same record, read from another node
+        rerun = [d for d in done if len(d["attempts"]) > 1]
+        assert 1 <= len(rerun) <= in_flight
+        for d in rerun:
+            first, last = d["attempts"][0], d["attempts"][-1]
+            assert (first["node"], first["outcome"], first["error"]) == (
+                "b", "lost", "node b lost")
+            assert (last["node"], last["outcome"]) == ("c", "succeeded")
+        a.kill9()  # its task records are in Redis; nothing of it is checked after
+        c.close()
+
+
+def test_without_retries_a_task_of_a_dead_node_ends_lost(tmp: Path,
+                                                         redis: RedisServer) -> None:
+    with three(tmp, redis, retries=0) as ns:
+        a, b, c = ns["a"], ns["b"], ns["c"]
+        c.close()  # only b runs it
+        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+                   what="a and b alive")
+        [task_id] = submit(a, 1, 30)
+        wait_until(lambda: running_on(b) == 1, what="running on b")
+        b.kill9()
+        [done] = outcomes(a, [task_id])
+        assert done["status"] == "lost"
+        assert done["error"]["message"] == "node b lost"
+        assert [(x["node"], x["outcome"]) for x in done["attempts"]] == [("b", "lost")]
+
+
+def test_a_node_paused_past_its_ttl_cannot_complete_what_was_taken(
+        tmp: Path, redis: RedisServer) -> None:
+    with three(tmp, redis, retries=1) as ns:
+        a, b, c = ns["a"], ns["b"], ns["c"]
+        wait_until(lambda: all_alive(a), what="three nodes alive")
+        # c may take nothing until b holds the task
+        assert c.proc is not None
+        c.proc.send_signal(signal.SIGSTOP)
+        [task_id] = submit(a, 1, 1.0)
+        wait_until(lambda: running_on(b) == 1, what="running on b")
+        assert b.proc is not None
+        b.proc.send_signal(signal.SIGSTOP)
+        c.proc.send_signal(signal.SIGCONT)
+        # b's key expires; the task is taken over and runs on c, while b sleeps
+        [done] = outcomes(a, [task_id])
+        b.proc.send_signal(signal.SIGCONT)
+        assert done["status"] == "succeeded"
+        assert [(x["node"], x["outcome"]) for x in done["attempts"]] == [
+            ("b", "lost"), ("c", "succeeded")]
+        # b wakes, its worker's answer comes in: refused by the fence, or never sent
+        # (b fenced itself first); either way the record is c's
+        wait_until(lambda: b.call("stats.get")["cluster"]["fences"] >= 1, what="b fenced")
+        stats = b.call("stats.get")["cluster"]
+        assert stats["published"] == 0
+        assert outcomes(a, [task_id]) == [done]
+        wait_until(lambda: all_alive(a), what="b back as a new incarnation")
+        assert {n["node"]: n["incarnation"] for n in a.json("nodes")["nodes"]}["b"] == 2
+
+
+def test_tasks_longer_than_the_ttl_are_never_run_again(tmp: Path,
+                                                       redis: RedisServer) -> None:
+    with three(tmp, redis, retries=3) as ns:
+        a = ns["a"]
+        wait_until(lambda: all_alive(a), what="three nodes alive")
+        ids = submit(a, 4, 3 * TTL)
+        done = outcomes(a, ids)
+        assert [(d["status"], len(d["attempts"])) for d in done] == [("succeeded", 1)] * 4
+        assert sorted(d["attempts"][0]["node"] for d in done) == ["b", "b", "c", "c"]
+
+
+def test_a_node_stopped_gracefully_hands_its_tasks_back(tmp: Path,
+                                                        redis: RedisServer) -> None:
+    # no retries: a stop is no failure, and costs none
+    with three(tmp, redis, retries=0) as ns:
+        a, b, c = ns["a"], ns["b"], ns["c"]
+        wait_until(lambda: all_alive(a), what="three nodes alive")
+        ids = submit(a, 6, 1.0)
+        wait_until(lambda: running_on(b) == 2, what="b busy")
+        assert b.stop() == 0
+        done = outcomes(a, ids)
+        assert [d["status"] for d in done] == ["succeeded"] * len(ids)
+        assert outcomes(c, ids) == done
+        handed = [d for d in done if d["attempts"][0]["node"] == "b"]
+        assert len(handed) == 2
+        for d in handed:
+            assert [(x["node"], x["outcome"], x["error"]) for x in d["attempts"]] == [
+                ("b", "lost", "node b stopped"), ("c", "succeeded", None)]
+
+
+def test_a_claim_whose_answer_was_lost_is_given_back(tmp: Path, redis: RedisServer) -> None:
+    """An entry a live node holds but does not run (the claim's reply lost with its
+    connection) is an orphan: its owner gives it back after ORPHAN_BEATS, no retry spent."""
+    import redis as redis_py
+
+    from corral.cluster import records
+    from corral.cluster.keys import GROUP, Keys
+    from corral.cluster.scripts import CLAIM
+
+    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+                   what="a and b alive")
+        [busy] = submit(a, 1, 1.0)  # b's one slot is taken: the next task waits unread
+        wait_until(lambda: running_on(b) == 1, what="b busy")
+        [orphan] = submit(a, 1, 0.1)
+        k = Keys("test")
+        r = redis_py.Redis(port=redis.port)
+        try:
+            # b's consumer reads it, and the claim's answer never reaches b
+            [[stream, [(entry, _)]]] = r.xreadgroup(GROUP, "b/1", {k.stream("sleepy", 0): ">"},
+                                                   count=1)
+            assert r.eval(CLAIM, 4, k.task(orphan), k.attempts(orphan), k.fence, stream,
+                          "b/1", "b", "1.0", entry, records.claimed_attempt("b", 1.0), 0,
+                          "30.0")
+        finally:
+            r.close()
+        done = outcomes(a, [busy, orphan])
+        assert [d["status"] for d in done] == ["succeeded", "succeeded"]
+        assert [(x["node"], x["outcome"], x["error"]) for x in done[1]["attempts"]] == [
+            ("b", "lost", "node b did not run it (its claim's answer was lost)"),
+            ("b", "succeeded", None)]
+        assert b.call("stats.get")["cluster"]["orphans"] == 1
+
+
+def test_a_node_cut_off_from_redis_loses_its_tasks_and_comes_back(
+        tmp: Path, redis: RedisServer) -> None:
+    from .harness import Node
+    from .proxy import Proxy
+
+    proxy = Proxy(redis.port)
+    worker = sleeper("sleepy", retries=1)
+    b = Node(tmp / "b", "b", redis, worker)
+    b.config.write_text(b.config.read_text().replace(redis.url, proxy.url))
+    try:
+        with nodes(tmp, redis, {"a": "", "c": worker}) as ns:
+            a, c = ns["a"], ns["c"]
+            b.start()
+            wait_until(lambda: all_alive(a), what="three nodes alive")
+            assert c.proc is not None
+            c.proc.send_signal(signal.SIGSTOP)  # b takes the task
+            [task_id] = submit(a, 1, 1.0)
+            wait_until(lambda: running_on(b) == 1, what="running on b")
+            proxy.cut()
+            c.proc.send_signal(signal.SIGCONT)
+            [done] = outcomes(a, [task_id])
+            assert [(x["node"], x["outcome"]) for x in done["attempts"]] == [
+                ("b", "lost"), ("c", "succeeded")]
+            # b ran it to its end too, cut off: never written, and b fenced itself
+            wait_until(lambda: b.call("stats.get")["cluster"]["fences"] == 1,
+                       what="b fenced")
+            assert b.call("stats.get")["cluster"]["redis_error"] is not None
+            proxy.restore()
+            wait_until(lambda: all_alive(a), what="b back")
+            stats = b.call("stats.get")["cluster"]
+            assert (stats["incarnation"], stats["published"], stats["redis_error"]) == (
+                2, 0, None)
+            assert outcomes(c, [task_id]) == [done]
+            r = a.run("sleepy", '{"do": "echo"}')
+            assert r.returncode == 0, r.stderr
+    finally:
+        b.close()
+        proxy.close()
