@@ -202,7 +202,7 @@ class Snapshot:
     scaled: list[tuple[str, int, int]] = field(default_factory=list)
     # agents with [health] only: failed checks by (agent, check), ready replicas by agent
     health_failures: dict[tuple[str, str], int] = field(default_factory=dict)
-    ready: dict[str, int] = field(default_factory=dict)
+    ready: dict[str, tuple[int, str]] = field(default_factory=dict)  # (count, tenant)
     # what agents reported (usage/report): (agent, model, input, output, dollars)
     usage: list[tuple[str, str, int, int, float]] = field(default_factory=list)
     # with [cluster]: this node's figures (ClusterNode.status) and the nodes as its
@@ -229,7 +229,8 @@ def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
     out.health_failures = dict(sup.health_board.failures)
     for name, agent in sup.agents.items():
         if agent.spec.health is not None:
-            out.ready[name] = sum(1 for r in agent.replicas if r.serving and r.health_ready)
+            out.ready[name] = (sum(1 for r in agent.replicas if r.serving and r.health_ready),
+                               agent.spec.tenant)
     node = services.tasks.cluster
     if node is not None:
         out.cluster = node.status()
@@ -301,9 +302,9 @@ def fleet_families(snap: Snapshot) -> Iterator[Metric]:
     yield failures
     ready = GaugeMetricFamily(
         "corral_agent_ready_replicas", "An agent's serving replicas that pass their "
-        "readiness check (agents with [health]).", labels=("agent",))
-    for agent, n in snap.ready.items():
-        ready.add_metric([agent], n)
+        "readiness check (agents with [health]).", labels=("agent", "tenant"))
+    for agent, (n, tenant) in snap.ready.items():
+        ready.add_metric([agent, tenant], n)
     yield ready
 
 
