@@ -373,6 +373,7 @@ def probes(task_b: str, ghost_task: str) -> dict[str, tuple[str, Any, Any]]:
         "packages.deploy": ("forbidden", {"path": "/nonexistent"}, None),
         "packages.releases": ("missing", {"name": B}, {"name": GHOST}),
         "nodes.list": ("forbidden", {}, None),  # the cluster's nodes: the operator's
+        "nodes.drain": ("forbidden", {"node": "n"}, None),
         "tenants.list": ("listing", {}, None),
         "tenants.add": ("forbidden", {"tenants": {"c": {}}}, None),
         "tenants.set": ("forbidden", {"name": "a", "set": {"max_agents": 100}}, None),

@@ -67,17 +67,28 @@ class EventBus:
         self.published = 0
         self.delivered = 0
         self.dropped = 0
+        # with [cluster]: each event published here, to the other nodes (cluster/events.py)
+        self.relay: Callable[[Delivery], None] | None = None
         worker_notifications["events/publish"] = self._on_publish
         worker_methods["events/subscribe"] = self._on_subscribe
         stream.subscribe(self._on_exit, Exited)
 
     def publish(self, topic: str, data: Any, source: str, tenant: str | None = None) -> int:
         """Deliver to every live subscriber of the tenant (None: of every tenant) whose
-        pattern matches; returns how many got it."""
+        pattern matches; returns how many got it here (with [cluster], the other nodes'
+        subscribers get it too, through `relay`)."""
         if not topic:
             raise RpcError(jsonrpc.INVALID_PARAMS, "topic must not be empty")
         self.published += 1
         d = Delivery(topic, data, source, time.time(), tenant)
+        if self.relay is not None:
+            self.relay(d)
+        return self.deliver(d)
+
+    def deliver(self, d: Delivery) -> int:
+        """An event to this node's subscribers (published here, or on another node of
+        the cluster) in its tenant: patterns are matched here."""
+        topic, tenant = d.topic, d.tenant
         n = 0
         for r, patterns in list(self.subscriptions.items()):
             if not reaches(tenant, r.spec.tenant) or not any(

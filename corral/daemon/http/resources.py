@@ -42,7 +42,7 @@ RESOURCES: list[Resource] = [
     _r("GET", "/agents", "agents.status", "Agents' replicas: state, pid, restarts, "
        "CPU, memory, tasks", query=("names", "tenant")),
     _r("POST", "/agents", "agents.add", "Add agents from [agents.NAME] tables",
-       body=("agents", "check"), idempotent=True),
+       body=("agents", "check", "cluster"), idempotent=True),
     _r("GET", "/agents/{name}", "agents.describe", "One agent's effective spec"),
     _r("DELETE", "/agents/{name}", "agents.remove", "Stop and remove an agent",
        path_params=ONE),
@@ -104,6 +104,9 @@ RESOURCES: list[Resource] = [
        "change as it happens (SSE)", query=("names", "interval"),
        stream="agents.transition"),
     _r("GET", "/nodes", "nodes.list", "The nodes of the cluster (with [cluster])"),
+    _r("POST", "/nodes/{node}/drain", "nodes.drain", "Drain a node of the cluster: no new "
+       "tasks, what it runs finishes, its cluster agents move, then it leaves",
+       path_params={"node": "node"}),
     _r("GET", "/audit", "audit.list", "The audit log", query=("limit",)),
     _r("POST", "/config/reload", "config.reload", "Reload the config file"),
     _r("GET", "/daemon", "daemon.info", "The daemon: version, pid, uptime"),
