@@ -151,3 +151,4 @@ async def test_each_tenant_publishes_and_follows_its_own_part_of_the_bus(
             for f in follows:
                 f.cancel()
             await asyncio.gather(*follows, return_exceptions=True)
+
