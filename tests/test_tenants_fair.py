@@ -23,6 +23,7 @@ from corral.supervisor.config import Limits
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, in_process
 from .test_gateway_stdio import wait_until_async
+from .test_tokens import cli
 
 
 def agent(name: str, tenant: str, extra: str = "") -> str:
@@ -147,6 +148,15 @@ async def test_each_tenant_publishes_and_follows_its_own_part_of_the_bus(
                 assert (ghost.value.code, ghost.value.message) == (
                     jsonrpc.NOT_FOUND, "no such tenant: zz"), method
             assert len(bus.followers) == 4 and len(channels["op"].got) == 5
+            # the CLI names the tenant; the operator's may be any that exists
+            code, out, err = await cli(d, "events", "publish", "orders.6", "6", "--tenant",
+                                       "b")
+            assert (code, out.strip()) == (0, "delivered to 4 subscribers"), err
+            code, out, err = await cli(d, "events", "publish", "orders.7", "--tenant", "zz")
+            assert (code, err.strip()) == (1, "corral: no such tenant: zz")
+            await wait_until_async(lambda: len(channels["b"].got) == 3)
+            assert channels["b"].seen()[-1] == ("orders.6", "b")
+            assert channels["a"].seen()[-1] == ("orders.5", "a")
         finally:
             for f in follows:
                 f.cancel()
