@@ -776,6 +776,9 @@ class EventsPublish(Params):
 
     topic: str
     data: Any = None
+    # the tenant whose workers and followers it reaches (a tenant's caller: its own,
+    # named or not); an operator's without one reaches every tenant's
+    tenant: str | None = None
 
 
 @method("events.follow", result=None, scope="events", endless=True)
@@ -783,6 +786,9 @@ class EventsFollow(Params):
     """Every event whose topic matches the pattern, as `events.event` notifications."""
 
     pattern: str = "*"
+    # only the events of this tenant (and those of every tenant); a tenant's caller
+    # follows its own tenant's, named or not
+    tenant: str | None = None
 
 
 # -- the cluster (docs/cluster.md) ----------------------------------------------------------

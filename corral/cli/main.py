@@ -1195,13 +1195,15 @@ def events() -> None:
 @events.command("publish", help=doc("events.publish"))
 @click.argument("topic")
 @click.argument("data", required=False, default="null")
+@click.option("--tenant", default=None, help="Only this tenant's workers and followers.")
 @pass_ctx
-def events_publish(obj: Ctx, topic: str, data: str) -> None:
+def events_publish(obj: Ctx, topic: str, data: str, tenant: str | None) -> None:
     try:
         value = msgspec.json.decode(data.encode())
     except msgspec.DecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from None
-    res: m.Delivered = obj.call("events.publish", m.EventsPublish(topic=topic, data=value))
+    res: m.Delivered = obj.call("events.publish", m.EventsPublish(topic=topic, data=value,
+                                                                  tenant=tenant))
     click.echo(f"delivered to {plural(res.delivered, 'subscriber')}")
 
 
@@ -1210,9 +1212,11 @@ def events_publish(obj: Ctx, topic: str, data: str) -> None:
                 "with --json, each event as a JSON object (its time in seconds since the "
                 "epoch, as every --json prints times).")
 @click.argument("pattern", default="*")
+@click.option("--tenant", default=None, help="Only this tenant's events (and every "
+              "tenant's).")
 @json_option
 @pass_ctx
-def events_tail(obj: Ctx, pattern: str, as_json: bool) -> None:
+def events_tail(obj: Ctx, pattern: str, tenant: str | None, as_json: bool) -> None:
     def on_note(method: str, params: Any) -> None:
         if method == "events.event":
             click.echo(json.dumps(params) if as_json else
@@ -1222,7 +1226,8 @@ def events_tail(obj: Ctx, pattern: str, as_json: bool) -> None:
             click.echo(f"corral: missed {plural(params['count'], 'event')}", err=True)
         sys.stdout.flush()
 
-    obj.call("events.follow", m.EventsFollow(pattern=pattern), on_notification=on_note)
+    obj.call("events.follow", m.EventsFollow(pattern=pattern, tenant=tenant),
+             on_notification=on_note)
 
 
 # -- MCP tools ----------------------------------------------------------------------------

@@ -60,10 +60,12 @@ class EventRelay:
             batch = list(self._out)
             pipe = self.redis.pipeline(transaction=False)
             for d in batch:
-                pipe.xadd(self.keys.events, {
-                    "node": self.node, "topic": d.topic, "source": d.source,
-                    "time": repr(d.time), "data": msgspec.json.encode(d.data)},
-                    maxlen=KEPT, approximate=True)
+                fields = {"node": self.node, "topic": d.topic, "source": d.source,
+                          "time": repr(d.time), "data": msgspec.json.encode(d.data)}
+                if d.tenant is not None:  # kept to its tenant on every node
+                    fields["tenant"] = d.tenant
+                pipe.xadd(self.keys.events, fields,  # type: ignore[arg-type]
+                          maxlen=KEPT, approximate=True)
             try:
                 await pipe.execute()
             except RedisError as exc:
@@ -101,7 +103,8 @@ class EventRelay:
                     with contextlib.suppress(KeyError, ValueError, msgspec.DecodeError):
                         d = Delivery(f[b"topic"].decode(), msgspec.json.decode(f[b"data"]),
                                      f"{f[b'node'].decode()}:{f[b'source'].decode()}",
-                                     float(f[b"time"]))
+                                     float(f[b"time"]),
+                                     f[b"tenant"].decode() if b"tenant" in f else None)
                         self.received += 1
                         self.bus.deliver(d)
 

@@ -440,9 +440,11 @@ def _named_by_tenant(field: str, what: str) -> Callable[[Any, Caller], None]:
     return check
 
 
-def _not_for_tenants(params: Any, caller: Caller) -> None:
-    if caller.tenant is not None:
-        raise _glob_refusal(caller, "events are not yet kept apart per tenant")
+def _own_tenant(params: Any, caller: Caller) -> None:
+    """A tenant's caller is in its own tenant's part of the event bus: another tenant
+    answers as one that does not exist."""
+    if caller.tenant is not None and params.tenant not in (None, caller.tenant):
+        raise jsonrpc.not_found("tenant", params.tenant)
 
 
 def _gateway_client(params: Any, caller: Caller) -> None:
@@ -626,8 +628,8 @@ AGENT_RULES: dict[str, AgentRule] = {
     "tasks.get": AgentRule(_nothing, filter=_task_filter),
     "tasks.list": AgentRule(_AGENT_PARAM, filter=_tasks_filter),
     "tasks.cancel": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),
-    "events.publish": AgentRule(_not_for_tenants),
-    "events.follow": AgentRule(_not_for_tenants),
+    "events.publish": AgentRule(_own_tenant),
+    "events.follow": AgentRule(_own_tenant),
     "tools.list": AgentRule(_both(_AGENT_PARAM, _server("server")),
                             filter=_servers_filter("tools")),
     "tools.call": AgentRule(_tool("tool")),

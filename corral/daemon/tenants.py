@@ -34,7 +34,7 @@ Report = Callable[..., None]
 # the quotas corral enforces now; the others are parsed, validated and shown
 ENFORCED = ("max_agents", "max_replicas", "max_queue", "max_concurrent_tasks",
             "rate_per_minute", "max_task_seconds", "tokens_per_minute", "group",
-            "max_memory_mb", "max_cpu_percent", "sandbox", "network")
+            "max_memory_mb", "max_cpu_percent", "cpu_weight", "sandbox", "network")
 REVISION_PREFIX = "tenant:"
 
 
