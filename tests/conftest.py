@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -10,12 +11,13 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 import uvloop
 
-from corral.supervisor import AgentSpec, Supervisor
+from corral.supervisor import AgentSpec, Supervisor, containment
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -70,6 +72,23 @@ async def all_ready(sup: Supervisor, name: str, timeout: float = 10.0) -> None:
 
     for i in range(len(sup.agent(name).replicas)):
         await sup.wait_state(name, State.READY, replica=i, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _a_tests_own_children_are_its_own(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test's asyncio subprocesses (a CLI beside an in-process daemon) are the test's:
+    containment is told, or its tick could reap one before the test's wait learns the
+    status (the wait then hangs), or kill it as a re-parented orphan."""
+    real = asyncio.create_subprocess_exec
+
+    async def spawn(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        proc = await real(*args, **kwargs)
+        containment.spare(proc.pid)
+        return proc
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spawn)
+    yield
+    containment.SPARED.clear()
 
 
 @pytest.fixture

@@ -123,6 +123,12 @@ async def test_agent_and_replica_quotas_refuse_with_the_use_and_never_kill(
         assert (code, text) == (jsonrpc.REFUSED, "tenant acme: max_agents 2 reached "
                                 "(2 in use); adding a3 needs 1 more")
         assert "a3" not in sup.agents
+        # a batch is judged whole, before any of it is added
+        code, text = await refused(d, OPERATOR, "agents.add", {"agents": {
+            n: {"command": "true", "tenant": "acme"} for n in ("b1", "b2")}, "check": False})
+        assert (code, text) == (jsonrpc.REFUSED, "tenant acme: max_agents 2 reached "
+                                "(2 in use); adding b1, b2 needs 2 more")
+        assert "b1" not in sup.agents and "b2" not in sup.agents
         code, text = await refused(d, OPERATOR, "agents.add", {"agents": {"a3": {
             "command": "true", "tenant": "nope"}}, "check": False})
         assert (code, text) == (jsonrpc.INVALID_PARAMS, "agent a3: no tenant nope (declared: "

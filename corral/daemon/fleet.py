@@ -167,6 +167,10 @@ class Fleet:
             if taken:
                 raise RpcError(jsonrpc.CONFLICT, f"agent {taken[0]} already exists")
             self.sup.check_fleet({n: s.replicas for n, s in specs.items()}, "adding them")
+            # the whole batch against its tenants' quotas, before any is added: one by one,
+            # the first would count against the second and the refusal misstate the use
+            self.sup.check_tenants({n: (s.tenant, s.replicas) for n, s in specs.items()},
+                                   f"adding {', '.join(specs)}")
             await self._unit(
                 [w for n, spec in specs.items() for w in (
                     StateStore.saving_runtime_agent(n, tables[n]),

@@ -159,6 +159,17 @@ def signal_fd(pidfd: int, sig: int) -> None:
         signal.pidfd_send_signal(pidfd, sig)
 
 
+# children of a program that embeds a Supervisor and starts processes of its own (a
+# test's subprocesses beside an in-process daemon): not corral's, so neither reaped by
+# the tick (their owner's wait would never learn the status) nor killed as orphans
+SPARED: set[int] = set()
+
+
+def spare(pid: int) -> None:
+    """`pid`, a child of this process that corral did not start, is left to its owner."""
+    SPARED.add(pid)
+
+
 def try_reap(pid: int) -> bool:
     """Reap `pid` if it is our child and has exited; True when nothing is left of it."""
     try:
@@ -654,8 +665,11 @@ class Containment:
                 res = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return n
-            if res is None or res.si_pid == 0 or res.si_pid in self._by_pid:
-                return n  # nothing, or a tracked process whose pidfd callback reaps it
+            if res is None or res.si_pid == 0 or res.si_pid in self._by_pid \
+                    or res.si_pid in SPARED:
+                # nothing, a tracked process whose pidfd callback reaps it, or one its
+                # owner waits for
+                return n
             if not try_reap(res.si_pid):
                 return n
             n += 1
@@ -680,8 +694,8 @@ class Containment:
         killed = 0
         leaders = {t.record.pid: t for t in self.live.values()}
         for st, token in found:
-            if st.pid in self._by_pid:
-                continue  # a process we started ourselves
+            if st.pid in self._by_pid or st.pid in SPARED:
+                continue  # a process we started ourselves, or one the embedder did
             if token in self._pending:
                 continue  # being spawned by another thread right now
             if token is None and self._pending:
