@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..jsonrpc import Peer
-from .config import AgentSpec, Isolation, TenantSpec, isolation
+from .config import AgentSpec, Isolation, isolation
 from .health import HealthBoard, ReplicaHealth, environment_of
 from .lifecycle import SERVING, Cause, State
 from .process import ChildProcess
@@ -57,9 +57,6 @@ class AgentHost(ReplicaHost, Protocol):
     def protected_paths(self) -> list[tuple[str, str]]:
         """corral's own files, as (path, what): a sandbox may not hold them writable, and
         masks them where it binds what holds them."""
-
-    def tenant_spec(self, tenant: str) -> TenantSpec | None:
-        """An agent's tenant's [tenants.NAME] (its sandbox and network), or None."""
 
     @property
     def release_sdk(self) -> str | None:
@@ -157,7 +154,8 @@ class Replica(ProcessReplica):
             key = Key(warm_argv(argv, env), preload, uid, gid, env.get("PYTHONPATH"))
             zygote = await self.host.zygotes.get(
                 key, lambda: self.host.zygote_environment(env))
-            return await zygote.spawn(argv, env=env, cwd=spec.cwd, limits=spec.limits,
+            limits = self.run.limits if self.run is not None else spec.limits
+            return await zygote.spawn(argv, env=env, cwd=spec.cwd, limits=limits,
                                       **spawning)
         except ZygoteUnavailable as exc:
             self.host.stats.cold_fallbacks += 1
