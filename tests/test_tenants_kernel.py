@@ -330,3 +330,38 @@ def test_a_tenants_quotas_are_written_to_its_cgroup(
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_an_oom_kill_in_a_tenants_cgroup_is_the_tenants(
+        delegated: Path, tmp: Path) -> None:  # noqa: F811
+    available = set((delegated / "cgroup.controllers").read_text().split())
+    if "memory" not in available:
+        pytest.skip("the cgroup v2 hierarchy here has no memory controller "
+                    f"({sorted(available) or 'no controllers'} in v2)")
+    from .conftest import EXAMPLES
+
+    agents = textwrap.dedent(f"""
+        [tenants.a]
+        max_memory_mb = 64
+        [agents.hog]
+        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "a"
+        restart = "never"
+    """)
+    d = Daemon(tmp, agents, cgroup=delegated)
+    try:
+        d.start()
+        node = delegated / "tenant-a"
+        assert (node / "memory.max").read_text().strip() == str(64 * 1024 * 1024)
+        d.cli("run", "hog", "--input", '{"do": "leak"}')
+        wait_until(lambda: d.status()["hog#0"]["state"] == "terminated", 20, "the OOM kill")
+        assert "killed by the OOM killer" in d.status()["hog#0"]["last_exit"]
+        log = d.state / "logs" / "corral.log"
+        wait_until(lambda: "tenant a: the kernel OOM-killed 1 process in its cgroup "
+                   "(max_memory_mb; 1 since start)" in log.read_text(), 10, "the tenant's OOM")
+        entry = {t["name"]: t for t in d.json("tenants")["tenants"]}["a"]
+        assert entry["use"]["oom_kills"] == 1
+        assert d.stop() == 0
+    finally:
+        d.close()
