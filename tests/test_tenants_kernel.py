@@ -208,6 +208,8 @@ def test_tenants_users_cannot_read_signal_or_ptrace_each_other(
         if sandboxed:
             inside = run(d, "ps", op="whoami")
             assert (inside["uid"], inside["nproc"]) == (nobody, [50, 50])
+        entry = {t["name"]: t for t in d.json("tenants")["tenants"]}["a"]
+        assert {"user", "max_processes"} <= set(entry["enforced"])
         # an agent naming its own user runs as it, with its own (no) limit
         own = run(d, "own", op="whoami")
         assert own["uid"] == daemon and own["nproc"] != [50, 50]

@@ -32,11 +32,10 @@ from ..supervisor.tenantcgroups import notice
 from .store import StateStore, StoreError, what_to_do
 
 Report = Callable[..., None]
-# the keys corral enforces (a cgroup's, or the fallback start-up names: notice())
+# the keys corral enforces everywhere; the kernel's are in `enforced` where it does
 ENFORCED = ("max_agents", "max_replicas", "max_queue", "max_concurrent_tasks",
             "rate_per_minute", "max_task_seconds", "tokens_per_minute", "group",
-            "max_memory_mb", "max_cpu_percent", "sandbox", "network", "user",
-            "max_processes", "memory_high_mb", "cpu_weight")
+            "max_memory_mb", "max_cpu_percent", "sandbox", "network", "user")
 REVISION_PREFIX = "tenant:"
 
 
@@ -217,12 +216,17 @@ class TenantDesk:
         if nodes is not None:
             use.oom_kills = nodes.oom_total.get(name, 0)
         table = self.tables.get(name, {})
+        cgroup = self.sup.tenancy.kernel
+        kernel = [k for k, on in (("memory_high_mb", "memory" in cgroup),
+                                  ("cpu_weight", "cpu" in cgroup),
+                                  ("max_processes", "pids" in cgroup or "user" in table))
+                  if on and k in table]
         origin = ("runtime" if name in self.runtime else f"file {self.config_path}"
                   if name in self.declared else "default")
         return m.TenantEntry(name=name, origin=origin, revision=self._revision(name),
                              quotas=table, use=msgspec.convert(msgspec.to_builtins(use),
                                                                m.TenantUse),
-                             enforced=[k for k in ENFORCED if k in table])
+                             enforced=[k for k in ENFORCED if k in table] + kernel)
 
     def entries(self) -> list[m.TenantEntry]:
         return [self.entry(n) for n in self.sup.tenancy.names()]
