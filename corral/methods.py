@@ -681,10 +681,12 @@ class AuditList(Params):
 class AgentsAdd(Params):
     """Add agents at runtime from [agents.NAME] tables; they survive a daemon restart.
     A command that is not an executable on PATH or a file is refused, unless --no-check
-    (check=false)."""
+    (check=false). With --cluster (cluster=true), cluster agents: their tables kept in
+    the cluster's Redis, their replicas placed on live nodes."""
 
     agents: dict[str, dict[str, Any]]
     check: bool = True
+    cluster: bool = False
 
 
 @method("agents.remove", result=Removed, scope="agents:write", mutating=True)
@@ -774,6 +776,9 @@ class EventsPublish(Params):
 
     topic: str
     data: Any = None
+    # the tenant whose workers and followers it reaches (a tenant's caller: its own,
+    # named or not); an operator's without one reaches every tenant's
+    tenant: str | None = None
 
 
 @method("events.follow", result=None, scope="events", endless=True)
@@ -781,6 +786,9 @@ class EventsFollow(Params):
     """Every event whose topic matches the pattern, as `events.event` notifications."""
 
     pattern: str = "*"
+    # only the events of this tenant (and those of every tenant); a tenant's caller
+    # follows its own tenant's, named or not
+    tenant: str | None = None
 
 
 # -- the cluster (docs/cluster.md) ----------------------------------------------------------
@@ -795,6 +803,9 @@ class NodeInfo(msgspec.Struct):
     agents: list[str]
     last_beat: float  # wall time
     capacity: int = 0  # task slots of its serving replicas, at its last beat
+    room: int = 0  # replicas it may still start (max_replicas less those it has)
+    placed: list[str] = []  # which of its agents are the cluster's (placement = cluster)
+    draining: bool = False  # `corral drain`: it takes nothing new
 
 
 class NodesResult(Result):
@@ -805,6 +816,20 @@ class NodesResult(Result):
 class NodesList(Params):
     """The nodes of this daemon's cluster, alive or not: incarnation, load, agents, last
     beat."""
+
+
+class DrainResult(Result):
+    node: str
+    incarnation: int  # the incarnation asked to drain
+
+
+@method("nodes.drain", result=DrainResult, scope="admin", mutating=True)
+class NodesDrain(Params):
+    """Drain a node of the cluster (from any node): it takes no new tasks, finishes
+    those it has, hands its cluster agents over to other nodes, then leaves the cluster
+    (its local work goes on; it joins again when its daemon starts again)."""
+
+    node: str
 
 
 # -- MCP tools ------------------------------------------------------------------------------

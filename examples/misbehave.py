@@ -14,7 +14,7 @@ At start-up, by the MISBEHAVE environment variable:
 As a task, by its input {"do": WHAT, ...}:
   echo          return the input
   crash         exit with status 3 mid-task
-  sleep         sleep {"seconds": S}, honouring cancellation
+  sleep         sleep {"seconds": S}, honouring cancellation; return it and ctx.attempt
   await         wait until the file {"path": P} exists (honouring cancellation), return it
   leak          allocate memory until it runs out (RLIMIT_AS)
   files         open files until none are left (RLIMIT_NOFILE)
@@ -23,6 +23,7 @@ As a task, by its input {"do": WHAT, ...}:
   write         write a file of {"mb": N} megabytes (RLIMIT_FSIZE)
   fail          raise an error (the task fails, the worker lives)
   crash-once    crash unless {"marker": PATH} exists (creating it first): a retry succeeds
+                (and returns ctx.attempt)
   block         sleep {"seconds": S} ignoring cancellation
   stray         answer a request id and report progress for a task it was never given
   progress      report {"steps": N} progress steps, then return
@@ -108,7 +109,7 @@ def handle(task, ctx):
         while time.monotonic() < deadline:
             ctx.check_cancelled()
             time.sleep(0.01)
-        return {"slept": task.get("seconds", 1)}
+        return {"slept": task.get("seconds", 1), "attempt": ctx.attempt}
     if what == "await":
         while not os.path.exists(task["path"]):
             ctx.check_cancelled()
@@ -144,7 +145,7 @@ def handle(task, ctx):
         if not os.path.exists(marker):
             open(marker, "w").close()
             os._exit(3)
-        return {"survived": True, "replica": ctx.replica}
+        return {"survived": True, "replica": ctx.replica, "attempt": ctx.attempt}
     if what == "block":
         time.sleep(float(task.get("seconds", 1000)))
         return {"blocked": task.get("seconds")}

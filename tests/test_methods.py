@@ -202,6 +202,7 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         done.add("ui.login")
         # needs [cluster] and Redis: held to NodesResult in tests/cluster/
         done.add("nodes.list")
+        done.add("nodes.drain")
         slow = ask("tasks.run", {"agent": "slow", "input": {"do": "sleep", "seconds": 30},
                                  "detach": True}, m.TaskAccepted)
         assert ask("tasks.cancel", {"task_id": slow.task_id}).status == "cancelled"

@@ -63,6 +63,7 @@ async def test_crash_mid_task_with_retries_runs_again(sup: Supervisor, tmp_path:
     res = await sup.tasks.run("retry", {"do": "crash-once", "marker": str(tmp_path / "m")})
     assert res.status == "succeeded" and res.output["survived"] is True
     assert [a.outcome for a in res.attempts] == ["lost", "succeeded"]
+    assert res.output["attempt"] == 2  # the worker was told which run this is
     assert sup.tasks.stats()["agents"]["retry"]["retried"] == 1
 
 

@@ -346,8 +346,9 @@ def probes(task_b: str, ghost_task: str) -> dict[str, tuple[str, Any, Any]]:
         "tasks.get": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),
         "tasks.list": ("missing", {"agent": B}, {"agent": GHOST}),
         "tasks.cancel": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),
-        "events.publish": ("forbidden", {"topic": "x"}, None),
-        "events.follow": ("forbidden", {}, None),
+        # the bus is split by tenant: tests/test_tenants_fair.py tries another's
+        "events.publish": ("own", None, None),
+        "events.follow": ("own", None, None),
         "tools.list": ("missing", {"server": BS}, {"server": GHOST_S}),
         "tools.call": ("missing", {"name": f"{BS}__add"}, {"name": f"{GHOST_S}__add"}),
         "mcp.status": ("listing", {}, None),
@@ -373,6 +374,7 @@ def probes(task_b: str, ghost_task: str) -> dict[str, tuple[str, Any, Any]]:
         "packages.deploy": ("forbidden", {"path": "/nonexistent"}, None),
         "packages.releases": ("missing", {"name": B}, {"name": GHOST}),
         "nodes.list": ("forbidden", {}, None),  # the cluster's nodes: the operator's
+        "nodes.drain": ("forbidden", {"node": "n"}, None),
         "tenants.list": ("listing", {}, None),
         "tenants.add": ("forbidden", {"tenants": {"c": {}}}, None),
         "tenants.set": ("forbidden", {"name": "a", "set": {"max_agents": 100}}, None),

@@ -46,6 +46,8 @@ WORKER = textwrap.dedent('''
         if task == "progress":
             ctx.progress(1, 2, "half")
             return "done"
+        if task == "attempt":
+            return [ctx.task_id, ctx.attempt]
         return {"echo": task, "agent": ctx.agent, "config": ctx.config}
 
     async def ahandle(task, ctx):
@@ -165,6 +167,11 @@ async def test_sync_specifics(tmp_path: Path) -> None:
             jsonrpc.TASK_FAILED, "nope", {"why": "asked"})
         assert await w.peer.request("task/run", {"task_id": "p", "input": "print"}) == {
             "output": "printed"}
+        # (task_id, attempt): 1 when corral says nothing of it (an older corral)
+        for params, key in (({"attempt": 3}, ["k", 3]), ({}, ["k", 1]),
+                            ({"attempt": "x"}, ["k", 1]), ({"attempt": 0}, ["k", 1])):
+            assert await w.peer.request("task/run", {"task_id": "k", "input": "attempt",
+                                                     **params}) == {"output": key}
         assert await w.peer.request("task/run", {"task_id": "g", "input": "progress"}) == {
             "output": "done"}
         assert w.notes == [("task/progress",

@@ -239,22 +239,34 @@ EXIT_NOT_RUNNING = 3  # as `systemctl status`: some listed agent is failed or no
                    "until interrupted; with --json, each notification as a JSON line.")
 @click.option("--tenant", default=None, metavar="TENANT",
               help="Only the agents of this tenant.")
+@click.option("--cluster", "cluster", is_flag=True,
+              help="Then the nodes of this daemon's cluster (as `corral nodes`); with "
+                   "--json, under \"nodes\".")
 @json_option
 @pass_ctx
 def status(obj: Ctx, names: tuple[str, ...], watch: bool, tenant: str | None,
-           as_json: bool) -> None:
+           cluster: bool, as_json: bool) -> None:
     if watch:
-        if tenant is not None:
-            raise click.UsageError("--tenant and --watch: name the agents to watch instead")
+        if tenant is not None or cluster:
+            raise click.UsageError("--tenant or --cluster and --watch: name the agents to "
+                                   "watch instead")
         _watch(obj, names, as_json)
         return
     st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus(names=list(names),
                                                                          tenant=tenant))
+    nodes: m.NodesResult | None = obj.call("nodes.list", m.NodesList()) if cluster else None
     down = any(a.state not in RUNNING_STATES for a in st.agents)
     if as_json:
-        _print_json(st)
+        if nodes is None:
+            _print_json(st)
+        else:
+            click.echo(json.dumps({**msgspec.to_builtins(st),
+                                   "nodes": msgspec.to_builtins(nodes.nodes)}, indent=2))
     else:
         _print_status(st, with_mcp=not names)
+        if nodes is not None:
+            click.echo("")
+            _print_nodes(nodes)
     if down:
         sys.exit(EXIT_NOT_RUNNING)
 
@@ -653,10 +665,13 @@ def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
 @click.option("--cwd", default=None)
 @click.option("--no-check", is_flag=True,
               help="Add even if the command is not (yet) an executable on PATH or a file.")
+@click.option("--cluster", "cluster", is_flag=True,
+              help="A cluster agent: its spec kept in the cluster's Redis, its replicas "
+                   "placed on live nodes (docs/cluster.md).")
 @pass_ctx
 def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
         replicas: int | None, restart_: str | None, env: tuple[str, ...],
-        cwd: str | None, no_check: bool) -> None:
+        cwd: str | None, no_check: bool, cluster: bool) -> None:
     if file and (name or command):
         raise click.UsageError("give a FILE or --name/--command, not both")
     if file:
@@ -675,7 +690,8 @@ def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
                 raise click.BadParameter("use KEY=VALUE", param_hint="--env")
             table["env"] = dict(pairs)
         agents = {name: table}
-    res: m.Added = obj.call("agents.add", m.AgentsAdd(agents=agents, check=not no_check))
+    res: m.Added = obj.call("agents.add", m.AgentsAdd(agents=agents, check=not no_check,
+                                                      cluster=cluster))
     click.echo(f"added: {', '.join(res.added)}")
 add.help = doc("agents.add") + "\n\nFILE holds [agents.NAME] tables as in the config file."
 
@@ -1141,11 +1157,26 @@ def nodes_list(obj: Ctx, as_json: bool) -> None:
     if as_json:
         _print_json(res)
         return
+    _print_nodes(res)
+
+
+def _print_nodes(res: m.NodesResult) -> None:
     now = time.time()
-    rows = [[n.node, "alive" if n.alive else "dead", str(n.incarnation), str(n.load),
-             str(n.capacity), _human_time(now - n.last_beat) + " ago", ",".join(n.agents)]
+    rows = [[n.node, ("draining" if n.draining else "alive") if n.alive else "dead",
+             str(n.incarnation), str(n.load), str(n.capacity),
+             _human_time(now - n.last_beat) + " ago",
+             ",".join(a + ("*" if a in n.placed else "") for a in n.agents)]
             for n in res.nodes]
     _table(rows, ["NODE", "STATE", "INCARNATION", "LOAD", "CAPACITY", "LAST BEAT", "AGENTS"])
+
+
+@cli.command("drain", help=doc("nodes.drain"))
+@click.argument("node")
+@pass_ctx
+def nodes_drain(obj: Ctx, node: str) -> None:
+    res: m.DrainResult = obj.call("nodes.drain", m.NodesDrain(node=node))
+    click.echo(f"node {res.node} (incarnation {res.incarnation}) drains; `corral nodes` "
+               "shows it dead once it has left")
 
 
 @cli.command("cancel", help=doc("tasks.cancel"))
@@ -1164,13 +1195,15 @@ def events() -> None:
 @events.command("publish", help=doc("events.publish"))
 @click.argument("topic")
 @click.argument("data", required=False, default="null")
+@click.option("--tenant", default=None, help="Only this tenant's workers and followers.")
 @pass_ctx
-def events_publish(obj: Ctx, topic: str, data: str) -> None:
+def events_publish(obj: Ctx, topic: str, data: str, tenant: str | None) -> None:
     try:
         value = msgspec.json.decode(data.encode())
     except msgspec.DecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="DATA") from None
-    res: m.Delivered = obj.call("events.publish", m.EventsPublish(topic=topic, data=value))
+    res: m.Delivered = obj.call("events.publish", m.EventsPublish(topic=topic, data=value,
+                                                                  tenant=tenant))
     click.echo(f"delivered to {plural(res.delivered, 'subscriber')}")
 
 
@@ -1179,9 +1212,11 @@ def events_publish(obj: Ctx, topic: str, data: str) -> None:
                 "with --json, each event as a JSON object (its time in seconds since the "
                 "epoch, as every --json prints times).")
 @click.argument("pattern", default="*")
+@click.option("--tenant", default=None, help="Only this tenant's events (and every "
+              "tenant's).")
 @json_option
 @pass_ctx
-def events_tail(obj: Ctx, pattern: str, as_json: bool) -> None:
+def events_tail(obj: Ctx, pattern: str, tenant: str | None, as_json: bool) -> None:
     def on_note(method: str, params: Any) -> None:
         if method == "events.event":
             click.echo(json.dumps(params) if as_json else
@@ -1191,7 +1226,8 @@ def events_tail(obj: Ctx, pattern: str, as_json: bool) -> None:
             click.echo(f"corral: missed {plural(params['count'], 'event')}", err=True)
         sys.stdout.flush()
 
-    obj.call("events.follow", m.EventsFollow(pattern=pattern), on_notification=on_note)
+    obj.call("events.follow", m.EventsFollow(pattern=pattern, tenant=tenant),
+             on_notification=on_note)
 
 
 # -- MCP tools ----------------------------------------------------------------------------

@@ -62,7 +62,9 @@ class ClusterDesk:
             return any(n.alive and agent in n.agents for n in self.view)
         if not served():
             await self.refresh_view()
-            if not served():
+            # a cluster agent's tasks wait for its replicas while it is (re)placed
+            if not served() and not await self.redis.hexists(self.keys.cluster_agents,
+                                                             agent):
                 raise RpcError(jsonrpc.REFUSED, f"no live node of cluster "
                                                 f"{self.settings.name} runs agent {agent}")
 

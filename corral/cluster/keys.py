@@ -73,3 +73,34 @@ class Keys:
         """Stream: `task_id` of each task as it finishes (capped), which every node tails
         to wake its waiting clients."""
         return f"{self.prefix}outcomes"
+
+    # -- cluster agents (placement.py) --------------------------------------------------
+    @property
+    def cluster_agents(self) -> str:
+        """Hash: agent -> its [agents.NAME] table (JSON), for agents placed by the
+        cluster."""
+        return f"{self.prefix}cagents"
+
+    @property
+    def placement(self) -> str:
+        """Hash: agent -> {"epoch": N, "slots": [consumer, ...]} (JSON): which node
+        incarnation runs each of its replicas, changed only by compare-and-set on the
+        epoch."""
+        return f"{self.prefix}place"
+
+    def state(self, agent: str) -> str:
+        """Hash: replica slot -> [time, state] (JSON): a cluster agent's checkpoints,
+        written only by the incarnation the slot is placed on."""
+        return f"{self.prefix}state:{agent}"
+
+    @property
+    def draining(self) -> str:
+        """Hash: node -> the incarnation asked to drain (`corral drain`); it takes the
+        field out once drained (a node restarted since is a new incarnation, not asked)."""
+        return f"{self.prefix}draining"
+
+    @property
+    def events(self) -> str:
+        """Stream: the events published on every node (capped), which every node tails
+        (events.py)."""
+        return f"{self.prefix}events"

@@ -24,7 +24,7 @@ from .connection import read, why
 from .keys import Keys, consumer
 from .scripts import Scripts
 
-State = Literal["joining", "member", "fenced"]
+State = Literal["joining", "member", "fenced", "left"]
 
 
 class Beat(msgspec.Struct):
@@ -36,6 +36,9 @@ class Beat(msgspec.Struct):
     load: int  # tasks running and waiting on it
     agents: list[str]  # the agents it runs
     last_beat: float  # wall time
+    room: int = 0  # replicas it may still start (max_replicas less those it has)
+    placed: list[str] = []  # which of its agents are the cluster's (placement.py)
+    draining: bool = False  # `corral drain`: it takes nothing new
 
 
 class NodeView(msgspec.Struct):
@@ -48,9 +51,17 @@ class NodeView(msgspec.Struct):
     agents: list[str]
     last_beat: float
     capacity: int = 0
+    room: int = 0
+    placed: list[str] = []
+    draining: bool = False
+
+    @property
+    def consumer(self) -> str:
+        return consumer(self.node, self.incarnation)
 
 
 Offer = Callable[[], tuple[int, int, list[str]]]  # -> capacity, load, agents
+Places = Callable[[], tuple[int, list[str], bool]]  # -> room, placed, draining
 
 _beat = msgspec.json.Decoder(Beat)
 
@@ -78,6 +89,7 @@ class Membership:
         self.on_join: list[Callable[[], None]] = []
         self.fences = 0  # times this node fenced itself
         self.changed = asyncio.Event()  # set at each join and fence
+        self.places: Places | None = None  # what placement needs of the beat
 
     @property
     def member(self) -> bool:
@@ -91,8 +103,9 @@ class Membership:
 
     def _beat_json(self) -> bytes:
         capacity, load, agents = self.offer()
+        room, placed, draining = self.places() if self.places is not None else (0, [], False)
         return msgspec.json.encode(Beat(self.node, self.incarnation, capacity, load, agents,
-                                        time.time()))
+                                        time.time(), room, placed, draining))
 
     @property
     def _ttl_ms(self) -> int:
@@ -139,6 +152,8 @@ class Membership:
     async def step(self) -> None:
         """One beat: join, or renew (fencing when the key has expired), and note whether
         Redis answered."""
+        if self.state == "left":
+            return  # drained: out of the cluster until the daemon starts again
         try:
             if self.state == "member" and not await asyncio.wait_for(self.renew(),
                                                                      self.beat):
@@ -166,11 +181,14 @@ class Membership:
             await self.step()
             await asyncio.sleep(self.beat)
 
-    async def leave(self) -> None:
-        """A clean stop: the key goes now, not a TTL later."""
+    async def leave(self, *, for_good: bool = False) -> None:
+        """A clean stop: the key goes now, not a TTL later. `for_good` (a drain): no
+        joining again until the daemon starts again."""
         if self.state == "member":
-            self.state = "fenced"
+            self.state = "left" if for_good else "fenced"
             await self.redis.delete(self.keys.alive(self.consumer))
+            self.changed.set()
+            self.changed.clear()
 
     async def nodes(self) -> list[NodeView]:
         """Every node that ever beat in this cluster, alive or not, by name."""
@@ -181,7 +199,8 @@ class Membership:
             return []
         alive = await self.alive([consumer(b.node, b.incarnation) for b in beats])
         return [NodeView(b.node, consumer(b.node, b.incarnation) in alive, b.incarnation,
-                         b.load, b.agents, b.last_beat, b.capacity) for b in beats]
+                         b.load, b.agents, b.last_beat, b.capacity, b.room, b.placed,
+                         b.draining) for b in beats]
 
     async def alive(self, consumers: list[str]) -> set[str]:
         """Which of these consumers' liveness keys exist now."""

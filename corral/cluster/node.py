@@ -17,15 +17,18 @@ from redis.exceptions import RedisError
 from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
-from ..supervisor.config import ClusterSettings
+from ..supervisor.config import AgentSpec, ClusterSettings
+from ..supervisor.core import Supervisor
 from ..supervisor.tasks import TERMINAL, TaskError, TaskManager, is_task_id
-from ..supervisor.tasks.host import TaskHost
 from . import records
+from .backlog import Backlog
 from .connection import connect, shown, unavailable, why
 from .desk import KEEP_FINISHED, ClusterDesk
+from .events import EventRelay
 from .keys import Keys
 from .membership import Membership, NodeView
 from .outbox import Outbox
+from .placement import Placement
 from .puller import Puller
 from .queue import ClusterQueue, ClusterTask, free_slots
 from .reaper import Reaper
@@ -37,8 +40,9 @@ def node_name(settings: ClusterSettings) -> str:
 
 
 class ClusterNode:
-    def __init__(self, settings: ClusterSettings, host: TaskHost, tasks: TaskManager,
-                 queue: ClusterQueue, report: Callable[[str], None]) -> None:
+    def __init__(self, settings: ClusterSettings, host: Supervisor, tasks: TaskManager,
+                 queue: ClusterQueue, report: Callable[[str], None],
+                 prepare: Callable[[AgentSpec], None] = lambda spec: None) -> None:
         self.settings = settings
         self.host = host
         self.tasks = tasks
@@ -57,10 +61,16 @@ class ClusterNode:
         self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
                              report)
         self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report)
+        self.backlog = Backlog(self.redis, self.keys, host)
+        self.events = EventRelay(self.redis, self.keys, self.node, host.events,
+                                 settings.beat, report)
+        self.placement = Placement(self.redis, scripts, self.keys, self.membership, host,
+                                   prepare, settings.beat, report)
         tasks.on_finish.append(self.outbox.finished)
         self.puller.on_claim = self._watch
         self.membership.on_fence.append(self._fenced)
         self._loops: list[asyncio.Task[None]] = []
+        self.draining = False  # asked to drain (`corral drain`): it takes nothing new
 
     def _watch(self, task: ClusterTask) -> None:
         outbox = self.outbox
@@ -86,7 +96,10 @@ class ClusterNode:
         self.report(f"cluster {self.settings.name}: node {self.node} on Redis "
                     f"{shown(self.settings.redis)}")
         for name, loop in (("membership", self.membership.run), ("beat", self._beat),
-                           ("outbox", self.outbox.run), ("outcomes", self.desk.tail)):
+                           ("outbox", self.outbox.run), ("outcomes", self.desk.tail),
+                           ("placement", self.placement.run),
+                           ("events out", self.events.run_out),
+                           ("events in", self.events.run_in)):
             self._loops.append(asyncio.ensure_future(self._keep(name, loop)))
 
     async def _keep(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
@@ -114,16 +127,56 @@ class ClusterNode:
                     await self.reaper.refresh(held, self.puller.streams())
                     await self._cancels()
                     await self.desk.refresh_view()
+                    await self.backlog.step(self.desk.view)
                     await self.reaper.reap()
+                    await self._drain_step()
                 except RedisError as exc:
                     self.report(f"cluster: the beat's reaping: {why(exc)}")
             await asyncio.sleep(self.settings.beat)
 
+    async def _drain_step(self) -> None:
+        """Asked to drain: read no more tasks, let the cluster place this node's cluster
+        agents elsewhere (the beat says it drains), finish what was taken, then leave
+        the cluster for good (until the daemon starts again); local work goes on."""
+        if not self.draining:
+            # asked of this incarnation: a node restarted since is not drained again
+            asked = await self.redis.hget(self.keys.draining, self.node)
+            if asked is None or int(asked) != self.membership.incarnation:
+                return
+            self.draining = self.puller.paused = self.placement.draining = True
+            self.report(f"cluster: node {self.node} drains: it takes no new tasks, "
+                        "finishes those it has, and hands its cluster agents over")
+            return
+        taken = [t for t in self.tasks.active.values() if isinstance(t, ClusterTask)]
+        if taken or self.outbox.pending or self.placement.placed:
+            return
+        await self.membership.leave(for_good=True)
+        await self.redis.hdel(self.keys.draining, self.node)
+        self.report(f"cluster: node {self.node} drained: it left cluster "
+                    f"{self.settings.name}")
+
+    async def drain(self, node: str) -> NodeView:
+        """Ask `node` (any live node, this one too) to drain; it does at its next beat."""
+        views = {v.node: v for v in await self.nodes()}
+        view = views.get(node)
+        if view is None:
+            raise RpcError(jsonrpc.NOT_FOUND, f"no node {node} in cluster "
+                                              f"{self.settings.name} (see `corral nodes`)")
+        if not view.alive:
+            raise RpcError(jsonrpc.CONFLICT, f"node {node} is not alive: there is nothing "
+                                             "to drain")
+        try:
+            await self.redis.hset(self.keys.draining, node, view.incarnation)
+        except RedisError as exc:
+            raise unavailable(self.settings.redis, exc, f"node {node} was not asked to "
+                              "drain") from None
+        return view
+
     async def hand_back(self) -> None:
         """A node about to stop (before its agents do): it reads nothing more, sends the
         outcomes it has, and hands back what it still holds, at once and with its retries
-        untouched (no TTL to wait out; `corral drain`, not yet built, is the way to let
-        them finish first)."""
+        untouched (no TTL to wait out; `corral drain` is the way to let them finish
+        first)."""
         await self.puller.close()
         if not self.membership.member:
             return
@@ -159,12 +212,26 @@ class ClusterNode:
         for t in loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        await self.placement.close()
         with contextlib.suppress(RedisError, OSError):
             await asyncio.wait_for(self.membership.leave(), self.settings.beat)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self.redis.aclose(), self.settings.beat)
 
     # -- for the command layer ----------------------------------------------------------
+    async def add_agents(self, tables: dict[str, dict[str, Any]]) -> list[str]:
+        try:
+            return await self.placement.add(tables)
+        except RedisError as exc:
+            raise unavailable(self.settings.redis, exc, "nothing was added") from None
+
+    async def remove_agents(self, names: list[str]) -> list[str]:
+        """Those of `names` that are cluster agents, removed from the cluster."""
+        try:
+            return await self.placement.remove(names)
+        except RedisError as exc:
+            raise unavailable(self.settings.redis, exc, "nothing was removed") from None
+
     async def nodes(self) -> list[NodeView]:
         try:
             return await self.membership.nodes()
@@ -236,10 +303,12 @@ class ClusterNode:
         """This node's view of itself (stats)."""
         m = self.membership
         return {"node": self.node, "cluster": self.settings.name, "state": m.state,
+                "draining": self.draining,
                 "incarnation": m.incarnation, "redis": shown(self.settings.redis),
                 "redis_error": m.error, "fences": m.fences,
                 "claimed": self.puller.claimed, "reads": self.puller.reads,
                 "read": self.puller.read, "published": self.outbox.published,
                 "outbox": len(self.outbox.pending), "late_writes_refused": self.outbox.refused,
                 "requeued": self.reaper.requeued, "lost": self.reaper.lost,
-                "orphans": self.reaper.orphans}
+                "orphans": self.reaper.orphans, "agents": self.placement.status(),
+                "events": self.events.status(), "woken": self.backlog.woken}

@@ -49,6 +49,7 @@ class Puller:
         # told of each task claimed, before the engine has it (the node watches its progress)
         self.on_claim: Callable[[ClusterTask], None] = lambda task: None
         self.closed = False
+        self.paused = False  # draining: nothing more is read
         self.reads = 0  # XREADGROUP rounds that ended in claims (or in nothing)
         self.read = 0  # entries they read
         self.errors = 0
@@ -88,7 +89,7 @@ class Puller:
             if agent is None:
                 return
             want = self.queue.wanted(agent)
-            if not self.membership.member or want <= 0:
+            if not self.membership.member or want <= 0 or self.paused:
                 await self._idle(name)
                 continue
             consumer = self.membership.consumer

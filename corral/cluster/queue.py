@@ -38,6 +38,11 @@ class ClusterTask(Task):
         self.stream = stream
         self.consumer = consumer  # the node incarnation that claimed it
 
+    @property
+    def attempt(self) -> int:
+        """Counted across the cluster: the attempts of earlier claims (other nodes) too."""
+        return self.base + len(self.attempts)
+
 
 def free_slots(agent: AgentLike) -> int:
     """Tasks the agent's serving replicas could start now (those dispatch would give a

@@ -248,6 +248,48 @@ return 1
 """
 
 
+# PLACE: a cluster agent's placement, compare-and-set on its epoch: of two nodes placing
+# at once from the same epoch, one wins and the other reads the winner's at its next
+# beat. The slots are written as given (JSON built by the caller: cjson would turn an
+# empty list into an object).
+# KEYS: placement, cluster agents; ARGV: agent, expected epoch, slots JSON
+#   -> the new epoch; 0: the epoch moved on; -1: no such cluster agent (removed)
+PLACE = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return -1 end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local epoch = 0
+if cur then epoch = cjson.decode(cur)['epoch'] end
+if epoch ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1],
+           '{"epoch":' .. (epoch + 1) .. ',"slots":' .. ARGV[3] .. '}')
+return epoch + 1
+"""
+
+# CHECKPOINT: fenced by the placement: only the incarnation a slot is placed on writes
+# its state (one that lost the slot, paused or cut off, cannot overwrite its successor).
+# KEYS: placement, state; ARGV: agent, slot (from 0), consumer, [time, state] JSON
+#   -> 1 written, 0 refused
+CHECKPOINT = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local slots = cjson.decode(cur)['slots']
+if slots[tonumber(ARGV[2]) + 1] ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+return 1
+"""
+
+# ADD_AGENTS: cluster agents' tables, all or none (a name already there refuses all).
+# KEYS: cluster agents; ARGV: name, table JSON, name, table JSON, ... -> '' or the name
+# that exists
+ADD_AGENTS = """
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then return ARGV[i] end
+end
+for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return ''
+"""
+
+
 Call = tuple[Any, list[Any], list[Any]]  # (a registered script, keys, args)
 
 
@@ -266,6 +308,9 @@ class Scripts:
         self.cancel = redis.register_script(CANCEL)
         self.join = redis.register_script(JOIN)
         self.beat = redis.register_script(BEAT)
+        self.place = redis.register_script(PLACE)
+        self.checkpoint = redis.register_script(CHECKPOINT)
+        self.add_agents = redis.register_script(ADD_AGENTS)
 
     async def run(self, calls: list[Call]) -> list[Any]:
         """Many script calls in one pipeline (one round trip), each answer or its error in

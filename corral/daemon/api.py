@@ -386,6 +386,10 @@ def _targets(field: str, *, all_field: bool = False) -> Callable[[Any, Caller], 
 
 
 def _adding(params: Any, caller: Caller) -> None:
+    if getattr(params, "cluster", False) and (caller.agents is not None
+                                              or caller.tenant is not None):
+        # the cluster's agents run on every node, past any one node's tenant quotas
+        raise _glob_refusal(caller, "may not add cluster agents")
     for name, table in params.agents.items():
         if caller.agents is not None and (name == RESERVED
                                           or not fnmatchcase(name, caller.agents)):
@@ -436,9 +440,11 @@ def _named_by_tenant(field: str, what: str) -> Callable[[Any, Caller], None]:
     return check
 
 
-def _not_for_tenants(params: Any, caller: Caller) -> None:
-    if caller.tenant is not None:
-        raise _glob_refusal(caller, "events are not yet kept apart per tenant")
+def _own_tenant(params: Any, caller: Caller) -> None:
+    """A tenant's caller is in its own tenant's part of the event bus: another tenant
+    answers as one that does not exist."""
+    if caller.tenant is not None and params.tenant not in (None, caller.tenant):
+        raise jsonrpc.not_found("tenant", params.tenant)
 
 
 def _gateway_client(params: Any, caller: Caller) -> None:
@@ -622,8 +628,8 @@ AGENT_RULES: dict[str, AgentRule] = {
     "tasks.get": AgentRule(_nothing, filter=_task_filter),
     "tasks.list": AgentRule(_AGENT_PARAM, filter=_tasks_filter),
     "tasks.cancel": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),
-    "events.publish": AgentRule(_not_for_tenants),
-    "events.follow": AgentRule(_not_for_tenants),
+    "events.publish": AgentRule(_own_tenant),
+    "events.follow": AgentRule(_own_tenant),
     "tools.list": AgentRule(_both(_AGENT_PARAM, _server("server")),
                             filter=_servers_filter("tools")),
     "tools.call": AgentRule(_tool("tool")),

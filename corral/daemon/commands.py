@@ -14,7 +14,7 @@ import msgspec
 from .. import __version__, jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
-from ..supervisor.config import ConfigError
+from ..supervisor.config import ConfigError, check_command, parse_agents
 from ..supervisor.core import NoSuchAgent, start_each, stop_all
 from ..supervisor.lifecycle import State
 from ..text import plural
@@ -260,13 +260,48 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
 
 @implements("agents.add")
 async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel) -> m.Added:
+    if p.cluster:
+        return m.Added(added=await add_cluster_agents(d, p))
     return m.Added(added=await d.fleet.add(p.agents, caller.who, check=p.check))
+
+
+async def add_cluster_agents(d: Services, p: m.AgentsAdd) -> list[str]:
+    """Checked here as a local agent would be; kept in Redis, placed by the nodes."""
+    node = d.tasks.cluster
+    if node is None:
+        raise RpcError(jsonrpc.CONFLICT, "this daemon is not a node of a cluster (its "
+                                         "config has no [cluster] table): --cluster needs one")
+    if not p.agents:
+        raise RpcError(jsonrpc.INVALID_PARAMS, "no [agents.NAME] tables to add")
+    try:
+        specs = parse_agents({"agents": p.agents}, "agents.add")
+        for name, spec in specs.items():
+            why = check_command(spec) if p.check else None
+            if why:
+                raise ConfigError(f"agents.add: agents.{name}.command: {why} "
+                                  "(--no-check to add it anyway)")
+            if spec.elastic:
+                raise ConfigError(f"agents.add: agents.{name}: a cluster agent is not "
+                                  "elastic yet (autoscale, min_replicas = 0)")
+    except ConfigError as exc:
+        raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+    # (one the cluster placed here is the cluster's: Redis answers for it)
+    taken = [n for n in specs if n in d.sup.agents and n not in node.placement.placed]
+    if taken:
+        raise RpcError(jsonrpc.CONFLICT, f"agent {taken[0]} already exists on this node")
+    return await node.add_agents(p.agents)
 
 
 @implements("agents.remove")
 async def agents_remove(d: Services, p: m.AgentsRemove, caller: Caller, c: Channel
                         ) -> m.Removed:
-    return m.Removed(removed=await d.fleet.remove(p.names))
+    node = d.tasks.cluster
+    if node is None:
+        return m.Removed(removed=await d.fleet.remove(p.names))
+    # cluster agents go from Redis (each node stops its replicas at its next beat)
+    gone = await node.remove_agents(p.names)
+    rest = [n for n in p.names if n not in gone]
+    return m.Removed(removed=[*gone, *(await d.fleet.remove(rest) if rest else [])])
 
 
 @implements("agents.scale")
@@ -438,16 +473,37 @@ async def nodes_list(d: Services, p: m.NodesList, caller: Caller, c: Channel
     return {"nodes": await d.tasks.cluster.nodes()}
 
 
+@implements("nodes.drain")
+async def nodes_drain(d: Services, p: m.NodesDrain, caller: Caller, c: Channel
+                      ) -> m.DrainResult:
+    if d.tasks.cluster is None:
+        raise RpcError(jsonrpc.CONFLICT, "this daemon is not a node of a cluster (its "
+                                         "config has no [cluster] table)")
+    view = await d.tasks.cluster.drain(p.node)
+    return m.DrainResult(node=view.node, incarnation=view.incarnation)
+
+
 @implements("events.publish")
 async def events_publish(d: Services, p: m.EventsPublish, caller: Caller, c: Channel
                          ) -> m.Delivered:
-    return m.Delivered(delivered=d.sup.events.publish(p.topic, p.data, _user(caller)))
+    return m.Delivered(delivered=d.sup.events.publish(p.topic, p.data, _user(caller),
+                                                      _event_tenant(d, p.tenant, caller)))
+
+
+def _event_tenant(d: Services, named: str | None, caller: Caller) -> str | None:
+    """The tenant of the bus a call publishes in or follows: a tenant caller's own (the
+    command layer refused another's), else the one named, which must exist."""
+    if caller.tenant is not None:
+        return caller.tenant
+    if named is not None and not d.sup.tenancy.known(named):
+        raise jsonrpc.not_found("tenant", named)
+    return named
 
 
 @implements("events.follow")
 async def events_follow(d: Services, p: m.EventsFollow, caller: Caller, c: Channel) -> None:
     bus = d.sup.events
-    follower = bus.follow(p.pattern)
+    follower = bus.follow(p.pattern, _event_tenant(d, p.tenant, caller))
 
     def send_some() -> None:
         for _ in range(min(FOLLOW_BATCH, len(follower.queue))):

@@ -291,7 +291,8 @@ class Daemon:
             from ..cluster.node import ClusterNode  # redis-py only where [cluster] is
             assert task_queue is not None
             desk.cluster = self.cluster = ClusterNode(cfg.cluster, sup, sup.tasks,
-                                                      task_queue, hub.daemon)
+                                                      task_queue, hub.daemon,
+                                                      prepare=fleet.fill_cwd)
         history = History(sup, store, cfg.http)
         packages = Packages(cfg.packages, Path(cfg.packages.dir) if cfg.packages.dir
                             else paths.state_dir / "packages", sup, store, revisions, fleet,

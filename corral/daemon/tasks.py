@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError, visible
@@ -77,7 +79,7 @@ class TaskDesk:
     async def run(self, p: m.TasksRun, channel: Channel) -> Any:
         await self.recovered.wait()
         if self.cluster is not None and not p.local:
-            return await self.cluster.desk.run(p, channel.notify)
+            return await self.cluster.desk.run(self._held_to_tenant(p), channel.notify)
         tasks = self.sup.tasks
         if self.refusing is not None:
             # refused before it reaches an agent: a task that cannot be recorded never runs
@@ -119,6 +121,24 @@ class TaskDesk:
             with contextlib.suppress(TaskJournalError):  # logged by the journal; it stands
                 await tasks.committed()
         return await tasks.outcome(task)
+
+    def _held_to_tenant(self, p: m.TasksRun) -> m.TasksRun:
+        """A cluster task of an agent this node runs, held to its tenant's task quotas at
+        submission, as a local one is: refused past rate_per_minute (this node's count)
+        or max_queue (the tenant's tasks waiting on this node), its timeout capped at
+        max_task_seconds. (An agent this node does not run has no tenant here.)"""
+        agent = self.sup.agents.get(p.agent)
+        if agent is None:
+            return p
+        tenancy = self.sup.tenancy
+        why = tenancy.task_refusal(agent, self.sup.tasks.queue.depth)
+        if why is not None:
+            raise RpcError(jsonrpc.REFUSED, why)
+        asked = p.timeout if p.timeout is not None else agent.spec.task_timeout
+        capped = tenancy.timeout(agent, asked)
+        if capped == asked:
+            return p
+        return msgspec.structs.replace(p, timeout=capped)
 
     async def get(self, task_id: str, *, wait: bool) -> TaskInfo | m.TaskInfo:
         await self.recovered.wait()

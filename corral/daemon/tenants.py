@@ -35,7 +35,7 @@ Report = Callable[..., None]
 # the keys corral enforces everywhere; the kernel's are in `enforced` where it does
 ENFORCED = ("max_agents", "max_replicas", "max_queue", "max_concurrent_tasks",
             "rate_per_minute", "max_task_seconds", "tokens_per_minute", "group",
-            "max_memory_mb", "max_cpu_percent", "sandbox", "network", "user")
+            "max_memory_mb", "max_cpu_percent", "cpu_weight", "sandbox", "network", "user")
 REVISION_PREFIX = "tenant:"
 
 
@@ -218,7 +218,6 @@ class TenantDesk:
         table = self.tables.get(name, {})
         cgroup = self.sup.tenancy.kernel
         kernel = [k for k, on in (("memory_high_mb", "memory" in cgroup),
-                                  ("cpu_weight", "cpu" in cgroup),
                                   ("max_processes", "pids" in cgroup or "user" in table))
                   if on and k in table]
         origin = ("runtime" if name in self.runtime else f"file {self.config_path}"

@@ -11,7 +11,9 @@ the unprivileged user and cannot be raised again.
 
 from __future__ import annotations
 
+import math
 import resource
+import shutil
 import signal
 
 from .config import Limits
@@ -21,6 +23,14 @@ SHELL = "/bin/sh"
 PROLOGUE_NAME = "corral-caps"
 
 
+# where `nice` is (coreutils); dash has no builtin for it. The prologue execs it, and it
+# execs the agent: the pid stays the same
+NICE = shutil.which("nice") or "/usr/bin/nice"
+# cgroup v2's cpu.weight of a group with no weight of its own (nice 0's share)
+DEFAULT_CPU_WEIGHT = 100
+# each nice step is about 1.25 times less CPU than the one before (the kernel's
+# sched_prio_to_weight table), as cpu.weight's steps are proportional
+NICE_STEP = 1.25
 KEEP = -2  # in rlimits(): leave this hard limit as it is
 MIB = 1024 * 1024
 # the shell's flag for each rlimit, and its unit in bytes (dash: -v KiB, -f/-c 512 bytes)
@@ -59,6 +69,17 @@ def rlimits(limits: Limits) -> list[tuple[int, int, int]]:
     return out
 
 
+def nice_for_weight(cpu_weight: int) -> int:
+    """The nice value that gives a process about the share a cgroup's cpu.weight gives:
+    weight 100 (the kernel's default) is nice 0, each factor 1.25 below it one step more,
+    to 19. A weight above 100 is nice 0 too: an unprivileged daemon may lower a
+    process's priority but never raise it, so tenants are favoured by lowering the
+    others' weights. 0 (no weight) is nice 0."""
+    if cpu_weight <= 0 or cpu_weight >= DEFAULT_CPU_WEIGHT:
+        return 0
+    return min(19, round(math.log(DEFAULT_CPU_WEIGHT / cpu_weight, NICE_STEP)))
+
+
 def ulimit_script(limits: Limits) -> str:
     """The shell prologue for these limits, or "" when there is nothing to set.
     The soft limit must be lowered before the hard one or the kernel refuses (EINVAL)."""
@@ -84,6 +105,8 @@ GATE = "read _ || exit 125"
 
 def wrap_argv(argv: list[str], limits: Limits, *, gate: bool = False) -> list[str]:
     """The argv to exec: the agent's own when nothing needs setting (an exec saved)."""
+    if limits.nice:
+        argv = [NICE, "-n", str(limits.nice), *argv]
     script = ulimit_script(limits)
     if script:
         script = f"{script} || exit 126; "

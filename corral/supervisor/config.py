@@ -50,6 +50,9 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defa
     processes: NonNegInt = 0  # RLIMIT_NPROC (per user; root ignores it)
     file_size_mb: NonNegInt = 0  # RLIMIT_FSIZE
     core_mb: NonNegInt = 0  # RLIMIT_CORE; 0 means no core files at all
+    # the process's nice value, set before the agent's first instruction (its tenant's
+    # cpu_weight gives one where no cgroup can weigh CPU: caps.nice_for_weight)
+    nice: Annotated[int, Meta(ge=0, le=19)] = 0
 
 
 class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -397,6 +400,7 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     max_memory_mb: NonNegInt = 0
     memory_high_mb: NonNegInt = 0
     max_cpu_percent: NonNeg = 0
+    # its processes' nice value (caps.nice_for_weight), where no cgroup weighs CPU
     cpu_weight: Annotated[int, Meta(ge=0, le=10000)] = 0
     max_processes: NonNegInt = 0
     # the sandbox's settings, which the agent's own take over (the sandbox work's hook:

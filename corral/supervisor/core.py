@@ -543,7 +543,10 @@ class Supervisor:
         self._look_at_conditions()
 
     def publish(self, topic: str, data: Any) -> None:
-        self.events.publish(topic, data, "corral")
+        # about an agent: in its tenant's part of the bus, not every tenant's
+        agent = data.get("agent") if isinstance(data, dict) else None
+        tenant = self.tenancy.tenant_of(agent) if isinstance(agent, str) else None
+        self.events.publish(topic, data, "corral", tenant)
 
     def agent_replicas(self, agent: str) -> list[Replica]:
         a = self.agents.get(agent)

@@ -142,6 +142,9 @@ class Elastic:
         self._changes: set[asyncio.Future[None]] = set()  # changes of counts under way
         self.ticks = 0
         self.busy_seconds = 0.0  # the loop's own work, for the bench
+        # with [cluster]: this node's share of each agent's tasks waiting in the
+        # cluster's streams, counted as load beside its own queue (cluster/backlog.py)
+        self.backlog: dict[str, int] = {}
 
     # -- agents -----------------------------------------------------------------------------
     def track(self, agent: Agent) -> None:
@@ -156,6 +159,7 @@ class Elastic:
 
     def forget(self, name: str) -> None:
         self.entries.pop(name, None)
+        self.backlog.pop(name, None)
         self.decisions.pop(name, None)
         for key in [k for k in self.counts if k[0] == name]:
             del self.counts[key]
@@ -225,7 +229,7 @@ class Elastic:
                 self._respec(e, agent)
             counters = by_agent.get(name)
             running = counters.running if counters is not None else 0
-            queued = depth(name)
+            queued = depth(name) + self.backlog.get(name, 0)
             if queued and budgets is not None and budgets.holds(agent):
                 queued = 0  # held by a budget: more replicas would not start them
             load = running + queued
@@ -266,7 +270,7 @@ class Elastic:
             return
         now = time.monotonic()
         e.last_work = now
-        load = self.sup.tasks.queue.depth(name)
+        load = self.sup.tasks.queue.depth(name) + self.backlog.get(name, 0)
         self._apply(agent, e, 0, e.decider.decide(now, load, 0, 0.0))
 
     def _apply(self, agent: Agent, e: Entry, current: int, d: Decision) -> None:

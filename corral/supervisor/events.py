@@ -4,6 +4,12 @@ Delivery is at most once and never blocks the publisher: a worker is sent an `ev
 notification only while its stdin pipe has room (else the event is dropped for it and
 counted), and a CLI follower has a bounded queue. Subscriptions are patterns
 (`orders.*`, fnmatch rules) and end with the worker's process.
+
+The bus is split by tenant: an event is published in a tenant (a worker's, its agent's
+tenant; a tenant caller's, its own; corral's own about an agent, that agent's) and reaches
+the workers and followers of that tenant only. An operator's event without a tenant, and
+an operator's follower without one, are every tenant's. Without [tenants] everything is
+in `default`, and the bus is the one it always was.
 """
 
 from __future__ import annotations
@@ -28,19 +34,27 @@ FOLLOWER_QUEUE = 10_000
 FOLLOWER_BYTES = 64 * 1024 * 1024
 
 
-class Delivery(msgspec.Struct):
+class Delivery(msgspec.Struct, omit_defaults=True):
     topic: str
     data: Any
     source: str
     time: float
+    tenant: str | None = None  # the tenant it was published in; None: every tenant's
 
 
 class EventFollower(Follower[msgspec.Raw]):
     """Deliveries encoded once for every follower; bounded in count and in bytes."""
 
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, tenant: str | None = None) -> None:
         super().__init__(FOLLOWER_QUEUE, size=len, max_bytes=FOLLOWER_BYTES)
         self.pattern = pattern
+        self.tenant = tenant  # None: every tenant's events
+
+
+def reaches(published_in: str | None, tenant: str | None) -> bool:
+    """Whether an event published in one tenant (None: all) reaches a subscriber of
+    another (None: an operator's, who sees all)."""
+    return published_in is None or tenant is None or published_in == tenant
 
 
 class EventBus:
@@ -53,19 +67,32 @@ class EventBus:
         self.published = 0
         self.delivered = 0
         self.dropped = 0
+        # with [cluster]: each event published here, to the other nodes (cluster/events.py)
+        self.relay: Callable[[Delivery], None] | None = None
         worker_notifications["events/publish"] = self._on_publish
         worker_methods["events/subscribe"] = self._on_subscribe
         stream.subscribe(self._on_exit, Exited)
 
-    def publish(self, topic: str, data: Any, source: str) -> int:
-        """Deliver to every live subscriber whose pattern matches; returns how many got it."""
+    def publish(self, topic: str, data: Any, source: str, tenant: str | None = None) -> int:
+        """Deliver to every live subscriber of the tenant (None: of every tenant) whose
+        pattern matches; returns how many got it here (with [cluster], the other nodes'
+        subscribers get it too, through `relay`)."""
         if not topic:
             raise RpcError(jsonrpc.INVALID_PARAMS, "topic must not be empty")
         self.published += 1
-        d = Delivery(topic, data, source, time.time())
+        d = Delivery(topic, data, source, time.time(), tenant)
+        if self.relay is not None:
+            self.relay(d)
+        return self.deliver(d)
+
+    def deliver(self, d: Delivery) -> int:
+        """An event to this node's subscribers (published here, or on another node of
+        the cluster) in its tenant: patterns are matched here."""
+        topic, tenant = d.topic, d.tenant
         n = 0
         for r, patterns in list(self.subscriptions.items()):
-            if not any(fnmatch.fnmatchcase(topic, p) for p in patterns):
+            if not reaches(tenant, r.spec.tenant) or not any(
+                    fnmatch.fnmatchcase(topic, p) for p in patterns):
                 continue
             proc, peer = r.process, r.peer
             stdin = proc.stdin if proc is not None else None
@@ -79,7 +106,7 @@ class EventBus:
             n += 1
         encoded: msgspec.Raw | None = None
         for f in self.followers:
-            if fnmatch.fnmatchcase(topic, f.pattern):
+            if reaches(tenant, f.tenant) and fnmatch.fnmatchcase(topic, f.pattern):
                 if encoded is None:
                     encoded = msgspec.Raw(msgspec.json.encode(d))
                 if f.push(encoded):
@@ -92,8 +119,8 @@ class EventBus:
     def subscribe(self, r: Replica, pattern: str) -> None:
         self.subscriptions.setdefault(r, set()).add(pattern)
 
-    def follow(self, pattern: str) -> EventFollower:
-        f = EventFollower(pattern)
+    def follow(self, pattern: str, tenant: str | None = None) -> EventFollower:
+        f = EventFollower(pattern, tenant)
         self.followers.add(f)
         return f
 
@@ -106,7 +133,7 @@ class EventBus:
     def _on_publish(self, r: Replica, params: dict[str, Any]) -> None:
         topic = params.get("topic")
         if isinstance(topic, str) and topic:
-            self.publish(topic, params.get("data"), r.label)
+            self.publish(topic, params.get("data"), r.label, r.spec.tenant)
         else:
             r.note("ignored events/publish: topic must be a non-empty string")
 
@@ -122,4 +149,6 @@ class EventBus:
                 "dropped": self.dropped,
                 "subscribers": sum(len(p) for p in self.subscriptions.values()),
                 "followers": [{"pattern": f.pattern, "delivered": f.delivered,
-                               "dropped": f.dropped} for f in self.followers]}
+                               "dropped": f.dropped,
+                               **({"tenant": f.tenant} if f.tenant is not None else {})}
+                              for f in self.followers]}

@@ -25,7 +25,7 @@ from .. import jsonrpc
 from ..jsonrpc import LineBlock, Peer, RpcError
 from . import procstat
 from .caps import explain_exit, oom_reason
-from .config import ConfigError, ProcessSpec, TenantSpec
+from .config import ConfigError, Limits, ProcessSpec, TenantSpec
 from .containment import Containment, ProcStat, set_frozen, wait_frozen
 from .lifecycle import LIVE, SERVING, Cause, Machine, State, Step
 from .listening import ListeningClock
@@ -406,6 +406,10 @@ class ProcessReplica(Machine):
         if over is not None and not over.done():
             over.set_result(None)
 
+    def _limits(self) -> Limits:
+        """The caps the next process starts under (its user's: runas.py)."""
+        return self.run.limits if self.run is not None else self.spec.limits
+
     def _environment(self, uid: int | None) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.spec.env)
@@ -444,7 +448,7 @@ class ProcessReplica(Machine):
                 self.process = await self._prestart(env, uid, gid, spawning)
                 if self.process is None:
                     self.process = await ChildProcess.spawn(
-                        self._command(env, uid), env=env, cwd=spec.cwd, limits=run.limits,
+                        self._command(env, uid), env=env, cwd=spec.cwd, limits=self._limits(),
                         uid=uid, gid=gid, **spawning)
         except OSError as exc:
             if exc.errno in CORRAL_RESOURCE_ERRORS:

@@ -12,8 +12,11 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+import msgspec
+
 from ..jsonrpc import Peer
-from .config import AgentSpec, Isolation, isolation
+from .caps import nice_for_weight
+from .config import AgentSpec, Isolation, Limits, isolation
 from .health import HealthBoard, ReplicaHealth, environment_of
 from .lifecycle import SERVING, Cause, State
 from .process import ChildProcess
@@ -154,13 +157,23 @@ class Replica(ProcessReplica):
             key = Key(warm_argv(argv, env), preload, uid, gid, env.get("PYTHONPATH"))
             zygote = await self.host.zygotes.get(
                 key, lambda: self.host.zygote_environment(env))
-            limits = self.run.limits if self.run is not None else spec.limits
-            return await zygote.spawn(argv, env=env, cwd=spec.cwd, limits=limits,
+            return await zygote.spawn(argv, env=env, cwd=spec.cwd, limits=self._limits(),
                                       **spawning)
         except ZygoteUnavailable as exc:
             self.host.stats.cold_fallbacks += 1
             self.note(f"warm start unavailable, starting cold: {exc}")
             return None
+
+    def _limits(self) -> Limits:
+        """The agent's caps, and the nice value its tenant's cpu_weight gives where it is
+        lower than the agent's own (docs/tenants.md): a tenant's weight holds on a host
+        whose cgroups cannot weigh CPU. As the sandbox, judged at each start."""
+        limits = super()._limits()
+        tenant = self.host.tenant_spec(self.spec.tenant)
+        nice = nice_for_weight(tenant.cpu_weight) if tenant is not None else 0
+        if nice > limits.nice:
+            return msgspec.structs.replace(limits, nice=nice)
+        return limits
 
     def _isolation(self) -> Isolation:
         """The sandbox and network of the process started last (judged at its start)."""

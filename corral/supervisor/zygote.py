@@ -251,7 +251,7 @@ class Zygote:
         self._spawns[rid] = fut
         request = {"id": rid, "argv": argv, "env": {**env, TOKEN_VARIABLE: ticket.token},
                    "cwd": cwd or os.getcwd(), "rlimits": rlimits(limits),
-                   "gate": ticket.cgroup is not None}
+                   "nice": limits.nice, "gate": ticket.cgroup is not None}
         try:
             try:
                 self.sock.sendmsg([msgspec.json.encode(request)],

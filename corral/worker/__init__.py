@@ -346,9 +346,13 @@ class Context:
         task_id: str,
         deadline: float | None,
         is_async: bool,
+        attempt: int = 1,
     ) -> None:
         self._worker = worker
         self.task_id = task_id
+        # 1 on the first run of the task, more on a retry (here or on another node):
+        # (task_id, attempt) names this run for the agent's own side effects
+        self.attempt = attempt
         self.deadline = deadline
         self._async = is_async
         self._cancel = threading.Event()
@@ -762,7 +766,9 @@ class Worker:
     # -- tasks ----------------------------------------------------------------------------
     def _start_task(self, rid: Any, params: dict[str, Any]) -> None:
         task_id = str(params.get("task_id", rid))
-        ctx = Context(self, task_id, params.get("deadline"), self.is_async)
+        attempt = params.get("attempt")
+        ctx = Context(self, task_id, params.get("deadline"), self.is_async,
+                      attempt if isinstance(attempt, int) and attempt > 0 else 1)
         self._tasks[task_id] = ctx
         task_input = params.get("input")
         if self.is_async:

@@ -76,6 +76,8 @@ def _child(req: dict[str, Any], fds: list[int], sock: socket.socket) -> None:
 
         for which, soft, hard in req["rlimits"]:
             resource.setrlimit(which, (soft, hard))
+        if req.get("nice"):
+            os.nice(req["nice"])
         os.chdir(req["cwd"])
         # the title first: setproctitle finds the memory it may write over (argv, environ)
         # once per process, and must see environ before it is rewritten below; the

@@ -65,6 +65,13 @@ class Node(Daemon):
                 os.kill(w.pid, signal.SIGKILL)
 
 
+def run(n: Node, agent: str, task_input: Any, **params: Any) -> Any:
+    """A cluster task submitted on `n`, its record once it ended (attempts' nodes)."""
+    task_id = n.call("tasks.run", {"agent": agent, "input": task_input, "detach": True,
+                                   **params})["task_id"]
+    return n.call("tasks.get", {"task_id": task_id, "wait": True})
+
+
 def sleeper(name: str, *, retries: int = 0, concurrency: int = 1) -> str:
     """examples/misbehave.py: each task does what its input says (sleep, ...)."""
     return textwrap.dedent(f"""

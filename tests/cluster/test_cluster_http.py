@@ -31,7 +31,7 @@ async def test_nodes_and_tasks_over_http(tmp: Path, redis: RedisServer) -> None:
         [node] = body["nodes"]
         assert (node["alive"], node["incarnation"], node["agents"]) == (True, 1, ["greeter"])
         assert set(node) == {"node", "alive", "incarnation", "load", "agents", "last_beat",
-                             "capacity"}
+                             "capacity", "room", "placed", "draining"}
 
         status, body, r = await api.ask("POST", "/tasks?wait=10", "ops",
                                         {"agent": "greeter", "input": {"name": "h"}})
@@ -45,6 +45,29 @@ async def test_nodes_and_tasks_over_http(tmp: Path, redis: RedisServer) -> None:
         status, body, _ = await api.ask("POST", "/tasks?wait=10", "ops",
                                         {"agent": "greeter", "local": True})
         assert status == 200 and "node" not in body["attempts"][0]
+
+        # Prometheus: series per node (a `node` label), no task ids; the nodes as this
+        # node's last beat read them
+        await api.token("scraper", "metrics:read")
+        await wait_until_async(lambda: api.d.services.tasks.cluster.desk.view != [])
+        async with api.http.get(api.d.http_server.url + "/metrics", headers={
+                "Authorization": f"Bearer {api.tokens['scraper']}"}) as r:
+            text = await r.text()
+        cluster = sorted(line for line in text.splitlines()
+                         if line.startswith("corral_cluster_")
+                         and not line.startswith(("corral_cluster_node_load",
+                                                  "corral_cluster_node_capacity")))
+        assert cluster == [
+            'corral_cluster_fences_total{node="solo"} 0.0',
+            'corral_cluster_late_writes_refused_total{node="solo"} 0.0',
+            'corral_cluster_node_up{node="solo"} 1.0',
+            'corral_cluster_outbox{node="solo"} 0.0',
+            'corral_cluster_outcomes_published_total{node="solo"} 1.0',
+            'corral_cluster_takeovers_total{node="solo",outcome="lost"} 0.0',
+            'corral_cluster_takeovers_total{node="solo",outcome="requeued"} 0.0',
+            'corral_cluster_tasks_claimed_total{node="solo"} 1.0',
+        ]
+        assert body["task_id"] not in text
 
         redis.kill()
         status, body, r = await api.ask("POST", "/tasks", "ops", {"agent": "greeter"})

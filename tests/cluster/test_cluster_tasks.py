@@ -86,7 +86,10 @@ def test_nodes_without_a_cluster_is_a_clear_error(tmp: Path) -> None:
 
 def test_redis_away_refuses_submissions_and_loses_nothing_accepted(
         tmp: Path, redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy", concurrency=4)}) as ns:
+    # a TTL longer than the outage under a loaded machine's slow CLI calls: a node that
+    # cannot renew for 2 x TTL fences itself and its tasks end lost (test_takeover.py)
+    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy", concurrency=4)}, ttl=6.0,
+               beat=0.5) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
         # accepted before Redis dies: one running, the others waiting in the stream

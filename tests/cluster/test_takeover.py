@@ -63,6 +63,9 @@ def test_kill_9_of_a_node_under_load_reruns_only_what_it_ran(
             assert (first["node"], first["outcome"], first["error"]) == (
                 "b", "lost", "node b lost")
             assert (last["node"], last["outcome"]) == ("c", "succeeded")
+            # the agent on c is told this is the task's second run, not its first
+            assert d["output"]["attempt"] == len(d["attempts"])
+        assert all(d["output"]["attempt"] == 1 for d in done if d not in rerun)
         a.kill9()  # its task records are in Redis; nothing of it is checked after
         c.close()
 

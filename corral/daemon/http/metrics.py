@@ -202,9 +202,13 @@ class Snapshot:
     scaled: list[tuple[str, int, int]] = field(default_factory=list)
     # agents with [health] only: failed checks by (agent, check), ready replicas by agent
     health_failures: dict[tuple[str, str], int] = field(default_factory=dict)
-    ready: dict[str, int] = field(default_factory=dict)
+    ready: dict[str, tuple[int, str]] = field(default_factory=dict)  # (count, tenant)
     # what agents reported (usage/report): (agent, model, input, output, dollars)
     usage: list[tuple[str, str, int, int, float]] = field(default_factory=list)
+    # with [cluster]: this node's figures (ClusterNode.status) and the nodes as its
+    # last beat read them (no Redis call in a scrape)
+    cluster: dict[str, Any] | None = None
+    nodes: list[Any] = field(default_factory=list)
 
 
 def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
@@ -225,7 +229,12 @@ def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
     out.health_failures = dict(sup.health_board.failures)
     for name, agent in sup.agents.items():
         if agent.spec.health is not None:
-            out.ready[name] = sum(1 for r in agent.replicas if r.serving and r.health_ready)
+            out.ready[name] = (sum(1 for r in agent.replicas if r.serving and r.health_ready),
+                               agent.spec.tenant)
+    node = services.tasks.cluster
+    if node is not None:
+        out.cluster = node.status()
+        out.nodes = list(node.desk.view)
     for reporter, used in sup.tasks.budgets.usage.items():
         for model, u in used.models.items():
             out.usage.append((reporter, model, u.input_tokens, u.output_tokens,
@@ -293,9 +302,9 @@ def fleet_families(snap: Snapshot) -> Iterator[Metric]:
     yield failures
     ready = GaugeMetricFamily(
         "corral_agent_ready_replicas", "An agent's serving replicas that pass their "
-        "readiness check (agents with [health]).", labels=("agent",))
-    for agent, n in snap.ready.items():
-        ready.add_metric([agent], n)
+        "readiness check (agents with [health]).", labels=("agent", "tenant"))
+    for agent, (n, tenant) in snap.ready.items():
+        ready.add_metric([agent, tenant], n)
     yield ready
 
 
@@ -314,6 +323,56 @@ def autoscale_families(snap: Snapshot) -> Iterator[Metric]:
         replicas.add_metric([agent, "desired"], desired)
         replicas.add_metric([agent, "current"], current)
     yield replicas
+
+
+# this node's cluster counters: (family, help, key in ClusterNode.status)
+CLUSTER_COUNTERS = (
+    ("corral_cluster_tasks_claimed", "Cluster tasks this node claimed.", "claimed"),
+    ("corral_cluster_outcomes_published", "Outcomes this node wrote to the cluster.",
+     "published"),
+    ("corral_cluster_late_writes_refused", "Outcomes of this node the fence refused.",
+     "late_writes_refused"),
+    ("corral_cluster_fences", "Times this node fenced itself.", "fences"),
+)
+
+
+def cluster_families(snap: Snapshot) -> Iterator[Metric]:
+    """Series per node (`node` label): the cluster as this node's last beat saw it, and
+    this node's own counters. No task ids."""
+    st = snap.cluster
+    if st is None:
+        return
+    me = str(st["node"])
+    up = GaugeMetricFamily("corral_cluster_node_up", "1 while a node's liveness key "
+                           "exists, else 0 (every node that ever beat).", labels=("node",))
+    load = GaugeMetricFamily("corral_cluster_node_load", "A node's tasks running and "
+                             "waiting, at its last beat.", labels=("node",))
+    capacity = GaugeMetricFamily("corral_cluster_node_capacity", "A node's task slots "
+                                 "of serving replicas, at its last beat.", labels=("node",))
+    for n in snap.nodes:
+        up.add_metric([n.node], 1 if n.alive else 0)
+        load.add_metric([n.node], n.load)
+        capacity.add_metric([n.node], n.capacity)
+    yield from (up, load, capacity)
+    for name, text, key in CLUSTER_COUNTERS:
+        c = CounterMetricFamily(name, text, labels=("node",))
+        c.add_metric([me], int(st[key]))
+        yield c
+    taken = CounterMetricFamily("corral_cluster_takeovers", "Tasks of dead nodes this "
+                                "node's reaper took over, by outcome (requeued, lost).",
+                                labels=("node", "outcome"))
+    taken.add_metric([me, "requeued"], int(st["requeued"]))
+    taken.add_metric([me, "lost"], int(st["lost"]))
+    yield taken
+    outbox = GaugeMetricFamily("corral_cluster_outbox", "Outcomes waiting for Redis on "
+                               "this node.", labels=("node",))
+    outbox.add_metric([me], int(st["outbox"]))
+    yield outbox
+    placed = GaugeMetricFamily("corral_cluster_agent_replicas", "Replicas of cluster "
+                               "agents placed on this node.", labels=("node", "agent"))
+    for agent, slots in st["agents"]["placed"].items():
+        placed.add_metric([me, agent], len(slots))
+    yield placed
 
 
 class Families(Collector):
@@ -452,7 +511,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
             parts.append(head)
             parts.append("".join(family).encode())
         await asyncio.sleep(0)
-        parts.append(encode(encoder, list(fleet_families(fleet))))
+        parts.append(encode(encoder, [*fleet_families(fleet), *cluster_families(fleet)]))
         # counting the open files walks /proc/self/fd, its syscalls without the GIL
         parts.append(await asyncio.to_thread(process_figures, encoder))
         return b"".join(parts)

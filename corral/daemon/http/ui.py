@@ -55,7 +55,7 @@ MAX_SESSIONS = 64
 METHODS = ("agents.status", "agents.describe", "agents.history", "agents.rollback",
            "agents.scale", "agents.restart", "agents.pause", "agents.resume", "tasks.list",
            "tasks.get", "logs.tail", "stats.get", "stats.history", "mcp.status",
-           "gateway.status", "audit.list")
+           "gateway.status", "audit.list", "nodes.list")
 
 # the streams the page follows (Server-Sent Events with the session's cookie), each
 # served as the REST API serves it (rest.Api.stream: its caps on open streams)

@@ -115,8 +115,8 @@ class Dispatcher:
         # a large input goes out as a piece of its own (one writev, never copied into the
         # message), and the answer is read in one pass, its output kept as its bytes
         r.peer.request_callback(
-            "task/run", {"task_id": task.id, "input": jsonrpc.SPLICE,
-                         "deadline": now + task.timeout},
+            "task/run", {"task_id": task.id, "attempt": task.attempt,
+                         "input": jsonrpc.SPLICE, "deadline": now + task.timeout},
             lambda result, exc: self._on_reply(task, r, attempt, result, exc),
             decode=read_raw, piece=task.input)
         self.deadlines.add(task, task.timeout)

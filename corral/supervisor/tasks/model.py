@@ -176,6 +176,12 @@ class Task:
             self.watchers.remove(watcher)
 
     @property
+    def attempt(self) -> int:
+        """The number of its latest attempt, from 1 (0 before the first): with the task's
+        id, the agent's idempotency key for its own side effects."""
+        return len(self.attempts)
+
+    @property
     def output(self) -> Any:
         """The output as Python values."""
         return None if self.out is None else self.out.python()

@@ -154,6 +154,17 @@ class Polled extends Component {
     this.gen = 0;
     this.tick(this.gen);
   }
+  // the cluster's nodes, read at most every POLL_MS (only a node of a cluster asks)
+  async nodes() {
+    const now = Date.now();
+    if (this.nodesAt && now - this.nodesAt < POLL_MS) return;
+    this.nodesAt = now;
+    try {
+      this.setState({ nodes: (await call("nodes.list")).nodes });
+    } catch (e) {
+      this.setState({ nodes: null });
+    }
+  }
   componentWillUnmount() {
     this.gen = -1;
     clearTimeout(this.timer);
@@ -199,9 +210,27 @@ class Polled extends Component {
 }
 
 // -- the fleet ------------------------------------------------------------------------------
-function Fleet({ status }) {
+// with [cluster]: the nodes as this daemon's last beat read them (nodes.list)
+function Nodes({ nodes }) {
+  if (!nodes) return null;
+  const now = Date.now() / 1000;
+  return html`<h2>Nodes</h2>
+    <table id="nodes">
+      <thead><tr><th>Node</th><th>State</th><th class="num">Incarnation</th>
+        <th class="num">Load</th><th class="num">Capacity</th><th class="num">Last beat</th>
+        <th>Agents</th></tr></thead>
+      <tbody>${nodes.map((n) => html`<tr data-node=${n.node}>
+        <td>${n.node}</td><td><${State} s=${n.alive ? (n.draining ? "draining" : "alive") : "dead"} /></td>
+        <td class="num">${n.incarnation}</td><td class="num">${n.load}</td>
+        <td class="num">${n.capacity}</td><td class="num">${duration(now - n.last_beat)} ago</td>
+        <td>${n.agents.map((a) => (n.placed || []).includes(a) ? `${a}*` : a).join(", ")}</td>
+      </tr>`)}</tbody>
+    </table>`;
+}
+
+function Fleet({ status, nodes }) {
   if (!status) return html`<p class="note">Loading…</p>`;
-  return html`<section>
+  return html`<section><${Nodes} nodes=${nodes} />
     <h2>Agents</h2>
     <table id="fleet">
       <thead><tr><th>Agent</th><th class="num">Replica</th><th>State</th><th class="num">PID</th>
@@ -701,6 +730,7 @@ class App extends Component {
         "stats.sample": (stats) => {
           const r = this.state.route;
           record(stats, r.view === "agent" ? r.arg : null);
+          if (stats.cluster) this.nodes();
           this.setState({ tick: this.state.tick + 1, seen: Date.now() });
         },
       }, state),
@@ -741,7 +771,7 @@ class App extends Component {
         setRange=${(x) => this.setState({ range: x })} />`;
       case "mcp": return html`<${Mcp} />`;
       case "audit": return html`<${Audit} />`;
-      default: return html`<${Fleet} status=${status} />`;
+      default: return html`<${Fleet} status=${status} nodes=${this.state.nodes} />`;
     }
   }
   render() {

@@ -1,0 +1,61 @@
+"""Elastic agents and cluster tasks: what waits in an agent's streams is load.
+
+A node pulls a task only into a serving replica with a free slot, so a task in the
+cluster's streams would never wake an agent asleep at `min_replicas = 0`, and the
+autoscaler, counting the tasks queued on its own node, would not see it. Once a beat,
+for each elastic agent this node runs, the tasks waiting unread in its streams (XLEN less
+the entries pending, which are running somewhere) are read in one round trip, shared
+between the live nodes that run the agent, and given to the autoscaler as load
+(`Elastic.backlog`); an agent asleep with tasks waiting is woken at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..supervisor.core import Supervisor
+from .keys import GROUP, Keys
+from .membership import NodeView
+
+
+class Backlog:
+    def __init__(self, redis: Any, keys: Keys, sup: Supervisor) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.sup = sup
+        self.woken = 0  # agents woken here by tasks waiting in the cluster's streams
+
+    async def step(self, view: list[NodeView]) -> None:
+        elastic = self.sup.elastic
+        names = [n for n in elastic.entries if n in self.sup.agents]
+        for gone in [n for n in elastic.backlog if n not in names]:
+            del elastic.backlog[gone]
+        if not names:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for n in names:
+            pipe.zrange(self.keys.priorities(n), 0, -1)
+        prios = await pipe.execute()
+        streams = [(n, self.keys.stream(n, int(p))) for n, ps in zip(names, prios,
+                                                                      strict=True)
+                   for p in ps]
+        waiting = dict.fromkeys(names, 0)
+        if streams:
+            pipe = self.redis.pipeline(transaction=False)
+            for _, s in streams:
+                pipe.xlen(s)
+                pipe.xpending(s, GROUP)
+            got = await pipe.execute(raise_on_error=False)
+            for i, (n, _) in enumerate(streams):
+                length, pending = got[2 * i], got[2 * i + 1]
+                if isinstance(length, int) and isinstance(pending, dict):
+                    waiting[n] += max(0, length - int(pending.get("pending", 0)))
+        for n in names:
+            # shared between the live nodes that run it: each scales for its part
+            runners = max(1, sum(1 for v in view if v.alive and n in v.agents))
+            elastic.backlog[n] = math.ceil(waiting[n] / runners)
+            agent = self.sup.agents[n]
+            if waiting[n] and not agent.replicas:
+                self.woken += 1
+                elastic.wake(n)

@@ -1,0 +1,280 @@
+"""Cluster agents: `placement = "cluster"` specs live in Redis, and their replicas are
+placed on live node incarnations by free room, under a placement epoch.
+
+An agent's placement is a list of slots, one per replica, each naming the incarnation
+(`node/N`) that runs it. Every node, every beat, reads the specs and the placements, and
+where a slot's incarnation is no longer alive (or drains), or the count differs from the
+spec's replicas, it computes a new list and writes it by compare-and-set on the epoch
+(scripts.PLACE): of nodes placing at once, one wins and the others read the winner's.
+Then each node runs exactly the slots placed on its own incarnation (reconcile), and
+nothing else: a node that lost a slot stops the replica. The slots of a dead incarnation
+are re-placed only once Redis has answered for TTL + a beat (Membership.settled), so a
+Redis restart moves nothing.
+
+A cluster agent's checkpoints go to Redis by slot, fenced by the placement (only the
+incarnation a slot is placed on writes it, scripts.CHECKPOINT); a replica placed on
+another node starts with the state its slot last checkpointed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from redis.exceptions import RedisError
+
+from .. import jsonrpc
+from ..supervisor.config import AgentSpec, ConfigError, parse_agents
+from ..supervisor.core import Supervisor, SupervisorError
+from ..supervisor.stream import Checkpoint
+from .connection import read, why
+from .keys import Keys
+from .membership import Membership, NodeView
+from .scripts import Scripts
+
+
+class Placed(msgspec.Struct):
+    epoch: int = 0
+    slots: list[str | None] = []
+
+
+_placed = msgspec.json.Decoder(Placed)
+
+
+def wanted(table: dict[str, Any]) -> int:
+    replicas = table.get("replicas", 1)
+    return replicas if isinstance(replicas, int) and replicas >= 0 else 1
+
+
+def plan(name: str, slots: list[str | None], want: int, nodes: list[NodeView],
+         settled: bool, room: dict[str, int]) -> list[str | None]:
+    """The slots `name` should have: those on live, undrained incarnations kept where
+    they are, the rest given to the incarnation with the most room (fewest of this
+    agent's replicas first, then most room, then least load). `room` is spent as slots
+    are given. A slot left None waits for a node with room."""
+    live = {n.consumer: n for n in nodes if n.alive}
+    out: list[str | None] = []
+    for s in slots[:want]:
+        n = live.get(s) if s is not None else None
+        if n is not None and not n.draining:
+            out.append(s)
+        elif s is not None and n is None and not settled:
+            out.append(s)  # maybe alive and not yet beaten since Redis came back
+        else:
+            out.append(None)
+    out += [None] * (want - len(out))
+    # where a node runs an agent of this name of its own, the cluster's is not placed
+    eligible = [n for n in live.values() if not n.draining
+                and (name not in n.agents or name in n.placed)]
+    for i, s in enumerate(out):
+        if s is not None:
+            continue
+        free = [n for n in eligible if room.get(n.consumer, 0) > 0]
+        if not free:
+            break
+        best = min(free, key=lambda n: (out.count(n.consumer), -room[n.consumer], n.load,
+                                        n.node))
+        out[i] = best.consumer
+        room[best.consumer] -= 1
+    return out
+
+
+class Placement:
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
+                 sup: Supervisor, prepare: Callable[[AgentSpec], None], beat: float,
+                 report: Callable[[str], None]) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.membership = membership
+        self.sup = sup
+        self.prepare = prepare  # a spec's node-local defaults (its cwd)
+        self.beat = beat
+        self.report = report
+        self.placed: dict[str, list[int]] = {}  # agent -> its slots run here, in order
+        self.epochs: dict[str, int] = {}  # agent -> the epoch of its placement run here
+        self.draining = False
+        self.placements = 0  # placements this node wrote
+        self.lost_races = 0  # compare-and-sets another node won
+        self.checkpoints = 0  # checkpoints written to Redis
+        self.checkpoints_refused = 0  # refused by the fence (the slot moved on)
+        self._problems: dict[str, str] = {}  # agent -> what stops it here (said once)
+        self._writes: set[asyncio.Task[None]] = set()
+        sup.stream.subscribe(self._on_checkpoint, Checkpoint)
+        membership.places = self._beat
+
+    def _beat(self) -> tuple[int, list[str], bool]:
+        have = sum(len(a.replicas) for a in self.sup.agents.values())
+        return max(0, self.sup.max_replicas - have), sorted(self.placed), self.draining
+
+    # -- commands ------------------------------------------------------------------------
+    async def add(self, tables: dict[str, dict[str, Any]]) -> list[str]:
+        """Cluster agents from their tables (checked by the caller), all or none; placed
+        at the next beat of some node. Raises RpcError-worthy SupervisorError on a name
+        taken."""
+        args: list[Any] = []
+        for name, table in sorted(tables.items()):
+            args += [name, msgspec.json.encode(table)]
+        taken = await self.scripts.add_agents(keys=[self.keys.cluster_agents], args=args)
+        if taken:
+            name = taken.decode() if isinstance(taken, bytes) else str(taken)
+            raise SupervisorError(jsonrpc.CONFLICT, f"cluster agent {name} already exists")
+        return sorted(tables)
+
+    async def remove(self, names: list[str]) -> list[str]:
+        """The cluster agents of these names, gone from Redis (their nodes stop them at
+        their next beat); the names that were cluster agents."""
+        pipe = self.redis.pipeline(transaction=True)
+        for n in names:
+            pipe.hdel(self.keys.cluster_agents, n)
+        for n in names:
+            pipe.hdel(self.keys.placement, n)
+            pipe.delete(self.keys.state(n))
+        got = await pipe.execute()
+        return [n for n, g in zip(names, got[:len(names)], strict=True) if g]
+
+    async def names(self) -> set[str]:
+        return {k.decode() for k in await read(
+            lambda: self.redis.hkeys(self.keys.cluster_agents))}
+
+    # -- the loop ------------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except RedisError as exc:
+                self.report(f"cluster: placing agents: {why(exc)}")
+            await asyncio.sleep(self.beat)
+
+    async def step(self) -> None:
+        """One beat: place what needs it, then run here what is placed here."""
+        m = self.membership
+        if not m.member:
+            # fenced or joining: what was placed on the old incarnation is re-placed by
+            # the cluster; it stops here
+            await self._reconcile({}, {})
+            return
+
+        async def both() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(self.keys.cluster_agents)
+            pipe.hgetall(self.keys.placement)
+            return list(await pipe.execute())
+
+        raw_tables, raw_places = await read(both)
+        tables = {k.decode(): msgspec.json.decode(v) for k, v in raw_tables.items()}
+        places = {k.decode(): _placed.decode(v) for k, v in raw_places.items()}
+        if tables:
+            nodes = await m.nodes()
+            settled = m.settled()
+            room = {n.consumer: n.room for n in nodes if n.alive}
+            for name in sorted(tables):
+                cur = places.get(name, Placed())
+                slots = plan(name, cur.slots, wanted(tables[name]), nodes, settled, room)
+                if slots == cur.slots:
+                    continue
+                epoch = await self.scripts.place(
+                    keys=[self.keys.placement, self.keys.cluster_agents],
+                    args=[name, cur.epoch, msgspec.json.encode(slots)])
+                if epoch > 0:
+                    self.placements += 1
+                    places[name] = Placed(int(epoch), slots)
+                    self.report(f"cluster: placed {name} (epoch {epoch}): "
+                                f"{', '.join(s or '-' for s in slots)}")
+                elif epoch == 0:
+                    self.lost_races += 1  # read again at the next beat
+        await self._reconcile(tables, places)
+
+    async def _reconcile(self, tables: dict[str, Any], places: dict[str, Placed]) -> None:
+        """Run here exactly the slots placed on this incarnation."""
+        me = self.membership.consumer if self.membership.member else None
+        for name in sorted(set(tables) | set(self.placed)):
+            p = places.get(name, Placed())
+            mine = [i for i, s in enumerate(p.slots) if me is not None and s == me] \
+                if name in tables else []
+            have = self.placed.get(name)
+            if have == mine or (have is None and not mine):
+                continue
+            try:
+                if not mine:
+                    agent = self.sup.agents.get(name)
+                    if self.draining and me is not None and agent is not None and any(
+                            r.tasks_running for r in agent.replicas):
+                        continue  # a drain lets what runs finish first
+                    del self.placed[name]
+                    self.epochs.pop(name, None)
+                    if name in self.sup.agents:
+                        await self.sup.remove(name)
+                        self.report(f"cluster: {name} stopped here (placed elsewhere)")
+                    continue
+                if have is None and name in self.sup.agents:
+                    self._problem(name, f"this node has an agent {name} of its own")
+                    continue
+                await self._load_states(name, mine)
+                if have is None:
+                    spec = parse_agents({"agents": {name: tables[name]}},
+                                        "the cluster's spec")[name]
+                    spec.replicas = len(mine)
+                    self.prepare(spec)
+                    self.sup.add(spec)
+                else:
+                    await self.sup.scale(name, len(mine))
+                self.placed[name] = mine
+                self.epochs[name] = p.epoch
+                self._problems.pop(name, None)
+                self.report(f"cluster: {name} runs here: slots "
+                            f"{', '.join(map(str, mine))} (epoch {p.epoch})")
+            except (ConfigError, SupervisorError) as exc:
+                self._problem(name, str(exc))
+
+    def _problem(self, name: str, text: str) -> None:
+        if self._problems.get(name) != text:
+            self._problems[name] = text
+            self.report(f"cluster: cluster agent {name} cannot run here: {text}")
+
+    async def _load_states(self, name: str, slots: list[int]) -> None:
+        """The states the slots last checkpointed, given to the replicas that start
+        here (by their local index)."""
+        got = await read(lambda: self.redis.hmget(self.keys.state(name),
+                                                  [str(s) for s in slots]))
+        for index, raw in enumerate(got):
+            if raw is not None:
+                when, state = msgspec.json.decode(raw)
+                self.sup.checkpoints[(name, index)] = (float(when), state)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _on_checkpoint(self, event: Checkpoint) -> None:
+        slots = self.placed.get(event.agent)
+        if slots is None or event.replica >= len(slots) or not self.membership.member:
+            return
+        task = asyncio.ensure_future(self._write(event, slots[event.replica],
+                                                 self.membership.consumer))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, event: Checkpoint, slot: int, consumer: str) -> None:
+        value = msgspec.json.encode([event.time, event.state])
+        try:
+            ok = await self.scripts.checkpoint(
+                keys=[self.keys.placement, self.keys.state(event.agent)],
+                args=[event.agent, slot, consumer, value])
+        except RedisError as exc:
+            self.report(f"cluster: checkpoint of {event.agent} slot {slot} not kept in "
+                        f"Redis: {why(exc)}")
+            return
+        if ok:
+            self.checkpoints += 1
+        else:
+            self.checkpoints_refused += 1
+
+    async def close(self) -> None:
+        for t in list(self._writes):
+            t.cancel()
+
+    def status(self) -> dict[str, Any]:
+        return {"placed": {n: s for n, s in sorted(self.placed.items())},
+                "placements": self.placements, "lost_races": self.lost_races,
+                "checkpoints": self.checkpoints,
+                "checkpoints_refused": self.checkpoints_refused}
