@@ -748,3 +748,39 @@ def test_info_prints_sections_as_indented_key_value_lines(daemon: Daemon) -> Non
     assert not any("{" in line for line in lines), r.stdout
     r = daemon.cli("add", "--help")
     assert "restart. A command that is not an executable" in " ".join(r.stdout.split())
+
+
+def test_run_waits_for_its_task_past_the_clients_timeout_and_a_silent_daemon_is_named(
+        daemon: Daemon) -> None:
+    """`corral run` waits for the task's end however long it waits in the queue (here:
+    its agent's replicas paused), not the client's timeout for calls answered at once;
+    a call the daemon does not answer within that timeout ends with one line."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CORRAL_CLIENT_TIMEOUT": "0.5"}
+    base = [PY, "-m", "corral", "--socket", str(daemon.sock)]
+    assert daemon.cli("pause", "hello").returncode == 0
+    run = subprocess.Popen([*base, "run", "hello", "--input", "{}", "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_until(lambda: daemon.json("status")["tasks"]["hello"]["queue_depth"] == 1,
+                   what="the task queued")
+        # three client timeouts with the task still waiting: the run still waits
+        with pytest.raises(subprocess.TimeoutExpired):
+            run.wait(timeout=1.5)
+        assert daemon.cli("resume", "hello").returncode == 0
+        out, err = run.communicate(timeout=30)
+        assert run.returncode == 0, err
+        assert json.loads(out)["status"] == "succeeded"
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    # the daemon stopped (SIGSTOP, by pid): a status call gives up with its reason
+    assert daemon.proc is not None
+    os.kill(daemon.proc.pid, signal.SIGSTOP)
+    try:
+        r = subprocess.run([*base, "status"], capture_output=True, text=True, env=env,
+                           timeout=30)
+    finally:
+        os.kill(daemon.proc.pid, signal.SIGCONT)
+    assert (r.returncode, r.stdout, r.stderr) == (
+        1, "", "corral: the daemon did not answer agents.status within 0.5 s\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,9 @@ from ..methods import REGISTRY
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 3
 INTERNAL_ERROR = -32603  # JSON-RPC's (corral.jsonrpc would import asyncio)
+# how long a call that the daemon answers at once may take before the CLI gives up on it
+# (CORRAL_CLIENT_TIMEOUT: seconds; a call that waits for a task's end has no such bound)
+CLIENT_TIMEOUT = float(os.environ.get("CORRAL_CLIENT_TIMEOUT") or 600.0)
 
 
 class Unreachable(Exception):
@@ -53,7 +57,7 @@ def result_type(method: str) -> Any:
 
 
 class Client:
-    def __init__(self, path: Path, timeout: float | None = 600.0) -> None:
+    def __init__(self, path: Path, timeout: float | None = CLIENT_TIMEOUT) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.sock.settimeout(timeout)

@@ -25,7 +25,14 @@ import msgspec
 from .. import methods as m
 from ..methods import REGISTRY, LogLine
 from ..text import did_you_mean, iso_time, plural
-from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
+from .client import (
+    CLIENT_TIMEOUT,
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    CallFailed,
+    Client,
+    Unreachable,
+)
 
 
 def doc(method: str) -> str:
@@ -60,6 +67,10 @@ class Ctx:
             sys.exit(EXIT_UNREACHABLE)
         except CallFailed as exc:
             click.echo(f"corral: {exc.message}", err=True)
+            sys.exit(EXIT_FAILED)
+        except TimeoutError:
+            click.echo(f"corral: the daemon did not answer {method} within "
+                       f"{CLIENT_TIMEOUT:g} s", err=True)
             sys.exit(EXIT_FAILED)
 
 
@@ -1007,7 +1018,7 @@ def _wait_again(obj: Ctx, task_id: str, reconnect: float) -> m.TaskInfo:
     deadline = time.monotonic() + reconnect
     while True:
         try:
-            with obj.client() as c:
+            with obj.client(wait_forever=True) as c:
                 info: m.TaskInfo = c.ask("tasks.get", {"task_id": task_id, "wait": True})
                 return info
         except Unreachable as exc:
@@ -1026,7 +1037,9 @@ def _wait_again(obj: Ctx, task_id: str, reconnect: float) -> m.TaskInfo:
               help="The task's input: JSON, @file with JSON, or - for stdin "
                    "(`--input null` for none).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds (default: the agent's task_timeout).")
+              help="Seconds the task may run once started (default: the agent's "
+                   "task_timeout); time waiting in the queue is not counted, and `run` "
+                   "waits for the task's end however long it waits.")
 @click.option("--priority", type=int, default=0, show_default=True,
               help="Higher runs first among waiting tasks.")
 @click.option("--detach", is_flag=True, help="Print the task id and return at once.")
@@ -1056,7 +1069,10 @@ def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority:
         return
     res: m.TaskResult
     try:
-        res = obj.call("tasks.run", params, on_notification=on_note, reachable=False)
+        # the outcome comes when the task ends, however long it waits in the queue (a
+        # sleeping agent, a budget, an unready replica): no client timeout
+        res = obj.call("tasks.run", params, on_notification=on_note, reachable=False,
+                       wait_forever=True)
     except Unreachable as exc:
         if not accepted:  # never acknowledged: it may not exist
             click.echo(f"corral: {exc}", err=True)
@@ -1123,7 +1139,7 @@ def task_get(obj: Ctx, task_id: str, wait: bool, reconnect: float, as_json: bool
     res: m.TaskInfo
     try:
         res = obj.call("tasks.get", m.TasksGet(task_id=task_id, wait=wait),
-                       reachable=not wait)
+                       reachable=not wait, wait_forever=wait)
     except Unreachable:
         res = _wait_again(obj, task_id, reconnect)
     if as_json:
