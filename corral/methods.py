@@ -1234,6 +1234,7 @@ class TenantUse(msgspec.Struct):
     queued: int
     running: int
     tokens_last_minute: float = 0.0
+    oom_kills: int = 0  # in its cgroup (where it has one), since the daemon started
 
 
 class TenantEntry(Result):

@@ -45,6 +45,7 @@ from ..supervisor.process_replica import Event, Exited, LogLines
 from ..supervisor.stream import Checkpoint, ListChanged, Stall, Tick
 from ..supervisor.tasks import TaskRecord
 from ..supervisor.tasks.budget import DAY
+from ..supervisor.tenantcgroups import TenantOomKill
 from ..text import plural
 from . import journald
 from .api import Caller, Dispatcher
@@ -64,6 +65,7 @@ from .services import Services
 from .store import StateStore, StoreError, StoreWriter
 from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
+from .tenantdirs import TenantDirs
 from .tenants import TenantDesk, groups_of
 from .watch import FleetWatch
 
@@ -390,6 +392,7 @@ class Daemon:
         stream.subscribe(self._on_worker_log, LogLines)
         stream.subscribe(lambda _: self.notifier.watchdog(), Tick)
         stream.subscribe(self._on_stall, Stall)
+        stream.subscribe(self._on_tenant_oom, TenantOomKill)
         stream.subscribe(self._on_health, HealthChange)
         stream.subscribe(self._on_agent_readiness, AgentReadiness)
         stream.subscribe(self._on_transition, Event)
@@ -398,7 +401,9 @@ class Daemon:
         stream.subscribe(gateway.on_transition, Event)
         stream.subscribe(lambda e: gateway.changed([e.kind]), ListChanged)
         stream.subscribe(gateway.forget_replica, Exited)
-        sup.environment_provider = gateway.replica_environment
+        dirs = TenantDirs(sup, self.hub, self.hub.daemon)
+        sup.environment_provider = lambda r: {**dirs.starting(r),
+                                              **gateway.replica_environment(r)}
 
     async def _reclaim(self, sup: Supervisor, store: StateStore, hub: LogHub) -> None:
         """Stop the processes of earlier incarnations that did not shut down cleanly (a
@@ -534,6 +539,11 @@ class Daemon:
     def _on_agent_readiness(self, e: AgentReadiness) -> None:
         self.hub.emit(e.agent, 0, 0, "event", LineBlock.one(e.text), when=e.time)
         self.hub.daemon(e.text, priority=6 if e.ready else 4)
+
+    def _on_tenant_oom(self, e: TenantOomKill) -> None:
+        self.hub.daemon(f"tenant {e.tenant}: the kernel OOM-killed "
+                        f"{e.kills} process{'es' if e.kills != 1 else ''} in its cgroup "
+                        f"(max_memory_mb; {e.total} since start)", priority=4)
 
     def _on_stall(self, e: Stall) -> None:
         self.hub.daemon(f"event loop stalled for {e.seconds:.2f} s (not counted against any "

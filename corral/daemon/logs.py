@@ -241,8 +241,23 @@ class LogHub:
         self.lines_written = 0
         self.lines_dropped = 0  # lines that reached corral but not their log file
         self.echo: Callable[[str, int], None] | None = None
+        # where a source's file is when not in log_dir (a tenant's: tenantdirs.py),
+        # asked when the file is opened
+        self.locate: Callable[[str], Path | None] | None = None
         if log_dir is not None:
             prepare_log_dir(log_dir)
+
+    def path_of(self, source: str) -> Path:
+        assert self.log_dir is not None
+        where = self.locate(source) if self.locate is not None else None
+        return (where or self.log_dir) / log_file_name(source)
+
+    def reopen(self, source: str) -> None:
+        """The source's file is closed, and opened again (where `locate` says) at its
+        next line."""
+        f = self.files.pop(source, None)
+        if f is not None:
+            f.close()
 
     def _write(self, source: str, count: int, *parts: bytes) -> None:
         """Append `count` lines to the source's file; a file that cannot be written
@@ -256,7 +271,7 @@ class LogHub:
         f = self.files.get(source)
         try:
             if f is None:  # opened at the first line, and again after a failure
-                f = RotatingFile(self.log_dir / log_file_name(source), self.max_bytes,
+                f = RotatingFile(self.path_of(source), self.max_bytes,
                                  self.backups)
                 self.files[source] = f
             if broken is not None and not (self.raw and source != DAEMON_SOURCE):
@@ -295,7 +310,7 @@ class LogHub:
             throttle = self.file_errors[source] = Throttle(
                 lambda text: self.daemon(text, priority=3))
         throttle(
-            f"cannot write log file {self.log_dir / log_file_name(source)} ({why}): its "
+            f"cannot write log file {self.path_of(source)} ({why}): its "
             f"lines are dropped (counted in `corral stats`) until it can be written again, "
             f"tried every {RETRY_EVERY:g} s: free space on its file system or make it "
             f"writable by uid {os.geteuid()}")
@@ -304,7 +319,7 @@ class LogHub:
         """The log files that cannot be written now, with the lines each has dropped."""
         if self.log_dir is None:
             return {}
-        return {str(self.log_dir / log_file_name(source)): b.dropped
+        return {str(self.path_of(source)): b.dropped
                 for source, b in self.broken.items()}
 
     @staticmethod

@@ -28,13 +28,14 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import DEFAULT_TENANT, Config, ConfigError, TenantSpec, parse_tenants
 from ..supervisor.core import Supervisor
+from ..supervisor.tenantcgroups import notice
 from .store import StateStore, StoreError, what_to_do
 
 Report = Callable[..., None]
-# the quotas corral enforces now; the others are parsed, validated and shown
+# the keys corral enforces everywhere; the kernel's are in `enforced` where it does
 ENFORCED = ("max_agents", "max_replicas", "max_queue", "max_concurrent_tasks",
             "rate_per_minute", "max_task_seconds", "tokens_per_minute", "group",
-            "max_memory_mb", "max_cpu_percent", "cpu_weight", "sandbox", "network")
+            "max_memory_mb", "max_cpu_percent", "cpu_weight", "sandbox", "network", "user")
 REVISION_PREFIX = "tenant:"
 
 
@@ -76,6 +77,7 @@ class TenantDesk:
         self.tables: dict[str, dict[str, Any]] = {}  # what applies: file or runtime
         self.runtime: set[str] = set()  # added at runtime (not in the file)
         self.on_groups: Callable[[dict[int, str]], None] | None = None
+        self._said: set[str] = set()  # the start-up notices of quotas not in a cgroup
 
     # -- start-up and reload ------------------------------------------------------------
     def start(self, cfg: Config) -> None:
@@ -97,12 +99,11 @@ class TenantDesk:
                 tables[name] = table
                 self.runtime.add(name)
         self._apply(tables)
-        sampled = [n for n, t in self.sup.tenancy.specs.items()
-                   if t.max_memory_mb or t.max_cpu_percent]
-        if sampled:
-            self.report(f"tenants {', '.join(sampled)}: max_memory_mb and max_cpu_percent "
-                        "are enforced by sampling (an orderly restart of the tenant's "
-                        "largest or busiest replica), not by a kernel cgroup per tenant")
+        for line in notice(self.sup.containment.tree, self.sup.tenancy.specs,
+                           "no delegated cgroup"):
+            if line not in self._said:  # once, not again at every reload
+                self._said.add(line)
+                self.report(line)
 
     def check_reload(self, cfg: Config, staying: list[tuple[str, str]]) -> None:
         """Refuse a reload that would drop a tenant an agent staying (added at runtime:
@@ -211,13 +212,20 @@ class TenantDesk:
         budget = tasks.budgets.windows.get("tenant " + name)
         if budget is not None:
             use.tokens_last_minute = budget.minute_tokens.used(time.time())
+        nodes = self.sup.tenant_nodes
+        if nodes is not None:
+            use.oom_kills = nodes.oom_total.get(name, 0)
         table = self.tables.get(name, {})
+        cgroup = self.sup.tenancy.kernel
+        kernel = [k for k, on in (("memory_high_mb", "memory" in cgroup),
+                                  ("max_processes", "pids" in cgroup or "user" in table))
+                  if on and k in table]
         origin = ("runtime" if name in self.runtime else f"file {self.config_path}"
                   if name in self.declared else "default")
         return m.TenantEntry(name=name, origin=origin, revision=self._revision(name),
                              quotas=table, use=msgspec.convert(msgspec.to_builtins(use),
                                                                m.TenantUse),
-                             enforced=[k for k in ENFORCED if k in table])
+                             enforced=[k for k in ENFORCED if k in table] + kernel)
 
     def entries(self) -> list[m.TenantEntry]:
         return [self.entry(n) for n in self.sup.tenancy.names()]

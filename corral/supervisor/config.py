@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -386,7 +387,7 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     its socket group, and what its agents run under."""
 
     group: str | None = None  # socket peers in this Unix group are this tenant's callers
-    user: str | None = None  # parsed and shown; enforcement is a later step
+    user: str | None = None  # its processes run as this user (runas.py)
     max_agents: NonNegInt = 0
     max_replicas: NonNegInt = 0
     max_queue: NonNegInt = 0  # tasks waiting, over all its agents
@@ -394,7 +395,8 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     rate_per_minute: NonNeg = 0  # tasks accepted a minute, over all its agents
     max_task_seconds: NonNeg = 0  # a task's timeout is capped at this
     tokens_per_minute: NonNegInt = 0  # one budget shared by all its agents (budget.py)
-    # kernel quotas: parsed, validated and shown; not enforced yet (docs/tenants.md)
+    # kernel quotas: a cgroup per tenant where delegated (containment.py), else sampled
+    # (max_memory_mb, max_cpu_percent) or RLIMIT_NPROC under the tenant's user
     max_memory_mb: NonNegInt = 0
     memory_high_mb: NonNegInt = 0
     max_cpu_percent: NonNeg = 0
@@ -407,9 +409,21 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     network: Literal["host", "none", "gateway"] | None = None
 
     def check(self) -> None:
+        if self.user is not None and not user_exists(self.user):
+            # refused where it is written, not at each of its agents' spawns
+            raise ConfigError(f"user: no such user: {self.user} (a tenant's user must "
+                              "exist on this host)")
         if self.memory_high_mb and self.max_memory_mb and self.memory_high_mb > self.max_memory_mb:
             raise ConfigError(f"memory_high_mb {self.memory_high_mb} is above max_memory_mb "
                               f"{self.max_memory_mb}")
+
+
+def user_exists(user: str) -> bool:
+    try:
+        pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        return False
+    return True
 
 
 def parse_tenants(data: dict[str, Any], where: str) -> dict[str, TenantSpec]:
@@ -745,9 +759,10 @@ def check_sandboxes(agents: dict[str, AgentSpec], program: str, where: str,
     corral's own files (`protected`), else a ConfigError saying why."""
     protected = list(protected)
     for name, spec in agents.items():
-        if isolation(spec, (tenants or {}).get(spec.tenant)).sandbox != "bwrap":
+        tenant = (tenants or {}).get(spec.tenant)
+        if isolation(spec, tenant).sandbox != "bwrap":
             continue
-        why = host_refusal(program, spec.user)
+        why = host_refusal(program, spec.user or (tenant.user if tenant else None))
         if why:
             raise ConfigError(f"{where}: agents.{name}.sandbox: {why}")
         why = exposed(spec.cwd or os.getcwd(), protected)

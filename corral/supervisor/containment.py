@@ -38,7 +38,7 @@ import signal
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
 import msgspec
 
@@ -205,6 +205,15 @@ def cgroup_pids(cgroup_dir: str) -> list[int]:
             return [int(x) for x in f.read().split()]
     except OSError:
         return []
+
+
+def subtree_pids(cgroup_dir: str) -> list[int]:
+    """The processes in the cgroup and every cgroup below it (a tenant's node holds
+    none itself: its replicas' leaves do)."""
+    out: list[int] = []
+    for dirpath, _, _ in os.walk(cgroup_dir):
+        out += cgroup_pids(dirpath)
+    return out
 
 
 def cgroup_kill(cgroup_dir: str) -> None:
@@ -401,15 +410,17 @@ class CgroupTree:
             except OSError as exc:  # e.g. EBUSY: another process still sits in the root
                 log.warning("cgroups: cannot enable %s in %s: %s", ctl, self.root, exc)
 
-    def path(self, kind: str, name: str, index: int) -> str:
-        return os.path.join(self.root, f"{kind}-{name}-{index}")
+    def path(self, kind: str, name: str, index: int, parent: str | None = None) -> str:
+        return os.path.join(parent or self.root, f"{kind}-{name}-{index}")
 
-    def prepare(self, path: str, limits: Limits) -> None:
-        """Create the replica's cgroup (if needed) and write its limits."""
+    def prepare(self, path: str, limits: Limits, controllers: set[str] | None = None) -> None:
+        """Create the replica's cgroup (if needed) and write its limits (those of
+        `controllers`, its parent's grant: by default the tree's)."""
         os.makedirs(path, exist_ok=True)
-        self.apply_limits(path, limits)
+        self.apply_limits(path, limits, controllers)
 
-    def apply_limits(self, path: str, limits: Limits) -> None:
+    def apply_limits(self, path: str, limits: Limits,
+                     controllers: set[str] | None = None) -> None:
         values = {
             "memory": ("memory.max", f"{limits.memory_mb * 1024 * 1024}"
                        if limits.memory_mb else "max"),
@@ -418,7 +429,7 @@ class CgroupTree:
                     if limits.cpu_percent else f"max {CPU_PERIOD_US}"),
         }
         for ctl, (key, value) in values.items():
-            if ctl in self.controllers:
+            if ctl in (self.controllers if controllers is None else controllers):
                 write_knob(os.path.join(path, key), value)
 
     def children(self) -> list[str]:
@@ -496,6 +507,18 @@ class ReclaimReport(msgspec.Struct):
     cgroups: int = 0  # leftover cgroups removed
 
 
+class Nodes(Protocol):
+    """The cgroup nodes of tenants, where delegated (tenantcgroups.TenantNodes)."""
+
+    def tenant_of(self, kind: str, name: str) -> str | None: ...
+
+    def enter(self, tenant: str) -> tuple[str, set[str]]: ...
+
+    def leave(self, tenant: str) -> None: ...
+
+    def tick(self) -> None: ...
+
+
 # -- the engine's containment -------------------------------------------------------------
 class Containment:
     """Tracks every process a Supervisor starts and everything they leave behind."""
@@ -521,6 +544,9 @@ class Containment:
         self.sweeps = 0  # passes over /proc, for tests and stats
         self.orphans_killed = 0
         self.min_sweep_interval = 1.0
+        # a cgroup per tenant (tenantcgroups.py), set by the supervisor where delegated
+        self.nodes: Nodes | None = None
+        self._tenant_of: dict[str, str] = {}  # token -> the tenant whose node it is in
 
     # -- start and stop -------------------------------------------------------------------
     def open(self) -> None:
@@ -567,18 +593,34 @@ class Containment:
             # deploy) must not be in the old one's cgroup, which is killed when it ends
             in_use = {t.record.cgroup for t in self.live.values()}
             in_use.update(self._pending.values())
-            path = self.tree.path(kind, name, index)
+            parent = controllers = None
+            tenant = self.nodes.tenant_of(kind, name) if self.nodes is not None else None
+            if tenant is not None:
+                assert self.nodes is not None
+                parent, controllers = self.nodes.enter(tenant)
+                self._tenant_of[token] = tenant
+            path = self.tree.path(kind, name, index, parent)
             if path in in_use:  # its process of before runs on: the other
                 path += SURGE
             if path in in_use:  # pragma: no cover - a third at once
-                path = self.tree.path(kind, name, index) + f".{self._seq}"
-            self.tree.prepare(path, limits)
+                path = self.tree.path(kind, name, index, parent) + f".{self._seq}"
+            try:
+                self.tree.prepare(path, limits, controllers)
+            except OSError:
+                self._left(token)
+                raise
         self._pending[token] = path
         return Ticket(token, path)
 
     def abandon(self, ticket: Ticket) -> None:
         """The spawn for `ticket` failed before any process was tracked."""
         self._pending.pop(ticket.token, None)
+        self._left(ticket.token)
+
+    def _left(self, token: str) -> None:
+        tenant = self._tenant_of.pop(token, None)
+        if tenant is not None and self.nodes is not None:
+            self.nodes.leave(tenant)
 
     def started(self, ticket: Ticket, pid: int, *, kind: str, name: str, index: int,
                 stop_timeout: float) -> ProcessRecord:
@@ -632,6 +674,7 @@ class Containment:
         if t is None:
             return
         self._by_pid.pop(t.record.pid, None)
+        self._left(token)
         self._kill_escapees(t)
         if t.record.cgroup:
             cgroup_kill(t.record.cgroup)
@@ -651,6 +694,8 @@ class Containment:
     def tick(self) -> None:
         self.reap_zombies()
         self._maybe_sweep()
+        if self.nodes is not None:
+            self.nodes.tick()
 
     def reap_zombies(self) -> int:
         """Reap exited children that are not ours to reap elsewhere (not a tracked
@@ -779,7 +824,7 @@ class Containment:
                 return rec is not None and (leader is None
                                             or leader.start_time == rec.start_time)
 
-            in_cgroups = {pid for cg in cgroups for pid in cgroup_pids(cg)}
+            in_cgroups = {pid for cg in cgroups for pid in subtree_pids(cg)}
             out = []
             for st in every.values():
                 if st.pid == me or st.state == "Z":
@@ -849,5 +894,5 @@ async def _wait_fds(fds: set[int], timeout: float) -> set[int]:
 
 async def _wait_empty(cgroup_dir: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while cgroup_pids(cgroup_dir) and time.monotonic() < deadline:
+    while subtree_pids(cgroup_dir) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)

@@ -41,6 +41,7 @@ from .replica import Replica
 from .stats import HeartbeatWork, Stats
 from .stream import TICK, Checkpoint, ListChanged, Roster, Stall, Stream, Subscription
 from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, Queue, TaskJournal, TaskManager
+from .tenantcgroups import TenantNodes
 from .tenants import Tenancy, visible_allow
 from .zygote import Zygotes
 
@@ -307,6 +308,7 @@ class Supervisor:
         self.mcp.on_change = self._list_changed
         # the tenants' quotas (tenants.py): with none declared, nothing is bounded
         self.tenancy = Tenancy(self.agents)
+        self.tenant_nodes: TenantNodes | None = None  # a cgroup per tenant, where delegated
         self.tasks = TaskManager(self, tool_router=self._route_tool,
                                  tool_lister=self._list_tools, journal=journal,
                                  kept=tasks_kept, kept_bytes=tasks_kept_bytes,
@@ -329,6 +331,12 @@ class Supervisor:
 
     def open(self) -> None:
         self.containment.open()
+        tree = self.containment.tree
+        if tree is not None and self.tenant_nodes is None:
+            nodes = self.tenant_nodes = self.containment.nodes = TenantNodes(
+                tree, self, self.stream)
+            self.tenancy.kernel = set(tree.controllers)
+            self.tenancy.on_change = nodes.retune_all
         if self._heartbeat is None:
             self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
         self.elastic.start()
@@ -705,6 +713,18 @@ class Supervisor:
 
     def tenant_spec(self, tenant: str) -> TenantSpec | None:
         return self.tenancy.specs.get(tenant)
+
+    # -- the tenant cgroups' hook (tenantcgroups.py) -------------------------------------
+    def tenant_of_process(self, kind: str, name: str) -> str | None:
+        if kind == "agent":
+            a = self.agents.get(name)
+            return a.spec.tenant if a is not None else None
+        e = self.mcp.servers.get(name) if kind == "mcp" else None
+        return e.spec.tenant if e is not None else None
+
+    def tenant_in_use(self, tenant: str) -> bool:
+        return bool(self.tenancy.members(tenant)) or any(
+            e.spec.tenant == tenant for e in self.mcp.servers.values())
 
     def allowlist(self, spec: Any) -> list[str]:
         """An agent's tools allowlist, narrowed to the MCP servers its tenant sees."""

@@ -25,12 +25,13 @@ from .. import jsonrpc
 from ..jsonrpc import LineBlock, Peer, RpcError
 from . import procstat
 from .caps import explain_exit, oom_reason
-from .config import ConfigError, Limits, ProcessSpec
+from .config import ConfigError, Limits, ProcessSpec, TenantSpec
 from .containment import Containment, ProcStat, set_frozen, wait_frozen
 from .lifecycle import LIVE, SERVING, Cause, Machine, State, Step
 from .listening import ListeningClock
 from .process import ChildProcess, resolve_user
 from .restart import RestartPolicy
+from .runas import RunAs, run_as, tenant_of
 from .stats import HeartbeatWork, Stats
 
 # consecutive heartbeat samples above cpu_percent before it counts as a breach
@@ -144,6 +145,9 @@ class ReplicaHost(Protocol):
         """More environment for `r`'s process about to start."""
         ...
 
+    def tenant_spec(self, tenant: str) -> TenantSpec | None:
+        """A process's tenant's [tenants.NAME] (its user, sandbox and network), or None."""
+
 
 class ProcessReplica(Machine):
     kind = "process"
@@ -158,6 +162,7 @@ class ProcessReplica(Machine):
     def __init__(self, host: ReplicaHost, spec: ProcessSpec, name: str, index: int) -> None:
         self.host = host
         self.spec = spec
+        self.run: RunAs | None = None  # who the process started last runs as, its limits
         self.name = name
         self.index = index
         self._machine_init(self._make_policy(spec))
@@ -402,8 +407,8 @@ class ProcessReplica(Machine):
             over.set_result(None)
 
     def _limits(self) -> Limits:
-        """The caps the next process starts under."""
-        return self.spec.limits
+        """The caps the next process starts under (its user's: runas.py)."""
+        return self.run.limits if self.run is not None else self.spec.limits
 
     def _environment(self, uid: int | None) -> dict[str, str]:
         env = dict(os.environ)
@@ -427,7 +432,9 @@ class ProcessReplica(Machine):
         and asks the restart policy."""
         spec = self.spec
         try:
-            uid, gid = resolve_user(spec.user, spec.group)
+            # the tenant's user as it is now: a change applies from the next start
+            run = self.run = run_as(spec, self.host.tenant_spec(tenant_of(spec)))
+            uid, gid = resolve_user(run.user, run.group)
             env = self._environment(uid)
             spawning: dict[str, Any] = {
                 "containment": self.host.containment, "kind": self.kind, "name": self.name,

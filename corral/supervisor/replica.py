@@ -16,7 +16,7 @@ import msgspec
 
 from ..jsonrpc import Peer
 from .caps import nice_for_weight
-from .config import AgentSpec, Isolation, Limits, TenantSpec, isolation
+from .config import AgentSpec, Isolation, Limits, isolation
 from .health import HealthBoard, ReplicaHealth, environment_of
 from .lifecycle import SERVING, Cause, State
 from .process import ChildProcess
@@ -60,9 +60,6 @@ class AgentHost(ReplicaHost, Protocol):
     def protected_paths(self) -> list[tuple[str, str]]:
         """corral's own files, as (path, what): a sandbox may not hold them writable, and
         masks them where it binds what holds them."""
-
-    def tenant_spec(self, tenant: str) -> TenantSpec | None:
-        """An agent's tenant's [tenants.NAME] (its sandbox and network), or None."""
 
     @property
     def release_sdk(self) -> str | None:
@@ -171,7 +168,7 @@ class Replica(ProcessReplica):
         """The agent's caps, and the nice value its tenant's cpu_weight gives where it is
         lower than the agent's own (docs/tenants.md): a tenant's weight holds on a host
         whose cgroups cannot weigh CPU. As the sandbox, judged at each start."""
-        limits = self.spec.limits
+        limits = super()._limits()
         tenant = self.host.tenant_spec(self.spec.tenant)
         nice = nice_for_weight(tenant.cpu_weight) if tenant is not None else 0
         if nice > limits.nice:

@@ -43,6 +43,7 @@ class TenantUse(msgspec.Struct, kw_only=True):
     queued: int
     running: int
     tokens_last_minute: float = 0.0
+    oom_kills: int = 0  # in its cgroup (tenantcgroups.py), since the daemon started
 
 
 class Tenancy:
@@ -54,6 +55,10 @@ class Tenancy:
         self._buckets: dict[str, TokenBucket] = {}
         self._going: dict[str, Replica] = {}  # restarted for its tenant's memory or CPU
         self._cpu_over: dict[str, int] = {}  # rounds a tenant has been over its CPU
+        # the controllers a cgroup per tenant has (tenantcgroups.py): the kernel bounds
+        # memory (cpu) there, so it is not sampled
+        self.kernel: set[str] = set()
+        self.on_change: Callable[[], None] | None = None  # the tenants' nodes retuned
 
     # -- the tenants --------------------------------------------------------------------
     def replace(self, specs: Mapping[str, TenantSpec]) -> None:
@@ -65,11 +70,17 @@ class Tenancy:
             if name not in self.specs or self.spec(name).rate_per_minute != \
                     old.get(name, NO_QUOTAS).rate_per_minute:
                 del self._buckets[name]
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def put(self, name: str, spec: TenantSpec) -> None:
         if self.spec(name).rate_per_minute != spec.rate_per_minute:
             self._buckets.pop(name, None)
         self.specs[name] = spec
+        self._changed()
 
     def drop(self, name: str) -> None:
         self.specs.pop(name, None)
@@ -149,7 +160,9 @@ class Tenancy:
         CPU_ROUNDS rounds), one per tenant at a time, the next judged once it is back."""
         out: list[tuple[Replica, str]] = []
         for tenant, spec in self.specs.items():
-            if not (spec.max_memory_mb or spec.max_cpu_percent):
+            memory = spec.max_memory_mb if "memory" not in self.kernel else 0
+            cpu_quota = spec.max_cpu_percent if "cpu" not in self.kernel else 0
+            if not (memory or cpu_quota):
                 continue
             going = self._going.get(tenant)
             if going is not None:
@@ -164,9 +177,8 @@ class Tenancy:
             rss = sum(r.sample.rss_bytes for r in live)
             cpu = sum(r.sample.cpu_percent for r in live)
             over = self._cpu_over[tenant] = (self._cpu_over.get(tenant, 0) + 1 if
-                                             spec.max_cpu_percent and
-                                             cpu > spec.max_cpu_percent else 0)
-            if spec.max_memory_mb and rss > spec.max_memory_mb * MIB:
+                                             cpu_quota and cpu > cpu_quota else 0)
+            if memory and rss > memory * MIB:
                 r = max(live, key=lambda r: r.sample.rss_bytes)
                 why = (f"tenant {tenant}: max_memory_mb {spec.max_memory_mb} exceeded "
                        f"({rss // MIB} MiB in use); its largest replica restarted")

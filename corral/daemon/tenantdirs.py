@@ -1,0 +1,88 @@
+"""Each tenant's log directory (docs/tenants.md, decision 111): `LOG_DIR/tenants/T/`,
+owned by the tenant's user, mode 0700, holding the log files of the tenant's agents and
+MCP servers that run as that user.
+
+A source's place is asked when its file is opened (LogHub.locate), from its spec and its
+tenant's as they are then; the directory is made (and its owner set) there, so a tenant
+whose user changes has its directory handed over. A process that runs as another user
+(its own `user`, or a tenant without one) logs to LOG_DIR as before. corral itself (root)
+writes the files; the tenant's user may list its directory, no other tenant's user may
+enter it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..supervisor.config import ConfigError
+from ..supervisor.process import resolve_user
+from ..supervisor.runas import run_as, tenant_of
+
+if TYPE_CHECKING:
+    from ..supervisor.config import ProcessSpec
+    from ..supervisor.core import Supervisor
+    from ..supervisor.process_replica import ProcessReplica
+    from .logs import LogHub
+
+TENANTS = "tenants"
+
+
+class TenantDirs:
+    def __init__(self, sup: Supervisor, hub: LogHub, report: Callable[..., None]) -> None:
+        self.sup = sup
+        self.hub = hub
+        self.report = report
+        self._made: dict[str, tuple[int, int]] = {}  # tenant -> the owner its dir has
+        hub.locate = self.locate
+
+    def _spec(self, source: str) -> ProcessSpec | None:
+        a = self.sup.agents.get(source)
+        if a is not None:
+            return a.spec
+        e = self.sup.mcp.servers.get(source)
+        return e.spec if e is not None else None
+
+    def locate(self, source: str) -> Path | None:
+        """The directory of a source's log file: its tenant's, when it runs as the
+        tenant's user; None: the log directory."""
+        spec = self._spec(source)
+        if spec is None or self.hub.log_dir is None:
+            return None
+        tenant = tenant_of(spec)
+        run = run_as(spec, self.sup.tenancy.specs.get(tenant))
+        return self._ensure(tenant, run.user, run.group) if run.tenant_user else None
+
+    def starting(self, r: ProcessReplica) -> dict[str, str]:
+        """A replica's process is about to start: a file open where it no longer belongs
+        (its tenant or user changed) is reopened where it does."""
+        f = self.hub.files.get(r.name)
+        if f is not None and f.path != self.hub.path_of(r.name):
+            self.hub.reopen(r.name)
+        return {}
+
+    def _ensure(self, tenant: str, user: str | None, group: str | None) -> Path | None:
+        assert self.hub.log_dir is not None
+        d = self.hub.log_dir / TENANTS / tenant
+        try:
+            uid, gid = resolve_user(user, group)
+        except ConfigError:
+            return None  # the spawn itself fails with this error, and says so
+        owner = (uid if uid is not None else os.geteuid(),
+                 gid if gid is not None else os.getegid())
+        if self._made.get(tenant) == owner:
+            return d
+        try:
+            d.parent.mkdir(mode=0o755, exist_ok=True)
+            d.mkdir(mode=0o700, exist_ok=True)
+            os.chown(d, *owner)
+            d.chmod(0o700)
+        except OSError as exc:
+            self.report(f"tenant {tenant}: cannot make its log directory {d} "
+                        f"({exc.strerror}); its processes log to {self.hub.log_dir}",
+                        priority=4)
+            return None
+        self._made[tenant] = owner
+        return d

@@ -1,0 +1,37 @@
+"""Who a process runs as: its own `user`, else its tenant's (docs/tenants.md, decision
+110), and the process limits that follow from that.
+
+A tenant's `user` makes the kernel keep tenants apart: processes of different uids cannot
+signal or ptrace each other, nor read each other's 0700 directories. Under its tenant's
+user a process's RLIMIT_NPROC is the tenant's `max_processes` (the smaller of it and the
+process's own `limits.processes`): the kernel counts it per real uid, so that is one
+count over all the tenant's processes. A process that names its own `user` is the
+operator's choice and keeps its own limits.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .config import DEFAULT_TENANT, Limits, ProcessSpec, TenantSpec
+
+
+class RunAs(msgspec.Struct, frozen=True):
+    user: str | None
+    group: str | None
+    limits: Limits
+    tenant_user: bool  # the user is the tenant's (its directories are that user's)
+
+
+def tenant_of(spec: ProcessSpec) -> str:
+    return getattr(spec, "tenant", DEFAULT_TENANT)
+
+
+def run_as(spec: ProcessSpec, tenant: TenantSpec | None) -> RunAs:
+    if spec.user is not None or tenant is None or tenant.user is None:
+        return RunAs(spec.user, spec.group, spec.limits, False)
+    limits = spec.limits
+    cap = tenant.max_processes
+    if cap and (not limits.processes or limits.processes > cap):
+        limits = msgspec.structs.replace(limits, processes=cap)
+    return RunAs(tenant.user, spec.group, limits, True)

@@ -1,0 +1,369 @@
+"""Tenants that the kernel keeps apart (issue 23): a Unix user per tenant, its log
+directory, RLIMIT_NPROC per tenant, and a cgroup per tenant where the cgroup v2 subtree
+is delegated.
+
+The user tests need root and two users that exist (`nobody`, `daemon`): none is created.
+The cgroup tests use test_cgroups' `delegated` fixture (a fresh cgroup marked as systemd
+marks a delegated one); a knob whose controller the hierarchy here lacks is skipped with
+the reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import stat
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.supervisor.config import (
+    AgentSpec,
+    ConfigError,
+    Limits,
+    TenantSpec,
+    load_config,
+    parse_tenants,
+)
+from corral.supervisor.containment import cgroup_pids
+from corral.supervisor.runas import run_as
+from corral.supervisor.sandbox import host_refusal
+
+from .chaos.procs import wait_until
+from .conftest import NOBODY_PY, ROOT, nobody_reason
+from .daemon_harness import PY, Daemon, shared_tmpdir
+from .test_cgroups import delegated  # noqa: F401  (the fixture)
+
+USERS = ("nobody", "daemon")
+
+PROBE = """
+import ctypes, errno, os, resource
+from corral.worker import run
+
+libc = ctypes.CDLL(None, use_errno=True)
+PTRACE_ATTACH, PTRACE_DETACH = 16, 17
+
+
+def attempt(f):
+    try:
+        f()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+
+
+def ptrace(pid):
+    if libc.ptrace(PTRACE_ATTACH, pid, None, None) == 0:
+        libc.ptrace(PTRACE_DETACH, pid, None, None)
+        return "ok"
+    return errno.errorcode[ctypes.get_errno()]
+
+
+def handle(task, ctx):
+    op = task["op"]
+    if op == "whoami":
+        return {"uid": os.getuid(), "pid": os.getpid(),
+                "nproc": list(resource.getrlimit(resource.RLIMIT_NPROC))}
+    if op == "list":
+        return attempt(lambda: os.listdir(task["path"]))
+    if op == "read":
+        return attempt(lambda: open(task["path"], "rb").close())
+    if op == "kill":
+        return attempt(lambda: os.kill(task["pid"], 0))
+    return ptrace(task["pid"])
+
+
+if __name__ == "__main__":
+    run(handle)
+"""
+
+
+def users_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to run agents as other users (the suite is not running as root)"
+    for user in USERS:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            return f"needs the user {user} on this host (the test creates none)"
+    return None
+
+
+@pytest.fixture
+def tmp() -> Iterator[Path]:
+    d = shared_tmpdir()
+    yield d
+    import shutil
+
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def run(d: Daemon, agent: str, **task: Any) -> Any:
+    r = d.cli("run", agent, "--input", json.dumps(task))
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+# -- who a process runs as -----------------------------------------------------------------
+def test_a_process_runs_as_its_tenants_user_unless_it_names_its_own() -> None:
+    tenant = TenantSpec(user="nobody", max_processes=40)
+    mine = run_as(AgentSpec(command="true", tenant="a"), tenant)
+    assert (mine.user, mine.limits.processes, mine.tenant_user) == ("nobody", 40, True)
+    # its own, smaller limit stays; a larger one is the tenant's
+    small = run_as(AgentSpec(command="true", limits=Limits(processes=10)), tenant)
+    assert small.limits.processes == 10
+    large = run_as(AgentSpec(command="true", limits=Limits(processes=99)), tenant)
+    assert large.limits.processes == 40
+    # an agent that names its own user is the operator's: its own limits, no tenant dir
+    own = run_as(AgentSpec(command="true", user="daemon"), tenant)
+    assert (own.user, own.limits.processes, own.tenant_user) == ("daemon", 0, False)
+    # a tenant without a user changes nothing
+    plain = run_as(AgentSpec(command="true"), TenantSpec(max_processes=40))
+    assert (plain.user, plain.limits.processes, plain.tenant_user) == (None, 0, False)
+
+
+def test_a_tenants_user_must_exist(tmp_path: Path) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text('[tenants.acme]\nuser = "corral-no-such-user"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == (f"{path}: tenants.acme: user: no such user: corral-no-such-user "
+                            "(a tenant's user must exist on this host)")
+    with pytest.raises(ConfigError) as e:
+        parse_tenants({"tenants": {"x": {"user": "corral-no-such-user"}}}, "tenants.add")
+    assert str(e.value).startswith("tenants.add: tenants.x: user: no such user: ")
+
+
+def test_tenants_users_cannot_read_signal_or_ptrace_each_other(
+        tmp: Path, world_readable_tree: Path) -> None:
+    reason = users_reason() or nobody_reason()
+    if reason:
+        pytest.skip(reason)
+    # a Python and an SDK every user may run and read
+    PY, ROOT = NOBODY_PY, world_readable_tree
+    (tmp / "probe.py").write_text(PROBE)
+    logs = tmp / "logs"  # as an operator's /var/log/corral: others may enter it
+    logs.mkdir(mode=0o755)
+    # the SDK a sandbox binds is under [packages] dir: outside the 0700 state directory,
+    # where a sandbox started as another user can reach it
+    agents = textwrap.dedent(f"""
+        [packages]
+        dir = "{tmp}/packages"
+        [tenants.a]
+        user = "nobody"
+        max_processes = 50
+        [tenants.b]
+        user = "daemon"
+
+        [agents.pa]
+        command = ["{PY}", "{tmp}/probe.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "a"
+        [agents.pw]
+        command = ["{PY}", "{tmp}/probe.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "a"
+        warm = true
+        [agents.pb]
+        command = ["{PY}", "{tmp}/probe.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "b"
+        [agents.own]
+        command = ["{PY}", "{tmp}/probe.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "a"
+        user = "daemon"
+    """)
+    # a sandboxed agent of the tenant: bubblewrap started as the tenant's user
+    sandboxed = host_refusal("bwrap", "nobody") is None
+    if sandboxed:
+        box = tmp / "box"
+        box.mkdir(mode=0o755)
+        (box / "probe.py").write_text(PROBE)
+        agents += textwrap.dedent(f"""
+            [agents.ps]
+            command = ["{PY}", "{box}/probe.py"]
+            env = {{ PYTHONPATH = "{ROOT}" }}
+            tenant = "a"
+            sandbox = "bwrap"
+            cwd = "{box}"
+        """)
+    d = Daemon(tmp, agents)
+    d.config.write_text(d.config.read_text().replace(f'log_dir = "{d.state}/logs"',
+                                                     f'log_dir = "{logs}"'))
+    try:
+        d.start()
+        nobody, daemon = (pwd.getpwnam(u).pw_uid for u in USERS)
+        a, b = run(d, "pa", op="whoami"), run(d, "pb", op="whoami")
+        assert (a["uid"], b["uid"]) == (nobody, daemon)
+        # RLIMIT_NPROC is the tenant's, under its user (one count per uid)
+        assert a["nproc"] == [50, 50]
+        # a warm start forks from a zygote of the tenant's uid
+        warm = run(d, "pw", op="whoami")
+        assert (warm["uid"], warm["nproc"]) == (nobody, [50, 50])
+        assert "warm start unavailable" not in d.cli("logs", "pw", "-n", "50").stdout
+        if sandboxed:
+            inside = run(d, "ps", op="whoami")
+            assert (inside["uid"], inside["nproc"]) == (nobody, [50, 50])
+        entry = {t["name"]: t for t in d.json("tenants")["tenants"]}["a"]
+        assert {"user", "max_processes"} <= set(entry["enforced"])
+        # an agent naming its own user runs as it, with its own (no) limit
+        own = run(d, "own", op="whoami")
+        assert own["uid"] == daemon and own["nproc"] != [50, 50]
+
+        # each tenant's logs in a directory of its user's, 0700
+        for tenant, uid, agent in (("a", nobody, "pa"), ("b", daemon, "pb")):
+            st = (logs / "tenants" / tenant).stat()
+            assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (uid, 0o700)
+            assert (logs / "tenants" / tenant / f"{agent}.log").exists()
+        assert not (logs / "pa.log").exists() and (logs / "own.log").exists()
+
+        # A lists its own directory, and cannot enter B's, read B's log or the state
+        assert run(d, "pa", op="list", path=str(logs / "tenants" / "a")) == "ok"
+        assert run(d, "pa", op="list", path=str(logs / "tenants" / "b")) == "EACCES"
+        assert run(d, "pa", op="read", path=str(logs / "tenants" / "b" / "pb.log")) == \
+            "EACCES"
+        assert run(d, "pa", op="read", path=str(d.state / "corral.db")) == "EACCES"
+        # ... nor signal nor ptrace B's process
+        assert run(d, "pa", op="kill", pid=b["pid"]) == "EPERM"
+        assert run(d, "pa", op="ptrace", pid=b["pid"]) == "EPERM"
+        assert run(d, "pb", op="kill", pid=a["pid"]) == "EPERM"
+        # both still run tasks, their processes the same
+        assert run(d, "pa", op="whoami")["pid"] == a["pid"]
+        assert run(d, "pb", op="whoami")["pid"] == b["pid"]
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+# -- a cgroup per tenant ------------------------------------------------------------------
+def hello_in(name: str, tenant: str, replicas: int = 1) -> str:
+    from .conftest import EXAMPLES
+
+    return textwrap.dedent(f"""
+        [agents.{name}]
+        command = ["{PY}", "{EXAMPLES}/hello.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "{tenant}"
+        replicas = {replicas}
+    """)
+
+
+TENANTS = textwrap.dedent("""
+    [tenants.a]
+    max_memory_mb = 512
+    memory_high_mb = 256
+    max_cpu_percent = 150
+    cpu_weight = 300
+    max_processes = 64
+    [tenants.b]
+""")
+
+
+def procs(cg: Path) -> set[int]:
+    return set(cgroup_pids(str(cg)))
+
+
+def test_each_tenant_has_a_cgroup_holding_its_replicas_and_it_goes_with_its_last_agent(
+        delegated: Path, tmp: Path) -> None:  # noqa: F811
+    agents = TENANTS + hello_in("ha", "a", 2) + hello_in("hb", "b") + hello_in("hd", "default")
+    d = Daemon(tmp, agents, cgroup=delegated)
+    try:
+        d.start()
+        status = d.status()
+        node_a, node_b = delegated / "tenant-a", delegated / "tenant-b"
+        assert procs(node_a / "agent-ha-0") == {status["ha#0"]["pid"]}
+        assert procs(node_a / "agent-ha-1") == {status["ha#1"]["pid"]}
+        assert procs(node_b / "agent-hb-0") == {status["hb#0"]["pid"]}
+        # the default tenant's replicas stay where they were; a node holds no process
+        assert procs(delegated / "agent-hd-0") == {status["hd#0"]["pid"]}
+        assert procs(node_a) == set() and procs(node_b) == set()
+        assert d.cli("run", "ha", "--input", '{"name": "x"}').returncode == 0
+
+        log = (d.state / "logs" / "corral.log").read_text()
+        available = set((delegated / "cgroup.controllers").read_text().split())
+        if "memory" not in available:
+            assert ("tenants a: max_memory_mb is sampled (an orderly restart of the "
+                    "largest replica), not a cgroup's (no memory controller)") in log
+        if "pids" not in available:
+            assert ("tenants a: max_processes is RLIMIT_NPROC under the tenant's user, else "
+                    "not enforced, not a cgroup's (no pids controller)") in log
+
+        # the tenant's last agent removed: its node goes; the other tenant's stays
+        r = d.cli("remove", "ha")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: not node_a.exists(), 10, "tenant a's cgroup removed")
+        assert procs(node_b / "agent-hb-0") == {status["hb#0"]["pid"]}
+        assert d.stop() == 0
+        assert sorted(p.name for p in delegated.iterdir() if p.is_dir()) == ["supervisor"]
+    finally:
+        d.close()
+
+
+KNOBS = {"memory": {"memory.max": str(512 * 1024 * 1024), "memory.high": str(256 * 1024 * 1024)},
+         "cpu": {"cpu.max": "150000 100000", "cpu.weight": "300"},
+         "pids": {"pids.max": "64"}}
+
+
+@pytest.mark.parametrize("controller", sorted(KNOBS))
+def test_a_tenants_quotas_are_written_to_its_cgroup(
+        delegated: Path, tmp: Path, controller: str) -> None:  # noqa: F811
+    available = set((delegated / "cgroup.controllers").read_text().split())
+    if controller not in available:
+        pytest.skip(f"the cgroup v2 hierarchy here has no {controller} controller "
+                    f"({sorted(available) or 'no controllers'} in v2)")
+    d = Daemon(tmp, TENANTS + hello_in("ha", "a"), cgroup=delegated)
+    try:
+        d.start()
+        node = delegated / "tenant-a"
+        assert controller in (node / "cgroup.subtree_control").read_text().split()
+        for knob, value in KNOBS[controller].items():
+            assert (node / knob).read_text().split()[:2] == value.split(), knob
+        # a change of the tenant is written to its node at once
+        r = d.cli("tenants", "set", "a", "max_processes=65", "cpu_weight=400",
+                  "max_memory_mb=600")
+        assert r.returncode == 0, r.stderr
+        after = {"memory": ("memory.max", str(600 * 1024 * 1024)),
+                 "cpu": ("cpu.weight", "400"), "pids": ("pids.max", "65")}[controller]
+        assert (node / after[0]).read_text().strip() == after[1]
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_an_oom_kill_in_a_tenants_cgroup_is_the_tenants(
+        delegated: Path, tmp: Path) -> None:  # noqa: F811
+    available = set((delegated / "cgroup.controllers").read_text().split())
+    if "memory" not in available:
+        pytest.skip("the cgroup v2 hierarchy here has no memory controller "
+                    f"({sorted(available) or 'no controllers'} in v2)")
+    from .conftest import EXAMPLES
+
+    agents = textwrap.dedent(f"""
+        [tenants.a]
+        max_memory_mb = 64
+        [agents.hog]
+        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "a"
+        restart = "never"
+    """)
+    d = Daemon(tmp, agents, cgroup=delegated)
+    try:
+        d.start()
+        node = delegated / "tenant-a"
+        assert (node / "memory.max").read_text().strip() == str(64 * 1024 * 1024)
+        d.cli("run", "hog", "--input", '{"do": "leak"}')
+        wait_until(lambda: d.status()["hog#0"]["state"] == "terminated", 20, "the OOM kill")
+        assert "killed by the OOM killer" in d.status()["hog#0"]["last_exit"]
+        log = d.state / "logs" / "corral.log"
+        wait_until(lambda: "tenant a: the kernel OOM-killed 1 process in its cgroup "
+                   "(max_memory_mb; 1 since start)" in log.read_text(), 10, "the tenant's OOM")
+        entry = {t["name"]: t for t in d.json("tenants")["tenants"]}["a"]
+        assert entry["use"]["oom_kills"] == 1
+        assert d.stop() == 0
+    finally:
+        d.close()
