@@ -73,8 +73,11 @@ async def start_escaper(sup: Supervisor, name: str, **kw: object) -> tuple[int, 
     # re-parented to us (the subreaper), in a session of its own: no killpg reaches it
     assert st.ppid == os.getpid()
     assert st.sid != r.pid and st.pgid != r.pid
-    # what it still has of its agent: the spawn token in its environment
-    token = read_token(esc)
+    # what it still has of its agent: the spawn token in its environment (which reads
+    # empty while its exec of `sleep`, right after it told its pid, is under way)
+    deadline = time.monotonic() + 5
+    while (token := read_token(esc)) is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     assert token is not None and token_owner(token) == sup.containment.owner
     return r.pid, esc
 
@@ -317,3 +320,21 @@ def test_limits_become_the_cgroup_v2_values_of_the_enabled_controllers(tmp_path:
     tree.apply_limits(str(tmp_path), Limits(memory_mb=1, processes=2))
     assert (tmp_path / "memory.max").read_text() == "max"
     assert (tmp_path / "pids.max").read_text() == "2"
+
+
+async def test_an_orphan_without_a_token_is_judged_twice_before_it_is_killed(
+        sup: Supervisor) -> None:
+    """A process whose exec is under way reads an empty environment (no token): one pass
+    over /proc leaves an unknown token-less child alone, the next kills it."""
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_VARIABLE}
+    stray = subprocess.Popen(["sleep", "1000"], env=env)
+    try:
+        assert read_token(stray.pid) is None
+        assert await sup.containment._sweep_now() == 0
+        assert stray.poll() is None
+        assert await sup.containment._sweep_now() == 1
+        assert stray.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()

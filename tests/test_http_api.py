@@ -155,7 +155,7 @@ async def test_bad_requests_are_refused_with_a_clear_message_and_change_nothing(
             ("POST", "/agents", b"[1]", 400,
              "invalid params: the body must be a JSON object"),
             ("POST", "/agents", b'{"agents": {}, "force": true}', 400,
-             "invalid params: unknown field `force` (known: agents, check)"),
+             "invalid params: unknown field `force` (known: agents, check, cluster)"),
             # a path's agent cannot be widened by the body
             ("POST", "/agents/web-1/stop", b'{"all": true}', 400,
              "invalid params: unknown field `all`: this request takes no body fields"),

@@ -538,6 +538,9 @@ class Containment:
         # tokens issued, process not yet started -> their cgroup
         self._pending: dict[str, str | None] = {}
         self._orphan_fds: dict[int, int] = {}  # pidfd -> pid: killed orphans to reap
+        # orphans seen once with no token and no owner, as (pid, start time): a process
+        # whose exec is under way reads an empty environment, so it is judged again
+        self._unread: set[tuple[int, int]] = set()
         self._sweep_wanted = 0  # sweeps still owed (an exit owes two: now and next tick)
         self._sweep_task: asyncio.Task[int] | None = None
         self._last_sweep = 0.0
@@ -738,6 +741,7 @@ class Containment:
                      if st.ppid == me and st.state != "Z"])
         killed = 0
         leaders = {t.record.pid: t for t in self.live.values()}
+        unread, self._unread = self._unread, set()
         for st, token in found:
             if st.pid in self._by_pid or st.pid in SPARED:
                 continue  # a process we started ourselves, or one the embedder did
@@ -753,6 +757,9 @@ class Containment:
                 owner = self.live.get(token)
             if owner is not None:
                 owner.escapees[st.pid] = st.start_time
+            elif token is None and (st.pid, st.start_time) not in unread:
+                self._unread.add((st.pid, st.start_time))  # mid-exec? look once more
+                self._sweep_wanted = max(self._sweep_wanted, 1)
             elif st.pid not in self._orphan_fds.values():  # (not one already dying)
                 killed += self._kill_orphan(st.pid, st.start_time)
         if killed:
