@@ -31,6 +31,7 @@ from ..jsonrpc import RpcError
 from .autoscale import Decider, Decision, Policy
 from .config import AgentSpec
 from .lifecycle import SERVING, STOPPED, State
+from .tasks.host import AgentLike
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -39,17 +40,8 @@ if TYPE_CHECKING:
     from .tenants import Tenancy
 
 
-class Agent(Protocol):
-    """What the loop needs of an agent (core.Agent implements it)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def spec(self) -> AgentSpec: ...
-
-    @property
-    def replicas(self) -> list[Replica]: ...
+class Agent(AgentLike, Protocol):
+    """What the loop needs of an agent besides what tasks do (core.Agent implements it)."""
 
     @property
     def replacing(self) -> set[Replica]: ...
