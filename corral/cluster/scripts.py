@@ -118,6 +118,20 @@ redis.call('HSET', KEYS[1], 'progress', ARGV[2])
 return 1
 """
 
+# The attempt a node was running ends `lost` (unless it had ended meanwhile), shared by
+# TAKEOVER and RELEASE, whose KEYS[2] is the attempts list, ARGV[4] now, ARGV[5] the
+# reason.
+_END_LAST_ATTEMPT = """local last = redis.call('LINDEX', KEYS[2], -1)
+if last then
+  local a = cjson.decode(last)
+  if a['outcome'] == nil or a['outcome'] == 'running' then  -- (omitted: the default)
+    a['outcome'] = 'lost'
+    a['error'] = ARGV[5]
+    a['finished'] = tonumber(ARGV[4])
+    redis.call('LSET', KEYS[2], -1, cjson.encode(a))
+  end
+end"""
+
 # A reaper found an entry pending with a consumer whose liveness key is gone: the task
 # it was running is re-run (queued again under a new entry, its fence withdrawn) while its
 # retries last, else it ends `lost`. Checked here, atomically: the consumer is still
@@ -147,29 +161,16 @@ if rec[1] == 'queued' then
   return 'requeued'
 end
 if rec[1] ~= 'running' or rec[3] ~= ARGV[3] then return false end
-local last = redis.call('LINDEX', KEYS[2], -1)
-if last then
-  local a = cjson.decode(last)
-  if a['outcome'] == nil or a['outcome'] == 'running' then  -- (omitted: the default)
-    a['outcome'] = 'lost'
-    a['error'] = ARGV[5]
-    a['finished'] = tonumber(ARGV[4])
-    redis.call('LSET', KEYS[2], -1, cjson.encode(a))
-  end
-end
+{_END_LAST_ATTEMPT}
 redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
 local retries = tonumber(rec[4]) or 0
-if orphan then
+if orphan or retries > 0 then
   local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[1])
   redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '',
     'entry', entry)
-  return 'requeued'
-end
-if retries > 0 then
-  local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[1])
-  redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '',
-    'retries_left', retries - 1, 'entry', entry)
+  -- an orphan spends no retry: nothing it ran failed
+  if not orphan then redis.call('HSET', KEYS[1], 'retries_left', retries - 1) end
   return 'requeued'
 end
 redis.call('HSET', KEYS[1], 'status', 'lost', 'fence', '0', 'finished', ARGV[4],
@@ -187,16 +188,7 @@ return 'lost'
 RELEASE = f"""
 local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
 if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
-local last = redis.call('LINDEX', KEYS[2], -1)
-if last then
-  local a = cjson.decode(last)
-  if a['outcome'] == nil or a['outcome'] == 'running' then
-    a['outcome'] = 'lost'
-    a['error'] = ARGV[5]
-    a['finished'] = tonumber(ARGV[4])
-    redis.call('LSET', KEYS[2], -1, cjson.encode(a))
-  end
-end
+{_END_LAST_ATTEMPT}
 redis.call('XACK', KEYS[3], '{GROUP}', ARGV[3])
 redis.call('XDEL', KEYS[3], ARGV[3])
 local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[2])
