@@ -15,6 +15,7 @@ from corral.cluster.scripts import Scripts
 from corral.supervisor.config import ClusterSettings
 
 from ..redis_harness import RedisServer
+from ..test_gateway_stdio import wait_until_async
 
 TTL, BEAT = 0.6, 0.15
 
@@ -26,11 +27,15 @@ def member(redis: RedisServer, node: str, said: list[str]) -> Membership:
                       lambda: (4, 1, ["greeter"]), said.append)
 
 
-async def until(cond: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
+async def joined_watching_fences(redis: RedisServer) -> tuple[Membership, list[str],
+                                                                 list[str]]:
+    """Node a, joined, with what it said and the incarnations it fenced."""
+    said: list[str] = []
+    fenced: list[str] = []
+    a = member(redis, "a", said)
+    a.on_fence.append(fenced.append)
+    await a.join()
+    return a, said, fenced
 
 
 async def test_a_node_is_alive_while_it_beats_and_dead_a_ttl_after(
@@ -65,11 +70,7 @@ async def test_a_node_is_alive_while_it_beats_and_dead_a_ttl_after(
 
 async def test_an_expired_key_fences_the_node_and_it_joins_as_a_new_incarnation(
         redis: RedisServer) -> None:
-    said: list[str] = []
-    a = member(redis, "a", said)
-    fenced: list[str] = []
-    a.on_fence.append(fenced.append)
-    await a.join()
+    a, said, fenced = await joined_watching_fences(redis)
     # what a node paused past its TTL finds when it wakes: its key is gone
     await a.redis.delete(a.keys.alive(a.consumer))
     await a.step()
@@ -83,21 +84,17 @@ async def test_an_expired_key_fences_the_node_and_it_joins_as_a_new_incarnation(
 
 async def test_redis_away_fences_after_two_ttl_and_the_node_rejoins_by_itself(
         redis: RedisServer) -> None:
-    said: list[str] = []
-    a = member(redis, "a", said)
-    fenced: list[str] = []
-    a.on_fence.append(fenced.append)
-    await a.join()
+    a, said, fenced = await joined_watching_fences(redis)
     beating = asyncio.ensure_future(a.run())
     try:
         redis.kill()
-        await until(lambda: a.error is not None)
+        await wait_until_async(lambda: a.error is not None, 10)
         assert a.state == "member"  # not before 2 x TTL
-        await until(lambda: a.state == "fenced", 2 * TTL + 2)
+        await wait_until_async(lambda: a.state == "fenced", 2 * TTL + 2)
         assert fenced == ["a/1"]
         assert any("no renewal for 1.2 s (2 x node_ttl)" in s for s in said), said
         redis.start()  # the same port and AOF: the incarnation counter survived
-        await until(lambda: a.state == "member", 10)
+        await wait_until_async(lambda: a.state == "member", 10)
         assert a.error is None and a.consumer == "a/2"
         assert "cluster: Redis answers again" in said
     finally:
