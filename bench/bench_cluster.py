@@ -36,7 +36,16 @@ from typing import Any
 import msgspec
 import psutil
 
-from .harness import ENV, PY, ROOT, CorralDaemon, corral_agents, free_port, report
+from .harness import (
+    ENV,
+    PY,
+    ROOT,
+    CorralDaemon,
+    corral_agents,
+    free_port,
+    pipelined_tasks,
+    report,
+)
 
 QUICK = "--quick" in sys.argv
 LATENCY_TASKS = 300 if QUICK else 1000
@@ -159,33 +168,6 @@ def latency(base: Path, redis: Redis) -> dict[str, Any]:
             "over_local_p99_ms": round(cr["p99_ms"] - lo["p99_ms"], 3)}
 
 
-def pipelined(path: Path, total: int, local: bool, window: int = 256) -> float:
-    """`total` echo tasks through one socket with `window` in flight; seconds taken."""
-    sock = socket.socket(socket.AF_UNIX)
-    sock.connect(str(path))
-    f = sock.makefile("rb")
-    enc = msgspec.json.Encoder()
-    sent = got = 0
-    t0 = time.perf_counter()
-    while got < total:
-        batch = []
-        while sent < total and sent - got < window:
-            batch.append(enc.encode({"jsonrpc": "2.0", "id": sent, "method": "tasks.run",
-                                     "params": {"agent": "echo", "input": {"n": sent},
-                                                "local": local}}) + b"\n")
-            sent += 1
-        if batch:
-            sock.sendall(b"".join(batch))
-        line = f.readline()
-        if b'"method"' in line[:40]:  # task.accepted
-            continue
-        assert b'"succeeded"' in line, line[:300]
-        got += 1
-    took = time.perf_counter() - t0
-    sock.close()
-    return took
-
-
 def throughput(base: Path, redis: Redis) -> dict[str, Any]:
     echo = corral_agents(2, [PY, str(ECHO)], "echo", "max_concurrent_tasks = 64\n"
                                                      "max_queue = 100000\n")
@@ -196,10 +178,10 @@ def throughput(base: Path, redis: Redis) -> dict[str, Any]:
     try:
         time.sleep(2)  # every node has beaten and seen the others
         for local in (True, False, True, False):
-            took: list[float] = [0.0] * len(ds)
-
-            def load(i: int, local: bool = local, took: list[float] = took) -> None:
-                took[i] = pipelined(ds[i].sock, THROUGHPUT_TASKS, local)
+            def load(i: int, local: bool = local) -> None:
+                with socket.socket(socket.AF_UNIX) as sock:
+                    sock.connect(str(ds[i].sock))
+                    pipelined_tasks(sock, THROUGHPUT_TASKS, params={"local": local})
 
             threads = [threading.Thread(target=load, args=(i,)) for i in range(len(ds))]
             t0 = time.perf_counter()

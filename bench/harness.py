@@ -87,10 +87,13 @@ class CorralDaemon:
         self.notify.close()
 
 
-def pipelined_tasks(sock: socket.socket, total: int, window: int = 256) -> float:
+def pipelined_tasks(sock: socket.socket, total: int, window: int = 256,
+                    params: dict[str, Any] | None = None) -> float:
     """Run `total` echo tasks through a control socket with `window` of them in flight;
     tasks per second. Only replies are counted: each `tasks.run` also sends a
-    `task.accepted` notification first (counting it as a reply would double the rate)."""
+    `task.accepted` notification first (counting it as a reply would double the rate);
+    each must have succeeded (a failure counted would flatter the rate). `params`: more
+    of `tasks.run`'s params (`local`, ...)."""
     f = sock.makefile("rb")
     enc = msgspec.json.Encoder()
     sent = got = 0
@@ -99,14 +102,15 @@ def pipelined_tasks(sock: socket.socket, total: int, window: int = 256) -> float
         batch = []
         while sent < total and sent - got < window:
             batch.append(enc.encode({"jsonrpc": "2.0", "id": sent, "method": "tasks.run",
-                                     "params": {"agent": "echo", "input": {"n": sent}}})
-                         + b"\n")
+                                     "params": {"agent": "echo", "input": {"n": sent}}
+                                     | (params or {})}) + b"\n")
             sent += 1
         if batch:
             sock.sendall(b"".join(batch))
         line = f.readline()
         if b'"method"' in line[:40]:  # a notification (task.accepted), not a reply
             continue
+        assert b'"succeeded"' in line, line[:300]
         got += 1
     return total / (time.perf_counter() - t0)
 
