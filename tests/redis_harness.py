@@ -17,8 +17,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from .daemon_harness import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -95,10 +93,3 @@ def redis_server(directory: Path) -> Iterator[RedisServer]:
     finally:
         server.kill()
 
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    # ./test.sh installs it (scripts/redis.sh): missing, the setup is broken, not the test
-    assert REDIS_SERVER is not None, "redis-server is not installed: . scripts/redis.sh"
-    with redis_server(tmp_path / "redis") as server:
-        yield server
