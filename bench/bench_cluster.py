@@ -117,6 +117,14 @@ class Client:
         self.sock.close()
 
 
+def wait_alive(c: Client, count: int, timeout: float = 30.0) -> None:
+    """Until `count` nodes are alive in the cluster, as node `c` lists them."""
+    deadline = time.monotonic() + timeout
+    while sum(n["alive"] for n in c.call("nodes.list", {})["nodes"]) < count:
+        assert time.monotonic() < deadline, f"{count} nodes never alive"
+        time.sleep(0.1)
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
@@ -135,10 +143,7 @@ def latency(base: Path, redis: Redis) -> dict[str, Any]:
     try:
         ca, cb = Client(a.sock), Client(b.sock)
         # both nodes listed, the agent served: the first cluster task is not refused
-        deadline = time.monotonic() + 30
-        while len([n for n in ca.call("nodes.list", {})["nodes"] if n["alive"]]) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_alive(ca, 2)
         local: list[float] = []
         cross: list[float] = []
         for i in range(50):  # warm both paths
@@ -176,7 +181,9 @@ def throughput(base: Path, redis: Redis) -> dict[str, Any]:
         d.start()
     out: dict[str, Any] = {}
     try:
-        time.sleep(2)  # every node has beaten and seen the others
+        c = Client(ds[0].sock)
+        wait_alive(c, len(ds))
+        c.close()
         for local in (True, False, True, False):
             def load(i: int, local: bool = local) -> None:
                 with socket.socket(socket.AF_UNIX) as sock:
@@ -264,7 +271,7 @@ def takeover(base: Path, redis: Redis) -> dict[str, Any]:
         d.start()
     try:
         ca = Client(ds["a"].sock)
-        time.sleep(2)
+        wait_alive(ca, len(ds))
         for run in range(TAKEOVERS):
             accepted = ca.call("tasks.run", {"agent": "sleepy", "detach": True,
                                              "input": {"do": "sleep", "seconds": 8}})
@@ -299,7 +306,7 @@ def takeover(base: Path, redis: Redis) -> dict[str, Any]:
             ds[victim] = node(base, victim, sleeper, redis)
             ds[victim].start()
             print(f"takeover {run + 1}: {times[-1]:.3f} s", flush=True)
-            time.sleep(2)  # the victim's new incarnation has joined
+            wait_alive(ca, len(ds))  # the victim's new incarnation has joined
         ca.close()
     finally:
         for d in ds.values():
