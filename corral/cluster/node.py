@@ -86,10 +86,14 @@ class ClusterNode:
         """What was taken from this incarnation is the cluster's now: its outcomes are
         not sent, and it stops here."""
         self.outbox.give_up(consumer)
-        for task in [t for t in self.tasks.active.values()
-                     if isinstance(t, ClusterTask) and t.consumer == consumer]:
-            if task.status not in TERMINAL:
-                self.tasks.cancel(task.id)
+        for task in self._held(consumer):
+            self.tasks.cancel(task.id)
+
+    def _held(self, consumer: str | None = None) -> list[ClusterTask]:
+        """The cluster tasks not yet ended here (claimed by `consumer`, if given)."""
+        return [t for t in self.tasks.active.values()
+                if isinstance(t, ClusterTask) and t.status not in TERMINAL
+                and consumer in (None, t.consumer)]
 
     # -- the loops --------------------------------------------------------------------
     def start(self) -> None:
@@ -185,9 +189,7 @@ class ClusterNode:
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self.outbox.flush(), self.settings.node_ttl)
         self.outbox.give_up(consumer)
-        held = [t for t in self.tasks.active.values()
-                if isinstance(t, ClusterTask) and t.consumer == consumer
-                and t.status not in TERMINAL]
+        held = self._held(consumer)
         if not held:
             return
         reason = f"node {self.node} stopped"
@@ -288,8 +290,7 @@ class ClusterNode:
 
     async def _cancels(self) -> None:
         """The running cluster tasks here that a node was asked to cancel."""
-        mine = [t for t in self.tasks.active.values()
-                if isinstance(t, ClusterTask) and t.status not in TERMINAL]
+        mine = self._held()
         if not mine:
             return
         pipe = self.redis.pipeline(transaction=False)

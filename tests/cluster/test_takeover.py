@@ -135,6 +135,8 @@ def test_a_node_stopped_gracefully_hands_its_tasks_back(tmp: Path,
         ids = submit(a, 6, 1.0)
         wait_until(lambda: running_on(b) == 2, what="b busy")
         assert b.stop() == 0
+        assert b.proc is not None and b.proc.stderr is not None
+        assert "cluster: 2 tasks handed back (node b stopped)" in b.proc.stderr.read().decode()
         done = outcomes(a, ids)
         assert [d["status"] for d in done] == ["succeeded"] * len(ids)
         assert outcomes(c, ids) == done
