@@ -104,6 +104,12 @@ def test_redis_away_refuses_submissions_and_loses_nothing_accepted(
         assert r.stderr.rstrip().endswith("): the task was not accepted"), r.stderr
         r = a.cli("nodes")
         assert r.returncode == 1 and "the nodes cannot be listed" in r.stderr
+        # a cancel is refused as plainly, and the task runs on (it succeeds below)
+        r = a.cli("cancel", ids[-1])
+        assert r.returncode == 1
+        assert r.stderr.startswith(f"corral: the cluster's Redis at {redis.url} is "
+                                   "unreachable ("), r.stderr
+        assert r.stderr.rstrip().endswith(f"): task {ids[-1]} was not cancelled"), r.stderr
         # local work goes on, and no node died of it
         assert b.run("sleepy", '{"do": "echo", "x": 1}', "--local").returncode == 0
         assert a.proc is not None and a.proc.poll() is None
