@@ -12,9 +12,11 @@ from typing import Any
 import msgspec
 
 from .. import methods as m
+from ..supervisor.tasks import TERMINAL as TASK_TERMINAL
 from ..supervisor.tasks import Attempt, TaskError
 
-TERMINAL = frozenset({b"succeeded", b"failed", b"timed_out", b"cancelled", b"lost"})
+# the engine's, as the record's status field holds them
+TERMINAL = frozenset(s.encode() for s in TASK_TERMINAL)
 NOT_STARTED = -1  # an attempt claimed by a node, not yet on one of its replicas
 
 _attempt = msgspec.json.Decoder(m.Attempt)
