@@ -593,19 +593,25 @@ def test_status_marks_an_unready_replica(capsys: pytest.CaptureFixture[str]) -> 
     from corral import methods as m
     from corral.cli.main import _print_status
 
-    def row(index: int, ready: bool | None, health: str | None) -> m.ReplicaStatus:
-        return m.ReplicaStatus(name="h", replica=index, state="idle", pid=100 + index,
-                               uptime=5.0, restarts=0, last_exit=None, reason="ready",
+    def row(index: int, ready: bool | None, health: str | None, state: str = "idle",
+            reason: str = "ready") -> m.ReplicaStatus:
+        return m.ReplicaStatus(name="h", replica=index, state=state, pid=100 + index,
+                               uptime=5.0, restarts=0, last_exit=None, reason=reason,
                                cpu_percent=0.0, rss_bytes=0, open_fds=3, tasks_running=0,
                                ready=ready, health=health)
 
     _print_status(m.AgentsStatusResult(agents=[
         row(0, True, None), row(1, False, 'readiness check "db" failed: refused'),
-        row(2, None, None)], mcp_servers=[], tasks={}), with_mcp=False)
+        row(2, None, None),
+        # not serving: unready says nothing more, its reason is the one shown
+        row(3, False, None, state="backoff", reason="restarting")],
+        mcp_servers=[], tasks={}), with_mcp=False)
     lines = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert [line[:3] for line in lines[1:]] == [
-        ["h#0", "idle", "100"], ["h#1", "idle", "(unready)"], ["h#2", "idle", "102"]]
+        ["h#0", "idle", "100"], ["h#1", "idle", "(unready)"], ["h#2", "idle", "102"],
+        ["h#3", "backoff", "103"]]
     assert lines[2][-6:] == ["unready:", "readiness", "check", '"db"', "failed:", "refused"]
+    assert lines[4][-1] == "restarting"
 
 
 # -- the SDK ----------------------------------------------------------------------------------
