@@ -317,6 +317,21 @@ def config_error(path: Path) -> str:
     return str(err.value)
 
 
+def commands_error(path: Path) -> str:
+    """What the check of the agents' commands (done at start and at reload) refuses."""
+    with pytest.raises(ConfigError) as err:
+        check_commands(load_config(path), str(path))
+    return str(err.value)
+
+
+def refused_at_start(cfg: Path, why: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The daemon refuses to start on that config, saying why, and binds nothing."""
+    from corral.daemon.daemon import Daemon
+    assert asyncio.run(Daemon(cfg).run()) == 1
+    assert capsys.readouterr().err == f"corral: invalid config: {cfg}: {why}\n"
+    assert not (cfg.parent / "corral.sock").exists()
+
+
 def test_config_errors_are_exact(tmp_path: Path) -> None:
     base = f'[agents.a]\ncommand = ["{PY}"]\n'
     cfg = write_config(tmp_path, base + 'sandbox = "docker"\n')
@@ -360,14 +375,9 @@ def test_without_bubblewrap_the_config_is_refused(tmp_path: Path,
     cfg = write_config(tmp_path, base, supervisor=f'bwrap = "{tmp_path}/no/bwrap"')
     why = (f"agents.a.sandbox: bubblewrap is not installed ({tmp_path}/no/bwrap not "
            f"found; Debian's package is bubblewrap)")
-    with pytest.raises(ConfigError) as err:
-        check_commands(load_config(cfg), str(cfg))
-    assert str(err.value) == f"{cfg}: {why}"
+    assert commands_error(cfg) == f"{cfg}: {why}"
     # the daemon refuses to start, saying so
-    from corral.daemon.daemon import Daemon
-    assert asyncio.run(Daemon(cfg).run()) == 1
-    assert capsys.readouterr().err == f"corral: invalid config: {cfg}: {why}\n"
-    assert not (tmp_path / "corral.sock").exists()
+    refused_at_start(cfg, why, capsys)
 
 
 @pytest.mark.deadline(60)
@@ -452,21 +462,14 @@ def test_a_sandboxed_agent_may_not_hold_corrals_files_in_its_directory(
     cfg = write_config(tmp_path, f'[agents.a]\ncommand = ["{PY}"]\nsandbox = "bwrap"\n')
     why = (f"agents.a.cwd: {tmp_path} is writable in the sandbox and holds corral's config "
            f"file ({cfg}): give the agent a cwd of its own")
-    with pytest.raises(ConfigError) as err:
-        check_commands(load_config(cfg), str(cfg))
-    assert str(err.value) == f"{cfg}: {why}"
-    from corral.daemon.daemon import Daemon
-    assert asyncio.run(Daemon(cfg).run()) == 1
-    assert capsys.readouterr().err == f"corral: invalid config: {cfg}: {why}\n"
-    assert not (tmp_path / "corral.sock").exists()
+    assert commands_error(cfg) == f"{cfg}: {why}"
+    refused_at_start(cfg, why, capsys)
     # nor the includes' directory (a new file there is a new agent at the next reload)
     (tmp_path / "agents" / "conf.d").mkdir(parents=True)
     cfg = write_config(tmp_path, f'[agents.a]\ncommand = ["{PY}"]\nsandbox = "bwrap"\n'
                                  f'cwd = "{tmp_path}/agents"\n',
                        supervisor='include = ["agents/conf.d/*.toml"]')
-    with pytest.raises(ConfigError) as err:
-        check_commands(load_config(cfg), str(cfg))
-    assert str(err.value) == (
+    assert commands_error(cfg) == (
         f"{cfg}: agents.a.cwd: {tmp_path}/agents is writable in the sandbox and holds the "
         f"config's includes ({tmp_path}/agents/conf.d): give the agent a cwd of its own")
 
