@@ -23,25 +23,31 @@ from corral.daemon.tokens import tokens_of
 from corral.jsonrpc import RpcError
 from corral.methods import REGISTRY
 from corral.supervisor import State
-from corral.supervisor.config import ConfigError, load_config
+from corral.supervisor.config import load_config
 
 from .conftest import EXAMPLES, NOBODY_PY, ROOT, nobody_reason
 from .daemon_harness import PY, free_port, hello, in_process, shared_tmpdir
 from .daemon_harness import Daemon as DaemonProcess
+from .test_sandbox import config_error
 from .test_tokens import cli
 
 OPERATOR = Caller(via="socket")
 
 
-def sleeper(name: str, tenant: str, extra: str = "") -> str:
+def tenant_agent(name: str, tenant: str, program: Path | str, extra: str = "") -> str:
+    """An agent of the tenant running the Python script `program`."""
     return textwrap.dedent(f"""
         [agents.{name}]
-        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
+        command = ["{PY}", "{program}"]
         env = {{ PYTHONPATH = "{ROOT}" }}
         tenant = "{tenant}"
-        max_concurrent_tasks = 4
-        stop_timeout = 10.0
     """) + textwrap.dedent(extra)
+
+
+def sleeper(name: str, tenant: str, extra: str = "") -> str:
+    """An agent of examples/misbehave.py: it does what each task's input says."""
+    return tenant_agent(name, tenant, f"{EXAMPLES}/misbehave.py",
+                        "max_concurrent_tasks = 4\nstop_timeout = 10.0\n" + extra)
 
 
 async def refused(d: Daemon, caller: Caller, method: str, params: Any = None
@@ -80,21 +86,16 @@ def test_a_config_names_its_tenants_and_an_unknown_one_is_refused_exactly(
     assert (cfg.agents["a"].tenant, cfg.agents["b"].tenant) == ("acme", "default")
 
     path.write_text('[agents.a]\ncommand = "true"\ntenant = "nope"\n')
-    with pytest.raises(ConfigError) as e:
-        load_config(path)
-    assert str(e.value) == (f"{path}: agents.a.tenant: no tenant nope (declared: default)")
+    assert config_error(path) == (f"{path}: agents.a.tenant: no tenant nope "
+                                  "(declared: default)")
 
     path.write_text("[tenants.acme]\nmax_memory_mb = 256\nmemory_high_mb = 512\n")
-    with pytest.raises(ConfigError) as e:
-        load_config(path)
-    assert str(e.value) == (f"{path}: tenants.acme: memory_high_mb 512 is above "
-                            "max_memory_mb 256")
+    assert config_error(path) == (f"{path}: tenants.acme: memory_high_mb 512 is above "
+                                  "max_memory_mb 256")
 
     path.write_text("[tenants.acme]\nmax_replica = 4\n")
-    with pytest.raises(ConfigError) as e:
-        load_config(path)
-    assert str(e.value) == (f"{path}: tenants.acme: Object contains unknown field "
-                            "`max_replica` (did you mean `max_replicas`?)")
+    assert config_error(path) == (f"{path}: tenants.acme: Object contains unknown field "
+                                  "`max_replica` (did you mean `max_replicas`?)")
 
 
 # -- quotas ---------------------------------------------------------------------------------
@@ -633,10 +634,9 @@ def test_an_agent_takes_its_tenants_sandbox_and_network_unless_it_sets_its_own(
     # the tenant's network needs a sandbox, as an agent's own does
     path.write_text('[tenants.t]\nnetwork = "none"\n[agents.a]\ncommand = "true"\n'
                     'tenant = "t"\n')
-    with pytest.raises(ConfigError) as e:
-        load_config(path)
-    assert str(e.value) == (f'{path}: agents.a.network: network = "none" needs sandbox = '
-                            '"bwrap" (without a sandbox an agent shares the host\'s network)')
+    assert config_error(path) == (f'{path}: agents.a.network: network = "none" needs '
+                                  'sandbox = "bwrap" (without a sandbox an agent shares the '
+                                  "host's network)")
 
 
 @pytest.mark.deadline(120)
@@ -669,14 +669,8 @@ async def test_a_tenants_sandbox_runs_its_agents_in_bubblewrap(tmp_path: Path) -
 
 # -- memory and CPU, by sampling --------------------------------------------------------------
 def holder(name: str, tenant: str) -> str:
-    return textwrap.dedent(f"""
-        [agents.{name}]
-        command = ["{PY}", "{Path(__file__).with_name('sandbox_agent.py')}"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        tenant = "{tenant}"
-        stop_timeout = 5.0
-        backoff_initial = 0.05
-    """)
+    return tenant_agent(name, tenant, Path(__file__).with_name("sandbox_agent.py"),
+                        "stop_timeout = 5.0\nbackoff_initial = 0.05\n")
 
 
 @pytest.mark.deadline(120)
