@@ -34,12 +34,14 @@ from .test_tokens import cli
 OPERATOR = Caller(via="socket")
 
 
-def tenant_agent(name: str, tenant: str, program: Path | str, extra: str = "") -> str:
-    """An agent of the tenant running the Python script `program`."""
+def tenant_agent(name: str, tenant: str, program: Path | str, extra: str = "", *,
+                 python: str = PY, sdk: Path = ROOT) -> str:
+    """An agent of the tenant running the Python script `program` (with corral's SDK
+    `sdk` on its path)."""
     return textwrap.dedent(f"""
         [agents.{name}]
-        command = ["{PY}", "{program}"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
+        command = ["{python}", "{program}"]
+        env = {{ PYTHONPATH = "{sdk}" }}
         tenant = "{tenant}"
     """) + textwrap.dedent(extra)
 
