@@ -80,11 +80,16 @@ def config(tree: Path) -> str:
     """)
 
 
-def b_phase(c: Client, until: Any = None) -> tuple[list[float], int]:
+def b_phase(c: Client, until: Any = None, timeout: float = 80.0) -> tuple[list[float], int]:
     """B's steady load: a task at a time, PACE apart; B_TASKS of them, and on while
-    `until()` is false. Returns the latencies and the failed count."""
+    `until()` is false (for at most `timeout` seconds: a hang fails this test, not the
+    run). Returns the latencies and the failed count."""
     latencies, failed = [], 0
+    deadline = time.monotonic() + timeout
     while len(latencies) < B_TASKS or (until is not None and not until()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"B's phase still running after {timeout:g} s "
+                                 f"({len(latencies)} tasks)")
         t0 = time.perf_counter()
         res = c.call("tasks.run", {"agent": "b1", "input": {"do": "echo",
                                                             "i": len(latencies)}})
