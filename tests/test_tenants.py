@@ -28,6 +28,7 @@ from corral.supervisor.config import load_config
 from .conftest import EXAMPLES, NOBODY_PY, ROOT, nobody_reason
 from .daemon_harness import PY, free_port, hello, in_process, shared_tmpdir
 from .daemon_harness import Daemon as DaemonProcess
+from .test_gateway_stdio import wait_until_async
 from .test_sandbox import config_error
 from .test_tokens import cli
 
@@ -205,8 +206,8 @@ rate_per_minute = 2
         wait = {"do": "await", "path": str(marker)}
         # two run at once over the tenant's two agents; the others wait in their queues
         ids = [(await _run(d, a, wait, detach=True)).task_id for a in ("s1", "s2", "s1", "s2")]
-        await asyncio.wait_for(_until(lambda: sup.tasks.running("s1")
-                                      + sup.tasks.running("s2") == 2), 10)
+        await wait_until_async(lambda: sup.tasks.running("s1") + sup.tasks.running("s2")
+                               == 2, timeout=10)
         assert sup.tasks.queue.depth("s1") + sup.tasks.queue.depth("s2") == 2
         code, text = await refused(d, OPERATOR, "tasks.run", msgspec.json.encode(
             {"agent": "s2", "input": wait, "detach": True}))
@@ -227,11 +228,6 @@ rate_per_minute = 2
             {"agent": "r1", "input": {"do": "echo"}}))
         assert (code, text) == (jsonrpc.REFUSED, "tenant slow: rate_per_minute 2 reached; "
                                 "a task for r1 waits for the next minute's room")
-
-
-async def _until(cond: Any) -> None:
-    while not cond():
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.deadline(120)
@@ -678,8 +674,6 @@ def holder(name: str, tenant: str) -> str:
 @pytest.mark.deadline(120)
 async def test_a_tenant_over_its_memory_has_its_largest_replica_restarted_in_order(
         tmp_path: Path) -> None:
-    from .test_gateway_stdio import wait_until_async
-
     toml = "[tenants.acme]\nmax_memory_mb = 150\n[tenants.other]\n"
     agents = holder("big", "acme") + holder("small", "acme") + holder("else", "other")
     async with in_process(tmp_path, agents, toml) as d:
