@@ -25,6 +25,7 @@ from corral.supervisor.sandbox import (
     exit_status,
     host_refusal,
     program_paths,
+    sandboxed,
     userns_forbidden,
 )
 
@@ -403,6 +404,43 @@ async def test_agents_added_at_runtime_are_checked(tmp_path: Path) -> None:
             f"agents.add: agents.x.sandbox: bubblewrap is not installed ({tmp_path}/no-bwrap "
             f"not found; Debian's package is bubblewrap)")
         assert "x" not in sup.agents
+
+
+def test_a_bubblewrap_that_fails_is_refused_with_what_it_said(tmp_path: Path) -> None:
+    """A host where bwrap runs but makes no sandbox: its last line, and the setting that
+    forbids user namespaces where one does; one that cannot be run at all: the error."""
+    bwrap = tmp_path / "bwrap"
+    bwrap.write_text("#!/bin/sh\necho starting >&2\necho 'bwrap: setting up uid map: "
+                     "Permission denied' >&2\nexit 1\n")
+    bwrap.chmod(0o755)
+    sysctl = tmp_path / "sys"
+    (sysctl / "user").mkdir(parents=True)
+    assert host_refusal(str(bwrap), None, sysctl=sysctl) == (
+        "bubblewrap cannot make a sandbox on this host: bwrap: setting up uid map: "
+        "Permission denied")
+    (sysctl / "user" / "max_user_namespaces").write_text("0\n")
+    assert host_refusal(str(bwrap), None, sysctl=sysctl) == (
+        "user namespaces are forbidden on this host (user.max_user_namespaces = 0); "
+        "bubblewrap needs one to sandbox a process (bwrap: setting up uid map: "
+        "Permission denied)")
+    bwrap.write_text("#!/bin/sh\nexit 3\n")  # says nothing: its status
+    assert host_refusal(str(bwrap), None, sysctl=tmp_path / "none") == (
+        "bubblewrap cannot make a sandbox on this host: status 3")
+    bwrap.write_text(f"#!{tmp_path}/no/interpreter\n")
+    why = host_refusal(str(bwrap), None, sysctl=tmp_path / "none")
+    assert why is not None and why.startswith(
+        f"bubblewrap could not be run ({bwrap}): [Errno 2] No such file or directory"), why
+
+
+def test_a_gateway_network_without_the_gateways_socket_is_refused(tmp_path: Path) -> None:
+    bwrap = tmp_path / "bwrap"
+    bwrap.write_text("#!/bin/sh\n")
+    bwrap.chmod(0o755)
+    with pytest.raises(OSError) as err:
+        sandboxed([PY], program=str(bwrap), cwd=str(tmp_path), env={}, network="gateway",
+                  root=False, read_only=[])
+    assert str(err.value) == ('network = "gateway": the MCP gateway has no unix socket '
+                              '([gateway] listen = "unix:PATH") to bind in')
 
 
 def test_user_namespaces_forbidden_are_named(tmp_path: Path) -> None:
