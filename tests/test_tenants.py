@@ -19,11 +19,12 @@ from corral import jsonrpc
 from corral import methods as m
 from corral.daemon.api import Caller
 from corral.daemon.daemon import Daemon
+from corral.daemon.tenants import groups_of
 from corral.daemon.tokens import tokens_of
 from corral.jsonrpc import RpcError
 from corral.methods import REGISTRY
 from corral.supervisor import State
-from corral.supervisor.config import load_config
+from corral.supervisor.config import TenantSpec, load_config
 
 from .conftest import EXAMPLES, NOBODY_PY, ROOT, nobody_reason
 from .daemon_harness import PY, free_port, hello, in_process, shared_tmpdir
@@ -530,6 +531,19 @@ s.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": sys.argv[2],
                       "params": json.loads(sys.argv[3])}).encode() + b"\\n")
 print(s.makefile("rb").readline().decode())
 """
+
+
+def test_a_tenants_group_that_does_not_exist_is_reported_and_maps_no_peer() -> None:
+    said: list[tuple[str, int]] = []
+
+    def report(line: str, priority: int = 6) -> None:
+        said.append((line, priority))
+
+    specs = {"a": TenantSpec(group="corral-no-such-group"), "b": TenantSpec(group="root"),
+             "c": TenantSpec()}
+    assert groups_of(specs, report) == {0: "b"}
+    assert said == [("tenant a: group corral-no-such-group does not exist; no socket peer "
+                     "is of this tenant by its group", 4)]
 
 
 @pytest.mark.skipif(nobody_reason() is not None, reason=nobody_reason() or "")
