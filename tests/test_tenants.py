@@ -5,6 +5,7 @@ callers of one tenant, who see and touch nothing of another's. Against the real 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -285,6 +286,25 @@ async def test_runtime_tenants_and_changes_outlive_the_daemon(tmp_path: Path) ->
     # the file changed the tenant: the file wins
     async with in_process(tmp_path, hello("a1"), "[tenants.acme]\nmax_replicas = 8\n") as d:
         assert d.services.sup.tenancy.specs["acme"].max_replicas == 8
+
+
+@pytest.mark.deadline(120)
+async def test_a_stored_tenant_that_no_longer_parses_is_skipped_and_said(
+        tmp_path: Path) -> None:
+    async with in_process(tmp_path, hello("a1")) as d:
+        await call(d, "tenants.add", {"tenants": {"gamma": {"max_agents": 1},
+                                                  "delta": {"max_agents": 2}}})
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "corral.db")) as db, db:
+        db.execute("UPDATE runtime_tenants SET spec = ? WHERE name = 'gamma'",
+                   ('{"max_agent": 1}',))
+    async with in_process(tmp_path, hello("a1")) as d:
+        # the others still apply
+        assert sorted(d.services.sup.tenancy.specs) == ["delta"]
+        said = [ln.text for ln in d.services.hub.tail(["corral"], 1000, None)]
+        assert ("skipped tenant gamma: state database: tenants.gamma: Object contains "
+                "unknown field `max_agent` (did you mean `max_agents`?)") in said, said
 
 
 def test_a_config_without_tenants_has_only_the_default_one(tmp_path: Path) -> None:
