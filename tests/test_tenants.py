@@ -307,6 +307,21 @@ async def test_a_stored_tenant_that_no_longer_parses_is_skipped_and_said(
                 "unknown field `max_agent` (did you mean `max_agents`?)") in said, said
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run an agent as a tenant's user")
+@pytest.mark.deadline(120)
+async def test_a_tenant_log_directory_that_cannot_be_made_leaves_the_log_in_log_dir(
+        tmp_path: Path) -> None:
+    logs = tmp_path / "state" / "logs"
+    logs.mkdir(parents=True, mode=0o700)
+    (logs / "tenants").write_text("a file where the tenants' directories go\n")
+    toml = '[tenants.t]\nuser = "root"\n'
+    async with in_process(tmp_path, hello("a1", extra='tenant = "t"\n'), toml) as d:
+        said = [ln.text for ln in d.services.hub.tail(["corral"], 1000, None)]
+        assert (f"tenant t: cannot make its log directory {logs}/tenants/t (File exists); "
+                f"its processes log to {logs}") in said, said
+        assert d.services.hub.path_of("a1") == logs / "a1.log"
+
+
 def test_a_config_without_tenants_has_only_the_default_one(tmp_path: Path) -> None:
     path = tmp_path / "corral.toml"
     path.write_text('[agents.a]\ncommand = "true"\n')
