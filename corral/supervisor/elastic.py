@@ -133,7 +133,6 @@ class Elastic:
         self._loop: asyncio.Task[None] | None = None
         self._changes: set[asyncio.Future[None]] = set()  # changes of counts under way
         self.ticks = 0
-        self.busy_seconds = 0.0  # the loop's own work, for the bench
         # with [cluster]: this node's share of each agent's tasks waiting in the
         # cluster's streams, counted as load beside its own queue (cluster/backlog.py)
         self.backlog: dict[str, int] = {}
@@ -195,12 +194,10 @@ class Elastic:
             await asyncio.sleep(self.sup.heartbeat_interval)
             if not self.entries:
                 continue
-            t0 = time.perf_counter()
             try:
                 self.tick(time.monotonic())
             except Exception:
                 log.exception("autoscaler tick failed")
-            self.busy_seconds += time.perf_counter() - t0
             self.ticks += 1
 
     def tick(self, now: float) -> None:
