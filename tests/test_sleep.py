@@ -25,7 +25,7 @@ from corral.supervisor.elastic import ASLEEP, AWAKE, Scaling
 
 from .conftest import EXAMPLES, PY, ROOT, agent
 from .daemon_harness import in_process
-from .test_autoscale import decisions
+from .test_autoscale import decisions, ticks_pass
 
 
 def wire(result: Any, kind: type[Any]) -> Any:
@@ -259,11 +259,7 @@ async def test_a_wake_the_fleet_has_no_room_for_waits_and_is_told_once() -> None
         assert (held.previous, held.replicas, held.desired) == (0, 0, 1)
         assert held.reason == ("woken by 1 task; held at 0 by max_replicas = 1 (a "
                                "[supervisor] setting)")
-        ticks = s.elastic.ticks
-        for _ in range(200):
-            if s.elastic.ticks >= ticks + 10:
-                break
-            await asyncio.sleep(0.02)  # polling the loop's own tick count, bounded
+        await ticks_pass(s, 10)
         assert [d.direction for d in got].count("held") == 1 and task.status == "queued"
         # room again: the next tick wakes it, and the task runs
         await s.remove("hog")
