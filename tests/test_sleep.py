@@ -115,6 +115,31 @@ async def test_a_worker_that_does_not_answer_hibernate_is_stopped_anyway(
             b"checkpointed") in lines
 
 
+async def test_a_worker_whose_hibernate_fails_is_stopped_anyway_and_says_why(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """The hook raises: the worker answers with an error, not a checkpoint; it is stopped
+    all the same (to zero, as hibernate_after asks), and its log says why."""
+    script = tmp_path / "bad_hibernate.py"
+    script.write_text(textwrap.dedent("""
+        from corral.worker import run
+
+        def on_hibernate(state):
+            raise RuntimeError("disk full")
+
+        run(lambda task_input, ctx: {}, on_hibernate=on_hibernate)
+    """))
+    got = decisions(sup)
+    sup.add(agent("bad", command=[PY, str(script)], hibernate_after=0.2))
+    lines: list[bytes] = []
+    sup.stream.subscribe(lambda e: lines.extend(e.lines), LogLines)
+    r = await sup.wait_state("bad", State.READY)
+    hib = await got.until(lambda s: s.direction == "hibernate", 20.0)
+    assert (hib.previous, hib.replicas) == (1, 0) and r.state == State.TERMINATED
+    assert sup.agent("bad").replicas == [] and ("bad", 0) not in sup.checkpoints
+    assert (b"hibernate failed (RuntimeError: disk full): stopped anyway, its state as "
+            b"last checkpointed") in lines
+
+
 # -- through the daemon -----------------------------------------------------------------
 def sleepy_toml(name: str) -> str:
     return textwrap.dedent(f"""
