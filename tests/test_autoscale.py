@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from corral import jsonrpc
 from corral.supervisor import State, Supervisor, SupervisorError
 from corral.supervisor.autoscale import Decider, Decision, Policy, Window
-from corral.supervisor.config import Autoscale, ConfigError, load_config
+from corral.supervisor.config import Autoscale, ConfigError, TenantSpec, load_config
 from corral.supervisor.elastic import Scaling
 from corral.supervisor.lifecycle import SERVING
 
@@ -356,3 +356,26 @@ async def test_fleet_max_replicas_holds_the_autoscaler() -> None:
         await ticks_pass(s, 10)
         assert [d.direction for d in got] == ["up", "held"]
         assert s.elastic.counts == {("cap", "up"): 1, ("cap", "held"): 1}
+
+
+async def test_a_tenants_max_replicas_holds_the_autoscaler() -> None:
+    """The tenant's quota bounds the rise as the fleet's does, and its hold is told once."""
+    async with Supervisor(heartbeat_interval=0.05) as s:
+        s.tenancy.put("acme", TenantSpec(max_replicas=2))
+        got = decisions(s)
+        s.add(agent("cap", "misbehave.py", tenant="acme", autoscale=Autoscale(
+            min_replicas=1, max_replicas=4, upscale_delay=0.0, downscale_delay=30.0)))
+        await s.wait_state("cap", State.READY)
+        for _ in range(4):
+            s.tasks.submit("cap", {"do": "sleep", "seconds": 5})
+        up = await got.until(lambda d: True, 10.0)
+        assert (up.direction, up.previous, up.replicas, up.desired) == ("up", 1, 2, 4)
+        assert up.reason == ("load 4 over 1 replica (target_load 1) for 0 s; held at 2 by "
+                             "tenant acme's max_replicas = 2")
+        held = await got.until(lambda d: d.direction == "held", 10.0)
+        assert (held.previous, held.replicas, held.desired) == (2, 2, 4)
+        assert held.reason == ("load 4 over 2 replicas (target_load 1) for 0 s; held at 2 "
+                               "by tenant acme's max_replicas = 2")
+        await ticks_pass(s, 10)
+        assert len(s.agent("cap").replicas) == 2
+        assert [d.direction for d in got] == ["up", "held"]
