@@ -276,21 +276,12 @@ class Elastic:
         target = d.desired
         try:
             if up:
-                room = self.sup.max_replicas - sum(len(a.replicas)
-                                                   for a in self.sup.agents.values())
-                if current + room < target:  # as far as the fleet's max_replicas allows
-                    target = max(current, current + room)
-                    reason += (f"; held at {target} by max_replicas = "
-                               f"{self.sup.max_replicas} (a [supervisor] setting)")
-                    if target == current:
-                        direction = "held"
-                quota = self.sup.tenancy.replica_room(agent.spec.tenant)  # tenants.py
-                if quota is not None and current + quota[0] < target:
-                    target = max(current, current + quota[0])
-                    reason += (f"; held at {target} by tenant {agent.spec.tenant}'s "
-                               f"max_replicas = {quota[1]}")
-                    if target == current:
-                        direction = "held"
+                for room, bound in self._bounds(agent):  # as far as each allows
+                    if current + room < target:
+                        target = max(current, current + room)
+                        reason += f"; held at {target} by {bound}"
+                if target == current:
+                    direction = "held"
                 reached = await agent.scale(target) if target > current else current
             else:
                 hibernate = self._hibernate if d.hibernate else None
@@ -318,6 +309,18 @@ class Elastic:
                                direction, reason))
         if reached == 0 and direction != "held" and self.sup.tasks.queue.depth(agent.name):
             self.wake(agent.name)  # a task came while it went to sleep
+
+    def _bounds(self, agent: Agent) -> list[tuple[int, str]]:
+        """The replicas the agent may still add under each bound on the whole fleet's
+        count (the supervisor's max_replicas, its tenant's: tenants.py), and the bound."""
+        sup = self.sup
+        used = sum(len(a.replicas) for a in sup.agents.values())
+        out = [(sup.max_replicas - used,
+                f"max_replicas = {sup.max_replicas} (a [supervisor] setting)")]
+        quota = sup.tenancy.replica_room(agent.spec.tenant)
+        if quota is not None:
+            out.append((quota[0], f"tenant {agent.spec.tenant}'s max_replicas = {quota[1]}"))
+        return out
 
     async def _hibernate(self, gone: list[Replica]) -> None:
         """Ask each worker to checkpoint (`hibernate`), each within its stop_timeout."""
