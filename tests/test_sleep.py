@@ -140,6 +140,29 @@ async def test_a_worker_whose_hibernate_fails_is_stopped_anyway_and_says_why(
             b"last checkpointed") in lines
 
 
+async def test_an_agent_held_by_a_budget_sleeps_and_stays_asleep_until_the_budget_lets_go(
+        ) -> None:
+    """Its queued task held by a budget is no work for the autoscaler: it goes to zero,
+    and is not woken by that task (nor again and again) until the budget's timer lets
+    the task go; then one wake, and the task runs."""
+    async with Supervisor(heartbeat_interval=0.05) as s:
+        got = decisions(s)
+        s.add(agent("thrifty", "misbehave.py", tokens_per_minute=25_000, autoscale=SLEEPY))
+        await s.wait_state("thrifty", State.READY)
+        # over the minute's budget until that usage leaves it, a few seconds from now
+        s.tasks.budgets.restore("thrifty", 30_000, 0.0, time.time() - 55.0)
+        task = s.tasks.submit("thrifty", {"do": "echo"})
+        assert task.status == "queued" and "thrifty" in s.tasks.budgets.holding
+        await got.until(lambda d: d.direction == "sleep", 15.0)
+        await ticks_pass(s, 10)
+        assert "thrifty" in s.tasks.budgets.holding  # (still held: the test's premise)
+        assert [d.direction for d in got] == ["sleep"] and task.status == "queued"
+        assert s.agent("thrifty").replicas == []
+        info = await asyncio.wait_for(s.tasks.info(task.id, wait=True), 30.0)
+        assert info.status == "succeeded"
+        assert [d.direction for d in got] == ["sleep", "wake"]
+
+
 # -- through the daemon -----------------------------------------------------------------
 def sleepy_toml(name: str) -> str:
     return textwrap.dedent(f"""

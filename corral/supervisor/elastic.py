@@ -257,6 +257,11 @@ class Elastic:
         agent = self.sup.agents.get(name)
         if e is None or agent is None or e.applying or agent.replicas:
             return
+        budgets = self.sup.tasks.dispatch.budgets
+        if budgets is not None and budgets.holds(agent):
+            # its tasks may not start (the budget's timer pumps them, and so wakes it,
+            # when they may): a wake now would go back to sleep, and wake again, and...
+            return
         now = time.monotonic()
         e.last_work = now
         load = self.sup.tasks.queue.depth(name) + self.backlog.get(name, 0)
