@@ -204,8 +204,6 @@ class Elastic:
         agents = self.sup.agents
         tasks = self.sup.tasks
         by_agent = tasks.by_agent
-        depth = tasks.queue.depth
-        budgets = tasks.dispatch.budgets
         gone: list[str] = []  # no longer elastic
         for name, e in self.entries.items():
             agent = agents.get(name)
@@ -218,10 +216,7 @@ class Elastic:
                 self._respec(e, agent)
             counters = by_agent.get(name)
             running = counters.running if counters is not None else 0
-            queued = depth(name) + self.backlog.get(name, 0)
-            if queued and budgets is not None and budgets.holds(agent):
-                queued = 0  # held by a budget: more replicas would not start them
-            load = running + queued
+            load = running + self._queued(name, agent)
             accepted = counters.counts["accepted"] if counters is not None else 0
             if load or accepted != e.accepted:
                 e.last_work = now
@@ -257,15 +252,23 @@ class Elastic:
         agent = self.sup.agents.get(name)
         if e is None or agent is None or e.applying or agent.replicas:
             return
-        budgets = self.sup.tasks.dispatch.budgets
-        if budgets is not None and budgets.holds(agent):
-            # its tasks may not start (the budget's timer pumps them, and so wakes it,
-            # when they may): a wake now would go back to sleep, and wake again, and...
+        load = self._queued(name, agent)
+        if not load:
+            # none, or held by a budget (whose timer pumps them, and so wakes it, when
+            # they may go): a wake now would go back to sleep, and wake again, and...
             return
         now = time.monotonic()
         e.last_work = now
-        load = self.sup.tasks.queue.depth(name) + self.backlog.get(name, 0)
         self._apply(agent, e, 0, e.decider.decide(now, load, 0, 0.0))
+
+    def _queued(self, name: str, agent: Agent) -> int:
+        """The agent's tasks waiting (here, and its share of the cluster's), as load: 0
+        while a budget holds them (more replicas would not start them)."""
+        queued = self.sup.tasks.queue.depth(name) + self.backlog.get(name, 0)
+        budgets = self.sup.tasks.dispatch.budgets
+        if queued and budgets is not None and budgets.holds(agent):
+            return 0
+        return queued
 
     def _apply(self, agent: Agent, e: Entry, current: int, d: Decision) -> None:
         e.applying = True
