@@ -30,7 +30,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from .autoscale import Decider, Decision, Policy
 from .config import AgentSpec
-from .lifecycle import SERVING, STOPPED, State
+from .lifecycle import SERVING
 from .tasks.host import AgentLike
 
 if TYPE_CHECKING:
@@ -373,5 +373,4 @@ def scale_refusal(spec: AgentSpec, n: int) -> str | None:
 
 
 def _stopped_by_hand(agent: Agent) -> bool:
-    return all(r.state in STOPPED and (r._stay_down or r.state == State.INITIAL)
-               for r in agent.replicas)
+    return all(r.stopped_by_hand for r in agent.replicas)
