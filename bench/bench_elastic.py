@@ -27,7 +27,16 @@ import sys
 import time
 from typing import Any
 
-from .harness import HELLO, ROOT, CorralDaemon, cleanup, idle_cost, report, workdir
+from .harness import (
+    HELLO,
+    ROOT,
+    CorralDaemon,
+    cleanup,
+    hello_agents,
+    idle_cost,
+    report,
+    workdir,
+)
 
 
 async def wake_and_restart(rounds: int) -> dict[str, Any]:
@@ -86,15 +95,14 @@ async def wake_and_restart(rounds: int) -> dict[str, Any]:
 
 
 def fleet(n: int, autoscale: bool) -> str:
-    auto = ("\n[agents.w{i}.autoscale]\nmin_replicas = 1\nmax_replicas = 2\n"
-            "downscale_delay = 60.0\n") if autoscale else ""
-    return "".join(f"""
-[agents.w{i}]
-command = ["{sys.executable}", "{HELLO}"]
-env = {{ PYTHONPATH = "{ROOT}" }}
-warm = true
-start_timeout = 300
-{auto.format(i=i)}""" for i in range(n))
+    """The harness's N hello agents, each under `[agents.wI.autoscale]` when `autoscale`."""
+    auto = "".join(f"""
+[agents.w{i}.autoscale]
+min_replicas = 1
+max_replicas = 2
+downscale_delay = 60.0
+""" for i in range(n)) if autoscale else ""
+    return hello_agents(n) + auto
 
 
 def idle_cpu(n: int, autoscale: bool, idle: float) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from corral import jsonrpc
 from corral.supervisor import State, Supervisor, SupervisorError
 from corral.supervisor.autoscale import Decider, Decision, Policy, Window
-from corral.supervisor.config import Autoscale, ConfigError, load_config
+from corral.supervisor.config import Autoscale, ConfigError, TenantSpec, load_config
 from corral.supervisor.elastic import Scaling
 from corral.supervisor.lifecycle import SERVING
 
@@ -240,6 +240,16 @@ def decisions(sup: Supervisor) -> Decisions:
     return Decisions(sup)
 
 
+async def ticks_pass(sup: Supervisor, n: int, timeout: float = 10.0) -> None:
+    """Wait until the autoscaler's loop has ticked `n` more times; TimeoutError if it has
+    not within `timeout`. A tick that decides nothing emits nothing, so its count is
+    what there is to watch: polled, bounded."""
+    until = sup.elastic.ticks + n
+    async with asyncio.timeout(timeout):
+        while sup.elastic.ticks < until:
+            await asyncio.sleep(sup.heartbeat_interval / 2)
+
+
 async def test_burst_of_500_rises_within_upscale_delay_and_returns_to_one(
         sup: Supervisor) -> None:
     got = decisions(sup)
@@ -316,12 +326,7 @@ async def test_scale_down_never_takes_a_replica_with_a_running_task(
     await sup.wait_for(lambda: a.replicas[0].tasks_running == 0, 10.0)
     pid = a.replicas[1].pid
     # the stable window (0.3 s) passes several times: the busy replica is never stopped
-    ticks = sup.elastic.ticks
-    for _ in range(200):
-        if sup.elastic.ticks >= ticks + 8:
-            break
-        await asyncio.sleep(0.05)  # polling the loop's own tick count, bounded
-    assert sup.elastic.ticks >= ticks + 8
+    await ticks_pass(sup, 8)
     assert len(a.replicas) == 2 and a.replicas[1].pid == pid and not got
     gates[on_last].write_text("")
     results = await asyncio.wait_for(asyncio.gather(*runs), 10.0)
@@ -348,10 +353,29 @@ async def test_fleet_max_replicas_holds_the_autoscaler() -> None:
         held = await got.until(lambda d: d.direction == "held", 10.0)
         assert (held.previous, held.replicas, held.desired) == (2, 2, 4)
         assert len(s.agent("cap").replicas) == 2
-        ticks = s.elastic.ticks
-        for _ in range(200):
-            if s.elastic.ticks >= ticks + 10:
-                break
-            await asyncio.sleep(0.02)  # polling the loop's own tick count, bounded
+        await ticks_pass(s, 10)
         assert [d.direction for d in got] == ["up", "held"]
         assert s.elastic.counts == {("cap", "up"): 1, ("cap", "held"): 1}
+
+
+async def test_a_tenants_max_replicas_holds_the_autoscaler() -> None:
+    """The tenant's quota bounds the rise as the fleet's does, and its hold is told once."""
+    async with Supervisor(heartbeat_interval=0.05) as s:
+        s.tenancy.put("acme", TenantSpec(max_replicas=2))
+        got = decisions(s)
+        s.add(agent("cap", "misbehave.py", tenant="acme", autoscale=Autoscale(
+            min_replicas=1, max_replicas=4, upscale_delay=0.0, downscale_delay=30.0)))
+        await s.wait_state("cap", State.READY)
+        for _ in range(4):
+            s.tasks.submit("cap", {"do": "sleep", "seconds": 5})
+        up = await got.until(lambda d: True, 10.0)
+        assert (up.direction, up.previous, up.replicas, up.desired) == ("up", 1, 2, 4)
+        assert up.reason == ("load 4 over 1 replica (target_load 1) for 0 s; held at 2 by "
+                             "tenant acme's max_replicas = 2")
+        held = await got.until(lambda d: d.direction == "held", 10.0)
+        assert (held.previous, held.replicas, held.desired) == (2, 2, 4)
+        assert held.reason == ("load 4 over 2 replicas (target_load 1) for 0 s; held at 2 "
+                               "by tenant acme's max_replicas = 2")
+        await ticks_pass(s, 10)
+        assert len(s.agent("cap").replicas) == 2
+        assert [d.direction for d in got] == ["up", "held"]

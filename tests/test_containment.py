@@ -31,6 +31,7 @@ from corral.supervisor.containment import (
 
 from .chaos.procs import wait_until
 from .conftest import agent
+from .test_gateway_stdio import wait_until_async
 
 
 def alive(pid: int) -> bool:
@@ -75,9 +76,8 @@ async def start_escaper(sup: Supervisor, name: str, **kw: object) -> tuple[int, 
     assert st.sid != r.pid and st.pgid != r.pid
     # what it still has of its agent: the spawn token in its environment (which reads
     # empty while its exec of `sleep`, right after it told its pid, is under way)
-    deadline = time.monotonic() + 5
-    while (token := read_token(esc)) is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await wait_until_async(lambda: read_token(esc) is not None, timeout=5)
+    token = read_token(esc)
     assert token is not None and token_owner(token) == sup.containment.owner
     return r.pid, esc
 

@@ -181,6 +181,24 @@ def health_agent(name: str, tmp_path: Path, replicas: int = 1, **health: Any) ->
                  health=HealthSpec(**health))
 
 
+async def all_failing(sup: Supervisor, seen: Seen, tmp_path: Path, replicas: int) -> Any:
+    """Agent h of `replicas`, each with a readiness and a liveness check, once all are
+    ready; then what all share is down: every replica fails both, round after round."""
+    sup.add(health_agent("h", tmp_path, replicas=replicas, readiness=ready_check(),
+                         liveness=live_check()))
+    a = sup.agent("h")
+    await seen.until(lambda: all(r.serving and r.health_ready for r in a.replicas))
+    (tmp_path / "unready-all").touch()
+    (tmp_path / "dead-all").touch()
+    return a
+
+
+def health_downs(seen: Seen) -> list[Any]:
+    """The transitions seen that take a replica down for its health."""
+    return [e for e in seen.transitions
+            if e.cause == Cause.UNHEALTHY and e.state == "shutting_down"]
+
+
 def ready_check(**kw: Any) -> CheckSpec:
     return CheckSpec(check="ready", **{**FAST, **kw})
 
@@ -242,24 +260,12 @@ async def test_a_replica_is_unready_until_its_first_check_passes(
 async def test_all_replicas_unready_raise_one_event_and_no_restart_storm(
         sup: Supervisor, tmp_path: Path) -> None:
     seen = Seen(sup)
-    sup.add(health_agent("h", tmp_path, replicas=3, readiness=ready_check(),
-                         liveness=live_check()))
-    a = sup.agent("h")
-    await seen.until(lambda: all(r.serving and r.health_ready for r in a.replicas))
-    # what all share is down: every replica fails both checks, round after round
-    (tmp_path / "unready-all").touch()
-    (tmp_path / "dead-all").touch()
+    await all_failing(sup, seen, tmp_path, replicas=3)
     await seen.until(lambda: seen.agents)
     task = sup.tasks.submit("h", {})
-    restarts: list[Any] = []
-
-    def health_downs() -> list[Any]:
-        restarts[:] = [e for e in seen.transitions
-                       if e.cause == Cause.UNHEALTHY and e.state == "shutting_down"]
-        return restarts
-
     # three restarts for health in all, and by then many more rounds of failed checks
-    await seen.until(lambda: len(health_downs()) >= 3, timeout=30)
+    await seen.until(lambda: len(health_downs(seen)) >= 3, timeout=30)
+    restarts = health_downs(seen)
     assert {e.replica for e in restarts} == {restarts[0].replica}  # one replica only
     assert [e.ready for e in seen.agents] == [False]  # one event, not one per round
     assert re.fullmatch(r"every replica of h is unready \([23] serving of 3\); its tasks "
@@ -587,19 +593,25 @@ def test_status_marks_an_unready_replica(capsys: pytest.CaptureFixture[str]) -> 
     from corral import methods as m
     from corral.cli.main import _print_status
 
-    def row(index: int, ready: bool | None, health: str | None) -> m.ReplicaStatus:
-        return m.ReplicaStatus(name="h", replica=index, state="idle", pid=100 + index,
-                               uptime=5.0, restarts=0, last_exit=None, reason="ready",
+    def row(index: int, ready: bool | None, health: str | None, state: str = "idle",
+            reason: str = "ready") -> m.ReplicaStatus:
+        return m.ReplicaStatus(name="h", replica=index, state=state, pid=100 + index,
+                               uptime=5.0, restarts=0, last_exit=None, reason=reason,
                                cpu_percent=0.0, rss_bytes=0, open_fds=3, tasks_running=0,
                                ready=ready, health=health)
 
     _print_status(m.AgentsStatusResult(agents=[
         row(0, True, None), row(1, False, 'readiness check "db" failed: refused'),
-        row(2, None, None)], mcp_servers=[], tasks={}), with_mcp=False)
+        row(2, None, None),
+        # not serving: unready says nothing more, its reason is the one shown
+        row(3, False, None, state="backoff", reason="restarting")],
+        mcp_servers=[], tasks={}), with_mcp=False)
     lines = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert [line[:3] for line in lines[1:]] == [
-        ["h#0", "idle", "100"], ["h#1", "idle", "(unready)"], ["h#2", "idle", "102"]]
+        ["h#0", "idle", "100"], ["h#1", "idle", "(unready)"], ["h#2", "idle", "102"],
+        ["h#3", "backoff", "103"]]
     assert lines[2][-6:] == ["unready:", "readiness", "check", '"db"', "failed:", "refused"]
+    assert lines[4][-1] == "restarting"
 
 
 # -- the SDK ----------------------------------------------------------------------------------
@@ -735,16 +747,10 @@ async def test_a_paused_replica_does_not_hold_its_siblings_liveness_restarts(
     """One replica at a time restarts for its health; one paused in its new life (not yet
     ready) may stay frozen for ever, so the pause ends the wait for the others."""
     seen = Seen(sup)
-    sup.add(health_agent("h", tmp_path, replicas=2, readiness=ready_check(),
-                         liveness=live_check()))
-    a = sup.agent("h")
-    await seen.until(lambda: all(r.serving and r.health_ready for r in a.replicas))
-    (tmp_path / "unready-all").touch()
-    (tmp_path / "dead-all").touch()
+    a = await all_failing(sup, seen, tmp_path, replicas=2)
 
     def downs() -> list[int]:
-        return [e.replica for e in seen.transitions
-                if e.cause == Cause.UNHEALTHY and e.state == "shutting_down"]
+        return [e.replica for e in health_downs(seen)]
 
     await seen.until(lambda: len(downs()) == 1, timeout=30)
     first = a.replicas[downs()[0]]

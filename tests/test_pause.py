@@ -260,16 +260,12 @@ def agents_toml() -> str:
 @pytest.fixture
 def daemon() -> Iterator[Daemon]:
     port = free_port()
-    d = Daemon(shared_tmpdir(), agents_toml(),
-               extra=f'[http]\nlisten = "127.0.0.1:{port}"\n')
-    d.port = port  # type: ignore[attr-defined]
-    try:
-        d.start()
+    with running_daemon(shared_tmpdir(), agents_toml(),
+                        extra=f'[http]\nlisten = "127.0.0.1:{port}"\n') as d:
+        d.port = port  # type: ignore[attr-defined]
         wait_until(lambda: all(s["state"] == "ready" for s in d.status().values()),
                    what="both replicas ready")
         yield d
-    finally:
-        d.close()
 
 
 def test_cli_pause_and_resume_status_watch_and_audit(daemon: Daemon) -> None:

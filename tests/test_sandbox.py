@@ -25,6 +25,7 @@ from corral.supervisor.sandbox import (
     exit_status,
     host_refusal,
     program_paths,
+    sandboxed,
     userns_forbidden,
 )
 
@@ -317,6 +318,21 @@ def config_error(path: Path) -> str:
     return str(err.value)
 
 
+def commands_error(path: Path) -> str:
+    """What the check of the agents' commands (done at start and at reload) refuses."""
+    with pytest.raises(ConfigError) as err:
+        check_commands(load_config(path), str(path))
+    return str(err.value)
+
+
+def refused_at_start(cfg: Path, why: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The daemon refuses to start on that config, saying why, and binds nothing."""
+    from corral.daemon.daemon import Daemon
+    assert asyncio.run(Daemon(cfg).run()) == 1
+    assert capsys.readouterr().err == f"corral: invalid config: {cfg}: {why}\n"
+    assert not (cfg.parent / "corral.sock").exists()
+
+
 def test_config_errors_are_exact(tmp_path: Path) -> None:
     base = f'[agents.a]\ncommand = ["{PY}"]\n'
     cfg = write_config(tmp_path, base + 'sandbox = "docker"\n')
@@ -360,14 +376,9 @@ def test_without_bubblewrap_the_config_is_refused(tmp_path: Path,
     cfg = write_config(tmp_path, base, supervisor=f'bwrap = "{tmp_path}/no/bwrap"')
     why = (f"agents.a.sandbox: bubblewrap is not installed ({tmp_path}/no/bwrap not "
            f"found; Debian's package is bubblewrap)")
-    with pytest.raises(ConfigError) as err:
-        check_commands(load_config(cfg), str(cfg))
-    assert str(err.value) == f"{cfg}: {why}"
+    assert commands_error(cfg) == f"{cfg}: {why}"
     # the daemon refuses to start, saying so
-    from corral.daemon.daemon import Daemon
-    assert asyncio.run(Daemon(cfg).run()) == 1
-    assert capsys.readouterr().err == f"corral: invalid config: {cfg}: {why}\n"
-    assert not (tmp_path / "corral.sock").exists()
+    refused_at_start(cfg, why, capsys)
 
 
 @pytest.mark.deadline(60)
@@ -393,6 +404,43 @@ async def test_agents_added_at_runtime_are_checked(tmp_path: Path) -> None:
             f"agents.add: agents.x.sandbox: bubblewrap is not installed ({tmp_path}/no-bwrap "
             f"not found; Debian's package is bubblewrap)")
         assert "x" not in sup.agents
+
+
+def test_a_bubblewrap_that_fails_is_refused_with_what_it_said(tmp_path: Path) -> None:
+    """A host where bwrap runs but makes no sandbox: its last line, and the setting that
+    forbids user namespaces where one does; one that cannot be run at all: the error."""
+    bwrap = tmp_path / "bwrap"
+    bwrap.write_text("#!/bin/sh\necho starting >&2\necho 'bwrap: setting up uid map: "
+                     "Permission denied' >&2\nexit 1\n")
+    bwrap.chmod(0o755)
+    sysctl = tmp_path / "sys"
+    (sysctl / "user").mkdir(parents=True)
+    assert host_refusal(str(bwrap), None, sysctl=sysctl) == (
+        "bubblewrap cannot make a sandbox on this host: bwrap: setting up uid map: "
+        "Permission denied")
+    (sysctl / "user" / "max_user_namespaces").write_text("0\n")
+    assert host_refusal(str(bwrap), None, sysctl=sysctl) == (
+        "user namespaces are forbidden on this host (user.max_user_namespaces = 0); "
+        "bubblewrap needs one to sandbox a process (bwrap: setting up uid map: "
+        "Permission denied)")
+    bwrap.write_text("#!/bin/sh\nexit 3\n")  # says nothing: its status
+    assert host_refusal(str(bwrap), None, sysctl=tmp_path / "none") == (
+        "bubblewrap cannot make a sandbox on this host: status 3")
+    bwrap.write_text(f"#!{tmp_path}/no/interpreter\n")
+    why = host_refusal(str(bwrap), None, sysctl=tmp_path / "none")
+    assert why is not None and why.startswith(
+        f"bubblewrap could not be run ({bwrap}): [Errno 2] No such file or directory"), why
+
+
+def test_a_gateway_network_without_the_gateways_socket_is_refused(tmp_path: Path) -> None:
+    bwrap = tmp_path / "bwrap"
+    bwrap.write_text("#!/bin/sh\n")
+    bwrap.chmod(0o755)
+    with pytest.raises(OSError) as err:
+        sandboxed([PY], program=str(bwrap), cwd=str(tmp_path), env={}, network="gateway",
+                  root=False, read_only=[])
+    assert str(err.value) == ('network = "gateway": the MCP gateway has no unix socket '
+                              '([gateway] listen = "unix:PATH") to bind in')
 
 
 def test_user_namespaces_forbidden_are_named(tmp_path: Path) -> None:
@@ -452,21 +500,14 @@ def test_a_sandboxed_agent_may_not_hold_corrals_files_in_its_directory(
     cfg = write_config(tmp_path, f'[agents.a]\ncommand = ["{PY}"]\nsandbox = "bwrap"\n')
     why = (f"agents.a.cwd: {tmp_path} is writable in the sandbox and holds corral's config "
            f"file ({cfg}): give the agent a cwd of its own")
-    with pytest.raises(ConfigError) as err:
-        check_commands(load_config(cfg), str(cfg))
-    assert str(err.value) == f"{cfg}: {why}"
-    from corral.daemon.daemon import Daemon
-    assert asyncio.run(Daemon(cfg).run()) == 1
-    assert capsys.readouterr().err == f"corral: invalid config: {cfg}: {why}\n"
-    assert not (tmp_path / "corral.sock").exists()
+    assert commands_error(cfg) == f"{cfg}: {why}"
+    refused_at_start(cfg, why, capsys)
     # nor the includes' directory (a new file there is a new agent at the next reload)
     (tmp_path / "agents" / "conf.d").mkdir(parents=True)
     cfg = write_config(tmp_path, f'[agents.a]\ncommand = ["{PY}"]\nsandbox = "bwrap"\n'
                                  f'cwd = "{tmp_path}/agents"\n',
                        supervisor='include = ["agents/conf.d/*.toml"]')
-    with pytest.raises(ConfigError) as err:
-        check_commands(load_config(cfg), str(cfg))
-    assert str(err.value) == (
+    assert commands_error(cfg) == (
         f"{cfg}: agents.a.cwd: {tmp_path}/agents is writable in the sandbox and holds the "
         f"config's includes ({tmp_path}/agents/conf.d): give the agent a cwd of its own")
 

@@ -25,7 +25,7 @@ from corral.supervisor.elastic import ASLEEP, AWAKE, Scaling
 
 from .conftest import EXAMPLES, PY, ROOT, agent
 from .daemon_harness import in_process
-from .test_autoscale import decisions
+from .test_autoscale import decisions, ticks_pass
 
 
 def wire(result: Any, kind: type[Any]) -> Any:
@@ -113,6 +113,54 @@ async def test_a_worker_that_does_not_answer_hibernate_is_stopped_anyway(
     assert hib.replicas == 0 and r.state == State.TERMINATED
     assert (b"did not answer hibernate within 1 s: stopped anyway, its state as last "
             b"checkpointed") in lines
+
+
+async def test_a_worker_whose_hibernate_fails_is_stopped_anyway_and_says_why(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """The hook raises: the worker answers with an error, not a checkpoint; it is stopped
+    all the same (to zero, as hibernate_after asks), and its log says why."""
+    script = tmp_path / "bad_hibernate.py"
+    script.write_text(textwrap.dedent("""
+        from corral.worker import run
+
+        def on_hibernate(state):
+            raise RuntimeError("disk full")
+
+        run(lambda task_input, ctx: {}, on_hibernate=on_hibernate)
+    """))
+    got = decisions(sup)
+    sup.add(agent("bad", command=[PY, str(script)], hibernate_after=0.2))
+    lines: list[bytes] = []
+    sup.stream.subscribe(lambda e: lines.extend(e.lines), LogLines)
+    r = await sup.wait_state("bad", State.READY)
+    hib = await got.until(lambda s: s.direction == "hibernate", 20.0)
+    assert (hib.previous, hib.replicas) == (1, 0) and r.state == State.TERMINATED
+    assert sup.agent("bad").replicas == [] and ("bad", 0) not in sup.checkpoints
+    assert (b"hibernate failed (RuntimeError: disk full): stopped anyway, its state as "
+            b"last checkpointed") in lines
+
+
+async def test_an_agent_held_by_a_budget_sleeps_and_stays_asleep_until_the_budget_lets_go(
+        ) -> None:
+    """Its queued task held by a budget is no work for the autoscaler: it goes to zero,
+    and is not woken by that task (nor again and again) until the budget's timer lets
+    the task go; then one wake, and the task runs."""
+    async with Supervisor(heartbeat_interval=0.05) as s:
+        got = decisions(s)
+        s.add(agent("thrifty", "misbehave.py", tokens_per_minute=25_000, autoscale=SLEEPY))
+        await s.wait_state("thrifty", State.READY)
+        # over the minute's budget until that usage leaves it, a few seconds from now
+        s.tasks.budgets.restore("thrifty", 30_000, 0.0, time.time() - 55.0)
+        task = s.tasks.submit("thrifty", {"do": "echo"})
+        assert task.status == "queued" and "thrifty" in s.tasks.budgets.holding
+        await got.until(lambda d: d.direction == "sleep", 15.0)
+        await ticks_pass(s, 10)
+        assert "thrifty" in s.tasks.budgets.holding  # (still held: the test's premise)
+        assert [d.direction for d in got] == ["sleep"] and task.status == "queued"
+        assert s.agent("thrifty").replicas == []
+        info = await asyncio.wait_for(s.tasks.info(task.id, wait=True), 30.0)
+        assert info.status == "succeeded"
+        assert [d.direction for d in got] == ["sleep", "wake"]
 
 
 # -- through the daemon -----------------------------------------------------------------
@@ -259,11 +307,7 @@ async def test_a_wake_the_fleet_has_no_room_for_waits_and_is_told_once() -> None
         assert (held.previous, held.replicas, held.desired) == (0, 0, 1)
         assert held.reason == ("woken by 1 task; held at 0 by max_replicas = 1 (a "
                                "[supervisor] setting)")
-        ticks = s.elastic.ticks
-        for _ in range(200):
-            if s.elastic.ticks >= ticks + 10:
-                break
-            await asyncio.sleep(0.02)  # polling the loop's own tick count, bounded
+        await ticks_pass(s, 10)
         assert [d.direction for d in got].count("held") == 1 and task.status == "queued"
         # room again: the next tick wakes it, and the task runs
         await s.remove("hog")

@@ -5,6 +5,7 @@ callers of one tenant, who see and touch nothing of another's. Against the real 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -19,29 +20,39 @@ from corral import jsonrpc
 from corral import methods as m
 from corral.daemon.api import Caller
 from corral.daemon.daemon import Daemon
+from corral.daemon.tenants import groups_of
 from corral.daemon.tokens import tokens_of
 from corral.jsonrpc import RpcError
 from corral.methods import REGISTRY
 from corral.supervisor import State
-from corral.supervisor.config import ConfigError, load_config
+from corral.supervisor.config import TenantSpec, load_config
 
 from .conftest import EXAMPLES, NOBODY_PY, ROOT, nobody_reason
 from .daemon_harness import PY, free_port, hello, in_process, shared_tmpdir
 from .daemon_harness import Daemon as DaemonProcess
+from .test_gateway_stdio import wait_until_async
+from .test_sandbox import config_error
 from .test_tokens import cli
 
 OPERATOR = Caller(via="socket")
 
 
-def sleeper(name: str, tenant: str, extra: str = "") -> str:
+def tenant_agent(name: str, tenant: str, program: Path | str, extra: str = "", *,
+                 python: str = PY, sdk: Path = ROOT) -> str:
+    """An agent of the tenant running the Python script `program` (with corral's SDK
+    `sdk` on its path)."""
     return textwrap.dedent(f"""
         [agents.{name}]
-        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
+        command = ["{python}", "{program}"]
+        env = {{ PYTHONPATH = "{sdk}" }}
         tenant = "{tenant}"
-        max_concurrent_tasks = 4
-        stop_timeout = 10.0
     """) + textwrap.dedent(extra)
+
+
+def sleeper(name: str, tenant: str, extra: str = "") -> str:
+    """An agent of examples/misbehave.py: it does what each task's input says."""
+    return tenant_agent(name, tenant, f"{EXAMPLES}/misbehave.py",
+                        "max_concurrent_tasks = 4\nstop_timeout = 10.0\n" + extra)
 
 
 async def refused(d: Daemon, caller: Caller, method: str, params: Any = None
@@ -80,21 +91,16 @@ def test_a_config_names_its_tenants_and_an_unknown_one_is_refused_exactly(
     assert (cfg.agents["a"].tenant, cfg.agents["b"].tenant) == ("acme", "default")
 
     path.write_text('[agents.a]\ncommand = "true"\ntenant = "nope"\n')
-    with pytest.raises(ConfigError) as e:
-        load_config(path)
-    assert str(e.value) == (f"{path}: agents.a.tenant: no tenant nope (declared: default)")
+    assert config_error(path) == (f"{path}: agents.a.tenant: no tenant nope "
+                                  "(declared: default)")
 
     path.write_text("[tenants.acme]\nmax_memory_mb = 256\nmemory_high_mb = 512\n")
-    with pytest.raises(ConfigError) as e:
-        load_config(path)
-    assert str(e.value) == (f"{path}: tenants.acme: memory_high_mb 512 is above "
-                            "max_memory_mb 256")
+    assert config_error(path) == (f"{path}: tenants.acme: memory_high_mb 512 is above "
+                                  "max_memory_mb 256")
 
     path.write_text("[tenants.acme]\nmax_replica = 4\n")
-    with pytest.raises(ConfigError) as e:
-        load_config(path)
-    assert str(e.value) == (f"{path}: tenants.acme: Object contains unknown field "
-                            "`max_replica` (did you mean `max_replicas`?)")
+    assert config_error(path) == (f"{path}: tenants.acme: Object contains unknown field "
+                                  "`max_replica` (did you mean `max_replicas`?)")
 
 
 # -- quotas ---------------------------------------------------------------------------------
@@ -202,8 +208,8 @@ rate_per_minute = 2
         wait = {"do": "await", "path": str(marker)}
         # two run at once over the tenant's two agents; the others wait in their queues
         ids = [(await _run(d, a, wait, detach=True)).task_id for a in ("s1", "s2", "s1", "s2")]
-        await asyncio.wait_for(_until(lambda: sup.tasks.running("s1")
-                                      + sup.tasks.running("s2") == 2), 10)
+        await wait_until_async(lambda: sup.tasks.running("s1") + sup.tasks.running("s2")
+                               == 2, timeout=10)
         assert sup.tasks.queue.depth("s1") + sup.tasks.queue.depth("s2") == 2
         code, text = await refused(d, OPERATOR, "tasks.run", msgspec.json.encode(
             {"agent": "s2", "input": wait, "detach": True}))
@@ -224,11 +230,6 @@ rate_per_minute = 2
             {"agent": "r1", "input": {"do": "echo"}}))
         assert (code, text) == (jsonrpc.REFUSED, "tenant slow: rate_per_minute 2 reached; "
                                 "a task for r1 waits for the next minute's room")
-
-
-async def _until(cond: Any) -> None:
-    while not cond():
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.deadline(120)
@@ -285,6 +286,40 @@ async def test_runtime_tenants_and_changes_outlive_the_daemon(tmp_path: Path) ->
     # the file changed the tenant: the file wins
     async with in_process(tmp_path, hello("a1"), "[tenants.acme]\nmax_replicas = 8\n") as d:
         assert d.services.sup.tenancy.specs["acme"].max_replicas == 8
+
+
+@pytest.mark.deadline(120)
+async def test_a_stored_tenant_that_no_longer_parses_is_skipped_and_said(
+        tmp_path: Path) -> None:
+    async with in_process(tmp_path, hello("a1")) as d:
+        await call(d, "tenants.add", {"tenants": {"gamma": {"max_agents": 1},
+                                                  "delta": {"max_agents": 2}}})
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "corral.db")) as db, db:
+        db.execute("UPDATE runtime_tenants SET spec = ? WHERE name = 'gamma'",
+                   ('{"max_agent": 1}',))
+    async with in_process(tmp_path, hello("a1")) as d:
+        # the others still apply
+        assert sorted(d.services.sup.tenancy.specs) == ["delta"]
+        said = [ln.text for ln in d.services.hub.tail(["corral"], 1000, None)]
+        assert ("skipped tenant gamma: state database: tenants.gamma: Object contains "
+                "unknown field `max_agent` (did you mean `max_agents`?)") in said, said
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run an agent as a tenant's user")
+@pytest.mark.deadline(120)
+async def test_a_tenant_log_directory_that_cannot_be_made_leaves_the_log_in_log_dir(
+        tmp_path: Path) -> None:
+    logs = tmp_path / "state" / "logs"
+    logs.mkdir(parents=True, mode=0o700)
+    (logs / "tenants").write_text("a file where the tenants' directories go\n")
+    toml = '[tenants.t]\nuser = "root"\n'
+    async with in_process(tmp_path, hello("a1", extra='tenant = "t"\n'), toml) as d:
+        said = [ln.text for ln in d.services.hub.tail(["corral"], 1000, None)]
+        assert (f"tenant t: cannot make its log directory {logs}/tenants/t (File exists); "
+                f"its processes log to {logs}") in said, said
+        assert d.services.hub.path_of("a1") == logs / "a1.log"
 
 
 def test_a_config_without_tenants_has_only_the_default_one(tmp_path: Path) -> None:
@@ -533,6 +568,19 @@ print(s.makefile("rb").readline().decode())
 """
 
 
+def test_a_tenants_group_that_does_not_exist_is_reported_and_maps_no_peer() -> None:
+    said: list[tuple[str, int]] = []
+
+    def report(line: str, priority: int = 6) -> None:
+        said.append((line, priority))
+
+    specs = {"a": TenantSpec(group="corral-no-such-group"), "b": TenantSpec(group="root"),
+             "c": TenantSpec()}
+    assert groups_of(specs, report) == {0: "b"}
+    assert said == [("tenant a: group corral-no-such-group does not exist; no socket peer "
+                     "is of this tenant by its group", 4)]
+
+
 @pytest.mark.skipif(nobody_reason() is not None, reason=nobody_reason() or "")
 @pytest.mark.deadline(120)
 def test_a_unix_group_of_a_tenant_on_the_socket() -> None:
@@ -633,10 +681,9 @@ def test_an_agent_takes_its_tenants_sandbox_and_network_unless_it_sets_its_own(
     # the tenant's network needs a sandbox, as an agent's own does
     path.write_text('[tenants.t]\nnetwork = "none"\n[agents.a]\ncommand = "true"\n'
                     'tenant = "t"\n')
-    with pytest.raises(ConfigError) as e:
-        load_config(path)
-    assert str(e.value) == (f'{path}: agents.a.network: network = "none" needs sandbox = '
-                            '"bwrap" (without a sandbox an agent shares the host\'s network)')
+    assert config_error(path) == (f'{path}: agents.a.network: network = "none" needs '
+                                  'sandbox = "bwrap" (without a sandbox an agent shares the '
+                                  "host's network)")
 
 
 @pytest.mark.deadline(120)
@@ -669,21 +716,13 @@ async def test_a_tenants_sandbox_runs_its_agents_in_bubblewrap(tmp_path: Path) -
 
 # -- memory and CPU, by sampling --------------------------------------------------------------
 def holder(name: str, tenant: str) -> str:
-    return textwrap.dedent(f"""
-        [agents.{name}]
-        command = ["{PY}", "{Path(__file__).with_name('sandbox_agent.py')}"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        tenant = "{tenant}"
-        stop_timeout = 5.0
-        backoff_initial = 0.05
-    """)
+    return tenant_agent(name, tenant, Path(__file__).with_name("sandbox_agent.py"),
+                        "stop_timeout = 5.0\nbackoff_initial = 0.05\n")
 
 
 @pytest.mark.deadline(120)
 async def test_a_tenant_over_its_memory_has_its_largest_replica_restarted_in_order(
         tmp_path: Path) -> None:
-    from .test_gateway_stdio import wait_until_async
-
     toml = "[tenants.acme]\nmax_memory_mb = 150\n[tenants.other]\n"
     agents = holder("big", "acme") + holder("small", "acme") + holder("else", "other")
     async with in_process(tmp_path, agents, toml) as d:

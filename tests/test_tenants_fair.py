@@ -20,20 +20,10 @@ from corral.jsonrpc import RpcError
 from corral.supervisor.caps import NICE, nice_for_weight, wrap_argv
 from corral.supervisor.config import Limits
 
-from .conftest import EXAMPLES, ROOT
-from .daemon_harness import PY, in_process
+from .daemon_harness import in_process
 from .test_gateway_stdio import wait_until_async
+from .test_tenants import sleeper
 from .test_tokens import cli
-
-
-def agent(name: str, tenant: str, extra: str = "") -> str:
-    return textwrap.dedent(f"""
-        [agents.{name}]
-        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        tenant = "{tenant}"
-        max_concurrent_tasks = 4
-    """) + textwrap.dedent(extra)
 
 
 # -- cpu_weight as nice -----------------------------------------------------------------------
@@ -60,8 +50,8 @@ async def test_a_tenants_cpu_weight_is_its_processes_nice_value(tmp_path: Path,
         [tenants.high]
         cpu_weight = 400
     """)
-    agents = (agent("lo", "low", start) + agent("hi", "high", start)
-              + agent("own", "low", start + "limits = { nice = 15 }\n"))
+    agents = (sleeper("lo", "low", start) + sleeper("hi", "high", start)
+              + sleeper("own", "low", start + "limits = { nice = 15 }\n"))
     async with in_process(tmp_path, agents, toml) as d:
         sup = d.services.sup
         pids = {n: sup.agents[n].replicas[0].pid for n in ("lo", "hi", "own")}
@@ -96,7 +86,7 @@ class Collect:
 
 async def test_each_tenant_publishes_and_follows_its_own_part_of_the_bus(
         tmp_path: Path) -> None:
-    async with in_process(tmp_path, agent("a1", "a") + agent("b1", "b"),
+    async with in_process(tmp_path, sleeper("a1", "a") + sleeper("b1", "b"),
                           "[tenants.a]\n[tenants.b]\n") as d:
         tokens = tokens_of(d.services.store)
         callers = {}

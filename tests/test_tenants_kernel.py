@@ -36,6 +36,7 @@ from .chaos.procs import wait_until
 from .conftest import NOBODY_PY, ROOT, nobody_reason
 from .daemon_harness import PY, Daemon, shared_tmpdir
 from .test_cgroups import delegated  # noqa: F401  (the fixture)
+from .test_tenants import tenant_agent
 
 USERS = ("nobody", "daemon")
 
@@ -143,7 +144,10 @@ def test_tenants_users_cannot_read_signal_or_ptrace_each_other(
     if reason:
         pytest.skip(reason)
     # a Python and an SDK every user may run and read
-    PY, ROOT = NOBODY_PY, world_readable_tree
+    def probe_agent(name: str, tenant: str, probe: Path, extra: str = "") -> str:
+        return tenant_agent(name, tenant, probe, extra, python=NOBODY_PY,
+                            sdk=world_readable_tree)
+
     (tmp / "probe.py").write_text(PROBE)
     logs = tmp / "logs"  # as an operator's /var/log/corral: others may enter it
     logs.mkdir(mode=0o755)
@@ -157,40 +161,19 @@ def test_tenants_users_cannot_read_signal_or_ptrace_each_other(
         max_processes = 50
         [tenants.b]
         user = "daemon"
-
-        [agents.pa]
-        command = ["{PY}", "{tmp}/probe.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        tenant = "a"
-        [agents.pw]
-        command = ["{PY}", "{tmp}/probe.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        tenant = "a"
-        warm = true
-        [agents.pb]
-        command = ["{PY}", "{tmp}/probe.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        tenant = "b"
-        [agents.own]
-        command = ["{PY}", "{tmp}/probe.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        tenant = "a"
-        user = "daemon"
     """)
+    probe = tmp / "probe.py"
+    agents += (probe_agent("pa", "a", probe) + probe_agent("pw", "a", probe, "warm = true\n")
+               + probe_agent("pb", "b", probe)
+               + probe_agent("own", "a", probe, 'user = "daemon"\n'))
     # a sandboxed agent of the tenant: bubblewrap started as the tenant's user
     sandboxed = host_refusal("bwrap", "nobody") is None
     if sandboxed:
         box = tmp / "box"
         box.mkdir(mode=0o755)
         (box / "probe.py").write_text(PROBE)
-        agents += textwrap.dedent(f"""
-            [agents.ps]
-            command = ["{PY}", "{box}/probe.py"]
-            env = {{ PYTHONPATH = "{ROOT}" }}
-            tenant = "a"
-            sandbox = "bwrap"
-            cwd = "{box}"
-        """)
+        agents += probe_agent("ps", "a", box / "probe.py",
+                              f'sandbox = "bwrap"\ncwd = "{box}"\n')
     d = Daemon(tmp, agents)
     d.config.write_text(d.config.read_text().replace(f'log_dir = "{d.state}/logs"',
                                                      f'log_dir = "{logs}"'))
@@ -243,13 +226,7 @@ def test_tenants_users_cannot_read_signal_or_ptrace_each_other(
 def hello_in(name: str, tenant: str, replicas: int = 1) -> str:
     from .conftest import EXAMPLES
 
-    return textwrap.dedent(f"""
-        [agents.{name}]
-        command = ["{PY}", "{EXAMPLES}/hello.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        tenant = "{tenant}"
-        replicas = {replicas}
-    """)
+    return tenant_agent(name, tenant, EXAMPLES / "hello.py", f"replicas = {replicas}\n")
 
 
 TENANTS = textwrap.dedent("""

@@ -312,18 +312,24 @@ def _watch(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
     obj.call("agents.watch", m.AgentsWatch(names=list(names)), on_notification=on_note)
 
 
+# the states of a replica that takes work (supervisor/lifecycle.py SERVING, which the CLI
+# does not import)
+SERVING_STATES = frozenset({"ready", "idle", "busy"})
+
+
 def _print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
     rows = []
     for a in st.agents:
+        serving = a.state in SERVING_STATES
+        # readiness ([health]): serving, but no new task goes to it
+        unready = serving and a.ready is False
         rows.append([
             f"{a.name}#{a.replica}",
-            # readiness ([health]): serving, but no new task goes to it
-            f"{a.state} (unready)" if a.ready is False and a.state in ("ready", "idle", "busy")
-            else a.state, str(a.pid or "-"),
+            f"{a.state} (unready)" if unready else a.state, str(a.pid or "-"),
             _human_time(a.uptime), str(a.restarts), f"{a.cpu_percent:.1f}",
             _human_bytes(a.rss_bytes) if a.rss_bytes else "-",
-            a.reason if a.state not in ("ready", "idle", "busy") else (
-                f"unready: {a.health}" if a.ready is False and a.health else
+            a.reason if not serving else (
+                f"unready: {a.health}" if unready and a.health else
                 f"last exit: {a.last_exit}" if a.last_exit else ""),
         ])
     _table(rows, ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "REASON"])

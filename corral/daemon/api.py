@@ -193,7 +193,7 @@ class Dispatcher(Generic[Ctx]):
         the handler's run to await. `params`: JSON bytes, a msgspec.Raw, a dict, or None."""
         caller = self.bind(caller)
         try:
-            spec, typed, rule = self.check(caller, name, params)
+            spec, typed, rule = self._check(caller, name, params)
         except RpcError as exc:
             if caller.tenant is not None and name in REGISTRY:
                 # a tenant's refused calls are audited, reads too: trying another
@@ -209,7 +209,11 @@ class Dispatcher(Generic[Ctx]):
               ) -> tuple[Method, Any, AgentRule | None]:
         """What `dispatch` checks before anything runs, for a transport that serves a
         call from what it already has (a stream's shared ring): raises RpcError."""
-        caller = self.bind(caller)
+        return self._check(self.bind(caller), name, params)
+
+    def _check(self, caller: Caller, name: str, params: Any
+               ) -> tuple[Method, Any, AgentRule | None]:
+        """`check` of a caller already bound."""
         spec = self.method(name)
         if not caller.may(spec.scope):
             raise RpcError(jsonrpc.FORBIDDEN, f"forbidden: {name} needs the {spec.scope} "

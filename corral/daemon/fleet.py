@@ -317,8 +317,7 @@ class Fleet:
             if spec.replicas == declared:
                 a = spec.autoscale
                 # a kept scale of an autoscaled agent is where it starts, within bounds
-                spec.replicas = replicas if a is None else min(
-                    max(replicas, a.min_replicas), a.max_replicas)
+                spec.replicas = replicas if a is None else a.within(replicas)
             else:
                 # the file says otherwise now: the file wins (kept while the database
                 # cannot be written; a restart would decide the same from the file)
@@ -404,7 +403,7 @@ class Fleet:
             # the count is the autoscaler's: kept, brought within new bounds only
             have = len(agent.replicas)
             a = spec.autoscale
-            want = have if a is None else min(max(have, a.min_replicas), a.max_replicas)
+            want = have if a is None else a.within(have)
             if not have and (a is None or not a.min_replicas):
                 want = 0  # asleep: the next task wakes it
         await agent.scale(want)

@@ -28,6 +28,7 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import DEFAULT_TENANT, Config, ConfigError, TenantSpec, parse_tenants
 from ..supervisor.core import Supervisor
+from ..supervisor.tasks.budget import BUDGET_PREFIX
 from ..supervisor.tenantcgroups import notice
 from .store import StateStore, StoreError, what_to_do
 
@@ -209,7 +210,7 @@ class TenantDesk:
     def entry(self, name: str) -> m.TenantEntry:
         tasks = self.sup.tasks
         use = self.sup.tenancy.use(name, tasks.queue.depth, tasks.running)
-        budget = tasks.budgets.windows.get("tenant " + name)
+        budget = tasks.budgets.windows.get(BUDGET_PREFIX + name)  # Tenancy.budget's key
         if budget is not None:
             use.tokens_last_minute = budget.minute_tokens.used(time.time())
         nodes = self.sup.tenant_nodes

@@ -93,6 +93,10 @@ class Autoscale(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_d
     max_step_up: NonNegInt = 0  # replicas added by one decision at most; 0: no bound
     idle_after: NonNeg = 300.0  # with min_replicas = 0: seconds without work before sleeping
 
+    def within(self, replicas: int) -> int:
+        """`replicas` brought within [min_replicas, max_replicas]."""
+        return min(max(replicas, self.min_replicas), self.max_replicas)
+
 
 class CheckSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     """[agents.NAME.health.readiness] / [...liveness]: one health check (health.py)."""
@@ -597,7 +601,7 @@ def elastic_problem(spec: AgentSpec, *, explicit_replicas: bool = True) -> str |
     if lo > hi:
         return (f"autoscale: min_replicas ({lo}) is above max_replicas ({hi})")
     if not explicit_replicas:
-        spec.replicas = min(max(spec.replicas, lo), hi)
+        spec.replicas = auto.within(spec.replicas)
     elif not lo <= spec.replicas <= hi:
         return (f"replicas: {spec.replicas} is outside autoscale's min_replicas..max_replicas "
                 f"({lo}..{hi})")

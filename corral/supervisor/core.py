@@ -126,8 +126,7 @@ class Agent:
     async def _replace(self, i: int, spec: AgentSpec, start_stopped: bool) -> None:
         old = self.replicas[i]
         new = Replica(self.sup, spec, self.name, i)
-        if not start_stopped and (old.state == State.INITIAL
-                                  or (old.state in STOPPED and old._stay_down)):
+        if not start_stopped and old.stopped_by_hand:
             self.replicas[i] = new
             self.sup.stream.emit(Roster(self.name))
             self.sup._forget([old])
@@ -180,8 +179,8 @@ class Agent:
         starting; Failed ones are started (a new release is how one is fixed)."""
         old = list(self.replicas)
         new = [Replica(self.sup, spec, self.name, i) for i in range(len(old))]
-        started = [n for n, o in zip(new, old, strict=True) if o.state == State.FAILED or not (
-            o.state == State.INITIAL or (o.state in STOPPED and o._stay_down))]
+        started = [n for n, o in zip(new, old, strict=True)
+                   if o.state == State.FAILED or not o.stopped_by_hand]
         self.replacing.update((*old, *new))
         try:
             for r in started:

@@ -30,7 +30,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from .autoscale import Decider, Decision, Policy
 from .config import AgentSpec
-from .lifecycle import SERVING, STOPPED, State
+from .lifecycle import SERVING
 from .tasks.host import AgentLike
 
 if TYPE_CHECKING:
@@ -133,7 +133,6 @@ class Elastic:
         self._loop: asyncio.Task[None] | None = None
         self._changes: set[asyncio.Future[None]] = set()  # changes of counts under way
         self.ticks = 0
-        self.busy_seconds = 0.0  # the loop's own work, for the bench
         # with [cluster]: this node's share of each agent's tasks waiting in the
         # cluster's streams, counted as load beside its own queue (cluster/backlog.py)
         self.backlog: dict[str, int] = {}
@@ -195,20 +194,16 @@ class Elastic:
             await asyncio.sleep(self.sup.heartbeat_interval)
             if not self.entries:
                 continue
-            t0 = time.perf_counter()
             try:
                 self.tick(time.monotonic())
             except Exception:
                 log.exception("autoscaler tick failed")
-            self.busy_seconds += time.perf_counter() - t0
             self.ticks += 1
 
     def tick(self, now: float) -> None:
         agents = self.sup.agents
         tasks = self.sup.tasks
         by_agent = tasks.by_agent
-        depth = tasks.queue.depth
-        budgets = tasks.dispatch.budgets
         gone: list[str] = []  # no longer elastic
         for name, e in self.entries.items():
             agent = agents.get(name)
@@ -221,10 +216,7 @@ class Elastic:
                 self._respec(e, agent)
             counters = by_agent.get(name)
             running = counters.running if counters is not None else 0
-            queued = depth(name) + self.backlog.get(name, 0)
-            if queued and budgets is not None and budgets.holds(agent):
-                queued = 0  # held by a budget: more replicas would not start them
-            load = running + queued
+            load = running + self._queued(name, agent)
             accepted = counters.counts["accepted"] if counters is not None else 0
             if load or accepted != e.accepted:
                 e.last_work = now
@@ -260,10 +252,23 @@ class Elastic:
         agent = self.sup.agents.get(name)
         if e is None or agent is None or e.applying or agent.replicas:
             return
+        load = self._queued(name, agent)
+        if not load:
+            # none, or held by a budget (whose timer pumps them, and so wakes it, when
+            # they may go): a wake now would go back to sleep, and wake again, and...
+            return
         now = time.monotonic()
         e.last_work = now
-        load = self.sup.tasks.queue.depth(name) + self.backlog.get(name, 0)
         self._apply(agent, e, 0, e.decider.decide(now, load, 0, 0.0))
+
+    def _queued(self, name: str, agent: Agent) -> int:
+        """The agent's tasks waiting (here, and its share of the cluster's), as load: 0
+        while a budget holds them (more replicas would not start them)."""
+        queued = self.sup.tasks.queue.depth(name) + self.backlog.get(name, 0)
+        budgets = self.sup.tasks.dispatch.budgets
+        if queued and budgets is not None and budgets.holds(agent):
+            return 0
+        return queued
 
     def _apply(self, agent: Agent, e: Entry, current: int, d: Decision) -> None:
         e.applying = True
@@ -279,21 +284,12 @@ class Elastic:
         target = d.desired
         try:
             if up:
-                room = self.sup.max_replicas - sum(len(a.replicas)
-                                                   for a in self.sup.agents.values())
-                if current + room < target:  # as far as the fleet's max_replicas allows
-                    target = max(current, current + room)
-                    reason += (f"; held at {target} by max_replicas = "
-                               f"{self.sup.max_replicas} (a [supervisor] setting)")
-                    if target == current:
-                        direction = "held"
-                quota = self.sup.tenancy.replica_room(agent.spec.tenant)  # tenants.py
-                if quota is not None and current + quota[0] < target:
-                    target = max(current, current + quota[0])
-                    reason += (f"; held at {target} by tenant {agent.spec.tenant}'s "
-                               f"max_replicas = {quota[1]}")
-                    if target == current:
-                        direction = "held"
+                for room, bound in self._bounds(agent):  # as far as each allows
+                    if current + room < target:
+                        target = max(current, current + room)
+                        reason += f"; held at {target} by {bound}"
+                if target == current:
+                    direction = "held"
                 reached = await agent.scale(target) if target > current else current
             else:
                 hibernate = self._hibernate if d.hibernate else None
@@ -321,6 +317,18 @@ class Elastic:
                                direction, reason))
         if reached == 0 and direction != "held" and self.sup.tasks.queue.depth(agent.name):
             self.wake(agent.name)  # a task came while it went to sleep
+
+    def _bounds(self, agent: Agent) -> list[tuple[int, str]]:
+        """The replicas the agent may still add under each bound on the whole fleet's
+        count (the supervisor's max_replicas, its tenant's: tenants.py), and the bound."""
+        sup = self.sup
+        used = sum(len(a.replicas) for a in sup.agents.values())
+        out = [(sup.max_replicas - used,
+                f"max_replicas = {sup.max_replicas} (a [supervisor] setting)")]
+        quota = sup.tenancy.replica_room(agent.spec.tenant)
+        if quota is not None:
+            out.append((quota[0], f"tenant {agent.spec.tenant}'s max_replicas = {quota[1]}"))
+        return out
 
     async def _hibernate(self, gone: list[Replica]) -> None:
         """Ask each worker to checkpoint (`hibernate`), each within its stop_timeout."""
@@ -365,5 +373,4 @@ def scale_refusal(spec: AgentSpec, n: int) -> str | None:
 
 
 def _stopped_by_hand(agent: Agent) -> bool:
-    return all(r.state in STOPPED and (r._stay_down or r.state == State.INITIAL)
-               for r in agent.replicas)
+    return all(r.stopped_by_hand for r in agent.replicas)

@@ -44,7 +44,7 @@ import msgspec
 from ..jsonrpc import LineBlock, RpcError
 from ..text import plural
 from .config import CheckSpec, HealthSpec, Limits
-from .lifecycle import SERVING, STOPPED, Cause, State
+from .lifecycle import SERVING, Cause, State
 from .process import ChildProcess
 from .stream import Stream
 
@@ -475,8 +475,7 @@ class HealthBoard:
             # an operator's pause ends the wait too: a frozen replica may stay so for
             # ever, and its siblings' liveness must not be held that long
             done = (o not in places or o.state in (State.FAILED, State.PAUSED)
-                    or (o.state in STOPPED and getattr(o, "_stay_down", False))
-                    or (o.state in SERVING and (h is None or h.ready)))
+                    or o.stopped_by_hand or (o.state in SERVING and (h is None or h.ready)))
             if done:
                 others.discard(o)
         if not others:

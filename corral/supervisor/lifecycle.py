@@ -275,6 +275,12 @@ class Machine:
         return self.row(cause) is not IGNORE
 
     @property
+    def stopped_by_hand(self) -> bool:
+        """Down until an operator starts it: stopped by one (no policy restarts it), or
+        never started."""
+        return self.state is State.INITIAL or (self.state in STOPPED and self._stay_down)
+
+    @property
     def paused_in(self) -> State | None:
         """The state a paused replica goes back to on resume (None: not paused)."""
         return self._paused_in

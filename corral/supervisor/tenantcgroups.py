@@ -22,7 +22,7 @@ import logging
 import os
 from typing import NamedTuple, Protocol
 
-from .config import DEFAULT_TENANT, TenantSpec
+from .config import DEFAULT_TENANT, MIB, TenantSpec
 from .containment import (
     CPU_PERIOD_US,
     CgroupTree,
@@ -36,7 +36,6 @@ from .stream import Stream
 log = logging.getLogger("corral.containment")
 
 NODE_PREFIX = "tenant-"
-MIB = 1024 * 1024
 # the quota each controller enforces on a tenant's node, as the start-up notice names it
 QUOTAS = {"memory": ("max_memory_mb", "memory_high_mb"), "cpu": ("max_cpu_percent", "cpu_weight"),
           "pids": ("max_processes",)}

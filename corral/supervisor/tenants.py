@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from .config import DEFAULT_TENANT, TenantSpec
+from .config import DEFAULT_TENANT, MIB, TenantSpec
 from .lifecycle import SERVING, State
 from .tasks.admission import TokenBucket
 from .tasks.budget import BUDGET_PREFIX
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from .tasks.host import AgentLike
 
 NO_QUOTAS = TenantSpec()
-MIB = 1024 * 1024
 CPU_ROUNDS = 3  # heartbeat rounds a tenant is over max_cpu_percent before a restart
 
 

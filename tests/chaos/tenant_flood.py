@@ -11,6 +11,7 @@ import socket
 import sys
 
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.settimeout(60)  # a daemon that stops answering ends the flood, with an error
 sock.connect(os.environ["SOCKET"])
 agent, total = os.environ["AGENT"], int(os.environ["TASKS"])
 window = int(os.environ.get("WINDOW", "64"))

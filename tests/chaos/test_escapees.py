@@ -15,7 +15,7 @@ import pytest
 from corral.supervisor.containment import read_stat
 
 from ..conftest import EXAMPLES, ROOT
-from ..daemon_harness import PY, Daemon, shared_tmpdir
+from ..daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 from .procs import wait_until
 
 AGENT = textwrap.dedent(f"""
@@ -29,15 +29,8 @@ AGENT = textwrap.dedent(f"""
 
 @pytest.fixture
 def daemon() -> Iterator[Daemon]:
-    tmp = shared_tmpdir()
-    d = Daemon(tmp, AGENT, extra='cgroups = "off"')
-    try:
-        yield d.start()
-    finally:
-        d.close()
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    with running_daemon(shared_tmpdir(), AGENT, extra='cgroups = "off"') as d:
+        yield d
 
 
 def escapees(d: Daemon) -> list[int]:

@@ -24,7 +24,7 @@ import asyncio
 import gc
 import platform
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -289,17 +289,11 @@ def fleet_families(snap: Snapshot) -> Iterator[Metric]:
         mcp.add_metric([server, "error"], errors)
     yield mcp
     yield from autoscale_families(snap)
-    http = CounterMetricFamily("corral_http_requests", "Requests to the daemon's HTTP "
-                               "server, by route and status.", labels=("route", "code"))
-    for (route, code), n in snap.requests.items():
-        http.add_metric([route, code], n)
-    yield http
-    failures = CounterMetricFamily(
-        "corral_health_check_failures", "Failed health checks ([health]), by agent and "
-        "check (readiness, liveness).", labels=("agent", "check"))
-    for (agent, check), n in snap.health_failures.items():
-        failures.add_metric([agent, check], n)
-    yield failures
+    yield counted("corral_http_requests", "Requests to the daemon's HTTP server, by route "
+                  "and status.", ("route", "code"), snap.requests)
+    yield counted("corral_health_check_failures", "Failed health checks ([health]), by "
+                  "agent and check (readiness, liveness).", ("agent", "check"),
+                  snap.health_failures)
     ready = GaugeMetricFamily(
         "corral_agent_ready_replicas", "An agent's serving replicas that pass their "
         "readiness check (agents with [health]).", labels=("agent", "tenant"))
@@ -308,14 +302,19 @@ def fleet_families(snap: Snapshot) -> Iterator[Metric]:
     yield ready
 
 
+def counted(name: str, documentation: str, labels: tuple[str, str],
+            counts: Mapping[tuple[str, str], int]) -> Metric:
+    """A counter family of a series per key of `counts` (its label values)."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, n in counts.items():
+        family.add_metric(list(key), n)
+    return family
+
+
 def autoscale_families(snap: Snapshot) -> Iterator[Metric]:
-    decisions = CounterMetricFamily(
-        "corral_autoscale_decisions", "The autoscaler's changes of an agent's replica "
-        "count, by direction (up, down, wake, sleep, hibernate, held).",
-        labels=("agent", "direction"))
-    for (agent, direction), n in sorted(snap.decisions.items()):
-        decisions.add_metric([agent, direction], n)
-    yield decisions
+    yield counted("corral_autoscale_decisions", "The autoscaler's changes of an agent's "
+                  "replica count, by direction (up, down, wake, sleep, hibernate, held).",
+                  ("agent", "direction"), dict(sorted(snap.decisions.items())))
     replicas = GaugeMetricFamily(
         "corral_autoscale_replicas", "An elastic agent's replica count: the one its "
         "autoscaler wants (desired) and the one it has (current).", labels=("agent", "kind"))

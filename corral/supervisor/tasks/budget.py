@@ -274,6 +274,8 @@ class Budgets:
     def holds(self, agent: AgentLike) -> bool:
         """True while the agent is over a budget: its waiting tasks stay queued, and a
         timer reopens it at the window's edge."""
+        if not self.windows:
+            return False  # nothing reported yet, so nothing over a budget (a fleet's start)
         spec = agent.spec
         name = agent.name
         group = self.shared(name)
