@@ -17,7 +17,6 @@ from collections.abc import Iterable
 
 import msgspec
 
-from ..supervisor.lifecycle import SERVING
 from ..supervisor.tasks import LocalQueue, Task
 from ..supervisor.tasks.host import AgentLike
 
@@ -48,8 +47,7 @@ def free_slots(agent: AgentLike) -> int:
     """Tasks the agent's serving replicas could start now (those dispatch would give a
     task: serving, and ready by their health checks)."""
     limit = agent.spec.max_concurrent_tasks
-    return sum(max(0, limit - r.tasks_running) for r in agent.replicas
-               if r.state in SERVING and r.peer is not None and r.health_ready)
+    return sum(max(0, limit - r.tasks_running) for r in agent.replicas if r.takes_tasks)
 
 
 class ClusterQueue:

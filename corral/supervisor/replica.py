@@ -107,6 +107,12 @@ class Replica(ProcessReplica):
         return h.ready if h is not None else self.spec.health is None
 
     @property
+    def takes_tasks(self) -> bool:
+        """Dispatch may give it a task, slots allowing: serving, its pipe open, ready by
+        its health checks (a local queue's dispatch and a cluster node's pull alike)."""
+        return self.state in SERVING and self.peer is not None and self.health_ready
+
+    @property
     def cwd(self) -> str | None:
         return self.spec.cwd
 

@@ -67,10 +67,8 @@ class Dispatcher:
         limit = agent.spec.max_concurrent_tasks
         best = None
         for r in agent.replicas:
-            if r.state in SERVING and r.peer is not None and r.tasks_running < limit and (
+            if r.tasks_running < limit and r.takes_tasks and (
                     best is None or r.tasks_running < best.tasks_running):
-                if not r.health_ready:  # readiness (health.py): no new task while unready
-                    continue
                 best = r
         return best
 
