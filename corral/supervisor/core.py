@@ -335,7 +335,7 @@ class Supervisor:
             nodes = self.tenant_nodes = self.containment.nodes = TenantNodes(
                 tree, self, self.stream)
             self.tenancy.kernel = set(tree.controllers)
-            self.tenancy.on_change = nodes.retune_all
+            self.tenancy.on_change.append(nodes.retune_all)
         if self._heartbeat is None:
             self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
         self.elastic.start()
