@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import textwrap
@@ -417,6 +418,49 @@ def test_in_a_delegated_cgroup_pause_is_cgroup_freeze(delegated: Path) -> None: 
         assert d.cli("pause", "w").returncode == 0
         assert d.stop() == 0
         assert sorted(p.name for p in delegated.iterdir() if p.is_dir()) == ["supervisor"]
+    finally:
+        d.close()
+
+
+# what a root daemon runs as when a file's mode is to bind it: no CAP_DAC_OVERRIDE
+NO_DAC_OVERRIDE = ["setpriv", "--inh-caps=-dac_override", "--bounding-set=-dac_override"]
+
+
+def one_replica(delegated: Path) -> Daemon:
+    d = Daemon(shared_tmpdir(), agents_toml().replace("replicas = 2", "replicas = 1"),
+               cgroup=delegated, wrapper=NO_DAC_OVERRIDE)
+    d.start()
+    wait_until(lambda: d.status()["w#0"]["state"] == "ready", what="w#0 ready")
+    return d
+
+
+def corral_lines(d: Daemon, name: str) -> list[str]:
+    """corral's own lines in `name`'s log (its notes about the replica)."""
+    r = d.cli("logs", name, "-n", "200", "--json")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(ln) for ln in r.stdout.splitlines()]
+    return [e["text"] for e in lines if e["stream"] == "corral"]
+
+
+def test_a_cgroup_freeze_that_cannot_be_written_falls_back_to_sigstop(
+        delegated: Path) -> None:  # noqa: F811
+    d = one_replica(delegated)
+    try:
+        cg = delegated / "agent-w-0"
+        pid = d.status()["w#0"]["pid"]
+        (cg / "cgroup.freeze").chmod(0o444)  # the daemon cannot write it now
+        r = d.cli("pause", "w")
+        assert (r.returncode, r.stderr) == (0, "")
+        assert d.status()["w#0"]["state"] == "paused"
+        assert proc_state(pid) == "T"  # stopped by SIGSTOP, not frozen
+        assert "frozen 0" in cgroup_file(cg, "cgroup.events")
+        assert corral_lines(d, "w")[-1] == (f"cgroup.freeze of {cg} failed (Permission "
+                                            "denied); SIGSTOP")
+        r = d.cli("resume", "w")
+        assert (r.returncode, r.stderr) == (0, "")
+        assert proc_state(pid) in ("S", "R")  # SIGCONT, as it was stopped
+        assert d.json("run", "w", "--input", '{"do": "info"}')["output"]["pid"] == pid
+        assert d.stop() == 0
     finally:
         d.close()
 
