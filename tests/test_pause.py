@@ -426,12 +426,19 @@ def test_in_a_delegated_cgroup_pause_is_cgroup_freeze(delegated: Path) -> None: 
 NO_DAC_OVERRIDE = ["setpriv", "--inh-caps=-dac_override", "--bounding-set=-dac_override"]
 
 
-def one_replica(delegated: Path) -> Daemon:
-    d = Daemon(shared_tmpdir(), agents_toml().replace("replicas = 2", "replicas = 1"),
-               cgroup=delegated, wrapper=NO_DAC_OVERRIDE)
+def replicas(cgroup: Path, n: int) -> Daemon:
+    """A daemon whose own writes obey file modes, with agent w of `n` replicas ready."""
+    toml = agents_toml().replace("replicas = 2", f"replicas = {n}").replace(
+        "stop_timeout = 10.0", "stop_timeout = 1.0")
+    d = Daemon(shared_tmpdir(), toml, cgroup=cgroup, wrapper=NO_DAC_OVERRIDE)
     d.start()
-    wait_until(lambda: d.status()["w#0"]["state"] == "ready", what="w#0 ready")
+    wait_until(lambda: [s["state"] for s in d.status().values()] == ["ready"] * n,
+               what="w ready")
     return d
+
+
+def alive(pid: int) -> bool:
+    return proc_state(pid) not in (None, "Z")
 
 
 def corral_lines(d: Daemon, name: str) -> list[str]:
@@ -444,7 +451,7 @@ def corral_lines(d: Daemon, name: str) -> list[str]:
 
 def test_a_cgroup_freeze_that_cannot_be_written_falls_back_to_sigstop(
         delegated: Path) -> None:  # noqa: F811
-    d = one_replica(delegated)
+    d = replicas(delegated, 1)
     try:
         cg = delegated / "agent-w-0"
         pid = d.status()["w#0"]["pid"]
@@ -460,6 +467,58 @@ def test_a_cgroup_freeze_that_cannot_be_written_falls_back_to_sigstop(
         assert (r.returncode, r.stderr) == (0, "")
         assert proc_state(pid) in ("S", "R")  # SIGCONT, as it was stopped
         assert d.json("run", "w", "--input", '{"do": "info"}')["output"]["pid"] == pid
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_resume_whose_thaw_cannot_be_written_leaves_the_replica_paused(
+        delegated: Path) -> None:  # noqa: F811
+    d = replicas(delegated, 2)
+    try:
+        cg = delegated / "agent-w-0"
+        pids = {k: s["pid"] for k, s in d.status().items()}
+        assert d.cli("pause", "w").returncode == 0
+        assert "frozen 1" in cgroup_file(cg, "cgroup.events")
+        (cg / "cgroup.freeze").chmod(0o444)
+        refusal = (f"replica w#0 stays paused: cgroup.freeze of {cg} cannot be written "
+                   "(Permission denied)")
+        for argv in (["resume", "w"], ["resume", "w#0"]):
+            r = d.cli(*argv)
+            assert (r.returncode, r.stdout, r.stderr) == (1, "", f"corral: {refusal}\n")
+            # w#1 is resumed all the same; w#0 is as it was: paused, frozen, no task sent
+            assert {k: (s["state"], s["pid"]) for k, s in d.status().items()} == {
+                "w#0": ("paused", pids["w#0"]), "w#1": ("ready", pids["w#1"])}
+            assert "frozen 1" in cgroup_file(cg, "cgroup.events")
+        assert [(e["method"], e["outcome"]) for e in d.json("audit")["entries"]][-1] == (
+            "agents.resume", f"error: {refusal}")
+        (cg / "cgroup.freeze").chmod(0o644)
+        r = d.cli("resume", "w")
+        assert (r.returncode, r.stderr) == (0, "")
+        assert "frozen 0" in cgroup_file(cg, "cgroup.events")
+        assert d.status()["w#0"]["state"] == "ready"
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_rollout_stops_a_replica_it_cannot_thaw_and_says_so(
+        delegated: Path) -> None:  # noqa: F811
+    d = replicas(delegated, 1)
+    try:
+        cg = delegated / "agent-w-0"
+        pid = d.status()["w#0"]["pid"]
+        assert d.cli("pause", "w").returncode == 0
+        (cg / "cgroup.freeze").chmod(0o444)
+        r = d.cli("restart", "--rolling", "w")
+        assert r.returncode == 0, r.stderr
+        new = d.status()["w#0"]
+        assert new["state"] == "ready" and new["pid"] != pid
+        assert d.json("run", "w", "--input", '{"do": "info"}')["output"]["pid"] == new["pid"]
+        assert not alive(pid)
+        said = corral_lines(d, "w")
+        assert (f"replica w#0 stays paused: cgroup.freeze of {cg} cannot be written "
+                "(Permission denied): its tasks are not finished") in said, said
         assert d.stop() == 0
     finally:
         d.close()
