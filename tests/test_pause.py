@@ -524,6 +524,44 @@ def test_a_rollout_stops_a_replica_it_cannot_thaw_and_says_so(
         d.close()
 
 
+def test_a_freeze_the_kernel_does_not_finish_in_time_is_said_and_thaws(
+        delegated: Path) -> None:  # noqa: F811
+    """A thread in a sleep the freezer cannot end (a FUSE lookup its server, frozen, does
+    not answer): the pause returns after its bound, the replica is paused and its log says
+    it was not seen frozen; the resume lets the lookup end and the worker serve on."""
+    toml = textwrap.dedent(f"""
+        [agents.w]
+        command = ["{PY}", "{Path(__file__).with_name('fuse_worker.py')}"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        stop_timeout = 2.0
+    """)
+    d = Daemon(shared_tmpdir(), toml, cgroup=delegated)
+    try:
+        d.start()
+        wait_until(lambda: d.status()["w#0"]["state"] == "ready", what="w#0 ready")
+        cg = delegated / "agent-w-0"
+        pid = d.status()["w#0"]["pid"]
+        assert d.json("run", "w", "--input", '{"do": "stick"}')["output"] == {
+            "pid": pid, "stuck": True}
+        began = time.monotonic()
+        r = d.cli("pause", "w")
+        took = time.monotonic() - began
+        assert (r.returncode, r.stderr) == (0, "")
+        assert 2.0 <= took < 10, took  # FREEZE_WAIT, and no longer
+        assert d.status()["w#0"]["state"] == "paused"
+        assert cgroup_file(cg, "cgroup.freeze").strip() == "1"
+        assert "frozen 0" in cgroup_file(cg, "cgroup.events")
+        assert corral_lines(d, "w")[-1] == ("paused, but not seen frozen within 2 s (in "
+                                            "uninterruptible sleep?)")
+        assert d.cli("resume", "w").returncode == 0
+        assert "frozen 0" in cgroup_file(cg, "cgroup.events")
+        assert d.json("run", "w", "--input", '{"do": "info"}')["output"] == {
+            "pid": pid, "ended": ["Interrupted system call"]}
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
 # -- the dashboard ----------------------------------------------------------------------------
 @needs_chromium
 def test_a_replica_is_paused_and_resumed_from_the_dashboard() -> None:
