@@ -422,15 +422,17 @@ def test_in_a_delegated_cgroup_pause_is_cgroup_freeze(delegated: Path) -> None: 
         d.close()
 
 
-# what a root daemon runs as when a file's mode is to bind it: no CAP_DAC_OVERRIDE
-NO_DAC_OVERRIDE = ["setpriv", "--inh-caps=-dac_override", "--bounding-set=-dac_override"]
+# what a root daemon runs as when a file's mode is to bind it: without the capabilities
+# that pass over modes
+NO_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+          "--bounding-set=-dac_override,-dac_read_search"]
 
 
 def replicas(cgroup: Path, n: int) -> Daemon:
     """A daemon whose own writes obey file modes, with agent w of `n` replicas ready."""
     toml = agents_toml().replace("replicas = 2", f"replicas = {n}").replace(
         "stop_timeout = 10.0", "stop_timeout = 1.0")
-    d = Daemon(shared_tmpdir(), toml, cgroup=cgroup, wrapper=NO_DAC_OVERRIDE)
+    d = Daemon(shared_tmpdir(), toml, cgroup=cgroup, wrapper=NO_DAC)
     d.start()
     wait_until(lambda: [s["state"] for s in d.status().values()] == ["ready"] * n,
                what="w ready")
@@ -467,6 +469,26 @@ def test_a_cgroup_freeze_that_cannot_be_written_falls_back_to_sigstop(
         assert (r.returncode, r.stderr) == (0, "")
         assert proc_state(pid) in ("S", "R")  # SIGCONT, as it was stopped
         assert d.json("run", "w", "--input", '{"do": "info"}')["output"]["pid"] == pid
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_freeze_whose_events_cannot_be_read_is_said_so(delegated: Path) -> None:  # noqa: F811
+    d = replicas(delegated, 1)
+    try:
+        cg = delegated / "agent-w-0"
+        (cg / "cgroup.events").chmod(0o000)  # the daemon cannot read it now
+        r = d.cli("pause", "w")
+        assert (r.returncode, r.stderr) == (0, "")
+        assert d.status()["w#0"]["state"] == "paused"
+        (cg / "cgroup.events").chmod(0o444)
+        assert "frozen 1" in cgroup_file(cg, "cgroup.events")  # frozen all the same
+        assert corral_lines(d, "w")[-1] == ("paused, but not seen frozen: "
+                                            f"{cg}/cgroup.events cannot be read "
+                                            "(Permission denied)")
+        assert d.cli("resume", "w").returncode == 0
+        assert "frozen 0" in cgroup_file(cg, "cgroup.events")
         assert d.stop() == 0
     finally:
         d.close()
