@@ -1,17 +1,23 @@
 """A worker with a thread stuck where the cgroup freezer cannot stop it: a lookup on a
-FUSE file system of its own whose server (another thread of this process) holds the
+FUSE file system of its own whose server (a child process, in the same cgroup) holds the
 request. The freezer interrupts the wait, the kernel then waits for the server's answer
 in a killable sleep (no freezer), and the server is frozen: the cgroup does not report
 frozen until it is thawed. Root only (a mount namespace and a FUSE mount of its own,
 gone with the process: nothing changes outside it).
 
-Tasks: {"do": "stick"} starts the lookup on a thread (answered at once: "stuck" once the
-server holds the request); {"do": "info"}: its pid and what the lookup ended with, if it
-did."""
+Only the server holds the FUSE device: whatever kills it (with or without this process)
+aborts the connection and ends the lookup. A server in this process would deadlock it on
+a SIGKILL (the dying lookup waits for an answer nobody is left to give, and the device
+stays open while it waits).
+
+Tasks: {"do": "stick"} starts the lookup on a thread (answered once the server holds the
+request); {"do": "info"}: its pid and what the lookup ended with, if it did."""
 
 import ctypes
 import errno
 import os
+import select
+import signal
 import struct
 import tempfile
 import threading
@@ -36,12 +42,15 @@ def check(rc: int, what: str) -> None:
 # while the process has one thread (unshare of a mount namespace needs that)
 check(libc.unshare(CLONE_NEWNS), "unshare")
 check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+# its mount point in a /tmp of its own: nothing is left behind in the machine's
+check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m"), "tmpfs")
 mnt = tempfile.mkdtemp(prefix="corral-fuse-")
 dev = os.open("/dev/fuse", os.O_RDWR)
 check(libc.mount(b"corral-test", mnt.encode(), b"fuse", MS_NOSUID | MS_NODEV,
                  f"fd={dev},rootmode=40000,user_id=0,group_id=0".encode()), "mount fuse")
 
-held = threading.Event()  # the server holds a lookup
+PR_SET_PDEATHSIG = 1
+held_r, held_w = os.pipe()  # a byte: the server holds a lookup
 ended: list[str] = []  # how the lookup ended
 
 
@@ -51,6 +60,7 @@ def reply(unique: int, error: int, body: bytes = b"") -> None:
 
 def serve() -> None:
     holding: int | None = None
+    held = False
     while True:
         try:
             data = os.read(dev, 1 << 20)
@@ -67,9 +77,10 @@ def serve() -> None:
             out = struct.pack("<IIIIHHIIHHI7I", 7, min(minor, 31), 0, 0, 1, 1, 4096, 1,
                               1, 0, 0, *[0] * 7)
             reply(unique, 0, out)
-        elif opcode == LOOKUP and not held.is_set():
+        elif opcode == LOOKUP and not held:
             holding = unique  # the first lookup waits for an answer; a retry is answered
-            held.set()
+            held = True
+            os.write(held_w, b"h")
         elif opcode == INTERRUPT and holding is not None:
             (of,) = struct.unpack_from("<Q", body)
             if of == holding:  # asked to give it up: it ends with EINTR, after a thaw
@@ -88,13 +99,21 @@ def stick() -> None:
         ended.append("found")
 
 
-threading.Thread(target=serve, daemon=True).start()
+server = os.fork()
+if server == 0:
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # it goes with the agent
+    try:
+        serve()
+    finally:
+        os._exit(0)
+os.close(dev)
 
 
 def handle(task, ctx):
     if task.get("do") == "stick":
         threading.Thread(target=stick, daemon=True).start()
-        assert held.wait(10), "no lookup reached the server"
+        assert select.select([held_r], [], [], 10)[0], "no lookup reached the server"
+        os.read(held_r, 1)
         return {"pid": os.getpid(), "stuck": True}
     return {"pid": os.getpid(), "ended": ended}
 

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import textwrap
 import time
 from collections.abc import Iterator
@@ -474,6 +475,48 @@ def test_a_cgroup_freeze_that_cannot_be_written_falls_back_to_sigstop(
         d.close()
 
 
+def test_a_process_killed_mid_freeze_ends_the_pause_as_a_crash(
+        delegated: Path) -> None:  # noqa: F811
+    """The replica's process dies while the pause waits for the kernel (its freeze held
+    up by the FUSE lookup): the pause returns then, not at its bound; the death is a
+    crash, and the next process starts in the same cgroup unfrozen."""
+    d = Daemon(shared_tmpdir(), fuse_agent(), cgroup=delegated)
+    try:
+        d.start()
+        wait_until(lambda: d.status()["w#0"]["state"] == "ready", what="w#0 ready")
+        cg = delegated / "agent-w-0"
+        pid = d.status()["w#0"]["pid"]
+        d.json("run", "w", "--input", '{"do": "stick"}')
+        pause = subprocess.Popen([PY, "-m", "corral", "--socket", str(d.sock), "pause", "w"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            wait_until(lambda: cgroup_file(cg, "cgroup.freeze").strip() == "1",
+                       what="the freeze asked")
+            os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic()
+            out, err = pause.communicate(timeout=10)
+            took = time.monotonic() - killed
+        finally:
+            if pause.poll() is None:
+                pause.kill()
+                pause.wait()
+        assert (pause.returncode, err) == (0, "")
+        assert out.startswith("w#0: ") and "paused" not in out, out  # as it ended up
+        assert took < 1.5, took  # the kernel said frozen (empty) at once: no 2 s wait
+        wait_until(lambda: (s := d.status()["w#0"])["state"] == "ready" and s["pid"] != pid,
+                   what="a new w#0 ready")
+        assert d.status()["w#0"]["restarts"] == 1
+        assert cgroup_file(cg, "cgroup.freeze").strip() == "0"
+        assert not any(ln.startswith("paused, but not seen") for ln in corral_lines(d, "w"))
+        new = d.status()["w#0"]["pid"]
+        assert d.json("run", "w", "--input", '{"do": "info"}')["output"] == {
+            "pid": new, "ended": []}
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
 def test_a_freeze_whose_events_cannot_be_read_is_said_so(delegated: Path) -> None:  # noqa: F811
     d = replicas(delegated, 1)
     try:
@@ -546,18 +589,22 @@ def test_a_rollout_stops_a_replica_it_cannot_thaw_and_says_so(
         d.close()
 
 
-def test_a_freeze_the_kernel_does_not_finish_in_time_is_said_and_thaws(
-        delegated: Path) -> None:  # noqa: F811
-    """A thread in a sleep the freezer cannot end (a FUSE lookup its server, frozen, does
-    not answer): the pause returns after its bound, the replica is paused and its log says
-    it was not seen frozen; the resume lets the lookup end and the worker serve on."""
-    toml = textwrap.dedent(f"""
+def fuse_agent() -> str:
+    """Agent w of tests/fuse_worker.py (a thread of it can be made unfreezable)."""
+    return textwrap.dedent(f"""
         [agents.w]
         command = ["{PY}", "{Path(__file__).with_name('fuse_worker.py')}"]
         env = {{ PYTHONPATH = "{ROOT}" }}
         stop_timeout = 2.0
     """)
-    d = Daemon(shared_tmpdir(), toml, cgroup=delegated)
+
+
+def test_a_freeze_the_kernel_does_not_finish_in_time_is_said_and_thaws(
+        delegated: Path) -> None:  # noqa: F811
+    """A thread in a sleep the freezer cannot end (a FUSE lookup its server, frozen, does
+    not answer): the pause returns after its bound, the replica is paused and its log says
+    it was not seen frozen; the resume lets the lookup end and the worker serve on."""
+    d = Daemon(shared_tmpdir(), fuse_agent(), cgroup=delegated)
     try:
         d.start()
         wait_until(lambda: d.status()["w#0"]["state"] == "ready", what="w#0 ready")
