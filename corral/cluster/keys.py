@@ -88,6 +88,17 @@ class Keys:
         epoch."""
         return f"{self.prefix}place"
 
+    def history(self, agent: str) -> str:
+        """List: a cluster agent's revisions (JSON each: revision, time, who, change,
+        spec), oldest first, the last HISTORY_KEPT of them (`corral history`, `rollback`)."""
+        return f"{self.prefix}hist:{agent}"
+
+    def declared(self, node: str) -> str:
+        """Hash: agent -> the table (JSON) the node's config file last declared for a
+        cluster agent: what tells a change its file made from a file that did not change
+        (declared.py)."""
+        return f"{self.prefix}decl:{node}"
+
     def state(self, agent: str) -> str:
         """Hash: replica slot -> [time, state] (JSON): a cluster agent's checkpoints,
         written only by the incarnation the slot is placed on."""

@@ -270,15 +270,51 @@ redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 return 1
 """
 
-# ADD_AGENTS: cluster agents' tables, all or none (a name already there refuses all).
-# KEYS: cluster agents; ARGV: name, table JSON, name, table JSON, ... -> '' or the name
-# that exists
+# ADD_AGENTS: cluster agents' tables, all or none (a name already there refuses all),
+# each with its first revision in its history.
+# KEYS: cluster agents, then each agent's history; ARGV: name, table JSON, revision 1
+# (JSON), name, ... -> '' or the name that exists
 ADD_AGENTS = """
-for i = 1, #ARGV, 2 do
+for i = 1, #ARGV, 3 do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then return ARGV[i] end
 end
-for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 1, #ARGV, 3 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  local history = KEYS[2 + (i - 1) / 3]
+  redis.call('DEL', history)
+  redis.call('RPUSH', history, ARGV[i + 2])
+end
 return ''
+"""
+
+# SET_AGENT: a cluster agent's table changed in place (`corral scale`, `rollback`, a
+# reload), compare-and-set on its placement epoch, which it moves on: a change made from
+# a stale read, or a placement computed from the old table, loses and reads again. The
+# slots stay; the nodes bring them to the new table at their next beat. Its history gets
+# the next revision (the entry's JSON after `{"revision":N,`, built by the caller), and
+# keeps the last ARGV[5].
+# KEYS: cluster agents, placement, history
+# ARGV: agent, expected epoch, table JSON, the entry's tail, revisions kept
+#   -> the new revision; 0: the epoch moved on; -1: no such cluster agent
+SET_AGENT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+local epoch = 0
+if cur then epoch = cjson.decode(cur)['epoch'] end
+if epoch ~= tonumber(ARGV[2]) then return 0 end
+local last = redis.call('LINDEX', KEYS[3], -1)
+local revision = 1
+if last then revision = cjson.decode(last)['revision'] + 1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if cur then
+  redis.call('HSET', KEYS[2], ARGV[1],
+             (string.gsub(cur, '^{"epoch":%d+', '{"epoch":' .. (epoch + 1), 1)))
+else
+  redis.call('HSET', KEYS[2], ARGV[1], '{"epoch":1,"slots":[]}')
+end
+redis.call('RPUSH', KEYS[3], '{"revision":' .. revision .. ',' .. ARGV[4])
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
+return revision
 """
 
 
@@ -303,6 +339,7 @@ class Scripts:
         self.place = redis.register_script(PLACE)
         self.checkpoint = redis.register_script(CHECKPOINT)
         self.add_agents = redis.register_script(ADD_AGENTS)
+        self.set_agent = redis.register_script(SET_AGENT)
 
     async def run(self, calls: list[Call]) -> list[Any]:
         """Many script calls in one pipeline (one round trip), each answer or its error in
