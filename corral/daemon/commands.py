@@ -322,7 +322,11 @@ async def agents_remove(d: Services, p: m.AgentsRemove, caller: Caller, c: Chann
 @implements("agents.scale")
 async def agents_scale(d: Services, p: m.AgentsScale, caller: Caller, c: Channel
                        ) -> m.Scaled:
-    await d.fleet.scale(p.name, p.replicas, caller.who)
+    node = await _cluster_agent(d, p.name)
+    if node is not None:  # the cluster's table in Redis; every node brings its slots to it
+        await node.scale_agent(p.name, p.replicas, caller.who)
+    else:
+        await d.fleet.scale(p.name, p.replicas, caller.who)
     return m.Scaled(name=p.name, replicas=p.replicas)
 
 
