@@ -64,6 +64,12 @@ class Keys:
         return f"{self.prefix}att:{task_id}"
 
     @property
+    def done(self) -> str:
+        """Sorted set: finished tasks' ids by the time they ended: which records go first
+        when more than `tasks_kept` are kept (retention.py)."""
+        return f"{self.prefix}done"
+
+    @property
     def fence(self) -> str:
         """Counter: fence tokens, one per claim, increasing across the cluster."""
         return f"{self.prefix}fence"

@@ -24,7 +24,7 @@ from . import records
 from .backlog import Backlog
 from .connection import connect, shown, unavailable, why
 from .declared import Declared
-from .desk import KEEP_FINISHED, ClusterDesk
+from .desk import ClusterDesk
 from .events import EventRelay
 from .keys import Keys
 from .membership import Membership, NodeView
@@ -33,6 +33,7 @@ from .placement import Placement
 from .puller import Puller
 from .queue import ClusterQueue, ClusterTask, free_slots
 from .reaper import Reaper
+from .retention import Retention
 from .scripts import Scripts
 from .specs import ClusterSpecs, Describe, Entry
 
@@ -63,8 +64,11 @@ class ClusterNode:
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report)
         self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
-                             report)
-        self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report)
+                             report, settings.tasks_kept_for)
+        self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
+                             settings.tasks_kept_for)
+        self.retention = Retention(self.redis, scripts, self.keys, self.membership,
+                                   settings, self.reaper.streams)
         self.backlog = Backlog(self.redis, self.keys, host)
         self.events = EventRelay(self.redis, self.keys, self.node, host.events,
                                  settings.beat, report)
@@ -146,6 +150,7 @@ class ClusterNode:
                     await self.desk.refresh_view()
                     await self.backlog.step(self.desk.view)
                     await self.reaper.reap()
+                    await self.retention.step()
                     await self._drain_step()
                 except RedisError as exc:
                     self.report(f"cluster: the beat's reaping: {why(exc)}")
@@ -347,8 +352,9 @@ class ClusterNode:
                 if rec[0] is None:
                     return None
                 got = await self.scripts.cancel(
-                    keys=[self.keys.task(task_id), rec[0], self.keys.outcomes],
-                    args=[task_id, repr(time.time()), error, KEEP_FINISHED])
+                    keys=[self.keys.task(task_id), rec[0], self.keys.outcomes,
+                          self.keys.done],
+                    args=[task_id, repr(time.time()), error, int(self.settings.tasks_kept_for)])
             except RedisError as exc:
                 raise unavailable(self.settings.redis, exc,
                                   f"task {task_id} was not cancelled") from None
@@ -386,5 +392,6 @@ class ClusterNode:
                 "read": self.puller.read, "published": self.outbox.published,
                 "outbox": len(self.outbox.pending), "late_writes_refused": self.outbox.refused,
                 "requeued": self.reaper.requeued, "lost": self.reaper.lost,
-                "orphans": self.reaper.orphans, "agents": self.placement.status(),
+                "orphans": self.reaper.orphans, "retention": self.retention.status(),
+                "agents": self.placement.status(),
                 "events": self.events.status(), "woken": self.backlog.woken}

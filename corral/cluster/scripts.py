@@ -71,7 +71,7 @@ return {{token, base, v[1], v[2], v[3], v[4], v[5]}}
 # The outcome of an attempt, from the node that holds its fence token, and only while the
 # task is still running under that token: a node paused past its TTL, whose task was
 # taken over, is refused (0), so a task never gets two outcomes.
-# KEYS: task, attempts, stream, outcomes
+# KEYS: task, attempts, stream, outcomes, done
 # ARGV: token, task_id, status, output JSON ('' none), error JSON ('' none), finished,
 #       entry, attempts before the claim, seconds a finished record is kept,
 #       retries_left, '1' when the outcome rides along on the outcomes stream (small, and
@@ -106,6 +106,7 @@ else
 end
 redis.call('EXPIRE', KEYS[1], ARGV[9])
 redis.call('EXPIRE', KEYS[2], ARGV[9])
+redis.call('ZADD', KEYS[5], ARGV[6], ARGV[2])
 return 1
 """
 
@@ -138,7 +139,7 @@ end"""
 # dead, the entry is still the task's, and the task still that consumer's.
 # The same for an orphan (ARGV[8] = 'orphan'): an entry a live node holds but does not
 # run (its claim's reply was lost with a connection); it waits again, no retry spent.
-# KEYS: task, attempts, stream, outcomes, the dead consumer's liveness key
+# KEYS: task, attempts, stream, outcomes, the dead consumer's liveness key, done
 # ARGV: task_id, entry, dead consumer, now, reason, seconds a finished record is kept,
 #       error JSON (ends lost), 'dead' or 'orphan'
 # -> 'requeued', 'lost', or false (nothing to do)
@@ -178,6 +179,7 @@ redis.call('HSET', KEYS[1], 'status', 'lost', 'fence', '0', 'finished', ARGV[4],
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1])
 return 'lost'
 """
 
@@ -199,8 +201,8 @@ return 1
 # `corral cancel` of a cluster task, on any node: one still queued ends here; a running
 # one is marked, and the node running it cancels it at its next beat (its outcome, then,
 # is written through the fence like any other).
-# KEYS: task, stream, outcomes; ARGV: task_id, now, error JSON, seconds a finished record
-# is kept -> 'cancelled', 'asked', 'ended:STATUS' (it had already finished), or false
+# KEYS: task, stream, outcomes, done; ARGV: task_id, now, error JSON, seconds a finished
+# record is kept -> 'cancelled', 'asked', 'ended:STATUS' (it had already finished), or false
 # (no such task)
 CANCEL = f"""
 local rec = redis.call('HMGET', KEYS[1], 'status', 'entry')
@@ -212,6 +214,7 @@ if rec[1] == 'queued' then
   redis.call('XDEL', KEYS[2], rec[2])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
   return 'cancelled'
 end
 if rec[1] == 'running' then
@@ -318,6 +321,21 @@ return revision
 """
 
 
+# TRIM: the finished tasks beyond the newest `kept`, taken out of the done set (exactly
+# those, however many nodes trim at once); their records are deleted by the caller. The
+# ids that ended before the cutoff leave the set alone: their records expired by then.
+# KEYS: done; ARGV: kept, cutoff (time) -> the ids whose records to delete
+TRIM = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
+if over <= 0 then return {} end
+local gone = redis.call('ZPOPMIN', KEYS[1], over)
+local ids = {}
+for i = 1, #gone, 2 do ids[#ids + 1] = gone[i] end
+return ids
+"""
+
+
 Call = tuple[Any, list[Any], list[Any]]  # (a registered script, keys, args)
 
 
@@ -340,6 +358,7 @@ class Scripts:
         self.checkpoint = redis.register_script(CHECKPOINT)
         self.add_agents = redis.register_script(ADD_AGENTS)
         self.set_agent = redis.register_script(SET_AGENT)
+        self.trim = redis.register_script(TRIM)
 
     async def run(self, calls: list[Call]) -> list[Any]:
         """Many script calls in one pipeline (one round trip), each answer or its error in

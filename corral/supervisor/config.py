@@ -472,6 +472,10 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     node: str | None = None  # default: the host name
     node_ttl: Positive = 3.0  # seconds a node counts as alive after its last beat
     beat: Positive = 1.0  # seconds between beats (renewing the membership key)
+    # finished cluster tasks' records (outcome, attempts) kept in Redis, readable from
+    # every node: the newest tasks_kept of them, each at most tasks_kept_for seconds
+    tasks_kept: PositiveInt = 100_000
+    tasks_kept_for: Positive = 7 * 86400.0
 
     def check(self, where: str) -> None:
         """What the types cannot say; raises ConfigError naming the key."""

@@ -48,7 +48,8 @@ async def claim(s: Scripts, c: Any, i: int, consumer: str = "n/1") -> Any:
 async def finish(s: Scripts, c: Any, i: int, token: int) -> Any:
     tid = TID.format(i)
     entry = await c.hget(K.task(tid), "entry")
-    return await s.finish(keys=[K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes],
+    return await s.finish(keys=[K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes,
+                                K.done],
                           args=[token, tid, "succeeded", b'{"ok":true}', b"", "3.0", entry,
                                 0, 60, 2, "1", ATTEMPT])
 
@@ -104,7 +105,8 @@ async def test_a_takeover_needs_the_consumer_dead(client: Any) -> None:
     token, *_ = await claim(s, client, 1, consumer="b/1")
     tid = TID.format(1)
     entry = await client.hget(K.task(tid), "entry")
-    keys = [K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes, K.alive("b/1")]
+    keys = [K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes, K.alive("b/1"),
+            K.done]
     args = [tid, entry, "b/1", "5.0", "node b lost", 60,
             msgspec.json.encode({"code": -32001, "message": "node b lost"})]
     await client.set(K.alive("b/1"), b"{}")
