@@ -294,6 +294,13 @@ class ClusterNode:
             raise unavailable(self.settings.redis, exc, f"{name} was not rolled back"
                               ) from None
 
+    async def revision_of(self, name: str) -> int | None:
+        """A cluster agent's current revision (None: not known, or Redis away)."""
+        try:
+            return await self.specs.revision(name)
+        except RedisError:
+            return None
+
     async def agent_history(self, name: str) -> list[Entry]:
         try:
             return await self.specs.history(name)

@@ -188,7 +188,8 @@ class Placement:
                     del self.placed[name]
                     self.epochs.pop(name, None)
                     self.tables.pop(name, None)
-                    if name in self.sup.agents:
+                    # (a reload may have put an agent of this node's own in its place)
+                    if agent is not None and agent.spec.placement == "cluster":
                         await self.sup.remove(name)
                         self.report(f"cluster: {name} stopped here (placed elsewhere)")
                     continue
@@ -222,6 +223,7 @@ class Placement:
         spec = parse_agents({"agents": {name: msgspec.json.decode(table)}},
                             "the cluster's spec")[name]
         spec.replicas = replicas
+        spec.placement = "cluster"  # (a table added before the key was written in it)
         self.prepare(spec)
         return spec
 

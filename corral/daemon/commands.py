@@ -248,10 +248,14 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
     # values of the environment may be secrets: the keys say what is set
     fields["env"] = sorted(spec.env)
     fields["limits"] = msgspec.structs.asdict(spec.limits)
+    node = d.tasks.cluster if spec.placement == "cluster" else None
     return m.DescribeResult(
         name=agent.name,
-        origin=d.fleet.origin(agent.name, d.config_path),
-        revision=d.fleet.revision_of(agent.name),
+        # a cluster agent's replicas here run the cluster's table, of the cluster's
+        # revision
+        origin="cluster" if node is not None else d.fleet.origin(agent.name, d.config_path),
+        revision=(await node.revision_of(agent.name) if node is not None
+                  else d.fleet.revision_of(agent.name)),
         argv=spec.argv(),
         spec=fields,
         replicas=[m.ReplicaBrief(replica=r.index, state=r.state.value, pid=r.pid)

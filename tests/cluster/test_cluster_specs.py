@@ -91,6 +91,9 @@ def test_a_config_declared_cluster_agent_is_scaled_changed_rolled_back_and_remov
         h = history(a)
         assert h["current"] == 2
         assert h["revisions"][-1]["change"] == "corral scale: replicas 1 -> 2"
+        described = a.call("agents.describe", {"name": "keeper"})
+        assert (described["origin"], described["revision"]) == ("cluster", 2)
+        assert described["spec"]["replicas"] == 1  # this node's share of the two
 
         # a's file changes env: a reload applies that change over the cluster's table,
         # which keeps the scale (the file did not change replicas)
