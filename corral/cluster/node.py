@@ -261,16 +261,20 @@ class ClusterNode:
         try:
             return name in await self.specs.names()
         except RedisError as exc:
-            if name in self.host.agents:
-                raise unavailable(self.settings.redis, exc, f"{name} is the cluster's "
-                                  "agent: nothing changed") from None
-            return False  # not known here: the command says there is no such agent
+            what = (f"{name} is the cluster's agent" if name in self.host.agents else
+                    f"no agent {name} on this node, and the cluster's cannot be read")
+            raise unavailable(self.settings.redis, exc, f"{what}: nothing changed"
+                              ) from None
 
     async def refuse_deploy(self, name: str) -> None:
         """`corral deploy` is refused for a cluster agent: it builds a release on this
         node alone, which the cluster's other nodes, where its replicas are placed, do
         not have."""
-        if await self.runs_cluster_agent(name):
+        try:
+            cluster = await self.runs_cluster_agent(name)
+        except RpcError:
+            cluster = False  # Redis away: local work goes on (the name is not placed here)
+        if cluster:
             raise RpcError(jsonrpc.CONFLICT, f"agent {name} is a cluster agent: a deploy "
                            "builds its release on this node alone, and the nodes its "
                            "replicas are placed on would have none; deploy the package "

@@ -130,18 +130,23 @@ def test_a_config_declared_cluster_agent_is_scaled_changed_rolled_back_and_remov
                 "the cluster agent's command (a reload, or remove and add it)") in r.stderr
         assert history(a)["current"] == 4  # nothing changed
 
-        # a's file no longer declares it: removed from the cluster, stopped everywhere
-        a.config.write_text(a.config.read_text().replace("[agents.keeper]", "[agents.gone]")
-                            .replace('placement = "cluster"', 'placement = "local"'))
+        # a's file makes it a local agent: removed from the cluster (a's file declared it),
+        # stopped on b, and a runs its own
+        edit(a, 'placement = "cluster"', 'placement = "local"')
         assert a.cli("reload").returncode == 0
-        wait_until(lambda: placed(both) == {}, what="stopped on both nodes")
+        wait_until(lambda: placed(both) == {}, what="the cluster's stopped on both nodes")
         r = b.cli("history", "keeper")
         assert r.returncode != 0 and "no such agent: keeper" in r.stderr, r.stderr
-        # b's file still declares it: b's next reload (or start) adds it again
+        wait_until(lambda: [x["state"] for x in a.json("status")["agents"]
+                            if x["name"] == "keeper"] == ["ready"], what="a's own keeper")
+        assert a.call("agents.describe", {"name": "keeper"})["origin"].startswith("file ")
+        # b's file still declares it: b's next reload (or start) adds it again, placed on
+        # b alone (a node with an agent of that name of its own is given none)
         assert b.cli("reload").returncode == 0
-        h = history(a)
+        h = history(b)
         assert (h["current"], h["revisions"][0]["who"]) == (1, "config file of node b")
-        wait_until(lambda: sum(map(len, placed(both).values())) == 1, what="placed again")
+        wait_until(lambda: placed(both) == {"b": [0]}, what="placed again, on b")
+        assert placed(both) == {"b": [0]}
 
 
 def test_a_file_that_did_not_change_undoes_nothing(tmp: Path, redis: RedisServer) -> None:
