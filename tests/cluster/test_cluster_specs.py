@@ -215,6 +215,8 @@ def test_changes_of_a_cluster_agent_refused(tmp: Path, redis: RedisServer) -> No
         assert r.returncode != 0
         assert (f"the cluster's Redis at {redis.url} is unreachable") in r.stderr, r.stderr
         assert r.stderr.rstrip().endswith("keeper is the cluster's agent: nothing changed")
+        assert refused(a, "agents.scale", {"name": "other", "replicas": 1}).endswith(
+            "no agent other on this node, and the cluster's cannot be read: nothing changed")
         redis.restart()
         wait_until(lambda: a.call("stats.get")["cluster"]["state"] == "member",
                    what="a member again", timeout=20)
