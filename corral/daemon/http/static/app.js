@@ -206,7 +206,7 @@ class Polled extends Component {
 function Nodes({ nodes, error }) {
   if (!nodes && !error) return null;
   const now = Date.now() / 1000;
-  return html`<h2>Nodes</h2>
+  return html`<section><h2>Nodes</h2>
     ${error && html`<div class="error" id="nodes-error">${`The cluster's nodes cannot be read: ${error}`}${nodes ? " (the table is the last read)" : ""}</div>`}
     ${nodes && html`<table id="nodes">
       <thead><tr><th>Node</th><th>State</th><th class="num">Incarnation</th>
@@ -218,7 +218,7 @@ function Nodes({ nodes, error }) {
         <td class="num">${n.capacity}</td><td class="num">${duration(now - n.last_beat)} ago</td>
         <td>${n.agents.map((a) => (n.placed || []).includes(a) ? `${a}*` : a).join(", ")}</td>
       </tr>`)}</tbody>
-    </table>`}`;
+    </table>`}</section>`;
 }
 
 // -- tenants (docs/tenants.md) ----------------------------------------------------------------
@@ -286,7 +286,8 @@ function Fleet({ status, nodes, nodesError, tenants, tenantsError, tenantOf, onl
   }
   const pick = (e) => { location.hash = e.target.value ? `#/fleet/${encodeURIComponent(e.target.value)}` : "#/fleet"; };
   return html`<${Tenants} tenants=${tenants} error=${tenantsError} />
-  <section><${Nodes} nodes=${nodes} error=${nodesError} />
+  <${Nodes} nodes=${nodes} error=${nodesError} />
+  <section>
     <h2>Agents</h2>
     ${(withTenants || only) && html`<div class="controls">
       <label>Tenant <select id="tenant-filter" onChange=${pick}>
