@@ -7,7 +7,7 @@
 // charts' points) and an agent's log (logs.follow). The lists that are not a stream
 // (tasks, MCP servers, the audit log) are reloaded every second while shown; the tenants'
 // quotas and use (tenants.list) and a cluster's nodes (nodes.list), which no stream
-// carries, are read again as each stats.watch sample comes.
+// carries, are read again as each stats.watch sample comes while the fleet is shown.
 import { Component, h, render } from "./vendor/preact.mjs";
 import htm from "./vendor/htm.mjs";
 
@@ -793,9 +793,12 @@ class App extends Component {
           const tenantOf = {};
           for (const [name, a] of Object.entries(stats.agents)) tenantOf[name] = a.tenant;
           this.setState({ tick: this.state.tick + 1, seen: Date.now(), tenantOf });
-          this.reread("tenants", "tenants.list", (x) => x.tenants);
-          // the cluster's nodes are the operator's: a tenant's session is not asked them
-          if (stats.cluster && session.tenant === null) this.reread("nodes", "nodes.list", (x) => x.nodes);
+          // both are shown in the fleet's view only, and read while it is shown; the
+          // cluster's nodes are the operator's: a tenant's session is not asked them
+          if (r.view === "fleet") {
+            this.reread("tenants", "tenants.list", (x) => x.tenants);
+            if (stats.cluster && session.tenant === null) this.reread("nodes", "nodes.list", (x) => x.nodes);
+          }
         },
       }, state),
     ];
@@ -807,7 +810,8 @@ class App extends Component {
   // time): `key` in the state, its error in `${key}Error`. A refusal for want of a
   // session (a token revoked) is a login to ask for, as for the streams.
   async reread(key, method, pick) {
-    if (this.reading?.[key] || this.state.login) return;
+    // (a daemon that does not serve the method to the page is not asked)
+    if (this.reading?.[key] || this.state.login || !session.methods.includes(method)) return;
     this.reading = { ...this.reading, [key]: true };
     try {
       const got = pick(await call(method));
