@@ -13,7 +13,7 @@ import pytest
 
 from ..daemon_harness import hello
 from ..redis_harness import RedisServer
-from ..test_ui import ARTIFACTS, chromium_page, needs_chromium
+from ..test_ui import ARTIFACTS, WATCH_CSP, chromium_page, needs_chromium, token_login
 from .harness import BEAT, TTL, nodes
 
 HTTP = '\n[http]\nlisten = "127.0.0.1:0"\n'
@@ -73,6 +73,26 @@ def test_the_dashboard_shows_the_nodes_and_one_going_away(tmp: Path,
             assert took <= TTL + BEAT + 1.0 + 2.0, took
             assert node_states(page) == {"n1": "alive", "n2": "dead"}
             assert page.evaluate("window.sameDocument") is True
+
+            # a tenant's dashboard on the same node: the nodes are the operator's, and
+            # are neither shown nor asked for (asked, they would be refused in the page)
+            secret = n1.cli("token", "create", "td", "--tenant", "default", "--scope",
+                            "admin").stdout.strip()
+            # (a context of its own: cookies of its own)
+            other = page.context.browser.new_context()
+            try:
+                tenant_page = other.new_page()
+                tenant_page.add_init_script(WATCH_CSP)
+                tenant_page.on("console", on_console)
+                tenant_page.goto(token_login(r.stdout.split("/ui/")[0], secret))
+                expect(tenant_page.locator('#fleet tr[data-agent="g1"] .state')
+                       ).to_have_text(serving)
+                tenant_page.wait_for_function(
+                    "() => window.corralLive['stats.sample'] >= 3", timeout=15_000)
+                assert tenant_page.locator("#nodes, #nodes-error").count() == 0
+                assert tenant_page.evaluate("window.__cspViolations") == []
+            finally:
+                other.close()
 
             # Redis gone: the page says why the nodes cannot be read, and keeps the
             # last table under it
