@@ -9,6 +9,9 @@ from __future__ import annotations
 
 GROUP = "corral"  # the one consumer group of every task stream
 OUTCOMES_KEPT = 10_000  # the outcomes stream is capped near this (MAXLEN ~)
+# the finished tasks `corral tasks` lists, newest first (as a node's journal keeps
+# tasks_kept); older ones stay readable by id until their records expire
+FINISHED_LISTED = 10_000
 
 
 def consumer(node: str, incarnation: int) -> str:
@@ -69,9 +72,25 @@ class Keys:
         return f"{self.prefix}fence"
 
     @property
+    def live(self) -> str:
+        """Sorted set (every score 0, so ordered by id, which is by time): the tasks
+        queued or running, for `corral tasks`; bounded by the queues."""
+        return f"{self.prefix}live"
+
+    @property
+    def done(self) -> str:
+        """Sorted set, as `live`: the newest FINISHED_LISTED finished tasks."""
+        return f"{self.prefix}done"
+
+    @property
+    def listed(self) -> list[str]:
+        """The two, as the scripts that end a task take them (KEYS, last)."""
+        return [self.live, self.done]
+
+    @property
     def outcomes(self) -> str:
         """Stream: `task_id` of each task as it finishes (capped), which every node tails
-        to wake its waiting clients."""
+        to wake its waiting clients; and the progress of tasks a client waits for."""
         return f"{self.prefix}outcomes"
 
     # -- cluster agents (placement.py) --------------------------------------------------

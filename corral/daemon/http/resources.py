@@ -78,7 +78,7 @@ RESOURCES: list[Resource] = [
     _r("GET", "/logs/stream", "logs.follow", "Log lines as they come (SSE)",
        query=("names", "lines", "since"), stream="logs.lines"),
     _r("GET", "/tasks", "tasks.list", "Recent tasks, newest last, a page at a time",
-       query=("agent", "status", "since", "limit", "before"), cursor="before"),
+       query=("agent", "status", "since", "limit", "before", "local"), cursor="before"),
     _r("GET", "/tasks/{task_id}", "tasks.get", "One task",
        path_params={"task_id": "task_id"}),
     _r("POST", "/tasks/{task_id}/cancel", "tasks.cancel", "Cancel a task",
