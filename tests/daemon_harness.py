@@ -170,6 +170,9 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         rc = self.proc.wait(timeout)
+        if rc != 0 and self.proc.stderr is not None:
+            # why, in the failing test's report (a traceback the daemon died with)
+            print(f"the daemon exited {rc}; its stderr:\n{self.proc.stderr.read().decode()}")
         return rc
 
     def close(self) -> None:

@@ -64,20 +64,31 @@ class Keys:
         return f"{self.prefix}att:{task_id}"
 
     @property
-    def done(self) -> str:
-        """Sorted set: finished tasks' ids by the time they ended: which records go first
-        when more than `tasks_kept` are kept (retention.py)."""
-        return f"{self.prefix}done"
-
-    @property
     def fence(self) -> str:
         """Counter: fence tokens, one per claim, increasing across the cluster."""
         return f"{self.prefix}fence"
 
     @property
+    def live(self) -> str:
+        """Sorted set (every score 0, so ordered by id, which is by time): the tasks
+        queued or running, for `corral tasks`; bounded by the queues."""
+        return f"{self.prefix}live"
+
+    @property
+    def done(self) -> str:
+        """Sorted set, as `live`: the finished tasks whose records are kept, trimmed to
+        the newest `tasks_kept` (retention.py)."""
+        return f"{self.prefix}done"
+
+    @property
+    def listed(self) -> list[str]:
+        """The two, as the scripts that end a task take them (KEYS, last)."""
+        return [self.live, self.done]
+
+    @property
     def outcomes(self) -> str:
         """Stream: `task_id` of each task as it finishes (capped), which every node tails
-        to wake its waiting clients."""
+        to wake its waiting clients; and the progress of tasks a client waits for."""
         return f"{self.prefix}outcomes"
 
     # -- cluster agents (placement.py) --------------------------------------------------

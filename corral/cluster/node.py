@@ -364,7 +364,7 @@ class ClusterNode:
                     return None
                 got = await self.scripts.cancel(
                     keys=[self.keys.task(task_id), rec[0], self.keys.outcomes,
-                          self.keys.done],
+                          *self.keys.listed],
                     args=[task_id, repr(time.time()), error, int(self.settings.tasks_kept_for)])
             except RedisError as exc:
                 raise unavailable(self.settings.redis, exc,

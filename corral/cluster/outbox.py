@@ -104,11 +104,12 @@ class Outbox:
             taken = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
             batch = [(t, a) for t, a in taken if t.consumer not in self.given_up]
             # progress before outcomes: a report never lands on a task already ended
-            calls = [(self.scripts.progress, [self.keys.task(task.id)], [task.token, data])
+            calls = [(self.scripts.progress, [self.keys.task(task.id), self.keys.outcomes],
+                      [task.token, data, task.id])
                      for task, data in reports.values()]
             calls += [(self.scripts.finish, [self.keys.task(task.id),
                                              self.keys.attempts(task.id), task.stream,
-                                             self.keys.outcomes, self.keys.done], args)
+                                             self.keys.outcomes, *self.keys.listed], args)
                       for task, args in batch]
             try:
                 written = await self.scripts.run(calls) if calls else []

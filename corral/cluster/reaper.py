@@ -94,7 +94,7 @@ class Reaper:
             tid = task_id.decode()
             got = await self.scripts.takeover(
                 keys=[self.keys.task(tid), self.keys.attempts(tid), stream,
-                      self.keys.outcomes, self.keys.alive(dead), self.keys.done],
+                      self.keys.outcomes, self.keys.alive(dead), *self.keys.listed],
                 args=[tid, entry, dead, repr(time.time()), reason, self.kept_for, error,
                       "orphan" if orphans else "dead"])
             if got == b"requeued" and orphans:

@@ -3,7 +3,8 @@
 A task's stream entry goes with its outcome (FINISH deletes it); its record (outcome,
 attempts) stays, readable from every node, for `tasks_kept_for` seconds (EXPIRE) and
 among the newest `tasks_kept` finished ones: at each beat a node takes the ids beyond
-that count out of the done set (exactly those, scripts.TRIM) and deletes their records.
+that count out of the done set (`corral tasks` reads it too; exactly those, however many
+nodes trim at once: scripts.TRIM) and deletes their records.
 The outcomes and events streams are capped where they are written. What else would
 grow with time is the consumers of dead incarnations in each stream's group (one per
 node start, fence or rejoin): once the reaper has taken over what one held, it is
@@ -18,6 +19,7 @@ from typing import Any
 
 from ..supervisor.config import ClusterSettings
 from .keys import GROUP, Keys
+from .listing import id_floor
 from .membership import Membership
 from .scripts import Scripts
 
@@ -40,9 +42,10 @@ class Retention:
         m = self.membership
         if not m.member or not m.settled():
             return  # after a Redis restart, a missing key is not yet a dead node
-        cutoff = time.time() - self.settings.tasks_kept_for
+        # an id is made when its task is: one made before the cutoff ended before it too
+        cutoff = id_floor(time.time() - self.settings.tasks_kept_for)
         gone = await self.scripts.trim(keys=[self.keys.done],
-                                       args=[self.settings.tasks_kept, repr(cutoff)])
+                                       args=[self.settings.tasks_kept, cutoff])
         if gone:
             ids = [g.decode() for g in gone]
             await self.redis.delete(*(k for t in ids

@@ -416,7 +416,7 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     network: Literal["host", "none", "gateway"] | None = None
 
     def check(self) -> None:
-        if self.user is not None and not user_exists(self.user):
+        if self.user is not None and passwd_of(self.user) is None:
             # refused where it is written, not at each of its agents' spawns
             raise ConfigError(f"user: no such user: {self.user} (a tenant's user must "
                               "exist on this host)")
@@ -425,12 +425,12 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
                               f"{self.max_memory_mb}")
 
 
-def user_exists(user: str) -> bool:
+def passwd_of(user: str) -> pwd.struct_passwd | None:
+    """The account a `user` setting names (a name, or a uid in digits); None if none."""
     try:
-        pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
     except KeyError:
-        return False
-    return True
+        return None
 
 
 def parse_tenants(data: dict[str, Any], where: str) -> dict[str, TenantSpec]:
