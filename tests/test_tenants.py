@@ -446,7 +446,8 @@ def probes(task_b: str, ghost_task: str) -> dict[str, tuple[str, Any, Any]]:
         "stats.history": ("missing", {"agent": B}, {"agent": GHOST}),
         "agents.watch": ("missing", names(B), names(GHOST)),
         "stats.watch": ("own", None, None),
-        "ui.login": ("forbidden", {}, None),
+        # a dashboard of its own tenant (tests/test_ui.py opens one in a browser)
+        "ui.login": ("own", None, None),
         "packages.deploy": ("forbidden", {"path": "/nonexistent"}, None),
         "packages.releases": ("missing", {"name": B}, {"name": GHOST}),
         "nodes.list": ("forbidden", {}, None),  # the cluster's nodes: the operator's

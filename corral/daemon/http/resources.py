@@ -116,6 +116,8 @@ RESOURCES: list[Resource] = [
     _r("DELETE", "/tokens/{name}", "tokens.revoke", "Revoke a token"),
     # tenants (docs/tenants.md)
     _r("GET", "/tenants", "tenants.list", "The tenants: quotas beside use"),
+    _r("POST", "/ui/login", "ui.login", "A one-time link that logs a browser in to the "
+       "dashboard as this token (its tenant, agents and scopes)"),
     _r("POST", "/tenants", "tenants.add", "Add tenants from [tenants.NAME] tables",
        body=("tenants",), idempotent=True),
     _r("PATCH", "/tenants/{name}", "tenants.set", "Set keys of a tenant's table",
