@@ -497,6 +497,8 @@ class TaskSummary(_TaskHead):
     """One line of `corral tasks`."""
 
     attempts: int
+    # a cluster task's node: the one running it, or that ran its last attempt
+    node: str | UnsetType = UNSET
 
 
 class TaskList(Result):
@@ -648,7 +650,7 @@ class AgentsResume(Params):
 @method("agents.describe", result=DescribeResult, scope="agents:read")
 class AgentsDescribe(Params):
     """An agent's effective spec: command, cwd, environment keys, limits, restart policy,
-    revision and origin (the config file, or added at runtime)."""
+    revision and origin (the config file, added at runtime, or the cluster's)."""
 
     name: str
 
@@ -752,15 +754,17 @@ class TasksGet(Params):
 
 @method("tasks.list", result=TaskList, scope="tasks:read")
 class TasksList(Params):
-    """Recent tasks, newest last (from the task journal: every task until it is pruned),
-    a page of `limit` at a time: `next`, when there are older tasks, is the `before` that
-    lists them."""
+    """Recent tasks, newest last (from the task journal: every task until it is pruned;
+    with [cluster], the cluster's tasks on every node), a page of `limit` at a time:
+    `next`, when there are older tasks, is the `before` that lists them."""
 
     agent: str | None = None
     limit: int = 100
     status: str | None = None
     since: float | None = None  # seconds ago
     before: str | None = None  # a task id: only the tasks accepted before it
+    # with [cluster]: this node's own tasks (its journal), not the cluster's
+    local: bool = False
 
 
 @method("tasks.cancel", result=TaskInfo, scope="tasks:run", mutating=True)

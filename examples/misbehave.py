@@ -26,7 +26,8 @@ As a task, by its input {"do": WHAT, ...}:
                 (and returns ctx.attempt)
   block         sleep {"seconds": S} ignoring cancellation
   stray         answer a request id and report progress for a task it was never given
-  progress      report {"steps": N} progress steps, then return
+  progress      report {"steps": N} progress steps, then return; with {"hold": PATH},
+                wait after the first step until PATH exists (up to a minute)
   tools         call {"tool": NAME} {"times": N} times, return the results or the error
   publish       publish {"topic": T, "data": D} on the event bus
   subscribe     subscribe to {"topic": PATTERN}; events received are logged to stderr
@@ -156,6 +157,11 @@ def handle(task, ctx):
     if what == "progress":
         for i in range(int(task.get("steps", 3))):
             ctx.progress(i + 1, task.get("steps", 3), f"step {i + 1}")
+            deadline = time.monotonic() + 60
+            while i == 0 and "hold" in task and not os.path.exists(task["hold"]):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{task['hold']} never appeared")
+                time.sleep(0.02)
         return {"steps": task.get("steps", 3)}
     if what == "tools":
         results = []

@@ -121,7 +121,8 @@ class Notifications:
 
 class Daemon:
     def __init__(self, directory: Path, agents: str = "", extra: str = "",
-                 watchdog_usec: int | None = None, cgroup: Path | None = None) -> None:
+                 watchdog_usec: int | None = None, cgroup: Path | None = None,
+                 wrapper: list[str] | None = None) -> None:
         self.dir = directory
         self.sock = directory / "corral.sock"
         self.state = directory / "state"
@@ -130,6 +131,7 @@ class Daemon:
         self.notify = Notifications(directory)
         self.watchdog_usec = watchdog_usec
         self.cgroup = cgroup  # start the daemon in this cgroup (v2), as systemd would
+        self.wrapper = wrapper or []  # what execs the daemon (setpriv, to drop capabilities)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: bool = True) -> Daemon:
@@ -138,7 +140,7 @@ class Daemon:
         if self.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         self.notify.drain()  # a READY of an earlier daemon (a reload sends one) is stale
-        argv = [PY, "-m", "corral", "daemon", "--config", str(self.config)]
+        argv = [*self.wrapper, PY, "-m", "corral", "daemon", "--config", str(self.config)]
         if self.cgroup is not None:  # in its cgroup before its first instruction
             argv = ["/bin/sh", "-c", f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"',
                     "in-cgroup", *argv]
@@ -169,7 +171,18 @@ class Daemon:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # how far its shutdown got, in the failing test's report
+            log = self.state / "logs" / "corral.log"
+            tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else []
+            print(f"the daemon did not stop within {timeout} s; the end of its log:",
+                  *tail, sep="\n")
+            raise
+        if rc != 0 and self.proc.stderr is not None:
+            # why, in the failing test's report (a traceback the daemon died with)
+            print(f"the daemon exited {rc}; its stderr:\n{self.proc.stderr.read().decode()}")
         return rc
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ from corral import methods as m
 from corral.daemon.api import Caller
 from corral.daemon.daemon import Daemon
 from corral.daemon.http.ui import CSP
+from corral.daemon.tokens import tokens_of
 from corral.jsonrpc import RpcError
 from corral.supervisor import State
 
@@ -674,3 +675,216 @@ def test_an_agent_is_rolled_back_from_the_dashboard() -> None:
             3, "rollback to revision 1: replicas 2 -> 1")
         assert hist["revisions"][-1]["who"] == "token dashboard"
         assert sorted(d.status()) == ["hello#0"]
+
+
+# -- tenants on the dashboard (issue 23) ----------------------------------------------------
+TENANTS = '''
+[tenants.a]
+max_agents = 2
+max_replicas = 3
+max_queue = 50
+rate_per_minute = 600
+[tenants.b]
+max_replicas = 4
+[http]
+listen = "127.0.0.1:0"
+'''
+
+
+def tenant_cells(tenant: dict[str, Any]) -> list[str]:
+    """A tenant's row as the page must show it, from `corral tenants --json`."""
+    def beside(used: float, quota: float | None) -> str:
+        return f"{used:g} / {quota:g}" if quota else f"{used:g}"
+
+    q, u = tenant["quotas"], tenant["use"]
+    shown = {"max_agents", "max_replicas", "max_queue", "max_concurrent_tasks",
+             "tokens_per_minute"}
+    # as JavaScript writes a number: 600.0 is 600
+    other = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in q.items() if k not in shown) or "\u2013"
+    revision = f" (revision {tenant['revision']})" if tenant["revision"] else ""
+    return [tenant["name"], beside(u["agents"], q.get("max_agents")),
+            beside(u["replicas"], q.get("max_replicas")),
+            beside(u["queued"], q.get("max_queue")),
+            beside(u["running"], q.get("max_concurrent_tasks")),
+            beside(u["tokens_last_minute"], q.get("tokens_per_minute")),
+            str(u["oom_kills"]), other, tenant["origin"] + revision]
+
+
+def token_login(base: str, secret: str) -> str:
+    """A dashboard link asked for over the REST API with a bearer token."""
+    req = urllib.request.Request(base + "/api/v1/ui/login", method="POST", data=b"{}",
+                                 headers={"Authorization": f"Bearer {secret}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as resp:
+        return str(msgspec.json.decode(resp.read())["url"])
+
+
+async def test_a_dashboard_session_is_bounded_as_the_token_that_asked_for_it(
+        tmp_path: Path) -> None:
+    """A link asked for with a token (its tenant, or its agents glob) logs in to a
+    session that sees what the token sees, and no more; the session ends with the token,
+    and a token made again under its name with other powers does not bring it back."""
+    agents = (hello("a1", extra='tenant = "a"\n') + hello("b1", extra='tenant = "b"\n')
+              + hello("web-x"))
+    async with in_process(tmp_path, agents, TENANTS) as d:
+        tokens = tokens_of(d.services.store)
+        _, of_a = await tokens.create("ta", ["admin"], None, None, "a")
+        _, webs = await tokens.create("webs", ["admin"], "web-*", None)
+        for token, seen, tenants in ((of_a, {"a1"}, ["a"]),
+                                     (webs, {"web-x"}, ["a", "b", "default"])):
+            caller = Caller(via="http", token=token.name, scopes=token.scopes,
+                            agents=token.agents, tenant=token.tenant)
+            link = await login_link(d, caller)
+            async with page(d) as p:
+                await p.login(link.url)
+                _, _, info = await p.get("/ui/session")
+                assert info["tenant"] == token.tenant
+                status, _, body = await p.call("agents.status")
+                assert status == 200 and {r["name"] for r in body["agents"]} == seen
+                status, _, body = await p.call("tenants.list")
+                assert [t["name"] for t in body["tenants"]] == tenants
+                status, _, body = await p.call("agents.describe", {"name": "b1"})
+                assert (status, body["detail"]) == (404, "no such agent: b1 (agents: "
+                                                         f"{', '.join(sorted(seen))})")
+
+        caller = Caller(via="http", token="ta", scopes=of_a.scopes, tenant="a")
+        link = await login_link(d, caller)
+        async with page(d) as p:
+            await p.login(link.url)
+            assert (await p.call("tenants.list"))[0] == 200
+            await tokens.revoke("ta")
+            await tokens.create("ta", ["admin"], None, None, "b")  # another token
+            status, _, body = await p.call("tenants.list")
+            assert (status, body["detail"]) == (401, "unauthorized: no dashboard session "
+                                                     "(open the link that `corral ui` "
+                                                     "prints)")
+            assert (await p.get("/ui/session"))[0] == 401
+        # the operator's session (a socket peer's, no token) is not ended by any of this
+        async with page(d) as p:
+            await p.login((await login_link(d)).url)
+            status, _, body = await p.call("tenants.list")
+            assert status == 200 and len(body["tenants"]) == 3
+
+
+@needs_chromium
+@pytest.mark.timeout(240)
+def test_the_dashboard_breaks_the_fleet_down_by_tenant() -> None:
+    """Each tenant's quotas beside its use, as `corral tenants --json` has them, kept up
+    to date as samples come; the fleet filtered to a tenant or grouped by tenant; a
+    tenant's token's dashboard shows its tenant only, and ends with the token."""
+    from playwright.sync_api import ConsoleMessage, expect
+
+    serving = re.compile(r"^(ready|idle|busy)$")
+    agents = (hello("a1", extra='tenant = "a"\n') + hello("a2", extra='tenant = "a"\n')
+              + hello("b1", extra='tenant = "b"\n') + hello("plain"))
+    with running_daemon(shared_tmpdir(), agents, extra=TENANTS) as d:
+        link = d.json("ui")["url"]
+        base = link.split("/ui/")[0]
+        problems: list[str] = []
+
+        def on_console(msg: ConsoleMessage) -> None:
+            # the one error a revoked session's page may log: its refused calls (401)
+            if msg.type in ("error", "warning") and "401" not in msg.text:
+                problems.append(f"console {msg.type}: {msg.text}")
+
+        def same_as_cli(page: Any, names: list[str]) -> None:
+            """The tenants table, row by row, is `corral tenants --json` (read until
+            they agree: the page reads it again at each sample)."""
+            seen: list[Any] = []
+
+            def agree() -> bool:
+                want = [tenant_cells(t) for t in d.json("tenants")["tenants"]
+                        if t["name"] in names]
+                got = page.evaluate("""() => [...document.querySelectorAll(
+                    '#tenants tbody tr')].map(r => [...r.cells].map(c => c.innerText))""")
+                seen[:] = [got, want]
+                return bool(got == want)
+
+            try:
+                wait_until(agree, timeout=15, what="the tenants table as the CLI")
+            except AssertionError:
+                raise AssertionError(f"the page's tenants, then the CLI's: {seen}") from None
+
+        with chromium_page() as page:
+            page.on("console", on_console)
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.goto(link)
+            for name in ("a1", "a2", "b1", "plain"):
+                expect(page.locator(f'#fleet tr[data-agent="{name}"] .state')).to_have_text(
+                    serving)
+            # the operator's view: every tenant, quotas beside use
+            expect(page.locator("#tenants tbody tr")).to_have_count(3)
+            same_as_cli(page, ["a", "b", "default"])
+            a_row = page.locator('#tenants tr[data-tenant="a"]')
+            expect(a_row.locator('td[data-use="agents"]')).to_have_text("2 / 2")
+            expect(a_row.locator('td[data-use="replicas"]')).to_have_text("2 / 3")
+            expect(a_row).to_contain_text("rate_per_minute=600")
+
+            # a scale shows in the use without a reload (the next sample's read)
+            page.evaluate("window.sameDocument = true")
+            r = d.cli("scale", "a1", "2")
+            assert r.returncode == 0, r.stderr
+            expect(a_row.locator('td[data-use="replicas"]')).to_have_text("3 / 3")
+            same_as_cli(page, ["a", "b", "default"])
+            assert page.evaluate("window.sameDocument") is True
+
+            # filtered to one tenant: its row's link, and the select back to all
+            a_row.locator("a").click()
+            assert page.url.endswith("#/fleet/a")
+            rows = page.locator("#fleet tbody tr")
+            expect(rows).to_have_count(3)
+            assert sorted({rows.nth(i).get_attribute("data-agent") for i in range(3)}) == [
+                "a1", "a2"]
+            expect(page.locator("#tenant-filter")).to_have_value("a")
+            page.select_option("#tenant-filter", "b")
+            expect(page.locator("#fleet tbody tr")).to_have_count(1)
+            expect(page.locator('#fleet tr[data-agent="b1"]')).to_have_count(1)
+            page.select_option("#tenant-filter", "")
+            expect(page.locator("#fleet tbody tr[data-agent]")).to_have_count(5)
+
+            # grouped: a header per tenant, each followed by its agents' replicas
+            page.check("#group-by-tenant")
+            expect(page.locator("#fleet tr.group")).to_have_count(3)
+            order = page.evaluate("""() => [...document.querySelectorAll('#fleet tbody tr')]
+                .map(r => r.dataset.group !== undefined ? `[${r.dataset.group}]`
+                                                        : r.dataset.agent)""")
+            assert order == ["[a]", "a1", "a1", "a2", "[b]", "b1", "[default]", "plain"]
+            expect(page.locator('#fleet tr[data-group="a"]')).to_have_text(
+                "tenant a: 3 replicas")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-tenants.png"), full_page=True)
+            assert page.evaluate("window.__cspViolations") == []
+
+        # tenant a's token (every scope: the tenant bounds it still) asks for its link
+        secret = d.cli("token", "create", "ta", "--tenant", "a", "--scope", "admin"
+                       ).stdout.strip()
+        tenant_link = token_login(base, secret)
+        with chromium_page() as page:
+            page.on("console", on_console)
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.goto(tenant_link)
+            expect(page.locator('#fleet tr[data-agent="a2"] .state')).to_have_text(serving)
+            expect(page.locator("#tenants tbody tr")).to_have_count(1)
+            same_as_cli(page, ["a"])
+            # b's agents and b's row are not there; nor are the operator's other tenants
+            expect(page.locator("#fleet tbody tr[data-agent]")).to_have_count(3)
+            assert page.locator('#fleet tr[data-agent="b1"]').count() == 0
+            assert page.locator('#fleet tr[data-agent="plain"]').count() == 0
+            assert page.locator('#tenants tr[data-tenant="b"]').count() == 0
+            # its filter names its own tenant only
+            assert page.evaluate("""() => [...document.querySelectorAll(
+                '#tenant-filter option')].map(o => o.value)""") == ["", "a"]
+            # and b named in the address is an empty list, not b's agents
+            page.goto(tenant_link.split("/login")[0] + "/#/fleet/b")
+            expect(page.locator("#no-agents")).to_have_text("No agents in tenant b.")
+            assert page.locator("#fleet tbody tr").count() == 0
+            page.screenshot(path=str(ARTIFACTS / "dashboard-tenant-a.png"), full_page=True)
+
+            # the token revoked: its session ends, and the page says why at the next read
+            r = d.cli("token", "revoke", "ta")
+            assert r.returncode == 0, r.stderr
+            expect(page.locator("#login")).to_contain_text(
+                "tenants.list was refused: unauthorized: no dashboard session (open the "
+                "link that `corral ui` prints)", timeout=15_000)
+            assert page.evaluate("window.__cspViolations") == []
+        assert problems == []

@@ -1118,19 +1118,28 @@ def _duration(value: str | None) -> float | None:
               help="Only tasks with this status.")
 @click.option("--before", default=None, metavar="TASK_ID",
               help="Only tasks accepted before this one: the next page (older tasks).")
+@click.option("--local", is_flag=True,
+              help="With [cluster]: this node's own tasks (run with --local), not the "
+                   "cluster's.")
 @json_option
 @pass_ctx
 def tasks_list(obj: Ctx, agent: str | None, limit: int, since: str | None,
-               status: str | None, before: str | None, as_json: bool) -> None:
+               status: str | None, before: str | None, local: bool, as_json: bool) -> None:
     res: m.TaskList = obj.call("tasks.list", m.TasksList(
-        agent=agent, limit=limit, status=status, since=_duration(since), before=before))
+        agent=agent, limit=limit, status=status, since=_duration(since), before=before,
+        local=local))
     if as_json:
         _print_json(res)
         return
     now = time.time()
     rows = [[t.task_id, t.agent, t.status, str(t.priority), str(t.attempts),
              _human_time(now - t.created) + " ago"] for t in res.tasks]
-    _table(rows, ["TASK", "AGENT", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED"])
+    head = ["TASK", "AGENT", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED"]
+    if any(isinstance(t.node, str) for t in res.tasks):  # a cluster's tasks
+        for row, t in zip(rows, res.tasks, strict=True):
+            row.insert(3, t.node if isinstance(t.node, str) else "-")
+        head.insert(3, "NODE")
+    _table(rows, head)
     if isinstance(res.next, str):
         click.echo(f"older tasks: the same with --before {res.next}", err=True)
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from redis.exceptions import RedisError
 
 from .. import jsonrpc
@@ -23,7 +24,7 @@ from ..supervisor.config import ClusterSettings
 from ..supervisor.tasks import is_task_id, new_id
 from ..supervisor.tasks.admission import check_input, check_timeout
 from ..supervisor.tasks.host import TaskHost
-from . import records
+from . import listing, records
 from .batch import Batcher
 from .connection import never_sent, read, unavailable, why
 from .keys import Keys
@@ -33,6 +34,8 @@ from .scripts import Scripts
 KEEP_FINISHED = 7 * 86400  # seconds a finished task's record stays in Redis
 RECHECK_BEATS = 5  # a waiting client reads its task's record at least this often (beats)
 Waiter = asyncio.Future[m.TaskResult | None]
+Progress = Callable[[dict[str, Any]], None]
+_progress = msgspec.json.Decoder(dict[str, Any])
 
 
 class ClusterDesk:
@@ -50,6 +53,8 @@ class ClusterDesk:
         # clients waiting here, by task: woken with the outcome when the outcomes stream
         # carries it, else with None (read the record)
         self._waiting: dict[str, list[Waiter]] = {}
+        # clients following a task's progress here (`corral run`), by task
+        self._following: dict[str, list[Progress]] = {}
         self._submit = Batcher(scripts, scripts.submit)
 
     # -- submit ---------------------------------------------------------------------------
@@ -68,9 +73,11 @@ class ClusterDesk:
                 raise RpcError(jsonrpc.REFUSED, f"no live node of cluster "
                                                 f"{self.settings.name} runs agent {agent}")
 
-    async def submit(self, p: m.TasksRun, task_id: str | None = None) -> str:
+    async def submit(self, p: m.TasksRun, task_id: str | None = None, *,
+                     watched: bool = False) -> str:
         """Accept a cluster task: its id once Redis holds it; RpcError with the reason
-        otherwise (nothing was accepted)."""
+        otherwise (nothing was accepted). `watched`: a client follows its progress, which
+        the node running it then sends on the outcomes stream."""
         task_id = task_id or new_id()
         raw = bytes(p.input)
         check_input(len(raw))
@@ -78,10 +85,10 @@ class ClusterDesk:
         local = self.host.agents.get(p.agent)
         max_queue = local.spec.max_queue if local is not None else 0
         keys = [self.keys.task(task_id), self.keys.stream(p.agent, p.priority),
-                self.keys.priorities(p.agent), self.keys.agents]
+                self.keys.priorities(p.agent), self.keys.agents, self.keys.live]
         args = [task_id, p.agent, raw, p.priority,
                 "" if p.timeout is None else repr(p.timeout), "", repr(time.time()),
-                self.membership.node, max_queue]
+                self.membership.node, max_queue, "1" if watched else "0"]
         try:
             await self._check_served(p.agent)
             got = await self._submit(keys=keys, args=args)
@@ -104,6 +111,20 @@ class ClusterDesk:
         return task_id
 
     # -- ask --------------------------------------------------------------------------------
+    async def list(self, p: m.TasksList, since: float | None, limit: int,
+                   sees: Callable[[str], bool] | None
+                   ) -> tuple[list[m.TaskSummary], str | None]:
+        """`corral tasks`: the cluster's tasks on every node (listing.py). Redis away: refused
+        with the reason, not answered with this node's tasks alone, which would read as
+        the cluster's."""
+        try:
+            return await listing.page(self.redis, self.keys, agent=p.agent, status=p.status,
+                                      since=since, limit=limit, before=p.before, sees=sees)
+        except RedisError as exc:
+            raise unavailable(self.settings.redis, exc,
+                              "the cluster's tasks cannot be listed (`corral tasks --local` "
+                              "lists this node's own)") from None
+
     async def info(self, task_id: str) -> m.TaskInfo | None:
         """The task's record, or None when the cluster has no such task; RedisError when
         Redis does not answer."""
@@ -173,20 +194,38 @@ class ClusterDesk:
                 if i is not None:
                     return i
 
-    async def run(self, p: m.TasksRun, notify: Callable[[str, Any], None]) -> Any:
+    async def run(self, p: m.TasksRun, notify: Callable[[str, Any], None],
+                  progress: Progress | None = None) -> Any:
+        """Submit, and (unless detached) wait for the outcome; `progress` hears the task's
+        progress reports, from whichever node runs it, as `task.progress`'s params."""
         task_id = new_id()
         fut = None if p.detach else self._waiter(task_id)
+        follow = progress is not None and fut is not None
+        if follow:
+            assert progress is not None
+            self._following.setdefault(task_id, []).append(progress)
         try:
-            await self.submit(p, task_id)
-        except BaseException:
-            if fut is not None:
-                self._unwait(task_id, fut)
-            raise
-        if fut is None:
-            return m.TaskAccepted(task_id=task_id, status="queued")
-        notify("task.accepted", {"task_id": task_id})
-        got = await self._ended(task_id, fut)
+            try:
+                await self.submit(p, task_id, watched=follow)
+            except BaseException:
+                if fut is not None:
+                    self._unwait(task_id, fut)
+                raise
+            if fut is None:
+                return m.TaskAccepted(task_id=task_id, status="queued")
+            notify("task.accepted", {"task_id": task_id})
+            got = await self._ended(task_id, fut)
+        finally:
+            if follow:
+                self._unfollow(task_id, progress)
         return records.result(got) if isinstance(got, m.TaskInfo) else got
+
+    def _unfollow(self, task_id: str, progress: Progress | None) -> None:
+        following = self._following.get(task_id)
+        if following is not None and progress in following:
+            following.remove(progress)
+            if not following:
+                del self._following[task_id]
 
     # -- the outcomes stream ------------------------------------------------------------
     def _wake(self, task_id: str, result: m.TaskResult | None = None) -> None:
@@ -217,7 +256,23 @@ class ClusterDesk:
                 for entry_id, fields in entries:
                     last = entry_id
                     task_id = fields.get(b"task")
-                    if task_id is not None and task_id.decode() in self._waiting:
-                        tid = task_id.decode()
+                    if task_id is None:
+                        continue
+                    tid = task_id.decode()
+                    if b"progress" in fields:
+                        self._progressed(tid, fields[b"progress"])
+                    elif tid in self._waiting:
                         self._wake(tid, records.inline_result(tid, fields))
+
+    def _progressed(self, task_id: str, raw: bytes) -> None:
+        """A progress report of a task followed here, as the worker sent it."""
+        following = self._following.get(task_id)
+        if not following:
+            return
+        try:
+            params = _progress.decode(raw)
+        except msgspec.DecodeError:
+            return  # not a worker's report: the record keeps it, no client is told
+        for send in list(following):
+            send({**params, "task_id": task_id})
 

@@ -69,9 +69,26 @@ class Keys:
         return f"{self.prefix}fence"
 
     @property
+    def live(self) -> str:
+        """Sorted set (every score 0, so ordered by id, which is by time): the tasks
+        queued or running, for `corral tasks`; bounded by the queues."""
+        return f"{self.prefix}live"
+
+    @property
+    def done(self) -> str:
+        """Sorted set, as `live`: the finished tasks whose records are kept, trimmed to
+        the newest `tasks_kept` (retention.py)."""
+        return f"{self.prefix}done"
+
+    @property
+    def listed(self) -> list[str]:
+        """The two, as the scripts that end a task take them (KEYS, last)."""
+        return [self.live, self.done]
+
+    @property
     def outcomes(self) -> str:
         """Stream: `task_id` of each task as it finishes (capped), which every node tails
-        to wake its waiting clients."""
+        to wake its waiting clients; and the progress of tasks a client waits for."""
         return f"{self.prefix}outcomes"
 
     # -- cluster agents (placement.py) --------------------------------------------------
@@ -87,6 +104,17 @@ class Keys:
         incarnation runs each of its replicas, changed only by compare-and-set on the
         epoch."""
         return f"{self.prefix}place"
+
+    def history(self, agent: str) -> str:
+        """List: a cluster agent's revisions (JSON each: revision, time, who, change,
+        spec), oldest first, the last HISTORY_KEPT of them (`corral history`, `rollback`)."""
+        return f"{self.prefix}hist:{agent}"
+
+    def declared(self, node: str) -> str:
+        """Hash: agent -> the table (JSON) the node's config file last declared for a
+        cluster agent: what tells a change its file made from a file that did not change
+        (declared.py)."""
+        return f"{self.prefix}decl:{node}"
 
     def state(self, agent: str) -> str:
         """Hash: replica slot -> [time, state] (JSON): a cluster agent's checkpoints,

@@ -13,9 +13,20 @@ from redis.exceptions import NoScriptError
 
 from .keys import GROUP, OUTCOMES_KEPT
 
-# KEYS: task, stream, priorities, agents
+
+def _listed_done(live: int, task: str) -> str:
+    """A task that ended moves from the listed live tasks (KEYS[live]) to the finished
+    ones (KEYS[live + 1]): what `corral tasks` reads, with no SCAN of the cluster's keys,
+    and what a node's beat trims to the newest `tasks_kept`, deleting the records of
+    those it takes out (TRIM, retention.py)."""
+    return f"""redis.call('ZREM', KEYS[{live}], {task})
+redis.call('ZADD', KEYS[{live + 1}], 0, {task})"""
+
+
+# KEYS: task, stream, priorities, agents, live tasks (listed)
 # ARGV: task_id, agent, input, priority, timeout ('' the claiming node's), retries (''
-#       the claiming node's), created, submitted_on, max_queue (0: unbounded)
+#       the claiming node's), created, submitted_on, max_queue (0: unbounded), '1' when
+#       a client waits for its progress (it goes on the outcomes stream, see PROGRESS)
 # -> 1 accepted, 0 already accepted (the same id: a retried submit), -1 the queue is full
 SUBMIT = f"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -29,8 +40,10 @@ local entry = redis.call('XADD', KEYS[2], '*', 'task', ARGV[1])
 redis.call('HSET', KEYS[1], 'agent', ARGV[2], 'input', ARGV[3], 'priority', ARGV[4],
   'timeout', ARGV[5], 'retries_left', ARGV[6], 'created', ARGV[7], 'status', 'queued',
   'fence', '0', 'submitted_on', ARGV[8], 'entry', entry, 'stream', KEYS[2])
+if ARGV[10] == '1' then redis.call('HSET', KEYS[1], 'watched', '1') end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[4])
 redis.call('SADD', KEYS[4], ARGV[2])
+redis.call('ZADD', KEYS[5], 0, ARGV[1])
 return 1
 """
 
@@ -71,7 +84,7 @@ return {{token, base, v[1], v[2], v[3], v[4], v[5]}}
 # The outcome of an attempt, from the node that holds its fence token, and only while the
 # task is still running under that token: a node paused past its TTL, whose task was
 # taken over, is refused (0), so a task never gets two outcomes.
-# KEYS: task, attempts, stream, outcomes
+# KEYS: task, attempts, stream, outcomes, live and finished tasks (listed)
 # ARGV: token, task_id, status, output JSON ('' none), error JSON ('' none), finished,
 #       entry, attempts before the claim, seconds a finished record is kept,
 #       retries_left, '1' when the outcome rides along on the outcomes stream (small, and
@@ -106,15 +119,23 @@ else
 end
 redis.call('EXPIRE', KEYS[1], ARGV[9])
 redis.call('EXPIRE', KEYS[2], ARGV[9])
+{_listed_done(5, 'ARGV[2]')}
 return 1
 """
 
-# Progress of a running attempt, fenced as its outcome is.
-# KEYS: task; ARGV: token, progress JSON -> 1 written, 0 refused
-PROGRESS = """
-local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
+# Progress of a running attempt, fenced as its outcome is. When a client waits for the
+# task (`corral run`, on any node), the report also goes on the outcomes stream, before
+# the outcome, for the client's node to pass on; progress no one waits for stays in the
+# record.
+# KEYS: task, outcomes; ARGV: token, progress JSON, task_id -> 1 written, 0 refused
+PROGRESS = f"""
+local rec = redis.call('HMGET', KEYS[1], 'fence', 'status', 'watched')
 if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[2])
+if rec[3] == '1' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[3],
+    'progress', ARGV[2])
+end
 return 1
 """
 
@@ -138,7 +159,8 @@ end"""
 # dead, the entry is still the task's, and the task still that consumer's.
 # The same for an orphan (ARGV[8] = 'orphan'): an entry a live node holds but does not
 # run (its claim's reply was lost with a connection); it waits again, no retry spent.
-# KEYS: task, attempts, stream, outcomes, the dead consumer's liveness key
+# KEYS: task, attempts, stream, outcomes, the dead consumer's liveness key, live and
+#       finished tasks (listed)
 # ARGV: task_id, entry, dead consumer, now, reason, seconds a finished record is kept,
 #       error JSON (ends lost), 'dead' or 'orphan'
 # -> 'requeued', 'lost', or false (nothing to do)
@@ -178,6 +200,7 @@ redis.call('HSET', KEYS[1], 'status', 'lost', 'fence', '0', 'finished', ARGV[4],
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
+{_listed_done(6, 'ARGV[1]')}
 return 'lost'
 """
 
@@ -199,9 +222,9 @@ return 1
 # `corral cancel` of a cluster task, on any node: one still queued ends here; a running
 # one is marked, and the node running it cancels it at its next beat (its outcome, then,
 # is written through the fence like any other).
-# KEYS: task, stream, outcomes; ARGV: task_id, now, error JSON, seconds a finished record
-# is kept -> 'cancelled', 'asked', 'ended:STATUS' (it had already finished), or false
-# (no such task)
+# KEYS: task, stream, outcomes, live and finished tasks (listed); ARGV: task_id, now,
+# error JSON, seconds a finished record is kept -> 'cancelled', 'asked', 'ended:STATUS'
+# (it had already finished), or false (no such task)
 CANCEL = f"""
 local rec = redis.call('HMGET', KEYS[1], 'status', 'entry')
 if not rec[1] then return false end
@@ -212,6 +235,7 @@ if rec[1] == 'queued' then
   redis.call('XDEL', KEYS[2], rec[2])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
+  {_listed_done(4, 'ARGV[1]')}
   return 'cancelled'
 end
 if rec[1] == 'running' then
@@ -270,15 +294,68 @@ redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 return 1
 """
 
-# ADD_AGENTS: cluster agents' tables, all or none (a name already there refuses all).
-# KEYS: cluster agents; ARGV: name, table JSON, name, table JSON, ... -> '' or the name
-# that exists
+# ADD_AGENTS: cluster agents' tables, all or none (a name already there refuses all),
+# each with its first revision in its history.
+# KEYS: cluster agents, then each agent's history; ARGV: name, table JSON, revision 1
+# (JSON), name, ... -> '' or the name that exists
 ADD_AGENTS = """
-for i = 1, #ARGV, 2 do
+for i = 1, #ARGV, 3 do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then return ARGV[i] end
 end
-for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 1, #ARGV, 3 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  local history = KEYS[2 + (i - 1) / 3]
+  redis.call('DEL', history)
+  redis.call('RPUSH', history, ARGV[i + 2])
+end
 return ''
+"""
+
+# SET_AGENT: a cluster agent's table changed in place (`corral scale`, `rollback`, a
+# reload), compare-and-set on its placement epoch, which it moves on: a change made from
+# a stale read, or a placement computed from the old table, loses and reads again. The
+# slots stay; the nodes bring them to the new table at their next beat. Its history gets
+# the next revision (the entry's JSON after `{"revision":N,`, built by the caller), and
+# keeps the last ARGV[5].
+# KEYS: cluster agents, placement, history
+# ARGV: agent, expected epoch, table JSON, the entry's tail, revisions kept
+#   -> the new revision; 0: the epoch moved on; -1: no such cluster agent
+SET_AGENT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+local epoch = 0
+if cur then epoch = cjson.decode(cur)['epoch'] end
+if epoch ~= tonumber(ARGV[2]) then return 0 end
+local last = redis.call('LINDEX', KEYS[3], -1)
+local revision = 1
+if last then revision = cjson.decode(last)['revision'] + 1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if cur then
+  redis.call('HSET', KEYS[2], ARGV[1],
+             (string.gsub(cur, '^{"epoch":%d+', '{"epoch":' .. (epoch + 1), 1)))
+else
+  redis.call('HSET', KEYS[2], ARGV[1], '{"epoch":1,"slots":[]}')
+end
+redis.call('RPUSH', KEYS[3], '{"revision":' .. revision .. ',' .. ARGV[4])
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
+return revision
+"""
+
+
+# TRIM: the finished tasks (keys.done, every score 0, ordered by id and so by the time
+# each was made) beyond the newest `kept` taken out of the set, exactly those however
+# many nodes trim at once: their records are deleted by the caller. The ids made before
+# the cutoff (an id prefix) leave the set alone: their records have expired, or will
+# within tasks_kept_for of their end.
+# KEYS: done; ARGV: kept, cutoff id prefix -> the ids whose records to delete
+TRIM = """
+redis.call('ZREMRANGEBYLEX', KEYS[1], '-', '(' .. ARGV[2])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
+if over <= 0 then return {} end
+local gone = redis.call('ZPOPMIN', KEYS[1], over)
+local ids = {}
+for i = 1, #gone, 2 do ids[#ids + 1] = gone[i] end
+return ids
 """
 
 
@@ -303,6 +380,8 @@ class Scripts:
         self.place = redis.register_script(PLACE)
         self.checkpoint = redis.register_script(CHECKPOINT)
         self.add_agents = redis.register_script(ADD_AGENTS)
+        self.set_agent = redis.register_script(SET_AGENT)
+        self.trim = redis.register_script(TRIM)
 
     async def run(self, calls: list[Call]) -> list[Any]:
         """Many script calls in one pipeline (one round trip), each answer or its error in

@@ -656,6 +656,8 @@ AGENT_RULES: dict[str, AgentRule] = {
     "gateway.call": AgentRule(_gateway_client),
     "gateway.watch": AgentRule(_nothing),
     "gateway.status": AgentRule(_nothing, filter=_gateway_filter),
+    # a dashboard link for the caller's own tenant, agents and scopes (ui.Sessions.issue)
+    "ui.login": AgentRule(_nothing),
     # packages.deploy reads a path of the daemon's host: for callers that see every agent
     "packages.releases": AgentRule(_one("name")),
 }

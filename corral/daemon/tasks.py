@@ -79,7 +79,13 @@ class TaskDesk:
     async def run(self, p: m.TasksRun, channel: Channel) -> Any:
         await self.recovered.wait()
         if self.cluster is not None and not p.local:
-            return await self.cluster.desk.run(self._held_to_tenant(p), channel.notify)
+            # progress from whichever node runs it, coalesced for a slow reader as below
+            latest = Latest(channel, "task.progress")
+            try:
+                return await self.cluster.desk.run(self._held_to_tenant(p), channel.notify,
+                                                   latest.send)
+            finally:
+                latest.close()
         tasks = self.sup.tasks
         if self.refusing is not None:
             # refused before it reaches an agent: a task that cannot be recorded never runs
@@ -151,11 +157,12 @@ class TaskDesk:
         return await self.sup.tasks.info(task_id, wait=wait)
 
     async def list(self, p: m.TasksList, sees: Callable[[str], bool] | None = None
-                   ) -> tuple[list[TaskSummary], str | None]:
+                   ) -> tuple[list[TaskSummary] | list[m.TaskSummary], str | None]:
         """A page of tasks, newest last, and the cursor of the page before it (older
         tasks), or None when there is none; with `sees`, of the agents it admits."""
         await self.recovered.wait()
-        if p.agent is not None and self.journal is None:
+        if p.agent is not None and self.journal is None and (self.cluster is None
+                                                              or p.local):
             self.sup.agent(p.agent)
         if p.status is not None and p.status not in STATUSES:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"no such status: {p.status} (one of "
@@ -168,6 +175,8 @@ class TaskDesk:
         limit = row_limit(p.limit)
         if limit == 0:
             return [], None
+        if self.cluster is not None and not p.local:
+            return await self.cluster.desk.list(p, since, limit, sees)
         # one more than the page: whether older tasks are left, without counting them
         page = await self.sup.tasks.query(agent=p.agent, status=p.status, since=since,
                                           limit=limit + 1, before=p.before, sees=sees)

@@ -16,7 +16,6 @@ import fcntl
 import grp
 import io
 import os
-import pwd
 import signal
 import subprocess
 from collections import deque
@@ -26,7 +25,7 @@ from typing import Any, TypeVar, cast
 
 from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineBlock, LineProtocol, Peer
 from .caps import wrap_argv
-from .config import ConfigError, Limits
+from .config import ConfigError, Limits, passwd_of
 from .containment import TOKEN_VARIABLE, Containment, place
 from .pacing import pacer
 
@@ -58,10 +57,9 @@ def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int |
         return None, None
     uid = gid = None
     if user is not None:
-        try:
-            pw = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
-        except KeyError:
-            raise ConfigError(f"user: no such user: {user}") from None
+        pw = passwd_of(user)
+        if pw is None:
+            raise ConfigError(f"user: no such user: {user}")
         uid, gid = pw.pw_uid, pw.pw_gid
     if group is not None:
         try:

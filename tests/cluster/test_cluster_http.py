@@ -38,6 +38,7 @@ async def test_nodes_and_tasks_over_http(tmp: Path, redis: RedisServer) -> None:
         assert (status, body["status"], body["output"]["greeting"]) == (
             200, "succeeded", "hello, h")
         assert [a["node"] for a in body["attempts"]] == ["solo"]
+        cluster_task = body["task_id"]
         assert r.headers["Location"] == f"/api/v1/tasks/{body['task_id']}"
         status, info, _ = await api.ask("GET", f"/tasks/{body['task_id']}", "ops")
         assert (status, info["status"], info["attempts"][0]["node"]) == (200, "succeeded",
@@ -45,6 +46,14 @@ async def test_nodes_and_tasks_over_http(tmp: Path, redis: RedisServer) -> None:
         status, body, _ = await api.ask("POST", "/tasks?wait=10", "ops",
                                         {"agent": "greeter", "local": True})
         assert status == 200 and "node" not in body["attempts"][0]
+        local_task = body["task_id"]
+        # the task list: the cluster's, or with `local` this node's own
+        status, body, _ = await api.ask("GET", "/tasks", "ops")
+        assert status == 200, body
+        assert [(t["task_id"], t["node"]) for t in body["tasks"]] == [(cluster_task, "solo")]
+        status, body, _ = await api.ask("GET", "/tasks?local=true", "ops")
+        assert [t["task_id"] for t in body["tasks"]] == [local_task]
+        assert "node" not in body["tasks"][0]
 
         # Prometheus: series per node (a `node` label), no task ids; the nodes as this
         # node's last beat read them
@@ -67,7 +76,7 @@ async def test_nodes_and_tasks_over_http(tmp: Path, redis: RedisServer) -> None:
             'corral_cluster_takeovers_total{node="solo",outcome="requeued"} 0.0',
             'corral_cluster_tasks_claimed_total{node="solo"} 1.0',
         ]
-        assert body["task_id"] not in text
+        assert cluster_task not in text
 
         redis.kill()
         status, body, r = await api.ask("POST", "/tasks", "ops", {"agent": "greeter"})
@@ -78,3 +87,9 @@ async def test_nodes_and_tasks_over_http(tmp: Path, redis: RedisServer) -> None:
         assert body["detail"].endswith("): the task was not accepted")
         status, body, _ = await api.ask("GET", "/nodes", "ops")
         assert status == 503 and body["detail"].endswith("the nodes cannot be listed")
+        status, body, _ = await api.ask("GET", "/tasks", "ops")
+        assert status == 503 and body["detail"].endswith(
+            "the cluster's tasks cannot be listed (`corral tasks --local` lists this node's "
+            "own)")
+        status, body, _ = await api.ask("GET", "/tasks?local=true", "ops")
+        assert status == 200 and [t["task_id"] for t in body["tasks"]] == [local_task]

@@ -33,8 +33,9 @@ async def client(redis: RedisServer) -> AsyncIterator[Any]:
 
 async def submit(s: Scripts, i: int, max_queue: int = 0) -> Any:
     tid = TID.format(i)
-    return await s.submit(keys=[K.task(tid), K.stream("w", 0), K.priorities("w"), K.agents],
-                          args=[tid, "w", b'{"x":1}', 0, "", "", "1.0", "n", max_queue])
+    return await s.submit(keys=[K.task(tid), K.stream("w", 0), K.priorities("w"), K.agents,
+                                K.live],
+                          args=[tid, "w", b'{"x":1}', 0, "", "", "1.0", "n", max_queue, "0"])
 
 
 async def claim(s: Scripts, c: Any, i: int, consumer: str = "n/1") -> Any:
@@ -48,7 +49,8 @@ async def claim(s: Scripts, c: Any, i: int, consumer: str = "n/1") -> Any:
 async def finish(s: Scripts, c: Any, i: int, token: int) -> Any:
     tid = TID.format(i)
     entry = await c.hget(K.task(tid), "entry")
-    return await s.finish(keys=[K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes],
+    return await s.finish(keys=[K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes,
+                                *K.listed],
                           args=[token, tid, "succeeded", b'{"ok":true}', b"", "3.0", entry,
                                 0, 60, 2, "1", ATTEMPT])
 
@@ -76,8 +78,9 @@ async def test_claims_fence_and_only_the_holder_writes(client: Any) -> None:
     assert got2[0] == 2  # tokens increase across the cluster
     assert await claim(s, client, 1) is None  # running: not claimed twice
     tid = TID.format(1)
-    assert await s.progress(keys=[K.task(tid)], args=[token1 + 5, b'{"p":1}']) == 0
-    assert await s.progress(keys=[K.task(tid)], args=[token1, b'{"p":1}']) == 1
+    assert await s.progress(keys=[K.task(tid), K.outcomes],
+                            args=[token1 + 5, b'{"p":1}', tid]) == 0
+    assert await s.progress(keys=[K.task(tid), K.outcomes], args=[token1, b'{"p":1}', tid]) == 1
     assert await finish(s, client, 1, token1 + 5) == 0  # a stale token: refused
     assert await finish(s, client, 1, token1) == 1
     assert await finish(s, client, 1, token1) == 0  # never twice
@@ -104,7 +107,8 @@ async def test_a_takeover_needs_the_consumer_dead(client: Any) -> None:
     token, *_ = await claim(s, client, 1, consumer="b/1")
     tid = TID.format(1)
     entry = await client.hget(K.task(tid), "entry")
-    keys = [K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes, K.alive("b/1")]
+    keys = [K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes, K.alive("b/1"),
+            *K.listed]
     args = [tid, entry, "b/1", "5.0", "node b lost", 60,
             msgspec.json.encode({"code": -32001, "message": "node b lost"})]
     await client.set(K.alive("b/1"), b"{}")
@@ -128,8 +132,74 @@ async def test_scripts_redis_has_forgotten_are_loaded_again(client: Any) -> None
     await client.script_flush()
     tid = TID.format(2)
     got = await s.run([(s.submit, [K.task(tid), K.stream("w", 0), K.priorities("w"),
-                                   K.agents],
-                        [tid, "w", b"null", 0, "", "", "1.0", "n", 0]),
-                       (s.progress, [K.task(tid)], [7, b"{}"])])
+                                   K.agents, K.live],
+                        [tid, "w", b"null", 0, "", "", "1.0", "n", 0, "0"]),
+                       (s.progress, [K.task(tid), K.outcomes], [7, b"{}", tid])])
     assert got == [1, 0]  # submitted once; the progress refused (no such claim)
     assert await client.xlen(K.stream("w", 0)) == 2
+
+
+async def test_the_listed_tasks_follow_each_task_to_its_end_and_stay_bounded(
+        client: Any) -> None:
+    """`corral tasks` reads two sorted sets the scripts keep: a task is live from its
+    submit (a retried submit adds nothing) until it ends, by its outcome, a cancel while
+    queued or a takeover with no retries left; then it is finished, of which a node's beat
+    keeps the newest tasks_kept."""
+    s = Scripts(client)
+    for i in range(1, 5):
+        await submit(s, i)
+    await submit(s, 1)
+    ids = [TID.format(i) for i in range(1, 5)]
+    assert await client.zrange(K.live, 0, -1) == [i.encode() for i in ids]
+    token, *_ = await claim(s, client, 1)
+    assert await finish(s, client, 1, token) == 1
+    entry = await client.hget(K.task(ids[1]), "entry")
+    assert await s.cancel(keys=[K.task(ids[1]), K.stream("w", 0), K.outcomes, *K.listed],
+                          args=[ids[1], "4.0", b'{"code":-32800,"message":"c"}', 60]
+                          ) == b"cancelled"
+    await client.hset(K.task(ids[2]), "retries_left", 0)
+    await claim(s, client, 3, consumer="b/1")
+    entry = await client.hget(K.task(ids[2]), "entry")
+    assert await s.takeover(
+        keys=[K.task(ids[2]), K.attempts(ids[2]), K.stream("w", 0), K.outcomes,
+              K.alive("b/1"), *K.listed],
+        args=[ids[2], entry, "b/1", "5.0", "node b lost", 60, b'{"code":-32001,"message":'
+              b'"node b lost"}', "dead"]) == b"lost"
+    assert await client.zrange(K.live, 0, -1) == [ids[3].encode()]
+    assert await client.zrange(K.done, 0, -1) == [i.encode() for i in ids[:3]]
+    # bounded: a node's beat takes out the oldest beyond tasks_kept (TRIM, exactly those:
+    # their records are then deleted) and the ids made before the cutoff
+    older = [f"00000000-{n:04x}-7000-8000-000000000000" for n in range(10)]
+    await client.zadd(K.done, dict.fromkeys(older, 0))
+    token, *_ = await claim(s, client, 4)
+    assert await finish(s, client, 4, token) == 1
+    assert await client.zcard(K.done) == 14
+    assert await s.trim(keys=[K.done], args=[12, "00000000-0000"]) == [
+        o.encode() for o in older[:2]]
+    assert await s.trim(keys=[K.done], args=[12, "00000000-0000"]) == []
+    assert await s.trim(keys=[K.done], args=[100, "00000000-0005"]) == []
+    assert await client.zrange(K.done, 0, 0) == [older[5].encode()]
+    assert await client.zrange(K.done, -1, -1) == [ids[3].encode()]
+    assert await client.zcard(K.done) == 9
+    assert await client.exists(K.live) == 0
+
+
+async def test_progress_goes_on_the_outcomes_stream_only_when_a_client_waits(
+        client: Any) -> None:
+    s = Scripts(client)
+    waited, alone = TID.format(1), TID.format(2)
+    for tid, watched in ((waited, "1"), (alone, "0")):
+        assert await s.submit(keys=[K.task(tid), K.stream("w", 0), K.priorities("w"),
+                                    K.agents, K.live],
+                              args=[tid, "w", b"null", 0, "", "", "1.0", "n", 0, watched]
+                              ) == 1
+    t1, *_ = await claim(s, client, 1)
+    t2, *_ = await claim(s, client, 2)
+    for tid, token in ((waited, t1), (alone, t2)):
+        assert await s.progress(keys=[K.task(tid), K.outcomes],
+                                args=[token, b'{"progress":1}', tid]) == 1
+    # the record has both; the stream only the one a client waits for
+    assert await client.hget(K.task(alone), "progress") == b'{"progress":1}'
+    [(_, fields)] = await client.xrange(K.outcomes)
+    assert fields == {b"task": waited.encode(), b"progress": b'{"progress":1}'}
+    assert records.inline_result(waited, fields) is None  # not an outcome

@@ -66,6 +66,11 @@ def test_kill_9_of_a_node_under_load_reruns_only_what_it_ran(
             # the agent on c is told this is the task's second run, not its first
             assert d["output"]["attempt"] == len(d["attempts"])
         assert all(d["output"]["attempt"] == 1 for d in done if d not in rerun)
+        # the list agrees: each task once, finished, on the node of its last attempt
+        listed = c.call("tasks.list", {"limit": 100})["tasks"]
+        assert [(t["task_id"], t["status"], t["node"], t["attempts"]) for t in listed] == [
+            (d["task_id"], "succeeded", d["attempts"][-1]["node"], len(d["attempts"]))
+            for d in done]
         a.kill9()  # its task records are in Redis; nothing of it is checked after
         c.close()
 
@@ -84,6 +89,9 @@ def test_without_retries_a_task_of_a_dead_node_ends_lost(tmp: Path,
         assert done["status"] == "lost"
         assert done["error"]["message"] == "node b lost"
         assert [(x["node"], x["outcome"]) for x in done["attempts"]] == [("b", "lost")]
+        [listed] = a.call("tasks.list", {"status": "lost"})["tasks"]
+        assert (listed["task_id"], listed["node"]) == (task_id, "b")
+        assert a.call("tasks.list", {"status": "running"})["tasks"] == []
 
 
 def test_a_node_paused_past_its_ttl_cannot_complete_what_was_taken(

@@ -78,7 +78,7 @@ RESOURCES: list[Resource] = [
     _r("GET", "/logs/stream", "logs.follow", "Log lines as they come (SSE)",
        query=("names", "lines", "since"), stream="logs.lines"),
     _r("GET", "/tasks", "tasks.list", "Recent tasks, newest last, a page at a time",
-       query=("agent", "status", "since", "limit", "before"), cursor="before"),
+       query=("agent", "status", "since", "limit", "before", "local"), cursor="before"),
     _r("GET", "/tasks/{task_id}", "tasks.get", "One task",
        path_params={"task_id": "task_id"}),
     _r("POST", "/tasks/{task_id}/cancel", "tasks.cancel", "Cancel a task",
@@ -116,6 +116,8 @@ RESOURCES: list[Resource] = [
     _r("DELETE", "/tokens/{name}", "tokens.revoke", "Revoke a token"),
     # tenants (docs/tenants.md)
     _r("GET", "/tenants", "tenants.list", "The tenants: quotas beside use"),
+    _r("POST", "/ui/login", "ui.login", "A one-time link that logs a browser in to the "
+       "dashboard as this token (its tenant, agents and scopes)"),
     _r("POST", "/tenants", "tenants.add", "Add tenants from [tenants.NAME] tables",
        body=("tenants",), idempotent=True),
     _r("PATCH", "/tenants/{name}", "tenants.set", "Set keys of a tenant's table",

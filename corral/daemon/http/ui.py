@@ -31,6 +31,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...methods import REGISTRY
 from ..api import Caller
+from ..tokens import Tokens, tokens_of
 from . import sse
 from .context import HttpContext
 from .resources import RESOURCES
@@ -55,7 +56,7 @@ MAX_SESSIONS = 64
 METHODS = ("agents.status", "agents.describe", "agents.history", "agents.rollback",
            "agents.scale", "agents.restart", "agents.pause", "agents.resume", "tasks.list",
            "tasks.get", "logs.tail", "stats.get", "stats.history", "mcp.status",
-           "gateway.status", "audit.list", "nodes.list")
+           "gateway.status", "audit.list", "nodes.list", "tenants.list")
 
 # the streams the page follows (Server-Sent Events with the session's cookie), each
 # served as the REST API serves it (rest.Api.stream: its caps on open streams)
@@ -87,12 +88,16 @@ class Session:
     csrf: str
     caller: Caller
     expires: float
+    # the bearer token that asked for the link (None: a socket peer): the session ends
+    # with it, so that revoking a tenant's token also logs its pages out
+    token: Caller | None = None
 
 
 @dataclass(kw_only=True)
 class _Grant:
     caller: Caller
     expires: float
+    token: Caller | None = None
 
 
 @dataclass(kw_only=True)
@@ -107,13 +112,16 @@ class Sessions:
     sessions: dict[str, Session] = field(default_factory=dict)
     # the HTTP server's context, once ui.setup has mounted the dashboard on it
     context: HttpContext | None = None
+    # whether the token a session came from still holds what it held (ui.setup: the
+    # token store); None: no tokens to ask
+    token_holds: Callable[[Caller], bool] | None = None
 
     @property
     def url(self) -> str:
         return self.context.url if self.context is not None else ""
 
     def issue(self, issuer: Caller) -> tuple[str, float]:
-        """A one-time code for a session with the issuer's tenant and scopes."""
+        """A one-time code for a session with the issuer's tenant, agents and scopes."""
         now = self.clock()
         self._prune(now)
         while len(self.codes) >= MAX_CODES:
@@ -121,8 +129,9 @@ class Sessions:
         code = secrets.token_urlsafe(24)
         expires = now + self.code_ttl
         caller = Caller(via="ui", uid=issuer.uid, gid=issuer.gid, token="dashboard",
-                        tenant=issuer.tenant, scopes=issuer.scopes)
-        self.codes[code] = _Grant(caller=caller, expires=expires)
+                        tenant=issuer.tenant, agents=issuer.agents, scopes=issuer.scopes)
+        token = issuer if issuer.via == "http" and issuer.token is not None else None
+        self.codes[code] = _Grant(caller=caller, expires=expires, token=token)
         return code, expires
 
     def redeem(self, code: str) -> Session:
@@ -138,7 +147,8 @@ class Sessions:
         while len(self.sessions) >= MAX_SESSIONS:
             del self.sessions[next(iter(self.sessions))]
         session = Session(id=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32),
-                          caller=grant.caller, expires=now + self.session_ttl)
+                          caller=grant.caller, expires=now + self.session_ttl,
+                          token=grant.token)
         self.sessions[session.id] = session
         return session
 
@@ -146,7 +156,9 @@ class Sessions:
         if sid is None:
             return None
         session = self.sessions.get(sid)
-        if session is not None and session.expires <= self.clock():
+        if session is not None and (session.expires <= self.clock() or (
+                session.token is not None and self.token_holds is not None
+                and not self.token_holds(session.token))):
             del self.sessions[sid]
             return None
         return session
@@ -250,6 +262,20 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
     return out
 
 
+def _token_holds(tokens: Tokens) -> Callable[[Caller], bool]:
+    """Whether the token a caller came with is still there, unexpired, with the same
+    tenant, agents and scopes (a token revoked and made again under its name with other
+    powers is another token)."""
+    def holds(caller: Caller) -> bool:
+        hashed = tokens.hash_of.get(caller.token or "")
+        token = tokens.by_hash.get(hashed) if hashed is not None else None
+        return (token is not None and not token.expired(time.time())
+                and (token.tenant, token.agents, token.scopes)
+                == (caller.tenant, caller.agents, caller.scopes))
+
+    return holds
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -258,6 +284,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     if not isinstance(sessions, Sessions):  # no [http], or logins of another kind
         return
     sessions.context = ctx
+    sessions.token_holds = _token_holds(tokens_of(ctx.services.store))
     guard = Guard(ctx, sessions)
     ctx.authenticators.append(guard.caller)
     files = _static_files()
@@ -321,7 +348,8 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
             return problem(401, "unauthorized", "no dashboard session (open the link "
                                                 "that `corral ui` prints)")
         body = {"csrf": session.csrf, "expires": session.expires, "methods": methods,
-                "streams": sorted(streams), "scopes": sorted(session.caller.scopes)}
+                "streams": sorted(streams), "scopes": sorted(session.caller.scopes),
+                "tenant": session.caller.tenant}
         return web.Response(body=msgspec.json.encode(body), content_type="application/json")
 
     async def logout(request: web.Request) -> web.StreamResponse:

@@ -5,7 +5,9 @@
 // (agents.watch: a snapshot, then each replica's state change at once, and every
 // replica's figures each second), the runtime figures each second (stats.watch: the live
 // charts' points) and an agent's log (logs.follow). The lists that are not a stream
-// (tasks, MCP servers, the audit log) are reloaded every second while shown.
+// (tasks, MCP servers, the audit log) are reloaded every second while shown; the tenants'
+// quotas and use (tenants.list) and a cluster's nodes (nodes.list), which no stream
+// carries, are read again as each stats.watch sample comes while the fleet is shown.
 import { Component, h, render } from "./vendor/preact.mjs";
 import htm from "./vendor/htm.mjs";
 
@@ -14,7 +16,7 @@ const POLL_MS = 1000;
 const LOG_LINES = 500; // of an agent's log, kept in the page
 const KEEP_POINTS = 7 * 24 * 3600; // a week of one-second points, at most
 
-const session = { csrf: "", methods: [], streams: [] };
+const session = { csrf: "", methods: [], streams: [], tenant: null };
 
 class CallError extends Error {
   constructor(status, detail) {
@@ -154,17 +156,6 @@ class Polled extends Component {
     this.gen = 0;
     this.tick(this.gen);
   }
-  // the cluster's nodes, read at most every POLL_MS (only a node of a cluster asks)
-  async nodes() {
-    const now = Date.now();
-    if (this.nodesAt && now - this.nodesAt < POLL_MS) return;
-    this.nodesAt = now;
-    try {
-      this.setState({ nodes: (await call("nodes.list")).nodes });
-    } catch (e) {
-      this.setState({ nodes: null });
-    }
-  }
   componentWillUnmount() {
     this.gen = -1;
     clearTimeout(this.timer);
@@ -210,12 +201,14 @@ class Polled extends Component {
 }
 
 // -- the fleet ------------------------------------------------------------------------------
-// with [cluster]: the nodes as this daemon's last beat read them (nodes.list)
-function Nodes({ nodes }) {
-  if (!nodes) return null;
+// with [cluster]: the nodes as Redis has them (nodes.list), alive while their key is; the
+// last answer stays shown under the error of a read that failed (Redis away)
+function Nodes({ nodes, error }) {
+  if (!nodes && !error) return null;
   const now = Date.now() / 1000;
-  return html`<h2>Nodes</h2>
-    <table id="nodes">
+  return html`<section><h2>Nodes</h2>
+    ${error && html`<div class="error" id="nodes-error">${`The cluster's nodes cannot be read: ${error}`}${nodes ? " (the table is the last read)" : ""}</div>`}
+    ${nodes && html`<table id="nodes">
       <thead><tr><th>Node</th><th>State</th><th class="num">Incarnation</th>
         <th class="num">Load</th><th class="num">Capacity</th><th class="num">Last beat</th>
         <th>Agents</th></tr></thead>
@@ -225,26 +218,92 @@ function Nodes({ nodes }) {
         <td class="num">${n.capacity}</td><td class="num">${duration(now - n.last_beat)} ago</td>
         <td>${n.agents.map((a) => (n.placed || []).includes(a) ? `${a}*` : a).join(", ")}</td>
       </tr>`)}</tbody>
-    </table>`;
+    </table>`}</section>`;
 }
 
-function Fleet({ status, nodes }) {
+// -- tenants (docs/tenants.md) ----------------------------------------------------------------
+// the quotas shown beside a use, as `corral tenants` shows them; the others are listed
+const BESIDE = [["agents", "max_agents"], ["replicas", "max_replicas"], ["queued", "max_queue"],
+  ["running", "max_concurrent_tasks"], ["tokens_last_minute", "tokens_per_minute"]];
+const BESIDE_KEYS = new Set(BESIDE.map(([, q]) => q));
+
+function beside(used, quota) {
+  const n = (x) => +x.toFixed(1);
+  return quota ? `${n(used)} / ${n(quota)}` : `${n(used)}`;
+}
+
+// whether the tenants are worth a table: some tenant besides `default`
+function tenanted(tenants) {
+  return !!tenants && tenants.some((t) => t.name !== "default");
+}
+
+// each tenant's quotas beside its use (tenants.list: a tenant's session sees its own)
+function Tenants({ tenants, error }) {
+  if (!error && !tenanted(tenants)) return null;
+  return html`<section>
+    <h2>Tenants</h2>
+    ${error && html`<div class="error" id="tenants-error">${`The tenants cannot be read: ${error}`}</div>`}
+    ${tenants && html`<table id="tenants">
+      <thead><tr><th>Tenant</th><th class="num">Agents</th><th class="num">Replicas</th>
+        <th class="num">Queued</th><th class="num">Running</th><th class="num">Tokens/min</th>
+        <th class="num">OOM kills</th><th>Other quotas</th><th>Declared</th></tr></thead>
+      <tbody>${tenants.map((t) => html`<tr data-tenant=${t.name}>
+        <td><a href=${`#/fleet/${encodeURIComponent(t.name)}`}>${t.name}</a></td>
+        ${BESIDE.map(([use, quota]) => html`<td class="num" data-use=${use}>${beside(t.use[use], t.quotas[quota])}</td>`)}
+        <td class="num">${t.use.oom_kills}</td>
+        <td>${Object.entries(t.quotas).filter(([k]) => !BESIDE_KEYS.has(k))
+          .map(([k, v]) => `${k}=${v}`).join(", ") || "–"}</td>
+        <td>${t.origin}${t.revision ? ` (revision ${t.revision})` : ""}</td></tr>`)}</tbody>
+    </table>`}
+  </section>`;
+}
+
+const ReplicaRow = ({ a, tenant }) => html`<tr data-agent=${a.name} data-replica=${a.replica}
+    data-tenant=${tenant ?? ""}>
+  <td><a href=${`#/agent/${a.name}`}>${a.name}</a></td>
+  <td class="num">${a.replica}</td><td><${State} s=${a.state} /></td>
+  <td class="num">${a.pid ?? "–"}</td><td class="num">${duration(a.uptime)}</td>
+  <td class="num">${a.restarts}</td><td class="num">${a.cpu_percent.toFixed(1)} %</td>
+  <td class="num">${bytes(a.rss_bytes)}</td><td class="num">${a.tasks_running}</td>
+  <td>${a.last_exit ?? ""}</td></tr>`;
+
+// The fleet's replicas; with tenants, filtered to one (`#/fleet/TENANT`) or grouped by
+// tenant. An agent's tenant is the stats.watch sample's (`tenantOf`): a replica whose
+// agent no sample named yet is in no tenant's filter or group until the next one.
+function Fleet({ status, nodes, nodesError, tenants, tenantsError, tenantOf, only, grouped, setGrouped }) {
   if (!status) return html`<p class="note">Loading…</p>`;
-  return html`<section><${Nodes} nodes=${nodes} />
+  const withTenants = tenanted(tenants);
+  const rows = only ? status.agents.filter((a) => tenantOf[a.name] === only) : status.agents;
+  let body = rows.map((a) => html`<${ReplicaRow} a=${a} tenant=${tenantOf[a.name]} />`);
+  if (withTenants && grouped && !only) {
+    const names = [...new Set(rows.map((a) => tenantOf[a.name] ?? ""))].sort();
+    body = names.map((t) => {
+      const of = rows.filter((a) => (tenantOf[a.name] ?? "") === t);
+      return html`<tr class="group" data-group=${t}><th colspan="10">${t
+        ? `tenant ${t}: ${of.length} replica${of.length === 1 ? "" : "s"}` : "tenant not known yet"}</th></tr>
+        ${of.map((a) => html`<${ReplicaRow} a=${a} tenant=${tenantOf[a.name]} />`)}`;
+    });
+  }
+  const pick = (e) => { location.hash = e.target.value ? `#/fleet/${encodeURIComponent(e.target.value)}` : "#/fleet"; };
+  return html`<${Tenants} tenants=${tenants} error=${tenantsError} />
+  <${Nodes} nodes=${nodes} error=${nodesError} />
+  <section>
     <h2>Agents</h2>
+    ${(withTenants || only) && html`<div class="controls">
+      <label>Tenant <select id="tenant-filter" onChange=${pick}>
+        <option value="">every tenant</option>
+        ${(tenants || []).map((t) => html`<option value=${t.name} selected=${t.name === only}>${t.name}</option>`)}
+      </select></label>
+      <label><input type="checkbox" id="group-by-tenant" checked=${grouped} disabled=${!!only}
+        onChange=${(e) => setGrouped(e.target.checked)} /> group by tenant</label>
+    </div>`}
     <table id="fleet">
       <thead><tr><th>Agent</th><th class="num">Replica</th><th>State</th><th class="num">PID</th>
         <th class="num">Uptime</th><th class="num">Restarts</th><th class="num">CPU</th>
         <th class="num">RSS</th><th class="num">Tasks</th><th>Last exit</th></tr></thead>
-      <tbody>${status.agents.map((a) => html`<tr data-agent=${a.name} data-replica=${a.replica}>
-        <td><a href=${`#/agent/${a.name}`}>${a.name}</a></td>
-        <td class="num">${a.replica}</td><td><${State} s=${a.state} /></td>
-        <td class="num">${a.pid ?? "–"}</td><td class="num">${duration(a.uptime)}</td>
-        <td class="num">${a.restarts}</td><td class="num">${a.cpu_percent.toFixed(1)} %</td>
-        <td class="num">${bytes(a.rss_bytes)}</td><td class="num">${a.tasks_running}</td>
-        <td>${a.last_exit ?? ""}</td></tr>`)}</tbody>
+      <tbody>${body}</tbody>
     </table>
-    ${status.agents.length === 0 && html`<p class="note">No agents.</p>`}
+    ${rows.length === 0 && html`<p class="note" id="no-agents">${only ? `No agents in tenant ${only}.` : "No agents."}</p>`}
   </section>`;
 }
 
@@ -707,7 +766,8 @@ function route() {
 class App extends Component {
   constructor() {
     super();
-    this.state = { route: route(), status: null, error: null, login: null, range: "hour", tick: 0, seen: 0 };
+    this.state = { route: route(), status: null, error: null, login: null, range: "hour", tick: 0, seen: 0,
+      tenantOf: {}, grouped: false };
   }
   async componentDidMount() {
     window.addEventListener("hashchange", () => this.setState({ route: route() }));
@@ -730,14 +790,42 @@ class App extends Component {
         "stats.sample": (stats) => {
           const r = this.state.route;
           record(stats, r.view === "agent" ? r.arg : null);
-          if (stats.cluster) this.nodes();
-          this.setState({ tick: this.state.tick + 1, seen: Date.now() });
+          const tenantOf = {};
+          for (const [name, a] of Object.entries(stats.agents)) tenantOf[name] = a.tenant;
+          this.setState({ tick: this.state.tick + 1, seen: Date.now(), tenantOf });
+          // both are shown in the fleet's view only, and read while it is shown; the
+          // cluster's nodes are the operator's: a tenant's session is not asked them
+          if (r.view === "fleet") {
+            this.reread("tenants", "tenants.list", (x) => x.tenants);
+            if (stats.cluster && session.tenant === null) this.reread("nodes", "nodes.list", (x) => x.nodes);
+          }
         },
       }, state),
     ];
   }
   componentWillUnmount() {
     for (const stop of this.unfollow || []) stop();
+  }
+  // A list no stream carries, read again as a stats.watch sample comes (one read at a
+  // time): `key` in the state, its error in `${key}Error`. A refusal for want of a
+  // session (a token revoked) is a login to ask for, as for the streams.
+  async reread(key, method, pick) {
+    // (a daemon that does not serve the method to the page is not asked)
+    if (this.reading?.[key] || this.state.login || !session.methods.includes(method)) return;
+    this.reading = { ...this.reading, [key]: true };
+    try {
+      const got = pick(await call(method));
+      this.setState({ [key]: got, [`${key}Error`]: null });
+    } catch (e) {
+      if (e.status === 401) {
+        for (const stop of this.unfollow || []) stop();
+        this.setState({ login: `${method} was refused: ${e.message}` });
+      } else {
+        this.setState({ [`${key}Error`]: e.message });
+      }
+    } finally {
+      this.reading = { ...this.reading, [key]: false };
+    }
   }
   // what the fleet's stream changed, shown once per frame however many changes came
   changed(apply) {
@@ -771,7 +859,13 @@ class App extends Component {
         setRange=${(x) => this.setState({ range: x })} />`;
       case "mcp": return html`<${Mcp} />`;
       case "audit": return html`<${Audit} />`;
-      default: return html`<${Fleet} status=${status} nodes=${this.state.nodes} />`;
+      default: {
+        const st = this.state;
+        return html`<${Fleet} status=${status} nodes=${st.nodes} nodesError=${st.nodesError}
+          tenants=${st.tenants} tenantsError=${st.tenantsError} tenantOf=${st.tenantOf}
+          only=${r.view === "fleet" ? r.arg : null} grouped=${st.grouped}
+          setGrouped=${(x) => this.setState({ grouped: x })} />`;
+      }
     }
   }
   render() {

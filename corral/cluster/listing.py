@@ -1,0 +1,135 @@
+"""`corral tasks` of a cluster: its tasks on every node, read from two sorted sets the
+task scripts keep (scripts.py), never by scanning the cluster's keys.
+
+`live` holds the tasks queued or running, `done` the newest finished ones
+(`tasks_kept`, retention.py); every score is 0, so each set is ordered by member, and task ids
+(UUIDv7) sort by the time they were made: a page is a range by id, newest first, its
+cursor (`before`) an id, and `since` (nearly) the id prefix of a time. Filters other than time
+(agent, status, a limited caller's agents) are applied to the records, read a batch at a
+time, until a page is full or the sets are exhausted: at most what the sets hold, which
+the queues and `tasks_kept` bound. A member whose record has expired is dropped as it
+is met.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from .. import methods as m
+from ..supervisor.tasks import TERMINAL, TaskStatus
+from ..supervisor.tasks.durable import unknown_cursor
+from .connection import read
+from .keys import Keys
+
+BATCH = 256  # ids read from each set, and records then read, per round trip
+# a record's `created` is stamped just after its id is made: the range by id starts this
+# much earlier, and `created` itself decides
+ID_SLACK = 1.0
+_FIELDS = ("agent", "status", "priority", "created", "started", "finished", "node")
+_UNFINISHED = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
+
+
+def id_floor(t: float) -> str:
+    """The smallest id made at `t` or later, as a prefix (a UUIDv7's first 48 bits are its
+    time in milliseconds)."""
+    h = f"{max(0, int(t * 1000)):012x}"
+    return f"{h[:8]}-{h[8:12]}"
+
+
+def _f(v: bytes | None) -> float | None:
+    return float(v) if v else None
+
+
+async def page(redis: Any, keys: Keys, *, agent: str | None, status: str | None,
+               since: float | None, limit: int, before: str | None,
+               sees: Callable[[str], bool] | None) -> tuple[list[m.TaskSummary], str | None]:
+    """Up to `limit` tasks, newest last, and the cursor of the older ones (None: none
+    left). RedisError when Redis does not answer; `unknown_cursor` for a `before` that
+    names no task of the cluster (or one of an agent `sees` does not admit)."""
+    if before is not None:
+        owner = await read(lambda: redis.hget(keys.task(before), "agent"))
+        if owner is None or (sees is not None and not sees(owner.decode())):
+            raise unknown_cursor(before)
+    if status in _UNFINISHED:
+        sets = [keys.live]
+    elif status in TERMINAL:
+        sets = [keys.done]
+    else:
+        sets = keys.listed
+    high = f"({before}" if before is not None else "+"
+    low = f"[{id_floor(since - ID_SLACK)}" if since is not None else "-"
+    found: list[m.TaskSummary] = []
+    gone: list[bytes] = []
+    while len(found) <= limit:
+        ids, more = await _next_ids(redis, sets, high, low)
+        if not ids:
+            break
+        for tid, rec in zip(ids, await _records(redis, keys, ids), strict=True):
+            summary = _summary(tid, rec)
+            if summary is None:
+                gone.append(tid)
+            elif ((agent is None or summary.agent == agent)
+                  and (status is None or summary.status == status)
+                  and (since is None or summary.created >= since)
+                  and (sees is None or sees(summary.agent))):
+                found.append(summary)
+        high = f"({ids[-1].decode()}"
+        if not more:
+            break
+    if gone:  # expired records: out of the listing for good
+        await redis.zrem(keys.live, *gone)
+        await redis.zrem(keys.done, *gone)
+    if len(found) <= limit:
+        return found[::-1], None
+    kept = found[:limit]
+    return kept[::-1], kept[-1].task_id
+
+
+async def _next_ids(redis: Any, sets: list[str], high: str, low: str
+                    ) -> tuple[list[bytes], bool]:
+    """The next ids below `high`, newest first, from the sets merged, and whether more
+    may follow. Read in one transaction, so a task that ends meanwhile (moving from one
+    set to the other) is in exactly one of them."""
+    async def get() -> list[list[bytes]]:
+        pipe = redis.pipeline(transaction=True)
+        for key in sets:
+            pipe.zrange(key, high, low, desc=True, bylex=True, offset=0, num=BATCH)
+        return list(await pipe.execute())
+
+    got = await read(get)
+    full = [ids[-1] for ids in got if len(ids) == BATCH]
+    merged = sorted({i for ids in got for i in ids}, reverse=True)
+    if not full:
+        return merged, False
+    # below the highest last id of a full batch, that set may hold ids not yet read
+    floor = max(full)
+    return [i for i in merged if i >= floor], True
+
+
+async def _records(redis: Any, keys: Keys, ids: list[bytes]) -> list[list[Any]]:
+    async def get() -> list[Any]:
+        pipe = redis.pipeline(transaction=False)
+        for tid in ids:
+            t = tid.decode()
+            pipe.hmget(keys.task(t), *_FIELDS)
+            pipe.llen(keys.attempts(t))
+        return list(await pipe.execute())
+
+    got = await read(get)
+    return [[*got[i], got[i + 1]] for i in range(0, len(got), 2)]
+
+
+def _summary(tid: bytes, rec: list[Any]) -> m.TaskSummary | None:
+    agent, status, priority, created, started, finished, node, attempts = rec
+    if agent is None or status is None:
+        return None
+    st = status.decode()
+    return m.TaskSummary(
+        task_id=tid.decode(), agent=agent.decode(), status=st, priority=int(priority),
+        created=float(created), started=_f(started), finished=_f(finished),
+        attempts=attempts,
+        # the node running it, or that ran it last; none while it waits
+        node=node.decode() if node and st != TaskStatus.QUEUED else msgspec.UNSET)
