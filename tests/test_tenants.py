@@ -493,6 +493,20 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
                      (await call(d, "mcp.status", {}, a)).gateway):
             assert set(seen["clients"]) == {"agent:a1"}, seen
             assert set(seen["tools"]) == {"aserv__add"}, seen
+        # a token limited to an agent glob is told of its agents' clients alone too
+        glob = Caller(via="http", token="g", agents="a*")
+        assert set((await call(d, "stats.get", {}, glob)).gateway["clients"]) == {"agent:a1"}
+        # the bus's followers: b's say what b follows
+        bus = d.services.sup.events
+        followers = [bus.follow("b.secret.*", "b"), bus.follow("a.*", "a")]
+        try:
+            assert [f["pattern"] for f in (await call(d, "stats.get", {}, a)).events[
+                "followers"]] == ["a.*"]
+            assert {f["pattern"] for f in (await call(d, "stats.get", {})).events[
+                "followers"]} == {"b.secret.*", "a.*"}
+        finally:
+            for f in followers:
+                bus.unfollow(f)
 
         # a tenant's agent reaches its tenant's servers and shared ones, not another's
         sup = d.services.sup

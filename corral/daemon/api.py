@@ -515,20 +515,33 @@ def _status_filter(result: Any, caller: Caller) -> Any:
 
 def _stats_filter(result: Any, caller: Caller) -> Any:
     tasks = result.tasks
-    fields: dict[str, Any] = {}
+    # the gateway's clients and tools, and log files, name agents it does not see
+    fields: dict[str, Any] = {
+        "gateway": _gateway_filter(result.gateway, caller),
+        "supervisor": _replace(result.supervisor, log_files_failing={})}
     if caller.tenant is not None:
-        # the gateway's clients and tools, and log files, name other tenants' agents
-        fields["gateway"] = _gateway_filter(result.gateway, caller)
-        fields["supervisor"] = _replace(result.supervisor, log_files_failing={})
+        # the bus's followers: another tenant's say what it follows
+        fields["events"] = {**result.events, "followers": [
+            f for f in result.events["followers"] if f.get("tenant") == caller.tenant]}
+    if isinstance(result.cluster, Mapping):
+        fields["cluster"] = _cluster_filter(result.cluster, caller)
     return _replace(result, agents=_seen_keys(result.agents, caller),
                     tasks=_replace(tasks, agents=_seen_keys(_get(tasks, "agents"), caller)),
                     **fields)
 
 
+def _cluster_filter(cluster: Mapping[str, Any], caller: Caller) -> dict[str, Any]:
+    """A cluster node's figures (ClusterNode.status): the cluster agents placed here are
+    named, the rest are this node's counters, left as the supervisor's are."""
+    placement = cluster["agents"]
+    return {**cluster, "agents": {**placement,
+                                  "placed": _seen_keys(placement["placed"], caller)}}
+
+
 def _gateway_filter(stats: Any, caller: Caller) -> Any:
     """Gateway figures a tenant's caller may see: its agents' clients (`agent:NAME`, a
     replica's `NAME#N`) and the tools of servers it sees."""
-    if caller.tenant is None:
+    if not caller.limited:
         return stats
 
     def client_seen(name: str) -> bool:
@@ -537,10 +550,12 @@ def _gateway_filter(stats: Any, caller: Caller) -> Any:
         return agent is not None and caller.sees(agent)
 
     clients = _get(stats, "clients")
+    seen = _replace(stats, clients={k: v for k, v in clients.items() if client_seen(k)})
+    if caller.tenant is None:
+        return seen  # limited to an agent glob: every server is there for it
     tools = _get(stats, "tools")
-    return _replace(stats, clients={k: v for k, v in clients.items() if client_seen(k)},
-                    tools={k: v for k, v in tools.items()
-                           if caller.sees_server(k.partition("__")[0])},
+    return _replace(seen, tools={k: v for k, v in tools.items()
+                                 if caller.sees_server(k.partition("__")[0])},
                     http=None)
 
 
