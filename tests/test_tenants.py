@@ -570,6 +570,63 @@ async def test_a_tenant_token_over_http_and_the_cli(tmp_path: Path) -> None:
         assert rc == 1 and "no such tenant: nope" in err
 
 
+@pytest.mark.deadline(120)
+async def test_a_token_limited_to_an_agent_glob_reads_no_tenant_or_fleet_aggregate(
+        tmp_path: Path) -> None:
+    """A token of `--agents GLOB` (with a tenant or not) sees some of a tenant's agents
+    only: tenants.list (each tenant's use sums all its agents), /metrics and the
+    fleet's stats.history are refused to it, saying so; a tenant's own token lists its
+    tenant (decision 143)."""
+    import aiohttp
+
+    port = free_port()
+    async with in_process(tmp_path, sleeper("a1", "a") + sleeper("a2", "a") + sleeper(
+            B, "b"), TWO + f'[http]\nlisten = "127.0.0.1:{port}"\n') as d:
+        secrets = {}
+        for name, limit in (("g", ["--agents", "a1"]), ("ga", ["--tenant", "a", "--agents",
+                                                                "a1"]),
+                            ("ta", ["--tenant", "a"])):
+            rc, out, err = await cli(d, "token", "create", name, "--scope", "agents:read",
+                                     "--scope", "metrics:read", *limit)
+            assert rc == 0, err
+            secrets[name] = out.strip()
+        base = f"http://127.0.0.1:{port}"
+
+        async def get(name: str, path: str) -> tuple[int, Any]:
+            async with aiohttp.ClientSession(headers={
+                    "Authorization": f"Bearer {secrets[name]}"}) as http, http.get(
+                    base + path) as r:
+                return r.status, (await r.json() if r.content_type.endswith("json")
+                                  else await r.text())
+
+        for name in ("g", "ga"):
+            status, body = await get(name, "/api/v1/tenants")
+            assert (status, body["detail"]) == (403, (
+                f"forbidden: token {name} is limited to agents matching a1: tenants.list "
+                "is for callers that see whole tenants (a tenant's use counts agents "
+                "outside a1)")), body
+            # the metrics history (the socket's and the dashboard's, no REST route)
+            [token] = [t for t in tokens_of(d.services.store).list() if t.name == name]
+            caller = Caller(via="http", token=name, scopes=token.scopes,
+                            agents=token.agents, tenant=token.tenant)
+            assert await refused(d, caller, "stats.history", {}) == (
+                jsonrpc.FORBIDDEN, f"forbidden: token {name} is limited to agents "
+                                   "matching a1: name an agent")
+            await call(d, "stats.history", {"agent": "a1"}, caller)
+            status, body = await get(name, "/api/v1/stats")
+            assert status == 200 and set(body["agents"]) == {"a1"}, body
+        status, body = await get("g", "/metrics")
+        assert (status, body["detail"]) == (403, (
+            "forbidden: /metrics is every agent's; token g, limited to agents matching "
+            "a1, reads theirs at /api/v1/stats")), body
+        status, body = await get("ta", "/api/v1/tenants")
+        assert status == 200 and [t["name"] for t in body["tenants"]] == ["a"]
+        assert body["tenants"][0]["use"]["agents"] == 2
+        # the operator lists both
+        assert [t.name for t in (await call(d, "tenants.list")).tenants] == [
+            "a", "b", "default"]
+
+
 # a client of the control socket in the standard library alone, for a Python user nobody
 # may run: one request, its answer on stdout
 RAW_CLIENT = """

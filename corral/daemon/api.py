@@ -359,6 +359,9 @@ class AgentRule:
     # (method to look the object up, what it is called, the param naming it): the object
     # must belong to an agent the caller sees
     owner: tuple[str, str, str] | None = None
+    # what the answer tells of a tenant sums every agent of it (a tenant's use): closed
+    # to a caller limited to an agent glob, which sees some of them only (decision 143)
+    whole_tenants: bool = False
 
 
 def _nothing(params: Any, caller: Caller) -> None:
@@ -435,10 +438,10 @@ def _reading(params: Any, caller: Caller) -> None:
     _server("server")(params, caller)
 
 
-def _named_by_tenant(field: str, what: str) -> Callable[[Any, Caller], None]:
-    """What a tenant's caller must name (a whole-fleet view would show every tenant's)."""
+def _named(field: str, what: str) -> Callable[[Any, Caller], None]:
+    """What a limited caller must name (a whole-fleet view sums agents it does not see)."""
     def check(params: Any, caller: Caller) -> None:
-        if caller.tenant is not None and getattr(params, field) is None:
+        if getattr(params, field) is None:
             raise _glob_refusal(caller, f"name {what}")
 
     return check
@@ -637,7 +640,7 @@ AGENT_RULES: dict[str, AgentRule] = {
     "logs.tail": AgentRule(_targets("names"), filter=_lines_filter),
     "logs.follow": AgentRule(_targets("names"), channel=_seen({"logs.lines": _new_lines})),
     "stats.get": AgentRule(_nothing, filter=_stats_filter),
-    "stats.history": AgentRule(_both(_named_by_tenant("agent", "an agent"), _AGENT_PARAM)),
+    "stats.history": AgentRule(_both(_named("agent", "an agent"), _AGENT_PARAM)),
     "stats.watch": AgentRule(_nothing, channel=_seen({"stats.sample": _stats_filter})),
     "agents.watch": AgentRule(_targets("names"), channel=_seen({
         "agents.snapshot": _rows_filter("name"), "agents.sample": _rows_filter("agent"),
@@ -666,7 +669,8 @@ AGENT_RULES: dict[str, AgentRule] = {
     "prompts.get": AgentRule(_tool("prompt")),
     # a tenant's own view (its callers' only tenants method)
     "tenants.list": AgentRule(_nothing, filter=lambda r, c: _replace(
-        r, tenants=[t for t in r.tenants if c.tenant is None or t.name == c.tenant])),
+        r, tenants=[t for t in r.tenants if c.tenant is None or t.name == c.tenant]),
+        whole_tenants=True),
     "gateway.list": AgentRule(_gateway_client),
     "gateway.call": AgentRule(_gateway_client),
     "gateway.watch": AgentRule(_nothing),
@@ -682,4 +686,19 @@ def agent_rule(name: str, caller: Caller) -> AgentRule:
     rule = AGENT_RULES.get(name)
     if rule is None:
         raise _glob_refusal(caller, f"{name} is for callers that see every agent")
+    if rule.whole_tenants and caller.agents is not None:
+        raise _glob_refusal(caller, f"{name} is for callers that see whole tenants (a "
+                                    f"tenant's use counts agents outside {caller.agents})")
     return rule
+
+
+def open_to(caller: Caller, name: str) -> bool:
+    """Whether a method may be called by this caller at all (some params may still be
+    refused): what a dashboard session is offered."""
+    if not caller.limited:
+        return True
+    try:
+        agent_rule(name, caller)
+    except RpcError:
+        return False
+    return True
