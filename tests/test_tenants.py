@@ -627,6 +627,53 @@ async def test_a_token_limited_to_an_agent_glob_reads_no_tenant_or_fleet_aggrega
             "a", "b", "default"]
 
 
+@pytest.mark.deadline(120)
+async def test_the_event_stream_over_http_is_split_by_tenant(tmp_path: Path) -> None:
+    """`/events/stream` is read from one ring of every tenant's events: a tenant's token
+    is sent its tenant's and those sent to all, an operator's `?tenant=b` b's and those
+    sent to all, as followers on the socket are; an unknown tenant is not found."""
+    import aiohttp
+
+    from corral.daemon.http.rest import API_KEY
+
+    from .test_http_api import sse_events
+
+    port = free_port()
+    async with in_process(tmp_path, sleeper("a1", "a") + sleeper(B, "b"),
+                          TWO + f'[http]\nlisten = "127.0.0.1:{port}"\n') as d:
+        secrets = {}
+        for name, limit in (("ta", ["--tenant", "a"]), ("ops", [])):
+            rc, out, err = await cli(d, "token", "create", name, "--scope", "events", *limit)
+            assert rc == 0, err
+            secrets[name] = out.strip()
+        base = f"http://127.0.0.1:{port}/api/v1/events/stream"
+        ring = d.http_server.app[API_KEY].ring
+
+        async def topics(name: str, query: str) -> list[str]:
+            async with aiohttp.ClientSession(headers={
+                    "Authorization": f"Bearer {secrets[name]}"}) as http, http.get(
+                    base + query) as stream:
+                assert stream.status == 200, await stream.text()
+                await wait_until_async(lambda: len(ring.readers) == 1)
+                for tenant in ("b", "a", None):
+                    await call(d, "events.publish", {"topic": f"x.{tenant or 'all'}",
+                                                     "data": 1, "tenant": tenant})
+                got = await sse_events(stream, 2)
+            await wait_until_async(lambda: not ring.readers)
+            return [e["data"]["topic"] for e in got]
+
+        assert await topics("ta", "?pattern=x.*") == ["x.a", "x.all"]
+        assert await topics("ops", "?tenant=b") == ["x.b", "x.all"]
+        assert await topics("ops", "") == ["x.b", "x.a"]  # every tenant's (two read)
+        # another tenant, for a tenant's token, is as one there is not
+        for name, query in (("ops", "?tenant=nope"), ("ta", "?tenant=b")):
+            async with aiohttp.ClientSession(headers={
+                    "Authorization": f"Bearer {secrets[name]}"}) as http, http.get(
+                    base + query) as r:
+                assert (r.status, (await r.json())["detail"]) == (
+                    404, f"no such tenant: {query.partition('=')[2]}"), name
+
+
 # a client of the control socket in the standard library alone, for a Python user nobody
 # may run: one request, its answer on stdout
 RAW_CLIENT = """
