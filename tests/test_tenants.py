@@ -465,6 +465,11 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
         assert all(t == "a" and who == "token ta" and o.startswith("error: ")
                    for _, o, t, who in rows)
 
+        # the daemon's status line counts a's agents (every tenant's for the operator)
+        assert (await call(d, "daemon.info", {}, a)).status == (
+            "1 agent, 1/1 replica ready, 0 failed")
+        assert (await call(d, "daemon.info", {})).status.startswith(
+            "2 agents, 2/2 replicas ready, 3 MCP servers")
         # listings leave b's objects out; a's are there
         st = await call(d, "agents.status", {}, a)
         assert {r.name for r in st.agents} == {"a1"} and set(st.tasks) == {"a1"}
@@ -613,6 +618,8 @@ async def test_a_token_limited_to_an_agent_glob_reads_no_tenant_or_fleet_aggrega
                 jsonrpc.FORBIDDEN, f"forbidden: token {name} is limited to agents "
                                    "matching a1: name an agent")
             await call(d, "stats.history", {"agent": "a1"}, caller)
+            assert (await call(d, "daemon.info", {}, caller)).status == (
+                "1 agent, 1/1 replica ready, 0 failed")
             status, body = await get(name, "/api/v1/stats")
             assert status == 200 and set(body["agents"]) == {"a1"}, body
         status, body = await get("g", "/metrics")
