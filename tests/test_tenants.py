@@ -476,6 +476,10 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
         assert {s["name"] for s in st.mcp_servers} <= {"aserv", "common"}
         stats = await call(d, "stats.get", {}, a)
         assert set(stats.agents) == {"a1"} and set(stats.tasks["agents"]) <= {"a1"}
+        # the task totals are a's (one task), not the two tenants' (two)
+        assert (await call(d, "stats.get", {})).tasks["total"]["succeeded"] == 2
+        assert stats.tasks["total"]["succeeded"] == stats.tasks["total"]["accepted"] == 1
+        assert stats.tasks["total"]["success_rate"] == 1.0
         tasks = await call(d, "tasks.list", {}, a)
         assert [t.task_id for t in tasks.tasks] == [a_task]
         assert [t.name for t in (await call(d, "tenants.list", {}, a)).tenants] == ["a"]

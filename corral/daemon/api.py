@@ -24,6 +24,7 @@ from ..jsonrpc import RpcError
 from ..methods import REGISTRY, SCOPES, Method, parse_target
 from ..supervisor.core import NoSuchAgent
 from ..supervisor.names import RESERVED
+from ..supervisor.tasks.counters import totals
 from ..text import clip, one_line
 
 Ctx = TypeVar("Ctx")
@@ -528,8 +529,10 @@ def _stats_filter(result: Any, caller: Caller) -> Any:
             f for f in result.events["followers"] if f.get("tenant") == caller.tenant]}
     if isinstance(result.cluster, Mapping):
         fields["cluster"] = _cluster_filter(result.cluster, caller)
+    seen = _seen_keys(_get(tasks, "agents"), caller)
+    # the total of its agents' tasks, not every tenant's (the dashboard's fleet chart)
     return _replace(result, agents=_seen_keys(result.agents, caller),
-                    tasks=_replace(tasks, agents=_seen_keys(_get(tasks, "agents"), caller)),
+                    tasks=_replace(tasks, agents=seen, total=totals(seen.values())),
                     **fields)
 
 
