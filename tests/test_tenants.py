@@ -638,6 +638,19 @@ async def test_a_token_limited_to_an_agent_glob_reads_no_tenant_or_fleet_aggrega
             "a", "b", "default"]
 
 
+@pytest.mark.deadline(60)
+async def test_a_limited_callers_status_names_no_other_elastic_agent(
+        tmp_path: Path) -> None:
+    """agents.status's `elastic` (by agent) holds the caller's elastic agents only."""
+    async with in_process(tmp_path, sleeper("a1", "a", "hibernate_after = 600\n")
+                          + sleeper(B, "b", "hibernate_after = 600\n"), TWO) as d:
+        assert set((await call(d, "agents.status", {})).elastic) == {"a1", B}
+        for caller in (Caller(via="http", token="ta", tenant="a"),
+                       Caller(via="http", token="g", agents="a*")):
+            st = await call(d, "agents.status", {}, caller)
+            assert set(st.elastic) == {"a1"} and {r.name for r in st.agents} == {"a1"}
+
+
 @pytest.mark.deadline(120)
 async def test_the_event_stream_over_http_is_split_by_tenant(tmp_path: Path) -> None:
     """`/events/stream` is read from one ring of every tenant's events: a tenant's token
