@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from corral import jsonrpc
+
 from ..conftest import NOBODY_PY, nobody_reason
 from ..daemon_harness import free_port
 from ..redis_harness import RedisServer
@@ -40,10 +42,11 @@ def test_a_cluster_task_is_held_to_its_tenants_task_quotas(tmp: Path,
 
 
 # a client of the control socket in the standard library alone, for a Python user nobody
-# may run: stats.get's answer, then stats.watch's first sample, one JSON line each
+# may run: stats.get's answer, stats.watch's first sample and nodes.list's answer, one JSON
+# line each
 SOCKET_STATS = """
 import json, socket, sys
-for method in ("stats.get", "stats.watch"):
+for method in ("stats.get", "stats.watch", "nodes.list"):
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(30)
     s.connect(sys.argv[1])
@@ -52,7 +55,7 @@ for method in ("stats.get", "stats.watch"):
                          ).encode() + b"\\n")
     for line in s.makefile("rb"):
         got = json.loads(line)
-        if "error" in got or "result" in got and method == "stats.get":
+        if "error" in got or "result" in got and method != "stats.watch":
             print(json.dumps(got.get("error") or got["result"]))
             break
         if got.get("method") == "stats.sample":
@@ -120,7 +123,8 @@ def test_a_limited_callers_stats_name_only_the_cluster_agents_it_sees(
 def test_a_tenants_socket_caller_sees_only_its_cluster_agents_in_stats(
         tmp: Path, redis: RedisServer) -> None:
     """A peer in tenant a's Unix group (`nobody` in `nogroup`) on a cluster node's
-    socket: stats.get and stats.watch's samples name ka, never b's kb."""
+    socket: stats.get and stats.watch's samples name ka, never b's kb; the nodes
+    (`corral status --cluster`, `corral nodes`) are the operator's."""
     with nodes(tmp, redis, {"n1": '[tenants.a]\ngroup = "nogroup"\n[tenants.b]\n'}) as ns:
         n = ns["n1"]
         two_tenants_cluster_agents(n)
@@ -128,8 +132,11 @@ def test_a_tenants_socket_caller_sees_only_its_cluster_agents_in_stats(
                            capture_output=True, text=True, timeout=60, user="nobody",
                            group="nogroup", extra_groups=[], cwd="/")
         assert r.returncode == 0, r.stderr
-        answers = [json.loads(line) for line in r.stdout.splitlines()]
+        *answers, nodes_list = [json.loads(line) for line in r.stdout.splitlines()]
         assert len(answers) == 2, answers
+        assert nodes_list["code"] == jsonrpc.FORBIDDEN
+        assert nodes_list["message"].endswith(" is a caller of tenant a: nodes.list is for "
+                                              "callers that see every agent"), nodes_list
         for stats in answers:
             assert placed(stats) == {"ka"}, stats
             assert set(stats["agents"]) == {"ka"}
