@@ -650,7 +650,7 @@ class AgentsResume(Params):
 @method("agents.describe", result=DescribeResult, scope="agents:read")
 class AgentsDescribe(Params):
     """An agent's effective spec: command, cwd, environment keys, limits, restart policy,
-    revision and origin (the config file, or added at runtime)."""
+    revision and origin (the config file, added at runtime, or the cluster's)."""
 
     name: str
 

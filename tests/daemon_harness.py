@@ -169,7 +169,15 @@ class Daemon:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # how far its shutdown got, in the failing test's report
+            log = self.state / "logs" / "corral.log"
+            tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else []
+            print(f"the daemon did not stop within {timeout} s; the end of its log:",
+                  *tail, sep="\n")
+            raise
         if rc != 0 and self.proc.stderr is not None:
             # why, in the failing test's report (a traceback the daemon died with)
             print(f"the daemon exited {rc}; its stderr:\n{self.proc.stderr.read().decode()}")

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 GROUP = "corral"  # the one consumer group of every task stream
 OUTCOMES_KEPT = 10_000  # the outcomes stream is capped near this (MAXLEN ~)
-# the finished tasks `corral tasks` lists, newest first (as a node's journal keeps
-# tasks_kept); older ones stay readable by id until their records expire
-FINISHED_LISTED = 10_000
 
 
 def consumer(node: str, incarnation: int) -> str:
@@ -79,7 +76,8 @@ class Keys:
 
     @property
     def done(self) -> str:
-        """Sorted set, as `live`: the newest FINISHED_LISTED finished tasks."""
+        """Sorted set, as `live`: the finished tasks whose records are kept, trimmed to
+        the newest `tasks_kept` (retention.py)."""
         return f"{self.prefix}done"
 
     @property
@@ -106,6 +104,17 @@ class Keys:
         incarnation runs each of its replicas, changed only by compare-and-set on the
         epoch."""
         return f"{self.prefix}place"
+
+    def history(self, agent: str) -> str:
+        """List: a cluster agent's revisions (JSON each: revision, time, who, change,
+        spec), oldest first, the last HISTORY_KEPT of them (`corral history`, `rollback`)."""
+        return f"{self.prefix}hist:{agent}"
+
+    def declared(self, node: str) -> str:
+        """Hash: agent -> the table (JSON) the node's config file last declared for a
+        cluster agent: what tells a change its file made from a file that did not change
+        (declared.py)."""
+        return f"{self.prefix}decl:{node}"
 
     def state(self, agent: str) -> str:
         """Hash: replica slot -> [time, state] (JSON): a cluster agent's checkpoints,

@@ -2,12 +2,12 @@
 task scripts keep (scripts.py), never by scanning the cluster's keys.
 
 `live` holds the tasks queued or running, `done` the newest finished ones
-(FINISHED_LISTED); every score is 0, so each set is ordered by member, and task ids
+(`tasks_kept`, retention.py); every score is 0, so each set is ordered by member, and task ids
 (UUIDv7) sort by the time they were made: a page is a range by id, newest first, its
 cursor (`before`) an id, and `since` (nearly) the id prefix of a time. Filters other than time
 (agent, status, a limited caller's agents) are applied to the records, read a batch at a
 time, until a page is full or the sets are exhausted: at most what the sets hold, which
-the queues and FINISHED_LISTED bound. A member whose record has expired is dropped as it
+the queues and `tasks_kept` bound. A member whose record has expired is dropped as it
 is met.
 """
 

@@ -23,7 +23,8 @@ from ..supervisor.tasks import TERMINAL, TaskError, TaskManager, is_task_id
 from . import records
 from .backlog import Backlog
 from .connection import connect, shown, unavailable, why
-from .desk import KEEP_FINISHED, ClusterDesk
+from .declared import Declared
+from .desk import ClusterDesk
 from .events import EventRelay
 from .keys import Keys
 from .membership import Membership, NodeView
@@ -32,7 +33,9 @@ from .placement import Placement
 from .puller import Puller
 from .queue import ClusterQueue, ClusterTask, free_slots
 from .reaper import Reaper
+from .retention import Retention
 from .scripts import Scripts
+from .specs import ClusterSpecs, Describe, Entry
 
 
 def node_name(settings: ClusterSettings) -> str:
@@ -42,7 +45,9 @@ def node_name(settings: ClusterSettings) -> str:
 class ClusterNode:
     def __init__(self, settings: ClusterSettings, host: Supervisor, tasks: TaskManager,
                  queue: ClusterQueue, report: Callable[[str], None],
-                 prepare: Callable[[AgentSpec], None] = lambda spec: None) -> None:
+                 prepare: Callable[[AgentSpec], None] = lambda spec: None,
+                 apply: Callable[[str, AgentSpec], Awaitable[None]] | None = None,
+                 describe: Describe = lambda old, new: "changed") -> None:
         self.settings = settings
         self.host = host
         self.tasks = tasks
@@ -59,18 +64,30 @@ class ClusterNode:
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report)
         self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
-                             report)
-        self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report)
+                             report, settings.tasks_kept_for)
+        self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
+                             settings.tasks_kept_for)
+        self.retention = Retention(self.redis, scripts, self.keys, self.membership,
+                                   settings, self.reaper.streams)
         self.backlog = Backlog(self.redis, self.keys, host)
         self.events = EventRelay(self.redis, self.keys, self.node, host.events,
                                  settings.beat, report)
+        self.specs = ClusterSpecs(self.redis, scripts, self.keys, describe)
+        self.declared = Declared(self.redis, self.keys, self.specs, self.node, describe,
+                                 report)
         self.placement = Placement(self.redis, scripts, self.keys, self.membership, host,
-                                   prepare, settings.beat, report)
+                                   prepare, apply or self._apply, self.declared,
+                                   settings.beat, report)
         tasks.on_finish.append(self.outbox.finished)
         self.puller.on_claim = self._watch
         self.membership.on_fence.append(self._fenced)
         self._loops: list[asyncio.Task[None]] = []
         self.draining = False  # asked to drain (`corral drain`): it takes nothing new
+
+    async def _apply(self, name: str, spec: AgentSpec) -> None:
+        """A changed spec, without the daemon's fleet (all at once)."""
+        await self.host.remove(name)
+        self.host.add(spec)
 
     def _watch(self, task: ClusterTask) -> None:
         outbox = self.outbox
@@ -133,6 +150,7 @@ class ClusterNode:
                     await self.desk.refresh_view()
                     await self.backlog.step(self.desk.view)
                     await self.reaper.reap()
+                    await self.retention.step()
                     await self._drain_step()
                 except RedisError as exc:
                     self.report(f"cluster: the beat's reaping: {why(exc)}")
@@ -221,18 +239,91 @@ class ClusterNode:
             await asyncio.wait_for(self.redis.aclose(), self.settings.beat)
 
     # -- for the command layer ----------------------------------------------------------
-    async def add_agents(self, tables: dict[str, dict[str, Any]]) -> list[str]:
+    async def add_agents(self, tables: dict[str, dict[str, Any]], who: str) -> list[str]:
         try:
-            return await self.placement.add(tables)
+            return await self.specs.add(
+                {n: {**t, "placement": "cluster"} for n, t in tables.items()}, who)
         except RedisError as exc:
             raise unavailable(self.settings.redis, exc, "nothing was added") from None
 
     async def remove_agents(self, names: list[str]) -> list[str]:
         """Those of `names` that are cluster agents, removed from the cluster."""
         try:
-            return await self.placement.remove(names)
+            return await self.specs.remove(names)
         except RedisError as exc:
             raise unavailable(self.settings.redis, exc, "nothing was removed") from None
+
+    async def runs_cluster_agent(self, name: str) -> bool:
+        """Whether a command on agent `name` here is the cluster's agent's: the cluster
+        has one of that name and this node has none of its own."""
+        if name in self.host.agents and name not in self.placement.placed:
+            return False
+        try:
+            return name in await self.specs.names()
+        except RedisError as exc:
+            what = (f"{name} is the cluster's agent" if name in self.host.agents else
+                    f"no agent {name} on this node, and the cluster's cannot be read")
+            raise unavailable(self.settings.redis, exc, f"{what}: nothing changed"
+                              ) from None
+
+    async def refuse_deploy(self, name: str) -> None:
+        """`corral deploy` is refused for a cluster agent: it builds a release on this
+        node alone, which the cluster's other nodes, where its replicas are placed, do
+        not have."""
+        try:
+            cluster = await self.runs_cluster_agent(name)
+        except RpcError:
+            cluster = False  # Redis away: local work goes on (the name is not placed here)
+        if cluster:
+            raise RpcError(jsonrpc.CONFLICT, f"agent {name} is a cluster agent: a deploy "
+                           "builds its release on this node alone, and the nodes its "
+                           "replicas are placed on would have none; deploy the package "
+                           "under another name (--name) as this node's agent, or change "
+                           "the cluster agent's command (a reload, or remove and add it)")
+
+    async def scale_agent(self, name: str, replicas: int, who: str) -> None:
+        if replicas < 0:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
+        try:
+            await self.specs.change(name, lambda t: {**t, "replicas": replicas}, who,
+                                    "corral scale")
+        except RedisError as exc:
+            raise unavailable(self.settings.redis, exc, f"{name} was not scaled") from None
+
+    async def rollback_agent(self, name: str, revision: int | None, who: str
+                             ) -> tuple[int, int, str]:
+        try:
+            return await self.specs.rollback(name, revision, who)
+        except RedisError as exc:
+            raise unavailable(self.settings.redis, exc, f"{name} was not rolled back"
+                              ) from None
+
+    async def revision_of(self, name: str) -> int | None:
+        """A cluster agent's current revision (None: not known, or Redis away)."""
+        try:
+            return await self.specs.revision(name)
+        except RedisError:
+            return None
+
+    async def agent_history(self, name: str) -> list[Entry]:
+        try:
+            return await self.specs.history(name)
+        except RedisError as exc:
+            raise unavailable(self.settings.redis, exc, f"{name}'s history cannot be read"
+                              ) from None
+
+    async def declare(self, tables: dict[str, dict[str, Any]], wait: float) -> dict[str, str]:
+        """The config file's cluster agents (a start, a reload): registered now when Redis
+        answers within `wait`, else by the placement loop once it does; the agents whose
+        change was refused (name -> why)."""
+        self.declared.declare(tables)
+        try:
+            return await asyncio.wait_for(self.declared.sync(), wait)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.report(f"cluster: the config's cluster agents not yet registered "
+                        f"({why(exc) if isinstance(exc, RedisError) else 'no answer'}): "
+                        "at the next beat")
+            return {}
 
     async def nodes(self) -> list[NodeView]:
         try:
@@ -274,7 +365,7 @@ class ClusterNode:
                 got = await self.scripts.cancel(
                     keys=[self.keys.task(task_id), rec[0], self.keys.outcomes,
                           *self.keys.listed],
-                    args=[task_id, repr(time.time()), error, KEEP_FINISHED])
+                    args=[task_id, repr(time.time()), error, int(self.settings.tasks_kept_for)])
             except RedisError as exc:
                 raise unavailable(self.settings.redis, exc,
                                   f"task {task_id} was not cancelled") from None
@@ -312,5 +403,6 @@ class ClusterNode:
                 "read": self.puller.read, "published": self.outbox.published,
                 "outbox": len(self.outbox.pending), "late_writes_refused": self.outbox.refused,
                 "requeued": self.reaper.requeued, "lost": self.reaper.lost,
-                "orphans": self.reaper.orphans, "agents": self.placement.status(),
+                "orphans": self.reaper.orphans, "retention": self.retention.status(),
+                "agents": self.placement.status(),
                 "events": self.events.status(), "woken": self.backlog.woken}

@@ -34,12 +34,14 @@ _json = msgspec.json.Encoder().encode
 
 class Outbox:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, node: str, beat: float,
-                 queue: ClusterQueue, report: Callable[[str], None]) -> None:
+                 queue: ClusterQueue, report: Callable[[str], None],
+                 kept_for: float = KEEP_FINISHED) -> None:
         self.redis = redis
         self.scripts = scripts
         self.keys = keys
         self.node = node
         self.beat = beat
+        self.kept_for = int(kept_for)  # seconds a finished record stays ([cluster])
         self.queue = queue
         self.report = report
         self.pending: deque[tuple[ClusterTask, list[Any]]] = deque()
@@ -60,7 +62,7 @@ class Outbox:
         inline = task.base == 0 and len(output) <= INLINE_OUTPUT
         args = [task.token, task.id, str(task.status), output,
                 b"" if err is None else records.error_json(err), repr(task.finished),
-                task.entry, task.base, KEEP_FINISHED, task.retries_left,
+                task.entry, task.base, self.kept_for, task.retries_left,
                 "1" if inline else "0",
                 *(records.attempt_json(a, self.node) for a in task.attempts)]
         self.pending.append((task, args))

@@ -19,17 +19,17 @@ another node starts with the state its slot last checkpointed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from redis.exceptions import RedisError
 
-from .. import jsonrpc
 from ..supervisor.config import AgentSpec, ConfigError, parse_agents
 from ..supervisor.core import Supervisor, SupervisorError
 from ..supervisor.stream import Checkpoint
 from .connection import read, why
+from .declared import Declared
 from .keys import Keys
 from .membership import Membership, NodeView
 from .scripts import Scripts
@@ -83,18 +83,22 @@ def plan(name: str, slots: list[str | None], want: int, nodes: list[NodeView],
 
 class Placement:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
-                 sup: Supervisor, prepare: Callable[[AgentSpec], None], beat: float,
-                 report: Callable[[str], None]) -> None:
+                 sup: Supervisor, prepare: Callable[[AgentSpec], None],
+                 apply: Callable[[str, AgentSpec], Awaitable[None]],
+                 declared: Declared, beat: float, report: Callable[[str], None]) -> None:
         self.redis = redis
         self.scripts = scripts
         self.keys = keys
         self.membership = membership
         self.sup = sup
         self.prepare = prepare  # a spec's node-local defaults (its cwd)
+        self.apply = apply  # a running agent brought to a new spec (rolling)
+        self.declared = declared  # the config file's cluster agents, to register
         self.beat = beat
         self.report = report
         self.placed: dict[str, list[int]] = {}  # agent -> its slots run here, in order
         self.epochs: dict[str, int] = {}  # agent -> the epoch of its placement run here
+        self.tables: dict[str, bytes] = {}  # agent -> the table (JSON) run here
         self.draining = False
         self.placements = 0  # placements this node wrote
         self.lost_races = 0  # compare-and-sets another node won
@@ -109,36 +113,6 @@ class Placement:
         have = sum(len(a.replicas) for a in self.sup.agents.values())
         return max(0, self.sup.max_replicas - have), sorted(self.placed), self.draining
 
-    # -- commands ------------------------------------------------------------------------
-    async def add(self, tables: dict[str, dict[str, Any]]) -> list[str]:
-        """Cluster agents from their tables (checked by the caller), all or none; placed
-        at the next beat of some node. Raises RpcError-worthy SupervisorError on a name
-        taken."""
-        args: list[Any] = []
-        for name, table in sorted(tables.items()):
-            args += [name, msgspec.json.encode(table)]
-        taken = await self.scripts.add_agents(keys=[self.keys.cluster_agents], args=args)
-        if taken:
-            name = taken.decode() if isinstance(taken, bytes) else str(taken)
-            raise SupervisorError(jsonrpc.CONFLICT, f"cluster agent {name} already exists")
-        return sorted(tables)
-
-    async def remove(self, names: list[str]) -> list[str]:
-        """The cluster agents of these names, gone from Redis (their nodes stop them at
-        their next beat); the names that were cluster agents."""
-        pipe = self.redis.pipeline(transaction=True)
-        for n in names:
-            pipe.hdel(self.keys.cluster_agents, n)
-        for n in names:
-            pipe.hdel(self.keys.placement, n)
-            pipe.delete(self.keys.state(n))
-        got = await pipe.execute()
-        return [n for n, g in zip(names, got[:len(names)], strict=True) if g]
-
-    async def names(self) -> set[str]:
-        return {k.decode() for k in await read(
-            lambda: self.redis.hkeys(self.keys.cluster_agents))}
-
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
         while True:
@@ -149,7 +123,10 @@ class Placement:
             await asyncio.sleep(self.beat)
 
     async def step(self) -> None:
-        """One beat: place what needs it, then run here what is placed here."""
+        """One beat: the config's cluster agents registered (after a start or a reload),
+        then place what needs it, then run here what is placed here."""
+        if self.declared.pending is not None:
+            await self.declared.sync()
         m = self.membership
         if not m.member:
             # fenced or joining: what was placed on the old incarnation is re-placed by
@@ -164,7 +141,7 @@ class Placement:
             return list(await pipe.execute())
 
         raw_tables, raw_places = await read(both)
-        tables = {k.decode(): msgspec.json.decode(v) for k, v in raw_tables.items()}
+        tables = {k.decode(): v for k, v in raw_tables.items()}
         places = {k.decode(): _placed.decode(v) for k, v in raw_places.items()}
         if tables:
             nodes = await m.nodes()
@@ -172,7 +149,8 @@ class Placement:
             room = {n.consumer: n.room for n in nodes if n.alive}
             for name in sorted(tables):
                 cur = places.get(name, Placed())
-                slots = plan(name, cur.slots, wanted(tables[name]), nodes, settled, room)
+                slots = plan(name, cur.slots, wanted(msgspec.json.decode(tables[name])),
+                             nodes, settled, room)
                 if slots == cur.slots:
                     continue
                 epoch = await self.scripts.place(
@@ -187,15 +165,19 @@ class Placement:
                     self.lost_races += 1  # read again at the next beat
         await self._reconcile(tables, places)
 
-    async def _reconcile(self, tables: dict[str, Any], places: dict[str, Placed]) -> None:
-        """Run here exactly the slots placed on this incarnation."""
+    async def _reconcile(self, tables: dict[str, bytes], places: dict[str, Placed]
+                         ) -> None:
+        """Run here exactly the slots placed on this incarnation, each by its agent's
+        table now."""
         me = self.membership.consumer if self.membership.member else None
         for name in sorted(set(tables) | set(self.placed)):
             p = places.get(name, Placed())
             mine = [i for i, s in enumerate(p.slots) if me is not None and s == me] \
                 if name in tables else []
             have = self.placed.get(name)
-            if have == mine or (have is None and not mine):
+            table = tables.get(name)
+            if (have == mine or (have is None and not mine)) and (
+                    not mine or self.tables.get(name) == table):
                 continue
             try:
                 if not mine:
@@ -205,23 +187,31 @@ class Placement:
                         continue  # a drain lets what runs finish first
                     del self.placed[name]
                     self.epochs.pop(name, None)
-                    if name in self.sup.agents:
+                    self.tables.pop(name, None)
+                    # (a reload may have put an agent of this node's own in its place)
+                    if agent is not None and agent.spec.placement == "cluster":
                         await self.sup.remove(name)
                         self.report(f"cluster: {name} stopped here (placed elsewhere)")
                     continue
                 if have is None and name in self.sup.agents:
                     self._problem(name, f"this node has an agent {name} of its own")
                     continue
-                await self._load_states(name, mine)
+                assert table is not None  # mine is [] for an agent the cluster lacks
                 if have is None:
-                    spec = parse_agents({"agents": {name: tables[name]}},
-                                        "the cluster's spec")[name]
-                    spec.replicas = len(mine)
-                    self.prepare(spec)
-                    self.sup.add(spec)
+                    await self._load_states(name, mine)
+                    self.sup.add(self._spec(name, table, len(mine)))
+                elif self.tables.get(name) != table:
+                    # changed in place (`corral scale`, `rollback`, a reload): tried
+                    # once per table, as a reload tries a local agent's change once
+                    self.tables[name] = table
+                    self.placed[name] = mine
+                    await self.apply(name, self._spec(name, table, len(mine)))
+                    self.report(f"cluster: {name} brought to its changed spec here")
                 else:
+                    await self._load_states(name, mine[len(have):], len(have))
                     await self.sup.scale(name, len(mine))
                 self.placed[name] = mine
+                self.tables[name] = table
                 self.epochs[name] = p.epoch
                 self._problems.pop(name, None)
                 self.report(f"cluster: {name} runs here: slots "
@@ -229,17 +219,27 @@ class Placement:
             except (ConfigError, SupervisorError) as exc:
                 self._problem(name, str(exc))
 
+    def _spec(self, name: str, table: bytes, replicas: int) -> AgentSpec:
+        spec = parse_agents({"agents": {name: msgspec.json.decode(table)}},
+                            "the cluster's spec")[name]
+        spec.replicas = replicas
+        spec.placement = "cluster"  # (a table added before the key was written in it)
+        self.prepare(spec)
+        return spec
+
     def _problem(self, name: str, text: str) -> None:
         if self._problems.get(name) != text:
             self._problems[name] = text
             self.report(f"cluster: cluster agent {name} cannot run here: {text}")
 
-    async def _load_states(self, name: str, slots: list[int]) -> None:
+    async def _load_states(self, name: str, slots: list[int], first: int = 0) -> None:
         """The states the slots last checkpointed, given to the replicas that start
-        here (by their local index)."""
+        here (by their local index, the first of them `first`)."""
+        if not slots:
+            return
         got = await read(lambda: self.redis.hmget(self.keys.state(name),
                                                   [str(s) for s in slots]))
-        for index, raw in enumerate(got):
+        for index, raw in enumerate(got, first):
             if raw is not None:
                 when, state = msgspec.json.decode(raw)
                 self.sup.checkpoints[(name, index)] = (float(when), state)
@@ -276,5 +276,6 @@ class Placement:
     def status(self) -> dict[str, Any]:
         return {"placed": {n: s for n, s in sorted(self.placed.items())},
                 "placements": self.placements, "lost_races": self.lost_races,
+                "differs": dict(sorted(self.declared.differs.items())),
                 "checkpoints": self.checkpoints,
                 "checkpoints_refused": self.checkpoints_refused}

@@ -38,12 +38,13 @@ ORPHAN_BEATS = 3
 
 class Reaper:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
-                 report: Callable[[str], None]) -> None:
+                 report: Callable[[str], None], kept_for: float = KEEP_FINISHED) -> None:
         self.redis = redis
         self.scripts = scripts
         self.keys = keys
         self.membership = membership
         self.report = report
+        self.kept_for = int(kept_for)  # seconds a finished record stays ([cluster])
         self.requeued = 0
         self.lost = 0
         self.orphans = 0
@@ -94,7 +95,7 @@ class Reaper:
             got = await self.scripts.takeover(
                 keys=[self.keys.task(tid), self.keys.attempts(tid), stream,
                       self.keys.outcomes, self.keys.alive(dead), *self.keys.listed],
-                args=[tid, entry, dead, repr(time.time()), reason, KEEP_FINISHED, error,
+                args=[tid, entry, dead, repr(time.time()), reason, self.kept_for, error,
                       "orphan" if orphans else "dead"])
             if got == b"requeued" and orphans:
                 self.orphans += 1

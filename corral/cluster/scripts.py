@@ -11,17 +11,16 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from .keys import FINISHED_LISTED, GROUP, OUTCOMES_KEPT
+from .keys import GROUP, OUTCOMES_KEPT
 
 
 def _listed_done(live: int, task: str) -> str:
     """A task that ended moves from the listed live tasks (KEYS[live]) to the finished
-    ones (KEYS[live + 1]), of which the newest FINISHED_LISTED are kept: what `corral
-    tasks` reads, bounded, with no SCAN of the cluster's keys."""
+    ones (KEYS[live + 1]): what `corral tasks` reads, with no SCAN of the cluster's keys,
+    and what a node's beat trims to the newest `tasks_kept`, deleting the records of
+    those it takes out (TRIM, retention.py)."""
     return f"""redis.call('ZREM', KEYS[{live}], {task})
-redis.call('ZADD', KEYS[{live + 1}], 0, {task})
-local over = redis.call('ZCARD', KEYS[{live + 1}]) - {FINISHED_LISTED}
-if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[{live + 1}], 0, over - 1) end"""
+redis.call('ZADD', KEYS[{live + 1}], 0, {task})"""
 
 
 # KEYS: task, stream, priorities, agents, live tasks (listed)
@@ -295,15 +294,68 @@ redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
 return 1
 """
 
-# ADD_AGENTS: cluster agents' tables, all or none (a name already there refuses all).
-# KEYS: cluster agents; ARGV: name, table JSON, name, table JSON, ... -> '' or the name
-# that exists
+# ADD_AGENTS: cluster agents' tables, all or none (a name already there refuses all),
+# each with its first revision in its history.
+# KEYS: cluster agents, then each agent's history; ARGV: name, table JSON, revision 1
+# (JSON), name, ... -> '' or the name that exists
 ADD_AGENTS = """
-for i = 1, #ARGV, 2 do
+for i = 1, #ARGV, 3 do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then return ARGV[i] end
 end
-for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 1, #ARGV, 3 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  local history = KEYS[2 + (i - 1) / 3]
+  redis.call('DEL', history)
+  redis.call('RPUSH', history, ARGV[i + 2])
+end
 return ''
+"""
+
+# SET_AGENT: a cluster agent's table changed in place (`corral scale`, `rollback`, a
+# reload), compare-and-set on its placement epoch, which it moves on: a change made from
+# a stale read, or a placement computed from the old table, loses and reads again. The
+# slots stay; the nodes bring them to the new table at their next beat. Its history gets
+# the next revision (the entry's JSON after `{"revision":N,`, built by the caller), and
+# keeps the last ARGV[5].
+# KEYS: cluster agents, placement, history
+# ARGV: agent, expected epoch, table JSON, the entry's tail, revisions kept
+#   -> the new revision; 0: the epoch moved on; -1: no such cluster agent
+SET_AGENT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+local epoch = 0
+if cur then epoch = cjson.decode(cur)['epoch'] end
+if epoch ~= tonumber(ARGV[2]) then return 0 end
+local last = redis.call('LINDEX', KEYS[3], -1)
+local revision = 1
+if last then revision = cjson.decode(last)['revision'] + 1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if cur then
+  redis.call('HSET', KEYS[2], ARGV[1],
+             (string.gsub(cur, '^{"epoch":%d+', '{"epoch":' .. (epoch + 1), 1)))
+else
+  redis.call('HSET', KEYS[2], ARGV[1], '{"epoch":1,"slots":[]}')
+end
+redis.call('RPUSH', KEYS[3], '{"revision":' .. revision .. ',' .. ARGV[4])
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
+return revision
+"""
+
+
+# TRIM: the finished tasks (keys.done, every score 0, ordered by id and so by the time
+# each was made) beyond the newest `kept` taken out of the set, exactly those however
+# many nodes trim at once: their records are deleted by the caller. The ids made before
+# the cutoff (an id prefix) leave the set alone: their records have expired, or will
+# within tasks_kept_for of their end.
+# KEYS: done; ARGV: kept, cutoff id prefix -> the ids whose records to delete
+TRIM = """
+redis.call('ZREMRANGEBYLEX', KEYS[1], '-', '(' .. ARGV[2])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
+if over <= 0 then return {} end
+local gone = redis.call('ZPOPMIN', KEYS[1], over)
+local ids = {}
+for i = 1, #gone, 2 do ids[#ids + 1] = gone[i] end
+return ids
 """
 
 
@@ -328,6 +380,8 @@ class Scripts:
         self.place = redis.register_script(PLACE)
         self.checkpoint = redis.register_script(CHECKPOINT)
         self.add_agents = redis.register_script(ADD_AGENTS)
+        self.set_agent = redis.register_script(SET_AGENT)
+        self.trim = redis.register_script(TRIM)
 
     async def run(self, calls: list[Call]) -> list[Any]:
         """Many script calls in one pipeline (one round trip), each answer or its error in

@@ -26,6 +26,7 @@ from .store import row_limit
 from .tokens import Token, tokens_of
 
 if TYPE_CHECKING:
+    from ..cluster.node import ClusterNode
     from ..supervisor.core import Agent
     from ..supervisor.replica import Replica
     from ..supervisor.tasks import TaskInfo
@@ -260,10 +261,14 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
     # values of the environment may be secrets: the keys say what is set
     fields["env"] = sorted(spec.env)
     fields["limits"] = msgspec.structs.asdict(spec.limits)
+    node = d.tasks.cluster if spec.placement == "cluster" else None
     return m.DescribeResult(
         name=agent.name,
-        origin=d.fleet.origin(agent.name, d.config_path),
-        revision=d.fleet.revision_of(agent.name),
+        # a cluster agent's replicas here run the cluster's table, of the cluster's
+        # revision
+        origin="cluster" if node is not None else d.fleet.origin(agent.name, d.config_path),
+        revision=(await node.revision_of(agent.name) if node is not None
+                  else d.fleet.revision_of(agent.name)),
         argv=spec.argv(),
         spec=fields,
         replicas=[m.ReplicaBrief(replica=r.index, state=r.state.value, pid=r.pid)
@@ -273,17 +278,25 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
 
 @implements("agents.add")
 async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel) -> m.Added:
-    if p.cluster:
-        return m.Added(added=await add_cluster_agents(d, p))
+    said = {n: t.get("placement") for n, t in p.agents.items() if isinstance(t, dict)}
+    if p.cluster or "cluster" in said.values():
+        return m.Added(added=await add_cluster_agents(d, p, caller.who))
     return m.Added(added=await d.fleet.add(p.agents, caller.who, check=p.check))
 
 
-async def add_cluster_agents(d: Services, p: m.AgentsAdd) -> list[str]:
+async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]:
     """Checked here as a local agent would be; kept in Redis, placed by the nodes."""
     node = d.tasks.cluster
     if node is None:
         raise RpcError(jsonrpc.CONFLICT, "this daemon is not a node of a cluster (its "
                                          "config has no [cluster] table): --cluster needs one")
+    local = sorted(n for n, t in p.agents.items()
+                   if isinstance(t, dict) and t.get("placement", "cluster") != "cluster")
+    if local:
+        # one batch is all or none: in Redis, or on this node, not both
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"agents.add: agents.{local[0]}.placement: "
+                                               f"{p.agents[local[0]]['placement']!r} in a "
+                                               "batch of cluster agents: add it apart")
     if not p.agents:
         raise RpcError(jsonrpc.INVALID_PARAMS, "no [agents.NAME] tables to add")
     try:
@@ -302,7 +315,13 @@ async def add_cluster_agents(d: Services, p: m.AgentsAdd) -> list[str]:
     taken = [n for n in specs if n in d.sup.agents and n not in node.placement.placed]
     if taken:
         raise RpcError(jsonrpc.CONFLICT, f"agent {taken[0]} already exists on this node")
-    return await node.add_agents(p.agents)
+    return await node.add_agents(p.agents, who)
+
+
+async def _cluster_agent(d: Services, name: str) -> ClusterNode | None:
+    """This node, when `name` is the cluster's agent (not one of this node's own)."""
+    node = d.tasks.cluster
+    return node if node is not None and await node.runs_cluster_agent(name) else None
 
 
 @implements("agents.remove")
@@ -320,13 +339,24 @@ async def agents_remove(d: Services, p: m.AgentsRemove, caller: Caller, c: Chann
 @implements("agents.scale")
 async def agents_scale(d: Services, p: m.AgentsScale, caller: Caller, c: Channel
                        ) -> m.Scaled:
-    await d.fleet.scale(p.name, p.replicas, caller.who)
+    node = await _cluster_agent(d, p.name)
+    if node is not None:  # the cluster's table in Redis; every node brings its slots to it
+        await node.scale_agent(p.name, p.replicas, caller.who)
+    else:
+        await d.fleet.scale(p.name, p.replicas, caller.who)
     return m.Scaled(name=p.name, replicas=p.replicas)
 
 
 @implements("agents.history")
 async def agents_history(d: Services, p: m.AgentsHistory,
                          caller: Caller, c: Channel) -> m.HistoryResult:
+    node = await _cluster_agent(d, p.name)
+    if node is not None:  # the cluster's revisions, the same on every node
+        kept = [m.Revision(agent=p.name, revision=e.revision, time=e.time, who=e.who,
+                           change=e.change, spec=e.spec)
+                for e in await node.agent_history(p.name)]
+        return m.HistoryResult(name=p.name, current=kept[-1].revision if kept else None,
+                               revisions=kept[-row_limit(p.limit):])
     d.sup.agent(p.name)
     revs = d.revisions.history(p.name, row_limit(p.limit))
     scaling = [m.ScalingDecision(time=s.time, previous=s.previous, replicas=s.replicas,
@@ -339,6 +369,10 @@ async def agents_history(d: Services, p: m.AgentsHistory,
 @implements("agents.rollback")
 async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: Channel
                           ) -> m.RollbackResult:
+    node = await _cluster_agent(d, p.name)
+    if node is not None:
+        target, now, change = await node.rollback_agent(p.name, p.revision, caller.who)
+        return m.RollbackResult(name=p.name, restored=target, revision=now, change=change)
     target, change = await d.fleet.rollback(p.name, p.revision, caller.who)
     return m.RollbackResult(name=p.name, restored=target,
                             revision=d.fleet.revision_of(p.name), change=change)

@@ -60,7 +60,7 @@ from .journald import JournalSender, StderrEcho
 from .logs import LogDirError, LogHub
 from .notify import Notifier
 from .packages.service import Packages
-from .revisions import RevisionLog
+from .revisions import RevisionLog, describe_change, spec_table
 from .services import Services
 from .store import StateStore, StoreError, StoreWriter
 from .taskjournal import TaskJournalDB
@@ -292,11 +292,15 @@ class Daemon:
             assert task_queue is not None
             desk.cluster = self.cluster = ClusterNode(cfg.cluster, sup, sup.tasks,
                                                       task_queue, hub.daemon,
-                                                      prepare=fleet.fill_cwd)
+                                                      prepare=fleet.fill_paths,
+                                                      apply=fleet.apply_spec,
+                                                      describe=describe_change)
         history = History(sup, store, cfg.http)
         packages = Packages(cfg.packages, Path(cfg.packages.dir) if cfg.packages.dir
                             else paths.state_dir / "packages", sup, store, revisions, fleet,
                             hub.daemon)
+        if self.cluster is not None:
+            packages.refuse = self.cluster.refuse_deploy
         try:
             # interrupted builds and switches are dealt with before any agent starts
             await packages.start()
@@ -330,7 +334,10 @@ class Daemon:
         dispatcher.serve(services)
         await asyncio.sleep(0)  # the control socket is served before the agents are added
         tenants.start(cfg)  # before the agents, whose quotas they are
-        fleet.start(cfg)
+        local, declared = by_placement(cfg)
+        fleet.start(local)
+        if desk.cluster is not None:
+            desk.cluster.declared.declare(declared)  # registered by its first beat
         watches.sync_all()
         if journal is not None:
             # no await since the agents were added: no task can be accepted before the
@@ -595,9 +602,21 @@ class Daemon:
         s.sup.sandbox_program = cfg.supervisor.bwrap
         s.sup.protected_paths = protected
         s.fleet.gateway = cfg.gateway
-        result = await s.fleet.reload(cfg, who)
+        local, declared = by_placement(cfg)
+        result = await s.fleet.reload(local, who)
+        if self.cluster is not None:
+            result.failed.update(await self.cluster.declare(
+                declared, self.cluster.settings.node_ttl))
         self.notifier.ready(self.status_line())
         return result
+
+
+def by_placement(cfg: Config) -> tuple[Config, dict[str, dict[str, Any]]]:
+    """The config with its local agents alone (the fleet's), and the tables of its
+    cluster agents (placement = "cluster": the cluster's, registered in Redis)."""
+    local = {n: s for n, s in cfg.agents.items() if s.placement != "cluster"}
+    declared = {n: spec_table(s) for n, s in cfg.agents.items() if s.placement == "cluster"}
+    return msgspec.structs.replace(cfg, agents=local), declared
 
 
 def _dashboard_sessions() -> Any:

@@ -418,6 +418,13 @@ class Fleet:
         if spec.cwd is None:
             spec.cwd = str(self.config_dir)
 
+    def fill_paths(self, spec: AgentSpec) -> None:
+        """A cluster agent's paths, as its table gives them (absent or relative), are
+        this node's: under where its config file is, as a local agent's would be."""
+        spec.cwd = str((self.config_dir / (spec.cwd or "")).resolve())
+        spec.sandbox_paths = [str((self.config_dir / p).resolve())
+                              for p in spec.sandbox_paths]
+
     def _add(self, spec: AgentSpec) -> None:
         self.fill_cwd(spec)
         self.sup.add(spec)

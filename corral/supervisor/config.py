@@ -193,6 +193,9 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     max_cost_usd_per_day: NonNeg = 0
     health: HealthSpec | None = None  # readiness and liveness checks (health.py)
     tenant: str = DEFAULT_TENANT  # whose quotas it counts against ([tenants.NAME])
+    # "cluster": the spec is the cluster's, kept in Redis, and its replicas are placed on
+    # the cluster's live nodes (docs/cluster.md); needs [cluster]
+    placement: Literal["local", "cluster"] = "local"
 
     @property
     def elastic(self) -> bool:
@@ -469,6 +472,10 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     node: str | None = None  # default: the host name
     node_ttl: Positive = 3.0  # seconds a node counts as alive after its last beat
     beat: Positive = 1.0  # seconds between beats (renewing the membership key)
+    # finished cluster tasks' records (outcome, attempts) kept in Redis, readable from
+    # every node: the newest tasks_kept of them, each at most tasks_kept_for seconds
+    tasks_kept: PositiveInt = 100_000
+    tasks_kept_for: Positive = 7 * 86400.0
 
     def check(self, where: str) -> None:
         """What the types cannot say; raises ConfigError naming the key."""
@@ -591,6 +598,19 @@ def parse_agents(data: dict[str, Any], where: str) -> dict[str, AgentSpec]:
     return out
 
 
+def cluster_problem(spec: AgentSpec, clustered: bool) -> str | None:
+    """What forbids the agent's `placement = "cluster"` here ("KEY: problem"), or None."""
+    if spec.placement != "cluster":
+        return None
+    if not clustered:
+        return ('placement: "cluster" needs a [cluster] table (this daemon is not a node '
+                "of a cluster)")
+    if spec.elastic:
+        return ('placement: a cluster agent is not elastic yet (autoscale, '
+                "hibernate_after)")
+    return None
+
+
 def elastic_problem(spec: AgentSpec, *, explicit_replicas: bool = True) -> str | None:
     """What is wrong with the agent's autoscale bounds ("KEY: problem"), or None. A
     `replicas` the table does not give is brought within them (the count it starts with)."""
@@ -688,10 +708,16 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         problem = isolation_problem(aspec, gateway, tenants.get(aspec.tenant))
         if problem:
             raise ConfigError(f"{origin[f'agents.{name}']}: agents.{name}.{problem}")
-    # a process runs where the file that declares it is, unless told otherwise
-    for pspec in [*agents.values(), *servers.values()]:
+        problem = cluster_problem(aspec, cluster is not None)
+        if problem:
+            raise ConfigError(f"{origin[f'agents.{name}']}: agents.{name}.{problem}")
+    # a process runs where the file that declares it is, unless told otherwise; a
+    # cluster agent's table is the cluster's: each node resolves its paths against its
+    # own config file's directory when it runs it
+    local = [a for a in agents.values() if a.placement != "cluster"]
+    for pspec in [*local, *servers.values()]:
         pspec.cwd = str((base / pspec.cwd).resolve() if pspec.cwd else base.resolve())
-    for aspec in agents.values():
+    for aspec in local:
         aspec.sandbox_paths = [str((base / sp).resolve()) for sp in aspec.sandbox_paths]
     for sspec in servers.values():
         sspec.roots = [r if "://" in r else str((base / r).resolve()) for r in sspec.roots]

@@ -24,7 +24,8 @@ BEAT = 0.25
 
 
 def cluster_table(redis: RedisServer, node: str, ttl: float = TTL, beat: float = BEAT,
-                  name: str = "test") -> str:
+                  name: str = "test", extra: str = "") -> str:
+    """`extra`: more [cluster] keys, a line each."""
     return textwrap.dedent(f"""
         [cluster]
         redis = "{redis.url}"
@@ -32,7 +33,7 @@ def cluster_table(redis: RedisServer, node: str, ttl: float = TTL, beat: float =
         node = "{node}"
         node_ttl = {ttl}
         beat = {beat}
-    """)
+    """) + extra
 
 
 class Node(Daemon):

@@ -46,3 +46,51 @@ def test_bad_values_are_refused_naming_the_key(tmp_path: Path, table: str,
         load(tmp_path, f"[cluster]\n{table}\n")
     assert str(got.value).startswith(f"{tmp_path / 'corral.toml'}: ")
     assert message in str(got.value)
+
+
+AGENT = '[agents.keeper]\ncommand = "python3 keeper.py"\n'
+
+
+def test_placement_cluster_needs_a_cluster_table(tmp_path: Path) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text(AGENT + 'placement = "cluster"\n')
+    with pytest.raises(ConfigError) as got:
+        load_config(path)
+    assert str(got.value) == (f'{path}: agents.keeper.placement: "cluster" needs a '
+                              "[cluster] table (this daemon is not a node of a cluster)")
+    # in an included file, that file is named
+    (tmp_path / "more.toml").write_text(AGENT.replace("keeper", "other")
+                                        + 'placement = "cluster"\n')
+    path.write_text('[supervisor]\ninclude = ["more.toml"]\n')
+    with pytest.raises(ConfigError) as got:
+        load_config(path)
+    assert str(got.value).startswith(f"{tmp_path / 'more.toml'}: agents.other.placement: ")
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('placement = "moon"', "agents.keeper.placement: Invalid enum value 'moon' (valid: "
+                             "'cluster', 'local')"),
+    ('placement = "cluster"\nhibernate_after = 60',
+     "agents.keeper.placement: a cluster agent is not elastic yet (autoscale, "
+     "hibernate_after)"),
+])
+def test_bad_placements_are_refused(tmp_path: Path, table: str, message: str) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text(f"[cluster]\n{AGENT}{table}\n")
+    with pytest.raises(ConfigError) as got:
+        load_config(path)
+    assert message in str(got.value), got.value
+
+
+def test_a_cluster_agents_paths_stay_as_written(tmp_path: Path) -> None:
+    """Each node resolves them against its own config file's directory (fleet.fill_paths),
+    so the cluster's table does not carry one node's absolute paths."""
+    path = tmp_path / "corral.toml"
+    path.write_text(f'[cluster]\n{AGENT}placement = "cluster"\n'
+                    '[agents.mine]\ncommand = "python3 keeper.py"\ncwd = "sub"\n'
+                    '[agents.theirs]\ncommand = "python3 keeper.py"\ncwd = "sub"\n'
+                    'placement = "cluster"\n')
+    agents = load_config(path).agents
+    assert (agents["keeper"].cwd, agents["theirs"].cwd) == (None, "sub")
+    assert agents["mine"].cwd == str((tmp_path / "sub").resolve())
+    assert agents["keeper"].placement == "cluster" and agents["mine"].placement == "local"

@@ -13,7 +13,7 @@ import pytest
 
 from corral.cluster import records
 from corral.cluster.connection import connect
-from corral.cluster.keys import FINISHED_LISTED, Keys
+from corral.cluster.keys import Keys
 from corral.cluster.scripts import Scripts
 from corral.supervisor.config import ClusterSettings
 
@@ -143,8 +143,8 @@ async def test_the_listed_tasks_follow_each_task_to_its_end_and_stay_bounded(
         client: Any) -> None:
     """`corral tasks` reads two sorted sets the scripts keep: a task is live from its
     submit (a retried submit adds nothing) until it ends, by its outcome, a cancel while
-    queued or a takeover with no retries left; then it is finished, of which the newest
-    FINISHED_LISTED are kept."""
+    queued or a takeover with no retries left; then it is finished, of which a node's beat
+    keeps the newest tasks_kept."""
     s = Scripts(client)
     for i in range(1, 5):
         await submit(s, i)
@@ -167,14 +167,20 @@ async def test_the_listed_tasks_follow_each_task_to_its_end_and_stay_bounded(
               b'"node b lost"}', "dead"]) == b"lost"
     assert await client.zrange(K.live, 0, -1) == [ids[3].encode()]
     assert await client.zrange(K.done, 0, -1) == [i.encode() for i in ids[:3]]
-    # bounded: the oldest finished leave as new ones come
-    older = [f"0000000{n:05x}-0000-7000-8000-000000000000" for n in range(FINISHED_LISTED)]
+    # bounded: a node's beat takes out the oldest beyond tasks_kept (TRIM, exactly those:
+    # their records are then deleted) and the ids made before the cutoff
+    older = [f"00000000-{n:04x}-7000-8000-000000000000" for n in range(10)]
     await client.zadd(K.done, dict.fromkeys(older, 0))
     token, *_ = await claim(s, client, 4)
     assert await finish(s, client, 4, token) == 1
-    assert await client.zcard(K.done) == FINISHED_LISTED
-    assert await client.zrange(K.done, 0, 0) == [older[4].encode()]
+    assert await client.zcard(K.done) == 14
+    assert await s.trim(keys=[K.done], args=[12, "00000000-0000"]) == [
+        o.encode() for o in older[:2]]
+    assert await s.trim(keys=[K.done], args=[12, "00000000-0000"]) == []
+    assert await s.trim(keys=[K.done], args=[100, "00000000-0005"]) == []
+    assert await client.zrange(K.done, 0, 0) == [older[5].encode()]
     assert await client.zrange(K.done, -1, -1) == [ids[3].encode()]
+    assert await client.zcard(K.done) == 9
     assert await client.exists(K.live) == 0
 
 

@@ -18,7 +18,7 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ class Packages:
         self.revisions = revisions
         self.fleet = fleet
         self.report = report
+        # with [cluster]: raises RpcError for a name that is the cluster's agent
+        self.refuse: Callable[[str], Awaitable[None]] | None = None
         cache = Path(settings.cache_dir) if settings.cache_dir else root / CACHE
         self._sources: dict[str, str | None] = {}
         self.builder = Builder(self.releases, settings, sup.containment,
@@ -113,6 +115,8 @@ class Packages:
         name = manifest.name
         if name in self.fleet.from_config:  # before a build: the switch would refuse
             raise _declared(name)
+        if self.refuse is not None:
+            await self.refuse(name)
         try:
             plan = await self.builder.plan(manifest)
             release, built = await self.builder.build(name, plan, who, say)

@@ -1,0 +1,132 @@
+"""The cluster agents a node's config file declares (`placement = "cluster"`),
+registered in Redis when the daemon starts and at each reload.
+
+The cluster has one table per agent, in Redis; several nodes' files may declare it. The
+rule (decision 123): **a change a node's file makes is applied; a file that did not
+change undoes nothing.** Each node remembers in Redis (keys.declared) the table its file
+last declared, so at a start or a reload:
+
+- an agent the cluster does not have is added;
+- an agent whose table in this node's file changed since the file last declared it gets
+  that change, key by key, over the cluster's table (a `corral scale` made meanwhile is
+  kept where the file did not change `replicas`), as a new revision;
+- an agent the file declared before and declares no more is removed from the cluster;
+- a file that declares an agent otherwise than the cluster's table, and did not change
+  it, leaves the cluster's standing and says what differs (the log, and `corral stats` →
+  cluster.agents.differs): a node restarted with an old file never undoes a change made
+  elsewhere, and two files that disagree do not fight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from .. import jsonrpc
+from ..supervisor.core import SupervisorError
+from .connection import read
+from .keys import Keys
+from .specs import ClusterSpecs, Describe, Table, encoded
+
+
+def merged(cluster: Table, before: Table, now: Table) -> Table:
+    """The cluster's table with the change from `before` to `now` made to it: each key
+    `now` sets otherwise than `before` set, each key it no longer has taken out."""
+    out = dict(cluster)
+    for key in set(before) | set(now):
+        if key not in now:
+            out.pop(key, None)
+        elif before.get(key) != now[key]:
+            out[key] = now[key]
+    return out
+
+
+class Declared:
+    def __init__(self, redis: Any, keys: Keys, specs: ClusterSpecs, node: str,
+                 describe: Describe, report: Callable[[str], None]) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.specs = specs
+        self.node = node
+        self.describe = describe
+        self.report = report
+        self.pending: dict[str, Table] | None = None  # to register (a start, a reload)
+        self.differs: dict[str, str] = {}  # agent -> how the file differs from the cluster
+        self._lock = asyncio.Lock()
+
+    def declare(self, tables: dict[str, Table]) -> None:
+        """The config file's cluster agents, to register at the next sync."""
+        self.pending = tables
+
+    async def sync(self) -> dict[str, str]:
+        """Register what is pending (RedisError: it stays pending, for the next beat);
+        the agents whose change was refused (name -> why)."""
+        async with self._lock:
+            tables = self.pending
+            if tables is None:
+                return {}
+            failed = await self._sync(tables)
+            if self.pending is tables:
+                self.pending = None
+            return failed
+
+    async def _sync(self, tables: dict[str, Table]) -> dict[str, str]:
+        who = f"config file of node {self.node}"
+        key = self.keys.declared(self.node)
+        raw = await read(lambda: self.redis.hgetall(key))
+        last = {k.decode(): msgspec.json.decode(v) for k, v in raw.items()}
+        failed: dict[str, str] = {}
+        differs: dict[str, str] = {}
+        for name in sorted(set(tables) | set(last)):
+            table, before = tables.get(name), last.get(name)
+            try:
+                if table is None:  # the file declared it, and no more
+                    if await self.specs.remove([name]):
+                        self.report(f"cluster: cluster agent {name} removed ({who} no "
+                                    "longer declares it)")
+                    await self.redis.hdel(key, name)
+                    continue
+                why = await self._one(name, table, before, who)
+                if why:
+                    differs[name] = why
+                await self.redis.hset(key, name, encoded(table))
+            except SupervisorError as exc:
+                failed[name] = exc.message
+                self.report(f"cluster: cluster agent {name} from {who}: {exc.message}")
+        self.differs = differs
+        return failed
+
+    async def _one(self, name: str, table: Table, before: Table | None, who: str
+                   ) -> str | None:
+        """Register one agent; how the file differs from the cluster's table, where it
+        stands."""
+        cluster, _ = await self.specs.read(name)
+        if cluster is None:
+            try:
+                await self.specs.add({name: table}, who)
+                self.report(f"cluster: cluster agent {name} added ({who})")
+                return None
+            except SupervisorError as exc:
+                if exc.code != jsonrpc.CONFLICT:
+                    raise
+                # another node's file added it meanwhile: as if it had been there
+                cluster, _ = await self.specs.read(name)
+                if cluster is None:
+                    raise
+        if before is not None and encoded(before) != encoded(table):
+            revision, change = await self.specs.change(
+                name, lambda cur: merged(cur, before, table), who, "config file changed")
+            self.report(f"cluster: cluster agent {name}: revision {revision} ({who}): "
+                        f"{change}")
+            return None
+        if encoded(cluster) == encoded(table):
+            return None
+        what = self.describe(cluster, table)
+        current = await self.specs.revision(name)
+        self.report(f"cluster: cluster agent {name}: {who} declares it otherwise than the "
+                    f"cluster's spec (revision {current}): {what}; the cluster's stands "
+                    "(edit the file and reload to change it)")
+        return what

@@ -1,0 +1,88 @@
+"""What a cluster keeps in Redis, bounded once its queues drain.
+
+A task's stream entry goes with its outcome (FINISH deletes it); its record (outcome,
+attempts) stays, readable from every node, for `tasks_kept_for` seconds (EXPIRE) and
+among the newest `tasks_kept` finished ones: at each beat a node takes the ids beyond
+that count out of the done set (`corral tasks` reads it too; exactly those, however many
+nodes trim at once: scripts.TRIM) and deletes their records.
+The outcomes and events streams are capped where they are written. What else would
+grow with time is the consumers of dead incarnations in each stream's group (one per
+node start, fence or rejoin): once the reaper has taken over what one held, it is
+deleted here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..supervisor.config import ClusterSettings
+from .keys import GROUP, Keys
+from .listing import id_floor
+from .membership import Membership
+from .scripts import Scripts
+
+
+class Retention:
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
+                 settings: ClusterSettings, streams: Callable[[], Awaitable[list[str]]]
+                 ) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.membership = membership
+        self.settings = settings
+        self.streams = streams  # every task stream of the cluster
+        self.dropped = 0  # finished records deleted beyond tasks_kept, by this node
+        self.consumers_removed = 0  # dead incarnations' consumers deleted, by this node
+
+    async def step(self) -> None:
+        """One beat's trimming (RedisError: the next beat tries again)."""
+        m = self.membership
+        if not m.member or not m.settled():
+            return  # after a Redis restart, a missing key is not yet a dead node
+        # an id is made when its task is: one made before the cutoff ended before it too
+        cutoff = id_floor(time.time() - self.settings.tasks_kept_for)
+        gone = await self.scripts.trim(keys=[self.keys.done],
+                                       args=[self.settings.tasks_kept, cutoff])
+        if gone:
+            ids = [g.decode() for g in gone]
+            await self.redis.delete(*(k for t in ids
+                                      for k in (self.keys.task(t), self.keys.attempts(t))))
+            self.dropped += len(ids)
+        await self._dead_consumers()
+
+    async def _dead_consumers(self) -> None:
+        streams = await self.streams()
+        if not streams:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for s in streams:
+            pipe.xinfo_consumers(s, GROUP)
+        infos = await pipe.execute(raise_on_error=False)
+        idle: list[tuple[str, str]] = []  # (stream, consumer) holding nothing
+        for s, info in zip(streams, infos, strict=True):
+            if isinstance(info, Exception):
+                continue  # the stream is gone
+            for c in info:
+                name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                if not c["pending"] and name != self.membership.consumer:
+                    idle.append((s, name))
+        if not idle:
+            return
+        alive = await self.membership.alive(sorted({c for _, c in idle}))
+        dead = [(s, c) for s, c in idle if c not in alive]
+        if not dead:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for s, c in dead:
+            # a consumer that holds nothing loses nothing; one dead cannot read again
+            pipe.xgroup_delconsumer(s, GROUP, c)
+        await pipe.execute()
+        self.consumers_removed += len(dead)
+
+    def status(self) -> dict[str, Any]:
+        return {"tasks_kept": self.settings.tasks_kept,
+                "tasks_kept_for": self.settings.tasks_kept_for,
+                "dropped": self.dropped, "consumers_removed": self.consumers_removed}

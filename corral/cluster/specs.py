@@ -1,0 +1,171 @@
+"""The cluster agents' tables in Redis and their history: added (all or none), changed in
+place (`corral scale`, `rollback`, a reload of a config that declares them) under the
+placement epoch, removed. Each change is a numbered revision, kept in Redis (the last
+HISTORY_KEPT), so that `corral history` and `corral rollback` answer the same on every
+node. The nodes bring their replicas to a changed table at their next beat
+(placement.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from .. import jsonrpc
+from ..supervisor.config import AgentSpec, ConfigError, cluster_problem, parse_agents
+from ..supervisor.core import SupervisorError
+from .connection import read
+from .keys import Keys
+from .scripts import Scripts
+
+HISTORY_KEPT = 50  # revisions of a cluster agent kept in Redis
+RACES = 5  # compare-and-sets lost in a row before a change gives up
+
+Table = dict[str, Any]
+Describe = Callable[[Table | None, Table], str]  # what changed ("replicas 1 -> 3")
+
+
+class Entry(msgspec.Struct):
+    """One revision of a cluster agent's table."""
+
+    revision: int
+    time: float
+    who: str
+    change: str
+    spec: Table
+
+
+_entry = msgspec.json.Decoder(Entry)
+
+
+def encoded(table: Table) -> bytes:
+    """A table as Redis keeps it: keys sorted, so that two nodes' equal tables are equal
+    bytes whatever order their files wrote them in."""
+    return msgspec.json.encode(table, order="sorted")
+
+
+def checked(name: str, table: Table, where: str) -> AgentSpec:
+    """The table's spec, as a cluster agent; ConfigError naming the key when it is not
+    one."""
+    spec = parse_agents({"agents": {name: table}}, where)[name]
+    problem = cluster_problem(msgspec.structs.replace(spec, placement="cluster"), True)
+    if problem:
+        raise ConfigError(f"{where}: agents.{name}.{problem}")
+    return spec
+
+
+class ClusterSpecs:
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, describe: Describe) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.describe = describe
+
+    async def add(self, tables: dict[str, Table], who: str) -> list[str]:
+        """Cluster agents from their tables (checked by the caller), all or none; placed
+        at the next beat of some node. SupervisorError (conflict) on a name taken."""
+        now = time.time()
+        keys = [self.keys.cluster_agents]
+        args: list[Any] = []
+        for name, table in sorted(tables.items()):
+            keys.append(self.keys.history(name))
+            args += [name, encoded(table), msgspec.json.encode(
+                Entry(1, now, who, self.describe(None, table), table))]
+        taken = await self.scripts.add_agents(keys=keys, args=args)
+        if taken:
+            name = taken.decode() if isinstance(taken, bytes) else str(taken)
+            raise SupervisorError(jsonrpc.CONFLICT, f"cluster agent {name} already exists")
+        return sorted(tables)
+
+    async def read(self, name: str) -> tuple[Table | None, int]:
+        """The agent's table (None: no such cluster agent) and its placement epoch, read
+        together."""
+
+        async def both() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hget(self.keys.cluster_agents, name)
+            pipe.hget(self.keys.placement, name)
+            return list(await pipe.execute())
+
+        raw, placed = await read(both)
+        epoch = int(msgspec.json.decode(placed)["epoch"]) if placed else 0
+        return (msgspec.json.decode(raw) if raw is not None else None), epoch
+
+    async def change(self, name: str, make: Callable[[Table], Table], who: str,
+                     why: str | None = None) -> tuple[int, str]:
+        """The agent's table made anew from the current one by `make`, as its next
+        revision, compare-and-set on the placement epoch (a lost race reads again and
+        makes again); the revision now current and what changed. `make` raises
+        SupervisorError to refuse."""
+        for _ in range(RACES):
+            table, epoch = await self.read(name)
+            if table is None:
+                raise SupervisorError(jsonrpc.NOT_FOUND, f"no cluster agent {name}")
+            new = make(table)
+            if encoded(new) == encoded(table):
+                return await self.revision(name) or 0, "no change"
+            try:
+                checked(name, new, f"cluster agent {name}")
+            except ConfigError as exc:
+                raise SupervisorError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+            change = self.describe(table, new)
+            said = f"{why}: {change}" if why else change
+            tail = msgspec.json.encode(Entry(0, time.time(), who, said, new))
+            tail = tail[tail.index(b",") + 1:]  # after {"revision":0,
+            got = int(await self.scripts.set_agent(
+                keys=[self.keys.cluster_agents, self.keys.placement,
+                      self.keys.history(name)],
+                args=[name, epoch, encoded(new), tail, HISTORY_KEPT]))
+            if got > 0:
+                return got, change
+            if got < 0:
+                raise SupervisorError(jsonrpc.NOT_FOUND, f"no cluster agent {name}")
+        raise SupervisorError(jsonrpc.CONFLICT, f"cluster agent {name} was changed "
+                                                f"{RACES} times while this change was "
+                                                "made: nothing changed; try again")
+
+    async def history(self, name: str) -> list[Entry]:
+        """The agent's revisions kept, oldest first ([] for no such cluster agent)."""
+        got = await read(lambda: self.redis.lrange(self.keys.history(name), 0, -1))
+        return [_entry.decode(raw) for raw in got]
+
+    async def revision(self, name: str) -> int | None:
+        last = await read(lambda: self.redis.lindex(self.keys.history(name), -1))
+        return _entry.decode(last).revision if last is not None else None
+
+    async def rollback(self, name: str, revision: int | None, who: str
+                       ) -> tuple[int, int, str]:
+        """Back to a kept revision (default: the one before the current), as a new
+        revision; (the revision restored, the new current one, what changed)."""
+        kept = {e.revision: e for e in await self.history(name)}
+        if not kept:
+            raise SupervisorError(jsonrpc.NOT_FOUND, f"no cluster agent {name}")
+        current = max(kept)
+        target = revision if revision is not None else current - 1
+        entry = kept.get(target)
+        if entry is None:
+            raise SupervisorError(jsonrpc.NOT_FOUND, f"no revision {target} of cluster "
+                                  f"agent {name} (kept: {min(kept)}..{current}; see "
+                                  f"`corral history {name}`)")
+        now, change = await self.change(name, lambda _: entry.spec, who,
+                                        f"rollback to revision {target}")
+        return target, now, change
+
+    async def remove(self, names: list[str]) -> list[str]:
+        """The cluster agents of these names, gone from Redis with their placement,
+        checkpoints and history (their nodes stop them at their next beat); the names
+        that were cluster agents."""
+        pipe = self.redis.pipeline(transaction=True)
+        for n in names:
+            pipe.hdel(self.keys.cluster_agents, n)
+        for n in names:
+            pipe.hdel(self.keys.placement, n)
+            pipe.delete(self.keys.state(n), self.keys.history(n))
+        got = await pipe.execute()
+        return [n for n, g in zip(names, got[:len(names)], strict=True) if g]
+
+    async def names(self) -> set[str]:
+        return {k.decode() for k in await read(
+            lambda: self.redis.hkeys(self.keys.cluster_agents))}
