@@ -538,11 +538,12 @@ def _stats_filter(result: Any, caller: Caller) -> Any:
 
 
 def _cluster_filter(cluster: Mapping[str, Any], caller: Caller) -> dict[str, Any]:
-    """A cluster node's figures (ClusterNode.status): the cluster agents placed here are
-    named, the rest are this node's counters, left as the supervisor's are."""
+    """A cluster node's figures (ClusterNode.status): the cluster agents placed here and
+    those whose file table differs from the cluster's are named, the rest are this
+    node's counters, left as the supervisor's are."""
     placement = cluster["agents"]
-    return {**cluster, "agents": {**placement,
-                                  "placed": _seen_keys(placement["placed"], caller)}}
+    return {**cluster, "agents": {**placement, **{
+        key: _seen_keys(placement[key], caller) for key in ("placed", "differs")}}}
 
 
 def _gateway_filter(stats: Any, caller: Caller) -> Any:

@@ -140,3 +140,44 @@ def test_a_tenants_socket_caller_sees_only_its_cluster_agents_in_stats(
         for stats in answers:
             assert placed(stats) == {"ka"}, stats
             assert set(stats["agents"]) == {"ka"}
+
+
+def declared(name: str, tenant: str, v: str) -> str:
+    """A cluster agent of the tenant declared in a node's file."""
+    return (f'[agents.{name}]\ncommand = ["{KEEPER["command"][0]}", '
+            f'"{KEEPER["command"][1]}"]\nenv = {{ PYTHONPATH = "{KEEPER["env"]["PYTHONPATH"]}",'
+            f' V = "{v}" }}\nplacement = "cluster"\ntenant = "{tenant}"\n'
+            "stop_timeout = 5.0\n")
+
+
+@pytest.mark.deadline(120)
+def test_a_tenants_token_is_told_only_of_its_cluster_agents_a_file_declares_otherwise(
+        tmp: Path, redis: RedisServer) -> None:
+    """`cluster.agents.differs` (a node's file disagreeing with the cluster's table)
+    names agents too: a tenant's token is told of its own (of those placed on the node:
+    one that is not is no agent of the node for a tenant's caller)."""
+    port = free_port()
+    tenants = "[tenants.a]\n[tenants.b]\n"
+    first = Node(tmp / "n1", "n1", redis, tenants + declared("ka", "a", "1")
+                 + declared("kb", "b", "1"))
+    second = Node(tmp / "n2", "n2", redis, tenants + declared("ka", "a", "2")
+                  + declared("kb", "b", "2") + f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    try:
+        first.start()
+        wait_until(lambda: placed(first.call("stats.get")) == {"ka", "kb"},
+                   what="both placed on n1")
+        second.start()
+        wait_until(lambda: set(second.call("stats.get")["cluster"]["agents"]["differs"])
+                   == {"ka", "kb"}, what="n2 says its file differs")
+        # n1 drained: its agents are handed over to n2
+        assert second.call("nodes.drain", {"node": "n1"})["node"] == "n1"
+        wait_until(lambda: placed(second.call("stats.get")) == {"ka", "kb"},
+                   what="both placed on n2", timeout=30)
+        assert set(second.call("stats.get")["cluster"]["agents"]["differs"]) == {"ka", "kb"}
+        r = second.cli("token", "create", "ta", "--scope", "metrics:read", "--tenant", "a")
+        assert r.returncode == 0, r.stderr
+        for stats in http_stats(f"http://127.0.0.1:{port}/api/v1", r.stdout.strip()):
+            assert set(stats["cluster"]["agents"]["differs"]) == {"ka"}, stats["cluster"]
+    finally:
+        second.close()
+        first.close()
