@@ -121,7 +121,8 @@ class Notifications:
 
 class Daemon:
     def __init__(self, directory: Path, agents: str = "", extra: str = "",
-                 watchdog_usec: int | None = None, cgroup: Path | None = None) -> None:
+                 watchdog_usec: int | None = None, cgroup: Path | None = None,
+                 wrapper: list[str] | None = None) -> None:
         self.dir = directory
         self.sock = directory / "corral.sock"
         self.state = directory / "state"
@@ -130,6 +131,7 @@ class Daemon:
         self.notify = Notifications(directory)
         self.watchdog_usec = watchdog_usec
         self.cgroup = cgroup  # start the daemon in this cgroup (v2), as systemd would
+        self.wrapper = wrapper or []  # what execs the daemon (setpriv, to drop capabilities)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: bool = True) -> Daemon:
@@ -138,7 +140,7 @@ class Daemon:
         if self.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         self.notify.drain()  # a READY of an earlier daemon (a reload sends one) is stale
-        argv = [PY, "-m", "corral", "daemon", "--config", str(self.config)]
+        argv = [*self.wrapper, PY, "-m", "corral", "daemon", "--config", str(self.config)]
         if self.cgroup is not None:  # in its cgroup before its first instruction
             argv = ["/bin/sh", "-c", f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"',
                     "in-cgroup", *argv]

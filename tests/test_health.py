@@ -472,6 +472,30 @@ async def test_a_worker_in_bash_answers_health_check(sup: Supervisor, tmp_path: 
     assert r.status().ready is True and r.status().health is None
 
 
+async def test_a_health_check_answer_without_a_boolean_ok_fails_the_check(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """A worker of its own protocol code answering `"ok": "yes"` (not the SDK): a failed
+    check that says what is wrong with the answer, not a pass and not corral's error."""
+    worker = tmp_path / "worker.sh"
+    worker.write_text(BASH_WORKER.replace(
+        '"result":{"ok":false,"message":"no ok file"}', '"result":{"ok":"yes"}'))
+    seen = Seen(sup)
+    sup.add(agent("sh", command=["bash", str(worker)], env={"HEALTH_DIR": str(tmp_path)},
+                  health=HealthSpec(readiness=CheckSpec(interval=0.1, timeout=5.0,
+                                                        failures=1))))
+    r = sup.agent("sh").replicas[0]
+    await seen.until(lambda: [c for c in seen.changes if c.action == "unready"], timeout=30)
+    assert (r.status().ready, r.status().health) == (
+        False, "readiness check failed: health/check answer has no boolean ok")
+    assert seen.changes[0].text == ("readiness check failed 1 time: health/check answer has "
+                                    "no boolean ok; no new tasks until it passes")
+    task = sup.tasks.submit("sh", {})
+    assert task.status == "queued"
+    (tmp_path / "ok").touch()
+    await seen.until(lambda: task.status == "succeeded", timeout=30)
+    assert r.status().ready is True and r.restarts == 0
+
+
 async def test_a_worker_without_health_check_fails_it_by_name(sup: Supervisor,
                                                               tmp_path: Path) -> None:
     seen = Seen(sup)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import subprocess
 import textwrap
 import time
 from collections.abc import Iterator
@@ -417,6 +419,214 @@ def test_in_a_delegated_cgroup_pause_is_cgroup_freeze(delegated: Path) -> None: 
         assert d.cli("pause", "w").returncode == 0
         assert d.stop() == 0
         assert sorted(p.name for p in delegated.iterdir() if p.is_dir()) == ["supervisor"]
+    finally:
+        d.close()
+
+
+# what a root daemon runs as when a file's mode is to bind it: without the capabilities
+# that pass over modes
+NO_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+          "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def replicas(cgroup: Path, n: int) -> Daemon:
+    """A daemon whose own writes obey file modes, with agent w of `n` replicas ready."""
+    toml = agents_toml().replace("replicas = 2", f"replicas = {n}").replace(
+        "stop_timeout = 10.0", "stop_timeout = 1.0")
+    d = Daemon(shared_tmpdir(), toml, cgroup=cgroup, wrapper=NO_DAC)
+    d.start()
+    wait_until(lambda: [s["state"] for s in d.status().values()] == ["ready"] * n,
+               what="w ready")
+    return d
+
+
+def alive(pid: int) -> bool:
+    return proc_state(pid) not in (None, "Z")
+
+
+def corral_lines(d: Daemon, name: str) -> list[str]:
+    """corral's own lines in `name`'s log (its notes about the replica)."""
+    r = d.cli("logs", name, "-n", "200", "--json")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(ln) for ln in r.stdout.splitlines()]
+    return [e["text"] for e in lines if e["stream"] == "corral"]
+
+
+def test_a_cgroup_freeze_that_cannot_be_written_falls_back_to_sigstop(
+        delegated: Path) -> None:  # noqa: F811
+    d = replicas(delegated, 1)
+    try:
+        cg = delegated / "agent-w-0"
+        pid = d.status()["w#0"]["pid"]
+        (cg / "cgroup.freeze").chmod(0o444)  # the daemon cannot write it now
+        r = d.cli("pause", "w")
+        assert (r.returncode, r.stderr) == (0, "")
+        assert d.status()["w#0"]["state"] == "paused"
+        assert proc_state(pid) == "T"  # stopped by SIGSTOP, not frozen
+        assert "frozen 0" in cgroup_file(cg, "cgroup.events")
+        assert corral_lines(d, "w")[-1] == (f"cgroup.freeze of {cg} failed (Permission "
+                                            "denied); SIGSTOP")
+        r = d.cli("resume", "w")
+        assert (r.returncode, r.stderr) == (0, "")
+        assert proc_state(pid) in ("S", "R")  # SIGCONT, as it was stopped
+        assert d.json("run", "w", "--input", '{"do": "info"}')["output"]["pid"] == pid
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_process_killed_mid_freeze_ends_the_pause_as_a_crash(
+        delegated: Path) -> None:  # noqa: F811
+    """The replica's process dies while the pause waits for the kernel (its freeze held
+    up by the FUSE lookup): the pause returns then, not at its bound; the death is a
+    crash, and the next process starts in the same cgroup unfrozen."""
+    d = Daemon(shared_tmpdir(), fuse_agent(), cgroup=delegated)
+    try:
+        d.start()
+        wait_until(lambda: d.status()["w#0"]["state"] == "ready", what="w#0 ready")
+        cg = delegated / "agent-w-0"
+        pid = d.status()["w#0"]["pid"]
+        d.json("run", "w", "--input", '{"do": "stick"}')
+        pause = subprocess.Popen([PY, "-m", "corral", "--socket", str(d.sock), "pause", "w"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            wait_until(lambda: cgroup_file(cg, "cgroup.freeze").strip() == "1",
+                       what="the freeze asked")
+            os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic()
+            out, err = pause.communicate(timeout=10)
+            took = time.monotonic() - killed
+        finally:
+            if pause.poll() is None:
+                pause.kill()
+                pause.wait()
+        assert (pause.returncode, err) == (0, "")
+        assert out.startswith("w#0: ") and "paused" not in out, out  # as it ended up
+        assert took < 1.5, took  # the kernel said frozen (empty) at once: no 2 s wait
+        wait_until(lambda: (s := d.status()["w#0"])["state"] == "ready" and s["pid"] != pid,
+                   what="a new w#0 ready")
+        assert d.status()["w#0"]["restarts"] == 1
+        assert cgroup_file(cg, "cgroup.freeze").strip() == "0"
+        assert not any(ln.startswith("paused, but not seen") for ln in corral_lines(d, "w"))
+        new = d.status()["w#0"]["pid"]
+        assert d.json("run", "w", "--input", '{"do": "info"}')["output"] == {
+            "pid": new, "ended": []}
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_freeze_whose_events_cannot_be_read_is_said_so(delegated: Path) -> None:  # noqa: F811
+    d = replicas(delegated, 1)
+    try:
+        cg = delegated / "agent-w-0"
+        (cg / "cgroup.events").chmod(0o000)  # the daemon cannot read it now
+        r = d.cli("pause", "w")
+        assert (r.returncode, r.stderr) == (0, "")
+        assert d.status()["w#0"]["state"] == "paused"
+        (cg / "cgroup.events").chmod(0o444)
+        assert "frozen 1" in cgroup_file(cg, "cgroup.events")  # frozen all the same
+        assert corral_lines(d, "w")[-1] == ("paused, but not seen frozen: "
+                                            f"{cg}/cgroup.events cannot be read "
+                                            "(Permission denied)")
+        assert d.cli("resume", "w").returncode == 0
+        assert "frozen 0" in cgroup_file(cg, "cgroup.events")
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_resume_whose_thaw_cannot_be_written_leaves_the_replica_paused(
+        delegated: Path) -> None:  # noqa: F811
+    d = replicas(delegated, 2)
+    try:
+        cg = delegated / "agent-w-0"
+        pids = {k: s["pid"] for k, s in d.status().items()}
+        assert d.cli("pause", "w").returncode == 0
+        assert "frozen 1" in cgroup_file(cg, "cgroup.events")
+        (cg / "cgroup.freeze").chmod(0o444)
+        refusal = (f"replica w#0 stays paused: cgroup.freeze of {cg} cannot be written "
+                   "(Permission denied)")
+        for argv in (["resume", "w"], ["resume", "w#0"]):
+            r = d.cli(*argv)
+            assert (r.returncode, r.stdout, r.stderr) == (1, "", f"corral: {refusal}\n")
+            # w#1 is resumed all the same; w#0 is as it was: paused, frozen, no task sent
+            assert {k: (s["state"], s["pid"]) for k, s in d.status().items()} == {
+                "w#0": ("paused", pids["w#0"]), "w#1": ("ready", pids["w#1"])}
+            assert "frozen 1" in cgroup_file(cg, "cgroup.events")
+        assert [(e["method"], e["outcome"]) for e in d.json("audit")["entries"]][-1] == (
+            "agents.resume", f"error: {refusal}")
+        (cg / "cgroup.freeze").chmod(0o644)
+        r = d.cli("resume", "w")
+        assert (r.returncode, r.stderr) == (0, "")
+        assert "frozen 0" in cgroup_file(cg, "cgroup.events")
+        assert d.status()["w#0"]["state"] == "ready"
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_rollout_stops_a_replica_it_cannot_thaw_and_says_so(
+        delegated: Path) -> None:  # noqa: F811
+    d = replicas(delegated, 1)
+    try:
+        cg = delegated / "agent-w-0"
+        pid = d.status()["w#0"]["pid"]
+        assert d.cli("pause", "w").returncode == 0
+        (cg / "cgroup.freeze").chmod(0o444)
+        r = d.cli("restart", "--rolling", "w")
+        assert r.returncode == 0, r.stderr
+        new = d.status()["w#0"]
+        assert new["state"] == "ready" and new["pid"] != pid
+        assert d.json("run", "w", "--input", '{"do": "info"}')["output"]["pid"] == new["pid"]
+        assert not alive(pid)
+        said = corral_lines(d, "w")
+        assert (f"replica w#0 stays paused: cgroup.freeze of {cg} cannot be written "
+                "(Permission denied): its tasks are not finished") in said, said
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def fuse_agent() -> str:
+    """Agent w of tests/fuse_worker.py (a thread of it can be made unfreezable)."""
+    return textwrap.dedent(f"""
+        [agents.w]
+        command = ["{PY}", "{Path(__file__).with_name('fuse_worker.py')}"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        stop_timeout = 2.0
+    """)
+
+
+def test_a_freeze_the_kernel_does_not_finish_in_time_is_said_and_thaws(
+        delegated: Path) -> None:  # noqa: F811
+    """A thread in a sleep the freezer cannot end (a FUSE lookup its server, frozen, does
+    not answer): the pause returns after its bound, the replica is paused and its log says
+    it was not seen frozen; the resume lets the lookup end and the worker serve on."""
+    d = Daemon(shared_tmpdir(), fuse_agent(), cgroup=delegated)
+    try:
+        d.start()
+        wait_until(lambda: d.status()["w#0"]["state"] == "ready", what="w#0 ready")
+        cg = delegated / "agent-w-0"
+        pid = d.status()["w#0"]["pid"]
+        assert d.json("run", "w", "--input", '{"do": "stick"}')["output"] == {
+            "pid": pid, "stuck": True}
+        began = time.monotonic()
+        r = d.cli("pause", "w")
+        took = time.monotonic() - began
+        assert (r.returncode, r.stderr) == (0, "")
+        assert 2.0 <= took < 10, took  # FREEZE_WAIT, and no longer
+        assert d.status()["w#0"]["state"] == "paused"
+        assert cgroup_file(cg, "cgroup.freeze").strip() == "1"
+        assert "frozen 0" in cgroup_file(cg, "cgroup.events")
+        assert corral_lines(d, "w")[-1] == ("paused, but not seen frozen within 2 s (in "
+                                            "uninterruptible sleep?)")
+        assert d.cli("resume", "w").returncode == 0
+        assert "frozen 0" in cgroup_file(cg, "cgroup.events")
+        assert d.json("run", "w", "--input", '{"do": "info"}')["output"] == {
+            "pid": pid, "ended": ["Interrupted system call"]}
+        assert d.stop() == 0
     finally:
         d.close()
 

@@ -484,3 +484,68 @@ async def test_a_change_whose_undo_cannot_be_written_says_so(tmp_path: Path) -> 
         lines = await call(operator, "logs.tail", {"names": ["corral"], "lines": 50})
         assert any(ln.text.startswith("its record could not be taken back (state database: "
                                       "disk I/O error)") for ln in lines.lines)
+
+
+def test_a_tenant_change_that_cannot_be_recorded_is_refused_and_nothing_changes(
+        tmp_path: Path) -> None:
+    """`corral tenants add|set|remove` while the state database cannot be written: each is
+    refused with the file, the reason and what stays, the daemon's tenants stay exactly as
+    they were (in memory and in a restarted daemon), and nothing of them is recorded."""
+    d = Daemon(tmp_path, hello("w"), extra="task_journal = false\n"
+               "[tenants.acme]\nmax_replicas = 4\n")
+    db = d.state / "corral.db"
+    uid = os.geteuid()
+    beta = tmp_path / "beta.toml"
+    beta.write_text("[tenants.beta]\nmax_agents = 1\n")
+    gamma = tmp_path / "gamma.toml"
+    gamma.write_text("[tenants.gamma]\nmax_queue = 3\n")
+
+    def refusal(unchanged: str) -> str:
+        return (f"corral: state database {db} cannot be written (disk I/O error): "
+                f"{unchanged}; free space on its file system, or make it and its directory "
+                f"writable by uid {uid}\n")
+
+    def tenants() -> list[dict[str, Any]]:
+        return d.json("tenants")["tenants"]  # type: ignore[no-any-return]
+
+    def revisions() -> list[tuple[str, int, str]]:
+        with sqlite3.connect(db) as c:
+            return c.execute("SELECT agent, revision, change FROM revisions WHERE agent "
+                             "LIKE 'tenant:%' ORDER BY agent, revision").fetchall()
+
+    try:
+        d.start()
+        assert d.cli("tenants", "add", str(beta)).returncode == 0
+        before = tenants()
+        assert [(t["name"], t["origin"], t["quotas"]) for t in before] == [
+            ("acme", f"file {d.config}", {"max_replicas": 4}),
+            ("beta", "runtime", {"max_agents": 1}), ("default", "default", {})]
+        with disk_full(d):
+            for argv, unchanged in (
+                    (["tenants", "add", str(gamma)], "nothing was added"),
+                    (["tenants", "set", "acme", "max_replicas=2"],
+                     "tenant acme was not changed"),
+                    (["tenants", "set", "beta", "max_agents=0", "max_queue=9"],
+                     "tenant beta was not changed"),
+                    (["tenants", "remove", "beta"], "nothing was removed")):
+                r = d.cli(*argv)
+                assert (r.returncode, r.stdout, r.stderr) == (1, "", refusal(unchanged))
+                assert tenants() == before  # the running daemon's, as they were
+        caught_up(d)
+        assert tenants() == before
+        assert revisions() == [("tenant:beta", 1, "created")]
+        assert [(m, o) for m, _, o in audit(d) if m.startswith("tenants.")][-4:] == [
+            ("tenants.add", "error: " + refusal("nothing was added")[8:-1]),
+            ("tenants.set", "error: " + refusal("tenant acme was not changed")[8:-1]),
+            ("tenants.set", "error: " + refusal("tenant beta was not changed")[8:-1]),
+            ("tenants.remove", "error: " + refusal("nothing was removed")[8:-1])]
+        # a restarted daemon has what the answers said
+        assert d.stop() == 0
+        d.start()
+        assert tenants() == before
+        # and once the database can be written, the same change simply works
+        r = d.cli("tenants", "set", "acme", "max_replicas=2")
+        assert (r.returncode, r.stdout, r.stderr) == (0, "tenant acme: max_replicas=2\n", "")
+        assert d.stop() == 0
+    finally:
+        d.close()

@@ -288,6 +288,41 @@ async def test_runtime_tenants_and_changes_outlive_the_daemon(tmp_path: Path) ->
         assert d.services.sup.tenancy.specs["acme"].max_replicas == 8
 
 
+async def test_tenant_changes_at_once_each_hold_as_answered(tmp_path: Path) -> None:
+    """Changes made at the same time (two scripts, two operators) are made one after the
+    other: each builds on the one before, and of two adds of one name the second is
+    refused, as it would be a moment later."""
+    async with in_process(tmp_path, hello("a1"), "[tenants.acme]\nmax_replicas = 4\n") as d:
+        both = await asyncio.gather(
+            call(d, "tenants.set", {"name": "acme", "set": {"max_agents": 2}}),
+            call(d, "tenants.set", {"name": "acme", "set": {"max_queue": 3}}))
+        assert [e.quotas for e in both] == [{"max_agents": 2, "max_replicas": 4},
+                                            {"max_agents": 2, "max_queue": 3,
+                                             "max_replicas": 4}]
+        assert d.services.tenants.tables["acme"] == {"max_agents": 2, "max_queue": 3,
+                                                     "max_replicas": 4}
+        spec = d.services.sup.tenancy.specs["acme"]
+        assert (spec.max_agents, spec.max_queue, spec.max_replicas) == (2, 3, 4)
+        adds = await asyncio.gather(
+            call(d, "tenants.add", {"tenants": {"beta": {"max_agents": 1}}}),
+            call(d, "tenants.add", {"tenants": {"beta": {"max_agents": 5}}}),
+            return_exceptions=True)
+        assert adds[0] == m.Added(added=["beta"])
+        assert isinstance(adds[1], RpcError)
+        assert (adds[1].code, adds[1].message) == (jsonrpc.CONFLICT,
+                                                   "tenant beta already exists")
+        revs = d.services.store.db.execute(
+            "SELECT agent, revision, change FROM revisions WHERE agent LIKE 'tenant:%' "
+            "ORDER BY agent, revision").fetchall()
+        assert revs == [("tenant:acme", 1, "max_agents 0 -> 2"),
+                        ("tenant:acme", 2, "max_queue 0 -> 3"),
+                        ("tenant:beta", 1, "created")]
+    async with in_process(tmp_path, hello("a1"), "[tenants.acme]\nmax_replicas = 4\n") as d:
+        assert d.services.tenants.tables == {
+            "acme": {"max_agents": 2, "max_queue": 3, "max_replicas": 4},
+            "beta": {"max_agents": 1}}
+
+
 @pytest.mark.deadline(120)
 async def test_a_stored_tenant_that_no_longer_parses_is_skipped_and_said(
         tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ specs, answers the listing and maps socket groups to tenants.
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import sqlite3
 import time
@@ -79,6 +80,10 @@ class TenantDesk:
         self.runtime: set[str] = set()  # added at runtime (not in the file)
         self.on_groups: Callable[[dict[int, str]], None] | None = None
         self._said: set[str] = set()  # the start-up notices of quotas not in a cgroup
+        # one change at a time: each checks and builds on the tables as the last one left
+        # them (two sets of one tenant would otherwise each start from the same table and
+        # the later would undo the earlier, both answered as done)
+        self._changing = asyncio.Lock()
 
     # -- start-up and reload ------------------------------------------------------------
     def start(self, cfg: Config) -> None:
@@ -138,6 +143,18 @@ class TenantDesk:
 
     # -- commands -----------------------------------------------------------------------
     async def add(self, tables: dict[str, dict[str, Any]], who: str) -> list[str]:
+        async with self._changing:
+            return await self._add(tables, who)
+
+    async def set(self, name: str, changes: dict[str, Any], who: str) -> m.TenantEntry:
+        async with self._changing:
+            return await self._set(name, changes, who)
+
+    async def remove(self, names: list[str]) -> list[str]:
+        async with self._changing:
+            return await self._remove(names)
+
+    async def _add(self, tables: dict[str, dict[str, Any]], who: str) -> list[str]:
         if not tables:
             raise RpcError(jsonrpc.INVALID_PARAMS, "no [tenants.NAME] tables to add")
         try:
@@ -155,7 +172,7 @@ class TenantDesk:
         self._apply({**self.tables, **made})
         return sorted(made)
 
-    async def set(self, name: str, changes: dict[str, Any], who: str) -> m.TenantEntry:
+    async def _set(self, name: str, changes: dict[str, Any], who: str) -> m.TenantEntry:
         if name not in self.tables:
             if name == DEFAULT_TENANT:
                 raise RpcError(jsonrpc.INVALID_PARAMS, "the default tenant has no quotas "
@@ -180,7 +197,7 @@ class TenantDesk:
         self._apply({**self.tables, name: table})
         return self.entry(name)
 
-    async def remove(self, names: list[str]) -> list[str]:
+    async def _remove(self, names: list[str]) -> list[str]:
         if not names:
             raise RpcError(jsonrpc.INVALID_PARAMS, "name at least one tenant")
         for name in names:

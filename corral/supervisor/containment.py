@@ -287,11 +287,8 @@ async def wait_frozen(cgroup_dir: str, timeout: float) -> bool:
     """Wait until the kernel says the cgroup is frozen (`frozen 1` in cgroup.events: a
     freeze is done only once every task in it has stopped); False after `timeout`. The
     kernel notifies a change of that file (EPOLLPRI): an epoll set holding it is watched
-    by the loop, so nothing polls."""
-    try:
-        fd = os.open(os.path.join(cgroup_dir, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
+    by the loop, so nothing polls. OSError if that file cannot be opened."""
+    fd = os.open(os.path.join(cgroup_dir, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
     ep = select.epoll()
     loop = asyncio.get_running_loop()
     try:

@@ -35,7 +35,7 @@ from .mcpserver import McpServerReplica
 from .names import name_problem, shown
 from .pacing import BATCH, pacer
 from .pausing import selected, to_pause, to_resume
-from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaStatus
+from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaStatus, ResumeFailed
 from .remote import RemoteMcpServer
 from .replica import Replica
 from .stats import HeartbeatWork, Stats
@@ -157,7 +157,10 @@ class Agent:
         deadline and grace), then stop."""
         for r in old:
             if r.moves(Cause.RESUME):  # paused: it finishes its tasks only if it runs
-                r.resume(f"{reason}: resumed to finish its tasks and stop")
+                try:
+                    r.resume(f"{reason}: resumed to finish its tasks and stop")
+                except ResumeFailed as exc:  # stopped frozen: SIGKILL reaches it
+                    r.note(f"{exc.message}: its tasks are not finished")
         busy = [r for r in old if r.tasks_running]
         for r in busy:
             r.note(f"replaced: finishing {r.tasks_running} running task(s) first")
@@ -435,8 +438,14 @@ class Supervisor:
         process: no restart); their agent's waiting tasks go to them. Returns the
         replicas named."""
         agent = self.agent(name)
+        failed = []
         for r in to_resume(agent, index):
-            r.resume(reason)
+            try:
+                r.resume(reason)
+            except ResumeFailed as exc:  # the others are resumed all the same
+                failed.append(exc.message)
+        if failed:
+            raise ResumeFailed("; ".join(failed))
         return selected(agent, index)
 
     def check_fleet(self, replicas: dict[str, int], what: str) -> None:

@@ -57,6 +57,13 @@ KILL_GRACE = 5.0
 FREEZE_WAIT = 2.0
 
 
+class ResumeFailed(RpcError):
+    """A paused replica could not be let run (its cgroup stays frozen): it stays paused."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(jsonrpc.SERVER_ERROR, message)
+
+
 class Event(msgspec.Struct, omit_defaults=True):
     """A lifecycle transition, as the event stream and logs carry it."""
 
@@ -269,7 +276,12 @@ class ProcessReplica(Machine):
             return False
         how = self._frozen
         if isinstance(how, str):
-            done = await wait_frozen(how, FREEZE_WAIT)
+            try:
+                done = await wait_frozen(how, FREEZE_WAIT)
+            except OSError as exc:  # frozen all the same, as far as the kernel was asked
+                self.note(f"paused, but not seen frozen: {how}/cgroup.events cannot be "
+                          f"read ({exc.strerror})")
+                return True
         else:
             done = await self._wait_stopped()
         if not done and self.state == State.PAUSED:
@@ -294,7 +306,18 @@ class ProcessReplica(Machine):
         return True
 
     def resume(self, reason: str) -> bool:
-        """Let a paused replica run on, as it was (False: it is not paused)."""
+        """Let a paused replica run on, as it was (False: it is not paused). A cgroup whose
+        freeze cannot be taken back leaves it paused (ResumeFailed): marked serving, it
+        would take tasks it cannot run, and its next process would be born frozen."""
+        cgroup = self._frozen
+        if isinstance(cgroup, str) and self.moves(Cause.RESUME):
+            try:
+                set_frozen(cgroup, False)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:  # gone with its process: nothing to thaw
+                    raise ResumeFailed(f"replica {self.label} stays paused: cgroup.freeze "
+                                       f"of {cgroup} cannot be written ({exc.strerror})"
+                                       ) from None
         return self._apply(Cause.RESUME, reason).back
 
     def _freeze(self) -> None:
