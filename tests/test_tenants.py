@@ -571,12 +571,21 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
         assert all(t == "a" and who == "token ta" and o.startswith("error: ")
                    for _, o, t, who in rows)
 
+        # the daemon's status line counts a's agents (every tenant's for the operator)
+        assert (await call(d, "daemon.info", {}, a)).status == (
+            "1 agent, 1/1 replica ready, 0 failed")
+        assert (await call(d, "daemon.info", {})).status.startswith(
+            "2 agents, 2/2 replicas ready, 3 MCP servers")
         # listings leave b's objects out; a's are there
         st = await call(d, "agents.status", {}, a)
         assert {r.name for r in st.agents} == {"a1"} and set(st.tasks) == {"a1"}
         assert {s["name"] for s in st.mcp_servers} <= {"aserv", "common"}
         stats = await call(d, "stats.get", {}, a)
         assert set(stats.agents) == {"a1"} and set(stats.tasks["agents"]) <= {"a1"}
+        # the task totals are a's (one task), not the two tenants' (two)
+        assert (await call(d, "stats.get", {})).tasks["total"]["succeeded"] == 2
+        assert stats.tasks["total"]["succeeded"] == stats.tasks["total"]["accepted"] == 1
+        assert stats.tasks["total"]["success_rate"] == 1.0
         tasks = await call(d, "tasks.list", {}, a)
         assert [t.task_id for t in tasks.tasks] == [a_task]
         assert [t.name for t in (await call(d, "tenants.list", {}, a)).tenants] == ["a"]
@@ -599,6 +608,20 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
                      (await call(d, "mcp.status", {}, a)).gateway):
             assert set(seen["clients"]) == {"agent:a1"}, seen
             assert set(seen["tools"]) == {"aserv__add"}, seen
+        # a token limited to an agent glob is told of its agents' clients alone too
+        glob = Caller(via="http", token="g", agents="a*")
+        assert set((await call(d, "stats.get", {}, glob)).gateway["clients"]) == {"agent:a1"}
+        # the bus's followers: b's say what b follows
+        bus = d.services.sup.events
+        followers = [bus.follow("b.secret.*", "b"), bus.follow("a.*", "a")]
+        try:
+            assert [f["pattern"] for f in (await call(d, "stats.get", {}, a)).events[
+                "followers"]] == ["a.*"]
+            assert {f["pattern"] for f in (await call(d, "stats.get", {})).events[
+                "followers"]} == {"b.secret.*", "a.*"}
+        finally:
+            for f in followers:
+                bus.unfollow(f)
 
         # a tenant's agent reaches its tenant's servers and shared ones, not another's
         sup = d.services.sup
@@ -660,6 +683,125 @@ async def test_a_tenant_token_over_http_and_the_cli(tmp_path: Path) -> None:
         assert {a["name"] for a in msgspec.json.decode(out)["agents"]} == {B}
         rc, out, err = await cli(d, "status", "--tenant", "nope")
         assert rc == 1 and "no such tenant: nope" in err
+
+
+@pytest.mark.deadline(120)
+async def test_a_token_limited_to_an_agent_glob_reads_no_tenant_or_fleet_aggregate(
+        tmp_path: Path) -> None:
+    """A token of `--agents GLOB` (with a tenant or not) sees some of a tenant's agents
+    only: tenants.list (each tenant's use sums all its agents), /metrics and the
+    fleet's stats.history are refused to it, saying so; a tenant's own token lists its
+    tenant (decision 143)."""
+    import aiohttp
+
+    port = free_port()
+    async with in_process(tmp_path, sleeper("a1", "a") + sleeper("a2", "a") + sleeper(
+            B, "b"), TWO + f'[http]\nlisten = "127.0.0.1:{port}"\n') as d:
+        secrets = {}
+        for name, limit in (("g", ["--agents", "a1"]), ("ga", ["--tenant", "a", "--agents",
+                                                                "a1"]),
+                            ("ta", ["--tenant", "a"])):
+            rc, out, err = await cli(d, "token", "create", name, "--scope", "agents:read",
+                                     "--scope", "metrics:read", *limit)
+            assert rc == 0, err
+            secrets[name] = out.strip()
+        base = f"http://127.0.0.1:{port}"
+
+        async def get(name: str, path: str) -> tuple[int, Any]:
+            async with aiohttp.ClientSession(headers={
+                    "Authorization": f"Bearer {secrets[name]}"}) as http, http.get(
+                    base + path) as r:
+                return r.status, (await r.json() if r.content_type.endswith("json")
+                                  else await r.text())
+
+        for name in ("g", "ga"):
+            status, body = await get(name, "/api/v1/tenants")
+            assert (status, body["detail"]) == (403, (
+                f"forbidden: token {name} is limited to agents matching a1: tenants.list "
+                "is for callers that see whole tenants (a tenant's use counts agents "
+                "outside a1)")), body
+            # the metrics history (the socket's and the dashboard's, no REST route)
+            [token] = [t for t in tokens_of(d.services.store).list() if t.name == name]
+            caller = Caller(via="http", token=name, scopes=token.scopes,
+                            agents=token.agents, tenant=token.tenant)
+            assert await refused(d, caller, "stats.history", {}) == (
+                jsonrpc.FORBIDDEN, f"forbidden: token {name} is limited to agents "
+                                   "matching a1: name an agent")
+            await call(d, "stats.history", {"agent": "a1"}, caller)
+            assert (await call(d, "daemon.info", {}, caller)).status == (
+                "1 agent, 1/1 replica ready, 0 failed")
+            status, body = await get(name, "/api/v1/stats")
+            assert status == 200 and set(body["agents"]) == {"a1"}, body
+        status, body = await get("g", "/metrics")
+        assert (status, body["detail"]) == (403, (
+            "forbidden: /metrics is every agent's; token g, limited to agents matching "
+            "a1, reads theirs at /api/v1/stats")), body
+        status, body = await get("ta", "/api/v1/tenants")
+        assert status == 200 and [t["name"] for t in body["tenants"]] == ["a"]
+        assert body["tenants"][0]["use"]["agents"] == 2
+        # the operator lists both
+        assert [t.name for t in (await call(d, "tenants.list")).tenants] == [
+            "a", "b", "default"]
+
+
+@pytest.mark.deadline(60)
+async def test_a_limited_callers_status_names_no_other_elastic_agent(
+        tmp_path: Path) -> None:
+    """agents.status's `elastic` (by agent) holds the caller's elastic agents only."""
+    async with in_process(tmp_path, sleeper("a1", "a", "hibernate_after = 600\n")
+                          + sleeper(B, "b", "hibernate_after = 600\n"), TWO) as d:
+        assert set((await call(d, "agents.status", {})).elastic) == {"a1", B}
+        for caller in (Caller(via="http", token="ta", tenant="a"),
+                       Caller(via="http", token="g", agents="a*")):
+            st = await call(d, "agents.status", {}, caller)
+            assert set(st.elastic) == {"a1"} and {r.name for r in st.agents} == {"a1"}
+
+
+@pytest.mark.deadline(120)
+async def test_the_event_stream_over_http_is_split_by_tenant(tmp_path: Path) -> None:
+    """`/events/stream` is read from one ring of every tenant's events: a tenant's token
+    is sent its tenant's and those sent to all, an operator's `?tenant=b` b's and those
+    sent to all, as followers on the socket are; an unknown tenant is not found."""
+    import aiohttp
+
+    from corral.daemon.http.rest import API_KEY
+
+    from .test_http_api import sse_events
+
+    port = free_port()
+    async with in_process(tmp_path, sleeper("a1", "a") + sleeper(B, "b"),
+                          TWO + f'[http]\nlisten = "127.0.0.1:{port}"\n') as d:
+        secrets = {}
+        for name, limit in (("ta", ["--tenant", "a"]), ("ops", [])):
+            rc, out, err = await cli(d, "token", "create", name, "--scope", "events", *limit)
+            assert rc == 0, err
+            secrets[name] = out.strip()
+        base = f"http://127.0.0.1:{port}/api/v1/events/stream"
+        ring = d.http_server.app[API_KEY].ring
+
+        async def topics(name: str, query: str) -> list[str]:
+            async with aiohttp.ClientSession(headers={
+                    "Authorization": f"Bearer {secrets[name]}"}) as http, http.get(
+                    base + query) as stream:
+                assert stream.status == 200, await stream.text()
+                await wait_until_async(lambda: len(ring.readers) == 1)
+                for tenant in ("b", "a", None):
+                    await call(d, "events.publish", {"topic": f"x.{tenant or 'all'}",
+                                                     "data": 1, "tenant": tenant})
+                got = await sse_events(stream, 2)
+            await wait_until_async(lambda: not ring.readers)
+            return [e["data"]["topic"] for e in got]
+
+        assert await topics("ta", "?pattern=x.*") == ["x.a", "x.all"]
+        assert await topics("ops", "?tenant=b") == ["x.b", "x.all"]
+        assert await topics("ops", "") == ["x.b", "x.a"]  # every tenant's (two read)
+        # another tenant, for a tenant's token, is as one there is not
+        for name, query in (("ops", "?tenant=nope"), ("ta", "?tenant=b")):
+            async with aiohttp.ClientSession(headers={
+                    "Authorization": f"Bearer {secrets[name]}"}) as http, http.get(
+                    base + query) as r:
+                assert (r.status, (await r.json())["detail"]) == (
+                    404, f"no such tenant: {query.partition('=')[2]}"), name
 
 
 # a client of the control socket in the standard library alone, for a Python user nobody

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.host import TaskHost
+from ..timeouts import within
 from . import records
 from .connection import why
 from .keys import GROUP, Keys
@@ -80,7 +81,7 @@ class Puller:
         ev = self.queue.event(agent)
         ev.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ev.wait(), self.beat)
+            await within(ev.wait(), self.beat)
 
     async def _pull(self, name: str) -> None:
         block = max(1, int(self.beat * 1000))

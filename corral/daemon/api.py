@@ -24,6 +24,7 @@ from ..jsonrpc import RpcError
 from ..methods import REGISTRY, SCOPES, Method, parse_target
 from ..supervisor.core import NoSuchAgent
 from ..supervisor.names import RESERVED
+from ..supervisor.tasks.counters import totals
 from ..text import clip, one_line
 
 Ctx = TypeVar("Ctx")
@@ -359,6 +360,9 @@ class AgentRule:
     # (method to look the object up, what it is called, the param naming it): the object
     # must belong to an agent the caller sees
     owner: tuple[str, str, str] | None = None
+    # what the answer tells of a tenant sums every agent of it (a tenant's use): closed
+    # to a caller limited to an agent glob, which sees some of them only (decision 143)
+    whole_tenants: bool = False
 
 
 def _nothing(params: Any, caller: Caller) -> None:
@@ -435,10 +439,10 @@ def _reading(params: Any, caller: Caller) -> None:
     _server("server")(params, caller)
 
 
-def _named_by_tenant(field: str, what: str) -> Callable[[Any, Caller], None]:
-    """What a tenant's caller must name (a whole-fleet view would show every tenant's)."""
+def _named(field: str, what: str) -> Callable[[Any, Caller], None]:
+    """What a limited caller must name (a whole-fleet view sums agents it does not see)."""
     def check(params: Any, caller: Caller) -> None:
-        if caller.tenant is not None and getattr(params, field) is None:
+        if getattr(params, field) is None:
             raise _glob_refusal(caller, f"name {what}")
 
     return check
@@ -510,25 +514,42 @@ def _seen_keys(table: Mapping[str, Any], caller: Caller) -> dict[str, Any]:
 def _status_filter(result: Any, caller: Caller) -> Any:
     return _servers_filter("mcp_servers")(_replace(
         result, agents=[a for a in result.agents if caller.sees(a.name)],
-        tasks=_seen_keys(result.tasks, caller)), caller)
+        tasks=_seen_keys(result.tasks, caller), elastic=_seen_keys(result.elastic, caller)),
+        caller)
 
 
 def _stats_filter(result: Any, caller: Caller) -> Any:
     tasks = result.tasks
-    fields: dict[str, Any] = {}
+    # the gateway's clients and tools, and log files, name agents it does not see
+    fields: dict[str, Any] = {
+        "gateway": _gateway_filter(result.gateway, caller),
+        "supervisor": _replace(result.supervisor, log_files_failing={})}
     if caller.tenant is not None:
-        # the gateway's clients and tools, and log files, name other tenants' agents
-        fields["gateway"] = _gateway_filter(result.gateway, caller)
-        fields["supervisor"] = _replace(result.supervisor, log_files_failing={})
+        # the bus's followers: another tenant's say what it follows
+        fields["events"] = {**result.events, "followers": [
+            f for f in result.events["followers"] if f.get("tenant") == caller.tenant]}
+    if isinstance(result.cluster, Mapping):
+        fields["cluster"] = _cluster_filter(result.cluster, caller)
+    seen = _seen_keys(_get(tasks, "agents"), caller)
+    # the total of its agents' tasks, not every tenant's (the dashboard's fleet chart)
     return _replace(result, agents=_seen_keys(result.agents, caller),
-                    tasks=_replace(tasks, agents=_seen_keys(_get(tasks, "agents"), caller)),
+                    tasks=_replace(tasks, agents=seen, total=totals(seen.values())),
                     **fields)
+
+
+def _cluster_filter(cluster: Mapping[str, Any], caller: Caller) -> dict[str, Any]:
+    """A cluster node's figures (ClusterNode.status): the cluster agents placed here and
+    those whose file table differs from the cluster's are named, the rest are this
+    node's counters, left as the supervisor's are."""
+    placement = cluster["agents"]
+    return {**cluster, "agents": {**placement, **{
+        key: _seen_keys(placement[key], caller) for key in ("placed", "differs")}}}
 
 
 def _gateway_filter(stats: Any, caller: Caller) -> Any:
     """Gateway figures a tenant's caller may see: its agents' clients (`agent:NAME`, a
     replica's `NAME#N`) and the tools of servers it sees."""
-    if caller.tenant is None:
+    if not caller.limited:
         return stats
 
     def client_seen(name: str) -> bool:
@@ -537,10 +558,12 @@ def _gateway_filter(stats: Any, caller: Caller) -> Any:
         return agent is not None and caller.sees(agent)
 
     clients = _get(stats, "clients")
+    seen = _replace(stats, clients={k: v for k, v in clients.items() if client_seen(k)})
+    if caller.tenant is None:
+        return seen  # limited to an agent glob: every server is there for it
     tools = _get(stats, "tools")
-    return _replace(stats, clients={k: v for k, v in clients.items() if client_seen(k)},
-                    tools={k: v for k, v in tools.items()
-                           if caller.sees_server(k.partition("__")[0])},
+    return _replace(seen, tools={k: v for k, v in tools.items()
+                                 if caller.sees_server(k.partition("__")[0])},
                     http=None)
 
 
@@ -622,7 +645,7 @@ AGENT_RULES: dict[str, AgentRule] = {
     "logs.tail": AgentRule(_targets("names"), filter=_lines_filter),
     "logs.follow": AgentRule(_targets("names"), channel=_seen({"logs.lines": _new_lines})),
     "stats.get": AgentRule(_nothing, filter=_stats_filter),
-    "stats.history": AgentRule(_both(_named_by_tenant("agent", "an agent"), _AGENT_PARAM)),
+    "stats.history": AgentRule(_both(_named("agent", "an agent"), _AGENT_PARAM)),
     "stats.watch": AgentRule(_nothing, channel=_seen({"stats.sample": _stats_filter})),
     "agents.watch": AgentRule(_targets("names"), channel=_seen({
         "agents.snapshot": _rows_filter("name"), "agents.sample": _rows_filter("agent"),
@@ -651,7 +674,8 @@ AGENT_RULES: dict[str, AgentRule] = {
     "prompts.get": AgentRule(_tool("prompt")),
     # a tenant's own view (its callers' only tenants method)
     "tenants.list": AgentRule(_nothing, filter=lambda r, c: _replace(
-        r, tenants=[t for t in r.tenants if c.tenant is None or t.name == c.tenant])),
+        r, tenants=[t for t in r.tenants if c.tenant is None or t.name == c.tenant]),
+        whole_tenants=True),
     "gateway.list": AgentRule(_gateway_client),
     "gateway.call": AgentRule(_gateway_client),
     "gateway.watch": AgentRule(_nothing),
@@ -667,4 +691,19 @@ def agent_rule(name: str, caller: Caller) -> AgentRule:
     rule = AGENT_RULES.get(name)
     if rule is None:
         raise _glob_refusal(caller, f"{name} is for callers that see every agent")
+    if rule.whole_tenants and caller.agents is not None:
+        raise _glob_refusal(caller, f"{name} is for callers that see whole tenants (a "
+                                    f"tenant's use counts agents outside {caller.agents})")
     return rule
+
+
+def open_to(caller: Caller, name: str) -> bool:
+    """Whether a method may be called by this caller at all (some params may still be
+    refused): what a dashboard session is offered."""
+    if not caller.limited:
+        return True
+    try:
+        agent_rule(name, caller)
+    except RpcError:
+        return False
+    return True

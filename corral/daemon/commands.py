@@ -16,7 +16,7 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError, check_command, parse_agents
 from ..supervisor.core import NoSuchAgent, start_each, stop_all
-from ..supervisor.lifecycle import State
+from ..supervisor.lifecycle import SERVING, State
 from ..text import plural
 from .api import SHARED, Caller, Channel, Handlers
 from .follow import drain
@@ -76,11 +76,24 @@ async def daemon_info(d: Services, p: m.DaemonInfo, caller: Caller, c: Channel
         uptime=round(time.time() - d.started_at, 3),
         socket=str(d.socket_path),
         config=str(d.config_path),
-        status=d.status_line(),
+        status=d.status_line() if not caller.limited else _seen_status(d, caller),
         followers=len(d.hub.followers),
         event_followers=len(d.sup.events.followers) if d.sup else 0,
         containment=msgspec.to_builtins(d.sup.containment.info()) if d.sup else None,
     )
+
+
+def _seen_status(d: Services, caller: Caller) -> str:
+    """The status line of the agents a limited caller sees (the daemon's counts every
+    tenant's): walked, as such a caller's fleet is a part of the whole."""
+    agents = [a for a in d.sup.agents.values() if caller.sees(a.name)]
+    states = [r.state for a in agents for r in a.replicas]
+    line = (f"{plural(len(agents), 'agent')}, {sum(s in SERVING for s in states)}/"
+            f"{plural(len(states), 'replica')} ready")
+    paused = states.count(State.PAUSED)
+    if paused:
+        line += f", {paused} paused"
+    return f"{line}, {states.count(State.FAILED)} failed"
 
 
 @implements("daemon.shutdown")

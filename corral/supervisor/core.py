@@ -23,6 +23,7 @@ from .. import jsonrpc
 from ..jsonrpc import DEFAULT_MAX_LINE, LineBlock, RpcError
 from ..mcp.pool import McpPool
 from ..text import closest, listing, plural
+from ..timeouts import within
 from .config import AgentSpec, ConfigError, McpServerSpec, TenantSpec, elastic_problem
 from .containment import CgroupMode, Containment
 from .elastic import Elastic, scale_refusal
@@ -606,7 +607,7 @@ class Supervisor:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._conditions.append((cond, fut))
         try:
-            await asyncio.wait_for(fut, timeout)
+            await within(fut, timeout)
         finally:
             if not fut.done():
                 fut.cancel()
@@ -615,7 +616,7 @@ class Supervisor:
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._waiters.append((pred, fut))
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return await within(fut, timeout)
         finally:
             if not fut.done():
                 fut.cancel()

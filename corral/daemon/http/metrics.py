@@ -469,6 +469,10 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
                 return problem(403, "forbidden", f"forbidden: /metrics is every tenant's; "
                                f"{caller.who}, a caller of tenant {caller.tenant}, reads its "
                                "agents' figures at /api/v1/stats", jsonrpc.FORBIDDEN)
+            if caller.agents is not None:  # and every agent's
+                return problem(403, "forbidden", f"forbidden: /metrics is every agent's; "
+                               f"{caller.who}, limited to agents matching {caller.agents}, "
+                               "reads theirs at /api/v1/stats", jsonrpc.FORBIDDEN)
         encoder, content_type = choose_encoder(request.headers.get("Accept") or "")
         response = web.Response(body=await exposition(encoder))
         response.headers["Content-Type"] = content_type

@@ -11,7 +11,6 @@ answer is the task's (202 and where to find it, or its outcome with `?wait`).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from aiohttp import web
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...methods import REGISTRY, TasksRun
+from ...timeouts import within
 from ..api import Caller, Dispatcher
 from ..tokens import tokens_of
 from . import route, sse
@@ -196,15 +196,21 @@ class Api:
     async def stream(self, request: web.Request, caller: Caller, res: Resource, params: Any
                      ) -> web.StreamResponse:
         """An SSE stream, refused (503) past the caps on open streams."""
-        typed = None
+        typed = tenant = None
         if res.method == "events.follow":
             _, typed, _ = self.dispatcher.check(caller, res.method, params)
+            # the ring is every tenant's: a reader is sent the events of the tenant a
+            # follower of its own would be in (commands._event_tenant)
+            tenant = caller.tenant if caller.tenant is not None else typed.tenant
+            if caller.tenant is None and tenant is not None and \
+                    not self.ctx.services.sup.tenancy.known(tenant):
+                raise jsonrpc.not_found("tenant", tenant)
         refused = self.streams.refusal(caller.who)
         if refused is not None:
             return refused
         with self.streams.held(caller.who):
             if typed is not None:
-                return await sse.events(request, self.ring, caller, typed)
+                return await sse.events(request, self.ring, caller, typed, tenant)
             return await sse.follow(request, self.dispatcher, caller, res.method, params)
 
     async def answer(self, request: web.Request, caller: Caller, res: Resource,
@@ -312,7 +318,7 @@ class Api:
         location = f"{PREFIX}/tasks/{task_id}"
         if wait is not None:
             try:
-                info = await asyncio.wait_for(self.call(
+                info = await within(self.call(
                     caller, "tasks.get", {"task_id": task_id, "wait": True}), wait)
             except TimeoutError:
                 pass

@@ -42,6 +42,7 @@ from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 
 from ... import jsonrpc
+from ...supervisor.events import reaches
 from ..api import Caller, Dispatcher
 from . import route
 
@@ -158,9 +159,10 @@ class EventRing:
 
     def __init__(self, dispatcher: Dispatcher[Any]) -> None:
         self.dispatcher = dispatcher
-        # (number, topic, SSE frame); a number the bus dropped before the ring saw it is
-        # kept as a gap (topic None), so that numbers and places stay in step
-        self.items: deque[tuple[int, str | None, bytes]] = deque(maxlen=RING)
+        # (number, topic, SSE frame, tenant published in); a number the bus dropped
+        # before the ring saw it is kept as a gap (topic None), so that numbers and
+        # places stay in step
+        self.items: deque[tuple[int, str | None, bytes, str | None]] = deque(maxlen=RING)
         self.last = 0  # the number of the newest event
         self.bytes = 0
         self.changed = asyncio.Event()  # set, and replaced, at each new event
@@ -186,21 +188,22 @@ class EventRing:
                 self.last += count
             else:
                 for _ in range(count):
-                    self._keep(None, b"")
+                    self._keep(None, b"", None)
         else:
             raw = bytes(params) if isinstance(params, msgspec.Raw) else msgspec.json.encode(
                 params)
-            topic = msgspec.json.decode(raw, type=_Topic).topic
-            self._keep(topic, frame(str(self.last + 1), "events.event", raw))
+            head = msgspec.json.decode(raw, type=_Topic)
+            self._keep(head.topic, frame(str(self.last + 1), "events.event", raw),
+                       head.tenant)
         self.changed.set()
         self.changed = asyncio.Event()
         self._due.set()
 
-    def _keep(self, topic: str | None, data: bytes) -> None:
+    def _keep(self, topic: str | None, data: bytes, tenant: str | None) -> None:
         self.last += 1
         if len(self.items) == RING:
             self.bytes -= len(self.items[0][2])
-        self.items.append((self.last, topic, data))
+        self.items.append((self.last, topic, data, tenant))
         self.bytes += len(data)
         while self.bytes > RING_BYTES and len(self.items) > 1:
             self.bytes -= len(self.items.popleft()[2])
@@ -223,7 +226,7 @@ class EventRing:
     def first(self) -> int:
         return self.items[0][0] if self.items else self.last + 1
 
-    def at(self, number: int) -> tuple[int, str | None, bytes]:
+    def at(self, number: int) -> tuple[int, str | None, bytes, str | None]:
         """The item numbered `number`, kept (first <= number <= last)."""
         return self.items[number - self.items[0][0]]
 
@@ -263,14 +266,18 @@ class EventRing:
 class Reader:
     """A client of `/events/stream`: its cursor into the ring, and its connection."""
 
-    __slots__ = ("cursor", "gone", "held", "pattern", "quiet", "request", "wake", "writer")
+    __slots__ = ("cursor", "gone", "held", "pattern", "quiet", "request", "tenant", "wake",
+                 "writer")
 
-    def __init__(self, request: web.Request, pattern: str, cursor: int) -> None:
+    def __init__(self, request: web.Request, pattern: str, cursor: int,
+                 tenant: str | None) -> None:
         writer = request.writer
         assert isinstance(writer, StreamWriter)
         self.request = request
         self.writer = writer
         self.pattern = None if pattern == "*" else pattern
+        # the tenant whose events it is sent (None: every tenant's), as a follower's
+        self.tenant = tenant
         self.cursor = cursor
         self.wake = asyncio.Event()  # for its own task: held, or gone
         self.held = False  # its client has not taken what it was sent
@@ -301,13 +308,15 @@ class Reader:
             missed = first - cursor
             cursor = first
         pattern = self.pattern
+        tenant = self.tenant
         end = min(ring.last, cursor + BATCH - 1)
         while cursor <= end and size < BATCH_BYTES:
-            _, topic, data = ring.at(cursor)
+            _, topic, data, published_in = ring.at(cursor)
             cursor += 1
             if topic is None:
                 missed += 1
-            elif pattern is None or fnmatch.fnmatchcase(topic, pattern):
+            elif (pattern is None or fnmatch.fnmatchcase(topic, pattern)) and reaches(
+                    published_in, tenant):
                 if missed:
                     parts.append(_missed(missed))
                     missed = 0
@@ -326,14 +335,15 @@ def _missed(count: int) -> bytes:
 
 class _Topic(msgspec.Struct):
     topic: str
+    tenant: str | None = None
 
 
 def _last_id(request: web.Request) -> str | None:
     return request.headers.get("Last-Event-ID") or request.query.get(LAST_ID)
 
 
-async def events(request: web.Request, ring: EventRing, caller: Caller, params: Any
-                 ) -> web.StreamResponse:
+async def events(request: web.Request, ring: EventRing, caller: Caller, params: Any,
+                 tenant: str | None) -> web.StreamResponse:
     """The stream's own task does no writing but keepalives: it waits for the fan-out to
     say its client is slow (then for the client, within WRITE_DEADLINE) or gone."""
     ring.start()
@@ -342,7 +352,7 @@ async def events(request: web.Request, ring: EventRing, caller: Caller, params: 
     if last is not None and last.isdigit():
         cursor = int(last) + 1
     response = await open_stream(request)
-    reader = Reader(request, params.pattern, cursor)
+    reader = Reader(request, params.pattern, cursor, tenant)
     ring.attach(reader)
     try:
         while not reader.gone:

@@ -30,7 +30,7 @@ from aiohttp import web
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...methods import REGISTRY
-from ..api import Caller
+from ..api import Caller, open_to
 from ..tokens import Tokens, tokens_of
 from . import sse
 from .context import HttpContext
@@ -347,7 +347,10 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
         if session is None:
             return problem(401, "unauthorized", "no dashboard session (open the link "
                                                 "that `corral ui` prints)")
-        body = {"csrf": session.csrf, "expires": session.expires, "methods": methods,
+        # the methods the session may call: the page asks no other (nodes.list and
+        # tenants.list are not a glob's)
+        offered = [name for name in methods if open_to(session.caller, name)]
+        body = {"csrf": session.csrf, "expires": session.expires, "methods": offered,
                 "streams": sorted(streams), "scopes": sorted(session.caller.scopes),
                 "tenant": session.caller.tenant}
         return web.Response(body=msgspec.json.encode(body), content_type="application/json")

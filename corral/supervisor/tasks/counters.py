@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ...percentile import percentile_ms
@@ -38,3 +39,14 @@ class AgentTasks:
             "latency_ms": {"p50": percentile_ms(lat, 0.50), "p95": percentile_ms(lat, 0.95),
                            "p99": percentile_ms(lat, 0.99), "window": len(lat)},
         }
+
+
+def totals(per_agent: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Agents' stats (AgentTasks.stats) summed: every agent's for the daemon's total, the
+    agents a caller sees for its own."""
+    rows = list(per_agent)
+    total: dict[str, Any] = {k: sum(s[k] for s in rows)
+                             for k in (*COUNTED, "queue_depth", "running")}
+    finished = sum(total[k] for k in TERMINAL)
+    total["success_rate"] = round(total["succeeded"] / finished, 4) if finished else None
+    return total

@@ -36,7 +36,7 @@ from .admission import (
     refusal,
 )
 from .budget import BUDGET_PREFIX, Budgets, no_group
-from .counters import COUNTED, AgentTasks
+from .counters import AgentTasks, totals
 from .dispatch import Dispatcher
 from .durable import TaskJournal, unknown_cursor
 from .model import (
@@ -443,11 +443,7 @@ class TaskManager:
         per_agent = {name: (self.by_agent.get(name) or AgentTasks(0)).stats(
                          self.queue.depth(name))
                      for name in self.sup.agents}
-        total = {k: sum(s[k] for s in per_agent.values())
-                 for k in (*COUNTED, "queue_depth", "running")}
-        finished = sum(total[k] for k in TERMINAL)
-        total["success_rate"] = round(total["succeeded"] / finished, 4) if finished else None
-        return {"total": total, "agents": per_agent}
+        return {"total": totals(per_agent.values()), "agents": per_agent}
 
     def _drain_if_down(self, name: str) -> None:
         """Tasks waiting for an agent that will not run again end now, with the reason."""
