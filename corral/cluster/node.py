@@ -20,7 +20,7 @@ from ..jsonrpc import RpcError
 from ..supervisor.config import AgentSpec, ClusterSettings
 from ..supervisor.core import Supervisor
 from ..supervisor.tasks import TERMINAL, TaskError, TaskManager, is_task_id
-from ..timeouts import within
+from ..timeouts import cancel_all, within
 from . import records
 from .backlog import Backlog
 from .connection import connect, shown, unavailable, why
@@ -228,11 +228,7 @@ class ClusterNode:
     async def close(self) -> None:
         await self.puller.close()
         loops, self._loops = self._loops, []
-        for t in loops:
-            t.cancel()
-        for t in loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all(loops)
         await self.placement.close()
         with contextlib.suppress(RedisError, OSError):
             await within(self.membership.leave(), self.settings.beat)

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.host import TaskHost
-from ..timeouts import within
+from ..timeouts import cancel_all, within
 from . import records
 from .connection import why
 from .keys import GROUP, Keys
@@ -70,11 +70,7 @@ class Puller:
         self.closed = True
         loops = list(self.loops.values())
         self.loops.clear()
-        for t in loops:
-            t.cancel()
-        for t in loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all(loops)
 
     async def _idle(self, agent: str) -> None:
         """Until a slot of `agent` may have freed, or a beat."""
