@@ -208,10 +208,22 @@ class ClusterNode:
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await within(self.outbox.flush(), self.settings.node_ttl)
         self.outbox.give_up(consumer)
-        held = self._held(consumer)
-        if not held:
-            return
         reason = f"node {self.node} stopped"
+        held = self._held(consumer)
+        if held:
+            await self._release(held, reason)
+        # a claim whose answer the closed pull loop never read (cancelled in its round
+        # trip) is this incarnation's in Redis and unknown here: it waits again, no retry
+        # spent, rather than being taken over as a dead node's once the key is gone
+        try:
+            await within(self.reaper.give_back(self.puller.streams(), consumer, reason),
+                         self.settings.node_ttl)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.report(f"cluster: what this node read but did not run was not given back "
+                        f"({why(exc)}): the cluster takes it over once this node's key "
+                        "expires")
+
+    async def _release(self, held: list[ClusterTask], reason: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for t in held:
             await self.scripts.release(
