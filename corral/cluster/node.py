@@ -372,8 +372,8 @@ class ClusterNode:
                 if rec[0] is None:
                     return None
                 got = await self.scripts.cancel(
-                    keys=[self.keys.task(task_id), rec[0], self.keys.outcomes,
-                          *self.keys.listed],
+                    keys=[self.keys.task(task_id), self.keys.attempts(task_id), rec[0],
+                          self.keys.outcomes, *self.keys.listed],
                     args=[task_id, repr(time.time()), error, int(self.settings.tasks_kept_for)])
             except RedisError as exc:
                 raise unavailable(self.settings.redis, exc,

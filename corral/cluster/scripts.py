@@ -14,12 +14,17 @@ from redis.exceptions import NoScriptError
 from .keys import GROUP, OUTCOMES_KEPT
 
 
-def _listed_done(live: int, task: str) -> str:
-    """A task that ended moves from the listed live tasks (KEYS[live]) to the finished
+def _ended(task: str, kept: str, live: int) -> str:
+    """A task that ended: its record and its attempts (KEYS[1], KEYS[2]) kept `kept`
+    seconds, and the task moved from the listed live tasks (KEYS[live]) to the finished
     ones (KEYS[live + 1]): what `corral tasks` reads, with no SCAN of the cluster's keys,
     and what a node's beat trims to the newest `tasks_kept`, deleting the records of
-    those it takes out (TRIM, retention.py)."""
-    return f"""redis.call('ZREM', KEYS[{live}], {task})
+    those it takes out (TRIM, retention.py). One fragment for every end, so that no end
+    leaves a key without its expiry (TRIM forgets the ids older than tasks_kept_for,
+    trusting their keys to have expired)."""
+    return f"""redis.call('EXPIRE', KEYS[1], {kept})
+redis.call('EXPIRE', KEYS[2], {kept})
+redis.call('ZREM', KEYS[{live}], {task})
 redis.call('ZADD', KEYS[{live + 1}], 0, {task})"""
 
 
@@ -117,9 +122,7 @@ if ARGV[11] == '1' then
 else
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[2])
 end
-redis.call('EXPIRE', KEYS[1], ARGV[9])
-redis.call('EXPIRE', KEYS[2], ARGV[9])
-{_listed_done(5, 'ARGV[2]')}
+{_ended('ARGV[2]', 'ARGV[9]', 5)}
 return 1
 """
 
@@ -198,9 +201,7 @@ end
 redis.call('HSET', KEYS[1], 'status', 'lost', 'fence', '0', 'finished', ARGV[4],
   'error', ARGV[7])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-{_listed_done(6, 'ARGV[1]')}
+{_ended('ARGV[1]', 'ARGV[6]', 6)}
 return 'lost'
 """
 
@@ -219,23 +220,23 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '', 'entr
 return 1
 """
 
-# `corral cancel` of a cluster task, on any node: one still queued ends here; a running
+# `corral cancel` of a cluster task, on any node: one still queued ends here (its
+# attempts, when it ran before and waits again, kept as long as its record); a running
 # one is marked, and the node running it cancels it at its next beat (its outcome, then,
 # is written through the fence like any other).
-# KEYS: task, stream, outcomes, live and finished tasks (listed); ARGV: task_id, now,
-# error JSON, seconds a finished record is kept -> 'cancelled', 'asked', 'ended:STATUS'
-# (it had already finished), or false (no such task)
+# KEYS: task, attempts, stream, outcomes, live and finished tasks (listed); ARGV: task_id,
+# now, error JSON, seconds a finished record is kept -> 'cancelled', 'asked',
+# 'ended:STATUS' (it had already finished), or false (no such task)
 CANCEL = f"""
 local rec = redis.call('HMGET', KEYS[1], 'status', 'entry')
 if not rec[1] then return false end
 if rec[1] == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', ARGV[2], 'error', ARGV[3],
     'fence', '0')
-  redis.call('XACK', KEYS[2], '{GROUP}', rec[2])
-  redis.call('XDEL', KEYS[2], rec[2])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  {_listed_done(4, 'ARGV[1]')}
+  redis.call('XACK', KEYS[3], '{GROUP}', rec[2])
+  redis.call('XDEL', KEYS[3], rec[2])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
+  {_ended('ARGV[1]', 'ARGV[4]', 5)}
   return 'cancelled'
 end
 if rec[1] == 'running' then

@@ -124,6 +124,36 @@ async def test_a_takeover_needs_the_consumer_dead(client: Any) -> None:
     assert await finish(s, client, 1, token) == 0  # the old holder is refused
 
 
+async def test_a_task_cancelled_while_it_waits_again_keeps_its_attempts_no_longer_than_it(
+        client: Any) -> None:
+    """A task that ran, was taken over and waits again has attempts; cancelled then, its
+    attempts expire with its record (the beat's trim forgets ids older than
+    tasks_kept_for, trusting their keys to have expired: a list without an expiry would
+    stay in Redis for ever)."""
+    s = Scripts(client)
+    await submit(s, 1)
+    await claim(s, client, 1, consumer="b/1")
+    tid = TID.format(1)
+    entry = await client.hget(K.task(tid), "entry")
+    assert await s.takeover(
+        keys=[K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes, K.alive("b/1"),
+              *K.listed],
+        args=[tid, entry, "b/1", "5.0", "node b lost", 60,
+              b'{"code":-32001,"message":"node b lost"}', "dead"]) == b"requeued"
+    assert await client.llen(K.attempts(tid)) == 1
+    assert await client.ttl(K.attempts(tid)) == -1  # waiting: kept while it waits
+    assert await s.cancel(keys=[K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes,
+                                *K.listed],
+                          args=[tid, "6.0", b'{"code":-32800,"message":"c"}', 60]
+                          ) == b"cancelled"
+    assert await client.hget(K.task(tid), "status") == b"cancelled"
+    assert await client.llen(K.attempts(tid)) == 1  # still readable, for as long as it
+    assert 0 < await client.ttl(K.task(tid)) <= 60
+    assert 0 < await client.ttl(K.attempts(tid)) <= 60
+    assert await client.zrange(K.done, 0, -1) == [tid.encode()]
+    assert await client.xlen(K.stream("w", 0)) == 0  # its entry gone with it
+
+
 async def test_scripts_redis_has_forgotten_are_loaded_again(client: Any) -> None:
     """A restarted Redis (or SCRIPT FLUSH) knows no script: the calls answered NOSCRIPT,
     having done nothing, and run once the scripts are loaded again."""
@@ -154,7 +184,8 @@ async def test_the_listed_tasks_follow_each_task_to_its_end_and_stay_bounded(
     token, *_ = await claim(s, client, 1)
     assert await finish(s, client, 1, token) == 1
     entry = await client.hget(K.task(ids[1]), "entry")
-    assert await s.cancel(keys=[K.task(ids[1]), K.stream("w", 0), K.outcomes, *K.listed],
+    assert await s.cancel(keys=[K.task(ids[1]), K.attempts(ids[1]), K.stream("w", 0),
+                                K.outcomes, *K.listed],
                           args=[ids[1], "4.0", b'{"code":-32800,"message":"c"}', 60]
                           ) == b"cancelled"
     await client.hset(K.task(ids[2]), "retries_left", 0)
