@@ -32,7 +32,6 @@ from .keys import Keys
 from .membership import Membership, NodeView
 from .scripts import Scripts
 
-KEEP_FINISHED = 7 * 86400  # seconds a finished task's record stays in Redis
 RECHECK_BEATS = 5  # a waiting client reads its task's record at least this often (beats)
 Waiter = asyncio.Future[m.TaskResult | None]
 Progress = Callable[[dict[str, Any]], None]

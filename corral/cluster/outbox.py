@@ -21,7 +21,6 @@ from ..supervisor.tasks import Task
 from ..timeouts import within
 from . import records
 from .connection import why
-from .desk import KEEP_FINISHED
 from .keys import Keys
 from .queue import ClusterQueue, ClusterTask
 from .scripts import Scripts
@@ -35,8 +34,8 @@ _json = msgspec.json.Encoder().encode
 
 class Outbox:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, node: str, beat: float,
-                 queue: ClusterQueue, report: Callable[[str], None],
-                 kept_for: float = KEEP_FINISHED) -> None:
+                 queue: ClusterQueue, report: Callable[[str], None], kept_for: float
+                 ) -> None:
         self.redis = redis
         self.scripts = scripts
         self.keys = keys

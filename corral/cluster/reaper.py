@@ -24,7 +24,6 @@ from .. import jsonrpc
 from ..supervisor.tasks import Task, TaskError
 from . import records
 from .connection import why
-from .desk import KEEP_FINISHED
 from .keys import GROUP, Keys, split_consumer
 from .membership import Membership
 from .queue import ClusterTask
@@ -38,7 +37,7 @@ ORPHAN_BEATS = 3
 
 class Reaper:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
-                 report: Callable[[str], None], kept_for: float = KEEP_FINISHED) -> None:
+                 report: Callable[[str], None], kept_for: float) -> None:
         self.redis = redis
         self.scripts = scripts
         self.keys = keys
