@@ -265,20 +265,27 @@ return 1
 """
 
 
+def _epoch_is(agents: int, placement: int) -> str:
+    """The compare-and-set of PLACE and SET_AGENT: -1 when ARGV[1] is no cluster agent
+    (KEYS[agents]), 0 when its placement (KEYS[placement]) is no longer at epoch ARGV[2];
+    else `cur` (its placement, or nil) and `epoch` are set."""
+    return f"""if redis.call('HEXISTS', KEYS[{agents}], ARGV[1]) == 0 then return -1 end
+local cur = redis.call('HGET', KEYS[{placement}], ARGV[1])
+local epoch = 0
+if cur then epoch = cjson.decode(cur)['epoch'] end
+if epoch ~= tonumber(ARGV[2]) then return 0 end"""
+
+
 # PLACE: a cluster agent's placement, compare-and-set on its epoch: of two nodes placing
 # at once from the same epoch, one wins and the other reads the winner's at its next
 # beat. The slots are written as given (JSON built by the caller: cjson would turn an
 # empty list into an object).
 # KEYS: placement, cluster agents; ARGV: agent, expected epoch, slots JSON
 #   -> the new epoch; 0: the epoch moved on; -1: no such cluster agent (removed)
-PLACE = """
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return -1 end
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-local epoch = 0
-if cur then epoch = cjson.decode(cur)['epoch'] end
-if epoch ~= tonumber(ARGV[2]) then return 0 end
+PLACE = f"""
+{_epoch_is(2, 1)}
 redis.call('HSET', KEYS[1], ARGV[1],
-           '{"epoch":' .. (epoch + 1) .. ',"slots":' .. ARGV[3] .. '}')
+           '{{"epoch":' .. (epoch + 1) .. ',"slots":' .. ARGV[3] .. '}}')
 return epoch + 1
 """
 
@@ -321,23 +328,19 @@ return ''
 # KEYS: cluster agents, placement, history
 # ARGV: agent, expected epoch, table JSON, the entry's tail, revisions kept
 #   -> the new revision; 0: the epoch moved on; -1: no such cluster agent
-SET_AGENT = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
-local cur = redis.call('HGET', KEYS[2], ARGV[1])
-local epoch = 0
-if cur then epoch = cjson.decode(cur)['epoch'] end
-if epoch ~= tonumber(ARGV[2]) then return 0 end
+SET_AGENT = f"""
+{_epoch_is(1, 2)}
 local last = redis.call('LINDEX', KEYS[3], -1)
 local revision = 1
 if last then revision = cjson.decode(last)['revision'] + 1 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 if cur then
   redis.call('HSET', KEYS[2], ARGV[1],
-             (string.gsub(cur, '^{"epoch":%d+', '{"epoch":' .. (epoch + 1), 1)))
+             (string.gsub(cur, '^{{"epoch":%d+', '{{"epoch":' .. (epoch + 1), 1)))
 else
-  redis.call('HSET', KEYS[2], ARGV[1], '{"epoch":1,"slots":[]}')
+  redis.call('HSET', KEYS[2], ARGV[1], '{{"epoch":1,"slots":[]}}')
 end
-redis.call('RPUSH', KEYS[3], '{"revision":' .. revision .. ',' .. ARGV[4])
+redis.call('RPUSH', KEYS[3], '{{"revision":' .. revision .. ',' .. ARGV[4])
 redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
 return revision
 """
