@@ -217,16 +217,31 @@ def test_changes_of_a_cluster_agent_refused(tmp: Path, redis: RedisServer) -> No
         assert r.stderr.rstrip().endswith("keeper is the cluster's agent: nothing changed")
         assert refused(a, "agents.scale", {"name": "other", "replicas": 1}).endswith(
             "no agent other on this node, and the cluster's cannot be read: nothing changed")
+        # a reload meanwhile: its file's change is not lost, but made once Redis answers
+        edit(a, 'V = "1"', 'V = "2"')
+        r = a.cli("reload")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: "the config's cluster agents not yet registered" in log(a),
+                   what="the reload's registration put off")
         redis.restart()
         wait_until(lambda: a.call("stats.get")["cluster"]["state"] == "member",
                    what="a member again", timeout=20)
-        assert history(a)["current"] == 1
+        wait_until(lambda: history(a)["current"] == 2, what="the file's change made")
+        # the refused scale left nothing; the reload's change is the one revision more
+        assert [(e["who"], e["change"]) for e in history(a)["revisions"]][1:] == [
+            ("config file of node a", "config file changed: env.V changed")]
+        wait_until(lambda: env_here(a) == "2", what="keeper brought to V=2")
     (tmp / "solo").mkdir()
     with running_daemon(tmp / "solo", "") as solo:
         assert refused(solo, "agents.add", {"agents": {
             "x": {**table, "placement": "cluster"}}}) == (
             "this daemon is not a node of a cluster (its config has no [cluster] table): "
             "--cluster needs one")
+
+
+def log(n: Node) -> str:
+    path = n.state / "logs" / "corral.log"
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def refused(n: Any, method: str, params: dict[str, Any]) -> str:
