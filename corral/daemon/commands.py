@@ -14,7 +14,7 @@ import msgspec
 from .. import __version__, jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
-from ..supervisor.config import ConfigError, check_command, parse_agents
+from ..supervisor.config import ConfigError, check_command, cluster_problem, parse_agents
 from ..supervisor.core import NoSuchAgent, start_each, stop_all
 from ..supervisor.lifecycle import SERVING, State
 from ..text import plural
@@ -306,9 +306,11 @@ async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]
             if why:
                 raise ConfigError(f"agents.add: agents.{name}.command: {why} "
                                   "(--no-check to add it anyway)")
-            if spec.elastic:
-                raise ConfigError(f"agents.add: agents.{name}: a cluster agent is not "
-                                  "elastic yet (autoscale, min_replicas = 0)")
+            # what the config file and a change in place refuse (config.cluster_problem)
+            problem = cluster_problem(msgspec.structs.replace(spec, placement="cluster"),
+                                      True)
+            if problem:
+                raise ConfigError(f"agents.add: agents.{name}.{problem}")
     except ConfigError as exc:
         raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
     # (one the cluster placed here is the cluster's: Redis answers for it)

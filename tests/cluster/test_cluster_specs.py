@@ -207,6 +207,11 @@ def test_changes_of_a_cluster_agent_refused(tmp: Path, redis: RedisServer) -> No
         assert refused(a, "agents.add", {"agents": {
             "x": {**table, "placement": "cluster"}, "y": {**table, "placement": "local"}}}
         ) == "agents.add: agents.y.placement: 'local' in a batch of cluster agents: add it apart"
+        # refused as the config file and a change in place refuse it
+        assert refused(a, "agents.add", {"agents": {"x": {**table, "hibernate_after": 5}},
+                                         "cluster": True}) == (
+            "agents.add: agents.x.placement: a cluster agent is not elastic yet (autoscale, "
+            "hibernate_after)")
         assert history(a)["current"] == 1
         assert {x["name"] for x in a.json("status")["agents"]} == {"keeper"}
         # Redis away: refused, nothing changed
