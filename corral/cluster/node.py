@@ -69,7 +69,7 @@ class ClusterNode:
         self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
                              settings.tasks_kept_for)
         self.retention = Retention(self.redis, scripts, self.keys, self.membership,
-                                   settings, self.reaper.streams)
+                                   settings)
         self.backlog = Backlog(self.redis, self.keys, host)
         self.events = EventRelay(self.redis, self.keys, self.node, host.events,
                                  settings.beat, report)
@@ -150,8 +150,10 @@ class ClusterNode:
                     await self._cancels()
                     await self.desk.refresh_view()
                     await self.backlog.step(self.desk.view)
-                    await self.reaper.reap()
-                    await self.retention.step()
+                    # every stream of the cluster, read once for both
+                    streams = await self.reaper.streams()
+                    await self.reaper.reap(streams)
+                    await self.retention.step(streams)
                     await self._drain_step()
                 except RedisError as exc:
                     self.report(f"cluster: the beat's reaping: {why(exc)}")

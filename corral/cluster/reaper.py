@@ -58,11 +58,12 @@ class Reaper:
                 out.append(self.keys.stream(name, int(p)))
         return out
 
-    async def reap(self) -> None:
-        """One pass over every stream: what dead consumers hold goes back."""
+    async def reap(self, streams: list[str]) -> None:
+        """One pass over every stream of the cluster (`streams()`): what dead consumers
+        hold goes back."""
         if not self.membership.member or not self.membership.settled():
             return
-        for stream in await self.streams():
+        for stream in streams:
             summary = await self.redis.xpending(stream, GROUP)
             holders = [c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
                        for c in summary.get("consumers") or ()]

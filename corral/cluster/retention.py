@@ -14,7 +14,6 @@ deleted here.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..supervisor.config import ClusterSettings
@@ -26,19 +25,18 @@ from .scripts import Scripts
 
 class Retention:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
-                 settings: ClusterSettings, streams: Callable[[], Awaitable[list[str]]]
-                 ) -> None:
+                 settings: ClusterSettings) -> None:
         self.redis = redis
         self.scripts = scripts
         self.keys = keys
         self.membership = membership
         self.settings = settings
-        self.streams = streams  # every task stream of the cluster
         self.dropped = 0  # finished records deleted beyond tasks_kept, by this node
         self.consumers_removed = 0  # dead incarnations' consumers deleted, by this node
 
-    async def step(self) -> None:
-        """One beat's trimming (RedisError: the next beat tries again)."""
+    async def step(self, streams: list[str]) -> None:
+        """One beat's trimming, `streams` every task stream of the cluster (RedisError:
+        the next beat tries again)."""
         m = self.membership
         if not m.member or not m.settled():
             return  # after a Redis restart, a missing key is not yet a dead node
@@ -51,10 +49,9 @@ class Retention:
             await self.redis.delete(*(k for t in ids
                                       for k in (self.keys.task(t), self.keys.attempts(t))))
             self.dropped += len(ids)
-        await self._dead_consumers()
+        await self._dead_consumers(streams)
 
-    async def _dead_consumers(self) -> None:
-        streams = await self.streams()
+    async def _dead_consumers(self, streams: list[str]) -> None:
         if not streams:
             return
         pipe = self.redis.pipeline(transaction=False)
