@@ -50,13 +50,17 @@ class Reaper:
         self.beat = membership.beat
 
     async def streams(self) -> list[str]:
-        agents = await self.redis.smembers(self.keys.agents)
-        out = []
-        for a in sorted(agents):
-            name = a.decode()
-            for p in await self.redis.zrange(self.keys.priorities(name), 0, -1):
-                out.append(self.keys.stream(name, int(p)))
-        return out
+        """Every task stream of the cluster (an agent's, a priority each), in two round
+        trips however many agents there are."""
+        names = sorted(a.decode() for a in await self.redis.smembers(self.keys.agents))
+        if not names:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.zrange(self.keys.priorities(name), 0, -1)
+        return [self.keys.stream(name, int(p))
+                for name, prios in zip(names, await pipe.execute(), strict=True)
+                for p in prios]
 
     async def reap(self, streams: list[str]) -> None:
         """One pass over every stream of the cluster (`streams()`): what dead consumers
