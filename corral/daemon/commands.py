@@ -357,8 +357,9 @@ async def agents_history(d: Services, p: m.AgentsHistory,
         kept = [m.Revision(agent=p.name, revision=e.revision, time=e.time, who=e.who,
                            change=e.change, spec=e.spec)
                 for e in await node.agent_history(p.name)]
+        # the newest `limit`, as the local agents' (kept[-0:] would be every one)
         return m.HistoryResult(name=p.name, current=kept[-1].revision if kept else None,
-                               revisions=kept[-row_limit(p.limit):])
+                               revisions=kept[max(0, len(kept) - row_limit(p.limit)):])
     d.sup.agent(p.name)
     revs = d.revisions.history(p.name, row_limit(p.limit))
     scaling = [m.ScalingDecision(time=s.time, previous=s.previous, replicas=s.replicas,

@@ -116,6 +116,10 @@ def test_a_config_declared_cluster_agent_is_scaled_changed_rolled_back_and_remov
                    what="both nodes' replicas back to V=1")
         assert history(a)["revisions"][-1]["change"] == (
             "rollback to revision 2: env.V changed")
+        # the newest `limit` of them, as a local agent's
+        for limit, revisions in ((1, [4]), (0, []), (9, [1, 2, 3, 4])):
+            h = a.call("agents.history", {"name": "keeper", "limit": limit})
+            assert (h["current"], [r["revision"] for r in h["revisions"]]) == (4, revisions)
 
         # a deploy of a package of that name is refused: its release would be one node's
         pkg = tmp / "pkg"
