@@ -205,6 +205,9 @@ class Placement:
                     # once per table, as a reload tries a local agent's change once
                     self.tables[name] = table
                     self.placed[name] = mine
+                    # the slots it places here too (placed in the same beat) start with
+                    # their states, as in a scale
+                    await self._load_states(name, mine[len(have):], len(have))
                     await self.apply(name, self._spec(name, table, len(mine)))
                     self.report(f"cluster: {name} brought to its changed spec here")
                 else:

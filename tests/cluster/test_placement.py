@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as sync_redis
 
 from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
@@ -216,3 +217,40 @@ def test_drain_finishes_what_runs_hands_over_the_cluster_agent_and_leaves(
         assert r.returncode != 0 and "no node nosuch in cluster test" in r.stderr, r.stderr
         r = others[0].cli("drain", x.name)
         assert r.returncode != 0 and f"node {x.name} is not alive" in r.stderr, r.stderr
+
+
+def test_a_slot_a_change_of_the_table_brings_here_starts_with_its_state(
+        tmp: Path, redis: RedisServer) -> None:
+    """`corral scale` changes the table; the node that places the new slot in the same
+    beat brings its agent to the new table, and the replica it starts for that slot gets
+    the state the slot last checkpointed, as a re-placed slot does."""
+    with nodes(tmp, redis, {"a": ""}) as ns:
+        a = ns["a"]
+        a.call("agents.add", {"agents": {"keeper": KEEPER}, "cluster": True})
+        wait_until(lambda: placed_on([a], "keeper") == ["a"], what="placed")
+        # slot 1 checkpointed (its replica ran before a scale down)
+        r = sync_redis.Redis.from_url(redis.url)
+        try:
+            r.hset(Keys("test").state("keeper"), "1", b'[1.0,{"seen":9}]')
+        finally:
+            r.close()
+        assert a.cli("scale", "keeper", "2").returncode == 0
+        wait_until(lambda: [x["state"] for x in a.json("status")["agents"]] == ["ready"] * 2,
+                   what="two replicas ready")
+        # one replica held by a task, the state asked of the other, until that is replica
+        # 1 (the least loaded takes a task: both are idle between rounds)
+        for i in range(5):
+            hold = tmp / f"hold{i}"
+            held = a.call("tasks.run", {"agent": "keeper", "local": True, "detach": True,
+                                        "input": {"do": "await", "path": str(hold)}}
+                          )["task_id"]
+            wait_until(lambda t=held: a.call("tasks.get", {"task_id": t})["status"] == (
+                "running"), what="a replica held")
+            got = a.call("tasks.run", {"agent": "keeper", "local": True,
+                                       "input": {"do": "state"}})
+            hold.touch()
+            assert a.call("tasks.get", {"task_id": held, "wait": True})["status"] == (
+                "succeeded")
+            if got["attempts"][0]["replica"] == 1:
+                break
+        assert (got["attempts"][0]["replica"], got["output"]["state"]) == (1, {"seen": 9})
