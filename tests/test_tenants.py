@@ -121,18 +121,18 @@ async def test_agent_and_replica_quotas_refuse_with_the_use_and_never_kill(
             "tenant": "acme", "replicas": 2}}})
         assert replicas(d, "a2") == 2
         code, text = await refused(d, OPERATOR, "agents.scale", {"name": "a2", "replicas": 3})
-        assert (code, text) == (jsonrpc.REFUSED, "tenant acme: max_replicas 3 reached "
+        assert (code, text) == (jsonrpc.QUOTA_EXCEEDED, "tenant acme: max_replicas 3 reached "
                                 "(3 in use); scaling a2 to 3 needs 1 more")
         assert replicas(d, "a2") == 2
         code, text = await refused(d, OPERATOR, "agents.add", {"agents": {"a3": {
             "command": "true", "tenant": "acme"}}, "check": False})
-        assert (code, text) == (jsonrpc.REFUSED, "tenant acme: max_agents 2 reached "
+        assert (code, text) == (jsonrpc.QUOTA_EXCEEDED, "tenant acme: max_agents 2 reached "
                                 "(2 in use); adding a3 needs 1 more")
         assert "a3" not in sup.agents
         # a batch is judged whole, before any of it is added
         code, text = await refused(d, OPERATOR, "agents.add", {"agents": {
             n: {"command": "true", "tenant": "acme"} for n in ("b1", "b2")}, "check": False})
-        assert (code, text) == (jsonrpc.REFUSED, "tenant acme: max_agents 2 reached "
+        assert (code, text) == (jsonrpc.QUOTA_EXCEEDED, "tenant acme: max_agents 2 reached "
                                 "(2 in use); adding b1, b2 needs 2 more")
         assert "b1" not in sup.agents and "b2" not in sup.agents
         code, text = await refused(d, OPERATOR, "agents.add", {"agents": {"a3": {
@@ -148,7 +148,7 @@ async def test_agent_and_replica_quotas_refuse_with_the_use_and_never_kill(
         # a restart counts what it counted
         await call(d, "agents.restart", {"names": ["a2"]})
         code, _ = await refused(d, OPERATOR, "agents.scale", {"name": "a2", "replicas": 3})
-        assert code == jsonrpc.REFUSED
+        assert code == jsonrpc.QUOTA_EXCEEDED
         # a removal frees its share at once
         await call(d, "agents.remove", {"names": ["a1"]})
         await call(d, "agents.scale", {"name": "a2", "replicas": 3})
@@ -182,6 +182,36 @@ async def test_agent_and_replica_quotas_refuse_with_the_use_and_never_kill(
         rc, out, err = await cli(d, "tenants")
         assert rc == 0, err
         assert out.splitlines()[1].split() == ["acme", "1/2", "2/1", "0", "0", "0", "-"]
+
+
+@pytest.mark.deadline(120)
+async def test_corral_add_with_flags_puts_the_agent_in_a_tenant(tmp_path: Path) -> None:
+    async with in_process(tmp_path, hello("a1", extra='tenant = "acme"\n'), QUOTAS) as d:
+        command = f"{PY} {EXAMPLES}/hello.py"
+        rc, out, err = await cli(d, "add", "--name", "a2", "--command", command,
+                                 "--tenant", "acme", "--env", f"PYTHONPATH={ROOT}")
+        assert (rc, out, err) == (0, "added: a2\n", "")
+        assert d.services.sup.agents["a2"].spec.tenant == "acme"
+        entry = {t.name: t for t in (await call(d, "tenants.list")).tenants}["acme"]
+        assert entry.use.agents == 2
+        # its quota holds as for a file's agent, and nothing is added
+        rc, out, err = await cli(d, "add", "--name", "a3", "--command", command,
+                                 "--tenant", "acme")
+        assert (rc, out) == (1, "")
+        assert err == ("corral: tenant acme: max_agents 2 reached (2 in use); "
+                       "adding a3 needs 1 more\n")
+        rc, out, err = await cli(d, "add", "--name", "a3", "--command", command,
+                                 "--tenant", "nope")
+        assert (rc, err) == (1, "corral: agent a3: no tenant nope (declared: "
+                                "acme, default; add it with [tenants.NAME] or `corral "
+                                "tenants add`)\n")
+        # a file says its own tenants
+        file = tmp_path / "more.toml"
+        file.write_text(f'[agents.a4]\ncommand = "{command}"\n')
+        rc, out, err = await cli(d, "add", str(file), "--tenant", "acme")
+        assert rc == 2 and "--tenant goes with --name/--command; in a FILE, write " \
+            'tenant = "NAME" in each [agents.NAME] table' in err
+        assert set(d.services.sup.agents) == {"a1", "a2"}
 
 
 async def _run(d: Daemon, agent: str, task: dict[str, Any], **kw: Any) -> Any:
