@@ -414,6 +414,35 @@ B, GHOST = "zeta", "omega"  # another tenant's agent, and none: no name near a1'
 BS, GHOST_S = "zserv", "oserv"
 
 
+@pytest.mark.deadline(120)
+async def test_the_operators_view_of_a_tenant_is_the_tenants_own(tmp_path: Path) -> None:
+    """`corral status --tenant a` lists the MCP servers tenant a's callers see and its
+    agents may use (its own and shared ones), as a's own `status` and `tools` do."""
+    async with in_process(tmp_path, FLEET + notes("dflt", "default"), TWO) as d:
+        _, token = await tokens_of(d.services.store).create(
+            "ta", ["agents:read", "mcp:call"], None, None, "a")
+        a = Caller(via="http", token=token.name, scopes=token.scopes, tenant=token.tenant)
+        as_operator = await call(d, "agents.status", {"tenant": "a"})
+        as_a = await call(d, "agents.status", {}, a)
+        assert sorted(s["name"] for s in as_operator.mcp_servers) == sorted(
+            s["name"] for s in as_a.mcp_servers) == ["aserv", "common"]
+        tools = await call(d, "tools.list", {}, a)
+        assert {t["server"] for t in tools.tools} == {"aserv", "common"}
+        # the whole fleet's status still lists every server
+        whole = await call(d, "agents.status", {})
+        assert sorted(s["name"] for s in whole.mcp_servers) == [
+            "aserv", "common", "dflt", "zserv"]
+        # FOR says which agent an instance serves: a pool's serves any agent
+        rc, out, err = await cli(d, "status", "--tenant", "a")
+        assert rc == 0, err
+        rows = [line.split() for line in out.splitlines()]
+        servers = {r[0]: r for r in rows if r and r[0].endswith("#0")
+                   and r[0].split("#")[0] in ("aserv", "common", "dflt", "zserv")}
+        assert set(servers) == {"aserv#0", "common#0"}
+        assert rows[[r[:1] for r in rows].index(["SERVER"])][-1] == "FOR"
+        assert servers["common#0"][-2:] == ["any", "agent"]
+
+
 def probes(task_b: str, ghost_task: str) -> dict[str, tuple[str, Any, Any]]:
     """Every method, tried by tenant a's caller on tenant b's objects: (how it must
     answer, params naming b's object, the same naming one that does not exist).

@@ -1578,10 +1578,15 @@ def mcp_login(name: str, config: str | None, port: int) -> None:
     click.echo(f"logged in to {name}; tokens in {path}")
 
 
+ANY_AGENT = "any agent"
+
+
 def _print_mcp(servers: list[m.McpInstanceStatus]) -> None:
     rows = [[f"{s.name}#{s.instance}", s.state, str(s.pid or "-"),
              s.protocol_version or "-", str(s.tools), str(s.calls), str(s.errors),
-             s.owner or "shared"] for s in servers]
+             s.owner or ANY_AGENT] for s in servers]
+    # FOR: the agent a per-agent instance serves; one of the pool serves any agent that
+    # may use the server (which tenants may: its `tenant` and `shared`, docs/tenants.md)
     _table(rows, ["SERVER", "STATE", "PID", "PROTOCOL", "TOOLS", "CALLS", "ERRORS", "FOR"])
 
 
