@@ -1,6 +1,6 @@
 """Issue 26: tiny task throughput, corral beside multiprocessing.Pool, in one run.
 
-    .venv/bin/python -m bench.bench_tiny [--quick] [--tasks N] [--rounds R]
+    .venv/bin/python -m bench.bench_tiny [--quick] [--tasks N] [--rounds R] [--corral-only]
 
 The same echo of a tiny input (`{"n": i}`) through 1 and 2 workers, 256 tasks in flight,
 the runners taking turns in each round so that drift of this shared machine hits them
@@ -18,7 +18,10 @@ alike:
   loop (context: the Pool's fastest path for single tasks, not the goal's peer).
 
 Each row also gives the CPU time per task of the bench's process (corral's supervisor
-and load generator, or the Pool's parent and its threads) and of the workers.
+and load generator, or the Pool's parent and its threads) and of the workers, and
+corral's task latency (created to finished, over the finished tasks it keeps) at the
+median and p99. `--corral-only` runs corral alone (engine against engine, e.g. a branch
+against its base, with this file in both trees).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from .bench_payload import add_echo, echo, scale_echo
 from .harness import report
 
 QUICK = "--quick" in sys.argv
+CORRAL_ONLY = "--corral-only" in sys.argv
 TASKS = 5_000 if QUICK else 20_000
 ROUNDS = 3 if QUICK else 5
 for i, a in enumerate(sys.argv):
@@ -67,6 +71,14 @@ async def timed(run: Callable[[], Awaitable[None]], workers: list[psutil.Process
     dt = time.perf_counter() - t0
     return {"per_s": TASKS / dt, "parent_cpu_us": (cpu(me) - c0) / TASKS * 1e6,
             "workers_cpu_us": (cpu(workers) - w0) / TASKS * 1e6}
+
+
+def latencies(sup: Supervisor) -> dict[str, float]:
+    """The kept finished tasks' latency, created to finished (ms): median and p99."""
+    xs = sorted(t.finished - t.created for t in sup.tasks.finished.values()
+                if t.finished is not None)
+    return {"latency_p50_ms": round(xs[len(xs) // 2] * 1e3, 2),
+            "latency_p99_ms": round(xs[int(0.99 * len(xs))] * 1e3, 2)}
 
 
 async def main() -> dict[str, Any]:
@@ -130,17 +142,30 @@ async def main() -> dict[str, Any]:
                 "Pool.imap_unordered": (pool_own, pool_procs),
             }
             acc: dict[str, list[dict[str, float]]] = {k: [] for k in runners}
+            if CORRAL_ONLY:
+                runners = {"corral": runners["corral"]}
+                acc = {"corral": []}
             for _ in range(ROUNDS):
                 for name, (run, procs) in runners.items():
                     acc[name].append(await timed(run, procs))
+                    if name == "corral":
+                        acc[name][-1].update(latencies(sup))
             pool.terminate()
             pool.join()
             row: dict[str, Any] = {
                 name: {k: round(statistics.median(r[k] for r in rs), 1) for k in rs[0]}
                 for name, rs in acc.items()}
-            row["corral_over_pool"] = round(row["corral"]["per_s"] / row["Pool"]["per_s"], 2)
+            row["corral_rounds_per_s"] = [round(r["per_s"]) for r in acc["corral"]]
             row["loadavg"] = os.getloadavg()[0]
             results[f"{workers}w"] = row
+            if CORRAL_ONLY:
+                c = row["corral"]
+                print(f"{workers} worker(s): corral {c['per_s']:.0f}/s (rounds "
+                      f"{row['corral_rounds_per_s']}), supervisor {c['parent_cpu_us']} us "
+                      f"CPU/task, latency p50 {c['latency_p50_ms']} ms p99 "
+                      f"{c['latency_p99_ms']} ms; load {row['loadavg']:.1f}", flush=True)
+                continue
+            row["corral_over_pool"] = round(row["corral"]["per_s"] / row["Pool"]["per_s"], 2)
             print(f"{workers} worker(s): corral {row['corral']['per_s']:.0f}/s, Pool "
                   f"{row['Pool']['per_s']:.0f}/s (x{row['corral_over_pool']}), Pool gathered "
                   f"{row['Pool, gathered']['per_s']:.0f}/s, "
@@ -151,4 +176,4 @@ async def main() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    report("tiny", uvloop.run(main()))
+    report("tiny_corral" if CORRAL_ONLY else "tiny", uvloop.run(main()))

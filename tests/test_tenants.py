@@ -26,6 +26,7 @@ from corral.jsonrpc import RpcError
 from corral.methods import REGISTRY
 from corral.supervisor import State
 from corral.supervisor.config import TenantSpec, load_config
+from corral.supervisor.tasks.budget import no_group
 
 from .conftest import EXAMPLES, NOBODY_PY, ROOT, nobody_reason
 from .daemon_harness import PY, free_port, hello, in_process, shared_tmpdir
@@ -260,6 +261,76 @@ rate_per_minute = 2
             {"agent": "r1", "input": {"do": "echo"}}))
         assert (code, text) == (jsonrpc.REFUSED, "tenant slow: rate_per_minute 2 reached; "
                                 "a task for r1 waits for the next minute's room")
+
+
+def _hooks(d: Daemon) -> tuple[bool, bool, bool]:
+    """Whether dispatch's tenant gate, its task-end hook and the shared budgets' lookup
+    are installed (each only while some tenant sets the quota it serves)."""
+    tasks = d.services.sup.tasks
+    return (tasks.dispatch.gate is not None, tasks.dispatch.freed is not None,
+            tasks.budgets.shared is not no_group)
+
+
+@pytest.mark.deadline(120)
+async def test_the_tenant_gate_comes_and_goes_with_its_quota_at_runtime(
+        tmp_path: Path) -> None:
+    async with in_process(tmp_path, sleeper("s1", "acme") + sleeper("s2", "acme"),
+                          "[tenants.acme]\nmax_queue = 10\n") as d:
+        sup = d.services.sup
+        assert _hooks(d) == (False, False, False)
+        await call(d, "tenants.set", {"name": "acme", "set": {"max_concurrent_tasks": 1}})
+        assert _hooks(d) == (True, True, False)
+        marker = tmp_path / "go"
+        wait = {"do": "await", "path": str(marker)}
+        first = (await _run(d, "s1", wait, detach=True)).task_id
+        await wait_until_async(lambda: sup.tasks.running("s1") == 1, timeout=10)
+        # the quota set at runtime holds the next task, of the tenant's other agent
+        held = (await _run(d, "s2", wait, detach=True)).task_id
+        info = await call(d, "tasks.get", {"task_id": held})
+        assert (info.status, sup.tasks.queue.depth("s2"), sup.tasks.running("s2")) == (
+            "queued", 1, 0)
+        # cleared: no gate, and the task it held starts at once (no task's end needed)
+        await call(d, "tenants.set", {"name": "acme", "set": {"max_concurrent_tasks": 0}})
+        assert _hooks(d) == (False, False, False)
+        await wait_until_async(lambda: sup.tasks.running("s2") == 1, timeout=10)
+        await call(d, "tenants.set", {"name": "acme", "set": {"tokens_per_minute": 50}})
+        assert _hooks(d) == (False, False, True)
+        await call(d, "tenants.set", {"name": "acme", "set": {"tokens_per_minute": None}})
+        assert _hooks(d) == (False, False, False)
+        marker.touch()
+        done = [await call(d, "tasks.get", {"task_id": i, "wait": True})
+                for i in (first, held)]
+        assert [t.status for t in done] == ["succeeded", "succeeded"]
+
+
+@pytest.mark.deadline(120)
+async def test_the_tenant_gate_comes_and_goes_with_its_quota_on_reload(
+        tmp_path: Path) -> None:
+    agents = sleeper("s1", "acme") + sleeper("s2", "acme")
+    async with in_process(tmp_path, agents, "[tenants.acme]\n") as d:
+        sup = d.services.sup
+        config = d.services.config_path
+        text = config.read_text()
+        assert _hooks(d) == (False, False, False)
+        config.write_text(text.replace("[tenants.acme]\n", "[tenants.acme]\n"
+                                       "max_concurrent_tasks = 1\ntokens_per_minute = 500\n"))
+        await call(d, "config.reload")
+        assert _hooks(d) == (True, True, True)
+        marker = tmp_path / "go"
+        wait = {"do": "await", "path": str(marker)}
+        first = (await _run(d, "s1", wait, detach=True)).task_id
+        await wait_until_async(lambda: sup.tasks.running("s1") == 1, timeout=10)
+        held = (await _run(d, "s2", wait, detach=True)).task_id
+        assert ((await call(d, "tasks.get", {"task_id": held})).status,
+                sup.tasks.running("s2")) == ("queued", 0)
+        config.write_text(text)
+        await call(d, "config.reload")
+        assert _hooks(d) == (False, False, False)
+        await wait_until_async(lambda: sup.tasks.running("s2") == 1, timeout=10)
+        marker.touch()
+        done = [await call(d, "tasks.get", {"task_id": i, "wait": True})
+                for i in (first, held)]
+        assert [t.status for t in done] == ["succeeded", "succeeded"]
 
 
 @pytest.mark.deadline(120)

@@ -17,7 +17,7 @@ from corral import jsonrpc
 from corral.daemon.api import Caller
 from corral.daemon.tokens import tokens_of
 from corral.jsonrpc import RpcError
-from corral.supervisor.caps import NICE, nice_for_weight, wrap_argv
+from corral.supervisor.caps import NICE, PROLOGUE_NAME, nice_for_weight, wrap_argv
 from corral.supervisor.config import Limits
 
 from .daemon_harness import in_process
@@ -35,9 +35,19 @@ def test_cpu_weight_maps_to_nice_as_the_kernels_weights_do() -> None:
 
 def test_the_prologue_execs_nice_only_when_a_nice_value_is_asked() -> None:
     assert wrap_argv(["agent", "x"], Limits()) == ["agent", "x"]
-    assert wrap_argv(["agent"], Limits(nice=7)) == [NICE, "-n", "7", "agent"]
+    # the shell writes the session's autogroup nice value, then execs nice, then the agent
+    assert wrap_argv(["agent"], Limits(nice=7)) == [
+        "/bin/sh", "-c", '{ echo 7 >/proc/self/autogroup; } 2>/dev/null; exec "$@"',
+        PROLOGUE_NAME, NICE, "-n", "7", "agent"]
     argv = wrap_argv(["agent"], Limits(nice=7, open_files=64))
-    assert argv[:2] == ["/bin/sh", "-c"] and argv[-4:] == [NICE, "-n", "7", "agent"]
+    assert argv[:3] == ["/bin/sh", "-c", 'ulimit -n 64 || exit 126; { echo 7 '
+                        '>/proc/self/autogroup; } 2>/dev/null; exec "$@"']
+    assert argv[-4:] == [NICE, "-n", "7", "agent"]
+
+
+def autogroup_nice(pid: int) -> int:
+    """The nice value of the process's session's autogroup (sched(7))."""
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
 
 
 @pytest.mark.parametrize("warm", [False, True])
@@ -60,6 +70,11 @@ async def test_a_tenants_cpu_weight_is_its_processes_nice_value(tmp_path: Path,
                  if pid is not None}
         # the tenant's weight, or the agent's own nice where it is lower priority still
         assert nices == {"lo": 10, "hi": 0, "own": 15}
+        # and each one's session (its own) weighs as much against other sessions, where
+        # the kernel weighs sessions (autogroups), not processes, against each other
+        if Path("/proc/self/autogroup").exists():
+            assert {n: autogroup_nice(pid) for n, pid in pids.items() if pid is not None
+                    } == {"lo": 10, "hi": 0, "own": 15}
         assert sup.stats.cold_fallbacks == 0
 
 

@@ -26,6 +26,7 @@ from .. import jsonrpc
 from ..jsonrpc import LineProtocol, Peer, RpcError
 from ..mcp.gateway import GatewaySession, Progress, StdioTransport
 from ..methods import CANCEL, GatewayItems
+from ..timeouts import within
 
 RETRY_EVERY = 0.2
 
@@ -78,7 +79,7 @@ class DaemonLink:
         # the watch runs for the connection's life; its first notification says what
         # the pool serves
         self._watch_task = asyncio.ensure_future(self._watch(peer))
-        await asyncio.wait_for(first, 10)
+        await within(first, 10)
 
     async def _watch(self, peer: Peer) -> None:
         with contextlib.suppress(RpcError):

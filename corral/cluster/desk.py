@@ -24,6 +24,7 @@ from ..supervisor.config import ClusterSettings
 from ..supervisor.tasks import is_task_id, new_id
 from ..supervisor.tasks.admission import check_input, check_timeout
 from ..supervisor.tasks.host import TaskHost
+from ..timeouts import within
 from . import listing, records
 from .batch import Batcher
 from .connection import never_sent, read, unavailable, why
@@ -169,7 +170,7 @@ class ClusterDesk:
                         return i
             try:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(fut),
+                    await within(asyncio.shield(fut),
                                            RECHECK_BEATS * self.settings.beat)
             finally:
                 self._unwait(task_id, fut)

@@ -20,6 +20,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from ..supervisor.config import ClusterSettings
+from ..timeouts import within
 from .connection import read, why
 from .keys import Keys, consumer
 from .scripts import Scripts
@@ -155,12 +156,12 @@ class Membership:
         if self.state == "left":
             return  # drained: out of the cluster until the daemon starts again
         try:
-            if self.state == "member" and not await asyncio.wait_for(self.renew(),
+            if self.state == "member" and not await within(self.renew(),
                                                                      self.beat):
                 self.fence(f"its liveness key expired (no renewal within "
                            f"{self.ttl:g} s)")
             if self.state != "member":
-                await asyncio.wait_for(self.join(), self.beat)
+                await within(self.join(), self.beat)
         except (RedisError, OSError, TimeoutError) as exc:
             if self.error is None:
                 self.report(f"cluster: Redis does not answer ({why(exc)}); trying again "

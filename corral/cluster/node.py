@@ -20,6 +20,7 @@ from ..jsonrpc import RpcError
 from ..supervisor.config import AgentSpec, ClusterSettings
 from ..supervisor.core import Supervisor
 from ..supervisor.tasks import TERMINAL, TaskError, TaskManager, is_task_id
+from ..timeouts import cancel_all, within
 from . import records
 from .backlog import Backlog
 from .connection import connect, shown, unavailable, why
@@ -205,19 +206,31 @@ class ClusterNode:
         consumer = self.membership.consumer
         # what is not sent is taken over once this incarnation's key is gone
         with contextlib.suppress(RedisError, OSError, TimeoutError):
-            await asyncio.wait_for(self.outbox.flush(), self.settings.node_ttl)
+            await within(self.outbox.flush(), self.settings.node_ttl)
         self.outbox.give_up(consumer)
-        held = self._held(consumer)
-        if not held:
-            return
         reason = f"node {self.node} stopped"
+        held = self._held(consumer)
+        if held:
+            await self._release(held, reason)
+        # a claim whose answer the closed pull loop never read (cancelled in its round
+        # trip) is this incarnation's in Redis and unknown here: it waits again, no retry
+        # spent, rather than being taken over as a dead node's once the key is gone
+        try:
+            await within(self.reaper.give_back(self.puller.streams(), consumer, reason),
+                         self.settings.node_ttl)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.report(f"cluster: what this node read but did not run was not given back "
+                        f"({why(exc)}): the cluster takes it over once this node's key "
+                        "expires")
+
+    async def _release(self, held: list[ClusterTask], reason: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for t in held:
             await self.scripts.release(
                 keys=[self.keys.task(t.id), self.keys.attempts(t.id), t.stream],
                 args=[t.token, t.id, t.entry, repr(time.time()), reason], client=pipe)
         try:
-            given = await asyncio.wait_for(pipe.execute(), self.settings.node_ttl)
+            given = await within(pipe.execute(), self.settings.node_ttl)
         except (RedisError, OSError, TimeoutError) as exc:
             self.report(f"cluster: {len(held)} tasks not handed back ({why(exc)}): the "
                         "cluster takes them over once this node's key expires")
@@ -227,16 +240,12 @@ class ClusterNode:
     async def close(self) -> None:
         await self.puller.close()
         loops, self._loops = self._loops, []
-        for t in loops:
-            t.cancel()
-        for t in loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all(loops)
         await self.placement.close()
         with contextlib.suppress(RedisError, OSError):
-            await asyncio.wait_for(self.membership.leave(), self.settings.beat)
+            await within(self.membership.leave(), self.settings.beat)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
-            await asyncio.wait_for(self.redis.aclose(), self.settings.beat)
+            await within(self.redis.aclose(), self.settings.beat)
 
     # -- for the command layer ----------------------------------------------------------
     async def add_agents(self, tables: dict[str, dict[str, Any]], who: str) -> list[str]:
@@ -318,7 +327,7 @@ class ClusterNode:
         change was refused (name -> why)."""
         self.declared.declare(tables)
         try:
-            return await asyncio.wait_for(self.declared.sync(), wait)
+            return await within(self.declared.sync(), wait)
         except (RedisError, OSError, TimeoutError) as exc:
             self.report(f"cluster: the config's cluster agents not yet registered "
                         f"({why(exc) if isinstance(exc, RedisError) else 'no answer'}): "
@@ -354,7 +363,7 @@ class ClusterNode:
         if isinstance(mine, ClusterTask) and mine.status not in TERMINAL:
             self.tasks.cancel(task_id)  # its outcome goes through the fence
             with contextlib.suppress(RedisError, TimeoutError):
-                await asyncio.wait_for(self.outbox.flush(), self.settings.node_ttl)
+                await within(self.outbox.flush(), self.settings.node_ttl)
         elif is_task_id(task_id):
             error = records.error_json(TaskError(jsonrpc.REQUEST_CANCELLED,
                                                  "cancelled while queued"))
@@ -376,7 +385,7 @@ class ClusterNode:
                                f"task {task_id} already finished ({got[6:].decode()})")
             if got == b"asked":  # the node running it cancels it within a beat
                 with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(self.desk.wait(task_id),
+                    return await within(self.desk.wait(task_id),
                                                   2 * self.settings.node_ttl)
         return await self.task(task_id)
 

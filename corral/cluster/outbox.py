@@ -18,6 +18,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from ..supervisor.tasks import Task
+from ..timeouts import within
 from . import records
 from .connection import why
 from .desk import KEEP_FINISHED
@@ -85,7 +86,7 @@ class Outbox:
             if not self.pending and not self.reports:
                 self._kick.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), self.beat)
+                    await within(self._kick.wait(), self.beat)
                 continue
             if not await self.send():
                 await asyncio.sleep(self.beat)

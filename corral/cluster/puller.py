@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.host import TaskHost
+from ..timeouts import cancel_all, within
 from . import records
 from .connection import why
 from .keys import GROUP, Keys
@@ -69,18 +70,14 @@ class Puller:
         self.closed = True
         loops = list(self.loops.values())
         self.loops.clear()
-        for t in loops:
-            t.cancel()
-        for t in loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all(loops)
 
     async def _idle(self, agent: str) -> None:
         """Until a slot of `agent` may have freed, or a beat."""
         ev = self.queue.event(agent)
         ev.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ev.wait(), self.beat)
+            await within(ev.wait(), self.beat)
 
     async def _pull(self, name: str) -> None:
         block = max(1, int(self.beat * 1000))

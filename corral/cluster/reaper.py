@@ -71,16 +71,23 @@ class Reaper:
             for dead in (c for c in holders if c not in alive):
                 await self._take_over(stream, dead)
 
+    async def give_back(self, streams: Iterable[str], consumer: str, reason: str) -> None:
+        """A stopping node's last pass: every entry `consumer` still holds in `streams`
+        (it has handed back what it ran) is an orphan, queued again at once."""
+        for stream in streams:
+            await self._take_over(stream, consumer, idle=0, reason=reason)
+
     async def _take_over(self, stream: str, dead: str, *, idle: int | None = None,
-                         held: frozenset[bytes] = frozenset()) -> None:
+                         held: frozenset[bytes] = frozenset(),
+                         reason: str | None = None) -> None:
         """What `dead` holds in `stream` goes back; with `idle` (ms), what this live node
         holds without running it (not in `held`), idle that long: an orphan."""
         pending = await self.redis.xpending_range(stream, GROUP, "-", "+", PAGE,
                                                   consumername=dead, idle=idle)
         node, _inc = split_consumer(dead)
         orphans = idle is not None
-        reason = (f"node {node} did not run it (its claim's answer was lost)" if orphans
-                  else f"node {node} lost")
+        reason = reason or (f"node {node} did not run it (its claim's answer was lost)"
+                            if orphans else f"node {node} lost")
         error = records.error_json(TaskError(jsonrpc.PEER_CLOSED, reason))
         for p in pending:
             entry = p["message_id"]

@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..jsonrpc import describe
+from ..timeouts import cancel_all
 
 log = logging.getLogger("corral.daemon")
 
@@ -43,9 +44,5 @@ class Background:
             delay = min(delay * 2, RESTART_MAX)
 
     async def close(self) -> None:
-        for task in self.tasks.values():
-            task.cancel()
-        for task in self.tasks.values():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self.tasks.values())
         self.tasks.clear()

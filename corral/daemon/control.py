@@ -41,6 +41,7 @@ from ..jsonrpc import LineProtocol, Peer, RpcError
 from ..methods import CANCEL
 from ..paths import runtime_directory
 from ..throttle import Throttle
+from ..timeouts import within
 from .api import Caller, Dispatcher
 
 log = logging.getLogger("corral.control")
@@ -392,7 +393,7 @@ class ControlServer:
                 if conn.transport is not None:
                     conn.transport.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+                await within(self._server.wait_closed(), 2)
             self._server = None
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()

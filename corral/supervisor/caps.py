@@ -26,6 +26,14 @@ PROLOGUE_NAME = "corral-caps"
 # where `nice` is (coreutils); dash has no builtin for it. The prologue execs it, and it
 # execs the agent: the pid stays the same
 NICE = shutil.which("nice") or "/usr/bin/nice"
+# The session's autogroup (sched(7)): where the kernel has autogroups on and the CPU
+# controller's group is the root one, the scheduler weighs each session as one nice-0
+# group, and a nice value weighs a process only against its own session's others. Every
+# replica is a session of its own, so its nice value is also written as its session's
+# autogroup's, or it would weigh nothing against other sessions (decision 132). Written by
+# the process itself before the agent runs; a kernel without the file, or one that refuses
+# the write, leaves the session as it was.
+AUTOGROUP = "/proc/self/autogroup"
 # cgroup v2's cpu.weight of a group with no weight of its own (nice 0's share)
 DEFAULT_CPU_WEIGHT = 100
 # each nice step is about 1.25 times less CPU than the one before (the kernel's
@@ -110,6 +118,9 @@ def wrap_argv(argv: list[str], limits: Limits, *, gate: bool = False) -> list[st
     script = ulimit_script(limits)
     if script:
         script = f"{script} || exit 126; "
+    if limits.nice:
+        # the shell opens the file, so /proc/self is the process that becomes the agent
+        script += f"{{ echo {limits.nice} >{AUTOGROUP}; }} 2>/dev/null; "
     if gate:
         script = f"{GATE}; {script}"
     if not script:

@@ -42,6 +42,7 @@ from typing import Literal, NamedTuple, Protocol
 
 import msgspec
 
+from ..timeouts import within
 from .config import Limits
 from .stream import Stream
 
@@ -301,7 +302,7 @@ async def wait_frozen(cgroup_dir: str, timeout: float) -> bool:
             changed: asyncio.Future[None] = loop.create_future()
             loop.add_reader(ep.fileno(), _settle, changed)
             try:
-                await asyncio.wait_for(changed, left)
+                await within(changed, left)
             except TimeoutError:
                 pass
             finally:
@@ -890,7 +891,7 @@ async def _wait_fds(fds: set[int], timeout: float) -> set[int]:
     for fd in fds:
         loop.add_reader(fd, ready, fd)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(done, timeout)
+        await within(done, timeout)
     for fd in left:
         loop.remove_reader(fd)
     return left

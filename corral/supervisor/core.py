@@ -23,6 +23,7 @@ from .. import jsonrpc
 from ..jsonrpc import DEFAULT_MAX_LINE, LineBlock, RpcError
 from ..mcp.pool import McpPool
 from ..text import closest, listing, plural
+from ..timeouts import within
 from .config import AgentSpec, ConfigError, McpServerSpec, TenantSpec, elastic_problem
 from .containment import CgroupMode, Containment
 from .elastic import Elastic, scale_refusal
@@ -338,7 +339,7 @@ class Supervisor:
             nodes = self.tenant_nodes = self.containment.nodes = TenantNodes(
                 tree, self, self.stream)
             self.tenancy.kernel = set(tree.controllers)
-            self.tenancy.on_change = nodes.retune_all
+            self.tenancy.on_change.append(nodes.retune_all)
         if self._heartbeat is None:
             self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
         self.elastic.start()
@@ -607,7 +608,7 @@ class Supervisor:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._conditions.append((cond, fut))
         try:
-            await asyncio.wait_for(fut, timeout)
+            await within(fut, timeout)
         finally:
             if not fut.done():
                 fut.cancel()
@@ -616,7 +617,7 @@ class Supervisor:
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._waiters.append((pred, fut))
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return await within(fut, timeout)
         finally:
             if not fut.done():
                 fut.cancel()

@@ -43,6 +43,7 @@ import msgspec
 
 from ..jsonrpc import LineBlock, RpcError
 from ..text import plural
+from ..timeouts import within
 from .config import CheckSpec, HealthSpec, Limits
 from .lifecycle import SERVING, Cause, State
 from .process import ChildProcess
@@ -186,7 +187,7 @@ async def run_command(argv: list[str], *, containment: Containment, kind: str, n
 async def _wait(fut: asyncio.Future[Any], timeout: float) -> bool:
     if not fut.done():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            await within(asyncio.shield(fut), timeout)
     return fut.done()
 
 

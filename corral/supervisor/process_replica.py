@@ -23,6 +23,7 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import LineBlock, Peer, RpcError
+from ..timeouts import within
 from . import procstat
 from .caps import describe, explain_exit, oom_reason
 from .config import ConfigError, Limits, ProcessSpec, TenantSpec
@@ -1022,5 +1023,5 @@ async def _wait(fut: asyncio.Future[Any], timeout: float) -> bool:
     if fut.done():  # wait_for would still take a turn, a timer and a waiter
         return True
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(fut), timeout)
+        await within(asyncio.shield(fut), timeout)
     return fut.done()

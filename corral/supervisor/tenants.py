@@ -57,7 +57,9 @@ class Tenancy:
         # the controllers a cgroup per tenant has (tenantcgroups.py): the kernel bounds
         # memory (cpu) there, so it is not sampled
         self.kernel: set[str] = set()
-        self.on_change: Callable[[], None] | None = None  # the tenants' nodes retuned
+        # told after the tenants' quotas changed: the tenants' cgroups are retuned, the
+        # task manager installs or takes away its per-task hooks
+        self.on_change: list[Callable[[], None]] = []
 
     # -- the tenants --------------------------------------------------------------------
     def replace(self, specs: Mapping[str, TenantSpec]) -> None:
@@ -72,8 +74,8 @@ class Tenancy:
         self._changed()
 
     def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
+        for told in self.on_change:
+            told()
 
     def put(self, name: str, spec: TenantSpec) -> None:
         if self.spec(name).rate_per_minute != spec.rate_per_minute:
@@ -84,6 +86,7 @@ class Tenancy:
     def drop(self, name: str) -> None:
         self.specs.pop(name, None)
         self._buckets.pop(name, None)
+        self._changed()
 
     def known(self, name: str) -> bool:
         return name == DEFAULT_TENANT or name in self.specs
@@ -93,6 +96,14 @@ class Tenancy:
 
     def spec(self, name: str) -> TenantSpec:
         return self.specs.get(name, NO_QUOTAS)
+
+    def bounds_concurrency(self) -> bool:
+        """Whether some tenant sets max_concurrent_tasks (dispatch's gate is needed)."""
+        return any(s.max_concurrent_tasks for s in self.specs.values())
+
+    def shares_budgets(self) -> bool:
+        """Whether some tenant sets tokens_per_minute (a budget its agents share)."""
+        return any(s.tokens_per_minute for s in self.specs.values())
 
     def tenant_of(self, agent: str) -> str | None:
         """The tenant of an agent there is (None: no such agent)."""

@@ -30,6 +30,7 @@ from typing import Any
 
 import msgspec
 
+from ..timeouts import within
 from .caps import rlimits
 from .config import Limits
 from .containment import TOKEN_VARIABLE, Containment, place
@@ -165,7 +166,7 @@ class Zygote:
         ours.setblocking(False)
         loop.add_reader(ours.fileno(), self._readable)
         try:
-            self.pid = await asyncio.wait_for(asyncio.shield(self.ready), START_TIMEOUT)
+            self.pid = await within(asyncio.shield(self.ready), START_TIMEOUT)
         except TimeoutError:
             self._die(f"zygote did not get ready within {START_TIMEOUT:g} s")
         if self.dead is not None:
@@ -263,7 +264,7 @@ class Zygote:
                 for fd in theirs:
                     os.close(fd)
             try:
-                pid = await asyncio.wait_for(asyncio.shield(fut), SPAWN_TIMEOUT)
+                pid = await within(asyncio.shield(fut), SPAWN_TIMEOUT)
             except TimeoutError:
                 self._die(f"zygote did not fork within {SPAWN_TIMEOUT:g} s")
                 raise ZygoteUnavailable(self.dead or "") from None

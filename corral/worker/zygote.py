@@ -78,6 +78,10 @@ def _child(req: dict[str, Any], fds: list[int], sock: socket.socket) -> None:
             resource.setrlimit(which, (soft, hard))
         if req.get("nice"):
             os.nice(req["nice"])
+            # and the new session's autogroup, where the kernel weighs sessions, not
+            # processes (corral.supervisor.caps.AUTOGROUP)
+            with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
+                f.write(str(req["nice"]))
         os.chdir(req["cwd"])
         # the title first: setproctitle finds the memory it may write over (argv, environ)
         # once per process, and must see environ before it is rewritten below; the

@@ -120,11 +120,16 @@ def gone(p: psutil.Process) -> bool:
         return True
 
 
+def autogroup_nice(pid: int) -> int:
+    """The nice value of the process's session's autogroup (sched(7))."""
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+
+
 def p99(xs: list[float]) -> float:
     return sorted(xs)[int(0.99 * len(xs))]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 @pytest.mark.skipif(nobody_reason() is not None, reason=nobody_reason() or "")
 def test_a_noisy_tenant_does_not_starve_another(tmp: Path, world_readable_tree: Path
                                                 ) -> None:
@@ -166,8 +171,10 @@ def test_a_noisy_tenant_does_not_starve_another(tmp: Path, world_readable_tree: 
 
             after = psutil.Process(pid).cpu_times()
             busy = after.user + after.system - daemon_cpu.user - daemon_cpu.system
+            # A's hog runs at A's weight (its session's too): on a loaded host, touching
+            # its 200 MiB takes it a while
             wait_until(lambda: (d.status()["a_hog#0"].get("last_exit") or "").startswith(
-                "tenant a: max_memory_mb 150 exceeded"), 30, "a_hog restarted for memory")
+                "tenant a: max_memory_mb 150 exceeded"), 60, "a_hog restarted for memory")
             wait_until(lambda: d.status()["a_fork#0"].get("last_exit") is not None, 30,
                        "the fork bomb's end")
             st = d.status()
@@ -194,9 +201,17 @@ def test_a_noisy_tenant_does_not_starve_another(tmp: Path, world_readable_tree: 
             assert [os.getpriority(os.PRIO_PROCESS, st[f"a_spin#{i}"]["pid"])
                     for i in range(2)] == [19, 19]
             assert os.getpriority(os.PRIO_PROCESS, st["b1#0"]["pid"]) == 0
-            # B's tail: held where the host has a core to spare for it; not on a 2-core
-            # host shared with other loads while A spins both cores (docs/tenants.md):
-            # reported, with the figures that say why, rather than asserted away
+            # and so do their sessions, where the kernel weighs sessions (autogroups)
+            if Path("/proc/self/autogroup").exists():
+                assert [autogroup_nice(st[f"a_spin#{i}"]["pid"]) for i in range(2)
+                        ] == [19, 19]
+            # B's tail: held where the host has a core to spare for it; not steadily on a
+            # 2-core host shared with other loads. A's spinners are weighed (nice and
+            # autogroup 19) and the run-queue waits below stay under a millisecond a
+            # task; what is left is the daemon's own work for A's flood, which every
+            # tenant shares (its journal's batches, the collector's full passes over A's
+            # queued tasks: bench/RESULTS.md). Reported, with the figures, rather than
+            # asserted away
             held = p99(noisy) <= 1.5 * p99(alone)
     finally:
         if flood is not None and flood.poll() is None:
@@ -213,4 +228,6 @@ def test_a_noisy_tenant_does_not_starve_another(tmp: Path, world_readable_tree: 
     _, alive = psutil.wait_procs(left, timeout=5)
     assert not [p for p in alive if not gone(p)]
     if not held:
-        pytest.xfail(f"B's p99 over 1.5 times its baseline: {report}")
+        pytest.xfail(f"B's p99 over 1.5 times its baseline (with the daemon's CPU over "
+                     f"A's flood, which B shares, and each process's run-queue wait; "
+                     f"bench/RESULTS.md): {report}")

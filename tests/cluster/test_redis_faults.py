@@ -105,7 +105,8 @@ def test_a_rolling_restart_of_every_node_under_load(tmp: Path, redis: RedisServe
         incarnations = {x["node"]: x["incarnation"] for x in a.json("nodes")["nodes"]}
         assert incarnations == {"a": 2, "b": 2, "c": 2}
         done = [a.call("tasks.get", {"task_id": t, "wait": True}) for t in accepted]
-        assert {d["status"] for d in done} == {"succeeded"}
+        assert {d["status"] for d in done} == {"succeeded"}, [
+            d for d in done if d["status"] != "succeeded"]
         for d in done:
             assert [x["outcome"] for x in d["attempts"]].count("succeeded") == 1, d
         handed = [x for d in done for x in d["attempts"] if x["outcome"] == "lost"]

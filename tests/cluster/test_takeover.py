@@ -190,6 +190,43 @@ def test_a_claim_whose_answer_was_lost_is_given_back(tmp: Path, redis: RedisServ
         assert b.call("stats.get")["cluster"]["orphans"] == 1
 
 
+def test_a_claim_whose_answer_was_lost_is_given_back_when_its_node_stops(
+        tmp: Path, redis: RedisServer) -> None:
+    """A node stopped with a claim it never learnt of (its pull loop cancelled in the
+    claim's round trip) gives it back as it stops, no retry spent; taken over as a dead
+    node's it would end lost (the agent has no retries)."""
+    import redis as redis_py
+
+    from corral.cluster import records
+    from corral.cluster.keys import GROUP, Keys
+    from corral.cluster.scripts import CLAIM
+
+    # beats of a second: the node's own orphan pass (after 3 beats) cannot come first
+    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}, ttl=3.0, beat=1.0) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+                   what="a and b alive")
+        [busy] = submit(a, 1, 0.5)
+        wait_until(lambda: running_on(b) == 1, what="b busy")
+        [orphan] = submit(a, 1, 0.1)
+        k = Keys("test")
+        r = redis_py.Redis(port=redis.port)
+        try:
+            [[stream, [(entry, _)]]] = r.xreadgroup(GROUP, "b/1", {k.stream("sleepy", 0): ">"},
+                                                   count=1)
+            assert r.eval(CLAIM, 4, k.task(orphan), k.attempts(orphan), k.fence, stream,
+                          "b/1", "b", "1.0", entry, records.claimed_attempt("b", 1.0), 0,
+                          "30.0")
+        finally:
+            r.close()
+        assert b.stop() == 0
+        b.start()
+        done = outcomes(a, [busy, orphan])
+        assert [d["status"] for d in done] == ["succeeded", "succeeded"], done
+        assert [(x["node"], x["outcome"], x["error"]) for x in done[1]["attempts"]] == [
+            ("b", "lost", "node b stopped"), ("b", "succeeded", None)]
+
+
 def test_a_node_cut_off_from_redis_loses_its_tasks_and_comes_back(
         tmp: Path, redis: RedisServer) -> None:
     from .harness import Node

@@ -11,7 +11,6 @@ answer is the task's (202 and where to find it, or its outcome with `?wait`).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from aiohttp import web
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...methods import REGISTRY, TasksRun
+from ...timeouts import within
 from ..api import Caller, Dispatcher
 from ..tokens import tokens_of
 from . import route, sse
@@ -318,7 +318,7 @@ class Api:
         location = f"{PREFIX}/tasks/{task_id}"
         if wait is not None:
             try:
-                info = await asyncio.wait_for(self.call(
+                info = await within(self.call(
                     caller, "tasks.get", {"task_id": task_id, "wait": True}), wait)
             except TimeoutError:
                 pass

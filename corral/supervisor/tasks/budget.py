@@ -201,6 +201,11 @@ def parse_report(params: Mapping[str, Any]) -> tuple[str, int, int, float, str]:
     return task_id, inp, out, float(cost), model
 
 
+def no_group(agent: str) -> tuple[str, int] | None:
+    """No agent shares a budget (Budgets.shared while no tenant sets one)."""
+    return None
+
+
 class Budgets:
     """Every agent's usage and windows, the gate, and its timers.
 
@@ -224,7 +229,7 @@ class Budgets:
         self.bad_reports = 0
         # the budget an agent shares with others (its tenant's): (the shared window's
         # key, its tokens_per_minute), or None
-        self.shared: Callable[[str], tuple[str, int] | None] = lambda _: None
+        self.shared: Callable[[str], tuple[str, int] | None] = no_group
 
     # -- reports ------------------------------------------------------------------------
     def on_report(self, r: Replica, params: dict[str, Any]) -> Task | None:

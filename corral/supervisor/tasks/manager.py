@@ -36,7 +36,7 @@ from .admission import (
     refusal,
     retry_after,
 )
-from .budget import BUDGET_PREFIX, Budgets
+from .budget import BUDGET_PREFIX, Budgets, no_group
 from .counters import AgentTasks, totals
 from .dispatch import Dispatcher
 from .durable import TaskJournal, unknown_cursor
@@ -87,9 +87,8 @@ class TaskManager:
         self.budgets = Budgets(self._kept, self._reopen, self.queue.depth, _note_first)
         self.dispatch = Dispatcher(sup, self.queue, self.by_agent, self, self.budgets)
         if tenancy is not None:
-            self.budgets.shared = tenancy.budget
-            self.dispatch.gate = lambda agent: tenancy.full(agent, self.running)
-            self.dispatch.freed = self._freed
+            tenancy.on_change.append(self._quotas_changed)
+            self._quotas_changed()
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
         self.worker = WorkerMethods(self.active, tool_router, tool_lister)
         # told of every task as it finishes (a cluster node publishes its tasks' outcomes)
@@ -130,6 +129,25 @@ class TaskManager:
                 self.dispatch.pump(a.name)
         else:
             self.dispatch.pump(key)
+
+    def _quotas_changed(self) -> None:
+        """The tenants' quotas changed (start-up, `tenants.set`, a reload): the hooks a
+        tenant's quota needs on every task are in place only while some tenant sets that
+        quota, so that a host using none pays nothing for them per task. Every agent's
+        waiting tasks are looked at again: a gate taken away or widened lets them go."""
+        tenancy = self.tenancy
+        assert tenancy is not None
+        concurrent = tenancy.bounds_concurrency()
+        self.dispatch.gate = self._tenant_full if concurrent else None
+        self.dispatch.freed = self._freed if concurrent else None
+        self.budgets.shared = tenancy.budget if tenancy.shares_budgets() else no_group
+        for name in list(self.by_agent):
+            if self.queue.depth(name):
+                self.dispatch.pump(name)
+
+    def _tenant_full(self, agent: AgentLike) -> bool:
+        assert self.tenancy is not None
+        return self.tenancy.full(agent, self.running)
 
     def _freed(self, agent_name: str) -> None:
         """A task of the agent ended: where its tenant bounds the tasks running at once,

@@ -1,0 +1,46 @@
+"""Waits bounded in time that keep a cancellation.
+
+`asyncio.wait_for` on Python 3.11 returns the result of an awaitable that finished in
+the same turn as its caller was cancelled, and the cancellation is lost: a loop that is
+cancelled at that moment goes on for ever, and whoever awaits it after cancelling it
+hangs (a cluster node's shutdown did, under load: its membership loop's renewal
+answered as it was cancelled). `asyncio.timeout` counts cancellations and has no such
+window, so every bounded wait in corral goes through `within` (ruff bans
+`asyncio.wait_for` in the package). Libraries still use it (redis-py sends every command
+under it when a socket timeout is set): `cancel_all` asks again until a task has ended."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def within(aw: Awaitable[T], timeout: float | None) -> T:
+    """`await aw`, or TimeoutError once `timeout` seconds have passed (None: no bound).
+    A coroutine runs in the caller's task (not a task of its own, as with wait_for)."""
+    async with asyncio.timeout(timeout):
+        return await aw
+
+
+# how long a cancelled task may go on before it is asked again: a cancellation lost in a
+# library shows as a task still running after its next await, which is at most a beat
+AGAIN_AFTER = 0.1
+
+
+async def cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel these tasks and return once every one has ended, asking again those a
+    cancellation did not end (one a library swallowed); the first exception other than
+    a cancellation that one of them ended with is raised, as awaiting it would."""
+    tasks = list(tasks)
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=AGAIN_AFTER)
+    for t in tasks:
+        exc = None if t.cancelled() else t.exception()
+        if exc is not None:
+            raise exc

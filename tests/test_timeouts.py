@@ -1,0 +1,108 @@
+"""corral.timeouts.within: a bounded wait that never loses its caller's cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+
+from corral.timeouts import cancel_all, within
+
+RUNNERS: dict[str, Callable[[Coroutine[Any, Any, Any]], Any]] = {
+    "asyncio": asyncio.run, "uvloop": uvloop.run}
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_cancel_in_the_turn_the_awaited_finishes_is_kept(runner: str) -> None:
+    """The window asyncio.wait_for (3.11) loses a cancellation in: what it awaits ends
+    in the very turn its caller is cancelled. A loop cancelled there would go on."""
+
+    async def main() -> list[str]:
+        seen: list[str] = []
+        inner: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def loop() -> None:
+            while True:
+                seen.append(f"got {await within(inner, 5)}")
+                await asyncio.sleep(3600)
+
+        t = asyncio.ensure_future(loop())
+        await asyncio.sleep(0)  # the loop awaits `inner`
+        inner.set_result(1)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await within(t, 5)
+        return seen
+
+    assert RUNNERS[runner](main()) == []
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_wait_past_its_bound_is_a_timeout_and_what_it_awaited_is_cancelled(
+        runner: str) -> None:
+    async def main() -> tuple[bool, float]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(TimeoutError):
+            await within(fut, 0.05)
+        return fut.cancelled(), loop.time() - began
+
+    cancelled, took = RUNNERS[runner](main())
+    assert cancelled and 0.04 <= took < 5  # (the loop clock may fire a hair early)
+
+
+def test_no_bound_waits_for_the_result() -> None:
+    async def main() -> int:
+        async def answer() -> int:
+            await asyncio.sleep(0.01)
+            return 42
+        return await within(answer(), None)
+
+    assert asyncio.run(main()) == 42
+
+
+def test_cancel_all_asks_again_a_task_whose_cancellation_was_swallowed() -> None:
+    """A library that swallows a cancellation (as asyncio.wait_for does on 3.11) leaves
+    a loop running: it is cancelled again until it ends."""
+
+    async def main() -> int:
+        swallowed = 0
+
+        async def stubborn() -> None:
+            nonlocal swallowed
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    swallowed += 1
+                    if swallowed == 3:
+                        raise
+
+        t = asyncio.ensure_future(stubborn())
+        await asyncio.sleep(0)
+        await within(cancel_all([t]), 5)
+        assert t.cancelled()
+        return swallowed
+
+    assert asyncio.run(main()) == 3
+
+
+def test_cancel_all_raises_what_a_task_failed_with() -> None:
+    async def main() -> None:
+        async def fails() -> None:
+            raise ValueError("broken")
+
+        async def waits() -> None:
+            await asyncio.sleep(3600)
+
+        a, b = asyncio.ensure_future(fails()), asyncio.ensure_future(waits())
+        await asyncio.sleep(0)
+        with pytest.raises(ValueError, match="broken"):
+            await cancel_all([a, b])
+        assert b.cancelled()
+
+    asyncio.run(main())
