@@ -33,6 +33,26 @@ def running_on(n: Node) -> int:
     return int(n.call("stats.get")["tasks"]["total"]["running"])
 
 
+def claim_unknown_to_b(redis: RedisServer, task_id: str) -> None:
+    """b's consumer (b/1) reads and claims `task_id`, and the claim's answer never
+    reaches b: the task is b's in Redis, unknown to b."""
+    import redis as redis_py
+
+    from corral.cluster import records
+    from corral.cluster.keys import GROUP, Keys
+    from corral.cluster.scripts import CLAIM
+
+    k = Keys("test")
+    r = redis_py.Redis(port=redis.port)
+    try:
+        [[stream, [(entry, _)]]] = r.xreadgroup(GROUP, "b/1", {k.stream("sleepy", 0): ">"},
+                                               count=1)
+        assert r.eval(CLAIM, 4, k.task(task_id), k.attempts(task_id), k.fence, stream,
+                      "b/1", "b", "1.0", entry, records.claimed_attempt("b", 1.0), 0, "30.0")
+    finally:
+        r.close()
+
+
 def three(tmp: Path, redis: RedisServer, retries: int) -> Any:
     worker = sleeper("sleepy", retries=retries, concurrency=2)
     return nodes(tmp, redis, {"a": "", "b": worker, "c": worker})
@@ -158,12 +178,6 @@ def test_a_node_stopped_gracefully_hands_its_tasks_back(tmp: Path,
 def test_a_claim_whose_answer_was_lost_is_given_back(tmp: Path, redis: RedisServer) -> None:
     """An entry a live node holds but does not run (the claim's reply lost with its
     connection) is an orphan: its owner gives it back after ORPHAN_BEATS, no retry spent."""
-    import redis as redis_py
-
-    from corral.cluster import records
-    from corral.cluster.keys import GROUP, Keys
-    from corral.cluster.scripts import CLAIM
-
     with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
@@ -171,17 +185,7 @@ def test_a_claim_whose_answer_was_lost_is_given_back(tmp: Path, redis: RedisServ
         [busy] = submit(a, 1, 1.0)  # b's one slot is taken: the next task waits unread
         wait_until(lambda: running_on(b) == 1, what="b busy")
         [orphan] = submit(a, 1, 0.1)
-        k = Keys("test")
-        r = redis_py.Redis(port=redis.port)
-        try:
-            # b's consumer reads it, and the claim's answer never reaches b
-            [[stream, [(entry, _)]]] = r.xreadgroup(GROUP, "b/1", {k.stream("sleepy", 0): ">"},
-                                                   count=1)
-            assert r.eval(CLAIM, 4, k.task(orphan), k.attempts(orphan), k.fence, stream,
-                          "b/1", "b", "1.0", entry, records.claimed_attempt("b", 1.0), 0,
-                          "30.0")
-        finally:
-            r.close()
+        claim_unknown_to_b(redis, orphan)
         done = outcomes(a, [busy, orphan])
         assert [d["status"] for d in done] == ["succeeded", "succeeded"]
         assert [(x["node"], x["outcome"], x["error"]) for x in done[1]["attempts"]] == [
@@ -195,12 +199,6 @@ def test_a_claim_whose_answer_was_lost_is_given_back_when_its_node_stops(
     """A node stopped with a claim it never learnt of (its pull loop cancelled in the
     claim's round trip) gives it back as it stops, no retry spent; taken over as a dead
     node's it would end lost (the agent has no retries)."""
-    import redis as redis_py
-
-    from corral.cluster import records
-    from corral.cluster.keys import GROUP, Keys
-    from corral.cluster.scripts import CLAIM
-
     # beats of a second: the node's own orphan pass (after 3 beats) cannot come first
     with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}, ttl=3.0, beat=1.0) as ns:
         a, b = ns["a"], ns["b"]
@@ -209,16 +207,7 @@ def test_a_claim_whose_answer_was_lost_is_given_back_when_its_node_stops(
         [busy] = submit(a, 1, 0.5)
         wait_until(lambda: running_on(b) == 1, what="b busy")
         [orphan] = submit(a, 1, 0.1)
-        k = Keys("test")
-        r = redis_py.Redis(port=redis.port)
-        try:
-            [[stream, [(entry, _)]]] = r.xreadgroup(GROUP, "b/1", {k.stream("sleepy", 0): ">"},
-                                                   count=1)
-            assert r.eval(CLAIM, 4, k.task(orphan), k.attempts(orphan), k.fence, stream,
-                          "b/1", "b", "1.0", entry, records.claimed_attempt("b", 1.0), 0,
-                          "30.0")
-        finally:
-            r.close()
+        claim_unknown_to_b(redis, orphan)
         assert b.stop() == 0
         b.start()
         done = outcomes(a, [busy, orphan])
