@@ -93,6 +93,9 @@ class Reaper:
         reason = reason or (f"node {node} did not run it (its claim's answer was lost)"
                             if orphans else f"node {node} lost")
         error = records.error_json(TaskError(jsonrpc.PEER_CLOSED, reason))
+        # (as the engine cancels a running task)
+        cancelled = records.error_json(TaskError(jsonrpc.REQUEST_CANCELLED,
+                                                 "cancelled while running"))
         for p in pending:
             entry = p["message_id"]
             if entry in held:
@@ -107,7 +110,7 @@ class Reaper:
                 keys=[self.keys.task(tid), self.keys.attempts(tid), stream,
                       self.keys.outcomes, self.keys.alive(dead), *self.keys.listed],
                 args=[tid, entry, dead, repr(time.time()), reason, self.kept_for, error,
-                      "orphan" if orphans else "dead"])
+                      "orphan" if orphans else "dead", cancelled])
             if got == b"requeued" and orphans:
                 self.orphans += 1
                 self.report(f"cluster: task {tid} queued again ({reason})")
@@ -117,6 +120,9 @@ class Reaper:
             elif got == b"lost":
                 self.lost += 1
                 self.report(f"cluster: task {tid} lost ({reason}, no retries left)")
+            elif got == b"cancelled":
+                self.report(f"cluster: task {tid} cancelled ({reason} before it acted on "
+                            "the cancel asked)")
 
     async def refresh(self, tasks: Iterable[Task], streams: Iterable[str]) -> None:
         """The owner's every beat: its running cluster tasks' entries are its own again,

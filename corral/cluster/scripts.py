@@ -162,11 +162,13 @@ end"""
 # dead, the entry is still the task's, and the task still that consumer's.
 # The same for an orphan (ARGV[8] = 'orphan'): an entry a live node holds but does not
 # run (its claim's reply was lost with a connection); it waits again, no retry spent.
+# A task asked to cancel (CANCEL's mark, which its node did not live to act on) is not
+# run again: it ends cancelled.
 # KEYS: task, attempts, stream, outcomes, the dead consumer's liveness key, live and
 #       finished tasks (listed)
 # ARGV: task_id, entry, dead consumer, now, reason, seconds a finished record is kept,
-#       error JSON (ends lost), 'dead' or 'orphan'
-# -> 'requeued', 'lost', or false (nothing to do)
+#       error JSON (ends lost), 'dead' or 'orphan', error JSON (ends cancelled)
+# -> 'requeued', 'lost', 'cancelled', or false (nothing to do)
 TAKEOVER = f"""
 local orphan = ARGV[8] == 'orphan'
 if not orphan and redis.call('EXISTS', KEYS[5]) == 1 then return false end
@@ -190,7 +192,8 @@ if rec[1] ~= 'running' or rec[3] ~= ARGV[3] then return false end
 redis.call('XACK', KEYS[3], '{GROUP}', ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
 local retries = tonumber(rec[4]) or 0
-if orphan or retries > 0 then
+local asked = redis.call('HGET', KEYS[1], 'cancel') == '1'
+if not asked and (orphan or retries > 0) then
   local entry = redis.call('XADD', KEYS[3], '*', 'task', ARGV[1])
   redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', '0', 'owner', '',
     'entry', entry)
@@ -198,11 +201,13 @@ if orphan or retries > 0 then
   if not orphan then redis.call('HSET', KEYS[1], 'retries_left', retries - 1) end
   return 'requeued'
 end
-redis.call('HSET', KEYS[1], 'status', 'lost', 'fence', '0', 'finished', ARGV[4],
-  'error', ARGV[7])
+local status, err = 'lost', ARGV[7]
+if asked then status, err = 'cancelled', ARGV[9] end
+redis.call('HSET', KEYS[1], 'status', status, 'fence', '0', 'finished', ARGV[4],
+  'error', err)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
 {_ended('ARGV[1]', 'ARGV[6]', 6)}
-return 'lost'
+return status
 """
 
 # A node that stops hands back what it holds: the task waits again under a new entry,

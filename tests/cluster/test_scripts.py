@@ -154,6 +154,38 @@ async def test_a_task_cancelled_while_it_waits_again_keeps_its_attempts_no_longe
     assert await client.xlen(K.stream("w", 0)) == 0  # its entry gone with it
 
 
+async def test_a_task_asked_to_cancel_whose_node_died_is_not_run_again(client: Any) -> None:
+    """`corral cancel` of a task running elsewhere marks it for its node's next beat; a
+    node dead before that beat leaves it to the takeover, which ends it cancelled (with
+    retries left, or as an orphan, it would otherwise run again)."""
+    s = Scripts(client)
+    cancelled = b'{"code":-32003,"message":"cancelled while running"}'
+    for i, kind in ((1, "dead"), (2, "orphan")):
+        await submit(s, i)
+        await claim(s, client, i, consumer="b/1")
+        tid = TID.format(i)
+        assert await s.cancel(keys=[K.task(tid), K.attempts(tid), K.stream("w", 0),
+                                    K.outcomes, *K.listed],
+                              args=[tid, "4.0", b"{}", 60]) == b"asked"
+        entry = await client.hget(K.task(tid), "entry")
+        assert await s.takeover(
+            keys=[K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes,
+                  K.alive("b/1"), *K.listed],
+            args=[tid, entry, "b/1", "5.0", "node b lost", 60,
+                  b'{"code":-32001,"message":"node b lost"}', kind, cancelled]
+        ) == b"cancelled"
+        rec = await client.hgetall(K.task(tid))
+        assert (rec[b"status"], rec[b"error"], rec[b"fence"], rec[b"retries_left"]) == (
+            b"cancelled", cancelled, b"0", b"2")
+        [attempt] = await client.lrange(K.attempts(tid), 0, -1)
+        assert msgspec.json.decode(attempt)["outcome"] == "lost"
+        assert 0 < await client.ttl(K.task(tid)) <= 60
+        assert 0 < await client.ttl(K.attempts(tid)) <= 60
+    assert await client.xlen(K.stream("w", 0)) == 0  # neither waits to run again
+    assert await client.zrange(K.done, 0, -1) == [TID.format(i).encode() for i in (1, 2)]
+    assert await client.exists(K.live) == 0
+
+
 async def test_scripts_redis_has_forgotten_are_loaded_again(client: Any) -> None:
     """A restarted Redis (or SCRIPT FLUSH) knows no script: the calls answered NOSCRIPT,
     having done nothing, and run once the scripts are loaded again."""
