@@ -206,6 +206,10 @@ class ClusterNode:
         if not self.membership.member:
             return
         consumer = self.membership.consumer
+        # a task asked to cancel ends so (its outcome goes with the flush), rather than
+        # being handed back to run again
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await within(self._cancels(), self.settings.node_ttl)
         # what is not sent is taken over once this incarnation's key is gone
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await within(self.outbox.flush(), self.settings.node_ttl)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
+import redis as sync_redis
 
 from corral import methods as m
+from corral.cluster.keys import Keys
 
 from ..daemon_harness import hello
 from ..redis_harness import RedisServer
@@ -192,6 +195,33 @@ def test_a_cluster_task_is_cancelled_from_any_node(tmp: Path, redis: RedisServer
         got = b.call("tasks.cancel", {"task_id": third})
         assert got["status"] == "cancelled" and got["attempts"][0]["node"] == "b"
         assert a.call("tasks.get", {"task_id": third})["status"] == "cancelled"
+
+
+def test_a_task_asked_to_cancel_is_not_handed_back_by_its_stopping_node(
+        tmp: Path, redis: RedisServer) -> None:
+    """A node that stops between a cancel asked on another node and its next beat (a
+    long one here) cancels the task then, rather than handing it back to run again."""
+    with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}, ttl=15.0, beat=5.0) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        tid = a.call("tasks.run", {"agent": "sleepy", "detach": True,
+                                   "input": {"do": "sleep", "seconds": 30}})["task_id"]
+        wait_until(lambda: b.call("stats.get")["tasks"]["total"]["running"] == 1,
+                   what="b runs it", timeout=30)
+        r = sync_redis.Redis.from_url(redis.url)
+        with ThreadPoolExecutor(1) as pool:
+            try:
+                # the command waits for the end, which b's next beat is far from
+                cancel = pool.submit(a.call, "tasks.cancel", {"task_id": tid})
+                wait_until(lambda: r.hget(Keys("test").task(tid), "cancel") == b"1",
+                           what="the cancel asked")
+            finally:
+                r.close()
+            assert b.stop() == 0
+            got = cancel.result(timeout=30)
+        assert (got["status"], [(x["node"], x["outcome"]) for x in got["attempts"]]) == (
+            "cancelled", [("b", "cancelled")])
+        assert a.call("tasks.get", {"task_id": tid})["status"] == "cancelled"
 
 
 def test_an_unready_replica_takes_no_cluster_task(tmp: Path, redis: RedisServer) -> None:
