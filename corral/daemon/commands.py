@@ -534,12 +534,13 @@ async def nodes_drain(d: Services, p: m.NodesDrain, caller: Caller, c: Channel
 async def events_publish(d: Services, p: m.EventsPublish, caller: Caller, c: Channel
                          ) -> m.Delivered:
     return m.Delivered(delivered=d.sup.events.publish(p.topic, p.data, _user(caller),
-                                                      _event_tenant(d, p.tenant, caller)))
+                                                      event_tenant(d, p.tenant, caller)))
 
 
-def _event_tenant(d: Services, named: str | None, caller: Caller) -> str | None:
-    """The tenant of the bus a call publishes in or follows: a tenant caller's own (the
-    command layer refused another's), else the one named, which must exist."""
+def event_tenant(d: Services, named: str | None, caller: Caller) -> str | None:
+    """The tenant of the bus a call publishes in or follows (or of the HTTP stream's
+    ring it reads, rest.Api.stream): a tenant caller's own (the command layer refused
+    another's), else the one named, which must exist."""
     if caller.tenant is not None:
         return caller.tenant
     if named is not None and not d.sup.tenancy.known(named):
@@ -550,7 +551,7 @@ def _event_tenant(d: Services, named: str | None, caller: Caller) -> str | None:
 @implements("events.follow")
 async def events_follow(d: Services, p: m.EventsFollow, caller: Caller, c: Channel) -> None:
     bus = d.sup.events
-    follower = bus.follow(p.pattern, _event_tenant(d, p.tenant, caller))
+    follower = bus.follow(p.pattern, event_tenant(d, p.tenant, caller))
 
     def send_some() -> None:
         for _ in range(min(FOLLOW_BATCH, len(follower.queue))):
