@@ -267,6 +267,12 @@ async def test_the_tenant_gate_comes_and_goes_with_its_quota_at_runtime(
         assert _hooks(d) == (False, False, True)
         await call(d, "tenants.set", {"name": "acme", "set": {"tokens_per_minute": None}})
         assert _hooks(d) == (False, False, False)
+        # a tenant removed takes the hooks its quotas needed with it
+        await call(d, "tenants.add", {"tenants": {"beta": {"max_concurrent_tasks": 2,
+                                                           "tokens_per_minute": 50}}})
+        assert _hooks(d) == (True, True, True)
+        await call(d, "tenants.remove", {"names": ["beta"]})
+        assert _hooks(d) == (False, False, False)
         marker.touch()
         done = [await call(d, "tasks.get", {"task_id": i, "wait": True})
                 for i in (first, held)]
