@@ -37,8 +37,9 @@ UNAUTHORIZED = -32004  # control socket: peer uid not allowed
 FORBIDDEN = -32005  # the caller lacks the scope the method needs
 NOT_FOUND = -32010  # no such agent / task / tool
 CONFLICT = -32011  # duplicate name, wrong state for the operation
-REFUSED = -32012  # admission refused: queue full, rate limited, agent down
+REFUSED = -32012  # admission refused for now: queue full, rate limited, agent down
 UNAVAILABLE = -32013  # a service the operation needs is away (the cluster's Redis)
+QUOTA_EXCEEDED = -32014  # past a fixed quota (a tenant's max_agents): waiting changes nothing
 TOOL_NOT_ALLOWED = -32020  # outside the agent's allowlist
 TOOL_BUDGET_EXCEEDED = -32021  # past max_tool_calls_per_task
 TASK_FAILED = -32030  # the agent's handler raised
@@ -61,6 +62,7 @@ ERROR_NAMES = {
     CONFLICT: "conflict",
     REFUSED: "refused",
     UNAVAILABLE: "unavailable",
+    QUOTA_EXCEEDED: "quota exceeded",
     TOOL_NOT_ALLOWED: "tool not allowed",
     TOOL_BUDGET_EXCEEDED: "tool budget exceeded",
     TASK_FAILED: "task failed",

@@ -340,7 +340,7 @@ class SupervisorStats(Result):
 
     spawned: int
     restarts: int
-    restarts_by_cause: dict[str, int]  # by what ended the life restarted (crash, hang, ...)
+    restarts_by_cause: dict[str, int]  # by what ended the life restarted (crash, cap, ...)
     failures: int
     spawn_failures: int
     cold_fallbacks: int

@@ -126,7 +126,7 @@ async def test_tasks_are_listed_a_page_at_a_time(tmp_path: Path, journal: bool) 
         for bad in ("nonsense", "0" * 13, ids[0].upper(), ""):
             status, body, r = await api.ask("GET", f"/tasks?before={bad}", "runner")
             assert (status, r.content_type, body) == (400, PROBLEM, problem(
-                400, "invalid params", "invalid params: before is a task id (the `next` "
+                400, "bad request", "invalid params: before is a task id (the `next` "
                 f"of a page), not {bad or repr(bad)}", jsonrpc.INVALID_PARAMS)), bad
         gone = new_id()
         unknown = ("no such task: {} (the cursor `before` names no task kept: pruned, "

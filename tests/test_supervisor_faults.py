@@ -184,7 +184,14 @@ async def test_memory_cap_is_named(sup: Supervisor) -> None:
     assert err.value.message == "worker exited: memory limit (RLIMIT_AS 200 MiB)"
     await sup.wait_state("hog", State.BACKOFF)
     assert r.last_exit == "memory limit (RLIMIT_AS 200 MiB)"
+    # restarted for its cap, and counted so, not as a crash (README: crash, hang, cap)
+    assert sup.runtime_stats().restarts_by_cause == {"cap": 1}
     await sup.wait_state("hog", State.READY)
+    # a crash that names no cap is a crash, caps in force or not
+    with pytest.raises(RpcError):
+        await run_task(sup, "hog", {"do": "crash"})
+    await sup.wait_state("hog", State.BACKOFF)
+    assert sup.runtime_stats().restarts_by_cause == {"cap": 1, "crash": 1}
 
 
 async def test_open_files_cap_is_named(sup: Supervisor) -> None:

@@ -122,18 +122,18 @@ async def test_agent_and_replica_quotas_refuse_with_the_use_and_never_kill(
             "tenant": "acme", "replicas": 2}}})
         assert replicas(d, "a2") == 2
         code, text = await refused(d, OPERATOR, "agents.scale", {"name": "a2", "replicas": 3})
-        assert (code, text) == (jsonrpc.REFUSED, "tenant acme: max_replicas 3 reached "
+        assert (code, text) == (jsonrpc.QUOTA_EXCEEDED, "tenant acme: max_replicas 3 reached "
                                 "(3 in use); scaling a2 to 3 needs 1 more")
         assert replicas(d, "a2") == 2
         code, text = await refused(d, OPERATOR, "agents.add", {"agents": {"a3": {
             "command": "true", "tenant": "acme"}}, "check": False})
-        assert (code, text) == (jsonrpc.REFUSED, "tenant acme: max_agents 2 reached "
+        assert (code, text) == (jsonrpc.QUOTA_EXCEEDED, "tenant acme: max_agents 2 reached "
                                 "(2 in use); adding a3 needs 1 more")
         assert "a3" not in sup.agents
         # a batch is judged whole, before any of it is added
         code, text = await refused(d, OPERATOR, "agents.add", {"agents": {
             n: {"command": "true", "tenant": "acme"} for n in ("b1", "b2")}, "check": False})
-        assert (code, text) == (jsonrpc.REFUSED, "tenant acme: max_agents 2 reached "
+        assert (code, text) == (jsonrpc.QUOTA_EXCEEDED, "tenant acme: max_agents 2 reached "
                                 "(2 in use); adding b1, b2 needs 2 more")
         assert "b1" not in sup.agents and "b2" not in sup.agents
         code, text = await refused(d, OPERATOR, "agents.add", {"agents": {"a3": {
@@ -149,7 +149,7 @@ async def test_agent_and_replica_quotas_refuse_with_the_use_and_never_kill(
         # a restart counts what it counted
         await call(d, "agents.restart", {"names": ["a2"]})
         code, _ = await refused(d, OPERATOR, "agents.scale", {"name": "a2", "replicas": 3})
-        assert code == jsonrpc.REFUSED
+        assert code == jsonrpc.QUOTA_EXCEEDED
         # a removal frees its share at once
         await call(d, "agents.remove", {"names": ["a1"]})
         await call(d, "agents.scale", {"name": "a2", "replicas": 3})
@@ -183,6 +183,36 @@ async def test_agent_and_replica_quotas_refuse_with_the_use_and_never_kill(
         rc, out, err = await cli(d, "tenants")
         assert rc == 0, err
         assert out.splitlines()[1].split() == ["acme", "1/2", "2/1", "0", "0", "0", "-"]
+
+
+@pytest.mark.deadline(120)
+async def test_corral_add_with_flags_puts_the_agent_in_a_tenant(tmp_path: Path) -> None:
+    async with in_process(tmp_path, hello("a1", extra='tenant = "acme"\n'), QUOTAS) as d:
+        command = f"{PY} {EXAMPLES}/hello.py"
+        rc, out, err = await cli(d, "add", "--name", "a2", "--command", command,
+                                 "--tenant", "acme", "--env", f"PYTHONPATH={ROOT}")
+        assert (rc, out, err) == (0, "added: a2\n", "")
+        assert d.services.sup.agents["a2"].spec.tenant == "acme"
+        entry = {t.name: t for t in (await call(d, "tenants.list")).tenants}["acme"]
+        assert entry.use.agents == 2
+        # its quota holds as for a file's agent, and nothing is added
+        rc, out, err = await cli(d, "add", "--name", "a3", "--command", command,
+                                 "--tenant", "acme")
+        assert (rc, out) == (1, "")
+        assert err == ("corral: tenant acme: max_agents 2 reached (2 in use); "
+                       "adding a3 needs 1 more\n")
+        rc, out, err = await cli(d, "add", "--name", "a3", "--command", command,
+                                 "--tenant", "nope")
+        assert (rc, err) == (1, "corral: agent a3: no tenant nope (declared: "
+                                "acme, default; add it with [tenants.NAME] or `corral "
+                                "tenants add`)\n")
+        # a file says its own tenants
+        file = tmp_path / "more.toml"
+        file.write_text(f'[agents.a4]\ncommand = "{command}"\n')
+        rc, out, err = await cli(d, "add", str(file), "--tenant", "acme")
+        assert rc == 2 and "--tenant goes with --name/--command; in a FILE, write " \
+            'tenant = "NAME" in each [agents.NAME] table' in err
+        assert set(d.services.sup.agents) == {"a1", "a2"}
 
 
 async def _run(d: Daemon, agent: str, task: dict[str, Any], **kw: Any) -> Any:
@@ -464,6 +494,35 @@ FLEET = (sleeper("a1", "a", 'tools = ["*"]\n') + sleeper("zeta", "b", 'tools = [
          + notes("aserv", "a") + notes("zserv", "b") + notes("common", "b", shared=True))
 B, GHOST = "zeta", "omega"  # another tenant's agent, and none: no name near a1's
 BS, GHOST_S = "zserv", "oserv"
+
+
+@pytest.mark.deadline(120)
+async def test_the_operators_view_of_a_tenant_is_the_tenants_own(tmp_path: Path) -> None:
+    """`corral status --tenant a` lists the MCP servers tenant a's callers see and its
+    agents may use (its own and shared ones), as a's own `status` and `tools` do."""
+    async with in_process(tmp_path, FLEET + notes("dflt", "default"), TWO) as d:
+        _, token = await tokens_of(d.services.store).create(
+            "ta", ["agents:read", "mcp:call"], None, None, "a")
+        a = Caller(via="http", token=token.name, scopes=token.scopes, tenant=token.tenant)
+        as_operator = await call(d, "agents.status", {"tenant": "a"})
+        as_a = await call(d, "agents.status", {}, a)
+        assert sorted(s["name"] for s in as_operator.mcp_servers) == sorted(
+            s["name"] for s in as_a.mcp_servers) == ["aserv", "common"]
+        tools = await call(d, "tools.list", {}, a)
+        assert {t["server"] for t in tools.tools} == {"aserv", "common"}
+        # the whole fleet's status still lists every server
+        whole = await call(d, "agents.status", {})
+        assert sorted(s["name"] for s in whole.mcp_servers) == [
+            "aserv", "common", "dflt", "zserv"]
+        # FOR says which agent an instance serves: a pool's serves any agent
+        rc, out, err = await cli(d, "status", "--tenant", "a")
+        assert rc == 0, err
+        rows = [line.split() for line in out.splitlines()]
+        servers = {r[0]: r for r in rows if r and r[0].endswith("#0")
+                   and r[0].split("#")[0] in ("aserv", "common", "dflt", "zserv")}
+        assert set(servers) == {"aserv#0", "common#0"}
+        assert rows[[r[:1] for r in rows].index(["SERVER"])][-1] == "FOR"
+        assert servers["common#0"][-2:] == ["any", "agent"]
 
 
 def probes(task_b: str, ghost_task: str) -> dict[str, tuple[str, Any, Any]]:

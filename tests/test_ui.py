@@ -24,7 +24,7 @@ from corral import jsonrpc
 from corral import methods as m
 from corral.daemon.api import Caller
 from corral.daemon.daemon import Daemon
-from corral.daemon.http.ui import CSP
+from corral.daemon.http.ui import COOKIE, CSP
 from corral.daemon.tokens import tokens_of
 from corral.jsonrpc import RpcError
 from corral.supervisor import State
@@ -273,7 +273,7 @@ async def test_writes_need_the_csrf_header_and_this_origin(tmp_path: Path) -> No
             status, headers, body = await p.call("agents.scale",
                                                  {"name": "hello", "replicas": 3},
                                                  csrf=csrf)
-            assert (status, body) == (403, problem(403, "unauthorized", detail,
+            assert (status, body) == (403, problem(403, "forbidden", detail,
                                                    jsonrpc.FORBIDDEN))
             assert headers["Content-Security-Policy"] == CSP
             unchanged()
@@ -281,16 +281,30 @@ async def test_writes_need_the_csrf_header_and_this_origin(tmp_path: Path) -> No
                        p.base.replace("127.0.0.1", "localhost")]:
             status, _, body = await p.call("agents.restart", {"names": ["hello"]},
                                            origin=origin)
-            shown = None if origin == "-" else origin
-            assert (status, body) == (403, problem(
-                403, "unauthorized", f"forbidden: Origin {shown!r} is not this dashboard's",
-                jsonrpc.FORBIDDEN))
+            detail = ("forbidden: a write needs this dashboard's Origin header, and none "
+                      "was sent" if origin == "-" else
+                      f"forbidden: Origin {origin!r} is not this dashboard's")
+            assert (status, body) == (403, problem(403, "forbidden", detail,
+                                                   jsonrpc.FORBIDDEN))
             unchanged()
         # logging out is a write too
         async with p.http.post(f"{p.base}/ui/logout",
                                headers={"Origin": "http://evil.example",
                                         "X-CSRF-Token": p.csrf}) as r:
-            assert r.status == 403
+            assert (r.status, await _body(r)) == (403, problem(
+                403, "forbidden", "forbidden: Origin 'http://evil.example' is not this "
+                                  "dashboard's", jsonrpc.FORBIDDEN))
+        # the session cookie sent to the REST API is held to the same rules: a 403 that
+        # says so, not a 401 (the cookie is a caller, only its write is refused)
+        cookie = p.http.cookie_jar.filter_cookies(yarl.URL(f"{p.base}/ui/"))[COOKIE].value
+        async with aiohttp.ClientSession() as bare, bare.post(
+                f"{p.base}/api/v1/agents/hello/restart",
+                headers={"Origin": "http://evil.example", "X-CSRF-Token": p.csrf,
+                         "Cookie": f"{COOKIE}={cookie}"}) as r:
+            assert (r.status, "WWW-Authenticate" in r.headers, await _body(r)) == (
+                403, False, problem(403, "forbidden", "forbidden: Origin "
+                                    "'http://evil.example' is not this dashboard's",
+                                    jsonrpc.FORBIDDEN))
         assert d.services.ui is not None and len(d.services.ui.sessions) == 1
         # a method the page does not call is not reachable, session or not
         status, _, body = await p.call("daemon.shutdown")

@@ -680,6 +680,8 @@ def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
               default=None)
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE")
 @click.option("--cwd", default=None)
+@click.option("--tenant", default=None,
+              help="The tenant the agent is in, its quotas counted (default: default).")
 @click.option("--no-check", is_flag=True,
               help="Add even if the command is not (yet) an executable on PATH or a file.")
 @click.option("--cluster", "cluster", is_flag=True,
@@ -688,9 +690,12 @@ def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
 @pass_ctx
 def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
         replicas: int | None, restart_: str | None, env: tuple[str, ...],
-        cwd: str | None, no_check: bool, cluster: bool) -> None:
+        cwd: str | None, tenant: str | None, no_check: bool, cluster: bool) -> None:
     if file and (name or command):
         raise click.UsageError("give a FILE or --name/--command, not both")
+    if file and tenant is not None:
+        raise click.UsageError("--tenant goes with --name/--command; in a FILE, write "
+                               "tenant = \"NAME\" in each [agents.NAME] table")
     if file:
         agents = _read_agents_file(file)
     else:
@@ -701,6 +706,8 @@ def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
             table["replicas"] = replicas
         if restart_:
             table["restart"] = restart_
+        if tenant is not None:
+            table["tenant"] = tenant
         if env:
             pairs = [e.split("=", 1) for e in env]
             if any(len(p) != 2 for p in pairs):
@@ -1571,10 +1578,15 @@ def mcp_login(name: str, config: str | None, port: int) -> None:
     click.echo(f"logged in to {name}; tokens in {path}")
 
 
+ANY_AGENT = "any agent"
+
+
 def _print_mcp(servers: list[m.McpInstanceStatus]) -> None:
     rows = [[f"{s.name}#{s.instance}", s.state, str(s.pid or "-"),
              s.protocol_version or "-", str(s.tools), str(s.calls), str(s.errors),
-             s.owner or "shared"] for s in servers]
+             s.owner or ANY_AGENT] for s in servers]
+    # FOR: the agent a per-agent instance serves; one of the pool serves any agent that
+    # may use the server (which tenants may: its `tenant` and `shared`, docs/tenants.md)
     _table(rows, ["SERVER", "STATE", "PID", "PROTOCOL", "TOOLS", "CALLS", "ERRORS", "FOR"])
 
 

@@ -314,6 +314,9 @@ _HTTP_STATUS = {
     jsonrpc.NOT_FOUND: 404,
     jsonrpc.CONFLICT: 409,
     jsonrpc.REFUSED: 429,
+    # a fixed quota is no rate: 403 as Kubernetes' ResourceQuota answers, never a 429
+    # whose Retry-After a client would honour for ever (decision 147)
+    jsonrpc.QUOTA_EXCEEDED: 403,
     jsonrpc.UNAVAILABLE: 503,
     jsonrpc.TOOL_NOT_ALLOWED: 403,
     jsonrpc.REQUEST_TIMEOUT: 504,

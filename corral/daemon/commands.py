@@ -134,14 +134,19 @@ def owner_of(d: Services, kind: str, name: str) -> str | None:
 async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Channel
                         ) -> m.AgentsStatusResult:
     agents = [d.sup.agent(n) for n in p.names] if p.names else list(d.sup.agents.values())
+    servers = d.sup.mcp.status()
     if p.tenant is not None:
         if not d.sup.tenancy.known(p.tenant) or (caller.tenant not in (None, p.tenant)):
             raise jsonrpc.not_found("tenant", p.tenant)
         agents = [a for a in agents if a.spec.tenant == p.tenant]
+        # the servers the tenant's own callers see (Caller.sees_server): the operator's
+        # view of a tenant is the tenant's view
+        servers = [s for s in servers
+                   if owner_of(d, "server", s["name"]) in (p.tenant, SHARED)]
     stats = d.sup.tasks.stats()["agents"]
     return m.AgentsStatusResult(
         agents=_wire([r.status() for a in agents for r in a.replicas]),
-        mcp_servers=_wire(d.sup.mcp.status()),
+        mcp_servers=_wire(servers),
         tasks=_wire({a.name: stats.get(a.name) for a in agents}),
         elastic=_elastic(d, agents),
     )

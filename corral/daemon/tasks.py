@@ -30,6 +30,7 @@ from ..supervisor.tasks import (
     TaskSummary,
     is_task_id,
 )
+from ..supervisor.tasks.admission import retry_after
 from ..text import plural
 from .api import Channel
 
@@ -139,7 +140,7 @@ class TaskDesk:
         tenancy = self.sup.tenancy
         why = tenancy.task_refusal(agent, self.sup.tasks.queue.depth)
         if why is not None:
-            raise RpcError(jsonrpc.REFUSED, why)
+            raise RpcError(jsonrpc.REFUSED, why, retry_after(tenancy.rate_wait(agent)))
         asked = p.timeout if p.timeout is not None else agent.spec.task_timeout
         capped = tenancy.timeout(agent, asked)
         if capped == asked:

@@ -465,7 +465,8 @@ class Supervisor:
         more than their tenants' quotas allow (tenants.py); an unknown tenant too."""
         why = self.tenancy.refusal(want, what)
         if why is not None:
-            code = jsonrpc.REFUSED if all(self.tenancy.known(t) for t, _ in want.values()) \
+            code = jsonrpc.QUOTA_EXCEEDED if all(self.tenancy.known(t)
+                                                 for t, _ in want.values()) \
                 else jsonrpc.INVALID_PARAMS
             raise SupervisorError(code, why)
 

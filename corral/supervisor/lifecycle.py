@@ -50,7 +50,9 @@ class Cause(StrEnum):
     DONE = "done"  # the last running task ended
     STOP = "stop"  # an operator's (stop, scale down, replace, remove, shutdown): stay down
     HANG = "hang"  # no heartbeat, or no answer to the handshake in time
-    CAP = "cap"  # a soft limit (RSS, CPU share)
+    # a limit: a soft one corral acts on (RSS, a tenant's memory or CPU), or, as what ended
+    # a life it did not take down, a hard one the exit reason names (RLIMIT_*, OOM kill)
+    CAP = "cap"
     UNREAD = "unread"  # what corral sent it went unread past the budget (a hang of its stdin)
     UNHEALTHY = "unhealthy"  # the handshake failed, a remote session was lost
     ERROR = "error"  # corral's own handling of the life failed (a bug, logged)
@@ -324,14 +326,16 @@ class Machine:
         return not (self._stay_down or closing)
 
     def decide(self, *, clean: bool, uptime: float, now: float, closing: bool,
-               reason: str) -> Decision | None:
+               reason: str, gone: Cause = Cause.CRASH) -> Decision | None:
         """The restart decision after an exit (`reason`): None when the replica stays down
-        (stopped by hand, the supervisor closing, or the policy wants no restart)."""
+        (stopped by hand, the supervisor closing, or the policy wants no restart).
+        `gone`: what ended a life corral did not take down, as restarts are counted
+        (CAP: a limit in force ended it, RLIMIT_AS or an OOM kill)."""
         if self._stay_down or closing:
             return None
         d = self.policy.on_exit(clean_exit=clean, uptime=uptime, now=now)
         if d.restart:
-            self._restart_cause = self._down_cause or Cause.CRASH
+            self._restart_cause = self._down_cause or gone
             return Decision(Cause.POLICY_RESTART,
                             f"restarting in {d.delay:.2f} s after: {reason}", d.delay)
         if d.give_up:

@@ -25,7 +25,7 @@ from .. import jsonrpc
 from ..jsonrpc import LineBlock, Peer, RpcError
 from ..timeouts import within
 from . import procstat
-from .caps import explain_exit, oom_reason
+from .caps import describe, explain_exit, oom_reason
 from .config import ConfigError, Limits, ProcessSpec, TenantSpec
 from .containment import Containment, ProcStat, set_frozen, wait_frozen
 from .lifecycle import LIVE, SERVING, Cause, Machine, State, Step
@@ -736,6 +736,7 @@ class ProcessReplica(Machine):
             self._escalate = None
         cpu_used = self.sample.cpu_seconds
         reason = self.taken_down_for()
+        gone = Cause.CRASH
         if reason is None:
             reason = oom_reason(self.spec.limits) if oom else explain_exit(
                 self._exit_status(rc),
@@ -744,14 +745,16 @@ class ProcessReplica(Machine):
                 cpu_seconds_used=cpu_used,
                 command=proc.argv0,
             )
+            if oom or reason in describe(self.spec.limits).values():  # a cap, named
+                gone = Cause.CAP
         self._end_life(reason, proc, clean=rc == 0 and not self.clean_exit_asked,
-                       uptime=self._uptime_now())
+                       uptime=self._uptime_now(), gone=gone)
 
     def _uptime_now(self) -> float:
         return time.monotonic() - (self.spawned_at or time.monotonic())
 
     def _end_life(self, reason: str, proc: ChildProcess | None, *, clean: bool,
-                  uptime: float, told: bool = True) -> None:
+                  uptime: float, told: bool = True, gone: Cause = Cause.CRASH) -> None:
         """What every end of a life does, whatever ended it (a reap, a process given up
         on after SIGKILL, corral's own error): the channel fails what is in flight with
         the reason, `proc` is closed (None: it stays watched), the host is told of the
@@ -769,15 +772,16 @@ class ProcessReplica(Machine):
         self.sample = Sample()
         self.last_exit = reason
         self._life_over()
-        self._life_ended(clean=clean, uptime=uptime, reason=reason)
+        self._life_ended(clean=clean, uptime=uptime, reason=reason, gone=gone)
 
-    def _life_ended(self, *, clean: bool, uptime: float, reason: str) -> None:
+    def _life_ended(self, *, clean: bool, uptime: float, reason: str,
+                    gone: Cause = Cause.CRASH) -> None:
         """The life is over: Terminated, and the restart policy's decision."""
         step = self._apply(self.exit_cause, reason)
         if not step.decide:
             return
         d = self.decide(clean=clean, uptime=uptime, now=time.monotonic(),
-                        closing=self.host.closing, reason=reason)
+                        closing=self.host.closing, reason=reason, gone=gone)
         if d is None:
             return
         if d.cause is Cause.GIVE_UP:

@@ -222,6 +222,12 @@ class Tenancy:
                         "room")
         return None
 
+    def rate_wait(self, agent: AgentLike) -> float:
+        """Seconds until the tenant's rate_per_minute admits a task again (0: now, or no
+        such quota): a refused task's Retry-After."""
+        bucket = self._buckets.get(agent.spec.tenant)
+        return bucket.wait() if bucket is not None else 0.0
+
     def timeout(self, agent: AgentLike, asked: float) -> float:
         """A task's timeout, capped at its tenant's max_task_seconds."""
         spec = self.specs.get(agent.spec.tenant)

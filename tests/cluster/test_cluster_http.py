@@ -81,7 +81,7 @@ async def test_nodes_and_tasks_over_http(tmp: Path, redis: RedisServer) -> None:
         redis.kill()
         status, body, r = await api.ask("POST", "/tasks", "ops", {"agent": "greeter"})
         assert (status, r.content_type) == (503, PROBLEM)
-        assert body["title"] == "unavailable" and body["code"] == jsonrpc.UNAVAILABLE
+        assert body["title"] == "service unavailable" and body["code"] == jsonrpc.UNAVAILABLE
         assert body["detail"].startswith(f"the cluster's Redis at {redis.url} is "
                                          "unreachable (")
         assert body["detail"].endswith("): the task was not accepted")

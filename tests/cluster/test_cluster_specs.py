@@ -94,6 +94,11 @@ def test_a_config_declared_cluster_agent_is_scaled_changed_rolled_back_and_remov
         described = a.call("agents.describe", {"name": "keeper"})
         assert (described["origin"], described["revision"]) == ("cluster", 2)
         assert described["spec"]["replicas"] == 1  # this node's share of the two
+        # the node running slot 1 names its replica keeper#0: replicas are numbered on
+        # each node, slots by the cluster (docs/cluster.md)
+        [one] = [n for n in both if placed(both)[n.name] == [1]]
+        assert [r["replica"] for r in one.call("agents.describe", {"name": "keeper"})[
+            "replicas"]] == [0]
 
         # a's file changes env: a reload applies that change over the cluster's table,
         # which keeps the scale (the file did not change replicas)

@@ -211,6 +211,12 @@ def test_drain_finishes_what_runs_hands_over_the_cluster_agent_and_leaves(
         assert x.call("tasks.run", {"agent": "sleepy", "local": True,
                                     "input": {"do": "sleep", "seconds": 0.01}}
                       )["status"] == "succeeded"
+        # a node that left still takes cluster submissions (Redis holds them) and reads
+        # their outcomes: they run on the others (docs/cluster.md)
+        sent = x.call("tasks.run", {"agent": "sleepy", "detach": True,
+                                    "input": {"do": "sleep", "seconds": 0.01}})["task_id"]
+        got = x.call("tasks.get", {"task_id": sent, "wait": True})
+        assert got["status"] == "succeeded" and got["attempts"][0]["node"] != x.name
         # refusals: an unknown node, a node not alive
         r = others[0].cli("drain", "nosuch")
         assert r.returncode != 0 and "no node nosuch in cluster test" in r.stderr, r.stderr

@@ -46,12 +46,12 @@ from ...jsonrpc import RpcError
 from ...supervisor.lifecycle import Cause
 from ...supervisor.process_replica import Event
 from ..addresses import local_listen
-from ..api import Caller, http_status
+from ..api import Caller
 from ..history import BUCKETS
 from ..services import Services
 from .auth import NO_TOKEN, authenticate
 from .context import HttpContext
-from .route import problem
+from .route import problem, rpc_problem
 
 SCOPE = "metrics:read"
 OUTCOMES = ("succeeded", "failed", "timed_out", "cancelled", "lost", "refused")
@@ -448,8 +448,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
             return authenticate(ctx, request)
         except RpcError as exc:
             if exc.message != NO_TOKEN:  # a token, not a valid one
-                return problem(http_status(exc.code), "unauthorized", exc.message,
-                               exc.code)
+                return rpc_problem(exc)
         refused = problem(401, "unauthorized", f"unauthorized: /metrics needs a bearer "
                                                f"token with the {SCOPE} scope",
                           jsonrpc.UNAUTHORIZED)

@@ -89,9 +89,9 @@ class Api:
         """The request's Caller, or the 401/429 that answers it."""
         try:
             caller = authenticate(self.ctx, request)
-        except RpcError as exc:
-            return route.problem(401, "unauthorized", exc.message, exc.code,
-                                 {"WWW-Authenticate": 'Bearer realm="corral"'})
+        except RpcError as exc:  # no token (401), or a dashboard write breaking a rule (403)
+            return route.rpc_problem(exc, {"WWW-Authenticate": 'Bearer realm="corral"'}
+                                     if exc.code == jsonrpc.UNAUTHORIZED else None)
         wait = self.limiter.wait(caller.who)
         if wait > 0:
             return route.problem(
@@ -341,12 +341,11 @@ async def problems(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPException as exc:
         if not request.path.startswith(PREFIX + "/") or exc.status < 400:
             raise
-        titles = {404: "not found", 405: "method not allowed", 413: "request too large"}
         detail = {404: f"no such resource: {request.path}",
                   405: f"{request.path} does not take {request.method}"}.get(
                       exc.status, exc.text or exc.reason)
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return route.problem(exc.status, titles.get(exc.status, exc.reason), detail,
+        return route.problem(exc.status, route.title_of(exc.status, exc.reason), detail,
                              headers=headers)
 
 

@@ -5,13 +5,14 @@ maps to; a mutating call is audited by the Dispatcher, as on the socket."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from ...jsonrpc import ERROR_NAMES, RpcError
+from ...jsonrpc import RpcError
 from ..api import Caller, Dispatcher, http_status
 
 # who the request is: a transport's authentication (a bearer token, a unix peer)
@@ -23,6 +24,21 @@ MAX_BODY = 16 * 1024 * 1024 + 64 * 1024  # as the control socket's request line
 RETRY_AFTER = 1
 
 PROBLEM = "application/problem+json"
+
+# A problem's title is its status's name, whatever raised it (decision 146): its `type` is
+# about:blank, and RFC 9457 has such a title read as the status does. Which JSON-RPC
+# error it was is the body's `code`; what happened is its `detail`.
+TITLES = {
+    400: "bad request", 401: "unauthorized", 403: "forbidden", 404: "not found",
+    405: "method not allowed", 409: "conflict", 413: "request too large",
+    415: "unsupported media type", 421: "misdirected request", 422: "unprocessable",
+    429: "too many requests", 500: "internal server error", 503: "service unavailable",
+    504: "gateway timeout",
+}
+
+
+def title_of(status: int, reason: str = "error") -> str:
+    return TITLES.get(status, reason.lower())
 
 
 def problem(status: int, title: str, detail: str, code: int | None = None,
@@ -38,9 +54,14 @@ def problem(status: int, title: str, detail: str, code: int | None = None,
                         content_type=PROBLEM, headers=extra)
 
 
-def rpc_problem(exc: RpcError) -> web.Response:
-    return problem(http_status(exc.code), ERROR_NAMES.get(exc.code, "error"), exc.message,
-                   exc.code)
+def rpc_problem(exc: RpcError, headers: Mapping[str, str] | None = None) -> web.Response:
+    """The one way an RpcError is answered over HTTP: its code's status, titled so."""
+    status = http_status(exc.code)
+    extra = dict(headers or {})
+    if status in (429, 503) and isinstance(exc.data, dict) and exc.data.get("retry_after"):
+        # a rate's refusal knows when the next is admitted; others take RETRY_AFTER
+        extra["Retry-After"] = str(max(1, math.ceil(exc.data["retry_after"])))
+    return problem(status, title_of(status), exc.message, exc.code, extra)
 
 
 def too_large(size: int | None) -> web.Response:
@@ -66,8 +87,8 @@ def route(dispatcher: Dispatcher[Any], method: str, authenticate: Authenticate) 
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             caller = authenticate(request)
-        except RpcError as exc:
-            return problem(http_status(exc.code), "unauthorized", exc.message, exc.code)
+        except RpcError as exc:  # 401 without a caller, 403 a write breaking a rule
+            return rpc_problem(exc)
         if request.method == "GET":
             params: Any = dict(request.query)
         else:

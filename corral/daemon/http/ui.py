@@ -36,7 +36,7 @@ from . import sse
 from .context import HttpContext
 from .resources import RESOURCES
 from .rest import API_KEY
-from .route import Route, problem, route, rpc_problem
+from .route import Route, problem, route, rpc_problem, title_of
 
 STATIC = Path(__file__).with_name("static")
 PREFIX = "/ui"
@@ -233,9 +233,10 @@ class Guard:
 
     def check_write(self, request: web.Request, session: Session) -> None:
         if not self.origin_ok(request):
-            raise RpcError(jsonrpc.FORBIDDEN,
-                           f"forbidden: Origin {request.headers.get('Origin')!r} is not "
-                           f"this dashboard's")
+            origin = request.headers.get("Origin")
+            raise RpcError(jsonrpc.FORBIDDEN, "forbidden: a write needs this dashboard's "
+                           "Origin header, and none was sent" if origin is None else
+                           f"forbidden: Origin {origin!r} is not this dashboard's")
         token = request.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(token.encode(), session.csrf.encode()):
             raise RpcError(jsonrpc.FORBIDDEN,
@@ -306,8 +307,8 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
-                response = problem(exc.status, exc.reason, f"{request.method} "
-                                                            f"{request.path}: {exc.reason}")
+                response = problem(exc.status, title_of(exc.status, exc.reason),
+                                   f"{request.method} {request.path}: {exc.reason}")
         response.headers.update(SECURITY_HEADERS)
         response.headers.setdefault("Cache-Control", "no-store")
         return response
@@ -358,7 +359,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
         try:
             caller = guard.caller(request)
         except RpcError as exc:
-            return problem(403, "forbidden", exc.message, exc.code)
+            return rpc_problem(exc)
         if caller is not None:
             sessions.end(request.cookies[COOKIE])
         response = web.Response(status=204)
@@ -382,7 +383,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
         try:
             caller = guard.authenticate(request)
         except RpcError as exc:
-            return problem(401, "unauthorized", exc.message, exc.code)
+            return rpc_problem(exc)
         api = request.config_dict[API_KEY]
         try:
             params = api.params(request, res, b"")

@@ -35,6 +35,16 @@ class TokenBucket:
             return True
         return False
 
+    def wait(self) -> float:
+        """Seconds until take() passes again, at this rate (0: now)."""
+        level = min(self.capacity, self.tokens + (time.monotonic() - self.stamp) * self.rate)
+        return max(0.0, (1.0 - level) / self.rate)
+
+
+def retry_after(seconds: float) -> dict[str, float]:
+    """A refusal's `data` when waiting helps: how long (HTTP's Retry-After, rounded up)."""
+    return {"retry_after": round(seconds, 3)}
+
 
 def refusal(agent: AgentLike) -> str | None:
     """Why `agent` cannot take a task now (no replica will run it), or None."""
@@ -60,9 +70,10 @@ def check_timeout(timeout: float | None) -> None:
         raise RpcError(jsonrpc.INVALID_PARAMS, "timeout must be > 0")
 
 
-def rate_limited(agent: AgentLike) -> RpcError:
+def rate_limited(agent: AgentLike, bucket: TokenBucket) -> RpcError:
     return RpcError(jsonrpc.REFUSED, f"rate limit: agent {agent.name} takes "
-                                     f"{plural(agent.spec.rate_per_minute, 'task')} a minute")
+                                     f"{plural(agent.spec.rate_per_minute, 'task')} a minute",
+                    retry_after(bucket.wait()))
 
 
 def queue_full(agent: AgentLike, depth: int) -> RpcError:

@@ -34,6 +34,7 @@ from .admission import (
     queue_full,
     rate_limited,
     refusal,
+    retry_after,
 )
 from .budget import BUDGET_PREFIX, Budgets, no_group
 from .counters import AgentTasks, totals
@@ -184,13 +185,13 @@ class TaskManager:
         check_timeout(timeout)
         if q.bucket is not None and not q.bucket.take():
             q.counts["refused"] += 1
-            raise rate_limited(agent)
+            raise rate_limited(agent, q.bucket)
         tenancy = self.tenancy
         if tenancy is not None:
             why = tenancy.task_refusal(agent, self.queue.depth)
             if why is not None:
                 q.counts["refused"] += 1
-                raise RpcError(jsonrpc.REFUSED, why)
+                raise RpcError(jsonrpc.REFUSED, why, retry_after(tenancy.rate_wait(agent)))
         depth = self.queue.depth(agent.name)
         if depth >= agent.spec.max_queue and (self.dispatch.free_replica(agent) is None
                                               or self.budgets.holds(agent)):
