@@ -297,6 +297,12 @@ async def test_the_tenant_gate_comes_and_goes_with_its_quota_at_runtime(
         assert _hooks(d) == (False, False, True)
         await call(d, "tenants.set", {"name": "acme", "set": {"tokens_per_minute": None}})
         assert _hooks(d) == (False, False, False)
+        # a tenant removed takes the hooks its quotas needed with it
+        await call(d, "tenants.add", {"tenants": {"beta": {"max_concurrent_tasks": 2,
+                                                           "tokens_per_minute": 50}}})
+        assert _hooks(d) == (True, True, True)
+        await call(d, "tenants.remove", {"names": ["beta"]})
+        assert _hooks(d) == (False, False, False)
         marker.touch()
         done = [await call(d, "tasks.get", {"task_id": i, "wait": True})
                 for i in (first, held)]
@@ -349,7 +355,12 @@ async def test_tokens_per_minute_is_one_budget_over_the_tenants_agents(
             "budget: tenant acme tokens_per_minute 100 used 110, next at ")
         entry = {t.name: t for t in (await call(d, "tenants.list")).tenants}["acme"]
         assert entry.use.tokens_last_minute == 110
-        await call(d, "tasks.cancel", {"task_id": accepted.task_id})
+        # the quota cleared at runtime: the task it held starts at once, not at the
+        # minute's end (its hold's timer)
+        await call(d, "tenants.set", {"name": "acme", "set": {"tokens_per_minute": None}})
+        done = await asyncio.wait_for(call(d, "tasks.get", {
+            "task_id": accepted.task_id, "wait": True}), 15)
+        assert (done.status, done.waiting) == ("succeeded", None)
 
 
 # -- persisted ------------------------------------------------------------------------------

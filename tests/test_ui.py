@@ -32,6 +32,7 @@ from corral.supervisor import State
 from .conftest import ROOT
 from .daemon_harness import hello, in_process, problem, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
+from .test_gateway_stdio import wait_until_async
 
 STATIC = ROOT / "corral" / "daemon" / "http" / "static"
 VENDOR = STATIC / "vendor"
@@ -789,6 +790,23 @@ async def test_a_dashboard_session_is_bounded_as_the_token_that_asked_for_it(
             await p.login((await login_link(d)).url)
             status, _, body = await p.call("tenants.list")
             assert status == 200 and len(body["tenants"]) == 3
+
+
+@pytest.mark.deadline(60)
+async def test_a_dashboard_session_ends_when_the_token_that_asked_for_it_expires(
+        tmp_path: Path) -> None:
+    """The token's expiry is the session's too: a page left open past it is logged out,
+    as one whose token was revoked is."""
+    async with in_process(tmp_path, hello("a1", extra='tenant = "a"\n'), TENANTS) as d:
+        _, token = await tokens_of(d.services.store).create("ta", ["admin"], None, 5, "a")
+        caller = Caller(via="http", token="ta", scopes=token.scopes, tenant="a")
+        async with page(d) as p:
+            await p.login((await login_link(d, caller)).url)
+            assert (await p.call("tenants.list"))[0] == 200
+            await wait_until_async(lambda: token.expired(time.time()), timeout=15)
+            status, _, body = await p.call("tenants.list")
+            assert (status, body["detail"]) == (401, NO_SESSION)
+            assert (await p.get("/ui/session"))[0] == 401
 
 
 @needs_chromium

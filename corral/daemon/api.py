@@ -675,10 +675,10 @@ AGENT_RULES: dict[str, AgentRule] = {
     "prompts.list": AgentRule(_both(_AGENT_PARAM, _server("server")),
                               filter=_servers_filter("prompts")),
     "prompts.get": AgentRule(_tool("prompt")),
-    # a tenant's own view (its callers' only tenants method)
+    # a tenant's own view (its callers' only tenants method); the only limited callers
+    # let through whole_tenants are a tenant's
     "tenants.list": AgentRule(_nothing, filter=lambda r, c: _replace(
-        r, tenants=[t for t in r.tenants if c.tenant is None or t.name == c.tenant]),
-        whole_tenants=True),
+        r, tenants=[t for t in r.tenants if t.name == c.tenant]), whole_tenants=True),
     "gateway.list": AgentRule(_gateway_client),
     "gateway.call": AgentRule(_gateway_client),
     "gateway.watch": AgentRule(_nothing),

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -87,13 +88,18 @@ def _seen_status(d: Services, caller: Caller) -> str:
     """The status line of the agents a limited caller sees (the daemon's counts every
     tenant's): walked, as such a caller's fleet is a part of the whole."""
     agents = [a for a in d.sup.agents.values() if caller.sees(a.name)]
-    states = [r.state for a in agents for r in a.replicas]
-    line = (f"{plural(len(agents), 'agent')}, {sum(s in SERVING for s in states)}/"
-            f"{plural(len(states), 'replica')} ready")
-    paused = states.count(State.PAUSED)
-    if paused:
-        line += f", {paused} paused"
-    return f"{line}, {states.count(State.FAILED)} failed"
+    census = Counter(r.state for a in agents for r in a.replicas)
+    return f"{fleet_line(len(agents), census)}, {census[State.FAILED]} failed"
+
+
+def fleet_line(agents: int, census: Counter[State]) -> str:
+    """The status line's agents and replicas (Daemon.status_line's, from the supervisor's
+    census; a limited caller's, from its agents' replicas)."""
+    line = (f"{plural(agents, 'agent')}, {sum(census[s] for s in SERVING)}/"
+            f"{plural(census.total(), 'replica')} ready")
+    if census[State.PAUSED]:
+        line += f", {census[State.PAUSED]} paused"
+    return line
 
 
 @implements("daemon.shutdown")
@@ -542,12 +548,13 @@ async def nodes_drain(d: Services, p: m.NodesDrain, caller: Caller, c: Channel
 async def events_publish(d: Services, p: m.EventsPublish, caller: Caller, c: Channel
                          ) -> m.Delivered:
     return m.Delivered(delivered=d.sup.events.publish(p.topic, p.data, _user(caller),
-                                                      _event_tenant(d, p.tenant, caller)))
+                                                      event_tenant(d, p.tenant, caller)))
 
 
-def _event_tenant(d: Services, named: str | None, caller: Caller) -> str | None:
-    """The tenant of the bus a call publishes in or follows: a tenant caller's own (the
-    command layer refused another's), else the one named, which must exist."""
+def event_tenant(d: Services, named: str | None, caller: Caller) -> str | None:
+    """The tenant of the bus a call publishes in or follows (or of the HTTP stream's
+    ring it reads, rest.Api.stream): a tenant caller's own (the command layer refused
+    another's), else the one named, which must exist."""
     if caller.tenant is not None:
         return caller.tenant
     if named is not None and not d.sup.tenancy.known(named):
@@ -558,7 +565,7 @@ def _event_tenant(d: Services, named: str | None, caller: Caller) -> str | None:
 @implements("events.follow")
 async def events_follow(d: Services, p: m.EventsFollow, caller: Caller, c: Channel) -> None:
     bus = d.sup.events
-    follower = bus.follow(p.pattern, _event_tenant(d, p.tenant, caller))
+    follower = bus.follow(p.pattern, event_tenant(d, p.tenant, caller))
 
     def send_some() -> None:
         for _ in range(min(FOLLOW_BATCH, len(follower.queue))):

@@ -50,7 +50,7 @@ from ..text import plural
 from . import journald
 from .api import Caller, Dispatcher
 from .background import Background
-from .commands import HANDLERS, owner_of
+from .commands import HANDLERS, fleet_line, owner_of
 from .control import AlreadyRunning, ControlServer
 from .devwatch import Watches
 from .fleet import Fleet
@@ -504,12 +504,8 @@ class Daemon:
     def status_line(self) -> str:
         """From the supervisor's census: O(1), whatever the size of the fleet."""
         sup = self.sup
-        c = sup.census
-        up = sum(c[s] for s in SERVING)
-        line = f"{plural(len(sup.agents), 'agent')}, {up}/{plural(c.total(), 'replica')} ready"
-        if c[State.PAUSED]:
-            line += f", {c[State.PAUSED]} paused"
-        failed = c[State.FAILED]
+        line = fleet_line(len(sup.agents), sup.census)
+        failed = sup.census[State.FAILED]
         if sup.mcp.servers:
             # tool-server instances are few next to agents, and this line is computed at
             # most every 100 ms (notify.py), so they are counted here

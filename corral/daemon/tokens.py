@@ -113,6 +113,11 @@ class Tokens:
     def list(self) -> list[Token]:
         return sorted(self.by_hash.values(), key=lambda t: t.name)
 
+    def named(self, name: str) -> Token | None:
+        """The token of this name (expired or not), or None."""
+        hashed = self.hash_of.get(name)
+        return self.by_hash[hashed] if hashed is not None else None
+
     async def revoke(self, name: str) -> Token:
         hashed = self.hash_of.get(name)
         if hashed is None:

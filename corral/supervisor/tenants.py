@@ -83,11 +83,6 @@ class Tenancy:
         self.specs[name] = spec
         self._changed()
 
-    def drop(self, name: str) -> None:
-        self.specs.pop(name, None)
-        self._buckets.pop(name, None)
-        self._changed()
-
     def known(self, name: str) -> bool:
         return name == DEFAULT_TENANT or name in self.specs
 

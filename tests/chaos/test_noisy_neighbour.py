@@ -22,6 +22,7 @@ from corral.cli.client import Client
 
 from ..conftest import EXAMPLES, NOBODY_PY, ROOT, nobody_reason
 from ..daemon_harness import PY, running_daemon
+from ..test_tenants_fair import autogroup_nice
 from .procs import by_owner, wait_until
 
 FLOOD = Path(__file__).with_name("tenant_flood.py")
@@ -118,11 +119,6 @@ def gone(p: psutil.Process) -> bool:
         return p.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:  # reaped since it was listed
         return True
-
-
-def autogroup_nice(pid: int) -> int:
-    """The nice value of the process's session's autogroup (sched(7))."""
-    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
 
 
 def p99(xs: list[float]) -> float:

@@ -25,6 +25,7 @@ from ...jsonrpc import RpcError
 from ...methods import REGISTRY, TasksRun
 from ...timeouts import within
 from ..api import Caller, Dispatcher
+from ..commands import event_tenant
 from ..tokens import tokens_of
 from . import route, sse
 from .auth import authenticate, bearer
@@ -200,11 +201,8 @@ class Api:
         if res.method == "events.follow":
             _, typed, _ = self.dispatcher.check(caller, res.method, params)
             # the ring is every tenant's: a reader is sent the events of the tenant a
-            # follower of its own would be in (commands._event_tenant)
-            tenant = caller.tenant if caller.tenant is not None else typed.tenant
-            if caller.tenant is None and tenant is not None and \
-                    not self.ctx.services.sup.tenancy.known(tenant):
-                raise jsonrpc.not_found("tenant", tenant)
+            # follower of its own would be in
+            tenant = event_tenant(self.ctx.services, typed.tenant, caller)
         refused = self.streams.refusal(caller.who)
         if refused is not None:
             return refused

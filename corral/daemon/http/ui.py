@@ -268,8 +268,7 @@ def _token_holds(tokens: Tokens) -> Callable[[Caller], bool]:
     tenant, agents and scopes (a token revoked and made again under its name with other
     powers is another token)."""
     def holds(caller: Caller) -> bool:
-        hashed = tokens.hash_of.get(caller.token or "")
-        token = tokens.by_hash.get(hashed) if hashed is not None else None
+        token = tokens.named(caller.token or "")
         return (token is not None and not token.expired(time.time())
                 and (token.tenant, token.agents, token.scopes)
                 == (caller.tenant, caller.agents, caller.scopes))

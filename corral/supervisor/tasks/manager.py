@@ -153,8 +153,9 @@ class TaskManager:
         """A task of the agent ended: where its tenant bounds the tasks running at once,
         the tenant's other agents' waiting tasks may start."""
         tenancy = self.tenancy
-        tenant = tenancy.tenant_of(agent_name) if tenancy is not None else None
-        if tenancy is None or tenant is None or not tenancy.spec(tenant).max_concurrent_tasks:
+        assert tenancy is not None  # installed by _quotas_changed only
+        tenant = tenancy.tenant_of(agent_name)
+        if tenant is None or not tenancy.spec(tenant).max_concurrent_tasks:
             return
         for a in tenancy.members(tenant):
             if a.name != agent_name:

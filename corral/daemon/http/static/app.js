@@ -16,7 +16,7 @@ const POLL_MS = 1000;
 const LOG_LINES = 500; // of an agent's log, kept in the page
 const KEEP_POINTS = 7 * 24 * 3600; // a week of one-second points, at most
 
-const session = { csrf: "", methods: [], streams: [], tenant: null };
+const session = { csrf: "", methods: [], streams: [] };
 
 class CallError extends Error {
   constructor(status, detail) {
@@ -793,11 +793,11 @@ class App extends Component {
           const tenantOf = {};
           for (const [name, a] of Object.entries(stats.agents)) tenantOf[name] = a.tenant;
           this.setState({ tick: this.state.tick + 1, seen: Date.now(), tenantOf });
-          // both are shown in the fleet's view only, and read while it is shown; the
-          // cluster's nodes are the operator's: a tenant's session is not asked them
+          // both are shown in the fleet's view only, and read while it is shown (the
+          // cluster's nodes are the operator's: no limited session is offered nodes.list)
           if (r.view === "fleet") {
             this.reread("tenants", "tenants.list", (x) => x.tenants);
-            if (stats.cluster && session.tenant === null) this.reread("nodes", "nodes.list", (x) => x.nodes);
+            if (stats.cluster) this.reread("nodes", "nodes.list", (x) => x.nodes);
           }
         },
       }, state),
