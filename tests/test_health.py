@@ -28,6 +28,7 @@ from corral.supervisor.health import (
     Verdict,
 )
 from corral.supervisor.lifecycle import Cause
+from corral.supervisor.replica import Replica
 from corral.supervisor.stream import Tick
 
 from .conftest import PY, ROOT, agent
@@ -453,16 +454,24 @@ done
 """
 
 
-async def test_a_worker_in_bash_answers_health_check(sup: Supervisor, tmp_path: Path
-                                                     ) -> None:
+async def unready_bash_worker(sup: Supervisor, tmp_path: Path, script: str
+                              ) -> tuple[Replica, Seen]:
+    """Agent `sh` running `script` under bash with a readiness check, once its first
+    check has made it unready."""
     worker = tmp_path / "worker.sh"
-    worker.write_text(BASH_WORKER)
+    worker.write_text(script)
     seen = Seen(sup)
     sup.add(agent("sh", command=["bash", str(worker)], env={"HEALTH_DIR": str(tmp_path)},
                   health=HealthSpec(readiness=CheckSpec(interval=0.1, timeout=5.0,
                                                         failures=1))))
     r = sup.agent("sh").replicas[0]
     await seen.until(lambda: [c for c in seen.changes if c.action == "unready"], timeout=30)
+    return r, seen
+
+
+async def test_a_worker_in_bash_answers_health_check(sup: Supervisor, tmp_path: Path
+                                                     ) -> None:
+    r, seen = await unready_bash_worker(sup, tmp_path, BASH_WORKER)
     assert (r.status().ready, r.status().health) == (
         False, "readiness check failed: no ok file")
     task = sup.tasks.submit("sh", {})
@@ -476,15 +485,8 @@ async def test_a_health_check_answer_without_a_boolean_ok_fails_the_check(
         sup: Supervisor, tmp_path: Path) -> None:
     """A worker of its own protocol code answering `"ok": "yes"` (not the SDK): a failed
     check that says what is wrong with the answer, not a pass and not corral's error."""
-    worker = tmp_path / "worker.sh"
-    worker.write_text(BASH_WORKER.replace(
+    r, seen = await unready_bash_worker(sup, tmp_path, BASH_WORKER.replace(
         '"result":{"ok":false,"message":"no ok file"}', '"result":{"ok":"yes"}'))
-    seen = Seen(sup)
-    sup.add(agent("sh", command=["bash", str(worker)], env={"HEALTH_DIR": str(tmp_path)},
-                  health=HealthSpec(readiness=CheckSpec(interval=0.1, timeout=5.0,
-                                                        failures=1))))
-    r = sup.agent("sh").replicas[0]
-    await seen.until(lambda: [c for c in seen.changes if c.action == "unready"], timeout=30)
     assert (r.status().ready, r.status().health) == (
         False, "readiness check failed: health/check answer has no boolean ok")
     assert seen.changes[0].text == ("readiness check failed 1 time: health/check answer has "
