@@ -97,7 +97,6 @@ class Placement:
         self.beat = beat
         self.report = report
         self.placed: dict[str, list[int]] = {}  # agent -> its slots run here, in order
-        self.epochs: dict[str, int] = {}  # agent -> the epoch of its placement run here
         self.tables: dict[str, bytes] = {}  # agent -> the table (JSON) run here
         self.draining = False
         self.placements = 0  # placements this node wrote
@@ -186,7 +185,6 @@ class Placement:
                             r.tasks_running for r in agent.replicas):
                         continue  # a drain lets what runs finish first
                     del self.placed[name]
-                    self.epochs.pop(name, None)
                     self.tables.pop(name, None)
                     # (a reload may have put an agent of this node's own in its place)
                     if agent is not None and agent.spec.placement == "cluster":
@@ -215,7 +213,6 @@ class Placement:
                     await self.sup.scale(name, len(mine))
                 self.placed[name] = mine
                 self.tables[name] = table
-                self.epochs[name] = p.epoch
                 self._problems.pop(name, None)
                 self.report(f"cluster: {name} runs here: slots "
                             f"{', '.join(map(str, mine))} (epoch {p.epoch})")
