@@ -31,7 +31,9 @@ redis.call('ZADD', KEYS[{live + 1}], 0, {task})"""
 # KEYS: task, stream, priorities, agents, live tasks (listed)
 # ARGV: task_id, agent, input, priority, timeout ('' the claiming node's), retries (''
 #       the claiming node's), created, submitted_on, max_queue (0: unbounded), '1' when
-#       a client waits for its progress (it goes on the outcomes stream, see PROGRESS)
+#       a client waits for its progress (it goes on the outcomes stream, see PROGRESS),
+#       else '0' (the record keeps either: one HSET per submit, not a second one for
+#       each `corral run`)
 # -> 1 accepted, 0 already accepted (the same id: a retried submit), -1 the queue is full
 SUBMIT = f"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -44,8 +46,8 @@ end
 local entry = redis.call('XADD', KEYS[2], '*', 'task', ARGV[1])
 redis.call('HSET', KEYS[1], 'agent', ARGV[2], 'input', ARGV[3], 'priority', ARGV[4],
   'timeout', ARGV[5], 'retries_left', ARGV[6], 'created', ARGV[7], 'status', 'queued',
-  'fence', '0', 'submitted_on', ARGV[8], 'entry', entry, 'stream', KEYS[2])
-if ARGV[10] == '1' then redis.call('HSET', KEYS[1], 'watched', '1') end
+  'fence', '0', 'submitted_on', ARGV[8], 'entry', entry, 'stream', KEYS[2],
+  'watched', ARGV[10])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[4])
 redis.call('SADD', KEYS[4], ARGV[2])
 redis.call('ZADD', KEYS[5], 0, ARGV[1])
