@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -190,11 +190,8 @@ class ClusterNode:
         if not view.alive:
             raise RpcError(jsonrpc.CONFLICT, f"node {node} is not alive: there is nothing "
                                              "to drain")
-        try:
+        with self._said(f"node {node} was not asked to drain"):
             await self.redis.hset(self.keys.draining, node, view.incarnation)
-        except RedisError as exc:
-            raise unavailable(self.settings.redis, exc, f"node {node} was not asked to "
-                              "drain") from None
         return view
 
     async def hand_back(self) -> None:
@@ -254,19 +251,24 @@ class ClusterNode:
             await within(self.redis.aclose(), self.settings.beat)
 
     # -- for the command layer ----------------------------------------------------------
-    async def add_agents(self, tables: dict[str, dict[str, Any]], who: str) -> list[str]:
+    @contextlib.contextmanager
+    def _said(self, what: str) -> Iterator[None]:
+        """Redis not answering, as the command's error: the Redis, why, and `what` (what
+        did not happen)."""
         try:
+            yield
+        except RedisError as exc:
+            raise unavailable(self.settings.redis, exc, what) from None
+
+    async def add_agents(self, tables: dict[str, dict[str, Any]], who: str) -> list[str]:
+        with self._said("nothing was added"):
             return await self.specs.add(
                 {n: {**t, "placement": "cluster"} for n, t in tables.items()}, who)
-        except RedisError as exc:
-            raise unavailable(self.settings.redis, exc, "nothing was added") from None
 
     async def remove_agents(self, names: list[str]) -> list[str]:
         """Those of `names` that are cluster agents, removed from the cluster."""
-        try:
+        with self._said("nothing was removed"):
             return await self.specs.remove(names)
-        except RedisError as exc:
-            raise unavailable(self.settings.redis, exc, "nothing was removed") from None
 
     async def runs_cluster_agent(self, name: str) -> bool:
         """Whether a command on agent `name` here is the cluster's agent's: the cluster
@@ -299,19 +301,14 @@ class ClusterNode:
     async def scale_agent(self, name: str, replicas: int, who: str) -> None:
         if replicas < 0:
             raise RpcError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
-        try:
+        with self._said(f"{name} was not scaled"):
             await self.specs.change(name, lambda t: {**t, "replicas": replicas}, who,
                                     "corral scale")
-        except RedisError as exc:
-            raise unavailable(self.settings.redis, exc, f"{name} was not scaled") from None
 
     async def rollback_agent(self, name: str, revision: int | None, who: str
                              ) -> tuple[int, int, str]:
-        try:
+        with self._said(f"{name} was not rolled back"):
             return await self.specs.rollback(name, revision, who)
-        except RedisError as exc:
-            raise unavailable(self.settings.redis, exc, f"{name} was not rolled back"
-                              ) from None
 
     async def revision_of(self, name: str) -> int | None:
         """A cluster agent's current revision (None: not known, or Redis away)."""
@@ -321,11 +318,8 @@ class ClusterNode:
             return None
 
     async def agent_history(self, name: str) -> list[Entry]:
-        try:
+        with self._said(f"{name}'s history cannot be read"):
             return await self.specs.history(name)
-        except RedisError as exc:
-            raise unavailable(self.settings.redis, exc, f"{name}'s history cannot be read"
-                              ) from None
 
     async def declare(self, tables: dict[str, dict[str, Any]], wait: float) -> dict[str, str]:
         """The config file's cluster agents (a start, a reload): registered now when Redis
@@ -341,11 +335,8 @@ class ClusterNode:
             return {}
 
     async def nodes(self) -> list[NodeView]:
-        try:
+        with self._said("the nodes cannot be listed"):
             return await self.membership.nodes()
-        except RedisError as exc:
-            raise unavailable(self.settings.redis, exc, "the nodes cannot be listed"
-                              ) from None
 
     async def task(self, task_id: str, *, wait: bool = False) -> m.TaskInfo | None:
         """A cluster task's record (after its end, with `wait`), or None when the cluster
