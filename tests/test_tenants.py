@@ -802,10 +802,14 @@ async def test_a_token_limited_to_an_agent_glob_reads_no_tenant_or_fleet_aggrega
                 "1 agent, 1/1 replica ready, 0 failed")
             status, body = await get(name, "/api/v1/stats")
             assert status == 200 and set(body["agents"]) == {"a1"}, body
-        status, body = await get("g", "/metrics")
-        assert (status, body["detail"]) == (403, (
-            "forbidden: /metrics is every agent's; token g, limited to agents matching "
-            "a1, reads theirs at /api/v1/stats")), body
+        # one refusal for every limited caller; it says which limit
+        for name, whose in (("g", "limited to agents matching a1"),
+                            ("ga", "limited to agents matching a1"),
+                            ("ta", "a caller of tenant a")):
+            status, body = await get(name, "/metrics")
+            assert (status, body["detail"]) == (403, (
+                f"forbidden: /metrics is every agent's; token {name}, {whose}, reads "
+                "theirs at /api/v1/stats")), body
         status, body = await get("ta", "/api/v1/tenants")
         assert status == 200 and [t["name"] for t in body["tenants"]] == ["a"]
         assert body["tenants"][0]["use"]["agents"] == 2
