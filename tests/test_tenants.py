@@ -831,6 +831,25 @@ async def test_a_limited_callers_status_names_no_other_elastic_agent(
             assert set(st.elastic) == {"a1"} and {r.name for r in st.agents} == {"a1"}
 
 
+@pytest.mark.deadline(60)
+async def test_a_limited_caller_adds_no_cluster_agent_by_flag_or_by_table(
+        tmp_path: Path) -> None:
+    """The cluster's agents run on every node, past one node's tenant quotas: a caller
+    limited to a tenant or a glob may not add one, by --cluster or by a table's
+    `placement` (refused before the daemon is asked whether it is a node at all)."""
+    async with in_process(tmp_path, sleeper("a1", "a"), TWO) as d:
+        for caller, limit in ((Caller(via="http", token="ta", tenant="a"),
+                               "is a caller of tenant a"),
+                              (Caller(via="http", token="g", agents="a*"),
+                               "is limited to agents matching a*")):
+            for params in ({"agents": {"a2": {"command": "true"}}, "cluster": True},
+                           {"agents": {"a2": {"command": "true", "placement": "cluster"}}}):
+                assert await refused(d, caller, "agents.add", params) == (
+                    jsonrpc.FORBIDDEN, f"forbidden: token {caller.token} {limit}: may not "
+                                       "add cluster agents"), params
+        assert set(d.services.sup.agents) == {"a1"}
+
+
 @pytest.mark.deadline(120)
 async def test_the_event_stream_over_http_is_split_by_tenant(tmp_path: Path) -> None:
     """`/events/stream` is read from one ring of every tenant's events: a tenant's token
