@@ -51,7 +51,7 @@ from ..history import BUCKETS
 from ..services import Services
 from .auth import NO_TOKEN, authenticate
 from .context import HttpContext
-from .route import problem, rpc_problem
+from .route import CHALLENGE, bearer_refusal, problem
 
 SCOPE = "metrics:read"
 OUTCOMES = ("succeeded", "failed", "timed_out", "cancelled", "lost", "refused")
@@ -448,12 +448,10 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
             return authenticate(ctx, request)
         except RpcError as exc:
             if exc.message != NO_TOKEN:  # a token, not a valid one
-                return rpc_problem(exc)
-        refused = problem(401, "unauthorized", f"unauthorized: /metrics needs a bearer "
-                                               f"token with the {SCOPE} scope",
-                          jsonrpc.UNAUTHORIZED)
-        refused.headers["WWW-Authenticate"] = 'Bearer realm="corral"'
-        return refused
+                return bearer_refusal(exc)
+        return problem(401, "unauthorized", f"unauthorized: /metrics needs a bearer token "
+                                            f"with the {SCOPE} scope", jsonrpc.UNAUTHORIZED,
+                       CHALLENGE)
 
     async def metrics(request: web.Request) -> web.Response:
         if not public:
