@@ -449,7 +449,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
         except RpcError as exc:
             if exc.message != NO_TOKEN:  # a token, not a valid one
                 return bearer_refusal(exc)
-        return problem(401, "unauthorized", f"unauthorized: /metrics needs a bearer token "
+        return problem(401, f"unauthorized: /metrics needs a bearer token "
                                             f"with the {SCOPE} scope", jsonrpc.UNAUTHORIZED,
                        CHALLENGE)
 
@@ -459,14 +459,14 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
             if isinstance(caller, web.Response):
                 return caller
             if not caller.may(SCOPE):
-                return problem(403, "forbidden", f"forbidden: /metrics needs the {SCOPE} "
+                return problem(403, f"forbidden: /metrics needs the {SCOPE} "
                                                  f"scope, which {caller.who} does not hold",
                                jsonrpc.FORBIDDEN)
             if caller.limited:  # the fleet's series: every tenant's and every agent's
                 whose = (f"limited to agents matching {caller.agents}"
                          if caller.agents is not None
                          else f"a caller of tenant {caller.tenant}")
-                return problem(403, "forbidden", f"forbidden: /metrics is every agent's; "
+                return problem(403, f"forbidden: /metrics is every agent's; "
                                f"{caller.who}, {whose}, reads theirs at /api/v1/stats",
                                jsonrpc.FORBIDDEN)
         encoder, content_type = choose_encoder(request.headers.get("Accept") or "")
