@@ -36,8 +36,8 @@ from corral.supervisor.runas import run_as
 from corral.supervisor.sandbox import host_refusal
 
 from .chaos.procs import wait_until
-from .conftest import NOBODY_PY, ROOT, agent, nobody_reason
-from .daemon_harness import PY, Daemon, shared_tmpdir
+from .conftest import NOBODY_PY, agent, nobody_reason
+from .daemon_harness import Daemon, shared_tmpdir
 from .test_cgroups import delegated  # noqa: F401  (the fixture)
 from .test_tenants import tenant_agent
 
@@ -349,15 +349,8 @@ def test_an_oom_kill_in_a_tenants_cgroup_is_the_tenants(
                     f"({sorted(available) or 'no controllers'} in v2)")
     from .conftest import EXAMPLES
 
-    agents = textwrap.dedent(f"""
-        [tenants.a]
-        max_memory_mb = 64
-        [agents.hog]
-        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        tenant = "a"
-        restart = "never"
-    """)
+    agents = "[tenants.a]\nmax_memory_mb = 64\n" + tenant_agent(
+        "hog", "a", EXAMPLES / "misbehave.py", 'restart = "never"\n')
     d = Daemon(tmp, agents, cgroup=delegated)
     try:
         d.start()
