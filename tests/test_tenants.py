@@ -805,10 +805,14 @@ async def test_a_token_limited_to_an_agent_glob_reads_no_tenant_or_fleet_aggrega
                 "1 agent, 1/1 replica ready, 0 failed")
             status, body = await get(name, "/api/v1/stats")
             assert status == 200 and set(body["agents"]) == {"a1"}, body
-        status, body = await get("g", "/metrics")
-        assert (status, body["detail"]) == (403, (
-            "forbidden: /metrics is every agent's; token g, limited to agents matching "
-            "a1, reads theirs at /api/v1/stats")), body
+        # one refusal for every limited caller; it says which limit
+        for name, whose in (("g", "limited to agents matching a1"),
+                            ("ga", "limited to agents matching a1"),
+                            ("ta", "a caller of tenant a")):
+            status, body = await get(name, "/metrics")
+            assert (status, body["detail"]) == (403, (
+                f"forbidden: /metrics is every agent's; token {name}, {whose}, reads "
+                "theirs at /api/v1/stats")), body
         status, body = await get("ta", "/api/v1/tenants")
         assert status == 200 and [t["name"] for t in body["tenants"]] == ["a"]
         assert body["tenants"][0]["use"]["agents"] == 2
@@ -828,6 +832,25 @@ async def test_a_limited_callers_status_names_no_other_elastic_agent(
                        Caller(via="http", token="g", agents="a*")):
             st = await call(d, "agents.status", {}, caller)
             assert set(st.elastic) == {"a1"} and {r.name for r in st.agents} == {"a1"}
+
+
+@pytest.mark.deadline(60)
+async def test_a_limited_caller_adds_no_cluster_agent_by_flag_or_by_table(
+        tmp_path: Path) -> None:
+    """The cluster's agents run on every node, past one node's tenant quotas: a caller
+    limited to a tenant or a glob may not add one, by --cluster or by a table's
+    `placement` (refused before the daemon is asked whether it is a node at all)."""
+    async with in_process(tmp_path, sleeper("a1", "a"), TWO) as d:
+        for caller, limit in ((Caller(via="http", token="ta", tenant="a"),
+                               "is a caller of tenant a"),
+                              (Caller(via="http", token="g", agents="a*"),
+                               "is limited to agents matching a*")):
+            for params in ({"agents": {"a2": {"command": "true"}}, "cluster": True},
+                           {"agents": {"a2": {"command": "true", "placement": "cluster"}}}):
+                assert await refused(d, caller, "agents.add", params) == (
+                    jsonrpc.FORBIDDEN, f"forbidden: token {caller.token} {limit}: may not "
+                                       "add cluster agents"), params
+        assert set(d.services.sup.agents) == {"a1"}
 
 
 @pytest.mark.deadline(120)

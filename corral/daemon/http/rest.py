@@ -90,8 +90,7 @@ class Api:
         try:
             caller = authenticate(self.ctx, request)
         except RpcError as exc:  # no token (401), or a dashboard write breaking a rule (403)
-            return route.rpc_problem(exc, {"WWW-Authenticate": 'Bearer realm="corral"'}
-                                     if exc.code == jsonrpc.UNAUTHORIZED else None)
+            return route.bearer_refusal(exc)
         wait = self.limiter.wait(caller.who)
         if wait > 0:
             return route.problem(

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ..api import Caller, Dispatcher, http_status
 
@@ -62,6 +63,16 @@ def rpc_problem(exc: RpcError, headers: Mapping[str, str] | None = None) -> web.
         # a rate's refusal knows when the next is admitted; others take RETRY_AFTER
         extra["Retry-After"] = str(max(1, math.ceil(exc.data["retry_after"])))
     return problem(status, title_of(status), exc.message, exc.code, extra)
+
+
+# what a 401 of a route that takes bearer tokens says of how to authenticate (RFC 9110)
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="corral"'}
+
+
+def bearer_refusal(exc: RpcError) -> web.Response:
+    """A failed authentication where a bearer token is asked for: a 401 names the
+    scheme; a 403 (a dashboard cookie's write breaking a rule) does not."""
+    return rpc_problem(exc, CHALLENGE if exc.code == jsonrpc.UNAUTHORIZED else None)
 
 
 def too_large(size: int | None) -> web.Response:
