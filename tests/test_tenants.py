@@ -271,6 +271,26 @@ def _hooks(d: Daemon) -> tuple[bool, bool, bool]:
             tasks.budgets.shared is not no_group)
 
 
+async def one_runs_one_held(d: Daemon, marker: Path) -> tuple[str, str]:
+    """s1's task runs (until `marker` is there); s2's, sent next, is held queued by its
+    tenant's max_concurrent_tasks. Their ids."""
+    sup = d.services.sup
+    wait = {"do": "await", "path": str(marker)}
+    first = (await _run(d, "s1", wait, detach=True)).task_id
+    await wait_until_async(lambda: sup.tasks.running("s1") == 1, timeout=10)
+    held = (await _run(d, "s2", wait, detach=True)).task_id
+    info = await call(d, "tasks.get", {"task_id": held})
+    assert (info.status, sup.tasks.queue.depth("s2"), sup.tasks.running("s2")) == (
+        "queued", 1, 0)
+    return first, held
+
+
+async def both_succeed(d: Daemon, marker: Path, ids: tuple[str, str]) -> None:
+    marker.touch()
+    done = [await call(d, "tasks.get", {"task_id": i, "wait": True}) for i in ids]
+    assert [t.status for t in done] == ["succeeded", "succeeded"]
+
+
 @pytest.mark.deadline(120)
 async def test_the_tenant_gate_comes_and_goes_with_its_quota_at_runtime(
         tmp_path: Path) -> None:
@@ -281,14 +301,8 @@ async def test_the_tenant_gate_comes_and_goes_with_its_quota_at_runtime(
         await call(d, "tenants.set", {"name": "acme", "set": {"max_concurrent_tasks": 1}})
         assert _hooks(d) == (True, True, False)
         marker = tmp_path / "go"
-        wait = {"do": "await", "path": str(marker)}
-        first = (await _run(d, "s1", wait, detach=True)).task_id
-        await wait_until_async(lambda: sup.tasks.running("s1") == 1, timeout=10)
         # the quota set at runtime holds the next task, of the tenant's other agent
-        held = (await _run(d, "s2", wait, detach=True)).task_id
-        info = await call(d, "tasks.get", {"task_id": held})
-        assert (info.status, sup.tasks.queue.depth("s2"), sup.tasks.running("s2")) == (
-            "queued", 1, 0)
+        ids = await one_runs_one_held(d, marker)
         # cleared: no gate, and the task it held starts at once (no task's end needed)
         await call(d, "tenants.set", {"name": "acme", "set": {"max_concurrent_tasks": 0}})
         assert _hooks(d) == (False, False, False)
@@ -303,10 +317,7 @@ async def test_the_tenant_gate_comes_and_goes_with_its_quota_at_runtime(
         assert _hooks(d) == (True, True, True)
         await call(d, "tenants.remove", {"names": ["beta"]})
         assert _hooks(d) == (False, False, False)
-        marker.touch()
-        done = [await call(d, "tasks.get", {"task_id": i, "wait": True})
-                for i in (first, held)]
-        assert [t.status for t in done] == ["succeeded", "succeeded"]
+        await both_succeed(d, marker, ids)
 
 
 @pytest.mark.deadline(120)
@@ -323,20 +334,12 @@ async def test_the_tenant_gate_comes_and_goes_with_its_quota_on_reload(
         await call(d, "config.reload")
         assert _hooks(d) == (True, True, True)
         marker = tmp_path / "go"
-        wait = {"do": "await", "path": str(marker)}
-        first = (await _run(d, "s1", wait, detach=True)).task_id
-        await wait_until_async(lambda: sup.tasks.running("s1") == 1, timeout=10)
-        held = (await _run(d, "s2", wait, detach=True)).task_id
-        assert ((await call(d, "tasks.get", {"task_id": held})).status,
-                sup.tasks.running("s2")) == ("queued", 0)
+        ids = await one_runs_one_held(d, marker)
         config.write_text(text)
         await call(d, "config.reload")
         assert _hooks(d) == (False, False, False)
         await wait_until_async(lambda: sup.tasks.running("s2") == 1, timeout=10)
-        marker.touch()
-        done = [await call(d, "tasks.get", {"task_id": i, "wait": True})
-                for i in (first, held)]
-        assert [t.status for t in done] == ["succeeded", "succeeded"]
+        await both_succeed(d, marker, ids)
 
 
 @pytest.mark.deadline(120)
