@@ -690,6 +690,13 @@ class AgentsAdd(Params):
     check: bool = True
     cluster: bool = False
 
+    @property
+    def for_cluster(self) -> bool:
+        """Whether the call adds cluster agents: --cluster, or a table's `placement`
+        (what the handler does and the access rule refuses, from one answer)."""
+        return self.cluster or any(isinstance(t, dict) and t.get("placement") == "cluster"
+                                   for t in self.agents.values())
+
 
 @method("agents.remove", result=Removed, scope="agents:write", mutating=True)
 class AgentsRemove(Params):

@@ -336,46 +336,38 @@ async def test_scale_down_never_takes_a_replica_with_a_running_task(
     assert len(a.replicas) == 1
 
 
+async def rises_to_two_then_held(s: Supervisor, tenant: str, by: str) -> None:
+    """Agent cap (autoscaled 1..4, of `tenant`) given a load of 4: up to 2 only, held
+    there by `by`, and each told once, not per tick."""
+    got = decisions(s)
+    s.add(agent("cap", "misbehave.py", tenant=tenant, autoscale=Autoscale(
+        min_replicas=1, max_replicas=4, upscale_delay=0.0, downscale_delay=30.0)))
+    await s.wait_state("cap", State.READY)
+    for _ in range(4):
+        s.tasks.submit("cap", {"do": "sleep", "seconds": 5})
+    up = await got.until(lambda d: True, 10.0)
+    assert (up.direction, up.previous, up.replicas, up.desired) == ("up", 1, 2, 4)
+    assert up.reason == f"load 4 over 1 replica (target_load 1) for 0 s; held at 2 by {by}"
+    held = await got.until(lambda d: d.direction == "held", 10.0)
+    assert (held.previous, held.replicas, held.desired) == (2, 2, 4)
+    assert held.reason == (f"load 4 over 2 replicas (target_load 1) for 0 s; held at 2 "
+                           f"by {by}")
+    await ticks_pass(s, 10)
+    assert len(s.agent("cap").replicas) == 2
+    assert [d.direction for d in got] == ["up", "held"]
+    assert s.elastic.counts == {("cap", "up"): 1, ("cap", "held"): 1}
+
+
 async def test_fleet_max_replicas_holds_the_autoscaler() -> None:
     """Up as far as the fleet's max_replicas allows, then held: told once, not per tick."""
     async with Supervisor(heartbeat_interval=0.05, max_replicas=3) as s:
-        got = decisions(s)
-        s.add(agent("cap", "misbehave.py", autoscale=Autoscale(
-            min_replicas=1, max_replicas=4, upscale_delay=0.0, downscale_delay=30.0)))
         s.add(agent("other"), start=False)  # its place counts
-        await s.wait_state("cap", State.READY)
-        for _ in range(4):
-            s.tasks.submit("cap", {"do": "sleep", "seconds": 5})
-        up = await got.until(lambda d: True, 10.0)
-        assert (up.direction, up.previous, up.replicas, up.desired) == ("up", 1, 2, 4)
-        assert up.reason == ("load 4 over 1 replica (target_load 1) for 0 s; held at 2 by "
-                             "max_replicas = 3 (a [supervisor] setting)")
-        held = await got.until(lambda d: d.direction == "held", 10.0)
-        assert (held.previous, held.replicas, held.desired) == (2, 2, 4)
-        assert len(s.agent("cap").replicas) == 2
-        await ticks_pass(s, 10)
-        assert [d.direction for d in got] == ["up", "held"]
-        assert s.elastic.counts == {("cap", "up"): 1, ("cap", "held"): 1}
+        await rises_to_two_then_held(s, "default",
+                                     "max_replicas = 3 (a [supervisor] setting)")
 
 
 async def test_a_tenants_max_replicas_holds_the_autoscaler() -> None:
     """The tenant's quota bounds the rise as the fleet's does, and its hold is told once."""
     async with Supervisor(heartbeat_interval=0.05) as s:
         s.tenancy.put("acme", TenantSpec(max_replicas=2))
-        got = decisions(s)
-        s.add(agent("cap", "misbehave.py", tenant="acme", autoscale=Autoscale(
-            min_replicas=1, max_replicas=4, upscale_delay=0.0, downscale_delay=30.0)))
-        await s.wait_state("cap", State.READY)
-        for _ in range(4):
-            s.tasks.submit("cap", {"do": "sleep", "seconds": 5})
-        up = await got.until(lambda d: True, 10.0)
-        assert (up.direction, up.previous, up.replicas, up.desired) == ("up", 1, 2, 4)
-        assert up.reason == ("load 4 over 1 replica (target_load 1) for 0 s; held at 2 by "
-                             "tenant acme's max_replicas = 2")
-        held = await got.until(lambda d: d.direction == "held", 10.0)
-        assert (held.previous, held.replicas, held.desired) == (2, 2, 4)
-        assert held.reason == ("load 4 over 2 replicas (target_load 1) for 0 s; held at 2 "
-                               "by tenant acme's max_replicas = 2")
-        await ticks_pass(s, 10)
-        assert len(s.agent("cap").replicas) == 2
-        assert [d.direction for d in got] == ["up", "held"]
+        await rises_to_two_then_held(s, "acme", "tenant acme's max_replicas = 2")

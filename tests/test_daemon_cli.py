@@ -88,6 +88,10 @@ def test_unknown_agent_and_usage_errors(daemon: Daemon) -> None:
                                            "`hello`?)\n")
     r = daemon.cli("stop")
     assert r.returncode == 2 and "name at least one agent (NAME or NAME#N), or all" in r.stderr
+    for narrowed in (["--tenant", "default"], ["--cluster"]):  # a stream names agents
+        r = daemon.cli("status", "--watch", *narrowed)
+        assert r.returncode == 2 and ("Error: --tenant or --cluster and --watch: name the "
+                                      "agents to watch instead\n") in r.stderr, narrowed
     for bad in ("-1", "four", "1.5"):
         r = daemon.cli("scale", "hello", bad)
         assert r.returncode == 2

@@ -239,6 +239,14 @@ async def test_tasks_submitted_waited_for_and_replayed_by_idempotency_key(
                                         {"agent": "web-1", "input": 2}, headers=key)
         assert (status, body["detail"]) == (
             422, "the Idempotency-Key was used for a different request: send a new key")
+        # a key too long: refused before anything is looked up or run (a problem titled
+        # by its status, as every problem is)
+        from corral.daemon.http.idempotency import MAX_KEY_LENGTH
+        status, body, _ = await api.ask("POST", "/tasks", "runner", submit,
+                                        headers={"Idempotency-Key": "k" * (MAX_KEY_LENGTH + 1)})
+        assert (status, body["title"], body["detail"]) == (
+            400, "bad request", f"an Idempotency-Key is 1 to {MAX_KEY_LENGTH} characters")
+        assert len((await api.d.dispatcher.call(SOCKET, "tasks.list")).tasks) == 4
         # keys are each token's own
         status, body, _ = await api.ask("POST", "/tasks?wait=30", "other", submit,
                                         headers=key)

@@ -234,6 +234,8 @@ async def test_who_may_scrape(tmp_path: Path) -> None:
                 body = msgspec.json.decode(await r.read())
                 assert (r.status, body["detail"], body["code"]) == (401, BAD_TOKEN,
                                                                     jsonrpc.UNAUTHORIZED)
+                # a token that is not valid is told how to authenticate, as none is
+                assert r.headers["WWW-Authenticate"] == 'Bearer realm="corral"'
             reader = {"Authorization": f"Bearer {d.secrets['reader']}"}  # type: ignore[attr-defined]
             async with http.get(url, headers=reader) as r:
                 body = msgspec.json.decode(await r.read())

@@ -429,15 +429,27 @@ NO_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
           "--bounding-set=-dac_override,-dac_read_search"]
 
 
-def replicas(cgroup: Path, n: int) -> Daemon:
+@contextlib.contextmanager
+def in_cgroup(cgroup: Path, agents: str, n: int = 1,
+              wrapper: list[str] | None = None) -> Iterator[Daemon]:
+    """A daemon started in `cgroup` with agent w's `n` replicas ready, that must stop
+    cleanly (exit 0) when the test is done; closed whatever happens."""
+    d = Daemon(shared_tmpdir(), agents, cgroup=cgroup, wrapper=wrapper)
+    try:
+        d.start()
+        wait_until(lambda: [s["state"] for s in d.status().values()] == ["ready"] * n,
+                   what="w ready")
+        yield d
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def replicas(cgroup: Path, n: int) -> contextlib.AbstractContextManager[Daemon]:
     """A daemon whose own writes obey file modes, with agent w of `n` replicas ready."""
     toml = agents_toml().replace("replicas = 2", f"replicas = {n}").replace(
         "stop_timeout = 10.0", "stop_timeout = 1.0")
-    d = Daemon(shared_tmpdir(), toml, cgroup=cgroup, wrapper=NO_DAC)
-    d.start()
-    wait_until(lambda: [s["state"] for s in d.status().values()] == ["ready"] * n,
-               what="w ready")
-    return d
+    return in_cgroup(cgroup, toml, n, NO_DAC)
 
 
 def alive(pid: int) -> bool:
@@ -454,8 +466,7 @@ def corral_lines(d: Daemon, name: str) -> list[str]:
 
 def test_a_cgroup_freeze_that_cannot_be_written_falls_back_to_sigstop(
         delegated: Path) -> None:  # noqa: F811
-    d = replicas(delegated, 1)
-    try:
+    with replicas(delegated, 1) as d:
         cg = delegated / "agent-w-0"
         pid = d.status()["w#0"]["pid"]
         (cg / "cgroup.freeze").chmod(0o444)  # the daemon cannot write it now
@@ -470,9 +481,6 @@ def test_a_cgroup_freeze_that_cannot_be_written_falls_back_to_sigstop(
         assert (r.returncode, r.stderr) == (0, "")
         assert proc_state(pid) in ("S", "R")  # SIGCONT, as it was stopped
         assert d.json("run", "w", "--input", '{"do": "info"}')["output"]["pid"] == pid
-        assert d.stop() == 0
-    finally:
-        d.close()
 
 
 def test_a_process_killed_mid_freeze_ends_the_pause_as_a_crash(
@@ -480,10 +488,7 @@ def test_a_process_killed_mid_freeze_ends_the_pause_as_a_crash(
     """The replica's process dies while the pause waits for the kernel (its freeze held
     up by the FUSE lookup): the pause returns then, not at its bound; the death is a
     crash, and the next process starts in the same cgroup unfrozen."""
-    d = Daemon(shared_tmpdir(), fuse_agent(), cgroup=delegated)
-    try:
-        d.start()
-        wait_until(lambda: d.status()["w#0"]["state"] == "ready", what="w#0 ready")
+    with in_cgroup(delegated, fuse_agent()) as d:
         cg = delegated / "agent-w-0"
         pid = d.status()["w#0"]["pid"]
         d.json("run", "w", "--input", '{"do": "stick"}')
@@ -512,14 +517,10 @@ def test_a_process_killed_mid_freeze_ends_the_pause_as_a_crash(
         new = d.status()["w#0"]["pid"]
         assert d.json("run", "w", "--input", '{"do": "info"}')["output"] == {
             "pid": new, "ended": []}
-        assert d.stop() == 0
-    finally:
-        d.close()
 
 
 def test_a_freeze_whose_events_cannot_be_read_is_said_so(delegated: Path) -> None:  # noqa: F811
-    d = replicas(delegated, 1)
-    try:
+    with replicas(delegated, 1) as d:
         cg = delegated / "agent-w-0"
         (cg / "cgroup.events").chmod(0o000)  # the daemon cannot read it now
         r = d.cli("pause", "w")
@@ -532,15 +533,11 @@ def test_a_freeze_whose_events_cannot_be_read_is_said_so(delegated: Path) -> Non
                                             "(Permission denied)")
         assert d.cli("resume", "w").returncode == 0
         assert "frozen 0" in cgroup_file(cg, "cgroup.events")
-        assert d.stop() == 0
-    finally:
-        d.close()
 
 
 def test_a_resume_whose_thaw_cannot_be_written_leaves_the_replica_paused(
         delegated: Path) -> None:  # noqa: F811
-    d = replicas(delegated, 2)
-    try:
+    with replicas(delegated, 2) as d:
         cg = delegated / "agent-w-0"
         pids = {k: s["pid"] for k, s in d.status().items()}
         assert d.cli("pause", "w").returncode == 0
@@ -562,15 +559,11 @@ def test_a_resume_whose_thaw_cannot_be_written_leaves_the_replica_paused(
         assert (r.returncode, r.stderr) == (0, "")
         assert "frozen 0" in cgroup_file(cg, "cgroup.events")
         assert d.status()["w#0"]["state"] == "ready"
-        assert d.stop() == 0
-    finally:
-        d.close()
 
 
 def test_a_rollout_stops_a_replica_it_cannot_thaw_and_says_so(
         delegated: Path) -> None:  # noqa: F811
-    d = replicas(delegated, 1)
-    try:
+    with replicas(delegated, 1) as d:
         cg = delegated / "agent-w-0"
         pid = d.status()["w#0"]["pid"]
         assert d.cli("pause", "w").returncode == 0
@@ -584,9 +577,6 @@ def test_a_rollout_stops_a_replica_it_cannot_thaw_and_says_so(
         said = corral_lines(d, "w")
         assert (f"replica w#0 stays paused: cgroup.freeze of {cg} cannot be written "
                 "(Permission denied): its tasks are not finished") in said, said
-        assert d.stop() == 0
-    finally:
-        d.close()
 
 
 def fuse_agent() -> str:
@@ -604,10 +594,7 @@ def test_a_freeze_the_kernel_does_not_finish_in_time_is_said_and_thaws(
     """A thread in a sleep the freezer cannot end (a FUSE lookup its server, frozen, does
     not answer): the pause returns after its bound, the replica is paused and its log says
     it was not seen frozen; the resume lets the lookup end and the worker serve on."""
-    d = Daemon(shared_tmpdir(), fuse_agent(), cgroup=delegated)
-    try:
-        d.start()
-        wait_until(lambda: d.status()["w#0"]["state"] == "ready", what="w#0 ready")
+    with in_cgroup(delegated, fuse_agent()) as d:
         cg = delegated / "agent-w-0"
         pid = d.status()["w#0"]["pid"]
         assert d.json("run", "w", "--input", '{"do": "stick"}')["output"] == {
@@ -626,9 +613,6 @@ def test_a_freeze_the_kernel_does_not_finish_in_time_is_said_and_thaws(
         assert "frozen 0" in cgroup_file(cg, "cgroup.events")
         assert d.json("run", "w", "--input", '{"do": "info"}')["output"] == {
             "pid": pid, "ended": ["Interrupted system call"]}
-        assert d.stop() == 0
-    finally:
-        d.close()
 
 
 # -- the dashboard ----------------------------------------------------------------------------

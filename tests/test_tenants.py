@@ -271,6 +271,26 @@ def _hooks(d: Daemon) -> tuple[bool, bool, bool]:
             tasks.budgets.shared is not no_group)
 
 
+async def one_runs_one_held(d: Daemon, marker: Path) -> tuple[str, str]:
+    """s1's task runs (until `marker` is there); s2's, sent next, is held queued by its
+    tenant's max_concurrent_tasks. Their ids."""
+    sup = d.services.sup
+    wait = {"do": "await", "path": str(marker)}
+    first = (await _run(d, "s1", wait, detach=True)).task_id
+    await wait_until_async(lambda: sup.tasks.running("s1") == 1, timeout=10)
+    held = (await _run(d, "s2", wait, detach=True)).task_id
+    info = await call(d, "tasks.get", {"task_id": held})
+    assert (info.status, sup.tasks.queue.depth("s2"), sup.tasks.running("s2")) == (
+        "queued", 1, 0)
+    return first, held
+
+
+async def both_succeed(d: Daemon, marker: Path, ids: tuple[str, str]) -> None:
+    marker.touch()
+    done = [await call(d, "tasks.get", {"task_id": i, "wait": True}) for i in ids]
+    assert [t.status for t in done] == ["succeeded", "succeeded"]
+
+
 @pytest.mark.deadline(120)
 async def test_the_tenant_gate_comes_and_goes_with_its_quota_at_runtime(
         tmp_path: Path) -> None:
@@ -281,14 +301,8 @@ async def test_the_tenant_gate_comes_and_goes_with_its_quota_at_runtime(
         await call(d, "tenants.set", {"name": "acme", "set": {"max_concurrent_tasks": 1}})
         assert _hooks(d) == (True, True, False)
         marker = tmp_path / "go"
-        wait = {"do": "await", "path": str(marker)}
-        first = (await _run(d, "s1", wait, detach=True)).task_id
-        await wait_until_async(lambda: sup.tasks.running("s1") == 1, timeout=10)
         # the quota set at runtime holds the next task, of the tenant's other agent
-        held = (await _run(d, "s2", wait, detach=True)).task_id
-        info = await call(d, "tasks.get", {"task_id": held})
-        assert (info.status, sup.tasks.queue.depth("s2"), sup.tasks.running("s2")) == (
-            "queued", 1, 0)
+        ids = await one_runs_one_held(d, marker)
         # cleared: no gate, and the task it held starts at once (no task's end needed)
         await call(d, "tenants.set", {"name": "acme", "set": {"max_concurrent_tasks": 0}})
         assert _hooks(d) == (False, False, False)
@@ -303,10 +317,7 @@ async def test_the_tenant_gate_comes_and_goes_with_its_quota_at_runtime(
         assert _hooks(d) == (True, True, True)
         await call(d, "tenants.remove", {"names": ["beta"]})
         assert _hooks(d) == (False, False, False)
-        marker.touch()
-        done = [await call(d, "tasks.get", {"task_id": i, "wait": True})
-                for i in (first, held)]
-        assert [t.status for t in done] == ["succeeded", "succeeded"]
+        await both_succeed(d, marker, ids)
 
 
 @pytest.mark.deadline(120)
@@ -323,20 +334,12 @@ async def test_the_tenant_gate_comes_and_goes_with_its_quota_on_reload(
         await call(d, "config.reload")
         assert _hooks(d) == (True, True, True)
         marker = tmp_path / "go"
-        wait = {"do": "await", "path": str(marker)}
-        first = (await _run(d, "s1", wait, detach=True)).task_id
-        await wait_until_async(lambda: sup.tasks.running("s1") == 1, timeout=10)
-        held = (await _run(d, "s2", wait, detach=True)).task_id
-        assert ((await call(d, "tasks.get", {"task_id": held})).status,
-                sup.tasks.running("s2")) == ("queued", 0)
+        ids = await one_runs_one_held(d, marker)
         config.write_text(text)
         await call(d, "config.reload")
         assert _hooks(d) == (False, False, False)
         await wait_until_async(lambda: sup.tasks.running("s2") == 1, timeout=10)
-        marker.touch()
-        done = [await call(d, "tasks.get", {"task_id": i, "wait": True})
-                for i in (first, held)]
-        assert [t.status for t in done] == ["succeeded", "succeeded"]
+        await both_succeed(d, marker, ids)
 
 
 @pytest.mark.deadline(120)
@@ -802,10 +805,14 @@ async def test_a_token_limited_to_an_agent_glob_reads_no_tenant_or_fleet_aggrega
                 "1 agent, 1/1 replica ready, 0 failed")
             status, body = await get(name, "/api/v1/stats")
             assert status == 200 and set(body["agents"]) == {"a1"}, body
-        status, body = await get("g", "/metrics")
-        assert (status, body["detail"]) == (403, (
-            "forbidden: /metrics is every agent's; token g, limited to agents matching "
-            "a1, reads theirs at /api/v1/stats")), body
+        # one refusal for every limited caller; it says which limit
+        for name, whose in (("g", "limited to agents matching a1"),
+                            ("ga", "limited to agents matching a1"),
+                            ("ta", "a caller of tenant a")):
+            status, body = await get(name, "/metrics")
+            assert (status, body["detail"]) == (403, (
+                f"forbidden: /metrics is every agent's; token {name}, {whose}, reads "
+                "theirs at /api/v1/stats")), body
         status, body = await get("ta", "/api/v1/tenants")
         assert status == 200 and [t["name"] for t in body["tenants"]] == ["a"]
         assert body["tenants"][0]["use"]["agents"] == 2
@@ -825,6 +832,25 @@ async def test_a_limited_callers_status_names_no_other_elastic_agent(
                        Caller(via="http", token="g", agents="a*")):
             st = await call(d, "agents.status", {}, caller)
             assert set(st.elastic) == {"a1"} and {r.name for r in st.agents} == {"a1"}
+
+
+@pytest.mark.deadline(60)
+async def test_a_limited_caller_adds_no_cluster_agent_by_flag_or_by_table(
+        tmp_path: Path) -> None:
+    """The cluster's agents run on every node, past one node's tenant quotas: a caller
+    limited to a tenant or a glob may not add one, by --cluster or by a table's
+    `placement` (refused before the daemon is asked whether it is a node at all)."""
+    async with in_process(tmp_path, sleeper("a1", "a"), TWO) as d:
+        for caller, limit in ((Caller(via="http", token="ta", tenant="a"),
+                               "is a caller of tenant a"),
+                              (Caller(via="http", token="g", agents="a*"),
+                               "is limited to agents matching a*")):
+            for params in ({"agents": {"a2": {"command": "true"}}, "cluster": True},
+                           {"agents": {"a2": {"command": "true", "placement": "cluster"}}}):
+                assert await refused(d, caller, "agents.add", params) == (
+                    jsonrpc.FORBIDDEN, f"forbidden: token {caller.token} {limit}: may not "
+                                       "add cluster agents"), params
+        assert set(d.services.sup.agents) == {"a1"}
 
 
 @pytest.mark.deadline(120)

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from corral import jsonrpc
-from corral.daemon.api import Caller
+from corral.daemon.api import Caller, Discard
 from corral.daemon.tokens import tokens_of
 from corral.jsonrpc import RpcError
 from corral.supervisor.caps import NICE, PROLOGUE_NAME, nice_for_weight, wrap_argv
@@ -79,17 +79,12 @@ async def test_a_tenants_cpu_weight_is_its_processes_nice_value(tmp_path: Path,
 
 
 # -- the event bus, per tenant ----------------------------------------------------------------
-class Collect:
-    """A follower's channel: what it was sent, in order."""
+class Collect(Discard):
+    """A follower's channel: what it was sent, in order (always writable, as Discard)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.got: list[dict[str, Any]] = []
-        self._writable = asyncio.Event()
-        self._writable.set()
-
-    @property
-    def writable(self) -> asyncio.Event:
-        return self._writable
 
     def notify(self, method: str, params: Any) -> None:
         if method == "events.event":

@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
+from corral.supervisor import State, Supervisor
 from corral.supervisor.config import (
     AgentSpec,
     ConfigError,
@@ -29,12 +31,13 @@ from corral.supervisor.config import (
     parse_tenants,
 )
 from corral.supervisor.containment import cgroup_pids
+from corral.supervisor.lifecycle import Cause
 from corral.supervisor.runas import run_as
 from corral.supervisor.sandbox import host_refusal
 
 from .chaos.procs import wait_until
-from .conftest import NOBODY_PY, ROOT, nobody_reason
-from .daemon_harness import PY, Daemon, shared_tmpdir
+from .conftest import NOBODY_PY, agent, nobody_reason
+from .daemon_harness import Daemon, shared_tmpdir
 from .test_cgroups import delegated  # noqa: F401  (the fixture)
 from .test_tenants import tenant_agent
 
@@ -222,6 +225,33 @@ def test_tenants_users_cannot_read_signal_or_ptrace_each_other(
         d.close()
 
 
+async def test_a_fork_bomb_under_its_tenants_user_is_named_by_the_tenants_cap(
+        sup: Supervisor, world_readable_tree: Path) -> None:
+    """The exit names the RLIMIT_NPROC the process ran under (its tenant's max_processes,
+    the agent giving none), and the restart counts it as a cap, not a crash."""
+    reason = users_reason() or nobody_reason()
+    if reason:
+        pytest.skip(reason)
+    tree = world_readable_tree
+    sup.tenancy.put("a", TenantSpec(user="nobody", max_processes=12))
+    sup.add(agent("forker", command=[NOBODY_PY, str(tree / "examples" / "misbehave.py")],
+                  env={"PYTHONPATH": str(tree)}, cwd=str(tree), tenant="a"))
+    r = await sup.wait_state("forker", State.READY)
+    assert r.pid is not None and psutil.Process(r.pid).uids().real == pwd.getpwnam(
+        "nobody").pw_uid
+    task = await sup.tasks.run("forker", {"do": "fork"})
+    assert task.status == "lost" and task.error is not None
+    assert task.error.message == "worker exited: process limit (RLIMIT_NPROC 12)"
+    await sup.wait_for(lambda: r.restarts == 1, 10.0)
+    assert r.last_exit == "process limit (RLIMIT_NPROC 12)"
+    assert sup.stats.restarts_by_cause == {Cause.CAP: 1}
+    await sup.remove("forker")
+    # its forked children were SIGKILLed with the group; death is asynchronous, so wait
+    left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == 65534]
+    _, alive = psutil.wait_procs(left, timeout=5)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
 # -- a cgroup per tenant ------------------------------------------------------------------
 def hello_in(name: str, tenant: str, replicas: int = 1) -> str:
     from .conftest import EXAMPLES
@@ -319,15 +349,8 @@ def test_an_oom_kill_in_a_tenants_cgroup_is_the_tenants(
                     f"({sorted(available) or 'no controllers'} in v2)")
     from .conftest import EXAMPLES
 
-    agents = textwrap.dedent(f"""
-        [tenants.a]
-        max_memory_mb = 64
-        [agents.hog]
-        command = ["{PY}", "{EXAMPLES}/misbehave.py"]
-        env = {{ PYTHONPATH = "{ROOT}" }}
-        tenant = "a"
-        restart = "never"
-    """)
+    agents = "[tenants.a]\nmax_memory_mb = 64\n" + tenant_agent(
+        "hog", "a", EXAMPLES / "misbehave.py", 'restart = "never"\n')
     d = Daemon(tmp, agents, cgroup=delegated)
     try:
         d.start()

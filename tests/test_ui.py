@@ -200,7 +200,7 @@ async def test_a_login_link_works_once_and_its_session_may_call(tmp_path: Path) 
         async with page(d) as other:
             status, headers, body = await other.get(link.path)
             assert (status, body) == (401, problem(
-                401, "login refused", "this login link is not valid: it was used "
+                401, "unauthorized", "this login link is not valid: it was used "
                      "already, or it never was; run `corral ui` for a new one"))
             assert "Set-Cookie" not in headers
         assert d.services.ui is not None and len(d.services.ui.sessions) == 1
@@ -235,7 +235,7 @@ async def test_an_expired_or_unknown_code_is_refused(tmp_path: Path) -> None:
         now[0] += 60.0  # the code's last instant is past
         status, headers, body = await p.get(link.path)
         assert (status, body) == (401, problem(
-            401, "login refused",
+            401, "unauthorized",
             "this login link has expired; run `corral ui` for a new one"))
         assert "Set-Cookie" not in headers and sessions.sessions == {}
         # tried once, an expired code is gone too

@@ -397,8 +397,7 @@ def _targets(field: str, *, all_field: bool = False) -> Callable[[Any, Caller], 
 
 
 def _adding(params: Any, caller: Caller) -> None:
-    if getattr(params, "cluster", False) and (caller.agents is not None
-                                              or caller.tenant is not None):
+    if params.for_cluster:  # (a rule is asked of limited callers only)
         # the cluster's agents run on every node, past any one node's tenant quotas
         raise _glob_refusal(caller, "may not add cluster agents")
     for name, table in params.agents.items():

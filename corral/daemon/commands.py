@@ -289,8 +289,7 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
 
 @implements("agents.add")
 async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel) -> m.Added:
-    said = {n: t.get("placement") for n, t in p.agents.items() if isinstance(t, dict)}
-    if p.cluster or "cluster" in said.values():
+    if p.for_cluster:
         return m.Added(added=await add_cluster_agents(d, p, caller.who))
     return m.Added(added=await d.fleet.add(p.agents, caller.who, check=p.check))
 

@@ -23,7 +23,7 @@ from .. import jsonrpc
 from ..jsonrpc import DEFAULT_MAX_LINE, LineBlock, RpcError
 from ..mcp.pool import McpPool
 from ..text import closest, listing, plural
-from ..timeouts import within
+from ..timeouts import cancel_all, within
 from .config import AgentSpec, ConfigError, McpServerSpec, TenantSpec, elastic_problem
 from .containment import CgroupMode, Containment
 from .elastic import Elastic, scale_refusal
@@ -358,9 +358,7 @@ class Supervisor:
         self.zygotes.close()
         self.tasks.budgets.close()  # no gate timer outlives the agents
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+            await cancel_all([self._heartbeat])
             self._heartbeat = None
         await self.containment.close()
 

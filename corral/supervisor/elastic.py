@@ -19,7 +19,6 @@ there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
+from ..timeouts import cancel_all
 from .autoscale import Decider, Decision, Policy
 from .config import AgentSpec
 from .lifecycle import SERVING
@@ -181,9 +181,7 @@ class Elastic:
 
     async def close(self) -> None:
         if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+            await cancel_all([self._loop])
             self._loop = None
         for change in list(self._changes):  # the supervisor stops every replica next
             change.cancel()

@@ -738,14 +738,16 @@ class ProcessReplica(Machine):
         reason = self.taken_down_for()
         gone = Cause.CRASH
         if reason is None:
-            reason = oom_reason(self.spec.limits) if oom else explain_exit(
+            # the caps it ran under: its tenant's user's (runas.py), not only its own
+            limits = self.run.limits if self.run is not None else self.spec.limits
+            reason = oom_reason(limits) if oom else explain_exit(
                 self._exit_status(rc),
-                self.spec.limits,
+                limits,
                 [b.decode("utf-8", "replace") for b in proc.stderr_tail or ()],
                 cpu_seconds_used=cpu_used,
                 command=proc.argv0,
             )
-            if oom or reason in describe(self.spec.limits).values():  # a cap, named
+            if oom or reason in describe(limits).values():  # a cap, named
                 gone = Cause.CAP
         self._end_life(reason, proc, clean=rc == 0 and not self.clean_exit_asked,
                        uptime=self._uptime_now(), gone=gone)

@@ -51,7 +51,7 @@ from ..history import BUCKETS
 from ..services import Services
 from .auth import NO_TOKEN, authenticate
 from .context import HttpContext
-from .route import problem, rpc_problem
+from .route import CHALLENGE, bearer_refusal, problem
 
 SCOPE = "metrics:read"
 OUTCOMES = ("succeeded", "failed", "timed_out", "cancelled", "lost", "refused")
@@ -448,12 +448,10 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
             return authenticate(ctx, request)
         except RpcError as exc:
             if exc.message != NO_TOKEN:  # a token, not a valid one
-                return rpc_problem(exc)
-        refused = problem(401, "unauthorized", f"unauthorized: /metrics needs a bearer "
-                                               f"token with the {SCOPE} scope",
-                          jsonrpc.UNAUTHORIZED)
-        refused.headers["WWW-Authenticate"] = 'Bearer realm="corral"'
-        return refused
+                return bearer_refusal(exc)
+        return problem(401, f"unauthorized: /metrics needs a bearer token "
+                                            f"with the {SCOPE} scope", jsonrpc.UNAUTHORIZED,
+                       CHALLENGE)
 
     async def metrics(request: web.Request) -> web.Response:
         if not public:
@@ -461,17 +459,16 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
             if isinstance(caller, web.Response):
                 return caller
             if not caller.may(SCOPE):
-                return problem(403, "forbidden", f"forbidden: /metrics needs the {SCOPE} "
+                return problem(403, f"forbidden: /metrics needs the {SCOPE} "
                                                  f"scope, which {caller.who} does not hold",
                                jsonrpc.FORBIDDEN)
-            if caller.tenant is not None:  # the fleet's series: every tenant's
-                return problem(403, "forbidden", f"forbidden: /metrics is every tenant's; "
-                               f"{caller.who}, a caller of tenant {caller.tenant}, reads its "
-                               "agents' figures at /api/v1/stats", jsonrpc.FORBIDDEN)
-            if caller.agents is not None:  # and every agent's
-                return problem(403, "forbidden", f"forbidden: /metrics is every agent's; "
-                               f"{caller.who}, limited to agents matching {caller.agents}, "
-                               "reads theirs at /api/v1/stats", jsonrpc.FORBIDDEN)
+            if caller.limited:  # the fleet's series: every tenant's and every agent's
+                whose = (f"limited to agents matching {caller.agents}"
+                         if caller.agents is not None
+                         else f"a caller of tenant {caller.tenant}")
+                return problem(403, f"forbidden: /metrics is every agent's; "
+                               f"{caller.who}, {whose}, reads theirs at /api/v1/stats",
+                               jsonrpc.FORBIDDEN)
         encoder, content_type = choose_encoder(request.headers.get("Accept") or "")
         response = web.Response(body=await exposition(encoder))
         response.headers["Content-Type"] = content_type

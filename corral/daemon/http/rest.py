@@ -90,13 +90,11 @@ class Api:
         try:
             caller = authenticate(self.ctx, request)
         except RpcError as exc:  # no token (401), or a dashboard write breaking a rule (403)
-            return route.rpc_problem(exc, {"WWW-Authenticate": 'Bearer realm="corral"'}
-                                     if exc.code == jsonrpc.UNAUTHORIZED else None)
+            return route.bearer_refusal(exc)
         wait = self.limiter.wait(caller.who)
         if wait > 0:
             return route.problem(
-                429, "too many requests",
-                f"{caller.who} is over its {self.limiter.per_minute} requests per minute",
+                429, f"{caller.who} is over its {self.limiter.per_minute} requests per minute",
                 jsonrpc.REFUSED, {"Retry-After": str(math.ceil(wait))})
         return caller
 
@@ -176,7 +174,7 @@ class Api:
                 body = read
                 if body.strip() and request.content_type not in (JSON, "",
                                                                  "application/octet-stream"):
-                    return route.problem(415, "unsupported media type",
+                    return route.problem(415,
                                          f"send the body as {JSON}, not "
                                          f"{request.content_type}")
             try:
@@ -232,7 +230,7 @@ class Api:
             response: web.Response = await run()
             return response
         if not key or len(key) > MAX_KEY_LENGTH:
-            return route.problem(400, "invalid request", "an Idempotency-Key is 1 to "
+            return route.problem(400, "an Idempotency-Key is 1 to "
                                  f"{MAX_KEY_LENGTH} characters", jsonrpc.INVALID_REQUEST)
         who = caller.who
         fingerprint = Keys.fingerprint(request.method, request.path, request.query_string,
@@ -240,10 +238,10 @@ class Api:
         try:
             first = self.keys.begin(who, key, fingerprint)
         except ValueError as exc:
-            return route.problem(422, "unprocessable", f"{exc}: send a new key",
+            return route.problem(422, f"{exc}: send a new key",
                                  jsonrpc.INVALID_REQUEST)
         if isinstance(first, Pending):
-            return route.problem(409, "conflict", "a request with this Idempotency-Key is "
+            return route.problem(409, "a request with this Idempotency-Key is "
                                  "still being answered: try again when it is",
                                  jsonrpc.CONFLICT)
         if first is not None:
@@ -345,8 +343,7 @@ async def problems(request: web.Request, handler: Any) -> web.StreamResponse:
                   405: f"{request.path} does not take {request.method}"}.get(
                       exc.status, exc.text or exc.reason)
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return route.problem(exc.status, route.title_of(exc.status, exc.reason), detail,
-                             headers=headers)
+        return route.problem(exc.status, detail, headers=headers, reason=exc.reason)
 
 
 def setup(app: web.Application, ctx: HttpContext) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ..api import Caller, Dispatcher, http_status
 
@@ -41,10 +42,13 @@ def title_of(status: int, reason: str = "error") -> str:
     return TITLES.get(status, reason.lower())
 
 
-def problem(status: int, title: str, detail: str, code: int | None = None,
-            headers: Mapping[str, str] | None = None) -> web.Response:
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
-                            "detail": detail}
+def problem(status: int, detail: str, code: int | None = None,
+            headers: Mapping[str, str] | None = None, *, reason: str = "error"
+            ) -> web.Response:
+    """A problem document (RFC 9457) titled by its status (`reason`, aiohttp's, for a
+    status TITLES does not name)."""
+    body: dict[str, Any] = {"type": "about:blank", "title": title_of(status, reason),
+                            "status": status, "detail": detail}
     if code is not None:
         body["code"] = code
     extra = dict(headers or {})
@@ -61,12 +65,22 @@ def rpc_problem(exc: RpcError, headers: Mapping[str, str] | None = None) -> web.
     if status in (429, 503) and isinstance(exc.data, dict) and exc.data.get("retry_after"):
         # a rate's refusal knows when the next is admitted; others take RETRY_AFTER
         extra["Retry-After"] = str(max(1, math.ceil(exc.data["retry_after"])))
-    return problem(status, title_of(status), exc.message, exc.code, extra)
+    return problem(status, exc.message, exc.code, extra)
+
+
+# what a 401 of a route that takes bearer tokens says of how to authenticate (RFC 9110)
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="corral"'}
+
+
+def bearer_refusal(exc: RpcError) -> web.Response:
+    """A failed authentication where a bearer token is asked for: a 401 names the
+    scheme; a 403 (a dashboard cookie's write breaking a rule) does not."""
+    return rpc_problem(exc, CHALLENGE if exc.code == jsonrpc.UNAUTHORIZED else None)
 
 
 def too_large(size: int | None) -> web.Response:
     said = f"{size} bytes is" if size is not None else "the body is"
-    return problem(413, "request too large", f"{said} over the {MAX_BODY}-byte limit")
+    return problem(413, f"{said} over the {MAX_BODY}-byte limit")
 
 
 async def body_of(request: web.Request) -> bytes | web.Response:

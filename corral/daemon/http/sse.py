@@ -81,7 +81,7 @@ class Streams:
                       "(max_streams_per_token)")
         else:
             return None
-        return route.problem(503, "service unavailable", detail + ": close one, or "
+        return route.problem(503, detail + ": close one, or "
                              "try again later", jsonrpc.REFUSED,
                              {"Retry-After": str(STREAM_RETRY)})
 

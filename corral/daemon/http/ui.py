@@ -36,7 +36,7 @@ from . import sse
 from .context import HttpContext
 from .resources import RESOURCES
 from .rest import API_KEY
-from .route import Route, problem, route, rpc_problem, title_of
+from .route import Route, problem, route, rpc_problem
 
 STATIC = Path(__file__).with_name("static")
 PREFIX = "/ui"
@@ -299,16 +299,15 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     async def rules(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not guard.host_ok(request.headers.get("Host")):
             response: web.StreamResponse = problem(
-                421, "misdirected request",
-                f"Host {request.headers.get('Host')!r} is not this server's")
+                421, f"Host {request.headers.get('Host')!r} is not this server's")
         else:
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
-                response = problem(exc.status, title_of(exc.status, exc.reason),
-                                   f"{request.method} {request.path}: {exc.reason}")
+                response = problem(exc.status, f"{request.method} {request.path}: {exc.reason}",
+                                   reason=exc.reason)
         response.headers.update(SECURITY_HEADERS)
         response.headers.setdefault("Cache-Control", "no-store")
         return response
@@ -335,7 +334,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
         try:
             session = sessions.redeem(request.query.get("code", ""))
         except LoginRefused as exc:
-            return problem(401, "login refused", str(exc))
+            return problem(401, str(exc))
         response = web.Response(status=303, headers={"Location": f"{PREFIX}/"})
         response.set_cookie(COOKIE, session.id, path=PREFIX, httponly=True,
                             samesite="Strict", max_age=int(sessions.session_ttl),
@@ -345,7 +344,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     async def session_info(request: web.Request) -> web.StreamResponse:
         session = sessions.find(request.cookies.get(COOKIE))
         if session is None:
-            return problem(401, "unauthorized", "no dashboard session (open the link "
+            return problem(401, "no dashboard session (open the link "
                                                 "that `corral ui` prints)")
         # the methods the session may call: the page asks no other (nodes.list and
         # tenants.list are not a glob's)
@@ -369,7 +368,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     async def call(request: web.Request) -> web.StreamResponse:
         handle = calls.get(request.match_info["method"])
         if handle is None:
-            return problem(404, "not found", f"{request.match_info['method']} is not a "
+            return problem(404, f"{request.match_info['method']} is not a "
                                              f"method the dashboard calls")
         return await handle(request)
 
@@ -378,7 +377,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
         nothing, and the SameSite=Strict cookie is not sent from another site's page)."""
         res = streams.get(request.match_info["method"])
         if res is None:
-            return problem(404, "not found", f"{request.match_info['method']} is not a "
+            return problem(404, f"{request.match_info['method']} is not a "
                                              f"stream the dashboard follows")
         try:
             caller = guard.authenticate(request)

@@ -806,6 +806,12 @@ class App extends Component {
   componentWillUnmount() {
     for (const stop of this.unfollow || []) stop();
   }
+  // the session ended (expired, logged out, its token revoked): the streams stop, and
+  // the page asks for a login, saying why
+  loggedOut(why) {
+    for (const stop of this.unfollow || []) stop();
+    this.setState({ login: why });
+  }
   // A list no stream carries, read again as a stats.watch sample comes (one read at a
   // time): `key` in the state, its error in `${key}Error`. A refusal for want of a
   // session (a token revoked) is a login to ask for, as for the streams.
@@ -818,8 +824,7 @@ class App extends Component {
       this.setState({ [key]: got, [`${key}Error`]: null });
     } catch (e) {
       if (e.status === 401) {
-        for (const stop of this.unfollow || []) stop();
-        this.setState({ login: `${method} was refused: ${e.message}` });
+        this.loggedOut(`${method} was refused: ${e.message}`);
       } else {
         this.setState({ [`${key}Error`]: e.message });
       }
@@ -841,8 +846,7 @@ class App extends Component {
       // refused: a session that ended is a login to ask for
       const r = await fetch("session", { credentials: "same-origin" });
       if (r.status === 401) {
-        for (const stop of this.unfollow || []) stop();
-        this.setState({ login: (await r.json()).detail });
+        this.loggedOut((await r.json()).detail);
         return;
       }
     }
