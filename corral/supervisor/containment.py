@@ -279,6 +279,16 @@ def _events_say_frozen(fd: int) -> bool:
     return False
 
 
+def populated(cgroup_dir: str) -> bool:
+    """Whether a process is left in the cgroup (`populated 1` in cgroup.events; True when
+    the file cannot be read: nothing is known to be gone)."""
+    try:
+        with open(os.path.join(cgroup_dir, "cgroup.events")) as f:
+            return "populated 0" not in f.read().splitlines()
+    except OSError:
+        return True
+
+
 def _settle(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)

@@ -27,7 +27,7 @@ from ..timeouts import within
 from . import procstat
 from .caps import describe, explain_exit, oom_reason
 from .config import ConfigError, Limits, ProcessSpec, TenantSpec
-from .containment import Containment, ProcStat, set_frozen, wait_frozen
+from .containment import Containment, ProcStat, populated, set_frozen, wait_frozen
 from .lifecycle import LIVE, SERVING, Cause, Machine, State, Step
 from .listening import ListeningClock
 from .process import ChildProcess, resolve_user
@@ -283,6 +283,12 @@ class ProcessReplica(Machine):
                 self.note(f"paused, but not seen frozen: {how}/cgroup.events cannot be "
                           f"read ({exc.strerror})")
                 return True
+            proc = self.process
+            if done and proc is not None and not populated(how):
+                # an empty cgroup reads frozen: the process died as it was frozen, and
+                # what the pause answers is that exit, seen first (not "paused")
+                with contextlib.suppress(TimeoutError):
+                    await within(asyncio.shield(proc.exited), FREEZE_WAIT)
         else:
             done = await self._wait_stopped()
         if not done and self.state == State.PAUSED:
