@@ -3,7 +3,8 @@ run.
 
     .venv/bin/python -m bench.bench_task_journal [--quick] [--api-only]
 
-(`--api-only`: part 1 alone, printed, for a short before/after comparison)
+(`--api-only`: part 1 alone, printed, for a short before/after comparison;
+`--socket-only`: part 2 alone, likewise)
 
 1. task throughput through the Python API, journal off and on (alternating rounds,
    medians): goal on >= 80 % of off
@@ -133,8 +134,8 @@ def seed_journal(db: Path) -> None:
                      now - 60, now - 60 if done else None, now - 59 if done else None,
                      "succeeded" if done else "queued", 0, b'{"n":1}',
                      b'{"output":{"n":1}}' if done else None, None,
-                     attempts if done else b"[]", None))
-    conn.executemany("INSERT INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                     attempts if done else b"[]", None, None))
+    conn.executemany(f"INSERT INTO tasks VALUES ({','.join('?' * len(rows[0]))})", rows)
     conn.commit()
     conn.close()
 
@@ -225,6 +226,13 @@ def rss(journal_on: bool, n: int) -> dict[str, float]:
 
 def main() -> None:
     load = Path("/proc/loadavg").read_text().split()[:3]
+    if "--socket-only" in sys.argv:
+        ctl = socket_throughput()
+        print(json.dumps({"load_at_start": load, "journal_off_per_s": round(ctl["off"]),
+                          "journal_on_per_s": round(ctl["on"]), "tasks": TP // 2,
+                          "window": 256,
+                          "load_at_end": Path("/proc/loadavg").read_text().split()[:3]}))
+        return
     d = workdir("journal-api")
     api: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(ROUNDS):

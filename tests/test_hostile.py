@@ -235,6 +235,22 @@ def test_requests_sent_before_a_half_close_are_answered(daemon: Daemon) -> None:
     assert task["status"] == "succeeded"
 
 
+def test_a_burst_of_answers_gathered_in_a_turn_is_all_sent_before_a_half_close_hangs_up(
+        daemon: Daemon) -> None:
+    """Answers made in one turn of the loop are gathered and written at its end (cork.py);
+    the hang-up after a half-close comes in the same turn as the last of them, and must not
+    drop what is gathered."""
+    s = connect(daemon)
+    s.sendall(b"".join(b'{"jsonrpc":"2.0","id":%d,"method":"daemon.info"}\n' % i
+                       for i in range(50)))
+    s.shutdown(socket.SHUT_WR)
+    replies = read_replies(s, 50)
+    assert s.recv(1) == b""
+    assert [r["id"] for r in replies] == list(range(50))
+    assert all(r["result"]["pid"] == daemon.proc.pid for r in replies)  # type: ignore[union-attr]
+    s.close()
+
+
 # -- names --------------------------------------------------------------------------------
 RULE = "name must be 1-64 characters of [A-Za-z0-9_-], starting with a letter or digit"
 

@@ -11,9 +11,10 @@ import subprocess
 import sys
 from typing import Any
 
+from corral.cork import CORK_BYTES
 from corral.jsonrpc import Peer
 from corral.supervisor.containment import Containment
-from corral.supervisor.process import CORK_BYTES, STDIN_HIGH, ChildProcess
+from corral.supervisor.process import STDIN_HIGH, ChildProcess
 
 from .conftest import _is_pipe_or_pidfd, open_fds
 from .test_gateway_stdio import wait_until_async
@@ -138,23 +139,23 @@ async def test_stdin_written_in_one_turn_goes_out_at_its_end_in_order() -> None:
         written = child.stdin.get_write_buffer_size
         sent = [b"first"]
         child.write(b"first\n")
-        assert child._corked == [] and child._turn  # out at once
+        assert child._stdin_cork._parts == [] and child._stdin_cork._turn  # out at once
         for i in range(3):
             sent.append(b"message %d" % i)
             child.write(sent[-1] + b"\n")
         child.write_parts([b"in ", memoryview(b"pieces"), b"\n"])
         sent.append(b"in pieces")
-        assert child._corked_bytes == sum(len(m) + 1 for m in sent[1:])  # held, not written
+        assert child._stdin_cork._bytes == sum(len(m) + 1 for m in sent[1:])  # held, not written
         await asyncio.sleep(0)  # the turn ends: all of it in one writev
-        assert child._corked == [] and child._corked_bytes == 0 and written() == 0
-        assert not child._turn
+        assert child._stdin_cork._parts == [] and child._stdin_cork._bytes == 0 and written() == 0
+        assert not child._stdin_cork._turn
         child.write(b"next turn\n")
         sent.append(b"next turn")
-        assert child._corked == []  # the first of its turn: at once
+        assert child._stdin_cork._parts == []  # the first of its turn: at once
         big = b"x" * CORK_BYTES
         child.write(b"small\n")
         child.write(big + b"\n")  # over the bound: out now, with what was gathered before
-        assert child._corked == []
+        assert child._stdin_cork._parts == []
         sent += [b"small", big]
         await wait_until_async(lambda: len(lines) >= len(sent), 10)
         assert lines == sent

@@ -292,6 +292,31 @@ async def test_a_finished_task_leaves_the_garbage_collector_nothing_to_look_into
     assert len(gc.get_objects()) - before < 20 * 10  # measured: 20; kept decoded: 4,060
 
 
+async def test_a_queued_task_is_one_object_for_the_garbage_collector(
+        sup: Supervisor) -> None:
+    """A flood of queued tasks is walked by every full collection of the daemon: each holds
+    no list of its own until it needs one (its attempts a tuple, made anew per attempt;
+    its watchers made at the first `watch`)."""
+    sup.add(mb("busy"))
+    await sup.wait_state("busy", State.READY)
+    holder = sup.tasks.submit("busy", {"do": "sleep", "seconds": 30})
+    queued = [sup.tasks.submit("busy", {"do": "echo", "i": i}) for i in range(3)]
+    assert all(t.status == "queued" for t in queued)
+    for t in queued:
+        assert (t.attempts, t.watchers) == ((), ())
+        assert not gc.is_tracked(t.attempts) and not gc.is_tracked(t.watchers)
+    seen: list[str] = []
+    queued[0].watch(lambda kind, data: seen.append(kind))
+    assert isinstance(queued[0].watchers, list) and len(queued[0].watchers) == 1
+    queued[1].unwatch(seen.append)  # never watched: nothing to take back
+    assert queued[1].watchers == ()
+    sup.tasks.cancel(holder.id)
+    await asyncio.gather(*(t.done for t in queued))
+    assert seen == ["done"]
+    assert [len(t.attempts) for t in queued] == [1, 1, 1]
+    assert all(t.watchers is None for t in queued)
+
+
 async def test_answers_for_tasks_never_given_are_ignored(sup: Supervisor) -> None:
     logs: list[str] = []
     sup.stream.subscribe(lambda e: logs.extend(x.decode() for x in e.lines), LogLines)

@@ -37,6 +37,7 @@ from typing import Any, cast
 import msgspec
 
 from .. import jsonrpc
+from ..cork import Cork, Parts
 from ..jsonrpc import LineProtocol, Peer, RpcError
 from ..methods import CANCEL
 from ..paths import runtime_directory
@@ -86,6 +87,7 @@ class Connection(LineProtocol):
         self._unread_since: float | None = None  # replies not read since (loop time)
         self._watch: asyncio.TimerHandle | None = None
         self._streams: set[asyncio.Task[Any]] = set()  # follows: they end with the client
+        self._cork = Cork(self._write)
 
     @property
     def who(self) -> str:
@@ -119,7 +121,7 @@ class Connection(LineProtocol):
             log.warning("refused control connection from uid %d pid %d: %s", self.uid,
                         self.pid, refusal.message)
             self.peer.send_error(None, refusal)
-            transport.close()
+            self.close()
             return
         if not server.authorized(self.uid, self.gid):
             log.warning("refused control connection from uid %d pid %d", self.uid, self.pid)
@@ -130,31 +132,43 @@ class Connection(LineProtocol):
                 f"unauthorized: uid {self.uid} may not use this socket (allowed: root, uid "
                 f"{os.geteuid()}" + (f", group {server.group}" if server.group
                                      else "") + ")"))
-            transport.close()
+            self.close()
             return
         if len(server.connections) >= server.max_connections:
             text = (f"refused: too many control connections ({len(server.connections)} "
                     f"open, max_connections = {server.max_connections})")
             server.complaints(f"{self.who}: {text}")
             self.peer.send_error(None, RpcError(jsonrpc.REFUSED, text))
-            transport.close()
+            self.close()
             return
         server.connections.add(self)
         self._watch = asyncio.get_running_loop().call_later(server.idle_timeout, self._check)
 
     def _send(self, data: bytes) -> None:
+        # through a Cork: the answers of a burst (a batch of the task journal committed
+        # under 64 waiting requests) go in one write, and wake the client once
+        if not cast(asyncio.WriteTransport, self.transport).is_closing():
+            self._cork.write((data,))
+
+    def _write(self, parts: Parts) -> None:
         # uvloop's transports are not registered as asyncio.WriteTransport: a cast
         t = cast(asyncio.WriteTransport, self.transport)
         if t.is_closing():
             return
-        t.write(data)
-        # the backlog before this message counts: one large answer the client asked for
+        t.writelines(parts)
+        # the backlog before these messages counts: one large answer the client asked for
         # (an MCP tool's 34 MB image) is not a client that does not read; requests are not
         # read while replies are unread (REPLY_HIGH), so only pushed notifications pile up
         if not self.writable.is_set() and \
-                t.get_write_buffer_size() - len(data) > REPLY_LIMIT:
+                t.get_write_buffer_size() - sum(map(len, parts)) > REPLY_LIMIT:
             self.disconnect(f"{t.get_write_buffer_size()} bytes of replies unread "
                             f"(limit {REPLY_LIMIT})")
+
+    def close(self) -> None:
+        """Hang up after what is written so far, the turn's gathered answers too."""
+        if self.transport is not None:
+            self._cork.flush()
+            self.transport.close()
 
     def disconnect(self, reason: str) -> None:
         """Close a client that went over its budget, saying why in the daemon's log."""
@@ -217,7 +231,7 @@ class Connection(LineProtocol):
         """After a half-close, hang up once every request read has been answered."""
         if (self.at_eof and not self.paused and self.peer is not None
                 and not self.peer.handling and self.transport is not None):
-            self.transport.close()
+            self.close()
 
     def _line(self, line: bytes) -> None:
         self.lines += 1
@@ -390,8 +404,7 @@ class ControlServer:
         if self._server is not None:
             self._server.close()
             for conn in list(self.connections):
-                if conn.transport is not None:
-                    conn.transport.close()
+                conn.close()
             with contextlib.suppress(Exception):
                 await within(self._server.wait_closed(), 2)
             self._server = None

@@ -40,6 +40,7 @@ import msgspec
 
 from ..supervisor.containment import ProcessRecord
 from ..text import iso_time, plural
+from .checkpointer import Checkpointer
 from .history import MIGRATION as HISTORY_MIGRATION
 from .revisions import MIGRATION as REVISIONS_MIGRATION
 
@@ -426,12 +427,19 @@ class WriterThread:
     prunes, StoreWriter's batches and the control commands' records (`commit`) all run
     here, so SQLite work never waits on the loop and two writers never contend for the
     database's write lock. A job's `done(error)` is called on the loop, with SQLite's
-    message if the job raised (after a rollback)."""
+    message if the job raised (after a rollback). The writer's commits never checkpoint
+    the WAL: a Checkpointer thread beside it does (checkpointer.py)."""
 
     def __init__(self, path: Path, *, sync: str = "normal") -> None:
         self.path = path
         self._loop = asyncio.get_running_loop()
         self._db = connect(path, sync=sync)
+        try:
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self.checkpointer = Checkpointer(connect(path, sync=sync), path)
+        except sqlite3.Error:
+            self._db.close()
+            raise
         self._jobs: queue.SimpleQueue[tuple[Write, Callable[[str | None], None] | None]
                                       | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="corral-store", daemon=True)
@@ -476,15 +484,19 @@ class WriterThread:
                 with contextlib.suppress(sqlite3.Error):
                     if db.in_transaction:
                         db.execute("ROLLBACK")
+            if error is None:
+                self.checkpointer.wrote()
             if done is not None:
                 self._loop.call_soon_threadsafe(done, error)
             elif error is not None:
                 log.error("state database %s: %s", self.path, error)
 
     async def close(self) -> None:
-        """After the jobs given so far: stop the thread, close the connection."""
+        """After the jobs given so far: stop the thread and the checkpointer's, close the
+        connections."""
         self._jobs.put(None)
         await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self.checkpointer.close)
         self._db.close()
 
 

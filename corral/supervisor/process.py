@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
+from ..cork import Cork, Parts
 from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineBlock, LineProtocol, Peer
 from .caps import wrap_argv
 from .config import ConfigError, Limits, passwd_of
@@ -48,7 +49,6 @@ T = TypeVar("T")
 # the exit status of a zygote's child when the zygote did not tell it (dead, stopped)
 STATUS_LOST = 255
 STATUS_GRACE = 2.0
-CORK_BYTES = 64 * 1024  # stdin gathered in one loop turn before it is written at once
 
 
 def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int | None]:
@@ -205,9 +205,7 @@ class ChildProcess(asyncio.Protocol):
         # this process's own last stderr lines: an exit is explained by them, never by an
         # earlier process's (the tail lives and dies with the process)
         self.stderr_tail: deque[bytes] | None = None
-        self._turn = False  # stdin was written to in this turn of the loop
-        self._corked: list[bytes | memoryview] = []  # written at the end of this turn
-        self._corked_bytes = 0
+        self._stdin_cork = Cork(self._write_stdin)  # a burst of tasks wakes it twice
         loop.add_reader(pidfd, self._on_pidfd)
 
     @classmethod
@@ -406,45 +404,23 @@ class ChildProcess(asyncio.Protocol):
     def alive(self) -> bool:
         return not self.exited.done()
 
-    # The first write to stdin in a turn of the loop goes at once (a request and its
-    # answer one at a time wait for no turn); what follows it in the same turn is gathered
-    # and written once at the turn's end: a burst of tasks (a `map`, a queue draining)
-    # wakes the worker twice, not once a message, and the worker reads them in a read or
-    # two. Past CORK_BYTES what is gathered goes at once, so it stays small beside the
-    # transport's buffer, which is what the backlog checks look at.
+    # stdin is written through a Cork (cork.py): a burst of tasks (a `map`, a queue
+    # draining) wakes the worker twice, not once a message, and it reads them in a read or
+    # two
     def write(self, data: bytes) -> None:
         self.write_parts((data,))
 
     def write_parts(self, parts: list[bytes | memoryview] | tuple[bytes, ...]) -> None:
         """The pieces of one message in one writev, none copied into another."""
-        stdin = self.stdin
-        if stdin is None or stdin.is_closing():
-            return
-        if not self._turn:  # the turn's first: at once
-            self._turn = True
-            self.loop.call_soon(self._uncork)
-            stdin.writelines(parts)
-            return
-        self._corked += parts
-        self._corked_bytes += sum(map(len, parts))
-        if self._corked_bytes >= CORK_BYTES:
-            self._flush()
+        if self.stdin is not None and not self.stdin.is_closing():
+            self._stdin_cork.write(parts)
 
-    def _uncork(self) -> None:
-        """The turn is over: what it gathered is written."""
-        self._turn = False
-        self._flush()
-
-    def _flush(self) -> None:
-        parts = self._corked
-        if not parts:
-            return
-        self._corked, self._corked_bytes = [], 0
+    def _write_stdin(self, parts: Parts) -> None:
         if self.stdin is not None and not self.stdin.is_closing():
             self.stdin.writelines(parts)
 
     def close_stdin(self) -> None:
-        self._flush()
+        self._stdin_cork.flush()
         if self.stdin is not None and not self.stdin.is_closing():
             self.stdin.close()
 

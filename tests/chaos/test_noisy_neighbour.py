@@ -201,13 +201,15 @@ def test_a_noisy_tenant_does_not_starve_another(tmp: Path, world_readable_tree: 
             if Path("/proc/self/autogroup").exists():
                 assert [autogroup_nice(st[f"a_spin#{i}"]["pid"]) for i in range(2)
                         ] == [19, 19]
-            # B's tail: held where the host has a core to spare for it; not steadily on a
-            # 2-core host shared with other loads. A's spinners are weighed (nice and
-            # autogroup 19) and the run-queue waits below stay under a millisecond a
-            # task; what is left is the daemon's own work for A's flood, which every
-            # tenant shares (its journal's batches, the collector's full passes over A's
-            # queued tasks: bench/RESULTS.md). Reported, with the figures, rather than
-            # asserted away
+            # B's tail: held where the host has a core to spare for it; not on a 2-core
+            # host without cgroup CPU controllers. A's spinners are weighed (nice and
+            # autogroup 19) and the run-queue waits below average under a millisecond a
+            # task, but `perf sched timehist` shows a spinner keeping a CPU for 4 to 16
+            # ms after the daemon or B's agent wakes (the kernel lets the running task
+            # finish its slice; SCHED_IDLE and a shorter slice for the daemon do not
+            # reach across autogroups), beside the daemon's own work for A's flood, which
+            # every tenant shares (bench/RESULTS.md). Reported, with the figures, rather
+            # than asserted away
             held = p99(noisy) <= 1.5 * p99(alone)
     finally:
         if flood is not None and flood.poll() is None:

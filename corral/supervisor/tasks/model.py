@@ -147,8 +147,10 @@ class Task:
         self.output_dropped = False  # left in the journal, or dropped to bound memory
         self.journaled = False  # handed to a journal, input and all (its first row may wait)
         self.error: TaskError | None = None
-        # a tuple once finished: then the garbage collector stops looking at it (module doc)
-        self.attempts: Sequence[Attempt] = []
+        # a tuple, never a list kept (dispatch makes a new one per attempt, a finished task
+        # a tuple): a queued task is then one object the garbage collector looks into, not
+        # three, and a flood of queued tasks makes its full passes fewer and shorter
+        self.attempts: Sequence[Attempt] = ()
         self.progress: Any = None
         self.tool_calls = 0
         self.usage: ModelUsage | None = None  # reported by its worker (budget.py)
@@ -156,7 +158,9 @@ class Task:
         # done when the task is: made when first asked for (most tasks have only `waiter`)
         self._done: asyncio.Future[None] | None = None
         self.waiter: asyncio.Future[None] | None = None  # the submitter's own (run())
-        self.watchers: list[Callable[[str, Any], None]] | None = []  # None once finished
+        # () until the first watcher (no list for the collector to look into), None once
+        # finished
+        self.watchers: list[Callable[[str, Any], None]] | tuple[()] | None = ()
 
     @property
     def done(self) -> asyncio.Future[None]:
@@ -168,11 +172,13 @@ class Task:
 
     def watch(self, watcher: Callable[[str, Any], None]) -> None:
         """`watcher(kind, data)` hears "progress" and then "done" (with the result)."""
-        if self.watchers is not None:
+        if isinstance(self.watchers, list):
             self.watchers.append(watcher)
+        elif self.watchers is not None:
+            self.watchers = [watcher]
 
     def unwatch(self, watcher: Callable[[str, Any], None]) -> None:
-        if self.watchers is not None and watcher in self.watchers:
+        if isinstance(self.watchers, list) and watcher in self.watchers:
             self.watchers.remove(watcher)
 
     @property

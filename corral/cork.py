@@ -1,0 +1,54 @@
+"""Writes gathered per turn of the loop: one writev and one wake-up of the reader for a
+burst, not one a message.
+
+The first write in a turn goes at once (a request and its answer, one at a time, wait for
+no turn); what follows it in the same turn is gathered and written once at the turn's
+end. Past `limit` bytes what is gathered goes at once, so it stays small beside the
+transport's buffer, which is what the backlog checks look at. A worker's stdin (a burst of
+tasks) and a control client's socket (a burst of answers, when a batch of the task
+journal commits) are both written through one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+Parts = Sequence[bytes | memoryview]
+
+CORK_BYTES = 64 * 1024
+
+
+class Cork:
+    def __init__(self, write: Callable[[Parts], None], limit: int = CORK_BYTES) -> None:
+        """`write(parts)`: the transport's writelines, or what wraps it (it decides
+        whether the transport can still take them)."""
+        self._write = write
+        self.limit = limit
+        self._turn = False  # written to in this turn of the loop
+        self._parts: list[bytes | memoryview] = []  # written at the end of this turn
+        self._bytes = 0
+
+    def write(self, parts: Parts) -> None:
+        """The pieces of one message, in one writev with what else the turn gathers."""
+        if not self._turn:  # the turn's first: at once
+            self._turn = True
+            asyncio.get_running_loop().call_soon(self._uncork)
+            self._write(parts)
+            return
+        self._parts += parts
+        self._bytes += sum(map(len, parts))
+        if self._bytes >= self.limit:
+            self.flush()
+
+    def _uncork(self) -> None:
+        """The turn is over: what it gathered is written."""
+        self._turn = False
+        self.flush()
+
+    def flush(self) -> None:
+        parts = self._parts
+        if not parts:
+            return
+        self._parts, self._bytes = [], 0
+        self._write(parts)

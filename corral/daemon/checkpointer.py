@@ -1,0 +1,87 @@
+"""WAL checkpoints off the commit path.
+
+By default SQLite checkpoints inside the commit that takes the WAL past 1000 pages: that
+commit copies the WAL into the database file and fsyncs both, and whatever waits on it (a
+task's acknowledgement waits on its journal row's commit) waits for the disk; under a
+flood of another tenant's tasks those commits came every second or so, and a quiet
+tenant's `tasks.run` paid for them (bench/RESULTS.md, issue 23). So the writer's
+connection never checkpoints (`wal_autocheckpoint = 0`, `WriterThread`), and this thread,
+on a connection of its own, does: a PASSIVE checkpoint (it neither waits for nor holds up
+the writer or a reader: the writer appends to the WAL while earlier frames are copied)
+after the writer has committed, at most every MIN_GAP seconds. The WAL therefore grows by
+at most what is committed in MIN_GAP plus one checkpoint, and the writer restarts it from
+its beginning once a checkpoint has copied all of it (SQLite does that by itself).
+
+Shutdown: `close()` stops the thread after the checkpoint in progress (every wait here is
+bounded by it or by MIN_GAP) and closes its connection; SQLite checkpoints once more when
+the last connection to the database closes. A checkpoint that fails (a full disk, an I/O
+error) is logged once until one succeeds again; the commits are unaffected by it (the
+WAL keeps what they wrote) and the next write tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+log = logging.getLogger("corral.store")
+
+MIN_GAP = 0.25  # seconds between two checkpoints, however often the writer commits
+
+
+class Checkpointer:
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        """`db`: a connection of its own (store.connect), used only by this thread."""
+        self.path = path
+        self._db = db
+        self._wrote = threading.Event()  # something was committed since the last one
+        self._closing = threading.Event()
+        self.tries = 0  # checkpoints begun
+        self.checkpoints = 0  # and completed
+        self.last: tuple[int, int] = (0, 0)  # (frames in the WAL, frames copied) then
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, name="corral-checkpoint",
+                                        daemon=True)
+        self._thread.start()
+
+    def wrote(self) -> None:
+        """Called by the writer after a commit: a checkpoint is due."""
+        if not self._wrote.is_set():
+            self._wrote.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wrote.wait()
+            if self._closing.is_set():
+                return
+            self._wrote.clear()
+            self._checkpoint()
+            if self._closing.wait(MIN_GAP):
+                return
+
+    def _checkpoint(self) -> None:
+        self.tries += 1
+        try:
+            _busy, frames, copied = self._db.execute(
+                "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            if not self._failing:
+                self._failing = True
+                log.warning("state database %s: a WAL checkpoint failed (%s); the WAL "
+                            "keeps what was written, and the next write tries again",
+                            self.path, exc)
+            return
+        if self._failing:
+            self._failing = False
+            log.warning("state database %s: WAL checkpoints work again", self.path)
+        self.last = (frames, copied)
+        self.checkpoints += 1
+
+    def close(self) -> None:
+        """Blocking (call it off the loop): after the checkpoint in progress, if any."""
+        self._closing.set()
+        self._wrote.set()
+        self._thread.join()
+        self._db.close()
