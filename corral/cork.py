@@ -20,9 +20,11 @@ CORK_BYTES = 64 * 1024
 
 
 class Cork:
-    def __init__(self, write: Callable[[Parts], None], limit: int = CORK_BYTES) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, write: Callable[[Parts], None],
+                 limit: int = CORK_BYTES) -> None:
         """`write(parts)`: the transport's writelines, or what wraps it (it decides
         whether the transport can still take them)."""
+        self._loop = loop
         self._write = write
         self.limit = limit
         self._turn = False  # written to in this turn of the loop
@@ -33,7 +35,7 @@ class Cork:
         """The pieces of one message, in one writev with what else the turn gathers."""
         if not self._turn:  # the turn's first: at once
             self._turn = True
-            asyncio.get_running_loop().call_soon(self._uncork)
+            self._loop.call_soon(self._uncork)
             self._write(parts)
             return
         self._parts += parts

@@ -87,7 +87,7 @@ class Connection(LineProtocol):
         self._unread_since: float | None = None  # replies not read since (loop time)
         self._watch: asyncio.TimerHandle | None = None
         self._streams: set[asyncio.Task[Any]] = set()  # follows: they end with the client
-        self._cork = Cork(self._write)
+        self._cork = Cork(asyncio.get_running_loop(), self._write)
 
     @property
     def who(self) -> str:

@@ -205,7 +205,7 @@ class ChildProcess(asyncio.Protocol):
         # this process's own last stderr lines: an exit is explained by them, never by an
         # earlier process's (the tail lives and dies with the process)
         self.stderr_tail: deque[bytes] | None = None
-        self._stdin_cork = Cork(self._write_stdin)  # a burst of tasks wakes it twice
+        self._stdin_cork = Cork(loop, self._write_stdin)  # a burst of tasks wakes it twice
         loop.add_reader(pidfd, self._on_pidfd)
 
     @classmethod
