@@ -263,6 +263,44 @@ rate_per_minute = 2
                                 "a task for r1 waits for the next minute's room")
 
 
+@pytest.mark.deadline(120)
+async def test_a_full_queue_refusal_names_no_wait_and_a_rate_refusal_its_own(
+        tmp_path: Path) -> None:
+    """A tenant with both a queue and a rate quota: a task refused for the queue says
+    nothing of when to come back (the queue drains at no known time), even while the rate
+    has no token left; one refused for the rate says when its next token comes."""
+    toml = """
+[tenants.both]
+max_concurrent_tasks = 1
+max_queue = 1
+rate_per_minute = 2
+"""
+    async with in_process(tmp_path, sleeper("b1", "both"), toml) as d:
+        sup = d.services.sup
+        marker = tmp_path / "go"
+        wait = {"do": "await", "path": str(marker)}
+        first = await _run(d, "b1", wait, detach=True)  # runs: the rate's first token
+        second = await _run(d, "b1", wait, detach=True)  # waits: its second
+        await wait_until_async(lambda: sup.tasks.running("b1") == 1, timeout=10)
+        assert sup.tasks.queue.depth("b1") == 1
+        params = msgspec.json.encode({"agent": "b1", "input": {"do": "echo"}})
+        with pytest.raises(RpcError) as e:
+            await d.dispatcher.call(OPERATOR, "tasks.run", params)
+        assert (e.value.code, e.value.message, e.value.data) == (
+            jsonrpc.REFUSED, "tenant both: max_queue 1 reached (1 waiting); a task for b1 "
+                             "needs 1 more", None)
+        marker.touch()
+        for t in (first, second):
+            got = await call(d, "tasks.get", {"task_id": t.task_id, "wait": True})
+            assert got.status == "succeeded"
+        with pytest.raises(RpcError) as e:
+            await d.dispatcher.call(OPERATOR, "tasks.run", params)
+        assert (e.value.code, e.value.message) == (
+            jsonrpc.REFUSED, "tenant both: rate_per_minute 2 reached; a task for b1 waits "
+                             "for the next minute's room")
+        assert 25 <= e.value.data["retry_after"] <= 30  # 2 a minute: a token each 30 s
+
+
 def _hooks(d: Daemon) -> tuple[bool, bool, bool]:
     """Whether dispatch's tenant gate, its task-end hook and the shared budgets' lookup
     are installed (each only while some tenant sets the quota it serves)."""

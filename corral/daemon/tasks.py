@@ -138,9 +138,10 @@ class TaskDesk:
         if agent is None:
             return p
         tenancy = self.sup.tenancy
-        why = tenancy.task_refusal(agent, self.sup.tasks.queue.depth)
-        if why is not None:
-            raise RpcError(jsonrpc.REFUSED, why, retry_after(tenancy.rate_wait(agent)))
+        quota = tenancy.task_refusal(agent, self.sup.tasks.queue.depth)
+        if quota is not None:
+            why, wait = quota
+            raise RpcError(jsonrpc.REFUSED, why, None if wait is None else retry_after(wait))
         asked = p.timeout if p.timeout is not None else agent.spec.task_timeout
         capped = tenancy.timeout(agent, asked)
         if capped == asked:

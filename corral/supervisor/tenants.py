@@ -200,9 +200,12 @@ class Tenancy:
         return out
 
     # -- tasks --------------------------------------------------------------------------
-    def task_refusal(self, agent: AgentLike, depth: Callable[[str], int]) -> str | None:
-        """Why the tenant of `agent` takes no more tasks now, or None (the rate quota's
-        token is taken when it passes)."""
+    def task_refusal(self, agent: AgentLike, depth: Callable[[str], int]
+                     ) -> tuple[str, float | None] | None:
+        """Why the tenant of `agent` takes no more tasks now, and when it will again if
+        that is known (a rate's next token: a refused task's Retry-After; None for a full
+        queue, which drains at no known time), or None (the rate quota's token is taken
+        when it passes)."""
         tenant = agent.spec.tenant
         spec = self.specs.get(tenant)
         if spec is None:
@@ -211,7 +214,7 @@ class Tenancy:
             queued = sum(depth(a.name) for a in self.members(tenant))
             if queued >= spec.max_queue:
                 return (f"tenant {tenant}: max_queue {spec.max_queue} reached ({queued} "
-                        f"waiting); a task for {agent.name} needs 1 more")
+                        f"waiting); a task for {agent.name} needs 1 more"), None
         if spec.rate_per_minute:
             bucket = self._buckets.get(tenant)
             if bucket is None:
@@ -219,14 +222,8 @@ class Tenancy:
             if not bucket.take():
                 return (f"tenant {tenant}: rate_per_minute {spec.rate_per_minute:g} "
                         f"reached; a task for {agent.name} waits for the next minute's "
-                        "room")
+                        "room"), bucket.wait()
         return None
-
-    def rate_wait(self, agent: AgentLike) -> float:
-        """Seconds until the tenant's rate_per_minute admits a task again (0: now, or no
-        such quota): a refused task's Retry-After."""
-        bucket = self._buckets.get(agent.spec.tenant)
-        return bucket.wait() if bucket is not None else 0.0
 
     def timeout(self, agent: AgentLike, asked: float) -> float:
         """A task's timeout, capped at its tenant's max_task_seconds."""

@@ -188,10 +188,12 @@ class TaskManager:
             raise rate_limited(agent, q.bucket)
         tenancy = self.tenancy
         if tenancy is not None:
-            why = tenancy.task_refusal(agent, self.queue.depth)
-            if why is not None:
+            quota = tenancy.task_refusal(agent, self.queue.depth)
+            if quota is not None:
                 q.counts["refused"] += 1
-                raise RpcError(jsonrpc.REFUSED, why, retry_after(tenancy.rate_wait(agent)))
+                why, wait = quota
+                raise RpcError(jsonrpc.REFUSED, why, None if wait is None
+                               else retry_after(wait))
         depth = self.queue.depth(agent.name)
         if depth >= agent.spec.max_queue and (self.dispatch.free_replica(agent) is None
                                               or self.budgets.holds(agent)):
