@@ -30,7 +30,6 @@ from ..supervisor.tasks import (
     TaskSummary,
     is_task_id,
 )
-from ..supervisor.tasks.admission import retry_after
 from ..text import plural
 from .api import Channel
 
@@ -138,10 +137,9 @@ class TaskDesk:
         if agent is None:
             return p
         tenancy = self.sup.tenancy
-        quota = tenancy.task_refusal(agent, self.sup.tasks.queue.depth)
-        if quota is not None:
-            why, wait = quota
-            raise RpcError(jsonrpc.REFUSED, why, None if wait is None else retry_after(wait))
+        refused = tenancy.task_refusal(agent, self.sup.tasks.queue.depth)
+        if refused is not None:
+            raise refused
         asked = p.timeout if p.timeout is not None else agent.spec.task_timeout
         capped = tenancy.timeout(agent, asked)
         if capped == asked:

@@ -289,8 +289,7 @@ class ProcessReplica(Machine):
             if done and proc is not None and not populated(how):
                 # an empty cgroup reads frozen: the process died as it was frozen, and
                 # what the pause answers is that exit, seen first (not "paused")
-                with contextlib.suppress(TimeoutError):
-                    await within(asyncio.shield(proc.exited), FREEZE_WAIT)
+                await _wait(proc.exited, FREEZE_WAIT)
         else:
             done = await self._wait_stopped()
         if not done and self.state == State.PAUSED:

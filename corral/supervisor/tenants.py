@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from .. import jsonrpc
+from ..jsonrpc import RpcError
 from .config import DEFAULT_TENANT, MIB, TenantSpec
 from .lifecycle import SERVING, State
-from .tasks.admission import TokenBucket
+from .tasks.admission import TokenBucket, retry_after
 from .tasks.budget import BUDGET_PREFIX
 
 if TYPE_CHECKING:
@@ -201,11 +203,11 @@ class Tenancy:
 
     # -- tasks --------------------------------------------------------------------------
     def task_refusal(self, agent: AgentLike, depth: Callable[[str], int]
-                     ) -> tuple[str, float | None] | None:
-        """Why the tenant of `agent` takes no more tasks now, and when it will again if
-        that is known (a rate's next token: a refused task's Retry-After; None for a full
-        queue, which drains at no known time), or None (the rate quota's token is taken
-        when it passes)."""
+                     ) -> RpcError | None:
+        """The refusal of a task for the tenant of `agent`, if it takes no more now: why,
+        and when it will again if that is known (a rate's next token, a refused task's
+        Retry-After; nothing for a full queue, which drains at no known time); or None
+        (the rate quota's token is taken when it passes)."""
         tenant = agent.spec.tenant
         spec = self.specs.get(tenant)
         if spec is None:
@@ -213,16 +215,18 @@ class Tenancy:
         if spec.max_queue:
             queued = sum(depth(a.name) for a in self.members(tenant))
             if queued >= spec.max_queue:
-                return (f"tenant {tenant}: max_queue {spec.max_queue} reached ({queued} "
-                        f"waiting); a task for {agent.name} needs 1 more"), None
+                return RpcError(jsonrpc.REFUSED, f"tenant {tenant}: max_queue "
+                                f"{spec.max_queue} reached ({queued} waiting); a task for "
+                                f"{agent.name} needs 1 more")
         if spec.rate_per_minute:
             bucket = self._buckets.get(tenant)
             if bucket is None:
                 bucket = self._buckets[tenant] = TokenBucket(spec.rate_per_minute)
             if not bucket.take():
-                return (f"tenant {tenant}: rate_per_minute {spec.rate_per_minute:g} "
-                        f"reached; a task for {agent.name} waits for the next minute's "
-                        "room"), bucket.wait()
+                return RpcError(jsonrpc.REFUSED, f"tenant {tenant}: rate_per_minute "
+                                f"{spec.rate_per_minute:g} reached; a task for "
+                                f"{agent.name} waits for the next minute's room",
+                                retry_after(bucket.wait()))
         return None
 
     def timeout(self, agent: AgentLike, asked: float) -> float:

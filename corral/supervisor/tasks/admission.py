@@ -26,10 +26,13 @@ class TokenBucket:
         self.tokens = self.capacity
         self.stamp = time.monotonic()
 
+    def _level(self, now: float) -> float:
+        """The tokens there are at `now` (refilled since the last take)."""
+        return min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+
     def take(self) -> bool:
         now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
+        self.tokens, self.stamp = self._level(now), now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return True
@@ -37,8 +40,7 @@ class TokenBucket:
 
     def wait(self) -> float:
         """Seconds until take() passes again, at this rate (0: now)."""
-        level = min(self.capacity, self.tokens + (time.monotonic() - self.stamp) * self.rate)
-        return max(0.0, (1.0 - level) / self.rate)
+        return max(0.0, (1.0 - self._level(time.monotonic())) / self.rate)
 
 
 def retry_after(seconds: float) -> dict[str, float]:

@@ -34,7 +34,6 @@ from .admission import (
     queue_full,
     rate_limited,
     refusal,
-    retry_after,
 )
 from .budget import BUDGET_PREFIX, Budgets, no_group
 from .counters import AgentTasks, totals
@@ -188,12 +187,10 @@ class TaskManager:
             raise rate_limited(agent, q.bucket)
         tenancy = self.tenancy
         if tenancy is not None:
-            quota = tenancy.task_refusal(agent, self.queue.depth)
-            if quota is not None:
+            refused = tenancy.task_refusal(agent, self.queue.depth)
+            if refused is not None:
                 q.counts["refused"] += 1
-                why, wait = quota
-                raise RpcError(jsonrpc.REFUSED, why, None if wait is None
-                               else retry_after(wait))
+                raise refused
         depth = self.queue.depth(agent.name)
         if depth >= agent.spec.max_queue and (self.dispatch.free_replica(agent) is None
                                               or self.budgets.holds(agent)):
