@@ -402,6 +402,16 @@ async def test_tokens_per_minute_is_one_budget_over_the_tenants_agents(
         done = await asyncio.wait_for(call(d, "tasks.get", {
             "task_id": accepted.task_id, "wait": True}), 15)
         assert (done.status, done.waiting) == ("succeeded", None)
+        # and its window with it: no figure left to fade beside no quota
+        entry = {t.name: t for t in (await call(d, "tenants.list")).tenants}["acme"]
+        assert entry.use.tokens_last_minute == 0
+        # set again, the budget counts afresh and holds again
+        await call(d, "tenants.set", {"name": "acme", "set": {"tokens_per_minute": 100}})
+        assert (await _run(d, "u1", spend)).status == "succeeded"
+        held = await _run(d, "u2", {"do": "echo"}, detach=True)
+        info = await call(d, "tasks.get", {"task_id": held.task_id})
+        assert info.waiting is not None and info.waiting.startswith(
+            "budget: tenant acme tokens_per_minute 100 used 110, next at ")
 
 
 # -- persisted ------------------------------------------------------------------------------

@@ -140,6 +140,12 @@ class TaskManager:
         self.dispatch.gate = self._tenant_full if concurrent else None
         self.dispatch.freed = self._freed if concurrent else None
         self.budgets.shared = tenancy.budget if tenancy.shares_budgets() else no_group
+        # a tenant's shared window goes with its tokens_per_minute (or the tenant): no
+        # longer fed, it would show a use that only fades (`corral tenants`)
+        for key in [k for k in self.budgets.windows if k.startswith(BUDGET_PREFIX)]:
+            spec = tenancy.specs.get(key.removeprefix(BUDGET_PREFIX))
+            if spec is None or not spec.tokens_per_minute:
+                self.budgets.forget(key)
         for name in list(self.by_agent):
             if self.queue.depth(name):
                 self.dispatch.pump(name)
