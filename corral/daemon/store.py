@@ -358,6 +358,12 @@ def _statements(script: str) -> list[str]:
 Write = Callable[[sqlite3.Connection], None]
 
 RETRY_EVERY = 1.0  # seconds between attempts while the database cannot be written
+# WriterThread.run_here: a batch this small may be committed on the loop; a job there that
+# took longer than HERE_SLOW (the disk is slow: writeback, a large WAL) sends the next
+# ones to the thread for HERE_PAUSE seconds, so a slow disk holds the loop up once
+HERE_MAX = 16
+HERE_SLOW = 0.005
+HERE_PAUSE = 10.0
 MAX_KEPT = 10_000  # StoreWriter's writes kept in memory while it cannot write; then dropped
 # SQLite's primary result codes of a write that may work when tried again: a full disk, an
 # I/O error (EFBIG past a file size limit is one), a read-only file (a remount), a lock
@@ -428,11 +434,20 @@ class WriterThread:
     here, so SQLite work never waits on the loop and two writers never contend for the
     database's write lock. A job's `done(error)` is called on the loop, with SQLite's
     message if the job raised (after a rollback). The writer's commits never checkpoint
-    the WAL: a Checkpointer thread beside it does (checkpointer.py)."""
+    the WAL: a Checkpointer thread beside it does (checkpointer.py).
+
+    `run_here(job)` runs a job on the loop instead, on the same connection, when that
+    cannot hold the loop up for long or put a job out of order: nothing is queued or
+    running here, the commits do not fsync (sync "normal"), the last such job was quick,
+    and another process holding the write lock makes it give way at once rather than
+    wait. A small batch is then committed without the two hand-overs between the loop
+    and this thread, each a wake-up that a busy host can delay by a scheduler tick
+    (bench/RESULTS.md, "one hand-over fewer")."""
 
     def __init__(self, path: Path, *, sync: str = "normal") -> None:
         self.path = path
         self._loop = asyncio.get_running_loop()
+        self._busy_ms = BUSY_TIMEOUT_MS  # what connect() gave the connection
         self._db = connect(path, sync=sync)
         try:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
@@ -440,13 +455,60 @@ class WriterThread:
         except sqlite3.Error:
             self._db.close()
             raise
+        self.sync = sync
         self._jobs: queue.SimpleQueue[tuple[Write, Callable[[str | None], None] | None]
                                       | None] = queue.SimpleQueue()
+        # jobs given to the thread and not yet finished: the loop runs one itself only at
+        # 0, so the connection is never used by two threads and jobs keep their order
+        self._unfinished = 0
+        self._count_lock = threading.Lock()
+        self._here_until = 0.0  # after a slow job on the loop: none there before this
+        self.here = 0  # jobs run on the loop (the bench and tests read these)
+        self.handed = 0  # and by the thread
         self._thread = threading.Thread(target=self._run, name="corral-store", daemon=True)
         self._thread.start()
 
     def run(self, job: Write, done: Callable[[str | None], None] | None = None) -> None:
+        with self._count_lock:
+            self._unfinished += 1
+        self.handed += 1
         self._jobs.put((job, done))
+
+    def run_here(self, job: Write) -> tuple[bool, str | None]:
+        """Run `job` on the calling (loop) thread if it can be done without waiting (see
+        the class doc): (True, its error or None), or (False, None) when it was not run
+        and should be given to `run`, as when another connection holds the write lock."""
+        if self.sync != "normal" or time.monotonic() < self._here_until:
+            return False, None
+        with self._count_lock:
+            if self._unfinished:
+                return False, None
+            self._unfinished = 1  # the thread's, until this job is done
+        db = self._db
+        began = time.monotonic()
+        try:
+            db.execute("PRAGMA busy_timeout = 0")
+            try:
+                job(db)
+            except sqlite3.Error as exc:
+                self._rollback(db)
+                if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_BUSY,
+                                                                   sqlite3.SQLITE_LOCKED):
+                    return False, None  # the thread waits for the lock; the loop may not
+                return True, described(exc)
+            except Exception as exc:
+                self._rollback(db)
+                return True, self._failed(exc)
+            finally:
+                db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+                if time.monotonic() - began > HERE_SLOW:
+                    self._here_until = time.monotonic() + HERE_PAUSE
+        finally:
+            with self._count_lock:
+                self._unfinished = 0
+        self.here += 1
+        self.checkpointer.wrote()
+        return True, None
 
     async def commit(self, writes: Iterable[Write]) -> None:
         """Run `writes` in one transaction, now; StoreError, naming the file and the
@@ -478,18 +540,27 @@ class WriterThread:
                 job(db)
             except Exception as exc:  # the thread outlives any one job
                 # (every command's record, the task journal and shutdown wait on it)
-                error = described(exc)
-                if not isinstance(exc, sqlite3.Error):
-                    log.error("state database %s: a write failed", self.path, exc_info=exc)
-                with contextlib.suppress(sqlite3.Error):
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
+                error = self._failed(exc)
+                self._rollback(db)
+            with self._count_lock:
+                self._unfinished -= 1
             if error is None:
                 self.checkpointer.wrote()
             if done is not None:
                 self._loop.call_soon_threadsafe(done, error)
             elif error is not None:
                 log.error("state database %s: %s", self.path, error)
+
+    def _failed(self, exc: Exception) -> str:
+        if not isinstance(exc, sqlite3.Error):
+            log.error("state database %s: a write failed", self.path, exc_info=exc)
+        return described(exc)
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
 
     async def close(self) -> None:
         """After the jobs given so far: stop the thread and the checkpointer's, close the
@@ -599,6 +670,11 @@ class GroupCommit(Generic[V]):
         done = self._pending_done or self._loop.create_future()
         self._pending_done = None
         self._inflight_done = done
+        if len(batch) <= HERE_MAX and not self.outage.failing:
+            ran, error = self.thread.run_here(lambda db: self._job(db, batch))
+            if ran:
+                self._batch_done(done, items, batch, error)
+                return
         self.thread.run(lambda db: self._job(db, batch),
                         lambda error: self._batch_done(done, items, batch, error))
 

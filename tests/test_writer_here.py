@@ -1,0 +1,189 @@
+"""Where the state database's writes run (store.WriterThread.run_here): a small batch on
+the loop when that cannot hold it up, anything else on the writer thread; never two at
+once on the connection, never out of order."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from corral.daemon import store as store_mod
+from corral.daemon.store import HERE_MAX, StateStore, open_database
+from corral.daemon.taskjournal import TaskJournalDB
+from corral.supervisor.tasks import Task
+
+LOOP = threading.get_ident()
+NAMES = itertools.count()
+
+
+def noting(seen: list[int]) -> store_mod.Write:
+    """A write of a row of its own that notes the thread it ran on."""
+    name = f"w{next(NAMES)}"
+
+    def write(db: sqlite3.Connection) -> None:
+        seen.append(threading.get_ident())
+        db.execute("INSERT INTO agent_state (name, replica, time, state) VALUES "
+                   "(?, 0, 0, '0')", (name,))
+    return write
+
+
+def rows(db: Path) -> int:
+    with sqlite3.connect(db) as c:
+        (n,) = c.execute("SELECT count(*) FROM agent_state").fetchone()
+    return int(n)
+
+
+async def test_a_small_batch_is_committed_on_the_loop_and_a_large_one_by_the_thread(
+        tmp_path: Path) -> None:
+    db = tmp_path / "corral.db"
+    store = StateStore(db)
+    writer = store.open_writer()
+    try:
+        seen: list[int] = []
+        writer.submit(noting(seen))
+        await writer.committed()
+        assert seen == [LOOP]
+        assert (writer.thread.here, writer.thread.handed) == (1, 0)
+        seen.clear()
+        for _ in range(HERE_MAX + 1):  # one loop turn: one batch, too large for the loop
+            writer.submit(noting(seen))
+        await writer.committed()
+        assert len(seen) == HERE_MAX + 1 and LOOP not in seen
+        assert (writer.thread.here, writer.thread.handed) == (1, 1)
+        assert rows(db) == HERE_MAX + 2
+    finally:
+        await store.close_writer()
+        store.close()
+
+
+async def test_commits_that_fsync_are_never_made_on_the_loop(tmp_path: Path) -> None:
+    db = tmp_path / "corral.db"
+    store = StateStore(db, sync="full")
+    writer = store.open_writer()
+    try:
+        seen: list[int] = []
+        writer.submit(noting(seen))
+        await writer.committed()
+        assert len(seen) == 1 and seen != [LOOP]
+        assert (writer.thread.here, writer.thread.handed) == (0, 1)
+    finally:
+        await store.close_writer()
+        store.close()
+
+
+async def test_a_write_lock_held_elsewhere_sends_the_batch_to_the_thread_at_once(
+        tmp_path: Path) -> None:
+    """The loop never waits for another process's lock: the batch goes to the thread,
+    which waits for it (up to the busy timeout) and commits once it is released."""
+    db = tmp_path / "corral.db"
+    store = StateStore(db)
+    errors: list[str] = []
+    writer = store.open_writer(on_error=errors.append)
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        seen: list[int] = []
+        writer.submit(noting(seen))
+        began = time.monotonic()
+        await asyncio.sleep(0)  # the turn that flushes the batch
+        await asyncio.sleep(0)
+        held = time.monotonic() - began
+        assert held < store_mod.BUSY_TIMEOUT_MS / 1000 / 4, held
+        assert seen == [LOOP]  # tried on the loop, which gave way at once
+        assert (writer.thread.here, writer.thread.handed) == (0, 1)
+        commit = asyncio.ensure_future(writer.committed())
+        holder.execute("ROLLBACK")  # the thread, waiting on the lock, gets it
+        await asyncio.wait_for(commit, 10)
+        assert len(seen) == 2 and seen[1] != LOOP
+        assert (writer.thread.here, writer.thread.handed, errors) == (0, 1, [])
+        assert rows(db) == 1
+        # the connection's own timeout is back for the thread's next waits
+        (ms,) = writer.thread._db.execute("PRAGMA busy_timeout").fetchone()
+        assert ms == store_mod.BUSY_TIMEOUT_MS
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+        await store.close_writer()
+        store.close()
+
+
+async def test_a_slow_commit_on_the_loop_sends_the_next_ones_to_the_thread_for_a_while(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_mod, "HERE_PAUSE", 0.3)
+    db = tmp_path / "corral.db"
+    store = StateStore(db)
+    writer = store.open_writer()
+    try:
+        seen: list[int] = []
+
+        def slow(db: sqlite3.Connection) -> None:  # a disk that takes its time
+            seen.append(threading.get_ident())
+            time.sleep(store_mod.HERE_SLOW * 2)
+
+        writer.submit(slow)
+        await writer.committed()
+        paused = time.monotonic()
+        writer.submit(noting(seen))
+        await writer.committed()
+        assert seen[0] == LOOP and seen[1] != LOOP
+        assert (writer.thread.here, writer.thread.handed) == (1, 1)
+        # the pause over, small batches are made on the loop again
+        await asyncio.sleep(max(0.0, paused + store_mod.HERE_PAUSE - time.monotonic()))
+        writer.submit(noting(seen))
+        await writer.committed()
+        assert seen[2] == LOOP
+        assert (writer.thread.here, writer.thread.handed) == (2, 1)
+    finally:
+        await store.close_writer()
+        store.close()
+
+
+async def test_a_batch_on_the_loop_waits_for_the_threads_jobs_given_before_it(
+        tmp_path: Path) -> None:
+    """While the thread has a job, the next batch goes behind it, not past it on the
+    loop: the order writes were made in is the order they are committed in."""
+    db = tmp_path / "corral.db"
+    store = StateStore(db)
+    writer = store.open_writer()
+    try:
+        gate = threading.Event()
+        order: list[str] = []
+
+        def first(db: sqlite3.Connection) -> None:
+            gate.wait(10)
+            order.append("first")
+
+        writer.thread.run(first)
+        writer.submit(lambda db: order.append("second"))
+        flushed = asyncio.ensure_future(writer.committed())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert order == [] and not flushed.done()
+        gate.set()
+        await asyncio.wait_for(flushed, 10)
+        assert order == ["first", "second"]
+        assert (writer.thread.here, writer.thread.handed) == (0, 2)
+    finally:
+        await store.close_writer()
+        store.close()
+
+
+async def test_the_task_journal_commits_a_lone_task_on_the_loop(db_path: Path) -> None:
+    journal = TaskJournalDB(db_path)
+    try:
+        journal.write(Task("a", msgspec.Raw(b'{"n": 1}'), 0, 30.0, 0, 1))
+        await journal.committed()
+        assert (journal.rows, journal._writer.here, journal._writer.handed) == (1, 1, 0)
+    finally:
+        await journal.close()
+    db = open_database(db_path)
+    assert db.execute("SELECT agent, status FROM tasks").fetchall() == [("a", "queued")]
+    db.close()
