@@ -577,8 +577,9 @@ V = TypeVar("V")
 class GroupCommit(Generic[V]):
     """Writes gathered on the loop and committed by the writer thread in one transaction a
     batch (group commit without a timer): one flush per loop turn hands what waits to the
-    thread, and while it writes, the next batch gathers. The task journal (its rows) and
-    StoreWriter (its writes) are both one of these.
+    thread, and while it writes, the next batch gathers. A batch small enough is
+    committed on the loop when the thread is idle (`WriterThread.run_here`). The task
+    journal (its rows) and StoreWriter (its writes) are both one of these.
 
     Writes are keyed: one with the key of a waiting one takes its place, `merge`d with it
     (a task's newer snapshot, a superseded checkpoint). A batch that cannot be written

@@ -15,7 +15,9 @@ YOUNG_FOR, made then from the task as it is, so a task that ends meanwhile is on
 (one insert rather than an insert and an update). One flush per loop turn hands the
 queued rows to a writer thread, which writes them in one transaction (an upsert per task,
 whatever number of changes it had); while it writes, the next batch gathers, so commits
-group themselves under load and there is never one fsync per task. `committed()` resolves
+group themselves under load and there is never one fsync per task. A small batch while
+the thread is idle is committed on the loop instead (store.WriterThread.run_here): a lone
+task's commits then cost no hand-over to the thread and back. `committed()` resolves
 once everything written so far is durable: `tasks.run` acknowledges a task only after
 that. With `journal_sync = "normal"` (SQLite synchronous=NORMAL in WAL) a commit survives
 a crash of the daemon; with `"full"` it also survives a power loss, at the cost of an

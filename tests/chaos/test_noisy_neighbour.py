@@ -110,6 +110,34 @@ def schedstats(pids: dict[str, int]) -> dict[str, tuple[int, int]]:
     return out
 
 
+PF_KTHREAD = 0x00200000  # /proc/PID/stat's flags: a kernel thread
+
+
+def kernel_threads() -> dict[str, int]:
+    """Each kernel thread's time on a CPU (ns): the host's own work, which no weight of
+    a tenant's holds back (bench/RESULTS.md, "every core busy")."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            run = int((d / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+        if int(rest.split()[6]) & PF_KTHREAD:
+            out[f"{name}[{d.name}]"] = run
+    return out
+
+
+def busiest(a: dict[str, int], b: dict[str, int], c: dict[str, int]) -> str:
+    """The kernel threads that ran most beside A: ms alone -> beside A."""
+    top = sorted(c, key=lambda k: -(c[k] - b.get(k, c[k])))[:3]
+    return ", ".join(f"{k} {(b.get(k, 0) - a.get(k, 0)) / 1e6:.0f} -> "
+                     f"{(c[k] - b.get(k, c[k])) / 1e6:.0f}" for k in top)
+
+
 def phase(a: dict[str, tuple[int, int]], b: dict[str, tuple[int, int]], who: str) -> str:
     return f"{(b[who][1] - a[who][1]) / 1e6 / B_TASKS:.2f}"
 
@@ -139,9 +167,9 @@ def test_a_noisy_tenant_does_not_starve_another(tmp: Path, world_readable_tree: 
             pid = d.proc.pid
             before = d.status()["b1#0"]
             watched = {"daemon": pid, "b1": before["pid"], "test": os.getpid()}
-            s0 = schedstats(watched)
+            s0, k0 = schedstats(watched), kernel_threads()
             alone, failed_alone = b_phase(c)
-            s1 = schedstats(watched)
+            s1, k1 = schedstats(watched), kernel_threads()
 
             # A: its memory over its quota, a fork bomb, every core spun, its queue filled
             def detach(agent: str, task: dict[str, Any]) -> None:
@@ -159,7 +187,7 @@ def test_a_noisy_tenant_does_not_starve_another(tmp: Path, world_readable_tree: 
                      "TASKS": str(QUEUED + 1)})
             t0 = time.monotonic()
             noisy, failed_noisy = b_phase(c, until=lambda: flood.poll() is not None)
-            s2 = schedstats(watched)
+            s2, k2 = schedstats(watched), kernel_threads()
             out, _ = flood.communicate(timeout=60)
             flood_seconds = time.monotonic() - t0
             assert flood.returncode == 0
@@ -181,8 +209,9 @@ def test_a_noisy_tenant_does_not_starve_another(tmp: Path, world_readable_tree: 
             report = (f"B p99 alone {p99(alone) * 1000:.2f} ms, beside A "
                       f"{p99(noisy) * 1000:.2f} ms ({len(noisy)} tasks, A's flood "
                       f"{flood_seconds:.1f} s, the daemon's CPU {busy:.2f} s of it); run "
-                      f"queue wait per B task alone -> beside A (ms): {waits}; load "
-                      f"{os.getloadavg()[0]:.2f}")
+                      f"queue wait per B task alone -> beside A (ms): {waits}; the "
+                      f"kernel's own threads' CPU alone -> beside A (ms): "
+                      f"{busiest(k0, k1, k2)}; load {os.getloadavg()[0]:.2f}")
             print(report)
 
             # B: no failure, never restarted, its p99 held
@@ -201,15 +230,14 @@ def test_a_noisy_tenant_does_not_starve_another(tmp: Path, world_readable_tree: 
             if Path("/proc/self/autogroup").exists():
                 assert [autogroup_nice(st[f"a_spin#{i}"]["pid"]) for i in range(2)
                         ] == [19, 19]
-            # B's tail: held where the host has a core to spare for it; not on a 2-core
-            # host without cgroup CPU controllers. A's spinners are weighed (nice and
-            # autogroup 19) and the run-queue waits below average under a millisecond a
-            # task, but `perf sched timehist` shows a spinner keeping a CPU for its whole
-            # tick after the daemon, its writer thread or B's agent wakes (SCHED_IDLE and
-            # a shorter slice for the daemon do not reach across autogroups), and the
-            # host's own kernel threads (kdamond) holding one for up to 37 ms; each of
-            # B's tasks is several such wake-ups (bench/RESULTS.md, "what is left is the
-            # host's scheduling"). Reported, with the figures, rather than asserted away
+            # B's tail: held where the host has a core to spare for it; not on this
+            # 2-core VM. With A keeping every core busy, the host's DAMON thread
+            # (kdamond, a kernel thread that does not yield) takes runs of up to 8 ms
+            # from a busy core, and what is queued there waits whatever A's weight: the
+            # kernel's own cpu.idle for A's processes (a v1 cpu cgroup, tried by hand)
+            # left B's tail where it was, as did SCHED_IDLE. The report names the kernel
+            # threads that ran in each phase (bench/RESULTS.md, "what is left when A
+            # keeps every core busy"; bench_busy_cores). Reported, not asserted away
             held = p99(noisy) <= 1.5 * p99(alone)
     finally:
         if flood is not None and flood.poll() is None:
