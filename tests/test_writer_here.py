@@ -65,7 +65,8 @@ async def test_a_small_batch_is_committed_on_the_loop_and_a_large_one_by_the_thr
         store.close()
 
 
-async def test_commits_that_fsync_are_never_made_on_the_loop(tmp_path: Path) -> None:
+async def test_commits_that_fsync_every_batch_are_never_made_on_the_loop(tmp_path: Path
+                                                                         ) -> None:
     db = tmp_path / "corral.db"
     store = StateStore(db, sync="full")
     writer = store.open_writer()
@@ -75,6 +76,26 @@ async def test_commits_that_fsync_are_never_made_on_the_loop(tmp_path: Path) -> 
         await writer.committed()
         assert len(seen) == 1 and seen != [LOOP]
         assert (writer.thread.here, writer.thread.handed) == (0, 1)
+    finally:
+        await store.close_writer()
+        store.close()
+
+
+async def test_a_batch_of_many_bytes_is_committed_by_the_thread(tmp_path: Path) -> None:
+    """A large checkpoint (or a task's large output) is not copied into the WAL on the
+    loop, however few the writes."""
+    db = tmp_path / "corral.db"
+    store = StateStore(db)
+    writer = store.open_writer()
+    try:
+        store.save_state("big", 0, 1.0, "x" * store_mod.HERE_BYTES)
+        await writer.committed()
+        assert (writer.thread.here, writer.thread.handed) == (0, 1)
+        store.save_state("small", 0, 1.0, "x")
+        store.audit(0, 1, "agents.stop", {"names": ["a"]}, "ok")
+        await writer.committed()
+        assert (writer.thread.here, writer.thread.handed) == (1, 1)
+        assert set(store.states()) == {("big", 0), ("small", 0)}
     finally:
         await store.close_writer()
         store.close()

@@ -359,10 +359,12 @@ Write = Callable[[sqlite3.Connection], None]
 
 RETRY_EVERY = 1.0  # seconds between attempts while the database cannot be written
 # WriterThread.run_here: a batch this small may be committed on the loop; a job there that
-# took longer than HERE_SLOW (the disk is slow: writeback, a large WAL) sends the next
-# ones to the thread for HERE_PAUSE seconds, so a slow disk holds the loop up once
+# took longer than HERE_SLOW (longer than the loop is usually kept off a core: the disk is
+# slow) sends the next ones to the thread for HERE_PAUSE seconds, so a slow disk holds the
+# loop up once in that time
 HERE_MAX = 16
-HERE_SLOW = 0.005
+HERE_BYTES = 64 * 1024  # and a batch this large in all (a task's output, a checkpoint)
+HERE_SLOW = 0.02
 HERE_PAUSE = 10.0
 MAX_KEPT = 10_000  # StoreWriter's writes kept in memory while it cannot write; then dropped
 # SQLite's primary result codes of a write that may work when tried again: a full disk, an
@@ -438,9 +440,10 @@ class WriterThread:
 
     `run_here(job)` runs a job on the loop instead, on the same connection, when that
     cannot hold the loop up for long or put a job out of order: nothing is queued or
-    running here, the commits do not fsync (sync "normal"), the last such job was quick,
-    and another process holding the write lock makes it give way at once rather than
-    wait. A small batch is then committed without the two hand-overs between the loop
+    running here, a commit is not an fsync (sync "normal": only the one that starts the
+    WAL again after a checkpoint copied all of it syncs the WAL's header), the last such
+    job was quick, and another process holding the write lock makes it give way at once
+    rather than wait. A small batch is then committed without the two hand-overs between the loop
     and this thread, each a wake-up that a busy host can delay by a scheduler tick
     (bench/RESULTS.md, "one hand-over fewer")."""
 
@@ -463,6 +466,7 @@ class WriterThread:
         self._unfinished = 0
         self._count_lock = threading.Lock()
         self._here_until = 0.0  # after a slow job on the loop: none there before this
+        self._closing = False
         self.here = 0  # jobs run on the loop (the bench and tests read these)
         self.handed = 0  # and by the thread
         self._thread = threading.Thread(target=self._run, name="corral-store", daemon=True)
@@ -478,16 +482,19 @@ class WriterThread:
         """Run `job` on the calling (loop) thread if it can be done without waiting (see
         the class doc): (True, its error or None), or (False, None) when it was not run
         and should be given to `run`, as when another connection holds the write lock."""
-        if self.sync != "normal" or time.monotonic() < self._here_until:
+        if self.sync != "normal" or self._closing or time.monotonic() < self._here_until:
             return False, None
         with self._count_lock:
             if self._unfinished:
                 return False, None
-            self._unfinished = 1  # the thread's, until this job is done
+            self._unfinished += 1  # the thread's, until this job is done
         db = self._db
         began = time.monotonic()
         try:
-            db.execute("PRAGMA busy_timeout = 0")
+            try:
+                db.execute("PRAGMA busy_timeout = 0")
+            except sqlite3.Error:
+                return False, None  # the thread tries it, and says what is wrong
             try:
                 job(db)
             except sqlite3.Error as exc:
@@ -500,12 +507,17 @@ class WriterThread:
                 self._rollback(db)
                 return True, self._failed(exc)
             finally:
-                db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+                try:
+                    db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+                except sqlite3.Error as exc:  # the job's outcome stands; the thread's
+                    # next wait for a lock is then shorter than it should be
+                    log.error("state database %s: the busy timeout could not be set "
+                              "again (%s)", self.path, exc)
                 if time.monotonic() - began > HERE_SLOW:
                     self._here_until = time.monotonic() + HERE_PAUSE
         finally:
             with self._count_lock:
-                self._unfinished = 0
+                self._unfinished -= 1
         self.here += 1
         self.checkpointer.wrote()
         return True, None
@@ -565,6 +577,7 @@ class WriterThread:
     async def close(self) -> None:
         """After the jobs given so far: stop the thread and the checkpointer's, close the
         connections."""
+        self._closing = True
         self._jobs.put(None)
         await asyncio.to_thread(self._thread.join)
         await asyncio.to_thread(self.checkpointer.close)
@@ -671,7 +684,8 @@ class GroupCommit(Generic[V]):
         done = self._pending_done or self._loop.create_future()
         self._pending_done = None
         self._inflight_done = done
-        if len(batch) <= HERE_MAX and not self.outage.failing:
+        if (len(batch) <= HERE_MAX and not self.outage.failing
+                and (self._size is None or sum(map(self._size, batch)) <= HERE_BYTES)):
             ran, error = self.thread.run_here(lambda db: self._job(db, batch))
             if ran:
                 self._batch_done(done, items, batch, error)
@@ -715,6 +729,7 @@ class _Kept(NamedTuple):
     kind: str
     then: Callable[[], None] | None
     key: Hashable | None
+    size: int  # bytes it writes, where they may be many (GroupCommit's `size`)
 
 
 class StoreWriter:
@@ -744,7 +759,8 @@ class StoreWriter:
         self.on_error = on_error or (lambda msg: log.error("%s", msg))
         self.on_notice = on_notice or (lambda msg: log.warning("%s", msg))
         self.max_kept = max_kept
-        self._group: GroupCommit[_Kept] = GroupCommit(thread, self._job, self._settle)
+        self._group: GroupCommit[_Kept] = GroupCommit(thread, self._job, self._settle,
+                                                      size=_kept_size)
         self.outage = self._group.outage
         self._unkeyed = itertools.count()  # keys for writes that replace nothing
         self._wrong: list[str] = []  # the batch in flight's dropped writes (one at a time)
@@ -756,13 +772,16 @@ class StoreWriter:
         self.writes = 0
 
     def submit(self, write: Write, kind: str = "write",
-               then: Callable[[], None] | None = None, key: Hashable | None = None) -> None:
+               then: Callable[[], None] | None = None, key: Hashable | None = None,
+               size: int = 0) -> None:
         """Queue `write(connection)` for the next batch (never blocks the loop); `kind`
         names it in the counts told while the database cannot be written; `then` runs on
         the loop once it is committed. A write with a `key` replaces a waiting one of the
         same key (an upsert of the same row: a replica's state checkpoint), so writes that
-        supersede each other do not fill what is kept during an outage."""
-        kept = _Kept(write, kind, then, key)
+        supersede each other do not fill what is kept during an outage. `size`: the bytes
+        it writes, where they may be many (a batch of many is not committed on the loop:
+        WriterThread.run_here)."""
+        kept = _Kept(write, kind, then, key, size)
         slot: Hashable = ("keyed", key) if key is not None else next(self._unkeyed)
         if (self.outage.failing and len(self._group.pending) >= self.max_kept
                 and slot not in self._group.pending):
@@ -871,6 +890,10 @@ class StoreWriter:
         self._group.cancel_retry()
 
 
+def _kept_size(kept: _Kept) -> int:
+    return kept.size
+
+
 def _kinds(batch: list[_Kept]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for kept in batch:
@@ -958,7 +981,8 @@ class StateStore:
                        "VALUES (?,?,?,?)", row)
 
         if self.writer is not None:
-            self.writer.submit(write, "checkpoint", key=("agent_state", name, replica))
+            self.writer.submit(write, "checkpoint", key=("agent_state", name, replica),
+                               size=len(row[3]))
         else:
             write(self.db)
 
@@ -984,7 +1008,7 @@ class StateStore:
                        "tenant) VALUES (?,?,?,?,?,?,?,?)", full)
 
         if self.writer is not None:
-            self.writer.submit(write, "audit row")
+            self.writer.submit(write, "audit row", size=len(row[4]))
             return
         try:  # no writer (before it opens, after it closes): here, and never raised
             with self.db:
