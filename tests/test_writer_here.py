@@ -201,3 +201,27 @@ async def test_the_task_journal_commits_a_lone_task_on_the_loop(db_path: Path) -
     db = open_database(db_path)
     assert db.execute("SELECT agent, status FROM tasks").fetchall() == [("a", "queued")]
     db.close()
+
+
+async def test_a_job_that_raises_on_the_loop_is_rolled_back_and_told(tmp_path: Path
+                                                                      ) -> None:
+    db = tmp_path / "corral.db"
+    store = StateStore(db)
+    thread = store.open_writer().thread
+    try:
+        def broken(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN")
+            db.execute("INSERT INTO agent_state (name, replica, time, state) VALUES "
+                       "('half', 0, 0, '0')")
+            raise ValueError("a bug in the write")
+
+        assert thread.run_here(broken) == (True, "ValueError: a bug in the write")
+        assert not thread._db.in_transaction
+        assert rows(db) == 0
+        assert thread.run_here(noting([])) == (True, None)  # the loop's next job runs
+        assert (thread.here, rows(db)) == (1, 1)
+    finally:
+        await store.close_writer()
+        store.close()
+    # a closed writer's connection is not touched on the loop: the job is declined
+    assert thread.run_here(noting([])) == (False, None)

@@ -443,9 +443,9 @@ class WriterThread:
     running here, a commit is not an fsync (sync "normal": only the one that starts the
     WAL again after a checkpoint copied all of it syncs the WAL's header), the last such
     job was quick, and another process holding the write lock makes it give way at once
-    rather than wait. A small batch is then committed without the two hand-overs between the loop
-    and this thread, each a wake-up that a busy host can delay by a scheduler tick
-    (bench/RESULTS.md, "one hand-over fewer")."""
+    rather than wait. A small batch is then committed without the two hand-overs between
+    the loop and this thread, each a wake-up that a busy host can delay by a scheduler
+    tick (bench/RESULTS.md, "one hand-over fewer")."""
 
     def __init__(self, path: Path, *, sync: str = "normal") -> None:
         self.path = path
@@ -467,7 +467,7 @@ class WriterThread:
         self._count_lock = threading.Lock()
         self._here_until = 0.0  # after a slow job on the loop: none there before this
         self._closing = False
-        self.here = 0  # jobs run on the loop (the bench and tests read these)
+        self.here = 0  # jobs run on the loop (tests read these)
         self.handed = 0  # and by the thread
         self._thread = threading.Thread(target=self._run, name="corral-store", daemon=True)
         self._thread.start()
@@ -684,14 +684,16 @@ class GroupCommit(Generic[V]):
         done = self._pending_done or self._loop.create_future()
         self._pending_done = None
         self._inflight_done = done
+        def job(db: sqlite3.Connection) -> None:
+            self._job(db, batch)
+
         if (len(batch) <= HERE_MAX and not self.outage.failing
                 and (self._size is None or sum(map(self._size, batch)) <= HERE_BYTES)):
-            ran, error = self.thread.run_here(lambda db: self._job(db, batch))
+            ran, error = self.thread.run_here(job)
             if ran:
                 self._batch_done(done, items, batch, error)
                 return
-        self.thread.run(lambda db: self._job(db, batch),
-                        lambda error: self._batch_done(done, items, batch, error))
+        self.thread.run(job, lambda error: self._batch_done(done, items, batch, error))
 
     def _batch_done(self, done: asyncio.Future[None], items: list[tuple[Hashable, V]],
                     batch: list[V], error: str | None) -> None:

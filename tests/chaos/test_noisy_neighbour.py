@@ -115,7 +115,8 @@ PF_KTHREAD = 0x00200000  # /proc/PID/stat's flags: a kernel thread
 
 def kernel_threads() -> dict[str, int]:
     """Each kernel thread's time on a CPU (ns): the host's own work, which no weight of
-    a tenant's holds back (bench/RESULTS.md, "every core busy")."""
+    a tenant's holds back (bench/RESULTS.md, "what is left when A keeps every core
+    busy")."""
     out = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
