@@ -80,7 +80,47 @@ socket_option = click.option(
     help="The daemon's control socket (default: CORRAL_SOCKET, else the standard place).")
 
 
+# the names users of supervisord, PM2, docker and kubectl type first, for ours
+ALIASES = {"ls": "status", "list": "status", "ps": "status", "delete": "remove",
+           "rm": "remove", "show": "describe", "monit": "top"}
+# never offered as a guess: a typo must not be one Enter away from losing work
+DESTRUCTIVE = frozenset({"shutdown", "remove", "stop", "restart", "cancel", "drain",
+                         "rollback", "signal", "scale", "pause", "deploy", "reload"})
+
+
 class _Group(click.Group):
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, ALIASES.get(cmd_name, cmd_name))
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if (name and not name.startswith("-") and not ctx.resilient_parsing
+                and self.get_command(ctx, name) is None):
+            import difflib
+
+            safe = [c for c in (*self.list_commands(ctx), *ALIASES) if c not in DESTRUCTIVE]
+            near = difflib.get_close_matches(name, safe, n=3)
+            hint = f" Did you mean {' or '.join(repr(c) for c in near)}?" if near else ""
+            ctx.fail(f"No such command {name!r}.{hint} (`corral --help` lists them.)")
+        return super().resolve_command(ctx, args)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command's whole first sentence, not cut to the width click chooses."""
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+        by: dict[str, list[str]] = {}
+        for alias, name in ALIASES.items():
+            by.setdefault(name, []).append(alias)
+        with formatter.section("Aliases"):
+            formatter.write_dl([(name, ", ".join(a)) for name, a in sorted(by.items())])
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
