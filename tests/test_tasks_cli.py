@@ -79,6 +79,9 @@ def test_input_forms_and_bad_input(daemon: Daemon, tmp_path: Path) -> None:
     assert json.loads(r.stdout) == {"do": "echo", "from": "file"}
     r = daemon.cli("run", "work", "--input", "-", input='{"do": "echo", "from": "stdin"}')
     assert json.loads(r.stdout) == {"do": "echo", "from": "stdin"}
+    # no --input: null, for an agent that takes none
+    r = daemon.cli("run", "work")
+    assert (r.returncode, r.stdout.strip()) == (0, "null"), r.stderr
     r = daemon.cli("run", "work", "--input", "{not json")
     assert r.returncode == 2 and "Invalid value for --input: not JSON" in r.stderr
     big = tmp_path / "big.json"

@@ -1086,9 +1086,9 @@ def _wait_again(obj: Ctx, task_id: str, reconnect: float) -> m.TaskInfo:
 
 @cli.command("run", help=doc("tasks.run") + "\n\nExits 0 only when the task succeeded.")
 @click.argument("agent", shell_complete=_complete_agents)
-@click.option("--input", "input_", required=True, metavar="JSON|@FILE|-",
-              help="The task's input: JSON, @file with JSON, or - for stdin "
-                   "(`--input null` for none).")
+@click.option("--input", "input_", default="null", metavar="JSON|@FILE|-",
+              help="The task's input: JSON, @file with JSON, or - for stdin (default: "
+                   "null, for an agent that takes none).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds the task may run once started (default: the agent's "
                    "task_timeout); time waiting in the queue is not counted, and `run` "
