@@ -423,12 +423,13 @@ def stats(obj: Ctx, since: str | None, agent: str | None, resolution: str | None
         rows.append([n, str(a.serving) + "/" + str(a.replicas), str(a.restarts),
                      f"{a.cpu_percent:.1f}", _human_bytes(a.rss_bytes),
                      *(str(v) for v in ((t.accepted, t.succeeded,
-                                         t.failed + t.timed_out + t.lost, t.queue_depth)
-                                        if t is not None else (0, 0, 0, 0))),
+                                         t.failed + t.timed_out + t.lost, t.cancelled,
+                                         t.queue_depth)
+                                        if t is not None else (0, 0, 0, 0, 0))),
                      "-" if lat is None or lat.p50 is None else "/".join(
                          _ms(v) for v in (lat.p50, lat.p95, lat.p99) if v is not None)])
     _table(rows, ["AGENT", "SERVING", "RESTARTS", "CPU%", "RSS", "TASKS", "OK", "FAILED",
-                  "QUEUED", "P50/P95/P99 MS"])
+                  "CANCELLED", "QUEUED", "P50/P95/P99 MS"])
     _print_usage(st.agents)
     _print_gateway(st.gateway)
 
