@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -133,9 +134,12 @@ def test_cli_habits_of_supervisorctl_and_systemctl(tmp: Path) -> None:
         assert "replicas: 2  autostart: true" in desc
         info = d.cli("info").stdout
         assert re.search(r"^uptime: \d+s$", info, re.M), info
-        # `run` without --input is a usage error, not a silent null
-        r = d.cli("run", "hello")
-        assert r.returncode == 2 and "Missing option '--input'" in r.stderr
+        # `run` without --input gives the task null (decision 168), as --help says
+        r = d.cli("run", "hello", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["output"]["greeting"] == (
+            "hello, None"), r.stderr
+        assert "(default: null, for an agent that takes none)" in " ".join(
+            d.cli("run", "--help").stdout.split())
         # top has a pane of recent log lines
         top = d.cli("top", "-n", "1", "-l", "3").stdout
         assert "\n-- last 3 log lines --\n" in top
