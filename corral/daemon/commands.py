@@ -403,16 +403,34 @@ async def audit_list(d: Services, p: m.AuditList, caller: Caller, c: Channel) ->
 
 @implements("logs.tail")
 async def logs_tail(d: Services, p: m.LogsTail, caller: Caller, c: Channel) -> m.LogLines:
-    sources, keep = _log_sources(d, p.names)
+    sources, keep = _log_sources(d, p)
     if keep is None:
         return m.LogLines(lines=d.hub.tail(sources, p.lines, p.since))
-    # one replica's lines: filtered from its agent's tail, which holds every replica's
+    # one replica's lines, or those a filter keeps: from the sources' whole tails
     lines = [ln for ln in d.hub.tail(sources, d.hub.tail_lines, p.since) if keep(ln)]
     return m.LogLines(lines=lines[-p.lines:] if p.lines > 0 else [])
 
 
-def _log_sources(d: Services, names: list[str]
+def _log_sources(d: Services, p: m.LogsTail
                  ) -> tuple[list[str], Callable[[m.LogLine], bool] | None]:
+    """The sources to read for NAME / NAME#N targets, and a filter when a replica, a
+    text (`grep`) or streams are named (None: every line of the sources)."""
+    by_replica = _replica_sources(d, p.names)
+    sources, replica_keep = by_replica
+    text, streams = p.grep, frozenset(p.streams)
+    if text is None and not streams:
+        return by_replica
+
+    def keep(line: m.LogLine) -> bool:
+        return ((replica_keep is None or replica_keep(line))
+                and (not streams or line.stream in streams)
+                and (text is None or text in line.text))
+
+    return sources, keep
+
+
+def _replica_sources(d: Services, names: list[str]
+                     ) -> tuple[list[str], Callable[[m.LogLine], bool] | None]:
     """The sources to read for NAME / NAME#N targets, and a filter when a replica is
     named (None: every line of the sources)."""
     sources: list[str] = []
@@ -445,7 +463,7 @@ def _log_sources(d: Services, names: list[str]
 @implements("logs.follow")
 async def logs_follow(d: Services, p: m.LogsFollow, caller: Caller, c: Channel) -> None:
     """Streams until the client goes away (the Peer then cancels this task)."""
-    sources, keep = _log_sources(d, p.names)
+    sources, keep = _log_sources(d, p)
     follower = d.hub.follow(sources)
 
     def send_some() -> None:
