@@ -670,6 +670,9 @@ class AgentsRollback(Params):
 
     name: str
     revision: int | None = None
+    # an agent package's release, as `corral releases` prints it: the newest revision
+    # that ran it (instead of `revision`)
+    release: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
 
 
 @method("audit.list", result=AuditResult, scope="audit:read")

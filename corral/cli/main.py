@@ -870,13 +870,22 @@ def _stamp(t: float) -> str:
     return iso_time(t)
 
 
-@cli.command(help=doc("agents.rollback"))
+@cli.command(help=doc("agents.rollback") + "\n\nREV: a revision's number (`corral history "
+             "NAME`), or a package's release as `corral releases NAME` prints it (the newest "
+             "revision that ran it).")
 @click.argument("name", shell_complete=_complete_agents)
-@click.argument("revision", required=False, type=click.IntRange(min=1))
+@click.argument("rev", required=False)
 @pass_ctx
-def rollback(obj: Ctx, name: str, revision: int | None) -> None:
-    res: m.RollbackResult = obj.call("agents.rollback",
-                                     m.AgentsRollback(name=name, revision=revision))
+def rollback(obj: Ctx, name: str, rev: str | None) -> None:
+    revision = release = None
+    if rev is not None and rev.isdigit():
+        revision = int(rev)
+        if revision < 1:
+            raise click.BadParameter("a revision is 1 or more", param_hint="REV")
+    else:
+        release = rev
+    res: m.RollbackResult = obj.call("agents.rollback", m.AgentsRollback(
+        name=name, revision=revision, release=release))
     click.echo(f"{name}: rolled back to revision {res.restored} (now revision "
                f"{res.revision})" + (f": {res.change}" if res.change else ""))
 

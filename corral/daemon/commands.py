@@ -382,11 +382,16 @@ async def agents_history(d: Services, p: m.AgentsHistory,
 @implements("agents.rollback")
 async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: Channel
                           ) -> m.RollbackResult:
+    if p.release is not None and p.revision is not None:
+        raise RpcError(jsonrpc.INVALID_PARAMS, "name a revision or a release, not both")
     node = await _cluster_agent(d, p.name)
     if node is not None:
+        if p.release is not None:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"{p.name} is a cluster agent: it has no "
+                                                   "releases; name a revision")
         target, now, change = await node.rollback_agent(p.name, p.revision, caller.who)
         return m.RollbackResult(name=p.name, restored=target, revision=now, change=change)
-    target, change = await d.fleet.rollback(p.name, p.revision, caller.who)
+    target, change = await d.fleet.rollback(p.name, p.revision, caller.who, p.release)
     return m.RollbackResult(name=p.name, restored=target,
                             revision=d.fleet.revision_of(p.name), change=change)
 
