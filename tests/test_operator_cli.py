@@ -298,6 +298,10 @@ def test_reload_rolls_or_scales_history_rollback_and_kept_scale(tmp: Path) -> No
         methods = [e["method"] for e in entries]
         assert {"config.reload", "agents.rollback", "agents.scale"} <= set(methods)
         assert any(e["outcome"].startswith("error: no revision 99") for e in entries)
+        # the table names who acted, as revisions do (a socket peer: its uid and pid)
+        table = d.cli("audit", "-n", "3").stdout.splitlines()
+        assert table[0].split()[:5] == ["TIME", "WHO", "TENANT", "METHOD", "OUTCOME"]
+        assert " agents.scale " in table[-1] and " uid 0 pid " in table[-1], table
         assert d.stop() == 0
     finally:
         d.close()

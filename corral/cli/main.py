@@ -944,9 +944,10 @@ def audit(obj: Ctx, limit: int, as_json: bool) -> None:
     if as_json:
         _print_json(res)
         return
-    rows = [[_stamp(e.time), str(e.uid), str(e.pid), e.method, e.outcome,
-             json.dumps(e.params)[:60]] for e in res.entries]
-    _table(rows, ["TIME", "UID", "PID", "METHOD", "OUTCOME", "PARAMS"])
+    # who acted as revisions name it: a token by its name, a socket peer by uid and pid
+    rows = [[_stamp(e.time), e.who or f"uid {e.uid} pid {e.pid}", e.tenant or "-", e.method,
+             e.outcome, json.dumps(e.params)[:60]] for e in res.entries]
+    _table(rows, ["TIME", "WHO", "TENANT", "METHOD", "OUTCOME", "PARAMS"])
 
 
 @cli.command(help=doc("config.reload") + "\n\nPrints each agent and MCP server added, removed "
