@@ -132,6 +132,14 @@ def test_cli_habits_of_supervisorctl_and_systemctl(tmp: Path) -> None:
         assert f"command: {PY} {EXAMPLES}/hello.py" in desc
         assert "env keys: PYTHONPATH" in desc
         assert "replicas: 2  autostart: true" in desc
+        # every key in effect, not only with --json: warm, preload, health, autoscale...
+        spec = d.json("describe", "hello")["spec"]
+        shown = {ln.split(":", 1)[0] for ln in desc}
+        hidden = set(spec) - shown - {"name", "command", "env", "restart", "max_queue",
+                                      "max_concurrent_tasks", "release", "version",
+                                      "autostart", "group"}
+        assert not {k for k in hidden if f"{k} = " not in " ".join(desc)}, desc
+        assert {"warm: false", "preload: -", "health: -", "autoscale: -"} <= set(desc), desc
         info = d.cli("info").stdout
         assert re.search(r"^uptime: \d+s$", info, re.M), info
         # `run` without --input gives the task null (decision 168), as --help says

@@ -691,6 +691,28 @@ def pid(obj: Ctx, target: str) -> None:
         sys.exit(EXIT_FAILED)
 
 
+_POLICY = ("restart", "max_restarts", "restart_window", "backoff_initial", "backoff_max",
+           "stable_after", "start_timeout", "stop_timeout")
+_TASKS = ("max_concurrent_tasks", "max_queue", "task_timeout", "cancel_grace", "retries",
+          "rate_per_minute", "max_tool_calls_per_task")
+_DESCRIBED = {"name", "command", "release", "version", "cwd", "user", "group", "env",
+              "replicas", "autostart", "limits", "tools", *_POLICY, *_TASKS}
+
+
+def _spec_value(v: Any) -> str:
+    """A spec's value on one line: a table as its keys' `k = v`, a list joined."""
+    if v is None or v == [] or v == {}:
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, dict):
+        return ", ".join(f"{k} = {_spec_value(x) if isinstance(x, dict) else json.dumps(x)}"
+                         for k, x in v.items())
+    if isinstance(v, list):
+        return ", ".join(x if isinstance(x, str) else json.dumps(x) for x in v)
+    return str(v)
+
+
 @cli.command(help=doc("agents.describe"))
 @click.argument("name", shell_complete=_complete_agents)
 @json_option
@@ -713,15 +735,14 @@ def describe(obj: Ctx, name: str, as_json: bool) -> None:
                                                    if spec["group"] else ""))
     click.echo(f"env keys: {', '.join(spec['env']) or '-'}")
     click.echo(f"replicas: {spec['replicas']}  autostart: {str(spec['autostart']).lower()}")
-    click.echo("policy: " + ", ".join(f"{k} = {spec[k]}" for k in (
-        "restart", "max_restarts", "restart_window", "backoff_initial", "backoff_max",
-        "stable_after", "start_timeout", "stop_timeout")))
-    click.echo("tasks: " + ", ".join(f"{k} = {spec[k]}" for k in (
-        "max_concurrent_tasks", "max_queue", "task_timeout", "cancel_grace", "retries",
-        "rate_per_minute", "max_tool_calls_per_task")))
+    click.echo("policy: " + ", ".join(f"{k} = {spec[k]}" for k in _POLICY))
+    click.echo("tasks: " + ", ".join(f"{k} = {spec[k]}" for k in _TASKS))
     limits = {k: v for k, v in spec["limits"].items() if v}
     click.echo("limits: " + (", ".join(f"{k} = {v}" for k, v in limits.items()) or "none"))
     click.echo(f"tools: {', '.join(spec['tools']) or '-'}")
+    # every other key the daemon gave, as it is in effect: none hidden behind --json
+    for key in sorted(set(spec) - _DESCRIBED):
+        click.echo(f"{key}: {_spec_value(spec[key])}")
     for r in res.replicas:
         click.echo(f"{res.name}#{r.replica}: {r.state}"
                    + (f" (pid {r.pid})" if r.pid else ""))
