@@ -8,8 +8,10 @@ as its task's output, which is its own business)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import pytest
 
 from corral import redact
 from corral.cli.client import Client
+from corral.cluster.connection import shown as shown_redis
 from corral.daemon.revisions import describe_change
 from corral.supervisor.config import McpServerSpec
 
@@ -28,6 +31,7 @@ from .daemon_harness import PY, Daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
 from .test_http_api import SOCKET, serving, sse_events
+from .test_mcp_remote import RemoteServer
 from .test_ui import login_link, page
 
 ENV_SECRET = "s3cr3t-VALUE-1"
@@ -227,6 +231,9 @@ def test_the_rule_hides_a_servers_env_headers_oauth_secret_and_url_password() ->
     assert (shown["oauth_client_secret"], shown["oauth_client_id"]) == ("***", "corral")
     # the spec itself is untouched: the daemon connects with it
     assert spec.oauth_client_secret == CONFIG_SECRET and spec.env == {"K": ENV_SECRET}
+    # the cluster's Redis URL, as `corral nodes` and its messages say it: the same rule
+    assert shown_redis(f"redis://:{ENV_SECRET}@h:6379/0") == "redis://:***@h:6379/0"
+    assert shown_redis("unix:///run/redis.sock") == "unix:///run/redis.sock"
 
 
 def test_config_keys_that_look_secret_are_hidden_at_any_depth() -> None:
@@ -249,3 +256,48 @@ def test_config_keys_that_look_secret_are_hidden_at_any_depth() -> None:
     assert describe_change({"command": "a", "config": {"model": "x"}},
                            {"command": "a", "config": {"model": "y"}}) == (
         "config.model changed")
+
+
+def test_a_remote_servers_url_password_and_headers_are_in_no_output(tmp: Path) -> None:
+    server = RemoteServer("sse").start()
+    try:
+        url = server.url.replace("http://", f"http://bot:{ENV_SECRET}@")
+        d = Daemon(tmp, f'[mcp_servers.far]\nurl = "{url}"\nstart = "eager"\n'
+                        f'headers = {{ X-Api-Key = "{CONFIG_SECRET}" }}\n')
+        try:
+            d.start()
+            shown = server.url.replace("http://", "http://bot:***@")
+            st = wait_until(lambda: next((s for s in d.json("mcp", "status")["mcp_servers"]
+                                          if s["state"] == "ready"), None), what="far ready")
+            assert st["reason"] == f"connected to {shown} (HTTP+SSE, MCP 2025-11-25, 4 tools)"
+            found: list[str] = []
+            for args in (("mcp", "status", "--json"), ("status", "--json"),
+                         ("logs", "corral", "-n", "500")):
+                r = d.cli(*args)
+                found += leaks(" ".join(args), r.stdout + r.stderr)
+            r = d.cli("tools", "call", "far__echo", "--args", '{"text": "hi"}')
+            assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
+            assert d.stop() == 0
+            assert d.proc is not None and d.proc.stderr is not None
+            found += leaks("the daemon's stderr", d.proc.stderr.read())
+            found += leaks("corral.log", (d.state / "logs" / "corral.log").read_bytes())
+            assert found == []
+        finally:
+            d.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(("toml", "said"), [
+    (f'[mcp_servers.far]\nurl = "ftp://bot:{ENV_SECRET}@mcp.example/x"\n',
+     "mcp_servers.far: url 'ftp://bot:***@mcp.example/x' is not an http:// or https:// URL"),
+    (f'[cluster]\nredis = "http://:{ENV_SECRET}@x:6379"\n',
+     "cluster.redis: 'http://:***@x:6379' is not a redis://, rediss:// or unix:// URL")])
+def test_check_config_names_a_wrong_url_without_its_password(tmp: Path, toml: str, said: str
+                                                            ) -> None:
+    config = tmp / "corral.toml"
+    config.write_text(toml)
+    r = subprocess.run([PY, "-m", "corral", "check-config", str(config)], capture_output=True,
+                       text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (r.returncode, r.stdout, r.stderr) == (
+        1, "", f"corral: invalid config: {config}: {said}\n")
