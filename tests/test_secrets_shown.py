@@ -26,8 +26,11 @@ from corral.cluster.connection import shown as shown_redis
 from corral.daemon.revisions import describe_change
 from corral.supervisor.config import McpServerSpec
 
+from .cluster.harness import nodes
+from .cluster.harness import run as run_cluster_task
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, shared_tmpdir
+from .redis_harness import redis_server
 from .test_daemon_cli import wait_until
 from .test_gateway_stdio import wait_until_async
 from .test_http_api import SOCKET, serving, sse_events
@@ -301,3 +304,34 @@ def test_check_config_names_a_wrong_url_without_its_password(tmp: Path, toml: st
                        text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (r.returncode, r.stdout, r.stderr) == (
         1, "", f"corral: invalid config: {config}: {said}\n")
+
+
+def test_a_cluster_agents_secrets_are_in_no_answer_and_its_replicas_run_them(
+        tmp: Path) -> None:
+    script = tmp / "keeper.py"
+    script.write_text(KEEPER)
+    with redis_server(tmp / "redis") as redis, nodes(tmp, redis, {"a": ""}) as ns:
+        a = ns["a"]
+        a.call("agents.add", {"agents": {"keeper": keeper(script, ENV_SECRET, CONFIG_SECRET)},
+                              "cluster": True})
+        a.call("agents.scale", {"name": "keeper", "replicas": 2})
+        # the cluster's revisions, from Redis: the rule's, as a local agent's
+        hist = a.json("history", "keeper")
+        assert [r["spec"]["env"]["API_KEY"] for r in hist["revisions"]] == ["***", "***"]
+        assert [r["spec"]["config"] for r in hist["revisions"]] == [
+            {"password": "***", "model": "small"}] * 2
+        found: list[str] = []
+        for args in (("describe", "keeper", "--json"), ("history", "keeper", "--json"),
+                     ("audit", "--json"), ("nodes", "--json"), ("logs", "corral", "-n", "500")):
+            r = a.cli(*args)
+            found += leaks(" ".join(args), r.stdout + r.stderr)
+        # Redis keeps the real values: the node placing a replica runs them
+        got = run_cluster_task(a, "keeper", None)
+        assert (got["status"], got["output"]) == ("succeeded", {
+            "key": ENV_SECRET, "password": CONFIG_SECRET, "model": "small"}), got
+        assert a.stop() == 0
+        assert a.proc is not None and a.proc.stderr is not None
+        found += leaks("the node's stderr", a.proc.stderr.read())
+        found += leaks("the audit table", repr(audit_rows(a.state / "corral.db")))
+        assert found == []
+
