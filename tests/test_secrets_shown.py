@@ -334,4 +334,3 @@ def test_a_cluster_agents_secrets_are_in_no_answer_and_its_replicas_run_them(
         found += leaks("the node's stderr", a.proc.stderr.read())
         found += leaks("the audit table", repr(audit_rows(a.state / "corral.db")))
         assert found == []
-
