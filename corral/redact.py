@@ -38,10 +38,16 @@ NAMED_ONLY = frozenset({"env", "config", "headers"})
 
 # a config key holding one of these, in any case, is a secret's: api_key, apiKey,
 # DB_PASSWORD, auth, bearer_token, client_secret, private_key, session_cookie, dsn ...
-# Meant to hide too much rather than too little: `monkey` is hidden as well.
+# Meant to hide too much rather than too little (`monkey` is hidden as well) ...
 SECRET_NAME = re.compile(
     r"token|secret|passw|passphrase|pwd|key|auth|credential|cookie|session|signature|"
     r"private|dsn|salt", re.IGNORECASE)
+# ... but not the settings nearly every model's worker has, which are taken out of the
+# name before it is looked at: max_tokens, tokens_per_minute, tokenizer, keywords, author
+# (api_tokens and max_tokens_key are still hidden)
+NOT_SECRET = re.compile(
+    r"(max|min|num|total|input|output|context)_?tokens|tokens_?(per|limit)|tokeniz|"
+    r"keyword|author", re.IGNORECASE)
 
 # the methods whose params carry [agents.NAME] tables, and the key holding them by name
 SPEC_PARAMS = {"agents.add": "agents"}
@@ -64,7 +70,7 @@ def url(text: str) -> str:
 
 
 def secret_name(key: object) -> bool:
-    return isinstance(key, str) and SECRET_NAME.search(key) is not None
+    return isinstance(key, str) and SECRET_NAME.search(NOT_SECRET.sub("", key)) is not None
 
 
 def config(value: Any) -> Any:

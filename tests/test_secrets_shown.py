@@ -243,12 +243,16 @@ def test_config_keys_that_look_secret_are_hidden_at_any_depth() -> None:
     config = {"model": "small", "apiKey": "a", "db": {"DB_PASSWORD": "b", "host": "h",
                                                        "url": "postgres://u:c@h/db"},
               "clients": [{"name": "x", "client_secret": "d"}], "bearer_token": None,
-              "auth": {"user": "u", "pass": "e"}, "retries": 3}
+              "auth": {"user": "u", "pass": "e"}, "retries": 3,
+              "max_tokens": 512, "tokenizer": "t", "keywords": ["k"], "author": "a",
+              "api_tokens": ["f"], "max_tokens_key": "g"}
     assert redact.table({"config": config})["config"] == {
         "model": "small", "apiKey": "***", "db": {"DB_PASSWORD": "***", "host": "h",
                                                   "url": "postgres://u:***@h/db"},
         "clients": [{"name": "x", "client_secret": "***"}], "bearer_token": None,
-        "auth": "***", "retries": 3}
+        "auth": "***", "retries": 3,
+        "max_tokens": 512, "tokenizer": "t", "keywords": ["k"], "author": "a",
+        "api_tokens": "***", "max_tokens_key": "***"}
     # a table of the wrong shape (a refused call's params) hides what it may hold
     assert redact.table({"env": "K=v", "config": "password=v"}) == {
         "env": "***", "config": "***"}
