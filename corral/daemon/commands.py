@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .. import __version__, jsonrpc
+from .. import __version__, jsonrpc, redact
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError, check_command, cluster_problem, parse_agents
@@ -268,8 +268,8 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
                           caller: Caller, c: Channel) -> m.DescribeResult:
     agent = d.sup.agent(p.name)
     spec = agent.spec
-    fields = msgspec.structs.asdict(spec)
-    # values of the environment may be secrets: the keys say what is set
+    # shown by the one rule (redact.py); env as its keys alone, which say what is set
+    fields = redact.table(msgspec.structs.asdict(spec))
     fields["env"] = sorted(spec.env)
     fields["limits"] = msgspec.structs.asdict(spec.limits)
     node = d.tasks.cluster if spec.placement == "cluster" else None
@@ -365,7 +365,7 @@ async def agents_history(d: Services, p: m.AgentsHistory,
     node = await _cluster_agent(d, p.name)
     if node is not None:  # the cluster's revisions, the same on every node
         kept = [m.Revision(agent=p.name, revision=e.revision, time=e.time, who=e.who,
-                           change=e.change, spec=e.spec)
+                           change=e.change, spec=redact.table(e.spec))
                 for e in await node.agent_history(p.name)]
         # the newest `limit`, as the local agents' (kept[-0:] would be every one)
         return m.HistoryResult(name=p.name, current=kept[-1].revision if kept else None,
@@ -375,8 +375,10 @@ async def agents_history(d: Services, p: m.AgentsHistory,
     scaling = [m.ScalingDecision(time=s.time, previous=s.previous, replicas=s.replicas,
                                  desired=s.desired, direction=s.direction, reason=s.reason)
                for s in d.sup.elastic.decisions.get(p.name, ())]
-    return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name), revisions=_wire(revs),
-                           scaling=scaling[-row_limit(p.limit):])
+    # the store keeps the real values (a rollback runs them); the answer, the rule's
+    shown = [msgspec.structs.replace(r, spec=redact.table(r.spec)) for r in revs]
+    return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name),
+                           revisions=_wire(shown), scaling=scaling[-row_limit(p.limit):])
 
 
 @implements("agents.rollback")
@@ -399,9 +401,11 @@ async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: C
 @implements("audit.list")
 async def audit_list(d: Services, p: m.AuditList, caller: Caller, c: Channel) -> m.AuditResult:
     return m.AuditResult(entries=[
+        # rows are written by the rule already; read by it too, for rows an earlier
+        # corral wrote with the values in them
         m.AuditEntry(time=t, uid=uid, pid=pid, method=method,
-                     params=msgspec.json.decode(params), outcome=outcome, who=who,
-                     tenant=tenant)
+                     params=redact.params(method, msgspec.json.decode(params)),
+                     outcome=outcome, who=who, tenant=tenant)
         for t, uid, pid, method, params, outcome, who, tenant in d.store.audit_log(
             row_limit(p.limit))])
 
