@@ -111,6 +111,9 @@ def test_cli_habits_of_supervisorctl_and_systemctl(tmp: Path) -> None:
         assert r.returncode == 2 and "`all` means every agent" in r.stderr
         wait_until(lambda: all(a["state"] == "ready" for a in d.status().values()),
                    what="all ready")
+        # a restart asked for reads as what it was, not as a fault
+        assert d.status()["other#0"]["last_exit"] == "restarted on request"
+        assert "last exit: restarted on request" in d.cli("status", "other").stdout
         # logs of one replica; tail = logs -f
         lines = d.cli("logs", "hello#1", "-n", "5").stdout.splitlines()
         assert lines and all(" hello#1[" in ln for ln in lines)

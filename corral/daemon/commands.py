@@ -17,7 +17,7 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError, check_command, cluster_problem, parse_agents
 from ..supervisor.core import NoSuchAgent, start_each, stop_all
-from ..supervisor.lifecycle import SERVING, State
+from ..supervisor.lifecycle import RESTARTED, SERVING, State
 from ..text import plural
 from .api import SHARED, Caller, Channel, Handlers
 from .follow import drain
@@ -202,7 +202,7 @@ async def agents_restart(d: Services, p: m.AgentsRestart,
                                for a, i in targets))
     else:
         reps = _replicas(targets)
-        await stop_all(reps, "restarting")
+        await stop_all(reps, RESTARTED)
         await start_each(reps)
     return m.Restarted(restarted=[_label(a, i) for a, i in targets])
 
@@ -653,7 +653,7 @@ async def _each_instance(d: Services, name: str, verb: str) -> m.McpInstances:
     entry = d.sup.mcp.server(name)
     insts = entry.all()
     if verb in ("stop", "restart"):
-        await asyncio.gather(*(i.stop("stopped" if verb == "stop" else "restarting")
+        await asyncio.gather(*(i.stop("stopped" if verb == "stop" else RESTARTED)
                                for i in insts))
     if verb in ("start", "restart"):
         for i in insts:

@@ -29,7 +29,7 @@ from .containment import CgroupMode, Containment
 from .elastic import Elastic, scale_refusal
 from .events import EventBus
 from .health import HealthBoard
-from .lifecycle import LIVE, SERVING, STOPPED, TRANSIENT, Cause, State
+from .lifecycle import LIVE, RESTARTED, SERVING, STOPPED, TRANSIENT, Cause, State
 from .listening import ListeningClock
 from .mcproutes import AgentMcp
 from .mcpserver import McpServerReplica
@@ -412,7 +412,7 @@ class Supervisor:
 
     async def restart(self, name: str) -> None:
         agent = self.agent(name)
-        await agent.stop("restarting")
+        await agent.stop(RESTARTED)
         agent.start()
 
     async def scale(self, name: str, replicas: int) -> None:
