@@ -204,6 +204,8 @@ class AgentsStatusResult(Result):
 
 class Started(Result):
     started: list[str]
+    # named, but with no replica to start: scaled to zero (a task wakes them)
+    asleep: list[str] = []
 
 
 class Stopped(Result):

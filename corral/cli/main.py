@@ -600,7 +600,12 @@ def _selection_command(verb: str, done: str) -> None:
     def command(obj: Ctx, names: tuple[str, ...], all_: bool, **extra: Any) -> None:
         all_, targets = _selection(names, all_)
         res = obj.call(method, params(names=targets, all=all_, **extra))
-        click.echo(f"{done}: {', '.join(getattr(res, done)) or 'nothing'}")
+        asleep = getattr(res, "asleep", [])
+        if getattr(res, done) or not asleep:
+            click.echo(f"{done}: {', '.join(getattr(res, done)) or 'nothing'}")
+        if asleep:
+            click.echo(f"asleep, not started (scaled to zero: a task wakes it): "
+                       f"{', '.join(asleep)}")
 
     fn: Any = pass_ctx(command)
     if verb == "restart":

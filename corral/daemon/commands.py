@@ -182,7 +182,9 @@ async def agents_start(d: Services, p: m.AgentsStart, caller: Caller, c: Channel
     targets = _targets(d, p.names, p.all)
     # paced, as stops are: a thousand starts begun in one turn stall the loop
     await start_each(_replicas(targets))
-    return m.Started(started=[_label(a, i) for a, i in targets])
+    asleep = [(a, i) for a, i in targets if i is None and not a.replicas]
+    return m.Started(started=[_label(a, i) for a, i in targets if (a, i) not in asleep],
+                     asleep=[_label(a, i) for a, i in asleep])
 
 
 @implements("agents.stop")
