@@ -121,7 +121,12 @@ def test_a_process_runs_as_its_tenants_user_unless_it_names_its_own() -> None:
     assert small.limits.processes == 10
     large = run_as(AgentSpec(command="true", limits=Limits(processes=99)), tenant)
     assert large.limits.processes == 40
-    # an agent that names its own user is the operator's: its own limits, no tenant dir
+    # one naming its tenant's user (by name or uid) is its tenant's: the cap holds
+    for same in ("nobody", str(pwd.getpwnam("nobody").pw_uid)):
+        named = run_as(AgentSpec(command="true", user=same, limits=Limits(processes=99)),
+                       tenant)
+        assert (named.user, named.limits.processes, named.tenant_user) == ("nobody", 40, True)
+    # an agent that names another user is the operator's: its own limits, no tenant dir
     own = run_as(AgentSpec(command="true", user="daemon"), tenant)
     assert (own.user, own.limits.processes, own.tenant_user) == ("daemon", 0, False)
     # a tenant without a user changes nothing
