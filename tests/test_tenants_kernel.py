@@ -315,6 +315,30 @@ def test_each_tenant_has_a_cgroup_holding_its_replicas_and_it_goes_with_its_last
         d.close()
 
 
+def test_an_agents_health_check_runs_in_its_tenants_cgroup(
+        delegated: Path, tmp: Path) -> None:  # noqa: F811
+    """A check is the agent's (issue 34): under the tenant's node, as its replicas are,
+    so the tenant's memory.max and pids.max hold it too."""
+    out = tmp / "cgroup"
+    agents = TENANTS + hello_in("ha", "a") + textwrap.dedent(f"""
+        [agents.ha.health.liveness]
+        command = ["/bin/sh", "-c", "cat /proc/self/cgroup > {out}.part && mv {out}.part {out}"]
+        interval = 0.2
+        recovery = "event"
+    """)
+    d = Daemon(tmp, agents, cgroup=delegated)
+    try:
+        d.start()
+        wait_until(out.exists, 30, "the check to run")
+        [line] = [ln for ln in out.read_text().splitlines() if ln.startswith("0::")]
+        where = Path(line[len("0::"):])  # (relative to where cgroup2 is mounted)
+        assert where.parent.parts[-2:] == (delegated.name, "tenant-a"), where
+        assert where.name.startswith("health-ha-"), where
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
 KNOBS = {"memory": {"memory.max": str(512 * 1024 * 1024), "memory.high": str(256 * 1024 * 1024)},
          "cpu": {"cpu.max": "150000 100000", "cpu.weight": "300"},
          "pids": {"pids.max": "64"}}
