@@ -18,7 +18,7 @@ cd "$(dirname "$0")"
 # Debian's redis-server, pinned, for the cluster tests (each starts its own server)
 . scripts/redis.sh
 echo "== ruff"
-.venv/bin/ruff check corral tests examples bench
+.venv/bin/ruff check corral tests examples bench scripts
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"

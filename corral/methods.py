@@ -670,6 +670,9 @@ class AgentsRollback(Params):
 
     name: str
     revision: int | None = None
+    # an agent package's release, as `corral releases` prints it: the newest revision
+    # that ran it (instead of `revision`)
+    release: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
 
 
 @method("audit.list", result=AuditResult, scope="audit:read")
@@ -721,6 +724,10 @@ class LogsTail(Params):
     names: list[str] = []
     lines: int = 50
     since: float | None = None  # unix time
+    # only lines holding this text (a fixed string, as `grep -F`: no pattern a caller
+    # could make the daemon backtrack on)
+    grep: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)] | None = None
+    streams: list[Literal["stdout", "stderr", "event"]] = []  # only these (none: all)
 
 
 @method("logs.follow", result=None, scope="logs:read", endless=True)

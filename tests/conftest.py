@@ -205,3 +205,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             return with_deadline
 
         item.obj = wrap(fn)  # type: ignore[attr-defined]
+
+
+# Each file's time in the last run that ran it, kept in pytest's cache: scripts/flaky.py
+# repeats the slowest files (those that wait on processes, beats and deadlines, where a
+# race shows first) without a list kept by hand.
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    cache = getattr(session.config, "cache", None)
+    if cache is None or not _FILE_SECONDS:
+        return
+    known = cache.get("corral/durations", {})
+    known.update({f: round(s, 2) for f, s in _FILE_SECONDS.items()})
+    cache.set("corral/durations", known)

@@ -64,3 +64,37 @@ def test_no_venv_is_a_first_run(tmp_path: Path) -> None:
     finally:
         os.killpg(sh.pid, signal.SIGKILL)  # the shell and the venv it was making
         sh.wait()
+
+
+ORDER_BOUND = """
+SEEN = []
+def test_a():
+    SEEN.append("a")
+def test_b():
+    assert SEEN == ["a"]  # passes in the file's order only
+"""
+
+
+def test_flaky_runs_rounds_in_random_orders_and_says_how_to_replay_a_failure(
+        tmp_path: Path) -> None:
+    (tmp_path / "test_order.py").write_text(ORDER_BOUND)
+
+    def flaky(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "flaky.py"), *args,
+                               str(tmp_path / "test_order.py")], capture_output=True,
+                              text=True, timeout=120)
+
+    runs = {seed: flaky("--seed", str(seed)) for seed in range(1, 5)}
+    failed = [s for s, r in runs.items() if r.returncode == 1]
+    passed = [s for s, r in runs.items() if r.returncode == 0]
+    assert failed and passed, {s: r.stdout for s, r in runs.items()}
+    out = runs[failed[0]].stdout
+    assert f"round 1 seed {failed[0]}: exit 1" in out
+    assert f"replay: scripts/flaky.py --seed {failed[0]} {tmp_path}/test_order.py" in out
+    assert "FAILED" in out and "test_b" in out
+    assert f"round 1 seed {passed[0]}: exit 0" in runs[passed[0]].stdout
+    # the same seed, the same order: a failure replays
+    assert flaky("--seed", str(failed[0])).returncode == 1
+    # rounds: each its own seed, all reported
+    many = flaky("-n", "3")
+    assert many.stdout.count("round ") >= 3, many.stdout

@@ -3,8 +3,9 @@
 A task's stream entry goes with its outcome (FINISH deletes it); its record (outcome,
 attempts) stays, readable from every node, for `tasks_kept_for` seconds (EXPIRE) and
 among the newest `tasks_kept` finished ones: at each beat a node takes the ids beyond
-that count out of the done set (`corral tasks` reads it too; exactly those, however many
-nodes trim at once: scripts.TRIM) and deletes their records.
+that count out of the done set (`corral tasks` reads it too) and deletes their records,
+in one step (scripts.TRIM: exactly those, however many nodes trim at once, and never the
+set trimmed with their records left behind).
 The outcomes and events streams are capped where they are written. What else would
 grow with time is the consumers of dead incarnations in each stream's group (one per
 node start, fence or rejoin): once the reaper has taken over what one held, it is
@@ -43,12 +44,9 @@ class Retention:
         # an id is made when its task is: one made before the cutoff ended before it too
         cutoff = id_floor(time.time() - self.settings.tasks_kept_for)
         gone = await self.scripts.trim(keys=[self.keys.done],
-                                       args=[self.settings.tasks_kept, cutoff])
-        if gone:
-            ids = [g.decode() for g in gone]
-            await self.redis.delete(*(k for t in ids
-                                      for k in (self.keys.task(t), self.keys.attempts(t))))
-            self.dropped += len(ids)
+                                       args=[self.settings.tasks_kept, cutoff,
+                                             self.keys.prefix])
+        self.dropped += len(gone)
         await self._dead_consumers(streams)
 
     async def _dead_consumers(self, streams: list[str]) -> None:

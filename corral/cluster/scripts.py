@@ -354,18 +354,24 @@ return revision
 
 
 # TRIM: the finished tasks (keys.done, every score 0, ordered by id and so by the time
-# each was made) beyond the newest `kept` taken out of the set, exactly those however
-# many nodes trim at once: their records are deleted by the caller. The ids made before
+# each was made) beyond the newest `kept` taken out of the set and their records (task,
+# attempts) deleted in the same step, exactly those however many nodes trim at once: one
+# who reads the set trimmed never finds their records still there. The ids made before
 # the cutoff (an id prefix) leave the set alone: their records have expired, or will
-# within tasks_kept_for of their end.
-# KEYS: done; ARGV: kept, cutoff id prefix -> the ids whose records to delete
+# within tasks_kept_for of their end. The records' names are made here from the prefix
+# (Keys.task, Keys.attempts): every key of a cluster shares its hash tag, so they are in
+# the slot of KEYS[1].
+# KEYS: done; ARGV: kept, cutoff id prefix, the cluster's key prefix -> the ids trimmed
 TRIM = """
 redis.call('ZREMRANGEBYLEX', KEYS[1], '-', '(' .. ARGV[2])
 local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
 if over <= 0 then return {} end
 local gone = redis.call('ZPOPMIN', KEYS[1], over)
 local ids = {}
-for i = 1, #gone, 2 do ids[#ids + 1] = gone[i] end
+for i = 1, #gone, 2 do
+  ids[#ids + 1] = gone[i]
+  redis.call('DEL', ARGV[3] .. 'task:' .. gone[i], ARGV[3] .. 'att:' .. gone[i])
+end
 return ids
 """
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .. import __version__, jsonrpc
+from .. import __version__, jsonrpc, redact
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError, check_command, cluster_problem, parse_agents
@@ -268,8 +268,8 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
                           caller: Caller, c: Channel) -> m.DescribeResult:
     agent = d.sup.agent(p.name)
     spec = agent.spec
-    fields = msgspec.structs.asdict(spec)
-    # values of the environment may be secrets: the keys say what is set
+    # shown by the one rule (redact.py); env as its keys alone, which say what is set
+    fields = redact.table(msgspec.structs.asdict(spec))
     fields["env"] = sorted(spec.env)
     fields["limits"] = msgspec.structs.asdict(spec.limits)
     node = d.tasks.cluster if spec.placement == "cluster" else None
@@ -366,7 +366,7 @@ async def agents_history(d: Services, p: m.AgentsHistory,
     node = await _cluster_agent(d, p.name)
     if node is not None:  # the cluster's revisions, the same on every node
         kept = [m.Revision(agent=p.name, revision=e.revision, time=e.time, who=e.who,
-                           change=e.change, spec=e.spec)
+                           change=e.change, spec=redact.table(e.spec))
                 for e in await node.agent_history(p.name)]
         # the newest `limit`, as the local agents' (kept[-0:] would be every one)
         return m.HistoryResult(name=p.name, current=kept[-1].revision if kept else None,
@@ -376,20 +376,28 @@ async def agents_history(d: Services, p: m.AgentsHistory,
     scaling = [m.ScalingDecision(time=s.time, previous=s.previous, replicas=s.replicas,
                                  desired=s.desired, direction=s.direction, reason=s.reason)
                for s in d.sup.elastic.decisions.get(p.name, ())]
-    return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name), revisions=_wire(revs),
-                           scaling=scaling[-row_limit(p.limit):])
+    # the store keeps the real values (a rollback runs them); the answer, the rule's
+    shown = [msgspec.structs.replace(r, spec=redact.table(r.spec)) for r in revs]
+    return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name),
+                           revisions=_wire(shown), scaling=scaling[-row_limit(p.limit):])
 
 
 @implements("agents.rollback")
 async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: Channel
                           ) -> m.RollbackResult:
+    if p.release is not None and p.revision is not None:
+        raise RpcError(jsonrpc.INVALID_PARAMS, "name a revision or a release, not both")
     node = await _cluster_agent(d, p.name)
     if node is not None:
         if caller.tenant is not None:  # (one it sees is placed here: refused by placement)
             d.fleet.held_to(d.sup.agent(p.name).spec, caller.who, caller.tenant)
+        if p.release is not None:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"{p.name} is a cluster agent: it has no "
+                                                   "releases; name a revision")
         target, now, change = await node.rollback_agent(p.name, p.revision, caller.who)
         return m.RollbackResult(name=p.name, restored=target, revision=now, change=change)
-    target, change = await d.fleet.rollback(p.name, p.revision, caller.who, caller.tenant)
+    target, change = await d.fleet.rollback(p.name, p.revision, caller.who, p.release,
+                                            tenant=caller.tenant)
     return m.RollbackResult(name=p.name, restored=target,
                             revision=d.fleet.revision_of(p.name), change=change)
 
@@ -397,25 +405,45 @@ async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: C
 @implements("audit.list")
 async def audit_list(d: Services, p: m.AuditList, caller: Caller, c: Channel) -> m.AuditResult:
     return m.AuditResult(entries=[
+        # rows are written by the rule already; read by it too, for rows an earlier
+        # corral wrote with the values in them
         m.AuditEntry(time=t, uid=uid, pid=pid, method=method,
-                     params=msgspec.json.decode(params), outcome=outcome, who=who,
-                     tenant=tenant)
+                     params=redact.params(method, msgspec.json.decode(params)),
+                     outcome=outcome, who=who, tenant=tenant)
         for t, uid, pid, method, params, outcome, who, tenant in d.store.audit_log(
             row_limit(p.limit))])
 
 
 @implements("logs.tail")
 async def logs_tail(d: Services, p: m.LogsTail, caller: Caller, c: Channel) -> m.LogLines:
-    sources, keep = _log_sources(d, p.names)
+    sources, keep = _log_sources(d, p)
     if keep is None:
         return m.LogLines(lines=d.hub.tail(sources, p.lines, p.since))
-    # one replica's lines: filtered from its agent's tail, which holds every replica's
+    # one replica's lines, or those a filter keeps: from the sources' whole tails
     lines = [ln for ln in d.hub.tail(sources, d.hub.tail_lines, p.since) if keep(ln)]
     return m.LogLines(lines=lines[-p.lines:] if p.lines > 0 else [])
 
 
-def _log_sources(d: Services, names: list[str]
+def _log_sources(d: Services, p: m.LogsTail
                  ) -> tuple[list[str], Callable[[m.LogLine], bool] | None]:
+    """The sources to read for NAME / NAME#N targets, and a filter when a replica, a
+    text (`grep`) or streams are named (None: every line of the sources)."""
+    by_replica = _replica_sources(d, p.names)
+    sources, replica_keep = by_replica
+    text, streams = p.grep, frozenset(p.streams)
+    if text is None and not streams:
+        return by_replica
+
+    def keep(line: m.LogLine) -> bool:
+        return ((replica_keep is None or replica_keep(line))
+                and (not streams or line.stream in streams)
+                and (text is None or text in line.text))
+
+    return sources, keep
+
+
+def _replica_sources(d: Services, names: list[str]
+                     ) -> tuple[list[str], Callable[[m.LogLine], bool] | None]:
     """The sources to read for NAME / NAME#N targets, and a filter when a replica is
     named (None: every line of the sources)."""
     sources: list[str] = []
@@ -448,7 +476,7 @@ def _log_sources(d: Services, names: list[str]
 @implements("logs.follow")
 async def logs_follow(d: Services, p: m.LogsFollow, caller: Caller, c: Channel) -> None:
     """Streams until the client goes away (the Peer then cancels this task)."""
-    sources, keep = _log_sources(d, p.names)
+    sources, keep = _log_sources(d, p)
     follower = d.hub.follow(sources)
 
     def send_some() -> None:

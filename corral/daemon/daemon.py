@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .. import __version__
+from .. import __version__, redact
 from ..jsonrpc import LineBlock
 from ..methods import ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
@@ -564,10 +564,12 @@ class Daemon:
         """A command's audit row, whatever front end it came by: in the daemon log, and
         the audit table through the store's writer, so a row that cannot be written never
         changes the command's answer (it is kept and written when the database can be:
-        StoreWriter)."""
-        text = f"{caller.who}: {method} {msgspec.json.encode(params).decode()} -> {outcome}"
+        StoreWriter). Params that carry specs are written by the one rule (redact.py):
+        neither the table nor the log holds a secret value."""
+        shown = redact.params(method, params)
+        text = f"{caller.who}: {method} {msgspec.json.encode(shown).decode()} -> {outcome}"
         self.hub.daemon(text, "audit")
-        self.store.audit(caller.uid, caller.pid, method, params, outcome,
+        self.store.audit(caller.uid, caller.pid, method, shown, outcome,
                          caller.who if caller.token is not None else None, caller.tenant)
 
     def _gateway_audit(self, client: str, tool: str, outcome: str,

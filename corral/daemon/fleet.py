@@ -236,16 +236,30 @@ class Fleet:
                                                for r in made)])
         self.told(made)
 
+    def revision_of_release(self, name: str, release: str) -> int:
+        """The newest revision of the agent that ran `release` (a release's directory
+        name, as `corral releases` prints it)."""
+        ran = [r for r in self.revisions.history(name, limit=10_000)
+               if (path := r.spec.get("release")) and os.path.basename(path) == release]
+        if not ran:
+            raise RpcError(jsonrpc.NOT_FOUND, f"no revision of {name} ran release {release} "
+                                              f"(see `corral releases {name}`)")
+        return max(r.revision for r in ran)
+
     async def rollback(self, name: str, revision: int | None, who: str,
-                       tenant: str | None = None) -> tuple[int, str]:
-        """Back to an earlier spec revision (default: the one before the current); the
-        revision restored, and what that changed (`replicas 3 -> 2, env.V changed`).
-        `tenant`: as `add`'s; the releases the agent ran before may be restored."""
+                       release: str | None = None, *, tenant: str | None = None
+                       ) -> tuple[int, str]:
+        """Back to an earlier spec revision (default: the one before the current; with
+        `release`, the newest that ran it); the revision restored, and what that changed
+        (`replicas 3 -> 2, env.V changed`). `tenant`: as `add`'s; the releases the agent
+        ran before may be restored."""
         made: list[Revision] = []
         async with self.changing([name]):
             self.sup.agent(name)
             latest = self.revisions.latest(name)
             current = latest.revision if latest else 0
+            if release is not None:
+                revision = self.revision_of_release(name, release)
             target = revision if revision is not None else current - 1
             rev = self.revisions.get(name, target)
             if rev is None:

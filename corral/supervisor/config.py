@@ -22,6 +22,7 @@ import msgspec
 import msgspec.inspect
 from msgspec import Meta
 
+from .. import redact
 from ..text import did_you_mean
 from .names import name_problem, shown
 from .sandbox import exposed, host_refusal
@@ -266,7 +267,7 @@ class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
         if self.transport == "stdio":
             raise ConfigError("transport 'stdio' needs a command, not a url")
         if not re.match(r"^https?://[^/]", self.url):
-            raise ConfigError(f"url {self.url!r} is not an http:// or https:// URL")
+            raise ConfigError(f"url {redact.url(self.url)!r} is not an http:// or https:// URL")
         if self.oauth_grant == "client_credentials" and not (
                 self.oauth_client_id and self.oauth_client_secret):
             raise ConfigError('oauth_grant = "client_credentials" needs oauth_client_id and '
@@ -485,8 +486,8 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def check(self, where: str) -> None:
         """What the types cannot say; raises ConfigError naming the key."""
         if not self.redis.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"{where}: cluster.redis: {self.redis!r} is not a redis://, "
-                              "rediss:// or unix:// URL")
+            raise ConfigError(f"{where}: cluster.redis: {redact.url(self.redis)!r} is not a "
+                              "redis://, rediss:// or unix:// URL")
         for key, value in (("name", self.name), ("node", self.node)):
             if value is not None and CLUSTER_NAME.fullmatch(value) is None:
                 raise ConfigError(f"{where}: cluster.{key}: {value!r} is not 1-64 "

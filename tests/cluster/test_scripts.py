@@ -230,17 +230,21 @@ async def test_the_listed_tasks_follow_each_task_to_its_end_and_stay_bounded(
               b'"node b lost"}', "dead"]) == b"lost"
     assert await client.zrange(K.live, 0, -1) == [ids[3].encode()]
     assert await client.zrange(K.done, 0, -1) == [i.encode() for i in ids[:3]]
-    # bounded: a node's beat takes out the oldest beyond tasks_kept (TRIM, exactly those:
-    # their records are then deleted) and the ids made before the cutoff
+    # bounded: a node's beat takes out the oldest beyond tasks_kept (TRIM, exactly those,
+    # their records deleted in the same step) and the ids made before the cutoff
     older = [f"00000000-{n:04x}-7000-8000-000000000000" for n in range(10)]
     await client.zadd(K.done, dict.fromkeys(older, 0))
+    for o in older[:3]:
+        await client.hset(K.task(o), "status", "succeeded")
+        await client.rpush(K.attempts(o), "{}")
     token, *_ = await claim(s, client, 4)
     assert await finish(s, client, 4, token) == 1
     assert await client.zcard(K.done) == 14
-    assert await s.trim(keys=[K.done], args=[12, "00000000-0000"]) == [
+    assert await s.trim(keys=[K.done], args=[12, "00000000-0000", K.prefix]) == [
         o.encode() for o in older[:2]]
-    assert await s.trim(keys=[K.done], args=[12, "00000000-0000"]) == []
-    assert await s.trim(keys=[K.done], args=[100, "00000000-0005"]) == []
+    assert [await client.exists(K.task(o), K.attempts(o)) for o in older[:3]] == [0, 0, 2]
+    assert await s.trim(keys=[K.done], args=[12, "00000000-0000", K.prefix]) == []
+    assert await s.trim(keys=[K.done], args=[100, "00000000-0005", K.prefix]) == []
     assert await client.zrange(K.done, 0, 0) == [older[5].encode()]
     assert await client.zrange(K.done, -1, -1) == [ids[3].encode()]
     assert await client.zcard(K.done) == 9
