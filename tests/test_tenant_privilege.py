@@ -33,8 +33,9 @@ import pytest
 
 from corral import jsonrpc
 from corral import methods as m
+from corral.daemon.privilege import refusal
 from corral.daemon.tokens import tokens_of
-from corral.supervisor.config import ConfigError, load_config
+from corral.supervisor.config import AgentSpec, ConfigError, TenantSpec, load_config
 from corral.supervisor.release import READY
 from corral.supervisor.sandbox import host_refusal
 
@@ -67,11 +68,11 @@ def reason() -> str | None:
         grp.getgrnam("nogroup")
     except KeyError:
         return "needs the group nogroup (nobody's) on this host (the test creates none)"
-    refusal = host_refusal("bwrap", "nobody")
-    return f"no sandbox for nobody here: {refusal}" if refusal else None
+    box = host_refusal("bwrap", "nobody")
+    return f"no sandbox for nobody here: {box}" if box else None
 
 
-pytestmark = pytest.mark.skipif(reason() is not None, reason=reason() or "")
+needs_users = pytest.mark.skipif(reason() is not None, reason=reason() or "")
 
 
 @pytest.fixture
@@ -191,7 +192,7 @@ def table(extra: dict[str, Any]) -> dict[str, Any]:
     return {"command": [NOBODY_PY, "-c", "pass"], "replicas": 0, **extra}
 
 
-def refusal(who: str, name: str, said: str) -> str:
+def refused(who: str, name: str, said: str) -> str:
     return f"forbidden: {who} is a caller of tenant acme: agents.{name}.{said}{SUFFIX}"
 
 
@@ -201,6 +202,7 @@ def nothing_of(d: Any, name: str) -> None:
 
 
 # -- 1. what a tenant's caller may name ----------------------------------------------------
+@needs_users
 @pytest.mark.deadline(120)
 async def test_a_tenants_caller_names_no_privilege_over_http_or_the_socket(
         tmp: Path) -> None:
@@ -213,7 +215,7 @@ async def test_a_tenants_caller_names_no_privilege_over_http_or_the_socket(
         for i, (key, extra, said) in enumerate(every):
             name = f"k{i}"
             status, body = await tenant("POST", "/agents", {"agents": {name: table(extra)}})
-            assert (status, body["detail"]) == (403, refusal("token ta", name, said)), key
+            assert (status, body["detail"]) == (403, refused("token ta", name, said)), key
             nothing_of(d, name)
         for key, extra, said in others:
             status, body = await tenant("POST", "/agents", {"agents": {"o": table(extra)}})
@@ -232,7 +234,7 @@ async def test_a_tenants_caller_names_no_privilege_over_http_or_the_socket(
             who = re.match(r"forbidden: (uid 65534 pid \d+) is", error["message"])
             assert who is not None, error
             assert (error["code"], error["message"]) == (
-                jsonrpc.FORBIDDEN, refusal(who[1], f"k{i}", said)), key
+                jsonrpc.FORBIDDEN, refused(who[1], f"k{i}", said)), key
             nothing_of(d, f"k{i}")
         deploy = answers[-1]["error"]
         assert deploy["code"] == jsonrpc.FORBIDDEN
@@ -259,6 +261,7 @@ async def test_a_tenants_caller_names_no_privilege_over_http_or_the_socket(
             assert (status, body) == (200, {"added": [f"op{i}"]}), (key, body)
 
 
+@needs_users
 @pytest.mark.deadline(180)
 async def test_a_tenants_rollback_restores_no_privilege_the_operator_once_gave(
         tmp: Path) -> None:
@@ -281,7 +284,7 @@ async def test_a_tenants_rollback_restores_no_privilege_the_operator_once_gave(
             before = d.services.sup.agents[name].spec
             assert d.services.fleet.revision_of(name) == 2
             status, body = await tenant("POST", f"/agents/{name}/rollback", {"revision": 1})
-            assert (status, body["detail"]) == (403, refusal("token ta", name, said)), key
+            assert (status, body["detail"]) == (403, refused("token ta", name, said)), key
             assert d.services.fleet.revision_of(name) == 2
             assert d.services.sup.agents[name].spec == before
             assert d.services.store.runtime_agents()[name] == clean
@@ -300,6 +303,28 @@ async def test_a_tenants_rollback_restores_no_privilege_the_operator_once_gave(
         status, body = await tenant("POST", "/agents/pkg/rollback", {"revision": 1})
         assert (status, body["restored"]) == (200, 1), body
         assert d.services.sup.agents["pkg"].spec.release == str(release)
+
+
+def test_a_tenant_without_a_user_or_dir_lets_its_callers_name_neither() -> None:
+    """The rule alone (privilege.refusal): a tenant without `user` runs its agents as the
+    daemon's user, and one naming a user, even one with fewer rights, names who runs it;
+    without `dir` its agents run where the config file is, and a cwd elsewhere is
+    refused while the same directory, named or not, passes."""
+    tenant = TenantSpec()
+    here = "/etc/corral"
+
+    def said(**keys: Any) -> tuple[str, str] | None:
+        spec = AgentSpec(command="true", name="x", tenant="t", **keys)
+        return refusal(spec, "t", tenant, here)
+
+    assert said(user="nobody") == ("user", "\"nobody\" differs from tenant t's (none: "
+                                           "the daemon's user)")
+    assert said(cwd="/srv") == ("cwd", "\"/srv\" differs from tenant t's (it has no dir: "
+                                       "its agents run in /etc/corral)")
+    assert said(cwd="/etc/corral/") is None and said(cwd=None) is None
+    assert said(sandbox="none", network="host") is None  # (what it has without them)
+    assert said(sandbox="bwrap") == ("sandbox", "\"bwrap\" differs from tenant t's "
+                                                "(\"none\")")
 
 
 def test_a_tenants_dir_is_absolute_and_where_its_agents_run(tmp_path: Path) -> None:
@@ -332,6 +357,7 @@ PROBE = ("{ id -u; awk '/^Max processes/ {print $3}' /proc/self/limits; "
          'cat %s 2>/dev/null || echo absent; } > %s.part && mv %s.part %s')
 
 
+@needs_users
 @pytest.mark.deadline(120)
 async def test_a_check_and_its_recovery_run_as_the_agent_in_its_sandbox(
         tmp: Path, world_readable_tree: Path) -> None:
