@@ -893,11 +893,13 @@ async def test_a_limited_caller_adds_no_cluster_agent_by_flag_or_by_table(
                                "is a caller of tenant a"),
                               (Caller(via="http", token="g", agents="a*"),
                                "is limited to agents matching a*")):
-            for params in ({"agents": {"a2": {"command": "true"}}, "cluster": True},
-                           {"agents": {"a2": {"command": "true", "placement": "cluster"}}}):
+            for params, key in (
+                    ({"agents": {"a2": {"command": "true"}}, "cluster": True}, ""),
+                    ({"agents": {"a2": {"command": "true", "placement": "cluster"}}},
+                     ' (agents.a2.placement: "cluster")')):
                 assert await refused(d, caller, "agents.add", params) == (
                     jsonrpc.FORBIDDEN, f"forbidden: token {caller.token} {limit}: may not "
-                                       "add cluster agents"), params
+                                       f"add cluster agents{key}"), params
         assert set(d.services.sup.agents) == {"a1"}
 
 

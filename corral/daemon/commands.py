@@ -293,7 +293,8 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
 async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel) -> m.Added:
     if p.for_cluster:
         return m.Added(added=await add_cluster_agents(d, p, caller.who))
-    return m.Added(added=await d.fleet.add(p.agents, caller.who, check=p.check))
+    return m.Added(added=await d.fleet.add(p.agents, caller.who, check=p.check,
+                                           tenant=caller.tenant))
 
 
 async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]:
@@ -390,12 +391,15 @@ async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: C
         raise RpcError(jsonrpc.INVALID_PARAMS, "name a revision or a release, not both")
     node = await _cluster_agent(d, p.name)
     if node is not None:
+        if caller.tenant is not None:  # (one it sees is placed here: refused by placement)
+            d.fleet.held_to(d.sup.agent(p.name).spec, caller.who, caller.tenant)
         if p.release is not None:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"{p.name} is a cluster agent: it has no "
                                                    "releases; name a revision")
         target, now, change = await node.rollback_agent(p.name, p.revision, caller.who)
         return m.RollbackResult(name=p.name, restored=target, revision=now, change=change)
-    target, change = await d.fleet.rollback(p.name, p.revision, caller.who, p.release)
+    target, change = await d.fleet.rollback(p.name, p.revision, caller.who, p.release,
+                                            tenant=caller.tenant)
     return m.RollbackResult(name=p.name, restored=target,
                             revision=d.fleet.revision_of(p.name), change=change)
 

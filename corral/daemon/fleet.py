@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from ..supervisor.config import (
     GatewaySettings,
     check_command,
     check_sandboxes,
+    default_cwd,
     isolation_problem,
     parse_agents,
 )
@@ -38,6 +39,7 @@ from ..supervisor.elastic import scale_refusal
 from ..supervisor.names import name_problem, shown
 from ..supervisor.release import READY
 from ..text import plural
+from . import privilege
 from .revisions import (
     Revision,
     RevisionLog,
@@ -129,15 +131,18 @@ class Fleet:
                 else StateStore.forgetting_runtime_agent(name)]
 
     # -- commands ---------------------------------------------------------------------------
-    async def add(self, tables: dict[str, dict[str, Any]], who: str, *, check: bool
-                  ) -> list[str]:
-        """Add agents from [agents.NAME] tables, all or nothing; they outlive the daemon."""
+    async def add(self, tables: dict[str, dict[str, Any]], who: str, *, check: bool,
+                  tenant: str | None = None) -> list[str]:
+        """Add agents from [agents.NAME] tables, all or nothing; they outlive the daemon.
+        `tenant`: the tenant of a tenant's caller, whose tables name who runs what, where
+        as the tenant does (privilege.py)."""
         if not tables:
             raise RpcError(jsonrpc.INVALID_PARAMS, "no [agents.NAME] tables to add")
         try:
             specs = parse_agents({"agents": tables}, "agents.add")
             for name, spec in specs.items():
                 self.fill_cwd(spec)
+                self.held_to(spec, who, tenant)
                 why = check_command(spec) if check else None
                 if why:
                     raise ConfigError(f"agents.add: agents.{name}.command: {why} "
@@ -242,10 +247,12 @@ class Fleet:
         return max(r.revision for r in ran)
 
     async def rollback(self, name: str, revision: int | None, who: str,
-                       release: str | None = None) -> tuple[int, str]:
+                       release: str | None = None, *, tenant: str | None = None
+                       ) -> tuple[int, str]:
         """Back to an earlier spec revision (default: the one before the current; with
         `release`, the newest that ran it); the revision restored, and what that changed
-        (`replicas 3 -> 2, env.V changed`)."""
+        (`replicas 3 -> 2, env.V changed`). `tenant`: as `add`'s; the releases the agent
+        ran before may be restored."""
         made: list[Revision] = []
         async with self.changing([name]):
             self.sup.agent(name)
@@ -264,6 +271,10 @@ class Fleet:
             except ConfigError as exc:
                 raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
             self.fill_cwd(spec)
+            # (the releases of its revisions: deployed for it by the operator)
+            self.held_to(spec, who, tenant, releases={
+                r.spec.get("release") for r in self.revisions.history(name, 1 << 62)
+            } if tenant is not None else ())
             if spec.release is not None and not os.path.isfile(
                     os.path.join(spec.release, READY)):
                 raise RpcError(jsonrpc.NOT_FOUND, f"revision {target} of {name} runs release "
@@ -427,10 +438,19 @@ class Fleet:
         self.sup.tasks.pump(name)
 
     def fill_cwd(self, spec: AgentSpec) -> None:
-        """An agent added at runtime without a cwd runs where the config file is, as the
-        config's own agents do (load_config)."""
+        """An agent added at runtime without a cwd runs in its tenant's dir, else where
+        the config file is, as the config's own agents do (load_config)."""
         if spec.cwd is None:
-            spec.cwd = str(self.config_dir)
+            spec.cwd = default_cwd(self.sup.tenant_spec(spec.tenant), str(self.config_dir))
+
+    def held_to(self, spec: AgentSpec, who: str, tenant: str | None, *,
+                releases: Collection[str | None] = ()) -> None:
+        """A table of tenant `tenant`'s caller `who` (None: the operator's, not held)
+        names who runs what, where as its tenant does, else FORBIDDEN (privilege.py)."""
+        if tenant is not None:
+            privilege.check(spec, who, tenant, self.sup.tenant_spec(tenant),
+                            default_cwd(self.sup.tenant_spec(tenant), str(self.config_dir)),
+                            {r for r in releases if r is not None})
 
     def fill_paths(self, spec: AgentSpec) -> None:
         """A cluster agent's paths, as its table gives them (absent or relative), are

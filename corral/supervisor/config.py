@@ -415,8 +415,13 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     # tenants.Tenancy.sandbox_of)
     sandbox: Literal["none", "bwrap"] | None = None
     network: Literal["host", "none", "gateway"] | None = None
+    # its agents' directory: one that names no cwd runs here, and a tenant's caller names
+    # none outside it (daemon/privilege.py); unset: they run where the config file is
+    dir: str | None = None
 
     def check(self) -> None:
+        if self.dir is not None and not os.path.isabs(self.dir):
+            raise ConfigError(f"dir: {self.dir} is not an absolute path")
         if self.user is not None and passwd_of(self.user) is None:
             # refused where it is written, not at each of its agents' spawns
             raise ConfigError(f"user: no such user: {self.user} (a tenant's user must "
@@ -717,7 +722,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     # own config file's directory when it runs it
     local = [a for a in agents.values() if a.placement != "cluster"]
     for pspec in [*local, *servers.values()]:
-        pspec.cwd = str((base / pspec.cwd).resolve() if pspec.cwd else base.resolve())
+        pspec.cwd = str((base / pspec.cwd).resolve()) if pspec.cwd else default_cwd(
+            tenants.get(getattr(pspec, "tenant", DEFAULT_TENANT)), str(base.resolve()))
     for aspec in local:
         aspec.sandbox_paths = [str((base / sp).resolve()) for sp in aspec.sandbox_paths]
     for sspec in servers.values():
@@ -730,6 +736,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                  http=http, packages=packages, cluster=cluster, tenants=tenants)
     check_tenants_named(cfg, where)
     return cfg
+
+
+def default_cwd(tenant: TenantSpec | None, config_dir: str) -> str:
+    """Where a process that names no cwd runs: its tenant's `dir`, else where the config
+    file is (`config_dir`)."""
+    return tenant.dir if tenant is not None and tenant.dir is not None else config_dir
 
 
 class Isolation(NamedTuple):
