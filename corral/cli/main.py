@@ -1734,19 +1734,22 @@ def systemd_group() -> None:
               metavar="PATH", help="The config the unit runs with (a starter one is written "
                                    "if it does not exist).")
 @click.option("--force", is_flag=True, help="Replace a corral.service that differs.")
-def systemd_install(unit_dir: str, config: str, force: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="Write nothing: print what would be written "
+                                              "(the unit's text among it).")
+def systemd_install(unit_dir: str, config: str, force: bool, dry_run: bool) -> None:
     """Write the systemd unit (pointing at this installation) and a starter config, from
     the installed package; then run the `systemctl` commands it prints."""
-    from .install import install
+    from .install import install, next_steps
 
     try:
-        done = install(Path(unit_dir), Path(config), force)
+        done = install(Path(unit_dir), Path(config), force, dry_run)
     except (OSError, FileExistsError) as exc:
         click.echo(f"corral: {exc}", err=True)
         sys.exit(EXIT_FAILED)
     for line in done:
         click.echo(line)
-    click.echo("next: systemctl daemon-reload && systemctl enable --now corral")
+    if not dry_run:
+        click.echo(next_steps(Path(unit_dir)))
 
 
 @cli.command()
