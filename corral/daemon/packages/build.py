@@ -57,6 +57,7 @@ from .releases import (
     remove_tree,
     tree_size,
 )
+from .requirements import check_file, check_pylock, check_text
 
 FORMAT = b"corral-release-1"  # this recipe: a new one names every release anew
 RELEASE_CHARS = 16  # hex characters of the hash in a release's name
@@ -146,11 +147,13 @@ def _walk(root: int, manifest: Manifest, stop: threading.Event | None
     owner = os.fstat(root).st_uid
     out: list[tuple[str, os.stat_result]] = []
     pending = [""]
+    seen = 0  # directories too: a tree of empty ones is no cheaper to walk
     while pending:
         if stop is not None and stop.is_set():
             raise checked.Cancelled()
         rel_dir = pending.pop()
         for name, st in checked.entries(root, rel_dir):
+            seen += 1
             rel = f"{rel_dir}/{name}" if rel_dir else name
             mode = st.st_mode
             if stat.S_ISDIR(mode) or (stat.S_ISLNK(mode) and name in SKIP_DIRS):
@@ -174,7 +177,7 @@ def _walk(root: int, manifest: Manifest, stop: threading.Event | None
                                            "files, directories and links (leave it out "
                                            "with exclude = [...])")
             out.append((rel, st))
-        if len(out) > MAX_FILES:
+        if seen > MAX_FILES:
             raise BuildError(f"source: more than {MAX_FILES} files under "
                              f"{manifest.directory} (leave out what is not the package "
                              "with exclude = [...])")
@@ -422,7 +425,8 @@ class Builder:
         python = str(venv / "bin" / "python")
         lock = manifest.lock
         if lock is not None:
-            requirements = src / lock.relative_to(manifest.directory)
+            rel = lock.relative_to(manifest.directory).as_posix()
+            requirements = src / rel
             if manifest.lock_kind == "uv.lock":
                 exported = scratch / "requirements.txt"
                 await step([uv, "export", "--frozen", "--no-dev", "--no-emit-project",
@@ -430,6 +434,9 @@ class Builder:
                             "--project", str(requirements.parent), "-o", str(exported)],
                            f"reading {lock.name}")
                 requirements = exported
+            await checked.in_thread(lambda _: _check_lock(
+                src, rel, manifest.lock_kind, exported if requirements != src / rel
+                else None, manifest.directory))
             say(f"installing {lock.name} with uv")
             await step([uv, "pip", "install", "--python", python, "--link-mode",
                         settings.link_mode,
@@ -522,6 +529,24 @@ class Builder:
         child.kill_group(signal.SIGKILL)  # what it left in its group
         self.containment.ended(child.token)
         child.close()
+
+
+def _check_lock(src: Path, rel: str, kind: str | None, exported: Path | None,
+                shown: Path) -> None:
+    """What the lock would make uv read, as the daemon's user: only the package's own
+    files (requirements.py). On the release's copy, before uv sees it."""
+    root = checked.open_root(str(src))
+    try:
+        if exported is not None:  # uv export's, from the package's uv.lock
+            check_text(root, rel, exported.read_text())
+        elif kind == "pylock":
+            check_pylock(root, rel)
+        else:
+            check_file(root, rel)
+    except checked.Refused as exc:
+        raise BuildError(f"{shown / exc.rel}: {exc.reason}") from None
+    finally:
+        os.close(root)
 
 
 def build_environment(cache: Path) -> dict[str, str]:

@@ -64,15 +64,18 @@ def open_root(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def open_dir(root: int, rel: str) -> int:
-    """A directory of the package, reached without following a link."""
+def open_dir(root: int, rel: str, shown: str | None = None) -> int:
+    """A directory of the package, reached without following a link (`shown`: the
+    path a refusal names, a file in it)."""
+    shown = shown or rel
+    _parts(shown)  # refused as a whole: "../x", never "..: ..."
     fd = os.dup(root)
     for part in _parts(rel):
         try:
             nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
         except OSError as exc:
             os.close(fd)
-            raise Refused(rel, f"{part} is not a directory of the package "
+            raise Refused(shown, f"{part} is not a directory of the package "
                           f"({_why(exc)})") from None
         os.close(fd)
         fd = nxt
@@ -82,18 +85,18 @@ def open_dir(root: int, rel: str) -> int:
 def open_file(root: int, rel: str) -> tuple[int, os.stat_result]:
     """A regular file of the package, opened after it was looked at, and its fstat."""
     parent, _, name = rel.rpartition("/")
-    dfd = open_dir(root, parent)
+    dfd = open_dir(root, parent, rel)
     try:
         try:
             seen = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except OSError as exc:
-            raise Refused(rel, f"{_why(exc)}") from None
+            raise Refused(rel, _why(exc)) from None
         if not stat.S_ISREG(seen.st_mode):
             raise Refused(rel, f"{kind(seen.st_mode)}, not a regular file")
         try:
             fd = os.open(name, FILE_FLAGS, dir_fd=dfd)
         except OSError as exc:
-            raise Refused(rel, f"{_why(exc)}") from None
+            raise Refused(rel, _why(exc)) from None
     finally:
         os.close(dfd)
     st = os.fstat(fd)
@@ -175,11 +178,11 @@ def entries(root: int, rel_dir: str = "") -> Iterator[tuple[str, os.stat_result]
 
 def read_link(root: int, rel: str) -> str:
     parent, _, name = rel.rpartition("/")
-    dfd = open_dir(root, parent)
+    dfd = open_dir(root, parent, rel)
     try:
         return os.readlink(name, dir_fd=dfd)
     except OSError as exc:
-        raise Refused(rel, f"{_why(exc)}") from None
+        raise Refused(rel, _why(exc)) from None
     finally:
         os.close(dfd)
 

@@ -117,7 +117,8 @@ def _present(directory: Path, root: int, rel: str) -> bool:
         raise ConfigError(f"{directory / rel}: cannot read: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{directory / rel}: {checked.kind(st.st_mode)}, not a regular "
-                          "file (a package's manifest is read from a regular file only)")
+                          "file (corral reads a package's manifest, pyproject.toml and lock file "
+                          "from regular files only)")
     return True
 
 
