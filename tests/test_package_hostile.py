@@ -485,7 +485,7 @@ def test_the_checked_reader_refuses_what_is_not_a_regular_file(tmp_path: Path) -
             assert str(err.value) == why
         with pytest.raises(checked.Refused) as err:
             checked.read_small(root, "dir/f", 5)
-        assert str(err.value) == "dir/f: 10 bytes, more than the 5 a manifest may have"
+        assert str(err.value) == "dir/f: 10 bytes, more than the 5 corral reads of such a file"
         fd, st = checked.open_file(root, "dir/f")
         try:
             with open(tmp_path / "dir" / "f", "ab") as f:

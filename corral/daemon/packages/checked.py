@@ -124,13 +124,13 @@ def chunks(fd: int, size: int, rel: str, stop: threading.Event | None = None
 
 
 def read_small(root: int, rel: str, limit: int) -> bytes:
-    """A file corral itself reads (a manifest, pyproject.toml), whole, at most `limit`
-    bytes."""
+    """A file corral itself reads (a manifest, pyproject.toml, a requirements file),
+    whole, at most `limit` bytes."""
     fd, st = open_file(root, rel)
     try:
         if st.st_size > limit:
-            raise Refused(rel, f"{st.st_size} bytes, more than the {limit} a "
-                          "manifest may have")
+            raise Refused(rel, f"{st.st_size} bytes, more than the {limit} corral reads of "
+                               "such a file")
         return b"".join(chunks(fd, st.st_size, rel))
     finally:
         os.close(fd)
