@@ -271,6 +271,8 @@ def copy_source(manifest: Manifest, files: list[str], dest: Path, expected: str,
     try:
         known = set(files)
         for rel in files:
+            if stop is not None and stop.is_set():
+                raise checked.Cancelled()
             parent, _, name = rel.rpartition("/")
             fd = checked.open_dir(root, parent)
             try:

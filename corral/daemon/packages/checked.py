@@ -31,6 +31,7 @@ CHUNK = 1 << 20  # bytes read at a time
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 MAX_DEPTH = 64  # directories within directories
+GRACE = 1.0  # seconds a cancelled read has to stop before its caller goes on
 
 T = TypeVar("T")
 
@@ -207,10 +208,13 @@ def _why(exc: OSError) -> str:
 async def in_thread(work: Callable[[threading.Event], T]) -> T:
     """`work(stop)` in a thread of its own that never holds up the daemon's exit (a
     daemon thread: a read that a hung file system never answers is left behind, not
-    waited for). Cancelling the await sets `stop` (work looks at it between reads) and
-    returns at once."""
+    joined). Cancelling the await sets `stop` (work looks at it between reads and
+    files), gives the work GRACE seconds to see it (so that what it wrote is not being
+    written while the caller removes it), and returns."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[T] = loop.create_future()
+    # an outcome nobody waits for any more is no "exception never retrieved"
+    done.add_done_callback(lambda f: f.cancelled() or f.exception())
     stop = threading.Event()
 
     def settle(ok: bool, value: object) -> None:
@@ -226,13 +230,15 @@ async def in_thread(work: Callable[[threading.Event], T]) -> T:
         try:
             result: object = work(stop)
             ok = True
-        except BaseException as exc:
+        except BaseException as exc:  # handed to the awaiting task
             result, ok = exc, False
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             loop.call_soon_threadsafe(settle, ok, result)
 
     threading.Thread(target=run, name="corral-package-read", daemon=True).start()
     try:
-        return await done
-    finally:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
         stop.set()
+        await asyncio.wait([done], timeout=GRACE)
+        raise
