@@ -196,9 +196,11 @@ class Replica(ProcessReplica):
         read_only = [*program_paths(argv[0]), SDK, *spec.sandbox_paths]
         read_only += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         if spec.release is not None:
+            # only a release imports the SDK's copy (release_environment): a plain agent's
+            # sandbox binds none, so its user need not reach [packages] dir
             read_only.append(spec.release)
-        if self.host.release_sdk is not None:
-            read_only.append(self.host.release_sdk)
+            if self.host.release_sdk is not None:
+                read_only.append(self.host.release_sdk)
         return sandboxed(
             argv, program=self.host.sandbox_program, cwd=spec.cwd or os.getcwd(), env=env,
             network=network, root=(os.geteuid() if uid is None else uid) == 0,
