@@ -37,7 +37,7 @@ from .reaper import Reaper
 from .retention import Retention
 from .scripts import Scripts
 from .specs import ClusterSpecs, Describe, Entry
-from .trust import NO_KEY_WARNING, Trust
+from .trust import Trust
 
 
 def node_name(settings: ClusterSettings) -> str:
@@ -121,8 +121,6 @@ class ClusterNode:
     def start(self) -> None:
         self.report(f"cluster {self.settings.name}: node {self.node} on Redis "
                     f"{shown(self.settings.redis)}")
-        if self.trust.key is None:
-            self.report(f"WARNING: cluster {self.settings.name}: {NO_KEY_WARNING}")
         for name, loop in (("membership", self.membership.run), ("beat", self._beat),
                            ("outbox", self.outbox.run), ("outcomes", self.desk.tail),
                            ("placement", self.placement.run),
