@@ -38,7 +38,9 @@ REVISION = b"revision"  # a kept revision's table (keys.history), by agent name
 DECLARED = b"declared"  # a table a node's file declared (keys.declared), by node, agent
 OUTCOME = b"outcome"  # a task's outcome (record and outcomes stream), by task and fence
 KINDS = {AGENT: "agents", REVISION: "revisions", DECLARED: "declared",
-         OUTCOME: "outcomes"}
+         OUTCOME: "outcomes"}  # as `corral stats` counts them
+_SAID = {AGENT: "agent", REVISION: "revision", DECLARED: "declared table",
+         OUTCOME: "outcome"}  # as the log says one
 
 NO_KEY_WARNING = ("[cluster] has no key_file: anyone who can write to the cluster's "
                   "Redis can run commands on every node (as the agents' users, root by "
@@ -159,7 +161,7 @@ class Trust:
         self._window = (start, said + 1)
         more = f" ({self._unsaid} more refused records not said)" if self._unsaid else ""
         self._unsaid = 0
-        self.report(f"cluster: refused {KINDS[kind][:-1]} {name} from Redis: "
+        self.report(f"cluster: refused {_SAID[kind]} {name} from Redis: "
                     f"{'no MAC' if not mark[2] else 'its MAC does not verify'} with this "
                     f"node's cluster key; {what} (a Redis writer without the key made or "
                     f"changed it, or the nodes' key files differ: see `corral nodes`)"

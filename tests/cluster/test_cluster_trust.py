@@ -133,6 +133,18 @@ def test_a_redis_writer_without_the_key_runs_no_command(tmp: Path,
         got = a.call("agents.rollback", {"name": "good", "revision": 1})
         assert (got["restored"], got["change"]) == (1, "command changed"), got
         a.call("agents.scale", {"name": "good", "replicas": 1})  # made from it: allowed
+
+        # what a's file last declared, forged: a reload would remove good (the file
+        # "declared it and no more"); refused, it removes nothing
+        r.hset(K.declared("a"), "good", r.hget(K.cluster_agents, "good"))
+        r.hset(K.declared_macs("a"), "good", r.hget(K.agent_macs, "good"))
+        assert a.cli("reload").returncode == 0
+        assert r.hexists(K.cluster_agents, "good")
+        assert ("cluster: refused declared table good (declared by node a) from Redis: its MAC "
+                "does not verify with this node's cluster key; it changes and removes "
+                "nothing") in log(a)
+        assert trust(a)["refused"] == {"agents": 4, "revisions": 1, "declared": 1,
+                                       "outcomes": 0}
         assert started(ran).count("good#0") == 1  # never restarted on the forged tables
         assert {line.split()[0] for line in started(ran).splitlines()} == {"0"}
 
