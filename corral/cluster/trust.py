@@ -79,13 +79,15 @@ def load_key(path: Path) -> bytes:
     return data
 
 
-def _framed(parts: tuple[bytes | str, ...]) -> bytes:
-    """Each part with its length before it: no two lists of parts frame alike."""
-    out = bytearray(_DOMAIN)
+def _mac(key: bytes, parts: tuple[bytes | str, ...]) -> str:
+    """Each part with its length before it (no two lists of parts frame alike), fed to
+    the HMAC as they are: an output is not copied."""
+    h = hmac.new(key, _DOMAIN, hashlib.sha256)
     for p in parts:
         b = p.encode() if isinstance(p, str) else p
-        out += len(b).to_bytes(8, "big") + b
-    return bytes(out)
+        h.update(len(b).to_bytes(8, "big"))
+        h.update(b)
+    return h.hexdigest()
 
 
 class Trust:
@@ -113,8 +115,7 @@ class Trust:
         """The MAC of a record of `kind` kept under `parts` ("" without a key)."""
         if self.key is None:
             return ""
-        return hmac.new(self.key, _framed((kind, self.cluster, *parts)),
-                        hashlib.sha256).hexdigest()
+        return _mac(self.key, (kind, self.cluster, *parts))
 
     def valid(self, mac: bytes | str | None, kind: bytes, *parts: bytes | str) -> bool:
         if self.key is None:
