@@ -99,6 +99,7 @@ class Membership:
                  node: str, offer: Offer, report: Callable[[str], None],
                  key: str = "") -> None:
         self.redis = redis
+        self.daemon = _DAEMON  # this process's id in its beats
         self.cluster = settings.name
         self.key = key  # the cluster key's fingerprint, in the beat
         self.duplicate: str | None = None  # why it does not join: another daemon is it
@@ -138,12 +139,12 @@ class Membership:
         capacity, load, agents = self.offer()
         room, placed, draining = self.places() if self.places is not None else (0, [], False)
         return msgspec.json.encode(Beat(self.node, self.incarnation, capacity, load, agents,
-                                        time.time(), room, placed, draining, _DAEMON,
+                                        time.time(), room, placed, draining, self.daemon,
                                         os.getpid(), socket.gethostname(), self.key))
 
     def _one_daemon(self) -> list[Any]:
         """What JOIN and BEAT need to tell another daemon of this node name."""
-        return [_DAEMON, self.keys.alive("")]
+        return [self.daemon, self.keys.alive("")]
 
     async def holder(self) -> Beat | None:
         """Another daemon's beat as this node, while its incarnation is alive."""
@@ -151,7 +152,7 @@ class Membership:
         if raw is None:
             return None
         b = _beat.decode(raw)
-        if b.daemon == _DAEMON or not await self.redis.exists(
+        if b.daemon == self.daemon or not await self.redis.exists(
                 self.keys.alive(consumer(b.node, b.incarnation))):
             return None
         return b
