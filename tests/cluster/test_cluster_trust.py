@@ -18,7 +18,7 @@ import redis as redis_py
 
 from corral.cluster.keys import Keys
 from corral.cluster.trust import load_key
-from corral.supervisor.config import ConfigError
+from corral.supervisor.config import ConfigError, config_files, load_config
 
 from ..conftest import EXAMPLES, ROOT
 from ..daemon_harness import PY
@@ -334,3 +334,14 @@ def test_nodes_with_different_keys_are_said_to_differ(tmp: Path,
     finally:
         for n in made.values():
             n.close()
+
+
+def test_the_key_file_is_among_corrals_own_files(tmp_path: Path) -> None:
+    """A sandboxed agent may neither hold it in its writable directory nor reach it
+    (as corral's config file and the gateway's tokens)."""
+    path = tmp_path / "corral.toml"
+    path.write_text('[cluster]\nkey_file = "secrets/cluster.key"\n')
+    assert (str(tmp_path / "secrets"), "the cluster's key") not in config_files(
+        load_config(path), path)
+    assert (str(tmp_path / "secrets" / "cluster.key"), "the cluster's key") in config_files(
+        load_config(path), path)
