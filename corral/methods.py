@@ -826,6 +826,12 @@ class NodeInfo(msgspec.Struct):
     room: int = 0  # replicas it may still start (max_replicas less those it has)
     placed: list[str] = []  # which of its agents are the cluster's (placement = cluster)
     draining: bool = False  # `corral drain`: it takes nothing new
+    pid: int = 0  # its daemon's, at its last beat
+    host: str = ""  # its daemon's host name
+    # its cluster key's fingerprint: "" when it has no [cluster] key_file (a writer of the
+    # cluster's Redis runs commands on it); nodes whose fingerprints differ refuse each
+    # other's records
+    key: str = ""
 
 
 class NodesResult(Result):

@@ -1338,6 +1338,25 @@ def _print_nodes(res: m.NodesResult) -> None:
              ",".join(a + ("*" if a in n.placed else "") for a in n.agents)]
             for n in res.nodes]
     _table(rows, ["NODE", "STATE", "INCARNATION", "LOAD", "CAPACITY", "LAST BEAT", "AGENTS"])
+    for line in _key_warnings(res.nodes):
+        click.echo(line, err=True)
+
+
+def _key_warnings(nodes: list[m.NodeInfo]) -> list[str]:
+    """What the alive nodes' cluster keys say of the cluster's trust (decision 162)."""
+    alive = [n for n in nodes if n.alive]
+    out = []
+    bare = [n.node for n in alive if not n.key]
+    if bare:
+        out.append(f"WARNING: {', '.join(bare)} {'has' if len(bare) == 1 else 'have'} no "
+                   "[cluster] key_file: anyone who can write to the cluster's Redis can run "
+                   "commands there (as the agents' users, root by default) and forge task "
+                   "outcomes (docs/cluster.md#securing-redis)")
+    keys = {n.key for n in alive if n.key}
+    if len(keys) > 1:
+        out.append("WARNING: the nodes' cluster keys differ (`corral nodes --json`: key): "
+                   "each refuses the agent tables and outcomes the others sign")
+    return out
 
 
 @cli.command("drain", help=doc("nodes.drain"))

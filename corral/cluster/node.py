@@ -37,6 +37,7 @@ from .reaper import Reaper
 from .retention import Retention
 from .scripts import Scripts
 from .specs import ClusterSpecs, Describe, Entry
+from .trust import Trust
 
 
 def node_name(settings: ClusterSettings) -> str:
@@ -48,7 +49,8 @@ class ClusterNode:
                  queue: ClusterQueue, report: Callable[[str], None],
                  prepare: Callable[[AgentSpec], None] = lambda spec: None,
                  apply: Callable[[str, AgentSpec], Awaitable[None]] | None = None,
-                 describe: Describe = lambda old, new: "changed") -> None:
+                 describe: Describe = lambda old, new: "changed",
+                 key: bytes | None = None) -> None:
         self.settings = settings
         self.host = host
         self.tasks = tasks
@@ -58,22 +60,24 @@ class ClusterNode:
         self.redis = connect(settings, self.node)
         self.keys = Keys(settings.name)
         self.scripts = scripts = Scripts(self.redis)
+        # `key`: [cluster] key_file's (trust.load_key), None without one
+        self.trust = trust = Trust(key, settings.name, report)
         self.membership = Membership(self.redis, scripts, self.keys, settings, self.node,
-                                     self._offer, report)
+                                     self._offer, report, trust.fingerprint)
         self.desk = ClusterDesk(self.redis, scripts, self.keys, settings, self.membership,
-                                host, report)
+                                host, report, trust)
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report)
         self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
-                             report, settings.tasks_kept_for)
+                             report, settings.tasks_kept_for, trust)
         self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
-                             settings.tasks_kept_for)
+                             settings.tasks_kept_for, trust)
         self.retention = Retention(self.redis, scripts, self.keys, self.membership,
                                    settings)
         self.backlog = Backlog(self.redis, self.keys, host)
         self.events = EventRelay(self.redis, self.keys, self.node, host.events,
                                  settings.beat, report)
-        self.specs = ClusterSpecs(self.redis, scripts, self.keys, describe)
+        self.specs = ClusterSpecs(self.redis, scripts, self.keys, describe, trust)
         self.declared = Declared(self.redis, self.keys, self.specs, self.node, describe,
                                  report)
         self.placement = Placement(self.redis, scripts, self.keys, self.membership, host,
@@ -371,7 +375,9 @@ class ClusterNode:
                 got = await self.scripts.cancel(
                     keys=[self.keys.task(task_id), self.keys.attempts(task_id), rec[0],
                           self.keys.outcomes, *self.keys.listed],
-                    args=[task_id, repr(time.time()), error, int(self.settings.tasks_kept_for)])
+                    args=[task_id, repr(time.time()), error,
+                          int(self.settings.tasks_kept_for),
+                          self.trust.outcome(task_id, "0", "cancelled", b"", error)])
             except RedisError as exc:
                 raise unavailable(self.settings.redis, exc,
                                   f"task {task_id} was not cancelled") from None
@@ -410,5 +416,5 @@ class ClusterNode:
                 "outbox": len(self.outbox.pending), "late_writes_refused": self.outbox.refused,
                 "requeued": self.reaper.requeued, "lost": self.reaper.lost,
                 "orphans": self.reaper.orphans, "retention": self.retention.status(),
-                "agents": self.placement.status(),
+                "agents": self.placement.status(), "trust": self.trust.status(),
                 "events": self.events.status(), "woken": self.backlog.woken}

@@ -482,6 +482,9 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # every node: the newest tasks_kept of them, each at most tasks_kept_for seconds
     tasks_kept: PositiveInt = 100_000
     tasks_kept_for: Positive = 7 * 86400.0
+    # the key the nodes sign and check cluster records with (agent tables, outcomes),
+    # which Redis never holds (decision 162); None: records are taken unchecked
+    key_file: str | None = None
 
     def check(self, where: str) -> None:
         """What the types cannot say; raises ConfigError naming the key."""
@@ -788,7 +791,8 @@ def config_files(cfg: Config, path: Path) -> list[tuple[str, str]]:
     out += [(str((base / pattern).parent.absolute()), "the config's includes")
             for pattern in cfg.supervisor.include]
     for file, what in ((cfg.supervisor.mcp_servers_file, "the MCP servers file"),
-                       (cfg.gateway.tokens_file, "the gateway's tokens file")):
+                       (cfg.gateway.tokens_file, "the gateway's tokens file"),
+                       (cfg.cluster.key_file if cfg.cluster else None, "the cluster's key")):
         if file:
             out.append((str((base / file).absolute()), what))
     return out
