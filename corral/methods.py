@@ -715,7 +715,8 @@ class AgentsScale(Params):
     """Set the number of replicas of an agent."""
 
     name: str
-    replicas: int = msgspec.field(default=1)
+    # required: a body that forgets it must not scale the agent to some default
+    replicas: int
 
 
 # -- logs and stats -------------------------------------------------------------------------
