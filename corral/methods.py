@@ -837,6 +837,9 @@ class NodeInfo(msgspec.Struct):
 
 class NodesResult(Result):
     nodes: list[NodeInfo]
+    # what the cluster's Redis risks by its configuration, as this node last read it
+    # (appendonly, appendfsync, maxmemory-policy: docs/cluster.md)
+    warnings: list[str] = []
 
 
 @method("nodes.list", result=NodesResult, scope="agents:read")

@@ -1340,6 +1340,8 @@ def _print_nodes(res: m.NodesResult) -> None:
     _table(rows, ["NODE", "STATE", "INCARNATION", "LOAD", "CAPACITY", "LAST BEAT", "AGENTS"])
     for line in _key_warnings(res.nodes):
         click.echo(line, err=True)
+    for line in res.warnings:
+        click.echo(f"WARNING: {line} (docs/cluster.md#what-redis-must-be)", err=True)
 
 
 def _key_warnings(nodes: list[m.NodeInfo]) -> list[str]:

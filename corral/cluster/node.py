@@ -21,7 +21,7 @@ from ..supervisor.config import AgentSpec, ClusterSettings
 from ..supervisor.core import Supervisor
 from ..supervisor.tasks import TERMINAL, TaskError, TaskManager, is_task_id
 from ..timeouts import cancel_all, within
-from . import records
+from . import records, redischeck
 from .backlog import Backlog
 from .connection import connect, shown, unavailable, why
 from .declared import Declared
@@ -88,6 +88,9 @@ class ClusterNode:
         self.membership.on_fence.append(self._fenced)
         self._loops: list[asyncio.Task[None]] = []
         self.draining = False  # asked to drain (`corral drain`): it takes nothing new
+        # what Redis's configuration risks (redischeck.py), as last read
+        self.redis_warnings: list[str] = []
+        self._beats = 0
 
     async def _apply(self, name: str, spec: AgentSpec) -> None:
         """A changed spec, without the daemon's fleet (all at once)."""
@@ -159,9 +162,22 @@ class ClusterNode:
                     await self.reaper.reap(streams)
                     await self.retention.step(streams)
                     await self._drain_step()
+                    if self._beats % redischeck.CHECK_BEATS == 0:
+                        await self._check_redis()
+                    self._beats += 1
                 except RedisError as exc:
                     self.report(f"cluster: the beat's reaping: {why(exc)}")
             await asyncio.sleep(self.settings.beat)
+
+    async def _check_redis(self) -> None:
+        """Said in the log when what Redis risks changes (at the first beat: at all)."""
+        now = await redischeck.warnings(self.redis)
+        if now != self.redis_warnings:
+            for line in now:
+                self.report(f"cluster: warning: {line}")
+            if self.redis_warnings and not now:
+                self.report("cluster: Redis's configuration is now as docs/cluster.md asks")
+            self.redis_warnings = now
 
     async def _drain_step(self) -> None:
         """Asked to drain: read no more tasks, let the cluster place this node's cluster
@@ -417,4 +433,5 @@ class ClusterNode:
                 "requeued": self.reaper.requeued, "lost": self.reaper.lost,
                 "orphans": self.reaper.orphans, "retention": self.retention.status(),
                 "agents": self.placement.status(), "trust": self.trust.status(),
+                "redis_warnings": self.redis_warnings,
                 "events": self.events.status(), "woken": self.backlog.woken}

@@ -563,7 +563,8 @@ async def nodes_list(d: Services, p: m.NodesList, caller: Caller, c: Channel
     if d.tasks.cluster is None:
         raise RpcError(jsonrpc.CONFLICT, "this daemon is not a node of a cluster (its "
                                          "config has no [cluster] table)")
-    return {"nodes": await d.tasks.cluster.nodes()}
+    return {"nodes": await d.tasks.cluster.nodes(),
+            "warnings": d.tasks.cluster.redis_warnings}
 
 
 @implements("nodes.drain")
