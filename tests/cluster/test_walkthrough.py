@@ -65,9 +65,10 @@ def test_two_nodes_on_one_machine_as_the_docs_say(tmp_path: Path) -> None:
             if " nodes" in line:  # a person waits for the daemons to be up, and both seen
                 wait_until(lambda: all(answers(s) for s in sock.values()), 60,
                            "both nodes answering")
-                wait_until(lambda: sum(n["alive"] for n in json.loads(subprocess.run(
-                    ["bash", "-c", line + " --json"], cwd=here, capture_output=True,
-                    text=True).stdout)["nodes"]) == 2, 30, "both nodes alive")
+                wait_until(lambda cmd=line + " --json": sum(  # type: ignore[misc]
+                    n["alive"] for n in json.loads(subprocess.run(
+                        ["bash", "-c", cmd], cwd=here, capture_output=True,
+                        text=True).stdout)["nodes"]) == 2, 30, "both nodes alive")
             done = subprocess.run(["bash", "-c", line], cwd=here, capture_output=True,
                                   text=True, timeout=60)
             assert done.returncode == 0, (line, done.stdout, done.stderr)
