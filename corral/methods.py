@@ -665,6 +665,24 @@ class AgentsHistory(Params):
     limit: int = 100
 
 
+class Updated(Result):
+    name: str
+    revision: int | None  # the new revision (None: nothing changed)
+    change: str  # what it changed, key by key (`command changed, env.V changed`)
+
+
+@method("agents.update", result=Updated, scope="agents:write", mutating=True)
+class AgentsUpdate(Params):
+    """Change an agent added at runtime in place: `set` is merged into its table as a JSON
+    merge patch (a table key by key, null takes a key away), kept as a new revision and
+    rolled out as a reload is (replicas replaced one at a time, each new one ready
+    first). An agent of the config file is changed there, then `corral reload`."""
+
+    name: str
+    set: dict[str, Any]
+    check: bool = True  # that the new command is an executable on PATH or a file
+
+
 @method("agents.rollback", result=RollbackResult, scope="agents:write", mutating=True)
 class AgentsRollback(Params):
     """Go back to an earlier spec revision (default: the one before the current), replacing

@@ -842,6 +842,58 @@ def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
 add.help = doc("agents.add") + "\n\nFILE holds [agents.NAME] tables as in the config file."
 
 
+@cli.command(help=doc("agents.update") + "\n\nExample: corral update web --env LEVEL=debug "
+             "--unset-env OLD --set limits.memory_mb=512")
+@click.argument("name", shell_complete=_complete_agents)
+@click.option("--command", "command", help="A new command line, split like a shell would.")
+@click.option("--replicas", type=click.IntRange(min=0), default=None)
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable.")
+@click.option("--unset-env", "unset_env", multiple=True, metavar="KEY",
+              help="Take a variable away.")
+@click.option("--set", "set_", multiple=True, metavar="KEY=JSON",
+              help="Any key of the table (dots into tables: limits.memory_mb=512); the "
+                   "value is JSON (a bare word is a string); null takes the key away.")
+@click.option("--no-check", is_flag=True,
+              help="Take a command that is not (yet) an executable on PATH or a file.")
+@pass_ctx
+def update(obj: Ctx, name: str, command: str | None, replicas: int | None,
+           env: tuple[str, ...], unset_env: tuple[str, ...], set_: tuple[str, ...],
+           no_check: bool) -> None:
+    patch: dict[str, Any] = {}
+    for item in set_:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: use KEY=JSON", param_hint="--set")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw  # a bare word: a string, as a person means it
+        *tables, last = key.split(".")
+        at = patch
+        for t in tables:
+            at = at.setdefault(t, {})
+            if not isinstance(at, dict):
+                raise click.BadParameter(f"{key}: {t} is set to a value above",
+                                         param_hint="--set")
+        at[last] = value
+    if command is not None:
+        patch["command"] = command
+    if replicas is not None:
+        patch["replicas"] = replicas
+    if env or unset_env:
+        pairs = [e.split("=", 1) for e in env]
+        if any(len(p) != 2 for p in pairs):
+            raise click.BadParameter("use KEY=VALUE", param_hint="--env")
+        patch.setdefault("env", {}).update({**dict(pairs), **dict.fromkeys(unset_env)})
+    if not patch:
+        raise click.UsageError("nothing to change: give --command, --replicas, --env, "
+                               "--unset-env or --set")
+    res: m.Updated = obj.call("agents.update", m.AgentsUpdate(name=name, set=patch,
+                                                              check=not no_check))
+    click.echo(f"{name}: " + (f"revision {res.revision}: {res.change}"
+                              if res.revision is not None else res.change))
+
+
 @cli.command(help=doc("agents.remove"))
 @click.argument("names", nargs=-1, required=True, shell_complete=_complete_agents)
 @pass_ctx

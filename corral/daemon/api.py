@@ -643,6 +643,7 @@ AGENT_RULES: dict[str, AgentRule] = {
     "agents.describe": AgentRule(_one("name")),
     "agents.history": AgentRule(_one("name")),
     "agents.rollback": AgentRule(_one("name")),
+    "agents.update": AgentRule(_one("name")),
     "agents.add": AgentRule(_adding),
     "agents.remove": AgentRule(_targets("names")),
     "agents.scale": AgentRule(_one("name")),

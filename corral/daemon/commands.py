@@ -384,6 +384,15 @@ async def agents_history(d: Services, p: m.AgentsHistory,
                            revisions=_wire(shown), scaling=scaling[-row_limit(p.limit):])
 
 
+@implements("agents.update")
+async def agents_update(d: Services, p: m.AgentsUpdate, caller: Caller, c: Channel
+                        ) -> m.Updated:
+    change = await d.fleet.update(p.name, p.set, caller.who, check=p.check,
+                                  tenant=caller.tenant)
+    return m.Updated(name=p.name, change=change, revision=None if change == "no change"
+                     else d.fleet.revision_of(p.name))
+
+
 @implements("agents.rollback")
 async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: Channel
                           ) -> m.RollbackResult:

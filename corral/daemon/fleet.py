@@ -131,6 +131,62 @@ class Fleet:
                 else StateStore.forgetting_runtime_agent(name)]
 
     # -- commands ---------------------------------------------------------------------------
+    def _specs(self, tables: dict[str, dict[str, Any]], what: str, who: str, *,
+               check: bool, tenant: str | None) -> dict[str, AgentSpec]:
+        """The specs of runtime [agents.NAME] tables, as `add` and `update` take them:
+        held to a tenant's caller's tenant, commands checked, sandboxes possible;
+        INVALID_PARAMS (or FORBIDDEN) naming the key otherwise."""
+        try:
+            specs = parse_agents({"agents": tables}, what)
+            for name, spec in specs.items():
+                self.fill_cwd(spec)
+                self.held_to(spec, who, tenant)
+                why = check_command(spec) if check else None
+                if why:
+                    raise ConfigError(f"{what}: agents.{name}.command: {why} "
+                                      f"(--no-check to {what.split('.')[-1]} it anyway)")
+                problem = isolation_problem(spec, self.gateway,
+                                            self.sup.tenant_spec(spec.tenant))
+                if problem:
+                    raise ConfigError(f"{what}: agents.{name}.{problem}")
+            check_sandboxes(specs, self.sup.sandbox_program, what,
+                            self.sup.protected_paths, self.sup.tenancy.specs)
+        except ConfigError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        return specs
+
+    async def update(self, name: str, changes: dict[str, Any], who: str, *, check: bool,
+                     tenant: str | None = None) -> str:
+        """Change a runtime agent in place: `changes` merged into its table as a JSON
+        merge patch (RFC 7386: a table merges key by key, null takes a key away), then a
+        new revision rolled out as a reload rolls one (replicas replaced one at a time,
+        each new one ready first); what it changed (`env.V changed, command changed`)."""
+        if name in self.from_config:
+            raise RpcError(jsonrpc.CONFLICT, f"agent {name} is declared in the config file: "
+                                             "change it there and `corral reload`")
+        if not changes:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "nothing to change")
+        made: list[Revision] = []
+        async with self.changing([name]):
+            agent = self.sup.agent(name)
+            if agent.spec.placement == "cluster":
+                raise RpcError(jsonrpc.CONFLICT, f"agent {name} is a cluster agent: change "
+                                                 "it with `corral add` of its new table")
+            table = merge_patch(self.store.runtime_agents().get(name, {}), changes)
+            spec = self._specs({name: table}, "agents.update", who, check=check,
+                               tenant=tenant)[name]
+            if spec.replicas != len(agent.replicas) and not spec.elastic:
+                self.sup.check_tenants({name: (spec.tenant, spec.replicas)},
+                                       f"updating {name}")
+            undo = self._as_kept_now(name)
+            await self._unit(
+                [StateStore.saving_runtime_agent(name, table),
+                 recording(spec, who, None, made)],
+                f"{name} was not updated", lambda: self.apply_spec(name, spec),
+                lambda: [*undo, *(unrecording(name, r.revision) for r in made)])
+        self.told(made)
+        return made[0].change if made else "no change"
+
     async def add(self, tables: dict[str, dict[str, Any]], who: str, *, check: bool,
                   tenant: str | None = None) -> list[str]:
         """Add agents from [agents.NAME] tables, all or nothing; they outlive the daemon.
@@ -138,23 +194,7 @@ class Fleet:
         as the tenant does (privilege.py)."""
         if not tables:
             raise RpcError(jsonrpc.INVALID_PARAMS, "no [agents.NAME] tables to add")
-        try:
-            specs = parse_agents({"agents": tables}, "agents.add")
-            for name, spec in specs.items():
-                self.fill_cwd(spec)
-                self.held_to(spec, who, tenant)
-                why = check_command(spec) if check else None
-                if why:
-                    raise ConfigError(f"agents.add: agents.{name}.command: {why} "
-                                      "(--no-check to add it anyway)")
-                problem = isolation_problem(spec, self.gateway,
-                                            self.sup.tenant_spec(spec.tenant))
-                if problem:
-                    raise ConfigError(f"agents.add: agents.{name}.{problem}")
-            check_sandboxes(specs, self.sup.sandbox_program, "agents.add",
-                            self.sup.protected_paths, self.sup.tenancy.specs)
-        except ConfigError as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        specs = self._specs(tables, "agents.add", who, check=check, tenant=tenant)
         made: dict[str, list[Revision]] = {n: [] for n in specs}
 
         async def act() -> None:
@@ -484,6 +524,20 @@ class Fleet:
     def told(self, revisions: Iterable[Revision]) -> None:
         for rev in revisions:
             self.report(f"{rev.agent}: revision {rev.revision} by {rev.who}: {rev.change}")
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: `patch` applied to `target` (a table merges key by key, null takes a key
+    away, anything else replaces)."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
 
 
 def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
