@@ -42,3 +42,16 @@ def test_help_shows_whole_descriptions_and_the_aliases() -> None:
             "anything: every key, and that every agent's and MCP server's command is an "
             "executable on PATH or a file.") in text
     assert "status ls, list, ps" in text and "remove delete, rm" in text
+
+
+def test_an_attempt_says_where_it_ran_as_far_as_it_is_known() -> None:
+    from corral import methods as m
+    from corral.cli.main import _where
+
+    assert _where(m.Attempt(2, 41, 0.0, outcome="succeeded")) == "replica 2 pid 41 "
+    assert _where(m.Attempt(0, 41, 0.0, node="a")) == "node a replica 0 pid 41 "
+    # a cluster attempt lost with its node before a replica took it: no -1, no None
+    assert _where(m.Attempt(-1, None, 0.0, outcome="lost", node="b")) == (
+        "node b (claimed, never on a replica) ")
+    assert _where(m.Attempt(-1, None, 0.0, node="b")) == (
+        "node b (claimed, waiting for a replica) ")

@@ -1366,9 +1366,18 @@ def task_get(obj: Ctx, task_id: str, wait: bool, reconnect: float, as_json: bool
                    f"in, {u.output_tokens:,} out), ${u.cost_usd:.4f}, models "
                    + ", ".join(sorted(u.models)))
     for i, a in enumerate(res.attempts, 1):
-        where = f"node {a.node} " if isinstance(a.node, str) else ""
-        click.echo(f"attempt {i}: {where}replica {a.replica} pid {a.pid} {a.outcome}"
-                   + (f" ({a.error})" if a.error else ""))
+        click.echo(f"attempt {i}: {_where(a)}{a.outcome}" + (f" ({a.error})" if a.error
+                                                            else ""))
+
+
+def _where(a: m.Attempt) -> str:
+    """Where an attempt ran, as far as it is known: a cluster attempt a node claimed but
+    had not yet given to a replica (cluster.records.NOT_STARTED) names none, nor a pid."""
+    node = f"node {a.node} " if isinstance(a.node, str) else ""
+    if a.replica < 0:
+        return f"{node}(claimed, {'waiting for' if a.outcome == 'running' else 'never on'} " \
+               "a replica) "
+    return f"{node}replica {a.replica} " + (f"pid {a.pid} " if a.pid is not None else "")
 
 
 @cli.command("nodes", help=doc("nodes.list"))
