@@ -200,6 +200,9 @@ class AgentsStatusResult(Result):
     mcp_servers: list[McpInstanceStatus]
     tasks: dict[str, AgentTaskStats | None]
     elastic: dict[str, ElasticStatus] = {}  # by agent, the elastic ones
+    # a cluster's agents (placement = "cluster"), by agent: the node each slot is placed
+    # on, None while it waits for a node with room (docs/cluster.md)
+    cluster_slots: dict[str, list[str | None]] = {}
 
 
 class Started(Result):

@@ -392,6 +392,11 @@ def _print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
         if e.state == "asleep":
             line += "; a task wakes it"
         click.echo(line + (f"; last: {e.last}" if e.last else ""))
+    for name, slots in st.cluster_slots.items():
+        click.echo(f"{name}: cluster agent, {plural(len(slots), 'slot')}"
+                   + "".join(f"; slot {i} on {node}" if node else
+                             f"; slot {i} waiting for a node with room"
+                             for i, node in enumerate(slots)))
     for name, t in st.tasks.items():
         if t and t.accepted:
             rate = t.success_rate

@@ -102,6 +102,9 @@ class Placement:
         self.beat = beat
         self.report = report
         self.placed: dict[str, list[int]] = {}  # agent -> its slots run here, in order
+        # every cluster agent's slots as this node last read them (a beat old at most):
+        # the incarnation each is placed on, None waiting for a node with room
+        self.slots: dict[str, list[str | None]] = {}
         self.tables: dict[str, bytes] = {}  # agent -> the table (JSON) run here
         self.draining = False
         self.placements = 0  # placements this node wrote
@@ -169,6 +172,7 @@ class Placement:
                                 f"{', '.join(s or '-' for s in slots)}")
                 elif epoch == 0:
                     self.lost_races += 1  # read again at the next beat
+        self.slots = {n: places.get(n, Placed()).slots for n in sorted(tables)}
         await self._reconcile(tables, places)
 
     def _verified(self, tables: dict[str, bytes], macs: dict[str, bytes]

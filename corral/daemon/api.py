@@ -520,8 +520,8 @@ def _seen_keys(table: Mapping[str, Any], caller: Caller) -> dict[str, Any]:
 def _status_filter(result: Any, caller: Caller) -> Any:
     return _servers_filter("mcp_servers")(_replace(
         result, agents=[a for a in result.agents if caller.sees(a.name)],
-        tasks=_seen_keys(result.tasks, caller), elastic=_seen_keys(result.elastic, caller)),
-        caller)
+        tasks=_seen_keys(result.tasks, caller), elastic=_seen_keys(result.elastic, caller),
+        cluster_slots=_seen_keys(result.cluster_slots, caller)), caller)
 
 
 def _stats_filter(result: Any, caller: Caller) -> Any:

@@ -133,12 +133,19 @@ def owner_of(d: Services, kind: str, name: str) -> str | None:
 @implements("agents.status")
 async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Channel
                         ) -> m.AgentsStatusResult:
-    agents = [d.sup.agent(n) for n in p.names] if p.names else list(d.sup.agents.values())
+    placed = d.tasks.cluster.placement.slots if d.tasks.cluster is not None else {}
+    # a cluster agent with no slot on this node is named all the same: its slots are
+    # elsewhere
+    agents = ([d.sup.agent(n) for n in p.names if n in d.sup.agents or n not in placed]
+              if p.names else list(d.sup.agents.values()))
+    slots = {n: [s.split("/", 1)[0] if s else None for s in placed[n]]
+             for n in (p.names or sorted(placed)) if n in placed}
     servers = d.sup.mcp.status()
     if p.tenant is not None:
         if not d.sup.tenancy.known(p.tenant) or (caller.tenant not in (None, p.tenant)):
             raise jsonrpc.not_found("tenant", p.tenant)
         agents = [a for a in agents if a.spec.tenant == p.tenant]
+        slots = {n: v for n, v in slots.items() if owner_of(d, "agent", n) == p.tenant}
         # the servers the tenant's own callers see (Caller.sees_server): the operator's
         # view of a tenant is the tenant's view
         servers = [s for s in servers
@@ -149,6 +156,7 @@ async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Chann
         mcp_servers=_wire(servers),
         tasks=_wire({a.name: stats.get(a.name) for a in agents}),
         elastic=_elastic(d, agents),
+        cluster_slots=slots,
     )
 
 
