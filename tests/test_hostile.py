@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import select
+import shlex
 import signal
 import socket
 import sqlite3
@@ -264,7 +265,7 @@ RULE = "name must be 1-64 characters of [A-Za-z0-9_-], starting with a letter or
 ], ids=["300-chars", "trailing-newline", "dash-first", "slash", "reserved"])
 def test_bad_agent_names_are_refused_with_the_reason(daemon: Daemon, name: str, shown: str,
                                                       problem: str) -> None:
-    r = daemon.cli("add", "--name", name, "--command", f"{PY} {EXAMPLES}/hello.py")
+    r = daemon.cli("add", "--name", name, "--command", shlex.join([PY, f"{EXAMPLES}/hello.py"]))
     assert (r.returncode, r.stderr) == (1, f"corral: agents.add: agents.{shown}: {problem}\n")
     assert sorted(os.listdir(daemon.state / "logs")) == ["corral.log", "hello.log",
                                                            "other.log"]

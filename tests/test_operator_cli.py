@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -132,7 +133,7 @@ def test_cli_habits_of_supervisorctl_and_systemctl(tmp: Path) -> None:
         assert v[0] == "corral 0.1.0" and v[1].startswith("daemon 0.1.0 (pid ")
         desc = d.cli("describe", "hello").stdout.splitlines()
         assert f"origin: file {d.config}" in desc
-        assert f"command: {PY} {EXAMPLES}/hello.py" in desc
+        assert f"command: {shlex.join([PY, f'{EXAMPLES}/hello.py'])}" in desc
         assert "env keys: PYTHONPATH" in desc
         assert "replicas: 2  autostart: true" in desc
         # every key in effect, not only with --json: warm, preload, health, autoscale...

@@ -15,6 +15,7 @@ import json
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -436,7 +437,7 @@ def test_a_tenants_sandboxed_agent_starts_with_the_default_packages_dir() -> Non
 def test_a_deploy_never_takes_over_a_tenants_agent(tmp_path: Path, uv_cache: Path) -> None:
     with capped(tmp_path / "d", uv_cache, "\n[tenants.acme]\nmax_agents = 5\n") as d:
         r = d.cli("add", "--name", "greeter", "--tenant", "acme", "--command",
-                  f"{PY} {ROOT}/examples/hello.py", "--env", f"PYTHONPATH={ROOT}")
+                  shlex.join([PY, f"{ROOT}/examples/hello.py"]), "--env", f"PYTHONPATH={ROOT}")
         assert r.returncode == 0, r.stderr
         wait_until(lambda: d.status()["greeter#0"]["state"] == "ready", timeout=30)
         pid = d.status()["greeter#0"]["pid"]

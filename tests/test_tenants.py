@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import textwrap
 from pathlib import Path
@@ -188,7 +189,7 @@ async def test_agent_and_replica_quotas_refuse_with_the_use_and_never_kill(
 @pytest.mark.deadline(120)
 async def test_corral_add_with_flags_puts_the_agent_in_a_tenant(tmp_path: Path) -> None:
     async with in_process(tmp_path, hello("a1", extra='tenant = "acme"\n'), QUOTAS) as d:
-        command = f"{PY} {EXAMPLES}/hello.py"
+        command = shlex.join([PY, f"{EXAMPLES}/hello.py"])
         rc, out, err = await cli(d, "add", "--name", "a2", "--command", command,
                                  "--tenant", "acme", "--env", f"PYTHONPATH={ROOT}")
         assert (rc, out, err) == (0, "added: a2\n", "")

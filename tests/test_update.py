@@ -5,6 +5,7 @@ reload is, kept across a daemon restart; every refusal changes nothing (issue 36
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterator
 
 import pytest
@@ -29,7 +30,7 @@ def env_of(d: Daemon, name: str) -> dict[str, str]:
 
 
 def test_an_agent_is_changed_in_place_as_a_revision(d: Daemon) -> None:
-    r = d.cli("add", "--name", "u", "--command", f"{PY} {EXAMPLES}/misbehave.py",
+    r = d.cli("add", "--name", "u", "--command", shlex.join([PY, f"{EXAMPLES}/misbehave.py"]),
               "--env", f"PYTHONPATH={ROOT}", "--env", "OLD=1", "--replicas", "2")
     assert r.returncode == 0, r.stderr
     wait_until(lambda: all(d.status()[f"u#{i}"]["state"] == "ready" for i in (0, 1)),
@@ -61,7 +62,7 @@ def test_an_agent_is_changed_in_place_as_a_revision(d: Daemon) -> None:
 
 
 def test_a_refused_update_changes_nothing(d: Daemon) -> None:
-    assert d.cli("add", "--name", "u", "--command", f"{PY} {EXAMPLES}/misbehave.py",
+    assert d.cli("add", "--name", "u", "--command", shlex.join([PY, f"{EXAMPLES}/misbehave.py"]),
                  "--env", f"PYTHONPATH={ROOT}").returncode == 0
     wait_until(lambda: d.status()["u#0"]["state"] == "ready", what="u ready")
     pid = d.status()["u#0"]["pid"]
@@ -83,7 +84,7 @@ def test_a_refused_update_changes_nothing(d: Daemon) -> None:
     assert d.status()["u#0"]["pid"] == pid
     assert [h["revision"] for h in d.json("history", "u")["revisions"]] == [1]
     # a new command that does not come up: refused, the running replica kept
-    r = d.cli("update", "u", "--command", f"{PY} -c 'raise SystemExit(3)'")
+    r = d.cli("update", "u", "--command", shlex.join([PY, "-c", "raise SystemExit(3)"]))
     assert (r.returncode, r.stderr) == (1, "corral: rollout of u stopped at replica 0: the "
                                            "new process did not become ready: exited with "
                                            "status 3; the old one keeps running\n")

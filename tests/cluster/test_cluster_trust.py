@@ -7,6 +7,7 @@ second daemon that names itself as a live node is refused at its start (decision
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 from pathlib import Path
@@ -52,7 +53,7 @@ def shell_agent(ran: Path) -> dict[str, Any]:
     """A worker whose every start first appends `UID TITLE` (its uid, and corral's title
     of the process: the agent's name and replica) to `ran`."""
     return {"command": ["/bin/sh", "-c", f'echo "$(id -u) $CORRAL_PROCTITLE" >> {ran}; '
-                        f'exec {PY} {EXAMPLES}/misbehave.py'],
+                        f'exec {shlex.join([PY, f"{EXAMPLES}/misbehave.py"])}'],
             "env": {"PYTHONPATH": str(ROOT)}, "placement": "cluster", "stop_timeout": 2.0}
 
 

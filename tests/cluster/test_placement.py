@@ -5,6 +5,7 @@ Redis, fenced by the placement)."""
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -151,7 +152,7 @@ def test_a_cluster_agent_moves_with_its_state_when_its_node_dies(
 def test_cluster_agent_refusals(tmp: Path, redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": sleeper("sleepy")}) as ns:
         a = ns["a"]
-        command = ["--command", f"{PY} {EXAMPLES}/misbehave.py", "--env",
+        command = ["--command", shlex.join([PY, f"{EXAMPLES}/misbehave.py"]), "--env",
                    f"PYTHONPATH={ROOT}"]
         r = a.cli("add", "--cluster", "--name", "sleepy", *command)
         assert r.returncode != 0
