@@ -24,6 +24,7 @@ from corral.supervisor.config import ConfigError, HealthSpec, load_config, parse
 from corral.supervisor.lifecycle import Cause
 from corral.supervisor.plain import PlainReplica
 from corral.supervisor.process_replica import Event, LogLines
+from corral.supervisor.sandbox import host_refusal
 
 from .conftest import agent
 from .daemon_harness import PY, free_port, in_process, problem
@@ -357,8 +358,10 @@ def test_what_a_plain_program_cannot_have_is_refused_with_the_reason() -> None:
         "f.toml: agents.p.health.readiness.http: 'localhost:80/' is not an http:// or "
         "https:// URL")
     assert refusal({"health": {"readiness": {"tcp": "h:1", "command": ["true"]}}}) == (
-        "f.toml: agents.p.health.readiness: give one of check (the worker's), command, "
-        "tcp or http, not command and tcp")
+        "f.toml: agents.p.health.readiness: give either command or tcp, not both")
+    assert refusal({"health": {"liveness": {"check": "x", "tcp": "h:1", "http": "http://h"}}}
+                   ) == ("f.toml: agents.p.health.liveness: give one of check (the worker's), "
+                         "command, tcp or http, not check (the worker's), tcp and http")
     # the keys a plain program may have
     ok = parse_agents({"agents": {"p": {"command": "sleep 1", **none, "ready": "notify",
                                         "watchdog_sec": 2, "health": {
@@ -448,3 +451,20 @@ async def test_corral_add_protocol_none_from_the_cli_and_status_shows_its_status
         rc, out, err = await cli(d, "add", "--name", "x", "--protocol", "nope",
                                  "--command", "sleep 1")
         assert rc == 2 and "'nope' is not one of 'corral', 'none'" in err
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.skipif(host_refusal("bwrap", None) is not None,
+                    reason=f"no sandbox here: {host_refusal('bwrap', None)}")
+async def test_a_sandboxed_program_without_a_network_is_heard_on_its_socket(
+        sup: Supervisor, tmp_path: Path) -> None:
+    # its socket is bound into the sandbox; its pid there is another, the kernel's
+    # credentials say which it is here
+    go = tmp_path / "go"
+    go.touch()
+    prog = script(tmp_path, "notify.py", NOTIFIER)
+    sup.add(plain("plain", [PY, prog, str(go), "once"], ready="notify", cwd=str(tmp_path),
+                  sandbox="bwrap", network="none"))
+    r = await sup.wait_state("plain", State.READY, timeout=20)
+    st = r.status()
+    assert (st.ready, st.status_text, r.reason) == (True, "serving", "READY=1: serving")

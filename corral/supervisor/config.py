@@ -124,10 +124,13 @@ class CheckSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_d
 
     def problem(self) -> tuple[str, str] | None:
         """(the key, what is wrong with it), or None."""
-        given = [k for k in ("check", "command", "tcp", "http") if getattr(self, k) is not None]
-        if len(given) > 1:
+        given = [k if k != "check" else "check (the worker's)"
+                 for k in ("check", "command", "tcp", "http") if getattr(self, k) is not None]
+        if len(given) == 2:
+            return "", f"give either {given[0]} or {given[1]}, not both"
+        if len(given) > 2:
             return "", (f"give one of check (the worker's), command, tcp or http, not "
-                        f"{' and '.join(given)}")
+                        f"{', '.join(given[:-1])} and {given[-1]}")
         if self.command is not None and not self.command:
             return "command", "is empty"
         if self.tcp is not None and tcp_address(self.tcp) is None:
