@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from corral import jsonrpc
+from corral.jsonrpc import RpcError
 from corral.supervisor import State, Supervisor
 from corral.supervisor.config import ConfigError, HealthSpec, load_config, parse_agents
 from corral.supervisor.lifecycle import Cause
@@ -468,3 +469,28 @@ async def test_a_sandboxed_program_without_a_network_is_heard_on_its_socket(
     r = await sup.wait_state("plain", State.READY, timeout=20)
     st = r.status()
     assert (st.ready, st.status_text, r.reason) == (True, "serving", "READY=1: serving")
+
+
+@pytest.mark.deadline(60)
+async def test_a_rolling_replacement_turns_a_worker_into_a_plain_program_and_rolls_it(
+        sup: Supervisor) -> None:
+    a = sup.add(agent("roll", replicas=2))  # a worker (examples/hello.py)
+    for i in (0, 1):
+        await sup.wait_state("roll", State.READY, replica=i, timeout=30)
+    workers = [r.pid for r in a.replicas]
+    # a reload's change of protocol: each replica replaced by a plain one, serving first
+    await a.roll(plain("roll", ["sleep", "1000"], replicas=2))
+    assert all(isinstance(r, PlainReplica) and r.state == State.READY for r in a.replicas)
+    assert a.spec.protocol == "none"
+    plains = [r.pid for r in a.replicas]
+    assert not set(plains) & set(workers)
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                   for p in workers if p is not None)
+    # and a plain agent rolls as any: new processes, none restarted
+    await a.roll()
+    assert all(r.state == State.READY and r.restarts == 0 for r in a.replicas)
+    assert not {r.pid for r in a.replicas} & set(plains)
+    with pytest.raises(RpcError) as e:
+        sup.tasks.submit("roll", {})
+    assert (e.value.code, e.value.message) == (
+        jsonrpc.CONFLICT, REFUSAL.replace("agent plain", "agent roll"))
