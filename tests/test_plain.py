@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
+import shutil
 import signal
 import socket
 import textwrap
@@ -21,14 +23,20 @@ import pytest
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
 from corral.supervisor import State, Supervisor
-from corral.supervisor.config import ConfigError, HealthSpec, load_config, parse_agents
+from corral.supervisor.config import (
+    ConfigError,
+    HealthSpec,
+    Limits,
+    load_config,
+    parse_agents,
+)
 from corral.supervisor.lifecycle import Cause
 from corral.supervisor.plain import PlainReplica
 from corral.supervisor.process_replica import Event, LogLines
 from corral.supervisor.sandbox import host_refusal
 
-from .conftest import agent
-from .daemon_harness import PY, free_port, in_process, problem
+from .conftest import NOBODY_PY, agent, nobody_reason
+from .daemon_harness import PY, free_port, in_process, problem, shared_tmpdir
 from .test_gateway_stdio import wait_until_async
 from .test_http_api import serving
 from .test_tokens import cli
@@ -494,3 +502,32 @@ async def test_a_rolling_replacement_turns_a_worker_into_a_plain_program_and_rol
         sup.tasks.submit("roll", {})
     assert (e.value.code, e.value.message) == (
         jsonrpc.CONFLICT, REFUSAL.replace("agent plain", "agent roll"))
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.skipif(nobody_reason() is not None, reason=str(nobody_reason()))
+async def test_as_its_user_under_its_caps_it_is_heard_on_a_socket_of_its_own(
+        sup: Supervisor) -> None:
+    home = shared_tmpdir()
+    try:
+        go = home / "go"
+        go.touch()
+        prog = script(home, "notify.py", NOTIFIER)
+        (home / "notify.py").chmod(0o644)
+        lines: list[str] = []
+        sup.stream.subscribe(lambda e: lines.extend(b.decode() for b in e.lines)
+                             if e.stream == "stdout" else None, LogLines)
+        sup.add(plain("plain", ["sh", "-c", f'ulimit -n; exec {NOBODY_PY} "$@"', "sh", prog,
+                                str(go), "once"], ready="notify", user="nobody",
+                      cwd=str(home), limits=Limits(open_files=77)))
+        r = await sup.wait_state("plain", State.READY, timeout=20)
+        assert isinstance(r, PlainReplica) and r.notify is not None
+        nobody = pwd.getpwnam("nobody").pw_uid
+        assert psutil.Process(r.pid).uids().real == nobody
+        # its socket is its user's alone, in a directory nobody else may list
+        st = os.stat(r.notify.path)
+        assert (st.st_uid, st.st_mode & 0o777) == (nobody, 0o600)
+        assert os.stat(os.path.dirname(r.notify.path)).st_mode & 0o777 == 0o711
+        assert r.status().status_text == "serving" and lines == ["77"]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
