@@ -531,3 +531,51 @@ async def test_as_its_user_under_its_caps_it_is_heard_on_a_socket_of_its_own(
         assert r.status().status_text == "serving" and lines == ["77"]
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def served_package(where: Path, version: str, port: int, *, listens: bool) -> Path:
+    """An agent package of a plain program: an http.server, or one that never listens."""
+    where.mkdir(parents=True)
+    (where / "corral.toml").write_text(textwrap.dedent(f"""\
+        [agent]
+        name = "site"
+        version = "{version}"
+        command = ["python", "serve.py"]
+        protocol = "none"
+        healthy_deadline = 3.0
+        [agent.health.readiness]
+        http = "http://127.0.0.1:{port}/"
+        interval = 0.1
+        timeout = 1.0
+        failures = 1
+        """))
+    (where / "requirements.txt").write_text("")
+    serve = (f"import http.server\nhttp.server.ThreadingHTTPServer(('127.0.0.1', {port}), "
+             "http.server.SimpleHTTPRequestHandler).serve_forever()\n")
+    (where / "serve.py").write_text(serve if listens else "import time\ntime.sleep(1000)\n")
+    return where
+
+
+@pytest.mark.deadline(180)
+async def test_a_plain_package_is_deployed_and_one_that_never_answers_is_refused(
+        tmp_path: Path) -> None:
+    from corral.daemon.api import Caller
+
+    port, cache = free_port(), tmp_path / "uv-cache"
+    silent = free_port()
+    v1 = served_package(tmp_path / "v1", "1.0", port, listens=True)
+    v2 = served_package(tmp_path / "v2", "2.0", silent, listens=False)
+    packages = f'\n[packages]\ncache_dir = "{cache}"\nmin_free_mb = 0\n'
+    async with in_process(tmp_path, "", packages) as d:
+        via = Caller(via="socket")
+        await d.dispatcher.call(via, "packages.deploy", {"path": str(v1), "name": None})
+        r = d.services.sup.agent("site").replicas[0]
+        assert isinstance(r, PlainReplica) and r.status().ready is True
+        pid = r.pid
+        with pytest.raises(RpcError) as e:
+            await d.dispatcher.call(via, "packages.deploy", {"path": str(v2), "name": None})
+        assert e.value.message.endswith(
+            "did not become ready: not ready within 3 s: readiness check "
+            f'"http http://127.0.0.1:{silent}/" failed: GET http://127.0.0.1:{silent}/: '
+            "Connection refused; the running processes keep serving"), e.value.message
+        assert d.services.sup.agent("site").replicas[0].pid == pid
