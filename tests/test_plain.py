@@ -27,6 +27,7 @@ from corral.supervisor.config import (
     ConfigError,
     HealthSpec,
     Limits,
+    cluster_problem,
     load_config,
     parse_agents,
 )
@@ -142,6 +143,12 @@ async def test_a_plain_sleep_is_ready_at_once_and_stays_up_its_pid_stable(
     assert psutil.Process(pid).cmdline() == ["sleep", "1000"]
     assert sup.heartbeat_work.pings == 0
     assert not r.takes_tasks
+    # its life's socket goes with the life
+    assert r.notify is not None
+    path = r.notify.path
+    assert psutil.Process(pid).environ()["NOTIFY_SOCKET"] == path and os.path.exists(path)
+    await r.stop()
+    assert r.notify is None and not os.path.exists(path)
 
 
 @pytest.mark.deadline(60)
@@ -352,6 +359,13 @@ def test_what_a_plain_program_cannot_have_is_refused_with_the_reason() -> None:
     assert refusal({**none, "health": {"readiness": {}}}) == (
         'f.toml: agents.p.health.readiness: a plain program (protocol = "none") answers no '
         "health/check: give command, tcp or http")
+    cluster = ('placement: a plain program (protocol = "none") runs on this node (a cluster '
+               "places agents for their tasks)")
+    assert refusal({**none, "placement": "cluster"}) == f"f.toml: agents.p.{cluster}"
+    # `corral add --cluster` asks the same of a table parsed as local
+    local = parse_agents({"agents": {"p": {"command": "sleep 1", **none}}}, "f")["p"]
+    assert cluster_problem(msgspec.structs.replace(local, placement="cluster"), True
+                           ) == cluster
     assert refusal({"ready": "notify"}) == (
         'f.toml: agents.p.ready: is for protocol = "none" (a worker is ready when it '
         "answers initialize)")

@@ -686,7 +686,7 @@ def cluster_problem(spec: AgentSpec, clustered: bool) -> str | None:
     if spec.elastic:
         return ('placement: a cluster agent is not elastic yet (autoscale, '
                 "hibernate_after)")
-    return None
+    return protocol_problem(spec)
 
 
 def elastic_problem(spec: AgentSpec, *, explicit_replicas: bool = True) -> str | None:
