@@ -287,7 +287,7 @@ def test_a_bad_name_stored_by_an_older_corral_is_skipped_and_logging_goes_on(
     assert set(daemon.status()) == {"hello#0", "other#0", "fine#0"}
     # lifecycle events of every agent are still logged
     assert daemon.cli("restart", "hello").returncode == 0
-    wait_until(lambda: any("shutting_down -> terminated: restarting" in ln
+    wait_until(lambda: any("shutting_down -> terminated: restarted on request" in ln
                            for ln in log_lines(daemon, "hello")), what="the restart logged")
 
 

@@ -393,7 +393,8 @@ async def test_tokens_per_minute_is_one_budget_over_the_tenants_agents(
         info = await call(d, "tasks.get", {"task_id": accepted.task_id})
         assert info.status == "queued"
         assert info.waiting is not None and info.waiting.startswith(
-            "budget: tenant acme tokens_per_minute 100 used 110, next at ")
+            "1st of 1 waiting for u2: budget: tenant acme tokens_per_minute 100 used 110, "
+            "next at ")
         entry = {t.name: t for t in (await call(d, "tenants.list")).tenants}["acme"]
         assert entry.use.tokens_last_minute == 110
         # the quota cleared at runtime: the task it held starts at once, not at the
@@ -411,7 +412,8 @@ async def test_tokens_per_minute_is_one_budget_over_the_tenants_agents(
         held = await _run(d, "u2", {"do": "echo"}, detach=True)
         info = await call(d, "tasks.get", {"task_id": held.task_id})
         assert info.waiting is not None and info.waiting.startswith(
-            "budget: tenant acme tokens_per_minute 100 used 110, next at ")
+            "1st of 1 waiting for u2: budget: tenant acme tokens_per_minute 100 used 110, "
+            "next at ")
 
 
 # -- persisted ------------------------------------------------------------------------------
@@ -893,11 +895,13 @@ async def test_a_limited_caller_adds_no_cluster_agent_by_flag_or_by_table(
                                "is a caller of tenant a"),
                               (Caller(via="http", token="g", agents="a*"),
                                "is limited to agents matching a*")):
-            for params in ({"agents": {"a2": {"command": "true"}}, "cluster": True},
-                           {"agents": {"a2": {"command": "true", "placement": "cluster"}}}):
+            for params, key in (
+                    ({"agents": {"a2": {"command": "true"}}, "cluster": True}, ""),
+                    ({"agents": {"a2": {"command": "true", "placement": "cluster"}}},
+                     ' (agents.a2.placement: "cluster")')):
                 assert await refused(d, caller, "agents.add", params) == (
                     jsonrpc.FORBIDDEN, f"forbidden: token {caller.token} {limit}: may not "
-                                       "add cluster agents"), params
+                                       f"add cluster agents{key}"), params
         assert set(d.services.sup.agents) == {"a1"}
 
 

@@ -44,11 +44,14 @@ async def test_two_nodes_placing_from_one_epoch_one_wins(client: Any) -> None:
     s = Scripts(client)
     keys = [K.placement, K.cluster_agents]
     assert await s.place(keys=keys, args=["w", 0, b'["a/1"]']) == -1  # no such agent
-    assert await s.add_agents(keys=[K.cluster_agents, K.history("w")],
-                              args=["w", b"{}", b"{}"]) == b""
-    assert await s.add_agents(keys=[K.cluster_agents, K.history("v"), K.history("w")],
-                              args=["v", b"{}", b"{}", "w", b"{}", b"{}"]) == b"w"
+    assert await s.add_agents(keys=[K.cluster_agents, K.agent_macs, K.history("w")],
+                              args=["w", b"{}", b"{}", "mac"]) == b""
+    assert await s.add_agents(keys=[K.cluster_agents, K.agent_macs, K.history("v"),
+                                    K.history("w")],
+                              args=["v", b"{}", b"{}", "mac", "w", b"{}", b"{}", "mac"]
+                              ) == b"w"
     assert not await client.hexists(K.cluster_agents, "v")  # all or none
+    assert not await client.hexists(K.agent_macs, "v")
     assert not await client.exists(K.history("v"))
     # both read epoch 0 and place: one wins, the other is told the epoch moved on
     assert await s.place(keys=keys, args=["w", 0, b'["a/1"]']) == 1
@@ -60,7 +63,8 @@ async def test_two_nodes_placing_from_one_epoch_one_wins(client: Any) -> None:
 
 async def test_only_the_slots_incarnation_writes_its_checkpoint(client: Any) -> None:
     s = Scripts(client)
-    await s.add_agents(keys=[K.cluster_agents, K.history("w")], args=["w", b"{}", b"{}"])
+    await s.add_agents(keys=[K.cluster_agents, K.agent_macs, K.history("w")],
+                       args=["w", b"{}", b"{}", "mac"])
     await s.place(keys=[K.placement, K.cluster_agents], args=["w", 0, b'["a/1","b/2"]'])
     ck = [K.placement, K.state("w")]
     assert await s.checkpoint(keys=ck, args=["w", 1, "b/2", b"[1.0,{}]"]) == 1

@@ -1,0 +1,44 @@
+"""The CLI answers to the names users of supervisord, PM2 and docker type first, and a
+typo is never one Enter away from a destructive command (issue 36, "Habits")."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from corral.cli.main import ALIASES, DESTRUCTIVE, cli
+
+
+@pytest.mark.parametrize(("alias", "name"), sorted(ALIASES.items()))
+def test_each_alias_is_its_command(alias: str, name: str) -> None:
+    got = CliRunner().invoke(cli, [alias, "--help"])
+    want = CliRunner().invoke(cli, [name, "--help"])
+    assert got.exit_code == 0, got.output
+    assert got.output.replace(f"cli {alias} ", f"cli {name} ") == want.output
+
+
+@pytest.mark.parametrize("typo", ["shutdwn", "shut", "remov", "stpo", "canel", "drian",
+                                  "sho", "restrat", "sigal"])
+def test_a_typo_is_never_offered_a_destructive_command(typo: str) -> None:
+    got = CliRunner().invoke(cli, [typo])
+    assert got.exit_code == 2
+    assert f"No such command '{typo}'." in got.output
+    offered = got.output.split("Did you mean", 1)[1] if "Did you mean" in got.output else ""
+    assert not any(f"'{d}'" in offered for d in DESTRUCTIVE), got.output
+
+
+def test_show_is_describe_not_shutdown() -> None:
+    got = CliRunner().invoke(cli, ["shw"])
+    assert "Did you mean 'show'?" in got.output, got.output
+
+
+def test_help_shows_whole_descriptions_and_the_aliases() -> None:
+    got = CliRunner(env={"COLUMNS": "100"}).invoke(cli, ["--help"])
+    assert got.exit_code == 0
+    commands = got.output.split("Commands:", 1)[1]
+    assert "..." not in commands
+    text = " ".join(got.output.split())
+    assert ("check-config Validate a config file (and its includes) without starting "
+            "anything: every key, and that every agent's and MCP server's command is an "
+            "executable on PATH or a file.") in text
+    assert "status ls, list, ps" in text and "remove delete, rm" in text
