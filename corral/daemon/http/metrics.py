@@ -424,7 +424,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     services = ctx.services
     restarts = Restarts(services)
     subscription = services.sup.stream.subscribe(restarts.on_event, Event)
-    requests: dict[tuple[str, str], int] = {}
+    requests = ctx.requests
     public = ctx.settings.metrics_public and local_listen(ctx.settings.listen)
     headers = Headers()
 

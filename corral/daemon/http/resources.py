@@ -98,6 +98,9 @@ RESOURCES: list[Resource] = [
     _r("GET", "/prompts", "prompts.list", "The MCP servers' prompts",
        query=("server", "agent")),
     _r("GET", "/stats", "stats.get", "Runtime statistics"),
+    _r("GET", "/metrics/history", "stats.history", "The metrics history of the fleet or "
+       "of one agent: a sample every history_interval, or per minute or hour",
+       query=("since", "agent", "resolution")),
     _r("GET", "/stats/stream", "stats.watch", "Runtime statistics every interval (SSE)",
        query=("interval",), stream="stats.sample"),
     _r("GET", "/replicas/stream", "agents.watch", "The fleet's replicas, then each state "
