@@ -46,6 +46,9 @@ RESOURCES: list[Resource] = [
     _r("GET", "/agents/{name}", "agents.describe", "One agent's effective spec"),
     _r("DELETE", "/agents/{name}", "agents.remove", "Stop and remove an agent",
        path_params=ONE),
+    _r("PATCH", "/agents/{name}", "agents.update", "Change an agent added at runtime in "
+       "place: `set` merged into its table (a JSON merge patch), rolled out",
+       body=("set", "check")),
     _r("GET", "/agents/{name}/replicas", "agents.status", "One agent's replicas",
        path_params=ONE),
     _r("POST", "/agents/{name}/start", "agents.start", "Start an agent", path_params=ONE),
