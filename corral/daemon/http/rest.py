@@ -427,6 +427,9 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     from . import openapi
 
     app.add_routes([web.get(PREFIX + "/openapi.json", openapi.handler())])
+    from . import index
+
+    app.add_routes(index.routes())
 
 
 API_KEY: web.AppKey[Api] = web.AppKey("corral.rest", Api)
