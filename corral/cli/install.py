@@ -31,13 +31,25 @@ def corral_bin() -> Path:
     return Path(exe).parent if exe else Path(sys.executable).parent
 
 
+def quoted(word: str) -> str:
+    """A word of a unit's command line or assignment as systemd reads it back: in double
+    quotes (C escapes) when it holds a space, a quote or a backslash."""
+    if not any(c in word for c in ' \t"\'\\'):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def unit_text(config: Path) -> str:
-    """The shipped unit, pointed at this installation and at `config`."""
+    """The shipped unit, pointed at this installation and at `config` (paths with
+    spaces quoted, as systemd needs them)."""
     text = (shared_dir() / "systemd" / "corral.service").read_text()
     bindir = str(corral_bin())
+    path = next(line for line in text.splitlines()
+                if line.startswith(f"Environment=PATH={SHIPPED_BIN}:"))
     return (text.replace(f"{SHIPPED_BIN}/corral daemon --config {SHIPPED_CONFIG}",
-                         f"{bindir}/corral daemon --config {config}")
-                .replace(f"PATH={SHIPPED_BIN}:", f"PATH={bindir}:"))
+                         f"{quoted(f'{bindir}/corral')} daemon --config {quoted(str(config))}")
+                .replace(path, "Environment=" + quoted(path.removeprefix("Environment=")
+                                                        .replace(SHIPPED_BIN, bindir, 1))))
 
 
 def starter_config() -> str:
