@@ -28,6 +28,7 @@ from .process_replica import (
     _swallow,
 )
 from .release import release_environment
+from .runas import out_of_reach
 from .sandbox import (
     exit_status,
     program_paths,
@@ -193,7 +194,10 @@ class Replica(ProcessReplica):
             return argv
         network = "none" if beside and iso.network == "gateway" else iso.network
         argv = [resolve_program(argv[0], env, spec.cwd), *argv[1:]]
-        read_only = [*program_paths(argv[0]), SDK, *spec.sandbox_paths]
+        # the SDK where the agent's user may reach it (bwrap binds as that user; one that
+        # cannot would not import it outside a sandbox either: it has its own, or none)
+        sdk = [SDK] if uid is None or out_of_reach(SDK, uid, _gid_of(uid)) is None else []
+        read_only = [*program_paths(argv[0]), *sdk, *spec.sandbox_paths]
         read_only += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         if spec.release is not None:
             # only a release imports the SDK's copy (release_environment): a plain agent's
@@ -288,3 +292,12 @@ class Replica(ProcessReplica):
         if self.tasks_running == 0 and self.moves(Cause.DONE):
             self.fire(Cause.DONE, f"task {task_id} done")
 
+
+def _gid_of(uid: int) -> int:
+    """A user's primary group (how corral starts its process without a `group`)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid

@@ -13,6 +13,10 @@ have anyway must not shed the tenant's cap).
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 import msgspec
 
 from .config import DEFAULT_TENANT, Limits, ProcessSpec, TenantSpec, passwd_of
@@ -46,3 +50,23 @@ def same_user(a: str, b: str) -> bool:
         return True
     pa, pb = passwd_of(a), passwd_of(b)
     return pa is not None and pb is not None and pa.pw_uid == pb.pw_uid
+
+
+def out_of_reach(path: Path, uid: int, gid: int) -> Path | None:
+    """The first directory on the way to `path` (itself included) that a process of
+    uid/gid (no supplementary groups: how corral starts another user's process) may not
+    pass through; None: every one may be."""
+    if uid == 0:
+        return None
+    here = Path("/")
+    for part in path.parts[1:]:
+        here = here / part
+        try:
+            st = os.stat(here)
+        except OSError:
+            return here
+        bit = (stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid
+               else stat.S_IXOTH)
+        if stat.S_ISDIR(st.st_mode) and not st.st_mode & bit:
+            return here
+    return None

@@ -35,6 +35,7 @@ from ...supervisor.config import (
 from ...supervisor.core import NoSuchAgent, Supervisor, SupervisorError
 from ...supervisor.process import resolve_user
 from ...supervisor.release import SOURCE, VENV
+from ...supervisor.runas import out_of_reach
 from ...text import plural
 from ..fleet import Fleet
 from ..revisions import Revision, RevisionLog, recording, spec_table, unrecording
@@ -42,7 +43,7 @@ from ..store import StateStore, StoreError, what_to_do
 from . import checked
 from .build import Builder, BuildError, Plan, find_uv
 from .manifest import read_manifest
-from .releases import CACHE, Releases, Rollout, out_of_reach, remove_tree
+from .releases import CACHE, Releases, Rollout, remove_tree
 
 Say = Callable[[str], None]
 Report = Callable[..., None]
