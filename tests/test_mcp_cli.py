@@ -71,8 +71,8 @@ def test_tools_listing_starts_lazy_servers_and_filters_by_agent(daemon: Daemon) 
 
 def test_tools_show_their_arguments_and_describe_one() -> None:
     tmp = shared_tmpdir()
-    with running_daemon(tmp, f'[mcp_servers.s]\ncommand = "{PY} {SCRIPTED} v2025-11,schema"\n'
-                        ) as d:
+    with running_daemon(tmp, f'[mcp_servers.s]\ncommand = ["{PY}", "{SCRIPTED}", '
+                        '"v2025-11,schema"]\n') as d:
         r = d.cli("tools")
         row = next(ln for ln in r.stdout.splitlines() if ln.startswith("s__find "))
         head = r.stdout.splitlines()[0]
