@@ -869,11 +869,25 @@ def reload(obj: Ctx, as_json: bool) -> None:
         click.echo(f"corral: {name} was not changed: {why}", err=True)
 
 
-@cli.command(help=doc("daemon.shutdown"))
+@cli.command(help=doc("daemon.shutdown") + "\n\nReturns once the daemon is gone, saying "
+             "what it drained.")
+@click.option("--no-wait", is_flag=True,
+              help="Return once the daemon has begun to stop, not once it is gone.")
+@click.option("--now", is_flag=True,
+              help="No drain: stop the agents at once; running tasks are handed to the "
+                   "next daemon. During a drain: cut it short.")
 @pass_ctx
-def shutdown(obj: Ctx) -> None:
-    obj.call("daemon.shutdown")
-    click.echo("corral daemon is shutting down")
+def shutdown(obj: Ctx, no_wait: bool, now: bool) -> None:
+    from .stopping import shutdown as stop
+
+    try:
+        stop(obj.client(wait_forever=True), now=now, wait=not no_wait)
+    except Unreachable as exc:
+        click.echo(f"corral: {exc}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
+    except CallFailed as exc:
+        click.echo(f"corral: {exc.message}", err=True)
+        sys.exit(EXIT_FAILED)
 
 
 @cli.command(help=doc("daemon.info"))
