@@ -10,9 +10,6 @@ import signal
 import time
 from pathlib import Path
 
-from corral.cli.install import stop_timeout_sec
-from corral.supervisor.config import load_config
-
 from .conftest import ROOT
 from .daemon_harness import Daemon, shared_tmpdir, sleeper
 from .test_daemon_cli import wait_until
@@ -222,6 +219,9 @@ def test_without_a_journal_a_task_is_refused_during_a_drain_with_a_retry_hint() 
 
 
 def test_the_units_stop_timeout_is_derived_from_drain_timeout(tmp_path: Path) -> None:
+    from corral.cli.install import stop_timeout_sec
+    from corral.supervisor.config import load_config
+
     unit = (ROOT / "systemd" / "corral.service").read_text()
     shipped = int(re.search(r"^TimeoutStopSec=(\d+)$", unit, re.M).group(1))  # type: ignore[union-attr]
     config = tmp_path / "corral.toml"

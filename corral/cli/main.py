@@ -278,6 +278,8 @@ def status(obj: Ctx, names: tuple[str, ...], watch: bool, tenant: str | None,
         if nodes is not None:
             click.echo("")
             _print_nodes(nodes)
+        for notice in st.notices:  # the daemon's own (a drain, an extra not serving)
+            click.echo(f"corral: {notice}", err=True)
     if down:
         sys.exit(EXIT_NOT_RUNNING)
 
@@ -899,7 +901,14 @@ def info(obj: Ctx, as_json: bool) -> None:
         _print_json(res)
         return
     for k, v in msgspec.to_builtins(res).items():
-        if isinstance(v, dict):  # a section (containment): one indented line per key
+        if k == "extras":  # one line each: serving, or why not and when it is retried
+            click.echo(f"{k}:" + ("" if v else " -"))
+            for e in v:
+                click.echo(f"  {e['name']} on {e['address']}: " + (
+                    "serving" if e["serving"] else
+                    f"not serving ({e['error']}); attempt {e['attempts'] + 1} in "
+                    f"{e['retry_in'] or 0:.0f} s"))
+        elif isinstance(v, dict):  # a section (containment): one indented line per key
             click.echo(f"{k}:")
             for kk, vv in v.items():
                 click.echo(f"  {kk}: {_plain(vv)}")

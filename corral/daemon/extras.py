@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable
 
 from ..methods import ExtraStatus
@@ -27,7 +28,10 @@ Report = Callable[[str, int], None]  # (text, syslog priority): the daemon's log
 
 
 def reason(exc: BaseException) -> str:
-    """The OS's reason without errno's prefix, a config's, else the exception's."""
+    """The OS's reason without errno's prefix (asyncio's bind error words it anew: its
+    errno's), a config's, else the exception's."""
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     if isinstance(exc, ConfigError):
