@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from .daemon_harness import Daemon, hello, shared_tmpdir
+from .redis_harness import REDIS_SERVER, RedisServer
 from .test_daemon_cli import wait_until
+from .test_drain import statuses
 
 
 @pytest.fixture
@@ -109,3 +111,32 @@ def test_a_taken_gateway_port_is_told_by_readyz_and_retried(taken: socket.socket
     finally:
         d.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_a_clusters_redis_down_at_start_is_told_and_the_agents_run() -> None:
+    tmp = shared_tmpdir()
+    redis = RedisServer(tmp / "redis")  # its port chosen, nothing listening there yet
+    d = Daemon(tmp, hello("a", 2) + f'\n[cluster]\nredis = "{redis.url}"\nnode = "n1"\n'
+                                    'beat = 0.2\nnode_ttl = 1.0\n')
+    try:
+        d.start()
+        assert {k: v["state"] for k, v in d.status().items()} == {"a#0": "ready",
+                                                                  "a#1": "ready"}
+        refused = f"Error 111 connecting to 127.0.0.1:{redis.port}. Connection refused"
+        assert d.json("status")["notices"] == [
+            f"cluster: Redis does not answer ({refused}); tried again every beat, the "
+            "local agents run on"]
+        line = f"1 agent, 2/2 replicas ready, 0 failed; cluster Redis not answering ({refused})"
+        # READY=1 may have gone out before the first beat failed: a later STATUS= tells it
+        assert statuses(d, "1 agent, 2/2 replicas ready, 0 failed; cluster") == line
+        redis.start()
+        wait_until(lambda: d.json("status")["notices"] == [], timeout=30,
+                   what="Redis answering")
+        assert "cluster: Redis answers again" in log(d)
+        assert d.stop() == 0
+    finally:
+        d.close()
+        redis.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+

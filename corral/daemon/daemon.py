@@ -120,6 +120,7 @@ class Daemon:
         self.drain: Drain | None = None  # a stop's drain, while it runs
         self._drained: asyncio.Future[Drained] | None = None  # what it did, once over
         self.extras: Extras | None = None
+        self._faults: tuple[str | None, str | None] = (None, None)  # told by STATUS=
 
     def _paths(self, cfg: Config) -> Paths:
         base = self.config_path.parent
@@ -453,7 +454,7 @@ class Daemon:
         self.sender = sender
         stream = sup.stream
         stream.subscribe(self._on_worker_log, LogLines)
-        stream.subscribe(lambda _: self.notifier.watchdog(), Tick)
+        stream.subscribe(self._on_tick, Tick)
         stream.subscribe(self._on_stall, Stall)
         stream.subscribe(self._on_tenant_oom, TenantOomKill)
         stream.subscribe(self._on_health, HealthChange)
@@ -562,6 +563,21 @@ class Daemon:
             raise StartupError(f"cannot start the {name} on {listen}: {exc}") from None
 
     # -- what the engine tells ------------------------------------------------------------------
+    def _on_tick(self, _: Tick) -> None:
+        """Every heartbeat: WATCHDOG=1, and the STATUS line again when what no lifecycle
+        event tells has changed (a drain's countdown, the cluster's Redis)."""
+        self.notifier.watchdog()
+        faults = (self.drain.progress() if self.drain is not None else None,
+                  self._redis_error())
+        if faults != self._faults:
+            self._faults = faults
+            self.notifier.status_changed()
+
+    def _redis_error(self) -> str | None:
+        """Why the cluster's Redis does not answer (the node's loops try again every
+        beat), or None."""
+        return self.cluster.membership.error if self.cluster is not None else None
+
     def _on_transition(self, event: Event) -> None:
         """O(1) per lifecycle event: the STATUS line is marked stale (sent at most every
         100 ms), and READY=1 goes out once every autostart agent is up."""
@@ -593,12 +609,20 @@ class Daemon:
         if extras is not None and extras.failing():
             line += "; " + "; ".join(f"{e.title} not serving ({e.error})"
                                      for e in extras.extras if not e.serving)
+        redis = self._redis_error()
+        if redis is not None:
+            line += f"; cluster Redis not answering ({redis})"
         return line
 
     def notices(self) -> list[str]:
         """What is wrong with the daemon itself, or going on in it: for `corral status`."""
         out = [self.drain.progress()] if self.drain is not None else []
-        return out + (self.extras.problems() if self.extras is not None else [])
+        out += self.extras.problems() if self.extras is not None else []
+        redis = self._redis_error()
+        if redis is not None:
+            out.append(f"cluster: Redis does not answer ({redis}); tried again every "
+                       "beat, the local agents run on")
+        return out
 
     def _fleet_status(self) -> str:
         sup = self.sup
