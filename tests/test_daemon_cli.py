@@ -63,8 +63,9 @@ def daemon(tmp: Path) -> Iterator[Daemon]:
 # -- reading ------------------------------------------------------------------------------
 def test_status_json_and_table(daemon: Daemon) -> None:
     st = daemon.json("status")
-    assert set(st) == {"agents", "mcp_servers", "tasks", "elastic"}
+    assert set(st) == {"agents", "mcp_servers", "tasks", "elastic", "notices"}
     assert st["elastic"] == {}  # no agent here has [autoscale] or hibernate_after
+    assert st["notices"] == []  # nothing wrong with the daemon itself (no drain, no extra)
     a = st["agents"][0]
     for key in ("name", "replica", "state", "pid", "uptime", "restarts", "last_exit",
                 "cpu_percent", "rss_bytes"):
