@@ -4,11 +4,13 @@ daemon; `corral shutdown` waits for the daemon to be gone and says what it drain
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from .conftest import ROOT
 from .daemon_harness import Daemon, shared_tmpdir, sleeper
@@ -232,3 +234,50 @@ def test_the_units_stop_timeout_is_derived_from_drain_timeout(tmp_path: Path) ->
                       "[agents.b]\ncommand = 'true'\ndrain_timeout = 900\n")
     # the longest drain and cancel grace, then the agents' and tool servers' stops
     assert stop_timeout_sec(load_config(config)) == 900 + 20 + 2 * 10 + 2 * 10 + 15
+
+
+async def test_a_held_engine_takes_no_task_to_a_worker_until_released(sup: Any) -> None:
+    """The hold a drain takes (and an upgrade will): tasks are accepted and wait, those
+    running go on; released, the waiting ones start."""
+    from corral.supervisor import State
+
+    from .conftest import agent
+
+    sup.add(agent("w", "misbehave.py", max_concurrent_tasks=2))
+    await sup.wait_state("w", State.READY)
+    tasks = sup.tasks
+    first = tasks.submit("w", {"do": "sleep", "seconds": 0.5})
+    assert first.status == "running"
+    tasks.hold("held by the test")
+    assert tasks.held == "held by the test"
+    waiting = tasks.submit("w", {"do": "echo", "n": 1})
+    assert (waiting.status, tasks.waiting(), tasks.running_tasks()) == ("queued", 1, [first])
+    await asyncio.shield(first.done)  # the running one finished, the waiting one waits
+    assert (first.status, waiting.status) == ("succeeded", "queued")
+    tasks.release()
+    assert tasks.held is None and waiting.status == "running"
+    await asyncio.shield(waiting.done)
+    assert (waiting.status, waiting.output) == ("succeeded", {"do": "echo", "n": 1})
+
+
+def test_shutdown_with_nothing_running_says_so_and_waits_for_the_daemon() -> None:
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w"), extra=DRAIN)
+    try:
+        d.start()
+        assert d.proc is not None
+        pid = d.proc.pid
+        r = d.cli("shutdown")
+        assert (r.returncode, r.stderr) == (0, "")
+        assert d.proc.poll() == 0
+        assert r.stdout.splitlines() == [
+            "no task was running",
+            f"waiting for the daemon (pid {pid}) to stop its agents ...",
+            f"corral daemon stopped (pid {pid})"]
+        # no daemon any more: said, with the exit status of an unreachable one
+        r = d.cli("shutdown")
+        assert r.returncode == 3 and r.stderr.startswith(
+            f"corral: cannot reach the corral daemon at {d.sock}: no socket there"), r.stderr
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -63,7 +63,10 @@ def shutdown(client: Client, *, now: bool, wait: bool) -> None:
             click.echo("corral daemon is shutting down")
             return
         d = res.drained
-        if d is not None:
+        if d is not None and not d.tasks:
+            click.echo("no task was running" + (f"; {d.waiting} queued left for the next "
+                                                "daemon" if d.waiting else ""))
+        elif d is not None:
             click.echo(f"drained in {d.seconds:.1f} s: {d.summary()}")
             for t in d.tasks:
                 shown = {"queued": "handed to the next daemon",
