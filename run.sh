@@ -6,8 +6,10 @@ cd "$(dirname "$0")"
 . scripts/venv.sh examples
 # the example agents run `python3`: the venv's, which has the worker SDK
 export PATH="$PWD/.venv/bin:$PATH"
-echo "corral: control socket examples/.corral/corral.sock; in another shell try:"
-echo "  .venv/bin/corral --socket examples/.corral/corral.sock status"
+# the socket's absolute path, as the README exports it: the hint works from any directory
+echo "corral: control socket $PWD/examples/.corral/corral.sock; in another shell try:"
+echo "  export CORRAL_SOCKET=$PWD/examples/.corral/corral.sock"
+echo "  .venv/bin/corral status"
 echo "corral: the dashboard is on http://127.0.0.1:7070/ui/; to log in, open the one-time"
-echo "  link that this prints:  .venv/bin/corral --socket examples/.corral/corral.sock ui"
+echo "  link that this prints:  .venv/bin/corral ui"
 exec corral daemon --config examples/corral.toml

@@ -254,12 +254,17 @@ class AgentsStatusResult(Result):
     mcp_servers: list[McpInstanceStatus]
     tasks: dict[str, AgentTaskStats | None]
     elastic: dict[str, ElasticStatus] = {}  # by agent, the elastic ones
+    # a cluster's agents (placement = "cluster"), by agent: the node each slot is placed
+    # on, None while it waits for a node with room (docs/cluster.md)
+    cluster_slots: dict[str, list[str | None]] = {}
     # what is wrong with the daemon itself (an extra not serving, a drain under way)
     notices: list[str] = []
 
 
 class Started(Result):
     started: list[str]
+    # named, but with no replica to start: scaled to zero (a task wakes them)
+    asleep: list[str] = []
 
 
 class Stopped(Result):
@@ -723,6 +728,24 @@ class AgentsHistory(Params):
     limit: int = 100
 
 
+class Updated(Result):
+    name: str
+    revision: int | None  # the new revision (None: nothing changed)
+    change: str  # what it changed, key by key (`command changed, env.V changed`)
+
+
+@method("agents.update", result=Updated, scope="agents:write", mutating=True)
+class AgentsUpdate(Params):
+    """Change an agent added at runtime in place: `set` is merged into its table as a JSON
+    merge patch (a table key by key, null takes a key away), kept as a new revision and
+    rolled out as a reload is (replicas replaced one at a time, each new one ready
+    first). An agent of the config file is changed there, then `corral reload`."""
+
+    name: str
+    set: dict[str, Any]
+    check: bool = True  # that the new command is an executable on PATH or a file
+
+
 @method("agents.rollback", result=RollbackResult, scope="agents:write", mutating=True)
 class AgentsRollback(Params):
     """Go back to an earlier spec revision (default: the one before the current), replacing
@@ -730,6 +753,9 @@ class AgentsRollback(Params):
 
     name: str
     revision: int | None = None
+    # an agent package's release, as `corral releases` prints it: the newest revision
+    # that ran it (instead of `revision`)
+    release: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
 
 
 @method("audit.list", result=AuditResult, scope="audit:read")
@@ -770,7 +796,8 @@ class AgentsScale(Params):
     """Set the number of replicas of an agent."""
 
     name: str
-    replicas: int = msgspec.field(default=1)
+    # required: a body that forgets it must not scale the agent to some default
+    replicas: int
 
 
 # -- logs and stats -------------------------------------------------------------------------
@@ -781,6 +808,10 @@ class LogsTail(Params):
     names: list[str] = []
     lines: int = 50
     since: float | None = None  # unix time
+    # only lines holding this text (a fixed string, as `grep -F`: no pattern a caller
+    # could make the daemon backtrack on)
+    grep: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)] | None = None
+    streams: list[Literal["stdout", "stderr", "event"]] = []  # only these (none: all)
 
 
 @method("logs.follow", result=None, scope="logs:read", endless=True)
@@ -877,10 +908,19 @@ class NodeInfo(msgspec.Struct):
     room: int = 0  # replicas it may still start (max_replicas less those it has)
     placed: list[str] = []  # which of its agents are the cluster's (placement = cluster)
     draining: bool = False  # `corral drain`: it takes nothing new
+    pid: int = 0  # its daemon's, at its last beat
+    host: str = ""  # its daemon's host name
+    # its cluster key's fingerprint: "" when it has no [cluster] key_file (a writer of the
+    # cluster's Redis runs commands on it); nodes whose fingerprints differ refuse each
+    # other's records
+    key: str = ""
 
 
 class NodesResult(Result):
     nodes: list[NodeInfo]
+    # what the cluster's Redis risks by its configuration, as this node last read it
+    # (appendonly, appendfsync, maxmemory-policy: docs/cluster.md)
+    warnings: list[str] = []
 
 
 @method("nodes.list", result=NodesResult, scope="agents:read")

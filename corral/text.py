@@ -13,6 +13,12 @@ def plural(n: float, word: str, many: str | None = None) -> str:
     return f"{count} {word}" if n == 1 else f"{count} {many or word + 's'}"
 
 
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The choice `word` most likely misspells, or None when none is near enough."""
     import difflib  # here: the CLI's start-up does not pay for it

@@ -25,7 +25,7 @@ from corral.supervisor import LogLines, State, Supervisor
 from corral.supervisor.config import ConfigError, load_config
 from corral.supervisor.tasks import Budget, Budgets, ModelUsage, Task, TaskStatus, Usage
 from corral.supervisor.tasks.budget import DAY, MINUTE, BadUsage, Window, parse_report
-from corral.text import iso_time
+from corral.text import iso_time, ordinal
 
 from .conftest import EXAMPLES, ROOT, agent
 from .daemon_harness import PY, in_process, running_daemon, shared_tmpdir
@@ -157,8 +157,9 @@ async def test_10000_tokens_a_task_at_25000_a_minute_runs_3_and_the_rest_wait(
     # the window has room once the bucket of the first report has left it
     assert math.floor(before) + 61 <= held.until <= math.floor(after) + 61
     waiting = f"budget: tokens_per_minute 25000 used 30000, next at {iso_time(held.until)}"
-    for t in tasks[3:]:
-        assert (await sup.tasks.info(t.id)).waiting == waiting
+    for place, t in enumerate(tasks[3:], 1):
+        assert (await sup.tasks.info(t.id)).waiting == (
+            f"{ordinal(place)} of 3 waiting for tpm: {waiting}")
     assert (await sup.tasks.info(tasks[0].id)).waiting is None
     assert [when for when, _ in budgets._timers.values()] == [held.until]
     # usage per task, per agent and per model
@@ -190,7 +191,8 @@ async def test_the_gate_reopens_by_its_timer_at_the_windows_edge(sup: Supervisor
     until = budgets.holding["edge"].until
     assert 0 < until - time.time() <= 1.5
     assert (await sup.tasks.info(tasks[0].id)).waiting == (
-        f"budget: tokens_per_minute 25000 used 30000, next at {iso_time(until)}")
+        f"1st of 3 waiting for edge: budget: tokens_per_minute 25000 used 30000, next at "
+        f"{iso_time(until)}")
     # a timer that fires before the edge (as the loop's clock may) finds the gate shut:
     # the hold goes on, told once, with its timer armed again
     budgets._reopen("edge")
@@ -224,11 +226,12 @@ async def test_day_and_cost_budgets_hold_and_a_full_queue_still_refuses(
     assert (math.floor(before / 60) * 60 + 60 + DAY <= held.until
             <= math.floor(after / 60) * 60 + 60 + DAY)
     assert (await sup.tasks.info(third.id)).waiting == (
-        f"budget: tokens_per_day 15000 used 20000, next at {iso_time(held.until)}")
+        f"1st of 1 waiting for tpd: budget: tokens_per_day 15000 used 20000, next at "
+        f"{iso_time(held.until)}")
     assert cost[2].status == TaskStatus.QUEUED
     waiting = (await sup.tasks.info(cost[2].id)).waiting
     assert waiting is not None and waiting.startswith(
-        "budget: max_cost_usd_per_day 0.05 used 0.06, next at ")
+        "1st of 1 waiting for usd: budget: max_cost_usd_per_day 0.05 used 0.06, next at ")
     # a held agent with a free replica still has a bounded queue
     with pytest.raises(RpcError) as err:
         sup.tasks.submit("tpd", spend())
@@ -353,7 +356,8 @@ async def test_usage_in_stats_task_json_the_api_and_metrics(tmp_path: Path) -> N
              "models": {"m1": {"input_tokens": 8000, "output_tokens": 2000,
                                "cost_usd": 0.02, "reports": 1}}}, None)
         rc, out, err = await cli(tmp_path, "task", c.id)
-        assert rc == 0 and f"waiting: {waiting}\n" in out, (out, err)
+        assert rc == 0 and f"waiting: 1st of 1 waiting for spender: {waiting}\n" in out, (
+            out, err)
         rc, out, err = await cli(tmp_path, "task", b.id)
         assert "usage: 20,000 tokens (16,000 in, 4,000 out), $0.0500, models m2\n" in out
 
@@ -375,7 +379,8 @@ async def test_usage_in_stats_task_json_the_api_and_metrics(tmp_path: Path) -> N
             base = d.http_server.url
             async with session.get(f"{base}/api/v1/tasks/{c.id}", headers=headers) as r:
                 body = msgspec.json.decode(await r.read())
-            assert (r.status, body["status"], body["waiting"]) == (200, "queued", waiting)
+            assert (r.status, body["status"], body["waiting"]) == (
+                200, "queued", f"1st of 1 waiting for spender: {waiting}")
             async with session.get(f"{base}/api/v1/stats", headers=headers) as r:
                 body = msgspec.json.decode(await r.read())
             assert body["agents"]["spender"]["usage"]["tokens_last_minute"] == 30_000
@@ -420,7 +425,7 @@ async def test_a_restarted_daemon_keeps_the_days_usage_from_the_journal(
         assert waiting.status == TaskStatus.QUEUED
         said = (await sup.tasks.info(waiting.id)).waiting
         assert said is not None and said.startswith(
-            "budget: tokens_per_day 15000 used 20000, next at ")
+            "1st of 1 waiting for daily: budget: tokens_per_day 15000 used 20000, next at ")
         # a task of the last daemon: its usage from the journal
         info = await d.dispatcher.call(SOCKET, "tasks.get", {"task_id": first})
         assert info.usage is not None and (info.usage.input_tokens,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -63,8 +64,10 @@ def daemon(tmp: Path) -> Iterator[Daemon]:
 # -- reading ------------------------------------------------------------------------------
 def test_status_json_and_table(daemon: Daemon) -> None:
     st = daemon.json("status")
-    assert set(st) == {"agents", "mcp_servers", "tasks", "elastic", "notices"}
+    assert set(st) == {"agents", "mcp_servers", "tasks", "elastic", "cluster_slots",
+                       "notices"}
     assert st["elastic"] == {}  # no agent here has [autoscale] or hibernate_after
+    assert st["cluster_slots"] == {}  # not a node of a cluster
     assert st["notices"] == []  # nothing wrong with the daemon itself (no drain, no extra)
     a = st["agents"][0]
     for key in ("name", "replica", "state", "pid", "uptime", "restarts", "last_exit",
@@ -139,7 +142,7 @@ def test_add_from_file_and_flags_remove_scale(daemon: Daemon, tmp: Path) -> None
     r = daemon.cli("add", str(f))
     assert (r.returncode, r.stderr) == (1, "corral: agent extra already exists\n")
     r = daemon.cli("add", "--name", "flagged", "--command",
-                   f"{PY} {EXAMPLES}/hello.py", "--env", f"PYTHONPATH={ROOT}")
+                   shlex.join([PY, f"{EXAMPLES}/hello.py"]), "--env", f"PYTHONPATH={ROOT}")
     assert r.returncode == 0, r.stderr
     wait_until(lambda: daemon.status().get("flagged#0", {}).get("state") == "ready")
     assert daemon.cli("scale", "extra", "3").stdout == "extra: 3 replicas\n"

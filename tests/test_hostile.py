@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import select
+import shlex
 import signal
 import socket
 import sqlite3
@@ -264,7 +265,7 @@ RULE = "name must be 1-64 characters of [A-Za-z0-9_-], starting with a letter or
 ], ids=["300-chars", "trailing-newline", "dash-first", "slash", "reserved"])
 def test_bad_agent_names_are_refused_with_the_reason(daemon: Daemon, name: str, shown: str,
                                                       problem: str) -> None:
-    r = daemon.cli("add", "--name", name, "--command", f"{PY} {EXAMPLES}/hello.py")
+    r = daemon.cli("add", "--name", name, "--command", shlex.join([PY, f"{EXAMPLES}/hello.py"]))
     assert (r.returncode, r.stderr) == (1, f"corral: agents.add: agents.{shown}: {problem}\n")
     assert sorted(os.listdir(daemon.state / "logs")) == ["corral.log", "hello.log",
                                                            "other.log"]
@@ -287,7 +288,7 @@ def test_a_bad_name_stored_by_an_older_corral_is_skipped_and_logging_goes_on(
     assert set(daemon.status()) == {"hello#0", "other#0", "fine#0"}
     # lifecycle events of every agent are still logged
     assert daemon.cli("restart", "hello").returncode == 0
-    wait_until(lambda: any("shutting_down -> terminated: restarting" in ln
+    wait_until(lambda: any("shutting_down -> terminated: restarted on request" in ln
                            for ln in log_lines(daemon, "hello")), what="the restart logged")
 
 

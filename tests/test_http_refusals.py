@@ -35,6 +35,12 @@ async def test_a_fixed_quota_is_a_403_and_a_rate_a_429_with_its_honest_retry_aft
         sup = api.d.services.sup
         await api.token("op", "agents:write", "tasks:run", "agents:read")
 
+        # a scale without its count is refused, not scaled to a default
+        for body in ({}, None):
+            status, got, r = await api.ask("POST", "/agents/a-hello/scale", "op", body)
+            assert (status, got["detail"]) == (400, "invalid params: Object missing required "
+                                                    "field `replicas`"), got
+        assert len(sup.agents["a-hello"].replicas) == 1
         # max_replicas: a quota, not a rate; no Retry-After to loop on
         status, body, r = await api.ask("POST", "/agents/a-hello/scale", "op",
                                         {"replicas": 5})

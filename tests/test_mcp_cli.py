@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,10 +31,10 @@ start = "eager"
 start_timeout = 30.0
 
 [mcp_servers.lazy]
-command = "{PY} {SCRIPTED} v2024"
+command = ["{PY}", "{SCRIPTED}", "v2024"]
 
 [mcp_servers.docs]
-command = "{PY} {SCRIPTED} v2025-11,resources"
+command = ["{PY}", "{SCRIPTED}", "v2025-11,resources"]
 
 [agents.researcher]
 command = ["{PY}", "{EXAMPLES}/researcher.py"]
@@ -244,7 +245,7 @@ def test_tools_names_servers_not_serving_and_fails_when_one_has_failed() -> None
     tmp = shared_tmpdir()
     agents = f"""
 [mcp_servers.ok]
-command = "{PY} {SCRIPTED} v2025-11"
+command = ["{PY}", "{SCRIPTED}", "v2025-11"]
 
 [mcp_servers.broken]
 command = ["{PY}", "-c", "import sys; sys.exit(3)"]
@@ -280,7 +281,7 @@ def test_status_of_named_agents_has_no_mcp_table_tools_says_why_empty_and_stats_
     assert "\nSERVER " in daemon.cli("status").stdout
     named = daemon.cli("status", "researcher").stdout
     assert named.startswith("AGENT ") and "SERVER" not in named
-    r = daemon.cli("add", "--name", "bare", "--command", f"{PY} {EXAMPLES}/hello.py",
+    r = daemon.cli("add", "--name", "bare", "--command", shlex.join([PY, f"{EXAMPLES}/hello.py"]),
                    "--env", f"PYTHONPATH={ROOT}")
     assert r.returncode == 0, r.stderr
     r = daemon.cli("tools", "--agent", "bare")

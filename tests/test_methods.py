@@ -114,7 +114,7 @@ start = "eager"
 start_timeout = 30.0
 
 [mcp_servers.docs]
-command = "{PY} {SCRIPTED} v2025-11,resources"
+command = ["{PY}", "{SCRIPTED}", "v2025-11,resources"]
 start = "eager"
 """
     with running_daemon(tmp, agents) as d:
@@ -152,6 +152,8 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
             "cwd": str(daemon.dir)}}})
         ask("agents.scale", {"name": "extra", "replicas": 2})
         ask("agents.rollback", {"name": "extra"})
+        updated = ask("agents.update", {"name": "extra", "set": {"env": {"V": "2"}}})
+        assert (updated.revision, updated.change) == (4, "env.V added")
         ask("agents.remove", {"names": ["extra"]})
         ran = ask("tasks.run", {"agent": "hello", "input": {"name": "types"}})
         assert ran.status == "succeeded" and ran.output["greeting"] == "hello, types"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -110,6 +112,9 @@ def test_cli_habits_of_supervisorctl_and_systemctl(tmp: Path) -> None:
         assert r.returncode == 2 and "`all` means every agent" in r.stderr
         wait_until(lambda: all(a["state"] == "ready" for a in d.status().values()),
                    what="all ready")
+        # a restart asked for reads as what it was, not as a fault
+        assert d.status()["other#0"]["last_exit"] == "restarted on request"
+        assert "last exit: restarted on request" in d.cli("status", "other").stdout
         # logs of one replica; tail = logs -f
         lines = d.cli("logs", "hello#1", "-n", "5").stdout.splitlines()
         assert lines and all(" hello#1[" in ln for ln in lines)
@@ -128,14 +133,25 @@ def test_cli_habits_of_supervisorctl_and_systemctl(tmp: Path) -> None:
         assert v[0] == "corral 0.1.0" and v[1].startswith("daemon 0.1.0 (pid ")
         desc = d.cli("describe", "hello").stdout.splitlines()
         assert f"origin: file {d.config}" in desc
-        assert f"command: {PY} {EXAMPLES}/hello.py" in desc
+        assert f"command: {shlex.join([PY, f'{EXAMPLES}/hello.py'])}" in desc
         assert "env keys: PYTHONPATH" in desc
         assert "replicas: 2  autostart: true" in desc
+        # every key in effect, not only with --json: warm, preload, health, autoscale...
+        spec = d.json("describe", "hello")["spec"]
+        shown = {ln.split(":", 1)[0] for ln in desc}
+        hidden = set(spec) - shown - {"name", "command", "env", "restart", "max_queue",
+                                      "max_concurrent_tasks", "release", "version",
+                                      "autostart", "group"}
+        assert not {k for k in hidden if f"{k} = " not in " ".join(desc)}, desc
+        assert {"warm: false", "preload: -", "health: -", "autoscale: -"} <= set(desc), desc
         info = d.cli("info").stdout
         assert re.search(r"^uptime: \d+s$", info, re.M), info
-        # `run` without --input is a usage error, not a silent null
-        r = d.cli("run", "hello")
-        assert r.returncode == 2 and "Missing option '--input'" in r.stderr
+        # `run` without --input gives the task null (decision 168), as --help says
+        r = d.cli("run", "hello", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["output"]["greeting"] == (
+            "hello, None"), r.stderr
+        assert "(default: null, for an agent that takes none)" in " ".join(
+            d.cli("run", "--help").stdout.split())
         # top has a pane of recent log lines
         top = d.cli("top", "-n", "1", "-l", "3").stdout
         assert "\n-- last 3 log lines --\n" in top
@@ -294,6 +310,10 @@ def test_reload_rolls_or_scales_history_rollback_and_kept_scale(tmp: Path) -> No
         methods = [e["method"] for e in entries]
         assert {"config.reload", "agents.rollback", "agents.scale"} <= set(methods)
         assert any(e["outcome"].startswith("error: no revision 99") for e in entries)
+        # the table names who acted, as revisions do (a socket peer: its uid and pid)
+        table = d.cli("audit", "-n", "3").stdout.splitlines()
+        assert table[0].split()[:5] == ["TIME", "WHO", "TENANT", "METHOD", "OUTCOME"]
+        assert " agents.scale " in table[-1] and " uid 0 pid " in table[-1], table
         assert d.stop() == 0
     finally:
         d.close()

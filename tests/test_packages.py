@@ -320,6 +320,23 @@ async def test_deploy_switch_under_load_refuse_roll_back_and_redeploy(
             ("1.0", False, [1, 3]), ("2.0", True, [2, 4]), ("3.0", False, [])]
         assert listed.current == second.release
 
+        # back to a release by the id `corral releases` prints: its newest revision
+        rolled = await d.dispatcher.call(SOCKET, "agents.rollback",
+                                         {"name": "greeter", "release": first.release})
+        assert (rolled.restored, rolled.revision) == (3, 5)
+        assert (await ask(d))["version"] == "1.0"
+        assert builder.built == built
+        for params, message in (
+                ({"release": "nope"}, "no revision of greeter ran release nope (see `corral "
+                                      "releases greeter`)"),
+                ({"release": first.release, "revision": 1},
+                 "name a revision or a release, not both")):
+            with pytest.raises(RpcError) as err:
+                await d.dispatcher.call(SOCKET, "agents.rollback", {"name": "greeter",
+                                                                    **params})
+            assert err.value.message == message
+        assert s.fleet.revision_of("greeter") == 5
+
 
 @pytest.mark.deadline(120)
 async def test_releases_past_keep_releases_go_least_recently_current_first(

@@ -78,10 +78,11 @@ async def test_writes_outside_its_directory_are_refused(tmp_path: Path) -> None:
         assert not outside.exists()
         # the system and what it reads to run (corral's SDK) are there, read-only, and
         # so are the directories that lead to them — but under /tmp, which is its own
-        # (a checkout under /tmp: the write lands there, never on the host's)
+        # (a checkout under /tmp: a write beside it lands there, never on the host's)
+        beside = f"{ROOT.parent}/x"
         for path in ("/etc/corral-sandbox-test", str(ROOT / "corral" / "sandboxed.txt"),
-                     f"{Path(PY).parent}/sandboxed", "/sandboxed", f"{ROOT.parent}/x"):
-            private = Path(path).is_relative_to("/tmp")
+                     f"{Path(PY).parent}/sandboxed", "/sandboxed", beside):
+            private = path == beside and ROOT.parent.is_relative_to("/tmp")
             assert await run(d, "box", {"do": "write", "path": path}) == (
                 {"ok": path} if private else
                 {"error": f"OSError: [Errno 30] Read-only file system: '{path}'"})

@@ -119,9 +119,21 @@ def test_systemd_install_writes_the_unit_and_a_starter_config_from_the_package(
                                "--config", str(config), *extra],
                               capture_output=True, text=True, env=env)
 
+    # --dry-run: what would be written, the unit's text among it, and nothing written
+    r = install("--dry-run")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"would write {units}/corral.service:"
+    assert lines[-1] == f"would write {config} (a starter config)"
+    assert f"    ExecStart={ROOT}/.venv/bin/corral daemon --config {config}" in lines
+    assert not units.exists() and not config.exists()
     r = install()
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[:2] == [f"wrote {units}/corral.service", f"wrote {config}"]
+    assert r.stdout.splitlines() == [
+        f"wrote {units}/corral.service", f"wrote {config}",
+        f"next: {units} is not where systemd reads units: copy corral.service to "
+        f"/etc/systemd/system/ (or link it: systemctl link {units}/corral.service), then "
+        "systemctl daemon-reload && systemctl enable --now corral"]
     unit = (units / "corral.service").read_text()
     bindir = ROOT / ".venv" / "bin"
     assert f"ExecStart={bindir}/corral daemon --config {config}\n" in unit

@@ -199,6 +199,10 @@ async def test_daemon_shows_asleep_the_decisions_and_the_wake_time(
         out = capsys.readouterr().out
         assert ("nap: asleep, 0 replicas (autoscale 0..3, wants 0); a task wakes it; last: "
                 "sleep 1 -> 0: no work for idle_after (0.4 s): to zero") in out
+        # `start` does not claim to have started it
+        started = await d.dispatcher.call(me, "agents.start", {"all": True})
+        assert (started.started, started.asleep) == ([], ["nap"])
+        assert sup.agent("nap").replicas == []
         ran = await asyncio.wait_for(sup.tasks.run("nap", {"do": "echo"}), 30.0)
         assert ran.status == "succeeded"
         shown = await d.dispatcher.call(me, "tasks.get", {"task_id": ran.task_id})

@@ -79,6 +79,9 @@ def test_input_forms_and_bad_input(daemon: Daemon, tmp_path: Path) -> None:
     assert json.loads(r.stdout) == {"do": "echo", "from": "file"}
     r = daemon.cli("run", "work", "--input", "-", input='{"do": "echo", "from": "stdin"}')
     assert json.loads(r.stdout) == {"do": "echo", "from": "stdin"}
+    # no --input: null, for an agent that takes none
+    r = daemon.cli("run", "work")
+    assert (r.returncode, r.stdout.strip()) == (0, "null"), r.stderr
     r = daemon.cli("run", "work", "--input", "{not json")
     assert r.returncode == 2 and "Invalid value for --input: not JSON" in r.stderr
     big = tmp_path / "big.json"
@@ -106,6 +109,12 @@ def test_detach_task_wait_list_and_cancel(daemon: Daemon) -> None:
     assert (r.returncode, r.stderr) == (1, "corral: no such task: unknown-id\n")
     table = daemon.cli("tasks").stdout.splitlines()
     assert table[0].split() == ["TASK", "AGENT", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED"]
+    # `corral stats` counts the cancelled task apart from the failed ones
+    stats = daemon.cli("stats").stdout.splitlines()
+    head = stats[1].split()
+    assert head[8:10] == ["CANCELLED", "QUEUED"], stats
+    row = next(line.split() for line in stats if line.startswith("other "))
+    assert (row[head.index("FAILED")], row[head.index("CANCELLED")]) == ("0", "1"), stats
 
 
 def test_progress_is_streamed_by_run(daemon: Daemon) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import textwrap
 from pathlib import Path
@@ -188,7 +189,7 @@ async def test_agent_and_replica_quotas_refuse_with_the_use_and_never_kill(
 @pytest.mark.deadline(120)
 async def test_corral_add_with_flags_puts_the_agent_in_a_tenant(tmp_path: Path) -> None:
     async with in_process(tmp_path, hello("a1", extra='tenant = "acme"\n'), QUOTAS) as d:
-        command = f"{PY} {EXAMPLES}/hello.py"
+        command = shlex.join([PY, f"{EXAMPLES}/hello.py"])
         rc, out, err = await cli(d, "add", "--name", "a2", "--command", command,
                                  "--tenant", "acme", "--env", f"PYTHONPATH={ROOT}")
         assert (rc, out, err) == (0, "added: a2\n", "")
@@ -393,7 +394,8 @@ async def test_tokens_per_minute_is_one_budget_over_the_tenants_agents(
         info = await call(d, "tasks.get", {"task_id": accepted.task_id})
         assert info.status == "queued"
         assert info.waiting is not None and info.waiting.startswith(
-            "budget: tenant acme tokens_per_minute 100 used 110, next at ")
+            "1st of 1 waiting for u2: budget: tenant acme tokens_per_minute 100 used 110, "
+            "next at ")
         entry = {t.name: t for t in (await call(d, "tenants.list")).tenants}["acme"]
         assert entry.use.tokens_last_minute == 110
         # the quota cleared at runtime: the task it held starts at once, not at the
@@ -411,7 +413,8 @@ async def test_tokens_per_minute_is_one_budget_over_the_tenants_agents(
         held = await _run(d, "u2", {"do": "echo"}, detach=True)
         info = await call(d, "tasks.get", {"task_id": held.task_id})
         assert info.waiting is not None and info.waiting.startswith(
-            "budget: tenant acme tokens_per_minute 100 used 110, next at ")
+            "1st of 1 waiting for u2: budget: tenant acme tokens_per_minute 100 used 110, "
+            "next at ")
 
 
 # -- persisted ------------------------------------------------------------------------------
@@ -893,11 +896,13 @@ async def test_a_limited_caller_adds_no_cluster_agent_by_flag_or_by_table(
                                "is a caller of tenant a"),
                               (Caller(via="http", token="g", agents="a*"),
                                "is limited to agents matching a*")):
-            for params in ({"agents": {"a2": {"command": "true"}}, "cluster": True},
-                           {"agents": {"a2": {"command": "true", "placement": "cluster"}}}):
+            for params, key in (
+                    ({"agents": {"a2": {"command": "true"}}, "cluster": True}, ""),
+                    ({"agents": {"a2": {"command": "true", "placement": "cluster"}}},
+                     ' (agents.a2.placement: "cluster")')):
                 assert await refused(d, caller, "agents.add", params) == (
                     jsonrpc.FORBIDDEN, f"forbidden: token {caller.token} {limit}: may not "
-                                       "add cluster agents"), params
+                                       f"add cluster agents{key}"), params
         assert set(d.services.sup.agents) == {"a1"}
 
 

@@ -121,7 +121,12 @@ def test_a_process_runs_as_its_tenants_user_unless_it_names_its_own() -> None:
     assert small.limits.processes == 10
     large = run_as(AgentSpec(command="true", limits=Limits(processes=99)), tenant)
     assert large.limits.processes == 40
-    # an agent that names its own user is the operator's: its own limits, no tenant dir
+    # one naming its tenant's user (by name or uid) is its tenant's: the cap holds
+    for same in ("nobody", str(pwd.getpwnam("nobody").pw_uid)):
+        named = run_as(AgentSpec(command="true", user=same, limits=Limits(processes=99)),
+                       tenant)
+        assert (named.user, named.limits.processes, named.tenant_user) == ("nobody", 40, True)
+    # an agent that names another user is the operator's: its own limits, no tenant dir
     own = run_as(AgentSpec(command="true", user="daemon"), tenant)
     assert (own.user, own.limits.processes, own.tenant_user) == ("daemon", 0, False)
     # a tenant without a user changes nothing
@@ -306,6 +311,30 @@ def test_each_tenant_has_a_cgroup_holding_its_replicas_and_it_goes_with_its_last
         assert procs(node_b / "agent-hb-0") == {status["hb#0"]["pid"]}
         assert d.stop() == 0
         assert sorted(p.name for p in delegated.iterdir() if p.is_dir()) == ["supervisor"]
+    finally:
+        d.close()
+
+
+def test_an_agents_health_check_runs_in_its_tenants_cgroup(
+        delegated: Path, tmp: Path) -> None:  # noqa: F811
+    """A check is the agent's (issue 34): under the tenant's node, as its replicas are,
+    so the tenant's memory.max and pids.max hold it too."""
+    out = tmp / "cgroup"
+    agents = TENANTS + hello_in("ha", "a") + textwrap.dedent(f"""
+        [agents.ha.health.liveness]
+        command = ["/bin/sh", "-c", "cat /proc/self/cgroup > {out}.part && mv {out}.part {out}"]
+        interval = 0.2
+        recovery = "event"
+    """)
+    d = Daemon(tmp, agents, cgroup=delegated)
+    try:
+        d.start()
+        wait_until(out.exists, 30, "the check to run")
+        [line] = [ln for ln in out.read_text().splitlines() if ln.startswith("0::")]
+        where = Path(line[len("0::"):])  # (relative to where cgroup2 is mounted)
+        assert where.parent.parts[-2:] == (delegated.name, "tenant-a"), where
+        assert where.name.startswith("health-ha-"), where
+        assert d.stop() == 0
     finally:
         d.close()
 

@@ -147,7 +147,7 @@ async def test_the_fleet_then_each_change_in_order_on_the_socket(tmp_path: Path)
             assert [(c.previous, c.state, c.cause) for c in steps] == [
                 ("ready", "shutting_down", "stop"), ("shutting_down", "terminated", "exit"),
                 ("terminated", "starting", "spawn"), ("starting", "ready", "ready")]
-            assert [c.reason for c in steps[:2]] == ["restarting", "restarting"]
+            assert [c.reason for c in steps[:2]] == ["restarted on request", "restarted on request"]
             assert all(before <= c.time <= time.time() for c in steps)
             assert [c.time for c in steps] == sorted(c.time for c in steps)
             # ids: this daemon life's epoch, numbered on from the snapshot's
@@ -503,8 +503,8 @@ async def test_corral_status_watch() -> None:
             new = d.status()["a#0"]["pid"]
             stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
             assert [re.sub(stamp, "T", ln) for ln in lines] == [
-                f"T a#0[{old}] ready -> shutting_down: restarting",
-                f"T a#0[{old}] shutting_down -> terminated: restarting",
+                f"T a#0[{old}] ready -> shutting_down: restarted on request",
+                f"T a#0[{old}] shutting_down -> terminated: restarted on request",
                 "T a#0 terminated -> starting: started",
                 f"T a#0[{new}] starting -> ready: initialized"]
         finally:

@@ -28,6 +28,10 @@ class Unreachable(Exception):
     """The daemon cannot be reached; the message says how to start it."""
 
 
+class Disconnected(Unreachable):
+    """The daemon closed a connection it had accepted (it stopped, or restarts)."""
+
+
 class CallFailed(Exception):
     def __init__(self, code: int, message: str, data: Any = None) -> None:
         super().__init__(message)
@@ -99,7 +103,8 @@ class Client:
                 except (ConnectionResetError, BrokenPipeError):
                     chunk = b""  # the daemon went away, as with a clean close
                 if not chunk:
-                    raise Unreachable(f"the corral daemon at {self.path} closed the connection")
+                    raise Disconnected(
+                        f"the corral daemon at {self.path} closed the connection")
                 chunks.append(chunk)
                 nl = chunk.find(b"\n")
             nl += sum(map(len, chunks)) - len(chunks[-1])

@@ -102,23 +102,45 @@ memory_mb = 512
 """
 
 
-def install(unit_dir: Path, config: Path, force: bool) -> list[str]:
+# where systemd looks for units an administrator installs (systemd.unit(5))
+UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
+             "/usr/lib/systemd/system", "/lib/systemd/system")
+
+
+def install(unit_dir: Path, config: Path, force: bool, dry_run: bool = False) -> list[str]:
     """Write the unit (refusing to replace a different one unless `force`) and the
-    starter config (never replacing one); what was done, in words."""
+    starter config (never replacing one); what was done, in words. With `dry_run`,
+    nothing is written: what would be, and the unit's text."""
     done = []
     unit = unit_dir / "corral.service"
     text = unit_text(config)
     if unit.exists() and unit.read_text() != text and not force:
         raise FileExistsError(f"{unit} exists and differs (--force to replace it)")
-    unit_dir.mkdir(parents=True, exist_ok=True)
-    unit.write_text(text)
-    os.chmod(unit, 0o644)
-    done.append(f"wrote {unit}")
+    if dry_run:
+        done.append(f"would write {unit}:")
+        done.extend(f"    {line}" for line in text.splitlines())
+    else:
+        unit_dir.mkdir(parents=True, exist_ok=True)
+        unit.write_text(text)
+        os.chmod(unit, 0o644)
+        done.append(f"wrote {unit}")
     if config.exists():
         done.append(f"kept {config} (it exists)")
+    elif dry_run:
+        done.append(f"would write {config} (a starter config)")
     else:
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(starter_config())
         os.chmod(config, 0o644)
         done.append(f"wrote {config}")
     return done
+
+
+def next_steps(unit_dir: Path) -> str:
+    """What to run after the install, for where the unit was written."""
+    start = "systemctl daemon-reload && systemctl enable --now corral"
+    if str(unit_dir.resolve()) in UNIT_DIRS or str(unit_dir) in UNIT_DIRS:
+        return f"next: {start}"
+    return (f"next: {unit_dir} is not where systemd reads units: copy corral.service to "
+            f"/etc/systemd/system/ (or link it: systemctl link {unit_dir}/corral.service), "
+            f"then {start}")

@@ -31,6 +31,7 @@ from .client import (
     EXIT_UNREACHABLE,
     CallFailed,
     Client,
+    Disconnected,
     Unreachable,
 )
 
@@ -50,6 +51,15 @@ class Ctx:
 
         path = client_socket(self.socket)
         return Client(path, timeout=None) if wait_forever else Client(path)
+
+    def reachable(self) -> bool:
+        """Whether the daemon answers a ping now."""
+        try:
+            with self.client() as c:
+                c.ask("daemon.info", {})
+            return True
+        except (Unreachable, CallFailed, TimeoutError, OSError):
+            return False
 
     def call(self, method: str, params: msgspec.Struct | None = None, *,
              reachable: bool = True, wait_forever: bool = False, **kw: Any) -> Any:
@@ -80,7 +90,47 @@ socket_option = click.option(
     help="The daemon's control socket (default: CORRAL_SOCKET, else the standard place).")
 
 
+# the names users of supervisord, PM2, docker and kubectl type first, for ours
+ALIASES = {"ls": "status", "list": "status", "ps": "status", "delete": "remove",
+           "rm": "remove", "show": "describe", "monit": "top"}
+# never offered as a guess: a typo must not be one Enter away from losing work
+DESTRUCTIVE = frozenset({"shutdown", "remove", "stop", "restart", "cancel", "drain",
+                         "rollback", "signal", "scale", "pause", "deploy", "reload"})
+
+
 class _Group(click.Group):
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, ALIASES.get(cmd_name, cmd_name))
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if (name and not name.startswith("-") and not ctx.resilient_parsing
+                and self.get_command(ctx, name) is None):
+            import difflib
+
+            safe = [c for c in (*self.list_commands(ctx), *ALIASES) if c not in DESTRUCTIVE]
+            near = difflib.get_close_matches(name, safe, n=3)
+            hint = f" Did you mean {' or '.join(repr(c) for c in near)}?" if near else ""
+            ctx.fail(f"No such command {name!r}.{hint} (`corral --help` lists them.)")
+        return super().resolve_command(ctx, args)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command's whole first sentence, not cut to the width click chooses."""
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+        by: dict[str, list[str]] = {}
+        for alias, name in ALIASES.items():
+            by.setdefault(name, []).append(alias)
+        with formatter.section("Aliases"):
+            formatter.write_dl([(name, ", ".join(a)) for name, a in sorted(by.items())])
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -344,6 +394,11 @@ def _print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
         if e.state == "asleep":
             line += "; a task wakes it"
         click.echo(line + (f"; last: {e.last}" if e.last else ""))
+    for name, slots in st.cluster_slots.items():
+        click.echo(f"{name}: cluster agent, {plural(len(slots), 'slot')}"
+                   + "".join(f"; slot {i} on {node}" if node else
+                             f"; slot {i} waiting for a node with room"
+                             for i, node in enumerate(slots)))
     for name, t in st.tasks.items():
         if t and t.accepted:
             rate = t.success_rate
@@ -385,12 +440,13 @@ def stats(obj: Ctx, since: str | None, agent: str | None, resolution: str | None
         rows.append([n, str(a.serving) + "/" + str(a.replicas), str(a.restarts),
                      f"{a.cpu_percent:.1f}", _human_bytes(a.rss_bytes),
                      *(str(v) for v in ((t.accepted, t.succeeded,
-                                         t.failed + t.timed_out + t.lost, t.queue_depth)
-                                        if t is not None else (0, 0, 0, 0))),
+                                         t.failed + t.timed_out + t.lost, t.cancelled,
+                                         t.queue_depth)
+                                        if t is not None else (0, 0, 0, 0, 0))),
                      "-" if lat is None or lat.p50 is None else "/".join(
                          _ms(v) for v in (lat.p50, lat.p95, lat.p99) if v is not None)])
     _table(rows, ["AGENT", "SERVING", "RESTARTS", "CPU%", "RSS", "TASKS", "OK", "FAILED",
-                  "QUEUED", "P50/P95/P99 MS"])
+                  "CANCELLED", "QUEUED", "P50/P95/P99 MS"])
     _print_usage(st.agents)
     _print_gateway(st.gateway)
 
@@ -443,6 +499,16 @@ def _log_options(fn: Any) -> Any:
                      type=click.IntRange(min=0), help="How many past lines to show."),
         click.option("--since", default=None, metavar="WHEN",
                      help="Only lines since WHEN: 30s, 5m, 2h, 1d or an ISO time."),
+        click.option("--grep", default=None, metavar="TEXT",
+                     help="Only lines holding TEXT (a fixed string, as grep -F)."),
+        click.option("--stream", "streams", multiple=True,
+                     type=click.Choice(["stdout", "stderr", "event"]),
+                     help="Only lines of this stream (repeat for several): an agent's "
+                          "stdout or stderr, or corral's events about it."),
+        click.option("--reconnect", type=click.FloatRange(min=0), default=60.0,
+                     show_default=True, metavar="SECONDS",
+                     help="Following: if the daemon goes away (a restart), wait this long "
+                          "for it and go on from the last line shown."),
         json_option,
         pass_ctx,
     ]
@@ -457,31 +523,46 @@ def _log_options(fn: Any) -> Any:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @_log_options
 def logs(obj: Ctx, names: tuple[str, ...], follow: bool, lines: int, since: str | None,
-         as_json: bool) -> None:
-    _logs(obj, names, follow, lines, since, as_json)
+         grep: str | None, streams: tuple[str, ...], reconnect: float, as_json: bool) -> None:
+    _logs(obj, follow, _log_query(names, lines, since, grep, streams), reconnect, as_json)
 
 
 @cli.command(help="`corral logs -f`: print the last lines, then new ones until Ctrl-C.")
 @_log_options
-def tail(obj: Ctx, names: tuple[str, ...], lines: int, since: str | None,
-         as_json: bool) -> None:
-    _logs(obj, names, True, lines, since, as_json)
+def tail(obj: Ctx, names: tuple[str, ...], lines: int, since: str | None, grep: str | None,
+         streams: tuple[str, ...], reconnect: float, as_json: bool) -> None:
+    _logs(obj, True, _log_query(names, lines, since, grep, streams), reconnect, as_json)
 
 
-def _logs(obj: Ctx, names: tuple[str, ...], follow: bool, lines: int, since: str | None,
-          as_json: bool) -> None:
-    t = _parse_since(since)
+def _log_query(names: tuple[str, ...], lines: int, since: str | None, grep: str | None,
+               streams: tuple[str, ...]) -> m.LogsTail:
+    try:
+        return msgspec.convert({"names": list(names), "lines": lines,
+                                "since": _parse_since(since), "grep": grep or None,
+                                "streams": list(streams)}, m.LogsTail)
+    except msgspec.ValidationError as exc:
+        raise click.BadParameter(str(exc).replace("$.", ""), param_hint="--grep") from None
+
+
+# how many of the lines a follow missed while the daemon was away it asks for
+LOG_BACKLOG = 100_000
+
+
+def _logs(obj: Ctx, follow: bool, want: m.LogsTail, reconnect: float, as_json: bool) -> None:
+    last: list[float] = []  # the time of the newest line shown
 
     def show(items: list[LogLine]) -> None:
         for line in items:
+            if last and line.time < last[0]:
+                continue  # shown before the daemon went away
             if as_json:
                 click.echo(json.dumps(msgspec.to_builtins(msgspec.structs.asdict(line))))
             else:
                 click.echo(line.render())
+            last[:] = [line.time]
 
     if not follow:
-        res: m.LogLines = obj.call("logs.tail", m.LogsTail(names=list(names), lines=lines,
-                                                           since=t))
+        res: m.LogLines = obj.call("logs.tail", want)
         show(res.lines)
         return
 
@@ -493,8 +574,28 @@ def _logs(obj: Ctx, names: tuple[str, ...], follow: bool, lines: int, since: str
                        err=True)
         sys.stdout.flush()
 
-    obj.call("logs.follow", m.LogsFollow(names=list(names), lines=lines, since=t),
-             on_notification=on_note)
+    params = m.LogsFollow(**msgspec.structs.asdict(want))
+    while True:
+        try:
+            obj.call("logs.follow", params, on_notification=on_note, reachable=False,
+                     wait_forever=True)
+            return
+        except Disconnected:
+            pass
+        # the daemon went away (a restart, an upgrade): wait for it, then go on from the
+        # newest line shown (the new daemon's tail reads it back from the log files), as
+        # `corral run` waits again for its task
+        click.echo("corral: lost the daemon; reconnecting", err=True)
+        deadline = time.monotonic() + reconnect
+        while not obj.reachable():
+            if time.monotonic() >= deadline:
+                click.echo(f"corral: the daemon did not come back within {reconnect:g} s",
+                           err=True)
+                sys.exit(EXIT_UNREACHABLE)
+            time.sleep(0.2)
+        if last:
+            params = m.LogsFollow(**{**msgspec.structs.asdict(want), "since": last[0],
+                                     "lines": LOG_BACKLOG})
 
 
 # -- changing -----------------------------------------------------------------------------
@@ -506,7 +607,12 @@ def _selection_command(verb: str, done: str) -> None:
     def command(obj: Ctx, names: tuple[str, ...], all_: bool, **extra: Any) -> None:
         all_, targets = _selection(names, all_)
         res = obj.call(method, params(names=targets, all=all_, **extra))
-        click.echo(f"{done}: {', '.join(getattr(res, done)) or 'nothing'}")
+        asleep = getattr(res, "asleep", [])
+        if getattr(res, done) or not asleep:
+            click.echo(f"{done}: {', '.join(getattr(res, done)) or 'nothing'}")
+        if asleep:
+            click.echo(f"asleep, not started (scaled to zero: a task wakes it): "
+                       f"{', '.join(asleep)}")
 
     fn: Any = pass_ctx(command)
     if verb == "restart":
@@ -597,6 +703,28 @@ def pid(obj: Ctx, target: str) -> None:
         sys.exit(EXIT_FAILED)
 
 
+_POLICY = ("restart", "max_restarts", "restart_window", "backoff_initial", "backoff_max",
+           "stable_after", "start_timeout", "stop_timeout")
+_TASKS = ("max_concurrent_tasks", "max_queue", "task_timeout", "cancel_grace", "retries",
+          "rate_per_minute", "max_tool_calls_per_task")
+_DESCRIBED = {"name", "command", "release", "version", "cwd", "user", "group", "env",
+              "replicas", "autostart", "limits", "tools", *_POLICY, *_TASKS}
+
+
+def _spec_value(v: Any) -> str:
+    """A spec's value on one line: a table as its keys' `k = v`, a list joined."""
+    if v is None or v == [] or v == {}:
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, dict):
+        return ", ".join(f"{k} = {_spec_value(x) if isinstance(x, dict) else json.dumps(x)}"
+                         for k, x in v.items())
+    if isinstance(v, list):
+        return ", ".join(x if isinstance(x, str) else json.dumps(x) for x in v)
+    return str(v)
+
+
 @cli.command(help=doc("agents.describe"))
 @click.argument("name", shell_complete=_complete_agents)
 @json_option
@@ -619,15 +747,14 @@ def describe(obj: Ctx, name: str, as_json: bool) -> None:
                                                    if spec["group"] else ""))
     click.echo(f"env keys: {', '.join(spec['env']) or '-'}")
     click.echo(f"replicas: {spec['replicas']}  autostart: {str(spec['autostart']).lower()}")
-    click.echo("policy: " + ", ".join(f"{k} = {spec[k]}" for k in (
-        "restart", "max_restarts", "restart_window", "backoff_initial", "backoff_max",
-        "stable_after", "start_timeout", "stop_timeout")))
-    click.echo("tasks: " + ", ".join(f"{k} = {spec[k]}" for k in (
-        "max_concurrent_tasks", "max_queue", "task_timeout", "cancel_grace", "retries",
-        "rate_per_minute", "max_tool_calls_per_task")))
+    click.echo("policy: " + ", ".join(f"{k} = {spec[k]}" for k in _POLICY))
+    click.echo("tasks: " + ", ".join(f"{k} = {spec[k]}" for k in _TASKS))
     limits = {k: v for k, v in spec["limits"].items() if v}
     click.echo("limits: " + (", ".join(f"{k} = {v}" for k, v in limits.items()) or "none"))
     click.echo(f"tools: {', '.join(spec['tools']) or '-'}")
+    # every other key the daemon gave, as it is in effect: none hidden behind --json
+    for key in sorted(set(spec) - _DESCRIBED):
+        click.echo(f"{key}: {_spec_value(spec[key])}")
     for r in res.replicas:
         click.echo(f"{res.name}#{r.replica}: {r.state}"
                    + (f" (pid {r.pid})" if r.pid else ""))
@@ -722,6 +849,58 @@ def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
 add.help = doc("agents.add") + "\n\nFILE holds [agents.NAME] tables as in the config file."
 
 
+@cli.command(help=doc("agents.update") + "\n\nExample: corral update web --env LEVEL=debug "
+             "--unset-env OLD --set limits.memory_mb=512")
+@click.argument("name", shell_complete=_complete_agents)
+@click.option("--command", "command", help="A new command line, split like a shell would.")
+@click.option("--replicas", type=click.IntRange(min=0), default=None)
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable.")
+@click.option("--unset-env", "unset_env", multiple=True, metavar="KEY",
+              help="Take a variable away.")
+@click.option("--set", "set_", multiple=True, metavar="KEY=JSON",
+              help="Any key of the table (dots into tables: limits.memory_mb=512); the "
+                   "value is JSON (a bare word is a string); null takes the key away.")
+@click.option("--no-check", is_flag=True,
+              help="Take a command that is not (yet) an executable on PATH or a file.")
+@pass_ctx
+def update(obj: Ctx, name: str, command: str | None, replicas: int | None,
+           env: tuple[str, ...], unset_env: tuple[str, ...], set_: tuple[str, ...],
+           no_check: bool) -> None:
+    patch: dict[str, Any] = {}
+    for item in set_:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: use KEY=JSON", param_hint="--set")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw  # a bare word: a string, as a person means it
+        *tables, last = key.split(".")
+        at = patch
+        for t in tables:
+            at = at.setdefault(t, {})
+            if not isinstance(at, dict):
+                raise click.BadParameter(f"{key}: {t} is set to a value above",
+                                         param_hint="--set")
+        at[last] = value
+    if command is not None:
+        patch["command"] = command
+    if replicas is not None:
+        patch["replicas"] = replicas
+    if env or unset_env:
+        pairs = [e.split("=", 1) for e in env]
+        if any(len(p) != 2 for p in pairs):
+            raise click.BadParameter("use KEY=VALUE", param_hint="--env")
+        patch.setdefault("env", {}).update({**dict(pairs), **dict.fromkeys(unset_env)})
+    if not patch:
+        raise click.UsageError("nothing to change: give --command, --replicas, --env, "
+                               "--unset-env or --set")
+    res: m.Updated = obj.call("agents.update", m.AgentsUpdate(name=name, set=patch,
+                                                              check=not no_check))
+    click.echo(f"{name}: " + (f"revision {res.revision}: {res.change}"
+                              if res.revision is not None else res.change))
+
+
 @cli.command(help=doc("agents.remove"))
 @click.argument("names", nargs=-1, required=True, shell_complete=_complete_agents)
 @pass_ctx
@@ -776,13 +955,22 @@ def _stamp(t: float) -> str:
     return iso_time(t)
 
 
-@cli.command(help=doc("agents.rollback"))
+@cli.command(help=doc("agents.rollback") + "\n\nREV: a revision's number (`corral history "
+             "NAME`), or a package's release as `corral releases NAME` prints it (the newest "
+             "revision that ran it).")
 @click.argument("name", shell_complete=_complete_agents)
-@click.argument("revision", required=False, type=click.IntRange(min=1))
+@click.argument("rev", required=False)
 @pass_ctx
-def rollback(obj: Ctx, name: str, revision: int | None) -> None:
-    res: m.RollbackResult = obj.call("agents.rollback",
-                                     m.AgentsRollback(name=name, revision=revision))
+def rollback(obj: Ctx, name: str, rev: str | None) -> None:
+    revision = release = None
+    if rev is not None and rev.isdigit():
+        revision = int(rev)
+        if revision < 1:
+            raise click.BadParameter("a revision is 1 or more", param_hint="REV")
+    else:
+        release = rev
+    res: m.RollbackResult = obj.call("agents.rollback", m.AgentsRollback(
+        name=name, revision=revision, release=release))
     click.echo(f"{name}: rolled back to revision {res.restored} (now revision "
                f"{res.revision})" + (f": {res.change}" if res.change else ""))
 
@@ -841,9 +1029,10 @@ def audit(obj: Ctx, limit: int, as_json: bool) -> None:
     if as_json:
         _print_json(res)
         return
-    rows = [[_stamp(e.time), str(e.uid), str(e.pid), e.method, e.outcome,
-             json.dumps(e.params)[:60]] for e in res.entries]
-    _table(rows, ["TIME", "UID", "PID", "METHOD", "OUTCOME", "PARAMS"])
+    # who acted as revisions name it: a token by its name, a socket peer by uid and pid
+    rows = [[_stamp(e.time), e.who or f"uid {e.uid} pid {e.pid}", e.tenant or "-", e.method,
+             e.outcome, json.dumps(e.params)[:60]] for e in res.entries]
+    _table(rows, ["TIME", "WHO", "TENANT", "METHOD", "OUTCOME", "PARAMS"])
 
 
 @cli.command(help=doc("config.reload") + "\n\nPrints each agent and MCP server added, removed "
@@ -1069,9 +1258,9 @@ def _wait_again(obj: Ctx, task_id: str, reconnect: float) -> m.TaskInfo:
 
 @cli.command("run", help=doc("tasks.run") + "\n\nExits 0 only when the task succeeded.")
 @click.argument("agent", shell_complete=_complete_agents)
-@click.option("--input", "input_", required=True, metavar="JSON|@FILE|-",
-              help="The task's input: JSON, @file with JSON, or - for stdin "
-                   "(`--input null` for none).")
+@click.option("--input", "input_", default="null", metavar="JSON|@FILE|-",
+              help="The task's input: JSON, @file with JSON, or - for stdin (default: "
+                   "null, for an agent that takes none).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds the task may run once started (default: the agent's "
                    "task_timeout); time waiting in the queue is not counted, and `run` "
@@ -1205,9 +1394,18 @@ def task_get(obj: Ctx, task_id: str, wait: bool, reconnect: float, as_json: bool
                    f"in, {u.output_tokens:,} out), ${u.cost_usd:.4f}, models "
                    + ", ".join(sorted(u.models)))
     for i, a in enumerate(res.attempts, 1):
-        where = f"node {a.node} " if isinstance(a.node, str) else ""
-        click.echo(f"attempt {i}: {where}replica {a.replica} pid {a.pid} {a.outcome}"
-                   + (f" ({a.error})" if a.error else ""))
+        click.echo(f"attempt {i}: {_where(a)}{a.outcome}" + (f" ({a.error})" if a.error
+                                                            else ""))
+
+
+def _where(a: m.Attempt) -> str:
+    """Where an attempt ran, as far as it is known: a cluster attempt a node claimed but
+    had not yet given to a replica (cluster.records.NOT_STARTED) names none, nor a pid."""
+    node = f"node {a.node} " if isinstance(a.node, str) else ""
+    if a.replica < 0:
+        return f"{node}(claimed, {'waiting for' if a.outcome == 'running' else 'never on'} " \
+               "a replica) "
+    return f"{node}replica {a.replica} " + (f"pid {a.pid} " if a.pid is not None else "")
 
 
 @cli.command("nodes", help=doc("nodes.list"))
@@ -1229,6 +1427,27 @@ def _print_nodes(res: m.NodesResult) -> None:
              ",".join(a + ("*" if a in n.placed else "") for a in n.agents)]
             for n in res.nodes]
     _table(rows, ["NODE", "STATE", "INCARNATION", "LOAD", "CAPACITY", "LAST BEAT", "AGENTS"])
+    for line in _key_warnings(res.nodes):
+        click.echo(line, err=True)
+    for line in res.warnings:
+        click.echo(f"WARNING: {line} (docs/cluster.md#what-redis-must-be)", err=True)
+
+
+def _key_warnings(nodes: list[m.NodeInfo]) -> list[str]:
+    """What the alive nodes' cluster keys say of the cluster's trust (decision 162)."""
+    alive = [n for n in nodes if n.alive]
+    out = []
+    bare = [n.node for n in alive if not n.key]
+    if bare:
+        out.append(f"WARNING: {', '.join(bare)} {'has' if len(bare) == 1 else 'have'} no "
+                   "[cluster] key_file: anyone who can write to the cluster's Redis can run "
+                   "commands there (as the agents' users, root by default) and forge task "
+                   "outcomes (docs/cluster.md#securing-redis)")
+    keys = {n.key for n in alive if n.key}
+    if len(keys) > 1:
+        out.append("WARNING: the nodes' cluster keys differ (`corral nodes --json`: key): "
+                   "each refuses the agent tables and outcomes the others sign")
+    return out
 
 
 @cli.command("drain", help=doc("nodes.drain"))
@@ -1625,19 +1844,22 @@ def systemd_group() -> None:
               metavar="PATH", help="The config the unit runs with (a starter one is written "
                                    "if it does not exist).")
 @click.option("--force", is_flag=True, help="Replace a corral.service that differs.")
-def systemd_install(unit_dir: str, config: str, force: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="Write nothing: print what would be written "
+                                              "(the unit's text among it).")
+def systemd_install(unit_dir: str, config: str, force: bool, dry_run: bool) -> None:
     """Write the systemd unit (pointing at this installation) and a starter config, from
     the installed package; then run the `systemctl` commands it prints."""
-    from .install import install
+    from .install import install, next_steps
 
     try:
-        done = install(Path(unit_dir), Path(config), force)
+        done = install(Path(unit_dir), Path(config), force, dry_run)
     except (OSError, FileExistsError) as exc:
         click.echo(f"corral: {exc}", err=True)
         sys.exit(EXIT_FAILED)
     for line in done:
         click.echo(line)
-    click.echo("next: systemctl daemon-reload && systemctl enable --now corral")
+    if not dry_run:
+        click.echo(next_steps(Path(unit_dir)))
 
 
 @cli.command()

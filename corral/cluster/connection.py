@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
 from redis.asyncio import Redis
@@ -18,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .. import jsonrpc
+from .. import jsonrpc, redact
 from ..jsonrpc import RpcError
 from ..supervisor.config import ClusterSettings
 
@@ -69,12 +68,7 @@ def connect(settings: ClusterSettings, node: str) -> Any:
 
 def shown(url: str) -> str:
     """The URL without a password, as messages and `corral nodes` say it."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return redact.url(url)
 
 
 def why(exc: BaseException) -> str:

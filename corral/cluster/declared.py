@@ -15,6 +15,11 @@ last declared, so at a start or a reload:
   it, leaves the cluster's standing and says what differs (the log, and `corral stats` →
   cluster.agents.differs): a node restarted with an old file never undoes a change made
   elsewhere, and two files that disagree do not fight.
+
+What a file last declared is signed with the cluster key (trust.DECLARED), as the
+cluster's tables are: a declared table that does not verify is as none (it removes
+nothing, changes nothing), and a cluster table that does not verify is as none too (the
+file's table is written over it, signed).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from ..supervisor.core import SupervisorError
 from .connection import read
 from .keys import Keys
 from .specs import ClusterSpecs, Describe, Table, encoded
+from .trust import DECLARED
 
 
 def merged(cluster: Table, before: Table, now: Table) -> Table:
@@ -75,9 +81,24 @@ class Declared:
 
     async def _sync(self, tables: dict[str, Table]) -> dict[str, str]:
         who = f"config file of node {self.node}"
-        key = self.keys.declared(self.node)
-        raw = await read(lambda: self.redis.hgetall(key))
-        last = {k.decode(): msgspec.json.decode(v) for k, v in raw.items()}
+        key, macs = self.keys.declared(self.node), self.keys.declared_macs(self.node)
+        trust = self.specs.trust
+
+        async def both() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hgetall(key)
+            pipe.hgetall(macs)
+            return list(await pipe.execute())
+
+        raw, raw_macs = await read(both)
+        last: dict[str, Table] = {}
+        for k, v in raw.items():
+            name, mac = k.decode(), raw_macs.get(k)
+            if trust.valid(mac, DECLARED, self.node, name, v):
+                last[name] = msgspec.json.decode(v)
+            else:
+                trust.refuse(DECLARED, f"{name} (declared by node {self.node})", mac,
+                             "it changes and removes nothing")
         failed: dict[str, str] = {}
         differs: dict[str, str] = {}
         for name in sorted(set(tables) | set(last)):
@@ -88,11 +109,16 @@ class Declared:
                         self.report(f"cluster: cluster agent {name} removed ({who} no "
                                     "longer declares it)")
                     await self.redis.hdel(key, name)
+                    await self.redis.hdel(macs, name)
                     continue
                 why = await self._one(name, table, before, who)
                 if why:
                     differs[name] = why
-                await self.redis.hset(key, name, encoded(table))
+                raw_table = encoded(table)
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.hset(key, name, raw_table)
+                pipe.hset(macs, name, trust.sign(DECLARED, self.node, name, raw_table))
+                await pipe.execute()
             except SupervisorError as exc:
                 failed[name] = exc.message
                 self.report(f"cluster: cluster agent {name} from {who}: {exc.message}")
@@ -103,7 +129,7 @@ class Declared:
                    ) -> str | None:
         """Register one agent; how the file differs from the cluster's table, where it
         stands."""
-        cluster, _ = await self.specs.read(name)
+        cluster, _, signed = await self.specs.read_any(name)
         if cluster is None:
             try:
                 await self.specs.add({name: table}, who)
@@ -113,9 +139,16 @@ class Declared:
                 if exc.code != jsonrpc.CONFLICT:
                     raise
                 # another node's file added it meanwhile: as if it had been there
-                cluster, _ = await self.specs.read(name)
+                cluster, _, signed = await self.specs.read_any(name)
                 if cluster is None:
                     raise
+        if not signed:
+            # not the cluster's table but a Redis writer's: the file's stands in its place
+            revision, change = await self.specs.change(name, lambda _: table, who,
+                                                       "config file", replace=True)
+            self.report(f"cluster: cluster agent {name}: revision {revision} ({who}): "
+                        f"{change}")
+            return None
         if before is not None and encoded(before) != encoded(table):
             revision, change = await self.specs.change(
                 name, lambda cur: merged(cur, before, table), who, "config file changed")

@@ -4,6 +4,10 @@ record, and the wait for an outcome, woken by the outcomes stream every node tai
 
 Redis away: a submission is refused with the reason (never accepted and lost); a client
 already waiting keeps waiting, and hears the outcome once Redis answers again.
+
+An outcome is believed only when its MAC verifies with the cluster key (trust.py): a
+forged one, on the outcomes stream or in the record, is refused (said, counted), and the
+client waiting for the task keeps waiting for its real outcome.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from .connection import never_sent, read, unavailable, why
 from .keys import Keys
 from .membership import Membership, NodeView
 from .scripts import Scripts
+from .trust import OUTCOME, Trust
 
 RECHECK_BEATS = 5  # a waiting client reads its task's record at least this often (beats)
 Waiter = asyncio.Future[m.TaskResult | None]
@@ -41,8 +46,9 @@ _progress = msgspec.json.Decoder(dict[str, Any])
 class ClusterDesk:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, settings: ClusterSettings,
                  membership: Membership, host: TaskHost,
-                 report: Callable[[str], None]) -> None:
+                 report: Callable[[str], None], trust: Trust) -> None:
         self.redis = redis
+        self.trust = trust
         self.scripts = scripts
         self.keys = keys
         self.settings = settings
@@ -127,9 +133,28 @@ class ClusterDesk:
 
     async def info(self, task_id: str) -> m.TaskInfo | None:
         """The task's record, or None when the cluster has no such task; RedisError when
-        Redis does not answer."""
-        if not is_task_id(task_id):
+        Redis does not answer; RpcError when it says the task ended with an outcome whose
+        MAC does not verify."""
+        i, signed = await self._read(task_id)
+        if not signed:
+            raise RpcError(jsonrpc.REFUSED, f"task {task_id}'s outcome in Redis is not "
+                           "signed with this node's cluster key (a Redis writer without "
+                           "the key made or changed it): refused")
+        return i
+
+    async def _ended_info(self, task_id: str) -> m.TaskInfo | None:
+        """The task's record once it has ended with an outcome that verifies, else None
+        (a client waiting for it waits on)."""
+        i, signed = await self._read(task_id)
+        if i is None or not signed or i.status.encode() not in records.TERMINAL:
             return None
+        return i
+
+    async def _read(self, task_id: str) -> tuple[m.TaskInfo | None, bool]:
+        """The task's record, and whether it is not an ended one whose outcome does not
+        verify."""
+        if not is_task_id(task_id):
+            return None, True
 
         async def get() -> list[Any]:
             pipe = self.redis.pipeline(transaction=False)
@@ -139,8 +164,15 @@ class ClusterDesk:
 
         rec, attempts = await read(get)
         if not rec:
-            return None
-        return records.info(task_id, rec, attempts)
+            return None, True
+        status = rec.get(b"status", b"")
+        if status in records.TERMINAL and not self.trust.outcome_valid(
+                rec.get(b"mac"), task_id, rec.get(b"fence"), status,
+                rec.get(b"output", b""), rec.get(b"error", b"")):
+            self.trust.refuse(OUTCOME, f"of task {task_id} (its record)", rec.get(b"mac"),
+                              "not told to any client")
+            return None, False
+        return records.info(task_id, rec, attempts), True
 
     def _waiter(self, task_id: str) -> Waiter:
         fut: Waiter = asyncio.get_running_loop().create_future()
@@ -163,8 +195,8 @@ class ClusterDesk:
             if fut is None:
                 fut = self._waiter(task_id)
                 with contextlib.suppress(RedisError):
-                    i = await self.info(task_id)
-                    if i is not None and i.status.encode() in records.TERMINAL:
+                    i = await self._ended_info(task_id)
+                    if i is not None:
                         self._unwait(task_id, fut)
                         return i
             try:
@@ -179,8 +211,8 @@ class ClusterDesk:
             woken, fut = fut.done(), None
             if woken:
                 with contextlib.suppress(RedisError):
-                    i = await self.info(task_id)
-                    if i is not None and i.status.encode() in records.TERMINAL:
+                    i = await self._ended_info(task_id)
+                    if i is not None:
                         return i
 
     async def wait(self, task_id: str) -> m.TaskInfo:
@@ -190,7 +222,7 @@ class ClusterDesk:
             if isinstance(got, m.TaskInfo):
                 return got
             with contextlib.suppress(RedisError):
-                i = await self.info(task_id)
+                i = await self._ended_info(task_id)
                 if i is not None:
                     return i
 
@@ -262,7 +294,21 @@ class ClusterDesk:
                     if b"progress" in fields:
                         self._progressed(tid, fields[b"progress"])
                     elif tid in self._waiting:
-                        self._wake(tid, records.inline_result(tid, fields))
+                        self._carried(tid, fields)
+
+    def _carried(self, task_id: str, fields: dict[bytes, bytes]) -> None:
+        """An outcomes stream entry for a task waited for here: its outcome, when the
+        entry carries one, told only when its MAC verifies; an entry that carries none
+        has the waiters read the record (which is checked as it is read)."""
+        status = fields.get(b"status")
+        if status is not None and not self.trust.outcome_valid(
+                fields.get(b"mac"), task_id, fields.get(b"fence"), status,
+                fields.get(b"output", b""), fields.get(b"error", b"")):
+            self.trust.refuse(OUTCOME, f"of task {task_id} (on the outcomes stream)",
+                              fields.get(b"mac"), "not told to the client waiting for "
+                              "it, which waits on for the real one")
+            return
+        self._wake(task_id, records.inline_result(task_id, fields))
 
     def _progressed(self, task_id: str, raw: bytes) -> None:
         """A progress report of a task followed here, as the worker sent it."""

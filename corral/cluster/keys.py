@@ -99,6 +99,12 @@ class Keys:
         return f"{self.prefix}cagents"
 
     @property
+    def agent_macs(self) -> str:
+        """Hash: agent -> the MAC of its table in `cluster_agents`, made with the cluster
+        key (trust.py), written with the table by the same script."""
+        return f"{self.prefix}cagents:mac"
+
+    @property
     def placement(self) -> str:
         """Hash: agent -> {"epoch": N, "slots": [consumer, ...]} (JSON): which node
         incarnation runs each of its replicas, changed only by compare-and-set on the
@@ -115,6 +121,10 @@ class Keys:
         cluster agent: what tells a change its file made from a file that did not change
         (declared.py)."""
         return f"{self.prefix}decl:{node}"
+
+    def declared_macs(self, node: str) -> str:
+        """Hash: agent -> the MAC of the table in `declared(node)` (trust.py)."""
+        return f"{self.prefix}declmac:{node}"
 
     def state(self, agent: str) -> str:
         """Hash: replica slot -> [time, state] (JSON): a cluster agent's checkpoints,

@@ -7,12 +7,20 @@ taken this incarnation's tasks, and a node that could not renew for 2 x TTL must
 so too: either way the node fences itself (takes nothing new, cancels what was taken from
 it; `on_fence`) and joins again as a new incarnation. Redis being away kills no node: the
 beat keeps trying, and the view says why it is not a member.
+
+One daemon per node name (decision 163): each beat carries its daemon's id, pid and host,
+and a daemon does not join, nor renew, while another daemon's incarnation of its node
+name is alive (scripts.JOIN, BEAT); a daemon refuses to start as a node that another
+daemon still is (`holder`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -25,7 +33,8 @@ from .connection import read, why
 from .keys import Keys, consumer
 from .scripts import Scripts
 
-State = Literal["joining", "member", "fenced", "left"]
+# duplicate: another daemon is this node (its name): this one waits until it is not
+State = Literal["joining", "member", "fenced", "left", "duplicate"]
 
 
 class Beat(msgspec.Struct):
@@ -40,6 +49,21 @@ class Beat(msgspec.Struct):
     room: int = 0  # replicas it may still start (max_replicas less those it has)
     placed: list[str] = []  # which of its agents are the cluster's (placement.py)
     draining: bool = False  # `corral drain`: it takes nothing new
+    daemon: str = ""  # the daemon's id (one per process): one daemon per node name
+    pid: int = 0
+    host: str = ""
+    key: str = ""  # its cluster key's fingerprint ("": it has none, trust.py)
+
+
+_DAEMON = uuid.uuid4().hex  # this process's id in its beats
+
+
+def holder_text(b: Beat, cluster: str) -> str:
+    """Who else is node `b.node`, for the refusal."""
+    return (f"node {b.node} is already a member of cluster {cluster}: incarnation "
+            f"{b.incarnation}, pid {b.pid or '?'} on host {b.host or '?'}, last beat "
+            f"{max(0.0, time.time() - b.last_beat):.1f} s ago; two daemons must not share "
+            "[cluster] node (give this one another name, or stop that one)")
 
 
 class NodeView(msgspec.Struct):
@@ -55,6 +79,9 @@ class NodeView(msgspec.Struct):
     room: int = 0
     placed: list[str] = []
     draining: bool = False
+    pid: int = 0
+    host: str = ""
+    key: str = ""  # its cluster key's fingerprint ("": none)
 
     @property
     def consumer(self) -> str:
@@ -69,8 +96,14 @@ _beat = msgspec.json.Decoder(Beat)
 
 class Membership:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, settings: ClusterSettings,
-                 node: str, offer: Offer, report: Callable[[str], None]) -> None:
+                 node: str, offer: Offer, report: Callable[[str], None],
+                 key: str = "") -> None:
         self.redis = redis
+        self.daemon = _DAEMON  # this process's id in its beats
+        self.cluster = settings.name
+        self.key = key  # the cluster key's fingerprint, in the beat
+        self.duplicate: str | None = None  # why it does not join: another daemon is it
+        self._holder: tuple[str, int] | None = None  # that daemon's id and incarnation
         self.scripts = scripts
         self.keys = keys
         self.node = node
@@ -106,18 +139,80 @@ class Membership:
         capacity, load, agents = self.offer()
         room, placed, draining = self.places() if self.places is not None else (0, [], False)
         return msgspec.json.encode(Beat(self.node, self.incarnation, capacity, load, agents,
-                                        time.time(), room, placed, draining))
+                                        time.time(), room, placed, draining, self.daemon,
+                                        os.getpid(), socket.gethostname(), self.key))
+
+    def _one_daemon(self) -> list[Any]:
+        """What JOIN and BEAT need to tell another daemon of this node name."""
+        return [self.daemon, self.keys.alive("")]
+
+    async def holder(self) -> Beat | None:
+        """Another daemon's beat as this node, while its incarnation is alive."""
+        raw = await self.redis.hget(self.keys.nodes, self.node)
+        if raw is None:
+            return None
+        b = _beat.decode(raw)
+        if b.daemon == self.daemon or not await self.redis.exists(
+                self.keys.alive(consumer(b.node, b.incarnation))):
+            return None
+        return b
+
+    async def check_unique(self) -> None:
+        """At start: RuntimeError naming the holder while another daemon is this node.
+        A holder that beats no more within TTL + a beat (its daemon was killed, and its
+        key is yet to expire) is waited out, not refused."""
+        first = await self.holder()
+        if first is None:
+            return
+        self.report(f"cluster: node {self.node} was incarnation {first.incarnation} (pid "
+                    f"{first.pid} on host {first.host}) {time.time() - first.last_beat:.1f}"
+                    " s ago: waiting for it to beat again (another daemon) or to expire")
+        deadline = time.monotonic() + self.ttl + self.beat
+        while time.monotonic() < deadline:
+            await asyncio.sleep(self.beat / 4)
+            now = await self.holder()
+            if now is None:
+                return
+            if now.incarnation != first.incarnation or now.last_beat != first.last_beat:
+                raise RuntimeError(holder_text(now, self.cluster))
+        now = await self.holder()
+        if now is not None:
+            raise RuntimeError(holder_text(now, self.cluster))
+
+    def _another(self, got: Any) -> bool:
+        """JOIN's or BEAT's answer is another daemon's beat: said once per holder."""
+        if not isinstance(got, bytes | str):
+            if self.duplicate is not None:
+                self.report(f"cluster: node {self.node}: no other daemon is it any more")
+            self.duplicate, self._holder = None, None
+            return False
+        b = _beat.decode(got)
+        text = holder_text(b, self.cluster)
+        if self._holder != (b.daemon, b.incarnation):
+            self._holder = (b.daemon, b.incarnation)
+            self.report(f"cluster: this daemon does not join: {text}")
+        self.duplicate = text
+        return True
 
     @property
     def _ttl_ms(self) -> int:
         return int(self.ttl * 1000)
 
     async def join(self) -> None:
+        other = await self.holder()
+        if other is not None:  # (checked again by JOIN itself, atomically)
+            self._another(msgspec.json.encode(other))
+            self.state = "duplicate"
+            return
         inc = int(await self.redis.incr(self.keys.incarnations(self.node)))
         name = consumer(self.node, inc)
         self.incarnation, self.consumer = inc, name
         ok = await self.scripts.join(keys=[self.keys.alive(name), self.keys.nodes],
-                                     args=[self.node, self._beat_json(), self._ttl_ms])
+                                     args=[self.node, self._beat_json(), self._ttl_ms,
+                                           *self._one_daemon()])
+        if self._another(ok):
+            self.state = "duplicate"
+            return
         if not ok:  # pragma: no cover - an incarnation number is never given twice
             raise RuntimeError(f"incarnation {name} is already alive")
         self.renewed = time.monotonic()
@@ -130,7 +225,16 @@ class Membership:
 
     async def renew(self) -> bool:
         ok = await self.scripts.beat(keys=[self.keys.alive(self.consumer), self.keys.nodes],
-                                     args=[self.node, self._beat_json(), self._ttl_ms])
+                                     args=[self.node, self._beat_json(), self._ttl_ms,
+                                           *self._one_daemon()])
+        if self._another(ok):
+            # two daemons joined as one node (Redis was away when this one started): the
+            # one that finds the other yields; its key goes now, so its tasks are the
+            # cluster's at once
+            self.fence(self.duplicate or "another daemon is this node")
+            self.state = "duplicate"
+            await self.redis.delete(self.keys.alive(self.consumer))
+            return True
         if ok:
             self.renewed = time.monotonic()
         return bool(ok)
@@ -201,7 +305,7 @@ class Membership:
         alive = await self.alive([consumer(b.node, b.incarnation) for b in beats])
         return [NodeView(b.node, consumer(b.node, b.incarnation) in alive, b.incarnation,
                          b.load, b.agents, b.last_beat, b.capacity, b.room, b.placed,
-                         b.draining) for b in beats]
+                         b.draining, b.pid, b.host, b.key) for b in beats]
 
     async def alive(self, consumers: list[str]) -> set[str]:
         """Which of these consumers' liveness keys exist now."""

@@ -21,7 +21,7 @@ from ..supervisor.config import AgentSpec, ClusterSettings
 from ..supervisor.core import Supervisor
 from ..supervisor.tasks import TERMINAL, TaskError, TaskManager, TaskStatus, is_task_id
 from ..timeouts import cancel_all, within
-from . import records
+from . import records, redischeck
 from .backlog import Backlog
 from .connection import connect, shown, unavailable, why
 from .declared import Declared
@@ -37,6 +37,7 @@ from .reaper import Reaper
 from .retention import Retention
 from .scripts import Scripts
 from .specs import ClusterSpecs, Describe, Entry
+from .trust import Trust
 
 
 def node_name(settings: ClusterSettings) -> str:
@@ -48,7 +49,8 @@ class ClusterNode:
                  queue: ClusterQueue, report: Callable[[str], None],
                  prepare: Callable[[AgentSpec], None] = lambda spec: None,
                  apply: Callable[[str, AgentSpec], Awaitable[None]] | None = None,
-                 describe: Describe = lambda old, new: "changed") -> None:
+                 describe: Describe = lambda old, new: "changed",
+                 key: bytes | None = None) -> None:
         self.settings = settings
         self.host = host
         self.tasks = tasks
@@ -58,22 +60,24 @@ class ClusterNode:
         self.redis = connect(settings, self.node)
         self.keys = Keys(settings.name)
         self.scripts = scripts = Scripts(self.redis)
+        # `key`: [cluster] key_file's (trust.load_key), None without one
+        self.trust = trust = Trust(key, settings.name, report)
         self.membership = Membership(self.redis, scripts, self.keys, settings, self.node,
-                                     self._offer, report)
+                                     self._offer, report, trust.fingerprint)
         self.desk = ClusterDesk(self.redis, scripts, self.keys, settings, self.membership,
-                                host, report)
+                                host, report, trust)
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report)
         self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
-                             report, settings.tasks_kept_for)
+                             report, settings.tasks_kept_for, trust)
         self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
-                             settings.tasks_kept_for)
+                             settings.tasks_kept_for, trust)
         self.retention = Retention(self.redis, scripts, self.keys, self.membership,
                                    settings)
         self.backlog = Backlog(self.redis, self.keys, host)
         self.events = EventRelay(self.redis, self.keys, self.node, host.events,
                                  settings.beat, report)
-        self.specs = ClusterSpecs(self.redis, scripts, self.keys, describe)
+        self.specs = ClusterSpecs(self.redis, scripts, self.keys, describe, trust)
         self.declared = Declared(self.redis, self.keys, self.specs, self.node, describe,
                                  report)
         self.placement = Placement(self.redis, scripts, self.keys, self.membership, host,
@@ -84,6 +88,9 @@ class ClusterNode:
         self.membership.on_fence.append(self._fenced)
         self._loops: list[asyncio.Task[None]] = []
         self.draining = False  # asked to drain (`corral drain`): it takes nothing new
+        # what Redis's configuration risks (redischeck.py), as last read
+        self.redis_warnings: list[str] = []
+        self._beats = 0
 
     async def _apply(self, name: str, spec: AgentSpec) -> None:
         """A changed spec, without the daemon's fleet (all at once)."""
@@ -155,9 +162,22 @@ class ClusterNode:
                     await self.reaper.reap(streams)
                     await self.retention.step(streams)
                     await self._drain_step()
+                    if self._beats % redischeck.CHECK_BEATS == 0:
+                        await self._check_redis()
+                    self._beats += 1
                 except RedisError as exc:
                     self.report(f"cluster: the beat's reaping: {why(exc)}")
             await asyncio.sleep(self.settings.beat)
+
+    async def _check_redis(self) -> None:
+        """Said in the log when what Redis risks changes (at the first beat: at all)."""
+        now = await redischeck.warnings(self.redis)
+        if now != self.redis_warnings:
+            for line in now:
+                self.report(f"cluster: warning: {line}")
+            if self.redis_warnings and not now:
+                self.report("cluster: Redis's configuration is now as docs/cluster.md asks")
+            self.redis_warnings = now
 
     async def _drain_step(self) -> None:
         """Asked to drain: read no more tasks, let the cluster place this node's cluster
@@ -384,7 +404,9 @@ class ClusterNode:
                 got = await self.scripts.cancel(
                     keys=[self.keys.task(task_id), self.keys.attempts(task_id), rec[0],
                           self.keys.outcomes, *self.keys.listed],
-                    args=[task_id, repr(time.time()), error, int(self.settings.tasks_kept_for)])
+                    args=[task_id, repr(time.time()), error,
+                          int(self.settings.tasks_kept_for),
+                          self.trust.outcome(task_id, "0", "cancelled", b"", error)])
             except RedisError as exc:
                 raise unavailable(self.settings.redis, exc,
                                   f"task {task_id} was not cancelled") from None
@@ -423,5 +445,6 @@ class ClusterNode:
                 "outbox": len(self.outbox.pending), "late_writes_refused": self.outbox.refused,
                 "requeued": self.reaper.requeued, "lost": self.reaper.lost,
                 "orphans": self.reaper.orphans, "retention": self.retention.status(),
-                "agents": self.placement.status(),
+                "agents": self.placement.status(), "trust": self.trust.status(),
+                "redis_warnings": self.redis_warnings,
                 "events": self.events.status(), "woken": self.backlog.woken}

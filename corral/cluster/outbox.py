@@ -24,6 +24,7 @@ from .connection import why
 from .keys import Keys
 from .queue import ClusterQueue, ClusterTask
 from .scripts import Scripts
+from .trust import Trust
 
 BATCH = 256  # outcomes written in one round trip (a pipeline of script calls)
 # an output up to this size rides along on the outcomes stream, which every node reads:
@@ -34,9 +35,10 @@ _json = msgspec.json.Encoder().encode
 
 class Outbox:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, node: str, beat: float,
-                 queue: ClusterQueue, report: Callable[[str], None], kept_for: float
-                 ) -> None:
+                 queue: ClusterQueue, report: Callable[[str], None], kept_for: float,
+                 trust: Trust) -> None:
         self.redis = redis
+        self.trust = trust  # signs each outcome: a client believes only a signed one
         self.scripts = scripts
         self.keys = keys
         self.node = node
@@ -60,10 +62,11 @@ class Outbox:
         err = task.error
         output = b"" if task.raw_output is None else bytes(task.raw_output)
         inline = task.base == 0 and len(output) <= INLINE_OUTPUT
-        args = [task.token, task.id, str(task.status), output,
-                b"" if err is None else records.error_json(err), repr(task.finished),
+        status, error = str(task.status), b"" if err is None else records.error_json(err)
+        args = [task.token, task.id, status, output, error, repr(task.finished),
                 task.entry, task.base, self.kept_for, task.retries_left,
                 "1" if inline else "0",
+                self.trust.outcome(task.id, task.token, status, output, error),
                 *(records.attempt_json(a, self.node) for a in task.attempts)]
         self.pending.append((task, args))
         self._kick.set()

@@ -11,6 +11,10 @@ nothing else: a node that lost a slot stops the replica. The slots of a dead inc
 are re-placed only once Redis has answered for TTL + a beat (Membership.settled), so a
 Redis restart moves nothing.
 
+A table is placed and run only when its MAC verifies with the cluster key (trust.py): one
+a Redis writer without the key wrote is refused, and where a table that verified runs
+here, it goes on as it was.
+
 A cluster agent's checkpoints go to Redis by slot, fenced by the placement (only the
 incarnation a slot is placed on writes it, scripts.CHECKPOINT); a replica placed on
 another node starts with the state its slot last checkpointed.
@@ -33,6 +37,7 @@ from .declared import Declared
 from .keys import Keys
 from .membership import Membership, NodeView
 from .scripts import Scripts
+from .trust import AGENT
 
 
 class Placed(msgspec.Struct):
@@ -97,6 +102,9 @@ class Placement:
         self.beat = beat
         self.report = report
         self.placed: dict[str, list[int]] = {}  # agent -> its slots run here, in order
+        # every cluster agent's slots as this node last read them (a beat old at most):
+        # the incarnation each is placed on, None waiting for a node with room
+        self.slots: dict[str, list[str | None]] = {}
         self.tables: dict[str, bytes] = {}  # agent -> the table (JSON) run here
         self.draining = False
         self.placements = 0  # placements this node wrote
@@ -134,13 +142,15 @@ class Placement:
             return
 
         async def both() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.redis.pipeline(transaction=True)
             pipe.hgetall(self.keys.cluster_agents)
             pipe.hgetall(self.keys.placement)
+            pipe.hgetall(self.keys.agent_macs)
             return list(await pipe.execute())
 
-        raw_tables, raw_places = await read(both)
-        tables = {k.decode(): v for k, v in raw_tables.items()}
+        raw_tables, raw_places, macs = await read(both)
+        tables = self._verified({k.decode(): v for k, v in raw_tables.items()},
+                                {k.decode(): v for k, v in macs.items()})
         places = {k.decode(): _placed.decode(v) for k, v in raw_places.items()}
         if tables:
             nodes = await m.nodes()
@@ -162,7 +172,29 @@ class Placement:
                                 f"{', '.join(s or '-' for s in slots)}")
                 elif epoch == 0:
                     self.lost_races += 1  # read again at the next beat
+        self.slots = {n: places.get(n, Placed()).slots for n in sorted(tables)}
         await self._reconcile(tables, places)
+
+    def _verified(self, tables: dict[str, bytes], macs: dict[str, bytes]
+                  ) -> dict[str, bytes]:
+        """The tables whose MAC verifies; for one that does not, the table that last
+        did and runs here (its replicas go on unchanged), else none (never placed, never
+        run here)."""
+        trust = self.declared.specs.trust
+        out: dict[str, bytes] = {}
+        for name, raw in tables.items():
+            mac = macs.get(name)
+            if trust.valid(mac, AGENT, name, raw):
+                out[name] = raw
+                continue
+            last = self.tables.get(name)
+            trust.refuse(AGENT, name, mac,
+                         "never placed or run (its replicas here go on with the table "
+                         "that last verified)" if last is not None else
+                         "never placed or run")
+            if last is not None:
+                out[name] = last
+        return out
 
     async def _reconcile(self, tables: dict[str, bytes], places: dict[str, Placed]
                          ) -> None:

@@ -77,6 +77,9 @@ class ClusterQueue:
     def recover(self, tasks: Iterable[Task]) -> None:
         self._local.recover(tasks)
 
+    def position(self, task: Task) -> int | None:
+        return self._local.position(task)
+
     # -- for the pullers ----------------------------------------------------------------
     def wanted(self, agent: AgentLike) -> int:
         """How many cluster tasks this node should read for `agent` now: its free slots

@@ -28,6 +28,7 @@ from .keys import GROUP, Keys, split_consumer
 from .membership import Membership
 from .queue import ClusterTask
 from .scripts import Scripts
+from .trust import Trust
 
 PAGE = 100  # pending entries looked at per stream and dead consumer in one beat
 # an entry its live owner neither runs nor refreshed for this many beats is an orphan
@@ -37,8 +38,9 @@ ORPHAN_BEATS = 3
 
 class Reaper:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
-                 report: Callable[[str], None], kept_for: float) -> None:
+                 report: Callable[[str], None], kept_for: float, trust: Trust) -> None:
         self.redis = redis
+        self.trust = trust  # signs the outcome of a task it ends (lost, cancelled)
         self.scripts = scripts
         self.keys = keys
         self.membership = membership
@@ -110,7 +112,9 @@ class Reaper:
                 keys=[self.keys.task(tid), self.keys.attempts(tid), stream,
                       self.keys.outcomes, self.keys.alive(dead), *self.keys.listed],
                 args=[tid, entry, dead, repr(time.time()), reason, self.kept_for, error,
-                      "orphan" if orphans else "dead", cancelled])
+                      "orphan" if orphans else "dead", cancelled,
+                      self.trust.outcome(tid, "0", "lost", b"", error),
+                      self.trust.outcome(tid, "0", "cancelled", b"", cancelled)])
             if got == b"requeued" and orphans:
                 self.orphans += 1
                 self.report(f"cluster: task {tid} queued again ({reason})")

@@ -96,12 +96,14 @@ return {{token, base, v[1], v[2], v[3], v[4], v[5]}}
 #       entry, attempts before the claim, seconds a finished record is kept,
 #       retries_left, '1' when the outcome rides along on the outcomes stream (small, and
 #       every attempt is this node's: the waiting client needs no read of the record),
-#       then this node's attempts (JSON each)
+#       the outcome's MAC (trust.OUTCOME: over the task id, the token, status, output and
+#       error; kept in the record and on the stream), then this node's attempts (JSON
+#       each)
 FINISH = f"""
 local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
 if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished', ARGV[6],
-  'retries_left', ARGV[10])
+  'retries_left', ARGV[10], 'mac', ARGV[12])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'output', ARGV[4]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
 local base = tonumber(ARGV[8])
@@ -111,7 +113,7 @@ else
   redis.call('LTRIM', KEYS[2], 0, base - 1)
 end
 local attempts = {{}}
-for i = 12, #ARGV do
+for i = 13, #ARGV do
   redis.call('RPUSH', KEYS[2], ARGV[i])
   attempts[#attempts + 1] = ARGV[i]
 end
@@ -120,7 +122,8 @@ redis.call('XDEL', KEYS[3], ARGV[7])
 if ARGV[11] == '1' then
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[2],
     'status', ARGV[3], 'output', ARGV[4], 'error', ARGV[5],
-    'attempts', '[' .. table.concat(attempts, ',') .. ']')
+    'attempts', '[' .. table.concat(attempts, ',') .. ']', 'fence', ARGV[1],
+    'mac', ARGV[12])
 else
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[2])
 end
@@ -169,7 +172,8 @@ end"""
 # KEYS: task, attempts, stream, outcomes, the dead consumer's liveness key, live and
 #       finished tasks (listed)
 # ARGV: task_id, entry, dead consumer, now, reason, seconds a finished record is kept,
-#       error JSON (ends lost), 'dead' or 'orphan', error JSON (ends cancelled)
+#       error JSON (ends lost), 'dead' or 'orphan', error JSON (ends cancelled), the
+#       MACs of the outcome ending lost and ending cancelled (trust.OUTCOME, fence 0)
 # -> 'requeued', 'lost', 'cancelled', or false (nothing to do)
 TAKEOVER = f"""
 local orphan = ARGV[8] == 'orphan'
@@ -203,10 +207,10 @@ if not asked and (orphan or retries > 0) then
   if not orphan then redis.call('HSET', KEYS[1], 'retries_left', retries - 1) end
   return 'requeued'
 end
-local status, err = 'lost', ARGV[7]
-if asked then status, err = 'cancelled', ARGV[9] end
+local status, err, mac = 'lost', ARGV[7], ARGV[10] or ''
+if asked then status, err, mac = 'cancelled', ARGV[9], ARGV[11] or '' end
 redis.call('HSET', KEYS[1], 'status', status, 'fence', '0', 'finished', ARGV[4],
-  'error', err)
+  'error', err, 'mac', mac)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
 {_ended('ARGV[1]', 'ARGV[6]', 6)}
 return status
@@ -232,14 +236,15 @@ return 1
 # one is marked, and the node running it cancels it at its next beat (its outcome, then,
 # is written through the fence like any other).
 # KEYS: task, attempts, stream, outcomes, live and finished tasks (listed); ARGV: task_id,
-# now, error JSON, seconds a finished record is kept -> 'cancelled', 'asked',
+# now, error JSON, seconds a finished record is kept, the MAC of the outcome
+# (trust.OUTCOME, fence 0) -> 'cancelled', 'asked',
 # 'ended:STATUS' (it had already finished), or false (no such task)
 CANCEL = f"""
 local rec = redis.call('HMGET', KEYS[1], 'status', 'entry')
 if not rec[1] then return false end
 if rec[1] == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', ARGV[2], 'error', ARGV[3],
-    'fence', '0')
+    'fence', '0', 'mac', ARGV[5] or '')
   redis.call('XACK', KEYS[3], '{GROUP}', rec[2])
   redis.call('XDEL', KEYS[3], rec[2])
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[1])
@@ -253,10 +258,24 @@ end
 return 'ended:' .. rec[1]
 """
 
-# Membership. JOIN: a new incarnation's liveness key (NX: never another's) and its entry
-# in the nodes hash. KEYS: alive, nodes; ARGV: node, beat JSON, ttl ms -> 1, or 0 when
-# the key was somehow there.
-JOIN = """
+# Membership: one daemon per node name. A beat in the nodes hash from another daemon
+# (its id in the beat) whose incarnation's liveness key exists means that daemon is the
+# node: JOIN and BEAT then return that beat (JSON) and change nothing.
+# KEYS: alive, nodes; ARGV: node, beat JSON, ttl ms, this daemon's id, the liveness keys'
+# prefix
+_ONE_DAEMON = """local cur = redis.call('HGET', KEYS[2], ARGV[1])
+if cur and ARGV[4] then
+  local b = cjson.decode(cur)
+  if b['daemon'] ~= ARGV[4] and redis.call('EXISTS', ARGV[5] .. ARGV[1] .. '/' ..
+      string.format('%d', b['incarnation'])) == 1 then
+    return cur
+  end
+end"""
+
+# JOIN: a new incarnation's liveness key (NX: never another's) and its entry in the nodes
+# hash -> 1, 0 when the key was somehow there, or another live daemon's beat.
+JOIN = f"""
+{_ONE_DAEMON}
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
@@ -264,8 +283,9 @@ return 1
 
 # BEAT: renewed only while it exists (XX): a key that expired means the cluster may
 # already have taken this incarnation's tasks, so it must not come back to life.
-# KEYS: alive, nodes; ARGV: node, beat JSON, ttl ms -> 1 renewed, 0 expired
-BEAT = """
+# -> 1 renewed, 0 expired, or another live daemon's beat
+BEAT = f"""
+{_ONE_DAEMON}
 if not redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
@@ -310,16 +330,17 @@ return 1
 """
 
 # ADD_AGENTS: cluster agents' tables, all or none (a name already there refuses all),
-# each with its first revision in its history.
-# KEYS: cluster agents, then each agent's history; ARGV: name, table JSON, revision 1
-# (JSON), name, ... -> '' or the name that exists
+# each with its MAC (trust.py) and its first revision in its history.
+# KEYS: cluster agents, their MACs, then each agent's history; ARGV: name, table JSON,
+# revision 1 (JSON), MAC, name, ... -> '' or the name that exists
 ADD_AGENTS = """
-for i = 1, #ARGV, 3 do
+for i = 1, #ARGV, 4 do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then return ARGV[i] end
 end
-for i = 1, #ARGV, 3 do
+for i = 1, #ARGV, 4 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  local history = KEYS[2 + (i - 1) / 3]
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 3])
+  local history = KEYS[3 + (i - 1) / 4]
   redis.call('DEL', history)
   redis.call('RPUSH', history, ARGV[i + 2])
 end
@@ -331,9 +352,9 @@ return ''
 # a stale read, or a placement computed from the old table, loses and reads again. The
 # slots stay; the nodes bring them to the new table at their next beat. Its history gets
 # the next revision (the entry's JSON after `{"revision":N,`, built by the caller), and
-# keeps the last ARGV[5].
-# KEYS: cluster agents, placement, history
-# ARGV: agent, expected epoch, table JSON, the entry's tail, revisions kept
+# keeps the last ARGV[5]. The table's MAC (trust.py) is written with it.
+# KEYS: cluster agents, placement, history, the tables' MACs
+# ARGV: agent, expected epoch, table JSON, the entry's tail, revisions kept, MAC
 #   -> the new revision; 0: the epoch moved on; -1: no such cluster agent
 SET_AGENT = f"""
 {_epoch_is(1, 2)}
@@ -341,6 +362,7 @@ local last = redis.call('LINDEX', KEYS[3], -1)
 local revision = 1
 if last then revision = cjson.decode(last)['revision'] + 1 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[6])
 if cur then
   redis.call('HSET', KEYS[2], ARGV[1],
              (string.gsub(cur, '^{{"epoch":%d+', '{{"epoch":' .. (epoch + 1), 1)))

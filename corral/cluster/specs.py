@@ -19,6 +19,7 @@ from ..supervisor.core import SupervisorError
 from .connection import read
 from .keys import Keys
 from .scripts import Scripts
+from .trust import AGENT, REVISION, Trust
 
 HISTORY_KEPT = 50  # revisions of a cluster agent kept in Redis
 RACES = 5  # compare-and-sets lost in a row before a change gives up
@@ -35,6 +36,7 @@ class Entry(msgspec.Struct):
     who: str
     change: str
     spec: Table
+    mac: str = ""  # over the agent's name and its spec (trust.REVISION)
 
 
 _entry = msgspec.json.Decoder(Entry)
@@ -56,23 +58,41 @@ def checked(name: str, table: Table, where: str) -> AgentSpec:
     return spec
 
 
+def unsigned(name: str) -> SupervisorError:
+    return SupervisorError(jsonrpc.CONFLICT, f"cluster agent {name}'s table in Redis is "
+                           "not signed with this node's cluster key (a Redis writer "
+                           "without the key made or changed it, or the nodes' key files "
+                           "differ): nothing changed; `corral rollback` it to a signed "
+                           "revision, or remove it and add it again")
+
+
 class ClusterSpecs:
-    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, describe: Describe) -> None:
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, describe: Describe,
+                 trust: Trust | None = None) -> None:
         self.redis = redis
         self.scripts = scripts
         self.keys = keys
         self.describe = describe
+        self.trust = trust or Trust(None, "", lambda _: None)
+
+    def table_mac(self, name: str, table: bytes) -> str:
+        return self.trust.sign(AGENT, name, table)
+
+    def revision_mac(self, name: str, table: Table) -> str:
+        return self.trust.sign(REVISION, name, encoded(table))
 
     async def add(self, tables: dict[str, Table], who: str) -> list[str]:
         """Cluster agents from their tables (checked by the caller), all or none; placed
         at the next beat of some node. SupervisorError (conflict) on a name taken."""
         now = time.time()
-        keys = [self.keys.cluster_agents]
+        keys = [self.keys.cluster_agents, self.keys.agent_macs]
         args: list[Any] = []
         for name, table in sorted(tables.items()):
             keys.append(self.keys.history(name))
-            args += [name, encoded(table), msgspec.json.encode(
-                Entry(1, now, who, self.describe(None, table), table))]
+            raw = encoded(table)
+            args += [name, raw, msgspec.json.encode(
+                Entry(1, now, who, self.describe(None, table), table,
+                      self.revision_mac(name, table))), self.table_mac(name, raw)]
         taken = await self.scripts.add_agents(keys=keys, args=args)
         if taken:
             name = taken.decode() if isinstance(taken, bytes) else str(taken)
@@ -81,43 +101,65 @@ class ClusterSpecs:
 
     async def read(self, name: str) -> tuple[Table | None, int]:
         """The agent's table (None: no such cluster agent) and its placement epoch, read
-        together."""
+        together; SupervisorError (conflict) when the table does not verify with the
+        cluster key."""
+        table, epoch, signed = await self.read_any(name)
+        if not signed:
+            raise unsigned(name)
+        return table, epoch
+
+    async def read_any(self, name: str) -> tuple[Table | None, int, bool]:
+        """As `read`, and whether the table verifies (True when there is none), rather
+        than refusing one that does not."""
 
         async def both() -> list[Any]:
             pipe = self.redis.pipeline(transaction=True)
             pipe.hget(self.keys.cluster_agents, name)
             pipe.hget(self.keys.placement, name)
+            pipe.hget(self.keys.agent_macs, name)
             return list(await pipe.execute())
 
-        raw, placed = await read(both)
+        raw, placed, mac = await read(both)
         epoch = int(msgspec.json.decode(placed)["epoch"]) if placed else 0
-        return (msgspec.json.decode(raw) if raw is not None else None), epoch
+        if raw is None:
+            return None, epoch, True
+        signed = self.trust.valid(mac, AGENT, name, raw)
+        if not signed:
+            self.trust.refuse(AGENT, name, mac, "no change is made from it")
+        return msgspec.json.decode(raw), epoch, signed
 
     async def change(self, name: str, make: Callable[[Table], Table], who: str,
-                     why: str | None = None) -> tuple[int, str]:
+                     why: str | None = None, *, replace: bool = False) -> tuple[int, str]:
         """The agent's table made anew from the current one by `make`, as its next
         revision, compare-and-set on the placement epoch (a lost race reads again and
         makes again); the revision now current and what changed. `make` raises
-        SupervisorError to refuse."""
+        SupervisorError to refuse. A current table that does not verify is refused,
+        unless `replace` (`make` does not build on it: a rollback, a config file's table),
+        which then writes even an equal table, signed."""
         for _ in range(RACES):
-            table, epoch = await self.read(name)
+            table, epoch, signed = await self.read_any(name)
             if table is None:
                 raise SupervisorError(jsonrpc.NOT_FOUND, f"no cluster agent {name}")
+            if not signed and not replace:
+                raise unsigned(name)
             new = make(table)
-            if encoded(new) == encoded(table):
+            if encoded(new) == encoded(table) and signed:
                 return await self.revision(name) or 0, "no change"
             try:
                 checked(name, new, f"cluster agent {name}")
             except ConfigError as exc:
                 raise SupervisorError(jsonrpc.INVALID_PARAMS, str(exc)) from None
-            change = self.describe(table, new)
+            change = (self.describe(table, new) if encoded(new) != encoded(table) else
+                      "signed anew (the table in Redis was not signed)")
             said = f"{why}: {change}" if why else change
-            tail = msgspec.json.encode(Entry(0, time.time(), who, said, new))
+            tail = msgspec.json.encode(Entry(0, time.time(), who, said, new,
+                                             self.revision_mac(name, new)))
             tail = tail[tail.index(b",") + 1:]  # after {"revision":0,
+            raw = encoded(new)
             got = int(await self.scripts.set_agent(
                 keys=[self.keys.cluster_agents, self.keys.placement,
-                      self.keys.history(name)],
-                args=[name, epoch, encoded(new), tail, HISTORY_KEPT]))
+                      self.keys.history(name), self.keys.agent_macs],
+                args=[name, epoch, raw, tail, HISTORY_KEPT, self.table_mac(name, raw)]))
             if got > 0:
                 return got, change
             if got < 0:
@@ -149,8 +191,15 @@ class ClusterSpecs:
             raise SupervisorError(jsonrpc.NOT_FOUND, f"no revision {target} of cluster "
                                   f"agent {name} (kept: {min(kept)}..{current}; see "
                                   f"`corral history {name}`)")
+        if not self.trust.valid(entry.mac, REVISION, name, encoded(entry.spec)):
+            self.trust.refuse(REVISION, f"{name} revision {target}", entry.mac,
+                              "not restored")
+            raise SupervisorError(jsonrpc.CONFLICT, f"revision {target} of cluster agent "
+                                  f"{name} is not signed with this node's cluster key (a "
+                                  "Redis writer without the key made or changed it): "
+                                  "nothing changed")
         now, change = await self.change(name, lambda _: entry.spec, who,
-                                        f"rollback to revision {target}")
+                                        f"rollback to revision {target}", replace=True)
         return target, now, change
 
     async def remove(self, names: list[str]) -> list[str]:
@@ -162,6 +211,7 @@ class ClusterSpecs:
             pipe.hdel(self.keys.cluster_agents, n)
         for n in names:
             pipe.hdel(self.keys.placement, n)
+            pipe.hdel(self.keys.agent_macs, n)
             pipe.delete(self.keys.state(n), self.keys.history(n))
         got = await pipe.execute()
         return [n for n, g in zip(names, got[:len(names)], strict=True) if g]

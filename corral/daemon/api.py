@@ -399,7 +399,11 @@ def _targets(field: str, *, all_field: bool = False) -> Callable[[Any, Caller], 
 def _adding(params: Any, caller: Caller) -> None:
     if params.for_cluster:  # (a rule is asked of limited callers only)
         # the cluster's agents run on every node, past any one node's tenant quotas
-        raise _glob_refusal(caller, "may not add cluster agents")
+        named = [n for n, t in params.agents.items()
+                 if isinstance(t, dict) and t.get("placement") == "cluster"]
+        raise _glob_refusal(caller, "may not add cluster agents" + (
+            f' (agents.{named[0]}.placement: "cluster")' if named and not params.cluster
+            else ""))
     for name, table in params.agents.items():
         if caller.agents is not None and (name == RESERVED
                                           or not fnmatchcase(name, caller.agents)):
@@ -516,8 +520,8 @@ def _seen_keys(table: Mapping[str, Any], caller: Caller) -> dict[str, Any]:
 def _status_filter(result: Any, caller: Caller) -> Any:
     return _servers_filter("mcp_servers")(_replace(
         result, agents=[a for a in result.agents if caller.sees(a.name)],
-        tasks=_seen_keys(result.tasks, caller), elastic=_seen_keys(result.elastic, caller)),
-        caller)
+        tasks=_seen_keys(result.tasks, caller), elastic=_seen_keys(result.elastic, caller),
+        cluster_slots=_seen_keys(result.cluster_slots, caller)), caller)
 
 
 def _stats_filter(result: Any, caller: Caller) -> Any:
@@ -639,6 +643,7 @@ AGENT_RULES: dict[str, AgentRule] = {
     "agents.describe": AgentRule(_one("name")),
     "agents.history": AgentRule(_one("name")),
     "agents.rollback": AgentRule(_one("name")),
+    "agents.update": AgentRule(_one("name")),
     "agents.add": AgentRule(_adding),
     "agents.remove": AgentRule(_targets("names")),
     "agents.scale": AgentRule(_one("name")),

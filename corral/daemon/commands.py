@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .. import __version__, jsonrpc
+from .. import __version__, jsonrpc, redact
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError, check_command, cluster_problem, parse_agents
 from ..supervisor.core import NoSuchAgent, start_each, stop_all
-from ..supervisor.lifecycle import SERVING, State
+from ..supervisor.lifecycle import RESTARTED, SERVING, State
 from ..text import plural
 from .api import SHARED, Caller, Channel, Handlers
 from .follow import drain
@@ -138,12 +138,19 @@ def owner_of(d: Services, kind: str, name: str) -> str | None:
 @implements("agents.status")
 async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Channel
                         ) -> m.AgentsStatusResult:
-    agents = [d.sup.agent(n) for n in p.names] if p.names else list(d.sup.agents.values())
+    placed = d.tasks.cluster.placement.slots if d.tasks.cluster is not None else {}
+    # a cluster agent with no slot on this node is named all the same: its slots are
+    # elsewhere
+    agents = ([d.sup.agent(n) for n in p.names if n in d.sup.agents or n not in placed]
+              if p.names else list(d.sup.agents.values()))
+    slots = {n: [s.split("/", 1)[0] if s else None for s in placed[n]]
+             for n in (p.names or sorted(placed)) if n in placed}
     servers = d.sup.mcp.status()
     if p.tenant is not None:
         if not d.sup.tenancy.known(p.tenant) or (caller.tenant not in (None, p.tenant)):
             raise jsonrpc.not_found("tenant", p.tenant)
         agents = [a for a in agents if a.spec.tenant == p.tenant]
+        slots = {n: v for n, v in slots.items() if owner_of(d, "agent", n) == p.tenant}
         # the servers the tenant's own callers see (Caller.sees_server): the operator's
         # view of a tenant is the tenant's view
         servers = [s for s in servers
@@ -154,6 +161,7 @@ async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Chann
         mcp_servers=_wire(servers),
         tasks=_wire({a.name: stats.get(a.name) for a in agents}),
         elastic=_elastic(d, agents),
+        cluster_slots=slots,
         notices=d.notices(),
     )
 
@@ -188,7 +196,9 @@ async def agents_start(d: Services, p: m.AgentsStart, caller: Caller, c: Channel
     targets = _targets(d, p.names, p.all)
     # paced, as stops are: a thousand starts begun in one turn stall the loop
     await start_each(_replicas(targets))
-    return m.Started(started=[_label(a, i) for a, i in targets])
+    asleep = [(a, i) for a, i in targets if i is None and not a.replicas]
+    return m.Started(started=[_label(a, i) for a, i in targets if (a, i) not in asleep],
+                     asleep=[_label(a, i) for a, i in asleep])
 
 
 @implements("agents.stop")
@@ -208,7 +218,7 @@ async def agents_restart(d: Services, p: m.AgentsRestart,
                                for a, i in targets))
     else:
         reps = _replicas(targets)
-        await stop_all(reps, "restarting")
+        await stop_all(reps, RESTARTED)
         await start_each(reps)
     return m.Restarted(restarted=[_label(a, i) for a, i in targets])
 
@@ -274,8 +284,8 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
                           caller: Caller, c: Channel) -> m.DescribeResult:
     agent = d.sup.agent(p.name)
     spec = agent.spec
-    fields = msgspec.structs.asdict(spec)
-    # values of the environment may be secrets: the keys say what is set
+    # shown by the one rule (redact.py); env as its keys alone, which say what is set
+    fields = redact.table(msgspec.structs.asdict(spec))
     fields["env"] = sorted(spec.env)
     fields["limits"] = msgspec.structs.asdict(spec.limits)
     node = d.tasks.cluster if spec.placement == "cluster" else None
@@ -297,7 +307,8 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
 async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel) -> m.Added:
     if p.for_cluster:
         return m.Added(added=await add_cluster_agents(d, p, caller.who))
-    return m.Added(added=await d.fleet.add(p.agents, caller.who, check=p.check))
+    return m.Added(added=await d.fleet.add(p.agents, caller.who, check=p.check,
+                                           tenant=caller.tenant))
 
 
 async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]:
@@ -371,7 +382,7 @@ async def agents_history(d: Services, p: m.AgentsHistory,
     node = await _cluster_agent(d, p.name)
     if node is not None:  # the cluster's revisions, the same on every node
         kept = [m.Revision(agent=p.name, revision=e.revision, time=e.time, who=e.who,
-                           change=e.change, spec=e.spec)
+                           change=e.change, spec=redact.table(e.spec))
                 for e in await node.agent_history(p.name)]
         # the newest `limit`, as the local agents' (kept[-0:] would be every one)
         return m.HistoryResult(name=p.name, current=kept[-1].revision if kept else None,
@@ -381,18 +392,37 @@ async def agents_history(d: Services, p: m.AgentsHistory,
     scaling = [m.ScalingDecision(time=s.time, previous=s.previous, replicas=s.replicas,
                                  desired=s.desired, direction=s.direction, reason=s.reason)
                for s in d.sup.elastic.decisions.get(p.name, ())]
-    return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name), revisions=_wire(revs),
-                           scaling=scaling[-row_limit(p.limit):])
+    # the store keeps the real values (a rollback runs them); the answer, the rule's
+    shown = [msgspec.structs.replace(r, spec=redact.table(r.spec)) for r in revs]
+    return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name),
+                           revisions=_wire(shown), scaling=scaling[-row_limit(p.limit):])
+
+
+@implements("agents.update")
+async def agents_update(d: Services, p: m.AgentsUpdate, caller: Caller, c: Channel
+                        ) -> m.Updated:
+    change = await d.fleet.update(p.name, p.set, caller.who, check=p.check,
+                                  tenant=caller.tenant)
+    return m.Updated(name=p.name, change=change, revision=None if change == "no change"
+                     else d.fleet.revision_of(p.name))
 
 
 @implements("agents.rollback")
 async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: Channel
                           ) -> m.RollbackResult:
+    if p.release is not None and p.revision is not None:
+        raise RpcError(jsonrpc.INVALID_PARAMS, "name a revision or a release, not both")
     node = await _cluster_agent(d, p.name)
     if node is not None:
+        if caller.tenant is not None:  # (one it sees is placed here: refused by placement)
+            d.fleet.held_to(d.sup.agent(p.name).spec, caller.who, caller.tenant)
+        if p.release is not None:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"{p.name} is a cluster agent: it has no "
+                                                   "releases; name a revision")
         target, now, change = await node.rollback_agent(p.name, p.revision, caller.who)
         return m.RollbackResult(name=p.name, restored=target, revision=now, change=change)
-    target, change = await d.fleet.rollback(p.name, p.revision, caller.who)
+    target, change = await d.fleet.rollback(p.name, p.revision, caller.who, p.release,
+                                            tenant=caller.tenant)
     return m.RollbackResult(name=p.name, restored=target,
                             revision=d.fleet.revision_of(p.name), change=change)
 
@@ -400,25 +430,45 @@ async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: C
 @implements("audit.list")
 async def audit_list(d: Services, p: m.AuditList, caller: Caller, c: Channel) -> m.AuditResult:
     return m.AuditResult(entries=[
+        # rows are written by the rule already; read by it too, for rows an earlier
+        # corral wrote with the values in them
         m.AuditEntry(time=t, uid=uid, pid=pid, method=method,
-                     params=msgspec.json.decode(params), outcome=outcome, who=who,
-                     tenant=tenant)
+                     params=redact.params(method, msgspec.json.decode(params)),
+                     outcome=outcome, who=who, tenant=tenant)
         for t, uid, pid, method, params, outcome, who, tenant in d.store.audit_log(
             row_limit(p.limit))])
 
 
 @implements("logs.tail")
 async def logs_tail(d: Services, p: m.LogsTail, caller: Caller, c: Channel) -> m.LogLines:
-    sources, keep = _log_sources(d, p.names)
+    sources, keep = _log_sources(d, p)
     if keep is None:
         return m.LogLines(lines=d.hub.tail(sources, p.lines, p.since))
-    # one replica's lines: filtered from its agent's tail, which holds every replica's
+    # one replica's lines, or those a filter keeps: from the sources' whole tails
     lines = [ln for ln in d.hub.tail(sources, d.hub.tail_lines, p.since) if keep(ln)]
     return m.LogLines(lines=lines[-p.lines:] if p.lines > 0 else [])
 
 
-def _log_sources(d: Services, names: list[str]
+def _log_sources(d: Services, p: m.LogsTail
                  ) -> tuple[list[str], Callable[[m.LogLine], bool] | None]:
+    """The sources to read for NAME / NAME#N targets, and a filter when a replica, a
+    text (`grep`) or streams are named (None: every line of the sources)."""
+    by_replica = _replica_sources(d, p.names)
+    sources, replica_keep = by_replica
+    text, streams = p.grep, frozenset(p.streams)
+    if text is None and not streams:
+        return by_replica
+
+    def keep(line: m.LogLine) -> bool:
+        return ((replica_keep is None or replica_keep(line))
+                and (not streams or line.stream in streams)
+                and (text is None or text in line.text))
+
+    return sources, keep
+
+
+def _replica_sources(d: Services, names: list[str]
+                     ) -> tuple[list[str], Callable[[m.LogLine], bool] | None]:
     """The sources to read for NAME / NAME#N targets, and a filter when a replica is
     named (None: every line of the sources)."""
     sources: list[str] = []
@@ -451,7 +501,7 @@ def _log_sources(d: Services, names: list[str]
 @implements("logs.follow")
 async def logs_follow(d: Services, p: m.LogsFollow, caller: Caller, c: Channel) -> None:
     """Streams until the client goes away (the Peer then cancels this task)."""
-    sources, keep = _log_sources(d, p.names)
+    sources, keep = _log_sources(d, p)
     follower = d.hub.follow(sources)
 
     def send_some() -> None:
@@ -536,7 +586,8 @@ async def nodes_list(d: Services, p: m.NodesList, caller: Caller, c: Channel
     if d.tasks.cluster is None:
         raise RpcError(jsonrpc.CONFLICT, "this daemon is not a node of a cluster (its "
                                          "config has no [cluster] table)")
-    return {"nodes": await d.tasks.cluster.nodes()}
+    return {"nodes": await d.tasks.cluster.nodes(),
+            "warnings": d.tasks.cluster.redis_warnings}
 
 
 @implements("nodes.drain")
@@ -632,7 +683,7 @@ async def _each_instance(d: Services, name: str, verb: str) -> m.McpInstances:
     entry = d.sup.mcp.server(name)
     insts = entry.all()
     if verb in ("stop", "restart"):
-        await asyncio.gather(*(i.stop("stopped" if verb == "stop" else "restarting")
+        await asyncio.gather(*(i.stop("stopped" if verb == "stop" else RESTARTED)
                                for i in insts))
     if verb in ("start", "restart"):
         for i in insts:

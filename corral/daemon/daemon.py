@@ -30,11 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .. import __version__
+from .. import __version__, redact
 from ..jsonrpc import LineBlock
 from ..methods import Drained, ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from ..supervisor.config import (
+    ClusterSettings,
     Config,
     ConfigError,
     check_sandboxes,
@@ -52,6 +53,7 @@ from ..supervisor.tasks import TaskRecord
 from ..supervisor.tasks.budget import DAY
 from ..supervisor.tenantcgroups import TenantOomKill
 from ..text import plural
+from ..timeouts import within
 from . import journald
 from .api import Caller, Dispatcher
 from .background import Background
@@ -350,7 +352,9 @@ class Daemon:
                                                       task_queue, hub.daemon,
                                                       prepare=fleet.fill_paths,
                                                       apply=fleet.apply_spec,
-                                                      describe=describe_change)
+                                                      describe=describe_change,
+                                                      key=self._cluster_key(cfg.cluster))
+            await self._one_node(self.cluster, hub)
         history = History(sup, store, cfg.http)
         packages = Packages(cfg.packages, Path(cfg.packages.dir) if cfg.packages.dir
                             else paths.state_dir / "packages", sup, store, revisions, fleet,
@@ -407,6 +411,33 @@ class Daemon:
             desk.cluster.start()
         self._check_ready()
         return services
+
+    def _cluster_key(self, settings: ClusterSettings) -> bytes | None:
+        """[cluster] key_file's key (decision 162); None, said loudly, without one."""
+        from ..cluster.trust import NO_KEY_WARNING, load_key
+        if settings.key_file is None:
+            self.hub.daemon(f"WARNING: cluster {settings.name}: {NO_KEY_WARNING}",
+                            priority=4)
+            return None
+        try:
+            return load_key(resolve(self.config_path.parent, settings.key_file)
+                            or Path(settings.key_file))
+        except ConfigError as exc:
+            raise StartupError(f"invalid config: {exc}") from None
+
+    async def _one_node(self, node: ClusterNode, hub: LogHub) -> None:
+        """One daemon per node name (decision 163): refused at start while another
+        daemon is this node; Redis away, the membership loop checks at each join."""
+        from redis.exceptions import RedisError
+        try:
+            await within(node.membership.check_unique(), 2 * node.settings.node_ttl
+                         + node.settings.beat)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot start as a node of cluster {node.settings.name}: "
+                               f"{exc}") from None
+        except (RedisError, OSError, TimeoutError) as exc:
+            hub.daemon(f"cluster: whether another daemon is node {node.node} cannot be "
+                       f"told now ({type(exc).__name__}: {exc}); it is asked at each join")
 
     async def _open_store(self, stack: contextlib.AsyncExitStack, state_dir: Path,
                           cfg: Config
@@ -686,10 +717,12 @@ class Daemon:
         """A command's audit row, whatever front end it came by: in the daemon log, and
         the audit table through the store's writer, so a row that cannot be written never
         changes the command's answer (it is kept and written when the database can be:
-        StoreWriter)."""
-        text = f"{caller.who}: {method} {msgspec.json.encode(params).decode()} -> {outcome}"
+        StoreWriter). Params that carry specs are written by the one rule (redact.py):
+        neither the table nor the log holds a secret value."""
+        shown = redact.params(method, params)
+        text = f"{caller.who}: {method} {msgspec.json.encode(shown).decode()} -> {outcome}"
         self.hub.daemon(text, "audit")
-        self.store.audit(caller.uid, caller.pid, method, params, outcome,
+        self.store.audit(caller.uid, caller.pid, method, shown, outcome,
                          caller.who if caller.token is not None else None, caller.tenant)
 
     def _gateway_audit(self, client: str, tool: str, outcome: str,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from ..supervisor.config import (
     GatewaySettings,
     check_command,
     check_sandboxes,
+    default_cwd,
     isolation_problem,
     parse_agents,
 )
@@ -38,6 +39,7 @@ from ..supervisor.elastic import scale_refusal
 from ..supervisor.names import name_problem, shown
 from ..supervisor.release import READY
 from ..text import plural
+from . import privilege
 from .revisions import (
     Revision,
     RevisionLog,
@@ -129,27 +131,70 @@ class Fleet:
                 else StateStore.forgetting_runtime_agent(name)]
 
     # -- commands ---------------------------------------------------------------------------
-    async def add(self, tables: dict[str, dict[str, Any]], who: str, *, check: bool
-                  ) -> list[str]:
-        """Add agents from [agents.NAME] tables, all or nothing; they outlive the daemon."""
-        if not tables:
-            raise RpcError(jsonrpc.INVALID_PARAMS, "no [agents.NAME] tables to add")
+    def _specs(self, tables: dict[str, dict[str, Any]], what: str, who: str, *,
+               check: bool, tenant: str | None) -> dict[str, AgentSpec]:
+        """The specs of runtime [agents.NAME] tables, as `add` and `update` take them:
+        held to a tenant's caller's tenant, commands checked, sandboxes possible;
+        INVALID_PARAMS (or FORBIDDEN) naming the key otherwise."""
         try:
-            specs = parse_agents({"agents": tables}, "agents.add")
+            specs = parse_agents({"agents": tables}, what)
             for name, spec in specs.items():
                 self.fill_cwd(spec)
+                self.held_to(spec, who, tenant)
                 why = check_command(spec) if check else None
                 if why:
-                    raise ConfigError(f"agents.add: agents.{name}.command: {why} "
-                                      "(--no-check to add it anyway)")
+                    raise ConfigError(f"{what}: agents.{name}.command: {why} "
+                                      f"(--no-check to {what.split('.')[-1]} it anyway)")
                 problem = isolation_problem(spec, self.gateway,
                                             self.sup.tenant_spec(spec.tenant))
                 if problem:
-                    raise ConfigError(f"agents.add: agents.{name}.{problem}")
-            check_sandboxes(specs, self.sup.sandbox_program, "agents.add",
+                    raise ConfigError(f"{what}: agents.{name}.{problem}")
+            check_sandboxes(specs, self.sup.sandbox_program, what,
                             self.sup.protected_paths, self.sup.tenancy.specs)
         except ConfigError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        return specs
+
+    async def update(self, name: str, changes: dict[str, Any], who: str, *, check: bool,
+                     tenant: str | None = None) -> str:
+        """Change a runtime agent in place: `changes` merged into its table as a JSON
+        merge patch (RFC 7386: a table merges key by key, null takes a key away), then a
+        new revision rolled out as a reload rolls one (replicas replaced one at a time,
+        each new one ready first); what it changed (`env.V changed, command changed`)."""
+        if name in self.from_config:
+            raise RpcError(jsonrpc.CONFLICT, f"agent {name} is declared in the config file: "
+                                             "change it there and `corral reload`")
+        if not changes:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "nothing to change")
+        made: list[Revision] = []
+        async with self.changing([name]):
+            agent = self.sup.agent(name)
+            if agent.spec.placement == "cluster":
+                raise RpcError(jsonrpc.CONFLICT, f"agent {name} is a cluster agent: change "
+                                                 "it with `corral add` of its new table")
+            table = merge_patch(self.store.runtime_agents().get(name, {}), changes)
+            spec = self._specs({name: table}, "agents.update", who, check=check,
+                               tenant=tenant)[name]
+            if spec.replicas != len(agent.replicas) and not spec.elastic:
+                self.sup.check_tenants({name: (spec.tenant, spec.replicas)},
+                                       f"updating {name}")
+            undo = self._as_kept_now(name)
+            await self._unit(
+                [StateStore.saving_runtime_agent(name, table),
+                 recording(spec, who, None, made)],
+                f"{name} was not updated", lambda: self.apply_spec(name, spec),
+                lambda: [*undo, *(unrecording(name, r.revision) for r in made)])
+        self.told(made)
+        return made[0].change if made else "no change"
+
+    async def add(self, tables: dict[str, dict[str, Any]], who: str, *, check: bool,
+                  tenant: str | None = None) -> list[str]:
+        """Add agents from [agents.NAME] tables, all or nothing; they outlive the daemon.
+        `tenant`: the tenant of a tenant's caller, whose tables name who runs what, where
+        as the tenant does (privilege.py)."""
+        if not tables:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "no [agents.NAME] tables to add")
+        specs = self._specs(tables, "agents.add", who, check=check, tenant=tenant)
         made: dict[str, list[Revision]] = {n: [] for n in specs}
 
         async def act() -> None:
@@ -231,14 +276,30 @@ class Fleet:
                                                for r in made)])
         self.told(made)
 
-    async def rollback(self, name: str, revision: int | None, who: str) -> tuple[int, str]:
-        """Back to an earlier spec revision (default: the one before the current); the
-        revision restored, and what that changed (`replicas 3 -> 2, env.V changed`)."""
+    def revision_of_release(self, name: str, release: str) -> int:
+        """The newest revision of the agent that ran `release` (a release's directory
+        name, as `corral releases` prints it)."""
+        ran = [r for r in self.revisions.history(name, limit=10_000)
+               if (path := r.spec.get("release")) and os.path.basename(path) == release]
+        if not ran:
+            raise RpcError(jsonrpc.NOT_FOUND, f"no revision of {name} ran release {release} "
+                                              f"(see `corral releases {name}`)")
+        return max(r.revision for r in ran)
+
+    async def rollback(self, name: str, revision: int | None, who: str,
+                       release: str | None = None, *, tenant: str | None = None
+                       ) -> tuple[int, str]:
+        """Back to an earlier spec revision (default: the one before the current; with
+        `release`, the newest that ran it); the revision restored, and what that changed
+        (`replicas 3 -> 2, env.V changed`). `tenant`: as `add`'s; the releases the agent
+        ran before may be restored."""
         made: list[Revision] = []
         async with self.changing([name]):
             self.sup.agent(name)
             latest = self.revisions.latest(name)
             current = latest.revision if latest else 0
+            if release is not None:
+                revision = self.revision_of_release(name, release)
             target = revision if revision is not None else current - 1
             rev = self.revisions.get(name, target)
             if rev is None:
@@ -250,6 +311,10 @@ class Fleet:
             except ConfigError as exc:
                 raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
             self.fill_cwd(spec)
+            # (the releases of its revisions: deployed for it by the operator)
+            self.held_to(spec, who, tenant, releases={
+                r.spec.get("release") for r in self.revisions.history(name, 1 << 62)
+            } if tenant is not None else ())
             if spec.release is not None and not os.path.isfile(
                     os.path.join(spec.release, READY)):
                 raise RpcError(jsonrpc.NOT_FOUND, f"revision {target} of {name} runs release "
@@ -413,10 +478,19 @@ class Fleet:
         self.sup.tasks.pump(name)
 
     def fill_cwd(self, spec: AgentSpec) -> None:
-        """An agent added at runtime without a cwd runs where the config file is, as the
-        config's own agents do (load_config)."""
+        """An agent added at runtime without a cwd runs in its tenant's dir, else where
+        the config file is, as the config's own agents do (load_config)."""
         if spec.cwd is None:
-            spec.cwd = str(self.config_dir)
+            spec.cwd = default_cwd(self.sup.tenant_spec(spec.tenant), str(self.config_dir))
+
+    def held_to(self, spec: AgentSpec, who: str, tenant: str | None, *,
+                releases: Collection[str | None] = ()) -> None:
+        """A table of tenant `tenant`'s caller `who` (None: the operator's, not held)
+        names who runs what, where as its tenant does, else FORBIDDEN (privilege.py)."""
+        if tenant is not None:
+            privilege.check(spec, who, tenant, self.sup.tenant_spec(tenant),
+                            default_cwd(self.sup.tenant_spec(tenant), str(self.config_dir)),
+                            {r for r in releases if r is not None})
 
     def fill_paths(self, spec: AgentSpec) -> None:
         """A cluster agent's paths, as its table gives them (absent or relative), are
@@ -450,6 +524,20 @@ class Fleet:
     def told(self, revisions: Iterable[Revision]) -> None:
         for rev in revisions:
             self.report(f"{rev.agent}: revision {rev.revision} by {rev.who}: {rev.change}")
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: `patch` applied to `target` (a table merges key by key, null takes a key
+    away, anything else replaces)."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
 
 
 def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from ..redact import NAMED_ONLY
 from ..supervisor.config import AgentSpec
 
 # appended to store.MIGRATIONS (one entry: see store.py's rule)
@@ -68,9 +69,6 @@ def spec_table(spec: AgentSpec) -> dict[str, Any]:
     return table
 
 
-# tables whose values are not shown, only their keys (`corral describe` shows env's keys
-# alone): secrets live there
-HIDDEN = frozenset({"env", "config"})
 
 
 def _defaults(struct: type[msgspec.Struct]) -> dict[str, Any]:
@@ -116,7 +114,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str, hidden: 
                 continue
             a, b = (os.path.basename(v) if isinstance(v, str) else v for v in (a, b))
         if isinstance(a, dict | None) and isinstance(b, dict | None):
-            parts += _differences(a or {}, b or {}, f"{path}.", hidden or key in HIDDEN,
+            parts += _differences(a or {}, b or {}, f"{path}.", hidden or key in NAMED_ONLY,
                                   default if isinstance(default, dict) else {})
         elif hidden:
             what = "added" if a is None else "removed" if b is None else "changed"

@@ -38,6 +38,7 @@ import aiohttp
 import msgspec
 
 from .. import jsonrpc
+from ..redact import url as _url
 from . import sse
 
 log = logging.getLogger("corral.mcp.http")
@@ -183,11 +184,11 @@ class HttpTransport:
         except HttpError as exc:
             self._fail(head, str(exc))
         except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
-            why = f"cannot reach {self._post_url}: {_describe(exc)}"
+            why = f"cannot reach {shown(self._post_url)}: {_describe(exc)}"
             self._fail(head, why)
             self._lose(f"unreachable: {_describe(exc)}")
         except aiohttp.ClientError as exc:
-            self._fail(head, f"HTTP exchange with {self._post_url} failed: {_describe(exc)}")
+            self._fail(head, f"HTTP exchange with {shown(self._post_url)} failed: {_describe(exc)}")
         if head.method == "notifications/initialized" and not self.legacy:
             self._start_listener()
 
@@ -245,7 +246,7 @@ class HttpTransport:
                     if body.strip():
                         self.feed(body)
                 else:
-                    raise HttpError(f"unexpected content type {ctype!r} from {self.url} "
+                    raise HttpError(f"unexpected content type {ctype!r} from {shown(self.url)} "
                                     f"(HTTP {status})")
                 return
         await self._start_legacy()
@@ -268,10 +269,10 @@ class HttpTransport:
         resumes = 0
         while not answered:
             if parser.last_id is None:
-                raise HttpError(f"{self.url} closed the response stream of {head.method} "
+                raise HttpError(f"{shown(self.url)} closed the response stream of {head.method} "
                                 "before answering, and gave no event id to resume from")
             if resumes >= MAX_RESUMES:
-                raise HttpError(f"{self.url} closed the response stream of {head.method} "
+                raise HttpError(f"{shown(self.url)} closed the response stream of {head.method} "
                                 f"{MAX_RESUMES} times without answering")
             resumes += 1
             await asyncio.sleep(parser.retry)
@@ -299,7 +300,7 @@ class HttpTransport:
                     if until is not None and _answers(ev.data, until):
                         return True
         except sse.TooLarge as exc:
-            raise HttpError(f"{self.url}: {exc} (limit {self.max_message} bytes)") from None
+            raise HttpError(f"{shown(self.url)}: {exc} (limit {self.max_message} bytes)") from None
         except aiohttp.ClientPayloadError:
             pass  # the stream broke off: resumable like a closed one
         return False
@@ -354,7 +355,7 @@ class HttpTransport:
             async with self._session().get(self.url, headers=headers) as resp:
                 if resp.status >= 400 or resp.content_type != EVENT_STREAM:
                     raise HttpError(
-                        f"{self.url} is neither a Streamable HTTP endpoint nor an HTTP+SSE "
+                        f"{shown(self.url)} is neither a Streamable HTTP endpoint nor an HTTP+SSE "
                         f"one (the initialize POST failed and GET answered HTTP "
                         f"{resp.status} {resp.content_type})")
                 async for chunk in resp.content.iter_any():
@@ -363,7 +364,7 @@ class HttpTransport:
                             found.set_result(urljoin(self.url, ev.data.decode().strip()))
                         elif ev.event == "message" and ev.data.strip():
                             self.feed(ev.data)
-            raise HttpError(f"{self.url} closed the SSE stream")
+            raise HttpError(f"{shown(self.url)} closed the SSE stream")
         except asyncio.CancelledError:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError, HttpError, sse.TooLarge) as exc:
@@ -398,15 +399,20 @@ def _answers(data: bytes, rid: jsonrpc.Id) -> bool:
     return h.method is None and h.id == rid
 
 
+def shown(url: object) -> str:
+    """A URL as messages say it: its password hidden (redact.py)."""
+    return _url(str(url))
+
+
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     if resp.content_length is not None and resp.content_length > limit:
-        raise HttpError(f"a {resp.content_length}-byte answer from {resp.url} is over the "
+        raise HttpError(f"a {resp.content_length}-byte answer from {shown(resp.url)} is over the "
                         f"limit of {limit} bytes")
     buf = bytearray()
     async for chunk in resp.content.iter_any():
         buf += chunk
         if len(buf) > limit:
-            raise HttpError(f"an answer from {resp.url} of more than {limit} bytes (the "
+            raise HttpError(f"an answer from {shown(resp.url)} of more than {limit} bytes (the "
                             "limit)")
     return bytes(buf)
 
@@ -414,7 +420,7 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 async def _http_error(resp: aiohttp.ClientResponse) -> str:
     body = (await resp.content.read(500)).decode("utf-8", "replace").strip()
     text = f"HTTP {resp.status} {resp.reason or ''}".strip()
-    return f"{resp.method} {resp.url}: {text}" + (f": {body}" if body else "")
+    return f"{resp.method} {shown(resp.url)}: {text}" + (f": {body}" if body else "")
 
 
 def _describe(exc: BaseException) -> str:

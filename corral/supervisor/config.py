@@ -22,6 +22,7 @@ import msgspec
 import msgspec.inspect
 from msgspec import Meta
 
+from .. import redact
 from ..text import did_you_mean
 from .names import name_problem, shown
 from .sandbox import exposed, host_refusal
@@ -269,7 +270,7 @@ class McpServerSpec(ProcessSpec, kw_only=True, omit_defaults=True):
         if self.transport == "stdio":
             raise ConfigError("transport 'stdio' needs a command, not a url")
         if not re.match(r"^https?://[^/]", self.url):
-            raise ConfigError(f"url {self.url!r} is not an http:// or https:// URL")
+            raise ConfigError(f"url {redact.url(self.url)!r} is not an http:// or https:// URL")
         if self.oauth_grant == "client_credentials" and not (
                 self.oauth_client_id and self.oauth_client_secret):
             raise ConfigError('oauth_grant = "client_credentials" needs oauth_client_id and '
@@ -420,8 +421,13 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     # tenants.Tenancy.sandbox_of)
     sandbox: Literal["none", "bwrap"] | None = None
     network: Literal["host", "none", "gateway"] | None = None
+    # its agents' directory: one that names no cwd runs here, and a tenant's caller names
+    # none outside it (daemon/privilege.py); unset: they run where the config file is
+    dir: str | None = None
 
     def check(self) -> None:
+        if self.dir is not None and not os.path.isabs(self.dir):
+            raise ConfigError(f"dir: {self.dir} is not an absolute path")
         if self.user is not None and passwd_of(self.user) is None:
             # refused where it is written, not at each of its agents' spawns
             raise ConfigError(f"user: no such user: {self.user} (a tenant's user must "
@@ -482,12 +488,15 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # every node: the newest tasks_kept of them, each at most tasks_kept_for seconds
     tasks_kept: PositiveInt = 100_000
     tasks_kept_for: Positive = 7 * 86400.0
+    # the key the nodes sign and check cluster records with (agent tables, outcomes),
+    # which Redis never holds (decision 162); None: records are taken unchecked
+    key_file: str | None = None
 
     def check(self, where: str) -> None:
         """What the types cannot say; raises ConfigError naming the key."""
         if not self.redis.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"{where}: cluster.redis: {self.redis!r} is not a redis://, "
-                              "rediss:// or unix:// URL")
+            raise ConfigError(f"{where}: cluster.redis: {redact.url(self.redis)!r} is not a "
+                              "redis://, rediss:// or unix:// URL")
         for key, value in (("name", self.name), ("node", self.node)):
             if value is not None and CLUSTER_NAME.fullmatch(value) is None:
                 raise ConfigError(f"{where}: cluster.{key}: {value!r} is not 1-64 "
@@ -722,7 +731,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     # own config file's directory when it runs it
     local = [a for a in agents.values() if a.placement != "cluster"]
     for pspec in [*local, *servers.values()]:
-        pspec.cwd = str((base / pspec.cwd).resolve() if pspec.cwd else base.resolve())
+        pspec.cwd = str((base / pspec.cwd).resolve()) if pspec.cwd else default_cwd(
+            tenants.get(getattr(pspec, "tenant", DEFAULT_TENANT)), str(base.resolve()))
     for aspec in local:
         aspec.sandbox_paths = [str((base / sp).resolve()) for sp in aspec.sandbox_paths]
     for sspec in servers.values():
@@ -735,6 +745,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                  http=http, packages=packages, cluster=cluster, tenants=tenants)
     check_tenants_named(cfg, where)
     return cfg
+
+
+def default_cwd(tenant: TenantSpec | None, config_dir: str) -> str:
+    """Where a process that names no cwd runs: its tenant's `dir`, else where the config
+    file is (`config_dir`)."""
+    return tenant.dir if tenant is not None and tenant.dir is not None else config_dir
 
 
 class Isolation(NamedTuple):
@@ -781,7 +797,8 @@ def config_files(cfg: Config, path: Path) -> list[tuple[str, str]]:
     out += [(str((base / pattern).parent.absolute()), "the config's includes")
             for pattern in cfg.supervisor.include]
     for file, what in ((cfg.supervisor.mcp_servers_file, "the MCP servers file"),
-                       (cfg.gateway.tokens_file, "the gateway's tokens file")):
+                       (cfg.gateway.tokens_file, "the gateway's tokens file"),
+                       (cfg.cluster.key_file if cfg.cluster else None, "the cluster's key")):
         if file:
             out.append((str((base / file).absolute()), what))
     return out

@@ -28,8 +28,8 @@ from .config import AgentSpec, ConfigError, McpServerSpec, TenantSpec, elastic_p
 from .containment import CgroupMode, Containment
 from .elastic import Elastic, scale_refusal
 from .events import EventBus
-from .health import HealthBoard
-from .lifecycle import LIVE, SERVING, STOPPED, TRANSIENT, Cause, State
+from .health import CHECK_KIND, HealthBoard
+from .lifecycle import LIVE, RESTARTED, SERVING, STOPPED, TRANSIENT, Cause, State
 from .listening import ListeningClock
 from .mcproutes import AgentMcp
 from .mcpserver import McpServerReplica
@@ -412,7 +412,7 @@ class Supervisor:
 
     async def restart(self, name: str) -> None:
         agent = self.agent(name)
-        await agent.stop("restarting")
+        await agent.stop(RESTARTED)
         agent.start()
 
     async def scale(self, name: str, replicas: int) -> None:
@@ -724,7 +724,7 @@ class Supervisor:
 
     # -- the tenant cgroups' hook (tenantcgroups.py) -------------------------------------
     def tenant_of_process(self, kind: str, name: str) -> str | None:
-        if kind == "agent":
+        if kind in ("agent", CHECK_KIND):  # an agent's checks are in its tenant's cgroup
             a = self.agents.get(name)
             return a.spec.tenant if a is not None else None
         e = self.mcp.servers.get(name) if kind == "mcp" else None

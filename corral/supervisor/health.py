@@ -19,11 +19,14 @@ SDK's `@health_check` functions) or a command run beside it (exit status 0 passe
   a time be restarted for its health, so that a failure all replicas share (their
   database is down) never restarts the whole agent at once.
 
-Command checks and `exec` recoveries are processes of containment (process.ChildProcess:
-their own session and process group, the agent's cgroup machinery where delegated): at
-the timeout the whole group is killed and the process reaped, and what it left in its
-group goes with it whether it timed out or not; escapees are containment's, as for any
-agent process.
+Command checks and `exec` recoveries run as the agent does, for every agent: its user
+and group, its caps, in a sandbox made as its own (bubblewrap, where it has one), never
+as corral (issue 34: a tenant's check ran as root, outside its sandbox). The replica
+prepares them with what prepares its own process (`Checked.beside`). They are processes
+of containment (process.ChildProcess: their own session and process group, a cgroup in
+the agent's tenant's where delegated): at the timeout the whole group is killed and the
+process reaped, and what it left in its group goes with it whether it timed out or not;
+escapees are containment's, as for any agent process.
 """
 
 from __future__ import annotations
@@ -44,9 +47,9 @@ import msgspec
 from ..jsonrpc import LineBlock, RpcError
 from ..text import plural
 from ..timeouts import within
-from .config import CheckSpec, HealthSpec, Limits
+from .config import CheckSpec, HealthSpec
 from .lifecycle import SERVING, Cause, State
-from .process import ChildProcess
+from .process import ChildProcess, Launch
 from .stream import Stream
 
 if TYPE_CHECKING:
@@ -57,6 +60,9 @@ READINESS = "readiness"
 LIVENESS = "liveness"
 DEFAULT_RECOVERY = {READINESS: "drain", LIVENESS: "restart"}
 HEALTH_TOPIC = "corral.health"  # the event bus's topic of every check's flip
+# what containment calls a check's or a recovery's process: in its agent's tenant's
+# cgroup, as the agent's are (Supervisor.tenant_of_process)
+CHECK_KIND = "health"
 # how long a killed check may take to be reaped before it is given up on (containment
 # reaps it when it does die)
 KILL_GRACE = 5.0
@@ -141,11 +147,11 @@ def worker_verdict(fut: asyncio.Future[Any]) -> Verdict:
     return Verdict(value["ok"], text)
 
 
-async def run_command(argv: list[str], *, containment: Containment, kind: str, name: str,
-                      index: int, env: dict[str, str], cwd: str | None,
-                      timeout: float) -> Verdict:
-    """Run `argv` to its end or `timeout`, then kill its process group (and cgroup) and
-    reap it: nothing it started is left. Exit status 0 passes."""
+async def run_command(argv: list[str], r: Checked, env: dict[str, str], *,
+                      containment: Containment, timeout: float) -> Verdict:
+    """Run `argv` for replica `r` as `r`'s own process runs (its user, caps and sandbox:
+    Checked.beside) to its end or `timeout`, then kill its process group (and cgroup)
+    and reap it: nothing it started is left. Exit status 0 passes."""
     tail: deque[str] = deque(maxlen=OUTPUT_KEPT)
 
     def out(line: bytes) -> None:
@@ -156,11 +162,12 @@ async def run_command(argv: list[str], *, containment: Containment, kind: str, n
             tail.append(line.decode("utf-8", "replace").strip())
 
     try:
+        launch = r.beside(argv, env)
         proc = await ChildProcess.spawn(
-            argv, containment=containment, kind=kind, name=name, index=index, env=env,
-            cwd=cwd, limits=Limits(), uid=None, gid=None, stop_timeout=timeout,
-            on_stdout_line=out, on_stderr_lines=err, on_oversize=lambda *_: None,
-            max_line=64 * 1024)
+            launch.argv, containment=containment, kind=CHECK_KIND, name=r.name,
+            index=r.index, env=launch.env, cwd=launch.cwd, limits=launch.limits,
+            uid=launch.uid, gid=launch.gid, stop_timeout=timeout, on_stdout_line=out,
+            on_stderr_lines=err, on_oversize=lambda *_: None, max_line=64 * 1024)
     except Exception as exc:  # a spawn that failed is a failed check, not corral's error
         return Verdict(False, f"cannot run {argv[0]}: {exc}")
     try:
@@ -210,8 +217,10 @@ class Checked(Protocol):
         CORRAL_AGENT, CORRAL_REPLICA, CORRAL_PID."""
         ...
 
-    @property
-    def cwd(self) -> str | None: ...
+    def beside(self, argv: list[str], env: dict[str, str]) -> Launch:
+        """`argv` prepared as the replica's own process was: its user and group, its
+        directory, its caps, its sandbox (process_replica.ProcessReplica.beside)."""
+        ...
 
     def take_down(self, reason: str, *, graceful: bool, cause: Cause = ...) -> None: ...
 
@@ -355,9 +364,8 @@ class ReplicaHealth:
 
     async def _command(self, run: CheckRun, turn: int, argv: list[str]) -> None:
         r = self.r
-        v = await run_command(argv, containment=self.board.containment, kind="health",
-                              name=r.name, index=r.index, env=r.check_environment(),
-                              cwd=r.cwd, timeout=run.spec.timeout)
+        v = await run_command(argv, r, r.check_environment(),
+                              containment=self.board.containment, timeout=run.spec.timeout)
         if self.closed or turn != run.turn:
             return
         run.task = None
@@ -493,8 +501,7 @@ class HealthBoard:
         self.exec_runs += 1
 
         async def go() -> None:
-            v = await run_command(argv, containment=self.containment, kind="health",
-                                  name=r.name, index=r.index, env=env, cwd=r.cwd,
+            v = await run_command(argv, r, env, containment=self.containment,
                                   timeout=run.spec.timeout)
             r.note(f"recovery {shlex.join(argv)}: "
                    + ("done" if v.ok else "failed") + (f": {v.message}" if v.message

@@ -84,6 +84,10 @@ TRANSIENT = frozenset({S.STARTING, S.SHUTTING_DOWN})
 STOPPED = frozenset({S.INITIAL, S.TERMINATED, S.FAILED})
 
 # corral decided the process must go
+# the reason a replica stopped by a restart someone asked for gives: its `last exit`
+# then reads as what happened, not as a fault
+RESTARTED = "restarted on request"
+
 TAKE_DOWN = frozenset({C.STOP, C.HANG, C.CAP, C.UNREAD, C.UNHEALTHY, C.ERROR})
 
 

@@ -16,12 +16,13 @@ import fcntl
 import grp
 import io
 import os
+import pwd
 import signal
 import subprocess
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from ..cork import Cork, Parts
 from ..jsonrpc import DEFAULT_MAX_LINE, ChunkLines, LineBlock, LineProtocol, Peer
@@ -49,6 +50,27 @@ T = TypeVar("T")
 # the exit status of a zygote's child when the zygote did not tell it (dead, stopped)
 STATUS_LOST = 255
 STATUS_GRACE = 2.0
+
+
+class Launch(NamedTuple):
+    """A process as it is to be started: what a replica's start prepares, for its own
+    process and for the commands corral runs for it (process_replica.beside)."""
+
+    argv: list[str]  # wrapped in the sandbox, where there is one
+    env: dict[str, str]
+    cwd: str | None
+    limits: Limits
+    uid: int | None
+    gid: int | None
+
+
+def as_user(env: dict[str, str], uid: int | None) -> dict[str, str]:
+    """`env` naming the user the process runs as (`uid`; None: corral's own), not root."""
+    if uid is not None:
+        pw = pwd.getpwuid(uid)
+        env.setdefault("HOME", pw.pw_dir)
+        env["USER"] = env["LOGNAME"] = pw.pw_name
+    return env
 
 
 def resolve_user(user: str | None, group: str | None) -> tuple[int | None, int | None]:

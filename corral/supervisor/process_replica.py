@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import errno
 import os
-import pwd
 import signal
 import subprocess
 import time
@@ -30,7 +29,7 @@ from .config import ConfigError, Limits, ProcessSpec, TenantSpec
 from .containment import Containment, ProcStat, populated, set_frozen, wait_frozen
 from .lifecycle import LIVE, SERVING, Cause, Machine, State, Step
 from .listening import ListeningClock
-from .process import ChildProcess, resolve_user
+from .process import ChildProcess, Launch, as_user, resolve_user
 from .restart import RestartPolicy
 from .runas import RunAs, run_as, tenant_of
 from .stats import HeartbeatWork, Stats
@@ -452,11 +451,7 @@ class ProcessReplica(Machine):
             # as a shell would have it (and the caps prologue's shell does): the same
             # for every way of starting, not corral's own directory
             env["PWD"] = os.path.abspath(self.spec.cwd)
-        if uid is not None:  # the user the process runs as, not root's
-            pw = pwd.getpwuid(uid)
-            env.setdefault("HOME", pw.pw_dir)
-            env["USER"] = env["LOGNAME"] = pw.pw_name
-        return env
+        return as_user(env, uid)
 
     async def _lifetime(self) -> None:
         """Spawn a process and hand it to its callbacks: its exit (`_on_exited`) reaps it
@@ -478,9 +473,10 @@ class ProcessReplica(Machine):
             async with self.host.spawn_slots:  # the pacing of a mass start
                 self.process = await self._prestart(env, uid, gid, spawning)
                 if self.process is None:
+                    cold = self._launch(spec.argv(), env, uid, gid)
                     self.process = await ChildProcess.spawn(
-                        self._command(env, uid), env=env, cwd=spec.cwd, limits=self._limits(),
-                        uid=uid, gid=gid, **spawning)
+                        cold.argv, env=cold.env, cwd=cold.cwd, limits=cold.limits,
+                        uid=cold.uid, gid=cold.gid, **spawning)
         except OSError as exc:
             if exc.errno in CORRAL_RESOURCE_ERRORS:
                 self._spawn_failed_for_want_of(exc)
@@ -515,9 +511,27 @@ class ProcessReplica(Machine):
         None."""
         return None
 
-    def _command(self, env: dict[str, str], uid: int | None) -> list[str]:
-        """The argv of a cold start (an agent's may be wrapped in its sandbox)."""
-        return self.spec.argv()
+    def _launch(self, argv: list[str], env: dict[str, str], uid: int | None,
+                gid: int | None, *, beside: bool = False) -> Launch:
+        """`argv` started as this replica's processes are: in its directory, under its
+        caps, as `uid`/`gid`, wrapped as `_wrap` says (`beside`: a command corral runs
+        for the replica, not its own process)."""
+        return Launch(self._wrap(argv, env, uid, beside=beside), env, self.spec.cwd,
+                      self._limits(), uid, gid)
+
+    def beside(self, argv: list[str], env: dict[str, str]) -> Launch:
+        """A command corral runs for this replica (a health check, a recovery), started
+        as the replica's process started last was: its user and group, its caps, its
+        sandbox — never as corral itself (issue 34). Raises ConfigError or OSError when
+        it cannot be (the user is gone, bubblewrap is missing)."""
+        run = self.run or run_as(self.spec, self.host.tenant_spec(tenant_of(self.spec)))
+        uid, gid = resolve_user(run.user, run.group)
+        return self._launch(argv, as_user(env, uid), uid, gid, beside=True)
+
+    def _wrap(self, argv: list[str], env: dict[str, str], uid: int | None, *,
+              beside: bool = False) -> list[str]:
+        """The argv to exec for `argv` (an agent's is wrapped in its sandbox)."""
+        return argv
 
     def _exit_status(self, rc: int) -> int:
         """The process's own exit status from what its pid's exit says."""

@@ -16,6 +16,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from .. import redact
 from ..text import plural
 from .config import MIB, ConfigError, McpServerSpec, expand
 from .lifecycle import Cause, State
@@ -109,7 +110,8 @@ class RemoteMcpServer(McpServerReplica):
         await super()._handshake()
         t = self.transport
         kind = "HTTP+SSE" if t is not None and t.legacy else "Streamable HTTP"
-        return (f"connected to {self.mcp_spec.url} ({kind}, MCP {self.client.version}, "
+        where = redact.url(self.mcp_spec.url or "")  # its password is the operator's
+        return (f"connected to {where} ({kind}, MCP {self.client.version}, "
                 f"{plural(len(self.client.tools), 'tool')})")
 
 

@@ -112,10 +112,6 @@ class Replica(ProcessReplica):
         its health checks (a local queue's dispatch and a cluster node's pull alike)."""
         return self.state in SERVING and self.peer is not None and self.health_ready
 
-    @property
-    def cwd(self) -> str | None:
-        return self.spec.cwd
-
     def check_environment(self) -> dict[str, str]:
         return environment_of(self.spec.env, self.name, self.index, self.pid)
 
@@ -185,22 +181,29 @@ class Replica(ProcessReplica):
         """The sandbox and network of the process started last (judged at its start)."""
         return self._iso
 
-    def _command(self, env: dict[str, str], uid: int | None) -> list[str]:
+    def _wrap(self, argv: list[str], env: dict[str, str], uid: int | None, *,
+              beside: bool = False) -> list[str]:
+        """`argv` in the agent's sandbox, when it has one. A command run beside the agent
+        (a check) is in a sandbox of its own made the same way; with network =
+        "gateway" its network is empty, without the gateway's socket (whose token is
+        the replica's, not the check's)."""
         spec = self.spec
         iso = self._isolation()
-        argv = spec.argv()
         if iso.sandbox == "none":
             return argv
-        argv[0] = resolve_program(argv[0], env, spec.cwd)
+        network = "none" if beside and iso.network == "gateway" else iso.network
+        argv = [resolve_program(argv[0], env, spec.cwd), *argv[1:]]
         read_only = [*program_paths(argv[0]), SDK, *spec.sandbox_paths]
         read_only += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         if spec.release is not None:
+            # only a release imports the SDK's copy (release_environment): a plain agent's
+            # sandbox binds none, so its user need not reach [packages] dir
             read_only.append(spec.release)
-        if self.host.release_sdk is not None:
-            read_only.append(self.host.release_sdk)
+            if self.host.release_sdk is not None:
+                read_only.append(self.host.release_sdk)
         return sandboxed(
             argv, program=self.host.sandbox_program, cwd=spec.cwd or os.getcwd(), env=env,
-            network=iso.network, root=(os.geteuid() if uid is None else uid) == 0,
+            network=network, root=(os.geteuid() if uid is None else uid) == 0,
             read_only=map(str, read_only), gateway_socket=env.get("CORRAL_MCP_SOCKET"),
             protected=self.host.protected_paths)
 

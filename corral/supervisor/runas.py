@@ -5,15 +5,17 @@ A tenant's `user` makes the kernel keep tenants apart: processes of different ui
 signal or ptrace each other, nor read each other's 0700 directories. Under its tenant's
 user a process's RLIMIT_NPROC is the tenant's `max_processes` (the smaller of it and the
 process's own `limits.processes`): the kernel counts it per real uid, so that is one
-count over all the tenant's processes. A process that names its own `user` is the
-operator's choice and keeps its own limits.
+count over all the tenant's processes. A process that names another `user` than its
+tenant's is the operator's choice and keeps its own limits; one that names its tenant's
+user runs as its tenant's (its cap and directory too: a table naming the user it would
+have anyway must not shed the tenant's cap).
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from .config import DEFAULT_TENANT, Limits, ProcessSpec, TenantSpec
+from .config import DEFAULT_TENANT, Limits, ProcessSpec, TenantSpec, passwd_of
 
 
 class RunAs(msgspec.Struct, frozen=True):
@@ -28,10 +30,19 @@ def tenant_of(spec: ProcessSpec) -> str:
 
 
 def run_as(spec: ProcessSpec, tenant: TenantSpec | None) -> RunAs:
-    if spec.user is not None or tenant is None or tenant.user is None:
+    if tenant is None or tenant.user is None or (
+            spec.user is not None and not same_user(spec.user, tenant.user)):
         return RunAs(spec.user, spec.group, spec.limits, False)
     limits = spec.limits
     cap = tenant.max_processes
     if cap and (not limits.processes or limits.processes > cap):
         limits = msgspec.structs.replace(limits, processes=cap)
     return RunAs(tenant.user, spec.group, limits, True)
+
+
+def same_user(a: str, b: str) -> bool:
+    """Whether two `user` settings (names, or uids in digits) are one account."""
+    if a == b:
+        return True
+    pa, pb = passwd_of(a), passwd_of(b)
+    return pa is not None and pb is not None and pa.pw_uid == pb.pw_uid

@@ -31,7 +31,8 @@ async def test_nodes_and_tasks_over_http(tmp: Path, redis: RedisServer) -> None:
         [node] = body["nodes"]
         assert (node["alive"], node["incarnation"], node["agents"]) == (True, 1, ["greeter"])
         assert set(node) == {"node", "alive", "incarnation", "load", "agents", "last_beat",
-                             "capacity", "room", "placed", "draining"}
+                             "capacity", "room", "placed", "draining", "pid", "host",
+                             "key"}
 
         status, body, r = await api.ask("POST", "/tasks?wait=10", "ops",
                                         {"agent": "greeter", "input": {"name": "h"}})

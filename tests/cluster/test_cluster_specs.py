@@ -83,6 +83,12 @@ def test_a_config_declared_cluster_agent_is_scaled_changed_rolled_back_and_remov
         assert h["revisions"][0]["spec"]["placement"] == "cluster"
         assert history(a) == h  # the same on every node
 
+        # the node with no slot of it answers for it all the same: where its slot is
+        [(holder, _)] = placed(both).items()
+        other = b if holder == "a" else a
+        wait_until(lambda: other.json("status", "keeper")["cluster_slots"] == {
+            "keeper": [holder]}, what="the slot seen from the other node")
+        assert other.json("status", "keeper")["agents"] == []
         # corral scale on any node: the cluster's table, placed across both nodes
         r = b.cli("scale", "keeper", "2")
         assert r.returncode == 0, r.stderr
@@ -99,6 +105,13 @@ def test_a_config_declared_cluster_agent_is_scaled_changed_rolled_back_and_remov
         [one] = [n for n in both if placed(both)[n.name] == [1]]
         assert [r["replica"] for r in one.call("agents.describe", {"name": "keeper"})[
             "replicas"]] == [0]
+        # corral status on either node shows every slot, across the nodes
+        zero = "a" if one.name == "b" else "b"
+        for n in both:
+            wait_until(lambda n=n: n.json("status", "keeper")["cluster_slots"] == {  # type: ignore[misc]
+                "keeper": [zero, one.name]}, what="both slots in the status")
+            assert (f"keeper: cluster agent, 2 slots; slot 0 on {zero}; slot 1 on "
+                    f"{one.name}") in n.cli("status", "keeper").stdout.splitlines()
 
         # a's file changes env: a reload applies that change over the cluster's table,
         # which keeps the scale (the file did not change replicas)

@@ -53,7 +53,7 @@ async def finish(s: Scripts, c: Any, tid: str, agent: str, status: str) -> None:
         return
     assert await s.finish(
         keys=[K.task(tid), K.attempts(tid), K.stream(agent, 0), K.outcomes, *K.listed],
-        args=[got[0], tid, status, b"1", b"", "3.0", entry, 0, 60, 0, "0",
+        args=[got[0], tid, status, b"1", b"", "3.0", entry, 0, 60, 0, "0", "mac",
               b'{"replica":0,"pid":1,"started":2.0,"node":"n","outcome":"%s"}'
               % status.encode()]) == 1
 

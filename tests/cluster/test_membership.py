@@ -6,6 +6,8 @@ kills nothing, and the node joins again by itself once it answers."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 
 from corral.cluster.connection import connect
@@ -100,3 +102,42 @@ async def test_redis_away_fences_after_two_ttl_and_the_node_rejoins_by_itself(
     finally:
         beating.cancel()
         await a.redis.aclose()
+
+
+async def test_two_daemons_as_one_node_one_yields(redis: RedisServer) -> None:
+    """Decision 163, where the start's check could not be made (Redis away): a daemon
+    does not join as a node another daemon is; and of two that joined as one, the first
+    to find the other at its beat leaves at once (its key deleted) and waits."""
+    said_a: list[str] = []
+    said_b: list[str] = []
+    a, b = member(redis, "n", said_a), member(redis, "n", said_b)
+    b.daemon = "another process"
+    await a.join()
+    await b.step()
+    assert (b.state, b.incarnation) == ("duplicate", 0)
+    assert said_b[-1].startswith(
+        f"cluster: this daemon does not join: node n is already a member of cluster t: "
+        f"incarnation 1, pid {os.getpid()} on host {socket.gethostname()}, last beat ")
+    await b.step()
+    assert said_b.count(said_b[-1]) == 1  # said once per holder
+    # both members (b joined while a's key had lapsed, a then beat again from a pause)
+    alive_a = a.keys.alive(a.consumer)
+    value = await a.redis.get(alive_a)
+    await a.redis.delete(alive_a)
+    await b.step()
+    assert (b.state, b.consumer) == ("member", "n/2")
+    await a.redis.set(alive_a, value, px=int(TTL * 1000))
+    fenced: list[str] = []
+    a.on_fence.append(fenced.append)
+    await a.step()
+    assert (a.state, fenced) == ("duplicate", ["n/1"])
+    assert not await a.redis.exists(alive_a)  # its tasks are the cluster's at once
+    assert await b.renew()
+    assert [(v.node, v.incarnation, v.alive) for v in await b.nodes()] == [("n", 2, True)]
+    # b gone: a joins again, as a new incarnation
+    await b.leave()
+    await a.step()
+    assert (a.state, a.consumer) == ("member", "n/3")
+    assert said_a[-2] == "cluster: node n: no other daemon is it any more"
+    for m in (a, b):
+        await m.redis.aclose()

@@ -5,6 +5,7 @@ Redis, fenced by the placement)."""
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -44,11 +45,14 @@ async def test_two_nodes_placing_from_one_epoch_one_wins(client: Any) -> None:
     s = Scripts(client)
     keys = [K.placement, K.cluster_agents]
     assert await s.place(keys=keys, args=["w", 0, b'["a/1"]']) == -1  # no such agent
-    assert await s.add_agents(keys=[K.cluster_agents, K.history("w")],
-                              args=["w", b"{}", b"{}"]) == b""
-    assert await s.add_agents(keys=[K.cluster_agents, K.history("v"), K.history("w")],
-                              args=["v", b"{}", b"{}", "w", b"{}", b"{}"]) == b"w"
+    assert await s.add_agents(keys=[K.cluster_agents, K.agent_macs, K.history("w")],
+                              args=["w", b"{}", b"{}", "mac"]) == b""
+    assert await s.add_agents(keys=[K.cluster_agents, K.agent_macs, K.history("v"),
+                                    K.history("w")],
+                              args=["v", b"{}", b"{}", "mac", "w", b"{}", b"{}", "mac"]
+                              ) == b"w"
     assert not await client.hexists(K.cluster_agents, "v")  # all or none
+    assert not await client.hexists(K.agent_macs, "v")
     assert not await client.exists(K.history("v"))
     # both read epoch 0 and place: one wins, the other is told the epoch moved on
     assert await s.place(keys=keys, args=["w", 0, b'["a/1"]']) == 1
@@ -60,7 +64,8 @@ async def test_two_nodes_placing_from_one_epoch_one_wins(client: Any) -> None:
 
 async def test_only_the_slots_incarnation_writes_its_checkpoint(client: Any) -> None:
     s = Scripts(client)
-    await s.add_agents(keys=[K.cluster_agents, K.history("w")], args=["w", b"{}", b"{}"])
+    await s.add_agents(keys=[K.cluster_agents, K.agent_macs, K.history("w")],
+                       args=["w", b"{}", b"{}", "mac"])
     await s.place(keys=[K.placement, K.cluster_agents], args=["w", 0, b'["a/1","b/2"]'])
     ck = [K.placement, K.state("w")]
     assert await s.checkpoint(keys=ck, args=["w", 1, "b/2", b"[1.0,{}]"]) == 1
@@ -147,7 +152,7 @@ def test_a_cluster_agent_moves_with_its_state_when_its_node_dies(
 def test_cluster_agent_refusals(tmp: Path, redis: RedisServer) -> None:
     with nodes(tmp, redis, {"a": sleeper("sleepy")}) as ns:
         a = ns["a"]
-        command = ["--command", f"{PY} {EXAMPLES}/misbehave.py", "--env",
+        command = ["--command", shlex.join([PY, f"{EXAMPLES}/misbehave.py"]), "--env",
                    f"PYTHONPATH={ROOT}"]
         r = a.cli("add", "--cluster", "--name", "sleepy", *command)
         assert r.returncode != 0

@@ -52,7 +52,7 @@ async def finish(s: Scripts, c: Any, i: int, token: int) -> Any:
     return await s.finish(keys=[K.task(tid), K.attempts(tid), K.stream("w", 0), K.outcomes,
                                 *K.listed],
                           args=[token, tid, "succeeded", b'{"ok":true}', b"", "3.0", entry,
-                                0, 60, 2, "1", ATTEMPT])
+                                0, 60, 2, "1", "mac", ATTEMPT])
 
 
 async def test_submit_is_idempotent_on_the_id_and_bounded(client: Any) -> None:
@@ -94,7 +94,8 @@ async def test_claims_fence_and_only_the_holder_writes(client: Any) -> None:
     # the outcome rides along on the outcomes stream: a waiting client reads no record
     [(_, fields)] = await client.xrange(K.outcomes)
     assert fields == {b"task": tid.encode(), b"status": b"succeeded",
-                      b"output": b'{"ok":true}', b"error": b"", b"attempts": b"[" + ATTEMPT + b"]"}
+                      b"output": b'{"ok":true}', b"error": b"", b"attempts": b"[" + ATTEMPT + b"]",
+                      b"fence": str(token1).encode(), b"mac": b"mac"}
     carried = records.inline_result(tid, fields)
     assert carried is not None and (carried.status, carried.output, carried.error) == (
         "succeeded", msgspec.Raw(b'{"ok":true}'), None)

@@ -31,6 +31,7 @@ import shutil
 import signal
 import stat
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -44,6 +45,7 @@ from ...supervisor.containment import Containment
 from ...supervisor.process import ChildProcess
 from ...supervisor.release import READY, SOURCE, VENV
 from ...timeouts import within
+from . import checked
 from .manifest import Manifest
 from .releases import (
     BUILD_LOCK,
@@ -55,6 +57,7 @@ from .releases import (
     remove_tree,
     tree_size,
 )
+from .requirements import check_file, check_pylock, check_text
 
 FORMAT = b"corral-release-1"  # this recipe: a new one names every release anew
 RELEASE_CHARS = 16  # hex characters of the hash in a release's name
@@ -101,66 +104,152 @@ def find_uv(configured: str | None) -> str | None:
     return shutil.which("uv")
 
 
-def scan_source(manifest: Manifest, max_bytes: int) -> tuple[list[str], int, str]:
-    """The package's files (relative paths, sorted), their size, and the hash of them
-    (paths, executable bits, contents). Blocking: in a thread."""
-    root = manifest.directory
+def scan_source(manifest: Manifest, max_bytes: int, stop: threading.Event | None = None
+                ) -> tuple[list[str], int, str]:
+    """The package's files and links (relative paths, sorted), their size, and the hash
+    of them (paths, executable bits, contents; a link's text). Nothing is read before it
+    is looked at (checked.py): a size past `max_bytes` is refused before a byte is read.
+    Blocking: in a thread (checked.in_thread)."""
+    try:
+        root = checked.open_root(str(manifest.directory))
+    except OSError as exc:
+        raise BuildError(f"source: cannot read {manifest.directory}: {exc.strerror}"
+                         ) from None
+    try:
+        found = _walk(root, manifest, stop)
+        files = [rel for rel, _ in found]
+        total = 0
+        for rel, st in found:  # every size counted before any file is read
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+                if total > max_bytes:
+                    raise BuildError(
+                        f"source: more than {max_bytes // (1 << 20)} MB under "
+                        f"{manifest.directory}: {rel} ({st.st_size >> 20} MB) takes it past "
+                        "[packages] max_source_mb; leave out what is not the package with "
+                        "exclude = [...]")
+        digest = hashlib.sha256()
+        known = set(files)
+        for rel, st in found:
+            _hash_entry(root, rel, st, known, digest, None, stop)
+        return files, total, digest.hexdigest()
+    except checked.Refused as exc:
+        raise BuildError(f"source: {manifest.directory / exc.rel}: {exc.reason}") from None
+    finally:
+        os.close(root)
+
+
+def _walk(root: int, manifest: Manifest, stop: threading.Event | None
+          ) -> list[tuple[str, os.stat_result]]:
+    """(path, lstat) of every regular file and link of the source, sorted; anything else
+    that is not left out is refused."""
     exclude = manifest.exclude
-    files: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        keep = []
-        for d in sorted(dirnames):
-            rel = os.path.normpath(os.path.join(rel_dir, d))
-            full = os.path.join(dirpath, d)
-            if d in SKIP_DIRS or _excluded(rel, exclude) or os.path.isfile(
-                    os.path.join(full, "pyvenv.cfg")):
+    owner = os.fstat(root).st_uid
+    out: list[tuple[str, os.stat_result]] = []
+    pending = [""]
+    seen = 0  # directories too: a tree of empty ones is no cheaper to walk
+    while pending:
+        if stop is not None and stop.is_set():
+            raise checked.Cancelled()
+        rel_dir = pending.pop()
+        for name, st in checked.entries(root, rel_dir):
+            seen += 1
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            mode = st.st_mode
+            if stat.S_ISDIR(mode) or (stat.S_ISLNK(mode) and name in SKIP_DIRS):
+                if name in SKIP_DIRS or _excluded(rel, exclude) or _is_venv(root, rel):
+                    continue
+                if checked.depth(rel) > checked.MAX_DEPTH:
+                    raise checked.Refused(rel, f"more than {checked.MAX_DEPTH} directories "
+                                               "deep")
+                pending.append(rel)
                 continue
-            if os.path.islink(full):
-                raise BuildError(f"source: {rel} is a link to a directory (not followed: "
-                                 "copy what it holds, or exclude it)")
-            keep.append(d)
-        dirnames[:] = keep
-        for f in filenames:
-            rel = os.path.normpath(os.path.join(rel_dir, f))
-            if any(fnmatch.fnmatch(f, p) for p in SKIP_FILES) or _excluded(rel, exclude):
-                continue
-            files.append(rel)
-        if len(files) > MAX_FILES:
-            raise BuildError(f"source: more than {MAX_FILES} files under {root} (leave "
-                             "out what is not the package with exclude = [...])")
-    files.sort()
-    digest = hashlib.sha256()
-    total = 0
-    for rel in files:
-        data, executable = _read(root / rel)
-        total += len(data)
-        if total > max_bytes:
-            raise BuildError(f"source: more than {max_bytes // (1 << 20)} MB under {root} "
-                             "([packages] max_source_mb; leave out what is not the package "
+            if any(fnmatch.fnmatch(name, p) for p in SKIP_FILES) or _excluded(rel, exclude):
+                continue  # left out: never opened, whatever it is
+            if stat.S_ISREG(mode) and st.st_nlink > 1 and st.st_uid != owner:
+                # a hard link the package's writer made to a file they do not own: the
+                # release would publish what they may not read
+                raise checked.Refused(rel, f"a hard link to a file of uid {st.st_uid} (the "
+                                           f"package's directory is uid {owner}'s): not "
+                                           "copied")
+            if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                raise checked.Refused(rel, f"{checked.kind(mode)}: a package holds regular "
+                                           "files, directories and links (leave it out "
+                                           "with exclude = [...])")
+            out.append((rel, st))
+        if seen > MAX_FILES:
+            raise BuildError(f"source: more than {MAX_FILES} files under "
+                             f"{manifest.directory} (leave out what is not the package "
                              "with exclude = [...])")
-        _add(digest, rel, executable, data)
-    return files, total, digest.hexdigest()
+    out.sort()
+    return out
+
+
+def _is_venv(root: int, rel: str) -> bool:
+    """A directory holding a pyvenv.cfg: an environment, never a package's source."""
+    try:
+        fd = checked.open_dir(root, rel)
+    except checked.Refused:
+        return False
+    try:
+        os.stat("pyvenv.cfg", dir_fd=fd, follow_symlinks=False)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _hash_entry(root: int, rel: str, st: os.stat_result, files: set[str],
+                digest: hashlib._Hash, dest: Path | None, stop: threading.Event | None
+                ) -> None:
+    """Add a file or link of the source to the hash, and copy it to `dest` if given:
+    a file read in chunks (what was looked at, no more than its size), a link made anew
+    in the release when it names a file of the source."""
+    if stat.S_ISLNK(st.st_mode):
+        target = checked.read_link(root, rel)
+        inside = checked.link_target(rel, target)
+        if inside is None:
+            raise checked.Refused(rel, f"a link to {target!r}, outside the package: not "
+                                       "followed (copy the file in, or exclude the link)")
+        if inside not in files:
+            raise checked.Refused(rel, f"a link to {target!r}, which is not a file of the "
+                                       "package's source: not followed (copy the file in, "
+                                       "or exclude the link)")
+        data = target.encode()
+        digest.update(rel.encode() + b"\0" + b"l" + len(data).to_bytes(8, "big"))
+        digest.update(data)
+        if dest is not None:
+            os.symlink(target, dest / rel)
+        return
+    fd, opened = checked.open_file(root, rel)
+    try:
+        if opened.st_size != st.st_size:
+            raise checked.Refused(rel, "changed while it was read (its size)")
+        executable = bool(opened.st_mode & stat.S_IXUSR)
+        digest.update(rel.encode() + b"\0" + (b"x" if executable else b"-")
+                      + opened.st_size.to_bytes(8, "big"))
+        out = None
+        if dest is not None:
+            out = os.open(dest / rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o755 if executable else 0o644)
+        try:
+            for data in checked.chunks(fd, opened.st_size, rel, stop):
+                digest.update(data)
+                if out is not None:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(out, view):]
+        finally:
+            if out is not None:
+                os.close(out)
+    finally:
+        os.close(fd)
 
 
 def _excluded(rel: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(os.path.basename(rel), p)
                for p in patterns)
-
-
-def _read(path: Path) -> tuple[bytes, bool]:
-    try:
-        st = os.stat(path)
-        with open(path, "rb") as f:
-            return f.read(), bool(st.st_mode & stat.S_IXUSR)
-    except OSError as exc:
-        raise BuildError(f"source: cannot read {path}: {exc.strerror}") from None
-
-
-def _add(digest: hashlib._Hash, rel: str, executable: bool, data: bytes) -> None:
-    digest.update(rel.encode() + b"\0" + (b"x" if executable else b"-")
-                  + len(data).to_bytes(8, "big"))
-    digest.update(data)
 
 
 def release_name(interpreter: str, version: str, source: str) -> str:
@@ -169,22 +258,39 @@ def release_name(interpreter: str, version: str, source: str) -> str:
     return digest.hexdigest()[:RELEASE_CHARS]
 
 
-def copy_source(manifest: Manifest, files: list[str], dest: Path, expected: str) -> None:
+def copy_source(manifest: Manifest, files: list[str], dest: Path, expected: str,
+                stop: threading.Event | None = None) -> None:
     """Copy the files to `dest`, hashing what is written: a source that changed since it
     was planned is refused (its release would not be what its name says)."""
     digest = hashlib.sha256()
-    root = manifest.directory
-    for rel in files:
-        data, executable = _read(root / rel)
-        _add(digest, rel, executable, data)
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as f:
-            f.write(data)
-        if executable:
-            os.chmod(target, 0o755)
+    try:
+        root = checked.open_root(str(manifest.directory))
+    except OSError as exc:
+        raise BuildError(f"source: cannot read {manifest.directory}: {exc.strerror}"
+                         ) from None
+    try:
+        known = set(files)
+        for rel in files:
+            if stop is not None and stop.is_set():
+                raise checked.Cancelled()
+            parent, _, name = rel.rpartition("/")
+            fd = checked.open_dir(root, parent)
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                raise BuildError(f"source: {manifest.directory} changed while it was "
+                                 "deployed; deploy again") from None
+            finally:
+                os.close(fd)
+            (dest / parent).mkdir(parents=True, exist_ok=True)
+            _hash_entry(root, rel, st, known, digest, dest, stop)
+    except checked.Refused as exc:
+        raise BuildError(f"source: {manifest.directory / exc.rel}: {exc.reason}") from None
+    finally:
+        os.close(root)
     if digest.hexdigest() != expected:
-        raise BuildError(f"source: {root} changed while it was deployed; deploy again")
+        raise BuildError(f"source: {manifest.directory} changed while it was deployed; "
+                         "deploy again")
 
 
 class Builder:
@@ -205,8 +311,8 @@ class Builder:
     # -- what a deploy would build -----------------------------------------------------
     async def plan(self, manifest: Manifest) -> Plan:
         interpreter, version = await self._interpreter(manifest.python)
-        files, size, source = await asyncio.to_thread(
-            scan_source, manifest, self.settings.max_source_mb << 20)
+        files, size, source = await checked.in_thread(
+            lambda stop: scan_source(manifest, self.settings.max_source_mb << 20, stop))
         return Plan(manifest=manifest, release=release_name(interpreter, version, source),
                     interpreter=interpreter, python_version=version, files=files,
                     source_bytes=size, source=source)
@@ -298,7 +404,8 @@ class Builder:
             f"{manifest.version or '-'}, Python {plan.python_version})")
         try:
             await asyncio.to_thread(_make_dirs, final, src, scratch)
-            await asyncio.to_thread(copy_source, manifest, plan.files, src, plan.source)
+            await checked.in_thread(lambda stop: copy_source(manifest, plan.files, src, plan.source,
+                                                    stop))
         except OSError as exc:
             raise BuildError(_os_error("copying the source", exc, final)) from None
         uv = self._uv()
@@ -320,7 +427,8 @@ class Builder:
         python = str(venv / "bin" / "python")
         lock = manifest.lock
         if lock is not None:
-            requirements = src / lock.relative_to(manifest.directory)
+            rel = lock.relative_to(manifest.directory).as_posix()
+            requirements = src / rel
             if manifest.lock_kind == "uv.lock":
                 exported = scratch / "requirements.txt"
                 await step([uv, "export", "--frozen", "--no-dev", "--no-emit-project",
@@ -328,6 +436,9 @@ class Builder:
                             "--project", str(requirements.parent), "-o", str(exported)],
                            f"reading {lock.name}")
                 requirements = exported
+            await checked.in_thread(lambda _: _check_lock(
+                src, rel, manifest.lock_kind, exported if requirements != src / rel
+                else None, manifest.directory))
             say(f"installing {lock.name} with uv")
             await step([uv, "pip", "install", "--python", python, "--link-mode",
                         settings.link_mode,
@@ -420,6 +531,24 @@ class Builder:
         child.kill_group(signal.SIGKILL)  # what it left in its group
         self.containment.ended(child.token)
         child.close()
+
+
+def _check_lock(src: Path, rel: str, kind: str | None, exported: Path | None,
+                shown: Path) -> None:
+    """What the lock would make uv read, as the daemon's user: only the package's own
+    files (requirements.py). On the release's copy, before uv sees it."""
+    root = checked.open_root(str(src))
+    try:
+        if exported is not None:  # uv export's, from the package's uv.lock
+            check_text(root, rel, exported.read_text())
+        elif kind == "pylock":
+            check_pylock(root, rel)
+        else:
+            check_file(root, rel)
+    except checked.Refused as exc:
+        raise BuildError(f"{shown / exc.rel}: {exc.reason}") from None
+    finally:
+        os.close(root)
 
 
 def build_environment(cache: Path) -> dict[str, str]:

@@ -9,13 +9,17 @@ the release is: `release` is corral's, and `cwd` is relative to the package's so
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import msgspec
 
-from ...supervisor.config import AgentSpec, ConfigError, convert, read_toml, validate_name
+from ...supervisor.config import AgentSpec, ConfigError, convert, validate_name
+from . import checked
 
 MANIFEST = "corral.toml"
 PYPROJECT = "pyproject.toml"
@@ -23,6 +27,7 @@ PYPROJECT = "pyproject.toml"
 LOCKS = ("uv.lock", "pylock.toml", "requirements.txt")
 PACKAGE_KEYS = ("name", "version", "python", "lock", "exclude")
 NOT_IN_MANIFEST = ("release",)
+MAX_MANIFEST = 1 << 20  # bytes of a manifest or a pyproject.toml corral reads
 
 
 class Manifest(msgspec.Struct, kw_only=True):
@@ -46,31 +51,42 @@ class Manifest(msgspec.Struct, kw_only=True):
 
 def read_manifest(path: str | os.PathLike[str], name: str | None = None) -> Manifest:
     """The manifest of the package at `path` (its directory, or the manifest file);
-    `name` overrides the manifest's. ConfigError names the file and the key."""
+    `name` overrides the manifest's. ConfigError names the file and the key. What the
+    package holds is read as checked.py reads it: the manifest and pyproject.toml must
+    be regular files of the directory (never read through a link)."""
     given = Path(path)
     if not given.is_absolute():
         raise ConfigError(f"{given}: the package's path must be absolute")
     try:
-        given = given.resolve()
-        is_file, is_dir = given.is_file(), given.is_dir()
+        is_dir = given.is_dir()  # the operator's path: a link to the package is followed
+        directory = (given if is_dir else given.parent).resolve()
+        names = [MANIFEST, PYPROJECT] if is_dir else [given.name]
+        if not is_dir and not os.path.lexists(given):
+            raise ConfigError(f"{given}: no such file or directory")
+        root = checked.open_root(str(directory))
     except (OSError, ValueError) as exc:  # a name too long, a NUL in it
-        raise ConfigError(f"{str(given)[:200]!r}: not a path here ({exc})") from None
-    if is_file:
-        directory, files = given.parent, [given]
-    elif is_dir:
-        directory, files = given, [given / MANIFEST, given / PYPROJECT]
-    else:
-        raise ConfigError(f"{given}: no such file or directory")
+        raise ConfigError(f"{str(given)[:200]!r}: not a path here "
+                          f"({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        return _read(directory, root, names, name)
+    finally:
+        os.close(root)
+
+
+def _read(directory: Path, root: int, names: list[str], name: str | None) -> Manifest:
     table: dict[str, Any] | None = None
     project: dict[str, Any] = {}
-    where = files[0]
-    for f in files:
-        if not f.is_file():
+    where = directory / names[0]
+    for n in names:
+        if not _present(directory, root, n):
             continue
-        data = read_toml(f)
-        if f.name == PYPROJECT:
+        f = directory / n
+        data = _toml(directory, root, n)
+        if n == PYPROJECT:
             project = data.get("project", {}) if isinstance(data.get("project"), dict) else {}
-            found = data.get("tool", {}).get("corral", {}).get("agent")
+            tool = data.get("tool", {})
+            corral = tool.get("corral", {}) if isinstance(tool, dict) else {}
+            found = corral.get("agent") if isinstance(corral, dict) else None
             key = "tool.corral.agent"
         else:
             found, key = data.get("agent"), "agent"
@@ -80,16 +96,47 @@ def read_manifest(path: str | os.PathLike[str], name: str | None = None) -> Mani
             table, where = dict(found), f
             break
     if table is None:
-        raise ConfigError(f"{given}: no package manifest: an [agent] table in {MANIFEST} or "
+        raise ConfigError(f"{directory / names[0] if len(names) == 1 else directory}: no "
+                          f"package manifest: an [agent] table in {MANIFEST} or "
                           f"[tool.corral.agent] in {PYPROJECT}")
-    if where.name != PYPROJECT and (directory / PYPROJECT).is_file():
-        data = read_toml(directory / PYPROJECT)
+    if where.name != PYPROJECT and _present(directory, root, PYPROJECT):
+        data = _toml(directory, root, PYPROJECT)
         project = data.get("project", {}) if isinstance(data.get("project"), dict) else {}
     prefix = "tool.corral.agent" if where.name == PYPROJECT else "agent"
-    return _manifest(directory, where, prefix, table, project, name)
+    return _manifest(directory, root, where, prefix, table, project, name)
 
 
-def _manifest(directory: Path, where: Path, prefix: str, table: dict[str, Any],
+def _present(directory: Path, root: int, rel: str) -> bool:
+    """Whether the package has the file `rel` (a regular file: anything else there by
+    that name is refused, not read)."""
+    try:
+        st = os.stat(rel, dir_fd=root, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise ConfigError(f"{directory / rel}: cannot read: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{directory / rel}: {checked.kind(st.st_mode)}, not a regular "
+                          "file (corral reads a package's manifest, pyproject.toml and lock file "
+                          "from regular files only)")
+    return True
+
+
+def _toml(directory: Path, root: int, rel: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(checked.read_small(root, rel, MAX_MANIFEST).decode())
+    except checked.Refused as exc:
+        raise ConfigError(f"{directory / exc.rel}: {exc.reason}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{directory / rel}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message carries "(at line L, column C)", never the text
+        raise ConfigError(f"{directory / rel}: syntax error: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{directory / rel}: cannot read: {exc.strerror}") from None
+
+
+def _manifest(directory: Path, root: int, where: Path, prefix: str, table: dict[str, Any],
               project: dict[str, Any], name: str | None) -> Manifest:
     def bad(key: str, problem: str) -> ConfigError:
         return ConfigError(f"{where}: {prefix}.{key}: {problem}")
@@ -111,8 +158,9 @@ def _manifest(directory: Path, where: Path, prefix: str, table: dict[str, Any],
     exclude = own.get("exclude", [])
     if not isinstance(exclude, list) or not all(isinstance(e, str) for e in exclude):
         raise bad("exclude", "expected a list of globs")
-    lock = _lock(directory, own.get("lock"), bad)
-    if lock is not None and lock.name == "uv.lock" and not (directory / PYPROJECT).is_file():
+    lock = _lock(directory, root, own.get("lock"), bad)
+    if lock is not None and lock.name == "uv.lock" and not checked.is_regular(
+            root, str(lock.relative_to(directory).parent / PYPROJECT)):
         raise bad("lock", f"{lock} needs the {PYPROJECT} it locks beside it")
     if lock is None and project.get("dependencies"):
         raise bad("lock", f"{directory / PYPROJECT} names dependencies but there is no "
@@ -138,17 +186,28 @@ def _manifest(directory: Path, where: Path, prefix: str, table: dict[str, Any],
                     python=python, lock=lock, exclude=list(exclude), table=table)
 
 
-def _lock(directory: Path, given: Any, bad: Any) -> Path | None:
+def _lock(directory: Path, root: int, given: Any, bad: Any) -> Path | None:
+    """The lock file: a regular file of the package (uv reads it in the release, as
+    copied: never a link out of it)."""
     if given is not None:
         if not isinstance(given, str) or not given:
             raise bad("lock", "expected a file name")
-        path = (directory / given).resolve()
-        if directory not in path.parents:
+        rel = os.path.normpath(given)
+        if os.path.isabs(given) or rel == ".." or rel.startswith("../"):
             raise bad("lock", f"{given}: not inside the package")
-        if not path.is_file():
-            raise bad("lock", f"{given}: no such file ({path})")
-        return path
+        if not checked.is_regular(root, rel):
+            what = "no such file"
+            with contextlib.suppress(OSError, checked.Refused):
+                fd = checked.open_dir(root, os.path.dirname(rel))
+                try:
+                    mode = os.stat(os.path.basename(rel), dir_fd=fd,
+                                   follow_symlinks=False).st_mode
+                    what = f"{checked.kind(mode)}, not a regular file"
+                finally:
+                    os.close(fd)
+            raise bad("lock", f"{given}: {what} ({directory / rel})")
+        return directory / rel
     for candidate in LOCKS:
-        if (directory / candidate).is_file():
+        if _present(directory, root, candidate):
             return directory / candidate
     return None

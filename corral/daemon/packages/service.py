@@ -25,16 +25,24 @@ from typing import Any
 from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
-from ...supervisor.config import AgentSpec, ConfigError, PackagesSettings, parse_agents
+from ...supervisor.config import (
+    DEFAULT_TENANT,
+    AgentSpec,
+    ConfigError,
+    PackagesSettings,
+    parse_agents,
+)
 from ...supervisor.core import NoSuchAgent, Supervisor, SupervisorError
+from ...supervisor.process import resolve_user
 from ...supervisor.release import SOURCE, VENV
 from ...text import plural
 from ..fleet import Fleet
 from ..revisions import Revision, RevisionLog, recording, spec_table, unrecording
 from ..store import StateStore, StoreError, what_to_do
+from . import checked
 from .build import Builder, BuildError, Plan, find_uv
 from .manifest import read_manifest
-from .releases import CACHE, Releases, Rollout, remove_tree
+from .releases import CACHE, Releases, Rollout, out_of_reach, remove_tree
 
 Say = Callable[[str], None]
 Report = Callable[..., None]
@@ -109,12 +117,15 @@ class Packages:
     async def deploy(self, path: str, name: str | None, who: str, say: Say
                      ) -> m.DeployResult:
         try:
-            manifest = await asyncio.to_thread(read_manifest, path, name)
+            # a thread no cancelled deploy or daemon exit waits for (checked.in_thread)
+            manifest = await checked.in_thread(lambda _: read_manifest(path, name))
         except ConfigError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         name = manifest.name
         if name in self.fleet.from_config:  # before a build: the switch would refuse
             raise _declared(name)
+        self._check_owner(name, manifest.table)
+        await asyncio.to_thread(self._check_reach, name, manifest.table)
         if self.refuse is not None:
             await self.refuse(name)
         try:
@@ -168,8 +179,44 @@ class Packages:
                            f"the release's venv, its source or on PATH; nothing changed")
         return table, spec
 
+    def _check_owner(self, name: str, table: dict[str, Any]) -> None:
+        """A deploy never hands an agent to another tenant: the agent of that name is
+        its tenant's, and the manifest must name the same one."""
+        agent = self.sup.agents.get(name)
+        if agent is None:
+            return
+        owner, wanted = agent.spec.tenant, table.get("tenant", DEFAULT_TENANT)
+        if owner != wanted:
+            raise RpcError(jsonrpc.CONFLICT, f"agent {name} is tenant {owner}'s: a deploy "
+                           f"of a package for tenant {wanted} would take it over; deploy "
+                           f"the package under another name (--name), or name its tenant "
+                           f"in the manifest (tenant = \"{owner}\"); nothing changed")
+
+    def _check_reach(self, name: str, table: dict[str, Any]) -> None:
+        """An agent that runs as another user must reach its release (and the SDK's
+        copy): [packages] dir under the 0700 state directory is out of its reach."""
+        tenant = self.sup.tenant_spec(table.get("tenant", DEFAULT_TENANT))
+        user = table.get("user") or (tenant.user if tenant is not None else None)
+        if not isinstance(user, str):
+            return
+        group = table.get("group")
+        try:
+            uid, gid = resolve_user(user, group if isinstance(group, str) else None)
+        except ConfigError:
+            return  # the spawn refuses it, in its own words
+        if uid is None or gid is None:
+            return
+        blocked = out_of_reach(self.releases.root, uid, gid)
+        if blocked is not None:
+            raise RpcError(jsonrpc.REFUSED, f"deploy of {name}: it runs as user {user}, "
+                           f"who cannot pass through {blocked} to its release in "
+                           f"{self.releases.root}: set [packages] dir to a directory every "
+                           "agent's user may pass through (docs/packages.md); nothing "
+                           "changed")
+
     async def _switch(self, name: str, plan: Plan, release: Path, built: bool, who: str,
                       say: Say) -> m.DeployResult:
+        self._check_owner(name, plan.manifest.table)  # one added during the build
         table, spec = self._spec(name, plan, release)
         agent = self.sup.agents.get(name)
         if agent is not None and self.store.runtime_agents().get(name) is None:

@@ -84,6 +84,28 @@ class Dispatcher:
                 best = r
         return best
 
+    def why_waiting(self, agent_name: str) -> str | None:
+        """Why the agent's waiting tasks do not start now, as pump would find it (None:
+        nothing holds them: they start at its next turn)."""
+        agent = self.sup.agents.get(agent_name)
+        if agent is None:
+            return None
+        if self.budgets is not None and (held := self.budgets.waiting(agent_name)):
+            return held
+        if not agent.replicas:
+            return "the agent is asleep (scaled to zero): a replica is waking for it"
+        if self.free_replica(agent) is None:
+            limit = agent.spec.max_concurrent_tasks
+            taking = [r for r in agent.replicas if r.takes_tasks]
+            if taking:
+                return (f"every replica that takes tasks is busy ({len(taking)} at "
+                        f"max_concurrent_tasks {limit})")
+            return "no replica takes tasks: " + "; ".join(
+                f"{r.name}#{r.index} {_not_taking(r)}" for r in agent.replicas)
+        if self.gate is not None and self.gate(agent):
+            return f"its tenant {agent.spec.tenant} is at its max_concurrent_tasks"
+        return None
+
     def pump(self, agent_name: str) -> None:
         """Start the agent's waiting tasks on its replicas' free slots."""
         agent = self.sup.agents.get(agent_name)
@@ -224,3 +246,12 @@ class Dispatcher:
                             f"{grace:g} s of task/cancel", graceful=False)
 
         loop.call_later(grace, check)
+
+
+def _not_taking(r: Replica) -> str:
+    """Why a replica takes no task, as `corral status` would say it."""
+    st = r.status()
+    if st.ready is False:
+        return f"unready ({st.health})" if st.health else "unready"
+    why = st.reason if st.reason else ""
+    return f"{st.state}: {why}" if why else str(st.state)

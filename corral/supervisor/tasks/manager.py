@@ -27,6 +27,7 @@ import msgspec
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
+from ...text import ordinal
 from ..lifecycle import State
 from .admission import (
     check_input,
@@ -410,6 +411,16 @@ class TaskManager:
             raise jsonrpc.not_found("task", task_id)
         return task
 
+    def why_waiting(self, task: Task) -> str:
+        """Why a queued task has not started: what holds its agent's tasks, and its
+        place among them."""
+        place = self.queue.position(task)
+        depth = self.queue.depth(task.agent)
+        where = (f"{ordinal(place)} of {depth} waiting for {task.agent}" if place
+                 else f"waiting for {task.agent}")
+        held = self.dispatch.why_waiting(task.agent)
+        return f"{where}: {held}" if held else f"{where}: starting"
+
     async def info(self, task_id: str, *, wait: bool = False) -> TaskInfo:
         """What `corral task ID` shows, from memory or else from the journal."""
         task = self.active.get(task_id) or self.finished.get(task_id)
@@ -418,7 +429,7 @@ class TaskManager:
         if task is not None and not (task.output_dropped and self.journal is not None):
             shown = task.info()
             if task.status == TaskStatus.QUEUED:
-                shown.waiting = self.budgets.waiting(task.agent)
+                shown.waiting = self.why_waiting(task)
             return shown
         info = await self.journal.load(task_id) if self.journal is not None else None
         if info is None:

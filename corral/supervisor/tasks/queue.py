@@ -40,6 +40,10 @@ class Queue(Protocol):
     def recover(self, tasks: Iterable[Task]) -> None:
         """The waiting tasks a journal gave back after a restart, in their order."""
 
+    def position(self, task: Task) -> int | None:
+        """Its place among its agent's waiting tasks (1: the next to start), None when it
+        does not wait here."""
+
 
 class LocalQueue:
     """One heap per agent of (-priority, seq, task): `seq` is the task's arrival in this
@@ -83,3 +87,10 @@ class LocalQueue:
     def recover(self, tasks: Iterable[Task]) -> None:
         for task in tasks:
             self.put(task)
+
+    def position(self, task: Task) -> int | None:
+        heap = self._heaps.get(task.agent) or []
+        key = next(((p, s) for p, s, t in heap if t is task), None)
+        if key is None:
+            return None
+        return 1 + sum(1 for p, s, _ in heap if (p, s) < key)

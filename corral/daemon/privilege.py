@@ -1,0 +1,109 @@
+"""What a tenant's caller may name in an agent's table (issue 34, decision 154).
+
+A tenant's caller (a token limited to a tenant, a socket peer in a tenant's group) adds
+agents to its tenant and rolls them back; the operator decides who they run as and where.
+Every key that reaches a spawn as a privilege is the tenant's, as its `[tenants.NAME]`
+table and the config file give it, and a table of a tenant's caller that names one
+otherwise is refused with the key named — never quietly put right, so that the caller
+knows what runs is not what it asked for:
+
+- `tenant` (another tenant's user, quotas and directory), `user`, `group` (who);
+- `sandbox`, `network`, `sandbox_paths` (what the process sees of the host);
+- `cwd` (the directory a sandbox binds writable): inside the tenant's `dir`, else where
+  the tenant's agents run when they name none;
+- `warm`, `preload` (a zygote: what it imports, shared by the agents of one user);
+- `placement` (a cluster's agents run on every node, past one node's quotas);
+- `release` (a package the operator deployed, for this agent: a rollback may restore
+  one the agent ran before, nothing else may name one).
+
+The rest is the agent's own business inside its user and sandbox: its command, `env`
+(LD_PRELOAD, PYTHONPATH: read and bound by the process's own user), `limits` (the caps
+prologue runs as that user, so it can lower its limits only, and runas.py keeps the
+tenant's `max_processes`), its health checks (run as the agent: health.py), quotas the
+tenant's bound. The operator (the config file, an unlimited token, root or the socket's
+group) is never asked: every key stays theirs.
+
+One rule, here, for every way a tenant's caller makes or restores a table: `agents.add`
+(the control socket, HTTP, the CLI) and `agents.rollback` (Fleet.add, Fleet.rollback);
+packages are deployed by callers that see every agent only (api.AGENT_RULES), and MCP
+servers come from the config file alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+from typing import Any
+
+import msgspec
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..supervisor.config import AgentSpec, TenantSpec, isolation
+from ..supervisor.runas import same_user
+
+
+def _shown(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def refusal(spec: AgentSpec, tenant: str, tenant_spec: TenantSpec | None, default_cwd: str,
+            releases: Collection[str] = ()) -> tuple[str, str] | None:
+    """The first key of `spec` (parsed, its cwd filled) that names who runs what, where
+    otherwise than tenant `tenant` does, and why, as (key, text); None when none does.
+    `default_cwd`: where the tenant's agents run when they name no cwd; `releases`: the
+    releases this agent may be given back (a rollback's)."""
+    t = tenant_spec or TenantSpec()
+    if spec.placement != "local":
+        return "placement", (f"{_shown(spec.placement)}: a cluster's agents are the "
+                             "operator's")
+    if spec.tenant != tenant:
+        return "tenant", _differs(spec.tenant, tenant, tenant, "")
+    if spec.user is not None and (t.user is None or not same_user(spec.user, t.user)):
+        return "user", _differs(spec.user, tenant, t.user, "none: the daemon's user")
+    if spec.group is not None:
+        return "group", _differs(spec.group, tenant, None, "none: its user's group")
+    own = isolation(spec, t)
+    theirs = isolation(msgspec.structs.replace(spec, sandbox=None, network=None), t)
+    for key in ("sandbox", "network"):
+        if getattr(own, key) != getattr(theirs, key):
+            return key, _differs(getattr(own, key), tenant, getattr(theirs, key), "")
+    if spec.sandbox_paths:
+        return "sandbox_paths", _differs(spec.sandbox_paths, tenant, None, "none")
+    cwd = os.path.realpath(spec.cwd or default_cwd)
+    if t.dir is not None:
+        if not _inside(cwd, os.path.realpath(t.dir)):
+            return "cwd", (f"{_shown(spec.cwd)} is outside tenant {tenant}'s dir "
+                           f"({_shown(t.dir)})")
+    elif cwd != os.path.realpath(default_cwd):
+        return "cwd", _differs(spec.cwd, tenant, None,
+                               f"it has no dir: its agents run in {default_cwd}")
+    if spec.warm:
+        return "warm", _differs(True, tenant, False, "")
+    if spec.preload:
+        return "preload", _differs(spec.preload, tenant, None, "none")
+    if spec.release is not None and spec.release not in releases:
+        return "release", (f"{_shown(spec.release)}: releases are deployed by the operator "
+                           "(a rollback may restore one this agent ran)")
+    return None
+
+
+def _differs(value: Any, tenant: str, theirs: Any, otherwise: str) -> str:
+    said = _shown(theirs) if theirs is not None else otherwise
+    return f"{_shown(value)} differs from tenant {tenant}'s ({said})"
+
+
+def check(spec: AgentSpec, who: str, tenant: str, tenant_spec: TenantSpec | None,
+          default_cwd: str, releases: Collection[str] = ()) -> None:
+    """Raise the refusal (FORBIDDEN: HTTP 403) of a table of tenant `tenant`'s caller
+    `who` that names who runs what, where otherwise than the tenant (`refusal`)."""
+    found = refusal(spec, tenant, tenant_spec, default_cwd, releases)
+    if found is not None:
+        key, why = found
+        raise RpcError(jsonrpc.FORBIDDEN, f"forbidden: {who} is a caller of tenant {tenant}: "
+                                          f"agents.{spec.name}.{key}: {why}; who runs what, "
+                                          "where is the operator's (docs/tenants.md)")

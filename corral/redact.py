@@ -1,0 +1,127 @@
+"""What of a spec may leave the daemon: the one rule (decision 160) applied wherever an
+agent's or an MCP server's table, or a call's params that carry one, is shown, logged or
+written for people to read — `describe`, `history`, the audit table and its log line,
+the dashboard, every transport (they all answer through the same handlers), cluster
+listings. The revision store, the runtime agents' table and the cluster's Redis keep the
+real values: a rollback, a restart and a node placing an agent need them.
+
+The rule:
+- `env` (an agent's or a server's) and `headers` (a remote server's): every value hidden,
+  the keys shown (they say what is set);
+- `oauth_client_secret`: hidden;
+- `config` (what the worker is given in `initialize`): the value of every key, at any
+  depth, whose name looks like a secret's (`SECRET_NAME`) is hidden; the rest is shown,
+  since it is the worker's settings an operator needs to read (a secret belongs in `env`);
+- a URL anywhere in `config`, and a server's `url`: its password hidden, as the cluster's
+  Redis URL always was (`url`).
+A change between two revisions names a key of `env`, `config` or `headers`, never its
+values (`NAMED_ONLY`): "env.TOKEN changed".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+
+MASK = "***"  # what a hidden value reads as
+
+# tables whose every value is hidden (their keys are shown)
+VALUES_HIDDEN = frozenset({"env", "headers"})
+# single keys whose value is hidden
+KEYS_HIDDEN = frozenset({"oauth_client_secret"})
+# tables whose keys a revision's change names without their values
+NAMED_ONLY = frozenset({"env", "config", "headers"})
+
+# a config key holding one of these, in any case, is a secret's: api_key, apiKey,
+# DB_PASSWORD, auth, bearer_token, client_secret, private_key, session_cookie, dsn ...
+# Meant to hide too much rather than too little (`monkey` is hidden as well) ...
+SECRET_NAME = re.compile(
+    r"token|secret|passw|passphrase|pwd|key|auth|credential|cookie|session|signature|"
+    r"private|dsn|salt", re.IGNORECASE)
+# ... but not the settings nearly every model's worker has, which are taken out of the
+# name before it is looked at: max_tokens, tokens_per_minute, tokenizer, keywords, author
+# (api_tokens and max_tokens_key are still hidden)
+NOT_SECRET = re.compile(
+    r"(max|min|num|total|input|output|context)_?tokens|tokens_?(per|limit)|tokeniz|"
+    r"keyword|author", re.IGNORECASE)
+
+# the methods whose params carry [agents.NAME] tables, and the key holding them by name
+SPEC_PARAMS = {"agents.add": "agents"}
+
+
+def url(text: str) -> str:
+    """The URL with its password hidden (`redis://:***@host:6379/0`); unchanged when it
+    has none."""
+    try:
+        parts = urlsplit(text)
+        password = parts.password
+        port = parts.port
+    except ValueError:  # not a URL a client could use: hidden if it may hold credentials
+        return MASK if "@" in text else text
+    if password is None:
+        return text
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:{MASK}@{host}" + (f":{port}" if port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def secret_name(key: object) -> bool:
+    return isinstance(key, str) and SECRET_NAME.search(NOT_SECRET.sub("", key)) is not None
+
+
+def config(value: Any) -> Any:
+    """A `config` value (and anything below it) as it may be shown."""
+    if isinstance(value, Mapping):
+        return {k: MASK if secret_name(k) and v is not None else config(v)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [config(v) for v in value]
+    if isinstance(value, str):
+        return url(value)
+    return value
+
+
+def _all_hidden(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict.fromkeys(value, MASK)
+    return value if value is None else MASK
+
+
+def table(spec: Any) -> Any:
+    """An [agents.NAME] or [mcp_servers.NAME] table (a dict, as the config writes it or
+    `msgspec.structs.asdict` gives it) as it may be shown: a copy; the keys it does not
+    hide are the same objects. Anything but a mapping is returned as it is (a call's
+    params are shown whatever their shape, and a malformed one hides nothing)."""
+    if not isinstance(spec, Mapping):
+        return spec
+    out = dict(spec)
+    for key, value in spec.items():
+        if key in VALUES_HIDDEN:
+            out[key] = _all_hidden(value)
+        elif key in KEYS_HIDDEN and value is not None:
+            out[key] = MASK
+        elif key == "config":
+            out[key] = config(value) if isinstance(value, Mapping) else _all_hidden(value)
+        elif key == "url" and isinstance(value, str):
+            out[key] = url(value)
+    return out
+
+
+def params(method: str, given: Any) -> Any:
+    """A call's params as its audit row and log line show them: the tables of a call
+    that carries specs through `table`; any other call's as they are."""
+    field = SPEC_PARAMS.get(method)
+    if field is None or given is None:
+        return given
+    if not isinstance(given, Mapping):  # the method's params Struct, as decoded
+        given = msgspec.to_builtins(given)
+        if not isinstance(given, Mapping):
+            return given
+    tables = given.get(field)
+    if not isinstance(tables, Mapping):
+        return given
+    return {**given, field: {name: table(t) for name, t in tables.items()}}
