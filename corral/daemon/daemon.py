@@ -186,7 +186,11 @@ class Daemon:
             drain.cut()
         if self.cluster is not None:
             # this node's queued cluster tasks go to the other nodes at once
-            await self.cluster.stop_taking()
+            try:
+                await self.cluster.stop_taking()
+            except Exception as exc:  # the stop goes on: hand_back tries again
+                s.hub.daemon(f"cluster: the waiting tasks were not handed back before "
+                             f"the drain: {type(exc).__name__}: {exc}", priority=4)
         run = asyncio.ensure_future(drain.run())
         while not run.done():
             get = asyncio.ensure_future(self._signals.get())
@@ -205,9 +209,12 @@ class Daemon:
                          "tasks are handed to the next daemon", priority=4)
             drain.cut()
         self.drain = None
-        drained = run.result()
         self.notifier.status_changed()
-        return drained
+        try:
+            return run.result()
+        except Exception as exc:  # a bug must not keep the daemon from stopping
+            s.hub.daemon(f"the drain failed: {type(exc).__name__}: {exc}", priority=3)
+            return Drained(seconds=0.0, tasks=[], waiting=0, cut_short=True)
 
     def _stopped_drain(self) -> asyncio.Future[Drained]:
         if self._drained is None:
@@ -257,7 +264,7 @@ class Daemon:
         extras = self.extras = Extras(lambda text, priority: hub.daemon(text,
                                                                         priority=priority),
                                       self.notifier.status_changed)
-        stack.push_async_callback(extras.close)  # no retry outlives the daemon
+        stack.push_async_callback(extras.close)  # a start-up that fails half-way too
         sender = (JournalSender() if sc.log_journal is True or (
             sc.log_journal == "auto" and journald.available()) else None)
         if sender is not None:
@@ -383,6 +390,9 @@ class Daemon:
         self.services = services
         if cfg.http.listen:
             await self._start_http_server(stack, cfg, services, dispatcher)
+        # no more attempts at an extra once the stop begins tearing down (before the
+        # servers close: the stack unwinds in reverse)
+        stack.push_async_callback(extras.close)
         # (issue 21) the metrics history sampler starts here
         history.start()
         stack.push_async_callback(history.close)

@@ -81,22 +81,24 @@ class Extras:
         """Try `attempt` now; on failure, report it and retry it in the background.
         Whether it serves now. A ConfigError is raised: the daemon does not start."""
         extra = Extra(name, address, attempt)
-        served = await self._try(extra)
+        served = await self._try(extra, first=True)
         self.extras.append(extra)
         if not served:
             extra.retrying = asyncio.ensure_future(self._retry(extra))
         return served
 
-    async def _try(self, extra: Extra) -> bool:
+    async def _try(self, extra: Extra, first: bool = False) -> bool:
         try:
             await extra.attempt()
-        except (asyncio.CancelledError, ConfigError):
+        except asyncio.CancelledError:
             raise
         except Exception as exc:
-            first = extra.attempts == 0
+            if first and isinstance(exc, ConfigError):
+                raise  # a rule the config breaks; later (a certificate gone bad): a fault
             extra.attempts += 1
             why = reason(exc)
-            if first or why != extra.error:  # said once, and again when the reason changes
+            # said once, and again when the reason changes
+            if extra.attempts == 1 or why != extra.error:
                 self.report(f"cannot start the {extra.title}: {why}; the agents run "
                             "without it, and it is retried with backoff", 3)
             extra.error = why
