@@ -95,19 +95,26 @@ def test_a_task_past_drain_timeout_is_cancelled_and_retried_once_by_the_next_dae
         ) -> None:
     tmp = shared_tmpdir()
     gate = tmp / "gate"
-    # its own drain_timeout, under the fleet's
-    d = Daemon(tmp, worker("w", "drain_timeout = 1\ncancel_grace = 5\n"), extra=DRAIN)
+    # its own drain_timeout, under the fleet's; `once` has no retries: it must not run
+    # twice, so the drain does not hand it over to run again
+    once = sleeper("once") + "retries = 0\ndrain_timeout = 1\n"
+    d = Daemon(tmp, worker("w", "drain_timeout = 1\ncancel_grace = 5\n") + once,
+               extra=DRAIN)
     try:
         d.start()
         tid = submit(d, "w", f'{{"do": "await", "path": "{gate}"}}')
+        single = submit(d, "once", f'{{"do": "await", "path": "{gate}"}}')
         running(d, tid)
+        running(d, single)
         started = time.monotonic()
         r = d.cli("shutdown", timeout=60)
         took = time.monotonic() - started
         assert r.returncode == 0, r.stderr
-        assert took < 10, took  # the agent's 1 s, not the fleet's 30
-        assert r.stdout.splitlines()[0].endswith(": 0 finished, 1 handed to the next daemon")
-        assert f"  {tid}  w  handed to the next daemon" in r.stdout.splitlines()
+        assert took < 10, took  # the agents' 1 s, not the fleet's 30
+        assert r.stdout.splitlines()[0].endswith(
+            ": 1 finished (lost 1), 1 handed to the next daemon")
+        assert r.stdout.splitlines()[1:3] == [f"  {tid}  w  handed to the next daemon",
+                                              f"  {single}  once  lost"]
         why = "not finished within the drain (1 s drain_timeout): daemon stopping"
         gate.touch()  # the retry finishes at once
         d.start()
@@ -117,6 +124,9 @@ def test_a_task_past_drain_timeout_is_cancelled_and_retried_once_by_the_next_dae
         assert t["output"] == {"awaited": str(gate)}
         assert ("task journal: 1 unfinished task recovered: 1 queued again, 0 running "
                 "tasks retried, 0 lost") in log(d)
+        lost = d.json("task", single)
+        assert (lost["status"], lost["error"]["message"]) == ("lost", why)
+        assert attempts(d, single) == [("lost", why)]  # and not run again
         assert d.stop() == 0
     finally:
         d.close()
