@@ -5,15 +5,17 @@ daemon; `corral shutdown` waits for the daemon to be gone and says what it drain
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import signal
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from .conftest import ROOT
-from .daemon_harness import Daemon, shared_tmpdir, sleeper
+from .daemon_harness import Daemon, free_port, shared_tmpdir, sleeper
 from .test_daemon_cli import wait_until
 
 DRAIN = "drain_timeout = 30"  # [supervisor]: the fleet's, far past what a test waits
@@ -35,6 +37,14 @@ def running(d: Daemon, tid: str) -> None:
 
 def attempts(d: Daemon, tid: str) -> list[tuple[str, str | None]]:
     return [(a["outcome"], a["error"]) for a in d.json("task", tid)["attempts"]]
+
+
+def readyz(port: int) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 def log(d: Daemon) -> str:
@@ -136,11 +146,13 @@ def test_a_task_past_drain_timeout_is_cancelled_and_retried_once_by_the_next_dae
 def test_sigterm_drains_and_says_so_in_status_and_to_systemd() -> None:
     tmp = shared_tmpdir()
     gate = tmp / "gate"
-    d = Daemon(tmp, worker("w"), extra=DRAIN)
+    port = free_port()
+    d = Daemon(tmp, worker("w") + f'\n[http]\nlisten = "127.0.0.1:{port}"\n', extra=DRAIN)
     try:
         d.start()
         tid = submit(d, "w", f'{{"do": "await", "path": "{gate}"}}')
         running(d, tid)
+        assert readyz(port)[0] == 200
         assert d.proc is not None
         d.notify.drain()
         d.proc.send_signal(signal.SIGTERM)
@@ -151,6 +163,10 @@ def test_sigterm_drains_and_says_so_in_status_and_to_systemd() -> None:
             "draining 1 task (up to N s)"]
         info = d.json("info")
         assert info["draining"].startswith("draining 1 task")
+        # a load balancer sends it no more work
+        code, body = readyz(port)
+        assert (code, body["status"], body["problems"][0][:16]) == (503, "draining",
+                                                                    "draining 1 task ")
         # a task handed in meanwhile is journaled, and waits for the next daemon
         later = submit(d, "w", '{"do": "echo", "n": 1}')
         assert d.json("task", later)["status"] == "queued"

@@ -4,20 +4,17 @@ backoff, and never keeps the agents from starting."""
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import socket
-import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from .daemon_harness import Daemon, hello, shared_tmpdir
 from .redis_harness import REDIS_SERVER, RedisServer
 from .test_daemon_cli import wait_until
-from .test_drain import statuses
+from .test_drain import readyz, statuses
 
 
 @pytest.fixture
@@ -30,14 +27,6 @@ def taken() -> Iterator[socket.socket]:
         yield s
     finally:
         s.close()
-
-
-def readyz(port: int) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def log(d: Daemon) -> str:
