@@ -239,6 +239,8 @@ def decode_params(raw: Raw | UnsetType | None, type: type[Any]) -> Any:
     except UnicodeDecodeError as exc:  # a string that is not UTF-8 (found by the fuzz test)
         raise RpcError(INVALID_PARAMS, f"invalid params: not UTF-8: {exc.reason} at byte "
                                        f"{exc.start}") from None
+    except RecursionError:  # (an HTTP body is not checked as a socket's line is)
+        raise RpcError(INVALID_PARAMS, "invalid params: nested too deeply") from None
 
 
 # -- framing --------------------------------------------------------------------------------

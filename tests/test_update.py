@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 from .test_daemon_cli import wait_until
+from .test_http_api import serving
 from .test_tasks_cli import misbehave
 
 
@@ -90,3 +92,26 @@ def test_a_refused_update_changes_nothing(d: Daemon) -> None:
                                            "status 3; the old one keeps running\n")
     assert d.status()["u#0"]["pid"] == pid
     assert [h["revision"] for h in d.json("history", "u")["revisions"]] == [1]
+
+
+@pytest.mark.deadline(120)
+async def test_patch_over_http_is_the_same_update(tmp_path: Path) -> None:
+    async with serving(tmp_path, "") as api:
+        await api.token("op", "agents:write", "agents:read")
+        await api.token("reader", "agents:read")
+        status, body, _ = await api.ask("POST", "/agents", "op", {"agents": {"p": {
+            "command": [PY, f"{EXAMPLES}/misbehave.py"], "env": {"PYTHONPATH": str(ROOT)}}}})
+        assert status == 200, body
+        status, body, _ = await api.ask("PATCH", "/agents/p", "op",
+                                        {"set": {"env": {"V": "2"}, "replicas": 2}})
+        assert (status, body) == (200, {"name": "p", "revision": 2,
+                                        "change": "env.V added, replicas 1 -> 2"}), body
+        assert len(api.d.services.sup.agents["p"].replicas) == 2
+        # the scope first; then what the body may hold
+        status, body, _ = await api.ask("PATCH", "/agents/p", "reader", {"set": {"x": 1}})
+        assert status == 403, body
+        status, body, _ = await api.ask("PATCH", "/agents/p", "op", {"set": {"replicas": -1}})
+        assert status == 400, body
+        status, body, _ = await api.ask("PATCH", "/agents/p", "op", {"replicas": 3})
+        assert status == 400, body
+        assert api.d.services.fleet.revision_of("p") == 2

@@ -62,14 +62,26 @@ def stop_timeout_sec(cfg: Config) -> int:
     return math.ceil(drain + grace + 2 * stop + 2 * tools + STOP_MARGIN)
 
 
+def quoted(word: str) -> str:
+    """A word of a unit's command line or assignment as systemd reads it back: in double
+    quotes (C escapes) when it holds a space, a quote or a backslash."""
+    if not any(c in word for c in ' \t"\'\\'):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def unit_text(config: Path) -> str:
-    """The shipped unit, pointed at this installation and at `config` (its
-    TimeoutStopSec from the config's drain_timeout, when the config is there)."""
+    """The shipped unit, pointed at this installation and at `config` (paths with
+    spaces quoted, as systemd needs them), its TimeoutStopSec from the config's
+    drain_timeout when the config is there."""
     text = (shared_dir() / "systemd" / "corral.service").read_text()
     bindir = str(corral_bin())
+    path = next(line for line in text.splitlines()
+                if line.startswith(f"Environment=PATH={SHIPPED_BIN}:"))
     text = (text.replace(f"{SHIPPED_BIN}/corral daemon --config {SHIPPED_CONFIG}",
-                         f"{bindir}/corral daemon --config {config}")
-                .replace(f"PATH={SHIPPED_BIN}:", f"PATH={bindir}:"))
+                         f"{quoted(f'{bindir}/corral')} daemon --config {quoted(str(config))}")
+                .replace(path, "Environment=" + quoted(path.removeprefix("Environment=")
+                                                        .replace(SHIPPED_BIN, bindir, 1))))
     try:
         cfg = load_config(config) if config.exists() else None
     except ConfigError:

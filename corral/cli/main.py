@@ -382,6 +382,8 @@ def _print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
             _human_bytes(a.rss_bytes) if a.rss_bytes else "-",
             a.reason if not serving else (
                 f"unready: {a.health}" if unready and a.health else
+                # a plain program's own word (STATUS= on its $NOTIFY_SOCKET)
+                f"status: {a.status_text}" if a.status_text else
                 f"last exit: {a.last_exit}" if a.last_exit else ""),
         ])
     _table(rows, ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "REASON"])
@@ -816,15 +818,24 @@ def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
 @click.option("--cluster", "cluster", is_flag=True,
               help="A cluster agent: its spec kept in the cluster's Redis, its replicas "
                    "placed on live nodes (docs/cluster.md).")
+@click.option("--protocol", type=click.Choice(["corral", "none"]), default=None,
+              help='"none": any program (a web server, a script), supervised but given no '
+                   "tasks; its stdout and stderr are its log (default: corral, a worker).")
+@click.option("--ready", "ready", type=click.Choice(["started", "notify"]), default=None,
+              help="With --protocol none: ready once started (default), or once it sends "
+                   "READY=1 to $NOTIFY_SOCKET.")
 @pass_ctx
 def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
         replicas: int | None, restart_: str | None, env: tuple[str, ...],
-        cwd: str | None, tenant: str | None, no_check: bool, cluster: bool) -> None:
+        cwd: str | None, tenant: str | None, no_check: bool, cluster: bool,
+        protocol: str | None, ready: str | None) -> None:
     if file and (name or command):
         raise click.UsageError("give a FILE or --name/--command, not both")
-    if file and tenant is not None:
-        raise click.UsageError("--tenant goes with --name/--command; in a FILE, write "
-                               "tenant = \"NAME\" in each [agents.NAME] table")
+    for flag, value, shape in (("tenant", tenant, "NAME"), ("protocol", protocol, "none"),
+                               ("ready", ready, "notify")):
+        if file and value is not None:
+            raise click.UsageError(f"--{flag} goes with --name/--command; in a FILE, write "
+                                   f'{flag} = "{shape}" in each [agents.NAME] table')
     if file:
         agents = _read_agents_file(file)
     else:
@@ -837,6 +848,10 @@ def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
             table["restart"] = restart_
         if tenant is not None:
             table["tenant"] = tenant
+        if protocol is not None:
+            table["protocol"] = protocol
+        if ready is not None:
+            table["ready"] = ready
         if env:
             pairs = [e.split("=", 1) for e in env]
             if any(len(p) != 2 for p in pairs):

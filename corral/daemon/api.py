@@ -23,6 +23,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..methods import REGISTRY, SCOPES, Method, parse_target
 from ..supervisor.core import NoSuchAgent
+from ..supervisor.events import agent_of
 from ..supervisor.names import RESERVED
 from ..supervisor.tasks.counters import totals
 from ..text import clip, one_line
@@ -212,13 +213,26 @@ class Dispatcher(Generic[Ctx]):
         call from what it already has (a stream's shared ring): raises RpcError."""
         return self._check(self.bind(caller), name, params)
 
+    def admit(self, caller: Caller, name: str) -> None:
+        """What `dispatch` refuses without the params, for a transport that has not read
+        them yet (an HTTP body): an unknown method, a caller without the scope, a method
+        closed to a limited caller. Raises RpcError, audited as `dispatch`'s refusals."""
+        caller = self.bind(caller)
+        try:
+            spec = self.method(name)
+            _scope_held(caller, spec)
+            if caller.limited:
+                agent_rule(name, caller)
+        except RpcError as exc:
+            if caller.tenant is not None and name in REGISTRY:
+                self.audit(caller, name, None, f"error: {exc.message}")
+            raise
+
     def _check(self, caller: Caller, name: str, params: Any
                ) -> tuple[Method, Any, AgentRule | None]:
         """`check` of a caller already bound."""
         spec = self.method(name)
-        if not caller.may(spec.scope):
-            raise RpcError(jsonrpc.FORBIDDEN, f"forbidden: {name} needs the {spec.scope} "
-                                              f"scope, which {caller.who} does not hold")
+        _scope_held(caller, spec)
         typed = decode(params, spec.params)
         rule: AgentRule | None = None
         if caller.limited:
@@ -270,6 +284,12 @@ class Dispatcher(Generic[Ctx]):
         if spec.mutating:
             self.audit(caller, spec.name, params, outcome(result))
         return result
+
+
+def _scope_held(caller: Caller, spec: Method) -> None:
+    if not caller.may(spec.scope):
+        raise RpcError(jsonrpc.FORBIDDEN, f"forbidden: {spec.name} needs the {spec.scope} "
+                                          f"scope, which {caller.who} does not hold")
 
 
 def decode(params: Any, into: type[msgspec.Struct]) -> Any:
@@ -620,6 +640,16 @@ def _seen(filters: Mapping[str, Callable[[Any, Caller], Any]]
     return lambda inner, caller: _Seen(inner, caller, filters)
 
 
+def _event_seen(params: Any, caller: Caller) -> Any:
+    """An event of an agent the caller does not see (its worker's, or corral's own about
+    it) is not sent; a caller's event is no agent's."""
+    if caller.agents is None:
+        return params  # a tenant's caller: the bus sends it its tenant's alone
+    agent = agent_of(bytes(params) if isinstance(params, msgspec.Raw)
+                     else msgspec.json.encode(params))
+    return params if agent is None or caller.sees(agent) else None
+
+
 def _of_agent(params: Any, caller: Caller) -> Any:
     return params if caller.sees(params.agent) else None
 
@@ -663,7 +693,7 @@ AGENT_RULES: dict[str, AgentRule] = {
     "tasks.list": AgentRule(_AGENT_PARAM, filter=_tasks_filter),
     "tasks.cancel": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),
     "events.publish": AgentRule(_own_tenant),
-    "events.follow": AgentRule(_own_tenant),
+    "events.follow": AgentRule(_own_tenant, channel=_seen({"events.event": _event_seen})),
     "tools.list": AgentRule(_both(_AGENT_PARAM, _server("server")),
                             filter=_servers_filter("tools")),
     "tools.call": AgentRule(_tool("tool")),

@@ -30,7 +30,8 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 SYSLOG_IDENTIFIER = "corral"
 PRIORITY_INFO = 6
 PRIORITY_NOTICE = 5
-STREAM_PRIORITY = {"stderr": PRIORITY_INFO}  # everything else corral says: notice
+# a process's own lines (stdout: a plain program's); everything else corral says: notice
+STREAM_PRIORITY = {"stderr": PRIORITY_INFO, "stdout": PRIORITY_INFO}
 
 
 def available(path: str = JOURNAL_SOCKET) -> bool:

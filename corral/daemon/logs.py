@@ -339,7 +339,7 @@ class LogHub:
             tail = self.tails[source] = _Tail(self.tail_lines, self.tail_bytes)
         if self.log_dir is None:
             pass
-        elif self.raw and stream == "stderr":
+        elif self.raw and stream in ("stderr", "stdout"):  # (stdout: a plain program's)
             self._write(source, lines.count, lines.block, b"\n")
         else:
             head = LogLine(batch.time, source, replica, pid, stream, "").render().encode()

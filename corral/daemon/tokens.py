@@ -16,6 +16,7 @@ import secrets
 import sqlite3
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -52,6 +53,9 @@ class Tokens:
         self.store = store
         self.by_hash: dict[str, Token] = {}
         self.hash_of: dict[str, str] = {}
+        # told of each token revoked, as it is: what it holds open ends (the HTTP
+        # server's streams, the dashboard's sessions)
+        self.on_revoke: list[Callable[[Token], None]] = []
         rows = store.db.execute(
             "SELECT name, hash, scopes, agents, created, expires, tenant FROM tokens")
         for name, hashed, scopes, agents, created, expires, tenant in rows:
@@ -125,6 +129,8 @@ class Tokens:
         # refused at once, before the commit: a revoked token must not serve meanwhile
         token = self.by_hash.pop(hashed)
         del self.hash_of[name]
+        for told in list(self.on_revoke):
+            told(token)
 
         def write(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM tokens WHERE name = ?", (name,))

@@ -364,7 +364,8 @@ class McpPool(Generic[Spec, Inst]):
             for i in entry.all():
                 row = msgspec.structs.asdict(i.status())
                 row["instance"] = row.pop("replica")
-                del row["ready"], row["health"]  # an agent's health checks: none here
+                # an agent's health checks and a plain program's STATUS=: none here
+                del row["ready"], row["health"], row["status_text"]
                 row.update({
                     "owner": i.owner, "scope": entry.spec.scope,
                     "protocol_version": i.client.version, "tools": len(i.client.tools),

@@ -110,21 +110,49 @@ class CheckSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_d
     check: str | None = None
     # ... or a command instead, run beside the worker: exit status 0 passes
     command: list[str] | None = None
+    # ... or a connection from the daemon: "HOST:PORT" that accepts one (tcp), or an
+    # http:// or https:// URL whose GET answers 200-399 (http) (probes.py)
+    tcp: str | None = None
+    http: str | None = None
     # what a failed check does (default: readiness drains, liveness restarts)
     recovery: Literal["restart", "drain", "exec", "event"] | None = None
     exec: list[str] | None = None  # recovery = "exec": the command run
 
+    @property
+    def probe(self) -> bool:
+        """Whether the check is corral's own (a command, tcp or http), not the worker's."""
+        return self.command is not None or self.tcp is not None or self.http is not None
+
     def problem(self) -> tuple[str, str] | None:
         """(the key, what is wrong with it), or None."""
-        if self.check is not None and self.command is not None:
-            return "", "give either check (the worker's) or command, not both"
+        given = [k if k != "check" else "check (the worker's)"
+                 for k in ("check", "command", "tcp", "http") if getattr(self, k) is not None]
+        if len(given) == 2:
+            return "", f"give either {given[0]} or {given[1]}, not both"
+        if len(given) > 2:
+            return "", (f"give one of check (the worker's), command, tcp or http, not "
+                        f"{', '.join(given[:-1])} and {given[-1]}")
         if self.command is not None and not self.command:
             return "command", "is empty"
+        if self.tcp is not None and tcp_address(self.tcp) is None:
+            return "tcp", f'{self.tcp!r} is not "HOST:PORT" (a port of 1-65535)'
+        if self.http is not None and not re.match(r"^https?://[^/]", self.http):
+            return "http", f"{self.http!r} is not an http:// or https:// URL"
         if self.recovery == "exec" and not self.exec:
             return "exec", 'recovery = "exec" needs exec = [the command to run]'
         if self.exec is not None and self.recovery != "exec":
             return "exec", 'is run only with recovery = "exec"'
         return None
+
+
+def tcp_address(text: str) -> tuple[str, int] | None:
+    """("host", port) from "HOST:PORT" ("[::1]:PORT" for IPv6), or None."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdigit():
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return (host, int(port)) if host and 0 < int(port) < 65536 else None
 
 
 class HealthSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -149,6 +177,17 @@ class HealthSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
 
 class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     name: str = ""
+    # "corral": a worker speaking the protocol on its stdio (docs/protocol.md); "none": any
+    # program (a web server, a script): supervised alike, but it takes no tasks, and its
+    # stdout is a log like its stderr (supervisor/plain.py)
+    protocol: Literal["corral", "none"] = "corral"
+    # a plain program's readiness: "started" (once spawned; the default) or "notify" (once
+    # it sends READY=1 to $NOTIFY_SOCKET, within start_timeout); a readiness check, if
+    # any, must pass besides
+    ready: Literal["started", "notify"] | None = None
+    # a plain program that must send WATCHDOG=1 to $NOTIFY_SOCKET at least this often
+    # once ready, else it is restarted as hung; 0: no watchdog
+    watchdog_sec: NonNeg = 0
     replicas: NonNegInt = 1
     autostart: bool = True
     max_concurrent_tasks: PositiveInt = 1
@@ -598,7 +637,8 @@ def parse_agents(data: dict[str, Any], where: str) -> dict[str, AgentSpec]:
         validate_name("agents", name, where)
         spec = convert(table, AgentSpec, where=where, prefix=f"agents.{name}")
         spec.name = name
-        problem = elastic_problem(spec, explicit_replicas="replicas" in table)
+        problem = elastic_problem(spec, explicit_replicas="replicas" in table) or \
+            protocol_problem(spec)
         if problem:
             raise ConfigError(f"{where}: agents.{name}.{problem}")
         try:
@@ -613,6 +653,44 @@ def parse_agents(data: dict[str, Any], where: str) -> dict[str, AgentSpec]:
     return out
 
 
+PLAIN = 'a plain program (protocol = "none")'
+
+
+def protocol_problem(spec: AgentSpec) -> str | None:
+    """What the agent's keys ask that its protocol cannot give ("KEY: problem"), or None.
+    A plain program takes no tasks and answers nothing on its stdio: what follows tasks
+    (autoscale, hibernation), what needs a worker (a warm start from the SDK's zygote, the
+    worker's own health/check) and a cluster's placement (which is for its tasks) are
+    refused; readiness and the watchdog by sd_notify are a plain program's alone (a worker
+    is ready when it answers initialize, and the heartbeat watches it)."""
+    if spec.protocol == "corral":
+        if spec.ready is not None:
+            return ('ready: is for protocol = "none" (a worker is ready when it answers '
+                    "initialize)")
+        if spec.watchdog_sec:
+            return ('watchdog_sec: is for protocol = "none" (a worker is watched by the '
+                    "heartbeat: heartbeat_timeout)")
+        return None
+    if spec.autoscale is not None or spec.hibernate_after:
+        key = "autoscale" if spec.autoscale is not None else "hibernate_after"
+        return (f"{key}: {PLAIN} takes no tasks, and an elastic agent follows its task "
+                "load: set replicas instead")
+    if spec.warm or spec.preload:
+        key = "warm" if spec.warm else "preload"
+        return (f"{key}: {PLAIN} starts cold (a warm start forks a Python worker from a "
+                "zygote that has imported the worker SDK)")
+    if spec.placement == "cluster":
+        return (f'placement: {PLAIN} runs on this node (a cluster places agents for their '
+                "tasks)")
+    health = spec.health
+    for kind in ("readiness", "liveness"):
+        c: CheckSpec | None = getattr(health, kind) if health is not None else None
+        if c is not None and not c.probe:
+            return (f"health.{kind}: {PLAIN} answers no health/check: give command, tcp "
+                    "or http")
+    return None
+
+
 def cluster_problem(spec: AgentSpec, clustered: bool) -> str | None:
     """What forbids the agent's `placement = "cluster"` here ("KEY: problem"), or None."""
     if spec.placement != "cluster":
@@ -623,7 +701,7 @@ def cluster_problem(spec: AgentSpec, clustered: bool) -> str | None:
     if spec.elastic:
         return ('placement: a cluster agent is not elastic yet (autoscale, '
                 "hibernate_after)")
-    return None
+    return protocol_problem(spec)
 
 
 def elastic_problem(spec: AgentSpec, *, explicit_replicas: bool = True) -> str | None:
@@ -779,6 +857,14 @@ def isolation_problem(spec: AgentSpec, gateway: GatewaySettings,
     if iso.sandbox == "none" and iso.network != "host":
         return (f'network: network = "{iso.network}" needs sandbox = "bwrap" (without a '
                 f"sandbox an agent shares the host's network)")
+    health = spec.health
+    for kind in ("readiness", "liveness"):
+        c: CheckSpec | None = getattr(health, kind) if health is not None else None
+        for key in ("tcp", "http"):
+            if c is not None and getattr(c, key) is not None and iso.network != "host":
+                return (f'health.{kind}.{key}: connects from the host, which cannot reach '
+                        f'the agent\'s own network (network = "{iso.network}"): use a '
+                        "command check")
     if iso.network == "gateway" and gateway_socket(gateway) is None:
         return ('network: network = "gateway" needs [gateway] listen = "unix:PATH" (its '
                 "socket is the only one bound into the sandbox's empty network namespace)")

@@ -24,7 +24,14 @@ from ..jsonrpc import DEFAULT_MAX_LINE, LineBlock, RpcError
 from ..mcp.pool import McpPool
 from ..text import closest, listing, plural
 from ..timeouts import cancel_all, within
-from .config import AgentSpec, ConfigError, McpServerSpec, TenantSpec, elastic_problem
+from .config import (
+    AgentSpec,
+    ConfigError,
+    McpServerSpec,
+    TenantSpec,
+    elastic_problem,
+    protocol_problem,
+)
 from .containment import CgroupMode, Containment
 from .elastic import Elastic, scale_refusal
 from .events import EventBus
@@ -34,8 +41,10 @@ from .listening import ListeningClock
 from .mcproutes import AgentMcp
 from .mcpserver import McpServerReplica
 from .names import name_problem, shown
+from .notifysock import NotifyDir
 from .pacing import BATCH, pacer
 from .pausing import selected, to_pause, to_resume
+from .plain import make_replica
 from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaStatus, ResumeFailed
 from .remote import RemoteMcpServer
 from .replica import Replica
@@ -97,7 +106,7 @@ class Agent:
         self._starter: Starter | None = None  # start_all's starts still due
 
     def _new_replica(self, index: int) -> Replica:
-        return Replica(self.sup, self.spec, self.name, index)
+        return make_replica(self.sup, self.spec, self.name, index)
 
     def start(self) -> None:
         self._starter = start_all(self.replicas)
@@ -126,7 +135,7 @@ class Agent:
 
     async def _replace(self, i: int, spec: AgentSpec, start_stopped: bool) -> None:
         old = self.replicas[i]
-        new = Replica(self.sup, spec, self.name, i)
+        new = make_replica(self.sup, spec, self.name, i)
         if not start_stopped and old.stopped_by_hand:
             self.replicas[i] = new
             self.sup.stream.emit(Roster(self.name))
@@ -182,7 +191,7 @@ class Agent:
         stopped. Replicas stopped by hand (or never started) are replaced without
         starting; Failed ones are started (a new release is how one is fixed)."""
         old = list(self.replicas)
-        new = [Replica(self.sup, spec, self.name, i) for i in range(len(old))]
+        new = [make_replica(self.sup, spec, self.name, i) for i in range(len(old))]
         started = [n for n, o in zip(new, old, strict=True)
                    if o.state == State.FAILED or not o.stopped_by_hand]
         self.replacing.update((*old, *new))
@@ -323,6 +332,8 @@ class Supervisor:
         self.elastic = Elastic(self)
         # health checks of agents with [health] (health.py); nothing for the others
         self.health_board = HealthBoard(self)
+        # plain programs' $NOTIFY_SOCKETs (plain.py), one a life, in a directory of its own
+        self.notify_dir = NotifyDir()
 
     # -- lifecycle of the supervisor itself -----------------------------------------------
     async def __aenter__(self) -> Supervisor:
@@ -361,6 +372,7 @@ class Supervisor:
             await cancel_all([self._heartbeat])
             self._heartbeat = None
         await self.containment.close()
+        self.notify_dir.close()
 
     # -- the API --------------------------------------------------------------------------
     def add(self, spec: AgentSpec, *, start: bool | None = None) -> Agent:
@@ -375,7 +387,7 @@ class Supervisor:
             spec.check_health()
         except ConfigError as exc:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, f"agent {spec.name}: {exc}") from None
-        problem = elastic_problem(spec)
+        problem = elastic_problem(spec) or protocol_problem(spec)
         if problem:
             raise SupervisorError(jsonrpc.INVALID_PARAMS, f"agent {spec.name}: {problem}")
         self.check_fleet({spec.name: spec.replicas}, f"agent {spec.name}")

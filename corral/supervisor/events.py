@@ -42,6 +42,30 @@ class Delivery(msgspec.Struct, omit_defaults=True):
     tenant: str | None = None  # the tenant it was published in; None: every tenant's
 
 
+class _Origin(msgspec.Struct):
+    source: str = ""
+    data: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _About(msgspec.Struct):
+    agent: str | None = None
+
+
+def agent_of(encoded: bytes) -> str | None:
+    """The agent an encoded Delivery is of: the one whose worker published it (source
+    `NAME#N`), or the one corral's own event is about (`data.agent`); None for a
+    caller's event (a token's, a socket peer's), which is no agent's."""
+    origin = msgspec.json.decode(encoded, type=_Origin)
+    if "#" in origin.source:
+        return origin.source.partition("#")[0]
+    if origin.source == "corral":
+        try:
+            return msgspec.json.decode(origin.data, type=_About).agent
+        except msgspec.ValidationError:
+            return None
+    return None
+
+
 class EventFollower(Follower[msgspec.Raw]):
     """Deliveries encoded once for every follower; bounded in count and in bytes."""
 

@@ -2,7 +2,8 @@
 
 `[agents.NAME.health]` (config.HealthSpec) gives an agent a readiness check, a liveness
 check or both. Each is the worker's own (`health/check`, answered `{ok, message?}`; the
-SDK's `@health_check` functions) or a command run beside it (exit status 0 passes).
+SDK's `@health_check` functions), a command run beside it (exit status 0 passes), or a
+tcp or http probe from the daemon (probes.py).
 
 - `CheckCounter` is the pure part: consecutive failures and passes against `failures`
   and `successes`, failures inside `start_period` not counted; it says when a check
@@ -49,6 +50,7 @@ from ..text import plural
 from ..timeouts import within
 from .config import CheckSpec, HealthSpec
 from .lifecycle import SERVING, Cause, State
+from .probes import probe_http, probe_tcp
 from .process import ChildProcess, Launch
 from .stream import Stream
 
@@ -125,6 +127,10 @@ def check_label(kind: str, spec: CheckSpec) -> str:
         return f'{kind} check "{spec.check}"'
     if spec.command is not None:
         return f'{kind} check "{shlex.join(spec.command)}"'
+    if spec.tcp is not None:
+        return f'{kind} check "tcp {spec.tcp}"'
+    if spec.http is not None:
+        return f'{kind} check "http {spec.http}"'
     return f"{kind} check"
 
 
@@ -334,6 +340,9 @@ class ReplicaHealth:
         if spec.command is not None:
             run.task = asyncio.ensure_future(self._command(run, turn, spec.command))
             return
+        if spec.tcp is not None or spec.http is not None:
+            run.task = asyncio.ensure_future(self._probe(run, turn))
+            return
         peer = self.r.peer
         if peer is None:  # (not while it serves) looked at again next interval
             self._done(run, Verdict(False, "no channel to the worker"))
@@ -370,6 +379,19 @@ class ReplicaHealth:
             return
         run.task = None
         self._done(run, v)
+
+    async def _probe(self, run: CheckRun, turn: int) -> None:
+        """A tcp or http check, made from the daemon (probes.py)."""
+        spec = run.spec
+        if spec.tcp is not None:
+            ok, said = await probe_tcp(spec.tcp, spec.timeout)
+        else:
+            assert spec.http is not None
+            ok, said = await probe_http(spec.http, spec.timeout)
+        if self.closed or turn != run.turn:
+            return
+        run.task = None
+        self._done(run, Verdict(ok, said[:MESSAGE_MAX]))
 
     def _done(self, run: CheckRun, v: Verdict) -> None:
         flip = run.counter.record(v, time.monotonic())

@@ -3,7 +3,8 @@
 The kernel tells us when the process exits (a pidfd becomes readable), so exits are seen
 at once, with no polling and no SIGCHLD races with other child watchers. Signals go
 through the pidfd too, so a recycled pid can never be hit. stdin/stdout carry JSON-RPC,
-stderr carries the log stream. What the process leaves outside its process group (setsid,
+stderr carries the log stream. (A plain program's stdout is a log too: `attach`'s
+`on_stdout_lines`.) What the process leaves outside its process group (setsid,
 double fork) is containment.py's business: this module asks it for a ticket before the
 spawn and tells it about signals and the exit.
 """
@@ -289,14 +290,21 @@ class ChildProcess(asyncio.Protocol):
         stdout: Any,
         stderr: Any,
         *,
-        on_stdout_line: Callable[[bytes], None],
+        on_stdout_line: Callable[[bytes], None] | None = None,
         on_stderr_lines: Callable[[LineBlock], None],
         on_oversize: Callable[[int, bytes, bytes], None],
         on_stdout_eof: Callable[[Exception | None], None] | None = None,
+        on_stdout_lines: Callable[[LineBlock], None] | None = None,
+        on_attach: Callable[[ChildProcess], None] | None = None,
         max_line: int = DEFAULT_MAX_LINE,
     ) -> None:
         """Connect our ends of the process's stdio pipes (file objects) to the loop; on
-        failure the process is killed and the pipes no transport took are closed."""
+        failure the process is killed and the pipes no transport took are closed.
+        stdout is a channel of messages, one a line (`on_stdout_line`), or, for a process
+        that speaks no protocol, a log like stderr (`on_stdout_lines`). `on_attach` is
+        told of the process before its first line can be read (its lines name its pid)."""
+        if on_attach is not None:
+            on_attach(self)
         loop = self.loop
         self._on_stderr_lines = on_stderr_lines
         self._on_stdout_eof = on_stdout_eof
@@ -304,12 +312,18 @@ class ChildProcess(asyncio.Protocol):
             stdin_t, _ = await loop.connect_write_pipe(lambda: self, stdin)
             stdin_t.set_write_buffer_limits(high=STDIN_HIGH, low=STDIN_LOW)  # type: ignore[attr-defined]
             self.stdin = stdin_t  # type: ignore[assignment]
-            self._stdout, self.reader = await loop.connect_read_pipe(
-                lambda: LineProtocol(
-                    on_stdout_line, self._stdout_eof, max_line=max_line,
-                    on_oversize=on_oversize),
-                stdout,
-            )
+            if on_stdout_lines is not None:
+                self._stdout, _ = await loop.connect_read_pipe(
+                    lambda: ChunkLines(on_stdout_lines, self._stdout_eof, max_line=max_line),
+                    stdout)
+            else:
+                assert on_stdout_line is not None
+                self._stdout, self.reader = await loop.connect_read_pipe(
+                    lambda: LineProtocol(
+                        on_stdout_line, self._stdout_eof, max_line=max_line,
+                        on_oversize=on_oversize),
+                    stdout,
+                )
             # stderr lines are logs; a 16 MiB cap keeps a runaway line from eating memory
             self._stderr, _ = await loop.connect_read_pipe(
                 lambda: ChunkLines(self._stderr_lines, self._stderr_eof, max_line=max_line),

@@ -119,6 +119,8 @@ class ReplicaStatus(msgspec.Struct):
     # an agent with [health]: whether the replica takes new tasks, and why not (health.py)
     ready: bool | None = None
     health: str | None = None
+    # a plain program's last STATUS= on its $NOTIFY_SOCKET (plain.py)
+    status_text: str | None = None
 
 
 class ReplicaHost(Protocol):
@@ -465,10 +467,7 @@ class ProcessReplica(Machine):
             spawning: dict[str, Any] = {
                 "containment": self.host.containment, "kind": self.kind, "name": self.name,
                 "index": self.index, "stop_timeout": spec.stop_timeout,
-                "on_stdout_line": self._on_stdout_line,
-                "on_stderr_lines": self._on_stderr_lines,
-                "on_oversize": self._on_oversize,
-                "max_line": self.max_line,
+                "on_attach": self._attached, **self._stdio(),
             }
             async with self.host.spawn_slots:  # the pacing of a mass start
                 self.process = await self._prestart(env, uid, gid, spawning)
@@ -496,14 +495,28 @@ class ProcessReplica(Machine):
         self._cpu_over = 0
         self.host.stats.spawned += 1
         self.peer = peer = self._make_peer(proc)
-        # the process's requests wait, unread, while its stdin is full or MAX_IN_FLIGHT of
-        # them are worked on; its answers and notifications before them are read (a
-        # process kept from writing them could stop reading its stdin too)
-        peer.reader, peer.max_handling, proc.peer = proc.reader, MAX_IN_FLIGHT, peer
+        if peer is not None:
+            # the process's requests wait, unread, while its stdin is full or MAX_IN_FLIGHT
+            # of them are worked on; its answers and notifications before them are read (a
+            # process kept from writing them could stop reading its stdin too)
+            peer.reader, peer.max_handling, proc.peer = proc.reader, MAX_IN_FLIGHT, peer
         if self.state == State.SHUTTING_DOWN:  # stopped while spawning
             self._begin_shutdown(graceful=False)
         self._init = asyncio.ensure_future(self._initialize())
         self._life = None
+
+    def _attached(self, proc: ChildProcess) -> None:
+        """The process exists: the lines it writes from now on name its pid (they can be
+        read before its spawn returns)."""
+        self.pid = proc.pid
+
+    def _stdio(self) -> dict[str, Any]:
+        """How the process's output is read (ChildProcess.attach's callbacks): stdout
+        is the protocol's channel, stderr its log."""
+        return {"on_stdout_line": self._on_stdout_line,
+                "on_stderr_lines": self._on_stderr_lines,
+                "on_oversize": self._on_oversize,
+                "max_line": self.max_line}
 
     async def _prestart(self, env: dict[str, str], uid: int | None, gid: int | None,
                         spawning: dict[str, Any]) -> ChildProcess | None:
@@ -578,7 +591,8 @@ class ProcessReplica(Machine):
             self._life_failed(life, exc)
             raise
 
-    def _make_peer(self, proc: ChildProcess) -> Peer:
+    def _make_peer(self, proc: ChildProcess) -> Peer | None:
+        """The protocol's channel over the process's stdio (None: it speaks none)."""
         raise NotImplementedError
 
     def exit_message(self, reason: str) -> str:
@@ -617,6 +631,10 @@ class ProcessReplica(Machine):
         """The protocol's opening exchange; returns the reason for Ready, raises RpcError."""
         raise NotImplementedError
 
+    def _start_timed_out(self, timeout: float) -> str:
+        """The reason a start that was not ready within `timeout` is taken down for."""
+        return f"start timeout: no answer to {self.handshake} within {timeout:g} s"
+
     async def _initialize(self) -> None:
         try:
             await self._initialize_steps()
@@ -630,9 +648,8 @@ class ProcessReplica(Machine):
             ready_reason = await self._handshake()
         except RpcError as exc:
             if exc.code == jsonrpc.REQUEST_TIMEOUT:
-                self.take_down(
-                    f"start timeout: no answer to {self.handshake} within {timeout:g} s",
-                    graceful=False, cause=Cause.HANG)
+                self.take_down(self._start_timed_out(timeout), graceful=False,
+                               cause=Cause.HANG)
             elif exc.code != jsonrpc.PEER_CLOSED:
                 self.take_down(f"{self.handshake_failed}: {exc.message}", graceful=False,
                                cause=Cause.UNHEALTHY)

@@ -205,7 +205,13 @@ class Replica(ProcessReplica):
             argv, program=self.host.sandbox_program, cwd=spec.cwd or os.getcwd(), env=env,
             network=network, root=(os.geteuid() if uid is None else uid) == 0,
             read_only=map(str, read_only), gateway_socket=env.get("CORRAL_MCP_SOCKET"),
-            protected=self.host.protected_paths)
+            protected=self.host.protected_paths,
+            notify_socket=None if beside else self._notify_socket())
+
+    def _notify_socket(self) -> str | None:
+        """The $NOTIFY_SOCKET the next process is given, bound into its sandbox (a plain
+        program's: plain.py)."""
+        return None
 
     def _measured_pid(self, proc: ChildProcess) -> int | None:
         """A sandboxed agent's own process, not the bwrap around it (found once per
@@ -223,7 +229,7 @@ class Replica(ProcessReplica):
     def _exit_status(self, rc: int) -> int:
         return exit_status(rc) if self._isolation().sandbox != "none" else rc
 
-    def _make_peer(self, proc: ChildProcess) -> Peer:
+    def _make_peer(self, proc: ChildProcess) -> Peer | None:
         return Peer(
             f"{self.kind} {self.label}",
             proc.write,

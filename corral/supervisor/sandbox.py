@@ -170,7 +170,8 @@ def exposed(cwd: str, protected: Iterable[tuple[str, str]]) -> str | None:
 def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
               network: str, root: bool, read_only: Iterable[str],
               gateway_socket: str | None = None,
-              protected: Iterable[tuple[str, str]] = ()) -> list[str]:
+              protected: Iterable[tuple[str, str]] = (),
+              notify_socket: str | None = None) -> list[str]:
     """The bwrap command line that runs `argv` (absolute argv[0]) sandboxed.
 
     `read_only`: what the agent may read besides the system; `cwd` is writable. Mounts are
@@ -204,6 +205,8 @@ def sandboxed(argv: list[str], *, program: str, cwd: str, env: dict[str, str],
             raise OSError('network = "gateway": the MCP gateway has no unix socket '
                           '([gateway] listen = "unix:PATH") to bind in')
         mounts[gateway_socket] = "--bind"
+    if notify_socket is not None:  # a plain program's $NOTIFY_SOCKET (notifysock.py)
+        mounts[notify_socket] = "--bind"
     # corral's own files inside what it may read are masked: read-only is no guard for a
     # unix socket (connect(2) needs no write permission), nor for secrets
     for path in (os.path.abspath(p) for p, _ in protected):

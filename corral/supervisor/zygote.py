@@ -38,6 +38,12 @@ from .process import STATUS_LOST, ChildProcess, off_loop, set_pipe_sizes
 
 log = logging.getLogger("corral.zygote")
 PROGRAM = str(Path(__file__).resolve().parent.parent / "worker" / "zygote.py")
+# the program is handed to the interpreter on its stdin (`python -`), read here, as root:
+# a zygote's user need not be able to read corral's installation (a checkout under a 0700
+# /root), only the SDK on the agent's own path
+SOURCE = Path(PROGRAM).read_bytes()
+if len(SOURCE) >= 65536:  # pragma: no cover - a pipe's buffer on Linux, written unread
+    raise RuntimeError(f"{PROGRAM} outgrew a pipe's buffer: hand it over another way")
 START_TIMEOUT = 60.0  # heavy preloads (an LLM framework) take seconds
 SPAWN_TIMEOUT = 10.0
 RETRY_AFTER = 30.0
@@ -134,13 +140,21 @@ class Zygote:
         if self.key.gid is not None:
             kwargs["group"] = self.key.gid
         env = {**self.env, "CORRAL_ZYGOTE_FD": str(theirs.fileno())}
-        argv = [self.key.interpreter, PROGRAM, *self.key.preload]
+        argv = [self.key.interpreter, "-", *self.key.preload]
 
         def popen() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
-                cwd="/", start_new_session=True, close_fds=True,
-                pass_fds=[theirs.fileno()], **kwargs)
+            # the program whole in the pipe's buffer before the interpreter reads it
+            # (smaller than a pipe holds: no writer to wait for)
+            program, feed = os.pipe()
+            try:
+                with open(feed, "wb", closefd=True) as f:
+                    f.write(SOURCE)
+                return subprocess.Popen(
+                    argv, stdin=program, stdout=subprocess.DEVNULL, env=env,
+                    cwd="/", start_new_session=True, close_fds=True,
+                    pass_fds=[theirs.fileno()], **kwargs)
+            finally:
+                os.close(program)
 
         # tracked like every process corral starts: recorded (a later daemon stops it
         # after a crash), never taken for an orphan, placed in a cgroup of its own

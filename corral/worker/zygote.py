@@ -1,8 +1,9 @@
 """The zygote: a Python process that imports an agent's modules once and forks agents.
 
 corral starts one per (interpreter, preload set, user) as
-`PYTHON .../corral/worker/zygote.py MODULE...` (a script: the zygote needs no more of
-corral on the agent's sys.path than the agent does), with a SOCK_SEQPACKET socket on the fd named
+`PYTHON - MODULE...`, this file's text on its stdin (a script: the zygote needs no more
+of corral on the agent's sys.path than the agent does, and its user need not read corral's
+installation), with a SOCK_SEQPACKET socket on the fd named
 by CORRAL_ZYGOTE_FD. It imports the modules (and this SDK), refuses to serve if that
 started a thread (a fork copies only the calling thread: a thread started at import would
 be missing in every agent, with whatever lock it held locked forever), says `ready`, and
@@ -139,7 +140,7 @@ def _child(req: dict[str, Any], fds: list[int], sock: socket.socket) -> None:
 
 def main() -> None:
     sock = socket.socket(fileno=int(os.environ.pop("CORRAL_ZYGOTE_FD")))
-    del sys.path[0]  # this file's directory: not the agent's
+    del sys.path[0]  # '' (a script read from stdin): not the agent's
     preload = sys.argv[1:]
     try:
         # the SDK itself is part of every warm start, where the agent can import it

@@ -69,13 +69,20 @@ async def test_nodes_and_tasks_over_http(tmp: Path, redis: RedisServer) -> None:
                                                   "corral_cluster_node_capacity")))
         assert cluster == [
             'corral_cluster_fences_total{node="solo"} 0.0',
+            # no key_file here (and a Redis as the docs ask: no warning)
+            'corral_cluster_key{node="solo"} 0.0',
             'corral_cluster_late_writes_refused_total{node="solo"} 0.0',
             'corral_cluster_node_up{node="solo"} 1.0',
             'corral_cluster_outbox{node="solo"} 0.0',
             'corral_cluster_outcomes_published_total{node="solo"} 1.0',
+            'corral_cluster_redis_warnings{node="solo"} 0.0',
             'corral_cluster_takeovers_total{node="solo",outcome="lost"} 0.0',
             'corral_cluster_takeovers_total{node="solo",outcome="requeued"} 0.0',
             'corral_cluster_tasks_claimed_total{node="solo"} 1.0',
+            'corral_cluster_trust_refused_total{kind="agents",node="solo"} 0.0',
+            'corral_cluster_trust_refused_total{kind="declared",node="solo"} 0.0',
+            'corral_cluster_trust_refused_total{kind="outcomes",node="solo"} 0.0',
+            'corral_cluster_trust_refused_total{kind="revisions",node="solo"} 0.0',
         ]
         assert cluster_task not in text
 

@@ -26,3 +26,6 @@ class HttpContext:
     authenticators: list[Callable[[web.Request], Caller | None]] = field(
         default_factory=list)
     url: str = ""  # where the server listens, once it does
+    # requests answered, by route pattern and status (corral_http_requests_total); those
+    # aiohttp refused before any route saw them are route "refused" (server.Refusals)
+    requests: dict[tuple[str, str], int] = field(default_factory=dict)

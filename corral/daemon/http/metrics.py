@@ -372,6 +372,24 @@ def cluster_families(snap: Snapshot) -> Iterator[Metric]:
     for agent, slots in st["agents"]["placed"].items():
         placed.add_metric([me, agent], len(slots))
     yield placed
+    refused = CounterMetricFamily(
+        "corral_cluster_trust_refused", "Records read from Redis whose MAC did not verify "
+        "with this node's cluster key ([cluster] key_file), by kind: never run, placed or "
+        "told.", labels=("node", "kind"))
+    for kind, count in sorted(st["trust"]["refused"].items()):
+        refused.add_metric([me, kind], int(count))
+    yield refused
+    keyed = GaugeMetricFamily("corral_cluster_key", "1 when this node has a cluster key "
+                              "([cluster] key_file), else 0: without one a writer of Redis "
+                              "runs commands here.", labels=("node",))
+    keyed.add_metric([me], 1 if st["trust"]["key"] else 0)
+    yield keyed
+    risks = GaugeMetricFamily("corral_cluster_redis_warnings", "What the cluster's Redis "
+                              "risks by its settings as this node last read them "
+                              "(appendonly, appendfsync, maxmemory-policy): 0 as "
+                              "docs/cluster.md asks.", labels=("node",))
+    risks.add_metric([me], len(st["redis_warnings"]))
+    yield risks
 
 
 class Families(Collector):
@@ -424,7 +442,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     services = ctx.services
     restarts = Restarts(services)
     subscription = services.sup.stream.subscribe(restarts.on_event, Event)
-    requests: dict[tuple[str, str], int] = {}
+    requests = ctx.requests
     public = ctx.settings.metrics_public and local_listen(ctx.settings.listen)
     headers = Headers()
 

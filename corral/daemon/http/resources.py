@@ -46,6 +46,9 @@ RESOURCES: list[Resource] = [
     _r("GET", "/agents/{name}", "agents.describe", "One agent's effective spec"),
     _r("DELETE", "/agents/{name}", "agents.remove", "Stop and remove an agent",
        path_params=ONE),
+    _r("PATCH", "/agents/{name}", "agents.update", "Change an agent added at runtime in "
+       "place: `set` merged into its table (a JSON merge patch), rolled out",
+       body=("set", "check")),
     _r("GET", "/agents/{name}/replicas", "agents.status", "One agent's replicas",
        path_params=ONE),
     _r("POST", "/agents/{name}/start", "agents.start", "Start an agent", path_params=ONE),
@@ -98,6 +101,9 @@ RESOURCES: list[Resource] = [
     _r("GET", "/prompts", "prompts.list", "The MCP servers' prompts",
        query=("server", "agent")),
     _r("GET", "/stats", "stats.get", "Runtime statistics"),
+    _r("GET", "/metrics/history", "stats.history", "The metrics history of the fleet or "
+       "of one agent: a sample every history_interval, or per minute or hour",
+       query=("since", "agent", "resolution")),
     _r("GET", "/stats/stream", "stats.watch", "Runtime statistics every interval (SSE)",
        query=("interval",), stream="stats.sample"),
     _r("GET", "/replicas/stream", "agents.watch", "The fleet's replicas, then each state "

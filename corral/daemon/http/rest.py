@@ -11,9 +11,11 @@ answer is the task's (202 and where to find it, or its outcome with `?wait`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -26,8 +28,8 @@ from ...methods import REGISTRY, TasksRun
 from ...timeouts import within
 from ..api import Caller, Dispatcher
 from ..commands import event_tenant
-from ..tokens import tokens_of
-from . import route, sse
+from ..tokens import Token, tokens_of
+from . import bodies, route, sse
 from .auth import authenticate, bearer
 from .context import HttpContext
 from .idempotency import MAX_KEY_LENGTH, Answer, Keys, Pending
@@ -83,6 +85,11 @@ class Api:
         self.ring = sse.EventRing(ctx.dispatcher)
         self.streams = sse.Streams(ctx.settings.max_streams,
                                    ctx.settings.max_streams_per_token)
+        self.tokens = tokens_of(ctx.services.store)
+        # the open streams of each token (a dashboard session's under the token it was
+        # made from): revoking the token ends them
+        self.held_by: dict[str, dict[int, tuple[web.Request, asyncio.Future[None]]]] = {}
+        self.tokens.on_revoke.append(self.revoked)
 
     # -- the way in ----------------------------------------------------------------------
     def caller(self, request: web.Request) -> Caller | web.Response:
@@ -125,33 +132,18 @@ class Api:
                 params[key] = values[0]
         return params
 
-    @staticmethod
-    def body_params(body: bytes, res: Resource) -> dict[str, Any]:
-        if not body.strip():
-            return {}
-        try:
-            params = msgspec.json.decode(body)
-        except msgspec.DecodeError as exc:
-            raise RpcError(jsonrpc.PARSE_ERROR, f"malformed JSON: {exc}") from None
-        if not isinstance(params, dict):
-            raise RpcError(jsonrpc.INVALID_PARAMS,
-                           "invalid params: the body must be a JSON object")
-        for key in params:
-            if key not in res.body:
-                raise RpcError(jsonrpc.INVALID_PARAMS,
-                               f"invalid params: unknown field `{key}`"
-                               + (f" (known: {', '.join(res.body)})" if res.body
-                                  else ": this request takes no body fields"))
-        return params
-
     def params(self, request: web.Request, res: Resource, body: bytes) -> Any:
         """The method's params from the path, the query string and the body: a Struct
-        (decoded here, strings of the query string converted), or JSON bytes for the
-        Dispatcher to decode."""
+        (the body decoded straight into its fields' types, the query string's strings
+        converted), raising RpcError (400) when any of them is wrong."""
         spec = REGISTRY[res.method]
         fields = _fields(res.method)
         params = self.query_params(request, res, fields)
-        params.update(self.body_params(body, res))
+        given = bodies.decode(body, bodies.body_type(spec.params, res.body), res.body)
+        for name in given.__struct_fields__:
+            value = getattr(given, name)
+            if value is not msgspec.UNSET:
+                params[name] = value
         for var, name in res.path_params.items():
             value = request.match_info[var]
             params[name] = [value] if name == "names" else value
@@ -162,21 +154,27 @@ class Api:
 
     # -- the handlers ---------------------------------------------------------------------
     def handler(self, res: Resource) -> route.Route:
+        spec = REGISTRY[res.method]
+        body_fields = bodies.field_types(spec.params, res.body)
+
         async def handle(request: web.Request) -> web.StreamResponse:
             caller = self.caller(request)
             if isinstance(caller, web.Response):
                 return caller
+            try:
+                # refused before a byte of the body is read (decision 158)
+                self.dispatcher.admit(caller, res.method)
+            except RpcError as exc:
+                return route.rpc_problem(exc)
             body = b""
             if request.body_exists:
-                read = await route.body_of(request)
+                if request.content_type not in (JSON, "", "application/octet-stream"):
+                    return route.problem(415, f"send the body as {JSON}, not "
+                                              f"{request.content_type}")
+                read = await route.body_of(request, route.limit_of(body_fields))
                 if isinstance(read, web.Response):
                     return read
                 body = read
-                if body.strip() and request.content_type not in (JSON, "",
-                                                                 "application/octet-stream"):
-                    return route.problem(415,
-                                         f"send the body as {JSON}, not "
-                                         f"{request.content_type}")
             try:
                 params = self.params(request, res, body)
                 if res.stream is not None:
@@ -192,11 +190,17 @@ class Api:
 
         return handle
 
-    async def stream(self, request: web.Request, caller: Caller, res: Resource, params: Any
+    async def stream(self, request: web.Request, caller: Caller, res: Resource, params: Any,
+                     *, token: str | None = None, until: float | None = None
                      ) -> web.StreamResponse:
-        """An SSE stream, refused (503) past the caps on open streams."""
+        """An SSE stream, refused (503) past the caps on open streams, ended when the
+        token it came with (`token`: the caller's own, or a dashboard session's) is
+        revoked or expires, or at `until` (unix time)."""
         typed = tenant = None
+        if token is None and caller.via == "http":
+            token = caller.token
         if res.method == "events.follow":
+            caller = self.dispatcher.bind(caller)  # (a tenant's caller sees its agents)
             _, typed, _ = self.dispatcher.check(caller, res.method, params)
             # the ring is every tenant's: a reader is sent the events of the tenant a
             # follower of its own would be in
@@ -204,10 +208,42 @@ class Api:
         refused = self.streams.refusal(caller.who)
         if refused is not None:
             return refused
-        with self.streams.held(caller.who):
+        with self.streams.held(caller.who), self.lasting(request, token, until) as stop:
             if typed is not None:
-                return await sse.events(request, self.ring, caller, typed, tenant)
-            return await sse.follow(request, self.dispatcher, caller, res.method, params)
+                return await sse.events(request, self.ring, caller, typed, tenant, stop)
+            return await sse.follow(request, self.dispatcher, caller, res.method, params,
+                                    stop)
+
+    @contextlib.contextmanager
+    def lasting(self, request: web.Request, token: str | None, until: float | None
+                ) -> Iterator[asyncio.Future[None]]:
+        """While a stream is open: known as its token's, and ended at its expiry. What
+        it yields is done when the stream is to end."""
+        loop = asyncio.get_running_loop()
+        stop: asyncio.Future[None] = loop.create_future()
+        known = self.tokens.named(token) if token is not None else None
+        if known is not None and known.expires is not None:
+            until = known.expires if until is None else min(until, known.expires)
+        timer = None
+        if until is not None:
+            timer = loop.call_later(max(0.0, until - time.time()), _end, request, stop)
+        held = self.held_by.setdefault(token, {}) if token is not None else None
+        if held is not None:
+            held[id(request)] = (request, stop)
+        try:
+            yield stop
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if held is not None and token is not None:
+                held.pop(id(request), None)
+                if not held:
+                    self.held_by.pop(token, None)
+
+    def revoked(self, token: Token) -> None:
+        """A token revoked: its streams end now, not when their clients go."""
+        for request, stop in list(self.held_by.get(token.name, {}).values()):
+            _end(request, stop)
 
     async def answer(self, request: web.Request, caller: Caller, res: Resource,
                      params: Any) -> web.Response:
@@ -271,23 +307,29 @@ class Api:
         caller = self.caller(request)
         if isinstance(caller, web.Response):
             return caller
+        try:
+            wait = self.wait_of(request)
+            # refused before the body is read, and before anything runs: a wait answers
+            # the task's outcome, which takes tasks:read (decision 158)
+            self.dispatcher.admit(caller, "tasks.run")
+            if wait is not None:
+                self.dispatcher.admit(caller, "tasks.get")
+        except RpcError as exc:
+            return route.rpc_problem(exc)
         body = await route.body_of(request)
         if isinstance(body, web.Response):
             return body
         try:
-            wait = self.wait_of(request)
-            try:
-                task = msgspec.json.decode(body, type=TaskSubmit)
-            except msgspec.ValidationError as exc:
-                raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {exc}") from None
-            except msgspec.DecodeError as exc:
-                raise RpcError(jsonrpc.PARSE_ERROR, f"malformed JSON: {exc}") from None
+            task = bodies.decode(body, TaskSubmit)
             params = TasksRun(agent=task.agent, input=task.input, timeout=task.timeout,
                               priority=task.priority, detach=True, local=task.local)
             return await self.idempotent(request, caller, None, body,
                                          lambda: self.run_task(caller, params, wait))
         except RpcError as exc:
             return route.rpc_problem(exc)
+        except Exception as exc:  # a defect: answered as one, as the socket does
+            return route.rpc_problem(RpcError(jsonrpc.INTERNAL_ERROR,
+                                              f"internal error: {jsonrpc.describe(exc)}"))
 
     @staticmethod
     def wait_of(request: web.Request) -> float | None:
@@ -329,6 +371,27 @@ class Api:
                             content_type=JSON, headers={"Location": location})
 
 
+END_GRACE = 5.0  # seconds an ended stream's client has to take its end
+
+
+def _end(request: web.Request, stop: asyncio.Future[None]) -> None:
+    """End a stream now: it sends nothing more, and its response ends as a whole one
+    does (an EventSource sees a stream that ended, not a broken connection); then its
+    connection is closed, and aborted if its client has not taken the end within
+    END_GRACE."""
+    if stop.done():
+        return
+    stop.set_result(None)
+    request.protocol.close()  # no other request on this connection
+
+    def abort() -> None:
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+
+    asyncio.get_running_loop().call_later(END_GRACE, abort)
+
+
 @web.middleware
 async def problems(request: web.Request, handler: Any) -> web.StreamResponse:
     """aiohttp's own refusals under the API (no such path, a method the path does not
@@ -364,6 +427,9 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     from . import openapi
 
     app.add_routes([web.get(PREFIX + "/openapi.json", openapi.handler())])
+    from . import index
+
+    app.add_routes(index.routes())
 
 
 API_KEY: web.AppKey[Api] = web.AppKey("corral.rest", Api)

@@ -6,7 +6,8 @@ maps to; a mutating call is audited by the Dispatcher, as on the socket."""
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+import typing
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -21,6 +22,8 @@ Authenticate = Callable[[web.Request], Caller]
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_BODY = 16 * 1024 * 1024 + 64 * 1024  # as the control socket's request line
+# what a call whose params are all scalars is sent, at most: a few names and numbers
+SMALL_BODY = 64 * 1024
 # what a client told to come back later waits, unless something knows better
 RETRY_AFTER = 1
 
@@ -78,35 +81,60 @@ def bearer_refusal(exc: RpcError) -> web.Response:
     return rpc_problem(exc, CHALLENGE if exc.code == jsonrpc.UNAUTHORIZED else None)
 
 
-def too_large(size: int | None) -> web.Response:
+def _carries_document(tp: Any) -> bool:
+    """Whether a field's type takes arbitrary JSON (Any, Raw, a dict of them) anywhere."""
+    if tp is Any or tp is msgspec.Raw:
+        return True
+    return any(_carries_document(arg) for arg in typing.get_args(tp)
+               if not isinstance(arg, msgspec.Meta))
+
+
+def limit_of(types: Iterable[Any]) -> int:
+    """The body a call whose fields have these types may send (decision 158): read at
+    request time, so that a test may change MAX_BODY."""
+    return MAX_BODY if any(_carries_document(t) for t in types) else SMALL_BODY
+
+
+def too_large(size: int | None, limit: int | None = None) -> web.Response:
+    limit = MAX_BODY if limit is None else limit
     said = f"{size} bytes is" if size is not None else "the body is"
-    return problem(413, f"{said} over the {MAX_BODY}-byte limit")
+    return problem(413, f"{said} over the {limit}-byte limit")
 
 
-async def body_of(request: web.Request) -> bytes | web.Response:
-    """The request's body, or the 413 that answers one over MAX_BODY."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        return too_large(request.content_length)
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return too_large(None)
+async def body_of(request: web.Request, limit: int | None = None) -> bytes | web.Response:
+    """The request's body, or the 413 that answers one over `limit` (MAX_BODY when not
+    given): refused by its Content-Length before any of it is read, else as soon as
+    what came passes the limit."""
+    limit = MAX_BODY if limit is None else limit
+    if request.content_length is not None and request.content_length > limit:
+        return too_large(request.content_length, limit)
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
+            return too_large(None, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def route(dispatcher: Dispatcher[Any], method: str, authenticate: Authenticate) -> Route:
     """The aiohttp handler serving `method`: params are the JSON body (POST) or the
     query string (GET, each value a string as given)."""
-    Dispatcher.method(method)  # an unknown method is a programming error: raise now
+    spec = Dispatcher.method(method)  # an unknown method is a programming error: raise now
+    types = [info.type for info in msgspec.structs.fields(spec.params)]
 
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             caller = authenticate(request)
+            # the scope before the body (decision 158)
+            dispatcher.admit(caller, method)
         except RpcError as exc:  # 401 without a caller, 403 a write breaking a rule
             return rpc_problem(exc)
         if request.method == "GET":
             params: Any = dict(request.query)
         else:
-            body = await body_of(request)
+            body = await body_of(request, limit_of(types))
             if isinstance(body, web.Response):
                 return body
             params = body or None
@@ -114,6 +142,9 @@ def route(dispatcher: Dispatcher[Any], method: str, authenticate: Authenticate) 
             result = await dispatcher.call(caller, method, params)
         except RpcError as exc:
             return rpc_problem(exc)
+        except Exception as exc:  # a defect: answered as one, as the socket does
+            return rpc_problem(RpcError(jsonrpc.INTERNAL_ERROR,
+                                        f"internal error: {jsonrpc.describe(exc)}"))
         return web.Response(body=msgspec.json.encode(result),
                             content_type="application/json")
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import socket
 import ssl
+import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
 from ...supervisor.config import ConfigError, HttpSettings
+from ...text import clip, one_line
 from ..addresses import loopback
 from .context import HttpContext
 from .route import MAX_BODY
@@ -56,6 +63,38 @@ def health_routes(ctx: HttpContext) -> list[web.RouteDef]:
     return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
 
 
+log = logging.getLogger("corral.http")
+REFUSED_EVERY = 10.0  # seconds between two log lines about refused requests, at least
+
+
+class Refusals:
+    """Requests aiohttp refused before any route saw them (a malformed head, a line or
+    a header past its bound, a method that is no HTTP one): anyone who reaches the port
+    can send them, so each is counted (corral_http_requests_total, route `refused`) and
+    told in one line, at most one every REFUSED_EVERY seconds, saying how many were
+    not told since the last. aiohttp's own multi-line ERROR traceback for each one was
+    a journal any client could fill."""
+
+    def __init__(self, counts: dict[tuple[str, str], int]) -> None:
+        self.counts = counts
+        self.told_at = -math.inf
+        self.untold = 0
+
+    def refused(self, status: int, remote: str | None, exc: BaseException) -> None:
+        key = ("refused", str(status))
+        self.counts[key] = self.counts.get(key, 0) + 1
+        now = time.monotonic()
+        if now - self.told_at < REFUSED_EVERY:
+            self.untold += 1
+            return
+        more = f" ({self.untold} more refused since the last such line)" if self.untold \
+            else ""
+        log.warning("refused a request from %s: %d, %s%s", remote or "?", status,
+                    clip(one_line(str(exc)), 200), more)
+        self.told_at = now
+        self.untold = 0
+
+
 class _Connection(RequestHandler):
     """aiohttp's connection, reading nothing more once a request's head was refused.
 
@@ -79,16 +118,36 @@ class _Connection(RequestHandler):
         if queued and not isinstance(queued[-1][0], RawRequestMessage):
             self.close()
 
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None
+                     ) -> StreamResponse:
+        if isinstance(exc, HttpProcessingError) and isinstance(self._manager, _Server):
+            self._manager.refusals.refused(status, request.remote, exc)
+        return super().handle_error(request, status, exc, message)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        if isinstance(kw.get("exc_info"), HttpProcessingError):
+            return  # a refused request: told by handle_error, in one line
+        super().log_exception(*args, **kw)  # a defect: its traceback, as aiohttp logs it
+
 
 class _Server(web.Server):
+    refusals: Refusals
+
     def __call__(self) -> RequestHandler:
         return _Connection(self, loop=self._loop, **self._kwargs)
 
 
 class _Runner(web.AppRunner):
+    def __init__(self, app: web.Application, refusals: Refusals, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.refusals = refusals
+
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _Server  # the application's own server, making _Connections
+        assert isinstance(server, _Server)
+        server.refusals = self.refusals
         return server
 
 
@@ -120,10 +179,10 @@ class HttpServer:
         # a head it refused is read (_Connection). A client that
         # goes away cancels its handler, as on the control socket: a stream's slot is
         # free when the kernel says the connection closed, not at the next write to it
-        self.runner = _Runner(self.app, access_log=None, handler_cancellation=True,
-                                    keepalive_timeout=self.ctx.settings.idle_timeout,
-                                    max_line_size=8190, max_field_size=8190,
-                                    max_headers=128)
+        self.runner = _Runner(self.app, Refusals(self.ctx.requests), access_log=None,
+                              handler_cancellation=True,
+                              keepalive_timeout=self.ctx.settings.idle_timeout,
+                              max_line_size=8190, max_field_size=8190, max_headers=128)
         await self.runner.setup()
         site: Any
         if listen.startswith("unix:"):

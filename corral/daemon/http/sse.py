@@ -34,7 +34,7 @@ import fnmatch
 import socket
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -42,7 +42,7 @@ from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 
 from ... import jsonrpc
-from ...supervisor.events import reaches
+from ...supervisor.events import agent_of, reaches
 from ..api import Caller, Dispatcher
 from . import route
 
@@ -62,6 +62,10 @@ RESUME_LINES = 1 << 30  # a log stream resumed: all its tail holds (which is bou
 # Last-Event-ID as a query parameter, for a client that cannot set the header (a new
 # EventSource in a browser)
 LAST_ID = "last_event_id"
+
+
+# (number, topic, SSE frame, tenant published in, agent it is of)
+Item = tuple[int, str | None, bytes, str | None, str | None]
 
 
 class Streams:
@@ -159,10 +163,10 @@ class EventRing:
 
     def __init__(self, dispatcher: Dispatcher[Any]) -> None:
         self.dispatcher = dispatcher
-        # (number, topic, SSE frame, tenant published in); a number the bus dropped
-        # before the ring saw it is kept as a gap (topic None), so that numbers and
-        # places stay in step
-        self.items: deque[tuple[int, str | None, bytes, str | None]] = deque(maxlen=RING)
+        # (number, topic, SSE frame, tenant published in, agent it is of); a number the
+        # bus dropped before the ring saw it is kept as a gap (topic None), so that
+        # numbers and places stay in step
+        self.items: deque[Item] = deque(maxlen=RING)
         self.last = 0  # the number of the newest event
         self.bytes = 0
         self.changed = asyncio.Event()  # set, and replaced, at each new event
@@ -188,22 +192,23 @@ class EventRing:
                 self.last += count
             else:
                 for _ in range(count):
-                    self._keep(None, b"", None)
+                    self._keep(None, b"", None, None)
         else:
             raw = bytes(params) if isinstance(params, msgspec.Raw) else msgspec.json.encode(
                 params)
             head = msgspec.json.decode(raw, type=_Topic)
             self._keep(head.topic, frame(str(self.last + 1), "events.event", raw),
-                       head.tenant)
+                       head.tenant, agent_of(raw))
         self.changed.set()
         self.changed = asyncio.Event()
         self._due.set()
 
-    def _keep(self, topic: str | None, data: bytes, tenant: str | None) -> None:
+    def _keep(self, topic: str | None, data: bytes, tenant: str | None,
+              agent: str | None) -> None:
         self.last += 1
         if len(self.items) == RING:
             self.bytes -= len(self.items[0][2])
-        self.items.append((self.last, topic, data, tenant))
+        self.items.append((self.last, topic, data, tenant, agent))
         self.bytes += len(data)
         while self.bytes > RING_BYTES and len(self.items) > 1:
             self.bytes -= len(self.items.popleft()[2])
@@ -226,7 +231,7 @@ class EventRing:
     def first(self) -> int:
         return self.items[0][0] if self.items else self.last + 1
 
-    def at(self, number: int) -> tuple[int, str | None, bytes, str | None]:
+    def at(self, number: int) -> Item:
         """The item numbered `number`, kept (first <= number <= last)."""
         return self.items[number - self.items[0][0]]
 
@@ -266,11 +271,11 @@ class EventRing:
 class Reader:
     """A client of `/events/stream`: its cursor into the ring, and its connection."""
 
-    __slots__ = ("cursor", "gone", "held", "pattern", "quiet", "request", "tenant", "wake",
-                 "writer")
+    __slots__ = ("cursor", "gone", "held", "pattern", "quiet", "request", "sees", "tenant",
+                 "wake", "writer")
 
     def __init__(self, request: web.Request, pattern: str, cursor: int,
-                 tenant: str | None) -> None:
+                 tenant: str | None, sees: Callable[[str], bool] | None = None) -> None:
         writer = request.writer
         assert isinstance(writer, StreamWriter)
         self.request = request
@@ -278,6 +283,8 @@ class Reader:
         self.pattern = None if pattern == "*" else pattern
         # the tenant whose events it is sent (None: every tenant's), as a follower's
         self.tenant = tenant
+        # the agents whose events it is sent (None: every agent's), as a follower's
+        self.sees = sees
         self.cursor = cursor
         self.wake = asyncio.Event()  # for its own task: held, or gone
         self.held = False  # its client has not taken what it was sent
@@ -309,14 +316,15 @@ class Reader:
             cursor = first
         pattern = self.pattern
         tenant = self.tenant
+        sees = self.sees
         end = min(ring.last, cursor + BATCH - 1)
         while cursor <= end and size < BATCH_BYTES:
-            _, topic, data, published_in = ring.at(cursor)
+            _, topic, data, published_in, agent = ring.at(cursor)
             cursor += 1
             if topic is None:
                 missed += 1
             elif (pattern is None or fnmatch.fnmatchcase(topic, pattern)) and reaches(
-                    published_in, tenant):
+                    published_in, tenant) and (sees is None or agent is None or sees(agent)):
                 if missed:
                     parts.append(_missed(missed))
                     missed = 0
@@ -343,17 +351,28 @@ def _last_id(request: web.Request) -> str | None:
 
 
 async def events(request: web.Request, ring: EventRing, caller: Caller, params: Any,
-                 tenant: str | None) -> web.StreamResponse:
+                 tenant: str | None, stop: asyncio.Future[None] | None = None
+                 ) -> web.StreamResponse:
     """The stream's own task does no writing but keepalives: it waits for the fan-out to
-    say its client is slow (then for the client, within WRITE_DEADLINE) or gone."""
+    say its client is slow (then for the client, within WRITE_DEADLINE) or gone, or for
+    `stop` (its token revoked or expired: rest.Api.lasting)."""
     ring.start()
     last = _last_id(request)
     cursor = ring.last + 1
     if last is not None and last.isdigit():
         cursor = int(last) + 1
     response = await open_stream(request)
-    reader = Reader(request, params.pattern, cursor, tenant)
+    # a caller limited to an agent glob is sent no other agent's events (api._event_seen)
+    sees = caller.sees if caller.agents is not None else None
+    reader = Reader(request, params.pattern, cursor, tenant, sees)
     ring.attach(reader)
+
+    def ended(_: Any) -> None:
+        reader.gone = True  # the fan-out passes it by from now on
+        reader.wake.set()
+
+    if stop is not None:
+        stop.add_done_callback(ended)
     try:
         while not reader.gone:
             try:
@@ -383,6 +402,8 @@ async def events(request: web.Request, ring: EventRing, caller: Caller, params: 
         pass
     finally:
         ring.detach(reader)
+        if stop is not None:
+            stop.remove_done_callback(ended)
     return response
 
 
@@ -433,7 +454,9 @@ class SseChannel:
 
 
 async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Caller,
-                 method: str, params: Any) -> web.StreamResponse:
+                 method: str, params: Any, stop: asyncio.Future[None] | None = None
+                 ) -> web.StreamResponse:
+    """The client's own call, until it ends, the client goes, or `stop`."""
     last = _last_id(request)
     if last is not None and method == "logs.follow":
         with contextlib.suppress(ValueError):
@@ -447,7 +470,10 @@ async def follow(request: web.Request, dispatcher: Dispatcher[Any], caller: Call
     run = asyncio.ensure_future(dispatcher.call(caller, method, params, channel))
     pump = asyncio.ensure_future(channel.pump())
     try:
-        await asyncio.wait({run, pump}, return_when=asyncio.FIRST_COMPLETED)
+        waits: set[asyncio.Future[Any]] = {run, pump}
+        if stop is not None:
+            waits.add(stop)
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (run, pump):
             task.cancel()

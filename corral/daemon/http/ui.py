@@ -31,7 +31,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...methods import REGISTRY
 from ..api import Caller, open_to
-from ..tokens import Tokens, tokens_of
+from ..tokens import Token, Tokens, tokens_of
 from . import sse
 from .context import HttpContext
 from .resources import RESOURCES
@@ -166,6 +166,15 @@ class Sessions:
     def end(self, sid: str) -> None:
         self.sessions.pop(sid, None)
 
+    def revoked(self, token: Token) -> None:
+        """A token revoked: the sessions and unused links it asked for end now."""
+        for sid in [s for s, v in self.sessions.items()
+                    if v.token is not None and v.token.token == token.name]:
+            del self.sessions[sid]
+        for code in [c for c, g in self.codes.items()
+                     if g.token is not None and g.token.token == token.name]:
+            del self.codes[code]
+
     def _prune(self, now: float) -> None:
         for code in [c for c, g in self.codes.items() if g.expires <= now]:
             # an expired code is kept until its link is tried once, to say "expired"
@@ -284,7 +293,9 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     if not isinstance(sessions, Sessions):  # no [http], or logins of another kind
         return
     sessions.context = ctx
-    sessions.token_holds = _token_holds(tokens_of(ctx.services.store))
+    tokens = tokens_of(ctx.services.store)
+    sessions.token_holds = _token_holds(tokens)
+    tokens.on_revoke.append(sessions.revoked)
     guard = Guard(ctx, sessions)
     ctx.authenticators.append(guard.caller)
     files = _static_files()
@@ -383,10 +394,16 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
             caller = guard.authenticate(request)
         except RpcError as exc:
             return rpc_problem(exc)
+        session = sessions.find(request.cookies.get(COOKIE))
+        assert session is not None  # (it authenticated the request)
         api = request.config_dict[API_KEY]
         try:
             params = api.params(request, res, b"")
-            return await api.stream(request, caller, res, params)
+            # it ends with the session, and with the token the session was made from
+            return await api.stream(
+                request, caller, res, params,
+                token=session.token.token if session.token is not None else None,
+                until=time.time() + session.expires - sessions.clock())
         except RpcError as exc:
             return rpc_problem(exc)
 

@@ -61,6 +61,14 @@ def refusal(agent: AgentLike) -> str | None:
     return None
 
 
+def check_takes_tasks(agent: AgentLike) -> None:
+    """A plain program (protocol = "none") takes no task, ever: a conflict with what the
+    agent is, not a refusal for now (every transport's tasks come through here)."""
+    if agent.spec.protocol == "none":
+        raise RpcError(jsonrpc.CONFLICT, f"agent {agent.name} runs a plain program "
+                                         '(protocol = "none"): it takes no tasks')
+
+
 def check_input(size: int) -> None:
     if size > MAX_INPUT_BYTES:
         raise RpcError(jsonrpc.INVALID_PARAMS, f"input too large: {size} bytes is over "

@@ -31,6 +31,7 @@ from ...text import ordinal
 from ..lifecycle import State
 from .admission import (
     check_input,
+    check_takes_tasks,
     check_timeout,
     queue_full,
     rate_limited,
@@ -201,6 +202,11 @@ class TaskManager:
         """Accept a task or refuse it at once with the reason."""
         agent = self.sup.agent(agent_name)
         q = self._agent_tasks(agent)
+        try:
+            check_takes_tasks(agent)
+        except RpcError:
+            q.counts["refused"] += 1
+            raise
         why = refusal(agent)
         if why:
             q.counts["refused"] += 1

@@ -39,7 +39,8 @@ async function call(method, params = {}) {
 
 // A stream of the daemon's, followed while `onEvent` is wanted: reconnected by the browser
 // (with Last-Event-ID: the fleet resumes where it was), or after a pause when the
-// browser gives up on it; `onState` is told "live", "reconnecting" or "closed".
+// browser gives up on it; `onState` is told "live", "reconnecting" or "closed", and the
+// stream's method.
 function follow(method, params, handlers, onState) {
   const query = new URLSearchParams(params).toString();
   let es = null;
@@ -47,15 +48,15 @@ function follow(method, params, handlers, onState) {
   let closed = false;
   const open = () => {
     es = new EventSource(`stream/${method}${query ? `?${query}` : ""}`);
-    es.onopen = () => onState && onState("live");
+    es.onopen = () => onState && onState("live", method);
     es.onerror = () => {
       if (closed) return;
       if (es.readyState === EventSource.CLOSED) {
         // refused (a session that ended, a cap on streams): ask again later
-        onState && onState("closed");
+        onState && onState("closed", method);
         timer = setTimeout(open, 2 * POLL_MS);
       } else {
-        onState && onState("reconnecting");
+        onState && onState("reconnecting", method);
       }
     };
     for (const [name, fn] of Object.entries(handlers)) {
@@ -778,7 +779,7 @@ class App extends Component {
     }
     Object.assign(session, await r.json());
     this.fleet = new FleetModel();
-    const state = (s) => this.connection(s);
+    const state = (s, method) => this.connection(s, method);
     this.unfollow = [
       follow("agents.watch", { interval: 1 }, {
         "agents.snapshot": (s) => this.changed(() => this.fleet.snapshot(s)),
@@ -841,12 +842,13 @@ class App extends Component {
       this.setState({ status: { agents: [...this.fleet.rows] }, error: null, seen: Date.now() });
     });
   }
-  async connection(s) {
+  async connection(s, method) {
     if (s === "closed") {
-      // refused: a session that ended is a login to ask for
+      // refused: a session that ended (a token revoked ends its streams at once) is a
+      // login to ask for, saying which stream was refused
       const r = await fetch("session", { credentials: "same-origin" });
       if (r.status === 401) {
-        this.loggedOut((await r.json()).detail);
+        this.loggedOut(`${method} was refused: unauthorized: ${(await r.json()).detail}`);
         return;
       }
     }
