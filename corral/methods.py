@@ -84,10 +84,64 @@ class DaemonInfoResult(Result):
     followers: int
     event_followers: int
     containment: dict[str, Any] | None  # the engine's ContainmentInfo; shown as it is
+    # the daemon's extras (HTTP server, gateway, metrics history): up, or retrying
+    extras: list[ExtraStatus] = []
+    draining: str | None = None  # while a stop drains: how far it is
+
+
+class ExtraStatus(msgspec.Struct):
+    """A part the daemon runs without needing it (daemon/extras.py): serving, or failing
+    and retried with backoff."""
+
+    name: str
+    address: str
+    serving: bool
+    error: str | None = None
+    attempts: int = 0  # failed attempts since it last served
+    retry_in: float | None = None  # seconds until the next attempt
+
+
+class DrainedTask(msgspec.Struct):
+    """A task that was running when a drain began, as the drain left it."""
+
+    task_id: str
+    agent: str
+    # a terminal status: it ended during the drain, recorded once; "queued": handed to
+    # the next daemon (its attempt lost to the stop); "running": the stop ends it
+    status: str
+
+
+class Drained(Result):
+    """What a stop's drain did (docs/operations.md, "Stopping")."""
+
+    seconds: float
+    tasks: list[DrainedTask]
+    waiting: int  # queued tasks left in the journal for the next daemon
+    cut_short: bool = False  # a second stop request (`--now`, SIGTERM again) ended it
+
+    def summary(self) -> str:
+        """`1 finished (succeeded 1), 1 handed to the next daemon`: the log's line and
+        `corral shutdown`'s."""
+        ended = [t.status for t in self.tasks if t.status not in ("queued", "running")]
+        by = ", ".join(f"{s} {ended.count(s)}" for s in sorted(set(ended)))
+        parts = [f"{len(ended)} finished" + (f" ({by})" if by else "")]
+        handed = sum(1 for t in self.tasks if t.status == "queued")
+        if handed:
+            parts.append(f"{handed} handed to the next daemon")
+        stopped = sum(1 for t in self.tasks if t.status == "running")
+        if stopped:
+            parts.append(f"{stopped} still running, ended by the stop")
+        if self.waiting:
+            parts.append(f"{self.waiting} queued left for the next daemon")
+        if self.cut_short:
+            parts.append("cut short")
+        return ", ".join(parts)
 
 
 class Stopping(Result):
     stopping: bool
+    # with wait: what the drain did, answered once it is over
+    drained: Drained | None = None
 
 
 class ReloadResult(msgspec.Struct):
@@ -205,6 +259,8 @@ class AgentsStatusResult(Result):
     # a cluster's agents (placement = "cluster"), by agent: the node each slot is placed
     # on, None while it waits for a node with room (docs/cluster.md)
     cluster_slots: dict[str, list[str | None]] = {}
+    # what is wrong with the daemon itself (an extra not serving, a drain under way)
+    notices: list[str] = []
 
 
 class Started(Result):
@@ -573,7 +629,11 @@ class DaemonInfo(Params):
 
 @method("daemon.shutdown", result=Stopping, scope="admin", mutating=True)
 class DaemonShutdown(Params):
-    """Stop every agent gracefully, then the daemon."""
+    """Drain (no new task to a worker; running tasks finish within drain_timeout), stop
+    every agent gracefully, then the daemon."""
+
+    wait: bool = False  # answer once the drain is over, with what it did
+    now: bool = False  # no drain: running tasks are handed to the next daemon at once
 
 
 @method("config.reload", result=ReloadResult, scope="admin", mutating=True)

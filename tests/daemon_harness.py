@@ -28,6 +28,9 @@ PY = sys.executable
 
 
 def config_text(agents: str, sock: Path, state: Path, extra: str = "") -> str:
+    # no drain unless a test asks for one (tests/test_drain.py): a test's daemon stops
+    # at once, with whatever its agents still run handed over, as its assertions expect
+    drain = "" if "drain_timeout" in extra else "drain_timeout = 0"
     return textwrap.dedent(f"""
         [supervisor]
         socket = "{sock}"
@@ -35,6 +38,7 @@ def config_text(agents: str, sock: Path, state: Path, extra: str = "") -> str:
         log_dir = "{state}/logs"
         heartbeat_interval = 0.2
         heartbeat_timeout = 2.0
+        {drain}
         {extra}
     """) + textwrap.dedent(agents)
 

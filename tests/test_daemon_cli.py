@@ -66,9 +66,11 @@ def daemon(tmp: Path) -> Iterator[Daemon]:
 # -- reading ------------------------------------------------------------------------------
 def test_status_json_and_table(daemon: Daemon) -> None:
     st = daemon.json("status")
-    assert set(st) == {"agents", "mcp_servers", "tasks", "elastic", "cluster_slots"}
+    assert set(st) == {"agents", "mcp_servers", "tasks", "elastic", "cluster_slots",
+                       "notices"}
     assert st["elastic"] == {}  # no agent here has [autoscale] or hibernate_after
     assert st["cluster_slots"] == {}  # not a node of a cluster
+    assert st["notices"] == []  # nothing wrong with the daemon itself (no drain, no extra)
     a = st["agents"][0]
     for key in ("name", "replica", "state", "pid", "uptime", "restarts", "last_exit",
                 "cpu_percent", "rss_bytes"):

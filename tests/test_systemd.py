@@ -196,3 +196,65 @@ def test_kill_9_and_sigstop_restart_with_nothing_left_and_stop_empties_the_cgrou
     assert service(nsd).active == "inactive"
     assert not still_alive(old)
     assert nsd.processes(unit_cg) == set()
+
+
+def task_info(nsd: NSystemd, tid: str) -> dict[str, object]:
+    r = nsd.run(CLI, "task", tid, "--json", check=False)
+    assert r.returncode == 0, r.stderr
+    info: dict[str, object] = msgspec.json.decode(r.stdout)
+    return info
+
+
+def wait_for(what: str, fn: object, timeout: float = 30.0) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()  # type: ignore[operator]
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def running_task(nsd: NSystemd) -> str:
+    r = nsd.run(CLI, "run", "sleeper", "--input", '{"do": "sleep", "seconds": 3}',
+                "--detach", check=False)
+    assert r.returncode == 0, r.stderr
+    tid = r.stdout.strip()
+    wait_for("the task running", lambda: task_info(nsd, tid)["status"] == "running")
+    return tid
+
+
+@pytest.mark.timeout(150)
+def test_systemctl_restart_and_stop_drain_a_running_task(nsd: NSystemd) -> None:
+    """Issue 37: an upgrade's `systemctl restart` (or a stop) lets the running task
+    finish, on its first attempt, and the next daemon does not run it again; systemd's
+    StatusText says that it drains."""
+    nsd.run("systemctl", "daemon-reload")
+    nsd.run("systemctl", "start", "corral")
+    unit_cg = nsd.unit_cgroup("corral.service")
+    check_fleet(nsd, unit_cg)
+
+    tid = running_task(nsd)
+    nsd.run("systemctl", "restart", "corral", timeout=90)  # returns once READY=1 again
+    check_fleet(nsd, unit_cg)
+    info = task_info(nsd, tid)
+    assert info["status"] == "succeeded", info
+    assert [(a["outcome"], a["error"]) for a in info["attempts"]] == [  # type: ignore[attr-defined]
+        ("succeeded", None)]
+    assert info["output"] == {"slept": 3, "attempt": 1}
+
+    tid = running_task(nsd)
+    nsd.run("systemctl", "stop", "--no-block", "corral")
+    status = wait_for("StatusText=draining", lambda: (s := nsd.run(
+        "systemctl", "show", "-p", "StatusText", "--value", "corral").stdout.strip())
+        .startswith("draining 1 task") and s)
+    assert str(status).endswith("; 5 agents, 6/6 replicas ready, 0 failed"), status
+    wait_for("the unit stopped", lambda: service(nsd).active == "inactive", timeout=60)
+    assert nsd.processes(unit_cg) == set()
+    log = nsd.path("/var/log/corral/corral.log").read_text()
+    assert log.count(": 1 finished (succeeded 1)") == 2, log[-3000:]
+    nsd.run("systemctl", "start", "corral")
+    info = task_info(nsd, tid)
+    assert [a["outcome"] for a in info["attempts"]] == ["succeeded"], info  # type: ignore[attr-defined]
+    nsd.run("systemctl", "stop", "corral")

@@ -4,10 +4,16 @@ PREFIX/share/corral/ (pyproject's data-files); a source checkout has them at its
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
+
+import msgspec
+
+from ..supervisor.config import AgentSpec, Config, ConfigError, McpServerSpec, load_config
 
 SHIPPED_BIN = "/opt/corral/bin"  # what the unit in the repository assumes
 SHIPPED_CONFIG = "/etc/corral/corral.toml"
@@ -31,6 +37,31 @@ def corral_bin() -> Path:
     return Path(exe).parent if exe else Path(sys.executable).parent
 
 
+# the daemon's own teardown after its agents have stopped (cluster hand-back, journal)
+STOP_MARGIN = 15
+
+
+def _default(spec: type[msgspec.Struct], name: str) -> float:
+    return float(next(f.default for f in msgspec.structs.fields(spec) if f.name == name))
+
+
+def stop_timeout_sec(cfg: Config) -> int:
+    """The unit's TimeoutStopSec for `cfg`: the longest drain and cancel grace, then the
+    agents' stop and the tool servers' (each a grace after the shutdown request and one
+    after SIGTERM), and STOP_MARGIN; the shipped unit's is this for a config of
+    defaults (tests/test_drain.py holds it)."""
+    default = cfg.supervisor.drain_timeout
+    agents = list(cfg.agents.values())
+    drain = max((default if a.drain_timeout is None else a.drain_timeout for a in agents),
+                default=default)
+    grace = max((a.cancel_grace for a in agents),
+                default=_default(AgentSpec, "cancel_grace"))
+    stop = max((a.stop_timeout for a in agents), default=_default(AgentSpec, "stop_timeout"))
+    tools = max((s.stop_timeout for s in cfg.mcp_servers.values()),
+                default=_default(McpServerSpec, "stop_timeout"))
+    return math.ceil(drain + grace + 2 * stop + 2 * tools + STOP_MARGIN)
+
+
 def quoted(word: str) -> str:
     """A word of a unit's command line or assignment as systemd reads it back: in double
     quotes (C escapes) when it holds a space, a quote or a backslash."""
@@ -41,15 +72,24 @@ def quoted(word: str) -> str:
 
 def unit_text(config: Path) -> str:
     """The shipped unit, pointed at this installation and at `config` (paths with
-    spaces quoted, as systemd needs them)."""
+    spaces quoted, as systemd needs them), its TimeoutStopSec from the config's
+    drain_timeout when the config is there."""
     text = (shared_dir() / "systemd" / "corral.service").read_text()
     bindir = str(corral_bin())
     path = next(line for line in text.splitlines()
                 if line.startswith(f"Environment=PATH={SHIPPED_BIN}:"))
-    return (text.replace(f"{SHIPPED_BIN}/corral daemon --config {SHIPPED_CONFIG}",
+    text = (text.replace(f"{SHIPPED_BIN}/corral daemon --config {SHIPPED_CONFIG}",
                          f"{quoted(f'{bindir}/corral')} daemon --config {quoted(str(config))}")
                 .replace(path, "Environment=" + quoted(path.removeprefix("Environment=")
                                                         .replace(SHIPPED_BIN, bindir, 1))))
+    try:
+        cfg = load_config(config) if config.exists() else None
+    except ConfigError:
+        cfg = None  # `corral check-config` says why; the unit keeps the shipped bound
+    if cfg is not None:
+        text = re.sub(r"^TimeoutStopSec=\d+$", f"TimeoutStopSec={stop_timeout_sec(cfg)}",
+                      text, flags=re.M)
+    return text
 
 
 def starter_config() -> str:

@@ -328,6 +328,8 @@ def status(obj: Ctx, names: tuple[str, ...], watch: bool, tenant: str | None,
         if nodes is not None:
             click.echo("")
             _print_nodes(nodes)
+        for notice in st.notices:  # the daemon's own (a drain, an extra not serving)
+            click.echo(f"corral: {notice}", err=True)
     if down:
         sys.exit(EXIT_NOT_RUNNING)
 
@@ -1073,11 +1075,25 @@ def reload(obj: Ctx, as_json: bool) -> None:
         click.echo(f"corral: {name} was not changed: {why}", err=True)
 
 
-@cli.command(help=doc("daemon.shutdown"))
+@cli.command(help=doc("daemon.shutdown") + "\n\nReturns once the daemon is gone, saying "
+             "what it drained.")
+@click.option("--no-wait", is_flag=True,
+              help="Return once the daemon has begun to stop, not once it is gone.")
+@click.option("--now", is_flag=True,
+              help="No drain: stop the agents at once; running tasks are handed to the "
+                   "next daemon. During a drain: cut it short.")
 @pass_ctx
-def shutdown(obj: Ctx) -> None:
-    obj.call("daemon.shutdown")
-    click.echo("corral daemon is shutting down")
+def shutdown(obj: Ctx, no_wait: bool, now: bool) -> None:
+    from .stopping import shutdown as stop
+
+    try:
+        stop(obj.client(wait_forever=True), now=now, wait=not no_wait)
+    except Unreachable as exc:
+        click.echo(f"corral: {exc}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
+    except CallFailed as exc:
+        click.echo(f"corral: {exc.message}", err=True)
+        sys.exit(EXIT_FAILED)
 
 
 @cli.command(help=doc("daemon.info"))
@@ -1089,7 +1105,14 @@ def info(obj: Ctx, as_json: bool) -> None:
         _print_json(res)
         return
     for k, v in msgspec.to_builtins(res).items():
-        if isinstance(v, dict):  # a section (containment): one indented line per key
+        if k == "extras":  # one line each: serving, or why not and when it is retried
+            click.echo(f"{k}:" + ("" if v else " -"))
+            for e in v:
+                click.echo(f"  {e['name']} on {e['address']}: " + (
+                    "serving" if e["serving"] else
+                    f"not serving ({e['error']}); attempt {e['attempts'] + 1} in "
+                    f"{e['retry_in'] or 0:.0f} s"))
+        elif isinstance(v, dict):  # a section (containment): one indented line per key
             click.echo(f"{k}:")
             for kk, vv in v.items():
                 click.echo(f"  {kk}: {_plain(vv)}")

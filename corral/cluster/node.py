@@ -19,7 +19,7 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import AgentSpec, ClusterSettings
 from ..supervisor.core import Supervisor
-from ..supervisor.tasks import TERMINAL, TaskError, TaskManager, is_task_id
+from ..supervisor.tasks import TERMINAL, TaskError, TaskManager, TaskStatus, is_task_id
 from ..timeouts import cancel_all, within
 from . import records, redischeck
 from .backlog import Backlog
@@ -213,6 +213,19 @@ class ClusterNode:
         with self._said(f"node {node} was not asked to drain"):
             await self.redis.hset(self.keys.draining, node, view.incarnation)
         return view
+
+    async def stop_taking(self) -> None:
+        """The daemon drains before it stops: this node reads no more tasks (as when
+        `corral drain` asks it to), and the cluster tasks waiting here go back to the
+        cluster at once, for the other nodes; those running finish here, or are handed
+        back by `hand_back`."""
+        self.puller.paused = self.placement.draining = True
+        waiting = [t for t in self._held() if t.status == TaskStatus.QUEUED]
+        for t in waiting:
+            self.tasks.queue.remove(t)
+            self.tasks.active.pop(t.id, None)
+        if waiting and self.membership.member:
+            await self._release(waiting, f"node {self.node} is stopping")
 
     async def hand_back(self) -> None:
         """A node about to stop (before its agents do): it reads nothing more, sends the

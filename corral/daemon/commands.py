@@ -81,6 +81,8 @@ async def daemon_info(d: Services, p: m.DaemonInfo, caller: Caller, c: Channel
         followers=len(d.hub.followers),
         event_followers=len(d.sup.events.followers) if d.sup else 0,
         containment=msgspec.to_builtins(d.sup.containment.info()) if d.sup else None,
+        extras=d.extras(),
+        draining=d.draining(),
     )
 
 
@@ -105,8 +107,11 @@ def fleet_line(agents: int, census: Counter[State]) -> str:
 @implements("daemon.shutdown")
 async def daemon_shutdown(d: Services, p: m.DaemonShutdown,
                           caller: Caller, c: Channel) -> m.Stopping:
-    asyncio.get_running_loop().call_soon(d.request_stop)
-    return m.Stopping(stopping=True)
+    # after this answer's turn: a caller that does not wait is answered before the stop
+    asyncio.get_running_loop().call_soon(d.request_stop, p.now)
+    if not p.wait:
+        return m.Stopping(stopping=True)
+    return m.Stopping(stopping=True, drained=await d.drained())
 
 
 @implements("config.reload")
@@ -157,6 +162,7 @@ async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Chann
         tasks=_wire({a.name: stats.get(a.name) for a in agents}),
         elastic=_elastic(d, agents),
         cluster_slots=slots,
+        notices=d.notices(),
     )
 
 

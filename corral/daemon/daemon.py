@@ -3,10 +3,14 @@
 `Daemon.run` sets the parts up in order, each with its teardown pushed on one
 `AsyncExitStack` (so a start-up that fails half-way tears down exactly what it set up,
 in reverse), then runs the arbiter loop: signals are queued into the event loop and
-handled there, gunicorn-style — SIGTERM/SIGINT (or `daemon.shutdown`) stop every agent
-gracefully and exit 0, SIGHUP reloads the config. It speaks sd_notify when systemd
-started it: READY=1 once every autostart agent is up, WATCHDOG=1 from the heartbeat loop,
-STATUS= lines, RELOADING=1, STOPPING=1.
+handled there, gunicorn-style — SIGTERM/SIGINT (or `daemon.shutdown`) drain (drain.py:
+no new task to a worker, running tasks finish within drain_timeout; the same signal
+again, or `shutdown --now`, cuts it short), stop every agent gracefully and exit 0;
+SIGHUP reloads the config. It speaks sd_notify when systemd started it: READY=1 once
+every autostart agent is up, WATCHDOG=1 from the heartbeat loop, STATUS= lines
+(`draining 3 tasks ...` during a drain), RELOADING=1, STOPPING=1. The HTTP server and
+the gateway's site are extras (extras.py): a failure to start one is reported and
+retried, never a failure of the daemon.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +32,7 @@ import msgspec
 
 from .. import __version__, redact
 from ..jsonrpc import LineBlock
-from ..methods import ReloadResult
+from ..methods import Drained, ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from ..supervisor.config import (
     ClusterSettings,
@@ -55,6 +60,8 @@ from .background import Background
 from .commands import HANDLERS, fleet_line, owner_of
 from .control import AlreadyRunning, ControlServer
 from .devwatch import Watches
+from .drain import Drain
+from .extras import Extras
 from .fleet import Fleet
 from .gateway import GatewayService
 from .history import History
@@ -79,18 +86,11 @@ log = logging.getLogger("corral.daemon")
 # states in which a replica is neither up nor settled down: READY=1 waits for none to be
 UNSETTLED = TRANSIENT | {State.BACKOFF}
 STOP = -1  # queued like a signal: `daemon.shutdown`
+STOP_NOW = -2  # `daemon.shutdown` with now: no drain
 
 
 class StartupError(Exception):
     """The daemon cannot start; the text says why, for stderr."""
-
-
-def _cannot_start(what: str, listen: str | None, exc: ConfigError | OSError
-                  ) -> StartupError:
-    """A site that would not start: the OS's reason without errno's prefix, else the
-    config's."""
-    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-    return StartupError(f"cannot start {what} on {listen}: {why}")
 
 
 @dataclass
@@ -118,6 +118,11 @@ class Daemon:
         # a stop asked for (not a start-up that failed): what was started ends gracefully
         self._graceful = False
         self.cluster: ClusterNode | None = None  # with [cluster]: this node
+        self.drain_timeout = 0.0  # [supervisor] drain_timeout (set from the config)
+        self.drain: Drain | None = None  # a stop's drain, while it runs
+        self._drained: asyncio.Future[Drained] | None = None  # what it did, once over
+        self.extras: Extras | None = None
+        self._faults: tuple[str | None, str | None] = (None, None)  # told by STATUS=
 
     def _paths(self, cfg: Config) -> Paths:
         base = self.config_path.parent
@@ -160,12 +165,65 @@ class Daemon:
                 except ConfigError as exc:
                     s.hub.daemon(f"reload rejected: {exc}", priority=4)
                 continue
-            if sig != STOP:
+            if sig not in (STOP, STOP_NOW):
                 s.hub.daemon(f"received {signal.Signals(sig).name}")
             break
+        self._graceful = True
+        drained = await self._drain(s, now=sig == STOP_NOW)
         self.notifier.stopping("stopping agents")
         s.hub.daemon("shutting down: stopping all agents")
-        self._graceful = True
+        self._stopped_drain().set_result(drained)
+
+    async def _drain(self, s: Services, *, now: bool) -> Drained:
+        """Before the agents stop: no new task to a worker, and the running ones finish
+        within their drain_timeout (drain.py). Signals are still heard meanwhile: a
+        second SIGTERM or SIGINT, or `shutdown --now`, cuts it short."""
+        drain = self.drain = Drain(s.sup.tasks, s.sup.agents, self.drain_timeout,
+                                   s.hub.daemon, self.notifier.status_changed)
+        if now:
+            s.hub.daemon("stopping at once (no drain): running tasks are handed to the "
+                         "next daemon")
+            drain.cut()
+        if self.cluster is not None:
+            # this node's queued cluster tasks go to the other nodes at once
+            try:
+                await self.cluster.stop_taking()
+            except Exception as exc:  # the stop goes on: hand_back tries again
+                s.hub.daemon(f"cluster: the waiting tasks were not handed back before "
+                             f"the drain: {type(exc).__name__}: {exc}", priority=4)
+        run = asyncio.ensure_future(drain.run())
+        while not run.done():
+            get = asyncio.ensure_future(self._signals.get())
+            await asyncio.wait([run, get], return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
+                get.cancel()
+                continue
+            sig = get.result()
+            if sig == STOP:
+                continue  # another `corral shutdown`: it waits for this one
+            if sig == signal.SIGHUP:
+                s.hub.daemon("received SIGHUP while stopping: not reloaded", priority=4)
+                continue
+            name = "shutdown --now" if sig == STOP_NOW else signal.Signals(sig).name
+            s.hub.daemon(f"received {name} while draining: stopping at once, running "
+                         "tasks are handed to the next daemon", priority=4)
+            drain.cut()
+        self.drain = None
+        self.notifier.status_changed()
+        try:
+            return run.result()
+        except Exception as exc:  # a bug must not keep the daemon from stopping
+            s.hub.daemon(f"the drain failed: {type(exc).__name__}: {exc}", priority=3)
+            return Drained(seconds=0.0, tasks=[], waiting=0, cut_short=True)
+
+    def _stopped_drain(self) -> asyncio.Future[Drained]:
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+        return self._drained
+
+    async def drained(self) -> Drained:
+        """What the stop's drain did: waits for a stop to be asked for and drained."""
+        return await asyncio.shield(self._stopped_drain())
 
     async def _hand_back(self) -> None:
         if self.cluster is not None:
@@ -179,8 +237,8 @@ class Daemon:
         if self._graceful:  # a start-up that failed has said why on stderr
             hub.daemon("stopped")
 
-    def request_stop(self) -> None:
-        self._signals.put_nowait(STOP)
+    def request_stop(self, now: bool = False) -> None:
+        self._signals.put_nowait(STOP_NOW if now else STOP)
 
     # -- set-up, each part with its teardown --------------------------------------------------
     async def _setup(self, stack: contextlib.AsyncExitStack) -> Services:
@@ -192,6 +250,7 @@ class Daemon:
         except ConfigError as exc:
             raise StartupError(f"invalid config: {exc}") from None
         sc = cfg.supervisor
+        self.drain_timeout = sc.drain_timeout
         try:
             hub = LogHub(paths.log_dir, max_bytes=sc.log_max_bytes, backups=sc.log_backups,
                          tail_lines=sc.log_tail_lines, tail_bytes=sc.log_tail_bytes,
@@ -202,6 +261,10 @@ class Daemon:
         stack.callback(hub.close)
         hub.echo = StderrEcho(sc.log_level)
         self.hub = hub
+        extras = self.extras = Extras(lambda text, priority: hub.daemon(text,
+                                                                        priority=priority),
+                                      self.notifier.status_changed)
+        stack.push_async_callback(extras.close)  # a start-up that fails half-way too
         sender = (JournalSender() if sc.log_journal is True or (
             sc.log_journal == "auto" and journald.available()) else None)
         if sender is not None:
@@ -320,12 +383,16 @@ class Daemon:
             config_path=self.config_path,
             socket_path=control.path, started_at=self.started_at,
             reload=lambda who: self._reload(services, who),
-            request_stop=self.request_stop, status_line=self.status_line,
+            request_stop=self.request_stop, drained=self.drained,
+            status_line=self.status_line, notices=self.notices, extras=extras.status,
+            draining=lambda: self.drain.progress() if self.drain is not None else None,
             ui=_dashboard_sessions() if cfg.http.listen else None)
         self.services = services
         if cfg.http.listen:
-            self.http_server = await self._start_http_server(stack, cfg, services,
-                                                             dispatcher)
+            await self._start_http_server(stack, cfg, services, dispatcher)
+        # no more attempts at an extra once the stop begins tearing down (before the
+        # servers close: the stack unwinds in reverse)
+        stack.push_async_callback(extras.close)
         # (issue 21) the metrics history sampler starts here
         history.start()
         stack.push_async_callback(history.close)
@@ -428,7 +495,7 @@ class Daemon:
         self.sender = sender
         stream = sup.stream
         stream.subscribe(self._on_worker_log, LogLines)
-        stream.subscribe(lambda _: self.notifier.watchdog(), Tick)
+        stream.subscribe(self._on_tick, Tick)
         stream.subscribe(self._on_stall, Stall)
         stream.subscribe(self._on_tenant_oom, TenantOomKill)
         stream.subscribe(self._on_health, HealthChange)
@@ -476,42 +543,82 @@ class Daemon:
         stack.push_async_callback(http.close)
         if not cfg.gateway.listen:
             return http
-        try:
+
+        async def attempt() -> None:
             await http.start()
-        except (ConfigError, OSError) as exc:
-            raise _cannot_start("the gateway", cfg.gateway.listen, exc) from None
-        gateway.url = http.url
-        gateway.socket_path = http.socket_path
-        hub.daemon(f"gateway listening on {cfg.gateway.listen} ({http.url})")
+            gateway.url = http.url
+            gateway.socket_path = http.socket_path
+            hub.daemon(f"gateway listening on {cfg.gateway.listen} ({http.url})")
+
+        assert self.extras is not None
+        await self._extra("gateway", cfg.gateway.listen, attempt)
         return http
 
     async def _start_http_server(self, stack: contextlib.AsyncExitStack, cfg: Config,
                                  services: Services, dispatcher: Dispatcher[Services]
-                                 ) -> HttpServer:
+                                 ) -> None:
         """[http]: the REST API, /metrics and the dashboard, once the services exist
-        (aiohttp is imported only then: a daemon without HTTP does not carry it)."""
+        (aiohttp is imported only then: a daemon without HTTP does not carry it); an
+        extra, retried until it binds (a fresh server at each attempt)."""
         from .http.context import HttpContext
         from .http.server import HttpServer
 
         ctx = HttpContext(services=services, dispatcher=dispatcher, settings=cfg.http,
                           config_dir=self.config_path.parent)
-        server = HttpServer(ctx)
-        stack.push_async_callback(server.close)
+        self.http_server: HttpServer | None = None
+
+        async def close() -> None:
+            if self.http_server is not None:
+                await self.http_server.close()
+
+        stack.push_async_callback(close)
+
+        async def attempt() -> None:
+            server = HttpServer(ctx)
+            try:
+                await server.start()
+            except BaseException:
+                await server.close()
+                raise
+            self.http_server = server
+            services.hub.daemon(f"HTTP listening on {cfg.http.listen} ({server.url})")
+            http = services.http
+            if http is not None:
+                # /mcp is mounted: agents are given it unless the gateway has its own site
+                listen = cfg.http.listen or ""
+                unix = listen.removeprefix("unix:") if listen.startswith("unix:") else None
+                http.served_at("http://localhost" if unix else server.url, unix)
+                services.gateway.url, services.gateway.socket_path = (http.url,
+                                                                      http.socket_path)
+
+        await self._extra("HTTP server", cfg.http.listen or "", attempt)
+
+    async def _extra(self, name: str, listen: str,
+                     attempt: Callable[[], Awaitable[None]]) -> None:
+        """Start an extra (retried in the background when it fails), unless its config
+        is refused: then the daemon does not start, and says why."""
+        assert self.extras is not None
         try:
-            await server.start()
-        except (ConfigError, OSError) as exc:
-            raise _cannot_start("the HTTP server", cfg.http.listen, exc) from None
-        services.hub.daemon(f"HTTP listening on {cfg.http.listen} ({server.url})")
-        http = services.http
-        if http is not None:
-            # /mcp is mounted: agents are given it unless the gateway has its own site
-            listen = cfg.http.listen or ""
-            unix = listen.removeprefix("unix:") if listen.startswith("unix:") else None
-            http.served_at("http://localhost" if unix else server.url, unix)
-            services.gateway.url, services.gateway.socket_path = http.url, http.socket_path
-        return server
+            await self.extras.start(name, listen, attempt)
+        except ConfigError as exc:
+            raise StartupError(f"cannot start the {name} on {listen}: {exc}") from None
 
     # -- what the engine tells ------------------------------------------------------------------
+    def _on_tick(self, _: Tick) -> None:
+        """Every heartbeat: WATCHDOG=1, and the STATUS line again when what no lifecycle
+        event tells has changed (a drain's countdown, the cluster's Redis)."""
+        self.notifier.watchdog()
+        faults = (self.drain.progress() if self.drain is not None else None,
+                  self._redis_error())
+        if faults != self._faults:
+            self._faults = faults
+            self.notifier.status_changed()
+
+    def _redis_error(self) -> str | None:
+        """Why the cluster's Redis does not answer (the node's loops try again every
+        beat), or None."""
+        return self.cluster.membership.error if self.cluster is not None else None
+
     def _on_transition(self, event: Event) -> None:
         """O(1) per lifecycle event: the STATUS line is marked stale (sent at most every
         100 ms), and READY=1 goes out once every autostart agent is up."""
@@ -533,7 +640,32 @@ class Daemon:
         self.hub.daemon(f"ready: {self.status_line()}")
 
     def status_line(self) -> str:
-        """From the supervisor's census: O(1), whatever the size of the fleet."""
+        """From the supervisor's census: O(1), whatever the size of the fleet; a drain
+        under way first (`draining 3 tasks (up to 25 s); ...`), an extra not serving
+        last."""
+        line = self._fleet_status()
+        if self.drain is not None:
+            line = f"{self.drain.progress()}; {line}"
+        extras = self.extras
+        if extras is not None and extras.failing():
+            line += "; " + "; ".join(f"{e.title} not serving ({e.error})"
+                                     for e in extras.extras if not e.serving)
+        redis = self._redis_error()
+        if redis is not None:
+            line += f"; cluster Redis not answering ({redis})"
+        return line
+
+    def notices(self) -> list[str]:
+        """What is wrong with the daemon itself, or going on in it: for `corral status`."""
+        out = [self.drain.progress()] if self.drain is not None else []
+        out += self.extras.problems() if self.extras is not None else []
+        redis = self._redis_error()
+        if redis is not None:
+            out.append(f"cluster: Redis does not answer ({redis}); tried again every "
+                       "beat, the local agents run on")
+        return out
+
+    def _fleet_status(self) -> str:
         sup = self.sup
         line = fleet_line(len(sup.agents), sup.census)
         failed = sup.census[State.FAILED]
@@ -630,6 +762,7 @@ class Daemon:
         s.tenants.apply_config(cfg)  # before the agents, which may name new tenants
         s.sup.sandbox_program = cfg.supervisor.bwrap
         s.sup.protected_paths = protected
+        self.drain_timeout = cfg.supervisor.drain_timeout
         s.fleet.gateway = cfg.gateway
         local, declared = by_placement(cfg)
         result = await s.fleet.reload(local, who)

@@ -160,6 +160,7 @@ class HttpGateway:
         self.mounted = ""  # its URL on the [http] server, when mounted there
         self._runner: web.AppRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._abandoning = False  # a site that failed to start is being cleaned up
 
     # -- start and stop -------------------------------------------------------------------
     def mount(self, app: web.Application) -> None:
@@ -188,6 +189,8 @@ class HttpGateway:
             self.url, self.socket_path = self.mounted, socket_path
 
     async def _end_sessions(self, app: web.Application) -> None:
+        if self._abandoning:
+            return
         for sid in list(self.sessions):
             self._end(sid)
 
@@ -213,6 +216,21 @@ class HttpGateway:
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                      handler_cancellation=True, shutdown_timeout=2.0)
         await self._runner.setup()
+        try:
+            await self._serve(kind, where, port, tls)
+        except BaseException:
+            # retried (daemon/extras.py): the next attempt starts from nothing, and the
+            # sessions of /mcp on the [http] server, shared, are not this site's to end
+            self._abandoning = True
+            try:
+                await self._runner.cleanup()
+            finally:
+                self._runner, self._abandoning = None, False
+            raise
+
+    async def _serve(self, kind: str, where: str | None, port: int | None,
+                     tls: ssl.SSLContext | None) -> None:
+        assert self._runner is not None
         site: web.BaseSite
         if kind == "unix":
             assert where is not None

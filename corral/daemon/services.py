@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..methods import ReloadResult
+from ..methods import Drained, ExtraStatus, ReloadResult
 from ..supervisor.core import Supervisor
 from .api import Caller
 from .devwatch import Watches
@@ -57,8 +57,12 @@ class Services:
     socket_path: Path
     started_at: float
     reload: Callable[[str], Awaitable[ReloadResult]]  # who asked -> what changed
-    request_stop: Callable[[], None]
+    request_stop: Callable[[bool], None]  # now: no drain (or cut the one under way)
+    drained: Callable[[], Awaitable[Drained]]  # what the stop's drain did, once it is over
     status_line: Callable[[], str]
+    notices: Callable[[], list[str]]  # the daemon's own: a drain, an extra not serving
+    extras: Callable[[], list[ExtraStatus]]  # the HTTP server's, the gateway's (extras.py)
+    draining: Callable[[], str | None]  # how far a drain under way is
     ui: Logins | None = None  # the dashboard's logins, where [http] serves it
 
     def gateway_status(self) -> dict[str, Any]:

@@ -91,6 +91,12 @@ class TaskDesk:
             # refused before it reaches an agent: a task that cannot be recorded never runs
             raise RpcError(jsonrpc.INTERNAL_ERROR, f"{self.refusing}; the task was not "
                                                    "accepted")
+        if tasks.held is not None and self.journal is None:
+            # nothing would keep it for the next daemon (decision 164)
+            raise RpcError(jsonrpc.REFUSED, f"refused: {tasks.held}, and without a task "
+                                            "journal (task_journal = false) a task accepted "
+                                            "now would be lost: submit it again once the "
+                                            "daemon is back")
         task = tasks.submit(p.agent, p.input, timeout=p.timeout, priority=p.priority)
 
         # a caller that does not read gets the newest progress, never a growing backlog

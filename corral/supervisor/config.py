@@ -194,6 +194,9 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     max_queue: NonNegInt = 1000
     task_timeout: Positive = 300.0
     cancel_grace: Positive = 5.0  # after task/cancel, then the worker is hung
+    # a stop drains: the agent's running tasks have this long to finish before they are
+    # cancelled and handed to the next daemon; None: [supervisor] drain_timeout
+    drain_timeout: NonNeg | None = None
     retries: NonNegInt = 0
     rate_per_minute: NonNeg = 0
     max_tool_calls_per_task: NonNegInt = 50
@@ -336,6 +339,9 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     group: str | None = None
     heartbeat_interval: Positive = 1.0
     heartbeat_timeout: Positive = 5.0
+    # a stop (`corral shutdown`, SIGTERM) lets running tasks finish for this long, per
+    # agent unless its own drain_timeout says otherwise; 0: no drain (docs/operations.md)
+    drain_timeout: NonNeg = 30.0
     include: list[str] = []
     mcp_servers_file: str | None = None
     # "tagged": every file line carries time, agent#replica, pid and stream;

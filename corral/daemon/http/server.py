@@ -51,8 +51,14 @@ def health_routes(ctx: HttpContext) -> list[web.RouteDef]:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        line = ctx.services.status_line()
-        return web.json_response({"status": "ready", "detail": line})
+        # a daemon that drains takes no new work (503, as a load balancer expects); its
+        # own faults (an extra not serving) are told with the 200 of a daemon that runs
+        s = ctx.services
+        line, problems = s.status_line(), s.notices()
+        if s.draining() is not None:
+            return web.json_response({"status": "draining", "detail": line,
+                                      "problems": problems}, status=503)
+        return web.json_response({"status": "ready", "detail": line, "problems": problems})
 
     return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
 
@@ -188,7 +194,11 @@ class HttpServer:
             host = host.strip("[]")
             sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, int(port)))
+            try:
+                sock.bind((host, int(port)))
+            except OSError:
+                sock.close()  # retried (daemon/extras.py): no socket left per attempt
+                raise
             bound = sock.getsockname()[1]
             site = web.SockSite(self.runner, sock, ssl_context=tls)
             shown = host if ":" not in host else f"[{host}]"

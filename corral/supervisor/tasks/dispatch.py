@@ -7,6 +7,12 @@ that has not answered within `cancel_grace` is treated as hung and restarted. A 
 replica (corral pause) takes no task; the deadline of one it runs keeps running (the
 caller is answered on time), and its cancel grace counts once it is resumed. A late
 answer after a timeout or cancel is recorded on its attempt, never reported again.
+
+Held (`hold`: a daemon that drains before it stops), no task goes to a worker: they wait
+in the queue (and the journal) for the next daemon, while those running go on. A running
+task handed over (`hand_over`: still running at the drain's deadline) is asked to stop;
+unless it succeeds meanwhile, its attempt is lost to the stop, as to a worker that exits,
+and the task waits again (a retry spent, as for any lost attempt; none left: lost).
 """
 
 from __future__ import annotations
@@ -62,6 +68,12 @@ class Dispatcher:
         # others' waiting tasks start
         self.gate: Callable[[AgentLike], bool] | None = None
         self.freed: Callable[[str], None] | None = None
+        # why no task goes to a worker now (the daemon drains), or None
+        self.held: str | None = None
+        # running tasks being handed over to the next daemon: task id -> why
+        self.handed: dict[str, str] = {}
+        # told of every attempt's end (whatever came of it): a drain counts them
+        self.ended: list[Callable[[Task], None]] = []
 
     def free_replica(self, agent: AgentLike) -> Replica | None:
         limit = agent.spec.max_concurrent_tasks
@@ -98,7 +110,7 @@ class Dispatcher:
         """Start the agent's waiting tasks on its replicas' free slots."""
         agent = self.sup.agents.get(agent_name)
         q = self.by_agent.get(agent_name)
-        if agent is None or q is None:
+        if agent is None or q is None or self.held is not None:
             return
         queue = self.queue
         while queue.depth(agent_name):
@@ -152,6 +164,7 @@ class Dispatcher:
         r.task_finished(task.id)
         late = task.status in TERMINAL
         finish = self.outcomes.finish
+        handed = self.handed.pop(task.id, None)
         if late:  # timed out or cancelled before the worker answered
             attempt.error = attempt.error or (
                 "answered after the task ended" if exc is None else getattr(exc, "message",
@@ -161,11 +174,11 @@ class Dispatcher:
             # the result is kept as its bytes, not looked into here: a 10 MB output costs
             # one decode for a Python caller, or a scan and a copy for a socket client
             finish(task, TaskStatus.SUCCEEDED, result=output_of(result))
-        elif not isinstance(exc, RpcError):
-            attempt.outcome = TaskStatus.FAILED
-            finish(task, TaskStatus.FAILED, error=TaskError(jsonrpc.INTERNAL_ERROR, str(exc)))
-        elif exc.code == jsonrpc.PEER_CLOSED:
-            attempt.outcome, attempt.error = TaskStatus.LOST, exc.message
+        elif handed is not None or (isinstance(exc, RpcError)
+                                    and exc.code == jsonrpc.PEER_CLOSED):
+            # lost with its worker, or to a stop (whatever the cancelled worker answered)
+            lost = handed if handed is not None else getattr(exc, "message", str(exc))
+            attempt.outcome, attempt.error = TaskStatus.LOST, lost
             if task.retries_left > 0 and q is not None:
                 task.retries_left -= 1
                 q.counts["retried"] += 1
@@ -174,7 +187,10 @@ class Dispatcher:
                 self.outcomes.record(task)
                 self.queue.requeue(task)
             else:
-                finish(task, TaskStatus.LOST, error=TaskError(exc.code, exc.message))
+                finish(task, TaskStatus.LOST, error=TaskError(jsonrpc.PEER_CLOSED, lost))
+        elif not isinstance(exc, RpcError):
+            attempt.outcome = TaskStatus.FAILED
+            finish(task, TaskStatus.FAILED, error=TaskError(jsonrpc.INTERNAL_ERROR, str(exc)))
         elif exc.code == jsonrpc.REQUEST_CANCELLED:
             attempt.outcome = TaskStatus.CANCELLED
             finish(task, TaskStatus.CANCELLED, error=TaskError(exc.code, exc.message))
@@ -186,6 +202,8 @@ class Dispatcher:
         self.pump(task.agent)
         if self.freed is not None:
             self.freed(task.agent)
+        for told in self.ended:
+            told(task)
 
     def _on_timeout(self, task: Task) -> None:
         if task.status != TaskStatus.RUNNING:
@@ -198,6 +216,17 @@ class Dispatcher:
         self.outcomes.finish(task, TaskStatus.TIMED_OUT, error=TaskError(
             jsonrpc.REQUEST_TIMEOUT, f"task timed out after {task.timeout:g} s"))
         self.stop_attempt(task, r, attempt, "timed out")
+
+    def hand_over(self, task: Task, why: str) -> None:
+        """A running task the daemon stops under: its worker is asked to stop it
+        (task/cancel), and its attempt's end, unless a success, hands it over (`why` is
+        the attempt's error). A worker that does not stop is the stop's to end."""
+        r = task.replica
+        if task.status != TaskStatus.RUNNING or r is None or task.id in self.handed:
+            return
+        self.handed[task.id] = why
+        if r.peer is not None:
+            r.peer.notify("task/cancel", {"task_id": task.id})
 
     def stop_attempt(self, task: Task, r: Replica, attempt: Attempt, why: str) -> None:
         """Ask the worker to stop; if it has not answered within the grace, it is hung."""

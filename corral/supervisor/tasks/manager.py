@@ -168,6 +168,30 @@ class TaskManager:
             if a.name != agent_name:
                 self.dispatch.pump(a.name)
 
+    # -- holding: a drain (and later an upgrade) takes no new task to a worker ---------
+    def hold(self, why: str) -> None:
+        """Take no new task to a worker: what is accepted waits (in the journal) and what
+        runs goes on."""
+        self.dispatch.held = why
+
+    def release(self) -> None:
+        """Take tasks to workers again: every agent's waiting ones may start."""
+        self.dispatch.held = None
+        for name in list(self.by_agent):
+            if self.queue.depth(name):
+                self.dispatch.pump(name)
+
+    @property
+    def held(self) -> str | None:
+        return self.dispatch.held
+
+    def running_tasks(self) -> list[Task]:
+        return [t for t in self.active.values() if t.status == TaskStatus.RUNNING]
+
+    def waiting(self) -> int:
+        """Tasks waiting in this engine's queue, every agent's."""
+        return sum(self.queue.depth(name) for name in self.by_agent)
+
     def running(self, agent_name: str) -> int:
         q = self.by_agent.get(agent_name)
         return q.running if q is not None else 0
@@ -206,6 +230,7 @@ class TaskManager:
                 raise refused
         depth = self.queue.depth(agent.name)
         if depth >= agent.spec.max_queue and (self.dispatch.free_replica(agent) is None
+                                              or self.dispatch.held is not None
                                               or self.budgets.holds(agent)):
             q.counts["refused"] += 1
             raise queue_full(agent, depth)

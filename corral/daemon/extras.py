@@ -1,0 +1,144 @@
+"""The daemon's extras: parts it runs without needing them (decision 165).
+
+The HTTP server and the gateway's own site are extras: a failure to bind them (a port
+already taken, a certificate not there yet) must not keep the agents from starting, nor
+the daemon from running. Each is tried once in line, so that one that can serves before
+the agents start, as they are given its address; one that fails is reported — the log,
+`corral status` and `corral info`, /readyz when the HTTP server serves, sd_notify STATUS=
+— and tried again with backoff (RETRY_FIRST, doubling up to RETRY_MAX) until it serves
+or the daemon stops. Only what the daemon cannot run without (the state database, the
+control socket) fails its start — and a config an extra refuses (a remote address without
+TLS): that is a rule, not a fault, and retrying would not change it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Awaitable, Callable
+
+from ..methods import ExtraStatus
+from ..supervisor.config import ConfigError
+
+RETRY_FIRST = 1.0
+RETRY_MAX = 30.0
+
+Report = Callable[[str, int], None]  # (text, syslog priority): the daemon's log
+
+
+def reason(exc: BaseException) -> str:
+    """The OS's reason without errno's prefix (asyncio's bind error words it anew: its
+    errno's), a config's, else the exception's."""
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Extra:
+    def __init__(self, name: str, address: str,
+                 attempt: Callable[[], Awaitable[None]]) -> None:
+        self.name = name
+        self.address = address
+        self.attempt = attempt  # starts it, or raises why not (having cleaned up)
+        self.serving = False
+        self.error: str | None = None
+        self.attempts = 0  # failed, since it last served
+        self.next_at: float | None = None  # loop time of the next attempt
+        self.retrying: asyncio.Task[None] | None = None
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} on {self.address}"
+
+    def status(self, now: float) -> ExtraStatus:
+        return ExtraStatus(name=self.name, address=self.address, serving=self.serving,
+                           error=self.error, attempts=self.attempts,
+                           retry_in=None if self.next_at is None
+                           else round(max(0.0, self.next_at - now), 1))
+
+    def problem(self, now: float) -> str | None:
+        if self.serving:
+            return None
+        wait = "" if self.next_at is None else f" in {max(0.0, self.next_at - now):.0f} s"
+        return (f"{self.title}: not serving ({self.error}); retrying{wait} "
+                f"(attempt {self.attempts + 1})")
+
+
+class Extras:
+    def __init__(self, report: Report, changed: Callable[[], None]) -> None:
+        self.report = report
+        self.changed = changed  # the status line is stale
+        self.extras: list[Extra] = []
+        self._closed = False
+
+    async def start(self, name: str, address: str,
+                    attempt: Callable[[], Awaitable[None]]) -> bool:
+        """Try `attempt` now; on failure, report it and retry it in the background.
+        Whether it serves now. A ConfigError is raised: the daemon does not start."""
+        extra = Extra(name, address, attempt)
+        served = await self._try(extra, first=True)
+        self.extras.append(extra)
+        if not served:
+            extra.retrying = asyncio.ensure_future(self._retry(extra))
+        return served
+
+    async def _try(self, extra: Extra, first: bool = False) -> bool:
+        try:
+            await extra.attempt()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if first and isinstance(exc, ConfigError):
+                raise  # a rule the config breaks; later (a certificate gone bad): a fault
+            extra.attempts += 1
+            why = reason(exc)
+            # said once, and again when the reason changes
+            if extra.attempts == 1 or why != extra.error:
+                self.report(f"cannot start the {extra.title}: {why}; the agents run "
+                            "without it, and it is retried with backoff", 3)
+            extra.error = why
+            self.changed()
+            return False
+        if extra.attempts:
+            self.report(f"the {extra.title} serves, after {extra.attempts} failed "
+                        f"attempt{'s' if extra.attempts != 1 else ''}", 5)
+        extra.serving, extra.error, extra.attempts, extra.next_at = True, None, 0, None
+        self.changed()
+        return True
+
+    async def _retry(self, extra: Extra) -> None:
+        loop = asyncio.get_running_loop()
+        delay = RETRY_FIRST
+        while not self._closed:
+            extra.next_at = loop.time() + delay
+            await asyncio.sleep(delay)
+            extra.next_at = None
+            if await self._try(extra):
+                return
+            delay = min(RETRY_MAX, delay * 2)
+
+    def problems(self) -> list[str]:
+        now = asyncio.get_running_loop().time()
+        return [p for e in self.extras if (p := e.problem(now)) is not None]
+
+    def failing(self) -> int:
+        return sum(1 for e in self.extras if not e.serving)
+
+    def status(self) -> list[ExtraStatus]:
+        now = asyncio.get_running_loop().time()
+        return [e.status(now) for e in self.extras]
+
+    async def close(self) -> None:
+        """No more attempts (before the extras' own teardown)."""
+        self._closed = True
+        for e in self.extras:
+            if e.retrying is not None:
+                e.retrying.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await e.retrying
+                e.retrying = None
