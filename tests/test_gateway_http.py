@@ -168,3 +168,46 @@ async def test_list_changed_reaches_http_sessions_and_sessions_survive_restart(
         finally:
             daemon.config.write_text(original)
             assert (await asyncio.to_thread(daemon.cli, "reload")).returncode == 0
+
+
+async def test_an_api_token_with_mcp_call_opens_the_gateway_narrowed_by_its_glob(
+        daemon: Daemon) -> None:
+    """One token for every door (issue 36): `corral token create --scope mcp:call` opens
+    /mcp; its agent glob narrows the tools to what those agents may call; a token without
+    the scope is refused as an unknown one."""
+    def made(*args: str) -> str:
+        r = daemon.cli("token", "create", *args, "--json")
+        assert r.returncode == 0, r.stderr
+        token: str = json.loads(r.stdout)["token"]
+        return token
+
+    caller = made("mcp-all", "--scope", "mcp:call")
+    narrowed = made("mcp-gw", "--scope", "mcp:call", "--agents", "gw*")
+    reader = made("no-mcp", "--scope", "agents:read")
+    async with http_session(daemon, caller) as s:
+        names = set(await listed(s, "notes__add", "ev__echo"))
+        assert {"notes__add", "ev__echo", "sc__slow"} <= names
+        res = await s.call_tool("ev__get-sum", {"a": 2, "b": 40})
+        assert text(res) == "The sum of 2 and 40 is 42."
+    async with http_session(daemon, narrowed) as s:
+        # gwagent's allowlist: notes__* and ev__echo
+        names = set(await listed(s, "notes__add", "ev__echo"))
+        assert names == {"notes__add", "notes__get", "notes__search", "ev__echo"}
+        with pytest.raises(MCPError) as err:
+            await s.call_tool("sc__slow", {"seconds": 0})
+        assert "is not in the allowlist of gateway client token mcp-gw" in str(err.value)
+    async with httpx2.AsyncClient() as c:
+        r = await c.post(url(daemon), json={
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "1"}}},
+            headers={"Authorization": f"Bearer {reader}",
+                     "Accept": "application/json, text/event-stream"})
+        assert r.status_code == 401
+    # revoked: refused at once
+    assert daemon.cli("token", "revoke", "mcp-all").returncode == 0
+    with pytest.raises(Exception):  # noqa: B017 - the SDK's client raises its own group
+        async with http_session(daemon, caller) as s:
+            await s.list_tools()
+    st = daemon.json("mcp", "status")["gateway"]
+    assert st["clients"]["token mcp-all"]["calls"] >= 1

@@ -76,6 +76,7 @@ from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
 from .tenantdirs import TenantDirs
 from .tenants import TenantDesk, groups_of
+from .tokens import tokens_of
 from .watch import FleetWatch
 
 if TYPE_CHECKING:
@@ -315,6 +316,7 @@ class Daemon:
         store, writer, journal, unfinished = await self._open_store(stack, paths.state_dir,
                                                                     cfg)
         self.store = store
+        gateway.api_tokens = tokens_of(store).authenticate
         sup.stream.subscribe(
             lambda c: store.save_state(c.agent, c.replica, c.time, c.state), Checkpoint)
         revisions = RevisionLog(store.db)

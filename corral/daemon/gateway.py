@@ -24,8 +24,9 @@ import time
 import tomllib
 from collections import deque
 from collections.abc import Callable, Iterator
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -34,6 +35,7 @@ from ..jsonrpc import RpcError
 from ..mcp.pool import allowed
 from ..percentile import percentile_ms
 from ..supervisor.config import GatewaySettings
+from ..supervisor.tenants import visible_allow
 from ..text import plural
 
 if TYPE_CHECKING:
@@ -42,6 +44,22 @@ if TYPE_CHECKING:
 
 # a gateway call's audit row: (client, tool, outcome, (uid, pid))
 Audit = Callable[[str, str, str, tuple[int, int]], None]
+
+
+class ApiToken(Protocol):
+    """What the gateway reads of an HTTP API token (tokens.Token)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def scopes(self) -> frozenset[str]: ...
+
+    @property
+    def agents(self) -> str | None: ...
+
+    @property
+    def tenant(self) -> str | None: ...
 
 OPERATOR = "operator"
 LATENCY_SAMPLES = 2048  # per client and per tool: percentiles over the latest calls
@@ -169,6 +187,9 @@ class GatewayService:
         self.watchers: set[Callable[[list[str]], None]] = set()
         self._pending: set[str] = set()
         self._flush: asyncio.Handle | None = None
+        # the HTTP API's tokens (tokens.Tokens.authenticate): one holding `mcp:call` (or
+        # `admin`) opens /mcp too, its agent glob and tenant narrowing the tools it sees
+        self.api_tokens: Callable[[str], ApiToken | None] | None = None
 
     # -- configuration --------------------------------------------------------------------
     def configure(self, settings: GatewaySettings, base: Path) -> None:
@@ -219,10 +240,31 @@ class GatewayService:
         # looked up by digest: timing can tell at most something of a SHA-256 of the token
         found = self.tokens.get(digest)
         if found is None:
-            return None
+            return self._api_identity(token)
         name, entry = found
         return Identity(name=name, allow=list(entry.tools), owner=f"gateway:{name}",
                         **self._limits(entry))
+
+    def _api_identity(self, secret: str) -> Identity | None:
+        """An API token's identity at /mcp: it needs `mcp:call` (or `admin`); the tools it
+        sees are its tenant's servers', and with an agent glob those the matching agents'
+        allowlists admit (none: nothing)."""
+        token = self.api_tokens(secret) if self.api_tokens is not None else None
+        if token is None or not token.scopes & {"mcp:call", "admin"}:
+            return None
+        return Identity(name=f"token {token.name}", owner=f"token:{token.name}",
+                        allow=self._token_allow(token.agents, token.tenant),
+                        **self._limits())
+
+    def _token_allow(self, agents: str | None, tenant: str | None) -> list[str] | None:
+        servers = {n: e.spec for n, e in self.sup.mcp.servers.items()}
+        if agents is None:
+            return None if tenant is None else visible_allow(["*"], tenant, servers)
+        out: set[str] = set()
+        for a in self.sup.agents.values():
+            if fnmatchcase(a.name, agents) and tenant in (None, a.spec.tenant):
+                out.update(self.sup.allowlist(a.spec))
+        return sorted(out)
 
     def replica_environment(self, replica: ProcessReplica) -> dict[str, str]:
         """CORRAL_MCP_URL and a fresh token for an agent replica being started; the
