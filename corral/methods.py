@@ -151,6 +151,9 @@ class ReloadResult(msgspec.Struct):
     unchanged: list[str]
     failed: dict[str, str] = {}  # changed agents whose rollout stopped: name -> why
     mcp_servers: dict[str, list[str]] = {}  # the same four keys, for [mcp_servers]
+    # [gateway]'s changes, in words: its keys, its tokens file's clients (added, removed,
+    # changed; a token's secret is never shown)
+    gateway: list[str] = []
 
 
 class ReplicaStatus(msgspec.Struct):

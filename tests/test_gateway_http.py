@@ -211,3 +211,19 @@ async def test_an_api_token_with_mcp_call_opens_the_gateway_narrowed_by_its_glob
             await s.list_tools()
     st = daemon.json("mcp", "status")["gateway"]
     assert st["clients"]["token mcp-all"]["calls"] >= 1
+
+
+def test_reload_says_what_it_changed_of_the_gateway(daemon: Daemon) -> None:
+    tokens = daemon.dir / "tokens.toml"
+    before = tokens.read_text()
+    try:
+        tokens.write_text(before + f'\n[clients.extra]\ntoken_sha256 = "{sha("x" * 20)}"\n')
+        r = daemon.cli("reload")
+        assert r.returncode == 0, r.stderr
+        rows = [" ".join(line.split()) for line in r.stdout.splitlines()]
+        assert "gateway client extra added" in rows, r.stdout
+        assert "nothing changed" not in r.stdout
+        assert daemon.json("reload")["gateway"] == []  # applied: nothing more to say
+    finally:
+        tokens.write_text(before)
+        assert "client extra removed" in daemon.cli("reload").stdout

@@ -1065,6 +1065,7 @@ def reload(obj: Ctx, as_json: bool) -> None:
             for kind, changes in (("agent", msgspec.structs.asdict(res)), ("MCP server", mcp))
             for change in ("added", "removed", "changed")
             for name in changes.get(change) or []]
+    rows += [["gateway", "", change] for change in res.gateway]
     if rows:
         _table(rows, ["KIND", "NAME", "CHANGE"])
     else:

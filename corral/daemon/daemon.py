@@ -754,7 +754,7 @@ class Daemon:
             protected = self._protected(cfg, self._paths(cfg))
             check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(self.config_path), protected)
             # the tokens file is re-read: rotating a token is an edit and a reload
-            s.gateway.configure(cfg.gateway, self.config_path.parent)
+            gateway_changes = s.gateway.configure(cfg.gateway, self.config_path.parent)
             s.tenants.check_reload(cfg, [(a.name, a.spec.tenant)
                                          for a in s.sup.agents.values()
                                          if a.name not in s.fleet.from_config])
@@ -768,6 +768,7 @@ class Daemon:
         s.fleet.gateway = cfg.gateway
         local, declared = by_placement(cfg)
         result = await s.fleet.reload(local, who)
+        result.gateway = gateway_changes
         if self.cluster is not None:
             result.failed.update(await self.cluster.declare(
                 declared, self.cluster.settings.node_ttl))

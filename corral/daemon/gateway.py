@@ -192,15 +192,26 @@ class GatewayService:
         self.api_tokens: Callable[[str], ApiToken | None] | None = None
 
     # -- configuration --------------------------------------------------------------------
-    def configure(self, settings: GatewaySettings, base: Path) -> None:
+    def configure(self, settings: GatewaySettings, base: Path) -> list[str]:
         """Apply [gateway] (at start and on reload): the tokens file is re-read, so
-        rotating a token is an edit and a reload. Raises ConfigError, changing nothing."""
+        rotating a token is an edit and a reload. What changed, in words (a reload says
+        it); raises ConfigError, changing nothing."""
         tokens: dict[str, tuple[str, TokenEntry]] = {}
         if settings.tokens_file:
             path = Path(settings.tokens_file)
             tokens = load_tokens(path if path.is_absolute() else base / path)
+        said = [f"{key} {old!r} -> {new!r}" for key, old, new in (
+            (k, getattr(self.settings, k), getattr(settings, k))
+            for k in settings.__struct_fields__) if old != new]
+        before = {name: (digest, entry) for digest, (name, entry) in self.tokens.items()}
+        after = {name: (digest, entry) for digest, (name, entry) in tokens.items()}
+        said += [f"client {n} added" for n in sorted(set(after) - set(before))]
+        said += [f"client {n} removed" for n in sorted(set(before) - set(after))]
+        said += [f"client {n} changed" for n in sorted(set(before) & set(after))
+                 if before[n] != after[n]]
         self.settings = settings
         self.tokens = tokens
+        return said
 
     # -- identities -----------------------------------------------------------------------
     def _limits(self, entry: TokenEntry | None = None) -> dict[str, int]:
