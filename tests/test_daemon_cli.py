@@ -567,6 +567,19 @@ def test_check_config(tmp: Path) -> None:
     assert r.stderr.endswith("conf.d/y.toml: agent: not allowed in an included file (it "
                              "holds [agents] and [mcp_servers] tables) (did you mean "
                              "`agents`?)\n")
+    # every error of the file at once, one a line, in the file's order, then a count;
+    # the good tables between them are not refused
+    (tmp / "conf.d" / "y.toml").write_text("[agents.inc2]\ncommand = 'true'\nreplica = 1\n")
+    r = check('[supervisor]\ninclude = ["conf.d/*.toml"]\nheartbeat_interval = 0\n'
+              "[nope]\n" + hello("ok1") + "[agents.bad1]\ncommand = 'x'\nrestart = 'sometimes'\n"
+              + hello("ok2") + "[mcp_servers.m]\ncommand = 'true'\ninstance = 2\n"
+              "[tenants.t]\nmax_agents = -1\n")
+    assert r.returncode == 1
+    lines = r.stderr.splitlines()
+    assert [ln.split(": ", 4)[3] for ln in lines[:-1]] == [
+        "supervisor.heartbeat_interval", "nope", "agents.bad1.restart",
+        "tenants.t.max_agents", "mcp_servers.m"], lines
+    assert lines[-1] == f"corral: 5 errors in {tmp}/c.toml"
 
 
 @pytest.mark.parametrize("text,where,unknown,near", [

@@ -255,7 +255,11 @@ def check_config(path: str | None, config: str | None, no_check: bool) -> None:
         if not no_check:
             check_commands(cfg, str(where))
     except ConfigError as exc:
-        click.echo(f"corral: invalid config: {exc}", err=True)
+        errors = str(exc).splitlines()
+        for line in errors:  # every error of the file, one a line
+            click.echo(f"corral: invalid config: {line}", err=True)
+        if len(errors) > 1:
+            click.echo(f"corral: {plural(len(errors), 'error')} in {where}", err=True)
         sys.exit(EXIT_FAILED)
     click.echo(f"{where}: ok ({plural(len(cfg.agents), 'agent')}, "
                f"{plural(len(cfg.mcp_servers), 'MCP server')})")

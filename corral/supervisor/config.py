@@ -7,6 +7,8 @@ section 10; add keys freely, rename none.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import glob
 import os
 import pwd
@@ -14,9 +16,9 @@ import re
 import shlex
 import shutil
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 import msgspec.inspect
@@ -484,20 +486,23 @@ def passwd_of(user: str) -> pwd.struct_passwd | None:
         return None
 
 
-def parse_tenants(data: dict[str, Any], where: str) -> dict[str, TenantSpec]:
-    """The `[tenants.NAME]` tables of a document (`tenants.add` takes them too)."""
+def parse_tenants(data: dict[str, Any], where: str,
+                  problems: list[str] | None = None) -> dict[str, TenantSpec]:
+    """The `[tenants.NAME]` tables of a document (`tenants.add` takes them too); with
+    `problems`, as parse_agents."""
     tables = data.get("tenants", {})
     if not isinstance(tables, dict):
         raise ConfigError(f"{where}: tenants: expected a table")
     out: dict[str, TenantSpec] = {}
     for name, table in tables.items():
-        validate_name("tenants", name, where)
-        spec = convert(table, TenantSpec, where=where, prefix=f"tenants.{name}")
-        try:
-            spec.check()
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: tenants.{name}: {exc}") from None
-        out[name] = spec
+        with _collected(problems):
+            validate_name("tenants", name, where)
+            spec = convert(table, TenantSpec, where=where, prefix=f"tenants.{name}")
+            try:
+                spec.check()
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: tenants.{name}: {exc}") from None
+            out[name] = spec
     return out
 
 
@@ -627,30 +632,49 @@ def validate_name(kind: str, name: str, where: str) -> None:
         raise ConfigError(f"{where}: {kind}.{shown(name)}: {problem}")
 
 
-def parse_agents(data: dict[str, Any], where: str) -> dict[str, AgentSpec]:
-    """The `[agents.NAME]` tables of a document, validated (used by `corral add` too)."""
+def parse_agents(data: dict[str, Any], where: str,
+                 problems: list[str] | None = None) -> dict[str, AgentSpec]:
+    """The `[agents.NAME]` tables of a document, validated (used by `corral add` too).
+    With `problems`, a table's error is added to it and the table left out, instead of
+    raised (check-config says every error of a file at once)."""
     agents = data.get("agents", {})
     if not isinstance(agents, dict):
         raise ConfigError(f"{where}: agents: expected a table")
     out: dict[str, AgentSpec] = {}
     for name, table in agents.items():
-        validate_name("agents", name, where)
-        spec = convert(table, AgentSpec, where=where, prefix=f"agents.{name}")
-        spec.name = name
-        problem = elastic_problem(spec, explicit_replicas="replicas" in table) or \
-            protocol_problem(spec)
-        if problem:
-            raise ConfigError(f"{where}: agents.{name}.{problem}")
-        try:
-            spec.argv()
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: agents.{name}.command: {exc}") from None
-        try:
-            spec.check_health()
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: agents.{name}.{exc}") from None
-        out[name] = spec
+        with _collected(problems):
+            out[name] = _agent(name, table, where)
     return out
+
+
+@contextlib.contextmanager
+def _collected(problems: list[str] | None) -> Iterator[None]:
+    """A ConfigError inside is added to `problems` (None: raised as it is)."""
+    try:
+        yield
+    except ConfigError as exc:
+        if problems is None:
+            raise
+        problems.append(str(exc))
+
+
+def _agent(name: str, table: Any, where: str) -> AgentSpec:
+    validate_name("agents", name, where)
+    spec: AgentSpec = convert(table, AgentSpec, where=where, prefix=f"agents.{name}")
+    spec.name = name
+    problem = elastic_problem(spec, explicit_replicas="replicas" in table) or \
+        protocol_problem(spec)
+    if problem:
+        raise ConfigError(f"{where}: agents.{name}.{problem}")
+    try:
+        spec.argv()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: agents.{name}.command: {exc}") from None
+    try:
+        spec.check_health()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: agents.{name}.{exc}") from None
+    return spec
 
 
 PLAIN = 'a plain program (protocol = "none")'
@@ -733,77 +757,83 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read the main file and its includes; every error names file and key path."""
+    """Read the main file and its includes; every error names file and key path, and
+    every error there is is said at once (one a line), not the first alone."""
     path = Path(path)
     data = read_toml(path)
     where = str(path)
-    sup = convert(data.get("supervisor", {}), SupervisorSettings, where=where, prefix="supervisor")
-    gateway = convert(data.get("gateway", {}), GatewaySettings, where=where, prefix="gateway")
-    http = convert(data.get("http", {}), HttpSettings, where=where, prefix="http")
-    packages = convert(data.get("packages", {}), PackagesSettings, where=where,
-                       prefix="packages")
+    problems: list[str] = []
+    errors = functools.partial(_collected, problems)
+
+    def table(key: str, kind: type[_S]) -> _S:
+        with errors():
+            got: _S = convert(data.get(key, {}), kind, where=where, prefix=key)
+            return got
+        return kind()
+
+    sup = table("supervisor", SupervisorSettings)
+    gateway = table("gateway", GatewaySettings)
+    http = table("http", HttpSettings)
+    packages = table("packages", PackagesSettings)
     cluster = None
     if "cluster" in data:
-        cluster = convert(data["cluster"], ClusterSettings, where=where, prefix="cluster")
-        cluster.check(where)
+        with errors():
+            cluster = convert(data["cluster"], ClusterSettings, where=where, prefix="cluster")
+            cluster.check(where)
     tables = [f.encode_name for f in msgspec.structs.fields(Config)]
-    unknown = set(data) - set(tables)
-    if unknown:
-        key = sorted(unknown)[0]
-        raise ConfigError(f"{where}: {key}: unknown top-level key{did_you_mean(key, tables)}")
-    agents = parse_agents(data, where)
-    tenants = parse_tenants(data, where)
+    for key in sorted(set(data) - set(tables)):
+        problems.append(f"{where}: {key}: unknown top-level key{did_you_mean(key, tables)}")
+    agents: dict[str, AgentSpec] = {}
+    tenants: dict[str, TenantSpec] = {}
+    servers: dict[str, McpServerSpec] = {}
+    with errors():
+        agents = parse_agents(data, where, problems)
+    with errors():
+        tenants = parse_tenants(data, where, problems)
     declared = data.get("mcp_servers", {})
     overlays = {n: t for n, t in declared.items() if isinstance(t, dict)
                 and "command" not in t and "url" not in t} if isinstance(declared, dict) else {}
     for name in overlays:
-        validate_name("mcp_servers", name, where)
-    servers = parse_servers({"mcp_servers": {n: t for n, t in declared.items()
-                                             if n not in overlays}}
-                            if overlays else data, where)
+        with errors():
+            validate_name("mcp_servers", name, where)
+    with errors():
+        servers = parse_servers({"mcp_servers": {n: t for n, t in declared.items()
+                                                 if n not in overlays}}
+                                if overlays else data, where, problems)
     # which file declared each name, so a second declaration can say where the first is
     origin = {f"agents.{n}": where for n in agents} | {f"mcp_servers.{n}": where
                                                        for n in servers}
     base = path.parent
     for pattern in sup.include:
         for inc in sorted(glob.glob(str(base / pattern))):
-            idata = read_toml(Path(inc))
-            bad = set(idata) - {"agents", "mcp_servers"}
-            if bad:
-                key = sorted(bad)[0]
-                raise ConfigError(f"{inc}: {key}: not allowed in an included file (it holds "
-                                  f"[agents] and [mcp_servers] tables)"
-                                  f"{did_you_mean(key, ['agents', 'mcp_servers'])}")
-            for name, spec in parse_agents(idata, inc).items():
-                _define(origin, f"agents.{name}", inc)
-                agents[name] = spec
-            for name, sspec in parse_servers(idata, inc).items():
-                _define(origin, f"mcp_servers.{name}", inc)
-                servers[name] = sspec
+            with errors():
+                _include(Path(inc), agents, servers, origin, problems)
     if sup.mcp_servers_file:
         mpath = Path(sup.mcp_servers_file)
         mpath = mpath if mpath.is_absolute() else base / mpath
-        for name, sspec in load_mcp_servers_file(mpath).items():
-            if name in servers:
-                raise ConfigError(f"{mpath}: mcpServers.{name}: already defined in {path}")
-            servers[name] = sspec
+        with errors():
+            for name, sspec in load_mcp_servers_file(mpath).items():
+                if name in servers:
+                    raise ConfigError(f"{mpath}: mcpServers.{name}: already defined in {path}")
+                servers[name] = sspec
         # [mcp_servers.NAME] tables without command or url tune imported servers
-        for name, table in overlays.items():
-            if name not in servers:
-                raise ConfigError(f"{where}: mcp_servers.{name}: needs a command or a url "
-                                  f"(no server {name} in {mpath} to apply it to)")
-            merged = {**msgspec.to_builtins(servers[name]), **table}
-            servers[name] = _server(name, merged, where, f"mcp_servers.{name}")
-    elif overlays:
-        name = next(iter(overlays))
-        raise ConfigError(f"{where}: mcp_servers.{name}: needs a command or a url")
+        for name, overlay in overlays.items():
+            with errors():
+                if name not in servers:
+                    raise ConfigError(f"{where}: mcp_servers.{name}: needs a command or a "
+                                      f"url (no server {name} in {mpath} to apply it to)")
+                merged = {**msgspec.to_builtins(servers[name]), **overlay}
+                servers[name] = _server(name, merged, where, f"mcp_servers.{name}")
+    else:
+        for name in overlays:
+            problems.append(f"{where}: mcp_servers.{name}: needs a command or a url")
     for name, aspec in agents.items():
-        problem = isolation_problem(aspec, gateway, tenants.get(aspec.tenant))
+        problem = isolation_problem(aspec, gateway, tenants.get(aspec.tenant)) or \
+            cluster_problem(aspec, cluster is not None)
         if problem:
-            raise ConfigError(f"{origin[f'agents.{name}']}: agents.{name}.{problem}")
-        problem = cluster_problem(aspec, cluster is not None)
-        if problem:
-            raise ConfigError(f"{origin[f'agents.{name}']}: agents.{name}.{problem}")
+            problems.append(f"{origin[f'agents.{name}']}: agents.{name}.{problem}")
+    if problems:
+        raise ConfigError("\n".join(problems))
     # a process runs where the file that declares it is, unless told otherwise; a
     # cluster agent's table is the cluster's: each node resolves its paths against its
     # own config file's directory when it runs it
@@ -823,6 +853,29 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                  http=http, packages=packages, cluster=cluster, tenants=tenants)
     check_tenants_named(cfg, where)
     return cfg
+
+
+_S = TypeVar("_S", bound=msgspec.Struct)
+
+
+def _include(inc: Path, agents: dict[str, AgentSpec], servers: dict[str, McpServerSpec],
+             origin: dict[str, str], problems: list[str]) -> None:
+    """An included file's [agents] and [mcp_servers] tables, added to the config's."""
+    idata = read_toml(inc)
+    bad = set(idata) - {"agents", "mcp_servers"}
+    if bad:
+        key = sorted(bad)[0]
+        raise ConfigError(f"{inc}: {key}: not allowed in an included file (it holds "
+                          f"[agents] and [mcp_servers] tables)"
+                          f"{did_you_mean(key, ['agents', 'mcp_servers'])}")
+    for name, spec in parse_agents(idata, str(inc), problems).items():
+        with _collected(problems):
+            _define(origin, f"agents.{name}", str(inc))
+            agents[name] = spec
+    for name, sspec in parse_servers(idata, str(inc), problems).items():
+        with _collected(problems):
+            _define(origin, f"mcp_servers.{name}", str(inc))
+            servers[name] = sspec
 
 
 def default_cwd(tenant: TenantSpec | None, config_dir: str) -> str:
@@ -1021,14 +1074,16 @@ def _server(name: str, table: dict[str, Any], where: str, key: str) -> McpServer
     return spec
 
 
-def parse_servers(data: dict[str, Any], where: str) -> dict[str, McpServerSpec]:
+def parse_servers(data: dict[str, Any], where: str,
+                  problems: list[str] | None = None) -> dict[str, McpServerSpec]:
     servers = data.get("mcp_servers", {})
     if not isinstance(servers, dict):
         raise ConfigError(f"{where}: mcp_servers: expected a table")
     out: dict[str, McpServerSpec] = {}
     for name, table in servers.items():
-        validate_name("mcp_servers", name, where)
-        if not isinstance(table, dict):
-            raise ConfigError(f"{where}: mcp_servers.{name}: expected a table")
-        out[name] = _server(name, table, where, f"mcp_servers.{name}")
+        with _collected(problems):
+            validate_name("mcp_servers", name, where)
+            if not isinstance(table, dict):
+                raise ConfigError(f"{where}: mcp_servers.{name}: expected a table")
+            out[name] = _server(name, table, where, f"mcp_servers.{name}")
     return out
