@@ -604,6 +604,8 @@ def probes(task_b: str, ghost_task: str) -> dict[str, tuple[str, Any, Any]]:
         "agents.describe": ("missing", {"name": B}, {"name": GHOST}),
         "agents.history": ("missing", {"name": B}, {"name": GHOST}),
         "agents.rollback": ("missing", {"name": B}, {"name": GHOST}),
+        "agents.update": ("missing", {"name": B, "set": {"env": {"X": "1"}}},
+                          {"name": GHOST, "set": {"env": {"X": "1"}}}),
         "audit.list": ("forbidden", {}, None),
         "agents.add": ("forbidden", {"agents": {"new": {"command": "true", "tenant": "b"}}},
                        None),
