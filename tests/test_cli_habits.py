@@ -55,3 +55,10 @@ def test_an_attempt_says_where_it_ran_as_far_as_it_is_known() -> None:
         "node b (claimed, never on a replica) ")
     assert _where(m.Attempt(-1, None, 0.0, node="b")) == (
         "node b (claimed, waiting for a replica) ")
+
+
+def test_a_typo_near_a_destructive_command_says_it_is_never_guessed() -> None:
+    got = CliRunner().invoke(cli, ["shutdow"])
+    assert got.exit_code == 2
+    assert "(`shutdown` is never guessed: type it whole.)" in got.output, got.output
+    assert "Did you mean 'shutdown'" not in got.output

@@ -41,6 +41,9 @@ def test_logs_are_filtered_by_text_and_stream_in_the_daemon() -> None:
         hit = d.cli("logs", "work", "--grep", "crashing on", "--stream", "stderr", "-n",
                     "1000").stdout.splitlines()
         assert [ln.split(": ", 1)[1] for ln in hit] == ["crashing on request"], hit
+        # the text is looked for in the line as printed: who and pid too
+        ours = d.cli("logs", "--grep", "work#0[", "-n", "1000").stdout.splitlines()
+        assert ours and all(" work#0[" in ln for ln in ours), ours
         # -n counts the lines kept, not the lines read
         assert len(d.cli("logs", "--stream", "event", "-n", "2").stdout.splitlines()) == 2
         # a fixed string: no pattern for the daemon to backtrack on
@@ -57,8 +60,10 @@ def test_a_follow_goes_on_across_a_restart_of_the_daemon(tmp_path: Path) -> None
     try:
         d.start()
         follower = subprocess.Popen(
+            # its backlog holds the line too, however late the follow starts
             [PY, "-m", "corral", "--socket", str(d.sock), "logs", "-f", "work", "--stream",
-             "stderr", "-n", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+             "stderr", "--grep", "crashing on request", "-n", "1000"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert follower.stdout is not None and follower.stderr is not None
         crashed(d)

@@ -149,7 +149,7 @@ def test_cli_habits_of_supervisorctl_and_systemctl(tmp: Path) -> None:
         # `run` without --input gives the task null (decision 168), as --help says
         r = d.cli("run", "hello", "--json")
         assert r.returncode == 0 and json.loads(r.stdout)["output"]["greeting"] == (
-            "hello, None"), r.stderr
+            "hello, world"), r.stderr  # examples/hello.py greets the world for null
         assert "(default: null, for an agent that takes none)" in " ".join(
             d.cli("run", "--help").stdout.split())
         # top has a pane of recent log lines

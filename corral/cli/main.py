@@ -112,6 +112,9 @@ class _Group(click.Group):
             safe = [c for c in (*self.list_commands(ctx), *ALIASES) if c not in DESTRUCTIVE]
             near = difflib.get_close_matches(name, safe, n=3)
             hint = f" Did you mean {' or '.join(repr(c) for c in near)}?" if near else ""
+            risky = difflib.get_close_matches(name, sorted(DESTRUCTIVE), n=1)
+            if risky:
+                hint += f" (`{risky[0]}` is never guessed: type it whole.)"
             ctx.fail(f"No such command {name!r}.{hint} (`corral --help` lists them.)")
         return super().resolve_command(ctx, args)
 
@@ -559,8 +562,8 @@ def _logs(obj: Ctx, follow: bool, want: m.LogsTail, reconnect: float, as_json: b
 
     def show(items: list[LogLine]) -> None:
         for line in items:
-            if last and line.time < last[0]:
-                continue  # shown before the daemon went away
+            if last and line.time <= last[0]:
+                continue  # shown before the daemon went away (the last one again too)
             if as_json:
                 click.echo(json.dumps(msgspec.to_builtins(msgspec.structs.asdict(line))))
             else:

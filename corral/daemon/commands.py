@@ -460,9 +460,10 @@ def _log_sources(d: Services, p: m.LogsTail
         return by_replica
 
     def keep(line: m.LogLine) -> bool:
+        # the text is looked for in the line as it is printed (who and pid too)
         return ((replica_keep is None or replica_keep(line))
                 and (not streams or line.stream in streams)
-                and (text is None or text in line.text))
+                and (text is None or text in line.render()))
 
     return sources, keep
 

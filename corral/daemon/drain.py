@@ -86,7 +86,8 @@ class Drain:
         if self.left and not self._cut:
             self.report(f"draining: no new task goes to a worker; "
                         f"{plural(len(self.left), 'running task')} may finish within "
-                        f"{self.until - start:.0f} s")
+                        f"{self.until - start:.0f} s (drain_timeout, then cancel_grace "
+                        "for a task cancelled at its end)")
         tasks.dispatch.ended.append(self._ended)
         try:
             while self.left and not self._cut:
