@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import shutil
 import time
@@ -528,9 +527,7 @@ def test_the_dashboard_in_chromium() -> None:
                 r"^History of hello \(stats\.history\): a point per 0\.2 s, \d+ "
                 r"samples from "))
             assert page.evaluate("window.corralCharts.memory.data[1]")[-1] > 0
-            shot("agent")
-            if os.environ.get("CORRAL_UPDATE_SCREENSHOT"):  # README's picture, on demand
-                page.screenshot(path=str(ROOT / "docs" / "dashboard.png"))
+            shot("agent")  # (README's picture is scripts/dashboard-shot.py's)
 
             # tasks: the one run above, its attempts and output
             page.click('nav a[href="#/tasks"]')
