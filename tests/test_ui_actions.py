@@ -90,6 +90,11 @@ def test_start_stop_restart_add_remove_and_run_from_the_dashboard() -> None:
             expect(fleet.locator('tr[data-summary="nap"] .state')).to_have_text("asleep")
             expect(fleet.locator('tr[data-summary="nap"] td').nth(1)).to_have_text("0")
             assert fleet.locator('tr[data-agent="nap"]').count() == 0
+            fleet.locator('a[href="#/agent/nap"]').click()
+            expect(pg.locator("#no-replicas")).to_have_text(
+                "nap is asleep: scaled to zero, a task wakes it.")
+            expect(pg.locator("#replicas-table tbody tr")).to_have_count(0)
+            pg.click('nav a[href="#/fleet"]')
 
             # one replica: stop, start, restart; the other is not touched
             pid0, pid1 = (replica(d, f"hello#{i}")["pid"] for i in (0, 1))
@@ -395,3 +400,41 @@ async def test_a_tasks_input_is_read_over_rest_behind_tasks_read(tmp_path: Path)
             assert (status, body["detail"]) == (404, f"no such task: {done.task_id}")
             status, body = await get(reader, "?input=maybe")
             assert status == 400 and body["detail"].startswith("invalid params: ")
+
+
+@pytest.mark.deadline(90)
+async def test_a_limited_sessions_actions_stay_within_its_tokens_agents(
+        tmp_path: Path) -> None:
+    """A session asked for by a token limited to `web-*`: its new actions on other agents
+    are refused as the token's own would be, and change nothing."""
+    async with in_process(tmp_path, hello("hello") + hello("web-a"), HTTP) as d:
+        _, webs = await tokens_of(d.services.store).create("webs", ["admin"], "web-*", None)
+        caller = Caller(via="http", token="webs", scopes=webs.scopes, agents="web-*")
+        sup = d.services.sup
+        pids = {name: sup.agent(name).replicas[0].pid for name in ("hello", "web-a")}
+        async with page(d) as p:
+            await p.login((await login_link(d, caller)).url)
+            table = {"command": [PY, str(EXAMPLES / "hello.py")]}
+            got = {}
+            for method, params in [
+                    ("agents.stop", {"names": ["hello"]}),
+                    ("agents.start", {"names": ["hello#0"]}),
+                    ("agents.restart", {"names": ["hello"]}),
+                    ("agents.remove", {"names": ["hello"]}),
+                    ("agents.add", {"agents": {"other": table}}),
+                    ("tasks.run", {"agent": "hello", "input": None, "detach": True})]:
+                status, _, body = await p.call(method, params)
+                got[method] = (status, body["detail"])
+            unseen = (404, "no such agent: hello (agents: web-a)")
+            assert got == {
+                "agents.stop": unseen, "agents.start": unseen, "agents.restart": unseen,
+                "agents.remove": unseen, "tasks.run": unseen,
+                "agents.add": (403, "forbidden: token dashboard is limited to agents "
+                                    "matching web-*: may not add other")}
+            # its own agents it may act on
+            status, _, body = await p.call("agents.restart", {"names": ["web-a#0"]})
+            assert (status, body) == (200, {"restarted": ["web-a#0"]})
+        assert sorted(sup.agents) == ["hello", "web-a"]
+        assert sup.agent("hello").replicas[0].pid == pids["hello"]
+        assert sup.agent("hello").replicas[0].state == State.READY
+        assert (await d.dispatcher.call(OPERATOR, "tasks.list")).tasks == []
