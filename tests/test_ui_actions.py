@@ -256,6 +256,7 @@ def test_a_refused_login_link_is_a_page_that_says_what_to_do_and_the_favicon() -
             assert response is not None and response.status == 401
             assert response.headers["content-type"] == "text/html; charset=utf-8"
             assert response.headers["content-security-policy"] == CSP
+            assert "set-cookie" not in response.headers and pg.context.cookies() == []
             expect(pg.locator("h2")).to_have_text("This login link does not work")
             expect(pg.locator("#why")).to_have_text(
                 "this login link is not valid: it was used already, or it never was; run "
