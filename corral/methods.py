@@ -459,6 +459,8 @@ class AgentStats(Result):
     rss_bytes: int
     usage: AgentUsage | None = None
     tenant: str = "default"
+    # an elastic agent's state (awake, waking or asleep: scaled to zero); None otherwise
+    elastic: str | None = None
 
 
 class TasksStats(Result):
@@ -557,6 +559,10 @@ class TaskInfo(_TaskHead):
     waiting: str | None = None  # why a queued task is not started yet (a budget)
     # seconds from accepted to its first start (a sleeping agent's wake among it)
     queue_wait: float | None = None
+    # the input as it was sent, when asked for (tasks.get with input) and kept: absent
+    # when not asked, or not kept (a cluster task's, a task of a daemon without a journal
+    # once it has finished, a row pruned)
+    input: Any | UnsetType = UNSET
 
 
 class TaskSummary(_TaskHead):
@@ -849,10 +855,12 @@ class TasksRun(Params):
 
 @method("tasks.get", result=TaskInfo, scope="tasks:read")
 class TasksGet(Params):
-    """One task: status, progress, output or error, and every attempt."""
+    """One task: status, progress, output or error, and every attempt; with input, the
+    input it was sent too (absent when it is not kept)."""
 
     task_id: str
     wait: bool = False
+    input: bool = False
 
 
 @method("tasks.list", result=TaskList, scope="tasks:read")

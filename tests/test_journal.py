@@ -222,7 +222,8 @@ async def test_a_batch_is_one_upsert_per_task_and_keeps_what_a_change_does_not_c
     got = db.execute("SELECT arrival, status, input, output FROM tasks ORDER BY arrival"
                      ).fetchall()
     db.close()
-    assert got == [(i, "succeeded", None, b'{"output":1}') if i % 3 == 0 else
+    # a finished task's input is kept with its row (decision 170)
+    assert got == [(i, "succeeded", b'{"n": %d}' % i, b'{"output":1}') if i % 3 == 0 else
                    (i, "queued", b'{"n": %d}' % i, None) for i in range(341)]
     assert journal.batches == 2 and journal.rows == 341 + 114
 
@@ -243,7 +244,8 @@ async def test_a_new_task_nobody_waits_on_is_one_row_and_a_long_one_is_written_r
     """A new task's first row waits up to YOUNG_FOR when nobody awaits its commit: one that
     ends meanwhile is one row (one insert, not an insert and an update); one still running
     then is written as it is (input kept for a restart); `committed()` takes every waiting
-    row at once (what `tasks.run` acknowledges after)."""
+    row at once (what `tasks.run` acknowledges after). The one row has the input (kept
+    after the task's end: decision 170)."""
     journal = TaskJournalDB(db_path)
     async with Supervisor(heartbeat_interval=0.2, journal=journal) as sup:
         sup.add(agent("y", "misbehave.py", max_concurrent_tasks=8))
@@ -255,7 +257,8 @@ async def test_a_new_task_nobody_waits_on_is_one_row_and_a_long_one_is_written_r
         assert journal.rows - rows == 20  # one row a task
         ids = [r.task_id for r in results]
         assert _rows(db_path, *ids) == {
-            r.task_id: ("succeeded", None, b'{"output":{"do":"echo","i":%d}}' % i)
+            r.task_id: ("succeeded", b'{"do":"echo","i":%d}' % i,
+                        b'{"output":{"do":"echo","i":%d}}' % i)
             for i, r in enumerate(results)}
         long = sup.tasks.submit("y", {"do": "sleep", "seconds": 30})
         assert long.id in journal._young and _rows(db_path, long.id) == {}

@@ -70,8 +70,11 @@ async def test_failed_writes_are_kept_and_caught_up_and_what_is_left_is_named_at
                             notice)
         # t2's input was in its first row only (the failed one): it is still recorded, so
         # a restarted daemon could run it again
-        assert rows(db_path) == {t1.id: ("succeeded", None),
-                                 t2.id: ("running", bytes(t2.input))}
+        # (and t1's, finished, is kept with its row: decision 170)
+        assert rows(db_path) == {
+            t1.id: ("succeeded", json.dumps({"do": "await", "path": str(gate1)},
+                                            separators=(",", ":")).encode()),
+            t2.id: ("running", bytes(t2.input))}
         gate2.touch()
         await asyncio.wait_for(asyncio.shield(t2.done), 20)
         await sup.tasks.committed()
@@ -87,7 +90,9 @@ async def test_failed_writes_are_kept_and_caught_up_and_what_is_left_is_named_at
         f"task journal {db_path}: the latest changes of 1 task could not be written before "
         f"shutdown ({t3.task_id}): the next daemon takes them as last recorded (queued ones "
         "run, running ones are retried or end lost)")
-    assert rows(db_path) == {t1.id: ("succeeded", None), t2.id: ("succeeded", None)}
+    assert rows(db_path) == {t.id: ("succeeded", json.dumps(
+        {"do": "await", "path": str(gate)}, separators=(",", ":")).encode())
+        for t, gate in ((t1, gate1), (t2, gate2))}
 
 
 # -- through `corral daemon`: a full disk, as its file size limit ----------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import shutil
 import time
@@ -191,7 +190,12 @@ async def test_a_login_link_works_once_and_its_session_may_call(tmp_path: Path) 
             part.strip() for part in cookie.split(";")}
         status, _, session = await p.get("/ui/session")
         assert status == 200 and len(session["csrf"]) >= 32
-        assert "stats.get" in session["methods"] and "tasks.run" not in session["methods"]
+        # what the page does (issue 36: run a task, add and remove agents) and nothing
+        # of the daemon's own: no shutdown, reload, tokens or tenants' tables
+        assert {"stats.get", "tasks.run", "agents.add", "agents.remove", "agents.start",
+                "agents.stop"} <= set(session["methods"])
+        assert not {"daemon.shutdown", "config.reload", "tokens.create", "tenants.add",
+                    "agents.signal", "packages.deploy"} & set(session["methods"])
         p.csrf = session["csrf"]
         status, _, body = await p.call("agents.status")
         assert status == 200 and [a["name"] for a in body["agents"]] == ["hello"]
@@ -523,9 +527,7 @@ def test_the_dashboard_in_chromium() -> None:
                 r"^History of hello \(stats\.history\): a point per 0\.2 s, \d+ "
                 r"samples from "))
             assert page.evaluate("window.corralCharts.memory.data[1]")[-1] > 0
-            shot("agent")
-            if os.environ.get("CORRAL_UPDATE_SCREENSHOT"):  # README's picture, on demand
-                page.screenshot(path=str(ROOT / "docs" / "dashboard.png"))
+            shot("agent")  # (README's picture is scripts/dashboard-shot.py's)
 
             # tasks: the one run above, its attempts and output
             page.click('nav a[href="#/tasks"]')
@@ -874,13 +876,15 @@ def test_the_dashboard_breaks_the_fleet_down_by_tenant() -> None:
             # filtered to one tenant: its row's link, and the select back to all
             a_row.locator("a").click()
             assert page.url.endswith("#/fleet/a")
+            # (each agent's summary row, then its replicas' rows)
             rows = page.locator("#fleet tbody tr")
-            expect(rows).to_have_count(3)
-            assert sorted({rows.nth(i).get_attribute("data-agent") for i in range(3)}) == [
-                "a1", "a2"]
+            expect(rows).to_have_count(5)
+            assert sorted({rows.nth(i).get_attribute("data-agent") for i in range(5)}
+                          - {None}) == ["a1", "a2"]
+            expect(page.locator("#fleet tbody tr.summary")).to_have_count(2)
             expect(page.locator("#tenant-filter")).to_have_value("a")
             page.select_option("#tenant-filter", "b")
-            expect(page.locator("#fleet tbody tr")).to_have_count(1)
+            expect(page.locator("#fleet tbody tr")).to_have_count(2)
             expect(page.locator('#fleet tr[data-agent="b1"]')).to_have_count(1)
             page.select_option("#tenant-filter", "")
             expect(page.locator("#fleet tbody tr[data-agent]")).to_have_count(5)
@@ -890,8 +894,10 @@ def test_the_dashboard_breaks_the_fleet_down_by_tenant() -> None:
             expect(page.locator("#fleet tr.group")).to_have_count(3)
             order = page.evaluate("""() => [...document.querySelectorAll('#fleet tbody tr')]
                 .map(r => r.dataset.group !== undefined ? `[${r.dataset.group}]`
-                                                        : r.dataset.agent)""")
-            assert order == ["[a]", "a1", "a1", "a2", "[b]", "b1", "[default]", "plain"]
+                          : r.dataset.summary !== undefined ? `=${r.dataset.summary}`
+                          : r.dataset.agent)""")
+            assert order == ["[a]", "=a1", "a1", "a1", "=a2", "a2", "[b]", "=b1", "b1",
+                             "[default]", "=plain", "plain"]
             expect(page.locator('#fleet tr[data-group="a"]')).to_have_text(
                 "tenant a: 3 replicas")
             page.screenshot(path=str(ARTIFACTS / "dashboard-tenants.png"), full_page=True)
@@ -911,6 +917,7 @@ def test_the_dashboard_breaks_the_fleet_down_by_tenant() -> None:
             # b's agents and b's row are not there; nor are the operator's other tenants
             expect(page.locator("#fleet tbody tr[data-agent]")).to_have_count(3)
             assert page.locator('#fleet tr[data-agent="b1"]').count() == 0
+            assert page.locator('#fleet tr[data-summary="b1"]').count() == 0
             assert page.locator('#fleet tr[data-agent="plain"]').count() == 0
             assert page.locator('#tenants tr[data-tenant="b"]').count() == 0
             # its filter names its own tenant only

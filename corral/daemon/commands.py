@@ -537,6 +537,7 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
             rss_bytes=sum(r.sample.rss_bytes for r in a.replicas),
             usage=_wire(d.sup.tasks.budgets.stats(a.name)),
             tenant=a.spec.tenant,
+            elastic=d.sup.elastic.shown_state(a.name),
         )
     return m.StatsResult(
         supervisor=m.SupervisorStats(
@@ -564,7 +565,12 @@ async def tasks_run(d: Services, p: m.TasksRun, caller: Caller, c: Channel) -> A
 @implements("tasks.get")
 async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel
                     ) -> TaskInfo | m.TaskInfo:
-    return await d.tasks.get(p.task_id, wait=p.wait)
+    info = await d.tasks.get(p.task_id, wait=p.wait)
+    if p.input:
+        kept = await d.tasks.input_of(p.task_id)
+        if kept is not None:
+            info.input = kept
+    return info
 
 
 @implements("tasks.list")

@@ -23,8 +23,9 @@ that. With `journal_sync = "normal"` (SQLite synchronous=NORMAL in WAL) a commit
 a crash of the daemon; with `"full"` it also survives a power loss, at the cost of an
 fsync per batch.
 
-A task's input is kept until it finishes (a restarted daemon needs it to run the task
-again), then cleared. The `output` column holds the worker's `task/run` result as it sent
+A task's input is written once and kept with its row until the row is pruned: a
+restarted daemon needs it to run the task again, and `tasks.get` with `input` shows it
+afterwards (decision 170). The `output` column holds the worker's `task/run` result as it sent
 it (`{"output": ...}`), kept as bytes end to end. Reads (`load`, `query`) run in a thread
 on a connection of their own, after the rows written so far are committed. Finished tasks
 are pruned by age and count in the writer thread, at start-up and every `PRUNE_EVERY`
@@ -86,7 +87,7 @@ ON CONFLICT (id) DO UPDATE SET
     retries_left = excluded.retries_left, started = excluded.started,
     finished = excluded.finished, status = excluded.status,
     tool_calls = excluded.tool_calls,
-    input = CASE WHEN excluded.finished IS NULL THEN coalesce(excluded.input, input) END,
+    input = coalesce(excluded.input, input),
     output = coalesce(excluded.output, output), error = excluded.error,
     attempts = excluded.attempts, progress = excluded.progress, usage = excluded.usage
 """
@@ -209,10 +210,10 @@ class TaskJournalDB:
             if task.finished is None:
                 return  # still young: its row is made when it is released
             del self._young[task.id]
-            self._group.put(task.id, _row(task, young[1], None))  # its one row
+            self._group.put(task.id, _row(task, young[1], task.input))  # its one row
             return
-        # the input is kept while the task may have to run again, and written once
-        raw_input = None if task.journaled or task.finished is not None else task.input
+        # the input is written once, with the task's first row
+        raw_input = None if task.journaled else task.input
         arrival = None if task.journaled else next(self._arrivals)
         self._group.put(task.id, _row(task, arrival, raw_input))
 
@@ -248,6 +249,13 @@ class TaskJournalDB:
         with contextlib.suppress(TaskJournalError):  # what is written still answers
             await self.committed()
         return await asyncio.to_thread(self._load, task_id)
+
+    async def load_input(self, task_id: str) -> msgspec.Raw | None:
+        """The task's input as it was sent, or None: no such row, or a row from before
+        inputs were kept past a task's end."""
+        with contextlib.suppress(TaskJournalError):
+            await self.committed()
+        return await asyncio.to_thread(self._load_input, task_id)
 
     async def query(self, *, agent: str | None, status: str | None, since: float | None,
                     limit: int, before: str | None = None,
@@ -326,6 +334,12 @@ class TaskJournalDB:
                         _attempts.decode(attempts),
                         usage=None if usage is None else _usage.decode(usage))
 
+    def _load_input(self, task_id: str) -> msgspec.Raw | None:
+        with self._read_lock:
+            row = self._reader.execute("SELECT input FROM tasks WHERE id = ?",
+                                       (task_id,)).fetchone()
+        return None if row is None or row[0] is None else msgspec.Raw(bytes(row[0]))
+
     def _query(self, agent: str | None, status: str | None, since: float | None,
                limit: int, before: str | None, sees: Callable[[str], bool] | None
                ) -> list[TaskSummary] | None:
@@ -394,12 +408,12 @@ class TaskJournalError(Exception):
 
 
 def _row(task: Task, arrival: int | None, raw_input: msgspec.Raw | None) -> Row:
-    """A task's row as it is now: `arrival` at its first write only (None: the row has
-    one), `raw_input` while it may still have to run (None: the row keeps what it has)."""
+    """A task's row as it is now: `arrival` and `raw_input` at its first write only
+    (None: the row keeps what it has)."""
     return (
         task.id, arrival, task.agent, task.priority, task.timeout, task.retries_left,
         task.created, task.started, task.finished, task.status, task.tool_calls,
-        None if task.finished is not None else raw_input,
+        raw_input,
         task.raw_result,  # the worker's result as sent: {"output": ...}
         None if task.error is None else _encode(task.error),
         _encode(task.attempts),
@@ -415,10 +429,10 @@ def _size(row: Row) -> int:
 
 def _merged(older: Row, newer: Row) -> Row:
     """A task's newer snapshot, keeping what the older had and the engine has dropped
-    since: the input while the task may still run, and the output."""
+    since: the input (written with the first row only), and the output."""
     if newer[1] is None:  # the arrival, given at the first write only
         newer = (newer[0], older[1], *newer[2:])
-    keep_input = newer[11] is None and newer[8] is None
+    keep_input = newer[11] is None
     if not keep_input and newer[12] is not None:
         return newer
     return (*newer[:11], older[11] if keep_input else newer[11],

@@ -162,6 +162,14 @@ class TaskDesk:
                 return found
         return await self.sup.tasks.info(task_id, wait=wait)
 
+    async def input_of(self, task_id: str) -> msgspec.Raw | None:
+        """A task's input as it was sent: the engine's while the task may run, else the
+        journal's (kept with its row); None when neither has it."""
+        task = self.sup.tasks.active.get(task_id)
+        if task is not None:
+            return task.input
+        return await self.journal.load_input(task_id) if self.journal is not None else None
+
     async def list(self, p: m.TasksList, sees: Callable[[str], bool] | None = None
                    ) -> tuple[list[TaskSummary] | list[m.TaskSummary], str | None]:
         """A page of tasks, newest last, and the cursor of the page before it (older

@@ -15,6 +15,7 @@ its `Host` (a DNS-rebinding page names its own)."""
 from __future__ import annotations
 
 import hmac
+import html
 import ipaddress
 import secrets
 import socket
@@ -52,9 +53,11 @@ MAX_CODES = 32
 MAX_SESSIONS = 64
 
 # the control methods the page calls (those this build registers: without stats.history
-# the page's charts say they have only the points since it opened)
+# the page's charts say they have only the points since it opened); each is a REST
+# route's too, so the page can do nothing a token of the same scopes could not
 METHODS = ("agents.status", "agents.describe", "agents.history", "agents.rollback",
-           "agents.scale", "agents.restart", "agents.pause", "agents.resume", "tasks.list",
+           "agents.scale", "agents.start", "agents.stop", "agents.restart", "agents.pause",
+           "agents.resume", "agents.add", "agents.remove", "tasks.run", "tasks.list",
            "tasks.get", "logs.tail", "stats.get", "stats.history", "mcp.status",
            "gateway.status", "audit.list", "nodes.list", "tenants.list")
 
@@ -75,7 +78,8 @@ SECURITY_HEADERS = {
 # by suffix, not mimetypes: its table does not know .mjs everywhere, and under nosniff a
 # module served as anything but JavaScript does not run
 TYPES = {".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript",
-         ".css": "text/css", ".md": "text/plain", ".png": "image/png"}
+         ".css": "text/css", ".md": "text/plain", ".png": "image/png",
+         ".svg": "image/svg+xml"}
 
 
 class LoginRefused(Exception):
@@ -287,6 +291,31 @@ def _token_holds(tokens: Tokens) -> Callable[[Caller], bool]:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# the page a browser is shown for a login link refused: plain HTML under the same CSP (its
+# stylesheet is the dashboard's own), saying what to do
+REFUSED_PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>corral: login link refused</title>
+<link rel="icon" href="static/favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="static/app.css"></head>
+<body><main><section id="login">
+<h2>This login link does not work</h2>
+<p id="why">{why}</p>
+<p>A link logs in once, within a minute of being printed. On the daemon's machine, run
+<code>corral ui</code> and open the new link it prints.</p>
+</section></main></body>
+</html>
+"""
+
+
+def wants_html(request: web.Request) -> bool:
+    """Whether the client asked for a page (a browser's navigation) rather than JSON."""
+    return "text/html" in request.headers.get("Accept", "")
+
+
+def refused_page(why: str) -> str:
+    return REFUSED_PAGE.format(why=html.escape(why))
+
 
 def setup(app: web.Application, ctx: HttpContext) -> None:
     sessions = ctx.services.ui
@@ -345,6 +374,9 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
         try:
             session = sessions.redeem(request.query.get("code", ""))
         except LoginRefused as exc:
+            if wants_html(request):  # a browser: a page a person reads, not a problem
+                return web.Response(status=401, text=refused_page(str(exc)),
+                                    content_type="text/html")
             return problem(401, str(exc))
         response = web.Response(status=303, headers={"Location": f"{PREFIX}/"})
         response.set_cookie(COOKIE, session.id, path=PREFIX, httponly=True,

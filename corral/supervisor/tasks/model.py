@@ -86,6 +86,7 @@ class TaskInfo(_TaskHead):
     # seconds from accepted to its first start: its wait in the queue, a sleeping agent's
     # wake among it (None: not started)
     queue_wait: float | None = None
+    input: Any | msgspec.UnsetType = msgspec.UNSET  # the daemon's: when asked and kept
 
     def __post_init__(self) -> None:
         if self.started is not None and self.queue_wait is None:

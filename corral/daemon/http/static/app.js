@@ -151,6 +151,18 @@ function stamp(t) {
 const SERVING = new Set(["ready", "busy", "idle"]); // states a replica can be paused in
 const State = ({ s }) => html`<span class=${`state state-${s}`}>${s}</span>`;
 
+// Start, stop and restart an agent (`target` NAME) or one replica (NAME#N), as
+// `corral start|stop|restart` and the REST API's POST /agents/NAME/start|stop|restart do
+// (the three take NAME#N). `act(method, params)` makes the call and shows its error.
+function Lifecycle({ target, act, busy }) {
+  const names = [target];
+  return html`<span class="actions">
+    <button class="start" disabled=${busy} onClick=${() => act("agents.start", { names })}>Start</button>
+    <button class="stop" disabled=${busy} onClick=${() => act("agents.stop", { names })}>Stop</button>
+    <button class="restart" disabled=${busy} onClick=${() => act("agents.restart", { names })}>Restart</button>
+  </span>`;
+}
+
 // -- a view that polls its data every second while it is shown ------------------------------
 class Polled extends Component {
   componentDidMount() {
@@ -259,30 +271,75 @@ function Tenants({ tenants, error }) {
   </section>`;
 }
 
-const ReplicaRow = ({ a, tenant }) => html`<tr data-agent=${a.name} data-replica=${a.replica}
+const ReplicaRow = ({ a, tenant, act, busy }) => html`<tr data-agent=${a.name} data-replica=${a.replica}
     data-tenant=${tenant ?? ""}>
-  <td><a href=${`#/agent/${a.name}`}>${a.name}</a></td>
+  <td class="replica-of">${a.name}</td>
   <td class="num">${a.replica}</td><td><${State} s=${a.state} /></td>
   <td class="num">${a.pid ?? "–"}</td><td class="num">${duration(a.uptime)}</td>
   <td class="num">${a.restarts}</td><td class="num">${a.cpu_percent.toFixed(1)} %</td>
   <td class="num">${bytes(a.rss_bytes)}</td><td class="num">${a.tasks_running}</td>
-  <td>${a.last_exit ?? ""}</td></tr>`;
+  <td>${a.last_exit ?? ""}</td>
+  <td><${Lifecycle} target=${`${a.name}#${a.replica}`} act=${act} busy=${busy} /></td></tr>`;
 
-// The fleet's replicas; with tenants, filtered to one (`#/fleet/TENANT`) or grouped by
-// tenant. An agent's tenant is the stats.watch sample's (`tenantOf`): a replica whose
-// agent no sample named yet is in no tenant's filter or group until the next one.
-function Fleet({ status, nodes, nodesError, tenants, tenantsError, tenantOf, only, grouped, setGrouped }) {
+// What an agent's replicas are doing, in a few words: "2 ready", "1 ready, 1 starting";
+// with none, the elastic state the stats.watch sample gives (asleep: scaled to zero, a
+// task wakes it; waking), else "no replicas" (scaled to 0)
+function stateOf(replicas, stats) {
+  if (!replicas.length) return stats?.elastic && stats.elastic !== "awake" ? stats.elastic : "no replicas";
+  const counts = new Map();
+  for (const r of replicas) counts.set(r.state, (counts.get(r.state) || 0) + 1);
+  return [...counts].map(([st, n]) => `${n} ${st}`).join(", ");
+}
+
+// An agent's row: its replicas summed, its state in words, its actions. An agent with
+// no replica has this row alone: asleep, or scaled to 0, it is still there.
+function SummaryRow({ name, replicas, stats, tenant, act, busy }) {
+  const sum = (k) => replicas.reduce((n, r) => n + r[k], 0);
+  const words = stateOf(replicas, stats);
+  // a single state colours the badge as a replica's would
+  const one = replicas.length ? new Set(replicas.map((r) => r.state)) : null;
+  const badge = one === null ? words : one.size === 1 ? [...one][0] : "mixed";
+  return html`<tr class="summary" data-summary=${name} data-tenant=${tenant ?? ""}>
+    <td><a href=${`#/agent/${name}`}>${name}</a></td>
+    <td class="num">${replicas.length}</td>
+    <td><span class=${`state state-${badge.replace(/ /g, "_")}`}>${words}</span></td>
+    <td></td><td></td><td class="num">${sum("restarts")}</td>
+    <td class="num">${sum("cpu_percent").toFixed(1)} %</td>
+    <td class="num">${bytes(sum("rss_bytes"))}</td><td class="num">${sum("tasks_running")}</td>
+    <td></td><td><${Lifecycle} target=${name} act=${act} busy=${busy} /></td></tr>`;
+}
+
+// Every agent the page knows of: those with replicas (the fleet's stream) and those
+// without (the stats.watch sample names every agent, an asleep one too), by name.
+function agentNames(rows, agentStats) {
+  return [...new Set([...rows.map((a) => a.name), ...Object.keys(agentStats || {})])].sort();
+}
+
+// The fleet, grouped by agent: a summary row each, then its replicas; with tenants,
+// filtered to one (`#/fleet/TENANT`) or grouped by tenant too. An agent's tenant is the
+// stats.watch sample's (`tenantOf`): an agent no sample named yet is in no tenant's filter
+// or group until the next one.
+function Fleet({ status, nodes, nodesError, tenants, tenantsError, tenantOf, agentStats, only,
+  grouped, setGrouped, act, busy }) {
   if (!status) return html`<p class="note">Loading…</p>`;
   const withTenants = tenanted(tenants);
-  const rows = only ? status.agents.filter((a) => tenantOf[a.name] === only) : status.agents;
-  let body = rows.map((a) => html`<${ReplicaRow} a=${a} tenant=${tenantOf[a.name]} />`);
+  const allNames = agentNames(status.agents, agentStats);
+  const names = only ? allNames.filter((n) => tenantOf[n] === only) : allNames;
+  const rows = status.agents.filter((a) => names.includes(a.name));
+  const agentRows = (list) => list.map((n) => {
+    const of = rows.filter((a) => a.name === n);
+    return html`<${SummaryRow} name=${n} replicas=${of} stats=${agentStats?.[n]}
+        tenant=${tenantOf[n]} act=${act} busy=${busy} />
+      ${of.map((a) => html`<${ReplicaRow} a=${a} tenant=${tenantOf[a.name]} act=${act} busy=${busy} />`)}`;
+  });
+  let body = agentRows(names);
   if (withTenants && grouped && !only) {
-    const names = [...new Set(rows.map((a) => tenantOf[a.name] ?? ""))].sort();
-    body = names.map((t) => {
+    const groups = [...new Set(names.map((n) => tenantOf[n] ?? ""))].sort();
+    body = groups.map((t) => {
       const of = rows.filter((a) => (tenantOf[a.name] ?? "") === t);
-      return html`<tr class="group" data-group=${t}><th colspan="10">${t
+      return html`<tr class="group" data-group=${t}><th colspan="11">${t
         ? `tenant ${t}: ${of.length} replica${of.length === 1 ? "" : "s"}` : "tenant not known yet"}</th></tr>
-        ${of.map((a) => html`<${ReplicaRow} a=${a} tenant=${tenantOf[a.name]} />`)}`;
+        ${agentRows(names.filter((n) => (tenantOf[n] ?? "") === t))}`;
     });
   }
   const pick = (e) => { location.hash = e.target.value ? `#/fleet/${encodeURIComponent(e.target.value)}` : "#/fleet"; };
@@ -301,11 +358,58 @@ function Fleet({ status, nodes, nodesError, tenants, tenantsError, tenantOf, onl
     <table id="fleet">
       <thead><tr><th>Agent</th><th class="num">Replica</th><th>State</th><th class="num">PID</th>
         <th class="num">Uptime</th><th class="num">Restarts</th><th class="num">CPU</th>
-        <th class="num">RSS</th><th class="num">Tasks</th><th>Last exit</th></tr></thead>
+        <th class="num">RSS</th><th class="num">Tasks</th><th>Last exit</th><th></th></tr></thead>
       <tbody>${body}</tbody>
     </table>
-    ${rows.length === 0 && html`<p class="note" id="no-agents">${only ? `No agents in tenant ${only}.` : "No agents."}</p>`}
-  </section>`;
+    ${names.length === 0 && html`<p class="note" id="no-agents">${only ? `No agents in tenant ${only}.` : "No agents."}</p>`}
+  </section>
+  ${session.methods.includes("agents.add") && html`<${AddAgent} act=${act} busy=${busy} />`}`;
+}
+
+// A new agent from a form: its name, command and replicas, and any other keys of an
+// [agents.NAME] table as JSON (agents.add: POST /api/v1/agents takes the same tables).
+// The daemon checks the table as it checks the config file's; its refusal is shown.
+class AddAgent extends Component {
+  constructor() {
+    super();
+    this.state = { name: "", command: "", replicas: 1, extra: "", error: null };
+  }
+  async submit(e) {
+    e.preventDefault();
+    const { name, command, replicas, extra } = this.state;
+    let table;
+    try {
+      table = extra.trim() ? JSON.parse(extra) : {};
+    } catch (err) {
+      this.setState({ error: `the other keys are not JSON: ${err.message}` });
+      return;
+    }
+    if (typeof table !== "object" || table === null || Array.isArray(table)) {
+      this.setState({ error: "the other keys are a JSON object: {\"key\": value, ...}" });
+      return;
+    }
+    const done = await this.props.act("agents.add", { agents: { [name]: { command, replicas, ...table } } });
+    if (done) this.setState({ name: "", command: "", replicas: 1, extra: "", error: null });
+  }
+  render() {
+    const { name, command, replicas, extra, error } = this.state;
+    const set = (k) => (e) => this.setState({ [k]: k === "replicas" ? Number(e.target.value) : e.target.value, error: null });
+    return html`<section>
+      <h2>Add an agent</h2>
+      ${error && html`<div class="error" id="add-error">${error}</div>`}
+      <form id="add-agent" class="controls" onSubmit=${(e) => this.submit(e)}>
+        <label>Name <input id="add-name" required value=${name} onInput=${set("name")} /></label>
+        <label>Command <input id="add-command" class="wide" required value=${command}
+          placeholder="python3 -m my_agent" onInput=${set("command")} /></label>
+        <label>Replicas <input id="add-replicas" class="replicas" type="number" min="0"
+          value=${replicas} onInput=${set("replicas")} /></label>
+        <label class="block">Other keys of its table, as JSON (optional)
+          <textarea id="add-extra" rows="2" placeholder='{"cwd": "/srv/agent", "env": {"MODE": "prod"}}'
+            value=${extra} onInput=${set("extra")}></textarea></label>
+        <button class="primary" id="add-submit" type="submit" disabled=${this.props.busy}>Add</button>
+      </form>
+    </section>`;
+  }
 }
 
 // -- an agent -------------------------------------------------------------------------------
@@ -322,14 +426,23 @@ class Agent extends Component {
   componentDidUpdate(prev) {
     if (prev.name !== this.props.name) {
       this.close();
-      this.setState({ data: null, error: null, lines: [], replicas: undefined });
+      this.setState({ data: null, error: null, lines: [], replicas: undefined, removing: false });
       this.open();
-    } else if (prev.roster !== this.props.roster) {
+    } else if (prev.roster !== this.props.roster && !this.gone) {
       this.reload();
     }
+    // the log pane opens at its newest line and follows new ones, unless the reader has
+    // scrolled up (then it stays where they are until they scroll back to the bottom)
+    if (this.log && this.stick) this.log.scrollTop = this.log.scrollHeight;
+  }
+  logScrolled() {
+    const el = this.log;
+    this.stick = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
   }
   open() {
     this.gen = (this.gen || 0) + 1;
+    this.stick = true;
+    this.gone = false;
     this.setState({ lines: [] });
     this.reload();
     const name = this.props.name;
@@ -360,13 +473,32 @@ class Agent extends Component {
   }
   async act(method, params) {
     this.setState({ busy: true, error: null });
+    let answer = null;
     try {
-      await call(method, params);
+      answer = await call(method, params);
     } catch (e) {
       this.setState({ error: e.message });
     }
     this.setState({ busy: false });
-    this.reload();
+    if (!this.gone && method !== "tasks.run") this.reload();
+    return answer;
+  }
+  async remove() {
+    this.gone = true; // its roster's last change is its removal: nothing to reload
+    if (await this.act("agents.remove", { names: [this.props.name] })) location.hash = "#/fleet";
+    else this.gone = false;
+  }
+  // a task with the editor's input (JSON), detached: its view shows it run and its output
+  async run() {
+    let input;
+    try {
+      input = JSON.parse(this.state.input ?? "null");
+    } catch (e) {
+      this.setState({ error: `the task's input is not JSON: ${e.message}` });
+      return;
+    }
+    const accepted = await this.act("tasks.run", { agent: this.props.name, input, detach: true });
+    if (accepted) location.hash = `#/task/${accepted.task_id}`;
   }
   render() {
     const { data, error } = this.state;
@@ -379,6 +511,7 @@ class Agent extends Component {
     const replicas = (this.props.status?.agents || []).filter((a) => a.name === name);
     const want = this.state.replicas ?? spec.replicas.length;
     const busy = this.state.busy;
+    const act = (m, p) => this.act(m, p);
     return html`<section>
       <h2>${name} <span class="note">revision ${spec.revision ?? "–"}, ${spec.origin}</span></h2>
       <p><code>${spec.argv.join(" ")}</code></p>
@@ -388,6 +521,10 @@ class Agent extends Component {
           value=${want} onInput=${(e) => this.setState({ replicas: Number(e.target.value) })} /></label>
         <button class="primary" id="scale" disabled=${busy}
           onClick=${() => this.act("agents.scale", { name, replicas: want })}>Scale</button>
+        <button id="start" disabled=${busy}
+          onClick=${() => this.act("agents.start", { names: [name] })}>Start</button>
+        <button id="stop" disabled=${busy}
+          onClick=${() => this.act("agents.stop", { names: [name] })}>Stop</button>
         <button id="restart" disabled=${busy}
           onClick=${() => this.act("agents.restart", { names: [name] })}>Restart</button>
         <button id="rolling" disabled=${busy}
@@ -396,7 +533,14 @@ class Agent extends Component {
           onClick=${() => this.act("agents.pause", { name })}>Pause</button>`}
         ${replicas.some((a) => a.state === "paused") && html`<button id="resume" disabled=${busy}
           onClick=${() => this.act("agents.resume", { name })}>Resume</button>`}
+        ${session.methods.includes("agents.remove") && (this.state.removing
+          ? html`<button class="danger" id="remove-confirm" disabled=${busy} onClick=${() => this.remove()}>${`Remove ${name}: its replicas stop`}</button>
+            <button id="remove-cancel" onClick=${() => this.setState({ removing: false })}>Keep it</button>`
+          : html`<button id="remove" disabled=${busy} onClick=${() => this.setState({ removing: true })}>Remove…</button>`)}
       </div>
+      ${replicas.length === 0 && html`<p class="note" id="no-replicas">${this.props.stats?.elastic === "asleep"
+        ? `${name} is asleep: scaled to zero, a task wakes it.` : this.props.stats?.elastic === "waking"
+        ? `${name} is waking: a replica is starting for the tasks that wait.` : `${name} has no replicas: scale it up to run it.`}</p>`}
       <table id="replicas-table">
         <thead><tr><th class="num">Replica</th><th>State</th><th class="num">PID</th>
           <th class="num">Uptime</th><th class="num">Restarts</th><th class="num">CPU</th>
@@ -406,7 +550,8 @@ class Agent extends Component {
           <td class="num">${a.pid ?? "–"}</td><td class="num">${duration(a.uptime)}</td>
           <td class="num">${a.restarts}</td><td class="num">${a.cpu_percent.toFixed(1)} %</td>
           <td class="num">${bytes(a.rss_bytes)}</td><td>${a.last_exit ?? ""}</td>
-          <td>${SERVING.has(a.state) ? html`<button class="pause" disabled=${busy}
+          <td class="actions"><${Lifecycle} target=${`${name}#${a.replica}`} act=${act} busy=${busy} />
+            ${SERVING.has(a.state) ? html`<button class="pause" disabled=${busy}
             onClick=${() => this.act("agents.pause", { name, replica: a.replica })}>Pause</button>`
             : a.state === "paused" && html`<button class="resume" disabled=${busy}
             onClick=${() => this.act("agents.resume", { name, replica: a.replica })}>Resume</button>`}</td></tr>`)}</tbody>
@@ -414,9 +559,17 @@ class Agent extends Component {
     </section>
     <${Metrics} agent=${name} range=${this.props.range} tick=${this.props.tick}
       setRange=${this.props.setRange} />
+    ${session.methods.includes("tasks.run") && html`<section>
+      <h2>Run a task</h2>
+      <label class="block">Input (JSON)
+        <textarea id="task-input-editor" rows="4" spellcheck="false" value=${this.state.input ?? "null"}
+          onInput=${(e) => this.setState({ input: e.target.value })}></textarea></label>
+      <div class="controls"><button class="primary" id="run" disabled=${busy} onClick=${() => this.run()}>Run</button>
+        <span class="note">Sent as <code>corral run ${name} --input</code> sends it; the task's page shows its output.</span></div>
+    </section>`}
     <section>
       <h2>Log</h2>
-      <pre class="log" id="log">${logs.lines.map((l) =>
+      <pre class="log" id="log" ref=${(el) => (this.log = el)} onScroll=${() => this.logScrolled()}>${logs.lines.map((l) =>
         `${new Date(l[0] * 1000).toISOString().slice(11, 23)} #${l[2]} ${l[4]}: ${l[5]}\n`)}</pre>
     </section>
     <section>
@@ -479,8 +632,15 @@ class Task extends Polled {
   key(props) {
     return props.id;
   }
-  load() {
-    return call("tasks.get", { task_id: this.props.id });
+  // the input is asked for once per task (it does not change, and may be large)
+  async load() {
+    const first = this.input === undefined || this.inputOf !== this.props.id;
+    const t = await call("tasks.get", { task_id: this.props.id, input: first });
+    if (first) {
+      this.inputOf = this.props.id;
+      this.input = "input" in t ? { value: t.input } : null;
+    }
+    return t;
   }
   show(t) {
     return html`<section id="task">
@@ -496,8 +656,12 @@ class Task extends Polled {
           <td>${stamp(a.started)}</td><td>${stamp(a.finished)}</td><td>${a.outcome}</td>
           <td>${a.error ?? ""}</td></tr>`)}</tbody>
       </table>
+      <h2>Input</h2>
+      ${this.input ? html`<pre class="json" id="task-input">${JSON.stringify(this.input.value, null, 2)}</pre>`
+        : html`<p class="note" id="task-input">The input is not kept: the task ran on a node of the cluster, its daemon has no task journal, or its row was pruned.</p>`}
       <h2>Output</h2>
-      <pre class="json" id="task-output">${JSON.stringify(t.error ?? t.output, null, 2)}</pre>
+      <pre class="json" id="task-output">${t.status === "queued" || t.status === "running"
+        ? `(${t.status}…)` : JSON.stringify(t.error ?? t.output, null, 2)}</pre>
     </section>`;
   }
 }
@@ -596,6 +760,35 @@ const COLOURS = ["#2f6fdf", "#cf222e"];
 const RANGES = { live: null, hour: 3600, day: 86400, week: 7 * 86400 };
 window.corralCharts = {}; // uPlot instances by chart id: the browser tests read them
 
+// A value axis as wide as its longest tick label (uPlot draws them on a canvas, cut at
+// the axis's width: a fixed width cut "190.7 MiB" to ".90.7 MiB").
+function fitLabels(u, values, axisIdx, cycleNum) {
+  const axis = u.axes[axisIdx];
+  if (cycleNum > 1) return axis._size; // settled: uPlot asks again until sizes agree
+  let size = axis.ticks.size + axis.gap + 4;
+  const longest = (values || []).reduce((a, v) => (String(v).length > a.length ? String(v) : a), "");
+  if (longest) {
+    u.ctx.font = axis.font[0];
+    size += u.ctx.measureText(longest).width / (window.devicePixelRatio || 1);
+  }
+  return Math.ceil(size);
+}
+
+// Byte ticks at powers of two (whole KiB, MiB, ... and their halves, quarters), each
+// written in the largest unit in which no two of them read alike.
+const BYTE_INCRS = Array.from({ length: 51 }, (_, i) => 2 ** i);
+const UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
+function byteTicks(u, splits) {
+  const top = Math.max(...splits.map(Math.abs), 1);
+  for (let i = Math.min(UNITS.length - 1, Math.floor(Math.log(top) / Math.log(1024))); i >= 0; i--) {
+    for (let dec = 0; dec <= 2; dec++) {
+      const labels = splits.map((v) => `${(v / 1024 ** i).toFixed(dec)} ${UNITS[i]}`);
+      if (new Set(labels).size === labels.length) return labels;
+    }
+  }
+  return splits.map((v) => `${v} B`);
+}
+
 class Chart extends Component {
   componentDidMount() {
     const { spec } = this.props;
@@ -606,7 +799,8 @@ class Chart extends Component {
         label, stroke: COLOURS[i], width: 1.5, spanGaps: true,
         value: spec.bytes ? (u, v) => (v === null ? "–" : bytes(v)) : undefined,
       }))],
-      axes: [{}, spec.bytes ? { values: (u, vals) => vals.map(bytes), size: 70 } : {}],
+      axes: [{}, spec.bytes ? { values: byteTicks, incrs: BYTE_INCRS, size: fitLabels }
+        : { size: fitLabels }],
       legend: { live: true },
     };
     this.plot = new window.uPlot(opts, this.data(), this.el);
@@ -793,7 +987,7 @@ class App extends Component {
           record(stats, r.view === "agent" ? r.arg : null);
           const tenantOf = {};
           for (const [name, a] of Object.entries(stats.agents)) tenantOf[name] = a.tenant;
-          this.setState({ tick: this.state.tick + 1, seen: Date.now(), tenantOf });
+          this.setState({ tick: this.state.tick + 1, seen: Date.now(), tenantOf, agentStats: stats.agents });
           // both are shown in the fleet's view only, and read while it is shown (the
           // cluster's nodes are the operator's: no limited session is offered nodes.list)
           if (r.view === "fleet") {
@@ -833,6 +1027,20 @@ class App extends Component {
       this.reading = { ...this.reading, [key]: false };
     }
   }
+  // An action of the fleet's (start, stop, restart, add): one at a time, its refusal shown
+  // above the fleet; true when it was done. What it changed comes on the streams.
+  async act(method, params) {
+    this.setState({ busy: true, actionError: null });
+    try {
+      await call(method, params);
+      return true;
+    } catch (e) {
+      this.setState({ actionError: e.message });
+      return false;
+    } finally {
+      this.setState({ busy: false });
+    }
+  }
   // what the fleet's stream changed, shown once per frame however many changes came
   changed(apply) {
     apply();
@@ -858,6 +1066,7 @@ class App extends Component {
     const { route: r, status, range, tick } = this.state;
     switch (r.view) {
       case "agent": return html`<${Agent} name=${r.arg} status=${status} range=${range} tick=${tick}
+        stats=${this.state.agentStats?.[r.arg]}
         roster=${this.fleet && this.fleet.rosters[r.arg]} setRange=${(x) => this.setState({ range: x })} />`;
       case "tasks": return html`<${Tasks} status=${status} />`;
       case "task": return html`<${Task} id=${r.arg} />`;
@@ -867,10 +1076,12 @@ class App extends Component {
       case "audit": return html`<${Audit} />`;
       default: {
         const st = this.state;
-        return html`<${Fleet} status=${status} nodes=${st.nodes} nodesError=${st.nodesError}
+        return html`${st.actionError && html`<div class="error" id="action-error">${st.actionError}</div>`}
+          <${Fleet} status=${status} nodes=${st.nodes} nodesError=${st.nodesError}
           tenants=${st.tenants} tenantsError=${st.tenantsError} tenantOf=${st.tenantOf}
-          only=${r.view === "fleet" ? r.arg : null} grouped=${st.grouped}
-          setGrouped=${(x) => this.setState({ grouped: x })} />`;
+          agentStats=${st.agentStats} only=${r.view === "fleet" ? r.arg : null} grouped=${st.grouped}
+          setGrouped=${(x) => this.setState({ grouped: x })}
+          act=${(m, p) => this.act(m, p)} busy=${!!st.busy} />`;
       }
     }
   }
