@@ -64,6 +64,13 @@ def main() -> int:
     p.add_argument("--seed", type=int, help="one round in this order (replays a failure)")
     p.add_argument("-x", "--exitfirst", action="store_true", help="stop at a failed round")
     args = p.parse_args()
+    try:
+        import pytest  # noqa: F401
+        import pytest_randomly  # noqa: F401
+    except ImportError as exc:
+        sys.exit(f"flaky: {exc.name} is not installed in {sys.prefix}: the test tools come "
+                 "with ./test.sh (or `. scripts/venv.sh test`); ./run.sh installs the daemon "
+                 "alone")
     paths = args.paths or slowest(args.slowest) or TIMING
     seeds = [args.seed] if args.seed is not None else [
         random.randrange(1, 2**31) for _ in range(args.rounds)]
@@ -81,9 +88,11 @@ def main() -> int:
             print(f"round {n} seed {seed}: exit {run.returncode} in "
                   f"{time.monotonic() - t0:.0f} s: {tail[0]}", flush=True)
             if run.returncode != 0:
-                failed.append((n, seed, "\n".join(
-                    line for line in run.stdout.splitlines()
-                    if line.startswith(("FAILED", "ERROR")))))
+                said = [line for line in run.stdout.splitlines()
+                        if line.startswith(("FAILED", "ERROR"))]
+                # nothing collected or a crash: pytest's own words, from stderr
+                failed.append((n, seed, "\n".join(said or run.stderr.strip().splitlines()[-5:]
+                                                 or [f"(run it: {' '.join(cmd)})"])))
                 if args.exitfirst:
                     break
     finally:
