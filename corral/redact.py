@@ -49,8 +49,13 @@ NOT_SECRET = re.compile(
     r"(max|min|num|total|input|output|context)_?tokens|tokens_?(per|limit)|tokeniz|"
     r"keyword|author", re.IGNORECASE)
 
-# the methods whose params carry [agents.NAME] tables, and the key holding them by name
-SPEC_PARAMS = {"agents.add": "agents"}
+# the methods whose params carry [agents.NAME] tables: the key holding them, and whether
+# it holds them by name (agents.add) or is one table (agents.update's merge patch)
+SPEC_PARAMS = {"agents.add": ("agents", True), "agents.update": ("set", False)}
+# a `config` deeper than this is shown as hidden below it: a hostile table must not make
+# the redaction recurse past the interpreter's bound (agent tables are refused deeper
+# than this at admission: fleet.py)
+MAX_DEPTH = 32
 
 
 def url(text: str) -> str:
@@ -73,16 +78,32 @@ def secret_name(key: object) -> bool:
     return isinstance(key, str) and SECRET_NAME.search(NOT_SECRET.sub("", key)) is not None
 
 
-def config(value: Any) -> Any:
-    """A `config` value (and anything below it) as it may be shown."""
+def config(value: Any, depth: int = 0) -> Any:
+    """A `config` value (and anything below it) as it may be shown; below MAX_DEPTH,
+    nothing."""
+    if isinstance(value, Mapping | list | tuple) and depth >= MAX_DEPTH:
+        return MASK
     if isinstance(value, Mapping):
-        return {k: MASK if secret_name(k) and v is not None else config(v)
+        return {k: MASK if secret_name(k) and v is not None else config(v, depth + 1)
                 for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [config(v) for v in value]
+        return [config(v, depth + 1) for v in value]
     if isinstance(value, str):
         return url(value)
     return value
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether tables and lists nest in `value` more than `limit` deep (looked at
+    without recursion: the value may be a hostile one)."""
+    stack = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, Mapping | list | tuple):
+            if d > limit:
+                return True
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, Mapping) else v))
+    return False
 
 
 def _all_hidden(value: Any) -> Any:
@@ -114,9 +135,10 @@ def table(spec: Any) -> Any:
 def params(method: str, given: Any) -> Any:
     """A call's params as its audit row and log line show them: the tables of a call
     that carries specs through `table`; any other call's as they are."""
-    field = SPEC_PARAMS.get(method)
-    if field is None or given is None:
+    spec = SPEC_PARAMS.get(method)
+    if spec is None or given is None:
         return given
+    field, by_name = spec
     if not isinstance(given, Mapping):  # the method's params Struct, as decoded
         given = msgspec.to_builtins(given)
         if not isinstance(given, Mapping):
@@ -124,4 +146,6 @@ def params(method: str, given: Any) -> Any:
     tables = given.get(field)
     if not isinstance(tables, Mapping):
         return given
+    if not by_name:
+        return {**given, field: table(tables)}
     return {**given, field: {name: table(t) for name, t in tables.items()}}

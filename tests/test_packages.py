@@ -730,6 +730,8 @@ async def test_watch_restarts_a_plain_agent_rolling_when_its_files_change(
         tmp_path: Path) -> None:
     src = tmp_path / "dev"
     src.mkdir()
+    (tmp_path / "other").mkdir()
+    (src / "elsewhere").symlink_to(tmp_path / "other")  # there when the watch begins
     (src / "agent.py").write_text(DEV_AGENT.format(says="one"))
     agents = f"""
 [agents.dev]
@@ -745,6 +747,8 @@ watch = ["*.py"]
         assert (await ask(d, "dev"))["says"] == "one"
         pid = sup.agent("dev").replicas[0].pid
         (src / "notes.txt").write_text("not a match")
+        # a change under a link out of its directory (another user's, say) is not its
+        (tmp_path / "other" / "x.py").write_text("someone else's")
         (src / "agent.py").write_text(DEV_AGENT.format(says="two"))
         await sup.wait_for(lambda: sup.agent("dev").replicas[0].pid not in (pid, None)
                            and sup.agent("dev").replicas[0].serving, 30)

@@ -8,6 +8,7 @@ as its task's output, which is its own business)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sqlite3
@@ -21,7 +22,7 @@ import msgspec
 import pytest
 
 from corral import redact
-from corral.cli.client import Client
+from corral.cli.client import CallFailed, Client
 from corral.cluster.connection import shown as shown_redis
 from corral.daemon.revisions import describe_change
 from corral.supervisor.config import McpServerSpec
@@ -338,3 +339,93 @@ def test_a_cluster_agents_secrets_are_in_no_answer_and_its_replicas_run_them(
         found += leaks("the node's stderr", a.proc.stderr.read())
         found += leaks("the audit table", repr(audit_rows(a.state / "corral.db")))
         assert found == []
+
+
+# a method's params field that carries a table or a document, by what it is: the tables
+# an agent's spec is made of are redacted (redact.SPEC_PARAMS); the rest are payloads the
+# caller sent for the work itself (a task's input, an event's data, a tool's arguments) or
+# tables that hold no secret (a tenant's quotas)
+PAYLOADS = {("tasks.run", "input"), ("events.publish", "data"), ("tools.call", "arguments"),
+            ("tenants.add", "tenants"), ("tenants.set", "set"), ("prompts.get", "arguments"),
+            ("resources.read", "uri"), ("gateway.call", "params")}
+
+
+def test_every_method_carrying_a_table_is_redacted_or_a_payload() -> None:
+    """A new method whose params carry a table must say whether its audit row and log line
+    hide it: agents.update's `set` once went out in clear."""
+    import typing
+
+    from corral.methods import REGISTRY
+
+    def open_table(tp: Any) -> bool:
+        if tp is Any or typing.get_origin(tp) is dict:
+            return True
+        return any(open_table(a) for a in typing.get_args(tp))
+
+    unsaid = []
+    for name, method in REGISTRY.items():
+        hints = typing.get_type_hints(method.params)
+        for field in method.params.__struct_fields__:
+            if not open_table(hints[field]):
+                continue
+            spec = redact.SPEC_PARAMS.get(name)
+            if (spec is None or spec[0] != field) and (name, field) not in PAYLOADS:
+                unsaid.append(f"{name}.{field}")
+    assert not unsaid, f"params that carry a table, neither redacted nor a payload: {unsaid}"
+
+
+def test_an_update_keeps_its_secrets_out_of_audit_and_logs(tmp: Path) -> None:
+    script = tmp / "keeper.py"
+    script.write_text(KEEPER)
+    d = Daemon(tmp)
+    try:
+        d.start()
+        added = Client(d.sock).ask("agents.add", {"agents": {"keeper": keeper(
+            script, "plain-1", "plain-2")}})
+        assert added.added == ["keeper"]
+        r = d.cli("update", "keeper", "--env", f"API_KEY={ENV_SECRET}", "--set",
+                  f"config.password={CONFIG_SECRET}")
+        assert r.returncode == 0, r.stderr
+        # refused, it is audited too
+        r = d.cli("update", "keeper", "--env", f"API_KEY={ENV_SECRET}", "--set",
+                  "replicas=-1")
+        assert r.returncode == 1
+        found = leaks("corral audit", d.cli("audit", "--json").stdout)
+        found += leaks("update's answer", r.stdout + r.stderr)
+        found += leaks("the audit table", repr(audit_rows(d.state / "corral.db")))
+        found += leaks("corral.log", (d.state / "logs" / "corral.log").read_text())
+        found += leaks("describe", d.cli("describe", "keeper", "--json").stdout)
+        found += leaks("history", d.cli("history", "keeper", "--json").stdout)
+        assert not found, found
+        assert sum("agents.update" in m for m, _, _ in audit_rows(d.state / "corral.db")) == 2
+        # the agent runs the real values all the same
+        out = json.loads(d.cli("run", "keeper").stdout)
+        assert (out["key"], out["password"]) == (ENV_SECRET, CONFIG_SECRET)
+    finally:
+        d.close()
+
+
+def test_a_table_nested_past_the_bound_is_refused_before_anything(tmp: Path) -> None:
+    deep: Any = 1
+    for _ in range(600):
+        deep = {"a": deep}
+    d = Daemon(tmp)
+    try:
+        d.start()
+        c = Client(d.sock)
+        for method, params in (
+                ("agents.add", {"agents": {"dz": {"command": ["/bin/true"], "replicas": 0,
+                                                  "config": deep}}}),
+                ("agents.update", {"name": "dz", "set": {"config": deep}})):
+            with pytest.raises(CallFailed) as err:
+                c.ask(method, params)
+            assert err.value.message.endswith(
+                f"agents.dz: tables and lists nested more than {redact.MAX_DEPTH} deep"), (
+                    method, err.value.message)
+        assert "dz" not in d.cli("status", "--json").stdout
+        # the redaction itself is bounded however deep a value it is given
+        shown = redact.params("agents.add", {"agents": {"x": {"config": deep}}})
+        assert shown["agents"]["x"]["config"] is not None
+        assert d.cli("audit").returncode == 0
+    finally:
+        d.close()

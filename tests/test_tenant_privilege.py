@@ -416,3 +416,34 @@ async def test_a_check_and_its_recovery_run_as_the_agent_in_its_sandbox(
         assert (plain / "uid").read_text() == f"{daemon.pw_uid}\n"
         r = d.services.sup.agents["box"].replicas[0]
         assert r.restarts == 0 and d.services.sup.health_board.exec_runs == 1
+
+
+@needs_users
+@pytest.mark.deadline(120)
+async def test_an_agent_another_tenant_had_of_the_same_name_is_not_its_past(
+        tmp: Path) -> None:
+    """Revisions outlive a removed agent (the operator's history); a tenant that adds an
+    agent of the same name later sees only its own revisions, and cannot roll back to
+    another tenant's: "no revision N", as if there never was one."""
+    async with acme(tmp) as (d, tenant, ops):
+        port = int(tenant.base.split(":")[2].split("/")[0])
+        b_secret, _ = await tokens_of(d.services.store).create(
+            "tb", ["agents:read", "agents:write"], None, None, "b")
+        b = Http(port, b_secret)
+        status, body = await b("POST", "/agents", {"agents": {"reuse": table({
+            "config": {"model": "b-private"}})}})
+        assert status == 200, body
+        assert (await b("DELETE", "/agents/reuse"))[0] == 200
+        status, body = await tenant("POST", "/agents", {"agents": {"reuse": table({})}})
+        assert status == 200, body
+        status, body = await tenant("GET", "/agents/reuse/history")
+        assert status == 200 and [r["revision"] for r in body["revisions"]] == [2], body
+        assert "b-private" not in str(body)
+        status, body = await tenant("POST", "/agents/reuse/rollback", {"revision": 1})
+        assert (status, body["detail"]) == (
+            404, "no revision 1 of reuse (its revisions: 1..2; see `corral history "
+                 "reuse`)"), body
+        assert "b-private" not in str(body)
+        # the operator sees the name's whole past
+        status, body = await ops("GET", "/agents/reuse/history")
+        assert [r["revision"] for r in body["revisions"]] == [1, 2]

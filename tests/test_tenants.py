@@ -21,6 +21,7 @@ from corral import jsonrpc
 from corral import methods as m
 from corral.daemon.api import Caller
 from corral.daemon.daemon import Daemon
+from corral.daemon.gateway import Identity
 from corral.daemon.tenants import groups_of
 from corral.daemon.tokens import tokens_of
 from corral.jsonrpc import RpcError
@@ -1143,3 +1144,27 @@ async def test_a_tenant_over_its_memory_has_its_largest_replica_restarted_in_ord
         assert (small.restarts, other.restarts) == (0, 0)
         entry = {t.name: t for t in (await call(d, "tenants.list")).tenants}["acme"]
         assert "max_memory_mb" in entry.enforced
+
+
+@pytest.mark.deadline(120)
+async def test_a_gateway_client_of_a_tenant_calls_no_other_tenants_server_whatever_its_list(
+        tmp_path: Path) -> None:
+    """An allowlist made when a replica started may predate another tenant's server (a
+    reload adds it): whose a server is is judged at each call, whatever the list says."""
+    async with in_process(tmp_path, FLEET, TWO) as d:
+        gw = d.services.gateway
+        # as a's replica would be, with an allowlist of every tool (`tools = ["*"]` from
+        # before b's server was there)
+        ident = Identity(name="a1#0", allow=["*"], owner="a1#0", tenant="a",
+                         max_concurrent=4, rate_per_minute=0)
+        with pytest.raises(RpcError) as err:
+            await gw.call(ident, "zserv__add", {"text": "x"})
+        assert err.value.message == ("tool zserv__add is not in the allowlist of gateway "
+                                     "client a1#0 (*)")
+        # its own tenant's and the shared ones it calls
+        assert await gw.call(ident, "aserv__add", {"text": "x"}) is not None
+        assert await gw.call(ident, "common__add", {"text": "x"}) is not None
+        # an operator's client (no tenant) calls every server
+        ops = Identity(name="ops", allow=None, owner="ops", max_concurrent=4,
+                       rate_per_minute=0)
+        assert await gw.call(ops, "zserv__add", {"text": "x"}) is not None

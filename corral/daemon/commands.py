@@ -20,6 +20,7 @@ from ..supervisor.core import NoSuchAgent, start_each, stop_all
 from ..supervisor.lifecycle import RESTARTED, SERVING, State
 from ..text import plural
 from .api import SHARED, Caller, Channel, Handlers
+from .fleet import revision_tenant
 from .follow import drain
 from .history import has_rows
 from .services import Services
@@ -389,6 +390,9 @@ async def agents_history(d: Services, p: m.AgentsHistory,
                                revisions=kept[max(0, len(kept) - row_limit(p.limit)):])
     d.sup.agent(p.name)
     revs = d.revisions.history(p.name, row_limit(p.limit))
+    if caller.tenant is not None:
+        # an agent of this name another tenant had (removed since) is not this one's past
+        revs = [r for r in revs if revision_tenant(r.spec) == caller.tenant]
     scaling = [m.ScalingDecision(time=s.time, previous=s.previous, replicas=s.replicas,
                                  desired=s.desired, direction=s.direction, reason=s.reason)
                for s in d.sup.elastic.decisions.get(p.name, ())]

@@ -95,9 +95,15 @@ class Watches:
             return
         ignored = DefaultFilter()
         root = key.directory
+        real_root = os.path.realpath(root)
 
         def matches(change: Any, path: str) -> bool:
             if not ignored(change, path):
+                return False
+            # a change under a link out of the directory (the kernel's watches follow
+            # it) is not the agent's: another user's files must not restart it, nor be
+            # named in its log
+            if os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
                 return False
             rel = os.path.relpath(path, root)
             return any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(os.path.basename(rel), g)

@@ -20,10 +20,11 @@ from typing import Any
 
 import msgspec
 
-from .. import jsonrpc
+from .. import jsonrpc, redact
 from ..jsonrpc import RpcError
 from ..methods import ReloadResult
 from ..supervisor.config import (
+    DEFAULT_TENANT,
     AgentSpec,
     Config,
     ConfigError,
@@ -137,6 +138,10 @@ class Fleet:
         held to a tenant's caller's tenant, commands checked, sandboxes possible;
         INVALID_PARAMS (or FORBIDDEN) naming the key otherwise."""
         try:
+            for name, t in tables.items():
+                if redact.deeper_than(t, redact.MAX_DEPTH):
+                    raise ConfigError(f"{what}: agents.{name}: tables and lists nested more "
+                                      f"than {redact.MAX_DEPTH} deep")
             specs = parse_agents({"agents": tables}, what)
             for name, spec in specs.items():
                 self.fill_cwd(spec)
@@ -166,6 +171,9 @@ class Fleet:
                                              "change it there and `corral reload`")
         if not changes:
             raise RpcError(jsonrpc.INVALID_PARAMS, "nothing to change")
+        if redact.deeper_than(changes, redact.MAX_DEPTH):  # before the merge recurses
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"agents.update: agents.{name}: tables "
+                           f"and lists nested more than {redact.MAX_DEPTH} deep")
         made: list[Revision] = []
         async with self.changing([name]):
             agent = self.sup.agent(name)
@@ -302,6 +310,8 @@ class Fleet:
                 revision = self.revision_of_release(name, release)
             target = revision if revision is not None else current - 1
             rev = self.revisions.get(name, target)
+            if rev is not None and tenant is not None and revision_tenant(rev.spec) != tenant:
+                rev = None  # another tenant's agent of this name, before: not this one's
             if rev is None:
                 raise RpcError(jsonrpc.NOT_FOUND, f"no revision {target} of {name} (its "
                                                   f"revisions: 1..{current}; see `corral "
@@ -524,6 +534,12 @@ class Fleet:
     def told(self, revisions: Iterable[Revision]) -> None:
         for rev in revisions:
             self.report(f"{rev.agent}: revision {rev.revision} by {rev.who}: {rev.change}")
+
+
+def revision_tenant(spec: dict[str, Any]) -> str:
+    """The tenant of the agent a revision's table made."""
+    tenant = spec.get("tenant")
+    return tenant if isinstance(tenant, str) else DEFAULT_TENANT
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import msgspec
 
@@ -35,6 +35,7 @@ from ..jsonrpc import RpcError
 from ..mcp.pool import allowed
 from ..percentile import percentile_ms
 from ..supervisor.config import GatewaySettings
+from ..supervisor.runas import tenant_of
 from ..supervisor.tenants import visible_allow
 from ..text import plural
 
@@ -112,6 +113,11 @@ def load_tokens(path: Path) -> dict[str, tuple[str, TokenEntry]]:
     return out
 
 
+class _Limits(TypedDict):
+    max_concurrent: int
+    rate_per_minute: int
+
+
 class Identity(msgspec.Struct, kw_only=True):
     """A gateway client: its name, its allowlist (None: everything), whose per-agent
     server instances it uses, and its limits."""
@@ -121,6 +127,9 @@ class Identity(msgspec.Struct, kw_only=True):
     owner: str | None
     max_concurrent: int
     rate_per_minute: int
+    # whose servers it may call, judged at each call (None: every server): an allowlist
+    # made when it started may predate a server another tenant added since
+    tenant: str | None = None
 
 
 class CallStats:
@@ -177,7 +186,9 @@ class GatewayService:
         self.audit = audit  # every call's row: (client, tool, outcome, (uid, pid))
         self.settings = settings or GatewaySettings()
         self.tokens: dict[str, tuple[str, TokenEntry]] = {}
-        self.replica_tokens: dict[str, Identity] = {}  # token hash -> identity
+        # token hash -> the replica it was made for (its identity made at each use: the
+        # allowlist follows the servers there are now)
+        self.replica_tokens: dict[str, ProcessReplica] = {}
         self._replica_hash: dict[str, str] = {}  # replica label -> its token hash
         self.url: str | None = None  # the HTTP gateway's, for agents' environment
         self.socket_path: str | None = None  # when it listens on a unix socket
@@ -214,7 +225,7 @@ class GatewayService:
         return said
 
     # -- identities -----------------------------------------------------------------------
-    def _limits(self, entry: TokenEntry | None = None) -> dict[str, int]:
+    def _limits(self, entry: TokenEntry | None = None) -> _Limits:
         s = self.settings
         return {"max_concurrent": (entry.max_concurrent if entry and entry.max_concurrent
                                    else s.max_concurrent),
@@ -231,9 +242,17 @@ class GatewayService:
         if agent is not None:
             spec = self.sup.agent(agent).spec  # NOT_FOUND for an unknown agent
             return Identity(name=f"agent:{agent}", allow=self.sup.allowlist(spec),
-                            owner=f"{agent}#0", **self._limits())
+                            owner=f"{agent}#0", tenant=spec.tenant, **self._limits())
         return Identity(name=OPERATOR, allow=None, owner="corral-cli",
                         **self._limits())
+
+    def _tenant_sees(self, ident: Identity, tool: str) -> bool:
+        """Whether the server of `tool` is the client's tenant's, or shared (a client of
+        no tenant sees every server)."""
+        if ident.tenant is None:
+            return True
+        entry = self.sup.mcp.servers.get(tool.partition("__")[0])
+        return entry is None or entry.spec.shared or entry.spec.tenant == ident.tenant
 
     def anonymous(self) -> Identity | None:
         """Who a request without a token is, when [gateway] anonymous_tools allows it."""
@@ -245,9 +264,11 @@ class GatewayService:
 
     def by_token(self, token: str) -> Identity | None:
         digest = hash_token(token)
-        ident = self.replica_tokens.get(digest)
-        if ident is not None:
-            return ident
+        replica = self.replica_tokens.get(digest)
+        if replica is not None:
+            return Identity(name=replica.label, allow=self.sup.allowlist(replica.spec),
+                            owner=replica.label, tenant=tenant_of(replica.spec),
+                            **self._limits())
         # looked up by digest: timing can tell at most something of a SHA-256 of the token
         found = self.tokens.get(digest)
         if found is None:
@@ -265,7 +286,7 @@ class GatewayService:
             return None
         return Identity(name=f"token {token.name}", owner=f"token:{token.name}",
                         allow=self._token_allow(token.agents, token.tenant),
-                        **self._limits())
+                        tenant=token.tenant, **self._limits())
 
     def _token_allow(self, agents: str | None, tenant: str | None) -> list[str] | None:
         servers = {n: e.spec for n, e in self.sup.mcp.servers.items()}
@@ -288,9 +309,7 @@ class GatewayService:
         if old is not None:
             self.replica_tokens.pop(old, None)
         self._replica_hash[replica.label] = digest
-        self.replica_tokens[digest] = Identity(
-            name=replica.label, allow=self.sup.allowlist(replica.spec),
-            owner=replica.label, **self._limits())
+        self.replica_tokens[digest] = replica
         env = {"CORRAL_MCP_URL": self.url, "CORRAL_MCP_TOKEN": token}
         if self.socket_path:
             env["CORRAL_MCP_SOCKET"] = self.socket_path
@@ -388,11 +407,12 @@ class GatewayService:
                    on_progress: Callable[[dict[str, Any]], None] | None = None,
                    who: tuple[int, int] = (-1, -1)) -> Any:
         """One tools/call by a gateway client: allowlist, limits, accounting, audit."""
-        if ident.allow is not None and not allowed(name, ident.allow):
+        if (ident.allow is not None and not allowed(name, ident.allow)) or \
+                not self._tenant_sees(ident, name):
             self._record(ident, name, 0.0, "refused: not in the allowlist", who)
             raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
                            f"tool {name} is not in the allowlist of gateway client "
-                           f"{ident.name} ({', '.join(ident.allow) or 'empty'})")
+                           f"{ident.name} ({_shown_allow(ident.allow)})")
         limiter = self.limiters.setdefault(ident.name, Limiter())
         try:
             limiter.admit(ident)
@@ -452,3 +472,9 @@ class GatewayService:
         have changed."""
         if event.kind == "mcp" and ((event.state in SERVING) != (event.previous in SERVING)):
             self.changed(["tools", "resources", "prompts"])
+
+
+def _shown_allow(allow: list[str] | None) -> str:
+    """An allowlist in a refusal: its patterns, `empty`, or `*` for every tool (a client
+    refused by its tenant's servers, not its list)."""
+    return "*" if allow is None else ", ".join(allow) or "empty"
