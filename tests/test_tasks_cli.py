@@ -93,6 +93,8 @@ def test_input_forms_and_bad_input(daemon: Daemon, tmp_path: Path) -> None:
 
 def test_detach_task_wait_list_and_cancel(daemon: Daemon) -> None:
     tid = daemon.cli("run", "work", "--input", '{"do": "echo"}', "--detach").stdout.strip()
+    # its input, asked for, once it ran
+    assert 'input: {"do": "echo"}' in daemon.cli("task", tid, "--wait", "--input").stdout
     r = daemon.cli("task", tid, "--wait", "--json")
     info = json.loads(r.stdout)
     assert (info["task_id"], info["status"], info["agent"]) == (tid, "succeeded", "work")

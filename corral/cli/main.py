@@ -1389,19 +1389,26 @@ def tasks_list(obj: Ctx, agent: str | None, limit: int, since: str | None,
 @cli.command("task", help=doc("tasks.get"))
 @click.argument("task_id")
 @click.option("--wait", is_flag=True, help="Wait until the task has finished.")
+@click.option("--input", "with_input", is_flag=True,
+              help="Show the input it was sent too (kept with its record; tasks:read).")
 @reconnect_option
 @json_option
 @pass_ctx
-def task_get(obj: Ctx, task_id: str, wait: bool, reconnect: float, as_json: bool) -> None:
+def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, reconnect: float,
+             as_json: bool) -> None:
     res: m.TaskInfo
     try:
-        res = obj.call("tasks.get", m.TasksGet(task_id=task_id, wait=wait),
+        res = obj.call("tasks.get", m.TasksGet(task_id=task_id, wait=wait, input=with_input),
                        reachable=not wait, wait_forever=wait)
     except Unreachable:
         res = _wait_again(obj, task_id, reconnect)
     if as_json:
         _print_json(res)
         return
+    if with_input:
+        click.echo("input: " + (json.dumps(res.input) if res.input is not msgspec.UNSET
+                                else "(not kept: a cluster task, or a daemon without a "
+                                     "journal)"))
     for key in ("task_id", "agent", "status", "priority", "queue_wait", "tool_calls",
                 "progress", "output", "error"):
         val = msgspec.to_builtins(getattr(res, key))
