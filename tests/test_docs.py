@@ -210,3 +210,24 @@ def test_the_worker_sdk_runs_without_any_of_the_daemons_dependencies(tmp_path: A
     finally:
         p.kill()
         p.communicate()
+
+
+def test_docs_architecture_md_names_every_module() -> None:
+    """The map stays true: each module of corral/ is named under its package's heading,
+    and nothing named there is gone."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    named: set[str] = set()
+    package = None
+    for line in text.splitlines():
+        head = re.match(r"## `(corral(?:/\w+)*)/`", line)
+        if head:
+            package = head[1]
+        item = re.match(r"- `(\w+\.py)`:", line)
+        if item and package is not None:
+            named.add(f"{package}/{item[1]}")
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "corral").rglob("*.py")
+               if "__pycache__" not in p.parts and not (
+                   p.name == "__init__.py" and not p.read_text().strip())}
+    assert not (missing := sorted(modules - named)), (
+        f"docs/architecture.md does not name: {missing}")
+    assert not (gone := sorted(named - modules)), f"docs/architecture.md names gone: {gone}"
