@@ -76,7 +76,7 @@ def _top(obj: Ctx, interval: float, iterations: int, log_lines: int,
          pause: Callable[[float], bool]) -> None:
     clear = sys.stdout.isatty()
     count = 0
-    # Ctrl-C ends it quietly (main)
+    # Ctrl-C ends it quietly (the group's invoke, app.py)
     while True:
         st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus())
         rows: list[tuple[str, m.ReplicaStatus | m.McpInstanceStatus]] = sorted(
