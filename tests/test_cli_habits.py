@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from corral.cli.main import ALIASES, DESTRUCTIVE, cli
+from corral.cli.app import ALIASES, DESTRUCTIVE
+from corral.cli.main import cli
 
 
 @pytest.mark.parametrize(("alias", "name"), sorted(ALIASES.items()))
@@ -46,14 +47,14 @@ def test_help_shows_whole_descriptions_and_the_aliases() -> None:
 
 def test_an_attempt_says_where_it_ran_as_far_as_it_is_known() -> None:
     from corral import methods as m
-    from corral.cli.main import _where
+    from corral.cli.tasks import where
 
-    assert _where(m.Attempt(2, 41, 0.0, outcome="succeeded")) == "replica 2 pid 41 "
-    assert _where(m.Attempt(0, 41, 0.0, node="a")) == "node a replica 0 pid 41 "
+    assert where(m.Attempt(2, 41, 0.0, outcome="succeeded")) == "replica 2 pid 41 "
+    assert where(m.Attempt(0, 41, 0.0, node="a")) == "node a replica 0 pid 41 "
     # a cluster attempt lost with its node before a replica took it: no -1, no None
-    assert _where(m.Attempt(-1, None, 0.0, outcome="lost", node="b")) == (
+    assert where(m.Attempt(-1, None, 0.0, outcome="lost", node="b")) == (
         "node b (claimed, never on a replica) ")
-    assert _where(m.Attempt(-1, None, 0.0, node="b")) == (
+    assert where(m.Attempt(-1, None, 0.0, node="b")) == (
         "node b (claimed, waiting for a replica) ")
 
 

@@ -617,7 +617,7 @@ async def test_operators_see_health_in_status_logs_and_metrics(tmp_path: Path) -
 
 def test_status_marks_an_unready_replica(capsys: pytest.CaptureFixture[str]) -> None:
     from corral import methods as m
-    from corral.cli.main import _print_status
+    from corral.cli.status import print_status
 
     def row(index: int, ready: bool | None, health: str | None, state: str = "idle",
             reason: str = "ready") -> m.ReplicaStatus:
@@ -626,7 +626,7 @@ def test_status_marks_an_unready_replica(capsys: pytest.CaptureFixture[str]) -> 
                                cpu_percent=0.0, rss_bytes=0, open_fds=3, tasks_running=0,
                                ready=ready, health=health)
 
-    _print_status(m.AgentsStatusResult(agents=[
+    print_status(m.AgentsStatusResult(agents=[
         row(0, True, None), row(1, False, 'readiness check "db" failed: refused'),
         row(2, None, None),
         # not serving: unready says nothing more, its reason is the one shown

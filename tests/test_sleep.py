@@ -15,7 +15,8 @@ import pytest
 
 from corral import jsonrpc
 from corral import methods as m
-from corral.cli.main import _print_history, _print_status
+from corral.cli.history import print_history
+from corral.cli.status import print_status
 from corral.daemon.api import Caller
 from corral.daemon.http.metrics import autoscale_families, take
 from corral.jsonrpc import RpcError
@@ -195,7 +196,7 @@ async def test_daemon_shows_asleep_the_decisions_and_the_wake_time(
             "asleep", 0, 0, 0, 3)
         assert e.last == "sleep 1 -> 0: no work for idle_after (0.4 s): to zero"
         capsys.readouterr()
-        _print_status(wire(st, m.AgentsStatusResult), with_mcp=False)
+        print_status(wire(st, m.AgentsStatusResult), with_mcp=False)
         out = capsys.readouterr().out
         assert ("nap: asleep, 0 replicas (autoscale 0..3, wants 0); a task wakes it; last: "
                 "sleep 1 -> 0: no work for idle_after (0.4 s): to zero") in out
@@ -214,7 +215,7 @@ async def test_daemon_shows_asleep_the_decisions_and_the_wake_time(
         assert [(s.direction, s.previous, s.replicas) for s in h.scaling][:2] == [
             ("sleep", 1, 0), ("wake", 0, 1)]
         capsys.readouterr()
-        _print_history(wire(h, m.HistoryResult))
+        print_history(wire(h, m.HistoryResult))
         out = capsys.readouterr().out
         assert "AUTOSCALE" in out and "wake       0 -> 1    woken by 1 task" in out
         # the agent's log has them as events

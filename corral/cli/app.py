@@ -1,0 +1,172 @@
+"""The `corral` click group and what every command module shares: the caller of the
+daemon (`Ctx`), the aliases and the guard against guessing a destructive command,
+the common options and the completion of agent names."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import sys
+from typing import Any
+
+import click
+import msgspec
+
+from .. import methods as m
+from ..methods import REGISTRY
+from .client import CLIENT_TIMEOUT, EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
+
+
+def doc(method: str) -> str:
+    # cleandoc: a docstring's continuation lines are indented, and click would keep that
+    # indent inside the wrapped paragraph ("restart.     Unless ...")
+    return inspect.cleandoc(REGISTRY[method].doc)
+
+
+class Ctx:
+    def __init__(self, socket: str | None) -> None:
+        self.socket = socket
+
+    def client(self, wait_forever: bool = False) -> Client:
+        from ..paths import client_socket
+
+        path = client_socket(self.socket)
+        return Client(path, timeout=None) if wait_forever else Client(path)
+
+    def reachable(self) -> bool:
+        """Whether the daemon answers a ping now."""
+        try:
+            with self.client() as c:
+                c.ask("daemon.info", {})
+            return True
+        except (Unreachable, CallFailed, TimeoutError, OSError):
+            return False
+
+    def call(self, method: str, params: msgspec.Struct | None = None, *,
+             reachable: bool = True, wait_forever: bool = False, **kw: Any) -> Any:
+        """Call and answer the result; exit with the reason on failure. With
+        `reachable=False` an unreachable daemon raises Unreachable for the caller;
+        `wait_forever` drops the client's timeout (for a call the daemon bounds itself)."""
+        try:
+            with self.client(wait_forever) as c:
+                # the Struct itself: msgspec encodes it (and a Raw input in it) as it is
+                return c.ask(method, params if params is not None else {}, **kw)
+        except Unreachable as exc:
+            if not reachable:
+                raise
+            click.echo(f"corral: {exc}", err=True)
+            sys.exit(EXIT_UNREACHABLE)
+        except CallFailed as exc:
+            click.echo(f"corral: {exc.message}", err=True)
+            sys.exit(EXIT_FAILED)
+        except TimeoutError:
+            click.echo(f"corral: the daemon did not answer {method} within "
+                       f"{CLIENT_TIMEOUT:g} s", err=True)
+            sys.exit(EXIT_FAILED)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+socket_option = click.option(
+    "--socket", "socket_", envvar="CORRAL_SOCKET", metavar="PATH",
+    help="The daemon's control socket (default: CORRAL_SOCKET, else the standard place).")
+
+
+# the names users of supervisord, PM2, docker and kubectl type first, for ours
+ALIASES = {"ls": "status", "list": "status", "ps": "status", "delete": "remove",
+           "rm": "remove", "show": "describe", "monit": "top"}
+# never offered as a guess: a typo must not be one Enter away from losing work
+DESTRUCTIVE = frozenset({"shutdown", "remove", "stop", "restart", "cancel", "drain",
+                         "rollback", "signal", "scale", "pause", "deploy", "reload"})
+
+
+class _Group(click.Group):
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, ALIASES.get(cmd_name, cmd_name))
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if (name and not name.startswith("-") and not ctx.resilient_parsing
+                and self.get_command(ctx, name) is None):
+            import difflib
+
+            safe = [c for c in (*self.list_commands(ctx), *ALIASES) if c not in DESTRUCTIVE]
+            near = difflib.get_close_matches(name, safe, n=3)
+            hint = f" Did you mean {' or '.join(repr(c) for c in near)}?" if near else ""
+            risky = difflib.get_close_matches(name, sorted(DESTRUCTIVE), n=1)
+            if risky:
+                hint += f" (`{risky[0]}` is never guessed: type it whole.)"
+            ctx.fail(f"No such command {name!r}.{hint} (`corral --help` lists them.)")
+        return super().resolve_command(ctx, args)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command's whole first sentence, not cut to the width click chooses."""
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+        by: dict[str, list[str]] = {}
+        for alias, name in ALIASES.items():
+            by.setdefault(name, []).append(alias)
+        with formatter.section("Aliases"):
+            formatter.write_dl([(name, ", ".join(a)) for name, a in sorted(by.items())])
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # Ctrl-C ends a follow or top: exit 130 as shells expect, with no "Aborted!",
+            # no traceback, and no second interrupt raised while the interpreter shuts
+            # down ("Exception ignored ... KeyboardInterrupt")
+            import signal as signals
+
+            signals.signal(signals.SIGINT, signals.SIG_IGN)
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@socket_option
+@click.version_option(package_name="corral")
+@click.pass_context
+def cli(ctx: click.Context, socket_: str | None) -> None:
+    """corral: a supervisor for AI-agent processes."""
+    ctx.obj = Ctx(socket_)
+
+
+def complete_agents(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    try:
+        root = ctx.find_root().obj or Ctx(None)
+        with root.client() as c:
+            st: m.AgentsStatusResult = c.ask("agents.status", {})
+        return sorted({a.name for a in st.agents if a.name.startswith(incomplete)})
+    except Exception:
+        return []
+
+
+names_arg = click.argument("names", nargs=-1, shell_complete=complete_agents)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def default_config() -> str:
+    """The config file `corral daemon` reads when given none."""
+    from ..paths import default_config as standard
+
+    return str(standard())
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(corral completion bash)"."""
+    from click.shell_completion import get_completion_class
+
+    comp_cls = get_completion_class(shell)
+    assert comp_cls is not None
+    comp = comp_cls(cli, {}, "corral", "_CORRAL_COMPLETE")
+    click.echo(comp.source())

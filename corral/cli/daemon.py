@@ -1,0 +1,202 @@
+"""The daemon itself: run it, check a config, reload, shut down, ask its version and
+info, and open the dashboard."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from .. import methods as m
+from ..text import plural
+from .app import Ctx, cli, default_config, doc, json_option, pass_ctx
+from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Unreachable
+from .render import human_time, print_json, table
+
+
+@cli.command()
+@click.option("--config", "-c", "config", metavar="PATH", default=None,
+              help="Config file (default: /etc/corral/corral.toml for root, else "
+                   "~/.config/corral/corral.toml).")
+@pass_ctx
+def daemon(obj: Ctx, config: str | None) -> None:
+    """Run the supervisor daemon in the foreground (systemd runs it this way too)."""
+    from ..daemon.daemon import run_daemon
+
+    path = Path(config or default_config())
+    if not path.exists():
+        click.echo(f"corral: no config file at {path} (give one with --config)", err=True)
+        sys.exit(EXIT_FAILED)
+    sys.exit(run_daemon(path, obj.socket))
+
+
+@cli.command("check-config")
+@click.argument("path", required=False, metavar="[PATH]")
+@click.option("--config", "-c", "config", metavar="PATH", default=None,
+              help="Config file to check (default: as for `corral daemon`).")
+@click.option("--no-check", is_flag=True,
+              help="Do not check that each command is an executable (one that will exist "
+                   "later).")
+def check_config(path: str | None, config: str | None, no_check: bool) -> None:
+    """Validate a config file (and its includes) without starting anything: every key, and
+    that every agent's and MCP server's command is an executable on PATH or a file."""
+    from ..supervisor.config import ConfigError, check_commands, load_config
+
+    if path and config and path != config:
+        raise click.UsageError("give the config file once: PATH or --config")
+    where = Path(path or config or default_config())
+    if _is_manifest(where):
+        _check_manifest(where)
+        return
+    try:
+        cfg = load_config(where)
+        if not no_check:
+            check_commands(cfg, str(where))
+    except ConfigError as exc:
+        errors = str(exc).splitlines()
+        for line in errors:  # every error of the file, one a line
+            click.echo(f"corral: invalid config: {line}", err=True)
+        if len(errors) > 1:
+            click.echo(f"corral: {plural(len(errors), 'error')} in {where}", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(f"{where}: ok ({plural(len(cfg.agents), 'agent')}, "
+               f"{plural(len(cfg.mcp_servers), 'MCP server')})")
+
+
+def _is_manifest(path: Path) -> bool:
+    """An agent package (its directory, pyproject.toml, or a TOML file with an [agent]
+    table) rather than a daemon's config file."""
+    if path.is_dir() or path.name == "pyproject.toml":
+        return True
+    try:
+        return bool(re.search(rb"(?m)^\s*\[agent\]", path.read_bytes()))
+    except OSError:
+        return False
+
+
+def _check_manifest(path: Path) -> None:
+    from ..daemon.packages.manifest import read_manifest
+    from ..supervisor.config import ConfigError
+
+    try:
+        manifest = read_manifest(path.resolve())
+    except ConfigError as exc:
+        click.echo(f"corral: invalid manifest: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    lock = f"lock {manifest.lock.name}" if manifest.lock else "no dependencies"
+    click.echo(f"{manifest.file}: ok (package {manifest.name}, version "
+               f"{manifest.version or '-'}, {lock})")
+
+
+@cli.command(help="Print the version of this corral (and of the daemon, when it runs).")
+@pass_ctx
+def version(obj: Ctx) -> None:
+    from .. import __version__
+
+    click.echo(f"corral {__version__}")
+    try:
+        with obj.client() as c:
+            info: m.DaemonInfoResult = c.ask("daemon.info", {})
+        click.echo(f"daemon {info.version} (pid {info.pid}, {info.socket})")
+    except Unreachable:
+        click.echo("daemon: not reachable")
+
+
+@cli.command(help=doc("config.reload") + "\n\nPrints each agent and MCP server added, removed "
+             "or changed, then how many are unchanged; an agent whose change did not take "
+             "is named on stderr with the reason.")
+@json_option
+@pass_ctx
+def reload(obj: Ctx, as_json: bool) -> None:
+    res: m.ReloadResult = obj.call("config.reload")
+    if as_json:
+        print_json(res)
+        return
+    mcp = res.mcp_servers
+    rows = [[kind, name, "failed" if kind == "agent" and name in res.failed else change]
+            for kind, changes in (("agent", msgspec.structs.asdict(res)), ("MCP server", mcp))
+            for change in ("added", "removed", "changed")
+            for name in changes.get(change) or []]
+    rows += [["gateway", "", change] for change in res.gateway]
+    if rows:
+        table(rows, ["KIND", "NAME", "CHANGE"])
+    else:
+        click.echo("nothing changed")
+    click.echo(f"unchanged: {plural(len(res.unchanged), 'agent')}, "
+               f"{plural(len(mcp.get('unchanged') or []), 'MCP server')}")
+    for name, why in res.failed.items():
+        click.echo(f"corral: {name} was not changed: {why}", err=True)
+
+
+@cli.command(help=doc("daemon.shutdown") + "\n\nReturns once the daemon is gone, saying "
+             "what it drained.")
+@click.option("--no-wait", is_flag=True,
+              help="Return once the daemon has begun to stop, not once it is gone.")
+@click.option("--now", is_flag=True,
+              help="No drain: stop the agents at once; running tasks are handed to the "
+                   "next daemon. During a drain: cut it short.")
+@pass_ctx
+def shutdown(obj: Ctx, no_wait: bool, now: bool) -> None:
+    from .stopping import shutdown as stop
+
+    try:
+        stop(obj.client(wait_forever=True), now=now, wait=not no_wait)
+    except Unreachable as exc:
+        click.echo(f"corral: {exc}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
+    except CallFailed as exc:
+        click.echo(f"corral: {exc.message}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command(help=doc("daemon.info"))
+@json_option
+@pass_ctx
+def info(obj: Ctx, as_json: bool) -> None:
+    res: m.DaemonInfoResult = obj.call("daemon.info")
+    if as_json:
+        print_json(res)
+        return
+    for k, v in msgspec.to_builtins(res).items():
+        if k == "extras":  # one line each: serving, or why not and when it is retried
+            click.echo(f"{k}:" + ("" if v else " -"))
+            for e in v:
+                click.echo(f"  {e['name']} on {e['address']}: " + (
+                    "serving" if e["serving"] else
+                    f"not serving ({e['error']}); attempt {e['attempts'] + 1} in "
+                    f"{e['retry_in'] or 0:.0f} s"))
+        elif isinstance(v, dict):  # a section (containment): one indented line per key
+            click.echo(f"{k}:")
+            for kk, vv in v.items():
+                click.echo(f"  {kk}: {_plain(vv)}")
+        else:
+            click.echo(f"{k}: {human_time(v) if k == 'uptime' else _plain(v)}")
+
+
+def _plain(value: Any) -> str:
+    """A value as a person reads it: lists comma-separated, None as a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "-"
+    return str(value)
+
+
+@cli.command("ui", help=doc("ui.login"))
+@json_option
+@pass_ctx
+def ui_login(obj: Ctx, as_json: bool) -> None:
+    res: m.UiLoginResult = obj.call("ui.login", m.UiLogin())
+    if as_json:
+        print_json(res)
+        return
+    # the link alone on stdout, so that `xdg-open "$(corral ui)"` works
+    click.echo(res.url)
+    left = max(0, round(res.expires - time.time()))
+    click.echo(f"corral: open this link in a browser on this machine within {left} s; "
+               f"it works once", err=True)

@@ -1,0 +1,141 @@
+"""Acting on running agents: start, stop, restart, signal, pause, resume, scale,
+remove, and the pids of their replicas."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from .. import methods as m
+from ..methods import REGISTRY
+from ..text import plural
+from .app import Ctx, cli, complete_agents, doc, json_option, names_arg, pass_ctx
+from .client import EXIT_FAILED
+from .render import print_json
+
+
+def _selection_command(verb: str, done: str) -> None:
+    """`corral start|stop|restart NAME…|--all`: one shape, three control methods."""
+    method = f"agents.{verb}"
+    params = REGISTRY[method].params
+
+    def command(obj: Ctx, names: tuple[str, ...], all_: bool, **extra: Any) -> None:
+        all_, targets = _selection(names, all_)
+        res = obj.call(method, params(names=targets, all=all_, **extra))
+        asleep = getattr(res, "asleep", [])
+        if getattr(res, done) or not asleep:
+            click.echo(f"{done}: {', '.join(getattr(res, done)) or 'nothing'}")
+        if asleep:
+            click.echo(f"asleep, not started (scaled to zero: a task wakes it): "
+                       f"{', '.join(asleep)}")
+
+    fn: Any = pass_ctx(command)
+    if verb == "restart":
+        fn = click.option(
+            "--rolling", is_flag=True,
+            help="Replace replicas one at a time, each new one ready before the old one "
+                 "stops (no downtime, no task dropped).")(fn)
+    fn = click.option("--all", "all_", is_flag=True, help="Every agent (also: `all`).")(fn)
+    fn = names_arg(fn)
+    cli.command(verb, help=doc(method) + "\n\nNAME#N: one replica; `all` (or --all): "
+                "every agent.")(fn)
+
+
+def _selection(names: tuple[str, ...], all_: bool) -> tuple[bool, list[str]]:
+    """`all` as a name means --all (the supervisorctl habit), unless an agent is named so
+    (it cannot be: `all` is taken as the alias, so names stay unambiguous)."""
+    if "all" in names:
+        if len(names) > 1:
+            raise click.UsageError("`all` means every agent: name no others with it")
+        return True, []
+    if not names and not all_:
+        raise click.UsageError("name at least one agent (NAME or NAME#N), or all")
+    return all_, list(names)
+
+
+for _verb, _done in (("start", "started"), ("stop", "stopped"), ("restart", "restarted")):
+    _selection_command(_verb, _done)
+
+
+@cli.command(help=doc("agents.signal"))
+@click.argument("sig", metavar="SIGNAL")
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_agents)
+@pass_ctx
+def signal(obj: Ctx, sig: str, names: tuple[str, ...]) -> None:
+    all_, targets = _selection(names, False)
+    res: m.SignalResult = obj.call("agents.signal",
+                                   m.AgentsSignal(names=targets, all=all_, signal=sig))
+    for s in res.signalled:
+        click.echo(f"{res.signal} sent to {s.replica} (pid {s.pid})")
+
+
+def _pause_command(verb: str) -> None:
+    """`corral pause|resume NAME[#N]`: one shape, two control methods."""
+    method = f"agents.{verb}"
+    params = REGISTRY[method].params
+
+    def command(obj: Ctx, target: str, as_json: bool) -> None:
+        try:
+            name, index = m.parse_target(target)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="NAME[#N]") from None
+        res: m.PauseResult = obj.call(method, params(name=name, replica=index))
+        if as_json:
+            print_json(res)
+            return
+        for r in res.replicas:
+            click.echo(f"{res.agent}#{r.replica}: {r.state}"
+                       + (f" (pid {r.pid})" if r.pid else ""))
+
+    fn: Any = json_option(pass_ctx(command))
+    fn = click.argument("target", metavar="NAME[#N]", shell_complete=complete_agents)(fn)
+    cli.command(verb, help=doc(method) + "\n\nNAME: every replica; NAME#N: one.")(fn)
+
+
+for _verb in ("pause", "resume"):
+    _pause_command(_verb)
+
+
+@cli.command(help="Print the pid of each running replica of NAME (or of NAME#N), one a line; "
+                  "exits 1 when none is running.")
+@click.argument("target", shell_complete=complete_agents)
+@pass_ctx
+def pid(obj: Ctx, target: str) -> None:
+    try:
+        name, index = m.parse_target(target)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME[#N]") from None
+    st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus(names=[name]))
+    reps = [a for a in st.agents if index is None or a.replica == index]
+    if index is not None and not reps:
+        click.echo(f"corral: no such replica: {target}", err=True)
+        sys.exit(EXIT_FAILED)
+    pids = [a.pid for a in reps if a.pid]
+    for p in pids:
+        click.echo(p)
+    if not pids:
+        click.echo(f"corral: {target} has no running process", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command(help=doc("agents.remove"))
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_agents)
+@pass_ctx
+def remove(obj: Ctx, names: tuple[str, ...]) -> None:
+    res: m.Removed = obj.call("agents.remove", m.AgentsRemove(names=list(names)))
+    click.echo(f"removed: {', '.join(res.removed)}")
+
+
+@cli.command(help=doc("agents.scale"), context_settings={"ignore_unknown_options": True})
+@click.argument("name", shell_complete=complete_agents)
+# a plain argument, checked here: as an IntRange, "four" read "'four' is not a valid
+# integer range" and "-1" was taken for an option ("No such option '-1'")
+@click.argument("replicas", metavar="N")
+@pass_ctx
+def scale(obj: Ctx, name: str, replicas: str) -> None:
+    if not (replicas.isascii() and replicas.isdigit()):
+        raise click.UsageError(f"replicas must be a whole number ≥ 0, not {replicas!r}")
+    res: m.Scaled = obj.call("agents.scale", m.AgentsScale(name=name, replicas=int(replicas)))
+    click.echo(f"{res.name}: {plural(res.replicas, 'replica')}")

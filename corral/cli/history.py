@@ -1,0 +1,75 @@
+"""What changed and who changed it: an agent's revisions, rolling back to one, and
+the audit log."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .. import methods as m
+from .app import Ctx, cli, complete_agents, doc, json_option, pass_ctx
+from .render import print_json, stamp, table
+
+
+@cli.command(help=doc("agents.history"))
+@click.argument("name", shell_complete=complete_agents)
+@click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(min=0))
+@json_option
+@pass_ctx
+def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
+    res: m.HistoryResult = obj.call("agents.history", m.AgentsHistory(name=name, limit=limit))
+    if as_json:
+        print_json(res)
+        return
+    print_history(res)
+
+
+def print_history(res: m.HistoryResult) -> None:
+    rows = [[("* " if r.revision == res.current else "  ") + str(r.revision),
+             stamp(r.time), r.who, r.change] for r in res.revisions]
+    headers = ["  REV", "TIME", "WHO", "CHANGE"]
+    if any(r.release for r in res.revisions):  # an agent package: which release, version
+        rows = [[*row[:2], r.release or "-", r.version or "-", *row[2:]]
+                for row, r in zip(rows, res.revisions, strict=True)]
+        headers = [*headers[:2], "RELEASE", "VERSION", *headers[2:]]
+    table(rows, headers)
+    if res.scaling:  # the autoscaler's changes: not revisions, the spec is unchanged
+        click.echo()
+        table([[stamp(s.time), s.direction, f"{s.previous} -> {s.replicas}", s.reason]
+               for s in res.scaling], ["TIME", "AUTOSCALE", "REPLICAS", "REASON"])
+
+
+@cli.command(help=doc("agents.rollback") + "\n\nREV: a revision's number (`corral history "
+             "NAME`), or a package's release as `corral releases NAME` prints it (the newest "
+             "revision that ran it).")
+@click.argument("name", shell_complete=complete_agents)
+@click.argument("rev", required=False)
+@pass_ctx
+def rollback(obj: Ctx, name: str, rev: str | None) -> None:
+    revision = release = None
+    if rev is not None and rev.isdigit():
+        revision = int(rev)
+        if revision < 1:
+            raise click.BadParameter("a revision is 1 or more", param_hint="REV")
+    else:
+        release = rev
+    res: m.RollbackResult = obj.call("agents.rollback", m.AgentsRollback(
+        name=name, revision=revision, release=release))
+    click.echo(f"{name}: rolled back to revision {res.restored} (now revision "
+               f"{res.revision})" + (f": {res.change}" if res.change else ""))
+
+
+@cli.command(help=doc("audit.list"))
+@click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(min=0))
+@json_option
+@pass_ctx
+def audit(obj: Ctx, limit: int, as_json: bool) -> None:
+    res: m.AuditResult = obj.call("audit.list", m.AuditList(limit=limit))
+    if as_json:
+        print_json(res)
+        return
+    # who acted as revisions name it: a token by its name, a socket peer by uid and pid
+    rows = [[stamp(e.time), e.who or f"uid {e.uid} pid {e.pid}", e.tenant or "-", e.method,
+             e.outcome, json.dumps(e.params)[:60]] for e in res.entries]
+    table(rows, ["TIME", "WHO", "TENANT", "METHOD", "OUTCOME", "PARAMS"])

@@ -1,0 +1,125 @@
+"""`logs` and `tail`: the agents' log lines, followed across restarts of the daemon."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+import msgspec
+
+from .. import methods as m
+from ..methods import LogLine
+from ..text import plural
+from .app import Ctx, cli, doc, json_option, names_arg, pass_ctx
+from .client import EXIT_UNREACHABLE, Disconnected
+from .durations import parse_since
+
+
+def _log_options(fn: Any) -> Any:
+    options: list[Callable[[Any], Any]] = [
+        names_arg,
+        click.option("-n", "--lines", default=50, show_default=True,
+                     type=click.IntRange(min=0), help="How many past lines to show."),
+        click.option("--since", default=None, metavar="WHEN",
+                     help="Only lines since WHEN: 30s, 5m, 2h, 1d or an ISO time."),
+        click.option("--grep", default=None, metavar="TEXT",
+                     help="Only lines holding TEXT (a fixed string, as grep -F)."),
+        click.option("--stream", "streams", multiple=True,
+                     type=click.Choice(["stdout", "stderr", "event"]),
+                     help="Only lines of this stream (repeat for several): an agent's "
+                          "stdout or stderr, or corral's events about it."),
+        click.option("--reconnect", type=click.FloatRange(min=0), default=60.0,
+                     show_default=True, metavar="SECONDS",
+                     help="Following: if the daemon goes away (a restart), wait this long "
+                          "for it and go on from the last line shown."),
+        json_option,
+        pass_ctx,
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@cli.command(help=doc("logs.tail") + " NAME#N: one replica's. With -f, new lines as they "
+             "come, across restarts and rotation; a reader too slow to keep up is told how "
+             "many lines it missed.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@_log_options
+def logs(obj: Ctx, names: tuple[str, ...], follow: bool, lines: int, since: str | None,
+         grep: str | None, streams: tuple[str, ...], reconnect: float, as_json: bool) -> None:
+    _logs(obj, follow, _log_query(names, lines, since, grep, streams), reconnect, as_json)
+
+
+@cli.command(help="`corral logs -f`: print the last lines, then new ones until Ctrl-C.")
+@_log_options
+def tail(obj: Ctx, names: tuple[str, ...], lines: int, since: str | None, grep: str | None,
+         streams: tuple[str, ...], reconnect: float, as_json: bool) -> None:
+    _logs(obj, True, _log_query(names, lines, since, grep, streams), reconnect, as_json)
+
+
+def _log_query(names: tuple[str, ...], lines: int, since: str | None, grep: str | None,
+               streams: tuple[str, ...]) -> m.LogsTail:
+    try:
+        return msgspec.convert({"names": list(names), "lines": lines,
+                                "since": parse_since(since), "grep": grep or None,
+                                "streams": list(streams)}, m.LogsTail)
+    except msgspec.ValidationError as exc:
+        raise click.BadParameter(str(exc).replace("$.", ""), param_hint="--grep") from None
+
+
+# how many of the lines a follow missed while the daemon was away it asks for
+LOG_BACKLOG = 100_000
+
+
+def _logs(obj: Ctx, follow: bool, want: m.LogsTail, reconnect: float, as_json: bool) -> None:
+    last: list[float] = []  # the time of the newest line shown
+
+    def show(items: list[LogLine]) -> None:
+        for line in items:
+            if last and line.time <= last[0]:
+                continue  # shown before the daemon went away (the last one again too)
+            if as_json:
+                click.echo(json.dumps(msgspec.to_builtins(msgspec.structs.asdict(line))))
+            else:
+                click.echo(line.render())
+            last[:] = [line.time]
+
+    if not follow:
+        res: m.LogLines = obj.call("logs.tail", want)
+        show(res.lines)
+        return
+
+    def on_note(method: str, params: Any) -> None:
+        if method == "logs.lines":
+            show(msgspec.convert(params, m.LogLines).lines)
+        elif method == "logs.missed":
+            click.echo(f"corral: missed {plural(params['count'], 'line')} (reading too slowly)",
+                       err=True)
+        sys.stdout.flush()
+
+    params = m.LogsFollow(**msgspec.structs.asdict(want))
+    while True:
+        try:
+            obj.call("logs.follow", params, on_notification=on_note, reachable=False,
+                     wait_forever=True)
+            return
+        except Disconnected:
+            pass
+        # the daemon went away (a restart, an upgrade): wait for it, then go on from the
+        # newest line shown (the new daemon's tail reads it back from the log files), as
+        # `corral run` waits again for its task
+        click.echo("corral: lost the daemon; reconnecting", err=True)
+        deadline = time.monotonic() + reconnect
+        while not obj.reachable():
+            if time.monotonic() >= deadline:
+                click.echo(f"corral: the daemon did not come back within {reconnect:g} s",
+                           err=True)
+                sys.exit(EXIT_UNREACHABLE)
+            time.sleep(0.2)
+        if last:
+            params = m.LogsFollow(**{**msgspec.structs.asdict(want), "since": last[0],
+                                     "lines": LOG_BACKLOG})

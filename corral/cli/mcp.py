@@ -1,0 +1,110 @@
+"""The MCP servers corral runs: their status, start/stop/restart, OAuth login, and
+all of them served as one over stdio."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .. import methods as m
+from ..methods import REGISTRY
+from ..text import plural
+from .app import Ctx, cli, default_config, doc, json_option, pass_ctx
+from .client import EXIT_FAILED
+from .render import print_json, table
+
+
+@cli.group("mcp")
+def mcp_group() -> None:
+    """The MCP tool servers corral runs."""
+
+
+@mcp_group.command("status", help=doc("mcp.status"))
+@json_option
+@pass_ctx
+def mcp_status(obj: Ctx, as_json: bool) -> None:
+    res: m.McpStatusResult = obj.call("mcp.status")
+    if as_json:
+        print_json(res)
+        return
+    print_mcp(res.mcp_servers)
+    print_gateway(res.gateway)
+
+
+def print_gateway(gw: m.GatewayStats) -> None:
+    """Gateway calls per client and per tool, when there were any."""
+    for what, stats in (("clients", gw.clients), ("tools", gw.tools)):
+        rows = [[name, str(s.calls), str(s.errors),
+                 *(f"{v:.1f}" if v is not None else "-"
+                   for v in (s.p50_ms, s.p95_ms, s.p99_ms))]
+                for name, s in stats.items()]
+        if rows:
+            click.echo("")
+            table(rows, ["GATEWAY " + what[:-1].upper(), "CALLS", "ERRORS", "P50 MS",
+                         "P95 MS", "P99 MS"])
+
+
+@mcp_group.command("serve")
+@click.option("--agent", metavar="NAME", help="Serve only what this agent's allowlist admits.")
+@click.option("--token", envvar="CORRAL_MCP_TOKEN", metavar="TOKEN",
+              help="Serve only what this gateway token's allowlist admits "
+                   "(default: CORRAL_MCP_TOKEN).")
+@click.option("--reconnect", type=float, default=30.0, show_default=True, metavar="SECONDS",
+              help="How long to try the daemon again after losing it, then exit 1.")
+@pass_ctx
+def mcp_serve(obj: Ctx, agent: str | None, token: str | None, reconnect: float) -> None:
+    """Serve every MCP server corral runs as one MCP server over stdio (for a host:
+    {"command": "corral", "args": ["mcp", "serve"]}); tools, resources and prompts are
+    named SERVER__NAME."""
+    from ..paths import client_socket
+    from .mcp_serve import run_serve
+
+    sys.exit(run_serve(client_socket(obj.socket), agent, token, reconnect))
+
+
+def _mcp_verb(verb: str, done: str) -> None:
+    @mcp_group.command(verb, help=doc(f"mcp.{verb}"))
+    @click.argument("name")
+    @pass_ctx
+    def command(obj: Ctx, name: str) -> None:
+        res: m.McpInstances = obj.call(f"mcp.{verb}", REGISTRY[f"mcp.{verb}"].params(name=name))
+        click.echo(f"{done} {name} ({plural(res.instances, 'instance')})")
+
+
+for _verb, _done in (("start", "started"), ("stop", "stopped"), ("restart", "restarted")):
+    _mcp_verb(_verb, _done)
+
+
+@mcp_group.command("login")
+@click.argument("name")
+@click.option("--config", "-c", "config", metavar="PATH", default=None,
+              help="Config file (default: as for `corral daemon`).")
+@click.option("--port", type=int, default=0, show_default=True,
+              help="Loopback port for the redirect (0: any free port).")
+def mcp_login(name: str, config: str | None, port: int) -> None:
+    """Authorize corral for a remote server with auth = "oauth" (OAuth 2.1, PKCE)."""
+    import asyncio
+
+    from .login import LoginError, login
+
+    try:
+        path = asyncio.run(login(Path(config or default_config()), name, port,
+                                 lambda text: click.echo(text)))
+    except LoginError as exc:
+        click.echo(f"corral: login to {name} failed: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(f"logged in to {name}; tokens in {path}")
+
+
+ANY_AGENT = "any agent"
+
+
+def print_mcp(servers: list[m.McpInstanceStatus]) -> None:
+    rows = [[f"{s.name}#{s.instance}", s.state, str(s.pid or "-"),
+             s.protocol_version or "-", str(s.tools), str(s.calls), str(s.errors),
+             s.owner or ANY_AGENT] for s in servers]
+    # FOR: the agent a per-agent instance serves; one of the pool serves any agent that
+    # may use the server (which tenants may: its `tenant` and `shared`, docs/tenants.md)
+    table(rows, ["SERVER", "STATE", "PID", "PROTOCOL", "TOOLS", "CALLS", "ERRORS", "FOR"])

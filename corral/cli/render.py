@@ -1,0 +1,57 @@
+"""How results are shown: JSON for scripts, tables, and times, bytes and latencies as
+people read them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+import msgspec
+
+from ..text import iso_time
+
+
+def print_json(obj: Any) -> None:
+    """A result (a Struct: its fields in their order, absent ones left out) or plain
+    values, as `--json` prints them."""
+    click.echo(json.dumps(msgspec.to_builtins(obj), indent=2, sort_keys=False))
+
+
+def table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    click.echo(fmt.format(*headers).rstrip())
+    for r in rows:
+        click.echo(fmt.format(*r).rstrip())
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)  # pragma: no cover
+
+
+def millis(v: float) -> str:
+    """A latency in ms, as people read them: 0.42, 12.3, 5764."""
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
+
+
+def human_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def stamp(t: float) -> str:
+    """A time in a table: ISO 8601, UTC, as in the logs."""
+    return iso_time(t)

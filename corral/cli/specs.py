@@ -1,0 +1,212 @@
+"""Agents' specs: add agents, update one, describe one as it is in effect."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import methods as m
+from .app import Ctx, cli, complete_agents, doc, json_option, pass_ctx
+from .client import EXIT_FAILED
+from .render import print_json
+
+_POLICY = ("restart", "max_restarts", "restart_window", "backoff_initial", "backoff_max",
+           "stable_after", "start_timeout", "stop_timeout")
+_TASKS = ("max_concurrent_tasks", "max_queue", "task_timeout", "cancel_grace", "retries",
+          "rate_per_minute", "max_tool_calls_per_task")
+_DESCRIBED = {"name", "command", "release", "version", "cwd", "user", "group", "env",
+              "replicas", "autostart", "limits", "tools", *_POLICY, *_TASKS}
+
+
+def _spec_value(v: Any) -> str:
+    """A spec's value on one line: a table as its keys' `k = v`, a list joined."""
+    if v is None or v == [] or v == {}:
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, dict):
+        return ", ".join(f"{k} = {_spec_value(x) if isinstance(x, dict) else json.dumps(x)}"
+                         for k, x in v.items())
+    if isinstance(v, list):
+        return ", ".join(x if isinstance(x, str) else json.dumps(x) for x in v)
+    return str(v)
+
+
+@cli.command(help=doc("agents.describe"))
+@click.argument("name", shell_complete=complete_agents)
+@json_option
+@pass_ctx
+def describe(obj: Ctx, name: str, as_json: bool) -> None:
+    res: m.DescribeResult = obj.call("agents.describe", m.AgentsDescribe(name=name))
+    if as_json:
+        print_json(res)
+        return
+    spec = res.spec
+    click.echo(f"name: {res.name}")
+    click.echo(f"origin: {res.origin}")
+    click.echo(f"revision: {res.revision if res.revision is not None else '-'}")
+    click.echo(f"command: {' '.join(shlex.quote(a) for a in res.argv)}")
+    if spec.get("release"):  # an agent package's
+        click.echo(f"release: {os.path.basename(spec['release'])} (version "
+                   f"{spec.get('version') or '-'}, {spec['release']})")
+    click.echo(f"cwd: {spec['cwd']}")
+    click.echo(f"user: {spec['user'] or '-'}" + (f" group: {spec['group']}"
+                                                   if spec["group"] else ""))
+    click.echo(f"env keys: {', '.join(spec['env']) or '-'}")
+    click.echo(f"replicas: {spec['replicas']}  autostart: {str(spec['autostart']).lower()}")
+    click.echo("policy: " + ", ".join(f"{k} = {spec[k]}" for k in _POLICY))
+    click.echo("tasks: " + ", ".join(f"{k} = {spec[k]}" for k in _TASKS))
+    limits = {k: v for k, v in spec["limits"].items() if v}
+    click.echo("limits: " + (", ".join(f"{k} = {v}" for k, v in limits.items()) or "none"))
+    click.echo(f"tools: {', '.join(spec['tools']) or '-'}")
+    # every other key the daemon gave, as it is in effect: none hidden behind --json
+    for key in sorted(set(spec) - _DESCRIBED):
+        click.echo(f"{key}: {_spec_value(spec[key])}")
+    for r in res.replicas:
+        click.echo(f"{res.name}#{r.replica}: {r.state}"
+                   + (f" (pid {r.pid})" if r.pid else ""))
+
+
+def _read_agents_file(path: str) -> dict[str, dict[str, Any]]:
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        click.echo(f"corral: {path}: syntax error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    agents = data.get("agents")
+    if not isinstance(agents, dict) or not agents:
+        click.echo(f"corral: {path}: no [agents.NAME] tables", err=True)
+        sys.exit(EXIT_FAILED)
+    base = Path(path).resolve().parent
+    for table in agents.values():
+        if isinstance(table, dict):
+            cwd = table.get("cwd")
+            if cwd is None:
+                table["cwd"] = str(base)
+            elif isinstance(cwd, str) and not os.path.isabs(cwd):
+                table["cwd"] = str((base / cwd).resolve())
+    return agents
+
+
+@cli.command(short_help="Add agents at runtime from a TOML file or flags.")
+@click.argument("file", required=False)
+@click.option("--name", help="Agent name (with --command instead of FILE).")
+@click.option("--command", "command", help="Command line, split like a shell would.")
+@click.option("--replicas", type=click.IntRange(min=0), default=None)
+@click.option("--restart", "restart_", type=click.Choice(["always", "on-failure", "never"]),
+              default=None)
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE")
+@click.option("--cwd", default=None)
+@click.option("--tenant", default=None,
+              help="The tenant the agent is in, its quotas counted (default: default).")
+@click.option("--no-check", is_flag=True,
+              help="Add even if the command is not (yet) an executable on PATH or a file.")
+@click.option("--cluster", "cluster", is_flag=True,
+              help="A cluster agent: its spec kept in the cluster's Redis, its replicas "
+                   "placed on live nodes (docs/cluster.md).")
+@click.option("--protocol", type=click.Choice(["corral", "none"]), default=None,
+              help='"none": any program (a web server, a script), supervised but given no '
+                   "tasks; its stdout and stderr are its log (default: corral, a worker).")
+@click.option("--ready", "ready", type=click.Choice(["started", "notify"]), default=None,
+              help="With --protocol none: ready once started (default), or once it sends "
+                   "READY=1 to $NOTIFY_SOCKET.")
+@pass_ctx
+def add(obj: Ctx, file: str | None, name: str | None, command: str | None,
+        replicas: int | None, restart_: str | None, env: tuple[str, ...],
+        cwd: str | None, tenant: str | None, no_check: bool, cluster: bool,
+        protocol: str | None, ready: str | None) -> None:
+    if file and (name or command):
+        raise click.UsageError("give a FILE or --name/--command, not both")
+    for flag, value, shape in (("tenant", tenant, "NAME"), ("protocol", protocol, "none"),
+                               ("ready", ready, "notify")):
+        if file and value is not None:
+            raise click.UsageError(f"--{flag} goes with --name/--command; in a FILE, write "
+                                   f'{flag} = "{shape}" in each [agents.NAME] table')
+    if file:
+        agents = _read_agents_file(file)
+    else:
+        if not (name and command):
+            raise click.UsageError("give a FILE, or both --name and --command")
+        table: dict[str, Any] = {"command": command, "cwd": os.path.abspath(cwd or ".")}
+        if replicas is not None:
+            table["replicas"] = replicas
+        if restart_:
+            table["restart"] = restart_
+        if tenant is not None:
+            table["tenant"] = tenant
+        if protocol is not None:
+            table["protocol"] = protocol
+        if ready is not None:
+            table["ready"] = ready
+        if env:
+            pairs = [e.split("=", 1) for e in env]
+            if any(len(p) != 2 for p in pairs):
+                raise click.BadParameter("use KEY=VALUE", param_hint="--env")
+            table["env"] = dict(pairs)
+        agents = {name: table}
+    res: m.Added = obj.call("agents.add", m.AgentsAdd(agents=agents, check=not no_check,
+                                                      cluster=cluster))
+    click.echo(f"added: {', '.join(res.added)}")
+add.help = doc("agents.add") + "\n\nFILE holds [agents.NAME] tables as in the config file."
+
+
+@cli.command(help=doc("agents.update") + "\n\nExample: corral update web --env LEVEL=debug "
+             "--unset-env OLD --set limits.memory_mb=512")
+@click.argument("name", shell_complete=complete_agents)
+@click.option("--command", "command", help="A new command line, split like a shell would.")
+@click.option("--replicas", type=click.IntRange(min=0), default=None)
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable.")
+@click.option("--unset-env", "unset_env", multiple=True, metavar="KEY",
+              help="Take a variable away.")
+@click.option("--set", "set_", multiple=True, metavar="KEY=JSON",
+              help="Any key of the table (dots into tables: limits.memory_mb=512); the "
+                   "value is JSON (a bare word is a string); null takes the key away.")
+@click.option("--no-check", is_flag=True,
+              help="Take a command that is not (yet) an executable on PATH or a file.")
+@pass_ctx
+def update(obj: Ctx, name: str, command: str | None, replicas: int | None,
+           env: tuple[str, ...], unset_env: tuple[str, ...], set_: tuple[str, ...],
+           no_check: bool) -> None:
+    patch: dict[str, Any] = {}
+    for item in set_:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: use KEY=JSON", param_hint="--set")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw  # a bare word: a string, as a person means it
+        *tables, last = key.split(".")
+        at = patch
+        for t in tables:
+            at = at.setdefault(t, {})
+            if not isinstance(at, dict):
+                raise click.BadParameter(f"{key}: {t} is set to a value above",
+                                         param_hint="--set")
+        at[last] = value
+    if command is not None:
+        patch["command"] = command
+    if replicas is not None:
+        patch["replicas"] = replicas
+    if env or unset_env:
+        pairs = [e.split("=", 1) for e in env]
+        if any(len(p) != 2 for p in pairs):
+            raise click.BadParameter("use KEY=VALUE", param_hint="--env")
+        patch.setdefault("env", {}).update({**dict(pairs), **dict.fromkeys(unset_env)})
+    if not patch:
+        raise click.UsageError("nothing to change: give --command, --replicas, --env, "
+                               "--unset-env or --set")
+    res: m.Updated = obj.call("agents.update", m.AgentsUpdate(name=name, set=patch,
+                                                              check=not no_check))
+    click.echo(f"{name}: " + (f"revision {res.revision}: {res.change}"
+                              if res.revision is not None else res.change))

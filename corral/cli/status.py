@@ -1,0 +1,234 @@
+"""Reading the fleet: `status` (and its --watch) and `stats` (and its history)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+import msgspec
+
+from .. import methods as m
+from ..text import iso_time, plural
+from .app import Ctx, cli, doc, json_option, names_arg, pass_ctx
+from .cluster import print_nodes
+from .durations import SINCE
+from .mcp import print_gateway, print_mcp
+from .render import human_bytes, human_time, millis, print_json, stamp, table
+
+# (paused: an operator's choice, not a failure)
+RUNNING_STATES = ("starting", "ready", "busy", "idle", "paused")
+EXIT_NOT_RUNNING = 3  # as `systemctl status`: some listed agent is failed or not running
+
+
+@cli.command(help=doc("agents.status") + "\n\nExits 3 (as `systemctl status` does) when "
+             "any listed replica is failed or not running, so scripts can check health.")
+@names_arg
+@click.option("--watch", is_flag=True,
+              help="Then a line per replica state change as it happens (agents.watch), "
+                   "until interrupted; with --json, each notification as a JSON line.")
+@click.option("--tenant", default=None, metavar="TENANT",
+              help="Only the agents of this tenant.")
+@click.option("--cluster", "cluster", is_flag=True,
+              help="Then the nodes of this daemon's cluster (as `corral nodes`); with "
+                   "--json, under \"nodes\".")
+@json_option
+@pass_ctx
+def status(obj: Ctx, names: tuple[str, ...], watch: bool, tenant: str | None,
+           cluster: bool, as_json: bool) -> None:
+    if watch:
+        if tenant is not None or cluster:
+            raise click.UsageError("--tenant or --cluster and --watch: name the agents to "
+                                   "watch instead")
+        _watch(obj, names, as_json)
+        return
+    st: m.AgentsStatusResult = obj.call("agents.status", m.AgentsStatus(names=list(names),
+                                                                         tenant=tenant))
+    nodes: m.NodesResult | None = obj.call("nodes.list", m.NodesList()) if cluster else None
+    down = any(a.state not in RUNNING_STATES for a in st.agents)
+    if as_json:
+        if nodes is None:
+            print_json(st)
+        else:
+            click.echo(json.dumps({**msgspec.to_builtins(st),
+                                   "nodes": msgspec.to_builtins(nodes.nodes)}, indent=2))
+    else:
+        print_status(st, with_mcp=not names)
+        if nodes is not None:
+            click.echo("")
+            print_nodes(nodes)
+        for notice in st.notices:  # the daemon's own (a drain, an extra not serving)
+            click.echo(f"corral: {notice}", err=True)
+    if down:
+        sys.exit(EXIT_NOT_RUNNING)
+
+
+def _watch(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
+    def on_note(method: str, params: Any) -> None:
+        if as_json:
+            click.echo(json.dumps({"event": method, **params}))
+        elif method == "agents.snapshot":
+            if params["resync"]:
+                missed = params["missed"]
+                click.echo(f"corral: {'some' if missed is None else missed} change(s) "
+                           "missed; the fleet as it is now:", err=True)
+            print_status(msgspec.convert({"agents": params["replicas"], "mcp_servers": [],
+                                          "tasks": {}}, m.AgentsStatusResult),
+                         with_mcp=False)
+        elif method == "agents.transition":
+            pid = f"[{params['pid']}]" if params["pid"] else ""
+            # the time as log lines stamp it
+            click.echo(f"{iso_time(params['time'], ms=True)} "
+                       f"{params['agent']}#{params['replica']}{pid} "
+                       f"{params['previous']} -> {params['state']}: {params['reason']}")
+        elif method == "agents.health":
+            click.echo(f"{iso_time(params['time'], ms=True)} "
+                       f"{params['agent']}#{params['replica']} {params['text']}")
+        elif method == "agents.roster":
+            n = len(params["replicas"])
+            click.echo(f"{iso_time(params['time'], ms=True)} {params['agent']}: "
+                       + ("removed" if params.get("removed", not n) else plural(n, "replica")))
+        sys.stdout.flush()
+
+    obj.call("agents.watch", m.AgentsWatch(names=list(names)), on_notification=on_note)
+
+
+# the states of a replica that takes work (supervisor/lifecycle.py SERVING, which the CLI
+# does not import)
+SERVING_STATES = frozenset({"ready", "idle", "busy"})
+
+
+def print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
+    rows = []
+    for a in st.agents:
+        serving = a.state in SERVING_STATES
+        # readiness ([health]): serving, but no new task goes to it
+        unready = serving and a.ready is False
+        rows.append([
+            f"{a.name}#{a.replica}",
+            f"{a.state} (unready)" if unready else a.state, str(a.pid or "-"),
+            human_time(a.uptime), str(a.restarts), f"{a.cpu_percent:.1f}",
+            human_bytes(a.rss_bytes) if a.rss_bytes else "-",
+            a.reason if not serving else (
+                f"unready: {a.health}" if unready and a.health else
+                # a plain program's own word (STATUS= on its $NOTIFY_SOCKET)
+                f"status: {a.status_text}" if a.status_text else
+                f"last exit: {a.last_exit}" if a.last_exit else ""),
+        ])
+    table(rows, ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "REASON"])
+    if with_mcp and st.mcp_servers:
+        click.echo()
+        print_mcp(st.mcp_servers)
+    for name, e in st.elastic.items():
+        line = (f"{name}: {e.state}, {plural(e.replicas, 'replica')} (autoscale "
+                f"{e.min_replicas}..{e.max_replicas}, wants {e.desired})")
+        if e.state == "asleep":
+            line += "; a task wakes it"
+        click.echo(line + (f"; last: {e.last}" if e.last else ""))
+    for name, slots in st.cluster_slots.items():
+        click.echo(f"{name}: cluster agent, {plural(len(slots), 'slot')}"
+                   + "".join(f"; slot {i} on {node}" if node else
+                             f"; slot {i} waiting for a node with room"
+                             for i, node in enumerate(slots)))
+    for name, t in st.tasks.items():
+        if t and t.accepted:
+            rate = t.success_rate
+            click.echo(f"{name}: {plural(t.accepted, 'task')}, {t.running} running, "
+                       f"{t.queue_depth} queued"
+                       + (f", {rate:.1%} succeeded" if rate is not None else ""))
+
+
+@cli.command(help=doc("stats.get") + "\n\nWith --since: the metrics history instead "
+                                      "(stats.history).")
+@click.option("--since", default=None, metavar="DURATION",
+              help="The metrics history of the last DURATION (30s, 5m, 2h, 1d).")
+@click.option("--agent", default=None, help="With --since: one agent's history.")
+@click.option("--resolution", type=click.Choice(["raw", "minute", "hour"]), default=None,
+              help="With --since: the samples' resolution (default: the finest kept).")
+@json_option
+@pass_ctx
+def stats(obj: Ctx, since: str | None, agent: str | None, resolution: str | None,
+          as_json: bool) -> None:
+    if since is not None:
+        _stats_history(obj, since, agent, resolution, as_json)
+        return
+    if agent is not None or resolution is not None:
+        raise click.UsageError("--agent and --resolution go with --since")
+    st: m.StatsResult = obj.call("stats.get")
+    if as_json:
+        print_json(st)
+        return
+    s = st.supervisor
+    click.echo(f"uptime {human_time(s.uptime)}  active {s.active}  spawned "
+               f"{s.spawned}  restarts {s.restarts}  failures {s.failures}  "
+               f"log lines {s.log_lines}"
+               + (f" ({s.log_lines_dropped} not in their files)"
+                  if s.log_lines_dropped else ""))
+    rows = []
+    for n, a in st.agents.items():
+        t = st.tasks.agents.get(n)
+        lat = t.latency_ms if t is not None else None
+        rows.append([n, str(a.serving) + "/" + str(a.replicas), str(a.restarts),
+                     f"{a.cpu_percent:.1f}", human_bytes(a.rss_bytes),
+                     *(str(v) for v in ((t.accepted, t.succeeded,
+                                         t.failed + t.timed_out + t.lost, t.cancelled,
+                                         t.queue_depth)
+                                        if t is not None else (0, 0, 0, 0, 0))),
+                     "-" if lat is None or lat.p50 is None else "/".join(
+                         millis(v) for v in (lat.p50, lat.p95, lat.p99) if v is not None)])
+    table(rows, ["AGENT", "SERVING", "RESTARTS", "CPU%", "RSS", "TASKS", "OK", "FAILED",
+                 "CANCELLED", "QUEUED", "P50/P95/P99 MS"])
+    _print_usage(st.agents)
+    print_gateway(st.gateway)
+
+
+def _print_usage(agents: dict[str, m.AgentStats]) -> None:
+    """Token and cost usage per agent and model, when an agent reported any; then its
+    budgets' windows, and why its tasks wait if a budget holds them."""
+    rows, windows = [], []
+    for name, a in agents.items():
+        u = a.usage
+        if u is None:
+            continue
+        for model, mu in sorted(u.models.items()):
+            rows.append([name, model, f"{mu.input_tokens:,}", f"{mu.output_tokens:,}",
+                         f"{mu.cost_usd:.4f}", str(mu.reports)])
+        windows.append([name, f"{u.tokens_last_minute:,.0f}", f"{u.tokens_last_day:,.0f}",
+                        f"{u.cost_usd_last_day:.4f}", u.waiting or "-"])
+    if rows:
+        click.echo("")
+        table(rows, ["AGENT", "MODEL", "INPUT TOKENS", "OUTPUT TOKENS", "COST USD",
+                     "REPORTS"])
+    if windows:
+        click.echo("")
+        table(windows, ["AGENT", "TOKENS/MINUTE", "TOKENS/DAY", "USD/DAY", "WAITING"])
+
+
+def _stats_history(obj: Ctx, since: str, agent: str | None, resolution: str | None,
+                   as_json: bool) -> None:
+    mt = SINCE.match(since)
+    if not mt:
+        raise click.BadParameter("use a duration like 30s, 5m, 2h or 1d",
+                                 param_hint="--since")
+    seconds = float(mt.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[mt.group(2)]
+    if seconds <= 0:
+        raise click.BadParameter("the duration must be more than 0", param_hint="--since")
+    h: m.MetricsHistoryResult = obj.call("stats.history", m.StatsHistory(
+        since=seconds, agent=agent, resolution=resolution))  # type: ignore[arg-type]
+    if as_json:
+        print_json(h)
+        return
+    click.echo(f"{agent or 'fleet'}: {plural(len(h.samples), 'sample')} at the "
+               f"{h.resolution} resolution (every {h.interval:g} s)"
+               + (", the newest only" if h.truncated else ""))
+    rows = []
+    for x in h.samples:
+        rows.append([stamp(x.time), f"{x.agents:g}", f"{x.serving:g}/{x.replicas:g}",
+                     f"{x.cpu_percent:.1f}", human_bytes(x.rss_bytes), f"{x.queued:g}",
+                     f"{x.per_minute:g}",
+                     "-" if x.error_rate is None else f"{x.error_rate * 100:.1f}",
+                     "-" if x.avg_ms is None else "/".join(
+                         millis(v) for v in (x.avg_ms, x.p50_ms, x.p95_ms) if v is not None)])
+    table(rows, ["TIME", "AGENTS", "SERVING", "CPU%", "RSS", "QUEUED", "EXEC/MIN",
+                 "ERR%", "AVG/P50/P95 MS"])

@@ -1,0 +1,227 @@
+"""Tasks: run one, list them, show one, cancel one."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from .. import methods as m
+from .app import Ctx, cli, complete_agents, doc, json_option, pass_ctx
+from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Unreachable
+from .durations import duration
+from .render import human_time, print_json, table
+
+MAX_INPUT = 16 * 1024 * 1024 - 4096
+
+
+def _read_input(value: str) -> msgspec.Raw:
+    if value == "-":
+        data = sys.stdin.buffer.read()
+    elif value.startswith("@"):
+        try:
+            data = Path(value[1:]).read_bytes()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}",
+                                     param_hint="--input") from None
+    else:
+        data = value.encode()
+    if len(data) > MAX_INPUT:
+        click.echo(f"corral: input too large: {len(data)} bytes is over the {MAX_INPUT}-byte "
+                   "limit", err=True)
+        sys.exit(EXIT_FAILED)
+    try:
+        # checked here (a clear usage error), sent on as the bytes it is: no objects built
+        raw: msgspec.Raw = msgspec.json.decode(data, type=msgspec.Raw)
+    except msgspec.DecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--input") from None
+    return raw
+
+
+reconnect_option = click.option(
+    "--reconnect", type=click.FloatRange(min=0), default=60.0, show_default=True,
+    metavar="SECONDS",
+    help="If the daemon goes away while waiting (a restart), reconnect for this long and "
+         "wait again for the same task.")
+
+
+def _wait_again(obj: Ctx, task_id: str, reconnect: float) -> m.TaskInfo:
+    """The daemon went away while we waited: reconnect and wait for the task by its id
+    (the journal keeps it across a restart of the daemon)."""
+    click.echo(f"corral: lost the daemon while waiting for task {task_id}; reconnecting",
+               err=True)
+    deadline = time.monotonic() + reconnect
+    while True:
+        try:
+            with obj.client(wait_forever=True) as c:
+                info: m.TaskInfo = c.ask("tasks.get", {"task_id": task_id, "wait": True})
+                return info
+        except Unreachable as exc:
+            if time.monotonic() >= deadline:
+                click.echo(f"corral: {exc}", err=True)
+                sys.exit(EXIT_UNREACHABLE)
+            time.sleep(0.2)
+        except CallFailed as exc:
+            click.echo(f"corral: {exc.message}", err=True)
+            sys.exit(EXIT_FAILED)
+
+
+@cli.command("run", help=doc("tasks.run") + "\n\nExits 0 only when the task succeeded.")
+@click.argument("agent", shell_complete=complete_agents)
+@click.option("--input", "input_", default="null", metavar="JSON|@FILE|-",
+              help="The task's input: JSON, @file with JSON, or - for stdin (default: "
+                   "null, for an agent that takes none).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds the task may run once started (default: the agent's "
+                   "task_timeout); time waiting in the queue is not counted, and `run` "
+                   "waits for the task's end however long it waits.")
+@click.option("--priority", type=int, default=0, show_default=True,
+              help="Higher runs first among waiting tasks.")
+@click.option("--detach", is_flag=True, help="Print the task id and return at once.")
+@click.option("--local", is_flag=True,
+              help="With [cluster]: run it on this node, not on whichever node has room.")
+@reconnect_option
+@json_option
+@pass_ctx
+def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority: int,
+             detach: bool, local: bool, reconnect: float, as_json: bool) -> None:
+    task_input = _read_input(input_)
+    accepted: list[str] = []
+
+    def on_note(method: str, params: Any) -> None:
+        if method == "task.accepted":
+            accepted.append(params["task_id"])
+        elif method == "task.progress" and not as_json:
+            total = f"/{params['total']:g}" if params.get("total") is not None else ""
+            msg = f" {params['message']}" if params.get("message") else ""
+            click.echo(f"progress: {params.get('progress', 0):g}{total}{msg}", err=True)
+
+    params = m.TasksRun(agent=agent, input=task_input, timeout=timeout, priority=priority,
+                        detach=detach, local=local)
+    if detach:  # answered at once, with the id of the task that runs on
+        got: m.TaskAccepted = obj.call("tasks.run", params, result=m.TaskAccepted)
+        click.echo(json.dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
+        return
+    res: m.TaskResult
+    try:
+        # the outcome comes when the task ends, however long it waits in the queue (a
+        # sleeping agent, a budget, an unready replica): no client timeout
+        res = obj.call("tasks.run", params, on_notification=on_note, reachable=False,
+                       wait_forever=True)
+    except Unreachable as exc:
+        if not accepted:  # never acknowledged: it may not exist
+            click.echo(f"corral: {exc}", err=True)
+            sys.exit(EXIT_UNREACHABLE)
+        info = _wait_again(obj, accepted[0], reconnect)
+        res = m.TaskResult(info.task_id, info.status, info.output, info.error, info.attempts)
+    if as_json:
+        print_json(res)
+    elif res.status == "succeeded":
+        click.echo(json.dumps(res.output, indent=2))
+    else:
+        why = res.error.message if res.error is not None else ""
+        click.echo(f"corral: task {res.task_id} {res.status}: {why}", err=True)
+    if res.status != "succeeded":
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command("tasks", help=doc("tasks.list"))
+@click.option("--agent", default=None, shell_complete=complete_agents)
+@click.option("-n", "--limit", default=50, show_default=True, type=click.IntRange(min=0))
+@click.option("--since", default=None, metavar="DURATION",
+              help="Only tasks created within this long ago: 90s, 15m, 1h, 2d.")
+@click.option("--status", default=None,
+              type=click.Choice(["queued", "running", "succeeded", "failed", "timed_out",
+                                 "cancelled", "lost"]),
+              help="Only tasks with this status.")
+@click.option("--before", default=None, metavar="TASK_ID",
+              help="Only tasks accepted before this one: the next page (older tasks).")
+@click.option("--local", is_flag=True,
+              help="With [cluster]: this node's own tasks (run with --local), not the "
+                   "cluster's.")
+@json_option
+@pass_ctx
+def tasks_list(obj: Ctx, agent: str | None, limit: int, since: str | None,
+               status: str | None, before: str | None, local: bool, as_json: bool) -> None:
+    res: m.TaskList = obj.call("tasks.list", m.TasksList(
+        agent=agent, limit=limit, status=status, since=duration(since), before=before,
+        local=local))
+    if as_json:
+        print_json(res)
+        return
+    now = time.time()
+    rows = [[t.task_id, t.agent, t.status, str(t.priority), str(t.attempts),
+             human_time(now - t.created) + " ago"] for t in res.tasks]
+    head = ["TASK", "AGENT", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED"]
+    if any(isinstance(t.node, str) for t in res.tasks):  # a cluster's tasks
+        for row, t in zip(rows, res.tasks, strict=True):
+            row.insert(3, t.node if isinstance(t.node, str) else "-")
+        head.insert(3, "NODE")
+    table(rows, head)
+    if isinstance(res.next, str):
+        click.echo(f"older tasks: the same with --before {res.next}", err=True)
+
+
+@cli.command("task", help=doc("tasks.get"))
+@click.argument("task_id")
+@click.option("--wait", is_flag=True, help="Wait until the task has finished.")
+@click.option("--input", "with_input", is_flag=True,
+              help="Show the input it was sent too (kept with its record; tasks:read).")
+@reconnect_option
+@json_option
+@pass_ctx
+def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, reconnect: float,
+             as_json: bool) -> None:
+    res: m.TaskInfo
+    try:
+        res = obj.call("tasks.get", m.TasksGet(task_id=task_id, wait=wait, input=with_input),
+                       reachable=not wait, wait_forever=wait)
+    except Unreachable:
+        res = _wait_again(obj, task_id, reconnect)
+    if as_json:
+        print_json(res)
+        return
+    if with_input:
+        click.echo("input: " + (json.dumps(res.input) if res.input is not msgspec.UNSET
+                                else "(not kept: a cluster task, or a daemon without a "
+                                     "journal)"))
+    for key in ("task_id", "agent", "status", "priority", "queue_wait", "tool_calls",
+                "progress", "output", "error"):
+        val = msgspec.to_builtins(getattr(res, key))
+        if key == "output" and res.output_dropped:
+            val = "(dropped from memory: the daemon keeps tasks_kept_mb of outputs)"
+        if val is not None:
+            click.echo(f"{key}: {json.dumps(val) if isinstance(val, dict | list) else val}")
+    if res.waiting is not None:
+        click.echo(f"waiting: {res.waiting}")
+    if res.usage is not None:
+        u = res.usage
+        click.echo(f"usage: {u.input_tokens + u.output_tokens:,} tokens ({u.input_tokens:,} "
+                   f"in, {u.output_tokens:,} out), ${u.cost_usd:.4f}, models "
+                   + ", ".join(sorted(u.models)))
+    for i, a in enumerate(res.attempts, 1):
+        click.echo(f"attempt {i}: {where(a)}{a.outcome}" + (f" ({a.error})" if a.error
+                                                            else ""))
+
+
+def where(a: m.Attempt) -> str:
+    """Where an attempt ran, as far as it is known: a cluster attempt a node claimed but
+    had not yet given to a replica (cluster.records.NOT_STARTED) names none, nor a pid."""
+    node = f"node {a.node} " if isinstance(a.node, str) else ""
+    if a.replica < 0:
+        return f"{node}(claimed, {'waiting for' if a.outcome == 'running' else 'never on'} " \
+               "a replica) "
+    return f"{node}replica {a.replica} " + (f"pid {a.pid} " if a.pid is not None else "")
+
+
+@cli.command("cancel", help=doc("tasks.cancel"))
+@click.argument("task_id")
+@pass_ctx
+def task_cancel(obj: Ctx, task_id: str) -> None:
+    res: m.TaskInfo = obj.call("tasks.cancel", m.TasksCancel(task_id=task_id))
+    click.echo(f"{res.task_id}: {res.status}")

@@ -1,0 +1,91 @@
+"""Tenants: list them with their use beside their quotas, add, set, remove."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .. import methods as m
+from .app import Ctx, cli, doc, json_option, pass_ctx
+from .render import print_json, table
+
+
+@cli.group(invoke_without_command=True, help=doc("tenants.list"))
+@json_option
+@pass_ctx
+@click.pass_context
+def tenants(ctx: click.Context, obj: Ctx, as_json: bool) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    res: m.TenantList = obj.call("tenants.list")
+    if as_json:
+        print_json(res)
+        return
+    rows = []
+    for t in res.tenants:
+        q, u = t.quotas, t.use
+
+        def beside(used: float, key: str, q: dict[str, Any] = q) -> str:
+            quota = q.get(key)
+            return f"{used:g}/{quota:g}" if quota else f"{used:g}"
+
+        rows.append([t.name, beside(u.agents, "max_agents"),
+                     beside(u.replicas, "max_replicas"), beside(u.queued, "max_queue"),
+                     beside(u.running, "max_concurrent_tasks"),
+                     beside(u.tokens_last_minute, "tokens_per_minute"),
+                     ", ".join(f"{k}={v}" for k, v in q.items() if k not in _SHOWN_BESIDE)
+                     or "-"])
+    table(rows, ["TENANT", "AGENTS", "REPLICAS", "QUEUED", "RUNNING", "TOKENS/MIN",
+                 "OTHER"])
+
+
+_SHOWN_BESIDE = {"max_agents", "max_replicas", "max_queue", "max_concurrent_tasks",
+                 "tokens_per_minute"}
+
+
+@tenants.command("add", help=doc("tenants.add") + "\n\nFILE holds [tenants.NAME] tables.")
+@click.argument("file")
+@pass_ctx
+def tenants_add(obj: Ctx, file: str) -> None:
+    import tomllib
+
+    try:
+        with open(file, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.UsageError(f"{file}: {exc}") from None
+    tables = data.get("tenants")
+    if not isinstance(tables, dict) or not tables:
+        raise click.UsageError(f"{file}: no [tenants.NAME] tables")
+    res: m.Added = obj.call("tenants.add", m.TenantsAdd(tenants=tables))
+    click.echo(f"added: {', '.join(res.added)}")
+
+
+@tenants.command("set", help=doc("tenants.set"))
+@click.argument("name")
+@click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
+@pass_ctx
+def tenants_set(obj: Ctx, name: str, pairs: tuple[str, ...]) -> None:
+    import tomllib
+
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"use KEY=VALUE, not {pair!r}", param_hint="KEY=VALUE")
+        try:  # a TOML value (4, 2.5, "bwrap"); a bare word is a string
+            changes[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            changes[key] = value
+    res: m.TenantEntry = obj.call("tenants.set", m.TenantsSet(name=name, set=changes))
+    click.echo(f"tenant {res.name}: " + (", ".join(f"{k}={v}" for k, v in res.quotas.items())
+                                         or "no quotas"))
+
+
+@tenants.command("remove", help=doc("tenants.remove"))
+@click.argument("names", nargs=-1, required=True)
+@pass_ctx
+def tenants_remove(obj: Ctx, names: tuple[str, ...]) -> None:
+    res: m.Removed = obj.call("tenants.remove", m.TenantsRemove(names=list(names)))
+    click.echo(f"removed: {', '.join(res.removed)}")

@@ -1,0 +1,78 @@
+"""Bearer tokens of the HTTP API: create, list, revoke."""
+
+from __future__ import annotations
+
+import click
+
+from .. import methods as m
+from .app import Ctx, cli, doc, json_option, pass_ctx
+from .durations import duration
+from .render import print_json, stamp, table
+
+
+@cli.group()
+def token() -> None:
+    """Bearer tokens of the HTTP API: create (shown once), list, revoke."""
+
+
+def _lifetime(value: str | None) -> float | None:
+    try:
+        seconds = duration(value)
+    except click.BadParameter as exc:
+        exc.param_hint = "--expires"
+        raise
+    if seconds is not None and seconds <= 0:
+        raise click.BadParameter("a token's lifetime must be positive", param_hint="--expires")
+    return seconds
+
+
+def _when(t: float | None) -> str:
+    return "never" if t is None else stamp(t)
+
+
+@token.command("create", help=doc("tokens.create"))
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, required=True, metavar="SCOPE",
+              type=click.Choice(sorted(m.SCOPES)), help="A scope it holds (repeat).")
+@click.option("--agents", default=None, metavar="GLOB",
+              help="Only agents whose names match GLOB (e.g. 'web-*').")
+@click.option("--expires", default=None, metavar="DURATION",
+              help="Lifetime, e.g. 30d or 12h (default: never expires).")
+@click.option("--tenant", default=None, metavar="TENANT",
+              help="A tenant's token: it sees and acts on that tenant's objects only.")
+@json_option
+@pass_ctx
+def token_create(obj: Ctx, name: str, scopes: tuple[str, ...], agents: str | None,
+                 expires: str | None, tenant: str | None, as_json: bool) -> None:
+    res: m.TokenCreated = obj.call("tokens.create", m.TokensCreate(
+        name=name, scopes=list(scopes), agents=agents, expires_in=_lifetime(expires),
+        tenant=tenant))
+    if as_json:
+        print_json(res)
+        return
+    click.echo(res.token)
+    click.echo(f"corral: token {res.name} ({', '.join(res.scopes)}"
+               f"{f'; agents {res.agents}' if res.agents else ''}"
+               f"{f'; tenant {res.tenant}' if res.tenant else ''}; expires "
+               f"{_when(res.expires)}): it is shown this once", err=True)
+
+
+@token.command("list", help=doc("tokens.list"))
+@json_option
+@pass_ctx
+def token_list(obj: Ctx, as_json: bool) -> None:
+    res: m.TokenList = obj.call("tokens.list")
+    if as_json:
+        print_json(res)
+        return
+    table([[t.name, ",".join(t.scopes), t.agents or "*", t.tenant or "*",
+            stamp(t.created), _when(t.expires)] for t in res.tokens],
+          ["NAME", "SCOPES", "AGENTS", "TENANT", "CREATED", "EXPIRES"])
+
+
+@token.command("revoke", help=doc("tokens.revoke"))
+@click.argument("name")
+@pass_ctx
+def token_revoke(obj: Ctx, name: str) -> None:
+    res: m.TokenInfo = obj.call("tokens.revoke", m.TokensRevoke(name=name))
+    click.echo(f"revoked token {res.name}")
