@@ -168,7 +168,7 @@ async def test_calls_wait_for_the_services_and_bad_calls_are_refused_before() ->
         def __init__(self) -> None:
             self.stopped = 0
 
-        def request_stop(self) -> None:
+        def request_stop(self, now: bool) -> None:
             self.stopped += 1
 
     admin = Caller(via="test")
@@ -178,7 +178,8 @@ async def test_calls_wait_for_the_services_and_bad_calls_are_refused_before() ->
     assert not waiting.done()
     fake = Fake()
     d.serve(fake)
-    assert msgspec.to_builtins(await asyncio.wait_for(waiting, 5)) == {"stopping": True}
+    assert msgspec.to_builtins(await asyncio.wait_for(waiting, 5)) == {
+        "stopping": True, "drained": None}
     await asyncio.sleep(0)  # the stop is asked for in the next turn
     assert fake.stopped == 1
     assert audited == [("daemon.shutdown", "ok")]

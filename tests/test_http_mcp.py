@@ -119,9 +119,14 @@ async def test_mcp_is_served_by_the_http_server_beside_the_rest_api(tmp_path: Pa
         st = api.d.services.gateway_status()
         assert st["clients"]["full"]["calls"] == 3 and st["clients"]["full"]["errors"] == 1
 
-        # each side with its own tokens: a REST token is no gateway token, and back
+        # one token for every door: a REST token holding mcp:call opens /mcp (issue 36);
+        # one without it, or none, is refused; a gateway file token is no REST token
+        await api.token("rest-only", "agents:read")
         async with aiohttp.ClientSession() as http:
-            for token in (api.tokens["reader"], None):
+            headers = {**ACCEPT, "Authorization": f"Bearer {api.tokens['reader']}"}
+            async with http.post(url, json=INIT, headers=headers) as r:
+                assert r.status == 200
+            for token in (api.tokens["rest-only"], None):
                 headers = {**ACCEPT, **({"Authorization": f"Bearer {token}"}
                                         if token else {})}
                 async with http.post(url, json=INIT, headers=headers) as r:

@@ -76,17 +76,26 @@ LOG_BACKLOG = 100_000
 
 
 def _logs(obj: Ctx, follow: bool, want: m.LogsTail, reconnect: float, as_json: bool) -> None:
-    last: list[float] = []  # the time of the newest line shown
+    # the time of the newest line shown, and the texts shown at that time (lines read
+    # together share one time); after a reconnect, the backlog's lines shown before the
+    # daemon went away are left out
+    last: list[Any] = []
+    resumed = [False]
 
     def show(items: list[LogLine]) -> None:
         for line in items:
-            if last and line.time <= last[0]:
-                continue  # shown before the daemon went away (the last one again too)
+            if resumed[0] and last and (line.time < last[0] or (
+                    line.time == last[0] and line.text in last[1])):
+                continue
             if as_json:
                 click.echo(json.dumps(msgspec.to_builtins(msgspec.structs.asdict(line))))
             else:
                 click.echo(line.render())
-            last[:] = [line.time]
+            if last and line.time == last[0]:
+                last[1].add(line.text)
+            else:
+                last[:] = [line.time, {line.text}]
+        resumed[0] = False
 
     if not follow:
         res: m.LogLines = obj.call("logs.tail", want)
@@ -123,3 +132,4 @@ def _logs(obj: Ctx, follow: bool, want: m.LogsTail, reconnect: float, as_json: b
         if last:
             params = m.LogsFollow(**{**msgspec.structs.asdict(want), "since": last[0],
                                      "lines": LOG_BACKLOG})
+            resumed[0] = True

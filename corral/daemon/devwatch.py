@@ -103,7 +103,9 @@ class Watches:
             # a change under a link out of the directory (the kernel's watches follow
             # it) is not the agent's: another user's files must not restart it, nor be
             # named in its log
-            if os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
+            # (the directory it is in, resolved: a link in the directory is its own)
+            where = os.path.realpath(os.path.dirname(path))
+            if os.path.commonpath([where, real_root]) != real_root:
                 return False
             rel = os.path.relpath(path, root)
             return any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(os.path.basename(rel), g)
