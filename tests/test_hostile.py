@@ -275,7 +275,7 @@ def test_a_bad_name_stored_by_an_older_corral_is_skipped_and_logging_goes_on(
         daemon: Daemon) -> None:
     assert daemon.stop() == 0
     db = sqlite3.connect(daemon.state / "corral.db")
-    table = msgspec.json.encode({"command": f"{PY} {EXAMPLES}/hello.py"}).decode()
+    table = msgspec.json.encode({"command": [PY, f"{EXAMPLES}/hello.py"]}).decode()
     with db:
         db.executemany("INSERT INTO runtime_agents (name, spec, added_at) VALUES (?, ?, 0)",
                        [("a" * 300, table), ("x\n", table), ("fine", table)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 import urllib.error
 import urllib.request
@@ -130,7 +131,7 @@ def test_start_stop_restart_add_remove_and_run_from_the_dashboard() -> None:
 
             # add an agent from the form: other keys of its table as JSON
             pg.fill("#add-name", "added")
-            pg.fill("#add-command", f"{PY} {EXAMPLES}/hello.py")
+            pg.fill("#add-command", shlex.join([PY, f"{EXAMPLES}/hello.py"]))
             pg.fill("#add-extra", "{env: 1}")
             pg.click("#add-submit")
             expect(pg.locator("#add-error")).to_contain_text(
@@ -142,7 +143,7 @@ def test_start_stop_restart_add_remove_and_run_from_the_dashboard() -> None:
                 "agents.add: agents.added.command: /nonexistent/agent: no such file "
                 "(/nonexistent/agent) (--no-check to add it anyway)")
             assert "added#0" not in d.status()
-            pg.fill("#add-command", f"{PY} {EXAMPLES}/hello.py")
+            pg.fill("#add-command", shlex.join([PY, f"{EXAMPLES}/hello.py"]))
             pg.click("#add-submit")
             wait_until(lambda: serving(d, "added#0"), timeout=30, what="added serving")
             expect(fleet.locator('tr[data-agent="added"][data-replica="0"] .state')
