@@ -110,11 +110,7 @@ def scan_source(manifest: Manifest, max_bytes: int, stop: threading.Event | None
     of them (paths, executable bits, contents; a link's text). Nothing is read before it
     is looked at (checked.py): a size past `max_bytes` is refused before a byte is read.
     Blocking: in a thread (checked.in_thread)."""
-    try:
-        root = checked.open_root(str(manifest.directory))
-    except OSError as exc:
-        raise BuildError(f"source: cannot read {manifest.directory}: {exc.strerror}"
-                         ) from None
+    root = _open_root(manifest)
     try:
         found = _walk(root, manifest, stop)
         files = [rel for rel, _ in found]
@@ -263,11 +259,7 @@ def copy_source(manifest: Manifest, files: list[str], dest: Path, expected: str,
     """Copy the files to `dest`, hashing what is written: a source that changed since it
     was planned is refused (its release would not be what its name says)."""
     digest = hashlib.sha256()
-    try:
-        root = checked.open_root(str(manifest.directory))
-    except OSError as exc:
-        raise BuildError(f"source: cannot read {manifest.directory}: {exc.strerror}"
-                         ) from None
+    root = _open_root(manifest)
     try:
         known = set(files)
         for rel in files:
@@ -590,3 +582,12 @@ def _os_error(what: str, exc: OSError, final: Path) -> str:
     if exc.errno == errno.ENOSPC:
         return (f"{what}: the file system of {final.parent} is full: nothing was built")
     return f"{what}: {exc.strerror or exc} ({exc.filename or final})"
+
+
+def _open_root(manifest: Manifest) -> int:
+    """The package's directory, opened as checked.py opens it; BuildError naming it."""
+    try:
+        return checked.open_root(str(manifest.directory))
+    except OSError as exc:
+        raise BuildError(f"source: cannot read {manifest.directory}: {exc.strerror}"
+                         ) from None
