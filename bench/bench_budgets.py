@@ -80,7 +80,7 @@ async def rebuild(n: int) -> dict[str, float]:
 
     import msgspec
 
-    from corral.daemon.store import open_database
+    from corral.daemon.storeschema import open_database
     from corral.daemon.taskjournal import TaskJournalDB
     from corral.supervisor.tasks import Budgets, ModelUsage, Usage
     from corral.supervisor.tasks.budget import DAY

@@ -57,7 +57,7 @@ ECHO = ROOT / "bench" / "echo_agent.py"
 
 # -- 1. the Python API ----------------------------------------------------------------------
 async def api_round(journal_on: bool, d: Path) -> float:
-    from corral.daemon.store import open_database
+    from corral.daemon.storeschema import open_database
     from corral.daemon.taskjournal import TaskJournalDB
 
     journal = None
@@ -174,7 +174,7 @@ def restart_after_crash(seeded: bool) -> dict[str, float]:
 
 # -- 4. memory after 10,000 finished 100 KB tasks --------------------------------------------
 async def rss_child(journal_on: bool, n: int) -> dict[str, float]:
-    from corral.daemon.store import open_database
+    from corral.daemon.storeschema import open_database
     from corral.daemon.taskjournal import TaskJournalDB
 
     d = workdir("journal-rss")

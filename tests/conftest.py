@@ -94,7 +94,7 @@ def _a_tests_own_children_are_its_own(monkeypatch: pytest.MonkeyPatch) -> Iterat
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     """A new state database (migrated), for the journal in-process."""
-    from corral.daemon.store import open_database
+    from corral.daemon.storeschema import open_database
 
     path = tmp_path / "state" / "corral.db"
     open_database(path).close()

@@ -541,7 +541,7 @@ async def test_a_journal_from_before_usage_is_migrated_and_a_failed_migration_ke
     the windows rebuild from nothing."""
     import sqlite3
 
-    from corral.daemon import store
+    from corral.daemon import storeschema as store
     from corral.daemon.taskjournal import TaskJournalDB
 
     path = tmp_path / "corral.db"

@@ -15,7 +15,8 @@ import pytest
 
 from corral.daemon import checkpointer as checkpointer_mod
 from corral.daemon.checkpointer import Checkpointer
-from corral.daemon.store import WriterThread, connect
+from corral.daemon.storeschema import connect
+from corral.daemon.storewriter import WriterThread
 
 from .test_gateway_stdio import wait_until_async
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 
-from corral.daemon.store import open_database
+from corral.daemon.storeschema import open_database
 from corral.daemon.taskjournal import YOUNG_FOR, TaskJournalDB
 from corral.supervisor import Supervisor
 from corral.supervisor.tasks import Output, Task

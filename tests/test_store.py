@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from corral.daemon import store
-from corral.daemon.store import SCHEMA_VERSION, StateStore, StoreError, open_database
+from corral.daemon import storeschema
+from corral.daemon.store import StateStore
+from corral.daemon.storeschema import SCHEMA_VERSION, StoreError, open_database
 
 from .conftest import ROOT
 from .daemon_harness import Daemon
@@ -61,7 +62,7 @@ def test_a_database_from_before_schema_versions_is_migrated_with_its_rows(
     old.close()
     s = StateStore(path)
     try:
-        assert store.schema_version(s.db) == SCHEMA_VERSION
+        assert storeschema.schema_version(s.db) == SCHEMA_VERSION
         assert {"runtime_agents", "agent_state", "audit", "tasks"} <= tables(s.db)
         assert s.runtime_agents() == {"extra": {"command": "x"}}
         assert s.states() == {("extra", 0): (2.0, {"step": 3})}
@@ -74,10 +75,11 @@ def test_a_database_from_before_schema_versions_is_migrated_with_its_rows(
 def test_a_new_migration_is_one_appended_entry_applied_once(tmp_path: Path) -> None:
     path = tmp_path / "corral.db"
     open_database(path).close()
-    more = [*store.MIGRATIONS, "CREATE TABLE extra (x INTEGER);\nINSERT INTO extra VALUES (1);"]
-    db = store.connect(path)
-    assert store.migrate(db, more) == SCHEMA_VERSION + 1
-    assert store.migrate(db, more) == SCHEMA_VERSION + 1  # nothing left to apply
+    more = [*storeschema.MIGRATIONS,
+            "CREATE TABLE extra (x INTEGER);\nINSERT INTO extra VALUES (1);"]
+    db = storeschema.connect(path)
+    assert storeschema.migrate(db, more) == SCHEMA_VERSION + 1
+    assert storeschema.migrate(db, more) == SCHEMA_VERSION + 1  # nothing left to apply
     assert db.execute("SELECT count(*) FROM extra").fetchone() == (1,)
     db.close()
 
@@ -85,11 +87,11 @@ def test_a_new_migration_is_one_appended_entry_applied_once(tmp_path: Path) -> N
 def test_a_failing_migration_leaves_the_previous_version_whole(tmp_path: Path) -> None:
     path = tmp_path / "corral.db"
     open_database(path).close()
-    broken = [*store.MIGRATIONS, "CREATE TABLE half (x INTEGER);\nNOT SQL AT ALL;"]
-    db = store.connect(path)
+    broken = [*storeschema.MIGRATIONS, "CREATE TABLE half (x INTEGER);\nNOT SQL AT ALL;"]
+    db = storeschema.connect(path)
     with pytest.raises(sqlite3.OperationalError, match="syntax error"):
-        store.migrate(db, broken)
-    assert store.schema_version(db) == SCHEMA_VERSION
+        storeschema.migrate(db, broken)
+    assert storeschema.schema_version(db) == SCHEMA_VERSION
     assert "half" not in tables(db)
     db.close()
 

@@ -21,10 +21,12 @@ import psutil
 import pytest
 
 from corral import jsonrpc
-from corral.daemon import store as store_mod
+from corral.daemon import storeschema
 from corral.daemon.api import Caller
 from corral.daemon.revisions import RevisionLog, forgetting_scaled, setting_scaled
-from corral.daemon.store import StateStore, StoreError, StoreWriter
+from corral.daemon.store import StateStore
+from corral.daemon.storeschema import StoreError
+from corral.daemon.storewriter import StoreWriter
 from corral.jsonrpc import RpcError
 from corral.supervisor import State
 
@@ -56,7 +58,7 @@ async def lockable_store(db: Path, errors: list[str], notices: list[str]
 
 async def test_audit_rows_that_cannot_be_written_are_kept_bounded_and_caught_up(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_MS", 100)  # a lock fails an attempt fast
+    monkeypatch.setattr(storeschema, "BUSY_TIMEOUT_MS", 100)  # a lock fails an attempt fast
     db = tmp_path / "corral.db"
     errors: list[str] = []
     notices: list[str] = []
@@ -131,7 +133,7 @@ async def test_a_write_that_raises_is_dropped_alone_and_the_writer_thread_lives_
         assert [r[2] for r in store.audit_log()] == [1]
         assert writer.stats() == {"failing_since": None, "waiting": {}, "lost": 0}
         # a command's record that raises is refused; the thread still serves the next one
-        with pytest.raises(store_mod.StoreError) as refused:
+        with pytest.raises(StoreError) as refused:
             await asyncio.wait_for(store.commit([lambda db: [][1]]), 10)
         assert str(refused.value) == (f"state database {db} cannot be written (IndexError: "
                                       "list index out of range)")
@@ -166,7 +168,7 @@ async def test_a_callback_that_raises_after_a_commit_holds_nothing_up(
 
 async def test_a_commands_record_is_committed_behind_the_writes_kept_before_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(storeschema, "BUSY_TIMEOUT_MS", 100)
     db = tmp_path / "corral.db"
     async with lockable_store(db, [], []) as (store, writer, holder):
         await store.commit([setting_scaled("x", 2, 1)])  # `corral scale x 2`
@@ -175,7 +177,7 @@ async def test_a_commands_record_is_committed_behind_the_writes_kept_before_it(
         await writer.committed()  # failed: kept
         assert writer.pending() == {"kept scale": 1}
         # while the kept write cannot be written, a command's record is refused
-        with pytest.raises(store_mod.StoreError) as refused:
+        with pytest.raises(StoreError) as refused:
             await store.commit([setting_scaled("x", 6, 1)])
         assert str(refused.value) == f"state database {db} cannot be written (database is locked)"
         holder.execute("ROLLBACK")  # the disk recovers; the kept write's retry is not due

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import msgspec
 
-from corral.daemon import store
-from corral.daemon.store import open_database
+from corral.daemon import storeschema
+from corral.daemon.storeschema import open_database
 from corral.daemon.taskjournal import TaskJournalDB
 from corral.supervisor import Supervisor
 from corral.supervisor.tasks import LocalQueue, Queue, Task, TaskRecord, TaskStatus, new_id
@@ -174,7 +174,8 @@ OLD_ROW = ("INSERT INTO tasks (seq, id, agent, priority, timeout, retries_left, 
 async def test_a_journal_keyed_by_sequence_is_migrated_to_task_ids(tmp_path: Path) -> None:
     db_path = tmp_path / "corral.db"
     db = sqlite3.connect(db_path, isolation_level=None)
-    assert store.migrate(db, store.MIGRATIONS[:4]) == 4  # the schema before task-id keys
+    # the schema before task-id keys
+    assert storeschema.migrate(db, storeschema.MIGRATIONS[:4]) == 4
     now = time.time()
     done_attempt = b'[{"replica":0,"pid":1,"started":1.0,"finished":2.0,"outcome":"succeeded"}]'
     # old ids: 12 hex characters, not in the order of their sequence numbers
@@ -190,7 +191,7 @@ async def test_a_journal_keyed_by_sequence_is_migrated_to_task_ids(tmp_path: Pat
     db.close()
 
     db = open_database(db_path)  # migrates
-    assert store.schema_version(db) == store.SCHEMA_VERSION
+    assert storeschema.schema_version(db) == storeschema.SCHEMA_VERSION
     rows = db.execute("SELECT id, arrival, priority, status, input, output FROM tasks "
                       "ORDER BY arrival").fetchall()
     columns = [c[1] for c in db.execute("PRAGMA table_info(tasks)")]

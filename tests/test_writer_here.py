@@ -14,8 +14,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from corral.daemon import store as store_mod
-from corral.daemon.store import HERE_MAX, StateStore, open_database
+from corral.daemon import storeschema, storewriter
+from corral.daemon.store import StateStore
+from corral.daemon.storeschema import open_database
+from corral.daemon.storewriter import HERE_MAX
 from corral.daemon.taskjournal import TaskJournalDB
 from corral.supervisor.tasks import Task
 
@@ -25,7 +27,7 @@ LOOP = threading.get_ident()
 NAMES = itertools.count()
 
 
-def noting(seen: list[int]) -> store_mod.Write:
+def noting(seen: list[int]) -> storewriter.Write:
     """A write of a row of its own that notes the thread it ran on."""
     name = f"w{next(NAMES)}"
 
@@ -88,7 +90,7 @@ async def test_a_batch_of_many_bytes_is_committed_by_the_thread(tmp_path: Path) 
     store = StateStore(db)
     writer = store.open_writer()
     try:
-        store.save_state("big", 0, 1.0, "x" * store_mod.HERE_BYTES)
+        store.save_state("big", 0, 1.0, "x" * storewriter.HERE_BYTES)
         await writer.committed()
         assert (writer.thread.here, writer.thread.handed) == (0, 1)
         store.save_state("small", 0, 1.0, "x")
@@ -115,7 +117,7 @@ async def test_a_write_lock_held_elsewhere_sends_the_batch_to_the_thread_at_once
         await asyncio.sleep(0)  # the turn that flushes the batch
         await asyncio.sleep(0)
         held = time.monotonic() - began
-        assert held < store_mod.BUSY_TIMEOUT_MS / 1000 / 4, held
+        assert held < storeschema.BUSY_TIMEOUT_MS / 1000 / 4, held
         assert seen[:1] == [LOOP]  # tried on the loop, which gave way at once
         assert (writer.thread.here, writer.thread.handed) == (0, 1)
         commit = asyncio.ensure_future(writer.committed())
@@ -126,12 +128,12 @@ async def test_a_write_lock_held_elsewhere_sends_the_batch_to_the_thread_at_once
         assert rows(db) == 1
         # the connection's own timeout is back for the thread's next waits
         (ms,) = writer.thread._db.execute("PRAGMA busy_timeout").fetchone()
-        assert ms == store_mod.BUSY_TIMEOUT_MS
+        assert ms == storeschema.BUSY_TIMEOUT_MS
 
 
 async def test_a_slow_commit_on_the_loop_sends_the_next_ones_to_the_thread_for_a_while(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_mod, "HERE_PAUSE", 0.3)
+    monkeypatch.setattr(storewriter, "HERE_PAUSE", 0.3)
     db = tmp_path / "corral.db"
     store = StateStore(db)
     writer = store.open_writer()
@@ -140,7 +142,7 @@ async def test_a_slow_commit_on_the_loop_sends_the_next_ones_to_the_thread_for_a
 
         def slow(db: sqlite3.Connection) -> None:  # a disk that takes its time
             seen.append(threading.get_ident())
-            time.sleep(store_mod.HERE_SLOW * 2)
+            time.sleep(storewriter.HERE_SLOW * 2)
 
         writer.submit(slow)
         await writer.committed()
@@ -150,7 +152,7 @@ async def test_a_slow_commit_on_the_loop_sends_the_next_ones_to_the_thread_for_a
         assert seen[0] == LOOP and seen[1] != LOOP
         assert (writer.thread.here, writer.thread.handed) == (1, 1)
         # the pause over, small batches are made on the loop again
-        await asyncio.sleep(max(0.0, paused + store_mod.HERE_PAUSE - time.monotonic()))
+        await asyncio.sleep(max(0.0, paused + storewriter.HERE_PAUSE - time.monotonic()))
         writer.submit(noting(seen))
         await writer.committed()
         assert seen[2] == LOOP
@@ -207,7 +209,7 @@ async def test_a_job_that_raises_on_the_loop_is_rolled_back_and_told(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # not the slow-commit pause's test: a loaded host that keeps the loop off a core
     # past HERE_SLOW during the broken job must not send the next one to the thread
-    monkeypatch.setattr(store_mod, "HERE_SLOW", 3600.0)
+    monkeypatch.setattr(storewriter, "HERE_SLOW", 3600.0)
     db = tmp_path / "corral.db"
     store = StateStore(db)
     thread = store.open_writer().thread

@@ -71,7 +71,9 @@ from .notify import Notifier
 from .packages.service import Packages
 from .revisions import RevisionLog, describe_change, spec_table
 from .services import Services
-from .store import StateStore, StoreError, StoreWriter
+from .store import StateStore
+from .storeschema import StoreError
+from .storewriter import StoreWriter
 from .taskjournal import TaskJournalDB
 from .tasks import TaskDesk
 from .tenantdirs import TenantDirs

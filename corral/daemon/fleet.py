@@ -51,7 +51,9 @@ from .revisions import (
     spec_table,
     unrecording,
 )
-from .store import StateStore, StoreError, StoreWriter, what_to_do
+from .store import StateStore
+from .storeschema import StoreError
+from .storewriter import StoreWriter, what_to_do
 
 Report = Callable[..., None]  # (text, priority=6): a line of the daemon's own log
 

@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
 
 class Store(Protocol):
-    """What the history needs of the StateStore (store.py imports this module for its
-    migration, so not the class itself): the file, and its writer once open (StoreWriter,
+    """What the history needs of the StateStore (storeschema.py imports this module for
+    its migration, so not the class itself): the file, and its writer once open (StoreWriter,
     or None)."""
 
     @property

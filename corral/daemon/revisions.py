@@ -3,8 +3,8 @@ state database (who, when, what changed, the whole spec), so `corral history` ca
 and `corral rollback` can go back to any of them. Also where `corral scale` is kept, so a
 scaled agent keeps its replica count across daemon restarts and reloads.
 
-The tables are migration 4 of store.py; this module only reads them (RevisionLog, on the
-loop's connection) and makes their writes (functions of a connection, run by store.py's
+The tables are migration 4 of storeschema.py; this module only reads them (RevisionLog, on the
+loop's connection) and makes their writes (functions of a connection, run by storewriter.py's
 writer thread: a command's own in the transaction it commits before acting, the config
 file's through StoreWriter).
 """
@@ -23,7 +23,7 @@ import msgspec
 from ..redact import NAMED_ONLY
 from ..supervisor.config import AgentSpec
 
-# appended to store.MIGRATIONS (one entry: see store.py's rule)
+# appended to storeschema.MIGRATIONS (one entry: see its rule)
 MIGRATION = """
 CREATE TABLE revisions (
     agent TEXT NOT NULL,
@@ -168,7 +168,7 @@ class RevisionLog:
         return {a: (r, d) for a, r, d in rows}
 
 
-# -- writes: functions of the writer's connection (store.py runs them on its thread) -----
+# -- writes: functions of the writer's connection (storewriter.py runs them on its thread) -----
 Write = Callable[[sqlite3.Connection], None]
 
 

@@ -36,7 +36,7 @@ under the newer changes of their tasks and are tried again every `RETRY_EVERY` s
 Meanwhile `committed()` fails for what waits on the failed attempt (so `tasks.run` refuses
 a task it cannot record), reads still answer, and running tasks go on. The failure is told
 once, and so is the write that catches up; what is still unwritten at shutdown is named.
-The batching, the keeping and the retries are store.py's GroupCommit, which StoreWriter
+The batching, the keeping and the retries are storewriter.py's GroupCommit, which StoreWriter
 uses as well, so the rest of the database's writes behave alike.
 """
 
@@ -68,7 +68,8 @@ from ..supervisor.tasks import (
 )
 from ..supervisor.tasks.budget import MINUTE
 from ..text import iso_time, plural
-from .store import RETRY_EVERY, GroupCommit, WriterThread, connect, errors_named
+from .storeschema import connect, errors_named
+from .storewriter import RETRY_EVERY, GroupCommit, WriterThread
 
 log = logging.getLogger("corral.taskjournal")
 
@@ -125,7 +126,7 @@ class TaskJournalDB:
                  on_error: Callable[[str], None] | None = None,
                  on_notice: Callable[[str], None] | None = None,
                  writer: WriterThread | None = None) -> None:
-        """`writer`: the daemon's one writer thread of the database (store.py), shared
+        """`writer`: the daemon's one writer thread of the database (storewriter.py), shared
         with the store's own writes; without one, the journal starts its own."""
         self.path = path
         self.max_age = max_age

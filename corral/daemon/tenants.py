@@ -31,7 +31,9 @@ from ..supervisor.config import DEFAULT_TENANT, Config, ConfigError, TenantSpec,
 from ..supervisor.core import Supervisor
 from ..supervisor.tasks.budget import BUDGET_PREFIX
 from ..supervisor.tenantcgroups import notice
-from .store import StateStore, StoreError, what_to_do
+from .store import StateStore
+from .storeschema import StoreError
+from .storewriter import what_to_do
 
 Report = Callable[..., None]
 # the keys corral enforces everywhere; the kernel's are in `enforced` where it does

@@ -39,7 +39,9 @@ from ...supervisor.runas import out_of_reach
 from ...text import plural
 from ..fleet import Fleet
 from ..revisions import Revision, RevisionLog, recording, spec_table, unrecording
-from ..store import StateStore, StoreError, what_to_do
+from ..store import StateStore
+from ..storeschema import StoreError
+from ..storewriter import what_to_do
 from . import checked
 from .build import Builder, BuildError, Plan, find_uv
 from .manifest import read_manifest

@@ -1,0 +1,332 @@
+"""The state database's schema and opening: an SQLite database (WAL) in the state
+directory, created 0600 in a 0700 directory (SQLite gives its -wal and -shm files the same
+mode), and brought to this corral's schema version before anything reads it.
+
+Schema versions. The database's schema version is SQLite's `PRAGMA user_version`: the
+number of entries of `MIGRATIONS` that have been applied to it. At start-up `open_database`
+applies the missing ones in order, each in its own transaction together with the new
+version number, so a crash mid-migration leaves the previous version intact. To change the
+schema, append ONE entry to `MIGRATIONS` (SQL, or a function of the connection for a data
+migration) and never edit an entry that has landed: databases in the field have run it.
+
+    MIGRATIONS.append(...)      # that is the whole procedure
+
+A database written by a newer corral (a higher version than this code knows), one that is
+locked by another process, read-only or corrupt stops the daemon at start-up with a
+`StoreError` that names the file and what to do; nothing is ever reset silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .history import MIGRATION as HISTORY_MIGRATION
+from .revisions import MIGRATION as REVISIONS_MIGRATION
+
+BUSY_TIMEOUT_MS = 2000  # another process's transaction may hold the write lock this long
+
+Migration = str | Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: list[Migration] = [
+    # 1: the schema before versioning existed (IF NOT EXISTS: databases written then
+    # already have these tables, at user_version 0)
+    """
+    CREATE TABLE IF NOT EXISTS runtime_agents (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        added_at REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS agent_state (
+        name TEXT NOT NULL,
+        replica INTEGER NOT NULL,
+        time REAL NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (name, replica)
+    );
+    CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        uid INTEGER NOT NULL,
+        pid INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        params TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    """,
+    # 2: the task journal. `seq` is the engine's acceptance order (the queue's tie-break);
+    # input, error, attempts and progress are JSON as the engine holds them; `output` is
+    # the worker's task/run result as it sent it ({"output": ...}).
+    """
+    CREATE TABLE tasks (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        agent TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        timeout REAL NOT NULL,
+        retries_left INTEGER NOT NULL,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        status TEXT NOT NULL,
+        tool_calls INTEGER NOT NULL DEFAULT 0,
+        input BLOB,
+        output BLOB,
+        error BLOB,
+        attempts BLOB NOT NULL,
+        progress BLOB
+    );
+    CREATE INDEX tasks_unfinished ON tasks (seq) WHERE finished IS NULL;
+    CREATE INDEX tasks_finished ON tasks (finished) WHERE finished IS NOT NULL;
+    CREATE INDEX tasks_created ON tasks (created);
+    """,
+    # 3: containment. An incarnation is one run of the daemon, committed before it starts
+    # anything and deleted at a clean shutdown; `processes` holds the record of each
+    # process it runs (containment.ProcessRecord as JSON), deleted at its exit.
+    """
+    CREATE TABLE incarnations (
+        owner TEXT PRIMARY KEY,
+        pid INTEGER NOT NULL,
+        start_time INTEGER NOT NULL,
+        started_at REAL NOT NULL
+    );
+    CREATE TABLE processes (
+        token TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX processes_owner ON processes (owner);
+    """,
+    # 4: agents' spec revisions and kept scale counts (revisions.py)
+    REVISIONS_MIGRATION,
+    # 5: the task journal keyed by the task id (ids are unique across processes: UUIDv7);
+    # `arrival` is the order tasks were accepted in, across daemons (the old `seq`)
+    """
+    CREATE TABLE tasks_by_id (
+        id TEXT PRIMARY KEY,
+        arrival INTEGER,
+        agent TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        timeout REAL NOT NULL,
+        retries_left INTEGER NOT NULL,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        status TEXT NOT NULL,
+        tool_calls INTEGER NOT NULL DEFAULT 0,
+        input BLOB,
+        output BLOB,
+        error BLOB,
+        attempts BLOB NOT NULL,
+        progress BLOB
+    );
+    INSERT INTO tasks_by_id (id, arrival, agent, priority, timeout, retries_left, created,
+                             started, finished, status, tool_calls, input, output, error,
+                             attempts, progress)
+        SELECT id, seq, agent, priority, timeout, retries_left, created, started, finished,
+               status, tool_calls, input, output, error, attempts, progress
+        FROM tasks ORDER BY seq;
+    DROP TABLE tasks;
+    ALTER TABLE tasks_by_id RENAME TO tasks;
+    CREATE INDEX tasks_arrival ON tasks (arrival);
+    CREATE INDEX tasks_unfinished ON tasks (arrival) WHERE finished IS NULL;
+    CREATE INDEX tasks_finished ON tasks (finished) WHERE finished IS NOT NULL;
+    CREATE INDEX tasks_created ON tasks (created);
+    """,
+    # 6: the HTTP API's bearer tokens (tokens.py): a token's SHA-256, never the token;
+    # `scopes` a JSON list, `agents` a glob of the agent names it may see, `expires`
+    # unix time or NULL; and who asked, on audit rows ("token NAME", or NULL: a socket
+    # peer, whose uid and pid say it)
+    """
+    CREATE TABLE tokens (
+        name TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        scopes TEXT NOT NULL,
+        agents TEXT,
+        created REAL NOT NULL,
+        expires REAL
+    );
+    ALTER TABLE audit ADD COLUMN who TEXT;
+    """,
+    # 7: the metrics history (history.py): samples, per-minute and per-hour roll-ups
+    HISTORY_MIGRATION,
+    # 8: the usage a task's worker reported (usage/report; tasks/budget.py), JSON: the
+    # budgets' windows are rebuilt from it after a restart
+    """
+    ALTER TABLE tasks ADD COLUMN usage BLOB;
+    """,
+    # 9: tenants (daemon/tenants.py): those added or changed at runtime (`declared`: a
+    # config tenant's table when it was changed, so that an edit of the file wins), the
+    # tenant of a token, and the caller's tenant on audit rows
+    """
+    CREATE TABLE runtime_tenants (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        declared TEXT,
+        time REAL NOT NULL
+    );
+    ALTER TABLE tokens ADD COLUMN tenant TEXT;
+    ALTER TABLE audit ADD COLUMN tenant TEXT;
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The state database cannot be used; the message names the file and what to do."""
+
+
+def _explain(path: Path, exc: sqlite3.Error) -> StoreError:
+    """Turn SQLite's error into one an operator can act on."""
+    text = str(exc)
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in text:
+        return StoreError(
+            f"state database {path} is locked by another process ({text}): is another "
+            "corral daemon using the same state_dir? Stop it, or give this daemon its own "
+            "state_dir")
+    if code == sqlite3.SQLITE_READONLY or "readonly" in text or "read-only" in text:
+        return StoreError(
+            f"state database {path} is read-only ({text}): make the file and its directory "
+            f"writable by uid {os.geteuid()}, or set [supervisor] state_dir to a writable "
+            "directory")
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT) or (
+            "not a database" in text or "malformed" in text):
+        return StoreError(
+            f"state database {path} is corrupt ({text}): corral will not reset it. Move it "
+            "aside (with its -wal and -shm files) to start with an empty state, or restore "
+            "it from a backup; `sqlite3 FILE .recover` may save its contents")
+    if code == sqlite3.SQLITE_CANTOPEN or "unable to open" in text:
+        return StoreError(
+            f"state database {path} cannot be opened ({text}): check that its directory "
+            f"exists and is writable by uid {os.geteuid()}")
+    return StoreError(f"state database {path}: {text}")
+
+
+@contextlib.contextmanager
+def errors_named(path: Path) -> Iterator[None]:
+    """SQLite errors of start-up reads become StoreErrors naming the file."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise _explain(path, exc) from None
+
+
+def prepare_state_dir(directory: Path) -> None:
+    """The state directory exists and only its owner may enter it (0700)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = directory.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        directory.chmod(0o700)
+
+
+def connect(path: Path, *, sync: str = "normal") -> sqlite3.Connection:
+    """A connection with corral's settings (WAL, busy timeout, `sync` = normal | full)."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                         timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
+
+
+def open_database(path: Path, *, sync: str = "normal") -> sqlite3.Connection:
+    """Open (creating it 0600 if new) and migrate the database; StoreError if it cannot."""
+    try:
+        prepare_state_dir(path.parent)
+    except OSError as exc:
+        raise StoreError(f"state directory {path.parent} cannot be created or used "
+                         f"({exc.strerror}): set [supervisor] state_dir to a directory "
+                         f"uid {os.geteuid()} may write") from None
+    # SQLite would open an unwritable file read-only and fail at the first write: say so
+    # now, and about the directory too (WAL needs its -wal and -shm files beside the file)
+    for what, target in (("state database", path), ("state directory", path.parent)):
+        if target.exists() and not os.access(target, os.W_OK, effective_ids=True):
+            why = ("on a read-only file system" if os.statvfs(target).f_flag & os.ST_RDONLY
+                   else f"not writable by uid {os.geteuid()}")
+            raise StoreError(
+                f"{what} {target} is read-only ({why}): make "
+                f"the file and its directory writable by uid {os.geteuid()}, or set "
+                "[supervisor] state_dir to a writable directory")
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    except OSError as exc:
+        raise StoreError(f"state database {path} cannot be created ({exc.strerror}): set "
+                         f"[supervisor] state_dir to a directory uid {os.geteuid()} may "
+                         "write") from None
+    try:
+        db = connect(path, sync=sync)
+    except sqlite3.Error as exc:
+        raise _explain(path, exc) from None
+    try:
+        migrate(db)
+    except sqlite3.Error as exc:
+        db.close()
+        raise _explain(path, exc) from None
+    except StoreError as exc:
+        db.close()
+        raise StoreError(f"state database {path}: {exc}") from None
+    return db
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(db: sqlite3.Connection, migrations: list[Migration] | None = None) -> int:
+    """Apply the migrations the database has not had; its schema version afterwards."""
+    steps = MIGRATIONS if migrations is None else migrations
+    # BEGIN IMMEDIATE: a daemon racing us waits here rather than migrating twice
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = schema_version(db)
+        if version > len(steps):
+            raise StoreError(
+                f"its schema version {version} is newer than this corral knows "
+                f"({len(steps)}): run the corral that wrote it, or a newer one")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    for number in range(version + 1, len(steps) + 1):
+        step = steps[number - 1]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if schema_version(db) >= number:  # another process did it meanwhile
+                db.execute("COMMIT")
+                continue
+            if callable(step):
+                step(db)
+            else:
+                for statement in _statements(step):
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {number}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    return schema_version(db)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (executescript would commit midway)."""
+    out: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                out.append(current.strip())
+            current = ""
+    if current.strip():
+        out.append(current.strip())
+    return out
+
+

@@ -1,0 +1,582 @@
+"""The state database's commit path: its one writer thread (`WriterThread`), the group
+commit that batches writes on the loop for it (`GroupCommit`, shared with the task
+journal), the outage a failing write begins (`Outage`), and `StoreWriter`, which keeps the
+writes that must never hold up their cause (process records, checkpoints, audit rows)
+while the database cannot be written."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable
+from pathlib import Path
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from ..text import iso_time, plural
+from . import storeschema
+from .checkpointer import Checkpointer
+from .storeschema import StoreError, connect
+
+log = logging.getLogger("corral.store")
+
+Write = Callable[[sqlite3.Connection], None]
+
+RETRY_EVERY = 1.0  # seconds between attempts while the database cannot be written
+# WriterThread.run_here: a batch this small may be committed on the loop; a job there that
+# took longer than HERE_SLOW (longer than the loop is usually kept off a core: the disk is
+# slow) sends the next ones to the thread for HERE_PAUSE seconds, so a slow disk holds the
+# loop up once in that time
+HERE_MAX = 16
+HERE_BYTES = 64 * 1024  # and a batch this large in all (a task's output, a checkpoint)
+HERE_SLOW = 0.02
+HERE_PAUSE = 10.0
+MAX_KEPT = 10_000  # StoreWriter's writes kept in memory while it cannot write; then dropped
+# SQLite's primary result codes of a write that may work when tried again: a full disk, an
+# I/O error (EFBIG past a file size limit is one), a read-only file (a remount), a lock
+TRANSIENT = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR,
+                       sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
+                       sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_PROTOCOL})
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a write that raised `exc` may work when tried again (the database cannot be
+    written now), rather than being wrong (a constraint, a missing table). An error SQLite
+    itself did not raise has no result code (a parameter Python cannot bind, a bug in the
+    write): trying it again would fail the same way, so it is wrong, never an outage."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in TRANSIENT
+
+
+def described(exc: BaseException) -> str:
+    """SQLite's message as it is; any other exception with its type (it is a bug)."""
+    return str(exc) if isinstance(exc, sqlite3.Error) else f"{type(exc).__name__}: {exc}"
+
+
+def what_to_do() -> str:
+    return (f"free space on its file system, or make it and its directory writable by uid "
+            f"{os.geteuid()}")
+
+
+class Outage:
+    """A writer's failure to write, from the first failed attempt until one works: the
+    task journal and StoreWriter share it, so both behave alike. `failed()` says whether
+    this failure is the first (the one to tell); `recovered()` the wall time the outage
+    began (the catch-up to tell), or None when there was none; `schedule()` the next
+    attempt: this loop turn's end, or RETRY_EVERY after the last failure."""
+
+    __slots__ = ("error", "retry_at", "since")
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # wall time of the first failure
+        self.retry_at = 0.0  # loop time of the next attempt
+        self.error = ""  # the first failure's reason
+
+    @property
+    def failing(self) -> bool:
+        return self.since is not None
+
+    def failed(self, loop: asyncio.AbstractEventLoop, error: str) -> bool:
+        self.retry_at = loop.time() + RETRY_EVERY
+        if self.since is not None:
+            return False
+        self.since, self.error = time.time(), error
+        return True
+
+    def recovered(self) -> float | None:
+        since, self.since = self.since, None
+        return since
+
+    def schedule(self, loop: asyncio.AbstractEventLoop, flush: Callable[[], None]
+                 ) -> asyncio.Handle:
+        if self.since is None:
+            return loop.call_soon(flush)
+        return loop.call_at(self.retry_at, flush)
+
+
+class WriterThread:
+    """The state database's one writer: a thread with its own connection that runs jobs
+    (functions of the connection) in the order given. The task journal's batches and
+    prunes, StoreWriter's batches and the control commands' records (`commit`) all run
+    here, so SQLite work never waits on the loop and two writers never contend for the
+    database's write lock. A job's `done(error)` is called on the loop, with SQLite's
+    message if the job raised (after a rollback). The writer's commits never checkpoint
+    the WAL: a Checkpointer thread beside it does (checkpointer.py).
+
+    `run_here(job)` runs a job on the loop instead, on the same connection, when that
+    cannot hold the loop up for long or put a job out of order: nothing is queued or
+    running here, a commit is not an fsync (sync "normal": only the one that starts the
+    WAL again after a checkpoint copied all of it syncs the WAL's header), the last such
+    job was quick, and another process holding the write lock makes it give way at once
+    rather than wait. A small batch is then committed without the two hand-overs between
+    the loop and this thread, each a wake-up that a busy host can delay by a scheduler
+    tick (bench/RESULTS.md, "one hand-over fewer")."""
+
+    def __init__(self, path: Path, *, sync: str = "normal") -> None:
+        self.path = path
+        self._loop = asyncio.get_running_loop()
+        self._busy_ms = storeschema.BUSY_TIMEOUT_MS  # what connect() gave it
+        self._db = connect(path, sync=sync)
+        try:
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self.checkpointer = Checkpointer(connect(path, sync=sync), path)
+        except sqlite3.Error:
+            self._db.close()
+            raise
+        self.sync = sync
+        self._jobs: queue.SimpleQueue[tuple[Write, Callable[[str | None], None] | None]
+                                      | None] = queue.SimpleQueue()
+        # jobs given to the thread and not yet finished: the loop runs one itself only at
+        # 0, so the connection is never used by two threads and jobs keep their order
+        self._unfinished = 0
+        self._count_lock = threading.Lock()
+        self._here_until = 0.0  # after a slow job on the loop: none there before this
+        self._closing = False
+        self.here = 0  # jobs run on the loop (tests read these)
+        self.handed = 0  # and by the thread
+        self._thread = threading.Thread(target=self._run, name="corral-store", daemon=True)
+        self._thread.start()
+
+    def run(self, job: Write, done: Callable[[str | None], None] | None = None) -> None:
+        with self._count_lock:
+            self._unfinished += 1
+        self.handed += 1
+        self._jobs.put((job, done))
+
+    def run_here(self, job: Write) -> tuple[bool, str | None]:
+        """Run `job` on the calling (loop) thread if it can be done without waiting (see
+        the class doc): (True, its error or None), or (False, None) when it was not run
+        and should be given to `run`, as when another connection holds the write lock."""
+        if self.sync != "normal" or self._closing or time.monotonic() < self._here_until:
+            return False, None
+        with self._count_lock:
+            if self._unfinished:
+                return False, None
+            self._unfinished += 1  # the thread's, until this job is done
+        db = self._db
+        began = time.monotonic()
+        try:
+            try:
+                db.execute("PRAGMA busy_timeout = 0")
+            except sqlite3.Error:
+                return False, None  # the thread tries it, and says what is wrong
+            try:
+                job(db)
+            except sqlite3.Error as exc:
+                self._rollback(db)
+                if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_BUSY,
+                                                                   sqlite3.SQLITE_LOCKED):
+                    return False, None  # the thread waits for the lock; the loop may not
+                return True, described(exc)
+            except Exception as exc:
+                self._rollback(db)
+                return True, self._failed(exc)
+            finally:
+                try:
+                    db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+                except sqlite3.Error as exc:  # the job's outcome stands; the thread's
+                    # next wait for a lock is then shorter than it should be
+                    log.error("state database %s: the busy timeout could not be set "
+                              "again (%s)", self.path, exc)
+                if time.monotonic() - began > HERE_SLOW:
+                    self._here_until = time.monotonic() + HERE_PAUSE
+        finally:
+            with self._count_lock:
+                self._unfinished -= 1
+        self.here += 1
+        self.checkpointer.wrote()
+        return True, None
+
+    async def commit(self, writes: Iterable[Write]) -> None:
+        """Run `writes` in one transaction, now; StoreError, naming the file and the
+        reason, if it is not committed. StateStore.commit puts it behind what StoreWriter
+        holds."""
+        batch = list(writes)
+        done: asyncio.Future[str | None] = self._loop.create_future()
+
+        def job(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                write(db)
+            db.execute("COMMIT")
+
+        self.run(job, done.set_result)
+        error = await done
+        if error is not None:
+            raise StoreError(f"state database {self.path} cannot be written ({error})")
+
+    def _run(self) -> None:
+        db = self._db
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            job, done = item
+            error: str | None = None
+            try:
+                job(db)
+            except Exception as exc:  # the thread outlives any one job
+                # (every command's record, the task journal and shutdown wait on it)
+                error = self._failed(exc)
+                self._rollback(db)
+            with self._count_lock:
+                self._unfinished -= 1
+            if error is None:
+                self.checkpointer.wrote()
+            if done is not None:
+                self._loop.call_soon_threadsafe(done, error)
+            elif error is not None:
+                log.error("state database %s: %s", self.path, error)
+
+    def _failed(self, exc: Exception) -> str:
+        if not isinstance(exc, sqlite3.Error):
+            log.error("state database %s: a write failed", self.path, exc_info=exc)
+        return described(exc)
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+
+    async def close(self) -> None:
+        """After the jobs given so far: stop the thread and the checkpointer's, close the
+        connections."""
+        self._closing = True
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self.checkpointer.close)
+        self._db.close()
+
+
+V = TypeVar("V")
+
+
+class GroupCommit(Generic[V]):
+    """Writes gathered on the loop and committed by the writer thread in one transaction a
+    batch (group commit without a timer): one flush per loop turn hands what waits to the
+    thread, and while it writes, the next batch gathers. A batch small enough is
+    committed on the loop when the thread is idle (`WriterThread.run_here`). The task
+    journal (its rows) and StoreWriter (its writes) are both one of these.
+
+    Writes are keyed: one with the key of a waiting one takes its place, `merge`d with it
+    (a task's newer snapshot, a superseded checkpoint). A batch that cannot be written
+    (`Outage`) loses nothing: its writes wait again in front of the newer ones (merged
+    under them) and are tried again every RETRY_EVERY seconds. `settled(batch, error)` is
+    told on the loop after each attempt, once the writes are back in place if it failed;
+    what waits on the batch (`committed()`) then resolves, or fails with `error_type`
+    when there is one; `explain` turns SQLite's message into the one they all see.
+    (`first_failure` says, while `settled` runs, whether a failure
+    began an outage: it is told once.)"""
+
+    def __init__(self, thread: WriterThread,
+                 job: Callable[[sqlite3.Connection, list[V]], None],
+                 settled: Callable[[list[V], str | None], None], *,
+                 merge: Callable[[V, V], V] | None = None,
+                 size: Callable[[V], int] | None = None,
+                 error_type: Callable[[str], Exception] | None = None,
+                 explain: Callable[[str], str] | None = None) -> None:
+        self.thread = thread
+        self._job = job
+        self._settled = settled
+        self._merge = merge
+        self._size = size
+        self._error_type = error_type
+        self._explain = explain
+        self._loop = asyncio.get_running_loop()
+        self.pending: dict[Hashable, V] = {}  # in the order they came; replaced in place
+        self.inflight: list[tuple[Hashable, V]] = []
+        self.waiting_bytes = 0  # `size` of what is pending and in flight
+        self._pending_done: asyncio.Future[None] | None = None
+        self._inflight_done: asyncio.Future[None] | None = None
+        self._flush_scheduled = False
+        self.outage = Outage()
+        self.first_failure = False  # the batch just settled failed, and began the outage
+        self._retry: asyncio.Handle | None = None
+
+    def put(self, key: Hashable, value: V) -> None:
+        self._put(key, value)
+        if not self._flush_scheduled and self._inflight_done is None:
+            self._schedule()
+
+    def _put(self, key: Hashable, value: V) -> None:
+        prev = self.pending.get(key)
+        if prev is not None:
+            if self._merge is not None:
+                value = self._merge(prev, value)
+            if self._size is not None:
+                self.waiting_bytes -= self._size(prev)
+        if self._size is not None:
+            self.waiting_bytes += self._size(value)
+        self.pending[key] = value
+
+    def _schedule(self) -> None:
+        """The next flush: this loop turn's end, or the next attempt while failing."""
+        self._flush_scheduled = True
+        self._retry = self.outage.schedule(self._loop, self._flush)
+
+    def retry_now(self) -> None:
+        """While failing, try at once rather than at the next attempt's time."""
+        if self.outage.failing and self._retry is not None:
+            self.cancel_retry()
+            self._flush_scheduled = True
+            self._retry = self._loop.call_soon(self._flush)
+
+    def cancel_retry(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+            self._flush_scheduled = False
+
+    async def committed(self) -> None:
+        """Until everything put so far has been tried (see the class doc for a failure)."""
+        if self.pending:
+            if self._pending_done is None:
+                self._pending_done = self._loop.create_future()
+            await asyncio.shield(self._pending_done)
+        elif self._inflight_done is not None:
+            await asyncio.shield(self._inflight_done)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._retry = None
+        if self._inflight_done is not None or not self.pending:
+            return
+        items = list(self.pending.items())
+        self.pending.clear()
+        self.inflight = items
+        batch = [v for _, v in items]
+        done = self._pending_done or self._loop.create_future()
+        self._pending_done = None
+        self._inflight_done = done
+        def job(db: sqlite3.Connection) -> None:
+            self._job(db, batch)
+
+        if (len(batch) <= HERE_MAX and not self.outage.failing
+                and (self._size is None or sum(map(self._size, batch)) <= HERE_BYTES)):
+            ran, error = self.thread.run_here(job)
+            if ran:
+                self._batch_done(done, items, batch, error)
+                return
+        self.thread.run(job, lambda error: self._batch_done(done, items, batch, error))
+
+    def _batch_done(self, done: asyncio.Future[None], items: list[tuple[Hashable, V]],
+                    batch: list[V], error: str | None) -> None:
+        self._inflight_done = None
+        self.inflight = []
+        if self._size is not None:
+            self.waiting_bytes -= sum(self._size(v) for v in batch)
+        if error is not None and self._explain is not None:
+            error = self._explain(error)
+        try:
+            if error is not None:
+                newer, self.pending = self.pending, {}
+                for key, value in items:
+                    self._put(key, value)
+                for key, value in newer.items():
+                    if self._size is not None:
+                        self.waiting_bytes -= self._size(value)
+                    self._put(key, value)
+                self.first_failure = self.outage.failed(self._loop, error)
+            self._settled(batch, error)
+        finally:  # whatever a callback did: committed() and the next batch never hang
+            if error is None or self._error_type is None:
+                done.set_result(None)
+            else:
+                done.set_exception(self._error_type(error))
+                done.exception()  # retrieved here: nobody may be waiting
+            if self.pending and not self._flush_scheduled:
+                self._schedule()
+
+
+class _Kept(NamedTuple):
+    """One write waiting in StoreWriter: what it is (for the counts an operator reads),
+    what runs after its commit, and the row it replaces whole (or None)."""
+    write: Write
+    kind: str
+    then: Callable[[], None] | None
+    key: Hashable | None
+    size: int  # bytes it writes, where they may be many (GroupCommit's `size`)
+
+
+class StoreWriter:
+    """Writes that are many, or must never hold up what caused them: process records at
+    every spawn and exit, state checkpoints, audit rows, spec revisions the config file
+    made. A thousand agents make a thousand of them in a few turns of the loop, and each
+    synchronous SQLite commit (and now and then a WAL checkpoint with its fsyncs) was loop
+    time. They are queued as functions of the connection and written by a GroupCommit, as
+    the task journal's rows are, one transaction a batch. Order is kept: a record written
+    and then deleted stays deleted. `committed()` resolves once everything queued so far
+    has been tried (synchronous=NORMAL in WAL: a commit survives a crash of the daemon).
+
+    When the database cannot be written (a full disk, an I/O error, a read-only remount,
+    a lock held too long), nothing is lost and nothing waits on it: the batch's writes go
+    back in front of the queue and are tried again every RETRY_EVERY seconds, as the task
+    journal's are (`Outage`), up to `max_kept` of them; writes past that are dropped and
+    counted by kind. The failure is told once to `on_error`, and the write that catches up
+    once to `on_notice`, with what was kept and what was dropped. A write that is wrong
+    rather than unlucky (a constraint, a missing table) is dropped alone and told: it runs
+    in a savepoint of its own, so it never holds the others back."""
+
+    def __init__(self, thread: WriterThread,
+                 on_error: Callable[[str], None] | None = None,
+                 on_notice: Callable[[str], None] | None = None,
+                 max_kept: int = MAX_KEPT) -> None:
+        self.thread = thread
+        self.on_error = on_error or (lambda msg: log.error("%s", msg))
+        self.on_notice = on_notice or (lambda msg: log.warning("%s", msg))
+        self.max_kept = max_kept
+        self._group: GroupCommit[_Kept] = GroupCommit(thread, self._job, self._settle,
+                                                      size=_kept_size)
+        self.outage = self._group.outage
+        self._unkeyed = itertools.count()  # keys for writes that replace nothing
+        self._wrong: list[str] = []  # the batch in flight's dropped writes (one at a time)
+        self.dropped: dict[str, int] = {}  # by kind, since the outage began
+        self.lost = 0  # writes dropped since the writer opened (`corral stats`)
+        # after a catch-up that dropped writes: (kind -> count, since, reason)
+        self.caught_up_listeners: list[Callable[[dict[str, int], float, str], None]] = []
+        self.batches = 0  # transactions committed
+        self.writes = 0
+
+    def submit(self, write: Write, kind: str = "write",
+               then: Callable[[], None] | None = None, key: Hashable | None = None,
+               size: int = 0) -> None:
+        """Queue `write(connection)` for the next batch (never blocks the loop); `kind`
+        names it in the counts told while the database cannot be written; `then` runs on
+        the loop once it is committed. A write with a `key` replaces a waiting one of the
+        same key (an upsert of the same row: a replica's state checkpoint), so writes that
+        supersede each other do not fill what is kept during an outage. `size`: the bytes
+        it writes, where they may be many (a batch of many is not committed on the loop:
+        WriterThread.run_here)."""
+        kept = _Kept(write, kind, then, key, size)
+        slot: Hashable = ("keyed", key) if key is not None else next(self._unkeyed)
+        if (self.outage.failing and len(self._group.pending) >= self.max_kept
+                and slot not in self._group.pending):
+            self._drop(kind)
+            return
+        self._group.put(slot, kept)
+
+    async def committed(self) -> None:
+        """Until everything submitted so far has been tried (committed, or kept again
+        after a failure: see on_error)."""
+        await self._group.committed()
+
+    async def written(self) -> None:
+        """Until everything submitted so far is committed, trying what is kept once more
+        now; StoreError (the outage's reason) while it cannot be. What a command records
+        waits for this: records are committed in the order the daemon made them, so a
+        kept write never lands after (and undoes) a newer record."""
+        self._group.retry_now()  # the command is waiting: try now, not at the next second
+        await self.committed()
+        if self.outage.failing:
+            raise StoreError(f"state database {self.thread.path} cannot be written "
+                             f"({self.outage.error})")
+
+    def _job(self, db: sqlite3.Connection, batch: list[_Kept]) -> None:
+        wrong = self._wrong
+        wrong.clear()
+        db.execute("BEGIN")
+        for kept in batch:
+            db.execute("SAVEPOINT one")
+            try:
+                kept.write(db)
+            except Exception as exc:  # a wrong write is dropped alone
+                if transient(exc):
+                    raise
+                db.execute("ROLLBACK TO one")
+                why = (f"SQLite refused it ({exc})" if isinstance(exc, sqlite3.Error)
+                       else f"it failed ({described(exc)})")
+                wrong.append(f"one {kept.kind} dropped, {why}")
+            db.execute("RELEASE one")
+        db.execute("COMMIT")
+
+    def _call(self, what: str, fn: Callable[..., None], *args: Any) -> None:
+        """A callback after a batch: one that raises is reported and the others still run."""
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("state database %s: %s failed", self.thread.path, what)
+
+    def _settle(self, batch: list[_Kept], error: str | None) -> None:
+        if error is None:
+            wrong, self._wrong = self._wrong, []
+            self.batches += 1
+            self.writes += len(batch) - len(wrong)
+            for text in wrong:
+                self._call("telling of a dropped write", self.on_error,
+                           f"state database {self.thread.path}: {text}")
+            self._caught_up(batch)
+            for kept in batch:
+                if kept.then is not None:
+                    self._call(f"what follows the {kept.kind}", kept.then)
+            return
+        # past max_kept, the newest are dropped
+        pending = self._group.pending
+        while len(pending) > self.max_kept:
+            self._drop(pending.pop(next(reversed(pending))).kind)
+        if self._group.first_failure:
+            self._call("telling of the failure", self.on_error,
+                f"state database {self.thread.path} cannot be written ({error}): "
+                f"{counted(_kinds(list(pending.values())))} wait in memory and are "
+                f"written when it can (tried every {RETRY_EVERY:g} s; at most "
+                f"{self.max_kept} are kept, newer ones are dropped and counted): "
+                f"{what_to_do()}")
+
+    def _drop(self, kind: str) -> None:
+        self.dropped[kind] = self.dropped.get(kind, 0) + 1
+        self.lost += 1
+
+    def stats(self) -> dict[str, Any]:
+        """For `corral stats`: failing since (or None), writes waiting by kind, lost."""
+        since = self.outage.since
+        return {"failing_since": None if since is None else iso_time(since),
+                "waiting": self.pending(), "lost": self.lost}
+
+    def _caught_up(self, batch: list[_Kept]) -> None:
+        since = self.outage.recovered()
+        if since is None:
+            return
+        dropped, self.dropped = self.dropped, {}
+        text = (f"state database {self.thread.path} is written again: "
+                f"{counted(_kinds(batch))} kept in memory since {iso_time(since)} are recorded")
+        if dropped:
+            text += f"; {counted(dropped)} could not be kept and are lost"
+        self._call("telling of the catch-up", self.on_notice, text)
+        if dropped:
+            for listener in self.caught_up_listeners:
+                self._call("a catch-up listener", listener, dropped, since,
+                           self.outage.error)
+
+    def pending(self) -> dict[str, int]:
+        """The writes not yet committed (kept while failing, being written, or waiting for
+        the next batch), by kind."""
+        return _kinds([v for _, v in self._group.inflight]
+                      + list(self._group.pending.values()))
+
+    def cancel_retry(self) -> None:
+        self._group.cancel_retry()
+
+
+def _kept_size(kept: _Kept) -> int:
+    return kept.size
+
+
+def _kinds(batch: list[_Kept]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for kept in batch:
+        counts[kept.kind] = counts.get(kept.kind, 0) + 1
+    return counts
+
+
+def counted(counts: dict[str, int]) -> str:
+    """{"audit row": 2, "process record": 1} -> "2 audit rows and 1 process record"."""
+    parts = [plural(n, kind) for kind, n in counts.items()]
+    if not parts:
+        return "no writes"
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
