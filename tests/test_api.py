@@ -16,7 +16,8 @@ import pytest
 from aiohttp import web
 
 from corral import jsonrpc
-from corral.daemon.api import Caller, Discard, Dispatcher
+from corral.daemon.api import Dispatcher
+from corral.daemon.caller import Caller, Discard
 from corral.daemon.daemon import Daemon
 from corral.daemon.http.route import route
 from corral.jsonrpc import RpcError

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from corral import jsonrpc
 from corral.supervisor import State, Supervisor, SupervisorError
 from corral.supervisor.autoscale import Decider, Decision, Policy, Window
-from corral.supervisor.config import Autoscale, ConfigError, TenantSpec, load_config
+from corral.supervisor.config import Autoscale, ConfigError, TenantSpec
+from corral.supervisor.configload import load_config
 from corral.supervisor.elastic import Scaling
 from corral.supervisor.lifecycle import SERVING
 

@@ -19,10 +19,11 @@ import msgspec
 import pytest
 
 from corral import jsonrpc
-from corral.daemon.api import Caller
+from corral.daemon.caller import Caller
 from corral.jsonrpc import RpcError
 from corral.supervisor import LogLines, State, Supervisor
-from corral.supervisor.config import ConfigError, load_config
+from corral.supervisor.config import ConfigError
+from corral.supervisor.configload import load_config
 from corral.supervisor.tasks import Budget, Budgets, ModelUsage, Task, TaskStatus, Usage
 from corral.supervisor.tasks.budget import DAY, MINUTE, BadUsage, Window, parse_report
 from corral.text import iso_time, ordinal

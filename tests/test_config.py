@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.supervisor.config import ConfigError, load_config
+from corral.supervisor.config import ConfigError
+from corral.supervisor.configload import load_config
 
 
 def write(path: Path, text: str) -> Path:

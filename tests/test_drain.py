@@ -248,7 +248,7 @@ def test_without_a_journal_a_task_is_refused_during_a_drain_with_a_retry_hint() 
 
 def test_the_units_stop_timeout_is_derived_from_drain_timeout(tmp_path: Path) -> None:
     from corral.cli.install import stop_timeout_sec
-    from corral.supervisor.config import load_config
+    from corral.supervisor.configload import load_config
 
     unit = (ROOT / "systemd" / "corral.service").read_text()
     shipped = int(re.search(r"^TimeoutStopSec=(\d+)$", unit, re.M).group(1))  # type: ignore[union-attr]

@@ -19,7 +19,8 @@ import pytest
 
 from corral import jsonrpc
 from corral.supervisor import State, Supervisor, SupervisorError
-from corral.supervisor.config import CheckSpec, ConfigError, HealthSpec, load_config
+from corral.supervisor.config import CheckSpec, ConfigError, HealthSpec
+from corral.supervisor.configload import load_config
 from corral.supervisor.health import (
     AgentReadiness,
     CheckCounter,

@@ -14,7 +14,7 @@ import pytest
 
 from corral import jsonrpc
 from corral.daemon import history as hist
-from corral.daemon.api import Caller
+from corral.daemon.caller import Caller
 from corral.daemon.history import BUCKETS, History, TaskTimes, quantile
 from corral.daemon.store import StateStore
 from corral.jsonrpc import RpcError

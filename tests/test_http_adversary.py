@@ -229,7 +229,7 @@ async def test_a_token_limited_to_some_agents_is_sent_their_events_alone(
     """Over `/events/stream` (the ring) and a follow on the Dispatcher: of the events
     agents' workers publish and those corral publishes about an agent, only those of
     agents the glob admits; a caller's event is no agent's, and is sent."""
-    from corral.daemon.api import Caller
+    from corral.daemon.caller import Caller
 
     async with serving(tmp_path, sleeper("a1") + sleeper("b1")) as api:
         d = api.d

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from corral import jsonrpc
-from corral.daemon.api import Caller
+from corral.daemon.caller import Caller
 from corral.daemon.daemon import Daemon
 from corral.daemon.http import route, sse
 from corral.daemon.http.rest import API_KEY

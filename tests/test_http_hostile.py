@@ -312,7 +312,7 @@ async def test_a_stream_whose_client_stops_reading_is_held_then_resumed_in_order
     held, its connection buffers a bounded amount); once it reads again it gets every
     event, in order, from its cursor; events that were never in the ring are told as
     missed, in their place."""
-    from corral.daemon.api import Caller
+    from corral.daemon.caller import Caller
     from corral.daemon.http import sse
     from corral.daemon.http.rest import API_KEY
 
@@ -369,7 +369,7 @@ async def test_a_stream_whose_client_stops_reading_is_held_then_resumed_in_order
 @pytest.mark.deadline(60)
 async def test_a_held_stream_that_never_drains_is_aborted_at_its_write_deadline(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from corral.daemon.api import Caller
+    from corral.daemon.caller import Caller
     from corral.daemon.http import sse
     from corral.daemon.http.rest import API_KEY
 

@@ -292,7 +292,8 @@ async def test_npm_reference_server(sup: Supervisor) -> None:
 
 
 def test_mcp_servers_file(tmp_path: Path) -> None:
-    from corral.supervisor.config import ConfigError, load_config
+    from corral.supervisor.config import ConfigError
+    from corral.supervisor.configload import load_config
 
     (tmp_path / "mcp.json").write_text('{"mcpServers": {"files": {"command": "npx", "args": '
                                        '["-y", "x"], "env": {"A": "1"}, "disabled": false}}}')

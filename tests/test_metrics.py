@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from corral import __version__, jsonrpc
 from corral.daemon.addresses import local_listen
-from corral.daemon.api import Caller
+from corral.daemon.caller import Caller
 from corral.daemon.daemon import Daemon
 from corral.daemon.http.auth import BAD_TOKEN
 from corral.daemon.tokens import tokens_of

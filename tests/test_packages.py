@@ -24,7 +24,7 @@ import msgspec
 import pytest
 
 from corral import jsonrpc
-from corral.daemon.api import Caller
+from corral.daemon.caller import Caller
 from corral.daemon.packages.build import BuildError, release_name, scan_source
 from corral.daemon.packages.manifest import read_manifest
 from corral.daemon.packages.releases import remove_tree

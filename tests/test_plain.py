@@ -23,14 +23,8 @@ import pytest
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
 from corral.supervisor import State, Supervisor
-from corral.supervisor.config import (
-    ConfigError,
-    HealthSpec,
-    Limits,
-    cluster_problem,
-    load_config,
-    parse_agents,
-)
+from corral.supervisor.config import ConfigError, HealthSpec, Limits
+from corral.supervisor.configload import cluster_problem, load_config, parse_agents
 from corral.supervisor.lifecycle import Cause
 from corral.supervisor.plain import PlainReplica
 from corral.supervisor.process_replica import Event, LogLines
@@ -572,7 +566,7 @@ def served_package(where: Path, version: str, port: int, *, listens: bool) -> Pa
 @pytest.mark.deadline(180)
 async def test_a_plain_package_is_deployed_and_one_that_never_answers_is_refused(
         tmp_path: Path) -> None:
-    from corral.daemon.api import Caller
+    from corral.daemon.caller import Caller
 
     port, cache = free_port(), tmp_path / "uv-cache"
     silent = free_port()

@@ -19,7 +19,8 @@ import msgspec
 import pytest
 
 from corral.supervisor import State
-from corral.supervisor.config import ConfigError, check_commands, load_config
+from corral.supervisor.config import ConfigError
+from corral.supervisor.configload import check_commands, load_config
 from corral.supervisor.containment import read_stat
 from corral.supervisor.sandbox import (
     exit_status,

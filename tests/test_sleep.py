@@ -17,7 +17,7 @@ from corral import jsonrpc
 from corral import methods as m
 from corral.cli.history import print_history
 from corral.cli.status import print_status
-from corral.daemon.api import Caller
+from corral.daemon.caller import Caller
 from corral.daemon.http.metrics import autoscale_families, take
 from corral.jsonrpc import RpcError
 from corral.supervisor import LogLines, State, Supervisor

@@ -22,7 +22,7 @@ import pytest
 
 from corral import jsonrpc
 from corral.daemon import storeschema
-from corral.daemon.api import Caller
+from corral.daemon.caller import Caller
 from corral.daemon.revisions import RevisionLog, forgetting_scaled, setting_scaled
 from corral.daemon.store import StateStore
 from corral.daemon.storeschema import StoreError

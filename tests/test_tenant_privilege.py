@@ -35,7 +35,8 @@ from corral import jsonrpc
 from corral import methods as m
 from corral.daemon.privilege import refusal
 from corral.daemon.tokens import tokens_of
-from corral.supervisor.config import AgentSpec, ConfigError, TenantSpec, load_config
+from corral.supervisor.config import AgentSpec, ConfigError, TenantSpec
+from corral.supervisor.configload import load_config
 from corral.supervisor.release import READY
 from corral.supervisor.sandbox import host_refusal
 

@@ -19,7 +19,7 @@ import pytest
 
 from corral import jsonrpc
 from corral import methods as m
-from corral.daemon.api import Caller
+from corral.daemon.caller import Caller
 from corral.daemon.daemon import Daemon
 from corral.daemon.gateway import Identity
 from corral.daemon.tenants import groups_of
@@ -27,7 +27,8 @@ from corral.daemon.tokens import tokens_of
 from corral.jsonrpc import RpcError
 from corral.methods import REGISTRY
 from corral.supervisor import State
-from corral.supervisor.config import TenantSpec, load_config
+from corral.supervisor.config import TenantSpec
+from corral.supervisor.configload import load_config
 from corral.supervisor.tasks.budget import no_group
 
 from .conftest import EXAMPLES, NOBODY_PY, ROOT, nobody_reason

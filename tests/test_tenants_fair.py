@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from corral import jsonrpc
-from corral.daemon.api import Caller, Discard
+from corral.daemon.caller import Caller, Discard
 from corral.daemon.tokens import tokens_of
 from corral.jsonrpc import RpcError
 from corral.supervisor.caps import NICE, PROLOGUE_NAME, nice_for_weight, wrap_argv

@@ -22,14 +22,8 @@ import psutil
 import pytest
 
 from corral.supervisor import State, Supervisor
-from corral.supervisor.config import (
-    AgentSpec,
-    ConfigError,
-    Limits,
-    TenantSpec,
-    load_config,
-    parse_tenants,
-)
+from corral.supervisor.config import AgentSpec, ConfigError, Limits, TenantSpec
+from corral.supervisor.configload import load_config, parse_tenants
 from corral.supervisor.containment import cgroup_pids
 from corral.supervisor.lifecycle import Cause
 from corral.supervisor.runas import run_as

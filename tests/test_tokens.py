@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from corral import jsonrpc
-from corral.daemon.api import Caller
+from corral.daemon.caller import Caller
 from corral.daemon.daemon import Daemon
 from corral.daemon.tokens import PREFIX, Tokens, tokens_of
 from corral.jsonrpc import RpcError

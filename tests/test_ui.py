@@ -21,7 +21,7 @@ import yarl
 
 from corral import jsonrpc
 from corral import methods as m
-from corral.daemon.api import Caller
+from corral.daemon.caller import Caller
 from corral.daemon.daemon import Daemon
 from corral.daemon.http.ui import COOKIE, CSP
 from corral.daemon.tokens import tokens_of

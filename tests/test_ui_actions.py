@@ -21,7 +21,7 @@ import pytest
 
 from corral import jsonrpc
 from corral import methods as m
-from corral.daemon.api import Caller
+from corral.daemon.caller import Caller
 from corral.daemon.http.ui import CSP
 from corral.daemon.tokens import tokens_of
 from corral.supervisor import State

@@ -19,7 +19,7 @@ import pytest
 
 from corral import jsonrpc
 from corral import methods as m
-from corral.daemon.api import Caller
+from corral.daemon.caller import Caller
 from corral.daemon.daemon import Daemon
 from corral.jsonrpc import RpcError
 from corral.supervisor import State

@@ -45,7 +45,8 @@ def daemon(obj: Ctx, config: str | None) -> None:
 def check_config(path: str | None, config: str | None, no_check: bool) -> None:
     """Validate a config file (and its includes) without starting anything: every key, and
     that every agent's and MCP server's command is an executable on PATH or a file."""
-    from ..supervisor.config import ConfigError, check_commands, load_config
+    from ..supervisor.config import ConfigError
+    from ..supervisor.configload import check_commands, load_config
 
     if path and config and path != config:
         raise click.UsageError("give the config file once: PATH or --config")

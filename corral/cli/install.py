@@ -13,7 +13,8 @@ from pathlib import Path
 
 import msgspec
 
-from ..supervisor.config import AgentSpec, Config, ConfigError, McpServerSpec, load_config
+from ..supervisor.config import AgentSpec, Config, ConfigError, McpServerSpec
+from ..supervisor.configload import load_config
 
 SHIPPED_BIN = "/opt/corral/bin"  # what the unit in the repository assumes
 SHIPPED_CONFIG = "/etc/corral/corral.toml"

@@ -25,7 +25,8 @@ class LoginError(Exception):
 def server_and_state_dir(config: Path, name: str) -> tuple[str, object, Path]:
     """The server's URL and spec, and the state directory, from the config file."""
     from ..paths import default_state_dir, resolve
-    from ..supervisor.config import ConfigError, load_config
+    from ..supervisor.config import ConfigError
+    from ..supervisor.configload import load_config
 
     try:
         cfg = load_config(config)

@@ -29,7 +29,8 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
-from ..supervisor.config import AgentSpec, ConfigError, parse_agents
+from ..supervisor.config import AgentSpec, ConfigError
+from ..supervisor.configload import parse_agents
 from ..supervisor.core import Supervisor, SupervisorError
 from ..supervisor.stream import Checkpoint
 from .connection import read, why

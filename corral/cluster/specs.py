@@ -14,7 +14,8 @@ from typing import Any
 import msgspec
 
 from .. import jsonrpc
-from ..supervisor.config import AgentSpec, ConfigError, cluster_problem, parse_agents
+from ..supervisor.config import AgentSpec, ConfigError
+from ..supervisor.configload import cluster_problem, parse_agents
 from ..supervisor.core import SupervisorError
 from .connection import read
 from .keys import Keys

@@ -15,11 +15,13 @@ import msgspec
 from .. import __version__, jsonrpc, redact
 from .. import methods as m
 from ..jsonrpc import RpcError
-from ..supervisor.config import ConfigError, check_command, cluster_problem, parse_agents
+from ..supervisor.config import ConfigError
+from ..supervisor.configload import check_command, cluster_problem, parse_agents
 from ..supervisor.core import NoSuchAgent, start_each, stop_all
 from ..supervisor.lifecycle import RESTARTED, SERVING, State
 from ..text import plural
-from .api import SHARED, Caller, Channel, Handlers
+from .api import Handlers
+from .caller import SHARED, Caller, Channel
 from .fleet import revision_tenant
 from .follow import drain
 from .history import has_rows
@@ -334,7 +336,7 @@ async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]
             if why:
                 raise ConfigError(f"agents.add: agents.{name}.command: {why} "
                                   "(--no-check to add it anyway)")
-            # what the config file and a change in place refuse (config.cluster_problem)
+            # what the config file and a change in place refuse (configload.cluster_problem)
             problem = cluster_problem(msgspec.structs.replace(spec, placement="cluster"),
                                       True)
             if problem:

@@ -43,7 +43,8 @@ from ..methods import CANCEL
 from ..paths import runtime_directory
 from ..throttle import Throttle
 from ..timeouts import within
-from .api import Caller, Dispatcher
+from .api import Dispatcher
+from .caller import Caller
 
 log = logging.getLogger("corral.control")
 

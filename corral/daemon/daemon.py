@@ -34,14 +34,8 @@ from .. import __version__, redact
 from ..jsonrpc import LineBlock
 from ..methods import Drained, ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
-from ..supervisor.config import (
-    ClusterSettings,
-    Config,
-    ConfigError,
-    check_sandboxes,
-    config_files,
-    load_config,
-)
+from ..supervisor.config import ClusterSettings, Config, ConfigError
+from ..supervisor.configload import check_sandboxes, config_files, load_config
 from ..supervisor.containment import Containment, ProcessEnded, ProcessStarted, read_stat
 from ..supervisor.core import Supervisor
 from ..supervisor.elastic import Scaling
@@ -55,8 +49,9 @@ from ..supervisor.tenantcgroups import TenantOomKill
 from ..text import plural
 from ..timeouts import within
 from . import journald
-from .api import Caller, Dispatcher
+from .api import Dispatcher
 from .background import Background
+from .caller import Caller
 from .commands import HANDLERS, fleet_line, owner_of
 from .control import AlreadyRunning, ControlServer
 from .devwatch import Watches

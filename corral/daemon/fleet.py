@@ -29,9 +29,11 @@ from ..supervisor.config import (
     Config,
     ConfigError,
     GatewaySettings,
+    default_cwd,
+)
+from ..supervisor.configload import (
     check_command,
     check_sandboxes,
-    default_cwd,
     isolation_problem,
     parse_agents,
 )

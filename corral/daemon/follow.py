@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from ..supervisor.follow import Follower
 
 if TYPE_CHECKING:
-    from .api import Channel
+    from .caller import Channel
 
 T = TypeVar("T")
 

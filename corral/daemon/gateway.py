@@ -95,7 +95,8 @@ def hash_token(token: str) -> str:
 
 def load_tokens(path: Path) -> dict[str, tuple[str, TokenEntry]]:
     """token hash -> (client name, entry); errors name the file and the key."""
-    from ..supervisor.config import ConfigError, convert
+    from ..supervisor.config import ConfigError
+    from ..supervisor.configload import convert
 
     try:
         data = tomllib.loads(path.read_text())

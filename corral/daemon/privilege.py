@@ -25,7 +25,7 @@ group) is never asked: every key stays theirs.
 
 One rule, here, for every way a tenant's caller makes or restores a table: `agents.add`
 (the control socket, HTTP, the CLI) and `agents.rollback` (Fleet.add, Fleet.rollback);
-packages are deployed by callers that see every agent only (api.AGENT_RULES), and MCP
+packages are deployed by callers that see every agent only (visibility.AGENT_RULES), and MCP
 servers come from the config file alone.
 """
 

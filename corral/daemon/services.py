@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from ..methods import Drained, ExtraStatus, ReloadResult
 from ..supervisor.core import Supervisor
-from .api import Caller
+from .caller import Caller
 from .devwatch import Watches
 from .fleet import Fleet
 from .gateway import GatewayService

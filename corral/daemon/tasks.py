@@ -31,7 +31,7 @@ from ..supervisor.tasks import (
     is_task_id,
 )
 from ..text import plural
-from .api import Channel
+from .caller import Channel
 
 if TYPE_CHECKING:
     from ..cluster.node import ClusterNode

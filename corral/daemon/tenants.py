@@ -27,7 +27,8 @@ import msgspec
 from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
-from ..supervisor.config import DEFAULT_TENANT, Config, ConfigError, TenantSpec, parse_tenants
+from ..supervisor.config import DEFAULT_TENANT, Config, ConfigError, TenantSpec
+from ..supervisor.configload import parse_tenants
 from ..supervisor.core import Supervisor
 from ..supervisor.tasks.budget import BUDGET_PREFIX
 from ..supervisor.tenantcgroups import notice

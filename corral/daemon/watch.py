@@ -35,7 +35,7 @@ from ..supervisor.stream import Roster
 if TYPE_CHECKING:
     from ..supervisor.core import Supervisor
     from ..supervisor.stream import Subscription
-    from .api import Channel
+    from .caller import Channel
 
 RING = 16_384  # replica rows kept for watchers behind and clients that reconnect
 BATCH = 256  # changes sent to one watcher before it looks at its transport again

@@ -1,6 +1,7 @@
 """The daemon's core: processes, lifecycle, policies."""
 
-from .config import AgentSpec, Config, ConfigError, Limits, McpServerSpec, load_config
+from .config import AgentSpec, Config, ConfigError, Limits, McpServerSpec
+from .configload import load_config
 from .containment import ProcessEnded, ProcessStarted
 from .core import Agent, NoSuchAgent, Supervisor, SupervisorError
 from .lifecycle import Cause, State

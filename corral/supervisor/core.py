@@ -24,14 +24,8 @@ from ..jsonrpc import DEFAULT_MAX_LINE, LineBlock, RpcError
 from ..mcp.pool import McpPool
 from ..text import closest, listing, plural
 from ..timeouts import cancel_all, within
-from .config import (
-    AgentSpec,
-    ConfigError,
-    McpServerSpec,
-    TenantSpec,
-    elastic_problem,
-    protocol_problem,
-)
+from .config import AgentSpec, ConfigError, McpServerSpec, TenantSpec
+from .configload import elastic_problem, protocol_problem
 from .containment import CgroupMode, Containment
 from .elastic import Elastic, scale_refusal
 from .events import EventBus

@@ -5,7 +5,7 @@ service offers: a port that accepts, a URL that answers. Each probe is bounded b
 check's timeout and leaves nothing behind (the connection is closed whatever happens).
 They connect from the daemon's network namespace, so an agent with a network of its own
 (network = "none" or "gateway") is refused such a check at config time
-(config.isolation_problem).
+(configload.isolation_problem).
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ to guard against, and the sandbox stays in corral's process group, which is what
 signals. `--die-with-parent` ties the sandbox's pid namespace to the outer bwrap, so when
 that dies (of SIGTERM, SIGKILL) the kernel kills everything inside: nothing outlives it.
 
-This module knows nothing of the config's Structs (config.py imports it to check a host):
-it takes plain values.
+This module knows nothing of the config's Structs (configload.py imports it to check a
+host): it takes plain values.
 """
 
 from __future__ import annotations

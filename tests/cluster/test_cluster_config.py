@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.supervisor.config import ClusterSettings, ConfigError, load_config
+from corral.supervisor.config import ClusterSettings, ConfigError
+from corral.supervisor.configload import load_config
 
 
 def load(tmp_path: Path, table: str) -> ClusterSettings | None:

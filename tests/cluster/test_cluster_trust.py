@@ -19,7 +19,8 @@ import redis as redis_py
 
 from corral.cluster.keys import Keys
 from corral.cluster.trust import load_key
-from corral.supervisor.config import ConfigError, config_files, load_config
+from corral.supervisor.config import ConfigError
+from corral.supervisor.configload import config_files, load_config
 
 from ..conftest import EXAMPLES, ROOT
 from ..daemon_harness import PY

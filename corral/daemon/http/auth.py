@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
-from ..api import Caller
+from ..caller import Caller
 from ..tokens import Tokens
 from .context import HttpContext
 

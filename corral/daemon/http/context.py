@@ -11,7 +11,8 @@ from typing import Any
 from aiohttp import web
 
 from ...supervisor.config import HttpSettings
-from ..api import Caller, Dispatcher
+from ..api import Dispatcher
+from ..caller import Caller
 from ..services import Services
 
 

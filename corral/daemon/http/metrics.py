@@ -46,7 +46,7 @@ from ...jsonrpc import RpcError
 from ...supervisor.lifecycle import Cause
 from ...supervisor.process_replica import Event
 from ..addresses import local_listen
-from ..api import Caller
+from ..caller import Caller
 from ..history import BUCKETS
 from ..services import Services
 from .auth import NO_TOKEN, authenticate

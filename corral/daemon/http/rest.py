@@ -26,7 +26,8 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...methods import REGISTRY, TasksRun
 from ...timeouts import within
-from ..api import Caller, Dispatcher
+from ..api import Dispatcher
+from ..caller import Caller
 from ..commands import event_tenant
 from ..tokens import Token, tokens_of
 from . import bodies, route, sse

@@ -15,7 +15,8 @@ from aiohttp import web
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
-from ..api import Caller, Dispatcher, http_status
+from ..api import Dispatcher, http_status
+from ..caller import Caller
 
 # who the request is: a transport's authentication (a bearer token, a unix peer)
 Authenticate = Callable[[web.Request], Caller]

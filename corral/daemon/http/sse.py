@@ -43,7 +43,8 @@ from aiohttp.http_writer import StreamWriter
 
 from ... import jsonrpc
 from ...supervisor.events import agent_of, reaches
-from ..api import Caller, Dispatcher
+from ..api import Dispatcher
+from ..caller import Caller
 from . import route
 
 RING = 10_000  # events kept for clients that reconnect
@@ -362,7 +363,7 @@ async def events(request: web.Request, ring: EventRing, caller: Caller, params: 
     if last is not None and last.isdigit():
         cursor = int(last) + 1
     response = await open_stream(request)
-    # a caller limited to an agent glob is sent no other agent's events (api._event_seen)
+    # a caller limited to an agent glob is sent no other agent's events (visibility._event_seen)
     sees = caller.sees if caller.agents is not None else None
     reader = Reader(request, params.pattern, cursor, tenant, sees)
     ring.attach(reader)

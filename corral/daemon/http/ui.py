@@ -31,8 +31,9 @@ from aiohttp import web
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...methods import REGISTRY
-from ..api import Caller, open_to
+from ..caller import Caller
 from ..tokens import Token, Tokens, tokens_of
+from ..visibility import open_to
 from . import sse
 from .context import HttpContext
 from .resources import RESOURCES

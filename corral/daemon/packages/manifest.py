@@ -18,7 +18,8 @@ from typing import Any
 
 import msgspec
 
-from ...supervisor.config import AgentSpec, ConfigError, convert, validate_name
+from ...supervisor.config import AgentSpec, ConfigError
+from ...supervisor.configload import convert, validate_name
 from . import checked
 
 MANIFEST = "corral.toml"

@@ -25,13 +25,8 @@ from typing import Any
 from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
-from ...supervisor.config import (
-    DEFAULT_TENANT,
-    AgentSpec,
-    ConfigError,
-    PackagesSettings,
-    parse_agents,
-)
+from ...supervisor.config import DEFAULT_TENANT, AgentSpec, ConfigError, PackagesSettings
+from ...supervisor.configload import parse_agents
 from ...supervisor.core import NoSuchAgent, Supervisor, SupervisorError
 from ...supervisor.process import resolve_user
 from ...supervisor.release import SOURCE, VENV

@@ -1,0 +1,96 @@
+"""Who calls the command layer (`Caller`: as the transport authenticated them, with the
+tenant, agents and scopes they are limited to) and what a handler streams back to them
+(`Channel`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from fnmatch import fnmatchcase
+from typing import Any, Protocol
+
+import msgspec
+
+from ..methods import SCOPES
+from ..supervisor.names import RESERVED
+
+SHARED = "*"  # the owner of an MCP server every tenant's callers see (`shared = true`)
+
+
+class Caller(msgspec.Struct, frozen=True, kw_only=True):
+    """Who asked, as the transport authenticated them: a socket peer's credentials
+    (SO_PEERCRED) or a token's name; the tenant whose objects they see, and the scopes
+    they hold."""
+
+    via: str  # the transport: "socket", "http", ...
+    uid: int = -1
+    gid: int = -1
+    pid: int = -1
+    token: str | None = None  # the name of the token it presented
+    tenant: str | None = None  # None: every tenant (an operator)
+    scopes: frozenset[str] = SCOPES
+    # a glob: the only agents it may see and touch (a token's `--agents`); None: all
+    agents: str | None = None
+    # for a tenant's caller, bound by the Dispatcher: the tenant an agent (kind "agent")
+    # or an MCP server ("server") is of, None when there is none; SHARED for a server
+    # every tenant may use
+    owner: Callable[[str, str], str | None] | None = None
+
+    @property
+    def limited(self) -> bool:
+        """Whether the caller sees only some agents (a glob, a tenant)."""
+        return self.agents is not None or self.tenant is not None
+
+    def sees(self, name: str) -> bool:
+        """Whether an agent of this name exists for this caller: the daemon's own log
+        ("corral") tells of every agent, so a caller limited to some never sees it."""
+        if self.agents is not None and (name == RESERVED
+                                        or not fnmatchcase(name, self.agents)):
+            return False
+        if self.tenant is None:
+            return True
+        return self.owner is not None and self.owner("agent", name) == self.tenant
+
+    def sees_server(self, name: str) -> bool:
+        """Whether an MCP server of this name exists for this caller: its tenant's, or
+        one shared on purpose."""
+        if self.tenant is None:
+            return True
+        owner = self.owner("server", name) if self.owner is not None else None
+        return owner == self.tenant or owner == SHARED
+
+    @property
+    def who(self) -> str:
+        """As revisions and the audit log name the caller."""
+        if self.token is not None:
+            return f"token {self.token}"
+        return f"uid {self.uid} pid {self.pid}"
+
+    def may(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+
+class Channel(Protocol):
+    """What a handler streams to its caller: notifications, sent only while `writable` is
+    set (the caller reads); a stream that must not grow the daemon waits for it."""
+
+    @property
+    def writable(self) -> asyncio.Event: ...
+
+    def notify(self, method: str, params: Any) -> None: ...
+
+
+class Discard:
+    """The channel of a caller that takes one answer and no stream (a plain HTTP
+    request): notifications go nowhere, and it is always writable."""
+
+    def __init__(self) -> None:
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    @property
+    def writable(self) -> asyncio.Event:
+        return self._writable
+
+    def notify(self, method: str, params: Any) -> None:
+        pass

@@ -1,0 +1,408 @@
+"""What a caller limited to some agents sees of each method (visibility rules).
+
+A token may be limited to agents whose names match a glob (Caller.agents), a tenant's
+caller to its tenant's agents and servers. It cannot see or touch the others: a call naming
+one answers as if the agent did not exist, listings leave them out. How each method names
+agents is said once, here, for every transport; a method not in the table is refused to
+such a caller, so a new method stays closed to it until someone says how it names agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import msgspec
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..methods import parse_target
+from ..supervisor.core import NoSuchAgent
+from ..supervisor.events import agent_of
+from ..supervisor.names import RESERVED
+from ..supervisor.tasks.counters import totals
+from .caller import Caller, Channel
+
+
+def _glob_refusal(caller: Caller, what: str) -> RpcError:
+    if caller.agents is None:
+        return RpcError(jsonrpc.FORBIDDEN, f"forbidden: {caller.who} is a caller of tenant "
+                                           f"{caller.tenant}: {what}")
+    return RpcError(jsonrpc.FORBIDDEN, f"forbidden: {caller.who} is limited to agents "
+                                       f"matching {caller.agents}: {what}")
+
+
+@dataclass(frozen=True)
+class AgentRule:
+    check: Callable[[Any, Caller], None]
+    # what the answer holds of agents the caller does not see, taken out
+    filter: Callable[[Any, Caller], Any] | None = None
+    # a stream's notifications, filtered the same way
+    channel: Callable[[Channel, Caller], Channel] | None = None
+    # (method to look the object up, what it is called, the param naming it): the object
+    # must belong to an agent the caller sees
+    owner: tuple[str, str, str] | None = None
+    # what the answer tells of a tenant sums every agent of it (a tenant's use): closed
+    # to a caller limited to an agent glob, which sees some of them only (decision 143)
+    whole_tenants: bool = False
+
+
+def _nothing(params: Any, caller: Caller) -> None:
+    pass
+
+
+def _one(field: str) -> Callable[[Any, Caller], None]:
+    def check(params: Any, caller: Caller) -> None:
+        name = getattr(params, field)
+        if name is not None and not caller.sees(name):
+            raise NoSuchAgent(name, None)  # worded for the caller: Dispatcher._as_seen
+
+    return check
+
+
+def _targets(field: str, *, all_field: bool = False) -> Callable[[Any, Caller], None]:
+    def check(params: Any, caller: Caller) -> None:
+        if all_field and params.all:
+            raise _glob_refusal(caller, "name the agents rather than all")
+        for target in getattr(params, field):
+            try:
+                name, _ = parse_target(target)
+            except ValueError:
+                continue  # the handler says what is wrong with it
+            if not caller.sees(name):
+                raise NoSuchAgent(name, None)
+
+    return check
+
+
+def _adding(params: Any, caller: Caller) -> None:
+    if params.for_cluster:  # (a rule is asked of limited callers only)
+        # the cluster's agents run on every node, past any one node's tenant quotas
+        named = [n for n, t in params.agents.items()
+                 if isinstance(t, dict) and t.get("placement") == "cluster"]
+        raise _glob_refusal(caller, "may not add cluster agents" + (
+            f' (agents.{named[0]}.placement: "cluster")' if named and not params.cluster
+            else ""))
+    for name, table in params.agents.items():
+        if caller.agents is not None and (name == RESERVED
+                                          or not fnmatchcase(name, caller.agents)):
+            raise _glob_refusal(caller, f"may not add {name}")
+        if caller.tenant is not None:
+            # a tenant's caller adds agents of its tenant: the table says so, or is made to
+            wanted = table.get("tenant", caller.tenant) if isinstance(table, dict) else None
+            if wanted != caller.tenant:
+                raise _glob_refusal(caller, f"may not add {name} to tenant {wanted}")
+            if isinstance(table, dict):
+                table["tenant"] = caller.tenant
+
+
+def _server(field: str) -> Callable[[Any, Caller], None]:
+    """An MCP server named by a param: one the caller does not see is as absent as one
+    that does not exist (the pool's own words)."""
+    def check(params: Any, caller: Caller) -> None:
+        name = getattr(params, field)
+        if name is not None and not caller.sees_server(name):
+            raise jsonrpc.not_found("MCP server", name)
+
+    return check
+
+
+def _tool(what: str) -> Callable[[Any, Caller], None]:
+    """A SERVER__NAME param: the pool's words for a server there is not."""
+    def check(params: Any, caller: Caller) -> None:
+        server, sep, _ = params.name.partition("__")
+        if sep and not caller.sees_server(server):
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such {what}: {params.name} (no MCP server "
+                                              f"{server})")
+
+    return check
+
+
+def _reading(params: Any, caller: Caller) -> None:
+    if params.server is None and caller.tenant is not None:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"resource {params.uri}: name the server")
+    _server("server")(params, caller)
+
+
+def _named(field: str, what: str) -> Callable[[Any, Caller], None]:
+    """What a limited caller must name (a whole-fleet view sums agents it does not see)."""
+    def check(params: Any, caller: Caller) -> None:
+        if getattr(params, field) is None:
+            raise _glob_refusal(caller, f"name {what}")
+
+    return check
+
+
+def _own_tenant(params: Any, caller: Caller) -> None:
+    """A tenant's caller is in its own tenant's part of the event bus: another tenant
+    answers as one that does not exist."""
+    if caller.tenant is not None and params.tenant not in (None, caller.tenant):
+        raise jsonrpc.not_found("tenant", params.tenant)
+
+
+def _gateway_client(params: Any, caller: Caller) -> None:
+    if caller.tenant is not None and (params.agent is None or params.token is not None):
+        raise _glob_refusal(caller, "a gateway client of its own is one of its agents "
+                                    "(agent, not token)")
+    _one("agent")(params, caller)
+
+
+def _both(*checks: Callable[[Any, Caller], None]) -> Callable[[Any, Caller], None]:
+    def check(params: Any, caller: Caller) -> None:
+        for one in checks:
+            one(params, caller)
+
+    return check
+
+
+def _servers_filter(*lists: str) -> Callable[[Any, Caller], Any]:
+    """Listings of the pool: items, `unavailable` and `failed` of servers the caller does
+    not see taken out (`mcp_servers` rows by their name)."""
+    def seen(result: Any, caller: Caller) -> Any:
+        if caller.tenant is None:
+            return result
+        fields: dict[str, Any] = {}
+        for key in lists:
+            rows = _get(result, key)
+            # a pool's item names its `server`; an instance's status row is the server's
+            fields[key] = [r for r in rows if caller.sees_server(
+                r.get("server", r.get("name")) if isinstance(r, Mapping) else r.name)]
+        for key in ("unavailable", "failed"):
+            if _has(result, key):
+                value = _get(result, key)
+                fields[key] = ({k: v for k, v in value.items() if caller.sees_server(k)}
+                               if isinstance(value, Mapping)
+                               else [n for n in value if caller.sees_server(n)])
+        return _replace(result, **fields)
+
+    return seen
+
+
+def _has(obj: Any, key: str) -> bool:
+    return key in obj if isinstance(obj, Mapping) else hasattr(obj, key)
+
+
+def _replace(result: Any, **fields: Any) -> Any:
+    if isinstance(result, msgspec.Struct):
+        return msgspec.structs.replace(result, **fields)
+    return {**result, **fields}
+
+
+def _get(obj: Any, key: str) -> Any:
+    return obj[key] if isinstance(obj, Mapping) else getattr(obj, key)
+
+
+def _seen_keys(table: Mapping[str, Any], caller: Caller) -> dict[str, Any]:
+    return {k: v for k, v in table.items() if caller.sees(k)}
+
+
+def _status_filter(result: Any, caller: Caller) -> Any:
+    return _servers_filter("mcp_servers")(_replace(
+        result, agents=[a for a in result.agents if caller.sees(a.name)],
+        tasks=_seen_keys(result.tasks, caller), elastic=_seen_keys(result.elastic, caller),
+        cluster_slots=_seen_keys(result.cluster_slots, caller)), caller)
+
+
+def _stats_filter(result: Any, caller: Caller) -> Any:
+    tasks = result.tasks
+    # the gateway's clients and tools, and log files, name agents it does not see
+    fields: dict[str, Any] = {
+        "gateway": _gateway_filter(result.gateway, caller),
+        "supervisor": _replace(result.supervisor, log_files_failing={})}
+    if caller.tenant is not None:
+        # the bus's followers: another tenant's say what it follows
+        fields["events"] = {**result.events, "followers": [
+            f for f in result.events["followers"] if f.get("tenant") == caller.tenant]}
+    if isinstance(result.cluster, Mapping):
+        fields["cluster"] = _cluster_filter(result.cluster, caller)
+    seen = _seen_keys(_get(tasks, "agents"), caller)
+    # the total of its agents' tasks, not every tenant's (the dashboard's fleet chart)
+    return _replace(result, agents=_seen_keys(result.agents, caller),
+                    tasks=_replace(tasks, agents=seen, total=totals(seen.values())),
+                    **fields)
+
+
+def _cluster_filter(cluster: Mapping[str, Any], caller: Caller) -> dict[str, Any]:
+    """A cluster node's figures (ClusterNode.status): the cluster agents placed here and
+    those whose file table differs from the cluster's are named, the rest are this
+    node's counters, left as the supervisor's are."""
+    placement = cluster["agents"]
+    return {**cluster, "agents": {**placement, **{
+        key: _seen_keys(placement[key], caller) for key in ("placed", "differs")}}}
+
+
+def _gateway_filter(stats: Any, caller: Caller) -> Any:
+    """Gateway figures a tenant's caller may see: its agents' clients (`agent:NAME`, a
+    replica's `NAME#N`) and the tools of servers it sees."""
+    if not caller.limited:
+        return stats
+
+    def client_seen(name: str) -> bool:
+        agent = name.removeprefix("agent:") if name.startswith("agent:") else (
+            name.partition("#")[0] if "#" in name else None)
+        return agent is not None and caller.sees(agent)
+
+    clients = _get(stats, "clients")
+    seen = _replace(stats, clients={k: v for k, v in clients.items() if client_seen(k)})
+    if caller.tenant is None:
+        return seen  # limited to an agent glob: every server is there for it
+    tools = _get(stats, "tools")
+    return _replace(seen, tools={k: v for k, v in tools.items()
+                                 if caller.sees_server(k.partition("__")[0])},
+                    http=None)
+
+
+def _tasks_filter(result: Any, caller: Caller) -> Any:
+    return _replace(result, tasks=[t for t in result.tasks if caller.sees(t.agent)])
+
+
+def _task_filter(result: Any, caller: Caller) -> Any:
+    if not caller.sees(result.agent):
+        raise jsonrpc.not_found("task", result.task_id)
+    return result
+
+
+def _lines_filter(result: Any, caller: Caller) -> Any:
+    return _replace(result, lines=[ln for ln in _get(result, "lines") if caller.sees(ln.source)])
+
+
+def _new_lines(params: Any, caller: Caller) -> Any:
+    seen = _lines_filter(params, caller)
+    return seen if _get(seen, "lines") else None
+
+
+class _Seen:
+    """A stream's channel that passes on only what the caller sees: each notification of
+    a method in `filters` through its filter (None: not sent at all)."""
+
+    def __init__(self, inner: Channel, caller: Caller,
+                 filters: Mapping[str, Callable[[Any, Caller], Any]]) -> None:
+        self.inner = inner
+        self.caller = caller
+        self.filters = filters
+
+    @property
+    def writable(self) -> asyncio.Event:
+        return self.inner.writable
+
+    def notify(self, method: str, params: Any) -> None:
+        seen = self.filters.get(method)
+        if seen is not None:
+            params = seen(params, self.caller)
+            if params is None:
+                return
+        self.inner.notify(method, params)
+
+
+def _seen(filters: Mapping[str, Callable[[Any, Caller], Any]]
+          ) -> Callable[[Channel, Caller], Channel]:
+    return lambda inner, caller: _Seen(inner, caller, filters)
+
+
+def _event_seen(params: Any, caller: Caller) -> Any:
+    """An event of an agent the caller does not see (its worker's, or corral's own about
+    it) is not sent; a caller's event is no agent's."""
+    if caller.agents is None:
+        return params  # a tenant's caller: the bus sends it its tenant's alone
+    agent = agent_of(bytes(params) if isinstance(params, msgspec.Raw)
+                     else msgspec.json.encode(params))
+    return params if agent is None or caller.sees(agent) else None
+
+
+def _of_agent(params: Any, caller: Caller) -> Any:
+    return params if caller.sees(params.agent) else None
+
+
+def _rows_filter(field: str) -> Callable[[Any, Caller], Any]:
+    def seen(params: Any, caller: Caller) -> Any:
+        return _replace(params, replicas=[r for r in params.replicas
+                                          if caller.sees(getattr(r, field))])
+
+    return seen
+
+
+_AGENT_PARAM = _one("agent")
+AGENT_RULES: dict[str, AgentRule] = {
+    "daemon.info": AgentRule(_nothing),
+    "agents.status": AgentRule(_targets("names"), filter=_status_filter),
+    "agents.start": AgentRule(_targets("names", all_field=True)),
+    "agents.stop": AgentRule(_targets("names", all_field=True)),
+    "agents.restart": AgentRule(_targets("names", all_field=True)),
+    "agents.signal": AgentRule(_targets("names", all_field=True)),
+    "agents.describe": AgentRule(_one("name")),
+    "agents.history": AgentRule(_one("name")),
+    "agents.rollback": AgentRule(_one("name")),
+    "agents.update": AgentRule(_one("name")),
+    "agents.add": AgentRule(_adding),
+    "agents.remove": AgentRule(_targets("names")),
+    "agents.scale": AgentRule(_one("name")),
+    "agents.pause": AgentRule(_one("name")),
+    "agents.resume": AgentRule(_one("name")),
+    "logs.tail": AgentRule(_targets("names"), filter=_lines_filter),
+    "logs.follow": AgentRule(_targets("names"), channel=_seen({"logs.lines": _new_lines})),
+    "stats.get": AgentRule(_nothing, filter=_stats_filter),
+    "stats.history": AgentRule(_both(_named("agent", "an agent"), _AGENT_PARAM)),
+    "stats.watch": AgentRule(_nothing, channel=_seen({"stats.sample": _stats_filter})),
+    "agents.watch": AgentRule(_targets("names"), channel=_seen({
+        "agents.snapshot": _rows_filter("name"), "agents.sample": _rows_filter("agent"),
+        "agents.transition": _of_agent, "agents.roster": _of_agent,
+        "agents.health": _of_agent})),
+    "tasks.run": AgentRule(_AGENT_PARAM),
+    "tasks.get": AgentRule(_nothing, filter=_task_filter),
+    "tasks.list": AgentRule(_AGENT_PARAM, filter=_tasks_filter),
+    "tasks.cancel": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),
+    "events.publish": AgentRule(_own_tenant),
+    "events.follow": AgentRule(_own_tenant, channel=_seen({"events.event": _event_seen})),
+    "tools.list": AgentRule(_both(_AGENT_PARAM, _server("server")),
+                            filter=_servers_filter("tools")),
+    "tools.call": AgentRule(_tool("tool")),
+    "mcp.status": AgentRule(_nothing, filter=lambda r, c: _replace(
+        _servers_filter("mcp_servers")(r, c), gateway=_gateway_filter(
+            _get(r, "gateway"), c))),
+    "mcp.start": AgentRule(_server("name")),
+    "mcp.stop": AgentRule(_server("name")),
+    "mcp.restart": AgentRule(_server("name")),
+    "resources.list": AgentRule(_both(_AGENT_PARAM, _server("server")),
+                                filter=_servers_filter("resources", "resource_templates")),
+    "resources.read": AgentRule(_reading),
+    "prompts.list": AgentRule(_both(_AGENT_PARAM, _server("server")),
+                              filter=_servers_filter("prompts")),
+    "prompts.get": AgentRule(_tool("prompt")),
+    # a tenant's own view (its callers' only tenants method); the only limited callers
+    # let through whole_tenants are a tenant's
+    "tenants.list": AgentRule(_nothing, filter=lambda r, c: _replace(
+        r, tenants=[t for t in r.tenants if t.name == c.tenant]), whole_tenants=True),
+    "gateway.list": AgentRule(_gateway_client),
+    "gateway.call": AgentRule(_gateway_client),
+    "gateway.watch": AgentRule(_nothing),
+    "gateway.status": AgentRule(_nothing, filter=_gateway_filter),
+    # a dashboard link for the caller's own tenant, agents and scopes (ui.Sessions.issue)
+    "ui.login": AgentRule(_nothing),
+    # packages.deploy reads a path of the daemon's host: for callers that see every agent
+    "packages.releases": AgentRule(_one("name")),
+}
+
+
+def agent_rule(name: str, caller: Caller) -> AgentRule:
+    rule = AGENT_RULES.get(name)
+    if rule is None:
+        raise _glob_refusal(caller, f"{name} is for callers that see every agent")
+    if rule.whole_tenants and caller.agents is not None:
+        raise _glob_refusal(caller, f"{name} is for callers that see whole tenants (a "
+                                    f"tenant's use counts agents outside {caller.agents})")
+    return rule
+
+
+def open_to(caller: Caller, name: str) -> bool:
+    """Whether a method may be called by this caller at all (some params may still be
+    refused): what a dashboard session is offered."""
+    if not caller.limited:
+        return True
+    try:
+        agent_rule(name, caller)
+    except RpcError:
+        return False
+    return True

@@ -1,0 +1,573 @@
+"""Reading the configuration: a TOML file (and the files it includes, and the desktop
+MCP servers file) into the Structs of config.py, with every error naming its file and key,
+and what the Structs cannot check one by one (names, protocols, isolation, sandboxes,
+commands, tenants declared)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import glob
+import os
+import re
+import shutil
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+import msgspec.inspect
+
+from ..text import did_you_mean
+from .config import (
+    DEFAULT_TENANT,
+    AgentSpec,
+    CheckSpec,
+    ClusterSettings,
+    Config,
+    ConfigError,
+    GatewaySettings,
+    HttpSettings,
+    McpServerSpec,
+    PackagesSettings,
+    ProcessSpec,
+    SupervisorSettings,
+    TenantSpec,
+    default_cwd,
+    gateway_socket,
+    isolation,
+)
+from .names import name_problem, shown
+from .sandbox import exposed, host_refusal
+
+
+def parse_tenants(data: dict[str, Any], where: str,
+                  problems: list[str] | None = None) -> dict[str, TenantSpec]:
+    """The `[tenants.NAME]` tables of a document (`tenants.add` takes them too); with
+    `problems`, as parse_agents."""
+    tables = data.get("tenants", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{where}: tenants: expected a table")
+    out: dict[str, TenantSpec] = {}
+    for name, table in tables.items():
+        with _collected(problems):
+            validate_name("tenants", name, where)
+            spec = convert(table, TenantSpec, where=where, prefix=f"tenants.{name}")
+            try:
+                spec.check()
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: tenants.{name}: {exc}") from None
+            out[name] = spec
+    return out
+
+
+def check_tenants_named(cfg: Config, where: str) -> None:
+    """Every agent's and server's tenant is declared (or is the default one)."""
+    known = set(cfg.tenants) | {DEFAULT_TENANT}
+    for kind, specs in (("agents", cfg.agents), ("mcp_servers", cfg.mcp_servers)):
+        for name, spec in specs.items():
+            if spec.tenant not in known:
+                raise ConfigError(f"{where}: {kind}.{name}.tenant: no tenant "
+                                  f"{shown(spec.tenant)} (declared: "
+                                  f"{', '.join(sorted(known))})")
+def _key_path(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """Split msgspec's 'problem - at `$.a.b`' into (problem, 'a.b')."""
+    text = str(exc)
+    m = re.search(r" - at `\$\.?([^`]*)`$", text)
+    if not m:
+        return text, ""
+    path = re.sub(r"\[(\d+)\]", r"[\1]", m.group(1))
+    return text[: m.start()], path
+
+
+def convert(data: Any, type: type[Any], *, where: str, prefix: str = "") -> Any:
+    try:
+        return msgspec.convert(data, type=type, strict=True)
+    except msgspec.ValidationError as exc:
+        problem, path = _key_path(exc)
+        if problem.startswith("Invalid enum value"):
+            values = _enum_values(type, path)
+            if values:
+                problem += " (valid: " + ", ".join(repr(v) for v in values) + ")"
+        unknown = re.fullmatch(r"Object contains unknown field `(.*)`", problem)
+        if unknown:
+            problem += did_you_mean(unknown[1], _field_names(type, path))
+        full = ".".join(p for p in (prefix, path) if p)
+        raise ConfigError(f"{where}: {full or '(top level)'}: {problem}") from None
+
+
+def _type_at(type_: type[Any], path: str) -> Any:
+    """The schema (msgspec.inspect) of what is at `path` (dotted) in `type_`, or None:
+    errors then say exactly what the Structs accept."""
+    info: Any = msgspec.inspect.type_info(type_)
+    for key in path.split(".") if path else []:
+        info = _not_none(info)
+        if isinstance(info, msgspec.inspect.StructType):
+            info = next((f.type for f in info.fields if f.encode_name == key), None)
+        elif isinstance(info, msgspec.inspect.DictType):
+            info = info.value_type
+        else:
+            return None
+    return _not_none(info)
+
+
+def _not_none(info: Any) -> Any:
+    while isinstance(info, msgspec.inspect.UnionType):  # e.g. `X | None`
+        info = next((t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)),
+                    None)
+    return info
+
+
+def _enum_values(type_: type[Any], path: str) -> list[Any]:
+    """The allowed values of the Literal at `path`."""
+    info = _type_at(type_, path)
+    return list(info.values) if isinstance(info, msgspec.inspect.LiteralType) else []
+
+
+def _field_names(type_: type[Any], path: str) -> list[str]:
+    """The keys the table at `path` takes (for a misspelt one, the nearest)."""
+    info = _type_at(type_, path)
+    if isinstance(info, msgspec.inspect.StructType):
+        return [f.encode_name for f in info.fields]
+    return []
+
+
+def validate_name(kind: str, name: str, where: str) -> None:
+    """DESIGN section 10's rule (names.py); server names may not contain "__"."""
+    problem = name_problem(name, server=kind in ("mcp_servers", "mcpServers"))
+    if problem:
+        raise ConfigError(f"{where}: {kind}.{shown(name)}: {problem}")
+
+
+def parse_agents(data: dict[str, Any], where: str,
+                 problems: list[str] | None = None) -> dict[str, AgentSpec]:
+    """The `[agents.NAME]` tables of a document, validated (used by `corral add` too).
+    With `problems`, a table's error is added to it and the table left out, instead of
+    raised (check-config says every error of a file at once)."""
+    agents = data.get("agents", {})
+    if not isinstance(agents, dict):
+        raise ConfigError(f"{where}: agents: expected a table")
+    out: dict[str, AgentSpec] = {}
+    for name, table in agents.items():
+        with _collected(problems):
+            out[name] = _agent(name, table, where)
+    return out
+
+
+@contextlib.contextmanager
+def _collected(problems: list[str] | None) -> Iterator[None]:
+    """A ConfigError inside is added to `problems` (None: raised as it is)."""
+    try:
+        yield
+    except ConfigError as exc:
+        if problems is None:
+            raise
+        problems.append(str(exc))
+
+
+def _agent(name: str, table: Any, where: str) -> AgentSpec:
+    validate_name("agents", name, where)
+    spec: AgentSpec = convert(table, AgentSpec, where=where, prefix=f"agents.{name}")
+    spec.name = name
+    problem = elastic_problem(spec, explicit_replicas="replicas" in table) or \
+        protocol_problem(spec)
+    if problem:
+        raise ConfigError(f"{where}: agents.{name}.{problem}")
+    try:
+        spec.argv()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: agents.{name}.command: {exc}") from None
+    try:
+        spec.check_health()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: agents.{name}.{exc}") from None
+    return spec
+
+
+PLAIN = 'a plain program (protocol = "none")'
+
+
+def protocol_problem(spec: AgentSpec) -> str | None:
+    """What the agent's keys ask that its protocol cannot give ("KEY: problem"), or None.
+    A plain program takes no tasks and answers nothing on its stdio: what follows tasks
+    (autoscale, hibernation), what needs a worker (a warm start from the SDK's zygote, the
+    worker's own health/check) and a cluster's placement (which is for its tasks) are
+    refused; readiness and the watchdog by sd_notify are a plain program's alone (a worker
+    is ready when it answers initialize, and the heartbeat watches it)."""
+    if spec.protocol == "corral":
+        if spec.ready is not None:
+            return ('ready: is for protocol = "none" (a worker is ready when it answers '
+                    "initialize)")
+        if spec.watchdog_sec:
+            return ('watchdog_sec: is for protocol = "none" (a worker is watched by the '
+                    "heartbeat: heartbeat_timeout)")
+        return None
+    if spec.autoscale is not None or spec.hibernate_after:
+        key = "autoscale" if spec.autoscale is not None else "hibernate_after"
+        return (f"{key}: {PLAIN} takes no tasks, and an elastic agent follows its task "
+                "load: set replicas instead")
+    if spec.warm or spec.preload:
+        key = "warm" if spec.warm else "preload"
+        return (f"{key}: {PLAIN} starts cold (a warm start forks a Python worker from a "
+                "zygote that has imported the worker SDK)")
+    if spec.placement == "cluster":
+        return (f'placement: {PLAIN} runs on this node (a cluster places agents for their '
+                "tasks)")
+    health = spec.health
+    for kind in ("readiness", "liveness"):
+        c: CheckSpec | None = getattr(health, kind) if health is not None else None
+        if c is not None and not c.probe:
+            return (f"health.{kind}: {PLAIN} answers no health/check: give command, tcp "
+                    "or http")
+    return None
+
+
+def cluster_problem(spec: AgentSpec, clustered: bool) -> str | None:
+    """What forbids the agent's `placement = "cluster"` here ("KEY: problem"), or None."""
+    if spec.placement != "cluster":
+        return None
+    if not clustered:
+        return ('placement: "cluster" needs a [cluster] table (this daemon is not a node '
+                "of a cluster)")
+    if spec.elastic:
+        return ('placement: a cluster agent is not elastic yet (autoscale, '
+                "hibernate_after)")
+    return protocol_problem(spec)
+
+
+def elastic_problem(spec: AgentSpec, *, explicit_replicas: bool = True) -> str | None:
+    """What is wrong with the agent's autoscale bounds ("KEY: problem"), or None. A
+    `replicas` the table does not give is brought within them (the count it starts with)."""
+    auto = spec.autoscale
+    if auto is None:
+        return None
+    lo, hi = auto.min_replicas, auto.max_replicas
+    if lo > hi:
+        return (f"autoscale: min_replicas ({lo}) is above max_replicas ({hi})")
+    if not explicit_replicas:
+        spec.replicas = auto.within(spec.replicas)
+    elif not lo <= spec.replicas <= hi:
+        return (f"replicas: {spec.replicas} is outside autoscale's min_replicas..max_replicas "
+                f"({lo}..{hi})")
+    return None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message carries "(at line L, column C)"
+        raise ConfigError(f"{path}: syntax error: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read the main file and its includes; every error names file and key path, and
+    every error there is is said at once (one a line), not the first alone."""
+    path = Path(path)
+    data = read_toml(path)
+    where = str(path)
+    problems: list[str] = []
+    errors = functools.partial(_collected, problems)
+
+    def table(key: str, kind: type[_S]) -> _S:
+        with errors():
+            got: _S = convert(data.get(key, {}), kind, where=where, prefix=key)
+            return got
+        return kind()
+
+    sup = table("supervisor", SupervisorSettings)
+    gateway = table("gateway", GatewaySettings)
+    http = table("http", HttpSettings)
+    packages = table("packages", PackagesSettings)
+    cluster = None
+    if "cluster" in data:
+        with errors():
+            cluster = convert(data["cluster"], ClusterSettings, where=where, prefix="cluster")
+            cluster.check(where)
+    tables = [f.encode_name for f in msgspec.structs.fields(Config)]
+    for key in sorted(set(data) - set(tables)):
+        problems.append(f"{where}: {key}: unknown top-level key{did_you_mean(key, tables)}")
+    agents: dict[str, AgentSpec] = {}
+    tenants: dict[str, TenantSpec] = {}
+    servers: dict[str, McpServerSpec] = {}
+    with errors():
+        agents = parse_agents(data, where, problems)
+    with errors():
+        tenants = parse_tenants(data, where, problems)
+    declared = data.get("mcp_servers", {})
+    overlays = {n: t for n, t in declared.items() if isinstance(t, dict)
+                and "command" not in t and "url" not in t} if isinstance(declared, dict) else {}
+    for name in overlays:
+        with errors():
+            validate_name("mcp_servers", name, where)
+    with errors():
+        servers = parse_servers({"mcp_servers": {n: t for n, t in declared.items()
+                                                 if n not in overlays}}
+                                if overlays else data, where, problems)
+    # which file declared each name, so a second declaration can say where the first is
+    origin = {f"agents.{n}": where for n in agents} | {f"mcp_servers.{n}": where
+                                                       for n in servers}
+    base = path.parent
+    for pattern in sup.include:
+        for inc in sorted(glob.glob(str(base / pattern))):
+            with errors():
+                _include(Path(inc), agents, servers, origin, problems)
+    if sup.mcp_servers_file:
+        mpath = Path(sup.mcp_servers_file)
+        mpath = mpath if mpath.is_absolute() else base / mpath
+        with errors():
+            for name, sspec in load_mcp_servers_file(mpath).items():
+                if name in servers:
+                    raise ConfigError(f"{mpath}: mcpServers.{name}: already defined in {path}")
+                servers[name] = sspec
+        # [mcp_servers.NAME] tables without command or url tune imported servers
+        for name, overlay in overlays.items():
+            with errors():
+                if name not in servers:
+                    raise ConfigError(f"{where}: mcp_servers.{name}: needs a command or a "
+                                      f"url (no server {name} in {mpath} to apply it to)")
+                merged = {**msgspec.to_builtins(servers[name]), **overlay}
+                servers[name] = _server(name, merged, where, f"mcp_servers.{name}")
+    else:
+        for name in overlays:
+            problems.append(f"{where}: mcp_servers.{name}: needs a command or a url")
+    for name, aspec in agents.items():
+        problem = isolation_problem(aspec, gateway, tenants.get(aspec.tenant)) or \
+            cluster_problem(aspec, cluster is not None)
+        if problem:
+            problems.append(f"{origin[f'agents.{name}']}: agents.{name}.{problem}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    # a process runs where the file that declares it is, unless told otherwise; a
+    # cluster agent's table is the cluster's: each node resolves its paths against its
+    # own config file's directory when it runs it
+    local = [a for a in agents.values() if a.placement != "cluster"]
+    for pspec in [*local, *servers.values()]:
+        pspec.cwd = str((base / pspec.cwd).resolve()) if pspec.cwd else default_cwd(
+            tenants.get(getattr(pspec, "tenant", DEFAULT_TENANT)), str(base.resolve()))
+    for aspec in local:
+        aspec.sandbox_paths = [str((base / sp).resolve()) for sp in aspec.sandbox_paths]
+    for sspec in servers.values():
+        sspec.roots = [r if "://" in r else str((base / r).resolve()) for r in sspec.roots]
+    if packages.dir is not None:
+        packages.dir = str((base / packages.dir).resolve())
+    if packages.cache_dir is not None:
+        packages.cache_dir = str((base / packages.cache_dir).resolve())
+    cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
+                 http=http, packages=packages, cluster=cluster, tenants=tenants)
+    check_tenants_named(cfg, where)
+    return cfg
+
+
+_S = TypeVar("_S", bound=msgspec.Struct)
+
+
+def _include(inc: Path, agents: dict[str, AgentSpec], servers: dict[str, McpServerSpec],
+             origin: dict[str, str], problems: list[str]) -> None:
+    """An included file's [agents] and [mcp_servers] tables, added to the config's."""
+    idata = read_toml(inc)
+    bad = set(idata) - {"agents", "mcp_servers"}
+    if bad:
+        key = sorted(bad)[0]
+        raise ConfigError(f"{inc}: {key}: not allowed in an included file (it holds "
+                          f"[agents] and [mcp_servers] tables)"
+                          f"{did_you_mean(key, ['agents', 'mcp_servers'])}")
+    for name, spec in parse_agents(idata, str(inc), problems).items():
+        with _collected(problems):
+            _define(origin, f"agents.{name}", str(inc))
+            agents[name] = spec
+    for name, sspec in parse_servers(idata, str(inc), problems).items():
+        with _collected(problems):
+            _define(origin, f"mcp_servers.{name}", str(inc))
+            servers[name] = sspec
+
+
+def isolation_problem(spec: AgentSpec, gateway: GatewaySettings,
+                      tenant: TenantSpec | None = None) -> str | None:
+    """What is wrong with an agent's isolation keys, as `KEY: problem`, or None."""
+    iso = isolation(spec, tenant)
+    if iso.sandbox == "none" and iso.network != "host":
+        return (f'network: network = "{iso.network}" needs sandbox = "bwrap" (without a '
+                f"sandbox an agent shares the host's network)")
+    health = spec.health
+    for kind in ("readiness", "liveness"):
+        c: CheckSpec | None = getattr(health, kind) if health is not None else None
+        for key in ("tcp", "http"):
+            if c is not None and getattr(c, key) is not None and iso.network != "host":
+                return (f'health.{kind}.{key}: connects from the host, which cannot reach '
+                        f'the agent\'s own network (network = "{iso.network}"): use a '
+                        "command check")
+    if iso.network == "gateway" and gateway_socket(gateway) is None:
+        return ('network: network = "gateway" needs [gateway] listen = "unix:PATH" (its '
+                "socket is the only one bound into the sandbox's empty network namespace)")
+    if iso.network == "gateway" and not gateway.agent_tokens:
+        return ('network: network = "gateway" needs [gateway] agent_tokens = true (the '
+                "agent is given the gateway's socket with its own token)")
+    return None
+
+
+def config_files(cfg: Config, path: Path) -> list[tuple[str, str]]:
+    """The files corral reads its own orders from, as (path, what it is): a sandboxed
+    agent may not hold one in its writable directory (it would rewrite them), nor reach
+    one through what it may read (sandbox.py masks them)."""
+    base = path.parent
+    out = [(str(path.absolute()), "corral's config file")]
+    out += [(str((base / pattern).parent.absolute()), "the config's includes")
+            for pattern in cfg.supervisor.include]
+    for file, what in ((cfg.supervisor.mcp_servers_file, "the MCP servers file"),
+                       (cfg.gateway.tokens_file, "the gateway's tokens file"),
+                       (cfg.cluster.key_file if cfg.cluster else None, "the cluster's key")):
+        if file:
+            out.append((str((base / file).absolute()), what))
+    return out
+
+
+def check_sandboxes(agents: dict[str, AgentSpec], program: str, where: str,
+                    protected: Iterable[tuple[str, str]] = (),
+                    tenants: Mapping[str, TenantSpec] | None = None) -> None:
+    """Every sandboxed agent can be sandboxed on this host (bubblewrap there, and user
+    namespaces allowed where it needs them), and its writable directory holds none of
+    corral's own files (`protected`), else a ConfigError saying why."""
+    protected = list(protected)
+    for name, spec in agents.items():
+        tenant = (tenants or {}).get(spec.tenant)
+        if isolation(spec, tenant).sandbox != "bwrap":
+            continue
+        why = host_refusal(program, spec.user or (tenant.user if tenant else None))
+        if why:
+            raise ConfigError(f"{where}: agents.{name}.sandbox: {why}")
+        why = exposed(spec.cwd or os.getcwd(), protected)
+        if why:
+            raise ConfigError(f"{where}: agents.{name}.cwd: {why}")
+
+
+def _define(origin: dict[str, str], key: str, where: str) -> None:
+    if key in origin:
+        raise ConfigError(f"{where}: {key}: already defined in {origin[key]}")
+    origin[key] = where
+
+
+def check_command(spec: ProcessSpec) -> str | None:
+    """Why `spec`'s command cannot be run here (naming the path tried), or None.
+
+    A name without a slash is looked up on PATH (the agent's own PATH if its env sets
+    one, as exec would); a path is taken relative to the process's cwd."""
+    program = spec.argv()[0]
+    if "/" in program:
+        path = Path(program) if os.path.isabs(program) else Path(spec.cwd or ".") / program
+        if not path.is_file():
+            return f"{program}: no such file ({path})"
+        if not os.access(path, os.X_OK):
+            return f"{program}: not executable ({path})"
+        return None
+    search = spec.env.get("PATH", os.environ.get("PATH", os.defpath))
+    if shutil.which(program, path=search) is None:
+        return f"{program}: not an executable on PATH ({search})"
+    return None
+
+
+def check_commands(cfg: Config, where: str) -> None:
+    """Every agent's and MCP server's command can be run, else a ConfigError."""
+    for kind, specs in (("agents", cfg.agents), ("mcp_servers", cfg.mcp_servers)):
+        for name, pspec in specs.items():
+            if kind == "mcp_servers" and not pspec.command:
+                continue
+            why = check_command(pspec)
+            if why:
+                raise ConfigError(f"{where}: {kind}.{name}.command: {why}")
+    check_sandboxes(cfg.agents, cfg.supervisor.bwrap, where, config_files(cfg, Path(where)),
+                    cfg.tenants)
+
+
+class DesktopServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One entry of a desktop MCP client's `mcpServers` file: every field those clients
+    write (Claude Desktop, Cursor, VS Code, Windsurf); anything else is refused with its key
+    path rather than silently ignored."""
+
+    command: str | None = None
+    args: list[str] = []
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    url: str | None = None
+    serverUrl: str | None = None  # Windsurf's spelling of url
+    headers: dict[str, str] = {}
+    type: Literal["stdio", "http", "streamable-http", "streamableHttp", "sse"] | None = None
+    transport: Literal["stdio", "http", "streamable-http", "streamableHttp", "sse"] | None \
+        = None
+    disabled: bool = False
+
+
+_TRANSPORTS: dict[str, Literal["stdio", "http", "sse"]] = {
+    "stdio": "stdio", "http": "http", "streamable-http": "http", "streamableHttp": "http",
+    "sse": "sse"}
+
+
+def load_mcp_servers_file(path: Path) -> dict[str, McpServerSpec]:
+    """A standard {"mcpServers": {NAME: {command, args, env, cwd | url, headers, type,
+    disabled}}} file; disabled servers are left out."""
+    try:
+        data = msgspec.json.decode(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not JSON: {exc}") from None
+    entries = data.get("mcpServers") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        raise ConfigError(f"{path}: mcpServers: expected an object of servers")
+    out: dict[str, McpServerSpec] = {}
+    for name, entry in entries.items():
+        validate_name("mcpServers", name, str(path))
+        key = f"mcpServers.{name}"
+        d = convert(entry, DesktopServer, where=str(path), prefix=key)
+        if d.disabled:
+            continue
+        url = d.url or d.serverUrl
+        kind = d.type or d.transport
+        transport = _TRANSPORTS[kind] if kind is not None else None
+        if (d.command is None) == (url is None):
+            raise ConfigError(f"{path}: {key}: give either command (a local server) or url "
+                              "(a remote one)")
+        if url is not None and (d.args or d.env or d.cwd):
+            raise ConfigError(f"{path}: {key}: args, env and cwd are for a command, not a "
+                              "url")
+        if d.command is not None and d.headers:
+            raise ConfigError(f"{path}: {key}.headers: headers are for a url, not a command")
+        table: dict[str, Any] = {"transport": transport} if transport else {}
+        if url is not None:
+            table.update(url=url, headers=d.headers)
+        else:
+            table.update(command=[d.command], args=d.args, env=d.env, cwd=d.cwd)
+        out[name] = _server(name, table, str(path), key)
+    return out
+
+
+def _server(name: str, table: dict[str, Any], where: str, key: str) -> McpServerSpec:
+    spec: McpServerSpec = convert(
+        {k: v for k, v in table.items() if v is not None and k != "name"},
+        McpServerSpec, where=where, prefix=key)
+    spec.name = name
+    try:
+        spec.check()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {key}: {exc}") from None
+    return spec
+
+
+def parse_servers(data: dict[str, Any], where: str,
+                  problems: list[str] | None = None) -> dict[str, McpServerSpec]:
+    servers = data.get("mcp_servers", {})
+    if not isinstance(servers, dict):
+        raise ConfigError(f"{where}: mcp_servers: expected a table")
+    out: dict[str, McpServerSpec] = {}
+    for name, table in servers.items():
+        with _collected(problems):
+            validate_name("mcp_servers", name, where)
+            if not isinstance(table, dict):
+                raise ConfigError(f"{where}: mcp_servers.{name}: expected a table")
+            out[name] = _server(name, table, where, f"mcp_servers.{name}")
+    return out
+
