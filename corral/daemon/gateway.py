@@ -34,6 +34,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..mcp.pool import allowed
 from ..percentile import percentile_ms
+from ..ratelimit import TokenBucket
 from ..supervisor.config import GatewaySettings
 from ..supervisor.runas import tenant_of
 from ..supervisor.tenants import visible_allow
@@ -154,29 +155,28 @@ class CallStats:
 
 
 class Limiter:
-    """A client's calls in flight and its calls in the last minute."""
+    """A client's calls in flight and its rate (a token bucket of its rate_per_minute, made
+    again when a reload changes the rate)."""
 
-    __slots__ = ("in_flight", "recent")
+    __slots__ = ("bucket", "in_flight")
 
     def __init__(self) -> None:
         self.in_flight = 0
-        self.recent: deque[float] = deque()
+        self.bucket: TokenBucket | None = None
 
     def admit(self, ident: Identity, rated: bool = True) -> None:
-        """Take a slot (and, for a call, a place in the minute's rate) or refuse."""
+        """Take a slot (and, for a call, a token of its rate) or refuse."""
         if self.in_flight >= ident.max_concurrent:
             raise RpcError(jsonrpc.REFUSED, f"gateway client {ident.name} has "
                                             f"{plural(self.in_flight, 'call')} in flight, its "
                                             "limit")
         if rated and ident.rate_per_minute:
-            now = time.monotonic()
-            while self.recent and now - self.recent[0] >= 60.0:
-                self.recent.popleft()
-            if len(self.recent) >= ident.rate_per_minute:
+            if self.bucket is None or self.bucket.per_minute != ident.rate_per_minute:
+                self.bucket = TokenBucket(ident.rate_per_minute)
+            if not self.bucket.take():
                 raise RpcError(jsonrpc.REFUSED, f"gateway client {ident.name} is over its "
                                                 f"rate of {plural(ident.rate_per_minute, 'call')} "
                                                 "a minute")
-            self.recent.append(now)
         self.in_flight += 1
 
 

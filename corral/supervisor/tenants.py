@@ -22,9 +22,10 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
+from ..ratelimit import TokenBucket
 from .config import DEFAULT_TENANT, MIB, TenantSpec
 from .lifecycle import SERVING, State
-from .tasks.admission import TokenBucket, retry_after
+from .tasks.admission import retry_after
 from .tasks.budget import BUDGET_PREFIX
 
 if TYPE_CHECKING:

@@ -25,6 +25,7 @@ from aiohttp import web
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...methods import REGISTRY, TasksRun
+from ...ratelimit import PerKey
 from ...timeouts import within
 from ..api import Dispatcher
 from ..caller import Caller
@@ -38,30 +39,6 @@ from .resources import PREFIX, RESOURCES, Resource, TaskSubmit
 
 JSON = "application/json"
 MAX_WAIT = 3600.0  # seconds a `POST /tasks?wait` may hold the request
-
-
-class Limiter:
-    """Requests per caller per minute: a bucket per token holding a minute's requests,
-    refilled continuously, so a burst is allowed and a steady rate above it is not."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self.buckets: dict[str, tuple[float, float]] = {}  # who -> (level, when)
-
-    def wait(self, who: str) -> float:
-        """0 when the request may go now (and it is counted), else the seconds until it
-        could."""
-        if self.per_minute <= 0:
-            return 0.0
-        now = time.monotonic()
-        rate = self.per_minute / 60.0
-        level, when = self.buckets.get(who, (float(self.per_minute), now))
-        level = min(float(self.per_minute), level + (now - when) * rate)
-        if level < 1.0:
-            self.buckets[who] = (level, now)
-            return (1.0 - level) / rate
-        self.buckets[who] = (level - 1.0, now)
-        return 0.0
 
 
 def _fields(method: str) -> dict[str, mi.Field]:
@@ -81,7 +58,7 @@ class Api:
     def __init__(self, ctx: HttpContext) -> None:
         self.ctx = ctx
         self.dispatcher: Dispatcher[Any] = ctx.dispatcher
-        self.limiter = Limiter(ctx.settings.rate_per_minute)
+        self.limiter = PerKey(ctx.settings.rate_per_minute)
         self.keys = Keys()
         self.ring = sse.EventRing(ctx.dispatcher)
         self.streams = sse.Streams(ctx.settings.max_streams,
@@ -99,7 +76,7 @@ class Api:
             caller = authenticate(self.ctx, request)
         except RpcError as exc:  # no token (401), or a dashboard write breaking a rule (403)
             return route.bearer_refusal(exc)
-        wait = self.limiter.wait(caller.who)
+        wait = self.limiter.admit(caller.who)
         if wait > 0:
             return route.problem(
                 429, f"{caller.who} is over its {self.limiter.per_minute} requests per minute",

@@ -16,7 +16,7 @@ worker.py     task/progress, tools/call and tools/list from workers
 manager.py    TaskManager, composing them
 """
 
-from .admission import MAX_INPUT_BYTES, TokenBucket
+from .admission import MAX_INPUT_BYTES
 from .budget import Budget, Budgets
 from .counters import LATENCY_WINDOW, AgentTasks
 from .dispatch import CANCEL_GRACE, Dispatcher
@@ -68,7 +68,6 @@ __all__ = [
     "TaskResult",
     "TaskStatus",
     "TaskSummary",
-    "TokenBucket",
     "ToolRouter",
     "Usage",
     "encode_input",

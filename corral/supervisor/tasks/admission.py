@@ -3,11 +3,11 @@ is journaled or queued."""
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
+from ...ratelimit import TokenBucket
 from ...text import plural
 from ..lifecycle import LIVE, State
 
@@ -15,32 +15,6 @@ if TYPE_CHECKING:
     from .host import AgentLike
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024 - 4096  # it must fit one 16 MiB protocol line
-
-
-class TokenBucket:
-    """`rate_per_minute` admissions a minute, with at most a minute's worth in a burst."""
-
-    def __init__(self, per_minute: float) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, per_minute)
-        self.tokens = self.capacity
-        self.stamp = time.monotonic()
-
-    def _level(self, now: float) -> float:
-        """The tokens there are at `now` (refilled since the last take)."""
-        return min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens, self.stamp = self._level(now), now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-    def wait(self) -> float:
-        """Seconds until take() passes again, at this rate (0: now)."""
-        return max(0.0, (1.0 - self._level(time.monotonic())) / self.rate)
 
 
 def retry_after(seconds: float) -> dict[str, float]:

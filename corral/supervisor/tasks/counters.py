@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ...percentile import percentile_ms
-from .admission import TokenBucket
+from ...ratelimit import TokenBucket
 from .model import TERMINAL
 
 LATENCY_WINDOW = 1000

@@ -1,0 +1,66 @@
+"""The one rate limit: a token bucket holding a minute's worth (at least one), refilled
+continuously, so a burst is allowed and a steady rate above the limit is not. An agent's
+and a tenant's task admissions, a token's HTTP requests and a gateway client's tool calls
+are all limited by it (decision 195)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class TokenBucket:
+    """`per_minute` takes a minute, at most a minute's worth (at least one) in a burst.
+    `clock` is monotonic seconds (a test passes its own)."""
+
+    __slots__ = ("capacity", "clock", "per_minute", "rate", "stamp", "tokens")
+
+    def __init__(self, per_minute: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, per_minute)
+        self.clock = clock
+        self.tokens = self.capacity
+        self.stamp = clock()
+
+    def _level(self, now: float) -> float:
+        """The tokens there are at `now` (refilled since the last take)."""
+        return min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+
+    def take(self) -> bool:
+        """Take one token if there is one (True), else leave the bucket as it is."""
+        now = self.clock()
+        self.tokens, self.stamp = self._level(now), now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def wait(self) -> float:
+        """Seconds until take() passes again, at this rate (0: now)."""
+        return max(0.0, (1.0 - self._level(self.clock())) / self.rate)
+
+    def admit(self) -> float:
+        """0 when one is taken now, else the seconds until one could be."""
+        return 0.0 if self.take() else self.wait()
+
+
+class PerKey:
+    """A bucket of `per_minute` for each key (a caller); `per_minute` 0 or less: no
+    limit. A key's bucket is made at its first take and kept."""
+
+    def __init__(self, per_minute: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self.buckets: dict[str, TokenBucket] = {}
+
+    def admit(self, key: str) -> float:
+        """0 when `key` may go now (and it is counted), else the seconds until it could."""
+        if self.per_minute <= 0:
+            return 0.0
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = TokenBucket(self.per_minute, self.clock)
+        return bucket.admit()
