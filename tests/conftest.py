@@ -17,7 +17,7 @@ import psutil
 import pytest
 import uvloop
 
-from corral.supervisor import AgentSpec, Supervisor, containment
+from corral.supervisor import AgentSpec, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -74,21 +74,26 @@ async def all_ready(sup: Supervisor, name: str, timeout: float = 10.0) -> None:
         await sup.wait_state(name, State.READY, replica=i, timeout=timeout)
 
 
+# a test's own asyncio children, which the in-process supervisors and daemons the tests
+# make are given (Supervisor's `spared`)
+SPARED: set[int] = set()
+
+
 @pytest.fixture(autouse=True)
 def _a_tests_own_children_are_its_own(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A test's asyncio subprocesses (a CLI beside an in-process daemon) are the test's:
-    containment is told, or its tick could reap one before the test's wait learns the
-    status (the wait then hangs), or kill it as a re-parented orphan."""
+    its supervisor is given them, or containment's tick could reap one before the test's
+    wait learns the status (the wait then hangs), or kill it as a re-parented orphan."""
     real = asyncio.create_subprocess_exec
 
     async def spawn(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
         proc = await real(*args, **kwargs)
-        containment.spare(proc.pid)
+        SPARED.add(proc.pid)
         return proc
 
     monkeypatch.setattr(asyncio, "create_subprocess_exec", spawn)
     yield
-    containment.SPARED.clear()
+    SPARED.clear()
 
 
 @pytest.fixture
@@ -107,7 +112,7 @@ async def sup() -> AsyncIterator[Supervisor]:
     outlives it."""
     before = open_fds()
     # 2 s: short enough for hang tests, long enough for a loaded CI machine's workers
-    s = Supervisor(heartbeat_interval=0.1, heartbeat_timeout=2.0)
+    s = Supervisor(heartbeat_interval=0.1, heartbeat_timeout=2.0, spared=SPARED)
     s.open()
     try:
         yield s

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from .conftest import EXAMPLES, ROOT
+from .conftest import EXAMPLES, ROOT, SPARED
 
 PY = sys.executable
 
@@ -235,7 +235,7 @@ async def in_process(tmp_path: Path, agents: str, toml: str = "", supervisor: st
     config = tmp_path / "corral.toml"
     config.write_text(config_text(agents, tmp_path / "corral.sock", tmp_path / "state",
                                   supervisor) + toml)
-    d = InProcess(config)
+    d = InProcess(config, spared=SPARED)
     run = asyncio.ensure_future(d.run())
     try:
         set_up = asyncio.ensure_future(d.set_up.wait())

@@ -338,3 +338,26 @@ async def test_an_orphan_without_a_token_is_judged_twice_before_it_is_killed(
         if stray.poll() is None:
             stray.kill()
             stray.wait()
+
+
+def _zombie(pid: int) -> bool:
+    st = read_stat(pid)
+    return st is not None and st.state == "Z"
+
+
+def test_a_spared_child_is_left_to_its_owner_and_another_is_reaped() -> None:
+    """The embedding program's own children, given as `spared`, are not reaped by the
+    tick (their owner's wait learns their status); a child nobody claims is."""
+    mine = subprocess.Popen(["sh", "-c", "exit 3"])
+    c = Containment("off", spared={mine.pid})
+    try:
+        wait_until(lambda: _zombie(mine.pid), 10, "the spared child exited")
+        assert c.reap_zombies() == 0
+        assert _zombie(mine.pid)
+    finally:
+        assert mine.wait(10) == 3  # its status, which a reap by the tick would have taken
+    other = subprocess.Popen(["sh", "-c", "exit 3"])
+    wait_until(lambda: _zombie(other.pid), 10, "the other child exited")
+    assert c.reap_zombies() == 1
+    assert read_stat(other.pid) is None
+    other.wait(10)  # already reaped: Popen learns nothing more of it

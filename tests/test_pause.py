@@ -484,13 +484,12 @@ def test_a_cgroup_freeze_that_cannot_be_written_falls_back_to_sigstop(
 
 
 def test_a_process_killed_mid_freeze_ends_the_pause_as_a_crash(
-        delegated: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        delegated: Path) -> None:  # noqa: F811
     """The replica's process dies while the pause waits for the kernel (its freeze held
     up by the FUSE lookup): the pause returns then, not at its bound (30 s here, so that
     a loaded machine's slowness is not mistaken for the wait); the death is a crash, and
     the next process starts in the same cgroup unfrozen."""
-    monkeypatch.setenv("CORRAL_FREEZE_WAIT", "30")
-    with in_cgroup(delegated, fuse_agent()) as d:
+    with in_cgroup(delegated, fuse_agent(pause_timeout=30)) as d:
         cg = delegated / "agent-w-0"
         pid = d.status()["w#0"]["pid"]
         d.json("run", "w", "--input", '{"do": "stick"}')
@@ -581,13 +580,14 @@ def test_a_rollout_stops_a_replica_it_cannot_thaw_and_says_so(
                 "(Permission denied): its tasks are not finished") in said, said
 
 
-def fuse_agent() -> str:
+def fuse_agent(pause_timeout: float = 2.0) -> str:
     """Agent w of tests/fuse_worker.py (a thread of it can be made unfreezable)."""
     return textwrap.dedent(f"""
         [agents.w]
         command = ["{PY}", "{Path(__file__).with_name('fuse_worker.py')}"]
         env = {{ PYTHONPATH = "{ROOT}" }}
         stop_timeout = 2.0
+        pause_timeout = {pause_timeout}
     """)
 
 
@@ -605,7 +605,7 @@ def test_a_freeze_the_kernel_does_not_finish_in_time_is_said_and_thaws(
         r = d.cli("pause", "w")
         took = time.monotonic() - began
         assert (r.returncode, r.stderr) == (0, "")
-        assert 2.0 <= took < 10, took  # FREEZE_WAIT, and no longer
+        assert 2.0 <= took < 10, took  # pause_timeout, and no longer
         assert d.status()["w#0"]["state"] == "paused"
         assert cgroup_file(cg, "cgroup.freeze").strip() == "1"
         assert "frozen 0" in cgroup_file(cg, "cgroup.events")

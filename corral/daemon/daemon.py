@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,8 +100,11 @@ class Paths:
 
 class Daemon:
     def __init__(self, config_path: Path, *, socket: str | None = None,
-                 notifier: Notifier | None = None, freeze_heap: bool = False) -> None:
+                 notifier: Notifier | None = None, freeze_heap: bool = False,
+                 spared: Container[int] = frozenset()) -> None:
         self.config_path = config_path.resolve()
+        # an embedding program's own children, left to it (containment.Containment)
+        self.spared = spared
         # whether what start-up made is taken out of the collector's passes: a decision
         # for the whole process, so only `corral daemon`'s own (run_daemon) makes it
         self.freeze_heap = freeze_heap
@@ -278,7 +281,7 @@ class Daemon:
                          max_replicas=sc.max_replicas, state_dir=paths.state_dir,
                          tasks_kept=sc.tasks_kept,
                          tasks_kept_bytes=int(sc.tasks_kept_mb * 1024 * 1024),
-                         task_queue=task_queue)
+                         task_queue=task_queue, spared=self.spared)
         sup.sandbox_program = sc.bwrap
         sup.protected_paths = self._protected(cfg, paths)
         self.sup = sup

@@ -187,6 +187,9 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     max_queue: NonNegInt = 1000
     task_timeout: Positive = 300.0
     cancel_grace: Positive = 5.0  # after task/cancel, then the worker is hung
+    # how long `corral pause` waits for the kernel to say a replica is frozen (or
+    # stopped), after which it answers with a note that it was not seen so
+    pause_timeout: Positive = 2.0
     # a stop drains: the agent's running tasks have this long to finish before they are
     # cancelled and handed to the next daemon; None: [supervisor] drain_timeout
     drain_timeout: NonNeg | None = None

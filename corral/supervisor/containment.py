@@ -36,7 +36,7 @@ import secrets
 import select
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
@@ -158,17 +158,6 @@ def open_verified(pid: int, start_time: int) -> int | None:
 def signal_fd(pidfd: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         signal.pidfd_send_signal(pidfd, sig)
-
-
-# children of a program that embeds a Supervisor and starts processes of its own (a
-# test's subprocesses beside an in-process daemon): not corral's, so neither reaped by
-# the tick (their owner's wait would never learn the status) nor killed as orphans
-SPARED: set[int] = set()
-
-
-def spare(pid: int) -> None:
-    """`pid`, a child of this process that corral did not start, is left to its owner."""
-    SPARED.add(pid)
 
 
 def try_reap(pid: int) -> bool:
@@ -531,9 +520,15 @@ class Nodes(Protocol):
 class Containment:
     """Tracks every process a Supervisor starts and everything they leave behind."""
 
-    def __init__(self, cgroups: CgroupMode = "auto", *, stream: Stream | None = None) -> None:
-        """`stream`: where ProcessStarted and ProcessEnded go (the supervisor's)."""
+    def __init__(self, cgroups: CgroupMode = "auto", *, stream: Stream | None = None,
+                 spared: Container[int] = frozenset()) -> None:
+        """`stream`: where ProcessStarted and ProcessEnded go (the supervisor's).
+        `spared`: children of a program that embeds a Supervisor and starts processes of
+        its own (a test's subprocesses beside an in-process daemon), as it adds them: not
+        corral's, so neither reaped by the tick (their owner's wait would never learn the
+        status) nor killed as orphans."""
         self.stream = stream if stream is not None else Stream()
+        self.spared = spared
         # the incarnation: a random id, so tokens of two daemons (or two runs) never meet
         self.owner = f"{os.getpid()}-{secrets.token_hex(6)}"
         self.mode: CgroupMode = cgroups
@@ -722,7 +717,7 @@ class Containment:
             except ChildProcessError:
                 return n
             if res is None or res.si_pid == 0 or res.si_pid in self._by_pid \
-                    or res.si_pid in SPARED:
+                    or res.si_pid in self.spared:
                 # nothing, a tracked process whose pidfd callback reaps it, or one its
                 # owner waits for
                 return n
@@ -751,7 +746,7 @@ class Containment:
         leaders = {t.record.pid: t for t in self.live.values()}
         unread, self._unread = self._unread, set()
         for st, token in found:
-            if st.pid in self._by_pid or st.pid in SPARED:
+            if st.pid in self._by_pid or st.pid in self.spared:
                 continue  # a process we started ourselves, or one the embedder did
             if token in self._pending:
                 continue  # being spawned by another thread right now

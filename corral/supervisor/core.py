@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Container, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -263,11 +263,13 @@ class Supervisor:
         tasks_kept: int = FINISHED_KEPT,
         tasks_kept_bytes: int = FINISHED_KEPT_BYTES,
         task_queue: Queue | None = None,
+        spared: Container[int] = frozenset(),
     ) -> None:
         """`journal` makes tasks durable (the daemon passes its SQLite journal); at most
         `tasks_kept` finished tasks, and `tasks_kept_bytes` of their outputs, stay in
         memory; `task_queue` holds waiting tasks (default: the local heap; a cluster
-        node's: corral.cluster.queue)."""
+        node's: corral.cluster.queue); `spared`: the embedding program's own children
+        (containment.Containment)."""
         self.heartbeat_interval = heartbeat_interval
         self.max_replicas = max_replicas or default_max_replicas()
         self.state_dir = state_dir  # where remote servers' OAuth tokens are kept
@@ -275,7 +277,7 @@ class Supervisor:
         # its subscribers cannot break it (stream.py)
         self.stream = Stream()
         # subreaper, cgroups and process records: nothing a process starts outlives it
-        self.containment = Containment(cgroups, stream=self.stream)
+        self.containment = Containment(cgroups, stream=self.stream, spared=spared)
         self.heartbeat_timeout = heartbeat_timeout
         self.max_line = max_line
         self.agents: dict[str, Agent] = {}
@@ -434,7 +436,8 @@ class Supervisor:
         task goes to them and no heartbeat judges them until resumed. Refused (nothing
         done) when one named is not running. Returns the replicas named."""
         agent = self.agent(name)
-        await asyncio.gather(*(r.pause(reason) for r in to_pause(agent, index)))
+        await asyncio.gather(*(r.pause(reason, agent.spec.pause_timeout)
+                               for r in to_pause(agent, index)))
         return selected(agent, index)
 
     def resume(self, name: str, index: int | None = None, reason: str = "resumed"

@@ -53,10 +53,9 @@ MAX_IN_FLIGHT = 256
 # process in uninterruptible sleep dies only when its system call returns)
 KILL_GRACE = 5.0
 # how long a pause waits for the kernel to say a replica's cgroup is frozen (every task in
-# it stopped: one in uninterruptible sleep is frozen when its system call returns);
-# CORRAL_FREEZE_WAIT sets it for a test that tells a wait cut short from one that ran its
-# course on a loaded machine
-FREEZE_WAIT = float(os.environ.get("CORRAL_FREEZE_WAIT", "2.0"))
+# it stopped: one in uninterruptible sleep is frozen when its system call returns), unless
+# the agent's pause_timeout says otherwise
+FREEZE_WAIT = 2.0
 
 
 class ResumeFailed(RpcError):
@@ -270,18 +269,18 @@ class ProcessReplica(Machine):
         """It takes work now (an agent's queue is pumped)."""
 
     # -- pause ----------------------------------------------------------------------------
-    async def pause(self, reason: str) -> bool:
+    async def pause(self, reason: str, wait: float = FREEZE_WAIT) -> bool:
         """Freeze a serving replica's process where it is, its memory kept (False: it is
         not serving, nothing done). Returns once the kernel says its cgroup is frozen, or
         that the process is stopped (SIGSTOP takes effect when it next leaves the kernel),
-        FREEZE_WAIT at most. No ping, hang check or usage sample while paused."""
+        `wait` seconds at most. No ping, hang check or usage sample while paused."""
         step = self._apply(Cause.PAUSE, reason)
         if not step.freeze:
             return False
         how = self._frozen
         if isinstance(how, str):
             try:
-                done = await wait_frozen(how, FREEZE_WAIT)
+                done = await wait_frozen(how, wait)
             except OSError as exc:  # frozen all the same, as far as the kernel was asked
                 self.note(f"paused, but not seen frozen: {how}/cgroup.events cannot be "
                           f"read ({exc.strerror})")
@@ -290,19 +289,19 @@ class ProcessReplica(Machine):
             if done and proc is not None and not populated(how):
                 # an empty cgroup reads frozen: the process died as it was frozen, and
                 # what the pause answers is that exit, seen first (not "paused")
-                await _wait(proc.exited, FREEZE_WAIT)
+                await _wait(proc.exited, wait)
         else:
-            done = await self._wait_stopped()
+            done = await self._wait_stopped(wait)
         if not done and self.state == State.PAUSED:
             self.note(f"paused, but not seen {'frozen' if isinstance(how, str) else 'stopped'}"
-                      f" within {FREEZE_WAIT:g} s (in uninterruptible sleep?)")
+                      f" within {wait:g} s (in uninterruptible sleep?)")
         return True
 
-    async def _wait_stopped(self) -> bool:
+    async def _wait_stopped(self, wait: float) -> bool:
         """Until /proc says the process is stopped. The kernel tells a stop to the parent
         alone (a warm worker's is its zygote), so this looks, at growing intervals: a
         stop takes effect within a scheduling tick."""
-        deadline = time.monotonic() + FREEZE_WAIT
+        deadline = time.monotonic() + wait
         delay = 0.0002
         while self.state == State.PAUSED and self.process is not None:
             st = self._proc_stat(self._measured_pid(self.process) or self.process.pid)
