@@ -499,6 +499,11 @@ def test_sighup_reloads_and_sigterm_stops_gracefully(daemon: Daemon) -> None:
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: daemon.status().get("viahup#0", {}).get("state") == "ready")
+    # audited as `corral reload` is: the Dispatcher's row, naming the signal
+    reloads = [e for e in daemon.json("audit")["entries"] if e["method"] == "config.reload"]
+    assert [(e["outcome"], e["who"], e["uid"], e["pid"]) for e in reloads] == [
+        ("ok", "signal SIGHUP", os.geteuid(), daemon.proc.pid)]
+    assert daemon.json("history", "viahup")["revisions"][0]["who"] == "signal SIGHUP"
     pids = [a["pid"] for a in daemon.status().values()]
     assert daemon.stop(signal.SIGTERM) == 0
     assert not any(psutil.pid_exists(p) for p in pids)

@@ -27,6 +27,9 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     gid: int = -1
     pid: int = -1
     token: str | None = None  # the name of the token it presented
+    # a caller inside the daemon, as the audit log names it ("signal SIGHUP", "gateway
+    # client NAME"); None: a socket peer or a token's holder
+    name: str | None = None
     tenant: str | None = None  # None: every tenant (an operator)
     scopes: frozenset[str] = SCOPES
     # a glob: the only agents it may see and touch (a token's `--agents`); None: all
@@ -62,9 +65,16 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def who(self) -> str:
         """As revisions and the audit log name the caller."""
+        if self.name is not None:
+            return self.name
         if self.token is not None:
             return f"token {self.token}"
         return f"uid {self.uid} pid {self.pid}"
+
+    @property
+    def peer(self) -> bool:
+        """A socket peer: its uid and pid say who it is (an audit row names no one)."""
+        return self.token is None and self.name is None
 
     def may(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes

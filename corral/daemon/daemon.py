@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .. import __version__, redact
-from ..jsonrpc import LineBlock
+from ..jsonrpc import LineBlock, RpcError
 from ..methods import Drained, ReloadResult
 from ..paths import default_log_dir, default_socket, default_state_dir, resolve
 from ..supervisor.config import ClusterSettings, Config, ConfigError
@@ -161,10 +161,12 @@ class Daemon:
             sig = await self._signals.get()
             if sig == signal.SIGHUP:
                 s.hub.daemon("received SIGHUP: reloading")
-                try:
-                    await s.reload("SIGHUP")
-                except ConfigError as exc:
-                    s.hub.daemon(f"reload rejected: {exc}", priority=4)
+                try:  # as `corral reload` is: through the Dispatcher, audited
+                    await self.dispatcher.call(Caller(
+                        via="signal", uid=os.geteuid(), pid=os.getpid(),
+                        name="signal SIGHUP"), "config.reload")
+                except RpcError as exc:
+                    s.hub.daemon(exc.message, priority=4)
                 continue
             if sig not in (STOP, STOP_NOW):
                 s.hub.daemon(f"received {signal.Signals(sig).name}")
@@ -285,7 +287,7 @@ class Daemon:
         sup.sandbox_program = sc.bwrap
         sup.protected_paths = self._protected(cfg, paths)
         self.sup = sup
-        gateway = GatewayService(sup, self._gateway_audit)
+        gateway = GatewayService(sup, self._audit)
         try:
             gateway.configure(cfg.gateway, self.config_path.parent)
         except ConfigError as exc:
@@ -735,15 +737,7 @@ class Daemon:
         text = f"{caller.who}: {method} {msgspec.json.encode(shown).decode()} -> {outcome}"
         self.hub.daemon(text, "audit")
         self.store.audit(caller.uid, caller.pid, method, shown, outcome,
-                         caller.who if caller.token is not None else None, caller.tenant)
-
-    def _gateway_audit(self, client: str, tool: str, outcome: str,
-                       who: tuple[int, int]) -> None:
-        """Every call by a gateway client, in the daemon log and the audit table (the
-        writer commits the rows of a loop turn in one transaction)."""
-        self.hub.daemon(f"gateway client {client}: tools/call {tool} -> {outcome}", "audit")
-        self.store.audit(who[0], who[1], "gateway.call", {"client": client, "tool": tool},
-                         outcome)
+                         None if caller.peer else caller.who, caller.tenant)
 
     # -- reload ---------------------------------------------------------------------------------
     async def _reload(self, s: Services, who: str) -> ReloadResult:

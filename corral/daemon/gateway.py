@@ -39,13 +39,13 @@ from ..supervisor.config import GatewaySettings
 from ..supervisor.runas import tenant_of
 from ..supervisor.tenants import visible_allow
 from ..text import plural
+from .api import Audit
+from .caller import Caller
 
 if TYPE_CHECKING:
     from ..supervisor.core import Supervisor
     from ..supervisor.process_replica import Event, Exited, ProcessReplica
 
-# a gateway call's audit row: (client, tool, outcome, (uid, pid))
-Audit = Callable[[str, str, str, tuple[int, int]], None]
 
 
 class ApiToken(Protocol):
@@ -443,7 +443,10 @@ class GatewayService:
         error = outcome != "ok"
         self.by_client.setdefault(ident.name, CallStats()).add(seconds, error)
         self.by_tool.setdefault(tool, CallStats()).add(seconds, error)
-        self.audit(ident.name, tool, outcome, who)
+        # the row every command's is, by the Dispatcher's audit (api.Audit)
+        self.audit(Caller(via="gateway", uid=who[0], pid=who[1], tenant=ident.tenant,
+                          name=f"gateway client {ident.name}"),
+                   "gateway.call", {"client": ident.name, "tool": tool}, outcome)
 
     def stats(self) -> dict[str, Any]:
         clients = {}

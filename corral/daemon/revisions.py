@@ -47,7 +47,7 @@ class Revision(msgspec.Struct):
     agent: str
     revision: int
     time: float
-    who: str  # "config file", "uid 0 pid 123: agents.add", "SIGHUP", ...
+    who: str  # "config file", "uid 0 pid 123: agents.add", "signal SIGHUP", ...
     change: str  # in words: "created", "replicas 2 -> 3, env changed"
     spec: dict[str, Any]  # the [agents.NAME] table, as the config would write it
     release: str | None = None  # an agent package's release (its name), from the spec
