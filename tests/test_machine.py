@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -17,12 +18,14 @@ from corral.supervisor.lifecycle import (
     IllegalTransition,
     Machine,
     State,
+    Step,
 )
 from corral.supervisor.restart import RestartPolicy
 
 
-class Recorder(Machine):
-    """A machine whose events are kept in a list."""
+class Recorder:
+    """A machine, fired as its executor fires it (executor.py), with what the executor
+    would have done kept in lists: the events, fresh lives, stays and counted restarts."""
 
     def __init__(self, **policy: object) -> None:
         args: dict[str, object] = dict(max_restarts=2, window=60.0, backoff_initial=1.0,
@@ -30,26 +33,28 @@ class Recorder(Machine):
                                        rng=random.Random(1))
         args.update(policy)
         mode = args.pop("mode", "always")
-        self._machine_init(RestartPolicy(mode, **args))  # type: ignore[arg-type]
+        self.m = Machine(RestartPolicy(mode, **args))  # type: ignore[arg-type]
         self.events: list[tuple[State, State, Cause, str]] = []
         self.fresh_lives = 0
         self.stays = 0
         self.counted: list[Cause] = []
 
-    def _transitioned(self, previous: State, cause: Cause, reason: str) -> None:
-        self.events.append((previous, self.state, cause, reason))
+    def fire(self, cause: Cause, reason: str) -> Step:
+        previous = self.m.state
+        step = self.m.fire(cause, reason)
+        self.fresh_lives += step.fresh
+        self.stays += step.stay_down
+        if step.tally:
+            self.counted.append(self.m.restart_cause)
+        if self.m.state is not previous:
+            self.events.append((previous, self.m.state, cause, reason))
+        return step
 
-    def _fresh_life(self) -> None:
-        self.fresh_lives += 1
-
-    def _staying_down(self) -> None:
-        self.stays += 1
-
-    def _restart_counted(self, cause: Cause) -> None:
-        self.counted.append(cause)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.m, name)
 
     def at(self, state: State) -> Recorder:
-        self.state = state
+        self.m.state = state
         return self
 
 
@@ -78,14 +83,14 @@ def test_a_life_from_spawn_to_restart() -> None:
 def test_a_take_down_is_remembered_and_named_at_the_exit(cause: Cause) -> None:
     m = Recorder().at(State.BUSY)
     step = m.fire(cause, "hung: no heartbeat for 5 s")
-    assert step.shutdown and m.state == State.SHUTTING_DOWN and not m._stay_down
+    assert step.shutdown and m.state == State.SHUTTING_DOWN and not m.stays_down
     assert m.exit_cause is Cause.EXIT and m.clean_exit_asked
-    m._escalation = "SIGKILL after ignoring SIGTERM for 1 s"
+    m.escalate_anew("SIGKILL after ignoring SIGTERM for 1 s")
     assert m.taken_down_for() == ("hung: no heartbeat for 5 s (SIGKILL after ignoring "
                                   "SIGTERM for 1 s)")
     m.fire(Cause.EXIT, "gone")
     d = m.decide(clean=False, uptime=0.0, now=0.0, closing=False, reason="gone")
-    assert d is not None and d.cause is Cause.POLICY_RESTART and m._restart_cause is cause
+    assert d is not None and d.cause is Cause.POLICY_RESTART and m.restart_cause is cause
     m.fire(d.cause, d.reason)
     m.fire(Cause.BACKOFF_OVER, "restart #1")
     assert m.taken_down_for() is None and m.exit_cause is Cause.CRASH  # a fresh life
@@ -120,11 +125,11 @@ def test_a_restart_is_counted_when_decided_by_the_cause_that_ended_the_life() ->
 
 def test_a_stop_stays_down_and_the_first_reason_stands() -> None:
     m = Recorder().at(State.READY)
-    assert m.fire(Cause.STOP, "stopped").shutdown and m._stay_down and m.stays == 1
+    assert m.fire(Cause.STOP, "stopped").shutdown and m.stays_down and m.stays == 1
     assert m.fire(Cause.HANG, "hung").target is None  # on its way out: no new reason
-    assert m._down_reason == "stopped"
+    assert m.down_reason == "stopped"
     assert m.fire(Cause.ERROR, "corral error: x").target is None
-    assert m._down_reason == "corral error: x"  # corral's own error is what ends it
+    assert m.down_reason == "corral error: x"  # corral's own error is what ends it
     m.fire(Cause.EXIT, "gone")
     assert m.decide(clean=True, uptime=0.0, now=0.0, closing=False, reason="gone") is None
 
@@ -134,10 +139,10 @@ def test_a_stop_in_backoff_terminates_and_a_start_by_hand_forgives() -> None:
     assert m.decide(clean=False, uptime=0, now=0, closing=False, reason="x") is not None
     m.fire(Cause.POLICY_RESTART, "restarting")
     step = m.fire(Cause.STOP, "stopped")
-    assert m.state == State.TERMINATED and step.down and m._stay_down
+    assert m.state == State.TERMINATED and step.down and m.stays_down
     assert m.fire(Cause.STOP, "stopped again").target is None  # stays down, no event
     m.fire(Cause.SPAWN, "started")
-    assert not m._stay_down and m.policy.recent_restarts == 0
+    assert not m.stays_down and m.policy.recent_restarts == 0
 
 
 def test_too_many_restarts_give_up_and_closing_restarts_nothing() -> None:
@@ -230,7 +235,7 @@ def test_a_take_down_of_a_paused_replica_thaws_it_first(cause: Cause) -> None:
     m.fire(Cause.PAUSE, "paused")
     step = m.fire(cause, "why")
     assert step.thaw and step.shutdown and m.state == State.SHUTTING_DOWN
-    assert m.paused_in is None and m._stay_down == (cause == Cause.STOP)
+    assert m.paused_in is None and m.stays_down == (cause == Cause.STOP)
     assert m.exit_cause is Cause.EXIT and m.taken_down_for() == "why"
     m.fire(Cause.EXIT, "gone")
     d = m.decide(clean=False, uptime=0.0, now=0.0, closing=False, reason="gone")
