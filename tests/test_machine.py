@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import ast
 import random
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from corral.supervisor import lifecycle
 from corral.supervisor.lifecycle import (
     LIVE,
+    RESOURCE_RETRY_MAX,
     RUNNING,
     SERVING,
     TABLE,
     TAKE_DOWN,
     TRANSITIONS,
+    UNSETTLED,
     Cause,
     IllegalTransition,
     Machine,
     State,
+    Step,
 )
 from corral.supervisor.restart import RestartPolicy
 
 
-class Recorder(Machine):
-    """A machine whose events are kept in a list."""
+class Recorder:
+    """A machine, fired as its executor fires it (executor.py), with what the executor
+    would have done kept in lists: the events, fresh lives, stays and counted restarts."""
 
     def __init__(self, **policy: object) -> None:
         args: dict[str, object] = dict(max_restarts=2, window=60.0, backoff_initial=1.0,
@@ -30,26 +39,28 @@ class Recorder(Machine):
                                        rng=random.Random(1))
         args.update(policy)
         mode = args.pop("mode", "always")
-        self._machine_init(RestartPolicy(mode, **args))  # type: ignore[arg-type]
+        self.m = Machine(RestartPolicy(mode, **args))  # type: ignore[arg-type]
         self.events: list[tuple[State, State, Cause, str]] = []
         self.fresh_lives = 0
         self.stays = 0
         self.counted: list[Cause] = []
 
-    def _transitioned(self, previous: State, cause: Cause, reason: str) -> None:
-        self.events.append((previous, self.state, cause, reason))
+    def fire(self, cause: Cause, reason: str) -> Step:
+        previous = self.m.state
+        step = self.m.fire(cause, reason)
+        self.fresh_lives += step.fresh
+        self.stays += step.stay_down
+        if step.tally:
+            self.counted.append(self.m.restart_cause)
+        if self.m.state is not previous:
+            self.events.append((previous, self.m.state, cause, reason))
+        return step
 
-    def _fresh_life(self) -> None:
-        self.fresh_lives += 1
-
-    def _staying_down(self) -> None:
-        self.stays += 1
-
-    def _restart_counted(self, cause: Cause) -> None:
-        self.counted.append(cause)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.m, name)
 
     def at(self, state: State) -> Recorder:
-        self.state = state
+        self.m.state = state
         return self
 
 
@@ -78,14 +89,14 @@ def test_a_life_from_spawn_to_restart() -> None:
 def test_a_take_down_is_remembered_and_named_at_the_exit(cause: Cause) -> None:
     m = Recorder().at(State.BUSY)
     step = m.fire(cause, "hung: no heartbeat for 5 s")
-    assert step.shutdown and m.state == State.SHUTTING_DOWN and not m._stay_down
+    assert step.shutdown and m.state == State.SHUTTING_DOWN and not m.stays_down
     assert m.exit_cause is Cause.EXIT and m.clean_exit_asked
-    m._escalation = "SIGKILL after ignoring SIGTERM for 1 s"
+    m.escalate_anew("SIGKILL after ignoring SIGTERM for 1 s")
     assert m.taken_down_for() == ("hung: no heartbeat for 5 s (SIGKILL after ignoring "
                                   "SIGTERM for 1 s)")
     m.fire(Cause.EXIT, "gone")
     d = m.decide(clean=False, uptime=0.0, now=0.0, closing=False, reason="gone")
-    assert d is not None and d.cause is Cause.POLICY_RESTART and m._restart_cause is cause
+    assert d is not None and d.cause is Cause.POLICY_RESTART and m.restart_cause is cause
     m.fire(d.cause, d.reason)
     m.fire(Cause.BACKOFF_OVER, "restart #1")
     assert m.taken_down_for() is None and m.exit_cause is Cause.CRASH  # a fresh life
@@ -120,11 +131,11 @@ def test_a_restart_is_counted_when_decided_by_the_cause_that_ended_the_life() ->
 
 def test_a_stop_stays_down_and_the_first_reason_stands() -> None:
     m = Recorder().at(State.READY)
-    assert m.fire(Cause.STOP, "stopped").shutdown and m._stay_down and m.stays == 1
+    assert m.fire(Cause.STOP, "stopped").shutdown and m.stays_down and m.stays == 1
     assert m.fire(Cause.HANG, "hung").target is None  # on its way out: no new reason
-    assert m._down_reason == "stopped"
+    assert m.down_reason == "stopped"
     assert m.fire(Cause.ERROR, "corral error: x").target is None
-    assert m._down_reason == "corral error: x"  # corral's own error is what ends it
+    assert m.down_reason == "corral error: x"  # corral's own error is what ends it
     m.fire(Cause.EXIT, "gone")
     assert m.decide(clean=True, uptime=0.0, now=0.0, closing=False, reason="gone") is None
 
@@ -134,10 +145,10 @@ def test_a_stop_in_backoff_terminates_and_a_start_by_hand_forgives() -> None:
     assert m.decide(clean=False, uptime=0, now=0, closing=False, reason="x") is not None
     m.fire(Cause.POLICY_RESTART, "restarting")
     step = m.fire(Cause.STOP, "stopped")
-    assert m.state == State.TERMINATED and step.down and m._stay_down
+    assert m.state == State.TERMINATED and step.down and m.stays_down
     assert m.fire(Cause.STOP, "stopped again").target is None  # stays down, no event
     m.fire(Cause.SPAWN, "started")
-    assert not m._stay_down and m.policy.recent_restarts == 0
+    assert not m.stays_down and m.policy.recent_restarts == 0
 
 
 def test_too_many_restarts_give_up_and_closing_restarts_nothing() -> None:
@@ -230,7 +241,7 @@ def test_a_take_down_of_a_paused_replica_thaws_it_first(cause: Cause) -> None:
     m.fire(Cause.PAUSE, "paused")
     step = m.fire(cause, "why")
     assert step.thaw and step.shutdown and m.state == State.SHUTTING_DOWN
-    assert m.paused_in is None and m._stay_down == (cause == Cause.STOP)
+    assert m.paused_in is None and m.stays_down == (cause == Cause.STOP)
     assert m.exit_cause is Cause.EXIT and m.taken_down_for() == "why"
     m.fire(Cause.EXIT, "gone")
     d = m.decide(clean=False, uptime=0.0, now=0.0, closing=False, reason="gone")
@@ -260,3 +271,180 @@ def test_paused_is_live_and_settled_and_its_edges_are_the_tables() -> None:
         (State.PAUSED, c) for c in (*TAKE_DOWN, Cause.CRASH, Cause.RESUME)}
     with pytest.raises(IllegalTransition, match="from paused on ready"):
         Recorder().at(State.PAUSED).fire(Cause.READY, "initialized")
+
+
+def test_no_row_leads_a_state_to_itself() -> None:
+    """The executor emits an event when the state after a fire differs from before."""
+    assert not [(s, c) for (s, c), step in TABLE.items() if step.target == s]
+
+
+@pytest.mark.parametrize("state", sorted(State))
+def test_the_predicates_are_the_sets(state: State) -> None:
+    m = Recorder().at(state)
+    assert (m.takes_work, m.running, m.live) == (
+        state in SERVING, state in RUNNING, state in LIVE)
+    assert m.settled == (state not in UNSETTLED)
+    assert m.will_run_again == (state in LIVE or state == State.BACKOFF)
+    assert (m.paused, m.leaving, m.failed, m.starting) == (
+        state == State.PAUSED, state == State.SHUTTING_DOWN, state == State.FAILED,
+        state == State.STARTING)
+    assert m.startable == (state in (State.INITIAL, State.TERMINATED))
+    assert m.never_started == (state in (State.INITIAL, State.FAILED))
+
+
+def test_a_spawn_for_want_of_corrals_resources_is_retried_not_restarted() -> None:
+    m = Recorder().at(State.STARTING)
+    m.fire(Cause.CRASH, "spawn failed for want of corral's own resources")
+    d = m.retry(closing=False, reason="EMFILE")
+    assert d is not None and d.cause is Cause.SPAWN_RETRY and d.then == "spawn retry #1"
+    assert d.delay <= RESOURCE_RETRY_MAX and d.reason.startswith("retrying in ")
+    assert m.fire(d.cause, d.reason).arm and m.restarts == 0 and m.counted == []
+    m.fire(Cause.BACKOFF_OVER, d.then)
+    m.fire(Cause.CRASH, "again")
+    again = m.retry(closing=False, reason="EMFILE")
+    assert again is not None and again.then == "spawn retry #2"
+    m.spawned()  # a spawn that worked: counted from the start again
+    assert m.retry(closing=True, reason="x") is None
+    m.fire(again.cause, again.reason)
+    m.fire(Cause.STOP, "stopped")
+    assert m.retry(closing=False, reason="x") is None  # stopped by hand: no retry
+
+
+# -- nothing outside the machine decides from a replica's state -----------------------------
+CORRAL = Path(__file__).resolve().parent.parent / "corral"
+MACHINE = CORRAL / "supervisor" / "lifecycle.py"
+# the machine's own fields, which no other module reads or writes (it says what they mean
+# through its properties)
+PRIVATES = frozenset(n for n in Machine.__slots__ if n.startswith("_"))
+# lifecycle's sets of states (SERVING, LIVE, ...): a comparison with one decides by state
+STATE_SETS = frozenset(n for n, v in vars(lifecycle).items()
+                       if isinstance(v, frozenset) and v and all(isinstance(s, State) for s in v))
+STATE_NAMES = frozenset(s.value for s in State)
+# Comparisons of a state allowed outside the machine, by file and line, and why: reads
+# for status display and census counts, and those left for the engineers restructuring
+# core.py and commands.py now (each with the predicate that replaces it).
+ALLOWED: dict[tuple[str, str], str] = {
+    # the CLI sees the wire's strings, never a replica: what `corral status` shows and
+    # its exit status (as systemctl's) are status display
+    ("cli/status.py", "down = any(a.state not in RUNNING_STATES for a in st.agents)"):
+        "status display",
+    ("cli/status.py", "serving = a.state in SERVING_STATES"): "status display",
+    # core.py and commands.py (not edited here: restructured in the same issue)
+    ("supervisor/core.py", "if o.state == State.FAILED or not o.stopped_by_hand]"):
+        "pending: o.machine.failed",
+    ("supervisor/core.py",
+     "s.active = sum(1 for a in self.agents.values() for r in a.replicas if r.state in LIVE)"):
+        "census count (r.machine.live)",
+    ("supervisor/core.py", "or r.state in STOPPED), None)"):
+        "pending: r.machine.stopped (a predicate for STOPPED)",
+    ("supervisor/core.py", "if inst.state not in SERVING:"): "pending: inst.machine.takes_work",
+    ("daemon/commands.py", "and all(i.state == State.FAILED for i in insts)]"):
+        "pending: i.machine.failed",
+}
+
+
+def _names_a_state(node: ast.expr, state_constants: frozenset[str], *,
+                   literal: bool = False) -> bool:
+    """Whether a compared operand is a state: State.X, a set of states (lifecycle's, or a
+    module's own constant of state names: `state_constants`), a literal of those, or a
+    state's name (`literal`: where the other side reads a state)."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return node.value.id == "State" and "State" in state_constants
+    if isinstance(node, ast.Name):
+        return node.id in state_constants
+    if isinstance(node, ast.Constant):
+        return literal and node.value in STATE_NAMES
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return any(_names_a_state(e, state_constants, literal=literal) for e in node.elts)
+    return False
+
+
+def _reads_state(node: ast.expr) -> bool:
+    """Whether an operand reads a state: `x.state`, `x.state.value`, `x.previous`."""
+    if isinstance(node, ast.Attribute) and node.attr == "value":
+        node = node.value
+    return isinstance(node, ast.Attribute) and node.attr in ("state", "previous")
+
+
+def _state_constants(tree: ast.Module) -> frozenset[str]:
+    """The names in a module that stand for states: State and lifecycle's sets imported
+    from the machine, and the module's own constants that are sets of state names (a
+    copy of lifecycle's)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1] in (
+                "lifecycle", "supervisor"):
+            out.update(a.asname or a.name for a in node.names
+                       if a.name == "State" or a.name in STATE_SETS)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            value = node.value
+            if isinstance(value, ast.Call) and value.args:
+                value = value.args[0]
+            if isinstance(value, ast.Tuple | ast.List | ast.Set) and value.elts and all(
+                    isinstance(e, ast.Constant) and e.value in STATE_NAMES for e in value.elts):
+                out.add(node.targets[0].id)
+    return frozenset(out)
+
+
+def machine_violations(allowed: Iterable[tuple[str, str]] = ALLOWED) -> list[str]:
+    """Every line outside the machine that reads its private fields or compares a
+    replica's state, less those `allowed`."""
+    allowed = set(allowed)
+    found = []
+    for path in sorted(CORRAL.rglob("*.py")):
+        if path == MACHINE:
+            continue
+        rel = str(path.relative_to(CORRAL))
+        source = path.read_text()
+        tree = ast.parse(source)
+        lines = source.splitlines()
+        constants = _state_constants(tree)
+        for node in ast.walk(tree):
+            bad = None
+            if isinstance(node, ast.Attribute) and node.attr in PRIVATES:
+                bad = f"reads the machine's {node.attr}"
+            elif isinstance(node, ast.Compare):
+                operands = [node.left, *node.comparators]
+                literal = any(_reads_state(o) for o in operands)
+                if any(_names_a_state(o, constants, literal=literal) for o in operands):
+                    bad = "compares a state"
+            if bad is not None:
+                line = lines[node.lineno - 1].strip()
+                if (rel, line) not in allowed:
+                    found.append(f"{rel}:{node.lineno}: {bad}: {line}")
+    return found
+
+
+def test_no_module_but_the_machine_reads_its_privates_or_compares_states() -> None:
+    assert machine_violations() == []
+
+
+def test_every_allowed_comparison_is_still_one() -> None:
+    """An allowance for a line that is gone (or mended) is dropped, not kept for the
+    next one."""
+    found = machine_violations(allowed=())
+    for rel, line in ALLOWED:
+        assert any(f.startswith(f"{rel}:") and f.endswith(f": {line}") for f in found), (
+            rel, line)
+
+
+def test_the_walk_sees_a_comparison_and_a_private_read() -> None:
+    """The guard can fail: each form it looks for, in a module of its own."""
+    tree = ast.parse("from corral.supervisor.lifecycle import SERVING, State\n"
+                     "SERVING_NAMES = ('ready', 'busy', 'idle')\n"
+                     "a = r.state == State.FAILED\nb = r.state in SERVING\n"
+                     "c = r.state.value in SERVING_NAMES\nd = r.state.value == 'failed'\n"
+                     "e = r.machine._stay_down\n")
+    constants = _state_constants(tree)
+    compares = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)]
+    assert all(any(_names_a_state(o, constants, literal=True)
+                   for o in [c.left, *c.comparators]) for c in compares)
+    assert len(compares) == 4
+    assert [n.attr for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and n.attr in PRIVATES] == ["_stay_down"]
+    assert "_stay_down" in PRIVATES and {"SERVING", "LIVE", "UNSETTLED"} <= STATE_SETS
+    # a module's own TRANSIENT (SQLite's codes) is not lifecycle's
+    other = ast.parse("TRANSIENT = frozenset({5, 6})\nf = code in TRANSIENT\n")
+    compare = next(n for n in ast.walk(other) if isinstance(n, ast.Compare))
+    assert not _names_a_state(compare.comparators[0], _state_constants(other))

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from corral.supervisor import LogLines, State, Supervisor, process_replica
+from corral.supervisor import LogLines, State, Supervisor, executor
 from corral.supervisor.process import ChildProcess
 
 from .conftest import agent
@@ -18,7 +18,7 @@ async def test_a_process_that_outlives_sigkill_does_not_hang_stop(
         sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
     # a process in uninterruptible sleep is not reaped after SIGKILL until its system call
     # returns; here the SIGKILL is not sent at all, which stop() cannot tell apart
-    monkeypatch.setattr(process_replica, "KILL_GRACE", 0.3)
+    monkeypatch.setattr(executor, "KILL_GRACE", 0.3)
     sup.add(agent("stuck", restart="always"))
     r = await sup.wait_state("stuck", State.READY)
     proc = r.process

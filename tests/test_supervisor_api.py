@@ -117,7 +117,7 @@ async def test_clean_exit_under_on_failure_is_not_restarted(sup: Supervisor) -> 
     sup.add(agent("once", command=[sys.executable, "-c", "pass"], restart="on-failure"))
     r = await sup.wait_state("once", State.TERMINATED)
     assert r.last_exit == "exited with status 0"
-    assert r._timer is None and r.restarts == 0
+    assert r.executor.timer is None and r.restarts == 0
 
 
 async def test_clean_exit_under_always_is_restarted(sup: Supervisor) -> None:
@@ -134,7 +134,7 @@ async def test_stop_during_backoff_stays_down(sup: Supervisor) -> None:
     r = await sup.wait_state("waiting", State.BACKOFF)
     await sup.stop("waiting")
     assert (r.state, r.reason) == (State.TERMINATED, "stopped")
-    assert r._timer is None
+    assert r.executor.timer is None
 
 
 async def test_replicas_zero_runs_nothing(sup: Supervisor) -> None:

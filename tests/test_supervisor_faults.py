@@ -55,12 +55,12 @@ async def test_exits_at_once_backs_off_then_fails_and_stays_down(sup: Supervisor
         "starting", "terminated", "failed"]
     # backoff doubles with jitter in [d/2, d]: 0.05 + 0.1 + 0.2 at the very least
     assert elapsed >= 0.35, "restarted in a busy loop"
-    assert r._timer is None  # nothing will start it again by itself
+    assert r.executor.timer is None  # nothing will start it again by itself
     stats = sup.runtime_stats()
     assert (stats.spawned, stats.restarts, stats.failures, stats.active) == (4, 3, 1, 0)
     # a start by hand forgives the past
     sup.start("storm")
-    assert r.state == State.STARTING and r.policy.recent_restarts == 0
+    assert r.state == State.STARTING and r.machine.policy.recent_restarts == 0
 
 
 async def test_never_answers_initialize_hits_start_timeout(sup: Supervisor) -> None:

@@ -40,7 +40,7 @@ from ..supervisor.containment import Containment, ProcessEnded, ProcessStarted, 
 from ..supervisor.core import Supervisor
 from ..supervisor.elastic import Scaling
 from ..supervisor.health import AgentReadiness, HealthChange
-from ..supervisor.lifecycle import SERVING, TRANSIENT, State
+from ..supervisor.lifecycle import UNSETTLED, State
 from ..supervisor.process_replica import Event, Exited, LogLines
 from ..supervisor.stream import Checkpoint, ListChanged, Stall, Tick
 from ..supervisor.tasks import TaskRecord
@@ -82,7 +82,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral.daemon")
 # states in which a replica is neither up nor settled down: READY=1 waits for none to be
-UNSETTLED = TRANSIENT | {State.BACKOFF}
 STOP = -1  # queued like a signal: `daemon.shutdown`
 STOP_NOW = -2  # `daemon.shutdown` with now: no drain
 
@@ -637,7 +636,7 @@ class Daemon:
             return
         # eager tool servers are few; looked at only once the agents are settled
         for entry in sup.mcp.servers.values():
-            if entry.spec.start == "eager" and any(i.state in UNSETTLED for i in entry.all()):
+            if entry.spec.start == "eager" and not all(i.machine.settled for i in entry.all()):
                 return
         self._ready_sent = True
         self.notifier.ready(self.status_line())
@@ -677,8 +676,8 @@ class Daemon:
             # tool-server instances are few next to agents, and this line is computed at
             # most every 100 ms (notify.py), so they are counted here
             mcp = list(sup.mcp_instances())
-            serving = sum(1 for r in mcp if r.state in SERVING)
-            failed += sum(1 for r in mcp if r.state == State.FAILED)
+            serving = sum(1 for r in mcp if r.machine.takes_work)
+            failed += sum(1 for r in mcp if r.machine.failed)
             line += (f", {plural(len(sup.mcp.servers), 'MCP server')} ({serving}/"
                      f"{plural(len(mcp), 'instance')} serving)")
         return f"{line}, {failed} failed"

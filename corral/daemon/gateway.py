@@ -36,6 +36,7 @@ from ..mcp.pool import allowed
 from ..percentile import percentile_ms
 from ..ratelimit import TokenBucket
 from ..supervisor.config import GatewaySettings
+from ..supervisor.lifecycle import serving_changed
 from ..supervisor.runas import tenant_of
 from ..supervisor.tenants import visible_allow
 from ..text import plural
@@ -63,9 +64,9 @@ class ApiToken(Protocol):
     @property
     def tenant(self) -> str | None: ...
 
+
 OPERATOR = "operator"
 LATENCY_SAMPLES = 2048  # per client and per tool: percentiles over the latest calls
-SERVING = frozenset({"ready", "busy", "idle"})
 
 
 def _expands(template: Any, uri: str) -> bool:
@@ -474,7 +475,7 @@ class GatewayService:
     def on_transition(self, event: Event) -> None:
         """An MCP server instance started serving or stopped: what the pool offers may
         have changed."""
-        if event.kind == "mcp" and ((event.state in SERVING) != (event.previous in SERVING)):
+        if event.kind == "mcp" and serving_changed(event.previous, event.state):
             self.changed(["tools", "resources", "prompts"])
 
 

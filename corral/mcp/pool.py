@@ -25,8 +25,6 @@ from ..jsonrpc import Peer, RpcError
 from .client import McpClient
 
 SEP = "__"
-SERVING = ("ready", "busy", "idle")
-DOWN = ("failed", "terminated", "initial")
 
 class ServerSpec(Protocol):
     """What the pool reads of a server's configuration."""
@@ -38,19 +36,29 @@ class ServerSpec(Protocol):
     start_timeout: float
 
 
-class _State(Protocol):
+class Lifecycle(Protocol):
+    """What the pool asks of a server process's lifecycle machine (the supervisor's
+    lifecycle.Machine): it decides nothing from a state itself."""
+
     @property
-    def value(self) -> str: ...
+    def takes_work(self) -> bool: ...
+    @property
+    def startable(self) -> bool: ...
+    @property
+    def failed(self) -> bool: ...
+    @property
+    def never_started(self) -> bool: ...
 
 
 class ServerInstance(Protocol):
     """What the pool uses of one supervised server process."""
     owner: str | None
     client: McpClient
-    reason: str
 
     @property
-    def state(self) -> _State: ...
+    def machine(self) -> Lifecycle: ...
+    @property
+    def reason(self) -> str: ...
     @property
     def peer(self) -> Peer | None: ...
     def start(self, *, by_hand: bool = ...) -> None: ...
@@ -154,16 +162,16 @@ class McpPool(Generic[Spec, Inst]):
             candidates = [inst]
         else:
             candidates = entry.instances
-        serving = [i for i in candidates if i.state.value in SERVING and i.peer is not None]
+        serving = [i for i in candidates if i.machine.takes_work and i.peer is not None]
         if serving:
             return min(serving, key=lambda i: i.peer.in_flight if i.peer else 0)
         for i in candidates:
-            if i.state.value in ("initial", "terminated"):
+            if i.machine.startable:
                 i.start(by_hand=True)
-        if all(i.state.value == "failed" for i in candidates):
+        if all(i.machine.failed for i in candidates):
             raise RpcError(jsonrpc.REFUSED, f"MCP server {entry.name} is failed: "
                                             f"{candidates[0].reason}")
-        if all(i.state.value in ("initial", "failed") for i in candidates):  # cannot start
+        if all(i.machine.never_started for i in candidates):  # cannot start
             raise RpcError(jsonrpc.REFUSED, f"MCP server {entry.name} is not serving: "
                                             f"{candidates[0].reason}")
         ready: Inst = await self.wait_serving(candidates[0],
@@ -308,7 +316,7 @@ class McpPool(Generic[Spec, Inst]):
         entry = self.servers.get(server)
         if entry is not None:
             for inst in entry.all():
-                if inst.state.value in SERVING and inst.peer is not None:
+                if inst.machine.takes_work and inst.peer is not None:
                     with contextlib.suppress(RpcError):
                         await inst.client.unsubscribe(uri, entry.spec.timeout)
 

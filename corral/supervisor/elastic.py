@@ -30,7 +30,6 @@ from ..jsonrpc import RpcError
 from ..timeouts import cancel_all
 from .autoscale import Decider, Decision, Policy
 from .config import AgentSpec
-from .lifecycle import SERVING
 from .tasks.host import AgentLike
 
 if TYPE_CHECKING:
@@ -170,7 +169,7 @@ class Elastic:
         if e is None or agent is None:
             return None
         if e.state == AWAKE and e.last is not None and e.last.direction == "wake" and not any(
-                r.state in SERVING for r in agent.replicas):
+                r.machine.takes_work for r in agent.replicas):
             return WAKING
         return e.state
 
@@ -333,7 +332,7 @@ class Elastic:
         await asyncio.gather(*(self._ask_hibernate(r) for r in gone))
 
     async def _ask_hibernate(self, r: Replica) -> None:
-        if r.peer is None or r.state not in SERVING:
+        if r.peer is None or not r.machine.takes_work:
             return
         timeout = r.spec.stop_timeout
         try:
@@ -371,4 +370,4 @@ def scale_refusal(spec: AgentSpec, n: int) -> str | None:
 
 
 def _stopped_by_hand(agent: Agent) -> bool:
-    return all(r.stopped_by_hand for r in agent.replicas)
+    return all(r.machine.stopped_by_hand for r in agent.replicas)

@@ -49,7 +49,7 @@ from ..jsonrpc import LineBlock, RpcError
 from ..text import plural
 from ..timeouts import within
 from .config import CheckSpec, HealthSpec
-from .lifecycle import SERVING, Cause, State
+from .lifecycle import Cause, State
 from .probes import probe_http, probe_tcp
 from .process import ChildProcess, Launch
 from .stream import Stream
@@ -505,8 +505,9 @@ class HealthBoard:
             h = getattr(o, "health", None)
             # an operator's pause ends the wait too: a frozen replica may stay so for
             # ever, and its siblings' liveness must not be held that long
-            done = (o not in places or o.state in (State.FAILED, State.PAUSED)
-                    or o.stopped_by_hand or (o.state in SERVING and (h is None or h.ready)))
+            m = o.machine
+            done = (o not in places or m.failed or m.paused or m.stopped_by_hand
+                    or (m.takes_work and (h is None or h.ready)))
             if done:
                 others.discard(o)
         if not others:
@@ -546,7 +547,8 @@ class HealthBoard:
     def look_at(self, agent: str) -> None:
         """Raise (or end) the agent-wide event: every serving replica unready."""
         places = self.host.agent_replicas(agent)
-        serving = [r for r in places if r.serving and getattr(r, "health", None) is not None]
+        serving = [r for r in places
+                   if r.machine.takes_work and getattr(r, "health", None) is not None]
         if not serving:
             if agent in self.unready_agents:
                 self.unready_agents.discard(agent)

@@ -82,6 +82,8 @@ LIVE = RUNNING | {S.PAUSED, S.SHUTTING_DOWN}
 TRANSIENT = frozenset({S.STARTING, S.SHUTTING_DOWN})
 # no process, and none will be started without an operator or a policy
 STOPPED = frozenset({S.INITIAL, S.TERMINATED, S.FAILED})
+# on its way up or down, or waiting to restart: a fleet with one is not settled
+UNSETTLED = TRANSIENT | {S.BACKOFF}
 
 # corral decided the process must go
 # the reason a replica stopped by a restart someone asked for gives: its `last exit`
@@ -200,39 +202,43 @@ def check(current: State, target: State) -> None:
 
 
 class Decision(NamedTuple):
-    """The restart policy's answer to an exit: the cause to fire, its reason, the delay."""
+    """The answer to an exit: the cause to fire, its reason, the delay, and the reason of
+    the start at the delay's end."""
 
     cause: Cause
     reason: str
     delay: float = 0.0
+    then: str = ""
+
+
+# a spawn that fails for want of corral's own resources (fds, memory, processes) is not
+# the agent's failure: retried, with backoff up to this, without counting as a restart
+RESOURCE_RETRY_MAX = 5.0
 
 
 class Machine:
-    """A state, the extra bits, and the table applied to them; nothing here does I/O.
-    `_transitioned` is the one hook: the replica emits the event there."""
+    """A replica's state, the extra bits, and the table applied to them; nothing here does
+    I/O. The replica owns one (as h11's Connection owns its ConnectionState): `fire` gives
+    the step whose actions the replica's executor runs (executor.py), and what the rest of
+    corral decides from a replica's state it asks here, through the predicates below,
+    never by comparing states itself (tests/test_machine.py walks the code for that)."""
 
-    state: State
-    reason: str
-    policy: RestartPolicy
-    restarts: int  # restarts decided by the policy, in all (a start by hand keeps them)
-    _stay_down: bool
-    _down_reason: str | None  # why corral is taking the process down
-    _down_cause: Cause | None
-    _escalation: str | None  # how far the stop went past asking (SIGTERM, SIGKILL)
-    _restart_cause: Cause  # what ended the life the policy chose to restart
-    _paused_in: State | None  # the state a paused replica goes back to on resume
+    __slots__ = ("_down_cause", "_down_reason", "_escalation", "_paused_in",
+                 "_restart_cause", "_spawn_retries", "_stay_down", "policy", "reason",
+                 "restarts", "state")
 
-    def _machine_init(self, policy: RestartPolicy) -> None:
+    def __init__(self, policy: RestartPolicy) -> None:
         self.state = State.INITIAL
         self.reason = "not started"
         self.policy = policy
-        self.restarts = 0
+        self.restarts = 0  # restarts decided by the policy, in all (a start by hand keeps them)
         self._stay_down = False
-        self._down_reason = None
-        self._down_cause = None
-        self._escalation = None
-        self._restart_cause = Cause.CRASH
-        self._paused_in = None
+        self._down_reason: str | None = None  # why corral is taking the process down
+        self._down_cause: Cause | None = None
+        self._escalation: str | None = None  # how far the stop went past asking
+        self._restart_cause = Cause.CRASH  # what ended the life the policy chose to restart
+        self._paused_in: State | None = None  # the state a paused replica goes back to
+        self._spawn_retries = 0  # consecutive spawns failed for corral's own resources
 
     def row(self, cause: Cause) -> Step:
         """The step `cause` would take now."""
@@ -243,8 +249,9 @@ class Machine:
                 f"no transition from {self.state.value} on {cause.value}") from None
 
     def fire(self, cause: Cause, reason: str) -> Step:
-        """Apply the row of (state, cause): the extra bits, then the transition and its
-        event. Returns the step, whose actions the caller runs."""
+        """Apply the row of (state, cause): the extra bits, then the state. Returns the
+        step, whose actions the executor runs (the state changed when it is not the one
+        before: no row leads a state to itself)."""
         step = self.row(cause)
         if step.forgive:
             self.policy.reset()
@@ -252,15 +259,12 @@ class Machine:
         if step.fresh:
             self._down_reason = self._down_cause = self._escalation = None
             self._paused_in = None
-            self._fresh_life()
         if step.stay_down:
             self._stay_down = True
-            self._staying_down()
         if step.remember:
             self._down_reason, self._down_cause = reason, cause
         if step.tally:
             self.restarts += 1
-            self._restart_counted(self._restart_cause)
         target = step.target
         if step.behind:
             assert self._paused_in is not None
@@ -272,13 +276,77 @@ class Machine:
         if step.thaw:
             self._paused_in = None
         if target is not None:
-            previous, self.state, self.reason = self.state, target, reason
-            self._transitioned(previous, cause, reason)
+            self.state, self.reason = target, reason
         return step
 
     def moves(self, cause: Cause) -> bool:
         """Whether `cause` does anything now (a reason need not be made for nothing)."""
         return self.row(cause) is not IGNORE
+
+    # -- what the rest of corral asks ------------------------------------------------------
+    @property
+    def takes_work(self) -> bool:
+        """It has answered its handshake and serves (Ready, Busy or Idle)."""
+        return self.state in SERVING
+
+    @property
+    def starting(self) -> bool:
+        """Its process is spawned (or spawning) and has not answered the handshake yet."""
+        return self.state is State.STARTING
+
+    @property
+    def running(self) -> bool:
+        """A process exists, runs, and is meant to keep running (starting or serving)."""
+        return self.state in RUNNING
+
+    @property
+    def live(self) -> bool:
+        """A process exists (maybe frozen, maybe on its way out): its pid and uptime mean
+        something."""
+        return self.state in LIVE
+
+    @property
+    def paused(self) -> bool:
+        """Frozen by an operator: it reads nothing until resumed."""
+        return self.state is State.PAUSED
+
+    @property
+    def leaving(self) -> bool:
+        """corral is taking its process down (Shutting down)."""
+        return self.state is State.SHUTTING_DOWN
+
+    @property
+    def failed(self) -> bool:
+        """Given up on by the restart policy: down until started by hand."""
+        return self.state is State.FAILED
+
+    @property
+    def will_run_again(self) -> bool:
+        """It has a process (maybe on its way out: what waits for it sees whether it comes
+        back) or a restart is due: work given to its agent may yet run on it."""
+        return self.state in LIVE or self.state is State.BACKOFF
+
+    @property
+    def settled(self) -> bool:
+        """Neither on its way up or down nor waiting to restart: what a wait for a settled
+        fleet (READY=1 to systemd) waits for. A paused replica is settled."""
+        return self.state not in UNSETTLED
+
+    @property
+    def startable(self) -> bool:
+        """No process and none coming, and not given up on: a start brings it up (a tool
+        server started on first use)."""
+        return self.state is State.INITIAL or self.state is State.TERMINATED
+
+    @property
+    def never_started(self) -> bool:
+        """Not started, or given up on: nothing brings it up but a start."""
+        return self.state is State.INITIAL or self.state is State.FAILED
+
+    @property
+    def stays_down(self) -> bool:
+        """An operator's stop holds: no restart after this life (until a start by hand)."""
+        return self._stay_down
 
     @property
     def stopped_by_hand(self) -> bool:
@@ -291,24 +359,30 @@ class Machine:
         """The state a paused replica goes back to on resume (None: not paused)."""
         return self._paused_in
 
-    # the hooks the replica runs its own bits in
-    def _transitioned(self, previous: State, cause: Cause, reason: str) -> None:
-        """The state changed (the replica emits the event)."""
+    @property
+    def restart_cause(self) -> Cause:
+        """What ended the life whose restart was decided last (as restarts are counted)."""
+        return self._restart_cause
 
-    def _fresh_life(self) -> None:
-        """A life begins (the replica forgets the last one's pid and timer)."""
+    # -- the life's end --------------------------------------------------------------------
+    def escalated(self, how: str) -> None:
+        """The stop went past asking (`how`: SIGTERM, SIGKILL, given up after it): said
+        with the reason the process was taken down for."""
+        self._escalation = how if self._escalation is None else f"{self._escalation}; {how}"
 
-    def _staying_down(self) -> None:
-        """An operator's stop (the replica cancels a pending restart)."""
-
-    def _restart_counted(self, cause: Cause) -> None:
-        """A restart is decided, `cause` having ended the life (the replica counts it in
-        its host's figures too)."""
+    def escalate_anew(self, how: str) -> None:
+        """The stop's next signal: it replaces the last one said."""
+        self._escalation = how
 
     @property
     def exit_cause(self) -> Cause:
         """The cause to fire when the process is gone: corral took it down, or it went."""
         return Cause.EXIT if self._down_cause is not None else Cause.CRASH
+
+    @property
+    def down_reason(self) -> str | None:
+        """Why corral is taking the process down (None: it is not)."""
+        return self._down_reason
 
     def taken_down_for(self) -> str | None:
         """Why corral took the process down (and how far the stop had to go), or None
@@ -325,9 +399,21 @@ class Machine:
         own accord)."""
         return self._down_reason is not None
 
-    def wants_retry(self, closing: bool) -> bool:
-        """Whether a spawn that failed for want of corral's resources is tried again."""
-        return not (self._stay_down or closing)
+    def spawned(self) -> None:
+        """A spawn succeeded: corral's resources are back."""
+        self._spawn_retries = 0
+
+    def retry(self, *, closing: bool, reason: str) -> Decision | None:
+        """The decision after a spawn that failed for want of corral's own resources: the
+        process never ran, so no restart of it; tried again once corral may have
+        recovered (None: stopped by hand, or the supervisor closing)."""
+        if self._stay_down or closing:
+            return None
+        delay = min(self.policy.backoff(self._spawn_retries), RESOURCE_RETRY_MAX)
+        self._spawn_retries += 1
+        return Decision(Cause.SPAWN_RETRY, f"retrying in {delay:.2f} s (not counted as a "
+                        f"restart) after: {reason}", delay,
+                        f"spawn retry #{self._spawn_retries}")
 
     def decide(self, *, clean: bool, uptime: float, now: float, closing: bool,
                reason: str, gone: Cause = Cause.CRASH) -> Decision | None:
@@ -341,9 +427,15 @@ class Machine:
         if d.restart:
             self._restart_cause = self._down_cause or gone
             return Decision(Cause.POLICY_RESTART,
-                            f"restarting in {d.delay:.2f} s after: {reason}", d.delay)
+                            f"restarting in {d.delay:.2f} s after: {reason}", d.delay,
+                            f"restart #{self.restarts + 1}")
         if d.give_up:
             return Decision(Cause.GIVE_UP,
                             f"too many restarts ({self.policy.max_restarts} within "
                             f"{self.policy.window:g} s); last exit: {reason}")
         return None
+
+
+def serving_changed(previous: State, state: State) -> bool:
+    """Whether a transition began or ended serving (what a replica offers changed)."""
+    return (previous in SERVING) != (state in SERVING)

@@ -50,16 +50,16 @@ def to_pause(agent: Agent, index: int | None) -> list[Replica]:
     if not reps:
         raise PauseRefused(f"agent {agent.name} has no replicas to pause")
     for r in reps:
-        if r.paused_in is None and not r.moves(Cause.PAUSE):
+        if not (r.machine.paused or r.machine.moves(Cause.PAUSE)):
             raise PauseRefused(f"replica {r.label} is {r.state.value}: only a running "
                                "replica can be paused")
-    return [r for r in reps if r.moves(Cause.PAUSE)]
+    return [r for r in reps if r.machine.moves(Cause.PAUSE)]
 
 
 def to_resume(agent: Agent, index: int | None) -> list[Replica]:
     """The paused replicas among those named; refused when there is none."""
     reps = selected(agent, index)
-    paused = [r for r in reps if r.moves(Cause.RESUME)]
+    paused = [r for r in reps if r.machine.moves(Cause.RESUME)]
     if not paused:
         if index is not None:
             r = reps[0]

@@ -30,7 +30,7 @@ from ..jsonrpc import LineBlock, Peer, RpcError
 from ..text import one_line
 from ..timeouts import within
 from .config import AgentSpec
-from .lifecycle import LIVE, RUNNING, SERVING, Cause
+from .lifecycle import Cause
 from .notifysock import NotifyDir, NotifySocket, descends_from
 from .process import ChildProcess
 from .process_replica import ReplicaStatus
@@ -153,17 +153,11 @@ class PlainReplica(Replica):
         super()._resumed()  # its silence while paused was corral's doing
         self._watchdog_fed = self.host.listening.now()
 
-    def _begin_shutdown(self, *, graceful: bool) -> None:
+    def _ask_to_stop(self, proc: ChildProcess) -> int:
         """As systemd stops a service: SIGTERM to the group (and its cgroup), SIGKILL after
         stop_timeout. (Closing stdin asks nothing of a program that does not read it.)"""
-        proc = self.process
-        assert proc is not None
-        if not graceful:
-            self._kill(proc)
-            return
         proc.kill_group(signal.SIGTERM)
-        self._escalate = asyncio.get_running_loop().call_later(
-            self.spec.stop_timeout, self._stop_unanswered, proc, signal.SIGKILL)
+        return signal.SIGKILL
 
     def exit_message(self, reason: str) -> str:
         return f"process exited: {reason}"
@@ -197,22 +191,22 @@ class PlainReplica(Replica):
         elif watchdog == "trigger":
             self.take_down("watchdog triggered by the program (WATCHDOG=trigger)",
                            graceful=False, cause=Cause.HANG)
-        if fields.get("STOPPING") == "1" and self.state in RUNNING:
+        if fields.get("STOPPING") == "1" and self.machine.running:
             self.note("the program says it is stopping (STOPPING=1)")
 
     # -- the heartbeat: no ping (it speaks no protocol); the watchdog and a usage sample ---
     def heartbeat(self, now: float, timeout: float, sample: bool, sample_fds: bool) -> None:
         watchdog = self.spec.watchdog_sec
-        if watchdog and self.state in SERVING and now - self._watchdog_fed > watchdog:
+        if watchdog and self.machine.takes_work and now - self._watchdog_fed > watchdog:
             self.take_down(f"hung: no WATCHDOG=1 on $NOTIFY_SOCKET for {watchdog:g} s "
                            "(watchdog_sec)", graceful=False, cause=Cause.HANG)
             return
-        if sample and self.process is not None and self.state in RUNNING:
+        if sample and self.process is not None and self.machine.running:
             self._sample(sample_fds)
 
     def status(self) -> ReplicaStatus:
         st = super().status()
-        st.status_text = self.status_text if self.state in LIVE else None
+        st.status_text = self.status_text if self.machine.live else None
         if st.ready is None:
-            st.ready = self.state in SERVING
+            st.ready = self.machine.takes_work
         return st

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from .. import redact
 from ..text import plural
 from .config import MIB, ConfigError, McpServerSpec, expand
-from .lifecycle import Cause, State
+from .lifecycle import Cause
 from .mcpserver import McpHost, McpServerReplica
 
 if TYPE_CHECKING:
@@ -50,8 +50,8 @@ class RemoteMcpServer(McpServerReplica):
                            told=False)
             return
         self.spawned_at = time.monotonic()
-        if self.state == State.SHUTTING_DOWN:  # stopped while setting up
-            _end(ended, self._down_reason or "stopped")
+        if self.machine.leaving:  # stopped while setting up
+            _end(ended, self.machine.down_reason or "stopped")
         init = asyncio.ensure_future(self._initialize())
         try:
             reason = await asyncio.shield(ended)
@@ -80,7 +80,7 @@ class RemoteMcpServer(McpServerReplica):
         client = self.client = self._new_client()
 
         def lost(reason: str) -> None:
-            self._apply(Cause.UNHEALTHY, reason)
+            self.executor.fire(Cause.UNHEALTHY, reason)
             _end(ended, reason)
 
         transport = HttpTransport(self.label, url, feed=self._feed, on_lost=lost,
@@ -98,9 +98,9 @@ class RemoteMcpServer(McpServerReplica):
         if self.peer is not None:
             self.peer.feed_line(data)
 
-    def take_down(self, reason: str, *, graceful: bool, cause: Cause = Cause.HANG) -> None:
-        step = self._apply(cause, reason)
-        if step.shutdown and self._ended is not None:
+    def _shut_down(self, reason: str, *, graceful: bool) -> None:
+        """No process: the session ends, with the reason."""
+        if self._ended is not None:
             _end(self._ended, reason)
 
     def exit_message(self, reason: str) -> str:

@@ -8,6 +8,7 @@ requests to the supervisor, and its tasks (Busy / Idle).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,15 +19,9 @@ from ..jsonrpc import Peer
 from .caps import nice_for_weight
 from .config import AgentSpec, Isolation, Limits, isolation
 from .health import HealthBoard, ReplicaHealth, environment_of
-from .lifecycle import SERVING, Cause, State
+from .lifecycle import Cause, State
 from .process import ChildProcess
-from .process_replica import (
-    Event,
-    ProcessReplica,
-    ReplicaHost,
-    ReplicaStatus,
-    _swallow,
-)
+from .process_replica import Event, ProcessReplica, ReplicaHost, ReplicaStatus
 from .release import release_environment
 from .runas import out_of_reach
 from .sandbox import (
@@ -111,14 +106,14 @@ class Replica(ProcessReplica):
     def takes_tasks(self) -> bool:
         """Dispatch may give it a task, slots allowing: serving, its pipe open, ready by
         its health checks (a local queue's dispatch and a cluster node's pull alike)."""
-        return self.state in SERVING and self.peer is not None and self.health_ready
+        return self.machine.takes_work and self.peer is not None and self.health_ready
 
     def check_environment(self) -> dict[str, str]:
         return environment_of(self.spec.env, self.name, self.index, self.pid)
 
     def _transitioned(self, previous: State, cause: Cause, reason: str) -> None:
         health = self.health
-        if health is not None and self.state not in SERVING:
+        if health is not None and not self.machine.takes_work:
             # a new life starts its checks from nothing
             self.health = None
             health.close()
@@ -262,7 +257,7 @@ class Replica(ProcessReplica):
         )
         return "initialized"
 
-    def _ask_to_stop(self) -> None:
+    def _request_exit(self) -> None:
         if self.peer is not None and self.ready_at is not None and self.peer.closed is None:
             _, fut = self.peer.request_future("shutdown", {})
             fut.add_done_callback(_swallow)
@@ -284,13 +279,18 @@ class Replica(ProcessReplica):
     # -- work -----------------------------------------------------------------------------
     def task_started(self, task_id: str) -> None:
         self.tasks_running += 1
-        if self.moves(Cause.TASK):  # no reason made for nothing
-            self.fire(Cause.TASK, f"task {task_id}")
+        if self.machine.moves(Cause.TASK):  # no reason made for nothing
+            self.executor.fire(Cause.TASK, f"task {task_id}")
 
     def task_finished(self, task_id: str) -> None:
         self.tasks_running = max(0, self.tasks_running - 1)
-        if self.tasks_running == 0 and self.moves(Cause.DONE):
-            self.fire(Cause.DONE, f"task {task_id} done")
+        if self.tasks_running == 0 and self.machine.moves(Cause.DONE):
+            self.executor.fire(Cause.DONE, f"task {task_id} done")
+
+
+def _swallow(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _gid_of(uid: int) -> int:

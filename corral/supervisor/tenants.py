@@ -24,7 +24,6 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..ratelimit import TokenBucket
 from .config import DEFAULT_TENANT, MIB, TenantSpec
-from .lifecycle import SERVING, State
 from .tasks.admission import retry_after
 from .tasks.budget import BUDGET_PREFIX
 
@@ -174,12 +173,13 @@ class Tenancy:
                 continue
             going = self._going.get(tenant)
             if going is not None:
-                if going.state not in SERVING and going.state is not State.FAILED and any(
+                m = going.machine
+                if not (m.takes_work or m.failed) and any(
                         going in a.replicas for a in self.members(tenant)):
                     continue  # one at a time: the last one is not back yet
                 del self._going[tenant]
             live = [r for a in self.members(tenant) for r in a.replicas
-                    if r.state in SERVING]
+                    if r.machine.takes_work]
             if not live:
                 continue
             rss = sum(r.sample.rss_bytes for r in live)

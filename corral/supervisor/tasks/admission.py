@@ -9,7 +9,6 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...ratelimit import TokenBucket
 from ...text import plural
-from ..lifecycle import LIVE, State
 
 if TYPE_CHECKING:
     from .host import AgentLike
@@ -28,9 +27,9 @@ def refusal(agent: AgentLike) -> str | None:
     if not reps:
         # an elastic agent asleep takes the task: it waits while a replica wakes
         return None if agent.spec.elastic else f"agent {agent.name} has no replicas"
-    if all(r.state == State.FAILED for r in reps):
+    if all(r.machine.failed for r in reps):
         return f"agent {agent.name} is failed: {reps[0].reason}"
-    if not any(r.state in LIVE or r.state == State.BACKOFF for r in reps):
+    if not any(r.machine.will_run_again for r in reps):
         return f"agent {agent.name} is stopped"
     return None
 

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
-from ..lifecycle import SERVING, State
 from .budget import Budgets
 from .counters import AgentTasks
 from .deadlines import Deadlines
@@ -239,9 +238,9 @@ class Dispatcher:
         def check() -> None:
             if attempt.finished is not None:
                 return
-            if r.state is State.PAUSED:  # it cannot read the cancel: its grace is after
+            if r.machine.paused:  # it cannot read the cancel: its grace is after
                 loop.call_later(grace, check)
-            elif r.state in SERVING:
+            elif r.machine.takes_work:
                 r.take_down(f"hung: task {task.id} {why}, and did not stop within "
                             f"{grace:g} s of task/cancel", graceful=False)
 

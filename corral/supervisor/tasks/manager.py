@@ -28,7 +28,6 @@ import msgspec
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...text import ordinal
-from ..lifecycle import State
 from .admission import (
     check_input,
     check_takes_tasks,
@@ -502,10 +501,10 @@ class TaskManager:
         if self.sup.closing and self.journal is not None:
             return  # they stay queued in the journal, for the next daemon
         status: TaskStatus
-        if any(x.state == State.FAILED for x in agent.replicas):
+        if any(x.machine.failed for x in agent.replicas):
             status, error = TaskStatus.LOST, TaskError(jsonrpc.PEER_CLOSED,
                                                        refusal(agent) or "")
-        elif all(x._stay_down for x in agent.replicas):
+        elif all(x.machine.stays_down for x in agent.replicas):
             status, error = TaskStatus.CANCELLED, TaskError(jsonrpc.REQUEST_CANCELLED,
                                                             f"agent {name} was stopped")
         else:

@@ -1,0 +1,379 @@
+"""A life of a process replica, from its spawn to its reap: who the process runs as and
+with what environment, the spawn (cold, or a warm start a kind gives), the handshake that
+makes it Ready, the exit seen and explained (a cap, an OOM kill, its stderr's last
+words), and the end every life goes through, whatever ended it. A part of the process
+replica (process_replica.py); the restart decision after is the executor's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+from .. import jsonrpc
+from ..jsonrpc import Peer, RpcError
+from ..timeouts import within
+from . import procstat
+from .caps import describe, explain_exit, oom_reason
+from .config import ConfigError, Limits
+from .executor import Executor, LifeEnd
+from .lifecycle import Cause
+from .parts import ReplicaParts, Sample
+from .process import ChildProcess, Launch, as_user, resolve_user
+from .runas import run_as, tenant_of
+
+# a spawn that fails for want of corral's own resources (fds, memory, processes) is not
+# the agent's failure: retried (lifecycle.Machine.retry), without counting as a restart
+CORRAL_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
+# how long a reap waits for stdout and stderr to reach EOF after the exit (a grandchild
+# that escaped the kill may hold them open): what the process wrote before it died is read
+OUTPUT_GRACE = 1.0
+# a process's requests worked on at once (tool calls, resource reads); more wait in its
+# stdout pipe, which is not read meanwhile
+MAX_IN_FLIGHT = 256
+
+
+class Life(ReplicaParts):
+    """The launch's members of a process replica. A life is one process from spawn to
+    reap. Tasks run only its spawn and its reap: while the process runs, it is watched by
+    callbacks (its exit future, the handshake's answer), so a running fleet holds no task
+    or coroutine per replica, objects every full pass of the cyclic collector would walk
+    (decision 60)."""
+
+    name_variable: str
+    title_prefix: str
+    handshake: str
+    handshake_failed: str
+    executor: Executor
+    _living: bool
+    _lives: int  # lives begun: an error's clean-up ends its own life, no later one
+    _life: asyncio.Task[None] | None  # the spawn or the reap under way
+    _over: asyncio.Future[None] | None  # made for those who wait: stopped()
+    # (the monitor's, reset at a spawn and at Ready)
+    _prev_cpu: tuple[float, float] | None
+    _cpu_over: int
+    _last_pong: float
+    _parked_ticks: int
+
+    def _life_init(self) -> None:
+        self._living = False
+        self._lives = 0
+        self._life = None
+        self._init = None  # the handshake under way
+        self._over = None
+
+    def _begin_life(self) -> None:
+        self._living = True
+        self._lives += 1
+        self._life = asyncio.ensure_future(self._live(self._lives))
+
+    def _exited(self, reason: str) -> None:
+        """Its host told the process is gone."""
+        raise NotImplementedError
+
+    def _host_environment(self) -> dict[str, str]:
+        """More environment from its host for the process about to start."""
+        raise NotImplementedError
+
+    async def _live(self, life: int) -> None:
+        try:
+            await self._lifetime()  # a subclass's own (a remote server's session) too
+        except BaseException as exc:
+            self._life_failed(life, exc)
+            raise
+
+    def _life_failed(self, life: int, exc: BaseException) -> None:
+        """corral's own handling of life `life` failed (a bug, logged by the loop): the
+        life ends all the same, as an exit with the error for its reason, and the restart
+        policy decides, so that the replica is never stuck half-way and stop() and close()
+        never wait for it forever. A process still running is killed first: its exit then
+        ends the life, with the same reason."""
+        if not self._living or self._lives != life:
+            return
+        reason = f"corral error: {type(exc).__name__}: {exc}"
+        proc = self.process
+        if proc is not None and not proc.exited.done():
+            if not self.executor.fire(Cause.ERROR, reason, graceful=False).shutdown:
+                self.executor.kill(proc)  # on its way out already: now
+            return
+        self._end_life(reason, proc, clean=False, uptime=0.0, told=False)
+
+    def _life_over(self) -> None:
+        """The life has ended (spawn failed, or the process reaped): before the state
+        that says so is set, since the transition's subscribers may start the next one."""
+        self._living = False
+        self._life = None
+        over, self._over = self._over, None
+        if over is not None and not over.done():
+            over.set_result(None)
+
+    def _limits(self) -> Limits:
+        """The caps the next process starts under (its user's: runas.py)."""
+        return self.run.limits if self.run is not None else self.spec.limits
+
+    def _environment(self, uid: int | None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.spec.env)
+        env[self.name_variable] = self.name
+        env["CORRAL_REPLICA"] = str(self.index)
+        env["CORRAL_PROCTITLE"] = f"{self.title_prefix} {self.label}"
+        env.update(self._host_environment())  # e.g. the gateway's URL and token
+        if self.spec.cwd is not None and "PWD" not in self.spec.env:
+            # as a shell would have it (and the caps prologue's shell does): the same
+            # for every way of starting, not corral's own directory
+            env["PWD"] = os.path.abspath(self.spec.cwd)
+        return as_user(env, uid)
+
+    async def _lifetime(self) -> None:
+        """Spawn a process and hand it to its callbacks: its exit (`_on_exited`) reaps it
+        and asks the restart policy."""
+        spec = self.spec
+        try:
+            # the tenant's user as it is now: a change applies from the next start
+            run = self.run = run_as(spec, self.host.tenant_spec(tenant_of(spec)))
+            uid, gid = resolve_user(run.user, run.group)
+            env = self._environment(uid)
+            spawning: dict[str, Any] = {
+                "containment": self.host.containment, "kind": self.kind, "name": self.name,
+                "index": self.index, "stop_timeout": spec.stop_timeout,
+                "on_attach": self._attached, **self._stdio(),
+            }
+            async with self.host.spawn_slots:  # the pacing of a mass start
+                self.process = await self._prestart(env, uid, gid, spawning)
+                if self.process is None:
+                    cold = self._launch(spec.argv(), env, uid, gid)
+                    self.process = await ChildProcess.spawn(
+                        cold.argv, env=cold.env, cwd=cold.cwd, limits=cold.limits,
+                        uid=cold.uid, gid=cold.gid, **spawning)
+        except OSError as exc:
+            if exc.errno in CORRAL_RESOURCE_ERRORS:
+                self._spawn_failed_for_want_of(exc)
+            else:
+                self._spawn_failed(f"spawn failed: {exc}")
+            return
+        except (ConfigError, ValueError, subprocess.SubprocessError) as exc:
+            self._spawn_failed(f"spawn failed: {exc}")
+            return
+        self.machine.spawned()
+        proc = self.process
+        # from here its exit ends the life, whatever else happens
+        proc.exited.add_done_callback(self._on_exited)
+        self.pid = proc.pid
+        self.spawned_at = time.monotonic()
+        self._prev_cpu = None
+        self._cpu_over = 0
+        self.host.stats.spawned += 1
+        self.peer = peer = self._make_peer(proc)
+        if peer is not None:
+            # the process's requests wait, unread, while its stdin is full or MAX_IN_FLIGHT
+            # of them are worked on; its answers and notifications before them are read (a
+            # process kept from writing them could stop reading its stdin too)
+            peer.reader, peer.max_handling, proc.peer = proc.reader, MAX_IN_FLIGHT, peer
+        if self.machine.leaving:  # stopped while spawning
+            self.executor.begin_shutdown(graceful=False)
+        self._init = asyncio.ensure_future(self._initialize())
+        self._life = None
+
+    def _attached(self, proc: ChildProcess) -> None:
+        """The process exists: the lines it writes from now on name its pid (they can be
+        read before its spawn returns)."""
+        self.pid = proc.pid
+
+    async def _prestart(self, env: dict[str, str], uid: int | None, gid: int | None,
+                        spawning: dict[str, Any]) -> ChildProcess | None:
+        """A process started some other way than a cold spawn (an agent's warm start), or
+        None."""
+        return None
+
+    def _launch(self, argv: list[str], env: dict[str, str], uid: int | None,
+                gid: int | None, *, beside: bool = False) -> Launch:
+        """`argv` started as this replica's processes are: in its directory, under its
+        caps, as `uid`/`gid`, wrapped as `_wrap` says (`beside`: a command corral runs
+        for the replica, not its own process)."""
+        return Launch(self._wrap(argv, env, uid, beside=beside), env, self.spec.cwd,
+                      self._limits(), uid, gid)
+
+    def beside(self, argv: list[str], env: dict[str, str]) -> Launch:
+        """A command corral runs for this replica (a health check, a recovery), started
+        as the replica's process started last was: its user and group, its caps, its
+        sandbox — never as corral itself (issue 34). Raises ConfigError or OSError when
+        it cannot be (the user is gone, bubblewrap is missing)."""
+        run = self.run or run_as(self.spec, self.host.tenant_spec(tenant_of(self.spec)))
+        uid, gid = resolve_user(run.user, run.group)
+        return self._launch(argv, as_user(env, uid), uid, gid, beside=True)
+
+    def _wrap(self, argv: list[str], env: dict[str, str], uid: int | None, *,
+              beside: bool = False) -> list[str]:
+        """The argv to exec for `argv` (an agent's is wrapped in its sandbox)."""
+        return argv
+
+    def _exit_status(self, rc: int) -> int:
+        """The process's own exit status from what its pid's exit says."""
+        return rc
+
+    def _on_exited(self, exited: asyncio.Future[int]) -> None:
+        proc = self.process
+        if proc is None or proc.exited is not exited:
+            return  # a process given up on after SIGKILL (_unreaped): its life is over
+        life = self._lives
+        try:
+            self._exit_seen(proc, exited)
+        except BaseException as exc:
+            self._life_failed(life, exc)
+            raise
+
+    def _exit_seen(self, proc: ChildProcess, exited: asyncio.Future[int]) -> None:
+        if self._init is not None:  # an answer read after the exit makes nothing Ready
+            self._init.cancel()
+            self._init = None
+        self.executor.cancel_escalation()
+        rc = exited.result()
+        # grandchildren still in the group (or its cgroup) die with their agent; those
+        # that left it are found by containment once it hears of the exit
+        proc.kill_group(signal.SIGKILL)
+        containment = self.host.containment
+        oom = containment.oom_killed(proc.token)
+        containment.ended(proc.token)
+        if proc.output_done:  # as it mostly is: the reap needs no task and no turn
+            self._reap(proc, rc, oom)
+        else:
+            self._life = asyncio.ensure_future(self._reap_after_output(proc, rc, oom))
+
+    async def _reap_after_output(self, proc: ChildProcess, rc: int, oom: bool) -> None:
+        # what the process wrote before it died is read before its pipes are closed: the
+        # last stderr lines explain a crash, the last stdout messages are answers
+        life = self._lives
+        try:
+            await _wait(proc.output_closed, OUTPUT_GRACE)
+            self._reap(proc, rc, oom)
+        except BaseException as exc:
+            self._life_failed(life, exc)
+            raise
+
+    def _make_peer(self, proc: ChildProcess) -> Peer | None:
+        """The protocol's channel over the process's stdio (None: it speaks none)."""
+        raise NotImplementedError
+
+    def exit_message(self, reason: str) -> str:
+        """What requests in flight fail with when the process is gone."""
+        return f"{self.kind} {self.label} exited: {reason}"
+
+    def _spawn_failed(self, reason: str) -> None:
+        self._life_over()
+        self.last_exit = reason
+        self.host.stats.spawn_failures += 1
+        self._life_ended(clean=False, uptime=0.0, reason=reason)
+
+    def _spawn_failed_for_want_of(self, exc: OSError) -> None:
+        """corral itself is out of fds, memory or processes: the process never ran, so
+        this is no restart of it; try again once corral may have recovered."""
+        reason = f"spawn failed for want of corral's own resources: {exc}"
+        self._life_over()
+        self.last_exit = reason
+        self.host.stats.spawn_failures += 1
+        self.executor.fire(self.machine.exit_cause, reason,
+                           end=LifeEnd(clean=False, uptime=0.0, retry=True))
+
+    async def _handshake(self) -> str:
+        """The protocol's opening exchange; returns the reason for Ready, raises RpcError."""
+        raise NotImplementedError
+
+    def _start_timed_out(self, timeout: float) -> str:
+        """The reason a start that was not ready within `timeout` is taken down for."""
+        return f"start timeout: no answer to {self.handshake} within {timeout:g} s"
+
+    async def _initialize(self) -> None:
+        try:
+            await self._initialize_steps()
+        finally:
+            if self._init is asyncio.current_task():
+                self._init = None  # a done task kept is a task the collector walks
+
+    async def _initialize_steps(self) -> None:
+        timeout = self.spec.start_timeout
+        try:
+            ready_reason = await self._handshake()
+        except RpcError as exc:
+            if exc.code == jsonrpc.REQUEST_TIMEOUT:
+                self.take_down(self._start_timed_out(timeout), graceful=False,
+                               cause=Cause.HANG)
+            elif exc.code != jsonrpc.PEER_CLOSED:
+                self.take_down(f"{self.handshake_failed}: {exc.message}", graceful=False,
+                               cause=Cause.UNHEALTHY)
+            return
+        if not self.machine.starting:  # on its way out meanwhile
+            return
+        self.ready_at = time.monotonic()
+        self._last_pong = self.host.listening.now()
+        # its CPU time as it answered: the first look at it parked compares with this, so
+        # an idle worker is never pinged, not even once (see _parked)
+        pid = self._measured_pid(self.process) if self.process is not None else None
+        if pid is not None and procstat.READ_CALLS:
+            st = self._proc_stat(pid)
+            self._parked_ticks = st.cpu_ticks if st is not None else -1
+        self.executor.fire(Cause.READY, ready_reason)
+
+    def _reap(self, proc: ChildProcess, rc: int, oom: bool) -> None:
+        self.executor.cancel_escalation()  # a stop begun while the output was awaited
+        cpu_used = self.sample.cpu_seconds
+        reason = self.machine.taken_down_for()
+        gone = Cause.CRASH
+        if reason is None:
+            # the caps it ran under: its tenant's user's (runas.py), not only its own
+            limits = self.run.limits if self.run is not None else self.spec.limits
+            reason = oom_reason(limits) if oom else explain_exit(
+                self._exit_status(rc),
+                limits,
+                [b.decode("utf-8", "replace") for b in proc.stderr_tail or ()],
+                cpu_seconds_used=cpu_used,
+                command=proc.argv0,
+            )
+            if oom or reason in describe(limits).values():  # a cap, named
+                gone = Cause.CAP
+        self._end_life(reason, proc, clean=rc == 0 and not self.machine.clean_exit_asked,
+                       uptime=self._uptime_now(), gone=gone)
+
+    def _uptime_now(self) -> float:
+        return time.monotonic() - (self.spawned_at or time.monotonic())
+
+    def _end_life(self, reason: str, proc: ChildProcess | None, *, clean: bool,
+                  uptime: float, told: bool = True, gone: Cause = Cause.CRASH) -> None:
+        """What every end of a life does, whatever ended it (a reap, a process given up
+        on after SIGKILL, corral's own error): the channel fails what is in flight with
+        the reason, `proc` is closed (None: it stays watched), the host is told of the
+        exit (`told`: a life that never had a process tells nothing), the life's fields
+        are cleared, and the machine and the restart policy take it from there."""
+        if self.peer is not None:
+            self.peer.close(self.exit_message(reason))
+        if proc is not None:
+            proc.close()
+        self._close_proc_files()
+        if told:
+            self._exited(reason)
+        self.process = self.peer = self.ready_at = None
+        self.tasks_running = 0
+        self.sample = Sample()
+        self.last_exit = reason
+        self._life_over()
+        self._life_ended(clean=clean, uptime=uptime, reason=reason, gone=gone)
+
+    def _life_ended(self, *, clean: bool, uptime: float, reason: str,
+                    gone: Cause = Cause.CRASH) -> None:
+        """The life is over: Terminated, and the restart policy's decision."""
+        self.executor.fire(self.machine.exit_cause, reason,
+                           end=LifeEnd(clean=clean, uptime=uptime, gone=gone))
+
+
+async def _wait(fut: asyncio.Future[Any], timeout: float) -> bool:
+    """True if `fut` finished within `timeout`; never cancels it."""
+    if fut.done():  # wait_for would still take a turn, a timer and a waiter
+        return True
+    with contextlib.suppress(TimeoutError):
+        await within(asyncio.shield(fut), timeout)
+    return fut.done()

@@ -1,0 +1,274 @@
+"""The look at a live process: what it writes (its protocol's channel on stdout, its log
+on stderr), and the heartbeat's visit (a hang: no heartbeat, or bytes for it unread; its
+usage sampled from /proc against its soft caps). A part of the process replica
+(process_replica.py): what it sees that must end the life, it takes down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from ..jsonrpc import LineBlock
+from . import procstat
+from .containment import ProcStat
+from .lifecycle import Cause
+from .parts import ReplicaParts
+
+# consecutive heartbeat samples above cpu_percent before it counts as a breach
+CPU_PERCENT_SAMPLES = 5
+# without a ping (the stateless MCP revision has none), this many requests in a row that
+# time out, with nothing at all read from the process meanwhile, mark it hung
+HUNG_AFTER_TIMEOUTS = 3
+
+
+class Monitor(ReplicaParts):
+    """The heartbeat's and the channel's members of a process replica."""
+
+    _last_pong: float
+    _ping_out: bool
+    _heard: bool  # a line arrived since the heartbeat last looked
+    # the process's /proc files, open while it lives (procstat.open_proc), and its CPU
+    # ticks when the heartbeat last found it parked on its stdin (-1: not yet)
+    _stat_fd: int
+    _syscall_fd: int
+    _parked_ticks: int
+    # what the last look read of it, and when, not yet sampled
+    _looked: tuple[float, ProcStat] | None
+    _prev_cpu: tuple[float, float] | None
+    _cpu_over: int
+    _oversize: int
+    # since when (listening clock) corral has had bytes for the process that it did not
+    # take, none of them read (past the heartbeat timeout it is hung on its stdin:
+    # Cause.UNREAD), and how many there were when the heartbeat last looked
+    _unread_since: float | None
+    _unread_left: int
+
+    def _monitor_init(self) -> None:
+        self._last_pong = 0.0
+        self._ping_out = False
+        self._heard = False
+        self._stat_fd = self._syscall_fd = self._parked_ticks = -1
+        self._looked = None
+        self._prev_cpu = None
+        self._cpu_over = 0
+        self._oversize = 0
+        self._unread_since = None
+        self._unread_left = 0
+
+    def _stdio(self) -> dict[str, Any]:
+        """How the process's output is read (ChildProcess.attach's callbacks): stdout
+        is the protocol's channel, stderr its log."""
+        return {"on_stdout_line": self._on_stdout_line,
+                "on_stderr_lines": self._on_stderr_lines,
+                "on_oversize": self._on_oversize,
+                "max_line": self.max_line}
+
+    # -- channel --------------------------------------------------------------------------
+    def _on_stdout_line(self, line: bytes) -> None:
+        self._heard = True
+        if self.peer is not None:
+            self.peer.feed_line(line)
+
+    def _on_stderr_lines(self, lines: LineBlock) -> None:
+        self._log("stderr", lines)
+
+    @property
+    def max_line(self) -> int:
+        """The longest stdout line (one message) this process may write."""
+        return self.host.max_line
+
+    def _on_oversize(self, size: int, head: bytes, tail: bytes) -> None:
+        self._oversize += 1
+        self.note(f"discarded a {size}-byte line on stdout (limit {self.max_line} bytes)")
+        # the answer to a request: that request fails now, not at its timeout
+        if self.peer is not None:
+            self.peer.oversized(size, head, tail, self.max_line)
+
+    def _unread_too_long(self, now: float, timeout: float) -> bool:
+        """corral has had bytes for the process (more than its stdin pipe holds) and it
+        has read none of them for the heartbeat timeout: it is hung on its stdin,
+        whatever it still writes, and is taken down. One that reads, if slowly, is not
+        (a ping behind that backlog could not be answered sooner either)."""
+        proc = self.process
+        left = proc.stdin_backlog if proc is not None else 0
+        if not left:
+            self._unread_since = None
+            return False
+        if self._unread_since is None or left < self._unread_left:
+            self._unread_since = now
+        self._unread_left = left
+        if now - self._unread_since <= timeout:
+            return False
+        self.take_down(f"hung: {left} bytes sent to it unread for {timeout:g} s",
+                       graceful=False, cause=Cause.UNREAD)
+        return True
+
+    def _on_garbage(self, line: bytes, why: str) -> None:
+        preview = line[:120].decode("utf-8", "replace")
+        self.note(f"discarded a stdout line that is not JSON-RPC ({why}): {preview!r}")
+
+    @property
+    def garbage_lines(self) -> int:
+        return (self.peer.garbage_lines if self.peer else 0) + self._oversize
+
+    # -- heartbeat ------------------------------------------------------------------------
+    def heartbeat(self, now: float, timeout: float, sample: bool, sample_fds: bool) -> None:
+        """One visit of the heartbeat: hang check, a ping only if the worker has been quiet,
+        a usage sample when this visit is one of this replica's sampling turns. `now` is
+        the supervisor's listening clock (listening.py): silence during its stalls is not
+        the worker's."""
+        if not self.machine.takes_work or self.peer is None:
+            if self.machine.starting and self.process is not None and sample:
+                self._sample(sample_fds)
+            return  # (a start has its own timeout, whatever it reads meanwhile)
+        if self._unread_too_long(now, timeout):
+            return
+        if self.pings:
+            # silence counts only while corral was able to read the pipe (`now` is the
+            # listening clock) and chose to (not while it holds the process's requests),
+            # not while corral has bytes for the process it did not take (a ping would wait
+            # behind them; that has its own timeout, above), and not while the process is
+            # excused (an MCP server in a call within its timeout)
+            if self._heard or self.silence_excused or self._unread_since is not None or \
+                    self.peer.held is not None:
+                self._heard = False
+                self._last_pong = now
+            silent = now - self._last_pong
+            if silent > timeout:
+                self.take_down(f"hung: no heartbeat for {timeout:g} s", graceful=False,
+                               cause=Cause.HANG)
+                return
+            # a worker that spoke within half the timeout needs no ping: an idle fleet
+            # costs a ping per worker every timeout/2, a busy one none, and a hang is still
+            # seen `timeout` after the last sign of life
+            if not self._ping_out and silent >= timeout / 2:
+                if self._parked():
+                    self._last_pong = now
+                    self.host.heartbeat_work.parked += 1
+                else:
+                    self._ping_out = True
+                    self.host.heartbeat_work.pings += 1
+                    _, fut = self.peer.request_future("ping", {})
+                    fut.add_done_callback(self._pong)
+        elif self.peer.silent_timeouts >= HUNG_AFTER_TIMEOUTS:  # no ping (stateless MCP)
+            self.take_down(f"hung: {self.peer.silent_timeouts} requests in a row timed out "
+                           "with no word from it", graceful=False, cause=Cause.HANG)
+            return
+        if sample:
+            self._sample(sample_fds)
+
+    @property
+    def pings(self) -> bool:
+        return True
+
+    @property
+    def silence_excused(self) -> bool:
+        """Whether missed pings are not a hang now (an MCP server in a call)."""
+        return False
+
+    def _parked(self) -> bool:
+        """Whether the process shows, without being woken, that it would answer a ping now:
+        its main thread asleep reading its stdin (corral's pipe, so nothing of corral's is
+        unread), no task or request of corral's on it, and no CPU used since the last
+        look that found it so, or since its handshake (nothing else in it running: a
+        thread spinning while it holds the interpreter would keep a ping from being
+        answered). Anything else, or a /proc that will not say, and it is pinged: a
+        stopped process (SIGSTOP) is not asleep, a deadlocked or busy main thread is not
+        reading. An idle SDK worker is never woken (decision 79)."""
+        proc = self.process
+        if (proc is None or self.tasks_running or self.peer is None or self.peer.in_flight
+                or proc.stdin_backlog or not procstat.READ_CALLS):
+            return False
+        pid = self._measured_pid(proc)
+        if pid is None:
+            return False
+        if self._syscall_fd == -1:
+            self._syscall_fd = procstat.UNAVAILABLE
+            pipe = proc.stdin.get_extra_info("pipe") if proc.stdin is not None else None
+            if pipe is not None and procstat.same_pipe(pid, pipe.fileno()):
+                self._syscall_fd = procstat.open_proc(pid, "syscall")
+        if self._syscall_fd < 0 or not procstat.reading_stdin(self._syscall_fd):
+            self._parked_ticks = -1
+            return False
+        st = self._proc_stat(pid)
+        if st is None or st.state != "S":  # (a stopped process shows its read too)
+            return False
+        # the dear read of a look (the kernel sums the threads' times) is the usage sample
+        # too, when the replica's sampling turn comes
+        self._looked = time.monotonic(), st
+        before, self._parked_ticks = self._parked_ticks, st.cpu_ticks
+        return before == st.cpu_ticks
+
+    def _proc_stat(self, pid: int) -> ProcStat | None:
+        if self._stat_fd == -1:
+            self._stat_fd = procstat.open_proc(pid, "stat")
+        return procstat.stat_at(self._stat_fd, pid) if self._stat_fd >= 0 else None
+
+    def _close_proc_files(self) -> None:
+        for fd in (self._stat_fd, self._syscall_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._stat_fd = self._syscall_fd = self._parked_ticks = -1
+        self._looked = None
+
+    def _pong(self, fut: asyncio.Future[Any]) -> None:
+        # the answer itself is a line on stdout, which marked the worker heard
+        self._ping_out = False
+        if not fut.cancelled():
+            fut.exception()
+
+    def _sample(self, sample_fds: bool) -> None:
+        proc = self.process
+        if proc is None:
+            return
+        looked, self._looked = self._looked, None
+        if looked is not None:  # read by a look since the last sample: not read again
+            now, st = looked
+        else:
+            pid = self._measured_pid(proc)
+            fresh = self._proc_stat(pid) if pid is not None else None
+            if fresh is None:
+                return
+            # wall time for CPU %, not the listening clock
+            now, st = time.monotonic(), fresh
+        total = st.cpu_ticks / procstat.CLOCK_TICKS
+        rss = st.rss_pages * procstat.PAGE_SIZE
+        s = self.sample
+        if sample_fds:
+            pid = self._measured_pid(proc)
+            fds = procstat.open_fds(pid) if pid is not None else None
+            if fds is not None:
+                s.open_fds = fds
+        if self._prev_cpu is not None:
+            dt = now - self._prev_cpu[0]
+            if dt > 0:
+                s.cpu_percent = round(100.0 * (total - self._prev_cpu[1]) / dt, 1)
+        self._prev_cpu = (now, total)
+        s.cpu_seconds = total
+        s.rss_bytes = rss
+        limits = self.spec.limits
+        if limits.rss_mb and rss > limits.rss_mb * 1024 * 1024:
+            self.take_down(
+                f"RSS soft limit ({rss // (1024 * 1024)} MiB > {limits.rss_mb} MiB)",
+                graceful=True, cause=Cause.CAP,
+            )
+        elif limits.cpu_percent and not self.host.containment.throttles_cpu(proc.token):
+            # (where cpu.max is in force the kernel holds the share; no restart for it)
+            self._cpu_over = self._cpu_over + 1 if s.cpu_percent > limits.cpu_percent else 0
+            if self._cpu_over >= CPU_PERCENT_SAMPLES:
+                self.take_down(
+                    f"CPU share limit ({s.cpu_percent:g}% > {limits.cpu_percent:g}% "
+                    f"for {CPU_PERCENT_SAMPLES} samples)",
+                    graceful=True, cause=Cause.CAP,
+                )
+
+    def _resumed(self) -> None:
+        """Its silence while paused was corral's doing: the heartbeat counts afresh."""
+        self._last_pong = self.host.listening.now()
+        self._heard = False
+        self._unread_since = None
+        self._prev_cpu = None
+        self._parked_ticks = -1
