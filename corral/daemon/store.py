@@ -39,6 +39,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import msgspec
 
 from ..supervisor.containment import ProcessRecord
+from ..supervisor.stream import Stream
 from ..text import iso_time, plural
 from .checkpointer import Checkpointer
 from .history import MIGRATION as HISTORY_MIGRATION
@@ -734,6 +735,15 @@ class _Kept(NamedTuple):
     size: int  # bytes it writes, where they may be many (GroupCommit's `size`)
 
 
+class CaughtUp(NamedTuple):
+    """The state database is written again after an outage that lost writes: how many of
+    each kind, since when, and why (StateStore records the audit rows lost)."""
+
+    dropped: dict[str, int]
+    since: float
+    reason: str
+
+
 class StoreWriter:
     """Writes that are many, or must never hold up what caused them: process records at
     every spawn and exit, state checkpoints, audit rows, spec revisions the config file
@@ -756,8 +766,9 @@ class StoreWriter:
     def __init__(self, thread: WriterThread,
                  on_error: Callable[[str], None] | None = None,
                  on_notice: Callable[[str], None] | None = None,
-                 max_kept: int = MAX_KEPT) -> None:
+                 max_kept: int = MAX_KEPT, stream: Stream | None = None) -> None:
         self.thread = thread
+        self.stream = stream if stream is not None else Stream()  # CaughtUp goes on it
         self.on_error = on_error or (lambda msg: log.error("%s", msg))
         self.on_notice = on_notice or (lambda msg: log.warning("%s", msg))
         self.max_kept = max_kept
@@ -768,8 +779,6 @@ class StoreWriter:
         self._wrong: list[str] = []  # the batch in flight's dropped writes (one at a time)
         self.dropped: dict[str, int] = {}  # by kind, since the outage began
         self.lost = 0  # writes dropped since the writer opened (`corral stats`)
-        # after a catch-up that dropped writes: (kind -> count, since, reason)
-        self.caught_up_listeners: list[Callable[[dict[str, int], float, str], None]] = []
         self.batches = 0  # transactions committed
         self.writes = 0
 
@@ -878,9 +887,7 @@ class StoreWriter:
             text += f"; {_counted(dropped)} could not be kept and are lost"
         self._call("telling of the catch-up", self.on_notice, text)
         if dropped:
-            for listener in self.caught_up_listeners:
-                self._call("a catch-up listener", listener, dropped, since,
-                           self.outage.error)
+            self.stream.emit(CaughtUp(dropped, since, self.outage.error))
 
     def pending(self) -> dict[str, int]:
         """The writes not yet committed (kept while failing, being written, or waiting for
@@ -924,8 +931,11 @@ class StateStore:
       rows, revisions the config file made) goes through `writer` (StoreWriter), batched,
       and kept and tried again while the database cannot be written."""
 
-    def __init__(self, path: Path, *, sync: str = "normal") -> None:
+    def __init__(self, path: Path, *, sync: str = "normal",
+                 stream: Stream | None = None) -> None:
         self.path = path
+        self.stream = stream if stream is not None else Stream()  # the daemon's: the engine's
+        self.stream.subscribe(self._audit_gap, CaughtUp)
         self.sync = sync
         self.db = open_database(path, sync=sync)
         # open_writer(), on the loop: the one writer thread, shared with the task journal
@@ -935,8 +945,8 @@ class StateStore:
     def open_writer(self, on_error: Callable[[str], None] | None = None,
                     on_notice: Callable[[str], None] | None = None) -> StoreWriter:
         self.thread = WriterThread(self.path, sync=self.sync)
-        self.writer = StoreWriter(self.thread, on_error=on_error, on_notice=on_notice)
-        self.writer.caught_up_listeners.append(self._audit_gap)
+        self.writer = StoreWriter(self.thread, on_error=on_error, on_notice=on_notice,
+                                  stream=self.stream)
         return self.writer
 
     async def commit(self, writes: Iterable[Write]) -> None:
@@ -1019,9 +1029,9 @@ class StateStore:
             log.error("state database %s: an audit row could not be written (%s): %s",
                       self.path, exc, full)
 
-    def _audit_gap(self, dropped: dict[str, int], since: float, reason: str) -> None:
+    def _audit_gap(self, e: CaughtUp) -> None:
         """After a catch-up that lost audit rows: a row that says so, where they would be."""
-        rows = dropped.get("audit row", 0)
+        rows, since, reason = e.dropped.get("audit row", 0), e.since, e.reason
         if rows:
             self.audit_row((time.time(), os.geteuid(), os.getpid(), "audit.dropped",
                             msgspec.json.encode({"rows": rows, "since": iso_time(since)}
