@@ -108,7 +108,7 @@ def test_a_budget_holds_by_the_limit_that_holds_longest_and_0_is_none() -> None:
      "input_tokens must be at most 1e+15 (10000000000000000)"),
     ({"task_id": "t", "model": 7}, "model must be a string"),
     ({"task_id": "t", "model": "m" * 201},
-     "model must be a name of at most 200 characters, not 'mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm"),
+     "model must be a name of at most 200 characters, not '" + "m" * 39),
 ])
 def test_a_bad_report_says_what_is_wrong(params: dict[str, Any], said: str) -> None:
     """Of the wrong shape, refused where it is decoded (workerproto.py); out of range,
