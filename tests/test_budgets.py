@@ -27,6 +27,7 @@ from corral.supervisor.configload import load_config
 from corral.supervisor.tasks import Budget, Budgets, ModelUsage, Task, TaskStatus, Usage
 from corral.supervisor.tasks.budget import DAY, MINUTE, BadUsage, Window, parse_report
 from corral.text import iso_time, ordinal
+from corral.workerproto import BadParams, UsageReportParams, params_of
 
 from .conftest import EXAMPLES, ROOT, agent
 from .daemon_harness import PY, in_process, running_daemon, shared_tmpdir
@@ -92,32 +93,40 @@ def test_a_budget_holds_by_the_limit_that_holds_longest_and_0_is_none() -> None:
 
 @pytest.mark.parametrize(("params", "said"), [
     ({}, "task_id must be a task's id"),
-    ({"task_id": 7}, "task_id must be a task's id"),
+    ({"task_id": 7}, "task_id must be a string"),
     ({"task_id": "t", "input_tokens": -1}, "input_tokens must not be negative (-1)"),
     ({"task_id": "t", "output_tokens": "many"},
-     "output_tokens must be a whole number, not 'many'"),
-    ({"task_id": "t", "input_tokens": True}, "input_tokens must be a whole number, not True"),
+     "output_tokens must be a number"),
+    ({"task_id": "t", "input_tokens": True}, "input_tokens must be a number"),
     ({"task_id": "t", "input_tokens": 1.5}, "input_tokens must be a whole number, not 1.5"),
     ({"task_id": "t", "cost_usd": -0.5}, "cost_usd must not be negative (-0.5)"),
-    ({"task_id": "t", "cost_usd": "free"}, "cost_usd must be a number, not 'free'"),
+    ({"task_id": "t", "cost_usd": "free"}, "cost_usd must be a number"),
     ({"task_id": "t", "cost_usd": math.inf}, "cost_usd must be at most 1e+12 (inf)"),
     ({"task_id": "t", "cost_usd": math.nan}, "cost_usd must be a number, not nan"),
     ({"task_id": "t", "cost_usd": 10**400}, "cost_usd must be at most 1e+12 (1000000000"
                                             "000000000000000000000000000000)"),
     ({"task_id": "t", "input_tokens": 10**16},
      "input_tokens must be at most 1e+15 (10000000000000000)"),
-    ({"task_id": "t", "model": 7}, "model must be a name of at most 200 characters, not 7"),
+    ({"task_id": "t", "model": 7}, "model must be a string"),
+    ({"task_id": "t", "model": "m" * 201},
+     "model must be a name of at most 200 characters, not '" + "m" * 39),
 ])
 def test_a_bad_report_says_what_is_wrong(params: dict[str, Any], said: str) -> None:
-    with pytest.raises(BadUsage) as err:
-        parse_report(params)
-    assert str(err.value) == said
+    """Of the wrong shape, refused where it is decoded (workerproto.py); out of range,
+    where it is counted: both the same way to the worker's log."""
+    with pytest.raises((BadParams, BadUsage)) as err:
+        parse_report(params_of("usage/report", UsageReportParams, params))
+    detail = err.value.detail if isinstance(err.value, BadParams) else str(err.value)
+    assert detail == said
 
 
 def test_a_report_with_nothing_but_its_task_counts_as_zero_of_an_unknown_model() -> None:
-    assert parse_report({"task_id": "t"}) == ("t", 0, 0, 0.0, "unknown")
-    assert parse_report({"task_id": "t", "input_tokens": 3.0, "cost_usd": 1,
-                         "model": "m"}) == ("t", 3, 0, 1.0, "m")
+    def parse(params: dict[str, Any]) -> tuple[str, int, int, float, str]:
+        return parse_report(params_of("usage/report", UsageReportParams, params))
+
+    assert parse({"task_id": "t"}) == ("t", 0, 0, 0.0, "unknown")
+    assert parse({"task_id": "t", "input_tokens": 3.0, "cost_usd": 1,
+                  "model": "m"}) == ("t", 3, 0, 1.0, "m")
 
 
 def test_the_budget_keys_are_validated(tmp_path: Path) -> None:
@@ -277,8 +286,7 @@ async def test_bad_reports_are_counted_and_logged_and_change_nothing(
     theirs = (await sup.tasks.run("other", {"do": "echo"})).task_id
     cases: list[tuple[Any, str]] = [
         ({"task_id": mine, "input_tokens": -1}, "input_tokens must not be negative (-1)"),
-        ({"task_id": mine, "output_tokens": "many"},
-         "output_tokens must be a whole number, not 'many'"),
+        ({"task_id": mine, "output_tokens": "many"}, "output_tokens must be a number"),
         ({"task_id": mine, "cost_usd": -0.5}, "cost_usd must not be negative (-0.5)"),
         ({"input_tokens": 5}, "task_id must be a task's id"),
         ({"task_id": "nope", "input_tokens": 5}, "task 'nope' is not a task of agent bad"),

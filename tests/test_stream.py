@@ -9,6 +9,7 @@ import signal
 import pytest
 
 from corral.supervisor import Event, Stall, State, Stream, Supervisor, Tick
+from corral.supervisor.stream import Subscription
 
 from .conftest import agent
 
@@ -42,6 +43,27 @@ def test_a_subscriber_that_raises_is_counted_logged_once_and_the_others_are_told
     assert got == [0.0, 1.0, 2.0]
     assert s.failures == 3 and s.stats()["subscriber_failures"] == 3
     assert len([r for r in caplog.records if "subscriber bug" in str(r.exc_info)]) == 1
+
+
+def test_an_objects_own_subscribers_are_told_as_the_streams_are(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`tell`: subscriptions an object keeps (a task's watchers) get the same containment,
+    counts and rate-limited log as the stream's own subscribers."""
+    s = Stream()
+    got: list[float] = []
+
+    def broken(e: Stall) -> None:
+        raise RuntimeError("watcher bug")
+
+    own = (Subscription(broken, (Stall,)), Subscription(lambda e: got.append(e.seconds),
+                                                        (Stall,)))
+    with caplog.at_level(logging.ERROR, "corral.supervisor"):
+        for i in range(3):
+            s.tell(own, Stall(float(i)))
+    assert got == [0.0, 1.0, 2.0]
+    assert (s.failures, s.delivered, own[0].failures) == (3, 3, 3)
+    assert len([r for r in caplog.records if "watcher bug" in str(r.exc_info)]) == 1
+    assert not s.wants(Stall)  # told, never subscribed
 
 
 def test_unsubscribing_during_delivery_disturbs_nothing() -> None:

@@ -15,6 +15,7 @@ import pytest
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
 from corral.supervisor import LogLines, State, Supervisor
+from corral.supervisor.tasks import TaskFinished, TaskProgress
 
 from .conftest import agent, all_ready
 
@@ -252,11 +253,25 @@ async def test_progress_is_kept_and_streamed(sup: Supervisor) -> None:
     sup.add(mb("prog"))
     await sup.wait_state("prog", State.READY)
     seen: list[Any] = []
+    every: list[Any] = []  # on the stream: every task's
+    sup.stream.subscribe(lambda e: every.append(e.progress), TaskProgress)
+
+    def broken(e: TaskProgress | TaskFinished) -> None:
+        raise RuntimeError("a watcher that breaks")
+
+    failures = sup.stream.failures
     task = sup.tasks.submit("prog", {"do": "progress", "steps": 3})
-    task.watch(lambda kind, data: seen.append((kind, data)))
+    task.watch(broken)  # told first, and breaks: the next watcher is told all the same
+    task.watch(seen.append)
     await task.done
     assert task.progress == {"progress": 3, "total": 3, "message": "step 3"}
-    assert [k for k, _ in seen] == ["progress"] * 3 + ["done"]
+    assert [type(e) for e in seen] == [TaskProgress] * 3 + [TaskFinished]
+    assert [e.progress["progress"] for e in seen[:3]] == [1, 2, 3]
+    assert seen[-1].task is task and all(e.task is task for e in seen)
+    assert every == [e.progress for e in seen[:3]]
+    # each of the four deliveries to the broken watcher was counted, none stopped them
+    assert sup.stream.failures - failures == 4
+    assert task.watch(seen.append) is None  # finished: nothing more to hear
 
 
 async def test_a_finished_task_leaves_the_garbage_collector_nothing_to_look_into_but_itself(
@@ -306,13 +321,13 @@ async def test_a_queued_task_is_one_object_for_the_garbage_collector(
         assert (t.attempts, t.watchers) == ((), ())
         assert not gc.is_tracked(t.attempts) and not gc.is_tracked(t.watchers)
     seen: list[str] = []
-    queued[0].watch(lambda kind, data: seen.append(kind))
-    assert isinstance(queued[0].watchers, list) and len(queued[0].watchers) == 1
-    queued[1].unwatch(seen.append)  # never watched: nothing to take back
+    queued[0].watch(lambda e: seen.append(type(e).__name__))
+    assert queued[0].watchers is not None and len(queued[0].watchers) == 1
+    queued[1].unwatch(None)  # never watched: nothing to take back
     assert queued[1].watchers == ()
     sup.tasks.cancel(holder.id)
     await asyncio.gather(*(t.done for t in queued))
-    assert seen == ["done"]
+    assert seen == ["TaskFinished"]
     assert [len(t.attempts) for t in queued] == [1, 1, 1]
     assert all(t.watchers is None for t in queued)
 
@@ -462,7 +477,7 @@ async def test_bad_params_from_workers_and_callers_are_refused(sup: Supervisor) 
         "error": jsonrpc.INVALID_PARAMS, "message": "tools/call: name must be a string"}
     assert await raw(method="events/subscribe", params={"topic": ""}) == {
         "error": jsonrpc.INVALID_PARAMS,
-        "message": "events/subscribe: topic must be a string"}
+        "message": "events/subscribe: topic must be a non-empty string"}
     assert await raw(method="no/such", params={}) == {
         "error": jsonrpc.METHOD_NOT_FOUND, "message": "method not found: no/such"}
     # notifications cannot be answered: they are noted in the worker's log

@@ -20,7 +20,7 @@ from .durations import parse_since
 
 
 def _log_options(fn: Any) -> Any:
-    options: list[Callable[[Any], Any]] = [
+    options: tuple[Callable[[Any], Any], ...] = (
         names_arg,
         click.option("-n", "--lines", default=50, show_default=True,
                      type=click.IntRange(min=0), help="How many past lines to show."),
@@ -38,7 +38,7 @@ def _log_options(fn: Any) -> Any:
                           "for it and go on from the last line shown."),
         json_option,
         pass_ctx,
-    ]
+    )
     for option in reversed(options):
         fn = option(fn)
     return fn

@@ -5,8 +5,8 @@ Joining takes a new incarnation (a counter per node name) and sets the key with 
 offers (capacity, load, agents). A key found expired means the cluster may already have
 taken this incarnation's tasks, and a node that could not renew for 2 x TTL must assume
 so too: either way the node fences itself (takes nothing new, cancels what was taken from
-it; `on_fence`) and joins again as a new incarnation. Redis being away kills no node: the
-beat keeps trying, and the view says why it is not a member.
+it; `Fenced` on the stream) and joins again as a new incarnation. Redis being away kills
+no node: the beat keeps trying, and the view says why it is not a member.
 
 One daemon per node name (decision 163): each beat carries its daemon's id, pid and host,
 and a daemon does not join, nor renew, while another daemon's incarnation of its node
@@ -22,12 +22,13 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 from redis.exceptions import RedisError
 
 from ..supervisor.config import ClusterSettings
+from ..supervisor.stream import Stream
 from ..timeouts import within
 from .connection import read, why
 from .keys import Keys, consumer
@@ -94,11 +95,26 @@ Places = Callable[[], tuple[int, list[str], bool]]  # -> room, placed, draining
 _beat = msgspec.json.Decoder(Beat)
 
 
+class Joined(NamedTuple):
+    """This node joined the cluster as a new incarnation (`consumer`)."""
+
+    consumer: str
+
+
+class Fenced(NamedTuple):
+    """This node's incarnation `consumer` fenced itself: what was taken from it is the
+    cluster's again (the node gives it up and cancels it here)."""
+
+    consumer: str
+
+
 class Membership:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, settings: ClusterSettings,
                  node: str, offer: Offer, report: Callable[[str], None],
-                 key: str = "") -> None:
+                 key: str = "", stream: Stream | None = None) -> None:
         self.redis = redis
+        # Joined and Fenced go on it (the engine's, in a daemon)
+        self.stream = stream if stream is not None else Stream()
         self.daemon = _DAEMON  # this process's id in its beats
         self.cluster = settings.name
         self.key = key  # the cluster key's fingerprint, in the beat
@@ -119,8 +135,6 @@ class Membership:
         # monotonic time since which Redis has answered every beat (None: it does not
         # now): a reaper waits out TTL + a beat of it before declaring anyone dead
         self.connected_since: float | None = None
-        self.on_fence: list[Callable[[str], None]] = []  # (the fenced consumer)
-        self.on_join: list[Callable[[], None]] = []
         self.fences = 0  # times this node fenced itself
         self.changed = asyncio.Event()  # set at each join and fence
         self.places: Places | None = None  # what placement needs of the beat
@@ -218,8 +232,7 @@ class Membership:
         self.renewed = time.monotonic()
         self.state = "member"
         self.report(f"cluster: joined as {name}")
-        for hook in self.on_join:
-            hook()
+        self.stream.emit(Joined(name))
         self.changed.set()
         self.changed.clear()
 
@@ -249,8 +262,7 @@ class Membership:
         self.fences += 1
         self.report(f"cluster: {old} fenced itself: {why_}; its tasks are the cluster's "
                     "again")
-        for hook in self.on_fence:
-            hook(old)
+        self.stream.emit(Fenced(old))
         self.changed.set()
         self.changed.clear()
 

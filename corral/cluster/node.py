@@ -19,7 +19,14 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import AgentSpec, ClusterSettings
 from ..supervisor.core import Supervisor
-from ..supervisor.tasks import TERMINAL, TaskError, TaskManager, TaskStatus, is_task_id
+from ..supervisor.tasks import (
+    TERMINAL,
+    TaskError,
+    TaskFinished,
+    TaskManager,
+    TaskStatus,
+    is_task_id,
+)
 from ..timeouts import cancel_all, within
 from . import records, redischeck
 from .backlog import Backlog
@@ -28,7 +35,7 @@ from .declared import Declared
 from .desk import ClusterDesk
 from .events import EventRelay
 from .keys import Keys
-from .membership import Membership, NodeView
+from .membership import Fenced, Membership, NodeView
 from .outbox import Outbox
 from .placement import Placement
 from .puller import Puller
@@ -63,7 +70,7 @@ class ClusterNode:
         # `key`: [cluster] key_file's (trust.load_key), None without one
         self.trust = trust = Trust(key, settings.name, report)
         self.membership = Membership(self.redis, scripts, self.keys, settings, self.node,
-                                     self._offer, report, trust.fingerprint)
+                                     self._offer, report, trust.fingerprint, host.stream)
         self.desk = ClusterDesk(self.redis, scripts, self.keys, settings, self.membership,
                                 host, report, trust)
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
@@ -83,9 +90,9 @@ class ClusterNode:
         self.placement = Placement(self.redis, scripts, self.keys, self.membership, host,
                                    prepare, apply or self._apply, self.declared,
                                    settings.beat, report)
-        tasks.on_finish.append(self.outbox.finished)
+        host.stream.subscribe(self.outbox.finished, TaskFinished)
         self.puller.on_claim = self._watch
-        self.membership.on_fence.append(self._fenced)
+        host.stream.subscribe(self._fenced, Fenced)
         self._loops: list[asyncio.Task[None]] = []
         self.draining = False  # asked to drain (`corral drain`): it takes nothing new
         # what Redis's configuration risks (redischeck.py), as last read
@@ -99,7 +106,7 @@ class ClusterNode:
 
     def _watch(self, task: ClusterTask) -> None:
         outbox = self.outbox
-        task.watch(lambda kind, data: outbox.progress(task, kind, data))
+        task.watch(outbox.progress)
 
     def _offer(self) -> tuple[int, int, list[str]]:
         agents = self.host.agents
@@ -107,9 +114,10 @@ class ClusterNode:
                        for a in agents.values())
         return capacity, len(self.tasks.active), sorted(agents)
 
-    def _fenced(self, consumer: str) -> None:
+    def _fenced(self, e: Fenced) -> None:
         """What was taken from this incarnation is the cluster's now: its outcomes are
         not sent, and it stops here."""
+        consumer = e.consumer
         self.outbox.give_up(consumer)
         for task in self._held(consumer):
             self.tasks.cancel(task.id)

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
-from ..supervisor.tasks import Task
+from ..supervisor.tasks import TaskFinished, TaskProgress
 from ..timeouts import within
 from . import records
 from .connection import why
@@ -54,8 +54,9 @@ class Outbox:
         self._kick = asyncio.Event()
         self._sending = asyncio.Lock()
 
-    def finished(self, task: Task) -> None:
-        """The engine's hook at a task's end (TaskManager.on_finish)."""
+    def finished(self, e: TaskFinished) -> None:
+        """A task's end (on the engine's stream): its outcome goes to its record."""
+        task = e.task
         self.queue.wake(task.agent)  # its slot is free: its agent's puller may read more
         if not isinstance(task, ClusterTask) or task.consumer in self.given_up:
             return
@@ -71,12 +72,14 @@ class Outbox:
         self.pending.append((task, args))
         self._kick.set()
 
-    def progress(self, task: ClusterTask, kind: str, data: Any) -> None:
+    def progress(self, e: TaskProgress | TaskFinished) -> None:
         """A watcher of each claimed task (Task.watch): its newest progress goes to the
         record, fenced like its outcome; a report not yet sent is replaced by a newer."""
-        if kind != "progress" or task.consumer in self.given_up:
+        task = e.task
+        if not isinstance(e, TaskProgress) or not isinstance(task, ClusterTask) or \
+                task.consumer in self.given_up:
             return
-        self.reports[task.id] = (task, _json(data))
+        self.reports[task.id] = (task, _json(e.progress))
         self._kick.set()
 
     def give_up(self, consumer: str) -> None:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ..supervisor.core import Agent
     from ..supervisor.replica import Replica
     from ..supervisor.tasks import TaskInfo
+    from .gateway import GatewayChanged
 
 HANDLERS: Handlers[Services] = Handlers()
 implements = HANDLERS.implements
@@ -786,11 +787,11 @@ async def gateway_watch(d: Services, p: m.GatewayWatch, caller: Caller, c: Chann
     pending: set[str] = set()
     wake = asyncio.Event()
 
-    def tell(kinds: list[str]) -> None:
-        pending.update(kinds)
+    def tell(e: GatewayChanged) -> None:
+        pending.update(e.kinds)
         wake.set()
 
-    d.gateway.watchers.add(tell)
+    watching = d.gateway.watch(tell)
     try:
         c.notify("gateway.changed", {"kinds": [], "features": sorted(d.gateway.features())})
         while True:
@@ -802,7 +803,7 @@ async def gateway_watch(d: Services, p: m.GatewayWatch, caller: Caller, c: Chann
             c.notify("gateway.changed", {"kinds": kinds,
                                          "features": sorted(d.gateway.features())})
     finally:
-        d.gateway.watchers.discard(tell)
+        d.gateway.unwatch(watching)
 
 
 @implements("gateway.status")

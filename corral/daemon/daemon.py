@@ -463,7 +463,7 @@ class Daemon:
             # opening (and migrating) the database is a few commits with their fsyncs: in
             # a thread, as the control socket already answers
             store = await asyncio.to_thread(StateStore, state_dir / "corral.db",
-                                            sync=sc.journal_sync)
+                                            sync=sc.journal_sync, stream=self.sup.stream)
             stack.callback(store.close)
             self.sup.checkpoints.update(await asyncio.to_thread(store.states))
             # every write (records, checkpoints, audit, revisions, commands' records) and

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ..methods import Drained, DrainedTask
-from ..supervisor.tasks import TaskStatus
+from ..supervisor.tasks import AttemptEnded, TaskStatus
 from ..supervisor.tasks.dispatch import CANCEL_GRACE
 from ..text import plural
 from ..timeouts import within
@@ -68,8 +68,8 @@ class Drain:
         left = max(0.0, self.until - asyncio.get_running_loop().time())
         return f"draining {plural(len(self.left), 'task')} (up to {left:.0f} s)"
 
-    def _ended(self, task: Task) -> None:
-        if task.id in self.left:
+    def _ended(self, e: AttemptEnded) -> None:
+        if e.task.id in self.left:
             self._wake.set()
 
     async def run(self) -> Drained:
@@ -88,7 +88,7 @@ class Drain:
                         f"{plural(len(self.left), 'running task')} may finish within "
                         f"{self.until - start:.0f} s (drain_timeout, then cancel_grace "
                         "for a task cancelled at its end)")
-        tasks.dispatch.ended.append(self._ended)
+        ended = tasks.stream.subscribe(self._ended, AttemptEnded)
         try:
             while self.left and not self._cut:
                 now = loop.time()
@@ -109,7 +109,7 @@ class Drain:
                 with contextlib.suppress(TimeoutError):
                     await within(self._wake.wait(), max(0.0, wake - loop.time()))
         finally:
-            tasks.dispatch.ended.remove(self._ended)
+            tasks.stream.unsubscribe(ended)
             self.left = {}
         handed = sum(1 for t in running if t.status == TaskStatus.QUEUED)
         drained = Drained(seconds=round(loop.time() - start, 3),

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypedDict
 
 import msgspec
 
@@ -38,6 +38,7 @@ from ..ratelimit import TokenBucket
 from ..supervisor.config import GatewaySettings
 from ..supervisor.lifecycle import serving_changed
 from ..supervisor.runas import tenant_of
+from ..supervisor.stream import Subscription
 from ..supervisor.tenants import visible_allow
 from ..text import plural
 from .api import Audit
@@ -181,6 +182,14 @@ class Limiter:
         self.in_flight += 1
 
 
+class GatewayChanged(NamedTuple):
+    """What the gateway offers changed: these lists ("tools", "resources", "prompts"),
+    once per loop turn however many changes (its MCP sessions and `gateway.watch`
+    streams tell their clients)."""
+
+    kinds: list[str]
+
+
 class GatewayService:
     def __init__(self, sup: Supervisor, audit: Audit,
                  settings: GatewaySettings | None = None) -> None:
@@ -197,7 +206,6 @@ class GatewayService:
         self.by_client: dict[str, CallStats] = {}
         self.by_tool: dict[str, CallStats] = {}
         self.limiters: dict[str, Limiter] = {}
-        self.watchers: set[Callable[[list[str]], None]] = set()
         self._pending: set[str] = set()
         self._flush: asyncio.Handle | None = None
         # the HTTP API's tokens (tokens.Tokens.authenticate): one holding `mcp:call` (or
@@ -461,7 +469,8 @@ class GatewayService:
 
     # -- list_changed ---------------------------------------------------------------------
     def changed(self, kinds: list[str]) -> None:
-        """Lists changed; watchers hear once per loop turn, however many changes."""
+        """Lists changed; watchers hear once per loop turn, however many changes
+        (GatewayChanged)."""
         self._pending.update(kinds)
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_soon(self._tell)
@@ -469,8 +478,14 @@ class GatewayService:
     def _tell(self) -> None:
         self._flush = None
         kinds, self._pending = sorted(self._pending), set()
-        for watcher in list(self.watchers):
-            watcher(kinds)
+        self.sup.stream.emit(GatewayChanged(kinds))
+
+    def watch(self, watcher: Callable[[GatewayChanged], None]) -> Subscription:
+        """`watcher` hears each GatewayChanged (on the engine's stream) until `unwatch`."""
+        return self.sup.stream.subscribe(watcher, GatewayChanged)
+
+    def unwatch(self, sub: Subscription) -> None:
+        self.sup.stream.unsubscribe(sub)
 
     def on_transition(self, event: Event) -> None:
         """An MCP server instance started serving or stopped: what the pool offers may

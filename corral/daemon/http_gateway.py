@@ -49,6 +49,7 @@ from ..mcp import sse
 from ..mcp.client import SUPPORTED
 from ..mcp.gateway import GatewaySession, Progress
 from ..supervisor.config import ConfigError
+from ..supervisor.stream import Subscription
 from .addresses import loopback
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class HttpSession:
         self.history: deque[tuple[int, str, bytes]] = deque(maxlen=REPLAY)
         self.streams: dict[str, Stream] = {}
         self.standalone: Stream | None = None
+        self.watching: Subscription | None = None  # to the gateway's changes
         self._seq = itertools.count(1)
 
     def emit(self, stream: Stream, msg: Any, *, last: bool = False) -> None:
@@ -291,7 +293,8 @@ class HttpGateway:
     def _end(self, sid: str) -> None:
         sess = self.sessions.pop(sid, None)
         if sess is not None:
-            self.service.watchers.discard(sess.mcp.notify_changed)
+            if sess.watching is not None:
+                self.service.unwatch(sess.watching)
             sess.close()
 
     # -- requests -------------------------------------------------------------------------
@@ -381,7 +384,7 @@ class HttpGateway:
         sid = secrets.token_urlsafe(24)
         sess = HttpSession(sid, ident, PoolBackend(self.service, ident))
         self.sessions[sid] = sess
-        self.service.watchers.add(sess.mcp.notify_changed)
+        sess.watching = self.service.watch(lambda e: sess.mcp.notify_changed(e.kinds))
         return sess
 
     async def _stream_answer(self, request: web.Request, sess: HttpSession, env: Envelope,

@@ -20,9 +20,10 @@ from typing import Any
 import msgspec
 
 from ..supervisor.containment import ProcessRecord
+from ..supervisor.stream import Stream
 from ..text import iso_time, plural
 from .storeschema import errors_named, open_database
-from .storewriter import StoreWriter, Write, WriterThread, counted
+from .storewriter import CaughtUp, StoreWriter, Write, WriterThread, counted
 
 log = logging.getLogger("corral.store")
 
@@ -46,8 +47,11 @@ class StateStore:
       rows, revisions the config file made) goes through `writer` (StoreWriter), batched,
       and kept and tried again while the database cannot be written."""
 
-    def __init__(self, path: Path, *, sync: str = "normal") -> None:
+    def __init__(self, path: Path, *, sync: str = "normal",
+                 stream: Stream | None = None) -> None:
         self.path = path
+        self.stream = stream if stream is not None else Stream()  # the daemon's: the engine's
+        self.stream.subscribe(self._audit_gap, CaughtUp)
         self.sync = sync
         self.db = open_database(path, sync=sync)
         # open_writer(), on the loop: the one writer thread, shared with the task journal
@@ -57,8 +61,8 @@ class StateStore:
     def open_writer(self, on_error: Callable[[str], None] | None = None,
                     on_notice: Callable[[str], None] | None = None) -> StoreWriter:
         self.thread = WriterThread(self.path, sync=self.sync)
-        self.writer = StoreWriter(self.thread, on_error=on_error, on_notice=on_notice)
-        self.writer.caught_up_listeners.append(self._audit_gap)
+        self.writer = StoreWriter(self.thread, on_error=on_error, on_notice=on_notice,
+                                  stream=self.stream)
         return self.writer
 
     async def commit(self, writes: Iterable[Write]) -> None:
@@ -141,9 +145,9 @@ class StateStore:
             log.error("state database %s: an audit row could not be written (%s): %s",
                       self.path, exc, full)
 
-    def _audit_gap(self, dropped: dict[str, int], since: float, reason: str) -> None:
+    def _audit_gap(self, e: CaughtUp) -> None:
         """After a catch-up that lost audit rows: a row that says so, where they would be."""
-        rows = dropped.get("audit row", 0)
+        rows, since, reason = e.dropped.get("audit row", 0), e.since, e.reason
         if rows:
             self.audit_row((time.time(), os.geteuid(), os.getpid(), "audit.dropped",
                             msgspec.json.encode({"rows": rows, "since": iso_time(since)}

@@ -19,6 +19,7 @@ from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from ..supervisor.stream import Stream
 from ..text import iso_time, plural
 from . import storeschema
 from .checkpointer import Checkpointer
@@ -405,6 +406,15 @@ class _Kept(NamedTuple):
     size: int  # bytes it writes, where they may be many (GroupCommit's `size`)
 
 
+class CaughtUp(NamedTuple):
+    """The state database is written again after an outage that lost writes: how many of
+    each kind, since when, and why (StateStore records the audit rows lost)."""
+
+    dropped: dict[str, int]
+    since: float
+    reason: str
+
+
 class StoreWriter:
     """Writes that are many, or must never hold up what caused them: process records at
     every spawn and exit, state checkpoints, audit rows, spec revisions the config file
@@ -427,8 +437,9 @@ class StoreWriter:
     def __init__(self, thread: WriterThread,
                  on_error: Callable[[str], None] | None = None,
                  on_notice: Callable[[str], None] | None = None,
-                 max_kept: int = MAX_KEPT) -> None:
+                 max_kept: int = MAX_KEPT, stream: Stream | None = None) -> None:
         self.thread = thread
+        self.stream = stream if stream is not None else Stream()  # CaughtUp goes on it
         self.on_error = on_error or (lambda msg: log.error("%s", msg))
         self.on_notice = on_notice or (lambda msg: log.warning("%s", msg))
         self.max_kept = max_kept
@@ -439,8 +450,6 @@ class StoreWriter:
         self._wrong: list[str] = []  # the batch in flight's dropped writes (one at a time)
         self.dropped: dict[str, int] = {}  # by kind, since the outage began
         self.lost = 0  # writes dropped since the writer opened (`corral stats`)
-        # after a catch-up that dropped writes: (kind -> count, since, reason)
-        self.caught_up_listeners: list[Callable[[dict[str, int], float, str], None]] = []
         self.batches = 0  # transactions committed
         self.writes = 0
 
@@ -549,9 +558,7 @@ class StoreWriter:
             text += f"; {counted(dropped)} could not be kept and are lost"
         self._call("telling of the catch-up", self.on_notice, text)
         if dropped:
-            for listener in self.caught_up_listeners:
-                self._call("a catch-up listener", listener, dropped, since,
-                           self.outage.error)
+            self.stream.emit(CaughtUp(dropped, since, self.outage.error))
 
     def pending(self) -> dict[str, int]:
         """The writes not yet committed (kept while failing, being written, or waiting for

@@ -24,7 +24,9 @@ from ..supervisor.core import Supervisor
 from ..supervisor.tasks import (
     LOST_IN_RESTART,
     TERMINAL,
+    TaskFinished,
     TaskInfo,
+    TaskProgress,
     TaskRecord,
     TaskStatus,
     TaskSummary,
@@ -102,12 +104,11 @@ class TaskDesk:
         # a caller that does not read gets the newest progress, never a growing backlog
         progress = Latest(channel, "task.progress")
 
-        def watch(kind: str, data: Any) -> None:
-            if kind == "progress":
-                progress.send({"task_id": task.id, **data})
+        def watch(e: TaskProgress | TaskFinished) -> None:
+            if isinstance(e, TaskProgress):
+                progress.send({"task_id": task.id, **e.progress})
 
-        if not p.detach:
-            task.watch(watch)
+        watching = None if p.detach else task.watch(watch)
         try:
             try:
                 await tasks.committed()  # in the journal before it is acknowledged
@@ -127,7 +128,7 @@ class TaskDesk:
             # a caller that goes away cancels this wait, not the task
             await asyncio.shield(task.done)
         finally:
-            task.unwatch(watch)
+            task.unwatch(watching)
             progress.close()
         if self.refusing is None:  # else written when it can be
             with contextlib.suppress(TaskJournalError):  # logged by the journal; it stands

@@ -16,8 +16,8 @@ import secrets
 import sqlite3
 import time
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgspec
 
@@ -46,16 +46,22 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class TokenRevoked(NamedTuple):
+    """A token was revoked, as it is: what it holds open ends (the HTTP server's streams,
+    the dashboard's sessions)."""
+
+    token: Token
+
+
 class Tokens:
-    """The tokens of one state database, in memory by hash."""
+    """The tokens of one state database, in memory by hash; each revocation told on the
+    store's stream (the daemon's: the engine's) as TokenRevoked."""
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
+        self.stream = store.stream
         self.by_hash: dict[str, Token] = {}
         self.hash_of: dict[str, str] = {}
-        # told of each token revoked, as it is: what it holds open ends (the HTTP
-        # server's streams, the dashboard's sessions)
-        self.on_revoke: list[Callable[[Token], None]] = []
         rows = store.db.execute(
             "SELECT name, hash, scopes, agents, created, expires, tenant FROM tokens")
         for name, hashed, scopes, agents, created, expires, tenant in rows:
@@ -129,8 +135,7 @@ class Tokens:
         # refused at once, before the commit: a revoked token must not serve meanwhile
         token = self.by_hash.pop(hashed)
         del self.hash_of[name]
-        for told in list(self.on_revoke):
-            told(token)
+        self.stream.emit(TokenRevoked(token))
 
         def write(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM tokens WHERE name = ?", (name,))

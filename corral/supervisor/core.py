@@ -24,6 +24,7 @@ from ..jsonrpc import DEFAULT_MAX_LINE, LineBlock, RpcError
 from ..mcp.pool import McpPool
 from ..text import closest, listing, plural
 from ..timeouts import cancel_all, within
+from ..workerproto import StateCheckpointParams
 from .config import AgentSpec, ConfigError, McpServerSpec, TenantSpec
 from .configload import elastic_problem, protocol_problem
 from .containment import CgroupMode, Containment
@@ -46,7 +47,8 @@ from .stats import HeartbeatWork, Stats
 from .stream import TICK, Checkpoint, ListChanged, Roster, Stall, Stream, Subscription
 from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, Queue, TaskJournal, TaskManager
 from .tenantcgroups import TenantNodes
-from .tenants import Tenancy, visible_allow
+from .tenants import QuotasChanged, Tenancy, visible_allow
+from .workercalls import on_notification
 from .zygote import Zygotes
 
 __all__ = ["Agent", "HeartbeatWork", "NoSuchAgent", "Stats", "Supervisor", "SupervisorError"]
@@ -310,12 +312,12 @@ class Supervisor:
         # `initialize` after a restart; subscribers to Checkpoint persist them (the
         # daemon: SQLite)
         self.checkpoints: dict[tuple[str, int], tuple[float, Any]] = {}
-        self.worker_notifications["state/checkpoint"] = self._on_checkpoint
+        on_notification(self.worker_notifications, StateCheckpointParams, self._on_checkpoint)
         self.mcp: McpPool[McpServerSpec, McpServerReplica] = McpPool(
             self._new_mcp_instance, self._wait_mcp_serving)
         self.mcp.on_change = self._list_changed
         # the tenants' quotas (tenants.py): with none declared, nothing is bounded
-        self.tenancy = Tenancy(self.agents)
+        self.tenancy = Tenancy(self.agents, self.stream)
         self.tenant_nodes: TenantNodes | None = None  # a cgroup per tenant, where delegated
         self.tasks = TaskManager(self, tool_router=self._route_tool,
                                  tool_lister=self._list_tools, journal=journal,
@@ -346,7 +348,7 @@ class Supervisor:
             nodes = self.tenant_nodes = self.containment.nodes = TenantNodes(
                 tree, self, self.stream)
             self.tenancy.kernel = set(tree.controllers)
-            self.tenancy.on_change.append(nodes.retune_all)
+            self.stream.subscribe(lambda _: nodes.retune_all(), QuotasChanged)
         if self._heartbeat is None:
             self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
         self.elastic.start()
@@ -794,12 +796,12 @@ class Supervisor:
             return None
         return saved[1]
 
-    def _on_checkpoint(self, replica: Replica, params: dict[str, Any]) -> None:
-        if "state" not in params:
+    def _on_checkpoint(self, replica: Replica, p: StateCheckpointParams) -> None:
+        if p.state is msgspec.UNSET:
             return
         when = time.time()
-        self.checkpoints[(replica.name, replica.index)] = (when, params["state"])
-        self.stream.emit(Checkpoint(replica.name, replica.index, when, params["state"]))
+        self.checkpoints[(replica.name, replica.index)] = (when, p.state)
+        self.stream.emit(Checkpoint(replica.name, replica.index, when, p.state))
 
     def worker_request(self, replica: Replica, method: str, raw: Any) -> Any:
         handler = self.worker_methods.get(method)

@@ -23,9 +23,11 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
+from ..workerproto import EventsPublishParams, EventsSubscribeParams
 from .follow import Follower
 from .process_replica import Exited
 from .stream import Stream
+from .workercalls import on_notification, on_request
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -93,8 +95,8 @@ class EventBus:
         self.dropped = 0
         # with [cluster]: each event published here, to the other nodes (cluster/events.py)
         self.relay: Callable[[Delivery], None] | None = None
-        worker_notifications["events/publish"] = self._on_publish
-        worker_methods["events/subscribe"] = self._on_subscribe
+        on_notification(worker_notifications, EventsPublishParams, self._on_publish)
+        on_request(worker_methods, EventsSubscribeParams, self._on_subscribe)
         stream.subscribe(self._on_exit, Exited)
 
     def publish(self, topic: str, data: Any, source: str, tenant: str | None = None) -> int:
@@ -154,19 +156,12 @@ class EventBus:
     def _on_exit(self, e: Exited) -> None:
         self.subscriptions.pop(e.replica, None)  # type: ignore[call-overload]
 
-    def _on_publish(self, r: Replica, params: dict[str, Any]) -> None:
-        topic = params.get("topic")
-        if isinstance(topic, str) and topic:
-            self.publish(topic, params.get("data"), r.label, r.spec.tenant)
-        else:
-            r.note("ignored events/publish: topic must be a non-empty string")
+    def _on_publish(self, r: Replica, p: EventsPublishParams) -> None:
+        self.publish(p.topic, p.data, r.label, r.spec.tenant)
 
-    def _on_subscribe(self, r: Replica, params: dict[str, Any]) -> Any:
-        topic = params.get("topic")
-        if not isinstance(topic, str) or not topic:
-            raise RpcError(jsonrpc.INVALID_PARAMS, "events/subscribe: topic must be a string")
-        self.subscribe(r, topic)
-        return {"subscribed": topic}
+    def _on_subscribe(self, r: Replica, p: EventsSubscribeParams) -> Any:
+        self.subscribe(r, p.topic)
+        return {"subscribed": p.topic}
 
     def stats(self) -> dict[str, Any]:
         return {"published": self.published, "delivered": self.delivered,

@@ -2,7 +2,8 @@
 
 Tools are in tasks.py (a call counts against its task's tool budget); everything here is
 checked against the same `tools = [...]` allowlist, a resource as `SERVER__URI`, a prompt
-as `SERVER__PROMPT`. Worker protocol (docs/protocol.md):
+as `SERVER__PROMPT`. Worker protocol (docs/protocol.md; params decoded by
+workerproto.py):
 
     resources/list {server?}                 -> {"resources": [...]}  (each with "server")
     resources/templates/list {server?}       -> {"resourceTemplates": [...]}
@@ -18,25 +19,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import jsonrpc
-from ..jsonrpc import RpcError
 from ..mcp.pool import McpPool
+from ..workerproto import (
+    PromptsGetParams,
+    PromptsListParams,
+    ResourcesListParams,
+    ResourcesReadParams,
+    ResourcesSubscribeParams,
+    ResourcesUnsubscribeParams,
+    ResourceTemplatesListParams,
+)
 from .process_replica import Exited
 from .stream import Stream
+from .workercalls import on_request
 
 if TYPE_CHECKING:
     from .replica import Replica
-
-
-def _str(params: dict[str, Any], key: str, method: str) -> str:
-    value = params.get(key)
-    if not isinstance(value, str):
-        raise RpcError(jsonrpc.INVALID_PARAMS, f"{method}: {key} must be a string")
-    return value
-
-
-def _optional_str(params: dict[str, Any], key: str, method: str) -> str | None:
-    return None if params.get(key) is None else _str(params, key, method)
 
 
 def _allow(r: Replica) -> list[str]:
@@ -50,64 +48,46 @@ class AgentMcp:
     def __init__(self, pool: McpPool[Any, Any], stream: Stream,
                  worker_methods: dict[str, Callable[[Replica, Any], Any]]) -> None:
         self.pool = pool
-        for method, handler in {
-            "resources/list": self.list_resources,
-            "resources/templates/list": self.list_templates,
-            "resources/read": self.read,
-            "resources/subscribe": self.subscribe,
-            "resources/unsubscribe": self.unsubscribe,
-            "prompts/list": self.list_prompts,
-            "prompts/get": self.get_prompt,
-        }.items():
-            worker_methods[method] = handler
+        on_request(worker_methods, ResourcesListParams, self.list_resources)
+        on_request(worker_methods, ResourceTemplatesListParams, self.list_templates)
+        on_request(worker_methods, ResourcesReadParams, self.read)
+        on_request(worker_methods, ResourcesSubscribeParams, self.subscribe)
+        on_request(worker_methods, ResourcesUnsubscribeParams, self.unsubscribe)
+        on_request(worker_methods, PromptsListParams, self.list_prompts)
+        on_request(worker_methods, PromptsGetParams, self.get_prompt)
         stream.subscribe(self._on_exit, Exited)
 
     def _on_exit(self, e: Exited) -> None:
         self.pool.drop_subscriber(e.replica.label)
 
-    async def list_resources(self, r: Replica, p: dict[str, Any]) -> Any:
-        server = _optional_str(p, "server", "resources/list")
+    async def list_resources(self, r: Replica, p: ResourcesListParams) -> Any:
         return {"resources": await self.pool.list_resources(
-            owner=r.label, allow=_allow(r), server=server)}
+            owner=r.label, allow=_allow(r), server=p.server)}
 
-    async def list_templates(self, r: Replica, p: dict[str, Any]) -> Any:
-        server = _optional_str(p, "server", "resources/templates/list")
+    async def list_templates(self, r: Replica, p: ResourceTemplatesListParams) -> Any:
         return {"resourceTemplates": await self.pool.list_resource_templates(
-            owner=r.label, allow=_allow(r), server=server)}
+            owner=r.label, allow=_allow(r), server=p.server)}
 
-    async def read(self, r: Replica, p: dict[str, Any]) -> Any:
-        server = _str(p, "server", "resources/read")
-        uri = _str(p, "uri", "resources/read")
-        return await self.pool.read_resource(server, uri, owner=r.label, allow=_allow(r))
+    async def read(self, r: Replica, p: ResourcesReadParams) -> Any:
+        return await self.pool.read_resource(p.server, p.uri, owner=r.label, allow=_allow(r))
 
-    async def subscribe(self, r: Replica, p: dict[str, Any]) -> Any:
-        server = _str(p, "server", "resources/subscribe")
-        uri = _str(p, "uri", "resources/subscribe")
-
+    async def subscribe(self, r: Replica, p: ResourcesSubscribeParams) -> Any:
         def updated(server: str, uri: str, params: dict[str, Any]) -> None:
             if r.peer is not None:
                 r.peer.notify("resources/updated", {"server": server, "uri": uri})
 
-        await self.pool.subscribe(server, uri, r.label, updated, owner=r.label,
-                                     allow=_allow(r))
+        await self.pool.subscribe(p.server, p.uri, r.label, updated, owner=r.label,
+                                  allow=_allow(r))
         return {}
 
-    async def unsubscribe(self, r: Replica, p: dict[str, Any]) -> Any:
-        server = _str(p, "server", "resources/unsubscribe")
-        uri = _str(p, "uri", "resources/unsubscribe")
-        await self.pool.unsubscribe(server, uri, r.label, owner=r.label)
+    async def unsubscribe(self, r: Replica, p: ResourcesUnsubscribeParams) -> Any:
+        await self.pool.unsubscribe(p.server, p.uri, r.label, owner=r.label)
         return {}
 
-    async def list_prompts(self, r: Replica, p: dict[str, Any]) -> Any:
-        server = _optional_str(p, "server", "prompts/list")
+    async def list_prompts(self, r: Replica, p: PromptsListParams) -> Any:
         return {"prompts": await self.pool.list_prompts(
-            owner=r.label, allow=_allow(r), server=server)}
+            owner=r.label, allow=_allow(r), server=p.server)}
 
-    async def get_prompt(self, r: Replica, p: dict[str, Any]) -> Any:
-        name = _str(p, "name", "prompts/get")
-        arguments = p.get("arguments") or {}
-        if not isinstance(arguments, dict) or \
-                not all(isinstance(v, str) for v in arguments.values()):
-            raise RpcError(jsonrpc.INVALID_PARAMS,
-                           "prompts/get: arguments must be an object of strings")
-        return await self.pool.get_prompt(name, arguments, owner=r.label, allow=_allow(r))
+    async def get_prompt(self, r: Replica, p: PromptsGetParams) -> Any:
+        return await self.pool.get_prompt(p.name, p.arguments or {}, owner=r.label,
+                                          allow=_allow(r))

@@ -1,9 +1,15 @@
-"""One stream of typed events (transitions, log lines, exits, ticks, ...) to subscribers.
+"""One stream of typed events (transitions, log lines, exits, ticks, tasks' ends, quotas
+changed, tokens revoked, ...) to subscribers: every notification in corral is one of
+these, never a list of callbacks of its own.
 
 Delivery is synchronous and in subscription order, O(subscribers) per event with nothing
 allocated for it. Subscribers cannot break it: one that raises is logged (at most once per
 LOG_EVERY seconds per subscriber, with the number since) and counted, and the others, and
 whatever the emitter does next (the restart decision after a `terminated`), go on.
+
+An object with subscribers of its own (a task's watchers, Task.watch: a caller waiting
+for one task must cost the others nothing) keeps their `Subscription`s and has the
+stream `tell` them, with the same containment and counts.
 """
 
 from __future__ import annotations
@@ -86,12 +92,27 @@ class Stream:
                 self._failed(type(event), cb, exc)
         self.delivered += 1
 
+    def tell(self, subs: tuple[Subscription, ...], event: object) -> None:
+        """Deliver `event` to subscriptions an object keeps for its own events (made by
+        it, never given to `subscribe`): contained and counted as every delivery."""
+        for sub in subs:
+            try:
+                sub.callback(event)
+            except Exception as exc:
+                self.failures += 1
+                self._count(sub, type(event), exc)
+        self.delivered += 1
+
     def _failed(self, t: type, cb: Callable[[Any], None], exc: Exception) -> None:
         self.failures += 1
         sub = next((s for s in self._subs.get(t, ()) if s.callback is cb), None)
         if sub is None:  # unsubscribed by an earlier subscriber of this same event
             log.error("a subscriber to %s raised", t.__name__, exc_info=exc)
             return
+        self._count(sub, t, exc)
+
+    def _count(self, sub: Subscription, t: type, exc: Exception) -> None:
+        cb = sub.callback
         sub.failures += 1
         sub.unlogged += 1
         now = time.monotonic()
@@ -108,8 +129,10 @@ class Stream:
                 "failing": sorted(repr(s.callback) for s in subs if s.failures)}
 
 
-# the supervisor's own events (a replica's are in process_replica.py, a process record's
-# in containment.py)
+# the supervisor's own events; the others are beside what emits them: a replica's in
+# process_replica.py, a process record's in containment.py, a task's in tasks/model.py,
+# the tenants' in tenants.py, and the daemon's and the cluster's in their modules
+# (tokens.py, store.py, gateway.py, cluster/membership.py)
 class Tick:
     """A round of the heartbeat loop is over (about every heartbeat_interval)."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
@@ -24,6 +24,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..ratelimit import TokenBucket
 from .config import DEFAULT_TENANT, MIB, TenantSpec
+from .stream import Stream
 from .tasks.admission import retry_after
 from .tasks.budget import BUDGET_PREFIX
 
@@ -47,11 +48,21 @@ class TenantUse(msgspec.Struct, kw_only=True):
     oom_kills: int = 0  # in its cgroup (tenantcgroups.py), since the daemon started
 
 
-class Tenancy:
-    """The tenants' specs and the checks of their quotas, over the supervisor's agents."""
+class QuotasChanged(NamedTuple):
+    """The tenants' quotas changed (start-up, `tenants.set`, a reload): the tenants'
+    cgroups are retuned, the task manager installs or takes away its per-task hooks."""
 
-    def __init__(self, agents: Mapping[str, AgentLike]) -> None:
+
+QUOTAS_CHANGED = QuotasChanged()
+
+
+class Tenancy:
+    """The tenants' specs and the checks of their quotas, over the supervisor's agents;
+    each change told on the stream (QuotasChanged)."""
+
+    def __init__(self, agents: Mapping[str, AgentLike], stream: Stream) -> None:
         self.agents = agents
+        self.stream = stream
         self.specs: dict[str, TenantSpec] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._going: dict[str, Replica] = {}  # restarted for its tenant's memory or CPU
@@ -59,9 +70,6 @@ class Tenancy:
         # the controllers a cgroup per tenant has (tenantcgroups.py): the kernel bounds
         # memory (cpu) there, so it is not sampled
         self.kernel: set[str] = set()
-        # told after the tenants' quotas changed: the tenants' cgroups are retuned, the
-        # task manager installs or takes away its per-task hooks
-        self.on_change: list[Callable[[], None]] = []
 
     # -- the tenants --------------------------------------------------------------------
     def replace(self, specs: Mapping[str, TenantSpec]) -> None:
@@ -76,8 +84,7 @@ class Tenancy:
         self._changed()
 
     def _changed(self) -> None:
-        for told in self.on_change:
-            told()
+        self.stream.emit(QUOTAS_CHANGED)
 
     def put(self, name: str, spec: TenantSpec) -> None:
         if self.spec(name).rate_per_minute != spec.rate_per_minute:

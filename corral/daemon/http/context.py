@@ -15,6 +15,10 @@ from ..api import Dispatcher
 from ..caller import Caller
 from ..services import Services
 
+# a request's Caller if this way of signing in recognises it, else None (or RpcError):
+# asked in order until one does, a chain, not a notification
+Authenticator = Callable[[web.Request], Caller | None]
+
 
 @dataclass(kw_only=True)
 class HttpContext:
@@ -24,8 +28,7 @@ class HttpContext:
     config_dir: Path
     # the request's Caller, or raise RpcError(UNAUTHORIZED): bearer tokens (rest.py's
     # auth), and the dashboard's session cookie (ui.py) where one is set up
-    authenticators: list[Callable[[web.Request], Caller | None]] = field(
-        default_factory=list)
+    authenticators: list[Authenticator] = field(default_factory=list)
     url: str = ""  # where the server listens, once it does
     # requests answered, by route pattern and status (corral_http_requests_total); those
     # aiohttp refused before any route saw them are route "refused" (server.Refusals)

@@ -30,7 +30,7 @@ from ...timeouts import within
 from ..api import Dispatcher
 from ..caller import Caller
 from ..commands import event_tenant
-from ..tokens import Token, tokens_of
+from ..tokens import TokenRevoked, tokens_of
 from . import bodies, route, sse
 from .auth import authenticate, bearer
 from .context import HttpContext
@@ -67,7 +67,7 @@ class Api:
         # the open streams of each token (a dashboard session's under the token it was
         # made from): revoking the token ends them
         self.held_by: dict[str, dict[int, tuple[web.Request, asyncio.Future[None]]]] = {}
-        self.tokens.on_revoke.append(self.revoked)
+        self.tokens.stream.subscribe(self.revoked, TokenRevoked)
 
     # -- the way in ----------------------------------------------------------------------
     def caller(self, request: web.Request) -> Caller | web.Response:
@@ -218,9 +218,9 @@ class Api:
                 if not held:
                     self.held_by.pop(token, None)
 
-    def revoked(self, token: Token) -> None:
+    def revoked(self, e: TokenRevoked) -> None:
         """A token revoked: its streams end now, not when their clients go."""
-        for request, stop in list(self.held_by.get(token.name, {}).values()):
+        for request, stop in list(self.held_by.get(e.token.name, {}).values()):
             _end(request, stop)
 
     async def answer(self, request: web.Request, caller: Caller, res: Resource,

@@ -32,7 +32,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...methods import REGISTRY
 from ..caller import Caller
-from ..tokens import Token, Tokens, tokens_of
+from ..tokens import TokenRevoked, Tokens, tokens_of
 from ..visibility import open_to
 from . import sse
 from .context import HttpContext
@@ -171,8 +171,9 @@ class Sessions:
     def end(self, sid: str) -> None:
         self.sessions.pop(sid, None)
 
-    def revoked(self, token: Token) -> None:
+    def revoked(self, e: TokenRevoked) -> None:
         """A token revoked: the sessions and unused links it asked for end now."""
+        token = e.token
         for sid in [s for s, v in self.sessions.items()
                     if v.token is not None and v.token.token == token.name]:
             del self.sessions[sid]
@@ -325,7 +326,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     sessions.context = ctx
     tokens = tokens_of(ctx.services.store)
     sessions.token_holds = _token_holds(tokens)
-    tokens.on_revoke.append(sessions.revoked)
+    tokens.stream.subscribe(sessions.revoked, TokenRevoked)
     guard = Guard(ctx, sessions)
     ctx.authenticators.append(guard.caller)
     files = _static_files()

@@ -1,6 +1,7 @@
 """Tasks: work given to agents, each ending in exactly one terminal outcome.
 
-model.py      Task, Attempt, TaskStatus and the structs that show a task
+model.py      Task, Attempt, TaskStatus, the structs that show a task, and the
+              tasks' events on the stream (TaskProgress, TaskFinished, AttemptEnded)
 ids.py        task ids (UUIDv7: unique, sortable by creation)
 payload.py    inputs encoded, workers' answers read in one pass (Output)
 durable.py    the TaskJournal port (the daemon's: corral.daemon.taskjournal)
@@ -27,9 +28,12 @@ from .model import (
     LOST_IN_RESTART,
     TERMINAL,
     Attempt,
+    AttemptEnded,
     Task,
     TaskError,
+    TaskFinished,
     TaskInfo,
+    TaskProgress,
     TaskRecord,
     TaskResult,
     TaskStatus,
@@ -51,6 +55,7 @@ __all__ = [
     "TERMINAL",
     "AgentTasks",
     "Attempt",
+    "AttemptEnded",
     "Budget",
     "Budgets",
     "Dispatcher",
@@ -61,9 +66,11 @@ __all__ = [
     "Retention",
     "Task",
     "TaskError",
+    "TaskFinished",
     "TaskInfo",
     "TaskJournal",
     "TaskManager",
+    "TaskProgress",
     "TaskRecord",
     "TaskResult",
     "TaskStatus",

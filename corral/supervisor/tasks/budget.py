@@ -21,12 +21,13 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ...text import iso_time
+from ...workerproto import BadParams, UsageReportParams
 from .usage import ModelUsage
 
 if TYPE_CHECKING:
@@ -159,14 +160,12 @@ class BadUsage(ValueError):
     """A usage/report that is not counted; the message says why."""
 
 
-def _count(params: Mapping[str, Any], key: str) -> int:
-    value = params.get(key, 0)
+def _count(key: str, value: int | float | None) -> int:
     if type(value) is int and 0 <= value <= MAX_TOKENS:  # nearly every report: one test
         return value
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int | float) or (
-            isinstance(value, float) and not value.is_integer()):
+    if isinstance(value, float) and not value.is_integer():
         raise BadUsage(f"{key} must be a whole number, not {value!r:.40}")
     if value < 0:
         raise BadUsage(f"{key} must not be negative ({value!r:.40})")
@@ -175,28 +174,24 @@ def _count(params: Mapping[str, Any], key: str) -> int:
     return int(value)
 
 
-def parse_report(params: Mapping[str, Any]) -> tuple[str, int, int, float, str]:
-    """(task_id, input_tokens, output_tokens, cost_usd, model) of a report's params, or
-    BadUsage."""
-    task_id = params.get("task_id")
-    if not isinstance(task_id, str) or not task_id:
+def parse_report(p: UsageReportParams) -> tuple[str, int, int, float, str]:
+    """(task_id, input_tokens, output_tokens, cost_usd, model) of a report (its types
+    already checked, workerproto.py), or BadUsage."""
+    task_id = p.task_id
+    if not task_id:
         raise BadUsage("task_id must be a task's id")
-    inp, out = _count(params, "input_tokens"), _count(params, "output_tokens")
-    cost = params.get("cost_usd", 0.0)
-    if type(cost) is float and 0.0 <= cost <= MAX_COST:
-        pass
-    elif cost is None:
+    inp, out = _count("input_tokens", p.input_tokens), _count("output_tokens", p.output_tokens)
+    cost = p.cost_usd
+    if cost is None:
         cost = 0.0
-    elif isinstance(cost, bool) or not isinstance(cost, int | float) or cost != cost:
+    elif cost != cost:
         raise BadUsage(f"cost_usd must be a number, not {cost!r:.40}")
     elif cost < 0:
         raise BadUsage(f"cost_usd must not be negative ({cost!r:.40})")
     elif cost > MAX_COST:
         raise BadUsage(f"cost_usd must be at most {MAX_COST:.0e} ({cost!r:.40})")
-    model = params.get("model")
-    if model is None or model == "":
-        model = UNKNOWN_MODEL
-    if not isinstance(model, str) or len(model) > 200:
+    model = p.model or UNKNOWN_MODEL
+    if len(model) > 200:
         raise BadUsage(f"model must be a name of at most 200 characters, not {model!r:.40}")
     return task_id, inp, out, float(cost), model
 
@@ -232,7 +227,12 @@ class Budgets:
         self.shared: Callable[[str], tuple[str, int] | None] = no_group
 
     # -- reports ------------------------------------------------------------------------
-    def on_report(self, r: Replica, params: dict[str, Any]) -> Task | None:
+    def refused(self, r: Replica, exc: BadParams) -> None:
+        """A usage/report whose params are not of its shape (noted in the replica's log
+        where it is decoded): counted as ignored, as a wrong amount is."""
+        self.bad_reports += 1
+
+    def on_report(self, r: Replica, params: UsageReportParams) -> Task | None:
         """`usage/report` from a worker: counted (the task it was for), or counted as bad
         and noted in the replica's log (None; never an error the worker sees: it is a
         notification)."""

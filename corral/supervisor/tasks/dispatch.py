@@ -28,7 +28,7 @@ from .budget import Budgets
 from .counters import AgentTasks
 from .deadlines import Deadlines
 from .durable import TaskJournal
-from .model import TERMINAL, Attempt, Task, TaskError, TaskStatus
+from .model import TERMINAL, Attempt, AttemptEnded, Task, TaskError, TaskStatus
 from .payload import Output, output_of, read_raw
 from .queue import Queue
 
@@ -71,8 +71,7 @@ class Dispatcher:
         self.held: str | None = None
         # running tasks being handed over to the next daemon: task id -> why
         self.handed: dict[str, str] = {}
-        # told of every attempt's end (whatever came of it): a drain counts them
-        self.ended: list[Callable[[Task], None]] = []
+        self.stream = sup.stream  # every attempt's end (AttemptEnded): a drain counts them
 
     def free_replica(self, agent: AgentLike) -> Replica | None:
         limit = agent.spec.max_concurrent_tasks
@@ -201,8 +200,8 @@ class Dispatcher:
         self.pump(task.agent)
         if self.freed is not None:
             self.freed(task.agent)
-        for told in self.ended:
-            told(task)
+        if self.stream.wants(AttemptEnded):
+            self.stream.emit(AttemptEnded(task))
 
     def _on_timeout(self, task: Task) -> None:
         if task.status != TaskStatus.RUNNING:

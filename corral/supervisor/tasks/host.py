@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from ..config import AgentSpec
     from ..replica import Replica
+    from ..stream import Stream
 
 
 class AgentLike(Protocol):
@@ -29,6 +30,9 @@ class TaskHost(Protocol):
 
     @property
     def closing(self) -> bool: ...
+
+    @property
+    def stream(self) -> Stream: ...
 
     @property
     def worker_methods(self) -> dict[str, Callable[[Replica, Any], Any]]: ...

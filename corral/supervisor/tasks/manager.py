@@ -28,6 +28,14 @@ import msgspec
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...text import ordinal
+from ...workerproto import (
+    TaskProgressParams,
+    ToolsCallParams,
+    ToolsListParams,
+    UsageReportParams,
+)
+from ..tenants import QuotasChanged
+from ..workercalls import on_notification, on_request
 from .admission import (
     check_input,
     check_takes_tasks,
@@ -45,6 +53,7 @@ from .model import (
     TERMINAL,
     Task,
     TaskError,
+    TaskFinished,
     TaskInfo,
     TaskRecord,
     TaskResult,
@@ -86,17 +95,17 @@ class TaskManager:
         self.queue: Queue = queue if queue is not None else LocalQueue()
         self.budgets = Budgets(self._kept, self._reopen, self.queue.depth, _note_first)
         self.dispatch = Dispatcher(sup, self.queue, self.by_agent, self, self.budgets)
+        self.stream = sup.stream  # TaskFinished, TaskProgress, AttemptEnded go on it
         if tenancy is not None:
-            tenancy.on_change.append(self._quotas_changed)
+            self.stream.subscribe(self._quotas_changed, QuotasChanged)
             self._quotas_changed()
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
-        self.worker = WorkerMethods(self.active, tool_router, tool_lister)
-        # told of every task as it finishes (a cluster node publishes its tasks' outcomes)
-        self.on_finish: list[Callable[[Task], None]] = []
-        sup.worker_notifications["task/progress"] = self.worker.on_progress
-        sup.worker_methods["tools/call"] = self.worker.on_tool_call
-        sup.worker_methods["tools/list"] = self.worker.on_tool_list
-        sup.worker_notifications["usage/report"] = self._on_usage
+        self.worker = WorkerMethods(self.stream, self.active, tool_router, tool_lister)
+        on_notification(sup.worker_notifications, TaskProgressParams, self.worker.on_progress)
+        on_request(sup.worker_methods, ToolsCallParams, self.worker.on_tool_call)
+        on_request(sup.worker_methods, ToolsListParams, self.worker.on_tool_list)
+        on_notification(sup.worker_notifications, UsageReportParams, self._on_usage,
+                        refused=self.budgets.refused)
 
     def _agent_tasks(self, agent: AgentLike) -> AgentTasks:
         q = self.by_agent.get(agent.name)
@@ -130,7 +139,7 @@ class TaskManager:
         else:
             self.dispatch.pump(key)
 
-    def _quotas_changed(self) -> None:
+    def _quotas_changed(self, _: QuotasChanged | None = None) -> None:
         """The tenants' quotas changed (start-up, `tenants.set`, a reload): the hooks a
         tenant's quota needs on every task are in place only while some tenant sets that
         quota, so that a host using none pays nothing for them per task. Every agent's
@@ -279,10 +288,12 @@ class TaskManager:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         watchers, task.watchers = task.watchers, None
-        for w in watchers or ():
-            w("done", task.result())
-        for hook in self.on_finish:
-            hook(task)
+        stream = self.stream
+        if watchers or stream.wants(TaskFinished):
+            event = TaskFinished(task)
+            if watchers:
+                stream.tell(watchers, event)
+            stream.emit(event)
         # what a finished task keeps is left with no container the garbage collector must
         # look into again (a tuple of untracked Attempts is untracked; Output is not
         # tracked; `done` is one future shared by all): 10,000 finished tasks made a full
@@ -532,7 +543,7 @@ class TaskManager:
     def _kept(self, task_id: str) -> Task | None:
         return self.active.get(task_id) or self.finished.get(task_id)
 
-    def _on_usage(self, r: Replica, params: dict[str, Any]) -> None:
+    def _on_usage(self, r: Replica, params: UsageReportParams) -> None:
         """usage/report: counted for the task, its agent and its model (budget.py). The
         task's journal row carries it from the task's next change (its end, as progress
         does); a report after the end is written at once."""
@@ -540,5 +551,5 @@ class TaskManager:
         if task is not None and task.status in TERMINAL:
             self.record(task)
 
-    def report_progress(self, task: Task, params: dict[str, Any]) -> None:
-        report_progress(task, params)
+    def report_progress(self, task: Task, progress: dict[str, Any]) -> None:
+        report_progress(self.stream, task, progress)

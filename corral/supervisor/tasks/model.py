@@ -7,10 +7,11 @@ import asyncio
 import enum
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
+from ..stream import Subscription
 from .ids import new_id
 from .payload import Output
 from .usage import ModelUsage
@@ -159,9 +160,9 @@ class Task:
         # done when the task is: made when first asked for (most tasks have only `waiter`)
         self._done: asyncio.Future[None] | None = None
         self.waiter: asyncio.Future[None] | None = None  # the submitter's own (run())
-        # () until the first watcher (no list for the collector to look into), None once
-        # finished
-        self.watchers: list[Callable[[str, Any], None]] | tuple[()] | None = ()
+        # its own subscribers (Task.watch): () until the first (nothing for the collector
+        # to look into), None once finished
+        self.watchers: tuple[Subscription, ...] | None = ()
 
     @property
     def done(self) -> asyncio.Future[None]:
@@ -171,16 +172,21 @@ class Task:
             done = self._done = asyncio.get_running_loop().create_future()
         return done
 
-    def watch(self, watcher: Callable[[str, Any], None]) -> None:
-        """`watcher(kind, data)` hears "progress" and then "done" (with the result)."""
-        if isinstance(self.watchers, list):
-            self.watchers.append(watcher)
-        elif self.watchers is not None:
-            self.watchers = [watcher]
+    def watch(self, watcher: Callable[[TaskProgress | TaskFinished], None]
+              ) -> Subscription | None:
+        """`watcher(event)` hears this task's `TaskProgress` and then its `TaskFinished`,
+        as the engine's Stream delivers (contained and counted): a channel of the task's
+        own, so that a caller waiting for one task costs the other tasks nothing. None
+        once the task has finished (there is nothing more to hear)."""
+        if self.watchers is None:
+            return None
+        sub = Subscription(watcher, (TaskProgress, TaskFinished))
+        self.watchers = (*self.watchers, sub)
+        return sub
 
-    def unwatch(self, watcher: Callable[[str, Any], None]) -> None:
-        if isinstance(self.watchers, list) and watcher in self.watchers:
-            self.watchers.remove(watcher)
+    def unwatch(self, sub: Subscription | None) -> None:
+        if self.watchers and sub is not None:
+            self.watchers = tuple(s for s in self.watchers if s is not sub)
 
     @property
     def attempt(self) -> int:
@@ -220,3 +226,26 @@ class Task:
         return TaskSummary(self.id, self.agent, self.status, self.priority, self.created,
                            self.started, self.finished, len(self.attempts))
 
+
+
+# the tasks' events on the engine's Stream (and to a task's own watchers, Task.watch)
+class TaskProgress(NamedTuple):
+    """A running task's worker (or a tool it called) reported how far it is:
+    `{progress, total?, message?}` (`tool` too, from a tool's progress)."""
+
+    task: Task
+    progress: dict[str, Any]
+
+
+class TaskFinished(NamedTuple):
+    """A task ended, once, with its terminal status (a cluster node publishes the
+    outcomes of its tasks from it)."""
+
+    task: Task
+
+
+class AttemptEnded(NamedTuple):
+    """An attempt on a worker ended, its slot free: the task finished, or waits again
+    (a retry, a hand-over). A drain counts the tasks still running by it."""
+
+    task: Task

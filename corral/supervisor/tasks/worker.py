@@ -1,5 +1,6 @@
 """What workers ask of the task manager: `task/progress` (a notification), `tools/call`
-(counted against the task's tool budget, within the agent's allowlist) and `tools/list`."""
+(counted against the task's tool budget, within the agent's allowlist) and `tools/list`;
+their params come decoded (workerproto.py, workercalls.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
 from ...text import plural
-from .model import Task, TaskStatus
+from ...workerproto import TaskProgressParams, ToolsCallParams, ToolsListParams
+from ..stream import Stream
+from .model import Task, TaskProgress, TaskStatus
 
 if TYPE_CHECKING:
     from ..replica import Replica
@@ -18,17 +21,24 @@ if TYPE_CHECKING:
 ToolRouter = Callable[["Replica", str, dict[str, Any], "Task | None"], Any]
 
 
-def report_progress(task: Task, params: dict[str, Any]) -> None:
-    task.progress = params
-    for w in list(task.watchers or ()):
-        w("progress", params)
+def report_progress(stream: Stream, task: Task, progress: dict[str, Any]) -> None:
+    """The task's newest progress, kept and told: to its own watchers (Task.watch), and
+    on the stream to whoever hears every task's."""
+    task.progress = progress
+    watchers = task.watchers
+    if watchers or stream.wants(TaskProgress):
+        event = TaskProgress(task, progress)
+        if watchers:
+            stream.tell(watchers, event)
+        stream.emit(event)
 
 
 class WorkerMethods:
     """The handlers of the three methods, over the tasks in flight (`active`)."""
 
-    def __init__(self, active: Mapping[str, Task], tool_router: ToolRouter,
+    def __init__(self, stream: Stream, active: Mapping[str, Task], tool_router: ToolRouter,
                  tool_lister: Callable[[Replica], Any]) -> None:
+        self.stream = stream
         self.active = active
         self.tool_router = tool_router
         self.tool_lister = tool_lister
@@ -36,36 +46,32 @@ class WorkerMethods:
         self.allow_of: Callable[[Replica], list[str]] = lambda r: list(
             getattr(r.spec, "tools", []))
 
-    def _task_of(self, r: Replica, params: dict[str, Any]) -> Task | None:
-        tid = params.get("task_id")
-        task = self.active.get(str(tid)) if tid is not None else None
+    def _task_of(self, r: Replica, task_id: str | None) -> Task | None:
+        task = self.active.get(task_id) if task_id is not None else None
         if task is None or task.replica is not r or task.status != TaskStatus.RUNNING:
             return None
         return task
 
-    def on_progress(self, r: Replica, params: dict[str, Any]) -> None:
-        task = self._task_of(r, params)
+    def on_progress(self, r: Replica, p: TaskProgressParams) -> None:
+        task = self._task_of(r, p.task_id)
         if task is None:
-            r.note(f"ignored task/progress for a task it is not running: {params!r:.200}")
+            r.note(f"ignored task/progress for a task it is not running: {p.task_id!r:.80}")
             return
-        params.pop("task_id", None)
-        report_progress(task, params)
+        progress: dict[str, Any] = {"progress": p.progress}
+        if p.total is not None:
+            progress["total"] = p.total
+        if p.message is not None:
+            progress["message"] = p.message
+        report_progress(self.stream, task, progress)
 
-    def on_tool_call(self, r: Replica, params: dict[str, Any]) -> Any:
-        name = params.get("name")
-        if not isinstance(name, str):
-            raise RpcError(jsonrpc.INVALID_PARAMS, "tools/call: name must be a string")
-        arguments = params.get("arguments", {})
-        if arguments is None:
-            arguments = {}
-        if not isinstance(arguments, dict):
-            raise RpcError(jsonrpc.INVALID_PARAMS, "tools/call: arguments must be an object")
+    def on_tool_call(self, r: Replica, p: ToolsCallParams) -> Any:
+        name = p.name
         allow = self.allow_of(r)
         if not allowed(name, allow):
             raise RpcError(jsonrpc.TOOL_NOT_ALLOWED,
                            f"tool {name} is not allowed for agent {r.name} (its tools "
                            f"allowlist: {allow})")
-        task = self._task_of(r, params)
+        task = self._task_of(r, p.task_id)
         if task is not None:
             budget = getattr(r.spec, "max_tool_calls_per_task", 0)
             if task.tool_calls >= budget:
@@ -74,7 +80,7 @@ class WorkerMethods:
                                f"{plural(task.tool_calls, 'tool call')} "
                                f"(max_tool_calls_per_task {budget})")
             task.tool_calls += 1
-        return self.tool_router(r, name, arguments, task)
+        return self.tool_router(r, name, p.arguments or {}, task)
 
-    def on_tool_list(self, r: Replica, params: dict[str, Any]) -> Any:
+    def on_tool_list(self, r: Replica, p: ToolsListParams) -> Any:
         return self.tool_lister(r)

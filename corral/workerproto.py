@@ -1,0 +1,247 @@
+"""The worker protocol (DESIGN section 5, docs/protocol.md): every method between corral
+and a worker, who sends it, whether it is answered, and its params as a Struct.
+
+The supervisor decodes every worker method's params with `params_of` before a handler
+sees them, so that a handler reads typed fields and every refusal says the same thing the
+same way: `METHOD: FIELD must be WHAT` (`params must be an object` for params that are
+not one). Unknown keys are ignored, as a newer worker may send more.
+
+Stdlib and msgspec only (no asyncio): the engine and the tests import it. The worker SDK
+(corral/worker, stdlib only) speaks the same protocol without importing it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
+
+import msgspec
+from msgspec import UNSET
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+Number = int | float  # an int stays an int on the way back out
+
+
+class Params(msgspec.Struct, omit_defaults=True):
+    """The params of one method (each method's own subclass below)."""
+
+
+# -- corral -> worker ----------------------------------------------------------------------
+class InitializeParams(Params):
+    agent: str
+    replica: int
+    protocol_version: str
+    config: Any = None
+    state: Any = None
+
+
+class PingParams(Params):
+    pass
+
+
+class TaskRunParams(Params):
+    task_id: str
+    input: Any
+    attempt: int = 1  # an older corral does not send it
+    deadline: float | None = None
+
+
+class TaskCancelParams(Params):
+    task_id: str
+
+
+class EventParams(Params):
+    topic: str
+    data: Any = None
+    source: str = ""
+    time: float = 0.0
+
+
+class ShutdownParams(Params):
+    pass
+
+
+class HealthCheckParams(Params):
+    name: str | None = None
+
+
+class HibernateParams(Params):
+    pass
+
+
+class ResourcesUpdatedParams(Params):
+    server: str
+    uri: str
+
+
+# -- worker -> corral ----------------------------------------------------------------------
+class ToolsListParams(Params):
+    pass
+
+
+class ToolsCallParams(Params):
+    name: str
+    arguments: dict[str, Any] | None = None
+    task_id: str | None = None  # the task the call is for: counted against its budget
+
+
+class ResourcesListParams(Params):
+    server: str | None = None
+
+
+class ResourceTemplatesListParams(Params):
+    server: str | None = None
+
+
+class ResourcesReadParams(Params):
+    server: str
+    uri: str
+
+
+class ResourcesSubscribeParams(Params):
+    server: str
+    uri: str
+
+
+class ResourcesUnsubscribeParams(Params):
+    server: str
+    uri: str
+
+
+class PromptsListParams(Params):
+    server: str | None = None
+
+
+class PromptsGetParams(Params):
+    name: str
+    arguments: dict[str, str] | None = None
+
+
+class TaskProgressParams(Params):
+    task_id: str
+    progress: Number
+    total: Number | None = None
+    message: str | None = None
+
+
+class UsageReportParams(Params):
+    """Amounts are checked for range where they are counted (tasks/budget.py): a report
+    out of range is counted as ignored, as one of the wrong shape is."""
+
+    task_id: str = ""
+    input_tokens: Number | None = None
+    output_tokens: Number | None = None
+    cost_usd: Number | None = None
+    model: str | None = None
+
+
+class EventsPublishParams(Params):
+    topic: NonEmpty
+    data: Any = None
+
+
+class EventsSubscribeParams(Params):
+    topic: NonEmpty
+
+
+class StateCheckpointParams(Params):
+    state: Any = UNSET  # absent: nothing to keep
+
+
+# -- the registry --------------------------------------------------------------------------
+class Method(NamedTuple):
+    name: str
+    sender: Literal["corral", "worker"]
+    notification: bool  # never answered
+    params: type[Params]
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("initialize", "corral", False, InitializeParams),
+    Method("ping", "corral", False, PingParams),
+    Method("task/run", "corral", False, TaskRunParams),
+    Method("task/cancel", "corral", True, TaskCancelParams),
+    Method("event", "corral", True, EventParams),
+    Method("shutdown", "corral", False, ShutdownParams),
+    Method("health/check", "corral", False, HealthCheckParams),
+    Method("hibernate", "corral", False, HibernateParams),
+    Method("resources/updated", "corral", True, ResourcesUpdatedParams),
+    Method("tools/list", "worker", False, ToolsListParams),
+    Method("tools/call", "worker", False, ToolsCallParams),
+    Method("resources/list", "worker", False, ResourcesListParams),
+    Method("resources/templates/list", "worker", False, ResourceTemplatesListParams),
+    Method("resources/read", "worker", False, ResourcesReadParams),
+    Method("resources/subscribe", "worker", False, ResourcesSubscribeParams),
+    Method("resources/unsubscribe", "worker", False, ResourcesUnsubscribeParams),
+    Method("prompts/list", "worker", False, PromptsListParams),
+    Method("prompts/get", "worker", False, PromptsGetParams),
+    Method("task/progress", "worker", True, TaskProgressParams),
+    Method("usage/report", "worker", True, UsageReportParams),
+    Method("events/publish", "worker", True, EventsPublishParams),
+    Method("events/subscribe", "worker", False, EventsSubscribeParams),
+    Method("state/checkpoint", "worker", True, StateCheckpointParams),
+)}
+
+METHOD_OF: dict[type[Params], str] = {m.params: m.name for m in METHODS.values()}
+FROM_WORKER = frozenset(m.name for m in METHODS.values() if m.sender == "worker")
+TO_WORKER = frozenset(m.name for m in METHODS.values() if m.sender == "corral")
+
+
+class BadParams(ValueError):
+    """Params that do not fit their method: `str()` is `METHOD: what is wrong`."""
+
+    def __init__(self, method: str, detail: str) -> None:
+        super().__init__(f"{method}: {detail}")
+        self.method = method
+        self.detail = detail
+
+
+P = TypeVar("P", bound=Params)
+
+_AT = re.compile(r" - at `\$\.(\w+)")
+_MISSING = re.compile(r"^Object missing required field `(\w+)`$")
+
+
+def params_of(method: str, cls: type[P], params: Any) -> P:
+    """`params` (decoded JSON; absent params are {}) as `cls`, or BadParams."""
+    try:
+        return msgspec.convert(params, cls)
+    except msgspec.ValidationError as exc:
+        raise BadParams(method, _detail(cls, str(exc))) from None
+
+
+def _detail(cls: type[Params], said: str) -> str:
+    """msgspec's complaint in the protocol's words: which field, and what it must be."""
+    m = _AT.search(said) or _MISSING.match(said)
+    if m is None:  # the params themselves (not an object)
+        return "params must be an object"
+    field = m.group(1)
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for f in info.fields:
+        if f.encode_name == field:
+            return f"{field} must be {_what(f.type)}"
+    return said  # pragma: no cover - msgspec names only declared fields
+
+
+def _what(t: msgspec.inspect.Type) -> str:
+    """What a value of this type is, in words ("a string", "an object of strings")."""
+    if isinstance(t, msgspec.inspect.UnionType):
+        kinds = [x for x in t.types if not isinstance(x, msgspec.inspect.NoneType)]
+        if all(isinstance(x, msgspec.inspect.IntType | msgspec.inspect.FloatType)
+               for x in kinds):
+            return "a number"
+        return " or ".join(_what(x) for x in kinds)
+    if isinstance(t, msgspec.inspect.StrType):
+        return "a non-empty string" if t.min_length else "a string"
+    if isinstance(t, msgspec.inspect.IntType):
+        return "a whole number"
+    if isinstance(t, msgspec.inspect.FloatType):
+        return "a number"
+    if isinstance(t, msgspec.inspect.DictType):
+        if isinstance(t.value_type, msgspec.inspect.StrType):
+            return "an object of strings"
+        return "an object"
+    if isinstance(t, msgspec.inspect.ListType):
+        return "a list"
+    return "valid"  # pragma: no cover - every field's type is one of the above
