@@ -283,7 +283,8 @@ class Daemon:
                          tasks_kept=sc.tasks_kept,
                          tasks_kept_bytes=int(sc.tasks_kept_mb * 1024 * 1024),
                          task_queue=task_queue)
-        parts = self.parts = sup.parts  # what each service is given: never `sup` itself
+        self.sup = sup  # the engine embedded (tests reach it); services get its parts
+        parts = self.parts = sup.parts
         parts.tuning.sandbox_program = sc.bwrap
         parts.tuning.protected_paths = self._protected(cfg, paths)
         gateway = GatewayService(parts.agents, parts.tools, self._gateway_audit)
