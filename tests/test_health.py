@@ -593,7 +593,7 @@ async def test_operators_see_health_in_status_logs_and_metrics(tmp_path: Path) -
         failed = value(series, "corral_health_check_failures_total", agent="h",
                        check="readiness")
         assert failed is not None and failed >= 1
-        watch = FleetWatch(sup.agents, sup.stream)  # agents.watch's ring: what every watcher is sent
+        watch = FleetWatch(sup.agents, sup.stream)  # agents.watch's ring
         watch.open()
         (flags / "unready-all").unlink()
         await seen.until(lambda: [e for e in seen.agents if e.ready], timeout=30)

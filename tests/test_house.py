@@ -62,9 +62,9 @@ def supervisor_members_reached(root: Path) -> dict[str, set[str]]:
             names = {a.arg for a in fn.args.args + fn.args.kwonlyargs
                      if _is_supervisor(a.annotation)}
             for n in ast.walk(fn):
-                if isinstance(n, ast.AnnAssign) and _is_supervisor(n.annotation):
-                    if isinstance(n.target, ast.Attribute):
-                        held.add(n.target.attr)
+                if isinstance(n, ast.AnnAssign) and _is_supervisor(n.annotation) \
+                        and isinstance(n.target, ast.Attribute):
+                    held.add(n.target.attr)
                 if isinstance(n, ast.Assign) and isinstance(n.value, ast.Name) \
                         and n.value.id in names:
                     held.update(t.attr for t in n.targets if isinstance(t, ast.Attribute))
