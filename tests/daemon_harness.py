@@ -242,7 +242,7 @@ async def in_process(tmp_path: Path, agents: str, toml: str = "", supervisor: st
         await asyncio.wait([run, set_up], return_when=asyncio.FIRST_COMPLETED)
         set_up.cancel()
         assert not run.done(), f"the daemon exited with {run.result()}"
-        sup = d.services.sup
+        sup = d.sup
         for name, agent in sup.agents.items():
             for i in range(len(agent.replicas)):
                 await sup.wait_state(name, State.READY, replica=i, timeout=30)

@@ -73,7 +73,7 @@ async def test_an_http_route_for_an_existing_method_needs_no_handler(tmp_path: P
         app.router.add_post("/api/v1/agents/status", route(d.dispatcher, "agents.status",
                                                            bearer))
         app.router.add_post("/api/v1/agents/stop", route(d.dispatcher, "agents.stop", bearer))
-        sup = d.services.sup
+        sup = d.sup
         pid = sup.agent("hello").replicas[0].pid
         async with serving(app) as base:
             # the same answer as the socket's (the same handler)

@@ -336,7 +336,7 @@ async def test_usage_in_stats_task_json_the_api_and_metrics(tmp_path: Path) -> N
     http = '\n[http]\nlisten = "127.0.0.1:0"\nmetrics_public = true\n'
     async with in_process(tmp_path, usage_agent("spender", "tokens_per_minute = 25000")
                           + usage_agent("idle", ""), http) as d:
-        sup = d.services.sup
+        sup = d.sup
         a = sup.tasks.submit("spender", spend(10_000, cost=0.02, model="m1"))
         b = sup.tasks.submit("spender", spend(20_000, cost=0.05, model="m2"))
         c = sup.tasks.submit("spender", spend())
@@ -413,13 +413,13 @@ async def test_a_restarted_daemon_keeps_the_days_usage_from_the_journal(
         tmp_path: Path) -> None:
     agents = usage_agent("daily", "tokens_per_day = 15000")
     async with in_process(tmp_path, agents) as d:
-        sup = d.services.sup
+        sup = d.sup
         tasks = [sup.tasks.submit("daily", spend()) for _ in range(2)]
         await done(*tasks)
         await sup.tasks.committed()
         first = tasks[0].id
     async with in_process(tmp_path, agents) as d:
-        sup = d.services.sup
+        sup = d.sup
         budgets = sup.tasks.budgets
         window = budgets.windows["daily"]
         # the tasks ended within the minute: in both windows
@@ -475,7 +475,7 @@ async def test_a_budget_raised_by_a_reload_lets_the_held_tasks_go_at_once(
     the reason its tasks wait, go)."""
     before = usage_agent("tight", "tokens_per_day = 100")
     async with in_process(tmp_path, before) as d:
-        sup = d.services.sup
+        sup = d.sup
         await done(sup.tasks.submit("tight", spend(1000)))
         held = sup.tasks.submit("tight", spend(1000))
         assert held.status == TaskStatus.QUEUED

@@ -576,7 +576,7 @@ async def test_operators_see_health_in_status_logs_and_metrics(tmp_path: Path) -
         failures = 1
     """)
     async with running(tmp_path, agents) as d:
-        sup = d.services.sup
+        sup = d.sup
         seen = Seen(sup)
         r = sup.agent("h").replicas[0]
         await seen.until(lambda: sup.health_board.unready_agents == {"h"}, timeout=30)
@@ -594,7 +594,7 @@ async def test_operators_see_health_in_status_logs_and_metrics(tmp_path: Path) -
         failed = value(series, "corral_health_check_failures_total", agent="h",
                        check="readiness")
         assert failed is not None and failed >= 1
-        watch = FleetWatch(sup)  # agents.watch's ring: what every watcher is sent
+        watch = FleetWatch(sup.agents, sup.stream)  # agents.watch's ring
         watch.open()
         (flags / "unready-all").unlink()
         await seen.until(lambda: [e for e in seen.agents if e.ready], timeout=30)

@@ -82,7 +82,7 @@ async def test_samples_count_tasks_and_time_them(sup: Supervisor, store: StateSt
     sup.add(agent("h", replicas=2))
     for i in range(2):
         await sup.wait_state("h", State.READY, replica=i)
-    h = History(sup, store, HttpSettings(history_interval=10.0))
+    h = History(sup.agents, sup.tasks, store, HttpSettings(history_interval=10.0))
     h.tick(T0)  # the first sample: counters start here
     tasks = [sup.tasks.submit("h", {"name": str(i)}) for i in range(5)]
     for t in tasks:
@@ -109,7 +109,7 @@ async def test_samples_count_tasks_and_time_them(sup: Supervisor, store: StateSt
 
 async def test_roll_ups_per_minute_and_hour_from_the_samples_times(
         sup: Supervisor, store: StateStore) -> None:
-    h = History(sup, store, HttpSettings(history_interval=10.0))
+    h = History(sup.agents, sup.tasks, store, HttpSettings(history_interval=10.0))
     assert store.writer is not None
     for i in range(6 * 65):  # 65 minutes of samples every 10 s
         h.tick(T0 + 10 * i)
@@ -120,7 +120,7 @@ async def test_roll_ups_per_minute_and_hour_from_the_samples_times(
     assert {m[1] for m in minutes} == {60.0}  # six samples of 10 s each
     assert rows(store, hist.HOUR) == [(T0, 3600.0, 0, 0.0)]
     # a restart loses nothing sampled: the next write rolls up what is complete
-    again = History(sup, store, HttpSettings(history_interval=10.0))
+    again = History(sup.agents, sup.tasks, store, HttpSettings(history_interval=10.0))
     again.tick(T0 + 7200 + 5)
     await store.writer.committed()
     assert [m[0] for m in rows(store, hist.MINUTE)][-1] == T0 + 64 * 60
@@ -133,7 +133,7 @@ async def test_retention_per_resolution(sup: Supervisor, store: StateStore) -> N
     # three minutes of samples, half an hour of minutes, three hours of hours
     settings = HttpSettings(history_interval=10.0, history_raw_hours=0.05,
                             history_minute_days=30 / 1440, history_hour_days=0.125)
-    h = History(sup, store, settings)
+    h = History(sup.agents, sup.tasks, store, settings)
     assert store.writer is not None
     for i in range(6 * 60 * 4):  # four hours
         h.tick(T0 + 10 * i)
@@ -153,7 +153,7 @@ async def test_per_agent_rows_stay_within_the_budget(
     monkeypatch.setattr(hist, "MAX_AGENT_ROWS", 30)
     for name in ("a", "b", "c"):
         sup.add(agent(name))
-    h = History(sup, store, HttpSettings(history_interval=10.0))
+    h = History(sup.agents, sup.tasks, store, HttpSettings(history_interval=10.0))
     assert store.writer is not None
     for i in range(100):
         h.tick(T0 + 10 * i)
@@ -165,7 +165,7 @@ async def test_per_agent_rows_stay_within_the_budget(
 
 async def test_a_database_that_cannot_be_written_leaves_a_gap(
         sup: Supervisor, store: StateStore) -> None:
-    h = History(sup, store, HttpSettings(history_interval=10.0))
+    h = History(sup.agents, sup.tasks, store, HttpSettings(history_interval=10.0))
     assert store.writer is not None
     store.writer.outage.since = T0  # as StoreWriter marks an outage
     h.tick(T0)

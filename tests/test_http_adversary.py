@@ -170,7 +170,7 @@ async def test_revoking_a_token_ends_its_streams_and_its_dashboard_sessions(
                 headers={"Authorization": f"Bearer {api.tokens['other']}"})
             assert (await sse_events(replicas, 1))[0]["event"] == "agents.snapshot"
             await wait_until_async(lambda: len(ring.readers) == 2 and ring.task is not None
-                                   and d.services.sup.events.followers)
+                                   and d.sup.events.followers)
             await d.dispatcher.call(SOCKET, "events.publish", {"topic": "t.before",
                                                                 "data": 1})
             assert (await sse_events(events, 1))[0]["data"]["topic"] == "t.before"
@@ -243,14 +243,14 @@ async def test_a_token_limited_to_some_agents_is_sent_their_events_alone(
                                 headers=auth) as stream:
             ring = api_of(d).ring
             await wait_until_async(lambda: len(ring.readers) == 1 and ring.task is not None
-                                   and len(d.services.sup.events.followers) == 2)
+                                   and len(d.sup.events.followers) == 2)
             for agent in ("b1", "a1"):  # each worker publishes
                 done = await d.dispatcher.call(SOCKET, "tasks.run", msgspec.json.encode({
                     "agent": agent, "input": {"do": "publish", "topic": f"t.{agent}",
                                               "data": agent}}))
                 assert done.status == "succeeded", done
             for agent in ("b1", "a1"):  # corral's own, about an agent
-                d.services.sup.publish(f"t.corral.{agent}", {"agent": agent})
+                d.sup.publish(f"t.corral.{agent}", {"agent": agent})
             await d.dispatcher.call(SOCKET, "events.publish", {"topic": "t.caller",
                                                                 "data": 0})
             got = await sse_events(stream, 3)
@@ -273,7 +273,7 @@ async def test_every_malformed_body_is_a_400_problem_and_changes_nothing(
         tmp_path: Path) -> None:
     async with serving(tmp_path, hello("web-1")) as api:
         d = api.d
-        sup = d.services.sup
+        sup = d.sup
         pid = sup.agent("web-1").replicas[0].pid
         await api.token("admin", "admin")
         nested = "malformed JSON: nested too deeply"

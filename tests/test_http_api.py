@@ -72,7 +72,7 @@ async def serving(tmp_path: Path, agents: str, http: str = "") -> AsyncIterator[
 @pytest.mark.deadline(120)
 async def test_tokens_scopes_and_the_agent_glob_over_http(tmp_path: Path) -> None:
     async with serving(tmp_path, hello("web-1") + hello("db")) as api:
-        sup = api.d.services.sup
+        sup = api.d.sup
         pids = {n: sup.agent(n).replicas[0].pid for n in ("web-1", "db")}
         await api.token("reader", "agents:read")
         await api.token("web", "agents:read", "agents:write", "logs:read", agents="web-*")
@@ -140,7 +140,7 @@ async def test_tokens_scopes_and_the_agent_glob_over_http(tmp_path: Path) -> Non
 async def test_bad_requests_are_refused_with_a_clear_message_and_change_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with serving(tmp_path, hello("web-1")) as api:
-        sup = api.d.services.sup
+        sup = api.d.sup
         pid = sup.agent("web-1").replicas[0].pid
         await api.token("admin", "admin")
 
@@ -305,7 +305,7 @@ async def test_event_streams_have_ids_resume_and_stay_bounded(tmp_path: Path) ->
             assert stream.headers["Content-Type"] == "text/event-stream"
             ring = api.d.http_server.app[API_KEY].ring
             await wait_until_async(lambda: ring.task is not None
-                                   and api.d.services.sup.events.followers)
+                                   and api.d.sup.events.followers)
             for i in range(3):
                 await api.ask("POST", "/events", "ev", {"topic": f"orders.{i}", "data": i})
                 await api.ask("POST", "/events", "ev", {"topic": "other", "data": i})

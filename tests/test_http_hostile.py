@@ -328,7 +328,7 @@ async def test_a_stream_whose_client_stops_reading_is_held_then_resumed_in_order
         stream = await RawStream.open(d.http_server.url, token,
                                       "/api/v1/events/stream?pattern=flood.*")
         await wait_until_async(lambda: len(ring.readers) == 1 and ring.task is not None
-                               and d.services.sup.events.followers)
+                               and d.sup.events.followers)
         reader = next(iter(ring.readers))
 
         async def publish(n: int, start: int) -> None:
@@ -385,7 +385,7 @@ async def test_a_held_stream_that_never_drains_is_aborted_at_its_write_deadline(
         api = d.http_server.app[API_KEY]
         stream = await RawStream.open(d.http_server.url, token, "/api/v1/events/stream")
         await wait_until_async(lambda: len(api.ring.readers) == 1 and api.ring.task
-                               is not None and d.services.sup.events.followers)
+                               is not None and d.sup.events.followers)
         reader = next(iter(api.ring.readers))
         for _ in range(200):
             await d.dispatcher.call(own, "events.publish", {"topic": "t", "data": "x" * 2048})

@@ -32,7 +32,7 @@ async def test_a_fixed_quota_is_a_403_and_a_rate_a_429_with_its_honest_retry_aft
     agents = (in_tenant(hello("a-hello"), "acme") + in_tenant(sleeper("r1"), "slow")
               + sleeper("rated") + "rate_per_minute = 1\n")
     async with serving(tmp_path, agents, QUOTAS) as api:
-        sup = api.d.services.sup
+        sup = api.d.sup
         await api.token("op", "agents:write", "tasks:run", "agents:read")
 
         # a scale without its count is refused, not scaled to a default

@@ -321,25 +321,13 @@ STATE_SETS = frozenset(n for n, v in vars(lifecycle).items()
                        if isinstance(v, frozenset) and v and all(isinstance(s, State) for s in v))
 STATE_NAMES = frozenset(s.value for s in State)
 # Comparisons of a state allowed outside the machine, by file and line, and why: reads
-# for status display and census counts, and those left for the engineers restructuring
-# core.py and commands.py now (each with the predicate that replaces it).
+# for status display and census counts.
 ALLOWED: dict[tuple[str, str], str] = {
     # the CLI sees the wire's strings, never a replica: what `corral status` shows and
     # its exit status (as systemctl's) are status display
     ("cli/status.py", "down = any(a.state not in RUNNING_STATES for a in st.agents)"):
         "status display",
     ("cli/status.py", "serving = a.state in SERVING_STATES"): "status display",
-    # core.py and commands.py (not edited here: restructured in the same issue)
-    ("supervisor/core.py", "if o.state == State.FAILED or not o.stopped_by_hand]"):
-        "pending: o.machine.failed",
-    ("supervisor/core.py",
-     "s.active = sum(1 for a in self.agents.values() for r in a.replicas if r.state in LIVE)"):
-        "census count (r.machine.live)",
-    ("supervisor/core.py", "or r.state in STOPPED), None)"):
-        "pending: r.machine.stopped (a predicate for STOPPED)",
-    ("supervisor/core.py", "if inst.state not in SERVING:"): "pending: inst.machine.takes_work",
-    ("daemon/commands.py", "and all(i.state == State.FAILED for i in insts)]"):
-        "pending: i.machine.failed",
 }
 
 

@@ -175,10 +175,10 @@ async def test_roots_are_offered_and_changes_are_told(sup: Supervisor, tmp_path:
     assert answer["result"] == {"roots": [{"uri": tmp_path.as_uri(), "name": tmp_path.name}]}
     import msgspec
 
-    assert sup.retune_mcp_server(msgspec.structs.replace(spec, roots=["/srv"]))
+    assert sup.mcp.retune(msgspec.structs.replace(spec, roots=["/srv"]))
     await sup.mcp.call("rt__echo", {"text": "sync"})  # the notification went before it
     assert "roots changed" in logs and inst.client.roots == ["file:///srv"]
-    assert not sup.retune_mcp_server(msgspec.structs.replace(spec, timeout=9.0))
+    assert not sup.mcp.retune(msgspec.structs.replace(spec, timeout=9.0))
 
 
 async def test_log_level_is_set_and_server_logs_reach_its_log(sup: Supervisor) -> None:

@@ -89,7 +89,7 @@ async def promtool(text: str) -> tuple[int, str]:
 async def test_the_exposition_passes_promtool_with_the_series_and_no_ids(
         tmp_path: Path) -> None:
     async with running(tmp_path, hello("a", replicas=2) + hello("b")) as d:
-        sup = d.services.sup
+        sup = d.sup
         for name, n in (("a", 2), ("b", 1)):
             for i in range(n):
                 await sup.wait_state(name, State.READY, replica=i, timeout=20)
@@ -138,7 +138,7 @@ async def test_the_exposition_passes_promtool_with_the_series_and_no_ids(
 @pytest.mark.deadline(60)
 async def test_restarts_are_counted_per_agent_by_cause(tmp_path: Path) -> None:
     async with running(tmp_path, hello("a") + hello("b")) as d:
-        sup = d.services.sup
+        sup = d.sup
         r = await sup.wait_state("a", State.READY, timeout=20)
         await sup.wait_state("b", State.READY, timeout=20)
         assert r.pid is not None
@@ -280,7 +280,7 @@ def test_metrics_public_is_for_loopback_addresses_only() -> None:
 @pytest.mark.deadline(120)
 async def test_a_real_prometheus_scrapes_it(tmp_path: Path) -> None:
     async with running(tmp_path, hello("a")) as d:
-        await d.services.sup.wait_state("a", State.READY, timeout=20)
+        await d.sup.wait_state("a", State.READY, timeout=20)
         target = d.http_server.url.removeprefix("http://")
         secret = d.secrets["scraper"]  # type: ignore[attr-defined]
         port = free_port()

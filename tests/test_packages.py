@@ -110,7 +110,7 @@ async def deploy(d: Any, path: Path, name: str | None = None) -> Any:
 
 
 async def ask(d: Any, agent: str = "greeter", task: Any = None) -> dict[str, Any]:
-    result = await d.services.sup.tasks.run(agent, task)
+    result = await d.sup.tasks.run(agent, task)
     assert result.status == "succeeded", result
     out: dict[str, Any] = result.output
     return out
@@ -235,7 +235,7 @@ async def test_deploy_switch_under_load_refuse_roll_back_and_redeploy(
                  manifest="replicas = 2\n")
     async with in_process(tmp_path, "", packages_toml(uv_cache)) as d:
         s = d.services
-        sup, builder = s.sup, s.packages.builder
+        sup, builder = d.sup, s.packages.builder
         root = s.packages.releases.root
 
         first = await deploy(d, v1)
@@ -366,17 +366,17 @@ async def test_a_release_that_does_not_stay_up_is_refused(tmp_path: Path,
     v2 = package(tmp_path / "v2", "2.0", extra=dies, manifest="min_healthy_time = 3\n")
     async with in_process(tmp_path, "", packages_toml(uv_cache)) as d:
         await deploy(d, v1)
-        pid = d.services.sup.agent("greeter").replicas[0].pid
+        pid = d.sup.agent("greeter").replicas[0].pid
         with pytest.raises(RpcError) as err:
             await deploy(d, v2)
         assert "did not become ready: exited with status 3" in err.value.message
-        assert d.services.sup.agent("greeter").replicas[0].pid == pid
+        assert d.sup.agent("greeter").replicas[0].pid == pid
         assert (await ask(d))["version"] == "1.0"
         # a first deploy that does not come up is not added at all
         with pytest.raises(RpcError) as err:
             await deploy(d, v2, name="fresh")
         assert err.value.message.endswith("exited with status 3; the agent was not added")
-        assert "fresh" not in d.services.sup.agents
+        assert "fresh" not in d.sup.agents
         assert "fresh" not in d.services.store.runtime_agents()
 
 
@@ -395,14 +395,14 @@ async def test_a_release_whose_health_check_fails_is_refused(tmp_path: Path,
     v2 = package(tmp_path / "v2", "2.0", extra=sick, manifest=health)
     async with in_process(tmp_path, "", packages_toml(uv_cache)) as d:
         await deploy(d, v1)
-        pid = d.services.sup.agent("greeter").replicas[0].pid
+        pid = d.sup.agent("greeter").replicas[0].pid
         with pytest.raises(RpcError) as err:
             await deploy(d, v2)
         assert err.value.message.endswith(
             'did not become ready: not ready within 2 s: readiness check "db" failed: '
             "RuntimeError: no database at db.internal; the running processes keep "
             "serving"), err.value.message
-        assert d.services.sup.agent("greeter").replicas[0].pid == pid
+        assert d.sup.agent("greeter").replicas[0].pid == pid
         assert (await ask(d))["version"] == "1.0"
 
 
@@ -410,7 +410,7 @@ async def test_a_package_named_as_a_config_files_agent_is_refused_before_a_build
         tmp_path: Path, uv_cache: Path) -> None:
     pkg = package(tmp_path / "pkg", "1.0")
     async with in_process(tmp_path, hello("greeter"), packages_toml(uv_cache)) as d:
-        pid = d.services.sup.agent("greeter").replicas[0].pid
+        pid = d.sup.agent("greeter").replicas[0].pid
         with pytest.raises(RpcError) as err:
             await deploy(d, pkg)
         assert (err.value.code, err.value.message) == (
@@ -418,7 +418,7 @@ async def test_a_package_named_as_a_config_files_agent_is_refused_before_a_build
                               "package under another name (--name)")
         assert d.services.packages.builder.built == 0
         assert d.services.packages.releases.of("greeter") == []
-        assert d.services.sup.agent("greeter").replicas[0].pid == pid
+        assert d.sup.agent("greeter").replicas[0].pid == pid
         assert d.services.store.runtime_agents() == {}
 
 
@@ -453,7 +453,7 @@ async def test_builds_are_bounded_and_leave_nothing_when_they_fail(
             uv_cache, "build_timeout = 4\nmax_release_mb = 1\n")) as d:
         packages = d.services.packages
         await deploy(d, v1)
-        pid = d.services.sup.agent("greeter").replicas[0].pid
+        pid = d.sup.agent("greeter").replicas[0].pid
         with pytest.raises(RpcError) as err:
             await deploy(d, slow)
         assert err.value.message == (
@@ -467,8 +467,8 @@ async def test_builds_are_bounded_and_leave_nothing_when_they_fail(
                                      "max_release_mb (1 MB); nothing changed")
         # nothing left of either; the running release untouched
         assert [p.name for p, _, _ in packages.releases.of("greeter")] == [
-            d.services.sup.agent("greeter").spec.release.rsplit("/", 1)[1]]
-        assert d.services.sup.agent("greeter").replicas[0].pid == pid
+            d.sup.agent("greeter").spec.release.rsplit("/", 1)[1]]
+        assert d.sup.agent("greeter").replicas[0].pid == pid
         assert (await ask(d))["version"] == "1.0"
         assert packages.builder.failed == 2
         packages.settings.min_free_mb = 1 << 40
@@ -741,7 +741,7 @@ env = {{ PYTHONPATH = "{ROOT}" }}
 watch = ["*.py"]
 """
     async with in_process(tmp_path, agents) as d:
-        sup, watches = d.services.sup, d.services.dev_watch
+        sup, watches = d.sup, d.services.dev_watch
         await wait_until_async(lambda: any(f"dev: watching *.py under {src}" in t
                                            for t in daemon_lines(d)))
         assert (await ask(d, "dev"))["says"] == "one"
@@ -756,7 +756,7 @@ watch = ["*.py"]
         lines = [t for t in daemon_lines(d) if "changed: restarting" in t]
         assert lines == ["dev: agent.py changed: restarting (rolling)"]
         # no longer watched: nothing restarts it
-        d.services.sup.agent("dev").spec.watch = []
+        d.sup.agent("dev").spec.watch = []
         watches.sync("dev")
         assert "dev" not in watches.watching
 
@@ -766,7 +766,7 @@ async def test_watch_deploys_a_package_again_and_refuses_a_broken_edit(
         tmp_path: Path, uv_cache: Path) -> None:
     v = package(tmp_path / "pkg", "1.0", manifest='watch = ["*.py"]\n')
     async with in_process(tmp_path, "", packages_toml(uv_cache)) as d:
-        sup, watches = d.services.sup, d.services.dev_watch
+        sup, watches = d.sup, d.services.dev_watch
         first = await deploy(d, v)
         await wait_until_async(lambda: any("greeter: watching *.py under" in t
                                            for t in daemon_lines(d)))
@@ -797,7 +797,7 @@ async def test_the_example_package_deploys_from_its_uv_lock_and_starts_warm(
         assert out == {"humanize": "4.14.0", "size": "3.0 MB",
                        "duration": "1 minute and 30 seconds"}
         # each replica forked from a zygote of the release's own interpreter
-        sup = d.services.sup
+        sup = d.sup
         release = sup.agent("sizes").spec.release
         assert [k.interpreter for k in sup.zygotes.zygotes] == [f"{release}/venv/bin/python"]
         assert sup.stats.cold_fallbacks == 0
@@ -812,7 +812,7 @@ async def test_a_client_that_goes_away_mid_switch_does_not_stop_it(
     v1 = package(tmp_path / "v1", "1.0")
     v2 = package(tmp_path / "v2", "2.0", manifest="min_healthy_time = 2\n")
     async with in_process(tmp_path, "", packages_toml(uv_cache)) as d:
-        sup = d.services.sup
+        sup = d.sup
         await deploy(d, v1)
         # a client of the control socket that asks for the deploy and goes away (in this
         # process: a child of the test would be a stray child of the daemon in it)
@@ -838,7 +838,7 @@ async def test_hardlink_mode_shares_the_caches_files_read_only(tmp_path: Path,
                           ) as d:
         await deploy(d, v1)
         assert (await ask(d))["six"] == "1.16.0"
-        release = Path(d.services.sup.agent("greeter").spec.release)
+        release = Path(d.sup.agent("greeter").spec.release)
         six = next((release / "venv" / "lib").glob("python3*/site-packages/six.py"))
         st = six.stat()
         assert st.st_nlink > 1 and not st.st_mode & 0o222
@@ -857,7 +857,7 @@ async def test_a_new_release_is_how_a_failed_agent_is_fixed(tmp_path: Path,
         "\n\nrun(handle)", "\n" + dies + "\n\nrun(handle)"))
     v2 = package(tmp_path / "v2", "2.0")
     async with in_process(tmp_path, "", packages_toml(uv_cache)) as d:
-        sup = d.services.sup
+        sup = d.sup
         await deploy(d, v1)
         lost = await sup.tasks.run("greeter", "die")
         assert lost.status == "lost"

@@ -417,7 +417,7 @@ async def test_its_stdout_and_stderr_are_its_log_each_line_marked_and_tasks_refu
         d = api.d
         log = tmp_path / "state" / "logs" / "plain.log"
         await wait_until_async(lambda: log.exists() and "to-stderr" in log.read_text())
-        pid = d.services.sup.agent("plain").replicas[0].pid
+        pid = d.sup.agent("plain").replicas[0].pid
         # in its file and in `corral logs`, each line marked by its stream
         for text in (log.read_text(), (await cli(d, "logs", "plain", "-n", "10"))[1]):
             ours = [line.split(" ", 1)[1] for line in text.splitlines()
@@ -433,7 +433,7 @@ async def test_its_stdout_and_stderr_are_its_log_each_line_marked_and_tasks_refu
         status, body, _ = await api.ask("POST", "/tasks", "op",
                                         {"agent": "plain", "input": {}})
         assert (status, body) == (409, problem(409, "conflict", REFUSAL, jsonrpc.CONFLICT))
-        assert d.services.sup.tasks.stats()["agents"]["plain"]["refused"] == 2
+        assert d.sup.tasks.stats()["agents"]["plain"]["refused"] == 2
 
 
 NOTIFY_STATUS = """
@@ -451,7 +451,7 @@ async def test_corral_add_protocol_none_from_the_cli_and_status_shows_its_status
     go.touch()
     prog = script(tmp_path, "notify.py", NOTIFIER)
     async with in_process(tmp_path, NOTIFY_STATUS.format(py=PY, prog=prog, go=go)) as d:
-        sup = d.services.sup
+        sup = d.sup
         rc, out, err = await cli(d, "status", "plain")
         assert rc == 0, err
         assert out.splitlines()[1].endswith("status: serving")
@@ -576,7 +576,7 @@ async def test_a_plain_package_is_deployed_and_one_that_never_answers_is_refused
     async with in_process(tmp_path, "", packages) as d:
         via = Caller(via="socket")
         await d.dispatcher.call(via, "packages.deploy", {"path": str(v1), "name": None})
-        r = d.services.sup.agent("site").replicas[0]
+        r = d.sup.agent("site").replicas[0]
         assert isinstance(r, PlainReplica) and r.status().ready is True
         pid = r.pid
         with pytest.raises(RpcError) as e:
@@ -585,4 +585,4 @@ async def test_a_plain_package_is_deployed_and_one_that_never_answers_is_refused
             "did not become ready: not ready within 3 s: readiness check "
             f'"http http://127.0.0.1:{silent}/" failed: GET http://127.0.0.1:{silent}/: '
             "Connection refused; the running processes keep serving"), e.value.message
-        assert d.services.sup.agent("site").replicas[0].pid == pid
+        assert d.sup.agent("site").replicas[0].pid == pid

@@ -121,7 +121,7 @@ async def test_its_tmp_and_proc_are_its_own(tmp_path: Path) -> None:
         assert sorted(seen) == ["1", "2"], seen
         assert seen["1"].startswith("/usr/bin/bwrap ") or seen["1"].startswith("bwrap ")
         assert seen["2"] == "corral: agent box#0"  # its process title
-        assert d.services.sup.agents["box"].replicas[0].pid != 2  # a pid of ours differs
+        assert d.sup.agents["box"].replicas[0].pid != 2  # a pid of ours differs
 
 
 @contextlib.contextmanager
@@ -220,7 +220,7 @@ async def test_caps_and_containment_hold_inside(tmp_path: Path) -> None:
     seconds = 7_000_000 + secrets.randbelow(1_000_000)
     extra = "[agents.box.limits]\nmemory_mb = 1024\n"
     async with in_process(tmp_path, agent("box", home, extra)) as d:
-        sup = d.services.sup
+        sup = d.sup
         # no capability in any set (root's bounding set too), no_new_privs, and no user
         # namespace of its own making (where the kernel's attack surface widens)
         none = "0000000000000000"
@@ -245,7 +245,7 @@ async def test_caps_and_containment_hold_inside(tmp_path: Path) -> None:
 @pytest.mark.deadline(120)
 async def test_pause_stops_the_agent_inside(tmp_path: Path) -> None:
     async with in_process(tmp_path, agent("box", tmp_path / "home")) as d:
-        sup = d.services.sup
+        sup = d.sup
         replica = sup.agents["box"].replicas[0]
         await wait_until_async(lambda: replica.sample.rss_bytes > 0)
         inner = replica._measured_pid(replica.process)
@@ -262,7 +262,7 @@ async def test_pause_stops_the_agent_inside(tmp_path: Path) -> None:
 async def test_samples_and_soft_caps_are_the_agents_not_bwraps(tmp_path: Path) -> None:
     extra = "[agents.box.limits]\nrss_mb = 150\n"
     async with in_process(tmp_path, agent("box", tmp_path / "home", extra)) as d:
-        replica = d.services.sup.agents["box"].replicas[0]
+        replica = d.sup.agents["box"].replicas[0]
         # the interpreter's RSS, not bwrap's few pages
         await wait_until_async(lambda: replica.sample.rss_bytes > 8 << 20)
         # (the task may end before the sample that takes the replica down, or with it)
@@ -301,7 +301,7 @@ def test_the_whole_sandbox_is_in_the_replicas_cgroup(delegated: Path) -> None:  
 async def test_a_death_inside_is_explained_as_outside(tmp_path: Path) -> None:
     # bwrap exits 128 + N for what it ran killed by signal N: the reason names the signal
     async with in_process(tmp_path, agent("box", tmp_path / "home")) as d:
-        replica = d.services.sup.agents["box"].replicas[0]
+        replica = d.sup.agents["box"].replicas[0]
         done = await asyncio.wait_for(d.dispatcher.call(SOCKET, "tasks.run", msgspec.json.encode(
             {"agent": "box", "input": {"do": "die", "signal": 11}})), 60)
         assert msgspec.json.decode(msgspec.json.encode(done))["error"]["message"] == (
@@ -390,7 +390,7 @@ def test_without_bubblewrap_the_config_is_refused(tmp_path: Path,
 @pytest.mark.deadline(60)
 async def test_agents_added_at_runtime_are_checked(tmp_path: Path) -> None:
     async with in_process(tmp_path, "") as d:
-        sup = d.services.sup
+        sup = d.sup
 
         async def add(table: dict[str, Any]) -> str:
             with pytest.raises(Exception) as err:
@@ -547,4 +547,4 @@ async def test_corrals_files_are_masked_in_what_it_may_read(tmp_path: Path) -> N
         assert str(err.value) == (
             f"agents.add: agents.x.cwd: {tmp_path} is writable in the sandbox and holds "
             f"corral's config file ({tmp_path}/corral.toml): give the agent a cwd of its own")
-        assert "x" not in d.services.sup.agents
+        assert "x" not in d.sup.agents

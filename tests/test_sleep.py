@@ -185,7 +185,7 @@ async def test_daemon_shows_asleep_the_decisions_and_the_wake_time(
     """Through the daemon's methods; the CLI's printing of their answers is called on
     them (a CLI process of this test would be a stray child of the in-process daemon)."""
     async with in_process(tmp_path, sleepy_toml("nap")) as d:
-        sup = d.services.sup
+        sup = d.sup
         got = decisions(sup)
         me = Caller(via="socket")
         await got.until(lambda s: s.direction == "sleep", 15.0)
@@ -256,11 +256,11 @@ async def test_a_kept_scale_is_where_a_restarted_daemon_starts_within_bounds(
         assert (err.value.code, err.value.message) == (
             jsonrpc.INVALID_PARAMS, "ks autoscales between min_replicas 1 and max_replicas "
             "4: 5 is outside them (change [agents.ks.autoscale] to go further)")
-        assert len(d.services.sup.agent("ks").replicas) == 1
-        got = decisions(d.services.sup)
+        assert len(d.sup.agent("ks").replicas) == 1
+        got = decisions(d.sup)
         await d.dispatcher.call(me, "agents.scale", {"name": "ks", "replicas": 4})
         scaled = time.time()
-        assert len(d.services.sup.agent("ks").replicas) == 4
+        assert len(d.sup.agent("ks").replicas) == 4
         # idle: the autoscaler takes it back down, a whole stable window after the
         # operator's change (no revision, no kept scale written)
         down = await got.until(lambda s: s.replicas == 1, 15.0)
@@ -269,8 +269,8 @@ async def test_a_kept_scale_is_where_a_restarted_daemon_starts_within_bounds(
         assert d.services.revisions.scaled()["ks"][0] == 4
     # the file now allows at most 2: the kept 4 starts as 2, and the autoscaler goes on
     async with in_process(tmp_path, bounded_toml("ks", 2)) as d:
-        assert len(d.services.sup.agent("ks").replicas) == 2
-        got = decisions(d.services.sup)
+        assert len(d.sup.agent("ks").replicas) == 2
+        got = decisions(d.sup)
         await got.until(lambda s: s.replicas == 1, 15.0)
 
 
@@ -278,7 +278,7 @@ async def test_a_reload_leaves_an_asleep_agent_asleep(tmp_path: Path) -> None:
     """A reload that changes the agent (its bounds, its env: a rolling change) does not
     wake it, nor scale it to the file's count: the count is the autoscaler's."""
     async with in_process(tmp_path, sleepy_toml("rl")) as d:
-        sup = d.services.sup
+        sup = d.sup
         got = decisions(sup)
         await got.until(lambda s: s.direction == "sleep", 15.0)
         config = tmp_path / "corral.toml"

@@ -458,7 +458,7 @@ async def test_a_change_whose_undo_cannot_be_written_says_so(tmp_path: Path) -> 
         good = {"command": [PY, str(EXAMPLES / "hello.py")],
                 "env": {"PYTHONPATH": str(ROOT)}}
         await call(operator, "agents.add", {"agents": {"r": good}})  # revision 2
-        sup = d.services.sup
+        sup = d.sup
         await sup.wait_state("r", State.READY, timeout=20)
         pid = sup.agent("r").replicas[0].pid
         store = d.services.store

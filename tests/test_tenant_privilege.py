@@ -198,7 +198,7 @@ def refused(who: str, name: str, said: str) -> str:
 
 
 def nothing_of(d: Any, name: str) -> None:
-    assert name not in d.services.sup.agents
+    assert name not in d.sup.agents
     assert name not in d.services.store.runtime_agents()
 
 
@@ -251,9 +251,9 @@ async def test_a_tenants_caller_names_no_privilege_over_http_or_the_socket(
         # one naming none runs in the tenant's dir
         status, body = await tenant("POST", "/agents", {"agents": {"plain": table({})}})
         assert status == 200, body
-        assert d.services.sup.agents["plain"].spec.cwd == str(tmp / "acme")
+        assert d.sup.agents["plain"].spec.cwd == str(tmp / "acme")
         # a change in place (agents.update) is held to the same rule, key by key
-        before = d.services.sup.agents["mine"].spec
+        before = d.sup.agents["mine"].spec
         answers = await as_nobody(d, [("agents.update", {"name": "mine", "set": extra})
                                       for _, extra, _ in every])
         for (key, _, said), answer in zip(every, answers, strict=True):
@@ -262,7 +262,7 @@ async def test_a_tenants_caller_names_no_privilege_over_http_or_the_socket(
             assert who is not None, (key, error)
             assert (error["code"], error["message"]) == (
                 jsonrpc.FORBIDDEN, refused(who[1], "mine", said)), key
-        assert d.services.sup.agents["mine"].spec == before
+        assert d.sup.agents["mine"].spec == before
         assert d.services.fleet.revision_of("mine") == 1
 
         # the operator keeps every key, for the tenant's agents too
@@ -294,7 +294,7 @@ async def test_a_tenants_rollback_restores_no_privilege_the_operator_once_gave(
             clean = table({"tenant": "acme"})
             status, body = await ops("POST", "/agents", {"agents": {name: clean}})
             assert status == 200, (key, body)
-            before = d.services.sup.agents[name].spec
+            before = d.sup.agents[name].spec
             assert d.services.fleet.revision_of(name) == 2
             status, body = await tenant("POST", f"/agents/{name}/rollback", {"revision": 1})
             assert (status, body["detail"]) == ((403, refused("token ta", name, said)) if said
@@ -302,7 +302,7 @@ async def test_a_tenants_rollback_restores_no_privilege_the_operator_once_gave(
                                                            f"revisions: 1..2; see `corral "
                                                            f"history {name}`)")), key
             assert d.services.fleet.revision_of(name) == 2
-            assert d.services.sup.agents[name].spec == before
+            assert d.sup.agents[name].spec == before
             assert d.services.store.runtime_agents()[name] == clean
 
         # a release this agent ran (the operator deployed it) comes back with a rollback
@@ -318,7 +318,7 @@ async def test_a_tenants_rollback_restores_no_privilege_the_operator_once_gave(
         assert status == 200, body
         status, body = await tenant("POST", "/agents/pkg/rollback", {"revision": 1})
         assert (status, body["restored"]) == (200, 1), body
-        assert d.services.sup.agents["pkg"].spec.release == str(release)
+        assert d.sup.agents["pkg"].spec.release == str(release)
 
 
 def test_a_tenant_without_a_user_or_dir_lets_its_callers_name_neither() -> None:
@@ -418,8 +418,8 @@ async def test_a_check_and_its_recovery_run_as_the_agent_in_its_sandbox(
             assert (home / out).read_text().split("\n") == [nobody, "50", "denied", "absent",
                                                             ""], out
         assert (plain / "uid").read_text() == f"{daemon.pw_uid}\n"
-        r = d.services.sup.agents["box"].replicas[0]
-        assert r.restarts == 0 and d.services.sup.health_board.exec_runs == 1
+        r = d.sup.agents["box"].replicas[0]
+        assert r.restarts == 0 and d.sup.health_board.exec_runs == 1
 
 
 @needs_users

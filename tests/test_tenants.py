@@ -72,7 +72,7 @@ async def call(d: Daemon, method: str, params: Any = None,
 
 
 def replicas(d: Daemon, name: str) -> int:
-    return len(d.services.sup.agents[name].replicas)
+    return len(d.sup.agents[name].replicas)
 
 
 # -- the config -----------------------------------------------------------------------------
@@ -119,7 +119,7 @@ max_replicas = 3
 async def test_agent_and_replica_quotas_refuse_with_the_use_and_never_kill(
         tmp_path: Path) -> None:
     async with in_process(tmp_path, hello("a1", extra='tenant = "acme"\n'), QUOTAS) as d:
-        sup = d.services.sup
+        sup = d.sup
         await call(d, "agents.add", {"agents": {"a2": {
             "command": [PY, str(EXAMPLES / "hello.py")], "env": {"PYTHONPATH": str(ROOT)},
             "tenant": "acme", "replicas": 2}}})
@@ -195,7 +195,7 @@ async def test_corral_add_with_flags_puts_the_agent_in_a_tenant(tmp_path: Path) 
         rc, out, err = await cli(d, "add", "--name", "a2", "--command", command,
                                  "--tenant", "acme", "--env", f"PYTHONPATH={ROOT}")
         assert (rc, out, err) == (0, "added: a2\n", "")
-        assert d.services.sup.agents["a2"].spec.tenant == "acme"
+        assert d.sup.agents["a2"].spec.tenant == "acme"
         entry = {t.name: t for t in (await call(d, "tenants.list")).tenants}["acme"]
         assert entry.use.agents == 2
         # its quota holds as for a file's agent, and nothing is added
@@ -215,7 +215,7 @@ async def test_corral_add_with_flags_puts_the_agent_in_a_tenant(tmp_path: Path) 
         rc, out, err = await cli(d, "add", str(file), "--tenant", "acme")
         assert rc == 2 and "--tenant goes with --name/--command; in a FILE, write " \
             'tenant = "NAME" in each [agents.NAME] table' in err
-        assert set(d.services.sup.agents) == {"a1", "a2"}
+        assert set(d.sup.agents) == {"a1", "a2"}
 
 
 async def _run(d: Daemon, agent: str, task: dict[str, Any], **kw: Any) -> Any:
@@ -237,7 +237,7 @@ rate_per_minute = 2
 """
     agents = sleeper("s1", "acme") + sleeper("s2", "acme") + sleeper("r1", "slow")
     async with in_process(tmp_path, agents, toml) as d:
-        sup = d.services.sup
+        sup = d.sup
         marker = tmp_path / "go"
         wait = {"do": "await", "path": str(marker)}
         # two run at once over the tenant's two agents; the others wait in their queues
@@ -279,7 +279,7 @@ max_queue = 1
 rate_per_minute = 2
 """
     async with in_process(tmp_path, sleeper("b1", "both"), toml) as d:
-        sup = d.services.sup
+        sup = d.sup
         marker = tmp_path / "go"
         wait = {"do": "await", "path": str(marker)}
         first = await _run(d, "b1", wait, detach=True)  # runs: the rate's first token
@@ -307,7 +307,7 @@ rate_per_minute = 2
 def _hooks(d: Daemon) -> tuple[bool, bool, bool]:
     """Whether dispatch's tenant gate, its task-end hook and the shared budgets' lookup
     are installed (each only while some tenant sets the quota it serves)."""
-    tasks = d.services.sup.tasks
+    tasks = d.sup.tasks
     return (tasks.dispatch.gate is not None, tasks.dispatch.freed is not None,
             tasks.budgets.shared is not no_group)
 
@@ -315,7 +315,7 @@ def _hooks(d: Daemon) -> tuple[bool, bool, bool]:
 async def one_runs_one_held(d: Daemon, marker: Path) -> tuple[str, str]:
     """s1's task runs (until `marker` is there); s2's, sent next, is held queued by its
     tenant's max_concurrent_tasks. Their ids."""
-    sup = d.services.sup
+    sup = d.sup
     wait = {"do": "await", "path": str(marker)}
     first = (await _run(d, "s1", wait, detach=True)).task_id
     await wait_until_async(lambda: sup.tasks.running("s1") == 1, timeout=10)
@@ -337,7 +337,7 @@ async def test_the_tenant_gate_comes_and_goes_with_its_quota_at_runtime(
         tmp_path: Path) -> None:
     async with in_process(tmp_path, sleeper("s1", "acme") + sleeper("s2", "acme"),
                           "[tenants.acme]\nmax_queue = 10\n") as d:
-        sup = d.services.sup
+        sup = d.sup
         assert _hooks(d) == (False, False, False)
         await call(d, "tenants.set", {"name": "acme", "set": {"max_concurrent_tasks": 1}})
         assert _hooks(d) == (True, True, False)
@@ -366,7 +366,7 @@ async def test_the_tenant_gate_comes_and_goes_with_its_quota_on_reload(
         tmp_path: Path) -> None:
     agents = sleeper("s1", "acme") + sleeper("s2", "acme")
     async with in_process(tmp_path, agents, "[tenants.acme]\n") as d:
-        sup = d.services.sup
+        sup = d.sup
         config = d.services.config_path
         text = config.read_text()
         assert _hooks(d) == (False, False, False)
@@ -442,10 +442,10 @@ async def test_runtime_tenants_and_changes_outlive_the_daemon(tmp_path: Path) ->
                 ][:2] == [("tenants.add", "ok"), ("tenants.add", "error: tenant beta "
                                                                    "already exists")]
     async with in_process(tmp_path, hello("a1"), toml) as d:
-        specs = d.services.sup.tenancy.specs
+        specs = d.sup.tenancy.specs
         assert specs["beta"].max_agents == 1
         assert specs["acme"].max_replicas == 2  # the runtime's change holds
-        assert d.services.sup.agents["b1"].spec.tenant == "beta"
+        assert d.sup.agents["b1"].spec.tenant == "beta"
         revs = d.services.store.db.execute(
             "SELECT agent, revision, change FROM revisions WHERE agent LIKE 'tenant:%' "
             "ORDER BY agent, revision").fetchall()
@@ -453,7 +453,7 @@ async def test_runtime_tenants_and_changes_outlive_the_daemon(tmp_path: Path) ->
                         ("tenant:beta", 1, "created")]
     # the file changed the tenant: the file wins
     async with in_process(tmp_path, hello("a1"), "[tenants.acme]\nmax_replicas = 8\n") as d:
-        assert d.services.sup.tenancy.specs["acme"].max_replicas == 8
+        assert d.sup.tenancy.specs["acme"].max_replicas == 8
 
 
 async def test_tenant_changes_at_once_each_hold_as_answered(tmp_path: Path) -> None:
@@ -469,7 +469,7 @@ async def test_tenant_changes_at_once_each_hold_as_answered(tmp_path: Path) -> N
                                              "max_replicas": 4}]
         assert d.services.tenants.tables["acme"] == {"max_agents": 2, "max_queue": 3,
                                                      "max_replicas": 4}
-        spec = d.services.sup.tenancy.specs["acme"]
+        spec = d.sup.tenancy.specs["acme"]
         assert (spec.max_agents, spec.max_queue, spec.max_replicas) == (2, 3, 4)
         adds = await asyncio.gather(
             call(d, "tenants.add", {"tenants": {"beta": {"max_agents": 1}}}),
@@ -504,7 +504,7 @@ async def test_a_stored_tenant_that_no_longer_parses_is_skipped_and_said(
                    ('{"max_agent": 1}',))
     async with in_process(tmp_path, hello("a1")) as d:
         # the others still apply
-        assert sorted(d.services.sup.tenancy.specs) == ["delta"]
+        assert sorted(d.sup.tenancy.specs) == ["delta"]
         said = [ln.text for ln in d.services.hub.tail(["corral"], 1000, None)]
         assert ("skipped tenant gamma: state database: tenants.gamma: Object contains "
                 "unknown field `max_agent` (did you mean `max_agents`?)") in said, said
@@ -740,7 +740,7 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
         glob = Caller(via="http", token="g", agents="a*")
         assert set((await call(d, "stats.get", {}, glob)).gateway["clients"]) == {"agent:a1"}
         # the bus's followers: b's say what b follows
-        bus = d.services.sup.events
+        bus = d.sup.events
         followers = [bus.follow("b.secret.*", "b"), bus.follow("a.*", "a")]
         try:
             assert [f["pattern"] for f in (await call(d, "stats.get", {}, a)).events[
@@ -752,8 +752,8 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
                 bus.unfollow(f)
 
         # a tenant's agent reaches its tenant's servers and shared ones, not another's
-        sup = d.services.sup
-        assert sup.allowlist(sup.agents["a1"].spec) == ["aserv__*", "common__*"]
+        sup = d.sup
+        assert sup.mcp.allowlist(sup.agents["a1"].spec) == ["aserv__*", "common__*"]
         called = await _run(d, "a1", {"do": "tools", "tool": f"{BS}__add", "times": 1})
         assert f"tool {BS}__add is not allowed for agent a1" in bytes(called.output).decode()
         listed = await call(d, "gateway.list", {"agent": "a1"}, a)
@@ -805,7 +805,7 @@ async def test_a_tenant_token_over_http_and_the_cli(tmp_path: Path) -> None:
         assert 'corral_tasks_queued{agent="a1",tenant="a"} 0.0' in text
         stats = await call(d, "stats.get", {})
         assert {n: s.tenant for n, s in stats.agents.items()} == {"a1": "a", B: "b"}
-        assert d.services.sup.agents[B].replicas[0].state in (State.READY, State.IDLE)
+        assert d.sup.agents[B].replicas[0].state in (State.READY, State.IDLE)
         rc, out, err = await cli(d, "status", "--tenant", "b", "--json")
         assert rc == 0, err
         assert {a["name"] for a in msgspec.json.decode(out)["agents"]} == {B}
@@ -907,7 +907,7 @@ async def test_a_limited_caller_adds_no_cluster_agent_by_flag_or_by_table(
                 assert await refused(d, caller, "agents.add", params) == (
                     jsonrpc.FORBIDDEN, f"forbidden: token {caller.token} {limit}: may not "
                                        f"add cluster agents{key}"), params
-        assert set(d.services.sup.agents) == {"a1"}
+        assert set(d.sup.agents) == {"a1"}
 
 
 @pytest.mark.deadline(120)
@@ -1045,13 +1045,13 @@ async def test_a_reload_brings_new_tenants_and_keeps_those_runtime_agents_are_in
         assert (code, msg) == (jsonrpc.INVALID_PARAMS, f"reload rejected, nothing changed: "
                                f"{config}: tenants.old: agent r1 (added at runtime) is in "
                                "it: remove the agent first")
-        assert d.services.sup.tenancy.names() == ["default", "old"]
+        assert d.sup.tenancy.names() == ["default", "old"]
         config.write_text(text + "[tenants.new]\nmax_agents = 1\n"
                           + hello("n1", extra='tenant = "new"\n'))
         result = await call(d, "config.reload")
         assert result.added == ["n1"]
-        assert d.services.sup.tenancy.names() == ["default", "new", "old"]
-        assert d.services.sup.agents["n1"].spec.tenant == "new"
+        assert d.sup.tenancy.names() == ["default", "new", "old"]
+        assert d.sup.agents["n1"].spec.tenant == "new"
         code, msg = await refused(d, OPERATOR, "agents.add", {"agents": {"n2": {
             "command": "true", "tenant": "new"}}, "check": False})
         assert msg == "tenant new: max_agents 1 reached (1 in use); adding n2 needs 1 more"
@@ -1106,7 +1106,7 @@ async def test_a_tenants_sandbox_runs_its_agents_in_bubblewrap(tmp_path: Path) -
         stop_timeout = 5.0
     """)
     async with in_process(tmp_path, agents, '[tenants.boxed]\nsandbox = "bwrap"\n') as d:
-        r = d.services.sup.agents["box"].replicas[0]
+        r = d.sup.agents["box"].replicas[0]
         assert r.process is not None
         cmdline = Path(f"/proc/{r.process.pid}/cmdline").read_bytes().split(b"\0")
         assert Path(cmdline[0].decode()).name == "bwrap", cmdline[:3]
@@ -1128,7 +1128,7 @@ async def test_a_tenant_over_its_memory_has_its_largest_replica_restarted_in_ord
     toml = "[tenants.acme]\nmax_memory_mb = 150\n[tenants.other]\n"
     agents = holder("big", "acme") + holder("small", "acme") + holder("else", "other")
     async with in_process(tmp_path, agents, toml) as d:
-        sup = d.services.sup
+        sup = d.sup
         big, small, other = (sup.agents[n].replicas[0] for n in ("big", "small", "else"))
         before = (small.pid, other.pid)
         await wait_until_async(lambda: small.sample.rss_bytes > 8 << 20)

@@ -63,7 +63,7 @@ async def test_a_tenants_cpu_weight_is_its_processes_nice_value(tmp_path: Path,
     agents = (sleeper("lo", "low", start) + sleeper("hi", "high", start)
               + sleeper("own", "low", start + "limits = { nice = 15 }\n"))
     async with in_process(tmp_path, agents, toml) as d:
-        sup = d.services.sup
+        sup = d.sup
         pids = {n: sup.agents[n].replicas[0].pid for n in ("lo", "hi", "own")}
         assert all(pids.values())
         nices = {n: os.getpriority(os.PRIO_PROCESS, pid) for n, pid in pids.items()
@@ -108,7 +108,7 @@ async def test_each_tenant_publishes_and_follows_its_own_part_of_the_bus(
         for name in ("a1", "b1"):
             await call(op, "tasks.run", msgspec.json.encode(
                 {"agent": name, "input": {"do": "subscribe", "topic": "orders.*"}}))
-        bus = d.services.sup.events
+        bus = d.sup.events
         channels = {who: Collect() for who in ("a", "b", "op", "op-b")}
         follows = [asyncio.ensure_future(call(c, "events.follow", p, channels[who]))
                    for who, c, p in (("a", ca, {"pattern": "orders.*"}),

@@ -134,7 +134,7 @@ async def test_a_token_is_shown_once_kept_as_a_hash_expires_and_is_revoked(
 @pytest.mark.deadline(120)
 async def test_a_caller_limited_to_web_agents_cannot_see_or_touch_db(tmp_path: Path) -> None:
     async with running(tmp_path, hello("web-1") + sleeper("db")) as d:
-        sup = d.services.sup
+        sup = d.sup
         web = Caller(via="http", token="web", agents="web-*")
         db_pid = sup.agent("db").replicas[0].pid
 
@@ -181,7 +181,7 @@ async def test_a_caller_limited_to_web_agents_cannot_see_or_touch_db(tmp_path: P
         running_task = await d.dispatcher.call(SOCKET, "tasks.run", msgspec.json.encode({
             "agent": "db", "input": {"do": "sleep", "seconds": 60}, "detach": True}))
         tid = running_task["task_id"]
-        await wait_until_async(lambda: d.services.sup.tasks.get(tid).status == "running")
+        await wait_until_async(lambda: d.sup.tasks.get(tid).status == "running")
         assert await refused(d, web, "tasks.get", {"task_id": tid}) == (
             jsonrpc.NOT_FOUND, f"no such task: {tid}")
         assert await refused(d, web, "tasks.cancel", {"task_id": tid}) == (

@@ -215,7 +215,7 @@ async def test_a_login_link_works_once_and_its_session_may_call(tmp_path: Path) 
         # a call the session makes is the operator's, audited as the dashboard's
         status, _, body = await p.call("agents.scale", {"name": "hello", "replicas": 2})
         assert (status, body) == (200, {"name": "hello", "replicas": 2})
-        await d.services.sup.wait_state("hello", State.READY, timeout=20)
+        await d.sup.wait_state("hello", State.READY, timeout=20)
         assert (await audited(d))[-1] == (
             'token dashboard: agents.scale {"name":"hello","replicas":2} -> ok')
 
@@ -265,7 +265,7 @@ async def test_an_expired_or_unknown_code_is_refused(tmp_path: Path) -> None:
 async def test_writes_need_the_csrf_header_and_this_origin(tmp_path: Path) -> None:
     async with running(tmp_path) as d, page(d) as p:
         await p.login((await login_link(d)).url)
-        agent = d.services.sup.agent("hello")
+        agent = d.sup.agent("hello")
         pid = agent.replicas[0].pid
 
         def unchanged() -> None:
@@ -325,7 +325,7 @@ async def test_a_foreign_host_is_misdirected_and_every_response_has_the_csp(
     async with running(tmp_path) as d, page(d) as p:
         await p.login((await login_link(d)).url)
         port = yarl.URL(p.base).port
-        pid = d.services.sup.agent("hello").replicas[0].pid
+        pid = d.sup.agent("hello").replicas[0].pid
         for host in ["evil.example", f"evil.example:{port}", "127.0.0.1:1",
                      f"127.0.0.2:{port}", f"user@127.0.0.1:{port}", ""]:
             status, headers, body = await p.call("agents.restart", {"names": ["hello"]},
@@ -335,7 +335,7 @@ async def test_a_foreign_host_is_misdirected_and_every_response_has_the_csp(
             assert headers["Content-Security-Policy"] == CSP
             status, _, _ = await p.get("/ui/", headers={"Host": host})
             assert status == 421
-        assert d.services.sup.agent("hello").replicas[0].pid == pid
+        assert d.sup.agent("hello").replicas[0].pid == pid
         # localhost with our port is ours
         status, _, _ = await p.get("/ui/", headers={"Host": f"localhost:{port}"})
         assert status == 200

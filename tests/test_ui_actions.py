@@ -325,7 +325,7 @@ def test_chart_axes_neither_cut_nor_repeat_their_labels() -> None:
 async def test_each_new_action_needs_the_csrf_header_and_this_origin(tmp_path: Path) -> None:
     async with running(tmp_path) as d, page(d) as p:
         await p.login((await login_link(d)).url)
-        agent = d.services.sup.agent("hello")
+        agent = d.sup.agent("hello")
         pid = agent.replicas[0].pid
         table = {"x": {"command": [PY, str(EXAMPLES / "hello.py")]}}
         calls = [("agents.stop", {"names": ["hello"]}),
@@ -343,7 +343,7 @@ async def test_each_new_action_needs_the_csrf_header_and_this_origin(tmp_path: P
                 assert (status, body) == (403, problem(403, "forbidden", detail,
                                                        jsonrpc.FORBIDDEN)), method
         assert [(r.state, r.pid) for r in agent.replicas] == [(State.READY, pid)]
-        assert sorted(d.services.sup.agents) == ["hello"]
+        assert sorted(d.sup.agents) == ["hello"]
         assert (await d.dispatcher.call(OPERATOR, "tasks.list")).tasks == []
 
         # with both, the same calls act (the page's own way)
@@ -357,10 +357,10 @@ async def test_each_new_action_needs_the_csrf_header_and_this_origin(tmp_path: P
         assert status == 200 and "input" not in info
         status, _, body = await p.call("agents.add", {"agents": table})
         assert (status, body) == (200, {"added": ["x"]})
-        await d.services.sup.wait_state("x", State.READY, timeout=20)
+        await d.sup.wait_state("x", State.READY, timeout=20)
         status, _, body = await p.call("agents.remove", {"names": ["x"]})
         assert (status, body) == (200, {"removed": ["x"]})
-        assert sorted(d.services.sup.agents) == ["hello"]
+        assert sorted(d.sup.agents) == ["hello"]
 
 
 
@@ -382,7 +382,7 @@ async def test_a_tasks_input_is_read_over_rest_behind_tasks_read(tmp_path: Path)
             agent="hello", input=msgspec.Raw(msgspec.json.encode(sent))))
         assert done.status == "succeeded"
         # gone from the engine's memory: the journal's row answers
-        assert d.services.sup.tasks.active.get(done.task_id) is None
+        assert d.sup.tasks.active.get(done.task_id) is None
         url = f"{d.services.ui.url}/api/v1/tasks/{done.task_id}"
         async with aiohttp.ClientSession() as http:
             async def get(secret: str, query: str) -> tuple[int, Any]:
@@ -412,7 +412,7 @@ async def test_a_limited_sessions_actions_stay_within_its_tokens_agents(
     async with in_process(tmp_path, hello("hello") + hello("web-a"), HTTP) as d:
         _, webs = await tokens_of(d.services.store).create("webs", ["admin"], "web-*", None)
         caller = Caller(via="http", token="webs", scopes=webs.scopes, agents="web-*")
-        sup = d.services.sup
+        sup = d.sup
         pids = {name: sup.agent(name).replicas[0].pid for name in ("hello", "web-a")}
         async with page(d) as p:
             await p.login((await login_link(d, caller)).url)

@@ -106,7 +106,7 @@ async def test_patch_over_http_is_the_same_update(tmp_path: Path) -> None:
                                         {"set": {"env": {"V": "2"}, "replicas": 2}})
         assert (status, body) == (200, {"name": "p", "revision": 2,
                                         "change": "env.V added, replicas 1 -> 2"}), body
-        assert len(api.d.services.sup.agents["p"].replicas) == 2
+        assert len(api.d.sup.agents["p"].replicas) == 2
         # the scope first; then what the body may hold
         status, body, _ = await api.ask("PATCH", "/agents/p", "reader", {"set": {"x": 1}})
         assert status == 403, body

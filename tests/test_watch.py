@@ -130,7 +130,7 @@ async def restart(d: Daemon, name: str) -> None:
 @pytest.mark.deadline(120)
 async def test_the_fleet_then_each_change_in_order_on_the_socket(tmp_path: Path) -> None:
     async with in_process(tmp_path, hello("a") + hello("b")) as d:
-        sup = d.services.sup
+        sup = d.sup
         async with socket_watch(d, {}) as notes:
             snap = await notes.next("agents.snapshot")
             assert (snap.resync, snap.missed) == (False, None)
@@ -247,8 +247,8 @@ async def test_samples_names_and_stats_samples(tmp_path: Path) -> None:
             assert snap.replicas == []
             await restart(d, "a")
             await d.dispatcher.call(SOCKET, "agents.add", {"agents": {
-                "c": {"command": d.services.sup.agent("a").spec.command,
-                      "env": d.services.sup.agent("a").spec.env}}})
+                "c": {"command": d.sup.agent("a").spec.command,
+                      "env": d.sup.agent("a").spec.env}}})
             roster = await notes.next()
             assert (roster[0], roster[1].agent) == ("agents.roster", "c")
             assert [c.state for c in await notes.changes_of("c", 0, "ready")] == [
@@ -281,7 +281,7 @@ async def test_a_client_that_does_not_read_is_resynced(tmp_path: Path) -> None:
             watch.ring = 3  # fewer changes kept than a restart makes
             channel.writable.clear()
             await restart(d, "a")
-            await d.services.sup.wait_state("a", State.READY, timeout=30)
+            await d.sup.wait_state("a", State.READY, timeout=30)
             await wait_until_async(lambda: watch.last == int(snap.id.split("-")[1]) + 4)
             assert channel.notes.seen == [] and len(watch.items) == 3
             channel.writable.set()
@@ -356,7 +356,7 @@ async def test_the_fleet_as_server_sent_events(tmp_path: Path) -> None:
             assert snap_id == snap.id and not snap.resync
             assert [r.name for r in snap.replicas] == ["web-1", "db"]
             await restart(api.d, "db")
-            await api.d.services.sup.wait_state("db", State.READY, timeout=30)
+            await api.d.sup.wait_state("db", State.READY, timeout=30)
             await restart(api.d, "web-1")
             async with asyncio.timeout(30):
                 got = []
@@ -394,7 +394,7 @@ async def test_the_fleet_as_server_sent_events(tmp_path: Path) -> None:
             _, sample = await until(events, "agents.sample")
             assert [s.agent for s in sample.replicas] == ["web-1"]
             await restart(api.d, "db")
-            await api.d.services.sup.wait_state("db", State.READY, timeout=30)
+            await api.d.sup.wait_state("db", State.READY, timeout=30)
             await restart(api.d, "web-1")
             _, first = await until(events, "agents.transition")
             assert (first.agent, first.state) == ("web-1", "shutting_down")
@@ -424,7 +424,7 @@ async def test_a_socket_caller_limited_to_some_agents(tmp_path: Path) -> None:
             assert [r.name for r in snap.replicas] == ["web-1"]
             await restart(d, "db")
             await d.dispatcher.call(SOCKET, "agents.scale", {"name": "db", "replicas": 2})
-            await d.services.sup.wait_state("db", State.READY, replica=1, timeout=30)
+            await d.sup.wait_state("db", State.READY, replica=1, timeout=30)
             await restart(d, "web-1")
             kinds = set()
             async with asyncio.timeout(30):

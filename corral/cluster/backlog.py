@@ -14,21 +14,23 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..supervisor.core import Supervisor
+from ..supervisor.agents import Agents
+from ..supervisor.elastic import Elastic
 from .keys import GROUP, Keys
 from .membership import NodeView
 
 
 class Backlog:
-    def __init__(self, redis: Any, keys: Keys, sup: Supervisor) -> None:
+    def __init__(self, redis: Any, keys: Keys, elastic: Elastic, agents: Agents) -> None:
         self.redis = redis
         self.keys = keys
-        self.sup = sup
+        self.elastic = elastic
+        self.agents = agents
         self.woken = 0  # agents woken here by tasks waiting in the cluster's streams
 
     async def step(self, view: list[NodeView]) -> None:
-        elastic = self.sup.elastic
-        names = [n for n in elastic.entries if n in self.sup.agents]
+        elastic = self.elastic
+        names = [n for n in elastic.entries if n in self.agents]
         for gone in [n for n in elastic.backlog if n not in names]:
             del elastic.backlog[gone]
         if not names:
@@ -55,7 +57,7 @@ class Backlog:
             # shared between the live nodes that run it: each scales for its part
             runners = max(1, sum(1 for v in view if v.alive and n in v.agents))
             elastic.backlog[n] = math.ceil(waiting[n] / runners)
-            agent = self.sup.agents[n]
+            agent = self.agents[n]
             if waiting[n] and not agent.replicas:
                 self.woken += 1
                 elastic.wake(n)

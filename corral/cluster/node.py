@@ -18,15 +18,15 @@ from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import AgentSpec, ClusterSettings
-from ..supervisor.core import Supervisor
+from ..supervisor.parts import Parts
 from ..supervisor.tasks import (
     TERMINAL,
     TaskError,
     TaskFinished,
-    TaskManager,
     TaskStatus,
     is_task_id,
 )
+from ..supervisor.tasks.host import TaskHost
 from ..timeouts import cancel_all, within
 from . import records, redischeck
 from .backlog import Backlog
@@ -52,15 +52,16 @@ def node_name(settings: ClusterSettings) -> str:
 
 
 class ClusterNode:
-    def __init__(self, settings: ClusterSettings, host: Supervisor, tasks: TaskManager,
+    def __init__(self, settings: ClusterSettings, host: TaskHost, parts: Parts,
                  queue: ClusterQueue, report: Callable[[str], None],
                  prepare: Callable[[AgentSpec], None] = lambda spec: None,
                  apply: Callable[[str, AgentSpec], Awaitable[None]] | None = None,
                  describe: Describe = lambda old, new: "changed",
                  key: bytes | None = None) -> None:
         self.settings = settings
-        self.host = host
-        self.tasks = tasks
+        self.host = host  # the agents, as the task path sees them
+        self.agents = parts.agents
+        self.tasks = tasks = parts.tasks
         self.queue = queue
         self.report = report
         self.node = node_name(settings)
@@ -81,13 +82,13 @@ class ClusterNode:
                              settings.tasks_kept_for, trust)
         self.retention = Retention(self.redis, scripts, self.keys, self.membership,
                                    settings)
-        self.backlog = Backlog(self.redis, self.keys, host)
-        self.events = EventRelay(self.redis, self.keys, self.node, host.events,
+        self.backlog = Backlog(self.redis, self.keys, parts.elastic, parts.agents)
+        self.events = EventRelay(self.redis, self.keys, self.node, parts.bus,
                                  settings.beat, report)
         self.specs = ClusterSpecs(self.redis, scripts, self.keys, describe, trust)
         self.declared = Declared(self.redis, self.keys, self.specs, self.node, describe,
                                  report)
-        self.placement = Placement(self.redis, scripts, self.keys, self.membership, host,
+        self.placement = Placement(self.redis, scripts, self.keys, self.membership, parts,
                                    prepare, apply or self._apply, self.declared,
                                    settings.beat, report)
         host.stream.subscribe(self.outbox.finished, TaskFinished)
@@ -101,8 +102,8 @@ class ClusterNode:
 
     async def _apply(self, name: str, spec: AgentSpec) -> None:
         """A changed spec, without the daemon's fleet (all at once)."""
-        await self.host.remove(name)
-        self.host.add(spec)
+        await self.agents.remove(name)
+        self.agents.add(spec)
 
     def _watch(self, task: ClusterTask) -> None:
         outbox = self.outbox

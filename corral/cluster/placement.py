@@ -31,7 +31,8 @@ from redis.exceptions import RedisError
 
 from ..supervisor.config import AgentSpec, ConfigError
 from ..supervisor.configload import parse_agents
-from ..supervisor.core import Supervisor, SupervisorError
+from ..supervisor.errors import SupervisorError
+from ..supervisor.parts import Parts
 from ..supervisor.stream import Checkpoint
 from .connection import read, why
 from .declared import Declared
@@ -89,14 +90,16 @@ def plan(name: str, slots: list[str | None], want: int, nodes: list[NodeView],
 
 class Placement:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
-                 sup: Supervisor, prepare: Callable[[AgentSpec], None],
+                 parts: Parts, prepare: Callable[[AgentSpec], None],
                  apply: Callable[[str, AgentSpec], Awaitable[None]],
                  declared: Declared, beat: float, report: Callable[[str], None]) -> None:
         self.redis = redis
         self.scripts = scripts
         self.keys = keys
         self.membership = membership
-        self.sup = sup
+        self.agents = parts.agents
+        self.tuning = parts.tuning  # the fleet's max_replicas
+        self.saved = parts.checkpoints  # agents' state, given back after a move
         self.prepare = prepare  # a spec's node-local defaults (its cwd)
         self.apply = apply  # a running agent brought to a new spec (rolling)
         self.declared = declared  # the config file's cluster agents, to register
@@ -114,12 +117,12 @@ class Placement:
         self.checkpoints_refused = 0  # refused by the fence (the slot moved on)
         self._problems: dict[str, str] = {}  # agent -> what stops it here (said once)
         self._writes: set[asyncio.Task[None]] = set()
-        sup.stream.subscribe(self._on_checkpoint, Checkpoint)
+        parts.stream.subscribe(self._on_checkpoint, Checkpoint)
         membership.places = self._beat
 
     def _beat(self) -> tuple[int, list[str], bool]:
-        have = sum(len(a.replicas) for a in self.sup.agents.values())
-        return max(0, self.sup.max_replicas - have), sorted(self.placed), self.draining
+        have = sum(len(a.replicas) for a in self.agents.values())
+        return max(0, self.tuning.max_replicas - have), sorted(self.placed), self.draining
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -213,7 +216,7 @@ class Placement:
                 continue
             try:
                 if not mine:
-                    agent = self.sup.agents.get(name)
+                    agent = self.agents.get(name)
                     if self.draining and me is not None and agent is not None and any(
                             r.tasks_running for r in agent.replicas):
                         continue  # a drain lets what runs finish first
@@ -221,16 +224,16 @@ class Placement:
                     self.tables.pop(name, None)
                     # (a reload may have put an agent of this node's own in its place)
                     if agent is not None and agent.spec.placement == "cluster":
-                        await self.sup.remove(name)
+                        await self.agents.remove(name)
                         self.report(f"cluster: {name} stopped here (placed elsewhere)")
                     continue
-                if have is None and name in self.sup.agents:
+                if have is None and name in self.agents:
                     self._problem(name, f"this node has an agent {name} of its own")
                     continue
                 assert table is not None  # mine is [] for an agent the cluster lacks
                 if have is None:
                     await self._load_states(name, mine)
-                    self.sup.add(self._spec(name, table, len(mine)))
+                    self.agents.add(self._spec(name, table, len(mine)))
                 elif self.tables.get(name) != table:
                     # changed in place (`corral scale`, `rollback`, a reload): tried
                     # once per table, as a reload tries a local agent's change once
@@ -243,7 +246,7 @@ class Placement:
                     self.report(f"cluster: {name} brought to its changed spec here")
                 else:
                     await self._load_states(name, mine[len(have):], len(have))
-                    await self.sup.scale(name, len(mine))
+                    await self.agents.scale(name, len(mine))
                 self.placed[name] = mine
                 self.tables[name] = table
                 self._problems.pop(name, None)
@@ -275,7 +278,7 @@ class Placement:
         for index, raw in enumerate(got, first):
             if raw is not None:
                 when, state = msgspec.json.decode(raw)
-                self.sup.checkpoints[(name, index)] = (float(when), state)
+                self.saved[(name, index)] = (float(when), state)
 
     # -- checkpoints ---------------------------------------------------------------------
     def _on_checkpoint(self, event: Checkpoint) -> None:

@@ -17,8 +17,9 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError
 from ..supervisor.configload import check_command, cluster_problem, parse_agents
-from ..supervisor.core import NoSuchAgent, start_each, stop_all
+from ..supervisor.errors import NoSuchAgent
 from ..supervisor.lifecycle import RESTARTED, SERVING, State
+from ..supervisor.startstop import start_each, stop_all
 from ..text import plural
 from .api import Handlers
 from .caller import SHARED, Caller, Channel
@@ -47,7 +48,7 @@ def _targets(d: Services, names: list[str], all_: bool) -> list[tuple[Agent, int
     """(agent, replica index or None for every replica) for NAME / NAME#N targets; unknown
     names and replicas are refused before anything is done."""
     if all_:
-        return [(a, None) for a in d.sup.agents.values()]
+        return [(a, None) for a in d.agents.values()]
     if not names:
         raise RpcError(jsonrpc.INVALID_PARAMS, "name at least one agent, or all")
     out: list[tuple[Agent, int | None]] = []
@@ -56,7 +57,7 @@ def _targets(d: Services, names: list[str], all_: bool) -> list[tuple[Agent, int
             name, index = m.parse_target(target)
         except ValueError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
-        agent = d.sup.agent(name)
+        agent = d.agents.agent(name)
         if index is not None and index >= len(agent.replicas):
             raise RpcError(jsonrpc.NOT_FOUND, f"no such replica: {target} ({name} has "
                                               f"{plural(len(agent.replicas), 'replica')})")
@@ -83,8 +84,8 @@ async def daemon_info(d: Services, p: m.DaemonInfo, caller: Caller, c: Channel
         config=str(d.config_path),
         status=d.status_line() if not caller.limited else _seen_status(d, caller),
         followers=len(d.hub.followers),
-        event_followers=len(d.sup.events.followers) if d.sup else 0,
-        containment=msgspec.to_builtins(d.sup.containment.info()) if d.sup else None,
+        event_followers=len(d.bus.followers),
+        containment=msgspec.to_builtins(d.containment.info()),
         extras=d.extras(),
         draining=d.draining(),
     )
@@ -93,7 +94,7 @@ async def daemon_info(d: Services, p: m.DaemonInfo, caller: Caller, c: Channel
 def _seen_status(d: Services, caller: Caller) -> str:
     """The status line of the agents a limited caller sees (the daemon's counts every
     tenant's): walked, as such a caller's fleet is a part of the whole."""
-    agents = [a for a in d.sup.agents.values() if caller.sees(a.name)]
+    agents = [a for a in d.agents.values() if caller.sees(a.name)]
     census = Counter(r.state for a in agents for r in a.replicas)
     return f"{fleet_line(len(agents), census)}, {census[State.FAILED]} failed"
 
@@ -132,26 +133,27 @@ def owner_of(d: Services, kind: str, name: str) -> str | None:
     """Whose an agent or an MCP server is (Caller.owner): its tenant, SHARED for a server
     every tenant may use, None when there is no such object."""
     if kind == "agent":
-        return d.sup.tenancy.tenant_of(name)
-    entry = d.sup.mcp.servers.get(name)
-    if entry is None:
+        return d.quotas.tenant_of(name)
+    spec = d.tools.spec_of(name)
+    if spec is None:
         return None
-    return SHARED if entry.spec.shared else entry.spec.tenant
+    return SHARED if spec.shared else spec.tenant
 
 
 @implements("agents.status")
 async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Channel
                         ) -> m.AgentsStatusResult:
-    placed = d.tasks.cluster.placement.slots if d.tasks.cluster is not None else {}
+    node = d.cluster
+    placed = node.placement.slots if node is not None else {}
     # a cluster agent with no slot on this node is named all the same: its slots are
     # elsewhere
-    agents = ([d.sup.agent(n) for n in p.names if n in d.sup.agents or n not in placed]
-              if p.names else list(d.sup.agents.values()))
+    agents = ([d.agents.agent(n) for n in p.names if n in d.agents or n not in placed]
+              if p.names else list(d.agents.values()))
     slots = {n: [s.split("/", 1)[0] if s else None for s in placed[n]]
              for n in (p.names or sorted(placed)) if n in placed}
-    servers = d.sup.mcp.status()
+    servers = d.tools.status()
     if p.tenant is not None:
-        if not d.sup.tenancy.known(p.tenant) or (caller.tenant not in (None, p.tenant)):
+        if not d.quotas.known(p.tenant) or (caller.tenant not in (None, p.tenant)):
             raise jsonrpc.not_found("tenant", p.tenant)
         agents = [a for a in agents if a.spec.tenant == p.tenant]
         slots = {n: v for n, v in slots.items() if owner_of(d, "agent", n) == p.tenant}
@@ -159,7 +161,7 @@ async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Chann
         # view of a tenant is the tenant's view
         servers = [s for s in servers
                    if owner_of(d, "server", s["name"]) in (p.tenant, SHARED)]
-    stats = d.sup.tasks.stats()["agents"]
+    stats = d.task_engine.stats()["agents"]
     return m.AgentsStatusResult(
         agents=_wire([r.status() for a in agents for r in a.replicas]),
         mcp_servers=_wire(servers),
@@ -173,13 +175,13 @@ async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Chann
 def _elastic(d: Services, agents: list[Agent]) -> dict[str, m.ElasticStatus]:
     out: dict[str, m.ElasticStatus] = {}
     for a in agents:
-        e = d.sup.elastic.status(a.name)
+        e = d.elastic.status(a.name)
         if e is None:
             continue
         p = e.decider.policy
         last = e.last
         out[a.name] = m.ElasticStatus(
-            state=d.sup.elastic.shown_state(a.name) or e.state, replicas=len(a.replicas),
+            state=d.elastic.shown_state(a.name) or e.state, replicas=len(a.replicas),
             desired=e.desired,
             min_replicas=p.min_replicas, max_replicas=p.max_replicas,
             last=None if last is None else (f"{last.direction} {last.previous} -> "
@@ -274,25 +276,25 @@ def _paused(name: str, replicas: list[Replica]) -> m.PauseResult:
 @implements("agents.pause")
 async def agents_pause(d: Services, p: m.AgentsPause, caller: Caller, c: Channel
                        ) -> m.PauseResult:
-    return _paused(p.name, await d.sup.pause(p.name, p.replica, f"paused by {_user(caller)}"))
+    return _paused(p.name, await d.agents.pause(p.name, p.replica, f"paused by {_user(caller)}"))
 
 
 @implements("agents.resume")
 async def agents_resume(d: Services, p: m.AgentsResume, caller: Caller, c: Channel
                         ) -> m.PauseResult:
-    return _paused(p.name, d.sup.resume(p.name, p.replica, f"resumed by {_user(caller)}"))
+    return _paused(p.name, d.agents.resume(p.name, p.replica, f"resumed by {_user(caller)}"))
 
 
 @implements("agents.describe")
 async def agents_describe(d: Services, p: m.AgentsDescribe,
                           caller: Caller, c: Channel) -> m.DescribeResult:
-    agent = d.sup.agent(p.name)
+    agent = d.agents.agent(p.name)
     spec = agent.spec
     # shown by the one rule (redact.py); env as its keys alone, which say what is set
     fields = redact.table(msgspec.structs.asdict(spec))
     fields["env"] = sorted(spec.env)
     fields["limits"] = msgspec.structs.asdict(spec.limits)
-    node = d.tasks.cluster if spec.placement == "cluster" else None
+    node = d.cluster if spec.placement == "cluster" else None
     return m.DescribeResult(
         name=agent.name,
         # a cluster agent's replicas here run the cluster's table, of the cluster's
@@ -317,7 +319,7 @@ async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel) ->
 
 async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]:
     """Checked here as a local agent would be; kept in Redis, placed by the nodes."""
-    node = d.tasks.cluster
+    node = d.cluster
     if node is None:
         raise RpcError(jsonrpc.CONFLICT, "this daemon is not a node of a cluster (its "
                                          "config has no [cluster] table): --cluster needs one")
@@ -345,7 +347,7 @@ async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]
     except ConfigError as exc:
         raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
     # (one the cluster placed here is the cluster's: Redis answers for it)
-    taken = [n for n in specs if n in d.sup.agents and n not in node.placement.placed]
+    taken = [n for n in specs if n in d.agents and n not in node.placement.placed]
     if taken:
         raise RpcError(jsonrpc.CONFLICT, f"agent {taken[0]} already exists on this node")
     return await node.add_agents(p.agents, who)
@@ -353,14 +355,14 @@ async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]
 
 async def _cluster_agent(d: Services, name: str) -> ClusterNode | None:
     """This node, when `name` is the cluster's agent (not one of this node's own)."""
-    node = d.tasks.cluster
+    node = d.cluster
     return node if node is not None and await node.runs_cluster_agent(name) else None
 
 
 @implements("agents.remove")
 async def agents_remove(d: Services, p: m.AgentsRemove, caller: Caller, c: Channel
                         ) -> m.Removed:
-    node = d.tasks.cluster
+    node = d.cluster
     if node is None:
         return m.Removed(removed=await d.fleet.remove(p.names))
     # cluster agents go from Redis (each node stops its replicas at its next beat)
@@ -391,14 +393,14 @@ async def agents_history(d: Services, p: m.AgentsHistory,
         # the newest `limit`, as the local agents' (kept[-0:] would be every one)
         return m.HistoryResult(name=p.name, current=kept[-1].revision if kept else None,
                                revisions=kept[max(0, len(kept) - row_limit(p.limit)):])
-    d.sup.agent(p.name)
+    d.agents.agent(p.name)
     revs = d.revisions.history(p.name, row_limit(p.limit))
     if caller.tenant is not None:
         # an agent of this name another tenant had (removed since) is not this one's past
         revs = [r for r in revs if revision_tenant(r.spec) == caller.tenant]
     scaling = [m.ScalingDecision(time=s.time, previous=s.previous, replicas=s.replicas,
                                  desired=s.desired, direction=s.direction, reason=s.reason)
-               for s in d.sup.elastic.decisions.get(p.name, ())]
+               for s in d.elastic.decided(p.name)]
     # the store keeps the real values (a rollback runs them); the answer, the rule's
     shown = [msgspec.structs.replace(r, spec=redact.table(r.spec)) for r in revs]
     return m.HistoryResult(name=p.name, current=d.fleet.revision_of(p.name),
@@ -422,7 +424,7 @@ async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: C
     node = await _cluster_agent(d, p.name)
     if node is not None:
         if caller.tenant is not None:  # (one it sees is placed here: refused by placement)
-            d.fleet.held_to(d.sup.agent(p.name).spec, caller.who, caller.tenant)
+            d.fleet.held_to(d.agents.agent(p.name).spec, caller.who, caller.tenant)
         if p.release is not None:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"{p.name} is a cluster agent: it has no "
                                                    "releases; name a revision")
@@ -486,8 +488,8 @@ def _replica_sources(d: Services, names: list[str]
             n, index = m.parse_target(target)
         except ValueError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
-        if n not in d.sup.agents and n != "corral" and n not in d.hub.tails:
-            raise NoSuchAgent(n, d.sup.agents)
+        if n not in d.agents and n != "corral" and n not in d.hub.tails:
+            raise NoSuchAgent(n, d.agents)
         if n not in replicas:
             sources.append(n)
             replicas[n] = set()
@@ -532,9 +534,10 @@ async def logs_follow(d: Services, p: m.LogsFollow, caller: Caller, c: Channel) 
 
 @implements("stats.get")
 async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m.StatsResult:
-    stats = msgspec.structs.asdict(d.sup.runtime_stats())
+    stats = msgspec.structs.asdict(d.runtime_stats())
+    writer = d.store.writer  # the store's writer thread, once the store is open
     per_agent = {}
-    for a in d.sup.agents.values():
+    for a in d.agents.values():
         per_agent[a.name] = m.AgentStats(
             replicas=len(a.replicas),
             serving=sum(1 for r in a.replicas if r.serving),
@@ -542,9 +545,9 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
             # a float even for no replicas, as the field says
             cpu_percent=round(sum((r.sample.cpu_percent for r in a.replicas), 0.0), 1),
             rss_bytes=sum(r.sample.rss_bytes for r in a.replicas),
-            usage=_wire(d.sup.tasks.budgets.stats(a.name)),
+            usage=_wire(d.budgets.stats(a.name)),
             tenant=a.spec.tenant,
-            elastic=d.sup.elastic.shown_state(a.name),
+            elastic=d.elastic.shown_state(a.name),
         )
     return m.StatsResult(
         supervisor=m.SupervisorStats(
@@ -552,15 +555,15 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
             log_lines=d.hub.lines_written,
             log_lines_dropped=d.hub.lines_dropped,
             log_files_failing=d.hub.failing(),
-            state_writes=(d.store.writer.stats() if d.store.writer is not None else None),
+            state_writes=writer.stats() if writer is not None else None,
             task_journal_refusing=d.tasks.refusing,
-            usage_reports_ignored=d.sup.tasks.budgets.bad_reports),
+            usage_reports_ignored=d.budgets.bad_reports),
         agents=per_agent,
-        tasks=_wire(d.sup.tasks.stats()),
-        events=d.sup.events.stats(),
-        heartbeat=msgspec.structs.asdict(d.sup.heartbeat_work),
+        tasks=_wire(d.task_engine.stats()),
+        events=d.bus.stats(),
+        heartbeat=msgspec.structs.asdict(d.heartbeat),
         gateway=_wire(d.gateway_status()),
-        cluster=d.tasks.cluster.status() if d.tasks.cluster is not None else msgspec.UNSET,
+        cluster=d.cluster.status() if d.cluster is not None else msgspec.UNSET,
     )
 
 
@@ -597,27 +600,27 @@ async def tasks_cancel(d: Services, p: m.TasksCancel, caller: Caller, c: Channel
 @implements("nodes.list")
 async def nodes_list(d: Services, p: m.NodesList, caller: Caller, c: Channel
                      ) -> dict[str, Any]:
-    if d.tasks.cluster is None:
+    if d.cluster is None:
         raise RpcError(jsonrpc.CONFLICT, "this daemon is not a node of a cluster (its "
                                          "config has no [cluster] table)")
-    return {"nodes": await d.tasks.cluster.nodes(),
-            "warnings": d.tasks.cluster.redis_warnings}
+    return {"nodes": await d.cluster.nodes(),
+            "warnings": d.cluster.redis_warnings}
 
 
 @implements("nodes.drain")
 async def nodes_drain(d: Services, p: m.NodesDrain, caller: Caller, c: Channel
                       ) -> m.DrainResult:
-    if d.tasks.cluster is None:
+    if d.cluster is None:
         raise RpcError(jsonrpc.CONFLICT, "this daemon is not a node of a cluster (its "
                                          "config has no [cluster] table)")
-    view = await d.tasks.cluster.drain(p.node)
+    view = await d.cluster.drain(p.node)
     return m.DrainResult(node=view.node, incarnation=view.incarnation)
 
 
 @implements("events.publish")
 async def events_publish(d: Services, p: m.EventsPublish, caller: Caller, c: Channel
                          ) -> m.Delivered:
-    return m.Delivered(delivered=d.sup.events.publish(p.topic, p.data, _user(caller),
+    return m.Delivered(delivered=d.bus.publish(p.topic, p.data, _user(caller),
                                                       event_tenant(d, p.tenant, caller)))
 
 
@@ -627,14 +630,14 @@ def event_tenant(d: Services, named: str | None, caller: Caller) -> str | None:
     another's), else the one named, which must exist."""
     if caller.tenant is not None:
         return caller.tenant
-    if named is not None and not d.sup.tenancy.known(named):
+    if named is not None and not d.quotas.known(named):
         raise jsonrpc.not_found("tenant", named)
     return named
 
 
 @implements("events.follow")
 async def events_follow(d: Services, p: m.EventsFollow, caller: Caller, c: Channel) -> None:
-    bus = d.sup.events
+    bus = d.bus
     follower = bus.follow(p.pattern, event_tenant(d, p.tenant, caller))
 
     def send_some() -> None:
@@ -651,7 +654,7 @@ def _lister(d: Services, agent: str | None) -> dict[str, Any]:
     """Whose view a listing takes: an agent's (its allowlist) or the operator's (all)."""
     if agent is None:
         return {"owner": CLI_OWNER}
-    a = d.sup.agent(agent)
+    a = d.agents.agent(agent)
     return {"owner": f"{a.name}#0", "allow": list(a.spec.tools)}
 
 
@@ -667,15 +670,15 @@ async def _listing(d: Services, who: dict[str, Any], server: str | None,
     unavailable: dict[str, str] = {}
     found = await asyncio.gather(*(list_them(server=server, unavailable=unavailable, **who)
                                    for list_them in lists))
-    failed = [n for n in unavailable if (insts := d.sup.mcp.servers[n].all())
-              and all(i.state == State.FAILED for i in insts)]
+    failed = [n for n in unavailable if (insts := d.tools.servers[n].all())
+              and all(i.machine.failed for i in insts)]
     return list(found), unavailable, failed
 
 
 @implements("tools.list")
 async def tools_list(d: Services, p: m.ToolsList, caller: Caller, c: Channel) -> m.ToolList:
     who = _lister(d, p.agent)
-    (tools,), unavailable, failed = await _listing(d, who, p.server, d.sup.mcp.list_tools)
+    (tools,), unavailable, failed = await _listing(d, who, p.server, d.tools.list_tools)
     # with an agent, its allowlist, so an empty listing can say why
     return m.ToolList(tools=tools, unavailable=unavailable, failed=failed,
                       allow=who.get("allow", msgspec.UNSET))
@@ -683,18 +686,18 @@ async def tools_list(d: Services, p: m.ToolsList, caller: Caller, c: Channel) ->
 
 @implements("tools.call")
 async def tools_call(d: Services, p: m.ToolsCall, caller: Caller, c: Channel) -> Any:
-    return await d.sup.mcp.call(p.name, p.arguments, owner=CLI_OWNER)
+    return await d.tools.call(p.name, p.arguments, owner=CLI_OWNER)
 
 
 @implements("mcp.status")
 async def mcp_status(d: Services, p: m.McpStatus, caller: Caller, c: Channel
                      ) -> m.McpStatusResult:
-    return m.McpStatusResult(mcp_servers=_wire(d.sup.mcp.status()),
+    return m.McpStatusResult(mcp_servers=_wire(d.tools.status()),
                              gateway=_wire(d.gateway_status()))
 
 
 async def _each_instance(d: Services, name: str, verb: str) -> m.McpInstances:
-    entry = d.sup.mcp.server(name)
+    entry = d.tools.server(name)
     insts = entry.all()
     if verb in ("stop", "restart"):
         await asyncio.gather(*(i.stop("stopped" if verb == "stop" else RESTARTED)
@@ -727,8 +730,8 @@ async def mcp_restart(d: Services, p: m.McpRestart, caller: Caller, c: Channel
 async def resources_list(d: Services, p: m.ResourcesList, caller: Caller, c: Channel
                          ) -> m.ResourceList:
     (resources, templates), unavailable, failed = await _listing(
-        d, _lister(d, p.agent), p.server, d.sup.mcp.list_resources,
-        d.sup.mcp.list_resource_templates)
+        d, _lister(d, p.agent), p.server, d.tools.list_resources,
+        d.tools.list_resource_templates)
     return m.ResourceList(resources=resources, resource_templates=templates,
                           unavailable=unavailable, failed=failed)
 
@@ -737,27 +740,27 @@ async def resources_list(d: Services, p: m.ResourcesList, caller: Caller, c: Cha
 async def resources_read(d: Services, p: m.ResourcesRead, caller: Caller, c: Channel) -> Any:
     server = p.server
     if server is None:
-        listed = await d.sup.mcp.list_resources(owner=CLI_OWNER)
+        listed = await d.tools.list_resources(owner=CLI_OWNER)
         having = sorted({r["server"] for r in listed if r.get("uri") == p.uri})
         if len(having) != 1:
             raise RpcError(jsonrpc.NOT_FOUND if not having else jsonrpc.INVALID_PARAMS,
                            f"resource {p.uri}: " + (f"listed by {', '.join(having)}; name "
                            "the server" if having else "no server lists it; name the server"))
         server = having[0]
-    return await d.sup.mcp.read_resource(server, p.uri, owner=CLI_OWNER)
+    return await d.tools.read_resource(server, p.uri, owner=CLI_OWNER)
 
 
 @implements("prompts.list")
 async def prompts_list(d: Services, p: m.PromptsList, caller: Caller, c: Channel
                        ) -> m.PromptList:
     (prompts,), unavailable, failed = await _listing(d, _lister(d, p.agent), p.server,
-                                                     d.sup.mcp.list_prompts)
+                                                     d.tools.list_prompts)
     return m.PromptList(prompts=prompts, unavailable=unavailable, failed=failed)
 
 
 @implements("prompts.get")
 async def prompts_get(d: Services, p: m.PromptsGet, caller: Caller, c: Channel) -> Any:
-    return await d.sup.mcp.get_prompt(p.name, p.arguments, owner=CLI_OWNER)
+    return await d.tools.get_prompt(p.name, p.arguments, owner=CLI_OWNER)
 
 
 @implements("gateway.list")
@@ -822,8 +825,8 @@ def _token_info(t: Token) -> m.TokenInfo:
 @implements("tokens.create")
 async def tokens_create(d: Services, p: m.TokensCreate, caller: Caller, c: Channel
                         ) -> m.TokenCreated:
-    if p.tenant is not None and not d.sup.tenancy.known(p.tenant):
-        raise RpcError(jsonrpc.INVALID_PARAMS, d.sup.tenancy.unknown(f"token {p.name}",
+    if p.tenant is not None and not d.quotas.known(p.tenant):
+        raise RpcError(jsonrpc.INVALID_PARAMS, d.quotas.unknown(f"token {p.name}",
                                                                      p.tenant))
     secret, t = await tokens_of(d.store).create(p.name, p.scopes, p.agents, p.expires_in,
                                                 p.tenant)
@@ -847,9 +850,9 @@ async def tokens_revoke(d: Services, p: m.TokensRevoke, caller: Caller, c: Chann
 async def stats_history(d: Services, p: m.StatsHistory, caller: Caller, c: Channel
                         ) -> m.MetricsHistoryResult:
     result = await d.history.read(p.since, p.agent, p.resolution)
-    if p.agent is not None and not result.samples and p.agent not in d.sup.agents and (
+    if p.agent is not None and not result.samples and p.agent not in d.agents and (
             not await asyncio.to_thread(has_rows, d.history.path, p.agent)):
-        raise NoSuchAgent(p.agent, d.sup.agents, "and no history of one")
+        raise NoSuchAgent(p.agent, d.agents, "and no history of one")
     return result
 
 

@@ -41,6 +41,7 @@ from ..supervisor.core import Supervisor
 from ..supervisor.elastic import Scaling
 from ..supervisor.health import AgentReadiness, HealthChange
 from ..supervisor.lifecycle import UNSETTLED, State
+from ..supervisor.parts import Parts
 from ..supervisor.process_replica import Event, Exited, LogLines
 from ..supervisor.stream import Checkpoint, ListChanged, Stall, Tick
 from ..supervisor.tasks import TaskRecord
@@ -180,7 +181,7 @@ class Daemon:
         """Before the agents stop: no new task to a worker, and the running ones finish
         within their drain_timeout (drain.py). Signals are still heard meanwhile: a
         second SIGTERM or SIGINT, or `shutdown --now`, cuts it short."""
-        drain = self.drain = Drain(s.sup.tasks, s.sup.agents, self.drain_timeout,
+        drain = self.drain = Drain(s.task_engine, s.agents, self.drain_timeout,
                                    s.hub.daemon, self.notifier.status_changed)
         if now:
             s.hub.daemon("stopping at once (no drain): running tasks are handed to the "
@@ -283,20 +284,21 @@ class Daemon:
                          tasks_kept=sc.tasks_kept,
                          tasks_kept_bytes=int(sc.tasks_kept_mb * 1024 * 1024),
                          task_queue=task_queue, spared=self.spared)
-        sup.sandbox_program = sc.bwrap
-        sup.protected_paths = self._protected(cfg, paths)
-        self.sup = sup
-        gateway = GatewayService(sup, self._audit)
+        self.sup = sup  # the engine embedded (tests reach it); services get its parts
+        parts = self.parts = sup.parts
+        parts.tuning.sandbox_program = sc.bwrap
+        parts.tuning.protected_paths = self._protected(cfg, paths)
+        gateway = GatewayService(parts.agents, parts.tools, parts.stream, self._audit)
         try:
             gateway.configure(cfg.gateway, self.config_path.parent)
         except ConfigError as exc:
             raise StartupError(f"invalid config: {exc}") from None
-        self._wire(sup, hub, gateway, sender)
+        self._wire(parts, hub, gateway, sender)
         events = sup.subscribe(maxsize=100_000)
 
         # the socket answers from here on: calls wait for the services (`Dispatcher.serve`)
         dispatcher: Dispatcher[Services] = Dispatcher(HANDLERS, self._audit,
-                                                      lambda services: services.sup.agents,
+                                                      lambda services: services.agents,
                                                       owner=owner_of)
         self.dispatcher = dispatcher  # for another front end to call
         control = ControlServer(dispatcher, hub.daemon, paths.socket, sc.group,
@@ -318,7 +320,7 @@ class Daemon:
                                                                     cfg)
         self.store = store
         gateway.api_tokens = tokens_of(store).authenticate
-        sup.stream.subscribe(
+        parts.stream.subscribe(
             lambda c: store.save_state(c.agent, c.replica, c.time, c.state), Checkpoint)
         revisions = RevisionLog(store.db)
 
@@ -341,33 +343,33 @@ class Daemon:
         sup.open()
         hub.daemon(f"corral {__version__} started, pid {os.getpid()}, "
                    f"config {self.config_path}, socket {paths.socket}")
-        hub.daemon(sup.containment.notice)
+        hub.daemon(parts.containment.notice)
         # nothing starts before what a crashed incarnation left running is gone
-        await self._reclaim(sup, store, hub)
-        records.append(ProcessRecords(store, writer, sup.containment))
+        await self._reclaim(parts.containment, store, hub)
+        records.append(ProcessRecords(store, writer, parts.containment))
 
         http: Any = None
         if cfg.gateway.listen or cfg.http.listen:
             http = await self._start_http(stack, cfg, gateway, hub)
-        fleet = Fleet(sup, store, writer, revisions, self.config_path.parent,
+        fleet = Fleet(parts, store, writer, revisions, self.config_path.parent,
                       hub.daemon)
-        tenants = TenantDesk(sup, store, self.config_path, hub.daemon)
+        tenants = TenantDesk(parts, store, self.config_path, hub.daemon)
         tenants.on_groups = control.set_tenant_groups
         fleet.gateway = cfg.gateway
         desk = TaskDesk(sup, journal, hub.daemon)
         if cfg.cluster is not None:
             from ..cluster.node import ClusterNode  # redis-py only where [cluster] is
             assert task_queue is not None
-            desk.cluster = self.cluster = ClusterNode(cfg.cluster, sup, sup.tasks,
+            desk.cluster = self.cluster = ClusterNode(cfg.cluster, sup, parts,
                                                       task_queue, hub.daemon,
                                                       prepare=fleet.fill_paths,
                                                       apply=fleet.apply_spec,
                                                       describe=describe_change,
                                                       key=self._cluster_key(cfg.cluster))
             await self._one_node(self.cluster, hub)
-        history = History(sup, store, cfg.http)
+        history = History(parts.agents, parts.tasks, store, cfg.http)
         packages = Packages(cfg.packages, Path(cfg.packages.dir) if cfg.packages.dir
-                            else paths.state_dir / "packages", sup, store, revisions, fleet,
+                            else paths.state_dir / "packages", parts, store, revisions, fleet,
                             hub.daemon)
         if self.cluster is not None:
             packages.refuse = self.cluster.refuse_deploy
@@ -376,13 +378,14 @@ class Daemon:
             await packages.start()
         except StoreError as exc:
             raise StartupError(str(exc)) from None
-        watches = Watches(sup, fleet, packages, hub.daemon)
-        sup.stream.subscribe(watches.on_transition, Event)
+        watches = Watches(parts.agents, fleet, packages, hub.daemon)
+        parts.stream.subscribe(watches.on_transition, Event)
         stack.push_async_callback(watches.close)
         services = Services(
-            sup=sup, hub=hub, store=store, revisions=revisions, fleet=fleet, tasks=desk,
+            **_engine_parts(parts, self.cluster), hub=hub, store=store, revisions=revisions,
+            fleet=fleet, tasks=desk,
             gateway=gateway, http=http, journal=journal, history=history, packages=packages,
-            dev_watch=watches, watch=FleetWatch(sup), tenants=tenants,
+            dev_watch=watches, watch=FleetWatch(parts.agents, parts.stream), tenants=tenants,
             config_path=self.config_path,
             socket_path=control.path, started_at=self.started_at,
             reload=lambda who: self._reload(services, who),
@@ -465,7 +468,7 @@ class Daemon:
             store = await asyncio.to_thread(StateStore, state_dir / "corral.db",
                                             sync=sc.journal_sync, stream=self.sup.stream)
             stack.callback(store.close)
-            self.sup.checkpoints.update(await asyncio.to_thread(store.states))
+            self.parts.checkpoints.update(await asyncio.to_thread(store.states))
             # every write (records, checkpoints, audit, revisions, commands' records) and
             # the task journal's go through one writer thread, off the loop
             writer = store.open_writer(
@@ -482,9 +485,9 @@ class Daemon:
                                   writer=store.thread)
                 stack.push_async_callback(journal.close)
                 unfinished = await asyncio.to_thread(journal.unfinished)
-                self.sup.tasks.journal = journal
+                self.parts.tasks.journal = journal
                 # the budgets' windows as the journaled tasks' usage left them
-                budgets = self.sup.tasks.budgets
+                budgets = self.parts.tasks.budgets
                 for agent, when, tokens, cost in await asyncio.to_thread(
                         journal.usage_since, time.time() - DAY):
                     budgets.restore(agent, tokens, cost, when)
@@ -492,11 +495,11 @@ class Daemon:
             raise StartupError(str(exc)) from None
         return store, writer, journal, unfinished
 
-    def _wire(self, sup: Supervisor, hub: LogHub, gateway: GatewayService,
+    def _wire(self, parts: Parts, hub: LogHub, gateway: GatewayService,
               sender: JournalSender | None) -> None:
         """What the daemon hears from the engine."""
         self.sender = sender
-        stream = sup.stream
+        stream = parts.stream
         stream.subscribe(self._on_worker_log, LogLines)
         stream.subscribe(self._on_tick, Tick)
         stream.subscribe(self._on_stall, Stall)
@@ -509,11 +512,12 @@ class Daemon:
         stream.subscribe(gateway.on_transition, Event)
         stream.subscribe(lambda e: gateway.changed([e.kind]), ListChanged)
         stream.subscribe(gateway.forget_replica, Exited)
-        dirs = TenantDirs(sup, self.hub, self.hub.daemon)
-        sup.environment_provider = lambda r: {**dirs.starting(r),
+        dirs = TenantDirs(parts, self.hub, self.hub.daemon)
+        parts.tuning.environment = lambda r: {**dirs.starting(r),
                                               **gateway.replica_environment(r)}
 
-    async def _reclaim(self, sup: Supervisor, store: StateStore, hub: LogHub) -> None:
+    async def _reclaim(self, containment: Containment, store: StateStore, hub: LogHub
+                       ) -> None:
         """Stop the processes of earlier incarnations that did not shut down cleanly (a
         crash, SIGKILL, the OOM killer, a watchdog kill), found by their records."""
         crashed = []
@@ -527,7 +531,7 @@ class Daemon:
         if not crashed:
             return
         records = store.process_records(crashed)
-        report = await sup.containment.reclaim(records, crashed)
+        report = await containment.reclaim(records, crashed)
         hub.daemon(
             f"the previous daemon did not shut down cleanly: {report.found} of its processes "
             f"{'was' if report.found == 1 else 'were'} still running ({report.terminated} "
@@ -631,11 +635,11 @@ class Daemon:
 
     def _check_ready(self) -> None:
         """READY=1 once every autostart agent has answered initialize (or given up)."""
-        sup = self.sup
-        if any(sup.census[s] for s in UNSETTLED):
+        agents, tools = self.parts.agents, self.parts.tools
+        if any(agents.census[s] for s in UNSETTLED):
             return
         # eager tool servers are few; looked at only once the agents are settled
-        for entry in sup.mcp.servers.values():
+        for entry in tools.servers.values():
             if entry.spec.start == "eager" and not all(i.machine.settled for i in entry.all()):
                 return
         self._ready_sent = True
@@ -669,16 +673,16 @@ class Daemon:
         return out
 
     def _fleet_status(self) -> str:
-        sup = self.sup
-        line = fleet_line(len(sup.agents), sup.census)
-        failed = sup.census[State.FAILED]
-        if sup.mcp.servers:
+        agents, tools = self.parts.agents, self.parts.tools
+        line = fleet_line(len(agents), agents.census)
+        failed = agents.census[State.FAILED]
+        if tools.servers:
             # tool-server instances are few next to agents, and this line is computed at
             # most every 100 ms (notify.py), so they are counted here
-            mcp = list(sup.mcp_instances())
+            mcp = list(tools.instances())
             serving = sum(1 for r in mcp if r.machine.takes_work)
             failed += sum(1 for r in mcp if r.machine.failed)
-            line += (f", {plural(len(sup.mcp.servers), 'MCP server')} ({serving}/"
+            line += (f", {plural(len(tools.servers), 'MCP server')} ({serving}/"
                      f"{plural(len(mcp), 'instance')} serving)")
         return f"{line}, {failed} failed"
 
@@ -749,14 +753,14 @@ class Daemon:
             # the tokens file is re-read: rotating a token is an edit and a reload
             gateway_changes = s.gateway.configure(cfg.gateway, self.config_path.parent)
             s.tenants.check_reload(cfg, [(a.name, a.spec.tenant)
-                                         for a in s.sup.agents.values()
+                                         for a in s.agents.values()
                                          if a.name not in s.fleet.from_config])
         except ConfigError:
             self.notifier.ready(self.status_line())
             raise
         s.tenants.apply_config(cfg)  # before the agents, which may name new tenants
-        s.sup.sandbox_program = cfg.supervisor.bwrap
-        s.sup.protected_paths = protected
+        self.parts.tuning.sandbox_program = cfg.supervisor.bwrap
+        self.parts.tuning.protected_paths = protected
         self.drain_timeout = cfg.supervisor.drain_timeout
         s.fleet.gateway = cfg.gateway
         local, declared = by_placement(cfg)
@@ -775,6 +779,15 @@ def by_placement(cfg: Config) -> tuple[Config, dict[str, dict[str, Any]]]:
     local = {n: s for n, s in cfg.agents.items() if s.placement != "cluster"}
     declared = {n: spec_table(s) for n, s in cfg.agents.items() if s.placement == "cluster"}
     return msgspec.structs.replace(cfg, agents=local), declared
+
+
+def _engine_parts(parts: Parts, cluster: ClusterNode | None) -> dict[str, Any]:
+    """The engine's parts as the services hold them (services.py)."""
+    return {"agents": parts.agents, "tools": parts.tools, "quotas": parts.quotas,
+            "elastic": parts.elastic, "bus": parts.bus, "task_engine": parts.tasks,
+            "budgets": parts.tasks.budgets, "containment": parts.containment,
+            "health": parts.health, "stream": parts.stream, "heartbeat": parts.heartbeat,
+            "runtime_stats": parts.runtime_stats, "cluster": cluster}
 
 
 def _dashboard_sessions() -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from ..jsonrpc import RpcError
-from ..supervisor.core import Supervisor
+from ..supervisor.agents import Agents
 from ..supervisor.process_replica import Event
 from ..text import listing
 from .fleet import Fleet
@@ -47,9 +47,9 @@ class Key(msgspec.Struct, frozen=True):
 
 
 class Watches:
-    def __init__(self, sup: Supervisor, fleet: Fleet, packages: Packages,
+    def __init__(self, agents: Agents, fleet: Fleet, packages: Packages,
                  report: Report) -> None:
-        self.sup = sup
+        self.agents = agents
         self.fleet = fleet
         self.packages = packages
         self.report = report
@@ -62,12 +62,12 @@ class Watches:
             self.sync(event.name)
 
     def sync_all(self) -> None:
-        for name in list(self.sup.agents):
+        for name in list(self.agents):
             self.sync(name)
 
     def sync(self, name: str) -> None:
         """Watch what the agent's spec says now (or nothing)."""
-        agent = self.sup.agents.get(name)
+        agent = self.agents.get(name)
         key = self._key(agent.spec) if agent is not None and agent.spec.watch else None
         current = self.watching.get(name)
         if current is not None and current[0] == key:
@@ -139,7 +139,7 @@ class Watches:
                 return
             self.report(f"{name}: {shown} changed: restarting (rolling)")
             async with self.fleet.changing([name]):
-                agent = self.sup.agents.get(name)
+                agent = self.agents.get(name)
                 if agent is not None:
                     await agent.roll(start_stopped=False)
         except RpcError as exc:  # refused: what runs keeps serving

@@ -37,9 +37,10 @@ from ..supervisor.configload import (
     isolation_problem,
     parse_agents,
 )
-from ..supervisor.core import Supervisor, SupervisorError
 from ..supervisor.elastic import scale_refusal
+from ..supervisor.errors import SupervisorError
 from ..supervisor.names import name_problem, shown
+from ..supervisor.parts import Parts
 from ..supervisor.release import READY
 from ..text import plural
 from . import privilege
@@ -61,9 +62,14 @@ Report = Callable[..., None]  # (text, priority=6): a line of the daemon's own l
 
 
 class Fleet:
-    def __init__(self, sup: Supervisor, store: StateStore, writer: StoreWriter,
+    def __init__(self, parts: Parts, store: StateStore, writer: StoreWriter,
                  revisions: RevisionLog, config_dir: Path, report: Report) -> None:
-        self.sup = sup
+        self.agents = parts.agents
+        self.tools = parts.tools
+        self.quotas = parts.quotas
+        self.elastic = parts.elastic
+        self.tasks = parts.tasks
+        self.tuning = parts.tuning  # the heartbeat's, the sandbox's: a reload sets them
         self.store = store
         self.writer = writer
         self.revisions = revisions
@@ -155,11 +161,11 @@ class Fleet:
                     raise ConfigError(f"{what}: agents.{name}.command: {why} "
                                       f"(--no-check to {what.split('.')[-1]} it anyway)")
                 problem = isolation_problem(spec, self.gateway,
-                                            self.sup.tenant_spec(spec.tenant))
+                                            self.quotas.specs.get(spec.tenant))
                 if problem:
                     raise ConfigError(f"{what}: agents.{name}.{problem}")
-            check_sandboxes(specs, self.sup.sandbox_program, what,
-                            self.sup.protected_paths, self.sup.tenancy.specs)
+            check_sandboxes(specs, self.tuning.sandbox_program, what,
+                            self.tuning.protected_paths, self.quotas.specs)
         except ConfigError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         return specs
@@ -180,7 +186,7 @@ class Fleet:
                            f"and lists nested more than {redact.MAX_DEPTH} deep")
         made: list[Revision] = []
         async with self.changing([name]):
-            agent = self.sup.agent(name)
+            agent = self.agents.agent(name)
             if agent.spec.placement == "cluster":
                 raise RpcError(jsonrpc.CONFLICT, f"agent {name} is a cluster agent: change "
                                                  "it with `corral add` of its new table")
@@ -188,7 +194,7 @@ class Fleet:
             spec = self._specs({name: table}, "agents.update", who, check=check,
                                tenant=tenant)[name]
             if spec.replicas != len(agent.replicas) and not spec.elastic:
-                self.sup.check_tenants({name: (spec.tenant, spec.replicas)},
+                self.agents.check_tenants({name: (spec.tenant, spec.replicas)},
                                        f"updating {name}")
             undo = self._as_kept_now(name)
             await self._unit(
@@ -213,20 +219,20 @@ class Fleet:
             added: list[str] = []
             try:
                 for spec in specs.values():
-                    self.sup.add(spec)
+                    self.agents.add(spec)
                     added.append(spec.name)
             except SupervisorError:  # the fleet grew meanwhile: all or nothing
-                await asyncio.gather(*(self.sup.remove(n) for n in added))
+                await asyncio.gather(*(self.agents.remove(n) for n in added))
                 raise
 
         async with self.changing(specs):
-            taken = [n for n in specs if n in self.sup.agents]
+            taken = [n for n in specs if n in self.agents]
             if taken:
                 raise RpcError(jsonrpc.CONFLICT, f"agent {taken[0]} already exists")
-            self.sup.check_fleet({n: s.replicas for n, s in specs.items()}, "adding them")
+            self.agents.check_fleet({n: s.replicas for n, s in specs.items()}, "adding them")
             # the whole batch against its tenants' quotas, before any is added: one by one,
             # the first would count against the second and the refusal misstate the use
-            self.sup.check_tenants({n: (s.tenant, s.replicas) for n, s in specs.items()},
+            self.agents.check_tenants({n: (s.tenant, s.replicas) for n, s in specs.items()},
                                    f"adding {', '.join(specs)}")
             await self._unit(
                 [w for n, spec in specs.items() for w in (
@@ -241,14 +247,14 @@ class Fleet:
 
     async def remove(self, names: list[str]) -> list[str]:
         for n in names:
-            self.sup.agent(n)
+            self.agents.agent(n)
 
         async def act() -> None:
-            await asyncio.gather(*(self.sup.remove(n) for n in names))
+            await asyncio.gather(*(self.agents.remove(n) for n in names))
 
         async with self.changing(names):
             for n in names:  # still there after our turn came
-                self.sup.agent(n)
+                self.agents.agent(n)
             await self._unit([w for n in names for w in (
                 StateStore.forgetting_runtime_agent(n), forgetting_scaled(n))],
                 "nothing was removed", act, list)
@@ -258,13 +264,13 @@ class Fleet:
     async def scale(self, name: str, replicas: int, who: str) -> None:
         made: list[Revision] = []
         async with self.changing([name]):
-            agent = self.sup.agent(name)
+            agent = self.agents.agent(name)
             if replicas < 0:
                 raise RpcError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
             why = scale_refusal(agent.spec, replicas)
             if why:
                 raise RpcError(jsonrpc.INVALID_PARAMS, why)
-            self.sup.check_fleet({name: replicas}, f"{plural(replicas, 'replica')} of {name}")
+            self.agents.check_fleet({name: replicas}, f"{plural(replicas, 'replica')} of {name}")
             # kept across daemon restarts: a runtime agent's table, or beside the config's
             # count; recorded before any replica starts or stops
             writes: list[Write] = []
@@ -283,7 +289,7 @@ class Fleet:
             # max_replicas while this one recorded (the turn is this agent's, the bound
             # the fleet's)
             await self._unit(writes, f"{name} was not scaled",
-                             lambda: self.sup.scale(name, replicas),
+                             lambda: self.agents.scale(name, replicas),
                              lambda: [*undo, *(unrecording(name, r.revision)
                                                for r in made)])
         self.told(made)
@@ -307,7 +313,7 @@ class Fleet:
         ran before may be restored."""
         made: list[Revision] = []
         async with self.changing([name]):
-            self.sup.agent(name)
+            self.agents.agent(name)
             latest = self.revisions.latest(name)
             current = latest.revision if latest else 0
             if release is not None:
@@ -357,7 +363,7 @@ class Fleet:
         """Start-up: the config's tool servers and agents (with their kept scales), then
         the agents added at runtime by an earlier daemon."""
         for sspec in cfg.mcp_servers.values():
-            self.sup.add_mcp_server(sspec)
+            self.tools.add_server(sspec)
         self._apply_scaled(cfg.agents)
         for name, spec in cfg.agents.items():
             try:
@@ -376,7 +382,7 @@ class Fleet:
                 self.report(f"skipped runtime agent {shown(name)} from the state "
                             f"database: {problem}")
                 continue
-            if name in self.sup.agents:
+            if name in self.agents:
                 continue
             try:
                 spec = parse_agents({"agents": {name: table}}, "state database")[name]
@@ -406,20 +412,20 @@ class Fleet:
         """Apply the config file's difference; changed agents are brought to their new
         spec without downtime (apply_spec)."""
         # every agent's turn, since a reload may add, remove, scale or change any of them
-        async with self.changing(set(cfg.agents) | set(self.sup.agents)):
+        async with self.changing(set(cfg.agents) | set(self.agents)):
             agents, failed = await self._reload_agents(cfg, who)
         # calls in flight to a removed or changed tool server fail with the reason
-        servers = diff({n: e.spec for n, e in self.sup.mcp.servers.items()},
+        servers = diff({n: e.spec for n, e in self.tools.servers.items()},
                        cfg.mcp_servers)
         # new roots or log level are told to the running server (roots/list_changed)
         restart = [n for n in servers["changed"]
-                   if not self.sup.retune_mcp_server(cfg.mcp_servers[n])]
-        await asyncio.gather(*(self.sup.mcp.remove(n)
+                   if not self.tools.retune(cfg.mcp_servers[n])]
+        await asyncio.gather(*(self.tools.remove(n)
                                for n in servers["removed"] + restart))
         for n in servers["added"] + restart:
-            self.sup.add_mcp_server(cfg.mcp_servers[n])
-        self.sup.heartbeat_interval = cfg.supervisor.heartbeat_interval
-        self.sup.heartbeat_timeout = cfg.supervisor.heartbeat_timeout
+            self.tools.add_server(cfg.mcp_servers[n])
+        self.tuning.heartbeat_interval = cfg.supervisor.heartbeat_interval
+        self.tuning.heartbeat_timeout = cfg.supervisor.heartbeat_timeout
         result = ReloadResult(**agents, failed=failed, mcp_servers=servers)
         said = [f"{kind} {change} {', '.join(names[change])}"
                 for kind, names in (("agents", agents), ("MCP servers", servers))
@@ -432,15 +438,15 @@ class Fleet:
         """A reload's changes of the agents (their turns held): the diff applied, and the
         agents whose change failed (name -> why)."""
         self._apply_scaled(cfg.agents)
-        agents = diff({n: self.sup.agents[n].spec for n in self.from_config
-                       if n in self.sup.agents}, cfg.agents)
+        agents = diff({n: self.agents[n].spec for n in self.from_config
+                       if n in self.agents}, cfg.agents)
         for n in agents["added"]:
-            if n in self.sup.agents:  # added at runtime before, declared now: the file wins
-                await self.sup.remove(n)
+            if n in self.agents:  # added at runtime before, declared now: the file wins
+                await self.agents.remove(n)
                 # kept while the database cannot be written; a restart adds the file's
                 # agent first and skips the stored one of the same name anyway
                 self.writer.submit(StateStore.forgetting_runtime_agent(n), "runtime agent")
-        await asyncio.gather(*(self.sup.remove(n) for n in agents["removed"]))
+        await asyncio.gather(*(self.agents.remove(n) for n in agents["removed"]))
         for n in agents["added"]:
             self._add(cfg.agents[n])
             self.record(cfg.agents[n], who)
@@ -466,7 +472,7 @@ class Fleet:
         """Bring a running agent to `spec` without downtime: a change of `replicas` alone
         scales; any other change replaces replicas one at a time (Agent.roll), then
         scales. Raises SupervisorError when a new process does not become ready."""
-        agent = self.sup.agent(name)
+        agent = self.agents.agent(name)
         want = spec.replicas  # before the roll, which gives `spec` the running count
         old, new = spec_table(agent.spec), spec_table(spec)
         old.pop("replicas", None)
@@ -486,24 +492,24 @@ class Fleet:
             if not have and (a is None or not a.min_replicas):
                 want = 0  # asleep: the next task wakes it
         await agent.scale(want)
-        self.sup.elastic.track(agent)  # autoscale added, changed or taken away
+        self.elastic.track(agent)  # autoscale added, changed or taken away
         # its budgets may be others now: tasks a budget held are judged again at once,
         # not when the old window would have let them go (a day, for a day's budget)
-        self.sup.tasks.pump(name)
+        self.tasks.pump(name)
 
     def fill_cwd(self, spec: AgentSpec) -> None:
         """An agent added at runtime without a cwd runs in its tenant's dir, else where
         the config file is, as the config's own agents do (load_config)."""
         if spec.cwd is None:
-            spec.cwd = default_cwd(self.sup.tenant_spec(spec.tenant), str(self.config_dir))
+            spec.cwd = default_cwd(self.quotas.specs.get(spec.tenant), str(self.config_dir))
 
     def held_to(self, spec: AgentSpec, who: str, tenant: str | None, *,
                 releases: Collection[str | None] = ()) -> None:
         """A table of tenant `tenant`'s caller `who` (None: the operator's, not held)
         names who runs what, where as its tenant does, else FORBIDDEN (privilege.py)."""
         if tenant is not None:
-            privilege.check(spec, who, tenant, self.sup.tenant_spec(tenant),
-                            default_cwd(self.sup.tenant_spec(tenant), str(self.config_dir)),
+            privilege.check(spec, who, tenant, self.quotas.specs.get(tenant),
+                            default_cwd(self.quotas.specs.get(tenant), str(self.config_dir)),
                             {r for r in releases if r is not None})
 
     def fill_paths(self, spec: AgentSpec) -> None:
@@ -515,7 +521,7 @@ class Fleet:
 
     def _add(self, spec: AgentSpec) -> None:
         self.fill_cwd(spec)
-        self.sup.add(spec)
+        self.agents.add(spec)
 
     def origin(self, name: str, config_path: Path) -> str:
         """Where the agent comes from, as `corral describe` says it."""

@@ -38,15 +38,16 @@ from ..ratelimit import TokenBucket
 from ..supervisor.config import GatewaySettings
 from ..supervisor.lifecycle import serving_changed
 from ..supervisor.runas import tenant_of
-from ..supervisor.stream import Subscription
+from ..supervisor.stream import Stream, Subscription
 from ..supervisor.tenants import visible_allow
 from ..text import plural
 from .api import Audit
 from .caller import Caller
 
 if TYPE_CHECKING:
-    from ..supervisor.core import Supervisor
+    from ..supervisor.agents import Agents
     from ..supervisor.process_replica import Event, Exited, ProcessReplica
+    from ..supervisor.tools import Tools
 
 
 
@@ -191,9 +192,11 @@ class GatewayChanged(NamedTuple):
 
 
 class GatewayService:
-    def __init__(self, sup: Supervisor, audit: Audit,
+    def __init__(self, agents: Agents, tools: Tools, stream: Stream, audit: Audit,
                  settings: GatewaySettings | None = None) -> None:
-        self.sup = sup
+        self.agents = agents
+        self.stream = stream  # GatewayChanged goes on it
+        self.tools = tools  # the pool it serves
         self.audit = audit  # every call's row: (client, tool, outcome, (uid, pid))
         self.settings = settings or GatewaySettings()
         self.tokens: dict[str, tuple[str, TokenEntry]] = {}
@@ -250,8 +253,8 @@ class GatewayService:
                 raise RpcError(jsonrpc.UNAUTHORIZED, "unauthorized: unknown gateway token")
             return ident
         if agent is not None:
-            spec = self.sup.agent(agent).spec  # NOT_FOUND for an unknown agent
-            return Identity(name=f"agent:{agent}", allow=self.sup.allowlist(spec),
+            spec = self.agents.agent(agent).spec  # NOT_FOUND for an unknown agent
+            return Identity(name=f"agent:{agent}", allow=self.tools.allowlist(spec),
                             owner=f"{agent}#0", tenant=spec.tenant, **self._limits())
         return Identity(name=OPERATOR, allow=None, owner="corral-cli",
                         **self._limits())
@@ -261,7 +264,7 @@ class GatewayService:
         no tenant sees every server)."""
         if ident.tenant is None:
             return True
-        entry = self.sup.mcp.servers.get(tool.partition("__")[0])
+        entry = self.tools.servers.get(tool.partition("__")[0])
         return entry is None or entry.spec.shared or entry.spec.tenant == ident.tenant
 
     def anonymous(self) -> Identity | None:
@@ -276,7 +279,7 @@ class GatewayService:
         digest = hash_token(token)
         replica = self.replica_tokens.get(digest)
         if replica is not None:
-            return Identity(name=replica.label, allow=self.sup.allowlist(replica.spec),
+            return Identity(name=replica.label, allow=self.tools.allowlist(replica.spec),
                             owner=replica.label, tenant=tenant_of(replica.spec),
                             **self._limits())
         # looked up by digest: timing can tell at most something of a SHA-256 of the token
@@ -299,13 +302,13 @@ class GatewayService:
                         tenant=token.tenant, **self._limits())
 
     def _token_allow(self, agents: str | None, tenant: str | None) -> list[str] | None:
-        servers = {n: e.spec for n, e in self.sup.mcp.servers.items()}
+        servers = {n: e.spec for n, e in self.tools.servers.items()}
         if agents is None:
             return None if tenant is None else visible_allow(["*"], tenant, servers)
         out: set[str] = set()
-        for a in self.sup.agents.values():
+        for a in self.agents.values():
             if fnmatchcase(a.name, agents) and tenant in (None, a.spec.tenant):
-                out.update(self.sup.allowlist(a.spec))
+                out.update(self.tools.allowlist(a.spec))
         return sorted(out)
 
     def replica_environment(self, replica: ProcessReplica) -> dict[str, str]:
@@ -348,7 +351,7 @@ class GatewayService:
     async def list_items(self, ident: Identity, kind: str) -> list[dict[str, Any]]:
         """Tools and prompts are named SERVER__NAME; resources keep their URIs (a URI is
         routed to the one server that lists it), as `server` says in each entry."""
-        pool = self.sup.mcp
+        pool = self.tools
         listers = {"tools": pool.list_tools, "resources": pool.list_resources,
                    "resourceTemplates": pool.list_resource_templates,
                    "prompts": pool.list_prompts}
@@ -373,7 +376,7 @@ class GatewayService:
             return await self._other(ident, method, params)
 
     async def _other(self, ident: Identity, method: str, params: dict[str, Any]) -> Any:
-        pool = self.sup.mcp
+        pool = self.tools
         if method == "prompts/get":
             return await pool.get_prompt(str(params.get("name")),
                                          params.get("arguments") or {},
@@ -396,7 +399,7 @@ class GatewayService:
     async def _server_of(self, ident: Identity, uri: str, templates: bool = False) -> str:
         """The one server whose resources (or, failing that, resource templates) this
         client may use and that has `uri`."""
-        pool = self.sup.mcp
+        pool = self.tools
         having: list[str] = []
         if not templates:
             listed = await pool.list_resources(owner=ident.owner, allow=ident.allow)
@@ -432,7 +435,7 @@ class GatewayService:
         start = time.perf_counter()
         outcome = "ok"
         try:
-            result = await self.sup.mcp.call(name, arguments, owner=ident.owner,
+            result = await self.tools.call(name, arguments, owner=ident.owner,
                                              on_progress=on_progress)
             if isinstance(result, dict) and result.get("isError"):
                 outcome = "isError"
@@ -478,14 +481,14 @@ class GatewayService:
     def _tell(self) -> None:
         self._flush = None
         kinds, self._pending = sorted(self._pending), set()
-        self.sup.stream.emit(GatewayChanged(kinds))
+        self.stream.emit(GatewayChanged(kinds))
 
     def watch(self, watcher: Callable[[GatewayChanged], None]) -> Subscription:
         """`watcher` hears each GatewayChanged (on the engine's stream) until `unwatch`."""
-        return self.sup.stream.subscribe(watcher, GatewayChanged)
+        return self.stream.subscribe(watcher, GatewayChanged)
 
     def unwatch(self, sub: Subscription) -> None:
-        self.sup.stream.unsubscribe(sub)
+        self.stream.unsubscribe(sub)
 
     def on_transition(self, event: Event) -> None:
         """An MCP server instance started serving or stopped: what the pool offers may

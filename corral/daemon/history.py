@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..methods import MetricsHistoryResult, MetricsSample
 
 if TYPE_CHECKING:
+    from ..supervisor.agents import Agents
     from ..supervisor.config import HttpSettings
-    from ..supervisor.core import Supervisor
+    from ..supervisor.tasks import TaskManager
     from ..supervisor.tasks.model import Task
 
 
@@ -246,16 +247,17 @@ def prune(db: sqlite3.Connection, resolution: int, period: float, now: float,
 class History:
     """The sampler (a loop timer) and the reader of the metrics history."""
 
-    def __init__(self, sup: Supervisor, store: Store, settings: HttpSettings
+    def __init__(self, agents: Agents, tasks: TaskManager, store: Store, settings: HttpSettings
                  ) -> None:
-        self.sup = sup
+        self.agents = agents
+        self.tasks = tasks
         self.store = store
         self.path = store.path
         self.interval = settings.history_interval
         self.keep = {RAW: settings.history_raw_hours * 3600,
                      MINUTE: settings.history_minute_days * 86400,
                      HOUR: settings.history_hour_days * 86400}
-        self.times = TaskTimes(sup.tasks.finished)
+        self.times = TaskTimes(tasks.finished)
         self.counted: dict[str, Counted] = {}
         self.last_time: float | None = None
         self.samples = 0
@@ -296,8 +298,8 @@ class History:
 
     def sample(self, now: float) -> list[tuple[Any, ...]]:
         """One pass over the agents: the fleet's row first, then one per agent."""
-        sup = self.sup
-        tasks = sup.tasks
+        agents = self.agents
+        tasks = self.tasks
         self.times.poll()
         seconds = self.interval if self.last_time is None else max(
             now - self.last_time, 0.0)
@@ -309,7 +311,7 @@ class History:
         by_agent = tasks.by_agent
         counted = self.counted
         timed = self.times.agents
-        for name, agent in sup.agents.items():
+        for name, agent in agents.items():
             cpu = 0.0
             rss = serving = 0
             for r in agent.replicas:
@@ -350,10 +352,10 @@ class History:
             fin_total += d_fin
             err_total += d_err
             rows.append(_row(RAW, now, name, gauges, seconds, d_fin, d_err, interval))
-        if len(counted) > len(sup.agents):
-            for name in [n for n in counted if n not in sup.agents]:
+        if len(counted) > len(agents):
+            for name in [n for n in counted if n not in agents]:
                 del counted[name]
-            self.times.forget(sup.agents)
+            self.times.forget(agents)
         rows.insert(0, _row(RAW, now, FLEET, tuple(total), seconds, fin_total, err_total,
                             fleet_times))
         return rows

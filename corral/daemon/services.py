@@ -7,10 +7,20 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..methods import Drained, ExtraStatus, ReloadResult
-from ..supervisor.core import Supervisor
+from ..supervisor.agents import Agents
+from ..supervisor.containment import Containment
+from ..supervisor.elastic import Elastic
+from ..supervisor.events import EventBus
+from ..supervisor.health import HealthBoard
+from ..supervisor.stats import HeartbeatWork, Stats
+from ..supervisor.stream import Stream
+from ..supervisor.tasks import TaskManager
+from ..supervisor.tasks.budget import Budgets
+from ..supervisor.tenants import Tenancy
+from ..supervisor.tools import Tools
 from .caller import Caller
 from .devwatch import Watches
 from .fleet import Fleet
@@ -25,6 +35,9 @@ from .tasks import TaskDesk
 from .tenants import TenantDesk
 from .watch import FleetWatch
 
+if TYPE_CHECKING:
+    from ..cluster.node import ClusterNode
+
 
 class Logins(Protocol):
     """The dashboard's one-time login codes (http/ui.py's Sessions implements it): a
@@ -38,7 +51,21 @@ class Logins(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class Services:
-    sup: Supervisor
+    # the engine's parts (supervisor/parts.py), each handed over on its own
+    agents: Agents  # add, remove, scale, pause, status; the agents by name
+    tools: Tools  # the MCP tool-server pool
+    quotas: Tenancy  # the tenants' quotas
+    elastic: Elastic  # autoscaling: each elastic agent's state and decisions
+    bus: EventBus  # the event bus (events.publish, events.follow)
+    task_engine: TaskManager  # the engine's tasks: their counts (stats)
+    budgets: Budgets  # the agents' token and cost budgets
+    containment: Containment
+    health: HealthBoard  # health checks' failures (/metrics)
+    stream: Stream  # every event, to subscribers that cannot break it
+    heartbeat: HeartbeatWork
+    runtime_stats: Callable[[], Stats]
+    cluster: ClusterNode | None  # with [cluster]: this node
+    # the daemon's services
     hub: LogHub
     store: StateStore
     revisions: RevisionLog

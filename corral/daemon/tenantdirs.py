@@ -23,7 +23,7 @@ from ..supervisor.runas import run_as, tenant_of
 
 if TYPE_CHECKING:
     from ..supervisor.config import ProcessSpec
-    from ..supervisor.core import Supervisor
+    from ..supervisor.parts import Parts
     from ..supervisor.process_replica import ProcessReplica
     from .logs import LogHub
 
@@ -31,18 +31,20 @@ TENANTS = "tenants"
 
 
 class TenantDirs:
-    def __init__(self, sup: Supervisor, hub: LogHub, report: Callable[..., None]) -> None:
-        self.sup = sup
+    def __init__(self, parts: Parts, hub: LogHub, report: Callable[..., None]) -> None:
+        self.agents = parts.agents
+        self.tools = parts.tools
+        self.quotas = parts.quotas
         self.hub = hub
         self.report = report
         self._made: dict[str, tuple[int, int]] = {}  # tenant -> the owner its dir has
         hub.locate = self.locate
 
     def _spec(self, source: str) -> ProcessSpec | None:
-        a = self.sup.agents.get(source)
+        a = self.agents.get(source)
         if a is not None:
             return a.spec
-        e = self.sup.mcp.servers.get(source)
+        e = self.tools.servers.get(source)
         return e.spec if e is not None else None
 
     def locate(self, source: str) -> Path | None:
@@ -52,7 +54,7 @@ class TenantDirs:
         if spec is None or self.hub.log_dir is None:
             return None
         tenant = tenant_of(spec)
-        run = run_as(spec, self.sup.tenancy.specs.get(tenant))
+        run = run_as(spec, self.quotas.specs.get(tenant))
         return self._ensure(tenant, run.user, run.group) if run.tenant_user else None
 
     def starting(self, r: ProcessReplica) -> dict[str, str]:

@@ -29,9 +29,9 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import DEFAULT_TENANT, Config, ConfigError, TenantSpec
 from ..supervisor.configload import parse_tenants
-from ..supervisor.core import Supervisor
+from ..supervisor.parts import Parts
 from ..supervisor.tasks.budget import BUDGET_PREFIX
-from ..supervisor.tenantcgroups import notice
+from ..supervisor.tenantcgroups import TenantOomKill, notice
 from .store import StateStore
 from .storeschema import StoreError
 from .storewriter import what_to_do
@@ -72,9 +72,15 @@ def groups_of(specs: Mapping[str, TenantSpec], report: Report) -> dict[int, str]
 
 
 class TenantDesk:
-    def __init__(self, sup: Supervisor, store: StateStore, config_path: Path,
+    def __init__(self, parts: Parts, store: StateStore, config_path: Path,
                  report: Report) -> None:
-        self.sup = sup
+        self.quotas = parts.quotas
+        self.tools = parts.tools
+        self.tasks = parts.tasks
+        self.containment = parts.containment  # its tree: whether tenants get cgroups
+        # OOM kills in each tenant's cgroup since start, as the stream tells them
+        self.oom_kills: dict[str, int] = {}
+        parts.stream.subscribe(self._on_oom, TenantOomKill)
         self.store = store
         self.config_path = config_path
         self.report = report
@@ -108,7 +114,7 @@ class TenantDesk:
                 tables[name] = table
                 self.runtime.add(name)
         self._apply(tables)
-        for line in notice(self.sup.containment.tree, self.sup.tenancy.specs,
+        for line in notice(self.containment.tree, self.quotas.specs,
                            "no delegated cgroup"):
             if line not in self._said:  # once, not again at every reload
                 self._said.add(line)
@@ -137,12 +143,12 @@ class TenantDesk:
             except ConfigError as exc:  # stored by another corral: the others still apply
                 self.report(f"skipped tenant {name}: {exc}", priority=4)
         self.tables = {n: tables[n] for n in specs}
-        self.sup.tenancy.replace(specs)
+        self.quotas.replace(specs)
         if self.on_groups is not None:
             self.on_groups(self.groups())
 
     def groups(self) -> dict[int, str]:
-        return groups_of(self.sup.tenancy.specs, self.report)
+        return groups_of(self.quotas.specs, self.report)
 
     # -- commands -----------------------------------------------------------------------
     async def add(self, tables: dict[str, dict[str, Any]], who: str) -> list[str]:
@@ -165,7 +171,7 @@ class TenantDesk:
         except ConfigError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         for name in specs:
-            if self.sup.tenancy.known(name):
+            if self.quotas.known(name):
                 raise RpcError(jsonrpc.CONFLICT, f"tenant {name} already exists")
         made = {n: table_of(s) for n, s in specs.items()}
         await self._commit([w for n, t in made.items()
@@ -209,8 +215,8 @@ class TenantDesk:
             if name in self.declared:
                 raise RpcError(jsonrpc.CONFLICT, f"tenant {name} is declared in "
                                f"{self.config_path}: remove it there and reload")
-            users = sorted([a.name for a in self.sup.tenancy.members(name)] + [
-                f"MCP server {n}" for n, e in self.sup.mcp.servers.items()
+            users = sorted([a.name for a in self.quotas.members(name)] + [
+                f"MCP server {n}" for n, e in self.tools.servers.items()
                 if e.spec.tenant == name])
             if users:
                 raise RpcError(jsonrpc.CONFLICT, f"tenant {name} is in use by "
@@ -226,18 +232,20 @@ class TenantDesk:
         except StoreError as exc:
             raise RpcError(jsonrpc.REFUSED, f"{exc}: {unchanged}; {what_to_do()}") from None
 
+    def _on_oom(self, e: TenantOomKill) -> None:
+        self.oom_kills[e.tenant] = e.total
+
     # -- shown --------------------------------------------------------------------------
     def entry(self, name: str) -> m.TenantEntry:
-        tasks = self.sup.tasks
-        use = self.sup.tenancy.use(name, tasks.queue.depth, tasks.running)
+        tasks = self.tasks
+        use = self.quotas.use(name, tasks.queue.depth, tasks.running)
         budget = tasks.budgets.windows.get(BUDGET_PREFIX + name)  # Tenancy.budget's key
         if budget is not None:
             use.tokens_last_minute = budget.minute_tokens.used(time.time())
-        nodes = self.sup.tenant_nodes
-        if nodes is not None:
-            use.oom_kills = nodes.oom_total.get(name, 0)
+        if self.containment.nodes is not None:
+            use.oom_kills = self.oom_kills.get(name, 0)
         table = self.tables.get(name, {})
-        cgroup = self.sup.tenancy.kernel
+        cgroup = self.quotas.kernel
         kernel = [k for k, on in (("memory_high_mb", "memory" in cgroup),
                                   ("max_processes", "pids" in cgroup or "user" in table))
                   if on and k in table]
@@ -249,7 +257,7 @@ class TenantDesk:
                              enforced=[k for k in ENFORCED if k in table] + kernel)
 
     def entries(self) -> list[m.TenantEntry]:
-        return [self.entry(n) for n in self.sup.tenancy.names()]
+        return [self.entry(n) for n in self.quotas.names()]
 
     def _revision(self, name: str) -> int | None:
         row = self.store.db.execute("SELECT MAX(revision) FROM revisions WHERE agent = ?",

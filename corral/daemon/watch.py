@@ -33,8 +33,8 @@ from ..supervisor.process_replica import Event
 from ..supervisor.stream import Roster
 
 if TYPE_CHECKING:
-    from ..supervisor.core import Supervisor
-    from ..supervisor.stream import Subscription
+    from ..supervisor.agents import Agents
+    from ..supervisor.stream import Stream, Subscription
     from .caller import Channel
 
 RING = 16_384  # replica rows kept for watchers behind and clients that reconnect
@@ -65,8 +65,9 @@ class Watcher:
 class FleetWatch:
     """The numbered changes of the fleet's agents, the newest RING replica rows of them."""
 
-    def __init__(self, sup: Supervisor, ring: int = RING) -> None:
-        self.sup = sup
+    def __init__(self, agents: Agents, stream: Stream, ring: int = RING) -> None:
+        self.agents = agents
+        self.stream = stream
         self.ring = ring
         self.epoch = secrets.token_hex(4)
         self.items: deque[Kept] = deque()
@@ -79,14 +80,14 @@ class FleetWatch:
         """Number the changes from now on: before the first watcher nothing is kept
         (a watcher starts from a snapshot)."""
         if not self._subs:
-            stream = self.sup.stream
+            stream = self.stream
             self._subs = [stream.subscribe(self._on_transition, Event),
                           stream.subscribe(self._on_roster, Roster),
                           stream.subscribe(self._on_health, HealthChange)]
 
     def close(self) -> None:
         for sub in self._subs:
-            self.sup.stream.unsubscribe(sub)
+            self.stream.unsubscribe(sub)
         self._subs = []
 
     def id_of(self, seq: int) -> str:
@@ -100,7 +101,7 @@ class FleetWatch:
     def _on_transition(self, e: Event) -> None:
         if e.kind != "agent":
             return
-        agent = self.sup.agents.get(e.name)
+        agent = self.agents.get(e.name)
         r = agent.replicas[e.replica] if agent and e.replica < len(agent.replicas) else None
         # the replica's place is held by the process that changed (delivery is synchronous:
         # its state and pid are the event's); not so for a rollout's other process
@@ -112,7 +113,7 @@ class FleetWatch:
             row=_wire(row)), 1))
 
     def _on_roster(self, e: Roster) -> None:
-        agent = self.sup.agents.get(e.agent)
+        agent = self.agents.get(e.agent)
         rows = [r.status() for r in agent.replicas] if agent is not None else []
         seq = self.last + 1
         self._keep(Kept(seq, e.agent, "agents.roster", m.AgentRoster(
@@ -121,7 +122,7 @@ class FleetWatch:
             max(1, len(rows))))
 
     def _on_health(self, e: HealthChange) -> None:
-        agent = self.sup.agents.get(e.agent)
+        agent = self.agents.get(e.agent)
         r = agent.replicas[e.replica] if agent and e.replica < len(agent.replicas) else None
         row = r.status() if r is not None and r.pid == e.pid else None
         seq = self.last + 1
@@ -179,7 +180,7 @@ class FleetWatch:
         return m.ReplicaSamples(time=time.time(), replicas=rows)
 
     def _agents(self, names: Collection[str]) -> list[Any]:
-        agents = self.sup.agents
+        agents = self.agents
         return [agents[n] for n in names if n in agents] if names else list(agents.values())
 
     async def serve(self, c: Channel, names: Collection[str], interval: float | None,

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .. import jsonrpc
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .stream import Stream
     from .tasks import TaskManager
     from .tenants import Tenancy
+    from .tuning import Tuning
 
 
 class Agent(AgentLike, Protocol):
@@ -49,27 +50,6 @@ class Agent(AgentLike, Protocol):
                     before_stop: Callable[[list[Replica]], Awaitable[None]] | None = None
                     ) -> int: ...
 
-
-class Host(Protocol):
-    """What the loop needs of the supervisor (core.Supervisor implements it)."""
-
-    @property
-    def agents(self) -> Mapping[str, Agent]: ...
-
-    @property
-    def heartbeat_interval(self) -> float: ...
-
-    @property
-    def max_replicas(self) -> int: ...
-
-    @property
-    def tasks(self) -> TaskManager: ...
-
-    @property
-    def stream(self) -> Stream: ...
-
-    @property
-    def tenancy(self) -> Tenancy: ...
 
 log = logging.getLogger("corral.supervisor")
 
@@ -123,8 +103,13 @@ class Entry:
 
 
 class Elastic:
-    def __init__(self, sup: Host) -> None:
-        self.sup = sup
+    def __init__(self, agents: Mapping[str, Agent], tasks: TaskManager, stream: Stream,
+                 tenancy: Tenancy, tuning: Tuning) -> None:
+        self.agents = agents
+        self.tasks = tasks
+        self.stream = stream
+        self.tenancy = tenancy
+        self.tuning = tuning  # the loop's interval, the fleet's max_replicas
         self.entries: dict[str, Entry] = {}
         self.decisions: dict[str, deque[Scaling]] = {}
         # decisions by (agent, direction), for /metrics
@@ -154,9 +139,13 @@ class Elastic:
         for key in [k for k in self.counts if k[0] == name]:
             del self.counts[key]
 
+    def decided(self, name: str) -> Sequence[Scaling]:
+        """The agent's last decisions, oldest first (`corral history`)."""
+        return self.decisions.get(name, ())
+
     def status(self, name: str) -> Entry | None:
         e = self.entries.get(name)
-        agent = self.sup.agents.get(name)
+        agent = self.agents.get(name)
         if e is not None and agent is not None and agent.spec is not e.spec:
             self._respec(e, agent)  # changed since the last tick: its bounds as they are
         return e
@@ -165,7 +154,7 @@ class Elastic:
         """What `corral status` says of the agent: asleep, waking (woken, no replica
         serving yet) or awake; None when it is not elastic."""
         e = self.entries.get(name)
-        agent = self.sup.agents.get(name)
+        agent = self.agents.get(name)
         if e is None or agent is None:
             return None
         if e.state == AWAKE and e.last is not None and e.last.direction == "wake" and not any(
@@ -188,7 +177,7 @@ class Elastic:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.sup.heartbeat_interval)
+            await asyncio.sleep(self.tuning.heartbeat_interval)
             if not self.entries:
                 continue
             try:
@@ -198,8 +187,8 @@ class Elastic:
             self.ticks += 1
 
     def tick(self, now: float) -> None:
-        agents = self.sup.agents
-        tasks = self.sup.tasks
+        agents = self.agents
+        tasks = self.tasks
         by_agent = tasks.by_agent
         gone: list[str] = []  # no longer elastic
         for name, e in self.entries.items():
@@ -246,7 +235,7 @@ class Elastic:
         """A task waits for an agent with no replica: start one now (dispatch calls this;
         the loop does not wait for its tick)."""
         e = self.entries.get(name)
-        agent = self.sup.agents.get(name)
+        agent = self.agents.get(name)
         if e is None or agent is None or e.applying or agent.replicas:
             return
         load = self._queued(name, agent)
@@ -261,8 +250,8 @@ class Elastic:
     def _queued(self, name: str, agent: Agent) -> int:
         """The agent's tasks waiting (here, and its share of the cluster's), as load: 0
         while a budget holds them (more replicas would not start them)."""
-        queued = self.sup.tasks.queue.depth(name) + self.backlog.get(name, 0)
-        budgets = self.sup.tasks.dispatch.budgets
+        queued = self.tasks.queue.depth(name) + self.backlog.get(name, 0)
+        budgets = self.tasks.dispatch.budgets
         if queued and budgets is not None and budgets.holds(agent):
             return 0
         return queued
@@ -312,17 +301,16 @@ class Elastic:
                 and last.desired == d.desired)):
             self._tell(Scaling(time.time(), agent.name, current, reached, d.desired,
                                direction, reason))
-        if reached == 0 and direction != "held" and self.sup.tasks.queue.depth(agent.name):
+        if reached == 0 and direction != "held" and self.tasks.queue.depth(agent.name):
             self.wake(agent.name)  # a task came while it went to sleep
 
     def _bounds(self, agent: Agent) -> list[tuple[int, str]]:
         """The replicas the agent may still add under each bound on the whole fleet's
         count (the supervisor's max_replicas, its tenant's: tenants.py), and the bound."""
-        sup = self.sup
-        used = sum(len(a.replicas) for a in sup.agents.values())
-        out = [(sup.max_replicas - used,
-                f"max_replicas = {sup.max_replicas} (a [supervisor] setting)")]
-        quota = sup.tenancy.replica_room(agent.spec.tenant)
+        used = sum(len(a.replicas) for a in self.agents.values())
+        most = self.tuning.max_replicas
+        out = [(most - used, f"max_replicas = {most} (a [supervisor] setting)")]
+        quota = self.tenancy.replica_room(agent.spec.tenant)
         if quota is not None:
             out.append((quota[0], f"tenant {agent.spec.tenant}'s max_replicas = {quota[1]}"))
         return out
@@ -355,7 +343,7 @@ class Elastic:
         kept.append(s)
         key = (s.agent, s.direction)
         self.counts[key] = self.counts.get(key, 0) + 1
-        self.sup.stream.emit(s)
+        self.stream.emit(s)
 
 
 def scale_refusal(spec: AgentSpec, n: int) -> str | None:

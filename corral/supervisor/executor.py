@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 from .containment import set_frozen
 from .lifecycle import Cause, Decision, Machine, Step
-from .parts import ReplicaParts
 from .process import ChildProcess
+from .replicaparts import ReplicaParts
 
 # how long a process may take to be reaped after SIGKILL before stop() gives up on it (a
 # process in uninterruptible sleep dies only when its system call returns)

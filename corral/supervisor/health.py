@@ -40,6 +40,7 @@ import shlex
 import signal
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -401,30 +402,26 @@ class ReplicaHealth:
                                                               run)
 
 
-class HealthHost(Protocol):
-    """What the board needs of the supervisor."""
+class Placed(Protocol):
+    """An agent as the board sees it: the replicas holding its places now."""
 
     @property
-    def stream(self) -> Stream: ...
-    @property
-    def containment(self) -> Containment: ...
-
-    def readiness_changed(self, r: Any) -> None:
-        """A replica's readiness changed: pump its agent's queue, wake waiters."""
-
-    def agent_replicas(self, agent: str) -> list[Any]:
-        """The replicas holding the agent's places now ([] for an agent gone)."""
-        ...
-
-    def publish(self, topic: str, data: Any) -> None:
-        """An event on the event bus (workers' `events/subscribe`, `corral events`)."""
+    def replicas(self) -> Sequence[Any]: ...
 
 
 class HealthBoard:
     """The supervisor's side of health: actions, counts, the agent-wide event."""
 
-    def __init__(self, host: HealthHost) -> None:
-        self.host = host
+    def __init__(self, stream: Stream, containment: Containment,
+                 agents: Mapping[str, Placed], readiness_changed: Callable[[Any], None],
+                 publish: Callable[[str, Any], None]) -> None:
+        self.stream = stream
+        self._containment = containment
+        self.agents = agents  # whose replicas hold each agent's places now
+        # a replica's readiness changed: its agent's queue is pumped, waiters woken
+        self.readiness_changed = readiness_changed
+        # an event on the event bus (workers' `events/subscribe`, `corral events`)
+        self.publish = publish
         # failed checks (every failure, counted or not) by (agent, check kind)
         self.failures: Counter[tuple[str, str]] = Counter()
         self.unready_agents: set[str] = set()  # the all-unready event is raised for these
@@ -435,7 +432,7 @@ class HealthBoard:
 
     @property
     def containment(self) -> Containment:
-        return self.host.containment
+        return self._containment
 
     def start(self, r: Any, spec: HealthSpec) -> ReplicaHealth:
         return ReplicaHealth(r, spec, self)
@@ -459,7 +456,7 @@ class HealthBoard:
         elif self._recover(h, run, v, flip) is None:
             return
         if h.ready != was:
-            self.host.readiness_changed(r)
+            self.readiness_changed(r)
         self.look_at(r.name)
 
     def _recover(self, h: ReplicaHealth, run: CheckRun, v: Verdict, flip: Flip
@@ -500,7 +497,7 @@ class HealthBoard:
         others = self.restarting.get(r.name)
         if not others:
             return None
-        places = self.host.agent_replicas(r.name)
+        places = self._places(r.name)
         for o in list(others):
             h = getattr(o, "health", None)
             # an operator's pause ends the wait too: a frozen replica may stay so for
@@ -537,16 +534,16 @@ class HealthBoard:
     def _emit(self, h: ReplicaHealth, run: CheckRun, v: Verdict, action: str,
               text: str) -> None:
         r = h.r
-        self.host.stream.emit(HealthChange(time.time(), r.name, r.index, r.pid, run.kind,
+        self.stream.emit(HealthChange(time.time(), r.name, r.index, r.pid, run.kind,
                                            run.label, v.ok, v.message, action, text))
         # on the event bus too: what an agent or an operator's script reacts to
-        self.host.publish(HEALTH_TOPIC, {"agent": r.name, "replica": r.index, "pid": r.pid,
+        self.publish(HEALTH_TOPIC, {"agent": r.name, "replica": r.index, "pid": r.pid,
                                          "check": run.kind, "ok": v.ok, "action": action,
                                          "message": v.message, "text": text})
 
     def look_at(self, agent: str) -> None:
         """Raise (or end) the agent-wide event: every serving replica unready."""
-        places = self.host.agent_replicas(agent)
+        places = self._places(agent)
         serving = [r for r in places
                    if r.machine.takes_work and getattr(r, "health", None) is not None]
         if not serving:
@@ -556,14 +553,18 @@ class HealthBoard:
         unready = all(not r.health.ready for r in serving)
         if unready and agent not in self.unready_agents:
             self.unready_agents.add(agent)
-            self.host.stream.emit(AgentReadiness(
+            self.stream.emit(AgentReadiness(
                 time.time(), agent, False,
                 f"every replica of {agent} is unready ({len(serving)} serving of "
                 f"{len(places)}); its tasks wait in the queue"))
         elif not unready and agent in self.unready_agents:
             self.unready_agents.discard(agent)
-            self.host.stream.emit(AgentReadiness(time.time(), agent, True,
+            self.stream.emit(AgentReadiness(time.time(), agent, True,
                                                  f"{agent} has a ready replica again"))
+
+    def _places(self, agent: str) -> Sequence[Any]:
+        a = self.agents.get(agent)
+        return a.replicas if a is not None else []
 
     def forget(self, agent: str) -> None:
         """The agent is gone."""

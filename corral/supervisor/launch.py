@@ -24,8 +24,8 @@ from .caps import describe, explain_exit, oom_reason
 from .config import ConfigError, Limits
 from .executor import Executor, LifeEnd
 from .lifecycle import Cause
-from .parts import ReplicaParts, Sample
 from .process import ChildProcess, Launch, as_user, resolve_user
+from .replicaparts import ReplicaParts, Sample
 from .runas import run_as, tenant_of
 
 # a spawn that fails for want of corral's own resources (fds, memory, processes) is not

@@ -333,6 +333,12 @@ class Machine:
         return self.state not in UNSETTLED
 
     @property
+    def down(self) -> bool:
+        """No process and none coming without a start: never started, ended for good, or
+        given up on (what breaks a rollout's new process)."""
+        return self.state in STOPPED
+
+    @property
     def startable(self) -> bool:
         """No process and none coming, and not given up on: a start brings it up (a tool
         server started on first use)."""

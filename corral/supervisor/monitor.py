@@ -15,7 +15,7 @@ from ..jsonrpc import LineBlock
 from . import procstat
 from .containment import ProcStat
 from .lifecycle import Cause
-from .parts import ReplicaParts
+from .replicaparts import ReplicaParts
 
 # consecutive heartbeat samples above cpu_percent before it counts as a breach
 CPU_PERCENT_SAMPLES = 5

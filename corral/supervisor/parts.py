@@ -1,174 +1,43 @@
-"""What every part of a process replica shares: the members they read and write, the
-host's members they use (`PartsHost`), and the rows they make (a transition's `Event`, a
-usage `Sample`, a `ReplicaStatus`). The parts: launch.py (a life from spawn to reap),
-monitor.py (the heartbeat's look at a live process), executor.py (a step's actions);
-process_replica.py puts them together."""
+"""The engine's parts, as the services around it are given them: each service takes the
+parts it works on, never the Supervisor that composed them."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import msgspec
+if TYPE_CHECKING:
+    from .agents import Agents
+    from .containment import Containment
+    from .elastic import Elastic
+    from .events import EventBus
+    from .health import HealthBoard
+    from .stats import HeartbeatWork, Stats
+    from .stream import Stream
+    from .tasks import TaskManager
+    from .tenants import Tenancy
+    from .tools import Tools
+    from .tuning import Tuning
+    from .zygote import Zygotes
 
-from ..jsonrpc import LineBlock, Peer
-from .config import ProcessSpec, TenantSpec
-from .containment import Containment, ProcStat
-from .lifecycle import Cause, Machine, State
-from .listening import ListeningClock
-from .process import ChildProcess
-from .runas import RunAs
-from .stats import HeartbeatWork, Stats
-
-
-class Event(msgspec.Struct, omit_defaults=True):
-    """A lifecycle transition, as the event stream and logs carry it."""
-
-    time: float
-    kind: str  # "agent" or "mcp"
-    name: str
-    replica: int
-    state: State
-    previous: State
-    reason: str
-    pid: int | None = None
-    cause: Cause | None = None
+__all__ = ["Parts"]
 
 
-class Sample(msgspec.Struct):
-    cpu_percent: float = 0.0
-    rss_bytes: int = 0
-    open_fds: int = 0
-    cpu_seconds: float = 0.0
-
-
-class ReplicaStatus(msgspec.Struct):
-    name: str
-    replica: int
-    state: State
-    pid: int | None
-    uptime: float | None
-    restarts: int
-    last_exit: str | None
-    reason: str
-    cpu_percent: float
-    rss_bytes: int
-    open_fds: int
-    tasks_running: int
-    # an agent with [health]: whether the replica takes new tasks, and why not (health.py)
-    ready: bool | None = None
-    health: str | None = None
-    # a plain program's last STATUS= on its $NOTIFY_SOCKET (plain.py)
-    status_text: str | None = None
-
-
-class PartsHost(Protocol):
-    """What the parts use of the supervisor that runs the replica (the members that name
-    the replica are the replica's to call: process_replica.ReplicaHost)."""
-
-    @property
-    def stats(self) -> Stats: ...
-    @property
-    def heartbeat_work(self) -> HeartbeatWork: ...
-    @property
-    def containment(self) -> Containment: ...
-    @property
-    def spawn_slots(self) -> asyncio.Semaphore: ...  # the pacing of a mass start
-    @property
-    def listening(self) -> ListeningClock: ...  # the clock silence is counted on
-    @property
-    def max_line(self) -> int: ...
-    @property
-    def closing(self) -> bool: ...  # no restarts: the supervisor is stopping
-
-    def tenant_spec(self, tenant: str) -> TenantSpec | None:
-        """A process's tenant's [tenants.NAME] (its user, sandbox and network), or None."""
-
-
-class ReplicaParts:
-    """The members of a process replica its parts share (process_replica.py makes them),
-    and the methods one part calls of another or of the replica."""
-
-    kind: str
-    name: str
-    index: int
-    host: PartsHost
-    spec: ProcessSpec
-    machine: Machine
-    run: RunAs | None
-    process: ChildProcess | None
-    peer: Peer | None
-    pid: int | None
-    spawned_at: float | None
-    ready_at: float | None
-    sample: Sample
-    tasks_running: int
-    last_exit: str | None
-    _init: asyncio.Task[None] | None
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}#{self.index}"
-
-    def note(self, text: str) -> None:
-        """A line of corral's own about this replica, into its log."""
-        self._log("corral", LineBlock.one(text))
-
-    def _log(self, stream: str, lines: LineBlock) -> None:
-        """Lines of its log, to its host."""
-        raise NotImplementedError
-
-    def take_down(self, reason: str, *, graceful: bool, cause: Cause = Cause.HANG) -> None:
-        """corral decided this process must go (`cause`: stop, hang, cap, unhealthy)."""
-        raise NotImplementedError
-
-    def _measured_pid(self, proc: ChildProcess) -> int | None:
-        """The pid whose /proc says what the replica uses and does (its process's own;
-        None: not known yet)."""
-        return proc.pid
-
-    def _close_proc_files(self) -> None:
-        raise NotImplementedError
-
-    def _proc_stat(self, pid: int) -> ProcStat | None:
-        raise NotImplementedError
-
-    def _stdio(self) -> dict[str, Any]:
-        """How the process's output is read (monitor.py)."""
-        raise NotImplementedError
-
-    def _end_life(self, reason: str, proc: ChildProcess | None, *, clean: bool,
-                  uptime: float, told: bool = True, gone: Cause = Cause.CRASH) -> None:
-        raise NotImplementedError
-
-    def _uptime_now(self) -> float:
-        raise NotImplementedError
-
-    # the hooks the executor runs a step's actions through
-    def _transitioned(self, previous: State, cause: Cause, reason: str) -> None:
-        """The state changed (the replica emits the event)."""
-
-    def _fresh_life(self) -> None:
-        """A life begins (the replica forgets the last one's pid)."""
-
-    def _resumed(self) -> None:
-        """A paused replica runs on."""
-
-    def _serving(self) -> None:
-        """It takes work now (an agent's queue is pumped)."""
-
-    def _down(self) -> None:
-        """It is down, maybe for good (an agent's waiting tasks may end)."""
-
-    def _begin_life(self) -> None:
-        """Spawn a process (launch.py)."""
-        raise NotImplementedError
-
-    def _shut_down(self, reason: str, *, graceful: bool) -> None:
-        """Take the process down (a remote server: end its session)."""
-        raise NotImplementedError
-
-    def _ask_to_stop(self, proc: ChildProcess) -> int:
-        """Ask `proc` to exit, the protocol's way; returns the signal sent if it has not
-        within stop_timeout."""
-        raise NotImplementedError
+@dataclass(frozen=True, kw_only=True)
+class Parts:
+    agents: Agents  # add, remove, scale, pause, status; the agents by name
+    tools: Tools  # the MCP tool-server pool, its checks and each agent's view of it
+    quotas: Tenancy  # the tenants and their quotas
+    elastic: Elastic  # autoscaling, sleep and wake
+    bus: EventBus  # the event bus (`corral events`, workers' events/*)
+    tasks: TaskManager  # the engine's tasks: queue, dispatch, outcomes, budgets
+    stream: Stream  # every event, to subscribers that cannot break it
+    containment: Containment
+    health: HealthBoard
+    tuning: Tuning  # what a reload changes: the heartbeat, the sandbox, the SDK
+    # agent state checkpoints by (agent, replica): (wall time, state)
+    checkpoints: dict[tuple[str, int], tuple[float, Any]]
+    zygotes: Zygotes
+    heartbeat: HeartbeatWork  # what the heartbeat loop has done
+    runtime_stats: Callable[[], Stats]

@@ -26,10 +26,10 @@ from .launch import MAX_IN_FLIGHT as MAX_IN_FLIGHT
 from .launch import Life, _wait
 from .lifecycle import Cause, Machine, State
 from .monitor import Monitor
-from .parts import Event as Event
-from .parts import PartsHost, Sample
-from .parts import ReplicaStatus as ReplicaStatus
 from .process import ChildProcess
+from .replicaparts import Event as Event
+from .replicaparts import PartsHost, Sample
+from .replicaparts import ReplicaStatus as ReplicaStatus
 from .restart import RestartPolicy
 
 # how long a pause waits for the kernel to say a replica's cgroup is frozen (every task in

@@ -65,13 +65,13 @@ class Restarts:
     event. Counted when decided, as the machine counts them (lifecycle.Step.tally)."""
 
     def __init__(self, services: Services) -> None:
-        self.sup = services.sup
+        self.agents = services.agents
         self.by_agent: dict[str, dict[str, int]] = {}
 
     def on_event(self, e: Event) -> None:
         if e.cause is not Cause.POLICY_RESTART or e.kind != "agent":
             return
-        agent = self.sup.agents.get(e.name)
+        agent = self.agents.get(e.name)
         if agent is None or e.replica >= len(agent.replicas):
             return
         # the machine keeps what ended the life it restarts (lifecycle.Machine)
@@ -80,7 +80,7 @@ class Restarts:
         counts[cause] = counts.get(cause, 0) + 1
 
     def forget_gone(self) -> None:
-        agents = self.sup.agents
+        agents = self.agents
         if len(self.by_agent) > len(agents) or any(n not in agents for n in self.by_agent):
             for name in [n for n in self.by_agent if n not in agents]:
                 del self.by_agent[name]
@@ -212,22 +212,22 @@ class Snapshot:
 
 
 def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
-    sup = services.sup
+    s = services
     times = services.history.times
     out = Snapshot(requests=dict(requests))
     out.duration = (list(times.duration.buckets), times.duration.sum)
     out.wait = (list(times.wait.buckets), times.wait.sum)
-    for server, entry in sup.mcp.servers.items():
+    for server, entry in s.tools.servers.items():
         calls = errors = 0
         for instance in entry.all():
             calls += instance.client.calls
             errors += instance.client.errors
         out.mcp[server] = (calls, errors)
-    out.decisions = dict(sup.elastic.counts)
-    out.scaled = [(name, e.desired, len(sup.agents[name].replicas))
-                  for name, e in sup.elastic.entries.items() if name in sup.agents]
-    out.health_failures = dict(sup.health_board.failures)
-    for name, agent in sup.agents.items():
+    out.decisions = dict(s.elastic.counts)
+    out.scaled = [(name, e.desired, len(s.agents[name].replicas))
+                  for name, e in s.elastic.entries.items() if name in s.agents]
+    out.health_failures = dict(s.health.failures)
+    for name, agent in s.agents.items():
         if agent.spec.health is not None:
             out.ready[name] = (sum(1 for r in agent.replicas if r.serving and r.health_ready),
                                agent.spec.tenant)
@@ -235,7 +235,7 @@ def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
     if node is not None:
         out.cluster = node.status()
         out.nodes = list(node.desk.view)
-    for reporter, used in sup.tasks.budgets.usage.items():
+    for reporter, used in s.budgets.usage.items():
         for model, u in used.models.items():
             out.usage.append((reporter, model, u.input_tokens, u.output_tokens,
                               u.cost_usd))
@@ -441,7 +441,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def setup(app: web.Application, ctx: HttpContext) -> None:
     services = ctx.services
     restarts = Restarts(services)
-    subscription = services.sup.stream.subscribe(restarts.on_event, Event)
+    subscription = services.stream.subscribe(restarts.on_event, Event)
     requests = ctx.requests
     public = ctx.settings.metrics_public and local_listen(ctx.settings.listen)
     headers = Headers()
@@ -496,11 +496,10 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
         services.history.times.poll()
         restarts.forget_gone()
         fleet = take(services, requests)
-        sup = services.sup
-        by_agent = sup.tasks.by_agent
-        depth = sup.tasks.queue.depth
+        by_agent = services.task_engine.by_agent
+        depth = services.task_engine.queue.depth
         lines: list[list[str]] = [[] for _ in PER_AGENT]
-        agents = list(sup.agents.items())
+        agents = list(services.agents.items())
         clock = time.perf_counter
         # a slice of the agents per turn of the loop: what they hold is read as it is
         # then (a series is one agent's; nothing needs two agents read at one instant).
@@ -534,7 +533,7 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
         return b"".join(parts)
 
     async def unsubscribe(app: web.Application) -> None:
-        services.sup.stream.unsubscribe(subscription)
+        services.stream.unsubscribe(subscription)
 
     app.middlewares.append(count)
     app.router.add_get("/metrics", metrics)

@@ -27,7 +27,8 @@ from ... import methods as m
 from ...jsonrpc import RpcError
 from ...supervisor.config import DEFAULT_TENANT, AgentSpec, ConfigError, PackagesSettings
 from ...supervisor.configload import parse_agents
-from ...supervisor.core import NoSuchAgent, Supervisor, SupervisorError
+from ...supervisor.errors import NoSuchAgent, SupervisorError
+from ...supervisor.parts import Parts
 from ...supervisor.process import resolve_user
 from ...supervisor.release import SOURCE, VENV
 from ...supervisor.runas import out_of_reach
@@ -47,12 +48,15 @@ Report = Callable[..., None]
 
 
 class Packages:
-    def __init__(self, settings: PackagesSettings, root: Path, sup: Supervisor,
+    def __init__(self, settings: PackagesSettings, root: Path, parts: Parts,
                  store: StateStore, revisions: RevisionLog, fleet: Fleet,
                  report: Report) -> None:
         self.settings = settings
         self.releases = Releases(root)
-        self.sup = sup
+        self.agents = parts.agents
+        self.quotas = parts.quotas
+        self.tuning = parts.tuning  # where the worker SDK is: set at start
+        self.zygotes = parts.zygotes
         self.store = store
         self.revisions = revisions
         self.fleet = fleet
@@ -61,7 +65,7 @@ class Packages:
         self.refuse: Callable[[str], Awaitable[None]] | None = None
         cache = Path(settings.cache_dir) if settings.cache_dir else root / CACHE
         self._sources: dict[str, str | None] = {}
-        self.builder = Builder(self.releases, settings, sup.containment,
+        self.builder = Builder(self.releases, settings, parts.containment,
                                find_uv(settings.uv), cache)
 
     # -- start-up ------------------------------------------------------------------------
@@ -83,7 +87,7 @@ class Packages:
         except OSError as exc:
             raise StoreError(f"packages directory {releases.root}: {exc.strerror or exc}"
                              ) from None
-        self.sup.release_sdk = sdk
+        self.tuning.release_sdk = sdk
         for path in gone:
             self.report(f"removed {path}: its build was interrupted (no READY)", priority=4)
         for name, rollout in (await asyncio.to_thread(releases.rollouts)).items():
@@ -158,7 +162,7 @@ class Packages:
         if plan.manifest.version is not None:
             table["version"] = plan.manifest.version
         table["cwd"] = str(release / SOURCE / table.get("cwd", ""))
-        running = self.sup.agents.get(name)
+        running = self.agents.get(name)
         if running is not None:  # the count `corral scale` set is kept
             table["replicas"] = len(running.replicas)
         try:
@@ -180,7 +184,7 @@ class Packages:
     def _check_owner(self, name: str, table: dict[str, Any]) -> None:
         """A deploy never hands an agent to another tenant: the agent of that name is
         its tenant's, and the manifest must name the same one."""
-        agent = self.sup.agents.get(name)
+        agent = self.agents.get(name)
         if agent is None:
             return
         owner, wanted = agent.spec.tenant, table.get("tenant", DEFAULT_TENANT)
@@ -193,7 +197,7 @@ class Packages:
     def _check_reach(self, name: str, table: dict[str, Any]) -> None:
         """An agent that runs as another user must reach its release (and the SDK's
         copy): [packages] dir under the 0700 state directory is out of its reach."""
-        tenant = self.sup.tenant_spec(table.get("tenant", DEFAULT_TENANT))
+        tenant = self.quotas.specs.get(table.get("tenant", DEFAULT_TENANT))
         user = table.get("user") or (tenant.user if tenant is not None else None)
         if not isinstance(user, str):
             return
@@ -216,7 +220,7 @@ class Packages:
                       say: Say) -> m.DeployResult:
         self._check_owner(name, plan.manifest.table)  # one added during the build
         table, spec = self._spec(name, plan, release)
-        agent = self.sup.agents.get(name)
+        agent = self.agents.get(name)
         if agent is not None and self.store.runtime_agents().get(name) is None:
             raise _declared(name)  # by a reload during the build
         previous = agent.spec.release if agent is not None else None
@@ -235,7 +239,7 @@ class Packages:
         undo = [StateStore.saving_runtime_agent(name, before) if before is not None
                 else StateStore.forgetting_runtime_agent(name)]
         if agent is None:
-            self.sup.check_fleet({name: spec.replicas}, f"agent {name}")
+            self.agents.check_fleet({name: spec.replicas}, f"agent {name}")
         try:
             await asyncio.to_thread(self.releases.begin_rollout, name, Rollout(
                 release=plan.release, previous=before, time=time.time(), who=who))
@@ -279,10 +283,10 @@ class Packages:
             await agent.switch(spec)
             return
         # a first deploy: its processes are the only ones, seen healthy all the same
-        new = self.sup.add(spec)
-        why = await self.sup.healthy(list(new.replicas), spec, spec.healthy_deadline)
+        new = self.agents.add(spec)
+        why = await self.agents.healthy(list(new.replicas), spec, spec.healthy_deadline)
         if why is not None:
-            await self.sup.remove(name)
+            await self.agents.remove(name)
             raise SupervisorError(jsonrpc.REFUSED, f"a new process of {name} did not "
                                                    f"become ready: {why}; the agent was "
                                                    "not added")
@@ -317,17 +321,17 @@ class Packages:
         return out
 
     def retire_zygotes(self) -> None:
-        running = {a.spec.release for a in self.sup.agents.values() if a.spec.release}
+        running = {a.spec.release for a in self.agents.values() if a.spec.release}
         root = str(self.releases.root) + os.sep
-        self.sup.zygotes.retire(lambda key: key.interpreter.startswith(root) and not any(
+        self.zygotes.retire(lambda key: key.interpreter.startswith(root) and not any(
             key.interpreter.startswith(r + os.sep) for r in running))
 
     # -- releases ------------------------------------------------------------------------
     async def list(self, name: str) -> m.ReleasesResult:
-        agent = self.sup.agents.get(name)
+        agent = self.agents.get(name)
         kept = await asyncio.to_thread(self.releases.of, name)
         if agent is None and not kept:
-            raise NoSuchAgent(name, self.sup.agents, "and no releases of one")
+            raise NoSuchAgent(name, self.agents, "and no releases of one")
         current = os.path.basename(agent.spec.release) if agent and agent.spec.release \
             else None
         revisions = {release: [r.revision for r in revs]

@@ -1,0 +1,209 @@
+"""An agent: a spec and its replicas, and the ways they are replaced (a rollout, a
+switch to a release) and counted (scale), without a task dropped."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
+
+from .. import jsonrpc
+from ..text import plural
+from .config import AgentSpec
+from .errors import SupervisorError
+from .lifecycle import Cause
+from .process_replica import ResumeFailed
+from .replica import Replica
+from .startstop import Starter, start_all, stop_all
+
+__all__ = ["Agent", "AgentOwner"]
+
+
+class AgentOwner(Protocol):
+    """What an agent needs of the engine around it (agents.Agents implements it)."""
+
+    def new_replica(self, spec: AgentSpec, name: str, index: int) -> Replica:
+        """A replica of this spec in place `index` (not started)."""
+        ...
+
+    def roster_changed(self, name: str) -> None:
+        """The agent's list of replicas changed (`Roster` on the stream)."""
+
+    def forget(self, replicas: Iterable[Replica]) -> None:
+        """Replicas gone for good leave the census."""
+
+    async def healthy(self, new: list[Replica], spec: AgentSpec, deadline: float
+                      ) -> str | None:
+        """None once `new` are ready and stayed so; else why not (waits.py)."""
+        ...
+
+    def pump(self, name: str) -> None:
+        """New processes take the agent's waiting tasks."""
+
+    async def wait_for(self, cond: Callable[[], bool], timeout: float) -> None:
+        """Until `cond()` holds; TimeoutError after `timeout`."""
+
+    def check_room(self, want: dict[str, tuple[str, int]], fleet_what: str, tenant_what: str
+                   ) -> None:
+        """Refuse (SupervisorError) agents (name -> (tenant, replicas)) past the fleet's
+        max_replicas or their tenants' quotas."""
+
+
+class Agent:
+    """An agent: a spec and its replicas."""
+
+    def __init__(self, host: AgentOwner, spec: AgentSpec) -> None:
+        self.host = host
+        self.spec = spec
+        self.name = spec.name
+        self.replicas: list[Replica] = [
+            self._new_replica(i) for i in range(spec.replicas)
+        ]
+        # processes of a rollout not (or no longer) in `replicas`: the one starting and the
+        # one finishing its tasks; the supervisor stops them too when it closes
+        self.replacing: set[Replica] = set()
+        self._starter: Starter | None = None  # start_all's starts still due
+
+    def _new_replica(self, index: int) -> Replica:
+        return self.host.new_replica(self.spec, self.name, index)
+
+    def start(self) -> None:
+        self._starter = start_all(self.replicas)
+
+    async def stop(self, reason: str = "stopped") -> None:
+        if self._starter is not None:
+            self._starter.cancel()
+        await stop_all(self.replicas, reason)
+
+    async def roll(self, spec: AgentSpec | None = None, *, replicas: list[int] | None = None,
+                   start_stopped: bool = True) -> None:
+        """Replace replicas one at a time (all, or those listed) with processes of `spec`
+        (default: the current one): each new process is serving before the old one is
+        taken out of dispatch, and the old one finishes its running tasks before it stops,
+        so the agent never serves with fewer replicas and no task is dropped. A new process
+        that does not become ready aborts the rollout, the old one kept.
+        A replica stopped by hand (or never started) is replaced without starting, unless
+        `start_stopped`."""
+        new_spec = spec or self.spec
+        for i in replicas if replicas is not None else range(len(self.replicas)):
+            if i < len(self.replicas):
+                await self._replace(i, new_spec, start_stopped)
+        if spec is not None:
+            spec.replicas = self.spec.replicas
+            self.spec = spec
+
+    async def _replace(self, i: int, spec: AgentSpec, start_stopped: bool) -> None:
+        old = self.replicas[i]
+        new = self.host.new_replica(spec, self.name, i)
+        if not start_stopped and old.stopped_by_hand:
+            self.replicas[i] = new
+            self.host.roster_changed(self.name)
+            self.host.forget([old])
+            return
+        self.replacing.update((old, new))
+        try:
+            await self._swap(i, old, new, spec)
+        finally:
+            self.replacing -= {old, new}
+
+    async def _swap(self, i: int, old: Replica, new: Replica, spec: AgentSpec) -> None:
+        new.start(by_hand=True)
+        why = await self.host.healthy([new], spec, spec.start_timeout + spec.stop_timeout
+                                      + 5.0 + spec.min_healthy_time)
+        if why is not None:
+            await new.stop("rollout aborted")
+            self.host.forget([new])
+            raise SupervisorError(jsonrpc.REFUSED, f"rollout of {self.name} stopped at "
+                                  f"replica {i}: the new process did not become ready: "
+                                  f"{why}; the old one keeps running")
+        self.replicas[i] = new  # from here on, new tasks go to the new process
+        self.host.roster_changed(self.name)
+        self.host.pump(self.name)
+        await self._retire([old], spec, "replaced by a new process")
+
+    async def _retire(self, old: list[Replica], spec: AgentSpec, reason: str) -> None:
+        """Processes out of dispatch finish their running tasks (each within its task's
+        deadline and grace), then stop."""
+        for r in old:
+            if r.moves(Cause.RESUME):  # paused: it finishes its tasks only if it runs
+                try:
+                    r.resume(f"{reason}: resumed to finish its tasks and stop")
+                except ResumeFailed as exc:  # stopped frozen: SIGKILL reaches it
+                    r.note(f"{exc.message}: its tasks are not finished")
+        busy = [r for r in old if r.tasks_running]
+        for r in busy:
+            r.note(f"replaced: finishing {r.tasks_running} running task(s) first")
+        if busy:
+            with contextlib.suppress(TimeoutError):
+                await self.host.wait_for(lambda: not any(r.tasks_running for r in busy),
+                                        spec.task_timeout + spec.cancel_grace)
+        await stop_all(old, reason)
+        self.host.forget(old)
+
+    async def switch(self, spec: AgentSpec) -> None:
+        """Replace every replica at once with processes of `spec` (a release of a
+        package): they start beside the running ones, and only once all are Ready and
+        have stayed so for `spec.min_healthy_time` (within `spec.healthy_deadline`) do
+        they take the agent's tasks, together, while the old ones finish theirs and
+        stop. Until then the old ones serve as before; a new process that exits or is
+        late stops the switch (SupervisorError with its reason) and the new ones are
+        stopped. Replicas stopped by hand (or never started) are replaced without
+        starting; Failed ones are started (a new release is how one is fixed)."""
+        old = list(self.replicas)
+        new = [self.host.new_replica(spec, self.name, i) for i in range(len(old))]
+        started = [n for n, o in zip(new, old, strict=True)
+                   if o.machine.failed or not o.machine.stopped_by_hand]
+        self.replacing.update((*old, *new))
+        try:
+            for r in started:
+                r.start(by_hand=True)
+            why = await self.host.healthy(started, spec, spec.healthy_deadline)
+            if why is not None:
+                await stop_all(new, "rollout aborted")
+                self.host.forget(new)
+                raise SupervisorError(jsonrpc.REFUSED, f"a new process of {self.name} did "
+                                      f"not become ready: {why}; the running processes "
+                                      "keep serving")
+            spec.replicas = len(new)
+            self.spec = spec
+            self.replicas = new  # from here on, new tasks go to the new processes
+            self.host.roster_changed(self.name)
+            self.host.pump(self.name)
+            await self._retire(old, spec, "replaced by a new release")
+        finally:
+            self.replacing -= {*old, *new}
+
+    async def scale(self, n: int, *, idle_only: bool = False, reason: str = "scaled down",
+                    before_stop: Callable[[list[Replica]], Awaitable[None]] | None = None
+                    ) -> int:
+        """To `n` replicas; returns the count reached. `idle_only` (the autoscaler):
+        only replicas with no running task are taken, from the end, so fewer may go
+        than asked. `before_stop`: awaited with the replicas going, once they are out of
+        dispatch and before they are asked to stop (hibernate's checkpoint)."""
+        if n < 0:
+            raise SupervisorError(jsonrpc.INVALID_PARAMS, "replicas must be >= 0")
+        self.host.check_room({self.name: (self.spec.tenant, n)},
+                             f"{plural(n, 'replica')} of {self.name}",
+                             f"scaling {self.name} to {n}")
+        current = len(self.replicas)
+        if n > current:
+            new = [self._new_replica(i) for i in range(current, n)]
+            self.replicas.extend(new)
+            self.host.roster_changed(self.name)
+            self._starter = start_all(new)
+        elif n < current:
+            if idle_only:
+                keep = current
+                while keep > n and not self.replicas[keep - 1].tasks_running:
+                    keep -= 1
+                n = keep
+            gone = self.replicas[n:]
+            del self.replicas[n:]
+            if gone:
+                self.host.roster_changed(self.name)
+                if before_stop is not None:
+                    await before_stop(gone)
+                await stop_all(gone, reason)
+                self.host.forget(gone)
+        self.spec.replicas = n
+        return n

@@ -1,0 +1,36 @@
+"""The engine's refusals: an operation that failed, an agent that is not there."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..text import closest, listing
+
+__all__ = ["NoSuchAgent", "SupervisorError"]
+
+
+class SupervisorError(RpcError):
+    """An operation on the supervisor failed; `code` is a jsonrpc error code."""
+
+
+class NoSuchAgent(SupervisorError):
+    """`no such agent: NAME`, and what there is instead: the closest name, else the
+    agents there are (`known`; None: not known here, nothing said). Every refusal of an
+    unknown agent is one, so that a caller limited to some agents is told of those alone
+    (daemon.api words it again for such a caller)."""
+
+    def __init__(self, name: str, known: Iterable[str] | None, note: str | None = None
+                 ) -> None:
+        self.name = name
+        self.note = note  # said first in the parentheses: "and no history of one"
+        said = [note] if note else []
+        if known is not None:
+            names = sorted(known)
+            near = closest(name, names)
+            said.append(f"did you mean `{near}`?" if near is not None
+                        else f"agents: {listing(names)}" if names else "there are no agents")
+        super().__init__(jsonrpc.NOT_FOUND, f"no such agent: {jsonrpc.visible(name)}"
+                                            + (f" ({'; '.join(said)})" if said else ""))
+

@@ -1,0 +1,114 @@
+"""The heartbeat loop: every live process visited once per interval (pinged, sampled,
+its deadlines checked), the loop's own stalls measured, re-parented zombies reaped and
+the tenants' memory and CPU quotas applied once per round; a Tick on the stream after
+each round."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from .containment import Containment
+from .lifecycle import Cause
+from .listening import ListeningClock
+from .process_replica import ProcessReplica
+from .stats import HeartbeatWork
+from .stream import TICK, Stall, Stream
+from .tenants import Tenancy
+from .tuning import Tuning
+
+__all__ = ["FDS_EVERY", "HEARTBEAT_SLICE", "SAMPLES_PER_SECOND", "Heartbeat"]
+
+log = logging.getLogger("corral.supervisor")
+
+# the heartbeat's visits per turn of the loop, and its sampling budget per second
+HEARTBEAT_SLICE = 64
+SAMPLES_PER_SECOND = 250
+FDS_EVERY = 5
+
+
+class Heartbeat:
+    def __init__(self, replicas: Callable[[], list[ProcessReplica]], *, tuning: Tuning,
+                 listening: ListeningClock, work: HeartbeatWork, containment: Containment,
+                 tenancy: Tenancy, stream: Stream) -> None:
+        self.replicas = replicas  # every live process: agents' replicas, tool servers
+        self.tuning = tuning
+        self.listening = listening
+        self.work = work
+        self.containment = containment
+        self.tenancy = tenancy
+        self.stream = stream
+
+    async def run(self) -> None:
+        """Visit every live replica once per interval, in slices spread over the interval so
+        that no turn of the loop does more than HEARTBEAT_SLICE visits; sample usage at
+        most SAMPLES_PER_SECOND times a second in all (a large fleet is sampled less often
+        per replica, never more work per second)."""
+        loop = asyncio.get_running_loop()
+        round_start = prev_end = loop.time()
+        rnd = 0
+        work = self.work
+        while True:
+            interval = self.tuning.heartbeat_interval
+            reps = self.replicas()
+            n = len(reps)
+            slices = max(1, -(-n // HEARTBEAT_SLICE))
+            # each replica is sampled every `every` rounds; fds (a directory listing, the
+            # dearest sample) every FDS_EVERY of its samples
+            every = max(1, -(-n // max(1, int(SAMPLES_PER_SECOND * interval))))
+            for i in range(slices):
+                due = round_start + i * interval / slices
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                woke = loop.time()
+                # a slice woken late is a stall of corral, taken off every worker's
+                # silence; counted from the end of the previous slice, so that slices run
+                # back to back after one stall do not count it again
+                stall = self.listening.tick(woke - max(due, prev_end))
+                if stall:
+                    self._on_stall(stall)
+                t0 = time.perf_counter()
+                now = self.listening.now()
+                sampled = 0
+                for j in range(i * HEARTBEAT_SLICE, min(n, (i + 1) * HEARTBEAT_SLICE)):
+                    r = reps[j]
+                    turn = (j + rnd) % every == 0
+                    sampled += turn
+                    try:
+                        r.heartbeat(now, r.spec.heartbeat_timeout or self.tuning.heartbeat_timeout,
+                                    turn, turn and (rnd // every) % FDS_EVERY == 0)
+                    except Exception:
+                        log.exception("heartbeat of %s failed", r.label)
+                spent = time.perf_counter() - t0
+                work.slices += 1
+                visits = min(n, (i + 1) * HEARTBEAT_SLICE) - i * HEARTBEAT_SLICE
+                work.visits += visits
+                work.most_visits = max(work.most_visits, visits)
+                work.samples += sampled
+                work.busy_seconds += spent
+                work.longest_slice = max(work.longest_slice, spent)
+                prev_end = loop.time()
+            work.rounds += 1
+            work.replicas = n
+            work.slices_per_round = slices
+            work.sample_every_rounds = every
+            rnd += 1
+            round_start += interval
+            if round_start < loop.time():  # behind (a stalled loop): start afresh
+                round_start = loop.time()
+            # once per round: reap re-parented zombies; a /proc pass if an exit asked
+            self.containment.min_sweep_interval = interval
+            try:
+                self.containment.tick()
+            except Exception:
+                log.exception("containment tick failed")
+            # tenants' memory and CPU quotas, on this round's samples (tenants.py)
+            for r, why in self.tenancy.caps():
+                r.take_down(why, graceful=True, cause=Cause.CAP)
+            self.stream.emit(TICK)
+
+    def _on_stall(self, seconds: float) -> None:
+        log.warning("event loop stalled for %.2f s; not counted as silence of any worker",
+                    seconds)
+        self.stream.emit(Stall(seconds))

@@ -1,0 +1,99 @@
+"""The engine's tool servers: the MCP pool (corral/mcp/pool.py) with what the engine adds
+to it: a server's spec checked before it is added, a change of roots or log level made
+without a restart, each agent's allowlist narrowed to the servers its tenant sees, and
+every list change on the stream."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..mcp.pool import McpPool
+from .config import ConfigError, McpServerSpec
+from .errors import SupervisorError
+from .lifecycle import SERVING, State
+from .mcpserver import McpHost, McpServerReplica
+from .names import name_problem, shown
+from .remote import RemoteMcpServer
+from .stream import ListChanged, Stream
+from .tenants import visible_allow
+from .waits import Waits
+
+__all__ = ["Tools"]
+
+
+class Tools(McpPool[McpServerSpec, McpServerReplica]):
+    def __init__(self, host: McpHost, waits: Waits, stream: Stream) -> None:
+        super().__init__(self._new_instance, self._wait_serving)
+        self.host = host  # what each instance runs under (core.Supervisor)
+        self.waits = waits
+        self.stream = stream
+        self.on_change = self._list_changed
+
+    def add_server(self, spec: McpServerSpec) -> None:
+        """Add a tool server, its name and spec checked first (SupervisorError)."""
+        problem = name_problem(spec.name, server=True)
+        if problem:
+            raise SupervisorError(jsonrpc.INVALID_PARAMS,
+                                  f"MCP server {shown(spec.name)}: {problem}")
+        try:
+            spec.check()
+        except ConfigError as exc:
+            raise SupervisorError(jsonrpc.INVALID_PARAMS,
+                                  f"MCP server {spec.name}: {exc}") from None
+        self.add(spec)
+
+    def retune(self, spec: McpServerSpec) -> bool:
+        """Apply a changed spec without a restart where only roots or the log level
+        differ (the server is told); False when it needs a restart."""
+        entry = self.server(spec.name)
+        old = msgspec.structs.replace(entry.spec, roots=spec.roots, log_level=spec.log_level)
+        if old != spec:
+            return False
+        entry.spec = spec
+        for inst in entry.all():
+            inst.retune(spec)
+        return True
+
+    def instances(self) -> Iterable[McpServerReplica]:
+        for entry in list(self.servers.values()):
+            yield from entry.all()
+
+    def allowlist(self, spec: Any) -> list[str]:
+        """An agent's tools allowlist, narrowed to the MCP servers its tenant sees."""
+        return visible_allow(list(getattr(spec, "tools", [])), spec.tenant,
+                             {n: e.spec for n, e in self.servers.items()})
+
+    def spec_of(self, name: str) -> McpServerSpec | None:
+        e = self.servers.get(name)
+        return e.spec if e is not None else None
+
+    def tenant_of(self, name: str) -> str | None:
+        spec = self.spec_of(name)
+        return spec.tenant if spec is not None else None
+
+    def used_by(self, tenant: str) -> bool:
+        return any(e.spec.tenant == tenant for e in self.servers.values())
+
+    def _new_instance(self, spec: McpServerSpec, name: str, index: int,
+                      owner: str | None) -> McpServerReplica:
+        if spec.remote:  # a connection, not a process: supervised the same way
+            return RemoteMcpServer(self.host, spec, name, index, owner)
+        return McpServerReplica(self.host, spec, name, index, owner)
+
+    async def _wait_serving(self, inst: McpServerReplica, timeout: float
+                            ) -> McpServerReplica:
+        with contextlib.suppress(TimeoutError):
+            await self.waits.wait_replica(inst, {*SERVING, State.TERMINATED}, timeout)
+        if not inst.machine.takes_work:
+            raise RpcError(jsonrpc.REFUSED, f"MCP server {inst.label} is not serving: "
+                                            f"{inst.reason}")
+        return inst
+
+    def _list_changed(self, server: str, kind: str) -> None:
+        self.stream.emit(ListChanged(server, kind))

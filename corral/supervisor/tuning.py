@@ -1,0 +1,28 @@
+"""The engine's settings that a running daemon may change (a reload, a release's SDK):
+one object the parts that read them share, so a change reaches each at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .process_replica import ProcessReplica
+
+__all__ = ["Tuning"]
+
+
+@dataclass
+class Tuning:
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 5.0
+    max_replicas: int = 16
+    sandbox_program: str = "bwrap"  # [supervisor] bwrap: for sandbox = "bwrap"
+    # corral's own files, which no sandboxed agent may write or reach (the daemon's)
+    protected_paths: list[tuple[str, str]] = field(default_factory=list)
+    # the worker SDK on every release's PYTHONPATH (release.py; the daemon makes it)
+    release_sdk: str | None = None
+    # more environment for a process about to start (the daemon: the gateway's token,
+    # the tenant's directories)
+    environment: Callable[[ProcessReplica], dict[str, str]] | None = None

@@ -1,0 +1,127 @@
+"""The house's rules that an AST walk can hold (issue 35 item 2, decisions 185-189): the
+command handlers reach no attribute chain deeper than two from their services, services
+are given the engine's parts and not the Supervisor, and the engine's composition stays
+small."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CORRAL = ROOT / "corral"
+
+
+def _chain(node: ast.expr) -> tuple[int, ast.expr]:
+    depth = 0
+    while isinstance(node, ast.Attribute):
+        depth += 1
+        node = node.value
+    return depth, node
+
+
+def test_no_handler_reaches_deeper_than_two_attributes_from_its_services() -> None:
+    """`d.agents.scale(...)` is a service's method; `d.sup.mcp.list_tools` was a locator."""
+    tree = ast.parse((CORRAL / "daemon" / "commands.py").read_text())
+    deep = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        if not any(a.arg == "d" for a in fn.args.args):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Attribute):
+                depth, root = _chain(node)
+                if depth > 2 and isinstance(root, ast.Name) and root.id == "d":
+                    deep.append(f"{fn.name}:{node.lineno}: {ast.unparse(node)}")
+    assert deep == []
+
+
+def _is_supervisor(annotation: ast.expr | None) -> bool:
+    if isinstance(annotation, ast.Name):
+        return annotation.id == "Supervisor"
+    if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
+        return annotation.value.strip() == "Supervisor"
+    return isinstance(annotation, ast.Attribute) and annotation.attr == "Supervisor"
+
+
+def supervisor_members_reached(root: Path) -> dict[str, set[str]]:
+    """member -> the modules outside corral/supervisor/ that reach it, on a name or
+    attribute that holds a Supervisor: a parameter or variable annotated so, `self.X`
+    given one in a method, and anything called `sup`."""
+    reached: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).as_posix()
+        if rel.startswith("corral/supervisor/"):
+            continue
+        tree = ast.parse(path.read_text())
+        held: set[str] = set()  # self.X holding the supervisor
+        functions = [n for n in ast.walk(tree)
+                     if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)]
+        for fn in functions:
+            names = {a.arg for a in fn.args.args + fn.args.kwonlyargs
+                     if _is_supervisor(a.annotation)}
+            for n in ast.walk(fn):
+                if isinstance(n, ast.AnnAssign) and _is_supervisor(n.annotation) \
+                        and isinstance(n.target, ast.Attribute):
+                    held.add(n.target.attr)
+                if isinstance(n, ast.Assign) and isinstance(n.value, ast.Name) \
+                        and n.value.id in names:
+                    held.update(t.attr for t in n.targets if isinstance(t, ast.Attribute))
+        for fn in functions:
+            names = {a.arg for a in fn.args.args + fn.args.kwonlyargs
+                     if _is_supervisor(a.annotation)} | {"sup"}
+            for n in ast.walk(fn):
+                if isinstance(n, ast.AnnAssign) and _is_supervisor(n.annotation) \
+                        and isinstance(n.target, ast.Name):
+                    names.add(n.target.id)
+            for n in ast.walk(fn):
+                if not isinstance(n, ast.Attribute):
+                    continue
+                v = n.value
+                if (isinstance(v, ast.Name) and v.id in names) or (
+                        isinstance(v, ast.Attribute) and (v.attr == "sup" or (
+                            isinstance(v.value, ast.Name) and v.value.id == "self"
+                            and v.attr in held))):
+                    reached.setdefault(n.attr, set()).add(rel)
+    return reached
+
+
+def test_fewer_than_ten_supervisor_members_are_reached_from_outside_the_engine() -> None:
+    reached = supervisor_members_reached(CORRAL)
+    assert len(reached) < 10, sorted(reached)
+
+
+def test_the_walk_finds_a_reach_it_is_shown(tmp_path: Path) -> None:
+    """The rule above is not true by a blind walk: a module that reaches members is seen."""
+    pkg = tmp_path / "corral" / "daemon"
+    pkg.mkdir(parents=True)
+    (pkg / "x.py").write_text(
+        "class A:\n"
+        "    def __init__(self, sup: 'Supervisor') -> None:\n"
+        "        self.engine = sup\n"
+        "    def f(self) -> None:\n"
+        "        self.engine.tenancy.known('t')\n"
+        "def g(d) -> None:\n"
+        "    d.sup.mcp.list_tools()\n")
+    assert supervisor_members_reached(tmp_path / "corral") == {
+        "tenancy": {"corral/daemon/x.py"}, "mcp": {"corral/daemon/x.py"}}
+
+
+def _long_functions(path: Path, limit: int) -> list[str]:
+    tree = ast.parse(path.read_text())
+    return [f"{path.name}:{n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+            and n.end_lineno is not None and n.end_lineno - n.lineno + 1 > limit]
+
+
+def test_the_engine_core_is_small_and_no_function_is_long() -> None:
+    core = CORRAL / "supervisor" / "core.py"
+    assert len(core.read_text().splitlines()) < 450
+    touched = [core, *(CORRAL / "supervisor" / f"{m}.py" for m in (
+        "agent", "agents", "tools", "waits", "heartbeat", "startstop", "parts", "tuning",
+        "errors", "elastic", "health")),
+        *(CORRAL / "daemon" / f"{m}.py" for m in (
+            "commands", "services", "fleet", "gateway", "tenants", "watch"))]
+    assert [f for p in touched for f in _long_functions(p, 100)] == []
