@@ -12,7 +12,7 @@ the Caller and a Channel.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Generic, Protocol, TypeVar
@@ -213,14 +213,18 @@ class Dispatcher(Generic[Ctx]):
         call from what it already has (a stream's shared ring): raises RpcError."""
         return self._check(self.bind(caller), name, params)
 
-    def admit(self, caller: Caller, name: str) -> None:
+    def admit(self, caller: Caller, name: str, given: Collection[str] = ()) -> None:
         """What `dispatch` refuses without the params, for a transport that has not read
-        them yet (an HTTP body): an unknown method, a caller without the scope, a method
-        closed to a limited caller. Raises RpcError, audited as `dispatch`'s refusals."""
+        them yet (an HTTP body): an unknown method, a caller without the scope (and
+        without what the params `given` so far need), a method closed to a limited
+        caller. Raises RpcError, audited as `dispatch`'s refusals."""
         caller = self.bind(caller)
         try:
             spec = self.method(name)
             _scope_held(caller, spec)
+            for param, other in spec.needs:
+                if param in given:
+                    _scope_held(caller, REGISTRY[other])
             if caller.limited:
                 agent_rule(name, caller)
         except RpcError as exc:
@@ -234,6 +238,9 @@ class Dispatcher(Generic[Ctx]):
         spec = self.method(name)
         _scope_held(caller, spec)
         typed = decode(params, spec.params)
+        for param, other in spec.needs:
+            if getattr(typed, param) is not None:
+                _scope_held(caller, REGISTRY[other])
         rule: AgentRule | None = None
         if caller.limited:
             rule = agent_rule(spec.name, caller)
@@ -689,6 +696,7 @@ AGENT_RULES: dict[str, AgentRule] = {
         "agents.transition": _of_agent, "agents.roster": _of_agent,
         "agents.health": _of_agent})),
     "tasks.run": AgentRule(_AGENT_PARAM),
+    "tasks.submit": AgentRule(_AGENT_PARAM),
     "tasks.get": AgentRule(_nothing, filter=_task_filter),
     "tasks.list": AgentRule(_AGENT_PARAM, filter=_tasks_filter),
     "tasks.cancel": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
     from ..supervisor.core import Agent
     from ..supervisor.replica import Replica
-    from ..supervisor.tasks import TaskInfo
 
 HANDLERS: Handlers[Services] = Handlers()
 implements = HANDLERS.implements
@@ -139,7 +138,7 @@ def owner_of(d: Services, kind: str, name: str) -> str | None:
 @implements("agents.status")
 async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Channel
                         ) -> m.AgentsStatusResult:
-    placed = d.tasks.cluster.placement.slots if d.tasks.cluster is not None else {}
+    placed = d.cluster.placement.slots if d.cluster is not None else {}
     # a cluster agent with no slot on this node is named all the same: its slots are
     # elsewhere
     agents = ([d.sup.agent(n) for n in p.names if n in d.sup.agents or n not in placed]
@@ -289,7 +288,7 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
     fields = redact.table(msgspec.structs.asdict(spec))
     fields["env"] = sorted(spec.env)
     fields["limits"] = msgspec.structs.asdict(spec.limits)
-    node = d.tasks.cluster if spec.placement == "cluster" else None
+    node = d.cluster if spec.placement == "cluster" else None
     return m.DescribeResult(
         name=agent.name,
         # a cluster agent's replicas here run the cluster's table, of the cluster's
@@ -314,7 +313,7 @@ async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel) ->
 
 async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]:
     """Checked here as a local agent would be; kept in Redis, placed by the nodes."""
-    node = d.tasks.cluster
+    node = d.cluster
     if node is None:
         raise RpcError(jsonrpc.CONFLICT, "this daemon is not a node of a cluster (its "
                                          "config has no [cluster] table): --cluster needs one")
@@ -350,14 +349,14 @@ async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]
 
 async def _cluster_agent(d: Services, name: str) -> ClusterNode | None:
     """This node, when `name` is the cluster's agent (not one of this node's own)."""
-    node = d.tasks.cluster
+    node = d.cluster
     return node if node is not None and await node.runs_cluster_agent(name) else None
 
 
 @implements("agents.remove")
 async def agents_remove(d: Services, p: m.AgentsRemove, caller: Caller, c: Channel
                         ) -> m.Removed:
-    node = d.tasks.cluster
+    node = d.cluster
     if node is None:
         return m.Removed(removed=await d.fleet.remove(p.names))
     # cluster agents go from Redis (each node stops its replicas at its next beat)
@@ -557,18 +556,23 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
         events=d.sup.events.stats(),
         heartbeat=msgspec.structs.asdict(d.sup.heartbeat_work),
         gateway=_wire(d.gateway_status()),
-        cluster=d.tasks.cluster.status() if d.tasks.cluster is not None else msgspec.UNSET,
+        cluster=d.cluster.status() if d.cluster is not None else msgspec.UNSET,
     )
 
 
+@implements("tasks.submit")
+async def tasks_submit(d: Services, p: m.TasksSubmit, caller: Caller, c: Channel
+                       ) -> m.TaskAccepted:
+    return await d.tasks.submit(p, c)
+
+
 @implements("tasks.run")
-async def tasks_run(d: Services, p: m.TasksRun, caller: Caller, c: Channel) -> Any:
+async def tasks_run(d: Services, p: m.TasksRun, caller: Caller, c: Channel) -> m.TaskResult:
     return await d.tasks.run(p, c)
 
 
 @implements("tasks.get")
-async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel
-                    ) -> TaskInfo | m.TaskInfo:
+async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel) -> m.TaskInfo:
     info = await d.tasks.get(p.task_id, wait=p.wait)
     if p.input:
         kept = await d.tasks.input_of(p.task_id)
@@ -582,32 +586,32 @@ async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) ->
     # a caller limited to some agents pages through theirs only (full pages; a cursor
     # of another agent's task reads as absent)
     tasks, older = await d.tasks.list(p, caller.sees if caller.limited else None)
-    return m.TaskList(tasks=_wire(tasks), next=older if older is not None else msgspec.UNSET)
+    return m.TaskList(tasks=tasks, next=older if older is not None else msgspec.UNSET)
 
 
 @implements("tasks.cancel")
 async def tasks_cancel(d: Services, p: m.TasksCancel, caller: Caller, c: Channel
-                       ) -> TaskInfo | m.TaskInfo:
+                       ) -> m.TaskInfo:
     return await d.tasks.cancel(p.task_id)
 
 
 @implements("nodes.list")
 async def nodes_list(d: Services, p: m.NodesList, caller: Caller, c: Channel
                      ) -> dict[str, Any]:
-    if d.tasks.cluster is None:
+    if d.cluster is None:
         raise RpcError(jsonrpc.CONFLICT, "this daemon is not a node of a cluster (its "
                                          "config has no [cluster] table)")
-    return {"nodes": await d.tasks.cluster.nodes(),
-            "warnings": d.tasks.cluster.redis_warnings}
+    return {"nodes": await d.cluster.nodes(),
+            "warnings": d.cluster.redis_warnings}
 
 
 @implements("nodes.drain")
 async def nodes_drain(d: Services, p: m.NodesDrain, caller: Caller, c: Channel
                       ) -> m.DrainResult:
-    if d.tasks.cluster is None:
+    if d.cluster is None:
         raise RpcError(jsonrpc.CONFLICT, "this daemon is not a node of a cluster (its "
                                          "config has no [cluster] table)")
-    view = await d.tasks.cluster.drain(p.node)
+    view = await d.cluster.drain(p.node)
     return m.DrainResult(node=view.node, incarnation=view.incarnation)
 
 

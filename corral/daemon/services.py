@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..methods import Drained, ExtraStatus, ReloadResult
 from ..supervisor.core import Supervisor
@@ -21,9 +21,12 @@ from .packages.service import Packages
 from .revisions import RevisionLog
 from .store import StateStore
 from .taskjournal import TaskJournalDB
-from .tasks import TaskDesk
+from .tasks import TaskFront
 from .tenants import TenantDesk
 from .watch import FleetWatch
+
+if TYPE_CHECKING:
+    from ..cluster.node import ClusterNode
 
 
 class Logins(Protocol):
@@ -43,7 +46,7 @@ class Services:
     store: StateStore
     revisions: RevisionLog
     fleet: Fleet
-    tasks: TaskDesk
+    tasks: TaskFront  # local, or the cluster's: chosen once, at start-up
     gateway: GatewayService
     # the HTTP gateway (http_gateway.HttpGateway): /mcp of [http], [gateway] listen; or None
     http: Any
@@ -64,6 +67,7 @@ class Services:
     extras: Callable[[], list[ExtraStatus]]  # the HTTP server's, the gateway's (extras.py)
     draining: Callable[[], str | None]  # how far a drain under way is
     ui: Logins | None = None  # the dashboard's logins, where [http] serves it
+    cluster: ClusterNode | None = None  # this daemon's node, with [cluster]
 
     def gateway_status(self) -> dict[str, Any]:
         return {**self.gateway.stats(),

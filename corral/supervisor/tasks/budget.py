@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ...taskviews import ModelUsage
 from ...text import iso_time
-from .usage import ModelUsage
 
 if TYPE_CHECKING:
     from ..replica import Replica
