@@ -333,7 +333,7 @@ async def test_each_new_action_needs_the_csrf_header_and_this_origin(tmp_path: P
                  ("agents.restart", {"names": ["hello#0"]}),
                  ("agents.add", {"agents": table}),
                  ("agents.remove", {"names": ["hello"]}),
-                 ("tasks.run", {"agent": "hello", "input": {"name": "x"}, "detach": True})]
+                 ("tasks.submit", {"agent": "hello", "input": {"name": "x"}})]
         for method, params in calls:
             for csrf, origin, detail in [
                     ("-", None, "forbidden: missing or wrong X-CSRF-Token header"),
@@ -424,7 +424,7 @@ async def test_a_limited_sessions_actions_stay_within_its_tokens_agents(
                     ("agents.restart", {"names": ["hello"]}),
                     ("agents.remove", {"names": ["hello"]}),
                     ("agents.add", {"agents": {"other": table}}),
-                    ("tasks.run", {"agent": "hello", "input": None, "detach": True})]:
+                    ("tasks.submit", {"agent": "hello", "input": None})]:
                 status, _, body = await p.call(method, params)
                 got[method] = (status, body["detail"])
             unseen = (404, "no such agent: hello (agents: web-a)")
