@@ -617,6 +617,7 @@ def probes(task_b: str, ghost_task: str) -> dict[str, tuple[str, Any, Any]]:
         "logs.follow": ("missing", names(B), names(GHOST)),
         "stats.get": ("listing", {}, None),
         "tasks.run": ("missing", run(B), run(GHOST)),
+        "tasks.submit": ("missing", run(B), run(GHOST)),
         "tasks.get": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),
         "tasks.list": ("missing", {"agent": B}, {"agent": GHOST}),
         "tasks.cancel": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),

@@ -180,7 +180,7 @@ async def test_a_caller_limited_to_web_agents_cannot_see_or_touch_db(tmp_path: P
         # db's task: neither seen nor cancelled by the limited caller
         running_task = await d.dispatcher.call(SOCKET, "tasks.submit", msgspec.json.encode({
             "agent": "db", "input": {"do": "sleep", "seconds": 60}}))
-        tid = running_task["task_id"]
+        tid = running_task.task_id
         await wait_until_async(lambda: d.services.sup.tasks.get(tid).status == "running")
         assert await refused(d, web, "tasks.get", {"task_id": tid}) == (
             jsonrpc.NOT_FOUND, f"no such task: {tid}")
