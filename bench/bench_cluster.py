@@ -273,7 +273,7 @@ def takeover(base: Path, redis: Redis) -> dict[str, Any]:
         ca = Client(ds["a"].sock)
         wait_alive(ca, len(ds))
         for run in range(TAKEOVERS):
-            accepted = ca.call("tasks.run", {"agent": "sleepy", "detach": True,
+            accepted = ca.call("tasks.submit", {"agent": "sleepy",
                                              "input": {"do": "sleep", "seconds": 8}})
             tid = accepted["task_id"]
             while True:

@@ -66,8 +66,8 @@ def main() -> None:
     try:
         ready = c.start()
         probe.phase = "tasks"
-        ids = [call(str(c.sock), "tasks.run", {"agent": f"w{i}", "input": {"name": "m"},
-                                               "detach": True})["task_id"]
+        ids = [call(str(c.sock), "tasks.submit", {"agent": f"w{i}",
+                                                  "input": {"name": "m"}})["task_id"]
                for i in range(args.agents)]
         for task_id in ids:
             call(str(c.sock), "tasks.get", {"task_id": task_id, "wait": True})

@@ -7,10 +7,12 @@ state are `mutating` and are written to the audit log; each names the scope a ca
 hold (DESIGN section 7).
 
 Each method also declares what it answers (`result`): the CLI decodes answers into it and
-reads fields, and it is the one schema an OpenAPI document is generated from. Where the
-engine already has the Struct (corral.supervisor's ReplicaStatus, TaskResult, ...), the one
-here is its wire twin: this module is imported by every CLI command and must not pull in
-the engine; tests/test_methods.py holds the daemon's answers to these types.
+reads fields, and it is the one schema an OpenAPI document is generated from. A task's
+views (TaskResult, TaskInfo, ...) are the engine's own Structs, from corral.taskviews,
+which holds nothing of the engine; where the engine's Struct lives beside its machinery
+(ReplicaStatus, ...), the one here is its wire twin: this module is imported by every CLI
+command and must not pull in the engine; tests/test_methods.py holds the daemon's answers
+to these types.
 """
 
 from __future__ import annotations
@@ -20,6 +22,29 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
+
+# a task's views are the engine's own structs, shared (no twins): named here as results
+from .taskviews import (
+    Attempt as Attempt,
+)
+from .taskviews import (
+    ModelUsage as ModelUsage,
+)
+from .taskviews import (
+    TaskError as TaskError,
+)
+from .taskviews import (
+    TaskInfo as TaskInfo,
+)
+from .taskviews import (
+    TaskResult as TaskResult,
+)
+from .taskviews import (
+    TaskSummary as TaskSummary,
+)
+from .taskviews import (
+    Usage as Usage,
+)
 
 # what a caller may do (DESIGN section 7); "admin" holds every other
 SCOPES = frozenset({"agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read",
@@ -37,6 +62,9 @@ class Method:
     # what it answers: a Struct, or None for a follow (it never answers), or an open
     # payload (an MCP server's result) as dict[str, Any]
     result: Any = None
+    # a param that, when given (not None), needs another method's scope too: param ->
+    # that method (what the call then does is what that method does)
+    needs: tuple[tuple[str, str], ...] = ()
 
     @property
     def doc(self) -> str:
@@ -47,7 +75,8 @@ REGISTRY: dict[str, Method] = {}
 
 
 def method(name: str, *, scope: str, result: Any, mutating: bool = False,
-           streaming: bool = False, endless: bool = False) -> Any:
+           streaming: bool = False, endless: bool = False,
+           needs: dict[str, str] | None = None) -> Any:
     if scope not in SCOPES:  # pragma: no cover - a programming error
         raise RuntimeError(f"method {name}: unknown scope {scope}")
 
@@ -55,7 +84,7 @@ def method(name: str, *, scope: str, result: Any, mutating: bool = False,
         if name in REGISTRY:  # pragma: no cover - a programming error
             raise RuntimeError(f"method {name} defined twice")
         REGISTRY[name] = Method(name, cls, mutating, scope, streaming or endless, endless,
-                                result)
+                                result, tuple((needs or {}).items()))
         cls.__method_name__ = name  # type: ignore[attr-defined]
         return cls
 
@@ -427,21 +456,6 @@ class SupervisorStats(Result):
     usage_reports_ignored: int = 0
 
 
-class Usage(msgspec.Struct):
-    """Tokens and dollars an agent reported (usage/report), and in how many reports."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    reports: int = 0
-
-
-class ModelUsage(Usage):
-    """Usage in total and per model (supervisor.tasks.budget.ModelUsage's twin)."""
-
-    models: dict[str, Usage] = {}
-
-
 class AgentUsage(ModelUsage):
     """An agent's usage since the daemon started, and what its budgets' windows hold."""
 
@@ -502,75 +516,16 @@ class StatsResult(Result):
     cluster: dict[str, Any] | UnsetType = UNSET
 
 
-class TaskError(msgspec.Struct, omit_defaults=True):
-    code: int
-    message: str
-    data: Any = None
-
-
-class Attempt(msgspec.Struct):
-    replica: int
-    pid: int | None
-    started: float
-    finished: float | None = None
-    outcome: str = "running"
-    error: str | None = None
-    # the cluster node that ran it (a cluster task's attempts only: docs/cluster.md)
-    node: str | UnsetType = UNSET
-
-
-class TaskResult(msgspec.Struct):
-    """What `corral run --json` prints (supervisor.tasks.TaskResult's twin)."""
-
-    task_id: str
-    status: str
-    output: Any  # whatever the agent answered
-    error: TaskError | None
-    attempts: list[Attempt]
-
-
 class TaskAccepted(Result):
-    """tasks.run's answer with detach: the task runs on."""
+    """tasks.submit's answer: the task's id, and its status when it was accepted; with
+    `wait`, once it has ended within the wait, its outcome too (a TaskResult's fields, in
+    its order: `corral run --json`'s)."""
 
     task_id: str
     status: str
-
-
-class _TaskHead(msgspec.Struct):
-    task_id: str
-    agent: str
-    status: str
-    priority: int
-    created: float
-    started: float | None
-    finished: float | None
-
-
-class TaskInfo(_TaskHead):
-    """`corral task ID` (supervisor.tasks.TaskInfo's twin)."""
-
-    tool_calls: int
-    progress: Any  # as the agent reported it
-    output: Any
-    error: TaskError | None
-    attempts: list[Attempt]
-    output_dropped: bool = False
-    usage: ModelUsage | None = None  # what the worker reported (usage/report)
-    waiting: str | None = None  # why a queued task is not started yet (a budget)
-    # seconds from accepted to its first start (a sleeping agent's wake among it)
-    queue_wait: float | None = None
-    # the input as it was sent, when asked for (tasks.get with input) and kept: absent
-    # when not asked, or not kept (a cluster task's, a task of a daemon without a journal
-    # once it has finished, a row pruned)
-    input: Any | UnsetType = UNSET
-
-
-class TaskSummary(_TaskHead):
-    """One line of `corral tasks`."""
-
-    attempts: int
-    # a cluster task's node: the one running it, or that ran its last attempt
-    node: str | UnsetType = UNSET
+    output: Any | UnsetType = UNSET
+    error: TaskError | UnsetType | None = UNSET
+    attempts: list[Attempt] | UnsetType = UNSET
 
 
 class TaskList(Result):
@@ -837,20 +792,37 @@ class StatsGet(Params):
 
 
 # -- tasks and events -----------------------------------------------------------------------
-@method("tasks.run", result=TaskResult, scope="tasks:run", streaming=True)
-class TasksRun(Params):
-    """Run a task on an agent and wait for its outcome (progress arrives as `task.progress`
-    notifications); with detach, answer the task id at once."""
+class TaskParams(Params):
+    """What to run, on which agent: tasks.run's and tasks.submit's."""
 
     agent: str
     # kept as its JSON bytes: the daemon forwards the input to the worker without a
-    # decode and an encode (a 10 MB document is checked once, by the scan that reads it)
-    input: msgspec.Raw = msgspec.Raw(b"null")
+    # decode and an encode (a 10 MB document is checked once, by the scan that reads it);
+    # a factory, as a Raw default cannot be written into the JSON Schema
+    input: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
     timeout: float | None = None
     priority: int = 0
-    detach: bool = False
     # with [cluster]: run it on this node, not on whichever node has room
     local: bool = False
+
+
+MAX_WAIT = 3600.0  # seconds a tasks.submit may hold its answer for the outcome
+
+
+@method("tasks.run", result=TaskResult, scope="tasks:run", streaming=True)
+class TasksRun(TaskParams):
+    """Run a task on an agent and wait for its outcome (progress arrives as `task.progress`
+    notifications)."""
+
+
+# waiting answers the task's outcome: whoever waits reads the task, as tasks.get does
+@method("tasks.submit", result=TaskAccepted, scope="tasks:run",
+        needs={"wait": "tasks.get"})
+class TasksSubmit(TaskParams):
+    """Submit a task and answer its id at once, while it runs on; with wait, hold the
+    answer up to that many seconds for its outcome (the tasks:read scope too)."""
+
+    wait: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT)] | None = None
 
 
 @method("tasks.get", result=TaskInfo, scope="tasks:read")

@@ -222,8 +222,8 @@ def test_deep_nesting_and_bad_utf8_get_an_error_and_the_connection_lives(daemon:
 
 def test_requests_sent_before_a_half_close_are_answered(daemon: Daemon) -> None:
     s = connect(daemon)
-    s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"tasks.run","params":{"agent":"hello",'
-              b'"input":{"name":"x"},"detach":true}}\n'
+    s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"tasks.submit","params":{"agent":"hello",'
+              b'"input":{"name":"x"}}}\n'
               b'{"jsonrpc":"2.0","id":2,"method":"agents.restart","params":{"names":["other"]}}'
               b'\n{"jsonrpc":"2.0","id":3,"method":"daemon.info"}')  # the last without \n
     s.shutdown(socket.SHUT_WR)

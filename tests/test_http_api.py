@@ -166,9 +166,14 @@ async def test_bad_requests_are_refused_with_a_clear_message_and_change_nothing(
             ("GET", "/agents?verbose=1", b"", 400,
              "invalid params: unknown query parameter `verbose` (known: names, tenant)"),
             ("POST", "/tasks", b'{"agent": "web-1", "inputs": 1}', 400,
-             "invalid params: Object contains unknown field `inputs`"),
+             "invalid params: unknown field `inputs` (known: agent, input, timeout, "
+             "priority, local)"),
             ("POST", "/tasks?wait=forever", b'{"agent": "web-1"}', 400,
-             "invalid params: wait is seconds from 0 to 3600, not forever"),
+             "invalid params: Expected `float | null`, got `str` - at `$.wait`"),
+            ("POST", "/tasks?wait=3601", b'{"agent": "web-1"}', 400,
+             "invalid params: Expected `float` <= 3600.0 - at `$.wait`"),
+            ("POST", "/tasks?after=1", b'{"agent": "web-1"}', 400,
+             "invalid params: unknown query parameter `after` (known: wait)"),
             ("POST", "/tasks", b'{"agent": "nobody"}', 404,
              "no such agent: nobody (agents: web-1)"),
         ]
@@ -406,6 +411,9 @@ async def test_the_openapi_document_is_made_from_the_methods(tmp_path: Path) -> 
             "properties": {"replicas": {"type": "integer"}}, "required": ["replicas"]}
         post = doc["paths"]["/api/v1/tasks"]["post"]
         submit = post["requestBody"]["content"]["application/json"]["schema"]
-        assert doc["components"]["schemas"][submit["$ref"].rsplit("/", 1)[1]][
-            "properties"]["input"] == {"description": "any JSON value: the agent's input"}
+        assert submit["properties"]["input"] == {
+            "description": "any JSON value: the agent's input"}
+        assert submit["required"] == ["agent"]
         assert set(post["responses"]) >= {"200", "202", "400", "401", "429"}
+        assert post["responses"]["202"]["headers"]["Location"]
+        assert [p["name"] for p in post["parameters"]] == ["wait", "Idempotency-Key"]

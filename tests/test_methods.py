@@ -18,7 +18,6 @@ from typing import Any
 import msgspec
 import pytest
 
-from corral import methods as m
 from corral.methods import REGISTRY
 
 from .conftest import EXAMPLES, ROOT
@@ -44,8 +43,8 @@ def test_every_method_declares_a_result() -> None:
 def test_every_result_has_a_json_schema() -> None:
     """The one schema source: the results of every method, in one document."""
     types = [spec.result for spec in REGISTRY.values() if spec.result is not None]
-    refs, components = msgspec.json.schema_components([*types, m.TaskAccepted])
-    assert len(refs) == len(types) + 1
+    refs, components = msgspec.json.schema_components(types)
+    assert len(refs) == len(types)
     for spec in REGISTRY.values():
         if isinstance(spec.result, type):
             assert spec.result.__name__ in components, spec.name
@@ -157,9 +156,11 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         ask("agents.remove", {"names": ["extra"]})
         ran = ask("tasks.run", {"agent": "hello", "input": {"name": "types"}})
         assert ran.status == "succeeded" and ran.output["greeting"] == "hello, types"
-        accepted = ask("tasks.run", {"agent": "hello", "input": None, "detach": True},
-                       m.TaskAccepted)
+        accepted = ask("tasks.submit", {"agent": "hello", "input": None})
         ask("tasks.get", {"task_id": accepted.task_id, "wait": True})
+        # with wait: the outcome within it, in the same answer (`POST /tasks?wait`)
+        waited = ask("tasks.submit", {"agent": "hello", "input": {"name": "w"}, "wait": 30})
+        assert waited.status == "succeeded" and waited.output["greeting"] == "hello, w"
         assert ask("tasks.list", {}).tasks
         ask("events.publish", {"topic": "t", "data": {"x": 1}})
         ask("logs.tail", {"names": ["hello#0"], "lines": 5})
@@ -205,8 +206,7 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         # needs [cluster] and Redis: held to NodesResult in tests/cluster/
         done.add("nodes.list")
         done.add("nodes.drain")
-        slow = ask("tasks.run", {"agent": "slow", "input": {"do": "sleep", "seconds": 30},
-                                 "detach": True}, m.TaskAccepted)
+        slow = ask("tasks.submit", {"agent": "slow", "input": {"do": "sleep", "seconds": 30}})
         assert ask("tasks.cancel", {"task_id": slow.task_id}).status == "cancelled"
         ask("daemon.shutdown")
     finally:

@@ -213,7 +213,7 @@ def test_a_rolling_restart_under_load_keeps_replicas_serving_and_loses_no_task(
         try:
             wait_until(lambda: d.json("info")["followers"] == 1, what="follower attached")
             with Client(d.sock) as c:  # a steady load: more work queued than the rollout
-                ids = [c.call("tasks.run", {"agent": "work", "detach": True,
+                ids = [c.call("tasks.submit", {"agent": "work",
                                             "input": {"do": "sleep", "seconds": 0.05}}
                               )["task_id"] for _ in range(60)]
             r = d.cli("restart", "work", "--rolling")

@@ -218,11 +218,11 @@ async def test_corral_add_with_flags_puts_the_agent_in_a_tenant(tmp_path: Path) 
         assert set(d.sup.agents) == {"a1", "a2"}
 
 
-async def _run(d: Daemon, agent: str, task: dict[str, Any], **kw: Any) -> Any:
-    """tasks.run's answer, as the wire has it (a dict)."""
-    got = await call(d, "tasks.run", msgspec.json.encode({"agent": agent, "input": task,
-                                                          **kw}))
-    return msgspec.convert(got, m.TaskAccepted) if isinstance(got, dict) else got
+async def _run(d: Daemon, agent: str, task: dict[str, Any], *, detach: bool = False,
+               **kw: Any) -> Any:
+    """tasks.run's answer (tasks.submit's, detached)."""
+    return await call(d, "tasks.submit" if detach else "tasks.run", msgspec.json.encode(
+        {"agent": agent, "input": task, **kw}))
 
 
 @pytest.mark.deadline(120)
@@ -245,8 +245,8 @@ rate_per_minute = 2
         await wait_until_async(lambda: sup.tasks.running("s1") + sup.tasks.running("s2")
                                == 2, timeout=10)
         assert sup.tasks.queue.depth("s1") + sup.tasks.queue.depth("s2") == 2
-        code, text = await refused(d, OPERATOR, "tasks.run", msgspec.json.encode(
-            {"agent": "s2", "input": wait, "detach": True}))
+        code, text = await refused(d, OPERATOR, "tasks.submit", msgspec.json.encode(
+            {"agent": "s2", "input": wait}))
         assert (code, text) == (jsonrpc.REFUSED, "tenant acme: max_queue 2 reached (2 "
                                 "waiting); a task for s2 needs 1 more")
         entry = {t.name: t for t in (await call(d, "tenants.list")).tenants}["acme"]
@@ -618,6 +618,7 @@ def probes(task_b: str, ghost_task: str) -> dict[str, tuple[str, Any, Any]]:
         "logs.follow": ("missing", names(B), names(GHOST)),
         "stats.get": ("listing", {}, None),
         "tasks.run": ("missing", run(B), run(GHOST)),
+        "tasks.submit": ("missing", run(B), run(GHOST)),
         "tasks.get": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),
         "tasks.list": ("missing", {"agent": B}, {"agent": GHOST}),
         "tasks.cancel": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),

@@ -178,9 +178,9 @@ async def test_a_caller_limited_to_web_agents_cannot_see_or_touch_db(tmp_path: P
             jsonrpc.NOT_FOUND, "no such agent: db (agents: web-1)")
 
         # db's task: neither seen nor cancelled by the limited caller
-        running_task = await d.dispatcher.call(SOCKET, "tasks.run", msgspec.json.encode({
-            "agent": "db", "input": {"do": "sleep", "seconds": 60}, "detach": True}))
-        tid = running_task["task_id"]
+        running_task = await d.dispatcher.call(SOCKET, "tasks.submit", msgspec.json.encode({
+            "agent": "db", "input": {"do": "sleep", "seconds": 60}}))
+        tid = running_task.task_id
         await wait_until_async(lambda: d.sup.tasks.get(tid).status == "running")
         assert await refused(d, web, "tasks.get", {"task_id": tid}) == (
             jsonrpc.NOT_FOUND, f"no such task: {tid}")
@@ -233,8 +233,8 @@ async def test_a_limited_caller_following_every_log_is_sent_only_its_agents_line
             assert mine.batches == [{"web-1"}]
             # a line of db's, then web-1's restart: the limited caller is sent web-1's
             # lines, and never a batch with db's
-            crash = {"agent": "db", "input": {"do": "crash"}, "detach": True}
-            await d.dispatcher.call(SOCKET, "tasks.run", msgspec.json.encode(crash))
+            crash = {"agent": "db", "input": {"do": "crash"}}
+            await d.dispatcher.call(SOCKET, "tasks.submit", msgspec.json.encode(crash))
             seen = len(every.batches)
             await wait_until_async(lambda: "db" in set().union(*every.batches[seen:]))
             await d.dispatcher.call(SOCKET, "agents.restart", {"names": ["web-1"]})

@@ -192,7 +192,7 @@ async def test_a_login_link_works_once_and_its_session_may_call(tmp_path: Path) 
         assert status == 200 and len(session["csrf"]) >= 32
         # what the page does (issue 36: run a task, add and remove agents) and nothing
         # of the daemon's own: no shutdown, reload, tokens or tenants' tables
-        assert {"stats.get", "tasks.run", "agents.add", "agents.remove", "agents.start",
+        assert {"stats.get", "tasks.submit", "agents.add", "agents.remove", "agents.start",
                 "agents.stop"} <= set(session["methods"])
         assert not {"daemon.shutdown", "config.reload", "tokens.create", "tenants.add",
                     "agents.signal", "packages.deploy"} & set(session["methods"])

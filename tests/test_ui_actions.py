@@ -333,7 +333,7 @@ async def test_each_new_action_needs_the_csrf_header_and_this_origin(tmp_path: P
                  ("agents.restart", {"names": ["hello#0"]}),
                  ("agents.add", {"agents": table}),
                  ("agents.remove", {"names": ["hello"]}),
-                 ("tasks.run", {"agent": "hello", "input": {"name": "x"}, "detach": True})]
+                 ("tasks.submit", {"agent": "hello", "input": {"name": "x"}})]
         for method, params in calls:
             for csrf, origin, detail in [
                     ("-", None, "forbidden: missing or wrong X-CSRF-Token header"),
@@ -347,7 +347,7 @@ async def test_each_new_action_needs_the_csrf_header_and_this_origin(tmp_path: P
         assert (await d.dispatcher.call(OPERATOR, "tasks.list")).tasks == []
 
         # with both, the same calls act (the page's own way)
-        status, _, accepted = await p.call("tasks.run", calls[-1][1])
+        status, _, accepted = await p.call("tasks.submit", calls[-1][1])
         assert status == 200 and accepted["status"] in ("queued", "running", "succeeded")
         status, _, info = await p.call("tasks.get", {"task_id": accepted["task_id"],
                                                      "wait": True, "input": True})
@@ -424,13 +424,13 @@ async def test_a_limited_sessions_actions_stay_within_its_tokens_agents(
                     ("agents.restart", {"names": ["hello"]}),
                     ("agents.remove", {"names": ["hello"]}),
                     ("agents.add", {"agents": {"other": table}}),
-                    ("tasks.run", {"agent": "hello", "input": None, "detach": True})]:
+                    ("tasks.submit", {"agent": "hello", "input": None})]:
                 status, _, body = await p.call(method, params)
                 got[method] = (status, body["detail"])
             unseen = (404, "no such agent: hello (agents: web-a)")
             assert got == {
                 "agents.stop": unseen, "agents.start": unseen, "agents.restart": unseen,
-                "agents.remove": unseen, "tasks.run": unseen,
+                "agents.remove": unseen, "tasks.submit": unseen,
                 "agents.add": (403, "forbidden: token dashboard is limited to agents "
                                     "matching web-*: may not add other")}
             # its own agents it may act on

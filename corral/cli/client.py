@@ -158,7 +158,6 @@ class Client:
         result: Any = None,
     ) -> Any:
         """`call`, the answer decoded into the result the method declares (corral.methods;
-        the CLI reads its fields), or into `result` where a call answers another (tasks.run
-        with detach)."""
+        the CLI reads its fields), or into `result` where the caller names one."""
         return self.call(method, params, on_notification,
                          result=result if result is not None else result_type(method))

@@ -101,12 +101,13 @@ def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority:
             msg = f" {params['message']}" if params.get("message") else ""
             click.echo(f"progress: {params.get('progress', 0):g}{total}{msg}", err=True)
 
-    params = m.TasksRun(agent=agent, input=task_input, timeout=timeout, priority=priority,
-                        detach=detach, local=local)
     if detach:  # answered at once, with the id of the task that runs on
-        got: m.TaskAccepted = obj.call("tasks.run", params, result=m.TaskAccepted)
+        got: m.TaskAccepted = obj.call("tasks.submit", m.TasksSubmit(
+            agent=agent, input=task_input, timeout=timeout, priority=priority, local=local))
         click.echo(json.dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
         return
+    params = m.TasksRun(agent=agent, input=task_input, timeout=timeout, priority=priority,
+                        local=local)
     res: m.TaskResult
     try:
         # the outcome comes when the task ends, however long it waits in the queue (a

@@ -26,7 +26,6 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ClusterSettings
 from ..supervisor.tasks import is_task_id, new_id
-from ..supervisor.tasks.admission import check_input, check_timeout
 from ..supervisor.tasks.host import TaskHost
 from ..timeouts import within
 from . import listing, records
@@ -79,15 +78,12 @@ class ClusterDesk:
                 raise RpcError(jsonrpc.REFUSED, f"no live node of cluster "
                                                 f"{self.settings.name} runs agent {agent}")
 
-    async def submit(self, p: m.TasksRun, task_id: str | None = None, *,
-                     watched: bool = False) -> str:
-        """Accept a cluster task: its id once Redis holds it; RpcError with the reason
-        otherwise (nothing was accepted). `watched`: a client follows its progress, which
-        the node running it then sends on the outcomes stream."""
-        task_id = task_id or new_id()
+    async def _put(self, p: m.TaskParams, task_id: str, *, watched: bool = False) -> None:
+        """Accept a cluster task, admitted by the front (daemon/tasks/clustered.py): done
+        once Redis holds it; RpcError with the reason otherwise (nothing was accepted).
+        `watched`: a client follows its progress, which the node running it then sends
+        on the outcomes stream."""
         raw = bytes(p.input)
-        check_input(len(raw))
-        check_timeout(p.timeout)
         local = self.host.agents.get(p.agent)
         max_queue = local.spec.max_queue if local is not None else 0
         keys = [self.keys.task(task_id), self.keys.stream(p.agent, p.priority),
@@ -114,7 +110,6 @@ class ClusterDesk:
         if got == -1:
             raise RpcError(jsonrpc.REFUSED, f"agent {p.agent}'s cluster queue is full "
                                             f"({max_queue} waiting, max_queue)")
-        return task_id
 
     # -- ask --------------------------------------------------------------------------------
     async def list(self, p: m.TasksList, since: float | None, limit: int,
@@ -192,19 +187,19 @@ class ClusterDesk:
         wake-up can come before it. The record is also read every few beats, so a
         wake-up lost with a connection costs only time."""
         while True:
-            if fut is None:
-                fut = self._waiter(task_id)
-                with contextlib.suppress(RedisError):
-                    i = await self._ended_info(task_id)
-                    if i is not None:
-                        self._unwait(task_id, fut)
-                        return i
             try:
+                if fut is None:
+                    fut = self._waiter(task_id)
+                    with contextlib.suppress(RedisError):
+                        i = await self._ended_info(task_id)
+                        if i is not None:
+                            return i
                 with contextlib.suppress(TimeoutError):
-                    await within(asyncio.shield(fut),
-                                           RECHECK_BEATS * self.settings.beat)
+                    await within(asyncio.shield(fut), RECHECK_BEATS * self.settings.beat)
             finally:
-                self._unwait(task_id, fut)
+                # (a wait given up, `tasks.submit`'s, leaves no waiter behind)
+                if fut is not None:
+                    self._unwait(task_id, fut)
             carried = fut.result() if fut.done() else None
             if carried is not None:
                 return carried
@@ -226,33 +221,46 @@ class ClusterDesk:
                 if i is not None:
                     return i
 
-    async def run(self, p: m.TasksRun, notify: Callable[[str, Any], None],
-                  progress: Progress | None = None) -> Any:
-        """Submit, and (unless detached) wait for the outcome; `progress` hears the task's
-        progress reports, from whichever node runs it, as `task.progress`'s params."""
+    async def submit(self, p: m.TasksSubmit, wait: float | None
+                     ) -> tuple[str, m.TaskResult | None]:
+        """Submit: the task's id once Redis holds it, and with `wait`, its outcome if it
+        ends within that many seconds (else None: it runs on)."""
         task_id = new_id()
-        fut = None if p.detach else self._waiter(task_id)
-        follow = progress is not None and fut is not None
-        if follow:
-            assert progress is not None
-            self._following.setdefault(task_id, []).append(progress)
+        if wait is None:
+            await self._put(p, task_id)
+            return task_id, None
+        fut = self._waiter(task_id)  # before the submit: no wake-up can come before it
+        try:
+            await self._put(p, task_id)
+        except BaseException:
+            self._unwait(task_id, fut)
+            raise
+        try:
+            got = await within(self._ended(task_id, fut), wait)
+        except TimeoutError:
+            return task_id, None
+        return task_id, records.result(got) if isinstance(got, m.TaskInfo) else got
+
+    async def run(self, p: m.TasksRun, notify: Callable[[str, Any], None],
+                  progress: Progress) -> m.TaskResult:
+        """Submit and wait for the outcome; `progress` hears the task's progress reports,
+        from whichever node runs it, as `task.progress`'s params."""
+        task_id = new_id()
+        fut = self._waiter(task_id)
+        self._following.setdefault(task_id, []).append(progress)
         try:
             try:
-                await self.submit(p, task_id, watched=follow)
+                await self._put(p, task_id, watched=True)
             except BaseException:
-                if fut is not None:
-                    self._unwait(task_id, fut)
+                self._unwait(task_id, fut)
                 raise
-            if fut is None:
-                return m.TaskAccepted(task_id=task_id, status="queued")
             notify("task.accepted", {"task_id": task_id})
             got = await self._ended(task_id, fut)
         finally:
-            if follow:
-                self._unfollow(task_id, progress)
+            self._unfollow(task_id, progress)
         return records.result(got) if isinstance(got, m.TaskInfo) else got
 
-    def _unfollow(self, task_id: str, progress: Progress | None) -> None:
+    def _unfollow(self, task_id: str, progress: Progress) -> None:
         following = self._following.get(task_id)
         if following is not None and progress in following:
             following.remove(progress)

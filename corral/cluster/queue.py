@@ -13,7 +13,6 @@ write of its outcome must show, the stream entry, and the incarnation that claim
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 
 import msgspec
 
@@ -50,41 +49,21 @@ def free_slots(agent: AgentLike) -> int:
     return sum(max(0, limit - r.tasks_running) for r in agent.replicas if r.takes_tasks)
 
 
-class ClusterQueue:
-    """The Queue protocol over the local heap; `wanted` and `wake` drive the pullers."""
+class ClusterQueue(LocalQueue):
+    """The local heap, which is what waits on this node, and what the pullers need beside
+    it: `wanted` says how much to read, `wake` that a slot may have freed."""
 
-    __slots__ = ("_local", "_wake")
+    __slots__ = ("_wake",)
 
     def __init__(self) -> None:
-        self._local = LocalQueue()
+        super().__init__()
         self._wake: dict[str, asyncio.Event] = {}
-
-    def put(self, task: Task) -> None:
-        self._local.put(task)
-
-    def take(self, agent: str) -> Task | None:
-        return self._local.take(agent)
-
-    def requeue(self, task: Task) -> None:
-        self._local.requeue(task)
-
-    def remove(self, task: Task) -> bool:
-        return self._local.remove(task)
-
-    def depth(self, agent: str) -> int:
-        return self._local.depth(agent)
-
-    def recover(self, tasks: Iterable[Task]) -> None:
-        self._local.recover(tasks)
-
-    def position(self, task: Task) -> int | None:
-        return self._local.position(task)
 
     # -- for the pullers ----------------------------------------------------------------
     def wanted(self, agent: AgentLike) -> int:
         """How many cluster tasks this node should read for `agent` now: its free slots
         less what already waits here for them."""
-        return free_slots(agent) - self._local.depth(agent.name)
+        return free_slots(agent) - self.depth(agent.name)
 
     def event(self, agent: str) -> asyncio.Event:
         ev = self._wake.get(agent)

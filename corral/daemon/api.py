@@ -11,7 +11,7 @@ see a transport: they get the services, their typed params, the Caller and a Cha
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -129,14 +129,18 @@ class Dispatcher(Generic[Ctx]):
         call from what it already has (a stream's shared ring): raises RpcError."""
         return self._check(self.bind(caller), name, params)
 
-    def admit(self, caller: Caller, name: str) -> None:
+    def admit(self, caller: Caller, name: str, given: Collection[str] = ()) -> None:
         """What `dispatch` refuses without the params, for a transport that has not read
-        them yet (an HTTP body): an unknown method, a caller without the scope, a method
-        closed to a limited caller. Raises RpcError, audited as `dispatch`'s refusals."""
+        them yet (an HTTP body): an unknown method, a caller without the scope (and
+        without what the params `given` so far need), a method closed to a limited
+        caller. Raises RpcError, audited as `dispatch`'s refusals."""
         caller = self.bind(caller)
         try:
             spec = self.method(name)
             _scope_held(caller, spec)
+            for param, other in spec.needs:
+                if param in given:
+                    _scope_held(caller, REGISTRY[other])
             if caller.limited:
                 agent_rule(name, caller)
         except RpcError as exc:
@@ -150,6 +154,9 @@ class Dispatcher(Generic[Ctx]):
         spec = self.method(name)
         _scope_held(caller, spec)
         typed = decode(params, spec.params)
+        for param, other in spec.needs:
+            if getattr(typed, param) is not None:
+                _scope_held(caller, REGISTRY[other])
         rule: AgentRule | None = None
         if caller.limited:
             rule = agent_rule(spec.name, caller)

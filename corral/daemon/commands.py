@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
     from ..supervisor.core import Agent
     from ..supervisor.replica import Replica
-    from ..supervisor.tasks import TaskInfo
     from .gateway import GatewayChanged
 
 HANDLERS: Handlers[Services] = Handlers()
@@ -567,14 +566,19 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
     )
 
 
+@implements("tasks.submit")
+async def tasks_submit(d: Services, p: m.TasksSubmit, caller: Caller, c: Channel
+                       ) -> m.TaskAccepted:
+    return await d.tasks.submit(p, c)
+
+
 @implements("tasks.run")
-async def tasks_run(d: Services, p: m.TasksRun, caller: Caller, c: Channel) -> Any:
+async def tasks_run(d: Services, p: m.TasksRun, caller: Caller, c: Channel) -> m.TaskResult:
     return await d.tasks.run(p, c)
 
 
 @implements("tasks.get")
-async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel
-                    ) -> TaskInfo | m.TaskInfo:
+async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel) -> m.TaskInfo:
     info = await d.tasks.get(p.task_id, wait=p.wait)
     if p.input:
         kept = await d.tasks.input_of(p.task_id)
@@ -588,12 +592,12 @@ async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) ->
     # a caller limited to some agents pages through theirs only (full pages; a cursor
     # of another agent's task reads as absent)
     tasks, older = await d.tasks.list(p, caller.sees if caller.limited else None)
-    return m.TaskList(tasks=_wire(tasks), next=older if older is not None else msgspec.UNSET)
+    return m.TaskList(tasks=tasks, next=older if older is not None else msgspec.UNSET)
 
 
 @implements("tasks.cancel")
 async def tasks_cancel(d: Services, p: m.TasksCancel, caller: Caller, c: Channel
-                       ) -> TaskInfo | m.TaskInfo:
+                       ) -> m.TaskInfo:
     return await d.tasks.cancel(p.task_id)
 
 

@@ -71,7 +71,7 @@ from .store import StateStore
 from .storeschema import StoreError
 from .storewriter import StoreWriter
 from .taskjournal import TaskJournalDB
-from .tasks import TaskDesk
+from .tasks import LocalFront, TaskFront
 from .tenantdirs import TenantDirs
 from .tenants import TenantDesk, groups_of
 from .tokens import tokens_of
@@ -356,16 +356,19 @@ class Daemon:
         tenants = TenantDesk(parts, store, self.config_path, hub.daemon)
         tenants.on_groups = control.set_tenant_groups
         fleet.gateway = cfg.gateway
-        desk = TaskDesk(sup, journal, hub.daemon)
+        # the task front, chosen once: with [cluster], the cluster's (this node's own
+        # behind it, for `local`)
+        local_tasks = LocalFront(sup, journal, hub.daemon)
+        tasks: TaskFront = local_tasks
         if cfg.cluster is not None:
             from ..cluster.node import ClusterNode  # redis-py only where [cluster] is
+            from .tasks.clustered import ClusterFront
             assert task_queue is not None
-            desk.cluster = self.cluster = ClusterNode(cfg.cluster, sup, parts,
-                                                      task_queue, hub.daemon,
-                                                      prepare=fleet.fill_paths,
-                                                      apply=fleet.apply_spec,
-                                                      describe=describe_change,
-                                                      key=self._cluster_key(cfg.cluster))
+            self.cluster = ClusterNode(cfg.cluster, sup, parts, task_queue, hub.daemon,
+                                       prepare=fleet.fill_paths, apply=fleet.apply_spec,
+                                       describe=describe_change,
+                                       key=self._cluster_key(cfg.cluster))
+            tasks = ClusterFront(local_tasks, self.cluster, sup)
             await self._one_node(self.cluster, hub)
         history = History(parts.agents, parts.tasks, store, cfg.http)
         packages = Packages(cfg.packages, Path(cfg.packages.dir) if cfg.packages.dir
@@ -383,7 +386,7 @@ class Daemon:
         stack.push_async_callback(watches.close)
         services = Services(
             **_engine_parts(parts, self.cluster), hub=hub, store=store, revisions=revisions,
-            fleet=fleet, tasks=desk,
+            fleet=fleet, tasks=tasks,
             gateway=gateway, http=http, journal=journal, history=history, packages=packages,
             dev_watch=watches, watch=FleetWatch(parts.agents, parts.stream), tenants=tenants,
             config_path=self.config_path,
@@ -413,18 +416,18 @@ class Daemon:
         tenants.start(cfg)  # before the agents, whose quotas they are
         local, declared = by_placement(cfg)
         fleet.start(local)
-        if desk.cluster is not None:
-            desk.cluster.declared.declare(declared)  # registered by its first beat
+        if self.cluster is not None:
+            self.cluster.declared.declare(declared)  # registered by its first beat
         watches.sync_all()
         if journal is not None:
             # no await since the agents were added: no task can be accepted before the
             # journal's are back, numbered after theirs
-            desk.recover(unfinished)
+            tasks.recover(unfinished)
             journal.start_pruning()
         else:
-            desk.recover([])
-        if desk.cluster is not None:
-            desk.cluster.start()
+            tasks.recover([])
+        if self.cluster is not None:
+            self.cluster.start()
         self._check_ready()
         return services
 

@@ -31,7 +31,7 @@ from .packages.service import Packages
 from .revisions import RevisionLog
 from .store import StateStore
 from .taskjournal import TaskJournalDB
-from .tasks import TaskDesk
+from .tasks import TaskFront
 from .tenants import TenantDesk
 from .watch import FleetWatch
 
@@ -70,7 +70,7 @@ class Services:
     store: StateStore
     revisions: RevisionLog
     fleet: Fleet
-    tasks: TaskDesk
+    tasks: TaskFront  # local, or the cluster's: chosen once, at start-up
     gateway: GatewayService
     # the HTTP gateway (http_gateway.HttpGateway): /mcp of [http], [gateway] listen; or None
     http: Any

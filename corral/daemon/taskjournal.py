@@ -67,6 +67,7 @@ from ..supervisor.tasks import (
     unknown_cursor,
 )
 from ..supervisor.tasks.budget import MINUTE
+from ..taskviews import queue_wait
 from ..text import iso_time, plural
 from .storeschema import connect, errors_named
 from .storewriter import RETRY_EVERY, GroupCommit, WriterThread
@@ -333,7 +334,8 @@ class TaskJournalDB:
                         raw_output_of(msgspec.Raw(output)) if output is not None else None,
                         None if error is None else _error.decode(error),
                         _attempts.decode(attempts),
-                        usage=None if usage is None else _usage.decode(usage))
+                        usage=None if usage is None else _usage.decode(usage),
+                        queue_wait=queue_wait(created, started))
 
     def _load_input(self, task_id: str) -> msgspec.Raw | None:
         with self._read_lock:

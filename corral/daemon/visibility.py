@@ -351,6 +351,7 @@ AGENT_RULES: dict[str, AgentRule] = {
         "agents.transition": _of_agent, "agents.roster": _of_agent,
         "agents.health": _of_agent})),
     "tasks.run": AgentRule(_AGENT_PARAM),
+    "tasks.submit": AgentRule(_AGENT_PARAM),
     "tasks.get": AgentRule(_nothing, filter=_task_filter),
     "tasks.list": AgentRule(_AGENT_PARAM, filter=_tasks_filter),
     "tasks.cancel": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),

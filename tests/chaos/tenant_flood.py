@@ -22,8 +22,8 @@ sent = 0
 while sent < total:
     n = min(window, total - sent)
     sock.sendall(b"".join(json.dumps({
-        "jsonrpc": "2.0", "id": sent + i, "method": "tasks.run",
-        "params": {"agent": agent, "input": {"do": "echo", "i": sent + i}, "detach": True},
+        "jsonrpc": "2.0", "id": sent + i, "method": "tasks.submit",
+        "params": {"agent": agent, "input": {"do": "echo", "i": sent + i}},
     }).encode() + b"\n" for i in range(n)))
     sent += n
     answered = 0

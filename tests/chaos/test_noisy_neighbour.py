@@ -174,7 +174,7 @@ def test_a_noisy_tenant_does_not_starve_another(tmp: Path, world_readable_tree: 
 
             # A: its memory over its quota, a fork bomb, every core spun, its queue filled
             def detach(agent: str, task: dict[str, Any]) -> None:
-                c.call("tasks.run", {"agent": agent, "input": task, "detach": True})
+                c.call("tasks.submit", {"agent": agent, "input": task})
 
             detach("a_spin", {"do": "spin"})
             detach("a_spin", {"do": "spin"})

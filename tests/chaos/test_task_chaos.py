@@ -61,8 +61,8 @@ class Load:
                 with Client(self.sock, timeout=30) as c:
                     while not self.stop.is_set():
                         try:
-                            res = c.call("tasks.run", {"agent": "w", "input": self.input,
-                                                       "detach": True})
+                            res = c.call("tasks.submit", {"agent": "w",
+                                                          "input": self.input})
                         except CallFailed as exc:  # refused: not accepted
                             self.refused.append(exc.message)
                             self.stop.wait(0.05)

@@ -68,7 +68,7 @@ class Node(Daemon):
 
 def run(n: Node, agent: str, task_input: Any, **params: Any) -> Any:
     """A cluster task submitted on `n`, its record once it ended (attempts' nodes)."""
-    task_id = n.call("tasks.run", {"agent": agent, "input": task_input, "detach": True,
+    task_id = n.call("tasks.submit", {"agent": agent, "input": task_input,
                                    **params})["task_id"]
     return n.call("tasks.get", {"task_id": task_id, "wait": True})
 

@@ -38,7 +38,7 @@ def test_a_cluster_task_wakes_an_asleep_agent_and_the_backlog_scales_it(
         assert b.call("stats.get")["cluster"]["woken"] >= 1
         # six long tasks: one runs per replica (one slot each), the rest wait in the
         # stream, unread by b; counted as load, they scale b up to max_replicas
-        ids = [a.call("tasks.run", {"agent": "sleepy", "detach": True,
+        ids = [a.call("tasks.submit", {"agent": "sleepy",
                                     "input": {"do": "sleep", "seconds": 2}})["task_id"]
                for _ in range(6)]
         wait_until(lambda: b.call("stats.get")["agents"]["sleepy"]["replicas"] == 3,

@@ -59,7 +59,7 @@ async def test_nodes_and_tasks_over_http(tmp: Path, redis: RedisServer) -> None:
         # Prometheus: series per node (a `node` label), no task ids; the nodes as this
         # node's last beat read them
         await api.token("scraper", "metrics:read")
-        await wait_until_async(lambda: api.d.services.tasks.cluster.desk.view != [])
+        await wait_until_async(lambda: api.d.services.cluster.desk.view != [])
         async with api.http.get(api.d.http_server.url + "/metrics", headers={
                 "Authorization": f"Bearer {api.tokens['scraper']}"}) as r:
             text = await r.text()

@@ -35,7 +35,7 @@ def test_every_node_lists_the_clusters_tasks(tmp: Path, redis: RedisServer) -> N
         wait_until(lambda: len(a.json("nodes")["nodes"]) == 3, what="three nodes")
 
         def submit(n: Node, task: dict[str, Any]) -> str:
-            return str(n.call("tasks.run", {"agent": "sleepy", "detach": True,
+            return str(n.call("tasks.submit", {"agent": "sleepy",
                                             "input": task})["task_id"])
 
         done = []
@@ -160,7 +160,7 @@ def test_progress_of_a_task_running_elsewhere_reaches_its_client(
         assert r.returncode == 0, r.stderr
         assert r.stderr.splitlines()[-1] == "progress: 3/3 step 3"
         # a detached task's progress stays in its record: nobody follows it
-        detached = a.call("tasks.run", {"agent": "sleepy", "detach": True,
+        detached = a.call("tasks.submit", {"agent": "sleepy",
                                         "input": {"do": "progress", "steps": 2}})["task_id"]
         assert a.call("tasks.get", {"task_id": detached, "wait": True})["progress"][
             "message"] == "step 2"

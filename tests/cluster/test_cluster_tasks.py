@@ -96,7 +96,7 @@ def test_redis_away_refuses_submissions_and_loses_nothing_accepted(
         a, b = ns["a"], ns["b"]
         wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
         # accepted before Redis dies: one running, the others waiting in the stream
-        ids = [a.call("tasks.run", {"agent": "sleepy", "detach": True,
+        ids = [a.call("tasks.submit", {"agent": "sleepy",
                                     "input": {"do": "sleep", "seconds": 0.3}})["task_id"]
                for _ in range(8)]
         redis.kill()
@@ -145,8 +145,8 @@ def test_higher_priority_runs_first_and_the_queue_is_bounded(tmp: Path,
         wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
 
         def submit(priority: int, seconds: float = 0.05) -> str:
-            return str(a.call("tasks.run", {
-                "agent": "sleepy", "detach": True, "priority": priority,
+            return str(a.call("tasks.submit", {
+                "agent": "sleepy", "priority": priority,
                 "input": {"do": "sleep", "seconds": seconds}})["task_id"])
 
         busy = submit(0, 1.0)  # b's one slot: the rest wait in their streams
@@ -172,7 +172,7 @@ def test_a_cluster_task_is_cancelled_from_any_node(tmp: Path, redis: RedisServer
         wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
 
         def submit(seconds: float) -> str:
-            return str(a.call("tasks.run", {"agent": "sleepy", "detach": True,
+            return str(a.call("tasks.submit", {"agent": "sleepy",
                                             "input": {"do": "sleep", "seconds": seconds}}
                               )["task_id"])
 
@@ -204,7 +204,7 @@ def test_a_task_asked_to_cancel_is_not_handed_back_by_its_stopping_node(
     with nodes(tmp, redis, {"a": "", "b": sleeper("sleepy")}, ttl=15.0, beat=5.0) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
-        tid = a.call("tasks.run", {"agent": "sleepy", "detach": True,
+        tid = a.call("tasks.submit", {"agent": "sleepy",
                                    "input": {"do": "sleep", "seconds": 30}})["task_id"]
         wait_until(lambda: b.call("stats.get")["tasks"]["total"]["running"] == 1,
                    what="b runs it", timeout=30)
@@ -237,7 +237,7 @@ def test_an_unready_replica_takes_no_cluster_task(tmp: Path, redis: RedisServer)
             a = ns["a"]
             b.start(wait_ready=False)  # it says READY once its replica is ready
             wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
-            task_id = a.call("tasks.run", {"agent": "sleepy", "detach": True,
+            task_id = a.call("tasks.submit", {"agent": "sleepy",
                                            "input": {"do": "echo"}})["task_id"]
             deadline = time.monotonic() + 1.0  # several beats and checks: still waiting
             while time.monotonic() < deadline:

@@ -186,7 +186,7 @@ def test_drain_finishes_what_runs_hands_over_the_cluster_agent_and_leaves(
         wait_until(lambda: len(placed_on(everyone, "keeper")) == 1, what="placed")
         [x] = [n for n in everyone if n.name == placed_on(everyone, "keeper")[0]]
         others = [n for n in everyone if n is not x]
-        ids = [x.call("tasks.run", {"agent": "sleepy", "detach": True,
+        ids = [x.call("tasks.submit", {"agent": "sleepy",
                                     "input": {"do": "sleep", "seconds": 1.5}})["task_id"]
                for _ in range(6)]
         wait_until(lambda: x.call("stats.get")["tasks"]["total"]["running"] >= 1,
@@ -219,7 +219,7 @@ def test_drain_finishes_what_runs_hands_over_the_cluster_agent_and_leaves(
                       )["status"] == "succeeded"
         # a node that left still takes cluster submissions (Redis holds them) and reads
         # their outcomes: they run on the others (docs/cluster.md)
-        sent = x.call("tasks.run", {"agent": "sleepy", "detach": True,
+        sent = x.call("tasks.submit", {"agent": "sleepy",
                                     "input": {"do": "sleep", "seconds": 0.01}})["task_id"]
         got = x.call("tasks.get", {"task_id": sent, "wait": True})
         assert got["status"] == "succeeded" and got["attempts"][0]["node"] != x.name
@@ -252,7 +252,7 @@ def test_a_slot_a_change_of_the_table_brings_here_starts_with_its_state(
         # 1 (the least loaded takes a task: both are idle between rounds)
         for i in range(5):
             hold = tmp / f"hold{i}"
-            held = a.call("tasks.run", {"agent": "keeper", "local": True, "detach": True,
+            held = a.call("tasks.submit", {"agent": "keeper", "local": True,
                                         "input": {"do": "await", "path": str(hold)}}
                           )["task_id"]
             wait_until(lambda t=held: a.call("tasks.get", {"task_id": t})["status"] == (

@@ -39,7 +39,7 @@ def test_redis_killed_under_load_and_restarted_from_its_aof(tmp: Path,
         def load(n: Any) -> None:
             while not stop.is_set():
                 try:
-                    got = n.call("tasks.run", {"agent": "sleepy", "detach": True,
+                    got = n.call("tasks.submit", {"agent": "sleepy",
                                                "input": {"do": "sleep", "seconds": 0.05}})
                     accepted.append(got["task_id"])
                 except AssertionError as exc:  # the harness's error: its message
@@ -89,7 +89,7 @@ def test_a_rolling_restart_of_every_node_under_load(tmp: Path, redis: RedisServe
                 i += 1
                 n = order[i % 3]
                 try:
-                    got = n.call("tasks.run", {"agent": "sleepy", "detach": True,
+                    got = n.call("tasks.submit", {"agent": "sleepy",
                                                "input": {"do": "sleep", "seconds": 0.2}})
                     accepted.append(got["task_id"])
                 except (AssertionError, OSError, msgspec.DecodeError):

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def submit(n: Node, count: int, seconds: float) -> list[str]:
-    return [n.call("tasks.run", {"agent": "sleepy", "detach": True,
+    return [n.call("tasks.submit", {"agent": "sleepy",
                                  "input": {"do": "sleep", "seconds": seconds}})["task_id"]
             for _ in range(count)]
 

@@ -231,7 +231,7 @@ def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
         if agent.spec.health is not None:
             out.ready[name] = (sum(1 for r in agent.replicas if r.serving and r.health_ready),
                                agent.spec.tenant)
-    node = services.tasks.cluster
+    node = services.cluster
     if node is not None:
         out.cluster = node.status()
         out.nodes = list(node.desk.view)

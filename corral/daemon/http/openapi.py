@@ -12,12 +12,12 @@ import msgspec
 from aiohttp import web
 
 from ... import __version__
-from ...methods import REGISTRY, SCOPES, TaskAccepted
+from ...methods import REGISTRY, SCOPES
 from ...supervisor.names import NAME_RE
 from ...supervisor.tasks import ids
-from ..tasks import STATUSES
+from ..tasks.front import STATUSES
 from . import route, sse
-from .resources import PREFIX, RESOURCES, TaskSubmit
+from .resources import PREFIX, RESOURCES
 
 REF = "#/components/schemas/{name}"
 
@@ -79,16 +79,15 @@ def _problem_responses() -> dict[str, Any]:
 
 
 def document() -> dict[str, Any]:
-    types: list[Any] = [TaskSubmit, TaskAccepted]
+    types: list[Any] = []
     for res in RESOURCES:
         spec = REGISTRY[res.method]
         types.append(spec.params)
         if spec.result is not None:
             types.append(spec.result)
-    types.append(REGISTRY["tasks.run"].result)
     schemas, components = msgspec.json.schema_components(types, ref_template=REF)
     # msgspec.Raw reads as the empty schema (any value); say what it is
-    components["TaskSubmit"]["properties"]["input"] = {
+    components["TasksSubmit"]["properties"]["input"] = {
         "description": "any JSON value: the agent's input"}
     by_type = dict(zip(types, schemas, strict=True))
     components["Problem"] = PROBLEM_SCHEMA
@@ -148,36 +147,24 @@ def document() -> dict[str, Any]:
                                       "type": "string"}}}}
         else:
             result = spec.result
-            ok = {"description": "OK", "content": {"application/json": {
-                "schema": by_type[result] if result is not None else {}}}}
+            content = {"application/json": {
+                "schema": by_type[result] if result is not None else {}}}
+            ok = {"description": "OK", "content": content}
             if res.cursor is not None:
                 ok["headers"] = {"Link": {
                     "schema": {"type": "string"},
                     "description": f'`<URL>; rel="next"`: this request with `{res.cursor}` '
                                    "set to the answer's `next` (there is a next page)"}}
+            if res.location is not None:
+                ok["headers"] = _location(res.location)
         op["responses"] = {"200": ok, **_problem_responses()}
+        if res.done_when is not None:
+            ok["description"] = f"Done: the answer carries `{res.done_when}`"
+            op["responses"]["202"] = {
+                "description": f"Accepted: the work runs on (no `{res.done_when}` yet)",
+                "headers": _location(res.location), "content": content}
         paths.setdefault(PREFIX + res.path, {})[res.verb.lower()] = op
 
-    outcome = by_type[REGISTRY["tasks.run"].result]
-    paths.setdefault(PREFIX + "/tasks", {})["post"] = {
-        "operationId": "post_tasks", "summary": "Submit a task",
-        "description": "202 and the task's Location at once; with `wait`, the outcome "
-                       "(as `corral run --json` prints it) if the task ends within that "
-                       "many seconds, else 202.",
-        "tags": ["tasks"], "x-corral-method": "tasks.run",
-        "x-corral-scope": REGISTRY["tasks.run"].scope, "security": [{"bearer": []}],
-        "parameters": [{"name": "wait", "in": "query", "required": False,
-                        "schema": {"type": "number", "minimum": 0, "maximum": 3600}},
-                       _idempotency_header()],
-        "requestBody": {"required": True, "content": {"application/json": {
-            "schema": by_type[TaskSubmit]}}},
-        "responses": {
-            "200": {"description": "The task's outcome", "headers": _location(),
-                    "content": {"application/json": {"schema": outcome}}},
-            "202": {"description": "Accepted: the task runs on", "headers": _location(),
-                    "content": {"application/json": {"schema": by_type[TaskAccepted]}}},
-            **_problem_responses()},
-    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "corral", "version": __version__,
@@ -190,9 +177,9 @@ def document() -> dict[str, Any]:
     }
 
 
-def _location() -> dict[str, Any]:
+def _location(path: str | None) -> dict[str, Any]:
     return {"Location": {"schema": {"type": "string"},
-                         "description": "The task: /api/v1/tasks/{task_id}"}}
+                         "description": f"Where it is: {PREFIX}{path}"}} if path else {}
 
 
 def _idempotency_header() -> dict[str, Any]:

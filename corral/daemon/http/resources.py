@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
 PREFIX = "/api/v1"
 
 
@@ -27,6 +25,12 @@ class Resource:
     # a paged listing: the query param the answer's `next` is given back in (the
     # response's `Link: <...>; rel="next"`)
     cursor: str | None = None
+    # the resource the answer is (or made): a path under PREFIX with {field}s of the
+    # answer, sent as the response's Location
+    location: str | None = None
+    # a field the answer carries only once the work is done: 202 Accepted without it
+    # (the work runs on), 200 with it
+    done_when: str | None = None
     tag: str = ""
 
 
@@ -80,6 +84,11 @@ RESOURCES: list[Resource] = [
        query=("names", "lines", "since")),
     _r("GET", "/logs/stream", "logs.follow", "Log lines as they come (SSE)",
        query=("names", "lines", "since"), stream="logs.lines"),
+    _r("POST", "/tasks", "tasks.submit", "Submit a task: 202 and its Location at once; "
+       "with `wait`, its outcome (as `corral run --json` prints it) if it ends within that "
+       "many seconds, else 202", query=("wait",),
+       body=("agent", "input", "timeout", "priority", "local"), idempotent=True,
+       location="/tasks/{task_id}", done_when="attempts"),
     _r("GET", "/tasks", "tasks.list", "Recent tasks, newest last, a page at a time",
        query=("agent", "status", "since", "limit", "before", "local"), cursor="before"),
     _r("GET", "/tasks/{task_id}", "tasks.get", "One task (with ?input=true, its input)",
@@ -137,13 +146,3 @@ RESOURCES: list[Resource] = [
        "An agent package's kept releases"),
 ]
 
-
-class TaskSubmit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """`POST /api/v1/tasks`: what to run, on which agent."""
-
-    agent: str
-    # a factory: a Raw default cannot be written into the JSON Schema
-    input: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
-    timeout: float | None = None
-    priority: int = 0
-    local: bool = False  # with [cluster]: on this node, not the cluster's

@@ -4,9 +4,9 @@ Each resource is a row of `RESOURCES`: an HTTP method and path, the control meth
 calls, which params the path gives, and which the query string or the JSON body may give.
 One generic handler serves every row: authenticate (a bearer token), the per-token rate
 limit, params built from the request, one call on the Dispatcher, the answer as JSON or
-as problem+json. The OpenAPI document (openapi.py) is made from the same rows and the
-methods' Structs. Nothing here knows what a method does, except `POST /tasks`, whose
-answer is the task's (202 and where to find it, or its outcome with `?wait`).
+as problem+json (202 and a Location for a row whose answer says the work runs on). The
+OpenAPI document (openapi.py) is made from the same rows and the methods' Structs.
+Nothing here knows what a method does.
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from aiohttp import web
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
-from ...methods import REGISTRY, TasksRun
+from ...methods import REGISTRY
 from ...ratelimit import PerKey
-from ...timeouts import within
 from ..api import Dispatcher
 from ..caller import Caller
 from ..commands import event_tenant
@@ -35,10 +34,9 @@ from . import bodies, route, sse
 from .auth import authenticate, bearer
 from .context import HttpContext
 from .idempotency import MAX_KEY_LENGTH, Answer, Keys, Pending
-from .resources import PREFIX, RESOURCES, Resource, TaskSubmit
+from .resources import PREFIX, RESOURCES, Resource
 
 JSON = "application/json"
-MAX_WAIT = 3600.0  # seconds a `POST /tasks?wait` may hold the request
 
 
 def _fields(method: str) -> dict[str, mi.Field]:
@@ -140,8 +138,9 @@ class Api:
             if isinstance(caller, web.Response):
                 return caller
             try:
-                # refused before a byte of the body is read (decision 158)
-                self.dispatcher.admit(caller, res.method)
+                # refused before a byte of the body is read (decision 158), with what
+                # the query string asks for too
+                self.dispatcher.admit(caller, res.method, request.query.keys())
             except RpcError as exc:
                 return route.rpc_problem(exc)
             body = b""
@@ -226,15 +225,21 @@ class Api:
     async def answer(self, request: web.Request, caller: Caller, res: Resource,
                      params: Any) -> web.Response:
         result = await self.call(caller, res.method, params)
-        headers = None
+        headers = {}
         following = getattr(result, "next", None)
         if res.cursor is not None and isinstance(following, str):
             # the same request with the cursor of the next page (RFC 8288; relative to
             # the request's URL)
             url = request.rel_url.update_query({res.cursor: following})
-            headers = {"Link": f'<{url}>; rel="next"'}
-        return web.Response(body=msgspec.json.encode(result), content_type=JSON,
-                            headers=headers)
+            headers["Link"] = f'<{url}>; rel="next"'
+        if res.location is not None:
+            headers["Location"] = PREFIX + res.location.format_map(
+                {k: getattr(result, k) for k in result.__struct_fields__})
+        running = (res.done_when is not None
+                   and getattr(result, res.done_when) is msgspec.UNSET)
+        return web.Response(status=202 if running else 200,
+                            body=msgspec.json.encode(result), content_type=JSON,
+                            headers=headers or None)
 
     async def idempotent(self, request: web.Request, caller: Caller, res: Resource | None,
                          body: bytes, run: Callable[[], Any]) -> web.Response:
@@ -279,74 +284,6 @@ class Api:
             return response
         finally:
             self.keys.keep_answer(who, key, kept)
-
-    # -- POST /tasks ----------------------------------------------------------------------
-    async def submit_task(self, request: web.Request) -> web.StreamResponse:
-        caller = self.caller(request)
-        if isinstance(caller, web.Response):
-            return caller
-        try:
-            wait = self.wait_of(request)
-            # refused before the body is read, and before anything runs: a wait answers
-            # the task's outcome, which takes tasks:read (decision 158)
-            self.dispatcher.admit(caller, "tasks.run")
-            if wait is not None:
-                self.dispatcher.admit(caller, "tasks.get")
-        except RpcError as exc:
-            return route.rpc_problem(exc)
-        body = await route.body_of(request)
-        if isinstance(body, web.Response):
-            return body
-        try:
-            task = bodies.decode(body, TaskSubmit)
-            params = TasksRun(agent=task.agent, input=task.input, timeout=task.timeout,
-                              priority=task.priority, detach=True, local=task.local)
-            return await self.idempotent(request, caller, None, body,
-                                         lambda: self.run_task(caller, params, wait))
-        except RpcError as exc:
-            return route.rpc_problem(exc)
-        except Exception as exc:  # a defect: answered as one, as the socket does
-            return route.rpc_problem(RpcError(jsonrpc.INTERNAL_ERROR,
-                                              f"internal error: {jsonrpc.describe(exc)}"))
-
-    @staticmethod
-    def wait_of(request: web.Request) -> float | None:
-        for key in request.query:
-            if key != "wait":
-                raise RpcError(jsonrpc.INVALID_PARAMS,
-                               f"invalid params: unknown query parameter `{key}` (known: wait)")
-        value = request.query.get("wait")
-        if value is None:
-            return None
-        try:
-            wait = float(value)
-        except ValueError:
-            wait = -1.0
-        if not 0 <= wait <= MAX_WAIT:
-            raise RpcError(jsonrpc.INVALID_PARAMS, "invalid params: wait is seconds from 0 "
-                                                   f"to {MAX_WAIT:g}, not {value}")
-        return wait
-
-    async def run_task(self, caller: Caller, params: TasksRun, wait: float | None
-                       ) -> web.Response:
-        accepted = await self.call(caller, "tasks.run", params)
-        task_id = accepted["task_id"] if isinstance(accepted, dict) else accepted.task_id
-        location = f"{PREFIX}/tasks/{task_id}"
-        if wait is not None:
-            try:
-                info = await within(self.call(
-                    caller, "tasks.get", {"task_id": task_id, "wait": True}), wait)
-            except TimeoutError:
-                pass
-            else:
-                # as `corral run --json` prints it
-                outcome = {"task_id": info.task_id, "status": info.status,
-                           "output": info.output, "error": info.error,
-                           "attempts": info.attempts}
-                return web.Response(body=msgspec.json.encode(outcome), content_type=JSON,
-                                    headers={"Location": location})
-        return web.Response(status=202, body=msgspec.json.encode(accepted),
-                            content_type=JSON, headers={"Location": location})
 
 
 END_GRACE = 5.0  # seconds an ended stream's client has to take its end
@@ -399,9 +336,8 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
     app.on_cleanup.append(close)
     app[sse.STREAMS] = set()
     app.on_shutdown.append(sse.close_streams)
-    routes = [web.route(res.verb, PREFIX + res.path, api.handler(res)) for res in RESOURCES]
-    routes.append(web.post(PREFIX + "/tasks", api.submit_task))
-    app.add_routes(routes)
+    app.add_routes([web.route(res.verb, PREFIX + res.path, api.handler(res))
+                    for res in RESOURCES])
     from . import openapi
 
     app.add_routes([web.get(PREFIX + "/openapi.json", openapi.handler())])

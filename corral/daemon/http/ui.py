@@ -58,7 +58,7 @@ MAX_SESSIONS = 64
 # route's too, so the page can do nothing a token of the same scopes could not
 METHODS = ("agents.status", "agents.describe", "agents.history", "agents.rollback",
            "agents.scale", "agents.start", "agents.stop", "agents.restart", "agents.pause",
-           "agents.resume", "agents.add", "agents.remove", "tasks.run", "tasks.list",
+           "agents.resume", "agents.add", "agents.remove", "tasks.submit", "tasks.list",
            "tasks.get", "logs.tail", "stats.get", "stats.history", "mcp.status",
            "gateway.status", "audit.list", "nodes.list", "tenants.list")
 

@@ -1,14 +1,15 @@
 """Tasks: work given to agents, each ending in exactly one terminal outcome.
 
-model.py      Task, Attempt, TaskStatus, the structs that show a task, and the
-              tasks' events on the stream (TaskProgress, TaskFinished, AttemptEnded)
+model.py      Task, TaskStatus, TaskRecord (the structs that show a task, and usage
+              reported: corral.taskviews, shared with the CLI), and the tasks' events on
+              the stream (TaskProgress, TaskFinished, AttemptEnded)
 ids.py        task ids (UUIDv7: unique, sortable by creation)
 payload.py    inputs encoded, workers' answers read in one pass (Output)
 durable.py    the TaskJournal port (the daemon's: corral.daemon.taskjournal)
-admission.py  refusals: an agent that cannot run it, input size, rate, a full queue
+admission.py  refusals: an agent that cannot run it, input size, rate, a full queue;
+              the step every task passes wherever it runs (admit)
 queue.py      the Queue protocol, and LocalQueue (the priority heap)
 dispatch.py   to a replica's free slot, deadlines, retries
-usage.py      what agents report they spent (tokens, dollars, per model)
 budget.py     usage agents report, token and cost budgets, the gate dispatch asks
 deadlines.py  the running attempts' deadlines, behind one timer
 counters.py   per-agent counts and latency window
@@ -17,6 +18,7 @@ worker.py     task/progress, tools/call and tools/list from workers
 manager.py    TaskManager, composing them
 """
 
+from ...taskviews import Attempt, ModelUsage, TaskError, TaskInfo, TaskResult, TaskSummary, Usage
 from .admission import MAX_INPUT_BYTES
 from .budget import Budget, Budgets
 from .counters import LATENCY_WINDOW, AgentTasks
@@ -27,22 +29,16 @@ from .manager import TaskManager
 from .model import (
     LOST_IN_RESTART,
     TERMINAL,
-    Attempt,
     AttemptEnded,
     Task,
-    TaskError,
     TaskFinished,
-    TaskInfo,
     TaskProgress,
     TaskRecord,
-    TaskResult,
     TaskStatus,
-    TaskSummary,
 )
 from .payload import Output, encode_input, raw_output_of
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
-from .usage import ModelUsage, Usage
 from .worker import ToolRouter
 
 __all__ = [

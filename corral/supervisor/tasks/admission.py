@@ -3,7 +3,8 @@ is journaled or queued."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
@@ -12,6 +13,16 @@ from ...text import plural
 
 if TYPE_CHECKING:
     from .host import AgentLike
+
+
+class TenantQuotas(Protocol):
+    """What admission asks of the tenants (supervisor.tenants.Tenancy implements it): a
+    Protocol, as the tenants module imports this one."""
+
+    def task_refusal(self, agent: AgentLike, depth: Callable[[str], int]
+                     ) -> RpcError | None: ...
+
+    def timeout(self, agent: AgentLike, asked: float) -> float: ...
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024 - 4096  # it must fit one 16 MiB protocol line
 
@@ -63,3 +74,28 @@ def queue_full(agent: AgentLike, depth: int) -> RpcError:
     return RpcError(jsonrpc.REFUSED, f"queue full: agent {agent.name} has "
                                      f"{plural(depth, 'task')} waiting (max_queue "
                                      f"{agent.spec.max_queue})")
+
+
+def admit(agent: AgentLike | None, size: int, timeout: float | None, *,
+          bucket: TokenBucket | None = None, tenancy: TenantQuotas | None = None,
+          depth: Callable[[str], int] = lambda name: 0) -> float | None:
+    """The one admission step every task passes wherever it is to run (this engine's
+    queue, or a cluster's, from any front end): its input fits a protocol line, its
+    timeout is positive, and for an agent this node runs (`agent`), the agent's rate
+    (`bucket`) and its tenant's quotas hold. Raises the refusal; answers the timeout the
+    task runs with: `timeout` as asked, or its tenant's max_task_seconds where that is
+    lower (None: the agent's own task_timeout, applied where it runs)."""
+    check_input(size)
+    check_timeout(timeout)
+    if agent is None:
+        return timeout  # an agent this node does not run: the node that claims it judges
+    if bucket is not None and not bucket.take():
+        raise rate_limited(agent, bucket)
+    if tenancy is None:
+        return timeout
+    refused = tenancy.task_refusal(agent, depth)
+    if refused is not None:
+        raise refused
+    asked = timeout or agent.spec.task_timeout
+    capped = tenancy.timeout(agent, asked)
+    return timeout if capped == asked else capped

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ...taskviews import ModelUsage
 from ...text import iso_time
 from ...workerproto import BadParams, UsageReportParams
-from .usage import ModelUsage
 
 if TYPE_CHECKING:
     from ..replica import Replica

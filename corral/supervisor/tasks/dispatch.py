@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
+from ...taskviews import Attempt, TaskError
 from .budget import Budgets
 from .counters import AgentTasks
 from .deadlines import Deadlines
 from .durable import TaskJournal
-from .model import TERMINAL, Attempt, AttemptEnded, Task, TaskError, TaskStatus
+from .model import TERMINAL, AttemptEnded, Task, TaskStatus
 from .payload import Output, output_of, read_raw
 from .queue import Queue
 

@@ -8,7 +8,8 @@ from typing import Protocol
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
-from .model import Task, TaskInfo, TaskSummary
+from ...taskviews import TaskInfo, TaskSummary
+from .model import Task
 
 
 def unknown_cursor(task_id: str) -> RpcError:

@@ -27,6 +27,7 @@ import msgspec
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
+from ...taskviews import TaskError, TaskInfo, TaskResult, TaskSummary
 from ...text import ordinal
 from ...workerproto import (
     TaskProgressParams,
@@ -36,30 +37,12 @@ from ...workerproto import (
 )
 from ..tenants import QuotasChanged
 from ..workercalls import on_notification, on_request
-from .admission import (
-    check_input,
-    check_takes_tasks,
-    check_timeout,
-    queue_full,
-    rate_limited,
-    refusal,
-)
+from .admission import admit, check_takes_tasks, queue_full, refusal
 from .budget import BUDGET_PREFIX, Budgets, no_group
 from .counters import AgentTasks, totals
 from .dispatch import Dispatcher
 from .durable import TaskJournal, unknown_cursor
-from .model import (
-    LOST_IN_RESTART,
-    TERMINAL,
-    Task,
-    TaskError,
-    TaskFinished,
-    TaskInfo,
-    TaskRecord,
-    TaskResult,
-    TaskStatus,
-    TaskSummary,
-)
+from .model import LOST_IN_RESTART, TERMINAL, Task, TaskFinished, TaskRecord, TaskStatus
 from .payload import Output, acyclic, encode_input
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
@@ -222,29 +205,18 @@ class TaskManager:
         raw = task_input if isinstance(task_input, msgspec.Raw) else msgspec.Raw(
             encode_input(task_input))
         try:
-            check_input(len(raw))
+            timeout = admit(agent, len(raw), timeout, bucket=q.bucket, tenancy=self.tenancy,
+                            depth=self.queue.depth)
         except RpcError:
             q.counts["refused"] += 1
             raise
-        check_timeout(timeout)
-        if q.bucket is not None and not q.bucket.take():
-            q.counts["refused"] += 1
-            raise rate_limited(agent, q.bucket)
-        tenancy = self.tenancy
-        if tenancy is not None:
-            refused = tenancy.task_refusal(agent, self.queue.depth)
-            if refused is not None:
-                q.counts["refused"] += 1
-                raise refused
         depth = self.queue.depth(agent.name)
         if depth >= agent.spec.max_queue and (self.dispatch.free_replica(agent) is None
                                               or self.dispatch.held is not None
                                               or self.budgets.holds(agent)):
             q.counts["refused"] += 1
             raise queue_full(agent, depth)
-        asked = timeout or agent.spec.task_timeout
-        task = Task(agent.name, raw, priority,
-                    tenancy.timeout(agent, asked) if tenancy is not None else asked,
+        task = Task(agent.name, raw, priority, timeout or agent.spec.task_timeout,
                     agent.spec.retries, next(self._seq))
         q.counts["accepted"] += 1
         self.active[task.id] = task

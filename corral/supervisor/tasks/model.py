@@ -1,5 +1,6 @@
-"""What a task is: its statuses, its attempts, the Task itself, and the structs that
-show it (`corral run`, `corral task ID`, `corral tasks`, a journal's records)."""
+"""What a task is: its statuses, the Task itself, and a journal's record of it. The
+structs that show it (`corral run`, `corral task ID`, `corral tasks`) are corral.taskviews',
+shared with the CLI."""
 
 from __future__ import annotations
 
@@ -11,10 +12,18 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
+from ...taskviews import (
+    Attempt,
+    ModelUsage,
+    TaskError,
+    TaskInfo,
+    TaskResult,
+    TaskSummary,
+    queue_wait,
+)
 from ..stream import Subscription
 from .ids import new_id
 from .payload import Output
-from .usage import ModelUsage
 
 if TYPE_CHECKING:
     from ..replica import Replica
@@ -35,69 +44,6 @@ class TaskStatus(enum.StrEnum):
 TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMED_OUT,
                       TaskStatus.CANCELLED, TaskStatus.LOST})
 LOST_IN_RESTART = "daemon restarted"
-
-
-class Attempt(msgspec.Struct, gc=False):  # (scalars only: nothing to collect)
-    replica: int
-    pid: int | None
-    started: float
-    finished: float | None = None
-    outcome: str = "running"
-    error: str | None = None
-
-
-class TaskError(msgspec.Struct, omit_defaults=True):
-    code: int
-    message: str
-    data: Any = None
-
-
-class TaskResult(msgspec.Struct):
-    """What `corral run --json` prints and the Python API returns."""
-
-    task_id: str
-    status: str
-    output: Any
-    error: TaskError | None
-    attempts: list[Attempt]
-
-
-class _TaskHead(msgspec.Struct):
-    """What `corral task ID` and a line of `corral tasks` begin with (in this order)."""
-
-    task_id: str
-    agent: str
-    status: str
-    priority: int
-    created: float
-    started: float | None
-    finished: float | None
-
-
-class TaskInfo(_TaskHead):
-    tool_calls: int
-    progress: Any
-    output: Any
-    error: TaskError | None
-    attempts: list[Attempt]
-    # the output was dropped from memory to bound it (no journal to read it back from)
-    output_dropped: bool = False
-    usage: ModelUsage | None = None  # what the worker reported (usage/report)
-    waiting: str | None = None  # why a queued task is not started yet (a budget)
-    # seconds from accepted to its first start: its wait in the queue, a sleeping agent's
-    # wake among it (None: not started)
-    queue_wait: float | None = None
-    input: Any | msgspec.UnsetType = msgspec.UNSET  # the daemon's: when asked and kept
-
-    def __post_init__(self) -> None:
-        if self.started is not None and self.queue_wait is None:
-            self.queue_wait = round(max(0.0, self.started - self.created), 6)
-
-
-class TaskSummary(_TaskHead):
-    """One line of `corral tasks`."""
-
-    attempts: int
 
 
 class TaskRecord(msgspec.Struct, kw_only=True):
@@ -220,7 +166,7 @@ class Task:
         return TaskInfo(self.id, self.agent, self.status, self.priority, self.created,
                         self.started, self.finished, self.tool_calls, self.progress,
                         self.raw_output, self.error, list(self.attempts), self.output_dropped,
-                        self.usage)
+                        self.usage, queue_wait=queue_wait(self.created, self.started))
 
     def summary(self) -> TaskSummary:
         return TaskSummary(self.id, self.agent, self.status, self.priority, self.created,

@@ -480,7 +480,7 @@ class Agent extends Component {
       this.setState({ error: e.message });
     }
     this.setState({ busy: false });
-    if (!this.gone && method !== "tasks.run") this.reload();
+    if (!this.gone && method !== "tasks.submit") this.reload();
     return answer;
   }
   async remove() {
@@ -497,7 +497,7 @@ class Agent extends Component {
       this.setState({ error: `the task's input is not JSON: ${e.message}` });
       return;
     }
-    const accepted = await this.act("tasks.run", { agent: this.props.name, input, detach: true });
+    const accepted = await this.act("tasks.submit", { agent: this.props.name, input });
     if (accepted) location.hash = `#/task/${accepted.task_id}`;
   }
   render() {
@@ -559,7 +559,7 @@ class Agent extends Component {
     </section>
     <${Metrics} agent=${name} range=${this.props.range} tick=${this.props.tick}
       setRange=${this.props.setRange} />
-    ${session.methods.includes("tasks.run") && html`<section>
+    ${session.methods.includes("tasks.submit") && html`<section>
       <h2>Run a task</h2>
       <label class="block">Input (JSON)
         <textarea id="task-input-editor" rows="4" spellcheck="false" value=${this.state.input ?? "null"}

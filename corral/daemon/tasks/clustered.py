@@ -1,0 +1,93 @@
+"""Tasks with [cluster]: handed to the cluster (Redis holds them; whichever node has room
+runs them, cluster/desk.py) unless submitted `local`, which this node's LocalFront takes.
+A task id is looked up in the cluster first: a cluster task's record is the truth,
+wherever it ran (one this node ran is in its engine too, but its record has every
+attempt); an id the cluster has not is this node's own."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+
+from ... import methods as m
+from ...cluster.node import ClusterNode
+from ...supervisor.core import Supervisor
+from ...supervisor.tasks import TaskRecord
+from ...supervisor.tasks.admission import admit
+from ...taskviews import TaskInfo, TaskResult
+from ..caller import Channel
+from ..follow import Latest
+from .front import Page, Sees, accepted, listing_window
+from .local import LocalFront
+
+P = TypeVar("P", m.TasksRun, m.TasksSubmit)
+
+
+class ClusterFront:
+    """The TaskFront of a cluster node."""
+
+    def __init__(self, local: LocalFront, node: ClusterNode, sup: Supervisor) -> None:
+        self.local = local
+        self.node = node
+        self.desk = node.desk
+        self.sup = sup
+        self.recovered = local.recovered  # the cluster's calls wait for it too
+
+    @property
+    def refusing(self) -> str | None:
+        return self.local.refusing
+
+    def recover(self, records: list[TaskRecord]) -> None:
+        self.local.recover(records)
+
+    def _admitted(self, p: P) -> P:
+        """The one admission step (supervisor.tasks.admission.admit), as a local task
+        passes it: for an agent this node runs, its tenant's task quotas at submission
+        (rate_per_minute, this node's count; max_queue, the tenant's tasks waiting on
+        this node) and its timeout capped at max_task_seconds. (An agent this node does
+        not run has no tenant here.)"""
+        timeout = admit(self.sup.agents.get(p.agent), len(p.input), p.timeout,
+                        tenancy=self.sup.tenancy, depth=self.sup.tasks.queue.depth)
+        return p if timeout == p.timeout else msgspec.structs.replace(p, timeout=timeout)
+
+    async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:
+        if p.local:
+            return await self.local.submit(p, channel)
+        await self.recovered.wait()
+        task_id, outcome = await self.desk.submit(self._admitted(p), p.wait)
+        return accepted(task_id, "queued", outcome)
+
+    async def run(self, p: m.TasksRun, channel: Channel) -> TaskResult:
+        if p.local:
+            return await self.local.run(p, channel)
+        await self.recovered.wait()
+        # progress from whichever node runs it, coalesced for a slow reader as a local
+        # task's is
+        latest = Latest(channel, "task.progress")
+        try:
+            return await self.desk.run(self._admitted(p), channel.notify, latest.send)
+        finally:
+            latest.close()
+
+    async def get(self, task_id: str, *, wait: bool) -> TaskInfo:
+        await self.recovered.wait()
+        found = await self.node.task(task_id, wait=wait)
+        return found if found is not None else await self.local.get(task_id, wait=wait)
+
+    async def input_of(self, task_id: str) -> msgspec.Raw | None:
+        return await self.local.input_of(task_id)
+
+    async def list(self, p: m.TasksList, sees: Sees | None = None) -> Page:
+        if p.local:
+            return await self.local.list(p, sees)
+        await self.recovered.wait()
+        since, limit = listing_window(p)
+        if limit == 0:
+            return [], None
+        return await self.desk.list(p, since, limit, sees)
+
+    async def cancel(self, task_id: str) -> TaskInfo:
+        await self.recovered.wait()
+        found = await self.node.cancel(task_id)
+        return found if found is not None else await self.local.cancel(task_id)

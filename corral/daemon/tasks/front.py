@@ -1,0 +1,76 @@
+"""What the command handlers ask of tasks, whichever front the daemon chose at start-up
+(local.py, or clustered.py with [cluster]): each method one result type."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import msgspec
+
+from ... import jsonrpc
+from ... import methods as m
+from ...jsonrpc import RpcError, visible
+from ...supervisor.tasks import TaskRecord, TaskStatus, is_task_id
+from ...taskviews import TaskInfo, TaskResult, TaskSummary
+from ..caller import Channel
+from ..store import row_limit
+
+STATUSES = frozenset(TaskStatus)  # what `tasks.list` may filter on
+Sees = Callable[[str], bool]
+Page = tuple[list[TaskSummary], str | None]  # a page, and the cursor of the one before
+
+
+class TaskFront(Protocol):
+    """Where tasks are handed in and asked about. Until the journal's unfinished tasks
+    are back in the engine (`recover`), every call waits: a task could otherwise be
+    answered from a stale journal row, or accepted out of order."""
+
+    @property
+    def refusing(self) -> str | None:
+        """Why new tasks are refused now (the journal cannot write), or None."""
+
+    def recover(self, records: list[TaskRecord]) -> None: ...
+
+    async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:
+        """Accept a task: its id once it is durable (journal, or Redis); with `wait`,
+        its outcome too if it ends within the wait."""
+
+    async def run(self, p: m.TasksRun, channel: Channel) -> TaskResult:
+        """Accept a task and answer its outcome (`task.accepted`, then `task.progress`
+        notifications on `channel` meanwhile)."""
+
+    async def get(self, task_id: str, *, wait: bool) -> TaskInfo: ...
+
+    async def input_of(self, task_id: str) -> msgspec.Raw | None:
+        """A task's input as it was sent, where it is kept; None when not."""
+
+    async def list(self, p: m.TasksList, sees: Sees | None = None) -> Page:
+        """A page of tasks, newest last, and the cursor of the page before it (older
+        tasks), or None when there is none; with `sees`, of the agents it admits."""
+
+    async def cancel(self, task_id: str) -> TaskInfo: ...
+
+
+def listing_window(p: m.TasksList) -> tuple[float | None, int]:
+    """A listing's params checked as every front checks them: since as wall time, and
+    the page's size."""
+    if p.status is not None and p.status not in STATUSES:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"no such status: {p.status} (one of "
+                                               f"{', '.join(sorted(STATUSES))})")
+    if p.before is not None and not is_task_id(p.before):
+        raise RpcError(jsonrpc.INVALID_PARAMS,
+                       f"invalid params: before is a task id (the `next` of a page), "
+                       f"not {visible(p.before)}")
+    since = time.time() - p.since if p.since is not None else None
+    return since, row_limit(p.limit)
+
+
+def accepted(task_id: str, status: str, outcome: TaskResult | None = None
+             ) -> m.TaskAccepted:
+    """tasks.submit's answer: with the outcome, when the task ended within its wait."""
+    if outcome is None:
+        return m.TaskAccepted(task_id=task_id, status=status)
+    return m.TaskAccepted(task_id=task_id, status=outcome.status, output=outcome.output,
+                          error=outcome.error, attempts=outcome.attempts)

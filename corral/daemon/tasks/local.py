@@ -1,0 +1,168 @@
+"""Tasks on this node's engine, made durable by its journal.
+
+The durability rule holds for every front end: a task is acknowledged (its id told to
+the caller) only once the journal holds it, and while the journal cannot write new tasks
+are refused before they reach an agent. A task that ended before its journal write was
+known to fail ran, and its outcome is the answer: refusing it would have the client run
+it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import msgspec
+
+from ... import jsonrpc
+from ... import methods as m
+from ...jsonrpc import RpcError
+from ...supervisor.core import Supervisor
+from ...supervisor.tasks import (
+    LOST_IN_RESTART,
+    TERMINAL,
+    Task,
+    TaskFinished,
+    TaskProgress,
+    TaskRecord,
+)
+from ...taskviews import TaskInfo, TaskResult
+from ...text import plural
+from ...timeouts import within
+from ..caller import Channel
+from ..follow import Latest
+from ..taskjournal import TaskJournalDB, TaskJournalError
+from .front import Page, Sees, accepted, listing_window
+
+
+class LocalFront:
+    """The TaskFront of a daemon with no [cluster] (and a cluster node's for `local`)."""
+
+    def __init__(self, sup: Supervisor, journal: TaskJournalDB | None,
+                 report: Callable[[str], None]) -> None:
+        self.sup = sup
+        self.journal = journal
+        self.report = report
+        self.recovered = asyncio.Event()
+
+    @property
+    def refusing(self) -> str | None:
+        return self.journal.refusing if self.journal is not None else None
+
+    def recover(self, records: list[TaskRecord]) -> None:
+        """Finish the story of every task the previous daemon accepted (DESIGN section 8),
+        then open the front. Called with no await since the agents were added, so no
+        task is accepted before the journal's are back, queued after theirs."""
+        tasks = self.sup.tasks.restore(records)
+        if tasks:
+            was_running = {r.task_id for r in records if r.status == "running"}
+            lost = sum(1 for t in tasks if t.status == "lost")
+            retried = sum(1 for t in tasks if t.id in was_running and t.status != "lost")
+            self.report(f"task journal: {plural(len(tasks), 'unfinished task')} recovered: "
+                        f"{len(tasks) - len(was_running)} queued again, "
+                        f"{plural(retried, 'running task')} retried, {lost} lost "
+                        f"({LOST_IN_RESTART})")
+        self.recovered.set()
+
+    # -- handing a task in ----------------------------------------------------------------
+    def _accept(self, p: m.TaskParams) -> Task:
+        tasks = self.sup.tasks
+        if self.refusing is not None:
+            # refused before it reaches an agent: a task that cannot be recorded never runs
+            raise RpcError(jsonrpc.INTERNAL_ERROR, f"{self.refusing}; the task was not "
+                                                   "accepted")
+        if tasks.held is not None and self.journal is None:
+            # nothing would keep it for the next daemon (decision 164)
+            raise RpcError(jsonrpc.REFUSED, f"refused: {tasks.held}, and without a task "
+                                            "journal (task_journal = false) a task accepted "
+                                            "now would be lost: submit it again once the "
+                                            "daemon is back")
+        return tasks.submit(p.agent, p.input, timeout=p.timeout, priority=p.priority)
+
+    async def _committed(self, task: Task) -> None:
+        """In the journal before it is acknowledged. The failure is known only when the
+        write that held the task fails, and the task may have reached an agent meanwhile:
+        one still queued or running is cancelled and refused; one that has already ended
+        ran, and its outcome is the answer (its row is written when the journal can)."""
+        try:
+            await self.sup.tasks.committed()
+        except TaskJournalError as exc:
+            if task.status not in TERMINAL:
+                self.sup.tasks.cancel(task.id)
+                raise RpcError(jsonrpc.INTERNAL_ERROR,
+                               f"{exc}; the task was not accepted") from None
+
+    async def _outcome(self, task: Task) -> TaskResult:
+        """A finished task's outcome, once its end is in the journal (when it can be)."""
+        if self.refusing is None:  # else written when it can be
+            with contextlib.suppress(TaskJournalError):  # logged by the journal; it stands
+                await self.sup.tasks.committed()
+        return await self.sup.tasks.outcome(task)
+
+    async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:
+        await self.recovered.wait()
+        task = self._accept(p)
+        await self._committed(task)
+        status = task.status
+        if p.wait is None:
+            return accepted(task.id, status)
+        try:
+            # a caller that goes away cancels this wait, not the task
+            await within(asyncio.shield(task.done), p.wait)
+        except TimeoutError:
+            return accepted(task.id, status)
+        return accepted(task.id, status, await self._outcome(task))
+
+    async def run(self, p: m.TasksRun, channel: Channel) -> TaskResult:
+        await self.recovered.wait()
+        task = self._accept(p)
+        # a caller that does not read gets the newest progress, never a growing backlog
+        progress = Latest(channel, "task.progress")
+
+        def watch(e: TaskProgress | TaskFinished) -> None:
+            if isinstance(e, TaskProgress):
+                progress.send({"task_id": task.id, **e.progress})
+
+        watching = task.watch(watch)
+        try:
+            await self._committed(task)
+            # a caller that loses the connection (a daemon restart) waits again by this id
+            channel.notify("task.accepted", {"task_id": task.id})
+            # a caller that goes away cancels this wait, not the task
+            await asyncio.shield(task.done)
+        finally:
+            task.unwatch(watching)
+            progress.close()
+        return await self._outcome(task)
+
+    # -- asking -----------------------------------------------------------------------------
+    async def get(self, task_id: str, *, wait: bool) -> TaskInfo:
+        await self.recovered.wait()
+        return await self.sup.tasks.info(task_id, wait=wait)
+
+    async def input_of(self, task_id: str) -> msgspec.Raw | None:
+        """The engine's while the task may run, else the journal's (kept with its row)."""
+        task = self.sup.tasks.active.get(task_id)
+        if task is not None:
+            return task.input
+        return await self.journal.load_input(task_id) if self.journal is not None else None
+
+    async def list(self, p: m.TasksList, sees: Sees | None = None) -> Page:
+        await self.recovered.wait()
+        if p.agent is not None and self.journal is None:
+            self.sup.agent(p.agent)
+        since, limit = listing_window(p)
+        if limit == 0:
+            return [], None
+        # one more than the page: whether older tasks are left, without counting them
+        page = await self.sup.tasks.query(agent=p.agent, status=p.status, since=since,
+                                          limit=limit + 1, before=p.before, sees=sees)
+        if len(page) <= limit:
+            return page, None
+        page = page[1:]
+        return page, page[0].task_id
+
+    async def cancel(self, task_id: str) -> TaskInfo:
+        await self.recovered.wait()
+        return self.sup.tasks.cancel(task_id).info()

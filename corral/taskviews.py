@@ -1,0 +1,122 @@
+"""What a task looks like from outside the engine: its outcome, its record, its line in a
+listing, its attempts and the usage its worker reported.
+
+One definition for the engine that makes them (corral.supervisor.tasks), the daemon and
+the cluster that answer them, and the CLI that decodes them (corral.methods names them as
+the control methods' results): the CLI imports this module, so it holds plain Structs
+and nothing of the engine (no asyncio). The engine computes what a view derives
+(`queue_wait`); a decode never does, so a CLI prints what the daemon said.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+
+# gc=False: scalars, and a dict of names to scalars, can be in no cycle; a finished task
+# that reported usage then adds nothing for the cyclic collector to walk (manager.finish)
+class Usage(msgspec.Struct, gc=False):
+    """Tokens and dollars an agent's worker reported (`usage/report`), and in how many
+    reports."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    reports: int = 0
+
+    def add(self, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.cost_usd += cost_usd
+        self.reports += 1
+
+
+class ModelUsage(Usage, gc=False):
+    """Usage in total and per model (a task's, an agent's since the daemon started)."""
+
+    models: dict[str, Usage] = {}
+
+    def add_model(self, model: str, input_tokens: int, output_tokens: int,
+                  cost_usd: float) -> None:
+        self.add(input_tokens, output_tokens, cost_usd)
+        one = self.models.get(model)
+        if one is None:
+            # (not the shared default: msgspec copies a mutable default per instance)
+            one = self.models[model] = Usage()
+        one.add(input_tokens, output_tokens, cost_usd)
+
+
+class Attempt(msgspec.Struct, gc=False):  # (scalars only: nothing to collect)
+    replica: int
+    pid: int | None
+    started: float
+    finished: float | None = None
+    outcome: str = "running"
+    error: str | None = None
+    # the cluster node that ran it (a cluster task's attempts only: docs/cluster.md)
+    node: str | UnsetType = UNSET
+
+
+class TaskError(msgspec.Struct, omit_defaults=True):
+    code: int
+    message: str
+    data: Any = None
+
+
+class TaskResult(msgspec.Struct):
+    """A task's outcome: what `corral run --json` prints and the Python API returns."""
+
+    task_id: str
+    status: str
+    output: Any  # whatever the agent answered
+    error: TaskError | None
+    attempts: list[Attempt]
+
+
+class _TaskHead(msgspec.Struct):
+    """What `corral task ID` and a line of `corral tasks` begin with (in this order)."""
+
+    task_id: str
+    agent: str
+    status: str
+    priority: int
+    created: float
+    started: float | None
+    finished: float | None
+
+
+class TaskInfo(_TaskHead):
+    """`corral task ID`."""
+
+    tool_calls: int
+    progress: Any  # as the agent reported it
+    output: Any
+    error: TaskError | None
+    attempts: list[Attempt]
+    # the output was dropped from memory to bound it (no journal to read it back from)
+    output_dropped: bool = False
+    usage: ModelUsage | None = None  # what the worker reported (usage/report)
+    waiting: str | None = None  # why a queued task is not started yet (a budget)
+    # seconds from accepted to its first start: its wait in the queue, a sleeping agent's
+    # wake among it (None: not started, or a cluster task's)
+    queue_wait: float | None = None
+    # the input as it was sent, when asked for (tasks.get with input) and kept: absent
+    # when not asked, or not kept (a cluster task's, a task of a daemon without a journal
+    # once it has finished, a row pruned)
+    input: Any | UnsetType = UNSET
+
+
+def queue_wait(created: float, started: float | None) -> float | None:
+    """TaskInfo.queue_wait of a task this node accepted."""
+    return None if started is None else round(max(0.0, started - created), 6)
+
+
+class TaskSummary(_TaskHead):
+    """One line of `corral tasks`."""
+
+    attempts: int
+    # a cluster task's node: the one running it, or that ran its last attempt
+    node: str | UnsetType = UNSET
