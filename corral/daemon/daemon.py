@@ -77,6 +77,7 @@ from .tasks import TaskDesk
 from .tenantdirs import TenantDirs
 from .tenants import TenantDesk, groups_of
 from .tokens import tokens_of
+from .upgrade import Taken, Upgrades
 from .watch import FleetWatch
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ log = logging.getLogger("corral.daemon")
 UNSETTLED = TRANSIENT | {State.BACKOFF}
 STOP = -1  # queued like a signal: `daemon.shutdown`
 STOP_NOW = -2  # `daemon.shutdown` with now: no drain
+UPGRADE = -3  # `daemon.upgrade`, checked: hand over and exec (upgrade.py)
 
 
 class StartupError(Exception):
@@ -103,7 +105,8 @@ class Paths:
 
 class Daemon:
     def __init__(self, config_path: Path, *, socket: str | None = None,
-                 notifier: Notifier | None = None, freeze_heap: bool = False) -> None:
+                 notifier: Notifier | None = None, freeze_heap: bool = False,
+                 taken: Taken | None = None) -> None:
         self.config_path = config_path.resolve()
         # whether what start-up made is taken out of the collector's passes: a decision
         # for the whole process, so only `corral daemon`'s own (run_daemon) makes it
@@ -124,6 +127,11 @@ class Daemon:
         self._drained: asyncio.Future[Drained] | None = None  # what it did, once over
         self.extras: Extras | None = None
         self._faults: tuple[str | None, str | None] = (None, None)  # told by STATUS=
+        # corral upgrade (upgrade.py): asked, handed over; `taken`: this image took one
+        self.taken = taken
+        if taken is not None:
+            self.started_at = taken.handoff.started_at
+        self.upgrades = Upgrades(self, lambda: self._signals.put_nowait(UPGRADE), taken)
 
     def _paths(self, cfg: Config) -> Paths:
         base = self.config_path.parent
@@ -165,6 +173,12 @@ class Daemon:
                     await s.reload("SIGHUP")
                 except ConfigError as exc:
                     s.hub.daemon(f"reload rejected: {exc}", priority=4)
+                continue
+            if sig in (signal.SIGUSR2, UPGRADE):
+                if sig == signal.SIGUSR2:
+                    s.hub.daemon("received SIGUSR2: upgrading")
+                    self.upgrades.signalled()
+                await self.upgrades.hand_over()  # returns only if nothing was handed over
                 continue
             if sig not in (STOP, STOP_NOW):
                 s.hub.daemon(f"received {signal.Signals(sig).name}")
@@ -285,6 +299,8 @@ class Daemon:
         sup.sandbox_program = sc.bwrap
         sup.protected_paths = self._protected(cfg, paths)
         self.sup = sup
+        if self.taken is not None:
+            self.taken.before_start(sup)
         gateway = GatewayService(sup, self._gateway_audit)
         try:
             gateway.configure(cfg.gateway, self.config_path.parent)
@@ -305,12 +321,13 @@ class Daemon:
         # while the state database opens (its runtime tenants' come with it)
         control.set_tenant_groups(groups_of(cfg.tenants, hub.daemon))
         try:
-            await control.start()
+            await control.start(self.taken.control if self.taken is not None else None)
         except AlreadyRunning as exc:
             raise StartupError(str(exc)) from None
         except OSError as exc:
             raise StartupError(f"cannot listen on {paths.socket}: {exc.strerror}") from None
         stack.push_async_callback(control.close)
+        self.control = control
         stack.callback(self._stopped, hub)
 
         store, writer, journal, unfinished = await self._open_store(stack, paths.state_dir,
@@ -322,7 +339,7 @@ class Daemon:
         revisions = RevisionLog(store.db)
 
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
             stack.callback(loop.remove_signal_handler, sig)
         background = Background(hub.daemon)
@@ -386,6 +403,7 @@ class Daemon:
             socket_path=control.path, started_at=self.started_at,
             reload=lambda who: self._reload(services, who),
             request_stop=self.request_stop, drained=self.drained,
+            upgrade=self.upgrades.ask,
             status_line=self.status_line, notices=self.notices, extras=extras.status,
             draining=lambda: self.drain.progress() if self.drain is not None else None,
             ui=_dashboard_sessions() if cfg.http.listen else None)
@@ -412,6 +430,8 @@ class Daemon:
         if desk.cluster is not None:
             desk.cluster.declared.declare(declared)  # registered by its first beat
         watches.sync_all()
+        if self.taken is not None:
+            unfinished = self.taken.hold_back(unfinished)
         if journal is not None:
             # no await since the agents were added: no task can be accepted before the
             # journal's are back, numbered after theirs
@@ -421,6 +441,8 @@ class Daemon:
             desk.recover([])
         if desk.cluster is not None:
             desk.cluster.start()
+        if self.taken is not None:
+            self.upgrades.report = await self.taken.settle(hub)
         self._check_ready()
         return services
 
@@ -517,6 +539,8 @@ class Daemon:
         crash, SIGKILL, the OOM killer, a watchdog kill), found by their records."""
         crashed = []
         for owner, pid, start_time in store.incarnations():
+            if pid == os.getpid():  # this process, before an exec (corral upgrade)
+                continue
             st = read_stat(pid)
             if st is not None and st.start_time == start_time:
                 hub.daemon(f"the state directory is in use by a running daemon (pid "
@@ -828,7 +852,7 @@ class ProcessRecords:
         await self.writer.committed()
 
 
-def run_daemon(config: Path, socket: str | None) -> int:
+def run_daemon(config: Path, socket: str | None, taken: Taken | None = None) -> int:
     import uvloop
 
     try:
@@ -843,4 +867,4 @@ def run_daemon(config: Path, socket: str | None) -> int:
     raise_own_open_files()
     logging.basicConfig(level=os.environ.get("CORRAL_LOG_LEVEL", "WARNING"),
                         format="corral: %(levelname)s %(name)s: %(message)s")
-    return uvloop.run(Daemon(config, socket=socket, freeze_heap=True).run())
+    return uvloop.run(Daemon(config, socket=socket, freeze_heap=True, taken=taken).run())

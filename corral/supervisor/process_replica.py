@@ -404,7 +404,9 @@ class ProcessReplica(Machine):
         if step.spawn:
             self._living = True
             self._lives += 1
-            self._life = asyncio.ensure_future(self._live(self._lives))
+            handed = self.host.containment.handed  # corral upgrade: adopt.py
+            if handed is None or not handed(self):
+                self._life = asyncio.ensure_future(self._live(self._lives))
 
     async def _live(self, life: int) -> None:
         try:
