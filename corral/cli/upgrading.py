@@ -27,12 +27,16 @@ POLL = 0.1
 @click.option("--pythonpath", metavar="DIRS", default=None,
               help="The new image's PYTHONPATH (default: the daemon's).")
 @click.option("--no-wait", is_flag=True, help="Return once the hand-over has begun.")
+@click.option("--report", is_flag=True, help="Upgrade nothing: how the last one went.")
 @json_option
 @pass_ctx
 def upgrade(obj: Ctx, python: str | None, pythonpath: str | None, no_wait: bool,
-            as_json: bool) -> None:
+            report: bool, as_json: bool) -> None:
     began: m.UpgradeReport = obj.call("daemon.upgrade", m.DaemonUpgrade(
-        python=python, pythonpath=pythonpath), wait_forever=True)
+        python=python, pythonpath=pythonpath, report=report), wait_forever=True)
+    if report:
+        print_json(began) if as_json else click.echo(said(began))
+        return
     if not no_wait:
         began = wait_for(obj, began)
     if as_json:
@@ -64,6 +68,8 @@ def wait_for(obj: Ctx, began: m.UpgradeReport) -> m.UpgradeReport:
 
 
 def said(r: m.UpgradeReport) -> str:
+    if r.state == "none":
+        return "corral daemon has not been upgraded since it started"
     if r.state == "handing_over":
         return (f"corral daemon (pid {r.pid}) is upgrading from {r.from_version} to "
                 f"{r.to_version}")

@@ -205,8 +205,10 @@ class Upgrades:
         self._queue = queue  # puts the hand-over in the arbiter's queue
         self.taken = taken
         self.target: Target | None = None
+        # (an image that takes a handoff answers before its set-up is over: under way)
         self.report = UpgradeReport(attempt=taken.handoff.attempt if taken else 0,
-                                    state="none", pid=os.getpid(), from_version=__version__)
+                                    state="handing_over" if taken else "none",
+                                    pid=os.getpid(), from_version=__version__)
 
     async def ask(self, p: DaemonUpgrade) -> UpgradeReport:
         """`daemon.upgrade`: the last report, or an upgrade checked and begun."""

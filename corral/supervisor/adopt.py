@@ -169,6 +169,17 @@ class Adoptions:
                                  reap=lambda: _reap(rec.pid))
         child.argv0 = h.argv0
         containment.adopted(rec)
+        r.process = child
+        r.pid = rec.pid
+        r.spawned_at = time.monotonic() - h.uptime
+        r.restarts = h.restarts
+        # the channel first, its running tasks waiting on it: an answer already in the
+        # pipe is read as soon as the pipes are attached
+        r.peer = peer = r._make_peer(child)
+        assert peer is not None
+        child.peer = peer
+        peer.take_over(h.last_id, h.unanswered)
+        self.on_adopted(r, h)  # type: ignore[arg-type]  # (agents' replicas alone are handed)
         set_pipe_sizes(h.fds)
         files = [open(fd, mode, buffering=0)  # noqa: SIM115 - the transports own them
                  for fd, mode in zip(h.fds, ("wb", "rb", "rb"), strict=True)]
@@ -177,20 +188,14 @@ class Adoptions:
         except BaseException:
             child.close()
             containment.ended(child.token)
+            r.process = r.peer = None
+            peer.close("not adopted across the upgrade: its pipes could not be attached")
             self._failed(r, h, "its pipes could not be attached")
             raise
-        r.process = child
         child.exited.add_done_callback(r._on_exited)
-        r.pid = rec.pid
-        r.spawned_at = time.monotonic() - h.uptime
-        r.restarts = h.restarts
-        r.peer = peer = r._make_peer(child)
-        assert peer is not None
-        peer.reader, peer.max_handling, child.peer = child.reader, 256, peer
-        peer.take_over(h.last_id, h.unanswered)
+        peer.reader, peer.max_handling = child.reader, 256
         r._life = None
         self.adopted += 1
-        self.on_adopted(r, h)  # type: ignore[arg-type]  # (agents' replicas alone are handed)
         r.ready_at = time.monotonic()
         r._last_pong = r.host.listening.now()
         running = r.tasks_running
@@ -199,7 +204,9 @@ class Adoptions:
             r.fire(Cause.TASK, f"{running} task(s) running across the upgrade")
 
     def _failed(self, r: ProcessReplica, h: HandedProcess, why: str) -> None:
-        """The process could not be adopted: it is ended, and the replica starts anew."""
+        """The process could not be adopted: it is ended, and the replica starts anew
+        (its tasks, failed with the channel when there was one, are retried as after a
+        restart)."""
         with contextlib.suppress(OSError):
             os.kill(h.record.pid, 9)
         self.on_lost(h, why)
