@@ -187,7 +187,8 @@ def test_a_new_image_that_fails_after_its_checks_falls_back_keeping_every_agent(
         d.start()
         assert d.proc is not None
         before = pids(d)
-        tid = submit(d, "w", '{"do": "sleep", "seconds": 2}')
+        # long enough to be running after the new install's check and the exec
+        tid = submit(d, "w", '{"do": "sleep", "seconds": 6}')
         wait_until(lambda: d.json("task", tid)["status"] == "running", what="running")
         broken = install(tmp, "late", (
             "daemon/upgrade.py", '    global committed\n',

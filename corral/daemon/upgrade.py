@@ -75,11 +75,16 @@ QUIET_POLL = 0.005
 # how long an MCP server or zygote of the old image has to exit (its stdin is closed by
 # the exec) before SIGKILL
 END_GRACE = 2.0
-PREFLIGHT = ("import sys; from corral.daemon.upgrade import preflight; "
-             "sys.exit(preflight(sys.argv[1]))")
+# where the image to exec imports corral from, first (before the directory it runs in,
+# which `python -c` puts first as `-m` does): --pythonpath, or the old image's own
+IMPORT_VARIABLE = "CORRAL_IMPORT_FROM"
+PREFLIGHT = ("import os, sys; sys.path[0:0] = [p for p in os.environ.pop("
+             "'CORRAL_IMPORT_FROM', '').split(os.pathsep) if p]; "
+             "from corral.daemon.upgrade import preflight; sys.exit(preflight(sys.argv[1]))")
 
 BOOT = r'''
 import os, sys
+sys.path[0:0] = [p for p in os.environ.pop("CORRAL_IMPORT_FROM", "").split(os.pathsep) if p]
 def fall_back(why):
     import json
     path = os.environ["CORRAL_HANDOFF"]
@@ -149,12 +154,12 @@ def preflight(config: str) -> int:
 class Target:
     """The image to exec: an interpreter, and the environment it runs with."""
 
-    def __init__(self, python: str | None, pythonpath: str | None) -> None:
+    def __init__(self, python: str | None, pythonpath: str | None,
+                 notifier: Notifier) -> None:
         self.python = python or sys.executable
-        self.env = {k: v for k, v in os.environ.items()
-                    if k not in (VARIABLE, FAILED_VARIABLE)}
+        self.env = environment(notifier)
         if pythonpath is not None:
-            self.env["PYTHONPATH"] = pythonpath
+            self.env["PYTHONPATH"] = self.env[IMPORT_VARIABLE] = pythonpath
 
     async def check(self, config: Path) -> str:
         """The new install's version; Refused if it cannot run the daemon here."""
@@ -194,6 +199,20 @@ class Target:
         return str(said.get("version"))
 
 
+def environment(notifier: Notifier) -> dict[str, str]:
+    """The daemon's environment as it was given (systemd's variables, which the notifier
+    took out of it so that agents never see them, put back)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in (VARIABLE, FAILED_VARIABLE, IMPORT_VARIABLE)}
+    if notifier.address is not None:
+        addr = notifier.address
+        env["NOTIFY_SOCKET"] = "@" + addr[1:] if addr.startswith("\0") else addr
+    if notifier.watchdog_usec:
+        env["WATCHDOG_USEC"] = str(notifier.watchdog_usec)
+        env["WATCHDOG_PID"] = str(os.getpid())
+    return env
+
+
 # -- the daemon's side ---------------------------------------------------------------------
 class Upgrades:
     """A daemon's upgrades: asked for (`ask`), handed over by the arbiter (`hand_over`),
@@ -216,7 +235,7 @@ class Upgrades:
             return self.report
         if self.report.state == "handing_over" or self.target is not None:
             raise RpcError(jsonrpc.CONFLICT, "an upgrade is under way")
-        target = Target(p.python, p.pythonpath)
+        target = Target(p.python, p.pythonpath, self.host.notifier)
         attempt = self.report.attempt + 1
         self.report = UpgradeReport(attempt=attempt, state="handing_over",
                                     pid=os.getpid(), from_version=__version__)
@@ -248,7 +267,7 @@ class Upgrades:
         write the state file and exec. Returns only when nothing was handed over."""
         target = self.target
         if target is None:  # SIGUSR2
-            target = Target(None, None)
+            target = Target(None, None, self.host.notifier)
             try:
                 self.report.to_version = await target.check(self.host.config_path)
             except Refused as exc:
@@ -323,9 +342,10 @@ class Upgrades:
             asked_at=asked, started_at=host.started_at, config=str(host.config_path),
             socket=host.socket_override, control=control, owner=containment.owner,
             issued=containment.issued,
-            fallback=Fallback(python=sys.executable, boot=BOOT,
-                              env={k: v for k, v in os.environ.items()
-                                   if k not in (VARIABLE, FAILED_VARIABLE)}),
+            fallback=Fallback(python=sys.executable, boot=BOOT, env={
+                **environment(host.notifier),
+                # the old image imports itself from where it did
+                IMPORT_VARIABLE: str(Path(__file__).resolve().parent.parent.parent)}),
             processes=kept, ended=ended)
         path = handoff.path_in(host.store.path.parent)
         data = dict(target.env, **{VARIABLE: str(path)})
