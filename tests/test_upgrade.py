@@ -191,7 +191,7 @@ def test_a_new_image_that_fails_after_its_checks_falls_back_keeping_every_agent(
         tid = submit(d, "w", '{"do": "sleep", "seconds": 6}')
         wait_until(lambda: d.json("task", tid)["status"] == "running", what="running")
         broken = install(tmp, "late", (
-            "daemon/upgrade.py", '    global committed\n',
+            "daemon/boot.py", "    global committed\n",
             '    global committed\n    raise RuntimeError("broken on purpose after its '
             'checks")\n'))
         r = d.cli("upgrade", "--pythonpath", str(broken))

@@ -15,12 +15,13 @@ ended and started again as their config says.
 
 A new image that cannot start falls back: `BOOT`, the program the old image execs (its
 own text, so a new install that cannot even be imported still runs it), catches any
-failure before the new image commits (`committed`: the handoff read, its config loaded)
+failure before the new image commits (boot.py's `committed`: the handoff read, its config
+loaded)
 and execs the old interpreter with the old environment on the same state file, with the
 reason in `CORRAL_UPGRADE_FAILED`; the old image adopts everything back and reports
 "fell_back". What fails after the commit is a daemon that failed to start (the unit's
 restart policy, as for any start). A release whose state needs a full stop (a database
-migration that cannot run under a live handoff) sets `FULL_STOP` to say why: its
+migration that cannot run under a live handoff) sets boot.py's `FULL_STOP` to say why: its
 preflight says so, and the old image refuses the upgrade with those words.
 """
 
@@ -64,9 +65,6 @@ if TYPE_CHECKING:
     from .notify import Notifier
     from .store import StateStore
 
-# Set by a release that cannot take a live handoff (a migration of the state that needs
-# every process stopped): the reason, which the old image's `corral upgrade` shows.
-FULL_STOP: str | None = None
 # how long the hand-over waits for every worker's channel to be quiet (a request of its
 # own answered, a handshake or a stop over) before it gives up and changes nothing
 QUIESCE_TIMEOUT = 10.0
@@ -80,7 +78,7 @@ END_GRACE = 2.0
 IMPORT_VARIABLE = "CORRAL_IMPORT_FROM"
 PREFLIGHT = ("import os, sys; sys.path[0:0] = [p for p in os.environ.pop("
              "'CORRAL_IMPORT_FROM', '').split(os.pathsep) if p]; "
-             "from corral.daemon.upgrade import preflight; sys.exit(preflight(sys.argv[1]))")
+             "from corral.daemon.boot import preflight; sys.exit(preflight(sys.argv[1]))")
 
 BOOT = r'''
 import os, sys
@@ -101,19 +99,16 @@ def fall_back(why):
     sys.stderr.flush()
     os.execve(back["python"], [back["python"], "-c", back["boot"]], env)
 try:
-    from corral.daemon import upgrade
-    rc = upgrade.resume()
+    from corral.daemon import boot
+    rc = boot.resume()
 except BaseException as exc:
-    mod = sys.modules.get("corral.daemon.upgrade")
+    mod = sys.modules.get("corral.daemon.boot")
     if mod is not None and getattr(mod, "committed", False):
         raise
     import traceback
     fall_back("".join(traceback.format_exception_only(type(exc), exc)).strip())
 sys.exit(rc)
 '''
-
-committed = False  # the new image has taken the handoff (BOOT falls back before only)
-
 
 class Refused(Exception):
     """Nothing was handed over; the text says why."""
@@ -130,25 +125,6 @@ class Host(Protocol):
     config_path: Path
     socket_override: str | None
     started_at: float
-
-
-# -- the new install, checked from a child -----------------------------------------------
-def preflight(config: str) -> int:
-    """Run by the new install's interpreter before the exec: everything the daemon
-    imports imports, the config loads; prints its version and handoff layout."""
-    import uvloop  # noqa: F401 - the daemon's loop
-
-    from ..supervisor.config import ConfigError, load_config
-    from . import daemon  # noqa: F401 - all of the daemon's imports
-
-    try:
-        load_config(Path(config))
-    except ConfigError as exc:
-        print(f"invalid config: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps({"version": __version__, "handoff": handoff.HANDOFF_VERSION,
-                      "full_stop": FULL_STOP}))
-    return 0
 
 
 class Target:
@@ -375,25 +351,6 @@ class Upgrades:
 
 
 # -- the image that takes a handoff --------------------------------------------------------
-def resume() -> int:
-    """BOOT's: take the handoff named by the environment and run the daemon on it.
-    Anything raised before `committed` is set makes BOOT fall back to the old image."""
-    global committed
-    path = Path(os.environ[VARIABLE])
-    h = handoff.read(path)
-    if FULL_STOP:
-        raise Refused(f"this corral needs a full stop: {FULL_STOP}")
-    from ..supervisor.config import load_config
-
-    load_config(Path(h.config))  # a config this image refuses: back to the old one
-    failed = os.environ.pop(FAILED_VARIABLE, None)
-    os.environ.pop(VARIABLE)
-    committed = True
-    from .daemon import run_daemon
-
-    return run_daemon(Path(h.config), h.socket, taken=Taken(h, path, failed))
-
-
 class Taken:
     """A handoff being taken: the new image's set-up asks it at each of its steps."""
 
