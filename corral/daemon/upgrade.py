@@ -58,6 +58,7 @@ from . import handoff
 from .handoff import FAILED_VARIABLE, VARIABLE, Fallback, Handoff
 
 if TYPE_CHECKING:
+    from ..cluster.node import ClusterNode
     from ..supervisor.core import Supervisor
     from ..supervisor.replica import Replica
     from .control import ControlServer
@@ -125,6 +126,7 @@ class Host(Protocol):
     config_path: Path
     socket_override: str | None
     started_at: float
+    cluster: ClusterNode | None
 
 
 class Target:
@@ -216,6 +218,7 @@ class Upgrades:
         self.report = UpgradeReport(attempt=attempt, state="handing_over",
                                     pid=os.getpid(), from_version=__version__)
         try:
+            self._alone()
             version = await target.check(self.host.config_path)
         except Refused as exc:
             self._refused(str(exc))
@@ -233,6 +236,13 @@ class Upgrades:
                                         state="handing_over", pid=os.getpid(),
                                         from_version=__version__)
 
+    def _alone(self) -> None:
+        """A cluster's node is not upgraded in place: its membership (one daemon per node
+        name, fenced claims) is not handed over."""
+        if self.host.cluster is not None:
+            raise Refused("a node of a cluster is upgraded by a restart (`systemctl "
+                          "restart corral`: its drain hands its tasks to the other nodes)")
+
     def _refused(self, why: str) -> None:
         self.report.state, self.report.error = "refused", why
         self.target = None
@@ -245,6 +255,7 @@ class Upgrades:
         if target is None:  # SIGUSR2
             target = Target(None, None, self.host.notifier)
             try:
+                self._alone()
                 self.report.to_version = await target.check(self.host.config_path)
             except Refused as exc:
                 self._refused(str(exc))
