@@ -51,6 +51,7 @@ from ..supervisor.containment import (
     spare,
     try_reap,
 )
+from ..supervisor.lifecycle import State
 from ..supervisor.tasks import TaskRecord
 from ..text import plural
 from ..timeouts import within
@@ -70,6 +71,9 @@ if TYPE_CHECKING:
 # own answered, a handshake or a stop over) before it gives up and changes nothing
 QUIESCE_TIMEOUT = 10.0
 PREFLIGHT_TIMEOUT = 60.0
+# how long the new image waits for the replicas of handed processes to be started (an
+# agent not started at all, autostart = false, is given up on then)
+STARTED_WAIT = 10.0
 QUIET_POLL = 0.005
 # how long an MCP server or zygote of the old image has to exit (its stdin is closed by
 # the exec) before SIGKILL
@@ -416,9 +420,28 @@ class Taken:
         if recs:
             self.sup.tasks.restore(recs)
 
+    async def _started(self) -> None:
+        """Until every handed process's replica has been started (a mass start is paced
+        over loop turns: pacing.py), STARTED_WAIT at most."""
+        sup = self.sup
+        assert sup is not None
+        deadline = time.monotonic() + STARTED_WAIT
+
+        def unstarted(kind: str, name: str, index: int) -> bool:
+            agent = sup.agents.get(name)
+            return (kind == "agent" and agent is not None and agent.spec.autostart
+                    and index < len(agent.replicas)
+                    and agent.replicas[index].state == State.INITIAL)
+
+        while any(unstarted(*k) for k in self.adoptions.waiting):
+            if time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.001)
+
     async def settle(self, hub: LogHub) -> UpgradeReport:
         """Once the set-up is over: what no replica took is ended, the old image's MCP
         servers and zygotes too; the state file goes; the report."""
+        await self._started()
         left = self.adoptions.left()
         await self.adoptions.settled()
         ended = [*self.handoff.ended, *(h.record for h in left)]
