@@ -52,6 +52,7 @@ from ..supervisor.containment import (
     try_reap,
 )
 from ..supervisor.lifecycle import State
+from ..supervisor.plain import PlainReplica
 from ..supervisor.tasks import TaskRecord
 from ..text import plural
 from ..timeouts import within
@@ -312,8 +313,8 @@ class Upgrades:
         for agent in sup.agents.values():
             for r in agent.replicas:
                 proc = r.process
-                if proc is None:
-                    continue
+                if proc is None or isinstance(r, PlainReplica):
+                    continue  # (a plain program is started again: its stdout is a log)
                 tracked = live.get(proc.token)
                 h = hand(r, tracked.record, by_replica.get(r, {})) if tracked else None
                 if h is None:
@@ -389,6 +390,10 @@ class Taken:
         self.sup = sup
         sup.containment.go_on_from(self.handoff.owner, self.handoff.issued)
         sup.containment.handed = self.adoptions.take
+        # tracked until they are ended: not taken for orphans, their cgroups not given to
+        # the processes started in their place
+        for rec in self.handoff.ended:
+            sup.containment.adopted(rec)
 
     def hold_back(self, unfinished: list[TaskRecord]) -> list[TaskRecord]:
         """The journal's unfinished tasks less those running on a kept worker: they
@@ -444,8 +449,14 @@ class Taken:
         await self._started()
         left = self.adoptions.left()
         await self.adoptions.settled()
-        ended = [*self.handoff.ended, *(h.record for h in left)]
+        assert self.sup is not None
+        containment = self.sup.containment
+        for lost in left:
+            containment.adopted(lost.record)
+        ended = [*self.handoff.ended, *(lost.record for lost in left)]
         await end_processes(ended)
+        for rec in ended:
+            containment.ended(rec.token)  # their cgroups and records go
         with contextlib.suppress(OSError):
             self.path.unlink()
         h = self.handoff
