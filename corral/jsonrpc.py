@@ -12,7 +12,7 @@ import asyncio
 import logging
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol, cast
 
 import msgspec
@@ -1005,6 +1005,30 @@ class Peer:
     def send_error(self, rid: Id | None, exc: RpcError) -> None:
         """An error response; `rid` None where the request could not be read."""
         self.send_message(ErrorResponse(rid, exc.to_object()))
+
+    # a conversation handed over (corral upgrade) ----------------------------------------
+    def outstanding(self) -> tuple[int, list[Id]]:
+        """The last request id sent, and the requests not answered yet."""
+        return self._next_id, list(self._pending)
+
+    def take_over(self, last_id: int, unanswered: Iterable[Id]) -> None:
+        """Go on with a conversation another Peer began over the same channel: ids after
+        `last_id`; answers to `unanswered` are dropped quietly (an `expect` makes one
+        ours again)."""
+        self._next_id = max(self._next_id, last_id)
+        unanswered = list(unanswered)
+        if unanswered:
+            if self._forgotten is None:
+                self._forgotten = deque(maxlen=FORGOTTEN_KEPT)
+            self._forgotten.extend(unanswered)
+
+    def expect(self, rid: Id, answered: Answered, *,
+               decode: Callable[[bytes], tuple[int, Any]] | None = None) -> None:
+        """The answer to request `rid`, sent by the Peer before this one, goes to
+        `answered` as `request_callback`'s would."""
+        self._pending[rid] = _Answered(answered)
+        if decode is not None:
+            self._decoders[rid] = decode
 
     # teardown -----------------------------------------------------------------------------
     def close(self, reason: str) -> None:

@@ -600,6 +600,36 @@ class DaemonShutdown(Params):
     now: bool = False  # no drain: running tasks are handed to the next daemon at once
 
 
+class UpgradeReport(Result):
+    """An upgrade of the daemon in place (docs/operations.md, "Upgrades"): `state` is
+    "none" (never asked), "handing_over" (checked, the exec under way), "done" (the new
+    image serves), "fell_back" (the new image could not start: the old one took its
+    state back) or "refused" (nothing was handed over: `error` says why)."""
+
+    attempt: int
+    state: str
+    pid: int
+    from_version: str
+    to_version: str | None = None
+    seconds: float | None = None  # from the request to the new image serving
+    kept: int = 0  # agents' processes kept
+    tasks: int = 0  # running tasks kept
+    restarted: list[str] = []  # processes started again (MCP servers, zygotes, the lost)
+    error: str | None = None
+
+
+@method("daemon.upgrade", result=UpgradeReport, scope="admin", mutating=True)
+class DaemonUpgrade(Params):
+    """Re-execute the daemon in place (the same pid) from the installed corral, keeping
+    every agent's process, its running tasks and the control socket; a new install that
+    does not start is not handed over (or gives the state back). `report`: start none,
+    say how the last one went."""
+
+    python: str | None = None  # the interpreter of the new install (default: the daemon's)
+    pythonpath: str | None = None  # its PYTHONPATH (default: the daemon's)
+    report: bool = False
+
+
 @method("config.reload", result=ReloadResult, scope="admin", mutating=True)
 class ConfigReload(Params):
     """Re-read the config file and apply the difference: add new agents, remove dropped

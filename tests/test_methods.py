@@ -201,6 +201,8 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         assert [t.name for t in ask("tenants.list").tenants] == ["acme", "default"]
         assert ask("tenants.remove", {"names": ["acme"]}).removed == ["acme"]
         ask("config.reload")
+        # the report alone: an upgrade itself is held to UpgradeReport in test_upgrade.py
+        assert ask("daemon.upgrade", {"report": True}).state == "none"
         # needs [http]: its answer is held to UiLoginResult in tests/test_ui.py
         done.add("ui.login")
         # needs [cluster] and Redis: held to NodesResult in tests/cluster/

@@ -118,6 +118,14 @@ async def daemon_shutdown(d: Services, p: m.DaemonShutdown,
     return m.Stopping(stopping=True, drained=await d.drained())
 
 
+@implements("daemon.upgrade")
+async def daemon_upgrade(d: Services, p: m.DaemonUpgrade, caller: Caller, c: Channel
+                         ) -> m.UpgradeReport:
+    if caller.limited and (p.python or p.pythonpath or not p.report):
+        raise RpcError(jsonrpc.FORBIDDEN, "an upgrade of the daemon is the operator's")
+    return await d.upgrade(p)
+
+
 @implements("config.reload")
 async def config_reload(d: Services, p: m.ConfigReload, caller: Caller, c: Channel
                         ) -> m.ReloadResult:

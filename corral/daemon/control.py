@@ -362,7 +362,24 @@ class ControlServer:
             return False
         return self.group_gid in os.getgrouplist(name, gid)
 
-    async def start(self) -> None:
+    def fds(self) -> tuple[int, int]:
+        """The listening socket's fd and the lock file's (handed over by corral
+        upgrade: connections wait in the backlog across the exec)."""
+        assert self._server is not None
+        return cast(asyncio.Server, self._server).sockets[0].fileno(), self._lock_fd
+
+    async def start(self, inherited: tuple[int, int] | None = None) -> None:
+        """Bind the socket, or serve `inherited` (listening fd, locked lock file's fd)
+        that the image before an exec bound."""
+        if inherited is not None:
+            listen_fd, self._lock_fd = inherited
+            os.set_inheritable(self._lock_fd, False)
+            os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+            sock = socket.socket(fileno=listen_fd)
+            sock.set_inheritable(False)
+            self._server = await asyncio.get_running_loop().create_unix_server(
+                lambda: Connection(self), sock=sock, backlog=128)
+            return
         # a directory of our own (made here, or systemd's RuntimeDirectory) may be opened to
         # the group; a shared one (/tmp) is never touched
         own_dir = not self.path.parent.exists() or self.path.parent == runtime_directory()

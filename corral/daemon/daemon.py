@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Container
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +75,7 @@ from .tasks import LocalFront, TaskFront
 from .tenantdirs import TenantDirs
 from .tenants import TenantDesk, groups_of
 from .tokens import tokens_of
+from .upgrade import Taken, Upgrades
 from .watch import FleetWatch
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ log = logging.getLogger("corral.daemon")
 # states in which a replica is neither up nor settled down: READY=1 waits for none to be
 STOP = -1  # queued like a signal: `daemon.shutdown`
 STOP_NOW = -2  # `daemon.shutdown` with now: no drain
+UPGRADE = -3  # `daemon.upgrade`, checked: hand over and exec (upgrade.py)
 
 
 class StartupError(Exception):
@@ -101,10 +103,12 @@ class Paths:
 class Daemon:
     def __init__(self, config_path: Path, *, socket: str | None = None,
                  notifier: Notifier | None = None, freeze_heap: bool = False,
-                 spared: Container[int] = frozenset()) -> None:
+                 spared: set[int] | None = None,
+                 taken: Taken | None = None) -> None:
         self.config_path = config_path.resolve()
-        # an embedding program's own children, left to it (containment.Containment)
-        self.spared = spared
+        # an embedding program's own children, left to it (containment.Containment), and
+        # the daemon's own it waits for itself (an upgrade's check of the new install)
+        self.spared: set[int] = spared if spared is not None else set()
         # whether what start-up made is taken out of the collector's passes: a decision
         # for the whole process, so only `corral daemon`'s own (run_daemon) makes it
         self.freeze_heap = freeze_heap
@@ -124,6 +128,11 @@ class Daemon:
         self._drained: asyncio.Future[Drained] | None = None  # what it did, once over
         self.extras: Extras | None = None
         self._faults: tuple[str | None, str | None] = (None, None)  # told by STATUS=
+        # corral upgrade (upgrade.py): asked, handed over; `taken`: this image took one
+        self.taken = taken
+        if taken is not None:
+            self.started_at = taken.handoff.started_at
+        self.upgrades = Upgrades(self, lambda: self._signals.put_nowait(UPGRADE), taken)
 
     def _paths(self, cfg: Config) -> Paths:
         base = self.config_path.parent
@@ -167,6 +176,12 @@ class Daemon:
                         name="signal SIGHUP"), "config.reload")
                 except RpcError as exc:
                     s.hub.daemon(exc.message, priority=4)
+                continue
+            if sig in (signal.SIGUSR2, UPGRADE):
+                if sig == signal.SIGUSR2:
+                    s.hub.daemon("received SIGUSR2: upgrading")
+                    self.upgrades.signalled()
+                await self.upgrades.hand_over()  # returns only if nothing was handed over
                 continue
             if sig not in (STOP, STOP_NOW):
                 s.hub.daemon(f"received {signal.Signals(sig).name}")
@@ -286,6 +301,8 @@ class Daemon:
                          task_queue=task_queue, spared=self.spared)
         self.sup = sup  # the engine embedded (tests reach it); services get its parts
         parts = self.parts = sup.parts
+        if self.taken is not None:
+            self.taken.before_start(sup)
         parts.tuning.sandbox_program = sc.bwrap
         parts.tuning.protected_paths = self._protected(cfg, paths)
         gateway = GatewayService(parts.agents, parts.tools, parts.stream, self._audit)
@@ -308,12 +325,13 @@ class Daemon:
         # while the state database opens (its runtime tenants' come with it)
         control.set_tenant_groups(groups_of(cfg.tenants, hub.daemon))
         try:
-            await control.start()
+            await control.start(self.taken.control if self.taken is not None else None)
         except AlreadyRunning as exc:
             raise StartupError(str(exc)) from None
         except OSError as exc:
             raise StartupError(f"cannot listen on {paths.socket}: {exc.strerror}") from None
         stack.push_async_callback(control.close)
+        self.control = control
         stack.callback(self._stopped, hub)
 
         store, writer, journal, unfinished = await self._open_store(stack, paths.state_dir,
@@ -325,7 +343,7 @@ class Daemon:
         revisions = RevisionLog(store.db)
 
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
             stack.callback(loop.remove_signal_handler, sig)
         background = Background(hub.daemon)
@@ -393,6 +411,7 @@ class Daemon:
             socket_path=control.path, started_at=self.started_at,
             reload=lambda who: self._reload(services, who),
             request_stop=self.request_stop, drained=self.drained,
+            upgrade=self.upgrades.ask,
             status_line=self.status_line, notices=self.notices, extras=extras.status,
             draining=lambda: self.drain.progress() if self.drain is not None else None,
             ui=_dashboard_sessions() if cfg.http.listen else None)
@@ -419,6 +438,8 @@ class Daemon:
         if self.cluster is not None:
             self.cluster.declared.declare(declared)  # registered by its first beat
         watches.sync_all()
+        if self.taken is not None:
+            unfinished = self.taken.hold_back(unfinished)
         if journal is not None:
             # no await since the agents were added: no task can be accepted before the
             # journal's are back, numbered after theirs
@@ -428,6 +449,8 @@ class Daemon:
             tasks.recover([])
         if self.cluster is not None:
             self.cluster.start()
+        if self.taken is not None:
+            self.upgrades.report = await self.taken.settle(hub)
         self._check_ready()
         return services
 
@@ -525,6 +548,8 @@ class Daemon:
         crash, SIGKILL, the OOM killer, a watchdog kill), found by their records."""
         crashed = []
         for owner, pid, start_time in store.incarnations():
+            if pid == os.getpid():  # this process, before an exec (corral upgrade)
+                continue
             st = read_stat(pid)
             if st is not None and st.start_time == start_time:
                 hub.daemon(f"the state directory is in use by a running daemon (pid "
@@ -837,7 +862,7 @@ class ProcessRecords:
         await self.writer.committed()
 
 
-def run_daemon(config: Path, socket: str | None) -> int:
+def run_daemon(config: Path, socket: str | None, taken: Taken | None = None) -> int:
     import uvloop
 
     try:
@@ -852,4 +877,4 @@ def run_daemon(config: Path, socket: str | None) -> int:
     raise_own_open_files()
     logging.basicConfig(level=os.environ.get("CORRAL_LOG_LEVEL", "WARNING"),
                         format="corral: %(levelname)s %(name)s: %(message)s")
-    return uvloop.run(Daemon(config, socket=socket, freeze_heap=True).run())
+    return uvloop.run(Daemon(config, socket=socket, freeze_heap=True, taken=taken).run())

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..methods import Drained, ExtraStatus, ReloadResult
+from ..methods import DaemonUpgrade, Drained, ExtraStatus, ReloadResult, UpgradeReport
 from ..supervisor.agents import Agents
 from ..supervisor.containment import Containment
 from ..supervisor.elastic import Elastic
@@ -90,6 +90,8 @@ class Services:
     notices: Callable[[], list[str]]  # the daemon's own: a drain, an extra not serving
     extras: Callable[[], list[ExtraStatus]]  # the HTTP server's, the gateway's (extras.py)
     draining: Callable[[], str | None]  # how far a drain under way is
+    # corral upgrade: checks the new install and hands over (daemon/upgrade.py)
+    upgrade: Callable[[DaemonUpgrade], Awaitable[UpgradeReport]]
     ui: Logins | None = None  # the dashboard's logins, where [http] serves it
 
     def gateway_status(self) -> dict[str, Any]:

@@ -36,9 +36,9 @@ import secrets
 import select
 import signal
 import time
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import msgspec
 
@@ -553,6 +553,9 @@ class Containment:
         # a cgroup per tenant (tenantcgroups.py), set by the supervisor where delegated
         self.nodes: Nodes | None = None
         self._tenant_of: dict[str, str] = {}  # token -> the tenant whose node it is in
+        # processes the previous image handed over (corral upgrade: adopt.py), taken by
+        # their replica's start instead of a spawn: (replica) -> whether it adopted one
+        self.handed: Callable[[Any], bool] | None = None
 
     # -- start and stop -------------------------------------------------------------------
     def open(self) -> None:
@@ -642,6 +645,22 @@ class Containment:
         self._by_pid[pid] = t
         self.stream.emit(ProcessStarted(rec))
         return rec
+
+    @property
+    def issued(self) -> int:
+        """Spawn tokens issued so far."""
+        return self._seq
+
+    def go_on_from(self, owner: str, issued: int) -> None:
+        """Be the incarnation of the image before an exec (corral upgrade): its records
+        are this one's, its tokens go on."""
+        self.owner, self._seq = owner, issued
+
+    def adopted(self, rec: ProcessRecord) -> None:
+        """A process the previous image started (and recorded) is tracked again."""
+        t = Tracked(rec, oom_kills(rec.cgroup) if rec.cgroup else 0)
+        self.live[rec.token] = t
+        self._by_pid[rec.pid] = t
 
     def signal(self, token: str, sig: int) -> None:
         """Signal what the process left outside its group: escapees, the cgroup."""

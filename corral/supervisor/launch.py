@@ -71,7 +71,9 @@ class Life(ReplicaParts):
     def _begin_life(self) -> None:
         self._living = True
         self._lives += 1
-        self._life = asyncio.ensure_future(self._live(self._lives))
+        handed = self.host.containment.handed  # corral upgrade: adopt.py
+        if handed is None or not handed(self):
+            self._life = asyncio.ensure_future(self._live(self._lives))
 
     def _exited(self, reason: str) -> None:
         """Its host told the process is gone."""

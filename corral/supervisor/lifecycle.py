@@ -333,6 +333,12 @@ class Machine:
         return self.state not in UNSETTLED
 
     @property
+    def untouched(self) -> bool:
+        """No start has been asked of it since it was made (a mass start reaches it
+        later)."""
+        return self.state is State.INITIAL
+
+    @property
     def down(self) -> bool:
         """No process and none coming without a start: never started, ended for good, or
         given up on (what breaks a rollout's new process)."""

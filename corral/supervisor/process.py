@@ -440,6 +440,16 @@ class ChildProcess(asyncio.Protocol):
     def alive(self) -> bool:
         return not self.exited.done()
 
+    @property
+    def zygote_child(self) -> bool:
+        return self._status is not None
+
+    def fds(self) -> list[int] | None:
+        """Our ends of its stdin, stdout and stderr (handed over by `corral upgrade`)."""
+        pipes = [t.get_extra_info("pipe") if t is not None else None
+                 for t in (self.stdin, self._stdout, self._stderr)]
+        return [p.fileno() for p in pipes if p is not None] if None not in pipes else None
+
     # stdin is written through a Cork (cork.py): a burst of tasks (a `map`, a queue
     # draining) wakes the worker twice, not once a message, and it reads them in a read or
     # two

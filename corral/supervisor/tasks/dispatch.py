@@ -73,6 +73,8 @@ class Dispatcher:
         # running tasks being handed over to the next daemon: task id -> why
         self.handed: dict[str, str] = {}
         self.stream = sup.stream  # every attempt's end (AttemptEnded): a drain counts them
+        # the request id of each running task's task/run (handed over by corral upgrade)
+        self.requests: dict[str, jsonrpc.Id] = {}
 
     def free_replica(self, agent: AgentLike) -> Replica | None:
         limit = agent.spec.max_concurrent_tasks
@@ -145,7 +147,7 @@ class Dispatcher:
         self.outcomes.record(task)
         # a large input goes out as a piece of its own (one writev, never copied into the
         # message), and the answer is read in one pass, its output kept as its bytes
-        r.peer.request_callback(
+        self.requests[task.id] = r.peer.request_callback(
             "task/run", {"task_id": task.id, "attempt": task.attempt,
                          "input": jsonrpc.SPLICE, "deadline": now + task.timeout},
             lambda result, exc: self._on_reply(task, r, attempt, result, exc),
@@ -156,6 +158,7 @@ class Dispatcher:
                   exc: BaseException | None) -> None:
         if task.status == TaskStatus.RUNNING:
             self.deadlines.discard(task, task.timeout)
+        self.requests.pop(task.id, None)
         attempt.finished = time.time()
         q = self.by_agent.get(task.agent)
         if q is not None:
@@ -203,6 +206,24 @@ class Dispatcher:
             self.freed(task.agent)
         if self.stream.wants(AttemptEnded):
             self.stream.emit(AttemptEnded(task))
+
+    def adopt(self, task: Task, r: Replica, rid: jsonrpc.Id) -> None:
+        """A task running on a worker the previous daemon image handed over (corral
+        upgrade), on its last attempt: the worker's answer to request `rid` ends it as
+        `_start`'s would. Its deadline counts afresh from now (the worker was given its
+        own, absolute, with the task)."""
+        assert r.peer is not None
+        attempt = task.attempts[-1]
+        task.status = TaskStatus.RUNNING
+        task.replica = r
+        q = self.by_agent.get(task.agent)
+        if q is not None:
+            q.running += 1
+        r.task_started(task.id)
+        self.requests[task.id] = rid
+        r.peer.expect(rid, lambda result, exc: self._on_reply(task, r, attempt, result, exc),
+                      decode=read_raw)
+        self.deadlines.add(task, task.timeout)
 
     def _on_timeout(self, task: Task) -> None:
         if task.status != TaskStatus.RUNNING:

@@ -335,6 +335,21 @@ class TaskManager:
             self.dispatch.pump(name)
         return restored
 
+    def adopt_running(self, rec: TaskRecord, r: Replica, rid: int) -> Task:
+        """A journaled task running on a worker the previous daemon image handed over
+        (corral upgrade): it runs on, on its attempt, and its answer ends it."""
+        task = Task(rec.agent, rec.input, rec.priority, rec.timeout, rec.retries_left,
+                    next(self._seq))
+        task.id, task.created, task.started = rec.task_id, rec.created, rec.started
+        task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
+        task.usage = rec.usage
+        self.active[task.id] = task
+        agent = self.sup.agents.get(rec.agent)
+        if agent is not None:
+            self._agent_tasks(agent).counts["accepted"] += 1
+        self.dispatch.adopt(task, r, rid)
+        return task
+
     # -- the API --------------------------------------------------------------------------
     async def run(self, agent: str, task_input: Any, *, timeout: float | None = None,
                   priority: int = 0) -> TaskResult:

@@ -1,0 +1,67 @@
+"""How a daemon image starts on a handoff (`corral upgrade`, upgrade.py): the new
+install's check before the exec (`preflight`), and the start of the image the old one
+execs (`resume`, which upgrade.BOOT calls).
+
+What fails before `committed` is set falls back to the old image (upgrade.BOOT); what
+fails after it is a daemon that failed to start."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from .. import __version__
+from . import handoff
+from .handoff import FAILED_VARIABLE, VARIABLE
+
+# Set by a release that cannot take a live handoff (a migration of the state that needs
+# every process stopped): the reason, which the old image's `corral upgrade` shows.
+FULL_STOP: str | None = None
+committed = False  # this image has taken the handoff (BOOT falls back before only)
+
+
+class Refused(Exception):
+    """This image does not take the handoff; the text says why."""
+
+
+def preflight(config: str) -> int:
+    """Run by the new install's interpreter before the exec: everything the daemon
+    imports imports, the config loads; prints its version and handoff layout."""
+    import uvloop  # noqa: F401 - the daemon's loop
+
+    from ..supervisor.config import ConfigError
+    from ..supervisor.configload import load_config
+    from . import daemon  # noqa: F401 - all of the daemon's imports
+
+    try:
+        load_config(Path(config))
+    except ConfigError as exc:
+        print(f"invalid config: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"version": __version__, "handoff": handoff.HANDOFF_VERSION,
+                      "full_stop": FULL_STOP}))
+    return 0
+
+
+def resume() -> int:
+    """BOOT's: take the handoff named by the environment and run the daemon on it.
+    Anything raised before `committed` is set makes BOOT fall back to the old image."""
+    global committed
+    path = Path(os.environ[VARIABLE])
+    h = handoff.read(path)
+    if FULL_STOP:
+        raise Refused(f"this corral needs a full stop: {FULL_STOP}")
+    from ..supervisor.configload import load_config
+
+    load_config(Path(h.config))  # a config this image refuses: back to the old one
+    failed = os.environ.pop(FAILED_VARIABLE, None)
+    os.environ.pop(VARIABLE)
+    committed = True
+    from .daemon import run_daemon
+    from .upgrade import Taken
+
+    return run_daemon(Path(h.config), h.socket, taken=Taken(h, path, failed))
+
+

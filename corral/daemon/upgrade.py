@@ -1,0 +1,520 @@
+"""`corral upgrade`: the daemon re-executes itself in place and keeps its agents.
+
+nginx's binary upgrade, in one process: the daemon checks the new install in a child
+first (`preflight`: it imports the daemon and reads the config, and says its version and
+whether it takes a handoff of this layout), then holds dispatch, waits until every
+worker's channel can be handed whole (supervisor/adopt.py), writes the state file
+(handoff.py), keeps the fds it lists open across the exec, and execs the new image: the
+same pid, so systemd sees one main process, and every agent process, zygote-forked or
+not, stays its child. The new image takes the control socket as it is (connections made
+meanwhile waited in its backlog), continues the incarnation (process records, spawn
+tokens), adopts each worker when its replica starts (no `initialize` again, no restart),
+routes the answers of running tasks to them (they finish once, on their attempt), and
+recovers queued tasks from the journal as after any start. MCP servers and zygotes are
+ended and started again as their config says.
+
+A new image that cannot start falls back: `BOOT`, the program the old image execs (its
+own text, so a new install that cannot even be imported still runs it), catches any
+failure before the new image commits (boot.py's `committed`: the handoff read, its config
+loaded)
+and execs the old interpreter with the old environment on the same state file, with the
+reason in `CORRAL_UPGRADE_FAILED`; the old image adopts everything back and reports
+"fell_back". What fails after the commit is a daemon that failed to start (the unit's
+restart policy, as for any start). A release whose state needs a full stop (a database
+migration that cannot run under a live handoff) sets boot.py's `FULL_STOP` to say why: its
+preflight says so, and the old image refuses the upgrade with those words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from .. import __version__, jsonrpc
+from ..jsonrpc import RpcError
+from ..methods import DaemonUpgrade, UpgradeReport
+from ..supervisor.adopt import Adoptions, HandedProcess, hand, keep_open
+from ..supervisor.containment import (
+    ProcessRecord,
+    cgroup_kill,
+    open_verified,
+    signal_fd,
+    try_reap,
+)
+from ..supervisor.plain import PlainReplica
+from ..supervisor.tasks import TaskRecord
+from ..text import plural
+from ..timeouts import within
+from . import handoff
+from .handoff import FAILED_VARIABLE, VARIABLE, Fallback, Handoff
+
+if TYPE_CHECKING:
+    from ..cluster.node import ClusterNode
+    from ..supervisor.core import Supervisor
+    from ..supervisor.replica import Replica
+    from .control import ControlServer
+    from .logs import LogHub
+    from .notify import Notifier
+    from .store import StateStore
+
+# how long the hand-over waits for every worker's channel to be quiet (a request of its
+# own answered, a handshake or a stop over) before it gives up and changes nothing
+QUIESCE_TIMEOUT = 10.0
+PREFLIGHT_TIMEOUT = 60.0
+# how long the new image waits for the replicas of handed processes to be started (an
+# agent not started at all, autostart = false, is given up on then)
+STARTED_WAIT = 10.0
+QUIET_POLL = 0.005
+# how long an MCP server or zygote of the old image has to exit (its stdin is closed by
+# the exec) before SIGKILL
+END_GRACE = 2.0
+# where the image to exec imports corral from, first (before the directory it runs in,
+# which `python -c` puts first as `-m` does): --pythonpath, or the old image's own
+IMPORT_VARIABLE = "CORRAL_IMPORT_FROM"
+PREFLIGHT = ("import os, sys; sys.path[0:0] = [p for p in os.environ.pop("
+             "'CORRAL_IMPORT_FROM', '').split(os.pathsep) if p]; "
+             "from corral.daemon.boot import preflight; sys.exit(preflight(sys.argv[1]))")
+
+BOOT = r'''
+import os, sys
+sys.path[0:0] = [p for p in os.environ.pop("CORRAL_IMPORT_FROM", "").split(os.pathsep) if p]
+def fall_back(why):
+    import json
+    path = os.environ["CORRAL_HANDOFF"]
+    if os.environ.get("CORRAL_UPGRADE_FAILED"):
+        sys.stderr.write("corral: the image fallen back to cannot start either: %s\n" % why)
+        sys.exit(1)
+    with open(path, "rb") as f:
+        back = json.load(f)["fallback"]
+    env = dict(back["env"])
+    env["CORRAL_HANDOFF"] = path
+    env["CORRAL_UPGRADE_FAILED"] = why[-4000:] or "the new image failed"
+    sys.stderr.write("corral: the new image cannot start (%s); going back to the old one\n"
+                     % why)
+    sys.stderr.flush()
+    os.execve(back["python"], [back["python"], "-c", back["boot"]], env)
+try:
+    from corral.daemon import boot
+    rc = boot.resume()
+except BaseException as exc:
+    mod = sys.modules.get("corral.daemon.boot")
+    if mod is not None and getattr(mod, "committed", False):
+        raise
+    import traceback
+    fall_back("".join(traceback.format_exception_only(type(exc), exc)).strip())
+sys.exit(rc)
+'''
+
+class Refused(Exception):
+    """Nothing was handed over; the text says why."""
+
+
+class Host(Protocol):
+    """What the upgrade needs of the daemon (daemon.Daemon)."""
+
+    sup: Supervisor
+    hub: LogHub
+    store: StateStore
+    notifier: Notifier
+    control: ControlServer
+    config_path: Path
+    socket_override: str | None
+    started_at: float
+    cluster: ClusterNode | None
+    spared: set[int]  # children of the daemon's own that the subreaper leaves alone
+
+
+class Target:
+    """The image to exec: an interpreter, and the environment it runs with."""
+
+    def __init__(self, python: str | None, pythonpath: str | None,
+                 notifier: Notifier, spared: set[int]) -> None:
+        self.python = python or sys.executable
+        self.spared = spared
+        self.env = environment(notifier)
+        if pythonpath is not None:
+            self.env["PYTHONPATH"] = self.env[IMPORT_VARIABLE] = pythonpath
+
+    async def check(self, config: Path) -> str:
+        """The new install's version; Refused if it cannot run the daemon here."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.python, "-c", PREFLIGHT, str(config), env=self.env,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:
+            raise Refused(f"{self.python} cannot be run: {exc.strerror}") from None
+        self.spared.add(proc.pid)  # its status is its own waiter's, not the subreaper's tick's
+        try:
+            out, err = await within(proc.communicate(), PREFLIGHT_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise Refused(f"the new install's check did not answer within "
+                          f"{PREFLIGHT_TIMEOUT:g} s") from None
+        finally:
+            self.spared.discard(proc.pid)
+        if proc.returncode != 0:
+            lines = err.decode(errors="replace").strip().splitlines()
+            raise Refused(f"the new install does not start: {lines[-1] if lines else ''}"
+                          f" (exit status {proc.returncode})")
+        try:
+            said = json.loads(out.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise Refused(f"the new install's check said nothing readable: {out[:200]!r}"
+                          ) from None
+        if said.get("full_stop"):
+            raise Refused(f"corral {said.get('version')} needs a full stop, not a live "
+                          f"upgrade: {said['full_stop']} (systemctl restart corral)")
+        if said.get("handoff") != handoff.HANDOFF_VERSION:
+            raise Refused(f"corral {said.get('version')} takes handoff layout "
+                          f"{said.get('handoff')}, this daemon writes "
+                          f"{handoff.HANDOFF_VERSION}: stop and start it instead")
+        return str(said.get("version"))
+
+
+def environment(notifier: Notifier) -> dict[str, str]:
+    """The daemon's environment as it was given (systemd's variables, which the notifier
+    took out of it so that agents never see them, put back)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in (VARIABLE, FAILED_VARIABLE, IMPORT_VARIABLE)}
+    if notifier.address is not None:
+        addr = notifier.address
+        env["NOTIFY_SOCKET"] = "@" + addr[1:] if addr.startswith("\0") else addr
+    if notifier.watchdog_usec:
+        env["WATCHDOG_USEC"] = str(notifier.watchdog_usec)
+        env["WATCHDOG_PID"] = str(os.getpid())
+    return env
+
+
+# -- the daemon's side ---------------------------------------------------------------------
+class Upgrades:
+    """A daemon's upgrades: asked for (`ask`), handed over by the arbiter (`hand_over`),
+    and, in the image that took a handoff, adopted (`Taken`)."""
+
+    def __init__(self, host: Host, queue: Callable[[], None],
+                 taken: Taken | None = None) -> None:
+        self.host = host
+        self._queue = queue  # puts the hand-over in the arbiter's queue
+        self.taken = taken
+        self.target: Target | None = None
+        # (an image that takes a handoff answers before its set-up is over: under way)
+        self.report = UpgradeReport(attempt=taken.handoff.attempt if taken else 0,
+                                    state="handing_over" if taken else "none",
+                                    pid=os.getpid(), from_version=__version__)
+
+    async def ask(self, p: DaemonUpgrade) -> UpgradeReport:
+        """`daemon.upgrade`: the last report, or an upgrade checked and begun."""
+        if p.report:
+            return self.report
+        if self.report.state == "handing_over" or self.target is not None:
+            raise RpcError(jsonrpc.CONFLICT, "an upgrade is under way")
+        target = Target(p.python, p.pythonpath, self.host.notifier, self.host.spared)
+        attempt = self.report.attempt + 1
+        self.report = UpgradeReport(attempt=attempt, state="handing_over",
+                                    pid=os.getpid(), from_version=__version__)
+        try:
+            self._alone()
+            version = await target.check(self.host.config_path)
+        except Refused as exc:
+            self._refused(str(exc))
+            raise RpcError(jsonrpc.REFUSED, f"upgrade refused, nothing changed: {exc}"
+                           ) from None
+        self.report.to_version = version
+        self.target = target
+        self._queue()
+        return self.report
+
+    def signalled(self) -> None:
+        """SIGUSR2: an upgrade to the daemon's own interpreter, checked first."""
+        if self.target is None and self.report.state != "handing_over":
+            self.report = UpgradeReport(attempt=self.report.attempt + 1,
+                                        state="handing_over", pid=os.getpid(),
+                                        from_version=__version__)
+
+    def _alone(self) -> None:
+        """A cluster's node is not upgraded in place: its membership (one daemon per node
+        name, fenced claims) is not handed over."""
+        if self.host.cluster is not None:
+            raise Refused("a node of a cluster is upgraded by a restart (`systemctl "
+                          "restart corral`: its drain hands its tasks to the other nodes)")
+
+    def _refused(self, why: str) -> None:
+        self.report.state, self.report.error = "refused", why
+        self.target = None
+        self.host.hub.daemon(f"upgrade refused, nothing changed: {why}", priority=4)
+
+    async def hand_over(self) -> None:
+        """The arbiter's: hold dispatch, wait for every worker's channel to be quiet,
+        write the state file and exec. Returns only when nothing was handed over."""
+        target = self.target
+        if target is None:  # SIGUSR2
+            target = Target(None, None, self.host.notifier, self.host.spared)
+            try:
+                self._alone()
+                self.report.to_version = await target.check(self.host.config_path)
+            except Refused as exc:
+                self._refused(str(exc))
+                return
+        host = self.host
+        tasks = host.sup.tasks
+        asked = time.time()
+        tasks.hold("the daemon is upgrading")
+        host.hub.daemon(f"upgrading to corral {self.report.to_version} "
+                        f"({target.python}): holding dispatch")
+        try:
+            kept, ended = await self._quiet(time.monotonic() + QUIESCE_TIMEOUT)
+            self._exec(target, asked, kept, ended)
+        except Refused as exc:
+            tasks.release()
+            self._refused(str(exc))
+
+    async def _quiet(self, deadline: float) -> tuple[list[HandedProcess],
+                                                     list[ProcessRecord]]:
+        """Every worker described whole, once nothing is in flight on its channel but
+        requests corral sent (and the journal and the store have written what they
+        were given): what to keep, and what the next image ends."""
+        host = self.host
+        sup = host.sup
+        while True:
+            await sup.tasks.committed()
+            if host.store.writer is not None:
+                await host.store.writer.committed()
+            kept, waiting = self._describe(sup)
+            if not waiting:
+                break
+            if time.monotonic() >= deadline:
+                raise Refused(f"{', '.join(waiting[:5])} could not be handed over within "
+                              f"{QUIESCE_TIMEOUT:g} s (starting, stopping, or a request "
+                              "of its own still being answered)")
+            await asyncio.sleep(QUIET_POLL)
+        tokens = {h.record.token for h in kept}
+        ended = [t.record for token, t in sup.containment.live.items() if token not in tokens]
+        return kept, ended
+
+    def _describe(self, sup: Supervisor) -> tuple[list[HandedProcess], list[str]]:
+        by_replica: dict[Replica, dict[str, int]] = {}
+        for tid, rid in sup.tasks.dispatch.requests.items():
+            task = sup.tasks.active.get(tid)
+            if task is not None and task.replica is not None and isinstance(rid, int):
+                by_replica.setdefault(task.replica, {})[tid] = rid
+        kept: list[HandedProcess] = []
+        waiting: list[str] = []
+        live = sup.containment.live
+        for agent in sup.agents.values():
+            for r in agent.replicas:
+                proc = r.process
+                if proc is None or isinstance(r, PlainReplica):
+                    continue  # (a plain program is started again: its stdout is a log)
+                tracked = live.get(proc.token)
+                h = hand(r, tracked.record, by_replica.get(r, {})) if tracked else None
+                if h is None:
+                    waiting.append(r.label)
+                else:
+                    kept.append(h)
+        return kept, waiting
+
+    def _exec(self, target: Target, asked: float, kept: list[HandedProcess],
+              ended: list[ProcessRecord]) -> None:
+        """Write the state file and exec; returns (Refused) only if the exec failed."""
+        host = self.host
+        containment = host.sup.containment
+        control = host.control.fds()
+        h = Handoff(
+            attempt=self.report.attempt, from_version=__version__, pid=os.getpid(),
+            asked_at=asked, started_at=host.started_at, config=str(host.config_path),
+            socket=host.socket_override, control=control, owner=containment.owner,
+            issued=containment.issued,
+            fallback=Fallback(python=sys.executable, boot=BOOT, env={
+                **environment(host.notifier),
+                # the old image imports itself from where it did
+                IMPORT_VARIABLE: str(Path(__file__).resolve().parent.parent.parent)}),
+            processes=kept, ended=ended)
+        path = handoff.path_in(host.store.path.parent)
+        data = dict(target.env, **{VARIABLE: str(path)})
+        fds = [*control, *(fd for k in kept for fd in k.fds)]
+        running = sum(len(k.tasks) for k in kept)
+        try:
+            handoff.write(path, h)
+        except OSError as exc:
+            raise Refused(f"the state file {path} cannot be written: {exc.strerror}"
+                          ) from None
+        processes = plural(len(kept), "agent process", "agent processes")
+        tasks = plural(running, "running task")
+        host.hub.daemon(f"upgrading: handing {processes} and {tasks} to corral "
+                        f"{self.report.to_version} (exec of {target.python}, pid "
+                        f"{os.getpid()})")
+        host.notifier.send(STATUS=f"upgrading to corral {self.report.to_version}")
+        keep_open(fds)
+        try:
+            os.execve(target.python, [target.python, "-c", BOOT], data)
+        except OSError as exc:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.set_inheritable(fd, False)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise Refused(f"exec of {target.python} failed: {exc.strerror}") from None
+
+
+# -- the image that takes a handoff --------------------------------------------------------
+class Taken:
+    """A handoff being taken: the new image's set-up asks it at each of its steps."""
+
+    def __init__(self, h: Handoff, path: Path, failed: str | None) -> None:
+        self.handoff = h
+        self.path = path
+        self.failed = failed  # the new image's failure, in the image fallen back to
+        self.held: dict[str, TaskRecord] = {}  # running tasks kept, till re-attached
+        self.kept_tasks = 0
+        self.lost: list[str] = []
+        self.sup: Supervisor | None = None
+        self.adoptions = Adoptions(h.processes, self._adopted, self._lost)
+
+    @property
+    def control(self) -> tuple[int, int]:
+        return self.handoff.control
+
+    def before_start(self, sup: Supervisor) -> None:
+        """Before anything is spawned: the same incarnation, and the replicas' starts
+        take the handed processes."""
+        self.sup = sup
+        sup.containment.go_on_from(self.handoff.owner, self.handoff.issued)
+        sup.containment.handed = self.adoptions.take
+        # tracked until they are ended: not taken for orphans, their cgroups not given to
+        # the processes started in their place
+        for rec in self.handoff.ended:
+            sup.containment.adopted(rec)
+
+    def hold_back(self, unfinished: list[TaskRecord]) -> list[TaskRecord]:
+        """The journal's unfinished tasks less those running on a kept worker: they
+        are re-attached to it, not recovered."""
+        running = {t.task_id for h in self.handoff.processes for t in h.tasks}
+        rest = []
+        for rec in unfinished:
+            if rec.task_id in running and rec.status == "running":
+                self.held[rec.task_id] = rec
+            else:
+                rest.append(rec)
+        return rest
+
+    def _adopted(self, r: Replica, h: HandedProcess) -> None:
+        assert self.sup is not None
+        assert r.peer is not None
+        for t in h.tasks:
+            rec = self.held.pop(t.task_id, None)
+            if rec is None:  # not journaled (task_journal = false): its answer is dropped
+                r.peer.take_over(0, [t.rid])
+                continue
+            self.sup.tasks.adopt_running(rec, r, t.rid)
+            self.kept_tasks += 1
+
+    def _lost(self, h: HandedProcess, why: str) -> None:
+        assert self.sup is not None
+        self.lost.append(f"{h.record.name}#{h.record.replica} ({why})")
+        recs = [r for t in h.tasks if (r := self.held.pop(t.task_id, None)) is not None]
+        if recs:
+            self.sup.tasks.restore(recs)
+
+    async def _started(self) -> None:
+        """Until every handed process's replica has been started (a mass start is paced
+        over loop turns: pacing.py), STARTED_WAIT at most."""
+        sup = self.sup
+        assert sup is not None
+        deadline = time.monotonic() + STARTED_WAIT
+
+        def unstarted(kind: str, name: str, index: int) -> bool:
+            agent = sup.agents.get(name)
+            return (kind == "agent" and agent is not None and agent.spec.autostart
+                    and index < len(agent.replicas)
+                    and agent.replicas[index].machine.untouched)
+
+        while any(unstarted(*k) for k in self.adoptions.waiting):
+            if time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.001)
+
+    async def settle(self, hub: LogHub) -> UpgradeReport:
+        """Once the set-up is over: what no replica took is ended, the old image's MCP
+        servers and zygotes too; the state file goes; the report."""
+        await self._started()
+        left = self.adoptions.left()
+        await self.adoptions.settled()
+        assert self.sup is not None
+        containment = self.sup.containment
+        for lost in left:
+            containment.adopted(lost.record)
+        ended = [*self.handoff.ended, *(lost.record for lost in left)]
+        await end_processes(ended)
+        for rec in ended:
+            containment.ended(rec.token)  # their cgroups and records go
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        h = self.handoff
+        report = UpgradeReport(
+            attempt=h.attempt, state="fell_back" if self.failed else "done",
+            pid=os.getpid(), from_version=h.from_version, to_version=__version__,
+            seconds=round(time.time() - h.asked_at, 3), kept=self.adoptions.adopted,
+            tasks=self.kept_tasks,
+            restarted=[f"{r.kind} {r.name}#{r.replica}" for r in ended] + self.lost,
+            error=self.failed)
+        if self.failed:
+            hub.daemon(f"upgrade failed, fell back to corral {__version__}: the new image "
+                       f"could not start: {self.failed}; every agent kept "
+                       f"({report.kept} processes, {report.tasks} running tasks)",
+                       priority=3)
+        else:
+            processes = plural(report.kept, "agent process", "agent processes")
+            hub.daemon(f"upgraded from corral {h.from_version} to {__version__} in "
+                       f"{report.seconds:.3f} s: {processes} and "
+                       f"{plural(report.tasks, 'running task')} kept, "
+                       f"{plural(len(ended), 'process', 'processes')} started again")
+        return report
+
+
+async def end_processes(records: list[ProcessRecord]) -> None:
+    """The old image's processes that were not kept (their pipes closed by the exec):
+    SIGTERM, END_GRACE, SIGKILL; reaped (they are this process's children)."""
+    fds: dict[int, ProcessRecord] = {}
+    for rec in records:
+        fd = open_verified(rec.pid, rec.start_time)
+        if fd is None:
+            try_reap(rec.pid)
+            continue
+        signal_fd(fd, signal.SIGTERM)
+        fds[fd] = rec
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+    left = set(fds)
+
+    def exited(fd: int) -> None:
+        loop.remove_reader(fd)
+        left.discard(fd)
+        if not left and not gone.done():
+            gone.set_result(None)
+
+    for fd in fds:
+        loop.add_reader(fd, exited, fd)
+    if fds:
+        with contextlib.suppress(TimeoutError):
+            await within(asyncio.shield(gone), END_GRACE)
+    for fd in list(left):
+        loop.remove_reader(fd)
+        signal_fd(fd, signal.SIGKILL)
+    for fd, rec in fds.items():
+        os.close(fd)
+        if rec.cgroup:
+            with contextlib.suppress(OSError):
+                cgroup_kill(rec.cgroup)
+    if left:
+        await asyncio.sleep(0.05)
+    for rec in records:
+        try_reap(rec.pid)

@@ -1,0 +1,228 @@
+"""Processes handed over across a re-execution of the daemon (`corral upgrade`).
+
+The daemon that upgrades itself execs a new image in place (the same pid: its children
+stay its children, `waitpid` and the subreaper go on working). Before it does, `hand`
+describes each worker it keeps: the pid with its start time (the same process, never a
+recycled pid), the fds of its stdio pipes (kept open across the exec), the last request
+id of its JSON-RPC conversation, the requests still unanswered (a `task/run` among them
+is routed to its task again; the others, pings, are dropped quietly when answered), and
+its counters. The new image's replica, when it starts, takes that process (`adopt`)
+instead of spawning one: no `initialize` is sent again, it is Ready at once, and its
+running tasks go on (the daemon re-attaches them: `Adoptions.on_adopted`).
+
+Only what can be handed whole is: a worker mid-handshake, mid-stop, or with a request of
+its own being answered is waited for by the daemon before it hands over
+(daemon/upgrade.py). MCP servers and zygotes are not adopted: they are ended by the new
+image and started again as their config says (a zygote's children are adopted: once the
+zygote is gone they are corral's own, by the subreaper).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .containment import ProcessRecord, read_stat
+from .lifecycle import Cause
+from .process import ChildProcess, set_pipe_sizes
+
+if TYPE_CHECKING:
+    from .process_replica import ProcessReplica
+    from .replica import Replica
+
+
+class HandedTask(msgspec.Struct, frozen=True):
+    """A task running on a handed worker: its answer to request `rid` is its outcome."""
+
+    task_id: str
+    rid: int
+
+
+class HandedProcess(msgspec.Struct, frozen=True):
+    """A process the previous image hands over (a state file's entry)."""
+
+    record: ProcessRecord  # kind, name, replica, pid, start time, token, cgroup
+    fds: list[int] = []  # stdin, stdout, stderr: our ends, kept open across the exec
+    last_id: int = 0  # the last request id sent to it
+    unanswered: list[int] = []  # requests sent and not answered (besides the tasks')
+    tasks: list[HandedTask] = []
+    uptime: float = 0.0
+    restarts: int = 0
+    zygote_child: bool = False  # forked by a zygote: reaped by us once the zygote is gone
+    argv0: str = ""
+
+
+def hand(r: Replica, record: ProcessRecord, rids: dict[str, int]) -> HandedProcess | None:
+    """What `r`'s process is, for the next image; None when it cannot be handed whole
+    (no process, no channel, not serving, a request of its own being answered, bytes
+    unread on either side of its pipes). `rids`: the request ids of running tasks."""
+    proc, peer = r.process, r.peer
+    if proc is None or peer is None or proc.stdin is None or proc.reader is None:
+        return None
+    if not r.machine.takes_work or peer.handling or peer.held:
+        return None
+    proc._stdin_cork.flush()  # what this turn gathered goes to the pipe now
+    if proc.stdin_backlog or proc.reader.holding:
+        return None
+    fds = proc.fds()
+    if fds is None:
+        return None
+    last_id, unanswered = peer.outstanding()
+    tasks = [HandedTask(tid, rid) for tid, rid in rids.items()]
+    taken = {t.rid for t in tasks}
+    return HandedProcess(
+        record=record, fds=fds, last_id=last_id,
+        unanswered=[i for i in unanswered if isinstance(i, int) and i not in taken],
+        tasks=tasks, uptime=r.uptime or 0.0, restarts=r.restarts,
+        zygote_child=proc.zygote_child, argv0=proc.argv0)
+
+
+def keep_open(fds: list[int]) -> None:
+    """The fds survive the exec."""
+    for fd in fds:
+        os.set_inheritable(fd, True)
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def same_process(rec: ProcessRecord) -> bool:
+    """Whether `rec`'s pid is still that process (not a pid used again)."""
+    st = read_stat(rec.pid)
+    return st is not None and st.start_time == rec.start_time and st.state != "Z"
+
+
+class Adoptions:
+    """The new image's side: the handed processes, waiting for their replica to start.
+
+    `on_adopted(replica, handed)` is told once a replica has its handed process and
+    channel, before it is Ready (its running tasks are re-attached then, before dispatch
+    can give it more); `on_lost(handed, why)` of a handed process that is not adopted
+    (gone, or it cannot be attached): its tasks are recovered as after a restart."""
+
+    def __init__(self, handed: list[HandedProcess],
+                 on_adopted: Callable[[Replica, HandedProcess], None],
+                 on_lost: Callable[[HandedProcess, str], None]) -> None:
+        self.waiting = {(h.record.kind, h.record.name, h.record.replica): h for h in handed}
+        self.on_adopted = on_adopted
+        self.on_lost = on_lost
+        self.adopted = 0
+        self.pending: set[asyncio.Task[None]] = set()
+
+    def take(self, r: ProcessReplica) -> bool:
+        """Called by a replica's start (Containment.handed): True if `r` adopts a handed
+        process (its life is the adoption) instead of spawning one."""
+        h = self.waiting.pop((r.kind, r.name, r.index), None)
+        if h is None:
+            return False
+        if not same_process(h.record):
+            close_all(h.fds)
+            self.on_lost(h, f"pid {h.record.pid} is gone")
+            return False
+        task = asyncio.ensure_future(self._adopt(r, h))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+        r._life = task
+        return True
+
+    def left(self) -> list[HandedProcess]:
+        """The handed processes no replica took (an agent gone from the config, not
+        started): the caller ends them; none is waited for after this."""
+        out = list(self.waiting.values())
+        self.waiting.clear()
+        for h in out:
+            close_all(h.fds)
+            self.on_lost(h, "its agent's replica did not start in the new image")
+        return out
+
+    async def settled(self) -> None:
+        """Until every adoption begun has ended."""
+        while self.pending:
+            await asyncio.gather(*self.pending, return_exceptions=True)
+
+    async def _adopt(self, r: ProcessReplica, h: HandedProcess) -> None:
+        rec = h.record
+        loop = asyncio.get_running_loop()
+        containment = r.host.containment
+        try:
+            pidfd = os.pidfd_open(rec.pid)
+        except OSError as exc:
+            close_all(h.fds)
+            self._failed(r, h, f"pid {rec.pid} cannot be watched: {exc}")
+            return
+        if h.zygote_child:
+            # its zygote has gone with the old image's end of its socket: the child is
+            # ours, the subreaper's, and its status is read by waitpid (process.py)
+            child = ChildProcess(rec.pid, pidfd, loop, containment, rec.token,
+                                 status=loop.create_future())
+        else:
+            child = ChildProcess(rec.pid, pidfd, loop, containment, rec.token,
+                                 reap=lambda: _reap(rec.pid))
+        child.argv0 = h.argv0
+        containment.adopted(rec)
+        r.process = child
+        r.pid = rec.pid
+        r.spawned_at = time.monotonic() - h.uptime
+        r.machine.restarts = h.restarts
+        # the channel first, its running tasks waiting on it: an answer already in the
+        # pipe is read as soon as the pipes are attached
+        r.peer = peer = r._make_peer(child)
+        assert peer is not None
+        child.peer = peer
+        peer.take_over(h.last_id, h.unanswered)
+        self.on_adopted(r, h)  # type: ignore[arg-type]  # (agents' replicas alone are handed)
+        set_pipe_sizes(h.fds)
+        files = [open(fd, mode, buffering=0)  # noqa: SIM115 - the transports own them
+                 for fd, mode in zip(h.fds, ("wb", "rb", "rb"), strict=True)]
+        try:
+            await child.attach(*files, on_attach=r._attached, **r._stdio())
+        except BaseException:
+            child.close()
+            containment.ended(child.token)
+            r.process = r.peer = None
+            peer.close("not adopted across the upgrade: its pipes could not be attached")
+            self._failed(r, h, "its pipes could not be attached")
+            raise
+        child.exited.add_done_callback(r._on_exited)
+        peer.reader, peer.max_handling = child.reader, 256
+        r._life = None
+        self.adopted += 1
+        r.ready_at = time.monotonic()
+        r._last_pong = r.host.listening.now()
+        running = r.tasks_running
+        r.executor.fire(Cause.READY, f"adopted across an upgrade (pid {rec.pid})")
+        if running and r.machine.moves(Cause.TASK):
+            r.executor.fire(Cause.TASK, f"{running} task(s) running across the upgrade")
+
+    def _failed(self, r: ProcessReplica, h: HandedProcess, why: str) -> None:
+        """The process could not be adopted: it is ended, and the replica starts anew
+        (its tasks, failed with the channel when there was one, are retried as after a
+        restart)."""
+        with contextlib.suppress(OSError):
+            os.kill(h.record.pid, 9)
+        self.on_lost(h, why)
+        r._life = None
+        r._living = False
+        r._spawn_failed(f"not adopted across the upgrade: {why}")
+
+
+def _reap(pid: int) -> int | None:
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # pragma: no cover - reaped elsewhere
+        return -1
+    return None if done == 0 else os.waitstatus_to_exitcode(status)
+
+
+def describe(h: HandedProcess) -> dict[str, Any]:
+    return {"agent": h.record.name, "replica": h.record.replica, "pid": h.record.pid,
+            "tasks": [t.task_id for t in h.tasks]}

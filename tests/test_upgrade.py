@@ -1,0 +1,261 @@
+"""`corral upgrade` (issue 37, item 2; decisions 200-204): the daemon re-executes itself in
+place — the same pid — and keeps its agents' processes, their running tasks and its
+control socket; a new install that cannot start is refused before the exec, or falls
+back to the old image after it, with every agent kept."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+from .conftest import EXAMPLES, ROOT
+from .daemon_harness import PY, Daemon, shared_tmpdir, sleeper
+from .test_daemon_cli import wait_until
+
+
+def worker(name: str) -> str:
+    return sleeper(name) + "retries = 1\nbackoff_initial = 0.05\n"
+
+
+NOTES = f"""
+[mcp_servers.notes]
+command = ["{PY}", "{EXAMPLES}/notes_server.py"]
+start = "eager"
+start_timeout = 30.0
+"""
+
+
+def submit(d: Daemon, agent: str, task: str) -> str:
+    r = d.cli("run", agent, "--input", task, "--detach")
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def pids(d: Daemon) -> dict[str, tuple[int, int]]:
+    """Each replica's (pid, restarts)."""
+    return {k: (v["pid"], v["restarts"]) for k, v in d.status().items()}
+
+
+def install(tmp: Path, name: str, change: tuple[str, str, str] | None = None) -> Path:
+    """A second install of corral: the package copied to `tmp/name`, one file of it
+    changed (path, text replaced, by what)."""
+    root = tmp / name
+    shutil.copytree(ROOT / "corral", root / "corral",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    if change is not None:
+        path, old, new = change
+        f = root / "corral" / path
+        text = f.read_text()
+        assert old in text
+        f.write_text(text.replace(old, new, 1))
+    return root
+
+
+class Knocker:
+    """Connects to the control socket in a loop, from a thread, and keeps every error."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.errors: list[str] = []
+        self.connects = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            # blocking, as the CLI's client connects: a full backlog makes it wait
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(str(self.path))
+                self.connects += 1
+            except OSError as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                s.close()
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+
+def test_a_running_task_is_kept_across_an_upgrade_and_finishes_once() -> None:
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w") + NOTES)
+    try:
+        d.start()
+        assert d.proc is not None
+        before = pids(d)
+        tid = submit(d, "w", '{"do": "sleep", "seconds": 2}')
+        wait_until(lambda: d.json("task", tid)["status"] == "running", what="running")
+        knock = Knocker(d.sock)
+        try:
+            r = d.cli("upgrade")
+        finally:
+            knock.stop()
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert re.match(r"corral daemon upgraded from \S+ to \S+ \(pid "
+                        rf"{d.proc.pid}\) in [\d.]+ s: 1 agent process and 1 running task "
+                        r"kept; started again: mcp notes#0$", r.stdout.strip()), r.stdout
+        # the control socket refused no connection meanwhile, and took many
+        assert knock.errors == [] and knock.connects > 10, (knock.errors, knock.connects)
+        assert d.proc.poll() is None
+        assert f"(pid {d.proc.pid}," in d.cli("version").stdout
+        task = wait_until(lambda: (t := d.json("task", tid))["status"] != "running" and t,
+                          what="the task's end")
+        assert task["status"] == "succeeded", task
+        assert [(a["outcome"], a["pid"]) for a in task["attempts"]] == [
+            ("succeeded", before["w#0"][0])]
+        assert task["output"] == {"slept": 2, "attempt": 1}
+        # the same worker, no restart counted
+        assert pids(d) == before
+        assert d.status()["w#0"]["state"] in ("ready", "idle")
+        # the MCP server was started again by the new image and answers
+        called = d.cli("tools", "call", "notes__add", "--args",
+                       '{"title": "t", "text": "after the upgrade"}')
+        assert called.returncode == 0, called.stderr
+        # a task after the upgrade runs on the same worker
+        out = d.cli("run", "w", "--input", '{"do": "echo", "value": 1}', "--json")
+        assert out.returncode == 0, out.stderr
+        log = (d.state / "logs" / "corral.log").read_text()
+        assert "upgrading: handing 1 agent process and 1 running task" in log
+        assert "1 agent process and 1 running task kept" in log
+        assert "did not shut down cleanly" not in log
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_an_upgrade_to_another_version_is_served_by_it() -> None:
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w"))
+    try:
+        d.start()
+        assert d.proc is not None
+        before = pids(d)
+        new = install(tmp, "v2", ("__init__.py", '__version__ = "', '__version__ = "9.9.9+'))
+        r = d.cli("upgrade", "--pythonpath", str(new))
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert re.search(r"upgraded from \S+ to 9\.9\.9\+\S+ ", r.stdout), r.stdout
+        version = d.cli("version").stdout
+        assert re.search(rf"daemon 9\.9\.9\+\S+ \(pid {d.proc.pid},", version), version
+        assert pids(d) == before
+        # and back to this checkout's, by SIGUSR2 (the daemon's own interpreter and path:
+        # the environment it runs with is the new image's, PYTHONPATH the second install)
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_broken_install_is_refused_before_the_exec() -> None:
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w"))
+    try:
+        d.start()
+        assert d.proc is not None
+        before = pids(d)
+        broken = install(tmp, "broken", ("__init__.py", '__version__ = "',
+                                         'raise ImportError("broken on purpose")\n'
+                                         '__version__ = "'))
+        r = d.cli("upgrade", "--pythonpath", str(broken))
+        assert r.returncode == 1, r.stdout
+        assert r.stderr.strip() == (
+            "corral: upgrade refused, nothing changed: the new install does not start: "
+            "ImportError: broken on purpose (exit status 1)"), r.stderr
+        assert pids(d) == before and d.proc.poll() is None
+        assert d.json("upgrade", "--report")["state"] == "refused"
+        log = (d.state / "logs" / "corral.log").read_text()
+        assert "upgrade refused, nothing changed: the new install does not start" in log
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_new_image_that_fails_after_its_checks_falls_back_keeping_every_agent() -> None:
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w") + worker("v"))
+    try:
+        d.start()
+        assert d.proc is not None
+        before = pids(d)
+        # long enough to be running after the new install's check and the exec
+        tid = submit(d, "w", '{"do": "sleep", "seconds": 6}')
+        wait_until(lambda: d.json("task", tid)["status"] == "running", what="running")
+        broken = install(tmp, "late", (
+            "daemon/boot.py", "    global committed\n",
+            '    global committed\n    raise RuntimeError("broken on purpose after its '
+            'checks")\n'))
+        r = d.cli("upgrade", "--pythonpath", str(broken))
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert re.match(rf"corral: the upgrade failed and the daemon \(pid {d.proc.pid}\) "
+                        r"fell back to corral \S+: RuntimeError: broken on purpose after "
+                        r"its checks; 2 agent processes and 1 running task kept$",
+                        r.stdout.strip()), r.stdout
+        assert d.proc.poll() is None
+        assert pids(d) == before
+        task = wait_until(lambda: (t := d.json("task", tid))["status"] != "running" and t,
+                          what="the task's end")
+        assert [(a["outcome"], a["pid"]) for a in task["attempts"]] == [
+            ("succeeded", before["w#0"][0])], task
+        log = (d.state / "logs" / "corral.log").read_text()
+        assert ("upgrade failed, fell back to corral" in log
+                and "RuntimeError: broken on purpose after its checks" in log)
+        # the state file is gone: a later daemon start takes nothing
+        assert not (d.state / "upgrade-handoff.json").exists()
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_sigusr2_upgrades_and_an_upgrade_under_way_is_not_asked_twice() -> None:
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w"))
+    try:
+        d.start()
+        assert d.proc is not None
+        before = pids(d)
+        d.notify.drain()
+        d.proc.send_signal(15 - 3)  # SIGUSR2
+        d.notify.wait_for("READY", proc=d.proc)
+        report = wait_until(lambda: (r := d.json("upgrade", "--report"))["state"] == "done"
+                            and r, what="the upgrade's report")
+        assert report["attempt"] == 1 and report["kept"] == 1 and report["pid"] == d.proc.pid
+        assert pids(d) == before
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_the_handoff_file_is_private() -> None:
+    from corral.daemon import handoff
+    from corral.daemon.handoff import Fallback, Handoff
+
+    tmp = shared_tmpdir()
+    try:
+        path = handoff.path_in(tmp)
+        h = Handoff(attempt=1, from_version="x", pid=os.getpid(), asked_at=0.0,
+                    started_at=0.0, config="c", socket=None, control=(3, 4), owner="o",
+                    issued=0, fallback=Fallback(python=PY, env={}, boot=""))
+        handoff.write(path, h)
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert handoff.read(path) == h
+        path.write_text('{"version": 99}')
+        try:
+            handoff.read(path)
+        except ValueError as exc:
+            assert "handoff version 99, this corral reads 1" in str(exc)
+        else:
+            raise AssertionError("another layout was read")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
