@@ -19,6 +19,8 @@ from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import AgentSpec, ClusterSettings
 from ..supervisor.core import Supervisor
+from ..supervisor.lifecycle import SERVING
+from ..supervisor.process_replica import Event
 from ..supervisor.tasks import TERMINAL, TaskError, TaskManager, TaskStatus, is_task_id
 from ..timeouts import cancel_all, within
 from . import records, redischeck
@@ -85,6 +87,9 @@ class ClusterNode:
                                    settings.beat, report)
         tasks.on_finish.append(self.outbox.finished)
         self.puller.on_claim = self._watch
+        # a replica that starts serving has free slots: its agent's pull loop reads now,
+        # not at its next beat (it waits while the agent has none)
+        self._serving = host.stream.subscribe(self._on_transition, Event)
         self.membership.on_fence.append(self._fenced)
         self._loops: list[asyncio.Task[None]] = []
         self.draining = False  # asked to drain (`corral drain`): it takes nothing new
@@ -96,6 +101,10 @@ class ClusterNode:
         """A changed spec, without the daemon's fleet (all at once)."""
         await self.host.remove(name)
         self.host.add(spec)
+
+    def _on_transition(self, e: Event) -> None:
+        if e.kind == "agent" and e.state in SERVING:
+            self.queue.wake(e.name)
 
     def _watch(self, task: ClusterTask) -> None:
         outbox = self.outbox
@@ -274,6 +283,7 @@ class ClusterNode:
         self.report(f"cluster: {sum(1 for g in given if g)} tasks handed back ({reason})")
 
     async def close(self) -> None:
+        self.host.stream.unsubscribe(self._serving)
         await self.puller.close()
         loops, self._loops = self._loops, []
         await cancel_all(loops)
