@@ -4,6 +4,7 @@ same echo task as corral's echo agent."""
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from celery import Celery
@@ -17,3 +18,9 @@ app.conf.update(task_serializer="json", result_serializer="json", accept_content
 @app.task(name="echo")
 def echo(x: Any) -> Any:
     return x
+
+
+@app.task(name="started")
+def started(sent: float) -> float:
+    """Submission to start: the time it started less the time it was sent (one host)."""
+    return time.time() - sent

@@ -145,6 +145,44 @@ async def test_ping_is_answered_while_a_task_runs_and_cancel_works(worker: Worke
                                                    "task t1 cancelled")
 
 
+async def test_a_burst_of_blocking_sync_tasks_runs_at_once(tmp_path: Path) -> None:
+    """Sync handlers that block each get a thread, even when their tasks come in one
+    read: all eight run at once (each says so, then waits to be cancelled)."""
+    w = await start(tmp_path)
+    try:
+        runs = [asyncio.ensure_future(w.peer.request(
+            "task/run", {"task_id": f"s{i}", "input": "sleep"})) for i in range(8)]
+        async with asyncio.timeout(5):
+            while sum(1 for m, _ in w.notes if m == "task/progress") < 8:
+                w.noted.clear()
+                await w.noted.wait()
+        for i in range(8):
+            w.peer.notify("task/cancel", {"task_id": f"s{i}"})
+        for r in runs:
+            with pytest.raises(RpcError) as err:
+                await asyncio.wait_for(r, 3)
+            assert err.value.code == jsonrpc.REQUEST_CANCELLED
+    finally:
+        w.proc.kill()
+        await w.proc.wait()
+
+
+async def test_quick_sync_tasks_share_threads(tmp_path: Path) -> None:
+    """Tasks whose handler returns at once, 64 at a time, are run by the threads there
+    are, not by a thread each (each would be a wake-up and a fight for the GIL)."""
+    w = await start(tmp_path)
+    try:
+        for _ in range(5):
+            out = await asyncio.gather(*(w.peer.request("task/run", {
+                "task_id": f"q{i}", "input": i}) for i in range(64)))
+            assert [o["output"]["echo"] for o in out] == list(range(64))
+        threads = len(os.listdir(f"/proc/{w.proc.pid}/task"))
+        assert threads < 16, threads  # the reader, a few for tasks
+    finally:
+        w.proc.kill()
+        await w.proc.wait()
+
+
 async def test_results_errors_and_tool_requests(worker: Worker) -> None:
     is_async = worker.is_async
     out = await worker.peer.request("task/run", {"task_id": "t2", "input": "x"})

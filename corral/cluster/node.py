@@ -18,7 +18,9 @@ from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import AgentSpec, ClusterSettings
+from ..supervisor.lifecycle import began_serving
 from ..supervisor.parts import Parts
+from ..supervisor.replicaparts import Event
 from ..supervisor.tasks import (
     TERMINAL,
     TaskError,
@@ -94,6 +96,9 @@ class ClusterNode:
         host.stream.subscribe(self.outbox.finished, TaskFinished)
         self.puller.on_claim = self._watch
         host.stream.subscribe(self._fenced, Fenced)
+        # a replica that starts serving has free slots: its agent's pull loop reads now,
+        # not at its next beat (it waits while the agent has none)
+        self._serving = host.stream.subscribe(self._on_transition, Event)
         self._loops: list[asyncio.Task[None]] = []
         self.draining = False  # asked to drain (`corral drain`): it takes nothing new
         # what Redis's configuration risks (redischeck.py), as last read
@@ -104,6 +109,10 @@ class ClusterNode:
         """A changed spec, without the daemon's fleet (all at once)."""
         await self.agents.remove(name)
         self.agents.add(spec)
+
+    def _on_transition(self, e: Event) -> None:
+        if e.kind == "agent" and began_serving(e.previous, e.state):
+            self.queue.wake(e.name)
 
     def _watch(self, task: ClusterTask) -> None:
         outbox = self.outbox
@@ -283,6 +292,7 @@ class ClusterNode:
         self.report(f"cluster: {sum(1 for g in given if g)} tasks handed back ({reason})")
 
     async def close(self) -> None:
+        self.host.stream.unsubscribe(self._serving)
         await self.puller.close()
         loops, self._loops = self._loops, []
         await cancel_all(loops)

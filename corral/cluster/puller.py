@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.host import TaskHost
@@ -92,9 +92,6 @@ class Puller:
             consumer = self.membership.consumer
             try:
                 streams = await self._streams(name)
-                if not streams:
-                    await asyncio.sleep(self.beat)  # no task was ever submitted for it
-                    continue
                 got: list[tuple[str, bytes, bytes]] = []
                 for stream in streams:  # highest priority first
                     reply = await self.redis.xreadgroup(GROUP, consumer, {stream: ">"},
@@ -130,15 +127,31 @@ class Puller:
 
     async def _streams(self, name: str) -> list[str]:
         """The agent's streams, highest priority first; read again at most every beat
-        (or after a blocking read found nothing)."""
+        (or after a blocking read found nothing). The default priority's is always
+        among them, made here with its group if no task has gone to it yet: the blocking
+        read then waits on it, and the first task submitted to an idle cluster wakes it
+        (with no stream to wait on, a node slept a beat, and a burst waited for it)."""
         now = time.monotonic()
         known = self._prios.get(name)
         if known is None or now - known[0] > self.beat:
-            prios = await self.redis.zrange(self.keys.priorities(name), 0, -1, desc=True)
-            known = self._prios[name] = (now, [self.keys.stream(name, int(p))
-                                               for p in prios])
+            prios = {int(p) for p in await self.redis.zrange(self.keys.priorities(name),
+                                                              0, -1)}
+            if 0 not in prios:
+                await self._make_default(name)
+            known = self._prios[name] = (now, [self.keys.stream(name, p)
+                                               for p in sorted(prios | {0}, reverse=True)])
             self._read.update(known[1])
         return known[1]
+
+    async def _make_default(self, name: str) -> None:
+        """The default priority's stream and its group (as the submit script makes them:
+        from the stream's start), unless they exist."""
+        try:
+            await self.redis.xgroup_create(self.keys.stream(name, 0), GROUP, "0",
+                                           mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     async def _claim(self, name: str, consumer: str,
                      got: list[tuple[str, bytes, bytes]]) -> None:

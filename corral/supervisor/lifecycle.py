@@ -448,6 +448,11 @@ class Machine:
         return None
 
 
+def began_serving(previous: State, state: State) -> bool:
+    """Whether a transition made a replica take work (it has free slots now)."""
+    return state in SERVING and previous not in SERVING
+
+
 def serving_changed(previous: State, state: State) -> bool:
     """Whether a transition began or ended serving (what a replica offers changed)."""
     return (previous in SERVING) != (state in SERVING)

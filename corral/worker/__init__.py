@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 
 PROTOCOL_VERSION = "1"
 STDIN_IDLE = 64 * 1024  # an idle worker's read buffer; a longer line makes it grow
+# A task no thread has taken for this long, while every thread runs a handler, gets a
+# thread of its own (those handlers block: on a model, a tool). Handlers that return at
+# once share the threads there are: a thread per task in flight made every task a wake-up
+# of a sleeping thread and a fight for the GIL, most of a tiny task's cost in the worker.
+STALL = 0.002
 
 # Mirrors of corral.jsonrpc's codes; the SDK must not import msgspec (start-up cost).
 # tests/test_worker_sdk.py checks they agree.
@@ -159,9 +164,10 @@ def _try_fast_json() -> None:
             _loads = orjson_loads
 
 
-def _lines(fd: int) -> Any:
+def _lines(fd: int, before_read: Callable[[int], None] | None = None) -> Any:
     """The lines read from `fd`, without their newlines, until EOF (a last line without
-    its newline is still a line).
+    its newline is still a line). `before_read(fd)` is called before each read that may
+    block (it may wait for `fd` itself, doing other work meanwhile).
 
     Each is a view into one buffer, valid until the next is asked for: decoded in place, a
     large line is never copied (io's readline joined the pieces of a 1 MB line at twice
@@ -196,6 +202,8 @@ def _lines(fd: int) -> Any:
                 view[:part] = view[start:end]
             start, end, scanned = 0, part, part
         scanned = end
+        if before_read is not None:
+            before_read(fd)
         n = os.readv(fd, [view[end:]])
         if n == 0:
             if start < end:
@@ -355,7 +363,9 @@ class Context:
         self.attempt = attempt
         self.deadline = deadline
         self._async = is_async
-        self._cancel = threading.Event()
+        # a flag, not a threading.Event: nothing waits on it, and an Event (a Condition
+        # and its locks, in Python) cost more to make than the rest of a tiny task's start
+        self._cancelled = False
         self.agent = worker.agent
         self.replica = worker.replica
         self.config = worker.config
@@ -367,10 +377,10 @@ class Context:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancel.is_set()
+        return self._cancelled
 
     def check_cancelled(self) -> None:
-        if self._cancel.is_set():
+        if self._cancelled:
             raise TaskCancelled(f"task {self.task_id} cancelled")
 
     def remaining(self) -> float | None:
@@ -477,9 +487,13 @@ class Worker:
         self._loop: Any = None
         self._stopping = False
         # sync handlers run on reused threads: starting a thread per task costs more than
-        # a small task itself
+        # a small task itself. Under `_lock`: threads, those not running a handler, the
+        # jobs not yet taken, and when a thread last took one (or was started)
         self._jobs: Any = None
-        self._idle = 0
+        self._threads = 0
+        self._waiting = 0
+        self._queued = 0
+        self._last_take = self._last_put = 0.0
         self._health_jobs: Any = None  # health/check requests for the health thread
         self._health_pending = 0
         # stdout is the protocol channel: keep a private handle, send stray prints to stderr
@@ -561,7 +575,7 @@ class Worker:
         # ~70 tasks of 100 KB of records). No collection first: it would cost every start
         # a walk of that heap, for the little garbage an import leaves.
         gc.freeze()
-        for line in _lines(sys.stdin.fileno()):
+        for line in _lines(sys.stdin.fileno(), self._before_read):
             if self._stopping:
                 break
             long = len(line) >= FAST_JSON_AT
@@ -591,7 +605,7 @@ class Worker:
     def _exit(self, status: int) -> None:
         self._stopping = True
         for ctx in list(self._tasks.values()):
-            ctx._cancel.set()
+            ctx._cancelled = True
         for w in list(self._waiters.values()):
             w.resolve(False, RpcError(PEER_CLOSED, "supervisor went away"))
         try:
@@ -779,17 +793,56 @@ class Worker:
 
             self._jobs = SimpleQueue()
         with self._lock:
-            spawn = self._idle == 0
-            if not spawn:
-                self._idle -= 1
+            self._queued += 1
+            # a thread for it now if none is free, it came alone (not in a burst, which the
+            # reader parses holding the GIL: no thread can take meanwhile) and the threads
+            # there are took no task lately (they block); else it waits for one of them,
+            # or for _before_read
+            now = time.monotonic()
+            if self._queued > self._waiting and (
+                    self._threads == 0 or (now - self._last_take >= STALL
+                                           and now - self._last_put >= STALL)):
+                self._spawn()
+            self._last_put = now
         self._jobs.put((rid, ctx, task_input))
-        if spawn:
-            threading.Thread(target=self._pool_thread, daemon=True, name="task").start()
+
+    def _spawn(self) -> None:
+        """One more thread for tasks (called holding `_lock`)."""
+        self._threads += 1
+        self._waiting += 1
+        self._last_take = time.monotonic()
+        threading.Thread(target=self._pool_thread, daemon=True, name="task").start()
+
+    def _before_read(self, fd: int) -> None:
+        """Before the reader waits for more input: while tasks wait that no free thread
+        will take, and no thread has taken one for STALL (every thread is in a handler
+        that blocks), one more thread is started; meanwhile input is waited for with a
+        timeout. With no such task the read waits as long as it must."""
+        since = time.monotonic()
+        while True:
+            with self._lock:
+                if self._queued <= self._waiting:
+                    return
+                now = time.monotonic()
+                idle_for = now - max(since, self._last_take)
+                if idle_for >= STALL:
+                    self._spawn()
+                    since = now
+                    continue
+            import select  # (only when tasks wait: not at start-up)
+
+            if select.select([fd], [], [], STALL - idle_for)[0]:
+                return
 
     def _pool_thread(self) -> None:
         jobs = self._jobs
+        lock = self._lock
         while True:
             rid, ctx, task_input = jobs.get()
+            with lock:
+                self._queued -= 1
+                self._waiting -= 1
+                self._last_take = time.monotonic()
             self._run_sync(rid, ctx, task_input)
 
     def _now_idle(self) -> None:
@@ -797,7 +850,7 @@ class Worker:
         # moment it reads the reply, and that task must go to this thread, not make a new
         # one that then fights this one for the GIL
         with self._lock:
-            self._idle += 1
+            self._waiting += 1
 
     def _finish(self, rid: Any, ctx: Context, ok: bool, value: Any,
                 before_reply: Callable[[], None] | None = None) -> None:
@@ -870,7 +923,7 @@ class Worker:
         ctx = self._tasks.get(task_id)
         if ctx is None:
             return
-        ctx._cancel.set()
+        ctx._cancelled = True
         task = self._async_tasks.get(task_id)
         if task is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(task.cancel)

@@ -249,3 +249,23 @@ def test_an_unready_replica_takes_no_cluster_task(tmp: Path, redis: RedisServer)
             assert done["status"] == "succeeded" and done["attempts"][0]["node"] == "b"
     finally:
         b.close()
+
+
+def test_the_first_task_on_an_idle_cluster_starts_without_waiting_for_a_beat(
+        tmp: Path, redis: RedisServer) -> None:
+    """No task was ever submitted for the agent: the node that runs it waits on the
+    default priority's stream all the same (it makes it), so the first task wakes it at
+    once, not at its next beat (5 s here)."""
+    with nodes(tmp, redis, {"a": "", "b": hello("greeter")}, beat=5.0, ttl=15.0) as ns:
+        a = ns["a"]
+        wait_until(lambda: any(n["node"] == "b" and n["alive"]
+                               for n in a.json("nodes")["nodes"]), what="b alive")
+        time.sleep(0.5)  # b's pull loop is in its read (no task to be woken by yet)
+        r = a.run("greeter", '{"name": "first"}')
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        info = msgspec.json.decode(a.cli("task", res["task_id"], "--json").stdout,
+                                   type=m.TaskInfo)
+        assert info.status == "succeeded" and [x.node for x in info.attempts] == ["b"]
+        waited = info.attempts[0].started - info.created
+        assert waited < 2.5, waited

@@ -1,0 +1,189 @@
+"""Issue 38, item 3: a burst on an idle cluster, submission to start, beside Celery.
+
+    .venv/bin/python -m bench.bench_burst [--bursts 1,10,100,1000] [--rounds R]
+        [--idle S] [--no-celery]
+
+corral: a redis-server of the bench's own (bench_cluster's), two nodes `a` and `b`, each
+running the echo agent (2 replicas, `max_concurrent_tasks = 512`: every task of a burst
+has a free slot). Each round waits `--idle` seconds (more than a beat: both nodes' pull
+loops are blocked in their read, the cluster idle), then submits a burst of N detached
+tasks on node a (`tasks.run` with `detach`, pipelined on one socket), waits for all, and
+takes each task's submission to start (`queue_wait`: its first attempt's start less its
+creation, both wall clocks of this host). The first burst after the nodes start is
+reported apart ("fresh": no task was ever submitted to the agent).
+
+Celery 5.7 with its Redis broker and result backend on a redis-server of the same
+configuration: two workers (`-P threads -c 512`: a free slot for each task of a burst,
+as corral's), a task that returns the time it started; a burst of N `apply_async`
+carrying their submission time, from one producer. Submission to start is the same
+difference of wall clocks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .bench_cluster import ECHO, Client, Redis, node, wait_alive
+from .harness import ENV, PY, ROOT, corral_agents, report
+
+ARGS = sys.argv[1:]
+
+
+def arg(name: str, default: str) -> str:
+    return ARGS[ARGS.index(name) + 1] if name in ARGS else default
+
+
+BURSTS = [int(x) for x in arg("--bursts", "1,10,100,1000").split(",")]
+ROUNDS = int(arg("--rounds", "5"))
+IDLE = float(arg("--idle", "1.5"))
+SLOTS = 512
+
+
+def stats(xs: list[float]) -> dict[str, float]:
+    xs = sorted(xs)
+    return {"p50_ms": round(statistics.median(xs) * 1e3, 3),
+            "p99_ms": round(xs[min(len(xs) - 1, int(0.99 * len(xs)))] * 1e3, 3),
+            "max_ms": round(xs[-1] * 1e3, 3), "n": len(xs)}
+
+
+def burst(path: Path, n: int) -> list[float]:
+    """N detached echo tasks submitted on one socket, pipelined; each one's submission
+    to start (s), once all have finished."""
+    enc = msgspec.json.Encoder()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(path))
+        sock.sendall(b"".join(enc.encode({
+            "jsonrpc": "2.0", "id": i, "method": "tasks.run",
+            "params": {"agent": "echo", "input": {"n": i}, "detach": True}}) + b"\n"
+            for i in range(n)))
+        f = sock.makefile("rb")
+        ids: dict[int, str] = {}
+        while len(ids) < n:
+            msg = msgspec.json.decode(f.readline())
+            if "id" in msg and "result" in msg:
+                ids[msg["id"]] = msg["result"]["task_id"]
+            elif "error" in msg:
+                raise RuntimeError(msg["error"])
+    c = Client(path)
+    try:
+        out = []
+        for tid in ids.values():
+            info = c.call("tasks.get", {"task_id": tid, "wait": True})
+            assert info["status"] == "succeeded", info
+            out.append(info["attempts"][0]["started"] - info["created"])
+        return out
+    finally:
+        c.close()
+
+
+def corral(base: Path) -> dict[str, Any]:
+    redis = Redis(base / "redis")
+    echo = corral_agents(2, [PY, str(ECHO)], "echo", f"max_concurrent_tasks = {SLOTS}\n"
+                                                     "max_queue = 100000\n")
+    ds = [node(base, n, echo, redis) for n in ("a", "b")]
+    out: dict[str, Any] = {}
+    try:
+        for d in ds:
+            d.start()
+        c = Client(ds[0].sock)
+        wait_alive(c, 2)
+        c.close()
+        time.sleep(IDLE)
+        out["fresh_6"] = stats(burst(ds[0].sock, 6))
+        for n in BURSTS:
+            xs: list[float] = []
+            for _ in range(ROUNDS):
+                time.sleep(IDLE)
+                xs += burst(ds[0].sock, n)
+            out[str(n)] = stats(xs)
+            print(f"corral burst {n}: {out[str(n)]}; load {os.getloadavg()[0]:.1f}",
+                  flush=True)
+    finally:
+        for d in ds:
+            d.stop()
+        redis.stop()
+    return out
+
+
+CELERY = """
+import json, sys, time
+sys.path.insert(0, {root!r})
+from bench.celery_app import started
+for r in [started.delay(0) for _ in range(20)]:  # every worker is up
+    r.get(timeout=120)
+out = {{}}
+for n in {bursts!r}:
+    xs = []
+    for _ in range({rounds}):
+        time.sleep({idle})
+        rs = [started.delay(time.time()) for _ in range(n)]
+        xs += [r.get(timeout=120) for r in rs]
+    out[str(n)] = xs
+print(json.dumps(out))
+"""
+
+
+def celery(base: Path) -> dict[str, Any] | None:
+    try:
+        import celery as c
+    except ImportError:
+        return None  # `pip install -e '.[bench]'`
+    redis = Redis(base / "redis-celery")
+    env = {**ENV, "CELERY_BROKER": f"redis://127.0.0.1:{redis.port}/1",
+           "CELERY_BACKEND": f"redis://127.0.0.1:{redis.port}/2"}
+    workers = [subprocess.Popen(
+        [PY, "-m", "celery", "-A", "bench.celery_app", "worker", "-c", str(SLOTS), "-P",
+         "threads", "-n", f"w{i}@bench", "--without-gossip", "--without-mingle",
+         "--without-heartbeat", "-l", "WARNING"], cwd=str(ROOT), env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+    try:
+        script = CELERY.format(root=str(ROOT), bursts=BURSTS, rounds=ROUNDS, idle=IDLE)
+        got = json.loads(subprocess.run([PY, "-c", script], env=env, capture_output=True,
+                                        text=True, timeout=1800, check=True
+                                        ).stdout.strip().splitlines()[-1])
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            try:
+                w.wait(30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+        redis.stop()
+    out: dict[str, Any] = {"version": c.__version__}
+    for n, xs in got.items():
+        out[n] = stats(xs)
+        print(f"celery burst {n}: {out[n]}", flush=True)
+    return out
+
+
+def main() -> None:
+    base = Path(tempfile.mkdtemp(prefix="corral-bench-burst-"))
+    results: dict[str, Any] = {"load_1min_before": os.getloadavg()[0], "bursts": BURSTS,
+                               "rounds": ROUNDS, "idle_s": IDLE, "slots": SLOTS}
+    try:
+        (base / "redis").mkdir()
+        (base / "redis-celery").mkdir()
+        results["corral"] = corral(base)
+        if "--no-celery" not in ARGS:
+            results["celery"] = celery(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    results["load_1min_after"] = os.getloadavg()[0]
+    report("burst", results)
+
+
+if __name__ == "__main__":
+    main()
