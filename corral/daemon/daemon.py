@@ -376,7 +376,7 @@ class Daemon:
         fleet.gateway = cfg.gateway
         # the task front, chosen once: with [cluster], the cluster's (this node's own
         # behind it, for `local`)
-        local_tasks = LocalFront(sup, journal, hub.daemon)
+        local_tasks = LocalFront(parts.agents, parts.tasks, journal, hub.daemon)
         tasks: TaskFront = local_tasks
         if cfg.cluster is not None:
             from ..cluster.node import ClusterNode  # redis-py only where [cluster] is
@@ -386,7 +386,7 @@ class Daemon:
                                        prepare=fleet.fill_paths, apply=fleet.apply_spec,
                                        describe=describe_change,
                                        key=self._cluster_key(cfg.cluster))
-            tasks = ClusterFront(local_tasks, self.cluster, sup)
+            tasks = ClusterFront(local_tasks, self.cluster, parts.quotas)
             await self._one_node(self.cluster, hub)
         history = History(parts.agents, parts.tasks, store, cfg.http)
         packages = Packages(cfg.packages, Path(cfg.packages.dir) if cfg.packages.dir
@@ -492,7 +492,7 @@ class Daemon:
             # opening (and migrating) the database is a few commits with their fsyncs: in
             # a thread, as the control socket already answers
             store = await asyncio.to_thread(StateStore, state_dir / "corral.db",
-                                            sync=sc.journal_sync, stream=self.sup.stream)
+                                            sync=sc.journal_sync, stream=self.parts.stream)
             stack.callback(store.close)
             self.parts.checkpoints.update(await asyncio.to_thread(store.states))
             # every write (records, checkpoints, audit, revisions, commands' records) and

@@ -265,7 +265,7 @@ class Upgrades:
                 self._refused(str(exc))
                 return
         host = self.host
-        tasks = host.sup.tasks
+        tasks = host.sup.parts.tasks
         asked = time.time()
         tasks.hold("the daemon is upgrading")
         host.hub.daemon(f"upgrading to corral {self.report.to_version} "
@@ -285,7 +285,7 @@ class Upgrades:
         host = self.host
         sup = host.sup
         while True:
-            await sup.tasks.committed()
+            await sup.parts.tasks.committed()
             if host.store.writer is not None:
                 await host.store.writer.committed()
             kept, waiting = self._describe(sup)
@@ -297,19 +297,19 @@ class Upgrades:
                               "of its own still being answered)")
             await asyncio.sleep(QUIET_POLL)
         tokens = {h.record.token for h in kept}
-        ended = [t.record for token, t in sup.containment.live.items() if token not in tokens]
+        ended = [t.record for token, t in sup.parts.containment.live.items() if token not in tokens]
         return kept, ended
 
     def _describe(self, sup: Supervisor) -> tuple[list[HandedProcess], list[str]]:
         by_replica: dict[Replica, dict[str, int]] = {}
-        for tid, rid in sup.tasks.dispatch.requests.items():
-            task = sup.tasks.active.get(tid)
+        for tid, rid in sup.parts.tasks.dispatch.requests.items():
+            task = sup.parts.tasks.active.get(tid)
             if task is not None and task.replica is not None and isinstance(rid, int):
                 by_replica.setdefault(task.replica, {})[tid] = rid
         kept: list[HandedProcess] = []
         waiting: list[str] = []
-        live = sup.containment.live
-        for agent in sup.agents.values():
+        live = sup.parts.containment.live
+        for agent in sup.parts.agents.values():
             for r in agent.replicas:
                 proc = r.process
                 if proc is None or isinstance(r, PlainReplica):
@@ -326,7 +326,7 @@ class Upgrades:
               ended: list[ProcessRecord]) -> None:
         """Write the state file and exec; returns (Refused) only if the exec failed."""
         host = self.host
-        containment = host.sup.containment
+        containment = host.sup.parts.containment
         control = host.control.fds()
         h = Handoff(
             attempt=self.report.attempt, from_version=__version__, pid=os.getpid(),
@@ -387,12 +387,12 @@ class Taken:
         """Before anything is spawned: the same incarnation, and the replicas' starts
         take the handed processes."""
         self.sup = sup
-        sup.containment.go_on_from(self.handoff.owner, self.handoff.issued)
-        sup.containment.handed = self.adoptions.take
+        sup.parts.containment.go_on_from(self.handoff.owner, self.handoff.issued)
+        sup.parts.containment.handed = self.adoptions.take
         # tracked until they are ended: not taken for orphans, their cgroups not given to
         # the processes started in their place
         for rec in self.handoff.ended:
-            sup.containment.adopted(rec)
+            sup.parts.containment.adopted(rec)
 
     def hold_back(self, unfinished: list[TaskRecord]) -> list[TaskRecord]:
         """The journal's unfinished tasks less those running on a kept worker: they
@@ -414,7 +414,7 @@ class Taken:
             if rec is None:  # not journaled (task_journal = false): its answer is dropped
                 r.peer.take_over(0, [t.rid])
                 continue
-            self.sup.tasks.adopt_running(rec, r, t.rid)
+            self.sup.parts.tasks.adopt_running(rec, r, t.rid)
             self.kept_tasks += 1
 
     def _lost(self, h: HandedProcess, why: str) -> None:
@@ -422,7 +422,7 @@ class Taken:
         self.lost.append(f"{h.record.name}#{h.record.replica} ({why})")
         recs = [r for t in h.tasks if (r := self.held.pop(t.task_id, None)) is not None]
         if recs:
-            self.sup.tasks.restore(recs)
+            self.sup.parts.tasks.restore(recs)
 
     async def _started(self) -> None:
         """Until every handed process's replica has been started (a mass start is paced
@@ -432,7 +432,7 @@ class Taken:
         deadline = time.monotonic() + STARTED_WAIT
 
         def unstarted(kind: str, name: str, index: int) -> bool:
-            agent = sup.agents.get(name)
+            agent = sup.parts.agents.get(name)
             return (kind == "agent" and agent is not None and agent.spec.autostart
                     and index < len(agent.replicas)
                     and agent.replicas[index].machine.untouched)
@@ -449,7 +449,7 @@ class Taken:
         left = self.adoptions.left()
         await self.adoptions.settled()
         assert self.sup is not None
-        containment = self.sup.containment
+        containment = self.sup.parts.containment
         for lost in left:
             containment.adopted(lost.record)
         ended = [*self.handoff.ended, *(lost.record for lost in left)]

@@ -12,9 +12,9 @@ import msgspec
 
 from ... import methods as m
 from ...cluster.node import ClusterNode
-from ...supervisor.core import Supervisor
 from ...supervisor.tasks import TaskRecord
 from ...supervisor.tasks.admission import admit
+from ...supervisor.tenants import Tenancy
 from ...taskviews import TaskInfo, TaskResult
 from ..caller import Channel
 from ..follow import Latest
@@ -27,11 +27,11 @@ P = TypeVar("P", m.TasksRun, m.TasksSubmit)
 class ClusterFront:
     """The TaskFront of a cluster node."""
 
-    def __init__(self, local: LocalFront, node: ClusterNode, sup: Supervisor) -> None:
+    def __init__(self, local: LocalFront, node: ClusterNode, quotas: Tenancy) -> None:
         self.local = local
         self.node = node
         self.desk = node.desk
-        self.sup = sup
+        self.agents, self.engine, self.quotas = local.agents, local.engine, quotas
         self.recovered = local.recovered  # the cluster's calls wait for it too
 
     @property
@@ -47,8 +47,8 @@ class ClusterFront:
         (rate_per_minute, this node's count; max_queue, the tenant's tasks waiting on
         this node) and its timeout capped at max_task_seconds. (An agent this node does
         not run has no tenant here.)"""
-        timeout = admit(self.sup.agents.get(p.agent), len(p.input), p.timeout,
-                        tenancy=self.sup.tenancy, depth=self.sup.tasks.queue.depth)
+        timeout = admit(self.agents.get(p.agent), len(p.input), p.timeout,
+                        tenancy=self.quotas, depth=self.engine.queue.depth)
         return p if timeout == p.timeout else msgspec.structs.replace(p, timeout=timeout)
 
     async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:

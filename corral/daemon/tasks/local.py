@@ -18,12 +18,13 @@ import msgspec
 from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
-from ...supervisor.core import Supervisor
+from ...supervisor.agents import Agents
 from ...supervisor.tasks import (
     LOST_IN_RESTART,
     TERMINAL,
     Task,
     TaskFinished,
+    TaskManager,
     TaskProgress,
     TaskRecord,
 )
@@ -39,9 +40,10 @@ from .front import Page, Sees, accepted, listing_window
 class LocalFront:
     """The TaskFront of a daemon with no [cluster] (and a cluster node's for `local`)."""
 
-    def __init__(self, sup: Supervisor, journal: TaskJournalDB | None,
+    def __init__(self, agents: Agents, engine: TaskManager, journal: TaskJournalDB | None,
                  report: Callable[[str], None]) -> None:
-        self.sup = sup
+        self.agents = agents
+        self.engine = engine  # the engine's tasks
         self.journal = journal
         self.report = report
         self.recovered = asyncio.Event()
@@ -54,7 +56,7 @@ class LocalFront:
         """Finish the story of every task the previous daemon accepted (DESIGN section 8),
         then open the front. Called with no await since the agents were added, so no
         task is accepted before the journal's are back, queued after theirs."""
-        tasks = self.sup.tasks.restore(records)
+        tasks = self.engine.restore(records)
         if tasks:
             was_running = {r.task_id for r in records if r.status == "running"}
             lost = sum(1 for t in tasks if t.status == "lost")
@@ -67,7 +69,7 @@ class LocalFront:
 
     # -- handing a task in ----------------------------------------------------------------
     def _accept(self, p: m.TaskParams) -> Task:
-        tasks = self.sup.tasks
+        tasks = self.engine
         if self.refusing is not None:
             # refused before it reaches an agent: a task that cannot be recorded never runs
             raise RpcError(jsonrpc.INTERNAL_ERROR, f"{self.refusing}; the task was not "
@@ -86,10 +88,10 @@ class LocalFront:
         one still queued or running is cancelled and refused; one that has already ended
         ran, and its outcome is the answer (its row is written when the journal can)."""
         try:
-            await self.sup.tasks.committed()
+            await self.engine.committed()
         except TaskJournalError as exc:
             if task.status not in TERMINAL:
-                self.sup.tasks.cancel(task.id)
+                self.engine.cancel(task.id)
                 raise RpcError(jsonrpc.INTERNAL_ERROR,
                                f"{exc}; the task was not accepted") from None
 
@@ -97,8 +99,8 @@ class LocalFront:
         """A finished task's outcome, once its end is in the journal (when it can be)."""
         if self.refusing is None:  # else written when it can be
             with contextlib.suppress(TaskJournalError):  # logged by the journal; it stands
-                await self.sup.tasks.committed()
-        return await self.sup.tasks.outcome(task)
+                await self.engine.committed()
+        return await self.engine.outcome(task)
 
     async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:
         await self.recovered.wait()
@@ -139,11 +141,11 @@ class LocalFront:
     # -- asking -----------------------------------------------------------------------------
     async def get(self, task_id: str, *, wait: bool) -> TaskInfo:
         await self.recovered.wait()
-        return await self.sup.tasks.info(task_id, wait=wait)
+        return await self.engine.info(task_id, wait=wait)
 
     async def input_of(self, task_id: str) -> msgspec.Raw | None:
         """The engine's while the task may run, else the journal's (kept with its row)."""
-        task = self.sup.tasks.active.get(task_id)
+        task = self.engine.active.get(task_id)
         if task is not None:
             return task.input
         return await self.journal.load_input(task_id) if self.journal is not None else None
@@ -151,12 +153,12 @@ class LocalFront:
     async def list(self, p: m.TasksList, sees: Sees | None = None) -> Page:
         await self.recovered.wait()
         if p.agent is not None and self.journal is None:
-            self.sup.agent(p.agent)
+            self.agents.agent(p.agent)
         since, limit = listing_window(p)
         if limit == 0:
             return [], None
         # one more than the page: whether older tasks are left, without counting them
-        page = await self.sup.tasks.query(agent=p.agent, status=p.status, since=since,
+        page = await self.engine.query(agent=p.agent, status=p.status, since=since,
                                           limit=limit + 1, before=p.before, sees=sees)
         if len(page) <= limit:
             return page, None
@@ -165,4 +167,4 @@ class LocalFront:
 
     async def cancel(self, task_id: str) -> TaskInfo:
         await self.recovered.wait()
-        return self.sup.tasks.cancel(task_id).info()
+        return self.engine.cancel(task_id).info()
