@@ -57,8 +57,15 @@ def history(n: Node, agent: str = "keeper") -> Any:
 
 
 def env_here(n: Node) -> str | None:
-    """V as the replica of keeper on this node sees it (a --local task runs there)."""
-    got = n.call("tasks.run", {"agent": "keeper", "local": True, "input": {"do": "env"}})
+    """V as the replica of keeper on this node sees it (a --local task runs there); None
+    while the node has no keeper: a node that rejoins (a new incarnation after Redis came
+    back) reconciles its cluster agents again, and one may be away for a moment."""
+    try:
+        got = n.call("tasks.run", {"agent": "keeper", "local": True, "input": {"do": "env"}})
+    except AssertionError as exc:  # Raw.call's refusal: the answer's error
+        if "no such agent: keeper" in str(exc):
+            return None
+        raise
     return got["output"]["V"] if got.get("status") == "succeeded" else None
 
 
