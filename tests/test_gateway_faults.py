@@ -183,7 +183,7 @@ listen = "0.0.0.0:0"
 
 
 def test_a_clients_rate_is_limited_per_minute() -> None:
-    from corral.daemon.gateway import Identity, Limiter
+    from corral.daemon.gatewayaccess import Identity, Limiter
     from corral.jsonrpc import RpcError
 
     ident = Identity(name="c", allow=None, owner=None, max_concurrent=10, rate_per_minute=2)

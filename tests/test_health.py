@@ -154,10 +154,10 @@ class Seen:
         self.agents: list[AgentReadiness] = []
         self.transitions: list[Any] = []
         self._wake = asyncio.Event()
-        from corral.supervisor import Event
+        from corral.supervisor import Transition
 
         # (a heartbeat round's tick wakes waiters for what no event tells: a file written)
-        sup.stream.subscribe(self._on, HealthChange, AgentReadiness, Event, Tick)
+        sup.stream.subscribe(self._on, HealthChange, AgentReadiness, Transition, Tick)
 
     def _on(self, e: Any) -> None:
         if isinstance(e, HealthChange):
@@ -559,7 +559,7 @@ async def test_a_release_unready_again_within_min_healthy_time_is_refused_with_t
 async def test_operators_see_health_in_status_logs_and_metrics(tmp_path: Path) -> None:
     import aiohttp
 
-    from corral.daemon.watch import FleetWatch
+    from corral.daemon.fleetwatch import FleetWatch
 
     from .test_metrics import running, samples, scrape, value
 

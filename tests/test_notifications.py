@@ -13,15 +13,15 @@ from typing import Any, TypeVar
 import pytest
 
 from corral.daemon import storeschema
-from corral.daemon.gateway import GatewayChanged, GatewayService
+from corral.daemon.gatewayaccess import GatewayChanged, GatewayService
 from corral.daemon.store import StateStore
 from corral.daemon.storewriter import CaughtUp
 from corral.daemon.tokens import TokenRevoked, Tokens
 from corral.supervisor import State, Supervisor
 from corral.supervisor.config import TenantSpec
+from corral.supervisor.quotas import QuotasChanged
 from corral.supervisor.stream import Stream
 from corral.supervisor.tasks import AttemptEnded, TaskFinished, TaskProgress, TaskStatus
-from corral.supervisor.tenants import QuotasChanged
 
 from .conftest import agent
 from .test_store_faults import lockable_store

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from corral.daemon.store import StateStore
-from corral.supervisor import Event, State, Supervisor
+from corral.supervisor import State, Supervisor, Transition
 from corral.supervisor.containment import ProcessRecord
 from corral.supervisor.pacing import BATCH, Pacer, pacer
 
@@ -66,7 +66,7 @@ async def test_a_mass_crash_and_a_mass_stop_are_handled_in_slices_each_agent_onc
         os.kill(r.pid, signal.SIGKILL)
     ended: set[int] = set()
     sup.stream.subscribe(
-        lambda e: ended.add(e.replica) if e.state == "terminated" else None, Event)
+        lambda e: ended.add(e.replica) if e.state == "terminated" else None, Transition)
     await sup.wait_for(lambda: len(ended) == N, 60)
     seen = await look.done()
     # the exits were handled over several turns, the looking task served in between

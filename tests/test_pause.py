@@ -21,7 +21,7 @@ import pytest
 
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
-from corral.supervisor import Event, NoSuchAgent, State, Supervisor
+from corral.supervisor import NoSuchAgent, State, Supervisor, Transition
 from corral.supervisor.containment import cgroup_pids, read_stat
 
 from .conftest import ROOT, agent
@@ -43,7 +43,7 @@ def proc_state(pid: int) -> str | None:
     return st.state if st is not None else None
 
 
-def transitions(q: asyncio.Queue[Event], name: str) -> list[tuple[str, str, str | None]]:
+def transitions(q: asyncio.Queue[Transition], name: str) -> list[tuple[str, str, str | None]]:
     out = []
     while not q.empty():
         e = q.get_nowait()

@@ -27,7 +27,7 @@ from corral.supervisor.config import ConfigError, HealthSpec, Limits
 from corral.supervisor.configload import cluster_problem, load_config, parse_agents
 from corral.supervisor.lifecycle import Cause
 from corral.supervisor.plain import PlainReplica
-from corral.supervisor.process_replica import Event, LogLines
+from corral.supervisor.process_replica import LogLines, Transition
 from corral.supervisor.sandbox import host_refusal
 
 from .conftest import NOBODY_PY, agent, nobody_reason
@@ -103,9 +103,9 @@ async def rounds(sup: Supervisor, n: int) -> None:
     await wait_until_async(lambda: sup.heartbeat_work.rounds >= start + n)
 
 
-def events_of(sup: Supervisor, name: str) -> list[Event]:
-    seen: list[Event] = []
-    sup.stream.subscribe(lambda e: seen.append(e) if e.name == name else None, Event)
+def events_of(sup: Supervisor, name: str) -> list[Transition]:
+    seen: list[Transition] = []
+    sup.stream.subscribe(lambda e: seen.append(e) if e.name == name else None, Transition)
     return seen
 
 

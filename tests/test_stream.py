@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from corral.supervisor import Event, Stall, State, Stream, Supervisor, Tick
+from corral.supervisor import Stall, State, Stream, Supervisor, Tick, Transition
 from corral.supervisor.stream import Subscription
 
 from .conftest import agent
@@ -24,7 +24,7 @@ def test_delivery_by_type_in_order_and_unsubscribe() -> None:
     s.unsubscribe(a)
     s.emit(Stall(2.0))
     assert got == ["a1.0", "b1.0", "b2.0"]
-    assert not s.wants(Event) and s.wants(Stall)
+    assert not s.wants(Transition) and s.wants(Stall)
 
 
 def test_a_subscriber_that_raises_is_counted_logged_once_and_the_others_are_told(
@@ -90,11 +90,11 @@ async def test_a_raising_transition_subscriber_during_a_reap_never_skips_the_res
     proc = r.process
     assert proc is not None
 
-    def broken(e: Event) -> None:
+    def broken(e: Transition) -> None:
         if e.state == State.TERMINATED:
             raise RuntimeError("subscriber bug")
 
-    sup.stream.subscribe(broken, Event)
+    sup.stream.subscribe(broken, Transition)
     seen = sup.subscribe()
     proc.kill_group(signal.SIGKILL)
     await sup.wait_event(lambda e: e.name == "again" and e.state == State.READY

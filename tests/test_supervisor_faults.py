@@ -19,13 +19,13 @@ import pytest
 from corral import jsonrpc
 from corral.jsonrpc import RpcError
 from corral.supervisor import Limits, LogLines, State, Supervisor
-from corral.supervisor.replica import Event
+from corral.supervisor.replica import Transition
 from corral.supervisor.stream import Roster
 
 from .conftest import NOBODY_PY, PY, ROOT, agent, nobody_reason
 
 
-def drain(q: asyncio.Queue[Event], name: str) -> list[Event]:
+def drain(q: asyncio.Queue[Transition], name: str) -> list[Transition]:
     out = []
     while not q.empty():
         e = q.get_nowait()

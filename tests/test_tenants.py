@@ -21,8 +21,8 @@ from corral import jsonrpc
 from corral import methods as m
 from corral.daemon.caller import Caller
 from corral.daemon.daemon import Daemon
-from corral.daemon.gateway import Identity
-from corral.daemon.tenants import groups_of
+from corral.daemon.gatewayaccess import Identity
+from corral.daemon.tenantregistry import groups_of
 from corral.daemon.tokens import tokens_of
 from corral.jsonrpc import RpcError
 from corral.methods import REGISTRY
@@ -652,6 +652,7 @@ def probes(task_b: str, ghost_task: str) -> dict[str, tuple[str, Any, Any]]:
         "packages.releases": ("missing", {"name": B}, {"name": GHOST}),
         "nodes.list": ("forbidden", {}, None),  # the cluster's nodes: the operator's
         "nodes.drain": ("forbidden", {"node": "n"}, None),
+        "daemon.upgrade": ("forbidden", {"report": True}, None),  # the daemon: the operator's
         "tenants.list": ("listing", {}, None),
         "tenants.add": ("forbidden", {"tenants": {"c": {}}}, None),
         "tenants.set": ("forbidden", {"name": "a", "set": {"max_agents": 100}}, None),

@@ -24,7 +24,7 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import LineProtocol, Peer, RpcError
-from ..mcp.gateway import GatewaySession, Progress, StdioTransport
+from ..mcp.server import GatewaySession, Progress, StdioTransport
 from ..methods import CANCEL, GatewayItems
 from ..timeouts import within
 

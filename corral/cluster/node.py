@@ -20,7 +20,7 @@ from ..jsonrpc import RpcError
 from ..supervisor.config import AgentSpec, ClusterSettings
 from ..supervisor.lifecycle import began_serving
 from ..supervisor.parts import Parts
-from ..supervisor.replicaparts import Event
+from ..supervisor.replicaparts import Transition
 from ..supervisor.tasks import (
     TERMINAL,
     TaskError,
@@ -32,9 +32,9 @@ from ..supervisor.tasks.host import TaskHost
 from ..timeouts import cancel_all, within
 from . import records, redischeck
 from .backlog import Backlog
+from .clustertasks import ClusterTasks
 from .connection import connect, shown, unavailable, why
 from .declared import Declared
-from .desk import ClusterDesk
 from .events import EventRelay
 from .keys import Keys
 from .membership import Fenced, Membership, NodeView
@@ -74,7 +74,7 @@ class ClusterNode:
         self.trust = trust = Trust(key, settings.name, report)
         self.membership = Membership(self.redis, scripts, self.keys, settings, self.node,
                                      self._offer, report, trust.fingerprint, host.stream)
-        self.desk = ClusterDesk(self.redis, scripts, self.keys, settings, self.membership,
+        self.desk = ClusterTasks(self.redis, scripts, self.keys, settings, self.membership,
                                 host, report, trust)
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report)
@@ -98,7 +98,7 @@ class ClusterNode:
         host.stream.subscribe(self._fenced, Fenced)
         # a replica that starts serving has free slots: its agent's pull loop reads now,
         # not at its next beat (it waits while the agent has none)
-        self._serving = host.stream.subscribe(self._on_transition, Event)
+        self._serving = host.stream.subscribe(self._on_transition, Transition)
         self._loops: list[asyncio.Task[None]] = []
         self.draining = False  # asked to drain (`corral drain`): it takes nothing new
         # what Redis's configuration risks (redischeck.py), as last read
@@ -110,7 +110,7 @@ class ClusterNode:
         await self.agents.remove(name)
         self.agents.add(spec)
 
-    def _on_transition(self, e: Event) -> None:
+    def _on_transition(self, e: Transition) -> None:
         if e.kind == "agent" and began_serving(e.previous, e.state):
             self.queue.wake(e.name)
 

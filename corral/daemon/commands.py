@@ -24,7 +24,7 @@ from ..text import plural
 from .api import Handlers
 from .caller import SHARED, Caller, Channel
 from .fleet import revision_tenant
-from .follow import drain
+from .flowcontrol import drain
 from .history import has_rows
 from .services import Services
 from .store import row_limit
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
     from ..supervisor.core import Agent
     from ..supervisor.replica import Replica
-    from .gateway import GatewayChanged
+    from .gatewayaccess import GatewayChanged
 
 HANDLERS: Handlers[Services] = Handlers()
 implements = HANDLERS.implements

@@ -42,7 +42,7 @@ from ..supervisor.elastic import Scaling
 from ..supervisor.health import AgentReadiness, HealthChange
 from ..supervisor.lifecycle import UNSETTLED, State
 from ..supervisor.parts import Parts
-from ..supervisor.process_replica import Event, Exited, LogLines
+from ..supervisor.process_replica import Exited, LogLines, Transition
 from ..supervisor.stream import Checkpoint, ListChanged, Stall, Tick
 from ..supervisor.tasks import TaskRecord
 from ..supervisor.tasks.budget import DAY
@@ -55,11 +55,12 @@ from .background import Background
 from .caller import Caller
 from .commands import HANDLERS, fleet_line, owner_of
 from .control import AlreadyRunning, ControlServer
-from .devwatch import Watches
 from .drain import Drain
 from .extras import Extras
+from .filewatch import FileWatches
 from .fleet import Fleet
-from .gateway import GatewayService
+from .fleetwatch import FleetWatch
+from .gatewayaccess import GatewayService
 from .history import History
 from .journald import JournalSender, StderrEcho
 from .logs import LogDirError, LogHub
@@ -73,10 +74,9 @@ from .storewriter import StoreWriter
 from .taskjournal import TaskJournalDB
 from .tasks import LocalFront, TaskFront
 from .tenantdirs import TenantDirs
-from .tenants import TenantDesk, groups_of
+from .tenantregistry import TenantRegistry, groups_of
 from .tokens import tokens_of
 from .upgrade import Taken, Upgrades
-from .watch import FleetWatch
 
 if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
@@ -371,7 +371,7 @@ class Daemon:
             http = await self._start_http(stack, cfg, gateway, hub)
         fleet = Fleet(parts, store, writer, revisions, self.config_path.parent,
                       hub.daemon)
-        tenants = TenantDesk(parts, store, self.config_path, hub.daemon)
+        tenants = TenantRegistry(parts, store, self.config_path, hub.daemon)
         tenants.on_groups = control.set_tenant_groups
         fleet.gateway = cfg.gateway
         # the task front, chosen once: with [cluster], the cluster's (this node's own
@@ -399,8 +399,8 @@ class Daemon:
             await packages.start()
         except StoreError as exc:
             raise StartupError(str(exc)) from None
-        watches = Watches(parts.agents, fleet, packages, hub.daemon)
-        parts.stream.subscribe(watches.on_transition, Event)
+        watches = FileWatches(parts.agents, fleet, packages, hub.daemon)
+        parts.stream.subscribe(watches.on_transition, Transition)
         stack.push_async_callback(watches.close)
         services = Services(
             **_engine_parts(parts, self.cluster), hub=hub, store=store, revisions=revisions,
@@ -532,10 +532,10 @@ class Daemon:
         stream.subscribe(self._on_tenant_oom, TenantOomKill)
         stream.subscribe(self._on_health, HealthChange)
         stream.subscribe(self._on_agent_readiness, AgentReadiness)
-        stream.subscribe(self._on_transition, Event)
+        stream.subscribe(self._on_transition, Transition)
         stream.subscribe(self._on_scaling, Scaling)
         self.notifier.track_status(self.status_line)
-        stream.subscribe(gateway.on_transition, Event)
+        stream.subscribe(gateway.on_transition, Transition)
         stream.subscribe(lambda e: gateway.changed([e.kind]), ListChanged)
         stream.subscribe(gateway.forget_replica, Exited)
         dirs = TenantDirs(parts, self.hub, self.hub.daemon)
@@ -572,7 +572,7 @@ class Daemon:
         """The HTTP gateway, before any agent starts (agents are given its URL): at
         `/mcp` of the [http] server (mounted there when it starts), and on a site of its
         own at `[gateway] listen`."""
-        from .http_gateway import HttpGateway
+        from .http.mcp import HttpGateway
 
         http = HttpGateway(gateway, cfg.gateway, self.config_path.parent)
         stack.push_async_callback(http.close)
@@ -654,7 +654,7 @@ class Daemon:
         beat), or None."""
         return self.cluster.membership.error if self.cluster is not None else None
 
-    def _on_transition(self, event: Event) -> None:
+    def _on_transition(self, event: Transition) -> None:
         """O(1) per lifecycle event: the STATUS line is marked stale (sent at most every
         100 ms), and READY=1 goes out once every autostart agent is up."""
         self.notifier.status_changed()
@@ -714,7 +714,7 @@ class Daemon:
                      f"{plural(len(mcp), 'instance')} serving)")
         return f"{line}, {failed} failed"
 
-    async def _pump_events(self, q: asyncio.Queue[Event]) -> None:
+    async def _pump_events(self, q: asyncio.Queue[Transition]) -> None:
         while True:
             e = await q.get()
             text = f"{e.previous} -> {e.state}: {e.reason}"

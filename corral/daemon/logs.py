@@ -34,7 +34,7 @@ import msgspec
 
 from ..jsonrpc import LineBlock
 from ..methods import LogLine
-from ..supervisor.follow import Follower
+from ..supervisor.followers import Follower
 from ..supervisor.names import NAME_RE
 from ..text import iso_time, one_line, plural
 from ..throttle import Throttle

@@ -15,16 +15,17 @@ from ..supervisor.containment import Containment
 from ..supervisor.elastic import Elastic
 from ..supervisor.events import EventBus
 from ..supervisor.health import HealthBoard
+from ..supervisor.quotas import Tenancy
 from ..supervisor.stats import HeartbeatWork, Stats
 from ..supervisor.stream import Stream
 from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.budget import Budgets
-from ..supervisor.tenants import Tenancy
 from ..supervisor.tools import Tools
 from .caller import Caller
-from .devwatch import Watches
+from .filewatch import FileWatches
 from .fleet import Fleet
-from .gateway import GatewayService
+from .fleetwatch import FleetWatch
+from .gatewayaccess import GatewayService
 from .history import History
 from .logs import LogHub
 from .packages.service import Packages
@@ -32,8 +33,7 @@ from .revisions import RevisionLog
 from .store import StateStore
 from .taskjournal import TaskJournalDB
 from .tasks import TaskFront
-from .tenants import TenantDesk
-from .watch import FleetWatch
+from .tenantregistry import TenantRegistry
 
 if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
@@ -77,9 +77,9 @@ class Services:
     journal: TaskJournalDB | None  # the task journal, or None: `task_journal = false`
     history: History  # the metrics history (its sampler starts once the services exist)
     packages: Packages  # agent packages: deploy, releases
-    dev_watch: Watches  # development mode (`watch = [...]`)
+    dev_watch: FileWatches  # development mode (`watch = [...]`)
     watch: FleetWatch  # the fleet's changes for agents.watch
-    tenants: TenantDesk  # the tenants: the file's and the runtime's (issue 23)
+    tenants: TenantRegistry  # the tenants: the file's and the runtime's (issue 23)
     config_path: Path
     socket_path: Path
     started_at: float

@@ -5,7 +5,14 @@ from .configload import load_config
 from .containment import ProcessEnded, ProcessStarted
 from .core import Agent, NoSuchAgent, Supervisor, SupervisorError
 from .lifecycle import Cause, State
-from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaHost, ReplicaStatus
+from .process_replica import (
+    Exited,
+    LogLines,
+    ProcessReplica,
+    ReplicaHost,
+    ReplicaStatus,
+    Transition,
+)
 from .replica import AgentHost, Replica
 from .stats import Stats
 from .stream import Checkpoint, ListChanged, Stall, Stream, Subscription, Tick
@@ -27,7 +34,6 @@ __all__ = [
     "Checkpoint",
     "Config",
     "ConfigError",
-    "Event",
     "Exited",
     "Limits",
     "ListChanged",
@@ -55,5 +61,6 @@ __all__ = [
     "TaskStatus",
     "TaskSummary",
     "Tick",
+    "Transition",
     "load_config",
 ]

@@ -22,9 +22,9 @@ from .lifecycle import RESTARTED, State
 from .names import name_problem, shown
 from .pausing import selected, to_pause, to_resume
 from .process_replica import ReplicaStatus, ResumeFailed
+from .quotas import Tenancy
 from .replica import Replica
 from .stream import Roster, Stream
-from .tenants import Tenancy
 from .tuning import Tuning
 from .waits import Waits
 

@@ -40,14 +40,14 @@ from .mcproutes import AgentMcp
 from .notifysock import NotifyDir
 from .parts import Parts
 from .plain import make_replica
-from .process_replica import Event, Exited, LogLines, ProcessReplica, ReplicaStatus
+from .process_replica import Exited, LogLines, ProcessReplica, ReplicaStatus, Transition
+from .quotas import QuotasChanged, Tenancy
 from .replica import Replica
 from .startstop import stop_all
 from .stats import HeartbeatWork, Stats
 from .stream import Checkpoint, Stream, Subscription
 from .tasks import FINISHED_KEPT, FINISHED_KEPT_BYTES, Queue, TaskJournal, TaskManager
 from .tenantcgroups import TenantNodes
-from .tenants import QuotasChanged, Tenancy
 from .tools import Tools
 from .tuning import Tuning
 from .waits import Waits
@@ -107,7 +107,7 @@ class Supervisor:
         self.closing = False
         self.started_at = time.monotonic()
         self._heartbeat: asyncio.Task[None] | None = None
-        self._event_queues: dict[asyncio.Queue[Event], Subscription] = {}
+        self._event_queues: dict[asyncio.Queue[Transition], Subscription] = {}
         # the loop's own stalls, taken off the time a worker counts as silent
         self.listening = ListeningClock()
         self.worker_methods: dict[str, Callable[[Replica, Any], Any]] = {}
@@ -251,18 +251,18 @@ class Supervisor:
     async def wait_for(self, cond: Callable[[], bool], timeout: float) -> None:
         await self.waits.wait_for(cond, timeout)
 
-    async def wait_event(self, pred: Callable[[Event], bool], timeout: float) -> Event:
+    async def wait_event(self, pred: Callable[[Transition], bool], timeout: float) -> Transition:
         return await self.waits.wait_event(pred, timeout)
 
     # -- events ---------------------------------------------------------------------------
-    def subscribe(self, maxsize: int = 10000) -> asyncio.Queue[Event]:
+    def subscribe(self, maxsize: int = 10000) -> asyncio.Queue[Transition]:
         """A queue of every future transition; a full queue drops events rather than
         block. (A callback for any event type: `self.stream.subscribe`.)"""
-        q: asyncio.Queue[Event] = asyncio.Queue(maxsize)
-        self._event_queues[q] = self.stream.subscribe(functools.partial(_offer, q), Event)
+        q: asyncio.Queue[Transition] = asyncio.Queue(maxsize)
+        self._event_queues[q] = self.stream.subscribe(functools.partial(_offer, q), Transition)
         return q
 
-    def unsubscribe(self, q: asyncio.Queue[Event]) -> None:
+    def unsubscribe(self, q: asyncio.Queue[Transition]) -> None:
         sub = self._event_queues.pop(q, None)
         if sub is not None:
             self.stream.unsubscribe(sub)
@@ -303,7 +303,7 @@ class Supervisor:
         if r.kind == "agent":
             self.census[r.state] += 1
 
-    def transitioned(self, r: ProcessReplica, event: Event) -> None:
+    def transitioned(self, r: ProcessReplica, event: Transition) -> None:
         if r.kind == "agent":
             self.census[event.previous] -= 1
             self.census[event.state] += 1
@@ -443,6 +443,6 @@ def _object(raw: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _offer(q: asyncio.Queue[Event], event: Event) -> None:
+def _offer(q: asyncio.Queue[Transition], event: Transition) -> None:
     if not q.full():  # a reader that does not keep up loses events; corral goes on
         q.put_nowait(event)

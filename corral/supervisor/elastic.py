@@ -33,10 +33,10 @@ from .config import AgentSpec
 from .tasks.host import AgentLike
 
 if TYPE_CHECKING:
+    from .quotas import Tenancy
     from .replica import Replica
     from .stream import Stream
     from .tasks import TaskManager
-    from .tenants import Tenancy
     from .tuning import Tuning
 
 

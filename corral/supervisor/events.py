@@ -24,7 +24,7 @@ import msgspec
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..workerproto import EventsPublishParams, EventsSubscribeParams
-from .follow import Follower
+from .followers import Follower
 from .process_replica import Exited
 from .stream import Stream
 from .workercalls import on_notification, on_request

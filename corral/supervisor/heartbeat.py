@@ -14,9 +14,9 @@ from .containment import Containment
 from .lifecycle import Cause
 from .listening import ListeningClock
 from .process_replica import ProcessReplica
+from .quotas import Tenancy
 from .stats import HeartbeatWork
 from .stream import TICK, Stall, Stream
-from .tenants import Tenancy
 from .tuning import Tuning
 
 __all__ = ["FDS_EVERY", "HEARTBEAT_SLICE", "SAMPLES_PER_SECOND", "Heartbeat"]

@@ -13,10 +13,10 @@ if TYPE_CHECKING:
     from .elastic import Elastic
     from .events import EventBus
     from .health import HealthBoard
+    from .quotas import Tenancy
     from .stats import HeartbeatWork, Stats
     from .stream import Stream
     from .tasks import TaskManager
-    from .tenants import Tenancy
     from .tools import Tools
     from .tuning import Tuning
     from .zygote import Zygotes

@@ -27,9 +27,9 @@ from .launch import Life, _wait
 from .lifecycle import Cause, Machine, State
 from .monitor import Monitor
 from .process import ChildProcess
-from .replicaparts import Event as Event
 from .replicaparts import PartsHost, Sample
 from .replicaparts import ReplicaStatus as ReplicaStatus
+from .replicaparts import Transition as Transition
 from .restart import RestartPolicy
 
 # how long a pause waits for the kernel to say a replica's cgroup is frozen (every task in
@@ -67,7 +67,7 @@ class ReplicaHost(PartsHost, Protocol):
     def replica_added(self, r: ProcessReplica) -> None:
         """A new replica, in state Initial."""
 
-    def transitioned(self, r: ProcessReplica, event: Event) -> None:
+    def transitioned(self, r: ProcessReplica, event: Transition) -> None:
         """`r` took a transition (its state is event.state already)."""
 
     def replica_log(self, r: ProcessReplica, stream: str, lines: LineBlock) -> None: ...
@@ -147,7 +147,7 @@ class ProcessReplica(Life, Monitor):
 
     # -- the hooks the executor runs --------------------------------------------------------
     def _transitioned(self, previous: State, cause: Cause, reason: str) -> None:
-        self.host.transitioned(self, Event(
+        self.host.transitioned(self, Transition(
             time=time.time(), kind=self.kind, name=self.name, replica=self.index,
             state=self.state, previous=previous, reason=reason, pid=self.pid, cause=cause))
 

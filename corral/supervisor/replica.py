@@ -21,7 +21,7 @@ from .config import AgentSpec, Isolation, Limits, isolation
 from .health import HealthBoard, ReplicaHealth, environment_of
 from .lifecycle import Cause, State
 from .process import ChildProcess
-from .process_replica import Event, ProcessReplica, ReplicaHost, ReplicaStatus
+from .process_replica import ProcessReplica, ReplicaHost, ReplicaStatus, Transition
 from .release import release_environment
 from .runas import out_of_reach
 from .sandbox import (
@@ -33,7 +33,7 @@ from .sandbox import (
 )
 from .zygote import Key, Zygotes, ZygoteUnavailable, warm_argv
 
-__all__ = ["PROTOCOL_VERSION", "AgentHost", "Event", "Replica", "ReplicaStatus"]
+__all__ = ["PROTOCOL_VERSION", "AgentHost", "Replica", "ReplicaStatus", "Transition"]
 
 PROTOCOL_VERSION = "1"
 # corral's package, which a sandboxed agent's worker SDK is imported from

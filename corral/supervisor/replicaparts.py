@@ -1,5 +1,5 @@
 """What every part of a process replica shares: the members they read and write, the
-host's members they use (`PartsHost`), and the rows they make (a transition's `Event`, a
+host's members they use (`PartsHost`), and the rows they make (a transition's `Transition`, a
 usage `Sample`, a `ReplicaStatus`). The parts: launch.py (a life from spawn to reap),
 monitor.py (the heartbeat's look at a live process), executor.py (a step's actions);
 process_replica.py puts them together."""
@@ -21,7 +21,7 @@ from .runas import RunAs
 from .stats import HeartbeatWork, Stats
 
 
-class Event(msgspec.Struct, omit_defaults=True):
+class Transition(msgspec.Struct, omit_defaults=True):
     """A lifecycle transition, as the event stream and logs carry it."""
 
     time: float

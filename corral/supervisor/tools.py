@@ -19,9 +19,9 @@ from .errors import SupervisorError
 from .lifecycle import SERVING, State
 from .mcpserver import McpHost, McpServerReplica
 from .names import name_problem, shown
+from .quotas import visible_allow
 from .remote import RemoteMcpServer
 from .stream import ListChanged, Stream
-from .tenants import visible_allow
 from .waits import Waits
 
 __all__ = ["Tools"]

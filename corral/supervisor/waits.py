@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from ..timeouts import within
 from .config import AgentSpec
 from .lifecycle import TRANSIENT, State
-from .process_replica import Event, ProcessReplica
+from .process_replica import ProcessReplica, Transition
 from .replica import Replica
 
 __all__ = ["Waits"]
@@ -22,10 +22,10 @@ __all__ = ["Waits"]
 class Waits:
     def __init__(self, census: Counter[State]) -> None:
         self.census = census  # the agents' replicas by state (core.Supervisor's)
-        self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
+        self._waiters: list[tuple[Callable[[Transition], bool], asyncio.Future[Transition]]] = []
         self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
 
-    def transitioned(self, event: Event) -> None:
+    def transitioned(self, event: Transition) -> None:
         if self._waiters:
             keep = []
             for pred, fut in self._waiters:
@@ -102,8 +102,8 @@ class Waits:
             if not fut.done():
                 fut.cancel()
 
-    async def wait_event(self, pred: Callable[[Event], bool], timeout: float) -> Event:
-        fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+    async def wait_event(self, pred: Callable[[Transition], bool], timeout: float) -> Transition:
+        fut: asyncio.Future[Transition] = asyncio.get_running_loop().create_future()
         self._waiters.append((pred, fut))
         try:
             return await within(fut, timeout)
@@ -139,7 +139,7 @@ class Waits:
 
     async def wait_all_serving(self, timeout: float = 30.0) -> None:
         """Wait until every replica of every agent that is meant to run is serving."""
-        def settled(_: Event | None = None) -> bool:
+        def settled(_: Transition | None = None) -> bool:
             return not any(self.census[s] for s in TRANSIENT)
 
         if not settled():

@@ -44,7 +44,7 @@ from prometheus_client.utils import floatToGoString
 from ... import __version__, jsonrpc
 from ...jsonrpc import RpcError
 from ...supervisor.lifecycle import Cause
-from ...supervisor.process_replica import Event
+from ...supervisor.process_replica import Transition
 from ..addresses import local_listen
 from ..caller import Caller
 from ..history import BUCKETS
@@ -68,7 +68,7 @@ class Restarts:
         self.agents = services.agents
         self.by_agent: dict[str, dict[str, int]] = {}
 
-    def on_event(self, e: Event) -> None:
+    def on_event(self, e: Transition) -> None:
         if e.cause is not Cause.POLICY_RESTART or e.kind != "agent":
             return
         agent = self.agents.get(e.name)
@@ -441,7 +441,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def setup(app: web.Application, ctx: HttpContext) -> None:
     services = ctx.services
     restarts = Restarts(services)
-    subscription = services.stream.subscribe(restarts.on_event, Event)
+    subscription = services.stream.subscribe(restarts.on_event, Transition)
     requests = ctx.requests
     public = ctx.settings.metrics_public and local_listen(ctx.settings.listen)
     headers = Headers()

@@ -12,12 +12,12 @@ import msgspec
 
 from ... import methods as m
 from ...cluster.node import ClusterNode
+from ...supervisor.quotas import Tenancy
 from ...supervisor.tasks import TaskRecord
 from ...supervisor.tasks.admission import admit
-from ...supervisor.tenants import Tenancy
 from ...taskviews import TaskInfo, TaskResult
 from ..caller import Channel
-from ..follow import Latest
+from ..flowcontrol import Latest
 from .front import Page, Sees, accepted, listing_window
 from .local import LocalFront
 

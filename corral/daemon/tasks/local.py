@@ -32,7 +32,7 @@ from ...taskviews import TaskInfo, TaskResult
 from ...text import plural
 from ...timeouts import within
 from ..caller import Channel
-from ..follow import Latest
+from ..flowcontrol import Latest
 from ..taskjournal import TaskJournalDB, TaskJournalError
 from .front import Page, Sees, accepted, listing_window
 

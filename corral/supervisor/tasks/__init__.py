@@ -22,7 +22,7 @@ from ...taskviews import Attempt, ModelUsage, TaskError, TaskInfo, TaskResult, T
 from .admission import MAX_INPUT_BYTES
 from .budget import Budget, Budgets
 from .counters import LATENCY_WINDOW, AgentTasks
-from .dispatch import CANCEL_GRACE, Dispatcher
+from .dispatch import CANCEL_GRACE, TaskDispatch
 from .durable import TaskJournal, unknown_cursor
 from .ids import is_task_id, new_id
 from .manager import TaskManager
@@ -54,13 +54,13 @@ __all__ = [
     "AttemptEnded",
     "Budget",
     "Budgets",
-    "Dispatcher",
     "LocalQueue",
     "ModelUsage",
     "Output",
     "Queue",
     "Retention",
     "Task",
+    "TaskDispatch",
     "TaskError",
     "TaskFinished",
     "TaskInfo",

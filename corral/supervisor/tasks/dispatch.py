@@ -54,7 +54,7 @@ class Outcomes(Protocol):
         """The task's one outcome (a second one is ignored)."""
 
 
-class Dispatcher:
+class TaskDispatch:
     def __init__(self, sup: TaskHost, queue: Queue, by_agent: Mapping[str, AgentTasks],
                  outcomes: Outcomes, budgets: Budgets | None = None) -> None:
         self.sup = sup

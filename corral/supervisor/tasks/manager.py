@@ -11,7 +11,7 @@ daemon's is SQLite) about every accepted task and every change, and a journal gi
 unfinished tasks back (`restore`) after a crash. Memory stays flat in the number of
 finished tasks (retention.py).
 
-The TaskManager composes the parts: admission (admission.py), the Queue, the Dispatcher,
+The TaskManager composes the parts: admission (admission.py), the Queue, the TaskDispatch,
 Retention and the workers' methods (worker.py); what happens at a task's end is here.
 """
 
@@ -35,12 +35,12 @@ from ...workerproto import (
     ToolsListParams,
     UsageReportParams,
 )
-from ..tenants import QuotasChanged
+from ..quotas import QuotasChanged
 from ..workercalls import on_notification, on_request
 from .admission import admit, check_takes_tasks, queue_full, refusal
 from .budget import BUDGET_PREFIX, Budgets, no_group
 from .counters import AgentTasks, totals
-from .dispatch import Dispatcher
+from .dispatch import TaskDispatch
 from .durable import TaskJournal, unknown_cursor
 from .model import LOST_IN_RESTART, TERMINAL, Task, TaskFinished, TaskRecord, TaskStatus
 from .payload import Output, acyclic, encode_input
@@ -49,8 +49,8 @@ from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
 from .worker import ToolRouter, WorkerMethods, report_progress
 
 if TYPE_CHECKING:
+    from ..quotas import Tenancy
     from ..replica import Replica
-    from ..tenants import Tenancy
     from .host import AgentLike, TaskHost
 
 
@@ -77,7 +77,7 @@ class TaskManager:
         self.by_agent: dict[str, AgentTasks] = {}
         self.queue: Queue = queue if queue is not None else LocalQueue()
         self.budgets = Budgets(self._kept, self._reopen, self.queue.depth, _note_first)
-        self.dispatch = Dispatcher(sup, self.queue, self.by_agent, self, self.budgets)
+        self.dispatch = TaskDispatch(sup, self.queue, self.by_agent, self, self.budgets)
         self.stream = sup.stream  # TaskFinished, TaskProgress, AttemptEnded go on it
         if tenancy is not None:
             self.stream.subscribe(self._quotas_changed, QuotasChanged)

@@ -37,16 +37,16 @@ from ..percentile import percentile_ms
 from ..ratelimit import TokenBucket
 from ..supervisor.config import GatewaySettings
 from ..supervisor.lifecycle import serving_changed
+from ..supervisor.quotas import visible_allow
 from ..supervisor.runas import tenant_of
 from ..supervisor.stream import Stream, Subscription
-from ..supervisor.tenants import visible_allow
 from ..text import plural
 from .api import Audit
 from .caller import Caller
 
 if TYPE_CHECKING:
     from ..supervisor.agents import Agents
-    from ..supervisor.process_replica import Event, Exited, ProcessReplica
+    from ..supervisor.process_replica import Exited, ProcessReplica, Transition
     from ..supervisor.tools import Tools
 
 
@@ -490,7 +490,7 @@ class GatewayService:
     def unwatch(self, sub: Subscription) -> None:
         self.stream.unsubscribe(sub)
 
-    def on_transition(self, event: Event) -> None:
+    def on_transition(self, event: Transition) -> None:
         """An MCP server instance started serving or stopped: what the pool offers may
         have changed."""
         if event.kind == "mcp" and serving_changed(event.previous, event.state):

@@ -71,7 +71,7 @@ def groups_of(specs: Mapping[str, TenantSpec], report: Report) -> dict[int, str]
     return out
 
 
-class TenantDesk:
+class TenantRegistry:
     def __init__(self, parts: Parts, store: StateStore, config_path: Path,
                  report: Report) -> None:
         self.quotas = parts.quotas

@@ -42,7 +42,7 @@ Progress = Callable[[dict[str, Any]], None]
 _progress = msgspec.json.Decoder(dict[str, Any])
 
 
-class ClusterDesk:
+class ClusterTasks:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, settings: ClusterSettings,
                  membership: Membership, host: TaskHost,
                  report: Callable[[str], None], trust: Trust) -> None:

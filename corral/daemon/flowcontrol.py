@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from ..supervisor.follow import Follower
+from ..supervisor.followers import Follower
 
 if TYPE_CHECKING:
     from .caller import Channel

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from .. import methods as m
 from ..supervisor.health import HealthChange
-from ..supervisor.process_replica import Event
+from ..supervisor.process_replica import Transition
 from ..supervisor.stream import Roster
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class FleetWatch:
         (a watcher starts from a snapshot)."""
         if not self._subs:
             stream = self.stream
-            self._subs = [stream.subscribe(self._on_transition, Event),
+            self._subs = [stream.subscribe(self._on_transition, Transition),
                           stream.subscribe(self._on_roster, Roster),
                           stream.subscribe(self._on_health, HealthChange)]
 
@@ -98,7 +98,7 @@ class FleetWatch:
         return self.items[0].seq if self.items else self.last + 1
 
     # -- what the stream tells ------------------------------------------------------------
-    def _on_transition(self, e: Event) -> None:
+    def _on_transition(self, e: Transition) -> None:
         if e.kind != "agent":
             return
         agent = self.agents.get(e.name)

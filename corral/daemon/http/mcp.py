@@ -43,18 +43,18 @@ from urllib.parse import urlsplit
 import msgspec
 from aiohttp import web
 
-from .. import jsonrpc
-from ..jsonrpc import Envelope, ErrorResponse, Response, RpcError
-from ..mcp import sse
-from ..mcp.client import SUPPORTED
-from ..mcp.gateway import GatewaySession, Progress
-from ..supervisor.config import ConfigError
-from ..supervisor.stream import Subscription
-from .addresses import loopback
+from ... import jsonrpc
+from ...jsonrpc import Envelope, ErrorResponse, Response, RpcError
+from ...mcp import sse
+from ...mcp.client import SUPPORTED
+from ...mcp.server import GatewaySession, Progress
+from ...supervisor.config import ConfigError
+from ...supervisor.stream import Subscription
+from ..addresses import loopback
 
 if TYPE_CHECKING:
-    from ..supervisor.config import GatewaySettings
-    from .gateway import GatewayService, Identity
+    from ...supervisor.config import GatewaySettings
+    from ..gatewayaccess import GatewayService, Identity
 
 log = logging.getLogger("corral.gateway.http")
 

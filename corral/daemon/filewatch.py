@@ -28,7 +28,7 @@ import msgspec
 
 from ..jsonrpc import RpcError
 from ..supervisor.agents import Agents
-from ..supervisor.process_replica import Event
+from ..supervisor.process_replica import Transition
 from ..text import listing
 from .fleet import Fleet
 from .packages.service import Packages
@@ -46,7 +46,7 @@ class Key(msgspec.Struct, frozen=True):
     package: bool  # the directory is a package's source: deploy it again
 
 
-class Watches:
+class FileWatches:
     def __init__(self, agents: Agents, fleet: Fleet, packages: Packages,
                  report: Report) -> None:
         self.agents = agents
@@ -57,7 +57,7 @@ class Watches:
         self.restarts = 0
         self.closed = False
 
-    def on_transition(self, event: Event) -> None:
+    def on_transition(self, event: Transition) -> None:
         if event.kind == "agent":
             self.sync(event.name)
 
