@@ -45,6 +45,10 @@ from .taskviews import (
 from .taskviews import (
     Usage as Usage,
 )
+from .views import NodeInfo as NodeInfo
+from .views import ReplicaStatus as ReplicaStatus
+from .views import Revision as Revision
+from .views import TenantUse as TenantUse
 
 # what a caller may do (DESIGN section 7); "admin" holds every other
 SCOPES = frozenset({"agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read",
@@ -185,26 +189,6 @@ class ReloadResult(msgspec.Struct):
     gateway: list[str] = []
 
 
-class ReplicaStatus(msgspec.Struct):
-    """One replica in `corral status --json` (supervisor.replica.ReplicaStatus's twin)."""
-
-    name: str
-    replica: int
-    state: str
-    pid: int | None
-    uptime: float | None
-    restarts: int
-    last_exit: str | None
-    reason: str
-    cpu_percent: float
-    rss_bytes: int
-    open_fds: int
-    tasks_running: int
-    # an agent with [health]: whether the replica takes new tasks, and why not
-    ready: bool | None = None
-    health: str | None = None
-    # a plain program's last STATUS= on its $NOTIFY_SOCKET (plain.py)
-    status_text: str | None = None
 
 
 class McpInstanceStatus(Result):
@@ -341,17 +325,6 @@ class DescribeResult(Result):
     replicas: list[ReplicaBrief]
 
 
-class Revision(msgspec.Struct):
-    """One spec revision (daemon.revisions.Revision's twin)."""
-
-    agent: str
-    revision: int
-    time: float
-    who: str
-    change: str
-    spec: dict[str, Any]  # the [agents.NAME] table, as the config would write it
-    release: str | None = None  # an agent package's release (its name), if it runs one
-    version: str | None = None  # and the package's version
 
 
 class ScalingDecision(msgspec.Struct):
@@ -909,26 +882,6 @@ class EventsFollow(Params):
 
 
 # -- the cluster (docs/cluster.md) ----------------------------------------------------------
-class NodeInfo(msgspec.Struct):
-    """One node of the cluster as `corral nodes` shows it (cluster.membership.NodeView's
-    twin)."""
-
-    node: str
-    alive: bool  # its liveness key exists (it beat within node_ttl)
-    incarnation: int  # a new one each time it joins (after a restart or a fence)
-    load: int  # tasks running and waiting on it, at its last beat
-    agents: list[str]
-    last_beat: float  # wall time
-    capacity: int = 0  # task slots of its serving replicas, at its last beat
-    room: int = 0  # replicas it may still start (max_replicas less those it has)
-    placed: list[str] = []  # which of its agents are the cluster's (placement = cluster)
-    draining: bool = False  # `corral drain`: it takes nothing new
-    pid: int = 0  # its daemon's, at its last beat
-    host: str = ""  # its daemon's host name
-    # its cluster key's fingerprint: "" when it has no [cluster] key_file (a writer of the
-    # cluster's Redis runs commands on it); nodes whose fingerprints differ refuse each
-    # other's records
-    key: str = ""
 
 
 class NodesResult(Result):
@@ -1352,15 +1305,6 @@ class PackagesReleases(Params):
 
 
 # -- tenants (issue 23, docs/tenants.md) ---------------------------------------------------
-class TenantUse(msgspec.Struct):
-    """What a tenant's agents use now (supervisor.tenants.TenantUse's twin)."""
-
-    agents: int
-    replicas: int
-    queued: int
-    running: int
-    tokens_last_minute: float = 0.0
-    oom_kills: int = 0  # in its cgroup (where it has one), since the daemon started
 
 
 class TenantEntry(Result):

@@ -125,3 +125,19 @@ def test_the_engine_core_is_small_and_no_function_is_long() -> None:
         *(CORRAL / "daemon" / f"{m}.py" for m in (
             "commands", "services", "fleet", "gatewayaccess", "tenantregistry", "fleetwatch"))]
     assert [f for p in touched for f in _long_functions(p, 100)] == []
+
+
+def test_no_handler_or_task_front_asks_whether_this_daemon_is_a_node() -> None:
+    """The cluster is a seam (daemon/clusterpeer.py, decision 251): no `cluster is
+    None`, `cluster is not None` or `if ...cluster:` in the handlers or the task fronts."""
+    files = [CORRAL / "daemon" / "commands.py", *(CORRAL / "daemon" / "tasks").glob("*.py"),
+             CORRAL / "daemon" / "http" / "metrics.py"]
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and any(
+                    isinstance(op, ast.Is | ast.IsNot) for op in node.ops) and any(
+                    isinstance(o, ast.Attribute) and o.attr == "cluster"
+                    for o in (node.left, *node.comparators)):
+                found.append(f"{path.name}:{node.lineno}")
+    assert found == []

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from ..supervisor.config import ClusterSettings
 from ..supervisor.stream import Stream
 from ..timeouts import within
+from ..views import NodeInfo
 from .connection import read, why
 from .keys import Keys, consumer
 from .scripts import Scripts
@@ -67,22 +68,8 @@ def holder_text(b: Beat, cluster: str) -> str:
             "[cluster] node (give this one another name, or stop that one)")
 
 
-class NodeView(msgspec.Struct):
-    """One line of `corral nodes`."""
-
-    node: str
-    alive: bool
-    incarnation: int
-    load: int
-    agents: list[str]
-    last_beat: float
-    capacity: int = 0
-    room: int = 0
-    placed: list[str] = []
-    draining: bool = False
-    pid: int = 0
-    host: str = ""
-    key: str = ""  # its cluster key's fingerprint ("": none)
+class NodeView(NodeInfo):
+    """One line of `corral nodes`, and its consumer name in the cluster's groups."""
 
     @property
     def consumer(self) -> str:

@@ -317,6 +317,20 @@ class ClusterNode:
             return await self.specs.add(
                 {n: {**t, "placement": "cluster"} for n, t in tables.items()}, who)
 
+    # -- what the command layer asks of the cluster (daemon/clusterpeer.py) ------------
+    @property
+    def slots(self) -> dict[str, list[str | None]]:
+        return self.placement.slots
+
+    def views(self) -> list[NodeView]:
+        return list(self.desk.view)
+
+    def joined(self, why: str = "") -> ClusterNode:
+        return self
+
+    async def node_for(self, name: str) -> ClusterNode | None:
+        return self if await self.runs_cluster_agent(name) else None
+
     async def remove_agents(self, names: list[str]) -> list[str]:
         """Those of `names` that are cluster agents, removed from the cluster."""
         with self._said("nothing was removed"):

@@ -31,7 +31,6 @@ from .store import row_limit
 from .tokens import Token, tokens_of
 
 if TYPE_CHECKING:
-    from ..cluster.node import ClusterNode
     from ..supervisor.core import Agent
     from ..supervisor.replica import Replica
     from .gatewayaccess import GatewayChanged
@@ -150,8 +149,7 @@ def owner_of(d: Services, kind: str, name: str) -> str | None:
 @implements("agents.status")
 async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Channel
                         ) -> m.AgentsStatusResult:
-    node = d.cluster
-    placed = node.placement.slots if node is not None else {}
+    placed = d.cluster.slots
     # a cluster agent with no slot on this node is named all the same: its slots are
     # elsewhere
     agents = ([d.agents.agent(n) for n in p.names if n in d.agents or n not in placed]
@@ -301,7 +299,7 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
     fields = redact.table(msgspec.structs.asdict(spec))
     fields["env"] = sorted(spec.env)
     fields["limits"] = msgspec.structs.asdict(spec.limits)
-    node = d.cluster if spec.placement == "cluster" else None
+    node = d.cluster.joined() if spec.placement == "cluster" else None
     return m.DescribeResult(
         name=agent.name,
         # a cluster agent's replicas here run the cluster's table, of the cluster's
@@ -326,10 +324,7 @@ async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel) ->
 
 async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]:
     """Checked here as a local agent would be; kept in Redis, placed by the nodes."""
-    node = d.cluster
-    if node is None:
-        raise RpcError(jsonrpc.CONFLICT, "this daemon is not a node of a cluster (its "
-                                         "config has no [cluster] table): --cluster needs one")
+    node = d.cluster.joined("--cluster needs one")
     local = sorted(n for n, t in p.agents.items()
                    if isinstance(t, dict) and t.get("placement", "cluster") != "cluster")
     if local:
@@ -360,20 +355,11 @@ async def add_cluster_agents(d: Services, p: m.AgentsAdd, who: str) -> list[str]
     return await node.add_agents(p.agents, who)
 
 
-async def _cluster_agent(d: Services, name: str) -> ClusterNode | None:
-    """This node, when `name` is the cluster's agent (not one of this node's own)."""
-    node = d.cluster
-    return node if node is not None and await node.runs_cluster_agent(name) else None
-
-
 @implements("agents.remove")
 async def agents_remove(d: Services, p: m.AgentsRemove, caller: Caller, c: Channel
                         ) -> m.Removed:
-    node = d.cluster
-    if node is None:
-        return m.Removed(removed=await d.fleet.remove(p.names))
     # cluster agents go from Redis (each node stops its replicas at its next beat)
-    gone = await node.remove_agents(p.names)
+    gone = await d.cluster.remove_agents(p.names)
     rest = [n for n in p.names if n not in gone]
     return m.Removed(removed=[*gone, *(await d.fleet.remove(rest) if rest else [])])
 
@@ -381,7 +367,7 @@ async def agents_remove(d: Services, p: m.AgentsRemove, caller: Caller, c: Chann
 @implements("agents.scale")
 async def agents_scale(d: Services, p: m.AgentsScale, caller: Caller, c: Channel
                        ) -> m.Scaled:
-    node = await _cluster_agent(d, p.name)
+    node = await d.cluster.node_for(p.name)
     if node is not None:  # the cluster's table in Redis; every node brings its slots to it
         await node.scale_agent(p.name, p.replicas, caller.who)
     else:
@@ -392,7 +378,7 @@ async def agents_scale(d: Services, p: m.AgentsScale, caller: Caller, c: Channel
 @implements("agents.history")
 async def agents_history(d: Services, p: m.AgentsHistory,
                          caller: Caller, c: Channel) -> m.HistoryResult:
-    node = await _cluster_agent(d, p.name)
+    node = await d.cluster.node_for(p.name)
     if node is not None:  # the cluster's revisions, the same on every node
         kept = [m.Revision(agent=p.name, revision=e.revision, time=e.time, who=e.who,
                            change=e.change, spec=redact.table(e.spec))
@@ -428,7 +414,7 @@ async def agents_rollback(d: Services, p: m.AgentsRollback, caller: Caller, c: C
                           ) -> m.RollbackResult:
     if p.release is not None and p.revision is not None:
         raise RpcError(jsonrpc.INVALID_PARAMS, "name a revision or a release, not both")
-    node = await _cluster_agent(d, p.name)
+    node = await d.cluster.node_for(p.name)
     if node is not None:
         if caller.tenant is not None:  # (one it sees is placed here: refused by placement)
             d.fleet.held_to(d.agents.agent(p.name).spec, caller.who, caller.tenant)
@@ -570,7 +556,7 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
         events=d.bus.stats(),
         heartbeat=msgspec.structs.asdict(d.heartbeat),
         gateway=_wire(d.gateway_status()),
-        cluster=d.cluster.status() if d.cluster is not None else msgspec.UNSET,
+        cluster=_or_unset(d.cluster.status()),
     )
 
 
@@ -612,20 +598,14 @@ async def tasks_cancel(d: Services, p: m.TasksCancel, caller: Caller, c: Channel
 @implements("nodes.list")
 async def nodes_list(d: Services, p: m.NodesList, caller: Caller, c: Channel
                      ) -> dict[str, Any]:
-    if d.cluster is None:
-        raise RpcError(jsonrpc.CONFLICT, "this daemon is not a node of a cluster (its "
-                                         "config has no [cluster] table)")
-    return {"nodes": await d.cluster.nodes(),
-            "warnings": d.cluster.redis_warnings}
+    node = d.cluster.joined()
+    return {"nodes": await node.nodes(), "warnings": node.redis_warnings}
 
 
 @implements("nodes.drain")
 async def nodes_drain(d: Services, p: m.NodesDrain, caller: Caller, c: Channel
                       ) -> m.DrainResult:
-    if d.cluster is None:
-        raise RpcError(jsonrpc.CONFLICT, "this daemon is not a node of a cluster (its "
-                                         "config has no [cluster] table)")
-    view = await d.cluster.drain(p.node)
+    view = await d.cluster.joined().drain(p.node)
     return m.DrainResult(node=view.node, incarnation=view.incarnation)
 
 
@@ -944,3 +924,7 @@ async def tenants_set(d: Services, p: m.TenantsSet, caller: Caller, c: Channel
 async def tenants_remove(d: Services, p: m.TenantsRemove, caller: Caller, c: Channel
                          ) -> m.Removed:
     return m.Removed(removed=await d.tenants.remove(p.names))
+
+
+def _or_unset(value: Any) -> Any:
+    return msgspec.UNSET if value is None else value

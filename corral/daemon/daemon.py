@@ -53,6 +53,7 @@ from . import journald
 from .api import Dispatcher
 from .background import Background
 from .caller import Caller
+from .clusterpeer import NotANode
 from .commands import HANDLERS, fleet_line, owner_of
 from .control import AlreadyRunning, ControlServer
 from .drain import Drain
@@ -815,7 +816,8 @@ def _engine_parts(parts: Parts, cluster: ClusterNode | None) -> dict[str, Any]:
             "elastic": parts.elastic, "bus": parts.bus, "task_engine": parts.tasks,
             "budgets": parts.tasks.budgets, "containment": parts.containment,
             "health": parts.health, "stream": parts.stream, "heartbeat": parts.heartbeat,
-            "runtime_stats": parts.runtime_stats, "cluster": cluster}
+            "runtime_stats": parts.runtime_stats,
+            "cluster": cluster if cluster is not None else NotANode()}
 
 
 def _dashboard_sessions() -> Any:

@@ -22,6 +22,7 @@ import msgspec
 
 from ..redact import NAMED_ONLY
 from ..supervisor.config import AgentSpec
+from ..views import Revision as Revision
 
 # appended to storeschema.MIGRATIONS (one entry: see its rule)
 MIGRATION = """
@@ -43,15 +44,6 @@ CREATE TABLE scaled (
 """
 
 
-class Revision(msgspec.Struct):
-    agent: str
-    revision: int
-    time: float
-    who: str  # "config file", "uid 0 pid 123: agents.add", "signal SIGHUP", ...
-    change: str  # in words: "created", "replicas 2 -> 3, env changed"
-    spec: dict[str, Any]  # the [agents.NAME] table, as the config would write it
-    release: str | None = None  # an agent package's release (its name), from the spec
-    version: str | None = None
 
 
 def revision(agent: str, number: int, when: float, who: str, change: str,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ..methods import DaemonUpgrade, Drained, ExtraStatus, ReloadResult, UpgradeReport
 from ..supervisor.agents import Agents
@@ -22,6 +22,7 @@ from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.budget import Budgets
 from ..supervisor.tools import Tools
 from .caller import Caller
+from .clusterpeer import ClusterPeer
 from .filewatch import FileWatches
 from .fleet import Fleet
 from .fleetwatch import FleetWatch
@@ -34,9 +35,6 @@ from .store import StateStore
 from .taskjournal import TaskJournalDB
 from .tasks import TaskFront
 from .tenantregistry import TenantRegistry
-
-if TYPE_CHECKING:
-    from ..cluster.node import ClusterNode
 
 
 class Logins(Protocol):
@@ -64,7 +62,7 @@ class Services:
     stream: Stream  # every event, to subscribers that cannot break it
     heartbeat: HeartbeatWork
     runtime_stats: Callable[[], Stats]
-    cluster: ClusterNode | None  # with [cluster]: this node
+    cluster: ClusterPeer  # this node with [cluster], else NotANode: never branched on
     # the daemon's services
     hub: LogHub
     store: StateStore

@@ -18,11 +18,10 @@ from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, NamedTuple
 
-import msgspec
-
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..ratelimit import TokenBucket
+from ..views import TenantUse as TenantUse
 from .config import DEFAULT_TENANT, MIB, TenantSpec
 from .stream import Stream
 from .tasks.admission import retry_after
@@ -37,15 +36,6 @@ NO_QUOTAS = TenantSpec()
 CPU_ROUNDS = 3  # heartbeat rounds a tenant is over max_cpu_percent before a restart
 
 
-class TenantUse(msgspec.Struct, kw_only=True):
-    """What a tenant uses now, beside its quotas."""
-
-    agents: int
-    replicas: int
-    queued: int
-    running: int
-    tokens_last_minute: float = 0.0
-    oom_kills: int = 0  # in its cgroup (tenantcgroups.py), since the daemon started
 
 
 class QuotasChanged(NamedTuple):

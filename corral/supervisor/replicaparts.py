@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ..jsonrpc import LineBlock, Peer
+from ..views import ReplicaStatus as ReplicaStatus
 from .config import ProcessSpec, TenantSpec
 from .containment import Containment, ProcStat
 from .lifecycle import Cause, Machine, State
@@ -42,24 +43,6 @@ class Sample(msgspec.Struct):
     cpu_seconds: float = 0.0
 
 
-class ReplicaStatus(msgspec.Struct):
-    name: str
-    replica: int
-    state: State
-    pid: int | None
-    uptime: float | None
-    restarts: int
-    last_exit: str | None
-    reason: str
-    cpu_percent: float
-    rss_bytes: int
-    open_fds: int
-    tasks_running: int
-    # an agent with [health]: whether the replica takes new tasks, and why not (health.py)
-    ready: bool | None = None
-    health: str | None = None
-    # a plain program's last STATUS= on its $NOTIFY_SOCKET (plain.py)
-    status_text: str | None = None
 
 
 class PartsHost(Protocol):

@@ -231,10 +231,8 @@ def take(services: Services, requests: dict[tuple[str, str], int]) -> Snapshot:
         if agent.spec.health is not None:
             out.ready[name] = (sum(1 for r in agent.replicas if r.serving and r.health_ready),
                                agent.spec.tenant)
-    node = services.cluster
-    if node is not None:
-        out.cluster = node.status()
-        out.nodes = list(node.desk.view)
+    out.cluster = services.cluster.status()
+    out.nodes = services.cluster.views()
     for reporter, used in s.budgets.usage.items():
         for model, u in used.models.items():
             out.usage.append((reporter, model, u.input_tokens, u.output_tokens,

@@ -1,0 +1,74 @@
+"""What the command layer asks of the cluster, and what a daemon with no [cluster] answers
+instead: handlers never ask whether this daemon is a node (decision 251).
+
+`ClusterNode` (corral.cluster.node) is the one implementation on a node; `NotANode` is the
+daemon's without a [cluster] table: nothing placed, no cluster agent, and a refusal that
+says so where only a node can answer (the nodes, a drain, adding a cluster agent)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+
+if TYPE_CHECKING:
+    from ..cluster.membership import NodeView
+    from ..cluster.node import ClusterNode
+
+NOT_A_NODE = "this daemon is not a node of a cluster (its config has no [cluster] table)"
+
+
+class ClusterPeer(Protocol):
+    redis_warnings: list[str]
+
+    @property
+    def slots(self) -> Mapping[str, list[str | None]]:
+        """The cluster agents' slots, by agent: `node/incarnation`, or "" unplaced."""
+        ...
+
+    def status(self) -> dict[str, Any] | None:
+        """This node's view of itself (stats), None: not a node."""
+        ...
+
+    def views(self) -> list[NodeView]:
+        """The nodes as this one last saw them (/metrics)."""
+        ...
+
+    def joined(self, why: str = "") -> ClusterNode:
+        """This daemon's node, for what only a node does; refused (`why` said) if none."""
+        ...
+
+    async def node_for(self, name: str) -> ClusterNode | None:
+        """This node, when `name` is the cluster's agent (not one of this node's own)."""
+        ...
+
+    async def remove_agents(self, names: list[str]) -> list[str]:
+        """The cluster agents among `names`, removed from the cluster."""
+        ...
+
+
+class NotANode:
+    """The cluster of a daemon with no [cluster] table."""
+
+    redis_warnings: list[str] = []
+
+    @property
+    def slots(self) -> Mapping[str, list[str | None]]:
+        return {}
+
+    def status(self) -> dict[str, Any] | None:
+        return None
+
+    def views(self) -> list[NodeView]:
+        return []
+
+    def joined(self, why: str = "") -> ClusterNode:
+        raise RpcError(jsonrpc.CONFLICT, NOT_A_NODE + (f": {why}" if why else ""))
+
+    async def node_for(self, name: str) -> ClusterNode | None:
+        return None
+
+    async def remove_agents(self, names: list[str]) -> list[str]:
+        return []
