@@ -33,6 +33,7 @@ from .store import StateStore
 from .taskjournal import TaskJournalDB
 from .tasks import TaskFront
 from .tenants import TenantDesk
+from .traces import Traces
 from .watch import FleetWatch
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class Services:
     # corral upgrade: checks the new install and hands over (daemon/upgrade.py)
     upgrade: Callable[[DaemonUpgrade], Awaitable[UpgradeReport]]
     ui: Logins | None = None  # the dashboard's logins, where [http] serves it
+    traces: Traces | None = None  # with [tracing]: the exporter and the local store
 
     def gateway_status(self) -> dict[str, Any]:
         return {**self.gateway.stats(),
