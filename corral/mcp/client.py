@@ -167,7 +167,7 @@ class McpClient:
         caller keeps the deadline)."""
         assert self.peer is not None
         span = CURRENT.get()
-        if span is not None and span.request_id is None:
+        if span is not None and method == "tools/call":
             # the id this request is about to be sent with (the peer numbers them in order,
             # and nothing is awaited before it is sent): the span's jsonrpc.request.id
             span.request_id = getattr(self.peer, "_next_id", -1) + 1
