@@ -807,6 +807,10 @@ class TaskParams(Params):
     priority: int = 0
     # with [cluster]: run it on this node, not on whichever node has room
     local: bool = False
+    # W3C trace context of the caller: the task's trace is a child of it (with
+    # [tracing]; docs/tracing.md)
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 MAX_WAIT = 3600.0  # seconds a tasks.submit may hold its answer for the outcome
@@ -856,6 +860,36 @@ class TasksList(Params):
 @method("tasks.cancel", result=TaskInfo, scope="tasks:run", mutating=True)
 class TasksCancel(Params):
     """Cancel a queued or running task."""
+
+    task_id: str
+
+
+class SpanView(Result):
+    """One span of a task's trace, as the local store keeps it (times in seconds since
+    the epoch; kind "internal", "server" or "client")."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    name: str
+    kind: str
+    start: float
+    end: float
+    error: str | None = None
+    attributes: dict[str, Any] = {}
+    events: list[Any] = []  # [time, name, attributes]
+
+
+class TraceView(Result):
+    task_id: str
+    trace_id: str | None  # None: no span of the task is kept
+    spans: list[SpanView] = []
+
+
+@method("traces.get", result=TraceView, scope="tasks:read")
+class TracesGet(Params):
+    """A task's trace from the daemon's local store: the task, its queue waits, its
+    attempts and their tool calls (with [tracing]; docs/tracing.md)."""
 
     task_id: str
 

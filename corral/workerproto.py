@@ -44,6 +44,9 @@ class TaskRunParams(Params):
     input: Any
     attempt: int = 1  # an older corral does not send it
     deadline: float | None = None
+    # W3C trace context of the attempt (`traceparent`, `tracestate`), when corral traces
+    # the task: the worker's spans and its tool calls are its children (docs/tracing.md)
+    meta: dict[str, Any] | None = msgspec.field(default=None, name="_meta")
 
 
 class TaskCancelParams(Params):
@@ -83,6 +86,8 @@ class ToolsCallParams(Params):
     name: str
     arguments: dict[str, Any] | None = None
     task_id: str | None = None  # the task the call is for: counted against its budget
+    # the worker's trace context for the call (the SDK sends the attempt's back)
+    meta: dict[str, Any] | None = msgspec.field(default=None, name="_meta")
 
 
 class ResourcesListParams(Params):

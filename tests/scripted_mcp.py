@@ -313,6 +313,9 @@ for line in itertools.chain(held, sys.stdin):
         else:
             reply(rid, {"tools": tools})
     elif method == "tools/call":
+        if os.environ.get("SCRIPTED_RECORD"):  # what each call's _meta was (test_tracing)
+            with open(os.environ["SCRIPTED_RECORD"], "a") as f:
+                f.write(json.dumps({"id": rid, "meta": params.get("_meta")}) + "\n")
         threading.Thread(target=call, args=(rid, params), daemon=True).start()
     elif rid is not None:
         error(rid, -32601, "Method not found")

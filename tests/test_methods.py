@@ -208,6 +208,8 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         # needs [cluster] and Redis: held to NodesResult in tests/cluster/
         done.add("nodes.list")
         done.add("nodes.drain")
+        # needs [tracing]: its answer is held to TraceView in tests/test_tracing.py
+        done.add("traces.get")
         slow = ask("tasks.submit", {"agent": "slow", "input": {"do": "sleep", "seconds": 30}})
         assert ask("tasks.cancel", {"task_id": slow.task_id}).status == "cancelled"
         ask("daemon.shutdown")

@@ -318,7 +318,7 @@ async def test_bad_cwd_is_a_spawn_failure(sup: Supervisor) -> None:
 
 async def test_a_switch_to_a_new_release_tells_of_the_new_processes_in_their_places(
         sup: Supervisor) -> None:
-    """Whoever keeps an agent's places from `Roster` (daemon.watch) learns that the new
+    """Whoever keeps an agent's places from `Roster` (daemon.fleetwatch) learns that the new
     processes hold them, as after a rollout's swap; else the old ones' stops, which come
     after, would read as the agent's places going down."""
     rosters: list[list[int]] = []

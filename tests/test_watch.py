@@ -1,4 +1,4 @@
-"""agents.watch and stats.watch (daemon/watch.py): the fleet's snapshot, then each replica
+"""agents.watch and stats.watch (daemon/fleetwatch.py): the fleet's snapshot, then each replica
 state change, in order, on the control socket and as Server-Sent Events; resumed by
 Last-Event-ID, limited to a token's agents, bounded for a client that does not read."""
 

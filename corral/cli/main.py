@@ -27,6 +27,7 @@ from . import (  # noqa: F401  (imported for the commands they register)
     tokens,
     tools,
     top,
+    trace,
     upgrading,
 )
 from .app import cli

@@ -85,11 +85,16 @@ def _wait_again(obj: Ctx, task_id: str, reconnect: float) -> m.TaskInfo:
 @click.option("--detach", is_flag=True, help="Print the task id and return at once.")
 @click.option("--local", is_flag=True,
               help="With [cluster]: run it on this node, not on whichever node has room.")
+@click.option("--traceparent", envvar="TRACEPARENT", default=None, metavar="W3C",
+              help="The caller's W3C trace context (00-TRACE-SPAN-FLAGS; default "
+                   "$TRACEPARENT): the task's trace is its child (with [tracing]).")
+@click.option("--tracestate", envvar="TRACESTATE", default=None, hidden=True)
 @reconnect_option
 @json_option
 @pass_ctx
 def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority: int,
-             detach: bool, local: bool, reconnect: float, as_json: bool) -> None:
+             detach: bool, local: bool, traceparent: str | None, tracestate: str | None,
+             reconnect: float, as_json: bool) -> None:
     task_input = _read_input(input_)
     accepted: list[str] = []
 
@@ -103,11 +108,12 @@ def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority:
 
     if detach:  # answered at once, with the id of the task that runs on
         got: m.TaskAccepted = obj.call("tasks.submit", m.TasksSubmit(
-            agent=agent, input=task_input, timeout=timeout, priority=priority, local=local))
+            agent=agent, input=task_input, timeout=timeout, priority=priority, local=local,
+            traceparent=traceparent, tracestate=tracestate))
         click.echo(json.dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
         return
     params = m.TasksRun(agent=agent, input=task_input, timeout=timeout, priority=priority,
-                        local=local)
+                        local=local, traceparent=traceparent, tracestate=tracestate)
     res: m.TaskResult
     try:
         # the outcome comes when the task ends, however long it waits in the queue (a

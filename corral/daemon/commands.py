@@ -595,6 +595,15 @@ async def tasks_cancel(d: Services, p: m.TasksCancel, caller: Caller, c: Channel
     return await d.tasks.cancel(p.task_id)
 
 
+@implements("traces.get")
+async def traces_get(d: Services, p: m.TracesGet, caller: Caller, c: Channel
+                     ) -> m.TraceView:
+    if d.traces is None:
+        raise RpcError(jsonrpc.UNAVAILABLE, "tracing is off: add a [tracing] table to the "
+                                            "config (docs/tracing.md)")
+    return await d.traces.trace(p.task_id)
+
+
 @implements("nodes.list")
 async def nodes_list(d: Services, p: m.NodesList, caller: Caller, c: Channel
                      ) -> dict[str, Any]:
@@ -851,7 +860,7 @@ async def stats_history(d: Services, p: m.StatsHistory, caller: Caller, c: Chann
 # -- watching the fleet live (issue 21) ------------------------------------------------------
 @implements("agents.watch")
 async def agents_watch(d: Services, p: m.AgentsWatch, caller: Caller, c: Channel) -> None:
-    """Streams until the client goes away (daemon/watch.py)."""
+    """Streams until the client goes away (daemon/fleetwatch.py)."""
     await d.watch.serve(c, frozenset(p.names), p.interval, p.last_event_id)
 
 

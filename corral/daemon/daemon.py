@@ -77,6 +77,7 @@ from .tasks import LocalFront, TaskFront
 from .tenantdirs import TenantDirs
 from .tenantregistry import TenantRegistry, groups_of
 from .tokens import tokens_of
+from .traces import start as start_traces
 from .upgrade import Taken, Upgrades
 
 if TYPE_CHECKING:
@@ -312,6 +313,9 @@ class Daemon:
         except ConfigError as exc:
             raise StartupError(f"invalid config: {exc}") from None
         self._wire(parts, hub, gateway, sender)
+        traces = await start_traces(cfg.tracing, parts.tasks, paths.state_dir)
+        if traces is not None:
+            stack.push_async_callback(traces.close)  # after the agents stop: their spans
         events = sup.subscribe(maxsize=100_000)
 
         # the socket answers from here on: calls wait for the services (`Dispatcher.serve`)
@@ -415,7 +419,7 @@ class Daemon:
             upgrade=self.upgrades.ask,
             status_line=self.status_line, notices=self.notices, extras=extras.status,
             draining=lambda: self.drain.progress() if self.drain is not None else None,
-            ui=_dashboard_sessions() if cfg.http.listen else None)
+            ui=_dashboard_sessions() if cfg.http.listen else None, traces=traces)
         self.services = services
         if cfg.http.listen:
             await self._start_http_server(stack, cfg, services, dispatcher)

@@ -35,6 +35,7 @@ from .store import StateStore
 from .taskjournal import TaskJournalDB
 from .tasks import TaskFront
 from .tenantregistry import TenantRegistry
+from .traces import Traces
 
 
 class Logins(Protocol):
@@ -70,7 +71,7 @@ class Services:
     fleet: Fleet
     tasks: TaskFront  # local, or the cluster's: chosen once, at start-up
     gateway: GatewayService
-    # the HTTP gateway (http_gateway.HttpGateway): /mcp of [http], [gateway] listen; or None
+    # the HTTP gateway (http/mcp.py HttpGateway): /mcp of [http], [gateway] listen; or None
     http: Any
     journal: TaskJournalDB | None  # the task journal, or None: `task_journal = false`
     history: History  # the metrics history (its sampler starts once the services exist)
@@ -91,6 +92,7 @@ class Services:
     # corral upgrade: checks the new install and hands over (daemon/upgrade.py)
     upgrade: Callable[[DaemonUpgrade], Awaitable[UpgradeReport]]
     ui: Logins | None = None  # the dashboard's logins, where [http] serves it
+    traces: Traces | None = None  # with [tracing]: the exporter and the local store
 
     def gateway_status(self) -> dict[str, Any]:
         return {**self.gateway.stats(),

@@ -158,7 +158,7 @@ MIGRATIONS: list[Migration] = [
     """
     ALTER TABLE tasks ADD COLUMN usage BLOB;
     """,
-    # 9: tenants (daemon/tenants.py): those added or changed at runtime (`declared`: a
+    # 9: tenants (daemon/tenantregistry.py): those added or changed at runtime (`declared`: a
     # config tenant's table when it was changed, so that an edit of the file wins), the
     # tenant of a token, and the caller's tenant on audit rows
     """

@@ -8,7 +8,7 @@ A config tenant changed at runtime keeps the change across daemon restarts and r
 until the file itself changes that tenant (as a kept `corral scale` does): the table the
 file had is stored beside the change.
 
-The engine's `Tenancy` (supervisor/tenants.py) checks the quotas; this module gives it the
+The engine's `Tenancy` (supervisor/quotas.py) checks the quotas; this module gives it the
 specs, answers the listing and maps socket groups to tenants.
 """
 

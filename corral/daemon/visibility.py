@@ -355,6 +355,7 @@ AGENT_RULES: dict[str, AgentRule] = {
     "tasks.get": AgentRule(_nothing, filter=_task_filter),
     "tasks.list": AgentRule(_AGENT_PARAM, filter=_tasks_filter),
     "tasks.cancel": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),
+    "traces.get": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),
     "events.publish": AgentRule(_own_tenant),
     "events.follow": AgentRule(_own_tenant, channel=_seen({"events.event": _event_seen})),
     "tools.list": AgentRule(_both(_AGENT_PARAM, _server("server")),

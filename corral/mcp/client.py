@@ -43,6 +43,7 @@ import msgspec
 
 from .. import __version__, jsonrpc
 from ..jsonrpc import Peer, RpcError
+from ..tracecontext import CURRENT
 
 log = logging.getLogger("corral.mcp")
 
@@ -123,6 +124,8 @@ class McpClient:
         self.on_resource_updated: Callable[[str, dict[str, Any]], None] | None = None
         # told the negotiated protocol version (an HTTP transport sends it as a header)
         self.on_version: Callable[[str], None] | None = None
+        # OpenTelemetry's network.transport of a span of a call to it: "tcp" when remote
+        self.network = "pipe"
 
     def make_peer(self, send: Callable[[bytes], None], **kw: Any) -> Peer:
         self.peer = Peer(
@@ -145,9 +148,16 @@ class McpClient:
                 META_CLIENT: CLIENT_INFO}
 
     def _with_meta(self, params: dict[str, Any]) -> dict[str, Any]:
-        if self.stateless:
+        span = CURRENT.get()
+        if self.stateless or span is not None:
             meta = dict(params.get("_meta") or {})
-            meta.update(self._meta())
+            if self.stateless:
+                meta.update(self._meta())
+            if span is not None:
+                # the trace context of the call it is made for (a task's tool call): the
+                # keys the MCP revision 2026-07-28 reserves, understood by every revision's
+                # OpenTelemetry instrumentation (docs/tracing.md)
+                meta.update(span.meta)
             params = {**params, "_meta": meta}
         return params
 
@@ -156,6 +166,12 @@ class McpClient:
         """One request, with the revision's `_meta` where it needs one (`timeout` None: the
         caller keeps the deadline)."""
         assert self.peer is not None
+        span = CURRENT.get()
+        if span is not None and method == "tools/call":
+            # the id this request is about to be sent with (the peer numbers them in order,
+            # and nothing is awaited before it is sent): the span's jsonrpc.request.id
+            span.request_id = getattr(self.peer, "_next_id", -1) + 1
+            span.transport = self.network
         return await self.peer.request(method, self._with_meta(params or {}), timeout=timeout)
 
     # -- lifecycle ------------------------------------------------------------------------

@@ -168,7 +168,7 @@ class Agents(Mapping[str, Agent]):
 
     def check_tenants(self, want: dict[str, tuple[str, int]], what: str) -> None:
         """Refuse, before any work is done, to give agents (name -> (tenant, replicas))
-        more than their tenants' quotas allow (tenants.py); an unknown tenant too."""
+        more than their tenants' quotas allow (quotas.py); an unknown tenant too."""
         why = self.tenancy.refusal(want, what)
         if why is not None:
             code = jsonrpc.QUOTA_EXCEEDED if all(self.tenancy.known(t)

@@ -432,7 +432,7 @@ class PackagesSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 
 
 class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    """`[tenants.NAME]`: a tenant's quotas (0: none), checked at admission (tenants.py),
+    """`[tenants.NAME]`: a tenant's quotas (0: none), checked at admission (quotas.py),
     its socket group, and what its agents run under."""
 
     group: str | None = None  # socket peers in this Unix group are this tenant's callers
@@ -517,6 +517,29 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                               f"node_ttl ({self.node_ttl:g} s)")
 
 
+class TracingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[tracing]: every task an OpenTelemetry trace (docs/tracing.md); absent: no
+    tracing. The standard OTEL_* variables fill what the table leaves out."""
+
+    # OTLP/HTTP traces URL (e.g. http://localhost:4318/v1/traces); absent: the
+    # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces,
+    # else none (the local store only)
+    endpoint: str | None = None
+    headers: dict[str, str] = {}  # sent with each export (an API key's header)
+    # the share of new traces sampled; absent: OTEL_TRACES_SAMPLER(_ARG), else 1.0
+    sample: Annotated[float, Meta(ge=0, le=1)] | None = None
+    parent_based: bool | None = None  # a caller's sampled flag decides (default yes)
+    slow: Positive = 10.0  # seconds: a task this slow is kept whatever the sampling said
+    service_name: str | None = None  # default OTEL_SERVICE_NAME, else "corral"
+    buffer: PositiveInt = 65536  # spans waiting for the exporter; past it, dropped
+    batch: PositiveInt = 512  # spans a batch: the exporter wakes when one is ready
+    export_interval: Positive = 2.0  # seconds between exports of what is there
+    export_timeout: Positive = 5.0
+    # the local store (`corral trace`): spans kept at most keep_days, the newest keep_spans
+    keep_days: NonNeg = 7.0
+    keep_spans: NonNegInt = 200_000
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     supervisor: SupervisorSettings = msgspec.field(default_factory=SupervisorSettings)
     agents: dict[str, AgentSpec] = {}
@@ -526,6 +549,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     packages: PackagesSettings = msgspec.field(default_factory=PackagesSettings)
     tenants: dict[str, TenantSpec] = {}
     cluster: ClusterSettings | None = None
+    tracing: TracingSettings | None = None
 
 
 def default_cwd(tenant: TenantSpec | None, config_dir: str) -> str:

@@ -34,6 +34,7 @@ from .config import (
     ProcessSpec,
     SupervisorSettings,
     TenantSpec,
+    TracingSettings,
     default_cwd,
     gateway_socket,
     isolation,
@@ -288,6 +289,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         with errors():
             cluster = convert(data["cluster"], ClusterSettings, where=where, prefix="cluster")
             cluster.check(where)
+    tracing = None
+    if "tracing" in data:
+        with errors():
+            tracing = convert(data["tracing"], TracingSettings, where=where, prefix="tracing")
     tables = [f.encode_name for f in msgspec.structs.fields(Config)]
     for key in sorted(set(data) - set(tables)):
         problems.append(f"{where}: {key}: unknown top-level key{did_you_mean(key, tables)}")
@@ -358,7 +363,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if packages.cache_dir is not None:
         packages.cache_dir = str((base / packages.cache_dir).resolve())
     cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
-                 http=http, packages=packages, cluster=cluster, tenants=tenants)
+                 http=http, packages=packages, cluster=cluster, tenants=tenants,
+                 tracing=tracing)
     check_tenants_named(cfg, where)
     return cfg
 

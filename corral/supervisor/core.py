@@ -120,7 +120,7 @@ class Supervisor:
         self.waits = Waits(self.census)
         self.mcp = Tools(self, self.waits, self.stream)
         registry: dict[str, Agent] = {}  # the agents by name (the Agents part reads it)
-        # the tenants' quotas (tenants.py): with none declared, nothing is bounded
+        # the tenants' quotas (quotas.py): with none declared, nothing is bounded
         self.tenancy = Tenancy(registry, self.stream)
         self.tenant_nodes: TenantNodes | None = None  # a cgroup per tenant, where delegated
         self.tasks = TaskManager(self, tool_router=self._route_tool,

@@ -306,7 +306,7 @@ class Elastic:
 
     def _bounds(self, agent: Agent) -> list[tuple[int, str]]:
         """The replicas the agent may still add under each bound on the whole fleet's
-        count (the supervisor's max_replicas, its tenant's: tenants.py), and the bound."""
+        count (the supervisor's max_replicas, its tenant's: quotas.py), and the bound."""
         used = sum(len(a.replicas) for a in self.agents.values())
         most = self.tuning.max_replicas
         out = [(most - used, f"max_replicas = {most} (a [supervisor] setting)")]

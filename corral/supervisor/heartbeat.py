@@ -103,7 +103,7 @@ class Heartbeat:
                 self.containment.tick()
             except Exception:
                 log.exception("containment tick failed")
-            # tenants' memory and CPU quotas, on this round's samples (tenants.py)
+            # tenants' memory and CPU quotas, on this round's samples (quotas.py)
             for r, why in self.tenancy.caps():
                 r.take_down(why, graceful=True, cause=Cause.CAP)
             self.stream.emit(TICK)

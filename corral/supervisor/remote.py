@@ -91,6 +91,7 @@ class RemoteMcpServer(McpServerReplica):
         self.transport = transport
         self.peer = client.make_peer(transport.send)
         client.on_version = transport.set_protocol_version
+        client.network = "tcp"
         return transport
 
     def _feed(self, data: bytes) -> None:

@@ -131,8 +131,8 @@ class Stream:
 
 # the supervisor's own events; the others are beside what emits them: a replica's in
 # process_replica.py, a process record's in containment.py, a task's in tasks/model.py,
-# the tenants' in tenants.py, and the daemon's and the cluster's in their modules
-# (tokens.py, store.py, gateway.py, cluster/membership.py)
+# the tenants' in quotas.py, and the daemon's and the cluster's in their modules
+# (tokens.py, storewriter.py, gatewayaccess.py, cluster/membership.py)
 class Tick:
     """A round of the heartbeat loop is over (about every heartbeat_interval)."""
 

@@ -355,9 +355,18 @@ class Context:
         deadline: float | None,
         is_async: bool,
         attempt: int = 1,
+        trace: dict[str, Any] | None = None,
     ) -> None:
         self._worker = worker
         self.task_id = task_id
+        # the W3C trace context corral gave the attempt (None when it does not trace):
+        # hand it to your own OpenTelemetry spans; tool calls send it back in `_meta`
+        self.traceparent: str | None = None
+        self.tracestate: str | None = None
+        if trace:
+            tp, ts = trace.get("traceparent"), trace.get("tracestate")
+            self.traceparent = tp if isinstance(tp, str) else None
+            self.tracestate = ts if isinstance(ts, str) else None
         # 1 on the first run of the task, more on a retry (here or on another node):
         # (task_id, attempt) names this run for the agent's own side effects
         self.attempt = attempt
@@ -418,9 +427,21 @@ class Context:
 
     def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
         """Call `SERVER__TOOL` through the supervisor; awaitable in coroutine handlers."""
-        return self._call(
-            "tools/call", {"name": name, "arguments": arguments or {}, "task_id": self.task_id}
-        )
+        params: dict[str, Any] = {"name": name, "arguments": arguments or {},
+                                  "task_id": self.task_id}
+        if self.traceparent is not None:
+            params["_meta"] = self.trace_meta()
+        return self._call("tools/call", params)
+
+    def trace_meta(self) -> dict[str, str]:
+        """The trace context as `_meta` entries (empty when corral does not trace): for a
+        request of your own to an MCP server or another service."""
+        if self.traceparent is None:
+            return {}
+        meta = {"traceparent": self.traceparent}
+        if self.tracestate is not None:
+            meta["tracestate"] = self.tracestate
+        return meta
 
     def list_resources(self, server: str | None = None) -> Any:
         """{"resources": [...]}: the MCP resources this agent may read, each with its
@@ -781,8 +802,10 @@ class Worker:
     def _start_task(self, rid: Any, params: dict[str, Any]) -> None:
         task_id = str(params.get("task_id", rid))
         attempt = params.get("attempt")
+        meta = params.get("_meta")
         ctx = Context(self, task_id, params.get("deadline"), self.is_async,
-                      attempt if isinstance(attempt, int) and attempt > 0 else 1)
+                      attempt if isinstance(attempt, int) and attempt > 0 else 1,
+                      meta if isinstance(meta, dict) else None)
         self._tasks[task_id] = ctx
         task_input = params.get("input")
         if self.is_async:

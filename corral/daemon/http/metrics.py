@@ -49,6 +49,7 @@ from ..addresses import local_listen
 from ..caller import Caller
 from ..history import BUCKETS
 from ..services import Services
+from ..traces import Traces
 from .auth import NO_TOKEN, authenticate
 from .context import HttpContext
 from .route import CHALLENGE, bearer_refusal, problem
@@ -390,6 +391,20 @@ def cluster_families(snap: Snapshot) -> Iterator[Metric]:
     yield risks
 
 
+def trace_families(traces: Traces | None) -> Iterator[Metric]:
+    """With [tracing]: the spans exported, and those dropped (a full buffer, a failed
+    export: docs/tracing.md)."""
+    if traces is None:
+        return
+    for name, text, value in (
+            ("corral_trace_spans_exported", "Spans the collector took.", traces.exported),
+            ("corral_trace_spans_dropped", "Spans dropped: the buffer was full, or their "
+             "export failed (the collector away).", traces.dropped)):
+        family = CounterMetricFamily(name, text)
+        family.add_metric([], value)
+        yield family
+
+
 class Families(Collector):
     def __init__(self, families: list[Metric]) -> None:
         self.families = families
@@ -525,7 +540,8 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
             parts.append(head)
             parts.append("".join(family).encode())
         await asyncio.sleep(0)
-        parts.append(encode(encoder, [*fleet_families(fleet), *cluster_families(fleet)]))
+        parts.append(encode(encoder, [*fleet_families(fleet), *cluster_families(fleet),
+                                      *trace_families(services.traces)]))
         # counting the open files walks /proc/self/fd, its syscalls without the GIL
         parts.append(await asyncio.to_thread(process_figures, encoder))
         return b"".join(parts)

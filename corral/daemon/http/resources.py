@@ -95,6 +95,8 @@ RESOURCES: list[Resource] = [
        path_params={"task_id": "task_id"}, query=("input",)),
     _r("POST", "/tasks/{task_id}/cancel", "tasks.cancel", "Cancel a task",
        path_params={"task_id": "task_id"}),
+    _r("GET", "/tasks/{task_id}/trace", "traces.get", "A task's trace: its spans from the "
+       "local store (with [tracing])", path_params={"task_id": "task_id"}),
     _r("POST", "/events", "events.publish", "Publish an event",
        body=("topic", "data", "tenant")),
     _r("GET", "/events/stream", "events.follow", "Events matching a pattern (SSE)",

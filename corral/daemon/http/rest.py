@@ -26,6 +26,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...methods import REGISTRY
 from ...ratelimit import PerKey
+from ...tracecontext import parse_or_none
 from ..api import Dispatcher
 from ..caller import Caller
 from ..commands import event_tenant
@@ -123,6 +124,14 @@ class Api:
         for var, name in res.path_params.items():
             value = request.match_info[var]
             params[name] = [value] if name == "names" else value
+        if "traceparent" in fields and "traceparent" not in params:
+            # the W3C headers, as every traced HTTP client sends them; one that is not the
+            # format starts a new trace, as the Recommendation asks (docs/tracing.md)
+            traceparent = request.headers.get("traceparent")
+            if traceparent is not None and parse_or_none(traceparent) is not None:
+                params["traceparent"] = traceparent
+                if "tracestate" in request.headers:
+                    params["tracestate"] = request.headers["tracestate"]
         try:
             return msgspec.convert(params, spec.params, strict=False)
         except msgspec.ValidationError as exc:

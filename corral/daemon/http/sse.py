@@ -16,7 +16,7 @@ with `Last-Event-ID` is sent what it missed while it is still kept.
   follower's bounded queue counts what it drops (`event: logs.missed`).
 - The fleet (`/replicas/stream`, agents.watch) and the like: the client's own call; a
   notification that carries an `id` is sent with it, and a reconnect's Last-Event-ID is
-  the method's `last_event_id` (daemon/watch.py says what it resumes).
+  the method's `last_event_id` (daemon/fleetwatch.py says what it resumes).
 
 Hostile clients: streams are counted, overall and per token (`Streams`: past either cap a
 503 with Retry-After, before anything is followed); a stream's socket has a small kernel

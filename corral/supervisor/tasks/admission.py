@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 class TenantQuotas(Protocol):
-    """What admission asks of the tenants (supervisor.tenants.Tenancy implements it): a
+    """What admission asks of the tenants (supervisor.quotas.Tenancy implements it): a
     Protocol, as the tenants module imports this one."""
 
     def task_refusal(self, agent: AgentLike, depth: Callable[[str], int]

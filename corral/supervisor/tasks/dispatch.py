@@ -147,9 +147,12 @@ class TaskDispatch:
         self.outcomes.record(task)
         # a large input goes out as a piece of its own (one writev, never copied into the
         # message), and the answer is read in one pass, its output kept as its bytes
+        params: dict[str, Any] = {"task_id": task.id, "attempt": task.attempt,
+                                  "input": jsonrpc.SPLICE, "deadline": now + task.timeout}
+        if task.trace is not None:  # the attempt's span: the worker's parent (tracing.py)
+            params["_meta"] = task.trace.run_meta(task.attempt)
         self.requests[task.id] = r.peer.request_callback(
-            "task/run", {"task_id": task.id, "attempt": task.attempt,
-                         "input": jsonrpc.SPLICE, "deadline": now + task.timeout},
+            "task/run", params,
             lambda result, exc: self._on_reply(task, r, attempt, result, exc),
             decode=read_raw, piece=task.input)
         self.deadlines.add(task, task.timeout)

@@ -84,6 +84,8 @@ class TaskManager:
             self._quotas_changed()
         self._seq = itertools.count()  # arrival order in this process (Task.seq)
         self.worker = WorkerMethods(self.stream, self.active, tool_router, tool_lister)
+        # a traced engine's start of each task's trace (supervisor/tracing.py), or None
+        self.trace_begin: Callable[[Task, str | None, str | None], None] | None = None
         on_notification(sup.worker_notifications, TaskProgressParams, self.worker.on_progress)
         on_request(sup.worker_methods, ToolsCallParams, self.worker.on_tool_call)
         on_request(sup.worker_methods, ToolsListParams, self.worker.on_tool_list)
@@ -189,7 +191,8 @@ class TaskManager:
 
     # -- admission ------------------------------------------------------------------------
     def submit(self, agent_name: str, task_input: Any, *, timeout: float | None = None,
-               priority: int = 0) -> Task:
+               priority: int = 0, traceparent: str | None = None,
+               tracestate: str | None = None) -> Task:
         """Accept a task or refuse it at once with the reason."""
         agent = self.sup.agent(agent_name)
         q = self._agent_tasks(agent)
@@ -218,6 +221,8 @@ class TaskManager:
             raise queue_full(agent, depth)
         task = Task(agent.name, raw, priority, timeout or agent.spec.task_timeout,
                     agent.spec.retries, next(self._seq))
+        if self.trace_begin is not None:
+            self.trace_begin(task, traceparent, tracestate)  # (a bad traceparent refuses)
         q.counts["accepted"] += 1
         self.active[task.id] = task
         self.record(task)
@@ -352,8 +357,10 @@ class TaskManager:
 
     # -- the API --------------------------------------------------------------------------
     async def run(self, agent: str, task_input: Any, *, timeout: float | None = None,
-                  priority: int = 0) -> TaskResult:
-        task = self.submit(agent, task_input, timeout=timeout, priority=priority)
+                  priority: int = 0, traceparent: str | None = None,
+                  tracestate: str | None = None) -> TaskResult:
+        task = self.submit(agent, task_input, timeout=timeout, priority=priority,
+                           traceparent=traceparent, tracestate=tracestate)
         if self.journal is not None and self.journal.behind():
             # a journal that writes slower than tasks finish must not gather an unbounded
             # backlog in memory: wait for it (the task runs meanwhile)

@@ -26,6 +26,7 @@ from .ids import new_id
 from .payload import Output
 
 if TYPE_CHECKING:
+    from ...tracecontext import TaskTrace
     from ..replica import Replica
 
 
@@ -69,7 +70,7 @@ class Task:
         "_done", "agent", "attempts", "created", "error", "finished",
         "id", "input", "journaled", "out", "output_dropped", "priority", "progress",
         "replica", "retries_left", "seq", "started", "status", "timeout",
-        "tool_calls", "usage", "waiter", "watchers",
+        "tool_calls", "trace", "usage", "waiter", "watchers",
     )
 
     # whether this node's journal keeps the task: not one a cluster keeps (its record in
@@ -109,6 +110,7 @@ class Task:
         # its own subscribers (Task.watch): () until the first (nothing for the collector
         # to look into), None once finished
         self.watchers: tuple[Subscription, ...] | None = ()
+        self.trace: TaskTrace | None = None  # its trace, when the engine traces (tracing.py)
 
     @property
     def done(self) -> asyncio.Future[None]:

@@ -1,0 +1,231 @@
+"""Issue 41: what tracing costs a tiny task, and a span on the loop, beside the
+OpenTelemetry SDK's own path.
+
+    .venv/bin/python -m bench.bench_tracing [--quick] [--tasks N] [--rounds R]
+
+- tiny tasks (`{"n": i}` echoed by the SDK worker, 2 replicas, 256 in flight through
+  `tasks.map`) with tracing off and on, the runs taking turns in each round: on, every
+  task is sampled, its three spans (task, queue wait, attempt) buffered, taken by the
+  exporter thread, stored in the local SQLite store and POSTed as OTLP/HTTP protobuf to a
+  receiver in a process of its own; throughput and task latency (created to finished,
+  median and p99);
+- the loop's cost per span: a finished task's spans made and appended (`TaskFinished`
+  with one attempt: three spans), and one tool-call-shaped span (seven attributes)
+  appended, against the OpenTelemetry SDK's `start_as_current_span` with the same seven
+  attributes (a TracerProvider with a BatchSpanProcessor, the SDK's default pipeline,
+  exporting nowhere);
+- the exporter thread's cost per span, off the loop: the OTLP encoding (the official
+  opentelemetry-proto package) and the store's write.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import uvloop
+
+from corral.daemon.traces import TraceStore, encode
+from corral.daemon.traces import start as start_traces
+from corral.supervisor import Supervisor
+from corral.supervisor.config import TracingSettings
+from corral.supervisor.tasks.model import Task, TaskFinished, TaskStatus
+from corral.supervisor.tracing import CLIENT, Span, Tracer
+from corral.taskviews import Attempt
+from corral.tracecontext import TaskTrace, new_span_id, new_trace_id
+
+from .bench_payload import add_echo, scale_echo
+from .harness import report
+
+QUICK = "--quick" in sys.argv
+TASKS = 3_000 if QUICK else 10_000
+ROUNDS = 3 if QUICK else 5
+for i, a in enumerate(sys.argv):
+    if a == "--tasks":
+        TASKS = int(sys.argv[i + 1])
+    elif a == "--rounds":
+        ROUNDS = int(sys.argv[i + 1])
+IN_FLIGHT = 256
+SPANS = 200_000
+
+RECEIVER = textwrap.dedent("""
+    import http.server, sys
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        def log_message(self, *a):
+            pass
+    s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    print(s.server_address[1], flush=True)
+    s.serve_forever()
+""")
+
+
+# -- the loop's cost per span ---------------------------------------------------------------
+def finished_task(trace: TaskTrace) -> Task:
+    task = Task("echo", msgspec.Raw(b"{}"), 0, 60.0, 0, 0)
+    now = time.time()
+    task.attempts = (Attempt(0, 4242, now, now + 0.001, "succeeded"),)
+    task.started, task.finished, task.status = now, now + 0.001, TaskStatus.SUCCEEDED
+    task.trace = trace
+    return task
+
+
+def loop_cost() -> dict[str, float]:
+    tracer = Tracer(capacity=SPANS * 4)
+    tasks = [finished_task(TaskTrace(new_trace_id(), 0, True, None))
+             for _ in range(SPANS // 3)]
+    t0 = time.perf_counter()
+    for task in tasks:
+        tracer._finished(TaskFinished(task))
+    per_task_span = (time.perf_counter() - t0) / (len(tasks) * 3)
+    tracer.spans.clear()
+    trace = tasks[0].trace
+    assert trace is not None
+    t0 = time.perf_counter()
+    for _ in range(SPANS):
+        start = time.time()
+        tracer.put((trace.trace_id, new_span_id(64), trace.span_id, "tools/call echo", CLIENT,
+                    start, time.time(), None,
+                    {"mcp.method.name": "tools/call", "gen_ai.operation.name": "execute_tool",
+                     "gen_ai.tool.name": "echo", "corral.mcp.server": "notes",
+                     "network.transport": "pipe", "corral.task.id": "t", "corral.attempt": 1},
+                    (), "t"))
+    per_tool_span = (time.perf_counter() - t0) / SPANS
+    return {"task_spans_us": round(per_task_span * 1e6, 3),
+            "tool_span_us": round(per_tool_span * 1e6, 3)}
+
+
+def otel_sdk_cost() -> dict[str, float]:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class Nowhere(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Nowhere(), max_queue_size=SPANS * 2))
+    tracer = provider.get_tracer("bench")
+    attrs = {"mcp.method.name": "tools/call", "gen_ai.operation.name": "execute_tool",
+             "gen_ai.tool.name": "echo", "corral.mcp.server": "notes",
+             "network.transport": "pipe", "corral.task.id": "t", "corral.attempt": 1}
+    t0 = time.perf_counter()
+    for _ in range(SPANS):
+        with tracer.start_as_current_span("x"):
+            pass
+    bare = (time.perf_counter() - t0) / SPANS
+    t0 = time.perf_counter()
+    for _ in range(SPANS):
+        with tracer.start_as_current_span("tools/call echo", attributes=attrs):
+            pass
+    seven = (time.perf_counter() - t0) / SPANS
+    provider.shutdown()
+    return {"sdk_bare_span_us": round(bare * 1e6, 3),
+            "sdk_span_7_attributes_us": round(seven * 1e6, 3)}
+
+
+def thread_cost(tmp: Path) -> dict[str, float]:
+    tracer = Tracer(capacity=SPANS)
+    for _ in range(20_000 // 3):
+        tracer._finished(TaskFinished(finished_task(TaskTrace(new_trace_id(), 0, True,
+                                                               None))))
+    spans: list[Span] = list(tracer.spans)
+    t0 = time.perf_counter()
+    for i in range(0, len(spans), 512):
+        encode(spans[i:i + 512], "corral", "bench")
+    enc = (time.perf_counter() - t0) / len(spans)
+    store = TraceStore(tmp / "bench-traces.db", 7, 200_000)
+    t0 = time.perf_counter()
+    for i in range(0, len(spans), 512):
+        store.write(spans[i:i + 512])
+    stored = (time.perf_counter() - t0) / len(spans)
+    store.close()
+    return {"otlp_encode_us": round(enc * 1e6, 2), "store_write_us": round(stored * 1e6, 2)}
+
+
+# -- tiny tasks, tracing off and on ----------------------------------------------------------
+async def tiny(traced: bool, endpoint: str, tmp: Path, spared: set[int]
+               ) -> dict[str, float]:
+    # the receiver is the bench's own child: spared by the engine's containment
+    async with Supervisor(spared=spared) as sup:
+        traces = None
+        if traced:
+            traces = await start_traces(TracingSettings(endpoint=endpoint), sup.tasks, tmp)
+        add_echo(sup, max_concurrent_tasks=64, max_queue=100_000)
+        await scale_echo(sup, 2)
+        await sup.tasks.map("echo", ({"n": i} for i in range(500)), concurrency=IN_FLIGHT)
+        sup.tasks.finished.clear()
+        t0 = time.perf_counter()
+        results = await sup.tasks.map("echo", ({"n": i} for i in range(TASKS)),
+                                      concurrency=IN_FLIGHT)
+        dt = time.perf_counter() - t0
+        assert all(r.status == "succeeded" for r in results)
+        xs = sorted(t.finished - t.created for t in sup.tasks.finished.values()
+                    if t.finished is not None)
+        out = {"per_s": TASKS / dt, "p50_ms": xs[len(xs) // 2] * 1e3,
+               "p99_ms": xs[int(len(xs) * 0.99)] * 1e3}
+        if traces is not None:
+            await traces.close()
+            out["exported"] = traces.exported
+            out["dropped"] = traces.dropped
+        return out
+
+
+async def tiny_rounds(endpoint: str, tmp: Path, spared: set[int]) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    for r in range(ROUNDS):
+        order = ("off", "on") if r % 2 == 0 else ("on", "off")
+        for name in order:
+            d = tmp / f"{name}{r}"
+            d.mkdir()
+            runs[name].append(await tiny(name == "on", endpoint, d, spared))
+    out: dict[str, Any] = {}
+    for name, rs in runs.items():
+        out[name] = {k: round(statistics.median(x[k] for x in rs), 2)
+                     for k in ("per_s", "p50_ms", "p99_ms")}
+        if name == "on":
+            out[name]["exported_last_round"] = rs[-1]["exported"]
+            out[name]["dropped_total"] = sum(x["dropped"] for x in rs)
+    out["throughput_on_vs_off"] = round(out["on"]["per_s"] / out["off"]["per_s"], 3)
+    out["p50_on_vs_off"] = round(out["on"]["p50_ms"] / out["off"]["p50_ms"], 3)
+    return out
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        receiver = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE,
+                                    text=True)
+        try:
+            assert receiver.stdout is not None
+            port = int(receiver.stdout.readline())
+            endpoint = f"http://127.0.0.1:{port}/v1/traces"
+            data: dict[str, Any] = {"tasks": TASKS, "rounds": ROUNDS, "cpus": os.cpu_count()}
+            data["loop_per_span"] = {**loop_cost(), **otel_sdk_cost()}
+            data["exporter_thread_per_span"] = thread_cost(tmp)
+            data["tiny_tasks"] = uvloop.run(tiny_rounds(endpoint, tmp, {receiver.pid}))
+        finally:
+            receiver.kill()
+            receiver.wait()
+    report("tracing", data)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""W3C trace context (`traceparent`, `tracestate`) as corral carries it: read from a
+caller, written into the `_meta` of what corral sends (a worker's `task/run`, an MCP
+server's requests: the MCP revision 2026-07-28 reserves these keys in `params._meta`), and
+the client span an MCP request is made under, held in a context variable so that the MCP
+client puts it on the wire without the pool between them knowing of it (docs/tracing.md).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import random
+import re
+from typing import Any, NamedTuple
+
+# version 00 as the W3C Recommendation writes it; a later version is read by its first
+# four fields, as the Recommendation asks of a reader that knows only 00
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+MASK64 = (1 << 64) - 1
+SAMPLED = 0x01
+MAX_TRACESTATE = 512  # bytes kept of a caller's tracestate (the Recommendation's own bound)
+
+_random = random.Random(os.urandom(16))  # ids, not secrets: a fast generator, seeded once
+new_span_id = _random.getrandbits  # new_span_id(64); new_span_id(128) for a trace id
+
+
+def new_trace_id() -> int:
+    return _random.getrandbits(128) or 1
+
+
+class Parent(NamedTuple):
+    """A caller's context: the trace and its span, and whether the caller samples it."""
+
+    trace_id: int
+    span_id: int
+    sampled: bool
+    tracestate: str | None = None
+
+
+class BadTraceparent(ValueError):
+    """A `traceparent` that is not the W3C format (the caller is told why)."""
+
+
+def parse(traceparent: str, tracestate: str | None = None) -> Parent:
+    m = _TRACEPARENT.fullmatch(traceparent.strip().lower())
+    if m is None or m.group(1) == "ff" or (m.group(1) == "00" and m.group(5)):
+        raise BadTraceparent(f"traceparent must be the W3C format 00-<32 hex>-<16 hex>-<2 "
+                             f"hex>, not {traceparent!r:.80}")
+    trace_id, span_id = int(m.group(2), 16), int(m.group(3), 16)
+    if not trace_id or not span_id:
+        raise BadTraceparent("traceparent: an all-zero trace id or span id is invalid")
+    state = tracestate.strip()[:MAX_TRACESTATE] if tracestate else None
+    return Parent(trace_id, span_id, bool(int(m.group(4), 16) & SAMPLED), state or None)
+
+
+def parse_or_none(traceparent: Any, tracestate: Any = None) -> Parent | None:
+    """A context as an MCP client or a worker may send it in `_meta`: None when there is
+    none, or it is not the format (a peer's bad context starts a new trace, never fails
+    its request)."""
+    if not isinstance(traceparent, str):
+        return None
+    try:
+        return parse(traceparent, tracestate if isinstance(tracestate, str) else None)
+    except BadTraceparent:
+        return None
+
+
+def traceparent(trace_id: int, span_id: int, sampled: bool) -> str:
+    return f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
+
+
+def meta(trace_id: int, span_id: int, sampled: bool, tracestate: str | None) -> dict[str, str]:
+    """The `_meta` entries that carry a context."""
+    out = {"traceparent": traceparent(trace_id, span_id, sampled)}
+    if tracestate:
+        out["tracestate"] = tracestate
+    return out
+
+
+class ClientSpan:
+    """The span an MCP request is made under (a tool call of a task): its `_meta`
+    entries, and the JSON-RPC id the request went out with (told back by the client)."""
+
+    __slots__ = ("meta", "request_id", "transport")
+
+    def __init__(self, entries: dict[str, str]) -> None:
+        self.meta = entries
+        self.request_id: Any = None
+        self.transport = "pipe"  # a remote server's client says "tcp"
+
+
+# set inside the coroutine of one tool call (its own asyncio task: nothing else sees it)
+CURRENT: contextvars.ContextVar[ClientSpan | None] = contextvars.ContextVar(
+    "corral_client_span", default=None)
+
+
+GOLDEN = 0x9E3779B97F4A7C15  # spreads attempt numbers over the span id's bits
+
+
+class TaskTrace:
+    """A task's place in its trace: the task's own span (a child of the caller's, or a
+    root), whether it is sampled ahead, and the spans held back for the tail rule while
+    it is not (docs/tracing.md). An attempt's span id is derived from the task's, so that
+    nothing is kept per attempt to find it again."""
+
+    __slots__ = ("events", "held", "parent_id", "sampled", "span_id", "trace_id",
+                 "tracestate")
+
+    def __init__(self, trace_id: int, parent_id: int, sampled: bool,
+                 tracestate: str | None) -> None:
+        self.trace_id = trace_id
+        self.span_id = new_span_id(64) or 1
+        self.parent_id = parent_id  # 0: the task's span is the trace's root
+        self.sampled = sampled
+        self.tracestate = tracestate
+        self.held: list[tuple[Any, ...]] | None = None  # spans kept until the outcome
+        self.events: list[tuple[float, int, str, str]] | None = None  # (t, attempt, name, why)
+
+    def attempt_span(self, attempt: int) -> int:
+        return ((self.span_id ^ (attempt * GOLDEN)) & MASK64) or 1
+
+    def run_meta(self, attempt: int) -> dict[str, str]:
+        """`_meta` of an attempt's `task/run`: the attempt's span is the worker's parent."""
+        return meta(self.trace_id, self.attempt_span(attempt), self.sampled, self.tracestate)

@@ -1,0 +1,311 @@
+"""Tracing (docs/tracing.md): a task's trace from its caller's context through its
+attempts and tool calls to the MCP server, exported to a real OTLP/HTTP receiver (an
+aiohttp server here, decoding with the official opentelemetry-proto package), kept in
+the local store and shown by `corral trace`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from corral import jsonrpc
+from corral.cli.trace import waterfall
+from corral.daemon.traces import settings
+from corral.daemon.traces import start as start_traces
+from corral.jsonrpc import RpcError
+from corral.supervisor import McpServerSpec, State, Supervisor
+from corral.supervisor.config import TracingSettings
+from corral.supervisor.tracing import Sampling, Tracer
+
+from .conftest import agent
+
+PY = sys.executable
+SCRIPTED = Path(__file__).with_name("scripted_mcp.py")
+CALLER_TRACE = "ab" * 16
+CALLER_SPAN = "cd" * 8
+
+
+class Receiver:
+    """An OTLP/HTTP traces endpoint: every span it was sent, decoded."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+        self.resources: list[Any] = []
+        self.changed = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        assert request.content_type == "application/x-protobuf"
+        req = ExportTraceServiceRequest.FromString(await request.read())
+        for rs in req.resource_spans:
+            self.resources.append(rs.resource)
+            for ss in rs.scope_spans:
+                self.spans.extend(ss.spans)
+        self.changed.set()
+        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
+
+    async def wait(self, enough: Callable[[list[Any]], bool], timeout: float = 20) -> None:
+        async with asyncio.timeout(timeout):
+            while not enough(self.spans):
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/v1/traces", rec.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield rec, f"http://127.0.0.1:{port}/v1/traces"
+    finally:
+        await runner.cleanup()
+
+
+def scripted(name: str, record: Path) -> McpServerSpec:
+    return McpServerSpec(name=name, command=[PY, str(SCRIPTED)], args=["v2025-11"],
+                         env={"SCRIPTED_RECORD": str(record)}, start_timeout=5.0,
+                         timeout=5.0, backoff_initial=0.05, stop_timeout=1.0)
+
+
+def hexid(b: bytes) -> str:
+    return b.hex()
+
+
+def attrs(span: Any) -> dict[str, Any]:
+    out = {}
+    for kv in span.attributes:
+        v = kv.value
+        out[kv.key] = getattr(v, v.WhichOneof("value"))
+    return out
+
+
+def tracing(endpoint: str | None, **kw: Any) -> TracingSettings:
+    return TracingSettings(endpoint=endpoint, **kw)
+
+
+# -- one task, three tool calls, one trace ----------------------------------------------------
+async def test_a_task_its_attempt_and_its_tool_calls_are_one_trace_with_the_server(
+        sup: Supervisor, tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
+    rec, url = receiver
+    record = tmp_path / "meta.jsonl"
+    sup.add_mcp_server(scripted("notes", record))
+    sup.add(agent("user", "misbehave.py", tools=["notes__echo"]))
+    traces = await start_traces(tracing(url, export_interval=0.05), sup.tasks, tmp_path)
+    assert traces is not None
+    try:
+        await sup.wait_state("user", State.READY)
+        res = await sup.tasks.run("user", {"do": "tools", "tool": "notes__echo",
+                                           "arguments": {"text": "a"}, "times": 3},
+                                  traceparent=f"00-{CALLER_TRACE}-{CALLER_SPAN}-01")
+        assert res.status == "succeeded"
+        await rec.wait(lambda spans: len(spans) >= 6)
+        view = await traces.trace(res.task_id)
+    finally:
+        await traces.close()
+    spans = {s.name: s for s in rec.spans}
+    assert sorted(spans) == ["corral.queue", "invoke_agent user", "task/run user",
+                             "tools/call echo"]
+    assert {hexid(s.trace_id) for s in rec.spans} == {CALLER_TRACE}
+    task, queue, attempt = spans["invoke_agent user"], spans["corral.queue"], \
+        spans["task/run user"]
+    assert hexid(task.parent_span_id) == CALLER_SPAN
+    assert queue.parent_span_id == attempt.parent_span_id == task.span_id
+    tools = [s for s in rec.spans if s.name == "tools/call echo"]
+    assert len(tools) == 3
+    assert {t.parent_span_id for t in tools} == {attempt.span_id}
+    a = attrs(tools[0])
+    assert (a["mcp.method.name"], a["gen_ai.tool.name"], a["network.transport"],
+            a["gen_ai.operation.name"], a["corral.mcp.server"]) == (
+        "tools/call", "echo", "pipe", "execute_tool", "notes")
+    assert tools[0].kind == 3 and task.kind == 2  # client, server
+    assert attrs(task)["gen_ai.agent.name"] == "user"
+    assert attrs(task)["corral.task.tool_calls"] == 3
+    assert attrs(attempt)["process.pid"] == sup.agent("user").replicas[0].pid
+    assert task.start_time_unix_nano <= queue.start_time_unix_nano <= \
+        attempt.start_time_unix_nano <= tools[0].start_time_unix_nano
+    assert tools[0].end_time_unix_nano <= attempt.end_time_unix_nano <= \
+        task.end_time_unix_nano
+    resource = {kv.key: kv.value.string_value for kv in rec.resources[0].attributes}
+    assert resource["service.name"] == "corral"
+    # the server was told each call's client span, in params._meta, under its request id
+    seen = [json.loads(line) for line in record.read_text().splitlines()]
+    assert len(seen) == 3
+    by_id = {str(s["id"]): s["meta"]["traceparent"] for s in seen}
+    assert by_id == {attrs(t)["jsonrpc.request.id"]:
+                     f"00-{CALLER_TRACE}-{hexid(t.span_id)}-01" for t in tools}
+    assert all(s["meta"]["progressToken"] for s in seen)  # corral's own _meta kept
+    # the local store has the same spans, and `corral trace` draws them
+    assert view.trace_id == CALLER_TRACE
+    assert len(view.spans) == 6
+    lines = waterfall(view)
+    assert lines[0].startswith(f"trace {CALLER_TRACE}  task {res.task_id}")
+    names = [line.split("|")[0].rstrip() for line in lines[1:]]
+    assert names == ["invoke_agent user", "  corral.queue", "  task/run user",
+                     "    tools/call echo", "    tools/call echo", "    tools/call echo"]
+    assert "replica=user#0" in lines[3]
+
+
+async def test_the_worker_is_given_the_attempts_context(sup: Supervisor,
+                                                       tmp_path: Path) -> None:
+    """task/run's _meta: the SDK's ctx.traceparent is the attempt span's."""
+    tracer = Tracer()
+    tracer.install(sup.tasks)
+    script = tmp_path / "ctx_agent.py"
+    script.write_text("from corral.worker import run\n"
+                      "run(lambda task, ctx: [ctx.traceparent, ctx.trace_meta()])\n")
+    sup.add(agent("w", command=[PY, str(script)]))
+    await sup.wait_state("w", State.READY)
+    task = sup.tasks.submit("w", None, traceparent=f"00-{CALLER_TRACE}-{CALLER_SPAN}-01",
+                            tracestate="k=v")
+    await task.done
+    trace = task.trace
+    assert trace is not None
+    given = f"00-{CALLER_TRACE}-{trace.attempt_span(1):016x}-01"
+    assert task.output == [given, {"traceparent": given, "tracestate": "k=v"}]
+    (attempt,) = [s for s in tracer.spans if s[3] == "task/run w"]
+    assert attempt[1] == trace.attempt_span(1)
+
+
+# -- a retried attempt --------------------------------------------------------------------------
+async def test_a_retried_task_shows_both_attempts(sup: Supervisor, tmp_path: Path) -> None:
+    tracer = Tracer()
+    tracer.install(sup.tasks)
+    sup.add(agent("flaky", "misbehave.py", retries=1))
+    await sup.wait_state("flaky", State.READY)
+    res = await sup.tasks.run("flaky", {"do": "crash-once",
+                                        "marker": str(tmp_path / "m")})
+    assert res.status == "succeeded"
+    spans = list(tracer.spans)
+    attempts = [s for s in spans if s[3] == "task/run flaky"]
+    assert len(attempts) == 2
+    (task,) = [s for s in spans if s[3] == "invoke_agent flaky"]
+    first, second = sorted(attempts, key=lambda s: s[8]["corral.attempt"])
+    assert first[2] == second[2] == task[1]
+    assert first[1] != second[1]
+    assert first[8]["corral.attempt.outcome"] == "lost" and first[7]
+    assert second[8]["corral.attempt.outcome"] == "succeeded" and second[7] is None
+    assert [e[1] for e in first[9]] == ["corral.replica.exited"]
+    assert [e[1] for e in task[9]] == ["corral.task.retried"]
+    assert len([s for s in spans if s[3] == "corral.queue"]) == 2
+
+
+# -- a collector that is away --------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_collector_that_is_down_costs_no_task_and_counts_its_drops(
+        sup: Supervisor, tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1/traces"
+    # the thread's own timer far away: each export cycle is the test's, run in a thread
+    traces = await start_traces(tracing(url, export_interval=3600, batch=100_000,
+                                        buffer=5), sup.tasks, tmp_path)
+    assert traces is not None
+    try:
+        sup.add(agent("a"))
+        await sup.wait_state("a", State.READY)
+        results = [await sup.tasks.run("a", {"name": str(i)}) for i in range(3)]
+        assert [r.status for r in results] == ["succeeded"] * 3
+        # 3 spans a task into a buffer of 5: the rest dropped on the loop, counted
+        assert traces.tracer.dropped == 4
+        await asyncio.to_thread(traces._cycle)
+        assert traces.export_failures == 1
+        assert traces.export_dropped == 5
+        assert traces.dropped == 9
+        assert traces.last_error is not None and "refused" in traces.last_error.lower()
+        # the store still has what was taken (for `corral trace`)
+        view = await traces.trace(results[0].task_id)
+        assert len(view.spans) == 3
+    finally:
+        await traces.close()
+
+
+# -- sampling -------------------------------------------------------------------------------------
+def test_the_head_decision() -> None:
+    s = Sampling(ratio=0.5)
+    assert s.head(1, None) is True  # a low trace id is under the ratio
+    assert s.head((1 << 64) - 1, None) is False
+    assert s.head((1 << 64) - 1, True) is True  # the caller's flag decides
+    assert s.head(1, False) is False
+    assert Sampling(ratio=0.0, parent_based=False).head(1, True) is False
+    assert Sampling(ratio=1.0).head((1 << 64) - 1, None) is True
+
+
+def test_the_otel_variables_fill_what_the_table_leaves_out() -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/", "OTEL_SERVICE_NAME": "svc",
+           "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25",
+           "OTEL_EXPORTER_OTLP_HEADERS": "api-key=s%20ecret,x=1"}
+    got = settings(TracingSettings(), env)
+    assert got.endpoint == "http://c:4318/v1/traces"
+    assert got.service == "svc"
+    assert got.sampling == Sampling(0.25, False, 10.0)
+    assert got.headers == {"api-key": "s ecret", "x": "1"}
+    env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = "http://t:1/x"
+    assert settings(TracingSettings(), env).endpoint == "http://t:1/x"
+    mine = settings(TracingSettings(endpoint="http://me/v1/traces", sample=1.0,
+                                    parent_based=True, service_name="me"), env)
+    assert (mine.endpoint, mine.sampling.ratio, mine.sampling.parent_based, mine.service) \
+        == ("http://me/v1/traces", 1.0, True, "me")
+    assert settings(TracingSettings(), {}).sampling == Sampling(1.0, True, 10.0)
+
+
+async def test_unsampled_tasks_leave_no_spans_but_failed_and_slow_ones_do(
+        sup: Supervisor, tmp_path: Path) -> None:
+    tracer = Tracer(Sampling(ratio=0.0, slow=30.0))
+    tracer.install(sup.tasks)
+    sup.add(agent("m", "misbehave.py"))
+    await sup.wait_state("m", State.READY)
+    ok = await sup.tasks.run("m", {"do": "echo"})
+    assert ok.status == "succeeded" and not tracer.spans
+    failed = await sup.tasks.run("m", {"do": "fail"})
+    assert failed.status == "failed"
+    assert {s[10] for s in tracer.spans} == {failed.task_id}  # the tail rule
+    (task,) = [s for s in tracer.spans if s[3] == "invoke_agent m"]
+    assert task[7] and task[8]["error.type"] == "failed"
+    # a caller that does not sample: honoured, and said on in the worker's context
+    tracer.spans.clear()
+    tracer.sampling = Sampling(ratio=1.0, slow=0.0)  # every task slow: kept by the tail
+    t = sup.tasks.submit("m", {"do": "echo"}, traceparent=f"00-{CALLER_TRACE}-"
+                                                           f"{CALLER_SPAN}-00")
+    assert t.trace is not None and t.trace.sampled is False
+    assert t.trace.run_meta(1)["traceparent"].endswith("-00")
+    await t.done
+    assert {s[0] for s in tracer.spans} == {int(CALLER_TRACE, 16)}
+
+
+async def test_a_bad_traceparent_is_refused_with_the_reason(sup: Supervisor) -> None:
+    Tracer().install(sup.tasks)
+    sup.add(agent("a"))
+    with pytest.raises(RpcError) as err:
+        sup.tasks.submit("a", {}, traceparent="00-nope")
+    assert err.value.code == jsonrpc.INVALID_PARAMS
+    assert err.value.message == ("traceparent must be the W3C format 00-<32 hex>-<16 hex>-"
+                                 "<2 hex>, not '00-nope'")
+
+
+def test_a_full_buffer_drops_and_counts() -> None:
+    tracer = Tracer(capacity=2)
+    span: Any = (1, 2, 0, "x", 1, 0.0, 1.0, None, {}, (), "t")
+    for _ in range(5):
+        tracer.put(span)
+    assert (len(tracer.spans), tracer.dropped, tracer.recorded) == (2, 3, 2)
