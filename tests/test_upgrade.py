@@ -1,7 +1,8 @@
-"""`corral upgrade` (issue 37, item 2; decisions 200-204): the daemon re-executes itself in
-place — the same pid — and keeps its agents' processes, their running tasks and its
-control socket; a new install that cannot start is refused before the exec, or falls
-back to the old image after it, with every agent kept."""
+"""`corral upgrade` (issue 37, item 2; decisions 200-204, 240-244): the daemon re-executes
+itself in place — the same pid — and keeps its agents' processes, their running tasks, its
+MCP servers and their sessions, its control socket and its HTTP listening sockets; a new
+install that cannot start is refused before the exec, or falls back to the old image after
+it, with every agent kept."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import shutil
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import PY, Daemon, shared_tmpdir, sleeper
+from .daemon_harness import PY, Daemon, free_port, shared_tmpdir, sleeper
 from .test_daemon_cli import wait_until
 
 
@@ -85,26 +88,83 @@ class Knocker:
         self._thread.join(15)
 
 
+class Poller:
+    """GETs `url` in a loop, from a thread, a new connection each time; counts each
+    outcome (a refused connection apart)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.refused: list[str] = []
+        self.other: list[str] = []
+        self.answered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=30) as r:
+                    r.read()
+                self.answered += 1
+            except urllib.error.URLError as exc:
+                bucket = (self.refused if isinstance(exc.reason, ConnectionRefusedError)
+                          else self.other)
+                bucket.append(repr(exc.reason))
+            except (ConnectionError, OSError) as exc:
+                (self.refused if isinstance(exc, ConnectionRefusedError)
+                 else self.other).append(repr(exc))
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(35)
+
+
+def mcp_rows(d: Daemon) -> dict[str, dict[str, object]]:
+    return {f"{m['name']}#{m['instance']}": m for m in d.json("mcp", "status")["mcp_servers"]}
+
+
 def test_a_running_task_is_kept_across_an_upgrade_and_finishes_once() -> None:
     tmp = shared_tmpdir()
-    d = Daemon(tmp, worker("w") + NOTES)
+    port = free_port()
+    d = Daemon(tmp, worker("w") + NOTES + f'[http]\nlisten = "127.0.0.1:{port}"\n')
     try:
         d.start()
         assert d.proc is not None
         before = pids(d)
+        # the MCP server's state is its process's: a note kept in its memory
+        added = d.cli("tools", "call", "notes__add", "--args",
+                      '{"title": "t", "text": "before the upgrade"}')
+        assert added.returncode == 0, added.stderr
+        server = mcp_rows(d)["notes#0"]
+        assert server["state"] == "ready" and server["calls"] == 1, server
         tid = submit(d, "w", '{"do": "sleep", "seconds": 2}')
         wait_until(lambda: d.json("task", tid)["status"] == "running", what="running")
         knock = Knocker(d.sock)
+        poll = Poller(f"http://127.0.0.1:{port}/healthz")
+        wait_until(lambda: poll.answered > 0, what="/healthz answered")
         try:
             r = d.cli("upgrade")
+            answered = poll.answered
+            wait_until(lambda: poll.answered > answered + 5, what="/healthz after")
         finally:
             knock.stop()
+            poll.stop()
         assert r.returncode == 0, r.stderr + r.stdout
         assert re.match(r"corral daemon upgraded from \S+ to \S+ \(pid "
-                        rf"{d.proc.pid}\) in [\d.]+ s: 1 agent process and 1 running task "
-                        r"kept; started again: mcp notes#0$", r.stdout.strip()), r.stdout
+                        rf"{d.proc.pid}\) in [\d.]+ s: 1 agent process, 1 MCP server and 1 "
+                        r"running task kept$", r.stdout.strip()), r.stdout
         # the control socket refused no connection meanwhile, and took many
         assert knock.errors == [] and knock.connects > 10, (knock.errors, knock.connects)
+        # nor did the HTTP port (a request open at the exec may be cut, never refused)
+        assert poll.refused == [] and len(poll.other) <= 1, (poll.refused, poll.other)
+        # the same MCP server process, its session and counters going on: no initialize
+        after = mcp_rows(d)["notes#0"]
+        assert (after["pid"], after["restarts"], after["protocol_version"], after["tools"],
+                after["calls"]) == (server["pid"], server["restarts"],
+                                    server["protocol_version"], server["tools"], 1), after
+        assert after["state"] == "ready", after
         assert d.proc.poll() is None
         assert f"(pid {d.proc.pid}," in d.cli("version").stdout
         task = wait_until(lambda: (t := d.json("task", tid))["status"] != "running" and t,
@@ -116,16 +176,17 @@ def test_a_running_task_is_kept_across_an_upgrade_and_finishes_once() -> None:
         # the same worker, no restart counted
         assert pids(d) == before
         assert d.status()["w#0"]["state"] in ("ready", "idle")
-        # the MCP server was started again by the new image and answers
-        called = d.cli("tools", "call", "notes__add", "--args",
-                       '{"title": "t", "text": "after the upgrade"}')
+        # the MCP server kept answers a tool call, from the memory it had before
+        called = d.cli("tools", "call", "notes__get", "--args", '{"title": "t"}')
         assert called.returncode == 0, called.stderr
+        assert "before the upgrade" in called.stdout, called.stdout
+        assert mcp_rows(d)["notes#0"]["pid"] == server["pid"]
         # a task after the upgrade runs on the same worker
         out = d.cli("run", "w", "--input", '{"do": "echo", "value": 1}', "--json")
         assert out.returncode == 0, out.stderr
         log = (d.state / "logs" / "corral.log").read_text()
-        assert "upgrading: handing 1 agent process and 1 running task" in log
-        assert "1 agent process and 1 running task kept" in log
+        assert "upgrading: handing 1 agent process, 1 MCP server and 1 running task" in log
+        assert "1 agent process, 1 MCP server and 1 running task kept" in log
         assert "did not shut down cleanly" not in log
         assert d.stop() == 0
     finally:
@@ -254,7 +315,8 @@ def test_the_handoff_file_is_private() -> None:
         try:
             handoff.read(path)
         except ValueError as exc:
-            assert "handoff version 99, this corral reads 1" in str(exc)
+            assert (f"handoff version 99, this corral reads {handoff.HANDOFF_VERSION}"
+                    in str(exc))
         else:
             raise AssertionError("another layout was read")
     finally:
