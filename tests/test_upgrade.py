@@ -14,7 +14,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, free_port, shared_tmpdir, sleeper
@@ -320,4 +322,120 @@ def test_the_handoff_file_is_private() -> None:
         else:
             raise AssertionError("another layout was read")
     finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Steady:
+    """Calls `method` on the control socket every `interval` s from a thread, on one
+    connection (made again when the exec cut it): what each call answered, the calls cut
+    (the connection open at the exec), and refused connections apart."""
+
+    def __init__(self, sock: Path, method: str, params: Callable[[int], dict[str, Any]],
+                 interval: float) -> None:
+        self.sock, self.method, self.params, self.interval = sock, method, params, interval
+        self.answers: list[Any] = []
+        self.cut = 0
+        self.refused: list[str] = []
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from corral.cli.client import CallFailed, Client, Disconnected, Unreachable
+
+        c: Client | None = None
+        n = 0
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                if c is None:
+                    c = Client(self.sock, timeout=60)
+                self.answers.append(c.ask(self.method, self.params(n)))
+                n += 1
+            except (Disconnected, ConnectionError):
+                self.cut += 1
+                c = _closed(c)
+            except Unreachable as exc:
+                self.refused.append(str(exc).splitlines()[0])
+                c = _closed(c)
+            except CallFailed as exc:
+                self.failed.append(exc.message)
+            time.sleep(max(0.0, self.interval - (time.monotonic() - t)))
+        _closed(c)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(65)
+
+
+def _closed(c: Any) -> None:
+    if c is not None:
+        c.close()
+
+
+def test_an_upgrade_under_load_loses_no_task_reruns_none_and_restarts_no_agent() -> None:
+    """Issue 37's acceptance: tasks at a steady rate on 100 agents (warm: forked by a
+    zygote, the faster start), an MCP server in use, `corral upgrade` to a second install
+    whose version differs: 0 tasks lost, 0 run again, 0 agents restarted, 0 control
+    connections refused."""
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w") + "replicas = 100\nwarm = true\nstart_timeout = 60.0\n"
+               + NOTES)
+    try:
+        d.start()
+        assert d.proc is not None
+        before = pids(d)
+        assert len(before) == 100 and all(pid for pid, _ in before.values()), before
+        server = mcp_rows(d)["notes#0"]
+        new = install(tmp, "v2", ("__init__.py", '__version__ = "', '__version__ = "9.9.9+'))
+        tasks = Steady(d.sock, "tasks.submit",
+                       lambda n: {"agent": "w", "input": {"do": "sleep", "seconds": 0.2}},
+                       0.02)
+        tools = Steady(d.sock, "tools.call",
+                       lambda n: {"name": "notes__add",
+                                  "arguments": {"title": f"n{n}", "text": "x"}}, 0.05)
+        knock = Knocker(d.sock)
+        try:
+            wait_until(lambda: len(tasks.answers) > 20 and len(tools.answers) > 5,
+                       what="load under way")
+            r = d.cli("upgrade", "--pythonpath", str(new))
+            assert r.returncode == 0, r.stderr + r.stdout
+            upgraded = (len(tasks.answers), len(tools.answers))
+            wait_until(lambda: len(tasks.answers) > upgraded[0] + 20
+                       and len(tools.answers) > upgraded[1] + 5, what="load after")
+        finally:
+            tasks.stop()
+            tools.stop()
+            knock.stop()
+        assert re.search(r"upgraded from \S+ to 9\.9\.9\+\S+ .*: 100 agent processes, 1 MCP "
+                         r"server and \d+ running tasks? kept; started again: zygote \S+$",
+                         r.stdout.strip()), r.stdout
+        # no control connection refused, no call failed (a call open at the exec is cut)
+        assert (knock.errors, tasks.refused, tools.refused) == ([], [], []), (
+            knock.errors, tasks.refused, tools.refused)
+        assert (tasks.failed, tools.failed) == ([], []), (tasks.failed, tools.failed)
+        assert tasks.cut <= 1 and tools.cut <= 1, (tasks.cut, tools.cut)
+        # no agent restarted, the same MCP server
+        assert pids(d) == before
+        after = mcp_rows(d)["notes#0"]
+        assert (after["pid"], after["restarts"]) == (server["pid"], server["restarts"])
+        # every task accepted (and any a cut call made) succeeds once, on attempt 1
+        accepted = {a.task_id for a in tasks.answers}
+        assert len(accepted) > 40 and len(tools.answers) > 10
+
+        def finished() -> list[dict[str, Any]] | None:
+            rows: list[dict[str, Any]] = d.json("tasks", "--agent", "w", "--limit",
+                                                "100000")["tasks"]
+            done = all(t["status"] not in ("queued", "running") for t in rows)
+            return rows if done and len(rows) >= len(accepted) else None
+
+        rows = wait_until(finished, timeout=60, what="every task's end")
+        assert accepted <= {t["task_id"] for t in rows}
+        assert [(t["task_id"], t["status"], t["attempts"]) for t in rows
+                if (t["status"], t["attempts"]) != ("succeeded", 1)] == []
+        assert len(rows) <= len(accepted) + tasks.cut
+        assert d.stop() == 0
+    finally:
+        d.close()
         shutil.rmtree(tmp, ignore_errors=True)
