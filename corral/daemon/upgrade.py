@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -52,6 +53,7 @@ from ..supervisor.containment import (
     try_reap,
 )
 from ..supervisor.mcproutes import updates_to
+from ..supervisor.pacing import Pacer
 from ..supervisor.plain import PlainReplica
 from ..supervisor.replica import Replica
 from ..supervisor.replicaparts import Event
@@ -78,6 +80,9 @@ PREFLIGHT_TIMEOUT = 60.0
 # agent not started at all, autostart = false, is given up on then)
 STARTED_WAIT = 10.0
 QUIET_POLL = 0.005
+# adoptions begun per turn of the loop: each is a pidfd and three pipes, no spawn, so a
+# slice is larger than a mass start's (pacing.BATCH) and the loop still serves between
+ADOPT_BATCH = 64
 # how long a zygote or plain program of the old image has to exit (its stdin is closed by
 # the exec) before SIGKILL
 END_GRACE = 2.0
@@ -438,17 +443,31 @@ class Taken:
         if recs:
             self.sup.parts.tasks.restore(recs)
 
-    def _resume_servers(self) -> None:
-        """The kept MCP servers that no config start takes (`start = "lazy"`, or an
-        agent's own, `scope = "per-agent"`) are started now, to adopt their process; the
-        agents' subscriptions on them are listened to again (the servers hold them)."""
+    def _adopt_now(self) -> None:
+        """Every replica with a handed process is started now, in this turn, not paced
+        as the fleet's mass start is (an adoption spawns nothing: its cost is a pidfd and
+        three pipes); the kept MCP servers that no config start takes (`start = "lazy"`,
+        or an agent's own, `scope = "per-agent"`) too. The agents' subscriptions on
+        those servers are listened to again (the servers hold them)."""
         assert self.sup is not None
-        tools = self.sup.parts.tools
+        tools, agents = self.sup.parts.tools, self.sup.parts.agents
+        starts: list[ProcessReplica] = []
         for kind, name, index in list(self.adoptions.waiting):
             h = self.adoptions.waiting[(kind, name, index)]
-            inst = tools.instance_of(name, index, h.owner) if kind == "mcp" else None
-            if inst is not None and inst.machine.untouched:
-                inst.start(by_hand=True)
+            r: ProcessReplica | None
+            if kind == "mcp":
+                r = tools.instance_of(name, index, h.owner)
+            else:
+                agent = agents.get(name)
+                r = (agent.replicas[index] if agent is not None and agent.spec.autostart
+                     and index < len(agent.replicas) else None)
+            if r is not None and r.machine.untouched:
+                starts.append(r)
+        # the first at once (dispatch goes on as soon as one is Ready), the rest a slice
+        # a turn, as the loop serves its sockets between them
+        pacer = Pacer(asyncio.get_running_loop(), ADOPT_BATCH)
+        for r in starts:
+            pacer.submit(functools.partial(r.start, by_hand=True))
         replicas = {r.label: r for agent in self.sup.parts.agents.values()
                     for r in agent.replicas}
         for s in self.handoff.subscriptions:
@@ -490,7 +509,7 @@ class Taken:
     async def settle(self, hub: LogHub) -> UpgradeReport:
         """Once the set-up is over: what no replica took is ended, the old image's MCP
         servers and zygotes too; the state file goes; the report."""
-        self._resume_servers()
+        self._adopt_now()
         await self._started()
         left = self.adoptions.left()
         await self.adoptions.settled()
