@@ -444,11 +444,12 @@ class Taken:
             self.sup.parts.tasks.restore(recs)
 
     def _adopt_now(self) -> None:
-        """Every replica with a handed process is started now, in this turn, not paced
-        as the fleet's mass start is (an adoption spawns nothing: its cost is a pidfd and
-        three pipes); the kept MCP servers that no config start takes (`start = "lazy"`,
-        or an agent's own, `scope = "per-agent"`) too. The agents' subscriptions on
-        those servers are listened to again (the servers hold them)."""
+        """Every replica with a handed process is started by the upgrade itself,
+        ADOPT_BATCH a turn, not at the pace of the fleet's mass start (an adoption spawns
+        nothing; the fleet's start of a replica adopted already does nothing); the kept
+        MCP servers that no config start takes (`start = "lazy"`, or an agent's own,
+        `scope = "per-agent"`) too. The agents' subscriptions on those servers are
+        listened to again (the servers hold them)."""
         assert self.sup is not None
         tools, agents = self.sup.parts.tools, self.sup.parts.agents
         starts: list[ProcessReplica] = []
@@ -483,7 +484,7 @@ class Taken:
         assert sup is not None
 
         def will_start(kind: str, name: str, index: int) -> bool:
-            # (a kept MCP server's start, by the pool or _resume_servers, took it already)
+            # (a kept MCP server's start, by the pool or _adopt_now, took it already)
             agent = sup.parts.agents.get(name)
             return (kind == "agent" and agent is not None and agent.spec.autostart
                     and index < len(agent.replicas)
@@ -507,8 +508,8 @@ class Taken:
             sup.parts.stream.unsubscribe(sub)
 
     async def settle(self, hub: LogHub) -> UpgradeReport:
-        """Once the set-up is over: what no replica took is ended, the old image's MCP
-        servers and zygotes too; the state file goes; the report."""
+        """Once the set-up is over: what no replica took is ended, the old image's
+        zygotes and plain programs too; the state file goes; the report."""
         self._adopt_now()
         await self._started()
         left = self.adoptions.left()
