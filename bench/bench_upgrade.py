@@ -2,13 +2,15 @@
 
 A corral daemon with N SDK hello replicas (`warm = true`: forked by a zygote, so their
 adoption is the subreaper's case), and a submitter thread handing it an echo task every
-INTERVAL s on the control socket (`tasks.run`, detached; a call cut by the exec is made
-again). Per round:
+INTERVAL s on the control socket (`tasks.submit`; a call cut by the exec is made again).
+Per round:
 
 1. upgrade: `daemon.upgrade` -> the report says "done" (the new image serves: every
-   worker adopted); and the longest pause of dispatch across it: the largest gap between
-   the starts of consecutive tasks (their first attempts' `started`), in the window from
-   a second before the upgrade to a second after it served;
+   worker adopted), `seconds`; the report's own `seconds` (`handover_s`: from dispatch
+   held, after the new install's check, to the new image serving); and the longest
+   pause of dispatch across it: the largest gap between the starts of consecutive tasks
+   (their first attempts' `started`), in the window from a second before the upgrade to
+   a second after it served;
 2. restart: SIGTERM -> exited -> a new `corral daemon` -> READY=1 (every agent started
    again), and the same pause measured across it.
 
@@ -51,8 +53,8 @@ class Submitter(threading.Thread):
             try:
                 if c is None:
                     c = Client(self.sock)
-                res = c.ask("tasks.run", {"agent": "w", "input": {"n": len(self.ids)},
-                                          "detach": True}, result=m.TaskAccepted)
+                res = c.ask("tasks.submit", {"agent": "w", "input": {"n": len(self.ids)}},
+                            result=m.TaskAccepted)
                 self.ids.append(res.task_id)
             except (Unreachable, OSError, TimeoutError, CallFailed):
                 self.refused += 1
@@ -111,9 +113,10 @@ def round_of(n: int, kind: str) -> dict[str, Any]:
         sub.start()
         time.sleep(1.0)
         before = time.time() - 1.0
+        handover: float | None = None
         if kind == "upgrade":
             seconds, r = upgrade(d)
-            kept = r.kept
+            kept, handover = r.kept, r.seconds
             print("restarted:", r.restarted, file=sys.stderr)
         else:
             seconds, kept = restart(d), 0
@@ -122,6 +125,7 @@ def round_of(n: int, kind: str) -> dict[str, Any]:
         sub.join(30)
         gap = pause(d.sock, sub.ids, before, time.time())
         return {"ready_s": round(ready, 3), "seconds": round(seconds, 3),
+                "handover_s": handover,
                 "dispatch_pause_s": round(gap, 3), "kept": kept,
                 "tasks": len(sub.ids), "submit_errors": sub.refused}
     finally:
@@ -145,6 +149,7 @@ def main() -> None:
         runs = [round_of(args.agents, kind) for _ in range(args.rounds)]
         out[kind] = {"runs": runs,
                      "seconds": summary([r["seconds"] for r in runs]),
+                     "handover_s": summary([r["handover_s"] or 0.0 for r in runs]),
                      "dispatch_pause_s": summary([r["dispatch_pause_s"] for r in runs])}
     report("bench_upgrade", out)
 

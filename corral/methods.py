@@ -587,7 +587,8 @@ class UpgradeReport(Result):
     seconds: float | None = None  # from the request to the new image serving
     kept: int = 0  # agents' processes kept
     tasks: int = 0  # running tasks kept
-    restarted: list[str] = []  # processes started again (MCP servers, zygotes, the lost)
+    restarted: list[str] = []  # processes started again (zygotes, plain programs, the lost)
+    servers: int = 0  # MCP servers' processes kept
     error: str | None = None
 
 

@@ -1,7 +1,8 @@
-"""`corral upgrade` (issue 37, item 2; decisions 200-204): the daemon re-executes itself in
-place — the same pid — and keeps its agents' processes, their running tasks and its
-control socket; a new install that cannot start is refused before the exec, or falls
-back to the old image after it, with every agent kept."""
+"""`corral upgrade` (issue 37, item 2; decisions 200-204, 240-244): the daemon re-executes
+itself in place — the same pid — and keeps its agents' processes, their running tasks, its
+MCP servers and their sessions, its control socket and its HTTP listening sockets; a new
+install that cannot start is refused before the exec, or falls back to the old image after
+it, with every agent kept."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ import shutil
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .conftest import EXAMPLES, ROOT
-from .daemon_harness import PY, Daemon, shared_tmpdir, sleeper
+from .daemon_harness import PY, Daemon, free_port, shared_tmpdir, sleeper
 from .test_daemon_cli import wait_until
 
 
@@ -85,26 +90,83 @@ class Knocker:
         self._thread.join(15)
 
 
+class Poller:
+    """GETs `url` in a loop, from a thread, a new connection each time; counts each
+    outcome (a refused connection apart)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.refused: list[str] = []
+        self.other: list[str] = []
+        self.answered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=30) as r:
+                    r.read()
+                self.answered += 1
+            except urllib.error.URLError as exc:
+                bucket = (self.refused if isinstance(exc.reason, ConnectionRefusedError)
+                          else self.other)
+                bucket.append(repr(exc.reason))
+            except (ConnectionError, OSError) as exc:
+                (self.refused if isinstance(exc, ConnectionRefusedError)
+                 else self.other).append(repr(exc))
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(35)
+
+
+def mcp_rows(d: Daemon) -> dict[str, dict[str, object]]:
+    return {f"{m['name']}#{m['instance']}": m for m in d.json("mcp", "status")["mcp_servers"]}
+
+
 def test_a_running_task_is_kept_across_an_upgrade_and_finishes_once() -> None:
     tmp = shared_tmpdir()
-    d = Daemon(tmp, worker("w") + NOTES)
+    port = free_port()
+    d = Daemon(tmp, worker("w") + NOTES + f'[http]\nlisten = "127.0.0.1:{port}"\n')
     try:
         d.start()
         assert d.proc is not None
         before = pids(d)
+        # the MCP server's state is its process's: a note kept in its memory
+        added = d.cli("tools", "call", "notes__add", "--args",
+                      '{"title": "t", "text": "before the upgrade"}')
+        assert added.returncode == 0, added.stderr
+        server = mcp_rows(d)["notes#0"]
+        assert server["state"] == "ready" and server["calls"] == 1, server
         tid = submit(d, "w", '{"do": "sleep", "seconds": 2}')
         wait_until(lambda: d.json("task", tid)["status"] == "running", what="running")
         knock = Knocker(d.sock)
+        poll = Poller(f"http://127.0.0.1:{port}/healthz")
+        wait_until(lambda: poll.answered > 0, what="/healthz answered")
         try:
             r = d.cli("upgrade")
+            answered = poll.answered
+            wait_until(lambda: poll.answered > answered + 5, what="/healthz after")
         finally:
             knock.stop()
+            poll.stop()
         assert r.returncode == 0, r.stderr + r.stdout
         assert re.match(r"corral daemon upgraded from \S+ to \S+ \(pid "
-                        rf"{d.proc.pid}\) in [\d.]+ s: 1 agent process and 1 running task "
-                        r"kept; started again: mcp notes#0$", r.stdout.strip()), r.stdout
+                        rf"{d.proc.pid}\) in [\d.]+ s: 1 agent process, 1 MCP server and 1 "
+                        r"running task kept$", r.stdout.strip()), r.stdout
         # the control socket refused no connection meanwhile, and took many
         assert knock.errors == [] and knock.connects > 10, (knock.errors, knock.connects)
+        # nor did the HTTP port (a request open at the exec may be cut, never refused)
+        assert poll.refused == [] and len(poll.other) <= 1, (poll.refused, poll.other)
+        # the same MCP server process, its session and counters going on: no initialize
+        after = mcp_rows(d)["notes#0"]
+        assert (after["pid"], after["restarts"], after["protocol_version"], after["tools"],
+                after["calls"]) == (server["pid"], server["restarts"],
+                                    server["protocol_version"], server["tools"], 1), after
+        assert after["state"] == "ready", after
         assert d.proc.poll() is None
         assert f"(pid {d.proc.pid}," in d.cli("version").stdout
         task = wait_until(lambda: (t := d.json("task", tid))["status"] != "running" and t,
@@ -116,16 +178,17 @@ def test_a_running_task_is_kept_across_an_upgrade_and_finishes_once() -> None:
         # the same worker, no restart counted
         assert pids(d) == before
         assert d.status()["w#0"]["state"] in ("ready", "idle")
-        # the MCP server was started again by the new image and answers
-        called = d.cli("tools", "call", "notes__add", "--args",
-                       '{"title": "t", "text": "after the upgrade"}')
+        # the MCP server kept answers a tool call, from the memory it had before
+        called = d.cli("tools", "call", "notes__get", "--args", '{"title": "t"}')
         assert called.returncode == 0, called.stderr
+        assert "before the upgrade" in called.stdout, called.stdout
+        assert mcp_rows(d)["notes#0"]["pid"] == server["pid"]
         # a task after the upgrade runs on the same worker
         out = d.cli("run", "w", "--input", '{"do": "echo", "value": 1}', "--json")
         assert out.returncode == 0, out.stderr
         log = (d.state / "logs" / "corral.log").read_text()
-        assert "upgrading: handing 1 agent process and 1 running task" in log
-        assert "1 agent process and 1 running task kept" in log
+        assert "upgrading: handing 1 agent process, 1 MCP server and 1 running task" in log
+        assert "1 agent process, 1 MCP server and 1 running task kept" in log
         assert "did not shut down cleanly" not in log
         assert d.stop() == 0
     finally:
@@ -254,8 +317,125 @@ def test_the_handoff_file_is_private() -> None:
         try:
             handoff.read(path)
         except ValueError as exc:
-            assert "handoff version 99, this corral reads 1" in str(exc)
+            assert (f"handoff version 99, this corral reads {handoff.HANDOFF_VERSION}"
+                    in str(exc))
         else:
             raise AssertionError("another layout was read")
     finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Steady:
+    """Calls `method` on the control socket every `interval` s from a thread, on one
+    connection (made again when the exec cut it): what each call answered, the calls cut
+    (the connection open at the exec), and refused connections apart."""
+
+    def __init__(self, sock: Path, method: str, params: Callable[[int], dict[str, Any]],
+                 interval: float) -> None:
+        self.sock, self.method, self.params, self.interval = sock, method, params, interval
+        self.answers: list[Any] = []
+        self.cut = 0
+        self.refused: list[str] = []
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from corral.cli.client import CallFailed, Client, Disconnected, Unreachable
+
+        c: Client | None = None
+        n = 0
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                if c is None:
+                    c = Client(self.sock, timeout=60)
+                self.answers.append(c.ask(self.method, self.params(n)))
+                n += 1
+            except (Disconnected, ConnectionError):
+                self.cut += 1
+                c = _closed(c)
+            except Unreachable as exc:
+                self.refused.append(str(exc).splitlines()[0])
+                c = _closed(c)
+            except CallFailed as exc:
+                self.failed.append(exc.message)
+            time.sleep(max(0.0, self.interval - (time.monotonic() - t)))
+        _closed(c)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(65)
+
+
+def _closed(c: Any) -> None:
+    if c is not None:
+        c.close()
+
+
+def test_an_upgrade_under_load_loses_no_task_reruns_none_and_restarts_no_agent() -> None:
+    """Issue 37's acceptance: tasks at a steady rate on 100 agents (warm: forked by a
+    zygote, the faster start), an MCP server in use, `corral upgrade` to a second install
+    whose version differs: 0 tasks lost, 0 run again, 0 agents restarted, 0 control
+    connections refused."""
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w") + "replicas = 100\nwarm = true\nstart_timeout = 60.0\n"
+               + NOTES)
+    try:
+        d.start()
+        assert d.proc is not None
+        before = pids(d)
+        assert len(before) == 100 and all(pid for pid, _ in before.values()), before
+        server = mcp_rows(d)["notes#0"]
+        new = install(tmp, "v2", ("__init__.py", '__version__ = "', '__version__ = "9.9.9+'))
+        tasks = Steady(d.sock, "tasks.submit",
+                       lambda n: {"agent": "w", "input": {"do": "sleep", "seconds": 0.2}},
+                       0.02)
+        tools = Steady(d.sock, "tools.call",
+                       lambda n: {"name": "notes__add",
+                                  "arguments": {"title": f"n{n}", "text": "x"}}, 0.05)
+        knock = Knocker(d.sock)
+        try:
+            wait_until(lambda: len(tasks.answers) > 20 and len(tools.answers) > 5,
+                       what="load under way")
+            r = d.cli("upgrade", "--pythonpath", str(new))
+            assert r.returncode == 0, r.stderr + r.stdout
+            upgraded = (len(tasks.answers), len(tools.answers))
+            wait_until(lambda: len(tasks.answers) > upgraded[0] + 20
+                       and len(tools.answers) > upgraded[1] + 5, what="load after")
+        finally:
+            tasks.stop()
+            tools.stop()
+            knock.stop()
+        assert re.search(r"upgraded from \S+ to 9\.9\.9\+\S+ .*: 100 agent processes, 1 MCP "
+                         r"server and \d+ running tasks? kept; started again: zygote \S+$",
+                         r.stdout.strip()), r.stdout
+        # no control connection refused, no call failed (a call open at the exec is cut)
+        assert (knock.errors, tasks.refused, tools.refused) == ([], [], []), (
+            knock.errors, tasks.refused, tools.refused)
+        assert (tasks.failed, tools.failed) == ([], []), (tasks.failed, tools.failed)
+        assert tasks.cut <= 1 and tools.cut <= 1, (tasks.cut, tools.cut)
+        # no agent restarted, the same MCP server
+        assert pids(d) == before
+        after = mcp_rows(d)["notes#0"]
+        assert (after["pid"], after["restarts"]) == (server["pid"], server["restarts"])
+        # every task accepted (and any a cut call made) succeeds once, on attempt 1
+        accepted = {a.task_id for a in tasks.answers}
+        assert len(accepted) > 40 and len(tools.answers) > 10
+
+        def finished() -> list[dict[str, Any]] | None:
+            rows: list[dict[str, Any]] = d.json("tasks", "--agent", "w", "--limit",
+                                                "100000")["tasks"]
+            done = all(t["status"] not in ("queued", "running") for t in rows)
+            return rows if done and len(rows) >= len(accepted) else None
+
+        rows = wait_until(finished, timeout=60, what="every task's end")
+        assert accepted <= {t["task_id"] for t in rows}
+        assert [(t["task_id"], t["status"], t["attempts"]) for t in rows
+                if (t["status"], t["attempts"]) != ("succeeded", 1)] == []
+        assert len(rows) <= len(accepted) + tasks.cut
+        assert d.stop() == 0
+    finally:
+        d.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -75,7 +75,8 @@ def said(r: m.UpgradeReport) -> str:
                 f"{r.to_version}")
     if r.state == "refused":
         return f"corral: upgrade refused, nothing changed: {r.error}"
-    kept = (f"{plural(r.kept, 'agent process', 'agent processes')} and "
+    servers = f", {plural(r.servers, 'MCP server')}" if r.servers else ""
+    kept = (f"{plural(r.kept, 'agent process', 'agent processes')}{servers} and "
             f"{plural(r.tasks, 'running task')} kept")
     again = f"; started again: {', '.join(r.restarted)}" if r.restarted else ""
     if r.state == "fell_back":

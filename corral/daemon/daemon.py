@@ -579,7 +579,8 @@ class Daemon:
         own at `[gateway] listen`."""
         from .http.mcp import HttpGateway
 
-        http = HttpGateway(gateway, cfg.gateway, self.config_path.parent)
+        http = HttpGateway(gateway, cfg.gateway, self.config_path.parent,
+                           self.upgrades.listeners)
         stack.push_async_callback(http.close)
         if not cfg.gateway.listen:
             return http
@@ -614,7 +615,7 @@ class Daemon:
         stack.push_async_callback(close)
 
         async def attempt() -> None:
-            server = HttpServer(ctx)
+            server = HttpServer(ctx, self.upgrades.listeners)
             try:
                 await server.start()
             except BaseException:

@@ -3,14 +3,18 @@
 msgspec JSON in the state directory, mode 0600, written (and fsynced) just before the
 exec and removed by the image that takes it once its set-up is over; its path rides the
 environment (`CORRAL_HANDOFF`). It lists what the fds kept open across the exec are (the
-control socket, its lock, each kept worker's pipes), the processes kept and their running
-tasks (supervisor/adopt.py), the processes the next image ends (MCP servers, zygotes),
-what the incarnation is (so its process records go on), and how to go back to the image
-that wrote it when the next one cannot start (`fallback`)."""
+control socket, its lock, each kept worker's and MCP server's pipes, the HTTP server's
+and the gateway's listening sockets), the processes kept and their running tasks
+(supervisor/adopt.py), the resource subscriptions agents hold on kept MCP servers, the
+processes the next image ends (zygotes, per-agent MCP servers), what the incarnation is
+(so its process records go on), and how to go back to the image that wrote it when the
+next one cannot start (`fallback`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from pathlib import Path
 
 import msgspec
@@ -19,8 +23,8 @@ from ..supervisor.adopt import HandedProcess
 from ..supervisor.containment import ProcessRecord
 
 # the layout of this file: an image that reads another refuses the handoff (the old one
-# then goes on, and says so)
-HANDOFF_VERSION = 1
+# then goes on, and says so). 2: MCP servers' sessions, listening sockets, subscriptions
+HANDOFF_VERSION = 2
 VARIABLE = "CORRAL_HANDOFF"
 FAILED_VARIABLE = "CORRAL_UPGRADE_FAILED"
 NAME = "upgrade-handoff.json"
@@ -33,6 +37,63 @@ class Fallback(msgspec.Struct, frozen=True):
     python: str
     env: dict[str, str]
     boot: str  # the program it runs (upgrade.BOOT of that image)
+
+
+class Listener(msgspec.Struct, frozen=True):
+    """A listening socket held open across the exec: whose ("http", "gateway"), the
+    address it was bound for (the config's `listen`), its fd."""
+
+    name: str
+    listen: str
+    fd: int
+
+
+class Subscribed(msgspec.Struct, frozen=True):
+    """An agent's resource subscription on a kept MCP server (the server holds it)."""
+
+    server: str
+    uri: str
+    subscriber: str  # the agent replica's label
+
+
+class Listeners:
+    """The listening sockets of the daemon's HTTP server and gateway: told by them as
+    they serve (`serving`) and stop (`gone`), so that an upgrade holds them open across
+    its exec; in the image that took a handoff, the sockets it inherited, taken by the
+    server started for the same address (`take`) instead of binding one: a client that
+    connects meanwhile waits in the socket's backlog, never refused."""
+
+    def __init__(self, inherited: list[Listener] | None = None) -> None:
+        self._inherited = {i.name: i for i in inherited or []}
+        self._serving: dict[str, Listener] = {}
+
+    def take(self, name: str, listen: str) -> socket.socket | None:
+        """The socket inherited for `name` if it was bound for `listen` (the config may
+        have changed it: then a new one is bound, and the old closed by `close_unused`)."""
+        i = self._inherited.get(name)
+        if i is None or i.listen != listen:
+            return None
+        del self._inherited[name]
+        sock = socket.socket(fileno=i.fd)
+        sock.set_inheritable(False)
+        sock.setblocking(False)
+        return sock
+
+    def close_unused(self) -> None:
+        for i in self._inherited.values():
+            with contextlib.suppress(OSError):
+                os.close(i.fd)
+        self._inherited.clear()
+
+    def serving(self, name: str, listen: str, fd: int) -> None:
+        self._serving[name] = Listener(name, listen, fd)
+
+    def gone(self, name: str) -> None:
+        self._serving.pop(name, None)
+
+    def held(self) -> list[Listener]:
+        """What the exec keeps open."""
+        return list(self._serving.values())
 
 
 class Handoff(msgspec.Struct, frozen=True):
@@ -49,6 +110,8 @@ class Handoff(msgspec.Struct, frozen=True):
     fallback: Fallback
     processes: list[HandedProcess] = []
     ended: list[ProcessRecord] = []  # not kept: the next image ends them
+    listeners: list[Listener] = []
+    subscriptions: list[Subscribed] = []
     version: int = HANDOFF_VERSION
 
 

@@ -6,12 +6,14 @@ whether it takes a handoff of this layout), then holds dispatch, waits until eve
 worker's channel can be handed whole (supervisor/adopt.py), writes the state file
 (handoff.py), keeps the fds it lists open across the exec, and execs the new image: the
 same pid, so systemd sees one main process, and every agent process, zygote-forked or
-not, stays its child. The new image takes the control socket as it is (connections made
-meanwhile waited in its backlog), continues the incarnation (process records, spawn
-tokens), adopts each worker when its replica starts (no `initialize` again, no restart),
-routes the answers of running tasks to them (they finish once, on their attempt), and
-recovers queued tasks from the journal as after any start. MCP servers and zygotes are
-ended and started again as their config says.
+not, stays its child. The new image takes the control socket and the HTTP server's and
+gateway's listening sockets as they are (connections made meanwhile waited in their
+backlogs), continues the incarnation (process records, spawn tokens), adopts each worker
+and MCP server when its replica starts (no `initialize` again, no restart; a server's
+client goes on with the session its predecessor negotiated, and the agents' resource
+subscriptions on it are listened to again), routes the answers of running tasks to them
+(they finish once, on their attempt), and recovers queued tasks from the journal as after
+any start. Zygotes and plain programs are ended and started again as their config says.
 
 A new image that cannot start falls back: `BOOT`, the program the old image execs (its
 own text, so a new install that cannot even be imported still runs it), catches any
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -49,17 +52,21 @@ from ..supervisor.containment import (
     signal_fd,
     try_reap,
 )
+from ..supervisor.mcproutes import updates_to
+from ..supervisor.pacing import Pacer
 from ..supervisor.plain import PlainReplica
+from ..supervisor.replica import Replica
+from ..supervisor.replicaparts import Transition
 from ..supervisor.tasks import TaskRecord
 from ..text import plural
 from ..timeouts import within
 from . import handoff
-from .handoff import FAILED_VARIABLE, VARIABLE, Fallback, Handoff
+from .handoff import FAILED_VARIABLE, VARIABLE, Fallback, Handoff, Listeners, Subscribed
 
 if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
     from ..supervisor.core import Supervisor
-    from ..supervisor.replica import Replica
+    from ..supervisor.process_replica import ProcessReplica
     from .control import ControlServer
     from .logs import LogHub
     from .notify import Notifier
@@ -73,7 +80,10 @@ PREFLIGHT_TIMEOUT = 60.0
 # agent not started at all, autostart = false, is given up on then)
 STARTED_WAIT = 10.0
 QUIET_POLL = 0.005
-# how long an MCP server or zygote of the old image has to exit (its stdin is closed by
+# adoptions begun per turn of the loop: each is a pidfd and three pipes, no spawn, so a
+# slice is larger than a mass start's (pacing.BATCH) and the loop still serves between
+ADOPT_BATCH = 64
+# how long a zygote or plain program of the old image has to exit (its stdin is closed by
 # the exec) before SIGKILL
 END_GRACE = 2.0
 # where the image to exec imports corral from, first (before the directory it runs in,
@@ -206,6 +216,8 @@ class Upgrades:
         self._queue = queue  # puts the hand-over in the arbiter's queue
         self.taken = taken
         self.target: Target | None = None
+        # the HTTP server's and gateway's sockets: held across the exec, or inherited
+        self.listeners = taken.listeners if taken else Listeners()
         # (an image that takes a handoff answers before its set-up is over: under way)
         self.report = UpgradeReport(attempt=taken.handoff.attempt if taken else 0,
                                     state="handing_over" if taken else "none",
@@ -309,17 +321,19 @@ class Upgrades:
         kept: list[HandedProcess] = []
         waiting: list[str] = []
         live = sup.parts.containment.live
-        for agent in sup.parts.agents.values():
-            for r in agent.replicas:
-                proc = r.process
-                if proc is None or isinstance(r, PlainReplica):
-                    continue  # (a plain program is started again: its stdout is a log)
-                tracked = live.get(proc.token)
-                h = hand(r, tracked.record, by_replica.get(r, {})) if tracked else None
-                if h is None:
-                    waiting.append(r.label)
-                else:
-                    kept.append(h)
+        replicas: list[ProcessReplica] = [r for agent in sup.parts.agents.values()
+                                          for r in agent.replicas]
+        for r in [*replicas, *sup.parts.tools.instances()]:
+            proc = r.process
+            if proc is None or isinstance(r, PlainReplica):
+                continue  # (a plain program is started again: see decision 241)
+            tracked = live.get(proc.token)
+            rids = by_replica.get(r, {}) if isinstance(r, Replica) else {}
+            h = hand(r, tracked.record, rids) if tracked else None
+            if h is None:
+                waiting.append(r.label)
+            else:
+                kept.append(h)
         return kept, waiting
 
     def _exec(self, target: Target, asked: float, kept: list[HandedProcess],
@@ -337,19 +351,20 @@ class Upgrades:
                 **environment(host.notifier),
                 # the old image imports itself from where it did
                 IMPORT_VARIABLE: str(Path(__file__).resolve().parent.parent.parent)}),
-            processes=kept, ended=ended)
+            processes=kept, ended=ended, listeners=self.listeners.held(),
+            subscriptions=[Subscribed(*s) for s in host.sup.parts.tools.subscribed()])
         path = handoff.path_in(host.store.path.parent)
         data = dict(target.env, **{VARIABLE: str(path)})
-        fds = [*control, *(fd for k in kept for fd in k.fds)]
+        fds = [*control, *(fd for k in kept for fd in k.fds),
+               *(listener.fd for listener in h.listeners)]
         running = sum(len(k.tasks) for k in kept)
         try:
             handoff.write(path, h)
         except OSError as exc:
             raise Refused(f"the state file {path} cannot be written: {exc.strerror}"
                           ) from None
-        processes = plural(len(kept), "agent process", "agent processes")
         tasks = plural(running, "running task")
-        host.hub.daemon(f"upgrading: handing {processes} and {tasks} to corral "
+        host.hub.daemon(f"upgrading: handing {kept_text(kept)} and {tasks} to corral "
                         f"{self.report.to_version} (exec of {target.python}, pid "
                         f"{os.getpid()})")
         host.notifier.send(STATUS=f"upgrading to corral {self.report.to_version}")
@@ -375,9 +390,11 @@ class Taken:
         self.failed = failed  # the new image's failure, in the image fallen back to
         self.held: dict[str, TaskRecord] = {}  # running tasks kept, till re-attached
         self.kept_tasks = 0
+        self.kept_servers = 0
         self.lost: list[str] = []
         self.sup: Supervisor | None = None
         self.adoptions = Adoptions(h.processes, self._adopted, self._lost)
+        self.listeners = Listeners(h.listeners)  # taken by the HTTP server and gateway
 
     @property
     def control(self) -> tuple[int, int]:
@@ -409,6 +426,8 @@ class Taken:
     def _adopted(self, r: Replica, h: HandedProcess) -> None:
         assert self.sup is not None
         assert r.peer is not None
+        if h.record.kind == "mcp":
+            self.kept_servers += 1
         for t in h.tasks:
             rec = self.held.pop(t.task_id, None)
             if rec is None:  # not journaled (task_journal = false): its answer is dropped
@@ -424,27 +443,74 @@ class Taken:
         if recs:
             self.sup.parts.tasks.restore(recs)
 
+    def _adopt_now(self) -> None:
+        """Every replica with a handed process is started by the upgrade itself,
+        ADOPT_BATCH a turn, not at the pace of the fleet's mass start (an adoption spawns
+        nothing; the fleet's start of a replica adopted already does nothing); the kept
+        MCP servers that no config start takes (`start = "lazy"`, or an agent's own,
+        `scope = "per-agent"`) too. The agents' subscriptions on those servers are
+        listened to again (the servers hold them)."""
+        assert self.sup is not None
+        tools, agents = self.sup.parts.tools, self.sup.parts.agents
+        starts: list[ProcessReplica] = []
+        for kind, name, index in list(self.adoptions.waiting):
+            h = self.adoptions.waiting[(kind, name, index)]
+            r: ProcessReplica | None
+            if kind == "mcp":
+                r = tools.instance_of(name, index, h.owner)
+            else:
+                agent = agents.get(name)
+                r = (agent.replicas[index] if agent is not None and agent.spec.autostart
+                     and index < len(agent.replicas) else None)
+            if r is not None and r.machine.untouched:
+                starts.append(r)
+        # the first at once (dispatch goes on as soon as one is Ready), the rest a slice
+        # a turn, as the loop serves its sockets between them
+        pacer = Pacer(asyncio.get_running_loop(), ADOPT_BATCH)
+        for r in starts:
+            pacer.submit(functools.partial(r.start, by_hand=True))
+        replicas = {r.label: r for agent in self.sup.parts.agents.values()
+                    for r in agent.replicas}
+        for s in self.handoff.subscriptions:
+            r = replicas.get(s.subscriber)
+            if r is not None:
+                tools.resubscribe(s.server, s.uri, s.subscriber, updates_to(r))
+
     async def _started(self) -> None:
-        """Until every handed process's replica has been started (a mass start is paced
-        over loop turns: pacing.py), STARTED_WAIT at most."""
+        """Until the replica of every handed process that will be started has been (a
+        mass start is paced over loop turns: pacing.py), STARTED_WAIT at most: told by
+        each replica's first transition on the stream."""
         sup = self.sup
         assert sup is not None
-        deadline = time.monotonic() + STARTED_WAIT
 
-        def unstarted(kind: str, name: str, index: int) -> bool:
+        def will_start(kind: str, name: str, index: int) -> bool:
+            # (a kept MCP server's start, by the pool or _adopt_now, took it already)
             agent = sup.parts.agents.get(name)
             return (kind == "agent" and agent is not None and agent.spec.autostart
                     and index < len(agent.replicas)
                     and agent.replicas[index].machine.untouched)
 
-        while any(unstarted(*k) for k in self.adoptions.waiting):
-            if time.monotonic() >= deadline:
-                return
-            await asyncio.sleep(0.001)
+        unstarted = {k for k in self.adoptions.waiting if will_start(*k)}
+        if not unstarted:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def moved(e: Transition) -> None:
+            unstarted.discard((e.kind, e.name, e.replica))
+            if not unstarted and not done.done():
+                done.set_result(None)
+
+        sub = sup.parts.stream.subscribe(moved, Transition)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await within(done, STARTED_WAIT)
+        finally:
+            sup.parts.stream.unsubscribe(sub)
 
     async def settle(self, hub: LogHub) -> UpgradeReport:
-        """Once the set-up is over: what no replica took is ended, the old image's MCP
-        servers and zygotes too; the state file goes; the report."""
+        """Once the set-up is over: what no replica took is ended, the old image's
+        zygotes and plain programs too; the state file goes; the report."""
+        self._adopt_now()
         await self._started()
         left = self.adoptions.left()
         await self.adoptions.settled()
@@ -456,14 +522,16 @@ class Taken:
         await end_processes(ended)
         for rec in ended:
             containment.ended(rec.token)  # their cgroups and records go
+        self.listeners.close_unused()  # (an address the config no longer serves)
         with contextlib.suppress(OSError):
             self.path.unlink()
         h = self.handoff
         report = UpgradeReport(
             attempt=h.attempt, state="fell_back" if self.failed else "done",
             pid=os.getpid(), from_version=h.from_version, to_version=__version__,
-            seconds=round(time.time() - h.asked_at, 3), kept=self.adoptions.adopted,
-            tasks=self.kept_tasks,
+            seconds=round(time.time() - h.asked_at, 3),
+            kept=self.adoptions.adopted - self.kept_servers, tasks=self.kept_tasks,
+            servers=self.kept_servers,
             restarted=[f"{r.kind} {r.name}#{r.replica}" for r in ended] + self.lost,
             error=self.failed)
         if self.failed:
@@ -473,11 +541,20 @@ class Taken:
                        priority=3)
         else:
             processes = plural(report.kept, "agent process", "agent processes")
+            if report.servers:
+                processes += f", {plural(report.servers, 'MCP server')}"
             hub.daemon(f"upgraded from corral {h.from_version} to {__version__} in "
                        f"{report.seconds:.3f} s: {processes} and "
                        f"{plural(report.tasks, 'running task')} kept, "
                        f"{plural(len(ended), 'process', 'processes')} started again")
         return report
+
+
+def kept_text(kept: list[HandedProcess]) -> str:
+    """"3 agent processes, 1 MCP server" (the servers only when there are)."""
+    servers = sum(1 for h in kept if h.record.kind == "mcp")
+    text = plural(len(kept) - servers, "agent process", "agent processes")
+    return text + (f", {plural(servers, 'MCP server')}" if servers else "")
 
 
 async def end_processes(records: list[ProcessRecord]) -> None:

@@ -93,6 +93,21 @@ def root_uri(root: str) -> str:
     return Path(root).resolve().as_uri()
 
 
+class Session(msgspec.Struct, frozen=True):
+    """What a client knows of its server's session, handed to the next daemon image with
+    the server's process (`corral upgrade`): it goes on without `initialize` again."""
+
+    version: str
+    capabilities: dict[str, Any] = {}
+    server_info: dict[str, Any] = {}
+    instructions: str | None = None
+    tools: list[dict[str, Any]] = []
+    rejected_tools: list[str] = []
+    log_level: str | None = None
+    calls: int = 0
+    errors: int = 0
+
+
 class McpClient:
     """Speaks MCP to one server over a Peer the owner feeds with the server's messages.
 
@@ -173,6 +188,22 @@ class McpClient:
             span.request_id = getattr(self.peer, "_next_id", -1) + 1
             span.transport = self.network
         return await self.peer.request(method, self._with_meta(params or {}), timeout=timeout)
+
+    def session(self) -> Session | None:
+        """The session to hand over; None before one was negotiated."""
+        if self.version is None:
+            return None
+        return Session(self.version, self.capabilities, self.server_info, self.instructions,
+                       self.tools, self.rejected_tools, self.log_level, self.calls,
+                       self.errors)
+
+    def resume(self, s: Session) -> None:
+        """Go on with a session another client negotiated over the same channel."""
+        self._negotiated(s.version)
+        self.capabilities, self.server_info = s.capabilities, s.server_info
+        self.instructions, self.tools = s.instructions, s.tools
+        self.rejected_tools, self.log_level = s.rejected_tools, s.log_level
+        self.calls, self.errors = s.calls, s.errors
 
     # -- lifecycle ------------------------------------------------------------------------
     async def connect(self, timeout: float) -> str:

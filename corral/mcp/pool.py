@@ -136,6 +136,20 @@ class McpPool(Generic[Spec, Inst]):
         entry.next_index += 1
         return inst
 
+    def instance_of(self, name: str, index: int, owner: str | None) -> Inst | None:
+        """Instance `index` of server `name` (a per-agent one made again for `owner`, as it
+        was before an upgrade), or None if the config has no such instance now."""
+        entry = self.servers.get(name)
+        if entry is None:
+            return None
+        if owner is None:
+            return next((i for n, i in enumerate(entry.instances) if n == index), None)
+        if entry.spec.scope != "per-agent" or owner in entry.per_agent:
+            return None
+        inst = entry.per_agent[owner] = self.factory(entry.spec, name, index, owner)
+        entry.next_index = max(entry.next_index, index + 1)
+        return inst
+
     async def remove(self, name: str) -> None:
         entry = self.servers.pop(name, None)
         if entry is not None:
@@ -319,6 +333,17 @@ class McpPool(Generic[Spec, Inst]):
                 if inst.machine.takes_work and inst.peer is not None:
                     with contextlib.suppress(RpcError):
                         await inst.client.unsubscribe(uri, entry.spec.timeout)
+
+    def subscribed(self) -> list[tuple[str, str, str]]:
+        """(server, uri, subscriber) of every subscription (`corral upgrade` hands them)."""
+        return [(server, uri, who) for (server, uri), ls in self.subscriptions.items()
+                for who in ls]
+
+    def resubscribe(self, server: str, uri: str, subscriber: str,
+                    on_update: ResourceListener) -> None:
+        """A subscription the server holds already (made before an upgrade, on a server
+        kept across it): listened to again, not asked for again."""
+        self.subscriptions.setdefault((server, uri), {})[subscriber] = on_update
 
     def drop_subscriber(self, subscriber: str) -> None:
         """Forget every subscription of one subscriber (an agent replica that exited)."""

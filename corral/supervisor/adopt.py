@@ -12,9 +12,12 @@ running tasks go on (the daemon re-attaches them: `Adoptions.on_adopted`).
 
 Only what can be handed whole is: a worker mid-handshake, mid-stop, or with a request of
 its own being answered is waited for by the daemon before it hands over
-(daemon/upgrade.py). MCP servers and zygotes are not adopted: they are ended by the new
-image and started again as their config says (a zygote's children are adopted: once the
-zygote is gone they are corral's own, by the subreaper).
+(daemon/upgrade.py). An MCP server is handed the same way, with its client's session
+(`mcp.client.Session`: the negotiated revision, the server's capabilities and tools), once
+no request is in flight to it: the new image's client goes on with it, no `initialize`
+again. Zygotes are not adopted: they are ended by the new image and started again on
+demand (their children are adopted: once the zygote is gone they are corral's own, by the
+subreaper).
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ..mcp.client import Session
 from .containment import ProcessRecord, read_stat
+from .launch import MAX_IN_FLIGHT
 from .lifecycle import Cause
+from .mcpserver import McpServerReplica
 from .process import ChildProcess, set_pipe_sizes
 
 if TYPE_CHECKING:
@@ -56,9 +62,12 @@ class HandedProcess(msgspec.Struct, frozen=True):
     restarts: int = 0
     zygote_child: bool = False  # forked by a zygote: reaped by us once the zygote is gone
     argv0: str = ""
+    session: Session | None = None  # an MCP server's: what its client negotiated
+    owner: str | None = None  # a per-agent MCP server's agent replica
 
 
-def hand(r: Replica, record: ProcessRecord, rids: dict[str, int]) -> HandedProcess | None:
+def hand(r: ProcessReplica, record: ProcessRecord, rids: dict[str, int]
+         ) -> HandedProcess | None:
     """What `r`'s process is, for the next image; None when it cannot be handed whole
     (no process, no channel, not serving, a request of its own being answered, bytes
     unread on either side of its pipes). `rids`: the request ids of running tasks."""
@@ -67,6 +76,12 @@ def hand(r: Replica, record: ProcessRecord, rids: dict[str, int]) -> HandedProce
         return None
     if not r.machine.takes_work or peer.handling or peer.held:
         return None
+    session, owner = None, None
+    if isinstance(r, McpServerReplica):
+        # a request of corral's in flight (a tool call) has its caller in this image
+        session, owner = r.client.session(), r.owner
+        if peer.in_flight or session is None:
+            return None
     proc._stdin_cork.flush()  # what this turn gathered goes to the pipe now
     if proc.stdin_backlog or proc.reader.holding:
         return None
@@ -80,7 +95,7 @@ def hand(r: Replica, record: ProcessRecord, rids: dict[str, int]) -> HandedProce
         record=record, fds=fds, last_id=last_id,
         unanswered=[i for i in unanswered if isinstance(i, int) and i not in taken],
         tasks=tasks, uptime=r.uptime or 0.0, restarts=r.restarts,
-        zygote_child=proc.zygote_child, argv0=proc.argv0)
+        zygote_child=proc.zygote_child, argv0=proc.argv0, session=session, owner=owner)
 
 
 def keep_open(fds: list[int]) -> None:
@@ -179,7 +194,9 @@ class Adoptions:
         assert peer is not None
         child.peer = peer
         peer.take_over(h.last_id, h.unanswered)
-        self.on_adopted(r, h)  # type: ignore[arg-type]  # (agents' replicas alone are handed)
+        if h.session is not None and isinstance(r, McpServerReplica):
+            r.client.resume(h.session)
+        self.on_adopted(r, h)  # type: ignore[arg-type]  # (tasks: agents' alone)
         set_pipe_sizes(h.fds)
         files = [open(fd, mode, buffering=0)  # noqa: SIM115 - the transports own them
                  for fd, mode in zip(h.fds, ("wb", "rb", "rb"), strict=True)]
@@ -193,7 +210,7 @@ class Adoptions:
             self._failed(r, h, "its pipes could not be attached")
             raise
         child.exited.add_done_callback(r._on_exited)
-        peer.reader, peer.max_handling = child.reader, 256
+        peer.reader, peer.max_handling = child.reader, MAX_IN_FLIGHT
         r._life = None
         self.adopted += 1
         r.ready_at = time.monotonic()

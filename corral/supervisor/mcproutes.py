@@ -41,6 +41,15 @@ def _allow(r: Replica) -> list[str]:
     return list(r.spec.tools)
 
 
+def updates_to(r: Replica) -> Callable[[str, str, dict[str, Any]], None]:
+    """The listener of `r`'s resource subscription: each update told to its worker."""
+    def updated(server: str, uri: str, params: dict[str, Any]) -> None:
+        if r.peer is not None:
+            r.peer.notify("resources/updated", {"server": server, "uri": uri})
+
+    return updated
+
+
 class AgentMcp:
     """Serves the resources/* and prompts/* worker methods (registered in
     `worker_methods`) from the tool-server pool."""
@@ -72,11 +81,7 @@ class AgentMcp:
         return await self.pool.read_resource(p.server, p.uri, owner=r.label, allow=_allow(r))
 
     async def subscribe(self, r: Replica, p: ResourcesSubscribeParams) -> Any:
-        def updated(server: str, uri: str, params: dict[str, Any]) -> None:
-            if r.peer is not None:
-                r.peer.notify("resources/updated", {"server": server, "uri": uri})
-
-        await self.pool.subscribe(p.server, p.uri, r.label, updated, owner=r.label,
+        await self.pool.subscribe(p.server, p.uri, r.label, updates_to(r), owner=r.label,
                                   allow=_allow(r))
         return {}
 

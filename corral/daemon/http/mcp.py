@@ -55,6 +55,7 @@ from ..addresses import loopback
 if TYPE_CHECKING:
     from ...supervisor.config import GatewaySettings
     from ..gatewayaccess import GatewayService, Identity
+    from ..handoff import Listeners
 
 log = logging.getLogger("corral.gateway.http")
 
@@ -152,8 +153,10 @@ def parse_listen(listen: str) -> tuple[str, str | None, int]:
 
 class HttpGateway:
     def __init__(self, service: GatewayService, settings: GatewaySettings,
-                 base: Path) -> None:
+                 base: Path, listeners: Listeners | None = None) -> None:
         self.service = service
+        # where its own site's socket is held across `corral upgrade`'s exec, or taken from
+        self.listeners = listeners
         self.settings = settings
         self.base = base
         self.sessions: dict[str, HttpSession] = {}
@@ -233,33 +236,43 @@ class HttpGateway:
     async def _serve(self, kind: str, where: str | None, port: int | None,
                      tls: ssl.SSLContext | None) -> None:
         assert self._runner is not None
+        listen = self.settings.listen or ""
+        # the socket of the image before `corral upgrade`, if it served this address
+        inherited = self.listeners.take("gateway", listen) if self.listeners else None
         site: web.BaseSite
         if kind == "unix":
             assert where is not None
             path = self._path(where)
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                Path(path).unlink()
-            site = web.UnixSite(self._runner, path)
+            if inherited is None:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    Path(path).unlink()
+            site = (web.SockSite(self._runner, inherited) if inherited
+                    else web.UnixSite(self._runner, path))
             self.socket_path = path
             self.url = f"http://localhost{ENDPOINT}"
         else:
-            site = web.TCPSite(self._runner, where, port, ssl_context=tls)
+            site = (web.SockSite(self._runner, inherited, ssl_context=tls) if inherited
+                    else web.TCPSite(self._runner, where, port, ssl_context=tls))
         await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
         if kind == "tcp":
-            server = getattr(site, "_server", None)
-            sockets = getattr(server, "sockets", None) or []
             bound = sockets[0].getsockname()[1] if sockets else port
             shown = f"[{where}]" if where and ":" in where else where
             self.url = f"{'https' if tls else 'http'}://{shown}:{bound}{ENDPOINT}"
-        else:
+        elif inherited is None:
             Path(self.socket_path or "").chmod(0o660)
+        if self.listeners is not None and sockets:
+            self.listeners.serving("gateway", listen, sockets[0].fileno())
 
     def _path(self, p: str) -> str:
         path = Path(p)
         return str(path if path.is_absolute() else self.base / path)
 
     async def close(self) -> None:
+        if self.listeners is not None:
+            self.listeners.gone("gateway")
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None

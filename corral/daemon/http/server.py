@@ -7,7 +7,7 @@ import math
 import socket
 import ssl
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -21,6 +21,9 @@ from ...text import clip, one_line
 from ..addresses import loopback
 from .context import HttpContext
 from .route import MAX_BODY
+
+if TYPE_CHECKING:
+    from ..handoff import Listeners
 
 
 def tls_context(settings: HttpSettings) -> ssl.SSLContext | None:
@@ -151,9 +154,17 @@ class _Runner(web.AppRunner):
         return server
 
 
+def listening_fd(site: web.BaseSite) -> int | None:
+    """The fd of a started site's listening socket."""
+    sockets = getattr(getattr(site, "_server", None), "sockets", None) or []
+    return sockets[0].fileno() if sockets else None
+
+
 class HttpServer:
-    def __init__(self, ctx: HttpContext) -> None:
+    def __init__(self, ctx: HttpContext, listeners: Listeners | None = None) -> None:
         self.ctx = ctx
+        # where its socket is held across `corral upgrade`'s exec, or taken from
+        self.listeners = listeners
         self.app = web.Application(client_max_size=MAX_BODY)
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -185,28 +196,38 @@ class HttpServer:
                               max_line_size=8190, max_field_size=8190, max_headers=128)
         await self.runner.setup()
         site: Any
+        # the socket of the image before `corral upgrade`, if it served this address
+        inherited = self.listeners.take("http", listen) if self.listeners else None
         if listen.startswith("unix:"):
             path = listen.removeprefix("unix:")
-            site = web.UnixSite(self.runner, path, ssl_context=tls)
+            site = (web.SockSite(self.runner, inherited, ssl_context=tls) if inherited
+                    else web.UnixSite(self.runner, path, ssl_context=tls))
             self.url = f"http+unix://{path}"
         else:
             host, _, port = listen.rpartition(":")
             host = host.strip("[]")
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, int(port)))
-            except OSError:
-                sock.close()  # retried (daemon/extras.py): no socket left per attempt
-                raise
+            sock = inherited or socket.socket(socket.AF_INET6 if ":" in host
+                                              else socket.AF_INET)
+            if inherited is None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((host, int(port)))
+                except OSError:
+                    sock.close()  # retried (daemon/extras.py): no socket left per attempt
+                    raise
             bound = sock.getsockname()[1]
             site = web.SockSite(self.runner, sock, ssl_context=tls)
             shown = host if ":" not in host else f"[{host}]"
             self.url = f"{'https' if tls else 'http'}://{shown}:{bound}"
         await site.start()
         self.ctx.url = self.url
+        fd = listening_fd(site)
+        if self.listeners is not None and fd is not None:
+            self.listeners.serving("http", listen, fd)
 
     async def close(self) -> None:
+        if self.listeners is not None:
+            self.listeners.gone("http")
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
