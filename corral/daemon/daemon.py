@@ -70,6 +70,7 @@ from .services import Services
 from .store import StateStore
 from .storeschema import StoreError
 from .storewriter import StoreWriter
+from .steps import StepsDB
 from .taskjournal import TaskJournalDB
 from .tasks import LocalFront, TaskFront
 from .tenantdirs import TenantDirs
@@ -512,6 +513,12 @@ class Daemon:
                 stack.push_async_callback(journal.close)
                 unfinished = await asyncio.to_thread(journal.unfinished)
                 self.parts.tasks.journal = journal
+                # tasks' steps (docs/durable.md), kept and pruned with their tasks
+                assert store.thread is not None  # open_writer made it
+                steps = StepsDB(store.path, store.thread, sync=sc.journal_sync,
+                                on_error=lambda text: self.hub.daemon(text, priority=3))
+                stack.push_async_callback(steps.close)
+                self.parts.tasks.steps.journal = steps
                 # the budgets' windows as the journaled tasks' usage left them
                 budgets = self.parts.tasks.budgets
                 for agent, when, tokens, cost in await asyncio.to_thread(

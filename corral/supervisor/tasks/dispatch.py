@@ -147,9 +147,12 @@ class Dispatcher:
         self.outcomes.record(task)
         # a large input goes out as a piece of its own (one writev, never copied into the
         # message), and the answer is read in one pass, its output kept as its bytes
+        params = {"task_id": task.id, "attempt": task.attempt, "input": jsonrpc.SPLICE,
+                  "deadline": now + task.timeout}
+        if task.checkpoint is not None:  # a retry, given the task's last state (steps.py)
+            params["resumed"], params["task_state"] = True, task.checkpoint
         self.requests[task.id] = r.peer.request_callback(
-            "task/run", {"task_id": task.id, "attempt": task.attempt,
-                         "input": jsonrpc.SPLICE, "deadline": now + task.timeout},
+            "task/run", params,
             lambda result, exc: self._on_reply(task, r, attempt, result, exc),
             decode=read_raw, piece=task.input)
         self.deadlines.add(task, task.timeout)
