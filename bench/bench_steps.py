@@ -113,9 +113,46 @@ async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+async def floor(sync: str, n: int = 2000) -> dict[str, float]:
+    """The journal alone, no process: µs per step put and awaited committed (what a
+    journaled tool call adds on the daemon's loop), and per history read of a 200-step
+    task (what a retry pays once)."""
+    import time
+
+    from corral.daemon.steps import StepsDB
+    from corral.daemon.storeschema import open_database
+    from corral.daemon.storewriter import WriterThread
+    from corral.supervisor.tasks.steps import Step, args_hash
+
+    tmp = Path(tempfile.mkdtemp(prefix="corral-bench-floor-"))
+    try:
+        db = open_database(tmp / "corral.db", sync=sync)
+        db.close()
+        writer = WriterThread(tmp / "corral.db", sync=sync)
+        steps = StepsDB(tmp / "corral.db", writer, sync=sync)
+        body = json.dumps({"content": [{"type": "text", "text": "x" * 200}]}).encode()
+        t0 = time.perf_counter()
+        for i in range(n):
+            steps.put(Step("t", i + 1, "s__tool", 1, args_hash({"i": i}), body))
+            await steps.committed()
+        put_us = (time.perf_counter() - t0) / n * 1e6
+        t0 = time.perf_counter()
+        reads = 50
+        for _ in range(reads):
+            await steps.history("t")
+        history_ms = (time.perf_counter() - t0) / reads * 1e3
+        await steps.close()
+        await writer.close()
+        return {"put_committed_us": round(put_us, 1),
+                "history_2000_steps_ms": round(history_ms, 2)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--floor-only", action="store_true")
     args = ap.parse_args()
     rounds = 3 if args.quick else 7
     sizes = [20, 200]
@@ -124,7 +161,12 @@ def main() -> None:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    results = {sync: runner(one_sync(sync, sizes, rounds)) for sync in ("normal", "full")}
+    results: dict[str, Any] = {
+        f"floor_{sync}": runner(floor(sync)) for sync in ("normal", "full")}
+    print(results, flush=True)
+    if not args.floor_only:
+        results.update({sync: runner(one_sync(sync, sizes, rounds))
+                        for sync in ("normal", "full")})
     print(json.dumps(results, indent=1))
 
 

@@ -67,10 +67,10 @@ from .notify import Notifier
 from .packages.service import Packages
 from .revisions import RevisionLog, describe_change, spec_table
 from .services import Services
+from .steps import StepsDB
 from .store import StateStore
 from .storeschema import StoreError
 from .storewriter import StoreWriter
-from .steps import StepsDB
 from .taskjournal import TaskJournalDB
 from .tasks import LocalFront, TaskFront
 from .tenantdirs import TenantDirs

@@ -122,22 +122,23 @@ class StepsDB:
         remove_refs(self.dir, unlink)
 
     def _keep(self, db: sqlite3.Connection, h: bytes, body: bytes) -> None:
+        if len(body) <= REF_ABOVE:
+            if db.execute("INSERT OR IGNORE INTO step_results (hash, size, body) VALUES "
+                          "(?, ?, ?)", (h, len(body), body)).rowcount:
+                self.bytes += len(body)
+            return
         if db.execute("SELECT 1 FROM step_results WHERE hash = ?", (h,)).fetchone():
             return
-        if len(body) > REF_ABOVE:
-            ref = h.hex()
-            self.dir.mkdir(mode=0o700, exist_ok=True)
-            tmp = self.dir / f".{ref}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(body)
-                if self.sync == "full":
-                    os.fsync(f.fileno())
-            os.replace(tmp, self.dir / ref)
-            db.execute("INSERT INTO step_results (hash, size, ref) VALUES (?, ?, ?)",
-                       (h, len(body), ref))
-        else:
-            db.execute("INSERT INTO step_results (hash, size, body) VALUES (?, ?, ?)",
-                       (h, len(body), body))
+        ref = h.hex()
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        tmp = self.dir / f".{ref}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(body)
+            if self.sync == "full":
+                os.fsync(f.fileno())
+        os.replace(tmp, self.dir / ref)
+        db.execute("INSERT INTO step_results (hash, size, ref) VALUES (?, ?, ?)",
+                   (h, len(body), ref))
         self.bytes += len(body)
 
     # -- reads (in a thread) --------------------------------------------------------------

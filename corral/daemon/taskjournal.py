@@ -67,9 +67,9 @@ from ..supervisor.tasks import (
     unknown_cursor,
 )
 from ..supervisor.tasks.budget import MINUTE
+from ..supervisor.tasks.steps import CHECKPOINT_SEQ
 from ..taskviews import queue_wait
 from ..text import iso_time, plural
-from ..supervisor.tasks.steps import CHECKPOINT_SEQ
 from .steps import delete_orphans, delete_steps, drop_unused, remove_refs, results_dir
 from .storeschema import connect, errors_named
 from .storewriter import RETRY_EVERY, GroupCommit, WriterThread
