@@ -238,5 +238,5 @@ class TaskSteps:
         return {}
 
     def stats(self) -> dict[str, int]:
-        return {"replayed": self.replayed, "diverged": self.diverged,
-                "journaled": self.journaled}
+        return {"journaled": self.journaled, "replayed": self.replayed,
+                "diverged": self.diverged}
