@@ -42,6 +42,7 @@ UNAVAILABLE = -32013  # a service the operation needs is away (the cluster's Red
 QUOTA_EXCEEDED = -32014  # past a fixed quota (a tenant's max_agents): waiting changes nothing
 TOOL_NOT_ALLOWED = -32020  # outside the agent's allowlist
 TOOL_BUDGET_EXCEEDED = -32021  # past max_tool_calls_per_task
+STEP_BUDGET_EXCEEDED = -32022  # past max_step_bytes (docs/durable.md)
 TASK_FAILED = -32030  # the agent's handler raised
 UNSUPPORTED_VERSION = -32040  # protocol version negotiation failed
 MESSAGE_TOO_LARGE = -32041  # the answer was longer than the channel's line limit
@@ -65,6 +66,7 @@ ERROR_NAMES = {
     QUOTA_EXCEEDED: "quota exceeded",
     TOOL_NOT_ALLOWED: "tool not allowed",
     TOOL_BUDGET_EXCEEDED: "tool budget exceeded",
+    STEP_BUDGET_EXCEEDED: "step budget exceeded",
     TASK_FAILED: "task failed",
     UNSUPPORTED_VERSION: "unsupported protocol version",
     MESSAGE_TOO_LARGE: "message too large",

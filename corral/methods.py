@@ -450,9 +450,19 @@ class AgentStats(Result):
     elastic: str | None = None
 
 
+class StepStats(Result):
+    """Tasks' steps (docs/durable.md): steps written, answered from the journal on a
+    retry, and attempts that stopped matching it and went live."""
+
+    journaled: int = 0
+    replayed: int = 0
+    diverged: int = 0
+
+
 class TasksStats(Result):
     total: TaskTotals
     agents: dict[str, AgentTaskStats]
+    steps: StepStats | UnsetType = UNSET
 
 
 class CallStats(Result):

@@ -58,6 +58,10 @@ class Attempt(msgspec.Struct, gc=False):  # (scalars only: nothing to collect)
     error: str | None = None
     # the cluster node that ran it (a cluster task's attempts only: docs/cluster.md)
     node: str | UnsetType = UNSET
+    # its steps answered from the task's step journal, and the tool call at which it
+    # stopped matching the journal and went live (docs/durable.md)
+    replayed: int | UnsetType = UNSET
+    diverged: int | UnsetType = UNSET
 
 
 class TaskError(msgspec.Struct, omit_defaults=True):

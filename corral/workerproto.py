@@ -47,6 +47,9 @@ class TaskRunParams(Params):
     # W3C trace context of the attempt (`traceparent`, `tracestate`), when corral traces
     # the task: the worker's spans and its tool calls are its children (docs/tracing.md)
     meta: dict[str, Any] | None = msgspec.field(default=None, name="_meta")
+    # a retried attempt of a task that checkpointed (task/checkpoint): its last state
+    resumed: bool = False
+    task_state: Any = None
 
 
 class TaskCancelParams(Params):
@@ -153,6 +156,27 @@ class StateCheckpointParams(Params):
     state: Any = UNSET  # absent: nothing to keep
 
 
+class StepGetParams(Params):
+    """A step the agent names (`ctx.step`): its journaled result, if an earlier attempt of
+    the task made it (docs/durable.md)."""
+
+    task_id: NonEmpty
+    name: NonEmpty
+
+
+class StepPutParams(Params):
+    task_id: NonEmpty
+    name: NonEmpty
+    result: Any = None
+
+
+class TaskCheckpointParams(Params):
+    """The task's state, given back to its retried attempt (`task/run`'s `task_state`)."""
+
+    task_id: NonEmpty
+    state: Any = None
+
+
 # -- the registry --------------------------------------------------------------------------
 class Method(NamedTuple):
     name: str
@@ -185,6 +209,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("events/publish", "worker", True, EventsPublishParams),
     Method("events/subscribe", "worker", False, EventsSubscribeParams),
     Method("state/checkpoint", "worker", True, StateCheckpointParams),
+    Method("step/get", "worker", False, StepGetParams),
+    Method("step/put", "worker", False, StepPutParams),
+    Method("task/checkpoint", "worker", False, TaskCheckpointParams),
 )}
 
 METHOD_OF: dict[type[Params], str] = {m.params: m.name for m in METHODS.values()}

@@ -47,6 +47,10 @@ REFUSED: list[tuple[str, Any, str]] = [
      "prompts/get: arguments must be an object of strings"),
     ("events/subscribe", {}, "events/subscribe: topic must be a non-empty string"),
     ("events/subscribe", {"topic": ""}, "events/subscribe: topic must be a non-empty string"),
+    ("step/get", {"task_id": "t"}, "step/get: name must be a non-empty string"),
+    ("step/get", {"task_id": "t", "name": ""}, "step/get: name must be a non-empty string"),
+    ("step/put", {"name": "s"}, "step/put: task_id must be a non-empty string"),
+    ("task/checkpoint", {"state": 1}, "task/checkpoint: task_id must be a non-empty string"),
     # notifications: never answered, noted in the worker's log
     ("task/progress", {"task_id": "t"}, "ignored task/progress: progress must be a number"),
     ("task/progress", {"progress": 1}, "ignored task/progress: task_id must be a string"),

@@ -213,7 +213,17 @@ def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, reconnect: fl
                    + ", ".join(sorted(u.models)))
     for i, a in enumerate(res.attempts, 1):
         click.echo(f"attempt {i}: {where(a)}{a.outcome}" + (f" ({a.error})" if a.error
-                                                            else ""))
+                                                            else "") + steps_of(a))
+
+
+def steps_of(a: m.Attempt) -> str:
+    """What an attempt's steps journal answered (docs/durable.md)."""
+    said = []
+    if isinstance(a.replayed, int):
+        said.append(f"{a.replayed} steps replayed")
+    if isinstance(a.diverged, int):
+        said.append(f"diverged at tool call {a.diverged}, live from there")
+    return f"; {', '.join(said)}" if said else ""
 
 
 def where(a: m.Attempt) -> str:

@@ -69,6 +69,7 @@ from .notify import Notifier
 from .packages.service import Packages
 from .revisions import RevisionLog, describe_change, spec_table
 from .services import Services
+from .steps import StepsDB
 from .store import StateStore
 from .storeschema import StoreError
 from .storewriter import StoreWriter
@@ -517,6 +518,12 @@ class Daemon:
                 stack.push_async_callback(journal.close)
                 unfinished = await asyncio.to_thread(journal.unfinished)
                 self.parts.tasks.journal = journal
+                # tasks' steps (docs/durable.md), kept and pruned with their tasks
+                assert store.thread is not None  # open_writer made it
+                steps = StepsDB(store.path, store.thread, sync=sc.journal_sync,
+                                on_error=lambda text: self.hub.daemon(text, priority=3))
+                stack.push_async_callback(steps.close)
+                self.parts.tasks.steps.journal = steps
                 # the budgets' windows as the journaled tasks' usage left them
                 budgets = self.parts.tasks.budgets
                 for agent, when, tokens, cost in await asyncio.to_thread(

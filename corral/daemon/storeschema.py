@@ -171,6 +171,27 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE tokens ADD COLUMN tenant TEXT;
     ALTER TABLE audit ADD COLUMN tenant TEXT;
     """,
+    # 10: tasks' steps (steps.py, docs/durable.md): each result once by its content hash
+    # (`body`, or NULL and `ref`, a file of the state directory, past a size); a step is
+    # a task's tool call (seq from 1), a named step (seq 0) or its checkpoint (seq -1)
+    """
+    CREATE TABLE step_results (
+        hash BLOB PRIMARY KEY,
+        size INTEGER NOT NULL,
+        body BLOB,
+        ref TEXT
+    ) WITHOUT ROWID;
+    CREATE TABLE steps (
+        task_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        args BLOB NOT NULL,
+        result BLOB,
+        PRIMARY KEY (task_id, seq, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX steps_result ON steps (result);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

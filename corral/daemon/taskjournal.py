@@ -67,8 +67,10 @@ from ..supervisor.tasks import (
     unknown_cursor,
 )
 from ..supervisor.tasks.budget import MINUTE
+from ..supervisor.tasks.steps import CHECKPOINT_SEQ
 from ..taskviews import queue_wait
 from ..text import iso_time, plural
+from .steps import delete_orphans, delete_steps, drop_unused, remove_refs, results_dir
 from .storeschema import connect, errors_named
 from .storewriter import RETRY_EVERY, GroupCommit, WriterThread
 
@@ -151,6 +153,7 @@ class TaskJournalDB:
         self.writes = 0  # changes handed to the journal
         self.rows = 0  # rows written (changes to one task in one batch are one row)
         self.batches = 0  # transactions committed
+        self._pruned_once = False
         with errors_named(self.path):
             (top,) = self._reader.execute("SELECT max(arrival) FROM tasks").fetchone()
         self._arrivals = itertools.count(top + 1 if top is not None else 0)
@@ -161,17 +164,21 @@ class TaskJournalDB:
         with errors_named(self.path):
             rows = self._reader.execute(
                 "SELECT id, agent, input, priority, timeout, retries_left, created, "
-                "started, status, tool_calls, attempts, usage FROM tasks WHERE finished IS "
-                "NULL ORDER BY arrival").fetchall()
+                "started, status, tool_calls, attempts, usage, (SELECT r.body FROM steps s "
+                "JOIN step_results r ON r.hash = s.result WHERE s.task_id = tasks.id AND "
+                f"s.seq = {CHECKPOINT_SEQ}) FROM tasks WHERE finished IS NULL ORDER BY "
+                "arrival").fetchall()
         return [
             TaskRecord(task_id=tid, agent=agent,
                        input=msgspec.Raw(raw if raw is not None else b"null"),
                        priority=prio, timeout=timeout, retries_left=retries, created=created,
                        started=started, status=status, tool_calls=calls,
                        attempts=_attempts.decode(attempts),
-                       usage=None if usage is None else _usage.decode(usage))
+                       usage=None if usage is None else _usage.decode(usage),
+                       # the task's checkpoint (steps.py; one past REF_ABOVE is not given)
+                       checkpoint=None if state is None else msgspec.Raw(bytes(state)))
             for (tid, agent, raw, prio, timeout, retries, created, started, status,
-                 calls, attempts, usage) in rows]
+                 calls, attempts, usage, state) in rows]
 
     def usage_since(self, since: float) -> list[tuple[str, float, int, float]]:
         """(agent, when, tokens, dollars) the tasks that reported usage and ended at or
@@ -309,14 +316,23 @@ class TaskJournalDB:
         self.rows += len(rows)
 
     def _prune(self, db: sqlite3.Connection) -> None:
+        # a pruned task's steps go with it, and the results no other step names
+        # (steps.py); at start-up, the steps of tasks whose row was never committed too
         db.execute("BEGIN")
+        results = delete_orphans(db) if not self._pruned_once else set()
+        self._pruned_once = True
         if self.max_age > 0:
+            old = time.time() - self.max_age
+            results |= delete_steps(db, "finished IS NOT NULL AND finished < ?", (old,))
             db.execute("DELETE FROM tasks WHERE finished IS NOT NULL AND finished < ?",
-                       (time.time() - self.max_age,))
-        db.execute(
-            "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE finished IS NOT NULL "
-            "ORDER BY finished DESC LIMIT -1 OFFSET ?)", (self.max_tasks,))
+                       (old,))
+        beyond = ("id IN (SELECT id FROM tasks WHERE finished IS NOT NULL ORDER BY finished "
+                  "DESC LIMIT -1 OFFSET ?)")
+        results |= delete_steps(db, beyond, (self.max_tasks,))
+        db.execute(f"DELETE FROM tasks WHERE {beyond}", (self.max_tasks,))
+        refs = drop_unused(db, results)
         db.execute("COMMIT")
+        remove_refs(results_dir(self.path), refs)
 
     # -- reads (in a thread) --------------------------------------------------------------
     def _load(self, task_id: str) -> TaskInfo | None:

@@ -196,6 +196,13 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     retries: NonNegInt = 0
     rate_per_minute: NonNeg = 0
     max_tool_calls_per_task: NonNegInt = 50
+    # durable work (docs/durable.md): a retried task's tool calls are answered from its
+    # step journal while they match; `replay = false` runs them all again, `replay_tools`
+    # (patterns of SERVER__TOOL) those it names (a clock, a random source); a task's
+    # journaled results past max_step_bytes refuse its next call (0: no bound)
+    replay: bool = True
+    replay_tools: list[str] = []
+    max_step_bytes: NonNegInt = 64 * 1024 * 1024
     tools: list[str] = []
     state_ttl: NonNeg = 0
     config: dict[str, Any] = {}  # passed to the worker in `initialize`

@@ -356,6 +356,8 @@ class Context:
         is_async: bool,
         attempt: int = 1,
         trace: dict[str, Any] | None = None,
+        resumed: bool = False,
+        task_state: Any = None,
     ) -> None:
         self._worker = worker
         self.task_id = task_id
@@ -370,6 +372,9 @@ class Context:
         # 1 on the first run of the task, more on a retry (here or on another node):
         # (task_id, attempt) names this run for the agent's own side effects
         self.attempt = attempt
+        # a retry of a task that checkpointed (checkpoint_task): its last state
+        self.resumed = resumed
+        self.task_state = task_state
         self.deadline = deadline
         self._async = is_async
         # a flag, not a threading.Event: nothing waits on it, and an Event (a Condition
@@ -474,6 +479,41 @@ class Context:
         """Persist agent state; given back in `initialize` after a restart."""
         self._worker.state = state
         self._worker.notify("state/checkpoint", {"state": state})
+
+    def checkpoint_task(self, state: Any) -> Any:
+        """Keep this task's state (JSON): a retried attempt starts with it as
+        `ctx.task_state` (and `ctx.resumed`). Returns once it is durable; awaitable in
+        coroutine handlers."""
+        return self._call("task/checkpoint", {"task_id": self.task_id, "state": state})
+
+    def step(self, name: str, fn: Callable[[], Any]) -> Any:
+        """`fn()`'s result, journaled under `name` (unique within the task): a retried
+        attempt gets the journaled result back without calling `fn` (a model call is then
+        not paid twice; docs/durable.md). In a coroutine handler, await it (`fn` may be a
+        coroutine function)."""
+        if self._async:
+            return self._step_async(name, fn)
+        if self.attempt > 1:  # nothing is journaled before a task's first attempt
+            got = self._worker.request("step/get", {"task_id": self.task_id, "name": name})
+            if got.get("found"):
+                return got.get("result")
+        value = fn()
+        self._worker.request("step/put", {"task_id": self.task_id, "name": name,
+                                          "result": value})
+        return value
+
+    async def _step_async(self, name: str, fn: Callable[[], Any]) -> Any:
+        if self.attempt > 1:
+            got = await self._worker.request_async(
+                "step/get", {"task_id": self.task_id, "name": name})
+            if got.get("found"):
+                return got.get("result")
+        value = fn()
+        if hasattr(value, "__await__"):
+            value = await value
+        await self._worker.request_async("step/put", {"task_id": self.task_id,
+                                                      "name": name, "result": value})
+        return value
 
 
 class Worker:
@@ -805,7 +845,8 @@ class Worker:
         meta = params.get("_meta")
         ctx = Context(self, task_id, params.get("deadline"), self.is_async,
                       attempt if isinstance(attempt, int) and attempt > 0 else 1,
-                      meta if isinstance(meta, dict) else None)
+                      meta if isinstance(meta, dict) else None,
+                      params.get("resumed") is True, params.get("task_state"))
         self._tasks[task_id] = ctx
         task_input = params.get("input")
         if self.is_async:

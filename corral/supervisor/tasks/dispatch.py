@@ -151,6 +151,8 @@ class TaskDispatch:
                                   "input": jsonrpc.SPLICE, "deadline": now + task.timeout}
         if task.trace is not None:  # the attempt's span: the worker's parent (tracing.py)
             params["_meta"] = task.trace.run_meta(task.attempt)
+        if task.checkpoint is not None:  # a retry, given the task's last state (steps.py)
+            params["resumed"], params["task_state"] = True, task.checkpoint
         self.requests[task.id] = r.peer.request_callback(
             "task/run", params,
             lambda result, exc: self._on_reply(task, r, attempt, result, exc),

@@ -30,6 +30,9 @@ from ...jsonrpc import RpcError
 from ...taskviews import TaskError, TaskInfo, TaskResult, TaskSummary
 from ...text import ordinal
 from ...workerproto import (
+    StepGetParams,
+    StepPutParams,
+    TaskCheckpointParams,
     TaskProgressParams,
     ToolsCallParams,
     ToolsListParams,
@@ -89,6 +92,10 @@ class TaskManager:
         on_notification(sup.worker_notifications, TaskProgressParams, self.worker.on_progress)
         on_request(sup.worker_methods, ToolsCallParams, self.worker.on_tool_call)
         on_request(sup.worker_methods, ToolsListParams, self.worker.on_tool_list)
+        self.steps = self.worker.steps  # its journal is the daemon's (steps.py)
+        on_request(sup.worker_methods, StepGetParams, self.worker.on_step_get)
+        on_request(sup.worker_methods, StepPutParams, self.worker.on_step_put)
+        on_request(sup.worker_methods, TaskCheckpointParams, self.worker.on_task_checkpoint)
         on_notification(sup.worker_notifications, UsageReportParams, self._on_usage,
                         refused=self.budgets.refused)
 
@@ -309,7 +316,7 @@ class TaskManager:
                         next(self._seq))
             task.id, task.created, task.started = rec.task_id, rec.created, rec.started
             task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
-            task.usage = rec.usage
+            task.usage, task.checkpoint = rec.usage, rec.checkpoint
             agent = self.sup.agents.get(rec.agent)
             self.active[task.id] = task
             restored.append(task)
@@ -347,7 +354,7 @@ class TaskManager:
                     next(self._seq))
         task.id, task.created, task.started = rec.task_id, rec.created, rec.started
         task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
-        task.usage = rec.usage
+        task.usage, task.checkpoint = rec.usage, rec.checkpoint
         self.active[task.id] = task
         agent = self.sup.agents.get(rec.agent)
         if agent is not None:
@@ -496,7 +503,8 @@ class TaskManager:
         per_agent = {name: (self.by_agent.get(name) or AgentTasks(0)).stats(
                          self.queue.depth(name))
                      for name in self.sup.agents}
-        return {"total": totals(per_agent.values()), "agents": per_agent}
+        return {"total": totals(per_agent.values()), "agents": per_agent,
+                "steps": self.steps.stats()}
 
     def _drain_if_down(self, name: str) -> None:
         """Tasks waiting for an agent that will not run again end now, with the reason."""

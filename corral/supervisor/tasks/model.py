@@ -63,11 +63,12 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     tool_calls: int = 0
     attempts: list[Attempt] = []
     usage: ModelUsage | None = None
+    checkpoint: msgspec.Raw | None = None  # its last task/checkpoint (tasks/steps.py)
 
 
 class Task:
     __slots__ = (
-        "_done", "agent", "attempts", "created", "error", "finished",
+        "_done", "agent", "attempts", "checkpoint", "created", "error", "finished",
         "id", "input", "journaled", "out", "output_dropped", "priority", "progress",
         "replica", "retries_left", "seq", "started", "status", "timeout",
         "tool_calls", "trace", "usage", "waiter", "watchers",
@@ -103,6 +104,8 @@ class Task:
         self.progress: Any = None
         self.tool_calls = 0
         self.usage: ModelUsage | None = None  # reported by its worker (budget.py)
+        # its last task/checkpoint, given to a retried attempt (steps.py)
+        self.checkpoint: msgspec.Raw | None = None
         self.replica: Replica | None = None
         # done when the task is: made when first asked for (most tasks have only `waiter`)
         self._done: asyncio.Future[None] | None = None

@@ -4,6 +4,7 @@ their params come decoded (workerproto.py, workercalls.py)."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -11,9 +12,17 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
 from ...text import plural
-from ...workerproto import TaskProgressParams, ToolsCallParams, ToolsListParams
+from ...workerproto import (
+    StepGetParams,
+    StepPutParams,
+    TaskCheckpointParams,
+    TaskProgressParams,
+    ToolsCallParams,
+    ToolsListParams,
+)
 from ..stream import Stream
 from .model import Task, TaskProgress, TaskStatus
+from .steps import TaskSteps
 
 if TYPE_CHECKING:
     from ..replica import Replica
@@ -45,6 +54,8 @@ class WorkerMethods:
         # the tools a replica's agent may call (the engine narrows it to its tenant's)
         self.allow_of: Callable[[Replica], list[str]] = lambda r: list(
             getattr(r.spec, "tools", []))
+        # the task's steps (steps.py): a running task's tool calls are journaled there
+        self.steps = TaskSteps(stream, active.get)
 
     def _task_of(self, r: Replica, task_id: str | None) -> Task | None:
         task = self.active.get(task_id) if task_id is not None else None
@@ -73,6 +84,16 @@ class WorkerMethods:
                            f"allowlist: {allow})")
         task = self._task_of(r, p.task_id)
         if task is not None:
+            arguments = p.arguments or {}
+            return self.steps.tool_call(task, r, name, arguments,
+                                        lambda: self._live_call(r, name, arguments, task))
+        return self.tool_router(r, name, p.arguments or {}, task)
+
+    async def _live_call(self, r: Replica, name: str, arguments: dict[str, Any],
+                         task: Task) -> Any:
+        """A task's tool call made (not answered from its steps): counted against its
+        tool budget."""
+        if task is not None:
             budget = getattr(r.spec, "max_tool_calls_per_task", 0)
             if task.tool_calls >= budget:
                 raise RpcError(jsonrpc.TOOL_BUDGET_EXCEEDED,
@@ -80,7 +101,25 @@ class WorkerMethods:
                                f"{plural(task.tool_calls, 'tool call')} "
                                f"(max_tool_calls_per_task {budget})")
             task.tool_calls += 1
-        return self.tool_router(r, name, p.arguments or {}, task)
+        result = self.tool_router(r, name, arguments, task)
+        return await result if inspect.isawaitable(result) else result
 
     def on_tool_list(self, r: Replica, p: ToolsListParams) -> Any:
         return self.tool_lister(r)
+
+    def _running(self, r: Replica, method: str, task_id: str) -> Task:
+        task = self._task_of(r, task_id)
+        if task is None:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"{method}: task {task_id} is not running "
+                                                   f"on {r.label}")
+        return task
+
+    def on_step_get(self, r: Replica, p: StepGetParams) -> Any:
+        return self.steps.get(self._running(r, "step/get", p.task_id), p.name)
+
+    def on_step_put(self, r: Replica, p: StepPutParams) -> Any:
+        return self.steps.put(self._running(r, "step/put", p.task_id), r, p.name, p.result)
+
+    def on_task_checkpoint(self, r: Replica, p: TaskCheckpointParams) -> Any:
+        return self.steps.checkpoint(self._running(r, "task/checkpoint", p.task_id),
+                                     p.state)

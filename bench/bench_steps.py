@@ -1,0 +1,174 @@
+"""Durable agent work (issue 39): the cost per step of the step journal.
+
+    .venv/bin/python -m bench.bench_steps [--quick]
+
+The real daemon in this process (its SQLite state database, `journal_sync` normal, then
+full), an SDK worker (bench/steps_agent.py) and a stdio MCP server (bench/min_mcp_server.py).
+Per step, medians of ROUNDS tasks, measured in the worker around its loop:
+
+- tool call, live, not journaled (`retries = 0`: no later attempt could read it)
+- tool call, live and journaled (`retries = 1`): the commit before the answer
+- tool call answered from the journal (the retry of a task whose first attempt made them)
+- `ctx.step` journaled (step/put, committed), and answered from the journal (step/get)
+
+The overhead of journaling is the second less the first. DBOS, Restate and Temporal are
+not run here (not installed from PyPI in this environment; docs/durable.md gives the
+anchors measured in issue 39)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def config(state: Path, sync: str) -> str:
+    agent = ROOT / "bench" / "steps_agent.py"
+    server = ROOT / "bench" / "min_mcp_server.py"
+    return textwrap.dedent(f"""
+        [supervisor]
+        socket = "{state}/corral.sock"
+        state_dir = "{state}/state"
+        log_dir = "{state}/logs"
+        journal_sync = "{sync}"
+        drain_timeout = 0
+
+        [agents.plain]
+        command = ["{PY}", "{agent}"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tools = ["fast__*"]
+        max_tool_calls_per_task = 1000
+        backoff_initial = 0.01
+
+        [agents.durable]
+        command = ["{PY}", "{agent}"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tools = ["fast__*"]
+        max_tool_calls_per_task = 1000
+        retries = 1
+        backoff_initial = 0.01
+        max_restarts = 1000
+
+        [mcp_servers.fast]
+        command = ["{PY}", "{server}"]
+    """)
+
+
+async def per_step(sup: Any, agent: str, task: dict[str, Any], rounds: int) -> float:
+    """Median µs per step of the task's last attempt, over `rounds` tasks."""
+    xs = []
+    for _ in range(rounds):
+        res = await sup.tasks.run(agent, task, timeout=120)
+        assert res.status == "succeeded", res.error
+        xs.append(res.output["seconds"] / task["calls"] * 1e6)
+    return statistics.median(xs)
+
+
+async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
+    from corral.daemon.daemon import Daemon
+    from corral.supervisor import State
+
+    tmp = Path(tempfile.mkdtemp(prefix="corral-bench-steps-"))
+    try:
+        (tmp / "corral.toml").write_text(config(tmp, sync))
+        d = Daemon(tmp / "corral.toml")
+        run = asyncio.ensure_future(d.run())
+        await d.set_up.wait()
+        sup = d.sup
+        for name in ("plain", "durable"):
+            await sup.wait_state(name, State.READY, timeout=30)
+        out: dict[str, Any] = {}
+        for n in sizes:
+            tool, step = {"calls": n}, {"calls": n, "mode": "step"}
+            await per_step(sup, "plain", tool, 2)  # warm: the MCP server's instance
+            row = {
+                "tool_live_us": await per_step(sup, "plain", tool, rounds),
+                "tool_journaled_us": await per_step(sup, "durable", tool, rounds),
+                "tool_replayed_us": await per_step(sup, "durable", {**tool, "die": True},
+                                                   rounds),
+                "step_plain_us": await per_step(sup, "plain", step, rounds),
+                "step_journaled_us": await per_step(sup, "durable", step, rounds),
+                "step_replayed_us": await per_step(sup, "durable", {**step, "die": True},
+                                                   rounds),
+            }
+            row["journal_overhead_us"] = row["tool_journaled_us"] - row["tool_live_us"]
+            out[str(n)] = {k: round(v, 1) for k, v in row.items()}
+            print(sync, n, out[str(n)], flush=True)
+        db = tmp / "state" / "corral.db"
+        out["db_bytes"] = db.stat().st_size + (tmp / "state" / "corral.db-wal").stat().st_size
+        d.request_stop()
+        await asyncio.wait_for(run, 30)
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def floor(sync: str, n: int = 2000) -> dict[str, float]:
+    """The journal alone, no process: µs per step put and awaited committed (what a
+    journaled tool call adds on the daemon's loop), and per history read of a 200-step
+    task (what a retry pays once)."""
+    import time
+
+    from corral.daemon.steps import StepsDB
+    from corral.daemon.storeschema import open_database
+    from corral.daemon.storewriter import WriterThread
+    from corral.supervisor.tasks.steps import Step, args_hash
+
+    tmp = Path(tempfile.mkdtemp(prefix="corral-bench-floor-"))
+    try:
+        db = open_database(tmp / "corral.db", sync=sync)
+        db.close()
+        writer = WriterThread(tmp / "corral.db", sync=sync)
+        steps = StepsDB(tmp / "corral.db", writer, sync=sync)
+        body = json.dumps({"content": [{"type": "text", "text": "x" * 200}]}).encode()
+        t0 = time.perf_counter()
+        for i in range(n):
+            steps.put(Step("t", i + 1, "s__tool", 1, args_hash({"i": i}), body))
+            await steps.committed()
+        put_us = (time.perf_counter() - t0) / n * 1e6
+        t0 = time.perf_counter()
+        reads = 50
+        for _ in range(reads):
+            await steps.history("t")
+        history_ms = (time.perf_counter() - t0) / reads * 1e3
+        await steps.close()
+        await writer.close()
+        return {"put_committed_us": round(put_us, 1),
+                "history_2000_steps_ms": round(history_ms, 2)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--floor-only", action="store_true")
+    args = ap.parse_args()
+    rounds = 3 if args.quick else 7
+    sizes = [20, 200]
+    try:
+        import uvloop
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    results: dict[str, Any] = {
+        f"floor_{sync}": runner(floor(sync)) for sync in ("normal", "full")}
+    print(results, flush=True)
+    if not args.floor_only:
+        results.update({sync: runner(one_sync(sync, sizes, rounds))
+                        for sync in ("normal", "full")})
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""A task's steps: every tool call it makes through corral, and every step its agent names
+(`step/get`, `step/put`), journaled before the worker has the result, so that a later
+attempt of the task is answered from the journal instead of doing the work again
+(DESIGN section 17, docs/durable.md).
+
+Tool calls are matched by order: the attempt's n-th call is answered with the n-th step
+of the journal when it names the same tool with the same arguments (their hash); at the
+first call that does not match, the attempt goes live for the rest of its calls and is
+marked diverged (an event, its Attempt's `diverged`, a counter), never failed. A call
+the journal holds no answer for (the earlier attempt's call failed, or its tool is not
+replayed) runs live without a verdict. Named steps are matched by name, wherever the
+agent asks. A task's checkpoint (`task/checkpoint`) is kept on the Task and journaled,
+and a retried attempt is given it in `task/run`.
+
+Nothing is journaled for a task that has no retry left (no later attempt can read it),
+nor for a cluster's task (its records live in Redis). The engine works without a
+journal: the daemon's is SQLite (corral.daemon.steps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+import msgspec
+
+from ... import jsonrpc
+from ...jsonrpc import RpcError
+from ...mcp.pool import allowed
+from ...text import plural
+from ..stream import Stream
+from .model import Task, TaskFinished
+
+if TYPE_CHECKING:
+    from ..replica import Replica
+
+CHECKPOINT_SEQ = -1  # the row of a task's checkpoint
+NAMED_SEQ = 0  # the rows of named steps (keyed by name); tool calls count from 1
+
+_encode = msgspec.json.Encoder(order="sorted")
+
+
+class Step(NamedTuple):
+    """One journaled step: a tool call (seq from 1, `name` the tool), a named step (seq
+    NAMED_SEQ) or the task's checkpoint (seq CHECKPOINT_SEQ). `body` is the result's JSON
+    (None: none to give back)."""
+
+    task_id: str
+    seq: int
+    name: str
+    attempt: int
+    args: bytes  # the arguments' hash (tool calls)
+    body: bytes | None
+
+
+class StepJournal(Protocol):
+    """Where steps are made durable (the daemon's: corral.daemon.steps.StepsDB)."""
+
+    def put(self, step: Step) -> None:
+        """Keep a step (a newer one with its key replaces it); does not block."""
+
+    def drop_from(self, task_id: str, seq: int) -> None:
+        """Forget the task's tool-call steps from `seq` on (an attempt diverged there)."""
+
+    async def committed(self) -> None:
+        """Return once everything put so far is durable; raise if it cannot be."""
+
+    async def history(self, task_id: str) -> list[Step]:
+        """Every step of the task, tool calls in order."""
+
+
+class StepsDiverged(NamedTuple):
+    """An attempt's tool call did not match the journal: the attempt went live at `seq`."""
+
+    task: Task
+    attempt: int
+    seq: int
+    why: str
+
+
+def args_hash(arguments: Any) -> bytes:
+    return hashlib.blake2b(_encode.encode(arguments), digest_size=16).digest()
+
+
+class _Attempt:
+    """What the steps of one running attempt need: the journal's history (read once, on
+    a retry), the next call's position, and the verdict."""
+
+    __slots__ = ("attempt", "bytes", "diverged", "loaded", "named", "next_seq", "tools")
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+        self.loaded: asyncio.Future[None] | None = None
+        self.tools: dict[int, Step] = {}
+        self.named: dict[str, Step] = {}
+        self.next_seq = 1
+        self.diverged = False
+        self.bytes = 0  # the task's journaled result bytes (against max_step_bytes)
+
+
+class TaskSteps:
+    """The engine's side of the steps: the worker methods' handlers call it."""
+
+    def __init__(self, stream: Stream, active: Callable[[str], Task | None]) -> None:
+        self.stream = stream
+        self._active = active
+        self.journal: StepJournal | None = None  # the daemon sets it
+        self._attempts: dict[str, _Attempt] = {}
+        self.replayed = 0  # calls and named steps answered from the journal
+        self.diverged = 0  # attempts that went live at a mismatch
+        self.journaled = 0  # steps written
+        stream.subscribe(self._finished, TaskFinished)
+
+    def _finished(self, e: TaskFinished) -> None:
+        self._attempts.pop(e.task.id, None)
+        e.task.checkpoint = None
+
+    @staticmethod
+    def _journals(task: Task) -> bool:
+        return task.retries_left > 0 and task.journal_here
+
+    async def _state(self, task: Task) -> _Attempt:
+        st = self._attempts.get(task.id)
+        if st is None or st.attempt != task.attempt:
+            st = self._attempts[task.id] = _Attempt(task.attempt)
+            if task.attempt > 1 and self.journal is not None:
+                st.loaded = asyncio.get_running_loop().create_future()
+                try:
+                    for step in await self.journal.history(task.id):
+                        if step.seq >= 1:
+                            st.tools[step.seq] = step
+                        elif step.seq == NAMED_SEQ:
+                            st.named[step.name] = step
+                        if step.body is not None and step.seq != CHECKPOINT_SEQ:
+                            st.bytes += len(step.body)
+                finally:
+                    st.loaded.set_result(None)
+        if st.loaded is not None and not st.loaded.done():
+            await st.loaded
+        return st
+
+    # -- tool calls -----------------------------------------------------------------------
+    async def tool_call(self, task: Task, r: Replica, name: str, arguments: dict[str, Any],
+                        live: Callable[[], Awaitable[Any]]) -> Any:
+        """A task's tool call: from the journal while the attempt matches it, else live
+        (and journaled before it is answered when its agent replays it)."""
+        st = await self._state(task)
+        seq = st.next_seq
+        st.next_seq += 1
+        spec = r.spec
+        replays = getattr(spec, "replay", True) and not allowed(
+            name, getattr(spec, "replay_tools", []))
+        h = args_hash(arguments)
+        if not st.diverged:
+            old = st.tools.get(seq)
+            if old is not None and (old.name != name or old.args != h):
+                why = (f"call {seq} is {name}, the journal's is {old.name}"
+                       if old.name != name else f"call {seq} to {name} has other arguments")
+                self._diverge(task, st, seq, why)
+            elif old is not None and old.body is not None and replays:
+                self._replayed(task)
+                return msgspec.Raw(old.body)
+        journal = self.journal if self._journals(task) else None
+        if journal is not None and replays:
+            self._check_budget(task, r, st)
+        result = await live()
+        if journal is None or not replays:
+            return result
+        body = msgspec.json.encode(result)
+        journal.put(Step(task.id, seq, name, task.attempt, h, body))
+        st.bytes += len(body)
+        self.journaled += 1
+        await journal.committed()
+        return msgspec.Raw(body)
+
+    def _diverge(self, task: Task, st: _Attempt, seq: int, why: str) -> None:
+        st.diverged = True
+        self.diverged += 1
+        if task.attempts:
+            task.attempts[-1].diverged = seq
+        if self.journal is not None and task.journal_here:
+            self.journal.drop_from(task.id, seq)
+        st.tools = {}
+        if self.stream.wants(StepsDiverged):
+            self.stream.emit(StepsDiverged(task, task.attempt, seq, why))
+
+    def _replayed(self, task: Task) -> None:
+        self.replayed += 1
+        if task.attempts:
+            a = task.attempts[-1]
+            a.replayed = a.replayed + 1 if isinstance(a.replayed, int) else 1
+
+    @staticmethod
+    def _check_budget(task: Task, r: Replica, st: _Attempt) -> None:
+        budget = getattr(r.spec, "max_step_bytes", 0)
+        if budget and st.bytes >= budget:
+            raise RpcError(jsonrpc.STEP_BUDGET_EXCEEDED,
+                           f"step budget exceeded: task {task.id} has journaled "
+                           f"{plural(st.bytes, 'byte')} of step results (max_step_bytes "
+                           f"{budget}); nothing more of it can be kept for a retry")
+
+    # -- named steps ----------------------------------------------------------------------
+    async def get(self, task: Task, name: str) -> dict[str, Any]:
+        if task.attempt <= 1:
+            return {"found": False}  # nothing before the first attempt
+        st = await self._state(task)
+        step = st.named.get(name)
+        if step is None or step.body is None:
+            return {"found": False}
+        self._replayed(task)
+        return {"found": True, "result": msgspec.Raw(step.body)}
+
+    async def put(self, task: Task, r: Replica, name: str, result: Any) -> dict[str, Any]:
+        journal = self.journal
+        if journal is None or not self._journals(task):
+            return {}
+        st = await self._state(task)
+        self._check_budget(task, r, st)
+        body = msgspec.json.encode(result)
+        step = Step(task.id, NAMED_SEQ, name, task.attempt, b"", body)
+        st.named[name] = step
+        st.bytes += len(body)
+        journal.put(step)
+        self.journaled += 1
+        await journal.committed()
+        return {}
+
+    # -- the task's checkpoint ------------------------------------------------------------
+    async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
+        body = msgspec.json.encode(state)
+        task.checkpoint = msgspec.Raw(body)
+        journal = self.journal
+        if journal is not None and self._journals(task):
+            journal.put(Step(task.id, CHECKPOINT_SEQ, "", task.attempt, b"", body))
+            await journal.committed()
+        return {}
+
+    def stats(self) -> dict[str, int]:
+        return {"journaled": self.journaled, "replayed": self.replayed,
+                "diverged": self.diverged}

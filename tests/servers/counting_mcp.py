@@ -1,0 +1,48 @@
+"""An MCP stdio server that counts its tool calls in a file, one line a call, so that a
+test can tell how many times a call was really made across kills of the agent and of the
+daemon (the server dies with the daemon; the file stays).
+
+    counting_mcp.py COUNT_FILE
+
+Tools: bump {i} (appends a line, answers "bumped I"), big {kb} (a result of that many
+KiB, not counted).
+"""
+
+import json
+import os
+import sys
+
+count_file = sys.argv[1]
+TOOLS = [{"name": n, "inputSchema": {"type": "object"}} for n in ("bump", "big")]
+out = sys.stdout
+for line in sys.stdin:
+    msg = json.loads(line)
+    rid = msg.get("id")
+    if rid is None:
+        continue
+    method = msg.get("method")
+    if method == "initialize":
+        result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+                  "serverInfo": {"name": "counting", "version": "1"}}
+    elif method == "tools/list":
+        result = {"tools": TOOLS}
+    elif method == "tools/call":
+        params = msg["params"]
+        args = params.get("arguments") or {}
+        if params["name"] == "bump":
+            fd = os.open(count_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.write(fd, f"{args.get('i')}\n".encode())
+            os.close(fd)
+            text = f"bumped {args.get('i')}"
+        else:
+            text = "x" * (int(args.get("kb", 1)) * 1024)
+        result = {"content": [{"type": "text", "text": text}], "isError": False}
+    elif method == "ping":
+        result = {}
+    else:
+        out.write(json.dumps({"jsonrpc": "2.0", "id": rid, "error": {
+            "code": -32601, "message": "Method not found"}}) + "\n")
+        out.flush()
+        continue
+    out.write(json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}) + "\n")
+    out.flush()

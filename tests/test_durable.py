@@ -1,0 +1,183 @@
+"""Durable agent work (issue 39, docs/durable.md): a retried task's tool calls are
+answered from its step journal, `ctx.step` results are given back, a diverging retry goes
+live, a task checkpoint comes back, the byte budget refuses, retention deletes steps.
+
+Real processes throughout: the daemon in this loop (its SQLite journal), an SDK worker
+(tests/durable_agent.py) that SIGKILLs itself after call k, and a stdio MCP server that
+counts its calls in a file (tests/servers/counting_mcp.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral import jsonrpc
+
+from .conftest import ROOT
+from .daemon_harness import PY, in_process
+
+HERE = Path(__file__).parent
+
+
+def fleet(tmp: Path, agent_extra: str = "") -> str:
+    return textwrap.dedent(f"""
+        [agents.durable]
+        command = ["{PY}", "{HERE}/durable_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        retries = 1
+        backoff_initial = 0.05
+        tools = ["counting__*"]
+        {agent_extra}
+
+        [mcp_servers.counting]
+        command = ["{PY}", "{HERE}/servers/counting_mcp.py", "{tmp}/server-count"]
+    """)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+async def run_task(d: Any, task_input: dict[str, Any]) -> Any:
+    return await d.sup.tasks.run("durable", task_input, timeout=60)
+
+
+@pytest.mark.parametrize("k", [1, 5, 9])
+async def test_a_retry_after_a_worker_kill_makes_no_tool_call_twice(tmp_path: Path,
+                                                                     k: int) -> None:
+    async with in_process(tmp_path, fleet(tmp_path)) as d:
+        res = await run_task(d, {"calls": 10, "stop_after": k, "how": "die",
+                                 "marker": str(tmp_path / "marker")})
+        assert res.status == "succeeded", res
+        assert res.output["results"] == [f"bumped {i}" for i in range(1, 11)]
+        assert lines(tmp_path / "server-count") == [str(i) for i in range(1, 11)]
+        first, second = res.attempts
+        assert first.outcome == "lost" and second.outcome == "succeeded"
+        assert second.replayed == k and second.diverged is msgspec_unset()
+        info = await d.sup.tasks.info(res.task_id)
+        assert info.attempts[1].replayed == k
+        assert d.sup.tasks.stats()["steps"]["replayed"] == k
+
+
+def msgspec_unset() -> Any:
+    import msgspec
+    return msgspec.UNSET
+
+
+async def test_named_steps_are_given_back_to_a_retry(tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    async with in_process(tmp_path, fleet(tmp_path)) as d:
+        res = await run_task(d, {"calls": 10, "stop_after": 4, "how": "die", "named": True,
+                                 "counter": str(counter), "marker": str(tmp_path / "m")})
+        assert res.status == "succeeded", res
+        assert res.output["results"] == [f"counted {i}" for i in range(1, 11)]
+        assert lines(counter) == [str(i) for i in range(1, 11)]
+        assert res.attempts[1].replayed == 4
+
+
+async def test_a_diverging_retry_is_marked_and_finishes_live(tmp_path: Path) -> None:
+    from corral.supervisor.tasks.steps import StepsDiverged
+
+    async with in_process(tmp_path, fleet(tmp_path)) as d:
+        seen: list[StepsDiverged] = []
+        d.sup.stream.subscribe(seen.append, StepsDiverged)
+        res = await run_task(d, {"calls": 10, "stop_after": 5, "how": "die",
+                                 "diverge_at": 4, "marker": str(tmp_path / "m")})
+        assert res.status == "succeeded", res
+        assert res.output["results"] == [*(f"bumped {i}" for i in range(1, 4)),
+                                         *(f"bumped {i * 100}" for i in range(4, 11))]
+        # attempt 1 made calls 1-5; the retry replayed 1-3 and made 4-10 live
+        assert lines(tmp_path / "server-count") == [
+            *(str(i) for i in range(1, 6)), *(str(i * 100) for i in range(4, 11))]
+        second = res.attempts[1]
+        assert (second.replayed, second.diverged) == (3, 4)
+        assert [(e.attempt, e.seq, e.why) for e in seen] == [
+            (2, 4, "call 4 to counting__bump has other arguments")]
+        assert d.sup.tasks.stats()["steps"]["diverged"] == 1
+        # the obsolete steps (4 and 5) left the journal; the retry, the task's last
+        # attempt (no retry left), journaled none of its own
+        await d.sup.tasks.steps.journal.committed()
+        db = sqlite3.connect(tmp_path / "state" / "corral.db")
+        rows = db.execute("SELECT seq, attempt FROM steps WHERE task_id = ? AND seq > 0 "
+                          "ORDER BY seq", (res.task_id,)).fetchall()
+        assert rows == [(1, 1), (2, 1), (3, 1)]
+
+
+async def test_a_task_checkpoint_is_given_back_on_retry(tmp_path: Path) -> None:
+    async with in_process(tmp_path, fleet(tmp_path)) as d:
+        res = await run_task(d, {"calls": 3, "stop_after": 2, "how": "die",
+                                 "checkpoint": True, "marker": str(tmp_path / "m")})
+        assert res.status == "succeeded", res
+        assert res.output["attempt"] == 2
+        assert res.output["resumed"] is True
+        assert res.output["task_state"] == {"done": 2}
+        # a first attempt is not resumed
+        res = await run_task(d, {"calls": 1})
+        assert (res.output["resumed"], res.output["task_state"]) == (False, None)
+
+
+async def test_past_max_step_bytes_a_tool_call_is_refused(tmp_path: Path) -> None:
+    async with in_process(tmp_path, fleet(tmp_path, "max_step_bytes = 120")) as d:
+        res = await d.sup.tasks.run("durable", {"calls": 3}, timeout=30)
+        assert res.status == "failed"
+        # each result is 63 bytes of JSON: the third call finds the budget spent
+        assert res.error.code == jsonrpc.TASK_FAILED
+        assert (f"step budget exceeded: task {res.task_id} has journaled 126 bytes of "
+                "step results (max_step_bytes 120); nothing more of it can be kept for a "
+                "retry") in res.error.message
+        assert lines(tmp_path / "server-count") == ["1", "2"]
+
+
+async def test_a_task_with_no_retry_left_journals_nothing(tmp_path: Path) -> None:
+    async with in_process(tmp_path, fleet(tmp_path).replace("retries = 1",
+                                                            "retries = 0")) as d:
+        res = await d.sup.tasks.run("durable", {"calls": 3}, timeout=30)
+        assert res.status == "succeeded"
+        assert d.sup.tasks.stats()["steps"]["journaled"] == 0
+
+
+async def test_replay_tools_are_made_again(tmp_path: Path) -> None:
+    extra = 'replay_tools = ["counting__bump"]'
+    async with in_process(tmp_path, fleet(tmp_path, extra)) as d:
+        res = await run_task(d, {"calls": 4, "stop_after": 2, "how": "die",
+                                 "marker": str(tmp_path / "m")})
+        assert res.status == "succeeded"
+        assert lines(tmp_path / "server-count") == ["1", "2", "1", "2", "3", "4"]
+        assert res.attempts[1].replayed is msgspec_unset()
+
+
+async def test_retention_deletes_steps_and_their_results(tmp_path: Path) -> None:
+    async with in_process(tmp_path, fleet(tmp_path),
+                          supervisor="journal_max_tasks = 1") as d:
+        ids = []
+        for _ in range(3):
+            res = await d.sup.tasks.run("durable", {"calls": 2}, timeout=30)
+            assert res.status == "succeeded"
+            ids.append(res.task_id)
+        journal = d.sup.tasks.journal
+        await journal.committed()
+        await d.sup.tasks.steps.journal.committed()
+        db = sqlite3.connect(tmp_path / "state" / "corral.db")
+        assert db.execute("SELECT count(*) FROM steps").fetchone() == (6,)
+        # results stored once by content: "bumped 1" and "bumped 2"
+        assert db.execute("SELECT count(*) FROM step_results").fetchone() == (2,)
+        done: Any = None
+        import asyncio
+        done = asyncio.get_running_loop().create_future()
+        journal._writer.run(journal._prune, done.set_result)
+        assert await done is None
+        assert db.execute("SELECT DISTINCT task_id FROM steps").fetchall() == [(ids[-1],)]
+        assert db.execute("SELECT count(*) FROM step_results").fetchone() == (2,)
+        # the last task pruned too: nothing of its steps is left
+        db.execute("UPDATE tasks SET finished = 1 WHERE id = ?", (ids[-1],))
+        db.commit()
+        done = asyncio.get_running_loop().create_future()
+        journal.max_age = 60
+        journal._writer.run(journal._prune, done.set_result)
+        assert await done is None
+        assert db.execute("SELECT count(*) FROM steps").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM step_results").fetchone() == (0,)
