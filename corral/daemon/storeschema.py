@@ -171,6 +171,12 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE tokens ADD COLUMN tenant TEXT;
     ALTER TABLE audit ADD COLUMN tenant TEXT;
     """,
+    # 10: a queued task's earliest start (a delay, a retry's backoff; wall time), and its
+    # own retry policy's outcomes (JSON; NULL: its agent's): taskjournal.py
+    """
+    ALTER TABLE tasks ADD COLUMN not_before REAL;
+    ALTER TABLE tasks ADD COLUMN retry_on TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
