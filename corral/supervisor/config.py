@@ -73,7 +73,11 @@ class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit
     limits: Limits = msgspec.field(default_factory=Limits)
 
     def argv(self) -> list[str]:
-        argv = shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
+        try:
+            argv = (shlex.split(self.command) if isinstance(self.command, str)
+                    else list(self.command))
+        except ValueError as exc:  # an unclosed quote, a trailing backslash
+            raise ConfigError(f"cannot be split into words as a shell would: {exc}") from None
         if not argv:
             raise ConfigError("command is empty")
         return argv
