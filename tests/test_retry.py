@@ -189,7 +189,7 @@ def test_a_delayed_task_survives_a_daemon_restart(tmp_path: Path) -> None:
     d = Daemon(tmp_path, agents)
     try:
         d.start()
-        r = d.cli("submit", "w", "--input", '{"do": "echo"}', "--delay", "4s")
+        r = d.cli("submit", "w", "--input", '{"do": "echo"}', "--delay", "12s")
         assert r.returncode == 0, r.stderr
         task_id = r.stdout.strip()
         info = d.json("task", task_id)
