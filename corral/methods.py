@@ -806,6 +806,11 @@ class StatsGet(Params):
 
 
 # -- tasks and events -----------------------------------------------------------------------
+MAX_DELAY = 366 * 86400.0  # the furthest a task may be delayed (a year and a day)
+MAX_TASK_RETRIES = 100  # retries a task may ask for (its agent's `retries` is not bounded)
+RetryOutcome = Literal["lost", "failed", "timed_out"]  # as AgentSpec.retry_on
+
+
 class TaskParams(Params):
     """What to run, on which agent: tasks.run's and tasks.submit's."""
 
@@ -822,6 +827,30 @@ class TaskParams(Params):
     # [tracing]; docs/tracing.md)
     traceparent: str | None = None
     tracestate: str | None = None
+    # it starts no sooner than this: `delay` seconds from now, or at `not_before` (unix
+    # time); one or the other
+    delay: Annotated[float, msgspec.Meta(ge=0, le=MAX_DELAY)] | None = None
+    not_before: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    # its own retry policy, instead of its agent's `retries` and `retry_on`
+    retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_TASK_RETRIES)] | None = None
+    retry_on: list[RetryOutcome] | None = None
+
+    def start_at(self, now: float) -> float | None:
+        """The wall time it may start at (None: at once); raises ValueError for a time
+        past MAX_DELAY from now, or both `delay` and `not_before`."""
+        if self.delay is not None and self.not_before is not None:
+            raise ValueError("give delay or not_before, not both")
+        at = now + self.delay if self.delay is not None else self.not_before
+        if at is not None and at > now + MAX_DELAY:
+            raise ValueError(f"not_before is more than {MAX_DELAY / 86400:g} days from now")
+        return at if at is not None and at > now else None
+
+    @property
+    def policy(self) -> bool:
+        """Whether it asks for a start time or a retry policy of its own."""
+        return not (self.delay is None and self.not_before is None and self.retries is None
+                    and self.retry_on is None)
+
 
 
 MAX_WAIT = 3600.0  # seconds a tasks.submit may hold its answer for the outcome

@@ -62,6 +62,9 @@ class Attempt(msgspec.Struct, gc=False):  # (scalars only: nothing to collect)
     # stopped matching the journal and went live (docs/durable.md)
     replayed: int | UnsetType = UNSET
     diverged: int | UnsetType = UNSET
+    # seconds the task was to wait after this attempt before its retry (the agent's
+    # retry_backoff, jitter and all): set on an attempt that was retried
+    backoff: float | UnsetType = UNSET
 
 
 class TaskError(msgspec.Struct, omit_defaults=True):
@@ -111,6 +114,9 @@ class TaskInfo(_TaskHead):
     # when not asked, or not kept (a cluster task's, a task of a daemon without a journal
     # once it has finished, a row pruned)
     input: Any | UnsetType = UNSET
+    # a queued task's earliest start (wall time): submitted with a delay, or a retry's
+    # backoff; None: as soon as a replica is free
+    not_before: float | None = None
 
 
 def queue_wait(created: float, started: float | None) -> float | None:

@@ -24,6 +24,8 @@ As a task, by its input {"do": WHAT, ...}:
   fail          raise an error (the task fails, the worker lives)
   crash-once    crash unless {"marker": PATH} exists (creating it first): a retry succeeds
                 (and returns ctx.attempt)
+  until         before attempt {"attempt": N} (2 unless said), fail, or with {"how":
+                "sleep"} sleep until cancelled; from it, return {"attempt": ctx.attempt}
   block         sleep {"seconds": S} ignoring cancellation
   stray         answer a request id and report progress for a task it was never given
   progress      report {"steps": N} progress steps, then return; with {"hold": PATH},
@@ -141,6 +143,14 @@ def handle(task, ctx):
         return {"written_mb": task.get("mb", 1)}
     if what == "fail":
         raise TaskError("failed on request", {"asked": True})
+    if what == "until":
+        if ctx.attempt < int(task.get("attempt", 2)):
+            if task.get("how") == "sleep":
+                while True:
+                    ctx.check_cancelled()
+                    time.sleep(0.01)
+            raise TaskError(f"attempt {ctx.attempt} failed on request", None)
+        return {"attempt": ctx.attempt}
     if what == "crash-once":
         marker = task["marker"]
         if not os.path.exists(marker):

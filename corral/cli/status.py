@@ -22,6 +22,20 @@ RUNNING_STATES = ("starting", "ready", "busy", "idle", "paused")
 EXIT_NOT_RUNNING = 3  # as `systemctl status`: some listed agent is failed or not running
 
 
+# One rounding rule for every number `status` and `stats` print: a count is an integer, an
+# average (a gauge averaged over a period, a rate) and a percentage one decimal, a latency
+# as `millis` says it, bytes as `human_bytes`.
+def count(v: float) -> str:
+    return f"{v:.0f}"
+
+
+def average(v: float) -> str:
+    return f"{v:.1f}"
+
+
+percent = average
+
+
 @cli.command(help=doc("agents.status") + "\n\nExits 3 (as `systemctl status` does) when "
              "any listed replica is failed or not running, so scripts can check health.")
 @names_arg
@@ -108,7 +122,7 @@ def print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
         rows.append([
             f"{a.name}#{a.replica}",
             f"{a.state} (unready)" if unready else a.state, str(a.pid or "-"),
-            human_time(a.uptime), str(a.restarts), f"{a.cpu_percent:.1f}",
+            human_time(a.uptime), str(a.restarts), percent(a.cpu_percent),
             human_bytes(a.rss_bytes) if a.rss_bytes else "-",
             a.reason if not serving else (
                 f"unready: {a.health}" if unready and a.health else
@@ -170,7 +184,7 @@ def stats(obj: Ctx, since: str | None, agent: str | None, resolution: str | None
         t = st.tasks.agents.get(n)
         lat = t.latency_ms if t is not None else None
         rows.append([n, str(a.serving) + "/" + str(a.replicas), str(a.restarts),
-                     f"{a.cpu_percent:.1f}", human_bytes(a.rss_bytes),
+                     percent(a.cpu_percent), human_bytes(a.rss_bytes),
                      *(str(v) for v in ((t.accepted, t.succeeded,
                                          t.failed + t.timed_out + t.lost, t.cancelled,
                                          t.queue_depth)
@@ -223,11 +237,13 @@ def _stats_history(obj: Ctx, since: str, agent: str | None, resolution: str | No
                f"{h.resolution} resolution (every {h.interval:g} s)"
                + (", the newest only" if h.truncated else ""))
     rows = []
+    # a raw sample's gauges are counts; a minute's or an hour's, their averages
+    gauge = count if h.resolution == "raw" else average
     for x in h.samples:
-        rows.append([stamp(x.time), f"{x.agents:g}", f"{x.serving:g}/{x.replicas:g}",
-                     f"{x.cpu_percent:.1f}", human_bytes(x.rss_bytes), f"{x.queued:g}",
-                     f"{x.per_minute:g}",
-                     "-" if x.error_rate is None else f"{x.error_rate * 100:.1f}",
+        rows.append([stamp(x.time), gauge(x.agents), f"{gauge(x.serving)}/{gauge(x.replicas)}",
+                     percent(x.cpu_percent), human_bytes(x.rss_bytes), gauge(x.queued),
+                     average(x.per_minute),
+                     "-" if x.error_rate is None else percent(x.error_rate * 100),
                      "-" if x.avg_ms is None else "/".join(
                          millis(v) for v in (x.avg_ms, x.p50_ms, x.p95_ms) if v is not None)])
     table(rows, ["TIME", "AGENTS", "SERVING", "CPU%", "RSS", "QUEUED", "EXEC/MIN",

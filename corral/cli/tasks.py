@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -71,32 +72,94 @@ def _wait_again(obj: Ctx, task_id: str, reconnect: float) -> m.TaskInfo:
             sys.exit(EXIT_FAILED)
 
 
+def _delay(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    try:
+        return duration(value)
+    except click.BadParameter as exc:
+        raise click.BadParameter(exc.message, ctx, param) from None
+
+
+def _outcomes(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+              ) -> list[str] | None:
+    """--retry-on failed,timed_out (or the option given again): the outcomes, checked."""
+    if not value:
+        return None
+    named = [o.strip() for v in value for o in v.split(",") if o.strip()]
+    bad = [o for o in named if o not in RETRY_OUTCOMES]
+    if bad or not named:
+        raise click.BadParameter(f"{', '.join(bad) or 'nothing'}: each outcome is one of "
+                                 f"{', '.join(RETRY_OUTCOMES)}", ctx, param)
+    return named
+
+
+RETRY_OUTCOMES = typing.get_args(m.RetryOutcome)
+
+
+def task_options(fn: Any) -> Any:
+    """What `run` and `submit` both take."""
+    for option in reversed((
+        click.argument("agent", shell_complete=complete_agents),
+        click.option("--input", "input_", default="null", metavar="JSON|@FILE|-",
+                     help="The task's input: JSON, @file with JSON, or - for stdin "
+                          "(default: null, for an agent that takes none)."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Seconds the task may run once started (default: the agent's "
+                          "task_timeout); time waiting in the queue is not counted, and "
+                          "`run` waits for the task's end however long it waits."),
+        click.option("--priority", type=int, default=0, show_default=True,
+                     help="Higher runs first among waiting tasks."),
+        click.option("--delay", default=None, metavar="DURATION", callback=_delay,
+                     help="Start it no sooner than this from now: 90s, 15m, 1h, 2d (it "
+                          "waits, queued, and a daemon restart keeps it)."),
+        click.option("--retries", type=click.IntRange(0, m.MAX_TASK_RETRIES), default=None,
+                     help="Times to run it again after an attempt ends in a --retry-on "
+                          "outcome (default: the agent's retries)."),
+        click.option("--retry-on", multiple=True, callback=_outcomes,
+                     metavar="OUTCOME[,OUTCOME]",
+                     help="Outcomes of an attempt that are retried: lost, failed, "
+                          "timed_out (default: the agent's retry_on)."),
+        click.option("--local", is_flag=True,
+                     help="With [cluster]: run it on this node, not on whichever node "
+                          "has room."),
+        click.option("--traceparent", envvar="TRACEPARENT", default=None, metavar="W3C",
+                     help="The caller's W3C trace context (00-TRACE-SPAN-FLAGS; default "
+                          "$TRACEPARENT): the task's trace is its child (with [tracing])."),
+        click.option("--tracestate", envvar="TRACESTATE", default=None, hidden=True),
+    )):
+        fn = option(fn)
+    return fn
+
+
+@cli.command("submit", help=doc("tasks.submit"))
+@task_options
+@json_option
+@pass_ctx
+def submit_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority: int,
+                delay: float | None, retries: int | None, retry_on: list[str] | None,
+                local: bool, traceparent: str | None, tracestate: str | None,
+                as_json: bool) -> None:
+    got: m.TaskAccepted = obj.call("tasks.submit", m.TasksSubmit(
+        agent=agent, input=_read_input(input_), timeout=timeout, priority=priority,
+        local=local, delay=delay, retries=retries, retry_on=retry_on,  # type: ignore[arg-type]
+        traceparent=traceparent, tracestate=tracestate))
+    click.echo(json.dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
+
+
 @cli.command("run", help=doc("tasks.run") + "\n\nExits 0 only when the task succeeded.")
-@click.argument("agent", shell_complete=complete_agents)
-@click.option("--input", "input_", default="null", metavar="JSON|@FILE|-",
-              help="The task's input: JSON, @file with JSON, or - for stdin (default: "
-                   "null, for an agent that takes none).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds the task may run once started (default: the agent's "
-                   "task_timeout); time waiting in the queue is not counted, and `run` "
-                   "waits for the task's end however long it waits.")
-@click.option("--priority", type=int, default=0, show_default=True,
-              help="Higher runs first among waiting tasks.")
-@click.option("--detach", is_flag=True, help="Print the task id and return at once.")
-@click.option("--local", is_flag=True,
-              help="With [cluster]: run it on this node, not on whichever node has room.")
-@click.option("--traceparent", envvar="TRACEPARENT", default=None, metavar="W3C",
-              help="The caller's W3C trace context (00-TRACE-SPAN-FLAGS; default "
-                   "$TRACEPARENT): the task's trace is its child (with [tracing]).")
-@click.option("--tracestate", envvar="TRACESTATE", default=None, hidden=True)
+@task_options
+@click.option("--detach", is_flag=True, help="Print the task id and return at once "
+                                             "(as `corral submit`).")
 @reconnect_option
 @json_option
 @pass_ctx
 def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority: int,
-             detach: bool, local: bool, traceparent: str | None, tracestate: str | None,
+             delay: float | None, retries: int | None, retry_on: list[str] | None,
+             local: bool, traceparent: str | None, tracestate: str | None, detach: bool,
              reconnect: float, as_json: bool) -> None:
     task_input = _read_input(input_)
     accepted: list[str] = []
+    policy: dict[str, Any] = {"delay": delay, "retries": retries, "retry_on": retry_on,
+                              "traceparent": traceparent, "tracestate": tracestate}
 
     def on_note(method: str, params: Any) -> None:
         if method == "task.accepted":
@@ -109,11 +172,11 @@ def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority:
     if detach:  # answered at once, with the id of the task that runs on
         got: m.TaskAccepted = obj.call("tasks.submit", m.TasksSubmit(
             agent=agent, input=task_input, timeout=timeout, priority=priority, local=local,
-            traceparent=traceparent, tracestate=tracestate))
+            **policy))
         click.echo(json.dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
         return
     params = m.TasksRun(agent=agent, input=task_input, timeout=timeout, priority=priority,
-                        local=local, traceparent=traceparent, tracestate=tracestate)
+                        local=local, **policy)
     res: m.TaskResult
     try:
         # the outcome comes when the task ends, however long it waits in the queue (a
@@ -212,8 +275,11 @@ def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, reconnect: fl
                    f"in, {u.output_tokens:,} out), ${u.cost_usd:.4f}, models "
                    + ", ".join(sorted(u.models)))
     for i, a in enumerate(res.attempts, 1):
+        retried = (f", retried after {a.backoff:g} s" if isinstance(a.backoff, float)
+                   else "")
         click.echo(f"attempt {i}: {where(a)}{a.outcome}" + (f" ({a.error})" if a.error
-                                                            else "") + steps_of(a))
+                                                            else "") + retried
+                   + steps_of(a))
 
 
 def steps_of(a: m.Attempt) -> str:

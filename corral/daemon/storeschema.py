@@ -158,9 +158,9 @@ MIGRATIONS: list[Migration] = [
     """
     ALTER TABLE tasks ADD COLUMN usage BLOB;
     """,
-    # 9: tenants (daemon/tenantregistry.py): those added or changed at runtime (`declared`: a
-    # config tenant's table when it was changed, so that an edit of the file wins), the
-    # tenant of a token, and the caller's tenant on audit rows
+    # 9: tenants (daemon/tenantregistry.py): those added or changed at runtime
+    # (`declared`: a config tenant's table when it was changed, so that an edit of the
+    # file wins), the tenant of a token, and the caller's tenant on audit rows
     """
     CREATE TABLE runtime_tenants (
         name TEXT PRIMARY KEY,
@@ -191,6 +191,12 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (task_id, seq, name)
     ) WITHOUT ROWID;
     CREATE INDEX steps_result ON steps (result);
+    """,
+    # 11: a queued task's earliest start (a delay, a retry's backoff; wall time), and its
+    # own retry policy's outcomes (JSON; NULL: its agent's): taskjournal.py
+    """
+    ALTER TABLE tasks ADD COLUMN not_before REAL;
+    ALTER TABLE tasks ADD COLUMN retry_on TEXT;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

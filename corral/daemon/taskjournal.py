@@ -85,9 +85,10 @@ BEHIND_BYTES = 32 * 1024 * 1024  # inputs and outputs waiting to be written
 UPSERT = """
 INSERT INTO tasks (id, arrival, agent, priority, timeout, retries_left, created, started,
                    finished, status, tool_calls, input, output, error, attempts, progress,
-                   usage)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   usage, not_before, retry_on)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
+    not_before = excluded.not_before,
     retries_left = excluded.retries_left, started = excluded.started,
     finished = excluded.finished, status = excluded.status,
     tool_calls = excluded.tool_calls,
@@ -117,6 +118,7 @@ _encode = msgspec.json.encode
 _attempts = msgspec.json.Decoder(list[Attempt])
 _error = msgspec.json.Decoder(TaskError | None)
 _usage = msgspec.json.Decoder(ModelUsage)
+_retry_on = msgspec.json.Decoder(tuple[str, ...])
 
 Row = tuple[Any, ...]
 
@@ -164,10 +166,10 @@ class TaskJournalDB:
         with errors_named(self.path):
             rows = self._reader.execute(
                 "SELECT id, agent, input, priority, timeout, retries_left, created, "
-                "started, status, tool_calls, attempts, usage, (SELECT r.body FROM steps s "
-                "JOIN step_results r ON r.hash = s.result WHERE s.task_id = tasks.id AND "
-                f"s.seq = {CHECKPOINT_SEQ}) FROM tasks WHERE finished IS NULL ORDER BY "
-                "arrival").fetchall()
+                "started, status, tool_calls, attempts, usage, not_before, retry_on, "
+                "(SELECT r.body FROM steps s JOIN step_results r ON r.hash = s.result "
+                f"WHERE s.task_id = tasks.id AND s.seq = {CHECKPOINT_SEQ}) FROM tasks "
+                "WHERE finished IS NULL ORDER BY arrival").fetchall()
         return [
             TaskRecord(task_id=tid, agent=agent,
                        input=msgspec.Raw(raw if raw is not None else b"null"),
@@ -175,10 +177,12 @@ class TaskJournalDB:
                        started=started, status=status, tool_calls=calls,
                        attempts=_attempts.decode(attempts),
                        usage=None if usage is None else _usage.decode(usage),
+                       not_before=not_before,
+                       retry_on=None if retry_on is None else _retry_on.decode(retry_on),
                        # the task's checkpoint (steps.py; one past REF_ABOVE is not given)
                        checkpoint=None if state is None else msgspec.Raw(bytes(state)))
             for (tid, agent, raw, prio, timeout, retries, created, started, status,
-                 calls, attempts, usage, state) in rows]
+                 calls, attempts, usage, not_before, retry_on, state) in rows]
 
     def usage_since(self, since: float) -> list[tuple[str, float, int, float]]:
         """(agent, when, tokens, dollars) the tasks that reported usage and ended at or
@@ -339,19 +343,20 @@ class TaskJournalDB:
         with self._read_lock:
             row = self._reader.execute(
                 "SELECT id, agent, status, priority, created, started, finished, tool_calls, "
-                "progress, output, error, attempts, usage FROM tasks WHERE id = ?",
+                "progress, output, error, attempts, usage, not_before FROM tasks WHERE id = ?",
                 (task_id,)).fetchone()
         if row is None:
             return None
         (tid, agent, status, prio, created, started, finished, calls, progress, output,
-         error, attempts, usage) = row
+         error, attempts, usage, not_before) = row
         return TaskInfo(tid, agent, status, prio, created, started, finished, calls,
                         None if progress is None else msgspec.json.decode(progress),
                         raw_output_of(msgspec.Raw(output)) if output is not None else None,
                         None if error is None else _error.decode(error),
                         _attempts.decode(attempts),
                         usage=None if usage is None else _usage.decode(usage),
-                        queue_wait=queue_wait(created, started))
+                        queue_wait=queue_wait(created, started),
+                        not_before=not_before if status == "queued" else None)
 
     def _load_input(self, task_id: str) -> msgspec.Raw | None:
         with self._read_lock:
@@ -437,7 +442,9 @@ def _row(task: Task, arrival: int | None, raw_input: msgspec.Raw | None) -> Row:
         None if task.error is None else _encode(task.error),
         _encode(task.attempts),
         None if task.progress is None else _encode(task.progress),
-        None if task.usage is None else _encode(task.usage))
+        None if task.usage is None else _encode(task.usage),
+        task.not_before,
+        None if task.retry_on is None else _encode(task.retry_on))
 
 
 def _size(row: Row) -> int:

@@ -184,7 +184,8 @@ class TenantRegistry:
     async def _set(self, name: str, changes: dict[str, Any], who: str) -> m.TenantEntry:
         if name not in self.tables:
             if name == DEFAULT_TENANT:
-                raise RpcError(jsonrpc.INVALID_PARAMS, "the default tenant has no quotas "
+                # (a conflict with the state: well-formed, and taken once it is declared)
+                raise RpcError(jsonrpc.CONFLICT, "the default tenant has no quotas "
                                "until it is declared: add [tenants.default]")
             raise jsonrpc.not_found("tenant", name)
         if not changes:

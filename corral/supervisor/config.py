@@ -29,6 +29,10 @@ Positive = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 
 
+# the outcomes of an attempt `retry_on` may name (a task's statuses: tasks/model.py)
+RetryOutcome = Literal["lost", "failed", "timed_out"]
+
+
 class ConfigError(Exception):
     """Invalid configuration; the message names the file, the key path and the problem."""
 
@@ -69,7 +73,11 @@ class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit
     limits: Limits = msgspec.field(default_factory=Limits)
 
     def argv(self) -> list[str]:
-        argv = shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
+        try:
+            argv = (shlex.split(self.command) if isinstance(self.command, str)
+                    else list(self.command))
+        except ValueError as exc:  # an unclosed quote, a trailing backslash
+            raise ConfigError(f"cannot be split into words as a shell would: {exc}") from None
         if not argv:
             raise ConfigError("command is empty")
         return argv
@@ -193,7 +201,14 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # a stop drains: the agent's running tasks have this long to finish before they are
     # cancelled and handed to the next daemon; None: [supervisor] drain_timeout
     drain_timeout: NonNeg | None = None
+    # a task's attempt that ends in one of `retry_on` runs again, up to `retries` times
+    # (tasks/retry.py, docs/tasks.md): after retry_backoff seconds, doubled per retry up
+    # to retry_backoff_max, with retry_jitter a random part of it (0: at once)
     retries: NonNegInt = 0
+    retry_on: tuple[RetryOutcome, ...] = ("lost",)
+    retry_backoff: NonNeg = 0.0
+    retry_backoff_max: NonNeg = 600.0
+    retry_jitter: bool = True
     rate_per_minute: NonNeg = 0
     max_tool_calls_per_task: NonNegInt = 50
     # durable work (docs/durable.md): a retried task's tool calls are answered from its
@@ -242,6 +257,11 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # "cluster": the spec is the cluster's, kept in Redis, and its replicas are placed on
     # the cluster's live nodes (docs/cluster.md); needs [cluster]
     placement: Literal["local", "cluster"] = "local"
+
+    def __post_init__(self) -> None:
+        if self.retry_backoff_max < self.retry_backoff:
+            raise ValueError(f"retry_backoff_max ({self.retry_backoff_max:g}) is below "
+                             f"retry_backoff ({self.retry_backoff:g})")
 
     @property
     def elastic(self) -> bool:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ... import __version__
 from ...methods import REGISTRY, SCOPES
+from ...supervisor.config import AgentSpec, TenantSpec
 from ...supervisor.names import NAME_RE
 from ...supervisor.tasks import ids
 from ..tasks.front import STATUSES
@@ -65,11 +66,37 @@ RULES: dict[tuple[str, str], dict[str, Any]] = {
     # a name (HUP, SIGUSR1; any case is taken) or a number
     ("agents.signal", "signal"): {"pattern": "^([0-9]+|(SIG)?(" + "|".join(
         s.name[3:] for s in signal.Signals) + "))$"},
-    # each table is an agent's config ([agents.NAME]); command is what it may not lack
+    # each table is an agent's config ([agents.NAME]), as the config's Structs say it
     ("agents.add", "agents"): {"minProperties": 1, "propertyNames": {"pattern": NAME},
-                               "additionalProperties": {"type": "object",
-                                                        "required": ["command"]}},
+                               "additionalProperties": {"$ref": REF.format(
+                                   name="AgentTable")}},
+    ("agents.update", "set"): {"$ref": REF.format(name="AgentPatch")},
+    ("tenants.add", "tenants"): {"minProperties": 1, "propertyNames": {"pattern": NAME},
+                                 "additionalProperties": {"$ref": REF.format(
+                                     name="TenantTable")}},
+    ("tenants.set", "set"): {"$ref": REF.format(name="TenantPatch")},
 }
+
+
+def _tables() -> dict[str, Any]:
+    """The agent and tenant tables, closed, from the config's Structs (the keys the
+    config file takes, their types, bounds and choices), and a patch of each: any of its
+    keys, null taking one away (a tenant's 0 too), at least one. The Structs within
+    (Limits, HealthSpec...) are named Config* beside the methods' own types."""
+    _, found = msgspec.json.schema_components([AgentSpec, TenantSpec],
+                                              ref_template=REF.format(name="Config{name}"))
+    tables = {f"Config{k}": v for k, v in found.items()}
+    agent, tenant = tables.pop("ConfigAgentSpec"), tables.pop("ConfigTenantSpec")
+    agent["properties"].pop("name")  # the table's key is its name
+    tables["AgentTable"], tables["TenantTable"] = agent, tenant
+    for name, whole in (("AgentPatch", agent), ("TenantPatch", tenant)):
+        tables[name] = {
+            "type": "object", "minProperties": 1, "additionalProperties": False,
+            "description": f"A patch of a {name.removesuffix('Patch').lower()}'s table: "
+                           "the keys to set, null to take one away",
+            "properties": {k: {"anyOf": [v, {"type": "null"}]}
+                           for k, v in whole["properties"].items()}}
+    return tables
 
 
 def _problem_responses() -> dict[str, Any]:
@@ -91,6 +118,9 @@ def document() -> dict[str, Any]:
         "description": "any JSON value: the agent's input"}
     by_type = dict(zip(types, schemas, strict=True))
     components["Problem"] = PROBLEM_SCHEMA
+    tables = _tables()
+    assert not set(tables) & set(components), "a config table's name is a method type's"
+    components.update(tables)
     paths: dict[str, dict[str, Any]] = {}
 
     for res in RESOURCES:

@@ -87,7 +87,8 @@ RESOURCES: list[Resource] = [
     _r("POST", "/tasks", "tasks.submit", "Submit a task: 202 and its Location at once; "
        "with `wait`, its outcome (as `corral run --json` prints it) if it ends within that "
        "many seconds, else 202", query=("wait",),
-       body=("agent", "input", "timeout", "priority", "local"), idempotent=True,
+       body=("agent", "input", "timeout", "priority", "local", "delay", "not_before",
+             "retries", "retry_on"), idempotent=True,
        location="/tasks/{task_id}", done_when="attempts"),
     _r("GET", "/tasks", "tasks.list", "Recent tasks, newest last, a page at a time",
        query=("agent", "status", "since", "limit", "before", "local"), cursor="before"),

@@ -10,8 +10,10 @@ from typing import TypeVar
 
 import msgspec
 
+from ... import jsonrpc
 from ... import methods as m
 from ...cluster.node import ClusterNode
+from ...jsonrpc import RpcError
 from ...supervisor.quotas import Tenancy
 from ...supervisor.tasks import TaskRecord
 from ...supervisor.tasks.admission import admit
@@ -22,6 +24,10 @@ from .front import Page, Sees, accepted, listing_window
 from .local import LocalFront
 
 P = TypeVar("P", m.TasksRun, m.TasksSubmit)
+CLUSTER_POLICY = ("invalid params: delay, not_before, retries and retry_on are not kept by "
+                  "the cluster's queue (a cluster task runs at once, retried by the "
+                  "policy of its agent on the node that runs it): submit it with local = "
+                  "true (corral run --local) to delay it or give it a policy on this node")
 
 
 class ClusterFront:
@@ -42,6 +48,13 @@ class ClusterFront:
         self.local.recover(records)
 
     def _admitted(self, p: P) -> P:
+        """(A cluster task's start time and retry policy are not kept by the cluster's
+        queue: one that asks for either is refused, pointing to `local`.)"""
+        if p.policy:
+            raise RpcError(jsonrpc.INVALID_PARAMS, CLUSTER_POLICY)
+        return self._admit(p)
+
+    def _admit(self, p: P) -> P:
         """The one admission step (supervisor.tasks.admission.admit), as a local task
         passes it: for an agent this node runs, its tenant's task quotas at submission
         (rate_per_minute, this node's count; max_queue, the tenant's tasks waiting on

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
 import msgspec
@@ -80,7 +81,12 @@ class LocalFront:
                                             "journal (task_journal = false) a task accepted "
                                             "now would be lost: submit it again once the "
                                             "daemon is back")
-        return tasks.submit(p.agent, p.input, timeout=p.timeout, priority=p.priority)
+        try:
+            at = p.start_at(time.time())
+        except ValueError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {exc}") from None
+        return tasks.submit(p.agent, p.input, timeout=p.timeout, priority=p.priority,
+                            not_before=at, retries=p.retries, retry_on=p.retry_on)
 
     async def _committed(self, task: Task) -> None:
         """In the journal before it is acknowledged. The failure is known only when the

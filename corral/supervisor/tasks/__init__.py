@@ -9,7 +9,9 @@ durable.py    the TaskJournal port (the daemon's: corral.daemon.taskjournal)
 admission.py  refusals: an agent that cannot run it, input size, rate, a full queue;
               the step every task passes wherever it runs (admit)
 queue.py      the Queue protocol, and LocalQueue (the priority heap)
-dispatch.py   to a replica's free slot, deadlines, retries
+dispatch.py   to a replica's free slot, deadlines, an attempt's end
+retry.py      the retry policy: which outcomes, how many times, the backoff
+delays.py     tasks not to start before a time (a delay, a backoff), behind one timer
 budget.py     usage agents report, token and cost budgets, the gate dispatch asks
 deadlines.py  the running attempts' deadlines, behind one timer
 counters.py   per-agent counts and latency window

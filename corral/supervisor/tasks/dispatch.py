@@ -1,6 +1,7 @@
 """Dispatch: a waiting task goes to the least-loaded serving replica of its agent with a
 free slot (`max_concurrent_tasks`), taken from the Queue only then; each attempt has its
-deadline, and a task lost with its worker goes back to the queue while it has retries.
+deadline, and a task whose attempt ends lost, failed or timed out runs again when its
+retry policy says so (the decision is the task manager's: retry.py).
 
 Deadlines run from the start of each attempt. On expiry `task/cancel` is sent; a worker
 that has not answered within `cancel_grace` is treated as hung and restarted. A paused
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...taskviews import Attempt, TaskError
+from ...text import iso_time
 from .budget import Budgets
 from .counters import AgentTasks
 from .deadlines import Deadlines
@@ -52,6 +54,13 @@ class Outcomes(Protocol):
     def finish(self, task: Task, status: TaskStatus, *, result: Output | None = None,
                error: TaskError | None = None) -> None:
         """The task's one outcome (a second one is ignored)."""
+
+    def retry(self, task: Task, outcome: TaskStatus) -> bool:
+        """Its last attempt ended `outcome` (its error on the attempt): whether the task
+        runs again (then it waits again, for its backoff), else the caller finishes it."""
+
+    def again(self, task: Task) -> None:
+        """A retry that waited for its timed-out attempt to stop waits for its time."""
 
 
 class TaskDispatch:
@@ -169,13 +178,18 @@ class TaskDispatch:
         if q is not None:
             q.running -= 1
         r.task_finished(task.id)
-        late = task.status in TERMINAL
-        finish = self.outcomes.finish
+        # timed out or cancelled before the worker answered (the task ended, or waits to
+        # be retried)
+        late = task.status in TERMINAL or attempt.outcome != TaskStatus.RUNNING
+        outcomes = self.outcomes
+        finish = outcomes.finish
         handed = self.handed.pop(task.id, None)
-        if late:  # timed out or cancelled before the worker answered
+        if late:
             attempt.error = attempt.error or (
                 "answered after the task ended" if exc is None else getattr(exc, "message",
                                                                              str(exc)))
+            if task.status == TaskStatus.QUEUED and attempt is task.attempts[-1]:
+                outcomes.again(task)  # its retry waited for this attempt to stop
         elif exc is None:
             attempt.outcome = TaskStatus.SUCCEEDED
             # the result is kept as its bytes, not looked into here: a 10 MB output costs
@@ -186,24 +200,21 @@ class TaskDispatch:
             # lost with its worker, or to a stop (whatever the cancelled worker answered)
             lost = handed if handed is not None else getattr(exc, "message", str(exc))
             attempt.outcome, attempt.error = TaskStatus.LOST, lost
-            if task.retries_left > 0 and q is not None:
-                task.retries_left -= 1
-                q.counts["retried"] += 1
-                task.status = TaskStatus.QUEUED
-                task.replica = None
-                self.outcomes.record(task)
-                self.queue.requeue(task)
-            else:
+            if not outcomes.retry(task, TaskStatus.LOST):
                 finish(task, TaskStatus.LOST, error=TaskError(jsonrpc.PEER_CLOSED, lost))
         elif not isinstance(exc, RpcError):
-            attempt.outcome = TaskStatus.FAILED
-            finish(task, TaskStatus.FAILED, error=TaskError(jsonrpc.INTERNAL_ERROR, str(exc)))
+            attempt.outcome, attempt.error = TaskStatus.FAILED, str(exc)
+            if not outcomes.retry(task, TaskStatus.FAILED):
+                finish(task, TaskStatus.FAILED,
+                       error=TaskError(jsonrpc.INTERNAL_ERROR, str(exc)))
         elif exc.code == jsonrpc.REQUEST_CANCELLED:
             attempt.outcome = TaskStatus.CANCELLED
             finish(task, TaskStatus.CANCELLED, error=TaskError(exc.code, exc.message))
         else:
             attempt.outcome, attempt.error = TaskStatus.FAILED, exc.message
-            finish(task, TaskStatus.FAILED, error=TaskError(exc.code, exc.message, exc.data))
+            if not outcomes.retry(task, TaskStatus.FAILED):
+                finish(task, TaskStatus.FAILED,
+                       error=TaskError(exc.code, exc.message, exc.data))
         if late:
             self.outcomes.record(task)  # the attempt's end, on a task already finished
         self.pump(task.agent)
@@ -238,8 +249,13 @@ class TaskDispatch:
         r, attempt = task.replica, task.attempts[-1]
         assert r is not None
         attempt.outcome = TaskStatus.TIMED_OUT
-        self.outcomes.finish(task, TaskStatus.TIMED_OUT, error=TaskError(
-            jsonrpc.REQUEST_TIMEOUT, f"task timed out after {task.timeout:g} s"))
+        why = f"task timed out after {task.timeout:g} s"
+        if self.outcomes.retry(task, TaskStatus.TIMED_OUT):
+            # retried once the worker has stopped this attempt (its slot is busy until)
+            attempt.error = why
+        else:
+            self.outcomes.finish(task, TaskStatus.TIMED_OUT, error=TaskError(
+                jsonrpc.REQUEST_TIMEOUT, why))
         self.stop_attempt(task, r, attempt, "timed out")
 
     def hand_over(self, task: Task, why: str) -> None:
@@ -271,6 +287,24 @@ class TaskDispatch:
                             f"{grace:g} s of task/cancel", graceful=False)
 
         loop.call_later(grace, check)
+
+
+def why_delayed(task: Task, delayed: bool) -> str | None:
+    """Why a queued task is not in its agent's queue (None: it is): it waits for its
+    time (`delayed`: a delay it was submitted with, or a retry's backoff), or its retry
+    waits for its timed-out attempt to stop."""
+    last = task.attempts[-1] if task.attempts else None
+    retry = (f"retry {len(task.attempts)} after attempt {len(task.attempts)} "
+             f"{str(last.outcome).replace('_', ' ')}" if last is not None else None)
+    if delayed and task.not_before is not None:
+        until = f"delayed until {iso_time(task.not_before)}"
+        if retry is None or last is None:
+            return until
+        return f"{until}: {retry} (backoff {last.backoff if last.backoff else 0:g} s)"
+    if last is not None and last.finished is None and retry is not None:
+        return (f"{retry}: waiting for its worker to stop that attempt (task/cancel; "
+                "restarted as hung after cancel_grace)")
+    return None
 
 
 def _not_taking(r: Replica) -> str:

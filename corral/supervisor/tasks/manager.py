@@ -3,8 +3,10 @@
 A task goes to the least-loaded serving replica with a free slot (`max_concurrent_tasks`);
 otherwise it waits in the agent's bounded queue, ordered by priority then arrival
 (queue.py; dispatch.py starts it). Outcomes: succeeded, failed (the agent's error),
-timed_out, cancelled, lost (with its worker). A task is finished once. With `retries = N`,
-a task lost with its worker runs again on a live replica; every attempt is recorded.
+timed_out, cancelled, lost (with its worker). A task is finished once. An attempt that
+ends in an outcome its policy retries (`retries`, `retry_on`: retry.py) runs again, after
+its backoff; every attempt is recorded. A task submitted with a delay, or a retry's
+backoff, waits for its time out of the queue (delays.py).
 
 Durability is not the engine's business: it tells a `TaskJournal` (durable.py; the
 daemon's is SQLite) about every accepted task and every change, and a journal gives
@@ -20,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
@@ -43,12 +45,14 @@ from ..workercalls import on_notification, on_request
 from .admission import admit, check_takes_tasks, queue_full, refusal
 from .budget import BUDGET_PREFIX, Budgets, no_group
 from .counters import AgentTasks, totals
-from .dispatch import TaskDispatch
+from .delays import Delays
+from .dispatch import TaskDispatch, why_delayed
 from .durable import TaskJournal, unknown_cursor
 from .model import LOST_IN_RESTART, TERMINAL, Task, TaskFinished, TaskRecord, TaskStatus
 from .payload import Output, acyclic, encode_input
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
+from .retry import backoff, retried
 from .worker import ToolRouter, WorkerMethods, report_progress
 
 if TYPE_CHECKING:
@@ -81,6 +85,7 @@ class TaskManager:
         self.queue: Queue = queue if queue is not None else LocalQueue()
         self.budgets = Budgets(self._kept, self._reopen, self.queue.depth, _note_first)
         self.dispatch = TaskDispatch(sup, self.queue, self.by_agent, self, self.budgets)
+        self.delays = Delays(self._due)  # tasks not to start before a time
         self.stream = sup.stream  # TaskFinished, TaskProgress, AttemptEnded go on it
         if tenancy is not None:
             self.stream.subscribe(self._quotas_changed, QuotasChanged)
@@ -198,9 +203,12 @@ class TaskManager:
 
     # -- admission ------------------------------------------------------------------------
     def submit(self, agent_name: str, task_input: Any, *, timeout: float | None = None,
-               priority: int = 0, traceparent: str | None = None,
-               tracestate: str | None = None) -> Task:
-        """Accept a task or refuse it at once with the reason."""
+               priority: int = 0, not_before: float | None = None,
+               retries: int | None = None, retry_on: Sequence[str] | None = None,
+               traceparent: str | None = None, tracestate: str | None = None) -> Task:
+        """Accept a task or refuse it at once with the reason. `not_before` (wall
+        time): it waits until then; `retries` and `retry_on`: its own retry policy
+        instead of its agent's; `traceparent`: the caller's trace context."""
         agent = self.sup.agent(agent_name)
         q = self._agent_tasks(agent)
         try:
@@ -220,18 +228,27 @@ class TaskManager:
         except RpcError:
             q.counts["refused"] += 1
             raise
-        depth = self.queue.depth(agent.name)
-        if depth >= agent.spec.max_queue and (self.dispatch.free_replica(agent) is None
+        # the tasks that wait for their time count against max_queue too
+        depth = self.queue.depth(agent.name) + self.delays.count(agent.name)
+        later = not_before is not None and not_before > time.time()
+        if depth >= agent.spec.max_queue and (later or self.dispatch.free_replica(agent) is None
                                               or self.dispatch.held is not None
                                               or self.budgets.holds(agent)):
             q.counts["refused"] += 1
             raise queue_full(agent, depth)
         task = Task(agent.name, raw, priority, timeout or agent.spec.task_timeout,
-                    agent.spec.retries, next(self._seq))
+                    agent.spec.retries if retries is None else retries, next(self._seq))
+        if retry_on is not None:
+            task.retry_on = tuple(retry_on)
         if self.trace_begin is not None:
             self.trace_begin(task, traceparent, tracestate)  # (a bad traceparent refuses)
         q.counts["accepted"] += 1
         self.active[task.id] = task
+        if later:
+            task.not_before = not_before
+            self.record(task)
+            self.delays.add(task)
+            return task
         self.record(task)
         self.queue.put(task)
         self.dispatch.pump(agent.name)
@@ -284,6 +301,48 @@ class TaskManager:
         # collection of the supervisor take 28 ms, a stall of its loop
         task.attempts = tuple(task.attempts)
 
+    # -- a retry ----------------------------------------------------------------------
+    def retry(self, task: Task, outcome: TaskStatus) -> bool:
+        """Dispatch's question at an attempt's bad end (Outcomes.retry): the task's
+        policy (retry.py) decides. A retry waits for its backoff (`not_before`), and a
+        timed-out attempt's retry for that attempt to stop too (dispatch calls `again`)."""
+        agent = self.sup.agents.get(task.agent)
+        q = self.by_agent.get(task.agent)
+        if agent is None or q is None or not retried(outcome, task.retries_left,
+                                                     agent.spec, task.retry_on):
+            return False
+        task.retries_left -= 1
+        q.counts["retried"] += 1
+        attempt = task.attempts[-1]
+        delay = backoff(agent.spec, len(task.attempts))
+        if delay or agent.spec.retry_backoff:
+            attempt.backoff = delay
+        task.status = TaskStatus.QUEUED
+        task.replica = None
+        task.not_before = time.time() + delay if delay else None
+        if attempt.finished is None:  # timed out: its worker has yet to stop it
+            self.record(task)
+        else:
+            self.again(task)
+        return True
+
+    def again(self, task: Task) -> None:
+        """A task to retry waits for its time, or at once for a replica."""
+        if task.not_before is not None and task.not_before > time.time():
+            self.record(task)
+            self.delays.add(task)
+            return
+        self._due(task)
+
+    def _due(self, task: Task) -> None:
+        """A delayed task's time has come: it waits in its agent's queue, at its arrival
+        place (an agent that will not run again ends it, as every waiting task)."""
+        task.not_before = None
+        self.record(task)
+        self.queue.requeue(task)
+        self.dispatch.pump(task.agent)
+        self._drain_if_down(task.agent)
+
     def _finished(self) -> asyncio.Future[None]:
         if self._done is None:
             self._done = self._loop().create_future()
@@ -311,12 +370,14 @@ class TaskManager:
         restored: list[Task] = []
         waiting: list[Task] = []
         now = time.time()
+        delayed: list[Task] = []
         for rec in records:
             task = Task(rec.agent, rec.input, rec.priority, rec.timeout, rec.retries_left,
                         next(self._seq))
             task.id, task.created, task.started = rec.task_id, rec.created, rec.started
             task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
             task.usage, task.checkpoint = rec.usage, rec.checkpoint
+            task.retry_on, task.not_before = rec.retry_on, rec.not_before
             agent = self.sup.agents.get(rec.agent)
             self.active[task.id] = task
             restored.append(task)
@@ -327,20 +388,28 @@ class TaskManager:
                 for a in task.attempts:
                     if a.outcome == TaskStatus.RUNNING:
                         a.outcome, a.error, a.finished = TaskStatus.LOST, LOST_IN_RESTART, now
-                if q is None or task.retries_left <= 0:
+                if agent is None or q is None or not retried(
+                        TaskStatus.LOST, task.retries_left, agent.spec, task.retry_on):
                     self.finish(task, TaskStatus.LOST, error=TaskError(jsonrpc.PEER_CLOSED,
                                                                        LOST_IN_RESTART))
                     continue
                 task.retries_left -= 1
                 q.counts["retried"] += 1
+                task.not_before = None  # the restart was its wait
             if q is None:
                 self.finish(task, TaskStatus.LOST, error=TaskError(
                     jsonrpc.PEER_CLOSED, f"{LOST_IN_RESTART}: agent {rec.agent} no longer "
                                          "exists"))
                 continue
             self.record(task)
-            waiting.append(task)
+            if task.not_before is not None and task.not_before > now:
+                delayed.append(task)  # waits for its time, as before the restart
+            else:
+                task.not_before = None
+                waiting.append(task)
         self.queue.recover(waiting)
+        for task in delayed:
+            self.delays.add(task)
         # they wait for their agent's replicas to start (an agent that fails or is stopped
         # ends them, as for any waiting task; one not started waits until it is)
         for name in {t.agent for t in restored}:
@@ -364,9 +433,12 @@ class TaskManager:
 
     # -- the API --------------------------------------------------------------------------
     async def run(self, agent: str, task_input: Any, *, timeout: float | None = None,
-                  priority: int = 0, traceparent: str | None = None,
-                  tracestate: str | None = None) -> TaskResult:
+                  priority: int = 0, not_before: float | None = None,
+                  retries: int | None = None, retry_on: Sequence[str] | None = None,
+                  traceparent: str | None = None, tracestate: str | None = None
+                  ) -> TaskResult:
         task = self.submit(agent, task_input, timeout=timeout, priority=priority,
+                           not_before=not_before, retries=retries, retry_on=retry_on,
                            traceparent=traceparent, tracestate=tracestate)
         if self.journal is not None and self.journal.behind():
             # a journal that writes slower than tasks finish must not gather an unbounded
@@ -429,8 +501,11 @@ class TaskManager:
         return task
 
     def why_waiting(self, task: Task) -> str:
-        """Why a queued task has not started: what holds its agent's tasks, and its
-        place among them."""
+        """Why a queued task has not started: its time not come, or what holds its
+        agent's tasks, and its place among them."""
+        delayed = why_delayed(task, self.delays.holds(task))
+        if delayed is not None:
+            return delayed
         place = self.queue.position(task)
         depth = self.queue.depth(task.agent)
         where = (f"{ordinal(place)} of {depth} waiting for {task.agent}" if place
@@ -484,7 +559,7 @@ class TaskManager:
         if task.status in TERMINAL:
             raise RpcError(jsonrpc.CONFLICT, f"task {task_id} already finished ({task.status})")
         if task.status == TaskStatus.QUEUED:
-            self.queue.remove(task)
+            self.queue.remove(task) or self.delays.remove(task)
             self.finish(task, TaskStatus.CANCELLED, error=TaskError(
                 jsonrpc.REQUEST_CANCELLED, "cancelled while queued"))
             return task
@@ -509,7 +584,8 @@ class TaskManager:
     def _drain_if_down(self, name: str) -> None:
         """Tasks waiting for an agent that will not run again end now, with the reason."""
         agent = self.sup.agents.get(name)
-        if agent is None or not self.queue.depth(name) or refusal(agent) is None:
+        if agent is None or refusal(agent) is None or not (self.queue.depth(name)
+                                                           or self.delays.count(name)):
             return
         if self.sup.closing and self.journal is not None:
             return  # they stay queued in the journal, for the next daemon
@@ -528,7 +604,9 @@ class TaskManager:
 
     def _drain(self, name: str, status: TaskStatus, error: TaskError) -> None:
         """End every task still waiting for agent `name`."""
-        waiting = []
+        waiting = self.delays.of(name)
+        for delayed in waiting:
+            self.delays.remove(delayed)
         while (task := self.queue.take(name)) is not None:
             waiting.append(task)
         for task in waiting:

@@ -64,14 +64,16 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     attempts: list[Attempt] = []
     usage: ModelUsage | None = None
     checkpoint: msgspec.Raw | None = None  # its last task/checkpoint (tasks/steps.py)
+    not_before: float | None = None
+    retry_on: tuple[str, ...] | None = None
 
 
 class Task:
     __slots__ = (
         "_done", "agent", "attempts", "checkpoint", "created", "error", "finished",
-        "id", "input", "journaled", "out", "output_dropped", "priority", "progress",
-        "replica", "retries_left", "seq", "started", "status", "timeout",
-        "tool_calls", "trace", "usage", "waiter", "watchers",
+        "id", "input", "journaled", "not_before", "out", "output_dropped", "priority",
+        "progress", "replica", "retries_left", "retry_on", "seq", "started", "status",
+        "timeout", "tool_calls", "trace", "usage", "waiter", "watchers",
     )
 
     # whether this node's journal keeps the task: not one a cluster keeps (its record in
@@ -86,6 +88,9 @@ class Task:
         self.priority = priority
         self.timeout = timeout
         self.retries_left = retries
+        self.retry_on: tuple[str, ...] | None = None  # its own policy (None: its agent's)
+        # it may not start before this wall time (a delay, a retry's backoff): delays.py
+        self.not_before: float | None = None
         self.seq = seq  # arrival in this process: the queue's tie-break, never stored
         self.created = time.time()
         self.started: float | None = None
@@ -171,7 +176,9 @@ class Task:
         return TaskInfo(self.id, self.agent, self.status, self.priority, self.created,
                         self.started, self.finished, self.tool_calls, self.progress,
                         self.raw_output, self.error, list(self.attempts), self.output_dropped,
-                        self.usage, queue_wait=queue_wait(self.created, self.started))
+                        self.usage, queue_wait=queue_wait(self.created, self.started),
+                        not_before=self.not_before if self.status == TaskStatus.QUEUED
+                        else None)
 
     def summary(self) -> TaskSummary:
         return TaskSummary(self.id, self.agent, self.status, self.priority, self.created,

@@ -1,0 +1,56 @@
+"""The retry policy on a cluster (issue 36, item 5): a cluster task whose attempt fails is
+retried, after its backoff, by the policy of its agent on the node that claimed it (its
+record keeps every attempt and its error); a delay or a task's own policy is not kept by
+the cluster's queue, and such a submission is refused with the reason (and runs delayed
+with --local)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..redis_harness import RedisServer
+from ..test_daemon_cli import wait_until
+from .harness import nodes, sleeper
+
+POLICY = 'retry_on = ["failed"]\nretry_backoff = 0.3\nretry_jitter = false\n'
+
+
+def test_a_failed_cluster_task_is_retried_on_its_node_and_a_delay_refused(
+        tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": "", "b": sleeper("w", retries=1) + POLICY}) as ns:
+        a = ns["a"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 2, what="both nodes")
+        r = a.run("w", '{"do": "until", "attempt": 2}')
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        assert (res["status"], res["output"]) == ("succeeded", {"attempt": 2})
+        first, second = res["attempts"]
+        assert (first["node"], first["outcome"], first["error"]) == (
+            "b", "failed", "attempt 1 failed on request")
+        assert (second["node"], second["outcome"]) == ("b", "succeeded")
+        assert second["started"] >= first["finished"] + 0.29
+        # out of retries: failed, with every attempt's error in the record
+        r = a.run("w", '{"do": "until", "attempt": 3}')
+        assert r.returncode == 1
+        res = json.loads(r.stdout)
+        assert res["status"] == "failed"
+        assert [x["error"] for x in res["attempts"]] == [
+            "attempt 1 failed on request", "attempt 2 failed on request"]
+        # a delay, or a policy of its own, is refused for a cluster task, with the reason
+        for extra in (("--delay", "5s"), ("--retries", "2")):
+            r = a.cli("run", "w", "--input", "1", *extra)
+            assert r.returncode == 1
+            assert r.stderr == (
+                "corral: invalid params: delay, not_before, retries and retry_on are not "
+                "kept by the cluster's queue (a cluster task runs at once, retried by the "
+                "policy of its agent on the node that runs it): submit it with local = true "
+                "(corral run --local) to delay it or give it a policy on this node\n")
+        # on the node that runs the agent, --local delays it there
+        b = ns["b"]
+        r = b.cli("submit", "w", "--input", '{"do": "echo"}', "--delay", "1s", "--local")
+        assert r.returncode == 0, r.stderr
+        info = b.json("task", r.stdout.strip())
+        assert info["status"] == "queued" and info["waiting"].startswith("delayed until ")
+        done = b.json("task", r.stdout.strip(), "--wait")
+        assert done["status"] == "succeeded"
