@@ -49,15 +49,12 @@ from .fleet import Fleet
 from .history import History
 from .logs import LogHub
 from .notify import Notifier
-from .packages.service import Packages
 from .revisions import spec_table
 from .services import Services
 from .startup import StartupError
 from .status import Status
 from .store import StateStore
-from .storeschema import StoreError
 from .taskjournal import TaskJournalDB
-from .tasks import LocalFront, TaskFront
 from .tenants import TenantDesk
 from .tokens import tokens_of
 from .upgrade import Taken, Upgrades
@@ -291,7 +288,8 @@ class Daemon:
         sup, queue = part.engine(conf, self.spared, self.taken)
         parts = sup.parts
         audit = Audit(hub)
-        gateway = part.gateway_service(conf, parts, audit, hub, sender)
+        gateway = part.gateway_service(conf, parts, audit)
+        part.hear(parts, hub, sender, gateway)
         dispatcher = part.dispatcher(audit)
         control = await enter(part.control_socket(conf, dispatcher, hub, self.taken,
                                                   lambda: self._graceful))
@@ -310,9 +308,9 @@ class Daemon:
         await enter(part.running(sup, conf, opened, hub, lambda: self._graceful))
         await enter(part.handing_back(node))
         http = await enter(part.http_gateway(conf, gateway, hub, extras))
-        tasks = self._task_front(parts, opened.journal, node, hub)
+        tasks = part.task_front(parts, opened.journal, node, hub)
         history = History(parts.agents, parts.tasks, store, cfg.http)
-        packages = await self._packages(conf, parts, opened, fleet, node, hub)
+        packages = await part.packages(conf, parts, opened, fleet, node, hub)
         watches = Watches(parts.agents, fleet, packages, hub.daemon)
         parts.stream.subscribe(watches.on_transition, Event)
         await enter(part.closed(watches.close))
@@ -363,34 +361,6 @@ class Daemon:
         if self.taken is not None:
             self.upgrades.report = await self.taken.settle(up.hub)
         up.status.check_ready()
-
-    @staticmethod
-    def _task_front(parts: Parts, journal: TaskJournalDB | None, node: ClusterNode | None,
-                    hub: LogHub) -> TaskFront:
-        """The task front, chosen once: with [cluster], the cluster's (this node's own
-        behind it, for `local`)."""
-        local = LocalFront(parts.agents, parts.tasks, journal, hub.daemon)
-        if node is None:
-            return local
-        from .tasks.clustered import ClusterFront
-        return ClusterFront(local, node, parts.quotas)
-
-    @staticmethod
-    async def _packages(conf: part.Conf, parts: Parts, opened: part.Opened, fleet: Fleet,
-                        node: ClusterNode | None, hub: LogHub) -> Packages:
-        """Agent packages, their interrupted builds and switches dealt with before any
-        agent starts."""
-        pkg = conf.cfg.packages
-        packages = Packages(pkg, Path(pkg.dir) if pkg.dir else conf.paths.state_dir
-                            / "packages", parts, opened.store, opened.revisions, fleet,
-                            hub.daemon)
-        if node is not None:
-            packages.refuse = node.refuse_deploy
-        try:
-            await packages.start()
-        except StoreError as exc:
-            raise StartupError(str(exc)) from None
-        return packages
 
     # -- reload ---------------------------------------------------------------------------------
     async def _reload(self, s: Services, who: str) -> ReloadResult:

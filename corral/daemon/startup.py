@@ -45,12 +45,14 @@ from .gateway import GatewayService
 from .incarnation import ProcessRecords, reclaim
 from .journald import JournalSender, StderrEcho
 from .logs import LogDirError, LogHub
+from .packages.service import Packages
 from .revisions import RevisionLog, describe_change
 from .services import Services
 from .store import StateStore
 from .storeschema import StoreError
 from .storewriter import StoreWriter
 from .taskjournal import TaskJournalDB
+from .tasks import LocalFront, TaskFront
 from .tenantdirs import TenantDirs
 from .tenants import groups_of
 from .upgrade import Taken
@@ -175,15 +177,20 @@ def engine(conf: Conf, spared: set[int], taken: Taken | None
     return sup, queue
 
 
-def gateway_service(conf: Conf, parts: Parts, audit: Audit, hub: LogHub,
-                    sender: JournalSender | None) -> GatewayService:
-    """The MCP gateway's service, configured, and what the daemon hears from the engine
-    (its logs, the gateway's lists, each replica's environment)."""
+def gateway_service(conf: Conf, parts: Parts, audit: Audit) -> GatewayService:
+    """The MCP gateway's service, configured (its tokens file read)."""
     gateway = GatewayService(parts.agents, parts.tools, parts.stream, audit)
     try:
         gateway.configure(conf.cfg.gateway, conf.dir)
     except ConfigError as exc:
         raise StartupError(f"invalid config: {exc}") from None
+    return gateway
+
+
+def hear(parts: Parts, hub: LogHub, sender: JournalSender | None,
+         gateway: GatewayService) -> None:
+    """What the daemon hears from the engine: its logs, the gateway's lists, and each
+    replica's environment (its tenant's directories, the gateway's address)."""
     EngineLog(hub, sender).subscribe(parts.stream)
     parts.stream.subscribe(gateway.on_transition, Event)
     parts.stream.subscribe(lambda e: gateway.changed([e.kind]), ListChanged)
@@ -191,7 +198,6 @@ def gateway_service(conf: Conf, parts: Parts, audit: Audit, hub: LogHub,
     dirs = TenantDirs(parts, hub, hub.daemon)
     parts.tuning.environment = lambda r: {**dirs.starting(r),
                                           **gateway.replica_environment(r)}
-    return gateway
 
 
 def dispatcher(audit: Audit) -> Dispatcher[Services]:
@@ -393,6 +399,33 @@ async def handing_back(node: ClusterNode | None) -> AsyncIterator[None]:
     finally:
         if node is not None:
             await node.hand_back()
+
+
+def task_front(parts: Parts, journal: TaskJournalDB | None, node: ClusterNode | None,
+                hub: LogHub) -> TaskFront:
+    """The task front, chosen once: with [cluster], the cluster's (this node's own
+    behind it, for `local`)."""
+    local = LocalFront(parts.agents, parts.tasks, journal, hub.daemon)
+    if node is None:
+        return local
+    from .tasks.clustered import ClusterFront
+    return ClusterFront(local, node, parts.quotas)
+
+async def packages(conf: Conf, parts: Parts, opened: Opened, fleet: Fleet,
+                    node: ClusterNode | None, hub: LogHub) -> Packages:
+    """Agent packages, their interrupted builds and switches dealt with before any
+    agent starts."""
+    pkg = conf.cfg.packages
+    packages = Packages(pkg, Path(pkg.dir) if pkg.dir else conf.paths.state_dir
+                        / "packages", parts, opened.store, opened.revisions, fleet,
+                        hub.daemon)
+    if node is not None:
+        packages.refuse = node.refuse_deploy
+    try:
+        await packages.start()
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None
+    return packages
 
 
 @contextlib.asynccontextmanager
