@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from corral.daemon.audit import Audit
 from corral.daemon.caller import Caller
 from corral.daemon.logs import LogHub
@@ -37,3 +39,27 @@ def test_an_audit_row_before_the_database_opens_is_written_when_it_does(
              "acme")]
     finally:
         store.close()
+
+
+async def test_a_start_up_that_fails_half_way_tears_down_what_it_set_up(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The state database cannot open (its path is a directory): the control socket,
+    bound before it, is closed and its file gone; no `stopped` line (a stop was not
+    asked for); the reason on stderr; exit status 1."""
+    from corral.daemon.daemon import Daemon
+
+    from .daemon_harness import config_text
+
+    state = tmp_path / "state"
+    (state / "corral.db").mkdir(parents=True)
+    sock = tmp_path / "corral.sock"
+    config = tmp_path / "corral.toml"
+    config.write_text(config_text("", sock, state))
+    d = Daemon(config)
+    assert await d.run() == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"corral: state database {state}/corral.db cannot be created (Is a directory): "
+        f"set [supervisor] state_dir to a directory uid {os.geteuid()} may write")
+    assert not sock.exists()
+    assert d.up is None and not d.set_up.is_set()
+    assert "stopped" not in (state / "logs" / "corral.log").read_text()
