@@ -289,7 +289,7 @@ class Daemon:
         parts = sup.parts
         audit = Audit(hub)
         gateway = part.gateway_service(conf, parts, audit)
-        part.hear(parts, hub, sender, gateway)
+        heard = part.hear(parts, hub, sender, gateway)
         dispatcher = part.dispatcher(audit)
         control = await enter(part.control_socket(conf, dispatcher, hub, self.taken,
                                                   lambda: self._graceful))
@@ -298,7 +298,7 @@ class Daemon:
         audit.to(store)
         gateway.api_tokens = tokens_of(store).authenticate
         keep(part.signals(self._signals.put_nowait))
-        await enter(part.event_pump(sup, hub, sender))
+        await enter(part.event_pump(sup, heard))
         fleet = Fleet(parts, store, opened.writer, opened.revisions, conf.dir, hub.daemon)
         fleet.gateway = cfg.gateway
         tenants = TenantDesk(parts, store, self.config_path, hub.daemon)

@@ -188,16 +188,18 @@ def gateway_service(conf: Conf, parts: Parts, audit: Audit) -> GatewayService:
 
 
 def hear(parts: Parts, hub: LogHub, sender: JournalSender | None,
-         gateway: GatewayService) -> None:
+         gateway: GatewayService) -> EngineLog:
     """What the daemon hears from the engine: its logs, the gateway's lists, and each
     replica's environment (its tenant's directories, the gateway's address)."""
-    EngineLog(hub, sender).subscribe(parts.stream)
+    heard = EngineLog(hub, sender)
+    heard.subscribe(parts.stream)
     parts.stream.subscribe(gateway.on_transition, Event)
     parts.stream.subscribe(lambda e: gateway.changed([e.kind]), ListChanged)
     parts.stream.subscribe(gateway.forget_replica, Exited)
     dirs = TenantDirs(parts, hub, hub.daemon)
     parts.tuning.environment = lambda r: {**dirs.starting(r),
                                           **gateway.replica_environment(r)}
+    return heard
 
 
 def dispatcher(audit: Audit) -> Dispatcher[Services]:
@@ -304,12 +306,11 @@ def signals(put: Callable[[int], None]) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def event_pump(sup: Supervisor, hub: LogHub, sender: JournalSender | None
-                     ) -> AsyncIterator[None]:
+async def event_pump(sup: Supervisor, heard: EngineLog) -> AsyncIterator[None]:
     """The lifecycle's transitions written to the logs, a turn after they happen."""
     events = sup.subscribe(maxsize=100_000)
-    background = Background(hub.daemon)
-    background.start("event pump", lambda: EngineLog(hub, sender).pump(events))
+    background = Background(heard.hub.daemon)
+    background.start("event pump", lambda: heard.pump(events))
     try:
         yield
     finally:
