@@ -164,7 +164,8 @@ def world_readable_tree() -> Iterator[Path]:
     try:
         (d / "corral" / "worker").mkdir(parents=True)
         shutil.copy(ROOT / "corral" / "__init__.py", d / "corral" / "__init__.py")
-        shutil.copy(ROOT / "corral" / "worker" / "__init__.py", d / "corral" / "worker")
+        for sdk in (ROOT / "corral" / "worker").glob("*.py"):  # the SDK is every module there
+            shutil.copy(sdk, d / "corral" / "worker")
         shutil.copytree(EXAMPLES, d / "examples")
         for p in [d, *d.rglob("*")]:
             mode = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH | stat.S_IWUSR

@@ -1,7 +1,8 @@
 """The house's rules that an AST walk can hold (issue 35 item 2, decisions 185-189): the
 command handlers reach no attribute chain deeper than two from their services, services
-are given the engine's parts and not the Supervisor, and the engine's composition stays
-small."""
+are given the engine's parts and not the Supervisor, the engine's composition stays
+small, no function in corral/ is over 100 lines and no module over 1,000 but two
+(decision 213)."""
 
 from __future__ import annotations
 
@@ -108,23 +109,49 @@ def test_the_walk_finds_a_reach_it_is_shown(tmp_path: Path) -> None:
         "tenancy": {"corral/daemon/x.py"}, "mcp": {"corral/daemon/x.py"}}
 
 
-def _long_functions(path: Path, limit: int) -> list[str]:
-    tree = ast.parse(path.read_text())
-    return [f"{path.name}:{n.name} ({n.end_lineno - n.lineno + 1} lines)"
-            for n in ast.walk(tree)
+def _long_functions(source: str, name: str, limit: int) -> list[str]:
+    """Each function of `source` (a method, a nested one) longer than `limit` lines, its
+    decorators counted."""
+    return [f"{name}:{n.name} ({n.end_lineno - _start(n) + 1} lines)"
+            for n in ast.walk(ast.parse(source))
             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
-            and n.end_lineno is not None and n.end_lineno - n.lineno + 1 > limit]
+            and n.end_lineno is not None and n.end_lineno - _start(n) + 1 > limit]
 
 
-def test_the_engine_core_is_small_and_no_function_is_long() -> None:
+def _start(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    return min([fn.lineno, *(d.lineno for d in fn.decorator_list)])
+
+
+def test_the_engine_core_is_small() -> None:
     core = CORRAL / "supervisor" / "core.py"
     assert len(core.read_text().splitlines()) < 450
-    touched = [core, *(CORRAL / "supervisor" / f"{m}.py" for m in (
-        "agent", "agents", "tools", "waits", "heartbeat", "startstop", "parts", "tuning",
-        "errors", "elastic", "health")),
-        *(CORRAL / "daemon" / f"{m}.py" for m in (
-            "commands", "services", "fleet", "gatewayaccess", "tenantregistry", "fleetwatch"))]
-    assert [f for p in touched for f in _long_functions(p, 100)] == []
+
+
+def test_no_function_in_corral_is_over_a_hundred_lines() -> None:
+    assert [f for p in sorted(CORRAL.rglob("*.py"))
+            for f in _long_functions(p.read_text(), p.relative_to(ROOT).as_posix(), 100)
+            ] == []
+
+
+def test_the_length_walk_sees_a_long_method() -> None:
+    """The measure is not true by a blind walk: a decorated method of 101 lines is seen,
+    one of 100 is not."""
+    def source(lines: int) -> str:
+        body = "".join(f"        x{i} = {i}\n" for i in range(lines - 2))
+        return f"class A:\n    @staticmethod\n    def f() -> None:\n{body}"
+
+    assert _long_functions(source(101), "x.py", 100) == ["x.py:f (101 lines)"]
+    assert _long_functions(source(100), "x.py", 100) == []
+
+
+# the wire's codec, and the methods' registry (split next: issue 35)
+LONG_MODULES = {"corral/jsonrpc.py", "corral/methods.py"}
+
+
+def test_no_module_in_corral_is_over_a_thousand_lines_but_two() -> None:
+    long = {p.relative_to(ROOT).as_posix() for p in CORRAL.rglob("*.py")
+            if len(p.read_text().splitlines()) > 1000}
+    assert long <= LONG_MODULES, sorted(long - LONG_MODULES)
 
 
 def test_no_handler_or_task_front_asks_whether_this_daemon_is_a_node() -> None:

@@ -128,17 +128,24 @@ class Refused(Exception):
 
 
 class Host(Protocol):
-    """What the upgrade needs of the daemon (daemon.Daemon)."""
+    """What the upgrade needs of the daemon (daemon.Daemon; what its set-up made is
+    read-only)."""
 
-    sup: Supervisor
-    hub: LogHub
-    store: StateStore
+    @property
+    def sup(self) -> Supervisor: ...
+    @property
+    def hub(self) -> LogHub: ...
+    @property
+    def store(self) -> StateStore: ...
+    @property
+    def control(self) -> ControlServer: ...
+    @property
+    def cluster(self) -> ClusterNode | None: ...
+
     notifier: Notifier
-    control: ControlServer
     config_path: Path
     socket_override: str | None
     started_at: float
-    cluster: ClusterNode | None
     spared: set[int]  # children of the daemon's own that the subreaper leaves alone
 
 

@@ -347,9 +347,19 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             problems.append(f"{origin[f'agents.{name}']}: agents.{name}.{problem}")
     if problems:
         raise ConfigError("\n".join(problems))
-    # a process runs where the file that declares it is, unless told otherwise; a
-    # cluster agent's table is the cluster's: each node resolves its paths against its
-    # own config file's directory when it runs it
+    _resolve_paths(base, agents, servers, tenants, packages)
+    cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
+                 http=http, packages=packages, cluster=cluster, tenants=tenants,
+                 tracing=tracing)
+    check_tenants_named(cfg, where)
+    return cfg
+
+
+def _resolve_paths(base: Path, agents: dict[str, AgentSpec], servers: dict[str, McpServerSpec],
+                   tenants: dict[str, TenantSpec], packages: PackagesSettings) -> None:
+    """A process runs where the file that declares it is, unless told otherwise; a
+    cluster agent's table is the cluster's: each node resolves its paths against its own
+    config file's directory when it runs it."""
     local = [a for a in agents.values() if a.placement != "cluster"]
     for pspec in [*local, *servers.values()]:
         pspec.cwd = str((base / pspec.cwd).resolve()) if pspec.cwd else default_cwd(
@@ -362,11 +372,6 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         packages.dir = str((base / packages.dir).resolve())
     if packages.cache_dir is not None:
         packages.cache_dir = str((base / packages.cache_dir).resolve())
-    cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
-                 http=http, packages=packages, cluster=cluster, tenants=tenants,
-                 tracing=tracing)
-    check_tenants_named(cfg, where)
-    return cfg
 
 
 _S = TypeVar("_S", bound=msgspec.Struct)

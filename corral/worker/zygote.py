@@ -174,9 +174,9 @@ def main() -> None:
     import resource  # noqa: F401
     import runpy  # noqa: F401
 
-    sdk = sys.modules.get("corral.worker")
-    if sdk is not None:
-        sdk._load_title_setter()
+    osio = sys.modules.get("corral.worker.osio")
+    if osio is not None:
+        osio._load_title_setter()
     # The heap as it is now moves out of the collector's sight: a child's collections
     # would walk (and so copy, page by page, since walking writes) every object the
     # zygote made, in every child; the shared pages stay shared.

@@ -451,6 +451,50 @@ class Headers:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+async def exposition(services: Services, restarts: Restarts,
+                     requests: dict[tuple[str, str], int], heads: list[bytes],
+                     encoder: Encoder) -> bytes:
+    """The whole page: every agent's series, the fleet's, the cluster's, the process's."""
+    services.history.times.poll()
+    restarts.forget_gone()
+    fleet = take(services, requests)
+    by_agent = services.task_engine.by_agent
+    depth = services.task_engine.queue.depth
+    lines: list[list[str]] = [[] for _ in PER_AGENT]
+    agents = list(services.agents.items())
+    clock = time.perf_counter
+    # a slice of the agents per turn of the loop: what they hold is read as it is
+    # then (a series is one agent's; nothing needs two agents read at one instant).
+    # Within a slice the cyclic collector is off: what a slice makes is acyclic and,
+    # but for its strings, gone by its end; collected, it would only be promoted,
+    # and set off full passes over the fleet's heap
+    i = 0
+    while i < len(agents):
+        until = clock() + SLICE
+        gc.disable()
+        try:
+            while i < len(agents) and clock() < until:
+                name, agent = agents[i]
+                i += 1
+                for family, text in zip(lines, render(figures(
+                        name, agent, restarts, by_agent, depth)), strict=True):
+                    if text:
+                        family.append(text)
+        finally:
+            gc.enable()
+        await asyncio.sleep(0)
+    parts = [encode(encoder, [build_info()])]
+    for head, family in zip(heads, lines, strict=True):
+        parts.append(head)
+        parts.append("".join(family).encode())
+    await asyncio.sleep(0)
+    parts.append(encode(encoder, [*fleet_families(fleet), *cluster_families(fleet),
+                                  *trace_families(services.traces)]))
+    # counting the open files walks /proc/self/fd, its syscalls without the GIL
+    parts.append(await asyncio.to_thread(process_figures, encoder))
+    return b"".join(parts)
+
+
 def setup(app: web.Application, ctx: HttpContext) -> None:
     services = ctx.services
     restarts = Restarts(services)
@@ -501,50 +545,10 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
                                f"{caller.who}, {whose}, reads theirs at /api/v1/stats",
                                jsonrpc.FORBIDDEN)
         encoder, content_type = choose_encoder(request.headers.get("Accept") or "")
-        response = web.Response(body=await exposition(encoder))
+        response = web.Response(body=await exposition(services, restarts, requests,
+                                                           headers.of(encoder), encoder))
         response.headers["Content-Type"] = content_type
         return response
-
-    async def exposition(encoder: Encoder) -> bytes:
-        services.history.times.poll()
-        restarts.forget_gone()
-        fleet = take(services, requests)
-        by_agent = services.task_engine.by_agent
-        depth = services.task_engine.queue.depth
-        lines: list[list[str]] = [[] for _ in PER_AGENT]
-        agents = list(services.agents.items())
-        clock = time.perf_counter
-        # a slice of the agents per turn of the loop: what they hold is read as it is
-        # then (a series is one agent's; nothing needs two agents read at one instant).
-        # Within a slice the cyclic collector is off: what a slice makes is acyclic and,
-        # but for its strings, gone by its end; collected, it would only be promoted,
-        # and set off full passes over the fleet's heap
-        i = 0
-        while i < len(agents):
-            until = clock() + SLICE
-            gc.disable()
-            try:
-                while i < len(agents) and clock() < until:
-                    name, agent = agents[i]
-                    i += 1
-                    for family, text in zip(lines, render(figures(
-                            name, agent, restarts, by_agent, depth)), strict=True):
-                        if text:
-                            family.append(text)
-            finally:
-                gc.enable()
-            await asyncio.sleep(0)
-        heads = headers.of(encoder)
-        parts = [encode(encoder, [build_info()])]
-        for head, family in zip(heads, lines, strict=True):
-            parts.append(head)
-            parts.append("".join(family).encode())
-        await asyncio.sleep(0)
-        parts.append(encode(encoder, [*fleet_families(fleet), *cluster_families(fleet),
-                                      *trace_families(services.traces)]))
-        # counting the open files walks /proc/self/fd, its syscalls without the GIL
-        parts.append(await asyncio.to_thread(process_figures, encoder))
-        return b"".join(parts)
 
     async def unsubscribe(app: web.Application) -> None:
         services.stream.unsubscribe(subscription)

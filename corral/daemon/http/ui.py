@@ -14,6 +14,7 @@ its `Host` (a DNS-rebinding page names its own)."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import html
 import ipaddress
@@ -23,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import yarl
@@ -319,62 +321,85 @@ def refused_page(why: str) -> str:
     return REFUSED_PAGE.format(why=html.escape(why))
 
 
-def setup(app: web.Application, ctx: HttpContext) -> None:
-    sessions = ctx.services.ui
-    if not isinstance(sessions, Sessions):  # no [http], or logins of another kind
-        return
-    sessions.context = ctx
-    tokens = tokens_of(ctx.services.store)
-    sessions.token_holds = _token_holds(tokens)
-    tokens.stream.subscribe(sessions.revoked, TokenRevoked)
-    guard = Guard(ctx, sessions)
-    ctx.authenticators.append(guard.caller)
-    files = _static_files()
-    methods = [name for name in METHODS if name in REGISTRY]
-    calls: dict[str, Route] = {name: route(ctx.dispatcher, name, guard.authenticate)
-                               for name in methods}
-    # each stream's REST row (the one without path variables): its params and their checks
-    streams = {res.method: res for res in RESOURCES
-               if res.stream is not None and res.method in STREAMS and not res.path_params}
+async def _rules_of(guard: Guard, request: web.Request,
+                    handler: Handler) -> web.StreamResponse:
+    """Every /ui answer: this server's Host only, problems for errors, the page's
+    security headers."""
+    if not guard.host_ok(request.headers.get("Host")):
+        response: web.StreamResponse = problem(
+            421, f"Host {request.headers.get('Host')!r} is not this server's")
+    else:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = problem(exc.status, f"{request.method} {request.path}: {exc.reason}",
+                               reason=exc.reason)
+    response.headers.update(SECURITY_HEADERS)
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
 
-    @web.middleware
-    async def rules(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not guard.host_ok(request.headers.get("Host")):
-            response: web.StreamResponse = problem(
-                421, f"Host {request.headers.get('Host')!r} is not this server's")
-        else:
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                if exc.status < 400:
-                    raise
-                response = problem(exc.status, f"{request.method} {request.path}: {exc.reason}",
-                                   reason=exc.reason)
-        response.headers.update(SECURITY_HEADERS)
-        response.headers.setdefault("Cache-Control", "no-store")
-        return response
 
-    def static(name: str) -> web.Response:
-        if name not in files:
+class Pages:
+    """The dashboard's routes over one server's sessions and Dispatcher."""
+
+    def __init__(self, ctx: HttpContext, sessions: Sessions) -> None:
+        self.ctx = ctx
+        self.sessions = sessions
+        self.guard = Guard(ctx, sessions)
+        self.files = _static_files()
+        self.methods = [name for name in METHODS if name in REGISTRY]
+        self.calls: dict[str, Route] = {
+            name: route(ctx.dispatcher, name, self.guard.authenticate)
+            for name in self.methods}
+        # each stream's REST row (the one without path variables): its params and checks
+        self.streams = {res.method: res for res in RESOURCES
+                        if res.stream is not None and res.method in STREAMS
+                        and not res.path_params}
+
+    def app(self, streams: set[asyncio.Task[Any]]) -> web.Application:
+        guard = self.guard
+
+        @web.middleware
+        async def rules(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await _rules_of(guard, request, handler)
+
+        ui = web.Application(middlewares=[rules])
+        ui[sse.STREAMS] = streams  # the server's one set: all are ended at shutdown
+        ui.add_routes([
+            web.get("", self.to_index),
+            web.get("/", self.index),
+            web.get("/static/{path:.+}", self.asset),
+            web.get("/login", self.login),
+            web.get("/session", self.session_info),
+            web.post("/logout", self.logout),
+            web.post("/api/{method}", self.call),
+            web.get("/stream/{method}", self.stream),
+        ])
+        return ui
+
+    def static(self, name: str) -> web.Response:
+        if name not in self.files:
             raise web.HTTPNotFound()
-        body, kind = files[name]
+        body, kind = self.files[name]
         # revalidated each load: a daemon upgraded under an open tab serves its own page
         return web.Response(body=body, content_type=kind,
                             charset="utf-8" if kind.startswith("text/") else None,
                             headers={"Cache-Control": "no-cache"})
 
-    async def index(request: web.Request) -> web.StreamResponse:
-        return static("index.html")
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return self.static("index.html")
 
-    async def asset(request: web.Request) -> web.StreamResponse:
-        return static(request.match_info["path"])
+    async def asset(self, request: web.Request) -> web.StreamResponse:
+        return self.static(request.match_info["path"])
 
-    async def to_index(request: web.Request) -> web.StreamResponse:
+    async def to_index(self, request: web.Request) -> web.StreamResponse:
         return web.Response(status=302, headers={"Location": f"{PREFIX}/"})
 
-    async def login(request: web.Request) -> web.StreamResponse:
+    async def login(self, request: web.Request) -> web.StreamResponse:
         try:
-            session = sessions.redeem(request.query.get("code", ""))
+            session = self.sessions.redeem(request.query.get("code", ""))
         except LoginRefused as exc:
             if wants_html(request):  # a browser: a page a person reads, not a problem
                 return web.Response(status=401, text=refused_page(str(exc)),
@@ -382,53 +407,53 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
             return problem(401, str(exc))
         response = web.Response(status=303, headers={"Location": f"{PREFIX}/"})
         response.set_cookie(COOKIE, session.id, path=PREFIX, httponly=True,
-                            samesite="Strict", max_age=int(sessions.session_ttl),
-                            secure=ctx.url.startswith("https:"))
+                            samesite="Strict", max_age=int(self.sessions.session_ttl),
+                            secure=self.ctx.url.startswith("https:"))
         return response
 
-    async def session_info(request: web.Request) -> web.StreamResponse:
-        session = sessions.find(request.cookies.get(COOKIE))
+    async def session_info(self, request: web.Request) -> web.StreamResponse:
+        session = self.sessions.find(request.cookies.get(COOKIE))
         if session is None:
             return problem(401, "no dashboard session (open the link "
-                                                "that `corral ui` prints)")
+                                "that `corral ui` prints)")
         # the methods the session may call: the page asks no other (nodes.list and
         # tenants.list are not a glob's)
-        offered = [name for name in methods if open_to(session.caller, name)]
+        offered = [name for name in self.methods if open_to(session.caller, name)]
         body = {"csrf": session.csrf, "expires": session.expires, "methods": offered,
-                "streams": sorted(streams), "scopes": sorted(session.caller.scopes),
+                "streams": sorted(self.streams), "scopes": sorted(session.caller.scopes),
                 "tenant": session.caller.tenant}
         return web.Response(body=msgspec.json.encode(body), content_type="application/json")
 
-    async def logout(request: web.Request) -> web.StreamResponse:
+    async def logout(self, request: web.Request) -> web.StreamResponse:
         try:
-            caller = guard.caller(request)
+            caller = self.guard.caller(request)
         except RpcError as exc:
             return rpc_problem(exc)
         if caller is not None:
-            sessions.end(request.cookies[COOKIE])
+            self.sessions.end(request.cookies[COOKIE])
         response = web.Response(status=204)
         response.del_cookie(COOKIE, path=PREFIX)
         return response
 
-    async def call(request: web.Request) -> web.StreamResponse:
-        handle = calls.get(request.match_info["method"])
+    async def call(self, request: web.Request) -> web.StreamResponse:
+        handle = self.calls.get(request.match_info["method"])
         if handle is None:
             return problem(404, f"{request.match_info['method']} is not a "
-                                             f"method the dashboard calls")
+                                f"method the dashboard calls")
         return await handle(request)
 
-    async def stream(request: web.Request) -> web.StreamResponse:
+    async def stream(self, request: web.Request) -> web.StreamResponse:
         """A stream for the page's EventSource: a GET, so no CSRF header (it changes
         nothing, and the SameSite=Strict cookie is not sent from another site's page)."""
-        res = streams.get(request.match_info["method"])
+        res = self.streams.get(request.match_info["method"])
         if res is None:
             return problem(404, f"{request.match_info['method']} is not a "
-                                             f"stream the dashboard follows")
+                                f"stream the dashboard follows")
         try:
-            caller = guard.authenticate(request)
+            caller = self.guard.authenticate(request)
         except RpcError as exc:
             return rpc_problem(exc)
-        session = sessions.find(request.cookies.get(COOKIE))
+        session = self.sessions.find(request.cookies.get(COOKIE))
         assert session is not None  # (it authenticated the request)
         api = request.config_dict[API_KEY]
         try:
@@ -437,21 +462,19 @@ def setup(app: web.Application, ctx: HttpContext) -> None:
             return await api.stream(
                 request, caller, res, params,
                 token=session.token.token if session.token is not None else None,
-                until=time.time() + session.expires - sessions.clock())
+                until=time.time() + session.expires - self.sessions.clock())
         except RpcError as exc:
             return rpc_problem(exc)
 
-    ui = web.Application(middlewares=[rules])
-    ui[sse.STREAMS] = app[sse.STREAMS]  # the server's one set: all are ended at shutdown
-    ui.add_routes([
-        web.get("", to_index),
-        web.get("/", index),
-        web.get("/static/{path:.+}", asset),
-        web.get("/login", login),
-        web.get("/session", session_info),
-        web.post("/logout", logout),
-        web.post("/api/{method}", call),
-        web.get("/stream/{method}", stream),
-    ])
-    app.add_subapp(PREFIX, ui)
 
+def setup(app: web.Application, ctx: HttpContext) -> None:
+    sessions = ctx.services.ui
+    if not isinstance(sessions, Sessions):  # no [http], or logins of another kind
+        return
+    sessions.context = ctx
+    tokens = tokens_of(ctx.services.store)
+    sessions.token_holds = _token_holds(tokens)
+    tokens.stream.subscribe(sessions.revoked, TokenRevoked)
+    pages = Pages(ctx, sessions)
+    ctx.authenticators.append(pages.guard.caller)
+    app.add_subapp(PREFIX, pages.app(app[sse.STREAMS]))

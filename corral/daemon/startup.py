@@ -1,0 +1,555 @@
+"""The daemon's parts, each set up with its teardown beside it (decision 210).
+
+A part is a context manager (async where its set-up or teardown waits) that sets one
+thing up, yields what it made and tears it down; `Daemon._setup` enters them in order on
+one `AsyncExitStack`, as aiohttp's `cleanup_ctx` does, so the stack unwinds them in
+reverse and the teardown order is the order of the list: a start-up that fails half-way
+tears down exactly what it set up. What a part makes is handed to the next ones as
+arguments, then collected into the `Services`. Steps without a teardown are plain
+functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..paths import default_log_dir, default_socket, default_state_dir, resolve
+from ..supervisor.config import Config, ConfigError
+from ..supervisor.configload import check_sandboxes, config_files, load_config
+from ..supervisor.core import Supervisor
+from ..supervisor.parts import Parts
+from ..supervisor.process_replica import Exited, Transition
+from ..supervisor.stream import Checkpoint, ListChanged
+from ..supervisor.tasks import TaskRecord
+from ..supervisor.tasks.budget import DAY
+from ..timeouts import within
+from . import journald
+from .api import Audit, Dispatcher
+from .background import Background
+from .commands import HANDLERS, owner_of
+from .control import AlreadyRunning, ControlServer
+from .enginelog import EngineLog
+from .extras import Extras
+from .fleet import Fleet
+from .gatewayaccess import GatewayService
+from .handoff import Listeners
+from .incarnation import ProcessRecords, reclaim
+from .journald import JournalSender, StderrEcho
+from .logs import LogDirError, LogHub
+from .packages.service import Packages
+from .revisions import RevisionLog, describe_change
+from .services import Services
+from .steps import StepsDB
+from .store import StateStore
+from .storeschema import StoreError
+from .storewriter import StoreWriter
+from .taskjournal import TaskJournalDB
+from .tasks import LocalFront, TaskFront
+from .tenantdirs import TenantDirs
+from .tenantregistry import groups_of
+from .traces import Traces
+from .traces import start as start_traces
+from .upgrade import Taken
+
+if TYPE_CHECKING:
+    from ..cluster.node import ClusterNode
+    from ..cluster.queue import ClusterQueue
+    from .http.mcp import HttpGateway
+    from .http.server import HttpServer
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the text says why, for stderr."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    socket: Path
+    state_dir: Path
+    log_dir: Path
+
+
+@dataclass(frozen=True)
+class Conf:
+    """The config file as read at start-up, and where it puts things."""
+
+    cfg: Config
+    path: Path  # the file
+    paths: Paths
+    protected: list[tuple[str, str]]  # what no sandboxed agent may write or reach
+
+    @property
+    def dir(self) -> Path:
+        return self.path.parent
+
+
+def paths_of(cfg: Config, config_path: Path, socket: str | None) -> Paths:
+    base = config_path.parent
+    s = cfg.supervisor
+    sock = Path(socket) if socket else resolve(base, s.socket) or default_socket()
+    state_dir = resolve(base, s.state_dir) or default_state_dir()
+    return Paths(sock, state_dir, resolve(base, s.log_dir) or default_log_dir(state_dir))
+
+
+def protected(cfg: Config, config_path: Path, paths: Paths) -> list[tuple[str, str]]:
+    """What no sandboxed agent may write or reach: corral's config files, its state,
+    logs and control socket (the socket is where `paths` says, even before it is bound:
+    the sandbox masks it if it is there when an agent starts)."""
+    return [*config_files(cfg, config_path),
+            (str(paths.state_dir), "corral's state directory"),
+            (str(paths.log_dir), "corral's log directory"),
+            (str(paths.socket), "corral's control socket")]
+
+
+def read_config(config_path: Path, socket: str | None) -> Conf:
+    """The config, checked whole (its sandboxes too) before anything is set up."""
+    try:
+        cfg = load_config(config_path)
+        paths = paths_of(cfg, config_path, socket)
+        guarded = protected(cfg, config_path, paths)
+        check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(config_path), guarded)
+    except ConfigError as exc:
+        raise StartupError(f"invalid config: {exc}") from None
+    return Conf(cfg, config_path, paths, guarded)
+
+
+@contextlib.asynccontextmanager
+async def closed(close: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    """A part made elsewhere whose teardown is its `close`."""
+    try:
+        yield
+    finally:
+        await close()
+
+
+# -- the parts, in the order they are entered -------------------------------------------------
+@contextlib.contextmanager
+def log_hub(conf: Conf) -> Iterator[LogHub]:
+    """The daemon's logs (`corral logs`), its own lines echoed on stderr."""
+    sc = conf.cfg.supervisor
+    try:
+        hub = LogHub(conf.paths.log_dir, max_bytes=sc.log_max_bytes, backups=sc.log_backups,
+                     tail_lines=sc.log_tail_lines, tail_bytes=sc.log_tail_bytes,
+                     raw=sc.log_format == "raw")
+    except LogDirError as exc:
+        raise StartupError(str(exc)) from None
+    hub.echo = StderrEcho(sc.log_level)
+    with contextlib.closing(hub):
+        yield hub
+
+
+@contextlib.contextmanager
+def journal_sender(conf: Conf) -> Iterator[JournalSender | None]:
+    """The systemd journal's sender, where `log_journal` asks for it."""
+    sc = conf.cfg.supervisor
+    if not (sc.log_journal is True or (sc.log_journal == "auto" and journald.available())):
+        yield None
+        return
+    with contextlib.closing(JournalSender()) as sender:
+        yield sender
+
+
+def engine(conf: Conf, spared: set[int], taken: Taken | None
+           ) -> tuple[Supervisor, ClusterQueue | None]:
+    """The engine, made and not yet open (`running` opens it), and with [cluster] the
+    queue its tasks wait on (no Redis in it: the node that pulls into it is made later)."""
+    sc = conf.cfg.supervisor
+    queue = None
+    if conf.cfg.cluster is not None:
+        from ..cluster.queue import ClusterQueue
+        queue = ClusterQueue()
+    sup = Supervisor(heartbeat_interval=sc.heartbeat_interval,
+                     heartbeat_timeout=sc.heartbeat_timeout, cgroups=sc.cgroups,
+                     max_replicas=sc.max_replicas, state_dir=conf.paths.state_dir,
+                     tasks_kept=sc.tasks_kept,
+                     tasks_kept_bytes=int(sc.tasks_kept_mb * 1024 * 1024),
+                     task_queue=queue, spared=spared)
+    if taken is not None:
+        taken.before_start(sup)
+    sup.parts.tuning.sandbox_program = sc.bwrap
+    sup.parts.tuning.protected_paths = conf.protected
+    return sup, queue
+
+
+def gateway_service(conf: Conf, parts: Parts, audit: Audit) -> GatewayService:
+    """The MCP gateway's service, configured (its tokens file read)."""
+    gateway = GatewayService(parts.agents, parts.tools, parts.stream, audit)
+    try:
+        gateway.configure(conf.cfg.gateway, conf.dir)
+    except ConfigError as exc:
+        raise StartupError(f"invalid config: {exc}") from None
+    return gateway
+
+
+def hear(parts: Parts, hub: LogHub, sender: JournalSender | None,
+         gateway: GatewayService) -> EngineLog:
+    """What the daemon hears from the engine: its logs, the gateway's lists, and each
+    replica's environment (its tenant's directories, the gateway's address)."""
+    heard = EngineLog(hub, sender)
+    heard.subscribe(parts.stream)
+    parts.stream.subscribe(gateway.on_transition, Transition)
+    parts.stream.subscribe(lambda e: gateway.changed([e.kind]), ListChanged)
+    parts.stream.subscribe(gateway.forget_replica, Exited)
+    dirs = TenantDirs(parts, hub, hub.daemon)
+    parts.tuning.environment = lambda r: {**dirs.starting(r),
+                                          **gateway.replica_environment(r)}
+    return heard
+
+
+def dispatcher(audit: Audit) -> Dispatcher[Services]:
+    """The one Dispatcher; calls wait in it for the services (`Dispatcher.serve`)."""
+    return Dispatcher(HANDLERS, audit, lambda services: services.agents, owner=owner_of)
+
+
+@contextlib.asynccontextmanager
+async def control_socket(conf: Conf, calls: Dispatcher[Services], hub: LogHub,
+                         taken: Taken | None, graceful: Callable[[], bool]
+                         ) -> AsyncIterator[ControlServer]:
+    """The control socket (inherited across an upgrade): it answers from here on. Its
+    teardown says `stopped` last, when a stop was asked for (a start-up that failed has
+    said why on stderr)."""
+    sc = conf.cfg.supervisor
+    control = ControlServer(calls, hub.daemon, conf.paths.socket, sc.group,
+                            max_connections=sc.max_connections,
+                            idle_timeout=sc.control_idle_timeout)
+    # the file's tenants' groups at once: no peer of a tenant is served as an operator
+    # while the state database opens (its runtime tenants' come with it)
+    control.set_tenant_groups(groups_of(conf.cfg.tenants, hub.daemon))
+    try:
+        await control.start(taken.control if taken is not None else None)
+    except AlreadyRunning as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {conf.paths.socket}: {exc.strerror}") from None
+    try:
+        yield control
+    finally:
+        try:
+            if graceful():
+                hub.daemon("stopped")
+        finally:
+            await control.close()
+
+
+@dataclass(frozen=True)
+class Opened:
+    store: StateStore
+    writer: StoreWriter  # every write goes through its thread, off the loop
+    revisions: RevisionLog
+    journal: TaskJournalDB | None  # None: `task_journal = false`
+    unfinished: list[TaskRecord]  # the journal's tasks not finished when it last closed
+
+
+@contextlib.asynccontextmanager
+async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[Opened]:
+    """The state database, its writer thread and the task journal on it; the engine's
+    checkpoints and budgets as they left them."""
+    sc = conf.cfg.supervisor
+
+    def error(text: str) -> None:
+        hub.daemon(text, priority=3)
+
+    def notice(text: str) -> None:
+        hub.daemon(text, priority=5)
+
+    async with contextlib.AsyncExitStack() as own:
+        try:
+            # opening (and migrating) the database is a few commits with their fsyncs: in
+            # a thread, as the control socket already answers
+            store = await asyncio.to_thread(StateStore, conf.paths.state_dir / "corral.db",
+                                            sync=sc.journal_sync, stream=parts.stream)
+            own.callback(store.close)
+            parts.checkpoints.update(await asyncio.to_thread(store.states))
+            # every write (records, checkpoints, audit, revisions, commands' records) and
+            # the task journal's go through one writer thread, off the loop
+            writer = store.open_writer(on_error=error, on_notice=notice)
+            own.push_async_callback(store.close_writer)  # checkpoints too
+            journal: TaskJournalDB | None = None
+            unfinished: list[TaskRecord] = []
+            if sc.task_journal:
+                journal = TaskJournalDB(store.path, sync=sc.journal_sync,
+                                        max_age=sc.journal_max_age,
+                                        max_tasks=sc.journal_max_tasks, on_error=error,
+                                        on_notice=notice, writer=store.thread)
+                own.push_async_callback(journal.close)
+                unfinished = await asyncio.to_thread(journal.unfinished)
+                parts.tasks.journal = journal
+                # tasks' steps (docs/durable.md), kept and pruned with their tasks
+                assert store.thread is not None  # open_writer made it
+                steps = StepsDB(store.path, store.thread, sync=sc.journal_sync,
+                                on_error=error)
+                own.push_async_callback(steps.close)
+                parts.tasks.steps.journal = steps
+                # the budgets' windows as the journaled tasks' usage left them
+                for agent, when, tokens, cost in await asyncio.to_thread(
+                        journal.usage_since, time.time() - DAY):
+                    parts.tasks.budgets.restore(agent, tokens, cost, when)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        parts.stream.subscribe(
+            lambda c: store.save_state(c.agent, c.replica, c.time, c.state), Checkpoint)
+        yield Opened(store, writer, RevisionLog(store.db), journal, unfinished)
+
+
+@contextlib.contextmanager
+def signals(put: Callable[[int], None]) -> Iterator[None]:
+    """SIGTERM, SIGINT, SIGHUP and SIGUSR2 queued for the arbiter."""
+    loop = asyncio.get_running_loop()
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
+    try:
+        for sig in handled:
+            loop.add_signal_handler(sig, put, sig)
+        yield
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
+@contextlib.asynccontextmanager
+async def event_pump(sup: Supervisor, heard: EngineLog) -> AsyncIterator[None]:
+    """The lifecycle's transitions written to the logs, a turn after they happen."""
+    events = sup.subscribe(maxsize=100_000)
+    background = Background(heard.hub.daemon)
+    background.start("event pump", lambda: heard.pump(events))
+    try:
+        yield
+    finally:
+        await asyncio.sleep(0)  # the last events reach the log before the pump stops
+        await background.close()
+
+
+@contextlib.asynccontextmanager
+async def cluster_node(conf: Conf, sup: Supervisor, queue: ClusterQueue | None,
+                       fleet: Fleet, hub: LogHub) -> AsyncIterator[ClusterNode | None]:
+    """With [cluster], this node, refused at start while another daemon is it; it
+    leaves its cluster after the agents have stopped (their last outcomes are in its
+    outbox by then): made before the engine opens, it is left after it closes."""
+    settings = conf.cfg.cluster
+    if settings is None:
+        yield None
+        return
+    from ..cluster.node import ClusterNode  # redis-py only where [cluster] is
+    assert queue is not None
+    node = ClusterNode(settings, sup, sup.parts, queue, hub.daemon,
+                       prepare=fleet.fill_paths, apply=fleet.apply_spec,
+                       describe=describe_change, key=cluster_key(conf, hub))
+    try:
+        await one_node(node, hub)
+        yield node
+    finally:
+        await node.close()
+
+
+def cluster_key(conf: Conf, hub: LogHub) -> bytes | None:
+    """[cluster] key_file's key (decision 162); None, said loudly, without one."""
+    from ..cluster.trust import NO_KEY_WARNING, load_key
+    settings = conf.cfg.cluster
+    assert settings is not None
+    if settings.key_file is None:
+        hub.daemon(f"WARNING: cluster {settings.name}: {NO_KEY_WARNING}", priority=4)
+        return None
+    try:
+        return load_key(resolve(conf.dir, settings.key_file) or Path(settings.key_file))
+    except ConfigError as exc:
+        raise StartupError(f"invalid config: {exc}") from None
+
+
+async def one_node(node: ClusterNode, hub: LogHub) -> None:
+    """One daemon per node name (decision 163): refused at start while another daemon
+    is this node; Redis away, the membership loop checks at each join."""
+    from redis.exceptions import RedisError
+    try:
+        await within(node.membership.check_unique(), 2 * node.settings.node_ttl
+                     + node.settings.beat)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot start as a node of cluster {node.settings.name}: "
+                           f"{exc}") from None
+    except (RedisError, OSError, TimeoutError) as exc:
+        hub.daemon(f"cluster: whether another daemon is node {node.node} cannot be told "
+                   f"now ({type(exc).__name__}: {exc}); it is asked at each join")
+
+
+@contextlib.asynccontextmanager
+async def running(sup: Supervisor, conf: Conf, opened: Opened, hub: LogHub,
+                  graceful: Callable[[], bool]) -> AsyncIterator[None]:
+    """The engine open: what a crashed incarnation left running is stopped before
+    anything starts, and this one's processes are recorded. Its teardown stops every
+    agent (gracefully when a stop was asked for), then ends the incarnation."""
+    sup.open()
+    records: ProcessRecords | None = None
+    try:
+        hub.daemon(f"corral {__version__} started, pid {os.getpid()}, "
+                   f"config {conf.path}, socket {conf.paths.socket}")
+        hub.daemon(sup.parts.containment.notice)
+        await reclaim(sup.parts.containment, opened.store, hub)
+        records = ProcessRecords(opened.store, opened.writer, sup.parts.containment)
+        yield
+    finally:
+        try:
+            await sup.close(graceful=graceful())
+        finally:
+            if records is not None:  # after every process is gone
+                await records.close()
+
+
+@contextlib.asynccontextmanager
+async def handing_back(node: ClusterNode | None) -> AsyncIterator[None]:
+    """Before the agents stop, the node hands back the cluster tasks it holds."""
+    try:
+        yield
+    finally:
+        if node is not None:
+            await node.hand_back()
+
+
+def task_front(parts: Parts, journal: TaskJournalDB | None, node: ClusterNode | None,
+                hub: LogHub) -> TaskFront:
+    """The task front, chosen once: with [cluster], the cluster's (this node's own
+    behind it, for `local`)."""
+    local = LocalFront(parts.agents, parts.tasks, journal, hub.daemon)
+    if node is None:
+        return local
+    from .tasks.clustered import ClusterFront
+    return ClusterFront(local, node, parts.quotas)
+
+async def packages(conf: Conf, parts: Parts, opened: Opened, fleet: Fleet,
+                    node: ClusterNode | None, hub: LogHub) -> Packages:
+    """Agent packages, their interrupted builds and switches dealt with before any
+    agent starts."""
+    pkg = conf.cfg.packages
+    packages = Packages(pkg, Path(pkg.dir) if pkg.dir else conf.paths.state_dir
+                        / "packages", parts, opened.store, opened.revisions, fleet,
+                        hub.daemon)
+    if node is not None:
+        packages.refuse = node.refuse_deploy
+    try:
+        await packages.start()
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None
+    return packages
+
+
+@contextlib.asynccontextmanager
+async def http_gateway(conf: Conf, gateway: GatewayService, hub: LogHub, extras: Extras,
+                       listeners: Listeners) -> AsyncIterator[HttpGateway | None]:
+    """The HTTP gateway, before any agent starts (agents are given its URL): at `/mcp`
+    of the [http] server (mounted there when it starts), and on a site of its own at
+    `[gateway] listen`, an extra."""
+    cfg = conf.cfg
+    if not (cfg.gateway.listen or cfg.http.listen):
+        yield None
+        return
+    from .http.mcp import HttpGateway
+
+    http = HttpGateway(gateway, cfg.gateway, conf.dir, listeners)
+    try:
+        if cfg.gateway.listen:
+            async def attempt() -> None:
+                await http.start()
+                gateway.url = http.url
+                gateway.socket_path = http.socket_path
+                hub.daemon(f"gateway listening on {cfg.gateway.listen} ({http.url})")
+
+            await extra(extras, "gateway", cfg.gateway.listen, attempt)
+        yield http
+    finally:
+        await http.close()
+
+
+class Serving:
+    """The [http] server, while an attempt at starting it has succeeded."""
+
+    def __init__(self) -> None:
+        self.server: HttpServer | None = None
+
+
+@contextlib.asynccontextmanager
+async def http_server(conf: Conf, services: Services, calls: Dispatcher[Services],
+                      extras: Extras, listeners: Listeners) -> AsyncIterator[Serving | None]:
+    """[http]: the REST API, /metrics and the dashboard, once the services exist
+    (aiohttp is imported only then: a daemon without HTTP does not carry it); an extra,
+    retried until it binds (a fresh server at each attempt)."""
+    settings = conf.cfg.http
+    if not settings.listen:
+        yield None
+        return
+    from .http.context import HttpContext
+    from .http.server import HttpServer
+
+    ctx = HttpContext(services=services, dispatcher=calls, settings=settings,
+                      config_dir=conf.dir)
+    serving = Serving()
+
+    async def attempt() -> None:
+        server = HttpServer(ctx, listeners)  # an inherited socket (corral upgrade) first
+        try:
+            await server.start()
+        except BaseException:
+            await server.close()
+            raise
+        serving.server = server
+        services.hub.daemon(f"HTTP listening on {settings.listen} ({server.url})")
+        http = services.http
+        if http is not None:
+            # /mcp is mounted: agents are given it unless the gateway has its own site
+            listen = settings.listen or ""
+            unix = listen.removeprefix("unix:") if listen.startswith("unix:") else None
+            http.served_at("http://localhost" if unix else server.url, unix)
+            services.gateway.url, services.gateway.socket_path = (http.url,
+                                                                  http.socket_path)
+
+    try:
+        await extra(extras, "HTTP server", settings.listen, attempt)
+        yield serving
+    finally:
+        if serving.server is not None:
+            await serving.server.close()
+
+
+async def extra(extras: Extras, name: str, listen: str,
+                attempt: Callable[[], Awaitable[None]]) -> None:
+    """Start an extra (retried in the background when it fails), unless its config is
+    refused: then the daemon does not start, and says why."""
+    try:
+        await extras.start(name, listen, attempt)
+    except ConfigError as exc:
+        raise StartupError(f"cannot start the {name} on {listen}: {exc}") from None
+
+
+def dashboard_sessions(conf: Conf) -> Any:
+    """The dashboard's logins, where [http] serves it."""
+    if not conf.cfg.http.listen:
+        return None
+    from .http.ui import Sessions  # with aiohttp: only where [http] is configured
+
+    return Sessions()
+
+
+def freeze_heap() -> None:
+    """Modules, classes, config and the daemon's own parts live as long as the process:
+    out of every full pass of the cyclic collector from here on, which then walks what
+    the fleet holds and no more (decision 60)."""
+    gc.collect()
+    gc.freeze()
+
+
+@contextlib.asynccontextmanager
+async def tracing(conf: Conf, parts: Parts) -> AsyncIterator[Traces | None]:
+    """[tracing] (docs/tracing.md): the spans' exporter and local store; closed after the
+    agents stop, so that their last spans are kept."""
+    traces = await start_traces(conf.cfg.tracing, parts.tasks, conf.paths.state_dir)
+    try:
+        yield traces
+    finally:
+        if traces is not None:
+            await traces.close()
