@@ -194,6 +194,10 @@ def test_drain_finishes_what_runs_hands_over_the_cluster_agent_and_leaves(
         st = others[0].json("status", "--cluster")
         assert sorted(v["node"] for v in st["nodes"]) == ["a", "b", "c"]
         assert "agents" in st
+        # a node lists the cluster agents it runs at its next beat after it started them
+        # (placement said where first): the listing is waited for, not raced
+        wait_until(lambda: "keeper*" in others[0].cli("status", "--cluster").stdout,
+                   what="keeper listed on its node")
         text = others[0].cli("status", "--cluster").stdout
         assert "keeper*" in text and "NODE" in text, text
         r = others[0].cli("drain", x.name)
