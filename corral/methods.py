@@ -26,33 +26,6 @@ import msgspec
 # what the daemon answers (each method names its result): corral.results, all of it
 from .results import *  # noqa: F403
 
-# a task's views are the engine's own structs, shared (no twins): named here as results
-from .taskviews import (
-    Attempt as Attempt,
-)
-from .taskviews import (
-    ModelUsage as ModelUsage,
-)
-from .taskviews import (
-    TaskError as TaskError,
-)
-from .taskviews import (
-    TaskInfo as TaskInfo,
-)
-from .taskviews import (
-    TaskResult as TaskResult,
-)
-from .taskviews import (
-    TaskSummary as TaskSummary,
-)
-from .taskviews import (
-    Usage as Usage,
-)
-from .views import NodeInfo as NodeInfo
-from .views import ReplicaStatus as ReplicaStatus
-from .views import Revision as Revision
-from .views import TenantUse as TenantUse
-
 # what a caller may do (DESIGN section 7); "admin" holds every other
 SCOPES = frozenset({"agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read",
                     "events", "mcp:call", "metrics:read", "audit:read", "admin"})

@@ -10,31 +10,8 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from .taskviews import (
-    Attempt as Attempt,
-)
-from .taskviews import (
-    ModelUsage as ModelUsage,
-)
-from .taskviews import (
-    TaskError as TaskError,
-)
-from .taskviews import (
-    TaskInfo as TaskInfo,
-)
-from .taskviews import (
-    TaskResult as TaskResult,
-)
-from .taskviews import (
-    TaskSummary as TaskSummary,
-)
-from .taskviews import (
-    Usage as Usage,
-)
-from .views import NodeInfo as NodeInfo
-from .views import ReplicaStatus as ReplicaStatus
-from .views import Revision as Revision
-from .views import TenantUse as TenantUse
+from .taskviews import Attempt, ModelUsage, TaskError, TaskInfo, TaskResult, TaskSummary, Usage
+from .views import NodeInfo, ReplicaStatus, Revision, TenantUse
 
 __all__ = [
     "Added",
