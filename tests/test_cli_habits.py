@@ -3,6 +3,8 @@ typo is never one Enter away from a destructive command (issue 36, "Habits")."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -63,3 +65,17 @@ def test_a_typo_near_a_destructive_command_says_it_is_never_guessed() -> None:
     assert got.exit_code == 2
     assert "(`shutdown` is never guessed: type it whole.)" in got.output, got.output
     assert "Did you mean 'shutdown'" not in got.output
+
+
+def test_a_transposed_typo_is_guessed_first_and_no_unrelated_command_is_named() -> None:
+    got = CliRunner().invoke(cli, ["stauts"])
+    assert got.exit_code == 2
+    assert "Did you mean 'status' or " in got.output, got.output  # the same letters: first
+    assert "never guessed" not in got.output  # `restart` is no likelier than `status`
+
+
+def test_version_without_a_daemon_exits_as_every_command_that_needs_one(
+        tmp_path: Path) -> None:
+    got = CliRunner().invoke(cli, ["--socket", str(tmp_path / "none.sock"), "version"])
+    assert got.exit_code == 3, got.output
+    assert got.output.splitlines()[1] == "daemon: not reachable"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 
@@ -230,6 +231,17 @@ def test_corral_task_shows_each_attempts_error_and_backoff(tmp_path: Path) -> No
         assert lines == ["failed (attempt 1 failed on request), retried after 0.2 s",
                          "failed (attempt 2 failed on request), retried after 0.4 s",
                          "succeeded"]
+        # times as the logs write them, and waits with their unit (not raw seconds)
+        fields = dict(ln.split(": ", 1) for ln in shown.splitlines()
+                      if not ln.startswith("attempt "))
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", fields["created"]), fields
+        assert fields["ran"].endswith((" ms", " s")) and fields["queue_wait"].endswith(
+            (" ms", " s")), fields
+        # a run that failed after retries says how many attempts it had
+        r = d.cli("run", "w", "--input", '{"do": "until", "attempt": 9}')
+        assert r.returncode == 1
+        assert r.stderr.endswith(" failed after 3 attempts: attempt 3 failed on request\n"), \
+            r.stderr
         # a task's own policy from the command line
         r = d.cli("run", "w", "--input", '{"do": "until", "attempt": 2}', "--retries", "0")
         assert r.returncode == 1

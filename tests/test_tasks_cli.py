@@ -114,7 +114,7 @@ def test_detach_task_wait_list_and_cancel(daemon: Daemon) -> None:
     # `corral stats` counts the cancelled task apart from the failed ones
     stats = daemon.cli("stats").stdout.splitlines()
     head = stats[1].split()
-    assert head[8:10] == ["CANCELLED", "QUEUED"], stats
+    assert head[7:11] == ["FAILED", "LOST", "CANCELLED", "QUEUED"], stats
     row = next(line.split() for line in stats if line.startswith("other "))
     assert (row[head.index("FAILED")], row[head.index("CANCELLED")]) == ("0", "1"), stats
 

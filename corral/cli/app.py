@@ -90,11 +90,18 @@ class _Group(click.Group):
                 and self.get_command(ctx, name) is None):
             import difflib
 
+            def likeness(c: str) -> tuple[bool, float]:
+                # the same letters in another order (`stauts`) is the likeliest typo
+                return (sorted(c) == sorted(name),
+                        difflib.SequenceMatcher(None, name, c).ratio())
+
             safe = [c for c in (*self.list_commands(ctx), *ALIASES) if c not in DESTRUCTIVE]
-            near = difflib.get_close_matches(name, safe, n=3)
+            near = sorted(difflib.get_close_matches(name, safe, n=3), key=likeness,
+                          reverse=True)
             hint = f" Did you mean {' or '.join(repr(c) for c in near)}?" if near else ""
             risky = difflib.get_close_matches(name, sorted(DESTRUCTIVE), n=1)
-            if risky:
+            if risky and (not near or likeness(risky[0]) >= likeness(near[0])):
+                # said only where it is what was likely meant
                 hint += f" (`{risky[0]}` is never guessed: type it whole.)"
             ctx.fail(f"No such command {name!r}.{hint} (`corral --help` lists them.)")
         return super().resolve_command(ctx, args)

@@ -106,6 +106,7 @@ def version(obj: Ctx) -> None:
         click.echo(f"daemon {info.version} (pid {info.pid}, {info.socket})")
     except Unreachable:
         click.echo("daemon: not reachable")
+        sys.exit(EXIT_UNREACHABLE)  # as every command that needs the daemon
 
 
 @cli.command(help=doc("config.reload") + "\n\nPrints each agent and MCP server added, removed "

@@ -185,14 +185,14 @@ def stats(obj: Ctx, since: str | None, agent: str | None, resolution: str | None
         lat = t.latency_ms if t is not None else None
         rows.append([n, str(a.serving) + "/" + str(a.replicas), str(a.restarts),
                      percent(a.cpu_percent), human_bytes(a.rss_bytes),
-                     *(str(v) for v in ((t.accepted, t.succeeded,
-                                         t.failed + t.timed_out + t.lost, t.cancelled,
-                                         t.queue_depth)
-                                        if t is not None else (0, 0, 0, 0, 0))),
+                     *(str(v) for v in ((t.accepted, t.succeeded, t.failed + t.timed_out,
+                                         t.lost, t.cancelled, t.queue_depth)
+                                        if t is not None else (0, 0, 0, 0, 0, 0))),
                      "-" if lat is None or lat.p50 is None else "/".join(
                          millis(v) for v in (lat.p50, lat.p95, lat.p99) if v is not None)])
+    # a lost task (its worker died under it: a cap, a crash) is not one that failed
     table(rows, ["AGENT", "SERVING", "RESTARTS", "CPU%", "RSS", "TASKS", "OK", "FAILED",
-                 "CANCELLED", "QUEUED", "P50/P95/P99 MS"])
+                 "LOST", "CANCELLED", "QUEUED", "P50/P95/P99 MS"])
     _print_usage(st.agents)
     print_gateway(st.gateway)
 

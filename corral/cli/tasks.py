@@ -16,7 +16,7 @@ from .. import methods as m
 from .app import Ctx, cli, complete_agents, doc, json_option, pass_ctx
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Unreachable
 from .durations import duration
-from .render import human_time, print_json, table
+from .render import human_time, millis, print_json, stamp, table
 
 MAX_INPUT = 16 * 1024 * 1024 - 4096
 
@@ -195,7 +195,9 @@ def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority:
         click.echo(json.dumps(res.output, indent=2))
     else:
         why = res.error.message if res.error is not None else ""
-        click.echo(f"corral: task {res.task_id} {res.status}: {why}", err=True)
+        # after retries: how many attempts it had, so that a policy at work is seen
+        tries = f" after {len(res.attempts)} attempts" if len(res.attempts) > 1 else ""
+        click.echo(f"corral: task {res.task_id} {res.status}{tries}: {why}", err=True)
     if res.status != "succeeded":
         sys.exit(EXIT_FAILED)
 
@@ -260,11 +262,9 @@ def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, reconnect: fl
         click.echo("input: " + (json.dumps(res.input) if res.input is not msgspec.UNSET
                                 else "(not kept: a cluster task, or a daemon without a "
                                      "journal)"))
-    for key in ("task_id", "agent", "status", "priority", "queue_wait", "tool_calls",
-                "progress", "output", "error"):
-        val = msgspec.to_builtins(getattr(res, key))
-        if key == "output" and res.output_dropped:
-            val = "(dropped from memory: the daemon keeps tasks_kept_mb of outputs)"
+    for key in ("task_id", "agent", "status", "priority", "created", "started", "finished",
+                "queue_wait", "ran", "tool_calls", "progress", "output", "error"):
+        val = _shown(res, key)
         if val is not None:
             click.echo(f"{key}: {json.dumps(val) if isinstance(val, dict | list) else val}")
     if res.waiting is not None:
@@ -280,6 +280,27 @@ def task_get(obj: Ctx, task_id: str, wait: bool, with_input: bool, reconnect: fl
         click.echo(f"attempt {i}: {where(a)}{a.outcome}" + (f" ({a.error})" if a.error
                                                             else "") + retried
                    + steps_of(a))
+
+
+def _shown(res: m.TaskInfo, key: str) -> Any:
+    """A field of `corral task ID` as a person reads it: times as in the logs, waits and
+    run times with their unit."""
+    if key in ("created", "started", "finished"):
+        at = getattr(res, key)
+        return None if at is None else stamp(at)
+    if key == "queue_wait":
+        return None if res.queue_wait is None else seconds(res.queue_wait)
+    if key == "ran":
+        return (None if res.started is None or res.finished is None
+                else seconds(res.finished - res.started))
+    if key == "output" and res.output_dropped:
+        return "(dropped from memory: the daemon keeps tasks_kept_mb of outputs)"
+    return msgspec.to_builtins(getattr(res, key))
+
+
+def seconds(s: float) -> str:
+    """A short span as people read it: 0.05 ms, 7.51 ms, 1.2 s, 5 s."""
+    return f"{millis(s * 1000)} ms" if s < 1 else f"{s:.3g} s" if s < 100 else f"{s:.0f} s"
 
 
 def steps_of(a: m.Attempt) -> str:
