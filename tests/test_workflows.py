@@ -1,0 +1,407 @@
+"""Workflows as data (docs/workflows.md): definitions checked on load with exact messages,
+runs of a real daemon's agents fed forward, fanned out and joined, skipped by a condition,
+cancelled, and resumed after a SIGKILL with no step's task submitted twice."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.supervisor.config import ConfigError
+from corral.supervisor.configload import load_config
+from corral.supervisor.workflows import WorkflowSpec, compile_workflow, plan_text
+
+from .conftest import ROOT
+from .daemon_harness import PY, Daemon
+
+# a worker for every test here: what it does is in its input (`op`); with `mark`, it
+# leaves a file named for the step and its task id once its work is done
+AGENT = '''
+import os, time, uuid
+from pathlib import Path
+from corral.worker import run
+
+def handle(inp, ctx):
+    if not isinstance(inp, dict):
+        return inp
+    if inp.get("sleep"):
+        time.sleep(inp["sleep"])
+    op = inp.get("op")
+    if op == "items":
+        out = {"items": list(range(inp["n"]))}
+    elif op == "square":
+        out = inp["x"] * inp["x"]
+    elif op == "sum":
+        out = sum(inp["xs"])
+    else:
+        out = inp
+    if "mark" in inp:
+        (Path(inp["dir"]) / f"{inp['mark']}.{ctx.task_id}.{uuid.uuid4().hex}").write_text("")
+    return out
+
+run(handle)
+'''
+
+
+def agent_toml(directory: Path, name: str = "wf", replicas: int = 2, retries: int = 3) -> str:
+    script = directory / "wfagent.py"
+    script.write_text(AGENT)
+    return textwrap.dedent(f"""
+        [agents.{name}]
+        command = ["{PY}", "{script}"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        replicas = {replicas}
+        retries = {retries}
+        backoff_initial = 0.05
+        stop_timeout = 10.0
+    """)
+
+
+PIPE = """
+[workflows.pipe]
+description = "three steps, each fed the one before"
+[[workflows.pipe.steps]]
+name = "fetch"
+agent = "wf"
+input = { op = "items", n = "$input.n" }
+[[workflows.pipe.steps]]
+name = "total"
+agent = "wf"
+input = { op = "sum", xs = "$steps.fetch.output.items" }
+[[workflows.pipe.steps]]
+name = "say"
+agent = "wf"
+input = { op = "echo", text = "total {$steps.total.output} for {$input.who}" }
+"""
+
+FAN = """
+[workflows.fan]
+[[workflows.fan.steps]]
+name = "list"
+agent = "wf"
+input = { op = "items", n = "$input.n" }
+[[workflows.fan.steps]]
+name = "square"
+agent = "wf"
+map = "$steps.list.output.items"
+concurrency = 4
+input = { op = "square", x = "$item" }
+[[workflows.fan.steps]]
+name = "sum"
+agent = "wf"
+join = "square"
+input = { op = "sum", xs = "$steps.square.output" }
+"""
+
+COND = """
+[workflows.cond]
+[[workflows.cond.steps]]
+name = "check"
+agent = "wf"
+input = { op = "echo", kind = "$input.kind" }
+[[workflows.cond.steps]]
+name = "long"
+agent = "wf"
+when = { ref = "$steps.check.output.kind", op = "==", value = "long" }
+input = { op = "echo", text = "a long one" }
+[[workflows.cond.steps]]
+name = "after"
+agent = "wf"
+input = { op = "echo", long = "$steps.long.output" }
+"""
+
+
+# -- definitions -------------------------------------------------------------------------------
+def _load(tmp_path: Path, workflows: str, agents: str = "wf") -> Any:
+    body = "".join(f'[agents.{a}]\ncommand = ["true"]\n' for a in agents.split())
+    path = tmp_path / "corral.toml"
+    path.write_text(body + textwrap.dedent(workflows))
+    return load_config(path), str(path)
+
+
+def _problem(tmp_path: Path, workflows: str) -> str:
+    path = tmp_path / "corral.toml"
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, workflows)
+    return str(exc.value).replace(str(path), "FILE")
+
+
+def test_a_definition_is_loaded_and_its_plan_printed(tmp_path: Path) -> None:
+    cfg, _ = _load(tmp_path, PIPE + FAN + COND)
+    assert set(cfg.workflows) == {"pipe", "fan", "cond"}
+    wf = compile_workflow("fan", cfg.workflows["fan"])
+    assert [sorted(s.deps) for s in wf.steps] == [[], ["list"], ["square"]]
+    assert plan_text(wf) == textwrap.dedent("""\
+        workflow fan: 3 steps
+        1. list: agent wf, after the start
+             input {"op":"items","n":"$input.n"}
+        2. square: agent wf, after list
+             map over $steps.list.output.items, 4 at a time
+             input {"op":"square","x":"$item"}
+        3. sum: agent wf, after square
+             join of square's outputs
+             input {"op":"sum","xs":"$steps.square.output"}""")
+
+
+def _steps(*steps: str, extra: str = "") -> str:
+    out = f"[workflows.w]\n{extra}\n"
+    for s in steps:
+        out += f"[[workflows.w.steps]]\n{s}\n"
+    return out
+
+
+@pytest.mark.parametrize(("workflow", "message"), [
+    (_steps('name = "a"\nagent = "nope"'),
+     "FILE: workflow w, step a: no such agent: nope"),
+    (_steps('name = "a"\nagent = "wf"\ninput = "$steps.b.output"',
+            'name = "b"\nagent = "wf"\ninput = "$steps.a.output"'),
+     "FILE: workflow w: a cycle of steps: a -> b -> a"),
+    (_steps('name = "a"\nagent = "wf"\ninput = "$steps.a.output.x"'),
+     "FILE: workflow w: a cycle of steps: a -> a"),
+    (_steps('name = "a"\nagent = "wf"\ninput = { x = "$steps.b.output" }',
+            'name = "b"\nagent = "wf"\ninput = 1'),
+     "FILE: workflow w, step a: $steps.b.output refers to step b, which comes after it "
+     "(a step may use the steps before it only)"),
+    (_steps('name = "a"\nagent = "wf"\ninput = "$input..x"'),
+     "FILE: workflow w, step a: bad reference in input: $input..x (a reference is $input, "
+     "$steps.NAME.output, $item or $index, followed by .key or [N] parts)"),
+    (_steps('name = "a"\nagent = "wf"\ninput = "hi {$nothing}"'),
+     "FILE: workflow w, step a: bad reference in input: $nothing (a reference is $input, "
+     "$steps.NAME.output, $item or $index, followed by .key or [N] parts)"),
+    (_steps('name = "a"\nagent = "wf"\ninput = "$steps.zz.output"'),
+     "FILE: workflow w, step a: $steps.zz.output names no step zz"),
+    (_steps('name = "a"\nagent = "wf"\ninput = "$item"'),
+     "FILE: workflow w, step a: $item in input is for the input of a step with map"),
+    (_steps('name = "a"\nagent = "wf"', 'name = "b"\nagent = "wf"\njoin = "a"'),
+     "FILE: workflow w, step b: join names step a, which has no map"),
+    (_steps('name = "a"\nagent = "wf"', 'name = "b"\nagent = "wf"\njoin = "c"'),
+     "FILE: workflow w, step b: join names no step c"),
+    (_steps('name = "a"\nagent = "wf"', 'name = "a"\nagent = "wf"'),
+     "FILE: workflow w: two steps named a"),
+    (_steps('name = "a"\nagent = "wf"\nwhen = { ref = "$input.x", op = "<" }'),
+     "FILE: workflows.w.steps[0].when.op: Invalid enum value '<'"),
+    (_steps('name = "a"\nagent = "wf"\nconcurrency = 0\nmap = "$input"'),
+     "FILE: workflows.w.steps[0].concurrency: Expected `int` >= 1"),
+    (_steps('name = "a"\nagnt = "wf"'),
+     "FILE: workflows.w.steps[0]: Object contains unknown field `agnt`"),
+    ("[workflows.w]\nsteps = []\n",
+     "FILE: workflows.w.steps: Expected `array` of length >= 1"),
+])
+def test_every_validation_error_is_said_exactly(tmp_path: Path, workflow: str,
+                                                message: str) -> None:
+    assert _problem(tmp_path, workflow) == message
+
+
+def test_every_bad_workflow_is_said_at_once(tmp_path: Path) -> None:
+    text = (_steps('name = "a"\nagent = "nope"')
+            + _steps('name = "a"\nagent = "wf"', 'name = "a"\nagent = "wf"')
+            .replace("workflows.w", "workflows.v"))
+    assert _problem(tmp_path, text).splitlines() == [
+        "FILE: workflow w, step a: no such agent: nope",
+        "FILE: workflow v: two steps named a"]
+
+
+def test_a_definition_decoded_from_json_checks_the_same() -> None:
+    import msgspec
+    spec = msgspec.json.decode(json.dumps({"steps": [
+        {"name": "a", "agent": "x", "input": "$steps.b.output"},
+        {"name": "b", "agent": "x"}]}), type=WorkflowSpec)
+    with pytest.raises(ValueError, match=r"^workflow j: a cycle of steps: a -> b -> a$"):
+        compile_workflow("j", spec)
+
+
+# -- runs on a real daemon ------------------------------------------------------------------
+@pytest.fixture
+def daemon(tmp_path: Path) -> Any:
+    d = Daemon(tmp_path, agent_toml(tmp_path, replicas=4) + PIPE + FAN + COND)
+    try:
+        d.start()
+        yield d
+    finally:
+        d.close()
+
+
+def run(d: Daemon, name: str, inp: Any, wait: float = 60) -> dict[str, Any]:
+    r = d.cli("workflows", "run", name, "--input", json.dumps(inp), "--wait", str(wait),
+              "--json", timeout=wait + 30)
+    assert r.returncode == 0, r.stderr
+    out: dict[str, Any] = json.loads(r.stdout)
+    return out
+
+
+def whole(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["step"]: s for s in view["steps"] if s["item"] is None}
+
+
+def test_a_three_step_pipeline_feeds_each_output_forward(daemon: Daemon) -> None:
+    view = run(daemon, "pipe", {"n": 5, "who": "bob"})
+    assert view["status"] == "succeeded", view
+    steps = whole(view)
+    assert [s["step"] for s in view["steps"]] == ["fetch", "total", "say"]
+    assert steps["fetch"]["output"] == {"items": [0, 1, 2, 3, 4]}
+    assert steps["total"]["output"] == 10
+    assert view["output"] == {"op": "echo", "text": "total 10 for bob"}
+    # each step an ordinary task of its agent
+    for s in steps.values():
+        task = daemon.json("task", s["task_id"])
+        assert (task["agent"], task["status"]) == ("wf", "succeeded")
+    # shown as a tree, listed
+    tree = daemon.cli("run-status", view["run_id"])
+    assert tree.returncode == 0, tree.stderr
+    lines = tree.stdout.splitlines()
+    assert lines[0].startswith(f"run {view['run_id']}  workflow pipe  succeeded")
+    assert [ln.split()[:3] for ln in lines[1:4]] == [
+        ["├─", "fetch", "succeeded"], ["├─", "total", "succeeded"],
+        ["└─", "say", "succeeded"]]
+    listed = daemon.json("runs", "--workflow", "pipe")["runs"]
+    assert [(r["run_id"], r["status"]) for r in listed] == [(view["run_id"], "succeeded")]
+    assert daemon.json("workflows", "list")["workflows"][1] == {
+        "name": "fan", "description": "", "steps": ["list", "square", "sum"],
+        "agents": ["wf"], "timeout": None}
+
+
+def _most_at_once(rows: list[dict[str, Any]]) -> int:
+    edges = sorted(itertools.chain.from_iterable(
+        [(r["started"], 1), (r["ended"], -1)] for r in rows), key=lambda e: (e[0], e[1]))
+    now = most = 0
+    for _, d in edges:
+        now += d
+        most = max(most, now)
+    return most
+
+
+def test_a_map_over_a_hundred_items_with_its_bound_then_a_join(daemon: Daemon) -> None:
+    view = run(daemon, "fan", {"n": 100}, wait=120)
+    assert view["status"] == "succeeded", view
+    items = [s for s in view["steps"] if s["step"] == "square" and s["item"] is not None]
+    assert [s["item"] for s in items] == list(range(100))
+    assert [s["output"] for s in items] == [i * i for i in range(100)]
+    assert len({s["task_id"] for s in items}) == 100
+    assert 1 < _most_at_once(items) <= 4  # concurrency = 4
+    assert view["output"] == sum(i * i for i in range(100))
+
+
+def test_a_condition_skips_a_step(daemon: Daemon) -> None:
+    short = run(daemon, "cond", {"kind": "short"})
+    assert short["status"] == "succeeded", short
+    steps = whole(short)
+    assert (steps["long"]["status"], steps["long"]["task_id"]) == ("skipped", None)
+    assert short["output"] == {"op": "echo", "long": None}
+    long = run(daemon, "cond", {"kind": "long"})
+    assert whole(long)["long"]["status"] == "succeeded"
+    assert long["output"] == {"op": "echo", "long": {"op": "echo", "text": "a long one"}}
+
+
+def test_a_missing_reference_fails_the_run_with_its_step(daemon: Daemon) -> None:
+    view = run(daemon, "pipe", {"who": "bob"})
+    assert (view["status"], view["error"]) == ("failed", "step fetch: $input.n: no key n")
+    assert whole(view)["fetch"]["status"] == "failed"
+    assert [s["step"] for s in view["steps"]] == ["fetch"]
+
+
+def test_unknown_workflow_and_run_are_refused(daemon: Daemon) -> None:
+    r = daemon.cli("workflows", "run", "nope")
+    assert r.returncode != 0 and "no such workflow: nope" in r.stderr
+    r = daemon.cli("run-status", "0190aaaa-0000-7000-8000-000000000000")
+    assert r.returncode != 0
+    assert "no such run: 0190aaaa-0000-7000-8000-000000000000" in r.stderr
+
+
+SLOW = """
+[workflows.slow]
+timeout = 600
+[[workflows.slow.steps]]
+name = "first"
+agent = "wf"
+input = { op = "items", n = 6, mark = "first", dir = "$input.dir", sleep = 0.2 }
+[[workflows.slow.steps]]
+name = "each"
+agent = "wf"
+map = "$steps.first.output.items"
+concurrency = 2
+input = { op = "square", x = "$item", mark = "each{$index}", dir = "$input.dir", sleep = 0.4 }
+[[workflows.slow.steps]]
+name = "last"
+agent = "wf"
+join = "each"
+input = { op = "sum", xs = "$steps.each.output", mark = "last", dir = "$input.dir" }
+"""
+
+
+def _marks(directory: Path) -> dict[str, set[str]]:
+    """Per step (or map item): the task ids that did its work."""
+    out: dict[str, set[str]] = {}
+    for f in directory.iterdir():
+        key, task_id, _ = f.name.split(".")
+        out.setdefault(key, set()).add(task_id)
+    return out
+
+
+def test_a_run_resumes_after_a_sigkill_and_no_step_is_submitted_twice(
+        tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    d = Daemon(tmp_path, agent_toml(tmp_path) + SLOW)
+    try:
+        d.start()
+        started = d.json("workflows", "run", "slow", "--input",
+                         json.dumps({"dir": str(marks)}))
+        run_id = started["run_id"]
+        # killed while the map is under way: some items done, some running
+        while True:
+            view = d.json("run-status", run_id, "--wait", "0.1")
+            done = [s for s in view["steps"] if s["step"] == "each"
+                    and s["item"] is not None and s["status"] == "succeeded"]
+            if len(done) >= 2:
+                break
+        d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+        d.proc.wait()  # type: ignore[union-attr]
+        d.start()
+        view = d.json("run-status", run_id, "--wait", "120")
+        assert view["status"] == "succeeded", view
+        assert view["output"] == sum(i * i for i in range(6))
+        rows = {(s["step"], s["item"]): s for s in view["steps"]}
+        # every step, and every item, one task: the one recorded before it was submitted
+        marked = _marks(marks)
+        for key, task_ids in marked.items():
+            step, item = ("each", int(key[4:])) if key.startswith("each") else (key, None)
+            assert task_ids == {rows[(step, item)]["task_id"]}, (key, task_ids)
+        assert set(marked) == {"first", "last", *(f"each{i}" for i in range(6))}
+        for s in view["steps"]:
+            if s["task_id"] is not None:
+                assert d.json("task", s["task_id"])["status"] == "succeeded"
+    finally:
+        d.close()
+
+
+def test_cancel_a_run_cancels_its_running_steps(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    d = Daemon(tmp_path, agent_toml(tmp_path) + SLOW.replace("sleep = 0.4", "sleep = 60"))
+    try:
+        d.start()
+        run_id = d.json("workflows", "run", "slow", "--input",
+                        json.dumps({"dir": str(marks)}))["run_id"]
+        while True:
+            view = d.json("run-status", run_id, "--wait", "0.1")
+            running = [s for s in view["steps"] if s["step"] == "each"
+                       and s["item"] is not None and s["status"] == "running"]
+            if len(running) == 2:
+                break
+        r = d.cli("run-cancel", run_id)
+        assert (r.returncode, r.stdout) == (0, f"{run_id}: cancelled\n"), r.stderr
+        view = d.json("run-status", run_id)
+        assert (view["status"], view["error"]) == ("cancelled", "cancelled")
+        for s in running:
+            assert d.json("task", s["task_id"])["status"] == "cancelled"
+        assert {s["step"] for s in view["steps"]} == {"first", "each"}  # last never began
+        r = d.cli("run-cancel", run_id)
+        assert r.returncode != 0 and f"run {run_id} already ended (cancelled)" in r.stderr
+    finally:
+        d.close()
