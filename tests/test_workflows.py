@@ -276,15 +276,41 @@ def _most_at_once(rows: list[dict[str, Any]]) -> int:
     return most
 
 
-def test_a_map_over_a_hundred_items_with_its_bound_then_a_join(daemon: Daemon) -> None:
-    view = run(daemon, "fan", {"n": 100}, wait=120)
+def test_a_map_over_a_thousand_items_with_its_bound_then_a_join(daemon: Daemon) -> None:
+    n = 1000
+    view = run(daemon, "fan", {"n": n}, wait=120)
     assert view["status"] == "succeeded", view
     items = [s for s in view["steps"] if s["step"] == "square" and s["item"] is not None]
-    assert [s["item"] for s in items] == list(range(100))
-    assert [s["output"] for s in items] == [i * i for i in range(100)]
-    assert len({s["task_id"] for s in items}) == 100
+    assert [s["item"] for s in items] == list(range(n))
+    assert [s["output"] for s in items] == [i * i for i in range(n)]
+    assert len({s["task_id"] for s in items}) == n
     assert 1 < _most_at_once(items) <= 4  # concurrency = 4
-    assert view["output"] == sum(i * i for i in range(100))
+    assert view["output"] == sum(i * i for i in range(n))
+
+
+TIMED = """
+[workflows.timed]
+timeout = 0.5
+[[workflows.timed.steps]]
+name = "slow"
+agent = "wf"
+input = { sleep = 30 }
+"""
+
+
+def test_a_run_past_its_timeout_ends_timed_out_with_its_steps(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, agent_toml(tmp_path) + TIMED)
+    try:
+        d.start()
+        view = run(d, "timed", None)
+        assert (view["status"], view["error"]) == ("timed_out",
+                                                   "the run's timeout (0.5s) passed")
+        step = whole(view)["slow"]
+        assert (step["status"], step["error"]) == ("timed_out",
+                                                   "the run's timeout (0.5s) passed")
+        assert d.json("task", step["task_id"])["status"] == "cancelled"
+    finally:
+        d.close()
 
 
 def test_a_condition_skips_a_step(daemon: Daemon) -> None:
@@ -365,6 +391,8 @@ def test_a_run_resumes_after_a_sigkill_and_no_step_is_submitted_twice(
         d.start()
         view = d.json("run-status", run_id, "--wait", "120")
         assert view["status"] == "succeeded", view
+        log = (d.state / "logs" / "corral.log").read_text()
+        assert "workflows: 1 unfinished run resumed" in log
         assert view["output"] == sum(i * i for i in range(6))
         rows = {(s["step"], s["item"]): s for s in view["steps"]}
         # every step, and every item, one task: the one recorded before it was submitted
@@ -398,8 +426,11 @@ def test_cancel_a_run_cancels_its_running_steps(tmp_path: Path) -> None:
         assert (r.returncode, r.stdout) == (0, f"{run_id}: cancelled\n"), r.stderr
         view = d.json("run-status", run_id)
         assert (view["status"], view["error"]) == ("cancelled", "cancelled")
+        rows = {(s["step"], s["item"]): s for s in view["steps"]}
+        assert rows[("each", None)]["status"] == "cancelled"
         for s in running:
             assert d.json("task", s["task_id"])["status"] == "cancelled"
+            assert rows[("each", s["item"])]["status"] == "cancelled"
         assert {s["step"] for s in view["steps"]} == {"first", "each"}  # last never began
         r = d.cli("run-cancel", run_id)
         assert r.returncode != 0 and f"run {run_id} already ended (cancelled)" in r.stderr

@@ -170,14 +170,23 @@ class Runner:
         for r in rows:
             run.rows[(r.step, r.item)] = r
 
-    def cancel_steps(self, run: Run) -> list[str]:
-        """Cancel the run's step tasks still queued or running; their ids."""
-        out = []
+    async def abandon(self, run: Run) -> None:
+        """A run that ended otherwise than by its steps (cancelled, timed out, a step
+        failed): its steps' tasks still queued or running cancelled, and every step row
+        still running ended as the run did."""
+        ended: list[StepRow] = []
+        now = time.time()
         for r in run.rows.values():
-            if r.status == "running" and r.task_id is not None:
+            if r.status != "running":
+                continue
+            if r.task_id is not None:
                 task = self.engine.active.get(r.task_id)
                 if task is not None and task.status not in TERMINAL:
                     with contextlib.suppress(RpcError):
                         self.engine.cancel(r.task_id)
-                        out.append(r.task_id)
-        return out
+            status = "timed_out" if run.status == "timed_out" else "cancelled"
+            ended.append(StepRow(r.step, r.item, status, r.task_id, r.started, now,
+                                 None, run.error if run.status != "failed" else
+                                 "the run failed"))
+        if ended:
+            await self._save(run, ended)

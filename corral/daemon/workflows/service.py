@@ -87,7 +87,7 @@ class WorkflowService:
                     raise  # the daemon stops: the run stays running, resumed at the next
                 run.status, run.error = "cancelled", why
             if run.status != "succeeded":
-                self.runner.cancel_steps(run)
+                await self.runner.abandon(run)
             run.ended = time.time()
             await self.rows.save_run(run)
         except Exception as exc:  # a run's driver says why it stopped (the store failed)
