@@ -25,9 +25,9 @@ class Condition(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class StepSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str
     agent: str
-    # what the agent is sent: JSON with references (refs.py); absent: the run's input
-    # for the first step, a join's list, else the step before's output
-    input: Any = msgspec.UNSET
+    # what the agent is sent: JSON with references (refs.py); absent (or null): the run's
+    # input for the first step, a join's list, a map's item, else the step before's output
+    input: Any = None
     map: str | None = None  # a reference to a list: one task per item ($item, $index)
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=MAX_CONCURRENCY)] = 8
     join: str | None = None  # a map step: this step's input is the list of its outputs

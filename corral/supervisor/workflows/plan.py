@@ -54,7 +54,7 @@ class Workflow:
 
 def _default_input(spec: WorkflowSpec, i: int) -> Any:
     step = spec.steps[i]
-    if step.input is not msgspec.UNSET:
+    if step.input is not None:
         return step.input
     if step.join is not None:
         return f"$steps.{step.join}.output"
@@ -158,7 +158,7 @@ def runs(step: Step, scope: Scope) -> bool:
         return True
     if cond.op == "missing":
         return False
-    return (value == cond.value) == (cond.op == "==")
+    return bool(value == cond.value) == (cond.op == "==")
 
 
 def items(step: Step, scope: Scope) -> list[Any]:
