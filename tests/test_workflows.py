@@ -436,3 +436,56 @@ def test_cancel_a_run_cancels_its_running_steps(tmp_path: Path) -> None:
         assert r.returncode != 0 and f"run {run_id} already ended (cancelled)" in r.stderr
     finally:
         d.close()
+
+
+# -- over HTTP, and who sees what ------------------------------------------------------------
+MIXED = """
+[workflows.webflow]
+[[workflows.webflow.steps]]
+name = "hi"
+agent = "web-1"
+
+[workflows.mixed]
+[[workflows.mixed.steps]]
+name = "hi"
+agent = "web-1"
+[[workflows.mixed.steps]]
+name = "there"
+agent = "db"
+"""
+
+
+@pytest.mark.deadline(120)
+async def test_runs_over_http_and_a_limited_caller_sees_only_its_own(tmp_path: Path) -> None:
+    from .daemon_harness import hello
+    from .test_http_api import SOCKET, serving
+
+    async with serving(tmp_path, hello("web-1") + hello("db") + MIXED) as api:
+        await api.token("web", "tasks:run", "tasks:read", agents="web-*")
+        await api.token("all", "tasks:run", "tasks:read")
+        status, body, _ = await api.ask("GET", "/workflows", "web")
+        assert (status, [w["name"] for w in body["workflows"]]) == (200, ["webflow"])
+        status, body, r = await api.ask("POST", "/workflows/webflow/runs?wait=30", "web",
+                                        body={"input": {"name": "h"}})
+        assert (status, body["status"], body["output"]["greeting"]) == (
+            200, "succeeded", "hello, h"), body
+        assert r.headers["Location"] == f"/api/v1/runs/{body['run_id']}"
+        mine = body["run_id"]
+        status, body, _ = await api.ask("GET", f"/runs/{mine}", "web")
+        assert (status, [s["step"] for s in body["steps"]]) == (200, ["hi"])
+        # a workflow with an agent it does not see does not exist for it
+        status, body, _ = await api.ask("POST", "/workflows/mixed/runs", "web", body={})
+        assert (status, body["detail"]) == (404, "no such workflow: mixed")
+        status, body, _ = await api.ask("POST", "/workflows/mixed/runs?wait=30", "all",
+                                        body={})
+        assert body["status"] == "succeeded", body
+        theirs = body["run_id"]
+        for verb, path in (("GET", f"/runs/{theirs}"), ("POST", f"/runs/{theirs}/cancel")):
+            status, body, _ = await api.ask(verb, path, "web")
+            assert (status, body["detail"]) == (404, f"no such run: {theirs}"), path
+        status, body, _ = await api.ask("GET", "/runs", "web")
+        assert [x["run_id"] for x in body["runs"]] == [mine]
+        status, body, _ = await api.ask("GET", "/runs", "all")
+        assert [x["run_id"] for x in body["runs"]] == [theirs, mine]
+        ran = await api.d.dispatcher.call(SOCKET, "runs.get", {"run_id": theirs})
+        assert ran.agents == ["db", "web-1"]
