@@ -489,3 +489,66 @@ async def test_runs_over_http_and_a_limited_caller_sees_only_its_own(tmp_path: P
         assert [x["run_id"] for x in body["runs"]] == [theirs, mine]
         ran = await api.d.dispatcher.call(SOCKET, "runs.get", {"run_id": theirs})
         assert ran.agents == ["db", "web-1"]
+
+
+# -- chaos: SIGKILLs at random moments -----------------------------------------------------
+def _chain() -> str:
+    out = "[workflows.chain]\n"
+    step = ('[[workflows.chain.steps]]\nname = "{n}"\nagent = "wf"\n'
+            'input = {{ op = "echo", mark = "{{$input.tag}}-{n}", dir = "$input.dir", '
+            'sleep = 0.15 }}\n')
+    out += step.format(n="s1")
+    out += ('[[workflows.chain.steps]]\nname = "each"\nagent = "wf"\nmap = "$input.items"\n'
+            'concurrency = 2\ninput = { op = "square", x = "$item", '
+            'mark = "{$input.tag}-each{$index}", dir = "$input.dir", sleep = 0.15 }\n')
+    out += ('[[workflows.chain.steps]]\nname = "s3"\nagent = "wf"\njoin = "each"\n'
+            'input = { op = "sum", xs = "$steps.each.output", mark = "{$input.tag}-s3", '
+            'dir = "$input.dir" }\n')
+    for n in ("s4", "s5", "s6"):
+        out += step.format(n=n)
+    return out
+
+
+def test_random_sigkills_lose_no_run_and_no_step_is_submitted_twice(tmp_path: Path) -> None:
+    import random
+    import time
+
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    print(f"seed {seed}")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    runs_n, kills = 6, 8
+    d = Daemon(tmp_path, agent_toml(tmp_path, replicas=3, retries=50) + _chain())
+    try:
+        d.start()
+        run_ids = [d.json("workflows", "run", "chain", "--input", json.dumps(
+            {"dir": str(marks), "tag": f"r{i}", "items": [1, 2, 3, 4, 5, 6]}))["run_id"]
+            for i in range(runs_n)]
+        for _ in range(kills):
+            # a random moment: what is running then is what the kill interrupts
+            time.sleep(rng.uniform(0.05, 0.5))
+            d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+            d.proc.wait()  # type: ignore[union-attr]
+            d.start()
+        views = [d.json("run-status", r, "--wait", "300") for r in run_ids]
+        assert [v["status"] for v in views] == ["succeeded"] * runs_n, [
+            (v["run_id"], v["status"], v["error"]) for v in views]
+        marked = _marks(marks)
+        for i, v in enumerate(views):
+            assert v["output"] == {"op": "echo", "mark": f"r{i}-s6", "dir": str(marks),
+                                   "sleep": 0.15}
+            for s in v["steps"]:
+                key = f"r{i}-{s['step']}" + (f"{s['item']}" if s["item"] is not None else "")
+                if s["task_id"] is None:
+                    continue  # the map step's own row
+                # one task per step: the one the run recorded before submitting it
+                assert marked[key] == {s["task_id"]}, (seed, key, marked[key], s)
+        assert len(marked) == runs_n * 11
+        # the kills fell mid-run (the daemon's log says what each start resumed)
+        log = (d.state / "logs" / "corral.log").read_text()
+        assert "unfinished run" in log and "resumed" in log, log[-2000:]
+        print(*[ln for ln in log.splitlines() if "workflows:" in ln], sep="\n")
+    finally:
+        d.close()
