@@ -552,3 +552,69 @@ def test_random_sigkills_lose_no_run_and_no_step_is_submitted_twice(tmp_path: Pa
         print(*[ln for ln in log.splitlines() if "workflows:" in ln], sep="\n")
     finally:
         d.close()
+
+
+# -- a run's definition, and the window between its two commits ------------------------------
+GATED = """
+[workflows.gated]
+[[workflows.gated.steps]]
+name = "hold"
+agent = "wf"
+input = { op = "echo", sleep = 1.5, v = "old" }
+[[workflows.gated.steps]]
+name = "after"
+agent = "wf"
+input = { op = "echo", v = "old" }
+"""
+
+
+def test_a_run_keeps_the_definition_it_started_on_across_a_reload(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, agent_toml(tmp_path) + GATED)
+    try:
+        d.start()
+        run_id = d.json("workflows", "run", "gated", "--input", "null")["run_id"]
+        d.config.write_text(d.config.read_text().replace('"old"', '"new"'))
+        r = d.cli("reload")
+        assert r.returncode == 0, r.stderr
+        view = d.json("run-status", run_id, "--wait", "60")
+        assert view["status"] == "succeeded", view
+        assert view["output"] == {"op": "echo", "v": "old"}
+        # the next run is the new definition's
+        assert run(d, "gated", None)["output"] == {"op": "echo", "v": "new"}
+    finally:
+        d.close()
+
+
+def test_a_step_recorded_but_never_submitted_is_submitted_under_its_recorded_id(
+        tmp_path: Path) -> None:
+    """The daemon died after the step's row was committed and before its task reached
+    the task journal: the next daemon submits it, once, with the id the run holds."""
+    import sqlite3
+    import time
+
+    import msgspec
+
+    d = Daemon(tmp_path, agent_toml(tmp_path) + PIPE)
+    try:
+        d.start()
+        assert d.stop() == 0
+        cfg = load_config(d.config)
+        task_id = "01a20000-0000-7000-8000-00000000abcd"
+        run_id = "01a20000-0000-7000-8000-00000000beef"
+        db = sqlite3.connect(d.state / "corral.db")
+        with db:
+            db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?)", (
+                run_id, "pipe", msgspec.json.encode(cfg.workflows["pipe"]),
+                b'{"n": 3, "who": "al"}', "running", time.time(), None, None, None))
+            db.execute("INSERT INTO run_steps VALUES (?,?,?,?,?,?,?,?,?)", (
+                run_id, "fetch", -1, task_id, "running", time.time(), None, None, None))
+        db.close()
+        d.start()
+        view = d.json("run-status", run_id, "--wait", "60")
+        assert view["status"] == "succeeded", view
+        assert whole(view)["fetch"]["task_id"] == task_id
+        assert d.json("task", task_id)["status"] == "succeeded"
+        assert view["output"] == {"op": "echo", "text": "total 3 for al"}
+        assert [t["task_id"] for t in d.json("tasks")["tasks"]].count(task_id) == 1
+    finally:
+        d.close()
