@@ -4,6 +4,7 @@ they describe is done: a step's task id before its task is submitted."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,16 @@ class Run:
         return self.wf.agents
 
 
+def _settle(waiters: asyncio.Future[None], commit: asyncio.Future[None]) -> None:
+    if commit.cancelled():
+        waiters.cancel()
+    elif commit.exception() is not None:
+        waiters.set_exception(commit.exception())  # type: ignore[arg-type]
+        waiters.exception()  # told to each saver; never "not retrieved"
+    else:
+        waiters.set_result(None)
+
+
 def _json(value: Any) -> bytes:
     return msgspec.json.encode(value)
 
@@ -71,6 +82,11 @@ def _json(value: Any) -> bytes:
 class RunStore:
     def __init__(self, store: StateStore) -> None:
         self.store = store
+        # step rows are group-committed: those saved while a commit is under way go in
+        # the next one, together (a map's lanes, many runs), each saver waiting for its own
+        self._lock = asyncio.Lock()
+        self._waiting: list[tuple[str, StepRow]] = []
+        self._next: asyncio.Future[None] | None = None
 
     async def save_run(self, run: Run) -> None:
         def write(db: sqlite3.Connection) -> None:
@@ -81,14 +97,29 @@ class RunStore:
         await self.store.commit([write])
 
     async def save_steps(self, run_id: str, rows: list[StepRow]) -> None:
-        def write(db: sqlite3.Connection) -> None:
-            db.executemany(
-                "INSERT OR REPLACE INTO run_steps (run_id, step, item, task_id, status, "
-                "started, ended, output, error) VALUES (?,?,?,?,?,?,?,?,?)",
-                [(run_id, r.step, r.item, r.task_id, r.status, r.started, r.ended,
-                  _json(r.output) if r.output is not None else None, r.error)
-                 for r in rows])
-        await self.store.commit([write])
+        """Committed when this returns (or StoreError), with whatever else was saved
+        meanwhile."""
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        mine = self._next
+        self._waiting.extend((run_id, r) for r in rows)
+        async with self._lock:
+            if mine.done():  # committed by the saver before us, with its own
+                return mine.result()
+            taken, self._waiting, self._next = self._waiting, [], None
+            values = [(rid, r.step, r.item, r.task_id, r.status, r.started, r.ended,
+                       _json(r.output) if r.output is not None else None, r.error)
+                      for rid, r in taken]
+
+            def write(db: sqlite3.Connection) -> None:
+                db.executemany(
+                    "INSERT OR REPLACE INTO run_steps (run_id, step, item, task_id, status, "
+                    "started, ended, output, error) VALUES (?,?,?,?,?,?,?,?,?)", values)
+            # the others' rows are in it: a saver cancelled (its run) does not cancel it
+            commit = asyncio.ensure_future(self.store.commit([write]))
+            commit.add_done_callback(lambda done: _settle(mine, done))
+            await asyncio.shield(commit)
+            return None
 
     def _run(self, row: tuple[Any, ...], with_steps: bool) -> Run:
         run_id, workflow, definition, inp, status, created, ended, deadline, error = row
