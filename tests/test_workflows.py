@@ -149,6 +149,27 @@ def test_a_definition_is_loaded_and_its_plan_printed(tmp_path: Path) -> None:
              input {"op":"sum","xs":"$steps.square.output"}""")
 
 
+def test_the_plan_of_a_file_without_a_daemon(tmp_path: Path) -> None:
+    import subprocess
+
+    _, path = _load(tmp_path, PIPE)
+    r = subprocess.run([PY, "-m", "corral", "workflows", "plan", "pipe", "--file", path],
+                       capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)})
+    assert (r.returncode, r.stdout.splitlines()[:3]) == (0, [
+        "workflow pipe: 3 steps", "  three steps, each fed the one before",
+        "1. fetch: agent wf, after the start"]), r.stderr
+    r = subprocess.run([PY, "-m", "corral", "workflows", "plan", "nope", "--file", path],
+                       capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)})
+    assert (r.returncode, r.stderr) == (
+        1, f"corral: no such workflow: nope in {path} (workflows: pipe)\n")
+    (tmp_path / "bad.toml").write_text(_steps('name = "a"\nagent = "nope"'))
+    r = subprocess.run([PY, "-m", "corral", "workflows", "plan", "w", "--file",
+                        str(tmp_path / "bad.toml")],
+                       capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)})
+    assert (r.returncode, r.stderr) == (1, f"corral: invalid config: {tmp_path}/bad.toml: "
+                                           "workflow w, step a: no such agent: nope\n")
+
+
 def _steps(*steps: str, extra: str = "") -> str:
     out = f"[workflows.w]\n{extra}\n"
     for s in steps:

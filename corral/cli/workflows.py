@@ -35,16 +35,41 @@ def workflows_list(obj: Ctx, as_json: bool) -> None:
            for w in res.workflows], ["NAME", "STEPS", "AGENTS", "DESCRIPTION"])
 
 
-@workflows.command("plan", help=doc("workflows.plan"))
+@workflows.command("plan", help=doc("workflows.plan") + "\n\nWith --file, the plan of a "
+                   "config file's workflow, checked against that file's agents, without "
+                   "a daemon.")
 @click.argument("name")
+@click.option("--file", "path", type=click.Path(dir_okay=False), default=None,
+              help="Read the workflow from this config file instead of the daemon.")
 @json_option
 @pass_ctx
-def workflows_plan(obj: Ctx, name: str, as_json: bool) -> None:
+def workflows_plan(obj: Ctx, name: str, path: str | None, as_json: bool) -> None:
+    if path is not None:
+        click.echo(_plan_of_file(path, name))
+        return
     res: m.WorkflowPlan = obj.call("workflows.plan", m.WorkflowsPlan(name=name))
     if as_json:
         print_json(res)
         return
     click.echo(res.plan)
+
+
+def _plan_of_file(path: str, name: str) -> str:
+    from ..supervisor.config import ConfigError
+    from ..supervisor.configload import load_config
+    from ..supervisor.workflows import compile_workflow, plan_text
+
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        click.echo(f"corral: invalid config: {exc}", err=True)
+        raise SystemExit(EXIT_FAILED) from None
+    spec = cfg.workflows.get(name)
+    if spec is None:
+        click.echo(f"corral: no such workflow: {name} in {path} (workflows: "
+                   f"{', '.join(sorted(cfg.workflows)) or 'none'})", err=True)
+        raise SystemExit(EXIT_FAILED)
+    return plan_text(compile_workflow(name, spec))
 
 
 @workflows.command("run", help=doc("workflows.run"))
