@@ -639,3 +639,37 @@ def test_a_step_recorded_but_never_submitted_is_submitted_under_its_recorded_id(
         assert [t["task_id"] for t in d.json("tasks")["tasks"]].count(task_id) == 1
     finally:
         d.close()
+
+
+BADMAP = """
+[workflows.badmap]
+[[workflows.badmap.steps]]
+name = "each"
+agent = "wf"
+map = "$input.xs"
+concurrency = 1
+retries = 0
+input = { op = "square", x = "$item" }
+[[workflows.badmap.steps]]
+name = "never"
+agent = "wf"
+join = "each"
+"""
+
+
+def test_a_failed_map_item_fails_its_step_and_the_run(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, agent_toml(tmp_path) + BADMAP)
+    try:
+        d.start()
+        # item 1 is not a number: the agent's `x * x` raises, its task fails
+        view = run(d, "badmap", {"xs": [1, "two", 3]})
+        assert view["status"] == "failed", view
+        rows = {(s["step"], s["item"]): s for s in view["steps"]}
+        failed = rows[("each", 1)]
+        assert failed["status"] == "failed"
+        assert view["error"].startswith(f"step each[1]: task {failed['task_id']} failed: ")
+        assert rows[("each", None)]["status"] == "failed"
+        assert rows[("each", 0)]["status"] == "succeeded"
+        assert ("each", 2) not in rows and ("never", None) not in rows  # one at a time
+    finally:
+        d.close()

@@ -81,7 +81,11 @@ class Runner:
         except (Missing, WorkflowError) as exc:
             await self._end(run, st.name, WHOLE, "failed", None, str(exc))
             raise StepFailed(f"step {st.name}: {exc}") from None
-        await self._map(run, st, scope, listed)
+        try:
+            await self._map(run, st, scope, listed)
+        except StepFailed as exc:
+            await self._end(run, st.name, WHOLE, "failed", None, str(exc))
+            raise
         await self._end(run, st.name, WHOLE, "succeeded", None, None)
 
     async def _map(self, run: Run, st: Step, scope: Scope, listed: list[Any]) -> None:
