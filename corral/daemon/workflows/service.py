@@ -33,6 +33,9 @@ class WorkflowService:
         self.definitions: dict[str, Workflow] = {}
         self.live: dict[str, tuple[Run, asyncio.Task[None]]] = {}
         self._why: dict[str, str] = {}  # run id -> why its driver was cancelled
+        # no step is submitted before the task journal's tasks are back in the engine
+        # (a run started meanwhile waits): a recorded step's task is found, not doubled
+        self.recovered = asyncio.Event()
 
     def configure(self, specs: Mapping[str, WorkflowSpec]) -> None:
         """The config's workflows (a reload replaces them; a run keeps its own)."""
@@ -61,9 +64,11 @@ class WorkflowService:
     def recover(self) -> None:
         """Every run the previous daemon left running, driven on from its rows (once the
         task journal's tasks are back in the engine, so a recorded task is found)."""
-        runs = self.rows.unfinished()
+        # (a run started since the services are served is driven already)
+        runs = [r for r in self.rows.unfinished() if r.run_id not in self.live]
         for run in runs:
             self._drive(run)
+        self.recovered.set()
         if runs:
             self.report(f"workflows: {plural(len(runs), 'unfinished run')} resumed")
 
@@ -74,6 +79,7 @@ class WorkflowService:
     async def _run(self, run: Run) -> None:
         try:
             try:
+                await self.recovered.wait()
                 left = None if run.deadline is None else max(0.0, run.deadline - time.time())
                 await within(self.runner.drive(run), left)
             except TimeoutError:
