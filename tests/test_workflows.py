@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import textwrap
 from pathlib import Path
@@ -33,6 +34,9 @@ def handle(inp, ctx):
     if inp.get("sleep"):
         time.sleep(inp["sleep"])
     op = inp.get("op")
+    if op == "crash-once" and not Path(inp["flag"]).exists():
+        Path(inp["flag"]).write_text(ctx.task_id)
+        os._exit(3)  # the worker dies mid-task, once
     if op == "items":
         out = {"items": list(range(inp["n"]))}
     elif op == "square":
@@ -254,6 +258,14 @@ def run(d: Daemon, name: str, inp: Any, wait: float = 60) -> dict[str, Any]:
     assert r.returncode == 0, r.stderr
     out: dict[str, Any] = json.loads(r.stdout)
     return out
+
+
+def settled(d: Daemon, run_id: str) -> dict[str, Any]:
+    """The run once it has ended (waited for by the daemon, a while per call)."""
+    while True:
+        view: dict[str, Any] = d.json("run-status", run_id, "--wait", "20")
+        if view["status"] != "running":
+            return view
 
 
 def whole(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -513,7 +525,7 @@ async def test_runs_over_http_and_a_limited_caller_sees_only_its_own(tmp_path: P
 
 
 # -- chaos: SIGKILLs at random moments -----------------------------------------------------
-def _chain() -> str:
+def _chain(last: int = 6) -> str:
     out = "[workflows.chain]\n"
     step = ('[[workflows.chain.steps]]\nname = "{n}"\nagent = "wf"\n'
             'input = {{ op = "echo", mark = "{{$input.tag}}-{n}", dir = "$input.dir", '
@@ -525,8 +537,8 @@ def _chain() -> str:
     out += ('[[workflows.chain.steps]]\nname = "s3"\nagent = "wf"\njoin = "each"\n'
             'input = { op = "sum", xs = "$steps.each.output", mark = "{$input.tag}-s3", '
             'dir = "$input.dir" }\n')
-    for n in ("s4", "s5", "s6"):
-        out += step.format(n=n)
+    for i in range(4, last + 1):
+        out += step.format(n=f"s{i}")
     return out
 
 
@@ -540,8 +552,10 @@ def test_random_sigkills_lose_no_run_and_no_step_is_submitted_twice(tmp_path: Pa
     print(f"seed {seed}")
     marks = tmp_path / "marks"
     marks.mkdir()
-    runs_n, kills = 6, 8
-    d = Daemon(tmp_path, agent_toml(tmp_path, replicas=3, retries=50) + _chain())
+    # CORRAL_WF_CHAOS="RUNS,KILLS,STEPS" for a longer one (issue 40's: "50,50,20")
+    runs_n, kills, last = (int(x) for x in os.environ.get("CORRAL_WF_CHAOS",
+                                                          "6,8,6").split(","))
+    d = Daemon(tmp_path, agent_toml(tmp_path, replicas=3, retries=500) + _chain(last))
     try:
         d.start()
         run_ids = [d.json("workflows", "run", "chain", "--input", json.dumps(
@@ -553,12 +567,12 @@ def test_random_sigkills_lose_no_run_and_no_step_is_submitted_twice(tmp_path: Pa
             d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
             d.proc.wait()  # type: ignore[union-attr]
             d.start()
-        views = [d.json("run-status", r, "--wait", "300") for r in run_ids]
+        views = [settled(d, r) for r in run_ids]
         assert [v["status"] for v in views] == ["succeeded"] * runs_n, [
             (v["run_id"], v["status"], v["error"]) for v in views]
         marked = _marks(marks)
         for i, v in enumerate(views):
-            assert v["output"] == {"op": "echo", "mark": f"r{i}-s6", "dir": str(marks),
+            assert v["output"] == {"op": "echo", "mark": f"r{i}-s{last}", "dir": str(marks),
                                    "sleep": 0.15}
             for s in v["steps"]:
                 key = f"r{i}-{s['step']}" + (f"{s['item']}" if s["item"] is not None else "")
@@ -566,7 +580,7 @@ def test_random_sigkills_lose_no_run_and_no_step_is_submitted_twice(tmp_path: Pa
                     continue  # the map step's own row
                 # one task per step: the one the run recorded before submitting it
                 assert marked[key] == {s["task_id"]}, (seed, key, marked[key], s)
-        assert len(marked) == runs_n * 11
+        assert len(marked) == runs_n * (last - 1 + 6)
         # the kills fell mid-run (the daemon's log says what each start resumed)
         log = (d.state / "logs" / "corral.log").read_text()
         assert "unfinished run" in log and "resumed" in log, log[-2000:]
@@ -671,5 +685,41 @@ def test_a_failed_map_item_fails_its_step_and_the_run(tmp_path: Path) -> None:
         assert rows[("each", None)]["status"] == "failed"
         assert rows[("each", 0)]["status"] == "succeeded"
         assert ("each", 2) not in rows and ("never", None) not in rows  # one at a time
+    finally:
+        d.close()
+
+
+CRASHY = """
+[workflows.crashy]
+[[workflows.crashy.steps]]
+name = "first"
+agent = "wf"
+input = { op = "echo", v = 1 }
+[[workflows.crashy.steps]]
+name = "dies"
+agent = "wf"
+input = { op = "crash-once", flag = "$input.flag", mark = "dies", dir = "$input.dir" }
+[[workflows.crashy.steps]]
+name = "last"
+agent = "wf"
+input = { op = "echo", after = "$steps.dies.output.op" }
+"""
+
+
+def test_a_worker_that_dies_mid_step_is_retried_within_the_steps_one_task(
+        tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    d = Daemon(tmp_path, agent_toml(tmp_path, replicas=1) + CRASHY)
+    try:
+        d.start()
+        view = run(d, "crashy", {"flag": str(tmp_path / "flag"), "dir": str(marks)})
+        assert view["status"] == "succeeded", view
+        dies = whole(view)["dies"]
+        assert (tmp_path / "flag").read_text() == dies["task_id"]
+        task = d.json("task", dies["task_id"])
+        assert [a["outcome"] for a in task["attempts"]] == ["lost", "succeeded"], task
+        assert _marks(marks) == {"dies": {dies["task_id"]}}
+        assert view["output"] == {"op": "echo", "after": "crash-once"}
     finally:
         d.close()
