@@ -319,6 +319,9 @@ def test_a_map_over_a_thousand_items_with_its_bound_then_a_join(daemon: Daemon) 
     assert len({s["task_id"] for s in items}) == n
     assert 1 < _most_at_once(items) <= 4  # concurrency = 4
     assert view["output"] == sum(i * i for i in range(n))
+    tree = daemon.cli("run-status", view["run_id"]).stdout.splitlines()
+    assert tree[2].split()[:3] == ["├─", "square", "succeeded"]
+    assert tree[2].endswith(f"[{n} succeeded]")
 
 
 TIMED = """
