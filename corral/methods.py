@@ -932,3 +932,98 @@ class TenantsRemove(Params):
     """Remove tenants added at runtime; refused while an agent or MCP server is in one."""
 
     names: list[str]
+
+
+# -- workflows (docs/workflows.md) -----------------------------------------------------------
+class WorkflowEntry(Result):
+    name: str
+    description: str
+    steps: list[str]
+    agents: list[str]  # a tenant's caller sees a workflow whose agents are all its own
+    timeout: float | None = None
+
+
+class WorkflowList(Result):
+    workflows: list[WorkflowEntry]
+
+
+@method("workflows.list", result=WorkflowList, scope="tasks:read")
+class WorkflowsList(Params):
+    """The workflows the config defines, with their steps and agents."""
+
+
+class WorkflowPlan(Result):
+    name: str
+    agents: list[str]
+    plan: str  # the steps in order: what each waits for, is sent and runs on
+
+
+@method("workflows.plan", result=WorkflowPlan, scope="tasks:read")
+class WorkflowsPlan(Params):
+    """A workflow's plan, checked against the agents there are now (nothing is run)."""
+
+    name: str
+
+
+class RunStepView(Result):
+    step: str
+    item: int | None  # a map's item (0...), or None for the step itself
+    status: str  # running, succeeded, failed, skipped, cancelled, timed_out, lost
+    task_id: str | None
+    started: float | None
+    ended: float | None
+    output: Any = None
+    error: str | None = None
+
+
+class RunView(Result):
+    run_id: str
+    workflow: str
+    status: str  # running, succeeded, failed, cancelled, timed_out
+    created: float
+    ended: float | None
+    agents: list[str]
+    error: str | None = None
+    input: Any = None
+    output: Any = None  # the last step's output, once the run succeeded
+    steps: list[RunStepView] = []  # in the definition's order, a map's items after it
+
+
+@method("workflows.run", result=RunView, scope="tasks:run", mutating=True,
+        needs={"wait": "runs.get"})
+class WorkflowsRun(Params):
+    """Start a run of a workflow with this input; its id at once, or with wait, the run
+    as it is when it ends or the wait is over (the tasks:read scope too)."""
+
+    name: str
+    input: Any = None
+    wait: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT)] | None = None
+
+
+@method("runs.get", result=RunView, scope="tasks:read")
+class RunsGet(Params):
+    """One run: its status and each step's (a map's items too), with their tasks; with
+    wait, held up to that many seconds for the run to end."""
+
+    run_id: str
+    wait: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT)] | None = None
+
+
+class RunList(Result):
+    runs: list[RunView]  # newest first, without their steps
+
+
+@method("runs.list", result=RunList, scope="tasks:read")
+class RunsList(Params):
+    """Recent runs, newest first."""
+
+    workflow: str | None = None
+    status: str | None = None
+    limit: int = 100
+
+
+@method("runs.cancel", result=RunView, scope="tasks:run", mutating=True)
+class RunsCancel(Params):
+    """Cancel a run: its steps' queued and running tasks are cancelled."""
+
+    run_id: str

@@ -115,6 +115,21 @@ start_timeout = 30.0
 [mcp_servers.docs]
 command = ["{PY}", "{SCRIPTED}", "v2025-11,resources"]
 start = "eager"
+
+[workflows.greet]
+[[workflows.greet.steps]]
+name = "one"
+agent = "hello"
+[[workflows.greet.steps]]
+name = "two"
+agent = "hello"
+input = {{ name = "$steps.one.output.greeting" }}
+
+[workflows.slow]
+[[workflows.slow.steps]]
+name = "wait"
+agent = "slow"
+input = {{ do = "sleep", seconds = 30 }}
 """
     with running_daemon(tmp, agents) as d:
         yield d
@@ -210,6 +225,15 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         done.add("nodes.drain")
         # needs [tracing]: its answer is held to TraceView in tests/test_tracing.py
         done.add("traces.get")
+        assert [w.name for w in ask("workflows.list").workflows] == ["greet", "slow"]
+        assert ask("workflows.plan", {"name": "greet"}).agents == ["hello"]
+        greeted = ask("workflows.run", {"name": "greet", "input": {"name": "w"}, "wait": 30})
+        assert greeted.output["greeting"] == "hello, hello, w"
+        assert ask("runs.get", {"run_id": greeted.run_id}).status == "succeeded"
+        assert ask("runs.list", {}).runs[0].run_id == greeted.run_id
+        waiting = ask("workflows.run", {"name": "slow"})
+        ask("runs.get", {"run_id": waiting.run_id, "wait": 0.2})
+        assert ask("runs.cancel", {"run_id": waiting.run_id}).status == "cancelled"
         slow = ask("tasks.submit", {"agent": "slow", "input": {"do": "sleep", "seconds": 30}})
         assert ask("tasks.cancel", {"task_id": slow.task_id}).status == "cancelled"
         ask("daemon.shutdown")

@@ -581,7 +581,8 @@ async def test_the_operators_view_of_a_tenant_is_the_tenants_own(tmp_path: Path)
         assert servers["common#0"][-2:] == ["any", "agent"]
 
 
-def probes(task_b: str, ghost_task: str) -> dict[str, tuple[str, Any, Any]]:
+def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = ""
+           ) -> dict[str, tuple[str, Any, Any]]:
     """Every method, tried by tenant a's caller on tenant b's objects: (how it must
     answer, params naming b's object, the same naming one that does not exist).
     `missing`: as the nonexistent one, word for word; `forbidden`: not a tenant's
@@ -622,6 +623,7 @@ def probes(task_b: str, ghost_task: str) -> dict[str, tuple[str, Any, Any]]:
         "tasks.get": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),
         "tasks.list": ("missing", {"agent": B}, {"agent": GHOST}),
         "tasks.cancel": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),
+        "traces.get": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),
         # the bus is split by tenant: tests/test_tenants_fair.py tries another's
         "events.publish": ("own", None, None),
         "events.follow": ("own", None, None),
@@ -657,21 +659,32 @@ def probes(task_b: str, ghost_task: str) -> dict[str, tuple[str, Any, Any]]:
         "tenants.add": ("forbidden", {"tenants": {"c": {}}}, None),
         "tenants.set": ("forbidden", {"name": "a", "set": {"max_agents": 100}}, None),
         "tenants.remove": ("forbidden", {"names": ["b"]}, None),
+        # a workflow (and its runs) is a's when every agent of it is a's
+        "workflows.list": ("listing", {}, None),
+        "workflows.plan": ("missing", {"name": B}, {"name": GHOST}),
+        "workflows.run": ("missing", {"name": B}, {"name": GHOST}),
+        "runs.get": ("missing", {"run_id": run_b}, {"run_id": ghost_run}),
+        "runs.list": ("listing", {}, None),
+        "runs.cancel": ("missing", {"run_id": run_b}, {"run_id": ghost_run}),
     }
 
 
 @pytest.mark.deadline(180)
 async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) -> None:
-    async with in_process(tmp_path, FLEET, TWO) as d:
+    workflows = "".join(f"[workflows.{n}]\n[[workflows.{n}.steps]]\nname = \"s\"\n"
+                        f"agent = \"{n}\"\ninput = {{ do = \"echo\" }}\n" for n in ("a1", B))
+    async with in_process(tmp_path, FLEET + workflows, TWO) as d:
         b_task = (await _run(d, B, {"do": "echo"})).task_id
         a_task = (await _run(d, "a1", {"do": "echo"})).task_id
         ghost_task = b_task[:-4] + ("0000" if not b_task.endswith("0000") else "1111")
+        b_run = (await call(d, "workflows.run", {"name": B, "wait": 30})).run_id
+        ghost_run = b_run[:-4] + ("0000" if not b_run.endswith("0000") else "1111")
         # a token of tenant a, with every scope (admin too): the tenant bounds it still
         _, token = await tokens_of(d.services.store).create(
             "ta", sorted(m.SCOPES), None, None, "a")
         a = Caller(via="http", token=token.name, scopes=token.scopes, tenant=token.tenant)
 
-        table = probes(b_task, ghost_task)
+        table = probes(b_task, ghost_task, b_run, ghost_run)
         assert set(table) == set(REGISTRY), "a new method: say how a tenant sees it"
         tried = []
         for method, (kind, on_b, on_ghost) in table.items():
@@ -679,7 +692,7 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
                 code, text = await refused(d, a, method, on_b)
                 g_code, g_text = await refused(d, a, method, on_ghost)
                 assert code == g_code == jsonrpc.NOT_FOUND, (method, text)
-                named = {GHOST: B, GHOST_S: BS, ghost_task: b_task}
+                named = {GHOST: B, GHOST_S: BS, ghost_task: b_task, ghost_run: b_run}
                 for ghost, real in named.items():
                     g_text = g_text.replace(ghost, real)
                 assert text == g_text, method
@@ -713,11 +726,15 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
         stats = await call(d, "stats.get", {}, a)
         assert set(stats.agents) == {"a1"} and set(stats.tasks["agents"]) <= {"a1"}
         # the task totals are a's (one task), not the two tenants' (two)
-        assert (await call(d, "stats.get", {})).tasks["total"]["succeeded"] == 2
+        # (b's: its task and its workflow run's step)
+        assert (await call(d, "stats.get", {})).tasks["total"]["succeeded"] == 3
         assert stats.tasks["total"]["succeeded"] == stats.tasks["total"]["accepted"] == 1
         assert stats.tasks["total"]["success_rate"] == 1.0
         tasks = await call(d, "tasks.list", {}, a)
         assert [t.task_id for t in tasks.tasks] == [a_task]
+        assert [w.name for w in (await call(d, "workflows.list", {}, a)).workflows] == ["a1"]
+        assert (await call(d, "runs.list", {}, a)).runs == []
+        assert [r.run_id for r in (await call(d, "runs.list", {})).runs] == [b_run]
         assert [t.name for t in (await call(d, "tenants.list", {}, a)).tenants] == ["a"]
         assert {s["name"] for s in (await call(d, "mcp.status", {}, a)).mcp_servers} <= {
             "aserv", "common"}

@@ -29,6 +29,7 @@ from . import (  # noqa: F401  (imported for the commands they register)
     top,
     trace,
     upgrading,
+    workflows,
 )
 from .app import cli
 

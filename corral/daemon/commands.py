@@ -29,6 +29,7 @@ from .history import has_rows
 from .services import Services
 from .store import row_limit
 from .tokens import Token, tokens_of
+from .workflows.handlers import TABLE as WORKFLOW_HANDLERS
 
 if TYPE_CHECKING:
     from ..supervisor.core import Agent
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 HANDLERS: Handlers[Services] = Handlers()
 implements = HANDLERS.implements
+for _name, _handler in WORKFLOW_HANDLERS.items():  # daemon/workflows/handlers.py
+    implements(_name)(_handler)
 
 FOLLOW_BATCH = 500
 CLI_OWNER = "corral-cli"  # whose instance a per-agent server uses for operators' calls

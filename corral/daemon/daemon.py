@@ -313,6 +313,7 @@ class Daemon:
         http = await enter(part.http_gateway(conf, gateway, hub, extras,
                                              self.upgrades.listeners))
         tasks = part.task_front(parts, opened.journal, node, hub)
+        workflows = await enter(part.workflows(conf, parts, store, hub))
         history = History(parts.agents, parts.tasks, store, cfg.http)
         packages = await part.packages(conf, parts, opened, fleet, node, hub)
         watches = FileWatches(parts.agents, fleet, packages, hub.daemon)
@@ -322,7 +323,7 @@ class Daemon:
             **_engine_parts(parts, node), hub=hub, store=store, revisions=opened.revisions,
             fleet=fleet, tasks=tasks, gateway=gateway, http=http, journal=opened.journal,
             history=history, packages=packages, dev_watch=watches,
-            watch=FleetWatch(parts.agents, parts.stream), tenants=tenants,
+            watch=FleetWatch(parts.agents, parts.stream), tenants=tenants, workflows=workflows,
             config_path=self.config_path, socket_path=control.path,
             started_at=self.started_at, reload=lambda who: self._reload(services, who),
             request_stop=self.request_stop, drained=self.drained,
@@ -359,6 +360,7 @@ class Daemon:
         # no await since the agents were added: no task can be accepted before the
         # journal's are back, numbered after theirs
         s.tasks.recover(unfinished if up.journal is not None else [])
+        s.workflows.recover()  # after the tasks: a run's recorded task is found
         if up.journal is not None:
             up.journal.start_pruning()
         if node is not None:
@@ -389,6 +391,7 @@ class Daemon:
         self.parts.tuning.protected_paths = protected
         self.drain_timeout = cfg.supervisor.drain_timeout
         s.fleet.gateway = cfg.gateway
+        s.workflows.configure(cfg.workflows)
         local, declared = by_placement(cfg)
         result = await s.fleet.reload(local, who)
         result.gateway = gateway_changes

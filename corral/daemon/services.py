@@ -36,6 +36,7 @@ from .taskjournal import TaskJournalDB
 from .tasks import TaskFront
 from .tenantregistry import TenantRegistry
 from .traces import Traces
+from .workflows import WorkflowService
 
 
 class Logins(Protocol):
@@ -79,6 +80,7 @@ class Services:
     dev_watch: FileWatches  # development mode (`watch = [...]`)
     watch: FleetWatch  # the fleet's changes for agents.watch
     tenants: TenantRegistry  # the tenants: the file's and the runtime's (issue 23)
+    workflows: WorkflowService  # [workflows.NAME] and their runs (docs/workflows.md)
     config_path: Path
     socket_path: Path
     started_at: float

@@ -60,6 +60,7 @@ from .tenantregistry import groups_of
 from .traces import Traces
 from .traces import start as start_traces
 from .upgrade import Taken
+from .workflows import WorkflowService
 
 if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
@@ -410,6 +411,20 @@ async def handing_back(node: ClusterNode | None) -> AsyncIterator[None]:
     finally:
         if node is not None:
             await node.hand_back()
+
+
+@contextlib.asynccontextmanager
+async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub
+                    ) -> AsyncIterator[WorkflowService]:
+    """[workflows.NAME] and their runs (docs/workflows.md); entered after the engine runs,
+    so a stop ends the runs' drivers (their runs resumed at the next start) before the
+    agents stop under them."""
+    service = WorkflowService(parts.agents, parts.tasks, store, hub.daemon)
+    service.configure(conf.cfg.workflows)
+    try:
+        yield service
+    finally:
+        await service.close()
 
 
 def task_front(parts: Parts, journal: TaskJournalDB | None, node: ClusterNode | None,

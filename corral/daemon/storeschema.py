@@ -198,6 +198,37 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE tasks ADD COLUMN not_before REAL;
     ALTER TABLE tasks ADD COLUMN retry_on TEXT;
     """,
+    # 12: workflow runs
+    # (daemon/workflows/runstore.py, docs/workflows.md), each with the definition it
+    # started on (JSON), and each step's row: a plain step's at item -1 with its task, a
+    # map step's at -1 (its state) and one per item (0...) with its task; a step's task
+    # id is written here before the task is submitted
+    """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        workflow TEXT NOT NULL,
+        definition BLOB NOT NULL,
+        input BLOB NOT NULL,
+        status TEXT NOT NULL,
+        created REAL NOT NULL,
+        ended REAL,
+        deadline REAL,
+        error TEXT
+    );
+    CREATE INDEX runs_status ON runs (status);
+    CREATE TABLE run_steps (
+        run_id TEXT NOT NULL,
+        step TEXT NOT NULL,
+        item INTEGER NOT NULL,
+        task_id TEXT,
+        status TEXT NOT NULL,
+        started REAL,
+        ended REAL,
+        output BLOB,
+        error TEXT,
+        PRIMARY KEY (run_id, step, item)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

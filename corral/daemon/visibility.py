@@ -265,6 +265,34 @@ def _task_filter(result: Any, caller: Caller) -> Any:
     return result
 
 
+def _sees_all(caller: Caller, agents: list[str]) -> bool:
+    return all(caller.sees(a) for a in agents)
+
+
+def seen_workflow(caller: Caller, wf: Any, *, what: str = "workflow",
+                  name: str | None = None) -> Any:
+    """A workflow (or a run of it: `what`, `name`) that a limited caller sees only when
+    every agent of it is one it sees: else answered as if it did not exist."""
+    if caller.limited and not _sees_all(caller, wf.agents):
+        raise jsonrpc.not_found(what, name if name is not None else wf.name)
+    return wf
+
+
+def _workflows_filter(result: Any, caller: Caller) -> Any:
+    return _replace(result, workflows=[w for w in result.workflows
+                                       if _sees_all(caller, w.agents)])
+
+
+def _run_filter(result: Any, caller: Caller) -> Any:
+    if not _sees_all(caller, result.agents):
+        raise jsonrpc.not_found("run", result.run_id)
+    return result
+
+
+def _runs_filter(result: Any, caller: Caller) -> Any:
+    return _replace(result, runs=[r for r in result.runs if _sees_all(caller, r.agents)])
+
+
 def _lines_filter(result: Any, caller: Caller) -> Any:
     return _replace(result, lines=[ln for ln in _get(result, "lines") if caller.sees(ln.source)])
 
@@ -356,6 +384,14 @@ AGENT_RULES: dict[str, AgentRule] = {
     "tasks.list": AgentRule(_AGENT_PARAM, filter=_tasks_filter),
     "tasks.cancel": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),
     "traces.get": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),
+    # a workflow, and its runs, are a limited caller's when all its agents are: the
+    # handlers that act ask seen_workflow first, the answers are filtered
+    "workflows.list": AgentRule(_nothing, filter=_workflows_filter),
+    "workflows.plan": AgentRule(_nothing),
+    "workflows.run": AgentRule(_nothing),
+    "runs.get": AgentRule(_nothing, filter=_run_filter),
+    "runs.list": AgentRule(_nothing, filter=_runs_filter),
+    "runs.cancel": AgentRule(_nothing),
     "events.publish": AgentRule(_own_tenant),
     "events.follow": AgentRule(_own_tenant, channel=_seen({"events.event": _event_seen})),
     "tools.list": AgentRule(_both(_AGENT_PARAM, _server("server")),

@@ -19,6 +19,7 @@ import msgspec.inspect
 from msgspec import Meta
 
 from .. import redact
+from .workflows.definition import WorkflowSpec
 
 MIB = 1024 * 1024
 DEFAULT_TENANT = "default"  # the tenant of everything that names none
@@ -577,6 +578,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tenants: dict[str, TenantSpec] = {}
     cluster: ClusterSettings | None = None
     tracing: TracingSettings | None = None
+    # [workflows.NAME]: steps of agents fed by references (docs/workflows.md)
+    workflows: dict[str, WorkflowSpec] = {}
 
 
 def default_cwd(tenant: TenantSpec | None, config_dir: str) -> str:

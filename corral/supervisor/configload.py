@@ -41,6 +41,7 @@ from .config import (
 )
 from .names import name_problem, shown
 from .sandbox import exposed, host_refusal
+from .workflows import WorkflowError, WorkflowSpec, compile_workflow
 
 
 def parse_tenants(data: dict[str, Any], where: str,
@@ -265,6 +266,30 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 
 
+def parse_workflows(data: dict[str, Any], where: str, agents: set[str],
+                    problems: list[str]) -> dict[str, WorkflowSpec]:
+    """The `[workflows.NAME]` tables, each checked whole against the agents declared
+    (docs/workflows.md); a problem is added to `problems` and the workflow left out."""
+    tables = data.get("workflows", {})
+    if not isinstance(tables, dict):
+        problems.append(f"{where}: workflows: expected a table")
+        return {}
+    out: dict[str, WorkflowSpec] = {}
+    for name, table in tables.items():
+        try:
+            validate_name("workflows", name, where)
+            spec = convert(table, WorkflowSpec, where=where, prefix=f"workflows.{name}")
+            compile_workflow(name, spec, agents.__contains__)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        except WorkflowError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        out[name] = spec
+    return out
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read the main file and its includes; every error names file and key path, and
     every error there is is said at once (one a line), not the first alone."""
@@ -345,12 +370,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             cluster_problem(aspec, cluster is not None)
         if problem:
             problems.append(f"{origin[f'agents.{name}']}: agents.{name}.{problem}")
+    workflows = parse_workflows(data, where, set(agents), problems)
     if problems:
         raise ConfigError("\n".join(problems))
     _resolve_paths(base, agents, servers, tenants, packages)
     cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
                  http=http, packages=packages, cluster=cluster, tenants=tenants,
-                 tracing=tracing)
+                 tracing=tracing, workflows=workflows)
     check_tenants_named(cfg, where)
     return cfg
 

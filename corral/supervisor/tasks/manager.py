@@ -205,10 +205,12 @@ class TaskManager:
     def submit(self, agent_name: str, task_input: Any, *, timeout: float | None = None,
                priority: int = 0, not_before: float | None = None,
                retries: int | None = None, retry_on: Sequence[str] | None = None,
-               traceparent: str | None = None, tracestate: str | None = None) -> Task:
+               traceparent: str | None = None, tracestate: str | None = None,
+               task_id: str | None = None) -> Task:
         """Accept a task or refuse it at once with the reason. `not_before` (wall
         time): it waits until then; `retries` and `retry_on`: its own retry policy
-        instead of its agent's; `traceparent`: the caller's trace context."""
+        instead of its agent's; `traceparent`: the caller's trace context; `task_id`: an
+        id made and recorded by the caller before (a workflow's step)."""
         agent = self.sup.agent(agent_name)
         q = self._agent_tasks(agent)
         try:
@@ -238,6 +240,8 @@ class TaskManager:
             raise queue_full(agent, depth)
         task = Task(agent.name, raw, priority, timeout or agent.spec.task_timeout,
                     agent.spec.retries if retries is None else retries, next(self._seq))
+        if task_id is not None:
+            task.id = task_id
         if retry_on is not None:
             task.retry_on = tuple(retry_on)
         if self.trace_begin is not None:

@@ -1,0 +1,176 @@
+"""Workflows: list them, print one's plan, run one; a run's tree of steps, runs listed,
+a run cancelled (docs/workflows.md)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+import msgspec
+
+from .. import methods as m
+from .app import Ctx, cli, doc, json_option, pass_ctx
+from .client import EXIT_FAILED
+from .render import print_json, table
+from .tasks import _read_input
+
+
+@cli.group("workflows", help="Workflows defined in the config ([workflows.NAME]) and their "
+                             "runs.")
+def workflows() -> None:
+    pass
+
+
+@workflows.command("list", help=doc("workflows.list"))
+@json_option
+@pass_ctx
+def workflows_list(obj: Ctx, as_json: bool) -> None:
+    res: m.WorkflowList = obj.call("workflows.list", m.WorkflowsList())
+    if as_json:
+        print_json(res)
+        return
+    table([[w.name, " -> ".join(w.steps), ", ".join(w.agents), w.description]
+           for w in res.workflows], ["NAME", "STEPS", "AGENTS", "DESCRIPTION"])
+
+
+@workflows.command("plan", help=doc("workflows.plan") + "\n\nWith --file, the plan of a "
+                   "config file's workflow, checked against that file's agents, without "
+                   "a daemon.")
+@click.argument("name")
+@click.option("--file", "path", type=click.Path(dir_okay=False), default=None,
+              help="Read the workflow from this config file instead of the daemon.")
+@json_option
+@pass_ctx
+def workflows_plan(obj: Ctx, name: str, path: str | None, as_json: bool) -> None:
+    if path is not None:
+        click.echo(_plan_of_file(path, name))
+        return
+    res: m.WorkflowPlan = obj.call("workflows.plan", m.WorkflowsPlan(name=name))
+    if as_json:
+        print_json(res)
+        return
+    click.echo(res.plan)
+
+
+def _plan_of_file(path: str, name: str) -> str:
+    from ..supervisor.config import ConfigError
+    from ..supervisor.configload import load_config
+    from ..supervisor.workflows import compile_workflow, plan_text
+
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        click.echo(f"corral: invalid config: {exc}", err=True)
+        raise SystemExit(EXIT_FAILED) from None
+    spec = cfg.workflows.get(name)
+    if spec is None:
+        click.echo(f"corral: no such workflow: {name} in {path} (workflows: "
+                   f"{', '.join(sorted(cfg.workflows)) or 'none'})", err=True)
+        raise SystemExit(EXIT_FAILED)
+    return plan_text(compile_workflow(name, spec))
+
+
+@workflows.command("run", help=doc("workflows.run"))
+@click.argument("name")
+@click.option("--input", "input_", default="null", metavar="JSON",
+              help="The run's input: JSON, @FILE, or - for stdin.")
+@click.option("--wait", type=click.FloatRange(min=0, max=m.MAX_WAIT), default=None,
+              metavar="SECONDS", help="Wait this long for the run to end.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; run nothing.")
+@json_option
+@pass_ctx
+def workflows_run(obj: Ctx, name: str, input_: str, wait: float | None, dry_run: bool,
+                  as_json: bool) -> None:
+    if dry_run:
+        plan: m.WorkflowPlan = obj.call("workflows.plan", m.WorkflowsPlan(name=name))
+        click.echo(plan.plan)
+        return
+    res: m.RunView = obj.call("workflows.run", m.WorkflowsRun(
+        name=name, input=_read_input(input_), wait=wait), wait_forever=wait is not None)
+    if as_json:
+        print_json(res)
+        return
+    if wait is None:
+        click.echo(res.run_id)
+        return
+    _tree(res)
+    if res.status not in ("succeeded", "running"):
+        raise SystemExit(EXIT_FAILED)
+
+
+def _took(start: float | None, end: float | None) -> str:
+    if start is None:
+        return ""
+    return f"{(end if end is not None else time.time()) - start:.2f}s"
+
+
+def _shown(value: Any, width: int = 60) -> str:
+    text = json.dumps(msgspec.to_builtins(value))
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _tree(run: m.RunView) -> None:
+    click.echo(f"run {run.run_id}  workflow {run.workflow}  {run.status}  "
+               f"{_took(run.created, run.ended)}" + (f"  ({run.error})" if run.error else ""))
+    steps = [s for s in run.steps if s.item is None]
+    for i, s in enumerate(steps):
+        last = i == len(steps) - 1
+        items = [x for x in run.steps if x.step == s.step and x.item is not None]
+        extra = ""
+        if items:
+            counts: dict[str, int] = {}
+            for x in items:
+                counts[x.status] = counts.get(x.status, 0) + 1
+            extra = "  [" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "]"
+        task = f"  task {s.task_id}" if s.task_id else ""
+        click.echo(f"{'└─' if last else '├─'} {s.step}  {s.status}  "
+                   f"{_took(s.started, s.ended)}{task}{extra}"
+                   + (f"  ({s.error})" if s.error else ""))
+        bar = "   " if last else "│  "
+        for x in [x for x in items if x.status != "succeeded"][:10]:
+            click.echo(f"{bar}  [{x.item}] {x.status}  {_took(x.started, x.ended)}  "
+                       f"task {x.task_id}" + (f"  ({x.error})" if x.error else ""))
+    if run.status == "succeeded":
+        click.echo(f"output: {_shown(run.output, 200)}")
+
+
+@cli.command("run-status", help=doc("runs.get"))
+@click.argument("run_id")
+@click.option("--wait", type=click.FloatRange(min=0, max=m.MAX_WAIT), default=None,
+              metavar="SECONDS", help="Wait this long for the run to end.")
+@json_option
+@pass_ctx
+def run_status(obj: Ctx, run_id: str, wait: float | None, as_json: bool) -> None:
+    res: m.RunView = obj.call("runs.get", m.RunsGet(run_id=run_id, wait=wait),
+                              wait_forever=wait is not None)
+    if as_json:
+        print_json(res)
+        return
+    _tree(res)
+
+
+@cli.command("runs", help=doc("runs.list"))
+@click.option("--workflow", default=None, help="Only this workflow's runs.")
+@click.option("--status", default=None, help="Only runs in this status.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@json_option
+@pass_ctx
+def runs_list(obj: Ctx, workflow: str | None, status: str | None, limit: int,
+              as_json: bool) -> None:
+    res: m.RunList = obj.call("runs.list", m.RunsList(workflow=workflow, status=status,
+                                                      limit=limit))
+    if as_json:
+        print_json(res)
+        return
+    table([[r.run_id, r.workflow, r.status, _took(r.created, r.ended), r.error or ""]
+           for r in res.runs], ["RUN", "WORKFLOW", "STATUS", "TOOK", "ERROR"])
+
+
+@cli.command("run-cancel", help=doc("runs.cancel"))
+@click.argument("run_id")
+@pass_ctx
+def run_cancel(obj: Ctx, run_id: str) -> None:
+    res: m.RunView = obj.call("runs.cancel", m.RunsCancel(run_id=run_id))
+    click.echo(f"{res.run_id}: {res.status}")

@@ -1,0 +1,161 @@
+"""A run's rows in the state database (migration 13): the run with the definition it
+started on, and each step's row. Writes are committed (StateStore.commit) before what
+they describe is done: a step's task id before its task is submitted."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from ...supervisor.workflows import Workflow, WorkflowSpec, compile_workflow
+from ...supervisor.workflows.definition import decode_spec, encode_spec
+from ..store import StateStore
+
+RUN_ENDED = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+STEP_ENDED = frozenset({"succeeded", "failed", "skipped", "cancelled", "timed_out", "lost"})
+WHOLE = -1  # the item of a step's own row (a map's items are 0...)
+
+
+@dataclass
+class StepRow:
+    step: str
+    item: int
+    status: str  # running, or one of STEP_ENDED
+    task_id: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    output: Any = None
+    error: str | None = None
+
+
+@dataclass
+class Run:
+    run_id: str
+    workflow: str
+    wf: Workflow  # compiled from the definition stored with the run
+    input: Any
+    status: str
+    created: float
+    deadline: float | None = None
+    ended: float | None = None
+    error: str | None = None
+    rows: dict[tuple[str, int], StepRow] = field(default_factory=dict)
+
+    def outputs(self) -> dict[str, Any]:
+        """Each ended step's output (a map's: the list of its items' outputs)."""
+        out: dict[str, Any] = {}
+        for s in self.wf.steps:
+            row = self.rows.get((s.name, WHOLE))
+            if row is None or row.status not in ("succeeded", "skipped"):
+                continue
+            if s.mapped and row.status == "succeeded":
+                items = sorted((r for (n, i), r in self.rows.items() if n == s.name
+                                and i != WHOLE), key=lambda r: r.item)
+                out[s.name] = [r.output for r in items]
+            else:
+                out[s.name] = row.output
+        return out
+
+    @property
+    def agents(self) -> list[str]:
+        return self.wf.agents
+
+
+def _settle(waiters: asyncio.Future[None], commit: asyncio.Future[None]) -> None:
+    if commit.cancelled():
+        waiters.cancel()
+    elif commit.exception() is not None:
+        waiters.set_exception(commit.exception())  # type: ignore[arg-type]
+        waiters.exception()  # told to each saver; never "not retrieved"
+    else:
+        waiters.set_result(None)
+
+
+def _json(value: Any) -> bytes:
+    return msgspec.json.encode(value)
+
+
+class RunStore:
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        # step rows are group-committed: those saved while a commit is under way go in
+        # the next one, together (a map's lanes, many runs), each saver waiting for its own
+        self._lock = asyncio.Lock()
+        self._waiting: list[tuple[str, StepRow]] = []
+        self._next: asyncio.Future[None] | None = None
+
+    async def save_run(self, run: Run) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO runs (run_id, workflow, definition, input, "
+                       "status, created, ended, deadline, error) VALUES (?,?,?,?,?,?,?,?,?)",
+                       (run.run_id, run.workflow, encode_spec(run.wf.spec), _json(run.input),
+                        run.status, run.created, run.ended, run.deadline, run.error))
+        await self.store.commit([write])
+
+    async def save_steps(self, run_id: str, rows: list[StepRow]) -> None:
+        """Committed when this returns (or StoreError), with whatever else was saved
+        meanwhile."""
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        mine = self._next
+        self._waiting.extend((run_id, r) for r in rows)
+        async with self._lock:
+            if mine.done():  # committed by the saver before us, with its own
+                return mine.result()
+            taken, self._waiting, self._next = self._waiting, [], None
+            values = [(rid, r.step, r.item, r.task_id, r.status, r.started, r.ended,
+                       _json(r.output) if r.output is not None else None, r.error)
+                      for rid, r in taken]
+
+            def write(db: sqlite3.Connection) -> None:
+                db.executemany(
+                    "INSERT OR REPLACE INTO run_steps (run_id, step, item, task_id, status, "
+                    "started, ended, output, error) VALUES (?,?,?,?,?,?,?,?,?)", values)
+            # the others' rows are in it: a saver cancelled (its run) does not cancel it
+            commit = asyncio.ensure_future(self.store.commit([write]))
+            commit.add_done_callback(lambda done: _settle(mine, done))
+            await asyncio.shield(commit)
+            return None
+
+    def _run(self, row: tuple[Any, ...], with_steps: bool) -> Run:
+        run_id, workflow, definition, inp, status, created, ended, deadline, error = row
+        spec: WorkflowSpec = decode_spec(definition)
+        run = Run(run_id, workflow, compile_workflow(workflow, spec),
+                  msgspec.json.decode(inp), status, created, deadline, ended, error)
+        if with_steps:
+            for step, item, task_id, st, started, end, output, err in self.store.db.execute(
+                    "SELECT step, item, task_id, status, started, ended, output, error "
+                    "FROM run_steps WHERE run_id = ?", (run_id,)):
+                run.rows[(step, item)] = StepRow(
+                    step, item, st, task_id, started, end,
+                    msgspec.json.decode(output) if output is not None else None, err)
+        return run
+
+    _COLUMNS = "run_id, workflow, definition, input, status, created, ended, deadline, error"
+
+    def load(self, run_id: str) -> Run | None:
+        row = self.store.db.execute(f"SELECT {self._COLUMNS} FROM runs WHERE run_id = ?",
+                                    (run_id,)).fetchone()
+        return self._run(row, True) if row is not None else None
+
+    def unfinished(self) -> list[Run]:
+        return [self._run(r, True) for r in self.store.db.execute(
+            f"SELECT {self._COLUMNS} FROM runs WHERE status = 'running' ORDER BY run_id")]
+
+    def listing(self, workflow: str | None, status: str | None, limit: int) -> list[Run]:
+        """The newest runs first (their ids sort as they were made)."""
+        where, args = [], []
+        if workflow is not None:
+            where.append("workflow = ?")
+            args.append(workflow)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return [self._run(r, False) for r in self.store.db.execute(
+            f"SELECT {self._COLUMNS} FROM runs{clause} ORDER BY run_id DESC LIMIT ?",
+            (*args, limit))]

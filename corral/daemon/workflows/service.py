@@ -1,0 +1,141 @@
+"""The workflows of the config and their runs: a run started (its row committed before
+it is answered), driven by the Runner until it ends, resumed after a restart where its
+rows say it stopped, cancelled with its steps' tasks; the runs shown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ... import jsonrpc
+from ...jsonrpc import RpcError
+from ...supervisor.agents import Agents
+from ...supervisor.tasks import TaskManager
+from ...supervisor.tasks.ids import new_id
+from ...supervisor.workflows import Workflow, WorkflowError, WorkflowSpec, compile_workflow
+from ...text import plural
+from ...timeouts import within
+from ..store import StateStore
+from .runner import Runner, StepFailed
+from .runstore import RUN_ENDED, Run, RunStore
+
+
+class WorkflowService:
+    def __init__(self, agents: Agents, engine: TaskManager, store: StateStore,
+                 report: Callable[[str], None]) -> None:
+        self.agents = agents
+        self.rows = RunStore(store)
+        self.runner = Runner(engine, self.rows, report)
+        self.report = report
+        self.definitions: dict[str, Workflow] = {}
+        self.live: dict[str, tuple[Run, asyncio.Task[None]]] = {}
+        self._why: dict[str, str] = {}  # run id -> why its driver was cancelled
+        # no step is submitted before the task journal's tasks are back in the engine
+        # (a run started meanwhile waits): a recorded step's task is found, not doubled
+        self.recovered = asyncio.Event()
+
+    def configure(self, specs: Mapping[str, WorkflowSpec]) -> None:
+        """The config's workflows (a reload replaces them; a run keeps its own)."""
+        self.definitions = {n: compile_workflow(n, s) for n, s in specs.items()}
+
+    def workflow(self, name: str) -> Workflow:
+        wf = self.definitions.get(name)
+        if wf is None:
+            raise jsonrpc.not_found("workflow", name)
+        return wf
+
+    # -- runs -------------------------------------------------------------------------------
+    async def start(self, name: str, run_input: Any) -> Run:
+        wf = self.workflow(name)
+        try:
+            wf = compile_workflow(name, wf.spec, self.agents.__contains__)
+        except WorkflowError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        now = time.time()
+        run = Run(new_id(), name, wf, run_input, "running", now,
+                  deadline=now + wf.spec.timeout if wf.spec.timeout else None)
+        await self.rows.save_run(run)  # durable before it is answered
+        self._drive(run)
+        return run
+
+    def recover(self) -> None:
+        """Every run the previous daemon left running, driven on from its rows (once the
+        task journal's tasks are back in the engine, so a recorded task is found)."""
+        # (a run started since the services are served is driven already)
+        runs = [r for r in self.rows.unfinished() if r.run_id not in self.live]
+        for run in runs:
+            self._drive(run)
+        self.recovered.set()
+        if runs:
+            self.report(f"workflows: {plural(len(runs), 'unfinished run')} resumed")
+
+    def _drive(self, run: Run) -> None:
+        driver = asyncio.ensure_future(self._run(run))
+        self.live[run.run_id] = (run, driver)
+
+    async def _run(self, run: Run) -> None:
+        try:
+            try:
+                await self.recovered.wait()
+                left = None if run.deadline is None else max(0.0, run.deadline - time.time())
+                await within(self.runner.drive(run), left)
+            except TimeoutError:
+                run.status = "timed_out"
+                run.error = f"the run's timeout ({run.wf.spec.timeout:g}s) passed"
+            except StepFailed as exc:
+                run.status, run.error = "failed", str(exc)
+            except asyncio.CancelledError:
+                why = self._why.pop(run.run_id, None)
+                if why is None:
+                    raise  # the daemon stops: the run stays running, resumed at the next
+                run.status, run.error = "cancelled", why
+            if run.status != "succeeded":
+                await self.runner.abandon(run)
+            run.ended = time.time()
+            await self.rows.save_run(run)
+        except Exception as exc:  # a run's driver says why it stopped (the store failed)
+            self.report(f"workflows: run {run.run_id} ({run.workflow}) stopped: {exc}; "
+                        "it is resumed at the next start")
+        finally:
+            self.live.pop(run.run_id, None)
+
+    async def wait(self, run_id: str, timeout: float | None) -> None:
+        live = self.live.get(run_id)
+        if live is not None:
+            with contextlib.suppress(TimeoutError):
+                await within(asyncio.shield(live[1]), timeout)
+
+    def get(self, run_id: str) -> Run:
+        live = self.live.get(run_id)
+        if live is not None:
+            return live[0]
+        run = self.rows.load(run_id)
+        if run is None:
+            raise jsonrpc.not_found("run", run_id)
+        return run
+
+    def list(self, workflow: str | None, status: str | None, limit: int) -> list[Run]:
+        return [self.live[r.run_id][0] if r.run_id in self.live else r
+                for r in self.rows.listing(workflow, status, limit)]
+
+    async def cancel(self, run_id: str) -> Run:
+        run = self.get(run_id)
+        live = self.live.get(run_id)
+        if run.status in RUN_ENDED or live is None:
+            raise RpcError(jsonrpc.CONFLICT, f"run {run_id} already ended ({run.status})")
+        self._why[run_id] = "cancelled"
+        live[1].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(live[1])
+        return run
+
+    async def close(self) -> None:
+        """The daemon stops: each driver stops where it is (its run resumed at the next
+        start, its tasks left to the task journal)."""
+        drivers = [d for _, d in self.live.values()]
+        for d in drivers:
+            d.cancel()
+        await asyncio.gather(*drivers, return_exceptions=True)

@@ -1,0 +1,9 @@
+"""Workflows as data (docs/workflows.md, DESIGN section 18): a definition's Structs, its
+references, its validation and its evaluation, with no I/O; the daemon runs them
+(daemon/workflows/)."""
+
+from .definition import Condition, StepSpec, WorkflowError, WorkflowSpec
+from .plan import Step, Workflow, compile_workflow, plan_text
+
+__all__ = ["Condition", "Step", "StepSpec", "Workflow", "WorkflowError", "WorkflowSpec",
+           "compile_workflow", "plan_text"]

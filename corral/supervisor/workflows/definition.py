@@ -1,0 +1,50 @@
+"""A workflow's definition as the config (`[workflows.NAME]`) and the API write it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+MAX_CONCURRENCY = 1000
+MAX_STEPS = 200
+
+
+class WorkflowError(ValueError):
+    """A definition that cannot run; the text says where and why."""
+
+
+class Condition(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`when`: a reference compared to a value (`==`, `!=`), or whether it exists."""
+
+    ref: str
+    op: Literal["==", "!=", "exists", "missing"] = "=="
+    value: Any = None
+
+
+class StepSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    agent: str
+    # what the agent is sent: JSON with references (refs.py); absent (or null): the run's
+    # input for the first step, a join's list, a map's item, else the step before's output
+    input: Any = None
+    map: str | None = None  # a reference to a list: one task per item ($item, $index)
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=MAX_CONCURRENCY)] = 8
+    join: str | None = None  # a map step: this step's input is the list of its outputs
+    when: Condition | None = None  # else the step is skipped
+    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None  # each task's
+    retries: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None  # each task's
+
+
+class WorkflowSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    steps: Annotated[list[StepSpec], msgspec.Meta(min_length=1, max_length=MAX_STEPS)]
+    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None  # the whole run's
+    description: str = ""
+
+
+def encode_spec(spec: WorkflowSpec) -> bytes:
+    return msgspec.json.encode(spec)
+
+
+def decode_spec(data: bytes | str) -> WorkflowSpec:
+    return msgspec.json.decode(data, type=WorkflowSpec)

@@ -1,0 +1,212 @@
+"""A definition checked and compiled: each step's dependencies (the steps its references,
+`map`, `when` and `join` name), the order they may run in, what a step is sent and
+whether it runs. No I/O: the daemon's runner asks this what to do next."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from .definition import StepSpec, WorkflowError, WorkflowSpec
+from .refs import NAME, SHAPE, Missing, Ref, Scope, build, parse, refs_in, resolve
+
+STEP_NAME = re.compile(NAME)
+
+
+@dataclass
+class Step:
+    spec: StepSpec
+    index: int  # its place in the definition
+    input: Any  # what it is sent, with references (the default filled in)
+    deps: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def mapped(self) -> bool:
+        return self.spec.map is not None
+
+
+@dataclass
+class Workflow:
+    name: str
+    spec: WorkflowSpec
+    steps: list[Step]
+
+    @property
+    def agents(self) -> list[str]:
+        return sorted({s.spec.agent for s in self.steps})
+
+    def step(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+    def ready(self, ended: Collection[str], started: Collection[str]) -> list[Step]:
+        """The steps not started whose dependencies have all ended, in definition order."""
+        return [s for s in self.steps
+                if s.name not in started and s.name not in ended and s.deps <= set(ended)]
+
+
+def _default_input(spec: WorkflowSpec, i: int) -> Any:
+    step = spec.steps[i]
+    if step.input is not None:
+        return step.input
+    if step.join is not None:
+        return f"$steps.{step.join}.output"
+    if step.map is not None:
+        return "$item"
+    return "$input" if i == 0 else f"$steps.{spec.steps[i - 1].name}.output"
+
+
+def compile_workflow(name: str, spec: WorkflowSpec,
+                     known_agent: Callable[[str], bool] | None = None) -> Workflow:
+    """Check a definition whole and compile it, or raise WorkflowError with the first
+    thing wrong (`known_agent`: whether an agent of that name is there to run a step)."""
+    where = f"workflow {name}"
+    names: dict[str, int] = {}
+    for i, s in enumerate(spec.steps):
+        if not STEP_NAME.fullmatch(s.name):
+            raise WorkflowError(f"{where}: step name {s.name!r} is not a name (letters, "
+                                "digits, _ and -, not starting with a digit or -)")
+        if s.name in names:
+            raise WorkflowError(f"{where}: two steps named {s.name}")
+        names[s.name] = i
+        if known_agent is not None and not known_agent(s.agent):
+            raise WorkflowError(f"{where}, step {s.name}: no such agent: {s.agent}")
+    steps = [_step(where, spec, i, names) for i in range(len(spec.steps))]
+    _check_cycles(where, steps)
+    for st in steps:
+        for dep in sorted(st.deps, key=names.__getitem__):
+            if names[dep] >= st.index:
+                raise WorkflowError(
+                    f"{where}, step {st.name}: $steps.{dep}.output refers to step {dep}, "
+                    "which comes after it (a step may use the steps before it only)")
+    return Workflow(name, spec, steps)
+
+
+def _step(where: str, spec: WorkflowSpec, i: int, names: Mapping[str, int]) -> Step:
+    s = spec.steps[i]
+    at = f"{where}, step {s.name}"
+    value = _default_input(spec, i)
+    texts = [("input", t) for t in refs_in(value)]
+    if s.map is not None:
+        texts.append(("map", s.map))
+    if s.when is not None:
+        texts.append(("when", s.when.ref))
+    deps: set[str] = set()
+    if s.join is not None:
+        if s.join not in names:
+            raise WorkflowError(f"{at}: join names no step {s.join}")
+        if spec.steps[names[s.join]].map is None:
+            raise WorkflowError(f"{at}: join names step {s.join}, which has no map")
+        if s.map is not None:
+            raise WorkflowError(f"{at}: a step has map or join, not both")
+        deps.add(s.join)
+    for key, text in texts:
+        ref = parse(text)
+        if ref is None:
+            raise WorkflowError(f"{at}: bad reference in {key}: {text} ({SHAPE})")
+        if ref.root in ("item", "index") and (s.map is None or key != "input"):
+            raise WorkflowError(f"{at}: {ref.text} in {key} is for the input of a step "
+                                "with map")
+        if ref.step is not None:
+            if ref.step not in names:
+                raise WorkflowError(f"{at}: {ref.text} names no step {ref.step}")
+            if ref.step == s.name:
+                raise WorkflowError(f"{where}: a cycle of steps: {s.name} -> {s.name}")
+            deps.add(ref.step)
+    return Step(s, i, value, frozenset(deps))
+
+
+def _check_cycles(where: str, steps: list[Step]) -> None:
+    by_name = {s.name: s for s in steps}
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for dep in sorted(by_name[name].deps, key=lambda d: by_name[d].index):
+            if state.get(dep) == 1:
+                cycle = [*path[path.index(dep):], dep]
+                raise WorkflowError(f"{where}: a cycle of steps: {' -> '.join(cycle)}")
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[name] = 2
+
+    for s in steps:
+        if s.name not in state:
+            visit(s.name, [s.name])
+
+
+# -- evaluation (the runner's questions) ----------------------------------------------------
+def runs(step: Step, scope: Scope) -> bool:
+    """Whether a step's `when` holds (a step without one always runs)."""
+    cond = step.spec.when
+    if cond is None:
+        return True
+    ref = parse(cond.ref)
+    assert ref is not None
+    try:
+        value = resolve(ref, scope)
+    except Missing:
+        return cond.op == "missing"
+    if cond.op == "exists":
+        return True
+    if cond.op == "missing":
+        return False
+    return bool(value == cond.value) == (cond.op == "==")
+
+
+def items(step: Step, scope: Scope) -> list[Any]:
+    """A map step's list (Missing, or WorkflowError when it is not a list)."""
+    assert step.spec.map is not None
+    ref = parse(step.spec.map)
+    assert ref is not None
+    value = resolve(ref, scope)
+    if not isinstance(value, list):
+        raise WorkflowError(f"step {step.name}: map {step.spec.map} is not a list "
+                            f"(a {type(value).__name__})")
+    return value
+
+
+def step_input(step: Step, scope: Scope) -> Any:
+    """What a step (or a map's item, with scope.item) is sent (Missing when a reference
+    is not there)."""
+    return build(step.input, scope)
+
+
+def plan_text(wf: Workflow) -> str:
+    """`corral workflows plan NAME`: the steps in order, what each waits for, is sent
+    and runs on."""
+    lines = [f"workflow {wf.name}: {len(wf.steps)} steps"
+             + (f", run timeout {wf.spec.timeout:g}s" if wf.spec.timeout else "")]
+    if wf.spec.description:
+        lines.append(f"  {wf.spec.description}")
+    for s in wf.steps:
+        sp = s.spec
+        after = ", ".join(sorted(s.deps, key=lambda d: wf.step(d).index)) or "the start"
+        head = f"{s.index + 1}. {s.name}: agent {sp.agent}, after {after}"
+        lines.append(head)
+        if sp.map is not None:
+            lines.append(f"     map over {sp.map}, {sp.concurrency} at a time")
+        if sp.join is not None:
+            lines.append(f"     join of {sp.join}'s outputs")
+        if sp.when is not None:
+            shown = (f"{sp.when.ref} {sp.when.op}" if sp.when.op in ("exists", "missing")
+                     else f"{sp.when.ref} {sp.when.op} "
+                          f"{msgspec.json.encode(sp.when.value).decode()}")
+            lines.append(f"     when {shown}, else skipped")
+        lines.append(f"     input {msgspec.json.encode(s.input).decode()}")
+        limits = [f"timeout {sp.timeout:g}s" if sp.timeout else "",
+                  f"retries {sp.retries}" if sp.retries is not None else ""]
+        if any(limits):
+            lines.append("     " + ", ".join(x for x in limits if x))
+    return "\n".join(lines)
+
+
+__all__ = ["Ref", "Scope", "Step", "Workflow", "compile_workflow", "items", "plan_text",
+           "runs", "step_input"]

@@ -1,0 +1,132 @@
+"""The reference language of a workflow's inputs and conditions (docs/workflows.md).
+
+A string that is a whole reference is replaced by the value it names, of any type:
+
+    $input                  the run's input
+    $input.topic            a key of it; `[2]` an item of a list
+    $steps.fetch.output     an earlier step's output (a map step's: the list of its items')
+    $item, $index           within a map step: the item and its place in the list
+
+A string with references in braces is a template, each replaced by its text (a string as
+it is, anything else as JSON): "Hello {$input.name}". Any other string is itself. Lists
+and tables are walked. No code, no arithmetic: a path, nothing more.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
+_PART = rf"\.{NAME}|\[\d+\]"
+WHOLE = re.compile(rf"\$(input|item|index|steps\.({NAME})\.output)((?:{_PART})*)")
+TEMPLATE = re.compile(r"\{(\$[^{}]*)\}")
+SHAPE = ("a reference is $input, $steps.NAME.output, $item or $index, followed by "
+         ".key or [N] parts")
+
+
+class Missing(LookupError):
+    """A reference whose path is not in the value (a key absent, a list too short)."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    text: str
+    root: str  # "input", "item", "index" or "steps"
+    step: str | None  # the step of $steps.NAME.output
+    path: tuple[str | int, ...]
+
+
+def parse(text: str) -> Ref | None:
+    """The reference `text` is, or None when it is not one."""
+    m = WHOLE.fullmatch(text)
+    if m is None:
+        return None
+    path: list[str | int] = []
+    for part in re.findall(_PART, m.group(3)):
+        path.append(int(part[1:-1]) if part.startswith("[") else part[1:])
+    root = "steps" if m.group(2) is not None else m.group(1)
+    return Ref(text, root, m.group(2), tuple(path))
+
+
+def refs_in(value: Any) -> list[str]:
+    """Every reference-like text in a value (each `$...` string and template part), for
+    the validation to parse."""
+    out: list[str] = []
+    if isinstance(value, str):
+        if value.startswith("$"):
+            out.append(value)
+        else:
+            out.extend(TEMPLATE.findall(value))
+    elif isinstance(value, list):
+        for v in value:
+            out.extend(refs_in(v))
+    elif isinstance(value, dict):
+        for v in value.values():
+            out.extend(refs_in(v))
+    return out
+
+
+@dataclass
+class Scope:
+    """What references resolve against: the run's input, the steps' outputs so far, and
+    a map's item."""
+
+    input: Any
+    outputs: dict[str, Any]
+    item: Any = None
+    index: int | None = None
+
+
+def resolve(ref: Ref, scope: Scope) -> Any:
+    """The value `ref` names, or Missing."""
+    if ref.root == "input":
+        value = scope.input
+    elif ref.root == "item":
+        value = scope.item
+    elif ref.root == "index":
+        value = scope.index
+    else:
+        assert ref.step is not None
+        if ref.step not in scope.outputs:
+            raise Missing(f"{ref.text}: step {ref.step} has no output")
+        value = scope.outputs[ref.step]
+    for part in ref.path:
+        if isinstance(part, int):
+            if not isinstance(value, list) or part >= len(value):
+                raise Missing(f"{ref.text}: no item [{part}]")
+            value = value[part]
+        else:
+            if not isinstance(value, dict) or part not in value:
+                raise Missing(f"{ref.text}: no key {part}")
+            value = value[part]
+    return value
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
+
+
+def build(value: Any, scope: Scope) -> Any:
+    """A step's input: `value` with its references replaced (Missing if one is not
+    there). Validated definitions only: every reference here parses."""
+    if isinstance(value, str):
+        if value.startswith("$"):
+            ref = parse(value)
+            assert ref is not None
+            return resolve(ref, scope)
+        if "{$" in value:
+            def sub(m: re.Match[str]) -> str:
+                ref = parse(m.group(1))
+                assert ref is not None
+                return _text(resolve(ref, scope))
+            return TEMPLATE.sub(sub, value)
+        return value
+    if isinstance(value, list):
+        return [build(v, scope) for v in value]
+    if isinstance(value, dict):
+        return {k: build(v, scope) for k, v in value.items()}
+    return value
