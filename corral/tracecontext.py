@@ -94,6 +94,12 @@ CURRENT: contextvars.ContextVar[ClientSpan | None] = contextvars.ContextVar(
     "corral_client_span", default=None)
 
 
+# the `_meta` of the worker's `tools/call` being routed: set around the tool router's
+# call, which is synchronous up to the coroutine it returns (supervisor/tasks/worker.py)
+CALLER: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "corral_caller_meta", default=None)
+
+
 GOLDEN = 0x9E3779B97F4A7C15  # spreads attempt numbers over the span id's bits
 
 

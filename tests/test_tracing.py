@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -27,9 +28,9 @@ from corral.daemon.traces import start as start_traces
 from corral.jsonrpc import RpcError
 from corral.supervisor import McpServerSpec, State, Supervisor
 from corral.supervisor.config import TracingSettings
-from corral.supervisor.tracing import Sampling, Tracer
+from corral.supervisor.tracing import Sampling, Span, Tracer, expand
 
-from .conftest import agent
+from .conftest import SPARED, agent
 
 PY = sys.executable
 SCRIPTED = Path(__file__).with_name("scripted_mcp.py")
@@ -97,6 +98,13 @@ def attrs(span: Any) -> dict[str, Any]:
     return out
 
 
+def spans_of(tracer: Tracer) -> list[Span]:
+    """The spans of what the tracer buffered, made as the exporter makes them (from the
+    records as the pipe carries them)."""
+    wire = msgspec.json.decode(msgspec.json.encode(list(tracer.records)))
+    return [span for record in wire for span in expand(record)]
+
+
 def tracing(endpoint: str | None, **kw: Any) -> TracingSettings:
     return TracingSettings(endpoint=endpoint, **kw)
 
@@ -108,7 +116,8 @@ async def test_a_task_its_attempt_and_its_tool_calls_are_one_trace_with_the_serv
     record = tmp_path / "meta.jsonl"
     sup.add_mcp_server(scripted("notes", record))
     sup.add(agent("user", "misbehave.py", tools=["notes__echo"]))
-    traces = await start_traces(tracing(url, export_interval=0.05), sup.tasks, tmp_path)
+    traces = await start_traces(tracing(url, export_interval=0.05), sup.tasks, tmp_path,
+                                 SPARED)
     assert traces is not None
     try:
         await sup.wait_state("user", State.READY)
@@ -180,7 +189,7 @@ async def test_the_worker_is_given_the_attempts_context(sup: Supervisor,
     assert trace is not None
     given = f"00-{CALLER_TRACE}-{trace.attempt_span(1):016x}-01"
     assert task.output == [given, {"traceparent": given, "tracestate": "k=v"}]
-    (attempt,) = [s for s in tracer.spans if s[3] == "task/run w"]
+    (attempt,) = [s for s in spans_of(tracer) if s[3] == "task/run w"]
     assert attempt[1] == trace.attempt_span(1)
 
 
@@ -193,7 +202,7 @@ async def test_a_retried_task_shows_both_attempts(sup: Supervisor, tmp_path: Pat
     res = await sup.tasks.run("flaky", {"do": "crash-once",
                                         "marker": str(tmp_path / "m")})
     assert res.status == "succeeded"
-    spans = list(tracer.spans)
+    spans = spans_of(tracer)
     attempts = [s for s in spans if s[3] == "task/run flaky"]
     assert len(attempts) == 2
     (task,) = [s for s in spans if s[3] == "invoke_agent flaky"]
@@ -217,25 +226,27 @@ def free_port() -> int:
 async def test_a_collector_that_is_down_costs_no_task_and_counts_its_drops(
         sup: Supervisor, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1/traces"
-    # the thread's own timer far away: each export cycle is the test's, run in a thread
+    # the timer far away: each batch goes to the exporter when the test says
     traces = await start_traces(tracing(url, export_interval=3600, batch=100_000,
-                                        buffer=5), sup.tasks, tmp_path)
+                                        buffer=2), sup.tasks, tmp_path, SPARED)
     assert traces is not None
     try:
         sup.add(agent("a"))
         await sup.wait_state("a", State.READY)
         results = [await sup.tasks.run("a", {"name": str(i)}) for i in range(3)]
         assert [r.status for r in results] == ["succeeded"] * 3
-        # 3 spans a task into a buffer of 5: the rest dropped on the loop, counted
-        assert traces.tracer.dropped == 4
-        await asyncio.to_thread(traces._cycle)
+        # a task's record (its 3 spans) a task, into a buffer of 2: the third task's
+        # dropped on the loop, its spans counted
+        assert traces.tracer.dropped == 3
+        await traces.sync(sent=True)
         assert traces.export_failures == 1
-        assert traces.export_dropped == 5
-        assert traces.dropped == 9
+        assert traces.dropped == 9  # and the 6 spans of the failed export
+        assert traces.exported == 0
         assert traces.last_error is not None and "refused" in traces.last_error.lower()
         # the store still has what was taken (for `corral trace`)
         view = await traces.trace(results[0].task_id)
         assert len(view.spans) == 3
+        assert not (await traces.trace(results[2].task_id)).spans
     finally:
         await traces.close()
 
@@ -276,21 +287,21 @@ async def test_unsampled_tasks_leave_no_spans_but_failed_and_slow_ones_do(
     sup.add(agent("m", "misbehave.py"))
     await sup.wait_state("m", State.READY)
     ok = await sup.tasks.run("m", {"do": "echo"})
-    assert ok.status == "succeeded" and not tracer.spans
+    assert ok.status == "succeeded" and not tracer.records
     failed = await sup.tasks.run("m", {"do": "fail"})
     assert failed.status == "failed"
-    assert {s[10] for s in tracer.spans} == {failed.task_id}  # the tail rule
-    (task,) = [s for s in tracer.spans if s[3] == "invoke_agent m"]
+    assert {s[10] for s in spans_of(tracer)} == {failed.task_id}  # the tail rule
+    (task,) = [s for s in spans_of(tracer) if s[3] == "invoke_agent m"]
     assert task[7] and task[8]["error.type"] == "failed"
     # a caller that does not sample: honoured, and said on in the worker's context
-    tracer.spans.clear()
+    tracer.records.clear()
     tracer.sampling = Sampling(ratio=1.0, slow=0.0)  # every task slow: kept by the tail
     t = sup.tasks.submit("m", {"do": "echo"}, traceparent=f"00-{CALLER_TRACE}-"
                                                            f"{CALLER_SPAN}-00")
     assert t.trace is not None and t.trace.sampled is False
     assert t.trace.run_meta(1)["traceparent"].endswith("-00")
     await t.done
-    assert {s[0] for s in tracer.spans} == {int(CALLER_TRACE, 16)}
+    assert {s[0] for s in spans_of(tracer)} == {int(CALLER_TRACE, 16)}
 
 
 async def test_a_bad_traceparent_is_refused_with_the_reason(sup: Supervisor) -> None:
@@ -305,7 +316,7 @@ async def test_a_bad_traceparent_is_refused_with_the_reason(sup: Supervisor) -> 
 
 def test_a_full_buffer_drops_and_counts() -> None:
     tracer = Tracer(capacity=2)
-    span: Any = (1, 2, 0, "x", 1, 0.0, 1.0, None, {}, (), "t")
+    record: Any = (1, 1, 2, 0, "s__x", "t", 1, "pipe", 7, 0.0, 1.0, None)
     for _ in range(5):
-        tracer.put(span)
-    assert (len(tracer.spans), tracer.dropped, tracer.recorded) == (2, 3, 2)
+        tracer.put(record, spans=3)
+    assert (len(tracer.records), tracer.dropped, tracer.recorded) == (2, 9, 2)

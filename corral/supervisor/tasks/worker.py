@@ -11,6 +11,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
 from ...text import plural
+from ...tracecontext import CALLER
 from ...workerproto import TaskProgressParams, ToolsCallParams, ToolsListParams
 from ..stream import Stream
 from .model import Task, TaskProgress, TaskStatus
@@ -80,7 +81,13 @@ class WorkerMethods:
                                f"{plural(task.tool_calls, 'tool call')} "
                                f"(max_tool_calls_per_task {budget})")
             task.tool_calls += 1
-        return self.tool_router(r, name, p.arguments or {}, task)
+        if p.meta is None:
+            return self.tool_router(r, name, p.arguments or {}, task)
+        said = CALLER.set(p.meta)  # the worker's trace context, for the tool's span
+        try:
+            return self.tool_router(r, name, p.arguments or {}, task)
+        finally:
+            CALLER.reset(said)
 
     def on_tool_list(self, r: Replica, p: ToolsListParams) -> Any:
         return self.tool_lister(r)
