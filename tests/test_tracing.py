@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -320,3 +321,216 @@ def test_a_full_buffer_drops_and_counts() -> None:
     for _ in range(5):
         tracer.put(record, spans=3)
     assert (len(tracer.records), tracer.dropped, tracer.recorded) == (2, 9, 2)
+
+
+# -- a worker's own span ----------------------------------------------------------------------
+async def test_a_tool_call_is_parented_on_the_workers_own_span(sup: Supervisor,
+                                                               tmp_path: Path) -> None:
+    """The worker sent a traceparent of its own span (same trace) in tools/call's _meta:
+    the tool span is its child, not the attempt's; one of another trace is not used."""
+    tracer = Tracer()
+    tracer.install(sup.tasks)
+    record = tmp_path / "meta.jsonl"
+    sup.add_mcp_server(scripted("notes", record))
+    script = tmp_path / "own_span.py"
+    script.write_text(
+        "from corral.worker import run\n"
+        "def handle(task, ctx):\n"
+        "    given = ctx.traceparent\n"
+        "    ctx.traceparent = given[:36] + 'ee' * 8 + given[-3:]  # its own span\n"
+        "    ctx.call_tool('notes__echo', {'text': 'a'})\n"
+        "    ctx.traceparent = '00-' + '11' * 16 + '-' + 'ff' * 8 + '-01'  # another trace\n"
+        "    ctx.call_tool('notes__echo', {'text': 'b'})\n"
+        "    return 'ok'\n"
+        "run(handle)\n")
+    sup.add(agent("w", command=[PY, str(script)], tools=["notes__echo"]))
+    await sup.wait_state("w", State.READY)
+    task = sup.tasks.submit("w", None, traceparent=f"00-{CALLER_TRACE}-{CALLER_SPAN}-01")
+    await task.done
+    assert task.output == "ok"
+    trace = task.trace
+    assert trace is not None
+    tools = [s for s in spans_of(tracer) if s[3] == "tools/call echo"]
+    assert [t[2] for t in tools] == [int("ee" * 8, 16), trace.attempt_span(1)]
+    assert {t[0] for t in tools} == {int(CALLER_TRACE, 16)}
+    # the server was told each call's own client span, in the task's trace
+    seen = [json.loads(line)["meta"]["traceparent"] for line in
+            record.read_text().splitlines()]
+    assert seen == [f"00-{CALLER_TRACE}-{t[1]:016x}-01" for t in tools]
+
+
+# -- the exporter process -------------------------------------------------------------------------
+async def test_a_dead_exporter_costs_no_task_and_is_restarted(
+        sup: Supervisor, tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
+    rec, url = receiver
+    traces = await start_traces(tracing(url, export_interval=0.05), sup.tasks, tmp_path,
+                                SPARED)
+    assert traces is not None
+    try:
+        sup.add(agent("a"))
+        await sup.wait_state("a", State.READY)
+        first = traces.proc
+        assert first is not None and traces.started == 1
+        first.kill()
+        # tasks go on while it is dead (their spans wait in the engine's buffer)
+        results = [await sup.tasks.run("a", {"name": str(i)}) for i in range(3)]
+        assert [r.status for r in results] == ["succeeded"] * 3
+        async with asyncio.timeout(20):
+            while traces.started < 2 or traces.proc is None:
+                await asyncio.sleep(0.05)  # the restart is on a backoff timer
+        assert traces.proc.pid != first.pid
+        assert traces.last_error is not None and "exited (status -9)" in traces.last_error
+        await rec.wait(lambda spans: len({s.trace_id for s in spans}) >= 3)
+        view = await traces.trace(results[2].task_id)
+        assert [s.name for s in view.spans] == ["invoke_agent a", "corral.queue",
+                                                "task/run a"]
+    finally:
+        await traces.close()
+    assert traces.proc is None
+
+
+# -- a real daemon: the CLI, the control socket, the gateway --------------------------------------
+def _mcp_line(message: dict[str, Any]) -> bytes:
+    return json.dumps(message).encode() + b"\n"
+
+
+async def test_a_daemon_traces_corral_trace_and_the_gateways_meta(
+        tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
+    from .daemon_harness import Daemon, hello, shared_tmpdir
+
+    rec, url = receiver
+    record = tmp_path / "meta.jsonl"
+    extra = f"""
+[mcp_servers.sc]
+command = ["{PY}", "{SCRIPTED}", "v2025-11"]
+env = {{ SCRIPTED_RECORD = "{record}" }}
+start_timeout = 30.0
+
+[tracing]
+endpoint = "{url}"
+export_interval = 0.05
+"""
+    d = Daemon(shared_tmpdir(), hello("hello") + extra)  # (a short socket path)
+    try:
+        await asyncio.to_thread(d.start)
+        ran = await asyncio.to_thread(
+            d.cli, "run", "hello", "--input", '{"name": "t"}', "--json",
+            "--traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01")
+        assert ran.returncode == 0, ran.stderr
+        task_id = json.loads(ran.stdout)["task_id"]
+        shown = await asyncio.to_thread(d.cli, "trace", task_id)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert lines[0].startswith(f"trace {CALLER_TRACE}  task {task_id}  ")
+        assert [line.split("|")[0].rstrip() for line in lines[1:]] == [
+            "invoke_agent hello", "  corral.queue", "  task/run hello"]
+        assert "replica=hello#0" in lines[3]
+        as_json = json.loads((await asyncio.to_thread(d.cli, "trace", task_id,
+                                                      "--json")).stdout)
+        assert as_json["trace_id"] == CALLER_TRACE
+        assert as_json["spans"][0]["parent_id"] == CALLER_SPAN
+        nothing = await asyncio.to_thread(d.cli, "trace", "01NOSUCHTASK")
+        assert (nothing.returncode, nothing.stderr) == (1, (
+            "corral: no trace kept for task 01NOSUCHTASK (not sampled, not finished yet, "
+            "or pruned from the local store)\n"))
+
+        # the gateway: an MCP client's context in params._meta is the call span's parent
+        serve = await asyncio.create_subprocess_exec(
+            PY, "-m", "corral", "--socket", str(d.sock), "mcp", "serve",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert serve.stdin is not None and serve.stdout is not None
+        try:
+            serve.stdin.write(_mcp_line({
+                "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"}}}))
+            serve.stdin.write(_mcp_line({"jsonrpc": "2.0",
+                                         "method": "notifications/initialized"}))
+            client_span = "12" * 8
+            serve.stdin.write(_mcp_line({
+                "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+                    "name": "sc__echo", "arguments": {"text": "hi"}, "_meta": {
+                        "traceparent": f"00-{CALLER_TRACE}-{client_span}-01",
+                        "tracestate": "k=v"}}}))
+            async with asyncio.timeout(30):
+                while True:
+                    answer = json.loads(await serve.stdout.readline())
+                    if answer.get("id") == 2:
+                        break
+            assert "error" not in answer, answer
+        finally:
+            serve.stdin.close()
+            await serve.wait()
+        await rec.wait(lambda spans: any(s.name == "tools/call echo" for s in spans))
+        (call,) = [s for s in rec.spans if s.name == "tools/call echo"]
+        assert (hexid(call.trace_id), hexid(call.parent_span_id), call.kind) == (
+            CALLER_TRACE, client_span, 3)
+        a = attrs(call)
+        assert (a["corral.gateway.client"], a["corral.mcp.server"], a["gen_ai.tool.name"]) \
+            == ("operator", "sc", "echo")
+        (seen,) = [json.loads(line) for line in record.read_text().splitlines()]
+        assert seen["meta"]["traceparent"] == f"00-{CALLER_TRACE}-{hexid(call.span_id)}-01"
+        assert seen["meta"]["tracestate"] == "k=v"
+        assert a["jsonrpc.request.id"] == str(seen["id"])
+        assert await asyncio.to_thread(d.stop) == 0
+    finally:
+        await asyncio.to_thread(d.close)
+        shutil.rmtree(d.dir, ignore_errors=True)
+
+
+# -- over HTTP ------------------------------------------------------------------------------------
+@pytest.mark.deadline(120)
+async def test_the_trace_over_http_from_the_callers_header_and_only_for_its_tenant(
+        tmp_path: Path) -> None:
+    from .daemon_harness import hello, problem
+    from .test_http_api import SOCKET, serving
+
+    agents = hello("a-hello") + 'tenant = "acme"\n' + hello("b-hello") + 'tenant = "beta"\n'
+    toml = "[tenants.acme]\n[tenants.beta]\n[tracing]\nexport_interval = 0.05\n"
+    async with serving(tmp_path, agents, toml) as api:
+        for name, tenant in (("acme", "acme"), ("beta", "beta")):
+            made = await api.d.dispatcher.call(SOCKET, "tokens.create", {
+                "name": name, "scopes": ["tasks:run", "tasks:read"], "tenant": tenant})
+            api.tokens[name] = made.token
+        status, body, _ = await api.ask(
+            "POST", "/tasks?wait=30", "acme", {"agent": "a-hello", "input": {"name": "x"}},
+            headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01",
+                     "tracestate": "vendor=1"})
+        assert (status, body["status"]) == (200, "succeeded")
+        task_id = body["task_id"]
+        status, trace, _ = await api.ask("GET", f"/tasks/{task_id}/trace", "acme")
+        assert status == 200
+        assert (trace["task_id"], trace["trace_id"]) == (task_id, CALLER_TRACE)
+        assert [(s["name"], s["kind"]) for s in trace["spans"]] == [
+            ("invoke_agent a-hello", "server"), ("corral.queue", "internal"),
+            ("task/run a-hello", "client")]
+        task_span = trace["spans"][0]
+        assert task_span["parent_id"] == CALLER_SPAN
+        assert task_span["attributes"]["corral.task.id"] == task_id
+        assert {s["parent_id"] for s in trace["spans"][1:]} == {task_span["span_id"]}
+        # another tenant's token: the task is not there for it, nor its trace
+        status, body, _ = await api.ask("GET", f"/tasks/{task_id}/trace", "beta")
+        assert (status, body) == (404, problem(404, "not found",
+                                               f"no such task: {task_id}",
+                                               jsonrpc.NOT_FOUND))
+        # a header that is not the W3C format starts a new trace (the Recommendation)
+        status, body, _ = await api.ask(
+            "POST", "/tasks?wait=30", "acme", {"agent": "a-hello", "input": {"name": "y"}},
+            headers={"traceparent": "00-nope"})
+        assert status == 200
+        status, trace, _ = await api.ask("GET", f"/tasks/{body['task_id']}/trace", "acme")
+        assert trace["trace_id"] not in (None, CALLER_TRACE)
+        assert trace["spans"][0]["parent_id"] is None
+
+
+@pytest.mark.deadline(120)
+async def test_without_tracing_a_trace_is_refused_with_the_reason(tmp_path: Path) -> None:
+    from .daemon_harness import hello, problem
+    from .test_http_api import serving
+
+    async with serving(tmp_path, hello("web")) as api:
+        await api.token("reader", "tasks:read")
+        status, body, _ = await api.ask("GET", "/tasks/01X/trace", "reader")
+        assert (status, body) == (503, problem(
+            503, "service unavailable", "tracing is off: add a [tracing] table to the "
+                                        "config (docs/tracing.md)", jsonrpc.UNAVAILABLE))

@@ -313,7 +313,8 @@ class Daemon:
         except ConfigError as exc:
             raise StartupError(f"invalid config: {exc}") from None
         self._wire(parts, hub, gateway, sender)
-        traces = await start_traces(cfg.tracing, parts.tasks, paths.state_dir)
+        traces = await start_traces(cfg.tracing, parts.tasks, paths.state_dir, self.spared,
+                                    gateway)
         if traces is not None:
             stack.push_async_callback(traces.close)  # after the agents stop: their spans
         events = sup.subscribe(maxsize=100_000)

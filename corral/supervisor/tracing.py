@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import jsonrpc
@@ -27,6 +27,7 @@ from ..tracecontext import (
     MASK64,
     BadTraceparent,
     ClientSpan,
+    Parent,
     TaskTrace,
     meta,
     new_span_id,
@@ -189,6 +190,30 @@ class Tracer:
                     held = trace.held = []
                 if len(held) < HELD_MAX:
                     held.append(record)
+
+    async def gateway_call(self, call: Awaitable[Any], context: Parent, name: str,
+                           client: str) -> Any:
+        """A gateway client's tool call, under a client span that is a child of the
+        context the client sent in `_meta` (its decision to sample honoured)."""
+        sampled = self.sampling.head(context.trace_id, context.sampled)
+        span_id = new_span_id(64) or 1
+        span = ClientSpan(meta(context.trace_id, span_id, sampled, context.tracestate))
+        CURRENT.set(span)  # the gateway request's own asyncio task
+        start = time.time()
+        error: str | None = None
+        try:
+            result = await call
+            if isinstance(result, dict) and result.get("isError"):
+                error = "tool_error"
+            return result
+        except BaseException as exc:
+            error = getattr(exc, "message", None) or type(exc).__name__
+            raise
+        finally:
+            if sampled:
+                self.put((TOOL, context.trace_id, span_id, context.span_id, name,
+                          f"gateway:{client}", 0, span.transport, span.request_id, start,
+                          time.time(), error))
 
     # -- a worker's exit ----------------------------------------------------------------------
     def _exited(self, e: Exited) -> None:

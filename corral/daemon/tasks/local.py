@@ -80,7 +80,8 @@ class LocalFront:
                                             "journal (task_journal = false) a task accepted "
                                             "now would be lost: submit it again once the "
                                             "daemon is back")
-        return tasks.submit(p.agent, p.input, timeout=p.timeout, priority=p.priority)
+        return tasks.submit(p.agent, p.input, timeout=p.timeout, priority=p.priority,
+                            traceparent=p.traceparent, tracestate=p.tracestate)
 
     async def _committed(self, task: Task) -> None:
         """In the journal before it is acknowledged. The failure is known only when the
