@@ -41,7 +41,7 @@ from corral.supervisor.config import TracingSettings
 from corral.supervisor.tasks.model import Task, TaskFinished, TaskStatus
 from corral.supervisor.tracing import TOOL, Span, Tracer, expand
 from corral.taskviews import Attempt
-from corral.tracecontext import TaskTrace, new_span_id, new_trace_id
+from corral.tracecontext import MASK64, TaskTrace, new_span_id, new_trace_id
 
 from .bench_payload import add_echo, scale_echo
 from .harness import report
@@ -89,10 +89,11 @@ def handed(records: list[Any]) -> float:
     written to a pipe whose reader (a child draining it) keeps it from filling."""
     drain = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     assert drain.stdin is not None
-    encoder = msgspec.json.Encoder()
+    encoder = msgspec.msgpack.Encoder()
     t0 = time.perf_counter()
     for i in range(0, len(records), 512):
-        drain.stdin.write(encoder.encode(records[i:i + 512]) + b"\n")
+        body = encoder.encode(records[i:i + 512])
+        drain.stdin.write(len(body).to_bytes(4, "big") + body)
     took = time.perf_counter() - t0
     drain.stdin.close()
     drain.wait()
@@ -116,9 +117,9 @@ def loop_cost() -> dict[str, float]:
     t0 = time.perf_counter()
     for _ in range(SPANS):
         start = time.time()
-        tracer.put((TOOL, trace.trace_id, new_span_id(64), trace.attempt_span(1),
-                    "notes__echo", "01JTASKIDTASKIDTASKIDTASKI", 1, "pipe", 7, start,
-                    time.time(), None))
+        tracer.put((TOOL, trace.trace_id >> 64, trace.trace_id & MASK64, new_span_id(64),
+                    trace.attempt_span(1), "notes__echo", "01JTASKIDTASKIDTASKIDTASKI", 1,
+                    "pipe", 7, start, time.time(), None))
     per_tool_span = (time.perf_counter() - t0) / SPANS
     tool_fed = handed(list(tracer.records)) / SPANS
     return {"task_spans_us": round(per_task_span * 1e6, 3),
@@ -165,9 +166,9 @@ def exporter_cost(tmp: Path) -> dict[str, float]:
     for _ in range(20_000 // 3):
         tracer._finished(TaskFinished(finished_task(TaskTrace(new_trace_id(), 0, True,
                                                                None))))
-    wire = msgspec.json.encode(list(tracer.records))
+    wire = msgspec.msgpack.encode(list(tracer.records))
     t0 = time.perf_counter()
-    spans: list[Span] = [s for r in msgspec.json.decode(wire) for s in expand(r)]
+    spans: list[Span] = [s for r in msgspec.msgpack.decode(wire) for s in expand(r)]
     made = (time.perf_counter() - t0) / len(spans)
     t0 = time.perf_counter()
     for i in range(0, len(spans), 512):

@@ -102,7 +102,7 @@ def attrs(span: Any) -> dict[str, Any]:
 def spans_of(tracer: Tracer) -> list[Span]:
     """The spans of what the tracer buffered, made as the exporter makes them (from the
     records as the pipe carries them)."""
-    wire = msgspec.json.decode(msgspec.json.encode(list(tracer.records)))
+    wire = msgspec.msgpack.decode(msgspec.msgpack.encode(list(tracer.records)))
     return [span for record in wire for span in expand(record)]
 
 

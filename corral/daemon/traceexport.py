@@ -5,15 +5,15 @@ event loop nothing: under one GIL they took most of a tiny task's time (decision
 
     python -m corral.daemon.traceexport CONFIG_JSON
 
-In, on stdin, one JSON document a line: a list is a batch of the engine's records
-(supervisor/tracing.py: a task and its attempts, or a tool call), each made its spans
-here (`expand`); `{"flush": N}` asks for `{"flushed": N}` once every batch
-before it is in the store, `{"flush": N, "sent": true}` once it was also exported (or
-failed). Out, on stdout, one JSON object a line: those answers, and `{"done": D,
-"exported": E, "dropped": X, "failures": F, "error": ...}` (counts since this process
-started; `done` counts records, the others spans) whenever they change. It ends at the
-end of its input, after the batches already taken are sent (each within the export
-timeout).
+In, on stdin, msgpack documents, each after its length (4 bytes, big-endian): an array
+is a batch of the engine's records (supervisor/tracing.py: a task and its attempts, or a
+tool call), each made its spans here (`expand`); `{"flush": N}` asks for `{"flushed":
+N}` once every batch before it is in the store, `{"flush": N, "sent": true}` once it was
+also exported (or failed). Out, on stdout, one JSON object a line: those answers, and
+`{"done": D, "exported": E, "dropped": X, "failures": F, "error": ...}` (counts since
+this process started; `done` counts records, the others spans) whenever they change. It
+ends at the end of its input, after the batches already taken are sent (each within the
+export timeout).
 """
 
 from __future__ import annotations
@@ -148,8 +148,8 @@ class Exporter:
                          "dropped": self.dropped, "failures": self.failures,
                          "error": self.error})
 
-    def take(self, line: bytes) -> None:
-        message = msgspec.json.decode(line)
+    def take(self, frame: bytes) -> None:
+        message = msgspec.msgpack.decode(frame)
         if isinstance(message, list):
             self.batch(message)
         elif isinstance(message, dict) and "flush" in message:
@@ -242,9 +242,13 @@ def main(argv: list[str]) -> int:
     cfg = msgspec.json.decode(argv[1], type=Config)
     exporter = Exporter(cfg, sys.stdout.buffer)
     exporter.say({"ready": True})
-    for line in sys.stdin.buffer:
-        if line.strip():
-            exporter.take(line)
+    source = sys.stdin.buffer
+    while True:
+        head = source.read(4)
+        if len(head) < 4:
+            break
+        frame = source.read(int.from_bytes(head, "big"))
+        exporter.take(frame)
     exporter.close()
     return 0
 

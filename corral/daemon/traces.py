@@ -99,8 +99,9 @@ class Counts:
 
 
 class Traces:
-    """The exporter process (traceexport.py) fed with the engine's spans, one JSON line a
-    batch down its stdin, restarted when it dies; and what `traces.get` and /metrics ask.
+    """The exporter process (traceexport.py) fed with the engine's records, one msgpack
+    frame a batch down its stdin, restarted when it dies; and what `traces.get` and
+    /metrics ask.
 
     The loop's part of a span: the engine's tuple appended (tracing.py), then its share
     of one `msgspec` encoding of the batch and of one pipe write. Nothing waits for the
@@ -123,7 +124,7 @@ class Traces:
         self._ended = Counts()  # the processes that ended, added up
         self._live = Counts()
         self._sent = 0  # spans written to the live process
-        self._encoder = msgspec.json.Encoder()
+        self._encoder = msgspec.msgpack.Encoder()
         self._flushes: dict[int, asyncio.Future[None]] = {}
         self._seq = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -269,7 +270,8 @@ class Traces:
             if pipe.transport.get_write_buffer_size() > PIPE_BOUND:
                 self.pipe_dropped += len(chunk)
                 continue
-            pipe.write(encode(chunk) + b"\n")
+            body = encode(chunk)
+            pipe.write(len(body).to_bytes(4, "big") + body)
             self._sent += len(chunk)
 
     async def sync(self, sent: bool = False, timeout: float = FLUSH_WAIT) -> None:
@@ -281,7 +283,8 @@ class Traces:
             return
         self._seq += 1
         fut = self._flushes[self._seq] = asyncio.get_running_loop().create_future()
-        pipe.write(self._encoder.encode({"flush": self._seq, "sent": sent}) + b"\n")
+        body = self._encoder.encode({"flush": self._seq, "sent": sent})
+        pipe.write(len(body).to_bytes(4, "big") + body)
         try:
             await within(asyncio.shield(fut), timeout)
         except TimeoutError:

@@ -31,7 +31,6 @@ from ..tracecontext import (
     TaskTrace,
     meta,
     new_span_id,
-    new_trace_id,
     parse,
     parse_or_none,
 )
@@ -55,15 +54,18 @@ Span = tuple[int, int, int, str, int, float, float, "str | None", dict[str, Any]
 # What the loop buffers is a record, the fewest fields that make the spans: the attribute
 # names, the span names and the queue waits are the exporter's to write (`expand`, in its
 # own process), so the loop pays a tuple of references and its share of one encoding.
-# TASK: (TASK, trace_id, span_id, parent_id, agent, task_id, status, error, priority,
-#        tool_calls, created, end, usage, attempts, events): a task and its attempts
-# TOOL: (TOOL, trace_id, span_id, parent_id, name, task_id, attempt, transport,
+# TASK: (TASK, trace_hi, trace_lo, span_id, parent_id, agent, task_id, status, error,
+#        priority, tool_calls, created, end, usage, attempts, events): a task and its
+#        attempts
+# TOOL: (TOOL, trace_hi, trace_lo, span_id, parent_id, name, task_id, attempt, transport,
 #        request_id, start, end, error): a tool call, a worker's or a gateway client's
 #        (task_id "gateway:CLIENT", attempt 0)
+# (the trace id in two 64-bit halves: the pipe's msgpack carries no wider integer)
 TASK, TOOL = 0, 1
 Record = tuple[Any, ...]
 
 FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.LOST})
+SUCCEEDED = TaskStatus.SUCCEEDED
 HELD_MAX = 256  # tool spans an unsampled task keeps for the tail rule; past it, dropped
 EVENTS_MAX = 64  # exits recorded on one task's attempts
 QUEUE_MIX = 0x5BD1E9955BD1E995  # a queue wait's span id from its attempt's
@@ -103,6 +105,16 @@ class Tracer:
         self.ready: Callable[[], None] | None = None
         self._tasks: TaskManager | None = None
 
+    @property
+    def sampling(self) -> Sampling:
+        return self._sampling
+
+    @sampling.setter
+    def sampling(self, sampling: Sampling) -> None:
+        self._sampling = sampling
+        self._all = sampling.ratio >= 1.0  # every new trace sampled: no decision to make
+        self._slow = sampling.slow
+
     # -- wiring -----------------------------------------------------------------------------
     def install(self, tasks: TaskManager) -> None:
         """Trace the engine's tasks: their start (the manager's `trace_begin` hook), their
@@ -125,8 +137,11 @@ class Tracer:
             task.trace = TaskTrace(p.trace_id, p.span_id,
                                    self.sampling.head(p.trace_id, p.sampled), p.tracestate)
         else:
-            trace_id = new_trace_id()
-            task.trace = TaskTrace(trace_id, 0, self.sampling.head(trace_id, None), None)
+            # one draw for the trace id and the task's span id (a task a submission)
+            bits = new_span_id(192)
+            trace_id = (bits >> 64) or 1
+            sampled = self._all or self.sampling.head(trace_id, None)
+            task.trace = TaskTrace(trace_id, 0, sampled, None, bits & MASK64)
 
     # -- the buffer ---------------------------------------------------------------------------
     def put(self, record: Record, spans: int = 1) -> None:
@@ -179,9 +194,9 @@ class Tracer:
             error = getattr(exc, "message", None) or type(exc).__name__
             raise
         finally:
-            record = (TOOL, trace.trace_id, span_id, parent or trace.attempt_span(attempt),
-                      name, task.id, attempt, client.transport, client.request_id, start,
-                      time.time(), error)
+            record = (TOOL, trace.trace_id >> 64, trace.trace_id & MASK64, span_id,
+                      parent or trace.attempt_span(attempt), name, task.id, attempt,
+                      client.transport, client.request_id, start, time.time(), error)
             if trace.sampled:
                 self.put(record)
             else:
@@ -211,9 +226,9 @@ class Tracer:
             raise
         finally:
             if sampled:
-                self.put((TOOL, context.trace_id, span_id, context.span_id, name,
-                          f"gateway:{client}", 0, span.transport, span.request_id, start,
-                          time.time(), error))
+                self.put((TOOL, context.trace_id >> 64, context.trace_id & MASK64,
+                          span_id, context.span_id, name, f"gateway:{client}", 0,
+                          span.transport, span.request_id, start, time.time(), error))
 
     # -- a worker's exit ----------------------------------------------------------------------
     def _exited(self, e: Exited) -> None:
@@ -239,17 +254,17 @@ class Tracer:
         if trace is None:
             return
         end = task.finished or time.time()
-        kept = trace.sampled or task.status in FAILED or (
-            end - task.created >= self.sampling.slow)
-        if not kept:
+        status = task.status
+        if not trace.sampled and status not in FAILED and end - task.created < self._slow:
             trace.held = None
             return
-        error = task.error.message if task.error is not None and task.status != \
-            TaskStatus.SUCCEEDED else None
+        error = task.error
         attempts = task.attempts
-        self.put((TASK, trace.trace_id, trace.span_id, trace.parent_id, task.agent, task.id,
-                  task.status, error, task.priority, task.tool_calls, task.created, end,
-                  task.usage, attempts, trace.events), 1 + 2 * len(attempts or (0,)))
+        self.put((TASK, trace.trace_id >> 64, trace.trace_id & MASK64, trace.span_id,
+                  trace.parent_id, task.agent, task.id, status,
+                  error.message if error is not None and status != SUCCEEDED else None,
+                  task.priority, task.tool_calls, task.created, end, task.usage, attempts,
+                  trace.events), 1 + 2 * (len(attempts) or 1))
         if trace.held:
             for record in trace.held:
                 self.put(record)
@@ -266,12 +281,13 @@ def queue_span(task_span: int, attempt: int) -> int:
 
 
 def expand(record: Sequence[Any]) -> list[Span]:
-    """The spans of a record as the pipe brings it (JSON: structs as objects, tuples as
-    lists), named and attributed by the GenAI and MCP conventions (docs/tracing.md)."""
+    """The spans of a record as the pipe brings it (msgpack: structs as maps, tuples as
+    arrays), named and attributed by the GenAI and MCP conventions (docs/tracing.md)."""
     if record[0] == TOOL:
         return [_tool(record)]
-    (_, tid, own, parent, agent, task_id, status, error, priority, tool_calls, created,
+    (_, hi, lo, own, parent, agent, task_id, status, error, priority, tool_calls, created,
      end, usage, attempts, events) = record
+    tid = hi << 64 | lo
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent,
         "corral.task.id": task_id, "corral.task.status": status,
@@ -324,8 +340,9 @@ def expand(record: Sequence[Any]) -> list[Span]:
 
 
 def _tool(record: Sequence[Any]) -> Span:
-    (_, tid, span_id, parent, name, task_id, attempt, transport, request_id, start, end,
-     error) = record
+    (_, hi, lo, span_id, parent, name, task_id, attempt, transport, request_id, start,
+     end, error) = record
+    tid = hi << 64 | lo
     server, _, tool = name.partition(SEP)
     attrs: dict[str, Any] = {
         "mcp.method.name": "tools/call", "gen_ai.operation.name": "execute_tool",
