@@ -21,6 +21,7 @@ OpenTelemetry SDK's own path.
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -185,28 +186,57 @@ def exporter_cost(tmp: Path) -> dict[str, float]:
 
 
 # -- tiny tasks, tracing off and on ----------------------------------------------------------
-async def tiny(traced: bool, endpoint: str, tmp: Path, spared: set[int]
-               ) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """A process's user and system CPU time so far (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+MODES = ("off", "context", "on")
+
+
+async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[str, float]:
+    """`context`: [tracing] with nothing sampled (the context made and sent with every
+    task, no span kept); `on`: every task's spans kept and exported."""
     # the receiver is the bench's own child: spared by the engine's containment
     async with Supervisor(spared=spared) as sup:
         traces = None
-        if traced:
-            traces = await start_traces(TracingSettings(endpoint=endpoint), sup.tasks, tmp,
-                                        spared)
+        if mode != "off":
+            cfg = TracingSettings(endpoint=endpoint, sample=1.0 if mode == "on" else 0.0,
+                                  slow=3600.0)
+            traces = await start_traces(cfg, sup.tasks, tmp, spared)
+            assert traces is not None
+            await traces.ready.wait()  # its start-up (imports) is not the tasks' cost
         add_echo(sup, max_concurrent_tasks=64, max_queue=100_000)
         await scale_echo(sup, 2)
         await sup.tasks.map("echo", ({"n": i} for i in range(500)), concurrency=IN_FLIGHT)
         sup.tasks.finished.clear()
+        workers = [r.pid for r in sup.agent("echo").replicas if r.pid is not None]
+        exporter = traces.proc.pid if traces is not None and traces.proc is not None else None
+        cpu0 = (own_cpu(), sum(cpu_seconds(p) for p in workers),
+                cpu_seconds(exporter) if exporter else 0.0)
         t0 = time.perf_counter()
         results = await sup.tasks.map("echo", ({"n": i} for i in range(TASKS)),
                                       concurrency=IN_FLIGHT)
         dt = time.perf_counter() - t0
+        cpu1 = (own_cpu(), sum(cpu_seconds(p) for p in workers),
+                cpu_seconds(exporter) if exporter else 0.0)
         assert all(r.status == "succeeded" for r in results)
         xs = sorted(t.finished - t.created for t in sup.tasks.finished.values()
                     if t.finished is not None)
         out = {"per_s": TASKS / dt, "p50_ms": xs[len(xs) // 2] * 1e3,
-               "p99_ms": xs[int(len(xs) * 0.99)] * 1e3}
+               "p99_ms": xs[int(len(xs) * 0.99)] * 1e3,
+               "loop_cpu_us": (cpu1[0] - cpu0[0]) / TASKS * 1e6,
+               "workers_cpu_us": (cpu1[1] - cpu0[1]) / TASKS * 1e6}
         if traces is not None:
+            await traces.sync(sent=True, timeout=120)
+            if exporter:  # what it took for these tasks' spans, its last batches included
+                out["exporter_cpu_us"] = (cpu_seconds(exporter) - cpu0[2]) / TASKS * 1e6
             await traces.close()
             out["exported"] = traces.exported
             out["dropped"] = traces.dropped
@@ -214,21 +244,37 @@ async def tiny(traced: bool, endpoint: str, tmp: Path, spared: set[int]
 
 
 async def tiny_rounds(endpoint: str, tmp: Path, spared: set[int]) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in MODES}
     for r in range(ROUNDS):
-        order = ("off", "on") if r % 2 == 0 else ("on", "off")
-        for name in order:
+        for name in MODES if r % 2 == 0 else MODES[::-1]:
             d = tmp / f"{name}{r}"
             d.mkdir()
-            runs[name].append(await tiny(name == "on", endpoint, d, spared))
+            runs[name].append(await tiny(name, endpoint, d, spared))
     out: dict[str, Any] = {}
     for name, rs in runs.items():
-        out[name] = {k: round(statistics.median(x[k] for x in rs), 2)
-                     for k in ("per_s", "p50_ms", "p99_ms")}
+        keys = ["per_s", "p50_ms", "p99_ms", "loop_cpu_us", "workers_cpu_us"]
+        out[name] = {k: round(statistics.median(x[k] for x in rs), 2) for k in keys}
+        # each round's own ratio (its runs side by side), then their median
+        if name != "off":
+            out[name]["exporter_cpu_us"] = round(statistics.median(
+                x.get("exporter_cpu_us", 0.0) for x in rs), 2)
+        out[name]["per_s_vs_off_by_round"] = [
+            round(x["per_s"] / o["per_s"], 3) for x, o in zip(rs, runs["off"], strict=True)]
         if name == "on":
             out[name]["exported_last_round"] = rs[-1]["exported"]
             out[name]["dropped_total"] = sum(x["dropped"] for x in rs)
-    out["throughput_on_vs_off"] = round(out["on"]["per_s"] / out["off"]["per_s"], 3)
+    for name in MODES:  # the least disturbed run of each (the machine is shared)
+        out[name]["best_per_s"] = round(max(x["per_s"] for x in runs[name]), 2)
+        out[name]["least_loop_cpu_us"] = round(min(x["loop_cpu_us"] for x in runs[name]), 2)
+    for name in ("context", "on"):
+        ratios = out[name]["per_s_vs_off_by_round"]
+        out[f"throughput_{name}_vs_off"] = round(statistics.median(ratios), 3)
+        out[f"best_throughput_{name}_vs_off"] = round(
+            out[name]["best_per_s"] / out["off"]["best_per_s"], 3)
+        out[f"least_loop_cpu_{name}_minus_off_us"] = round(
+            out[name]["least_loop_cpu_us"] - out["off"]["least_loop_cpu_us"], 2)
+        out[f"loop_cpu_{name}_minus_off_us"] = round(
+            out[name]["loop_cpu_us"] - out["off"]["loop_cpu_us"], 2)
     out["p50_on_vs_off"] = round(out["on"]["p50_ms"] / out["off"]["p50_ms"], 3)
     return out
 

@@ -534,3 +534,38 @@ async def test_without_tracing_a_trace_is_refused_with_the_reason(tmp_path: Path
         assert (status, body) == (503, problem(
             503, "service unavailable", "tracing is off: add a [tracing] table to the "
                                         "config (docs/tracing.md)", jsonrpc.UNAVAILABLE))
+
+
+def test_the_otlp_encoding_decodes_with_the_official_package() -> None:
+    """Reused attribute messages, events and an error status, as a collector reads them."""
+    from corral.daemon.traceexport import KEPT_VALUES, encode
+
+    span: Span = (int(CALLER_TRACE, 16), 7, 9, "task/run a", 3, 1.5, 2.25, "lost",
+                  {"corral.attempt": 1, "corral.replica": "a#0", "ok": True, "x": 0.5},
+                  [[2.0, "corral.replica.exited", {"corral.exit.reason": "killed"}]], "t")
+    for _ in range(2):  # the second time from the cache
+        req = ExportTraceServiceRequest.FromString(encode([span, span], "svc", "host", "1"))
+        (rs,) = req.resource_spans
+        assert {kv.key: kv.value.string_value for kv in rs.resource.attributes}[
+            "service.name"] == "svc"
+        (ss,) = rs.scope_spans
+        assert (ss.scope.name, ss.scope.version) == ("corral", "1")
+        pb = ss.spans[1]
+        assert (hexid(pb.trace_id), pb.span_id.hex(), pb.parent_span_id.hex(), pb.name,
+                pb.kind) == (CALLER_TRACE, f"{7:016x}", f"{9:016x}", "task/run a", 3)
+        assert (pb.start_time_unix_nano, pb.end_time_unix_nano) == (1_500_000_000,
+                                                                    2_250_000_000)
+        assert attrs(pb) == {"corral.attempt": 1, "corral.replica": "a#0", "ok": True,
+                             "x": 0.5}
+        assert (pb.status.code, pb.status.message) == (2, "lost")
+        (event,) = pb.events
+        assert (event.name, event.time_unix_nano, attrs(event)) == (
+            "corral.replica.exited", 2_000_000_000, {"corral.exit.reason": "killed"})
+    # the reused messages are bounded
+    many: list[Span] = [(1, i + 1, 0, "x", 1, 0.0, 1.0, None, {"i": i}, [], "t")
+                        for i in range(KEPT_VALUES + 10)]
+    req = ExportTraceServiceRequest.FromString(encode(many, "svc", "host"))
+    assert [attrs(s)["i"] for s in req.resource_spans[0].scope_spans[0].spans] == list(
+        range(KEPT_VALUES + 10))
+    from corral.daemon import traceexport
+    assert len(traceexport._made) <= KEPT_VALUES

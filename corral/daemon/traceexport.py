@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -57,22 +57,32 @@ class Config(msgspec.Struct, kw_only=True):
 
 
 # -- OTLP ------------------------------------------------------------------------------------
-def _value(v: Any) -> Any:
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-
-    if isinstance(v, bool):
-        return AnyValue(bool_value=v)
-    if isinstance(v, int):
-        return AnyValue(int_value=v)
-    if isinstance(v, float):
-        return AnyValue(double_value=v)
-    return AnyValue(string_value=str(v))
+KEPT_VALUES = 8192  # attribute messages kept for reuse; past it, the cache starts over
+_made: dict[tuple[str, Any, type], Any] = {}
 
 
-def _attributes(attrs: Mapping[str, Any]) -> list[Any]:
-    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+def _attribute(key: str, v: Any) -> Any:
+    """A KeyValue message, made once for each (key, value): most values repeat (agent
+    names, transports, outcomes), and a message copied into a span costs a fraction of
+    one made from Python objects."""
+    kind = type(v)
+    found = _made.get((key, v, kind))
+    if found is not None:
+        return found
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-    return [KeyValue(key=k, value=_value(v)) for k, v in attrs.items()]
+    if kind is bool:
+        value = AnyValue(bool_value=v)
+    elif kind is int:
+        value = AnyValue(int_value=v)
+    elif kind is float:
+        value = AnyValue(double_value=v)
+    else:
+        value = AnyValue(string_value=str(v))
+    if len(_made) >= KEPT_VALUES:
+        _made.clear()
+    made = _made[(key, v, kind)] = KeyValue(key=key, value=value)
+    return made
 
 
 def encode(spans: Sequence[Sequence[Any]], service: str, node: str, version: str = ""
@@ -81,32 +91,31 @@ def encode(spans: Sequence[Sequence[Any]], service: str, node: str, version: str
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )
-    from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
-    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Status
-    from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+    from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
-    out = []
+    request = ExportTraceServiceRequest()
+    resource = request.resource_spans.add()
+    resource.resource.attributes.extend([_attribute(k, v) for k, v in {
+        "service.name": service, "service.version": version, "host.name": node,
+        "telemetry.sdk.name": "corral", "telemetry.sdk.language": "python"}.items()])
+    scope = resource.scope_spans.add()
+    scope.scope.name = SCOPE
+    scope.scope.version = version
+    out = scope.spans
     for (trace_id, span_id, parent_id, name, kind, start, end, error, attrs, events,
          _task) in spans:
-        pb = PbSpan(trace_id=trace_id.to_bytes(16, "big"), span_id=span_id.to_bytes(8, "big"),
-                    name=name, kind=kind,
-                    start_time_unix_nano=int(start * 1e9),
-                    end_time_unix_nano=int(max(end, start) * 1e9),
-                    attributes=_attributes(attrs),
-                    events=[PbSpan.Event(time_unix_nano=int(t * 1e9), name=n,
-                                         attributes=_attributes(a)) for t, n, a in events],
-                    status=Status(code=Status.STATUS_CODE_ERROR, message=error)
-                    if error is not None else None)
+        pb = out.add(trace_id=trace_id.to_bytes(16, "big"), span_id=span_id.to_bytes(8, "big"),
+                     name=name, kind=kind, start_time_unix_nano=int(start * 1e9),
+                     end_time_unix_nano=int(max(end, start) * 1e9))
+        pb.attributes.extend([_attribute(k, v) for k, v in attrs.items()])
         if parent_id:
             pb.parent_span_id = parent_id.to_bytes(8, "big")
-        out.append(pb)
-    resource = Resource(attributes=_attributes({
-        "service.name": service, "service.version": version, "host.name": node,
-        "telemetry.sdk.name": "corral", "telemetry.sdk.language": "python"}))
-    request = ExportTraceServiceRequest(resource_spans=[ResourceSpans(
-        resource=resource, scope_spans=[ScopeSpans(
-            scope=InstrumentationScope(name=SCOPE, version=version), spans=out)])])
+        for t, n, a in events:
+            event = pb.events.add(time_unix_nano=int(t * 1e9), name=n)
+            event.attributes.extend([_attribute(k, v) for k, v in a.items()])
+        if error is not None:
+            pb.status.code = Status.STATUS_CODE_ERROR
+            pb.status.message = error
     return bytes(request.SerializeToString())
 
 
@@ -240,6 +249,8 @@ def main(argv: list[str]) -> int:
     idle()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     cfg = msgspec.json.decode(argv[1], type=Config)
+    if cfg.endpoint is not None:
+        encode([], cfg.service, cfg.node)  # its imports, before it says it is ready
     exporter = Exporter(cfg, sys.stdout.buffer)
     exporter.say({"ready": True})
     source = sys.stdin.buffer

@@ -133,6 +133,8 @@ class Traces:
         self._delay = BACKOFF[0]
         self._watcher: asyncio.Task[None] | None = None
         self._restart: asyncio.TimerHandle | None = None
+        # the live process said it has made its imports and opened the store
+        self.ready = asyncio.Event()
 
     # -- counts -----------------------------------------------------------------------------
     @property
@@ -196,6 +198,7 @@ class Traces:
         status = await proc.wait()
         self.spared.discard(proc.pid)
         self.proc = None
+        self.ready.clear()
         live, self._live = self._live, Counts()
         lost = max(0, self._sent - live.done)
         self._sent = 0
@@ -225,7 +228,9 @@ class Traces:
         said = msgspec.json.decode(line)
         if not isinstance(said, dict):
             return
-        if "flushed" in said:
+        if said.get("ready"):
+            self.ready.set()
+        elif "flushed" in said:
             fut = self._flushes.pop(said["flushed"], None)
             if fut is not None and not fut.done():
                 fut.set_result(None)

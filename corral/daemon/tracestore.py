@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from ..methods import SpanView
 
 SCHEMA = """
@@ -40,9 +42,10 @@ class TraceStore:
     def write(self, spans: Sequence[Sequence[Any]]) -> None:
         """Spans as the engine makes them (supervisor/tracing.py's Span), or as they come
         decoded from the pipe (lists)."""
+        encode = msgspec.json.encode
         rows = [(f"{s[0]:032x}", f"{s[1]:016x}", f"{s[2]:016x}" if s[2] else None, s[3],
-                 s[4], s[5], s[6], s[7], json.dumps(s[8]),
-                 json.dumps([[t, n, a] for t, n, a in s[9]]), s[10]) for s in spans]
+                 s[4], s[5], s[6], s[7], encode(s[8]).decode(), encode(s[9]).decode(),
+                 s[10]) for s in spans]
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
