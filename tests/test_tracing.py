@@ -45,6 +45,7 @@ class Receiver:
     def __init__(self) -> None:
         self.spans: list[Any] = []
         self.resources: list[Any] = []
+        self.service: dict[bytes, str] = {}  # span id -> its resource's service.name
         self.changed = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -52,8 +53,11 @@ class Receiver:
         req = ExportTraceServiceRequest.FromString(await request.read())
         for rs in req.resource_spans:
             self.resources.append(rs.resource)
+            service = {kv.key: kv.value.string_value
+                       for kv in rs.resource.attributes}.get("service.name", "")
             for ss in rs.scope_spans:
                 self.spans.extend(ss.spans)
+                self.service.update((s.span_id, service) for s in ss.spans)
         self.changed.set()
         return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
                             content_type="application/x-protobuf")
@@ -569,3 +573,87 @@ def test_the_otlp_encoding_decodes_with_the_official_package() -> None:
         range(KEPT_VALUES + 10))
     from corral.daemon import traceexport
     assert len(traceexport._made) <= KEPT_VALUES
+
+
+# -- an MCP server's own spans in the same trace ------------------------------------------------
+INSTRUMENTED = """
+import os
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+provider = TracerProvider(resource=Resource.create({"service.name": "notes-server"}))
+provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=os.environ["OTLP"])))
+trace.set_tracer_provider(provider)
+
+from mcp.server import MCPServer  # noqa: E402
+
+server = MCPServer("notes")
+
+
+@server.tool()
+def echo(text: str) -> str:
+    with trace.get_tracer("notes").start_as_current_span("echo.work"):
+        return text
+
+
+server.run()
+"""
+
+
+async def test_an_instrumented_mcp_servers_spans_join_the_tasks_trace(
+        sup: Supervisor, tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
+    """The official MCP SDK's own OpenTelemetry instrumentation (a server span per request,
+    its parent read from params._meta) in a server exporting to the same receiver: one
+    trace, the server's spans under corral's client spans, its own span under those."""
+    pytest.importorskip("opentelemetry.sdk.trace")
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    rec, url = receiver
+    server = tmp_path / "instrumented.py"
+    server.write_text(INSTRUMENTED)
+    sup.add_mcp_server(McpServerSpec(name="notes", command=[PY, str(server)],
+                                     env={"OTLP": url}, start_timeout=30.0, timeout=10.0))
+    sup.add(agent("user", "misbehave.py", tools=["notes__echo"]))
+    traces = await start_traces(tracing(url, export_interval=0.05), sup.tasks, tmp_path,
+                                SPARED)
+    assert traces is not None
+    try:
+        await sup.wait_state("user", State.READY)
+        res = await sup.tasks.run("user", {"do": "tools", "tool": "notes__echo",
+                                           "arguments": {"text": "a"}, "times": 3},
+                                  traceparent=f"00-{CALLER_TRACE}-{CALLER_SPAN}-01")
+        assert res.status == "succeeded"
+        assert [r["structuredContent"] for r in res.output] == [{"result": "a"}] * 3
+
+        def complete(spans: list[Any]) -> bool:
+            names = [(s.name, s.kind) for s in spans]
+            return (names.count(("tools/call echo", 3)) == 3 and names.count(
+                ("tools/call echo", 2)) == 3 and names.count(("echo.work", 1)) == 3
+                and ("invoke_agent user", 2) in names)
+
+        await rec.wait(complete)
+    finally:
+        await traces.close()
+    traced = [s for s in rec.spans if hexid(s.trace_id) == CALLER_TRACE]
+    # the server's other spans are corral's own requests to it, for no task (its start,
+    # its lists): each a trace of its own
+    others = {(rec.service[s.span_id], s.name) for s in rec.spans if s not in traced}
+    assert others and {service for service, _ in others} == {"notes-server"}
+    assert not any(name.startswith("tools/call") for _, name in others), others
+    ours = {s.span_id: s for s in traced if rec.service[s.span_id] == "corral"}
+    theirs = [s for s in traced if rec.service[s.span_id] == "notes-server"]
+    clients = {i for i, s in ours.items() if s.name == "tools/call echo"}
+    assert len(clients) == 3
+    # SERVER spans: one under each call of corral's (and the tool list the pool fetched
+    # for the first call, made under that call's span too)
+    assert {s.parent_span_id for s in theirs if s.kind == 2} == clients
+    served = [s for s in theirs if s.kind == 2 and s.name == "tools/call echo"]
+    assert {s.parent_span_id for s in served} == clients
+    assert {s.name for s in theirs if s.kind == 2} <= {"tools/call echo", "tools/list"}
+    assert attrs(served[0])["mcp.method.name"] == "tools/call"
+    work = [s for s in theirs if s.name == "echo.work"]
+    assert len(work) == 3
+    assert {s.parent_span_id for s in work} == {s.span_id for s in served}
