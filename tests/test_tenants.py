@@ -622,6 +622,7 @@ def probes(task_b: str, ghost_task: str) -> dict[str, tuple[str, Any, Any]]:
         "tasks.get": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),
         "tasks.list": ("missing", {"agent": B}, {"agent": GHOST}),
         "tasks.cancel": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),
+        "traces.get": ("missing", {"task_id": task_b}, {"task_id": ghost_task}),
         # the bus is split by tenant: tests/test_tenants_fair.py tries another's
         "events.publish": ("own", None, None),
         "events.follow": ("own", None, None),
