@@ -4,18 +4,21 @@ OpenTelemetry SDK's own path.
     .venv/bin/python -m bench.bench_tracing [--quick] [--tasks N] [--rounds R]
 
 - tiny tasks (`{"n": i}` echoed by the SDK worker, 2 replicas, 256 in flight through
-  `tasks.map`) with tracing off and on, the runs taking turns in each round: on, every
-  task is sampled, its three spans (task, queue wait, attempt) buffered, taken by the
-  exporter thread, stored in the local SQLite store and POSTed as OTLP/HTTP protobuf to a
-  receiver in a process of its own; throughput and task latency (created to finished,
-  median and p99);
-- the loop's cost per span: a finished task's spans made and appended (`TaskFinished`
-  with one attempt: three spans), and one tool-call-shaped span (seven attributes)
-  appended, against the OpenTelemetry SDK's `start_as_current_span` with the same seven
-  attributes (a TracerProvider with a BatchSpanProcessor, the SDK's default pipeline,
-  exporting nowhere);
-- the exporter thread's cost per span, off the loop: the OTLP encoding (the official
-  opentelemetry-proto package) and the store's write.
+  `tasks.map`) in three modes taking turns in each round: off; `context`: [tracing] with
+  nothing sampled (each task's context made and sent to its worker, no span kept); on:
+  every task sampled, its record (three spans: task, queue wait, attempt) handed to the
+  exporter process, which stores the spans in the local SQLite store and POSTs them as
+  OTLP/HTTP protobuf to a receiver in a process of its own; throughput and task latency
+  (created to finished, median and p99), and the CPU time a task costs the loop's
+  process, the workers and the exporter process;
+- the loop's cost per span: a finished task's record made and buffered (`TaskFinished`
+  with one attempt: three spans), a tool call's record likewise, and each one's share of
+  the hand-over (msgpack frames down a pipe); against the OpenTelemetry SDK's
+  `start_as_current_span`, bare and with seven attributes (a TracerProvider with a
+  BatchSpanProcessor, the SDK's default pipeline, exporting nowhere);
+- the exporter process's cost per span, off the daemon: a record decoded and its spans
+  made, the OTLP encoding (the official opentelemetry-proto package) and the store's
+  write.
 """
 
 from __future__ import annotations
