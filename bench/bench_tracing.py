@@ -4,23 +4,27 @@ OpenTelemetry SDK's own path.
     .venv/bin/python -m bench.bench_tracing [--quick] [--tasks N] [--rounds R]
 
 - tiny tasks (`{"n": i}` echoed by the SDK worker, 2 replicas, 256 in flight through
-  `tasks.map`) with tracing off and on, the runs taking turns in each round: on, every
-  task is sampled, its three spans (task, queue wait, attempt) buffered, taken by the
-  exporter thread, stored in the local SQLite store and POSTed as OTLP/HTTP protobuf to a
-  receiver in a process of its own; throughput and task latency (created to finished,
-  median and p99);
-- the loop's cost per span: a finished task's spans made and appended (`TaskFinished`
-  with one attempt: three spans), and one tool-call-shaped span (seven attributes)
-  appended, against the OpenTelemetry SDK's `start_as_current_span` with the same seven
-  attributes (a TracerProvider with a BatchSpanProcessor, the SDK's default pipeline,
-  exporting nowhere);
-- the exporter thread's cost per span, off the loop: the OTLP encoding (the official
-  opentelemetry-proto package) and the store's write.
+  `tasks.map`) in three modes taking turns in each round: off; `context`: [tracing] with
+  nothing sampled (each task's context made and sent to its worker, no span kept); on:
+  every task sampled, its record (three spans: task, queue wait, attempt) handed to the
+  exporter process, which stores the spans in the local SQLite store and POSTs them as
+  OTLP/HTTP protobuf to a receiver in a process of its own; throughput and task latency
+  (created to finished, median and p99), and the CPU time a task costs the loop's
+  process, the workers and the exporter process;
+- the loop's cost per span: a finished task's record made and buffered (`TaskFinished`
+  with one attempt: three spans), a tool call's record likewise, and each one's share of
+  the hand-over (msgpack frames down a pipe); against the OpenTelemetry SDK's
+  `start_as_current_span`, bare and with seven attributes (a TracerProvider with a
+  BatchSpanProcessor, the SDK's default pipeline, exporting nowhere);
+- the exporter process's cost per span, off the daemon: a record decoded and its spans
+  made, the OTLP encoding (the official opentelemetry-proto package) and the store's
+  write.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,14 +37,15 @@ from typing import Any
 import msgspec
 import uvloop
 
-from corral.daemon.traces import TraceStore, encode
+from corral.daemon.traceexport import encode
 from corral.daemon.traces import start as start_traces
+from corral.daemon.tracestore import TraceStore
 from corral.supervisor import Supervisor
 from corral.supervisor.config import TracingSettings
 from corral.supervisor.tasks.model import Task, TaskFinished, TaskStatus
-from corral.supervisor.tracing import CLIENT, Span, Tracer
+from corral.supervisor.tracing import TOOL, Span, Tracer, expand
 from corral.taskviews import Attempt
-from corral.tracecontext import TaskTrace, new_span_id, new_trace_id
+from corral.tracecontext import MASK64, TaskTrace, new_span_id, new_trace_id
 
 from .bench_payload import add_echo, scale_echo
 from .harness import report
@@ -83,7 +88,25 @@ def finished_task(trace: TaskTrace) -> Task:
     return task
 
 
+def handed(records: list[Any]) -> float:
+    """Seconds a batch of records takes to hand over: encoded as the daemon does and
+    written to a pipe whose reader (a child draining it) keeps it from filling."""
+    drain = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert drain.stdin is not None
+    encoder = msgspec.msgpack.Encoder()
+    t0 = time.perf_counter()
+    for i in range(0, len(records), 512):
+        body = encoder.encode(records[i:i + 512])
+        drain.stdin.write(len(body).to_bytes(4, "big") + body)
+    took = time.perf_counter() - t0
+    drain.stdin.close()
+    drain.wait()
+    return took
+
+
 def loop_cost() -> dict[str, float]:
+    """Per span: a finished task's record (3 spans: task, queue wait, attempt) made and
+    buffered, and handed over; a tool call's record (1 span) likewise."""
     tracer = Tracer(capacity=SPANS * 4)
     tasks = [finished_task(TaskTrace(new_trace_id(), 0, True, None))
              for _ in range(SPANS // 3)]
@@ -91,21 +114,22 @@ def loop_cost() -> dict[str, float]:
     for task in tasks:
         tracer._finished(TaskFinished(task))
     per_task_span = (time.perf_counter() - t0) / (len(tasks) * 3)
-    tracer.spans.clear()
+    task_fed = handed(list(tracer.records)) / (len(tasks) * 3)
+    tracer.records.clear()
     trace = tasks[0].trace
     assert trace is not None
     t0 = time.perf_counter()
     for _ in range(SPANS):
         start = time.time()
-        tracer.put((trace.trace_id, new_span_id(64), trace.span_id, "tools/call echo", CLIENT,
-                    start, time.time(), None,
-                    {"mcp.method.name": "tools/call", "gen_ai.operation.name": "execute_tool",
-                     "gen_ai.tool.name": "echo", "corral.mcp.server": "notes",
-                     "network.transport": "pipe", "corral.task.id": "t", "corral.attempt": 1},
-                    (), "t"))
+        tracer.put((TOOL, trace.trace_id >> 64, trace.trace_id & MASK64, new_span_id(64),
+                    trace.attempt_span(1), "notes__echo", "01JTASKIDTASKIDTASKIDTASKI", 1,
+                    "pipe", 7, start, time.time(), None))
     per_tool_span = (time.perf_counter() - t0) / SPANS
+    tool_fed = handed(list(tracer.records)) / SPANS
     return {"task_spans_us": round(per_task_span * 1e6, 3),
-            "tool_span_us": round(per_tool_span * 1e6, 3)}
+            "task_spans_handed_us": round(task_fed * 1e6, 3),
+            "tool_span_us": round(per_tool_span * 1e6, 3),
+            "tool_span_handed_us": round(tool_fed * 1e6, 3)}
 
 
 def otel_sdk_cost() -> dict[str, float]:
@@ -141,12 +165,15 @@ def otel_sdk_cost() -> dict[str, float]:
             "sdk_span_7_attributes_us": round(seven * 1e6, 3)}
 
 
-def thread_cost(tmp: Path) -> dict[str, float]:
+def exporter_cost(tmp: Path) -> dict[str, float]:
     tracer = Tracer(capacity=SPANS)
     for _ in range(20_000 // 3):
         tracer._finished(TaskFinished(finished_task(TaskTrace(new_trace_id(), 0, True,
                                                                None))))
-    spans: list[Span] = list(tracer.spans)
+    wire = msgspec.msgpack.encode(list(tracer.records))
+    t0 = time.perf_counter()
+    spans: list[Span] = [s for r in msgspec.msgpack.decode(wire) for s in expand(r)]
+    made = (time.perf_counter() - t0) / len(spans)
     t0 = time.perf_counter()
     for i in range(0, len(spans), 512):
         encode(spans[i:i + 512], "corral", "bench")
@@ -157,31 +184,62 @@ def thread_cost(tmp: Path) -> dict[str, float]:
         store.write(spans[i:i + 512])
     stored = (time.perf_counter() - t0) / len(spans)
     store.close()
-    return {"otlp_encode_us": round(enc * 1e6, 2), "store_write_us": round(stored * 1e6, 2)}
+    return {"decoded_and_made_us": round(made * 1e6, 2), "otlp_encode_us": round(enc * 1e6, 2),
+            "store_write_us": round(stored * 1e6, 2)}
 
 
 # -- tiny tasks, tracing off and on ----------------------------------------------------------
-async def tiny(traced: bool, endpoint: str, tmp: Path, spared: set[int]
-               ) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """A process's user and system CPU time so far (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+MODES = ("off", "context", "on")
+
+
+async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[str, float]:
+    """`context`: [tracing] with nothing sampled (the context made and sent with every
+    task, no span kept); `on`: every task's spans kept and exported."""
     # the receiver is the bench's own child: spared by the engine's containment
     async with Supervisor(spared=spared) as sup:
         traces = None
-        if traced:
-            traces = await start_traces(TracingSettings(endpoint=endpoint), sup.tasks, tmp)
+        if mode != "off":
+            cfg = TracingSettings(endpoint=endpoint, sample=1.0 if mode == "on" else 0.0,
+                                  slow=3600.0)
+            traces = await start_traces(cfg, sup.tasks, tmp, spared)
+            assert traces is not None
+            await traces.ready.wait()  # its start-up (imports) is not the tasks' cost
         add_echo(sup, max_concurrent_tasks=64, max_queue=100_000)
         await scale_echo(sup, 2)
         await sup.tasks.map("echo", ({"n": i} for i in range(500)), concurrency=IN_FLIGHT)
         sup.tasks.finished.clear()
+        workers = [r.pid for r in sup.agent("echo").replicas if r.pid is not None]
+        exporter = traces.proc.pid if traces is not None and traces.proc is not None else None
+        cpu0 = (own_cpu(), sum(cpu_seconds(p) for p in workers),
+                cpu_seconds(exporter) if exporter else 0.0)
         t0 = time.perf_counter()
         results = await sup.tasks.map("echo", ({"n": i} for i in range(TASKS)),
                                       concurrency=IN_FLIGHT)
         dt = time.perf_counter() - t0
+        cpu1 = (own_cpu(), sum(cpu_seconds(p) for p in workers),
+                cpu_seconds(exporter) if exporter else 0.0)
         assert all(r.status == "succeeded" for r in results)
         xs = sorted(t.finished - t.created for t in sup.tasks.finished.values()
                     if t.finished is not None)
         out = {"per_s": TASKS / dt, "p50_ms": xs[len(xs) // 2] * 1e3,
-               "p99_ms": xs[int(len(xs) * 0.99)] * 1e3}
+               "p99_ms": xs[int(len(xs) * 0.99)] * 1e3,
+               "loop_cpu_us": (cpu1[0] - cpu0[0]) / TASKS * 1e6,
+               "workers_cpu_us": (cpu1[1] - cpu0[1]) / TASKS * 1e6}
         if traces is not None:
+            await traces.sync(sent=True, timeout=120)
+            if exporter:  # what it took for these tasks' spans, its last batches included
+                out["exporter_cpu_us"] = (cpu_seconds(exporter) - cpu0[2]) / TASKS * 1e6
             await traces.close()
             out["exported"] = traces.exported
             out["dropped"] = traces.dropped
@@ -189,21 +247,37 @@ async def tiny(traced: bool, endpoint: str, tmp: Path, spared: set[int]
 
 
 async def tiny_rounds(endpoint: str, tmp: Path, spared: set[int]) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in MODES}
     for r in range(ROUNDS):
-        order = ("off", "on") if r % 2 == 0 else ("on", "off")
-        for name in order:
+        for name in MODES if r % 2 == 0 else MODES[::-1]:
             d = tmp / f"{name}{r}"
             d.mkdir()
-            runs[name].append(await tiny(name == "on", endpoint, d, spared))
+            runs[name].append(await tiny(name, endpoint, d, spared))
     out: dict[str, Any] = {}
     for name, rs in runs.items():
-        out[name] = {k: round(statistics.median(x[k] for x in rs), 2)
-                     for k in ("per_s", "p50_ms", "p99_ms")}
+        keys = ["per_s", "p50_ms", "p99_ms", "loop_cpu_us", "workers_cpu_us"]
+        out[name] = {k: round(statistics.median(x[k] for x in rs), 2) for k in keys}
+        # each round's own ratio (its runs side by side), then their median
+        if name != "off":
+            out[name]["exporter_cpu_us"] = round(statistics.median(
+                x.get("exporter_cpu_us", 0.0) for x in rs), 2)
+        out[name]["per_s_vs_off_by_round"] = [
+            round(x["per_s"] / o["per_s"], 3) for x, o in zip(rs, runs["off"], strict=True)]
         if name == "on":
             out[name]["exported_last_round"] = rs[-1]["exported"]
             out[name]["dropped_total"] = sum(x["dropped"] for x in rs)
-    out["throughput_on_vs_off"] = round(out["on"]["per_s"] / out["off"]["per_s"], 3)
+    for name in MODES:  # the least disturbed run of each (the machine is shared)
+        out[name]["best_per_s"] = round(max(x["per_s"] for x in runs[name]), 2)
+        out[name]["least_loop_cpu_us"] = round(min(x["loop_cpu_us"] for x in runs[name]), 2)
+    for name in ("context", "on"):
+        ratios = out[name]["per_s_vs_off_by_round"]
+        out[f"throughput_{name}_vs_off"] = round(statistics.median(ratios), 3)
+        out[f"best_throughput_{name}_vs_off"] = round(
+            out[name]["best_per_s"] / out["off"]["best_per_s"], 3)
+        out[f"least_loop_cpu_{name}_minus_off_us"] = round(
+            out[name]["least_loop_cpu_us"] - out["off"]["least_loop_cpu_us"], 2)
+        out[f"loop_cpu_{name}_minus_off_us"] = round(
+            out[name]["loop_cpu_us"] - out["off"]["loop_cpu_us"], 2)
     out["p50_on_vs_off"] = round(out["on"]["p50_ms"] / out["off"]["p50_ms"], 3)
     return out
 
@@ -219,7 +293,7 @@ def main() -> None:
             endpoint = f"http://127.0.0.1:{port}/v1/traces"
             data: dict[str, Any] = {"tasks": TASKS, "rounds": ROUNDS, "cpus": os.cpu_count()}
             data["loop_per_span"] = {**loop_cost(), **otel_sdk_cost()}
-            data["exporter_thread_per_span"] = thread_cost(tmp)
+            data["exporter_process_per_span"] = exporter_cost(tmp)
             data["tiny_tasks"] = uvloop.run(tiny_rounds(endpoint, tmp, {receiver.pid}))
         finally:
             receiver.kill()

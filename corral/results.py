@@ -15,6 +15,7 @@ from .views import NodeInfo, ReplicaStatus, Revision, TenantUse
 
 __all__ = [
     "Added",
+    "AgentRoster",
     "AgentStats",
     "AgentTaskStats",
     "AgentUsage",
@@ -26,13 +27,17 @@ __all__ = [
     "ClientCallStats",
     "DaemonInfoResult",
     "Delivered",
+    "DeployResult",
     "DescribeResult",
+    "DrainResult",
     "Drained",
     "DrainedTask",
     "ElasticStatus",
     "ExtraStatus",
+    "FleetSnapshot",
     "GatewayItems",
     "GatewayStats",
+    "HealthNote",
     "HistoryResult",
     "Latency",
     "LogLine",
@@ -42,23 +47,35 @@ __all__ = [
     "McpItem",
     "McpResult",
     "McpStatusResult",
+    "MetricsHistoryResult",
+    "MetricsSample",
     "ModelUsage",
     "NodeInfo",
+    "NodesResult",
     "PauseResult",
     "PromptList",
+    "ReleaseEntry",
+    "ReleasesResult",
     "ReloadResult",
     "Removed",
     "ReplicaBrief",
+    "ReplicaChange",
+    "ReplicaSample",
+    "ReplicaSamples",
     "ReplicaStatus",
     "ResourceList",
     "Restarted",
     "Result",
     "Revision",
     "RollbackResult",
+    "RunList",
+    "RunStepView",
+    "RunView",
     "Scaled",
     "ScalingDecision",
     "SignalResult",
     "Signalled",
+    "SpanView",
     "Started",
     "StatsResult",
     "StepStats",
@@ -74,9 +91,20 @@ __all__ = [
     "TaskSummary",
     "TaskTotals",
     "TasksStats",
+    "TenantEntry",
+    "TenantList",
     "TenantUse",
+    "TokenInfo",
+    "TokenList",
     "ToolList",
+    "TraceView",
+    "UiLoginResult",
+    "Updated",
+    "UpgradeReport",
     "Usage",
+    "WorkflowEntry",
+    "WorkflowList",
+    "WorkflowPlan",
 ]
 
 
@@ -547,3 +575,294 @@ class McpInstances(Result):
 class GatewayItems(Result):
     items: list[McpItem]
     features: list[str]
+
+
+class UpgradeReport(Result):
+    """An upgrade of the daemon in place (docs/operations.md, "Upgrades"): `state` is
+    "none" (never asked), "handing_over" (checked, the exec under way), "done" (the new
+    image serves), "fell_back" (the new image could not start: the old one took its
+    state back) or "refused" (nothing was handed over: `error` says why)."""
+
+    attempt: int
+    state: str
+    pid: int
+    from_version: str
+    to_version: str | None = None
+    seconds: float | None = None  # from the request to the new image serving
+    kept: int = 0  # agents' processes kept
+    tasks: int = 0  # running tasks kept
+    restarted: list[str] = []  # processes started again (zygotes, plain programs, the lost)
+    servers: int = 0  # MCP servers' processes kept
+    error: str | None = None
+
+
+class Updated(Result):
+    name: str
+    revision: int | None  # the new revision (None: nothing changed)
+    change: str  # what it changed, key by key (`command changed, env.V changed`)
+
+
+class SpanView(Result):
+    """One span of a task's trace, as the local store keeps it (times in seconds since
+    the epoch; kind "internal", "server" or "client")."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    name: str
+    kind: str
+    start: float
+    end: float
+    error: str | None = None
+    attributes: dict[str, Any] = {}
+    events: list[Any] = []  # [time, name, attributes]
+
+
+class TraceView(Result):
+    task_id: str
+    trace_id: str | None  # None: no span of the task is kept
+    spans: list[SpanView] = []
+
+
+class NodesResult(Result):
+    nodes: list[NodeInfo]
+    # what the cluster's Redis risks by its configuration, as this node last read it
+    # (appendonly, appendfsync, maxmemory-policy: docs/cluster.md)
+    warnings: list[str] = []
+
+
+class DrainResult(Result):
+    node: str
+    incarnation: int  # the incarnation asked to drain
+
+
+# -- tokens (issue 21) ---------------------------------------------------------------------
+class TokenInfo(Result):
+    """A token as `corral token list` shows it: never its secret, which is not kept."""
+
+    name: str
+    scopes: list[str]
+    agents: str | None  # the glob of agent names it may see and touch; None: every agent
+    created: float
+    expires: float | None  # unix time; None: never
+    tenant: str | None  # the tenant whose objects alone it sees; None: every one
+
+
+class TokenList(Result):
+    tokens: list[TokenInfo]
+
+
+# -- metrics history (issue 21) ------------------------------------------------------------
+class MetricsSample(msgspec.Struct):
+    """One period of the metrics history (the fleet's, or one agent's). Counts and
+    gauges are the period's (gauges averaged over its samples in a roll-up); times are
+    tasks' execution times (started to finished), estimated from buckets."""
+
+    time: float  # the period's start (a sample's own time at the raw resolution)
+    seconds: float  # what the period covers
+    agents: float  # agents with a serving replica (for one agent: 0 or 1)
+    replicas: float
+    serving: float
+    cpu_percent: float
+    rss_bytes: int
+    queued: float
+    running: float
+    executions: int  # tasks finished in the period
+    per_minute: float
+    errors: int  # of those: failed, timed out or lost
+    error_rate: float | None
+    avg_ms: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+class MetricsHistoryResult(Result):
+    agent: str | None  # None: the whole fleet
+    resolution: str  # raw | minute | hour
+    interval: float  # seconds between two samples at this resolution
+    since: float  # the wall time asked from
+    samples: list[MetricsSample]  # oldest first
+    truncated: bool  # more samples than one answer carries: the newest are given
+
+
+# -- watching the fleet live (issue 21) ------------------------------------------------------
+class FleetSnapshot(Result):
+    """`agents.snapshot`: every replica the watch covers, as agents.status shows them; the
+    changes after it follow. Sent first, and again (`resync`) when changes were lost to
+    this client."""
+
+    id: str  # the stream's position: the changes after it follow
+    time: float
+    replicas: list[ReplicaStatus]
+    # sent again in place of changes this client did not get: it fell behind the changes
+    # the daemon keeps, or its last_event_id is not of this daemon's life
+    resync: bool
+    missed: int | None  # how many changes it did not get (None: unknown)
+
+
+class ReplicaChange(Result):
+    """`agents.transition`: one replica's state change, as it happened."""
+
+    id: str  # resume after it with last_event_id (an SSE client: Last-Event-ID)
+    time: float  # when it happened, the daemon's unix time
+    agent: str
+    replica: int
+    state: str
+    previous: str
+    pid: int | None
+    cause: str | None  # what made it (crash, spawn, stop, ...)
+    reason: str
+    # the replica as agents.status shows it now, when the process that changed holds its
+    # place (None: the other process of a rollout, or a replica scaled away)
+    row: ReplicaStatus | None
+
+
+class AgentRoster(Result):
+    """`agents.roster`: an agent's replicas as a list changed (the agent was added or
+    removed, scaled, or a rollout put a new process in a replica's place): all of them
+    now, as agents.status shows them; `removed`: the agent is gone."""
+
+    id: str
+    time: float
+    agent: str
+    replicas: list[ReplicaStatus]
+    # the agent is gone (no replicas and not removed: scaled to zero, an elastic agent
+    # asleep)
+    removed: bool = False
+
+
+class HealthNote(Result):
+    """`agents.health`: a health check of a replica flipped ([health]: passed, failed)
+    and what corral did (ready, unready, restart, restart held, drain, exec, event)."""
+
+    id: str
+    time: float
+    agent: str
+    replica: int
+    check: str  # readiness or liveness
+    ok: bool
+    action: str
+    text: str  # the sentence logs show
+    row: ReplicaStatus | None  # the replica as agents.status shows it now
+
+
+class ReplicaSample(msgspec.Struct, array_like=True):
+    """A replica's figures that change without a transition: agent, replica, uptime,
+    CPU, resident memory, open descriptors, tasks running."""
+
+    agent: str
+    replica: int
+    uptime: float | None
+    cpu_percent: float
+    rss_bytes: int
+    open_fds: int
+    tasks_running: int
+
+
+class ReplicaSamples(Result):
+    """`agents.sample`: every covered replica's figures, each `interval` (no id: a sample
+    replaces the one before, and none is sent again on resume)."""
+
+    time: float
+    replicas: list[ReplicaSample]
+
+
+# -- the dashboard (issue 21) --------------------------------------------------------------
+class UiLoginResult(Result):
+    code: str
+    path: str  # the link's path on the HTTP server: /ui/login?code=...
+    url: str  # the whole link (the server's URL and the path)
+    expires: float  # unix time; the code also ends when it is used once
+
+
+# -- agent packages (issue 25, docs/packages.md) -------------------------------------------
+class DeployResult(Result):
+    name: str
+    release: str  # the release now current (its name: a hash of what it is made of)
+    version: str | None
+    built: bool  # False: the release was there already (deployed before), nothing built
+    changed: bool  # False: it was current already, nothing was started
+    previous: str | None  # the release it replaced (None: none, or a plain command)
+    revision: int | None  # the agent's spec revision now
+    removed: list[str]  # releases removed past keep_releases
+
+
+class ReleaseEntry(msgspec.Struct):
+    release: str
+    version: str | None
+    built_at: float | None
+    size_bytes: int | None
+    python_version: str | None
+    lock: str | None
+    current: bool
+    revisions: list[int]  # the agent's spec revisions that ran it
+
+
+class ReleasesResult(Result):
+    name: str
+    current: str | None
+    keep_releases: int
+    releases: list[ReleaseEntry]  # oldest first
+
+
+class TenantEntry(Result):
+    """One tenant: where it is declared, its quotas (the keys set: 0 or absent is no
+    quota) and its use beside them."""
+
+    name: str
+    origin: str  # "file PATH", "runtime", or "default" (the tenant of everything else)
+    revision: int | None  # its latest revision (a runtime add or set), None: none
+    quotas: dict[str, Any]  # the [tenants.NAME] table: an open table, as the file has it
+    use: TenantUse
+    enforced: list[str]  # the keys set that corral enforces now (the others are shown)
+
+
+class TenantList(Result):
+    tenants: list[TenantEntry]
+
+
+# -- workflows (docs/workflows.md) -----------------------------------------------------------
+class WorkflowEntry(Result):
+    name: str
+    description: str
+    steps: list[str]
+    agents: list[str]  # a tenant's caller sees a workflow whose agents are all its own
+    timeout: float | None = None
+
+
+class WorkflowList(Result):
+    workflows: list[WorkflowEntry]
+
+
+class WorkflowPlan(Result):
+    name: str
+    agents: list[str]
+    plan: str  # the steps in order: what each waits for, is sent and runs on
+
+
+class RunStepView(Result):
+    step: str
+    item: int | None  # a map's item (0...), or None for the step itself
+    status: str  # running, succeeded, failed, skipped, cancelled, timed_out, lost
+    task_id: str | None
+    started: float | None
+    ended: float | None
+    output: Any = None
+    error: str | None = None
+
+
+class RunView(Result):
+    run_id: str
+    workflow: str
+    status: str  # running, succeeded, failed, cancelled, timed_out
+    created: float
+    ended: float | None
+    agents: list[str]
+    error: str | None = None
+    input: Any = None
+    output: Any = None  # the last step's output, once the run succeeded
+    steps: list[RunStepView] = []  # in the definition's order, a map's items after it
+
+
+class RunList(Result):
+    runs: list[RunView]  # newest first, without their steps

@@ -94,6 +94,12 @@ CURRENT: contextvars.ContextVar[ClientSpan | None] = contextvars.ContextVar(
     "corral_client_span", default=None)
 
 
+# the `_meta` of the worker's `tools/call` being routed: set around the tool router's
+# call, which is synchronous up to the coroutine it returns (supervisor/tasks/worker.py)
+CALLER: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "corral_caller_meta", default=None)
+
+
 GOLDEN = 0x9E3779B97F4A7C15  # spreads attempt numbers over the span id's bits
 
 
@@ -107,9 +113,9 @@ class TaskTrace:
                  "tracestate")
 
     def __init__(self, trace_id: int, parent_id: int, sampled: bool,
-                 tracestate: str | None) -> None:
+                 tracestate: str | None, span_id: int = 0) -> None:
         self.trace_id = trace_id
-        self.span_id = new_span_id(64) or 1
+        self.span_id = span_id or new_span_id(64) or 1
         self.parent_id = parent_id  # 0: the task's span is the trace's root
         self.sampled = sampled
         self.tracestate = tracestate
@@ -120,5 +126,11 @@ class TaskTrace:
         return ((self.span_id ^ (attempt * GOLDEN)) & MASK64) or 1
 
     def run_meta(self, attempt: int) -> dict[str, str]:
-        """`_meta` of an attempt's `task/run`: the attempt's span is the worker's parent."""
-        return meta(self.trace_id, self.attempt_span(attempt), self.sampled, self.tracestate)
+        """`_meta` of an attempt's `task/run`: the attempt's span is the worker's parent
+        (every task's: written here without a call more than it takes)."""
+        span = ((self.span_id ^ (attempt * GOLDEN)) & MASK64) or 1
+        out = {"traceparent": f"00-{self.trace_id:032x}-{span:016x}-"
+                              f"{'01' if self.sampled else '00'}"}
+        if self.tracestate:
+            out["tracestate"] = self.tracestate
+        return out

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -27,9 +29,9 @@ from corral.daemon.traces import start as start_traces
 from corral.jsonrpc import RpcError
 from corral.supervisor import McpServerSpec, State, Supervisor
 from corral.supervisor.config import TracingSettings
-from corral.supervisor.tracing import Sampling, Tracer
+from corral.supervisor.tracing import Sampling, Span, Tracer, expand
 
-from .conftest import agent
+from .conftest import SPARED, agent
 
 PY = sys.executable
 SCRIPTED = Path(__file__).with_name("scripted_mcp.py")
@@ -43,6 +45,7 @@ class Receiver:
     def __init__(self) -> None:
         self.spans: list[Any] = []
         self.resources: list[Any] = []
+        self.service: dict[bytes, str] = {}  # span id -> its resource's service.name
         self.changed = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -50,8 +53,11 @@ class Receiver:
         req = ExportTraceServiceRequest.FromString(await request.read())
         for rs in req.resource_spans:
             self.resources.append(rs.resource)
+            service = {kv.key: kv.value.string_value
+                       for kv in rs.resource.attributes}.get("service.name", "")
             for ss in rs.scope_spans:
                 self.spans.extend(ss.spans)
+                self.service.update((s.span_id, service) for s in ss.spans)
         self.changed.set()
         return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
                             content_type="application/x-protobuf")
@@ -97,6 +103,13 @@ def attrs(span: Any) -> dict[str, Any]:
     return out
 
 
+def spans_of(tracer: Tracer) -> list[Span]:
+    """The spans of what the tracer buffered, made as the exporter makes them (from the
+    records as the pipe carries them)."""
+    wire = msgspec.msgpack.decode(msgspec.msgpack.encode(list(tracer.records)))
+    return [span for record in wire for span in expand(record)]
+
+
 def tracing(endpoint: str | None, **kw: Any) -> TracingSettings:
     return TracingSettings(endpoint=endpoint, **kw)
 
@@ -108,7 +121,8 @@ async def test_a_task_its_attempt_and_its_tool_calls_are_one_trace_with_the_serv
     record = tmp_path / "meta.jsonl"
     sup.add_mcp_server(scripted("notes", record))
     sup.add(agent("user", "misbehave.py", tools=["notes__echo"]))
-    traces = await start_traces(tracing(url, export_interval=0.05), sup.tasks, tmp_path)
+    traces = await start_traces(tracing(url, export_interval=0.05), sup.tasks, tmp_path,
+                                 SPARED)
     assert traces is not None
     try:
         await sup.wait_state("user", State.READY)
@@ -180,7 +194,7 @@ async def test_the_worker_is_given_the_attempts_context(sup: Supervisor,
     assert trace is not None
     given = f"00-{CALLER_TRACE}-{trace.attempt_span(1):016x}-01"
     assert task.output == [given, {"traceparent": given, "tracestate": "k=v"}]
-    (attempt,) = [s for s in tracer.spans if s[3] == "task/run w"]
+    (attempt,) = [s for s in spans_of(tracer) if s[3] == "task/run w"]
     assert attempt[1] == trace.attempt_span(1)
 
 
@@ -193,7 +207,7 @@ async def test_a_retried_task_shows_both_attempts(sup: Supervisor, tmp_path: Pat
     res = await sup.tasks.run("flaky", {"do": "crash-once",
                                         "marker": str(tmp_path / "m")})
     assert res.status == "succeeded"
-    spans = list(tracer.spans)
+    spans = spans_of(tracer)
     attempts = [s for s in spans if s[3] == "task/run flaky"]
     assert len(attempts) == 2
     (task,) = [s for s in spans if s[3] == "invoke_agent flaky"]
@@ -217,25 +231,27 @@ def free_port() -> int:
 async def test_a_collector_that_is_down_costs_no_task_and_counts_its_drops(
         sup: Supervisor, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1/traces"
-    # the thread's own timer far away: each export cycle is the test's, run in a thread
+    # the timer far away: each batch goes to the exporter when the test says
     traces = await start_traces(tracing(url, export_interval=3600, batch=100_000,
-                                        buffer=5), sup.tasks, tmp_path)
+                                        buffer=2), sup.tasks, tmp_path, SPARED)
     assert traces is not None
     try:
         sup.add(agent("a"))
         await sup.wait_state("a", State.READY)
         results = [await sup.tasks.run("a", {"name": str(i)}) for i in range(3)]
         assert [r.status for r in results] == ["succeeded"] * 3
-        # 3 spans a task into a buffer of 5: the rest dropped on the loop, counted
-        assert traces.tracer.dropped == 4
-        await asyncio.to_thread(traces._cycle)
+        # a task's record (its 3 spans) a task, into a buffer of 2: the third task's
+        # dropped on the loop, its spans counted
+        assert traces.tracer.dropped == 3
+        await traces.sync(sent=True)
         assert traces.export_failures == 1
-        assert traces.export_dropped == 5
-        assert traces.dropped == 9
+        assert traces.dropped == 9  # and the 6 spans of the failed export
+        assert traces.exported == 0
         assert traces.last_error is not None and "refused" in traces.last_error.lower()
         # the store still has what was taken (for `corral trace`)
         view = await traces.trace(results[0].task_id)
         assert len(view.spans) == 3
+        assert not (await traces.trace(results[2].task_id)).spans
     finally:
         await traces.close()
 
@@ -276,21 +292,21 @@ async def test_unsampled_tasks_leave_no_spans_but_failed_and_slow_ones_do(
     sup.add(agent("m", "misbehave.py"))
     await sup.wait_state("m", State.READY)
     ok = await sup.tasks.run("m", {"do": "echo"})
-    assert ok.status == "succeeded" and not tracer.spans
+    assert ok.status == "succeeded" and not tracer.records
     failed = await sup.tasks.run("m", {"do": "fail"})
     assert failed.status == "failed"
-    assert {s[10] for s in tracer.spans} == {failed.task_id}  # the tail rule
-    (task,) = [s for s in tracer.spans if s[3] == "invoke_agent m"]
+    assert {s[10] for s in spans_of(tracer)} == {failed.task_id}  # the tail rule
+    (task,) = [s for s in spans_of(tracer) if s[3] == "invoke_agent m"]
     assert task[7] and task[8]["error.type"] == "failed"
     # a caller that does not sample: honoured, and said on in the worker's context
-    tracer.spans.clear()
+    tracer.records.clear()
     tracer.sampling = Sampling(ratio=1.0, slow=0.0)  # every task slow: kept by the tail
     t = sup.tasks.submit("m", {"do": "echo"}, traceparent=f"00-{CALLER_TRACE}-"
                                                            f"{CALLER_SPAN}-00")
     assert t.trace is not None and t.trace.sampled is False
     assert t.trace.run_meta(1)["traceparent"].endswith("-00")
     await t.done
-    assert {s[0] for s in tracer.spans} == {int(CALLER_TRACE, 16)}
+    assert {s[0] for s in spans_of(tracer)} == {int(CALLER_TRACE, 16)}
 
 
 async def test_a_bad_traceparent_is_refused_with_the_reason(sup: Supervisor) -> None:
@@ -305,7 +321,339 @@ async def test_a_bad_traceparent_is_refused_with_the_reason(sup: Supervisor) -> 
 
 def test_a_full_buffer_drops_and_counts() -> None:
     tracer = Tracer(capacity=2)
-    span: Any = (1, 2, 0, "x", 1, 0.0, 1.0, None, {}, (), "t")
+    record: Any = (1, 1, 2, 0, "s__x", "t", 1, "pipe", 7, 0.0, 1.0, None)
     for _ in range(5):
-        tracer.put(span)
-    assert (len(tracer.spans), tracer.dropped, tracer.recorded) == (2, 3, 2)
+        tracer.put(record, spans=3)
+    assert (len(tracer.records), tracer.dropped, tracer.recorded) == (2, 9, 2)
+
+
+# -- a worker's own span ----------------------------------------------------------------------
+async def test_a_tool_call_is_parented_on_the_workers_own_span(sup: Supervisor,
+                                                               tmp_path: Path) -> None:
+    """The worker sent a traceparent of its own span (same trace) in tools/call's _meta:
+    the tool span is its child, not the attempt's; one of another trace is not used."""
+    tracer = Tracer()
+    tracer.install(sup.tasks)
+    record = tmp_path / "meta.jsonl"
+    sup.add_mcp_server(scripted("notes", record))
+    script = tmp_path / "own_span.py"
+    script.write_text(
+        "from corral.worker import run\n"
+        "def handle(task, ctx):\n"
+        "    given = ctx.traceparent\n"
+        "    ctx.traceparent = given[:36] + 'ee' * 8 + given[-3:]  # its own span\n"
+        "    ctx.call_tool('notes__echo', {'text': 'a'})\n"
+        "    ctx.traceparent = '00-' + '11' * 16 + '-' + 'ff' * 8 + '-01'  # another trace\n"
+        "    ctx.call_tool('notes__echo', {'text': 'b'})\n"
+        "    return 'ok'\n"
+        "run(handle)\n")
+    sup.add(agent("w", command=[PY, str(script)], tools=["notes__echo"]))
+    await sup.wait_state("w", State.READY)
+    task = sup.tasks.submit("w", None, traceparent=f"00-{CALLER_TRACE}-{CALLER_SPAN}-01")
+    await task.done
+    assert task.output == "ok"
+    trace = task.trace
+    assert trace is not None
+    tools = [s for s in spans_of(tracer) if s[3] == "tools/call echo"]
+    assert [t[2] for t in tools] == [int("ee" * 8, 16), trace.attempt_span(1)]
+    assert {t[0] for t in tools} == {int(CALLER_TRACE, 16)}
+    # the server was told each call's own client span, in the task's trace
+    seen = [json.loads(line)["meta"]["traceparent"] for line in
+            record.read_text().splitlines()]
+    assert seen == [f"00-{CALLER_TRACE}-{t[1]:016x}-01" for t in tools]
+
+
+# -- the exporter process -------------------------------------------------------------------------
+async def test_a_dead_exporter_costs_no_task_and_is_restarted(
+        sup: Supervisor, tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
+    rec, url = receiver
+    traces = await start_traces(tracing(url, export_interval=0.05), sup.tasks, tmp_path,
+                                SPARED)
+    assert traces is not None
+    try:
+        sup.add(agent("a"))
+        await sup.wait_state("a", State.READY)
+        first = traces.proc
+        assert first is not None and traces.started == 1
+        first.kill()
+        # tasks go on while it is dead (their spans wait in the engine's buffer)
+        results = [await sup.tasks.run("a", {"name": str(i)}) for i in range(3)]
+        assert [r.status for r in results] == ["succeeded"] * 3
+        async with asyncio.timeout(20):
+            while traces.started < 2 or traces.proc is None:
+                await asyncio.sleep(0.05)  # the restart is on a backoff timer
+        assert traces.proc.pid != first.pid
+        assert traces.last_error is not None and "exited (status -9)" in traces.last_error
+        await rec.wait(lambda spans: len({s.trace_id for s in spans}) >= 3)
+        view = await traces.trace(results[2].task_id)
+        assert [s.name for s in view.spans] == ["invoke_agent a", "corral.queue",
+                                                "task/run a"]
+    finally:
+        await traces.close()
+    assert traces.proc is None
+
+
+# -- a real daemon: the CLI, the control socket, the gateway --------------------------------------
+def _mcp_line(message: dict[str, Any]) -> bytes:
+    return json.dumps(message).encode() + b"\n"
+
+
+async def test_a_daemon_traces_corral_trace_and_the_gateways_meta(
+        tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
+    from .daemon_harness import Daemon, hello, shared_tmpdir
+
+    rec, url = receiver
+    record = tmp_path / "meta.jsonl"
+    extra = f"""
+[mcp_servers.sc]
+command = ["{PY}", "{SCRIPTED}", "v2025-11"]
+env = {{ SCRIPTED_RECORD = "{record}" }}
+start_timeout = 30.0
+
+[tracing]
+endpoint = "{url}"
+export_interval = 0.05
+"""
+    d = Daemon(shared_tmpdir(), hello("hello") + extra)  # (a short socket path)
+    try:
+        await asyncio.to_thread(d.start)
+        ran = await asyncio.to_thread(
+            d.cli, "run", "hello", "--input", '{"name": "t"}', "--json",
+            "--traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01")
+        assert ran.returncode == 0, ran.stderr
+        task_id = json.loads(ran.stdout)["task_id"]
+        shown = await asyncio.to_thread(d.cli, "trace", task_id)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert lines[0].startswith(f"trace {CALLER_TRACE}  task {task_id}  ")
+        assert [line.split("|")[0].rstrip() for line in lines[1:]] == [
+            "invoke_agent hello", "  corral.queue", "  task/run hello"]
+        assert "replica=hello#0" in lines[3]
+        as_json = json.loads((await asyncio.to_thread(d.cli, "trace", task_id,
+                                                      "--json")).stdout)
+        assert as_json["trace_id"] == CALLER_TRACE
+        assert as_json["spans"][0]["parent_id"] == CALLER_SPAN
+        nothing = await asyncio.to_thread(d.cli, "trace", "01NOSUCHTASK")
+        assert (nothing.returncode, nothing.stderr) == (1, (
+            "corral: no trace kept for task 01NOSUCHTASK (not sampled, not finished yet, "
+            "or pruned from the local store)\n"))
+
+        # the gateway: an MCP client's context in params._meta is the call span's parent
+        serve = await asyncio.create_subprocess_exec(
+            PY, "-m", "corral", "--socket", str(d.sock), "mcp", "serve",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert serve.stdin is not None and serve.stdout is not None
+        try:
+            serve.stdin.write(_mcp_line({
+                "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"}}}))
+            serve.stdin.write(_mcp_line({"jsonrpc": "2.0",
+                                         "method": "notifications/initialized"}))
+            client_span = "12" * 8
+            serve.stdin.write(_mcp_line({
+                "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+                    "name": "sc__echo", "arguments": {"text": "hi"}, "_meta": {
+                        "traceparent": f"00-{CALLER_TRACE}-{client_span}-01",
+                        "tracestate": "k=v"}}}))
+            async with asyncio.timeout(30):
+                while True:
+                    answer = json.loads(await serve.stdout.readline())
+                    if answer.get("id") == 2:
+                        break
+            assert "error" not in answer, answer
+        finally:
+            serve.stdin.close()
+            await serve.wait()
+        await rec.wait(lambda spans: any(s.name == "tools/call echo" for s in spans))
+        (call,) = [s for s in rec.spans if s.name == "tools/call echo"]
+        assert (hexid(call.trace_id), hexid(call.parent_span_id), call.kind) == (
+            CALLER_TRACE, client_span, 3)
+        a = attrs(call)
+        assert (a["corral.gateway.client"], a["corral.mcp.server"], a["gen_ai.tool.name"]) \
+            == ("operator", "sc", "echo")
+        (seen,) = [json.loads(line) for line in record.read_text().splitlines()]
+        assert seen["meta"]["traceparent"] == f"00-{CALLER_TRACE}-{hexid(call.span_id)}-01"
+        assert seen["meta"]["tracestate"] == "k=v"
+        assert a["jsonrpc.request.id"] == str(seen["id"])
+        assert await asyncio.to_thread(d.stop) == 0
+    finally:
+        await asyncio.to_thread(d.close)
+        shutil.rmtree(d.dir, ignore_errors=True)
+
+
+# -- over HTTP ------------------------------------------------------------------------------------
+@pytest.mark.deadline(120)
+async def test_the_trace_over_http_from_the_callers_header_and_only_for_its_tenant(
+        tmp_path: Path) -> None:
+    from .daemon_harness import hello, problem
+    from .test_http_api import SOCKET, serving
+
+    agents = hello("a-hello") + 'tenant = "acme"\n' + hello("b-hello") + 'tenant = "beta"\n'
+    toml = "[tenants.acme]\n[tenants.beta]\n[tracing]\nexport_interval = 0.05\n"
+    async with serving(tmp_path, agents, toml) as api:
+        for name, tenant in (("acme", "acme"), ("beta", "beta")):
+            made = await api.d.dispatcher.call(SOCKET, "tokens.create", {
+                "name": name, "scopes": ["tasks:run", "tasks:read"], "tenant": tenant})
+            api.tokens[name] = made.token
+        status, body, _ = await api.ask(
+            "POST", "/tasks?wait=30", "acme", {"agent": "a-hello", "input": {"name": "x"}},
+            headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01",
+                     "tracestate": "vendor=1"})
+        assert (status, body["status"]) == (200, "succeeded")
+        task_id = body["task_id"]
+        status, trace, _ = await api.ask("GET", f"/tasks/{task_id}/trace", "acme")
+        assert status == 200
+        assert (trace["task_id"], trace["trace_id"]) == (task_id, CALLER_TRACE)
+        assert [(s["name"], s["kind"]) for s in trace["spans"]] == [
+            ("invoke_agent a-hello", "server"), ("corral.queue", "internal"),
+            ("task/run a-hello", "client")]
+        task_span = trace["spans"][0]
+        assert task_span["parent_id"] == CALLER_SPAN
+        assert task_span["attributes"]["corral.task.id"] == task_id
+        assert {s["parent_id"] for s in trace["spans"][1:]} == {task_span["span_id"]}
+        # another tenant's token: the task is not there for it, nor its trace
+        status, body, _ = await api.ask("GET", f"/tasks/{task_id}/trace", "beta")
+        assert (status, body) == (404, problem(404, "not found",
+                                               f"no such task: {task_id}",
+                                               jsonrpc.NOT_FOUND))
+        # a header that is not the W3C format starts a new trace (the Recommendation)
+        status, body, _ = await api.ask(
+            "POST", "/tasks?wait=30", "acme", {"agent": "a-hello", "input": {"name": "y"}},
+            headers={"traceparent": "00-nope"})
+        assert status == 200
+        status, trace, _ = await api.ask("GET", f"/tasks/{body['task_id']}/trace", "acme")
+        assert trace["trace_id"] not in (None, CALLER_TRACE)
+        assert trace["spans"][0]["parent_id"] is None
+
+
+@pytest.mark.deadline(120)
+async def test_without_tracing_a_trace_is_refused_with_the_reason(tmp_path: Path) -> None:
+    from .daemon_harness import hello, problem
+    from .test_http_api import serving
+
+    async with serving(tmp_path, hello("web")) as api:
+        await api.token("reader", "tasks:read")
+        status, body, _ = await api.ask("GET", "/tasks/01X/trace", "reader")
+        assert (status, body) == (503, problem(
+            503, "service unavailable", "tracing is off: add a [tracing] table to the "
+                                        "config (docs/tracing.md)", jsonrpc.UNAVAILABLE))
+
+
+def test_the_otlp_encoding_decodes_with_the_official_package() -> None:
+    """Reused attribute messages, events and an error status, as a collector reads them."""
+    from corral.daemon.traceexport import KEPT_VALUES, encode
+
+    span: Span = (int(CALLER_TRACE, 16), 7, 9, "task/run a", 3, 1.5, 2.25, "lost",
+                  {"corral.attempt": 1, "corral.replica": "a#0", "ok": True, "x": 0.5},
+                  [[2.0, "corral.replica.exited", {"corral.exit.reason": "killed"}]], "t")
+    for _ in range(2):  # the second time from the cache
+        req = ExportTraceServiceRequest.FromString(encode([span, span], "svc", "host", "1"))
+        (rs,) = req.resource_spans
+        assert {kv.key: kv.value.string_value for kv in rs.resource.attributes}[
+            "service.name"] == "svc"
+        (ss,) = rs.scope_spans
+        assert (ss.scope.name, ss.scope.version) == ("corral", "1")
+        pb = ss.spans[1]
+        assert (hexid(pb.trace_id), pb.span_id.hex(), pb.parent_span_id.hex(), pb.name,
+                pb.kind) == (CALLER_TRACE, f"{7:016x}", f"{9:016x}", "task/run a", 3)
+        assert (pb.start_time_unix_nano, pb.end_time_unix_nano) == (1_500_000_000,
+                                                                    2_250_000_000)
+        assert attrs(pb) == {"corral.attempt": 1, "corral.replica": "a#0", "ok": True,
+                             "x": 0.5}
+        assert (pb.status.code, pb.status.message) == (2, "lost")
+        (event,) = pb.events
+        assert (event.name, event.time_unix_nano, attrs(event)) == (
+            "corral.replica.exited", 2_000_000_000, {"corral.exit.reason": "killed"})
+    # the reused messages are bounded
+    many: list[Span] = [(1, i + 1, 0, "x", 1, 0.0, 1.0, None, {"i": i}, [], "t")
+                        for i in range(KEPT_VALUES + 10)]
+    req = ExportTraceServiceRequest.FromString(encode(many, "svc", "host"))
+    assert [attrs(s)["i"] for s in req.resource_spans[0].scope_spans[0].spans] == list(
+        range(KEPT_VALUES + 10))
+    from corral.daemon import traceexport
+    assert len(traceexport._made) <= KEPT_VALUES
+
+
+# -- an MCP server's own spans in the same trace ------------------------------------------------
+INSTRUMENTED = """
+import os
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+provider = TracerProvider(resource=Resource.create({"service.name": "notes-server"}))
+provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=os.environ["OTLP"])))
+trace.set_tracer_provider(provider)
+
+from mcp.server import MCPServer  # noqa: E402
+
+server = MCPServer("notes")
+
+
+@server.tool()
+def echo(text: str) -> str:
+    with trace.get_tracer("notes").start_as_current_span("echo.work"):
+        return text
+
+
+server.run()
+"""
+
+
+async def test_an_instrumented_mcp_servers_spans_join_the_tasks_trace(
+        sup: Supervisor, tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
+    """The official MCP SDK's own OpenTelemetry instrumentation (a server span per request,
+    its parent read from params._meta) in a server exporting to the same receiver: one
+    trace, the server's spans under corral's client spans, its own span under those."""
+    pytest.importorskip("opentelemetry.sdk.trace")
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    rec, url = receiver
+    server = tmp_path / "instrumented.py"
+    server.write_text(INSTRUMENTED)
+    sup.add_mcp_server(McpServerSpec(name="notes", command=[PY, str(server)],
+                                     env={"OTLP": url}, start_timeout=30.0, timeout=10.0))
+    sup.add(agent("user", "misbehave.py", tools=["notes__echo"]))
+    traces = await start_traces(tracing(url, export_interval=0.05), sup.tasks, tmp_path,
+                                SPARED)
+    assert traces is not None
+    try:
+        await sup.wait_state("user", State.READY)
+        res = await sup.tasks.run("user", {"do": "tools", "tool": "notes__echo",
+                                           "arguments": {"text": "a"}, "times": 3},
+                                  traceparent=f"00-{CALLER_TRACE}-{CALLER_SPAN}-01")
+        assert res.status == "succeeded"
+        assert [r["structuredContent"] for r in res.output] == [{"result": "a"}] * 3
+
+        def complete(spans: list[Any]) -> bool:
+            names = [(s.name, s.kind) for s in spans]
+            return (names.count(("tools/call echo", 3)) == 3 and names.count(
+                ("tools/call echo", 2)) == 3 and names.count(("echo.work", 1)) == 3
+                and ("invoke_agent user", 2) in names)
+
+        await rec.wait(complete)
+    finally:
+        await traces.close()
+    traced = [s for s in rec.spans if hexid(s.trace_id) == CALLER_TRACE]
+    # the server's other spans are corral's own requests to it, for no task (its start,
+    # its lists): each a trace of its own
+    others = {(rec.service[s.span_id], s.name) for s in rec.spans if s not in traced}
+    assert others and {service for service, _ in others} == {"notes-server"}
+    assert not any(name.startswith("tools/call") for _, name in others), others
+    ours = {s.span_id: s for s in traced if rec.service[s.span_id] == "corral"}
+    theirs = [s for s in traced if rec.service[s.span_id] == "notes-server"]
+    clients = {i for i, s in ours.items() if s.name == "tools/call echo"}
+    assert len(clients) == 3
+    # SERVER spans: one under each call of corral's (and the tool list the pool fetched
+    # for the first call, made under that call's span too)
+    assert {s.parent_span_id for s in theirs if s.kind == 2} == clients
+    served = [s for s in theirs if s.kind == 2 and s.name == "tools/call echo"]
+    assert {s.parent_span_id for s in served} == clients
+    assert {s.name for s in theirs if s.kind == 2} <= {"tools/call echo", "tools/list"}
+    assert attrs(served[0])["mcp.method.name"] == "tools/call"
+    work = [s for s in theirs if s.name == "echo.work"]
+    assert len(work) == 3
+    assert {s.parent_span_id for s in work} == {s.span_id for s in served}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from .. import methods as m
@@ -71,7 +73,7 @@ def trace(obj: Ctx, task_id: str, as_json: bool) -> None:
         return
     lines = waterfall(res)
     if not lines:
-        click.echo(f"no trace kept for task {task_id} (not sampled, not finished yet, or "
-                   "pruned from the local store)")
-        return
+        click.echo(f"corral: no trace kept for task {task_id} (not sampled, not finished "
+                   "yet, or pruned from the local store)", err=True)
+        sys.exit(1)
     click.echo("\n".join(lines))

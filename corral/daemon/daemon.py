@@ -292,7 +292,7 @@ class Daemon:
         gateway = part.gateway_service(conf, parts, audit)
         heard = part.hear(parts, hub, sender, gateway)
         # closed after the agents stop (entered before `running`): their last spans kept
-        traces = await enter(part.tracing(conf, parts))
+        traces = await enter(part.tracing(conf, parts, self.spared, gateway))
         dispatcher = part.dispatcher(audit)
         control = await enter(part.control_socket(conf, dispatcher, hub, self.taken,
                                                   lambda: self._graceful))

@@ -23,7 +23,7 @@ import secrets
 import time
 import tomllib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypedDict
@@ -41,6 +41,7 @@ from ..supervisor.quotas import visible_allow
 from ..supervisor.runas import tenant_of
 from ..supervisor.stream import Stream, Subscription
 from ..text import plural
+from ..tracecontext import CURRENT, ClientSpan, Parent, meta, parse_or_none
 from .api import Audit
 from .caller import Caller
 
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from ..supervisor.agents import Agents
     from ..supervisor.process_replica import Exited, ProcessReplica, Transition
     from ..supervisor.tools import Tools
+    from ..supervisor.tracing import Tracer
 
 
 
@@ -214,6 +216,7 @@ class GatewayService:
         # the HTTP API's tokens (tokens.Tokens.authenticate): one holding `mcp:call` (or
         # `admin`) opens /mcp too, its agent glob and tenant narrowing the tools it sees
         self.api_tokens: Callable[[str], ApiToken | None] | None = None
+        self.tracer: Tracer | None = None  # with [tracing]: a call's span (its client's)
 
     # -- configuration --------------------------------------------------------------------
     def configure(self, settings: GatewaySettings, base: Path) -> list[str]:
@@ -371,7 +374,10 @@ class GatewayService:
             if not isinstance(name, str) or not isinstance(arguments, dict):
                 raise RpcError(jsonrpc.INVALID_PARAMS,
                                "invalid params: tools/call needs a name and object arguments")
-            return await self.call(ident, name, arguments, on_progress, who)
+            said = params.get("_meta")
+            context = parse_or_none(said.get("traceparent"), said.get("tracestate")) \
+                if isinstance(said, dict) else None
+            return await self.call(ident, name, arguments, on_progress, who, context)
         with self._slot(ident):
             return await self._other(ident, method, params)
 
@@ -418,8 +424,9 @@ class GatewayService:
 
     async def call(self, ident: Identity, name: str, arguments: dict[str, Any],
                    on_progress: Callable[[dict[str, Any]], None] | None = None,
-                   who: tuple[int, int] = (-1, -1)) -> Any:
-        """One tools/call by a gateway client: allowlist, limits, accounting, audit."""
+                   who: tuple[int, int] = (-1, -1), context: Parent | None = None) -> Any:
+        """One tools/call by a gateway client: allowlist, limits, accounting, audit;
+        `context`: the client's trace context (its `_meta`), the call's span's parent."""
         if (ident.allow is not None and not allowed(name, ident.allow)) or \
                 not self._tenant_sees(ident, name):
             self._record(ident, name, 0.0, "refused: not in the allowlist", who)
@@ -435,8 +442,11 @@ class GatewayService:
         start = time.perf_counter()
         outcome = "ok"
         try:
-            result = await self.tools.call(name, arguments, owner=ident.owner,
-                                             on_progress=on_progress)
+            call: Awaitable[Any] = self.tools.call(name, arguments, owner=ident.owner,
+                                                   on_progress=on_progress)
+            if context is not None:
+                call = self._traced(call, context, name, ident.name)
+            result = await call
             if isinstance(result, dict) and result.get("isError"):
                 outcome = "isError"
             return result
@@ -449,6 +459,16 @@ class GatewayService:
         finally:
             limiter.in_flight -= 1
             self._record(ident, name, time.perf_counter() - start, outcome, who)
+
+    def _traced(self, call: Awaitable[Any], context: Parent, tool: str, client: str
+                ) -> Awaitable[Any]:
+        """The call under a client span, child of the client's; with tracing off, the
+        client's own context passed on to the server as it came."""
+        if self.tracer is not None:
+            return self.tracer.gateway_call(call, context, tool, client)
+        CURRENT.set(ClientSpan(meta(context.trace_id, context.span_id, context.sampled,
+                                    context.tracestate)))  # this request's own task
+        return call
 
     def _record(self, ident: Identity, tool: str, seconds: float, outcome: str,
                 who: tuple[int, int]) -> None:

@@ -559,10 +559,12 @@ def freeze_heap() -> None:
 
 
 @contextlib.asynccontextmanager
-async def tracing(conf: Conf, parts: Parts) -> AsyncIterator[Traces | None]:
+async def tracing(conf: Conf, parts: Parts, spared: set[int], gateway: GatewayService
+                  ) -> AsyncIterator[Traces | None]:
     """[tracing] (docs/tracing.md): the spans' exporter and local store; closed after the
     agents stop, so that their last spans are kept."""
-    traces = await start_traces(conf.cfg.tracing, parts.tasks, conf.paths.state_dir)
+    traces = await start_traces(conf.cfg.tracing, parts.tasks, conf.paths.state_dir,
+                                spared, gateway)
     try:
         yield traces
     finally:

@@ -1,38 +1,34 @@
-"""Traces, the daemon's side: the engine's spans (supervisor/tracing.py) taken off its
-buffer by one thread, which keeps them in a bounded local store (SQLite, for `corral
-trace`) and sends them to an OTLP/HTTP collector, encoded with the official
-`opentelemetry-proto` package. Nothing here runs on the event loop but the handler's
-read, which waits in a thread of its own (docs/tracing.md).
+"""Traces, the daemon's side: the [tracing] settings (with the OTEL_* variables), and the
+engine's spans (supervisor/tracing.py) handed in batches to the exporter process
+(traceexport.py), which keeps them in the local store (tracestore.py, for `corral trace`)
+and sends them to an OTLP/HTTP collector; `traces.get` reads the store (docs/tracing.md).
 
-A collector that is away costs spans, never a task: a failed export drops its batch
-(counted), and while an export waits the engine's buffer fills to its bound and drops
-what comes next (counted there). Both are `corral_trace_spans_dropped_total`.
+A collector that is away, or an exporter that is slow or dead, costs spans, never a task:
+each place that drops spans counts them, and they add up to
+`corral_trace_spans_dropped_total`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import sqlite3
-import threading
+import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..methods import SpanView, TraceView
+import msgspec
+
+from ..methods import TraceView
 from ..supervisor.config import TracingSettings
-from ..supervisor.tracing import Sampling, Span, Tracer
+from ..supervisor.tracing import Sampling, Tracer
+from ..timeouts import within
+from . import tracestore
 
 log = logging.getLogger("corral.daemon")
-
-SCOPE = "corral"
-PRUNE_EVERY = 60.0  # seconds between the store's prunes
 
 
 class Settings(NamedTuple):
@@ -86,251 +82,261 @@ def _sampler(env: Mapping[str, str]) -> tuple[float, bool]:
             "parentbased_traceidratio": (arg, True)}.get(name, (1.0, True))
 
 
-# -- OTLP ------------------------------------------------------------------------------------
-def _value(v: Any) -> Any:
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-
-    if isinstance(v, bool):
-        return AnyValue(bool_value=v)
-    if isinstance(v, int):
-        return AnyValue(int_value=v)
-    if isinstance(v, float):
-        return AnyValue(double_value=v)
-    return AnyValue(string_value=str(v))
+# -- the exporter process, fed and supervised ------------------------------------------------
+PIPE_BOUND = 8 << 20  # bytes of batches waiting for the exporter to read; past it, dropped
+FLUSH_WAIT = 5.0  # seconds a read waits for the exporter to store what it was sent
+BACKOFF = (0.5, 30.0)  # a dead exporter's restart: first delay, longest
+STEADY = 60.0  # seconds an exporter lives for its restart delay to start over
 
 
-def _attributes(attrs: Mapping[str, Any]) -> list[Any]:
-    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+class Counts:
+    """What one exporter process said of itself (its last `done` line)."""
 
-    return [KeyValue(key=k, value=_value(v)) for k, v in attrs.items()]
+    __slots__ = ("done", "dropped", "exported", "failures")
 
-
-def encode(spans: list[Span], service: str, node: str) -> bytes:
-    """An ExportTraceServiceRequest of `spans`, one resource (this daemon), one scope."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest,
-    )
-    from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
-    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Status
-    from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
-
-    from .. import __version__
-
-    out = []
-    for (trace_id, span_id, parent_id, name, kind, start, end, error, attrs, events,
-         _task) in spans:
-        pb = PbSpan(trace_id=trace_id.to_bytes(16, "big"), span_id=span_id.to_bytes(8, "big"),
-                    name=name, kind=kind,  # type: ignore[arg-type]
-                    start_time_unix_nano=int(start * 1e9),
-                    end_time_unix_nano=int(max(end, start) * 1e9),
-                    attributes=_attributes(attrs),
-                    events=[PbSpan.Event(time_unix_nano=int(t * 1e9), name=n,
-                                         attributes=_attributes(a)) for t, n, a in events],
-                    status=Status(code=Status.STATUS_CODE_ERROR, message=error)
-                    if error is not None else None)
-        if parent_id:
-            pb.parent_span_id = parent_id.to_bytes(8, "big")
-        out.append(pb)
-    resource = Resource(attributes=_attributes({
-        "service.name": service, "service.version": __version__, "host.name": node,
-        "telemetry.sdk.name": "corral", "telemetry.sdk.language": "python"}))
-    request = ExportTraceServiceRequest(resource_spans=[ResourceSpans(
-        resource=resource, scope_spans=[ScopeSpans(
-            scope=InstrumentationScope(name=SCOPE, version=__version__), spans=out)])])
-    return bytes(request.SerializeToString())
+    def __init__(self) -> None:
+        self.done = self.exported = self.dropped = self.failures = 0
 
 
-# -- the local store ---------------------------------------------------------------------------
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS spans (
-    trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_id TEXT, name TEXT NOT NULL,
-    kind INTEGER NOT NULL, start REAL NOT NULL, end REAL NOT NULL, error TEXT,
-    attributes TEXT NOT NULL, events TEXT NOT NULL, task_id TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS spans_task ON spans(task_id);
-CREATE INDEX IF NOT EXISTS spans_start ON spans(start);
-"""
-
-
-class TraceStore:
-    """Recent spans in SQLite, bounded by age and by count; written by the exporter's
-    thread, read by a thread of each `traces.get`."""
-
-    def __init__(self, path: Path, keep_days: float, keep_spans: int) -> None:
-        self.path = path
-        self.keep_days = keep_days
-        self.keep_spans = keep_spans
-        self.db = self._connect()
-        self.db.executescript(SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=OFF")  # recent traces: a power loss may take some
-        return db
-
-    def write(self, spans: list[Span]) -> None:
-        rows = [(f"{s[0]:032x}", f"{s[1]:016x}", f"{s[2]:016x}" if s[2] else None, s[3],
-                 s[4], s[5], s[6], s[7], json.dumps(s[8]),
-                 json.dumps([[t, n, a] for t, n, a in s[9]]), s[10]) for s in spans]
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.executemany("INSERT INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
-
-    def prune(self, now: float) -> None:
-        with self.db:
-            self.db.execute("BEGIN")
-            if self.keep_days:
-                self.db.execute("DELETE FROM spans WHERE start < ?",
-                                (now - self.keep_days * 86400,))
-            if self.keep_spans:
-                self.db.execute("DELETE FROM spans WHERE rowid <= (SELECT max(rowid) FROM "
-                                "spans) - ?", (self.keep_spans,))
-
-    def of_task(self, task_id: str) -> list[SpanView]:
-        db = sqlite3.connect(self.path)
-        try:
-            rows = db.execute("SELECT trace_id, span_id, parent_id, name, kind, start, end, "
-                              "error, attributes, events FROM spans WHERE task_id = ? "
-                              "ORDER BY start, rowid", (task_id,)).fetchall()
-        finally:
-            db.close()
-        return [SpanView(trace_id=r[0], span_id=r[1], parent_id=r[2], name=r[3],
-                         kind=_KINDS.get(r[4], "internal"), start=r[5], end=r[6], error=r[7],
-                         attributes=json.loads(r[8]), events=json.loads(r[9]))
-                for r in rows]
-
-    def close(self) -> None:
-        self.db.close()
-
-
-_KINDS = {1: "internal", 2: "server", 3: "client"}
-
-
-# -- the exporter ------------------------------------------------------------------------------
 class Traces:
-    """The exporter thread, the store, and what `traces.get` and /metrics ask of them."""
+    """The exporter process (traceexport.py) fed with the engine's records, one msgpack
+    frame a batch down its stdin, restarted when it dies; and what `traces.get` and
+    /metrics ask.
+
+    The loop's part of a span: the engine's tuple appended (tracing.py), then its share
+    of one `msgspec` encoding of the batch and of one pipe write. Nothing waits for the
+    process: a batch it has not read while `PIPE_BOUND` bytes wait is dropped, and while
+    it is dead (until its restart) the engine's buffer keeps the spans to its bound."""
 
     def __init__(self, tracer: Tracer, cfg: TracingSettings, resolved: Settings,
-                 state_dir: Path, node: str) -> None:
+                 state_dir: Path, node: str, spared: set[int] | None = None) -> None:
         self.tracer = tracer
         self.cfg = cfg
         self.settings = resolved
         self.node = node
-        self.store = TraceStore(state_dir / "traces.db", cfg.keep_days, cfg.keep_spans)
-        self.exported = 0
-        self.export_dropped = 0  # spans of exports that failed
-        self.export_failures = 0
+        self.path = state_dir / "traces.db"
+        self.spared = spared if spared is not None else set()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started = 0  # exporter processes started
+        self.pipe_dropped = 0  # batches the exporter did not read in time
+        self.lost = 0  # spans sent to an exporter that died before it was done with them
         self.last_error: str | None = None
-        self._lock = threading.Lock()  # one taker of the buffer at a time
-        self._wake = threading.Event()
-        self._stop = False
-        self._thread: threading.Thread | None = None
-        self._pruned = 0.0
-        self._warned = 0.0
+        self._ended = Counts()  # the processes that ended, added up
+        self._live = Counts()
+        self._sent = 0  # spans written to the live process
+        self._encoder = msgspec.msgpack.Encoder()
+        self._flushes: dict[int, asyncio.Future[None]] = {}
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._soon = False
+        self._closing = False
+        self._delay = BACKOFF[0]
+        self._watcher: asyncio.Task[None] | None = None
+        self._restart: asyncio.TimerHandle | None = None
+        # the live process said it has made its imports and opened the store
+        self.ready = asyncio.Event()
+
+    # -- counts -----------------------------------------------------------------------------
+    @property
+    def exported(self) -> int:
+        return self._ended.exported + self._live.exported
+
+    @property
+    def export_failures(self) -> int:
+        return self._ended.failures + self._live.failures
 
     @property
     def dropped(self) -> int:
-        return self.tracer.dropped + self.export_dropped
-
-    def start(self) -> None:
-        self.tracer.ready = self._wake.set
-        self._thread = threading.Thread(target=self._run, name="corral-traces", daemon=True)
-        self._thread.start()
-
-    async def close(self) -> None:
-        """The last spans stored and sent (bounded by the export's timeout)."""
-        self._stop = True
-        self._wake.set()
-        self.tracer.ready = None
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, self.cfg.export_timeout + 5)
-        self.store.close()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(self.cfg.export_interval)
-            self._wake.clear()
-            stopping = self._stop
-            try:
-                self._cycle()
-            except Exception:  # the thread lives on: spans are not worth a dead exporter
-                log.exception("tracing: an export cycle failed")
-            if stopping:
-                return
-
-    def _take(self) -> list[Span]:
-        """What the buffer holds, stored (under the lock: a reader sees it once taken)."""
-        spans = self.tracer.spans
-        batch: list[Span] = []
-        with self._lock:
-            while spans:
-                batch.append(spans.popleft())
-            if batch:
-                self.store.write(batch)
-        return batch
-
-    def _cycle(self) -> None:
-        batch = self._take()
-        now = time.time()
-        if now - self._pruned >= PRUNE_EVERY:
-            with self._lock:
-                self.store.prune(now)
-            self._pruned = now
-        endpoint = self.settings.endpoint
-        size = self.cfg.batch
-        for i in range(0, len(batch) if endpoint else 0, size):
-            self._send(batch[i:i + size])
-
-    def _send(self, spans: list[Span]) -> None:
-        assert self.settings.endpoint is not None
-        body = encode(spans, self.settings.service, self.node)
-        request = urllib.request.Request(
-            self.settings.endpoint, data=body, method="POST",
-            headers={"Content-Type": "application/x-protobuf", **self.settings.headers})
-        try:
-            with urllib.request.urlopen(request, timeout=self.cfg.export_timeout) as answer:
-                answer.read()
-        except (OSError, urllib.error.URLError, ValueError) as exc:
-            self.export_failures += 1
-            self.export_dropped += len(spans)
-            self.last_error = str(exc)
-            now = time.monotonic()
-            if now - self._warned >= 60:
-                log.warning("tracing: export to %s failed (%s): %d spans dropped; the "
-                            "next failures are counted in corral_trace_spans_dropped_total",
-                            self.settings.endpoint, exc, len(spans))
-                self._warned = now
-            return
-        self.exported += len(spans)
-
-    def _read(self, task_id: str) -> list[SpanView]:
-        self._take()  # what is still buffered is in the store before it is read
-        return self.store.of_task(task_id)
-
-    async def trace(self, task_id: str) -> TraceView:
-        spans = await asyncio.to_thread(self._read, task_id)
-        return TraceView(task_id=task_id, trace_id=spans[0].trace_id if spans else None,
-                         spans=spans)
+        return (self.tracer.dropped + self.pipe_dropped + self.lost + self._ended.dropped
+                + self._live.dropped)
 
     def stats(self) -> dict[str, Any]:
         return {"endpoint": self.settings.endpoint, "recorded": self.tracer.recorded,
                 "exported": self.exported, "dropped": self.dropped,
-                "export_failures": self.export_failures, "last_error": self.last_error}
+                "export_failures": self.export_failures, "last_error": self.last_error,
+                "exporter_pid": self.proc.pid if self.proc is not None else None,
+                "exporter_starts": self.started}
+
+    # -- the process --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.tracer.ready = self._ready
+        await self._spawn()
+
+    async def _spawn(self) -> None:
+        from .. import __version__
+        from .traceexport import Config
+
+        cfg = Config(store=str(self.path), endpoint=self.settings.endpoint,
+                     headers=self.settings.headers, service=self.settings.service,
+                     node=self.node, version=__version__, keep_days=self.cfg.keep_days,
+                     keep_spans=self.cfg.keep_spans, timeout=self.cfg.export_timeout)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "corral.daemon.traceexport",
+                msgspec.json.encode(cfg).decode(), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            self.last_error = f"the exporter process cannot start: {exc}"
+            log.warning("tracing: %s", self.last_error)
+            self._again()
+            return
+        # its status is its waiter's (below), not containment's; nor is it an orphan
+        self.spared.add(proc.pid)
+        self.proc = proc
+        self.started += 1
+        self._watcher = asyncio.ensure_future(self._watch(proc, time.monotonic()))
+        if self.tracer.records:
+            self._flush()  # what waited while there was no process
+
+    async def _watch(self, proc: asyncio.subprocess.Process, since: float) -> None:
+        assert proc.stdout is not None
+        try:
+            async for line in proc.stdout:
+                self._heard(line)
+        except (OSError, ValueError) as exc:  # a line past the reader's limit: not its own
+            log.warning("tracing: the exporter's output is unreadable (%s)", exc)
+        status = await proc.wait()
+        self.spared.discard(proc.pid)
+        self.proc = None
+        self.ready.clear()
+        live, self._live = self._live, Counts()
+        lost = max(0, self._sent - live.done)
+        self._sent = 0
+        for name in ("done", "exported", "dropped", "failures"):
+            setattr(self._ended, name, getattr(self._ended, name) + getattr(live, name))
+        self.lost += lost
+        for fut in self._flushes.values():
+            if not fut.done():
+                fut.set_result(None)
+        self._flushes.clear()
+        if self._closing:
+            return
+        self.last_error = f"the exporter process exited (status {status}); {lost} spans lost"
+        if time.monotonic() - since >= STEADY:
+            self._delay = BACKOFF[0]
+        log.warning("tracing: %s; restarting it in %g s", self.last_error, self._delay)
+        self._again()
+
+    def _again(self) -> None:
+        if self._closing:
+            return
+        delay, self._delay = self._delay, min(self._delay * 2, BACKOFF[1])
+        self._restart = asyncio.get_running_loop().call_later(
+            delay, lambda: asyncio.ensure_future(self._spawn()))
+
+    def _heard(self, line: bytes) -> None:
+        said = msgspec.json.decode(line)
+        if not isinstance(said, dict):
+            return
+        if said.get("ready"):
+            self.ready.set()
+        elif "flushed" in said:
+            fut = self._flushes.pop(said["flushed"], None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        elif "done" in said:
+            live = self._live
+            live.done, live.exported = said["done"], said["exported"]
+            live.dropped, live.failures = said["dropped"], said["failures"]
+            if said.get("error"):
+                self.last_error = said["error"]
+
+    # -- feeding it ---------------------------------------------------------------------------
+    def _ready(self) -> None:
+        """The engine's buffer had its first span, or a batch's worth (Tracer.put)."""
+        if len(self.tracer.records) >= self.cfg.batch:
+            if not self._soon:
+                self._soon = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.cfg.export_interval,
+                                                                self._flush)
+
+    def _stdin(self) -> asyncio.StreamWriter | None:
+        proc = self.proc
+        if proc is None or proc.stdin is None or proc.stdin.is_closing():
+            return None
+        return proc.stdin
+
+    def _flush(self) -> None:
+        self._soon = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        spans = self.tracer.records
+        pipe = self._stdin()
+        if not spans or pipe is None:
+            return  # kept (to the buffer's bound) for the next process
+        batch = list(spans)
+        spans.clear()
+        size, encode = self.cfg.batch, self._encoder.encode
+        for i in range(0, len(batch), size):
+            chunk = batch[i:i + size]
+            if pipe.transport.get_write_buffer_size() > PIPE_BOUND:
+                self.pipe_dropped += len(chunk)
+                continue
+            body = encode(chunk)
+            pipe.write(len(body).to_bytes(4, "big") + body)
+            self._sent += len(chunk)
+
+    async def sync(self, sent: bool = False, timeout: float = FLUSH_WAIT) -> None:
+        """What the engine buffered is in the store (`sent`: and was exported, or failed
+        to be) — or `timeout` passed, or the exporter died."""
+        self._flush()
+        pipe = self._stdin()
+        if pipe is None:
+            return
+        self._seq += 1
+        fut = self._flushes[self._seq] = asyncio.get_running_loop().create_future()
+        body = self._encoder.encode({"flush": self._seq, "sent": sent})
+        pipe.write(len(body).to_bytes(4, "big") + body)
+        try:
+            await within(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            self._flushes.pop(self._seq, None)
+
+    # -- what is asked of it --------------------------------------------------------------------
+    async def trace(self, task_id: str) -> TraceView:
+        await self.sync()
+        spans = await asyncio.to_thread(tracestore.of_task, self.path, task_id)
+        return TraceView(task_id=task_id, trace_id=spans[0].trace_id if spans else None,
+                         spans=spans)
+
+    async def close(self) -> None:
+        """The last spans stored and sent (each export within its timeout)."""
+        self._flush()
+        self._closing = True
+        self.tracer.ready = None
+        for handle in (self._timer, self._restart):
+            if handle is not None:
+                handle.cancel()
+        proc, pipe = self.proc, self._stdin()
+        if pipe is not None:
+            pipe.close()
+        if proc is not None and self._watcher is not None:
+            try:
+                await within(asyncio.shield(self._watcher),
+                             self.cfg.export_timeout + 5)
+            except TimeoutError:
+                proc.kill()
+                await self._watcher
 
 
-async def start(cfg: TracingSettings | None, tasks: Any, state_dir: Path
-                ) -> Traces | None:
-    """With [tracing], the engine's tasks traced and the exporter started (a change of
-    the table takes a restart of the daemon)."""
+async def start(cfg: TracingSettings | None, tasks: Any, state_dir: Path,
+                spared: set[int] | None = None, gateway: Any = None) -> Traces | None:
+    """With [tracing], the engine's tasks (and the gateway's calls) traced and the
+    exporter process started (a change of the table takes a restart of the daemon);
+    `spared`: where the daemon lists its own children (Supervisor's `spared`)."""
     if cfg is None:
         return None
     import socket
 
     resolved = settings(cfg)
     tracer = Tracer(resolved.sampling, capacity=cfg.buffer, batch=cfg.batch)
-    traces = await asyncio.to_thread(Traces, tracer, cfg, resolved, state_dir,
-                                     socket.gethostname())
+    traces = Traces(tracer, cfg, resolved, state_dir, socket.gethostname(), spared)
+    await asyncio.to_thread(tracestore.create, traces.path)
     tracer.install(tasks)
-    traces.start()
+    if gateway is not None:
+        gateway.tracer = tracer
+    await traces.start()
     return traces

@@ -51,6 +51,7 @@ CHANGED = {"tools": "notifications/tools/list_changed",
 
 _one = msgspec.json.Decoder(Envelope)
 _batch = msgspec.json.Decoder(list[Envelope])
+TRACE_KEYS = ("traceparent", "tracestate")
 Progress = Callable[[dict[str, Any]], None]
 Reply = Callable[[Any], None]
 
@@ -220,6 +221,10 @@ class GatewaySession:
             def on_progress(p: dict[str, Any]) -> None:
                 reply(Notification("notifications/progress", {**p, "progressToken": token}))
         upstream = {k: v for k, v in params.items() if k != "_meta"}
+        if meta and "traceparent" in meta:
+            # the client's W3C context (the keys MCP 2026-07-28 reserves): the call's span
+            # is its child, and the upstream server's spans join its trace (tracing.md)
+            upstream["_meta"] = {k: meta[k] for k in TRACE_KEYS if k in meta}
         return self._forward(method, upstream, on_progress, stateless)
 
     async def _forward(self, method: str, params: dict[str, Any],

@@ -559,8 +559,8 @@ class TracingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     parent_based: bool | None = None  # a caller's sampled flag decides (default yes)
     slow: Positive = 10.0  # seconds: a task this slow is kept whatever the sampling said
     service_name: str | None = None  # default OTEL_SERVICE_NAME, else "corral"
-    buffer: PositiveInt = 65536  # spans waiting for the exporter; past it, dropped
-    batch: PositiveInt = 512  # spans a batch: the exporter wakes when one is ready
+    buffer: PositiveInt = 65536  # records waiting (a task's spans are one); past it, dropped
+    batch: PositiveInt = 512  # records a batch: handed to the exporter when one is ready
     export_interval: Positive = 2.0  # seconds between exports of what is there
     export_timeout: Positive = 5.0
     # the local store (`corral trace`): spans kept at most keep_days, the newest keep_spans

@@ -1,7 +1,7 @@
 """Traces of tasks, the engine's side: the context a task starts with, the sampling
 decision, and each span as one tuple appended to a bounded buffer. No I/O here: the
-daemon's exporter (daemon/traces.py) takes the tuples off the buffer in its own thread,
-encodes and sends them (docs/tracing.md).
+daemon (daemon/traces.py) hands the tuples in batches to its exporter process, which
+stores, encodes and sends them (docs/tracing.md).
 
 What the loop pays for a span is a tuple and a deque append; the spans of a task, its
 queue waits and its attempts are made from what the Task already records, once, when it
@@ -14,22 +14,25 @@ from __future__ import annotations
 import inspect
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..mcp.pool import SEP
 from ..tracecontext import (
+    CALLER,
     CURRENT,
+    GOLDEN,
     MASK64,
     BadTraceparent,
     ClientSpan,
+    Parent,
     TaskTrace,
     meta,
     new_span_id,
-    new_trace_id,
     parse,
+    parse_or_none,
 )
 from .process_replica import Exited
 from .tasks.model import Task, TaskFinished, TaskStatus
@@ -41,16 +44,31 @@ if TYPE_CHECKING:
 # OTLP's SpanKind values
 INTERNAL, SERVER, CLIENT = 1, 2, 3
 
-# a span as the buffer holds it:
+# a span as the exporter makes it from a record (`expand`):
 # (trace_id, span_id, parent_id, name, kind, start, end, error, attributes, events, task_id)
 # times in seconds since the epoch; error None or its message; attributes a dict; events
-# a tuple of (time, name, attributes)
+# a sequence of (time, name, attributes)
 Span = tuple[int, int, int, str, int, float, float, "str | None", dict[str, Any],
-             tuple[tuple[float, str, dict[str, Any]], ...], str]
+             Sequence[Sequence[Any]], str]
+
+# What the loop buffers is a record, the fewest fields that make the spans: the attribute
+# names, the span names and the queue waits are the exporter's to write (`expand`, in its
+# own process), so the loop pays a tuple of references and its share of one encoding.
+# TASK: (TASK, trace_hi, trace_lo, span_id, parent_id, agent, task_id, status, error,
+#        priority, tool_calls, created, end, usage, attempts, events): a task and its
+#        attempts
+# TOOL: (TOOL, trace_hi, trace_lo, span_id, parent_id, name, task_id, attempt, transport,
+#        request_id, start, end, error): a tool call, a worker's or a gateway client's
+#        (task_id "gateway:CLIENT", attempt 0)
+# (the trace id in two 64-bit halves: the pipe's msgpack carries no wider integer)
+TASK, TOOL = 0, 1
+Record = tuple[Any, ...]
 
 FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.LOST})
+SUCCEEDED = TaskStatus.SUCCEEDED
 HELD_MAX = 256  # tool spans an unsampled task keeps for the tail rule; past it, dropped
 EVENTS_MAX = 64  # exits recorded on one task's attempts
+QUEUE_MIX = 0x5BD1E9955BD1E995  # a queue wait's span id from its attempt's
 
 
 class Sampling(NamedTuple):
@@ -77,14 +95,25 @@ class Tracer:
     def __init__(self, sampling: Sampling | None = None, *, capacity: int = 65536,
                  batch: int = 512) -> None:
         self.sampling = sampling or Sampling()
-        self.spans: deque[Span] = deque()
+        self.records: deque[Record] = deque()
         self.capacity = capacity
         self.batch = batch
         self.dropped = 0  # spans the buffer had no room for (the exporter counts its own)
         self.recorded = 0
-        # told when a batch is ready (the exporter's wake-up; its own timer does the rest)
+        # told when the buffer takes its first span (the exporter's timer starts) and when
+        # it holds a batch (the exporter takes it at once)
         self.ready: Callable[[], None] | None = None
         self._tasks: TaskManager | None = None
+
+    @property
+    def sampling(self) -> Sampling:
+        return self._sampling
+
+    @sampling.setter
+    def sampling(self, sampling: Sampling) -> None:
+        self._sampling = sampling
+        self._all = sampling.ratio >= 1.0  # every new trace sampled: no decision to make
+        self._slow = sampling.slow
 
     # -- wiring -----------------------------------------------------------------------------
     def install(self, tasks: TaskManager) -> None:
@@ -108,18 +137,23 @@ class Tracer:
             task.trace = TaskTrace(p.trace_id, p.span_id,
                                    self.sampling.head(p.trace_id, p.sampled), p.tracestate)
         else:
-            trace_id = new_trace_id()
-            task.trace = TaskTrace(trace_id, 0, self.sampling.head(trace_id, None), None)
+            # one draw for the trace id and the task's span id (a task a submission)
+            bits = new_span_id(192)
+            trace_id = (bits >> 64) or 1
+            sampled = self._all or self.sampling.head(trace_id, None)
+            task.trace = TaskTrace(trace_id, 0, sampled, None, bits & MASK64)
 
     # -- the buffer ---------------------------------------------------------------------------
-    def put(self, span: Span) -> None:
-        spans = self.spans
-        if len(spans) >= self.capacity:
-            self.dropped += 1
+    def put(self, record: Record, spans: int = 1) -> None:
+        """`spans`: how many spans the record makes (counted, when it is dropped)."""
+        buffered = self.records
+        n = len(buffered)
+        if n >= self.capacity:
+            self.dropped += spans
             return
-        spans.append(span)
+        buffered.append(record)
         self.recorded += 1
-        if len(spans) == self.batch and self.ready is not None:
+        if (n == 0 or n + 1 == self.batch) and self.ready is not None:
             self.ready()
 
     # -- tool calls ---------------------------------------------------------------------------
@@ -131,12 +165,18 @@ class Tracer:
             trace = task.trace if task is not None else None
             if trace is None or task is None:
                 return router(r, name, arguments, task)
-            return self._call(router, r, name, arguments, task, trace)
+            # the worker's own span, when it sent one of this trace (else the attempt's)
+            said = CALLER.get()
+            own = parse_or_none(said.get("traceparent")) if said else None
+            parent = own.span_id if own is not None and own.trace_id == trace.trace_id \
+                else 0
+            return self._call(router, r, name, arguments, task, trace, parent)
 
         return route
 
     async def _call(self, router: Callable[..., Any], r: Replica, name: str,
-                    arguments: dict[str, Any], task: Task, trace: TaskTrace) -> Any:
+                    arguments: dict[str, Any], task: Task, trace: TaskTrace, parent: int
+                    ) -> Any:
         span_id = new_span_id(64) or 1
         attempt = task.attempt
         client = ClientSpan(meta(trace.trace_id, span_id, trace.sampled, trace.tracestate))
@@ -154,27 +194,41 @@ class Tracer:
             error = getattr(exc, "message", None) or type(exc).__name__
             raise
         finally:
-            server, _, tool = name.partition(SEP)
-            attrs: dict[str, Any] = {
-                "mcp.method.name": "tools/call", "gen_ai.operation.name": "execute_tool",
-                "gen_ai.tool.name": tool or name, "corral.mcp.server": server,
-                "network.transport": client.transport, "corral.task.id": task.id,
-                "corral.attempt": attempt}
-            if client.request_id is not None:
-                attrs["jsonrpc.request.id"] = str(client.request_id)
-            if error is not None:
-                attrs["error.type"] = "tool_error" if error == "tool_error" else "rpc_error"
-            span: Span = (trace.trace_id, span_id, trace.attempt_span(attempt),
-                          f"tools/call {tool or name}", CLIENT, start, time.time(), error,
-                          attrs, (), task.id)
+            record = (TOOL, trace.trace_id >> 64, trace.trace_id & MASK64, span_id,
+                      parent or trace.attempt_span(attempt), name, task.id, attempt,
+                      client.transport, client.request_id, start, time.time(), error)
             if trace.sampled:
-                self.put(span)
+                self.put(record)
             else:
                 held = trace.held
                 if held is None:
                     held = trace.held = []
                 if len(held) < HELD_MAX:
-                    held.append(span)
+                    held.append(record)
+
+    async def gateway_call(self, call: Awaitable[Any], context: Parent, name: str,
+                           client: str) -> Any:
+        """A gateway client's tool call, under a client span that is a child of the
+        context the client sent in `_meta` (its decision to sample honoured)."""
+        sampled = self.sampling.head(context.trace_id, context.sampled)
+        span_id = new_span_id(64) or 1
+        span = ClientSpan(meta(context.trace_id, span_id, sampled, context.tracestate))
+        CURRENT.set(span)  # the gateway request's own asyncio task
+        start = time.time()
+        error: str | None = None
+        try:
+            result = await call
+            if isinstance(result, dict) and result.get("isError"):
+                error = "tool_error"
+            return result
+        except BaseException as exc:
+            error = getattr(exc, "message", None) or type(exc).__name__
+            raise
+        finally:
+            if sampled:
+                self.put((TOOL, context.trace_id >> 64, context.trace_id & MASK64,
+                          span_id, context.span_id, name, f"gateway:{client}", 0,
+                          span.transport, span.request_id, start, time.time(), error))
 
     # -- a worker's exit ----------------------------------------------------------------------
     def _exited(self, e: Exited) -> None:
@@ -200,73 +254,108 @@ class Tracer:
         if trace is None:
             return
         end = task.finished or time.time()
-        kept = trace.sampled or task.status in FAILED or (
-            end - task.created >= self.sampling.slow)
-        if not kept:
+        status = task.status
+        if not trace.sampled and status not in FAILED and end - task.created < self._slow:
             trace.held = None
             return
-        for span in self.spans_of(task, trace, end):
-            self.put(span)
+        error = task.error
+        attempts = task.attempts
+        self.put((TASK, trace.trace_id >> 64, trace.trace_id & MASK64, trace.span_id,
+                  trace.parent_id, task.agent, task.id, status,
+                  error.message if error is not None and status != SUCCEEDED else None,
+                  task.priority, task.tool_calls, task.created, end, task.usage, attempts,
+                  trace.events), 1 + 2 * (len(attempts) or 1))
         if trace.held:
-            for span in trace.held:
-                self.put(span)
+            for record in trace.held:
+                self.put(record)
         trace.held = None
-
-    def spans_of(self, task: Task, trace: TaskTrace, end: float) -> list[Span]:
-        """The task's span, its queue waits and its attempts, from what it recorded."""
-        tid, own, agent = trace.trace_id, trace.span_id, task.agent
-        error = task.error.message if task.error is not None and task.status != \
-            TaskStatus.SUCCEEDED else None
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent,
-            "corral.task.id": task.id, "corral.task.status": str(task.status),
-            "corral.task.priority": task.priority, "corral.task.attempts": len(task.attempts),
-            "corral.task.tool_calls": task.tool_calls}
-        if error is not None:
-            attrs["error.type"] = str(task.status)
-        usage = task.usage
-        if usage is not None:
-            attrs["gen_ai.usage.input_tokens"] = usage.input_tokens
-            attrs["gen_ai.usage.output_tokens"] = usage.output_tokens
-            attrs["corral.usage.cost_usd"] = usage.cost_usd
-            if len(usage.models) == 1:
-                attrs["gen_ai.request.model"] = next(iter(usage.models))
-        events_by: dict[int, list[tuple[float, str, dict[str, Any]]]] = {}
-        for t, n, name, why in trace.events or ():
-            events_by.setdefault(n, []).append((t, name, {"corral.exit.reason": why}))
-        retries = tuple((a.started, "corral.task.retried", {"corral.attempt": i + 1})
-                        for i, a in enumerate(task.attempts) if i)
-        out: list[Span] = [(tid, own, trace.parent_id, f"invoke_agent {agent}", SERVER,
-                            task.created, end, error, attrs, retries, task.id)]
-        waited_from = task.created
-        for i, a in enumerate(task.attempts):
-            n = i + 1
-            out.append((tid, new_span_id(64) or 1, own, "corral.queue", INTERNAL,
-                        waited_from, a.started, None,
-                        {"gen_ai.agent.name": agent, "corral.attempt": n}, (), task.id))
-            finished = a.finished or end
-            waited_from = finished
-            a_attrs: dict[str, Any] = {
-                "gen_ai.agent.name": agent, "corral.attempt": n,
-                "corral.replica": f"{agent}#{a.replica}", "corral.attempt.outcome": a.outcome,
-                "network.transport": "pipe", "rpc.system": "jsonrpc",
-                "rpc.method": "task/run"}
-            if a.pid is not None:
-                a_attrs["process.pid"] = a.pid
-            if isinstance(a.node, str):
-                a_attrs["corral.node"] = a.node
-            a_error = None
-            if a.outcome != TaskStatus.SUCCEEDED:
-                a_error = a.error or str(a.outcome)
-                a_attrs["error.type"] = str(a.outcome)
-            out.append((tid, trace.attempt_span(n), own, f"task/run {agent}", CLIENT,
-                        a.started, finished, a_error, a_attrs,
-                        tuple(events_by.get(n, ())), task.id))
-        if not task.attempts:  # ended while waiting (cancelled, its agent gone)
-            out.append((tid, new_span_id(64) or 1, own, "corral.queue", INTERNAL,
-                        task.created, end, None, {"gen_ai.agent.name": agent}, (), task.id))
-        return out
 
     def stats(self) -> dict[str, int]:
         return {"recorded": self.recorded, "dropped": self.dropped,
-                "buffered": len(self.spans)}
+                "buffered": len(self.records)}
+
+
+# -- the spans of a record (the exporter's side) ------------------------------------------------
+def queue_span(task_span: int, attempt: int) -> int:
+    return ((task_span ^ (attempt * GOLDEN) ^ QUEUE_MIX) & MASK64) or 1
+
+
+def expand(record: Sequence[Any]) -> list[Span]:
+    """The spans of a record as the pipe brings it (msgpack: structs as maps, tuples as
+    arrays), named and attributed by the GenAI and MCP conventions (docs/tracing.md)."""
+    if record[0] == TOOL:
+        return [_tool(record)]
+    (_, hi, lo, own, parent, agent, task_id, status, error, priority, tool_calls, created,
+     end, usage, attempts, events) = record
+    tid = hi << 64 | lo
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent,
+        "corral.task.id": task_id, "corral.task.status": status,
+        "corral.task.priority": priority, "corral.task.attempts": len(attempts),
+        "corral.task.tool_calls": tool_calls}
+    if error is not None:
+        attrs["error.type"] = status
+    if usage is not None:
+        attrs["gen_ai.usage.input_tokens"] = usage["input_tokens"]
+        attrs["gen_ai.usage.output_tokens"] = usage["output_tokens"]
+        attrs["corral.usage.cost_usd"] = usage["cost_usd"]
+        models = usage.get("models") or ()
+        if len(models) == 1:
+            attrs["gen_ai.request.model"] = next(iter(models))
+    events_by: dict[int, list[tuple[float, str, dict[str, Any]]]] = {}
+    for t, n, name, why in events or ():
+        events_by.setdefault(n, []).append((t, name, {"corral.exit.reason": why}))
+    retries = [(a["started"], "corral.task.retried", {"corral.attempt": i + 1})
+               for i, a in enumerate(attempts) if i]
+    out: list[Span] = [(tid, own, parent, f"invoke_agent {agent}", SERVER, created, end,
+                        error, attrs, retries, task_id)]
+    waited_from = created
+    for i, a in enumerate(attempts):
+        n = i + 1
+        out.append((tid, queue_span(own, n), own, "corral.queue", INTERNAL, waited_from,
+                    a["started"], None, {"gen_ai.agent.name": agent, "corral.attempt": n},
+                    (), task_id))
+        finished = a.get("finished") or end
+        waited_from = finished
+        outcome = a.get("outcome")
+        a_attrs: dict[str, Any] = {
+            "gen_ai.agent.name": agent, "corral.attempt": n,
+            "corral.replica": f"{agent}#{a['replica']}", "corral.attempt.outcome": outcome,
+            "network.transport": "pipe", "rpc.system": "jsonrpc", "rpc.method": "task/run"}
+        if a.get("pid") is not None:
+            a_attrs["process.pid"] = a["pid"]
+        if isinstance(a.get("node"), str):
+            a_attrs["corral.node"] = a["node"]
+        a_error = None
+        if outcome != TaskStatus.SUCCEEDED:
+            a_error = a.get("error") or str(outcome)
+            a_attrs["error.type"] = str(outcome)
+        out.append((tid, ((own ^ (n * GOLDEN)) & MASK64) or 1, own, f"task/run {agent}",
+                    CLIENT, a["started"], finished, a_error, a_attrs,
+                    events_by.get(n, ()), task_id))
+    if not attempts:  # ended while waiting (cancelled, its agent gone)
+        out.append((tid, queue_span(own, 0), own, "corral.queue", INTERNAL, created, end,
+                    None, {"gen_ai.agent.name": agent}, (), task_id))
+    return out
+
+
+def _tool(record: Sequence[Any]) -> Span:
+    (_, hi, lo, span_id, parent, name, task_id, attempt, transport, request_id, start,
+     end, error) = record
+    tid = hi << 64 | lo
+    server, _, tool = name.partition(SEP)
+    attrs: dict[str, Any] = {
+        "mcp.method.name": "tools/call", "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": tool or name, "corral.mcp.server": server,
+        "network.transport": transport}
+    if task_id.startswith("gateway:"):
+        attrs["corral.gateway.client"] = task_id[len("gateway:"):]
+    else:
+        attrs["corral.task.id"] = task_id
+        attrs["corral.attempt"] = attempt
+    if request_id is not None:
+        attrs["jsonrpc.request.id"] = str(request_id)
+    if error is not None:
+        attrs["error.type"] = "tool_error" if error == "tool_error" else "rpc_error"
+    return (tid, span_id, parent, f"tools/call {tool or name}", CLIENT, start, end, error,
+            attrs, (), task_id)

@@ -61,8 +61,8 @@ MAX_SESSIONS = 64
 METHODS = ("agents.status", "agents.describe", "agents.history", "agents.rollback",
            "agents.scale", "agents.start", "agents.stop", "agents.restart", "agents.pause",
            "agents.resume", "agents.add", "agents.remove", "tasks.submit", "tasks.list",
-           "tasks.get", "logs.tail", "stats.get", "stats.history", "mcp.status",
-           "gateway.status", "audit.list", "nodes.list", "tenants.list")
+           "tasks.get", "traces.get", "logs.tail", "stats.get", "stats.history",
+           "mcp.status", "gateway.status", "audit.list", "nodes.list", "tenants.list")
 
 # the streams the page follows (Server-Sent Events with the session's cookie), each
 # served as the REST API serves it (rest.Api.stream: its caps on open streams)
@@ -417,8 +417,9 @@ class Pages:
             return problem(401, "no dashboard session (open the link "
                                 "that `corral ui` prints)")
         # the methods the session may call: the page asks no other (nodes.list and
-        # tenants.list are not a glob's)
-        offered = [name for name in self.methods if open_to(session.caller, name)]
+        # tenants.list are not a glob's; traces.get not of a daemon without [tracing])
+        offered = [name for name in self.methods if open_to(session.caller, name)
+                   and (name != "traces.get" or self.ctx.services.traces is not None)]
         body = {"csrf": session.csrf, "expires": session.expires, "methods": offered,
                 "streams": sorted(self.streams), "scopes": sorted(session.caller.scopes),
                 "tenant": session.caller.tenant}

@@ -12,6 +12,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
 from ...text import plural
+from ...tracecontext import CALLER
 from ...workerproto import (
     StepGetParams,
     StepPutParams,
@@ -86,11 +87,12 @@ class WorkerMethods:
         if task is not None:
             arguments = p.arguments or {}
             return self.steps.tool_call(task, r, name, arguments,
-                                        lambda: self._live_call(r, name, arguments, task))
-        return self.tool_router(r, name, p.arguments or {}, task)
+                                        lambda: self._live_call(r, name, arguments, task,
+                                                                p.meta))
+        return self._routed(r, name, p.arguments or {}, task, p.meta)
 
     async def _live_call(self, r: Replica, name: str, arguments: dict[str, Any],
-                         task: Task) -> Any:
+                         task: Task, meta: dict[str, Any] | None = None) -> Any:
         """A task's tool call made (not answered from its steps): counted against its
         tool budget."""
         if task is not None:
@@ -101,8 +103,19 @@ class WorkerMethods:
                                f"{plural(task.tool_calls, 'tool call')} "
                                f"(max_tool_calls_per_task {budget})")
             task.tool_calls += 1
-        result = self.tool_router(r, name, arguments, task)
-        return await result if inspect.isawaitable(result) else result
+        return await self._routed(r, name, arguments, task, meta)
+
+    def _routed(self, r: Replica, name: str, arguments: dict[str, Any], task: Task | None,
+                meta: dict[str, Any] | None) -> Any:
+        """The tool router's call, with the worker's trace context (`_meta`) set while it
+        starts (its span is made then: tracing.py)."""
+        if meta is None:
+            return _awaited(self.tool_router(r, name, arguments, task))
+        said = CALLER.set(meta)
+        try:
+            return _awaited(self.tool_router(r, name, arguments, task))
+        finally:
+            CALLER.reset(said)
 
     def on_tool_list(self, r: Replica, p: ToolsListParams) -> Any:
         return self.tool_lister(r)
@@ -123,3 +136,7 @@ class WorkerMethods:
     def on_task_checkpoint(self, r: Replica, p: TaskCheckpointParams) -> Any:
         return self.steps.checkpoint(self._running(r, "task/checkpoint", p.task_id),
                                      p.state)
+
+
+async def _awaited(result: Any) -> Any:
+    return await result if inspect.isawaitable(result) else result

@@ -628,19 +628,112 @@ class Tasks extends Polled {
   }
 }
 
+// -- a task's trace: the waterfall ---------------------------------------------------------
+const WATERFALL = { width: 1000, label: 330, row: 22, axis: 26, pad: 12 };
+
+// A span is slow when it is a tool call that took more than twice the median of the task's
+// tool calls (two at least); failed when it has an error (its status ERROR).
+function slowSpans(spans) {
+  const tools = spans.filter((s) => s.name.startsWith("tools/call "));
+  if (tools.length < 2) return new Set();
+  const took = tools.map((s) => s.end - s.start).sort((a, b) => a - b);
+  const mid = took.length >> 1;
+  const median = took.length % 2 ? took[mid] : (took[mid - 1] + took[mid]) / 2;
+  return new Set(tools.filter((s) => s.end - s.start > 2 * median).map((s) => s.span_id));
+}
+
+// Children under their parent (a span whose parent is not in the trace is a root), each
+// level in the order the spans started.
+function spanRows(spans) {
+  const ids = new Set(spans.map((s) => s.span_id));
+  const children = new Map();
+  for (const s of spans) {
+    const parent = ids.has(s.parent_id) ? s.parent_id : null;
+    if (!children.has(parent)) children.set(parent, []);
+    children.get(parent).push(s);
+  }
+  const rows = [];
+  const walk = (parent, depth) => {
+    for (const s of (children.get(parent) || []).sort((a, b) => a.start - b.start)) {
+      rows.push({ s, depth });
+      walk(s.span_id, depth + 1);
+    }
+  };
+  walk(null, 0);
+  return rows;
+}
+
+function spanTime(seconds) {
+  return seconds < 10 ? `${(seconds * 1000).toFixed(1)} ms` : `${seconds.toFixed(2)} s`;
+}
+
+// Bars on the trace's time axis (SVG: its geometry is attributes, which the page's CSP
+// allows where a style attribute is not), the tool calls under their attempt.
+const Waterfall = ({ trace }) => {
+  const spans = trace.spans;
+  const W = WATERFALL;
+  const t0 = Math.min(...spans.map((s) => s.start));
+  const total = Math.max(Math.max(...spans.map((s) => s.end)) - t0, 1e-6);
+  const span = W.width - W.label - W.pad;
+  const x = (t) => W.label + ((t - t0) / total) * span;
+  const rows = spanRows(spans);
+  const slow = slowSpans(spans);
+  const height = W.axis + rows.length * W.row + 4;
+  const ticks = [0, 0.25, 0.5, 0.75, 1];
+  return html`<svg id="waterfall" class="waterfall" viewBox=${`0 0 ${W.width} ${height}`}
+      role="img" aria-label=${`trace ${trace.trace_id}: ${rows.length} spans over ${spanTime(total)}`}>
+    ${ticks.map((f) => html`<g class="tick">
+      <line x1=${W.label + f * span} x2=${W.label + f * span} y1=${W.axis - 6} y2=${height} />
+      <text x=${W.label + f * span} y=${W.axis - 10}
+        text-anchor=${f === 0 ? "start" : f === 1 ? "end" : "middle"}>${spanTime(f * total)}</text></g>`)}
+    ${rows.map(({ s, depth }, i) => {
+      const y = W.axis + i * W.row;
+      const cls = ["bar", slow.has(s.span_id) && "slow", s.error && "failed"].filter(Boolean).join(" ");
+      const took = s.end - s.start;
+      const note = [spanTime(took), slow.has(s.span_id) && "slow", s.error && `failed: ${s.error}`]
+        .filter(Boolean).join(" · ");
+      return html`<g class="span-row" data-span=${s.span_id} data-name=${s.name} data-depth=${depth}>
+        <text class="span-name" x=${8 + depth * 16} y=${y + 15}>${s.name}</text>
+        <text class="span-took" x=${W.label - 8} y=${y + 15} text-anchor="end">${spanTime(took)}</text>
+        <rect class=${cls} x=${x(s.start)} y=${y + 4} height=${W.row - 8}
+          width=${Math.max(2, (took / total) * span)}><title>${`${s.name}: ${note}`}</title></rect>
+      </g>`;
+    })}
+  </svg>`;
+};
+
 class Task extends Polled {
   key(props) {
     return props.id;
   }
-  // the input is asked for once per task (it does not change, and may be large)
+  // the input is asked for once per task (it does not change, and may be large); the
+  // trace once it has ended (its spans are made at its end)
   async load() {
     const first = this.input === undefined || this.inputOf !== this.props.id;
     const t = await call("tasks.get", { task_id: this.props.id, input: first });
     if (first) {
       this.inputOf = this.props.id;
       this.input = "input" in t ? { value: t.input } : null;
+      this.trace = undefined;
+    }
+    const ended = t.status !== "queued" && t.status !== "running";
+    if (ended && this.trace === undefined && session.methods.includes("traces.get")) {
+      try {
+        this.trace = await call("traces.get", { task_id: this.props.id });
+      } catch (e) {
+        this.trace = { error: e.message };
+      }
     }
     return t;
+  }
+  showTrace() {
+    const tr = this.trace;
+    if (tr === undefined) return html`<p class="note" id="trace-note">The trace is drawn once the task has ended.</p>`;
+    if (tr.error) return html`<p class="note" id="trace-note">${tr.error}</p>`;
+    if (!tr.spans.length) return html`<p class="note" id="trace-note">No trace kept for this task (not sampled, or pruned from the local store).</p>`;
+    return html`<p class="note">Trace <code id="trace-id">${tr.trace_id}</code>; <span class="legend slow">slow</span>
+      a tool call over twice the median of the task's, <span class="legend failed">failed</span> one that failed.</p>
+      <${Waterfall} trace=${tr} />`;
   }
   show(t) {
     return html`<section id="task">
@@ -656,6 +749,7 @@ class Task extends Polled {
           <td>${stamp(a.started)}</td><td>${stamp(a.finished)}</td><td>${a.outcome}</td>
           <td>${a.error ?? ""}</td></tr>`)}</tbody>
       </table>
+      ${session.methods.includes("traces.get") && html`<h2>Trace</h2>${this.showTrace()}`}
       <h2>Input</h2>
       ${this.input ? html`<pre class="json" id="task-input">${JSON.stringify(this.input.value, null, 2)}</pre>`
         : html`<p class="note" id="task-input">The input is not kept: the task ran on a node of the cluster, its daemon has no task journal, or its row was pruned.</p>`}
