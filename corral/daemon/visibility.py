@@ -265,6 +265,10 @@ def _task_filter(result: Any, caller: Caller) -> Any:
     return result
 
 
+def _sessions_filter(result: Any, caller: Caller) -> Any:
+    return _replace(result, sessions=[s for s in result.sessions if caller.sees(s.agent)])
+
+
 def _lines_filter(result: Any, caller: Caller) -> Any:
     return _replace(result, lines=[ln for ln in _get(result, "lines") if caller.sees(ln.source)])
 
@@ -356,6 +360,9 @@ AGENT_RULES: dict[str, AgentRule] = {
     "tasks.list": AgentRule(_AGENT_PARAM, filter=_tasks_filter),
     "tasks.cancel": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),
     "traces.get": AgentRule(_nothing, owner=("tasks.get", "task", "task_id")),
+    "sessions.list": AgentRule(_AGENT_PARAM, filter=_sessions_filter),
+    "sessions.get": AgentRule(_AGENT_PARAM),
+    "sessions.end": AgentRule(_AGENT_PARAM),
     "events.publish": AgentRule(_own_tenant),
     "events.follow": AgentRule(_own_tenant, channel=_seen({"events.event": _event_seen})),
     "tools.list": AgentRule(_both(_AGENT_PARAM, _server("server")),

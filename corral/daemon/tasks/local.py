@@ -86,7 +86,8 @@ class LocalFront:
         except ValueError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {exc}") from None
         return tasks.submit(p.agent, p.input, timeout=p.timeout, priority=p.priority,
-                            not_before=at, retries=p.retries, retry_on=p.retry_on)
+                            not_before=at, retries=p.retries, retry_on=p.retry_on,
+                            session=p.session)
 
     async def _committed(self, task: Task) -> None:
         """In the journal before it is acknowledged. The failure is known only when the
