@@ -10,6 +10,7 @@ SDK workers (tests/session_agent.py)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -161,7 +162,7 @@ async def test_two_sessions_interleaved_keep_their_order_each(tmp_path: Path) ->
             assert [t.output["turns"] for t in mine] == [list(range(1, n + 1))
                                                          for n in range(1, 9)]
             # one at a time: each started after the one before it ended
-            for before, after in zip(mine, mine[1:], strict=False):
+            for before, after in itertools.pairwise(mine):
                 assert after.attempts[0].started >= before.attempts[-1].finished
         listed = await call(d, "sessions.list", {"agent": "chat"})
         assert [(s.session, s.tasks, s.running, s.waiting) for s in listed.sessions] == [
