@@ -946,7 +946,7 @@ class SessionsGet(Params):
     """One session and the history of its tasks, in the order they were submitted."""
 
     agent: str
-    session: SessionName
+    session: str  # (a name no session can have is simply not found)
 
 
 @method("sessions.end", result=SessionView, scope="tasks:run", mutating=True)
@@ -955,7 +955,7 @@ class SessionsEnd(Params):
     queued or running); a later task naming it starts it afresh."""
 
     agent: str
-    session: SessionName
+    session: str  # (a name no session can have is simply not found)
 
 
 @method("tasks.cancel", result=TaskInfo, scope="tasks:run", mutating=True)
