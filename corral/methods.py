@@ -459,10 +459,19 @@ class StepStats(Result):
     diverged: int = 0
 
 
+class SessionStats(Result):
+    """The sessions (docs/durable.md#sessions): those live now, and those dropped for their
+    agent's session_ttl since the daemon started."""
+
+    live: int = 0
+    expired: int = 0
+
+
 class TasksStats(Result):
     total: TaskTotals
     agents: dict[str, AgentTaskStats]
     steps: StepStats | UnsetType = UNSET
+    sessions: SessionStats | UnsetType = UNSET
 
 
 class CallStats(Result):

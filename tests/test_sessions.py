@@ -213,6 +213,7 @@ async def test_an_expired_session_starts_afresh(tmp_path: Path) -> None:
         out = (await tasks.run("chat", {"turn": 3}, session="e")).output
         assert out["turns"] == [3] and out["given"] is False
         assert tasks.sessions.expired == 1
+        assert (await call(d, "stats.get")).tasks["sessions"] == {"live": 1, "expired": 1}
         shown = await call(d, "sessions.get", {"agent": "chat", "session": "e"})
         assert shown.session.tasks == 1 and len(shown.history) == 1
         await asyncio.sleep(0.4)
@@ -274,3 +275,27 @@ async def test_the_session_is_durable_in_the_state_database(tmp_path: Path) -> N
         assert res.output["turns"] == [1, 2]
         assert msgspec.json.decode(
             d.sup.tasks.sessions.table[("chat", "kept")].state) == {"turns": [1, 2]}
+
+
+ASYNC_AGENT = """
+from corral.worker import run
+
+
+async def handle(task_input, ctx):
+    turns = [*(ctx.session_state or {"turns": []})["turns"], task_input["turn"]]
+    await ctx.checkpoint_session({"turns": turns})
+    return {"turns": turns, "session": ctx.session}
+
+
+run(handle)
+"""
+
+
+async def test_a_coroutine_handler_awaits_its_session_checkpoint(tmp_path: Path) -> None:
+    program = tmp_path / "async_agent.py"
+    program.write_text(ASYNC_AGENT)
+    fleet = chat().replace(f"{HERE}/session_agent.py", str(program))
+    async with in_process(tmp_path, fleet) as d:
+        for n in (1, 2, 3):
+            res = await d.sup.tasks.run("chat", {"turn": n}, session="co")
+            assert res.output == {"turns": list(range(1, n + 1)), "session": "co"}

@@ -228,6 +228,9 @@ class Sessions:
         if s.current is None:
             s.current = task
 
+    def stats(self) -> dict[str, int]:
+        return {"live": len(self.table), "expired": self.expired}
+
     # -- the Queue --------------------------------------------------------------------------
     def put(self, task: Task) -> None:
         if task.session is None:
