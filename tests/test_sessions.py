@@ -299,3 +299,31 @@ async def test_a_coroutine_handler_awaits_its_session_checkpoint(tmp_path: Path)
         for n in (1, 2, 3):
             res = await d.sup.tasks.run("chat", {"turn": n}, session="co")
             assert res.output == {"turns": list(range(1, n + 1)), "session": "co"}
+
+
+@pytest.mark.timeout(120)
+def test_a_session_keeps_its_turns_in_order_across_an_upgrade(tmp: Path) -> None:  # noqa: F811
+    d = DaemonProcess(tmp, chat())
+    hold = fifo(tmp / "hold")
+    try:
+        d.start()
+        r = d.cli("run", "chat", "--session", "u", "--input", turn(1), "--json")
+        assert r.returncode == 0, r.stderr
+        second = d.cli("submit", "chat", "--session", "u", "--input",
+                       turn(2, hold=hold)).stdout.strip()
+        third = d.cli("submit", "chat", "--session", "u", "--input", turn(3)).stdout.strip()
+        wait_until(lambda: d.json("task", second)["status"] == "running", what="turn 2")
+        assert d.json("task", third)["waiting"] == f"session u: task {second} runs"
+        r = d.cli("upgrade")
+        assert r.returncode == 0, r.stderr + r.stdout
+        # the running turn was handed over; the next still waits for it
+        assert d.json("task", third)["waiting"] == f"session u: task {second} runs"
+        with open(hold, "wb"):
+            pass
+        r = d.cli("task", third, "--wait", "--json")
+        info = json.loads(r.stdout)
+        assert info["status"] == "succeeded", info
+        assert info["output"]["turns"] == [1, 2, 3]
+        assert d.stop() == 0
+    finally:
+        d.close()

@@ -86,17 +86,20 @@ class SessionsDB:
         return await asyncio.to_thread(self._history, row, limit)
 
     # -- start-up (in a thread) -------------------------------------------------------------
-    def load(self) -> tuple[list[tuple[SessionRow, bytes | None]], dict[str, str]]:
-        """Every session and its state; the session of each task not finished."""
+    def load(self) -> tuple[list[tuple[SessionRow, bytes | None]],
+                            list[tuple[str, str, str]]]:
+        """Every session and its state; (task id, agent, session) of each task not
+        finished, in the order they were accepted."""
         with self._read_lock, errors_named(self.path):
             rows = self._reader.execute(
                 "SELECT agent, session, created, last_used, tasks, holder, gen, state "
                 "FROM sessions").fetchall()
             members = self._reader.execute(
-                "SELECT st.task_id, st.session FROM session_tasks st JOIN tasks t ON "
-                "t.id = st.task_id WHERE t.finished IS NULL").fetchall()
+                "SELECT st.task_id, st.agent, st.session FROM session_tasks st JOIN tasks t "
+                "ON t.id = st.task_id WHERE t.finished IS NULL ORDER BY t.arrival"
+            ).fetchall()
         return ([(SessionRow(*r[:7]), None if r[7] is None else bytes(r[7])) for r in rows],
-                dict(members))
+                [(tid, agent, name) for tid, agent, name in members])
 
     # -- on the writer ------------------------------------------------------------------
     def _settled(self, ops: list[_Op], error: str | None) -> None:

@@ -80,8 +80,8 @@ class SessionJournal(Protocol):
 class Session:
     """One live session of an agent."""
 
-    __slots__ = ("agent", "created", "current", "gen", "holder", "last_used", "line", "name",
-                 "pid", "replica", "state", "tasks")
+    __slots__ = ("agent", "created", "current", "first", "gen", "holder", "last_used", "line",
+                 "name", "pid", "replica", "state", "tasks")
 
     def __init__(self, agent: str, name: str, now: float) -> None:
         self.agent = agent
@@ -96,11 +96,20 @@ class Session:
         self.replica: Replica | None = None
         self.pid: int | None = None
         self.current: Task | None = None  # the one task of it that may run
+        # after a restart: the id of its first unfinished task, its current one once the
+        # engine has it back (queued again, or re-attached to a worker an upgrade kept)
+        self.first: str | None = None
         self.line: list[Task] = []  # the later ones, in submission order
 
     @property
     def idle(self) -> bool:
-        return self.current is None and not self.line
+        return self.current is None and self.first is None and not self.line
+
+    def turn_of(self, task: Task) -> bool:
+        """Whether `task` is (now) the one task of the session that may run."""
+        if self.current is None and self.first in (None, task.id):
+            self.current, self.first = task, None
+        return self.current is task
 
     def row(self) -> SessionRow:
         return SessionRow(self.agent, self.name, self.created, self.last_used, self.tasks,
@@ -203,15 +212,20 @@ class Sessions:
         return s.last_used + ttl if ttl and s.idle else None
 
     def restore(self, sessions: Iterable[tuple[SessionRow, bytes | None]],
-                members: dict[str, str]) -> None:
-        """The sessions a journal kept, and the session of each unfinished task: before
-        the tasks are restored (`member`)."""
+                members: Iterable[tuple[str, str, str]]) -> None:
+        """The sessions a journal kept, and (task id, agent, session) of each unfinished
+        task in the order they were accepted: before the tasks are restored (`member`).
+        The first of each session is its current one, whichever way it comes back."""
         for row, state in sessions:
             s = Session(row.agent, row.name, row.created)
             s.gen, s.last_used, s.tasks, s.holder = row.gen, row.last_used, row.tasks, None
             s.state = None if state is None else msgspec.Raw(state)
             self.table[(row.agent, row.name)] = s
-        self._members = members
+        for task_id, agent, name in members:
+            self._members[task_id] = name
+            kept = self.table.get((agent, name))
+            if kept is not None and kept.first is None:
+                kept.first = task_id
 
     def member(self, task_id: str) -> str | None:
         """The session of a task restored from the journal."""
@@ -225,8 +239,7 @@ class Sessions:
         s = self.table.get(_key(task))
         if s is None:
             s = self.table[_key(task)] = Session(task.agent, _key(task)[1], time.time())
-        if s.current is None:
-            s.current = task
+        s.turn_of(task)
 
     def stats(self) -> dict[str, int]:
         return {"live": len(self.table), "expired": self.expired}
@@ -240,8 +253,7 @@ class Sessions:
         s = self.table.get(key)
         if s is None:  # accepted before a journal knew it (a restored task of no row)
             s = self.table[key] = Session(task.agent, key[1], time.time())
-        if s.current is None or s.current is task:
-            s.current = task
+        if s.turn_of(task):
             self.inner.put(task)
             return
         bisect.insort(s.line, task, key=lambda t: t.seq)
@@ -292,21 +304,26 @@ class Sessions:
         ahead = s.line.index(task)
         more = f" ({plural(ahead, 'task')} of it ahead)" if ahead else ""
         return (f"session {task.session}: task {s.current.id} "
-                f"{'runs' if s.current.status == 'running' else 'is first'}{more}")
+                f"{'runs' if s.current.status == 'running' else 'waits before it'}{more}")
 
     def _finished(self, e: TaskFinished) -> None:
         task = e.task
         if task.session is None:
             return
         s = self.table.get(_key(task))
-        if s is None or s.current is not task:
+        if s is None:
+            return
+        if s.first == task.id:  # restored, and ended before it was queued (lost)
+            s.first = None
+        elif s.current is task:
+            s.current = None
+        else:
             return  # a task cancelled while it waited in the line
-        s.current = None
         self._touch(s)
         if s.line:
             nxt = s.line.pop(0)
             self._parked[task.agent] -= 1
-            s.current = nxt
+            s.turn_of(nxt)
             self.inner.put(nxt)
             if self.pump is not None:
                 self.pump(task.agent)
