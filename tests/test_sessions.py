@@ -327,3 +327,41 @@ def test_a_session_keeps_its_turns_in_order_across_an_upgrade(tmp: Path) -> None
         assert d.stop() == 0
     finally:
         d.close()
+
+
+async def test_a_cancelled_turn_leaves_the_line_and_the_next_one_runs(tmp_path: Path) -> None:
+    async with in_process(tmp_path, chat()) as d:
+        tasks = d.sup.tasks
+        first = tasks.submit("chat", {"turn": 1, "hold": fifo(tmp_path / "f1")}, session="c")
+        second = tasks.submit("chat", {"turn": 2}, session="c")
+        third = tasks.submit("chat", {"turn": 3}, session="c")
+        fourth = tasks.submit("chat", {"turn": 4}, session="c")
+        assert tasks.queue.depth("chat") == 3  # the parked turns count as waiting
+        assert (await tasks.info(third.id)).waiting == (
+            f"session c: task {first.id} runs (1 task of it ahead)")
+        # a waiting turn cancelled leaves the line; the running one cancelled lets the
+        # next start (its worker is asked to stop it)
+        assert tasks.cancel(third.id).status == "cancelled"
+        assert tasks.cancel(first.id).status == "cancelled"
+        await release(str(tmp_path / "f1"))
+        await asyncio.wait_for(asyncio.shield(fourth.done), 30)
+        assert second.output["turns"] == [2] and fourth.output["turns"] == [2, 4]
+        assert tasks.queue.depth("chat") == 0
+        shown = await call(d, "sessions.get", {"agent": "chat", "session": "c"})
+        assert [(t.task_id, t.status) for t in shown.history] == [
+            (first.id, "cancelled"), (second.id, "succeeded"), (third.id, "cancelled"),
+            (fourth.id, "succeeded")]
+
+
+async def test_a_retry_waiting_for_its_backoff_keeps_its_sessions_turn(
+        tmp_path: Path) -> None:
+    fleet = chat(extra="retry_backoff = 0.3\nretry_jitter = false\n")
+    async with in_process(tmp_path, fleet) as d:
+        tasks = d.sup.tasks
+        first = tasks.submit("chat", {"turn": 1, "how": "die",
+                                      "marker": str(tmp_path / "m")}, session="r")
+        second = tasks.submit("chat", {"turn": 2}, session="r")
+        await asyncio.wait_for(asyncio.shield(second.done), 30)
+        assert [a.outcome for a in first.attempts] == ["lost", "succeeded"]
+        assert first.output["turns"] == [1] and second.output["turns"] == [1, 2]
+        assert second.attempts[0].started >= first.attempts[-1].finished
