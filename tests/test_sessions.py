@@ -365,3 +365,16 @@ async def test_a_retry_waiting_for_its_backoff_keeps_its_sessions_turn(
         assert [a.outcome for a in first.attempts] == ["lost", "succeeded"]
         assert first.output["turns"] == [1] and second.output["turns"] == [1, 2]
         assert second.attempts[0].started >= first.attempts[-1].finished
+
+
+async def test_turns_waiting_for_their_session_are_no_load_for_the_autoscaler(
+        tmp_path: Path) -> None:
+    async with in_process(tmp_path, chat()) as d:
+        tasks = d.sup.tasks
+        first = tasks.submit("chat", {"turn": 1, "hold": fifo(tmp_path / "f")}, session="l")
+        later = [tasks.submit("chat", {"turn": n}, session="l") for n in range(2, 6)]
+        assert (tasks.queue.depth("chat"), tasks.sessions.parked("chat")) == (4, 4)
+        assert d.sup.elastic._queued("chat", d.sup.agents["chat"]) == 0
+        await release(str(tmp_path / "f"))
+        await asyncio.wait_for(asyncio.shield(later[-1].done), 30)
+        assert first.status == "succeeded" and later[-1].output["turns"] == [1, 2, 3, 4, 5]

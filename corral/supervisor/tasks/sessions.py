@@ -280,6 +280,10 @@ class Sessions:
         for task in tasks:
             self.put(task)
 
+    def parked(self, agent: str) -> int:
+        """The agent's tasks waiting for their session's turn (in `depth` too)."""
+        return self._parked.get(agent, 0)
+
     def position(self, task: Task) -> int | None:
         return self.inner.position(task)
 
