@@ -378,3 +378,27 @@ async def test_turns_waiting_for_their_session_are_no_load_for_the_autoscaler(
         await release(str(tmp_path / "f"))
         await asyncio.wait_for(asyncio.shield(later[-1].done), 30)
         assert first.status == "succeeded" and later[-1].output["turns"] == [1, 2, 3, 4, 5]
+
+
+async def test_a_sessions_history_keeps_its_last_thousand_tasks(tmp_path: Path) -> None:
+    from corral.daemon.sessions import HISTORY_KEPT, PRUNE_EVERY
+    from corral.supervisor.tasks.sessions import SessionRow
+
+    async with in_process(tmp_path, chat()) as d:
+        journal = d.sup.tasks.sessions.journal
+        n = HISTORY_KEPT + 2 * PRUNE_EVERY
+        for i in range(1, n + 1):
+            row = SessionRow("chat", "long", 0.0, 0.0, i, None, 7)
+            journal.put(row)
+            journal.add_task(row, f"t{i}")
+            if i % 100 == 0:
+                await journal.committed()
+        await journal.committed()
+        history = await journal.history(row)
+        assert [h[0] for h in history] == [f"t{i}" for i in range(n - HISTORY_KEPT + 1,
+                                                                     n + 1)]
+        assert all(status is None for _, status, _ in history)  # no such tasks journaled
+        db = d.services.store.db
+        (kept,) = db.execute("SELECT count(*) FROM session_tasks WHERE session = 'long'"
+                             ).fetchone()
+        assert kept == HISTORY_KEPT + n % PRUNE_EVERY  # pruned every PRUNE_EVERY tasks

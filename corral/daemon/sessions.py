@@ -24,7 +24,8 @@ from ..supervisor.tasks.sessions import SessionRow
 from .storeschema import connect, errors_named
 from .storewriter import GroupCommit, WriterThread
 
-HISTORY_KEPT = 1000  # tasks of a session kept in its history
+HISTORY_KEPT = 1000  # tasks of a session kept in its history (and read back)
+PRUNE_EVERY = 64  # past HISTORY_KEPT, the older ones are deleted every this many tasks
 
 
 class _State(NamedTuple):
@@ -127,6 +128,8 @@ class SessionsDB:
                 r = op.row
                 db.execute("INSERT OR IGNORE INTO session_tasks (task_id, agent, session, "
                            "gen) VALUES (?, ?, ?, ?)", (op.task_id, r.agent, r.name, r.gen))
+                if r.tasks <= HISTORY_KEPT or r.tasks % PRUNE_EVERY:
+                    continue
                 db.execute("DELETE FROM session_tasks WHERE agent = ? AND session = ? AND "
                            "gen = ? AND rowid <= (SELECT rowid FROM session_tasks WHERE "
                            "agent = ? AND session = ? AND gen = ? ORDER BY rowid DESC LIMIT 1 "
