@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -402,3 +403,18 @@ async def test_a_sessions_history_keeps_its_last_thousand_tasks(tmp_path: Path) 
         (kept,) = db.execute("SELECT count(*) FROM session_tasks WHERE session = 'long'"
                              ).fetchone()
         assert kept == HISTORY_KEPT + n % PRUNE_EVERY  # pruned every PRUNE_EVERY tasks
+
+
+async def test_a_delayed_turn_keeps_its_session_from_expiring(tmp_path: Path) -> None:
+    async with in_process(tmp_path, chat(extra="session_ttl = 0.2\n")) as d:
+        tasks = d.sup.tasks
+        assert (await tasks.run("chat", {"turn": 1}, session="d")).output["turns"] == [1]
+        later = tasks.submit("chat", {"turn": 2}, session="d", not_before=time.time() + 0.6)
+        await asyncio.sleep(0.3)  # past the ttl, while the turn waits for its time
+        listed = (await call(d, "sessions.list", {})).sessions
+        assert [(s.session, s.tasks, s.expires) for s in listed] == [("d", 2, None)]
+        assert (await refused(d, "sessions.end", {"agent": "chat", "session": "d"})) == (
+            jsonrpc.CONFLICT, "session d of agent chat has 1 unfinished task; cancel them "
+                              "or wait for them to end")
+        await asyncio.wait_for(asyncio.shield(later.done), 30)
+        assert later.output["turns"] == [1, 2] and tasks.sessions.expired == 0

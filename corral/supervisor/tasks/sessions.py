@@ -14,7 +14,7 @@ is answered) is given to each of its tasks in `task/run` (`session`, `session_st
 so any replica, after a crash, a restart of the daemon or a hibernation, carries on
 where the last checkpoint left it.
 
-A session idle (no task of it queued or running) for its agent's `session_ttl` is
+A session idle (no task of it unfinished) for its agent's `session_ttl` is
 dropped, state and history; its next task starts it afresh, told so by no state.
 The engine works without a journal; the daemon's is SQLite (corral.daemon.sessions).
 """
@@ -81,7 +81,7 @@ class Session:
     """One live session of an agent."""
 
     __slots__ = ("agent", "created", "current", "first", "gen", "holder", "last_used", "line",
-                 "name", "pid", "replica", "state", "tasks")
+                 "name", "pending", "pid", "replica", "state", "tasks")
 
     def __init__(self, agent: str, name: str, now: float) -> None:
         self.agent = agent
@@ -90,6 +90,7 @@ class Session:
         self.created = now
         self.last_used = now
         self.tasks = 0  # tasks accepted in it
+        self.pending = 0  # those not finished (queued, delayed, running)
         self.state: msgspec.Raw | None = None  # its last session/checkpoint
         self.holder: str | None = None
         # the replica and process that ran its last task (the sticky choice)
@@ -103,7 +104,7 @@ class Session:
 
     @property
     def idle(self) -> bool:
-        return self.current is None and self.first is None and not self.line
+        return not self.pending
 
     def turn_of(self, task: Task) -> bool:
         """Whether `task` is (now) the one task of the session that may run."""
@@ -172,6 +173,7 @@ class Sessions:
             self.sweep(now)  # a session is made seldom: the table is looked over then
             s = self.table[key] = Session(task.agent, key[1], now)
         s.tasks += 1
+        s.pending += 1
         self._touch(s)
         if self.journal is not None:
             self.journal.add_task(s.row(), task.id)
@@ -192,7 +194,7 @@ class Sessions:
         """Forget a session that has no task queued or running."""
         s = self.get(agent, name)
         if not s.idle:
-            unfinished = len(s.line) + (s.current is not None)
+            unfinished = s.pending
             now = f": task {s.current.id} is {s.current.status}" if s.current else ""
             raise RpcError(jsonrpc.CONFLICT, f"session {name} of agent {agent} has "
                                              f"{plural(unfinished, 'unfinished task')}{now}; "
@@ -224,8 +226,10 @@ class Sessions:
         for task_id, agent, name in members:
             self._members[task_id] = name
             kept = self.table.get((agent, name))
-            if kept is not None and kept.first is None:
-                kept.first = task_id
+            if kept is not None:
+                kept.pending += 1
+                if kept.first is None:
+                    kept.first = task_id
 
     def member(self, task_id: str) -> str | None:
         """The session of a task restored from the journal."""
@@ -317,6 +321,7 @@ class Sessions:
         s = self.table.get(_key(task))
         if s is None:
             return
+        s.pending = max(0, s.pending - 1)
         if s.first == task.id:  # restored, and ended before it was queued (lost)
             s.first = None
         elif s.current is task:
