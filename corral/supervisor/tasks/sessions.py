@@ -250,20 +250,27 @@ class Sessions:
 
     # -- the Queue --------------------------------------------------------------------------
     def put(self, task: Task) -> None:
-        if task.session is None:
+        if task.session is None or self._turn(task):
             self.inner.put(task)
-            return
+
+    def requeue(self, task: Task) -> None:
+        """A retry of the session's current task goes back; a later task (delayed until
+        now) waits its turn."""
+        if task.session is None or self._turn(task):
+            self.inner.requeue(task)
+
+    def _turn(self, task: Task) -> bool:
+        """Whether the session's task may wait in the agents' queue now; else it is put
+        in the session's line."""
         key = _key(task)
         s = self.table.get(key)
         if s is None:  # accepted before a journal knew it (a restored task of no row)
             s = self.table[key] = Session(task.agent, key[1], time.time())
         if s.turn_of(task):
-            self.inner.put(task)
-            return
+            return True
         bisect.insort(s.line, task, key=lambda t: t.seq)
         self._parked[task.agent] = self._parked.get(task.agent, 0) + 1
-
-    requeue = put  # a retry of the current task goes back; a later task waits its turn
+        return False
 
     def take(self, agent: str) -> Task | None:
         return self.inner.take(agent)
