@@ -40,7 +40,9 @@ if TYPE_CHECKING:
     from ..replica import Replica
     from .host import AgentLike
 
-_generations = itertools.count(1)
+# unique across restarts of the daemon too (a restored session keeps its own)
+_generations = itertools.count(time.time_ns())
+SWEEP_EVERY = 60.0  # seconds between looks over the table for expired sessions
 
 
 class SessionRow(NamedTuple):
@@ -135,6 +137,7 @@ class Sessions:
         self.journal: SessionJournal | None = None  # the daemon sets it
         self.pump: Callable[[str], None] | None = None  # the dispatcher's (a line moved)
         self.expired = 0  # sessions dropped for their session_ttl
+        self._swept = 0.0  # when the table was last looked over (wall time)
         stream.subscribe(self._finished, TaskFinished)
 
     # -- the table ------------------------------------------------------------------------
@@ -150,6 +153,7 @@ class Sessions:
     def sweep(self, now: float | None = None) -> None:
         """Drop the sessions idle past their agent's session_ttl."""
         now = time.time() if now is None else now
+        self._swept = now
         for s in [s for s in self.table.values() if self._expired(s, now)]:
             self.expired += 1
             self._drop(s)
@@ -170,7 +174,8 @@ class Sessions:
             self._drop(s)
             s = None
         if s is None:
-            self.sweep(now)  # a session is made seldom: the table is looked over then
+            if now - self._swept > SWEEP_EVERY:  # (the expired ones not asked for again)
+                self.sweep(now)
             s = self.table[key] = Session(task.agent, key[1], now)
         s.tasks += 1
         s.pending += 1
