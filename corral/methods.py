@@ -290,6 +290,7 @@ class StatsGet(Params):
 # -- tasks and events -----------------------------------------------------------------------
 MAX_DELAY = 366 * 86400.0  # the furthest a task may be delayed (a year and a day)
 MAX_TASK_RETRIES = 100  # retries a task may ask for (its agent's `retries` is not bounded)
+SessionName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
 RetryOutcome = Literal["lost", "failed", "timed_out"]  # as AgentSpec.retry_on
 
 
@@ -316,6 +317,9 @@ class TaskParams(Params):
     # its own retry policy, instead of its agent's `retries` and `retry_on`
     retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_TASK_RETRIES)] | None = None
     retry_on: list[RetryOutcome] | None = None
+    # a turn of this session of the agent: its tasks run one at a time, in the order
+    # submitted, each given the session's state (docs/durable.md#sessions)
+    session: SessionName | None = None
 
     def start_at(self, now: float) -> float | None:
         """The wall time it may start at (None: at once); raises ValueError for a time
@@ -376,6 +380,31 @@ class TasksList(Params):
     before: str | None = None  # a task id: only the tasks accepted before it
     # with [cluster]: this node's own tasks (its journal), not the cluster's
     local: bool = False
+
+
+@method("sessions.list", result=SessionList, scope="tasks:read")
+class SessionsList(Params):
+    """The live sessions (of AGENT): their tasks, last use, the replica that holds each
+    and the size of its state."""
+
+    agent: str | None = None
+
+
+@method("sessions.get", result=SessionInfo, scope="tasks:read")
+class SessionsGet(Params):
+    """One session and the history of its tasks, in the order they were submitted."""
+
+    agent: str
+    session: str  # (a name no session can have is simply not found)
+
+
+@method("sessions.end", result=SessionView, scope="tasks:run", mutating=True)
+class SessionsEnd(Params):
+    """End a session: its state and history are dropped (refused while a task of it is
+    queued or running); a later task naming it starts it afresh."""
+
+    agent: str
+    session: str  # (a name no session can have is simply not found)
 
 
 @method("tasks.cancel", result=TaskInfo, scope="tasks:run", mutating=True)

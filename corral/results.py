@@ -73,6 +73,11 @@ __all__ = [
     "RunView",
     "Scaled",
     "ScalingDecision",
+    "SessionInfo",
+    "SessionList",
+    "SessionStats",
+    "SessionTask",
+    "SessionView",
     "SignalResult",
     "Signalled",
     "SpanView",
@@ -468,10 +473,19 @@ class StepStats(Result):
     diverged: int = 0
 
 
+class SessionStats(Result):
+    """The sessions (docs/durable.md#sessions): those live now, and those dropped for their
+    agent's session_ttl since the daemon started."""
+
+    live: int = 0
+    expired: int = 0
+
+
 class TasksStats(Result):
     total: TaskTotals
     agents: dict[str, AgentTaskStats]
     steps: StepStats | UnsetType = UNSET
+    sessions: SessionStats | UnsetType = UNSET
 
 
 class CallStats(Result):
@@ -529,6 +543,38 @@ class TaskList(Result):
 
 class Delivered(Result):
     delivered: int
+
+
+class SessionView(Result):
+    """One live session of an agent (docs/durable.md#sessions)."""
+
+    agent: str
+    session: str
+    tasks: int  # accepted in it
+    created: float
+    last_used: float  # its last task's submission, start or end, or its last checkpoint
+    holder: str | None  # the replica that ran its last task (agent#i), or None
+    state_bytes: int  # its state's JSON (0: none)
+    running: str | None  # the id of its task queued or running first, or None
+    waiting: int  # its tasks waiting behind that one
+    expires: float | None  # when it is dropped if no task comes (None: never)
+
+
+class SessionList(Result):
+    sessions: list[SessionView]
+
+
+class SessionTask(Result):
+    """A task of a session, in the order they were submitted."""
+
+    task_id: str
+    status: str | None  # None: pruned from the task journal
+    created: float | None
+
+
+class SessionInfo(Result):
+    session: SessionView
+    history: list[SessionTask]
 
 
 # a tool, resource or prompt as its server describes it (with `server`): MCP's, open

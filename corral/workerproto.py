@@ -50,6 +50,10 @@ class TaskRunParams(Params):
     # a retried attempt of a task that checkpointed (task/checkpoint): its last state
     resumed: bool = False
     task_state: Any = None
+    # a task of a session (docs/durable.md#sessions): its name, and the session's last
+    # state (session/checkpoint; null: a new session, or one expired or ended)
+    session: str | None = None
+    session_state: Any = None
 
 
 class TaskCancelParams(Params):
@@ -177,6 +181,14 @@ class TaskCheckpointParams(Params):
     state: Any = None
 
 
+class SessionCheckpointParams(Params):
+    """The state of the running task's session, given to the session's next tasks
+    (`task/run`'s `session_state`)."""
+
+    task_id: NonEmpty
+    state: Any = None
+
+
 # -- the registry --------------------------------------------------------------------------
 class Method(NamedTuple):
     name: str
@@ -212,6 +224,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("step/get", "worker", False, StepGetParams),
     Method("step/put", "worker", False, StepPutParams),
     Method("task/checkpoint", "worker", False, TaskCheckpointParams),
+    Method("session/checkpoint", "worker", False, SessionCheckpointParams),
 )}
 
 METHOD_OF: dict[type[Params], str] = {m.params: m.name for m in METHODS.values()}

@@ -177,6 +177,10 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         waited = ask("tasks.submit", {"agent": "hello", "input": {"name": "w"}, "wait": 30})
         assert waited.status == "succeeded" and waited.output["greeting"] == "hello, w"
         assert ask("tasks.list", {}).tasks
+        ask("tasks.run", {"agent": "hello", "input": {"name": "s"}, "session": "s1"})
+        assert [s.session for s in ask("sessions.list", {}).sessions] == ["s1"]
+        assert len(ask("sessions.get", {"agent": "hello", "session": "s1"}).history) == 1
+        assert ask("sessions.end", {"agent": "hello", "session": "s1"}).tasks == 1
         ask("events.publish", {"topic": "t", "data": {"x": 1}})
         ask("logs.tail", {"names": ["hello#0"], "lines": 5})
         ask("logs.tail", {})

@@ -656,6 +656,11 @@ def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = ""
         "nodes.drain": ("forbidden", {"node": "n"}, None),
         "daemon.upgrade": ("forbidden", {"report": True}, None),  # the daemon: the operator's
         "tenants.list": ("listing", {}, None),
+        "sessions.list": ("listing", {}, None),
+        "sessions.get": ("missing", {"agent": B, "session": "s"},
+                         {"agent": GHOST, "session": "s"}),
+        "sessions.end": ("missing", {"agent": B, "session": "s"},
+                         {"agent": GHOST, "session": "s"}),
         "tenants.add": ("forbidden", {"tenants": {"c": {}}}, None),
         "tenants.set": ("forbidden", {"name": "a", "set": {"max_agents": 100}}, None),
         "tenants.remove": ("forbidden", {"names": ["b"]}, None),

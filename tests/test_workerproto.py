@@ -51,6 +51,8 @@ REFUSED: list[tuple[str, Any, str]] = [
     ("step/get", {"task_id": "t", "name": ""}, "step/get: name must be a non-empty string"),
     ("step/put", {"name": "s"}, "step/put: task_id must be a non-empty string"),
     ("task/checkpoint", {"state": 1}, "task/checkpoint: task_id must be a non-empty string"),
+    ("session/checkpoint", {"state": 1},
+     "session/checkpoint: task_id must be a non-empty string"),
     # notifications: never answered, noted in the worker's log
     ("task/progress", {"task_id": "t"}, "ignored task/progress: progress must be a number"),
     ("task/progress", {"progress": 1}, "ignored task/progress: task_id must be a string"),

@@ -121,6 +121,10 @@ def task_options(fn: Any) -> Any:
         click.option("--local", is_flag=True,
                      help="With [cluster]: run it on this node, not on whichever node "
                           "has room."),
+        click.option("--session", default=None, metavar="NAME",
+                     help="A turn of this session of the agent: its tasks run one at a "
+                          "time, in order, each given the session's state "
+                          "(docs/durable.md#sessions)."),
         click.option("--traceparent", envvar="TRACEPARENT", default=None, metavar="W3C",
                      help="The caller's W3C trace context (00-TRACE-SPAN-FLAGS; default "
                           "$TRACEPARENT): the task's trace is its child (with [tracing])."),
@@ -136,12 +140,12 @@ def task_options(fn: Any) -> Any:
 @pass_ctx
 def submit_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority: int,
                 delay: float | None, retries: int | None, retry_on: list[str] | None,
-                local: bool, traceparent: str | None, tracestate: str | None,
-                as_json: bool) -> None:
+                local: bool, session: str | None, traceparent: str | None,
+                tracestate: str | None, as_json: bool) -> None:
     got: m.TaskAccepted = obj.call("tasks.submit", m.TasksSubmit(
         agent=agent, input=_read_input(input_), timeout=timeout, priority=priority,
         local=local, delay=delay, retries=retries, retry_on=retry_on,  # type: ignore[arg-type]
-        traceparent=traceparent, tracestate=tracestate))
+        session=session, traceparent=traceparent, tracestate=tracestate))
     click.echo(json.dumps(msgspec.to_builtins(got)) if as_json else got.task_id)
 
 
@@ -154,12 +158,13 @@ def submit_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priori
 @pass_ctx
 def run_task(obj: Ctx, agent: str, input_: str, timeout: float | None, priority: int,
              delay: float | None, retries: int | None, retry_on: list[str] | None,
-             local: bool, traceparent: str | None, tracestate: str | None, detach: bool,
-             reconnect: float, as_json: bool) -> None:
+             local: bool, session: str | None, traceparent: str | None,
+             tracestate: str | None, detach: bool, reconnect: float, as_json: bool) -> None:
     task_input = _read_input(input_)
     accepted: list[str] = []
     policy: dict[str, Any] = {"delay": delay, "retries": retries, "retry_on": retry_on,
-                              "traceparent": traceparent, "tracestate": tracestate}
+                              "session": session, "traceparent": traceparent,
+                              "tracestate": tracestate}
 
     def on_note(method: str, params: Any) -> None:
         if method == "task.accepted":

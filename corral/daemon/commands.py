@@ -20,6 +20,7 @@ from ..supervisor.configload import check_command, cluster_problem, parse_agents
 from ..supervisor.errors import NoSuchAgent
 from ..supervisor.lifecycle import RESTARTED, SERVING, State
 from ..supervisor.startstop import start_each, stop_all
+from ..supervisor.tasks.sessions import Session, Sessions
 from ..text import plural
 from .api import Handlers
 from .caller import SHARED, Caller, Channel
@@ -596,6 +597,41 @@ async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) ->
 async def tasks_cancel(d: Services, p: m.TasksCancel, caller: Caller, c: Channel
                        ) -> m.TaskInfo:
     return await d.tasks.cancel(p.task_id)
+
+
+# -- sessions (docs/durable.md#sessions): looked up by name, whether their agent runs or
+# not (a reload that removes an agent and adds it back keeps its conversations)
+def _session_view(sessions: Sessions, s: Session) -> m.SessionView:
+    return m.SessionView(
+        agent=s.agent, session=s.name, tasks=s.tasks, created=s.created,
+        last_used=s.last_used, holder=s.holder,
+        state_bytes=len(s.state) if s.state is not None else 0,
+        running=s.current.id if s.current is not None else None, waiting=len(s.line),
+        expires=sessions.expires(s))
+
+
+@implements("sessions.list")
+async def sessions_list(d: Services, p: m.SessionsList, caller: Caller, c: Channel
+                        ) -> m.SessionList:
+    return m.SessionList(sessions=[_session_view(d.sessions, s)
+                                   for s in d.sessions.listing(p.agent)])
+
+
+@implements("sessions.get")
+async def sessions_get(d: Services, p: m.SessionsGet, caller: Caller, c: Channel
+                       ) -> m.SessionInfo:
+    s = d.sessions.get(p.agent, p.session)
+    return m.SessionInfo(session=_session_view(d.sessions, s), history=[
+        m.SessionTask(task_id=tid, status=status, created=created)
+        for tid, status, created in await d.sessions.history(s)])
+
+
+@implements("sessions.end")
+async def sessions_end(d: Services, p: m.SessionsEnd, caller: Caller, c: Channel
+                       ) -> m.SessionView:
+    s = d.sessions.end(p.agent, p.session)
+    await d.sessions.committed()
+    return _session_view(d.sessions, s)
 
 
 @implements("traces.get")

@@ -416,7 +416,8 @@ def _engine_parts(parts: Parts, cluster: ClusterNode | None) -> dict[str, Any]:
     """The engine's parts as the services hold them (services.py)."""
     return {"agents": parts.agents, "tools": parts.tools, "quotas": parts.quotas,
             "elastic": parts.elastic, "bus": parts.bus, "task_engine": parts.tasks,
-            "budgets": parts.tasks.budgets, "containment": parts.containment,
+            "budgets": parts.tasks.budgets, "sessions": parts.tasks.sessions,
+            "containment": parts.containment,
             "health": parts.health, "stream": parts.stream, "heartbeat": parts.heartbeat,
             "runtime_stats": parts.runtime_stats,
             "cluster": cluster if cluster is not None else NotANode()}

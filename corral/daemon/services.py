@@ -20,6 +20,7 @@ from ..supervisor.stats import HeartbeatWork, Stats
 from ..supervisor.stream import Stream
 from ..supervisor.tasks import TaskManager
 from ..supervisor.tasks.budget import Budgets
+from ..supervisor.tasks.sessions import Sessions
 from ..supervisor.tools import Tools
 from .caller import Caller
 from .clusterpeer import ClusterPeer
@@ -59,6 +60,7 @@ class Services:
     bus: EventBus  # the event bus (events.publish, events.follow)
     task_engine: TaskManager  # the engine's tasks: their counts (stats)
     budgets: Budgets  # the agents' token and cost budgets
+    sessions: Sessions  # the tasks' sessions (docs/durable.md#sessions)
     containment: Containment
     health: HealthBoard  # health checks' failures (/metrics)
     stream: Stream  # every event, to subscribers that cannot break it

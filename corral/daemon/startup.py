@@ -49,6 +49,7 @@ from .logs import LogDirError, LogHub
 from .packages.service import Packages
 from .revisions import RevisionLog, describe_change
 from .services import Services
+from .sessions import SessionsDB
 from .steps import StepsDB
 from .store import StateStore
 from .storeschema import StoreError
@@ -275,6 +276,13 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[Op
             # the task journal's go through one writer thread, off the loop
             writer = store.open_writer(on_error=error, on_notice=notice)
             own.push_async_callback(store.close_writer)  # checkpoints too
+            # the tasks' sessions, their states (docs/durable.md#sessions): back before
+            # the journal's tasks, which find their sessions in them
+            assert store.thread is not None  # open_writer made it
+            sessions = SessionsDB(store.path, store.thread, on_error=error)
+            own.push_async_callback(sessions.close)
+            parts.tasks.sessions.restore(*await asyncio.to_thread(sessions.load))
+            parts.tasks.sessions.journal = sessions
             journal: TaskJournalDB | None = None
             unfinished: list[TaskRecord] = []
             if sc.task_journal:

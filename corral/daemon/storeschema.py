@@ -229,6 +229,29 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (run_id, step, item)
     ) WITHOUT ROWID;
     """,
+    # 13: sessions (sessions.py, docs/durable.md#sessions): each live session of an
+    # agent, its state (JSON) and `gen`, the life of it its rows belong to (an ended
+    # session's name may begin another); the tasks of each, in the order accepted
+    """
+    CREATE TABLE sessions (
+        agent TEXT NOT NULL,
+        session TEXT NOT NULL,
+        gen INTEGER NOT NULL,
+        created REAL NOT NULL,
+        last_used REAL NOT NULL,
+        tasks INTEGER NOT NULL,
+        holder TEXT,
+        state BLOB,
+        PRIMARY KEY (agent, session)
+    ) WITHOUT ROWID;
+    CREATE TABLE session_tasks (
+        task_id TEXT PRIMARY KEY,
+        agent TEXT NOT NULL,
+        session TEXT NOT NULL,
+        gen INTEGER NOT NULL
+    );
+    CREATE INDEX session_tasks_of ON session_tasks (agent, session, gen);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -293,6 +293,10 @@ def _runs_filter(result: Any, caller: Caller) -> Any:
     return _replace(result, runs=[r for r in result.runs if _sees_all(caller, r.agents)])
 
 
+def _sessions_filter(result: Any, caller: Caller) -> Any:
+    return _replace(result, sessions=[s for s in result.sessions if caller.sees(s.agent)])
+
+
 def _lines_filter(result: Any, caller: Caller) -> Any:
     return _replace(result, lines=[ln for ln in _get(result, "lines") if caller.sees(ln.source)])
 
@@ -392,6 +396,9 @@ AGENT_RULES: dict[str, AgentRule] = {
     "runs.get": AgentRule(_nothing, filter=_run_filter),
     "runs.list": AgentRule(_nothing, filter=_runs_filter),
     "runs.cancel": AgentRule(_nothing),
+    "sessions.list": AgentRule(_AGENT_PARAM, filter=_sessions_filter),
+    "sessions.get": AgentRule(_AGENT_PARAM),
+    "sessions.end": AgentRule(_AGENT_PARAM),
     "events.publish": AgentRule(_own_tenant),
     "events.follow": AgentRule(_own_tenant, channel=_seen({"events.event": _event_seen})),
     "tools.list": AgentRule(_both(_AGENT_PARAM, _server("server")),

@@ -219,6 +219,9 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     replay: bool = True
     replay_tools: list[str] = []
     max_step_bytes: NonNegInt = 64 * 1024 * 1024
+    # a session (tasks.run's `session`) idle this many seconds is dropped, state and
+    # history: its next task starts it afresh (0: sessions never expire)
+    session_ttl: NonNeg = 7 * 86400
     tools: list[str] = []
     state_ttl: NonNeg = 0
     config: dict[str, Any] = {}  # passed to the worker in `initialize`

@@ -249,8 +249,10 @@ class Elastic:
 
     def _queued(self, name: str, agent: Agent) -> int:
         """The agent's tasks waiting (here, and its share of the cluster's), as load: 0
-        while a budget holds them (more replicas would not start them)."""
-        queued = self.tasks.queue.depth(name) + self.backlog.get(name, 0)
+        while a budget holds them, and not those waiting for their session's turn (more
+        replicas would not start them)."""
+        queued = (self.tasks.queue.depth(name) - self.tasks.sessions.parked(name)
+                  + self.backlog.get(name, 0))
         budgets = self.tasks.dispatch.budgets
         if queued and budgets is not None and budgets.holds(agent):
             return 0

@@ -274,6 +274,8 @@ class Context:
         trace: dict[str, Any] | None = None,
         resumed: bool = False,
         task_state: Any = None,
+        session: str | None = None,
+        session_state: Any = None,
     ) -> None:
         self._worker = worker
         self.task_id = task_id
@@ -291,6 +293,10 @@ class Context:
         # a retry of a task that checkpointed (checkpoint_task): its last state
         self.resumed = resumed
         self.task_state = task_state
+        # a turn of a session (docs/durable.md#sessions): its name, and the state its
+        # last checkpoint_session kept (None: a new session, or one expired or ended)
+        self.session = session
+        self.session_state = session_state
         self.deadline = deadline
         self._async = is_async
         # a flag, not a threading.Event: nothing waits on it, and an Event (a Condition
@@ -401,6 +407,13 @@ class Context:
         `ctx.task_state` (and `ctx.resumed`). Returns once it is durable; awaitable in
         coroutine handlers."""
         return self._call("task/checkpoint", {"task_id": self.task_id, "state": state})
+
+    def checkpoint_session(self, state: Any) -> Any:
+        """Keep the session's state (JSON): the session's next task starts with it as
+        `ctx.session_state`, on whichever replica. Returns once it is durable; awaitable
+        in coroutine handlers."""
+        self.session_state = state
+        return self._call("session/checkpoint", {"task_id": self.task_id, "state": state})
 
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
         """`fn()`'s result, journaled under `name` (unique within the task): a retried
@@ -762,7 +775,9 @@ class Worker:
         ctx = Context(self, task_id, params.get("deadline"), self.is_async,
                       attempt if isinstance(attempt, int) and attempt > 0 else 1,
                       meta if isinstance(meta, dict) else None,
-                      params.get("resumed") is True, params.get("task_state"))
+                      params.get("resumed") is True, params.get("task_state"),
+                      session if isinstance(session := params.get("session"), str) else None,
+                      params.get("session_state"))
         self._tasks[task_id] = ctx
         task_input = params.get("input")
         if self.is_async:

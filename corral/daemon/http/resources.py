@@ -88,7 +88,7 @@ RESOURCES: list[Resource] = [
        "with `wait`, its outcome (as `corral run --json` prints it) if it ends within that "
        "many seconds, else 202", query=("wait",),
        body=("agent", "input", "timeout", "priority", "local", "delay", "not_before",
-             "retries", "retry_on"), idempotent=True,
+             "retries", "retry_on", "session"), idempotent=True,
        location="/tasks/{task_id}", done_when="attempts"),
     _r("GET", "/workflows", "workflows.list", "The workflows the config defines"),
     _r("GET", "/workflows/{name}/plan", "workflows.plan", "A workflow's plan (nothing run)"),
@@ -109,6 +109,14 @@ RESOURCES: list[Resource] = [
        path_params={"task_id": "task_id"}),
     _r("GET", "/tasks/{task_id}/trace", "traces.get", "A task's trace: its spans from the "
        "local store (with [tracing])", path_params={"task_id": "task_id"}),
+    _r("GET", "/sessions", "sessions.list", "The live sessions (of an agent)",
+       query=("agent",)),
+    _r("GET", "/agents/{name}/sessions/{session}", "sessions.get",
+       "One session and the history of its tasks",
+       path_params={"name": "agent", "session": "session"}),
+    _r("POST", "/agents/{name}/sessions/{session}/end", "sessions.end",
+       "End a session: its state and history dropped",
+       path_params={"name": "agent", "session": "session"}),
     _r("POST", "/events", "events.publish", "Publish an event",
        body=("topic", "data", "tenant")),
     _r("GET", "/events/stream", "events.follow", "Events matching a pattern (SSE)",

@@ -87,7 +87,8 @@ class LocalFront:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {exc}") from None
         return tasks.submit(p.agent, p.input, timeout=p.timeout, priority=p.priority,
                             not_before=at, retries=p.retries, retry_on=p.retry_on,
-                            traceparent=p.traceparent, tracestate=p.tracestate)
+                            traceparent=p.traceparent, tracestate=p.tracestate,
+                            session=p.session)
 
     async def _committed(self, task: Task) -> None:
         """In the journal before it is acknowledged. The failure is known only when the

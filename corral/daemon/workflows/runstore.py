@@ -1,4 +1,4 @@
-"""A run's rows in the state database (migration 13): the run with the definition it
+"""A run's rows in the state database (migration 12): the run with the definition it
 started on, and each step's row. Writes are committed (StateStore.commit) before what
 they describe is done: a step's task id before its task is submitted."""
 

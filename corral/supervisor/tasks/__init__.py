@@ -10,6 +10,7 @@ admission.py  refusals: an agent that cannot run it, input size, rate, a full qu
               the step every task passes wherever it runs (admit)
 queue.py      the Queue protocol, and LocalQueue (the priority heap)
 dispatch.py   to a replica's free slot, deadlines, an attempt's end
+sessions.py   a session's tasks one at a time, on the replica that holds it, its state
 retry.py      the retry policy: which outcomes, how many times, the backoff
 delays.py     tasks not to start before a time (a delay, a backoff), behind one timer
 budget.py     usage agents report, token and cost budgets, the gate dispatch asks

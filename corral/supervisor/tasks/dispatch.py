@@ -38,6 +38,7 @@ from .queue import Queue
 if TYPE_CHECKING:
     from ..replica import Replica
     from .host import AgentLike, TaskHost
+    from .sessions import Sessions
 
 CANCEL_GRACE = 5.0
 
@@ -84,6 +85,9 @@ class TaskDispatch:
         self.stream = sup.stream  # every attempt's end (AttemptEnded): a drain counts them
         # the request id of each running task's task/run (handed over by corral upgrade)
         self.requests: dict[str, jsonrpc.Id] = {}
+        # the sessions (sessions.py): a session's task prefers the replica that holds it,
+        # and is given the session's state
+        self.sessions: Sessions | None = None
 
     def free_replica(self, agent: AgentLike) -> Replica | None:
         limit = agent.spec.max_concurrent_tasks
@@ -140,6 +144,8 @@ class TaskDispatch:
             task = queue.take(agent_name)
             if task is None:
                 return
+            if task.session is not None and self.sessions is not None:
+                r = self.sessions.prefer(task, r, agent)
             self._start(task, r, q)
 
     # the replica is told of each task it starts and ends here, and only here
@@ -162,6 +168,9 @@ class TaskDispatch:
             params["_meta"] = task.trace.run_meta(task.attempt)
         if task.checkpoint is not None:  # a retry, given the task's last state (steps.py)
             params["resumed"], params["task_state"] = True, task.checkpoint
+        if task.session is not None and self.sessions is not None:
+            params["session"] = task.session
+            params["session_state"] = self.sessions.started(task, r)
         self.requests[task.id] = r.peer.request_callback(
             "task/run", params,
             lambda result, exc: self._on_reply(task, r, attempt, result, exc),

@@ -32,6 +32,7 @@ from ...jsonrpc import RpcError
 from ...taskviews import TaskError, TaskInfo, TaskResult, TaskSummary
 from ...text import ordinal
 from ...workerproto import (
+    SessionCheckpointParams,
     StepGetParams,
     StepPutParams,
     TaskCheckpointParams,
@@ -53,6 +54,7 @@ from .payload import Output, acyclic, encode_input
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
 from .retry import backoff, retried
+from .sessions import Sessions
 from .worker import ToolRouter, WorkerMethods, report_progress
 
 if TYPE_CHECKING:
@@ -82,9 +84,14 @@ class TaskManager:
         self._done: asyncio.Future[None] | None = None  # the `done` of every finished task
         self._running: asyncio.AbstractEventLoop | None = None  # the loop it works in
         self.by_agent: dict[str, AgentTasks] = {}
-        self.queue: Queue = queue if queue is not None else LocalQueue()
+        # the agents' queue behind the sessions' lines (one task of a session at a time)
+        self.sessions = Sessions(sup.stream, queue if queue is not None else LocalQueue(),
+                                 self._session_ttl)
+        self.queue: Queue = self.sessions
         self.budgets = Budgets(self._kept, self._reopen, self.queue.depth, _note_first)
         self.dispatch = TaskDispatch(sup, self.queue, self.by_agent, self, self.budgets)
+        self.dispatch.sessions = self.sessions
+        self.sessions.pump = self.dispatch.pump
         self.delays = Delays(self._due)  # tasks not to start before a time
         self.stream = sup.stream  # TaskFinished, TaskProgress, AttemptEnded go on it
         if tenancy is not None:
@@ -101,8 +108,17 @@ class TaskManager:
         on_request(sup.worker_methods, StepGetParams, self.worker.on_step_get)
         on_request(sup.worker_methods, StepPutParams, self.worker.on_step_put)
         on_request(sup.worker_methods, TaskCheckpointParams, self.worker.on_task_checkpoint)
+        on_request(sup.worker_methods, SessionCheckpointParams, self._on_session_checkpoint)
         on_notification(sup.worker_notifications, UsageReportParams, self._on_usage,
                         refused=self.budgets.refused)
+
+    def _session_ttl(self, agent_name: str) -> float:
+        agent = self.sup.agents.get(agent_name)
+        return agent.spec.session_ttl if agent is not None else 0.0
+
+    def _on_session_checkpoint(self, r: Replica, p: SessionCheckpointParams) -> Any:
+        return self.sessions.checkpoint(
+            self.worker.running_on(r, "session/checkpoint", p.task_id), p.state)
 
     def _agent_tasks(self, agent: AgentLike) -> AgentTasks:
         q = self.by_agent.get(agent.name)
@@ -206,11 +222,12 @@ class TaskManager:
                priority: int = 0, not_before: float | None = None,
                retries: int | None = None, retry_on: Sequence[str] | None = None,
                traceparent: str | None = None, tracestate: str | None = None,
-               task_id: str | None = None) -> Task:
+               task_id: str | None = None, session: str | None = None) -> Task:
         """Accept a task or refuse it at once with the reason. `not_before` (wall
         time): it waits until then; `retries` and `retry_on`: its own retry policy
         instead of its agent's; `traceparent`: the caller's trace context; `task_id`: an
-        id made and recorded by the caller before (a workflow's step)."""
+        id made and recorded by the caller before (a workflow's step); `session`: the
+        session of the agent it is a turn of (sessions.py)."""
         agent = self.sup.agent(agent_name)
         q = self._agent_tasks(agent)
         try:
@@ -244,10 +261,14 @@ class TaskManager:
             task.id = task_id
         if retry_on is not None:
             task.retry_on = tuple(retry_on)
+        if session is not None:
+            task.session = session
         if self.trace_begin is not None:
             self.trace_begin(task, traceparent, tracestate)  # (a bad traceparent refuses)
         q.counts["accepted"] += 1
         self.active[task.id] = task
+        if session is not None:
+            self.sessions.accept(task)
         if later:
             task.not_before = not_before
             self.record(task)
@@ -382,6 +403,7 @@ class TaskManager:
             task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
             task.usage, task.checkpoint = rec.usage, rec.checkpoint
             task.retry_on, task.not_before = rec.retry_on, rec.not_before
+            task.session = self.sessions.member(task.id)
             agent = self.sup.agents.get(rec.agent)
             self.active[task.id] = task
             restored.append(task)
@@ -411,6 +433,9 @@ class TaskManager:
             else:
                 task.not_before = None
                 waiting.append(task)
+        for task in delayed:  # a retry waiting for its backoff keeps its session's turn
+            if task.attempts:
+                self.sessions.claim(task)
         self.queue.recover(waiting)
         for task in delayed:
             self.delays.add(task)
@@ -428,6 +453,8 @@ class TaskManager:
         task.id, task.created, task.started = rec.task_id, rec.created, rec.started
         task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
         task.usage, task.checkpoint = rec.usage, rec.checkpoint
+        task.session = self.sessions.member(task.id)
+        self.sessions.claim(task)
         self.active[task.id] = task
         agent = self.sup.agents.get(rec.agent)
         if agent is not None:
@@ -439,11 +466,11 @@ class TaskManager:
     async def run(self, agent: str, task_input: Any, *, timeout: float | None = None,
                   priority: int = 0, not_before: float | None = None,
                   retries: int | None = None, retry_on: Sequence[str] | None = None,
-                  traceparent: str | None = None, tracestate: str | None = None
-                  ) -> TaskResult:
+                  traceparent: str | None = None, tracestate: str | None = None,
+                  session: str | None = None) -> TaskResult:
         task = self.submit(agent, task_input, timeout=timeout, priority=priority,
                            not_before=not_before, retries=retries, retry_on=retry_on,
-                           traceparent=traceparent, tracestate=tracestate)
+                           traceparent=traceparent, tracestate=tracestate, session=session)
         if self.journal is not None and self.journal.behind():
             # a journal that writes slower than tasks finish must not gather an unbounded
             # backlog in memory: wait for it (the task runs meanwhile)
@@ -510,6 +537,9 @@ class TaskManager:
         delayed = why_delayed(task, self.delays.holds(task))
         if delayed is not None:
             return delayed
+        turn = self.sessions.why_waiting(task)
+        if turn is not None:
+            return turn
         place = self.queue.position(task)
         depth = self.queue.depth(task.agent)
         where = (f"{ordinal(place)} of {depth} waiting for {task.agent}" if place
@@ -583,7 +613,7 @@ class TaskManager:
                          self.queue.depth(name))
                      for name in self.sup.agents}
         return {"total": totals(per_agent.values()), "agents": per_agent,
-                "steps": self.steps.stats()}
+                "steps": self.steps.stats(), "sessions": self.sessions.stats()}
 
     def _drain_if_down(self, name: str) -> None:
         """Tasks waiting for an agent that will not run again end now, with the reason."""
@@ -611,6 +641,7 @@ class TaskManager:
         waiting = self.delays.of(name)
         for delayed in waiting:
             self.delays.remove(delayed)
+        waiting += self.sessions.drain(name)  # first: the lines move as tasks end
         while (task := self.queue.take(name)) is not None:
             waiting.append(task)
         for task in waiting:

@@ -72,7 +72,7 @@ class Task:
     __slots__ = (
         "_done", "agent", "attempts", "checkpoint", "created", "error", "finished",
         "id", "input", "journaled", "not_before", "out", "output_dropped", "priority",
-        "progress", "replica", "retries_left", "retry_on", "seq", "started", "status",
+        "progress", "replica", "retries_left", "retry_on", "seq", "session", "started", "status",
         "timeout", "tool_calls", "trace", "usage", "waiter", "watchers",
     )
 
@@ -89,6 +89,7 @@ class Task:
         self.timeout = timeout
         self.retries_left = retries
         self.retry_on: tuple[str, ...] | None = None  # its own policy (None: its agent's)
+        self.session: str | None = None  # the session of its agent it is a turn of
         # it may not start before this wall time (a delay, a retry's backoff): delays.py
         self.not_before: float | None = None
         self.seq = seq  # arrival in this process: the queue's tie-break, never stored

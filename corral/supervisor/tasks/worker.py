@@ -127,6 +127,8 @@ class WorkerMethods:
                                                    f"on {r.label}")
         return task
 
+    running_on = _running  # (the sessions' session/checkpoint, manager.py)
+
     def on_step_get(self, r: Replica, p: StepGetParams) -> Any:
         return self.steps.get(self._running(r, "step/get", p.task_id), p.name)
 

@@ -1,0 +1,74 @@
+"""`corral sessions`: the live sessions (of an agent), one session's history of tasks
+(`show`), and the end of one (`end`)."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from .. import methods as m
+from .app import Ctx, cli, doc, json_option, pass_ctx
+from .render import human_bytes, human_time, print_json, stamp, table
+
+USAGE = "[AGENT] | show AGENT SESSION | end AGENT SESSION"
+
+
+def _ago(t: float) -> str:
+    return f"{human_time(max(0.0, time.time() - t))} ago"
+
+
+def _state(n: int) -> str:
+    return human_bytes(n) if n else "-"
+
+
+def _now(s: m.SessionView) -> str:
+    if s.running is None:
+        return "idle"
+    return f"{s.running}" + (f" (+{s.waiting} waiting)" if s.waiting else "")
+
+
+@cli.command("sessions", help=doc("sessions.list") + "\n\n`corral sessions show AGENT "
+             "SESSION`: " + doc("sessions.get") + "\n\n`corral sessions end AGENT "
+             "SESSION`: " + doc("sessions.end"))
+@click.argument("words", nargs=-1, metavar=USAGE)
+@json_option
+@pass_ctx
+def sessions(obj: Ctx, words: tuple[str, ...], as_json: bool) -> None:
+    if words and words[0] in ("show", "end"):
+        if len(words) != 3:
+            raise click.UsageError(f"usage: corral sessions {words[0]} AGENT SESSION")
+        agent, session = words[1], words[2]
+        if words[0] == "end":
+            ended: m.SessionView = obj.call("sessions.end", m.SessionsEnd(
+                agent=agent, session=session))
+            if as_json:
+                print_json(ended)
+                return
+            click.echo(f"session {ended.session} of {ended.agent} ended: its state "
+                       f"({_state(ended.state_bytes)}) and the history of its "
+                       f"{ended.tasks} tasks dropped")
+            return
+        info: m.SessionInfo = obj.call("sessions.get", m.SessionsGet(agent=agent,
+                                                                      session=session))
+        if as_json:
+            print_json(info)
+            return
+        s = info.session
+        click.echo(f"session {s.session} of {s.agent}: {s.tasks} tasks, state "
+                   f"{_state(s.state_bytes)}, held by {s.holder or '-'}, last used "
+                   f"{_ago(s.last_used)}, now {_now(s)}"
+                   + (f", expires {stamp(s.expires)}" if s.expires is not None else ""))
+        table([[t.task_id, t.status or "(pruned)", stamp(t.created) if t.created else "-"]
+               for t in info.history], ["TASK", "STATUS", "CREATED"])
+        return
+    if len(words) > 1:
+        raise click.UsageError(f"usage: corral sessions {USAGE}")
+    res: m.SessionList = obj.call("sessions.list", m.SessionsList(
+        agent=words[0] if words else None))
+    if as_json:
+        print_json(res)
+        return
+    table([[s.agent, s.session, str(s.tasks), _ago(s.last_used), s.holder or "-",
+            _state(s.state_bytes), _now(s)] for s in res.sessions],
+          ["AGENT", "SESSION", "TASKS", "LAST USE", "HOLDER", "STATE", "NOW"])

@@ -1,0 +1,160 @@
+"""Sessions in the state database (the engine's SessionJournal,
+corral.supervisor.tasks.sessions; docs/durable.md#sessions).
+
+A session's row (its counts, last use, holder) and its state are written through a
+GroupCommit on the daemon's one writer thread, like the steps: a `session/checkpoint` is
+answered once its state is committed. The tasks of each session are kept in the order
+accepted (its history, the last HISTORY_KEPT), and give each unfinished task its session
+back after a restart. Ending a session (or its expiry) deletes its row, state and
+history; the rows of one life of a session carry its `gen`, so that a name ended and begun
+again in one batch never mixes the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+from ..supervisor.tasks.sessions import SessionRow
+from .storeschema import connect, errors_named
+from .storewriter import GroupCommit, WriterThread
+
+HISTORY_KEPT = 1000  # tasks of a session kept in its history (and read back)
+PRUNE_EVERY = 64  # past HISTORY_KEPT, the older ones are deleted every this many tasks
+
+
+class _State(NamedTuple):
+    row: SessionRow
+    state: bytes
+
+
+class _Task(NamedTuple):
+    row: SessionRow
+    task_id: str
+
+
+class _End(NamedTuple):
+    row: SessionRow
+
+
+_Op = SessionRow | _State | _Task | _End
+
+
+class SessionsError(Exception):
+    """Sessions could not be written; the message names the file and SQLite's reason."""
+
+
+class SessionsDB:
+    """The daemon's SessionJournal, on the state database `path`, written by `writer`."""
+
+    def __init__(self, path: Path, writer: WriterThread,
+                 on_error: Callable[[str], None] | None = None) -> None:
+        self.path = path
+        self._on_error = on_error
+        self._reader = connect(path)
+        self._read_lock = threading.Lock()
+        self._group: GroupCommit[_Op] = GroupCommit(
+            writer, self._write, self._settled, error_type=SessionsError,
+            explain=lambda error: f"sessions cannot be written to {path} ({error})")
+
+    # -- the SessionJournal protocol ------------------------------------------------------
+    def put(self, row: SessionRow) -> None:
+        self._group.put(("row", row.agent, row.name, row.gen), row)
+
+    def put_state(self, row: SessionRow, state: bytes) -> None:
+        self._group.put(("state", row.agent, row.name, row.gen), _State(row, state))
+
+    def add_task(self, row: SessionRow, task_id: str) -> None:
+        self._group.put(("task", task_id), _Task(row, task_id))
+
+    def end(self, row: SessionRow) -> None:
+        self._group.put(("end", row.agent, row.name, row.gen), _End(row))
+
+    async def committed(self) -> None:
+        await self._group.committed()
+
+    async def history(self, row: SessionRow, limit: int = HISTORY_KEPT
+                      ) -> list[tuple[str, str | None, float | None]]:
+        """(task id, status, created) of the session's tasks in the order accepted
+        (status None: pruned from the task journal)."""
+        with contextlib.suppress(SessionsError):  # what is written still answers
+            await self.committed()
+        return await asyncio.to_thread(self._history, row, limit)
+
+    # -- start-up (in a thread) -------------------------------------------------------------
+    def load(self) -> tuple[list[tuple[SessionRow, bytes | None]],
+                            list[tuple[str, str, str]]]:
+        """Every session and its state; (task id, agent, session) of each task not
+        finished, in the order they were accepted."""
+        with self._read_lock, errors_named(self.path):
+            rows = self._reader.execute(
+                "SELECT agent, session, created, last_used, tasks, holder, gen, state "
+                "FROM sessions").fetchall()
+            members = self._reader.execute(
+                "SELECT st.task_id, st.agent, st.session FROM session_tasks st JOIN tasks t "
+                "ON t.id = st.task_id WHERE t.finished IS NULL ORDER BY t.arrival"
+            ).fetchall()
+        return ([(SessionRow(*r[:7]), None if r[7] is None else bytes(r[7])) for r in rows],
+                [(tid, agent, name) for tid, agent, name in members])
+
+    # -- on the writer ------------------------------------------------------------------
+    def _settled(self, ops: list[_Op], error: str | None) -> None:
+        if error is not None and self._group.first_failure and self._on_error is not None:
+            self._on_error(f"sessions cannot be written to {self.path} ({error}): session "
+                           "checkpoints wait until they can")
+
+    @staticmethod
+    def _write(db: sqlite3.Connection, ops: list[_Op]) -> None:
+        db.execute("BEGIN")
+        for op in ops:
+            if isinstance(op, SessionRow):
+                # a new life of the name starts with no state
+                db.execute(
+                    "INSERT INTO sessions (agent, session, created, last_used, tasks, "
+                    "holder, gen) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent, session) "
+                    "DO UPDATE SET created = excluded.created, last_used = "
+                    "excluded.last_used, tasks = excluded.tasks, holder = excluded.holder, "
+                    "state = CASE WHEN gen = excluded.gen THEN state END, gen = excluded.gen",
+                    op)
+            elif isinstance(op, _State):
+                db.execute("UPDATE sessions SET state = ? WHERE agent = ? AND session = ? "
+                           "AND gen = ?", (op.state, op.row.agent, op.row.name, op.row.gen))
+            elif isinstance(op, _Task):
+                r = op.row
+                db.execute("INSERT OR IGNORE INTO session_tasks (task_id, agent, session, "
+                           "gen) VALUES (?, ?, ?, ?)", (op.task_id, r.agent, r.name, r.gen))
+                if r.tasks <= HISTORY_KEPT or r.tasks % PRUNE_EVERY:
+                    continue
+                db.execute("DELETE FROM session_tasks WHERE agent = ? AND session = ? AND "
+                           "gen = ? AND rowid <= (SELECT rowid FROM session_tasks WHERE "
+                           "agent = ? AND session = ? AND gen = ? ORDER BY rowid DESC LIMIT 1 "
+                           f"OFFSET {HISTORY_KEPT})", (*r[:2], r.gen) * 2)
+            else:
+                r = op.row
+                db.execute("DELETE FROM sessions WHERE agent = ? AND session = ? AND gen = ?",
+                           (r.agent, r.name, r.gen))
+                db.execute("DELETE FROM session_tasks WHERE agent = ? AND session = ? AND "
+                           "gen = ?", (r.agent, r.name, r.gen))
+        db.execute("COMMIT")
+
+    # -- reads (in a thread) --------------------------------------------------------------
+    def _history(self, row: SessionRow, limit: int
+                 ) -> list[tuple[str, str | None, float | None]]:
+        with self._read_lock, errors_named(self.path):
+            return [(tid, status, created) for tid, status, created in self._reader.execute(
+                "SELECT st.task_id, t.status, t.created FROM session_tasks st LEFT JOIN "
+                "tasks t ON t.id = st.task_id WHERE st.agent = ? AND st.session = ? AND "
+                "st.gen = ? ORDER BY st.rowid DESC LIMIT ?",
+                (row.agent, row.name, row.gen, limit)).fetchall()][::-1]
+
+    async def close(self) -> None:
+        """Write what is pending (the writer thread closes after), then close."""
+        with contextlib.suppress(SessionsError):
+            await self.committed()
+        self._group.cancel_retry()
+        self._reader.close()
