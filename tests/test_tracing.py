@@ -535,9 +535,11 @@ async def test_without_tracing_a_trace_is_refused_with_the_reason(tmp_path: Path
     async with serving(tmp_path, hello("web")) as api:
         await api.token("reader", "tasks:read")
         status, body, _ = await api.ask("GET", "/tasks/01X/trace", "reader")
-        assert (status, body) == (503, problem(
-            503, "service unavailable", "tracing is off: add a [tracing] table to the "
-                                        "config (docs/tracing.md)", jsonrpc.UNAVAILABLE))
+        # the daemon's config, not a passing state: a conflict, as a cluster's method
+        # on a daemon that is no node (a 5xx would say the server failed)
+        assert (status, body) == (409, problem(
+            409, "conflict", "tracing is off: add a [tracing] table to the "
+                             "config (docs/tracing.md)", jsonrpc.CONFLICT))
 
 
 def test_the_otlp_encoding_decodes_with_the_official_package() -> None:
