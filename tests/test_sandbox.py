@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,8 @@ async def test_writes_outside_its_directory_are_refused(tmp_path: Path) -> None:
         # the system and what it reads to run (corral's SDK) are there, read-only, and
         # so are the directories that lead to them — but under /tmp, which is its own
         # (a checkout under /tmp: a write beside it lands there, never on the host's)
-        beside = f"{ROOT.parent}/x"
+        # a name no one else uses: the host may hold anything beside the checkout
+        beside = f"{ROOT.parent}/corral-sandbox-{uuid.uuid4().hex}"
         for path in ("/etc/corral-sandbox-test", str(ROOT / "corral" / "sandboxed.txt"),
                      f"{Path(PY).parent}/sandboxed", "/sandboxed", beside):
             private = path == beside and ROOT.parent.is_relative_to("/tmp")
