@@ -19,13 +19,17 @@ from .stream import TICK, Stall, Stream
 from .tenants import Tenancy
 from .tuning import Tuning
 
-__all__ = ["FDS_EVERY", "HEARTBEAT_SLICE", "SAMPLES_PER_SECOND", "Heartbeat"]
+__all__ = ["FDS_EVERY", "HEARTBEAT_SLICE", "LOOKS_PER_SECOND", "SAMPLES_PER_SECOND", "Heartbeat"]
 
 log = logging.getLogger("corral.supervisor")
 
-# the heartbeat's visits per turn of the loop, and its sampling budget per second
+# the heartbeat's visits per turn of the loop, its sampling budget per second, and its
+# budget of looks at quiet workers found parked (monitor.py): budgets of the whole fleet,
+# so that an idle fleet of a thousand costs what one of a hundred does (a death is told by
+# the kernel, not found by a look; a worker given work is watched at once)
 HEARTBEAT_SLICE = 64
-SAMPLES_PER_SECOND = 250
+SAMPLES_PER_SECOND = 100
+LOOKS_PER_SECOND = 100
 FDS_EVERY = 5
 
 
@@ -58,6 +62,7 @@ class Heartbeat:
             # each replica is sampled every `every` rounds; fds (a directory listing, the
             # dearest sample) every FDS_EVERY of its samples
             every = max(1, -(-n // max(1, int(SAMPLES_PER_SECOND * interval))))
+            work.look_every = n / LOOKS_PER_SECOND
             for i in range(slices):
                 due = round_start + i * interval / slices
                 await asyncio.sleep(max(0.0, due - loop.time()))

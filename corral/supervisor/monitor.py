@@ -35,6 +35,9 @@ class Monitor(ReplicaParts):
     _stat_fd: int
     _syscall_fd: int
     _parked_ticks: int
+    # when (listening clock) a look last found it parked, while nothing was asked of it
+    # since: until the fleet's next look at it, it is not looked at or pinged
+    _parked_at: float | None
     # what the last look read of it, and when, not yet sampled
     _looked: tuple[float, ProcStat] | None
     _prev_cpu: tuple[float, float] | None
@@ -51,6 +54,7 @@ class Monitor(ReplicaParts):
         self._ping_out = False
         self._heard = False
         self._stat_fd = self._syscall_fd = self._parked_ticks = -1
+        self._parked_at = None
         self._looked = None
         self._prev_cpu = None
         self._cpu_over = 0
@@ -136,6 +140,21 @@ class Monitor(ReplicaParts):
                     self.peer.held is not None:
                 self._heard = False
                 self._last_pong = now
+                self._parked_at = None
+            parked_at = self._parked_at
+            if parked_at is not None:
+                # found parked, and nothing asked of it since: a large fleet's quiet
+                # workers are looked at in turn at a bounded rate (heartbeat.py), not each
+                # every timeout/2 (the kernel tells of a death by its pidfd)
+                if (now - parked_at < max(timeout / 2, self.host.heartbeat_work.look_every)
+                        and not self.tasks_running and not self.peer.in_flight):
+                    if sample:
+                        self._sample(sample_fds)
+                    return
+                # its turn, or work was given to it: silence counts from the look, or from
+                # timeout/2 ago where the look is older (its look, or a ping, is then due)
+                self._parked_at = None
+                self._last_pong = max(parked_at, now - timeout / 2)
             silent = now - self._last_pong
             if silent > timeout:
                 self.take_down(f"hung: no heartbeat for {timeout:g} s", graceful=False,
@@ -146,7 +165,7 @@ class Monitor(ReplicaParts):
             # seen `timeout` after the last sign of life
             if not self._ping_out and silent >= timeout / 2:
                 if self._parked():
-                    self._last_pong = now
+                    self._last_pong = self._parked_at = now
                     self.host.heartbeat_work.parked += 1
                 else:
                     self._ping_out = True
@@ -212,6 +231,7 @@ class Monitor(ReplicaParts):
             if fd >= 0:
                 os.close(fd)
         self._stat_fd = self._syscall_fd = self._parked_ticks = -1
+        self._parked_at = None
         self._looked = None
 
     def _pong(self, fut: asyncio.Future[Any]) -> None:
@@ -272,3 +292,4 @@ class Monitor(ReplicaParts):
         self._unread_since = None
         self._prev_cpu = None
         self._parked_ticks = -1
+        self._parked_at = None
