@@ -75,10 +75,13 @@ class Heartbeat:
                     self._on_stall(stall)
                 t0 = time.perf_counter()
                 now = self.listening.now()
-                sampled = 0
+                sampled = passed = 0
                 for j in range(i * HEARTBEAT_SLICE, min(n, (i + 1) * HEARTBEAT_SLICE)):
                     r = reps[j]
                     turn = (j + rnd) % every == 0
+                    if not turn and now < r.quiet_until and r.undisturbed():
+                        passed += 1  # found parked, nothing asked of it since
+                        continue
                     sampled += turn
                     try:
                         r.heartbeat(now, r.spec.heartbeat_timeout or self.tuning.heartbeat_timeout,
@@ -87,7 +90,7 @@ class Heartbeat:
                         log.exception("heartbeat of %s failed", r.label)
                 spent = time.perf_counter() - t0
                 work.slices += 1
-                visits = min(n, (i + 1) * HEARTBEAT_SLICE) - i * HEARTBEAT_SLICE
+                visits = min(n, (i + 1) * HEARTBEAT_SLICE) - i * HEARTBEAT_SLICE - passed
                 work.visits += visits
                 work.most_visits = max(work.most_visits, visits)
                 work.samples += sampled
