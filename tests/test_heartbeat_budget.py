@@ -1,5 +1,5 @@
 """The heartbeat's fleet-wide budget of looks at quiet workers (heartbeat.py's
-LOOKS_PER_SECOND): in a fleet large enough for it to bound them, a worker found parked is
+fleet_budget): in a fleet large enough for it to bound them, a worker found parked is
 looked at again only at its turn, a task given to it meanwhile is watched at once, and a
 worker stopped after a look is still found hung."""
 
@@ -19,6 +19,16 @@ pytestmark = pytest.mark.skipif(
     not procstat.READ_CALLS, reason="no read/readv numbers for this machine in procstat")
 
 
+def budget(monkeypatch: pytest.MonkeyPatch, per_second: float) -> None:
+    monkeypatch.setattr(heartbeat, "BUDGET_FLOOR", per_second)
+    monkeypatch.setattr(heartbeat, "BUDGET_GROWTH", 0.0)
+
+
+def test_the_budget_has_a_floor_and_grows_as_the_square_root_of_the_fleet() -> None:
+    assert heartbeat.fleet_budget(1) == heartbeat.fleet_budget(900) == 50.0
+    assert heartbeat.fleet_budget(10_000) == 160.0
+
+
 async def _rounds(sup: Supervisor, n: int) -> None:
     done = asyncio.get_running_loop().create_future()
     target = sup.heartbeat_work.rounds + n
@@ -34,7 +44,7 @@ async def _rounds(sup: Supervisor, n: int) -> None:
 async def test_a_parked_worker_is_looked_at_at_the_fleets_rate(
         sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
     # one replica at a quarter of a look a second: as a fleet of 4 s of looks
-    monkeypatch.setattr(heartbeat, "LOOKS_PER_SECOND", 0.25)
+    budget(monkeypatch, 0.25)
     sup.add(agent("quiet"))
     r = await sup.wait_state("quiet", State.READY)
     await _rounds(sup, 2)
@@ -54,7 +64,7 @@ async def test_a_parked_worker_is_looked_at_at_the_fleets_rate(
 
 async def test_a_worker_stopped_after_its_look_is_found_hung_at_its_turn(
         sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(heartbeat, "LOOKS_PER_SECOND", 0.25)
+    budget(monkeypatch, 0.25)
     sup.add(agent("frozen", backoff_initial=30.0, backoff_max=30.0))
     r = await sup.wait_state("frozen", State.READY)
     parked = sup.heartbeat_work.parked
@@ -68,7 +78,7 @@ async def test_a_worker_stopped_after_its_look_is_found_hung_at_its_turn(
 
 async def test_a_task_given_to_a_parked_worker_that_stopped_is_found_hung(
         sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(heartbeat, "LOOKS_PER_SECOND", 0.02)  # a look every 50 s
+    budget(monkeypatch, 0.02)  # a look every 50 s
     sup.add(agent("frozen", backoff_initial=30.0, backoff_max=30.0))
     r = await sup.wait_state("frozen", State.READY)
     parked = sup.heartbeat_work.parked

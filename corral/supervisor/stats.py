@@ -23,7 +23,7 @@ class HeartbeatWork(msgspec.Struct):
     slices_per_round: int = 0
     sample_every_rounds: int = 1
     # seconds between looks at a quiet worker found parked, where the fleet is large
-    # enough that LOOKS_PER_SECOND bounds them (0: every timeout/2)
+    # enough that the heartbeat's budget bounds them (below timeout/2: every timeout/2)
     look_every: float = 0.0
 
 
