@@ -29,9 +29,6 @@ from .membership import Membership
 from .queue import ClusterQueue, ClusterTask
 from .scripts import Scripts
 
-# claims in one pipeline: the tasks of a large read start as their part is claimed
-CLAIM_BATCH = 32
-
 
 class Puller:
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, membership: Membership,
@@ -103,11 +100,8 @@ class Puller:
                     if len(got) >= want:
                         break
                 if not got:
-                    # as many as it can start: what a burst has added by the time Redis
-                    # answers comes in this read, not in one more round trip after a claim
                     reply = await self.redis.xreadgroup(
-                        GROUP, consumer, dict.fromkeys(streams, ">"), count=want,
-                        block=block)
+                        GROUP, consumer, dict.fromkeys(streams, ">"), count=1, block=block)
                     got = _entries(reply)
                 self.reads += 1
                 self.read += len(got)
@@ -161,19 +155,7 @@ class Puller:
 
     async def _claim(self, name: str, consumer: str,
                      got: list[tuple[str, bytes, bytes]]) -> None:
-        """Claim what was read, in pipelines of CLAIM_BATCH sent at once, and hand each
-        task to the engine as its pipeline answers: the first of a large read start while
-        the rest are claimed (one pipeline of a thousand claims was all encoded, run and
-        decoded before any task started)."""
-        if len(got) <= CLAIM_BATCH:
-            await self._claim_some(name, consumer, got)
-            return
-        await asyncio.gather(*(self._claim_some(name, consumer, got[i:i + CLAIM_BATCH])
-                               for i in range(0, len(got), CLAIM_BATCH)))
-
-    async def _claim_some(self, name: str, consumer: str,
-                          got: list[tuple[str, bytes, bytes]]) -> None:
-        """Claim entries read, in one round trip, and hand each task to the engine."""
+        """Claim what was read, in one round trip, and hand each task to the engine."""
         agent = self.host.agents.get(name)
         if agent is None or consumer != self.membership.consumer:
             return  # fenced since it was read: the reaper gives it back to the cluster
