@@ -7,7 +7,7 @@ corral: a redis-server of the bench's own (bench_cluster's), two nodes `a` and `
 running the echo agent (2 replicas, `max_concurrent_tasks = 512`: every task of a burst
 has a free slot). Each round waits `--idle` seconds (more than a beat: both nodes' pull
 loops are blocked in their read, the cluster idle), then submits a burst of N detached
-tasks on node a (`tasks.run` with `detach`, pipelined on one socket), waits for all, and
+tasks on node a (`tasks.submit`, pipelined on one socket), waits for all, and
 takes each task's submission to start (`queue_wait`: its first attempt's start less its
 creation, both wall clocks of this host). The first burst after the nodes start is
 reported apart ("fresh": no task was ever submitted to the agent).
@@ -65,8 +65,8 @@ def burst(path: Path, n: int) -> list[float]:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(path))
         sock.sendall(b"".join(enc.encode({
-            "jsonrpc": "2.0", "id": i, "method": "tasks.run",
-            "params": {"agent": "echo", "input": {"n": i}, "detach": True}}) + b"\n"
+            "jsonrpc": "2.0", "id": i, "method": "tasks.submit",
+            "params": {"agent": "echo", "input": {"n": i}}}) + b"\n"
             for i in range(n)))
         f = sock.makefile("rb")
         ids: dict[int, str] = {}

@@ -794,6 +794,11 @@ class Peer:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    @property
+    def sent(self) -> int:
+        """Requests sent so far (a change says something was asked of the other side)."""
+        return self._next_id
+
     # incoming -----------------------------------------------------------------------------
     def feed_line(self, line: bytes) -> None:
         self.silent_timeouts = 0

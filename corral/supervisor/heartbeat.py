@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -19,14 +20,24 @@ from .stats import HeartbeatWork
 from .stream import TICK, Stall, Stream
 from .tuning import Tuning
 
-__all__ = ["FDS_EVERY", "HEARTBEAT_SLICE", "SAMPLES_PER_SECOND", "Heartbeat"]
+__all__ = ["FDS_EVERY", "HEARTBEAT_SLICE", "Heartbeat", "fleet_budget"]
 
 log = logging.getLogger("corral.supervisor")
 
-# the heartbeat's visits per turn of the loop, and its sampling budget per second
+# the heartbeat's visits per turn of the loop
 HEARTBEAT_SLICE = 64
-SAMPLES_PER_SECOND = 250
+# usage samples a second, and looks at quiet workers found parked (monitor.py), for the
+# whole fleet: a floor, then growing as the square root of the fleet, so that an idle
+# fleet of a thousand costs little more than one of a hundred (a death is told by the
+# kernel, not found by a look; a worker given work is watched at once)
+BUDGET_FLOOR = 50.0
+BUDGET_GROWTH = 1.6
 FDS_EVERY = 5
+
+
+def fleet_budget(n: int) -> float:
+    """Samples (and looks) a second for a fleet of `n` live processes."""
+    return max(BUDGET_FLOOR, BUDGET_GROWTH * math.sqrt(n))
 
 
 class Heartbeat:
@@ -44,8 +55,9 @@ class Heartbeat:
     async def run(self) -> None:
         """Visit every live replica once per interval, in slices spread over the interval so
         that no turn of the loop does more than HEARTBEAT_SLICE visits; sample usage at
-        most SAMPLES_PER_SECOND times a second in all (a large fleet is sampled less often
-        per replica, never more work per second)."""
+        most `fleet_budget` times a second in all (a large fleet is sampled less often
+        per replica), and pass by those found parked until their turn of as many looks a
+        second (monitor.py)."""
         loop = asyncio.get_running_loop()
         round_start = prev_end = loop.time()
         rnd = 0
@@ -57,7 +69,9 @@ class Heartbeat:
             slices = max(1, -(-n // HEARTBEAT_SLICE))
             # each replica is sampled every `every` rounds; fds (a directory listing, the
             # dearest sample) every FDS_EVERY of its samples
-            every = max(1, -(-n // max(1, int(SAMPLES_PER_SECOND * interval))))
+            budget = fleet_budget(n)
+            every = max(1, -(-n // max(1, int(budget * interval))))
+            work.look_every = n / budget
             for i in range(slices):
                 due = round_start + i * interval / slices
                 await asyncio.sleep(max(0.0, due - loop.time()))
@@ -70,10 +84,13 @@ class Heartbeat:
                     self._on_stall(stall)
                 t0 = time.perf_counter()
                 now = self.listening.now()
-                sampled = 0
+                sampled = passed = 0
                 for j in range(i * HEARTBEAT_SLICE, min(n, (i + 1) * HEARTBEAT_SLICE)):
                     r = reps[j]
                     turn = (j + rnd) % every == 0
+                    if now < r.quiet_until and not turn and r.undisturbed():
+                        passed += 1  # found parked, nothing asked of it since
+                        continue
                     sampled += turn
                     try:
                         r.heartbeat(now, r.spec.heartbeat_timeout or self.tuning.heartbeat_timeout,
@@ -82,7 +99,7 @@ class Heartbeat:
                         log.exception("heartbeat of %s failed", r.label)
                 spent = time.perf_counter() - t0
                 work.slices += 1
-                visits = min(n, (i + 1) * HEARTBEAT_SLICE) - i * HEARTBEAT_SLICE
+                visits = min(n, (i + 1) * HEARTBEAT_SLICE) - i * HEARTBEAT_SLICE - passed
                 work.visits += visits
                 work.most_visits = max(work.most_visits, visits)
                 work.samples += sampled

@@ -35,6 +35,12 @@ class Monitor(ReplicaParts):
     _stat_fd: int
     _syscall_fd: int
     _parked_ticks: int
+    # when (listening clock) a look last found it parked, and until when it is not looked
+    # at again (its next turn of the fleet's looks) while it stays undisturbed (nothing
+    # asked of it, nothing heard from it since: `_quiet_sent` is the requests sent then)
+    _parked_at: float | None
+    quiet_until: float
+    _quiet_sent: int
     # what the last look read of it, and when, not yet sampled
     _looked: tuple[float, ProcStat] | None
     _prev_cpu: tuple[float, float] | None
@@ -51,6 +57,9 @@ class Monitor(ReplicaParts):
         self._ping_out = False
         self._heard = False
         self._stat_fd = self._syscall_fd = self._parked_ticks = -1
+        self._parked_at = None
+        self.quiet_until = 0.0
+        self._quiet_sent = 0
         self._looked = None
         self._prev_cpu = None
         self._cpu_over = 0
@@ -136,6 +145,20 @@ class Monitor(ReplicaParts):
                     self.peer.held is not None:
                 self._heard = False
                 self._last_pong = now
+                self._parked_at, self.quiet_until = None, 0.0
+            parked_at = self._parked_at
+            if parked_at is not None:
+                # found parked, and undisturbed since: a large fleet's quiet workers are
+                # looked at in turn at a bounded rate (heartbeat.py), not each every
+                # timeout/2 (the kernel tells of a death by its pidfd)
+                if now < self.quiet_until and self.undisturbed():
+                    if sample:
+                        self._sample(sample_fds)
+                    return
+                # its turn, or work was given to it: silence counts from the look, or from
+                # timeout/2 ago where the look is older (its look, or a ping, is then due)
+                self._parked_at, self.quiet_until = None, 0.0
+                self._last_pong = max(parked_at, now - timeout / 2)
             silent = now - self._last_pong
             if silent > timeout:
                 self.take_down(f"hung: no heartbeat for {timeout:g} s", graceful=False,
@@ -146,7 +169,10 @@ class Monitor(ReplicaParts):
             # seen `timeout` after the last sign of life
             if not self._ping_out and silent >= timeout / 2:
                 if self._parked():
-                    self._last_pong = now
+                    self._last_pong = self._parked_at = now
+                    self.quiet_until = now + max(timeout / 2,
+                                                 self.host.heartbeat_work.look_every)
+                    self._quiet_sent = self.peer.sent
                     self.host.heartbeat_work.parked += 1
                 else:
                     self._ping_out = True
@@ -159,6 +185,13 @@ class Monitor(ReplicaParts):
             return
         if sample:
             self._sample(sample_fds)
+
+    def undisturbed(self) -> bool:
+        """Nothing asked of it (a task, a ping, a call) and nothing heard from it since a
+        look found it parked: the heartbeat's round passes it by until its next look."""
+        peer = self.peer
+        return (peer is not None and peer.sent == self._quiet_sent and not self._heard
+                and not self.tasks_running)
 
     @property
     def pings(self) -> bool:
@@ -212,6 +245,7 @@ class Monitor(ReplicaParts):
             if fd >= 0:
                 os.close(fd)
         self._stat_fd = self._syscall_fd = self._parked_ticks = -1
+        self._parked_at, self.quiet_until = None, 0.0
         self._looked = None
 
     def _pong(self, fut: asyncio.Future[Any]) -> None:
@@ -272,3 +306,4 @@ class Monitor(ReplicaParts):
         self._unread_since = None
         self._prev_cpu = None
         self._parked_ticks = -1
+        self._parked_at, self.quiet_until = None, 0.0

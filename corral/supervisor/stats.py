@@ -22,6 +22,9 @@ class HeartbeatWork(msgspec.Struct):
     replicas: int = 0  # in the last round
     slices_per_round: int = 0
     sample_every_rounds: int = 1
+    # seconds between looks at a quiet worker found parked, where the fleet is large
+    # enough that the heartbeat's budget bounds them (below timeout/2: every timeout/2)
+    look_every: float = 0.0
 
 
 class Stats(msgspec.Struct):

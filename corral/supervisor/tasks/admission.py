@@ -35,6 +35,9 @@ def retry_after(seconds: float) -> dict[str, float]:
 def refusal(agent: AgentLike) -> str | None:
     """Why `agent` cannot take a task now (no replica will run it), or None."""
     reps = agent.replicas
+    for r in reps:  # (one that will run again is never failed: the usual answer, first)
+        if r.machine.will_run_again:
+            return None
     if not reps:
         # an elastic agent asleep takes the task: it waits while a replica wakes
         return None if agent.spec.elastic else f"agent {agent.name} has no replicas"

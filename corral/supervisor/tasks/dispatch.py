@@ -122,11 +122,13 @@ class TaskDispatch:
 
     def pump(self, agent_name: str) -> None:
         """Start the agent's waiting tasks on its replicas' free slots."""
+        queue = self.queue
+        if not queue.depth(agent_name):
+            return  # (a task's end pumps too: most often nothing waits)
         agent = self.sup.agents.get(agent_name)
         q = self.by_agent.get(agent_name)
         if agent is None or q is None or self.held is not None:
             return
-        queue = self.queue
         while queue.depth(agent_name):
             r = self.free_replica(agent)
             if r is None:

@@ -23,7 +23,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -49,6 +49,7 @@ from .counters import AgentTasks, totals
 from .delays import Delays
 from .dispatch import TaskDispatch, why_delayed
 from .durable import TaskJournal, unknown_cursor
+from .lanes import Lanes
 from .model import LOST_IN_RESTART, TERMINAL, Task, TaskFinished, TaskRecord, TaskStatus
 from .payload import Output, acyclic, encode_input
 from .queue import LocalQueue, Queue
@@ -504,25 +505,11 @@ class TaskManager:
         """Run many tasks with at most `concurrency` at once; results in input order.
         A refused task is a result with status "refused" rather than an exception.
 
-        `concurrency` lanes take the inputs in turn, one task each at a time: nothing is
-        made per input before its turn (a coroutine, a Task and a semaphore waiter for
-        each of 100,000 inputs were what every full collection walked, most of the
-        supervisor's time in a large map)."""
-        results: list[TaskResult | None] = []
-        todo = iter(inputs)
-
-        async def lane() -> None:
-            for x in todo:
-                i = len(results)
-                results.append(None)
-                try:
-                    results[i] = await self.run(agent, x, timeout=timeout)
-                except RpcError as exc:
-                    results[i] = TaskResult("", "refused", None,
-                                            TaskError(exc.code, exc.message), [])
-
-        await asyncio.gather(*(lane() for _ in range(max(1, concurrency))))
-        return cast(list[TaskResult], results)
+        `concurrency` lanes take the inputs in turn, one task each at a time, a lane's
+        next input submitted when its task ends (lanes.py): nothing is made per input but
+        its Task."""
+        return await Lanes(self, agent, iter(inputs), concurrency=concurrency,
+                           timeout=timeout).run()
 
     def get(self, task_id: str) -> Task:
         """A task in memory (every unfinished one, the last `kept` finished ones)."""

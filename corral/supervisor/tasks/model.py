@@ -8,7 +8,7 @@ import asyncio
 import enum
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -68,6 +68,14 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     retry_on: tuple[str, ...] | None = None
 
 
+class Waiter(Protocol):
+    """What a task's end settles for its submitter: a future, or a lane of a map."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: None, /) -> None: ...
+
+
 class Task:
     __slots__ = (
         "_done", "agent", "attempts", "checkpoint", "created", "error", "finished",
@@ -115,7 +123,8 @@ class Task:
         self.replica: Replica | None = None
         # done when the task is: made when first asked for (most tasks have only `waiter`)
         self._done: asyncio.Future[None] | None = None
-        self.waiter: asyncio.Future[None] | None = None  # the submitter's own (run())
+        # the submitter's own: run()'s future, or a lane of map() (lanes.py)
+        self.waiter: Waiter | None = None
         # its own subscribers (Task.watch): () until the first (nothing for the collector
         # to look into), None once finished
         self.watchers: tuple[Subscription, ...] | None = ()
