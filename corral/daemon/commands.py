@@ -645,9 +645,9 @@ async def traces_get(d: Services, p: m.TracesGet, caller: Caller, c: Channel
 
 @implements("nodes.list")
 async def nodes_list(d: Services, p: m.NodesList, caller: Caller, c: Channel
-                     ) -> dict[str, Any]:
+                     ) -> m.NodesResult:
     node = d.cluster.joined()
-    return {"nodes": await node.nodes(), "warnings": node.redis_warnings}
+    return m.NodesResult(nodes=list(await node.nodes()), warnings=node.redis_warnings)
 
 
 @implements("nodes.drain")
