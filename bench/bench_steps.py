@@ -4,7 +4,8 @@
 
 The real daemon in this process (its SQLite state database, `journal_sync` normal, then
 full), an SDK worker (bench/steps_agent.py) and a stdio MCP server (bench/min_mcp_server.py).
-Per step, medians of ROUNDS tasks, measured in the worker around its loop:
+Per step, medians of ROUNDS tasks, measured in the worker around its loop, the kinds
+of task alternated round by round:
 
 - tool call, live, not journaled (`retries = 0`: no later attempt could read it)
 - tool call, live and journaled (`retries = 1`): the commit before the answer
@@ -64,14 +65,22 @@ def config(state: Path, sync: str) -> str:
     """)
 
 
-async def per_step(sup: Any, agent: str, task: dict[str, Any], rounds: int) -> float:
-    """Median µs per step of the task's last attempt, over `rounds` tasks."""
-    xs = []
+async def per_step(sup: Any, agent: str, task: dict[str, Any]) -> float:
+    """µs per step of one task's last attempt."""
+    res = await sup.tasks.run(agent, task, timeout=120)
+    assert res.status == "succeeded", res.error
+    return float(res.output["seconds"]) / task["calls"] * 1e6
+
+
+async def alternated(sup: Any, runs: dict[str, tuple[str, dict[str, Any]]],
+                     rounds: int) -> dict[str, float]:
+    """Median µs per step of each run, the runs alternated round by round (the machine is
+    shared: a load that comes and goes falls on all of them alike)."""
+    xs: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):
-        res = await sup.tasks.run(agent, task, timeout=120)
-        assert res.status == "succeeded", res.error
-        xs.append(res.output["seconds"] / task["calls"] * 1e6)
-    return statistics.median(xs)
+        for key, (agent, task) in runs.items():
+            xs[key].append(await per_step(sup, agent, task))
+    return {k: statistics.median(v) for k, v in xs.items()}
 
 
 async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
@@ -90,17 +99,15 @@ async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for n in sizes:
             tool, step = {"calls": n}, {"calls": n, "mode": "step"}
-            await per_step(sup, "plain", tool, 2)  # warm: the MCP server's instance
-            row = {
-                "tool_live_us": await per_step(sup, "plain", tool, rounds),
-                "tool_journaled_us": await per_step(sup, "durable", tool, rounds),
-                "tool_replayed_us": await per_step(sup, "durable", {**tool, "die": True},
-                                                   rounds),
-                "step_plain_us": await per_step(sup, "plain", step, rounds),
-                "step_journaled_us": await per_step(sup, "durable", step, rounds),
-                "step_replayed_us": await per_step(sup, "durable", {**step, "die": True},
-                                                   rounds),
-            }
+            await per_step(sup, "plain", tool)  # warm: the MCP server's instance
+            row = await alternated(sup, {
+                "tool_live_us": ("plain", tool),
+                "tool_journaled_us": ("durable", tool),
+                "tool_replayed_us": ("durable", {**tool, "die": True}),
+                "step_plain_us": ("plain", step),
+                "step_journaled_us": ("durable", step),
+                "step_replayed_us": ("durable", {**step, "die": True}),
+            }, rounds)
             row["journal_overhead_us"] = row["tool_journaled_us"] - row["tool_live_us"]
             out[str(n)] = {k: round(v, 1) for k, v in row.items()}
             print(sync, n, out[str(n)], flush=True)
@@ -143,10 +150,33 @@ async def floor(sync: str, n: int = 2000) -> dict[str, float]:
         history_ms = (time.perf_counter() - t0) / reads * 1e3
         await steps.close()
         await writer.close()
-        return {"put_committed_us": round(put_us, 1),
+        return {"put_committed_us": round(put_us, 1), "raw_commit_us": raw_commit(tmp, sync),
                 "history_2000_steps_ms": round(history_ms, 2)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def raw_commit(tmp: Path, sync: str, n: int = 500) -> float:
+    """The floor beside it, at the same load: median µs of a bare SQLite WAL transaction
+    of two rows (a result and its step) and its commit, in a loop, no corral."""
+    import sqlite3
+    import time
+
+    db = sqlite3.connect(tmp / "raw.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute(f"PRAGMA synchronous = {sync}")
+    db.execute("CREATE TABLE r (hash BLOB PRIMARY KEY, body BLOB)")
+    db.execute("CREATE TABLE s (task TEXT, seq INT, result BLOB, PRIMARY KEY (task, seq))")
+    xs = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        db.execute("BEGIN")
+        db.execute("INSERT INTO r VALUES (?, ?)", (i.to_bytes(16, "big"), b"x" * 250))
+        db.execute("INSERT INTO s VALUES ('t', ?, ?)", (i, i.to_bytes(16, "big")))
+        db.execute("COMMIT")
+        xs.append(time.perf_counter() - t0)
+    db.close()
+    return round(statistics.median(xs) * 1e6, 1)
 
 
 def main() -> None:

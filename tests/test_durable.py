@@ -181,3 +181,41 @@ async def test_retention_deletes_steps_and_their_results(tmp_path: Path) -> None
         assert await done is None
         assert db.execute("SELECT count(*) FROM steps").fetchone() == (0,)
         assert db.execute("SELECT count(*) FROM step_results").fetchone() == (0,)
+
+
+async def test_a_lone_step_is_committed_at_once_and_one_turns_steps_together(
+        tmp_path: Path) -> None:
+    """The commit path of a tool call's step (decision 221): a lone step is committed on
+    the loop as it is put (committed() has nothing to wait for), the steps of one loop
+    turn after it are one batch at the turn's end, and the thread's waits for a lock are
+    its own again after the loop's commits."""
+    import asyncio
+
+    from corral.daemon import storeschema
+    from corral.daemon.steps import StepsDB
+    from corral.daemon.storeschema import open_database
+    from corral.daemon.storewriter import WriterThread
+    from corral.supervisor.tasks.steps import Step
+
+    db = tmp_path / "corral.db"
+    open_database(db).close()
+    writer = WriterThread(db)
+    steps = StepsDB(db, writer)
+    try:
+        steps.put(Step("t", 1, "a__b", 1, b"h", b'{"n":1}'))
+        assert (steps.rows, writer.here, writer.handed) == (1, 1, 0)
+        steps.put(Step("t", 2, "a__b", 1, b"h", b'{"n":2}'))
+        steps.put(Step("t", 3, "a__b", 1, b"h", b'{"n":3}'))
+        assert steps.rows == 1  # the same turn: they wait for its end, together
+        await steps.committed()
+        assert (steps.rows, writer.here, writer.handed) == (3, 2, 0)
+        await asyncio.sleep(0)
+        steps.put(Step("t", 4, "a__b", 1, b"h", b'{"n":4}'))  # a new turn: at once
+        assert (steps.rows, writer.here) == (4, 3)
+        await writer.commit([lambda c: c.execute("SELECT 1")])  # a job on the thread
+        (ms,) = writer._db.execute("PRAGMA busy_timeout").fetchone()
+        assert ms == storeschema.BUSY_TIMEOUT_MS
+        assert [s.seq for s in await steps.history("t")] == [1, 2, 3, 4]
+    finally:
+        await steps.close()
+        await writer.close()

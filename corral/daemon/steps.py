@@ -76,7 +76,7 @@ class StepsDB:
 
     # -- the StepJournal protocol ---------------------------------------------------------
     def put(self, step: Step) -> None:
-        self._group.put((step.task_id, step.seq, step.name), step)
+        self._group.put((step.task_id, step.seq, step.name), step, now=True)
 
     def drop_from(self, task_id: str, seq: int) -> None:
         self._group.put(("drop", task_id, seq), _Drop(task_id, seq))
