@@ -63,6 +63,10 @@ class Keys:
         """List: a cluster task's attempts (JSON each), oldest first."""
         return f"{self.prefix}att:{task_id}"
 
+    def steps(self, task_id: str) -> str:
+        """Hash: a running cluster task's steps (cluster/steps.py), deleted at its end."""
+        return f"{self.prefix}steps:{task_id}"
+
     @property
     def fence(self) -> str:
         """Counter: fence tokens, one per claim, increasing across the cluster."""

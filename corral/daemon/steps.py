@@ -81,8 +81,8 @@ class StepsDB:
     def drop_from(self, task_id: str, seq: int) -> None:
         self._group.put(("drop", task_id, seq), _Drop(task_id, seq))
 
-    async def committed(self) -> None:
-        await self._group.committed()
+    async def committed(self, task_id: str | None = None) -> None:
+        await self._group.committed()  # one batch for every task's steps
 
     async def history(self, task_id: str) -> list[Step]:
         with contextlib.suppress(StepsError):  # what is written still answers
