@@ -12,9 +12,11 @@ of task alternated round by round:
 - tool call answered from the journal (the retry of a task whose first attempt made them)
 - `ctx.step` journaled (step/put, committed), and answered from the journal (step/get)
 
-The overhead of journaling is the second less the first. DBOS, Restate and Temporal are
-not run here (not installed from PyPI in this environment; docs/durable.md gives the
-anchors measured in issue 39)."""
+The overhead of journaling is the second less the first; `commit_us` is the daemon's side
+of it alone (each journaled step's put to its commit, medians: Timed), apart from the
+worker's and the MCP server's round trips, which a shared machine makes noisy. DBOS,
+Restate and Temporal are not run here (not installed from PyPI in this environment;
+docs/durable.md gives the anchors measured in issue 39)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,40 @@ def config(state: Path, sync: str) -> str:
     """)
 
 
+class Timed:
+    """The daemon's step journal, timed from each put to its committed() returning: what
+    a journaled step adds on the daemon's side, apart from the worker's and the MCP
+    server's round trips (which a shared machine makes noisy)."""
+
+    def __init__(self, journal: Any) -> None:
+        self.journal = journal
+        self.began = 0.0
+        self.took: list[float] = []
+
+    def put(self, step: Any) -> None:
+        self.began = time.perf_counter()
+        self.journal.put(step)
+
+    def drop_from(self, task_id: str, seq: int) -> None:
+        self.journal.drop_from(task_id, seq)
+
+    async def committed(self, task_id: str | None = None) -> None:
+        if task_id is None:  # (as an engine before the cluster's steps asks)
+            await self.journal.committed()
+        else:
+            await self.journal.committed(task_id)
+        if self.began:
+            self.took.append(time.perf_counter() - self.began)
+            self.began = 0.0
+
+    async def history(self, task_id: str) -> Any:
+        return await self.journal.history(task_id)
+
+    def median_us(self) -> float:
+        took, self.took = self.took, []
+        return statistics.median(took) * 1e6 if took else 0.0
+
+
 async def per_step(sup: Any, agent: str, task: dict[str, Any]) -> float:
     """µs per step of one task's last attempt."""
     res = await sup.tasks.run(agent, task, timeout=120)
@@ -94,6 +131,7 @@ async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
         run = asyncio.ensure_future(d.run())
         await d.set_up.wait()
         sup = d.sup
+        timed = sup.tasks.steps.journal = Timed(sup.tasks.steps.journal)
         for name in ("plain", "durable"):
             await sup.wait_state(name, State.READY, timeout=30)
         out: dict[str, Any] = {}
@@ -108,6 +146,7 @@ async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
                 "step_journaled_us": ("durable", step),
                 "step_replayed_us": ("durable", {**step, "die": True}),
             }, rounds)
+            row["commit_us"] = timed.median_us()  # the daemon's side, every journaled step
             row["journal_overhead_us"] = row["tool_journaled_us"] - row["tool_live_us"]
             out[str(n)] = {k: round(v, 1) for k, v in row.items()}
             print(sync, n, out[str(n)], flush=True)
@@ -124,8 +163,6 @@ async def floor(sync: str, n: int = 2000) -> dict[str, float]:
     """The journal alone, no process: µs per step put and awaited committed (what a
     journaled tool call adds on the daemon's loop), and per history read of a 200-step
     task (what a retry pays once)."""
-    import time
-
     from corral.daemon.steps import StepsDB
     from corral.daemon.storeschema import open_database
     from corral.daemon.storewriter import WriterThread
@@ -160,7 +197,6 @@ def raw_commit(tmp: Path, sync: str, n: int = 500) -> float:
     """The floor beside it, at the same load: median µs of a bare SQLite WAL transaction
     of two rows (a result and its step) and its commit, in a loop, no corral."""
     import sqlite3
-    import time
 
     db = sqlite3.connect(tmp / "raw.db", isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
