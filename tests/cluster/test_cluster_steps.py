@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis as redis_py
 
@@ -141,3 +142,55 @@ def test_a_forged_step_is_refused_and_its_call_made_again(tmp: Path,
         trust = other.call("stats.get")["cluster"]["trust"]
         assert trust["refused"]["steps"] == 1
         assert f"cluster: refused step 2 of task {task_id} from Redis" in log(other)
+
+
+async def test_a_step_the_fence_or_redis_refuses_fails_its_call_with_the_reason(
+        client: Any, redis: RedisServer) -> None:
+    """A worker is never given a result its retry would not be (decision 255)."""
+    from corral import jsonrpc
+    from corral.cluster.queue import ClusterTask
+    from corral.cluster.steps import ClusterSteps
+    from corral.cluster.trust import Trust
+    from corral.jsonrpc import RpcError
+    from corral.supervisor.tasks.steps import Step
+
+    s = Scripts(client)
+    await s.submit(keys=[K.task(TID), K.stream("w", 0), K.priorities("w"), K.agents, K.live],
+                   args=[TID, "w", b"{}", 0, "", "", "1.0", "n", 0, "0"])
+    entry = await client.hget(K.task(TID), "entry")
+    token, *_ = await s.claim(keys=[K.task(TID), K.attempts(TID), K.fence,
+                                    K.stream("w", 0)],
+                              args=["n/1", "n", "2.0", entry,
+                                    records.claimed_attempt("n", 2.0), 2, "30.0"])
+    def task(fence: int) -> ClusterTask:
+        return ClusterTask(TID, "w", msgspec.Raw(b"{}"), 0, 30.0, 1, 1.0, token=fence,
+                           base=0, entry=entry.decode(), stream=K.stream("w", 0),
+                           consumer="n/1")
+
+    held = {TID: task(token)}
+    steps = ClusterSteps(client, s, K, Trust(None, "t", print), held.get)
+    steps.put(Step(TID, 1, "a__b", 1, b"\x01", b'{"ok":1}'))
+    await steps.committed(TID)
+    assert [(x.seq, x.name, x.args, x.body) for x in await steps.history(TID)] == [
+        (1, "a__b", b"\x01", b'{"ok":1}')]
+    held[TID] = task(token + 7)  # a claim this node no longer holds
+    steps.put(Step(TID, 2, "a__b", 1, b"\x02", b'{"ok":2}'))
+    with pytest.raises(RpcError) as refused:
+        await steps.committed(TID)
+    assert (refused.value.code, refused.value.message) == (
+        jsonrpc.CONFLICT,
+        f"step not kept: task {TID} is no longer this node's claim (fence {token + 7})")
+    assert [x.seq for x in await steps.history(TID)] == [1]
+
+    away = connect(ClusterSettings(redis="redis://127.0.0.1:1", name="t", node="n"), "n")
+    try:
+        gone = ClusterSteps(away, Scripts(away), K, Trust(None, "t", print), held.get)
+        gone.put(Step(TID, 3, "a__b", 1, b"\x03", b'{"ok":3}'))
+        with pytest.raises(RpcError) as unreached:
+            await gone.committed(TID)
+        assert unreached.value.code == jsonrpc.UNAVAILABLE
+        assert unreached.value.message.startswith(
+            "step not kept: the cluster's Redis did not take it (")
+        assert await gone.history(TID) == []  # unread: the retry's calls go live
+    finally:
+        await away.aclose()
