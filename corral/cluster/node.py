@@ -97,6 +97,7 @@ class ClusterNode:
         # its claimed tasks' steps, in Redis (a retry on another node is answered there)
         self.steps = ClusterSteps(self.redis, scripts, self.keys, trust, tasks.active.get)
         tasks.steps.cluster = self.steps
+        self.puller.resume = self.steps.resume
         host.stream.subscribe(self.outbox.finished, TaskFinished)
         self.puller.on_claim = self._watch
         host.stream.subscribe(self._fenced, Fenced)

@@ -5,11 +5,12 @@ another node, after this one's kill -9, is answered from what this attempt did.
 Every write is the STEP script, fenced by the token of the claim, as the attempt's
 progress and outcome are: a node whose task was taken over (paused past its TTL, cut
 off) cannot write under its successor's claim. A step is a field of the task's hash
-(Keys.steps): "SEQ" a tool call, "0:NAME" a named step. Its value carries a MAC made with
+(Keys.steps): "SEQ" a tool call, "0:NAME" a named step, "cp" the task's checkpoint
+(given to a retried claim before the engine has it: `resume`). Its value carries a MAC made with
 the cluster key (trust.STEP, over the task id, the field and the value): a step whose MAC
 does not verify is refused as every forged record is (logged, counted), and its call
 runs live. The hash is deleted when the task ends (scripts._ended): no attempt follows
-an end. A task's checkpoint is not kept here (a cluster task's retry is not given one).
+an end.
 
 The writes of one loop turn go to Redis in one pipeline, one STEP call a task, in the
 order they were put: a divergence's drop is never overtaken by the step after it.
@@ -28,7 +29,7 @@ from redis.exceptions import RedisError
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..supervisor.tasks import Task
-from ..supervisor.tasks.steps import NAMED_SEQ, Step
+from ..supervisor.tasks.steps import CHECKPOINT_SEQ, NAMED_SEQ, Step
 from .keys import Keys
 from .queue import ClusterTask
 from .scripts import Scripts
@@ -38,7 +39,12 @@ _Payload = tuple[str, int, str, msgspec.Raw]  # name, attempt, the arguments' ha
 _decode = msgspec.json.Decoder(_Payload)
 
 
+CHECKPOINT_FIELD = "cp"
+
+
 def field_of(seq: int, name: str) -> str:
+    if seq == CHECKPOINT_SEQ:
+        return CHECKPOINT_FIELD
     return str(seq) if seq != NAMED_SEQ else f"0:{name}"
 
 
@@ -113,22 +119,42 @@ class ClusterSteps:
             raw = await self.redis.hgetall(self.keys.steps(task_id))
         except (RedisError, OSError):
             return []  # the retry's calls go live: nothing it was not told is replayed
-        steps = []
-        for f, value in raw.items():
-            field = f.decode()
-            mac, _, payload = value.partition(b" ")
-            if not self.trust.valid(mac, STEP, task_id, field, payload):
-                self.trust.refuse(STEP, f"{field} of task {task_id}", mac,
-                                  "that call is made again")
-                continue
-            try:
-                name, attempt, args, body = _decode.decode(payload)
-                seq = NAMED_SEQ if field.startswith("0:") else int(field)
-                steps.append(Step(task_id, seq, name, attempt, bytes.fromhex(args),
-                                  bytes(body)))
-            except (msgspec.DecodeError, ValueError):
-                continue  # not a step this corral wrote: its call goes live
-        return sorted(steps, key=lambda s: s.seq)
+        steps = [self._step(task_id, f.decode(errors="replace"), value)
+                 for f, value in raw.items()]
+        return sorted((s for s in steps if s is not None), key=lambda s: s.seq)
+
+    async def resume(self, tasks: list[ClusterTask]) -> None:
+        """Retried claims (Puller.resume): each given its task's last checkpoint, as a
+        retry on the daemon that ran it is (`task/run`'s `task_state`); one round trip
+        for all. Without it (unread, unsigned) the retry starts without one."""
+        pipe = self.redis.pipeline(transaction=False)
+        for task in tasks:
+            pipe.hget(self.keys.steps(task.id), CHECKPOINT_FIELD)
+        try:
+            values = await pipe.execute()
+        except (RedisError, OSError):
+            return
+        for task, value in zip(tasks, values, strict=True):
+            step = self._step(task.id, CHECKPOINT_FIELD, value) if value else None
+            if step is not None and step.body is not None:
+                task.checkpoint = msgspec.Raw(step.body)
+
+    def _step(self, task_id: str, field: str, value: bytes) -> Step | None:
+        """The step a field holds, None when its MAC does not verify (refused, said) or
+        it is not one this corral wrote."""
+        mac, _, payload = value.partition(b" ")
+        if not self.trust.valid(mac, STEP, task_id, field, payload):
+            self.trust.refuse(STEP, f"{field} of task {task_id}", mac,
+                              "that call is made again" if field != CHECKPOINT_FIELD
+                              else "the retry starts without it")
+            return None
+        try:
+            name, attempt, args, body = _decode.decode(payload)
+            seq = (NAMED_SEQ if field.startswith("0:") else CHECKPOINT_SEQ
+                   if field == CHECKPOINT_FIELD else int(field))
+            return Step(task_id, seq, name, attempt, bytes.fromhex(args), bytes(body))
+        except (msgspec.DecodeError, ValueError):
+            return None
 
     # -- to Redis -------------------------------------------------------------------------
     async def _send(self) -> None:

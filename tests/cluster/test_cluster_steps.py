@@ -1,9 +1,10 @@
 """A cluster task's steps in Redis (corral/cluster/steps.py, docs/durable.md): a node
 SIGKILLed after call k of a 10-call task, its task taken over by another node, whose
 retry is answered from the steps and makes only the calls left (the MCP servers, one per
-node, count into one file: exactly 10 calls). The STEP script alone: a write without the
-claim's fence token is refused, and the steps go when the task ends. A step whose MAC
-does not verify is not believed: its call is made again."""
+node, count into one file: exactly 10 calls), given the task's checkpoint. The STEP
+script alone: a write without the claim's fence token is refused, and the steps go when
+the task ends. A step whose MAC does not verify is not believed: its call is made again;
+one the fence or Redis refuses fails its call with the reason."""
 
 from __future__ import annotations
 
@@ -36,16 +37,17 @@ def running_task(ns: dict[str, Node], task_id: str) -> Node:
     return ns[rec["attempts"][-1]["node"]]
 
 
-@pytest.mark.parametrize("k", [1, 5, 9])
+@pytest.mark.parametrize(("k", "checkpoint"), [(1, False), (5, True), (9, False)])
 def test_a_node_killed_after_call_k_leaves_the_retry_nothing_to_call_twice(
-        tmp: Path, redis: RedisServer, k: int) -> None:
+        tmp: Path, redis: RedisServer, k: int, checkpoint: bool) -> None:
     marker = tmp / "marker"
     agents = fleet(tmp)
     with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
         wait_until(lambda: sum(n["alive"] for n in ns["a"].json("nodes")["nodes"]) == 2,
                    what="both nodes alive")
         task_id = ns["a"].call("tasks.submit", {"agent": "durable", "input": {
-            "calls": 10, "stop_after": k, "how": "hang", "marker": str(marker)}})["task_id"]
+            "calls": 10, "stop_after": k, "how": "hang", "marker": str(marker),
+            "checkpoint": checkpoint}})["task_id"]
         wait_until(marker.exists, 30, f"the worker past call {k}")
         killed = running_task(ns, task_id)
         killed.kill9()
@@ -58,6 +60,9 @@ def test_a_node_killed_after_call_k_leaves_the_retry_nothing_to_call_twice(
         assert (first["node"], first["outcome"]) == (killed.name, "lost")
         assert (second["node"], second["outcome"]) == (other.name, "succeeded")
         assert second["replayed"] == k and "diverged" not in second
+        # and the retry on the other node was given the task's last checkpoint
+        assert done["output"]["resumed"] is checkpoint
+        assert done["output"]["task_state"] == ({"done": k} if checkpoint else None)
         assert other.call("stats.get")["tasks"]["steps"]["replayed"] == k
         r = redis_py.Redis(port=redis.port)
         try:  # the steps went with the task's end

@@ -239,8 +239,8 @@ class TaskSteps:
     async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
         body = msgspec.json.encode(state)
         task.checkpoint = msgspec.Raw(body)
-        journal = self.journal  # a cluster task's retry is not given one (not kept)
-        if journal is not None and task.journal_here and task.retries_left > 0:
+        journal = self._journaling(task)
+        if journal is not None:
             journal.put(Step(task.id, CHECKPOINT_SEQ, "", task.attempt, b"", body))
             await journal.committed(task.id)
         return {}
