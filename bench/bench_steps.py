@@ -1,6 +1,6 @@
 """Durable agent work (issue 39): the cost per step of the step journal.
 
-    .venv/bin/python -m bench.bench_steps [--quick]
+    .venv/bin/python -m bench.bench_steps [--quick] [--floor-only] [--cluster-only]
 
 The real daemon in this process (its SQLite state database, `journal_sync` normal, then
 full), an SDK worker (bench/steps_agent.py) and a stdio MCP server (bench/min_mcp_server.py).
@@ -31,6 +31,8 @@ import textwrap
 import time
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -193,6 +195,54 @@ async def floor(sync: str, n: int = 2000) -> dict[str, float]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+async def cluster_floor(port: int, n: int = 2000) -> dict[str, float]:
+    """A cluster task's steps alone (corral.cluster.steps, a redis-server of the bench's
+    own on this host: AOF, everysec): µs per step put and awaited committed (the STEP
+    script through the fence, signed with a cluster key), and a bare PING beside it."""
+    import os
+
+    from corral.cluster import records
+    from corral.cluster.connection import connect
+    from corral.cluster.keys import Keys
+    from corral.cluster.queue import ClusterTask
+    from corral.cluster.scripts import Scripts
+    from corral.cluster.steps import ClusterSteps
+    from corral.cluster.trust import Trust
+    from corral.supervisor.config import ClusterSettings
+    from corral.supervisor.tasks.steps import Step, args_hash
+
+    client = connect(ClusterSettings(redis=f"redis://127.0.0.1:{port}/0", name="b",
+                                     node="n"), "n")
+    keys, s = Keys("b"), Scripts(client)
+    tid = "0190a5c0-0000-7000-8000-000000000001"
+    await s.submit(keys=[keys.task(tid), keys.stream("w", 0), keys.priorities("w"),
+                         keys.agents, keys.live],
+                   args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0"])
+    entry = await client.hget(keys.task(tid), "entry")
+    token, *_ = await s.claim(keys=[keys.task(tid), keys.attempts(tid), keys.fence,
+                                    keys.stream("w", 0)],
+                              args=["n/1", "n", "2.0", entry,
+                                    records.claimed_attempt("n", 2.0), 2, "30.0"])
+    task = ClusterTask(tid, "w", msgspec.Raw(b"{}"), 0, 30.0, 1, 1.0, token=int(token),
+                       base=0, entry=entry.decode(), stream=keys.stream("w", 0),
+                       consumer="n/1")
+    steps = ClusterSteps(client, s, keys, Trust(os.urandom(32), "b", print),
+                         {tid: task}.get)
+    body = json.dumps({"content": [{"type": "text", "text": "x" * 200}]}).encode()
+    xs, pings = [], []
+    for i in range(n):
+        t0 = time.perf_counter()
+        steps.put(Step(tid, i + 1, "s__tool", 1, args_hash({"i": i}), body))
+        await steps.committed(tid)
+        xs.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        await client.ping()
+        pings.append(time.perf_counter() - t0)
+    await client.aclose()
+    return {"put_committed_us": round(statistics.median(xs) * 1e6, 1),
+            "ping_us": round(statistics.median(pings) * 1e6, 1)}
+
+
 def raw_commit(tmp: Path, sync: str, n: int = 500) -> float:
     """The floor beside it, at the same load: median µs of a bare SQLite WAL transaction
     of two rows (a result and its step) and its commit, in a loop, no corral."""
@@ -219,7 +269,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--floor-only", action="store_true")
+    ap.add_argument("--cluster-only", action="store_true")
     args = ap.parse_args()
+    if args.cluster_only:
+        from .bench_cluster import Redis
+        with tempfile.TemporaryDirectory() as d:
+            redis = Redis(Path(d))
+            try:
+                print(json.dumps({"cluster": asyncio.run(cluster_floor(redis.port))}))
+            finally:
+                redis.stop()
+        return
     rounds = 3 if args.quick else 7
     sizes = [20, 200]
     try:
