@@ -63,6 +63,7 @@ def config(state: Path, sync: str) -> str:
         max_tool_calls_per_task = 1000
         retries = 1
         backoff_initial = 0.01
+        backoff_max = 0.05
         max_restarts = 1000
 
         [mcp_servers.fast]

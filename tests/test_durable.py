@@ -219,3 +219,37 @@ async def test_a_lone_step_is_committed_at_once_and_one_turns_steps_together(
     finally:
         await steps.close()
         await writer.close()
+
+
+async def test_a_loop_commit_slow_with_no_wait_of_its_own_keeps_the_loop_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job on the loop that took past HERE_SLOW without sleeping in it (a busy host's
+    preemption looks so: the loop thread was off its core, not waiting for the disk)
+    does not send the next ones to the thread; one that slept in it does (decision 221;
+    tests/test_writer_here.py has the slow disk's pause itself)."""
+    import time
+
+    from corral.daemon import storewriter
+    from corral.daemon.storeschema import open_database
+    from corral.daemon.storewriter import WriterThread
+
+    monkeypatch.setattr(storewriter, "HERE_SLOW", 0.01)
+    db = tmp_path / "corral.db"
+    open_database(db).close()
+    writer = WriterThread(db)
+    try:
+        def spin(_db: sqlite3.Connection) -> None:
+            end = time.monotonic() + 0.03
+            while time.monotonic() < end:
+                pass
+
+        def sleep(_db: sqlite3.Connection) -> None:
+            time.sleep(0.03)
+
+        assert writer.run_here(spin) == (True, None)
+        assert writer.run_here(spin) == (True, None)  # still on the loop
+        assert writer.run_here(sleep) == (True, None)
+        assert writer.run_here(spin) == (False, None)  # paused: the thread's now
+        assert writer.here == 3
+    finally:
+        await writer.close()

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import queue
+import resource
 import sqlite3
 import threading
 import time
@@ -31,9 +32,9 @@ Write = Callable[[sqlite3.Connection], None]
 
 RETRY_EVERY = 1.0  # seconds between attempts while the database cannot be written
 # WriterThread.run_here: a batch this small may be committed on the loop; a job there that
-# took longer than HERE_SLOW (longer than the loop is usually kept off a core: the disk is
-# slow) sends the next ones to the thread for HERE_PAUSE seconds, so a slow disk holds the
-# loop up once in that time
+# took longer than HERE_SLOW and waited meanwhile (the disk is slow: the thread slept in
+# it, where a busy host's preemption alone is no wait of the job's) sends the next ones
+# to the thread for HERE_PAUSE seconds, so a slow disk holds the loop up once in that time
 HERE_MAX = 16
 HERE_BYTES = 64 * 1024  # and a batch this large in all (a task's output, a checkpoint)
 HERE_SLOW = 0.02
@@ -44,6 +45,12 @@ MAX_KEPT = 10_000  # StoreWriter's writes kept in memory while it cannot write; 
 TRANSIENT = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR,
                        sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
                        sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_PROTOCOL})
+
+
+def _slept() -> int:
+    """The calling thread's voluntary context switches so far: it waited for something
+    (a disk, a lock), as opposed to being preempted."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
 
 
 def transient(exc: BaseException) -> bool:
@@ -166,6 +173,7 @@ class WriterThread:
             self._unfinished += 1  # the thread's, until this job is done
         db = self._db
         began = time.monotonic()
+        slept = _slept()
         try:
             if self._waits:
                 try:
@@ -185,7 +193,7 @@ class WriterThread:
                 self._rollback(db)
                 return True, self._failed(exc)
             finally:
-                if time.monotonic() - began > HERE_SLOW:
+                if time.monotonic() - began > HERE_SLOW and _slept() > slept:
                     self._here_until = time.monotonic() + HERE_PAUSE
         finally:
             with self._count_lock:
