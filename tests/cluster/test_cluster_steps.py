@@ -1,7 +1,8 @@
 """A cluster task's steps in Redis (corral/cluster/steps.py, docs/durable.md): a node
 SIGKILLed after call k of a 10-call task, its task taken over by another node, whose
 retry is answered from the steps and makes only the calls left (the MCP servers, one per
-node, count into one file: exactly 10 calls), given the task's checkpoint. The STEP
+node, count into one file: exactly 10 calls), given the task's checkpoint; the same
+with `ctx.step`; a retry there that diverges is marked and goes on live. The STEP
 script alone: a write without the claim's fence token is refused, and the steps go when
 the task ends. A step whose MAC does not verify is not believed: its call is made again;
 one the fence or Redis refuses fails its call with the reason."""
@@ -37,25 +38,29 @@ def running_task(ns: dict[str, Node], task_id: str) -> Node:
     return ns[rec["attempts"][-1]["node"]]
 
 
-@pytest.mark.parametrize(("k", "checkpoint"), [(1, False), (5, True), (9, False)])
+@pytest.mark.parametrize(("k", "checkpoint", "named"), [
+    (1, False, False), (5, True, False), (9, False, False), (5, False, True)])
 def test_a_node_killed_after_call_k_leaves_the_retry_nothing_to_call_twice(
-        tmp: Path, redis: RedisServer, k: int, checkpoint: bool) -> None:
-    marker = tmp / "marker"
+        tmp: Path, redis: RedisServer, k: int, checkpoint: bool, named: bool) -> None:
+    """`named`: each call a `ctx.step` around a counted function instead."""
+    marker, counter = tmp / "marker", tmp / "counter"
     agents = fleet(tmp)
     with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
         wait_until(lambda: sum(n["alive"] for n in ns["a"].json("nodes")["nodes"]) == 2,
                    what="both nodes alive")
         task_id = ns["a"].call("tasks.submit", {"agent": "durable", "input": {
             "calls": 10, "stop_after": k, "how": "hang", "marker": str(marker),
-            "checkpoint": checkpoint}})["task_id"]
+            "checkpoint": checkpoint, "named": named, "counter": str(counter)}})["task_id"]
         wait_until(marker.exists, 30, f"the worker past call {k}")
         killed = running_task(ns, task_id)
         killed.kill9()
         other = ns["b" if killed.name == "a" else "a"]
         done = other.call("tasks.get", {"task_id": task_id, "wait": True})
         assert done["status"] == "succeeded", done
-        assert done["output"]["results"] == [f"bumped {i}" for i in range(1, 11)]
-        assert lines(tmp / "server-count") == [str(i) for i in range(1, 11)]
+        said = "counted" if named else "bumped"
+        assert done["output"]["results"] == [f"{said} {i}" for i in range(1, 11)]
+        assert lines(counter if named else tmp / "server-count") == [
+            str(i) for i in range(1, 11)]
         first, second = done["attempts"]
         assert (first["node"], first["outcome"]) == (killed.name, "lost")
         assert (second["node"], second["outcome"]) == (other.name, "succeeded")
@@ -69,6 +74,30 @@ def test_a_node_killed_after_call_k_leaves_the_retry_nothing_to_call_twice(
             assert r.exists(Keys("test").steps(task_id)) == 0
         finally:
             r.close()
+
+
+def test_a_retry_on_another_node_that_diverges_is_marked_and_goes_live(
+        tmp: Path, redis: RedisServer) -> None:
+    marker = tmp / "marker"
+    agents = fleet(tmp)
+    with nodes(tmp, redis, {"a": agents, "b": agents}) as ns:
+        wait_until(lambda: sum(n["alive"] for n in ns["a"].json("nodes")["nodes"]) == 2,
+                   what="both nodes alive")
+        task_id = ns["a"].call("tasks.submit", {"agent": "durable", "input": {
+            "calls": 8, "stop_after": 6, "how": "hang", "marker": str(marker),
+            "diverge_at": 4}})["task_id"]
+        wait_until(marker.exists, 30, "the worker past call 6")
+        killed = running_task(ns, task_id)
+        killed.kill9()
+        other = ns["b" if killed.name == "a" else "a"]
+        done = other.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded", done
+        # 1-3 from the steps; from 4 other arguments: live, the journal's 4-6 deleted
+        assert lines(tmp / "server-count") == ["1", "2", "3", "4", "5", "6",
+                                               "400", "500", "600", "700", "800"]
+        second = done["attempts"][1]
+        assert (second["replayed"], second["diverged"]) == (3, 4)
+        assert other.call("stats.get")["tasks"]["steps"]["diverged"] == 1
 
 
 K = Keys("t")
