@@ -170,7 +170,8 @@ class ClusterSteps:
                                   [self.keys.task(task_id), self.keys.steps(task_id)], args))
                 try:
                     results: list[Any] = await self.scripts.run(calls)
-                except (RedisError, OSError) as exc:
+                except Exception as exc:  # whatever it is, the calls waiting are told
+                    # (Redis away, or a bug): none may wait for an answer never coming
                     results = [exc] * len(calls)
                 for (task_id, ops), result in zip(batch.items(), results, strict=True):
                     self._settle(task_id, ops, result)
