@@ -227,6 +227,7 @@ async def test_a_loop_commit_slow_with_no_wait_of_its_own_keeps_the_loop_path(
     preemption looks so: the loop thread was off its core, not waiting for the disk)
     does not send the next ones to the thread; one that slept in it does (decision 221;
     tests/test_writer_here.py has the slow disk's pause itself)."""
+    import asyncio
     import time
 
     from corral.daemon import storewriter
@@ -247,6 +248,12 @@ async def test_a_loop_commit_slow_with_no_wait_of_its_own_keeps_the_loop_path(
             time.sleep(0.03)
 
         assert writer.run_here(spin) == (True, None)
+        # that commit woke the checkpointer's thread: once it has checkpointed, it rests
+        # (checkpointer.MIN_GAP), and no other thread takes the GIL from the next spin
+        # (a wait for the GIL is a sleep of the loop's thread, as a disk's would be)
+        deadline = time.monotonic() + 10
+        while writer.checkpointer.checkpoints < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
         assert writer.run_here(spin) == (True, None)  # still on the loop
         assert writer.run_here(sleep) == (True, None)
         assert writer.run_here(spin) == (False, None)  # paused: the thread's now

@@ -21,6 +21,9 @@ def split_consumer(name: str) -> tuple[str, int]:
     return node, int(inc)
 
 
+CHECKPOINT_FIELD = "cp"  # a task's checkpoint in its steps' hash (Keys.steps)
+
+
 class Keys:
     __slots__ = ("prefix",)
 

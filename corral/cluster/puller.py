@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -49,8 +49,8 @@ class Puller:
         self.claimed = 0  # tasks this node claimed
         # told of each task claimed, before the engine has it (the node watches its progress)
         self.on_claim: Callable[[ClusterTask], None] = lambda task: None
-        # a retried claim's checkpoint, read before the engine has it (steps.py)
-        self.resume: Callable[[list[ClusterTask]], Awaitable[None]] | None = None
+        # a retried claim, given the checkpoint its CLAIM read (steps.py)
+        self.resume: Callable[[ClusterTask, bytes], None] = lambda task, cp: None
         self.closed = False
         self.paused = False  # draining: nothing more is read
         self.reads = 0  # XREADGROUP rounds that ended in claims (or in nothing)
@@ -171,7 +171,6 @@ class Puller:
              [consumer, node, repr(now), entry, attempt, agent.spec.retries,
               repr(agent.spec.task_timeout)])
             for stream, entry, tid in got])
-        tasks: list[ClusterTask] = []
         for (stream, entry, task_id), claimed in zip(got, claims, strict=True):
             if isinstance(claimed, Exception):
                 # left pending with this node: given back as an orphan (reaper.py)
@@ -179,17 +178,14 @@ class Puller:
                 continue
             if not claimed:
                 continue
-            token, base, raw, timeout, retries, prio, created = claimed
+            token, base, raw, timeout, retries, prio, created, *checkpoint = claimed
             self.claimed += 1
-            tasks.append(ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
-                                     float(timeout), int(retries), float(created),
-                                     token=int(token), base=int(base),
-                                     entry=entry.decode(), stream=stream,
-                                     consumer=consumer))
-        retried = [t for t in tasks if t.base]
-        if retried and self.resume is not None:
-            await self.resume(retried)
-        for task in tasks:
+            task = ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
+                               float(timeout), int(retries), float(created),
+                               token=int(token), base=int(base), entry=entry.decode(),
+                               stream=stream, consumer=consumer)
+            if checkpoint:
+                self.resume(task, checkpoint[0])
             self.on_claim(task)
             self.tasks.adopt(task)
 

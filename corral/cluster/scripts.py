@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from .keys import GROUP, OUTCOMES_KEPT
+from .keys import CHECKPOINT_FIELD, GROUP, OUTCOMES_KEPT
 
 
 def _steps_key(task: str) -> str:
@@ -69,7 +69,7 @@ return 1
 # ARGV: consumer, node, now, entry, attempt (JSON), the claiming node's retries and
 #       task_timeout (for a task submitted without them)
 # -> false, or {token, attempts before this one, input, timeout, retries_left, priority,
-#    created}
+#    created[, the task's checkpoint step (steps.py), when an earlier attempt kept one]}
 CLAIM = f"""
 local rec = redis.call('HMGET', KEYS[1], 'status', 'entry')
 if rec[1] ~= 'queued' or rec[2] ~= ARGV[4] then
@@ -93,7 +93,13 @@ end
 redis.call('RPUSH', KEYS[2], ARGV[5])
 local v = redis.call('HMGET', KEYS[1], 'input', 'timeout', 'retries_left', 'priority',
   'created')
-return {{token, base, v[1], v[2], v[3], v[4], v[5]}}
+local out = {{token, base, v[1], v[2], v[3], v[4], v[5]}}
+if base > 0 then
+  local prefix, id = string.match(KEYS[1], '^(.*)task:(.-)$')
+  local cp = redis.call('HGET', prefix .. 'steps:' .. id, '{CHECKPOINT_FIELD}')
+  if cp then out[8] = cp end
+end
+return out
 """
 
 # The outcome of an attempt, from the node that holds its fence token, and only while the

@@ -6,7 +6,7 @@ Every write is the STEP script, fenced by the token of the claim, as the attempt
 progress and outcome are: a node whose task was taken over (paused past its TTL, cut
 off) cannot write under its successor's claim. A step is a field of the task's hash
 (Keys.steps): "SEQ" a tool call, "0:NAME" a named step, "cp" the task's checkpoint
-(given to a retried claim before the engine has it: `resume`). Its value carries a MAC made with
+(read by the CLAIM of a retry, and given to it: `resume`). Its value carries a MAC made with
 the cluster key (trust.STEP, over the task id, the field and the value): a step whose MAC
 does not verify is refused as every forged record is (logged, counted), and its call
 runs live. The hash is deleted when the task ends (scripts._ended): no attempt follows
@@ -30,16 +30,13 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..supervisor.tasks import Task
 from ..supervisor.tasks.steps import CHECKPOINT_SEQ, NAMED_SEQ, Step
-from .keys import Keys
+from .keys import CHECKPOINT_FIELD, Keys
 from .queue import ClusterTask
 from .scripts import Scripts
 from .trust import STEP, Trust
 
 _Payload = tuple[str, int, str, msgspec.Raw]  # name, attempt, the arguments' hash, result
 _decode = msgspec.json.Decoder(_Payload)
-
-
-CHECKPOINT_FIELD = "cp"
 
 
 def field_of(seq: int, name: str) -> str:
@@ -123,21 +120,13 @@ class ClusterSteps:
                  for f, value in raw.items()]
         return sorted((s for s in steps if s is not None), key=lambda s: s.seq)
 
-    async def resume(self, tasks: list[ClusterTask]) -> None:
-        """Retried claims (Puller.resume): each given its task's last checkpoint, as a
-        retry on the daemon that ran it is (`task/run`'s `task_state`); one round trip
-        for all. Without it (unread, unsigned) the retry starts without one."""
-        pipe = self.redis.pipeline(transaction=False)
-        for task in tasks:
-            pipe.hget(self.keys.steps(task.id), CHECKPOINT_FIELD)
-        try:
-            values = await pipe.execute()
-        except (RedisError, OSError):
-            return
-        for task, value in zip(tasks, values, strict=True):
-            step = self._step(task.id, CHECKPOINT_FIELD, value) if value else None
-            if step is not None and step.body is not None:
-                task.checkpoint = msgspec.Raw(step.body)
+    def resume(self, task: ClusterTask, value: bytes) -> None:
+        """A retried claim (Puller.resume), given its task's last checkpoint as CLAIM read
+        it, as a retry on the daemon that ran it is (`task/run`'s `task_state`); one that
+        does not verify is refused, and the retry starts without it."""
+        step = self._step(task.id, CHECKPOINT_FIELD, value)
+        if step is not None and step.body is not None:
+            task.checkpoint = msgspec.Raw(step.body)
 
     def _step(self, task_id: str, field: str, value: bytes) -> Step | None:
         """The step a field holds, None when its MAC does not verify (refused, said) or
