@@ -1,19 +1,22 @@
 """Durable agent work (issue 39): the cost per step of the step journal.
 
-    .venv/bin/python -m bench.bench_steps [--quick]
+    .venv/bin/python -m bench.bench_steps [--quick] [--floor-only] [--cluster-only]
 
 The real daemon in this process (its SQLite state database, `journal_sync` normal, then
 full), an SDK worker (bench/steps_agent.py) and a stdio MCP server (bench/min_mcp_server.py).
-Per step, medians of ROUNDS tasks, measured in the worker around its loop:
+Per step, medians of ROUNDS tasks, measured in the worker around its loop, the kinds
+of task alternated round by round:
 
 - tool call, live, not journaled (`retries = 0`: no later attempt could read it)
 - tool call, live and journaled (`retries = 1`): the commit before the answer
 - tool call answered from the journal (the retry of a task whose first attempt made them)
 - `ctx.step` journaled (step/put, committed), and answered from the journal (step/get)
 
-The overhead of journaling is the second less the first. DBOS, Restate and Temporal are
-not run here (not installed from PyPI in this environment; docs/durable.md gives the
-anchors measured in issue 39)."""
+The overhead of journaling is the second less the first; `commit_us` is the daemon's side
+of it alone (each journaled step's put to its commit, medians: Timed), apart from the
+worker's and the MCP server's round trips, which a shared machine makes noisy. DBOS,
+Restate and Temporal are not run here (not installed from PyPI in this environment;
+docs/durable.md gives the anchors measured in issue 39)."""
 
 from __future__ import annotations
 
@@ -25,8 +28,11 @@ import statistics
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -57,6 +63,7 @@ def config(state: Path, sync: str) -> str:
         max_tool_calls_per_task = 1000
         retries = 1
         backoff_initial = 0.01
+        backoff_max = 0.05
         max_restarts = 1000
 
         [mcp_servers.fast]
@@ -64,14 +71,56 @@ def config(state: Path, sync: str) -> str:
     """)
 
 
-async def per_step(sup: Any, agent: str, task: dict[str, Any], rounds: int) -> float:
-    """Median µs per step of the task's last attempt, over `rounds` tasks."""
-    xs = []
+class Timed:
+    """The daemon's step journal, timed from each put to its committed() returning: what
+    a journaled step adds on the daemon's side, apart from the worker's and the MCP
+    server's round trips (which a shared machine makes noisy)."""
+
+    def __init__(self, journal: Any) -> None:
+        self.journal = journal
+        self.began = 0.0
+        self.took: list[float] = []
+
+    def put(self, step: Any) -> None:
+        self.began = time.perf_counter()
+        self.journal.put(step)
+
+    def drop_from(self, task_id: str, seq: int) -> None:
+        self.journal.drop_from(task_id, seq)
+
+    async def committed(self, task_id: str | None = None) -> None:
+        if task_id is None:  # (as an engine before the cluster's steps asks)
+            await self.journal.committed()
+        else:
+            await self.journal.committed(task_id)
+        if self.began:
+            self.took.append(time.perf_counter() - self.began)
+            self.began = 0.0
+
+    async def history(self, task_id: str) -> Any:
+        return await self.journal.history(task_id)
+
+    def median_us(self) -> float:
+        took, self.took = self.took, []
+        return statistics.median(took) * 1e6 if took else 0.0
+
+
+async def per_step(sup: Any, agent: str, task: dict[str, Any]) -> float:
+    """µs per step of one task's last attempt."""
+    res = await sup.tasks.run(agent, task, timeout=120)
+    assert res.status == "succeeded", res.error
+    return float(res.output["seconds"]) / task["calls"] * 1e6
+
+
+async def alternated(sup: Any, runs: dict[str, tuple[str, dict[str, Any]]],
+                     rounds: int) -> dict[str, float]:
+    """Median µs per step of each run, the runs alternated round by round (the machine is
+    shared: a load that comes and goes falls on all of them alike)."""
+    xs: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):
-        res = await sup.tasks.run(agent, task, timeout=120)
-        assert res.status == "succeeded", res.error
-        xs.append(res.output["seconds"] / task["calls"] * 1e6)
-    return statistics.median(xs)
+        for key, (agent, task) in runs.items():
+            xs[key].append(await per_step(sup, agent, task))
+    return {k: statistics.median(v) for k, v in xs.items()}
 
 
 async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
@@ -85,22 +134,22 @@ async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
         run = asyncio.ensure_future(d.run())
         await d.set_up.wait()
         sup = d.sup
+        timed = sup.tasks.steps.journal = Timed(sup.tasks.steps.journal)
         for name in ("plain", "durable"):
             await sup.wait_state(name, State.READY, timeout=30)
         out: dict[str, Any] = {}
         for n in sizes:
             tool, step = {"calls": n}, {"calls": n, "mode": "step"}
-            await per_step(sup, "plain", tool, 2)  # warm: the MCP server's instance
-            row = {
-                "tool_live_us": await per_step(sup, "plain", tool, rounds),
-                "tool_journaled_us": await per_step(sup, "durable", tool, rounds),
-                "tool_replayed_us": await per_step(sup, "durable", {**tool, "die": True},
-                                                   rounds),
-                "step_plain_us": await per_step(sup, "plain", step, rounds),
-                "step_journaled_us": await per_step(sup, "durable", step, rounds),
-                "step_replayed_us": await per_step(sup, "durable", {**step, "die": True},
-                                                   rounds),
-            }
+            await per_step(sup, "plain", tool)  # warm: the MCP server's instance
+            row = await alternated(sup, {
+                "tool_live_us": ("plain", tool),
+                "tool_journaled_us": ("durable", tool),
+                "tool_replayed_us": ("durable", {**tool, "die": True}),
+                "step_plain_us": ("plain", step),
+                "step_journaled_us": ("durable", step),
+                "step_replayed_us": ("durable", {**step, "die": True}),
+            }, rounds)
+            row["commit_us"] = timed.median_us()  # the daemon's side, every journaled step
             row["journal_overhead_us"] = row["tool_journaled_us"] - row["tool_live_us"]
             out[str(n)] = {k: round(v, 1) for k, v in row.items()}
             print(sync, n, out[str(n)], flush=True)
@@ -115,10 +164,9 @@ async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
 
 async def floor(sync: str, n: int = 2000) -> dict[str, float]:
     """The journal alone, no process: µs per step put and awaited committed (what a
-    journaled tool call adds on the daemon's loop), and per history read of a 200-step
-    task (what a retry pays once)."""
-    import time
-
+    journaled tool call adds on the daemon's loop; the median of `n`, a loop turn between
+    two as between a worker's calls), and per history read of the task's steps (what a
+    retry pays once)."""
     from corral.daemon.steps import StepsDB
     from corral.daemon.storeschema import open_database
     from corral.daemon.storewriter import WriterThread
@@ -131,11 +179,14 @@ async def floor(sync: str, n: int = 2000) -> dict[str, float]:
         writer = WriterThread(tmp / "corral.db", sync=sync)
         steps = StepsDB(tmp / "corral.db", writer, sync=sync)
         body = json.dumps({"content": [{"type": "text", "text": "x" * 200}]}).encode()
-        t0 = time.perf_counter()
+        xs = []
         for i in range(n):
+            await asyncio.sleep(0)  # a turn between steps, as a worker's calls have
+            t0 = time.perf_counter()
             steps.put(Step("t", i + 1, "s__tool", 1, args_hash({"i": i}), body))
             await steps.committed()
-        put_us = (time.perf_counter() - t0) / n * 1e6
+            xs.append(time.perf_counter() - t0)
+        put_us = statistics.median(xs) * 1e6
         t0 = time.perf_counter()
         reads = 50
         for _ in range(reads):
@@ -143,17 +194,97 @@ async def floor(sync: str, n: int = 2000) -> dict[str, float]:
         history_ms = (time.perf_counter() - t0) / reads * 1e3
         await steps.close()
         await writer.close()
-        return {"put_committed_us": round(put_us, 1),
+        return {"put_committed_us": round(put_us, 1), "raw_commit_us": raw_commit(tmp, sync),
                 "history_2000_steps_ms": round(history_ms, 2)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def cluster_floor(port: int, n: int = 2000) -> dict[str, float]:
+    """A cluster task's steps alone (corral.cluster.steps, a redis-server of the bench's
+    own on this host: AOF, everysec): µs per step put and awaited committed (the STEP
+    script through the fence, signed with a cluster key), and a bare PING beside it."""
+    import os
+
+    from corral.cluster import records
+    from corral.cluster.connection import connect
+    from corral.cluster.keys import Keys
+    from corral.cluster.queue import ClusterTask
+    from corral.cluster.scripts import Scripts
+    from corral.cluster.steps import ClusterSteps
+    from corral.cluster.trust import Trust
+    from corral.supervisor.config import ClusterSettings
+    from corral.supervisor.tasks.steps import Step, args_hash
+
+    client = connect(ClusterSettings(redis=f"redis://127.0.0.1:{port}/0", name="b",
+                                     node="n"), "n")
+    keys, s = Keys("b"), Scripts(client)
+    tid = "0190a5c0-0000-7000-8000-000000000001"
+    await s.submit(keys=[keys.task(tid), keys.stream("w", 0), keys.priorities("w"),
+                         keys.agents, keys.live],
+                   args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0"])
+    entry = await client.hget(keys.task(tid), "entry")
+    token, *_ = await s.claim(keys=[keys.task(tid), keys.attempts(tid), keys.fence,
+                                    keys.stream("w", 0)],
+                              args=["n/1", "n", "2.0", entry,
+                                    records.claimed_attempt("n", 2.0), 2, "30.0"])
+    task = ClusterTask(tid, "w", msgspec.Raw(b"{}"), 0, 30.0, 1, 1.0, token=int(token),
+                       base=0, entry=entry.decode(), stream=keys.stream("w", 0),
+                       consumer="n/1")
+    steps = ClusterSteps(client, s, keys, Trust(os.urandom(32), "b", print),
+                         {tid: task}.get)
+    body = json.dumps({"content": [{"type": "text", "text": "x" * 200}]}).encode()
+    xs, pings = [], []
+    for i in range(n):
+        t0 = time.perf_counter()
+        steps.put(Step(tid, i + 1, "s__tool", 1, args_hash({"i": i}), body))
+        await steps.committed(tid)
+        xs.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        await client.ping()
+        pings.append(time.perf_counter() - t0)
+    await client.aclose()
+    return {"put_committed_us": round(statistics.median(xs) * 1e6, 1),
+            "ping_us": round(statistics.median(pings) * 1e6, 1)}
+
+
+def raw_commit(tmp: Path, sync: str, n: int = 500) -> float:
+    """The floor beside it, at the same load: median µs of a bare SQLite WAL transaction
+    of two rows (a result and its step) and its commit, in a loop, no corral."""
+    import sqlite3
+
+    db = sqlite3.connect(tmp / "raw.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute(f"PRAGMA synchronous = {sync}")
+    db.execute("CREATE TABLE r (hash BLOB PRIMARY KEY, body BLOB)")
+    db.execute("CREATE TABLE s (task TEXT, seq INT, result BLOB, PRIMARY KEY (task, seq))")
+    xs = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        db.execute("BEGIN")
+        db.execute("INSERT INTO r VALUES (?, ?)", (i.to_bytes(16, "big"), b"x" * 250))
+        db.execute("INSERT INTO s VALUES ('t', ?, ?)", (i, i.to_bytes(16, "big")))
+        db.execute("COMMIT")
+        xs.append(time.perf_counter() - t0)
+    db.close()
+    return round(statistics.median(xs) * 1e6, 1)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--floor-only", action="store_true")
+    ap.add_argument("--cluster-only", action="store_true")
     args = ap.parse_args()
+    if args.cluster_only:
+        from .bench_cluster import Redis
+        with tempfile.TemporaryDirectory() as d:
+            redis = Redis(Path(d))
+            try:
+                print(json.dumps({"cluster": asyncio.run(cluster_floor(redis.port))}))
+            finally:
+                redis.stop()
+        return
     rounds = 3 if args.quick else 7
     sizes = [20, 200]
     try:

@@ -181,3 +181,82 @@ async def test_retention_deletes_steps_and_their_results(tmp_path: Path) -> None
         assert await done is None
         assert db.execute("SELECT count(*) FROM steps").fetchone() == (0,)
         assert db.execute("SELECT count(*) FROM step_results").fetchone() == (0,)
+
+
+async def test_a_lone_step_is_committed_at_once_and_one_turns_steps_together(
+        tmp_path: Path) -> None:
+    """The commit path of a tool call's step (decision 221): a lone step is committed on
+    the loop as it is put (committed() has nothing to wait for), the steps of one loop
+    turn after it are one batch at the turn's end, and the thread's waits for a lock are
+    its own again after the loop's commits."""
+    import asyncio
+
+    from corral.daemon import storeschema
+    from corral.daemon.steps import StepsDB
+    from corral.daemon.storeschema import open_database
+    from corral.daemon.storewriter import WriterThread
+    from corral.supervisor.tasks.steps import Step
+
+    db = tmp_path / "corral.db"
+    open_database(db).close()
+    writer = WriterThread(db)
+    steps = StepsDB(db, writer)
+    try:
+        steps.put(Step("t", 1, "a__b", 1, b"h", b'{"n":1}'))
+        assert (steps.rows, writer.here, writer.handed) == (1, 1, 0)
+        steps.put(Step("t", 2, "a__b", 1, b"h", b'{"n":2}'))
+        steps.put(Step("t", 3, "a__b", 1, b"h", b'{"n":3}'))
+        assert steps.rows == 1  # the same turn: they wait for its end, together
+        await steps.committed()
+        assert (steps.rows, writer.here, writer.handed) == (3, 2, 0)
+        await asyncio.sleep(0)
+        steps.put(Step("t", 4, "a__b", 1, b"h", b'{"n":4}'))  # a new turn: at once
+        assert (steps.rows, writer.here) == (4, 3)
+        await writer.commit([lambda c: c.execute("SELECT 1")])  # a job on the thread
+        (ms,) = writer._db.execute("PRAGMA busy_timeout").fetchone()
+        assert ms == storeschema.BUSY_TIMEOUT_MS
+        assert [s.seq for s in await steps.history("t")] == [1, 2, 3, 4]
+    finally:
+        await steps.close()
+        await writer.close()
+
+
+async def test_a_loop_commit_slow_with_no_wait_of_its_own_keeps_the_loop_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job on the loop that took past HERE_SLOW without sleeping in it (a busy host's
+    preemption looks so: the loop thread was off its core, not waiting for the disk)
+    does not send the next ones to the thread; one that slept in it does (decision 221;
+    tests/test_writer_here.py has the slow disk's pause itself)."""
+    import asyncio
+    import time
+
+    from corral.daemon import storewriter
+    from corral.daemon.storeschema import open_database
+    from corral.daemon.storewriter import WriterThread
+
+    monkeypatch.setattr(storewriter, "HERE_SLOW", 0.01)
+    db = tmp_path / "corral.db"
+    open_database(db).close()
+    writer = WriterThread(db)
+    try:
+        def spin(_db: sqlite3.Connection) -> None:
+            end = time.monotonic() + 0.03
+            while time.monotonic() < end:
+                pass
+
+        def sleep(_db: sqlite3.Connection) -> None:
+            time.sleep(0.03)
+
+        assert writer.run_here(spin) == (True, None)
+        # that commit woke the checkpointer's thread: once it has checkpointed, it rests
+        # (checkpointer.MIN_GAP), and no other thread takes the GIL from the next spin
+        # (a wait for the GIL is a sleep of the loop's thread, as a disk's would be)
+        deadline = time.monotonic() + 10
+        while writer.checkpointer.checkpoints < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        assert writer.run_here(spin) == (True, None)  # still on the loop
+        assert writer.run_here(sleep) == (True, None)
+        assert writer.run_here(spin) == (False, None)  # paused: the thread's now
+        assert writer.here == 3
+    finally:
+        await writer.close()

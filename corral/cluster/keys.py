@@ -21,6 +21,9 @@ def split_consumer(name: str) -> tuple[str, int]:
     return node, int(inc)
 
 
+CHECKPOINT_FIELD = "cp"  # a task's checkpoint in its steps' hash (Keys.steps)
+
+
 class Keys:
     __slots__ = ("prefix",)
 
@@ -62,6 +65,10 @@ class Keys:
     def attempts(self, task_id: str) -> str:
         """List: a cluster task's attempts (JSON each), oldest first."""
         return f"{self.prefix}att:{task_id}"
+
+    def steps(self, task_id: str) -> str:
+        """Hash: a running cluster task's steps (cluster/steps.py), deleted at its end."""
+        return f"{self.prefix}steps:{task_id}"
 
     @property
     def fence(self) -> str:

@@ -46,6 +46,7 @@ from .reaper import Reaper
 from .retention import Retention
 from .scripts import Scripts
 from .specs import ClusterSpecs, Describe, Entry
+from .steps import ClusterSteps
 from .trust import Trust
 
 
@@ -93,6 +94,10 @@ class ClusterNode:
         self.placement = Placement(self.redis, scripts, self.keys, self.membership, parts,
                                    prepare, apply or self._apply, self.declared,
                                    settings.beat, report)
+        # its claimed tasks' steps, in Redis (a retry on another node is answered there)
+        self.steps = ClusterSteps(self.redis, scripts, self.keys, trust, tasks.active.get)
+        tasks.steps.cluster = self.steps
+        self.puller.resume = self.steps.resume
         host.stream.subscribe(self.outbox.finished, TaskFinished)
         self.puller.on_claim = self._watch
         host.stream.subscribe(self._fenced, Fenced)
@@ -297,6 +302,8 @@ class ClusterNode:
         loops, self._loops = self._loops, []
         await cancel_all(loops)
         await self.placement.close()
+        with contextlib.suppress(TimeoutError):
+            await within(self.steps.close(), self.settings.beat)
         with contextlib.suppress(RedisError, OSError):
             await within(self.membership.leave(), self.settings.beat)
         with contextlib.suppress(RedisError, OSError, TimeoutError):

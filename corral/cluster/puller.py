@@ -49,6 +49,8 @@ class Puller:
         self.claimed = 0  # tasks this node claimed
         # told of each task claimed, before the engine has it (the node watches its progress)
         self.on_claim: Callable[[ClusterTask], None] = lambda task: None
+        # a retried claim, given the checkpoint its CLAIM read (steps.py)
+        self.resume: Callable[[ClusterTask, bytes], None] = lambda task, cp: None
         self.closed = False
         self.paused = False  # draining: nothing more is read
         self.reads = 0  # XREADGROUP rounds that ended in claims (or in nothing)
@@ -176,12 +178,14 @@ class Puller:
                 continue
             if not claimed:
                 continue
-            token, base, raw, timeout, retries, prio, created = claimed
+            token, base, raw, timeout, retries, prio, created, *checkpoint = claimed
             self.claimed += 1
             task = ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
                                float(timeout), int(retries), float(created),
                                token=int(token), base=int(base), entry=entry.decode(),
                                stream=stream, consumer=consumer)
+            if checkpoint:
+                self.resume(task, checkpoint[0])
             self.on_claim(task)
             self.tasks.adopt(task)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from .. import methods as m
 from ..supervisor.tasks import TERMINAL as TASK_TERMINAL
@@ -33,6 +34,8 @@ class ClusterAttempt(msgspec.Struct, omit_defaults=True):
     finished: float | None = None
     outcome: str = "running"
     error: str | None = None
+    replayed: int | UnsetType = UNSET  # its steps answered from the task's (steps.py)
+    diverged: int | UnsetType = UNSET
 
 
 _encode = msgspec.json.Encoder().encode
@@ -40,7 +43,7 @@ _encode = msgspec.json.Encoder().encode
 
 def attempt_json(a: Attempt, node: str) -> bytes:
     return _encode(ClusterAttempt(a.replica, a.pid, a.started, node, a.finished, a.outcome,
-                                  a.error))
+                                  a.error, a.replayed, a.diverged))
 
 
 def claimed_attempt(node: str, now: float) -> bytes:

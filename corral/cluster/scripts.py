@@ -11,7 +11,13 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from .keys import GROUP, OUTCOMES_KEPT
+from .keys import CHECKPOINT_FIELD, GROUP, OUTCOMES_KEPT
+
+
+def _steps_key(task: str) -> str:
+    """The task's steps (Keys.steps), named from its record's key KEYS[1] (Keys.task):
+    the same prefix, so the same hash slot."""
+    return f"string.sub(KEYS[1], 1, #KEYS[1] - #{task} - 5) .. 'steps:' .. {task}"
 
 
 def _ended(task: str, kept: str, live: int) -> str:
@@ -21,9 +27,11 @@ def _ended(task: str, kept: str, live: int) -> str:
     and what a node's beat trims to the newest `tasks_kept`, deleting the records of
     those it takes out (TRIM, retention.py). One fragment for every end, so that no end
     leaves a key without its expiry (TRIM forgets the ids older than tasks_kept_for,
-    trusting their keys to have expired)."""
+    trusting their keys to have expired). Its steps (STEP) go at once: no attempt
+    follows an end."""
     return f"""redis.call('EXPIRE', KEYS[1], {kept})
 redis.call('EXPIRE', KEYS[2], {kept})
+redis.call('DEL', {_steps_key(task)})
 redis.call('ZREM', KEYS[{live}], {task})
 redis.call('ZADD', KEYS[{live + 1}], 0, {task})"""
 
@@ -61,7 +69,7 @@ return 1
 # ARGV: consumer, node, now, entry, attempt (JSON), the claiming node's retries and
 #       task_timeout (for a task submitted without them)
 # -> false, or {token, attempts before this one, input, timeout, retries_left, priority,
-#    created}
+#    created[, the task's checkpoint step (steps.py), when an earlier attempt kept one]}
 CLAIM = f"""
 local rec = redis.call('HMGET', KEYS[1], 'status', 'entry')
 if rec[1] ~= 'queued' or rec[2] ~= ARGV[4] then
@@ -85,7 +93,13 @@ end
 redis.call('RPUSH', KEYS[2], ARGV[5])
 local v = redis.call('HMGET', KEYS[1], 'input', 'timeout', 'retries_left', 'priority',
   'created')
-return {{token, base, v[1], v[2], v[3], v[4], v[5]}}
+local out = {{token, base, v[1], v[2], v[3], v[4], v[5]}}
+if base > 0 then
+  local prefix, id = string.match(KEYS[1], '^(.*)task:(.-)$')
+  local cp = redis.call('HGET', prefix .. 'steps:' .. id, '{CHECKPOINT_FIELD}')
+  if cp then out[8] = cp end
+end
+return out
 """
 
 # The outcome of an attempt, from the node that holds its fence token, and only while the
@@ -143,6 +157,29 @@ redis.call('HSET', KEYS[1], 'progress', ARGV[2])
 if rec[3] == '1' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', '{OUTCOMES_KEPT}', '*', 'task', ARGV[3],
     'progress', ARGV[2])
+end
+return 1
+"""
+
+# A step of a running attempt (corral.cluster.steps: a tool call's result, a named step),
+# fenced as its outcome is: only the claim that holds the task writes its steps, so a
+# node paused past its TTL cannot put a step under its successor's. Each step is a hash
+# field of the task's steps and its value; the fields numbered ARGV[2] or more ('' none)
+# are deleted first (an attempt that diverged there).
+# KEYS: task, steps; ARGV: token, drop from seq, field, value, field, value...
+#   -> 1 written, 0 refused
+STEP = """
+local rec = redis.call('HMGET', KEYS[1], 'fence', 'status')
+if rec[1] ~= ARGV[1] or rec[2] ~= 'running' then return 0 end
+if ARGV[2] ~= '' then
+  local from = tonumber(ARGV[2])
+  for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
+    local seq = tonumber(field)
+    if seq and seq >= from then redis.call('HDEL', KEYS[2], field) end
+  end
+end
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
 return 1
 """
@@ -411,6 +448,7 @@ class Scripts:
         self.claim = redis.register_script(CLAIM)
         self.finish = redis.register_script(FINISH)
         self.progress = redis.register_script(PROGRESS)
+        self.step = redis.register_script(STEP)
         self.takeover = redis.register_script(TAKEOVER)
         self.release = redis.register_script(RELEASE)
         self.cancel = redis.register_script(CANCEL)

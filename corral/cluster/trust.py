@@ -37,10 +37,11 @@ AGENT = b"agent"  # a cluster agent's table (keys.cluster_agents), by agent name
 REVISION = b"revision"  # a kept revision's table (keys.history), by agent name
 DECLARED = b"declared"  # a table a node's file declared (keys.declared), by node, agent
 OUTCOME = b"outcome"  # a task's outcome (record and outcomes stream), by task and fence
+STEP = b"step"  # a running task's step (keys.steps, cluster/steps.py), by task and field
 KINDS = {AGENT: "agents", REVISION: "revisions", DECLARED: "declared",
-         OUTCOME: "outcomes"}  # as `corral stats` counts them
+         OUTCOME: "outcomes", STEP: "steps"}  # as `corral stats` counts them
 _SAID = {AGENT: "agent", REVISION: "revision", DECLARED: "declared table",
-         OUTCOME: "outcome"}  # as the log says one
+         OUTCOME: "outcome", STEP: "step"}  # as the log says one
 
 NO_KEY_WARNING = ("[cluster] has no key_file: anyone who can write to the cluster's "
                   "Redis can run commands on every node (as the agents' users, root by "

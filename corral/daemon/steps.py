@@ -5,8 +5,9 @@ A step's result is stored once by its content hash (`step_results`), however man
 of however many tasks return it; one larger than REF_ABOVE is a file of its own in the
 state directory (`step-results/HASH`), written before the row that names it. Steps go
 through a GroupCommit on the daemon's one writer thread, like the task journal's rows:
-one transaction a loop turn for every task's steps, committed on the loop when the thread
-is idle and the batch small (storewriter.py), so a lone step costs one SQLite commit.
+a lone step is committed as it is put, on the loop when the thread is idle, so it costs
+one SQLite commit and no loop turn; the steps of a turn after it are one transaction at
+the turn's end (decision 221, storewriter.py).
 The engine awaits `committed()` before it answers the worker: a step it answered from is
 never lost to a crash of the daemon (`journal_sync = "normal"`) or, with `"full"`, of the
 machine.
@@ -76,13 +77,13 @@ class StepsDB:
 
     # -- the StepJournal protocol ---------------------------------------------------------
     def put(self, step: Step) -> None:
-        self._group.put((step.task_id, step.seq, step.name), step)
+        self._group.put((step.task_id, step.seq, step.name), step, now=True)
 
     def drop_from(self, task_id: str, seq: int) -> None:
         self._group.put(("drop", task_id, seq), _Drop(task_id, seq))
 
-    async def committed(self) -> None:
-        await self._group.committed()
+    async def committed(self, task_id: str | None = None) -> None:
+        await self._group.committed()  # one batch for every task's steps
 
     async def history(self, task_id: str) -> list[Step]:
         with contextlib.suppress(StepsError):  # what is written still answers
@@ -92,8 +93,9 @@ class StepsDB:
     # -- on the writer ------------------------------------------------------------------
     def _settled(self, ops: list[_Op], error: str | None) -> None:
         if error is not None and self._group.first_failure and self._on_error is not None:
-            self._on_error(f"steps cannot be written to {self.path} ({error}): tool calls "
-                           "of tasks that may be retried wait until they can")
+            self._on_error(f"steps cannot be written to {self.path} ({error}): the tool "
+                           "calls of tasks that may be retried are answered with this "
+                           "error until they can be")
 
     def _write(self, db: sqlite3.Connection, ops: list[_Op]) -> None:
         unlink: list[str] = []

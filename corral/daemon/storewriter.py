@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import queue
+import resource
 import sqlite3
 import threading
 import time
@@ -31,9 +32,9 @@ Write = Callable[[sqlite3.Connection], None]
 
 RETRY_EVERY = 1.0  # seconds between attempts while the database cannot be written
 # WriterThread.run_here: a batch this small may be committed on the loop; a job there that
-# took longer than HERE_SLOW (longer than the loop is usually kept off a core: the disk is
-# slow) sends the next ones to the thread for HERE_PAUSE seconds, so a slow disk holds the
-# loop up once in that time
+# took longer than HERE_SLOW and waited meanwhile (the disk is slow: the thread slept in
+# it, where a busy host's preemption alone is no wait of the job's) sends the next ones
+# to the thread for HERE_PAUSE seconds, so a slow disk holds the loop up once in that time
 HERE_MAX = 16
 HERE_BYTES = 64 * 1024  # and a batch this large in all (a task's output, a checkpoint)
 HERE_SLOW = 0.02
@@ -44,6 +45,12 @@ MAX_KEPT = 10_000  # StoreWriter's writes kept in memory while it cannot write; 
 TRANSIENT = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR,
                        sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
                        sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_PROTOCOL})
+
+
+def _slept() -> int:
+    """The calling thread's voluntary context switches so far: it waited for something
+    (a disk, a lock), as opposed to being preempted."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
 
 
 def transient(exc: BaseException) -> bool:
@@ -138,6 +145,10 @@ class WriterThread:
         self._unfinished = 0
         self._count_lock = threading.Lock()
         self._here_until = 0.0  # after a slow job on the loop: none there before this
+        # the connection's busy timeout is 0 while the loop runs jobs on it (it must never
+        # wait for a lock there) and the thread's own otherwise; it is set back only when
+        # the other side runs next, not twice a job
+        self._waits = True
         self._closing = False
         self.here = 0  # jobs run on the loop (tests read these)
         self.handed = 0  # and by the thread
@@ -162,11 +173,14 @@ class WriterThread:
             self._unfinished += 1  # the thread's, until this job is done
         db = self._db
         began = time.monotonic()
+        slept = _slept()
         try:
-            try:
-                db.execute("PRAGMA busy_timeout = 0")
-            except sqlite3.Error:
-                return False, None  # the thread tries it, and says what is wrong
+            if self._waits:
+                try:
+                    db.execute("PRAGMA busy_timeout = 0")
+                except sqlite3.Error:
+                    return False, None  # the thread tries it, and says what is wrong
+                self._waits = False
             try:
                 job(db)
             except sqlite3.Error as exc:
@@ -179,13 +193,7 @@ class WriterThread:
                 self._rollback(db)
                 return True, self._failed(exc)
             finally:
-                try:
-                    db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-                except sqlite3.Error as exc:  # the job's outcome stands; the thread's
-                    # next wait for a lock is then shorter than it should be
-                    log.error("state database %s: the busy timeout could not be set "
-                              "again (%s)", self.path, exc)
-                if time.monotonic() - began > HERE_SLOW:
+                if time.monotonic() - began > HERE_SLOW and _slept() > slept:
                     self._here_until = time.monotonic() + HERE_PAUSE
         finally:
             with self._count_lock:
@@ -193,6 +201,18 @@ class WriterThread:
         self.here += 1
         self.checkpointer.wrote()
         return True, None
+
+    def _wait_for_locks(self, db: sqlite3.Connection) -> None:
+        """On the thread, before its job: its busy timeout again, after the loop's jobs."""
+        if self._waits:
+            return
+        try:
+            db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            self._waits = True
+        except sqlite3.Error as exc:  # the job runs anyway; its wait for a lock is then
+            # shorter than it should be, and this is tried again before the next one
+            log.error("state database %s: the busy timeout could not be set again (%s)",
+                      self.path, exc)
 
     async def commit(self, writes: Iterable[Write]) -> None:
         """Run `writes` in one transaction, now; StoreError, naming the file and the
@@ -220,6 +240,7 @@ class WriterThread:
                 return
             job, done = item
             error: str | None = None
+            self._wait_for_locks(db)
             try:
                 job(db)
             except Exception as exc:  # the thread outlives any one job
@@ -297,14 +318,30 @@ class GroupCommit(Generic[V]):
         self._pending_done: asyncio.Future[None] | None = None
         self._inflight_done: asyncio.Future[None] | None = None
         self._flush_scheduled = False
+        self._hot = False  # a write was begun at once this turn (put's `now`)
         self.outage = Outage()
         self.first_failure = False  # the batch just settled failed, and began the outage
         self._retry: asyncio.Handle | None = None
 
-    def put(self, key: Hashable, value: V) -> None:
+    def put(self, key: Hashable, value: V, *, now: bool = False) -> None:
+        """Add a write to the next batch. `now`: a write someone waits on at once (a step
+        before its answer): when nothing else waits or is being written, it is the batch,
+        begun now rather than at the turn's end (on the loop when the thread is idle, so
+        `committed()` has nothing left to wait for); once a turn, so that many such
+        writes of one turn are still one batch."""
         self._put(key, value)
-        if not self._flush_scheduled and self._inflight_done is None:
-            self._schedule()
+        if self._flush_scheduled or self._inflight_done is not None:
+            return
+        if (now and not self._hot and len(self.pending) == 1
+                and not self.outage.failing):
+            self._hot = True
+            self._loop.call_soon(self._cool)
+            self._flush()
+            return
+        self._schedule()
+
+    def _cool(self) -> None:
+        self._hot = False
 
     def _put(self, key: Hashable, value: V) -> None:
         prev = self.pending.get(key)

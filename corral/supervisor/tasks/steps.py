@@ -12,9 +12,9 @@ replayed) runs live without a verdict. Named steps are matched by name, wherever
 agent asks. A task's checkpoint (`task/checkpoint`) is kept on the Task and journaled,
 and a retried attempt is given it in `task/run`.
 
-Nothing is journaled for a task that has no retry left (no later attempt can read it),
-nor for a cluster's task (its records live in Redis). The engine works without a
-journal: the daemon's is SQLite (corral.daemon.steps).
+Nothing is journaled for a task that has no retry left (no later attempt can read it).
+The engine works without a journal: the daemon's is SQLite (corral.daemon.steps), and a
+cluster node's tasks have theirs in Redis (corral.cluster.steps), fenced by their claim.
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ class StepJournal(Protocol):
     def drop_from(self, task_id: str, seq: int) -> None:
         """Forget the task's tool-call steps from `seq` on (an attempt diverged there)."""
 
-    async def committed(self) -> None:
-        """Return once everything put so far is durable; raise if it cannot be."""
+    async def committed(self, task_id: str | None = None) -> None:
+        """Return once everything put so far (of the task `task_id`, or of all) is
+        durable; raise if it cannot be."""
 
     async def history(self, task_id: str) -> list[Step]:
         """Every step of the task, tool calls in order."""
@@ -107,6 +108,7 @@ class TaskSteps:
         self.stream = stream
         self._active = active
         self.journal: StepJournal | None = None  # the daemon sets it
+        self.cluster: StepJournal | None = None  # a cluster node's, for its claimed tasks
         self._attempts: dict[str, _Attempt] = {}
         self.replayed = 0  # calls and named steps answered from the journal
         self.diverged = 0  # attempts that went live at a mismatch
@@ -117,18 +119,23 @@ class TaskSteps:
         self._attempts.pop(e.task.id, None)
         e.task.checkpoint = None
 
-    @staticmethod
-    def _journals(task: Task) -> bool:
-        return task.retries_left > 0 and task.journal_here
+    def _journal_of(self, task: Task) -> StepJournal | None:
+        """Where the task's steps are: this daemon's journal, or its cluster's."""
+        return self.journal if task.journal_here else self.cluster
+
+    def _journaling(self, task: Task) -> StepJournal | None:
+        """The journal to write the task's steps to, None while no retry is left."""
+        return self._journal_of(task) if task.retries_left > 0 else None
 
     async def _state(self, task: Task) -> _Attempt:
         st = self._attempts.get(task.id)
         if st is None or st.attempt != task.attempt:
             st = self._attempts[task.id] = _Attempt(task.attempt)
-            if task.attempt > 1 and self.journal is not None:
+            journal = self._journal_of(task)
+            if task.attempt > 1 and journal is not None:
                 st.loaded = asyncio.get_running_loop().create_future()
                 try:
-                    for step in await self.journal.history(task.id):
+                    for step in await journal.history(task.id):
                         if step.seq >= 1:
                             st.tools[step.seq] = step
                         elif step.seq == NAMED_SEQ:
@@ -162,7 +169,7 @@ class TaskSteps:
             elif old is not None and old.body is not None and replays:
                 self._replayed(task)
                 return msgspec.Raw(old.body)
-        journal = self.journal if self._journals(task) else None
+        journal = self._journaling(task)
         if journal is not None and replays:
             self._check_budget(task, r, st)
         result = await live()
@@ -172,7 +179,7 @@ class TaskSteps:
         journal.put(Step(task.id, seq, name, task.attempt, h, body))
         st.bytes += len(body)
         self.journaled += 1
-        await journal.committed()
+        await journal.committed(task.id)
         return msgspec.Raw(body)
 
     def _diverge(self, task: Task, st: _Attempt, seq: int, why: str) -> None:
@@ -180,8 +187,9 @@ class TaskSteps:
         self.diverged += 1
         if task.attempts:
             task.attempts[-1].diverged = seq
-        if self.journal is not None and task.journal_here:
-            self.journal.drop_from(task.id, seq)
+        journal = self._journal_of(task)
+        if journal is not None:
+            journal.drop_from(task.id, seq)
         st.tools = {}
         if self.stream.wants(StepsDiverged):
             self.stream.emit(StepsDiverged(task, task.attempt, seq, why))
@@ -213,8 +221,8 @@ class TaskSteps:
         return {"found": True, "result": msgspec.Raw(step.body)}
 
     async def put(self, task: Task, r: Replica, name: str, result: Any) -> dict[str, Any]:
-        journal = self.journal
-        if journal is None or not self._journals(task):
+        journal = self._journaling(task)
+        if journal is None:
             return {}
         st = await self._state(task)
         self._check_budget(task, r, st)
@@ -224,17 +232,17 @@ class TaskSteps:
         st.bytes += len(body)
         journal.put(step)
         self.journaled += 1
-        await journal.committed()
+        await journal.committed(task.id)
         return {}
 
     # -- the task's checkpoint ------------------------------------------------------------
     async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
         body = msgspec.json.encode(state)
         task.checkpoint = msgspec.Raw(body)
-        journal = self.journal
-        if journal is not None and self._journals(task):
+        journal = self._journaling(task)
+        if journal is not None:
             journal.put(Step(task.id, CHECKPOINT_SEQ, "", task.attempt, b"", body))
-            await journal.committed()
+            await journal.committed(task.id)
         return {}
 
     def stats(self) -> dict[str, int]:

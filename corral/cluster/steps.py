@@ -1,0 +1,190 @@
+"""A cluster task's steps, in Redis (docs/durable.md, "The cluster"): the StepJournal of
+the tasks a node claimed from its cluster (ClusterTask), so that a retry of the task on
+another node, after this one's kill -9, is answered from what this attempt did.
+
+Every write is the STEP script, fenced by the token of the claim, as the attempt's
+progress and outcome are: a node whose task was taken over (paused past its TTL, cut
+off) cannot write under its successor's claim. A step is a field of the task's hash
+(Keys.steps): "SEQ" a tool call, "0:NAME" a named step, "cp" the task's checkpoint
+(read by the CLAIM of a retry, and given to it: `resume`). Its value carries a MAC made with
+the cluster key (trust.STEP, over the task id, the field and the value): a step whose MAC
+does not verify is refused as every forged record is (logged, counted), and its call
+runs live. The hash is deleted when the task ends (scripts._ended): no attempt follows
+an end.
+
+The writes of one loop turn go to Redis in one pipeline, one STEP call a task, in the
+order they were put: a divergence's drop is never overtaken by the step after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from redis.exceptions import RedisError
+
+from .. import jsonrpc
+from ..jsonrpc import RpcError
+from ..supervisor.tasks import Task
+from ..supervisor.tasks.steps import CHECKPOINT_SEQ, NAMED_SEQ, Step
+from .keys import CHECKPOINT_FIELD, Keys
+from .queue import ClusterTask
+from .scripts import Scripts
+from .trust import STEP, Trust
+
+_Payload = tuple[str, int, str, msgspec.Raw]  # name, attempt, the arguments' hash, result
+_decode = msgspec.json.Decoder(_Payload)
+
+
+def field_of(seq: int, name: str) -> str:
+    if seq == CHECKPOINT_SEQ:
+        return CHECKPOINT_FIELD
+    return str(seq) if seq != NAMED_SEQ else f"0:{name}"
+
+
+class _Ops:
+    """One task's writes waiting for the next pipeline."""
+
+    __slots__ = ("done", "drop", "fields", "token")
+
+    def __init__(self, token: int) -> None:
+        self.token = token
+        self.drop: int | None = None  # its tool-call steps from this seq on go first
+        self.fields: dict[str, bytes] = {}
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class ClusterSteps:
+    """The StepJournal of cluster tasks (TaskSteps.cluster); `active` finds a running
+    task by id (its claim's fence token)."""
+
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
+                 active: Callable[[str], Task | None]) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+        self.trust = trust
+        self._active = active
+        self._ops: dict[str, _Ops] = {}  # by task, in the order first put
+        self._last: dict[str, asyncio.Future[None]] = {}  # each task's newest writes
+        self._sender: asyncio.Task[None] | None = None
+        self.written = 0  # steps Redis took
+        self.refused = 0  # and writes it refused (the fence) or could not take
+
+    def _pending(self, task_id: str) -> _Ops | None:
+        ops = self._ops.get(task_id)
+        if ops is None:
+            task = self._active(task_id)
+            if not isinstance(task, ClusterTask):
+                return None  # not a claim of this node's (any more): nothing to fence
+            ops = self._ops[task_id] = _Ops(task.token)
+            self._last[task_id] = ops.done
+            if self._sender is None:
+                self._sender = asyncio.ensure_future(self._send())  # at the turn's end
+        return ops
+
+    # -- the StepJournal protocol ---------------------------------------------------------
+    def put(self, step: Step) -> None:
+        ops = self._pending(step.task_id)
+        if ops is None or step.body is None:
+            return
+        field = field_of(step.seq, step.name)
+        payload = msgspec.json.encode((step.name, step.attempt, step.args.hex(),
+                                       msgspec.Raw(step.body)))
+        mac = self.trust.sign(STEP, step.task_id, field, payload)
+        ops.fields[field] = mac.encode() + b" " + payload
+
+    def drop_from(self, task_id: str, seq: int) -> None:
+        ops = self._pending(task_id)
+        if ops is None:
+            return
+        ops.drop = seq if ops.drop is None else min(ops.drop, seq)
+        for field in [f for f in ops.fields if f.isdigit() and int(f) >= seq]:
+            del ops.fields[field]
+
+    async def committed(self, task_id: str | None = None) -> None:
+        waits = (list(self._last.values()) if task_id is None
+                 else [f for f in (self._last.get(task_id),) if f is not None])
+        for fut in waits:
+            await asyncio.shield(fut)
+
+    async def history(self, task_id: str) -> list[Step]:
+        try:
+            raw = await self.redis.hgetall(self.keys.steps(task_id))
+        except (RedisError, OSError):
+            return []  # the retry's calls go live: nothing it was not told is replayed
+        steps = [self._step(task_id, f.decode(errors="replace"), value)
+                 for f, value in raw.items()]
+        return sorted((s for s in steps if s is not None), key=lambda s: s.seq)
+
+    def resume(self, task: ClusterTask, value: bytes) -> None:
+        """A retried claim (Puller.resume), given its task's last checkpoint as CLAIM read
+        it, as a retry on the daemon that ran it is (`task/run`'s `task_state`); one that
+        does not verify is refused, and the retry starts without it."""
+        step = self._step(task.id, CHECKPOINT_FIELD, value)
+        if step is not None and step.body is not None:
+            task.checkpoint = msgspec.Raw(step.body)
+
+    def _step(self, task_id: str, field: str, value: bytes) -> Step | None:
+        """The step a field holds, None when its MAC does not verify (refused, said) or
+        it is not one this corral wrote."""
+        mac, _, payload = value.partition(b" ")
+        if not self.trust.valid(mac, STEP, task_id, field, payload):
+            self.trust.refuse(STEP, f"{field} of task {task_id}", mac,
+                              "that call is made again" if field != CHECKPOINT_FIELD
+                              else "the retry starts without it")
+            return None
+        try:
+            name, attempt, args, body = _decode.decode(payload)
+            seq = (NAMED_SEQ if field.startswith("0:") else CHECKPOINT_SEQ
+                   if field == CHECKPOINT_FIELD else int(field))
+            return Step(task_id, seq, name, attempt, bytes.fromhex(args), bytes(body))
+        except (msgspec.DecodeError, ValueError):
+            return None
+
+    # -- to Redis -------------------------------------------------------------------------
+    async def _send(self) -> None:
+        try:
+            while self._ops:
+                batch, self._ops = self._ops, {}
+                calls = []
+                for task_id, ops in batch.items():
+                    args: list[Any] = [ops.token, "" if ops.drop is None else ops.drop]
+                    for field, value in ops.fields.items():
+                        args += [field, value]
+                    calls.append((self.scripts.step,
+                                  [self.keys.task(task_id), self.keys.steps(task_id)], args))
+                try:
+                    results: list[Any] = await self.scripts.run(calls)
+                except Exception as exc:  # whatever it is, the calls waiting are told
+                    # (Redis away, or a bug): none may wait for an answer never coming
+                    results = [exc] * len(calls)
+                for (task_id, ops), result in zip(batch.items(), results, strict=True):
+                    self._settle(task_id, ops, result)
+        finally:
+            self._sender = None
+
+    def _settle(self, task_id: str, ops: _Ops, result: Any) -> None:
+        if self._last.get(task_id) is ops.done:
+            del self._last[task_id]
+        if result == 1:
+            self.written += len(ops.fields)
+            ops.done.set_result(None)
+            return
+        self.refused += 1
+        if isinstance(result, BaseException):
+            error = RpcError(jsonrpc.UNAVAILABLE, f"step not kept: the cluster's Redis did "
+                                                  f"not take it ({result})")
+        else:
+            error = RpcError(jsonrpc.CONFLICT, f"step not kept: task {task_id} is no longer "
+                                               f"this node's claim (fence {ops.token})")
+        ops.done.set_exception(error)
+        ops.done.exception()  # retrieved: nobody may be waiting
+
+    async def close(self) -> None:
+        if self._sender is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._sender)
