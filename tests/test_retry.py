@@ -138,6 +138,11 @@ async def test_a_delayed_task_waits_for_its_time_and_can_be_cancelled(sup: Super
     await asyncio.wait_for(task.done, 30)
     assert task.status == TaskStatus.SUCCEEDED
     assert task.attempts[0].started >= at - 0.01
+    # the wait it asked for is no wait in the queue, nor its agent's latency
+    info = await sup.tasks.info(task.id)
+    assert info.queue_wait is not None and info.queue_wait < 0.5, info.queue_wait
+    latency = sup.tasks.by_agent["w"].latencies
+    assert max(latency) < 0.5, list(latency)
     # cancelled while it waits for its time: it never runs
     later = sup.tasks.submit("w", {"do": "echo"}, not_before=time.time() + 3600)
     sup.tasks.cancel(later.id)

@@ -270,8 +270,8 @@ class TaskManager:
         self.active[task.id] = task
         if session is not None:
             self.sessions.accept(task)
-        if later:
-            task.not_before = not_before
+        if not_before is not None and later:
+            task.not_before = task.due = not_before
             self.record(task)
             self.delays.add(task)
             return task
@@ -304,7 +304,7 @@ class TaskManager:
         q = self.by_agent.get(task.agent)
         if q is not None:
             q.counts[status] += 1
-            q.latencies.append(task.finished - task.created)
+            q.latencies.append(task.finished - task.due)
         self.record(task)
         self.active.pop(task.id, None)
         self.retention.keep(task)
@@ -404,6 +404,7 @@ class TaskManager:
             task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
             task.usage, task.checkpoint = rec.usage, rec.checkpoint
             task.retry_on, task.not_before = rec.retry_on, rec.not_before
+            task.due = max(rec.created, rec.not_before or rec.created)
             task.session = self.sessions.member(task.id)
             agent = self.sup.agents.get(rec.agent)
             self.active[task.id] = task

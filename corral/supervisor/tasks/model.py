@@ -78,10 +78,10 @@ class Waiter(Protocol):
 
 class Task:
     __slots__ = (
-        "_done", "agent", "attempts", "checkpoint", "created", "error", "finished",
+        "_done", "agent", "attempts", "checkpoint", "created", "due", "error", "finished",
         "id", "input", "journaled", "not_before", "out", "output_dropped", "priority",
-        "progress", "replica", "retries_left", "retry_on", "seq", "session", "started", "status",
-        "timeout", "tool_calls", "trace", "usage", "waiter", "watchers",
+        "progress", "replica", "retries_left", "retry_on", "seq", "session", "started",
+        "status", "timeout", "tool_calls", "trace", "usage", "waiter", "watchers",
     )
 
     # whether this node's journal keeps the task: not one a cluster keeps (its record in
@@ -102,6 +102,9 @@ class Task:
         self.not_before: float | None = None
         self.seq = seq  # arrival in this process: the queue's tie-break, never stored
         self.created = time.time()
+        # when it was to start: its acceptance, or the time a delay asked for (a wait the
+        # caller chose is no wait in the queue, nor its agent's latency)
+        self.due = self.created
         self.started: float | None = None
         self.finished: float | None = None
         self.status: TaskStatus = TaskStatus.QUEUED
@@ -186,7 +189,7 @@ class Task:
         return TaskInfo(self.id, self.agent, self.status, self.priority, self.created,
                         self.started, self.finished, self.tool_calls, self.progress,
                         self.raw_output, self.error, list(self.attempts), self.output_dropped,
-                        self.usage, queue_wait=queue_wait(self.created, self.started),
+                        self.usage, queue_wait=queue_wait(self.due, self.started),
                         not_before=self.not_before if self.status == TaskStatus.QUEUED
                         else None)
 
