@@ -1,0 +1,153 @@
+"""An attacker's pass over the surfaces added with durable work, workflows, tracing and the
+in-place upgrade (docs/security.md): what a less trusted party may make the daemon run,
+read or hold. Against the real daemon, in this process; each line of security.md that
+names a test here is held by it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from corral import jsonrpc
+from corral import methods as m
+from corral.daemon.caller import Caller
+from corral.daemon.tokens import tokens_of
+from corral.jsonrpc import RpcError
+from corral.supervisor.workflows.definition import MAX_MAP_ITEMS
+
+from .daemon_harness import hello, in_process
+
+OPERATOR = Caller(via="socket")
+
+
+@pytest.mark.deadline(120)
+async def test_no_caller_short_of_the_operator_makes_the_daemon_exec_a_program(
+        tmp_path: Path) -> None:
+    """`daemon.upgrade`'s `python` is the program the daemon runs (its preflight, then
+    the exec): a tenant's caller (every scope, admin too), a token limited to an agents
+    glob (admin too) and a token of the whole fleet without `admin` are each refused
+    before the handler; the program never runs and the daemon keeps serving."""
+    marker = tmp_path / "ran"
+    program = tmp_path / "evil"
+    program.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    program.chmod(0o755)
+    agents = hello("web") + 'tenant = "a"\n'
+    async with in_process(tmp_path, agents, "[tenants.a]\n") as d:
+        store = tokens_of(d.services.store)
+        _, ta = await store.create("ta", sorted(m.SCOPES), None, None, "a")
+        _, glob = await store.create("glob", sorted(m.SCOPES), "w*", None)
+        _, fleet = await store.create("fleet", sorted(m.SCOPES - {"admin"}), None, None)
+        callers = {
+            "ta": (Caller(via="http", token="ta", scopes=ta.scopes, tenant="a"),
+                   "forbidden: token ta is a caller of tenant a: daemon.upgrade is for "
+                   "callers that see every agent"),
+            "tenant group": (Caller(via="socket", uid=4242, tenant="a"),
+                             "forbidden: uid 4242 pid -1 is a caller of tenant a: "
+                             "daemon.upgrade is for callers that see every agent"),
+            "glob": (Caller(via="http", token="glob", scopes=glob.scopes, agents="w*"),
+                     "forbidden: token glob is limited to agents matching w*: "
+                     "daemon.upgrade is for callers that see every agent"),
+            "fleet": (Caller(via="http", token="fleet", scopes=fleet.scopes), None),
+        }
+        for who, (caller, words) in callers.items():
+            with pytest.raises(RpcError) as e:
+                await d.dispatcher.call(caller, "daemon.upgrade", {
+                    "python": str(program), "pythonpath": str(tmp_path)})
+            assert e.value.code == jsonrpc.FORBIDDEN, (who, e.value.message)
+            if words is not None:
+                assert e.value.message == words, who
+            else:
+                assert "admin" in e.value.message, e.value.message
+        assert not marker.exists()
+        # the daemon is the same and serves: no upgrade began
+        info = await d.dispatcher.call(OPERATOR, "daemon.info", {})
+        assert info.pid == os.getpid()
+        report = await d.dispatcher.call(OPERATOR, "daemon.upgrade", {"report": True})
+        assert (report.state, report.pid) == ("none", os.getpid()), report
+
+
+@pytest.mark.deadline(120)
+async def test_a_map_over_a_list_past_the_bound_fails_its_step_before_any_task(
+        tmp_path: Path) -> None:
+    """A run's input is the caller's (up to 16 MiB): a map over it is one task and one
+    row kept per item, so a list past MAX_MAP_ITEMS fails the step, naming the bound,
+    and starts no task; and the input is no audit row's nor log line's (its size is)."""
+    wf = ('[workflows.fan]\n[[workflows.fan.steps]]\nname = "each"\nagent = "web"\n'
+          'map = "$input"\nconcurrency = 4\n')
+    async with in_process(tmp_path, hello("web"), wf) as d:
+        huge = list(range(MAX_MAP_ITEMS + 1))
+        run = await d.dispatcher.call(OPERATOR, "workflows.run", msgspec.json.encode(
+            {"name": "fan", "input": huge, "wait": 30}))
+        assert run.status == "failed", run
+        assert run.error == (f"step each: map $input has {MAX_MAP_ITEMS + 1} items, more "
+                             f"than a map runs ({MAX_MAP_ITEMS})"), run.error
+        tasks = await d.dispatcher.call(OPERATOR, "tasks.list", {})
+        assert tasks.tasks == []
+        # the run's input is the caller's data: its audit row says its size, not itself
+        size = len(msgspec.json.encode(huge))
+        await d.services.store.writer.written()
+        (params,) = d.services.store.db.execute(
+            "SELECT params FROM audit WHERE method = 'workflows.run'").fetchone()
+        assert json.loads(params) == {"name": "fan", "input": f"({size} bytes)",
+                                      "wait": 30.0}
+        # within the bound: the items run (a short list, for the test's time)
+        run = await d.dispatcher.call(OPERATOR, "workflows.run", msgspec.json.encode(
+            {"name": "fan", "input": [{"name": "x"}, {"name": "y"}], "wait": 30}))
+        assert run.status == "succeeded", run
+
+
+@pytest.mark.deadline(120)
+async def test_a_trace_is_read_only_by_who_sees_its_task_and_a_bad_context_is_bounded(
+        tmp_path: Path) -> None:
+    """`GET /tasks/{id}/trace`: a token limited to another agents glob is told the task
+    does not exist, word for word as for a task there is not; a `traceparent` of a
+    megabyte with newlines is refused in one short line, and a `tracestate` past the
+    Recommendation's 512 bytes is cut to them before the task carries it toward its
+    worker and MCP servers."""
+    from .daemon_harness import problem
+    from .test_http_api import SOCKET, serving
+
+    agents = hello("a-hello") + hello("b-hello")
+    toml = "[tracing]\nexport_interval = 0.05\n"
+    async with serving(tmp_path, agents, toml) as api:
+        for name, glob in (("a", "a-*"), ("b", "b-*")):
+            made = await api.d.dispatcher.call(SOCKET, "tokens.create", {
+                "name": name, "scopes": ["tasks:run", "tasks:read"], "agents": glob})
+            api.tokens[name] = made.token
+        status, body, _ = await api.ask("POST", "/tasks?wait=30", "a", {
+            "agent": "a-hello", "input": {"name": "x"}})
+        assert (status, body["status"]) == (200, "succeeded")
+        task_id = body["task_id"]
+        assert (await api.ask("GET", f"/tasks/{task_id}/trace", "a"))[0] == 200
+        ghost = task_id[:-4] + ("0000" if not task_id.endswith("0000") else "1111")
+        for tid in (task_id, ghost):
+            status, body, _ = await api.ask("GET", f"/tasks/{tid}/trace", "b")
+            assert (status, body) == (404, problem(404, "not found", f"no such task: {tid}",
+                                                   jsonrpc.NOT_FOUND)), tid
+
+        # over the socket the context is a param: a megabyte with newlines is refused in
+        # one short line, and no task is made
+        bad = "00-" + "\n" * 3 + "x" * (1 << 20)
+        with pytest.raises(RpcError) as e:
+            await api.d.dispatcher.call(OPERATOR, "tasks.submit", {
+                "agent": "a-hello", "input": {"name": "y"}, "traceparent": bad})
+        assert e.value.code == jsonrpc.INVALID_PARAMS
+        assert len(e.value.message) < 200 and "\n" not in e.value.message, e.value.message
+        tasks = await api.d.dispatcher.call(OPERATOR, "tasks.list", {})
+        assert [t.task_id for t in tasks.tasks] == [task_id]
+
+        # over HTTP it is the headers: a tracestate past 512 bytes is cut to them
+        state = "k=" + "v" * 6000
+        status, body, _ = await api.ask("POST", "/tasks", "a", {
+            "agent": "a-hello", "input": {"name": "z"}},
+            headers={"traceparent": f"00-{'1' * 32}-{'2' * 16}-01", "tracestate": state})
+        assert status in (200, 202), body
+        engine = api.d.sup.tasks
+        task = engine.active.get(body["task_id"]) or engine.finished.get(body["task_id"])
+        assert task is not None and task.trace is not None
+        meta = task.trace.run_meta(1)
+        assert meta["tracestate"] == state[:512]
