@@ -20,6 +20,7 @@ from corral.jsonrpc import RpcError
 from corral.supervisor.workflows.definition import MAX_MAP_ITEMS
 
 from .daemon_harness import hello, in_process
+from .test_gateway_stdio import wait_until_async
 
 OPERATOR = Caller(via="socket")
 
@@ -151,3 +152,101 @@ async def test_a_trace_is_read_only_by_who_sees_its_task_and_a_bad_context_is_bo
         assert task is not None and task.trace is not None
         meta = task.trace.run_meta(1)
         assert meta["tracestate"] == state[:512]
+
+
+PEEKER = '''
+import os, sys
+from corral.worker import RpcError, run
+
+def handle(task, ctx):
+    if task["do"] == "hold":  # a step of its own, then wait to be let go
+        ctx.step("secret", lambda: {"key": "s3cret"})
+        ctx.checkpoint_task({"mine": True})
+        while not os.path.exists(task["path"]):
+            ctx.check_cancelled()
+            import time; time.sleep(0.01)
+        return "held"
+    said = {}
+    for method, params in (("step/get", {"name": "secret"}),
+                           ("step/put", {"name": "secret", "result": "forged"}),
+                           ("task/checkpoint", {"state": "forged"}),
+                           ("session/checkpoint", {"state": "forged"})):
+        try:
+            said[method] = ["answered", ctx._call(method, {"task_id": task["other"],
+                                                           **params})]
+        except RpcError as exc:
+            said[method] = [exc.code, exc.message]
+    return said
+
+run(handle)
+'''
+
+
+@pytest.mark.deadline(120)
+async def test_an_agent_reads_and_writes_no_step_or_checkpoint_of_a_task_not_its_own(
+        tmp_path: Path) -> None:
+    """`step/get`, `step/put`, `task/checkpoint`, `session/checkpoint` name a task: an
+    agent's worker naming a task running on another agent's replica (another tenant's) is
+    told it is not running there, and the task's own step and checkpoint are untouched."""
+    from .daemon_harness import PY, ROOT
+
+    script = tmp_path / "peeker.py"
+    script.write_text(PEEKER)
+    agents = "".join(f'[agents.{n}]\ncommand = ["{PY}", "{script}"]\n'
+                     f'env = {{ PYTHONPATH = "{ROOT}" }}\ntenant = "{t}"\n'
+                     f'max_concurrent_tasks = 2\n' for n, t in (("holder", "a"), ("peek", "b")))
+    async with in_process(tmp_path, agents, "[tenants.a]\n[tenants.b]\n") as d:
+        let_go = tmp_path / "go"
+        held = await d.dispatcher.call(OPERATOR, "tasks.submit", msgspec.json.encode(
+            {"agent": "holder", "input": {"do": "hold", "path": str(let_go)}}))
+        engine = d.sup.tasks
+        task = engine.active[held.task_id]
+        await wait_until_async(lambda: task.checkpoint is not None)
+        done = await d.dispatcher.call(OPERATOR, "tasks.run", msgspec.json.encode(
+            {"agent": "peek", "input": {"do": "peek", "other": held.task_id}}))
+        assert done.status == "succeeded", done
+        said = msgspec.json.decode(done.output) if isinstance(done.output, msgspec.Raw) \
+            else done.output
+        assert said == {method: [jsonrpc.INVALID_PARAMS, f"{method}: task {held.task_id} "
+                                                         "is not running on peek#0"]
+                        for method in ("step/get", "step/put", "task/checkpoint",
+                                       "session/checkpoint")}, said
+        assert msgspec.json.decode(task.checkpoint) == {"mine": True}
+        let_go.touch()
+        end = await d.dispatcher.call(OPERATOR, "tasks.get", {"task_id": held.task_id,
+                                                              "wait": True})
+        assert end.status == "succeeded", end
+
+
+@pytest.mark.deadline(120)
+async def test_a_tenants_delays_and_retries_are_bounded_and_a_delayed_flood_is_max_queue(
+        tmp_path: Path) -> None:
+    """A tenant's caller may delay a task a year and a day at most and ask 100 retries
+    at most (refused before anything is kept); the tasks that wait for their time count
+    against the agent's max_queue, so a flood of far delays is refused at it."""
+    agents = hello("web", extra='tenant = "a"\nmax_queue = 3\n')
+    async with in_process(tmp_path, agents, "[tenants.a]\n") as d:
+        _, ta = await tokens_of(d.services.store).create("ta", ["tasks:run", "tasks:read"],
+                                                         None, None, "a")
+        a = Caller(via="http", token="ta", scopes=ta.scopes, tenant="a")
+
+        async def submit(**kw: object) -> str:
+            return str((await d.dispatcher.call(a, "tasks.submit", msgspec.json.encode(
+                {"agent": "web", "input": {"name": "x"}, **kw}))).task_id)
+
+        for kw, words in (({"not_before": 1e12}, "not_before is more than 366 days from "
+                                                 "now"),
+                          ({"delay": 366 * 86400.0 + 1}, "Expected `float` <= 31622400.0"),
+                          ({"retries": 10 ** 9}, "Expected `int` <= 100")):
+            with pytest.raises(RpcError) as e:
+                await submit(**kw)
+            assert e.value.code == jsonrpc.INVALID_PARAMS, kw
+            assert words in e.value.message, (kw, e.value.message)
+        for _ in range(3):
+            await submit(delay=3600.0)
+        with pytest.raises(RpcError) as e:
+            await submit(delay=3600.0)
+        assert (e.value.code, e.value.message) == (
+            jsonrpc.REFUSED, "queue full: agent web has 3 tasks waiting (max_queue 3)")
+        listed = await d.dispatcher.call(OPERATOR, "tasks.list", {})
+        assert len(listed.tasks) == 3
