@@ -188,7 +188,8 @@ async def test_an_agent_reads_and_writes_no_step_or_checkpoint_of_a_task_not_its
     """`step/get`, `step/put`, `task/checkpoint`, `session/checkpoint` name a task: an
     agent's worker naming a task running on another agent's replica (another tenant's) is
     told it is not running there, and the task's own step and checkpoint are untouched."""
-    from .daemon_harness import PY, ROOT
+    from .conftest import ROOT
+    from .daemon_harness import PY
 
     script = tmp_path / "peeker.py"
     script.write_text(PEEKER)
