@@ -156,9 +156,11 @@ async def test_a_trace_is_read_only_by_who_sees_its_task_and_a_bad_context_is_bo
 
 PEEKER = '''
 import os, sys
-from corral.worker import RpcError, run
+from corral.worker import RpcError, TaskError, run
 
 def handle(task, ctx):
+    if task["do"] == "fail":  # a message as long as the caller asks
+        raise TaskError("e" * task["size"])
     if task["do"] == "hold":  # a step of its own, then wait to be let go
         ctx.step("secret", lambda: {"key": "s3cret"})
         ctx.checkpoint_task({"mine": True})
@@ -251,3 +253,28 @@ async def test_a_tenants_delays_and_retries_are_bounded_and_a_delayed_flood_is_m
             jsonrpc.REFUSED, "queue full: agent web has 3 tasks waiting (max_queue 3)")
         listed = await d.dispatcher.call(OPERATOR, "tasks.list", {})
         assert len(listed.tasks) == 3
+
+
+@pytest.mark.deadline(120)
+async def test_an_agents_long_error_is_stored_in_its_trace_cut_to_the_bound(
+        tmp_path: Path) -> None:
+    """The local trace store keeps spans by count (`keep_spans`): an agent failing its
+    tasks with a message of a megabyte must not make each span a megabyte. The task's
+    span and its attempt's keep TEXT_MAX characters of it (and say it was cut)."""
+    from corral.supervisor.tracing import TEXT_MAX
+
+    from .conftest import ROOT
+    from .daemon_harness import PY
+
+    script = tmp_path / "peeker.py"
+    script.write_text(PEEKER)
+    agents = (f'[agents.w]\ncommand = ["{PY}", "{script}"]\n'
+              f'env = {{ PYTHONPATH = "{ROOT}" }}\n')
+    async with in_process(tmp_path, agents, "[tracing]\nexport_interval = 0.05\n") as d:
+        done = await d.dispatcher.call(OPERATOR, "tasks.run", msgspec.json.encode(
+            {"agent": "w", "input": {"do": "fail", "size": 1 << 20}}))
+        assert done.status == "failed" and len(done.error.message) == 1 << 20
+        trace = await d.dispatcher.call(OPERATOR, "traces.get", {"task_id": done.task_id})
+        errors = {s.name: s.error for s in trace.spans if s.error is not None}
+        assert set(errors) == {"invoke_agent w", "task/run w"}, errors
+        assert all(e == "e" * TEXT_MAX + "…" for e in errors.values())
