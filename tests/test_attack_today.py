@@ -5,6 +5,7 @@ names a test here is held by it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -278,3 +279,34 @@ async def test_an_agents_long_error_is_stored_in_its_trace_cut_to_the_bound(
         errors = {s.name: s.error for s in trace.spans if s.error is not None}
         assert set(errors) == {"invoke_agent w", "task/run w"}, errors
         assert all(e == "e" * TEXT_MAX + "…" for e in errors.values())
+
+
+@pytest.mark.deadline(120)
+async def test_what_reaches_an_mcp_server_of_a_clients_trace_context_is_w3c_and_bounded(
+        tmp_path: Path) -> None:
+    """A gateway client's `_meta` is rebuilt, not passed on: the server is told a
+    `traceparent` in the W3C format and a `tracestate` of at most 512 bytes, and nothing
+    of a context that is not the format (an object, a megabyte with newlines)."""
+    from .conftest import ROOT
+    from .daemon_harness import PY
+    from .test_gateway_stdio import SCRIPTED
+
+    record = tmp_path / "meta.jsonl"
+    servers = (f'[mcp_servers.sc]\ncommand = ["{PY}", "{SCRIPTED}", "v2025-11"]\n'
+               f'env = {{ SCRIPTED_RECORD = "{record}", PYTHONPATH = "{ROOT}" }}\n'
+               'start_timeout = 30.0\n')
+    async with in_process(tmp_path, hello("web", extra='tools = ["*"]\n') + servers) as d:
+        good = f"00-{'1' * 32}-{'2' * 16}-01"
+        state = "k=" + "v" * 100_000
+        for context in ({"traceparent": good, "tracestate": state},
+                        {"traceparent": {"x": 1}, "tracestate": state},
+                        {"traceparent": "00-\n" + "x" * (1 << 20)}):
+            # each request its own asyncio task, as the socket's connection runs it
+            await asyncio.ensure_future(d.dispatcher.call(OPERATOR, "gateway.call", {
+                "agent": "web", "method": "tools/call", "params": {
+                    "name": "sc__echo", "arguments": {"text": "hi"}, "_meta": context}}))
+        seen = [json.loads(line)["meta"] or {} for line in record.read_text().splitlines()]
+        assert len(seen) == 3
+        assert (seen[0]["traceparent"], seen[0]["tracestate"]) == (good, state[:512])
+        for meta in seen[1:]:
+            assert "traceparent" not in meta and "tracestate" not in meta, meta
