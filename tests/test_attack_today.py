@@ -162,6 +162,14 @@ from corral.worker import RpcError, TaskError, run
 def handle(task, ctx):
     if task["do"] == "fail":  # a message as long as the caller asks
         raise TaskError("e" * task["size"])
+    if task["do"] == "names":  # steps of null results under names of a megabyte
+        for i in range(64):
+            try:
+                ctx._call("step/put", {"task_id": ctx.task_id, "name": f"{i}" + "n" * (1 << 20),
+                                       "result": None})
+            except RpcError as exc:
+                return [i, exc.code, exc.message]
+        return "all kept"
     if task["do"] == "hold":  # a step of its own, then wait to be let go
         ctx.step("secret", lambda: {"key": "s3cret"})
         ctx.checkpoint_task({"mine": True})
@@ -310,3 +318,27 @@ async def test_what_reaches_an_mcp_server_of_a_clients_trace_context_is_w3c_and_
         assert (seen[0]["traceparent"], seen[0]["tracestate"]) == (good, state[:512])
         for meta in seen[1:]:
             assert "traceparent" not in meta and "tracestate" not in meta, meta
+
+
+@pytest.mark.deadline(120)
+async def test_a_steps_name_counts_against_max_step_bytes(tmp_path: Path) -> None:
+    """`step/put`'s name is the worker's to choose and is kept (journal and memory) as
+    its result is: steps of null results under names of a megabyte are refused once the
+    names reach the agent's `max_step_bytes`."""
+    from .conftest import ROOT
+    from .daemon_harness import PY
+
+    script = tmp_path / "peeker.py"
+    script.write_text(PEEKER)
+    agents = (f'[agents.w]\ncommand = ["{PY}", "{script}"]\n'
+              f'env = {{ PYTHONPATH = "{ROOT}" }}\nretries = 1\n'
+              f'max_step_bytes = {4 << 20}\n')
+    async with in_process(tmp_path, agents) as d:
+        done = await d.dispatcher.call(OPERATOR, "tasks.run", msgspec.json.encode(
+            {"agent": "w", "input": {"do": "names"}}))
+        assert done.status == "succeeded", done
+        said = msgspec.json.decode(done.output) if isinstance(done.output, msgspec.Raw) \
+            else done.output
+        assert said[:2] == [4, jsonrpc.STEP_BUDGET_EXCEEDED], said
+        assert said[2].startswith(f"step budget exceeded: task {done.task_id} has "
+                                  "journaled "), said[2]
