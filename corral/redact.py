@@ -52,6 +52,10 @@ NOT_SECRET = re.compile(
 # the methods whose params carry [agents.NAME] tables: the key holding them, and whether
 # it holds them by name (agents.add) or is one table (agents.update's merge patch)
 SPEC_PARAMS = {"agents.add": ("agents", True), "agents.update": ("set", False)}
+# a caller's data, as a task's input (which no audit row holds): its row and log line say
+# its size, so a run's input of megabytes is not a log line of megabytes, nor read with
+# audit:read by who may not read tasks
+SIZED_PARAMS = {"workflows.run": "input"}
 # a `config` deeper than this is shown as hidden below it: a hostile table must not make
 # the redaction recurse past the interpreter's bound (agent tables are refused deeper
 # than this at admission: fleet.py)
@@ -135,6 +139,9 @@ def table(spec: Any) -> Any:
 def params(method: str, given: Any) -> Any:
     """A call's params as its audit row and log line show them: the tables of a call
     that carries specs through `table`; any other call's as they are."""
+    sized = SIZED_PARAMS.get(method)
+    if sized is not None and given is not None:
+        return _sized(given, sized)
     spec = SPEC_PARAMS.get(method)
     if spec is None or given is None:
         return given
@@ -149,3 +156,14 @@ def params(method: str, given: Any) -> Any:
     if not by_name:
         return {**given, field: table(tables)}
     return {**given, field: {name: table(t) for name, t in tables.items()}}
+
+
+def _sized(given: Any, field: str) -> Any:
+    if not isinstance(given, Mapping):
+        given = msgspec.to_builtins(given)
+        if not isinstance(given, Mapping):
+            return given
+    value = given.get(field)
+    if value is None:
+        return given
+    return {**given, field: f"({len(msgspec.json.encode(value))} bytes)"}

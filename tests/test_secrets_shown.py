@@ -348,6 +348,8 @@ def test_a_cluster_agents_secrets_are_in_no_answer_and_its_replicas_run_them(
 PAYLOADS = {("tasks.run", "input"), ("events.publish", "data"), ("tools.call", "arguments"),
             ("tenants.add", "tenants"), ("tenants.set", "set"), ("prompts.get", "arguments"),
             ("resources.read", "uri"), ("gateway.call", "params")}
+# shown by their size alone (redact.SIZED_PARAMS)
+PAYLOADS |= {(name, field) for name, field in redact.SIZED_PARAMS.items()}
 
 
 def test_every_method_carrying_a_table_is_redacted_or_a_payload() -> None:

@@ -68,6 +68,10 @@ FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.LOST})
 SUCCEEDED = TaskStatus.SUCCEEDED
 HELD_MAX = 256  # tool spans an unsampled task keeps for the tail rule; past it, dropped
 EVENTS_MAX = 64  # exits recorded on one task's attempts
+# characters kept of a span's name, error and text attributes: an agent's error message or
+# a tool's name is a worker's to make (a protocol line long), and the store keeps spans by
+# count (keep_spans), so each is bounded here, in the exporter, before it is stored or sent
+TEXT_MAX = 1024
 QUEUE_MIX = 0x5BD1E9955BD1E995  # a queue wait's span id from its attempt's
 
 
@@ -282,7 +286,27 @@ def queue_span(task_span: int, attempt: int) -> int:
 
 def expand(record: Sequence[Any]) -> list[Span]:
     """The spans of a record as the pipe brings it (msgpack: structs as maps, tuples as
-    arrays), named and attributed by the GenAI and MCP conventions (docs/tracing.md)."""
+    arrays), named and attributed by the GenAI and MCP conventions (docs/tracing.md), each
+    text within TEXT_MAX."""
+    return [_bounded(s) for s in _spans(record)]
+
+
+def _cut(text: Any) -> Any:
+    if isinstance(text, str) and len(text) > TEXT_MAX:
+        return text[:TEXT_MAX] + "…"
+    return text
+
+
+def _bounded(span: Span) -> Span:
+    tid, sid, parent, name, kind, start, end, error, attrs, events, task_id = span
+    if len(name) <= TEXT_MAX and (error is None or len(error) <= TEXT_MAX) and not any(
+            isinstance(v, str) and len(v) > TEXT_MAX for v in attrs.values()):
+        return span
+    return (tid, sid, parent, _cut(name), kind, start, end, _cut(error),
+            {k: _cut(v) for k, v in attrs.items()}, events, task_id)
+
+
+def _spans(record: Sequence[Any]) -> list[Span]:
     if record[0] == TOOL:
         return [_tool(record)]
     (_, hi, lo, own, parent, agent, task_id, status, error, priority, tool_calls, created,

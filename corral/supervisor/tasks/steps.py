@@ -141,7 +141,7 @@ class TaskSteps:
                         elif step.seq == NAMED_SEQ:
                             st.named[step.name] = step
                         if step.body is not None and step.seq != CHECKPOINT_SEQ:
-                            st.bytes += len(step.body)
+                            st.bytes += len(step.body) + _named_bytes(step)
                 finally:
                     st.loaded.set_result(None)
         if st.loaded is not None and not st.loaded.done():
@@ -229,7 +229,8 @@ class TaskSteps:
         body = msgspec.json.encode(result)
         step = Step(task.id, NAMED_SEQ, name, task.attempt, b"", body)
         st.named[name] = step
-        st.bytes += len(body)
+        # the name the worker chose is kept as its result is: counted against the budget
+        st.bytes += len(body) + _named_bytes(step)
         journal.put(step)
         self.journaled += 1
         await journal.committed(task.id)
@@ -248,3 +249,7 @@ class TaskSteps:
     def stats(self) -> dict[str, int]:
         return {"journaled": self.journaled, "replayed": self.replayed,
                 "diverged": self.diverged}
+
+
+def _named_bytes(step: Step) -> int:
+    return len(step.name.encode()) if step.seq == NAMED_SEQ else 0

@@ -8,6 +8,9 @@ import msgspec
 
 MAX_CONCURRENCY = 1000
 MAX_STEPS = 200
+# items one map step may run: each is a task, and a row the run keeps (with its output)
+# while it lives, so a list from a caller's input is bounded as the definition's steps are
+MAX_MAP_ITEMS = 10_000
 
 
 class WorkflowError(ValueError):

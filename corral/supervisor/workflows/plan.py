@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from .definition import StepSpec, WorkflowError, WorkflowSpec
+from .definition import MAX_MAP_ITEMS, StepSpec, WorkflowError, WorkflowSpec
 from .refs import NAME, SHAPE, Missing, Ref, Scope, build, parse, refs_in, resolve
 
 STEP_NAME = re.compile(NAME)
@@ -170,6 +170,10 @@ def items(step: Step, scope: Scope) -> list[Any]:
     if not isinstance(value, list):
         raise WorkflowError(f"step {step.name}: map {step.spec.map} is not a list "
                             f"(a {type(value).__name__})")
+    if len(value) > MAX_MAP_ITEMS:
+        # (the runner says which step)
+        raise WorkflowError(f"map {step.spec.map} has {len(value)} items, more than a map "
+                            f"runs ({MAX_MAP_ITEMS})")
     return value
 
 
