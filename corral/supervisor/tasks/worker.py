@@ -103,17 +103,18 @@ class WorkerMethods:
                                f"{plural(task.tool_calls, 'tool call')} "
                                f"(max_tool_calls_per_task {budget})")
             task.tool_calls += 1
-        return await self._routed(r, name, arguments, task, meta)
+        result = self._routed(r, name, arguments, task, meta)
+        return await result if inspect.isawaitable(result) else result
 
     def _routed(self, r: Replica, name: str, arguments: dict[str, Any], task: Task | None,
                 meta: dict[str, Any] | None) -> Any:
-        """The tool router's call, with the worker's trace context (`_meta`) set while it
-        starts (its span is made then: tracing.py)."""
+        """The tool router's call (its answer, or an awaitable of it), with the worker's
+        trace context (`_meta`) set while it starts (its span is made then: tracing.py)."""
         if meta is None:
-            return _awaited(self.tool_router(r, name, arguments, task))
+            return self.tool_router(r, name, arguments, task)
         said = CALLER.set(meta)
         try:
-            return _awaited(self.tool_router(r, name, arguments, task))
+            return self.tool_router(r, name, arguments, task)
         finally:
             CALLER.reset(said)
 
@@ -138,7 +139,3 @@ class WorkerMethods:
     def on_task_checkpoint(self, r: Replica, p: TaskCheckpointParams) -> Any:
         return self.steps.checkpoint(self._running(r, "task/checkpoint", p.task_id),
                                      p.state)
-
-
-async def _awaited(result: Any) -> Any:
-    return await result if inspect.isawaitable(result) else result
