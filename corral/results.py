@@ -11,7 +11,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from .taskviews import Attempt, ModelUsage, TaskError, TaskInfo, TaskResult, TaskSummary, Usage
-from .views import NodeInfo, ReplicaStatus, Revision, TenantUse
+from .views import NodeInfo, ProcessStatus, ReplicaStatus, Revision, TenantUse
 
 __all__ = [
     "Added",
@@ -205,21 +205,9 @@ class ReloadResult(msgspec.Struct):
 
 
 
-class McpInstanceStatus(Result):
-    """One MCP server instance: a replica's status (`instance` for `replica`) and its
-    MCP side."""
+class McpInstanceStatus(ProcessStatus, kw_only=True):
+    """One MCP server instance: a process's status and its MCP side."""
 
-    name: str
-    state: str
-    pid: int | None
-    uptime: float | None
-    restarts: int
-    last_exit: str | None
-    reason: str
-    cpu_percent: float
-    rss_bytes: int
-    open_fds: int
-    tasks_running: int
     instance: int
     owner: str | None
     scope: str

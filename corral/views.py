@@ -10,12 +10,11 @@ from typing import Any
 import msgspec
 
 
-class ReplicaStatus(msgspec.Struct):
-    """One replica in `corral status --json` (a process replica's `status()`): `state` a
-    lifecycle state's name."""
+class ProcessStatus(msgspec.Struct):
+    """What every supervised process shows: an agent's replica and an MCP server's instance
+    alike (`state` a lifecycle state's name)."""
 
     name: str
-    replica: int
     state: str
     pid: int | None
     uptime: float | None
@@ -26,6 +25,12 @@ class ReplicaStatus(msgspec.Struct):
     rss_bytes: int
     open_fds: int
     tasks_running: int
+
+
+class ReplicaStatus(ProcessStatus):
+    """One replica in `corral status --json` (a process replica's `status()`)."""
+
+    replica: int
     # an agent with [health]: whether the replica takes new tasks, and why not
     ready: bool | None = None
     health: str | None = None
