@@ -283,6 +283,7 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[Op
             own.push_async_callback(sessions.close)
             parts.tasks.sessions.restore(*await asyncio.to_thread(sessions.load))
             parts.tasks.sessions.journal = sessions
+            parts.tasks.sessions.hot.budget = int(sc.session_memory_mb * 1024 * 1024)
             journal: TaskJournalDB | None = None
             unfinished: list[TaskRecord] = []
             if sc.task_journal:
