@@ -100,6 +100,9 @@ class Timed:
     async def history(self, task_id: str) -> Any:
         return await self.journal.history(task_id)
 
+    def ended(self, task_id: str) -> None:
+        self.journal.ended(task_id)
+
     def median_us(self) -> float:
         took, self.took = self.took, []
         return statistics.median(took) * 1e6 if took else 0.0

@@ -299,6 +299,7 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[Op
                 steps = StepsDB(store.path, store.thread, sync=sc.journal_sync,
                                 on_error=error)
                 own.push_async_callback(steps.close)
+                await asyncio.to_thread(steps.recover)  # the step log a kill left
                 parts.tasks.steps.journal = steps
                 # the budgets' windows as the journaled tasks' usage left them
                 for agent, when, tokens, cost in await asyncio.to_thread(

@@ -223,7 +223,8 @@ class Sessions:
         if self.table.get((s.agent, s.name)) is s:
             del self.table[(s.agent, s.name)]
             self._live[s.agent] -= 1
-            self._bytes[s.agent] -= s.state_bytes  # (its view still tells its size)
+            if s.state_bytes:  # (its view still tells its size)
+                self._bytes[s.agent] -= s.state_bytes
             self.hot.drop(s.key)
         if self.journal is not None:
             self.journal.end(s.row())
