@@ -5,7 +5,8 @@
 The real daemon in this process (its SQLite state database, `journal_sync` normal, then
 full), an SDK worker (bench/steps_agent.py) and a stdio MCP server (bench/min_mcp_server.py).
 Per step, medians of ROUNDS tasks, measured in the worker around its loop, the kinds
-of task alternated round by round:
+of task alternated round by round, each after an untimed task of its own on the same
+agent (a warm worker: the `die` runs restart the durable agent's):
 
 - tool call, live, not journaled (`retries = 0`: no later attempt could read it)
 - tool call, live and journaled (`retries = 1`): the commit before the answer
@@ -122,6 +123,9 @@ async def alternated(sup: Any, runs: dict[str, tuple[str, dict[str, Any]]],
     xs: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):
         for key, (agent, task) in runs.items():
+            # a warm worker for each: a `die` run before it restarted the agent's, and a
+            # new process's first steps (its caches cold) cost it, not the journal
+            await per_step(sup, agent, {k: v for k, v in task.items() if k != "die"})
             xs[key].append(await per_step(sup, agent, task))
     return {k: statistics.median(v) for k, v in xs.items()}
 
@@ -163,6 +167,17 @@ async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def per_step_us(sync: str = "normal", sizes: tuple[int, ...] = (20, 200),
+                rounds: int = 3) -> dict[str, dict[str, float]]:
+    """corral's side for a side-by-side bench (bench_peers_*): µs per step, by steps per
+    task ("20", "200"), of each kind of task (`tool_live_us`, `tool_journaled_us`,
+    `tool_replayed_us`, `step_plain_us`, `step_journaled_us`, `step_replayed_us`), the
+    daemon's side (`commit_us`) and `journal_overhead_us`; a daemon of its own, in this
+    process, in a loop of its own."""
+    out = asyncio.run(one_sync(sync, list(sizes), rounds))
+    return {k: v for k, v in out.items() if isinstance(v, dict)}
 
 
 async def floor(sync: str, n: int = 2000) -> dict[str, float]:
