@@ -109,6 +109,26 @@ class Timed:
         return statistics.median(took) * 1e6 if took else 0.0
 
 
+class TimedPut:
+    """The engine's whole side of a `step/put` (TaskSteps.put: the budget, the encoding,
+    the journal's put and commit), per agent: what a journaled ctx.step costs the daemon
+    beyond an unjournaled one's, with none of the round trip's noise."""
+
+    def __init__(self, steps: Any) -> None:
+        self.put = steps.put
+        self.took: dict[str, list[float]] = {}
+
+    async def __call__(self, task: Any, r: Any, name: str, result: Any) -> Any:
+        t0 = time.perf_counter()
+        out = await self.put(task, r, name, result)
+        self.took.setdefault(task.agent, []).append(time.perf_counter() - t0)
+        return out
+
+    def median_us(self, agent: str) -> float:
+        took = self.took.pop(agent, [])
+        return statistics.median(took) * 1e6 if took else 0.0
+
+
 async def per_step(sup: Any, agent: str, task: dict[str, Any]) -> float:
     """µs per step of one task's last attempt."""
     res = await sup.tasks.run(agent, task, timeout=120)
@@ -142,6 +162,7 @@ async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
         await d.set_up.wait()
         sup = d.sup
         timed = sup.tasks.steps.journal = Timed(sup.tasks.steps.journal)
+        puts = sup.tasks.steps.put = TimedPut(sup.tasks.steps)
         for name in ("plain", "durable"):
             await sup.wait_state(name, State.READY, timeout=30)
         out: dict[str, Any] = {}
@@ -157,6 +178,9 @@ async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
                 "step_replayed_us": ("durable", {**step, "die": True}),
             }, rounds)
             row["commit_us"] = timed.median_us()  # the daemon's side, every journaled step
+            # step/put's handler, journaled less not (the plain agent's journal nothing)
+            row["put_handler_journaled_us"] = puts.median_us("durable")
+            row["put_handler_plain_us"] = puts.median_us("plain")
             row["journal_overhead_us"] = row["tool_journaled_us"] - row["tool_live_us"]
             out[str(n)] = {k: round(v, 1) for k, v in row.items()}
             print(sync, n, out[str(n)], flush=True)
