@@ -116,3 +116,17 @@ async def test_a_turn_cancelled_while_its_state_is_read_back_leaves_no_trace(
         assert task.status == "cancelled" and sessions.parked("chat") == 0
         res = await tasks.run("chat", {"turn": 3}, session="s")
         assert res.output["turns"] == [1, 3]
+
+
+async def test_a_retried_turn_of_a_session_whose_state_left_memory_is_given_it(
+        tmp_path: Path) -> None:
+    async with in_process(tmp_path, chat(), supervisor="session_memory_mb = 0\n") as d:
+        tasks = d.sup.tasks
+        assert (await tasks.run("chat", {"turn": 1}, session="s")).status == "succeeded"
+        # the worker SIGKILLs itself before its checkpoint: the retry goes back to the
+        # queue's front once the state is read back again
+        res = await tasks.run("chat", {"turn": 2, "how": "die",
+                                       "marker": str(tmp_path / "m")}, session="s")
+        assert [a.outcome for a in res.attempts] == ["lost", "succeeded"]
+        assert res.output["turns"] == [1, 2] and res.output["given"] is True
+        assert tasks.sessions.hot.loads >= 2 and len(tasks.sessions.hot) == 0
