@@ -174,9 +174,11 @@ class StepsDB:
     # -- on the writer ------------------------------------------------------------------
     def _settled(self, ops: list[_Op], error: str | None) -> None:
         if error is not None and self._group.first_failure and self._on_error is not None:
+            kept = (" (the step log keeps the others, written when it can be)"
+                    if self._log is not None else "")
             self._on_error(f"steps cannot be written to {self.path} ({error}): the tool "
-                           "calls of tasks that may be retried are answered with this "
-                           "error until they can be")
+                           "calls of tasks that may be retried whose steps go to the "
+                           f"database are answered with this error until they can be{kept}")
 
     def _write(self, db: sqlite3.Connection, ops: list[_Op]) -> None:
         unlink: list[str] = []
