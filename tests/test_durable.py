@@ -337,3 +337,45 @@ async def test_a_killed_daemons_step_log_is_read_back_and_a_cut_record_dropped(
     finally:
         await again.close()
         await writer.close()
+
+
+async def test_while_the_database_fails_steps_go_its_way_and_the_log_is_kept(
+        tmp_path: Path) -> None:
+    """A batch the database refuses keeps its log file (read back at the next start, or
+    written when the database takes it again); while it fails, a step goes the
+    database's way and is refused as it refuses it, so no batch piles up behind."""
+    import sqlite3
+
+    from corral.daemon.steplog import log_dir
+    from corral.daemon.steps import StepsDB, StepsError
+    from corral.daemon.storeschema import open_database
+    from corral.daemon.storewriter import WriterThread
+    from corral.supervisor.tasks.steps import Step
+
+    db = tmp_path / "corral.db"
+    open_database(db).close()
+    writer = WriterThread(db)
+    errors: list[str] = []
+    steps = StepsDB(db, writer, on_error=errors.append)
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        other.execute("ALTER TABLE steps RENAME TO steps_away")
+        steps.put(Step("t", 1, "a__b", 1, b"h", b'{"n":1}'))
+        await steps.committed("t")  # in the log: committed
+        with pytest.raises(StepsError):
+            await steps.stored()
+        assert len(list(log_dir(db).iterdir())) == 1
+        assert errors and "the step log keeps the others" in errors[0]
+        steps.put(Step("t", 2, "a__b", 1, b"h", b'{"n":2}'))
+        with pytest.raises(StepsError, match="no such table: steps"):
+            await steps.committed("t")
+        assert len(list(log_dir(db).iterdir())) == 1  # no second file
+        other.execute("ALTER TABLE steps_away RENAME TO steps")
+        steps._group.retry_now()
+        await steps.stored()
+        assert [s.seq for s in await steps.history("t")] == [1, 2]
+        assert list(log_dir(db).iterdir()) == []
+    finally:
+        other.close()
+        await steps.close()
+        await writer.close()

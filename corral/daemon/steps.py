@@ -96,8 +96,10 @@ class StepsDB:
     # -- the StepJournal protocol ---------------------------------------------------------
     def put(self, step: Step) -> None:
         log = self._log
+        # (while the database fails, steps go its way and are refused as it refuses
+        # them: the log does not pile up batches it cannot empty)
         if (log is not None and (step.body is None or len(step.body) <= LOG_MAX)
-                and log.append(step)):
+                and not self._group.outage.failing and log.append(step)):
             self._logged.append(step)
             if len(self._logged) >= LOG_BATCH:
                 self._flush()
