@@ -8,6 +8,7 @@ The real daemon in this loop, SDK workers (tests/session_agent.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import msgspec
@@ -130,3 +131,13 @@ async def test_a_retried_turn_of_a_session_whose_state_left_memory_is_given_it(
         assert [a.outcome for a in res.attempts] == ["lost", "succeeded"]
         assert res.output["turns"] == [1, 2] and res.output["given"] is True
         assert tasks.sessions.hot.loads >= 2 and len(tasks.sessions.hot) == 0
+
+
+async def test_an_expired_session_does_not_count_against_max_sessions(tmp_path: Path) -> None:
+    async with in_process(tmp_path, chat(extra="max_sessions = 1\nsession_ttl = 0.3\n")) as d:
+        tasks = d.sup.tasks
+        assert (await tasks.run("chat", {"turn": 1}, session="a")).status == "succeeded"
+        await asyncio.sleep(0.4)  # a's ttl passes (time itself is the point)
+        assert (await tasks.run("chat", {"turn": 1}, session="b")).output["turns"] == [1]
+        assert [s.name for s in tasks.sessions.listing("chat")] == ["b"]
+        assert tasks.sessions.expired == 1

@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 _generations = itertools.count(time.time_ns())
 SWEEP_EVERY = 60.0  # seconds between looks over the table for expired sessions
 LOAD_RETRY = 1.0  # seconds before a state the journal could not read is read again
+# a refusal looks over the table for expired sessions at most this often (seconds): a
+# caller at its bound does not make each refused task a pass over every session
+REFUSED_SWEEP = 1.0
 
 
 class SessionBound(NamedTuple):
@@ -193,6 +196,7 @@ class Sessions:
         self.expired = 0  # sessions dropped for their session_ttl
         self.refused = 0  # new sessions and checkpoints refused for a bound
         self._swept = 0.0  # when the table was last looked over (wall time)
+        self._refusal_swept = 0.0  # when a refusal last did
         stream.subscribe(self._finished, TaskFinished)
 
     @property
@@ -359,7 +363,8 @@ class Sessions:
         if s is not None and not self._expired(s, now):
             return None
         why = self._over(agent, 1, 0)
-        if why is not None:
+        if why is not None and now - self._refusal_swept > REFUSED_SWEEP:
+            self._refusal_swept = now
             self.sweep(now)  # the expired ones do not count
             why = self._over(agent, 1, 0)
         if why is None:
