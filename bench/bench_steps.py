@@ -5,7 +5,8 @@
 The real daemon in this process (its SQLite state database, `journal_sync` normal, then
 full), an SDK worker (bench/steps_agent.py) and a stdio MCP server (bench/min_mcp_server.py).
 Per step, medians of ROUNDS tasks, measured in the worker around its loop, the kinds
-of task alternated round by round:
+of task alternated round by round, each after an untimed task of its own on the same
+agent (a warm worker: the `die` runs restart the durable agent's):
 
 - tool call, live, not journaled (`retries = 0`: no later attempt could read it)
 - tool call, live and journaled (`retries = 1`): the commit before the answer
@@ -100,8 +101,31 @@ class Timed:
     async def history(self, task_id: str) -> Any:
         return await self.journal.history(task_id)
 
+    def ended(self, task_id: str) -> None:
+        self.journal.ended(task_id)
+
     def median_us(self) -> float:
         took, self.took = self.took, []
+        return statistics.median(took) * 1e6 if took else 0.0
+
+
+class TimedPut:
+    """The engine's whole side of a `step/put` (TaskSteps.put: the budget, the encoding,
+    the journal's put and commit), per agent: what a journaled ctx.step costs the daemon
+    beyond an unjournaled one's, with none of the round trip's noise."""
+
+    def __init__(self, steps: Any) -> None:
+        self.put = steps.put
+        self.took: dict[str, list[float]] = {}
+
+    async def __call__(self, task: Any, r: Any, name: str, result: Any) -> Any:
+        t0 = time.perf_counter()
+        out = await self.put(task, r, name, result)
+        self.took.setdefault(task.agent, []).append(time.perf_counter() - t0)
+        return out
+
+    def median_us(self, agent: str) -> float:
+        took = self.took.pop(agent, [])
         return statistics.median(took) * 1e6 if took else 0.0
 
 
@@ -119,6 +143,9 @@ async def alternated(sup: Any, runs: dict[str, tuple[str, dict[str, Any]]],
     xs: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):
         for key, (agent, task) in runs.items():
+            # a warm worker for each: a `die` run before it restarted the agent's, and a
+            # new process's first steps (its caches cold) cost it, not the journal
+            await per_step(sup, agent, {k: v for k, v in task.items() if k != "die"})
             xs[key].append(await per_step(sup, agent, task))
     return {k: statistics.median(v) for k, v in xs.items()}
 
@@ -135,6 +162,7 @@ async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
         await d.set_up.wait()
         sup = d.sup
         timed = sup.tasks.steps.journal = Timed(sup.tasks.steps.journal)
+        puts = sup.tasks.steps.put = TimedPut(sup.tasks.steps)
         for name in ("plain", "durable"):
             await sup.wait_state(name, State.READY, timeout=30)
         out: dict[str, Any] = {}
@@ -150,6 +178,9 @@ async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
                 "step_replayed_us": ("durable", {**step, "die": True}),
             }, rounds)
             row["commit_us"] = timed.median_us()  # the daemon's side, every journaled step
+            # step/put's handler, journaled less not (the plain agent's journal nothing)
+            row["put_handler_journaled_us"] = puts.median_us("durable")
+            row["put_handler_plain_us"] = puts.median_us("plain")
             row["journal_overhead_us"] = row["tool_journaled_us"] - row["tool_live_us"]
             out[str(n)] = {k: round(v, 1) for k, v in row.items()}
             print(sync, n, out[str(n)], flush=True)
@@ -160,6 +191,17 @@ async def one_sync(sync: str, sizes: list[int], rounds: int) -> dict[str, Any]:
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def per_step_us(sync: str = "normal", sizes: tuple[int, ...] = (20, 200),
+                rounds: int = 3) -> dict[str, dict[str, float]]:
+    """corral's side for a side-by-side bench (bench_peers_*): µs per step, by steps per
+    task ("20", "200"), of each kind of task (`tool_live_us`, `tool_journaled_us`,
+    `tool_replayed_us`, `step_plain_us`, `step_journaled_us`, `step_replayed_us`), the
+    daemon's side (`commit_us`) and `journal_overhead_us`; a daemon of its own, in this
+    process, in a loop of its own."""
+    out = asyncio.run(one_sync(sync, list(sizes), rounds))
+    return {k: v for k, v in out.items() if isinstance(v, dict)}
 
 
 async def floor(sync: str, n: int = 2000) -> dict[str, float]:

@@ -463,10 +463,16 @@ class StepStats(Result):
 
 class SessionStats(Result):
     """The sessions (docs/durable.md#sessions): those live now, and those dropped for their
-    agent's session_ttl since the daemon started."""
+    agent's session_ttl since the daemon started; new sessions and checkpoints refused
+    for a bound; their states' bytes, and those held in memory (the rest read back)."""
 
     live: int = 0
     expired: int = 0
+    refused: int = 0
+    state_bytes: int = 0
+    states_in_memory: int = 0
+    memory_bytes: int = 0
+    states_read_back: int = 0
 
 
 class TasksStats(Result):

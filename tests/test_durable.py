@@ -100,7 +100,7 @@ async def test_a_diverging_retry_is_marked_and_finishes_live(tmp_path: Path) -> 
         assert d.sup.tasks.stats()["steps"]["diverged"] == 1
         # the obsolete steps (4 and 5) left the journal; the retry, the task's last
         # attempt (no retry left), journaled none of its own
-        await d.sup.tasks.steps.journal.committed()
+        await d.sup.tasks.steps.journal.stored()
         db = sqlite3.connect(tmp_path / "state" / "corral.db")
         rows = db.execute("SELECT seq, attempt FROM steps WHERE task_id = ? AND seq > 0 "
                           "ORDER BY seq", (res.task_id,)).fetchall()
@@ -160,7 +160,7 @@ async def test_retention_deletes_steps_and_their_results(tmp_path: Path) -> None
             ids.append(res.task_id)
         journal = d.sup.tasks.journal
         await journal.committed()
-        await d.sup.tasks.steps.journal.committed()
+        await d.sup.tasks.steps.journal.stored()  # out of the step log
         db = sqlite3.connect(tmp_path / "state" / "corral.db")
         assert db.execute("SELECT count(*) FROM steps").fetchone() == (6,)
         # results stored once by content: "bumped 1" and "bumped 2"
@@ -184,15 +184,19 @@ async def test_retention_deletes_steps_and_their_results(tmp_path: Path) -> None
 
 
 async def test_a_lone_step_is_committed_at_once_and_one_turns_steps_together(
-        tmp_path: Path) -> None:
-    """The commit path of a tool call's step (decision 221): a lone step is committed on
-    the loop as it is put (committed() has nothing to wait for), the steps of one loop
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database's commit path of a tool call's step (decision 221; a result past
+    LOG_MAX with journal_sync "normal", every step with "full"): a lone step is committed
+    on the loop as it is put (committed() has nothing to wait for), the steps of one loop
     turn after it are one batch at the turn's end, and the thread's waits for a lock are
     its own again after the loop's commits."""
     import asyncio
 
+    from corral.daemon import steps as steps_module
     from corral.daemon import storeschema
     from corral.daemon.steps import StepsDB
+
+    monkeypatch.setattr(steps_module, "LOG_MAX", 0)  # (these results are small)
     from corral.daemon.storeschema import open_database
     from corral.daemon.storewriter import WriterThread
     from corral.supervisor.tasks.steps import Step
@@ -259,4 +263,119 @@ async def test_a_loop_commit_slow_with_no_wait_of_its_own_keeps_the_loop_path(
         assert writer.run_here(spin) == (False, None)  # paused: the thread's now
         assert writer.here == 3
     finally:
+        await writer.close()
+
+
+async def test_a_step_is_one_write_to_the_log_and_reaches_the_database_in_batches(
+        tmp_path: Path) -> None:
+    """journal_sync "normal" (decision 294): a step is committed once its record is
+    written to the step log, nothing committed to SQLite on its way; the log's records
+    go to the database as one batch (their file removed once they are committed) when
+    the batch is due, a task ends, or its history is read."""
+    from corral.daemon.steplog import log_dir
+    from corral.daemon.steps import StepsDB
+    from corral.daemon.storeschema import open_database
+    from corral.daemon.storewriter import WriterThread
+    from corral.supervisor.tasks.steps import Step
+
+    db = tmp_path / "corral.db"
+    open_database(db).close()
+    writer = WriterThread(db)
+    steps = StepsDB(db, writer)
+    try:
+        for seq in (1, 2, 3):
+            steps.put(Step("t", seq, "a__b", 1, b"h", b'{"n":%d}' % seq))
+            await steps.committed("t")
+        assert (steps.rows, writer.here, writer.handed) == (0, 0, 0)
+        (log,) = log_dir(db).iterdir()
+        assert log.stat().st_size > 0
+        steps.ended("t")
+        await steps.stored()
+        assert steps.rows == 3 and list(log_dir(db).iterdir()) == []
+        steps.put(Step("t", 4, "a__b", 1, b"h", b'{"n":4}'))
+        assert [s.seq for s in await steps.history("t")] == [1, 2, 3, 4]
+        assert list(log_dir(db).iterdir()) == []
+    finally:
+        await steps.close()
+        await writer.close()
+
+
+async def test_a_killed_daemons_step_log_is_read_back_and_a_cut_record_dropped(
+        tmp_path: Path) -> None:
+    """The log files a killed daemon left go into the database at the next start, in
+    the order written (a named step written again: the last one); a record cut short
+    (its write never returned, so it was never answered) is dropped, and what follows."""
+    import asyncio
+
+    from corral.daemon.steplog import log_dir
+    from corral.daemon.steps import StepsDB
+    from corral.daemon.storeschema import open_database
+    from corral.daemon.storewriter import WriterThread
+    from corral.supervisor.tasks.steps import NAMED_SEQ, Step
+
+    db = tmp_path / "corral.db"
+    open_database(db).close()
+    writer = WriterThread(db)
+    steps = StepsDB(db, writer)
+    steps.put(Step("t", 1, "a__b", 1, b"h", b'{"n":1}'))
+    steps.put(Step("t", NAMED_SEQ, "model", 1, b"", b'"first"'))
+    steps.put(Step("t", NAMED_SEQ, "model", 1, b"", b'"second"'))
+    steps.put(Step("t", 2, "a__b", 1, b"h", b'{"n":2}'))
+    (log,) = log_dir(db).iterdir()
+    log.write_bytes(log.read_bytes()[:-3])  # the last record cut short
+    # killed: nothing flushed, nothing closed (the writer thread stops with the test)
+    steps._flush_at.cancel()  # type: ignore[union-attr]
+    await writer.close()
+
+    writer = WriterThread(db)
+    again = StepsDB(db, writer)
+    try:
+        assert await asyncio.to_thread(again.recover) == 3
+        assert list(log_dir(db).iterdir()) == []
+        assert [(s.seq, s.name, s.body) for s in await again.history("t")] == [
+            (NAMED_SEQ, "model", b'"second"'), (1, "a__b", b'{"n":1}')]
+    finally:
+        await again.close()
+        await writer.close()
+
+
+async def test_while_the_database_fails_steps_go_its_way_and_the_log_is_kept(
+        tmp_path: Path) -> None:
+    """A batch the database refuses keeps its log file (read back at the next start, or
+    written when the database takes it again); while it fails, a step goes the
+    database's way and is refused as it refuses it, so no batch piles up behind."""
+    import sqlite3
+
+    from corral.daemon.steplog import log_dir
+    from corral.daemon.steps import StepsDB, StepsError
+    from corral.daemon.storeschema import open_database
+    from corral.daemon.storewriter import WriterThread
+    from corral.supervisor.tasks.steps import Step
+
+    db = tmp_path / "corral.db"
+    open_database(db).close()
+    writer = WriterThread(db)
+    errors: list[str] = []
+    steps = StepsDB(db, writer, on_error=errors.append)
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        other.execute("ALTER TABLE steps RENAME TO steps_away")
+        steps.put(Step("t", 1, "a__b", 1, b"h", b'{"n":1}'))
+        await steps.committed("t")  # in the log: committed
+        with pytest.raises(StepsError):
+            await steps.stored()
+        assert len(list(log_dir(db).iterdir())) == 1
+        assert errors and "the step log keeps the others" in errors[0]
+        steps.put(Step("t", 2, "a__b", 1, b"h", b'{"n":2}'))
+        with pytest.raises(StepsError, match="no such table: steps"):
+            await steps.committed("t")
+        assert len(list(log_dir(db).iterdir())) == 1  # no second file
+        other.execute("ALTER TABLE steps_away RENAME TO steps")
+        steps._group.retry_now()
+        await steps.stored()
+        assert [s.seq for s in await steps.history("t")] == [1, 2]
+        assert list(log_dir(db).iterdir()) == []
+    finally:
+        other.close()
+        await steps.close()
         await writer.close()

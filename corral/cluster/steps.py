@@ -111,6 +111,9 @@ class ClusterSteps:
         for fut in waits:
             await asyncio.shield(fut)
 
+    def ended(self, task_id: str) -> None:
+        """(Its steps go with the task's end: the FINISH script deletes them.)"""
+
     async def history(self, task_id: str) -> list[Step]:
         try:
             raw = await self.redis.hgetall(self.keys.steps(task_id))

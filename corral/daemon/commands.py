@@ -605,7 +605,7 @@ def _session_view(sessions: Sessions, s: Session) -> m.SessionView:
     return m.SessionView(
         agent=s.agent, session=s.name, tasks=s.tasks, created=s.created,
         last_used=s.last_used, holder=s.holder,
-        state_bytes=len(s.state) if s.state is not None else 0,
+        state_bytes=s.state_bytes,
         running=s.current.id if s.current is not None else None, waiting=len(s.line),
         expires=sessions.expires(s))
 

@@ -86,20 +86,34 @@ class SessionsDB:
             await self.committed()
         return await asyncio.to_thread(self._history, row, limit)
 
+    async def state(self, row: SessionRow) -> bytes | None:
+        """The session's state as committed (the states put before it are awaited)."""
+        await self.committed()
+        return await asyncio.to_thread(self.state_now, row)
+
+    def state_now(self, row: SessionRow) -> bytes | None:
+        """The session's state as written so far."""
+        with self._read_lock, errors_named(self.path):
+            got = self._reader.execute(
+                "SELECT state FROM sessions WHERE agent = ? AND session = ? AND gen = ?",
+                (row.agent, row.name, row.gen)).fetchone()
+        return None if got is None or got[0] is None else bytes(got[0])
+
     # -- start-up (in a thread) -------------------------------------------------------------
-    def load(self) -> tuple[list[tuple[SessionRow, bytes | None]],
+    def load(self) -> tuple[list[tuple[SessionRow, int | None]],
                             list[tuple[str, str, str]]]:
-        """Every session and its state; (task id, agent, session) of each task not
-        finished, in the order they were accepted."""
+        """Every session and its state's size (the state is read when it is needed);
+        (task id, agent, session) of each task not finished, in the order they were
+        accepted."""
         with self._read_lock, errors_named(self.path):
             rows = self._reader.execute(
-                "SELECT agent, session, created, last_used, tasks, holder, gen, state "
-                "FROM sessions").fetchall()
+                "SELECT agent, session, created, last_used, tasks, holder, gen, "
+                "length(state) FROM sessions").fetchall()
             members = self._reader.execute(
                 "SELECT st.task_id, st.agent, st.session FROM session_tasks st JOIN tasks t "
                 "ON t.id = st.task_id WHERE t.finished IS NULL ORDER BY t.arrival"
             ).fetchall()
-        return ([(SessionRow(*r[:7]), None if r[7] is None else bytes(r[7])) for r in rows],
+        return ([(SessionRow(*r[:7]), r[7]) for r in rows],
                 [(tid, agent, name) for tid, agent, name in members])
 
     # -- on the writer ------------------------------------------------------------------

@@ -283,6 +283,7 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[Op
             own.push_async_callback(sessions.close)
             parts.tasks.sessions.restore(*await asyncio.to_thread(sessions.load))
             parts.tasks.sessions.journal = sessions
+            parts.tasks.sessions.hot.budget = int(sc.session_memory_mb * 1024 * 1024)
             journal: TaskJournalDB | None = None
             unfinished: list[TaskRecord] = []
             if sc.task_journal:
@@ -298,6 +299,7 @@ async def state_store(conf: Conf, parts: Parts, hub: LogHub) -> AsyncIterator[Op
                 steps = StepsDB(store.path, store.thread, sync=sc.journal_sync,
                                 on_error=error)
                 own.push_async_callback(steps.close)
+                await asyncio.to_thread(steps.recover)  # the step log a kill left
                 parts.tasks.steps.journal = steps
                 # the budgets' windows as the journaled tasks' usage left them
                 for agent, when, tokens, cost in await asyncio.to_thread(

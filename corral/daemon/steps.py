@@ -10,7 +10,11 @@ one SQLite commit and no loop turn; the steps of a turn after it are one transac
 the turn's end (decision 221, storewriter.py).
 The engine awaits `committed()` before it answers the worker: a step it answered from is
 never lost to a crash of the daemon (`journal_sync = "normal"`) or, with `"full"`, of the
-machine.
+machine. With `"normal"` a step is one write() to the step log (corral.daemon.steplog)
+and committed then; the log's records reach the database in batches, a log file each,
+every FLUSH_EVERY seconds or LOG_BATCH steps; one result past LOG_MAX, a drop, and
+everything with `"full"` go through the GroupCommit as they come (the log's pending
+records handed to it first, so that the database sees every write in the order made).
 
 Steps live and die with their task: the task journal's pruning deletes a pruned task's
 steps and the results no step names any more (`delete_steps`, `drop_unused`); a diverged
@@ -30,11 +34,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..supervisor.tasks.steps import Step
+from .steplog import StepLog, leftovers, log_dir, records
 from .storeschema import connect, errors_named
 from .storewriter import GroupCommit, WriterThread
 
 REF_ABOVE = 256 * 1024  # a result larger than this is a file of its own
 RESULTS_DIR = "step-results"
+LOG_MAX = 64 * 1024  # a result larger than this goes to the database directly
+FLUSH_EVERY = 0.05  # seconds a step may wait in the log for its batch
+LOG_BATCH = 512  # steps in one log file at most
 
 
 class _Drop(NamedTuple):
@@ -42,7 +50,13 @@ class _Drop(NamedTuple):
     seq: int
 
 
-_Op = Step | _Drop
+class _Retire(NamedTuple):
+    """A log file whose records are in the same transaction: removed once it commits."""
+
+    path: Path
+
+
+_Op = Step | _Drop | _Retire
 
 
 class StepsError(Exception):
@@ -74,33 +88,112 @@ class StepsDB:
             explain=lambda error: f"steps cannot be written to {path} ({error})")
         self.rows = 0  # steps written
         self.bytes = 0  # result bytes stored (each unique result once)
+        self._log = StepLog(log_dir(path)) if sync == "normal" else None
+        self._logged: list[Step] = []  # in the log, not yet handed to the GroupCommit
+        self._flush_at: asyncio.TimerHandle | None = None
+        self._direct = 0  # writes given to the GroupCommit as they came, not yet committed
 
     # -- the StepJournal protocol ---------------------------------------------------------
     def put(self, step: Step) -> None:
+        log = self._log
+        # (while the database fails, steps go its way and are refused as it refuses
+        # them: the log does not pile up batches it cannot empty)
+        if (log is not None and (step.body is None or len(step.body) <= LOG_MAX)
+                and not self._group.outage.failing and log.append(step)):
+            self._logged.append(step)
+            if len(self._logged) >= LOG_BATCH:
+                self._flush()
+            elif self._flush_at is None:
+                self._flush_at = asyncio.get_running_loop().call_later(FLUSH_EVERY,
+                                                                       self._flush)
+            return
+        self._flush()
+        self._direct += 1
         self._group.put((step.task_id, step.seq, step.name), step, now=True)
 
     def drop_from(self, task_id: str, seq: int) -> None:
+        self._flush()
+        self._direct += 1
         self._group.put(("drop", task_id, seq), _Drop(task_id, seq))
 
     async def committed(self, task_id: str | None = None) -> None:
-        await self._group.committed()  # one batch for every task's steps
+        # what is in the log is committed; what went to the database as it came is once
+        # its batch is (one batch for every task's steps)
+        if self._direct:
+            direct = self._direct
+            await self._group.committed()
+            self._direct -= min(direct, self._direct)
+
+    def ended(self, task_id: str) -> None:
+        # into the database now, where the task journal's pruning finds them
+        self._flush()
+
+    async def stored(self) -> None:
+        """Until every step put so far is in the database (not only durable)."""
+        self._flush()
+        await self._group.committed()
 
     async def history(self, task_id: str) -> list[Step]:
+        self._flush()
         with contextlib.suppress(StepsError):  # what is written still answers
-            await self.committed()
+            await self._group.committed()
         return await asyncio.to_thread(self._history, task_id)
+
+    # -- the log's batches ------------------------------------------------------------------
+    def _flush(self) -> None:
+        """Hand the log's records to the GroupCommit, as a batch; its file goes once
+        they are committed."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        if not self._logged:
+            return
+        assert self._log is not None
+        batch, self._logged = self._logged, []
+        done = self._log.rotate()
+        for step in batch:
+            self._group.put((step.task_id, step.seq, step.name), step)
+        if done is not None:  # (a failed batch keeps it: read back at the next start)
+            self._group.put(("retire", done), _Retire(done))
+
+    def recover(self) -> int:
+        """At start-up, in a thread, before any step is read: the log files a daemon
+        left, into the database; the steps read back."""
+        files = leftovers(log_dir(self.path))
+        steps = [step for path in files for step in records(path)]
+        if steps:
+            db = connect(self.path)
+            try:
+                with errors_named(self.path):
+                    self._write(db, list(steps))
+            finally:
+                db.close()
+        for path in files:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return len(steps)
 
     # -- on the writer ------------------------------------------------------------------
     def _settled(self, ops: list[_Op], error: str | None) -> None:
         if error is not None and self._group.first_failure and self._on_error is not None:
+            kept = (" (the step log keeps the others, written when it can be)"
+                    if self._log is not None else "")
             self._on_error(f"steps cannot be written to {self.path} ({error}): the tool "
-                           "calls of tasks that may be retried are answered with this "
-                           "error until they can be")
+                           "calls of tasks that may be retried whose steps go to the "
+                           f"database are answered with this error until they can be{kept}")
 
     def _write(self, db: sqlite3.Connection, ops: list[_Op]) -> None:
         unlink: list[str] = []
         db.execute("BEGIN")
         for op in ops:
+            if isinstance(op, _Retire):
+                # its records are committed: the file goes before anything later is (read
+                # back after a kill in between, it writes the same rows again)
+                db.execute("COMMIT")
+                with contextlib.suppress(FileNotFoundError):
+                    op.path.unlink()
+                db.execute("BEGIN")
+                continue
             if isinstance(op, _Drop):
                 rows = db.execute("DELETE FROM steps WHERE task_id = ? AND seq >= ? "
                                   "RETURNING result", op).fetchall()
@@ -163,8 +256,9 @@ class StepsDB:
 
     async def close(self) -> None:
         """Write what is pending (the writer thread closes after), then close."""
+        self._flush()
         with contextlib.suppress(StepsError):
-            await self.committed()
+            await self._group.committed()
         self._group.cancel_retry()
         self._reader.close()
 

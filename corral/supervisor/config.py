@@ -222,6 +222,10 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # a session (tasks.run's `session`) idle this many seconds is dropped, state and
     # history: its next task starts it afresh (0: sessions never expire)
     session_ttl: NonNeg = 7 * 86400
+    # its live sessions: a task naming one more is refused, a checkpoint that would take
+    # their states past max_session_bytes too (0: no bound; docs/durable.md#sessions)
+    max_sessions: NonNegInt = 10_000
+    max_session_bytes: NonNegInt = 1024 * 1024 * 1024
     tools: list[str] = []
     state_ttl: NonNeg = 0
     config: dict[str, Any] = {}  # passed to the worker in `initialize`
@@ -402,6 +406,9 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # outputs leave memory: read back from the journal, or gone without one)
     tasks_kept: NonNegInt = 10_000
     tasks_kept_mb: NonNeg = 32
+    # sessions' states held in memory (the recently used; the others read back from the
+    # state database when their session's next task starts)
+    session_memory_mb: NonNeg = 64
     bwrap: str = "bwrap"  # bubblewrap, for agents with sandbox = "bwrap"
 
 
@@ -490,6 +497,9 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     # its agents' directory: one that names no cwd runs here, and a tenant's caller names
     # none outside it (daemon/privilege.py); unset: they run where the config file is
     dir: str | None = None
+    # live sessions over its agents, and their states' bytes (docs/durable.md#sessions)
+    max_sessions: NonNegInt = 0
+    max_session_bytes: NonNegInt = 0
 
     def check(self) -> None:
         if self.dir is not None and not os.path.isabs(self.dir):

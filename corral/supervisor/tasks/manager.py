@@ -55,7 +55,7 @@ from .payload import Output, acyclic, encode_input
 from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
 from .retry import backoff, retried
-from .sessions import Sessions
+from .sessions import SessionBound, Sessions, session_bounds
 from .worker import ToolRouter, WorkerMethods, report_progress
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class TaskManager:
         self.by_agent: dict[str, AgentTasks] = {}
         # the agents' queue behind the sessions' lines (one task of a session at a time)
         self.sessions = Sessions(sup.stream, queue if queue is not None else LocalQueue(),
-                                 self._session_ttl)
+                                 self._session_ttl, self._session_bounds)
         self.queue: Queue = self.sessions
         self.budgets = Budgets(self._kept, self._reopen, self.queue.depth, _note_first)
         self.dispatch = TaskDispatch(sup, self.queue, self.by_agent, self, self.budgets)
@@ -116,6 +116,9 @@ class TaskManager:
     def _session_ttl(self, agent_name: str) -> float:
         agent = self.sup.agents.get(agent_name)
         return agent.spec.session_ttl if agent is not None else 0.0
+
+    def _session_bounds(self, agent_name: str) -> list[SessionBound]:
+        return session_bounds(self.sup.agents.get(agent_name), self.tenancy)
 
     def _on_session_checkpoint(self, r: Replica, p: SessionCheckpointParams) -> Any:
         return self.sessions.checkpoint(
@@ -256,6 +259,9 @@ class TaskManager:
                                               or self.budgets.holds(agent)):
             q.counts["refused"] += 1
             raise queue_full(agent, depth)
+        if session is not None and (full := self.sessions.refusal(agent.name, session)):
+            q.counts["refused"] += 1
+            raise full
         task = Task(agent.name, raw, priority, timeout or agent.spec.task_timeout,
                     agent.spec.retries if retries is None else retries, next(self._seq))
         if task_id is not None:

@@ -17,14 +17,21 @@ where the last checkpoint left it.
 A session idle (no task of it unfinished) for its agent's `session_ttl` is
 dropped, state and history; its next task starts it afresh, told so by no state.
 The engine works without a journal; the daemon's is SQLite (corral.daemon.sessions).
+
+Memory is bounded: with a journal, only the recently used states stay in memory
+(`HotStates`, a byte budget), the others are read back before their session's next
+task starts; an agent's (and its tenant's) live sessions are bounded in number
+(`max_sessions`: a task naming one more is refused) and in state bytes
+(`max_session_bytes`: a checkpoint past it is refused).
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
@@ -35,14 +42,29 @@ from ...text import plural
 from ..stream import Stream
 from .model import Task, TaskFinished
 from .queue import Queue
+from .sessionstates import HotStates, Key
 
 if TYPE_CHECKING:
+    from ..quotas import Tenancy
     from ..replica import Replica
     from .host import AgentLike
 
 # unique across restarts of the daemon too (a restored session keeps its own)
 _generations = itertools.count(time.time_ns())
 SWEEP_EVERY = 60.0  # seconds between looks over the table for expired sessions
+LOAD_RETRY = 1.0  # seconds before a state the journal could not read is read again
+# a refusal looks over the table for expired sessions at most this often (seconds): a
+# caller at its bound does not make each refused task a pass over every session
+REFUSED_SWEEP = 1.0
+
+
+class SessionBound(NamedTuple):
+    """A bound on live sessions: an agent's own, or its tenant's over its agents."""
+
+    who: str  # "agent NAME", "tenant NAME"
+    agents: Collection[str]
+    max_sessions: int  # 0: none
+    max_bytes: int  # their states' bytes together; 0: none
 
 
 class SessionRow(NamedTuple):
@@ -55,6 +77,21 @@ class SessionRow(NamedTuple):
     tasks: int
     holder: str | None  # the replica that ran its last task ("agent#i")
     gen: int  # this life of the session (an ended one's name may start a new one)
+
+
+def session_bounds(agent: AgentLike | None, tenancy: Tenancy | None) -> list[SessionBound]:
+    """The bounds on an agent's live sessions: its own, and its tenant's if it has any."""
+    if agent is None:
+        return []
+    out = [SessionBound(f"agent {agent.name}", (agent.name,), agent.spec.max_sessions,
+                        agent.spec.max_session_bytes)]
+    tenant = tenancy.tenant_of(agent.name) if tenancy is not None else None
+    if tenancy is not None and tenant is not None:
+        spec = tenancy.spec(tenant)
+        if spec.max_sessions or spec.max_session_bytes:
+            out.append(SessionBound(f"tenant {tenant}", [a.name for a in tenancy.members(tenant)],
+                                    spec.max_sessions, spec.max_session_bytes))
+    return out
 
 
 class SessionJournal(Protocol):
@@ -78,12 +115,18 @@ class SessionJournal(Protocol):
     async def history(self, row: SessionRow) -> list[tuple[str, str | None, float | None]]:
         """(task id, status, created) of the session's tasks, in the order accepted."""
 
+    async def state(self, row: SessionRow) -> bytes | None:
+        """The session's state as committed (everything put before is awaited)."""
+
+    def state_now(self, row: SessionRow) -> bytes | None:
+        """The session's state as written so far, read on the caller's thread."""
+
 
 class Session:
     """One live session of an agent."""
 
-    __slots__ = ("agent", "created", "current", "first", "gen", "holder", "last_used", "line",
-                 "name", "pending", "pid", "replica", "state", "tasks")
+    __slots__ = ("agent", "created", "current", "first", "front", "gen", "holder", "last_used",
+                 "line", "name", "pending", "pid", "replica", "state_bytes", "tasks", "warming")
 
     def __init__(self, agent: str, name: str, now: float) -> None:
         self.agent = agent
@@ -93,7 +136,7 @@ class Session:
         self.last_used = now
         self.tasks = 0  # tasks accepted in it
         self.pending = 0  # those not finished (queued, delayed, running)
-        self.state: msgspec.Raw | None = None  # its last session/checkpoint
+        self.state_bytes = 0  # of its last session/checkpoint (0: none; HotStates holds it)
         self.holder: str | None = None
         # the replica and process that ran its last task (the sticky choice)
         self.replica: Replica | None = None
@@ -103,6 +146,10 @@ class Session:
         # engine has it back (queued again, or re-attached to a worker an upgrade kept)
         self.first: str | None = None
         self.line: list[Task] = []  # the later ones, in submission order
+        # its current task while its state is read back (out of the queue till then), and
+        # whether it goes back to the queue's front (a retry)
+        self.warming: Task | None = None
+        self.front = False
 
     @property
     def idle(self) -> bool:
@@ -118,6 +165,10 @@ class Session:
         return SessionRow(self.agent, self.name, self.created, self.last_used, self.tasks,
                           self.holder, self.gen)
 
+    @property
+    def key(self) -> Key:
+        return self.agent, self.name, self.gen
+
 
 def _key(task: Task) -> tuple[str, str]:
     assert task.session is not None
@@ -127,18 +178,45 @@ def _key(task: Task) -> tuple[str, str]:
 class Sessions:
     """The engine's sessions, and the Queue in front of the agents' queue (`inner`)."""
 
-    def __init__(self, stream: Stream, inner: Queue,
-                 ttl_of: Callable[[str], float]) -> None:
+    def __init__(self, stream: Stream, inner: Queue, ttl_of: Callable[[str], float],
+                 bounds_of: Callable[[str], list[SessionBound]] | None = None,
+                 memory: int = 64 * 1024 * 1024) -> None:
         self.inner = inner
         self._ttl_of = ttl_of
+        self._bounds_of = bounds_of or (lambda agent: [])
         self.table: dict[tuple[str, str], Session] = {}
         self._parked: dict[str, int] = {}  # tasks waiting in the lines, per agent
         self._members: dict[str, str] = {}  # task id -> session, given back after a restart
-        self.journal: SessionJournal | None = None  # the daemon sets it
+        self._journal: SessionJournal | None = None
+        self.hot = HotStates(memory)  # the states in memory
+        self._live: dict[str, int] = {}  # live sessions per agent
+        self._bytes: dict[str, int] = {}  # their states' bytes per agent
+        self._loading: set[asyncio.Task[None]] = set()
         self.pump: Callable[[str], None] | None = None  # the dispatcher's (a line moved)
         self.expired = 0  # sessions dropped for their session_ttl
+        self.refused = 0  # new sessions and checkpoints refused for a bound
         self._swept = 0.0  # when the table was last looked over (wall time)
+        self._refusal_swept = 0.0  # when a refusal last did
         stream.subscribe(self._finished, TaskFinished)
+
+    @property
+    def journal(self) -> SessionJournal | None:
+        return self._journal
+
+    @journal.setter
+    def journal(self, journal: SessionJournal | None) -> None:
+        """The daemon's: from then on a state may leave memory (it is read back)."""
+        self._journal = journal
+        self.hot.spills = journal is not None
+
+    def _new(self, agent: str, name: str, now: float) -> Session:
+        s = self.table[(agent, name)] = Session(agent, name, now)
+        self._live[agent] = self._live.get(agent, 0) + 1
+        return s
+
+    def _sized(self, s: Session, size: int) -> None:
+        self._bytes[s.agent] = self._bytes.get(s.agent, 0) + size - s.state_bytes
+        s.state_bytes = size
 
     # -- the table ------------------------------------------------------------------------
     def _expired(self, s: Session, now: float) -> bool:
@@ -146,7 +224,12 @@ class Sessions:
         return bool(ttl) and s.idle and now - s.last_used > ttl
 
     def _drop(self, s: Session) -> None:
-        self.table.pop((s.agent, s.name), None)
+        if self.table.get((s.agent, s.name)) is s:
+            del self.table[(s.agent, s.name)]
+            self._live[s.agent] -= 1
+            if s.state_bytes:  # (its view still tells its size)
+                self._bytes[s.agent] -= s.state_bytes
+            self.hot.drop(s.key)
         if self.journal is not None:
             self.journal.end(s.row())
 
@@ -176,7 +259,7 @@ class Sessions:
         if s is None:
             if now - self._swept > SWEEP_EVERY:  # (the expired ones not asked for again)
                 self.sweep(now)
-            s = self.table[key] = Session(task.agent, key[1], now)
+            s = self._new(task.agent, key[1], now)
         s.tasks += 1
         s.pending += 1
         self._touch(s)
@@ -218,16 +301,16 @@ class Sessions:
         ttl = self._ttl_of(s.agent)
         return s.last_used + ttl if ttl and s.idle else None
 
-    def restore(self, sessions: Iterable[tuple[SessionRow, bytes | None]],
+    def restore(self, sessions: Iterable[tuple[SessionRow, int | None]],
                 members: Iterable[tuple[str, str, str]]) -> None:
-        """The sessions a journal kept, and (task id, agent, session) of each unfinished
+        """The sessions a journal kept (with their states' sizes: the states stay there
+        till used), and (task id, agent, session) of each unfinished
         task in the order they were accepted: before the tasks are restored (`member`).
         The first of each session is its current one, whichever way it comes back."""
-        for row, state in sessions:
-            s = Session(row.agent, row.name, row.created)
+        for row, size in sessions:
+            s = self._new(row.agent, row.name, row.created)
             s.gen, s.last_used, s.tasks, s.holder = row.gen, row.last_used, row.tasks, None
-            s.state = None if state is None else msgspec.Raw(state)
-            self.table[(row.agent, row.name)] = s
+            self._sized(s, size or 0)  # read back when a task of it starts
         for task_id, agent, name in members:
             self._members[task_id] = name
             kept = self.table.get((agent, name))
@@ -247,35 +330,104 @@ class Sessions:
             return
         s = self.table.get(_key(task))
         if s is None:
-            s = self.table[_key(task)] = Session(task.agent, _key(task)[1], time.time())
+            s = self._new(task.agent, _key(task)[1], time.time())
         s.turn_of(task)
 
     def stats(self) -> dict[str, int]:
-        return {"live": len(self.table), "expired": self.expired}
+        return {"live": len(self.table), "expired": self.expired, "refused": self.refused,
+                "state_bytes": sum(self._bytes.values()), "states_in_memory": len(self.hot),
+                "memory_bytes": self.hot.bytes, "states_read_back": self.hot.loads}
+
+    # -- the bounds -----------------------------------------------------------------------
+    def _over(self, agent: str, more: int, size: int) -> str | None:
+        """Why `more` sessions and `size` bytes of state more are past a bound of the
+        agent's, or None."""
+        for b in self._bounds_of(agent):
+            live = sum(self._live.get(a, 0) for a in b.agents)
+            if more and b.max_sessions and live + more > b.max_sessions:
+                return (f"sessions full: {b.who} has {plural(live, 'live session')} "
+                        f"(max_sessions {b.max_sessions}); end one (corral sessions end) "
+                        "or wait for one to expire (session_ttl)")
+            held = sum(self._bytes.get(a, 0) for a in b.agents)
+            if size > 0 and b.max_bytes and held + size > b.max_bytes:
+                return (f"session state too large: {b.who}'s live sessions would hold "
+                        f"{plural(held + size, 'byte')} of state (max_session_bytes "
+                        f"{b.max_bytes})")
+        return None
+
+    def refusal(self, agent: str, name: str) -> RpcError | None:
+        """Why a task naming session `name` of `agent` is refused (it would start one
+        more than a bound allows), or None."""
+        s = self.table.get((agent, name))
+        now = time.time()
+        if s is not None and not self._expired(s, now):
+            return None
+        why = self._over(agent, 1, 0)
+        if why is not None and now - self._refusal_swept > REFUSED_SWEEP:
+            self._refusal_swept = now
+            self.sweep(now)  # the expired ones do not count
+            why = self._over(agent, 1, 0)
+        if why is None:
+            return None
+        self.refused += 1
+        return RpcError(jsonrpc.REFUSED, why)
 
     # -- the Queue --------------------------------------------------------------------------
     def put(self, task: Task) -> None:
-        if task.session is None or self._turn(task):
+        if task.session is None or self._turn(task, front=False):
             self.inner.put(task)
 
     def requeue(self, task: Task) -> None:
         """A retry of the session's current task goes back; a later task (delayed until
         now) waits its turn."""
-        if task.session is None or self._turn(task):
+        if task.session is None or self._turn(task, front=True):
             self.inner.requeue(task)
 
-    def _turn(self, task: Task) -> bool:
+    def _turn(self, task: Task, front: bool) -> bool:
         """Whether the session's task may wait in the agents' queue now; else it is put
-        in the session's line."""
+        in the session's line, or waits for its session's state to be read back."""
         key = _key(task)
         s = self.table.get(key)
         if s is None:  # accepted before a journal knew it (a restored task of no row)
-            s = self.table[key] = Session(task.agent, key[1], time.time())
+            s = self._new(task.agent, key[1], time.time())
         if s.turn_of(task):
-            return True
+            if not s.state_bytes or self.journal is None or self.hot.get(s.key) is not None:
+                return True
+            s.warming, s.front = task, front
+            self._parked[task.agent] = self._parked.get(task.agent, 0) + 1
+            self._read_back(s, task)
+            return False
         bisect.insort(s.line, task, key=lambda t: t.seq)
         self._parked[task.agent] = self._parked.get(task.agent, 0) + 1
         return False
+
+    def _read_back(self, s: Session, task: Task) -> None:
+        job = asyncio.get_running_loop().create_task(self._load(s, task))
+        self._loading.add(job)
+        job.add_done_callback(self._loading.discard)
+
+    def _read_again(self, s: Session, task: Task) -> None:
+        if s.warming is task:  # (not cancelled meanwhile)
+            self._read_back(s, task)
+
+    async def _load(self, s: Session, task: Task) -> None:
+        """Read a session's state back, then let its task into the queue."""
+        assert self.journal is not None
+        try:
+            state = await self.journal.state(s.row())
+        except Exception:  # the journal reports its failure: read again in a while
+            asyncio.get_running_loop().call_later(LOAD_RETRY, self._read_again, s, task)
+            return
+        if s.warming is not task:  # cancelled while it was read
+            return
+        s.warming = None
+        self._parked[task.agent] -= 1
+        if state is not None and self.table.get((s.agent, s.name)) is s:
+            self.hot.loads += 1
+            self.hot.put(s.key, msgspec.Raw(state))
+        (self.inner.requeue if s.front else self.inner.put)(task)
+        if self.pump is not None:
+            self.pump(task.agent)
 
     def take(self, agent: str) -> Task | None:
         return self.inner.take(agent)
@@ -283,8 +435,11 @@ class Sessions:
     def remove(self, task: Task) -> bool:
         if task.session is not None:
             s = self.table.get(_key(task))
-            if s is not None and task in s.line:
-                s.line.remove(task)
+            if s is not None and (task in s.line or s.warming is task):
+                if s.warming is task:
+                    s.warming = None
+                else:
+                    s.line.remove(task)
                 self._parked[task.agent] -= 1
                 return True
         return self.inner.remove(task)
@@ -308,6 +463,9 @@ class Sessions:
         again: they end with the queue's)."""
         out: list[Task] = []
         for s in self.table.values():
+            if s.agent == agent and s.warming is not None:
+                out.append(s.warming)
+                s.warming = None
             if s.agent == agent and s.line:
                 out += s.line
                 s.line = []
@@ -319,6 +477,8 @@ class Sessions:
         if task.session is None:
             return None
         s = self.table.get(_key(task))
+        if s is not None and s.warming is task:
+            return f"session {task.session}: its state is being read back"
         if s is None or task not in s.line or s.current is None:
             return None
         ahead = s.line.index(task)
@@ -344,8 +504,8 @@ class Sessions:
         if s.line:
             nxt = s.line.pop(0)
             self._parked[task.agent] -= 1
-            s.turn_of(nxt)
-            self.inner.put(nxt)
+            if self._turn(nxt, front=False):
+                self.inner.put(nxt)
             if self.pump is not None:
                 self.pump(task.agent)
 
@@ -366,10 +526,20 @@ class Sessions:
         key = _key(task)
         s = self.table.get(key)
         if s is None:
-            s = self.table[key] = Session(task.agent, key[1], time.time())
+            s = self._new(task.agent, key[1], time.time())
         s.replica, s.pid, s.holder = r, r.pid, f"{r.name}#{r.index}"
         self._touch(s)
-        return s.state
+        if not s.state_bytes:
+            return None
+        state = self.hot.get(s.key)
+        if state is None and self.journal is not None:
+            # let go again since it was read back (others were read after it): rare
+            body = self.journal.state_now(s.row())
+            if body is not None:
+                state = msgspec.Raw(body)
+                self.hot.loads += 1
+                self.hot.put(s.key, state)
+        return state
 
     # -- the worker's -----------------------------------------------------------------------
     async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
@@ -379,9 +549,15 @@ class Sessions:
                                                    "has no session")
         s = self.table.get(_key(task))
         if s is None:
-            s = self.table[_key(task)] = Session(task.agent, task.session, time.time())
+            s = self._new(task.agent, task.session, time.time())
         body = msgspec.json.encode(state)
-        s.state = msgspec.Raw(body)
+        why = self._over(task.agent, 0, len(body) - s.state_bytes)
+        if why is not None:
+            self.refused += 1
+            raise RpcError(jsonrpc.REFUSED, f"session/checkpoint: {why}; the session keeps "
+                                            "its last state")
+        self._sized(s, len(body))
+        self.hot.put(s.key, msgspec.Raw(body))
         s.last_used = time.time()
         journal = self.journal
         if journal is not None:

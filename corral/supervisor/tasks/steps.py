@@ -71,6 +71,9 @@ class StepJournal(Protocol):
     async def history(self, task_id: str) -> list[Step]:
         """Every step of the task, tool calls in order."""
 
+    def ended(self, task_id: str) -> None:
+        """The task ended: its steps are read by nobody until a retention prunes them."""
+
 
 class StepsDiverged(NamedTuple):
     """An attempt's tool call did not match the journal: the attempt went live at `seq`."""
@@ -116,7 +119,10 @@ class TaskSteps:
         stream.subscribe(self._finished, TaskFinished)
 
     def _finished(self, e: TaskFinished) -> None:
-        self._attempts.pop(e.task.id, None)
+        if self._attempts.pop(e.task.id, None) is not None:
+            journal = self._journal_of(e.task)
+            if journal is not None:
+                journal.ended(e.task.id)
         e.task.checkpoint = None
 
     def _journal_of(self, task: Task) -> StepJournal | None:
