@@ -107,9 +107,12 @@ __all__ = [
     "Updated",
     "UpgradeReport",
     "Usage",
+    "WorkflowDescription",
     "WorkflowEntry",
+    "WorkflowHistory",
     "WorkflowList",
     "WorkflowPlan",
+    "WorkflowRevision",
 ]
 
 
@@ -895,6 +898,8 @@ class RunStepView(Result):
     ended: float | None
     output: Any = None
     error: str | None = None
+    run_id: str | None = None  # a nested workflow's step: its run (task_id None)
+    after: list[str] = []  # the steps it waits for (the run's graph)
 
 
 class RunView(Result):
@@ -908,7 +913,31 @@ class RunView(Result):
     input: Any = None
     output: Any = None  # the last step's output, once the run succeeded
     steps: list[RunStepView] = []  # in the definition's order, a map's items after it
+    revision: int | None = None  # of a workflow added at runtime it started on
 
 
 class RunList(Result):
     runs: list[RunView]  # newest first, without their steps
+
+
+class WorkflowDescription(Result):
+    name: str
+    source: str  # "config" (the file's) or "runtime" (added by a command)
+    revision: int | None  # a runtime workflow's current revision
+    tenant: str | None
+    agents: list[str]  # its steps' and its nested workflows'
+    definition: dict[str, Any]  # the [workflows.NAME] table
+
+
+class WorkflowRevision(Result):
+    revision: int
+    time: float
+    who: str
+    change: str  # "created", "removed", "rollback to revision 1: timeout 5 -> 10", ...
+    definition: dict[str, Any] | None  # None: this revision removed it
+
+
+class WorkflowHistory(Result):
+    name: str
+    current: int | None  # None: removed
+    revisions: list[WorkflowRevision]  # oldest first
