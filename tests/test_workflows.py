@@ -641,7 +641,8 @@ def test_a_step_recorded_but_never_submitted_is_submitted_under_its_recorded_id(
         run_id = "01a20000-0000-7000-8000-00000000beef"
         db = sqlite3.connect(d.state / "corral.db")
         with db:
-            db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?)", (
+            db.execute("INSERT INTO runs (run_id, workflow, definition, input, status, "
+                       "created, ended, deadline, error) VALUES (?,?,?,?,?,?,?,?,?)", (
                 run_id, "pipe", msgspec.json.encode(cfg.workflows["pipe"]),
                 b'{"n": 3, "who": "al"}', "running", time.time(), None, None, None))
             db.execute("INSERT INTO run_steps VALUES (?,?,?,?,?,?,?,?,?)", (

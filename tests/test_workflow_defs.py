@@ -1,0 +1,201 @@
+"""Workflows changed at runtime (issue 40): added, changed, removed and rolled back over
+HTTP and the CLI, each change a revision kept in the state database and audited; a
+tenant's token sees and changes only its own; a run keeps the revision it started on;
+the next daemon restores them; the Python API adds one as `workflows add` does."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .daemon_harness import Daemon
+from .test_http_api import SOCKET, serving
+from .test_workflows import agent_toml, settled, whole
+
+SCOPES = ["agents:write", "tasks:run", "tasks:read"]
+
+
+def step(agent: str, v: int, sleep: float = 0) -> dict[str, Any]:
+    return {"steps": [{"name": "s", "agent": agent,
+                       "input": {"op": "echo", "v": v, "sleep": sleep}}]}
+
+
+def tenant_agent(tmp_path: Path, name: str, tenant: str) -> str:
+    return agent_toml(tmp_path, name, replicas=1) + f'tenant = "{tenant}"\n'
+
+
+CFG = """
+[workflows.cfg]
+[[workflows.cfg.steps]]
+name = "s"
+agent = "wa"
+"""
+
+
+@pytest.mark.deadline(180)
+async def test_runtime_workflows_over_http_with_revisions_and_tenants(
+        tmp_path: Path) -> None:
+    fleet = (tenant_agent(tmp_path, "wa", "a") + tenant_agent(tmp_path, "wb", "b")
+             + "[tenants.a]\n[tenants.b]\n" + CFG)
+    async with serving(tmp_path, fleet) as api:
+        for name, tenant in (("ta", "a"), ("tb", "b")):
+            made = await api.d.dispatcher.call(SOCKET, "tokens.create", {
+                "name": name, "scopes": SCOPES, "tenant": tenant})
+            api.tokens[name] = made.token
+        await api.token("op", "admin")
+
+        async def ask(verb: str, path: str, token: str, body: Any = None
+                      ) -> tuple[int, Any]:
+            status, value, _ = await api.ask(verb, path, token, body=body)
+            return status, value
+
+        # added by tenant a: its own agents only
+        assert await ask("POST", "/workflows", "ta", {"workflows": {"greet": step("wa", 1)}}
+                         ) == (200, {"added": ["greet"]})
+        status, body = await ask("POST", "/workflows", "ta",
+                                 {"workflows": {"other": step("wb", 1)}})
+        assert (status, body["detail"]) == (
+            400, "workflows.add: workflow other, step s: no such agent: wb")
+        status, body = await ask("POST", "/workflows", "ta", {"workflows": {
+            "bad": {"steps": [{"name": "s", "agent": "wa", "concurrency": 0}]}}})
+        assert (status, body["detail"]) == (400, "workflows.add: workflows.bad.steps[0]."
+                                                 "concurrency: Expected `int` >= 1")
+        # tenant b sees none of it, and cannot take its name
+        status, body = await ask("GET", "/workflows", "tb")
+        assert (status, body["workflows"]) == (200, [])
+        for verb, path, payload in (
+                ("GET", "/workflows/greet", None),
+                ("PATCH", "/workflows/greet", {"set": {"timeout": 5}}),
+                ("DELETE", "/workflows/greet", None),
+                ("GET", "/workflows/greet/history", None),
+                ("POST", "/workflows/greet/rollback", {}),
+                ("POST", "/workflows/greet/runs", {})):
+            status, body = await ask(verb, path, "tb", payload)
+            assert (status, body["detail"]) == (404, "no such workflow: greet"), path
+        status, body = await ask("POST", "/workflows", "tb",
+                                 {"workflows": {"greet": step("wb", 1)}})
+        assert (status, body["detail"]) == (409, "workflow greet already exists")
+        status, body = await ask("GET", "/workflows", "ta")
+        assert [w["name"] for w in body["workflows"]] == ["cfg", "greet"]
+
+        # a run keeps the revision it started on across a change under it
+        status, first = await ask("POST", "/workflows/greet/runs", "ta", {"input": None})
+        assert (status, first["revision"]) == (200, 1), first
+        status, body = await ask("PATCH", "/workflows/greet", "ta",
+                                 {"set": {"steps": step("wa", 2)["steps"]}})
+        assert (status, body) == (200, {"name": "greet", "revision": 2,
+                                        "change": "steps changed"})
+        status, ran = await ask("GET", f"/runs/{first['run_id']}?wait=60", "ta")
+        assert (ran["status"], ran["revision"], ran["output"]["v"]) == ("succeeded", 1, 1)
+        status, ran = await ask("POST", "/workflows/greet/runs?wait=60", "ta", {})
+        assert (ran["status"], ran["revision"], ran["output"]["v"]) == ("succeeded", 2, 2)
+
+        # history, rollback, remove, and back again
+        status, body = await ask("POST", "/workflows/greet/rollback", "ta", {})
+        assert (status, body) == (200, {"name": "greet", "restored": 1, "revision": 3,
+                                        "change": "steps changed"})
+        status, body = await ask("GET", "/workflows/greet", "ta")
+        assert (body["source"], body["revision"], body["tenant"], body["agents"],
+                body["definition"]) == ("runtime", 3, "a", ["wa"], step("wa", 1))
+        assert await ask("DELETE", "/workflows/greet", "ta") == (200, {"removed": ["greet"]})
+        status, body = await ask("GET", "/workflows/greet", "ta")
+        assert (status, body["detail"]) == (404, "no such workflow: greet")
+        status, body = await ask("GET", "/workflows/greet/history", "ta")
+        assert body["current"] is None
+        assert [(r["revision"], r["who"], r["change"]) for r in body["revisions"]] == [
+            (1, "token ta", "created"), (2, "token ta", "steps changed"),
+            (3, "token ta", "rollback to revision 1: steps changed"),
+            (4, "token ta", "removed")]
+        assert body["revisions"][3]["definition"] is None
+        status, body = await ask("POST", "/workflows/greet/rollback", "ta", {"revision": 4})
+        assert (status, body["detail"]) == (400, "revision 4 of workflow greet removed it: "
+                                                 "name a revision that defines it")
+        status, body = await ask("POST", "/workflows/greet/rollback", "ta", {"revision": 9})
+        assert (status, body["detail"]) == (404, "no revision 9 of workflow greet (its "
+                                                 "revisions: 1..4; see `corral workflows "
+                                                 "history greet`)")
+        status, body = await ask("POST", "/workflows/greet/rollback", "ta", {})
+        assert (status, body["restored"], body["revision"]) == (200, 3, 5)
+
+        # the config file's workflows are the file's
+        for verb, path, payload, doing in (
+                ("PATCH", "/workflows/cfg", {"set": {"timeout": 5}}, "change"),
+                ("DELETE", "/workflows/cfg", None, "remove"),
+                ("POST", "/workflows/cfg/rollback", {}, "change")):
+            status, body = await ask(verb, path, "op", payload)
+            assert (status, body["detail"]) == (409, f"workflow cfg is declared in the "
+                                                     f"config file: {doing} it there and "
+                                                     "`corral reload`"), path
+        status, body = await ask("GET", "/workflows/cfg", "op")
+        assert (body["source"], body["revision"], body["definition"]) == (
+            "config", None, {"steps": [{"name": "s", "agent": "wa", "concurrency": 8}],
+                             "description": ""})
+
+        # every change audited, with the caller's tenant
+        audit = await api.d.dispatcher.call(SOCKET, "audit.list", {"limit": 100})
+        changes = [(e.method, e.tenant, e.outcome) for e in audit.entries
+                   if e.method.startswith("workflows.") and e.method != "workflows.run"
+                   and e.outcome == "ok"]
+        assert changes == [("workflows.add", "a", "ok"), ("workflows.update", "a", "ok"),
+                           ("workflows.rollback", "a", "ok"),
+                           ("workflows.remove", "a", "ok"),
+                           ("workflows.rollback", "a", "ok")], changes
+
+        # the Python API: as `workflows add`, kept and revisioned
+        wf = api.d.services.workflows
+        assert await wf.add_workflow("py", step("wa", 7)) == 1
+        assert wf.workflow("py").agents == ["wa"]
+        await wf.remove_workflow("py")
+        assert "py" not in wf.definitions
+
+
+WF_FILE = """
+[workflows.rt]
+description = "added at runtime"
+[[workflows.rt.steps]]
+name = "one"
+agent = "wf"
+input = { op = "echo", v = "$input.v" }
+"""
+
+
+def test_runtime_workflows_from_the_cli_survive_a_restart(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, agent_toml(tmp_path, replicas=1))
+    try:
+        d.start()
+        path = tmp_path / "rt.toml"
+        path.write_text(textwrap.dedent(WF_FILE))
+        r = d.cli("workflows", "add", str(path))
+        assert (r.returncode, r.stdout) == (0, "added: rt\n"), r.stderr
+        r = d.cli("workflows", "add", str(path))
+        assert (r.returncode, r.stderr.strip()) == (1, "corral: workflow rt already exists")
+        r = d.cli("workflows", "update", "rt", "--set", '{"timeout": 30}')
+        assert r.stdout == "rt: revision 2: timeout null -> 30\n", r.stderr
+        assert d.stop() == 0
+        d.start()
+        described = d.json("workflows", "describe", "rt")
+        assert (described["revision"], described["definition"]["timeout"]) == (2, 30)
+        view = d.json("workflows", "run", "rt", "--input", '{"v": 3}', "--wait", "60")
+        assert (view["status"], view["output"]["v"], view["revision"]) == ("succeeded", 3, 2)
+        r = d.cli("workflows", "rollback", "rt")
+        assert r.stdout == "rt: rolled back to revision 1 (now revision 3): timeout 30 -> " \
+                           "null\n", r.stderr
+        hist = d.cli("workflows", "history", "rt").stdout.splitlines()
+        assert [line.split()[0] for line in hist[1:]] == ["1", "2", "*"], hist
+        assert hist[3].split()[1] == "3"
+        r = d.cli("workflows", "remove", "rt")
+        assert r.stdout == "removed: rt\n"
+        assert d.stop() == 0
+        d.start()
+        r = d.cli("workflows", "describe", "rt")
+        assert (r.returncode, r.stderr.strip()) == (1, "corral: no such workflow: rt")
+        # the run it made is kept, pinned to its revision
+        assert settled(d, view["run_id"])["revision"] == 2
+        assert whole(view)["one"]["status"] == "succeeded"
+        assert json.loads(d.cli("runs", "--json").stdout)["runs"][0]["workflow"] == "rt"
+    finally:
+        d.close()
