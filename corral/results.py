@@ -68,6 +68,7 @@ __all__ = [
     "Result",
     "Revision",
     "RollbackResult",
+    "RunGraphStep",
     "RunList",
     "RunStepView",
     "RunView",
@@ -899,7 +900,13 @@ class RunStepView(Result):
     output: Any = None
     error: str | None = None
     run_id: str | None = None  # a nested workflow's step: its run (task_id None)
-    after: list[str] = []  # the steps it waits for (the run's graph)
+
+
+class RunGraphStep(Result):
+    step: str
+    after: list[str]  # the steps it waits for
+    runs: str  # "agent NAME" or "workflow NAME"
+    map: bool = False
 
 
 class RunView(Result):
@@ -914,6 +921,9 @@ class RunView(Result):
     output: Any = None  # the last step's output, once the run succeeded
     steps: list[RunStepView] = []  # in the definition's order, a map's items after it
     revision: int | None = None  # of a workflow added at runtime it started on
+    # the run's graph: each step, in the definition's order, with the steps it waits
+    # for (those not started yet have no row in `steps`); what the dashboard draws
+    graph: list[RunGraphStep] = []
 
 
 class RunList(Result):

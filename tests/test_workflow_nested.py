@@ -98,7 +98,9 @@ def test_a_nested_workflow_runs_as_a_step_and_shows_its_run(tmp_path: Path) -> N
         assert view["agents"] == ["wf"]
         child = whole(view)["child"]
         assert (child["task_id"], child["status"], child["output"]) == (None, "succeeded", 42)
-        assert whole(view)["last"]["after"] == ["child"]
+        assert [(g["step"], g["after"], g["runs"]) for g in view["graph"]] == [
+            ("first", [], "agent wf"), ("child", ["first"], "workflow inner"),
+            ("last", ["child"], "agent wf")]
         inner = d.json("run-status", child["run_id"])
         assert (inner["workflow"], inner["status"], inner["output"]) == ("inner",
                                                                          "succeeded", 42)

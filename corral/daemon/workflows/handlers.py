@@ -25,9 +25,14 @@ def _step_view(run: Run, r: StepRow) -> m.RunStepView:
     return m.RunStepView(
         step=r.step, item=None if r.item == WHOLE else r.item, status=r.status,
         task_id=None if nested else r.task_id, run_id=r.task_id if nested else None,
-        started=r.started, ended=r.ended, output=r.output, error=r.error,
-        after=sorted(st.deps, key=lambda d: run.wf.step(d).index) if r.item == WHOLE
-        else [])
+        started=r.started, ended=r.ended, output=r.output, error=r.error)
+
+
+def _graph(wf: Workflow) -> list[m.RunGraphStep]:
+    return [m.RunGraphStep(step=s.name, after=sorted(s.deps, key=lambda d: wf.step(d).index),
+                           runs=f"agent {s.spec.agent}" if s.spec.agent is not None
+                           else f"workflow {s.spec.workflow}", map=s.mapped)
+            for s in wf.steps]
 
 
 def run_view(run: Run, *, steps: bool = True) -> m.RunView:
@@ -38,7 +43,7 @@ def run_view(run: Run, *, steps: bool = True) -> m.RunView:
     return m.RunView(
         run_id=run.run_id, workflow=run.workflow, status=run.status, created=run.created,
         ended=run.ended, agents=run.agents, error=run.error, input=run.input, output=output,
-        revision=run.revision,
+        revision=run.revision, graph=_graph(run.wf) if steps else [],
         steps=[_step_view(run, r) for r in rows if r.step in order] if steps else [])
 
 
