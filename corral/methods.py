@@ -718,7 +718,8 @@ class TenantsRemove(Params):
 
 @method("workflows.list", result=WorkflowList, scope="tasks:read")
 class WorkflowsList(Params):
-    """The workflows the config defines, with their steps and agents."""
+    """The workflows (the config file's and those added at runtime), with their steps
+    and agents."""
 
 
 @method("workflows.plan", result=WorkflowPlan, scope="tasks:read")

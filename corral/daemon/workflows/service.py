@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import msgspec
-
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...supervisor.agents import Agents
@@ -22,7 +20,7 @@ from ...supervisor.workflows import Workflow, WorkflowError, WorkflowSpec, compi
 from ...text import plural
 from ...timeouts import within
 from ..store import StateStore
-from .catalog import Catalog
+from .catalog import Catalog, table_of
 from .runner import Runner, StepFailed
 from .runstore import RUN_ENDED, Run, RunStore
 
@@ -58,8 +56,7 @@ class WorkflowService:
                            who: str = "python api") -> int:
         """Add a workflow at runtime, kept and revisioned as `corral workflows add` keeps
         it; its revision."""
-        table = (msgspec.to_builtins(definition) if isinstance(definition, WorkflowSpec)
-                 else definition)
+        table = table_of(definition) if isinstance(definition, WorkflowSpec) else definition
         await self.catalog.add({name: table}, who, None, self.agents.__contains__,
                                self.catalog.specs())
         rev = self.catalog.revision_of(name)
