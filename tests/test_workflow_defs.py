@@ -10,7 +10,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+
+from corral.supervisor.workflows import WorkflowSpec
 
 from .daemon_harness import Daemon
 from .test_http_api import SOCKET, serving
@@ -151,6 +154,11 @@ async def test_runtime_workflows_over_http_with_revisions_and_tenants(
         assert wf.workflow("py").agents == ["wa"]
         await wf.remove_workflow("py")
         assert "py" not in wf.definitions
+        spec = msgspec.convert(step("wa", 8), WorkflowSpec)
+        assert await wf.add_workflow("py", spec) == 3  # created, removed, created
+        ran = await api.d.dispatcher.call(SOCKET, "workflows.run", {"name": "py",
+                                                                     "wait": 60})
+        assert (ran.status, ran.output["v"], ran.revision) == ("succeeded", 8, 3)
 
 
 WF_FILE = """

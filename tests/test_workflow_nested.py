@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import textwrap
 from pathlib import Path
 
 import msgspec
@@ -162,5 +163,83 @@ def test_a_cancelled_parent_cancels_its_child_run(tmp_path: Path) -> None:
         assert whole(inner)["double"]["status"] == "cancelled"
         view = d.json("run-status", run_id)
         assert (view["status"], whole(view)["child"]["status"]) == ("cancelled", "cancelled")
+    finally:
+        d.close()
+
+
+NESTED_CHAIN = """
+[workflows.leaf]
+[[workflows.leaf.steps]]
+name = "a"
+agent = "wf"
+input = { op = "echo", mark = "{$input.tag}-{$input.k}-a", dir = "$input.dir", sleep = 0.1 }
+[[workflows.leaf.steps]]
+name = "b"
+agent = "wf"
+[workflows.leaf.steps.input]
+op = "echo"
+k = "$input.k"
+mark = "{$input.tag}-{$input.k}-b"
+dir = "$input.dir"
+sleep = 0.1
+
+[workflows.tree]
+[[workflows.tree.steps]]
+name = "start"
+agent = "wf"
+input = { op = "echo", mark = "{$input.tag}-start", dir = "$input.dir", sleep = 0.1 }
+[[workflows.tree.steps]]
+name = "kids"
+workflow = "leaf"
+map = "$input.items"
+concurrency = 2
+input = { k = "$item", tag = "$input.tag", dir = "$input.dir", after = "$steps.start.output" }
+[[workflows.tree.steps]]
+name = "end"
+agent = "wf"
+join = "kids"
+input = { op = "echo", ks = "$steps.kids.output", mark = "{$input.tag}-end", dir = "$input.dir" }
+"""
+
+
+def test_random_sigkills_make_no_nested_run_twice(tmp_path: Path) -> None:
+    """Runs that map over a nested workflow, the daemon SIGKILLed at random moments: every
+    run succeeds, each item has one nested run, and each step of each one task."""
+    import random
+    import time
+
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    runs_n, kills, items = 4, 6, [0, 1, 2, 3]
+    d = Daemon(tmp_path, agent_toml(tmp_path, replicas=3, retries=500)
+               + textwrap.dedent(NESTED_CHAIN))
+    try:
+        d.start()
+        run_ids = [d.json("workflows", "run", "tree", "--input", json.dumps(
+            {"dir": str(marks), "tag": f"r{i}", "items": items}))["run_id"]
+            for i in range(runs_n)]
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.05, 0.5))
+            d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+            d.proc.wait()  # type: ignore[union-attr]
+            d.start()
+        views = [settled(d, r) for r in run_ids]
+        assert [v["status"] for v in views] == ["succeeded"] * runs_n, (seed, [
+            (v["run_id"], v["status"], v["error"]) for v in views])
+        children = {s["run_id"] for v in views for s in v["steps"] if s["step"] == "kids"
+                    and s["item"] is not None}
+        assert len(children) == runs_n * len(items)
+        leaf_runs = d.json("runs", "--workflow", "leaf", "--limit", "1000")["runs"]
+        assert sorted(r["run_id"] for r in leaf_runs) == sorted(children), seed
+        assert {r["status"] for r in leaf_runs} == {"succeeded"}
+        marked = _marks(marks)
+        assert len(marked) == runs_n * (2 + 2 * len(items))
+        assert {k: len(v) for k, v in marked.items() if len(v) != 1} == {}, seed
+        for i, v in enumerate(views):
+            assert v["output"]["ks"] == [{"op": "echo", "k": k, "mark": f"r{i}-{k}-b",
+                                          "dir": str(marks), "sleep": 0.1} for k in items]
     finally:
         d.close()
