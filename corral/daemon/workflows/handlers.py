@@ -113,8 +113,11 @@ async def workflows_remove(d: Services, p: m.WorkflowsRemove, caller: Caller, c:
 
 
 def _seen_past(d: Services, caller: Caller, name: str) -> None:
-    """A runtime workflow, or one removed, that the caller sees as it last was."""
-    wf = d.workflows.catalog.last_defined(name)
+    """A workflow there is, or one removed, that the caller sees (as it last was): any
+    other is answered as one that never was (not "declared in the config file")."""
+    catalog = d.workflows.catalog
+    wf = (catalog.workflow(name) if name in catalog.specs()
+          else catalog.last_defined(name))
     if wf is not None:
         seen_workflow(caller, wf)
 
