@@ -878,6 +878,7 @@ class WorkflowEntry(Result):
     steps: list[str]
     agents: list[str]  # a tenant's caller sees a workflow whose agents are all its own
     timeout: float | None = None
+    revision: int | None = None  # one added at runtime: its revision (None: the file's)
 
 
 class WorkflowList(Result):

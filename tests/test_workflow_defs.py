@@ -181,6 +181,8 @@ def test_runtime_workflows_from_the_cli_survive_a_restart(tmp_path: Path) -> Non
         assert (r.returncode, r.stdout) == (0, "added: rt\n"), r.stderr
         r = d.cli("workflows", "add", str(path))
         assert (r.returncode, r.stderr.strip()) == (1, "corral: workflow rt already exists")
+        listed = d.cli("workflows", "list").stdout.splitlines()
+        assert listed[1].split()[:5] == ["rt", "one", "wf", "rev", "1"], listed
         r = d.cli("workflows", "update", "rt", "--set", '{"timeout": 30}')
         assert r.stdout == "rt: revision 2: timeout null -> 30\n", r.stderr
         assert d.stop() == 0
@@ -205,5 +207,47 @@ def test_runtime_workflows_from_the_cli_survive_a_restart(tmp_path: Path) -> Non
         assert settled(d, view["run_id"])["revision"] == 2
         assert whole(view)["one"]["status"] == "succeeded"
         assert json.loads(d.cli("runs", "--json").stdout)["runs"][0]["workflow"] == "rt"
+    finally:
+        d.close()
+
+
+def test_changes_that_cannot_be_recorded_are_refused_with_nothing_changed(
+        tmp_path: Path) -> None:
+    """A full disk: each change of a runtime workflow refused before it takes effect,
+    with what was not done; the workflow as it was."""
+    import os
+
+    from .test_store_faults import caught_up, disk_full
+
+    d = Daemon(tmp_path, agent_toml(tmp_path, replicas=1), extra="task_journal = false")
+    db = d.state / "corral.db"
+    path = tmp_path / "rt.toml"
+    path.write_text(textwrap.dedent(WF_FILE))
+    other = tmp_path / "other.toml"
+    other.write_text(textwrap.dedent(WF_FILE).replace("workflows.rt", "workflows.rt2"))
+
+    def refusal(unchanged: str) -> str:
+        return (f"corral: state database {db} cannot be written (disk I/O error): "
+                f"{unchanged}; free space on its file system, or make it and its directory "
+                f"writable by uid {os.geteuid()}\n")
+
+    try:
+        d.start()
+        assert d.cli("workflows", "add", str(path)).returncode == 0
+        assert d.cli("workflows", "update", "rt", "--set", '{"timeout": 9}').returncode == 0
+        with disk_full(d):
+            for argv, unchanged in (
+                    (["add", str(other)], "nothing was added"),
+                    (["update", "rt", "--set", '{"timeout": 5}'], "rt was not changed"),
+                    (["rollback", "rt"], "rt was not rolled back"),
+                    (["remove", "rt"], "nothing was removed")):
+                r = d.cli("workflows", *argv)
+                assert (r.returncode, r.stdout, r.stderr) == (1, "", refusal(unchanged))
+        caught_up(d)
+        described = d.json("workflows", "describe", "rt")
+        assert (described["revision"], described["definition"]["timeout"]) == (2, 9)
+        assert [w["name"] for w in d.json("workflows", "list")["workflows"]] == ["rt"]
+        assert [r["revision"] for r in d.json("workflows", "history", "rt")["revisions"]
+                ] == [1, 2]
     finally:
         d.close()

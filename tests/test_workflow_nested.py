@@ -106,7 +106,12 @@ def test_a_nested_workflow_runs_as_a_step_and_shows_its_run(tmp_path: Path) -> N
         assert (inner["workflow"], inner["status"], inner["output"]) == ("inner",
                                                                          "succeeded", 42)
         tree = d.cli("run-status", view["run_id"]).stdout
-        assert "├─ child  succeeded" in tree and f"run {child['run_id']}" in tree, tree
+        lines = [line.split()[:3] for line in tree.splitlines()]
+        # the nested run's steps drawn under its step
+        assert lines[1:6] == [["├─", "first", "succeeded"], ["├─", "child", "succeeded"],
+                              ["│", "├─", "double"], ["│", "└─", "sum"],
+                              ["└─", "last", "succeeded"]], tree
+        assert f"run {child['run_id']}" in tree
         plan = d.cli("workflows", "plan", "outer").stdout
         assert "2. child: workflow inner (a run of it), after first" in plan, plan
     finally:
@@ -163,6 +168,9 @@ def test_a_cancelled_parent_cancels_its_child_run(tmp_path: Path) -> None:
         assert whole(inner)["double"]["status"] == "cancelled"
         view = d.json("run-status", run_id)
         assert (view["status"], whole(view)["child"]["status"]) == ("cancelled", "cancelled")
+        tree = d.cli("run-status", run_id).stdout.splitlines()
+        assert tree[-1] == "└─ last  pending", tree  # never started
+        assert tree[3].split()[:4] == ["│", "├─", "double", "cancelled"], tree
     finally:
         d.close()
 

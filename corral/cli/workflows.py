@@ -32,8 +32,9 @@ def workflows_list(obj: Ctx, as_json: bool) -> None:
     if as_json:
         print_json(res)
         return
-    table([[w.name, " -> ".join(w.steps), ", ".join(w.agents), w.description]
-           for w in res.workflows], ["NAME", "STEPS", "AGENTS", "DESCRIPTION"])
+    table([[w.name, " -> ".join(w.steps), ", ".join(w.agents),
+            "file" if w.revision is None else f"rev {w.revision}", w.description]
+           for w in res.workflows], ["NAME", "STEPS", "AGENTS", "FROM", "DESCRIPTION"])
 
 
 @workflows.command("plan", help=doc("workflows.plan") + "\n\nWith --file, the plan of a "
@@ -96,7 +97,7 @@ def workflows_run(obj: Ctx, name: str, input_: str, wait: float | None, dry_run:
     if wait is None:
         click.echo(res.run_id)
         return
-    _tree(res)
+    _tree(res, obj)
     if res.status not in ("succeeded", "running"):
         raise SystemExit(EXIT_FAILED)
 
@@ -112,12 +113,31 @@ def _shown(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def _tree(run: m.RunView) -> None:
+NESTED_SHOWN = 4  # levels of nested runs drawn under their steps
+
+
+def _tree(run: m.RunView, obj: Ctx | None = None) -> None:
+    """The run, then each step of it (those not started yet `pending`), a nested step's
+    run's steps under it (with `obj` to ask for them)."""
     click.echo(f"run {run.run_id}  workflow {run.workflow}  {run.status}  "
-               f"{_took(run.created, run.ended)}" + (f"  ({run.error})" if run.error else ""))
-    steps = [s for s in run.steps if s.item is None]
-    for i, s in enumerate(steps):
-        last = i == len(steps) - 1
+               f"{_took(run.created, run.ended)}"
+               + (f"  revision {run.revision}" if run.revision is not None else "")
+               + (f"  ({run.error})" if run.error else ""))
+    _steps(run, "", obj, 0)
+    if run.status == "succeeded":
+        click.echo(f"output: {_shown(run.output, 200)}")
+
+
+def _steps(run: m.RunView, prefix: str, obj: Ctx | None, depth: int) -> None:
+    rows = {s.step: s for s in run.steps if s.item is None}
+    names = [g.step for g in run.graph] or list(rows)
+    for i, name in enumerate(names):
+        last = i == len(names) - 1
+        s = rows.get(name)
+        bar = prefix + ("   " if last else "│  ")
+        if s is None:
+            click.echo(f"{prefix}{'└─' if last else '├─'} {name}  pending")
+            continue
         items = [x for x in run.steps if x.step == s.step and x.item is not None]
         extra = ""
         if items:
@@ -127,16 +147,16 @@ def _tree(run: m.RunView) -> None:
             extra = "  [" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "]"
         task = (f"  task {s.task_id}" if s.task_id else
                 f"  run {s.run_id}" if s.run_id else "")
-        click.echo(f"{'└─' if last else '├─'} {s.step}  {s.status}  "
+        click.echo(f"{prefix}{'└─' if last else '├─'} {s.step}  {s.status}  "
                    f"{_took(s.started, s.ended)}{task}{extra}"
                    + (f"  ({s.error})" if s.error else ""))
-        bar = "   " if last else "│  "
+        if s.run_id is not None and obj is not None and depth < NESTED_SHOWN:
+            child: m.RunView = obj.call("runs.get", m.RunsGet(run_id=s.run_id))
+            _steps(child, bar, obj, depth + 1)
         for x in [x for x in items if x.status != "succeeded"][:10]:
             click.echo(f"{bar}  [{x.item}] {x.status}  {_took(x.started, x.ended)}  "
                        + (f"task {x.task_id}" if x.task_id else f"run {x.run_id}")
                        + (f"  ({x.error})" if x.error else ""))
-    if run.status == "succeeded":
-        click.echo(f"output: {_shown(run.output, 200)}")
 
 
 @cli.command("run-status", help=doc("runs.get"))
@@ -151,7 +171,7 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, as_json: bool) -> None
     if as_json:
         print_json(res)
         return
-    _tree(res)
+    _tree(res, obj)
 
 
 @cli.command("runs", help=doc("runs.list"))

@@ -47,16 +47,18 @@ def run_view(run: Run, *, steps: bool = True) -> m.RunView:
         steps=[_step_view(run, r) for r in rows if r.step in order] if steps else [])
 
 
-def _entry(wf: Workflow) -> m.WorkflowEntry:
+def _entry(wf: Workflow, revision: int | None) -> m.WorkflowEntry:
     return m.WorkflowEntry(name=wf.name, description=wf.spec.description,
                            steps=[s.name for s in wf.steps], agents=wf.agents,
-                           timeout=wf.spec.timeout)
+                           timeout=wf.spec.timeout, revision=revision)
 
 
 async def workflows_list(d: Services, p: m.WorkflowsList, caller: Caller, c: Channel
                          ) -> m.WorkflowList:
-    return m.WorkflowList(workflows=[_entry(wf) for _, wf in
-                                     sorted(d.workflows.definitions.items())])
+    catalog = d.workflows.catalog
+    return m.WorkflowList(workflows=[
+        _entry(wf, rev.revision if (rev := catalog.revision_of(name)) else None)
+        for name, wf in sorted(d.workflows.definitions.items())])
 
 
 # -- runtime changes (catalog.py): a limited caller names only the agents and workflows
