@@ -123,6 +123,17 @@ async def test_runtime_workflows_over_http_with_revisions_and_tenants(
                                                  "history greet`)")
         status, body = await ask("POST", "/workflows/greet/rollback", "ta", {})
         assert (status, body["restored"], body["revision"]) == (200, 3, 5)
+        # the operator's change of a's workflow is in a's history, and a's to roll back
+        status, body = await ask("PATCH", "/workflows/greet", "op",
+                                 {"set": {"description": "by op"}})
+        assert (status, body["revision"], body["change"]) == (
+            200, 6, 'description null -> "by op"')
+        status, body = await ask("GET", "/workflows/greet/history?limit=2", "ta")
+        assert [(r["revision"], r["who"]) for r in body["revisions"]] == [
+            (5, "token ta"), (6, "token op")]
+        status, body = await ask("POST", "/workflows/greet/rollback", "ta", {})
+        assert (status, body["restored"], body["revision"], body["change"]) == (
+            200, 5, 7, 'description "by op" -> null')
 
         # the config file's workflows are the file's
         for verb, path, payload, doing in (
@@ -146,6 +157,8 @@ async def test_runtime_workflows_over_http_with_revisions_and_tenants(
         assert changes == [("workflows.add", "a", "ok"), ("workflows.update", "a", "ok"),
                            ("workflows.rollback", "a", "ok"),
                            ("workflows.remove", "a", "ok"),
+                           ("workflows.rollback", "a", "ok"),
+                           ("workflows.update", None, "ok"),
                            ("workflows.rollback", "a", "ok")], changes
 
         # the Python API: as `workflows add`, kept and revisioned

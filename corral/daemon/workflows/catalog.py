@@ -186,7 +186,7 @@ class Catalog:
                                              "file: its history is the file's")
         revs = self.revisions.history(name, limit)
         if tenant is not None:  # another tenant's workflow of this name, before
-            revs = [r for r in revs if r.tenant == tenant]
+            revs = [r for r in revs if _own(r, tenant)]
         if not revs:
             raise jsonrpc.not_found("workflow", name)
         return revs
@@ -214,11 +214,11 @@ class Catalog:
             if name in self.config:
                 raise _in_config(name, "change")
             latest = self.revisions.latest(name)
-            if latest is None or (tenant is not None and latest.tenant != tenant):
+            if latest is None or not _own(latest, tenant):
                 raise jsonrpc.not_found("workflow", name)
             target = revision if revision is not None else latest.revision - 1
             rev = self.revisions.get(name, target)
-            if rev is None or (tenant is not None and rev.tenant != tenant):
+            if rev is None or not _own(rev, tenant):
                 raise RpcError(jsonrpc.NOT_FOUND, f"no revision {target} of workflow {name} "
                                f"(its revisions: 1..{latest.revision}; see `corral "
                                f"workflows history {name}`)")
@@ -236,6 +236,12 @@ class Catalog:
             self.runtime[name] = (spec, rev.spec, made.get(name, latest))
             return target, made.get(name)
 
+
+
+def _own(rev: DefRevision, tenant: str | None) -> bool:
+    """Whether a revision is a tenant's caller's to see: its tenant's, or an operator's
+    (of a workflow the caller sees: the handlers ask); another tenant's is not."""
+    return tenant is None or rev.tenant in (None, tenant)
 
 
 def table_of(spec: WorkflowSpec) -> dict[str, Any]:
