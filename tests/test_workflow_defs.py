@@ -13,6 +13,8 @@ from typing import Any
 import msgspec
 import pytest
 
+from corral import jsonrpc
+from corral.jsonrpc import RpcError
 from corral.supervisor.workflows import WorkflowSpec
 
 from .daemon_harness import Daemon
@@ -264,3 +266,25 @@ def test_changes_that_cannot_be_recorded_are_refused_with_nothing_changed(
                 ] == [1, 2]
     finally:
         d.close()
+
+
+@pytest.mark.deadline(120)
+async def test_the_workflows_added_at_runtime_are_bounded(tmp_path: Path) -> None:
+    from corral.daemon.workflows.catalog import MAX_RUNTIME
+
+    from .daemon_harness import hello, in_process
+
+    async with in_process(tmp_path, hello("h")) as d:
+        one = {"steps": [{"name": "s", "agent": "h"}]}
+        added = await d.dispatcher.call(SOCKET, "workflows.add", {
+            "workflows": {f"w{i}": one for i in range(MAX_RUNTIME)}})
+        assert len(added.added) == MAX_RUNTIME
+        with pytest.raises(RpcError) as refused:
+            await d.dispatcher.call(SOCKET, "workflows.add", {"workflows": {"more": one}})
+        assert (refused.value.code, refused.value.message) == (
+            jsonrpc.QUOTA_EXCEEDED,
+            f"workflows.add: at most {MAX_RUNTIME} workflows are added at runtime (there "
+            f"are {MAX_RUNTIME}): remove some first")
+        await d.dispatcher.call(SOCKET, "workflows.remove", {"names": ["w0"]})
+        assert (await d.dispatcher.call(SOCKET, "workflows.add", {
+            "workflows": {"more": one}})).added == ["more"]

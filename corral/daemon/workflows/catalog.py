@@ -25,6 +25,9 @@ from ..storeschema import StoreError
 from ..storewriter import what_to_do
 
 KIND = "workflow"
+# workflows added at runtime, at most: each is a row restored and compiled at every start
+# (and up to MAX_STEPS steps), so what a caller may add is bounded as a map's items are
+MAX_RUNTIME = 1000
 Known = Callable[[str], bool]
 
 
@@ -121,6 +124,10 @@ class Catalog:
             taken = [n for n in specs if n in there]
             if taken:
                 raise RpcError(jsonrpc.CONFLICT, f"workflow {taken[0]} already exists")
+            if len(self.runtime) + len(specs) > MAX_RUNTIME:
+                raise RpcError(jsonrpc.QUOTA_EXCEEDED, f"workflows.add: at most "
+                               f"{MAX_RUNTIME} workflows are added at runtime (there are "
+                               f"{len(self.runtime)}): remove some first")
             for name, spec in specs.items():
                 self._check("workflows.add", name, spec, known_agent, {**known, **specs})
             made = await self._record([(n, tables[n]) for n in specs], who, tenant, None,
