@@ -71,7 +71,7 @@ def _plan_of_file(path: str, name: str) -> str:
         click.echo(f"corral: no such workflow: {name} in {path} (workflows: "
                    f"{', '.join(sorted(cfg.workflows)) or 'none'})", err=True)
         raise SystemExit(EXIT_FAILED)
-    return plan_text(compile_workflow(name, spec))
+    return plan_text(compile_workflow(name, spec, None, cfg.workflows))
 
 
 @workflows.command("run", help=doc("workflows.run"))
