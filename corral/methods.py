@@ -718,7 +718,8 @@ class TenantsRemove(Params):
 
 @method("workflows.list", result=WorkflowList, scope="tasks:read")
 class WorkflowsList(Params):
-    """The workflows the config defines, with their steps and agents."""
+    """The workflows (the config file's and those added at runtime), with their steps
+    and agents."""
 
 
 @method("workflows.plan", result=WorkflowPlan, scope="tasks:read")
@@ -737,6 +738,54 @@ class WorkflowsRun(Params):
     name: str
     input: Any = None
     wait: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT)] | None = None
+
+
+@method("workflows.add", result=Added, scope="agents:write", mutating=True)
+class WorkflowsAdd(Params):
+    """Add workflows at runtime from [workflows.NAME] tables (all or nothing, each
+    checked whole); they survive a daemon restart, each change a revision."""
+
+    workflows: dict[str, Any]
+
+
+@method("workflows.describe", result=WorkflowDescription, scope="tasks:read")
+class WorkflowsDescribe(Params):
+    """A workflow's definition, where it comes from and its revision."""
+
+    name: str
+
+
+@method("workflows.update", result=Updated, scope="agents:write", mutating=True)
+class WorkflowsUpdate(Params):
+    """Change a workflow added at runtime: `set` merged into its table (a JSON merge
+    patch; a list, such as steps, replaced whole); runs under way keep their revision."""
+
+    name: str
+    set: dict[str, Any]
+
+
+@method("workflows.remove", result=Removed, scope="agents:write", mutating=True)
+class WorkflowsRemove(Params):
+    """Remove workflows added at runtime (runs under way end on their revision)."""
+
+    names: list[str]
+
+
+@method("workflows.history", result=WorkflowHistory, scope="tasks:read")
+class WorkflowsHistory(Params):
+    """A runtime workflow's revisions: who changed what, when."""
+
+    name: str
+    limit: int = 100
+
+
+@method("workflows.rollback", result=RollbackResult, scope="agents:write", mutating=True)
+class WorkflowsRollback(Params):
+    """Back to an earlier revision of a runtime workflow (default: the one before the
+    newest; a removed workflow comes back so)."""
+
+    name: str
+    revision: int | None = None
 
 
 @method("runs.get", result=RunView, scope="tasks:read")

@@ -68,6 +68,7 @@ __all__ = [
     "Result",
     "Revision",
     "RollbackResult",
+    "RunGraphStep",
     "RunList",
     "RunStepView",
     "RunView",
@@ -107,9 +108,12 @@ __all__ = [
     "Updated",
     "UpgradeReport",
     "Usage",
+    "WorkflowDescription",
     "WorkflowEntry",
+    "WorkflowHistory",
     "WorkflowList",
     "WorkflowPlan",
+    "WorkflowRevision",
 ]
 
 
@@ -868,6 +872,7 @@ class WorkflowEntry(Result):
     steps: list[str]
     agents: list[str]  # a tenant's caller sees a workflow whose agents are all its own
     timeout: float | None = None
+    revision: int | None = None  # one added at runtime: its revision (None: the file's)
 
 
 class WorkflowList(Result):
@@ -889,6 +894,14 @@ class RunStepView(Result):
     ended: float | None
     output: Any = None
     error: str | None = None
+    run_id: str | None = None  # a nested workflow's step: its run (task_id None)
+
+
+class RunGraphStep(Result):
+    step: str
+    after: list[str]  # the steps it waits for
+    runs: str  # "agent NAME" or "workflow NAME"
+    map: bool = False
 
 
 class RunView(Result):
@@ -902,7 +915,34 @@ class RunView(Result):
     input: Any = None
     output: Any = None  # the last step's output, once the run succeeded
     steps: list[RunStepView] = []  # in the definition's order, a map's items after it
+    revision: int | None = None  # of a workflow added at runtime it started on
+    # the run's graph: each step, in the definition's order, with the steps it waits
+    # for (those not started yet have no row in `steps`); what the dashboard draws
+    graph: list[RunGraphStep] = []
 
 
 class RunList(Result):
     runs: list[RunView]  # newest first, without their steps
+
+
+class WorkflowDescription(Result):
+    name: str
+    source: str  # "config" (the file's) or "runtime" (added by a command)
+    revision: int | None  # a runtime workflow's current revision
+    tenant: str | None
+    agents: list[str]  # its steps' and its nested workflows'
+    definition: dict[str, Any]  # the [workflows.NAME] table
+
+
+class WorkflowRevision(Result):
+    revision: int
+    time: float
+    who: str
+    change: str  # "created", "removed", "rollback to revision 1: timeout 5 -> 10", ...
+    definition: dict[str, Any] | None  # None: this revision removed it
+
+
+class WorkflowHistory(Result):
+    name: str
+    current: int | None  # None: removed
+    revisions: list[WorkflowRevision]  # oldest first

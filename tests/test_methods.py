@@ -238,6 +238,13 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         waiting = ask("workflows.run", {"name": "slow"})
         ask("runs.get", {"run_id": waiting.run_id, "wait": 0.2})
         assert ask("runs.cancel", {"run_id": waiting.run_id}).status == "cancelled"
+        one = {"steps": [{"name": "a", "agent": "hello"}]}
+        assert ask("workflows.add", {"workflows": {"rt": one}}).added == ["rt"]
+        assert ask("workflows.describe", {"name": "rt"}).revision == 1
+        assert ask("workflows.update", {"name": "rt", "set": {"timeout": 5}}).revision == 2
+        assert len(ask("workflows.history", {"name": "rt"}).revisions) == 2
+        assert ask("workflows.rollback", {"name": "rt"}).restored == 1
+        assert ask("workflows.remove", {"names": ["rt"]}).removed == ["rt"]
         slow = ask("tasks.submit", {"agent": "slow", "input": {"do": "sleep", "seconds": 30}})
         assert ask("tasks.cancel", {"task_id": slow.task_id}).status == "cancelled"
         ask("daemon.shutdown")

@@ -671,6 +671,15 @@ def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = ""
         "runs.get": ("missing", {"run_id": run_b}, {"run_id": ghost_run}),
         "runs.list": ("listing", {}, None),
         "runs.cancel": ("missing", {"run_id": run_b}, {"run_id": ghost_run}),
+        # a's own workflows only: another's agent in a table reads as no such agent
+        # (tests/test_workflow_defs.py)
+        "workflows.add": ("own", None, None),
+        "workflows.describe": ("missing", {"name": B}, {"name": GHOST}),
+        "workflows.update": ("missing", {"name": B, "set": {"timeout": 1}},
+                             {"name": GHOST, "set": {"timeout": 1}}),
+        "workflows.remove": ("missing", names(B), names(GHOST)),
+        "workflows.history": ("missing", {"name": B}, {"name": GHOST}),
+        "workflows.rollback": ("missing", {"name": B}, {"name": GHOST}),
     }
 
 

@@ -296,7 +296,7 @@ def test_a_three_step_pipeline_feeds_each_output_forward(daemon: Daemon) -> None
     assert [(r["run_id"], r["status"]) for r in listed] == [(view["run_id"], "succeeded")]
     assert daemon.json("workflows", "list")["workflows"][1] == {
         "name": "fan", "description": "", "steps": ["list", "square", "sum"],
-        "agents": ["wf"], "timeout": None}
+        "agents": ["wf"], "timeout": None, "revision": None}
 
 
 def _most_at_once(rows: list[dict[str, Any]]) -> int:
@@ -641,7 +641,8 @@ def test_a_step_recorded_but_never_submitted_is_submitted_under_its_recorded_id(
         run_id = "01a20000-0000-7000-8000-00000000beef"
         db = sqlite3.connect(d.state / "corral.db")
         with db:
-            db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?)", (
+            db.execute("INSERT INTO runs (run_id, workflow, definition, input, status, "
+                       "created, ended, deadline, error) VALUES (?,?,?,?,?,?,?,?,?)", (
                 run_id, "pipe", msgspec.json.encode(cfg.workflows["pipe"]),
                 b'{"n": 3, "who": "al"}', "running", time.time(), None, None, None))
             db.execute("INSERT INTO run_steps VALUES (?,?,?,?,?,?,?,?,?)", (

@@ -1,5 +1,6 @@
 """Workflows: list them, print one's plan, run one; a run's tree of steps, runs listed,
-a run cancelled (docs/workflows.md)."""
+a run cancelled; workflows added, changed, removed and rolled back at runtime
+(docs/workflows.md)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ import msgspec
 from .. import methods as m
 from .app import Ctx, cli, doc, json_option, pass_ctx
 from .client import EXIT_FAILED
-from .render import print_json, table
+from .render import print_json, stamp, table
 from .tasks import _read_input
 
 
-@cli.group("workflows", help="Workflows defined in the config ([workflows.NAME]) and their "
-                             "runs.")
+@cli.group("workflows", help="Workflows: those of the config ([workflows.NAME]) and those "
+                             "added at runtime (with revisions), and their runs.")
 def workflows() -> None:
     pass
 
@@ -31,8 +32,9 @@ def workflows_list(obj: Ctx, as_json: bool) -> None:
     if as_json:
         print_json(res)
         return
-    table([[w.name, " -> ".join(w.steps), ", ".join(w.agents), w.description]
-           for w in res.workflows], ["NAME", "STEPS", "AGENTS", "DESCRIPTION"])
+    table([[w.name, " -> ".join(w.steps), ", ".join(w.agents),
+            "file" if w.revision is None else f"rev {w.revision}", w.description]
+           for w in res.workflows], ["NAME", "STEPS", "AGENTS", "FROM", "DESCRIPTION"])
 
 
 @workflows.command("plan", help=doc("workflows.plan") + "\n\nWith --file, the plan of a "
@@ -69,7 +71,7 @@ def _plan_of_file(path: str, name: str) -> str:
         click.echo(f"corral: no such workflow: {name} in {path} (workflows: "
                    f"{', '.join(sorted(cfg.workflows)) or 'none'})", err=True)
         raise SystemExit(EXIT_FAILED)
-    return plan_text(compile_workflow(name, spec))
+    return plan_text(compile_workflow(name, spec, None, cfg.workflows))
 
 
 @workflows.command("run", help=doc("workflows.run"))
@@ -95,7 +97,7 @@ def workflows_run(obj: Ctx, name: str, input_: str, wait: float | None, dry_run:
     if wait is None:
         click.echo(res.run_id)
         return
-    _tree(res)
+    _tree(res, obj)
     if res.status not in ("succeeded", "running"):
         raise SystemExit(EXIT_FAILED)
 
@@ -111,12 +113,31 @@ def _shown(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def _tree(run: m.RunView) -> None:
+NESTED_SHOWN = 4  # levels of nested runs drawn under their steps
+
+
+def _tree(run: m.RunView, obj: Ctx | None = None) -> None:
+    """The run, then each step of it (those not started yet `pending`), a nested step's
+    run's steps under it (with `obj` to ask for them)."""
     click.echo(f"run {run.run_id}  workflow {run.workflow}  {run.status}  "
-               f"{_took(run.created, run.ended)}" + (f"  ({run.error})" if run.error else ""))
-    steps = [s for s in run.steps if s.item is None]
-    for i, s in enumerate(steps):
-        last = i == len(steps) - 1
+               f"{_took(run.created, run.ended)}"
+               + (f"  revision {run.revision}" if run.revision is not None else "")
+               + (f"  ({run.error})" if run.error else ""))
+    _steps(run, "", obj, 0)
+    if run.status == "succeeded":
+        click.echo(f"output: {_shown(run.output, 200)}")
+
+
+def _steps(run: m.RunView, prefix: str, obj: Ctx | None, depth: int) -> None:
+    rows = {s.step: s for s in run.steps if s.item is None}
+    names = [g.step for g in run.graph] or list(rows)
+    for i, name in enumerate(names):
+        last = i == len(names) - 1
+        s = rows.get(name)
+        bar = prefix + ("   " if last else "│  ")
+        if s is None:
+            click.echo(f"{prefix}{'└─' if last else '├─'} {name}  pending")
+            continue
         items = [x for x in run.steps if x.step == s.step and x.item is not None]
         extra = ""
         if items:
@@ -124,16 +145,18 @@ def _tree(run: m.RunView) -> None:
             for x in items:
                 counts[x.status] = counts.get(x.status, 0) + 1
             extra = "  [" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "]"
-        task = f"  task {s.task_id}" if s.task_id else ""
-        click.echo(f"{'└─' if last else '├─'} {s.step}  {s.status}  "
+        task = (f"  task {s.task_id}" if s.task_id else
+                f"  run {s.run_id}" if s.run_id else "")
+        click.echo(f"{prefix}{'└─' if last else '├─'} {s.step}  {s.status}  "
                    f"{_took(s.started, s.ended)}{task}{extra}"
                    + (f"  ({s.error})" if s.error else ""))
-        bar = "   " if last else "│  "
+        if s.run_id is not None and obj is not None and depth < NESTED_SHOWN:
+            child: m.RunView = obj.call("runs.get", m.RunsGet(run_id=s.run_id))
+            _steps(child, bar, obj, depth + 1)
         for x in [x for x in items if x.status != "succeeded"][:10]:
             click.echo(f"{bar}  [{x.item}] {x.status}  {_took(x.started, x.ended)}  "
-                       f"task {x.task_id}" + (f"  ({x.error})" if x.error else ""))
-    if run.status == "succeeded":
-        click.echo(f"output: {_shown(run.output, 200)}")
+                       + (f"task {x.task_id}" if x.task_id else f"run {x.run_id}")
+                       + (f"  ({x.error})" if x.error else ""))
 
 
 @cli.command("run-status", help=doc("runs.get"))
@@ -148,7 +171,7 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, as_json: bool) -> None
     if as_json:
         print_json(res)
         return
-    _tree(res)
+    _tree(res, obj)
 
 
 @cli.command("runs", help=doc("runs.list"))
@@ -174,3 +197,96 @@ def runs_list(obj: Ctx, workflow: str | None, status: str | None, limit: int,
 def run_cancel(obj: Ctx, run_id: str) -> None:
     res: m.RunView = obj.call("runs.cancel", m.RunsCancel(run_id=run_id))
     click.echo(f"{res.run_id}: {res.status}")
+
+
+# -- runtime workflows, with revisions (daemon/workflows/catalog.py) ------------------------
+def _tables(path: str) -> dict[str, Any]:
+    """The [workflows.NAME] tables of a TOML file (or a JSON file's `workflows` object)."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        data = (json.loads(raw) if path.endswith(".json")
+                else tomllib.loads(raw.decode()))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise click.UsageError(f"{path}: {exc}") from None
+    tables = data.get("workflows") if isinstance(data, dict) else None
+    if not isinstance(tables, dict) or not tables:
+        raise click.UsageError(f"{path}: no [workflows.NAME] tables")
+    return tables
+
+
+@workflows.command("add", help=doc("workflows.add") + "\n\nFILE holds [workflows.NAME] "
+                   "tables (TOML, as the config file writes them; or JSON, with .json).")
+@click.argument("file", type=click.Path(dir_okay=False))
+@pass_ctx
+def workflows_add(obj: Ctx, file: str) -> None:
+    res: m.Added = obj.call("workflows.add", m.WorkflowsAdd(workflows=_tables(file)))
+    click.echo(f"added: {', '.join(res.added)}")
+
+
+@workflows.command("update", help=doc("workflows.update"))
+@click.argument("name")
+@click.option("--set", "changes", required=True, metavar="JSON",
+              help="A JSON merge patch of its table: JSON, @FILE, or - for stdin.")
+@pass_ctx
+def workflows_update(obj: Ctx, name: str, changes: str) -> None:
+    patch = msgspec.json.decode(_read_input(changes))
+    if not isinstance(patch, dict):
+        raise click.BadParameter("a JSON object", param_hint="--set")
+    res: m.Updated = obj.call("workflows.update", m.WorkflowsUpdate(name=name, set=patch))
+    click.echo(f"{name}: " + (f"revision {res.revision}: {res.change}"
+                              if res.revision is not None else "no change"))
+
+
+@workflows.command("remove", help=doc("workflows.remove"))
+@click.argument("names", nargs=-1, required=True)
+@pass_ctx
+def workflows_remove(obj: Ctx, names: tuple[str, ...]) -> None:
+    res: m.Removed = obj.call("workflows.remove", m.WorkflowsRemove(names=list(names)))
+    click.echo(f"removed: {', '.join(res.removed)}")
+
+
+@workflows.command("describe", help=doc("workflows.describe"))
+@click.argument("name")
+@json_option
+@pass_ctx
+def workflows_describe(obj: Ctx, name: str, as_json: bool) -> None:
+    res: m.WorkflowDescription = obj.call("workflows.describe",
+                                          m.WorkflowsDescribe(name=name))
+    if as_json:
+        print_json(res)
+        return
+    where = ("the config file" if res.source == "config"
+             else f"added at runtime, revision {res.revision}"
+             + (f", tenant {res.tenant}" if res.tenant else ""))
+    click.echo(f"workflow {res.name} ({where})\nagents: {', '.join(res.agents)}")
+    click.echo(json.dumps(res.definition, indent=2))
+
+
+@workflows.command("history", help=doc("workflows.history"))
+@click.argument("name")
+@click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(min=0))
+@json_option
+@pass_ctx
+def workflows_history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
+    res: m.WorkflowHistory = obj.call("workflows.history",
+                                      m.WorkflowsHistory(name=name, limit=limit))
+    if as_json:
+        print_json(res)
+        return
+    table([[("* " if r.revision == res.current else "  ") + str(r.revision), stamp(r.time),
+            r.who, r.change] for r in res.revisions], ["  REV", "TIME", "WHO", "CHANGE"])
+
+
+@workflows.command("rollback", help=doc("workflows.rollback"))
+@click.argument("name")
+@click.argument("revision", required=False, type=click.IntRange(min=1))
+@pass_ctx
+def workflows_rollback(obj: Ctx, name: str, revision: int | None) -> None:
+    res: m.RollbackResult = obj.call("workflows.rollback", m.WorkflowsRollback(
+        name=name, revision=revision))
+    click.echo(f"{name}: rolled back to revision {res.restored}"
+               + (f" (now revision {res.revision}): {res.change}" if res.revision is not None
+                  else ": no change"))

@@ -252,6 +252,24 @@ MIGRATIONS: list[Migration] = [
     );
     CREATE INDEX session_tasks_of ON session_tasks (agent, session, gen);
     """,
+    # 14: definitions changed at runtime, a revision of a kind and name each (a workflow;
+    # a team): spec NULL is a removal (daemon/definitions.py); a run's revision of its
+    # workflow (NULL: the config file's) and the agents it may run, nested workflows' too
+    """
+    CREATE TABLE definitions (
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        time REAL NOT NULL,
+        who TEXT NOT NULL,
+        tenant TEXT,
+        change TEXT NOT NULL,
+        spec TEXT,
+        PRIMARY KEY (kind, name, revision)
+    ) WITHOUT ROWID;
+    ALTER TABLE runs ADD COLUMN revision INTEGER;
+    ALTER TABLE runs ADD COLUMN agents TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

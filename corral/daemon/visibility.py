@@ -396,6 +396,14 @@ AGENT_RULES: dict[str, AgentRule] = {
     "runs.get": AgentRule(_nothing, filter=_run_filter),
     "runs.list": AgentRule(_nothing, filter=_runs_filter),
     "runs.cancel": AgentRule(_nothing),
+    # runtime workflows: the handlers ask seen_workflow, and check a definition against
+    # the agents and workflows the caller sees (daemon/workflows/handlers.py)
+    "workflows.add": AgentRule(_nothing),
+    "workflows.describe": AgentRule(_nothing),
+    "workflows.update": AgentRule(_nothing),
+    "workflows.remove": AgentRule(_nothing),
+    "workflows.history": AgentRule(_nothing),
+    "workflows.rollback": AgentRule(_nothing),
     "sessions.list": AgentRule(_AGENT_PARAM, filter=_sessions_filter),
     "sessions.get": AgentRule(_AGENT_PARAM),
     "sessions.end": AgentRule(_AGENT_PARAM),

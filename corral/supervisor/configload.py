@@ -274,15 +274,18 @@ def parse_workflows(data: dict[str, Any], where: str, agents: set[str],
     if not isinstance(tables, dict):
         problems.append(f"{where}: workflows: expected a table")
         return {}
-    out: dict[str, WorkflowSpec] = {}
+    specs: dict[str, WorkflowSpec] = {}
     for name, table in tables.items():
         try:
             validate_name("workflows", name, where)
-            spec = convert(table, WorkflowSpec, where=where, prefix=f"workflows.{name}")
-            compile_workflow(name, spec, agents.__contains__)
+            specs[name] = convert(table, WorkflowSpec, where=where,
+                                  prefix=f"workflows.{name}")
         except ConfigError as exc:
             problems.append(str(exc))
-            continue
+    out: dict[str, WorkflowSpec] = {}
+    for name, spec in specs.items():  # whole, against the others (nested workflows)
+        try:
+            compile_workflow(name, spec, agents.__contains__, specs)
         except WorkflowError as exc:
             problems.append(f"{where}: {exc}")
             continue

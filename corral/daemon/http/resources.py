@@ -90,7 +90,20 @@ RESOURCES: list[Resource] = [
        body=("agent", "input", "timeout", "priority", "local", "delay", "not_before",
              "retries", "retry_on", "session"), idempotent=True,
        location="/tasks/{task_id}", done_when="attempts"),
-    _r("GET", "/workflows", "workflows.list", "The workflows the config defines"),
+    _r("GET", "/workflows", "workflows.list", "The workflows: the config's and those "
+       "added at runtime"),
+    _r("POST", "/workflows", "workflows.add", "Add workflows from [workflows.NAME] tables",
+       body=("workflows",), idempotent=True),
+    _r("GET", "/workflows/{name}", "workflows.describe", "A workflow's definition and "
+       "revision"),
+    _r("PATCH", "/workflows/{name}", "workflows.update", "Change a runtime workflow: `set` "
+       "merged into its table (a JSON merge patch)", body=("set",)),
+    _r("DELETE", "/workflows/{name}", "workflows.remove", "Remove a runtime workflow",
+       path_params=ONE),
+    _r("GET", "/workflows/{name}/history", "workflows.history", "A runtime workflow's "
+       "revisions", query=("limit",)),
+    _r("POST", "/workflows/{name}/rollback", "workflows.rollback", "Go back to an earlier "
+       "revision of a runtime workflow", body=("revision",)),
     _r("GET", "/workflows/{name}/plan", "workflows.plan", "A workflow's plan (nothing run)"),
     _r("POST", "/workflows/{name}/runs", "workflows.run", "Start a run of a workflow: the "
        "run at once; with `wait`, as it is when it ends or the wait is over",

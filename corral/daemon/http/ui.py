@@ -62,7 +62,8 @@ METHODS = ("agents.status", "agents.describe", "agents.history", "agents.rollbac
            "agents.scale", "agents.start", "agents.stop", "agents.restart", "agents.pause",
            "agents.resume", "agents.add", "agents.remove", "tasks.submit", "tasks.list",
            "tasks.get", "traces.get", "logs.tail", "stats.get", "stats.history",
-           "mcp.status", "gateway.status", "audit.list", "nodes.list", "tenants.list")
+           "mcp.status", "gateway.status", "audit.list", "nodes.list", "tenants.list",
+           "runs.list", "runs.get")
 
 # the streams the page follows (Server-Sent Events with the session's cookie), each
 # served as the REST API serves it (rest.Api.stream: its caps on open streams)

@@ -7,13 +7,32 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ... import jsonrpc
 from ... import methods as m
+from ...jsonrpc import RpcError
 from ...supervisor.workflows import Workflow, compile_workflow, plan_text
 from ..caller import Caller, Channel
 from ..services import Services
 from ..store import row_limit
 from ..visibility import seen_workflow
-from .runstore import WHOLE, Run
+from .catalog import table_of
+from .runstore import WHOLE, Run, StepRow
+
+
+def _step_view(run: Run, r: StepRow) -> m.RunStepView:
+    st = run.wf.step(r.step)
+    nested = st.spec.workflow is not None
+    return m.RunStepView(
+        step=r.step, item=None if r.item == WHOLE else r.item, status=r.status,
+        task_id=None if nested else r.task_id, run_id=r.task_id if nested else None,
+        started=r.started, ended=r.ended, output=r.output, error=r.error)
+
+
+def _graph(wf: Workflow) -> list[m.RunGraphStep]:
+    return [m.RunGraphStep(step=s.name, after=sorted(s.deps, key=lambda d: wf.step(d).index),
+                           runs=f"agent {s.spec.agent}" if s.spec.agent is not None
+                           else f"workflow {s.spec.workflow}", map=s.mapped)
+            for s in wf.steps]
 
 
 def run_view(run: Run, *, steps: bool = True) -> m.RunView:
@@ -24,28 +43,116 @@ def run_view(run: Run, *, steps: bool = True) -> m.RunView:
     return m.RunView(
         run_id=run.run_id, workflow=run.workflow, status=run.status, created=run.created,
         ended=run.ended, agents=run.agents, error=run.error, input=run.input, output=output,
-        steps=[m.RunStepView(step=r.step, item=None if r.item == WHOLE else r.item,
-                             status=r.status, task_id=r.task_id, started=r.started,
-                             ended=r.ended, output=r.output, error=r.error)
-               for r in rows] if steps else [])
+        revision=run.revision, graph=_graph(run.wf) if steps else [],
+        steps=[_step_view(run, r) for r in rows if r.step in order] if steps else [])
 
 
-def _entry(wf: Workflow) -> m.WorkflowEntry:
+def _entry(wf: Workflow, revision: int | None) -> m.WorkflowEntry:
     return m.WorkflowEntry(name=wf.name, description=wf.spec.description,
                            steps=[s.name for s in wf.steps], agents=wf.agents,
-                           timeout=wf.spec.timeout)
+                           timeout=wf.spec.timeout, revision=revision)
 
 
 async def workflows_list(d: Services, p: m.WorkflowsList, caller: Caller, c: Channel
                          ) -> m.WorkflowList:
-    return m.WorkflowList(workflows=[_entry(wf) for _, wf in
-                                     sorted(d.workflows.definitions.items())])
+    catalog = d.workflows.catalog
+    return m.WorkflowList(workflows=[
+        _entry(wf, rev.revision if (rev := catalog.revision_of(name)) else None)
+        for name, wf in sorted(d.workflows.definitions.items())])
+
+
+# -- runtime changes (catalog.py): a limited caller names only the agents and workflows
+# it sees, and sees only workflows all of whose agents are its own --------------------
+def _known(d: Services, caller: Caller) -> tuple[Callable[[str], bool], dict[str, Any]]:
+    def agent(name: str) -> bool:
+        return name in d.agents and caller.sees(name)
+
+    catalog = d.workflows.catalog
+    specs = catalog.specs()
+    if caller.limited:
+        specs = {n: s for n, s in specs.items()
+                 if all(caller.sees(a) for a in catalog.workflow(n).agents)}
+    return agent, specs
+
+
+async def workflows_add(d: Services, p: m.WorkflowsAdd, caller: Caller, c: Channel
+                        ) -> m.Added:
+    agent, specs = _known(d, caller)
+    return m.Added(added=await d.workflows.catalog.add(p.workflows, caller.who,
+                                                       caller.tenant, agent, specs))
+
+
+async def workflows_describe(d: Services, p: m.WorkflowsDescribe, caller: Caller,
+                             c: Channel) -> m.WorkflowDescription:
+    catalog = d.workflows.catalog
+    wf = seen_workflow(caller, catalog.workflow(p.name))
+    rev = catalog.revision_of(p.name)
+    return m.WorkflowDescription(
+        name=wf.name, source="config" if rev is None else "runtime",
+        revision=rev.revision if rev is not None else None,
+        tenant=rev.tenant if rev is not None else None, agents=wf.agents,
+        definition=rev.spec or {} if rev is not None else table_of(wf.spec))
+
+
+async def workflows_update(d: Services, p: m.WorkflowsUpdate, caller: Caller, c: Channel
+                           ) -> m.Updated:
+    seen_workflow(caller, d.workflows.catalog.workflow(p.name))
+    agent, specs = _known(d, caller)
+    rev = await d.workflows.catalog.update(p.name, p.set, caller.who, caller.tenant,
+                                           agent, specs)
+    return m.Updated(name=p.name, revision=rev.revision if rev is not None else None,
+                     change=rev.change if rev is not None else "no change")
+
+
+async def workflows_remove(d: Services, p: m.WorkflowsRemove, caller: Caller, c: Channel
+                           ) -> m.Removed:
+    if not p.names:
+        raise RpcError(jsonrpc.INVALID_PARAMS, "name the workflows to remove")
+    for name in p.names:
+        seen_workflow(caller, d.workflows.catalog.workflow(name))
+    return m.Removed(removed=await d.workflows.catalog.remove(p.names, caller.who,
+                                                              caller.tenant))
+
+
+def _seen_past(d: Services, caller: Caller, name: str) -> None:
+    """A workflow there is, or one removed, that the caller sees (as it last was): any
+    other is answered as one that never was (not "declared in the config file")."""
+    catalog = d.workflows.catalog
+    wf = (catalog.workflow(name) if name in catalog.specs()
+          else catalog.last_defined(name))
+    if wf is not None:
+        seen_workflow(caller, wf)
+
+
+async def workflows_history(d: Services, p: m.WorkflowsHistory, caller: Caller,
+                            c: Channel) -> m.WorkflowHistory:
+    _seen_past(d, caller, p.name)
+    catalog = d.workflows.catalog
+    revs = catalog.history(p.name, row_limit(p.limit), caller.tenant)
+    now = catalog.revision_of(p.name)
+    return m.WorkflowHistory(name=p.name, current=now.revision if now is not None else None,
+                             revisions=[m.WorkflowRevision(
+                                 revision=r.revision, time=r.time, who=r.who,
+                                 change=r.change, definition=r.spec) for r in revs])
+
+
+async def workflows_rollback(d: Services, p: m.WorkflowsRollback, caller: Caller,
+                             c: Channel) -> m.RollbackResult:
+    _seen_past(d, caller, p.name)
+    agent, specs = _known(d, caller)
+    restored, made = await d.workflows.catalog.rollback(
+        p.name, p.revision, caller.who, caller.tenant, agent, specs)
+    return m.RollbackResult(
+        name=p.name, restored=restored, revision=made.revision if made else None,
+        change=made.change.removeprefix(f"rollback to revision {restored}: ")
+        if made else "no change")
 
 
 async def workflows_plan(d: Services, p: m.WorkflowsPlan, caller: Caller, c: Channel
                          ) -> m.WorkflowPlan:
     wf = seen_workflow(caller, d.workflows.workflow(p.name))
-    checked = compile_workflow(wf.name, wf.spec, d.agents.__contains__)
+    checked = compile_workflow(wf.name, wf.spec, d.agents.__contains__,
+                               d.workflows.catalog.specs())
     return m.WorkflowPlan(name=wf.name, agents=wf.agents, plan=plan_text(checked))
 
 
@@ -81,6 +188,12 @@ TABLE: dict[str, Handler] = {
     "workflows.list": workflows_list,
     "workflows.plan": workflows_plan,
     "workflows.run": workflows_run,
+    "workflows.add": workflows_add,
+    "workflows.describe": workflows_describe,
+    "workflows.update": workflows_update,
+    "workflows.remove": workflows_remove,
+    "workflows.history": workflows_history,
+    "workflows.rollback": workflows_rollback,
     "runs.get": runs_get,
     "runs.list": runs_list,
     "runs.cancel": runs_cancel,

@@ -1,17 +1,17 @@
 """One run driven to its end: each step ready (its dependencies ended) is started, each
-a task of its agent (a map step one per item, so many at a time), and its outcome
-recorded. The rule that makes a step succeed at most once: its task id is committed in
-the run's rows before the task is submitted, and a row that names a task is only ever
-waited for (submitted again with the same id only when the engine never had it: the
-daemon stopped between the two writes)."""
+a task of its agent or a run of its nested workflow (a map step one per item, so many
+at a time), and its outcome recorded. The rule that makes a step succeed at most once:
+its task id (a nested step's run id) is committed in the run's rows before the task is
+submitted (the run made), and a row that names a task is only ever waited for (submitted
+again with the same id only when the engine never had it: the daemon stopped between
+the two writes; a nested run likewise made only when its row is not in the store)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -29,12 +29,19 @@ class StepFailed(Exception):
     """A step that did not succeed: the run fails with this text."""
 
 
+class Children(Protocol):
+    """Where a nested step's run is started, waited for and cancelled (the service)."""
+
+    async def child(self, name: str, run_id: str, run_input: Any) -> Run: ...
+
+    async def cancel_child(self, run_id: str, why: str) -> None: ...
+
+
 class Runner:
-    def __init__(self, engine: TaskManager, rows: RunStore,
-                 report: Callable[[str], None]) -> None:
+    def __init__(self, engine: TaskManager, rows: RunStore, children: Children) -> None:
         self.engine = engine
         self.rows = rows
-        self.report = report
+        self.children = children
 
     async def drive(self, run: Run) -> None:
         """The run's steps to the end; the run's status is set, not saved (the caller's)."""
@@ -125,17 +132,32 @@ class Runner:
             await self._save(run, [row])  # the id is the run's before the task exists
         assert row.task_id is not None
         try:
-            info = await self._outcome(st, row.task_id, task_input)
+            if st.spec.workflow is not None:
+                status, output, error = await self._nested(st.spec.workflow, row.task_id,
+                                                           task_input)
+                what = f"run {row.task_id}"
+            else:
+                info = await self._outcome(st, row.task_id, task_input)
+                status = str(info.status)
+                output = (msgspec.json.decode(info.output)
+                          if isinstance(info.output, msgspec.Raw) else info.output)
+                error = info.error.message if info.error is not None else None
+                what = f"task {row.task_id}"
         except RpcError as exc:  # refused by the engine: the step fails
             await self._end(run, st.name, item, "failed", None, exc.message)
             raise StepFailed(f"step {at}: {exc.message}") from None
-        output = (msgspec.json.decode(info.output) if isinstance(info.output, msgspec.Raw)
-                  else info.output)
-        error = info.error.message if info.error is not None else None
-        await self._end(run, st.name, item, str(info.status), output, error)
-        if info.status != "succeeded":
-            raise StepFailed(f"step {at}: task {row.task_id} {info.status}"
-                             + (f": {error}" if error else ""))
+        await self._end(run, st.name, item, status, output, error)
+        if status != "succeeded":
+            raise StepFailed(f"step {at}: {what} {status}" + (f": {error}" if error else ""))
+
+    async def _nested(self, workflow: str, run_id: str, run_input: Any
+                      ) -> tuple[str, Any, str | None]:
+        """A nested step's run (its id recorded in this run's rows before it is made):
+        its status, output (its last step's) and error."""
+        child = await self.children.child(workflow, run_id, run_input)
+        output = child.outputs().get(child.wf.steps[-1].name) \
+            if child.status == "succeeded" else None
+        return child.status, output, child.error
 
     async def _outcome(self, st: Step, task_id: str, task_input: Any) -> TaskInfo:
         """The step's task to its end: waited for where the engine has it, else
@@ -150,6 +172,7 @@ class Runner:
             if info is not None and info.status in TERMINAL:
                 return info
             if info is None:
+                assert st.spec.agent is not None  # (a nested step's is a run)
                 task = engine.submit(st.spec.agent, task_input, timeout=st.spec.timeout,
                                      retries=st.spec.retries, task_id=task_id)
                 await engine.committed()
@@ -183,7 +206,11 @@ class Runner:
         for r in run.rows.values():
             if r.status != "running":
                 continue
-            if r.task_id is not None:
+            if r.task_id is not None and run.wf.step(r.step).spec.workflow is not None:
+                await self.children.cancel_child(
+                    r.task_id, "the run failed" if run.status == "failed"
+                    else run.error or run.status)
+            elif r.task_id is not None:
                 task = self.engine.active.get(r.task_id)
                 if task is not None and task.status not in TERMINAL:
                     with contextlib.suppress(RpcError):

@@ -1,6 +1,7 @@
-"""A run's rows in the state database (migration 12): the run with the definition it
-started on, and each step's row. Writes are committed (StateStore.commit) before what
-they describe is done: a step's task id before its task is submitted."""
+"""A run's rows in the state database (migrations 12, 14): the run with the definition
+it started on (and its revision), and each step's row. Writes are committed
+(StateStore.commit) before what they describe is done: a step's task id before its task
+is submitted."""
 
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ class Run:
     ended: float | None = None
     error: str | None = None
     rows: dict[tuple[str, int], StepRow] = field(default_factory=dict)
+    revision: int | None = None  # of a workflow added at runtime (None: the config's)
+    # every agent it may run, its nested workflows' as they were when it started
+    # (None: its own steps' alone)
+    nested_agents: list[str] | None = None
 
     def outputs(self) -> dict[str, Any]:
         """Each ended step's output (a map's: the list of its items' outputs)."""
@@ -62,7 +67,7 @@ class Run:
 
     @property
     def agents(self) -> list[str]:
-        return self.wf.agents
+        return sorted({*self.wf.agents, *(self.nested_agents or ())})
 
 
 def _settle(waiters: asyncio.Future[None], commit: asyncio.Future[None]) -> None:
@@ -90,10 +95,11 @@ class RunStore:
 
     async def save_run(self, run: Run) -> None:
         def write(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO runs (run_id, workflow, definition, input, "
-                       "status, created, ended, deadline, error) VALUES (?,?,?,?,?,?,?,?,?)",
+            db.execute(f"INSERT OR REPLACE INTO runs ({self._COLUMNS}) VALUES "
+                       "(?,?,?,?,?,?,?,?,?,?,?)",
                        (run.run_id, run.workflow, encode_spec(run.wf.spec), _json(run.input),
-                        run.status, run.created, run.ended, run.deadline, run.error))
+                        run.status, run.created, run.ended, run.deadline, run.error,
+                        run.revision, _json(run.agents)))
         await self.store.commit([write])
 
     async def save_steps(self, run_id: str, rows: list[StepRow]) -> None:
@@ -122,10 +128,13 @@ class RunStore:
             return None
 
     def _run(self, row: tuple[Any, ...], with_steps: bool) -> Run:
-        run_id, workflow, definition, inp, status, created, ended, deadline, error = row
+        (run_id, workflow, definition, inp, status, created, ended, deadline, error,
+         revision, agents) = row
         spec: WorkflowSpec = decode_spec(definition)
         run = Run(run_id, workflow, compile_workflow(workflow, spec),
-                  msgspec.json.decode(inp), status, created, deadline, ended, error)
+                  msgspec.json.decode(inp), status, created, deadline, ended, error,
+                  revision=revision,
+                  nested_agents=msgspec.json.decode(agents) if agents is not None else None)
         if with_steps:
             for step, item, task_id, st, started, end, output, err in self.store.db.execute(
                     "SELECT step, item, task_id, status, started, ended, output, error "
@@ -135,7 +144,8 @@ class RunStore:
                     msgspec.json.decode(output) if output is not None else None, err)
         return run
 
-    _COLUMNS = "run_id, workflow, definition, input, status, created, ended, deadline, error"
+    _COLUMNS = ("run_id, workflow, definition, input, status, created, ended, deadline, "
+                "error, revision, agents")
 
     def load(self, run_id: str) -> Run | None:
         row = self.store.db.execute(f"SELECT {self._COLUMNS} FROM runs WHERE run_id = ?",

@@ -1,6 +1,7 @@
-"""The workflows of the config and their runs: a run started (its row committed before
-it is answered), driven by the Runner until it ends, resumed after a restart where its
-rows say it stopped, cancelled with its steps' tasks; the runs shown."""
+"""The workflows (the config's and those added at runtime: catalog.py) and their runs: a
+run started (its row committed before it is answered), driven by the Runner until it
+ends, resumed after a restart where its rows say it stopped, cancelled with its steps'
+tasks and nested runs; the runs shown."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ...supervisor.workflows import Workflow, WorkflowError, WorkflowSpec, compi
 from ...text import plural
 from ...timeouts import within
 from ..store import StateStore
+from .catalog import Catalog, table_of
 from .runner import Runner, StepFailed
 from .runstore import RUN_ENDED, Run, RunStore
 
@@ -28,9 +30,10 @@ class WorkflowService:
                  report: Callable[[str], None]) -> None:
         self.agents = agents
         self.rows = RunStore(store)
-        self.runner = Runner(engine, self.rows, report)
+        self.runner = Runner(engine, self.rows, self)
         self.report = report
-        self.definitions: dict[str, Workflow] = {}
+        self.catalog = Catalog(store)
+        self.catalog.restore(report)
         self.live: dict[str, tuple[Run, asyncio.Task[None]]] = {}
         self._why: dict[str, str] = {}  # run id -> why its driver was cancelled
         # no step is submitted before the task journal's tasks are back in the engine
@@ -39,27 +42,77 @@ class WorkflowService:
 
     def configure(self, specs: Mapping[str, WorkflowSpec]) -> None:
         """The config's workflows (a reload replaces them; a run keeps its own)."""
-        self.definitions = {n: compile_workflow(n, s) for n, s in specs.items()}
+        self.catalog.config = dict(specs)
 
     def workflow(self, name: str) -> Workflow:
-        wf = self.definitions.get(name)
-        if wf is None:
-            raise jsonrpc.not_found("workflow", name)
-        return wf
+        return self.catalog.workflow(name)
+
+    @property
+    def definitions(self) -> dict[str, Workflow]:
+        return {n: self.catalog.workflow(n) for n in sorted(self.catalog.specs())}
+
+    # -- the Python API (as AgentOS's add_workflow; docs/workflows.md) -----------------------
+    async def add_workflow(self, name: str, definition: WorkflowSpec | dict[str, Any], *,
+                           who: str = "python api") -> int:
+        """Add a workflow at runtime, kept and revisioned as `corral workflows add` keeps
+        it; its revision."""
+        table = table_of(definition) if isinstance(definition, WorkflowSpec) else definition
+        await self.catalog.add({name: table}, who, None, self.agents.__contains__,
+                               self.catalog.specs())
+        rev = self.catalog.revision_of(name)
+        assert rev is not None
+        return rev.revision
+
+    async def remove_workflow(self, name: str, *, who: str = "python api") -> None:
+        await self.catalog.remove([name], who, None)
 
     # -- runs -------------------------------------------------------------------------------
-    async def start(self, name: str, run_input: Any) -> Run:
-        wf = self.workflow(name)
+    async def start(self, name: str, run_input: Any, run_id: str | None = None) -> Run:
+        """A run started (its row committed first); `run_id`: a nested step's, recorded
+        in its parent's rows before this."""
+        specs = self.catalog.specs()
+        spec = specs.get(name)
+        if spec is None:
+            raise jsonrpc.not_found("workflow", name)
         try:
-            wf = compile_workflow(name, wf.spec, self.agents.__contains__)
+            wf = compile_workflow(name, spec, self.agents.__contains__, specs)
         except WorkflowError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        rev = self.catalog.revision_of(name)
         now = time.time()
-        run = Run(new_id(), name, wf, run_input, "running", now,
-                  deadline=now + wf.spec.timeout if wf.spec.timeout else None)
+        run = Run(run_id or new_id(), name, wf, run_input, "running", now,
+                  deadline=now + wf.spec.timeout if wf.spec.timeout else None,
+                  revision=rev.revision if rev is not None else None,
+                  nested_agents=wf.agents)
         await self.rows.save_run(run)  # durable before it is answered
         self._drive(run)
         return run
+
+    async def child(self, name: str, run_id: str, run_input: Any) -> Run:
+        """A nested step's run to its end: waited for where it is (driven, or ended),
+        else started under the id its parent recorded."""
+        live = self.live.get(run_id)
+        if live is None:
+            run = self.rows.load(run_id)
+            if run is None:
+                run = await self.start(name, run_input, run_id)
+            elif run.status not in RUN_ENDED:
+                self._drive(run)  # its driver stopped (the store failed): on again
+            live = self.live.get(run_id)
+            if live is None:
+                return run
+        await asyncio.shield(live[1])
+        return live[0]
+
+    async def cancel_child(self, run_id: str, why: str) -> None:
+        """A nested run its parent no longer waits for, ended as its parent did."""
+        live = self.live.get(run_id)
+        if live is None or live[0].status in RUN_ENDED:
+            return
+        self._why[run_id] = why
+        live[1].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(live[1])
 
     def recover(self) -> None:
         """Every run the previous daemon left running, driven on from its rows (once the

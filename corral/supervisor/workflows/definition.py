@@ -27,7 +27,9 @@ class Condition(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class StepSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str
-    agent: str
+    # what runs it: an agent (a task of it), or another workflow (a run of it, nested)
+    agent: str | None = None
+    workflow: str | None = None
     # what the agent is sent: JSON with references (refs.py); absent (or null): the run's
     # input for the first step, a join's list, a map's item, else the step before's output
     input: Any = None

@@ -38,10 +38,19 @@ class Workflow:
     name: str
     spec: WorkflowSpec
     steps: list[Step]
+    # the agents its nested workflows run, theirs too (compiled with the workflows there
+    # are; a run keeps those it started with)
+    nested_agents: frozenset[str] = frozenset()
 
     @property
     def agents(self) -> list[str]:
-        return sorted({s.spec.agent for s in self.steps})
+        """Every agent a run of it may start a task of, its nested workflows' too."""
+        return sorted({s.spec.agent for s in self.steps if s.spec.agent is not None}
+                      | self.nested_agents)
+
+    @property
+    def nested(self) -> list[str]:
+        return sorted({s.spec.workflow for s in self.steps if s.spec.workflow is not None})
 
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)
@@ -64,9 +73,12 @@ def _default_input(spec: WorkflowSpec, i: int) -> Any:
 
 
 def compile_workflow(name: str, spec: WorkflowSpec,
-                     known_agent: Callable[[str], bool] | None = None) -> Workflow:
+                     known_agent: Callable[[str], bool] | None = None,
+                     workflows: Mapping[str, WorkflowSpec] | None = None) -> Workflow:
     """Check a definition whole and compile it, or raise WorkflowError with the first
-    thing wrong (`known_agent`: whether an agent of that name is there to run a step)."""
+    thing wrong (`known_agent`: whether an agent of that name is there to run a step;
+    `workflows`: the other workflows there are, which its nested steps must name, with
+    no cycle through them)."""
     where = f"workflow {name}"
     names: dict[str, int] = {}
     for i, s in enumerate(spec.steps):
@@ -76,8 +88,17 @@ def compile_workflow(name: str, spec: WorkflowSpec,
         if s.name in names:
             raise WorkflowError(f"{where}: two steps named {s.name}")
         names[s.name] = i
-        if known_agent is not None and not known_agent(s.agent):
+        if (s.agent is None) == (s.workflow is None):
+            raise WorkflowError(f"{where}, step {s.name}: a step runs an agent or a "
+                                "workflow (one of agent = and workflow =)")
+        if s.agent is not None and known_agent is not None and not known_agent(s.agent):
             raise WorkflowError(f"{where}, step {s.name}: no such agent: {s.agent}")
+        if s.workflow is not None and workflows is not None and s.workflow != name \
+                and s.workflow not in workflows:
+            raise WorkflowError(f"{where}, step {s.name}: no such workflow: {s.workflow}")
+    nested: frozenset[str] = frozenset()
+    if workflows is not None:
+        nested = _nested_agents(name, spec, {**workflows, name: spec})
     steps = [_step(where, spec, i, names) for i in range(len(spec.steps))]
     _check_cycles(where, steps)
     for st in steps:
@@ -86,7 +107,33 @@ def compile_workflow(name: str, spec: WorkflowSpec,
                 raise WorkflowError(
                     f"{where}, step {st.name}: $steps.{dep}.output refers to step {dep}, "
                     "which comes after it (a step may use the steps before it only)")
-    return Workflow(name, spec, steps)
+    return Workflow(name, spec, steps, nested)
+
+
+def _nested_agents(name: str, spec: WorkflowSpec, specs: Mapping[str, WorkflowSpec]
+                   ) -> frozenset[str]:
+    """The agents of the workflows `spec` nests, through every level; WorkflowError for
+    a workflow that is its own step, however deep (a run of it would never end)."""
+    agents: set[str] = set()
+    seen: set[str] = set()
+
+    def visit(wf: str, path: list[str]) -> None:
+        for s in specs[wf].steps:
+            if s.workflow is None:
+                if wf != name and s.agent is not None:
+                    agents.add(s.agent)
+                continue
+            if s.workflow in path:
+                cycle = [*path[path.index(s.workflow):], s.workflow]
+                raise WorkflowError(f"workflow {name}: a cycle of workflows: "
+                                    f"{' -> '.join(cycle)}")
+            if s.workflow in specs and s.workflow not in seen:
+                seen.add(s.workflow)
+                visit(s.workflow, [*path, s.workflow])
+                seen.discard(s.workflow)
+
+    visit(name, [name])
+    return frozenset(agents)
 
 
 def _step(where: str, spec: WorkflowSpec, i: int, names: Mapping[str, int]) -> Step:
@@ -193,7 +240,9 @@ def plan_text(wf: Workflow) -> str:
     for s in wf.steps:
         sp = s.spec
         after = ", ".join(sorted(s.deps, key=lambda d: wf.step(d).index)) or "the start"
-        head = f"{s.index + 1}. {s.name}: agent {sp.agent}, after {after}"
+        runs_on = (f"agent {sp.agent}" if sp.agent is not None
+                   else f"workflow {sp.workflow} (a run of it)")
+        head = f"{s.index + 1}. {s.name}: {runs_on}, after {after}"
         lines.append(head)
         if sp.map is not None:
             lines.append(f"     map over {sp.map}, {sp.concurrency} at a time")

@@ -1044,8 +1044,135 @@ class Audit extends Polled {
   }
 }
 
+// -- workflow runs: the list, and a run's graph drawn live ------------------------------
+class Runs extends Polled {
+  load() {
+    return call("runs.list", { limit: 100 });
+  }
+  show(data) {
+    return html`<section>
+      <h2>Workflow runs</h2>
+      <table id="runs">
+        <thead><tr><th>Run</th><th>Workflow</th><th>Status</th><th>Created</th>
+          <th class="num">Took</th><th>Error</th></tr></thead>
+        <tbody>${data.runs.map((r) => html`<tr data-run=${r.run_id}>
+          <td><a href=${`#/run/${r.run_id}`}>${r.run_id}</a></td><td>${r.workflow}</td>
+          <td><${State} s=${r.status} /></td><td>${stamp(r.created)}</td>
+          <td class="num">${took(r.created, r.ended)}</td><td>${r.error ?? ""}</td></tr>`)}</tbody>
+      </table>
+      ${data.runs.length === 0 && html`<p class="note">No runs.</p>`}
+    </section>`;
+  }
+}
+
+function took(start, end) {
+  if (start == null) return "–";
+  return spanTime((end ?? Date.now() / 1000) - start);
+}
+
+const GRAPH = { w: 170, h: 46, gapX: 56, gapY: 18, pad: 12 };
+
+// Each step in a column by its depth (1 + the deepest step it waits for), in the
+// definition's order within a column; an edge from each step waited for.
+function graphLayout(graph) {
+  const level = {};
+  const columns = [];
+  for (const g of graph) {
+    level[g.step] = g.after.length ? 1 + Math.max(...g.after.map((a) => level[a])) : 0;
+    (columns[level[g.step]] ||= []).push(g.step);
+  }
+  const at = {};
+  columns.forEach((col, i) => col.forEach((name, j) => {
+    at[name] = { x: GRAPH.pad + i * (GRAPH.w + GRAPH.gapX), y: GRAPH.pad + j * (GRAPH.h + GRAPH.gapY) };
+  }));
+  const width = GRAPH.pad * 2 + columns.length * GRAPH.w + (columns.length - 1) * GRAPH.gapX;
+  const height = GRAPH.pad * 2 + Math.max(...columns.map((c) => c.length)) * (GRAPH.h + GRAPH.gapY) - GRAPH.gapY;
+  return { at, width, height };
+}
+
+// A step's state in the graph: its row's, or "pending" before it starts; a map's items
+// counted (how many ended well of those started)
+function stepState(run, name) {
+  const whole = run.steps.find((s) => s.step === name && s.item === null);
+  const items = run.steps.filter((s) => s.step === name && s.item !== null);
+  const done = items.filter((s) => s.status === "succeeded").length;
+  return { row: whole, status: whole ? whole.status : "pending", items, done };
+}
+
+const RunGraph = ({ run, pick }) => {
+  const { at, width, height } = graphLayout(run.graph);
+  return html`<svg id="run-graph" class="run-graph" viewBox=${`0 0 ${width} ${height}`}
+      width=${width} role="img" aria-label=${`run ${run.run_id}: ${run.graph.length} steps`}>
+    ${run.graph.flatMap((g) => g.after.map((a) => {
+      const from = at[a], to = at[g.step];
+      const x1 = from.x + GRAPH.w, y1 = from.y + GRAPH.h / 2, x2 = to.x, y2 = to.y + GRAPH.h / 2;
+      const mid = (x1 + x2) / 2;
+      return html`<path class="edge" data-from=${a} data-to=${g.step}
+        d=${`M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`} />`;
+    }))}
+    ${run.graph.map((g) => {
+      const st = stepState(run, g.step);
+      const { x, y } = at[g.step];
+      const detail = [st.status, g.map && st.items.length ? `${st.done}/${st.items.length}` : "",
+        st.row ? took(st.row.started, st.row.ended) : ""].filter(Boolean).join(" · ");
+      return html`<g class=${`node state-${st.status}`} data-step=${g.step} data-status=${st.status}
+          tabindex="0" onClick=${() => pick(g, st)} onKeyDown=${(e) => e.key === "Enter" && pick(g, st)}>
+        <rect x=${x} y=${y} width=${GRAPH.w} height=${GRAPH.h} rx="6" />
+        <text class="node-name" x=${x + 10} y=${y + 18}>${g.step}</text>
+        <text class="node-detail" x=${x + 10} y=${y + 36}>${detail}</text>
+        <title>${`${g.step}: ${g.runs}${g.map ? " (map)" : ""}; ${detail}`}</title>
+      </g>`;
+    })}
+  </svg>`;
+};
+
+const RUN_LEGEND = ["pending", "running", "succeeded", "skipped", "failed", "cancelled"];
+
+class Run extends Polled {
+  key(props) {
+    return props.id;
+  }
+  load() {
+    return call("runs.get", { run_id: this.props.id });
+  }
+  // live while it runs; an ended run changes no more
+  next(data) {
+    return data && data.status !== "running" ? 10 * POLL_MS : POLL_MS;
+  }
+  // a step's task (or its nested run) opened; a map's items listed below the graph
+  pick(g, st) {
+    if (st.row?.run_id) location.hash = `#/run/${st.row.run_id}`;
+    else if (st.row?.task_id) location.hash = `#/task/${st.row.task_id}`;
+    else this.setState({ picked: g.step });
+  }
+  show(run) {
+    const picked = this.state.picked && run.steps.filter((s) => s.step === this.state.picked && s.item !== null);
+    return html`<section id="run">
+      <h2>Run ${run.run_id} <${State} s=${run.status} /></h2>
+      <p>Workflow ${run.workflow}${run.revision != null ? ` (revision ${run.revision})` : ""},
+        created ${stamp(run.created)}, took ${took(run.created, run.ended)}</p>
+      ${run.error && html`<div class="error" id="run-error">${run.error}</div>`}
+      <p class="note">${RUN_LEGEND.map((s) => html`<span class=${`state state-${s}`}>${s}</span> `)}
+        — click a step for its task (a nested workflow's: its run; a map's: its items).</p>
+      <div class="graph-wrap"><${RunGraph} run=${run} pick=${(g, st) => this.pick(g, st)} /></div>
+      ${picked && html`<h2>Items of ${this.state.picked}</h2>
+        <table id="run-items"><thead><tr><th class="num">Item</th><th>Status</th><th class="num">Took</th>
+          <th>Task</th></tr></thead>
+        <tbody>${picked.map((s) => html`<tr data-item=${s.item}><td class="num">${s.item}</td>
+          <td><${State} s=${s.status} /></td><td class="num">${took(s.started, s.ended)}</td>
+          <td>${s.task_id ? html`<a href=${`#/task/${s.task_id}`}>${s.task_id}</a>`
+            : s.run_id ? html`<a href=${`#/run/${s.run_id}`}>${s.run_id}</a>` : "–"}</td></tr>`)}</tbody>
+        </table>`}
+      <h2>Output</h2>
+      <pre class="json" id="run-output">${run.status === "running" ? "(running…)"
+        : JSON.stringify(run.error ?? run.output, null, 2)}</pre>
+    </section>`;
+  }
+}
+
 // -- the page -------------------------------------------------------------------------------
-const VIEWS = [["fleet", "Fleet"], ["tasks", "Tasks"], ["metrics", "Metrics"], ["mcp", "MCP"], ["audit", "Audit"]];
+const VIEWS = [["fleet", "Fleet"], ["tasks", "Tasks"], ["runs", "Runs"], ["metrics", "Metrics"], ["mcp", "MCP"],
+  ["audit", "Audit"]];
 
 function route() {
   const [view, arg] = location.hash.replace(/^#\/?/, "").split("/");
@@ -1164,6 +1291,8 @@ class App extends Component {
         roster=${this.fleet && this.fleet.rosters[r.arg]} setRange=${(x) => this.setState({ range: x })} />`;
       case "tasks": return html`<${Tasks} status=${status} />`;
       case "task": return html`<${Task} id=${r.arg} />`;
+      case "runs": return html`<${Runs} />`;
+      case "run": return html`<${Run} id=${r.arg} />`;
       case "metrics": return html`<${Metrics} range=${range} tick=${tick}
         setRange=${(x) => this.setState({ range: x })} />`;
       case "mcp": return html`<${Mcp} />`;

@@ -1,0 +1,133 @@
+"""Definitions changed at runtime, of any kind (a workflow; a team next): each change of
+one is a numbered revision of its kind and name — who made it, when, for which tenant,
+what changed, and the whole definition, or none for a removal — so `history` shows it,
+`rollback` goes back to any of them, and the next daemon restores each name's newest
+revision that is not a removal.
+
+The table is migration 14 of storeschema.py (`definitions`); this module reads it on the loop's
+connection and makes its writes (functions of a connection, run by storewriter.py's writer
+thread), each numbered where it is written: two changes queued together never take one
+number. What a definition is, and how it is checked, is its kind's owner's."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from .store import StateStore
+
+Write = Callable[[sqlite3.Connection], None]
+
+
+@dataclass(frozen=True)
+class DefRevision:
+    kind: str
+    name: str
+    revision: int
+    time: float
+    who: str
+    tenant: str | None  # the tenant of the caller that made it (None: an operator's)
+    change: str  # "created", "removed", "timeout 60 -> 30, steps changed", ...
+    spec: dict[str, Any] | None  # None: this revision removed it
+
+    @property
+    def removed(self) -> bool:
+        return self.spec is None
+
+
+def describe_change(old: dict[str, Any] | None, new: dict[str, Any] | None) -> str:
+    """What changed between two definitions, key by key: `timeout 60 -> 30, steps
+    changed` (a list or table whole, a value when it is short)."""
+    if new is None:
+        return "removed"
+    if old is None:
+        return "created"
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        shown = f"{key} {json.dumps(a)} -> {json.dumps(b)}"
+        parts.append(shown if not isinstance(a, list | dict) and not isinstance(b, list | dict)
+                     and len(shown) < 80 else f"{key} changed")
+    return ", ".join(parts) or "no change"
+
+
+_COLUMNS = "kind, name, revision, time, who, tenant, change, spec"
+
+
+def _row(row: tuple[Any, ...]) -> DefRevision:
+    kind, name, number, when, who, tenant, change, spec = row
+    return DefRevision(kind, name, number, when, who, tenant, change,
+                       msgspec.json.decode(spec) if spec is not None else None)
+
+
+class Definitions:
+    """The revisions of one kind of definition."""
+
+    def __init__(self, store: StateStore, kind: str) -> None:
+        self.store = store
+        self.kind = kind
+
+    def _rows(self, db: sqlite3.Connection, sql: str, *args: Any) -> list[DefRevision]:
+        return [_row(r) for r in db.execute(
+            f"SELECT {_COLUMNS} FROM definitions WHERE kind = ? {sql}", (self.kind, *args))]
+
+    def current(self) -> dict[str, DefRevision]:
+        """Each name's newest revision, those not removed, oldest name first."""
+        newest = self._rows(self.store.db, "AND revision = (SELECT MAX(revision) FROM "
+                            "definitions d WHERE d.kind = definitions.kind AND d.name = "
+                            "definitions.name) ORDER BY time")
+        return {r.name: r for r in newest if not r.removed}
+
+    def latest(self, name: str, db: sqlite3.Connection | None = None) -> DefRevision | None:
+        rows = self._rows(db or self.store.db, "AND name = ? ORDER BY revision DESC LIMIT 1",
+                          name)
+        return rows[0] if rows else None
+
+    def get(self, name: str, revision: int) -> DefRevision | None:
+        rows = self._rows(self.store.db, "AND name = ? AND revision = ?", name, revision)
+        return rows[0] if rows else None
+
+    def history(self, name: str, limit: int) -> list[DefRevision]:
+        """The newest `limit` revisions, oldest first."""
+        return list(reversed(self._rows(
+            self.store.db, "AND name = ? ORDER BY revision DESC LIMIT ?", name, limit)))
+
+    def recording(self, name: str, spec: dict[str, Any] | None, who: str,
+                  tenant: str | None, why: str | None, out: list[DefRevision]) -> Write:
+        """The write of a new revision (`spec` None: removed) when it differs from the
+        newest one; the revision made is put in `out`. `why`: what made it (`rollback to
+        revision 2`), said before the difference."""
+        encoded = msgspec.json.encode(spec).decode() if spec is not None else None
+        when = time.time()
+
+        def write(db: sqlite3.Connection) -> None:
+            out.clear()  # a batch tried again runs its writes again
+            last = self.latest(name, db)
+            before = last.spec if last is not None else None
+            if last is not None and before == spec:
+                return
+            change = describe_change(before, spec)
+            rev = DefRevision(self.kind, name, last.revision + 1 if last else 1, when, who,
+                              tenant, f"{why}: {change}" if why else change, spec)
+            db.execute(f"INSERT INTO definitions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+                       (rev.kind, rev.name, rev.revision, rev.time, rev.who, rev.tenant,
+                        rev.change, encoded))
+            out.append(rev)
+
+        return write
+
+    async def record(self, name: str, spec: dict[str, Any] | None, who: str,
+                     tenant: str | None, why: str | None = None) -> DefRevision | None:
+        """A new revision committed (StoreError if it cannot be); None when `spec` is
+        the newest one's already."""
+        made: list[DefRevision] = []
+        await self.store.commit([self.recording(name, spec, who, tenant, why, made)])
+        return made[0] if made else None
