@@ -142,8 +142,8 @@ async def config_reload(d: Services, p: m.ConfigReload, caller: Caller, c: Chann
 def owner_of(d: Services, kind: str, name: str) -> str | None:
     """Whose an agent or an MCP server is (Caller.owner): its tenant, SHARED for a server
     every tenant may use, None when there is no such object."""
-    if kind == "agent":
-        return d.quotas.tenant_of(name)
+    if kind == "agent":  # (a team is called as an agent is: its tenant's)
+        return d.quotas.tenant_of(name) or d.teams.tenant_of(name)
     spec = d.tools.spec_of(name)
     if spec is None:
         return None

@@ -1,0 +1,75 @@
+"""The config's teams in the daemon: their calls kept in the state database (store.py),
+resumed after a restart where their steps say they stopped, and each shown as a task of
+the team (`corral task ID`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ... import jsonrpc
+from ...supervisor.agents import Agents
+from ...supervisor.tasks import TaskManager
+from ...supervisor.teams import TeamSpec, check_team
+from ...supervisor.teams.call import TeamCall
+from ...supervisor.teams.calls import Teams, error_of
+from ...taskviews import TaskInfo
+from ...text import plural
+from ..store import StateStore
+from .store import CallRows
+
+
+class TeamService(Teams):
+    def __init__(self, agents: Agents, engine: TaskManager, store: StateStore,
+                 report: Callable[[str], None]) -> None:
+        self.rows = CallRows(store)
+        super().__init__(engine, self.rows, report)
+        self.agents = agents
+        self.recovered.clear()  # set once the task journal's tasks are back (recover)
+
+    def configure_checked(self, specs: Mapping[str, TeamSpec]) -> None:
+        """The config's teams, checked on load (configload): each one's tenant."""
+        agents = self.agents
+        self.configure(specs, {n: check_team(n, s, teams=specs, tenant_of=lambda a: (
+            agents[a].spec.tenant if a in agents else None)) for n, s in specs.items()})
+
+    def tenant_of(self, name: str) -> str | None:
+        return self.tenants.get(name)
+
+    def recover(self) -> None:
+        """Every call the previous daemon left running, driven on from its steps (once
+        the task journal's tasks are back in the engine, so a recorded task is found)."""
+        calls = self.rows.unfinished()
+        self.resume(calls)
+        self.recovered.set()
+        if calls and self.report is not None:
+            self.report(f"teams: {plural(len(calls), 'unfinished call')} resumed")
+
+    def find(self, call_id: str) -> TeamCall | None:
+        """A call of a team by its id (a task id), live or kept; None: no team's."""
+        live = self.live.get(call_id)
+        return live[0] if live is not None else self.rows.load(call_id)
+
+    def call(self, call_id: str) -> TeamCall:
+        call = self.find(call_id)
+        if call is None:
+            raise jsonrpc.not_found("task", call_id)
+        return call
+
+
+def call_info(call: TeamCall, with_input: bool = False) -> TaskInfo:
+    """A call as `corral task ID` shows it: a task of the team, its progress its steps."""
+    started = min((s.started for s in call.steps.values() if s.started is not None),
+                  default=None)
+    steps: list[dict[str, Any]] = [
+        {"step": s.key, "task_id": s.task_id, "status": s.status}
+        | ({"error": s.error} if s.error else {})
+        for s in sorted(call.steps.values(), key=lambda s: s.started or 0.0)]
+    info = TaskInfo(task_id=call.call_id, agent=call.team,
+                    status=call.status, priority=0, created=call.created, started=started,
+                    finished=call.ended, tool_calls=0,
+                    progress={"mode": call.spec.mode, "steps": steps},
+                    output=call.output, error=error_of(call), attempts=[])
+    if with_input:
+        info.input = call.input
+    return info
