@@ -396,7 +396,7 @@ class Daemon:
         self.drain_timeout = cfg.supervisor.drain_timeout
         s.fleet.gateway = cfg.gateway
         s.workflows.configure(cfg.workflows)
-        s.teams.configure_checked(cfg.teams)
+        s.teams.configure(cfg.teams)
         local, declared = by_placement(cfg)
         result = await s.fleet.reload(local, who)
         result.gateway = gateway_changes

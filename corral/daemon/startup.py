@@ -442,7 +442,7 @@ async def teams(conf: Conf, parts: Parts, store: StateStore, hub: LogHub
     """[teams.NAME] and their calls (docs/teams.md); entered after the engine runs, so a
     stop ends the calls' drivers (resumed at the next start) before the agents stop."""
     service = TeamService(parts.agents, parts.tasks, store, hub.daemon)
-    service.configure_checked(conf.cfg.teams)
+    service.configure(conf.cfg.teams)
     try:
         yield service
     finally:

@@ -4,13 +4,12 @@ the team (`corral task ID`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from ... import jsonrpc
 from ...supervisor.agents import Agents
 from ...supervisor.tasks import TaskManager
-from ...supervisor.teams import TeamSpec, check_team
 from ...supervisor.teams.call import TeamCall
 from ...supervisor.teams.calls import Teams, error_of
 from ...taskviews import TaskInfo
@@ -27,14 +26,16 @@ class TeamService(Teams):
         self.agents = agents
         self.recovered.clear()  # set once the task journal's tasks are back (recover)
 
-    def configure_checked(self, specs: Mapping[str, TeamSpec]) -> None:
-        """The config's teams, checked on load (configload): each one's tenant."""
-        agents = self.agents
-        self.configure(specs, {n: check_team(n, s, teams=specs, tenant_of=lambda a: (
-            agents[a].spec.tenant if a in agents else None)) for n, s in specs.items()})
-
     def tenant_of(self, name: str) -> str | None:
-        return self.tenants.get(name)
+        """A team's tenant (its own, else its agents': checked one on load), None when
+        there is no such team or its agents are gone."""
+        spec = self.specs.get(name)
+        if spec is None:
+            return None
+        if spec.tenant is not None:
+            return spec.tenant
+        agent = self.agents.get(spec.members[0])
+        return agent.spec.tenant if agent is not None else None
 
     def recover(self) -> None:
         """Every call the previous daemon left running, driven on from its steps (once

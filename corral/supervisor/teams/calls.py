@@ -38,18 +38,15 @@ class Teams:
         LeaderTools(self.runner).install(engine.worker)
         self.report = report
         self.specs: dict[str, TeamSpec] = {}
-        self.tenants: dict[str, str] = {}  # team -> its tenant
         self.live: dict[str, tuple[TeamCall, asyncio.Task[None]]] = {}
         self._cancelled: set[str] = set()
         # no call's step is submitted before the engine has the journal's tasks back
         self.recovered = asyncio.Event()
         self.recovered.set()
 
-    def configure(self, specs: Mapping[str, TeamSpec],
-                  tenants: Mapping[str, str] | None = None) -> None:
+    def configure(self, specs: Mapping[str, TeamSpec]) -> None:
         """The teams (a reload replaces them; a call keeps the definition it started on)."""
         self.specs = dict(specs)
-        self.tenants = dict(tenants or {n: "" for n in specs})
 
     def __contains__(self, name: object) -> bool:
         return name in self.specs

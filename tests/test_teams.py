@@ -1,0 +1,275 @@
+"""Teams (docs/teams.md): definitions checked on load with exact messages; a real daemon's
+teams called as agents are (`corral run TEAM`, `corral submit`, `corral task ID`), in each
+mode; a member failing; a leader calling its members as tools; a call resumed after the
+daemon's SIGKILL with no member that succeeded run again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.supervisor.config import ConfigError
+from corral.supervisor.configload import load_config
+
+from .conftest import ROOT
+from .daemon_harness import PY, Daemon
+
+# every agent here: what it does is its ROLE; with `mark` in its input, a member leaves a
+# file named for its role and task id once it has worked, so a test counts its runs
+AGENT = '''
+import os, time, uuid
+from pathlib import Path
+from corral.worker import run
+
+ROLE = os.environ["ROLE"]
+
+def handle(inp, ctx):
+    if ROLE == "router":
+        return {"member": inp["input"]["want"]}
+    if ROLE == "lead":
+        names = sorted(t["name"] for t in ctx.list_tools()["tools"])
+        calls = [ctx.call_tool(f"desk__{m}", {"input": {"ask": inp["ask"], "mark":
+                                                        inp.get("mark")}})
+                 for m in inp["call"]]
+        return {"tools": names, "answers": [c.get("structuredContent") for c in calls],
+                "errors": [c["content"][0]["text"] for c in calls if c.get("isError")]}
+    if ROLE == "bad":
+        raise RuntimeError("bad at this")
+    if isinstance(inp, dict) and inp.get("sleep"):
+        time.sleep(inp["sleep"])
+    if isinstance(inp, dict) and inp.get("mark"):
+        (Path(inp["mark"]) / f"{ROLE}.{ctx.task_id}.{uuid.uuid4().hex}").write_text("")
+    return {"who": ROLE, "got": inp}
+
+run(handle)
+'''
+
+
+def agents_toml(directory: Path, roles: str = "a b bad router lead",
+                extra: str = "") -> str:
+    script = directory / "teamagent.py"
+    script.write_text(AGENT)
+    out = ""
+    for role in roles.split():
+        out += textwrap.dedent(f"""
+            [agents.{role}]
+            command = ["{PY}", "{script}"]
+            env = {{ PYTHONPATH = "{ROOT}", ROLE = "{role}" }}
+            retries = 2
+            backoff_initial = 0.05
+            stop_timeout = 10.0
+            {extra}
+        """)
+    return out
+
+
+TEAMS = """
+[teams.pick]
+mode = "route"
+members = ["a", "b"]
+default = "b"
+[[teams.pick.rules]]
+ref = "$input.topic"
+equals = "billing"
+member = "a"
+[[teams.pick.rules]]
+ref = "$input.text"
+contains = "urgent"
+member = "a"
+
+[teams.ask]
+mode = "route"
+members = ["a", "b"]
+router = "router"
+
+[teams.all]
+mode = "broadcast"
+description = "everyone answers"
+members = ["a", "b"]
+
+[teams.some]
+mode = "broadcast"
+members = ["a", "bad"]
+
+[teams.desk]
+mode = "coordinate"
+leader = "lead"
+members = ["a", "b", "bad"]
+"""
+
+
+# -- definitions -------------------------------------------------------------------------------
+def _problem(tmp_path: Path, teams: str) -> str:
+    path = tmp_path / "corral.toml"
+    body = "".join(f'[agents.{a}]\ncommand = ["true"]\n' for a in ("a", "b", "lead"))
+    path.write_text(body + '[mcp_servers.files]\ncommand = ["true"]\n'
+                    + textwrap.dedent(teams))
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    return str(exc.value).replace(str(path), "FILE")
+
+
+def _team(body: str, name: str = "t") -> str:
+    return f"[teams.{name}]\n{body}\n"
+
+
+@pytest.mark.parametrize(("teams", "message"), [
+    (_team('mode = "broadcast"\nmembers = ["a", "x"]'),
+     "FILE: team t: member x: no such agent"),
+    (_team('mode = "broadcast"\nmembers = ["a", "t"]'),
+     "FILE: team t: member t is the team itself (a team cannot call itself)"),
+    (_team('mode = "broadcast"\nmembers = ["a"]') + _team(
+        'mode = "broadcast"\nmembers = ["a", "u"]', "v") + _team(
+        'mode = "broadcast"\nmembers = ["b"]', "u"),
+     "FILE: team v: member u is a team (a team's member is an agent; teams do not nest)"),
+    (_team('mode = "broadcast"\nmembers = ["a", "a"]'),
+     "FILE: team t: member a is named twice"),
+    (_team('mode = "coordinate"\nmembers = ["a", "b"]'),
+     "FILE: team t: a coordinate team needs a leader (the agent that calls its members)"),
+    (_team('mode = "coordinate"\nleader = "a"\nmembers = ["a", "b"]'),
+     "FILE: team t: its leader a is also a member (a leader calls its members, not itself)"),
+    (_team('mode = "coordinate"\nleader = "nope"\nmembers = ["a"]'),
+     "FILE: team t: leader nope: no such agent"),
+    (_team('mode = "broadcast"\nleader = "lead"\nmembers = ["a"]'),
+     "FILE: team t: leader is for mode coordinate, not broadcast"),
+    (_team('mode = "route"\nmembers = ["a", "b"]'),
+     "FILE: team t: a route team needs rules or a router (what picks the member)"),
+    (_team('mode = "route"\nmembers = ["a"]\nrouter = "t"'),
+     "FILE: team t: router t is the team itself (a team cannot call itself)"),
+    (_team('mode = "route"\nmembers = ["a"]\nrouter = "lead"\ndefault = "a"'),
+     "FILE: team t: a route team has rules or a router, not both"),
+    (_team('mode = "route"\nmembers = ["a"]\n[[teams.t.rules]]\nmember = "b"'),
+     "FILE: team t, rule 1: b is not a member (members: a)"),
+    (_team('mode = "route"\nmembers = ["a"]\n[[teams.t.rules]]\nmember = "a"\n'
+           'ref = "$steps.x.output"'),
+     "FILE: team t, rule 1: ref $steps.x.output is not a reference to the input ($input "
+     "followed by .key or [N] parts; a reference is $input, $steps.NAME.output, $item or "
+     "$index, followed by .key or [N] parts)"),
+    (_team('mode = "route"\nmembers = ["a"]\ndefault = "b"\n[[teams.t.rules]]\n'
+           'member = "a"'),
+     "FILE: team t: default b is not a member (members: a)"),
+    (_team('mode = "broadcast"\nmembers = ["a"]\nrules = [{ member = "a" }]'),
+     "FILE: team t: rules is for mode route, not broadcast"),
+    (_team('mode = "broadcast"\nmembers = ["a"]', "a"),
+     "FILE: team a: an agent has its name (a task names one or the other)"),
+    (_team('mode = "broadcast"\nmembers = ["a"]', "files"),
+     "FILE: team files: an MCP server has its name (a leader's tools files__MEMBER would "
+     "shadow the server's)"),
+    (_team('mode = "broadcast"\nmembers = ["a"]', "x__y"),
+     "FILE: team x__y: a team name may not contain '__' (it separates team and member in "
+     "a leader's tool TEAM__MEMBER)"),
+    (_team('mode = "vote"\nmembers = ["a"]'),
+     "FILE: teams.t.mode: Invalid enum value 'vote' (valid: 'broadcast', 'coordinate', "
+     "'route')"),
+    (_team('mode = "broadcast"\nmembers = []'),
+     "FILE: teams.t.members: Expected `array` of length >= 1"),
+])
+def test_every_refusal_is_said_exactly(tmp_path: Path, teams: str, message: str) -> None:
+    assert _problem(tmp_path, teams) == message
+
+
+def test_a_team_of_two_tenants_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text('[tenants.acme]\n[agents.a]\ncommand = ["true"]\ntenant = "acme"\n'
+                    '[agents.b]\ncommand = ["true"]\n'
+                    + _team('mode = "broadcast"\nmembers = ["a", "b"]')
+                    + _team('mode = "broadcast"\ntenant = "acme"\nmembers = ["a", "b"]', "u"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert str(exc.value).replace(str(path), "FILE").splitlines() == [
+        "FILE: team t: its agents are of more than one tenant: a (acme), b (default)",
+        "FILE: team u: of tenant acme, names agent b of tenant default (a team's agents "
+        "are its tenant's)"]
+
+
+# -- calls on a real daemon -----------------------------------------------------------------
+@pytest.fixture
+def daemon(tmp_path: Path) -> Any:
+    d = Daemon(tmp_path, agents_toml(tmp_path) + TEAMS)
+    try:
+        d.start()
+        yield d
+    finally:
+        d.close()
+
+
+def run(d: Daemon, team: str, inp: Any) -> tuple[int, dict[str, Any]]:
+    r = d.cli("run", team, "--input", json.dumps(inp), "--json", timeout=90)
+    assert r.stdout, r.stderr
+    out: dict[str, Any] = json.loads(r.stdout)
+    return r.returncode, out
+
+
+def test_route_by_rules_and_by_a_router(daemon: Daemon) -> None:
+    rc, out = run(daemon, "pick", {"topic": "billing"})
+    assert (rc, out["status"], out["output"]["who"]) == (0, "succeeded", "a")
+    assert run(daemon, "pick", {"text": "an urgent one"})[1]["output"]["who"] == "a"
+    assert run(daemon, "pick", {"topic": "else"})[1]["output"]["who"] == "b"
+    rc, out = run(daemon, "ask", {"want": "b"})
+    assert (rc, out["output"]) == (0, {"who": "b", "got": {"want": "b"}})
+    info = daemon.json("task", out["task_id"])
+    assert (info["agent"], info["status"]) == ("ask", "succeeded")
+    assert [(s["step"], s["status"]) for s in info["progress"]["steps"]] == [
+        ("router", "succeeded"), ("member:b", "succeeded")]
+    member = daemon.json("task", info["progress"]["steps"][1]["task_id"])
+    assert (member["agent"], member["status"]) == ("b", "succeeded")
+    # a router that names no member fails the call, saying what it named
+    rc, out = run(daemon, "ask", {"want": "zed"})
+    assert (rc, out["status"], out["error"]["message"]) == (
+        1, "failed", "team ask: router router named 'zed', not a member (members: a, b)")
+
+
+def test_broadcast_joins_every_members_outcome(daemon: Daemon) -> None:
+    rc, out = run(daemon, "all", {"q": 1})
+    assert (rc, out["status"]) == (0, "succeeded")
+    assert {m: (o["status"], o["output"]) for m, o in out["output"].items()} == {
+        "a": ("succeeded", {"who": "a", "got": {"q": 1}}),
+        "b": ("succeeded", {"who": "b", "got": {"q": 1}})}
+    # a member failing: the call fails, every member's outcome still in it
+    rc, out = run(daemon, "some", {"q": 2})
+    assert (rc, out["status"]) == (1, "failed")
+    bad = out["output"]["bad"]
+    assert (out["output"]["a"]["status"], bad["status"]) == ("succeeded", "failed")
+    assert "bad at this" in bad["error"]
+    assert out["error"]["message"] == (f"team some: member bad failed (task "
+                                       f"{bad['task_id']}): {bad['error']}")
+
+
+def test_a_leader_calls_its_members_as_tools(daemon: Daemon) -> None:
+    rc, out = run(daemon, "desk", {"ask": "hi", "call": ["a", "b", "bad"]})
+    assert (rc, out["status"]) == (0, "succeeded"), out
+    got = out["output"]
+    assert [t for t in got["tools"] if t.startswith("desk__")] == [
+        "desk__a", "desk__b", "desk__bad"]
+    assert got["answers"][:2] == [{"output": {"who": "a", "got": {"ask": "hi", "mark": None}}},
+                                  {"output": {"who": "b", "got": {"ask": "hi", "mark": None}}}]
+    assert got["answers"][2] is None and len(got["errors"]) == 1
+    assert got["errors"][0].startswith("member bad failed (task ")
+    info = daemon.json("task", out["task_id"])
+    keys = [s["step"] for s in info["progress"]["steps"]]
+    assert keys[0] == "leader" and sorted(k.split(":")[1] for k in keys[1:]) == [
+        "a", "b", "bad"]
+    # the members' tools are the leader's only while it runs as the team's leader
+    r = daemon.cli("run", "lead", "--input", json.dumps({"ask": "x", "call": ["a"]}), "--json")
+    alone = json.loads(r.stdout)
+    assert alone["status"] == "failed"
+    assert "tool desk__a is not allowed for agent lead" in alone["error"]["message"]
+
+
+def test_submit_a_team_and_ask_for_it_as_a_task(daemon: Daemon) -> None:
+    r = daemon.cli("submit", "all", "--input", json.dumps({"q": 3}), "--json")
+    assert r.returncode == 0, r.stderr
+    task_id = json.loads(r.stdout)["task_id"]
+    info = daemon.json("task", task_id, "--wait")
+    assert (info["agent"], info["status"], sorted(info["output"])) == (
+        "all", "succeeded", ["a", "b"])
+    r = daemon.cli("run", "pick", "--input", "{}", "--delay", "5s")
+    assert (r.returncode, r.stderr.strip()) == (
+        1, "corral: invalid params: pick is a team: a team's call takes no delay (its "
+           "members' tasks run at once)")
