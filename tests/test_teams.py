@@ -41,8 +41,8 @@ def handle(inp, ctx):
                 "errors": [c["content"][0]["text"] for c in calls if c.get("isError")]}
     if ROLE == "bad":
         raise RuntimeError("bad at this")
-    if isinstance(inp, dict) and inp.get("sleep"):
-        time.sleep(inp["sleep"])
+    if isinstance(inp, dict) and inp.get("sleep_for", {}).get(ROLE):
+        time.sleep(inp["sleep_for"][ROLE])
     if isinstance(inp, dict) and inp.get("mark"):
         (Path(inp["mark"]) / f"{ROLE}.{ctx.task_id}.{uuid.uuid4().hex}").write_text("")
     return {"who": ROLE, "got": inp}
@@ -273,3 +273,75 @@ def test_submit_a_team_and_ask_for_it_as_a_task(daemon: Daemon) -> None:
     assert (r.returncode, r.stderr.strip()) == (
         1, "corral: invalid params: pick is a team: a team's call takes no delay (its "
            "members' tasks run at once)")
+
+
+def _marks(directory: Path) -> dict[str, list[str]]:
+    """Per role: the task ids that did its work (one entry per time it worked)."""
+    out: dict[str, list[str]] = {}
+    for f in directory.iterdir():
+        role, task_id, _ = f.name.split(".")
+        out.setdefault(role, []).append(task_id)
+    return out
+
+
+def _steps(d: Daemon, task_id: str) -> dict[str, dict[str, Any]]:
+    return {s["step"]: s for s in d.json("task", task_id)["progress"]["steps"]}
+
+
+def test_a_call_resumes_after_a_sigkill_and_a_member_that_succeeded_is_not_run_again(
+        tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    d = Daemon(tmp_path, agents_toml(tmp_path, "a b") + TEAMS.split("[teams.ask]")[0]
+               + '[teams.all]\nmode = "broadcast"\nmembers = ["a", "b"]\n')
+    try:
+        d.start()
+        inp = {"mark": str(marks), "sleep_for": {"b": 3}}
+        r = d.cli("submit", "all", "--input", json.dumps(inp), "--json")
+        call_id = json.loads(r.stdout)["task_id"]
+        # killed once member a has succeeded and b is still at work
+        # (each look is a CLI call to the daemon: a few a second)
+        while _steps(d, call_id).get("member:a", {}).get("status") != "succeeded":
+            pass
+        assert _steps(d, call_id)["member:b"]["status"] == "running"
+        d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+        d.proc.wait()  # type: ignore[union-attr]
+        d.start()
+        info = d.json("task", call_id, "--wait")
+        assert (info["agent"], info["status"]) == ("all", "succeeded"), info
+        log = (d.state / "logs" / "corral.log").read_text()
+        assert "teams: 1 unfinished call resumed" in log
+        steps = _steps(d, call_id)
+        marked = _marks(marks)
+        # a worked once, as the task the call recorded; b's work was the recorded task's
+        assert marked["a"] == [steps["member:a"]["task_id"]]
+        assert set(marked["b"]) == {steps["member:b"]["task_id"]}
+        assert info["output"]["a"]["output"]["who"] == "a"
+        assert info["output"]["b"]["status"] == "succeeded"
+    finally:
+        d.close()
+
+
+def test_cancel_a_call_cancels_its_members_tasks(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, agents_toml(tmp_path, "a b") + TEAMS.split("[teams.ask]")[0]
+               + '[teams.all]\nmode = "broadcast"\nmembers = ["a", "b"]\n')
+    try:
+        d.start()
+        r = d.cli("submit", "all", "--input", json.dumps({"sleep_for": {"a": 60, "b": 60}}),
+                  "--json")
+        call_id = json.loads(r.stdout)["task_id"]
+        steps = _steps(d, call_id)
+        while [s["status"] for s in steps.values()] != ["running", "running"]:
+            steps = _steps(d, call_id)
+        r = d.cli("cancel", call_id)
+        assert r.returncode == 0, r.stderr
+        info = d.json("task", call_id)
+        assert (info["status"], info["error"]["message"]) == ("cancelled", "cancelled")
+        for key in ("member:a", "member:b"):
+            member = d.json("task", steps[key]["task_id"], "--wait")
+            assert member["status"] == "cancelled", member
+        r = d.cli("cancel", call_id)
+        assert (r.returncode, r.stderr.strip()) == (
+            1, f"corral: task {call_id} already finished (cancelled)")
+    finally:
+        d.close()
