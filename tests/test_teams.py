@@ -14,11 +14,14 @@ from typing import Any
 
 import pytest
 
+from corral.daemon.caller import Caller
 from corral.supervisor.config import ConfigError
 from corral.supervisor.configload import load_config
 
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon
+
+OPERATOR = Caller(via="socket")
 
 # every agent here: what it does is its ROLE; with `mark` in its input, a member leaves a
 # file named for its role and task id once it has worked, so a test counts its runs
@@ -343,5 +346,127 @@ def test_cancel_a_call_cancels_its_members_tasks(tmp_path: Path) -> None:
         r = d.cli("cancel", call_id)
         assert (r.returncode, r.stderr.strip()) == (
             1, f"corral: task {call_id} already finished (cancelled)")
+    finally:
+        d.close()
+
+
+# -- the Python API --------------------------------------------------------------------------
+async def test_the_python_api_calls_a_team_on_an_embedded_engine(sup: Any) -> None:
+    from corral.supervisor import State
+    from corral.supervisor.teams import Rule, TeamSpec
+    from corral.supervisor.teams.calls import Teams
+
+    from .conftest import agent
+
+    for name in ("e1", "e2"):
+        sup.add(agent(name, "misbehave.py"))
+        await sup.wait_state(name, State.READY)
+    teams = Teams(sup.tasks)
+    teams.configure({
+        "both": TeamSpec(mode="broadcast", members=["e1", "e2"]),
+        "one": TeamSpec(mode="route", members=["e1", "e2"], default="e1",
+                        rules=[Rule(member="e2", ref="$input.to", equals="two")])})
+    res = await teams.run("both", {"do": "echo", "n": 1})
+    assert (res.status, {m: o["output"] for m, o in res.output.items()}) == (
+        "succeeded", {"e1": {"do": "echo", "n": 1}, "e2": {"do": "echo", "n": 1}})
+    res = await teams.run("one", {"do": "echo", "to": "two"})
+    assert (res.status, res.output) == ("succeeded", {"do": "echo", "to": "two"})
+    res = await teams.run("one", {"do": "fail", "message": "no"})
+    assert res.status == "failed" and res.error is not None
+    assert res.error.message.startswith("team one: member e1 failed (task ")
+    with pytest.raises(Exception, match="^no such team: nope$"):
+        await teams.run("nope", {})
+
+
+# -- tenants over HTTP -----------------------------------------------------------------------
+async def test_a_tenants_token_calls_its_own_team_and_finds_no_other(tmp_path: Path) -> None:
+    import aiohttp
+    import msgspec
+
+    from corral.daemon.tokens import tokens_of
+
+    from .daemon_harness import free_port, in_process
+
+    port = free_port()
+    script = tmp_path / "teamagent.py"
+    script.write_text(AGENT)
+    fleet = "".join(textwrap.dedent(f"""
+        [agents.{n}]
+        command = ["{PY}", "{script}"]
+        env = {{ PYTHONPATH = "{ROOT}", ROLE = "{n}" }}
+        tenant = "{t}"
+        """) for n, t in (("a1", "a"), ("b1", "b")))
+    toml = ("[tenants.a]\n[tenants.b]\n"
+            '[teams.ta]\nmode = "broadcast"\nmembers = ["a1"]\n'
+            '[teams.tb]\nmode = "broadcast"\nmembers = ["b1"]\n'
+            f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    async with in_process(tmp_path, fleet, toml) as d:
+        from corral import methods as m
+        b_call = await d.dispatcher.call(OPERATOR, "tasks.run", m.TasksRun(
+            agent="tb", input=msgspec.Raw(b'{"x": 1}')))
+        assert b_call.status == "succeeded"
+        secret, _ = await tokens_of(d.services.store).create(
+            "ta", ["tasks:run", "tasks:read"], None, None, "a")
+        base = f"http://127.0.0.1:{port}/api/v1"
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {secret}"}
+                                         ) as http:
+            async with http.post(f"{base}/tasks?wait=60",
+                                 json={"agent": "ta", "input": {"x": 2}}) as r:
+                mine = await r.json()
+                assert (r.status, mine["status"]) == (200, "succeeded"), mine
+            async with http.get(f"{base}/tasks/{mine['task_id']}") as r:
+                info = await r.json()
+                assert (r.status, info["agent"], info["output"]["a1"]["output"]) == (
+                    200, "ta", {"who": "a1", "got": {"x": 2}})
+            # the other tenant's team, and its call, are as if they did not exist
+            for verb, path, body in (("POST", "/tasks", {"agent": "tb", "input": 1}),
+                                     ("POST", "/tasks", {"agent": "tz", "input": 1}),
+                                     ("GET", f"/tasks/{b_call.task_id}", None),
+                                     ("POST", f"/tasks/{b_call.task_id}/cancel", None)):
+                async with http.request(verb, base + path, json=body) as r:
+                    said = msgspec.json.decode(await r.read())
+                    assert r.status == 404, (path, said)
+            async with http.post(f"{base}/tasks", json={"agent": "tb", "input": 1}) as r:
+                on_b = (await r.json())["detail"]
+            async with http.post(f"{base}/tasks", json={"agent": "tz", "input": 1}) as r:
+                on_ghost = (await r.json())["detail"]
+            assert on_b == on_ghost.replace("tz", "tb")
+
+
+# -- the gateway -----------------------------------------------------------------------------
+async def test_the_gateway_shows_no_team_as_agents_are_not_and_no_leaders_tool(
+        tmp_path: Path) -> None:
+    """The gateway serves the pool's tools; agents are not among them, nor are teams,
+    and a member's tool is a leader's only (docs/teams.md)."""
+    mcp = pytest.importorskip("mcp")
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+    from mcp.shared.exceptions import MCPError
+
+    from .conftest import EXAMPLES
+
+    assert mcp is not None
+    toml = agents_toml(tmp_path, "a b lead") + textwrap.dedent(f"""
+        [mcp_servers.notes]
+        command = ["{PY}", "{EXAMPLES}/notes_server.py"]
+        start_timeout = 30.0
+        [teams.desk]
+        mode = "coordinate"
+        leader = "lead"
+        members = ["a", "b"]
+    """)
+    d = Daemon(tmp_path, toml)
+    try:
+        d.start()
+        params = StdioServerParameters(
+            command=PY, args=["-m", "corral", "--socket", str(d.sock), "mcp", "serve"],
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        async with stdio_client(params) as (r, w), ClientSession(r, w) as s:
+            await s.initialize()
+            names = [t.name for t in (await s.list_tools()).tools]
+            assert names == ["notes__add", "notes__get", "notes__search"]
+            with pytest.raises(MCPError) as err:
+                await s.call_tool("desk__a", {"input": 1})
+            assert "no such tool: desk__a (no MCP server desk)" in str(err.value)
     finally:
         d.close()
