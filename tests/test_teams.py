@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from corral.daemon.caller import Caller
+from corral.jsonrpc import RpcError
 from corral.supervisor.config import ConfigError
 from corral.supervisor.configload import load_config
 
@@ -374,7 +375,7 @@ async def test_the_python_api_calls_a_team_on_an_embedded_engine(sup: Any) -> No
     res = await teams.run("one", {"do": "fail", "message": "no"})
     assert res.status == "failed" and res.error is not None
     assert res.error.message.startswith("team one: member e1 failed (task ")
-    with pytest.raises(Exception, match="^no such team: nope$"):
+    with pytest.raises(RpcError, match=r"^no such team: nope$"):
         await teams.run("nope", {})
 
 
