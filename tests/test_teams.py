@@ -39,8 +39,13 @@ def handle(inp, ctx):
     if ROLE == "lead":
         names = sorted(t["name"] for t in ctx.list_tools()["tools"])
         calls = [ctx.call_tool(f"desk__{m}", {"input": {"ask": inp["ask"], "mark":
-                                                        inp.get("mark")}})
+                                                        inp.get("mark"), "sleep_for":
+                                                        inp.get("sleep_for", {})}})
                  for m in inp["call"]]
+        flag = inp.get("crash_once")
+        if flag and not Path(flag).exists():
+            Path(flag).write_text(ctx.task_id)
+            os._exit(3)  # the leader dies after its calls, once
         return {"tools": names, "answers": [c.get("structuredContent") for c in calls],
                 "errors": [c["content"][0]["text"] for c in calls if c.get("isError")]}
     if ROLE == "bad":
@@ -101,6 +106,14 @@ members = ["a", "b"]
 mode = "broadcast"
 members = ["a", "bad"]
 
+[teams.desk]
+mode = "coordinate"
+leader = "lead"
+members = ["a", "b", "bad"]
+"""
+
+
+DESK = """
 [teams.desk]
 mode = "coordinate"
 leader = "lead"
@@ -251,8 +264,9 @@ def test_a_leader_calls_its_members_as_tools(daemon: Daemon) -> None:
     got = out["output"]
     assert [t for t in got["tools"] if t.startswith("desk__")] == [
         "desk__a", "desk__b", "desk__bad"]
-    assert got["answers"][:2] == [{"output": {"who": "a", "got": {"ask": "hi", "mark": None}}},
-                                  {"output": {"who": "b", "got": {"ask": "hi", "mark": None}}}]
+    sent = {"ask": "hi", "mark": None, "sleep_for": {}}
+    assert got["answers"][:2] == [{"output": {"who": "a", "got": sent}},
+                                  {"output": {"who": "b", "got": sent}}]
     assert got["answers"][2] is None and len(got["errors"]) == 1
     assert got["errors"][0].startswith("member bad failed (task ")
     info = daemon.json("task", out["task_id"])
@@ -347,6 +361,57 @@ def test_cancel_a_call_cancels_its_members_tasks(tmp_path: Path) -> None:
         r = d.cli("cancel", call_id)
         assert (r.returncode, r.stderr.strip()) == (
             1, f"corral: task {call_id} already finished (cancelled)")
+    finally:
+        d.close()
+
+
+def test_a_leader_retried_after_its_worker_died_runs_no_member_again(
+        tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    d = Daemon(tmp_path, agents_toml(tmp_path, "a b bad lead") + DESK)
+    try:
+        d.start()
+        rc, out = run(d, "desk", {"ask": "q", "call": ["a", "b"], "mark": str(marks),
+                                  "crash_once": str(tmp_path / "crashed")})
+        assert (rc, out["status"]) == (0, "succeeded"), out
+        steps = _steps(d, out["task_id"])
+        leader = d.json("task", steps["leader"]["task_id"])
+        assert [a["outcome"] for a in leader["attempts"]] == ["lost", "succeeded"]
+        assert leader["attempts"][1]["replayed"] == 2  # both calls answered from its steps
+        marked = _marks(marks)
+        tools = {s["step"].split(":")[1]: s["task_id"] for s in steps.values()
+                 if s["step"].startswith("tool:")}
+        assert marked == {"a": [tools["a"]], "b": [tools["b"]]}
+    finally:
+        d.close()
+
+
+def test_a_leader_waiting_on_a_member_through_a_sigkill_gets_that_members_task(
+        tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    d = Daemon(tmp_path, agents_toml(tmp_path, "a b bad lead") + DESK)
+    try:
+        d.start()
+        inp = {"ask": "q", "call": ["a", "b"], "mark": str(marks), "sleep_for": {"b": 3}}
+        r = d.cli("submit", "desk", "--input", json.dumps(inp), "--json")
+        call_id = json.loads(r.stdout)["task_id"]
+        # killed while the leader waits for b, a's call done
+        while not any(k.startswith("tool:b") for k in _steps(d, call_id)):
+            pass
+        d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+        d.proc.wait()  # type: ignore[union-attr]
+        d.start()
+        info = d.json("task", call_id, "--wait")
+        assert info["status"] == "succeeded", info
+        assert [a["output"]["who"] for a in info["output"]["answers"]] == ["a", "b"]
+        steps = _steps(d, call_id)
+        tools = {s["step"].split(":")[1]: s["task_id"] for s in steps.values()
+                 if s["step"].startswith("tool:")}
+        assert sorted(tools) == ["a", "b"]  # one step each: none made twice
+        marked = _marks(marks)
+        assert marked["a"] == [tools["a"]] and set(marked["b"]) == {tools["b"]}
     finally:
         d.close()
 

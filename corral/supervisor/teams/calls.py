@@ -85,6 +85,7 @@ class Teams:
         """Calls a previous daemon left running, driven on from their steps."""
         for call in calls:
             if call.call_id not in self.live:
+                self.runner.adopt(call)
                 self._drive(call)
 
     def _drive(self, call: TeamCall) -> None:

@@ -29,6 +29,14 @@ class TeamRunner:
         self.store = store
         self.leaders: dict[str, TeamCall] = {}  # a running leader's task id -> its call
 
+    def adopt(self, call: TeamCall) -> None:
+        """A call resumed after a restart: its leader's task, back in the engine and
+        perhaps dispatched before the call's driver first runs, has its members' tools
+        from the start."""
+        st = call.steps.get("leader")
+        if st is not None and st.status == "running" and st.task_id is not None:
+            self.leaders[st.task_id] = call
+
     async def drive(self, call: TeamCall) -> None:
         """The call's status, output and error set (saved by the caller)."""
         try:
