@@ -287,10 +287,15 @@ def test_submit_a_team_and_ask_for_it_as_a_task(daemon: Daemon) -> None:
     info = daemon.json("task", task_id, "--wait")
     assert (info["agent"], info["status"], sorted(info["output"])) == (
         "all", "succeeded", ["a", "b"])
-    r = daemon.cli("run", "pick", "--input", "{}", "--delay", "5s")
-    assert (r.returncode, r.stderr.strip()) == (
-        1, "corral: invalid params: pick is a team: a team's call takes no delay (its "
-           "members' tasks run at once)")
+    for flags, said in (
+            (["--delay", "5s"], "delay (its members' tasks run at once)"),
+            (["--session", "s1"], "session (a session is one agent's)"),
+            (["--timeout", "3"], "timeout (its tasks' timeout is the team's `timeout`)"),
+            (["--retries", "1"], "retries (its tasks' retries are the team's `retries`)"),
+            (["--priority", "2"], "priority (its tasks run at their agents' order)")):
+        r = daemon.cli("run", "pick", "--input", "{}", *flags)
+        assert (r.returncode, r.stderr.strip()) == (
+            1, f"corral: invalid params: pick is a team: a team's call takes no {said}")
 
 
 def _marks(directory: Path) -> dict[str, list[str]]:
@@ -358,6 +363,8 @@ def test_cancel_a_call_cancels_its_members_tasks(tmp_path: Path) -> None:
         for key in ("member:a", "member:b"):
             member = d.json("task", steps[key]["task_id"], "--wait")
             assert member["status"] == "cancelled", member
+        assert {k: (s["status"], s.get("error")) for k, s in _steps(d, call_id).items()} == {
+            k: ("cancelled", "the call was cancelled") for k in ("member:a", "member:b")}
         r = d.cli("cancel", call_id)
         assert (r.returncode, r.stderr.strip()) == (
             1, f"corral: task {call_id} already finished (cancelled)")

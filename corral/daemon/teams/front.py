@@ -21,16 +21,26 @@ from ..caller import Channel
 from ..tasks.front import Page, Sees, TaskFront, accepted
 from .service import TeamService, call_info
 
+# what a team's call does not take, and why: it is no one agent's task
+_NOT_TAKEN = (
+    ("delay", "its members' tasks run at once"),
+    ("not_before", "its members' tasks run at once"),
+    ("session", "a session is one agent's"),
+    ("timeout", "its tasks' timeout is the team's `timeout`"),
+    ("retries", "its tasks' retries are the team's `retries`"),
+    ("retry_on", "its tasks' retries are the team's `retries`"),
+)
+
 
 def _refused(p: m.TaskParams) -> None:
-    """What a team's call does not take: it is no one agent's task."""
-    given = [k for k, v in (("delay", p.delay), ("not_before", p.not_before),
-                            ("session", p.session), ("retry_on", p.retry_on))
-             if v is not None]
-    if given:
+    for key, why in _NOT_TAKEN:
+        if getattr(p, key) is not None:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {p.agent} is a team: "
+                                                   f"a team's call takes no {key} ({why})")
+    if p.priority:
         raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {p.agent} is a team: a "
-                                               f"team's call takes no {given[0]} (its "
-                                               "members' tasks run at once)")
+                                               "team's call takes no priority (its tasks "
+                                               "run at their agents' order)")
 
 
 class TeamFront:

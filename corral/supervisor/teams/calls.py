@@ -101,7 +101,7 @@ class Teams:
                     raise  # the daemon stops: the call is resumed at the next start
                 self._cancelled.discard(call.call_id)
                 call.status, call.error = "cancelled", "cancelled"
-                self.runner.abandon(call)
+                await self.runner.abandon(call)
             call.ended = time.time()
             await self.store.save_call(call)
         except Exception as exc:  # the store failed: said, and resumed at the next start

@@ -141,14 +141,18 @@ class TeamRunner:
         await self.store.save_step(call.call_id, st)
         call.steps[st.key] = st
 
-    def abandon(self, call: TeamCall) -> None:
-        """A call cancelled: its steps' tasks still queued or running cancelled."""
-        for st in call.steps.values():
-            if st.status == "running" and st.task_id is not None:
+    async def abandon(self, call: TeamCall) -> None:
+        """A call cancelled: its steps' tasks still queued or running cancelled, and
+        their rows ended so."""
+        now = time.time()
+        for st in [s for s in call.steps.values() if s.status == "running"]:
+            if st.task_id is not None:
                 task = self.engine.active.get(st.task_id)
                 if task is not None and task.status not in TERMINAL:
                     with contextlib.suppress(RpcError):
                         self.engine.cancel(st.task_id)
+            await self._save(call, CallStep(st.key, "cancelled", st.task_id, st.started,
+                                            now, None, "the call was cancelled"))
 
 
 def _outcome(st: CallStep) -> dict[str, Any]:
