@@ -38,10 +38,11 @@ def handle(inp, ctx):
         return {"member": inp["input"]["want"]}
     if ROLE == "lead":
         names = sorted(t["name"] for t in ctx.list_tools()["tools"])
-        calls = [ctx.call_tool(f"desk__{m}", {"input": {"ask": inp["ask"], "mark":
-                                                        inp.get("mark"), "sleep_for":
-                                                        inp.get("sleep_for", {})}})
-                 for m in inp["call"]]
+        sent = {"ask": inp["ask"], "mark": inp.get("mark"),
+                "sleep_for": inp.get("sleep_for", {})}
+        if "tag" in inp:
+            sent["tag"] = inp["tag"]
+        calls = [ctx.call_tool(f"desk__{m}", {"input": sent}) for m in inp["call"]]
         flag = inp.get("crash_once")
         if flag and not Path(flag).exists():
             Path(flag).write_text(ctx.task_id)
@@ -53,7 +54,8 @@ def handle(inp, ctx):
     if isinstance(inp, dict) and inp.get("sleep_for", {}).get(ROLE):
         time.sleep(inp["sleep_for"][ROLE])
     if isinstance(inp, dict) and inp.get("mark"):
-        (Path(inp["mark"]) / f"{ROLE}.{ctx.task_id}.{uuid.uuid4().hex}").write_text("")
+        who = f"{ROLE}-{inp['tag']}" if "tag" in inp else ROLE
+        (Path(inp["mark"]) / f"{who}.{ctx.task_id}.{uuid.uuid4().hex}").write_text("")
     return {"who": ROLE, "got": inp}
 
 run(handle)
@@ -61,7 +63,7 @@ run(handle)
 
 
 def agents_toml(directory: Path, roles: str = "a b bad router lead",
-                extra: str = "") -> str:
+                extra: str = "", retries: int = 2) -> str:
     script = directory / "teamagent.py"
     script.write_text(AGENT)
     out = ""
@@ -70,7 +72,7 @@ def agents_toml(directory: Path, roles: str = "a b bad router lead",
             [agents.{role}]
             command = ["{PY}", "{script}"]
             env = {{ PYTHONPATH = "{ROOT}", ROLE = "{role}" }}
-            retries = 2
+            retries = {retries}
             backoff_initial = 0.05
             stop_timeout = 10.0
             {extra}
@@ -419,6 +421,54 @@ def test_a_leader_waiting_on_a_member_through_a_sigkill_gets_that_members_task(
         assert sorted(tools) == ["a", "b"]  # one step each: none made twice
         marked = _marks(marks)
         assert marked["a"] == [tools["a"]] and set(marked["b"]) == {tools["b"]}
+    finally:
+        d.close()
+
+
+def test_random_sigkills_lose_no_call_and_run_no_member_twice(tmp_path: Path) -> None:
+    import random
+    import time
+
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    print(f"seed {seed}")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    # CORRAL_TEAMS_CHAOS="CALLS,KILLS" for a longer one
+    calls_n, kills = (int(x) for x in os.environ.get("CORRAL_TEAMS_CHAOS", "8,6").split(","))
+    d = Daemon(tmp_path, agents_toml(tmp_path, "a b bad lead", retries=500) + DESK
+               + '[teams.all]\nmode = "broadcast"\nmembers = ["a", "b"]\n')
+    try:
+        d.start()
+        slow = {"a": 0.2, "b": 0.3}
+        inputs = [{"tag": f"c{i}", "mark": str(marks), "sleep_for": slow}
+                  | ({"ask": "q", "call": ["a", "b"]} if i % 2 else {}) for i in range(calls_n)]
+        call_ids = [json.loads(d.cli("submit", "desk" if i % 2 else "all", "--input",
+                                     json.dumps(inp), "--json").stdout)["task_id"]
+                    for i, inp in enumerate(inputs)]
+        for _ in range(kills):
+            # a random moment: what is running then is what the kill interrupts
+            time.sleep(rng.uniform(0.05, 0.6))
+            d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+            d.proc.wait()  # type: ignore[union-attr]
+            d.start()
+        infos = [d.json("task", c, "--wait") for c in call_ids]
+        assert [i["status"] for i in infos] == ["succeeded"] * calls_n, (seed, [
+            (i["task_id"], i["status"], i["error"]) for i in infos])
+        marked = {k: set(v) for k, v in _marks(marks).items()}
+        for n, info in enumerate(infos):
+            steps = _steps(d, info["task_id"])
+            kind = "tool" if n % 2 else "member"
+            worked = {k.split(":")[1]: s["task_id"] for k, s in steps.items()
+                      if k.startswith(kind + ":")}
+            # one step per member, and its work done by the task the call recorded
+            assert sorted(worked) == ["a", "b"], (seed, steps)
+            for member, task_id in worked.items():
+                assert marked[f"{member}-c{n}"] == {task_id}, (seed, n, member, marked)
+        assert len(marked) == 2 * calls_n
+        log = (d.state / "logs" / "corral.log").read_text()
+        print(*[ln for ln in log.splitlines() if "teams:" in ln], sep="\n")
     finally:
         d.close()
 
