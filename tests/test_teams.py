@@ -556,6 +556,45 @@ async def test_a_tenants_token_calls_its_own_team_and_finds_no_other(tmp_path: P
             assert on_b == on_ghost.replace("tz", "tb")
 
 
+async def test_a_token_limited_to_a_glob_reaches_a_team_only_if_it_sees_all_its_agents(
+        tmp_path: Path) -> None:
+    import msgspec
+
+    from corral import methods as m
+    from corral.daemon.tokens import tokens_of
+
+    from .daemon_harness import in_process
+
+    toml = ('[teams.pubteam]\nmode = "broadcast"\nmembers = ["pub1"]\n'
+            '[teams.pubsneak]\nmode = "broadcast"\nmembers = ["pub1", "sec1"]\n')
+    fleet = agents_toml(tmp_path, "pub1 sec1")
+    async with in_process(tmp_path, fleet, toml) as d:
+        hidden = await d.dispatcher.call(OPERATOR, "tasks.run", m.TasksRun(
+            agent="pubsneak", input=msgspec.Raw(b"1")))
+        assert hidden.status == "succeeded"
+        _, token = await tokens_of(d.services.store).create(
+            "pub", ["tasks:run", "tasks:read"], "pub*", None)
+        pub = Caller(via="http", token=token.name, scopes=token.scopes, agents=token.agents)
+        mine = await d.dispatcher.call(pub, "tasks.run", m.TasksRun(
+            agent="pubteam", input=msgspec.Raw(b"2")))
+        assert (mine.status, mine.output["pub1"]["output"]) == (
+            "succeeded", {"who": "pub1", "got": 2})
+        assert (await d.dispatcher.call(pub, "tasks.get", {"task_id": mine.task_id})
+                ).agent == "pubteam"
+        # a team with an agent outside the glob: as if it did not exist, and its call too
+        for method, params, said in (
+                ("tasks.run", m.TasksRun(agent="pubsneak", input=msgspec.Raw(b"3")),
+                 "no such agent: pubsneak"),
+                ("tasks.submit", m.TasksSubmit(agent="pubsneak", input=msgspec.Raw(b"3")),
+                 "no such agent: pubsneak"),
+                ("tasks.get", {"task_id": hidden.task_id}, f"no such task: {hidden.task_id}"),
+                ("tasks.cancel", {"task_id": hidden.task_id},
+                 f"no such task: {hidden.task_id}")):
+            with pytest.raises(RpcError) as exc:
+                await d.dispatcher.call(pub, method, params)
+            assert (exc.value.code, exc.value.message) == (-32010, said), method
+
+
 # -- the gateway -----------------------------------------------------------------------------
 async def test_the_gateway_shows_no_team_as_agents_are_not_and_no_leaders_tool(
         tmp_path: Path) -> None:

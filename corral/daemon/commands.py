@@ -29,6 +29,7 @@ from .flowcontrol import drain
 from .history import has_rows
 from .services import Services
 from .store import row_limit
+from .teams.service import seen_team
 from .tokens import Token, tokens_of
 from .workflows.handlers import TABLE as WORKFLOW_HANDLERS
 
@@ -567,17 +568,20 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
 @implements("tasks.submit")
 async def tasks_submit(d: Services, p: m.TasksSubmit, caller: Caller, c: Channel
                        ) -> m.TaskAccepted:
+    seen_team(caller, d.teams, p.agent)
     return await d.tasks.submit(p, c)
 
 
 @implements("tasks.run")
 async def tasks_run(d: Services, p: m.TasksRun, caller: Caller, c: Channel) -> m.TaskResult:
+    seen_team(caller, d.teams, p.agent)
     return await d.tasks.run(p, c)
 
 
 @implements("tasks.get")
 async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel) -> m.TaskInfo:
     info = await d.tasks.get(p.task_id, wait=p.wait)
+    seen_team(caller, d.teams, info.agent, p.task_id)
     if p.input:
         kept = await d.tasks.input_of(p.task_id)
         if kept is not None:

@@ -14,6 +14,7 @@ from ...supervisor.teams.call import TeamCall
 from ...supervisor.teams.calls import Teams, error_of
 from ...taskviews import TaskInfo
 from ...text import plural
+from ..caller import Caller
 from ..store import StateStore
 from .store import CallRows
 
@@ -74,3 +75,16 @@ def call_info(call: TeamCall, with_input: bool = False) -> TaskInfo:
     if with_input:
         info.input = call.input
     return info
+
+
+def seen_team(caller: Caller, teams: TeamService, name: str, task_id: str | None = None
+              ) -> None:
+    """A caller limited to an agent glob reaches a team (and its calls) only when it sees
+    every agent of it, as a workflow (visibility.seen_workflow): else answered as a team,
+    or a call, there is not. (A tenant's caller needs no more: a team's agents are its
+    tenant's, checked on load.)"""
+    spec = teams.specs.get(name)
+    if spec is None or not caller.limited or all(caller.sees(a) for a in spec.agents):
+        return
+    raise (jsonrpc.not_found("task", task_id) if task_id is not None
+           else jsonrpc.not_found("agent", name))
