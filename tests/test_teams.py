@@ -298,6 +298,21 @@ def test_submit_a_team_and_ask_for_it_as_a_task(daemon: Daemon) -> None:
         r = daemon.cli("run", "pick", "--input", "{}", *flags)
         assert (r.returncode, r.stderr.strip()) == (
             1, f"corral: invalid params: pick is a team: a team's call takes no {said}")
+    # a reload adds a team and removes one; a refused reload changes none
+    text = daemon.config.read_text()
+    daemon.config.write_text(text.replace("[teams.pick]", "[teams.picked]").replace(
+        "teams.pick.rules", "teams.picked.rules"))
+    r = daemon.cli("reload")
+    assert r.returncode == 0, r.stderr
+    assert run(daemon, "picked", {"topic": "billing"})[1]["output"]["who"] == "a"
+    r = daemon.cli("run", "pick", "--input", "{}")
+    assert (r.returncode, r.stderr.strip()) == (
+        1, "corral: no such agent: pick (agents: a, b, bad, lead, router)")
+    daemon.config.write_text(daemon.config.read_text() + _team(
+        'mode = "broadcast"\nmembers = ["nope"]', "worse"))
+    r = daemon.cli("reload")
+    assert r.returncode == 1 and "team worse: member nope: no such agent" in r.stderr
+    assert run(daemon, "picked", {"topic": "else"})[1]["output"]["who"] == "b"
 
 
 def _marks(directory: Path) -> dict[str, list[str]]:
