@@ -66,8 +66,12 @@ class TeamRunner:
 
     async def _broadcast(self, call: TeamCall) -> None:
         members = call.spec.members
-        steps = await asyncio.gather(*(self.step(call, f"member:{m}", m, call.input)
-                                       for m in members))
+        # a step that raises (the store failed) cancels the others: none left to run on
+        # unwatched; a member's bad end is no exception (its step's status)
+        async with asyncio.TaskGroup() as group:
+            running = [group.create_task(self.step(call, f"member:{m}", m, call.input))
+                       for m in members]
+        steps = [t.result() for t in running]
         call.output = {m: _outcome(st) for m, st in zip(members, steps, strict=True)}
         bad = [m for m, st in zip(members, steps, strict=True) if st.status != "succeeded"]
         if bad:
