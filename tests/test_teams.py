@@ -298,6 +298,16 @@ def test_submit_a_team_and_ask_for_it_as_a_task(daemon: Daemon) -> None:
         r = daemon.cli("run", "pick", "--input", "{}", *flags)
         assert (r.returncode, r.stderr.strip()) == (
             1, f"corral: invalid params: pick is a team: a team's call takes no {said}")
+    # `corral tasks --agent TEAM` pages through its calls as through an agent's tasks
+    more = [json.loads(daemon.cli("submit", "all", "--input", json.dumps({"q": i}),
+                                  "--json").stdout)["task_id"] for i in range(3)]
+    listed = daemon.json("tasks", "--agent", "all")
+    assert [t["task_id"] for t in listed["tasks"]] == [task_id, *more]
+    assert {t["agent"] for t in listed["tasks"]} == {"all"}
+    page = daemon.json("tasks", "--agent", "all", "--limit", "2")
+    assert [t["task_id"] for t in page["tasks"]] == more[1:] and page["next"] == more[1]
+    older = daemon.json("tasks", "--agent", "all", "--limit", "2", "--before", page["next"])
+    assert [t["task_id"] for t in older["tasks"]] == [task_id, more[0]]
     # a reload adds a team and removes one; a refused reload changes none
     text = daemon.config.read_text()
     daemon.config.write_text(text.replace("[teams.pick]", "[teams.picked]").replace(
@@ -602,6 +612,7 @@ async def test_a_token_limited_to_a_glob_reaches_a_team_only_if_it_sees_all_its_
                  "no such agent: pubsneak"),
                 ("tasks.submit", m.TasksSubmit(agent="pubsneak", input=msgspec.Raw(b"3")),
                  "no such agent: pubsneak"),
+                ("tasks.list", {"agent": "pubsneak"}, "no such agent: pubsneak"),
                 ("tasks.get", {"task_id": hidden.task_id}, f"no such task: {hidden.task_id}"),
                 ("tasks.cancel", {"task_id": hidden.task_id},
                  f"no such task: {hidden.task_id}")):

@@ -593,6 +593,8 @@ async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel) -> m
 async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) -> m.TaskList:
     # a caller limited to some agents pages through theirs only (full pages; a cursor
     # of another agent's task reads as absent)
+    if p.agent is not None:
+        seen_team(caller, d.teams, p.agent)
     tasks, older = await d.tasks.list(p, caller.sees if caller.limited else None)
     return m.TaskList(tasks=tasks, next=older if older is not None else msgspec.UNSET)
 

@@ -18,7 +18,7 @@ from ...supervisor.teams.calls import result
 from ...taskviews import TaskInfo, TaskResult
 from ...timeouts import within
 from ..caller import Channel
-from ..tasks.front import Page, Sees, TaskFront, accepted
+from ..tasks.front import Page, Sees, TaskFront, accepted, listing_window
 from .service import TeamService, call_info
 
 # what a team's call does not take, and why: it is no one agent's task
@@ -105,7 +105,18 @@ class TeamFront:
         return msgspec.Raw(msgspec.json.encode(call.input))
 
     async def list(self, p: m.TasksList, sees: Sees | None = None) -> Page:
-        return await self.inner.list(p, sees)
+        if p.agent is None or p.agent not in self.teams:
+            return await self.inner.list(p, sees)
+        # a team's calls, paged as tasks are: newest last, the cursor the oldest's id
+        since, limit = listing_window(p)
+        if limit == 0:
+            return [], None
+        page = self.teams.rows.listing(p.agent, p.status, since, p.before, limit + 1)
+        page.reverse()
+        if len(page) <= limit:
+            return page, None
+        page = page[1:]
+        return page, page[0].task_id
 
     async def cancel(self, task_id: str) -> TaskInfo:
         call = self.teams.find(task_id)

@@ -12,6 +12,7 @@ import msgspec
 
 from ...supervisor.teams import TeamSpec
 from ...supervisor.teams.call import CallStep, TeamCall
+from ...taskviews import TaskSummary
 from ..store import StateStore
 
 KEPT = 10_000  # ended calls kept (their member tasks are kept as tasks are)
@@ -75,6 +76,28 @@ class CallRows:
     def unfinished(self) -> list[TeamCall]:
         return [self._call(r) for r in self.store.db.execute(
             f"SELECT {_COLUMNS} FROM team_calls WHERE status = 'running' ORDER BY call_id")]
+
+
+    def listing(self, team: str, status: str | None, since: float | None,
+                before: str | None, limit: int) -> list[TaskSummary]:
+        """A team's calls as lines of `corral tasks`, newest first (ids sort as made)."""
+        where = ["team = ?"]
+        args: list[object] = [team]
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if since is not None:
+            where.append("created >= ?")
+            args.append(since)
+        if before is not None:
+            where.append("call_id < ?")
+            args.append(before)
+        rows = self.store.db.execute(
+            f"SELECT call_id, status, created, ended FROM team_calls WHERE "
+            f"{' AND '.join(where)} ORDER BY call_id DESC LIMIT ?", (*args, limit))
+        return [TaskSummary(task_id=call_id, agent=team, status=st, priority=0,
+                            created=created, started=created, finished=ended, attempts=0)
+                for call_id, st, created, ended in rows]
 
 
 def _prune(db: sqlite3.Connection) -> None:
