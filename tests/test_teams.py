@@ -498,6 +498,43 @@ def test_random_sigkills_lose_no_call_and_run_no_member_twice(tmp_path: Path) ->
         d.close()
 
 
+def test_with_tracing_a_call_is_one_trace_and_a_member_is_a_child_of_the_leaders_tool_span(
+        tmp_path: Path) -> None:
+    trace, span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    d = Daemon(tmp_path, agents_toml(tmp_path, "a b bad lead") + DESK
+               + "[tracing]\nexport_interval = 0.05\n")
+    try:
+        d.start()
+        r = d.cli("run", "desk", "--input", json.dumps({"ask": "q", "call": ["a"]}),
+                  "--traceparent", f"00-{trace}-{span}-01", "--json")
+        call = json.loads(r.stdout)
+        assert call["status"] == "succeeded", r.stderr
+        steps = _steps(d, call["task_id"])
+        leader_id = steps["leader"]["task_id"]
+        member_id = next(s["task_id"] for k, s in steps.items() if k.startswith("tool:a:"))
+
+        def kept(task_id: str) -> dict[str, Any]:
+            # (the exporter writes the local store a batch at a time: looked at until kept)
+            while True:
+                shown = d.cli("trace", task_id, "--json")
+                if shown.returncode == 0:
+                    out: dict[str, Any] = json.loads(shown.stdout)
+                    return out
+
+        leader, member = kept(leader_id), kept(member_id)
+        assert leader["trace_id"] == member["trace_id"] == trace
+        assert leader["spans"][0]["parent_id"] == span  # the caller's
+        # (a tool call's span is named for the part of its name after the `__`)
+        tool = next(s for s in leader["spans"] if s["name"] == "tools/call a")
+        assert member["spans"][0]["parent_id"] == tool["span_id"]
+        r = d.cli("run", "desk", "--input", "{}", "--traceparent", "00-nope")
+        assert (r.returncode, r.stderr.strip()) == (
+            1, "corral: traceparent must be the W3C format 00-<32 hex>-<16 hex>-<2 hex>, "
+               "not '00-nope'")
+    finally:
+        d.close()
+
+
 # -- the Python API --------------------------------------------------------------------------
 async def test_the_python_api_calls_a_team_on_an_embedded_engine(sup: Any) -> None:
     from corral.supervisor import State

@@ -315,7 +315,7 @@ class Daemon:
                                              self.upgrades.listeners))
         tasks = part.task_front(parts, opened.journal, node, hub)
         workflows = await enter(part.workflows(conf, parts, store, hub))
-        teams = await enter(part.teams(conf, parts, store, hub))
+        teams = await enter(part.teams(conf, parts, store, hub, traces))
         tasks = TeamFront(tasks, teams)  # a task naming a team is a call of it
         history = History(parts.agents, parts.tasks, store, cfg.http)
         packages = await part.packages(conf, parts, opened, fleet, node, hub)

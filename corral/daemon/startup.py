@@ -437,11 +437,13 @@ async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub
 
 
 @contextlib.asynccontextmanager
-async def teams(conf: Conf, parts: Parts, store: StateStore, hub: LogHub
-                ) -> AsyncIterator[TeamService]:
+async def teams(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
+                traces: Traces | None) -> AsyncIterator[TeamService]:
     """[teams.NAME] and their calls (docs/teams.md); entered after the engine runs, so a
-    stop ends the calls' drivers (resumed at the next start) before the agents stop."""
-    service = TeamService(parts.agents, parts.tasks, store, hub.daemon)
+    stop ends the calls' drivers (resumed at the next start) before the agents stop.
+    With [tracing], a leader's call of a member is a span of the leader's trace."""
+    service = TeamService(parts.agents, parts.tasks, store, hub.daemon,
+                          traces.tracer.traced if traces is not None else None)
     service.configure(conf.cfg.teams)
     try:
         yield service

@@ -266,7 +266,9 @@ MIGRATIONS: list[Migration] = [
         created REAL NOT NULL,
         ended REAL,
         output BLOB,
-        error TEXT
+        error TEXT,
+        traceparent TEXT,
+        tracestate TEXT
     );
     CREATE INDEX team_calls_status ON team_calls (status);
     CREATE TABLE team_steps (

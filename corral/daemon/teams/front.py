@@ -61,7 +61,8 @@ class TeamFront:
             raise RpcError(jsonrpc.INTERNAL_ERROR, f"{self.refusing}; the task was not "
                                                    "accepted")
         await self.teams.recovered.wait()
-        return await self.teams.start(p.agent, msgspec.json.decode(p.input))
+        return await self.teams.start(p.agent, msgspec.json.decode(p.input),
+                                      p.traceparent, p.tracestate)
 
     def _driver(self, call: TeamCall) -> asyncio.Future[None] | None:
         live = self.teams.live.get(call.call_id)

@@ -12,6 +12,7 @@ from ...supervisor.agents import Agents
 from ...supervisor.tasks import TaskManager
 from ...supervisor.teams.call import TeamCall
 from ...supervisor.teams.calls import Teams, error_of
+from ...supervisor.teams.tools import Router
 from ...taskviews import TaskInfo
 from ...text import plural
 from ..caller import Caller
@@ -21,9 +22,10 @@ from .store import CallRows
 
 class TeamService(Teams):
     def __init__(self, agents: Agents, engine: TaskManager, store: StateStore,
-                 report: Callable[[str], None]) -> None:
+                 report: Callable[[str], None],
+                 traced: Callable[[Router], Router] | None = None) -> None:
         self.rows = CallRows(store)
-        super().__init__(engine, self.rows, report)
+        super().__init__(engine, self.rows, report, traced)
         self.agents = agents
         self.recovered.clear()  # set once the task journal's tasks are back (recover)
 

@@ -17,7 +17,8 @@ from ..store import StateStore
 
 KEPT = 10_000  # ended calls kept (their member tasks are kept as tasks are)
 PRUNE_EVERY = 100  # ends between two prunings
-_COLUMNS = "call_id, team, tenant, definition, input, status, created, ended, output, error"
+_COLUMNS = ("call_id, team, tenant, definition, input, status, created, ended, output, error, "
+            "traceparent, tracestate")
 
 
 def _json(value: Any) -> bytes | None:
@@ -36,14 +37,14 @@ class CallRows:
     async def save_call(self, call: TeamCall) -> None:
         values = (call.call_id, call.team, call.tenant, msgspec.json.encode(call.spec),
                   msgspec.json.encode(call.input), call.status, call.created, call.ended,
-                  _json(call.output), call.error)
+                  _json(call.output), call.error, call.traceparent, call.tracestate)
         prune = call.ended is not None and self._ends % PRUNE_EVERY == 0
         if call.ended is not None:
             self._ends += 1
 
         def write(db: sqlite3.Connection) -> None:
             db.execute(f"INSERT OR REPLACE INTO team_calls ({_COLUMNS}) VALUES "
-                       "(?,?,?,?,?,?,?,?,?,?)", values)
+                       "(?,?,?,?,?,?,?,?,?,?,?,?)", values)
             if prune:
                 _prune(db)
         await self.store.commit([write])
@@ -58,10 +59,12 @@ class CallRows:
         await self.store.commit([write])
 
     def _call(self, row: tuple[Any, ...]) -> TeamCall:
-        call_id, team, tenant, definition, inp, status, created, ended, output, error = row
+        (call_id, team, tenant, definition, inp, status, created, ended, output, error,
+         traceparent, tracestate) = row
         call = TeamCall(call_id, team, msgspec.json.decode(definition, type=TeamSpec),
                         msgspec.json.decode(inp), status, created, tenant, ended,
-                        _value(output), error)
+                        _value(output), error, traceparent=traceparent,
+                        tracestate=tracestate)
         for key, task_id, st, started, end, out, err in self.store.db.execute(
                 "SELECT key, task_id, status, started, ended, output, error FROM team_steps "
                 "WHERE call_id = ?", (call_id,)):

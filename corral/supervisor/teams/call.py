@@ -46,6 +46,9 @@ class TeamCall:
     output: Any = None
     error: str | None = None
     steps: dict[str, CallStep] = field(default_factory=dict)
+    # the caller's W3C context: its steps' tasks are children of it (with [tracing])
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 class CallStore(Protocol):

@@ -20,22 +20,25 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...taskviews import TaskError, TaskResult
 from ...timeouts import within
+from ...tracecontext import BadTraceparent, parse
 from ..tasks import TaskManager
 from ..tasks.ids import new_id
 from .call import CALL_ENDED, CallStore, MemoryStore, TeamCall
 from .check import check_team
 from .definition import TeamError, TeamSpec
 from .runner import TeamRunner
-from .tools import LeaderTools
+from .tools import LeaderTools, Router
 
 
 class Teams:
     def __init__(self, engine: TaskManager, store: CallStore | None = None,
-                 report: Callable[[str], None] | None = None) -> None:
+                 report: Callable[[str], None] | None = None,
+                 traced: Callable[[Router], Router] | None = None) -> None:
         self.engine = engine
         self.store: CallStore = store if store is not None else MemoryStore()
         self.runner = TeamRunner(engine, self.store)
-        LeaderTools(self.runner).install(engine.worker)
+        LeaderTools(self.runner, traced).install(engine.worker)
+        self.traced = traced is not None  # (a caller's context is checked only then)
         self.report = report
         self.specs: dict[str, TeamSpec] = {}
         self.live: dict[str, tuple[TeamCall, asyncio.Task[None]]] = {}
@@ -67,10 +70,16 @@ class Teams:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
 
     # -- calls --------------------------------------------------------------------------
-    async def start(self, name: str, call_input: Any) -> TeamCall:
+    async def start(self, name: str, call_input: Any, traceparent: str | None = None,
+                    tracestate: str | None = None) -> TeamCall:
         tenant = self._checked(name)
+        if traceparent and self.traced:
+            try:  # refused before the call, as a task's is before it is accepted
+                parse(traceparent, tracestate)
+            except BadTraceparent as exc:
+                raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         call = TeamCall(new_id(), name, self.spec(name), call_input, "running", time.time(),
-                        tenant=tenant)
+                        tenant=tenant, traceparent=traceparent, tracestate=tracestate)
         await self.store.save_call(call)  # durable before it is answered
         self._drive(call)
         return call

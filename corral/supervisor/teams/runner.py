@@ -95,7 +95,10 @@ class TeamRunner:
             call.status, call.error = "failed", _why(call, role, agent, st)
 
     # -- a step: one task, at most once --------------------------------------------------
-    async def step(self, call: TeamCall, key: str, agent: str, task_input: Any) -> CallStep:
+    async def step(self, call: TeamCall, key: str, agent: str, task_input: Any,
+                   context: dict[str, str] | None = None) -> CallStep:
+        """A step to its end; `context`: the trace context its task is a child of (else
+        the call's caller's)."""
         st = call.steps.get(key)
         if st is not None and st.status in STEP_ENDED:
             return st
@@ -107,7 +110,7 @@ class TeamRunner:
         if leading:
             self.leaders[st.task_id] = call  # its tool list has the members while it runs
         try:
-            info = await self._outcome(agent, call, st.task_id, task_input)
+            info = await self._outcome(agent, call, st.task_id, task_input, context)
         except RpcError as exc:  # refused by the engine: the step fails
             return await self._end(call, st, "failed", None, exc.message)
         finally:
@@ -118,8 +121,8 @@ class TeamRunner:
         error = info.error.message if info.error is not None else None
         return await self._end(call, st, str(info.status), output, error)
 
-    async def _outcome(self, agent: str, call: TeamCall, task_id: str, task_input: Any
-                       ) -> TaskInfo:
+    async def _outcome(self, agent: str, call: TeamCall, task_id: str, task_input: Any,
+                       context: dict[str, str] | None) -> TaskInfo:
         engine = self.engine
         task = engine.active.get(task_id)
         if task is None:
@@ -129,8 +132,12 @@ class TeamRunner:
                 info = None
             if info is not None and info.status in TERMINAL:
                 return info
+            parent = context if context is not None else {
+                "traceparent": call.traceparent or "", "tracestate": call.tracestate or ""}
             task = engine.submit(agent, task_input, timeout=call.spec.timeout,
-                                 retries=call.spec.retries, task_id=task_id)
+                                 retries=call.spec.retries, task_id=task_id,
+                                 traceparent=parent.get("traceparent") or None,
+                                 tracestate=parent.get("tracestate") or None)
             await engine.committed()
         await asyncio.shield(task.done)
         return await engine.info(task_id)

@@ -2,15 +2,19 @@
 and the allowlist of a replica only while it runs a task as a team's leader, and a call of
 one a step of the team's call, the member's own task (its budgets, allowlist and retries).
 Installed around the engine's worker methods as tracing.py wraps the tool router: a tool
-that is no team's goes on to the pool unchanged."""
+that is no team's goes on to the pool unchanged. Installed after tracing's wrapper (the
+daemon's teams come after its tracer), a team's tool is given tracing's own wrapper
+(`traced`): a client span of the leader's, which the member's task is a child of."""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ...tracecontext import CURRENT
 from ..tasks.steps import args_hash
 from .call import TeamCall
 from .check import TOOL_SEP
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
     from ..tasks.model import Task
     from ..tasks.worker import WorkerMethods
 
+Router = Callable[..., Any]  # a worker methods' tool router
 INPUT_SCHEMA = {"type": "object", "properties": {"input": {
     "description": "what the member is sent (any JSON)"}}, "required": ["input"]}
 
@@ -38,8 +43,10 @@ def tool_result(output: Any, error: str | None) -> dict[str, Any]:
             "structuredContent": {"output": output}, "isError": False}
 
 class LeaderTools:
-    def __init__(self, runner: TeamRunner) -> None:
+    def __init__(self, runner: TeamRunner,
+                 traced: Callable[[Router], Router] | None = None) -> None:
         self.runner = runner
+        self.traced = traced  # tracing's wrapper of a tool router (with [tracing])
         # a leader's attempt -> how many times it called each (member, arguments): the
         # n-th such call of a retried attempt is the n-th of the one before (its step)
         self._counts: dict[str, tuple[int, dict[tuple[str, str], int]]] = {}
@@ -58,7 +65,12 @@ class LeaderTools:
             member = _member(call, name) if call is not None else None
             if call is None or member is None or task is None:
                 return route(r, name, arguments, task)
-            return self.call(call, task, member, arguments)
+
+            def to_member(r: Replica, name: str, arguments: dict[str, Any],
+                          task: Task) -> Any:
+                return self.call(call, task, member, arguments)
+            mine = self.traced(to_member) if self.traced is not None else to_member
+            return mine(r, name, arguments, task)
 
         async def tool_lister(r: Replica) -> Any:
             listed = lister(r)
@@ -93,8 +105,9 @@ class LeaderTools:
             attempt, counts = task.attempt, {}
             self._counts[task.id] = (attempt, counts)
         n = counts[(member, digest)] = counts.get((member, digest), 0) + 1
+        span = CURRENT.get()  # the leader's tool call's, when traced
         st = await self.runner.step(call, f"tool:{member}:{digest}:{n}", member,
-                                    member_input)
+                                    member_input, span.meta if span is not None else {})
         if st.status == "succeeded":
             return tool_result(st.output, None)
         return tool_result(None, f"member {member} {st.status} (task {st.task_id})"
