@@ -29,6 +29,7 @@ from .flowcontrol import drain
 from .history import has_rows
 from .services import Services
 from .store import row_limit
+from .teams.service import seen_team
 from .tokens import Token, tokens_of
 from .workflows.handlers import TABLE as WORKFLOW_HANDLERS
 
@@ -142,8 +143,8 @@ async def config_reload(d: Services, p: m.ConfigReload, caller: Caller, c: Chann
 def owner_of(d: Services, kind: str, name: str) -> str | None:
     """Whose an agent or an MCP server is (Caller.owner): its tenant, SHARED for a server
     every tenant may use, None when there is no such object."""
-    if kind == "agent":
-        return d.quotas.tenant_of(name)
+    if kind == "agent":  # (a team is called as an agent is: its tenant's)
+        return d.quotas.tenant_of(name) or d.teams.tenant_of(name)
     spec = d.tools.spec_of(name)
     if spec is None:
         return None
@@ -567,17 +568,20 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
 @implements("tasks.submit")
 async def tasks_submit(d: Services, p: m.TasksSubmit, caller: Caller, c: Channel
                        ) -> m.TaskAccepted:
+    seen_team(caller, d.teams, p.agent)
     return await d.tasks.submit(p, c)
 
 
 @implements("tasks.run")
 async def tasks_run(d: Services, p: m.TasksRun, caller: Caller, c: Channel) -> m.TaskResult:
+    seen_team(caller, d.teams, p.agent)
     return await d.tasks.run(p, c)
 
 
 @implements("tasks.get")
 async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel) -> m.TaskInfo:
     info = await d.tasks.get(p.task_id, wait=p.wait)
+    seen_team(caller, d.teams, info.agent, p.task_id)
     if p.input:
         kept = await d.tasks.input_of(p.task_id)
         if kept is not None:
@@ -589,6 +593,8 @@ async def tasks_get(d: Services, p: m.TasksGet, caller: Caller, c: Channel) -> m
 async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) -> m.TaskList:
     # a caller limited to some agents pages through theirs only (full pages; a cursor
     # of another agent's task reads as absent)
+    if p.agent is not None:
+        seen_team(caller, d.teams, p.agent)
     tasks, older = await d.tasks.list(p, caller.sees if caller.limited else None)
     return m.TaskList(tasks=tasks, next=older if older is not None else msgspec.UNSET)
 

@@ -57,6 +57,7 @@ from .startup import StartupError
 from .status import Status
 from .store import StateStore
 from .taskjournal import TaskJournalDB
+from .teams import TeamFront
 from .tenantregistry import TenantRegistry
 from .tokens import tokens_of
 from .upgrade import Taken, Upgrades
@@ -314,6 +315,8 @@ class Daemon:
                                              self.upgrades.listeners))
         tasks = part.task_front(parts, opened.journal, node, hub)
         workflows = await enter(part.workflows(conf, parts, store, hub))
+        teams = await enter(part.teams(conf, parts, store, hub, traces))
+        tasks = TeamFront(tasks, teams)  # a task naming a team is a call of it
         history = History(parts.agents, parts.tasks, store, cfg.http)
         packages = await part.packages(conf, parts, opened, fleet, node, hub)
         watches = FileWatches(parts.agents, fleet, packages, hub.daemon)
@@ -324,7 +327,7 @@ class Daemon:
             fleet=fleet, tasks=tasks, gateway=gateway, http=http, journal=opened.journal,
             history=history, packages=packages, dev_watch=watches,
             watch=FleetWatch(parts.agents, parts.stream), tenants=tenants, workflows=workflows,
-            config_path=self.config_path, socket_path=control.path,
+            teams=teams, config_path=self.config_path, socket_path=control.path,
             started_at=self.started_at, reload=lambda who: self._reload(services, who),
             request_stop=self.request_stop, drained=self.drained,
             upgrade=self.upgrades.ask, status_line=status.line, notices=status.notices,
@@ -361,6 +364,7 @@ class Daemon:
         # journal's are back, numbered after theirs
         s.tasks.recover(unfinished if up.journal is not None else [])
         s.workflows.recover()  # after the tasks: a run's recorded task is found
+        s.teams.recover()  # (so is a team call's)
         if up.journal is not None:
             up.journal.start_pruning()
         if node is not None:
@@ -392,6 +396,7 @@ class Daemon:
         self.drain_timeout = cfg.supervisor.drain_timeout
         s.fleet.gateway = cfg.gateway
         s.workflows.configure(cfg.workflows)
+        s.teams.configure(cfg.teams)
         local, declared = by_placement(cfg)
         result = await s.fleet.reload(local, who)
         result.gateway = gateway_changes

@@ -35,6 +35,7 @@ from .revisions import RevisionLog
 from .store import StateStore
 from .taskjournal import TaskJournalDB
 from .tasks import TaskFront
+from .teams import TeamService
 from .tenantregistry import TenantRegistry
 from .traces import Traces
 from .workflows import WorkflowService
@@ -83,6 +84,7 @@ class Services:
     watch: FleetWatch  # the fleet's changes for agents.watch
     tenants: TenantRegistry  # the tenants: the file's and the runtime's (issue 23)
     workflows: WorkflowService  # [workflows.NAME] and their runs (docs/workflows.md)
+    teams: TeamService  # [teams.NAME] and their calls (docs/teams.md)
     config_path: Path
     socket_path: Path
     started_at: float

@@ -56,6 +56,7 @@ from .storeschema import StoreError
 from .storewriter import StoreWriter
 from .taskjournal import TaskJournalDB
 from .tasks import LocalFront, TaskFront
+from .teams import TeamService
 from .tenantdirs import TenantDirs
 from .tenantregistry import groups_of
 from .traces import Traces
@@ -431,6 +432,21 @@ async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub
     agents stop under them."""
     service = WorkflowService(parts.agents, parts.tasks, store, hub.daemon)
     service.configure(conf.cfg.workflows)
+    try:
+        yield service
+    finally:
+        await service.close()
+
+
+@contextlib.asynccontextmanager
+async def teams(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
+                traces: Traces | None) -> AsyncIterator[TeamService]:
+    """[teams.NAME] and their calls (docs/teams.md); entered after the engine runs, so a
+    stop ends the calls' drivers (resumed at the next start) before the agents stop.
+    With [tracing], a leader's call of a member is a span of the leader's trace."""
+    service = TeamService(parts.agents, parts.tasks, store, hub.daemon,
+                          traces.tracer.traced if traces is not None else None)
+    service.configure(conf.cfg.teams)
     try:
         yield service
     finally:

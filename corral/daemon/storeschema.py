@@ -270,6 +270,37 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE runs ADD COLUMN revision INTEGER;
     ALTER TABLE runs ADD COLUMN agents TEXT;
     """,
+    # 15: teams' calls (daemon/teams/store.py, docs/teams.md), each with the definition
+    # it started on (JSON), and each step's row (the router's, a member's, the leader's, a
+    # leader's tool call) with its task, whose id is written here before it is submitted
+    """
+    CREATE TABLE team_calls (
+        call_id TEXT PRIMARY KEY,
+        team TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        definition BLOB NOT NULL,
+        input BLOB NOT NULL,
+        status TEXT NOT NULL,
+        created REAL NOT NULL,
+        ended REAL,
+        output BLOB,
+        error TEXT,
+        traceparent TEXT,
+        tracestate TEXT
+    );
+    CREATE INDEX team_calls_status ON team_calls (status);
+    CREATE TABLE team_steps (
+        call_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        task_id TEXT,
+        status TEXT NOT NULL,
+        started REAL,
+        ended REAL,
+        output BLOB,
+        error TEXT,
+        PRIMARY KEY (call_id, key)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -19,6 +19,7 @@ import msgspec.inspect
 from msgspec import Meta
 
 from .. import redact
+from .teams.definition import TeamSpec
 from .workflows.definition import WorkflowSpec
 
 MIB = 1024 * 1024
@@ -593,6 +594,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tracing: TracingSettings | None = None
     # [workflows.NAME]: steps of agents fed by references (docs/workflows.md)
     workflows: dict[str, WorkflowSpec] = {}
+    # [teams.NAME]: agents called as one, by route, broadcast or a leader (docs/teams.md)
+    teams: dict[str, TeamSpec] = {}
 
 
 def default_cwd(tenant: TenantSpec | None, config_dir: str) -> str:

@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -41,6 +41,7 @@ from .config import (
 )
 from .names import name_problem, shown
 from .sandbox import exposed, host_refusal
+from .teams import TeamError, TeamSpec, check_team
 from .workflows import WorkflowError, WorkflowSpec, compile_workflow
 
 
@@ -293,6 +294,31 @@ def parse_workflows(data: dict[str, Any], where: str, agents: set[str],
     return out
 
 
+def parse_teams(data: dict[str, Any], where: str, agents: dict[str, AgentSpec],
+                servers: Collection[str], problems: list[str]) -> dict[str, TeamSpec]:
+    """The `[teams.NAME]` tables, each checked whole against the agents and servers
+    declared (docs/teams.md); a problem is added to `problems` and the team left out."""
+    tables = data.get("teams", {})
+    if not isinstance(tables, dict):
+        problems.append(f"{where}: teams: expected a table")
+        return {}
+    out: dict[str, TeamSpec] = {}
+    for name, table in tables.items():
+        try:
+            validate_name("teams", name, where)
+            spec = convert(table, TeamSpec, where=where, prefix=f"teams.{name}")
+            check_team(name, spec, teams=tables, servers=servers, tenant_of=lambda a: (
+                agents[a].tenant if a in agents else None))
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        except TeamError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        out[name] = spec
+    return out
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read the main file and its includes; every error names file and key path, and
     every error there is is said at once (one a line), not the first alone."""
@@ -374,12 +400,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         if problem:
             problems.append(f"{origin[f'agents.{name}']}: agents.{name}.{problem}")
     workflows = parse_workflows(data, where, set(agents), problems)
+    teams = parse_teams(data, where, agents, servers, problems)
     if problems:
         raise ConfigError("\n".join(problems))
     _resolve_paths(base, agents, servers, tenants, packages)
     cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
                  http=http, packages=packages, cluster=cluster, tenants=tenants,
-                 tracing=tracing, workflows=workflows)
+                 tracing=tracing, workflows=workflows, teams=teams)
     check_tenants_named(cfg, where)
     return cfg
 

@@ -1,0 +1,127 @@
+"""The task front with teams: a task that names a team is a call of it, answered as a
+task (its id a task id, `corral task ID`, `corral cancel ID`); any other goes on to the
+front the daemon chose (local or cluster) unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import msgspec
+
+from ... import jsonrpc
+from ... import methods as m
+from ...jsonrpc import RpcError
+from ...supervisor.tasks import TaskRecord
+from ...supervisor.teams.call import TeamCall
+from ...supervisor.teams.calls import result
+from ...taskviews import TaskInfo, TaskResult
+from ...timeouts import within
+from ..caller import Channel
+from ..tasks.front import Page, Sees, TaskFront, accepted, listing_window
+from .service import TeamService, call_info
+
+# what a team's call does not take, and why: it is no one agent's task
+_NOT_TAKEN = (
+    ("delay", "its members' tasks run at once"),
+    ("not_before", "its members' tasks run at once"),
+    ("session", "a session is one agent's"),
+    ("timeout", "its tasks' timeout is the team's `timeout`"),
+    ("retries", "its tasks' retries are the team's `retries`"),
+    ("retry_on", "its tasks' retries are the team's `retries`"),
+)
+
+
+def _refused(p: m.TaskParams) -> None:
+    for key, why in _NOT_TAKEN:
+        if getattr(p, key) is not None:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {p.agent} is a team: "
+                                                   f"a team's call takes no {key} ({why})")
+    if p.priority:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {p.agent} is a team: a "
+                                               "team's call takes no priority (its tasks "
+                                               "run at their agents' order)")
+
+
+class TeamFront:
+    def __init__(self, inner: TaskFront, teams: TeamService) -> None:
+        self.inner = inner
+        self.teams = teams
+
+    @property
+    def refusing(self) -> str | None:
+        return self.inner.refusing
+
+    def recover(self, records: list[TaskRecord]) -> None:
+        self.inner.recover(records)
+
+    async def _start(self, p: m.TaskParams) -> TeamCall:
+        _refused(p)
+        if self.refusing is not None:
+            raise RpcError(jsonrpc.INTERNAL_ERROR, f"{self.refusing}; the task was not "
+                                                   "accepted")
+        await self.teams.recovered.wait()
+        return await self.teams.start(p.agent, msgspec.json.decode(p.input),
+                                      p.traceparent, p.tracestate)
+
+    def _driver(self, call: TeamCall) -> asyncio.Future[None] | None:
+        live = self.teams.live.get(call.call_id)
+        return live[1] if live is not None else None
+
+    async def submit(self, p: m.TasksSubmit, channel: Channel) -> m.TaskAccepted:
+        if p.agent not in self.teams:
+            return await self.inner.submit(p, channel)
+        call = await self._start(p)
+        driver = self._driver(call)
+        if p.wait is not None and driver is not None:
+            with contextlib.suppress(TimeoutError):
+                await within(asyncio.shield(driver), p.wait)
+        if call.status == "running":
+            return accepted(call.call_id, "running")
+        return accepted(call.call_id, call.status, result(call))
+
+    async def run(self, p: m.TasksRun, channel: Channel) -> TaskResult:
+        if p.agent not in self.teams:
+            return await self.inner.run(p, channel)
+        call = await self._start(p)
+        driver = self._driver(call)
+        channel.notify("task.accepted", {"task_id": call.call_id})
+        if driver is not None:
+            await asyncio.shield(driver)  # a caller that goes away leaves the call
+        return result(call)
+
+    async def get(self, task_id: str, *, wait: bool) -> TaskInfo:
+        call = self.teams.find(task_id)
+        if call is None:
+            return await self.inner.get(task_id, wait=wait)
+        if wait:
+            await self.teams.wait(task_id, None)
+            call = self.teams.call(task_id)
+        return call_info(call)
+
+    async def input_of(self, task_id: str) -> msgspec.Raw | None:
+        call = self.teams.find(task_id)
+        if call is None:
+            return await self.inner.input_of(task_id)
+        return msgspec.Raw(msgspec.json.encode(call.input))
+
+    async def list(self, p: m.TasksList, sees: Sees | None = None) -> Page:
+        if p.agent is None or p.agent not in self.teams:
+            return await self.inner.list(p, sees)
+        # a team's calls, paged as tasks are: newest last, the cursor the oldest's id
+        since, limit = listing_window(p)
+        if limit == 0:
+            return [], None
+        page = self.teams.rows.listing(p.agent, p.status, since, p.before, limit + 1)
+        page.reverse()
+        if len(page) <= limit:
+            return page, None
+        page = page[1:]
+        return page, page[0].task_id
+
+    async def cancel(self, task_id: str) -> TaskInfo:
+        call = self.teams.find(task_id)
+        if call is None:
+            return await self.inner.cancel(task_id)
+        await self.teams.cancel(call)
+        return call_info(call)

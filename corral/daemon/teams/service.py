@@ -1,0 +1,92 @@
+"""The config's teams in the daemon: their calls kept in the state database (store.py),
+resumed after a restart where their steps say they stopped, and each shown as a task of
+the team (`corral task ID`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ... import jsonrpc
+from ...supervisor.agents import Agents
+from ...supervisor.tasks import TaskManager
+from ...supervisor.teams.call import TeamCall
+from ...supervisor.teams.calls import Teams, error_of
+from ...supervisor.teams.tools import Router
+from ...taskviews import TaskInfo
+from ...text import plural
+from ..caller import Caller
+from ..store import StateStore
+from .store import CallRows
+
+
+class TeamService(Teams):
+    def __init__(self, agents: Agents, engine: TaskManager, store: StateStore,
+                 report: Callable[[str], None],
+                 traced: Callable[[Router], Router] | None = None) -> None:
+        self.rows = CallRows(store)
+        super().__init__(engine, self.rows, report, traced)
+        self.agents = agents
+        self.recovered.clear()  # set once the task journal's tasks are back (recover)
+
+    def tenant_of(self, name: str) -> str | None:
+        """A team's tenant (its own, else its agents': checked one on load), None when
+        there is no such team or its agents are gone."""
+        spec = self.specs.get(name)
+        if spec is None:
+            return None
+        if spec.tenant is not None:
+            return spec.tenant
+        agent = self.agents.get(spec.members[0])
+        return agent.spec.tenant if agent is not None else None
+
+    def recover(self) -> None:
+        """Every call the previous daemon left running, driven on from its steps (once
+        the task journal's tasks are back in the engine, so a recorded task is found)."""
+        calls = self.rows.unfinished()
+        self.resume(calls)
+        self.recovered.set()
+        if calls and self.report is not None:
+            self.report(f"teams: {plural(len(calls), 'unfinished call')} resumed")
+
+    def find(self, call_id: str) -> TeamCall | None:
+        """A call of a team by its id (a task id), live or kept; None: no team's."""
+        live = self.live.get(call_id)
+        return live[0] if live is not None else self.rows.load(call_id)
+
+    def call(self, call_id: str) -> TeamCall:
+        call = self.find(call_id)
+        if call is None:
+            raise jsonrpc.not_found("task", call_id)
+        return call
+
+
+def call_info(call: TeamCall, with_input: bool = False) -> TaskInfo:
+    """A call as `corral task ID` shows it: a task of the team, its progress its steps."""
+    started = min((s.started for s in call.steps.values() if s.started is not None),
+                  default=None)
+    steps: list[dict[str, Any]] = [
+        {"step": s.key, "task_id": s.task_id, "status": s.status}
+        | ({"error": s.error} if s.error else {})
+        for s in sorted(call.steps.values(), key=lambda s: s.started or 0.0)]
+    info = TaskInfo(task_id=call.call_id, agent=call.team,
+                    status=call.status, priority=0, created=call.created, started=started,
+                    finished=call.ended, tool_calls=0,
+                    progress={"mode": call.spec.mode, "steps": steps},
+                    output=call.output, error=error_of(call), attempts=[])
+    if with_input:
+        info.input = call.input
+    return info
+
+
+def seen_team(caller: Caller, teams: TeamService, name: str, task_id: str | None = None
+              ) -> None:
+    """A caller limited to an agent glob reaches a team (and its calls) only when it sees
+    every agent of it, as a workflow (visibility.seen_workflow): else answered as a team,
+    or a call, there is not. (A tenant's caller needs no more: a team's agents are its
+    tenant's, checked on load.)"""
+    spec = teams.specs.get(name)
+    if spec is None or not caller.limited or all(caller.sees(a) for a in spec.agents):
+        return
+    raise (jsonrpc.not_found("task", task_id) if task_id is not None
+           else jsonrpc.not_found("agent", name))

@@ -1,0 +1,157 @@
+"""Teams on an engine: the definitions, each call started (saved before it is answered),
+driven in the background to its one outcome, waited for, cancelled, resumed from its kept
+steps. The daemon's are kept in its state database (daemon/teams/); the Python API's in
+memory:
+
+    teams = Teams(sup.tasks)
+    teams.configure({"support": TeamSpec(mode="broadcast", members=["a", "b"])})
+    result = await teams.run("support", {"q": "..."})   # a TaskResult
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ... import jsonrpc
+from ...jsonrpc import RpcError
+from ...taskviews import TaskError, TaskResult
+from ...timeouts import within
+from ...tracecontext import BadTraceparent, parse
+from ..tasks import TaskManager
+from ..tasks.ids import new_id
+from .call import CALL_ENDED, CallStore, MemoryStore, TeamCall
+from .check import check_team
+from .definition import TeamError, TeamSpec
+from .runner import TeamRunner
+from .tools import LeaderTools, Router
+
+
+class Teams:
+    def __init__(self, engine: TaskManager, store: CallStore | None = None,
+                 report: Callable[[str], None] | None = None,
+                 traced: Callable[[Router], Router] | None = None) -> None:
+        self.engine = engine
+        self.store: CallStore = store if store is not None else MemoryStore()
+        self.runner = TeamRunner(engine, self.store)
+        LeaderTools(self.runner, traced).install(engine.worker)
+        self.traced = traced is not None  # (a caller's context is checked only then)
+        self.report = report
+        self.specs: dict[str, TeamSpec] = {}
+        self.live: dict[str, tuple[TeamCall, asyncio.Task[None]]] = {}
+        self._cancelled: set[str] = set()
+        # no call's step is submitted before the engine has the journal's tasks back
+        self.recovered = asyncio.Event()
+        self.recovered.set()
+
+    def configure(self, specs: Mapping[str, TeamSpec]) -> None:
+        """The teams (a reload replaces them; a call keeps the definition it started on)."""
+        self.specs = dict(specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.specs
+
+    def spec(self, name: str) -> TeamSpec:
+        spec = self.specs.get(name)
+        if spec is None:
+            raise jsonrpc.not_found("team", name)
+        return spec
+
+    def _checked(self, name: str) -> str:
+        """The team checked against the agents there now (one may have been removed)."""
+        agents = self.engine.sup.agents
+        try:
+            return check_team(name, self.spec(name), teams=self.specs, tenant_of=lambda a: (
+                agents[a].spec.tenant if a in agents else None))
+        except TeamError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+
+    # -- calls --------------------------------------------------------------------------
+    async def start(self, name: str, call_input: Any, traceparent: str | None = None,
+                    tracestate: str | None = None) -> TeamCall:
+        tenant = self._checked(name)
+        if traceparent and self.traced:
+            try:  # refused before the call, as a task's is before it is accepted
+                parse(traceparent, tracestate)
+            except BadTraceparent as exc:
+                raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        call = TeamCall(new_id(), name, self.spec(name), call_input, "running", time.time(),
+                        tenant=tenant, traceparent=traceparent, tracestate=tracestate)
+        await self.store.save_call(call)  # durable before it is answered
+        self._drive(call)
+        return call
+
+    async def run(self, name: str, call_input: Any) -> TaskResult:
+        """The Python API's: a call to its end."""
+        call = await self.start(name, call_input)
+        await self.wait(call.call_id, None)
+        return result(call)
+
+    def resume(self, calls: list[TeamCall]) -> None:
+        """Calls a previous daemon left running, driven on from their steps."""
+        for call in calls:
+            if call.call_id not in self.live:
+                self.runner.adopt(call)
+                self._drive(call)
+
+    def _drive(self, call: TeamCall) -> None:
+        self.live[call.call_id] = (call, asyncio.ensure_future(self._run(call)))
+
+    async def _run(self, call: TeamCall) -> None:
+        try:
+            try:
+                await self.recovered.wait()
+                await self.runner.drive(call)
+            except asyncio.CancelledError:
+                if call.call_id not in self._cancelled:
+                    raise  # the daemon stops: the call is resumed at the next start
+                self._cancelled.discard(call.call_id)
+                call.status, call.error = "cancelled", "cancelled"
+                await self.runner.abandon(call)
+            call.ended = time.time()
+            await self.store.save_call(call)
+        except Exception as exc:  # the store failed: said, and resumed at the next start
+            if self.report is not None:
+                self.report(f"teams: call {call.call_id} ({call.team}) stopped: {exc}; "
+                            "it is resumed at the next start")
+        finally:
+            self.live.pop(call.call_id, None)
+
+    async def wait(self, call_id: str, timeout: float | None) -> None:
+        live = self.live.get(call_id)
+        if live is not None:
+            with contextlib.suppress(TimeoutError):
+                await within(asyncio.shield(live[1]), timeout)
+
+    async def cancel(self, call: TeamCall) -> None:
+        live = self.live.get(call.call_id)
+        if call.status in CALL_ENDED or live is None:
+            raise RpcError(jsonrpc.CONFLICT,
+                           f"task {call.call_id} already finished ({call.status})")
+        self._cancelled.add(call.call_id)
+        live[1].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(live[1])
+
+    async def close(self) -> None:
+        drivers = [d for _, d in self.live.values()]
+        for d in drivers:
+            d.cancel()
+        await asyncio.gather(*drivers, return_exceptions=True)
+
+
+def error_of(call: TeamCall) -> TaskError | None:
+    if call.error is None:
+        return None
+    code = jsonrpc.REQUEST_CANCELLED if call.status == "cancelled" else jsonrpc.TASK_FAILED
+    return TaskError(code=code, message=call.error)
+
+
+def result(call: TeamCall) -> TaskResult:
+    """The call as `corral run TEAM` answers it (a team's call has no attempts of its own:
+    its steps' tasks have theirs)."""
+    return TaskResult(task_id=call.call_id, status=call.status, output=call.output,
+                      error=error_of(call), attempts=[])
