@@ -69,11 +69,15 @@ class Fan:
 class Pending:
     @workflow.run
     async def run(self, n: int) -> int:
-        outs = await asyncio.gather(*(
-            workflow.execute_activity(noop, i, task_queue="nobody",
-                                      schedule_to_close_timeout=timedelta(hours=1))
-            for i in range(n)))
-        return len(outs)
+        # scheduled 500 to a workflow task (a short timer between): 10,000 in one
+        # activation overrun the SDK's 2 s deadlock detector on a loaded host
+        futures = []
+        for i in range(n):
+            futures.append(workflow.start_activity(
+                noop, i, task_queue="nobody", schedule_to_close_timeout=timedelta(hours=1)))
+            if i % 500 == 499:
+                await workflow.sleep(0.01)
+        return len(await asyncio.gather(*futures))
 
 
 WORKFLOWS = [Steps, Chain, Fan, Pending]
