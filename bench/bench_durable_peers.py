@@ -222,6 +222,14 @@ def table(out: dict[str, Any], sizes: list[int]) -> str:
         cells = [f"{by[str(n)]['p50_us']:,.0f} / {by[str(n)]['p99_us']:,.0f} "
                  f"({by[str(n)]['task_mean_p50_us']:,.0f})" for n in sizes]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    live = out["rows"].get("corral: tool call, live, not journaled")
+    for sync in ("normal", "full"):  # the journal's cost on a tool call: issue 39's goal
+        journaled = out["rows"].get(f"corral {sync}: tool call, journaled")
+        if live and journaled:
+            cost = [journaled[str(n)]["p50_us"] - live[str(n)]["p50_us"] for n in sizes]
+            lines.append(f"journal overhead on a tool call, `{sync}` (p50 journaled - live): "
+                         + ", ".join(f"{n} steps {c:+.0f} µs"
+                                     for n, c in zip(sizes, cost, strict=True)))
     return "\n".join(lines)
 
 
