@@ -192,3 +192,22 @@ def test_an_output_is_decoded_for_a_python_caller_without_a_collection_meanwhile
         assert Output(msgspec.Raw(b"[1]"), 3).python() == [1] and not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_short_input_holds_its_own_bytes_not_the_encoders_buffer() -> None:
+    # orjson hands over its working buffer (a KiB or more) as the bytes: a queued task
+    # holding a `{"n": i}` input held that buffer (bench/RESULTS.md, memory per pending
+    # child); tracemalloc counts what each held input's allocation really is
+    import tracemalloc
+
+    from corral.supervisor.tasks.payload import encode_input
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        held = [encode_input({"n": i}) for i in range(2000)]
+        per_input = (tracemalloc.get_traced_memory()[0] - before) / len(held)
+    finally:
+        tracemalloc.stop()
+    assert held[7] == b'{"n":7}'
+    assert per_input < 200, per_input

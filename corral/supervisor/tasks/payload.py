@@ -21,13 +21,20 @@ def _not_native(value: Any) -> Any:
     raise TypeError
 
 
+# orjson writes into a buffer of a KiB or more and hands it over as the bytes, so a short
+# input held by a queued or kept task holds the whole buffer (in the heap's fragments once
+# shrunk); below this size an exact copy costs less than what it gives back. The figures:
+# bench/RESULTS.md, "Memory per pending child".
+_COPY_BELOW = 16384
+
+
 def encode_input(value: Any) -> bytes:
     """The JSON of a task input given as Python values."""
     try:
-        return orjson.dumps(value, default=_not_native, option=_ORJSON_OPTIONS)
+        out = orjson.dumps(value, default=_not_native, option=_ORJSON_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError is one
-        pass
-    return msgspec.json.encode(value)  # (its error, if any, is the caller's to see)
+        return msgspec.json.encode(value)  # (its error, if any, is the caller's to see)
+    return bytes(memoryview(out)) if len(out) < _COPY_BELOW else out
 
 
 class _RawRunResult(msgspec.Struct):
