@@ -219,6 +219,11 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     replay: bool = True
     replay_tools: list[str] = []
     max_step_bytes: NonNegInt = 64 * 1024 * 1024
+    # code-first orchestration (task/spawn, docs/workflows.md#spawn): the agents (globs)
+    # its tasks may start children of, how deep children may spawn, how many per task
+    spawns: list[str] = []
+    max_spawn_depth: NonNegInt = 3
+    max_children: NonNegInt = 1000
     # a session (tasks.run's `session`) idle this many seconds is dropped, state and
     # history: its next task starts it afresh (0: sessions never expire)
     session_ttl: NonNeg = 7 * 86400

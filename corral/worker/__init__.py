@@ -28,6 +28,8 @@ import time
 from .osio import STDIN_IDLE as STDIN_IDLE
 from .osio import _lines as _lines
 from .osio import _set_title as _set_title
+from .spawning import ChildFailed as ChildFailed
+from .spawning import Spawning
 
 TYPE_CHECKING = False  # not `from typing import ...`: typing costs ~2 ms to import
 if TYPE_CHECKING:
@@ -261,8 +263,8 @@ class _Waiter:
             self.callback(ok, value)
 
 
-class Context:
-    """What a handler gets besides its input."""
+class Context(Spawning):
+    """What a handler gets besides its input (and `spawn`, `wait`, `map`: spawning.py)."""
 
     def __init__(
         self,

@@ -56,6 +56,7 @@ from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
 from .retry import backoff, retried
 from .sessions import Sessions
+from .spawn import Spawns
 from .worker import ToolRouter, WorkerMethods, report_progress
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class TaskManager:
         on_request(sup.worker_methods, SessionCheckpointParams, self._on_session_checkpoint)
         on_notification(sup.worker_notifications, UsageReportParams, self._on_usage,
                         refused=self.budgets.refused)
+        self.spawns = Spawns(self)  # task/spawn and task/wait (spawn.py)
 
     def _session_ttl(self, agent_name: str) -> float:
         agent = self.sup.agents.get(agent_name)

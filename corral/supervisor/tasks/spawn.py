@@ -1,0 +1,185 @@
+"""Code-first orchestration: a running task starts tasks of other agents (`task/spawn`)
+and waits for their outcomes (`task/wait`), from a worker in any language
+(docs/protocol.md, docs/workflows.md#spawn).
+
+Each spawn is a named step of its parent (`spawn:KEY`, steps.py), journaled with the
+child's id *before* the child is submitted: a resumed attempt of the parent (its worker
+killed, the daemon restarted) that spawns under the same key is answered with that child,
+never a second one; a child the engine never had (the daemon stopped between the two
+writes) is submitted then under the journaled id. A child is a task of an agent the
+parent's agent lists in `spawns`, of the same tenant (another tenant's agent is no agent
+to it), within `max_spawn_depth` (the depth of a child is kept in the step journal on the
+child's own rows, so a restart does not forget it) and `max_children` per parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ... import jsonrpc
+from ...jsonrpc import RpcError
+from ...mcp.pool import allowed
+from ...text import plural
+from ...workerproto import TaskSpawnParams, TaskWaitParams
+from ..workercalls import on_request
+from .ids import new_id
+from .model import TERMINAL, Task, TaskFinished
+from .steps import NAMED_SEQ, Step
+
+if TYPE_CHECKING:
+    from ..replica import Replica
+    from .manager import TaskManager
+
+PREFIX = "spawn:"  # the named steps of spawns
+LINEAGE = "corral/lineage"  # a spawned child's own row: its parent and depth
+
+
+class Spawns:
+    """The handlers of `task/spawn` and `task/wait` over the engine's tasks."""
+
+    def __init__(self, engine: TaskManager) -> None:
+        self.engine = engine
+        # a running parent's children by their spawn's key, in the order spawned
+        self.children: dict[str, dict[str, str]] = {}
+        self.depth: dict[str, int] = {}  # an unfinished child's depth (1: a root's child)
+        self.spawned = 0  # children submitted
+        self.replayed = 0  # spawns answered from the journal
+        engine.stream.subscribe(self._finished, TaskFinished)
+        on_request(engine.sup.worker_methods, TaskSpawnParams, self.on_spawn)
+        on_request(engine.sup.worker_methods, TaskWaitParams, self.on_wait)
+
+    def _finished(self, e: TaskFinished) -> None:
+        self.children.pop(e.task.id, None)
+        self.depth.pop(e.task.id, None)
+
+    # -- task/spawn -----------------------------------------------------------------------
+    def on_spawn(self, r: Replica, p: TaskSpawnParams) -> Any:
+        parent = self.engine.worker.running_on(r, "task/spawn", p.task_id)
+        return self._spawn(parent, r, p)
+
+    async def _spawn(self, parent: Task, r: Replica, p: TaskSpawnParams) -> dict[str, Any]:
+        known = self.children.get(parent.id, {}).get(p.key)
+        if known is not None:  # the same key again (a retry here): the same child
+            self.replayed += 1
+            return {"child": known, "replayed": True}
+        steps = self.engine.steps
+        name = PREFIX + p.key
+        got = await steps.get(parent, name)
+        if got.get("found"):
+            old = msgspec.json.decode(got["result"])
+            child_id = old["child"] if isinstance(old, dict) else None
+            if isinstance(child_id, str):
+                await self._ensure(child_id, p, old.get("depth", 1))
+                self._adopt(parent.id, p.key, child_id)
+                self.replayed += 1
+                return {"child": child_id, "replayed": True}
+        depth = await self._depth_of(parent) + 1
+        self._check(parent, r, p, depth)
+        child_id = new_id()
+        # the child's id is the parent's before the child exists (module docstring)
+        await steps.put(parent, r, name, {"child": child_id, "agent": p.agent,
+                                          "depth": depth})
+        await self._ensure(child_id, p, depth)
+        self._adopt(parent.id, p.key, child_id)
+        self.spawned += 1
+        return {"child": child_id, "replayed": False}
+
+    def _check(self, parent: Task, r: Replica, p: TaskSpawnParams, depth: int) -> None:
+        spec = r.spec
+        engine = self.engine
+        tenancy = engine.tenancy
+        if (p.agent not in engine.sup.agents or (tenancy is not None
+                and tenancy.tenant_of(p.agent) != tenancy.tenant_of(parent.agent))):
+            raise jsonrpc.not_found("agent", p.agent)
+        reach: list[str] = list(getattr(spec, "spawns", []))
+        if not allowed(p.agent, reach):
+            raise RpcError(jsonrpc.REFUSED,
+                           f"task/spawn: agent {parent.agent} may not spawn tasks of agent "
+                           f"{p.agent} (its spawns list: {reach})")
+        most = getattr(spec, "max_spawn_depth", 0)
+        if depth > most:
+            raise RpcError(jsonrpc.REFUSED,
+                           f"task/spawn: spawn depth exceeded: a child of task {parent.id} "
+                           f"would be at depth {depth} (max_spawn_depth {most} of agent "
+                           f"{parent.agent})")
+        fan = getattr(spec, "max_children", 0)
+        had = len(self.children.get(parent.id, ()))
+        if had >= fan:
+            raise RpcError(jsonrpc.REFUSED,
+                           f"task/spawn: fan-out exceeded: task {parent.id} has spawned "
+                           f"{plural(had, 'child', 'children')} (max_children {fan} of "
+                           f"agent {parent.agent})")
+
+    def _adopt(self, parent_id: str, key: str, child_id: str) -> None:
+        self.children.setdefault(parent_id, {})[key] = child_id
+
+    async def _ensure(self, child_id: str, p: TaskSpawnParams, depth: int) -> None:
+        """The child submitted under its id, unless the engine has (or had) it."""
+        engine = self.engine
+        if child_id in engine.active:
+            self.depth[child_id] = depth
+            return
+        try:
+            await engine.info(child_id)
+            return
+        except RpcError as exc:
+            if exc.code != jsonrpc.NOT_FOUND:
+                raise
+        engine.submit(p.agent, p.input, timeout=p.timeout, retries=p.retries,
+                      task_id=child_id)
+        await engine.committed()
+        self.depth[child_id] = depth
+        journal = self.engine.steps.journal
+        if journal is not None:
+            # the child's depth, for when it spawns after a restart
+            journal.put(Step(child_id, NAMED_SEQ, LINEAGE, 1, b"",
+                             msgspec.json.encode({"depth": depth})))
+            await journal.committed(child_id)
+
+    async def _depth_of(self, task: Task) -> int:
+        """0 for a task nobody spawned; a child's from memory, else its lineage row."""
+        d = self.depth.get(task.id)
+        if d is not None:
+            return d
+        d = 0
+        journal = self.engine.steps.journal
+        if journal is not None and task.journal_here:
+            for step in await journal.history(task.id):
+                if step.seq == NAMED_SEQ and step.name == LINEAGE and step.body is not None:
+                    d = int(msgspec.json.decode(step.body)["depth"])
+        self.depth[task.id] = d  # read once per task
+        return d
+
+    # -- task/wait ------------------------------------------------------------------------
+    def on_wait(self, r: Replica, p: TaskWaitParams) -> Any:
+        parent = self.engine.worker.running_on(r, "task/wait", p.task_id)
+        kids = self.children.get(parent.id, {}).values()
+        for c in p.children:
+            if c not in kids:
+                raise RpcError(jsonrpc.INVALID_PARAMS,
+                               f"task/wait: task {c} is not a child of task {parent.id}")
+        return self._wait(p.children)
+
+    async def _wait(self, children: list[str]) -> dict[str, Any]:
+        infos = await asyncio.gather(*(self._outcome(c) for c in children))
+        return {"results": infos}
+
+    async def _outcome(self, child_id: str) -> dict[str, Any]:
+        engine = self.engine
+        task = engine.active.get(child_id)
+        if task is not None:
+            await asyncio.shield(task.done)
+        info = await engine.info(child_id)
+        if info.status not in TERMINAL:  # pragma: no cover - waited for above
+            info = await engine.info(child_id, wait=True)
+        out: dict[str, Any] = {"task_id": child_id, "status": str(info.status),
+                               "output": info.output}
+        if info.error is not None:
+            out["error"] = info.error.message
+        return out
+
+    def stats(self) -> dict[str, int]:
+        return {"spawned": self.spawned, "replayed": self.replayed}
