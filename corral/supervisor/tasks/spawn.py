@@ -15,32 +15,54 @@ child's own rows, so a restart does not forget it) and `max_children` per parent
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
+from ...taskviews import TaskInfo
 from ...text import plural
 from ...workerproto import TaskSpawnParams, TaskWaitParams
+from ..stream import Stream
 from ..workercalls import on_request
+from .host import TaskHost
 from .ids import new_id
 from .model import TERMINAL, Task, TaskFinished
-from .steps import NAMED_SEQ, Step
+from .steps import NAMED_SEQ, Step, TaskSteps
+from .worker import WorkerMethods
 
 if TYPE_CHECKING:
+    from ..quotas import Tenancy
     from ..replica import Replica
-    from .manager import TaskManager
 
 PREFIX = "spawn:"  # the named steps of spawns
 LINEAGE = "corral/lineage"  # a spawned child's own row: its parent and depth
 
 
+class Engine(Protocol):
+    """What spawning needs of the TaskManager."""
+
+    sup: TaskHost
+    stream: Stream
+    tenancy: Tenancy | None
+    active: dict[str, Task]
+    steps: TaskSteps
+    worker: WorkerMethods
+
+    def submit(self, agent_name: str, task_input: Any, *, timeout: float | None = None,
+               retries: int | None = None, task_id: str | None = None) -> Task: ...
+
+    async def committed(self) -> None: ...
+
+    async def info(self, task_id: str, *, wait: bool = False) -> TaskInfo: ...
+
+
 class Spawns:
     """The handlers of `task/spawn` and `task/wait` over the engine's tasks."""
 
-    def __init__(self, engine: TaskManager) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         # a running parent's children by their spawn's key, in the order spawned
         self.children: dict[str, dict[str, str]] = {}
