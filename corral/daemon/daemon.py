@@ -314,6 +314,7 @@ class Daemon:
                                              self.upgrades.listeners))
         tasks = part.task_front(parts, opened.journal, node, hub)
         workflows = await enter(part.workflows(conf, parts, store, hub))
+        schedules = await enter(part.schedules(conf, parts, store, tasks, workflows, node, hub))
         history = History(parts.agents, parts.tasks, store, cfg.http)
         packages = await part.packages(conf, parts, opened, fleet, node, hub)
         watches = FileWatches(parts.agents, fleet, packages, hub.daemon)
@@ -324,6 +325,7 @@ class Daemon:
             fleet=fleet, tasks=tasks, gateway=gateway, http=http, journal=opened.journal,
             history=history, packages=packages, dev_watch=watches,
             watch=FleetWatch(parts.agents, parts.stream), tenants=tenants, workflows=workflows,
+            schedules=schedules,
             config_path=self.config_path, socket_path=control.path,
             started_at=self.started_at, reload=lambda who: self._reload(services, who),
             request_stop=self.request_stop, drained=self.drained,
@@ -361,6 +363,7 @@ class Daemon:
         # journal's are back, numbered after theirs
         s.tasks.recover(unfinished if up.journal is not None else [])
         s.workflows.recover()  # after the tasks: a run's recorded task is found
+        s.schedules.start()  # after the tasks: a fire's task is numbered after theirs
         if up.journal is not None:
             up.journal.start_pruning()
         if node is not None:
@@ -392,6 +395,7 @@ class Daemon:
         self.drain_timeout = cfg.supervisor.drain_timeout
         s.fleet.gateway = cfg.gateway
         s.workflows.configure(cfg.workflows)
+        s.schedules.configure(cfg.schedules)
         local, declared = by_placement(cfg)
         result = await s.fleet.reload(local, who)
         result.gateway = gateway_changes

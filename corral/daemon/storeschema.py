@@ -252,6 +252,17 @@ MIGRATIONS: list[Migration] = [
     );
     CREATE INDEX session_tasks_of ON session_tasks (agent, session, gen);
     """,
+    # 14: schedules (daemon/schedules.py): each schedule's last fire time accounted for
+    # (fired or skipped), the task or run it started, its count, and whether it is paused
+    """
+    CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        last_fire REAL NOT NULL,
+        fires INTEGER NOT NULL DEFAULT 0,
+        last_started TEXT,
+        paused INTEGER
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -19,6 +19,7 @@ import msgspec.inspect
 from msgspec import Meta
 
 from .. import redact
+from .schedule import ScheduleSpec
 from .workflows.definition import WorkflowSpec
 
 MIB = 1024 * 1024
@@ -588,6 +589,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tracing: TracingSettings | None = None
     # [workflows.NAME]: steps of agents fed by references (docs/workflows.md)
     workflows: dict[str, WorkflowSpec] = {}
+    # [schedules.NAME]: a task of an agent or a run of a workflow on a clock
+    schedules: dict[str, ScheduleSpec] = {}
 
 
 def default_cwd(tenant: TenantSpec | None, config_dir: str) -> str:

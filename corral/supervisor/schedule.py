@@ -13,6 +13,7 @@ here and refused by the next cron the operator reads it with.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -42,6 +43,18 @@ class ScheduleSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
     timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None  # each task's
     paused: bool = False  # declared paused (`corral schedules resume NAME` starts it)
     description: str = ""
+
+
+@dataclass
+class ScheduleRow:
+    """A schedule's durable part: its last fire time accounted for (fired, or skipped as
+    missed), its fires, what the last one started, and the operator's pause (None: as
+    declared)."""
+
+    last_fire: float
+    fires: int = 0
+    last_started: str | None = None
+    paused: bool | None = None
 
 
 # -- every --------------------------------------------------------------------------------
