@@ -130,6 +130,10 @@ input = {{ name = "$steps.one.output.greeting" }}
 name = "wait"
 agent = "slow"
 input = {{ do = "sleep", seconds = 30 }}
+
+[schedules.daily]
+agent = "hello"
+cron = "0 6 * * *"
 """
     with running_daemon(tmp, agents) as d:
         yield d
@@ -238,6 +242,9 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         waiting = ask("workflows.run", {"name": "slow"})
         ask("runs.get", {"run_id": waiting.run_id, "wait": 0.2})
         assert ask("runs.cancel", {"run_id": waiting.run_id}).status == "cancelled"
+        assert [s.name for s in ask("schedules.list").schedules] == ["daily"]
+        assert ask("schedules.pause", {"name": "daily"}).paused is True
+        assert ask("schedules.resume", {"name": "daily"}).next_fire is not None
         slow = ask("tasks.submit", {"agent": "slow", "input": {"do": "sleep", "seconds": 30}})
         assert ask("tasks.cancel", {"task_id": slow.task_id}).status == "cancelled"
         ask("daemon.shutdown")
