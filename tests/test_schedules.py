@@ -104,6 +104,37 @@ async def test_a_schedule_fires_on_time_and_pauses(tmp_path: Path) -> None:
             assert info.status == "succeeded"
 
 
+async def test_a_schedule_starts_a_workflows_run(tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    flow = textwrap.dedent(f"""
+        [workflows.twice]
+        [[workflows.twice.steps]]
+        name = "one"
+        agent = "leaf"
+        [[workflows.twice.steps]]
+        name = "two"
+        agent = "leaf"
+        input = {{ leaf = true, n = "$steps.one.output", count = "{count}" }}
+
+        [schedules.nightly]
+        workflow = "twice"
+        every = "1s"
+        input = {{ leaf = true, n = 5, count = "{count}" }}
+    """)
+    async with in_process(tmp_path, LEAF, flow) as d:
+        fires = Fires()
+        d.sup.stream.subscribe(fires, ScheduleFired)
+        await fires.until(1)
+        run_id = fires.seen[0].started
+        assert run_id is not None
+        workflows = d.up.services.workflows
+        await workflows.wait(run_id, 10)
+        run = workflows.get(run_id)
+        assert (run.workflow, run.status, run.outputs()["two"]) == ("twice", "succeeded", 20)
+        (entry,) = d.up.services.schedules.entries()
+        assert (entry.workflow, entry.agents) == ("twice", ["leaf"])
+
+
 @pytest.fixture
 def tmp() -> Iterator[Path]:
     """A short directory (a daemon's socket lives in it)."""
