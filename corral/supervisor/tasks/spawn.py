@@ -37,6 +37,11 @@ if TYPE_CHECKING:
     from ..quotas import Tenancy
     from ..replica import Replica
 
+# a cluster task's children would be this node's tasks: another node resuming the parent
+# after this one died would not find them, and would start them again
+CLUSTER_SPAWN = ("task/spawn: a cluster task cannot spawn children yet (they would be "
+                 "this node's tasks, not found by the node that resumes it): submit the "
+                 "orchestrator with local = true (corral run --local)")
 PREFIX = "spawn:"  # the named steps of spawns
 LINEAGE = "corral/lineage"  # a spawned child's own row: its parent and depth
 
@@ -80,6 +85,8 @@ class Spawns:
     # -- task/spawn -----------------------------------------------------------------------
     def on_spawn(self, r: Replica, p: TaskSpawnParams) -> Any:
         parent = self.engine.worker.running_on(r, "task/spawn", p.task_id)
+        if not parent.journal_here:
+            raise RpcError(jsonrpc.REFUSED, CLUSTER_SPAWN)
         return self._spawn(parent, r, p)
 
     async def _spawn(self, parent: Task, r: Replica, p: TaskSpawnParams) -> dict[str, Any]:
