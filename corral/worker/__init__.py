@@ -535,6 +535,19 @@ class Worker:
             raise value
         return value
 
+    def request_all(self, method: str, params: list[Any]) -> list[Any]:
+        """Ask the supervisor many things at once (all sent before the first answer is
+        waited for) and block this thread for every answer, in order."""
+        waiters = [self._new_request(method, p) for p in params]
+        out = []
+        for waiter in waiters:
+            waiter.event.wait()
+            ok, value = waiter.value
+            if not ok:
+                raise value
+            out.append(value)
+        return out
+
     def request_async(self, method: str, params: Any = None) -> Any:
         """Ask the supervisor something; an awaitable answer (for coroutine handlers)."""
         import asyncio

@@ -25,10 +25,11 @@ class ChildFailed(Exception):
 
 
 class Spawning:
-    """Mixed into the handler's Context (which gives `task_id` and `_call`)."""
+    """Mixed into the handler's Context (which gives `task_id`, `_call` and `_worker`)."""
 
     task_id: str
     _spawned = 0
+    _worker: Any
 
     def _call(self, method: str, params: Any) -> Any:  # pragma: no cover - Context's
         raise NotImplementedError
@@ -67,11 +68,12 @@ class Spawning:
     def map(self, agent: str, inputs: Iterable[Any], *, timeout: float | None = None,
             retries: int | None = None) -> Any:
         """One child of `agent` per input, then their outputs in input order; ChildFailed
-        for the first that did not succeed."""
+        for the first that did not succeed. The spawns are sent at once, not each after
+        the last's answer (their keys still in input order)."""
         params = [self._spawn_params(agent, x, None, timeout, retries) for x in inputs]
         if getattr(self, "_async", False):
             return self._map_async(params)
-        children = [self._call("task/spawn", p)["child"] for p in params]
+        children = [g["child"] for g in self._worker.request_all("task/spawn", params)]
         return _outputs(self.wait(children))
 
     async def _map_async(self, params: list[dict[str, Any]]) -> list[Any]:

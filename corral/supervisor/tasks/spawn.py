@@ -72,6 +72,7 @@ class Spawns:
         # a running parent's children by their spawn's key, in the order spawned
         self.children: dict[str, dict[str, str]] = {}
         self.depth: dict[str, int] = {}  # an unfinished child's depth (1: a root's child)
+        self._reading: dict[str, asyncio.Future[int]] = {}  # lineage reads under way
         self.spawned = 0  # children submitted
         self.replayed = 0  # spawns answered from the journal
         engine.stream.subscribe(self._finished, TaskFinished)
@@ -111,7 +112,7 @@ class Spawns:
         # the child's id is the parent's before the child exists (module docstring)
         await steps.put(parent, r, name, {"child": child_id, "agent": p.agent,
                                           "depth": depth})
-        await self._ensure(child_id, p, depth)
+        await self._submit(child_id, p, depth)
         self._adopt(parent.id, p.key, child_id)
         self.spawned += 1
         return {"child": child_id, "replayed": False}
@@ -157,29 +158,44 @@ class Spawns:
         except RpcError as exc:
             if exc.code != jsonrpc.NOT_FOUND:
                 raise
+        await self._submit(child_id, p, depth)
+
+    async def _submit(self, child_id: str, p: TaskSpawnParams, depth: int) -> None:
+        engine = self.engine
         engine.submit(p.agent, p.input, timeout=p.timeout, retries=p.retries,
                       task_id=child_id)
-        await engine.committed()
         self.depth[child_id] = depth
-        journal = self.engine.steps.journal
+        journal = engine.steps.journal
         if journal is not None:
-            # the child's depth, for when it spawns after a restart
+            # the child's depth, for when it spawns after a restart (committed with the
+            # task journal's row, or the next steps: a crash between loses only the bound)
             journal.put(Step(child_id, NAMED_SEQ, LINEAGE, 1, b"",
                              msgspec.json.encode({"depth": depth})))
-            await journal.committed(child_id)
+        await engine.committed()
 
     async def _depth_of(self, task: Task) -> int:
-        """0 for a task nobody spawned; a child's from memory, else its lineage row."""
+        """0 for a task nobody spawned; a child's from memory, else its lineage row (read
+        once per task, however many spawns ask at once)."""
         d = self.depth.get(task.id)
         if d is not None:
             return d
+        reading = self._reading.get(task.id)
+        if reading is None:
+            reading = self._reading[task.id] = asyncio.ensure_future(self._lineage(task))
+        try:
+            return await asyncio.shield(reading)
+        finally:
+            if reading.done():
+                self._reading.pop(task.id, None)
+
+    async def _lineage(self, task: Task) -> int:
         d = 0
         journal = self.engine.steps.journal
         if journal is not None and task.journal_here:
             for step in await journal.history(task.id):
                 if step.seq == NAMED_SEQ and step.name == LINEAGE and step.body is not None:
                     d = int(msgspec.json.decode(step.body)["depth"])
-        self.depth[task.id] = d  # read once per task
+        self.depth[task.id] = d
         return d
 
     # -- task/wait ------------------------------------------------------------------------
