@@ -240,3 +240,40 @@ def test_bad_schedules_are_refused_at_load_with_exact_messages(tmp_path: Path) -
     """) == 'schedules.bad: every "soon" is not a duration (examples: 30s, 5m, 1h, 1d)'
 
 
+
+
+@pytest.mark.deadline(120)
+async def test_schedules_over_http_a_limited_caller_sees_its_own(tmp_path: Path) -> None:
+    from .daemon_harness import hello
+    from .test_http_api import serving
+
+    both = textwrap.dedent("""
+        [schedules.web-daily]
+        agent = "web-1"
+        cron = "0 6 * * *"
+
+        [schedules.db-hourly]
+        agent = "db"
+        every = "1h"
+        missed = "once"
+    """)
+    async with serving(tmp_path, hello("web-1") + hello("db") + both) as api:
+        await api.token("web", "tasks:run", "tasks:read", agents="web-*")
+        await api.token("all", "tasks:run", "tasks:read")
+        status, body, _ = await api.ask("GET", "/schedules", "all")
+        assert (status, [s["name"] for s in body["schedules"]]) == (
+            200, ["db-hourly", "web-daily"])
+        hourly = body["schedules"][0]
+        assert (hourly["agent"], hourly["every"], hourly["missed"], hourly["paused"],
+                hourly["fires"]) == ("db", "1h", "once", False, 0)
+        assert hourly["next_fire"] == hourly["last_fire"] + 3600
+        status, body, _ = await api.ask("GET", "/schedules", "web")
+        assert (status, [s["name"] for s in body["schedules"]]) == (200, ["web-daily"])
+        status, body, _ = await api.ask("POST", "/schedules/db-hourly/pause", "web")
+        assert (status, body["detail"]) == (404, "no such schedule: db-hourly")
+        status, body, _ = await api.ask("POST", "/schedules/web-daily/pause", "web")
+        assert (status, body["paused"], body["next_fire"]) == (200, True, None)
+        status, body, _ = await api.ask("POST", "/schedules/web-daily/pause", "web")
+        assert (status, body["detail"]) == (409, "schedule web-daily is already paused")
+        status, body, _ = await api.ask("POST", "/schedules/web-daily/resume", "all")
+        assert (status, body["paused"]) == (200, False)
