@@ -3,8 +3,9 @@ an orchestrator that starts `children` tasks of `agent` (ctx.spawn, ctx.map), wa
 them (ctx.wait) and returns their outputs. On its first attempt, after spawn `stop_after`,
 it writes `marker` and SIGKILLs itself (`how = "hang"`: waits for the test to kill the
 daemon). With ORCH_ASYNC set in its environment its handler is a coroutine. `recurse`:
-each child is this agent again, one level less. `catch`: a refusal is the output
-({"refused": message}) instead of the task's failure. As a leaf (`leaf` in its input) it
+each child is this agent (`self`, else "orch") again, one level less, the deepest
+doing `then`. `catch`: a refusal is the output ({"refused": message}) instead of the
+task's failure. As a leaf (`leaf` in its input) it
 appends its input's `n` to `count` and returns n * 2."""
 
 import os
@@ -35,12 +36,19 @@ def orchestrate(task_input, ctx):
     agent = task_input.get("agent", "leaf")
     if "recurse" in task_input:
         if task_input["recurse"] == 0:
+            if "then" in task_input:  # the deepest does this (refusals its output)
+                try:
+                    return orchestrate(task_input["then"], ctx)
+                except RpcError as exc:
+                    return {"refused": exc.message, "code": exc.code}
             return 0
-        child = ctx.spawn("orch", {"recurse": task_input["recurse"] - 1})
+        me = task_input.get("self", "orch")
+        child = ctx.spawn(me, {**task_input, "recurse": task_input["recurse"] - 1})
         got = ctx.wait([child])[0]
         if got["status"] != "succeeded":
             return got  # the failure of the deepest, up to the root
-        return got["output"] if isinstance(got["output"], dict) else 1 + got["output"]
+        out = got["output"]
+        return 1 + out if isinstance(out, int) else out
     if task_input.get("wait_for"):
         return ctx.wait([task_input["wait_for"]])
     if task_input.get("map"):

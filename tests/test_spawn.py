@@ -13,6 +13,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from corral import jsonrpc
 
 from .conftest import ROOT
@@ -126,3 +128,53 @@ async def test_refusals_say_why(tmp_path: Path) -> None:
         res = await run(d, {"wait_for": other.task_id, "catch": True})
         assert res.output == {"refused": f"task/wait: task {other.task_id} is not a child "
                               f"of task {res.task_id}", "code": jsonrpc.INVALID_PARAMS}
+
+
+@pytest.mark.deadline(120)
+async def test_a_child_reaches_no_agent_its_roots_token_could_not(tmp_path: Path) -> None:
+    from .test_http_api import serving
+
+    count = tmp_path / "count"
+    agents = textwrap.dedent(f"""
+        [agents.web-orch]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        retries = 1
+        max_concurrent_tasks = 4  # a child of its own waits for a slot beside its parent
+        spawns = ["web-*", "db"]
+
+        [agents.web-leaf]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+
+        [agents.db]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+    """)
+    async with serving(tmp_path, agents) as api:
+        await api.token("web", "tasks:run", "tasks:read", agents="web-*")
+        await api.token("all", "tasks:run", "tasks:read")
+
+        async def run_as(token: str, task_input: dict[str, Any]) -> Any:
+            status, body, _ = await api.ask("POST", "/tasks?wait=60", token, body={
+                "agent": "web-orch", "input": task_input})
+            assert status == 200, body
+            return body
+
+        mine = {"children": 2, "agent": "web-leaf", "count": str(count), "catch": True}
+        assert (await run_as("web", mine))["output"] == [0, 2]
+        # db is in the orchestrator's spawns, but not within the web token's reach
+        body = await run_as("web", {**mine, "agent": "db"})
+        assert body["output"] == {
+            "refused": "task/spawn: no agent db within the reach of token web, whose task "
+                       "this one descends from (agents web-*)", "code": jsonrpc.NOT_FOUND}
+        # a token that reaches every agent: the orchestrator's spawns list is the bound
+        assert (await run_as("all", {**mine, "agent": "db"}))["output"] == [0, 2]
+        # the reach is kept with the task: a grandchild is bound by it too
+        then = {"children": 1, "agent": "db", "count": str(count)}
+        body = await run_as("web", {"recurse": 1, "self": "web-orch", "then": then})
+        assert body["output"] == {
+            "refused": "task/spawn: no agent db within the reach of token web, whose task "
+                       "this one descends from (agents web-*)", "code": jsonrpc.NOT_FOUND}
+        body = await run_as("all", {"recurse": 1, "self": "web-orch", "then": then})
+        assert body["output"] == [0]

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import msgspec
@@ -207,7 +208,7 @@ class ScheduleService:
         live.next_fire = at
         loop = asyncio.get_running_loop()
         live.timer = loop.call_at(loop.time() + max(0.0, at - time.time()), self._due,
-                                  live.sched.name)
+                                  live.sched.name, context=contextvars.Context())
 
     @staticmethod
     def _disarm(live: _Live) -> None:
@@ -222,8 +223,10 @@ class ScheduleService:
             live.timer = None
             self._spawn(self._tick(live))
 
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        # in a context of its own: a fire is the config's, never the caller's who paused
+        # or reloaded (a limited token's reach, tasks/spawn.py's REACH)
+        task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
         self._firing.add(task)
         task.add_done_callback(self._firing.discard)
 

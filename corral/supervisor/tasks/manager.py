@@ -56,7 +56,7 @@ from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
 from .retry import backoff, retried
 from .sessions import Sessions
-from .spawn import Spawns
+from .spawn import REACH, Spawns
 from .worker import ToolRouter, WorkerMethods, report_progress
 
 if TYPE_CHECKING:
@@ -262,6 +262,9 @@ class TaskManager:
                     agent.spec.retries if retries is None else retries, next(self._seq))
         if task_id is not None:
             task.id = task_id
+        reach = REACH.get()
+        if reach is not None:  # a caller limited to some agents: so is what it spawns
+            self.spawns.limit(task, *reach)
         if retry_on is not None:
             task.retry_on = tuple(retry_on)
         if session is not None:

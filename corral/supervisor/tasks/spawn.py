@@ -8,14 +8,17 @@ killed, the daemon restarted) that spawns under the same key is answered with th
 never a second one; a child the engine never had (the daemon stopped between the two
 writes) is submitted then under the journaled id. A child is a task of an agent the
 parent's agent lists in `spawns`, of the same tenant (another tenant's agent is no agent
-to it), within `max_spawn_depth` (the depth of a child is kept in the step journal on the
-child's own rows, so a restart does not forget it) and `max_children` per parent.
+to it), within the reach of the token that submitted the tree's root (REACH), within
+`max_spawn_depth` and `max_children` per parent. A child's depth and reach are kept in the
+step journal on its own rows (LINEAGE), so a restart does not forget them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Protocol
+import contextvars
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -42,6 +45,11 @@ if TYPE_CHECKING:
 CLUSTER_SPAWN = ("task/spawn: a cluster task cannot spawn children yet (they would be "
                  "this node's tasks, not found by the node that resumes it): submit the "
                  "orchestrator with local = true (corral run --local)")
+# who submits tasks now, when a glob limits the agents they reach (a token's `--agents`),
+# as (who, glob): set by the daemon's Dispatcher around a limited caller's call; the tasks
+# submitted under it, and every task they spawn, reach no agent outside the glob
+REACH: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "corral_reach", default=None)
 PREFIX = "spawn:"  # the named steps of spawns
 LINEAGE = "corral/lineage"  # a spawned child's own row: its parent and depth
 
@@ -64,6 +72,14 @@ class Engine(Protocol):
     async def info(self, task_id: str, *, wait: bool = False) -> TaskInfo: ...
 
 
+class Lineage(NamedTuple):
+    """How deep a task is among spawns (0: nobody spawned it), and what limits its tree."""
+
+    depth: int
+    reach: str | None = None  # a glob of the agents it may spawn; None: any
+    by: str | None = None  # who set the reach ("token NAME")
+
+
 class Spawns:
     """The handlers of `task/spawn` and `task/wait` over the engine's tasks."""
 
@@ -71,8 +87,8 @@ class Spawns:
         self.engine = engine
         # a running parent's children by their spawn's key, in the order spawned
         self.children: dict[str, dict[str, str]] = {}
-        self.depth: dict[str, int] = {}  # an unfinished child's depth (1: a root's child)
-        self._reading: dict[str, asyncio.Future[int]] = {}  # lineage reads under way
+        self.lineage: dict[str, Lineage] = {}  # of unfinished tasks, as known
+        self._reading: dict[str, asyncio.Future[Lineage]] = {}  # lineage reads under way
         self.spawned = 0  # children submitted
         self.replayed = 0  # spawns answered from the journal
         engine.stream.subscribe(self._finished, TaskFinished)
@@ -81,7 +97,20 @@ class Spawns:
 
     def _finished(self, e: TaskFinished) -> None:
         self.children.pop(e.task.id, None)
-        self.depth.pop(e.task.id, None)
+        self.lineage.pop(e.task.id, None)
+
+    def limit(self, task: Task, who: str, reach: str) -> None:
+        """A task submitted by a caller limited to the agents `reach`: so is its tree."""
+        self._keep(task.id, Lineage(0, reach, who))
+
+    def _keep(self, task_id: str, lineage: Lineage) -> None:
+        self.lineage[task_id] = lineage
+        journal = self.engine.steps.journal
+        if journal is not None:
+            # for when it spawns after a restart (committed with its task journal row, or
+            # the next steps: a crash between loses the bound of that one task)
+            journal.put(Step(task_id, NAMED_SEQ, LINEAGE, 1, b"", msgspec.json.encode(
+                {k: v for k, v in lineage._asdict().items() if v is not None})))
 
     # -- task/spawn -----------------------------------------------------------------------
     def on_spawn(self, r: Replica, p: TaskSpawnParams) -> Any:
@@ -102,39 +131,45 @@ class Spawns:
             old = msgspec.json.decode(got["result"])
             child_id = old["child"] if isinstance(old, dict) else None
             if isinstance(child_id, str):
-                await self._ensure(child_id, p, old.get("depth", 1))
+                mine = await self._lineage_of(parent)
+                await self._ensure(child_id, p, mine._replace(depth=mine.depth + 1))
                 self._adopt(parent.id, p.key, child_id)
                 self.replayed += 1
                 return {"child": child_id, "replayed": True}
-        depth = await self._depth_of(parent) + 1
-        self._check(parent, r, p, depth)
+        mine = await self._lineage_of(parent)
+        child = mine._replace(depth=mine.depth + 1)
+        self._check(parent, r, p, child)
         child_id = new_id()
         # the child's id is the parent's before the child exists (module docstring)
-        await steps.put(parent, r, name, {"child": child_id, "agent": p.agent,
-                                          "depth": depth})
-        await self._submit(child_id, p, depth)
+        await steps.put(parent, r, name, {"child": child_id, "agent": p.agent})
+        await self._submit(child_id, p, child)
         self._adopt(parent.id, p.key, child_id)
         self.spawned += 1
         return {"child": child_id, "replayed": False}
 
-    def _check(self, parent: Task, r: Replica, p: TaskSpawnParams, depth: int) -> None:
+    def _check(self, parent: Task, r: Replica, p: TaskSpawnParams, child: Lineage) -> None:
         spec = r.spec
         engine = self.engine
         tenancy = engine.tenancy
         if (p.agent not in engine.sup.agents or (tenancy is not None
                 and tenancy.tenant_of(p.agent) != tenancy.tenant_of(parent.agent))):
             raise jsonrpc.not_found("agent", p.agent)
-        reach: list[str] = list(getattr(spec, "spawns", []))
-        if not allowed(p.agent, reach):
+        listed: list[str] = list(getattr(spec, "spawns", []))
+        if not allowed(p.agent, listed):
             raise RpcError(jsonrpc.REFUSED,
                            f"task/spawn: agent {parent.agent} may not spawn tasks of agent "
-                           f"{p.agent} (its spawns list: {reach})")
+                           f"{p.agent} (its spawns list: {listed})")
+        if child.reach is not None and not fnmatchcase(p.agent, child.reach):
+            # as the caller would be told: no such agent for it
+            raise RpcError(jsonrpc.NOT_FOUND,
+                           f"task/spawn: no agent {p.agent} within the reach of {child.by}, "
+                           f"whose task this one descends from (agents {child.reach})")
         most = getattr(spec, "max_spawn_depth", 0)
-        if depth > most:
+        if child.depth > most:
             raise RpcError(jsonrpc.REFUSED,
                            f"task/spawn: spawn depth exceeded: a child of task {parent.id} "
-                           f"would be at depth {depth} (max_spawn_depth {most} of agent "
-                           f"{parent.agent})")
+                           f"would be at depth {child.depth} (max_spawn_depth {most} of "
+                           f"agent {parent.agent})")
         fan = getattr(spec, "max_children", 0)
         had = len(self.children.get(parent.id, ()))
         if had >= fan:
@@ -146,11 +181,11 @@ class Spawns:
     def _adopt(self, parent_id: str, key: str, child_id: str) -> None:
         self.children.setdefault(parent_id, {})[key] = child_id
 
-    async def _ensure(self, child_id: str, p: TaskSpawnParams, depth: int) -> None:
+    async def _ensure(self, child_id: str, p: TaskSpawnParams, child: Lineage) -> None:
         """The child submitted under its id, unless the engine has (or had) it."""
         engine = self.engine
         if child_id in engine.active:
-            self.depth[child_id] = depth
+            self.lineage[child_id] = child
             return
         try:
             await engine.info(child_id)
@@ -158,45 +193,39 @@ class Spawns:
         except RpcError as exc:
             if exc.code != jsonrpc.NOT_FOUND:
                 raise
-        await self._submit(child_id, p, depth)
+        await self._submit(child_id, p, child)
 
-    async def _submit(self, child_id: str, p: TaskSpawnParams, depth: int) -> None:
+    async def _submit(self, child_id: str, p: TaskSpawnParams, child: Lineage) -> None:
         engine = self.engine
         engine.submit(p.agent, p.input, timeout=p.timeout, retries=p.retries,
                       task_id=child_id)
-        self.depth[child_id] = depth
-        journal = engine.steps.journal
-        if journal is not None:
-            # the child's depth, for when it spawns after a restart (committed with the
-            # task journal's row, or the next steps: a crash between loses only the bound)
-            journal.put(Step(child_id, NAMED_SEQ, LINEAGE, 1, b"",
-                             msgspec.json.encode({"depth": depth})))
+        self._keep(child_id, child)
         await engine.committed()
 
-    async def _depth_of(self, task: Task) -> int:
-        """0 for a task nobody spawned; a child's from memory, else its lineage row (read
-        once per task, however many spawns ask at once)."""
-        d = self.depth.get(task.id)
-        if d is not None:
-            return d
+    async def _lineage_of(self, task: Task) -> Lineage:
+        """Nobody spawned it and nobody limited it; or its lineage from memory, else from
+        its row (read once per task, however many spawns ask at once)."""
+        known = self.lineage.get(task.id)
+        if known is not None:
+            return known
         reading = self._reading.get(task.id)
         if reading is None:
-            reading = self._reading[task.id] = asyncio.ensure_future(self._lineage(task))
+            reading = self._reading[task.id] = asyncio.ensure_future(self._read(task))
         try:
             return await asyncio.shield(reading)
         finally:
             if reading.done():
                 self._reading.pop(task.id, None)
 
-    async def _lineage(self, task: Task) -> int:
-        d = 0
+    async def _read(self, task: Task) -> Lineage:
+        found = Lineage(0)
         journal = self.engine.steps.journal
         if journal is not None and task.journal_here:
             for step in await journal.history(task.id):
                 if step.seq == NAMED_SEQ and step.name == LINEAGE and step.body is not None:
-                    d = int(msgspec.json.decode(step.body)["depth"])
-        self.depth[task.id] = d
-        return d
+                    found = Lineage(**msgspec.json.decode(step.body, type=dict[str, Any]))
+        self.lineage[task.id] = found
+        return found
 
     # -- task/wait ------------------------------------------------------------------------
     def on_wait(self, r: Replica, p: TaskWaitParams) -> Any:
