@@ -263,8 +263,8 @@ class TaskManager:
         if task_id is not None:
             task.id = task_id
         reach = REACH.get()
-        if reach is not None:  # a caller limited to some agents: so is what it spawns
-            self.spawns.limit(task, *reach)
+        if reach is not None and getattr(agent.spec, "spawns", None):
+            self.spawns.limit(task, *reach)  # a caller limited to some agents: so is its tree
         if retry_on is not None:
             task.retry_on = tuple(retry_on)
         if session is not None:
