@@ -178,3 +178,25 @@ async def test_a_child_reaches_no_agent_its_roots_token_could_not(tmp_path: Path
                        "this one descends from (agents web-*)", "code": jsonrpc.NOT_FOUND}
         body = await run_as("all", {"recurse": 1, "self": "web-orch", "then": then})
         assert body["output"] == [0]
+
+
+async def test_another_tenants_agent_is_no_agent_to_a_spawn(tmp_path: Path) -> None:
+    tenants = textwrap.dedent(f"""
+        [tenants.a]
+        [tenants.b]
+
+        [agents.orch-a]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "a"
+        spawns = ["*"]
+
+        [agents.leaf-b]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "b"
+    """)
+    async with in_process(tmp_path, tenants) as d:
+        res = await d.sup.tasks.run("orch-a", {"children": 1, "agent": "leaf-b",
+                                               "count": "x", "catch": True}, timeout=60)
+        assert res.output == {"refused": "no such agent: leaf-b", "code": jsonrpc.NOT_FOUND}
