@@ -108,6 +108,33 @@ async def test_a_schedule_fires_on_time_and_pauses(tmp_path: Path) -> None:
             assert info.status == "succeeded"
 
 
+async def test_a_reload_adds_changes_and_removes_schedules(tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    async with in_process(tmp_path, LEAF) as d:
+        service = d.up.services.schedules
+        assert service.entries() == []
+        config = tmp_path / "corral.toml"
+        base = config.read_text()
+        config.write_text(base + schedule("tick", count, 1, 'every = "1s"\n'))
+        fires = Fires()
+        d.sup.stream.subscribe(fires, ScheduleFired)
+        await d.up.services.reload("test")
+        await fires.until(1)
+        (entry,) = service.entries()
+        assert (entry.name, entry.every) == ("tick", "1s")
+        # changed: the same schedule, its last fire kept
+        config.write_text(base + schedule("tick", count, 1, 'every = "1h"\n'))
+        await d.up.services.reload("test")
+        await service.settled()
+        (changed,) = service.entries()
+        assert changed.last_fire >= entry.last_fire and changed.fires >= 1
+        assert changed.next_fire == changed.last_fire + 3600
+        config.write_text(base)
+        await d.up.services.reload("test")
+        await service.settled()
+        assert service.entries() == []
+
+
 async def test_a_schedule_starts_a_workflows_run(tmp_path: Path) -> None:
     count = tmp_path / "count"
     flow = textwrap.dedent(f"""

@@ -132,6 +132,7 @@ class ScheduleService:
         self.live: dict[str, _Live] = {}
         self._firing: set[asyncio.Task[None]] = set()
         self._started = False
+        self._syncing: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one change of the schedules at a time
 
     def configure(self, specs: Mapping[str, ScheduleSpec]) -> None:
@@ -139,14 +140,20 @@ class ScheduleService:
         last fire time, a new one starts from now)."""
         self.specs = dict(specs)
         if self._started:
-            self._spawn(self._sync())
+            self._syncing = self._spawn(self._sync())
 
     def start(self) -> None:
         """Once the tasks are recovered: each schedule's missed fires settled by its
         policy, then its timer set (in the background: a cluster's task front waits for
         the node's start, which comes after)."""
         self._started = True
-        self._spawn(self._sync())
+        self._syncing = self._spawn(self._sync())
+
+    async def settled(self) -> None:
+        """Return once the schedules last configured are set up (missed fires settled,
+        timers set)."""
+        if self._syncing is not None:
+            await asyncio.shield(self._syncing)
 
     async def _sync(self) -> None:
         try:
@@ -223,12 +230,13 @@ class ScheduleService:
             live.timer = None
             self._spawn(self._tick(live))
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         # in a context of its own: a fire is the config's, never the caller's who paused
         # or reloaded (a limited token's reach, tasks/spawn.py's REACH)
         task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
         self._firing.add(task)
         task.add_done_callback(self._firing.discard)
+        return task
 
     async def _tick(self, live: _Live) -> None:
         """The timer went off: the latest fire time due (one, however late the loop
