@@ -230,7 +230,7 @@ class Spawns:
     # -- task/wait ------------------------------------------------------------------------
     def on_wait(self, r: Replica, p: TaskWaitParams) -> Any:
         parent = self.engine.worker.running_on(r, "task/wait", p.task_id)
-        kids = self.children.get(parent.id, {}).values()
+        kids = set(self.children.get(parent.id, {}).values())
         for c in p.children:
             if c not in kids:
                 raise RpcError(jsonrpc.INVALID_PARAMS,
