@@ -89,6 +89,8 @@ class Spawns:
         self.children: dict[str, dict[str, str]] = {}
         self.lineage: dict[str, Lineage] = {}  # of unfinished tasks, as known
         self._reading: dict[str, asyncio.Future[Lineage]] = {}  # lineage reads under way
+        # a lineage's children's, shared (as many as depths times limited tokens)
+        self._shared: dict[Lineage, Lineage] = {}
         self.spawned = 0  # children submitted
         self.replayed = 0  # spawns answered from the journal
         engine.stream.subscribe(self._finished, TaskFinished)
@@ -131,13 +133,11 @@ class Spawns:
             old = msgspec.json.decode(got["result"])
             child_id = old["child"] if isinstance(old, dict) else None
             if isinstance(child_id, str):
-                mine = await self._lineage_of(parent)
-                await self._ensure(child_id, p, mine._replace(depth=mine.depth + 1))
+                await self._ensure(child_id, p, self._deeper(await self._lineage_of(parent)))
                 self._adopt(parent.id, p.key, child_id)
                 self.replayed += 1
                 return {"child": child_id, "replayed": True}
-        mine = await self._lineage_of(parent)
-        child = mine._replace(depth=mine.depth + 1)
+        child = self._deeper(await self._lineage_of(parent))
         self._check(parent, r, p, child)
         child_id = new_id()
         # the child's id is the parent's before the child exists (module docstring)
@@ -146,6 +146,14 @@ class Spawns:
         self._adopt(parent.id, p.key, child_id)
         self.spawned += 1
         return {"child": child_id, "replayed": False}
+
+    def _deeper(self, mine: Lineage) -> Lineage:
+        """A child's lineage: one object for every child of the same lineage (10,000
+        pending children hold one, not 10,000)."""
+        child = self._shared.get(mine)
+        if child is None:
+            child = self._shared[mine] = mine._replace(depth=mine.depth + 1)
+        return child
 
     def _check(self, parent: Task, r: Replica, p: TaskSpawnParams, child: Lineage) -> None:
         spec = r.spec
