@@ -84,7 +84,7 @@ async def test_a_schedule_fires_on_time_and_pauses(tmp_path: Path) -> None:
         first, second = fired[:2]
         assert second.at - first.at == 1.0  # one clock: each fire its time, one apart
         # on time: after its time, by no more than a loaded machine's loop lag
-        assert all(0 <= late < 0.5 for late in fires.late[:2]), fires.late
+        assert all(0 <= late < 1.0 for late in fires.late[:2]), fires.late
         assert first.error is None and first.started is not None
         (entry,) = service.entries()
         assert entry.name == "tick" and entry.agents == ["leaf"] and not entry.paused
@@ -207,11 +207,11 @@ def test_missed_fires_after_a_downtime_follow_each_policy(tmp: Path) -> None:
             "skipper": 0, "oncer": 1, "catcher": 3, "held": 0}
         assert counted(count) == [2, 3, 3, 3]
         for name in ("skipper", "oncer", "catcher"):  # the last missed time, accounted for
-            assert after[name]["last_fire"] == then[name] + 300
-            assert after[name]["next_fire"] == then[name] + 360
+            assert after[name]["last_fire"] == pytest.approx(then[name] + 300, abs=1e-3)
+            assert after[name]["next_fire"] == pytest.approx(then[name] + 360, abs=1e-3)
         # a pause is kept across the restart, and nothing was caught up for it
         assert after["held"]["paused"] is True and after["held"]["next_fire"] is None
-        assert after["held"]["last_fire"] == then["held"]
+        assert after["held"]["last_fire"] == pytest.approx(then["held"], abs=1e-3)
         log = d.cli("logs", "corral", "--lines", "200").stdout
         assert "schedule skipper: 5 fires missed while the daemon was down (skip: 0 run " \
                "now)" in log
