@@ -811,3 +811,24 @@ class RunsCancel(Params):
     """Cancel a run: its steps' queued and running tasks are cancelled."""
 
     run_id: str
+
+
+@method("schedules.list", result=ScheduleList, scope="tasks:read")
+class SchedulesList(Params):
+    """The schedules, each with its clock, its last and next fire and whether it is
+    paused (a limited caller: those of the agents and workflows it sees)."""
+
+
+@method("schedules.pause", result=ScheduleEntry, scope="tasks:run", mutating=True)
+class SchedulesPause(Params):
+    """Pause a schedule: it fires nothing until resumed (kept across restarts)."""
+
+    name: str
+
+
+@method("schedules.resume", result=ScheduleEntry, scope="tasks:run", mutating=True)
+class SchedulesResume(Params):
+    """Resume a paused schedule: its next fire is its clock's next from now (what it
+    missed while paused is not caught up)."""
+
+    name: str

@@ -74,6 +74,8 @@ __all__ = [
     "RunView",
     "Scaled",
     "ScalingDecision",
+    "ScheduleEntry",
+    "ScheduleList",
     "SessionInfo",
     "SessionList",
     "SessionStats",
@@ -946,3 +948,24 @@ class WorkflowHistory(Result):
     name: str
     current: int | None  # None: removed
     revisions: list[WorkflowRevision]  # oldest first
+
+
+# -- schedules (docs/workflows.md#schedules) -------------------------------------------------
+class ScheduleEntry(Result):
+    name: str
+    agent: str | None  # a task of this agent, or
+    workflow: str | None  # a run of this workflow
+    every: str | None
+    cron: str | None
+    missed: str  # skip, once, catch_up
+    paused: bool
+    last_fire: float  # the last fire time accounted for (fired, or skipped as missed)
+    next_fire: float | None  # None: paused, or another cluster node's to fire
+    fires: int
+    last_started: str | None  # the task or run its last fire started
+    agents: list[str]  # whose tasks it starts: a limited caller sees it when it sees all
+    description: str = ""
+
+
+class ScheduleList(Result):
+    schedules: list[ScheduleEntry]

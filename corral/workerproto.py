@@ -189,6 +189,26 @@ class SessionCheckpointParams(Params):
     state: Any = None
 
 
+class TaskSpawnParams(Params):
+    """A task of another agent, started by the running task `task_id` (its child): `key`
+    names the spawn within the task, so that a retried attempt spawning under the same key
+    gets the same child back (docs/protocol.md#spawn)."""
+
+    task_id: NonEmpty
+    agent: NonEmpty
+    key: NonEmpty
+    input: Any = None
+    timeout: Number | None = None
+    retries: int | None = None
+
+
+class TaskWaitParams(Params):
+    """The outcomes of the running task's children, once every one has ended."""
+
+    task_id: NonEmpty
+    children: list[str]
+
+
 # -- the registry --------------------------------------------------------------------------
 class Method(NamedTuple):
     name: str
@@ -225,6 +245,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("step/put", "worker", False, StepPutParams),
     Method("task/checkpoint", "worker", False, TaskCheckpointParams),
     Method("session/checkpoint", "worker", False, SessionCheckpointParams),
+    Method("task/spawn", "worker", False, TaskSpawnParams),
+    Method("task/wait", "worker", False, TaskWaitParams),
 )}
 
 METHOD_OF: dict[type[Params], str] = {m.params: m.name for m in METHODS.values()}

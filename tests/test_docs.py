@@ -21,6 +21,7 @@ from corral.supervisor.config import (
     SupervisorSettings,
     TenantSpec,
 )
+from corral.supervisor.schedule import ScheduleSpec
 from corral.supervisor.teams import Rule, TeamSpec
 from corral.supervisor.workflows import Condition, StepSpec, WorkflowSpec
 
@@ -38,10 +39,11 @@ SECTIONS: dict[str, Any] = {
     "[workflows.NAME.steps.when]": Condition,
     "[teams.NAME]": TeamSpec,
     "[teams.NAME.rules]": Rule,
+    "[schedules.NAME]": ScheduleSpec,
 }
 for _f in mi.type_info(Config).fields:  # a new top-level table needs a section too
     if _f.name not in ("supervisor", "agents", "mcp_servers", "tenants", "workflows",
-                       "teams"):
+                       "teams", "schedules"):
         # an optional table ([cluster]: absent means off) is its Struct or None
         _t = _f.type
         SECTIONS[f"[{_f.name}]"] = next(x.cls for x in _t.types if isinstance(

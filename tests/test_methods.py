@@ -130,6 +130,10 @@ input = {{ name = "$steps.one.output.greeting" }}
 name = "wait"
 agent = "slow"
 input = {{ do = "sleep", seconds = 30 }}
+
+[schedules.daily]
+agent = "hello"
+cron = "0 6 * * *"
 """
     with running_daemon(tmp, agents) as d:
         yield d
@@ -245,6 +249,9 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         assert len(ask("workflows.history", {"name": "rt"}).revisions) == 2
         assert ask("workflows.rollback", {"name": "rt"}).restored == 1
         assert ask("workflows.remove", {"names": ["rt"]}).removed == ["rt"]
+        assert [s.name for s in ask("schedules.list").schedules] == ["daily"]
+        assert ask("schedules.pause", {"name": "daily"}).paused is True
+        assert ask("schedules.resume", {"name": "daily"}).next_fire is not None
         slow = ask("tasks.submit", {"agent": "slow", "input": {"do": "sleep", "seconds": 30}})
         assert ask("tasks.cancel", {"task_id": slow.task_id}).status == "cancelled"
         ask("daemon.shutdown")

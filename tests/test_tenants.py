@@ -680,6 +680,10 @@ def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = ""
         "workflows.remove": ("missing", names(B), names(GHOST)),
         "workflows.history": ("missing", {"name": B}, {"name": GHOST}),
         "workflows.rollback": ("missing", {"name": B}, {"name": GHOST}),
+        # a schedule is a's when its agents are a's
+        "schedules.list": ("listing", {}, None),
+        "schedules.pause": ("missing", {"name": B}, {"name": GHOST}),
+        "schedules.resume": ("missing", {"name": B}, {"name": GHOST}),
     }
 
 
@@ -687,6 +691,8 @@ def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = ""
 async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) -> None:
     workflows = "".join(f"[workflows.{n}]\n[[workflows.{n}.steps]]\nname = \"s\"\n"
                         f"agent = \"{n}\"\ninput = {{ do = \"echo\" }}\n" for n in ("a1", B))
+    workflows += "".join(f"[schedules.{n}]\nagent = \"{n}\"\ncron = \"0 6 * * *\"\n"
+                         for n in ("a1", B))
     async with in_process(tmp_path, FLEET + workflows, TWO) as d:
         b_task = (await _run(d, B, {"do": "echo"})).task_id
         a_task = (await _run(d, "a1", {"do": "echo"})).task_id
@@ -748,6 +754,7 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
         assert [t.task_id for t in tasks.tasks] == [a_task]
         assert [w.name for w in (await call(d, "workflows.list", {}, a)).workflows] == ["a1"]
         assert (await call(d, "runs.list", {}, a)).runs == []
+        assert [s.name for s in (await call(d, "schedules.list", {}, a)).schedules] == ["a1"]
         assert [r.run_id for r in (await call(d, "runs.list", {})).runs] == [b_run]
         assert [t.name for t in (await call(d, "tenants.list", {}, a)).tenants] == ["a"]
         assert {s["name"] for s in (await call(d, "mcp.status", {}, a)).mcp_servers} <= {

@@ -51,6 +51,10 @@ REFUSED: list[tuple[str, Any, str]] = [
     ("step/get", {"task_id": "t", "name": ""}, "step/get: name must be a non-empty string"),
     ("step/put", {"name": "s"}, "step/put: task_id must be a non-empty string"),
     ("task/checkpoint", {"state": 1}, "task/checkpoint: task_id must be a non-empty string"),
+    ("task/spawn", {"task_id": "t", "agent": "a"}, "task/spawn: key must be a non-empty string"),
+    ("task/spawn", {"task_id": "t", "agent": "a", "key": "1", "retries": "x"},
+     "task/spawn: retries must be a number"),
+    ("task/wait", {"task_id": "t", "children": "c"}, "task/wait: children must be a list"),
     ("session/checkpoint", {"state": 1},
      "session/checkpoint: task_id must be a non-empty string"),
     # notifications: never answered, noted in the worker's log

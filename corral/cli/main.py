@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (imported for the commands they register)
     logs,
     mcp,
     packages,
+    schedules,
     sessions,
     specs,
     status,

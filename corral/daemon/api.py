@@ -20,6 +20,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..methods import REGISTRY, SCOPES, Method
 from ..supervisor.core import NoSuchAgent
+from ..supervisor.tasks.spawn import REACH
 from ..text import clip, one_line
 from .caller import Caller, Channel, Discard
 from .visibility import AgentRule, agent_rule
@@ -193,7 +194,13 @@ class Dispatcher(Generic[Ctx]):
                     {key: getattr(params, key)}, REGISTRY[look].params), caller, Discard())
                 if not caller.sees(found.agent):
                     raise jsonrpc.not_found(what, getattr(params, key))
-            result = await self.handlers[spec.name](context, params, caller, channel)
+            # the tasks a caller limited to some agents submits spawn none beyond them
+            reach = REACH.set((caller.who, caller.agents)) if caller.agents else None
+            try:
+                result = await self.handlers[spec.name](context, params, caller, channel)
+            finally:
+                if reach is not None:
+                    REACH.reset(reach)
             if rule is not None and rule.filter is not None:
                 result = rule.filter(result, caller)
         except RpcError as exc:

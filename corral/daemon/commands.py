@@ -27,6 +27,7 @@ from .caller import SHARED, Caller, Channel
 from .fleet import revision_tenant
 from .flowcontrol import drain
 from .history import has_rows
+from .schedulehandlers import TABLE as SCHEDULE_HANDLERS
 from .services import Services
 from .store import row_limit
 from .teams.service import seen_team
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 HANDLERS: Handlers[Services] = Handlers()
 implements = HANDLERS.implements
 for _name, _handler in WORKFLOW_HANDLERS.items():  # daemon/workflows/handlers.py
+    implements(_name)(_handler)
+for _name, _handler in SCHEDULE_HANDLERS.items():  # daemon/schedulehandlers.py
     implements(_name)(_handler)
 
 FOLLOW_BATCH = 500

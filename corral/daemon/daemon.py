@@ -317,6 +317,7 @@ class Daemon:
         workflows = await enter(part.workflows(conf, parts, store, hub))
         teams = await enter(part.teams(conf, parts, store, hub, traces))
         tasks = TeamFront(tasks, teams)  # a task naming a team is a call of it
+        schedules = await enter(part.schedules(conf, parts, store, tasks, workflows, node, hub))
         history = History(parts.agents, parts.tasks, store, cfg.http)
         packages = await part.packages(conf, parts, opened, fleet, node, hub)
         watches = FileWatches(parts.agents, fleet, packages, hub.daemon)
@@ -327,7 +328,8 @@ class Daemon:
             fleet=fleet, tasks=tasks, gateway=gateway, http=http, journal=opened.journal,
             history=history, packages=packages, dev_watch=watches,
             watch=FleetWatch(parts.agents, parts.stream), tenants=tenants, workflows=workflows,
-            teams=teams, config_path=self.config_path, socket_path=control.path,
+            teams=teams, schedules=schedules,
+            config_path=self.config_path, socket_path=control.path,
             started_at=self.started_at, reload=lambda who: self._reload(services, who),
             request_stop=self.request_stop, drained=self.drained,
             upgrade=self.upgrades.ask, status_line=status.line, notices=status.notices,
@@ -365,6 +367,7 @@ class Daemon:
         s.tasks.recover(unfinished if up.journal is not None else [])
         s.workflows.recover()  # after the tasks: a run's recorded task is found
         s.teams.recover()  # (so is a team call's)
+        s.schedules.start()  # after the tasks: a fire's task is numbered after theirs
         if up.journal is not None:
             up.journal.start_pruning()
         if node is not None:
@@ -397,6 +400,7 @@ class Daemon:
         s.fleet.gateway = cfg.gateway
         s.workflows.configure(cfg.workflows)
         s.teams.configure(cfg.teams)
+        s.schedules.configure(cfg.schedules)
         local, declared = by_placement(cfg)
         result = await s.fleet.reload(local, who)
         result.gateway = gateway_changes

@@ -32,6 +32,7 @@ from .history import History
 from .logs import LogHub
 from .packages.service import Packages
 from .revisions import RevisionLog
+from .schedules import ScheduleService
 from .store import StateStore
 from .taskjournal import TaskJournalDB
 from .tasks import TaskFront
@@ -85,6 +86,7 @@ class Services:
     tenants: TenantRegistry  # the tenants: the file's and the runtime's (issue 23)
     workflows: WorkflowService  # [workflows.NAME] and their runs (docs/workflows.md)
     teams: TeamService  # [teams.NAME] and their calls (docs/teams.md)
+    schedules: ScheduleService  # [schedules.NAME] fired (docs/workflows.md#schedules)
     config_path: Path
     socket_path: Path
     started_at: float

@@ -48,6 +48,7 @@ from .journald import JournalSender, StderrEcho
 from .logs import LogDirError, LogHub
 from .packages.service import Packages
 from .revisions import RevisionLog, describe_change
+from .schedules import Ledger, LocalLedger, ScheduleService, schedule_agents, starter
 from .services import Services
 from .sessions import SessionsDB
 from .steps import StepsDB
@@ -447,6 +448,28 @@ async def teams(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
     service = TeamService(parts.agents, parts.tasks, store, hub.daemon,
                           traces.tracer.traced if traces is not None else None)
     service.configure(conf.cfg.teams)
+    try:
+        yield service
+    finally:
+        await service.close()
+
+
+@contextlib.asynccontextmanager
+async def schedules(conf: Conf, parts: Parts, store: StateStore, tasks: TaskFront,
+                    workflows: WorkflowService, node: ClusterNode | None, hub: LogHub
+                    ) -> AsyncIterator[ScheduleService]:
+    """[schedules.NAME] (docs/workflows.md#schedules): configured now, fired once the
+    tasks are recovered (ScheduleService.start); with [cluster], each fired by the node
+    holding its lease in Redis."""
+    ledger: Ledger = LocalLedger(store)
+    if node is not None:
+        from ..cluster.schedules import ClusterLedger
+
+        ledger = ClusterLedger(node.redis, node.keys.prefix, node.membership,
+                               node.settings.node_ttl, hub.daemon)
+    service = ScheduleService(ledger, starter(tasks, workflows), parts.stream, hub.daemon,
+                              schedule_agents(workflows))
+    service.configure(conf.cfg.schedules)
     try:
         yield service
     finally:

@@ -299,6 +299,16 @@ MIGRATIONS: list[Migration] = [
         output BLOB,
         error TEXT,
         PRIMARY KEY (call_id, key)
+    """,
+    # 16: schedules (daemon/schedules.py): each schedule's last fire time accounted for
+    # (fired or skipped), the task or run it started, its count, and whether it is paused
+    """
+    CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        last_fire REAL NOT NULL,
+        fires INTEGER NOT NULL DEFAULT 0,
+        last_started TEXT,
+        paused INTEGER
     ) WITHOUT ROWID;
     """,
 ]

@@ -293,6 +293,11 @@ def _runs_filter(result: Any, caller: Caller) -> Any:
     return _replace(result, runs=[r for r in result.runs if _sees_all(caller, r.agents)])
 
 
+def _schedules_filter(result: Any, caller: Caller) -> Any:
+    return _replace(result, schedules=[s for s in result.schedules
+                                       if _sees_all(caller, s.agents)])
+
+
 def _sessions_filter(result: Any, caller: Caller) -> Any:
     return _replace(result, sessions=[s for s in result.sessions if caller.sees(s.agent)])
 
@@ -404,6 +409,10 @@ AGENT_RULES: dict[str, AgentRule] = {
     "workflows.remove": AgentRule(_nothing),
     "workflows.history": AgentRule(_nothing),
     "workflows.rollback": AgentRule(_nothing),
+    # a schedule is a limited caller's when all its agents are (schedulehandlers.py)
+    "schedules.list": AgentRule(_nothing, filter=_schedules_filter),
+    "schedules.pause": AgentRule(_nothing),
+    "schedules.resume": AgentRule(_nothing),
     "sessions.list": AgentRule(_AGENT_PARAM, filter=_sessions_filter),
     "sessions.get": AgentRule(_AGENT_PARAM),
     "sessions.end": AgentRule(_AGENT_PARAM),

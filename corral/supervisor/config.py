@@ -19,6 +19,7 @@ import msgspec.inspect
 from msgspec import Meta
 
 from .. import redact
+from .schedule import ScheduleSpec
 from .teams.definition import TeamSpec
 from .workflows.definition import WorkflowSpec
 
@@ -220,6 +221,11 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     replay: bool = True
     replay_tools: list[str] = []
     max_step_bytes: NonNegInt = 64 * 1024 * 1024
+    # code-first orchestration (task/spawn, docs/workflows.md#spawn): the agents (globs)
+    # its tasks may start children of, how deep children may spawn, how many per task
+    spawns: list[str] = []
+    max_spawn_depth: NonNegInt = 3
+    max_children: NonNegInt = 1000
     # a session (tasks.run's `session`) idle this many seconds is dropped, state and
     # history: its next task starts it afresh (0: sessions never expire)
     session_ttl: NonNeg = 7 * 86400
@@ -596,6 +602,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     workflows: dict[str, WorkflowSpec] = {}
     # [teams.NAME]: agents called as one, by route, broadcast or a leader (docs/teams.md)
     teams: dict[str, TeamSpec] = {}
+    # [schedules.NAME]: a task of an agent or a run of a workflow on a clock
+    schedules: dict[str, ScheduleSpec] = {}
 
 
 def default_cwd(tenant: TenantSpec | None, config_dir: str) -> str:

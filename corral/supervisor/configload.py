@@ -41,6 +41,7 @@ from .config import (
 )
 from .names import name_problem, shown
 from .sandbox import exposed, host_refusal
+from .schedule import ScheduleError, ScheduleSpec, compile_schedule
 from .teams import TeamError, TeamSpec, check_team
 from .workflows import WorkflowError, WorkflowSpec, compile_workflow
 
@@ -319,6 +320,29 @@ def parse_teams(data: dict[str, Any], where: str, agents: dict[str, AgentSpec],
     return out
 
 
+def parse_schedules(data: dict[str, Any], where: str, agents: set[str], workflows: set[str],
+                    problems: list[str]) -> dict[str, ScheduleSpec]:
+    """The `[schedules.NAME]` tables, each checked whole (its target, its clock)."""
+    tables = data.get("schedules", {})
+    if not isinstance(tables, dict):
+        problems.append(f"{where}: schedules: expected a table")
+        return {}
+    out: dict[str, ScheduleSpec] = {}
+    for name, table in tables.items():
+        try:
+            validate_name("schedules", name, where)
+            spec = convert(table, ScheduleSpec, where=where, prefix=f"schedules.{name}")
+            compile_schedule(name, spec, agents, workflows)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        except ScheduleError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        out[name] = spec
+    return out
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read the main file and its includes; every error names file and key path, and
     every error there is is said at once (one a line), not the first alone."""
@@ -401,12 +425,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             problems.append(f"{origin[f'agents.{name}']}: agents.{name}.{problem}")
     workflows = parse_workflows(data, where, set(agents), problems)
     teams = parse_teams(data, where, agents, servers, problems)
+    schedules = parse_schedules(data, where, set(agents), set(workflows), problems)
     if problems:
         raise ConfigError("\n".join(problems))
     _resolve_paths(base, agents, servers, tenants, packages)
     cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
                  http=http, packages=packages, cluster=cluster, tenants=tenants,
-                 tracing=tracing, workflows=workflows, teams=teams)
+                 tracing=tracing, workflows=workflows, teams=teams, schedules=schedules)
     check_tenants_named(cfg, where)
     return cfg
 

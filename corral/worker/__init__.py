@@ -28,6 +28,8 @@ import time
 from .osio import STDIN_IDLE as STDIN_IDLE
 from .osio import _lines as _lines
 from .osio import _set_title as _set_title
+from .spawning import ChildFailed as ChildFailed
+from .spawning import Spawning
 
 TYPE_CHECKING = False  # not `from typing import ...`: typing costs ~2 ms to import
 if TYPE_CHECKING:
@@ -261,8 +263,8 @@ class _Waiter:
             self.callback(ok, value)
 
 
-class Context:
-    """What a handler gets besides its input."""
+class Context(Spawning):
+    """What a handler gets besides its input (and `spawn`, `wait`, `map`: spawning.py)."""
 
     def __init__(
         self,
@@ -532,6 +534,19 @@ class Worker:
         if not ok:
             raise value
         return value
+
+    def request_all(self, method: str, params: list[Any]) -> list[Any]:
+        """Ask the supervisor many things at once (all sent before the first answer is
+        waited for) and block this thread for every answer, in order."""
+        waiters = [self._new_request(method, p) for p in params]
+        out = []
+        for waiter in waiters:
+            waiter.event.wait()
+            ok, value = waiter.value
+            if not ok:
+                raise value
+            out.append(value)
+        return out
 
     def request_async(self, method: str, params: Any = None) -> Any:
         """Ask the supervisor something; an awaitable answer (for coroutine handlers)."""

@@ -56,6 +56,7 @@ from .queue import LocalQueue, Queue
 from .retention import FINISHED_KEPT, FINISHED_KEPT_BYTES, Retention
 from .retry import backoff, retried
 from .sessions import SessionBound, Sessions, session_bounds
+from .spawn import REACH, Spawns
 from .worker import ToolRouter, WorkerMethods, report_progress
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class TaskManager:
         on_request(sup.worker_methods, SessionCheckpointParams, self._on_session_checkpoint)
         on_notification(sup.worker_notifications, UsageReportParams, self._on_usage,
                         refused=self.budgets.refused)
+        self.spawns = Spawns(self)  # task/spawn and task/wait (spawn.py)
 
     def _session_ttl(self, agent_name: str) -> float:
         agent = self.sup.agents.get(agent_name)
@@ -266,6 +268,9 @@ class TaskManager:
                     agent.spec.retries if retries is None else retries, next(self._seq))
         if task_id is not None:
             task.id = task_id
+        reach = REACH.get()
+        if reach is not None and getattr(agent.spec, "spawns", None):
+            self.spawns.limit(task, *reach)  # a caller limited to some agents: so is its tree
         if retry_on is not None:
             task.retry_on = tuple(retry_on)
         if session is not None:

@@ -1,0 +1,202 @@
+"""Code-first orchestration (issue 40 item 3; docs/workflows.md#spawn): a running task
+spawns tasks of other agents (`task/spawn`) and waits for them (`task/wait`), journaled
+as steps so that a resumed orchestrator spawns no child twice.
+
+Real processes: the daemon in this loop (its SQLite journals) and SDK workers
+(tests/orchestrator_agent.py) as orchestrator and leaves; the leaves count their runs in
+a file, and the orchestrator SIGKILLs itself mid-way."""
+
+from __future__ import annotations
+
+import sqlite3
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral import jsonrpc
+
+from .conftest import ROOT
+from .daemon_harness import PY, in_process
+
+HERE = Path(__file__).parent
+
+
+def fleet(orch_extra: str = "", env: str = "") -> str:
+    return textwrap.dedent(f"""
+        [agents.orch]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}"{env} }}
+        retries = 1
+        max_concurrent_tasks = 4
+        spawns = ["leaf", "orch"]
+        {orch_extra}
+
+        [agents.leaf]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        max_concurrent_tasks = 8
+
+        [agents.other]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+    """)
+
+
+def counted(path: Path) -> list[int]:
+    return sorted(int(x) for x in path.read_text().split()) if path.exists() else []
+
+
+async def run(d: Any, task_input: dict[str, Any]) -> Any:
+    return await d.sup.tasks.run("orch", task_input, timeout=120)
+
+
+async def test_an_orchestrator_spawns_50_children_and_gets_their_outputs(
+        tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    async with in_process(tmp_path, fleet()) as d:
+        res = await run(d, {"children": 50, "count": str(count)})
+        assert res.status == "succeeded", res
+        assert res.output == [i * 2 for i in range(50)]
+        assert counted(count) == list(range(50))
+        assert d.sup.tasks.spawns.stats() == {"spawned": 50, "replayed": 0}
+
+
+async def test_an_orchestrator_killed_after_20_spawns_spawns_none_twice(
+        tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    async with in_process(tmp_path, fleet()) as d:
+        res = await run(d, {"children": 50, "count": str(count), "stop_after": 20,
+                            "marker": str(tmp_path / "marker")})
+        assert res.status == "succeeded", res
+        assert [a.outcome for a in res.attempts] == ["lost", "succeeded"]
+        assert res.output == [i * 2 for i in range(50)]
+        # 50 children in all, each run once: the retry's first 20 came from the journal
+        assert counted(count) == list(range(50))
+        assert d.sup.tasks.spawns.stats() == {"spawned": 50, "replayed": 20}
+        await d.sup.tasks.steps.journal.committed()
+        db = sqlite3.connect(tmp_path / "state" / "corral.db")
+        rows = db.execute("SELECT count(*) FROM steps WHERE task_id = ? AND name LIKE "
+                          "'spawn:%'", (res.task_id,)).fetchone()
+        # the first attempt's 20; the retry, its last attempt, journals none of its own
+        assert rows == (20,)
+
+
+async def test_a_coroutine_orchestrator_resumes_alike_and_maps(tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    async with in_process(tmp_path, fleet(env=', ORCH_ASYNC = "1"')) as d:
+        res = await run(d, {"children": 10, "count": str(count), "stop_after": 4,
+                            "marker": str(tmp_path / "marker")})
+        assert res.status == "succeeded", res
+        assert res.output == [i * 2 for i in range(10)]
+        assert counted(count) == list(range(10))
+        res = await run(d, {"children": 0, "map": True, "count": str(count)})
+        assert res.output == [200, 202, 204]
+
+
+async def test_map_in_a_plain_handler(tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    async with in_process(tmp_path, fleet()) as d:
+        res = await run(d, {"children": 5, "map": True, "count": str(count)})
+        assert res.output == [0, 2, 4, 6, 8]
+
+
+async def test_refusals_say_why(tmp_path: Path) -> None:
+    async with in_process(tmp_path, fleet("max_children = 2\nmax_spawn_depth = 2")) as d:
+        res = await run(d, {"children": 1, "agent": "other", "count": "x", "catch": True})
+        assert res.output == {"refused": "task/spawn: agent orch may not spawn tasks of "
+                              "agent other (its spawns list: ['leaf', 'orch'])",
+                              "code": jsonrpc.REFUSED}
+        res = await run(d, {"children": 1, "agent": "ghost", "count": "x", "catch": True})
+        assert res.output == {"refused": "no such agent: ghost", "code": jsonrpc.NOT_FOUND}
+        res = await run(d, {"children": 3, "count": str(tmp_path / "c"), "catch": True})
+        assert res.output == {"refused": f"task/spawn: fan-out exceeded: task "
+                              f"{res.task_id} has spawned 2 children (max_children 2 of "
+                              "agent orch)", "code": jsonrpc.REFUSED}
+        # depth: orch -> orch (1) -> orch (2) -> a third level is refused
+        res = await run(d, {"recurse": 3})
+        deepest = res.output
+        assert deepest["status"] == "failed", res
+        assert deepest["error"] == (f"RpcError: task/spawn: spawn depth exceeded: a child "
+                                    f"of task {deepest['task_id']} would be at depth 3 "
+                                    "(max_spawn_depth 2 of agent orch)")
+        res = await run(d, {"recurse": 2})
+        assert res.output == 2
+        other = await d.sup.tasks.run("leaf", {"leaf": True, "n": 1,
+                                               "count": str(tmp_path / "c2")})
+        res = await run(d, {"wait_for": other.task_id, "catch": True})
+        assert res.output == {"refused": f"task/wait: task {other.task_id} is not a child "
+                              f"of task {res.task_id}", "code": jsonrpc.INVALID_PARAMS}
+
+
+@pytest.mark.deadline(120)
+async def test_a_child_reaches_no_agent_its_roots_token_could_not(tmp_path: Path) -> None:
+    from .test_http_api import serving
+
+    count = tmp_path / "count"
+    agents = textwrap.dedent(f"""
+        [agents.web-orch]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        retries = 1
+        max_concurrent_tasks = 4  # a child of its own waits for a slot beside its parent
+        spawns = ["web-*", "db"]
+
+        [agents.web-leaf]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+
+        [agents.db]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+    """)
+    async with serving(tmp_path, agents) as api:
+        await api.token("web", "tasks:run", "tasks:read", agents="web-*")
+        await api.token("all", "tasks:run", "tasks:read")
+
+        async def run_as(token: str, task_input: dict[str, Any]) -> Any:
+            status, body, _ = await api.ask("POST", "/tasks?wait=60", token, body={
+                "agent": "web-orch", "input": task_input})
+            assert status == 200, body
+            return body
+
+        mine = {"children": 2, "agent": "web-leaf", "count": str(count), "catch": True}
+        assert (await run_as("web", mine))["output"] == [0, 2]
+        # db is in the orchestrator's spawns, but not within the web token's reach
+        body = await run_as("web", {**mine, "agent": "db"})
+        assert body["output"] == {
+            "refused": "task/spawn: no agent db within the reach of token web, whose task "
+                       "this one descends from (agents web-*)", "code": jsonrpc.NOT_FOUND}
+        # a token that reaches every agent: the orchestrator's spawns list is the bound
+        assert (await run_as("all", {**mine, "agent": "db"}))["output"] == [0, 2]
+        # the reach is kept with the task: a grandchild is bound by it too
+        then = {"children": 1, "agent": "db", "count": str(count)}
+        body = await run_as("web", {"recurse": 1, "self": "web-orch", "then": then})
+        assert body["output"] == {
+            "refused": "task/spawn: no agent db within the reach of token web, whose task "
+                       "this one descends from (agents web-*)", "code": jsonrpc.NOT_FOUND}
+        body = await run_as("all", {"recurse": 1, "self": "web-orch", "then": then})
+        assert body["output"] == [0]
+
+
+async def test_another_tenants_agent_is_no_agent_to_a_spawn(tmp_path: Path) -> None:
+    tenants = textwrap.dedent(f"""
+        [tenants.a]
+        [tenants.b]
+
+        [agents.orch-a]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "a"
+        spawns = ["*"]
+
+        [agents.leaf-b]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        tenant = "b"
+    """)
+    async with in_process(tmp_path, tenants) as d:
+        res = await d.sup.tasks.run("orch-a", {"children": 1, "agent": "leaf-b",
+                                               "count": "x", "catch": True}, timeout=60)
+        assert res.output == {"refused": "no such agent: leaf-b", "code": jsonrpc.NOT_FOUND}
