@@ -21,10 +21,13 @@ import msgspec
 
 from ..supervisor.adopt import HandedProcess
 from ..supervisor.containment import ProcessRecord
+from ..supervisor.stats import Stats
+from ..supervisor.tasks.counters import Carried
 
 # the layout of this file: an image that reads another refuses the handoff (the old one
-# then goes on, and says so). 2: MCP servers' sessions, listening sockets, subscriptions
-HANDOFF_VERSION = 2
+# then goes on, and says so). 2: MCP servers' sessions, listening sockets, subscriptions;
+# 3: plain programs, idle replicas, the task counters
+HANDOFF_VERSION = 3
 VARIABLE = "CORRAL_HANDOFF"
 FAILED_VARIABLE = "CORRAL_UPGRADE_FAILED"
 NAME = "upgrade-handoff.json"
@@ -112,6 +115,10 @@ class Handoff(msgspec.Struct, frozen=True):
     ended: list[ProcessRecord] = []  # not kept: the next image ends them
     listeners: list[Listener] = []
     subscriptions: list[Subscribed] = []
+    counters: dict[str, Carried] = {}  # each agent's (`corral stats`)
+    engine: Stats | None = None  # the supervisor's counts (spawned, restarts, ...)
+    steps: dict[str, int] = {}  # the step journal's counters
+    sessions_expired: int = 0
     version: int = HANDOFF_VERSION
 
 

@@ -13,7 +13,9 @@ and MCP server when its replica starts (no `initialize` again, no restart; a ser
 client goes on with the session its predecessor negotiated, and the agents' resource
 subscriptions on it are listened to again), routes the answers of running tasks to them
 (they finish once, on their attempt), and recovers queued tasks from the journal as after
-any start. Zygotes and plain programs are ended and started again as their config says.
+any start. A plain program is kept too, with its log pipes, its $NOTIFY_SOCKET and what
+it said on it (plain.py's `PlainHanded`); an idle replica is idle again, not "ready"; the
+task counters of `corral stats` go on. Zygotes are ended and started again on demand.
 
 A new image that cannot start falls back: `BOOT`, the program the old image execs (its
 own text, so a new install that cannot even be imported still runs it), catches any
@@ -37,6 +39,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -44,7 +47,7 @@ from typing import TYPE_CHECKING, Protocol
 from .. import __version__, jsonrpc
 from ..jsonrpc import RpcError
 from ..methods import DaemonUpgrade, UpgradeReport
-from ..supervisor.adopt import Adoptions, HandedProcess, hand, keep_open
+from ..supervisor.adopt import Adoptions, HandedProcess, hand, hand_plain, keep_open
 from ..supervisor.containment import (
     ProcessRecord,
     cgroup_kill,
@@ -58,6 +61,7 @@ from ..supervisor.plain import PlainReplica
 from ..supervisor.replica import Replica
 from ..supervisor.replicaparts import Transition
 from ..supervisor.tasks import TaskRecord
+from ..supervisor.tasks.counters import AgentTasks, carry, carry_on
 from ..text import plural
 from ..timeouts import within
 from . import handoff
@@ -86,6 +90,10 @@ ADOPT_BATCH = 64
 # how long a zygote or plain program of the old image has to exit (its stdin is closed by
 # the exec) before SIGKILL
 END_GRACE = 2.0
+# the supervisor's counts that go on across an upgrade (the others are of now: live
+# processes, the loop's stalls, which the new image measures again)
+CARRIED_STATS = ("spawned", "restarts", "failures", "spawn_failures", "cold_fallbacks",
+                 "exits", "stuck_after_kill")
 # where the image to exec imports corral from, first (before the directory it runs in,
 # which `python -c` puts first as `-m` does): --pythonpath, or the old image's own
 IMPORT_VARIABLE = "CORRAL_IMPORT_FROM"
@@ -332,11 +340,17 @@ class Upgrades:
                                           for r in agent.replicas]
         for r in [*replicas, *sup.parts.tools.instances()]:
             proc = r.process
-            if proc is None or isinstance(r, PlainReplica):
-                continue  # (a plain program is started again: see decision 241)
+            if proc is None:
+                continue
             tracked = live.get(proc.token)
-            rids = by_replica.get(r, {}) if isinstance(r, Replica) else {}
-            h = hand(r, tracked.record, rids) if tracked else None
+            h: HandedProcess | None
+            if tracked is None:
+                h = None
+            elif isinstance(r, PlainReplica):
+                h = hand_plain(r, tracked.record)
+            else:
+                h = hand(r, tracked.record,
+                         by_replica.get(r, {}) if isinstance(r, Replica) else {})
             if h is None:
                 waiting.append(r.label)
             else:
@@ -347,7 +361,7 @@ class Upgrades:
               ended: list[ProcessRecord]) -> None:
         """Write the state file and exec; returns (Refused) only if the exec failed."""
         host = self.host
-        containment = host.sup.parts.containment
+        containment, tasks = host.sup.parts.containment, host.sup.parts.tasks
         control = host.control.fds()
         h = Handoff(
             attempt=self.report.attempt, from_version=__version__, pid=os.getpid(),
@@ -359,7 +373,10 @@ class Upgrades:
                 # the old image imports itself from where it did
                 IMPORT_VARIABLE: str(Path(__file__).resolve().parent.parent.parent)}),
             processes=kept, ended=ended, listeners=self.listeners.held(),
-            subscriptions=[Subscribed(*s) for s in host.sup.parts.tools.subscribed()])
+            subscriptions=[Subscribed(*s) for s in host.sup.parts.tools.subscribed()],
+            counters=carry(tasks.by_agent), engine=host.sup.parts.runtime_stats(),
+            steps=tasks.steps.stats(),
+            sessions_expired=tasks.sessions.expired)
         path = handoff.path_in(host.store.path.parent)
         data = dict(target.env, **{VARIABLE: str(path)})
         fds = [*control, *(fd for k in kept for fd in k.fds),
@@ -370,8 +387,8 @@ class Upgrades:
         except OSError as exc:
             raise Refused(f"the state file {path} cannot be written: {exc.strerror}"
                           ) from None
-        tasks = plural(running, "running task")
-        host.hub.daemon(f"upgrading: handing {kept_text(kept)} and {tasks} to corral "
+        host.hub.daemon(f"upgrading: handing {kept_text(kept)} and "
+                        f"{plural(running, 'running task')} to corral "
                         f"{self.report.to_version} (exec of {target.python}, pid "
                         f"{os.getpid()})")
         host.notifier.send(STATUS=f"upgrading to corral {self.report.to_version}")
@@ -417,6 +434,13 @@ class Taken:
         # the processes started in their place
         for rec in self.handoff.ended:
             sup.parts.containment.adopted(rec)
+        carried = self.handoff.engine
+        if carried is not None:  # the supervisor's counts go on (`corral stats`)
+            stats = sup.stats
+            for name in CARRIED_STATS:
+                setattr(stats, name, getattr(stats, name) + getattr(carried, name))
+            stats.restarts_by_cause = dict(Counter(stats.restarts_by_cause)
+                                           + Counter(carried.restarts_by_cause))
 
     def hold_back(self, unfinished: list[TaskRecord]) -> list[TaskRecord]:
         """The journal's unfinished tasks less those running on a kept worker: they
@@ -428,14 +452,32 @@ class Taken:
                 self.held[rec.task_id] = rec
             else:
                 rest.append(rec)
+        self._counters_go_on(Counter(rec.agent for rec in unfinished))
         return rest
+
+    def _counters_go_on(self, again: Counter[str]) -> None:
+        """`corral stats` goes on from the previous image's counts (each task taken back
+        from the journal is accepted again by this image: counted once)."""
+        assert self.sup is not None
+        tasks, h = self.sup.parts.tasks, self.handoff
+        for name, carried in h.counters.items():
+            agent = self.sup.parts.agents.get(name)
+            if agent is None:
+                continue  # (gone from the config)
+            q = tasks.by_agent.setdefault(name, AgentTasks(agent.spec.rate_per_minute))
+            carry_on(q, carried, again[name])
+        steps = tasks.steps
+        steps.journaled += h.steps.get("journaled", 0)
+        steps.replayed += h.steps.get("replayed", 0)
+        steps.diverged += h.steps.get("diverged", 0)
+        tasks.sessions.expired += h.sessions_expired
 
     def _adopted(self, r: Replica, h: HandedProcess) -> None:
         assert self.sup is not None
-        assert r.peer is not None
         if h.record.kind == "mcp":
             self.kept_servers += 1
         for t in h.tasks:
+            assert r.peer is not None  # (a plain program runs no task)
             rec = self.held.pop(t.task_id, None)
             if rec is None:  # not journaled (task_journal = false): its answer is dropped
                 r.peer.take_over(0, [t.rid])
@@ -516,7 +558,7 @@ class Taken:
 
     async def settle(self, hub: LogHub) -> UpgradeReport:
         """Once the set-up is over: what no replica took is ended, the old image's
-        zygotes and plain programs too; the state file goes; the report."""
+        zygotes too; the state file goes; the report."""
         self._adopt_now()
         await self._started()
         left = self.adoptions.left()
