@@ -1,8 +1,9 @@
 """The state file one daemon image hands the next across `corral upgrade`'s exec.
 
-msgspec JSON in the state directory, mode 0600, written (and fsynced) just before the
-exec and removed by the image that takes it once its set-up is over; its path rides the
-environment (`CORRAL_HANDOFF`). It lists what the fds kept open across the exec are (the
+msgspec JSON in the state directory, mode 0600, written just before the exec (not
+fsynced: the same kernel reads it a moment later, and a crash meanwhile leaves no process
+to hand over) and removed by the image that takes it once its set-up is over; its path
+rides the environment (`CORRAL_HANDOFF`). It lists what the fds kept open across the exec are (the
 control socket, its lock, each kept worker's and MCP server's pipes, the HTTP server's
 and the gateway's listening sockets), the processes kept and their running tasks
 (supervisor/adopt.py), the resource subscriptions agents hold on kept MCP servers, the
@@ -134,7 +135,6 @@ def write(path: Path, h: Handoff) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
     finally:
         os.close(fd)
 

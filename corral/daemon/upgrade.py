@@ -2,8 +2,8 @@
 
 nginx's binary upgrade, in one process: the daemon checks the new install in a child
 first (`preflight`: it imports the daemon and reads the config, and says its version and
-whether it takes a handoff of this layout), then holds dispatch, waits until every
-worker's channel can be handed whole (supervisor/adopt.py), writes the state file
+whether it takes a handoff of this layout), waits until every worker's channel can be
+handed whole (supervisor/adopt.py), holds dispatch across a last look, writes the state file
 (handoff.py), keeps the fds it lists open across the exec, and execs the new image: the
 same pid, so systemd sees one main process, and every agent process, zygote-forked or
 not, stays its child. The new image takes the control socket and the HTTP server's and
@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import gc
 import json
 import os
 import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -56,7 +56,6 @@ from ..supervisor.containment import (
     try_reap,
 )
 from ..supervisor.mcproutes import updates_to
-from ..supervisor.pacing import Pacer
 from ..supervisor.plain import PlainReplica
 from ..supervisor.replica import Replica
 from ..supervisor.replicaparts import Transition
@@ -69,6 +68,8 @@ from .handoff import FAILED_VARIABLE, VARIABLE, Fallback, Handoff, Listeners, Su
 
 if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
+    from ..jsonrpc import Peer
+    from ..supervisor.config import Config
     from ..supervisor.core import Supervisor
     from ..supervisor.process_replica import ProcessReplica
     from .control import ControlServer
@@ -83,7 +84,9 @@ PREFLIGHT_TIMEOUT = 60.0
 # how long the new image waits for the replicas of handed processes to be started (an
 # agent not started at all, autostart = false, is given up on then)
 STARTED_WAIT = 10.0
-QUIET_POLL = 0.005
+# the hand-over's longest wait between two looks at the channels: it is told of what
+# ends a wait but bytes still in a pipe (a worker reading its stdin backlog)
+QUIET_LOOK = 0.05
 # adoptions begun per turn of the loop: each is a pidfd and three pipes, no spawn, so a
 # slice is larger than a mass start's (pacing.BATCH) and the loop still serves between
 ADOPT_BATCH = 64
@@ -102,7 +105,8 @@ PREFLIGHT = ("import os, sys; sys.path[0:0] = [p for p in os.environ.pop("
              "from corral.daemon.boot import preflight; sys.exit(preflight(sys.argv[1]))")
 
 BOOT = r'''
-import os, sys
+import gc, os, sys
+gc.disable()  # until the handed processes are adopted (Taken.settle): dispatch waits
 sys.path[0:0] = [p for p in os.environ.pop("CORRAL_IMPORT_FROM", "").split(os.pathsep) if p]
 def fall_back(why):
     import json
@@ -280,8 +284,9 @@ class Upgrades:
         self.host.hub.daemon(f"upgrade refused, nothing changed: {why}", priority=4)
 
     async def hand_over(self) -> None:
-        """The arbiter's: hold dispatch, wait for every worker's channel to be quiet,
-        write the state file and exec. Returns only when nothing was handed over."""
+        """The arbiter's: wait for every worker's channel to be quiet, hold dispatch,
+        look again (the journal and the store committed), write the state file and exec.
+        Returns only when nothing was handed over."""
         target = self.target
         if target is None:  # SIGUSR2
             target = Target(None, None, self.host.notifier, self.host.spared)
@@ -294,11 +299,19 @@ class Upgrades:
         host = self.host
         tasks = host.sup.parts.tasks
         asked = time.time()
+        deadline = time.monotonic() + QUIESCE_TIMEOUT
+        try:
+            # quiet channels waited for while dispatch goes on (a task running is handed
+            # with its worker): dispatch is held only across the last look and the exec
+            await self._quiet(deadline)
+        except Refused as exc:
+            self._refused(str(exc))
+            return
         tasks.hold("the daemon is upgrading")
         host.hub.daemon(f"upgrading to corral {self.report.to_version} "
                         f"({target.python}): holding dispatch")
         try:
-            kept, ended = await self._quiet(time.monotonic() + QUIESCE_TIMEOUT)
+            kept, ended = await self._quiet(deadline)
             self._exec(target, asked, kept, ended)
         except Refused as exc:
             tasks.release()
@@ -308,33 +321,57 @@ class Upgrades:
                                                      list[ProcessRecord]]:
         """Every worker described whole, once nothing is in flight on its channel but
         requests corral sent (and the journal and the store have written what they
-        were given): what to keep, and what the next image ends."""
+        were given): what to keep, and what the next image ends. Between looks it waits
+        to be told: a replica's transition on the stream (a start or stop over), a
+        request of a waiting replica's channel ended (`Peer.on_ended`); QUIET_LOOK at
+        most, for what nothing tells (bytes still in a pipe, either way)."""
         host = self.host
         sup = host.sup
-        while True:
-            await sup.parts.tasks.committed()
-            if host.store.writer is not None:
-                await host.store.writer.committed()
-            kept, waiting = self._describe(sup)
-            if not waiting:
-                break
-            if time.monotonic() >= deadline:
-                raise Refused(f"{', '.join(waiting[:5])} could not be handed over within "
-                              f"{QUIESCE_TIMEOUT:g} s (starting, stopping, or a request "
-                              "of its own still being answered)")
-            await asyncio.sleep(QUIET_POLL)
+        woken = asyncio.Event()
+
+        def wake(*_: object) -> None:
+            woken.set()
+
+        hooked: list[Peer] = []
+        sub = sup.parts.stream.subscribe(wake, Transition)
+        try:
+            while True:
+                await sup.parts.tasks.committed()
+                if host.store.writer is not None:
+                    await host.store.writer.committed()
+                kept, waiting = self._describe(sup)
+                if not waiting:
+                    break
+                now = time.monotonic()
+                if now >= deadline:
+                    labels = ", ".join(r.label for r in waiting[:5])
+                    raise Refused(f"{labels} could not be handed over within "
+                                  f"{QUIESCE_TIMEOUT:g} s (starting, stopping, or a request "
+                                  "of its own still being answered)")
+                for peer in hooked:
+                    peer.on_ended = None
+                hooked = [r.peer for r in waiting if r.peer is not None]
+                for peer in hooked:
+                    peer.on_ended = wake
+                woken.clear()
+                with contextlib.suppress(TimeoutError):
+                    await within(woken.wait(), min(QUIET_LOOK, deadline - now))
+        finally:
+            for peer in hooked:
+                peer.on_ended = None
+            sup.parts.stream.unsubscribe(sub)
         tokens = {h.record.token for h in kept}
         ended = [t.record for token, t in sup.parts.containment.live.items() if token not in tokens]
         return kept, ended
 
-    def _describe(self, sup: Supervisor) -> tuple[list[HandedProcess], list[str]]:
+    def _describe(self, sup: Supervisor) -> tuple[list[HandedProcess], list[ProcessReplica]]:
         by_replica: dict[Replica, dict[str, int]] = {}
         for tid, rid in sup.parts.tasks.dispatch.requests.items():
             task = sup.parts.tasks.active.get(tid)
             if task is not None and task.replica is not None and isinstance(rid, int):
                 by_replica.setdefault(task.replica, {})[tid] = rid
         kept: list[HandedProcess] = []
-        waiting: list[str] = []
+        waiting: list[ProcessReplica] = []
         live = sup.parts.containment.live
         replicas: list[ProcessReplica] = [r for agent in sup.parts.agents.values()
                                           for r in agent.replicas]
@@ -352,7 +389,7 @@ class Upgrades:
                 h = hand(r, tracked.record,
                          by_replica.get(r, {}) if isinstance(r, Replica) else {})
             if h is None:
-                waiting.append(r.label)
+                waiting.append(r)
             else:
                 kept.append(h)
         return kept, waiting
@@ -408,8 +445,10 @@ class Upgrades:
 class Taken:
     """A handoff being taken: the new image's set-up asks it at each of its steps."""
 
-    def __init__(self, h: Handoff, path: Path, failed: str | None) -> None:
+    def __init__(self, h: Handoff, path: Path, failed: str | None,
+                 config: Config | None = None) -> None:
         self.handoff = h
+        self.config = config  # the config file as boot.resume read it (read once)
         self.path = path
         self.failed = failed  # the new image's failure, in the image fallen back to
         self.held: dict[str, TaskRecord] = {}  # running tasks kept, till re-attached
@@ -513,11 +552,19 @@ class Taken:
                      and index < len(agent.replicas) else None)
             if r is not None and r.machine.untouched:
                 starts.append(r)
-        # the first at once (dispatch goes on as soon as one is Ready), the rest a slice
-        # a turn, as the loop serves its sockets between them
-        pacer = Pacer(asyncio.get_running_loop(), ADOPT_BATCH)
-        for r in starts:
-            pacer.submit(functools.partial(r.start, by_hand=True))
+        # the first alone (dispatch goes on as soon as one is Ready: a turn crowded
+        # with a full slice's adoptions would delay it), then slices doubling up to
+        # ADOPT_BATCH a turn, as the loop serves its sockets between them
+        loop = asyncio.get_running_loop()
+        rest = deque(starts)
+
+        def adopt_slice(size: int) -> None:
+            for _ in range(min(size, len(rest))):
+                rest.popleft().start(by_hand=True)
+            if rest:
+                loop.call_soon(adopt_slice, min(ADOPT_BATCH, size * 2))
+
+        adopt_slice(1)
         replicas = {r.label: r for agent in self.sup.parts.agents.values()
                     for r in agent.replicas}
         for s in self.handoff.subscriptions:
@@ -561,6 +608,7 @@ class Taken:
         zygotes too; the state file goes; the report."""
         self._adopt_now()
         await self._started()
+        gc.enable()  # (BOOT turned it off: nothing waits for the adoptions any more)
         left = self.adoptions.left()
         await self.adoptions.settled()
         assert self.sup is not None
