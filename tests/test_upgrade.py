@@ -575,3 +575,29 @@ def test_stats_and_status_are_the_same_after_an_upgrade() -> None:
     finally:
         d.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def test_a_peer_tells_each_request_ended_either_way() -> None:
+    """What the hand-over's wait for quiet channels is told by (decision 283): a request
+    of the other side handled, an answer to ours taken, a request forgotten."""
+    import asyncio
+
+    from corral.jsonrpc import Peer
+
+    sent: list[bytes] = []
+    gate: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    peer = Peer("p", sent.append, dispatch=lambda method, params, p: gate)
+    ended: list[tuple[int, int]] = []
+    peer.on_ended = lambda: ended.append((peer.handling, peer.in_flight))
+    peer.feed_line(b'{"jsonrpc":"2.0","id":1,"method":"theirs"}')
+    ours = asyncio.ensure_future(peer.request("ours"))
+    forgotten = peer.request_callback("later", None, lambda result, exc: None)
+    await asyncio.sleep(0)
+    assert (peer.handling, peer.in_flight, ended) == (1, 2, [])
+    gate.set_result("done")
+    await asyncio.sleep(0)
+    assert ended == [(0, 2)]
+    peer.feed_line(b'{"jsonrpc":"2.0","id":1,"result":5}')
+    assert await ours == 5 and ended == [(0, 2), (0, 1)]
+    peer.forget(forgotten)
+    assert ended[-1] == (0, 0)
