@@ -590,14 +590,14 @@ async def test_a_peer_tells_each_request_ended_either_way() -> None:
     ended: list[tuple[int, int]] = []
     peer.on_ended = lambda: ended.append((peer.handling, peer.in_flight))
     peer.feed_line(b'{"jsonrpc":"2.0","id":1,"method":"theirs"}')
-    ours = asyncio.ensure_future(peer.request("ours"))
-    forgotten = peer.request_callback("later", None, lambda result, exc: None)
+    forgotten = peer.request_callback("later", None, lambda result, exc: None)  # our 1
+    ours = asyncio.ensure_future(peer.request("ours"))  # our 2
     await asyncio.sleep(0)
     assert (peer.handling, peer.in_flight, ended) == (1, 2, [])
     gate.set_result("done")
     await asyncio.sleep(0)
     assert ended == [(0, 2)]
-    peer.feed_line(b'{"jsonrpc":"2.0","id":1,"result":5}')
+    peer.feed_line(b'{"jsonrpc":"2.0","id":2,"result":5}')
     assert await ours == 5 and ended == [(0, 2), (0, 1)]
     peer.forget(forgotten)
     assert ended[-1] == (0, 0)
