@@ -467,11 +467,21 @@ while True:
 
 
 def plain(tmp: Path) -> tuple[str, Path]:
+    """Its config (with a readiness check that notes each run in RUNS and fails once BAD
+    exists, three failures needed), and its GO file."""
     prog = tmp / "plain.py"
     prog.write_text(PLAIN)
     go = tmp / "go"
+    check = f"echo x >> {tmp}/RUNS; test ! -e {tmp}/BAD"
     return (f'[agents.p]\ncommand = ["{PY}", "{prog}", "{go}"]\nprotocol = "none"\n'
-            'ready = "notify"\nwatchdog_sec = 1.0\n'), go
+            'ready = "notify"\nwatchdog_sec = 1.0\n'
+            f'[agents.p.health.readiness]\ncommand = ["sh", "-c", "{check}"]\n'
+            'interval = 30.0\nfailures = 3\n'), go
+
+
+def runs(tmp: Path) -> int:
+    f = tmp / "RUNS"
+    return len(f.read_text().splitlines()) if f.exists() else 0
 
 
 def ticks(log: Path) -> int:
@@ -488,15 +498,24 @@ def test_a_plain_program_and_its_log_and_notify_socket_are_kept_across_an_upgrad
         assert d.proc is not None
         log = d.state / "logs" / "p.log"
         wait_until(lambda: ticks(log) > 3, what="its first lines")
+        wait_until(lambda: d.status()["p#0"]["health"] is None, what="its check passed")
         before = d.status()["p#0"]
         assert (before["state"], before["status_text"]) == ("ready", "serving"), before
         notify = Path(psutil.Process(before["pid"]).environ()["NOTIFY_SOCKET"])
+        # its check fails from now on, but three failures are needed: its state is
+        # carried (passed), so one failure after the upgrade leaves it passed, where a
+        # check started afresh would say "not passed yet"
+        (tmp / "BAD").touch()
+        checked = runs(tmp)
         r = d.cli("upgrade")
         assert r.returncode == 0, r.stderr + r.stdout
         assert "started again" not in r.stdout, r.stdout
         assert re.search(r": 1 agent process and 0 running tasks kept$", r.stdout.strip()), \
             r.stdout
         at = ticks(log)
+        wait_until(lambda: runs(tmp) >= checked + 1, what="a check after the upgrade")
+        assert d.status()["p#0"]["health"] is None, d.status()["p#0"]
+        (tmp / "BAD").unlink()
         # its log goes on from the same pipes, both streams
         wait_until(lambda: ticks(log) > at + 10, what="its lines after the upgrade")
         assert re.search(r"tock \d+", log.read_text())

@@ -33,15 +33,16 @@ import msgspec
 
 from ..mcp.client import Session
 from .containment import ProcessRecord, read_stat
+from .health import CheckState
 from .launch import MAX_IN_FLIGHT
 from .lifecycle import Cause
 from .mcpserver import McpServerReplica
 from .plain import PlainHanded, PlainReplica
 from .process import ChildProcess, set_pipe_sizes
+from .replica import Replica
 
 if TYPE_CHECKING:
     from .process_replica import ProcessReplica
-    from .replica import Replica
 
 
 class HandedTask(msgspec.Struct, frozen=True):
@@ -67,6 +68,7 @@ class HandedProcess(msgspec.Struct, frozen=True):
     owner: str | None = None  # a per-agent MCP server's agent replica
     idle: bool = False  # it had run a task and was idle: idle again, not "ready"
     plain: PlainHanded | None = None  # a plain program's: fds are stdout and stderr
+    health: list[CheckState] = []  # where its health checks stood
 
 
 def hand(r: ProcessReplica, record: ProcessRecord, rids: dict[str, int]
@@ -96,6 +98,7 @@ def hand(r: ProcessReplica, record: ProcessRecord, rids: dict[str, int]
     taken = {t.rid for t in tasks}
     return HandedProcess(
         record=record, fds=fds, last_id=last_id, idle=r.machine.idle,
+        health=_health_of(r),
         unanswered=[i for i in unanswered if isinstance(i, int) and i not in taken],
         tasks=tasks, uptime=r.uptime or 0.0, restarts=r.restarts,
         zygote_child=proc.zygote_child, argv0=proc.argv0, session=session, owner=owner)
@@ -115,7 +118,13 @@ def hand_plain(r: PlainReplica, record: ProcessRecord) -> HandedProcess | None:
     if plain.notify_fd is not None:
         fds = [*fds, plain.notify_fd]  # (kept open across the exec with the pipes)
     return HandedProcess(record=record, fds=fds, uptime=r.uptime or 0.0,
-                         restarts=r.restarts, argv0=proc.argv0, plain=plain)
+                         restarts=r.restarts, argv0=proc.argv0, plain=plain,
+                         health=_health_of(r))
+
+
+def _health_of(r: ProcessReplica) -> list[CheckState]:
+    health = getattr(r, "health", None)  # (an agent's replica: an MCP server has none)
+    return health.carried() if health is not None else []
 
 
 def keep_open(fds: list[int]) -> None:
@@ -245,6 +254,8 @@ class Adoptions:
         r.ready_at = time.monotonic()
         r._last_pong = r.host.listening.now()
         running = r.tasks_running
+        if h.health and isinstance(r, Replica):
+            r.health_carried = h.health
         said = f"adopted across an upgrade (pid {rec.pid})"
         r.executor.fire(Cause.ADOPTED_IDLE if h.idle and not running else Cause.READY, said)
         if plain is not None:
