@@ -620,3 +620,62 @@ async def test_a_peer_tells_each_request_ended_either_way() -> None:
     assert await ours == 5 and ended == [(0, 2), (0, 1)]
     peer.forget(forgotten)
     assert ended[-1] == (0, 0)
+
+
+def test_a_plain_program_that_closed_its_stdout_is_kept_too() -> None:
+    """Its log pipe at EOF is handed as such (a program that closes its stdout, as a
+    daemon-style program does, does not hold the upgrade back)."""
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, '[agents.q]\ncommand = ["sh", "-c", "exec >&-; echo alive >&2; '
+                    'exec sleep 1000"]\nprotocol = "none"\n')
+    try:
+        d.start()
+        assert d.proc is not None
+        log = d.state / "logs" / "q.log"
+        wait_until(lambda: log.exists() and "alive" in log.read_text(), what="its line")
+        before = d.status()["q#0"]
+        r = d.cli("upgrade")
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert re.search(r": 1 agent process and 0 running tasks kept$", r.stdout.strip()), \
+            r.stdout
+        after = d.status()["q#0"]
+        assert (after["pid"], after["restarts"], after["state"]) == (before["pid"], 0,
+                                                                     "ready"), after
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_plain_program_not_ready_yet_refuses_the_upgrade_and_changes_nothing() -> None:
+    """Its READY=1 not yet sent: it is waited for, as a worker's handshake is, and past
+    the hand-over's 10 s the upgrade is refused, the program left as it was."""
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, '[agents.n]\ncommand = ["sleep", "1000"]\nprotocol = "none"\n'
+                    'ready = "notify"\nstart_timeout = 120.0\n')
+    try:
+        d.start(wait_ready=False)  # (READY=1 waits for every agent's readiness)
+        assert d.proc is not None
+
+        def starting() -> bool:
+            r = d.cli("status", "--json")
+            return r.returncode in (0, 3) and '"state":"starting"' in r.stdout.replace(
+                " ", "")
+
+        wait_until(starting, what="starting")
+        before = d.status()["n#0"]["pid"]
+        started = time.monotonic()
+        r = d.cli("upgrade", timeout=60)
+        assert r.returncode == 1, r.stdout + r.stderr
+        # (refused after the new install's check: the report says it, on stdout)
+        assert r.stdout.strip() == (
+            "corral: upgrade refused, nothing changed: n#0 could not be handed over within "
+            "10 s (starting, stopping, or a request of its own still being answered)"), r
+        assert 10 <= time.monotonic() - started < 40
+        assert d.json("upgrade", "--report")["state"] == "refused"
+        now = d.status()["n#0"]
+        assert (now["pid"], now["state"], now["restarts"]) == (before, "starting", 0), now
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)

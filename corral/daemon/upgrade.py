@@ -416,7 +416,7 @@ class Upgrades:
             sessions_expired=tasks.sessions.expired)
         path = handoff.path_in(host.store.path.parent)
         data = dict(target.env, **{VARIABLE: str(path)})
-        fds = [*control, *(fd for k in kept for fd in k.fds),
+        fds = [*control, *(fd for k in kept for fd in k.fds if fd >= 0),
                *(listener.fd for listener in h.listeners)]
         running = sum(len(k.tasks) for k in kept)
         try:

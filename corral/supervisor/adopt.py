@@ -112,8 +112,6 @@ def hand_plain(r: PlainReplica, record: ProcessRecord) -> HandedProcess | None:
     if proc is None or not r.machine.takes_work:
         return None
     fds = proc.output_fds()
-    if fds is None:
-        return None
     plain = r.handed()
     if plain.notify_fd is not None:
         fds = [*fds, plain.notify_fd]  # (kept open across the exec with the pipes)
@@ -128,15 +126,27 @@ def _health_of(r: ProcessReplica) -> list[CheckState]:
 
 
 def keep_open(fds: list[int]) -> None:
-    """The fds survive the exec."""
+    """The fds survive the exec (-1: a pipe at its end, none)."""
     for fd in fds:
-        os.set_inheritable(fd, True)
+        if fd >= 0:
+            os.set_inheritable(fd, True)
 
 
 def close_all(fds: list[int]) -> None:
     for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _at_end(fd: int) -> int:
+    """`fd`, or for -1 (a pipe the previous image had read to its end) the read end of
+    a pipe at its end: the transport made on it reads EOF at once, as the old one had."""
+    if fd >= 0:
+        return fd
+    rd, wr = os.pipe2(os.O_CLOEXEC)
+    os.close(wr)
+    return rd
 
 
 def same_process(rec: ProcessRecord) -> bool:
@@ -230,7 +240,7 @@ class Adoptions:
         if h.session is not None and isinstance(r, McpServerReplica):
             r.client.resume(h.session)
         self.on_adopted(r, h)  # type: ignore[arg-type]  # (tasks: agents' alone)
-        pipes = h.fds[:2] if plain is not None else h.fds
+        pipes = [_at_end(fd) for fd in h.fds[:2]] if plain is not None else h.fds
         set_pipe_sizes(pipes)
         modes = ("rb", "rb") if plain is not None else ("wb", "rb", "rb")
         files = [open(fd, mode, buffering=0)  # noqa: SIM115 - the transports own them

@@ -451,11 +451,14 @@ class ChildProcess(asyncio.Protocol):
                  for t in (self.stdin, self._stdout, self._stderr)]
         return [p.fileno() for p in pipes if p is not None] if None not in pipes else None
 
-    def output_fds(self) -> list[int] | None:
-        """Our ends of its stdout and stderr alone (a plain program's stdin is closed)."""
-        pipes = [t.get_extra_info("pipe") if t is not None else None
-                 for t in (self._stdout, self._stderr)]
-        return [p.fileno() for p in pipes if p is not None] if None not in pipes else None
+    def output_fds(self) -> list[int]:
+        """Our ends of its stdout and stderr alone (a plain program's stdin is closed):
+        -1 for one read to its end already (the program closed it)."""
+        out = []
+        for t in (self._stdout, self._stderr):
+            pipe = t.get_extra_info("pipe") if t is not None and not t.is_closing() else None
+            out.append(pipe.fileno() if pipe is not None and not pipe.closed else -1)
+        return out
 
     # stdin is written through a Cork (cork.py): a burst of tasks (a `map`, a queue
     # draining) wakes the worker twice, not once a message, and it reads them in a read or
