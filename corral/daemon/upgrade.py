@@ -100,7 +100,9 @@ CARRIED_STATS = ("spawned", "restarts", "failures", "spawn_failures", "cold_fall
 # where the image to exec imports corral from, first (before the directory it runs in,
 # which `python -c` puts first as `-m` does): --pythonpath, or the old image's own
 IMPORT_VARIABLE = "CORRAL_IMPORT_FROM"
-PREFLIGHT = ("import os, sys; sys.path[0:0] = [p for p in os.environ.pop("
+# (the collector off: the check imports what the daemon imports, reads the config and
+# exits; nothing it makes needs collecting)
+PREFLIGHT = ("import gc, os, sys; gc.disable(); sys.path[0:0] = [p for p in os.environ.pop("
              "'CORRAL_IMPORT_FROM', '').split(os.pathsep) if p]; "
              "from corral.daemon.boot import preflight; sys.exit(preflight(sys.argv[1]))")
 
