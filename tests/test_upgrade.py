@@ -143,7 +143,9 @@ def test_a_running_task_is_kept_across_an_upgrade_and_finishes_once() -> None:
         assert added.returncode == 0, added.stderr
         server = mcp_rows(d)["notes#0"]
         assert server["state"] == "ready" and server["calls"] == 1, server
-        tid = submit(d, "w", '{"do": "sleep", "seconds": 2}')
+        # long enough to be running after the new install's check and the exec (the
+        # check alone took 1.4 s at a load of 10)
+        tid = submit(d, "w", '{"do": "sleep", "seconds": 6}')
         wait_until(lambda: d.json("task", tid)["status"] == "running", what="running")
         knock = Knocker(d.sock)
         poll = Poller(f"http://127.0.0.1:{port}/healthz")
@@ -176,7 +178,7 @@ def test_a_running_task_is_kept_across_an_upgrade_and_finishes_once() -> None:
         assert task["status"] == "succeeded", task
         assert [(a["outcome"], a["pid"]) for a in task["attempts"]] == [
             ("succeeded", before["w#0"][0])]
-        assert task["output"] == {"slept": 2, "attempt": 1}
+        assert task["output"] == {"slept": 6, "attempt": 1}
         # the same worker, no restart counted
         assert pids(d) == before
         assert d.status()["w#0"]["state"] in ("ready", "idle")
