@@ -608,9 +608,11 @@ class Taken:
     async def settle(self, hub: LogHub) -> UpgradeReport:
         """Once the set-up is over: what no replica took is ended, the old image's
         zygotes too; the state file goes; the report."""
-        self._adopt_now()
-        await self._started()
-        gc.enable()  # (BOOT turned it off: nothing waits for the adoptions any more)
+        try:
+            self._adopt_now()
+            await self._started()
+        finally:
+            gc.enable()  # (BOOT turned it off: nothing waits for the adoptions any more)
         left = self.adoptions.left()
         await self.adoptions.settled()
         assert self.sup is not None
