@@ -302,13 +302,12 @@ class Upgrades:
         tasks = host.sup.parts.tasks
         asked = time.time()
         deadline = time.monotonic() + QUIESCE_TIMEOUT
-        try:
-            # quiet channels waited for while dispatch goes on (a task running is handed
-            # with its worker): dispatch is held only across the last look and the exec
-            await self._quiet(deadline)
-        except Refused as exc:
-            self._refused(str(exc))
-            return
+        # quiet channels waited for while dispatch goes on (a task running is handed with
+        # its worker), half the time at most: dispatch is held only across the last
+        # looks and the exec (a fleet never quiet all at once under its load is held
+        # for the rest of the time, as before)
+        with contextlib.suppress(Refused):
+            await self._quiet(time.monotonic() + QUIESCE_TIMEOUT / 2)
         tasks.hold("the daemon is upgrading")
         host.hub.daemon(f"upgrading to corral {self.report.to_version} "
                         f"({target.python}): holding dispatch")
