@@ -15,12 +15,16 @@ Per round:
    again), and the same pause measured across it.
 
     .venv/bin/python -m bench.bench_upgrade [--agents 1000] [--rounds 5]
+        [--kinds upgrade,restart] [--out bench_upgrade]
+
+Each round notes the 1-minute load average at its end (`load`): the machine is shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 import sys
 import threading
@@ -127,7 +131,8 @@ def round_of(n: int, kind: str) -> dict[str, Any]:
         return {"ready_s": round(ready, 3), "seconds": round(seconds, 3),
                 "handover_s": handover,
                 "dispatch_pause_s": round(gap, 3), "kept": kept,
-                "tasks": len(sub.ids), "submit_errors": sub.refused}
+                "tasks": len(sub.ids), "submit_errors": sub.refused,
+                "load": round(os.getloadavg()[0], 1)}
     finally:
         d.stop()
 
@@ -142,16 +147,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--agents", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--kinds", default="upgrade,restart")
+    ap.add_argument("--out", default="bench_upgrade")
     args = ap.parse_args()
     out: dict[str, Any] = {"agents": args.agents, "rounds": args.rounds,
                            "interval_s": INTERVAL}
-    for kind in ("upgrade", "restart"):
+    for kind in args.kinds.split(","):
         runs = [round_of(args.agents, kind) for _ in range(args.rounds)]
         out[kind] = {"runs": runs,
                      "seconds": summary([r["seconds"] for r in runs]),
                      "handover_s": summary([r["handover_s"] or 0.0 for r in runs]),
                      "dispatch_pause_s": summary([r["dispatch_pause_s"] for r in runs])}
-    report("bench_upgrade", out)
+    report(args.out, out)
 
 
 if __name__ == "__main__":

@@ -632,6 +632,9 @@ class Peer:
         self.closed: RpcError | None = None
         self.garbage_lines = 0
         self.on_handled: Callable[[], None] | None = None  # after each answered request
+        # after each request ends either way (its answer taken, or its handler done): what
+        # waits for a quiet channel (corral upgrade's hand-over) is told, not polling
+        self.on_ended: Callable[[], None] | None = None
         # Flow control of the other side's requests, for an owner that sets it up (plain
         # attributes, no callbacks: a supervisor keeps a peer per process, decision 60).
         # While `requests_paused` (the owner's: its answers are not being read), or while
@@ -709,7 +712,10 @@ class Peer:
     def _take(self, rid: Id) -> _Pending | None:
         """The pending request `rid`, no longer pending."""
         self._decoders.pop(rid, None)
-        return self._pending.pop(rid, None)
+        pending = self._pending.pop(rid, None)
+        if pending is not None and self.on_ended is not None:
+            self.on_ended()
+        return pending
 
     async def request(
         self,
@@ -995,6 +1001,8 @@ class Peer:
                 self.release()
             if self.on_handled is not None:
                 self.on_handled()
+            if self.on_ended is not None:
+                self.on_ended()
 
     def _answer(self, rid: Id, task: asyncio.Future[Any]) -> None:
         if task.cancelled():

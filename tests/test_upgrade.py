@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from .conftest import EXAMPLES, ROOT
 from .daemon_harness import PY, Daemon, free_port, shared_tmpdir, sleeper
 from .test_daemon_cli import wait_until
@@ -141,7 +143,9 @@ def test_a_running_task_is_kept_across_an_upgrade_and_finishes_once() -> None:
         assert added.returncode == 0, added.stderr
         server = mcp_rows(d)["notes#0"]
         assert server["state"] == "ready" and server["calls"] == 1, server
-        tid = submit(d, "w", '{"do": "sleep", "seconds": 2}')
+        # long enough to be running after the new install's check and the exec (the
+        # check alone took 1.4 s at a load of 10)
+        tid = submit(d, "w", '{"do": "sleep", "seconds": 6}')
         wait_until(lambda: d.json("task", tid)["status"] == "running", what="running")
         knock = Knocker(d.sock)
         poll = Poller(f"http://127.0.0.1:{port}/healthz")
@@ -174,7 +178,7 @@ def test_a_running_task_is_kept_across_an_upgrade_and_finishes_once() -> None:
         assert task["status"] == "succeeded", task
         assert [(a["outcome"], a["pid"]) for a in task["attempts"]] == [
             ("succeeded", before["w#0"][0])]
-        assert task["output"] == {"slept": 2, "attempt": 1}
+        assert task["output"] == {"slept": 6, "attempt": 1}
         # the same worker, no restart counted
         assert pids(d) == before
         assert d.status()["w#0"]["state"] in ("ready", "idle")
@@ -435,6 +439,244 @@ def test_an_upgrade_under_load_loses_no_task_reruns_none_and_restarts_no_agent()
         assert [(t["task_id"], t["status"], t["attempts"]) for t in rows
                 if (t["status"], t["attempts"]) != ("succeeded", 1)] == []
         assert len(rows) <= len(accepted) + tasks.cut
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# a plain program (protocol = "none") that speaks sd_notify: READY=1 and STATUS=serving,
+# WATCHDOG=1 every 0.1 s, a line on stdout and on stderr every 0.05 s; once the file GO
+# exists, STATUS=after (heard only if its $NOTIFY_SOCKET still is, after the upgrade)
+PLAIN = """
+import os, socket, sys, time
+go = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+def send(text):
+    s.sendto(text.encode(), os.environ["NOTIFY_SOCKET"])
+send("READY=1\\nSTATUS=serving")
+n, said = 0, False
+while True:
+    n += 1
+    print(f"tick {n}", flush=True)
+    print(f"tock {n}", file=sys.stderr, flush=True)
+    send("WATCHDOG=1")
+    if not said and os.path.exists(go):
+        send("STATUS=after")
+        said = True
+    time.sleep(0.05)
+"""
+
+
+def plain(tmp: Path) -> tuple[str, Path]:
+    """Its config (with a readiness check that notes each run in RUNS and fails once BAD
+    exists, three failures needed), and its GO file."""
+    prog = tmp / "plain.py"
+    prog.write_text(PLAIN)
+    go = tmp / "go"
+    check = f"echo x >> {tmp}/RUNS; test ! -e {tmp}/BAD"
+    return (f'[agents.p]\ncommand = ["{PY}", "{prog}", "{go}"]\nprotocol = "none"\n'
+            'ready = "notify"\nwatchdog_sec = 1.0\n'
+            f'[agents.p.health.readiness]\ncommand = ["sh", "-c", "{check}"]\n'
+            'interval = 30.0\nfailures = 3\n'), go
+
+
+def runs(tmp: Path) -> int:
+    f = tmp / "RUNS"
+    return len(f.read_text().splitlines()) if f.exists() else 0
+
+
+def ticks(log: Path) -> int:
+    found = re.findall(r"tick (\d+)", log.read_text())
+    return int(found[-1]) if found else 0
+
+
+def test_a_plain_program_and_its_log_and_notify_socket_are_kept_across_an_upgrade() -> None:
+    tmp = shared_tmpdir()
+    conf, go = plain(tmp)
+    d = Daemon(tmp, conf)
+    try:
+        d.start()
+        assert d.proc is not None
+        log = d.state / "logs" / "p.log"
+        wait_until(lambda: ticks(log) > 3, what="its first lines")
+        wait_until(lambda: d.status()["p#0"]["health"] is None, what="its check passed")
+        before = d.status()["p#0"]
+        assert (before["state"], before["status_text"]) == ("ready", "serving"), before
+        notify = Path(psutil.Process(before["pid"]).environ()["NOTIFY_SOCKET"])
+        # its check fails from now on, but three failures are needed: its state is
+        # carried (passed), so one failure after the upgrade leaves it passed, where a
+        # check started afresh would say "not passed yet"
+        (tmp / "BAD").touch()
+        checked = runs(tmp)
+        r = d.cli("upgrade")
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert "started again" not in r.stdout, r.stdout
+        assert re.search(r": 1 agent process and 0 running tasks kept$", r.stdout.strip()), \
+            r.stdout
+        at = ticks(log)
+        wait_until(lambda: runs(tmp) >= checked + 1, what="a check after the upgrade")
+        assert d.status()["p#0"]["health"] is None, d.status()["p#0"]
+        (tmp / "BAD").unlink()
+        # its log goes on from the same pipes, both streams
+        wait_until(lambda: ticks(log) > at + 10, what="its lines after the upgrade")
+        assert re.search(r"tock \d+", log.read_text())
+        after = d.status()["p#0"]
+        assert (after["pid"], after["restarts"], after["state"], after["status_text"]) == (
+            before["pid"], 0, "ready", "serving"), after
+        # its $NOTIFY_SOCKET is heard by the new image: a STATUS= sent now is shown, and
+        # its WATCHDOG=1 kept it from being taken down as hung (watchdog_sec = 1)
+        go.touch()
+        wait_until(lambda: d.status()["p#0"]["status_text"] == "after", what="STATUS=after")
+        wait_until(lambda: ticks(log) > at + 40, what="two watchdog periods")
+        assert d.status()["p#0"]["pid"] == before["pid"]
+        assert d.status()["p#0"]["restarts"] == 0
+        text = (d.state / "logs" / "corral.log").read_text()
+        assert "no WATCHDOG=1" not in text and "0 processes started again" in text
+        assert notify.exists()
+        assert d.stop() == 0
+        # its socket's directory went with the daemon (the new image adopted it)
+        assert not notify.parent.exists()
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stats_of(d: Daemon) -> dict[str, Any]:
+    """What `corral stats` counts that an upgrade must not reset (not what is of now:
+    uptime, usage, the loop's work)."""
+    s = d.json("stats")
+    engine = {k: v for k, v in s["supervisor"].items() if k in (
+        "spawned", "restarts", "restarts_by_cause", "failures", "spawn_failures",
+        "cold_fallbacks", "exits", "stuck_after_kill", "active")}
+    agents = {k: (v["replicas"], v["serving"], v["restarts"]) for k, v in s["agents"].items()}
+    return {"tasks": s["tasks"], "supervisor": engine, "agents": agents}
+
+
+def shown(d: Daemon) -> dict[str, tuple[Any, ...]]:
+    """What `corral status` says of each replica that an upgrade must not change."""
+    return {k: (v["state"], v["pid"], v["restarts"], v["tasks_running"], v["last_exit"])
+            for k, v in d.status().items()}
+
+
+def test_stats_and_status_are_the_same_after_an_upgrade() -> None:
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w") + "replicas = 2\n" + worker("v"))
+    try:
+        d.start()
+        assert d.proc is not None
+        for task in ('{"do": "echo", "value": 1}', '{"do": "echo", "value": 2}',
+                     '{"do": "fail"}'):
+            d.cli("run", "w", "--input", task)
+        d.cli("run", "v", "--input", '{"do": "echo", "value": 3}')
+        # w#0 or w#1 ran tasks and is idle, the other ready; v#0 busy with a task that
+        # runs across the upgrade (accepted once, by the image before)
+        tid = submit(d, "v", '{"do": "sleep", "seconds": 8}')
+        wait_until(lambda: d.json("task", tid)["status"] == "running", what="running")
+        wait_until(lambda: {v[0] for v in shown(d).values()} == {"idle", "ready", "busy"},
+                   what="settled")
+        before_stats, before = stats_of(d), shown(d)
+        total = before_stats["tasks"]["total"]
+        assert (total["accepted"], total["failed"], total["running"]) == (5, 1, 1), \
+            before_stats
+        assert before_stats["supervisor"]["spawned"] == 3, before_stats
+        r = d.cli("upgrade")
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert shown(d) == before
+        assert stats_of(d) == before_stats
+        assert wait_until(lambda: (t := d.json("task", tid))["status"] != "running" and t,
+                          what="its end")["attempts"][0]["outcome"] == "succeeded"
+        # and they go on from there
+        d.cli("run", "v", "--input", '{"do": "echo", "value": 4}')
+        after = stats_of(d)["tasks"]["agents"]["v"]
+        assert after["succeeded"] == before_stats["tasks"]["agents"]["v"]["succeeded"] + 2
+        assert after["accepted"] == before_stats["tasks"]["agents"]["v"]["accepted"] + 1
+        assert after["latency_ms"]["window"] == 3
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def test_a_peer_tells_each_request_ended_either_way() -> None:
+    """What the hand-over's wait for quiet channels is told by (decision 283): a request
+    of the other side handled, an answer to ours taken, a request forgotten."""
+    import asyncio
+
+    from corral.jsonrpc import Peer
+
+    sent: list[bytes] = []
+    gate: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    peer = Peer("p", sent.append, dispatch=lambda method, params, p: gate)
+    ended: list[tuple[int, int]] = []
+    peer.on_ended = lambda: ended.append((peer.handling, peer.in_flight))
+    peer.feed_line(b'{"jsonrpc":"2.0","id":1,"method":"theirs"}')
+    forgotten = peer.request_callback("later", None, lambda result, exc: None)  # our 1
+    ours = asyncio.ensure_future(peer.request("ours"))  # our 2
+    await asyncio.sleep(0)
+    assert (peer.handling, peer.in_flight, ended) == (1, 2, [])
+    gate.set_result("done")
+    await asyncio.sleep(0)
+    assert ended == [(0, 2)]
+    peer.feed_line(b'{"jsonrpc":"2.0","id":2,"result":5}')
+    assert await ours == 5 and ended == [(0, 2), (0, 1)]
+    peer.forget(forgotten)
+    assert ended[-1] == (0, 0)
+
+
+def test_a_plain_program_that_closed_its_stdout_is_kept_too() -> None:
+    """Its log pipe at EOF is handed as such (a program that closes its stdout, as a
+    daemon-style program does, does not hold the upgrade back)."""
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, '[agents.q]\ncommand = ["sh", "-c", "exec >&-; echo alive >&2; '
+                    'exec sleep 1000"]\nprotocol = "none"\n')
+    try:
+        d.start()
+        assert d.proc is not None
+        log = d.state / "logs" / "q.log"
+        wait_until(lambda: log.exists() and "alive" in log.read_text(), what="its line")
+        before = d.status()["q#0"]
+        r = d.cli("upgrade")
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert re.search(r": 1 agent process and 0 running tasks kept$", r.stdout.strip()), \
+            r.stdout
+        after = d.status()["q#0"]
+        assert (after["pid"], after["restarts"], after["state"]) == (before["pid"], 0,
+                                                                     "ready"), after
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_plain_program_not_ready_yet_refuses_the_upgrade_and_changes_nothing() -> None:
+    """Its READY=1 not yet sent: it is waited for, as a worker's handshake is, and past
+    the hand-over's 10 s the upgrade is refused, the program left as it was."""
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, '[agents.n]\ncommand = ["sleep", "1000"]\nprotocol = "none"\n'
+                    'ready = "notify"\nstart_timeout = 120.0\n')
+    try:
+        d.start(wait_ready=False)  # (READY=1 waits for every agent's readiness)
+        assert d.proc is not None
+
+        def starting() -> bool:
+            r = d.cli("status", "--json")
+            return r.returncode in (0, 3) and '"state":"starting"' in r.stdout.replace(
+                " ", "")
+
+        wait_until(starting, what="starting")
+        before = d.status()["n#0"]["pid"]
+        started = time.monotonic()
+        r = d.cli("upgrade", timeout=60)
+        assert r.returncode == 1, r.stdout + r.stderr
+        # (refused after the new install's check: the report says it, on stdout)
+        assert r.stdout.strip() == (
+            "corral: upgrade refused, nothing changed: n#0 could not be handed over within "
+            "10 s (starting, stopping, or a request of its own still being answered)"), r
+        assert 10 <= time.monotonic() - started < 40
+        assert d.json("upgrade", "--report")["state"] == "refused"
+        now = d.status()["n#0"]
+        assert (now["pid"], now["state"], now["restarts"]) == (before, "starting", 0), now
         assert d.stop() == 0
     finally:
         d.close()

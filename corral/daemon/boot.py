@@ -55,13 +55,13 @@ def resume() -> int:
         raise Refused(f"this corral needs a full stop: {FULL_STOP}")
     from ..supervisor.configload import load_config
 
-    load_config(Path(h.config))  # a config this image refuses: back to the old one
+    config = load_config(Path(h.config))  # a config this image refuses: back to the old one
     failed = os.environ.pop(FAILED_VARIABLE, None)
     os.environ.pop(VARIABLE)
     committed = True
     from .daemon import run_daemon
     from .upgrade import Taken
 
-    return run_daemon(Path(h.config), h.socket, taken=Taken(h, path, failed))
+    return run_daemon(Path(h.config), h.socket, taken=Taken(h, path, failed, config))
 
 

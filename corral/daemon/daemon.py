@@ -278,7 +278,8 @@ class Daemon:
         """To add a part: one line here, where what it needs exists and where its
         teardown is to come (the reverse of this order)."""
         enter, keep = stack.enter_async_context, stack.enter_context
-        conf = part.read_config(self.config_path, self.socket_override)
+        conf = part.read_config(self.config_path, self.socket_override,
+                                self.taken.config if self.taken is not None else None)
         cfg = conf.cfg
         self.drain_timeout = cfg.supervisor.drain_timeout
         keep(contextlib.closing(self.notifier))
@@ -343,7 +344,7 @@ class Daemon:
         history.start()  # (issue 21) the metrics history sampler
         await enter(part.closed(history.close))
         if self.freeze_heap:
-            part.freeze_heap()
+            part.freeze_heap(collect=self.taken is None)
         return Up(conf=conf, sup=sup, hub=hub, control=control, dispatcher=dispatcher,
                   store=store, journal=opened.journal, cluster=node, status=status,
                   extras=extras, services=services, serving=serving), opened.unfinished

@@ -1,8 +1,9 @@
 """The state file one daemon image hands the next across `corral upgrade`'s exec.
 
-msgspec JSON in the state directory, mode 0600, written (and fsynced) just before the
-exec and removed by the image that takes it once its set-up is over; its path rides the
-environment (`CORRAL_HANDOFF`). It lists what the fds kept open across the exec are (the
+msgspec JSON in the state directory, mode 0600, written just before the exec (not
+fsynced: the same kernel reads it a moment later, and a crash meanwhile leaves no process
+to hand over) and removed by the image that takes it once its set-up is over; its path
+rides the environment (`CORRAL_HANDOFF`). It lists what the fds kept open across the exec are (the
 control socket, its lock, each kept worker's and MCP server's pipes, the HTTP server's
 and the gateway's listening sockets), the processes kept and their running tasks
 (supervisor/adopt.py), the resource subscriptions agents hold on kept MCP servers, the
@@ -21,10 +22,13 @@ import msgspec
 
 from ..supervisor.adopt import HandedProcess
 from ..supervisor.containment import ProcessRecord
+from ..supervisor.stats import Stats
+from ..supervisor.tasks.counters import Carried
 
 # the layout of this file: an image that reads another refuses the handoff (the old one
-# then goes on, and says so). 2: MCP servers' sessions, listening sockets, subscriptions
-HANDOFF_VERSION = 2
+# then goes on, and says so). 2: MCP servers' sessions, listening sockets, subscriptions;
+# 3: plain programs, idle replicas, the task counters
+HANDOFF_VERSION = 3
 VARIABLE = "CORRAL_HANDOFF"
 FAILED_VARIABLE = "CORRAL_UPGRADE_FAILED"
 NAME = "upgrade-handoff.json"
@@ -112,6 +116,10 @@ class Handoff(msgspec.Struct, frozen=True):
     ended: list[ProcessRecord] = []  # not kept: the next image ends them
     listeners: list[Listener] = []
     subscriptions: list[Subscribed] = []
+    counters: dict[str, Carried] = {}  # each agent's (`corral stats`)
+    engine: Stats | None = None  # the supervisor's counts (spawned, restarts, ...)
+    steps: dict[str, int] = {}  # the step journal's counters
+    sessions_expired: int = 0
     version: int = HANDOFF_VERSION
 
 
@@ -127,7 +135,6 @@ def write(path: Path, h: Handoff) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
     finally:
         os.close(fd)
 

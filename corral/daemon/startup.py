@@ -115,10 +115,13 @@ def protected(cfg: Config, config_path: Path, paths: Paths) -> list[tuple[str, s
             (str(paths.socket), "corral's control socket")]
 
 
-def read_config(config_path: Path, socket: str | None) -> Conf:
-    """The config, checked whole (its sandboxes too) before anything is set up."""
+def read_config(config_path: Path, socket: str | None, loaded: Config | None = None
+                ) -> Conf:
+    """The config, checked whole (its sandboxes too) before anything is set up.
+    `loaded`: the file's, read a moment ago (an upgrade's new image reads it before it
+    takes the handoff: upgrade.Taken)."""
     try:
-        cfg = load_config(config_path)
+        cfg = loaded if loaded is not None else load_config(config_path)
         paths = paths_of(cfg, config_path, socket)
         guarded = protected(cfg, config_path, paths)
         check_sandboxes(cfg.agents, cfg.supervisor.bwrap, str(config_path), guarded)
@@ -599,11 +602,14 @@ def dashboard_sessions(conf: Conf) -> Any:
     return Sessions()
 
 
-def freeze_heap() -> None:
+def freeze_heap(*, collect: bool = True) -> None:
     """Modules, classes, config and the daemon's own parts live as long as the process:
     out of every full pass of the cyclic collector from here on, which then walks what
-    the fleet holds and no more (decision 60)."""
-    gc.collect()
+    the fleet holds and no more (decision 60). `collect`: a full pass first (not in an
+    image that took an upgrade's handoff, whose dispatch waits: it started with the
+    collector off, and the little its imports left is kept)."""
+    if collect:
+        gc.collect()
     gc.freeze()
 
 

@@ -2,8 +2,8 @@
 
 nginx's binary upgrade, in one process: the daemon checks the new install in a child
 first (`preflight`: it imports the daemon and reads the config, and says its version and
-whether it takes a handoff of this layout), then holds dispatch, waits until every
-worker's channel can be handed whole (supervisor/adopt.py), writes the state file
+whether it takes a handoff of this layout), waits until every worker's channel can be
+handed whole (supervisor/adopt.py), holds dispatch across a last look, writes the state file
 (handoff.py), keeps the fds it lists open across the exec, and execs the new image: the
 same pid, so systemd sees one main process, and every agent process, zygote-forked or
 not, stays its child. The new image takes the control socket and the HTTP server's and
@@ -13,7 +13,9 @@ and MCP server when its replica starts (no `initialize` again, no restart; a ser
 client goes on with the session its predecessor negotiated, and the agents' resource
 subscriptions on it are listened to again), routes the answers of running tasks to them
 (they finish once, on their attempt), and recovers queued tasks from the journal as after
-any start. Zygotes and plain programs are ended and started again as their config says.
+any start. A plain program is kept too, with its log pipes, its $NOTIFY_SOCKET and what
+it said on it (plain.py's `PlainHanded`); an idle replica is idle again, not "ready"; the
+task counters of `corral stats` go on. Zygotes are ended and started again on demand.
 
 A new image that cannot start falls back: `BOOT`, the program the old image execs (its
 own text, so a new install that cannot even be imported still runs it), catches any
@@ -31,12 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import gc
 import json
 import os
 import signal
 import sys
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -44,7 +47,7 @@ from typing import TYPE_CHECKING, Protocol
 from .. import __version__, jsonrpc
 from ..jsonrpc import RpcError
 from ..methods import DaemonUpgrade, UpgradeReport
-from ..supervisor.adopt import Adoptions, HandedProcess, hand, keep_open
+from ..supervisor.adopt import Adoptions, HandedProcess, hand, hand_plain, keep_open
 from ..supervisor.containment import (
     ProcessRecord,
     cgroup_kill,
@@ -53,11 +56,11 @@ from ..supervisor.containment import (
     try_reap,
 )
 from ..supervisor.mcproutes import updates_to
-from ..supervisor.pacing import Pacer
 from ..supervisor.plain import PlainReplica
 from ..supervisor.replica import Replica
 from ..supervisor.replicaparts import Transition
 from ..supervisor.tasks import TaskRecord
+from ..supervisor.tasks.counters import AgentTasks, carry, carry_on
 from ..text import plural
 from ..timeouts import within
 from . import handoff
@@ -65,6 +68,8 @@ from .handoff import FAILED_VARIABLE, VARIABLE, Fallback, Handoff, Listeners, Su
 
 if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
+    from ..jsonrpc import Peer
+    from ..supervisor.config import Config
     from ..supervisor.core import Supervisor
     from ..supervisor.process_replica import ProcessReplica
     from .control import ControlServer
@@ -79,22 +84,31 @@ PREFLIGHT_TIMEOUT = 60.0
 # how long the new image waits for the replicas of handed processes to be started (an
 # agent not started at all, autostart = false, is given up on then)
 STARTED_WAIT = 10.0
-QUIET_POLL = 0.005
+# the hand-over's longest wait between two looks at the channels: it is told of what
+# ends a wait but bytes still in a pipe (a worker reading its stdin backlog)
+QUIET_LOOK = 0.05
 # adoptions begun per turn of the loop: each is a pidfd and three pipes, no spawn, so a
 # slice is larger than a mass start's (pacing.BATCH) and the loop still serves between
 ADOPT_BATCH = 64
 # how long a zygote or plain program of the old image has to exit (its stdin is closed by
 # the exec) before SIGKILL
 END_GRACE = 2.0
+# the supervisor's counts that go on across an upgrade (the others are of now: live
+# processes, the loop's stalls, which the new image measures again)
+CARRIED_STATS = ("spawned", "restarts", "failures", "spawn_failures", "cold_fallbacks",
+                 "exits", "stuck_after_kill")
 # where the image to exec imports corral from, first (before the directory it runs in,
 # which `python -c` puts first as `-m` does): --pythonpath, or the old image's own
 IMPORT_VARIABLE = "CORRAL_IMPORT_FROM"
-PREFLIGHT = ("import os, sys; sys.path[0:0] = [p for p in os.environ.pop("
+# (the collector off: the check imports what the daemon imports, reads the config and
+# exits; nothing it makes needs collecting)
+PREFLIGHT = ("import gc, os, sys; gc.disable(); sys.path[0:0] = [p for p in os.environ.pop("
              "'CORRAL_IMPORT_FROM', '').split(os.pathsep) if p]; "
              "from corral.daemon.boot import preflight; sys.exit(preflight(sys.argv[1]))")
 
 BOOT = r'''
-import os, sys
+import gc, os, sys
+gc.disable()  # until the handed processes are adopted (Taken.settle): dispatch waits
 sys.path[0:0] = [p for p in os.environ.pop("CORRAL_IMPORT_FROM", "").split(os.pathsep) if p]
 def fall_back(why):
     import json
@@ -272,8 +286,9 @@ class Upgrades:
         self.host.hub.daemon(f"upgrade refused, nothing changed: {why}", priority=4)
 
     async def hand_over(self) -> None:
-        """The arbiter's: hold dispatch, wait for every worker's channel to be quiet,
-        write the state file and exec. Returns only when nothing was handed over."""
+        """The arbiter's: wait for every worker's channel to be quiet, hold dispatch,
+        look again (the journal and the store committed), write the state file and exec.
+        Returns only when nothing was handed over."""
         target = self.target
         if target is None:  # SIGUSR2
             target = Target(None, None, self.host.notifier, self.host.spared)
@@ -286,11 +301,18 @@ class Upgrades:
         host = self.host
         tasks = host.sup.parts.tasks
         asked = time.time()
+        deadline = time.monotonic() + QUIESCE_TIMEOUT
+        # quiet channels waited for while dispatch goes on (a task running is handed with
+        # its worker), half the time at most: dispatch is held only across the last
+        # looks and the exec (a fleet never quiet all at once under its load is held
+        # for the rest of the time, as before)
+        with contextlib.suppress(Refused):
+            await self._quiet(time.monotonic() + QUIESCE_TIMEOUT / 2)
         tasks.hold("the daemon is upgrading")
         host.hub.daemon(f"upgrading to corral {self.report.to_version} "
                         f"({target.python}): holding dispatch")
         try:
-            kept, ended = await self._quiet(time.monotonic() + QUIESCE_TIMEOUT)
+            kept, ended = await self._quiet(deadline)
             self._exec(target, asked, kept, ended)
         except Refused as exc:
             tasks.release()
@@ -300,45 +322,75 @@ class Upgrades:
                                                      list[ProcessRecord]]:
         """Every worker described whole, once nothing is in flight on its channel but
         requests corral sent (and the journal and the store have written what they
-        were given): what to keep, and what the next image ends."""
+        were given): what to keep, and what the next image ends. Between looks it waits
+        to be told: a replica's transition on the stream (a start or stop over), a
+        request of a waiting replica's channel ended (`Peer.on_ended`); QUIET_LOOK at
+        most, for what nothing tells (bytes still in a pipe, either way)."""
         host = self.host
         sup = host.sup
-        while True:
-            await sup.parts.tasks.committed()
-            if host.store.writer is not None:
-                await host.store.writer.committed()
-            kept, waiting = self._describe(sup)
-            if not waiting:
-                break
-            if time.monotonic() >= deadline:
-                raise Refused(f"{', '.join(waiting[:5])} could not be handed over within "
-                              f"{QUIESCE_TIMEOUT:g} s (starting, stopping, or a request "
-                              "of its own still being answered)")
-            await asyncio.sleep(QUIET_POLL)
+        woken = asyncio.Event()
+
+        def wake(*_: object) -> None:
+            woken.set()
+
+        hooked: list[Peer] = []
+        sub = sup.parts.stream.subscribe(wake, Transition)
+        try:
+            while True:
+                await sup.parts.tasks.committed()
+                if host.store.writer is not None:
+                    await host.store.writer.committed()
+                kept, waiting = self._describe(sup)
+                if not waiting:
+                    break
+                now = time.monotonic()
+                if now >= deadline:
+                    labels = ", ".join(r.label for r in waiting[:5])
+                    raise Refused(f"{labels} could not be handed over within "
+                                  f"{QUIESCE_TIMEOUT:g} s (starting, stopping, or a request "
+                                  "of its own still being answered)")
+                for peer in hooked:
+                    peer.on_ended = None
+                hooked = [r.peer for r in waiting if r.peer is not None]
+                for peer in hooked:
+                    peer.on_ended = wake
+                woken.clear()
+                with contextlib.suppress(TimeoutError):
+                    await within(woken.wait(), min(QUIET_LOOK, deadline - now))
+        finally:
+            for peer in hooked:
+                peer.on_ended = None
+            sup.parts.stream.unsubscribe(sub)
         tokens = {h.record.token for h in kept}
         ended = [t.record for token, t in sup.parts.containment.live.items() if token not in tokens]
         return kept, ended
 
-    def _describe(self, sup: Supervisor) -> tuple[list[HandedProcess], list[str]]:
+    def _describe(self, sup: Supervisor) -> tuple[list[HandedProcess], list[ProcessReplica]]:
         by_replica: dict[Replica, dict[str, int]] = {}
         for tid, rid in sup.parts.tasks.dispatch.requests.items():
             task = sup.parts.tasks.active.get(tid)
             if task is not None and task.replica is not None and isinstance(rid, int):
                 by_replica.setdefault(task.replica, {})[tid] = rid
         kept: list[HandedProcess] = []
-        waiting: list[str] = []
+        waiting: list[ProcessReplica] = []
         live = sup.parts.containment.live
         replicas: list[ProcessReplica] = [r for agent in sup.parts.agents.values()
                                           for r in agent.replicas]
         for r in [*replicas, *sup.parts.tools.instances()]:
             proc = r.process
-            if proc is None or isinstance(r, PlainReplica):
-                continue  # (a plain program is started again: see decision 241)
+            if proc is None:
+                continue
             tracked = live.get(proc.token)
-            rids = by_replica.get(r, {}) if isinstance(r, Replica) else {}
-            h = hand(r, tracked.record, rids) if tracked else None
+            h: HandedProcess | None
+            if tracked is None:
+                h = None
+            elif isinstance(r, PlainReplica):
+                h = hand_plain(r, tracked.record)
+            else:
+                h = hand(r, tracked.record,
+                         by_replica.get(r, {}) if isinstance(r, Replica) else {})
             if h is None:
-                waiting.append(r.label)
+                waiting.append(r)
             else:
                 kept.append(h)
         return kept, waiting
@@ -347,7 +399,7 @@ class Upgrades:
               ended: list[ProcessRecord]) -> None:
         """Write the state file and exec; returns (Refused) only if the exec failed."""
         host = self.host
-        containment = host.sup.parts.containment
+        containment, tasks = host.sup.parts.containment, host.sup.parts.tasks
         control = host.control.fds()
         h = Handoff(
             attempt=self.report.attempt, from_version=__version__, pid=os.getpid(),
@@ -359,10 +411,13 @@ class Upgrades:
                 # the old image imports itself from where it did
                 IMPORT_VARIABLE: str(Path(__file__).resolve().parent.parent.parent)}),
             processes=kept, ended=ended, listeners=self.listeners.held(),
-            subscriptions=[Subscribed(*s) for s in host.sup.parts.tools.subscribed()])
+            subscriptions=[Subscribed(*s) for s in host.sup.parts.tools.subscribed()],
+            counters=carry(tasks.by_agent), engine=host.sup.parts.runtime_stats(),
+            steps=tasks.steps.stats(),
+            sessions_expired=tasks.sessions.expired)
         path = handoff.path_in(host.store.path.parent)
         data = dict(target.env, **{VARIABLE: str(path)})
-        fds = [*control, *(fd for k in kept for fd in k.fds),
+        fds = [*control, *(fd for k in kept for fd in k.fds if fd >= 0),
                *(listener.fd for listener in h.listeners)]
         running = sum(len(k.tasks) for k in kept)
         try:
@@ -370,8 +425,8 @@ class Upgrades:
         except OSError as exc:
             raise Refused(f"the state file {path} cannot be written: {exc.strerror}"
                           ) from None
-        tasks = plural(running, "running task")
-        host.hub.daemon(f"upgrading: handing {kept_text(kept)} and {tasks} to corral "
+        host.hub.daemon(f"upgrading: handing {kept_text(kept)} and "
+                        f"{plural(running, 'running task')} to corral "
                         f"{self.report.to_version} (exec of {target.python}, pid "
                         f"{os.getpid()})")
         host.notifier.send(STATUS=f"upgrading to corral {self.report.to_version}")
@@ -391,8 +446,10 @@ class Upgrades:
 class Taken:
     """A handoff being taken: the new image's set-up asks it at each of its steps."""
 
-    def __init__(self, h: Handoff, path: Path, failed: str | None) -> None:
+    def __init__(self, h: Handoff, path: Path, failed: str | None,
+                 config: Config | None = None) -> None:
         self.handoff = h
+        self.config = config  # the config file as boot.resume read it (read once)
         self.path = path
         self.failed = failed  # the new image's failure, in the image fallen back to
         self.held: dict[str, TaskRecord] = {}  # running tasks kept, till re-attached
@@ -417,6 +474,13 @@ class Taken:
         # the processes started in their place
         for rec in self.handoff.ended:
             sup.parts.containment.adopted(rec)
+        carried = self.handoff.engine
+        if carried is not None:  # the supervisor's counts go on (`corral stats`)
+            stats = sup.stats
+            for name in CARRIED_STATS:
+                setattr(stats, name, getattr(stats, name) + getattr(carried, name))
+            stats.restarts_by_cause = dict(Counter(stats.restarts_by_cause)
+                                           + Counter(carried.restarts_by_cause))
 
     def hold_back(self, unfinished: list[TaskRecord]) -> list[TaskRecord]:
         """The journal's unfinished tasks less those running on a kept worker: they
@@ -428,14 +492,32 @@ class Taken:
                 self.held[rec.task_id] = rec
             else:
                 rest.append(rec)
+        self._counters_go_on(Counter(rec.agent for rec in unfinished))
         return rest
+
+    def _counters_go_on(self, again: Counter[str]) -> None:
+        """`corral stats` goes on from the previous image's counts (each task taken back
+        from the journal is accepted again by this image: counted once)."""
+        assert self.sup is not None
+        tasks, h = self.sup.parts.tasks, self.handoff
+        for name, carried in h.counters.items():
+            agent = self.sup.parts.agents.get(name)
+            if agent is None:
+                continue  # (gone from the config)
+            q = tasks.by_agent.setdefault(name, AgentTasks(agent.spec.rate_per_minute))
+            carry_on(q, carried, again[name])
+        steps = tasks.steps
+        steps.journaled += h.steps.get("journaled", 0)
+        steps.replayed += h.steps.get("replayed", 0)
+        steps.diverged += h.steps.get("diverged", 0)
+        tasks.sessions.expired += h.sessions_expired
 
     def _adopted(self, r: Replica, h: HandedProcess) -> None:
         assert self.sup is not None
-        assert r.peer is not None
         if h.record.kind == "mcp":
             self.kept_servers += 1
         for t in h.tasks:
+            assert r.peer is not None  # (a plain program runs no task)
             rec = self.held.pop(t.task_id, None)
             if rec is None:  # not journaled (task_journal = false): its answer is dropped
                 r.peer.take_over(0, [t.rid])
@@ -471,11 +553,19 @@ class Taken:
                      and index < len(agent.replicas) else None)
             if r is not None and r.machine.untouched:
                 starts.append(r)
-        # the first at once (dispatch goes on as soon as one is Ready), the rest a slice
-        # a turn, as the loop serves its sockets between them
-        pacer = Pacer(asyncio.get_running_loop(), ADOPT_BATCH)
-        for r in starts:
-            pacer.submit(functools.partial(r.start, by_hand=True))
+        # the first alone (dispatch goes on as soon as one is Ready: a turn crowded
+        # with a full slice's adoptions would delay it), then slices doubling up to
+        # ADOPT_BATCH a turn, as the loop serves its sockets between them
+        loop = asyncio.get_running_loop()
+        rest = deque(starts)
+
+        def adopt_slice(size: int) -> None:
+            for _ in range(min(size, len(rest))):
+                rest.popleft().start(by_hand=True)
+            if rest:
+                loop.call_soon(adopt_slice, min(ADOPT_BATCH, size * 2))
+
+        adopt_slice(1)
         replicas = {r.label: r for agent in self.sup.parts.agents.values()
                     for r in agent.replicas}
         for s in self.handoff.subscriptions:
@@ -516,9 +606,12 @@ class Taken:
 
     async def settle(self, hub: LogHub) -> UpgradeReport:
         """Once the set-up is over: what no replica took is ended, the old image's
-        zygotes and plain programs too; the state file goes; the report."""
-        self._adopt_now()
-        await self._started()
+        zygotes too; the state file goes; the report."""
+        try:
+            self._adopt_now()
+            await self._started()
+        finally:
+            gc.enable()  # (BOOT turned it off: nothing waits for the adoptions any more)
         left = self.adoptions.left()
         await self.adoptions.settled()
         assert self.sup is not None

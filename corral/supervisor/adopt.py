@@ -33,14 +33,16 @@ import msgspec
 
 from ..mcp.client import Session
 from .containment import ProcessRecord, read_stat
+from .health import CheckState
 from .launch import MAX_IN_FLIGHT
 from .lifecycle import Cause
 from .mcpserver import McpServerReplica
+from .plain import PlainHanded, PlainReplica
 from .process import ChildProcess, set_pipe_sizes
+from .replica import Replica
 
 if TYPE_CHECKING:
     from .process_replica import ProcessReplica
-    from .replica import Replica
 
 
 class HandedTask(msgspec.Struct, frozen=True):
@@ -64,6 +66,9 @@ class HandedProcess(msgspec.Struct, frozen=True):
     argv0: str = ""
     session: Session | None = None  # an MCP server's: what its client negotiated
     owner: str | None = None  # a per-agent MCP server's agent replica
+    idle: bool = False  # it had run a task and was idle: idle again, not "ready"
+    plain: PlainHanded | None = None  # a plain program's: fds are stdout and stderr
+    health: list[CheckState] = []  # where its health checks stood
 
 
 def hand(r: ProcessReplica, record: ProcessRecord, rids: dict[str, int]
@@ -92,22 +97,56 @@ def hand(r: ProcessReplica, record: ProcessRecord, rids: dict[str, int]
     tasks = [HandedTask(tid, rid) for tid, rid in rids.items()]
     taken = {t.rid for t in tasks}
     return HandedProcess(
-        record=record, fds=fds, last_id=last_id,
+        record=record, fds=fds, last_id=last_id, idle=r.machine.idle,
+        health=_health_of(r),
         unanswered=[i for i in unanswered if isinstance(i, int) and i not in taken],
         tasks=tasks, uptime=r.uptime or 0.0, restarts=r.restarts,
         zygote_child=proc.zygote_child, argv0=proc.argv0, session=session, owner=owner)
 
 
+def hand_plain(r: PlainReplica, record: ProcessRecord) -> HandedProcess | None:
+    """What a plain program's process is: its log pipes (its stdin is closed once it
+    starts), its $NOTIFY_SOCKET and readiness; None until it is Ready (a readiness not
+    yet told is waited for, as a worker's handshake is)."""
+    proc = r.process
+    if proc is None or not r.machine.takes_work:
+        return None
+    fds = proc.output_fds()
+    plain = r.handed()
+    if plain.notify_fd is not None:
+        fds = [*fds, plain.notify_fd]  # (kept open across the exec with the pipes)
+    return HandedProcess(record=record, fds=fds, uptime=r.uptime or 0.0,
+                         restarts=r.restarts, argv0=proc.argv0, plain=plain,
+                         health=_health_of(r))
+
+
+def _health_of(r: ProcessReplica) -> list[CheckState]:
+    health = getattr(r, "health", None)  # (an agent's replica: an MCP server has none)
+    return health.carried() if health is not None else []
+
+
 def keep_open(fds: list[int]) -> None:
-    """The fds survive the exec."""
+    """The fds survive the exec (-1: a pipe at its end, none)."""
     for fd in fds:
-        os.set_inheritable(fd, True)
+        if fd >= 0:
+            os.set_inheritable(fd, True)
 
 
 def close_all(fds: list[int]) -> None:
     for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _at_end(fd: int) -> int:
+    """`fd`, or for -1 (a pipe the previous image had read to its end) the read end of
+    a pipe at its end: the transport made on it reads EOF at once, as the old one had."""
+    if fd >= 0:
+        return fd
+    rd, wr = os.pipe2(os.O_CLOEXEC)
+    os.close(wr)
+    return rd
 
 
 def same_process(rec: ProcessRecord) -> bool:
@@ -188,35 +227,50 @@ class Adoptions:
         r.pid = rec.pid
         r.spawned_at = time.monotonic() - h.uptime
         r.machine.restarts = h.restarts
+        plain = h.plain if isinstance(r, PlainReplica) else None
+        if plain is not None:
+            assert isinstance(r, PlainReplica)
+            r.take_handed(plain)  # its notify socket, heard once its channel is made
         # the channel first, its running tasks waiting on it: an answer already in the
-        # pipe is read as soon as the pipes are attached
+        # pipe is read as soon as the pipes are attached (a plain program has none)
         r.peer = peer = r._make_peer(child)
-        assert peer is not None
         child.peer = peer
-        peer.take_over(h.last_id, h.unanswered)
+        if peer is not None:
+            peer.take_over(h.last_id, h.unanswered)
         if h.session is not None and isinstance(r, McpServerReplica):
             r.client.resume(h.session)
         self.on_adopted(r, h)  # type: ignore[arg-type]  # (tasks: agents' alone)
-        set_pipe_sizes(h.fds)
+        pipes = [_at_end(fd) for fd in h.fds[:2]] if plain is not None else h.fds
+        set_pipe_sizes(pipes)
+        modes = ("rb", "rb") if plain is not None else ("wb", "rb", "rb")
         files = [open(fd, mode, buffering=0)  # noqa: SIM115 - the transports own them
-                 for fd, mode in zip(h.fds, ("wb", "rb", "rb"), strict=True)]
+                 for fd, mode in zip(pipes, modes, strict=True)]
+        stdio = [None, *files] if plain is not None else files
         try:
-            await child.attach(*files, on_attach=r._attached, **r._stdio())
+            await child.attach(*stdio, on_attach=r._attached, **r._stdio())
         except BaseException:
             child.close()
             containment.ended(child.token)
             r.process = r.peer = None
-            peer.close("not adopted across the upgrade: its pipes could not be attached")
+            if peer is not None:
+                peer.close("not adopted across the upgrade: its pipes could not be attached")
             self._failed(r, h, "its pipes could not be attached")
             raise
         child.exited.add_done_callback(r._on_exited)
-        peer.reader, peer.max_handling = child.reader, MAX_IN_FLIGHT
+        if peer is not None:
+            peer.reader, peer.max_handling = child.reader, MAX_IN_FLIGHT
         r._life = None
         self.adopted += 1
         r.ready_at = time.monotonic()
         r._last_pong = r.host.listening.now()
         running = r.tasks_running
-        r.executor.fire(Cause.READY, f"adopted across an upgrade (pid {rec.pid})")
+        if h.health and isinstance(r, Replica):
+            r.health_carried = h.health
+        said = f"adopted across an upgrade (pid {rec.pid})"
+        r.executor.fire(Cause.ADOPTED_IDLE if h.idle and not running else Cause.READY, said)
+        if plain is not None:
+            assert isinstance(r, PlainReplica)
+            r.ready_again(plain)
         if running and r.machine.moves(Cause.TASK):
             r.executor.fire(Cause.TASK, f"{running} task(s) running across the upgrade")
 

@@ -275,21 +275,45 @@ class AgentReadiness(NamedTuple):
     text: str
 
 
+class CheckState(msgspec.Struct, frozen=True):
+    """Where one check's counter stood, handed across `corral upgrade` (adopt.py): the
+    same life goes on, so its checks go on from there (no start_period again)."""
+
+    kind: str
+    ok: bool | None
+    previous: bool | None
+    failures: int
+    successes: int
+    message: str
+
+
 class ReplicaHealth:
     """The checks of one life of one replica."""
 
-    def __init__(self, r: Checked, spec: HealthSpec, board: HealthBoard) -> None:
+    def __init__(self, r: Checked, spec: HealthSpec, board: HealthBoard,
+                 carried: Sequence[CheckState] = ()) -> None:
         self.r = r
         self.board = board
-        grace_until = time.monotonic() + spec.start_period
+        grace_until = time.monotonic() + spec.start_period if not carried else 0.0
         self.runs = [CheckRun(kind, c, grace_until) for kind, c in
                      ((READINESS, spec.readiness), (LIVENESS, spec.liveness)) if c is not None]
+        for state in carried:
+            for run in self.runs:
+                if run.kind == state.kind:
+                    c = run.counter
+                    c.ok, c.previous, c.failures, c.successes, c.message = (
+                        state.ok, state.previous, state.failures, state.successes,
+                        state.message)
         self.closed = False
         self.ready = self._ready_now()
         self.execs: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
         for run in self.runs:  # the first check at once: readiness gates the first task
             run.timer = loop.call_soon(self._due, run)
+
+    def carried(self) -> list[CheckState]:
+        return [CheckState(run.kind, c.ok, c.previous, c.failures, c.successes, c.message)
+                for run in self.runs for c in (run.counter,)]
 
     def _ready_now(self) -> bool:
         for run in self.runs:
@@ -434,8 +458,9 @@ class HealthBoard:
     def containment(self) -> Containment:
         return self._containment
 
-    def start(self, r: Any, spec: HealthSpec) -> ReplicaHealth:
-        return ReplicaHealth(r, spec, self)
+    def start(self, r: Any, spec: HealthSpec, carried: Sequence[CheckState] = ()
+              ) -> ReplicaHealth:
+        return ReplicaHealth(r, spec, self, carried)
 
     def checked(self, h: ReplicaHealth, run: CheckRun, v: Verdict, flip: Flip | None
                 ) -> None:

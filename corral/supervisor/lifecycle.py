@@ -46,6 +46,8 @@ class Cause(StrEnum):
 
     SPAWN = "spawn"  # a start by hand: forgives past restarts
     READY = "ready"  # the handshake was answered
+    # a process kept across `corral upgrade` that was idle in the image before: idle again
+    ADOPTED_IDLE = "adopted idle"
     TASK = "task"
     DONE = "done"  # the last running task ended
     STOP = "stop"  # an operator's (stop, scale down, replace, remove, shutdown): stay down
@@ -137,6 +139,8 @@ def _table() -> dict[tuple[State, Cause], Step]:
     rows(LIVE, [C.SPAWN, C.BACKOFF_OVER], IGNORE)  # it runs already
     rows(STOPPED, [C.BACKOFF_OVER], IGNORE)  # a timer outlived its backoff
     rows([S.STARTING], [C.READY], Step(S.READY, serving=True))
+    rows([S.STARTING], [C.ADOPTED_IDLE], Step(S.IDLE, serving=True))
+    rows(sorted(set(State) - {S.STARTING}), [C.ADOPTED_IDLE], IGNORE)
     rows([S.READY, S.IDLE], [C.TASK], Step(S.BUSY))
     # busy, or on its way out (paused: below)
     rows(sorted(set(State) - {S.READY, S.IDLE, S.PAUSED}), [C.TASK], IGNORE)
@@ -288,6 +292,11 @@ class Machine:
     def takes_work(self) -> bool:
         """It has answered its handshake and serves (Ready, Busy or Idle)."""
         return self.state in SERVING
+
+    @property
+    def idle(self) -> bool:
+        """Serving, and has run a task since it was Ready (none running now)."""
+        return self.state is State.IDLE
 
     @property
     def starting(self) -> bool:

@@ -70,6 +70,15 @@ class NotifyDir:
 
     def __init__(self) -> None:
         self._path: str | None = None
+        self._others: set[str] = set()  # a previous image's, when this one had its own
+
+    def adopt(self, path: str) -> None:
+        """The directory of sockets a previous daemon image made (`corral upgrade` keeps
+        plain programs' sockets): this one's from now on, removed on close."""
+        if self._path is None:
+            self._path = path
+        elif path != self._path:
+            self._others.add(path)
 
     @property
     def path(self) -> str:
@@ -80,9 +89,11 @@ class NotifyDir:
         return self._path
 
     def close(self) -> None:
-        if self._path is not None:
-            shutil.rmtree(self._path, ignore_errors=True)
-            self._path = None
+        for path in [self._path, *self._others]:
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+        self._path = None
+        self._others.clear()
 
 
 class NotifySocket:
@@ -112,9 +123,31 @@ class NotifySocket:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
             raise
+        self._took(sock)
+
+    @classmethod
+    def inherited(cls, fd: int, path: str, on_message: Callable[[dict[str, str]], None],
+                  accepts: Callable[[int], bool], on_refused: Callable[[int], None]
+                  ) -> NotifySocket:
+        """The socket a previous daemon image bound at `path`, kept open across its exec
+        as `fd` (`corral upgrade`): what was sent to it meanwhile waits in it."""
+        self = cls.__new__(cls)
+        self.path, self.on_message, self.accepts, self.on_refused = (
+            path, on_message, accepts, on_refused)
+        self.received = self.refused = 0
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        sock.setblocking(False)
+        self._took(sock)
+        return self
+
+    def _took(self, sock: socket.socket) -> None:
         self.sock: socket.socket | None = sock
         self._loop = asyncio.get_running_loop()
         self._listening = False
+
+    def fileno(self) -> int | None:
+        return self.sock.fileno() if self.sock is not None else None
 
     def listen(self) -> None:
         """Read what arrives (what arrived before waits for this in the socket)."""

@@ -22,8 +22,11 @@ known, so a datagram is always judged against the process that the life spawned.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from typing import Any, Protocol
+
+import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import LineBlock, Peer, RpcError
@@ -40,6 +43,20 @@ STATUS_MAX = 300  # a STATUS= text beyond this is cut (it goes into status lines
 # refused datagrams noted in the replica's log per life (then only counted): a process
 # that floods a sibling's socket cannot flood the log
 REFUSALS_NOTED = 3
+
+
+class PlainHanded(msgspec.Struct, frozen=True):
+    """What a plain program's life is besides its process and log pipes, handed across
+    `corral upgrade` (supervisor/adopt.py): its $NOTIFY_SOCKET (the fd kept open across
+    the exec, its path in the program's environment) and what the program said on it."""
+
+    notify_fd: int | None = None
+    notify_path: str | None = None
+    ready_seen: bool = False
+    status_text: str | None = None
+    watchdog_age: float = 0.0  # seconds since its last WATCHDOG=1 (or its Ready)
+    received: int = 0
+    refused: int = 0
 
 
 class PlainHost(AgentHost, Protocol):
@@ -161,6 +178,33 @@ class PlainReplica(Replica):
 
     def exit_message(self, reason: str) -> str:
         return f"process exited: {reason}"
+
+    # -- across `corral upgrade` (adopt.py) -----------------------------------------------
+    def handed(self) -> PlainHanded:
+        """This life's notify socket and state, for the next daemon image."""
+        sock = self.notify
+        fd = sock.fileno() if sock is not None else None
+        return PlainHanded(
+            notify_fd=fd, notify_path=sock.path if sock is not None and fd is not None
+            else None, ready_seen=self._ready_seen, status_text=self.status_text,
+            watchdog_age=max(0.0, self.host.listening.now() - self._watchdog_fed),
+            received=sock.received if sock is not None else 0,
+            refused=sock.refused if sock is not None else 0)
+
+    def take_handed(self, h: PlainHanded) -> None:
+        """Before its channel is made: the notify socket the previous image bound (what
+        the program sent meanwhile waits in it), and what it had said."""
+        self._close_notify()
+        if h.notify_fd is not None and h.notify_path is not None:
+            self.host.notify_dir.adopt(os.path.dirname(h.notify_path))
+            self.notify = NotifySocket.inherited(h.notify_fd, h.notify_path, self._notified,
+                                                 self._accepts, self._refused)
+            self.notify.received, self.notify.refused = h.received, h.refused
+        self._ready_seen, self.status_text = h.ready_seen, h.status_text
+
+    def ready_again(self, h: PlainHanded) -> None:
+        """Once Ready again: its watchdog's clock goes on from where it was."""
+        self._watchdog_fed = self.host.listening.now() - h.watchdog_age
 
     # -- $NOTIFY_SOCKET -------------------------------------------------------------------
     def _accepts(self, pid: int) -> bool:

@@ -309,9 +309,10 @@ class ChildProcess(asyncio.Protocol):
         self._on_stderr_lines = on_stderr_lines
         self._on_stdout_eof = on_stdout_eof
         try:
-            stdin_t, _ = await loop.connect_write_pipe(lambda: self, stdin)
-            stdin_t.set_write_buffer_limits(high=STDIN_HIGH, low=STDIN_LOW)  # type: ignore[attr-defined]
-            self.stdin = stdin_t  # type: ignore[assignment]
+            if stdin is not None:  # (None: a plain program adopted, its stdin closed)
+                stdin_t, _ = await loop.connect_write_pipe(lambda: self, stdin)
+                stdin_t.set_write_buffer_limits(high=STDIN_HIGH, low=STDIN_LOW)  # type: ignore[attr-defined]
+                self.stdin = stdin_t  # type: ignore[assignment]
             if on_stdout_lines is not None:
                 self._stdout, _ = await loop.connect_read_pipe(
                     lambda: ChunkLines(on_stdout_lines, self._stdout_eof, max_line=max_line),
@@ -337,7 +338,7 @@ class ChildProcess(asyncio.Protocol):
             for pipe, transport in zip((stdin, stdout, stderr),
                                        (self.stdin, self._stdout, self._stderr),
                                        strict=True):
-                if transport is None:
+                if transport is None and pipe is not None:
                     pipe.close()
             raise
 
@@ -449,6 +450,15 @@ class ChildProcess(asyncio.Protocol):
         pipes = [t.get_extra_info("pipe") if t is not None else None
                  for t in (self.stdin, self._stdout, self._stderr)]
         return [p.fileno() for p in pipes if p is not None] if None not in pipes else None
+
+    def output_fds(self) -> list[int]:
+        """Our ends of its stdout and stderr alone (a plain program's stdin is closed):
+        -1 for one read to its end already (the program closed it)."""
+        out = []
+        for t in (self._stdout, self._stderr):
+            pipe = t.get_extra_info("pipe") if t is not None and not t.is_closing() else None
+            out.append(pipe.fileno() if pipe is not None and not pipe.closed else -1)
+        return out
 
     # stdin is written through a Cork (cork.py): a burst of tasks (a `map`, a queue
     # draining) wakes the worker twice, not once a message, and it reads them in a read or

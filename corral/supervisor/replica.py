@@ -18,7 +18,7 @@ import msgspec
 from ..jsonrpc import Peer
 from .caps import nice_for_weight
 from .config import AgentSpec, Isolation, Limits, isolation
-from .health import HealthBoard, ReplicaHealth, environment_of
+from .health import CheckState, HealthBoard, ReplicaHealth, environment_of
 from .lifecycle import Cause, State
 from .process import ChildProcess
 from .process_replica import ProcessReplica, ReplicaHost, ReplicaStatus, Transition
@@ -93,6 +93,8 @@ class Replica(ProcessReplica):
         self._iso = isolation(spec)  # judged again, with its tenant's, at each start
         # this life's health checks ([health]), from Ready until it leaves serving
         self.health: ReplicaHealth | None = None
+        # its checks' state as the previous daemon image left it (corral upgrade: adopt.py)
+        self.health_carried: list[CheckState] = []
 
     # -- health (health.py) ---------------------------------------------------------------
     @property
@@ -264,7 +266,9 @@ class Replica(ProcessReplica):
 
     def _serving(self) -> None:
         if self.spec.health is not None:
-            self.health = self.host.health_board.start(self, self.spec.health)
+            self.health = self.host.health_board.start(self, self.spec.health,
+                                                       self.health_carried)
+        self.health_carried = []
         self.host.replica_ready(self)
 
     def _down(self) -> None:

@@ -6,6 +6,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import msgspec
+
 from ...percentile import percentile_ms
 from ...ratelimit import TokenBucket
 from .model import TERMINAL
@@ -50,3 +52,28 @@ def totals(per_agent: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     finished = sum(total[k] for k in TERMINAL)
     total["success_rate"] = round(total["succeeded"] / finished, 4) if finished else None
     return total
+
+
+class Carried(msgspec.Struct, frozen=True):
+    """An agent's counters handed to the next daemon image (`corral upgrade`): `corral
+    stats` goes on from them rather than from zero."""
+
+    counts: dict[str, int]
+    latencies: list[float] = []
+
+
+def carry(by_agent: Mapping[str, AgentTasks]) -> dict[str, Carried]:
+    return {name: Carried(dict(q.counts), list(q.latencies)) for name, q in by_agent.items()}
+
+
+def carry_on(q: AgentTasks, c: Carried, counted_again: int) -> None:
+    """`q` (made by the new image, nothing counted yet) takes `c`'s counts and latencies.
+    `counted_again`: the agent's tasks the new image accepts once more as it takes them
+    back (recovered from the journal, or re-attached to a kept worker): accepted once."""
+    for k in COUNTED:
+        q.counts[k] += c.counts.get(k, 0)
+    q.counts["accepted"] -= counted_again
+    kept = list(q.latencies)
+    q.latencies.clear()
+    q.latencies.extend(c.latencies)
+    q.latencies.extend(kept)
