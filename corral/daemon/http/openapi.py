@@ -35,10 +35,10 @@ ERRORS = {
     "401": "No valid bearer token",
     "403": "The token lacks the scope the method needs (named), or its agent glob",
     "404": "No such agent, task, token, server or tool",
-    "409": "A conflict with the current state",
+    "409": "A conflict with the current state (an Idempotency-Key already sent with "
+           "another request, or its first request still being answered)",
     "413": "The body is over the size limit",
     "415": "The body is not JSON",
-    "422": "An Idempotency-Key reused for a different request",
     "429": "Over the token's rate, or refused for now (Retry-After)",
     "500": "The operation failed",
     "503": "Not available now (Retry-After)",
@@ -76,6 +76,9 @@ RULES: dict[tuple[str, str], dict[str, Any]] = {
                                      name="TenantTable")}},
     ("tenants.set", "set"): {"$ref": REF.format(name="TenantPatch")},
 }
+# Params of which a request gives one at most (a value, not null): said in the body's
+# schema as `not` both.
+ONE_OF_THESE = (("delay", "not_before"),)
 
 
 def _tables() -> dict[str, Any]:
@@ -88,6 +91,13 @@ def _tables() -> dict[str, Any]:
     tables = {f"Config{k}": v for k, v in found.items()}
     agent, tenant = tables.pop("ConfigAgentSpec"), tables.pop("ConfigTenantSpec")
     agent["properties"].pop("name")  # the table's key is its name
+    # what the tables' own checks refuse, beyond their types (config.py)
+    agent["properties"]["command"] = {"anyOf": [
+        {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        {"type": "string", "pattern": "\\S", "description": "split as a shell would"}]}
+    tenant["properties"]["dir"] = {"anyOf": [{"type": "string", "pattern": "^/",
+                                              "description": "an absolute path"},
+                                             {"type": "null"}], "default": None}
     tables["AgentTable"], tables["TenantTable"] = agent, tenant
     for name, whole in (("AgentPatch", agent), ("TenantPatch", tenant)):
         tables[name] = {
@@ -168,6 +178,10 @@ def document() -> dict[str, Any]:
             body = {"type": "object", "additionalProperties": False,
                     "properties": {k: props[k] for k in res.body},
                     "required": sorted(required & set(res.body))}
+            for pair in ONE_OF_THESE:
+                if set(pair) <= set(res.body):
+                    body["not"] = {"required": list(pair), "properties": {
+                        k: {"not": {"type": "null"}} for k in pair}}
             op["requestBody"] = {"required": bool(body["required"]), "content": {
                 "application/json": {"schema": body}}}
         if res.stream is not None:
