@@ -297,6 +297,8 @@ class Started(Result):
     started: list[str]
     # named, but with no replica to start: scaled to zero (a task wakes them)
     asleep: list[str] = []
+    # named, but every replica already starting or serving: nothing started
+    running: list[str] = []
 
 
 class Stopped(Result):

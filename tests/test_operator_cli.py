@@ -89,6 +89,9 @@ def test_cli_habits_of_supervisorctl_and_systemctl(tmp: Path) -> None:
         assert d.cli("status", "other").returncode == 0
         assert d.cli("start", "hello#1").stdout == "started: hello#1\n"
         wait_until(lambda: d.status()["hello#1"]["state"] == "ready", what="hello#1 ready")
+        # what already runs is said to, not "started" (supervisorctl: "already started")
+        assert d.cli("start", "all").stdout == (
+            "already running, not started again: hello, other\n")
         r = d.cli("stop", "hello#7")
         assert (r.returncode, r.stderr) == (1, "corral: no such replica: hello#7 (hello has "
                                                "2 replicas)\n")

@@ -209,11 +209,15 @@ def _wire(value: Any) -> Any:
 @implements("agents.start")
 async def agents_start(d: Services, p: m.AgentsStart, caller: Caller, c: Channel) -> m.Started:
     targets = _targets(d, p.names, p.all)
+    asleep = [(a, i) for a, i in targets if i is None and not a.replicas]
+    running = [(a, i) for a, i in targets if (a, i) not in asleep
+               and all(r.machine.running for r in _replicas([(a, i)]))]
     # paced, as stops are: a thousand starts begun in one turn stall the loop
     await start_each(_replicas(targets))
-    asleep = [(a, i) for a, i in targets if i is None and not a.replicas]
-    return m.Started(started=[_label(a, i) for a, i in targets if (a, i) not in asleep],
-                     asleep=[_label(a, i) for a, i in asleep])
+    return m.Started(started=[_label(a, i) for a, i in targets
+                              if (a, i) not in asleep and (a, i) not in running],
+                     asleep=[_label(a, i) for a, i in asleep],
+                     running=[_label(a, i) for a, i in running])
 
 
 @implements("agents.stop")
