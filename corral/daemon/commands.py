@@ -177,6 +177,7 @@ async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Chann
         tasks=_wire({a.name: stats.get(a.name) for a in agents}),
         elastic=_elastic(d, agents),
         cluster_slots=slots,
+        cluster_here={n: list(v) for n, v in d.cluster.here.items() if n in slots and v},
         notices=d.notices(),
     )
 
