@@ -930,7 +930,17 @@ async def stats_watch(d: Services, p: m.StatsWatch, caller: Caller, c: Channel) 
 @implements("ui.login")
 async def ui_login(d: Services, p: m.UiLogin, caller: Caller, c: Channel
                    ) -> m.UiLoginResult:
-    if d.ui is None or not d.ui.url:
+    if d.ui is not None and not d.ui.url:
+        # configured, but not serving (its port taken, as by another daemon's dashboard):
+        # a link to its address would log in to whatever answers there
+        down = next((e for e in d.extras() if e.name == "HTTP server" and not e.serving),
+                    None)
+        where = f" on {down.address}" if down else ""
+        why = f" ({down.error})" if down and down.error else ""
+        raise RpcError(jsonrpc.UNAVAILABLE, f"the dashboard's HTTP server{where} is not "
+                       f"serving{why}; it is tried again with backoff: free that address, "
+                       "or give [http] listen another and restart the daemon")
+    if d.ui is None:
         raise RpcError(jsonrpc.CONFLICT, "the dashboard is served by the HTTP server, and "
                                          "this daemon has none: set [http] listen")
     code, expires = d.ui.issue(caller)
