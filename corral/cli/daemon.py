@@ -55,7 +55,7 @@ def check_config(path: str | None, config: str | None, no_check: bool) -> None:
         _check_manifest(where)
         return
     try:
-        cfg = load_config(where)
+        cfg = load_config(where, commands=not no_check)
         if not no_check:
             check_commands(cfg, str(where))
     except ConfigError as exc:
