@@ -171,13 +171,14 @@ async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Chann
         servers = [s for s in servers
                    if owner_of(d, "server", s["name"]) in (p.tenant, SHARED)]
     stats = d.task_engine.stats()["agents"]
+    here = d.cluster.here
     return m.AgentsStatusResult(
         agents=_wire([r.status() for a in agents for r in a.replicas]),
         mcp_servers=_wire(servers),
         tasks=_wire({a.name: stats.get(a.name) for a in agents}),
         elastic=_elastic(d, agents),
         cluster_slots=slots,
-        cluster_here={n: list(v) for n, v in d.cluster.here.items() if n in slots and v},
+        cluster_here={n: list(v) for n, v in here.items() if n in slots and v},
         notices=d.notices(),
     )
 

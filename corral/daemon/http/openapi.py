@@ -175,13 +175,7 @@ def document() -> dict[str, Any]:
         if parameters:
             op["parameters"] = parameters
         if res.body:
-            body = {"type": "object", "additionalProperties": False,
-                    "properties": {k: props[k] for k in res.body},
-                    "required": sorted(required & set(res.body))}
-            for pair in ONE_OF_THESE:
-                if set(pair) <= set(res.body):
-                    body["not"] = {"required": list(pair), "properties": {
-                        k: {"not": {"type": "null"}} for k in pair}}
+            body = _body(res.body, props, required)
             op["requestBody"] = {"required": bool(body["required"]), "content": {
                 "application/json": {"schema": body}}}
         if res.stream is not None:
@@ -219,6 +213,19 @@ def document() -> dict[str, Any]:
             "bearer": {"type": "http", "scheme": "bearer",
                        "description": "A token from `corral token create`"}}},
     }
+
+
+def _body(fields: tuple[str, ...], props: dict[str, Any], required: set[str]
+          ) -> dict[str, Any]:
+    """A request body's schema: its fields, closed, and which may not come together."""
+    body: dict[str, Any] = {"type": "object", "additionalProperties": False,
+                            "properties": {k: props[k] for k in fields},
+                            "required": sorted(required & set(fields))}
+    for pair in ONE_OF_THESE:
+        if set(pair) <= set(fields):
+            body["not"] = {"required": list(pair), "properties": {
+                k: {"not": {"type": "null"}} for k in pair}}
+    return body
 
 
 def _location(path: str | None) -> dict[str, Any]:
