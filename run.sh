@@ -10,6 +10,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "corral: control socket $PWD/examples/.corral/corral.sock; in another shell try:"
 echo "  export CORRAL_SOCKET=$PWD/examples/.corral/corral.sock"
 echo "  .venv/bin/corral status"
-echo "corral: the dashboard is on http://127.0.0.1:7070/ui/; to log in, open the one-time"
+# the dashboard's address as the config says it (a port changed there is the one shown)
+listen=$(python3 -c 'import tomllib; print(tomllib.load(open("examples/corral.toml", "rb"))["http"]["listen"])')
+echo "corral: the dashboard is on http://$listen/ui/; to log in, open the one-time"
 echo "  link that this prints:  .venv/bin/corral ui"
 exec corral daemon --config examples/corral.toml

@@ -155,10 +155,10 @@ class AgentsRestart(Selection):
 
 
 @method("agents.signal", result=SignalResult, scope="agents:write", mutating=True)
-class AgentsSignal(Selection):
+class AgentsSignal(Selection, kw_only=True):
     """Send a signal (a name like HUP or SIGUSR1, or a number) to agents' processes."""
 
-    signal: str = "TERM"
+    signal: str  # no default: a request that names none is refused, not taken for TERM
 
 
 @method("agents.pause", result=PauseResult, scope="agents:write", mutating=True)

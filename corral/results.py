@@ -283,6 +283,9 @@ class AgentsStatusResult(Result):
     # a cluster's agents (placement = "cluster"), by agent: the node each slot is placed
     # on, None while it waits for a node with room (docs/cluster.md)
     cluster_slots: dict[str, list[str | None]] = {}
+    # the slots this node runs, by agent, in the order of its replicas here (replicas are
+    # numbered on each node, slots by the cluster: slot 1 may be this node's NAME#0)
+    cluster_here: dict[str, list[int]] = {}
     # what is wrong with the daemon itself (an extra not serving, a drain under way)
     notices: list[str] = []
 
@@ -291,6 +294,8 @@ class Started(Result):
     started: list[str]
     # named, but with no replica to start: scaled to zero (a task wakes them)
     asleep: list[str] = []
+    # named, but every replica already starting or serving: nothing started
+    running: list[str] = []
 
 
 class Stopped(Result):

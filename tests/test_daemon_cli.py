@@ -67,9 +67,9 @@ def daemon(tmp: Path) -> Iterator[Daemon]:
 def test_status_json_and_table(daemon: Daemon) -> None:
     st = daemon.json("status")
     assert set(st) == {"agents", "mcp_servers", "tasks", "elastic", "cluster_slots",
-                       "notices"}
+                       "cluster_here", "notices"}
     assert st["elastic"] == {}  # no agent here has [autoscale] or hibernate_after
-    assert st["cluster_slots"] == {}  # not a node of a cluster
+    assert st["cluster_slots"] == st["cluster_here"] == {}  # not a node of a cluster
     assert st["notices"] == []  # nothing wrong with the daemon itself (no drain, no extra)
     a = st["agents"][0]
     for key in ("name", "replica", "state", "pid", "uptime", "restarts", "last_exit",
@@ -585,6 +585,21 @@ def test_check_config(tmp: Path) -> None:
         "supervisor.heartbeat_interval", "nope", "agents.bad1.restart",
         "tenants.t.max_agents", "mcp_servers.m"], lines
     assert lines[-1] == f"corral: 5 errors in {tmp}/c.toml"
+    # the commands too, each of them, beside the file's other errors (issue 36)
+    r = check("[agents.a]\ncommand = 'no-such-prog-a'\n[agents.b]\ncommand = 'x'\n"
+              "replicas = 'two'\n[agents.c]\ncommand = './no-such-c'\n"
+              "[mcp_servers.m]\ncommand = 'no-such-mcp'\n")
+    lines = r.stderr.splitlines()
+    assert [ln.split(": ", 4)[3] for ln in lines[:-1]] == [
+        "agents.b.replicas", "agents.a.command", "agents.c.command",
+        "mcp_servers.m.command"], lines
+    assert lines[2].endswith(f"./no-such-c: no such file ({tmp}/no-such-c)")
+    assert lines[-1] == f"corral: 4 errors in {tmp}/c.toml"
+    r = check("[agents.a]\ncommand = 'no-such-prog-a'\n[agents.c]\ncommand = 'no-such-c'\n")
+    lines = r.stderr.splitlines()
+    assert [ln.split(": ", 4)[3] for ln in lines[:-1]] == [
+        "agents.a.command", "agents.c.command"], lines
+    assert lines[-1] == f"corral: 2 errors in {tmp}/c.toml"
 
 
 @pytest.mark.parametrize("text,where,unknown,near", [

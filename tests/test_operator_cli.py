@@ -89,6 +89,16 @@ def test_cli_habits_of_supervisorctl_and_systemctl(tmp: Path) -> None:
         assert d.cli("status", "other").returncode == 0
         assert d.cli("start", "hello#1").stdout == "started: hello#1\n"
         wait_until(lambda: d.status()["hello#1"]["state"] == "ready", what="hello#1 ready")
+        # an agent of no package: said, not a table's header over nothing
+        assert d.cli("releases", "other").stdout == (
+            "other: no releases (an agent deployed from a package has them: corral deploy "
+            "PATH); its revisions: corral history other\n")
+        # `info NAME` is describe, as `pm2 info NAME`; bare `info`, the daemon's
+        assert d.cli("info", "other").stdout == d.cli("describe", "other").stdout
+        assert d.cli("info").stdout.startswith("version: ")
+        # what already runs is said to, not "started" (supervisorctl: "already started")
+        assert d.cli("start", "all").stdout == (
+            "already running, not started again: hello, other\n")
         r = d.cli("stop", "hello#7")
         assert (r.returncode, r.stderr) == (1, "corral: no such replica: hello#7 (hello has "
                                                "2 replicas)\n")

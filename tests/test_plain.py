@@ -464,6 +464,11 @@ async def test_corral_add_protocol_none_from_the_cli_and_status_shows_its_status
         await rounds(sup, 10)
         assert (r.state, r.pid, r.restarts, r.spec.protocol) == (State.READY, pid, 0,
                                                                  "none")
+        # describe says it takes no tasks, not a task policy that does nothing
+        rc, out, err = await cli(d, "describe", "sleeper")
+        assert rc == 0, err
+        assert 'tasks: none (protocol = "none": a plain program takes no tasks)' in (
+            out.splitlines())
         rc, out, err = await cli(d, "add", "--name", "x", "--protocol", "nope",
                                  "--command", "sleep 1")
         assert rc == 2 and "'nope' is not one of 'corral', 'none'" in err

@@ -68,7 +68,10 @@ async def test_never_answers_initialize_hits_start_timeout(sup: Supervisor) -> N
     sup.add(agent("mute", "misbehave.py", env={"MISBEHAVE": "no-init"}, start_timeout=0.5,
                   restart="never"))
     r = await sup.wait_state("mute", State.TERMINATED, timeout=10)
-    reason = "start timeout: no answer to initialize within 0.5 s"
+    # and says what runs a program that is no worker (the first thing a supervisord or
+    # PM2 user meets: issue 36)
+    reason = ("start timeout: no answer to initialize within 0.5 s (not a corral worker? "
+              'any other program: protocol = "none")')
     assert [(e.state, e.reason) for e in drain(q, "mute")] == [
         ("starting", "started"), ("shutting_down", reason), ("terminated", reason)]
     assert r.last_exit == reason

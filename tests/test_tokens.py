@@ -158,7 +158,9 @@ async def test_a_caller_limited_to_web_agents_cannot_see_or_touch_db(tmp_path: P
         assert await refused(d, web, "agents.status", {"names": ["db"]}) == (
             jsonrpc.NOT_FOUND, "no such agent: db (agents: web-1)")
         for method in ("agents.stop", "agents.restart", "agents.signal", "agents.remove"):
-            assert await refused(d, web, method, {"names": ["web-1", "db#0"]}) == (
+            params = {"names": ["web-1", "db#0"]} | (
+                {"signal": "CONT"} if method == "agents.signal" else {})
+            assert await refused(d, web, method, params) == (
                 jsonrpc.NOT_FOUND, "no such agent: db (agents: web-1)"), method
         assert await refused(d, web, "agents.scale", {"name": "db", "replicas": 0}) == (
             jsonrpc.NOT_FOUND, "no such agent: db (agents: web-1)")

@@ -14,7 +14,7 @@ import msgspec
 
 from .. import methods as m
 from ..text import plural
-from .app import Ctx, cli, default_config, doc, json_option, pass_ctx
+from .app import Ctx, cli, complete_agents, default_config, doc, json_option, pass_ctx
 from .client import EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Unreachable
 from .render import human_time, print_json, table
 
@@ -55,7 +55,7 @@ def check_config(path: str | None, config: str | None, no_check: bool) -> None:
         _check_manifest(where)
         return
     try:
-        cfg = load_config(where)
+        cfg = load_config(where, commands=not no_check)
         if not no_check:
             check_commands(cfg, str(where))
     except ConfigError as exc:
@@ -156,10 +156,16 @@ def shutdown(obj: Ctx, no_wait: bool, now: bool) -> None:
         sys.exit(EXIT_FAILED)
 
 
-@cli.command(help=doc("daemon.info"))
+@cli.command(help=doc("daemon.info") + "\n\nWith NAME, that agent's effective spec "
+             "(`corral describe NAME`, as `pm2 info NAME`).")
+@click.argument("name", required=False, shell_complete=complete_agents)
 @json_option
 @pass_ctx
-def info(obj: Ctx, as_json: bool) -> None:
+def info(obj: Ctx, name: str | None, as_json: bool) -> None:
+    if name is not None:
+        describe = cli.commands["describe"]
+        click.get_current_context().invoke(describe, name=name, as_json=as_json)
+        return
     res: m.DaemonInfoResult = obj.call("daemon.info")
     if as_json:
         print_json(res)

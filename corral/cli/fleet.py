@@ -25,8 +25,11 @@ def _selection_command(verb: str, done: str) -> None:
         all_, targets = _selection(names, all_)
         res = obj.call(method, params(names=targets, all=all_, **extra))
         asleep = getattr(res, "asleep", [])
-        if getattr(res, done) or not asleep:
+        running = getattr(res, "running", [])
+        if getattr(res, done) or not (asleep or running):
             click.echo(f"{done}: {', '.join(getattr(res, done)) or 'nothing'}")
+        if running:
+            click.echo(f"already running, not started again: {', '.join(running)}")
         if asleep:
             click.echo(f"asleep, not started (scaled to zero: a task wakes it): "
                        f"{', '.join(asleep)}")

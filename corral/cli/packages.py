@@ -49,6 +49,10 @@ def releases(obj: Ctx, name: str, as_json: bool) -> None:
     if as_json:
         print_json(res)
         return
+    if not res.releases:  # a header over nothing reads as a fault of the command
+        click.echo(f"{name}: no releases (an agent deployed from a package has them: "
+                   f"corral deploy PATH); its revisions: corral history {name}")
+        return
     rows = [[("* " if r.current else "  ") + r.release, r.version or "-",
              stamp(r.built_at) if r.built_at else "-",
              human_bytes(r.size_bytes) if r.size_bytes is not None else "-",

@@ -61,7 +61,10 @@ def describe(obj: Ctx, name: str, as_json: bool) -> None:
     click.echo(f"env keys: {', '.join(spec['env']) or '-'}")
     click.echo(f"replicas: {spec['replicas']}  autostart: {str(spec['autostart']).lower()}")
     click.echo("policy: " + ", ".join(f"{k} = {spec[k]}" for k in _POLICY))
-    click.echo("tasks: " + ", ".join(f"{k} = {spec[k]}" for k in _TASKS))
+    if spec.get("protocol") == "none":  # its task keys are inert: not shown as if used
+        click.echo('tasks: none (protocol = "none": a plain program takes no tasks)')
+    else:
+        click.echo("tasks: " + ", ".join(f"{k} = {spec[k]}" for k in _TASKS))
     limits = {k: v for k, v in spec["limits"].items() if v}
     click.echo("limits: " + (", ".join(f"{k} = {v}" for k, v in limits.items()) or "none"))
     click.echo(f"tools: {', '.join(spec['tools']) or '-'}")

@@ -141,9 +141,12 @@ def print_status(st: m.AgentsStatusResult, with_mcp: bool) -> None:
             line += "; a task wakes it"
         click.echo(line + (f"; last: {e.last}" if e.last else ""))
     for name, slots in st.cluster_slots.items():
+        # replicas are numbered on each node, slots by the cluster: say which is which
+        here = {slot: i for i, slot in enumerate(st.cluster_here.get(name, []))}
         click.echo(f"{name}: cluster agent, {plural(len(slots), 'slot')}"
-                   + "".join(f"; slot {i} on {node}" if node else
-                             f"; slot {i} waiting for a node with room"
+                   + "".join((f"; slot {i} on {node}" if node else
+                              f"; slot {i} waiting for a node with room")
+                             + (f" (here: {name}#{here[i]})" if i in here else "")
                              for i, node in enumerate(slots)))
     for name, t in st.tasks.items():
         if t and t.accepted:

@@ -329,6 +329,10 @@ class ClusterNode:
     def slots(self) -> dict[str, list[str | None]]:
         return self.placement.slots
 
+    @property
+    def here(self) -> dict[str, list[int]]:
+        return self.placement.placed
+
     def views(self) -> list[NodeView]:
         return list(self.desk.view)
 

@@ -28,6 +28,11 @@ class ClusterPeer(Protocol):
         """The cluster agents' slots, by agent: `node/incarnation`, or "" unplaced."""
         ...
 
+    @property
+    def here(self) -> Mapping[str, list[int]]:
+        """The slots this node runs, by cluster agent, in the order of its replicas."""
+        ...
+
     def status(self) -> dict[str, Any] | None:
         """This node's view of itself (stats), None: not a node."""
         ...
@@ -56,6 +61,10 @@ class NotANode:
 
     @property
     def slots(self) -> Mapping[str, list[str | None]]:
+        return {}
+
+    @property
+    def here(self) -> Mapping[str, list[int]]:
         return {}
 
     def status(self) -> dict[str, Any] | None:

@@ -175,12 +175,14 @@ async def agents_status(d: Services, p: m.AgentsStatus, caller: Caller, c: Chann
         servers = [s for s in servers
                    if owner_of(d, "server", s["name"]) in (p.tenant, SHARED)]
     stats = d.task_engine.stats()["agents"]
+    here = d.cluster.here
     return m.AgentsStatusResult(
         agents=_wire([r.status() for a in agents for r in a.replicas]),
         mcp_servers=_wire(servers),
         tasks=_wire({a.name: stats.get(a.name) for a in agents}),
         elastic=_elastic(d, agents),
         cluster_slots=slots,
+        cluster_here={n: list(v) for n, v in here.items() if n in slots and v},
         notices=d.notices(),
     )
 
@@ -213,11 +215,15 @@ def _wire(value: Any) -> Any:
 @implements("agents.start")
 async def agents_start(d: Services, p: m.AgentsStart, caller: Caller, c: Channel) -> m.Started:
     targets = _targets(d, p.names, p.all)
+    asleep = [(a, i) for a, i in targets if i is None and not a.replicas]
+    running = [(a, i) for a, i in targets if (a, i) not in asleep
+               and all(r.machine.running for r in _replicas([(a, i)]))]
     # paced, as stops are: a thousand starts begun in one turn stall the loop
     await start_each(_replicas(targets))
-    asleep = [(a, i) for a, i in targets if i is None and not a.replicas]
-    return m.Started(started=[_label(a, i) for a, i in targets if (a, i) not in asleep],
-                     asleep=[_label(a, i) for a, i in asleep])
+    return m.Started(started=[_label(a, i) for a, i in targets
+                              if (a, i) not in asleep and (a, i) not in running],
+                     asleep=[_label(a, i) for a, i in asleep],
+                     running=[_label(a, i) for a, i in running])
 
 
 @implements("agents.stop")
@@ -934,7 +940,17 @@ async def stats_watch(d: Services, p: m.StatsWatch, caller: Caller, c: Channel) 
 @implements("ui.login")
 async def ui_login(d: Services, p: m.UiLogin, caller: Caller, c: Channel
                    ) -> m.UiLoginResult:
-    if d.ui is None or not d.ui.url:
+    if d.ui is not None and not d.ui.url:
+        # configured, but not serving (its port taken, as by another daemon's dashboard):
+        # a link to its address would log in to whatever answers there
+        down = next((e for e in d.extras() if e.name == "HTTP server" and not e.serving),
+                    None)
+        where = f" on {down.address}" if down else ""
+        why = f" ({down.error})" if down and down.error else ""
+        raise RpcError(jsonrpc.UNAVAILABLE, f"the dashboard's HTTP server{where} is not "
+                       f"serving{why}; it is tried again with backoff: free that address, "
+                       "or give [http] listen another and restart the daemon")
+    if d.ui is None:
         raise RpcError(jsonrpc.CONFLICT, "the dashboard is served by the HTTP server, and "
                                          "this daemon has none: set [http] listen")
     code, expires = d.ui.issue(caller)

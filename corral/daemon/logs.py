@@ -38,15 +38,38 @@ from ..supervisor.followers import Follower
 from ..supervisor.names import NAME_RE
 from ..text import iso_time, one_line, plural
 from ..throttle import Throttle
+from .logreadback import read_back
 
 DAEMON_SOURCE = "corral"
 RETRY_EVERY = 1.0  # seconds between attempts at a log file that could not be written
 FOLLOWER_QUEUE = 100_000  # lines
 FOLLOWER_BYTES = 64 * 1024 * 1024
+# of an earlier daemon's log files: per source at most, and in all at once (a fleet's
+# first `corral logs` reads each file's share, the loop not held for long)
+READ_BACK_BYTES = 256 * 1024
+READ_BACK_TOTAL = 8 * 1024 * 1024
 
 
 class LogDirError(Exception):
     """The log directory cannot be used; the message names it and what to do."""
+
+
+def _earlier_files(directory: Path) -> dict[str, tuple[Path, int]]:
+    """The log files of the sources an earlier daemon wrote in `directory`, with their
+    sizes now (a listing, nothing read)."""
+    found: dict[str, tuple[Path, int]] = {}
+    try:
+        with os.scandir(directory) as entries:
+            for e in entries:
+                source = e.name.removesuffix(".log")
+                if (e.name.endswith(".log") and NAME_RE.fullmatch(source)
+                        and log_file_name(source) == e.name and e.is_file()):
+                    size = e.stat().st_size
+                    if size:
+                        found[source] = (Path(e.path), size)
+    except OSError:
+        pass
+    return found
 
 
 def prepare_log_dir(directory: Path) -> None:
@@ -244,8 +267,13 @@ class LogHub:
         # where a source's file is when not in log_dir (a tenant's: tenantdirs.py),
         # asked when the file is opened
         self.locate: Callable[[str], Path | None] | None = None
+        # by source: a log file an earlier daemon wrote, and its size before this one
+        # wrote to it; read back into the source's tail when it is first asked for
+        self.unread: dict[str, tuple[Path, int]] = {}
         if log_dir is not None:
             prepare_log_dir(log_dir)
+            if not raw:
+                self.unread = _earlier_files(log_dir)
 
     def path_of(self, source: str) -> Path:
         assert self.log_dir is not None
@@ -364,6 +392,9 @@ class LogHub:
     def tail(self, names: Iterable[str] | None, n: int, since: float | None) -> list[LogLine]:
         if n <= 0:
             return []
+        unread = list(self.unread) if not names else [s for s in names if s in self.unread]
+        for s in unread:
+            self._read_back(s, min(READ_BACK_BYTES, READ_BACK_TOTAL // len(unread)))
         sources = list(self.tails) if not names else [s for s in names if s in self.tails]
         merged: list[LogLine] = []
         for s in sources:
@@ -372,6 +403,19 @@ class LogHub:
         if since is not None:
             merged = [ln for ln in merged if ln.time >= since]
         return merged[-n:]
+
+    def _read_back(self, source: str, budget: int) -> None:
+        """The end of the source's file as an earlier daemon left it (`budget` bytes at
+        most), before the lines this one has (logreadback.py); once."""
+        path, end = self.unread.pop(source)
+        earlier = _Tail(self.tail_lines, self.tail_bytes)
+        for when, replica, pid, stream, lines in read_back(path, end, budget):
+            earlier.add(Batch(when, source, replica, pid, stream, lines))
+        now = self.tails.get(source)
+        for batch in now.batches if now is not None else ():
+            earlier.add(batch)
+        if earlier.batches:
+            self.tails[source] = earlier
 
     def follow(self, names: Iterable[str] | None) -> LogFollower:
         f = LogFollower(set(names) if names else None)

@@ -343,9 +343,11 @@ def parse_schedules(data: dict[str, Any], where: str, agents: set[str], workflow
     return out
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
     """Read the main file and its includes; every error names file and key path, and
-    every error there is is said at once (one a line), not the first alone."""
+    every error there is is said at once (one a line), not the first alone. With
+    `commands`, a file with errors has its tables' commands checked too (check_commands)
+    and said with them, so that `check-config` lists everything at once."""
     path = Path(path)
     data = read_toml(path)
     where = str(path)
@@ -426,9 +428,11 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     workflows = parse_workflows(data, where, set(agents), problems)
     teams = parse_teams(data, where, agents, servers, problems)
     schedules = parse_schedules(data, where, set(agents), set(workflows), problems)
+    _resolve_paths(base, agents, servers, tenants, packages)
+    if problems and commands:
+        problems += command_problems(agents, servers, origin, where)
     if problems:
         raise ConfigError("\n".join(problems))
-    _resolve_paths(base, agents, servers, tenants, packages)
     cfg = Config(supervisor=sup, agents=agents, mcp_servers=servers, gateway=gateway,
                  http=http, packages=packages, cluster=cluster, tenants=tenants,
                  tracing=tracing, workflows=workflows, teams=teams, schedules=schedules)
@@ -562,15 +566,29 @@ def check_command(spec: ProcessSpec) -> str | None:
     return None
 
 
-def check_commands(cfg: Config, where: str) -> None:
-    """Every agent's and MCP server's command can be run, else a ConfigError."""
-    for kind, specs in (("agents", cfg.agents), ("mcp_servers", cfg.mcp_servers)):
+def command_problems(agents: Mapping[str, AgentSpec], servers: Mapping[str, McpServerSpec],
+                     origin: Mapping[str, str], where: str) -> list[str]:
+    """Why each agent's and MCP server's command cannot be run here, one a line, each
+    naming the file that declares it."""
+    problems: list[str] = []
+    for kind, specs in (("agents", agents), ("mcp_servers", servers)):
         for name, pspec in specs.items():
             if kind == "mcp_servers" and not pspec.command:
                 continue
-            why = check_command(pspec)
-            if why:
-                raise ConfigError(f"{where}: {kind}.{name}.command: {why}")
+            key = f"{kind}.{name}"
+            with _collected(problems):
+                why = check_command(pspec)
+                if why:
+                    problems.append(f"{origin.get(key, where)}: {key}.command: {why}")
+    return problems
+
+
+def check_commands(cfg: Config, where: str) -> None:
+    """Every agent's and MCP server's command can be run (all said at once), else a
+    ConfigError."""
+    problems = command_problems(cfg.agents, cfg.mcp_servers, {}, where)
+    if problems:
+        raise ConfigError("\n".join(problems))
     check_sandboxes(cfg.agents, cfg.supervisor.bwrap, where, config_files(cfg, Path(where)),
                     cfg.tenants)
 

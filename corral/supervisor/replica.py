@@ -110,6 +110,12 @@ class Replica(ProcessReplica):
         its health checks (a local queue's dispatch and a cluster node's pull alike)."""
         return self.machine.takes_work and self.peer is not None and self.health_ready
 
+    def _start_timed_out(self, timeout: float) -> str:
+        # what a supervisord or PM2 user meets first: a program that is no worker at
+        # all (a web server, a script) never answers; say what would run it
+        return (super()._start_timed_out(timeout)
+                + ' (not a corral worker? any other program: protocol = "none")')
+
     def check_environment(self) -> dict[str, str]:
         return environment_of(self.spec.env, self.name, self.index, self.pid)
 

@@ -112,13 +112,18 @@ def test_a_config_declared_cluster_agent_is_scaled_changed_rolled_back_and_remov
         [one] = [n for n in both if placed(both)[n.name] == [1]]
         assert [r["replica"] for r in one.call("agents.describe", {"name": "keeper"})[
             "replicas"]] == [0]
-        # corral status on either node shows every slot, across the nodes
+        # corral status on either node shows every slot, across the nodes, and which of
+        # its own replicas runs the slot it has
         zero = "a" if one.name == "b" else "b"
         for n in both:
             wait_until(lambda n=n: n.json("status", "keeper")["cluster_slots"] == {  # type: ignore[misc]
                 "keeper": [zero, one.name]}, what="both slots in the status")
-            assert (f"keeper: cluster agent, 2 slots; slot 0 on {zero}; slot 1 on "
-                    f"{one.name}") in n.cli("status", "keeper").stdout.splitlines()
+            mine = 0 if n.name == zero else 1
+            assert n.json("status", "keeper")["cluster_here"] == {"keeper": [mine]}
+            said = [f"slot 0 on {zero}", f"slot 1 on {one.name}"]
+            said[mine] += " (here: keeper#0)"
+            assert f"keeper: cluster agent, 2 slots; {'; '.join(said)}" in n.cli(
+                "status", "keeper").stdout.splitlines()
 
         # a's file changes env: a reload applies that change over the cluster's table,
         # which keeps the scale (the file did not change replicas)

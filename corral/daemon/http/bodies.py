@@ -12,6 +12,7 @@ document (an agent's table, an event's data, a tool's arguments) up to route.MAX
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Iterable
 from functools import cache
@@ -24,6 +25,13 @@ from ...jsonrpc import RpcError
 
 NOT_OBJECT = "invalid params: the body must be a JSON object"
 UNKNOWN = "Object contains unknown field `"
+INT_GOT_FLOAT = re.compile(r"Expected `[^`]*\bint\b[^`]*`, got `float`")
+# Past this no float spells one integer only.
+EXACT = 2**53
+# The body fields that carry config tables ([agents.NAME], [tenants.NAME], a patch of
+# one), typed by the config's Structs only after the body is read, as strictly as TOML's
+# ints and floats are told apart.
+TABLES = frozenset({"agents", "tenants", "set"})
 
 
 @cache
@@ -69,13 +77,57 @@ def utf8(body: bytes) -> None:
             raise malformed(exc) from None
 
 
+def whole(value: Any) -> Any:
+    """`value` with every float that is a whole number an int: in JSON (and so in the
+    OpenAPI document's JSON Schema) `2.0` is the integer 2, where msgspec and TOML take
+    only `2` for an int."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and -EXACT <= value <= EXACT else value
+    if isinstance(value, dict):
+        return {k: whole(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [whole(v) for v in value]
+    return value
+
+
+@cache
+def _raw_fields(into: type[msgspec.Struct]) -> frozenset[str]:
+    """The JSON names of `into`'s fields kept as they came (an agent's input)."""
+    hints = typing.get_type_hints(into)
+    return frozenset(f.encode_name for f in msgspec.structs.fields(into)
+                     if msgspec.Raw in (typing.get_args(hints[f.name]) or (hints[f.name],)))
+
+
+def _typed(text: bytes, into: type[msgspec.Struct]) -> Any:
+    """`text` decoded into `into`, a whole number given as a float taken for an int field
+    (and in a config table); an agent's input kept as it came."""
+    try:
+        given = msgspec.json.decode(text, type=into)
+    except msgspec.ValidationError as exc:
+        if not INT_GOT_FLOAT.match(str(exc)):
+            raise
+        # the rare body that spells an integer `2.0`: read again once, untyped
+        doc = msgspec.json.decode(text)
+        if not isinstance(doc, dict):
+            raise
+        raw = _raw_fields(into)
+        given = msgspec.json.decode(msgspec.json.encode(
+            {k: v if k in raw else whole(v) for k, v in doc.items()}), type=into)
+    for info in msgspec.structs.fields(into):
+        if info.encode_name in TABLES:
+            value = getattr(given, info.name)
+            if value is not msgspec.UNSET:
+                setattr(given, info.name, whole(value))
+    return given
+
+
 def decode(body: bytes, into: type[msgspec.Struct], known: tuple[str, ...] | None = None
            ) -> Any:
     """`body` (empty: `{}`) decoded into `into`; raises RpcError (400). `known`: the
     fields a route takes, named when another is sent."""
     try:
         utf8(body)
-        return msgspec.json.decode(body if body.strip() else b"{}", type=into)
+        return _typed(body if body.strip() else b"{}", into)
     except msgspec.ValidationError as exc:
         said = str(exc)
         if said.startswith("Expected `object`, got `") and " - at " not in said:

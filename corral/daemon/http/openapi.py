@@ -36,10 +36,10 @@ ERRORS = {
     "401": "No valid bearer token",
     "403": "The token lacks the scope the method needs (named), or its agent glob",
     "404": "No such agent, task, token, server or tool",
-    "409": "A conflict with the current state",
+    "409": "A conflict with the current state (an Idempotency-Key already sent with "
+           "another request, or its first request still being answered)",
     "413": "The body is over the size limit",
     "415": "The body is not JSON",
-    "422": "An Idempotency-Key reused for a different request",
     "429": "Over the token's rate, or refused for now (Retry-After)",
     "500": "The operation failed",
     "503": "Not available now (Retry-After)",
@@ -82,6 +82,9 @@ RULES: dict[tuple[str, str], dict[str, Any]] = {
                                          name="WorkflowTable")}},
     ("workflows.update", "set"): {"$ref": REF.format(name="WorkflowPatch")},
 }
+# Params of which a request gives one at most (a value, not null): said in the body's
+# schema as `not` both.
+ONE_OF_THESE = (("delay", "not_before"),)
 
 
 def _tables() -> dict[str, Any]:
@@ -95,6 +98,13 @@ def _tables() -> dict[str, Any]:
     agent, tenant = tables.pop("ConfigAgentSpec"), tables.pop("ConfigTenantSpec")
     workflow = tables.pop("ConfigWorkflowSpec")
     agent["properties"].pop("name")  # the table's key is its name
+    # what the tables' own checks refuse, beyond their types (config.py)
+    agent["properties"]["command"] = {"anyOf": [
+        {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        {"type": "string", "pattern": "\\S", "description": "split as a shell would"}]}
+    tenant["properties"]["dir"] = {"anyOf": [{"type": "string", "pattern": "^/",
+                                              "description": "an absolute path"},
+                                             {"type": "null"}], "default": None}
     tables["AgentTable"], tables["TenantTable"] = agent, tenant
     tables["WorkflowTable"] = workflow
     for name, whole in (("AgentPatch", agent), ("TenantPatch", tenant),
@@ -174,9 +184,7 @@ def document() -> dict[str, Any]:
         if parameters:
             op["parameters"] = parameters
         if res.body:
-            body = {"type": "object", "additionalProperties": False,
-                    "properties": {k: props[k] for k in res.body},
-                    "required": sorted(required & set(res.body))}
+            body = _body(res.body, props, required)
             op["requestBody"] = {"required": bool(body["required"]), "content": {
                 "application/json": {"schema": body}}}
         if res.stream is not None:
@@ -214,6 +222,19 @@ def document() -> dict[str, Any]:
             "bearer": {"type": "http", "scheme": "bearer",
                        "description": "A token from `corral token create`"}}},
     }
+
+
+def _body(fields: tuple[str, ...], props: dict[str, Any], required: set[str]
+          ) -> dict[str, Any]:
+    """A request body's schema: its fields, closed, and which may not come together."""
+    body: dict[str, Any] = {"type": "object", "additionalProperties": False,
+                            "properties": {k: props[k] for k in fields},
+                            "required": sorted(required & set(fields))}
+    for pair in ONE_OF_THESE:
+        if set(pair) <= set(fields):
+            body["not"] = {"required": list(pair), "properties": {
+                k: {"not": {"type": "null"}} for k in pair}}
+    return body
 
 
 def _location(path: str | None) -> dict[str, Any]:

@@ -266,8 +266,9 @@ class Api:
         try:
             first = self.keys.begin(who, key, fingerprint)
         except ValueError as exc:
-            return route.problem(422, f"{exc}: send a new key",
-                                 jsonrpc.INVALID_REQUEST)
+            # a conflict with what the key was first sent with, not a request of the
+            # wrong shape: the same request with a new key is answered (decision 273)
+            return route.problem(409, f"{exc}: send a new key", jsonrpc.CONFLICT)
         if isinstance(first, Pending):
             return route.problem(409, "a request with this Idempotency-Key is "
                                  "still being answered: try again when it is",

@@ -296,9 +296,11 @@ function stateOf(replicas, stats) {
 function SummaryRow({ name, replicas, stats, tenant, act, busy }) {
   const sum = (k) => replicas.reduce((n, r) => n + r[k], 0);
   const words = stateOf(replicas, stats);
-  // a single state colours the badge as a replica's would
+  // a single state colours the badge as a replica's would; replicas that all serve (one
+  // idle after a task, one ready) are a healthy agent, coloured so, not as a warning
   const one = replicas.length ? new Set(replicas.map((r) => r.state)) : null;
-  const badge = one === null ? words : one.size === 1 ? [...one][0] : "mixed";
+  const badge = one === null ? words : one.size === 1 ? [...one][0]
+    : [...one].every((s) => SERVING.has(s)) ? "ready" : "mixed";
   return html`<tr class="summary" data-summary=${name} data-tenant=${tenant ?? ""}>
     <td><a href=${`#/agent/${name}`}>${name}</a></td>
     <td class="num">${replicas.length}</td>

@@ -1,0 +1,58 @@
+"""The end of a log file an earlier daemon wrote, read back as the batches it was written
+from: `corral logs` after a restart (or an upgrade) of the daemon shows what came before
+it, as `supervisorctl tail` and `pm2 logs` read their files. Only files written as
+corral renders lines (time, who, pid, stream); a raw file has no times to order by."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+
+from ..jsonrpc import LineBlock
+
+# LogLine.render: `2026-11-23T17:50:22.610Z hello#0[4242] event: text`
+_LINE = re.compile(rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) ([^\s\[#]+)(?:#(\d+))?"
+                   rb"\[(-?\d+)\] ([a-z_]+): (.*)")
+
+# (time, replica, pid, stream, lines): lines that were written together
+Written = tuple[float, int, int, str, LineBlock]
+
+
+def read_back(path: Path, end: int, budget: int) -> list[Written]:
+    """The whole lines of `path` before byte `end` (its size when this daemon began, so
+    none of this daemon's own lines), at most `budget` bytes of them, grouped as they
+    were written; lines not in corral's form are left out."""
+    try:
+        with path.open("rb") as f:
+            start = max(0, end - budget)
+            f.seek(start)
+            data = f.read(end - start)
+    except OSError:
+        return []
+    if start > 0:  # the first line is cut: it begins before the budget
+        data = data.partition(b"\n")[2]
+    out: list[Written] = []
+    key: tuple[bytes, int, int, str] | None = None
+    texts: list[bytes] = []
+    for raw in data.split(b"\n"):
+        m = _LINE.fullmatch(raw)
+        if m is None:
+            continue
+        stamp, _, replica, pid, stream, text = m.groups()
+        now = (stamp, int(replica or 0), int(pid), stream.decode())
+        if now != key:
+            _close(out, key, texts)
+            key, texts = now, []
+        texts.append(text)
+    _close(out, key, texts)
+    return out
+
+
+def _close(out: list[Written], key: tuple[bytes, int, int, str] | None,
+           texts: list[bytes]) -> None:
+    if key is None or not texts:
+        return
+    stamp, replica, pid, stream = key
+    when = datetime.fromisoformat(stamp.decode()).timestamp()
+    out.append((when, replica, pid, stream, LineBlock.of(texts)))
