@@ -26,6 +26,7 @@ from .api import Handlers
 from .caller import SHARED, Caller, Channel
 from .fleet import revision_tenant
 from .flowcontrol import drain
+from .gatewayhandlers import TABLE as GATEWAY_HANDLERS
 from .history import has_rows
 from .schedulehandlers import TABLE as SCHEDULE_HANDLERS
 from .services import Services
@@ -37,13 +38,14 @@ from .workflows.handlers import TABLE as WORKFLOW_HANDLERS
 if TYPE_CHECKING:
     from ..supervisor.core import Agent
     from ..supervisor.replica import Replica
-    from .gatewayaccess import GatewayChanged
 
 HANDLERS: Handlers[Services] = Handlers()
 implements = HANDLERS.implements
 for _name, _handler in WORKFLOW_HANDLERS.items():  # daemon/workflows/handlers.py
     implements(_name)(_handler)
 for _name, _handler in SCHEDULE_HANDLERS.items():  # daemon/schedulehandlers.py
+    implements(_name)(_handler)
+for _name, _handler in GATEWAY_HANDLERS.items():  # daemon/gatewayhandlers.py
     implements(_name)(_handler)
 
 FOLLOW_BATCH = 500
@@ -816,59 +818,6 @@ async def prompts_list(d: Services, p: m.PromptsList, caller: Caller, c: Channel
 @implements("prompts.get")
 async def prompts_get(d: Services, p: m.PromptsGet, caller: Caller, c: Channel) -> Any:
     return await d.tools.get_prompt(p.name, p.arguments, owner=CLI_OWNER)
-
-
-@implements("gateway.list")
-async def gateway_list(d: Services, p: m.GatewayList, caller: Caller, c: Channel
-                       ) -> m.GatewayItems:
-    ident = d.gateway.identify(agent=p.agent, token=p.token)
-    return m.GatewayItems(items=await d.gateway.list_items(ident, p.kind),
-                          features=sorted(d.gateway.features()))
-
-
-@implements("gateway.call")
-async def gateway_call(d: Services, p: m.GatewayCall, caller: Caller, c: Channel) -> Any:
-    ident = d.gateway.identify(agent=p.agent, token=p.token)
-
-    def progress(data: dict[str, Any]) -> None:
-        # a client that does not read loses progress, never grows our buffer
-        if p.progress_id is not None and c.writable.is_set():
-            c.notify("gateway.progress", {**data, "progress_id": p.progress_id})
-
-    return await d.gateway.forward(ident, p.method, p.params, progress,
-                                   who=(caller.uid, caller.pid))
-
-
-@implements("gateway.watch")
-async def gateway_watch(d: Services, p: m.GatewayWatch, caller: Caller, c: Channel) -> None:
-    """Streams until the client goes away; changes coalesce while it does not read."""
-    pending: set[str] = set()
-    wake = asyncio.Event()
-
-    def tell(e: GatewayChanged) -> None:
-        pending.update(e.kinds)
-        wake.set()
-
-    watching = d.gateway.watch(tell)
-    try:
-        c.notify("gateway.changed", {"kinds": [], "features": sorted(d.gateway.features())})
-        while True:
-            await wake.wait()
-            await c.writable.wait()
-            wake.clear()
-            kinds = sorted(pending)
-            pending.clear()
-            c.notify("gateway.changed", {"kinds": kinds,
-                                         "features": sorted(d.gateway.features())})
-    finally:
-        d.gateway.unwatch(watching)
-
-
-@implements("gateway.status")
-async def gateway_status(d: Services, p: m.GatewayStatus, caller: Caller, c: Channel
-                         ) -> m.GatewayStats:
-    stats: m.GatewayStats = _wire(d.gateway_status())
-    return stats
 
 
 # -- tokens (issue 21) ---------------------------------------------------------------------

@@ -1,0 +1,76 @@
+"""The gateway methods' handlers (corral/methods.py), put in the daemon's table by
+commands.py: an operator's view of the MCP gateway and a CLI client's way through it
+(`corral mcp call`, `corral gateway watch`), each call identified as the gateway's own
+clients are (gatewayaccess.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from .. import methods as m
+from .caller import Caller, Channel
+from .services import Services
+
+if TYPE_CHECKING:
+    from .gatewayaccess import GatewayChanged
+
+
+async def gateway_list(d: Services, p: m.GatewayList, caller: Caller, c: Channel
+                       ) -> m.GatewayItems:
+    ident = d.gateway.identify(agent=p.agent, token=p.token)
+    return m.GatewayItems(items=await d.gateway.list_items(ident, p.kind),
+                          features=sorted(d.gateway.features()))
+
+
+async def gateway_call(d: Services, p: m.GatewayCall, caller: Caller, c: Channel) -> Any:
+    ident = d.gateway.identify(agent=p.agent, token=p.token)
+
+    def progress(data: dict[str, Any]) -> None:
+        # a client that does not read loses progress, never grows our buffer
+        if p.progress_id is not None and c.writable.is_set():
+            c.notify("gateway.progress", {**data, "progress_id": p.progress_id})
+
+    return await d.gateway.forward(ident, p.method, p.params, progress,
+                                   who=(caller.uid, caller.pid))
+
+
+async def gateway_watch(d: Services, p: m.GatewayWatch, caller: Caller, c: Channel) -> None:
+    """Streams until the client goes away; changes coalesce while it does not read."""
+    pending: set[str] = set()
+    wake = asyncio.Event()
+
+    def tell(e: GatewayChanged) -> None:
+        pending.update(e.kinds)
+        wake.set()
+
+    watching = d.gateway.watch(tell)
+    try:
+        c.notify("gateway.changed", {"kinds": [], "features": sorted(d.gateway.features())})
+        while True:
+            await wake.wait()
+            await c.writable.wait()
+            wake.clear()
+            kinds = sorted(pending)
+            pending.clear()
+            c.notify("gateway.changed", {"kinds": kinds,
+                                         "features": sorted(d.gateway.features())})
+    finally:
+        d.gateway.unwatch(watching)
+
+
+async def gateway_status(d: Services, p: m.GatewayStatus, caller: Caller, c: Channel
+                         ) -> m.GatewayStats:
+    # the engine's answer is its wire twin's dict (commands._wire): it encodes alike
+    stats: m.GatewayStats = cast(Any, d.gateway_status())
+    return stats
+
+
+Handler = Callable[[Services, Any, Caller, Channel], Awaitable[Any]]
+TABLE: dict[str, Handler] = {
+    "gateway.list": gateway_list,
+    "gateway.call": gateway_call,
+    "gateway.watch": gateway_watch,
+    "gateway.status": gateway_status,
+}
