@@ -29,6 +29,7 @@ from .flowcontrol import drain
 from .history import has_rows
 from .services import Services
 from .store import row_limit
+from .teams.handlers import TABLE as TEAM_HANDLERS
 from .teams.service import seen_team
 from .tokens import Token, tokens_of
 from .workflows.handlers import TABLE as WORKFLOW_HANDLERS
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 HANDLERS: Handlers[Services] = Handlers()
 implements = HANDLERS.implements
 for _name, _handler in WORKFLOW_HANDLERS.items():  # daemon/workflows/handlers.py
+    implements(_name)(_handler)
+for _name, _handler in TEAM_HANDLERS.items():  # daemon/teams/handlers.py
     implements(_name)(_handler)
 
 FOLLOW_BATCH = 500
