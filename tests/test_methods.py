@@ -245,6 +245,14 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         assert len(ask("workflows.history", {"name": "rt"}).revisions) == 2
         assert ask("workflows.rollback", {"name": "rt"}).restored == 1
         assert ask("workflows.remove", {"names": ["rt"]}).removed == ["rt"]
+        team = {"mode": "broadcast", "members": ["hello"]}
+        assert ask("teams.add", {"teams": {"tm": team}}).added == ["tm"]
+        assert [t.name for t in ask("teams.list").teams] == ["tm"]
+        assert ask("teams.describe", {"name": "tm"}).revision == 1
+        assert ask("teams.update", {"name": "tm", "set": {"description": "d"}}).revision == 2
+        assert len(ask("teams.history", {"name": "tm"}).revisions) == 2
+        assert ask("teams.rollback", {"name": "tm"}).restored == 1
+        assert ask("teams.remove", {"names": ["tm"]}).removed == ["tm"]
         slow = ask("tasks.submit", {"agent": "slow", "input": {"do": "sleep", "seconds": 30}})
         assert ask("tasks.cancel", {"task_id": slow.task_id}).status == "cancelled"
         ask("daemon.shutdown")
