@@ -14,12 +14,13 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from .. import jsonrpc, redact
+from .. import methods as m
 from ..jsonrpc import RpcError
 from ..supervisor.config import ConfigError
 from ..supervisor.configload import convert, validate_name
 from .definitions import Definitions, DefRevision
 from .fleet import merge_patch
-from .store import StateStore
+from .store import StateStore, row_limit
 from .storeschema import StoreError
 from .storewriter import what_to_do
 
@@ -272,3 +273,31 @@ class RuntimeCatalog(Generic[S]):
                                       f"{name} was not rolled back")
             self._put(name, (spec, rev.spec, made.get(name, latest)))
             return target, made.get(name)
+
+
+# -- the answers of the changes, alike for every kind ---------------------------------------
+def updated(name: str, rev: DefRevision | None) -> m.Updated:
+    return m.Updated(name=name, revision=rev.revision if rev is not None else None,
+                     change=rev.change if rev is not None else "no change")
+
+
+def rolled_back(name: str, restored: int, made: DefRevision | None) -> m.RollbackResult:
+    return m.RollbackResult(
+        name=name, restored=restored, revision=made.revision if made else None,
+        change=made.change.removeprefix(f"rollback to revision {restored}: ")
+        if made else "no change")
+
+
+H = TypeVar("H", m.WorkflowHistory, m.TeamHistory)
+
+
+def history_of(catalog: RuntimeCatalog[Any], name: str, limit: int, tenant: str | None,
+               answer: type[H]) -> H:
+    """`history` answered: the newest `limit` revisions the caller's tenant may see."""
+    view = m.WorkflowRevision if answer is m.WorkflowHistory else m.TeamRevision
+    revs = catalog.history(name, row_limit(limit), tenant)
+    now = catalog.revision_of(name)
+    rows: list[Any] = [view(revision=r.revision, time=r.time, who=r.who, change=r.change,
+                            definition=r.spec) for r in revs]
+    return answer(name=name, current=now.revision if now is not None else None,
+                  revisions=rows)

@@ -14,9 +14,8 @@ from ... import methods as m
 from ...jsonrpc import RpcError
 from ...supervisor.teams import TeamSpec
 from ..caller import Caller, Channel
-from ..defcatalog import table_of
+from ..defcatalog import history_of, rolled_back, table_of, updated
 from ..services import Services
-from ..store import row_limit
 from ..visibility import seen_workflow
 
 
@@ -68,10 +67,8 @@ async def teams_describe(d: Services, p: m.TeamsDescribe, caller: Caller, c: Cha
 async def teams_update(d: Services, p: m.TeamsUpdate, caller: Caller, c: Channel
                        ) -> m.Updated:
     _there(d, caller, p.name)
-    rev = await d.teams.catalog.update_checked(p.name, p.set, caller.who, caller.tenant,
-                                               d.teams.check(caller.sees))
-    return m.Updated(name=p.name, revision=rev.revision if rev is not None else None,
-                     change=rev.change if rev is not None else "no change")
+    return updated(p.name, await d.teams.catalog.update_checked(
+        p.name, p.set, caller.who, caller.tenant, d.teams.check(caller.sees)))
 
 
 async def teams_remove(d: Services, p: m.TeamsRemove, caller: Caller, c: Channel
@@ -87,13 +84,7 @@ async def teams_remove(d: Services, p: m.TeamsRemove, caller: Caller, c: Channel
 async def teams_history(d: Services, p: m.TeamsHistory, caller: Caller, c: Channel
                         ) -> m.TeamHistory:
     _seen_past(d, caller, p.name)
-    catalog = d.teams.catalog
-    revs = catalog.history(p.name, row_limit(p.limit), caller.tenant)
-    now = catalog.revision_of(p.name)
-    return m.TeamHistory(name=p.name, current=now.revision if now is not None else None,
-                         revisions=[m.TeamRevision(
-                             revision=r.revision, time=r.time, who=r.who, change=r.change,
-                             definition=r.spec) for r in revs])
+    return history_of(d.teams.catalog, p.name, p.limit, caller.tenant, m.TeamHistory)
 
 
 async def teams_rollback(d: Services, p: m.TeamsRollback, caller: Caller, c: Channel
@@ -101,10 +92,7 @@ async def teams_rollback(d: Services, p: m.TeamsRollback, caller: Caller, c: Cha
     _seen_past(d, caller, p.name)
     restored, made = await d.teams.catalog.rollback_checked(
         p.name, p.revision, caller.who, caller.tenant, d.teams.check(caller.sees))
-    return m.RollbackResult(
-        name=p.name, restored=restored, revision=made.revision if made else None,
-        change=made.change.removeprefix(f"rollback to revision {restored}: ")
-        if made else "no change")
+    return rolled_back(p.name, restored, made)
 
 
 Handler = Callable[[Services, Any, Caller, Channel], Awaitable[Any]]
