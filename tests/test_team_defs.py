@@ -341,3 +341,47 @@ def test_a_team_whose_member_went_is_refused_when_called(tmp_path: Path) -> None
         assert json.loads(r.stdout)["status"] == "succeeded", r.stderr
     finally:
         d.close()
+
+
+def test_team_changes_that_cannot_be_recorded_are_refused_with_nothing_changed(
+        tmp_path: Path) -> None:
+    """A full disk: each change of a runtime team refused before it takes effect, with
+    what was not done; the team as it was, and called as it was."""
+    import os
+
+    from .test_store_faults import caught_up, disk_full
+
+    d = Daemon(tmp_path, agents_toml(tmp_path, "a b"), extra="task_journal = false")
+    db = d.state / "corral.db"
+    path = tmp_path / "rt.toml"
+    path.write_text('[teams.rt]\nmode = "broadcast"\nmembers = ["a"]\n')
+    other = tmp_path / "other.toml"
+    other.write_text('[teams.rt2]\nmode = "broadcast"\nmembers = ["b"]\n')
+
+    def refusal(unchanged: str) -> str:
+        return (f"corral: state database {db} cannot be written (disk I/O error): "
+                f"{unchanged}; free space on its file system, or make it and its directory "
+                f"writable by uid {os.geteuid()}\n")
+
+    try:
+        d.start()
+        assert d.cli("teams", "add", str(path)).returncode == 0
+        r = d.cli("teams", "update", "rt", "--set", '{"members": ["b"]}')
+        assert r.returncode == 0, r.stderr
+        with disk_full(d):
+            for argv, unchanged in (
+                    (["add", str(other)], "nothing was added"),
+                    (["update", "rt", "--set", '{"members": ["a", "b"]}'],
+                     "rt was not changed"),
+                    (["rollback", "rt"], "rt was not rolled back"),
+                    (["remove", "rt"], "nothing was removed")):
+                r = d.cli("teams", *argv)
+                assert (r.returncode, r.stdout, r.stderr) == (1, "", refusal(unchanged))
+        caught_up(d)
+        described = d.json("teams", "describe", "rt")
+        assert (described["revision"], described["definition"]["members"]) == (2, ["b"])
+        assert [t["name"] for t in d.json("teams", "list")["teams"]] == ["rt"]
+        r = d.cli("run", "rt", "--input", "1", "--json", timeout=90)
+        assert sorted(json.loads(r.stdout)["output"]) == ["b"], r.stderr
+    finally:
+        d.close()
