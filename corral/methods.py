@@ -826,9 +826,62 @@ class SchedulesPause(Params):
     name: str
 
 
+@method("teams.list", result=TeamList, scope="tasks:read")
+class TeamsList(Params):
+    """The teams (the config file's and those added at runtime), with their members."""
+
+
+@method("teams.add", result=Added, scope="agents:write", mutating=True)
+class TeamsAdd(Params):
+    """Add teams at runtime from [teams.NAME] tables (all or nothing, each checked
+    whole); they survive a daemon restart, each change a revision."""
+
+    teams: dict[str, Any]
+
+
+@method("teams.describe", result=TeamDescription, scope="tasks:read")
+class TeamsDescribe(Params):
+    """A team's definition, where it comes from and its revision."""
+
+    name: str
+
+
 @method("schedules.resume", result=ScheduleEntry, scope="tasks:run", mutating=True)
 class SchedulesResume(Params):
     """Resume a paused schedule: its next fire is its clock's next from now (what it
     missed while paused is not caught up)."""
 
     name: str
+
+
+@method("teams.update", result=Updated, scope="agents:write", mutating=True)
+class TeamsUpdate(Params):
+    """Change a team added at runtime: `set` merged into its table (a JSON merge patch;
+    a list, such as members, replaced whole); calls under way keep their definition."""
+
+    name: str
+    set: dict[str, Any]
+
+
+@method("teams.remove", result=Removed, scope="agents:write", mutating=True)
+class TeamsRemove(Params):
+    """Remove teams added at runtime (calls under way end on their definition)."""
+
+    names: list[str]
+
+
+@method("teams.history", result=TeamHistory, scope="tasks:read")
+class TeamsHistory(Params):
+    """A runtime team's revisions: who changed what, when."""
+
+    name: str
+    limit: int = 100
+
+
+@method("teams.rollback", result=RollbackResult, scope="agents:write", mutating=True)
+class TeamsRollback(Params):
+    """Back to an earlier revision of a runtime team (default: the one before the
+    newest; a removed team comes back so)."""
+
+    name: str
+    revision: int | None = None

@@ -99,6 +99,11 @@ __all__ = [
     "TaskSummary",
     "TaskTotals",
     "TasksStats",
+    "TeamDescription",
+    "TeamEntry",
+    "TeamHistory",
+    "TeamList",
+    "TeamRevision",
     "TenantEntry",
     "TenantList",
     "TenantUse",
@@ -974,3 +979,36 @@ class ScheduleEntry(Result):
 
 class ScheduleList(Result):
     schedules: list[ScheduleEntry]
+
+
+# -- teams (docs/teams.md): the config file's and those added at runtime, with revisions
+class TeamEntry(Result):
+    name: str
+    mode: str  # route, broadcast or coordinate
+    members: list[str]
+    agents: list[str]  # its members, router and leader: a limited caller sees all of them
+    description: str = ""
+    revision: int | None = None  # one added at runtime: its revision (None: the file's)
+
+
+class TeamList(Result):
+    teams: list[TeamEntry]
+
+
+class TeamDescription(Result):
+    name: str
+    source: str  # "config" (the file's) or "runtime" (added by a command)
+    revision: int | None  # a runtime team's current revision
+    tenant: str | None  # the team's (its own, or its agents')
+    agents: list[str]
+    definition: dict[str, Any]  # the [teams.NAME] table
+
+
+class TeamRevision(WorkflowRevision):
+    """A revision of a team: who changed what, when."""
+
+
+class TeamHistory(Result):
+    name: str
+    current: int | None  # None: removed
+    revisions: list[TeamRevision]  # oldest first

@@ -252,6 +252,14 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         assert [s.name for s in ask("schedules.list").schedules] == ["daily"]
         assert ask("schedules.pause", {"name": "daily"}).paused is True
         assert ask("schedules.resume", {"name": "daily"}).next_fire is not None
+        team = {"mode": "broadcast", "members": ["hello"]}
+        assert ask("teams.add", {"teams": {"tm": team}}).added == ["tm"]
+        assert [t.name for t in ask("teams.list").teams] == ["tm"]
+        assert ask("teams.describe", {"name": "tm"}).revision == 1
+        assert ask("teams.update", {"name": "tm", "set": {"description": "d"}}).revision == 2
+        assert len(ask("teams.history", {"name": "tm"}).revisions) == 2
+        assert ask("teams.rollback", {"name": "tm"}).restored == 1
+        assert ask("teams.remove", {"names": ["tm"]}).removed == ["tm"]
         slow = ask("tasks.submit", {"agent": "slow", "input": {"do": "sleep", "seconds": 30}})
         assert ask("tasks.cancel", {"task_id": slow.task_id}).status == "cancelled"
         ask("daemon.shutdown")

@@ -685,6 +685,15 @@ def probes(task_b: str, ghost_task: str, run_b: str = "", ghost_run: str = ""
         "schedules.list": ("listing", {}, None),
         "schedules.pause": ("missing", {"name": B}, {"name": GHOST}),
         "schedules.resume": ("missing", {"name": B}, {"name": GHOST}),
+        # teams as workflows (tests/test_team_defs.py): b's team is B + "t"
+        "teams.list": ("listing", {}, None),
+        "teams.add": ("own", None, None),
+        "teams.describe": ("missing", {"name": B + "t"}, {"name": GHOST + "t"}),
+        "teams.update": ("missing", {"name": B + "t", "set": {"description": "x"}},
+                         {"name": GHOST + "t", "set": {"description": "x"}}),
+        "teams.remove": ("missing", names(B + "t"), names(GHOST + "t")),
+        "teams.history": ("missing", {"name": B + "t"}, {"name": GHOST + "t"}),
+        "teams.rollback": ("missing", {"name": B + "t"}, {"name": GHOST + "t"}),
     }
 
 
@@ -694,7 +703,8 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
                         f"agent = \"{n}\"\ninput = {{ do = \"echo\" }}\n" for n in ("a1", B))
     workflows += "".join(f"[schedules.{n}]\nagent = \"{n}\"\ncron = \"0 6 * * *\"\n"
                          for n in ("a1", B))
-    async with in_process(tmp_path, FLEET + workflows, TWO) as d:
+    teams = f'[teams.{B}t]\nmode = "broadcast"\nmembers = ["{B}"]\n'
+    async with in_process(tmp_path, FLEET + workflows + teams, TWO) as d:
         b_task = (await _run(d, B, {"do": "echo"})).task_id
         a_task = (await _run(d, "a1", {"do": "echo"})).task_id
         ghost_task = b_task[:-4] + ("0000" if not b_task.endswith("0000") else "1111")
@@ -754,6 +764,7 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
         tasks = await call(d, "tasks.list", {}, a)
         assert [t.task_id for t in tasks.tasks] == [a_task]
         assert [w.name for w in (await call(d, "workflows.list", {}, a)).workflows] == ["a1"]
+        assert (await call(d, "teams.list", {}, a)).teams == []
         assert (await call(d, "runs.list", {}, a)).runs == []
         assert [s.name for s in (await call(d, "schedules.list", {}, a)).schedules] == ["a1"]
         assert [r.run_id for r in (await call(d, "runs.list", {})).runs] == [b_run]

@@ -25,6 +25,7 @@ from . import (  # noqa: F401  (imported for the commands they register)
     status,
     systemd,
     tasks,
+    teams,
     tenants,
     tokens,
     tools,

@@ -14,7 +14,8 @@ import msgspec
 from .. import methods as m
 from .app import Ctx, cli, doc, json_option, pass_ctx
 from .client import EXIT_FAILED
-from .render import print_json, stamp, table
+from .render import print_json, table
+from .runtimedefs import runtime_commands
 from .tasks import _read_input
 
 
@@ -200,93 +201,4 @@ def run_cancel(obj: Ctx, run_id: str) -> None:
 
 
 # -- runtime workflows, with revisions (daemon/workflows/catalog.py) ------------------------
-def _tables(path: str) -> dict[str, Any]:
-    """The [workflows.NAME] tables of a TOML file (or a JSON file's `workflows` object)."""
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        data = (json.loads(raw) if path.endswith(".json")
-                else tomllib.loads(raw.decode()))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise click.UsageError(f"{path}: {exc}") from None
-    tables = data.get("workflows") if isinstance(data, dict) else None
-    if not isinstance(tables, dict) or not tables:
-        raise click.UsageError(f"{path}: no [workflows.NAME] tables")
-    return tables
-
-
-@workflows.command("add", help=doc("workflows.add") + "\n\nFILE holds [workflows.NAME] "
-                   "tables (TOML, as the config file writes them; or JSON, with .json).")
-@click.argument("file", type=click.Path(dir_okay=False))
-@pass_ctx
-def workflows_add(obj: Ctx, file: str) -> None:
-    res: m.Added = obj.call("workflows.add", m.WorkflowsAdd(workflows=_tables(file)))
-    click.echo(f"added: {', '.join(res.added)}")
-
-
-@workflows.command("update", help=doc("workflows.update"))
-@click.argument("name")
-@click.option("--set", "changes", required=True, metavar="JSON",
-              help="A JSON merge patch of its table: JSON, @FILE, or - for stdin.")
-@pass_ctx
-def workflows_update(obj: Ctx, name: str, changes: str) -> None:
-    patch = msgspec.json.decode(_read_input(changes))
-    if not isinstance(patch, dict):
-        raise click.BadParameter("a JSON object", param_hint="--set")
-    res: m.Updated = obj.call("workflows.update", m.WorkflowsUpdate(name=name, set=patch))
-    click.echo(f"{name}: " + (f"revision {res.revision}: {res.change}"
-                              if res.revision is not None else "no change"))
-
-
-@workflows.command("remove", help=doc("workflows.remove"))
-@click.argument("names", nargs=-1, required=True)
-@pass_ctx
-def workflows_remove(obj: Ctx, names: tuple[str, ...]) -> None:
-    res: m.Removed = obj.call("workflows.remove", m.WorkflowsRemove(names=list(names)))
-    click.echo(f"removed: {', '.join(res.removed)}")
-
-
-@workflows.command("describe", help=doc("workflows.describe"))
-@click.argument("name")
-@json_option
-@pass_ctx
-def workflows_describe(obj: Ctx, name: str, as_json: bool) -> None:
-    res: m.WorkflowDescription = obj.call("workflows.describe",
-                                          m.WorkflowsDescribe(name=name))
-    if as_json:
-        print_json(res)
-        return
-    where = ("the config file" if res.source == "config"
-             else f"added at runtime, revision {res.revision}"
-             + (f", tenant {res.tenant}" if res.tenant else ""))
-    click.echo(f"workflow {res.name} ({where})\nagents: {', '.join(res.agents)}")
-    click.echo(json.dumps(res.definition, indent=2))
-
-
-@workflows.command("history", help=doc("workflows.history"))
-@click.argument("name")
-@click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(min=0))
-@json_option
-@pass_ctx
-def workflows_history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
-    res: m.WorkflowHistory = obj.call("workflows.history",
-                                      m.WorkflowsHistory(name=name, limit=limit))
-    if as_json:
-        print_json(res)
-        return
-    table([[("* " if r.revision == res.current else "  ") + str(r.revision), stamp(r.time),
-            r.who, r.change] for r in res.revisions], ["  REV", "TIME", "WHO", "CHANGE"])
-
-
-@workflows.command("rollback", help=doc("workflows.rollback"))
-@click.argument("name")
-@click.argument("revision", required=False, type=click.IntRange(min=1))
-@pass_ctx
-def workflows_rollback(obj: Ctx, name: str, revision: int | None) -> None:
-    res: m.RollbackResult = obj.call("workflows.rollback", m.WorkflowsRollback(
-        name=name, revision=revision))
-    click.echo(f"{name}: rolled back to revision {res.restored}"
-               + (f" (now revision {res.revision}): {res.change}" if res.revision is not None
-                  else ": no change"))
+runtime_commands(workflows, "workflows", "workflow")

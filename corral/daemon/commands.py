@@ -31,6 +31,7 @@ from .history import has_rows
 from .schedulehandlers import TABLE as SCHEDULE_HANDLERS
 from .services import Services
 from .store import row_limit
+from .teams.handlers import TABLE as TEAM_HANDLERS
 from .teams.service import seen_team
 from .tokens import Token, tokens_of
 from .workflows.handlers import TABLE as WORKFLOW_HANDLERS
@@ -46,6 +47,8 @@ for _name, _handler in WORKFLOW_HANDLERS.items():  # daemon/workflows/handlers.p
 for _name, _handler in SCHEDULE_HANDLERS.items():  # daemon/schedulehandlers.py
     implements(_name)(_handler)
 for _name, _handler in GATEWAY_HANDLERS.items():  # daemon/gatewayhandlers.py
+    implements(_name)(_handler)
+for _name, _handler in TEAM_HANDLERS.items():  # daemon/teams/handlers.py
     implements(_name)(_handler)
 
 FOLLOW_BATCH = 500

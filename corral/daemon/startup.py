@@ -449,7 +449,8 @@ async def teams(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
     stop ends the calls' drivers (resumed at the next start) before the agents stop.
     With [tracing], a leader's call of a member is a span of the leader's trace."""
     service = TeamService(parts.agents, parts.tasks, store, hub.daemon,
-                          traces.tracer.traced if traces is not None else None)
+                          traces.tracer.traced if traces is not None else None,
+                          tools=parts.tools)
     service.configure(conf.cfg.teams)
     try:
         yield service

@@ -283,6 +283,10 @@ def _workflows_filter(result: Any, caller: Caller) -> Any:
                                        if _sees_all(caller, w.agents)])
 
 
+def _teams_filter(result: Any, caller: Caller) -> Any:
+    return _replace(result, teams=[t for t in result.teams if _sees_all(caller, t.agents)])
+
+
 def _run_filter(result: Any, caller: Caller) -> Any:
     if not _sees_all(caller, result.agents):
         raise jsonrpc.not_found("run", result.run_id)
@@ -413,6 +417,15 @@ AGENT_RULES: dict[str, AgentRule] = {
     "schedules.list": AgentRule(_nothing, filter=_schedules_filter),
     "schedules.pause": AgentRule(_nothing),
     "schedules.resume": AgentRule(_nothing),
+    # teams, as workflows: the handlers ask seen_workflow of a team, and check a table
+    # against the agents the caller sees (daemon/teams/handlers.py)
+    "teams.list": AgentRule(_nothing, filter=_teams_filter),
+    "teams.add": AgentRule(_nothing),
+    "teams.describe": AgentRule(_nothing),
+    "teams.update": AgentRule(_nothing),
+    "teams.remove": AgentRule(_nothing),
+    "teams.history": AgentRule(_nothing),
+    "teams.rollback": AgentRule(_nothing),
     "sessions.list": AgentRule(_AGENT_PARAM, filter=_sessions_filter),
     "sessions.get": AgentRule(_AGENT_PARAM),
     "sessions.end": AgentRule(_AGENT_PARAM),

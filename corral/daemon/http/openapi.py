@@ -16,6 +16,7 @@ from ...methods import REGISTRY, SCOPES
 from ...supervisor.config import AgentSpec, TenantSpec
 from ...supervisor.names import NAME_RE
 from ...supervisor.tasks import ids
+from ...supervisor.teams import TeamSpec
 from ...supervisor.workflows import WorkflowSpec
 from ..tasks.front import STATUSES
 from . import route, sse
@@ -81,6 +82,10 @@ RULES: dict[tuple[str, str], dict[str, Any]] = {
                                      "additionalProperties": {"$ref": REF.format(
                                          name="WorkflowTable")}},
     ("workflows.update", "set"): {"$ref": REF.format(name="WorkflowPatch")},
+    # each table a team's ([teams.NAME]: supervisor/teams/definition.py)
+    ("teams.add", "teams"): {"minProperties": 1, "propertyNames": {"pattern": NAME},
+                             "additionalProperties": {"$ref": REF.format(name="TeamTable")}},
+    ("teams.update", "set"): {"$ref": REF.format(name="TeamPatch")},
 }
 # Params of which a request gives one at most (a value, not null): said in the body's
 # schema as `not` both.
@@ -92,8 +97,9 @@ def _tables() -> dict[str, Any]:
     config file takes, their types, bounds and choices), and a patch of each: any of its
     keys, null taking one away (a tenant's 0 too), at least one. The Structs within
     (Limits, HealthSpec...) are named Config* beside the methods' own types."""
-    _, found = msgspec.json.schema_components([AgentSpec, TenantSpec, WorkflowSpec],
-                                              ref_template=REF.format(name="Config{name}"))
+    _, found = msgspec.json.schema_components(
+        [AgentSpec, TenantSpec, WorkflowSpec, TeamSpec],
+        ref_template=REF.format(name="Config{name}"))
     tables = {f"Config{k}": v for k, v in found.items()}
     agent, tenant = tables.pop("ConfigAgentSpec"), tables.pop("ConfigTenantSpec")
     workflow = tables.pop("ConfigWorkflowSpec")
@@ -106,9 +112,10 @@ def _tables() -> dict[str, Any]:
                                               "description": "an absolute path"},
                                              {"type": "null"}], "default": None}
     tables["AgentTable"], tables["TenantTable"] = agent, tenant
-    tables["WorkflowTable"] = workflow
+    team = tables.pop("ConfigTeamSpec")
+    tables["WorkflowTable"], tables["TeamTable"] = workflow, team
     for name, whole in (("AgentPatch", agent), ("TenantPatch", tenant),
-                        ("WorkflowPatch", workflow)):
+                        ("WorkflowPatch", workflow), ("TeamPatch", team)):
         tables[name] = {
             "type": "object", "minProperties": 1, "additionalProperties": False,
             "description": f"A patch of a {name.removesuffix('Patch').lower()}'s table: "

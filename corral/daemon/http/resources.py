@@ -117,6 +117,17 @@ RESOURCES: list[Resource] = [
     _r("GET", "/schedules", "schedules.list", "The schedules: each clock, last and next fire"),
     _r("POST", "/schedules/{name}/pause", "schedules.pause", "Pause a schedule"),
     _r("POST", "/schedules/{name}/resume", "schedules.resume", "Resume a paused schedule"),
+    _r("GET", "/teams", "teams.list", "The teams: the config's and those added at runtime"),
+    _r("POST", "/teams", "teams.add", "Add teams from [teams.NAME] tables",
+       body=("teams",), idempotent=True),
+    _r("GET", "/teams/{name}", "teams.describe", "A team's definition and revision"),
+    _r("PATCH", "/teams/{name}", "teams.update", "Change a runtime team: `set` merged into "
+       "its table (a JSON merge patch)", body=("set",)),
+    _r("DELETE", "/teams/{name}", "teams.remove", "Remove a runtime team", path_params=ONE),
+    _r("GET", "/teams/{name}/history", "teams.history", "A runtime team's revisions",
+       query=("limit",)),
+    _r("POST", "/teams/{name}/rollback", "teams.rollback", "Go back to an earlier revision "
+       "of a runtime team", body=("revision",)),
     _r("GET", "/tasks", "tasks.list", "Recent tasks, newest last, a page at a time",
        query=("agent", "status", "since", "limit", "before", "local"), cursor="before"),
     _r("GET", "/tasks/{task_id}", "tasks.get", "One task (with ?input=true, its input)",

@@ -1,6 +1,6 @@
-"""The config's teams in the daemon: their calls kept in the state database (store.py),
-resumed after a restart where their steps say they stopped, and each shown as a task of
-the team (`corral task ID`)."""
+"""The teams in the daemon (the config's and those added at runtime: catalog.py): their
+calls kept in the state database (store.py), resumed after a restart where their steps
+say they stopped, and each shown as a task of the team (`corral task ID`)."""
 
 from __future__ import annotations
 
@@ -10,24 +10,66 @@ from typing import Any
 from ... import jsonrpc
 from ...supervisor.agents import Agents
 from ...supervisor.tasks import TaskManager
+from ...supervisor.teams import TeamSpec
 from ...supervisor.teams.call import TeamCall
 from ...supervisor.teams.calls import Teams, error_of
 from ...supervisor.teams.tools import Router
+from ...supervisor.tools import Tools
 from ...taskviews import TaskInfo
 from ...text import plural
 from ..caller import Caller
+from ..defcatalog import Check, table_of
 from ..store import StateStore
+from .catalog import TeamCatalog, against
 from .store import CallRows
 
 
 class TeamService(Teams):
     def __init__(self, agents: Agents, engine: TaskManager, store: StateStore,
                  report: Callable[[str], None],
-                 traced: Callable[[Router], Router] | None = None) -> None:
+                 traced: Callable[[Router], Router] | None = None,
+                 tools: Tools | None = None) -> None:
+        self.tools = tools  # the MCP servers, whose names a team's may not take
         self.rows = CallRows(store)
+        self.catalog = TeamCatalog(store)
+        self.catalog.restore(report)
         super().__init__(engine, self.rows, report, traced)
         self.agents = agents
         self.recovered.clear()  # set once the task journal's tasks are back (recover)
+
+    # the config file's teams (set by configure: a reload) and the runtime's, as one
+    @property
+    def specs(self) -> dict[str, TeamSpec]:
+        return self.catalog.specs()
+
+    @specs.setter
+    def specs(self, config: dict[str, TeamSpec]) -> None:
+        self.catalog.config = config
+
+    # -- the Python API (as AgentOS's add_team; docs/teams.md) ----------------------------
+    async def add_team(self, name: str, definition: TeamSpec | dict[str, Any], *,
+                       who: str = "python api") -> int:
+        """Add a team at runtime, kept and revisioned as `corral teams add` keeps it
+        (checked against every agent and MCP server); its revision."""
+        table = table_of(definition) if isinstance(definition, TeamSpec) else definition
+        await self.catalog.add_checked({name: table}, who, None,
+                                       self.check(lambda agent: True))
+        rev = self.catalog.revision_of(name)
+        assert rev is not None
+        return rev.revision
+
+    async def remove_team(self, name: str, *, who: str = "python api") -> None:
+        await self.catalog.remove([name], who, None)
+
+    def check(self, seen: Callable[[str], bool]) -> Check[TeamSpec]:
+        """A team's check against the agents there are (`seen`: those the caller sees),
+        the teams and the MCP servers."""
+        def tenant_of(name: str) -> str | None:
+            agent = self.agents.get(name)
+            return agent.spec.tenant if agent is not None else None
+
+        servers = list(self.tools.servers) if self.tools is not None else []
+        return against(tenant_of, seen, self.specs, servers)
 
     def tenant_of(self, name: str) -> str | None:
         """A team's tenant (its own, else its agents': checked one on load), None when

@@ -12,6 +12,7 @@ from ... import methods as m
 from ...jsonrpc import RpcError
 from ...supervisor.workflows import Workflow, compile_workflow, plan_text
 from ..caller import Caller, Channel
+from ..defcatalog import history_of, rolled_back, updated
 from ..services import Services
 from ..store import row_limit
 from ..visibility import seen_workflow
@@ -98,10 +99,8 @@ async def workflows_update(d: Services, p: m.WorkflowsUpdate, caller: Caller, c:
                            ) -> m.Updated:
     seen_workflow(caller, d.workflows.catalog.workflow(p.name))
     agent, specs = _known(d, caller)
-    rev = await d.workflows.catalog.update(p.name, p.set, caller.who, caller.tenant,
-                                           agent, specs)
-    return m.Updated(name=p.name, revision=rev.revision if rev is not None else None,
-                     change=rev.change if rev is not None else "no change")
+    return updated(p.name, await d.workflows.catalog.update(
+        p.name, p.set, caller.who, caller.tenant, agent, specs))
 
 
 async def workflows_remove(d: Services, p: m.WorkflowsRemove, caller: Caller, c: Channel
@@ -127,13 +126,7 @@ def _seen_past(d: Services, caller: Caller, name: str) -> None:
 async def workflows_history(d: Services, p: m.WorkflowsHistory, caller: Caller,
                             c: Channel) -> m.WorkflowHistory:
     _seen_past(d, caller, p.name)
-    catalog = d.workflows.catalog
-    revs = catalog.history(p.name, row_limit(p.limit), caller.tenant)
-    now = catalog.revision_of(p.name)
-    return m.WorkflowHistory(name=p.name, current=now.revision if now is not None else None,
-                             revisions=[m.WorkflowRevision(
-                                 revision=r.revision, time=r.time, who=r.who,
-                                 change=r.change, definition=r.spec) for r in revs])
+    return history_of(d.workflows.catalog, p.name, p.limit, caller.tenant, m.WorkflowHistory)
 
 
 async def workflows_rollback(d: Services, p: m.WorkflowsRollback, caller: Caller,
@@ -142,10 +135,7 @@ async def workflows_rollback(d: Services, p: m.WorkflowsRollback, caller: Caller
     agent, specs = _known(d, caller)
     restored, made = await d.workflows.catalog.rollback(
         p.name, p.revision, caller.who, caller.tenant, agent, specs)
-    return m.RollbackResult(
-        name=p.name, restored=restored, revision=made.revision if made else None,
-        change=made.change.removeprefix(f"rollback to revision {restored}: ")
-        if made else "no change")
+    return rolled_back(p.name, restored, made)
 
 
 async def workflows_plan(d: Services, p: m.WorkflowsPlan, caller: Caller, c: Channel

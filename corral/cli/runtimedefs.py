@@ -1,0 +1,109 @@
+"""The commands every kind of definition changeable at runtime has (workflows, teams:
+daemon/defcatalog.py): `add FILE`, `update NAME --set`, `remove NAME...`, `describe`,
+`history`, `rollback NAME [REVISION]`, put on the kind's group by `runtime_commands`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+import msgspec
+
+from .. import methods as m
+from .app import Ctx, doc, json_option, pass_ctx
+from .render import print_json, stamp, table
+from .tasks import _read_input
+
+
+def read_tables(path: str, section: str) -> dict[str, Any]:
+    """The [section.NAME] tables of a TOML file (or a JSON file's `section` object)."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        data = (json.loads(raw) if path.endswith(".json")
+                else tomllib.loads(raw.decode()))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise click.UsageError(f"{path}: {exc}") from None
+    tables = data.get(section) if isinstance(data, dict) else None
+    if not isinstance(tables, dict) or not tables:
+        raise click.UsageError(f"{path}: no [{section}.NAME] tables")
+    return tables
+
+
+def runtime_commands(group: click.Group, section: str, noun: str) -> None:
+    """`group`'s runtime commands, calling the methods `section.add`... (their params
+    Structs' fields are the same for every kind but add's, named `section`)."""
+    params = {verb: m.REGISTRY[f"{section}.{verb}"].params
+              for verb in ("add", "update", "remove", "describe", "history", "rollback")}
+
+    @group.command("add", help=doc(f"{section}.add") + f"\n\nFILE holds [{section}.NAME] "
+                   "tables (TOML, as the config file writes them; or JSON, with .json).")
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @pass_ctx
+    def add(obj: Ctx, file: str) -> None:
+        res: m.Added = obj.call(f"{section}.add",
+                                params["add"](**{section: read_tables(file, section)}))
+        click.echo(f"added: {', '.join(res.added)}")
+
+    @group.command("update", help=doc(f"{section}.update"))
+    @click.argument("name")
+    @click.option("--set", "changes", required=True, metavar="JSON",
+                  help="A JSON merge patch of its table: JSON, @FILE, or - for stdin.")
+    @pass_ctx
+    def update(obj: Ctx, name: str, changes: str) -> None:
+        patch = msgspec.json.decode(_read_input(changes))
+        if not isinstance(patch, dict):
+            raise click.BadParameter("a JSON object", param_hint="--set")
+        res: m.Updated = obj.call(f"{section}.update", params["update"](name=name, set=patch))
+        click.echo(f"{name}: " + (f"revision {res.revision}: {res.change}"
+                                  if res.revision is not None else "no change"))
+
+    @group.command("remove", help=doc(f"{section}.remove"))
+    @click.argument("names", nargs=-1, required=True)
+    @pass_ctx
+    def remove(obj: Ctx, names: tuple[str, ...]) -> None:
+        res: m.Removed = obj.call(f"{section}.remove", params["remove"](names=list(names)))
+        click.echo(f"removed: {', '.join(res.removed)}")
+
+    @group.command("describe", help=doc(f"{section}.describe"))
+    @click.argument("name")
+    @json_option
+    @pass_ctx
+    def describe(obj: Ctx, name: str, as_json: bool) -> None:
+        res = obj.call(f"{section}.describe", params["describe"](name=name))
+        if as_json:
+            print_json(res)
+            return
+        where = ("the config file" if res.source == "config"
+                 else f"added at runtime, revision {res.revision}"
+                 + (f", tenant {res.tenant}" if res.tenant else ""))
+        click.echo(f"{noun} {res.name} ({where})\nagents: {', '.join(res.agents)}")
+        click.echo(json.dumps(res.definition, indent=2))
+
+    @group.command("history", help=doc(f"{section}.history"))
+    @click.argument("name")
+    @click.option("-n", "--limit", default=100, show_default=True, type=click.IntRange(min=0))
+    @json_option
+    @pass_ctx
+    def history(obj: Ctx, name: str, limit: int, as_json: bool) -> None:
+        res = obj.call(f"{section}.history", params["history"](name=name, limit=limit))
+        if as_json:
+            print_json(res)
+            return
+        table([[("* " if r.revision == res.current else "  ") + str(r.revision),
+                stamp(r.time), r.who, r.change] for r in res.revisions],
+              ["  REV", "TIME", "WHO", "CHANGE"])
+
+    @group.command("rollback", help=doc(f"{section}.rollback"))
+    @click.argument("name")
+    @click.argument("revision", required=False, type=click.IntRange(min=1))
+    @pass_ctx
+    def rollback(obj: Ctx, name: str, revision: int | None) -> None:
+        res: m.RollbackResult = obj.call(f"{section}.rollback", params["rollback"](
+            name=name, revision=revision))
+        click.echo(f"{name}: rolled back to revision {res.restored}"
+                   + (f" (now revision {res.revision}): {res.change}"
+                      if res.revision is not None else ": no change"))

@@ -1,0 +1,303 @@
+"""A kind of definition that is the config file's and changeable at runtime (a workflow, a
+team): those added by a command, each change a revision in the state database
+(definitions.py) committed before it takes effect and restored by the next daemon; the
+config file's, changed only by an edit and a reload. What a definition is and how it is
+checked whole is its kind's (`check`, raising ValueError with what is wrong); the refusals
+are said alike for every kind (docs/workflows.md, docs/teams.md)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from .. import jsonrpc, redact
+from .. import methods as m
+from ..jsonrpc import RpcError
+from ..supervisor.config import ConfigError
+from ..supervisor.configload import convert, validate_name
+from .definitions import Definitions, DefRevision
+from .fleet import merge_patch
+from .store import StateStore, row_limit
+from .storeschema import StoreError
+from .storewriter import what_to_do
+
+S = TypeVar("S", bound=msgspec.Struct)
+# definitions of a kind added at runtime, at most: each is a row restored and checked at
+# every start, so what a caller may add is bounded as a map's items are
+MAX_RUNTIME = 1000
+# a definition checked whole, with the others of its kind being added beside it: raises
+# ValueError saying what is wrong
+Check = Callable[[str, S, Mapping[str, S]], None]
+
+
+def _own(rev: DefRevision, tenant: str | None) -> bool:
+    """Whether a revision is a tenant's caller's to see: its tenant's, or an operator's
+    (of a definition the caller sees: the handlers ask); another tenant's is not."""
+    return tenant is None or rev.tenant in (None, tenant)
+
+
+def table_of(spec: msgspec.Struct) -> dict[str, Any]:
+    """A definition as a table, its unset keys left out (a config file's, shown)."""
+    def bare(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: bare(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [bare(v) for v in value]
+        return value
+
+    out: dict[str, Any] = bare(msgspec.to_builtins(spec))
+    return out
+
+
+class RuntimeCatalog(Generic[S]):
+    """The definitions of one kind: `noun` (workflow) in the config's `[section.NAME]`
+    tables (workflows), each a `struct`."""
+
+    def __init__(self, store: StateStore, noun: str, section: str, struct: type[S]) -> None:
+        self.revisions = Definitions(store, noun)
+        self.noun, self.section, self.struct = noun, section, struct
+        self._config: dict[str, S] = {}
+        # name -> (its spec, its table as given, the revision that made it)
+        self.runtime: dict[str, tuple[S, dict[str, Any], DefRevision]] = {}
+        self._specs: dict[str, S] | None = None  # both, made again after a change
+        self._turn = asyncio.Lock()  # one change at a time: its record, then its effect
+
+    def parse(self, name: str, table: Any, where: str) -> S:
+        """A table as the config loader reads it, with its messages (ConfigError)."""
+        at = f"{where}: {self.section}.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{at}: expected a table")
+        if redact.deeper_than(table, redact.MAX_DEPTH):
+            raise ConfigError(f"{at}: tables and lists nested more than {redact.MAX_DEPTH} "
+                              "deep")
+        validate_name(self.section, name, where)
+        spec: S = convert(table, self.struct, where=where, prefix=f"{self.section}.{name}")
+        return spec
+
+    def _parsed(self, name: str, table: Any, where: str) -> S:
+        try:
+            return self.parse(name, table, where)
+        except ConfigError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+
+    def _checked(self, check: Check[S], where: str, name: str, spec: S,
+                 others: Mapping[str, S]) -> None:
+        try:
+            check(name, spec, others)
+        except ValueError as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"{where}: {exc}") from None
+
+    def restore(self, report: Callable[[str], None]) -> None:
+        """The definitions added at runtime by an earlier daemon (a table no longer valid
+        is reported and left out: the others are restored)."""
+        for name, rev in self.revisions.current().items():
+            try:
+                self._put(name, (self.parse(name, rev.spec, "state database"),
+                                 rev.spec or {}, rev))
+            except ConfigError as exc:
+                report(f"{self.section}: could not restore {self.noun} {name}: {exc}")
+
+    @property
+    def config(self) -> dict[str, S]:
+        """The config file's (a reload replaces them)."""
+        return self._config
+
+    @config.setter
+    def config(self, specs: Mapping[str, S]) -> None:
+        self._config = dict(specs)
+        self._specs = None
+
+    def _put(self, name: str, held: tuple[S, dict[str, Any], DefRevision] | None) -> None:
+        if held is None:
+            self.runtime.pop(name, None)
+        else:
+            self.runtime[name] = held
+        self._specs = None
+
+    def specs(self) -> dict[str, S]:
+        """Every definition (the config file's wins over a runtime one of its name, which
+        it can only be since a reload added it); read on every task's way, so made once
+        per change, and not to be changed."""
+        if self._specs is None:
+            self._specs = {**{n: s for n, (s, _, _) in self.runtime.items()}, **self._config}
+        return self._specs
+
+    def revision_of(self, name: str) -> DefRevision | None:
+        """The revision a runtime definition is at (None: the config file's)."""
+        held = self.runtime.get(name) if name not in self.config else None
+        return held[2] if held is not None else None
+
+    def in_use(self, name: str, removed: list[str]) -> str | None:
+        """Why `name` may not be removed with `removed` (another definition uses it)."""
+        return None
+
+    def in_config(self, name: str, doing: str) -> RpcError:
+        return RpcError(jsonrpc.CONFLICT, f"{self.noun} {name} is declared in the config "
+                                          f"file: {doing} it there and `corral reload`")
+
+    # -- changes ----------------------------------------------------------------------------
+    async def _record(self, writes: list[tuple[str, dict[str, Any] | None]], who: str,
+                      tenant: str | None, why: str | None, unchanged: str
+                      ) -> dict[str, DefRevision]:
+        made: dict[str, list[DefRevision]] = {n: [] for n, _ in writes}
+        try:
+            await self.revisions.store.commit(
+                [self.revisions.recording(n, t, who, tenant, why, made[n]) for n, t in writes])
+        except StoreError as exc:
+            raise RpcError(jsonrpc.REFUSED, f"{exc}: {unchanged}; {what_to_do()}") from None
+        return {n: revs[0] for n, revs in made.items() if revs}
+
+    async def add_checked(self, tables: dict[str, Any], who: str, tenant: str | None,
+                  check: Check[S]) -> list[str]:
+        """Definitions from [section.NAME] tables, all or nothing, each checked whole."""
+        where = f"{self.section}.add"
+        if not tables:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"no [{self.section}.NAME] tables to add")
+        specs = {n: self._parsed(n, t, where) for n, t in tables.items()}
+        async with self._turn:
+            there = self.specs()
+            taken = [n for n in specs if n in there]
+            if taken:
+                raise RpcError(jsonrpc.CONFLICT, f"{self.noun} {taken[0]} already exists")
+            if len(self.runtime) + len(specs) > MAX_RUNTIME:
+                raise RpcError(jsonrpc.QUOTA_EXCEEDED, f"{where}: at most {MAX_RUNTIME} "
+                               f"{self.section} are added at runtime (there are "
+                               f"{len(self.runtime)}): remove some first")
+            for name, spec in specs.items():
+                self._checked(check, where, name, spec, specs)
+            made = await self._record([(n, tables[n]) for n in specs], who, tenant, None,
+                                      "nothing was added")
+            for name, spec in specs.items():
+                self._put(name, (spec, tables[name], made[name]))
+        return sorted(specs)
+
+    def _runtime(self, name: str, doing: str) -> tuple[S, dict[str, Any], DefRevision]:
+        if name in self.config:
+            raise self.in_config(name, doing)
+        held = self.runtime.get(name)
+        if held is None:
+            raise jsonrpc.not_found(self.noun, name)
+        return held
+
+    async def update_checked(self, name: str, changes: dict[str, Any], who: str, tenant: str | None,
+                     check: Check[S]) -> DefRevision | None:
+        """`changes` merged into its table (a JSON merge patch: a table merges key by
+        key, null takes a key away, a list is replaced whole); the revision made, None
+        when nothing changed."""
+        where = f"{self.section}.update"
+        if not changes:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "nothing to change")
+        if redact.deeper_than(changes, redact.MAX_DEPTH):
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"{where}: {self.section}.{name}: "
+                           f"tables and lists nested more than {redact.MAX_DEPTH} deep")
+        async with self._turn:
+            _, table, _ = self._runtime(name, "change")
+            new = merge_patch(table, changes)
+            spec = self._parsed(name, new, where)
+            self._checked(check, where, name, spec, {})
+            made = await self._record([(name, new)], who, tenant, None,
+                                      f"{name} was not changed")
+            if name not in made:
+                return None
+            self._put(name, (spec, new, made[name]))
+            return made[name]
+
+    async def remove(self, names: list[str], who: str, tenant: str | None) -> list[str]:
+        """Runtime definitions removed (a removal is a revision: history and rollback
+        still have them); refused while another uses one (`in_use`)."""
+        async with self._turn:
+            for name in names:
+                self._runtime(name, "remove")
+                why = self.in_use(name, names)
+                if why is not None:
+                    raise RpcError(jsonrpc.CONFLICT, why)
+            await self._record([(n, None) for n in names], who, tenant, None,
+                               "nothing was removed")
+            for name in names:
+                self._put(name, None)
+        return names
+
+    def history(self, name: str, limit: int, tenant: str | None) -> list[DefRevision]:
+        if name in self.config:
+            raise RpcError(jsonrpc.CONFLICT, f"{self.noun} {name} is declared in the config "
+                                             "file: its history is the file's")
+        revs = self.revisions.history(name, limit)
+        if tenant is not None:  # another tenant's definition of this name, before
+            revs = [r for r in revs if _own(r, tenant)]
+        if not revs:
+            raise jsonrpc.not_found(self.noun, name)
+        return revs
+
+    def last_spec(self, name: str) -> S | None:
+        """A runtime definition as it is, or as its newest revision defined it (removed
+        since): what decides who may see its history."""
+        held = self.runtime.get(name)
+        if held is not None:
+            return held[0]
+        for rev in reversed(self.revisions.history(name, 1 << 30)):
+            if rev.spec is not None:
+                try:
+                    return self.parse(name, rev.spec, "revision")
+                except ConfigError:
+                    return None
+        return None
+
+    async def rollback_checked(self, name: str, revision: int | None, who: str, tenant: str | None,
+                       check: Check[S]) -> tuple[int, DefRevision | None]:
+        """Back to an earlier revision (default: the one before the newest; a removed
+        definition comes back so); the revision restored and the one made (None: it was
+        that already)."""
+        async with self._turn:
+            if name in self.config:
+                raise self.in_config(name, "change")
+            latest = self.revisions.latest(name)
+            if latest is None or not _own(latest, tenant):
+                raise jsonrpc.not_found(self.noun, name)
+            target = revision if revision is not None else latest.revision - 1
+            rev = self.revisions.get(name, target)
+            if rev is None or not _own(rev, tenant):
+                raise RpcError(jsonrpc.NOT_FOUND, f"no revision {target} of {self.noun} "
+                               f"{name} (its revisions: 1..{latest.revision}; see `corral "
+                               f"{self.section} history {name}`)")
+            if rev.spec is None:
+                raise RpcError(jsonrpc.INVALID_PARAMS, f"revision {target} of {self.noun} "
+                               f"{name} removed it: name a revision that defines it")
+            where = f"{self.section}.rollback"
+            spec = self._parsed(name, rev.spec, where)
+            self._checked(check, where, name, spec, {})
+            made = await self._record([(name, rev.spec)], who, tenant,
+                                      f"rollback to revision {target}",
+                                      f"{name} was not rolled back")
+            self._put(name, (spec, rev.spec, made.get(name, latest)))
+            return target, made.get(name)
+
+
+# -- the answers of the changes, alike for every kind ---------------------------------------
+def updated(name: str, rev: DefRevision | None) -> m.Updated:
+    return m.Updated(name=name, revision=rev.revision if rev is not None else None,
+                     change=rev.change if rev is not None else "no change")
+
+
+def rolled_back(name: str, restored: int, made: DefRevision | None) -> m.RollbackResult:
+    return m.RollbackResult(
+        name=name, restored=restored, revision=made.revision if made else None,
+        change=made.change.removeprefix(f"rollback to revision {restored}: ")
+        if made else "no change")
+
+
+H = TypeVar("H", m.WorkflowHistory, m.TeamHistory)
+
+
+def history_of(catalog: RuntimeCatalog[Any], name: str, limit: int, tenant: str | None,
+               answer: type[H]) -> H:
+    """`history` answered: the newest `limit` revisions the caller's tenant may see."""
+    view = m.WorkflowRevision if answer is m.WorkflowHistory else m.TeamRevision
+    revs = catalog.history(name, row_limit(limit), tenant)
+    now = catalog.revision_of(name)
+    rows: list[Any] = [view(revision=r.revision, time=r.time, who=r.who, change=r.change,
+                            definition=r.spec) for r in revs]
+    return answer(name=name, current=now.revision if now is not None else None,
+                  revisions=rows)

@@ -1,0 +1,31 @@
+"""The teams there are: the config file's, and those added at runtime (`teams add`,
+`POST /api/v1/teams`, `TeamService.add_team`), kept with revisions as every such kind is
+(defcatalog.py). A call keeps the definition it started on (store.py keeps it with the
+call), so a change or a removal is the next calls' (docs/teams.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+
+from ...supervisor.teams import TeamSpec, check_team
+from ..defcatalog import Check, RuntimeCatalog
+from ..store import StateStore
+
+KIND = "team"
+
+
+class TeamCatalog(RuntimeCatalog[TeamSpec]):
+    def __init__(self, store: StateStore) -> None:
+        super().__init__(store, KIND, "teams", TeamSpec)
+
+
+def against(tenant_of: Callable[[str], str | None], seen: Callable[[str], bool],
+            teams: Collection[str], servers: Collection[str]) -> Check[TeamSpec]:
+    """A team checked whole as the config loader checks one (check_team), against the
+    agents the caller sees (`seen`: another's reads as no such agent), the teams there
+    are and those added with it, and the MCP servers. Its own name is checked against
+    every agent: a team of an agent's name would take that agent's tasks."""
+    def check(name: str, spec: TeamSpec, others: Mapping[str, TeamSpec]) -> None:
+        check_team(name, spec, teams={*teams, *others}, servers=servers,
+                   tenant_of=lambda a: tenant_of(a) if a == name or seen(a) else None)
+    return check

@@ -1,0 +1,107 @@
+"""The team methods' handlers (corral/methods.py), put in the daemon's table by
+commands.py: the teams listed and described, and those added at runtime changed with
+revisions (catalog.py). A limited caller (a tenant's, an agent glob's) sees a team only
+when it sees every agent of it, as a workflow (visibility.seen_workflow), and names only
+the agents it sees in a table it adds."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ... import jsonrpc
+from ... import methods as m
+from ...jsonrpc import RpcError
+from ...supervisor.teams import TeamSpec
+from ..caller import Caller, Channel
+from ..defcatalog import history_of, rolled_back, table_of, updated
+from ..services import Services
+from ..visibility import seen_workflow
+
+
+def _seen(caller: Caller, name: str, spec: TeamSpec | None) -> TeamSpec:
+    """A team the caller sees, or NOT_FOUND as one that never was."""
+    if spec is None:
+        raise jsonrpc.not_found("team", name)
+    seen: TeamSpec = seen_workflow(caller, spec, what="team", name=name)
+    return seen
+
+
+def _there(d: Services, caller: Caller, name: str) -> TeamSpec:
+    return _seen(caller, name, d.teams.specs.get(name))
+
+
+def _seen_past(d: Services, caller: Caller, name: str) -> None:
+    """A team there is, or one removed, that the caller sees (as it last was): any other
+    is answered as one that never was (not "declared in the config file")."""
+    spec = d.teams.specs.get(name) or d.teams.catalog.last_spec(name)
+    if spec is not None:
+        _seen(caller, name, spec)
+
+
+async def teams_list(d: Services, p: m.TeamsList, caller: Caller, c: Channel) -> m.TeamList:
+    catalog = d.teams.catalog
+    return m.TeamList(teams=[
+        m.TeamEntry(name=name, mode=spec.mode, members=spec.members, agents=spec.agents,
+                    description=spec.description,
+                    revision=rev.revision if (rev := catalog.revision_of(name)) else None)
+        for name, spec in sorted(d.teams.specs.items())])
+
+
+async def teams_add(d: Services, p: m.TeamsAdd, caller: Caller, c: Channel) -> m.Added:
+    return m.Added(added=await d.teams.catalog.add_checked(
+        p.teams, caller.who, caller.tenant, d.teams.check(caller.sees)))
+
+
+async def teams_describe(d: Services, p: m.TeamsDescribe, caller: Caller, c: Channel
+                         ) -> m.TeamDescription:
+    spec = _there(d, caller, p.name)
+    rev = d.teams.catalog.revision_of(p.name)
+    return m.TeamDescription(
+        name=p.name, source="config" if rev is None else "runtime",
+        revision=rev.revision if rev is not None else None,
+        tenant=d.teams.tenant_of(p.name), agents=spec.agents,
+        definition=rev.spec or {} if rev is not None else table_of(spec))
+
+
+async def teams_update(d: Services, p: m.TeamsUpdate, caller: Caller, c: Channel
+                       ) -> m.Updated:
+    _there(d, caller, p.name)
+    return updated(p.name, await d.teams.catalog.update_checked(
+        p.name, p.set, caller.who, caller.tenant, d.teams.check(caller.sees)))
+
+
+async def teams_remove(d: Services, p: m.TeamsRemove, caller: Caller, c: Channel
+                       ) -> m.Removed:
+    if not p.names:
+        raise RpcError(jsonrpc.INVALID_PARAMS, "name the teams to remove")
+    for name in p.names:
+        _there(d, caller, name)
+    return m.Removed(removed=await d.teams.catalog.remove(p.names, caller.who,
+                                                          caller.tenant))
+
+
+async def teams_history(d: Services, p: m.TeamsHistory, caller: Caller, c: Channel
+                        ) -> m.TeamHistory:
+    _seen_past(d, caller, p.name)
+    return history_of(d.teams.catalog, p.name, p.limit, caller.tenant, m.TeamHistory)
+
+
+async def teams_rollback(d: Services, p: m.TeamsRollback, caller: Caller, c: Channel
+                         ) -> m.RollbackResult:
+    _seen_past(d, caller, p.name)
+    restored, made = await d.teams.catalog.rollback_checked(
+        p.name, p.revision, caller.who, caller.tenant, d.teams.check(caller.sees))
+    return rolled_back(p.name, restored, made)
+
+
+Handler = Callable[[Services, Any, Caller, Channel], Awaitable[Any]]
+TABLE: dict[str, Handler] = {
+    "teams.list": teams_list,
+    "teams.add": teams_add,
+    "teams.describe": teams_describe,
+    "teams.update": teams_update,
+    "teams.remove": teams_remove,
+    "teams.history": teams_history,
+    "teams.rollback": teams_rollback,
+}
