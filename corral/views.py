@@ -82,3 +82,9 @@ class TenantUse(msgspec.Struct, kw_only=True):
     running: int
     tokens_last_minute: float = 0.0
     oom_kills: int = 0  # in its cgroup (where it has one), since the daemon started
+
+
+# Field order is the wire's (and so `--json`'s). A key the daemon sends only sometimes is
+# UNSET when absent, so that it is absent again when printed.
+class Result(msgspec.Struct, kw_only=True):
+    """The base of every control method's result (corral.results)."""

@@ -1,0 +1,146 @@
+"""What corral shows of its compositions, one Struct each, shared by the daemon that sends
+them and the CLI that reads them: workflows and their runs, schedules, teams
+(corral.results imports them as results)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .views import Result
+
+
+# -- workflows (docs/workflows.md) -----------------------------------------------------------
+class WorkflowEntry(Result):
+    name: str
+    description: str
+    steps: list[str]
+    agents: list[str]  # a tenant's caller sees a workflow whose agents are all its own
+    timeout: float | None = None
+    revision: int | None = None  # one added at runtime: its revision (None: the file's)
+
+
+class WorkflowList(Result):
+    workflows: list[WorkflowEntry]
+
+
+class WorkflowPlan(Result):
+    name: str
+    agents: list[str]
+    plan: str  # the steps in order: what each waits for, is sent and runs on
+
+
+class RunStepView(Result):
+    step: str
+    item: int | None  # a map's item (0...), or None for the step itself
+    status: str  # running, succeeded, failed, skipped, cancelled, timed_out, lost
+    task_id: str | None
+    started: float | None
+    ended: float | None
+    output: Any = None
+    error: str | None = None
+    run_id: str | None = None  # a nested workflow's step: its run (task_id None)
+
+
+class RunGraphStep(Result):
+    step: str
+    after: list[str]  # the steps it waits for
+    runs: str  # "agent NAME" or "workflow NAME"
+    map: bool = False
+
+
+class RunView(Result):
+    run_id: str
+    workflow: str
+    status: str  # running, succeeded, failed, cancelled, timed_out
+    created: float
+    ended: float | None
+    agents: list[str]
+    error: str | None = None
+    input: Any = None
+    output: Any = None  # the last step's output, once the run succeeded
+    steps: list[RunStepView] = []  # in the definition's order, a map's items after it
+    revision: int | None = None  # of a workflow added at runtime it started on
+    # the run's graph: each step, in the definition's order, with the steps it waits
+    # for (those not started yet have no row in `steps`); what the dashboard draws
+    graph: list[RunGraphStep] = []
+
+
+class RunList(Result):
+    runs: list[RunView]  # newest first, without their steps
+
+
+class WorkflowDescription(Result):
+    name: str
+    source: str  # "config" (the file's) or "runtime" (added by a command)
+    revision: int | None  # a runtime workflow's current revision
+    tenant: str | None
+    agents: list[str]  # its steps' and its nested workflows'
+    definition: dict[str, Any]  # the [workflows.NAME] table
+
+
+class WorkflowRevision(Result):
+    revision: int
+    time: float
+    who: str
+    change: str  # "created", "removed", "rollback to revision 1: timeout 5 -> 10", ...
+    definition: dict[str, Any] | None  # None: this revision removed it
+
+
+class WorkflowHistory(Result):
+    name: str
+    current: int | None  # None: removed
+    revisions: list[WorkflowRevision]  # oldest first
+
+
+# -- schedules (docs/workflows.md#schedules) -------------------------------------------------
+class ScheduleEntry(Result):
+    name: str
+    agent: str | None  # a task of this agent, or
+    workflow: str | None  # a run of this workflow
+    every: str | None
+    cron: str | None
+    missed: str  # skip, once, catch_up
+    paused: bool
+    last_fire: float  # the last fire time accounted for (fired, or skipped as missed)
+    next_fire: float | None  # None: paused, or another cluster node's to fire
+    fires: int
+    last_started: str | None  # the task or run its last fire started
+    agents: list[str]  # whose tasks it starts: a limited caller sees it when it sees all
+    description: str = ""
+
+
+class ScheduleList(Result):
+    schedules: list[ScheduleEntry]
+
+
+# -- teams (docs/teams.md): the config file's and those added at runtime, with revisions
+class TeamEntry(Result):
+    name: str
+    mode: str  # route, broadcast or coordinate
+    members: list[str]
+    agents: list[str]  # its members, router and leader: a limited caller sees all of them
+    description: str = ""
+    revision: int | None = None  # one added at runtime: its revision (None: the file's)
+
+
+class TeamList(Result):
+    teams: list[TeamEntry]
+
+
+class TeamDescription(Result):
+    name: str
+    source: str  # "config" (the file's) or "runtime" (added by a command)
+    revision: int | None  # a runtime team's current revision
+    tenant: str | None  # the team's (its own, or its agents')
+    agents: list[str]
+    definition: dict[str, Any]  # the [teams.NAME] table
+
+
+class TeamRevision(WorkflowRevision):
+    """A revision of a team: who changed what, when."""
+
+
+class TeamHistory(Result):
+    name: str
+    current: int | None  # None: removed
+    revisions: list[TeamRevision]  # oldest first
