@@ -165,7 +165,7 @@ def test_max_sessions_refuses_a_new_one_and_an_expired_one_frees_its_place(
 
 def test_a_checkpoint_past_max_session_bytes_is_refused_with_the_reason(
         tmp: Path, redis: RedisServer) -> None:
-    # {"turns":[1]} is 12 bytes, [1,2] 14, [1,2,3] 16
+    # {"turns":[1]} is 13 bytes, [1,2] 15, [1,2,3] 17
     with nodes(tmp, redis, {"a": chat("max_session_bytes = 15\n")}) as ns:
         a = ns["a"]
         wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
@@ -174,11 +174,11 @@ def test_a_checkpoint_past_max_session_bytes_is_refused_with_the_reason(
         third = done(a, ids[2])
         assert third["status"] == "failed", third
         assert ("session/checkpoint: session state too large: agent chat's live sessions "
-                "would hold 16 bytes of state (max_session_bytes 15); the session keeps "
+                "would hold 17 bytes of state (max_session_bytes 15); the session keeps "
                 "its last state") in third["error"]["message"]
         r = redis_py.Redis(port=redis.port)
         try:
-            assert r.hget(K.session_bytes("chat"), "s") == b"14"
+            assert r.hget(K.session_bytes("chat"), "s") == b"15"
         finally:
             r.close()
 
