@@ -69,7 +69,8 @@ end"""
 
 # SUBMIT of a task naming a session (scripts.submit_script(SUBMIT_FIRST, SUBMIT_THEN)):
 # a new session is refused past max_sessions (-2, nothing written); the task goes into
-# the stream when the session has nothing unfinished, else into its line.
+# the stream when the session has nothing unfinished, else into its line, which
+# max_queue bounds as it does the stream (-1).
 # KEYS: SUBMIT's; ARGV: SUBMIT's, then the session's name, its agent's session_ttl
 #   (seconds, 0: none), the agent's max_sessions (0: none)
 SUBMIT_FIRST = f"""
@@ -83,6 +84,10 @@ if not cur then
   if most > 0 and redis.call('ZCARD', sall) >= most then return -2 end
 end
 local turn = not cur or cur == ''
+local most_waiting = tonumber(ARGV[9])
+if not turn and most_waiting > 0 and redis.call('LLEN', sline) >= most_waiting then
+  return -1
+end
 """
 ENTRY = "local entry = '0-0'\nif turn then entry = {xadd} end"
 SUBMIT_THEN = """

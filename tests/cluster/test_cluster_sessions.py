@@ -12,13 +12,18 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis as redis_py
 
+from corral.cluster import records, sessions, sessionscripts
+from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
+from corral.cluster.scripts import Scripts
+from corral.supervisor.config import ClusterSettings
 
 from ..daemon_harness import PY
 from ..redis_harness import RedisServer
@@ -224,3 +229,66 @@ def test_a_session_run_local_stays_on_its_node(tmp: Path, redis: RedisServer) ->
         assert r.returncode == 0, r.stderr
         listed = json.loads(a.cli("sessions", "--json").stdout)["sessions"]
         assert [(s["agent"], s["session"], s["tasks"]) for s in listed] == [("chat", "s", 1)]
+
+
+# -- the scripts alone ----------------------------------------------------------------------
+T = Keys("t")
+IDS = [f"0190a5c0-0000-7000-8000-00000000000{i}" for i in (1, 2)]
+
+
+@pytest.fixture
+async def client(redis: RedisServer) -> AsyncIterator[Any]:
+    c = connect(ClusterSettings(redis=redis.url, name="t", node="n"), "n")
+    yield c
+    await c.aclose()
+
+
+async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
+        client: Any) -> None:
+    s = Scripts(client)
+    submit_turn = client.register_script(sessions.SUBMIT)
+    for tid in IDS:
+        assert await submit_turn(
+            keys=[T.task(tid), T.stream("w", 0), T.priorities("w"), T.agents, T.live],
+            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "s", 60, 0]) == 1
+    first, second = IDS
+    assert await client.xlen(T.stream("w", 0)) == 1  # the second waits in the line
+    assert await client.hget(T.task(second), "entry") == b"0-0"
+    assert await client.lrange(T.session_line("w", "s"), 0, -1) == [second.encode()]
+    third = "0190a5c0-0000-7000-8000-000000000009"  # past max_queue 1 in the line: refused
+    assert await submit_turn(
+        keys=[T.task(third), T.stream("w", 0), T.priorities("w"), T.agents, T.live],
+        args=[third, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "s", 60, 0]) == -1
+    assert await client.exists(T.task(third)) == 0
+
+    async def claim(tid: str) -> Any:
+        entry = await client.hget(T.task(tid), "entry")
+        return await s.claim(keys=[T.task(tid), T.attempts(tid), T.fence,
+                                   T.stream("w", 0)],
+                             args=["n/1", "n", "2.0", entry,
+                                   records.claimed_attempt("n", 2.0), 2, "30.0"])
+
+    token, *_, cp, name, state = await claim(first)
+    assert (cp, name, state) == (None, b"s", None)  # no checkpoint, the session, no state
+    checkpoint = client.register_script(sessionscripts.CHECKPOINT)
+    assert await checkpoint(keys=[T.task(first)], args=[token + 1, b" {}", 2, 0]) == 0
+    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":1}', 7, 0]) == 1
+    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":12}', 8, 7]) == [
+        -1, 8]  # past max_session_bytes: refused, the last state kept
+
+    async def finish(tid: str, fence: int) -> Any:
+        return await s.finish(
+            keys=[T.task(tid), T.attempts(tid), T.stream("w", 0), T.outcomes, *T.listed],
+            args=[fence, tid, "succeeded", b"{}", b"", "3.0",
+                  await client.hget(T.task(tid), "entry"), 0, 60, 0, "0", ""])
+
+    assert await finish(first, token) == 1
+    assert await client.hget(T.task(second), "entry") != b"0-0"  # into the stream
+    assert await client.hget(T.session("w", "s"), "cur") == second.encode()
+    assert await client.pttl(T.session("w", "s")) == -1  # busy: no expiry
+    token2, *_, name, state = await claim(second)
+    assert (name, state) == (b"s", b' {"a":1}')
+    assert await finish(second, token2) == 1
+    assert await client.hget(T.session("w", "s"), "cur") == b""
+    assert 0 < await client.pttl(T.session("w", "s")) <= 60_000  # idle: session_ttl
+    assert await client.zscore(T.sessions("w"), "s") is not None
