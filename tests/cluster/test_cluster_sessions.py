@@ -9,6 +9,7 @@ Real daemons, real workers (tests/session_agent.py), a real redis-server."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import textwrap
@@ -75,7 +76,7 @@ def test_twenty_turns_on_two_nodes_run_one_at_a_time_in_order_each_once(
             assert rec["output"]["session"] == "s"
             assert len(rec["attempts"]) == 1
         # one at a time: each turn started after the one before it finished
-        for before, after in zip(got, got[1:], strict=False):
+        for before, after in itertools.pairwise(got):
             assert after["attempts"][0]["started"] >= before["attempts"][0]["finished"]
         ran_on = {rec["attempts"][0]["node"] for rec in got}
         assert ran_on == {"a", "b"}  # the state went with the turns from node to node
