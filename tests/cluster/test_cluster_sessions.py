@@ -4,8 +4,10 @@ two nodes run one at a time, in order, each once, each given the state the last 
 checkpointed, on whichever node; a node SIGKILLed mid-turn: the turn is retried on the
 other node with the last checkpointed state, and the rest follow in order; a turn
 cancelled in the session's line leaves it; max_sessions and max_session_bytes refuse
-with the reason, and session_ttl expires a session in Redis; a forged state is refused.
-Real daemons, real workers (tests/session_agent.py), a real redis-server."""
+with the reason, and session_ttl expires a session in Redis; a forged or unsigned state
+is refused. Real daemons, real workers (tests/session_agent.py), a real redis-server;
+and the scripts alone: the line moved at each end (a takeover's `lost` too), max_queue
+bounding the line, the checkpoint fenced by the claim's token and bounded."""
 
 from __future__ import annotations
 
@@ -293,3 +295,29 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
     assert await client.hget(T.session("w", "s"), "cur") == b""
     assert 0 < await client.pttl(T.session("w", "s")) <= 60_000  # idle: session_ttl
     assert await client.zscore(T.sessions("w"), "s") is not None
+
+
+async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> None:
+    """The end every end shares: a takeover with no retry left ends the turn `lost`, and
+    the next turn of the session goes into the stream, its state the last checkpoint's."""
+    s = Scripts(client)
+    submit_turn = client.register_script(sessions.SUBMIT)
+    first, second = IDS
+    for tid in IDS:
+        assert await submit_turn(
+            keys=[T.task(tid), T.stream("w", 0), T.priorities("w"), T.agents, T.live],
+            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "s", 0, 0]) == 1
+    entry = await client.hget(T.task(first), "entry")
+    await s.claim(keys=[T.task(first), T.attempts(first), T.fence, T.stream("w", 0)],
+                  args=["b/1", "b", "2.0", entry, records.claimed_attempt("b", 2.0), 0,
+                        "30.0"])
+    assert await s.takeover(
+        keys=[T.task(first), T.attempts(first), T.stream("w", 0), T.outcomes,
+              T.alive("b/1"), *T.listed],
+        args=[first, entry, "b/1", "5.0", "node b lost", 60,
+              b'{"code":-32001,"message":"node b lost"}', "dead"]) == b"lost"
+    assert await client.hget(T.session("w", "s"), "cur") == second.encode()
+    assert await client.exists(T.session_line("w", "s")) == 0
+    [(moved, fields)] = await client.xrange(T.stream("w", 0))
+    assert fields == {b"task": second.encode()}
+    assert await client.hget(T.task(second), "entry") == moved
