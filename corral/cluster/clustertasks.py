@@ -34,6 +34,7 @@ from .connection import never_sent, read, unavailable, why
 from .keys import Keys
 from .membership import Membership, NodeView
 from .scripts import Scripts
+from .sessions import ClusterSessions
 from .trust import OUTCOME, Trust
 
 RECHECK_BEATS = 5  # a waiting client reads its task's record at least this often (beats)
@@ -61,6 +62,9 @@ class ClusterTasks:
         # clients following a task's progress here (`corral run`), by task
         self._following: dict[str, list[Progress]] = {}
         self._submit = Batcher(scripts, scripts.submit)
+        # a task naming a session: its own submit (sessions.py)
+        self.sessions = ClusterSessions(redis, scripts, keys, trust, host)
+        self._submit_turn = Batcher(scripts, self.sessions.submit)
 
     # -- submit ---------------------------------------------------------------------------
     async def refresh_view(self) -> None:
@@ -91,9 +95,14 @@ class ClusterTasks:
         args = [task_id, p.agent, raw, p.priority,
                 "" if p.timeout is None else repr(p.timeout), "", repr(time.time()),
                 self.membership.node, max_queue, "1" if watched else "0"]
+        submit = self.scripts.submit
+        if p.session is not None:
+            args += self.sessions.submit_args(p.agent, p.session)
+            submit = self.sessions.submit
         try:
             await self._check_served(p.agent)
-            got = await self._submit(keys=keys, args=args)
+            got = await (self._submit if p.session is None else self._submit_turn)(
+                keys=keys, args=args)
         except RedisError as exc:
             if never_sent(exc):
                 raise unavailable(self.settings.redis, exc, "the task was not accepted"
@@ -101,7 +110,7 @@ class ClusterTasks:
             # the answer was lost, not necessarily the submit: once more, the same id (a
             # submit Redis already holds answers 0, and counts as accepted)
             try:
-                got = await self.scripts.submit(keys=keys, args=args)
+                got = await submit(keys=keys, args=args)
             except RedisError as again:
                 raise unavailable(
                     self.settings.redis, again,
@@ -110,6 +119,9 @@ class ClusterTasks:
         if got == -1:
             raise RpcError(jsonrpc.REFUSED, f"agent {p.agent}'s cluster queue is full "
                                             f"({max_queue} waiting, max_queue)")
+        refused = self.sessions.refusal(p.agent, got)
+        if refused is not None:
+            raise refused
 
     # -- ask --------------------------------------------------------------------------------
     async def list(self, p: m.TasksList, since: float | None, limit: int,

@@ -70,6 +70,29 @@ class Keys:
         """Hash: a running cluster task's steps (cluster/steps.py), deleted at its end."""
         return f"{self.prefix}steps:{task_id}"
 
+    # -- sessions (sessions.py; agent names have no ':') ------------------------------------
+    def session(self, agent: str, name: str) -> str:
+        """Hash: a cluster session (its signed state, its current task, ttl, last use,
+        tasks); it expires, with its line and history, session_ttl after its last task."""
+        return f"{self.prefix}sess:{agent}:{name}"
+
+    def session_line(self, agent: str, name: str) -> str:
+        """List: the session's tasks waiting for its current one to end, in order."""
+        return f"{self.prefix}sline:{agent}:{name}"
+
+    def session_tasks(self, agent: str, name: str) -> str:
+        """List: the ids of the session's tasks, in the order submitted (its last ones)."""
+        return f"{self.prefix}shist:{agent}:{name}"
+
+    def sessions(self, agent: str) -> str:
+        """Sorted set: an agent's live sessions, scored by when each expires (inf while a
+        task of it is unfinished): what max_sessions counts."""
+        return f"{self.prefix}sessions:{agent}"
+
+    def session_bytes(self, agent: str) -> str:
+        """Hash: session -> its state's bytes: what max_session_bytes counts."""
+        return f"{self.prefix}sbytes:{agent}"
+
     @property
     def fence(self) -> str:
         """Counter: fence tokens, one per claim, increasing across the cluster."""

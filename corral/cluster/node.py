@@ -98,6 +98,7 @@ class ClusterNode:
         self.steps = ClusterSteps(self.redis, scripts, self.keys, trust, tasks.active.get)
         tasks.steps.cluster = self.steps
         self.puller.resume = self.steps.resume
+        tasks.sessions.elsewhere = self.desk.sessions  # turns of cluster sessions
         host.stream.subscribe(self.outbox.finished, TaskFinished)
         self.puller.on_claim = self._watch
         host.stream.subscribe(self._fenced, Fenced)

@@ -178,14 +178,16 @@ class Puller:
                 continue
             if not claimed:
                 continue
-            token, base, raw, timeout, retries, prio, created, *checkpoint = claimed
+            token, base, raw, timeout, retries, prio, created, *more = claimed
             self.claimed += 1
             task = ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
                                float(timeout), int(retries), float(created),
                                token=int(token), base=int(base), entry=entry.decode(),
                                stream=stream, consumer=consumer)
-            if checkpoint:
-                self.resume(task, checkpoint[0])
+            if more and more[0]:
+                self.resume(task, more[0])
+            if len(more) == 3:  # a turn of a session (sessions.py), with its state
+                task.session, task.session_kept = more[1].decode(), more[2]
             self.on_claim(task)
             self.tasks.adopt(task)
 

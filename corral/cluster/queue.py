@@ -21,8 +21,9 @@ from ..supervisor.tasks.host import AgentLike
 
 
 class ClusterTask(Task):
-    __slots__ = ("base", "consumer", "entry", "stream", "token")
+    __slots__ = ("base", "consumer", "entry", "session_kept", "stream", "token")
     journal_here = False
+    session_here = False  # its session's turns are kept in order by Redis (sessions.py)
 
     def __init__(self, task_id: str, agent: str, raw_input: msgspec.Raw, priority: int,
                  timeout: float, retries: int, created: float, *, token: int, base: int,
@@ -35,6 +36,9 @@ class ClusterTask(Task):
         self.entry = entry  # its stream entry (acknowledged with the outcome)
         self.stream = stream
         self.consumer = consumer  # the node incarnation that claimed it
+        # its session's state as its claim read it or its last checkpoint wrote it (the
+        # MAC, a space, the JSON)
+        self.session_kept: bytes | None = None
 
     @property
     def attempt(self) -> int:

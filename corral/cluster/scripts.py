@@ -11,6 +11,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from . import sessionscripts
 from .keys import CHECKPOINT_FIELD, GROUP, OUTCOMES_KEPT
 
 
@@ -33,7 +34,8 @@ def _ended(task: str, kept: str, live: int) -> str:
 redis.call('EXPIRE', KEYS[2], {kept})
 redis.call('DEL', {_steps_key(task)})
 redis.call('ZREM', KEYS[{live}], {task})
-redis.call('ZADD', KEYS[{live + 1}], 0, {task})"""
+redis.call('ZADD', KEYS[{live + 1}], 0, {task})
+{sessionscripts.ended(task)}"""
 
 
 # KEYS: task, stream, priorities, agents, live tasks (listed)
@@ -43,7 +45,10 @@ redis.call('ZADD', KEYS[{live + 1}], 0, {task})"""
 #       else '0' (the record keeps either: one HSET per submit, not a second one for
 #       each `corral run`)
 # -> 1 accepted, 0 already accepted (the same id: a retried submit), -1 the queue is full
-SUBMIT = f"""
+# (`submit_script`: the same around a session's, sessionscripts.py)
+def submit_script(first: str = "", entry: str = "local entry = {xadd}",
+                  then: str = "") -> str:
+    return f"""{first}
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local max_queue = tonumber(ARGV[9])
 if redis.call('EXISTS', KEYS[2]) == 0 then
@@ -51,7 +56,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
 elseif max_queue > 0 and redis.call('XLEN', KEYS[2]) >= max_queue then
   return -1
 end
-local entry = redis.call('XADD', KEYS[2], '*', 'task', ARGV[1])
+{entry.format(xadd="redis.call('XADD', KEYS[2], '*', 'task', ARGV[1])")}
 redis.call('HSET', KEYS[1], 'agent', ARGV[2], 'input', ARGV[3], 'priority', ARGV[4],
   'timeout', ARGV[5], 'retries_left', ARGV[6], 'created', ARGV[7], 'status', 'queued',
   'fence', '0', 'submitted_on', ARGV[8], 'entry', entry, 'stream', KEYS[2],
@@ -59,8 +64,12 @@ redis.call('HSET', KEYS[1], 'agent', ARGV[2], 'input', ARGV[3], 'priority', ARGV
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[4])
 redis.call('SADD', KEYS[4], ARGV[2])
 redis.call('ZADD', KEYS[5], 0, ARGV[1])
+{then}
 return 1
 """
+
+
+SUBMIT = submit_script()
 
 # A node that read an entry takes its task: a new fence token, the node as owner, an
 # attempt begun. A task no longer queued (finished meanwhile, or taken over and queued
@@ -99,6 +108,7 @@ if base > 0 then
   local cp = redis.call('HGET', prefix .. 'steps:' .. id, '{CHECKPOINT_FIELD}')
   if cp then out[8] = cp end
 end
+{sessionscripts.claimed()}
 return out
 """
 

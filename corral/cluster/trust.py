@@ -38,10 +38,12 @@ REVISION = b"revision"  # a kept revision's table (keys.history), by agent name
 DECLARED = b"declared"  # a table a node's file declared (keys.declared), by node, agent
 OUTCOME = b"outcome"  # a task's outcome (record and outcomes stream), by task and fence
 STEP = b"step"  # a running task's step (keys.steps, cluster/steps.py), by task and field
+SESSION = b"session"  # a session's state (keys.session, cluster/sessions.py), by agent, name
 KINDS = {AGENT: "agents", REVISION: "revisions", DECLARED: "declared",
-         OUTCOME: "outcomes", STEP: "steps"}  # as `corral stats` counts them
+         OUTCOME: "outcomes", STEP: "steps",
+         SESSION: "sessions"}  # as `corral stats` counts them
 _SAID = {AGENT: "agent", REVISION: "revision", DECLARED: "declared table",
-         OUTCOME: "outcome", STEP: "step"}  # as the log says one
+         OUTCOME: "outcome", STEP: "step", SESSION: "session state"}  # as the log says one
 
 NO_KEY_WARNING = ("[cluster] has no key_file: anyone who can write to the cluster's "
                   "Redis can run commands on every node (as the agents' users, root by "

@@ -1,30 +1,323 @@
-"""Sessions on a cluster (issue 39 item 4, docs/durable.md#sessions): not kept by the
-cluster's queue yet, so a cluster task naming a session is refused with the reason, and
-runs as a session on the node with --local."""
+"""Sessions on a cluster (issue 39 item 4, corral/cluster/sessions.py,
+docs/durable.md#sessions-on-a-cluster): twenty turns of a session submitted at once on
+two nodes run one at a time, in order, each once, each given the state the last one
+checkpointed, on whichever node; a node SIGKILLed mid-turn: the turn is retried on the
+other node with the last checkpointed state, and the rest follow in order; a turn
+cancelled in the session's line leaves it; max_sessions and max_session_bytes refuse
+with the reason, and session_ttl expires a session in Redis; a forged or unsigned state
+is refused. Real daemons, real workers (tests/session_agent.py), a real redis-server;
+and the scripts alone: the line moved at each end (a takeover's `lost` too), max_queue
+bounding the line, the checkpoint fenced by the claim's token and bounded."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import pytest
+import redis as redis_py
+
+from corral.cluster import records, sessions, sessionscripts
+from corral.cluster.connection import connect
+from corral.cluster.keys import Keys
+from corral.cluster.scripts import Scripts
+from corral.supervisor.config import ClusterSettings
+
+from ..daemon_harness import PY
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import nodes, sleeper
+from .harness import Node, nodes
+from .test_cluster_specs import log
+
+pytestmark = pytest.mark.timeout(120)
+HERE = Path(__file__).parent.parent
+K = Keys("test")
 
 
-def test_a_cluster_task_naming_a_session_is_refused_and_runs_local(
+def chat(extra: str = "") -> str:
+    return textwrap.dedent(f"""
+        [agents.chat]
+        command = ["{PY}", "{HERE}/session_agent.py"]
+        env = {{ PYTHONPATH = "{HERE.parent}" }}
+        retries = 1
+        max_concurrent_tasks = 2
+        stop_timeout = 5.0
+    """) + textwrap.dedent(extra)
+
+
+def submit(n: Node, turn: int, session: str = "s", **more: Any) -> str:
+    task_id: str = n.call("tasks.submit", {"agent": "chat", "input": {"turn": turn, **more},
+                                        "session": session})["task_id"]
+    return task_id
+
+
+def done(n: Node, task_id: str) -> Any:
+    return n.call("tasks.get", {"task_id": task_id, "wait": True})
+
+
+def both_alive(ns: dict[str, Node]) -> None:
+    wait_until(lambda: sum(n["alive"] for n in ns["a"].json("nodes")["nodes"]) == 2,
+               what="both nodes alive")
+
+
+def test_twenty_turns_on_two_nodes_run_one_at_a_time_in_order_each_once(
         tmp: Path, redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": sleeper("w")}) as ns:
+    with nodes(tmp, redis, {"a": chat(), "b": chat()}) as ns:
+        both_alive(ns)
+        ids = [submit(ns["a" if i % 2 else "b"], i) for i in range(1, 21)]
+        got = [done(ns["a"], t) for t in ids]
+        for i, rec in enumerate(got, 1):
+            assert rec["status"] == "succeeded", rec
+            assert rec["output"]["turns"] == list(range(1, i + 1))  # in order, each once
+            assert rec["output"]["given"] is (i > 1)
+            assert rec["output"]["session"] == "s"
+            assert len(rec["attempts"]) == 1
+        # one at a time: each turn started after the one before it finished
+        for before, after in itertools.pairwise(got):
+            assert after["attempts"][0]["started"] >= before["attempts"][0]["finished"]
+        ran_on = {rec["attempts"][0]["node"] for rec in got}
+        assert ran_on == {"a", "b"}  # the state went with the turns from node to node
+        r = redis_py.Redis(port=redis.port)
+        try:  # idle: nothing in its line, no current task, its state kept
+            assert r.hget(K.session("chat", "s"), "cur") == b""
+            assert r.exists(K.session_line("chat", "s")) == 0
+            assert r.lrange(K.session_tasks("chat", "s"), 0, -1) == [
+                t.encode() for t in ids]
+            assert r.hget(K.session("chat", "s"), "tasks") == b"20"
+            assert r.ttl(K.session("chat", "s")) > 0  # session_ttl runs from now
+        finally:
+            r.close()
+
+
+def test_a_node_killed_mid_turn_the_turn_is_retried_elsewhere_with_the_last_state(
+        tmp: Path, redis: RedisServer) -> None:
+    marker = tmp / "marker"
+    with nodes(tmp, redis, {"a": chat(), "b": chat()}) as ns:
+        both_alive(ns)
+        first = [submit(ns["a"], i) for i in range(1, 5)]
+        assert [done(ns["a"], t)["status"] for t in first] == ["succeeded"] * 4
+        hung = submit(ns["a"], 5, how="hang", marker=str(marker))
+        later = [submit(ns["b" if i % 2 else "a"], i) for i in range(6, 9)]
+        wait_until(marker.exists, 30, "turn 5 running")
+        rec = ns["a"].call("tasks.get", {"task_id": hung})
+        killed = ns[rec["attempts"][-1]["node"]]
+        other = ns["b" if killed.name == "a" else "a"]
+        # the turns after it wait in the session's line, not in the stream
+        assert other.call("tasks.get", {"task_id": later[0]})["status"] == "queued"
+        killed.kill9()
+        retried = done(other, hung)
+        assert retried["status"] == "succeeded", retried
+        assert [(a["node"], a["outcome"]) for a in retried["attempts"]] == [
+            (killed.name, "lost"), (other.name, "succeeded")]
+        assert retried["output"]["turns"] == [1, 2, 3, 4, 5]  # the last checkpoint's, + 5
+        assert retried["output"]["attempt"] == 2
+        for i, t in enumerate(later, 6):
+            rec = done(other, t)
+            assert rec["status"] == "succeeded", rec
+            assert rec["output"]["turns"] == list(range(1, i + 1))
+            assert [a["node"] for a in rec["attempts"]] == [other.name]
+
+
+def test_a_turn_cancelled_in_the_line_leaves_it_and_the_next_one_runs(
+        tmp: Path, redis: RedisServer) -> None:
+    hold = tmp / "hold"
+    os.mkfifo(hold)
+    with nodes(tmp, redis, {"a": chat()}) as ns:
         a = ns["a"]
         wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
-        r = a.cli("run", "w", "--input", '{"do": "echo"}', "--session", "s")
+        t1 = submit(a, 1, hold=str(hold))
+        t2, t3 = submit(a, 2), submit(a, 3)
+        wait_until(lambda: a.call("tasks.get", {"task_id": t1})["status"] == "running",
+                   what="turn 1 running")
+        assert a.call("tasks.get", {"task_id": t2})["status"] == "queued"
+        cancelled = a.call("tasks.cancel", {"task_id": t2})
+        assert cancelled["status"] == "cancelled", cancelled
+        r = redis_py.Redis(port=redis.port)
+        try:
+            assert r.lrange(K.session_line("chat", "s"), 0, -1) == [t3.encode()]
+        finally:
+            r.close()
+        with open(hold, "wb"):  # turn 1 goes on
+            pass
+        assert done(a, t1)["output"]["turns"] == [1]
+        assert done(a, t3)["output"]["turns"] == [1, 3]
+
+
+def test_max_sessions_refuses_a_new_one_and_an_expired_one_frees_its_place(
+        tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": chat("max_sessions = 1\nsession_ttl = 1.0\n")}) as ns:
+        a = ns["a"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
+        assert done(a, submit(a, 1, "one"))["status"] == "succeeded"
+        r = a.cli("run", "chat", "--input", json.dumps({"turn": 1}), "--session", "two")
         assert r.returncode == 1
-        assert r.stderr == (
-            "corral: invalid params: session is not kept by the cluster's queue (a "
-            "session's tasks run one at a time on the node that holds its state; not "
-            "built for cluster tasks yet): submit it with local = true (corral run "
-            "--local) to run the session on this node\n")
-        r = a.cli("run", "w", "--input", '{"do": "echo"}', "--session", "s", "--local")
+        assert r.stderr == ("corral: sessions full: agent chat has 1 live session in "
+                            "cluster (max_sessions 1); wait for one to expire "
+                            "(session_ttl)\n")
+        assert done(a, submit(a, 2, "one"))["output"]["turns"] == [1, 2]  # its own: taken
+        rc = redis_py.Redis(port=redis.port)
+        try:  # session_ttl after its last turn: gone from Redis, by the keys' expiry
+            wait_until(lambda: rc.exists(K.session("chat", "one")) == 0, 10,
+                       "session one expired")
+            assert rc.exists(K.session_tasks("chat", "one")) == 0
+        finally:
+            rc.close()
+        again = done(a, submit(a, 1, "two"))
+        assert again["status"] == "succeeded" and again["output"]["given"] is False
+
+
+def test_a_checkpoint_past_max_session_bytes_is_refused_with_the_reason(
+        tmp: Path, redis: RedisServer) -> None:
+    # {"turns":[1]} is 13 bytes, [1,2] 15, [1,2,3] 17
+    with nodes(tmp, redis, {"a": chat("max_session_bytes = 15\n")}) as ns:
+        a = ns["a"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
+        ids = [submit(a, i) for i in (1, 2, 3)]
+        assert [done(a, t)["status"] for t in ids[:2]] == ["succeeded"] * 2
+        third = done(a, ids[2])
+        assert third["status"] == "failed", third
+        assert ("session/checkpoint: session state too large: agent chat's live sessions "
+                "would hold 17 bytes of state (max_session_bytes 15); the session keeps "
+                "its last state") in third["error"]["message"]
+        r = redis_py.Redis(port=redis.port)
+        try:
+            assert r.hget(K.session_bytes("chat"), "s") == b"15"
+        finally:
+            r.close()
+
+
+def test_a_forged_session_state_is_refused_and_the_turn_starts_without_it(
+        tmp: Path, redis: RedisServer) -> None:
+    key = tmp / "cluster.key"
+    key.write_bytes(os.urandom(32).hex().encode())
+    key.chmod(0o600)
+    with nodes(tmp, redis, {"a": chat()}, extra=f'key_file = "{key}"\n') as ns:
+        a = ns["a"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
+        assert done(a, submit(a, 1))["output"]["turns"] == [1]
+        r = redis_py.Redis(port=redis.port)
+        try:
+            mac, _, body = r.hget(K.session("chat", "s"), "state").partition(b" ")
+            assert body == b'{"turns":[1]}'
+            r.hset(K.session("chat", "s"), "state", mac + b' {"turns":[7,7,7]}')
+        finally:
+            r.close()
+        forged = done(a, submit(a, 2))
+        assert forged["output"]["turns"] == [2] and forged["output"]["given"] is False
+        assert a.call("stats.get")["cluster"]["trust"]["refused"]["sessions"] == 1
+        assert ("cluster: refused session state s of agent chat from Redis: its MAC does "
+                "not verify with this node's cluster key; the turn starts without it"
+                ) in log(a)
+        # and one with no MAC at all: refused the same way
+        r = redis_py.Redis(port=redis.port)
+        try:
+            r.hset(K.session("chat", "s"), "state", b' {"turns":[7]}')
+        finally:
+            r.close()
+        unsigned = done(a, submit(a, 3))
+        assert unsigned["output"]["turns"] == [3] and unsigned["output"]["given"] is False
+        assert a.call("stats.get")["cluster"]["trust"]["refused"]["sessions"] == 2
+
+
+def test_a_session_run_local_stays_on_its_node(tmp: Path, redis: RedisServer) -> None:
+    with nodes(tmp, redis, {"a": chat()}) as ns:
+        a = ns["a"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
+        r = a.cli("run", "chat", "--input", '{"turn": 1}', "--session", "s", "--local")
         assert r.returncode == 0, r.stderr
         listed = json.loads(a.cli("sessions", "--json").stdout)["sessions"]
-        assert [(s["agent"], s["session"], s["tasks"]) for s in listed] == [("w", "s", 1)]
+        assert [(s["agent"], s["session"], s["tasks"]) for s in listed] == [("chat", "s", 1)]
+
+
+# -- the scripts alone ----------------------------------------------------------------------
+T = Keys("t")
+IDS = [f"0190a5c0-0000-7000-8000-00000000000{i}" for i in (1, 2)]
+
+
+@pytest.fixture
+async def client(redis: RedisServer) -> AsyncIterator[Any]:
+    c = connect(ClusterSettings(redis=redis.url, name="t", node="n"), "n")
+    yield c
+    await c.aclose()
+
+
+async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
+        client: Any) -> None:
+    s = Scripts(client)
+    submit_turn = client.register_script(sessions.SUBMIT)
+    for tid in IDS:
+        assert await submit_turn(
+            keys=[T.task(tid), T.stream("w", 0), T.priorities("w"), T.agents, T.live],
+            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "s", 60, 0]) == 1
+    first, second = IDS
+    assert await client.xlen(T.stream("w", 0)) == 1  # the second waits in the line
+    assert await client.hget(T.task(second), "entry") == b"0-0"
+    assert await client.lrange(T.session_line("w", "s"), 0, -1) == [second.encode()]
+    third = "0190a5c0-0000-7000-8000-000000000009"  # past max_queue 1 in the line: refused
+    assert await submit_turn(
+        keys=[T.task(third), T.stream("w", 0), T.priorities("w"), T.agents, T.live],
+        args=[third, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "s", 60, 0]) == -1
+    assert await client.exists(T.task(third)) == 0
+
+    async def claim(tid: str) -> Any:
+        entry = await client.hget(T.task(tid), "entry")
+        return await s.claim(keys=[T.task(tid), T.attempts(tid), T.fence,
+                                   T.stream("w", 0)],
+                             args=["n/1", "n", "2.0", entry,
+                                   records.claimed_attempt("n", 2.0), 2, "30.0"])
+
+    token, *_, cp, name, state = await claim(first)
+    assert (cp, name, state) == (None, b"s", None)  # no checkpoint, the session, no state
+    checkpoint = client.register_script(sessionscripts.CHECKPOINT)
+    assert await checkpoint(keys=[T.task(first)], args=[token + 1, b" {}", 2, 0]) == 0
+    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":1}', 7, 0]) == 1
+    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":12}', 8, 7]) == [
+        -1, 8]  # past max_session_bytes: refused, the last state kept
+
+    async def finish(tid: str, fence: int) -> Any:
+        return await s.finish(
+            keys=[T.task(tid), T.attempts(tid), T.stream("w", 0), T.outcomes, *T.listed],
+            args=[fence, tid, "succeeded", b"{}", b"", "3.0",
+                  await client.hget(T.task(tid), "entry"), 0, 60, 0, "0", ""])
+
+    assert await finish(first, token) == 1
+    assert await client.hget(T.task(second), "entry") != b"0-0"  # into the stream
+    assert await client.hget(T.session("w", "s"), "cur") == second.encode()
+    assert await client.pttl(T.session("w", "s")) == -1  # busy: no expiry
+    token2, *_, name, state = await claim(second)
+    assert (name, state) == (b"s", b' {"a":1}')
+    assert await finish(second, token2) == 1
+    assert await client.hget(T.session("w", "s"), "cur") == b""
+    assert 0 < await client.pttl(T.session("w", "s")) <= 60_000  # idle: session_ttl
+    assert await client.zscore(T.sessions("w"), "s") is not None
+
+
+async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> None:
+    """The end every end shares: a takeover with no retry left ends the turn `lost`, and
+    the next turn of the session goes into the stream, its state the last checkpoint's."""
+    s = Scripts(client)
+    submit_turn = client.register_script(sessions.SUBMIT)
+    first, second = IDS
+    for tid in IDS:
+        assert await submit_turn(
+            keys=[T.task(tid), T.stream("w", 0), T.priorities("w"), T.agents, T.live],
+            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "s", 0, 0]) == 1
+    entry = await client.hget(T.task(first), "entry")
+    await s.claim(keys=[T.task(first), T.attempts(first), T.fence, T.stream("w", 0)],
+                  args=["b/1", "b", "2.0", entry, records.claimed_attempt("b", 2.0), 0,
+                        "30.0"])
+    assert await s.takeover(
+        keys=[T.task(first), T.attempts(first), T.stream("w", 0), T.outcomes,
+              T.alive("b/1"), *T.listed],
+        args=[first, entry, "b/1", "5.0", "node b lost", 60,
+              b'{"code":-32001,"message":"node b lost"}', "dead"]) == b"lost"
+    assert await client.hget(T.session("w", "s"), "cur") == second.encode()
+    assert await client.exists(T.session_line("w", "s")) == 0
+    [(moved, fields)] = await client.xrange(T.stream("w", 0))
+    assert fields == {b"task": second.encode()}
+    assert await client.hget(T.task(second), "entry") == moved

@@ -30,12 +30,6 @@ CLUSTER_POLICY = ("invalid params: delay, not_before, retries and retry_on are n
                   "true (corral run --local) to delay it or give it a policy on this node")
 
 
-CLUSTER_SESSION = ("invalid params: session is not kept by the cluster's queue (a "
-                   "session's tasks run one at a time on the node that holds its state; "
-                   "not built for cluster tasks yet): submit it with local = true (corral "
-                   "run --local) to run the session on this node")
-
-
 class ClusterFront:
     """The TaskFront of a cluster node."""
 
@@ -58,8 +52,6 @@ class ClusterFront:
         queue: one that asks for either is refused, pointing to `local`.)"""
         if p.policy:
             raise RpcError(jsonrpc.INVALID_PARAMS, CLUSTER_POLICY)
-        if p.session is not None:
-            raise RpcError(jsonrpc.INVALID_PARAMS, CLUSTER_SESSION)
         return self._admit(p)
 
     def _admit(self, p: P) -> P:

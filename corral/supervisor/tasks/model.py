@@ -87,6 +87,8 @@ class Task:
     # whether this node's journal keeps the task: not one a cluster keeps (its record in
     # Redis is what survives, and a restart here must not run it again beside a takeover)
     journal_here = True
+    # its session's turns are kept in order here (Sessions), not elsewhere (a cluster's)
+    session_here = True
 
     def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
                  retries: int, seq: int) -> None:

@@ -122,6 +122,17 @@ class SessionJournal(Protocol):
         """The session's state as written so far, read on the caller's thread."""
 
 
+class SessionsElsewhere(Protocol):
+    """Where the sessions of tasks whose turns are kept elsewhere live (a cluster's
+    Redis: corral.cluster.sessions.ClusterSessions)."""
+
+    def started(self, task: Task) -> msgspec.Raw | None:
+        """The state the task's turn is given."""
+
+    async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
+        """session/checkpoint: kept before it is answered."""
+
+
 class Session:
     """One live session of an agent."""
 
@@ -175,6 +186,11 @@ def _key(task: Task) -> tuple[str, str]:
     return task.agent, task.session
 
 
+def _here(task: Task) -> bool:
+    """A task of a session kept in this engine's table (not elsewhere's)."""
+    return task.session is not None and task.session_here
+
+
 class Sessions:
     """The engine's sessions, and the Queue in front of the agents' queue (`inner`)."""
 
@@ -193,6 +209,7 @@ class Sessions:
         self._bytes: dict[str, int] = {}  # their states' bytes per agent
         self._loading: set[asyncio.Task[None]] = set()
         self.pump: Callable[[str], None] | None = None  # the dispatcher's (a line moved)
+        self.elsewhere: SessionsElsewhere | None = None  # a cluster's (session_here False)
         self.expired = 0  # sessions dropped for their session_ttl
         self.refused = 0  # new sessions and checkpoints refused for a bound
         self._swept = 0.0  # when the table was last looked over (wall time)
@@ -374,13 +391,13 @@ class Sessions:
 
     # -- the Queue --------------------------------------------------------------------------
     def put(self, task: Task) -> None:
-        if task.session is None or self._turn(task, front=False):
+        if not _here(task) or self._turn(task, front=False):
             self.inner.put(task)
 
     def requeue(self, task: Task) -> None:
         """A retry of the session's current task goes back; a later task (delayed until
         now) waits its turn."""
-        if task.session is None or self._turn(task, front=True):
+        if not _here(task) or self._turn(task, front=True):
             self.inner.requeue(task)
 
     def _turn(self, task: Task, front: bool) -> bool:
@@ -433,7 +450,7 @@ class Sessions:
         return self.inner.take(agent)
 
     def remove(self, task: Task) -> bool:
-        if task.session is not None:
+        if _here(task):
             s = self.table.get(_key(task))
             if s is not None and (task in s.line or s.warming is task):
                 if s.warming is task:
@@ -474,7 +491,7 @@ class Sessions:
 
     def why_waiting(self, task: Task) -> str | None:
         """Why a queued task of a session does not start: another task of it runs."""
-        if task.session is None:
+        if not _here(task):
             return None
         s = self.table.get(_key(task))
         if s is not None and s.warming is task:
@@ -488,7 +505,7 @@ class Sessions:
 
     def _finished(self, e: TaskFinished) -> None:
         task = e.task
-        if task.session is None:
+        if not _here(task):
             return
         s = self.table.get(_key(task))
         if s is None:
@@ -513,6 +530,8 @@ class Sessions:
     def prefer(self, task: Task, r: Replica, agent: AgentLike) -> Replica:
         """The replica that holds the session when it is the same process and has a free
         slot, else `r` (the least loaded)."""
+        if not _here(task):
+            return r
         s = self.table.get(_key(task))
         held = s.replica if s is not None else None
         if (held is None or held is r or s is None or held.pid != s.pid
@@ -523,6 +542,8 @@ class Sessions:
 
     def started(self, task: Task, r: Replica) -> msgspec.Raw | None:
         """The session's task starts on `r`: the state it is given."""
+        if not task.session_here and self.elsewhere is not None:
+            return self.elsewhere.started(task)
         key = _key(task)
         s = self.table.get(key)
         if s is None:
@@ -544,6 +565,8 @@ class Sessions:
     # -- the worker's -----------------------------------------------------------------------
     async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
         """session/checkpoint: the session's state, durable before it is answered."""
+        if not task.session_here and self.elsewhere is not None:
+            return await self.elsewhere.checkpoint(task, state)
         if task.session is None:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"session/checkpoint: task {task.id} "
                                                    "has no session")

@@ -1,0 +1,148 @@
+"""The Lua of sessions on a cluster (cluster/sessions.py, docs/durable.md#sessions): a
+session's turns kept in order by Redis itself, with no polling.
+
+A session is a hash (Keys.session) whose `cur` is the one task of it in the agent's stream
+(queued or running), and a line (Keys.session_line) of the later ones, which have a
+record (status queued, entry "0-0": no stream entry) but wait out of the stream. Every end
+of a task (finished, lost, cancelled: scripts._ended) moves the next one of the line into
+the stream; the last one's end starts the session's session_ttl (the keys' expiry).
+
+Sessions are counted per agent in a sorted set (Keys.sessions) scored by when each
+expires, and their states' bytes in a hash (Keys.session_bytes): expired ones leave both
+when a script next counts them. Times are Redis's own (TIME): one clock for every node.
+"""
+
+from __future__ import annotations
+
+# The session's keys named from a task's record key (KEYS[1], Keys.task) and the session's
+# agent and name: the same prefix, so the same hash slot.
+_NAMES = """local prefix = string.match(KEYS[1], '^(.*)task:')
+local skey = prefix .. 'sess:' .. agent .. ':' .. name
+local sline = prefix .. 'sline:' .. agent .. ':' .. name
+local shist = prefix .. 'shist:' .. agent .. ':' .. name
+local sall = prefix .. 'sessions:' .. agent
+local sbytes = prefix .. 'sbytes:' .. agent
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000"""
+
+# The agent's expired sessions out of its count and its bytes.
+_PRUNE = """for _, gone in ipairs(redis.call('ZRANGEBYSCORE', sall, '-inf', '(' .. now)) do
+  redis.call('HDEL', sbytes, gone)
+end
+redis.call('ZREMRANGEBYSCORE', sall, '-inf', '(' .. now)"""
+
+
+def ended(task: str) -> str:
+    """(A fragment of scripts._ended.) A task of a session ended: the session's current
+    one makes way for the next of its line (into the stream it was submitted to), or
+    leaves the session idle, to expire session_ttl from now; one that ended waiting in
+    the line (cancelled) leaves it."""
+    return f"""do
+local agent_name = redis.call('HMGET', KEYS[1], 'agent', 'session')
+if agent_name[2] then
+local agent, name, task = agent_name[1], agent_name[2], {task}
+{_NAMES}
+if redis.call('HGET', skey, 'cur') == task then
+  local nxt = redis.call('LPOP', sline)
+  if nxt then
+    local record = prefix .. 'task:' .. nxt
+    local entry = redis.call('XADD', redis.call('HGET', record, 'stream'), '*',
+      'task', nxt)
+    redis.call('HSET', record, 'entry', entry)
+    redis.call('HSET', skey, 'cur', nxt, 'last', now)
+  else
+    local ttl = tonumber(redis.call('HGET', skey, 'ttl')) or 0
+    redis.call('HSET', skey, 'cur', '', 'last', now)
+    if ttl > 0 then
+      local ms = math.max(1, math.floor(ttl * 1000))
+      redis.call('PEXPIRE', skey, ms)
+      redis.call('PEXPIRE', shist, ms)
+      redis.call('ZADD', sall, now + ttl, name)
+    end
+  end
+else
+  redis.call('LREM', sline, 1, task)
+end
+end
+end"""
+
+
+# SUBMIT of a task naming a session (scripts.submit_script(SUBMIT_FIRST, SUBMIT_THEN)):
+# a new session is refused past max_sessions (-2, nothing written); the task goes into
+# the stream when the session has nothing unfinished, else into its line, which
+# max_queue bounds as it does the stream (-1).
+# KEYS: SUBMIT's; ARGV: SUBMIT's, then the session's name, its agent's session_ttl
+#   (seconds, 0: none), the agent's max_sessions (0: none)
+SUBMIT_FIRST = f"""
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local agent, name = ARGV[2], ARGV[11]
+{_NAMES}
+local cur = redis.call('HGET', skey, 'cur')
+if not cur then
+  {_PRUNE}
+  local most = tonumber(ARGV[13])
+  if most > 0 and redis.call('ZCARD', sall) >= most then return -2 end
+end
+local turn = not cur or cur == ''
+local most_waiting = tonumber(ARGV[9])
+if not turn and most_waiting > 0 and redis.call('LLEN', sline) >= most_waiting then
+  return -1
+end
+"""
+ENTRY = "local entry = '0-0'\nif turn then entry = {xadd} end"
+SUBMIT_THEN = """
+redis.call('HSET', KEYS[1], 'session', name)
+if turn then
+  redis.call('HSET', skey, 'cur', ARGV[1])
+else
+  redis.call('RPUSH', sline, ARGV[1])
+end
+if not cur then redis.call('HSET', skey, 'created', now, 'tasks', 0) end
+redis.call('HSET', skey, 'ttl', ARGV[12], 'last', now)
+redis.call('HINCRBY', skey, 'tasks', 1)
+redis.call('RPUSH', shist, ARGV[1])
+redis.call('LTRIM', shist, -1000, -1)
+redis.call('PERSIST', skey)
+redis.call('PERSIST', shist)
+redis.call('ZADD', sall, 'inf', name)
+"""
+
+# session/checkpoint of a running cluster task: its session's state, fenced by the
+# claim's token as every write of an attempt is, and bounded by the agent's
+# max_session_bytes over its live sessions.
+# KEYS: task; ARGV: token, the state (its MAC, a space, its JSON), its size in bytes, the
+#   agent's max_session_bytes (0: none)
+#   -> 1 written, 0 not this claim's (fenced), or {-1, the bytes it would make}
+CHECKPOINT = f"""
+local rec = redis.call('HMGET', KEYS[1], 'fence', 'status', 'agent', 'session')
+if rec[1] ~= ARGV[1] or rec[2] ~= 'running' or not rec[4] then return 0 end
+local agent, name = rec[3], rec[4]
+{_NAMES}
+local size, most = tonumber(ARGV[3]), tonumber(ARGV[4])
+if most > 0 then
+  {_PRUNE}
+  local held = 0
+  for _, b in ipairs(redis.call('HVALS', sbytes)) do held = held + tonumber(b) end
+  held = held - (tonumber(redis.call('HGET', sbytes, name)) or 0) + size
+  if held > most then return {{-1, held}} end
+end
+redis.call('HSET', skey, 'state', ARGV[2])
+redis.call('HSET', sbytes, name, size)
+return 1
+"""
+
+
+def claimed() -> str:
+    """(A fragment of scripts.CLAIM, before it answers `out`.) A task of a session is
+    given its name and its state, signed as the last turn checkpointed it (out[9],
+    out[10]; out[8], the task's checkpoint, false when it has none)."""
+    return """do
+local agent_name = redis.call('HMGET', KEYS[1], 'agent', 'session')
+if agent_name[2] then
+  local prefix = string.match(KEYS[1], '^(.*)task:')
+  local skey = prefix .. 'sess:' .. agent_name[1] .. ':' .. agent_name[2]
+  if not out[8] then out[8] = false end
+  out[9] = agent_name[2]
+  out[10] = redis.call('HGET', skey, 'state') or false
+end
+end"""
