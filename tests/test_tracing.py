@@ -543,8 +543,10 @@ async def test_without_tracing_a_trace_is_refused_with_the_reason(tmp_path: Path
 
 
 def test_the_otlp_encoding_decodes_with_the_official_package() -> None:
-    """Reused attribute messages, events and an error status, as a collector reads them."""
-    from corral.daemon.traceexport import KEPT_VALUES, encode
+    """The hand-written encoding (otlp.py), as a collector reads it with the official
+    package: reused attribute messages, events, an error status, negative and large
+    values, texts past one byte's length and not ASCII."""
+    from corral.daemon.otlp import KEPT_VALUES, encode
 
     span: Span = (int(CALLER_TRACE, 16), 7, 9, "task/run a", 3, 1.5, 2.25, "lost",
                   {"corral.attempt": 1, "corral.replica": "a#0", "ok": True, "x": 0.5},
@@ -567,14 +569,22 @@ def test_the_otlp_encoding_decodes_with_the_official_package() -> None:
         (event,) = pb.events
         assert (event.name, event.time_unix_nano, attrs(event)) == (
             "corral.replica.exited", 2_000_000_000, {"corral.exit.reason": "killed"})
+    long = "é" * 300  # a length of two bytes' varint
+    odd: Span = ((1 << 128) - 1, (1 << 64) - 1, 0, long, 1, 0.0, 0.5, long,
+                 {"neg": -5, "big": 1 << 62, "text": long, "no": False}, [], "t")
+    (pb,) = ExportTraceServiceRequest.FromString(encode([odd], "s", "h")).resource_spans[
+        0].scope_spans[0].spans
+    assert (pb.trace_id, pb.span_id, pb.parent_span_id, pb.name, pb.status.message) == (
+        b"\xff" * 16, b"\xff" * 8, b"", long, long)
+    assert attrs(pb) == {"neg": -5, "big": 1 << 62, "text": long, "no": False}
     # the reused messages are bounded
     many: list[Span] = [(1, i + 1, 0, "x", 1, 0.0, 1.0, None, {"i": i}, [], "t")
                         for i in range(KEPT_VALUES + 10)]
     req = ExportTraceServiceRequest.FromString(encode(many, "svc", "host"))
     assert [attrs(s)["i"] for s in req.resource_spans[0].scope_spans[0].spans] == list(
         range(KEPT_VALUES + 10))
-    from corral.daemon import traceexport
-    assert len(traceexport._made) <= KEPT_VALUES
+    from corral.daemon import otlp
+    assert len(otlp._made) <= KEPT_VALUES
 
 
 # -- an MCP server's own spans in the same trace ------------------------------------------------
