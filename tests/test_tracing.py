@@ -379,10 +379,9 @@ async def test_a_dead_exporter_costs_no_task_and_is_restarted(
         # tasks go on while it is dead (their spans wait in the engine's buffer)
         results = [await sup.tasks.run("a", {"name": str(i)}) for i in range(3)]
         assert [r.status for r in results] == ["succeeded"] * 3
-        async with asyncio.timeout(20):
-            while traces.started < 2 or traces.proc is None:
-                await asyncio.sleep(0.05)  # the restart is on a backoff timer
-        assert traces.proc.pid != first.pid
+        async with asyncio.timeout(20):  # the restart is on a backoff timer
+            await traces.until(lambda: traces.started == 2 and traces.ready.is_set())
+        assert traces.proc is not None and traces.proc.pid != first.pid
         assert traces.last_error is not None and "exited (status -9)" in traces.last_error
         await rec.wait(lambda spans: len({s.trace_id for s in spans}) >= 3)
         view = await traces.trace(results[2].task_id)
