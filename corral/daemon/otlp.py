@@ -49,25 +49,27 @@ def _any_value(v: Any) -> bytes:
     return _field(0x0A, str(v).encode())
 
 
-_made: dict[tuple[str, Any, type], bytes] = {}
+_made: dict[tuple[bytes, str, Any, type], bytes] = {}
 
 
-def attribute(key: str, v: Any) -> bytes:
-    """A KeyValue message with its length (the field of a span, an event or a resource:
-    all number their attributes alike, tag 0x0A shifted by the caller)."""
+def attribute(tag: bytes, key: str, v: Any) -> bytes:
+    """A KeyValue message as the field `tag` of its container (a span's, an event's or a
+    resource's attributes), made once for each (key, value)."""
     kind = type(v)
-    found = _made.get((key, v, kind))
+    found = _made.get((tag, key, v, kind))
     if found is not None:
         return found
     body = _field(0x0A, key.encode()) + _field(0x12, _any_value(v))
     if len(_made) >= KEPT_VALUES:
         _made.clear()
-    made = _made[(key, v, kind)] = varint(len(body)) + body
+    made = _made[(tag, key, v, kind)] = tag + varint(len(body)) + body
     return made
 
 
 def _attributes(tag: bytes, attrs: dict[str, Any]) -> bytes:
-    return b"".join([tag + attribute(k, v) for k, v in attrs.items()])
+    get = _made.get
+    return b"".join([get((tag, k, v, type(v))) or attribute(tag, k, v)
+                     for k, v in attrs.items()])
 
 
 def span(trace_id: int, span_id: int, parent_id: int, name: str, kind: int, start: float,
