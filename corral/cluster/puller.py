@@ -55,7 +55,7 @@ class Puller:
         self.resume: Callable[[ClusterTask, bytes], None] = lambda task, cp: None
         self.closed = False
         self.paused = False  # draining: nothing more is read
-        self.reads = 0  # XREADGROUP rounds that ended in claims (or in nothing)
+        self.reads = 0  # read-and-claim calls (READ_CLAIM), those that read nothing too
         self.read = 0  # entries they read
         self.errors = 0
 
@@ -85,33 +85,25 @@ class Puller:
 
     async def _pull(self, name: str) -> None:
         block = max(1, int(self.beat * 1000))
-        given: list[tuple[str, bytes, bytes]] = []  # what the blocking read gave
         while True:
             agent = self.host.agents.get(name)
             if agent is None:
                 return
             want = self.queue.wanted(agent)
-            if not given and (not self.membership.member or want <= 0 or self.paused):
+            if not self.membership.member or want <= 0 or self.paused:
                 await self._idle(name)
                 continue
             consumer = self.membership.consumer
             try:
                 streams = await self._streams(name)
-                # (a stream the blocking read named is claimed from, known or not)
-                missing = [s for s in dict.fromkeys(g[0] for g in given) if s not in streams]
-                if missing:  # (not the cached list's own)
-                    streams = [*streams, *missing]
-                read = await self._read_claim(name, consumer, streams, want, given)
-                given = []
-                if read is None:
-                    continue  # fenced since it was read: the reaper gives it back
-                self.reads += 1
-                self.read += read
-                if not read:
+                read = await self._read_claim(name, consumer, streams, want, [])
+                if read == 0:
                     reply = await self.redis.xreadgroup(
                         GROUP, consumer, dict.fromkeys(streams, ">"), count=1, block=block)
                     given = _entries(reply)
-                    if not given:
+                    if given:  # claimed at once, with what came after it
+                        await self._read_claim(name, consumer, streams, want, given)
+                    else:
                         # a blocking read that came back empty may have missed a priority
                         # that appeared meanwhile: look again before the next one
                         self._prios.pop(name, None)
@@ -178,6 +170,8 @@ class Puller:
         if isinstance(reply, Exception):
             raise reply  # what was read is left pending with this node: an orphan
         read, claims = reply
+        self.reads += 1
+        self.read += read
         for (i, entry, task_id, token, base, raw, timeout, retries, prio, created,
              checkpoint) in claims:
             self.claimed += 1
