@@ -17,8 +17,9 @@ OpenTelemetry SDK's own path.
   `start_as_current_span`, bare and with seven attributes (a TracerProvider with a
   BatchSpanProcessor, the SDK's default pipeline, exporting nowhere);
 - the exporter process's cost per span, off the daemon: a record decoded and its spans
-  made, the OTLP encoding (the official opentelemetry-proto package) and the store's
-  write.
+  made, the OTLP encoding (corral's own, daemon/otlp.py, and the official
+  opentelemetry-proto messages for the same spans beside it) and the store's write (a
+  record a row, as the exporter stores them).
 """
 
 from __future__ import annotations
