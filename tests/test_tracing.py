@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from corral import jsonrpc
+from corral import jsonrpc, tracecontext
 from corral.cli.trace import waterfall
 from corral.daemon.traces import settings
 from corral.daemon.traces import start as start_traces
@@ -196,6 +196,35 @@ async def test_the_worker_is_given_the_attempts_context(sup: Supervisor,
     assert task.output == [given, {"traceparent": given, "tracestate": "k=v"}]
     (attempt,) = [s for s in spans_of(tracer) if s[3] == "task/run w"]
     assert attempt[1] == trace.attempt_span(1)
+
+
+async def test_a_task_that_starts_its_trace_is_traced_from_its_id(sup: Supervisor,
+                                                                 tmp_path: Path) -> None:
+    """No caller's context: the trace id is the task's id, the worker's parent is the
+    attempt's span as exported, and a tool call (which makes the task a TaskTrace) keeps
+    the same ids."""
+    tracer = Tracer()
+    tracer.install(sup.tasks)
+    script = tmp_path / "ctx_agent.py"
+    script.write_text("from corral.worker import run\n"
+                      "run(lambda task, ctx: ctx.traceparent)\n")
+    sup.add(agent("w", command=[PY, str(script)]))
+    await sup.wait_state("w", State.READY)
+    task = sup.tasks.submit("w", None)
+    await task.done
+    hex_id = task.id.replace("-", "")
+    spans = {s[3]: s for s in spans_of(tracer)}
+    attempt, root = spans["task/run w"], spans["invoke_agent w"]
+    assert task.output == f"00-{hex_id}-{attempt[1]:016x}-01"
+    assert {s[0] for s in spans.values()} == {int(hex_id, 16)}
+    assert root[2] == 0 and attempt[2] == root[1] and spans["corral.queue"][2] == root[1]
+    assert len({s[1] for s in spans.values()}) == 3
+    # the same ids once a tool call or an exit needs the task's TaskTrace
+    full = tracecontext.of_id(task.id, True)
+    assert (full.trace_id, full.span_id, full.attempt_span(1)) == (int(hex_id, 16),
+                                                                   root[1], attempt[1])
+    assert full.run_meta(1) == tracecontext.FROM_ID[True].run_meta(1, task.id)
+    assert full.run_meta(2) == tracecontext.FROM_ID[True].run_meta(2, task.id)
 
 
 # -- a retried attempt --------------------------------------------------------------------------
