@@ -72,18 +72,27 @@ def _attributes(tag: bytes, attrs: dict[str, Any]) -> bytes:
                      for k, v in attrs.items()])
 
 
+_named: dict[tuple[str, int], bytes] = {}  # a span's name and kind fields (few repeat)
+
+
 def span(trace_id: int, span_id: int, parent_id: int, name: str, kind: int, start: float,
          end: float, error: str | None, attrs: dict[str, Any],
          events: Sequence[Sequence[Any]]) -> bytes:
     """One Span message (without its own tag and length)."""
-    parts = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08",
-             span_id.to_bytes(8, "big")]
-    if parent_id:
-        parts += (b"\x22\x08", parent_id.to_bytes(8, "big"))
-    name_b = name.encode()
+    named = _named.get((name, kind))
+    if named is None:
+        name_b = name.encode()
+        named = b"\x2a" + varint(len(name_b)) + name_b + b"\x30" + varint(kind)
+        if len(_named) >= KEPT_VALUES:
+            _named.clear()
+        _named[(name, kind)] = named
     begin = int(start * 1e9)
-    parts += (b"\x2a", varint(len(name_b)), name_b, b"\x30", varint(kind), b"\x39",
-              _FIXED64(begin), b"\x41", _FIXED64(max(int(end * 1e9), begin)))
+    head = (b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08"
+            + span_id.to_bytes(8, "big"))
+    if parent_id:
+        head += b"\x22\x08" + parent_id.to_bytes(8, "big")
+    parts = [head, named, b"\x39", _FIXED64(begin), b"\x41",
+             _FIXED64(max(int(end * 1e9), begin))]
     if attrs:
         parts.append(_attributes(b"\x4a", attrs))
     for t, n, a in events:
@@ -110,8 +119,9 @@ def encode(spans: Sequence[Sequence[Any]], service: str, node: str, version: str
         "telemetry.sdk.name": "corral", "telemetry.sdk.language": "python"})
     body = [_field(0x0A, _scope(scope, version))]
     for s in spans:
-        one = span(*s[:10])
-        body += (b"\x12", varint(len(one)), one)
+        one = span(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9])
+        n = len(one)
+        body += (b"\x12", bytes((n,)) if n < 0x80 else varint(n), one)
     scope_spans = b"".join(body)
     resource_spans = _field(0x0A, resource) + _field(0x12, scope_spans)
     return _field(0x0A, resource_spans)

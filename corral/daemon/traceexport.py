@@ -34,7 +34,7 @@ from typing import IO, Any
 
 import msgspec
 
-from ..supervisor.tracing import expand, spans_of
+from ..supervisor.tracing import TEXT_MAX, expand, spans_of
 from .otlp import encode
 from .tracestore import TraceStore
 
@@ -120,7 +120,8 @@ class Exporter:
             self.done += len(records)
         else:
             try:
-                self._queue.put_nowait((records, len(records)))
+                self._queue.put_nowait(([(r, len(raw) <= TEXT_MAX) for r, raw in
+                                         zip(records, raws, strict=True)], len(records)))
                 return
             except queue.Full:  # the collector is slower than the spans come
                 with self._lock:
@@ -140,10 +141,11 @@ class Exporter:
             self._counts()
 
     def _send(self, batch: list[Any], records: int) -> None:
-        """A batch's spans made (in this thread, off the store's) and sent."""
+        """A batch's spans made (in this thread, off the store's) and sent; `batch`:
+        (record, whether its msgpack was short enough to hold no text to cut) pairs."""
         cfg = self.cfg
         assert cfg.endpoint is not None
-        spans = [span for record in batch for span in expand(record)]
+        spans = [span for record, short in batch for span in expand(record, short)]
         body = encode(spans, cfg.service, cfg.node, cfg.version)
         request = urllib.request.Request(
             cfg.endpoint, data=body, method="POST",

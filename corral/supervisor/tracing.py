@@ -311,10 +311,13 @@ def queue_span(task_span: int, attempt: int) -> int:
     return ((task_span ^ (attempt * GOLDEN) ^ QUEUE_MIX) & MASK64) or 1
 
 
-def expand(record: Sequence[Any]) -> list[Span]:
+def expand(record: Sequence[Any], short: bool = False) -> list[Span]:
     """The spans of a record as the pipe brings it (msgpack: structs as maps, tuples as
     arrays), named and attributed by the GenAI and MCP conventions (docs/tracing.md), each
-    text within TEXT_MAX."""
+    text within TEXT_MAX. `short`: the record's msgpack is TEXT_MAX bytes at most, so
+    none of its texts is longer (nothing to look for)."""
+    if short:
+        return _spans(record)
     return [_bounded(s) for s in _spans(record)]
 
 
