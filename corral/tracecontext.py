@@ -103,6 +103,43 @@ CALLER: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
 GOLDEN = 0x9E3779B97F4A7C15  # spreads attempt numbers over the span id's bits
 
 
+class FromId:
+    """A task's new trace, sampled or not, whose ids are its task id's (a UUIDv7: 32 hex
+    digits, the low 62 bits random): the trace id is the id, its first attempt's span id
+    the id's low half, the task's span that ^ GOLDEN (as TaskTrace derives an attempt's
+    from the task's). Nothing is made per task to trace it: one of two shared objects
+    (FROM_ID) stands for it until a tool call or an exit needs a TaskTrace (`of_id`);
+    what a task costs the loop to carry its context is then its `task/run`'s `_meta`
+    (decision 288)."""
+
+    __slots__ = ("flags", "sampled")
+
+    def __init__(self, sampled: bool) -> None:
+        self.sampled = sampled
+        self.flags = "01" if sampled else "00"
+
+    def run_meta(self, attempt: int, task_id: str) -> dict[str, str]:
+        if attempt == 1:
+            low = task_id[19:23] + task_id[24:]
+            return {"traceparent": f"00-{task_id[:8]}{task_id[9:13]}{task_id[14:18]}"
+                                   f"{low}-{low}-{self.flags}"}
+        return of_id(task_id, self.sampled).run_meta(attempt, task_id)
+
+
+FROM_ID = (FromId(False), FromId(True))
+
+
+def id_trace(task_id: str) -> int:
+    """The trace id of a task traced from its id (FromId)."""
+    return int(task_id.replace("-", ""), 16)
+
+
+def of_id(task_id: str, sampled: bool) -> TaskTrace:
+    """The TaskTrace of a task traced from its id (FromId), with the same ids."""
+    trace_id = id_trace(task_id)
+    return TaskTrace(trace_id, 0, sampled, None, ((trace_id & MASK64) ^ GOLDEN) or 1)
+
+
 class TaskTrace:
     """A task's place in its trace: the task's own span (a child of the caller's, or a
     root), whether it is sampled ahead, and the spans held back for the tail rule while
@@ -125,9 +162,10 @@ class TaskTrace:
     def attempt_span(self, attempt: int) -> int:
         return ((self.span_id ^ (attempt * GOLDEN)) & MASK64) or 1
 
-    def run_meta(self, attempt: int) -> dict[str, str]:
+    def run_meta(self, attempt: int, task_id: str = "") -> dict[str, str]:
         """`_meta` of an attempt's `task/run`: the attempt's span is the worker's parent
-        (every task's: written here without a call more than it takes)."""
+        (every task's: written here without a call more than it takes); `task_id`: what
+        FromId's is made from (not read here)."""
         span = ((self.span_id ^ (attempt * GOLDEN)) & MASK64) or 1
         out = {"traceparent": f"00-{self.trace_id:032x}-{span:016x}-"
                               f"{'01' if self.sampled else '00'}"}

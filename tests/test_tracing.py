@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from corral import jsonrpc
+from corral import jsonrpc, tracecontext
 from corral.cli.trace import waterfall
 from corral.daemon.traces import settings
 from corral.daemon.traces import start as start_traces
@@ -196,6 +196,35 @@ async def test_the_worker_is_given_the_attempts_context(sup: Supervisor,
     assert task.output == [given, {"traceparent": given, "tracestate": "k=v"}]
     (attempt,) = [s for s in spans_of(tracer) if s[3] == "task/run w"]
     assert attempt[1] == trace.attempt_span(1)
+
+
+async def test_a_task_that_starts_its_trace_is_traced_from_its_id(sup: Supervisor,
+                                                                 tmp_path: Path) -> None:
+    """No caller's context: the trace id is the task's id, the worker's parent is the
+    attempt's span as exported, and a tool call (which makes the task a TaskTrace) keeps
+    the same ids."""
+    tracer = Tracer()
+    tracer.install(sup.tasks)
+    script = tmp_path / "ctx_agent.py"
+    script.write_text("from corral.worker import run\n"
+                      "run(lambda task, ctx: ctx.traceparent)\n")
+    sup.add(agent("w", command=[PY, str(script)]))
+    await sup.wait_state("w", State.READY)
+    task = sup.tasks.submit("w", None)
+    await task.done
+    hex_id = task.id.replace("-", "")
+    spans = {s[3]: s for s in spans_of(tracer)}
+    attempt, root = spans["task/run w"], spans["invoke_agent w"]
+    assert task.output == f"00-{hex_id}-{attempt[1]:016x}-01"
+    assert {s[0] for s in spans.values()} == {int(hex_id, 16)}
+    assert root[2] == 0 and attempt[2] == root[1] and spans["corral.queue"][2] == root[1]
+    assert len({s[1] for s in spans.values()}) == 3
+    # the same ids once a tool call or an exit needs the task's TaskTrace
+    full = tracecontext.of_id(task.id, True)
+    assert (full.trace_id, full.span_id, full.attempt_span(1)) == (int(hex_id, 16),
+                                                                   root[1], attempt[1])
+    assert full.run_meta(1) == tracecontext.FROM_ID[True].run_meta(1, task.id)
+    assert full.run_meta(2) == tracecontext.FROM_ID[True].run_meta(2, task.id)
 
 
 # -- a retried attempt --------------------------------------------------------------------------
@@ -379,10 +408,9 @@ async def test_a_dead_exporter_costs_no_task_and_is_restarted(
         # tasks go on while it is dead (their spans wait in the engine's buffer)
         results = [await sup.tasks.run("a", {"name": str(i)}) for i in range(3)]
         assert [r.status for r in results] == ["succeeded"] * 3
-        async with asyncio.timeout(20):
-            while traces.started < 2 or traces.proc is None:
-                await asyncio.sleep(0.05)  # the restart is on a backoff timer
-        assert traces.proc.pid != first.pid
+        async with asyncio.timeout(20):  # the restart is on a backoff timer
+            await traces.until(lambda: traces.started == 2 and traces.ready.is_set())
+        assert traces.proc is not None and traces.proc.pid != first.pid
         assert traces.last_error is not None and "exited (status -9)" in traces.last_error
         await rec.wait(lambda spans: len({s.trace_id for s in spans}) >= 3)
         view = await traces.trace(results[2].task_id)
@@ -543,8 +571,10 @@ async def test_without_tracing_a_trace_is_refused_with_the_reason(tmp_path: Path
 
 
 def test_the_otlp_encoding_decodes_with_the_official_package() -> None:
-    """Reused attribute messages, events and an error status, as a collector reads them."""
-    from corral.daemon.traceexport import KEPT_VALUES, encode
+    """The hand-written encoding (otlp.py), as a collector reads it with the official
+    package: reused attribute messages, events, an error status, negative and large
+    values, texts past one byte's length and not ASCII."""
+    from corral.daemon.otlp import KEPT_VALUES, encode
 
     span: Span = (int(CALLER_TRACE, 16), 7, 9, "task/run a", 3, 1.5, 2.25, "lost",
                   {"corral.attempt": 1, "corral.replica": "a#0", "ok": True, "x": 0.5},
@@ -567,14 +597,22 @@ def test_the_otlp_encoding_decodes_with_the_official_package() -> None:
         (event,) = pb.events
         assert (event.name, event.time_unix_nano, attrs(event)) == (
             "corral.replica.exited", 2_000_000_000, {"corral.exit.reason": "killed"})
+    long = "é" * 300  # a length of two bytes' varint
+    odd: Span = ((1 << 128) - 1, (1 << 64) - 1, 0, long, 1, 0.0, 0.5, long,
+                 {"neg": -5, "big": 1 << 62, "text": long, "no": False}, [], "t")
+    (pb,) = ExportTraceServiceRequest.FromString(encode([odd], "s", "h")).resource_spans[
+        0].scope_spans[0].spans
+    assert (pb.trace_id, pb.span_id, pb.parent_span_id, pb.name, pb.status.message) == (
+        b"\xff" * 16, b"\xff" * 8, b"", long, long)
+    assert attrs(pb) == {"neg": -5, "big": 1 << 62, "text": long, "no": False}
     # the reused messages are bounded
     many: list[Span] = [(1, i + 1, 0, "x", 1, 0.0, 1.0, None, {"i": i}, [], "t")
                         for i in range(KEPT_VALUES + 10)]
     req = ExportTraceServiceRequest.FromString(encode(many, "svc", "host"))
     assert [attrs(s)["i"] for s in req.resource_spans[0].scope_spans[0].spans] == list(
         range(KEPT_VALUES + 10))
-    from corral.daemon import traceexport
-    assert len(traceexport._made) <= KEPT_VALUES
+    from corral.daemon import otlp
+    assert len(otlp._made) <= KEPT_VALUES
 
 
 # -- an MCP server's own spans in the same trace ------------------------------------------------

@@ -1,7 +1,9 @@
 """Pull: for each agent this node runs, read the agent's streams (highest priority
 first) only while a replica has a free slot, claim each entry read (a fence token, this
-node as owner: scripts.CLAIM) and hand the task to the local engine, where it waits for
-the replica like any task (TaskManager.adopt).
+node as owner) and hand the task to the local engine, where it waits for the replica
+like any task (TaskManager.adopt). The read and the claims are one script call
+(scripts.READ_CLAIM: one round trip, one reply); with nothing to read, a blocking read
+of one entry waits, and the next call claims it with what came after it.
 
 A node reads at most what it can start, so the least loaded node takes the work. An entry
 read but not claimed when its reader dies stays pending with a dead consumer: the reaper
@@ -53,7 +55,7 @@ class Puller:
         self.resume: Callable[[ClusterTask, bytes], None] = lambda task, cp: None
         self.closed = False
         self.paused = False  # draining: nothing more is read
-        self.reads = 0  # XREADGROUP rounds that ended in claims (or in nothing)
+        self.reads = 0  # read-and-claim calls (READ_CLAIM), those that read nothing too
         self.read = 0  # entries they read
         self.errors = 0
 
@@ -94,25 +96,17 @@ class Puller:
             consumer = self.membership.consumer
             try:
                 streams = await self._streams(name)
-                got: list[tuple[str, bytes, bytes]] = []
-                for stream in streams:  # highest priority first
-                    reply = await self.redis.xreadgroup(GROUP, consumer, {stream: ">"},
-                                                        count=want - len(got))
-                    got += _entries(reply)
-                    if len(got) >= want:
-                        break
-                if not got:
+                read = await self._read_claim(name, consumer, streams, want, [])
+                if read == 0:
                     reply = await self.redis.xreadgroup(
                         GROUP, consumer, dict.fromkeys(streams, ">"), count=1, block=block)
-                    got = _entries(reply)
-                self.reads += 1
-                self.read += len(got)
-                if got:
-                    # a blocking read that came back empty may have missed a priority
-                    # that appeared meanwhile: look again before the next one
-                    await self._claim(name, consumer, got)
-                else:
-                    self._prios.pop(name, None)
+                    given = _entries(reply)
+                    if given:  # claimed at once, with what came after it
+                        await self._read_claim(name, consumer, streams, want, given)
+                    else:
+                        # a blocking read that came back empty may have missed a priority
+                        # that appeared meanwhile: look again before the next one
+                        self._prios.pop(name, None)
             except RedisError as exc:
                 self.errors += 1
                 if self.errors == 1 or self.membership.error is None:
@@ -155,41 +149,43 @@ class Puller:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def _claim(self, name: str, consumer: str,
-                     got: list[tuple[str, bytes, bytes]]) -> None:
-        """Claim what was read, in one round trip, and hand each task to the engine."""
+    async def _read_claim(self, name: str, consumer: str, streams: list[str], want: int,
+                          given: list[tuple[str, bytes, bytes]]) -> int | None:
+        """Claim what a blocking read gave and read and claim up to `want` entries in all,
+        in one script call; each task claimed handed to the engine. -> entries read, or
+        None when this node was fenced or lost the agent meanwhile."""
         agent = self.host.agents.get(name)
         if agent is None or consumer != self.membership.consumer:
-            return  # fenced since it was read: the reaper gives it back to the cluster
+            return None
         node = self.membership.node
         now = time.time()
-        attempt = records.claimed_attempt(node, now)
-        claims = await self.scripts.run([
-            (self.scripts.claim,
-             [self.keys.task(tid.decode()), self.keys.attempts(tid.decode()),
-              self.keys.fence, stream],
-             [consumer, node, repr(now), entry, attempt, agent.spec.retries,
-              repr(agent.spec.task_timeout)])
-            for stream, entry, tid in got])
-        for (stream, entry, task_id), claimed in zip(got, claims, strict=True):
-            if isinstance(claimed, Exception):
-                # left pending with this node: given back as an orphan (reaper.py)
-                self.report(f"cluster: claiming task {task_id.decode()}: {claimed}")
-                continue
-            if not claimed:
-                continue
-            token, base, raw, timeout, retries, prio, created, *more = claimed
+        index = {s: i for i, s in enumerate(streams)}
+        args: list[Any] = [consumer, node, repr(now), records.claimed_attempt(node, now),
+                           agent.spec.retries, repr(agent.spec.task_timeout),
+                           max(want, len(given)), self.keys.prefix]
+        for stream, entry, task_id in given:
+            args += (index[stream], entry, task_id)
+        [reply] = await self.scripts.run([(self.scripts.read_claim,
+                                           [self.keys.fence, *streams], args)])
+        if isinstance(reply, Exception):
+            raise reply  # what was read is left pending with this node: an orphan
+        read, claims = reply
+        self.reads += 1
+        self.read += read
+        for (i, entry, task_id, token, base, raw, timeout, retries, prio, created,
+             checkpoint, session, state) in claims:
             self.claimed += 1
             task = ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
                                float(timeout), int(retries), float(created),
                                token=int(token), base=int(base), entry=entry.decode(),
-                               stream=stream, consumer=consumer)
-            if more and more[0]:
-                self.resume(task, more[0])
-            if len(more) == 3:  # a turn of a session (sessions.py), with its state
-                task.session, task.session_kept = more[1].decode(), more[2]
+                               stream=streams[i], consumer=consumer)
+            if checkpoint:
+                self.resume(task, checkpoint)
+            if session:  # a turn of a session (sessions.py), with its state
+                task.session, task.session_kept = session.decode(), state
             self.on_claim(task)
             self.tasks.adopt(task)
+        return int(read)
 
 
 def _entries(reply: Any) -> list[tuple[str, bytes, bytes]]:

@@ -73,43 +73,102 @@ SUBMIT = submit_script()
 
 # A node that read an entry takes its task: a new fence token, the node as owner, an
 # attempt begun. A task no longer queued (finished meanwhile, or taken over and queued
-# again under a new entry) is not taken, and the stale entry leaves the stream.
-# KEYS: task, attempts, fence, stream
+# again under a new entry) is not taken, and the stale entry leaves the stream. One Lua
+# function for CLAIM and READ_CLAIM; `c`: consumer, node, now, attempt (JSON), the
+# claiming node's retries and task_timeout. A task's keys named from the cluster's prefix
+# (as TRIM names them: the hash slot of every key of the cluster).
+# -> nil, or {token, attempts before this one, input, timeout, retries_left, priority,
+#    created, the task's checkpoint step (steps.py) or false}
+_CLAIM_FN = f"""
+local function claim(fence, stream, entry, id, prefix, c)
+  local task = prefix .. 'task:' .. id
+  local rec = redis.call('HMGET', task, 'status', 'entry')
+  if rec[1] ~= 'queued' or rec[2] ~= entry then
+    redis.call('XACK', stream, '{GROUP}', entry)
+    redis.call('XDEL', stream, entry)
+    return nil
+  end
+  local attempts = prefix .. 'att:' .. id
+  local token = redis.call('INCR', fence)
+  local base = redis.call('LLEN', attempts)
+  local had = redis.call('HMGET', task, 'retries_left', 'timeout', 'started')
+  if had[1] == '' then redis.call('HSET', task, 'retries_left', c[5]) end
+  if had[2] == '' then redis.call('HSET', task, 'timeout', c[6]) end
+  redis.call('HSET', task, 'status', 'running', 'fence', token, 'owner', c[1], 'node', c[2])
+  if not had[3] then redis.call('HSET', task, 'started', c[3]) end
+  redis.call('RPUSH', attempts, c[4])
+  local v = redis.call('HMGET', task, 'input', 'timeout', 'retries_left', 'priority',
+    'created')
+  local cp = false
+  if base > 0 then
+    cp = redis.call('HGET', prefix .. 'steps:' .. id, '{CHECKPOINT_FIELD}')
+  end
+  {sessionscripts.claimed()}
+  return {{token, base, v[1], v[2], v[3], v[4], v[5], cp, sess, state}}
+end
+"""
+
+# One entry read: KEYS: task, attempts, fence, stream
 # ARGV: consumer, node, now, entry, attempt (JSON), the claiming node's retries and
 #       task_timeout (for a task submitted without them)
 # -> false, or {token, attempts before this one, input, timeout, retries_left, priority,
 #    created[, the task's checkpoint step (steps.py), when an earlier attempt kept one]}
-CLAIM = f"""
-local rec = redis.call('HMGET', KEYS[1], 'status', 'entry')
-if rec[1] ~= 'queued' or rec[2] ~= ARGV[4] then
-  redis.call('XACK', KEYS[4], '{GROUP}', ARGV[4])
-  redis.call('XDEL', KEYS[4], ARGV[4])
-  return false
+CLAIM = _CLAIM_FN + """
+local prefix, id = string.match(KEYS[1], '^(.*)task:(.-)$')
+local got = claim(KEYS[3], KEYS[4], ARGV[4], id, prefix,
+  {ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6], ARGV[7]})
+if not got then return false end
+if not got[9] then
+  got[9], got[10] = nil, nil
+  if not got[8] then got[8] = nil end
 end
-local token = redis.call('INCR', KEYS[3])
-local base = redis.call('LLEN', KEYS[2])
-if redis.call('HGET', KEYS[1], 'retries_left') == '' then
-  redis.call('HSET', KEYS[1], 'retries_left', ARGV[6])
+return got
+"""
+
+# Read and claim in one call (one round trip, one reply): the entries a blocking read
+# gave this consumer (ARGV[9..], in threes: their stream's place among the streams from
+# 0, the entry, the task id), then entries read from the agent's streams in KEYS order
+# (highest priority first) until ARGV[7] entries in all, each claimed as CLAIM claims
+# one: the same checks, the same writes, its own fence token.
+# KEYS: fence, the agent's streams (highest priority first)
+# ARGV: consumer, node, now, attempt (JSON), the claiming node's retries and task_timeout,
+#       count, the cluster's key prefix[, stream's place, entry, task id]...
+# -> {entries read (the given ones too), {{stream's place, entry, task id, token,
+#    attempts before this one, input, timeout, retries_left, priority, created,
+#    checkpoint or false}, ...}}
+READ_CLAIM = _CLAIM_FN + """
+local prefix = ARGV[8]
+local c = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
+local out = {}
+local function take(s, entry, id)
+  local got = claim(KEYS[1], KEYS[s], entry, id, prefix, c)
+  if got then
+    out[#out + 1] = {s - 2, entry, id, got[1], got[2], got[3], got[4], got[5], got[6],
+      got[7], got[8], got[9], got[10]}
+  end
 end
-if redis.call('HGET', KEYS[1], 'timeout') == '' then
-  redis.call('HSET', KEYS[1], 'timeout', ARGV[7])
+local read = 0
+for i = 9, #ARGV, 3 do
+  take(tonumber(ARGV[i]) + 2, ARGV[i + 1], ARGV[i + 2])
+  read = read + 1
 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'fence', token, 'owner', ARGV[1],
-  'node', ARGV[2])
-if redis.call('HEXISTS', KEYS[1], 'started') == 0 then
-  redis.call('HSET', KEYS[1], 'started', ARGV[3])
+local want = tonumber(ARGV[7]) - read
+for s = 2, #KEYS do
+  if want <= 0 then break end
+  local reply = redis.call('XREADGROUP', 'GROUP', '""" + GROUP + """', ARGV[1], 'COUNT',
+    want, 'STREAMS', KEYS[s], '>')
+  if reply then
+    for _, e in ipairs(reply[1][2]) do
+      want = want - 1
+      read = read + 1
+      local f = e[2]
+      for j = 1, #f, 2 do
+        if f[j] == 'task' then take(s, e[1], f[j + 1]) break end
+      end
+    end
+  end
 end
-redis.call('RPUSH', KEYS[2], ARGV[5])
-local v = redis.call('HMGET', KEYS[1], 'input', 'timeout', 'retries_left', 'priority',
-  'created')
-local out = {{token, base, v[1], v[2], v[3], v[4], v[5]}}
-if base > 0 then
-  local prefix, id = string.match(KEYS[1], '^(.*)task:(.-)$')
-  local cp = redis.call('HGET', prefix .. 'steps:' .. id, '{CHECKPOINT_FIELD}')
-  if cp then out[8] = cp end
-end
-{sessionscripts.claimed()}
-return out
+return {read, out}
 """
 
 # The outcome of an attempt, from the node that holds its fence token, and only while the
@@ -456,6 +515,7 @@ class Scripts:
         self.redis = redis
         self.submit = redis.register_script(SUBMIT)
         self.claim = redis.register_script(CLAIM)
+        self.read_claim = redis.register_script(READ_CLAIM)
         self.finish = redis.register_script(FINISH)
         self.progress = redis.register_script(PROGRESS)
         self.step = redis.register_script(STEP)

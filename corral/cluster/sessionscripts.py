@@ -133,16 +133,13 @@ return 1
 
 
 def claimed() -> str:
-    """(A fragment of scripts.CLAIM, before it answers `out`.) A task of a session is
-    given its name and its state, signed as the last turn checkpointed it (out[9],
-    out[10]; out[8], the task's checkpoint, false when it has none)."""
-    return """do
-local agent_name = redis.call('HMGET', KEYS[1], 'agent', 'session')
-if agent_name[2] then
-  local prefix = string.match(KEYS[1], '^(.*)task:')
-  local skey = prefix .. 'sess:' .. agent_name[1] .. ':' .. agent_name[2]
-  if not out[8] then out[8] = false end
-  out[9] = agent_name[2]
-  out[10] = redis.call('HGET', skey, 'state') or false
-end
-end"""
+    """(A fragment of scripts' claim function, before it answers.) A task of a session is
+    given its name and its state, signed as the last turn checkpointed it (`sess`,
+    `state`; false when the task is no turn of a session, or its session has no state)."""
+    return """local sess, state = false, false
+  local agent_name = redis.call('HMGET', task, 'agent', 'session')
+  if agent_name[2] then
+    sess = agent_name[2]
+    state = redis.call('HGET', prefix .. 'sess:' .. agent_name[1] .. ':' .. agent_name[2],
+      'state') or false
+  end"""

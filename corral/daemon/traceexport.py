@@ -1,13 +1,14 @@
 """The exporter process: the spans the daemon sends down a pipe, kept in the local store
-and sent to an OTLP/HTTP collector, encoded with the official `opentelemetry-proto`
-package. A process of its own so that the encoding and the writes cost the daemon's
-event loop nothing: under one GIL they took most of a tiny task's time (decision 230).
+and sent to an OTLP/HTTP collector, encoded by otlp.py. A process of its own so that
+the encoding and the writes cost the daemon's event loop nothing: under one GIL they took
+most of a tiny task's time (decision 230).
 
     python -m corral.daemon.traceexport CONFIG_JSON
 
 In, on stdin, msgpack documents, each after its length (4 bytes, big-endian): an array
 is a batch of the engine's records (supervisor/tracing.py: a task and its attempts, or a
-tool call), each made its spans here (`expand`); `{"flush": N}` asks for `{"flushed":
+tool call), stored as it came and made its spans for the collector (`expand`, in the
+sending thread); `{"flush": N}` asks for `{"flushed":
 N}` once every batch before it is in the store, `{"flush": N, "sent": true}` once it was
 also exported (or failed). Out, on stdout, one JSON object a line: those answers, and
 `{"done": D, "exported": E, "dropped": X, "failures": F, "error": ...}` (counts since
@@ -28,13 +29,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import msgspec
 
-from ..supervisor.tracing import expand
+from ..supervisor.tracing import TEXT_MAX, expand, spans_of
+from .otlp import encode
 from .tracestore import TraceStore
 
 log = logging.getLogger("corral.traces")
@@ -42,6 +43,7 @@ log = logging.getLogger("corral.traces")
 SCOPE = "corral"
 PRUNE_EVERY = 60.0  # seconds between the store's prunes
 QUEUED_BATCHES = 64  # batches waiting for the collector; past it, dropped
+_RAWS = msgspec.msgpack.Decoder(list[msgspec.Raw])  # a batch's records, each its bytes
 
 
 class Config(msgspec.Struct, kw_only=True):
@@ -54,69 +56,6 @@ class Config(msgspec.Struct, kw_only=True):
     keep_days: float = 7.0
     keep_spans: int = 200_000
     timeout: float = 5.0
-
-
-# -- OTLP ------------------------------------------------------------------------------------
-KEPT_VALUES = 8192  # attribute messages kept for reuse; past it, the cache starts over
-_made: dict[tuple[str, Any, type], Any] = {}
-
-
-def _attribute(key: str, v: Any) -> Any:
-    """A KeyValue message, made once for each (key, value): most values repeat (agent
-    names, transports, outcomes), and a message copied into a span costs a fraction of
-    one made from Python objects."""
-    kind = type(v)
-    found = _made.get((key, v, kind))
-    if found is not None:
-        return found
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-
-    if kind is bool:
-        value = AnyValue(bool_value=v)
-    elif kind is int:
-        value = AnyValue(int_value=v)
-    elif kind is float:
-        value = AnyValue(double_value=v)
-    else:
-        value = AnyValue(string_value=str(v))
-    if len(_made) >= KEPT_VALUES:
-        _made.clear()
-    made = _made[(key, v, kind)] = KeyValue(key=key, value=value)
-    return made
-
-
-def encode(spans: Sequence[Sequence[Any]], service: str, node: str, version: str = ""
-           ) -> bytes:
-    """An ExportTraceServiceRequest of `spans`, one resource (the daemon), one scope."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest,
-    )
-    from opentelemetry.proto.trace.v1.trace_pb2 import Status
-
-    request = ExportTraceServiceRequest()
-    resource = request.resource_spans.add()
-    resource.resource.attributes.extend([_attribute(k, v) for k, v in {
-        "service.name": service, "service.version": version, "host.name": node,
-        "telemetry.sdk.name": "corral", "telemetry.sdk.language": "python"}.items()])
-    scope = resource.scope_spans.add()
-    scope.scope.name = SCOPE
-    scope.scope.version = version
-    out = scope.spans
-    for (trace_id, span_id, parent_id, name, kind, start, end, error, attrs, events,
-         _task) in spans:
-        pb = out.add(trace_id=trace_id.to_bytes(16, "big"), span_id=span_id.to_bytes(8, "big"),
-                     name=name, kind=kind, start_time_unix_nano=int(start * 1e9),
-                     end_time_unix_nano=int(max(end, start) * 1e9))
-        pb.attributes.extend([_attribute(k, v) for k, v in attrs.items()])
-        if parent_id:
-            pb.parent_span_id = parent_id.to_bytes(8, "big")
-        for t, n, a in events:
-            event = pb.events.add(time_unix_nano=int(t * 1e9), name=n)
-            event.attributes.extend([_attribute(k, v) for k, v in a.items()])
-        if error is not None:
-            pb.status.code = Status.STATUS_CODE_ERROR
-            pb.status.message = error
-    return bytes(request.SerializeToString())
 
 
 # -- the process -----------------------------------------------------------------------------
@@ -158,18 +97,21 @@ class Exporter:
                          "error": self.error})
 
     def take(self, frame: bytes) -> None:
+        if frame and (0x90 <= frame[0] <= 0x9F or frame[0] in (0xDC, 0xDD)):  # an array
+            raws = _RAWS.decode(frame)
+            self.batch([msgspec.msgpack.decode(raw) for raw in raws],
+                       [bytes(raw) for raw in raws])
+            return
         message = msgspec.msgpack.decode(frame)
-        if isinstance(message, list):
-            self.batch(message)
-        elif isinstance(message, dict) and "flush" in message:
+        if isinstance(message, dict) and "flush" in message:
             if message.get("sent") and self._sender is not None:
                 self._queue.put(message)  # answered after the batches before it are sent
             else:
                 self.say({"flushed": message["flush"]})
 
-    def batch(self, records: list[Any]) -> None:
-        spans = [span for record in records for span in expand(record)]
-        self.store.write(spans)
+    def batch(self, records: list[Any], raws: list[bytes]) -> None:
+        """The store written, and the spans made for the collector when there is one."""
+        self.store.write(records, raws)
         now = time.time()
         if now - self._pruned >= PRUNE_EVERY:
             self.store.prune(now)
@@ -178,11 +120,12 @@ class Exporter:
             self.done += len(records)
         else:
             try:
-                self._queue.put_nowait((spans, len(records)))
+                self._queue.put_nowait(([(r, len(raw) <= TEXT_MAX) for r, raw in
+                                         zip(records, raws, strict=True)], len(records)))
                 return
             except queue.Full:  # the collector is slower than the spans come
                 with self._lock:
-                    self.dropped += len(spans)
+                    self.dropped += sum(spans_of(r) for r in records)
                     self.done += len(records)
         self._counts()
 
@@ -197,9 +140,12 @@ class Exporter:
             self._send(*item)
             self._counts()
 
-    def _send(self, spans: list[Any], records: int) -> None:
+    def _send(self, batch: list[Any], records: int) -> None:
+        """A batch's spans made (in this thread, off the store's) and sent; `batch`:
+        (record, whether its msgpack was short enough to hold no text to cut) pairs."""
         cfg = self.cfg
         assert cfg.endpoint is not None
+        spans = [span for record, short in batch for span in expand(record, short)]
         body = encode(spans, cfg.service, cfg.node, cfg.version)
         request = urllib.request.Request(
             cfg.endpoint, data=body, method="POST",
@@ -249,8 +195,6 @@ def main(argv: list[str]) -> int:
     idle()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     cfg = msgspec.json.decode(argv[1], type=Config)
-    if cfg.endpoint is not None:
-        encode([], cfg.service, cfg.node)  # its imports, before it says it is ready
     exporter = Exporter(cfg, sys.stdout.buffer)
     exporter.say({"ready": True})
     source = sys.stdin.buffer

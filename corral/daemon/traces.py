@@ -16,7 +16,7 @@ import os
 import sys
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -135,6 +135,7 @@ class Traces:
         self._restart: asyncio.TimerHandle | None = None
         # the live process said it has made its imports and opened the store
         self.ready = asyncio.Event()
+        self._changed = asyncio.Event()  # set (and replaced) at each start, ready and end
 
     # -- counts -----------------------------------------------------------------------------
     @property
@@ -158,6 +159,16 @@ class Traces:
                 "exporter_starts": self.started}
 
     # -- the process --------------------------------------------------------------------------
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Until `condition()` holds, asked again each time an exporter process starts,
+        says it is ready, or ends (what a restart's watcher waits on)."""
+        while not condition():
+            await self._changed.wait()
+
+    def _change(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
     async def start(self) -> None:
         self.tracer.ready = self._ready
         await self._spawn()
@@ -185,6 +196,7 @@ class Traces:
         self.proc = proc
         self.started += 1
         self._watcher = asyncio.ensure_future(self._watch(proc, time.monotonic()))
+        self._change()
         if self.tracer.records:
             self._flush()  # what waited while there was no process
 
@@ -209,6 +221,7 @@ class Traces:
             if not fut.done():
                 fut.set_result(None)
         self._flushes.clear()
+        self._change()
         if self._closing:
             return
         self.last_error = f"the exporter process exited (status {status}); {lost} spans lost"
@@ -230,6 +243,7 @@ class Traces:
             return
         if said.get("ready"):
             self.ready.set()
+            self._change()
         elif "flushed" in said:
             fut = self._flushes.pop(said["flushed"], None)
             if fut is not None and not fut.done():

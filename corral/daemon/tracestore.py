@@ -5,7 +5,6 @@ its own (WAL: a read never waits for the writer)."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,17 +13,23 @@ from typing import Any
 import msgspec
 
 from ..methods import SpanView
+from ..supervisor.tracing import TASK, bounded, expand, spans_of
 
+# a row a record (supervisor/tracing.py: a task and its attempts, or a tool call), as the
+# pipe brought it (msgpack), made its spans when read (`of_task`): a span's attributes
+# written as JSON on the way in cost the exporter more than the record's insert
+# (decision 289). `spans`: the spans stored up to this row's, what `keep_spans` bounds.
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS spans (
-    trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_id TEXT, name TEXT NOT NULL,
-    kind INTEGER NOT NULL, start REAL NOT NULL, end REAL NOT NULL, error TEXT,
-    attributes TEXT NOT NULL, events TEXT NOT NULL, task_id TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS spans_task ON spans(task_id);
-CREATE INDEX IF NOT EXISTS spans_start ON spans(start);
+DROP TABLE IF EXISTS spans;
+CREATE TABLE IF NOT EXISTS records (
+    task_id TEXT NOT NULL, start REAL NOT NULL, spans INTEGER NOT NULL,
+    record BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS records_task ON records(task_id);
+CREATE INDEX IF NOT EXISTS records_start ON records(start);
 """
 
 KINDS = {1: "internal", 2: "server", 3: "client"}
+CUT_PAST = 4096  # bytes of a record past which its texts are cut before it is stored
 
 
 class TraceStore:
@@ -38,27 +43,33 @@ class TraceStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=OFF")  # recent traces: a power loss may take some
         self.db.executescript(SCHEMA)
+        self.spans = self.db.execute("SELECT coalesce(max(spans), 0) FROM records"
+                                     ).fetchone()[0]
 
-    def write(self, spans: Sequence[Sequence[Any]]) -> None:
-        """Spans as the engine makes them (supervisor/tracing.py's Span), or as they come
-        decoded from the pipe (lists)."""
-        encode = msgspec.json.encode
-        rows = [(f"{s[0]:032x}", f"{s[1]:016x}", f"{s[2]:016x}" if s[2] else None, s[3],
-                 s[4], s[5], s[6], s[7], encode(s[8]).decode(), encode(s[9]).decode(),
-                 s[10]) for s in spans]
+    def write(self, records: Sequence[Sequence[Any]], raws: Sequence[bytes]) -> None:
+        """Records as they come decoded from the pipe, and each one's msgpack bytes."""
+        rows = []
+        n = self.spans
+        for record, raw in zip(records, raws, strict=True):
+            n += spans_of(record)
+            if len(raw) > CUT_PAST:  # an agent's long error: kept within TEXT_MAX
+                raw = msgspec.msgpack.encode(bounded(record))
+            rows.append((record[6], record[11] if record[0] == TASK else record[10], n,
+                         raw))
         with self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self.db.executemany("INSERT INTO records VALUES (?,?,?,?)", rows)
+        self.spans = n
 
     def prune(self, now: float) -> None:
         with self.db:
             self.db.execute("BEGIN")
             if self.keep_days:
-                self.db.execute("DELETE FROM spans WHERE start < ?",
+                self.db.execute("DELETE FROM records WHERE start < ?",
                                 (now - self.keep_days * 86400,))
             if self.keep_spans:
-                self.db.execute("DELETE FROM spans WHERE rowid <= (SELECT max(rowid) FROM "
-                                "spans) - ?", (self.keep_spans,))
+                self.db.execute("DELETE FROM records WHERE spans <= ?",
+                                (self.spans - self.keep_spans,))
 
     def close(self) -> None:
         self.db.close()
@@ -78,12 +89,19 @@ def of_task(path: Path, task_id: str) -> list[SpanView]:
     """A task's spans, oldest first (a blocking read: run it in a thread)."""
     db = sqlite3.connect(path)
     try:
-        rows = db.execute("SELECT trace_id, span_id, parent_id, name, kind, start, end, "
-                          "error, attributes, events FROM spans WHERE task_id = ? "
-                          "ORDER BY start, rowid", (task_id,)).fetchall()
+        rows = db.execute("SELECT record FROM records WHERE task_id = ? ORDER BY rowid",
+                          (task_id,)).fetchall()
     finally:
         db.close()
-    return [SpanView(trace_id=r[0], span_id=r[1], parent_id=r[2], name=r[3],
-                     kind=KINDS.get(r[4], "internal"), start=r[5], end=r[6], error=r[7],
-                     attributes=json.loads(r[8]), events=json.loads(r[9]))
-            for r in rows]
+    spans = [s for (raw,) in rows for s in expand(msgspec.msgpack.decode(raw))]
+    spans.sort(key=lambda s: s[5])  # by start; a record's own order kept
+    return [SpanView(trace_id=f"{s[0]:032x}", span_id=f"{s[1]:016x}",
+                     parent_id=f"{s[2]:016x}" if s[2] else None, name=s[3],
+                     kind=KINDS.get(s[4], "internal"), start=s[5], end=s[6], error=s[7],
+                     attributes=_json(s[8]), events=_json(s[9]))
+            for s in spans]
+
+
+def _json(value: Any) -> Any:
+    """As the view had it from JSON text (tuples as lists)."""
+    return msgspec.json.decode(msgspec.json.encode(value))

@@ -5,8 +5,10 @@ stores, encodes and sends them (docs/tracing.md).
 
 What the loop pays for a span is a tuple and a deque append; the spans of a task, its
 queue waits and its attempts are made from what the Task already records, once, when it
-finishes (a `TaskFinished` on the stream). Only a tool call is timed as it happens: its
-client span is the one whose context goes to the MCP server in `params._meta`.
+finishes (the task manager's `trace_end` hook). Only a tool call is timed as it happens:
+its client span is the one whose context goes to the MCP server in `params._meta`. A task
+that starts a trace is traced from its id (tracecontext.FromId): nothing is made for it
+until its end's record, which carries the id alone.
 """
 
 from __future__ import annotations
@@ -23,19 +25,23 @@ from ..mcp.pool import SEP
 from ..tracecontext import (
     CALLER,
     CURRENT,
+    FROM_ID,
     GOLDEN,
     MASK64,
     BadTraceparent,
     ClientSpan,
+    FromId,
     Parent,
     TaskTrace,
+    id_trace,
     meta,
     new_span_id,
+    of_id,
     parse,
     parse_or_none,
 )
 from .process_replica import Exited
-from .tasks.model import Task, TaskFinished, TaskStatus
+from .tasks.model import Task, TaskStatus
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -56,7 +62,8 @@ Span = tuple[int, int, int, str, int, float, float, "str | None", dict[str, Any]
 # own process), so the loop pays a tuple of references and its share of one encoding.
 # TASK: (TASK, trace_hi, trace_lo, span_id, parent_id, agent, task_id, status, error,
 #        priority, tool_calls, created, end, usage, attempts, events): a task and its
-#        attempts
+#        attempts (trace_hi None: traced from its id, tracecontext.FromId, and the ids
+#        are the exporter's to derive)
 # TOOL: (TOOL, trace_hi, trace_lo, span_id, parent_id, name, task_id, attempt, transport,
 #        request_id, start, end, error): a tool call, a worker's or a gateway client's
 #        (task_id "gateway:CLIENT", attempt 0)
@@ -73,6 +80,7 @@ EVENTS_MAX = 64  # exits recorded on one task's attempts
 # count (keep_spans), so each is bounded here, in the exporter, before it is stored or sent
 TEXT_MAX = 1024
 QUEUE_MIX = 0x5BD1E9955BD1E995  # a queue wait's span id from its attempt's
+LOW56 = (1 << 56) - 1
 
 
 class Sampling(NamedTuple):
@@ -89,8 +97,9 @@ class Sampling(NamedTuple):
             return parent_sampled
         if self.ratio >= 1.0:
             return True
-        # TraceIdRatioBased: the trace id's low 64 bits against the ratio's share
-        return (trace_id & MASK64) < int(self.ratio * (1 << 64))
+        # TraceIdRatioBased: the trace id's random low 56 bits against the ratio's share
+        # (the W3C's random part, and a task id's: its low 64 bits begin with a variant)
+        return (trace_id & LOW56) < int(self.ratio * (1 << 56))
 
 
 class Tracer:
@@ -126,8 +135,8 @@ class Tracer:
         stream)."""
         self._tasks = tasks
         tasks.trace_begin = self.begin
+        tasks.trace_end = self.finished
         tasks.worker.tool_router = self.traced(tasks.worker.tool_router)
-        tasks.stream.subscribe(self._finished, TaskFinished)
         tasks.stream.subscribe(self._exited, Exited)
 
     # -- the context in -----------------------------------------------------------------------
@@ -140,12 +149,22 @@ class Tracer:
                 raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
             task.trace = TaskTrace(p.trace_id, p.span_id,
                                    self.sampling.head(p.trace_id, p.sampled), p.tracestate)
-        else:
-            # one draw for the trace id and the task's span id (a task a submission)
+        elif len(task.id) == 36:  # a UUIDv7: the trace is the task's id (FromId)
+            task.trace = FROM_ID[self._all or self.sampling.head(id_trace(task.id), None)]
+        else:  # an id from before UUIDv7 (a caller's): one draw for the trace and span ids
             bits = new_span_id(192)
             trace_id = (bits >> 64) or 1
             sampled = self._all or self.sampling.head(trace_id, None)
             task.trace = TaskTrace(trace_id, 0, sampled, None, bits & MASK64)
+
+    @staticmethod
+    def full(task: Task) -> TaskTrace | None:
+        """The task's TaskTrace, made from its id when it was traced from it (a tool
+        call's or an exit's: they keep spans and events on it)."""
+        trace = task.trace
+        if isinstance(trace, FromId):
+            trace = task.trace = of_id(task.id, trace.sampled)
+        return trace
 
     # -- the buffer ---------------------------------------------------------------------------
     def put(self, record: Record, spans: int = 1) -> None:
@@ -166,7 +185,7 @@ class Tracer:
 
         def route(r: Replica, name: str, arguments: dict[str, Any], task: Task | None
                   ) -> Any:
-            trace = task.trace if task is not None else None
+            trace = self.full(task) if task is not None else None
             if trace is None or task is None:
                 return router(r, name, arguments, task)
             # the worker's own span, when it sent one of this trace (else the attempt's)
@@ -242,9 +261,10 @@ class Tracer:
         now = time.time()
         name = "corral.cap_kill" if "limit" in e.reason else "corral.replica.exited"
         for task in self._tasks.active.values():
-            trace = task.trace
-            if trace is None or task.replica is not r:
+            if task.trace is None or task.replica is not r:
                 continue
+            trace = self.full(task)
+            assert trace is not None
             events = trace.events
             if events is None:
                 events = trace.events = []
@@ -252,18 +272,25 @@ class Tracer:
                 events.append((now, task.attempt, name, e.reason))
 
     # -- a task's end -------------------------------------------------------------------------
-    def _finished(self, e: TaskFinished) -> None:
-        task = e.task
+    def finished(self, task: Task) -> None:
+        """A task ended (the task manager's `trace_end`): its record, when it is kept."""
         trace = task.trace
         if trace is None:
             return
         end = task.finished or time.time()
         status = task.status
         if not trace.sampled and status not in FAILED and end - task.created < self._slow:
-            trace.held = None
+            if not isinstance(trace, FromId):
+                trace.held = None
             return
         error = task.error
         attempts = task.attempts
+        if isinstance(trace, FromId):  # its ids are its id's: the exporter's to derive
+            self.put((TASK, None, None, None, 0, task.agent, task.id, status,
+                      error.message if error is not None and status != SUCCEEDED else None,
+                      task.priority, task.tool_calls, task.created, end, task.usage,
+                      attempts, None), 1 + 2 * (len(attempts) or 1))
+            return
         self.put((TASK, trace.trace_id >> 64, trace.trace_id & MASK64, trace.span_id,
                   trace.parent_id, task.agent, task.id, status,
                   error.message if error is not None and status != SUCCEEDED else None,
@@ -284,11 +311,32 @@ def queue_span(task_span: int, attempt: int) -> int:
     return ((task_span ^ (attempt * GOLDEN) ^ QUEUE_MIX) & MASK64) or 1
 
 
-def expand(record: Sequence[Any]) -> list[Span]:
+def expand(record: Sequence[Any], short: bool = False) -> list[Span]:
     """The spans of a record as the pipe brings it (msgpack: structs as maps, tuples as
     arrays), named and attributed by the GenAI and MCP conventions (docs/tracing.md), each
-    text within TEXT_MAX."""
+    text within TEXT_MAX. `short`: the record's msgpack is TEXT_MAX bytes at most, so
+    none of its texts is longer (nothing to look for)."""
+    if short:
+        return _spans(record)
     return [_bounded(s) for s in _spans(record)]
+
+
+def spans_of(record: Sequence[Any]) -> int:
+    """How many spans `expand` makes of a record."""
+    if record[0] == TOOL:
+        return 1
+    return 1 + (2 * len(record[14]) or 1)
+
+
+def bounded(value: Any) -> Any:
+    """A record (or any part of one) with each text within TEXT_MAX."""
+    if isinstance(value, str):
+        return _cut(value)
+    if isinstance(value, list | tuple):
+        return [bounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: bounded(v) for k, v in value.items()}
+    return value
 
 
 def _cut(text: Any) -> Any:
@@ -311,7 +359,11 @@ def _spans(record: Sequence[Any]) -> list[Span]:
         return [_tool(record)]
     (_, hi, lo, own, parent, agent, task_id, status, error, priority, tool_calls, created,
      end, usage, attempts, events) = record
-    tid = hi << 64 | lo
+    if hi is None:  # traced from its id (tracecontext.FromId)
+        tid = id_trace(task_id)
+        own = ((tid & MASK64) ^ GOLDEN) or 1
+    else:
+        tid = hi << 64 | lo
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": agent,
         "corral.task.id": task_id, "corral.task.status": status,

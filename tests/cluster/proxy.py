@@ -1,6 +1,7 @@
 """A TCP proxy the test controls, between one node and Redis: `cut()` drops every
 connection through it and refuses new ones (a node cut off from Redis while the others
-still reach it); `restore()` lets connections through again."""
+still reach it); `restore()` lets connections through again; `watch()` tells when the
+node sends a command (what it does, seen on the wire: no hook in the node for the test)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class Proxy:
         self.closed = threading.Event()
         self.lock = threading.Lock()
         self.open: list[socket.socket] = []
+        self.watches: list[tuple[tuple[bytes, ...], threading.Event]] = []
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -44,12 +46,28 @@ class Proxy:
                 continue
             with self.lock:
                 self.open += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, seen in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pump, args=(a, b, seen), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def watch(self, *parts: bytes) -> threading.Event:
+        """Set once the node sends a command holding every one of `parts` (a RESP
+        command is its words in order: `parts` are matched within what one send and
+        the 4 KiB before it hold)."""
+        event = threading.Event()
+        with self.lock:
+            self.watches.append((parts, event))
+        return event
+
+    def _pump(self, src: socket.socket, dst: socket.socket, seen: bool) -> None:
+        tail = b""
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                if seen and self.watches:
+                    tail = (tail + data)[-(len(data) + 4096):]
+                    with self.lock:
+                        for parts, event in self.watches:
+                            if all(part in tail for part in parts):
+                                event.set()
                 dst.sendall(data)
         for s in (src, dst):
             with contextlib.suppress(OSError):

@@ -167,7 +167,7 @@ class TaskDispatch:
         params: dict[str, Any] = {"task_id": task.id, "attempt": task.attempt,
                                   "input": jsonrpc.SPLICE, "deadline": now + task.timeout}
         if task.trace is not None:  # the attempt's span: the worker's parent (tracing.py)
-            params["_meta"] = task.trace.run_meta(task.attempt)
+            params["_meta"] = task.trace.run_meta(task.attempt, task.id)
         if task.checkpoint is not None:  # a retry, given the task's last state (steps.py)
             params["resumed"], params["task_state"] = True, task.checkpoint
         if task.session is not None and self.sessions is not None:

@@ -103,6 +103,7 @@ class TaskManager:
         self.worker = WorkerMethods(self.stream, self.active, tool_router, tool_lister)
         # a traced engine's start of each task's trace (supervisor/tracing.py), or None
         self.trace_begin: Callable[[Task, str | None, str | None], None] | None = None
+        self.trace_end: Callable[[Task], None] | None = None  # and of its end
         on_notification(sup.worker_notifications, TaskProgressParams, self.worker.on_progress)
         on_request(sup.worker_methods, ToolsCallParams, self.worker.on_tool_call)
         on_request(sup.worker_methods, ToolsListParams, self.worker.on_tool_list)
@@ -326,6 +327,8 @@ class TaskManager:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         watchers, task.watchers = task.watchers, None
+        if self.trace_end is not None:
+            self.trace_end(task)
         stream = self.stream
         if watchers or stream.wants(TaskFinished):
             event = TaskFinished(task)

@@ -26,7 +26,7 @@ from .ids import new_id
 from .payload import Output
 
 if TYPE_CHECKING:
-    from ...tracecontext import TaskTrace
+    from ...tracecontext import FromId, TaskTrace
     from ..replica import Replica
 
 
@@ -133,7 +133,8 @@ class Task:
         # its own subscribers (Task.watch): () until the first (nothing for the collector
         # to look into), None once finished
         self.watchers: tuple[Subscription, ...] | None = ()
-        self.trace: TaskTrace | None = None  # its trace, when the engine traces (tracing.py)
+        # its trace, when the engine traces (tracing.py)
+        self.trace: TaskTrace | FromId | None = None
 
     @property
     def done(self) -> asyncio.Future[None]:
