@@ -923,6 +923,9 @@ class RunView(Result):
 
 class RunList(Result):
     runs: list[RunView]  # newest first, without their steps
+    # the cursor of the next page (older runs): `before` of the next call; absent on the
+    # last page
+    next: str | UnsetType = UNSET
 
 
 class WorkflowDescription(Result):
