@@ -79,6 +79,13 @@ def test_a_runs_graph_is_drawn_live_and_a_step_opens_its_task() -> None:
             page.goto(r.stdout.strip())
             page.click('nav a[href="#/runs"]')
             expect(page.locator(f'#runs tr[data-run="{run_id}"]')).to_contain_text("live")
+            # filtered as runs.list filters (the running run is no failed one)
+            page.select_option("#run-status", "failed")
+            expect(page.locator("#runs tbody tr")).to_have_count(0)
+            page.select_option("#run-status", "")
+            page.select_option("#run-workflow", "live")
+            expect(page.locator(f'#runs tr[data-run="{run_id}"]')).to_be_visible()
+            expect(page.locator("#runs-older")).to_have_count(0)  # one page
             page.click(f'#runs a[href="#/run/{run_id}"]')
             graph = page.locator("#run-graph")
             node = graph.locator(".node")

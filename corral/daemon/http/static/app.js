@@ -1045,13 +1045,37 @@ class Audit extends Polled {
 }
 
 // -- workflow runs: the list, and a run's graph drawn live ------------------------------
+const RUN_STATES = ["", "running", "succeeded", "failed", "cancelled", "timed_out"];
+
+// filtered and paged as runs.list pages: `next` is the cursor of the older runs
 class Runs extends Polled {
+  key(props, state) {
+    return `${state.workflow || ""} ${state.status || ""} ${state.before || ""}`;
+  }
   load() {
-    return call("runs.list", { limit: 100 });
+    const params = { limit: 100 };
+    for (const k of ["workflow", "status", "before"]) if (this.state[k]) params[k] = this.state[k];
+    return call("runs.list", params);
+  }
+  filter(change) {
+    this.setState({ ...change, before: "" });
   }
   show(data) {
+    this.seen = new Set([...(this.seen || []), ...data.runs.map((r) => r.workflow)]);
+    const names = [...this.seen].sort();
     return html`<section>
       <h2>Workflow runs</h2>
+      <div class="controls">
+        <label>Workflow <select id="run-workflow" onChange=${(e) => this.filter({ workflow: e.target.value })}>
+          <option value="">every workflow</option>
+          ${names.map((n) => html`<option value=${n} selected=${n === this.state.workflow}>${n}</option>`)}
+        </select></label>
+        <label>Status <select id="run-status" onChange=${(e) => this.filter({ status: e.target.value })}>
+          ${RUN_STATES.map((s) => html`<option value=${s} selected=${s === this.state.status}>${s || "any"}</option>`)}
+        </select></label>
+        ${this.state.before && html`<button id="runs-newest" onClick=${() => this.setState({ before: "" })}>Newest</button>`}
+        ${data.next && html`<button id="runs-older" onClick=${() => this.setState({ before: data.next })}>Older runs</button>`}
+      </div>
       <table id="runs">
         <thead><tr><th>Run</th><th>Workflow</th><th>Status</th><th>Created</th>
           <th class="num">Took</th><th>Error</th></tr></thead>
