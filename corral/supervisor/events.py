@@ -125,6 +125,13 @@ class EventBus:
             self.relay(d)
         return self.deliver(d)
 
+    def publish_here(self, topic: str, data: Any, source: str, tenant: str | None = None
+                     ) -> int:
+        """As `publish`, to this node's subscribers only (never relayed to a cluster's
+        other nodes: what is of this node alone, a workflow run's steps)."""
+        self.published += 1
+        return self.deliver(Delivery(topic, data, source, time.time(), tenant))
+
     def deliver(self, d: Delivery) -> int:
         """An event to this node's subscribers (published here, or on another node of
         the cluster) in its tenant: patterns are matched here."""

@@ -9,7 +9,7 @@ a restart is not started again. The data names every agent of the run (`agents`)
 caller limited to some agents is sent a run's events only when it sees them all, as it
 sees the run (visibility.py); in the bus they are in the tenant of the run's agents, and
 a run whose agents are of several tenants in no tenant's part (operators' followers
-alone)."""
+alone). On a cluster a run's events are its node's, as the run is."""
 
 from __future__ import annotations
 
@@ -90,12 +90,16 @@ def publish_runs(stream: Stream, bus: EventBus, tenant_of: Callable[[str], str |
                  ) -> None:
     """Every run event on the Stream, published on the bus from now on."""
     def publish(e: RunEvent) -> None:
+        if not bus.followers and not bus.subscriptions:
+            return  # nobody on this node could hear it: nothing built
         topic, data = topic_and_data(e)
         tenants = {tenant_of(a) for a in e.run.agents}
         tenant = tenants.pop() if len(tenants) == 1 else NO_TENANT
         if tenant is None:  # its agent is gone: whose it was is not known
             tenant = NO_TENANT
-        bus.publish(topic, data, "corral", tenant)
+        # to this node's followers and workers only: a run is its node's (decision 307),
+        # and a map's thousand steps are not sent through Redis to every other node
+        bus.publish_here(topic, data, "corral", tenant)
 
     stream.subscribe(publish, RunStarted)
     stream.subscribe(publish, RunEnded)
