@@ -7,7 +7,9 @@ never a running one, and the database's pages in use back where they were."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,8 @@ from corral.daemon.workflows.runstore import WHOLE, Run, RunStore, StepRow
 from corral.supervisor.tasks.ids import new_id
 from corral.supervisor.workflows import WorkflowSpec, compile_workflow
 
-from .daemon_harness import Daemon, hello, in_process
+from .conftest import ROOT
+from .daemon_harness import PY, Daemon, hello, in_process
 from .test_gateway_stdio import wait_until_async
 from .test_http_api import SOCKET, Api, sse_events
 
@@ -277,14 +280,29 @@ async def test_ended_runs_are_pruned_and_the_database_shrinks_back(tmp_path: Pat
 @pytest.mark.deadline(180)
 def test_a_daemon_prunes_runs_with_the_task_journals_retention(tmp_path: Path) -> None:
     d = Daemon(tmp_path, hello("web-1") + hello("db") + FLOWS)
+    tail: subprocess.Popen[str] | None = None
     try:
         d.start()
+        # `corral events tail` hears each run start and end
+        tail = subprocess.Popen(
+            [PY, "-m", "corral", "--socket", str(d.sock), "events", "tail", "corral.run.*",
+             "--json"], stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        deadline = time.monotonic() + 30
+        while not d.json("stats")["events"]["followers"]:
+            assert time.monotonic() < deadline
         ids = []
         for _ in range(4):
-            r = d.cli("workflows", "run", "webflow", "--input", "{}", "--wait", "30",
-                      "--json")
+            r = d.cli("workflows", "run", "webflow", "--input", '{"more": false}',
+                      "--wait", "30", "--json")
             assert r.returncode == 0, r.stderr
             ids.append(json.loads(r.stdout)["run_id"])
+        assert tail.stdout is not None
+        heard = [json.loads(tail.stdout.readline()) for _ in range(8)]
+        assert [(e["topic"], e["data"]["run_id"]) for e in heard] == [
+            (t, i) for i in ids for t in ("corral.run.started", "corral.run.succeeded")]
+        tail.kill()
+        tail.wait()
         # the CLI pages as `corral tasks` does
         r = d.cli("runs", "-n", "3")
         assert r.returncode == 0, r.stderr
@@ -304,4 +322,7 @@ def test_a_daemon_prunes_runs_with_the_task_journals_retention(tmp_path: Path) -
         r = d.cli("run-status", ids[0])
         assert r.returncode != 0 and f"no such run: {ids[0]}" in r.stderr
     finally:
+        if tail is not None and tail.poll() is None:
+            tail.kill()
+            tail.wait()
         d.close()
