@@ -20,9 +20,7 @@ from ..services import Services
 from ..store import row_limit
 from ..visibility import seen_workflow
 from .catalog import table_of
-from .runstore import RUN_ENDED, WHOLE, Run, StepRow
-
-RUN_STATUSES = RUN_ENDED | {"running"}  # what `runs.list` may filter on
+from .runstore import RUN_STATUSES, WHOLE, Run, StepRow
 
 
 def _step_view(run: Run, r: StepRow) -> m.RunStepView:

@@ -19,6 +19,7 @@ from ...supervisor.workflows.definition import decode_spec, encode_spec
 from ..store import StateStore
 
 RUN_ENDED = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+RUN_STATUSES = RUN_ENDED | {"running"}  # what `runs.list` may filter on
 STEP_ENDED = frozenset({"succeeded", "failed", "skipped", "cancelled", "timed_out", "lost"})
 WHOLE = -1  # the item of a step's own row (a map's items are 0...)
 
