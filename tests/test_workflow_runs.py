@@ -18,8 +18,16 @@ import msgspec
 import pytest
 
 from corral.daemon.store import StateStore
-from corral.daemon.workflows.runevents import RunEnded, RunStarted, StepEnded, StepStarted
+from corral.daemon.workflows.runevents import (
+    RunEnded,
+    RunStarted,
+    StepEnded,
+    StepStarted,
+    publish_runs,
+)
 from corral.daemon.workflows.runstore import WHOLE, Run, RunStore, StepRow
+from corral.supervisor.events import EventBus
+from corral.supervisor.stream import Stream
 from corral.supervisor.tasks.ids import new_id
 from corral.supervisor.workflows import WorkflowSpec, compile_workflow
 
@@ -132,6 +140,33 @@ async def test_each_step_and_run_is_an_event_on_the_stream_and_the_bus(tmp_path:
                     (t, web.run_id) for t in topics[:5]] + [
                     (t, broken.run_id) for t in topics[11:]]
             d.sup.events.unfollow(follower)
+
+
+def test_a_runs_events_are_in_its_agents_tenant_and_a_mixed_runs_are_operators_only(
+        ) -> None:
+    stream = Stream()
+    bus = EventBus(stream, {}, {})
+    tenants = {"a1": "acme", "a2": "acme", "b1": "beta"}
+    publish_runs(stream, bus, tenants.get)
+    # nobody listening: nothing is delivered, and nothing counted as published
+    spec = msgspec.json.decode(json.dumps({"steps": [
+        {"name": "x", "agent": "a1"}, {"name": "y", "agent": "a2"},
+        {"name": "z", "agent": "b1"}]}), type=WorkflowSpec)
+    mixed = Run("r-mixed", "m", compile_workflow("m", spec), None, "running", time.time())
+    acme = Run("r-acme", "a", compile_workflow("a", WorkflowSpec(steps=spec.steps[:2])),
+               None, "running", time.time())
+    gone = Run("r-gone", "g", compile_workflow("g", msgspec.json.decode(json.dumps(
+        {"steps": [{"name": "x", "agent": "removed"}]}), type=WorkflowSpec)), None,
+               "running", time.time())
+    stream.emit(RunStarted(acme))
+    assert bus.published == 0
+    followers = {t: bus.follow("corral.*", t) for t in (None, "acme", "beta")}
+    for run in (acme, mixed, gone):
+        stream.emit(RunStarted(run))
+    heard = {t: [msgspec.json.decode(bytes(f.pop()))["data"]["run_id"]
+                 for _ in range(len(f.queue))] for t, f in followers.items()}
+    assert heard == {None: ["r-acme", "r-mixed", "r-gone"], "acme": ["r-acme"],
+                     "beta": []}
 
 
 # -- listing and paging ------------------------------------------------------------------------
