@@ -110,10 +110,12 @@ def test_a_runs_graph_is_drawn_live_and_a_step_opens_its_task() -> None:
             page.screenshot(path=str(ARTIFACTS / "dashboard-run-graph-live.png"),
                             full_page=True)
 
-            gate.write_text("")  # the run goes on; the page follows it
+            heard = page.evaluate("window.corralLive['events.event']")
+            gate.write_text("")  # the run goes on; the page follows it by its events
             for step in ("hold", "each", "join"):
                 expect(graph.locator(f'.node[data-step="{step}"]')).to_have_attribute(
                     "data-status", "succeeded", timeout=30_000)
+            assert page.evaluate("window.corralLive['events.event']") > heard
             expect(page.locator("#run h2 .state")).to_have_text("succeeded")
             expect(graph.locator('.node[data-step="each"] .node-detail')).to_contain_text(
                 "3/3")

@@ -4,8 +4,10 @@
 // stream/METHOD (EventSource, the session's cookie): the fleet as it changes
 // (agents.watch: a snapshot, then each replica's state change at once, and every
 // replica's figures each second), the runtime figures each second (stats.watch: the live
-// charts' points) and an agent's log (logs.follow). The lists that are not a stream
-// (tasks, MCP servers, the audit log) are reloaded every second while shown; the tenants'
+// charts' points), an agent's log (logs.follow) and the bus's corral.* events, by which
+// a workflow run's view knows when to read its run again (events.follow). The lists that
+// are not a stream (tasks, runs, MCP servers, the audit log) are reloaded every second
+// while shown; the tenants'
 // quotas and use (tenants.list) and a cluster's nodes (nodes.list), which no stream
 // carries, are read again as each stats.watch sample comes while the fleet is shown.
 import { Component, h, render } from "./vendor/preact.mjs";
@@ -76,7 +78,7 @@ function follow(method, params, handlers, onState) {
 
 // what the streams brought, counted: the browser tests read them
 window.corralLive = { "agents.snapshot": 0, "agents.transition": 0, "agents.roster": 0,
-  "agents.sample": 0, "stats.sample": 0 };
+  "agents.sample": 0, "stats.sample": 0, "events.event": 0 };
 
 // The fleet as agents.watch tells it: every replica's row as agents.status shows it.
 class FleetModel {
@@ -1152,16 +1154,63 @@ const RunGraph = ({ run, pick }) => {
 
 const RUN_LEGEND = ["pending", "running", "succeeded", "skipped", "failed", "cancelled"];
 
+// Followed by its events (events.follow: corral.run.*, corral.step.*, each naming its run):
+// read again as one of this run's comes, a burst read once; read each second instead when
+// the session has no such stream (a token without the events scope).
 class Run extends Polled {
+  componentDidMount() {
+    super.componentDidMount();
+    this.live = session.streams.includes("events.follow") && session.scopes.includes("events");
+    if (this.live) {
+      this.unfollow = follow("events.follow", { pattern: "corral.*" }, {
+        "events.event": (e) => e.data && e.data.run_id === this.props.id && this.soon(),
+      });
+    }
+  }
+  componentWillUnmount() {
+    super.componentWillUnmount();
+    clearTimeout(this.soonTimer);
+    if (this.unfollow) this.unfollow();
+  }
   key(props) {
     return props.id;
   }
   load() {
     return call("runs.get", { run_id: this.props.id });
   }
-  // live while it runs; an ended run changes no more
+  async tick(gen) {
+    this.busy = true;
+    try {
+      await super.tick(gen);
+    } finally {
+      this.busy = false;
+    }
+    if (this.again && gen === this.gen) {
+      this.again = false;
+      this.soon();
+    }
+  }
+  // an event of this run: read it again shortly (one read for a map's burst of items)
+  soon() {
+    if (this.busy) {
+      this.again = true;
+      return;
+    }
+    if (this.soonTimer) return;
+    this.soonTimer = setTimeout(() => {
+      this.soonTimer = null;
+      if (this.busy) {
+        this.again = true;
+        return;
+      }
+      clearTimeout(this.timer);
+      this.tick(this.gen);
+    }, 50);
+  }
+  // while it runs: each second, or now and then when its events say when (a stream that
+  // dropped some is caught up); an ended run changes no more
   next(data) {
-    return data && data.status !== "running" ? 10 * POLL_MS : POLL_MS;
+    return data && data.status !== "running" ? 10 * POLL_MS : this.live ? 5 * POLL_MS : POLL_MS;
   }
   // a step's task (or its nested run) opened; a map's items listed below the graph
   pick(g, st) {
