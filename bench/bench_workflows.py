@@ -1,6 +1,9 @@
 """Workflow runs (issue 40): what a run adds per step over its tasks, and a fan-out's.
 
-    .venv/bin/python -m bench.bench_workflows [--quick]
+    .venv/bin/python -m bench.bench_workflows [--quick] [--follow]
+
+With --follow, a follower of `corral.*` on the event bus (as `corral events tail`) hears
+every run's and step's event meanwhile, so their cost is in the figures.
 
 The real daemon in this process (its SQLite state database, `journal_sync` normal), an
 SDK worker (examples/hello.py, 4 replicas). Measured:
@@ -63,7 +66,7 @@ def config(state: Path) -> str:
     """) + chain
 
 
-async def measure(rounds: int, items: int) -> dict[str, Any]:
+async def measure(rounds: int, items: int, follow: bool = False) -> dict[str, Any]:
     from corral.daemon.daemon import Daemon
     from corral.supervisor import State
 
@@ -77,12 +80,15 @@ async def measure(rounds: int, items: int) -> dict[str, Any]:
         for i in range(4):
             await sup.wait_state("hello", State.READY, replica=i, timeout=30)
         wf = d.services.workflows
+        follower = sup.events.follow("corral.*") if follow else None
 
         async def timed_run(name: str, inp: Any) -> float:
             t0 = time.perf_counter()
             r = await wf.start(name, inp)
             await wf.wait(r.run_id, None)
             took = time.perf_counter() - t0
+            while follower is not None and follower.queue:
+                follower.pop()
             assert wf.get(r.run_id).status == "succeeded", wf.get(r.run_id).error
             return took
 
@@ -119,8 +125,9 @@ async def measure(rounds: int, items: int) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--follow", action="store_true")
     args = ap.parse_args()
-    out = asyncio.run(measure(3 if args.quick else 9, 1000))
+    out = asyncio.run(measure(3 if args.quick else 9, 1000, args.follow))
     for k, v in out.items():
         print(f"{k}: {v}")
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from msgspec import UNSET, UnsetType
+
 from .views import Result
 
 
@@ -67,6 +69,9 @@ class RunView(Result):
 
 class RunList(Result):
     runs: list[RunView]  # newest first, without their steps
+    # the cursor of the next page (older runs): `before` of the next call; absent on the
+    # last page
+    next: str | UnsetType = UNSET
 
 
 class WorkflowDescription(Result):

@@ -799,11 +799,14 @@ class RunsGet(Params):
 
 @method("runs.list", result=RunList, scope="tasks:read")
 class RunsList(Params):
-    """Recent runs, newest first."""
+    """Recent runs, newest first, a page of `limit` at a time: `next`, when there are
+    older runs, is the `before` that lists them (every run until it is pruned)."""
 
     workflow: str | None = None
     status: str | None = None
     limit: int = 100
+    since: float | None = None  # seconds ago
+    before: str | None = None  # a run id: only the runs started before it
 
 
 @method("runs.cancel", result=RunView, scope="tasks:run", mutating=True)

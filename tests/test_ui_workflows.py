@@ -79,6 +79,13 @@ def test_a_runs_graph_is_drawn_live_and_a_step_opens_its_task() -> None:
             page.goto(r.stdout.strip())
             page.click('nav a[href="#/runs"]')
             expect(page.locator(f'#runs tr[data-run="{run_id}"]')).to_contain_text("live")
+            # filtered as runs.list filters (the running run is no failed one)
+            page.select_option("#run-status", "failed")
+            expect(page.locator("#runs tbody tr")).to_have_count(0)
+            page.select_option("#run-status", "")
+            page.select_option("#run-workflow", "live")
+            expect(page.locator(f'#runs tr[data-run="{run_id}"]')).to_be_visible()
+            expect(page.locator("#runs-older")).to_have_count(0)  # one page
             page.click(f'#runs a[href="#/run/{run_id}"]')
             graph = page.locator("#run-graph")
             node = graph.locator(".node")
@@ -103,10 +110,12 @@ def test_a_runs_graph_is_drawn_live_and_a_step_opens_its_task() -> None:
             page.screenshot(path=str(ARTIFACTS / "dashboard-run-graph-live.png"),
                             full_page=True)
 
-            gate.write_text("")  # the run goes on; the page follows it
+            heard = page.evaluate("window.corralLive['events.event']")
+            gate.write_text("")  # the run goes on; the page follows it by its events
             for step in ("hold", "each", "join"):
                 expect(graph.locator(f'.node[data-step="{step}"]')).to_have_attribute(
                     "data-status", "succeeded", timeout=30_000)
+            assert page.evaluate("window.corralLive['events.event']") > heard
             expect(page.locator("#run h2 .state")).to_have_text("succeeded")
             expect(graph.locator('.node[data-step="each"] .node-detail')).to_contain_text(
                 "3/3")

@@ -14,6 +14,7 @@ import msgspec
 from .. import methods as m
 from .app import Ctx, cli, doc, json_option, pass_ctx
 from .client import EXIT_FAILED
+from .durations import duration
 from .render import print_json, table
 from .runtimedefs import runtime_commands
 from .tasks import _read_input
@@ -177,19 +178,29 @@ def run_status(obj: Ctx, run_id: str, wait: float | None, as_json: bool) -> None
 
 @cli.command("runs", help=doc("runs.list"))
 @click.option("--workflow", default=None, help="Only this workflow's runs.")
-@click.option("--status", default=None, help="Only runs in this status.")
-@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--status", default=None,
+              type=click.Choice(["running", "succeeded", "failed", "cancelled",
+                                 "timed_out"]),
+              help="Only runs in this status.")
+@click.option("--since", default=None, metavar="DURATION",
+              help="Only runs started within this long ago: 90s, 15m, 1h, 2d.")
+@click.option("--before", default=None, metavar="RUN_ID",
+              help="Only runs started before this one: the next page (older runs).")
+@click.option("-n", "--limit", type=click.IntRange(min=0), default=100, show_default=True)
 @json_option
 @pass_ctx
-def runs_list(obj: Ctx, workflow: str | None, status: str | None, limit: int,
-              as_json: bool) -> None:
-    res: m.RunList = obj.call("runs.list", m.RunsList(workflow=workflow, status=status,
-                                                      limit=limit))
+def runs_list(obj: Ctx, workflow: str | None, status: str | None, since: str | None,
+              before: str | None, limit: int, as_json: bool) -> None:
+    res: m.RunList = obj.call("runs.list", m.RunsList(
+        workflow=workflow, status=status, limit=limit, since=duration(since),
+        before=before))
     if as_json:
         print_json(res)
         return
     table([[r.run_id, r.workflow, r.status, _took(r.created, r.ended), r.error or ""]
            for r in res.runs], ["RUN", "WORKFLOW", "STATUS", "TOOK", "ERROR"])
+    if isinstance(res.next, str):
+        click.echo(f"older runs: the same with --before {res.next}", err=True)
 
 
 @cli.command("run-cancel", help=doc("runs.cancel"))

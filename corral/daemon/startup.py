@@ -64,6 +64,7 @@ from .traces import Traces
 from .traces import start as start_traces
 from .upgrade import Taken
 from .workflows import WorkflowService
+from .workflows.runevents import publish_runs
 
 if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
@@ -436,6 +437,9 @@ async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub
     agents stop under them."""
     service = WorkflowService(parts.agents, parts.tasks, store, hub.daemon)
     service.configure(conf.cfg.workflows)
+    publish_runs(parts.stream, parts.bus, parts.quotas.tenant_of)
+    sc = conf.cfg.supervisor
+    service.retain(sc.journal_max_age, sc.journal_max_tasks)
     try:
         yield service
     finally:

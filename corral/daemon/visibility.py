@@ -21,7 +21,7 @@ from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..methods import parse_target
 from ..supervisor.core import NoSuchAgent
-from ..supervisor.events import agent_of
+from ..supervisor.events import agent_of, seen_by
 from ..supervisor.names import RESERVED
 from ..supervisor.tasks.counters import totals
 from .caller import Caller, Channel
@@ -348,9 +348,9 @@ def _event_seen(params: Any, caller: Caller) -> Any:
     it) is not sent; a caller's event is no agent's."""
     if caller.agents is None:
         return params  # a tenant's caller: the bus sends it its tenant's alone
-    agent = agent_of(bytes(params) if isinstance(params, msgspec.Raw)
-                     else msgspec.json.encode(params))
-    return params if agent is None or caller.sees(agent) else None
+    of = agent_of(bytes(params) if isinstance(params, msgspec.Raw)
+                  else msgspec.json.encode(params))
+    return params if seen_by(of, caller.sees) else None
 
 
 def _of_agent(params: Any, caller: Caller) -> Any:

@@ -51,21 +51,35 @@ class _Origin(msgspec.Struct):
 
 class _About(msgspec.Struct):
     agent: str | None = None
+    agents: tuple[str, ...] | None = None  # a workflow run's: every agent of it
 
 
-def agent_of(encoded: bytes) -> str | None:
+# the agent an event is of, or the agents (all of them) a workflow run's event is of
+Of = str | tuple[str, ...] | None
+
+
+def agent_of(encoded: bytes) -> Of:
     """The agent an encoded Delivery is of: the one whose worker published it (source
-    `NAME#N`), or the one corral's own event is about (`data.agent`); None for a
-    caller's event (a token's, a socket peer's), which is no agent's."""
+    `NAME#N`), or the one corral's own event is about (`data.agent`; a run's:
+    `data.agents`, all of them); None for a caller's event (a token's, a socket peer's),
+    which is no agent's."""
     origin = msgspec.json.decode(encoded, type=_Origin)
     if "#" in origin.source:
         return origin.source.partition("#")[0]
     if origin.source == "corral":
         try:
-            return msgspec.json.decode(origin.data, type=_About).agent
+            about = msgspec.json.decode(origin.data, type=_About)
         except msgspec.ValidationError:
             return None
+        return about.agents if about.agents is not None else about.agent
     return None
+
+
+def seen_by(of: Of, sees: Callable[[str], bool]) -> bool:
+    """Whether a caller that sees the agents `sees` admits is sent an event of `of`."""
+    if of is None:
+        return True
+    return sees(of) if isinstance(of, str) else all(sees(a) for a in of)
 
 
 class EventFollower(Follower[msgspec.Raw]):
@@ -110,6 +124,13 @@ class EventBus:
         if self.relay is not None:
             self.relay(d)
         return self.deliver(d)
+
+    def publish_here(self, topic: str, data: Any, source: str, tenant: str | None = None
+                     ) -> int:
+        """As `publish`, to this node's subscribers only (never relayed to a cluster's
+        other nodes: what is of this node alone, a workflow run's steps)."""
+        self.published += 1
+        return self.deliver(Delivery(topic, data, source, time.time(), tenant))
 
     def deliver(self, d: Delivery) -> int:
         """An event to this node's subscribers (published here, or on another node of

@@ -19,6 +19,7 @@ from ...supervisor.tasks import ids
 from ...supervisor.teams import TeamSpec
 from ...supervisor.workflows import WorkflowSpec
 from ..tasks.front import STATUSES
+from ..workflows.runstore import RUN_STATUSES
 from . import route, sse
 from .resources import PREFIX, RESOURCES
 
@@ -60,6 +61,10 @@ RULES: dict[tuple[str, str], dict[str, Any]] = {
     ("tasks.list", "before"): {"anyOf": [{"type": "string",
                                           "pattern": f"^({ids.ANY.pattern})$"},
                                          {"type": "null"}]},
+    ("runs.list", "status"): {"anyOf": [{"enum": sorted(RUN_STATUSES)}, {"type": "null"}]},
+    ("runs.list", "before"): {"anyOf": [{"type": "string",
+                                         "pattern": f"^({ids.ANY.pattern})$"},
+                                        {"type": "null"}]},
     ("events.publish", "topic"): {"minLength": 1},
     ("tokens.create", "name"): {"pattern": NAME},
     ("tokens.create", "scopes"): {"minItems": 1, "items": {"enum": sorted(SCOPES)}},

@@ -108,8 +108,8 @@ RESOURCES: list[Resource] = [
     _r("POST", "/workflows/{name}/runs", "workflows.run", "Start a run of a workflow: the "
        "run at once; with `wait`, as it is when it ends or the wait is over",
        query=("wait",), body=("input", "wait"), location="/runs/{run_id}"),
-    _r("GET", "/runs", "runs.list", "Recent runs, newest first",
-       query=("workflow", "status", "limit")),
+    _r("GET", "/runs", "runs.list", "Recent runs, newest first, a page at a time",
+       query=("workflow", "status", "since", "limit", "before"), cursor="before"),
     _r("GET", "/runs/{run_id}", "runs.get", "One run and each of its steps",
        path_params={"run_id": "run_id"}, query=("wait",)),
     _r("POST", "/runs/{run_id}/cancel", "runs.cancel", "Cancel a run and its running steps",

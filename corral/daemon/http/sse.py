@@ -42,7 +42,7 @@ from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 
 from ... import jsonrpc
-from ...supervisor.events import agent_of, reaches
+from ...supervisor.events import Of, agent_of, reaches, seen_by
 from ..api import Dispatcher
 from ..caller import Caller
 from . import route
@@ -66,7 +66,7 @@ LAST_ID = "last_event_id"
 
 
 # (number, topic, SSE frame, tenant published in, agent it is of)
-Item = tuple[int, str | None, bytes, str | None, str | None]
+Item = tuple[int, str | None, bytes, str | None, Of]
 
 
 class Streams:
@@ -205,7 +205,7 @@ class EventRing:
         self._due.set()
 
     def _keep(self, topic: str | None, data: bytes, tenant: str | None,
-              agent: str | None) -> None:
+              agent: Of) -> None:
         self.last += 1
         if len(self.items) == RING:
             self.bytes -= len(self.items[0][2])
@@ -325,7 +325,7 @@ class Reader:
             if topic is None:
                 missed += 1
             elif (pattern is None or fnmatch.fnmatchcase(topic, pattern)) and reaches(
-                    published_in, tenant) and (sees is None or agent is None or sees(agent)):
+                    published_in, tenant) and (sees is None or seen_by(agent, sees)):
                 if missed:
                     parts.append(_missed(missed))
                     missed = 0

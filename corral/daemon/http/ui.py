@@ -67,7 +67,7 @@ METHODS = ("agents.status", "agents.describe", "agents.history", "agents.rollbac
 
 # the streams the page follows (Server-Sent Events with the session's cookie), each
 # served as the REST API serves it (rest.Api.stream: its caps on open streams)
-STREAMS = ("agents.watch", "stats.watch", "logs.follow")
+STREAMS = ("agents.watch", "stats.watch", "logs.follow", "events.follow")
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")

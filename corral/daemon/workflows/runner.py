@@ -22,6 +22,7 @@ from ...supervisor.workflows import Step, WorkflowError
 from ...supervisor.workflows.plan import items, runs, step_input
 from ...supervisor.workflows.refs import Missing, Scope
 from ...taskviews import TaskInfo
+from .runevents import StepEnded, StepStarted
 from .runstore import STEP_ENDED, WHOLE, Run, RunStore, StepRow
 
 
@@ -194,8 +195,10 @@ class Runner:
 
     async def _save(self, run: Run, rows: list[StepRow]) -> None:
         await self.rows.save_steps(run.run_id, rows)
+        stream = self.engine.stream
         for r in rows:
             run.rows[(r.step, r.item)] = r
+            stream.emit(StepStarted(run, r) if r.status == "running" else StepEnded(run, r))
 
     async def abandon(self, run: Run) -> None:
         """A run that ended otherwise than by its steps (cancelled, timed out, a step

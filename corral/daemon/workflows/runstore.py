@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,7 @@ from ...supervisor.workflows.definition import decode_spec, encode_spec
 from ..store import StateStore
 
 RUN_ENDED = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+RUN_STATUSES = RUN_ENDED | {"running"}  # what `runs.list` may filter on
 STEP_ENDED = frozenset({"succeeded", "failed", "skipped", "cancelled", "timed_out", "lost"})
 WHOLE = -1  # the item of a step's own row (a map's items are 0...)
 
@@ -156,16 +159,72 @@ class RunStore:
         return [self._run(r, True) for r in self.store.db.execute(
             f"SELECT {self._COLUMNS} FROM runs WHERE status = 'running' ORDER BY run_id")]
 
-    def listing(self, workflow: str | None, status: str | None, limit: int) -> list[Run]:
-        """The newest runs first (their ids sort as they were made)."""
+    def listing(self, workflow: str | None, status: str | None, since: float | None,
+                limit: int, before: str | None, sees: Callable[[str], bool] | None
+                ) -> list[Run] | None:
+        """The newest runs first (their ids sort as they were made), made since `since`
+        (wall time), before the run `before` (a page's cursor: None when it names no run
+        kept that `sees` admits); with `sees`, the runs all of whose agents it admits."""
         where, args = [], []
-        if workflow is not None:
-            where.append("workflow = ?")
-            args.append(workflow)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        return [self._run(r, False) for r in self.store.db.execute(
-            f"SELECT {self._COLUMNS} FROM runs{clause} ORDER BY run_id DESC LIMIT ?",
-            (*args, limit))]
+        for clause, value in (("workflow = ?", workflow), ("status = ?", status),
+                              ("created >= ?", since)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        seen = ""
+        if sees is not None:
+            # in the query, so a page is whole and its cursor a run the caller sees
+            where.append("sees_all(agents)")
+            seen = " AND sees_all(agents)"
+        db = self.store.db
+        db.create_function("sees_all", 1, _seeing(sees), deterministic=True)
+        try:
+            if before is not None:
+                if db.execute("SELECT 1 FROM runs WHERE run_id = ?" + seen,
+                              (before,)).fetchone() is None:
+                    return None
+                where.append("run_id < ?")
+                args.append(before)
+            clause = f" WHERE {' AND '.join(where)}" if where else ""
+            rows = db.execute(f"SELECT {self._COLUMNS} FROM runs{clause} "
+                              "ORDER BY run_id DESC LIMIT ?", (*args, limit)).fetchall()
+        finally:
+            db.create_function("sees_all", 1, None)
+        return [self._run(r, False) for r in rows]
+
+    async def prune(self, max_age: float, max_runs: int) -> int:
+        """Ended runs, and their steps' rows, past the task journal's retention: ended
+        more than `max_age` seconds ago (0: no limit), or older than the newest
+        `max_runs` ended ones. Never a running run, nor a nested run a running run's
+        step names (resumed, that step waits for it). How many went."""
+        gone = 0
+
+        def write(db: sqlite3.Connection) -> None:
+            nonlocal gone
+            kept = ("status != 'running' AND ended IS NOT NULL AND run_id NOT IN "
+                    "(SELECT s.task_id FROM runs p JOIN run_steps s ON s.run_id = p.run_id "
+                    "WHERE p.status = 'running' AND s.task_id IS NOT NULL)")
+            ids = [] if max_age <= 0 else [r for (r,) in db.execute(
+                f"SELECT run_id FROM runs WHERE {kept} AND ended < ?",
+                (time.time() - max_age,))]
+            ids += [r for (r,) in db.execute(
+                f"SELECT run_id FROM runs WHERE {kept} ORDER BY ended DESC "
+                "LIMIT -1 OFFSET ?", (max_runs,))]
+            gone = len(set(ids))
+            db.executemany("DELETE FROM run_steps WHERE run_id = ?", ((r,) for r in ids))
+            db.executemany("DELETE FROM runs WHERE run_id = ?", ((r,) for r in ids))
+        await self.store.commit([write])
+        return gone
+
+
+def _seeing(sees: Callable[[str], bool] | None) -> Callable[[bytes | str | None], bool]:
+    def sees_all(agents: bytes | str | None) -> bool:
+        # a run from before its agents were kept with it: its own steps' are not known
+        # here, so only an unlimited caller sees it in a listing
+        if sees is None:
+            return True
+        if agents is None:
+            return False
+        return all(sees(a) for a in msgspec.json.decode(agents, type=list[str]))
+
+    return sees_all

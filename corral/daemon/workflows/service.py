@@ -20,9 +20,20 @@ from ...supervisor.workflows import Workflow, WorkflowError, WorkflowSpec, compi
 from ...text import plural
 from ...timeouts import within
 from ..store import StateStore
+from ..storeschema import StoreError
 from .catalog import Catalog, table_of
+from .runevents import RunEnded, RunStarted
 from .runner import Runner, StepFailed
 from .runstore import RUN_ENDED, Run, RunStore
+
+PRUNE_EVERY = 60.0  # seconds between two prunings of ended runs (as the task journal's)
+
+
+def unknown_run_cursor(run_id: str) -> RpcError:
+    """A page's cursor (`before`) that names no run kept (as tasks' unknown_cursor)."""
+    return RpcError(jsonrpc.NOT_FOUND, f"no such run: {run_id} (the cursor `before` "
+                                       "names no run kept: pruned, or never started; "
+                                       "list again from the newest)")
 
 
 class WorkflowService:
@@ -31,6 +42,7 @@ class WorkflowService:
         self.agents = agents
         self.rows = RunStore(store)
         self.runner = Runner(engine, self.rows, self)
+        self.stream = engine.stream  # the runs' events (runevents.py)
         self.report = report
         self.catalog = Catalog(store)
         self.catalog.restore(report)
@@ -39,6 +51,10 @@ class WorkflowService:
         # no step is submitted before the task journal's tasks are back in the engine
         # (a run started meanwhile waits): a recorded step's task is found, not doubled
         self.recovered = asyncio.Event()
+        # ended runs are kept as the task journal keeps finished tasks (retain)
+        self.max_age = 0.0
+        self.max_runs: int | None = None
+        self._pruning: asyncio.Task[None] | None = None
 
     def configure(self, specs: Mapping[str, WorkflowSpec]) -> None:
         """The config's workflows (a reload replaces them; a run keeps its own)."""
@@ -85,6 +101,7 @@ class WorkflowService:
                   revision=rev.revision if rev is not None else None,
                   nested_agents=wf.agents)
         await self.rows.save_run(run)  # durable before it is answered
+        self.stream.emit(RunStarted(run))
         self._drive(run)
         return run
 
@@ -124,6 +141,27 @@ class WorkflowService:
         self.recovered.set()
         if runs:
             self.report(f"workflows: {plural(len(runs), 'unfinished run')} resumed")
+        if self.max_runs is not None and self._pruning is None:
+            self._pruning = asyncio.ensure_future(self._prune_every())
+
+    def retain(self, max_age: float, max_runs: int) -> None:
+        """Ended runs kept as the task journal keeps finished tasks (`journal_max_age`
+        seconds, 0: no limit; the newest `journal_max_tasks`): pruned from `recover` on,
+        then every PRUNE_EVERY seconds."""
+        self.max_age, self.max_runs = max_age, max_runs
+
+    async def prune(self) -> int:
+        """The ended runs past the retention removed, with their steps' rows, now."""
+        assert self.max_runs is not None
+        return await self.rows.prune(self.max_age, self.max_runs)
+
+    async def _prune_every(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except StoreError as exc:  # told, and tried again at the next
+                self.report(f"workflows: ended runs could not be pruned: {exc}")
+            await asyncio.sleep(PRUNE_EVERY)
 
     def _drive(self, run: Run) -> None:
         driver = asyncio.ensure_future(self._run(run))
@@ -149,6 +187,7 @@ class WorkflowService:
                 await self.runner.abandon(run)
             run.ended = time.time()
             await self.rows.save_run(run)
+            self.stream.emit(RunEnded(run))
         except Exception as exc:  # a run's driver says why it stopped (the store failed)
             self.report(f"workflows: run {run.run_id} ({run.workflow}) stopped: {exc}; "
                         "it is resumed at the next start")
@@ -170,9 +209,21 @@ class WorkflowService:
             raise jsonrpc.not_found("run", run_id)
         return run
 
-    def list(self, workflow: str | None, status: str | None, limit: int) -> list[Run]:
+    def list(self, workflow: str | None, status: str | None, since: float | None,
+             limit: int, before: str | None, sees: Callable[[str], bool] | None = None
+             ) -> tuple[list[Run], str | None]:
+        """A page of runs, newest first, and the cursor of the next (older runs), or
+        None when there is none (runstore.RunStore.listing); `unknown_run_cursor` for a
+        `before` that names no run kept."""
+        if limit <= 0:
+            return [], None
+        page = self.rows.listing(workflow, status, since, limit + 1, before, sees)
+        if page is None:
+            assert before is not None
+            raise unknown_run_cursor(before)
+        older = page[limit - 1].run_id if len(page) > limit else None
         return [self.live[r.run_id][0] if r.run_id in self.live else r
-                for r in self.rows.listing(workflow, status, limit)]
+                for r in page[:limit]], older
 
     async def cancel(self, run_id: str) -> Run:
         run = self.get(run_id)
@@ -188,6 +239,10 @@ class WorkflowService:
     async def close(self) -> None:
         """The daemon stops: each driver stops where it is (its run resumed at the next
         start, its tasks left to the task journal)."""
+        if self._pruning is not None:
+            self._pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruning
         drivers = [d for _, d in self.live.values()]
         for d in drivers:
             d.cancel()

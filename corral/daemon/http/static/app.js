@@ -4,8 +4,10 @@
 // stream/METHOD (EventSource, the session's cookie): the fleet as it changes
 // (agents.watch: a snapshot, then each replica's state change at once, and every
 // replica's figures each second), the runtime figures each second (stats.watch: the live
-// charts' points) and an agent's log (logs.follow). The lists that are not a stream
-// (tasks, MCP servers, the audit log) are reloaded every second while shown; the tenants'
+// charts' points), an agent's log (logs.follow) and the bus's corral.* events, by which
+// a workflow run's view knows when to read its run again (events.follow). The lists that
+// are not a stream (tasks, runs, MCP servers, the audit log) are reloaded every second
+// while shown; the tenants'
 // quotas and use (tenants.list) and a cluster's nodes (nodes.list), which no stream
 // carries, are read again as each stats.watch sample comes while the fleet is shown.
 import { Component, h, render } from "./vendor/preact.mjs";
@@ -76,7 +78,7 @@ function follow(method, params, handlers, onState) {
 
 // what the streams brought, counted: the browser tests read them
 window.corralLive = { "agents.snapshot": 0, "agents.transition": 0, "agents.roster": 0,
-  "agents.sample": 0, "stats.sample": 0 };
+  "agents.sample": 0, "stats.sample": 0, "events.event": 0 };
 
 // The fleet as agents.watch tells it: every replica's row as agents.status shows it.
 class FleetModel {
@@ -1047,13 +1049,37 @@ class Audit extends Polled {
 }
 
 // -- workflow runs: the list, and a run's graph drawn live ------------------------------
+const RUN_STATES = ["", "running", "succeeded", "failed", "cancelled", "timed_out"];
+
+// filtered and paged as runs.list pages: `next` is the cursor of the older runs
 class Runs extends Polled {
+  key(props, state) {
+    return `${state.workflow || ""} ${state.status || ""} ${state.before || ""}`;
+  }
   load() {
-    return call("runs.list", { limit: 100 });
+    const params = { limit: 100 };
+    for (const k of ["workflow", "status", "before"]) if (this.state[k]) params[k] = this.state[k];
+    return call("runs.list", params);
+  }
+  filter(change) {
+    this.setState({ ...change, before: "" });
   }
   show(data) {
+    this.seen = new Set([...(this.seen || []), ...data.runs.map((r) => r.workflow)]);
+    const names = [...this.seen].sort();
     return html`<section>
       <h2>Workflow runs</h2>
+      <div class="controls">
+        <label>Workflow <select id="run-workflow" onChange=${(e) => this.filter({ workflow: e.target.value })}>
+          <option value="">every workflow</option>
+          ${names.map((n) => html`<option value=${n} selected=${n === this.state.workflow}>${n}</option>`)}
+        </select></label>
+        <label>Status <select id="run-status" onChange=${(e) => this.filter({ status: e.target.value })}>
+          ${RUN_STATES.map((s) => html`<option value=${s} selected=${s === this.state.status}>${s || "any"}</option>`)}
+        </select></label>
+        ${this.state.before && html`<button id="runs-newest" onClick=${() => this.setState({ before: "" })}>Newest</button>`}
+        ${data.next && html`<button id="runs-older" onClick=${() => this.setState({ before: data.next })}>Older runs</button>`}
+      </div>
       <table id="runs">
         <thead><tr><th>Run</th><th>Workflow</th><th>Status</th><th>Created</th>
           <th class="num">Took</th><th>Error</th></tr></thead>
@@ -1130,16 +1156,63 @@ const RunGraph = ({ run, pick }) => {
 
 const RUN_LEGEND = ["pending", "running", "succeeded", "skipped", "failed", "cancelled"];
 
+// Followed by its events (events.follow: corral.run.*, corral.step.*, each naming its run):
+// read again as one of this run's comes, a burst read once; read each second instead when
+// the session has no such stream (a token without the events scope).
 class Run extends Polled {
+  componentDidMount() {
+    super.componentDidMount();
+    this.live = session.streams.includes("events.follow") && session.scopes.includes("events");
+    if (this.live) {
+      this.unfollow = follow("events.follow", { pattern: "corral.*" }, {
+        "events.event": (e) => e.data && e.data.run_id === this.props.id && this.soon(),
+      });
+    }
+  }
+  componentWillUnmount() {
+    super.componentWillUnmount();
+    clearTimeout(this.soonTimer);
+    if (this.unfollow) this.unfollow();
+  }
   key(props) {
     return props.id;
   }
   load() {
     return call("runs.get", { run_id: this.props.id });
   }
-  // live while it runs; an ended run changes no more
+  async tick(gen) {
+    this.busy = true;
+    try {
+      await super.tick(gen);
+    } finally {
+      this.busy = false;
+    }
+    if (this.again && gen === this.gen) {
+      this.again = false;
+      this.soon();
+    }
+  }
+  // an event of this run: read it again shortly (one read for a map's burst of items)
+  soon() {
+    if (this.busy) {
+      this.again = true;
+      return;
+    }
+    if (this.soonTimer) return;
+    this.soonTimer = setTimeout(() => {
+      this.soonTimer = null;
+      if (this.busy) {
+        this.again = true;
+        return;
+      }
+      clearTimeout(this.timer);
+      this.tick(this.gen);
+    }, 50);
+  }
+  // while it runs: each second, or now and then when its events say when (a stream that
+  // dropped some is caught up); an ended run changes no more
   next(data) {
-    return data && data.status !== "running" ? 10 * POLL_MS : POLL_MS;
+    return data && data.status !== "running" ? 10 * POLL_MS : this.live ? 5 * POLL_MS : POLL_MS;
   }
   // a step's task (or its nested run) opened; a map's items listed below the graph
   pick(g, st) {

@@ -1,0 +1,107 @@
+"""A run's events: typed events on the Stream, each emitted once what it says is
+committed (a step's row, a run's), and published on the event bus for `corral events
+tail 'corral.step.*'` and the HTTP event stream.
+
+Topics: `corral.run.started`, `corral.run.STATUS` at its end (succeeded, failed,
+cancelled, timed_out); `corral.step.started`, `corral.step.STATUS` at a step's or a map
+item's end (succeeded, failed, skipped, cancelled, timed_out, lost). A run resumed after
+a restart is not started again. The data names every agent of the run (`agents`): a
+caller limited to some agents is sent a run's events only when it sees them all, as it
+sees the run (visibility.py); in the bus they are in the tenant of the run's agents, and
+a run whose agents are of several tenants in no tenant's part (operators' followers
+alone). On a cluster a run's events are its node's, as the run is."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ...supervisor.events import EventBus
+from ...supervisor.stream import Stream
+from .runstore import WHOLE, Run, StepRow
+
+# no tenant has this name: an event published in it reaches operators' followers alone
+NO_TENANT = ""
+
+
+class RunStarted(NamedTuple):
+    run: Run
+
+
+class RunEnded(NamedTuple):
+    """A run ended (its row committed with its status)."""
+
+    run: Run
+
+
+class StepStarted(NamedTuple):
+    """A step (or a map's item) started: its task id (a nested step's run id) committed."""
+
+    run: Run
+    row: StepRow
+
+
+class StepEnded(NamedTuple):
+    """A step (or a map's item) ended, its row committed with its status."""
+
+    run: Run
+    row: StepRow
+
+
+RunEvent = RunStarted | RunEnded | StepStarted | StepEnded
+
+
+def _run_data(run: Run) -> dict[str, Any]:
+    data: dict[str, Any] = {"run_id": run.run_id, "workflow": run.workflow,
+                            "status": run.status, "agents": run.agents}
+    if run.ended is not None:
+        data["ended"] = run.ended
+        if run.error is not None:
+            data["error"] = run.error
+    return data
+
+
+def _step_data(run: Run, row: StepRow) -> dict[str, Any]:
+    nested = run.wf.step(row.step).spec.workflow is not None
+    data: dict[str, Any] = {
+        "run_id": run.run_id, "workflow": run.workflow, "agents": run.agents,
+        "step": row.step, "item": None if row.item == WHOLE else row.item,
+        "status": row.status, "started": row.started}
+    if row.task_id is not None:
+        data["child_run_id" if nested else "task_id"] = row.task_id
+    if row.ended is not None:
+        data["ended"] = row.ended
+        if row.error is not None:
+            data["error"] = row.error
+    return data
+
+
+def topic_and_data(e: RunEvent) -> tuple[str, dict[str, Any]]:
+    if isinstance(e, RunStarted):
+        return "corral.run.started", _run_data(e.run)
+    if isinstance(e, RunEnded):
+        return f"corral.run.{e.run.status}", _run_data(e.run)
+    if isinstance(e, StepStarted):
+        return "corral.step.started", _step_data(e.run, e.row)
+    return f"corral.step.{e.row.status}", _step_data(e.run, e.row)
+
+
+def publish_runs(stream: Stream, bus: EventBus, tenant_of: Callable[[str], str | None]
+                 ) -> None:
+    """Every run event on the Stream, published on the bus from now on."""
+    def publish(e: RunEvent) -> None:
+        if not bus.followers and not bus.subscriptions:
+            return  # nobody on this node could hear it: nothing built
+        topic, data = topic_and_data(e)
+        tenants = {tenant_of(a) for a in e.run.agents}
+        tenant = tenants.pop() if len(tenants) == 1 else NO_TENANT
+        if tenant is None:  # its agent is gone: whose it was is not known
+            tenant = NO_TENANT
+        # to this node's followers and workers only: a run is its node's (decision 307),
+        # and a map's thousand steps are not sent through Redis to every other node
+        bus.publish_here(topic, data, "corral", tenant)
+
+    stream.subscribe(publish, RunStarted)
+    stream.subscribe(publish, RunEnded)
+    stream.subscribe(publish, StepStarted)
+    stream.subscribe(publish, StepEnded)
