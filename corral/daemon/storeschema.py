@@ -299,6 +299,7 @@ MIGRATIONS: list[Migration] = [
         output BLOB,
         error TEXT,
         PRIMARY KEY (call_id, key)
+    ) WITHOUT ROWID;
     """,
     # 16: schedules (daemon/schedules.py): each schedule's last fire time accounted for
     # (fired or skipped), the task or run it started, its count, and whether it is paused
