@@ -73,8 +73,10 @@ if TYPE_CHECKING:
     from ..supervisor.core import Supervisor
     from ..supervisor.process_replica import ProcessReplica
     from .control import ControlServer
+    from .gatewayaccess import GatewayService
     from .logs import LogHub
     from .notify import Notifier
+    from .services import Services
     from .store import StateStore
 
 # how long the hand-over waits for every worker's channel to be quiet (a request of its
@@ -155,6 +157,8 @@ class Host(Protocol):
     def control(self) -> ControlServer: ...
     @property
     def cluster(self) -> ClusterNode | None: ...
+    @property
+    def services(self) -> Services: ...
 
     notifier: Notifier
     config_path: Path
@@ -411,6 +415,7 @@ class Upgrades:
                 # the old image imports itself from where it did
                 IMPORT_VARIABLE: str(Path(__file__).resolve().parent.parent.parent)}),
             processes=kept, ended=ended, listeners=self.listeners.held(),
+            gateway=(host.services.gateway.url or "", host.services.gateway.socket_path),
             subscriptions=[Subscribed(*s) for s in host.sup.parts.tools.subscribed()],
             counters=carry(tasks.by_agent), engine=host.sup.parts.runtime_stats(),
             steps=tasks.steps.stats(),
@@ -463,6 +468,18 @@ class Taken:
     @property
     def control(self) -> tuple[int, int]:
         return self.handoff.control
+
+    def gateway_address(self, gateway: GatewayService, cfg: Config) -> None:
+        """The gateway's address as the old image gave its agents, where the sockets it
+        was served on are inherited for the same addresses: a replica that starts
+        before the HTTP parts do (they start once the handed processes are adopted) is
+        given it, and a client of it waits in the backlog."""
+        url, socket_path = self.handoff.gateway
+        configured = {name: listen for name, listen in (("http", cfg.http.listen),
+                                                        ("gateway", cfg.gateway.listen))
+                      if listen}
+        if url and configured == {i.name: i.listen for i in self.handoff.listeners}:
+            gateway.url, gateway.socket_path = url, socket_path
 
     def before_start(self, sup: Supervisor) -> None:
         """Before anything is spawned: the same incarnation, and the replicas' starts
@@ -553,6 +570,13 @@ class Taken:
                      and index < len(agent.replicas) else None)
             if r is not None and r.machine.untouched:
                 starts.append(r)
+        # each agent's (and server's) first replica before any second: its dispatch
+        # goes on as soon as that one is adopted, not after the agents before it
+        firsts: dict[tuple[str, str], ProcessReplica] = {}
+        for r in starts:
+            firsts.setdefault((r.kind, r.name), r)
+        starts = [*firsts.values(),
+                  *(r for r in starts if firsts[(r.kind, r.name)] is not r)]
         # the first alone (dispatch goes on as soon as one is Ready: a turn crowded
         # with a full slice's adoptions would delay it), then slices doubling up to
         # ADOPT_BATCH a turn, as the loop serves its sockets between them
@@ -604,14 +628,20 @@ class Taken:
         finally:
             sup.parts.stream.unsubscribe(sub)
 
-    async def settle(self, hub: LogHub) -> UpgradeReport:
-        """Once the set-up is over: what no replica took is ended, the old image's
-        zygotes too; the state file goes; the report."""
+    async def adopt(self) -> None:
+        """Once the set-up is over: every handed process adopted by its replica (dispatch
+        goes on with each agent's first), and the others' starts begun."""
         try:
             self._adopt_now()
             await self._started()
-        finally:
-            gc.enable()  # (BOOT turned it off: nothing waits for the adoptions any more)
+        except BaseException:
+            gc.enable()
+            raise
+
+    async def settle(self, hub: LogHub) -> UpgradeReport:
+        """Once the processes are adopted (and the HTTP parts started): what no replica
+        took is ended, the old image's zygotes too; the state file goes; the report."""
+        gc.enable()  # (BOOT turned it off: nothing waits for the adoptions any more)
         left = self.adoptions.left()
         await self.adoptions.settled()
         assert self.sup is not None
