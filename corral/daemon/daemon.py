@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -390,6 +391,9 @@ class Daemon:
             node.start()
         if self.taken is not None:
             await self.taken.adopt()
+            # aiohttp imported off the loop, which dispatches meanwhile (an import holds
+            # the interpreter a few ms at a time, not the whole import long)
+            await asyncio.to_thread(import_web, up.conf.cfg)
             await self._web(stack, up.conf, s, up.dispatcher, up.extras)
             if self.freeze_heap:  # (what the HTTP parts' imports made, as the set-up's)
                 part.freeze_heap(collect=False)
@@ -439,6 +443,13 @@ def by_placement(cfg: Config) -> tuple[Config, dict[str, dict[str, Any]]]:
     return msgspec.structs.replace(cfg, agents=local), declared
 
 
+
+
+def import_web(cfg: Config) -> None:
+    """The HTTP parts' modules, where the config serves HTTP (Daemon._web's)."""
+    if cfg.http.listen or cfg.gateway.listen:
+        for name in ("mcp", "ui", "context", "server"):
+            importlib.import_module(f"{__package__}.http.{name}")
 
 
 def _engine_parts(parts: Parts, cluster: ClusterNode | None) -> dict[str, Any]:
