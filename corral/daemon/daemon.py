@@ -390,10 +390,10 @@ class Daemon:
         if node is not None:
             node.start()
         if self.taken is not None:
-            await self.taken.adopt()
-            # aiohttp imported off the loop, which dispatches meanwhile (an import holds
-            # the interpreter a few ms at a time, not the whole import long)
-            await asyncio.to_thread(import_web, up.conf.cfg)
+            # aiohttp imported from the first adoption on, in a thread: the loop adopts
+            # and dispatches meanwhile (an import holds the interpreter a few ms at a
+            # time, not the whole import long)
+            await self.taken.adopt(lambda: asyncio.to_thread(import_web, up.conf.cfg))
             await self._web(stack, up.conf, s, up.dispatcher, up.extras)
             if self.freeze_heap:  # (what the HTTP parts' imports made, as the set-up's)
                 part.freeze_heap(collect=False)

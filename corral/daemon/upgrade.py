@@ -40,7 +40,7 @@ import signal
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -463,6 +463,7 @@ class Taken:
         self.lost: list[str] = []
         self.sup: Supervisor | None = None
         self.adoptions = Adoptions(h.processes, self._adopted, self._lost)
+        self._first = asyncio.Event()  # a handed process adopted (or lost): dispatch goes on
         self.listeners = Listeners(h.listeners)  # taken by the HTTP server and gateway
 
     @property
@@ -531,6 +532,7 @@ class Taken:
 
     def _adopted(self, r: Replica, h: HandedProcess) -> None:
         assert self.sup is not None
+        self._first.set()
         if h.record.kind == "mcp":
             self.kept_servers += 1
         for t in h.tasks:
@@ -544,6 +546,7 @@ class Taken:
 
     def _lost(self, h: HandedProcess, why: str) -> None:
         assert self.sup is not None
+        self._first.set()
         self.lost.append(f"{h.record.name}#{h.record.replica} ({why})")
         recs = [r for t in h.tasks if (r := self.held.pop(t.task_id, None)) is not None]
         if recs:
@@ -628,12 +631,22 @@ class Taken:
         finally:
             sup.parts.stream.unsubscribe(sub)
 
-    async def adopt(self) -> None:
+    async def adopt(self, meanwhile: Callable[[], Awaitable[object]]) -> None:
         """Once the set-up is over: every handed process adopted by its replica (dispatch
-        goes on with each agent's first), and the others' starts begun."""
+        goes on with each agent's first), and the others' starts begun. `meanwhile`
+        runs from the first adoption on (not before: it would slow the one dispatch
+        waits for) and is awaited with the rest."""
         try:
             self._adopt_now()
-            await self._started()
+            started = asyncio.ensure_future(self._started())
+            first = asyncio.ensure_future(self._first.wait())
+            await asyncio.wait([started, first], return_when=asyncio.FIRST_COMPLETED)
+            first.cancel()
+            side = asyncio.ensure_future(meanwhile())
+            try:
+                await started
+            finally:
+                await side
         except BaseException:
             gc.enable()
             raise
