@@ -22,12 +22,12 @@ import psutil
 
 from corral.daemon.gatewayaccess import GatewayService
 from corral.daemon.handoff import Fallback, Handoff, Listener
-from corral.daemon.upgrade import Taken
+from corral.daemon.upgrade import Taken, firsts_first
 from corral.supervisor.config import Config
 from corral.supervisor.configload import load_config
 from corral.supervisor.core import Supervisor
 
-from .conftest import EXAMPLES, ROOT
+from .conftest import EXAMPLES, ROOT, agent
 from .daemon_harness import PY, Daemon, free_port, shared_tmpdir, sleeper
 from .test_daemon_cli import wait_until
 
@@ -716,3 +716,16 @@ async def test_the_gateways_address_goes_on_only_where_its_sockets_are_inherited
                                  lambda *row: None)
         taken(carried, inherited).gateway_address(gateway, config(configured))
         assert (gateway.url, gateway.socket_path) == (expected, None), (carried, configured)
+
+
+async def test_each_agents_first_replica_is_adopted_before_any_second(
+        sup: Supervisor) -> None:
+    """The new image adopts in slices (one, then doubling): with the replicas in the
+    order they were handed, the last agent's dispatch waited for every replica of the
+    agents before it."""
+    for name in ("a", "b", "c"):
+        sup.add(agent(name, replicas=3), start=False)
+    handed = [r for name in ("a", "b", "c") for r in sup.parts.agents[name].replicas]
+    assert [r.label for r in firsts_first(handed)] == [
+        "a#0", "b#0", "c#0", "a#1", "a#2", "b#1", "b#2", "c#1", "c#2"]
+    assert firsts_first([]) == []

@@ -55,7 +55,7 @@ class Logins(Protocol):
 @dataclass
 class Web:
     """What [http] and [gateway] listen make (aiohttp's): set as they are entered, which
-    an upgrade's new image does once its agents are adopted (startup.web_parts)."""
+    an upgrade's new image does once its agents are adopted (Daemon._web)."""
 
     gateway: Any = None  # the HTTP gateway (http/mcp.py HttpGateway)
     logins: Logins | None = None  # the dashboard's logins, where [http] serves it

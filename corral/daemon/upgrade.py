@@ -573,13 +573,7 @@ class Taken:
                      and index < len(agent.replicas) else None)
             if r is not None and r.machine.untouched:
                 starts.append(r)
-        # each agent's (and server's) first replica before any second: its dispatch
-        # goes on as soon as that one is adopted, not after the agents before it
-        firsts: dict[tuple[str, str], ProcessReplica] = {}
-        for r in starts:
-            firsts.setdefault((r.kind, r.name), r)
-        starts = [*firsts.values(),
-                  *(r for r in starts if firsts[(r.kind, r.name)] is not r)]
+        starts = firsts_first(starts)
         # the first alone (dispatch goes on as soon as one is Ready: a turn crowded
         # with a full slice's adoptions would delay it), then slices doubling up to
         # ADOPT_BATCH a turn, as the loop serves its sockets between them
@@ -636,12 +630,11 @@ class Taken:
         goes on with each agent's first), and the others' starts begun. `meanwhile`
         runs from the first adoption on (not before: it would slow the one dispatch
         waits for) and is awaited with the rest."""
+        self._adopt_now()
+        started = asyncio.ensure_future(self._started())
+        first = asyncio.ensure_future(self._first.wait())
         try:
-            self._adopt_now()
-            started = asyncio.ensure_future(self._started())
-            first = asyncio.ensure_future(self._first.wait())
             await asyncio.wait([started, first], return_when=asyncio.FIRST_COMPLETED)
-            first.cancel()
             side = asyncio.ensure_future(meanwhile())
             try:
                 await started
@@ -649,7 +642,10 @@ class Taken:
                 await side
         except BaseException:
             gc.enable()
+            started.cancel()
             raise
+        finally:
+            first.cancel()
 
     async def settle(self, hub: LogHub) -> UpgradeReport:
         """Once the processes are adopted (and the HTTP parts started): what no replica
@@ -691,6 +687,16 @@ class Taken:
                        f"{plural(report.tasks, 'running task')} kept, "
                        f"{plural(len(ended), 'process', 'processes')} started again")
         return report
+
+
+def firsts_first(replicas: list[ProcessReplica]) -> list[ProcessReplica]:
+    """Each agent's (and MCP server's) first replica before any second, else in order:
+    an agent's dispatch goes on as soon as its first is adopted, not after every
+    replica of the agents handed before it."""
+    firsts: dict[tuple[str, str], ProcessReplica] = {}
+    for r in replicas:
+        firsts.setdefault((r.kind, r.name), r)
+    return [*firsts.values(), *(r for r in replicas if firsts[(r.kind, r.name)] is not r)]
 
 
 def kept_text(kept: list[HandedProcess]) -> str:
