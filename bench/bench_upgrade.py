@@ -15,7 +15,10 @@ Per round:
    again), and the same pause measured across it.
 
     .venv/bin/python -m bench.bench_upgrade [--agents 1000] [--rounds 5]
-        [--kinds upgrade,restart] [--out bench_upgrade]
+        [--kinds upgrade,restart] [--http] [--out bench_upgrade]
+
+`--http`: the daemon serves [http] too (on a unix socket), so the new image has the HTTP
+server and the gateway to start again (aiohttp to import) besides its agents.
 
 Each round notes the 1-minute load average at its end (`load`): the machine is shared.
 """
@@ -107,10 +110,12 @@ def restart(d: CorralDaemon) -> float:
     return time.perf_counter() - t0
 
 
-def round_of(n: int, kind: str) -> dict[str, Any]:
-    d = CorralDaemon(workdir("upgrade"), corral_agents(n, [sys.executable, str(HELLO)],
-                                                        extra="warm = true"),
-                     extra="drain_timeout = 5")
+def round_of(n: int, kind: str, http: bool = False) -> dict[str, Any]:
+    w = workdir("upgrade")
+    agents = corral_agents(n, [sys.executable, str(HELLO)], extra="warm = true")
+    if http:
+        agents += f'\n[http]\nlisten = "unix:{w}/http.sock"\n'
+    d = CorralDaemon(w, agents, extra="drain_timeout = 5")
     try:
         ready = d.start()
         sub = Submitter(d.sock)
@@ -132,7 +137,7 @@ def round_of(n: int, kind: str) -> dict[str, Any]:
                 "handover_s": handover,
                 "dispatch_pause_s": round(gap, 3), "kept": kept,
                 "tasks": len(sub.ids), "submit_errors": sub.refused,
-                "load": round(os.getloadavg()[0], 1)}
+                "load": round(os.getloadavg()[0], 1), "http": http}
     finally:
         d.stop()
 
@@ -148,12 +153,13 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--kinds", default="upgrade,restart")
+    ap.add_argument("--http", action="store_true", help="the daemon serves [http] too")
     ap.add_argument("--out", default="bench_upgrade")
     args = ap.parse_args()
     out: dict[str, Any] = {"agents": args.agents, "rounds": args.rounds,
                            "interval_s": INTERVAL}
     for kind in args.kinds.split(","):
-        runs = [round_of(args.agents, kind) for _ in range(args.rounds)]
+        runs = [round_of(args.agents, kind, args.http) for _ in range(args.rounds)]
         out[kind] = {"runs": runs,
                      "seconds": summary([r["seconds"] for r in runs]),
                      "handover_s": summary([r["handover_s"] or 0.0 for r in runs]),

@@ -20,7 +20,14 @@ from typing import Any
 
 import psutil
 
-from .conftest import EXAMPLES, ROOT
+from corral.daemon.gatewayaccess import GatewayService
+from corral.daemon.handoff import Fallback, Handoff, Listener
+from corral.daemon.upgrade import Taken, firsts_first
+from corral.supervisor.config import Config
+from corral.supervisor.configload import load_config
+from corral.supervisor.core import Supervisor
+
+from .conftest import EXAMPLES, ROOT, agent
 from .daemon_harness import PY, Daemon, free_port, shared_tmpdir, sleeper
 from .test_daemon_cli import wait_until
 
@@ -681,3 +688,44 @@ def test_a_plain_program_not_ready_yet_refuses_the_upgrade_and_changes_nothing()
     finally:
         d.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def test_the_gateways_address_goes_on_only_where_its_sockets_are_inherited(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """The new image starts its HTTP parts after the adoptions: until then a replica
+    started anew is given the address the old image gave, if the sockets it is served on
+    are inherited for the addresses the config still names."""
+    def config(listen: str) -> Config:
+        path = tmp_path / "corral.toml"
+        path.write_text(f'[http]\nlisten = "{listen}"\n')
+        return load_config(path)
+
+    def taken(url: str, listen: str) -> Taken:
+        h = Handoff(attempt=1, from_version="0", pid=os.getpid(), asked_at=0.0,
+                    started_at=0.0, config="corral.toml", socket=None, control=(-1, -1),
+                    owner="o", issued=0, fallback=Fallback(python="", env={}, boot=""),
+                    listeners=[Listener("http", listen, -1)], gateway=(url, None))
+        return Taken(h, tmp_path / "upgrade-handoff.json", None)
+
+    url = "http://127.0.0.1:7070/mcp"
+    cases = [(url, "127.0.0.1:7070", "127.0.0.1:7070", url),  # the same address
+             (url, "127.0.0.1:7070", "127.0.0.1:7071", None),  # the config changed it
+             ("", "127.0.0.1:7070", "127.0.0.1:7070", None)]  # none was given
+    for carried, inherited, configured, expected in cases:
+        gateway = GatewayService(sup.parts.agents, sup.parts.tools, sup.stream,
+                                 lambda *row: None)
+        taken(carried, inherited).gateway_address(gateway, config(configured))
+        assert (gateway.url, gateway.socket_path) == (expected, None), (carried, configured)
+
+
+async def test_each_agents_first_replica_is_adopted_before_any_second(
+        sup: Supervisor) -> None:
+    """The new image adopts in slices (one, then doubling): with the replicas in the
+    order they were handed, the last agent's dispatch waited for every replica of the
+    agents before it."""
+    for name in ("a", "b", "c"):
+        sup.add(agent(name, replicas=3), start=False)
+    handed = [r for name in ("a", "b", "c") for r in sup.parts.agents[name].replicas]
+    assert [r.label for r in firsts_first(handed)] == [
+        "a#0", "b#0", "c#0", "a#1", "a#2", "b#1", "b#2", "c#1", "c#2"]
+    assert firsts_first([]) == []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -52,7 +53,7 @@ from .history import History
 from .logs import LogHub
 from .notify import Notifier
 from .revisions import spec_table
-from .services import Services
+from .services import Services, Web
 from .startup import StartupError
 from .status import Status
 from .store import StateStore
@@ -88,7 +89,6 @@ class Up:
     status: Status
     extras: Extras
     services: Services
-    serving: part.Serving | None  # the [http] server, where one is configured
 
 
 class Daemon:
@@ -166,7 +166,7 @@ class Daemon:
 
     @property
     def http_server(self) -> HttpServer | None:
-        serving = self._up().serving
+        serving: part.Serving | None = self.services.web.server
         return serving.server if serving is not None else None
 
     def status_line(self) -> str:
@@ -182,7 +182,7 @@ class Daemon:
             try:
                 up, unfinished = await self._setup(stack)
                 self.up = up
-                await self._begin(up, unfinished)
+                await self._begin(up, unfinished, stack)
             except StartupError as exc:
                 print(f"corral: {exc}", file=sys.stderr)
                 return 1
@@ -292,6 +292,8 @@ class Daemon:
         parts = sup.parts
         audit = Audit(hub)
         gateway = part.gateway_service(conf, parts, audit)
+        if self.taken is not None:  # its HTTP parts start late: the address goes on
+            self.taken.gateway_address(gateway, cfg)
         heard = part.hear(parts, hub, sender, gateway)
         # closed after the agents stop (entered before `running`): their last spans kept
         traces = await enter(part.tracing(conf, parts, self.spared, gateway))
@@ -312,8 +314,6 @@ class Daemon:
         status = Status(self.notifier, parts, extras, hub, node)
         await enter(part.running(sup, conf, opened, hub, lambda: self._graceful))
         await enter(part.handing_back(node))
-        http = await enter(part.http_gateway(conf, gateway, hub, extras,
-                                             self.upgrades.listeners))
         tasks = part.task_front(parts, opened.journal, node, hub)
         workflows = await enter(part.workflows(conf, parts, store, hub))
         teams = await enter(part.teams(conf, parts, store, hub, traces))
@@ -326,7 +326,7 @@ class Daemon:
         await enter(part.closed(watches.close))
         services = Services(
             **_engine_parts(parts, node), hub=hub, store=store, revisions=opened.revisions,
-            fleet=fleet, tasks=tasks, gateway=gateway, http=http, journal=opened.journal,
+            fleet=fleet, tasks=tasks, gateway=gateway, web=Web(), journal=opened.journal,
             history=history, packages=packages, dev_watch=watches,
             watch=FleetWatch(parts.agents, parts.stream), tenants=tenants, workflows=workflows,
             teams=teams, schedules=schedules,
@@ -335,23 +335,39 @@ class Daemon:
             request_stop=self.request_stop, drained=self.drained,
             upgrade=self.upgrades.ask, status_line=status.line, notices=status.notices,
             extras=extras.status, draining=status.draining,
-            ui=part.dashboard_sessions(conf), traces=traces)
-        serving = await enter(part.http_server(conf, services, dispatcher, extras,
-                                               self.upgrades.listeners))
-        # no more attempts at an extra once the stop begins tearing down (before the
-        # servers close)
-        await enter(part.closed(extras.close))
+            traces=traces)
+        if self.taken is None:  # (an upgrade's new image: once its agents are adopted)
+            await self._web(stack, conf, services, dispatcher, extras)
         history.start()  # (issue 21) the metrics history sampler
         await enter(part.closed(history.close))
         if self.freeze_heap:
             part.freeze_heap(collect=self.taken is None)
         return Up(conf=conf, sup=sup, hub=hub, control=control, dispatcher=dispatcher,
                   store=store, journal=opened.journal, cluster=node, status=status,
-                  extras=extras, services=services, serving=serving), opened.unfinished
+                  extras=extras, services=services), opened.unfinished
 
-    async def _begin(self, up: Up, unfinished: list[TaskRecord]) -> None:
+    async def _web(self, stack: contextlib.AsyncExitStack, conf: part.Conf, s: Services,
+                   dispatcher: Dispatcher[Services], extras: Extras) -> None:
+        """[http] and [gateway] listen, aiohttp's (imported here): the HTTP gateway, the
+        dashboard's logins, the HTTP server. Before the agents start (they are given the
+        gateway's address), but in an upgrade's new image once its agents are adopted
+        and dispatch goes on: their listening sockets are inherited, so a client waits
+        in the backlog meanwhile, and the address is the old image's
+        (Taken.gateway_address)."""
+        enter, listeners, web = stack.enter_async_context, self.upgrades.listeners, s.web
+        web.gateway = await enter(part.http_gateway(conf, s.gateway, s.hub, extras,
+                                                    listeners))
+        web.logins = part.dashboard_sessions(conf)
+        web.server = await enter(part.http_server(conf, s, dispatcher, extras, listeners))
+        # no more attempts at an extra once the stop begins tearing down (before the
+        # servers close)
+        await enter(part.closed(extras.close))
+
+    async def _begin(self, up: Up, unfinished: list[TaskRecord],
+                     stack: contextlib.AsyncExitStack) -> None:
         """Once every part is set up: the services served, the agents added, the
-        journal's tasks recovered, the cluster's loops started."""
+        journal's tasks recovered, the cluster's loops started; in an upgrade's new
+        image, its HTTP parts once its agents are adopted."""
         s, node = up.services, up.cluster
         up.dispatcher.serve(s)
         await asyncio.sleep(0)  # the control socket is served before the agents are added
@@ -374,6 +390,13 @@ class Daemon:
         if node is not None:
             node.start()
         if self.taken is not None:
+            # aiohttp imported from the first adoption on, in a thread: the loop adopts
+            # and dispatches meanwhile (an import holds the interpreter a few ms at a
+            # time, not the whole import long)
+            await self.taken.adopt(lambda: asyncio.to_thread(import_web, up.conf.cfg))
+            await self._web(stack, up.conf, s, up.dispatcher, up.extras)
+            if self.freeze_heap:  # (what the HTTP parts' imports made, as the set-up's)
+                part.freeze_heap(collect=False)
             self.upgrades.report = await self.taken.settle(up.hub)
         up.status.check_ready()
 
@@ -420,6 +443,13 @@ def by_placement(cfg: Config) -> tuple[Config, dict[str, dict[str, Any]]]:
     return msgspec.structs.replace(cfg, agents=local), declared
 
 
+
+
+def import_web(cfg: Config) -> None:
+    """The HTTP parts' modules, where the config serves HTTP (Daemon._web's)."""
+    if cfg.http.listen or cfg.gateway.listen:
+        for name in ("mcp", "ui", "context", "server"):
+            importlib.import_module(f"{__package__}.http.{name}")
 
 
 def _engine_parts(parts: Parts, cluster: ClusterNode | None) -> dict[str, Any]:

@@ -115,6 +115,9 @@ class Handoff(msgspec.Struct, frozen=True):
     processes: list[HandedProcess] = []
     ended: list[ProcessRecord] = []  # not kept: the next image ends them
     listeners: list[Listener] = []
+    # the gateway's address the agents were given (its URL, its unix socket): the next
+    # image gives it on before its HTTP parts start (they start after the adoptions)
+    gateway: tuple[str, str | None] = ("", None)
     subscriptions: list[Subscribed] = []
     counters: dict[str, Carried] = {}  # each agent's (`corral stats`)
     engine: Stats | None = None  # the supervisor's counts (spawned, restarts, ...)

@@ -52,6 +52,16 @@ class Logins(Protocol):
     def issue(self, issuer: Caller) -> tuple[str, float]: ...
 
 
+@dataclass
+class Web:
+    """What [http] and [gateway] listen make (aiohttp's): set as they are entered, which
+    an upgrade's new image does once its agents are adopted (Daemon._web)."""
+
+    gateway: Any = None  # the HTTP gateway (http/mcp.py HttpGateway)
+    logins: Logins | None = None  # the dashboard's logins, where [http] serves it
+    server: Any = None  # startup.Serving: the [http] server, once it serves
+
+
 @dataclass(frozen=True, kw_only=True)
 class Services:
     # the engine's parts (supervisor/parts.py), each handed over on its own
@@ -76,8 +86,7 @@ class Services:
     fleet: Fleet
     tasks: TaskFront  # local, or the cluster's: chosen once, at start-up
     gateway: GatewayService
-    # the HTTP gateway (http/mcp.py HttpGateway): /mcp of [http], [gateway] listen; or None
-    http: Any
+    web: Web  # the HTTP gateway, the dashboard's logins, the [http] server
     journal: TaskJournalDB | None  # the task journal, or None: `task_journal = false`
     history: History  # the metrics history (its sampler starts once the services exist)
     packages: Packages  # agent packages: deploy, releases
@@ -99,8 +108,16 @@ class Services:
     draining: Callable[[], str | None]  # how far a drain under way is
     # corral upgrade: checks the new install and hands over (daemon/upgrade.py)
     upgrade: Callable[[DaemonUpgrade], Awaitable[UpgradeReport]]
-    ui: Logins | None = None  # the dashboard's logins, where [http] serves it
     traces: Traces | None = None  # with [tracing]: the exporter and the local store
+
+    @property
+    def http(self) -> Any:
+        """The HTTP gateway: /mcp of [http], [gateway] listen; or None."""
+        return self.web.gateway
+
+    @property
+    def ui(self) -> Logins | None:
+        return self.web.logins
 
     def gateway_status(self) -> dict[str, Any]:
         return {**self.gateway.stats(),

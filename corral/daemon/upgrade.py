@@ -40,7 +40,7 @@ import signal
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -73,8 +73,10 @@ if TYPE_CHECKING:
     from ..supervisor.core import Supervisor
     from ..supervisor.process_replica import ProcessReplica
     from .control import ControlServer
+    from .gatewayaccess import GatewayService
     from .logs import LogHub
     from .notify import Notifier
+    from .services import Services
     from .store import StateStore
 
 # how long the hand-over waits for every worker's channel to be quiet (a request of its
@@ -155,6 +157,8 @@ class Host(Protocol):
     def control(self) -> ControlServer: ...
     @property
     def cluster(self) -> ClusterNode | None: ...
+    @property
+    def services(self) -> Services: ...
 
     notifier: Notifier
     config_path: Path
@@ -411,6 +415,7 @@ class Upgrades:
                 # the old image imports itself from where it did
                 IMPORT_VARIABLE: str(Path(__file__).resolve().parent.parent.parent)}),
             processes=kept, ended=ended, listeners=self.listeners.held(),
+            gateway=(host.services.gateway.url or "", host.services.gateway.socket_path),
             subscriptions=[Subscribed(*s) for s in host.sup.parts.tools.subscribed()],
             counters=carry(tasks.by_agent), engine=host.sup.parts.runtime_stats(),
             steps=tasks.steps.stats(),
@@ -458,11 +463,24 @@ class Taken:
         self.lost: list[str] = []
         self.sup: Supervisor | None = None
         self.adoptions = Adoptions(h.processes, self._adopted, self._lost)
+        self._first = asyncio.Event()  # a handed process adopted (or lost): dispatch goes on
         self.listeners = Listeners(h.listeners)  # taken by the HTTP server and gateway
 
     @property
     def control(self) -> tuple[int, int]:
         return self.handoff.control
+
+    def gateway_address(self, gateway: GatewayService, cfg: Config) -> None:
+        """The gateway's address as the old image gave its agents, where the sockets it
+        was served on are inherited for the same addresses: a replica that starts
+        before the HTTP parts do (they start once the handed processes are adopted) is
+        given it, and a client of it waits in the backlog."""
+        url, socket_path = self.handoff.gateway
+        configured = {name: listen for name, listen in (("http", cfg.http.listen),
+                                                        ("gateway", cfg.gateway.listen))
+                      if listen}
+        if url and configured == {i.name: i.listen for i in self.handoff.listeners}:
+            gateway.url, gateway.socket_path = url, socket_path
 
     def before_start(self, sup: Supervisor) -> None:
         """Before anything is spawned: the same incarnation, and the replicas' starts
@@ -514,6 +532,7 @@ class Taken:
 
     def _adopted(self, r: Replica, h: HandedProcess) -> None:
         assert self.sup is not None
+        self._first.set()
         if h.record.kind == "mcp":
             self.kept_servers += 1
         for t in h.tasks:
@@ -527,6 +546,7 @@ class Taken:
 
     def _lost(self, h: HandedProcess, why: str) -> None:
         assert self.sup is not None
+        self._first.set()
         self.lost.append(f"{h.record.name}#{h.record.replica} ({why})")
         recs = [r for t in h.tasks if (r := self.held.pop(t.task_id, None)) is not None]
         if recs:
@@ -553,6 +573,7 @@ class Taken:
                      and index < len(agent.replicas) else None)
             if r is not None and r.machine.untouched:
                 starts.append(r)
+        starts = firsts_first(starts)
         # the first alone (dispatch goes on as soon as one is Ready: a turn crowded
         # with a full slice's adoptions would delay it), then slices doubling up to
         # ADOPT_BATCH a turn, as the loop serves its sockets between them
@@ -604,14 +625,32 @@ class Taken:
         finally:
             sup.parts.stream.unsubscribe(sub)
 
-    async def settle(self, hub: LogHub) -> UpgradeReport:
-        """Once the set-up is over: what no replica took is ended, the old image's
-        zygotes too; the state file goes; the report."""
+    async def adopt(self, meanwhile: Callable[[], Awaitable[object]]) -> None:
+        """Once the set-up is over: every handed process adopted by its replica (dispatch
+        goes on with each agent's first), and the others' starts begun. `meanwhile`
+        runs from the first adoption on (not before: it would slow the one dispatch
+        waits for) and is awaited with the rest."""
+        self._adopt_now()
+        started = asyncio.ensure_future(self._started())
+        first = asyncio.ensure_future(self._first.wait())
         try:
-            self._adopt_now()
-            await self._started()
+            await asyncio.wait([started, first], return_when=asyncio.FIRST_COMPLETED)
+            side = asyncio.ensure_future(meanwhile())
+            try:
+                await started
+            finally:
+                await side
+        except BaseException:
+            gc.enable()
+            started.cancel()
+            raise
         finally:
-            gc.enable()  # (BOOT turned it off: nothing waits for the adoptions any more)
+            first.cancel()
+
+    async def settle(self, hub: LogHub) -> UpgradeReport:
+        """Once the processes are adopted (and the HTTP parts started): what no replica
+        took is ended, the old image's zygotes too; the state file goes; the report."""
+        gc.enable()  # (BOOT turned it off: nothing waits for the adoptions any more)
         left = self.adoptions.left()
         await self.adoptions.settled()
         assert self.sup is not None
@@ -648,6 +687,16 @@ class Taken:
                        f"{plural(report.tasks, 'running task')} kept, "
                        f"{plural(len(ended), 'process', 'processes')} started again")
         return report
+
+
+def firsts_first(replicas: list[ProcessReplica]) -> list[ProcessReplica]:
+    """Each agent's (and MCP server's) first replica before any second, else in order:
+    an agent's dispatch goes on as soon as its first is adopted, not after every
+    replica of the agents handed before it."""
+    firsts: dict[tuple[str, str], ProcessReplica] = {}
+    for r in replicas:
+        firsts.setdefault((r.kind, r.name), r)
+    return [*firsts.values(), *(r for r in replicas if firsts[(r.kind, r.name)] is not r)]
 
 
 def kept_text(kept: list[HandedProcess]) -> str:
