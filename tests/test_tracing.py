@@ -285,6 +285,22 @@ async def test_a_collector_that_is_down_costs_no_task_and_counts_its_drops(
         await traces.close()
 
 
+async def test_tracing_starts_before_the_state_directory_exists(sup: Supervisor,
+                                                                 tmp_path: Path) -> None:
+    # a first start with [tracing]: tracing starts before the state database makes its
+    # directory (a new user's trial: "unable to open database file")
+    state = tmp_path / "fresh" / "state"
+    url = f"http://127.0.0.1:{free_port()}/v1/traces"
+    traces = await start_traces(tracing(url, export_interval=3600), sup.tasks, state,
+                                SPARED)
+    assert traces is not None
+    try:
+        assert state.is_dir() and (state.stat().st_mode & 0o777) == 0o700
+        assert not (await traces.trace("01a209c3-0000-7000-8000-000000000000")).spans
+    finally:
+        await traces.close()
+
+
 # -- sampling -------------------------------------------------------------------------------------
 def test_the_head_decision() -> None:
     s = Sampling(ratio=0.5)

@@ -76,7 +76,9 @@ class TraceStore:
 
 
 def create(path: Path) -> None:
-    """The store's tables, before its writer starts (a read finds them at once)."""
+    """The store's tables, before its writer starts (a read finds them at once); its
+    directory made as the state database's is (tracing starts before that is opened)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=WAL")
