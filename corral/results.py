@@ -225,6 +225,9 @@ class ReloadResult(msgspec.Struct):
     # [gateway]'s changes, in words: its keys, its tokens file's clients (added, removed,
     # changed; a token's secret is never shown)
     gateway: list[str] = []
+    # tables read only at start that the file changes: not applied until the daemon
+    # restarts (or `corral upgrade`), said so rather than left to be found out
+    restart_needed: list[str] = []
 
 
 

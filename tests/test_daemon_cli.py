@@ -465,7 +465,7 @@ def test_reload_applies_only_the_difference(daemon: Daemon) -> None:
     assert json.loads(r.stdout) == {
         "added": [], "removed": [], "changed": [], "unchanged": ["hello", "new"],
         "failed": {}, "mcp_servers": {"added": [], "removed": [], "changed": [],
-                                      "unchanged": []}, "gateway": []}
+                                      "unchanged": []}, "gateway": [], "restart_needed": []}
     assert daemon.cli("reload").stdout == "nothing changed\nunchanged: 2 agents, 0 MCP servers\n"
     log = (daemon.state / "logs" / "corral.log").read_text()
     assert "event: reloaded: agents added new; agents removed other; agents changed hello\n" \
@@ -475,6 +475,24 @@ def test_reload_applies_only_the_difference(daemon: Daemon) -> None:
     assert "other#0" not in after and "new#0" in after and "hello#1" in after
     # a change of `replicas` alone scales: the running replica is not touched
     assert after["hello#0"]["pid"] == before["hello#0"]["pid"]
+
+
+def test_reload_names_the_tables_it_cannot_apply(daemon: Daemon) -> None:
+    # a new user's trial: [tracing] added and reloaded was taken in silence, and `corral
+    # trace` then said to add the table that was there
+    daemon.config.write_text(daemon.config.read_text() + "\n[tracing]\nsample = 1.0\n")
+    r = daemon.cli("reload")
+    assert r.returncode == 0
+    assert r.stdout == "nothing changed\nunchanged: 2 agents, 0 MCP servers\n"
+    assert r.stderr == ("corral: [tracing] changed in the file: read at start, not applied "
+                        "until the daemon restarts (or `corral upgrade`)\n")
+    assert json.loads(daemon.cli("reload", "--json").stdout)["restart_needed"] == [
+        "[tracing]"]
+    r = daemon.cli("trace", "01a209c3-0000-7000-8000-000000000000")
+    assert r.returncode == 1
+    assert r.stderr == ("corral: tracing is off in this daemon: add a [tracing] table to "
+                        "the config (docs/tracing.md); it is read at start: restart the "
+                        "daemon or `corral upgrade`\n")
 
 
 def test_invalid_reload_touches_nothing(daemon: Daemon) -> None:

@@ -582,8 +582,9 @@ async def test_without_tracing_a_trace_is_refused_with_the_reason(tmp_path: Path
         # the daemon's config, not a passing state: a conflict, as a cluster's method
         # on a daemon that is no node (a 5xx would say the server failed)
         assert (status, body) == (409, problem(
-            409, "conflict", "tracing is off: add a [tracing] table to the "
-                             "config (docs/tracing.md)", jsonrpc.CONFLICT))
+            409, "conflict", "tracing is off in this daemon: add a [tracing] table to "
+            "the config (docs/tracing.md); it is read at start: restart the daemon or "
+            "`corral upgrade`", jsonrpc.CONFLICT))
 
 
 def test_the_otlp_encoding_decodes_with_the_official_package() -> None:

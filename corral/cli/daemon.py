@@ -133,6 +133,10 @@ def reload(obj: Ctx, as_json: bool) -> None:
                f"{plural(len(mcp.get('unchanged') or []), 'MCP server')}")
     for name, why in res.failed.items():
         click.echo(f"corral: {name} was not changed: {why}", err=True)
+    if res.restart_needed:
+        click.echo(f"corral: {', '.join(res.restart_needed)} changed in the file: read at "
+                   "start, not applied until the daemon restarts (or `corral upgrade`)",
+                   err=True)
 
 
 @cli.command(help=doc("daemon.shutdown") + "\n\nReturns once the daemon is gone, saying "

@@ -658,8 +658,9 @@ async def sessions_end(d: Services, p: m.SessionsEnd, caller: Caller, c: Channel
 async def traces_get(d: Services, p: m.TracesGet, caller: Caller, c: Channel
                      ) -> m.TraceView:
     if d.traces is None:
-        raise RpcError(jsonrpc.CONFLICT, "tracing is off: add a [tracing] table to the "
-                                         "config (docs/tracing.md)")
+        raise RpcError(jsonrpc.CONFLICT, "tracing is off in this daemon: add a [tracing] "
+                       "table to the config (docs/tracing.md); it is read at start: restart "
+                       "the daemon or `corral upgrade`")
     return await d.traces.trace(p.task_id)
 
 

@@ -115,6 +115,7 @@ class Daemon:
         # a stop asked for (not a start-up that failed): what was started ends gracefully
         self._graceful = False
         self.drain_timeout = 0.0  # [supervisor] drain_timeout (set from the config)
+        self.start_config: Config | None = None  # what the tables read at start said
         self._drained: asyncio.Future[Drained] | None = None  # what it did, once over
         # corral upgrade (upgrade.py): asked, handed over; `taken`: this image took one
         self.taken = taken
@@ -281,6 +282,7 @@ class Daemon:
         conf = part.read_config(self.config_path, self.socket_override,
                                 self.taken.config if self.taken is not None else None)
         cfg = conf.cfg
+        self.start_config = cfg
         self.drain_timeout = cfg.supervisor.drain_timeout
         keep(contextlib.closing(self.notifier))
         hub = keep(part.log_hub(conf))
@@ -428,6 +430,8 @@ class Daemon:
         local, declared = by_placement(cfg)
         result = await s.fleet.reload(local, who)
         result.gateway = gateway_changes
+        if self.start_config is not None:
+            result.restart_needed = read_at_start(self.start_config, cfg)
         if self.cluster is not None:
             result.failed.update(await self.cluster.declare(
                 declared, self.cluster.settings.node_ttl))
@@ -443,6 +447,16 @@ def by_placement(cfg: Config) -> tuple[Config, dict[str, dict[str, Any]]]:
     return msgspec.structs.replace(cfg, agents=local), declared
 
 
+
+
+# The tables a running daemon took at its start and does not take again on a reload.
+START_ONLY = ("tracing", "http", "cluster", "packages")
+
+
+def read_at_start(started: Config, now: Config) -> list[str]:
+    """The START_ONLY tables the file changes since the daemon started (`[tracing]`...)."""
+    return [f"[{name}]" for name in START_ONLY
+            if getattr(started, name) != getattr(now, name)]
 
 
 def import_web(cfg: Config) -> None:
