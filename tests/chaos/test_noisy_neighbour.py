@@ -154,7 +154,7 @@ def p99(xs: list[float]) -> float:
     return sorted(xs)[int(0.99 * len(xs))]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 @pytest.mark.skipif(nobody_reason() is not None, reason=nobody_reason() or "")
 def test_a_noisy_tenant_does_not_starve_another(tmp: Path, world_readable_tree: Path
                                                 ) -> None:
@@ -197,10 +197,10 @@ def test_a_noisy_tenant_does_not_starve_another(tmp: Path, world_readable_tree: 
             after = psutil.Process(pid).cpu_times()
             busy = after.user + after.system - daemon_cpu.user - daemon_cpu.system
             # A's hog runs at A's weight (its session's too) beside A's spinners: on a
-            # host loaded besides (60 s were seen to run out), touching its 200 MiB takes
-            # it a long while
+            # host loaded besides (60 s, then 150 s were seen to run out beside seven
+            # other engineers' runs), touching its 200 MiB takes it a long while
             wait_until(lambda: (d.status()["a_hog#0"].get("last_exit") or "").startswith(
-                "tenant a: max_memory_mb 150 exceeded"), 150, "a_hog restarted for memory")
+                "tenant a: max_memory_mb 150 exceeded"), 300, "a_hog restarted for memory")
             wait_until(lambda: d.status()["a_fork#0"].get("last_exit") is not None, 30,
                        "the fork bomb's end")
             st = d.status()
