@@ -18,6 +18,7 @@ import msgspec
 from ...jsonrpc import RpcError
 from ...supervisor.tasks import TERMINAL, TaskManager
 from ...supervisor.tasks.ids import new_id
+from ...supervisor.tasks.recorded import outcome
 from ...supervisor.workflows import Step, WorkflowError
 from ...supervisor.workflows.plan import items, runs, step_input
 from ...supervisor.workflows.refs import Missing, Scope
@@ -161,29 +162,13 @@ class Runner:
         return child.status, output, child.error
 
     async def _outcome(self, st: Step, task_id: str, task_input: Any) -> TaskInfo:
-        """The step's task to its end: waited for where the engine has it, else
-        submitted under the id the run recorded."""
-        engine = self.engine
-        task = engine.active.get(task_id)
-        if task is None:
-            try:
-                info = await engine.info(task_id)
-            except RpcError:
-                info = None
-            if info is not None and info.status in TERMINAL:
-                return info
-            if info is None:
-                assert st.spec.agent is not None  # (a nested step's is a run)
-                task = engine.submit(st.spec.agent, task_input, timeout=st.spec.timeout,
-                                     retries=st.spec.retries, task_id=task_id)
-                await engine.committed()
-            else:  # pragma: no cover - a task the engine knows is active
-                task = engine.active[task_id]
-        try:
-            await asyncio.shield(task.done)
-        except asyncio.CancelledError:
-            raise
-        return await engine.info(task_id)
+        """The step's task to its end (recorded.outcome): waited for where the engine has
+        it, else submitted under the id the run recorded."""
+        agent = st.spec.agent
+        assert agent is not None  # (a nested step's is a run)
+        return await outcome(self.engine, task_id, lambda: self.engine.submit(
+            agent, task_input, timeout=st.spec.timeout, retries=st.spec.retries,
+            task_id=task_id))
 
     async def _end(self, run: Run, step: str, item: int, status: str, output: Any,
                    error: str | None) -> None:

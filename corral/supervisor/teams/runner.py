@@ -18,6 +18,7 @@ from ...jsonrpc import RpcError
 from ...taskviews import TaskInfo
 from ..tasks import TERMINAL, TaskManager
 from ..tasks.ids import new_id
+from ..tasks.recorded import outcome
 from .call import STEP_ENDED, CallStep, CallStore, TeamCall
 from .definition import TeamError
 from .route import by_rules, named, router_input
@@ -123,24 +124,14 @@ class TeamRunner:
 
     async def _outcome(self, agent: str, call: TeamCall, task_id: str, task_input: Any,
                        context: dict[str, str] | None) -> TaskInfo:
-        engine = self.engine
-        task = engine.active.get(task_id)
-        if task is None:
-            try:
-                info = await engine.info(task_id)
-            except RpcError:
-                info = None
-            if info is not None and info.status in TERMINAL:
-                return info
-            parent = context if context is not None else {
-                "traceparent": call.traceparent or "", "tracestate": call.tracestate or ""}
-            task = engine.submit(agent, task_input, timeout=call.spec.timeout,
-                                 retries=call.spec.retries, task_id=task_id,
-                                 traceparent=parent.get("traceparent") or None,
-                                 tracestate=parent.get("tracestate") or None)
-            await engine.committed()
-        await asyncio.shield(task.done)
-        return await engine.info(task_id)
+        """A step's task to its end (recorded.outcome), submitted under the id the call
+        recorded as a child of the caller's trace context."""
+        parent = context if context is not None else {
+            "traceparent": call.traceparent or "", "tracestate": call.tracestate or ""}
+        return await outcome(self.engine, task_id, lambda: self.engine.submit(
+            agent, task_input, timeout=call.spec.timeout, retries=call.spec.retries,
+            task_id=task_id, traceparent=parent.get("traceparent") or None,
+            tracestate=parent.get("tracestate") or None))
 
     async def _end(self, call: TeamCall, st: CallStep, status: str, output: Any,
                    error: str | None) -> CallStep:
