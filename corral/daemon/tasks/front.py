@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import msgspec
@@ -56,15 +56,22 @@ class TaskFront(Protocol):
 def listing_window(p: m.TasksList) -> tuple[float | None, int]:
     """A listing's params checked as every front checks them: since as wall time, and
     the page's size."""
-    if p.status is not None and p.status not in STATUSES:
-        raise RpcError(jsonrpc.INVALID_PARAMS, f"no such status: {p.status} (one of "
-                                               f"{', '.join(sorted(STATUSES))})")
-    if p.before is not None and not is_task_id(p.before):
+    return page_window(p.status, p.before, p.since, p.limit, STATUSES, "task")
+
+
+def page_window(status: str | None, before: str | None, since: float | None,
+                limit: int, statuses: Collection[str], kind: str
+                ) -> tuple[float | None, int]:
+    """A page's params of a listing of tasks or of what has task ids (runs) checked alike:
+    a status of `statuses`, a cursor that is an id; -> since as wall time, the size."""
+    if status is not None and status not in statuses:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"no such status: {status} (one of "
+                                               f"{', '.join(sorted(statuses))})")
+    if before is not None and not is_task_id(before):
         raise RpcError(jsonrpc.INVALID_PARAMS,
-                       f"invalid params: before is a task id (the `next` of a page), "
-                       f"not {visible(p.before)}")
-    since = time.time() - p.since if p.since is not None else None
-    return since, row_limit(p.limit)
+                       f"invalid params: before is a {kind} id (the `next` of a page), "
+                       f"not {visible(before)}")
+    return (time.time() - since if since is not None else None), row_limit(limit)
 
 
 def accepted(task_id: str, status: str, outcome: TaskResult | None = None

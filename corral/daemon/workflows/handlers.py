@@ -4,7 +4,6 @@ acts on a workflow or a run first asks it (`seen_workflow`), as a listing is fil
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,13 +11,12 @@ import msgspec
 
 from ... import jsonrpc
 from ... import methods as m
-from ...jsonrpc import RpcError, visible
-from ...supervisor.tasks import is_task_id
+from ...jsonrpc import RpcError
 from ...supervisor.workflows import Workflow, compile_workflow, plan_text
 from ..caller import Caller, Channel
 from ..defcatalog import history_of, rolled_back, updated
 from ..services import Services
-from ..store import row_limit
+from ..tasks.front import page_window
 from ..visibility import seen_workflow
 from .catalog import table_of
 from .runstore import RUN_STATUSES, WHOLE, Run, StepRow
@@ -168,15 +166,8 @@ async def runs_get(d: Services, p: m.RunsGet, caller: Caller, c: Channel) -> m.R
 async def runs_list(d: Services, p: m.RunsList, caller: Caller, c: Channel) -> m.RunList:
     # checked as tasks.list checks its own; a caller limited to some agents pages
     # through the runs it sees only (whole pages; a cursor of another's reads as absent)
-    if p.status is not None and p.status not in RUN_STATUSES:
-        raise RpcError(jsonrpc.INVALID_PARAMS, f"no such status: {p.status} (one of "
-                                               f"{', '.join(sorted(RUN_STATUSES))})")
-    if p.before is not None and not is_task_id(p.before):
-        raise RpcError(jsonrpc.INVALID_PARAMS,
-                       f"invalid params: before is a run id (the `next` of a page), "
-                       f"not {visible(p.before)}")
-    since = time.time() - p.since if p.since is not None else None
-    runs, older = d.workflows.list(p.workflow, p.status, since, row_limit(p.limit),
+    since, limit = page_window(p.status, p.before, p.since, p.limit, RUN_STATUSES, "run")
+    runs, older = d.workflows.list(p.workflow, p.status, since, limit,
                                    p.before, caller.sees if caller.limited else None)
     return m.RunList(runs=[run_view(r, steps=False) for r in runs],
                      next=older if older is not None else msgspec.UNSET)
