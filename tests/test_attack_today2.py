@@ -1,0 +1,67 @@
+"""An attacker's second pass, over the surfaces added with teams, schedules, code-first
+spawns, cluster sessions, run events and logs read back (docs/security.md): what a less
+trusted party may make the daemon run, read, allocate or show. Against the real daemon,
+in this process; each line of security.md that names a test here is held by it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from corral import jsonrpc
+from corral.daemon.caller import Caller
+
+from .daemon_harness import hello, in_process
+
+OPERATOR = Caller(via="socket")
+
+
+def said(output: Any) -> Any:
+    return msgspec.json.decode(output) if isinstance(output, msgspec.Raw) else output
+
+WAITER = '''
+from corral.worker import RpcError, run
+
+def handle(task, ctx):
+    if task.get("leaf"):
+        return "x" * task["size"]
+    child = ctx.spawn("leaf", {"leaf": True, "size": task["size"]})
+    try:
+        got = ctx._call("task/wait", {"task_id": ctx.task_id,
+                                      "children": [child] * task["times"]})
+    except RpcError as exc:
+        return [child, exc.code, exc.message]
+    return [child, len(got["results"])]
+
+run(handle)
+'''
+
+
+@pytest.mark.deadline(120)
+async def test_a_task_wait_naming_its_child_twice_is_refused_before_any_wait(
+        tmp_path: Path) -> None:
+    """`task/wait`'s list is the worker's: one child named a hundred thousand times would
+    be as many waits held and its output copied as many times into one answer (a
+    megabyte's line made a hundred gigabytes). A child named twice is refused, naming it;
+    each child once is answered as before."""
+    from .conftest import ROOT
+    from .daemon_harness import PY
+
+    script = tmp_path / "waiter.py"
+    script.write_text(WAITER)
+    agents = "".join(f'[agents.{n}]\ncommand = ["{PY}", "{script}"]\n'
+                     f'env = {{ PYTHONPATH = "{ROOT}" }}\n{extra}'
+                     for n, extra in (("orch", 'spawns = ["leaf"]\n'), ("leaf", "")))
+    async with in_process(tmp_path, agents) as d:
+        done = await d.dispatcher.call(OPERATOR, "tasks.run", msgspec.json.encode(
+            {"agent": "orch", "input": {"times": 100_000, "size": 1 << 20}}))
+        assert done.status == "succeeded", done
+        child, code, message = said(done.output)
+        assert (code, message) == (jsonrpc.INVALID_PARAMS,
+                                   f"task/wait: task {child} is named more than once")
+        done = await d.dispatcher.call(OPERATOR, "tasks.run", msgspec.json.encode(
+            {"agent": "orch", "input": {"times": 1, "size": 10}}))
+        assert said(done.output)[1:] == [1], done
