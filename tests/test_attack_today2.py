@@ -65,3 +65,41 @@ async def test_a_task_wait_naming_its_child_twice_is_refused_before_any_wait(
         done = await d.dispatcher.call(OPERATOR, "tasks.run", msgspec.json.encode(
             {"agent": "orch", "input": {"times": 1, "size": 10}}))
         assert said(done.output)[1:] == [1], done
+
+
+async def _logged(d: Any, who: Caller, name: str) -> list[str]:
+    lines = (await d.dispatcher.call(who, "logs.tail", {"names": [name], "lines": 100})).lines
+    return [ln.text for ln in lines]
+
+
+@pytest.mark.deadline(120)
+async def test_an_agents_name_taken_by_another_tenant_shows_it_none_of_the_old_log(
+        tmp_path: Path) -> None:
+    """A name freed by one tenant (its agent removed) may be taken by another: the new
+    agent's log is its own. Tenant b is shown none of the lines tenant a's agent of that
+    name wrote, neither from memory nor read back from the file by the next daemon; tenant
+    a's are still the operator's to read in the file."""
+    from .test_gateway_stdio import wait_until_async
+
+    program = ["/bin/sh", "-c", 'echo "$WORDS" >&2; exec sleep 600']
+    tenants = "[tenants.a]\n[tenants.b]\n"
+    a = Caller(via="socket", uid=4242, tenant="a")
+    b = Caller(via="socket", uid=4243, tenant="b")
+    async with in_process(tmp_path, "", tenants) as d:
+        await d.dispatcher.call(a, "agents.add", {"agents": {"twin": {
+            "command": program, "protocol": "none", "env": {"WORDS": "secret of a"},
+            "stop_timeout": 1.0}}, "check": False})
+        log = tmp_path / "state" / "logs" / "twin.log"
+        await wait_until_async(lambda: log.exists() and "secret of a" in log.read_text())
+        assert "secret of a" in await _logged(d, a, "twin")
+        await d.dispatcher.call(a, "agents.remove", {"names": ["twin"]})
+        await d.dispatcher.call(b, "agents.add", {"agents": {"twin": {
+            "command": program, "protocol": "none", "env": {"WORDS": "words of b"}}},
+            "check": False})
+        await wait_until_async(lambda: "words of b" in log.read_text())
+        assert sorted(await _logged(d, b, "twin")) == [
+            "initial -> starting: started", "starting -> ready: started", "words of b"]
+        assert "secret of a" in (log.parent / "twin.log.1").read_text()
+    async with in_process(tmp_path, "", tenants) as d:
+        seen = await _logged(d, b, "twin")
+        assert "words of b" in seen and not any("of a" in t for t in seen), seen

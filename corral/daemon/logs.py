@@ -21,6 +21,7 @@ and told with its count.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -285,6 +286,22 @@ class LogHub:
         next line."""
         f = self.files.pop(source, None)
         if f is not None:
+            f.close()
+
+    def forget(self, source: str) -> None:
+        """A source gone for good (its agent removed): its lines in memory are dropped and
+        its file rotated aside (NAME.log.1, the operator's), so whoever takes the name
+        next (another tenant's agent) is shown none of them, now or read back later."""
+        self.tails.pop(source, None)
+        self.unread.pop(source, None)
+        self.broken.pop(source, None)
+        f = self.files.pop(source, None)
+        if f is None and self.log_dir is not None and self.path_of(source).exists():
+            with contextlib.suppress(OSError):
+                f = RotatingFile(self.path_of(source), self.max_bytes, self.backups)
+        if f is not None:
+            with contextlib.suppress(OSError):  # a file that cannot be moved: as it is
+                f.rotate()
             f.close()
 
     def _write(self, source: str, count: int, *parts: bytes) -> None:
