@@ -103,3 +103,52 @@ async def test_an_agents_name_taken_by_another_tenant_shows_it_none_of_the_old_l
     async with in_process(tmp_path, "", tenants) as d:
         seen = await _logged(d, b, "twin")
         assert "words of b" in seen and not any("of a" in t for t in seen), seen
+
+
+@pytest.mark.deadline(120)
+async def test_a_tenants_follower_is_sent_no_other_tenants_run_events(tmp_path: Path) -> None:
+    """A run's events (`corral.run.*`, `corral.step.*`) carry its task ids and errors:
+    over `/events/stream` a tenant's token is sent its own runs' events and none of
+    another tenant's, nor of a run that spans tenants (operators' alone)."""
+    import aiohttp
+
+    from corral.daemon.http.rest import API_KEY
+
+    from .test_gateway_stdio import wait_until_async
+    from .test_http_api import SOCKET, Api, sse_events
+
+    flows = "".join(f'[workflows.{n}]\n' + "".join(
+        f'[[workflows.{n}.steps]]\nname = "s{i}"\nagent = "{a}"\n'
+        for i, a in enumerate(agents)) for n, agents in (
+            ("aflow", ["a-web"]), ("bflow", ["b-web"]), ("both", ["a-web", "b-web"])))
+    agents = hello("a-web", extra='tenant = "a"\n') + hello("b-web", extra='tenant = "b"\n')
+    toml = '[tenants.a]\n[tenants.b]\n' + flows + '\n[http]\nlisten = "127.0.0.1:0"\n'
+    async with in_process(tmp_path, agents, toml) as d, aiohttp.ClientSession() as session:
+        api = Api(d, session)
+        for t in ("a", "b"):
+            made = await d.dispatcher.call(SOCKET, "tokens.create", {
+                "name": t, "scopes": ["events", "tasks:run"], "tenant": t})
+            api.tokens[t] = made.token
+        url = api.base + "/events/stream?pattern=*"
+        async with session.get(url, headers={"Authorization": f"Bearer {api.tokens['a']}"}
+                               ) as for_a, \
+                session.get(url, headers={"Authorization": f"Bearer {api.tokens['b']}"}
+                            ) as for_b:
+            ring = d.http_server.app[API_KEY].ring
+            await wait_until_async(lambda: len(ring.readers) == 2)
+            for name in ("both", "aflow", "bflow"):
+                run = await d.dispatcher.call(SOCKET, "workflows.run", {
+                    "name": name, "input": {"name": "x"}, "wait": 30})
+                assert run.status == "succeeded", run
+            for t in ("a", "b"):
+                status, _, _ = await api.ask("POST", "/events", t,
+                                             {"topic": f"{t}.done", "data": None})
+                assert status in (200, 202)
+            got_a = [e["data"] for e in await sse_events(for_a, 5)]
+            got_b = [e["data"] for e in await sse_events(for_b, 5)]
+        for t, got in (("a", got_a), ("b", got_b)):
+            assert [(g["topic"], g["data"].get("workflow") if g["data"] else None)
+                    for g in got] == [
+                ("corral.run.started", f"{t}flow"), ("corral.step.started", f"{t}flow"),
+                ("corral.step.succeeded", f"{t}flow"), ("corral.run.succeeded", f"{t}flow"),
+                (f"{t}.done", None)], (t, got)
