@@ -152,3 +152,47 @@ async def test_a_tenants_follower_is_sent_no_other_tenants_run_events(tmp_path: 
                 ("corral.run.started", f"{t}flow"), ("corral.step.started", f"{t}flow"),
                 ("corral.step.succeeded", f"{t}flow"), ("corral.run.succeeded", f"{t}flow"),
                 (f"{t}.done", None)], (t, got)
+
+
+@pytest.mark.deadline(120)
+async def test_a_tenant_pauses_no_schedule_but_its_own_and_a_flood_is_refused_at_load(
+        tmp_path: Path) -> None:
+    """A tenant's caller sees, pauses and resumes the schedules whose every agent is its
+    tenant's: another tenant's, and a workflow's that spans both, are no schedules to it
+    (word for word as a name there is not). A schedule is the config's: one every
+    millisecond, a cron that never matches, a catch-up past its bound are refused when the
+    config is read, naming the bound."""
+    from corral.supervisor.schedule import MIN_EVERY
+
+    from .test_schedules import _config
+
+    both = ('[workflows.both]\n[[workflows.both.steps]]\nname = "x"\nagent = "a-web"\n'
+            '[[workflows.both.steps]]\nname = "y"\nagent = "b-web"\n')
+    scheds = "".join(f'[schedules.{n}]\n{k} = "{v}"\nevery = "1h"\n' for n, k, v in (
+        ("a-hourly", "agent", "a-web"), ("b-hourly", "agent", "b-web"),
+        ("both-hourly", "workflow", "both")))
+    agents = hello("a-web", extra='tenant = "a"\n') + hello("b-web", extra='tenant = "b"\n')
+    async with in_process(tmp_path, agents, "[tenants.a]\n[tenants.b]\n" + both + scheds
+                          ) as d:
+        a = Caller(via="socket", uid=4242, tenant="a")
+        listed = await d.dispatcher.call(a, "schedules.list", {})
+        assert [s.name for s in listed.schedules] == ["a-hourly"]
+        for name in ("b-hourly", "both-hourly", "ghost"):
+            for method in ("schedules.pause", "schedules.resume"):
+                with pytest.raises(jsonrpc.RpcError) as e:
+                    await d.dispatcher.call(a, method, {"name": name})
+                assert (e.value.code, e.value.message) == (
+                    jsonrpc.NOT_FOUND, f"no such schedule: {name}"), (name, method)
+        assert not any(s.paused for s in (await d.dispatcher.call(
+            OPERATOR, "schedules.list", {})).schedules)
+        paused = await d.dispatcher.call(a, "schedules.pause", {"name": "a-hourly"})
+        assert (paused.paused, paused.next_fire) == (True, None)
+    for table, words in (
+            ('every = "1ms"', 'every "1ms" is not a duration'),
+            ('every = "0.001s"', f'every "0.001s" is shorter than {MIN_EVERY:g} s'),
+            ('cron = "0 0 30 2 *"', 'cron "0 0 30 2 *": no day matches it'),
+            ('every = "1s"\nmissed = "catch_up"\nmax_catch_up = 1000000',
+             "max_catch_up: Expected `int` <= ")):
+        said = _config(tmp_path, f'[schedules.bad]\nagent = "leaf"\n{table}\n')
+        assert said.startswith(f"schedules.bad{'' if 'max_' in table else ': '}"), said
+        assert words in said, said
