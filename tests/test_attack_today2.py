@@ -196,3 +196,32 @@ async def test_a_tenant_pauses_no_schedule_but_its_own_and_a_flood_is_refused_at
         said = _config(tmp_path, f'[schedules.bad]\nagent = "leaf"\n{table}\n')
         assert said.startswith(f"schedules.bad{'' if 'max_' in table else ': '}"), said
         assert words in said, said
+
+
+@pytest.mark.deadline(120)
+async def test_a_workflow_whose_nested_workflow_is_gone_is_no_limited_callers(
+        tmp_path: Path) -> None:
+    """A workflow's agents are its steps' and its nested workflows': one whose nested
+    workflow a reload took away has no agent known, which is no reason for every
+    tenant's caller to see it. It is the operator's alone until its agents are known
+    again: answered to a tenant's caller as a workflow there is not, left out of lists."""
+    inner = ('[workflows.inner]\n[[workflows.inner.steps]]\nname = "x"\nagent = "db"\n')
+    agents = hello("db") + hello("a-web", extra='tenant = "a"\n')
+    async with in_process(tmp_path, agents, "[tenants.a]\n" + inner) as d:
+        a = Caller(via="socket", uid=4242, tenant="a")
+        await d.dispatcher.call(OPERATOR, "workflows.add", {"workflows": {"outer": {
+            "steps": [{"name": "n", "workflow": "inner"}]}}})
+        listed = await d.dispatcher.call(a, "workflows.list", {})
+        assert [w.name for w in listed.workflows] == []
+        config = tmp_path / "corral.toml"
+        config.write_text(config.read_text().replace(inner, ""))
+        await d.dispatcher.call(OPERATOR, "config.reload", {})
+        listed = await d.dispatcher.call(OPERATOR, "workflows.list", {})
+        assert {w.name: w.agents for w in listed.workflows} == {"outer": []}
+        listed = await d.dispatcher.call(a, "workflows.list", {})
+        assert [w.name for w in listed.workflows] == []
+        for method in ("workflows.describe", "workflows.plan", "workflows.run"):
+            with pytest.raises(jsonrpc.RpcError) as e:
+                await d.dispatcher.call(a, method, {"name": "outer"})
+            assert (e.value.code, e.value.message) == (jsonrpc.NOT_FOUND,
+                                                       "no such workflow: outer"), method
