@@ -225,3 +225,30 @@ async def test_a_workflow_whose_nested_workflow_is_gone_is_no_limited_callers(
                 await d.dispatcher.call(a, method, {"name": "outer"})
             assert (e.value.code, e.value.message) == (jsonrpc.NOT_FOUND,
                                                        "no such workflow: outer"), method
+
+
+@pytest.mark.deadline(120)
+async def test_no_tenant_takes_another_tenants_team_name_for_an_agent(tmp_path: Path) -> None:
+    """A task names an agent or a team: tenant b adding an agent named as tenant a's team
+    would take a's calls of its team (their inputs) or shadow it. Refused, naming the
+    team; a's calls of its team still run its member."""
+    from .conftest import ROOT
+    from .daemon_harness import EXAMPLES, PY
+
+    agents = hello("a-web", extra='tenant = "a"\n')
+    async with in_process(tmp_path, agents, "[tenants.a]\n[tenants.b]\n") as d:
+        a = Caller(via="socket", uid=4242, tenant="a")
+        b = Caller(via="socket", uid=4243, tenant="b")
+        await d.dispatcher.call(a, "teams.add", {"teams": {"crew": {
+            "mode": "broadcast", "members": ["a-web"]}}})
+        with pytest.raises(jsonrpc.RpcError) as e:
+            await d.dispatcher.call(b, "agents.add", {"agents": {"crew": {
+                "command": [PY, str(EXAMPLES / "hello.py")],
+                "env": {"PYTHONPATH": str(ROOT)}}}, "check": False})
+        assert (e.value.code, e.value.message) == (
+            jsonrpc.CONFLICT, "agent crew: a team has its name (a task names one or the "
+                              "other)")
+        assert "crew" not in d.sup.agents
+        done = await d.dispatcher.call(a, "tasks.run", msgspec.json.encode(
+            {"agent": "crew", "input": {"name": "x"}}))
+        assert done.status == "succeeded", done
