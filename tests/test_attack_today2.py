@@ -230,8 +230,8 @@ async def test_a_workflow_whose_nested_workflow_is_gone_is_no_limited_callers(
 @pytest.mark.deadline(120)
 async def test_no_tenant_takes_another_tenants_team_name_for_an_agent(tmp_path: Path) -> None:
     """A task names an agent or a team: tenant b adding an agent named as tenant a's team
-    would take a's calls of its team (their inputs) or shadow it. Refused, naming the
-    team; a's calls of its team still run its member."""
+    left a's calls of its team answered "no such agent". Refused, naming the team; a's
+    calls of its team still run its member."""
     from .conftest import ROOT
     from .daemon_harness import EXAMPLES, PY
 
