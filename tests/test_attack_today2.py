@@ -5,6 +5,7 @@ in this process; each line of security.md that names a test here is held by it."
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +253,46 @@ async def test_no_tenant_takes_another_tenants_team_name_for_an_agent(tmp_path: 
         done = await d.dispatcher.call(a, "tasks.run", msgspec.json.encode(
             {"agent": "crew", "input": {"name": "x"}}))
         assert done.status == "succeeded", done
+
+
+@pytest.mark.deadline(120)
+async def test_a_tenants_user_makes_the_daemon_write_no_file_but_its_log(
+        tmp_path: Path) -> None:
+    """A tenant with a `user` has its log files in `LOG_DIR/tenants/T/`, a directory that
+    user owns: it may put a symlink there in place of a log file (toward a file of
+    root's), a FIFO, or a hard link to a file of root's. The daemon (root) opens no log file through a symlink nor waits on
+    a FIFO: the lines are dropped and said, the file pointed at is untouched, and the
+    daemon keeps serving."""
+    import pwd
+    import stat
+
+    from corral.daemon.logs import NOT_A_LOG
+
+    from .test_gateway_stdio import wait_until_async
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run an agent as the tenant's user")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("needs the user nobody")
+    own = tmp_path / "state" / "logs" / "tenants" / "a"
+    own.mkdir(parents=True, mode=0o700)
+    os.chown(own, nobody.pw_uid, nobody.pw_gid)
+    target = tmp_path / "roots-file"
+    target.write_text("root's\n")
+    (own / "link.log").symlink_to(target)
+    os.mkfifo(own / "pipe.log")
+    os.link(target, own / "hard.log")
+    agents = "".join(f'[agents.{n}]\ncommand = ["/bin/sh", "-c", "echo PWNED; exec sleep 600"]'
+                     f'\nprotocol = "none"\ntenant = "a"\ncwd = "/"\nstop_timeout = 1.0\n'
+                     for n in ("link", "pipe", "hard"))
+    async with in_process(tmp_path, agents, '[tenants.a]\nuser = "nobody"\n') as d:
+        hub = d.services.hub
+        await wait_until_async(lambda: {"link", "pipe", "hard"} <= set(hub.broken))
+        assert target.read_text() == "root's\n"
+        assert stat.S_ISLNK((own / "link.log").lstat().st_mode)
+        info = await d.dispatcher.call(OPERATOR, "daemon.info", {})
+        assert info.pid == os.getpid()
+        said = {s: hub.broken[s].why for s in ("link", "pipe", "hard")}
+        assert said == dict.fromkeys(("link", "pipe", "hard"), NOT_A_LOG), said
