@@ -260,9 +260,9 @@ async def test_a_tenants_user_makes_the_daemon_write_no_file_but_its_log(
         tmp_path: Path) -> None:
     """A tenant with a `user` has its log files in `LOG_DIR/tenants/T/`, a directory that
     user owns: it may put a symlink there in place of a log file (toward a file of
-    root's), a FIFO, or a hard link to a file of root's. The daemon (root) opens no log file through a symlink nor waits on
-    a FIFO: the lines are dropped and said, the file pointed at is untouched, and the
-    daemon keeps serving."""
+    root's), a FIFO, or a hard link to a file of root's. The daemon (root) writes through
+    none of them nor waits on the FIFO: the lines are dropped and said, the file pointed
+    at is untouched, and the daemon keeps serving."""
     import pwd
     import stat
 
