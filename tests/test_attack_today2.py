@@ -29,6 +29,14 @@ from corral.worker import RpcError, run
 def handle(task, ctx):
     if task.get("leaf"):
         return "x" * task["size"]
+    if "spawn" in task:  # a spawn with the parameters the test gives
+        try:
+            return ["spawned", ctx._call("task/spawn", {"task_id": ctx.task_id,
+                                                        "agent": "leaf", "key": "k",
+                                                        "input": {"leaf": True, "size": 1},
+                                                        **task["spawn"]})]
+        except RpcError as exc:
+            return [exc.code, exc.message]
     child = ctx.spawn("leaf", {"leaf": True, "size": task["size"]})
     try:
         got = ctx._call("task/wait", {"task_id": ctx.task_id,
@@ -47,7 +55,8 @@ async def test_a_task_wait_naming_its_child_twice_is_refused_before_any_wait(
     """`task/wait`'s list is the worker's: one child named a hundred thousand times would
     be as many waits held and its output copied as many times into one answer (a
     megabyte's line made a hundred gigabytes). A child named twice is refused, naming it;
-    each child once is answered as before."""
+    each child once is answered as before. A child's `retries` are bounded as a caller's
+    are (0 to 100): a worker asks no more of the engine than its caller could."""
     from .conftest import ROOT
     from .daemon_harness import PY
 
@@ -66,6 +75,12 @@ async def test_a_task_wait_naming_its_child_twice_is_refused_before_any_wait(
         done = await d.dispatcher.call(OPERATOR, "tasks.run", msgspec.json.encode(
             {"agent": "orch", "input": {"times": 1, "size": 10}}))
         assert said(done.output)[1:] == [1], done
+        # a child's retries are bounded as a caller's are (the agent's own are not asked)
+        for retries in (10 ** 9, -1):
+            done = await d.dispatcher.call(OPERATOR, "tasks.run", msgspec.json.encode(
+                {"agent": "orch", "input": {"spawn": {"retries": retries}}}))
+            assert said(done.output) == [jsonrpc.INVALID_PARAMS, "task/spawn: retries must "
+                                         "be a whole number from 0 to 100"], retries
 
 
 async def _logged(d: Any, who: Caller, name: str) -> list[str]:
