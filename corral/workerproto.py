@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 import msgspec
 from msgspec import UNSET
 
+from .methods import MAX_TASK_RETRIES
+
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Number = int | float  # an int stays an int on the way back out
 
@@ -199,7 +201,8 @@ class TaskSpawnParams(Params):
     key: NonEmpty
     input: Any = None
     timeout: Number | None = None
-    retries: int | None = None
+    # bounded as a caller's are: a worker asks no more of the engine than its caller may
+    retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_TASK_RETRIES)] | None = None
 
 
 class TaskWaitParams(Params):
@@ -295,6 +298,9 @@ def _what(t: msgspec.inspect.Type) -> str:
     """What a value of this type is, in words ("a string", "an object of strings")."""
     if isinstance(t, msgspec.inspect.UnionType):
         kinds = [x for x in t.types if not isinstance(x, msgspec.inspect.NoneType)]
+        if len(kinds) == 1 and isinstance(kinds[0], msgspec.inspect.IntType) and \
+                kinds[0].le is not None:  # a bound is said, not only the kind
+            return _what(kinds[0])
         if all(isinstance(x, msgspec.inspect.IntType | msgspec.inspect.FloatType)
                for x in kinds):
             return "a number"
@@ -302,6 +308,8 @@ def _what(t: msgspec.inspect.Type) -> str:
     if isinstance(t, msgspec.inspect.StrType):
         return "a non-empty string" if t.min_length else "a string"
     if isinstance(t, msgspec.inspect.IntType):
+        if t.ge is not None and t.le is not None:
+            return f"a whole number from {t.ge} to {t.le}"
         return "a whole number"
     if isinstance(t, msgspec.inspect.FloatType):
         return "a number"

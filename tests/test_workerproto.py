@@ -53,7 +53,7 @@ REFUSED: list[tuple[str, Any, str]] = [
     ("task/checkpoint", {"state": 1}, "task/checkpoint: task_id must be a non-empty string"),
     ("task/spawn", {"task_id": "t", "agent": "a"}, "task/spawn: key must be a non-empty string"),
     ("task/spawn", {"task_id": "t", "agent": "a", "key": "1", "retries": "x"},
-     "task/spawn: retries must be a number"),
+     "task/spawn: retries must be a whole number from 0 to 100"),
     ("task/wait", {"task_id": "t", "children": "c"}, "task/wait: children must be a list"),
     ("session/checkpoint", {"state": 1},
      "session/checkpoint: task_id must be a non-empty string"),

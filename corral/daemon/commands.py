@@ -335,6 +335,11 @@ async def agents_describe(d: Services, p: m.AgentsDescribe,
 
 @implements("agents.add")
 async def agents_add(d: Services, p: m.AgentsAdd, caller: Caller, c: Channel) -> m.Added:
+    # a task names an agent or a team: an agent of a team's name would take its calls
+    teams = sorted(n for n in p.agents if n in d.teams.specs)
+    if teams:
+        raise RpcError(jsonrpc.CONFLICT, f"agent {teams[0]}: a team has its name (a task "
+                                         "names one or the other)")
     if p.for_cluster:
         return m.Added(added=await add_cluster_agents(d, p, caller.who))
     return m.Added(added=await d.fleet.add(p.agents, caller.who, check=p.check,

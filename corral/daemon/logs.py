@@ -21,9 +21,11 @@ and told with its count.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -129,6 +131,28 @@ class Batch(msgspec.Struct, gc=False):
         ]
 
 
+# what a log file's place may hold instead of a file (below), said as the file's failure
+NOT_A_LOG = "not a log file in its place (a symlink, a FIFO, a device or a hard link)"
+
+
+def _open_log(path: Path) -> int:
+    """A log file opened for appending, if it is a file of its own: a tenant's user owns
+    its log directory (tenantdirs.py) and may put a symlink there (root would append to
+    what it names), a FIFO (root would wait on it) or a hard link in a log's place."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_NONBLOCK, 0o640)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO none reads
+            raise OSError(exc.errno, NOT_A_LOG, str(path)) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise OSError(errno.EPERM, NOT_A_LOG, str(path))
+    return fd
+
+
 class RotatingFile:
     """An append-only file rotated by size to NAME.log.1 .. NAME.log.N."""
 
@@ -136,7 +160,7 @@ class RotatingFile:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._fd = _open_log(path)
         self.size = os.fstat(self._fd).st_size
 
     def write(self, *parts: bytes) -> None:
@@ -161,7 +185,7 @@ class RotatingFile:
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink(missing_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._fd = _open_log(self.path)
         self.size = 0
 
     def close(self) -> None:
@@ -285,6 +309,22 @@ class LogHub:
         next line."""
         f = self.files.pop(source, None)
         if f is not None:
+            f.close()
+
+    def forget(self, source: str) -> None:
+        """A source gone for good (its agent removed): its lines in memory are dropped and
+        its file rotated aside (NAME.log.1, the operator's), so whoever takes the name
+        next (another tenant's agent) is shown none of them, now or read back later."""
+        self.tails.pop(source, None)
+        self.unread.pop(source, None)
+        self.broken.pop(source, None)
+        f = self.files.pop(source, None)
+        if f is None and self.log_dir is not None and self.path_of(source).exists():
+            with contextlib.suppress(OSError):
+                f = RotatingFile(self.path_of(source), self.max_bytes, self.backups)
+        if f is not None:
+            with contextlib.suppress(OSError):  # a file that cannot be moved: as it is
+                f.rotate()
             f.close()
 
     def _write(self, source: str, count: int, *parts: bytes) -> None:

@@ -29,7 +29,7 @@ from ..supervisor.configload import check_sandboxes, config_files, load_config
 from ..supervisor.core import Supervisor
 from ..supervisor.parts import Parts
 from ..supervisor.process_replica import Exited, Transition
-from ..supervisor.stream import Checkpoint, ListChanged
+from ..supervisor.stream import Checkpoint, ListChanged, Roster
 from ..supervisor.tasks import TaskRecord
 from ..supervisor.tasks.budget import DAY
 from ..timeouts import within
@@ -208,6 +208,9 @@ def hear(parts: Parts, hub: LogHub, sender: JournalSender | None,
     parts.stream.subscribe(gateway.on_transition, Transition)
     parts.stream.subscribe(lambda e: gateway.changed([e.kind]), ListChanged)
     parts.stream.subscribe(gateway.forget_replica, Exited)
+    # a removed agent's log is no next owner's of its name (LogHub.forget)
+    parts.stream.subscribe(lambda e: None if e.agent in parts.agents else hub.forget(e.agent),
+                           Roster)
     dirs = TenantDirs(parts, hub, hub.daemon)
     parts.tuning.environment = lambda r: {**dirs.starting(r),
                                           **gateway.replica_environment(r)}

@@ -266,7 +266,9 @@ def _task_filter(result: Any, caller: Caller) -> Any:
 
 
 def _sees_all(caller: Caller, agents: list[str]) -> bool:
-    return all(caller.sees(a) for a in agents)
+    # no agent known (a workflow whose nested one a reload took away) is no agent the
+    # caller sees: such a thing is the operator's alone
+    return bool(agents) and all(caller.sees(a) for a in agents)
 
 
 def seen_workflow(caller: Caller, wf: Any, *, what: str = "workflow",

@@ -239,10 +239,17 @@ class Spawns:
     def on_wait(self, r: Replica, p: TaskWaitParams) -> Any:
         parent = self.engine.worker.running_on(r, "task/wait", p.task_id)
         kids = set(self.children.get(parent.id, {}).values())
+        named: set[str] = set()
         for c in p.children:
             if c not in kids:
                 raise RpcError(jsonrpc.INVALID_PARAMS,
                                f"task/wait: task {c} is not a child of task {parent.id}")
+            if c in named:
+                # each name is a wait held and the child's output copied into the answer:
+                # a line of one id repeated would make an answer a thousand times the line
+                raise RpcError(jsonrpc.INVALID_PARAMS,
+                               f"task/wait: task {c} is named more than once")
+            named.add(c)
         return self._wait(p.children)
 
     async def _wait(self, children: list[str]) -> dict[str, Any]:
