@@ -188,6 +188,33 @@ class Adoptions:
         r._life = task
         return True
 
+    def then(self, go_on: Callable[[], None], at_most: float) -> None:
+        """`go_on` once the adoptions begun have ended (attached or failed), or after
+        `at_most` seconds, whichever comes first; at once if none is under way."""
+        loop = asyncio.get_running_loop()
+        pending = list(self.pending)
+        if not pending:
+            loop.call_soon(go_on)
+            return
+        done = False
+
+        def once(*_: object) -> None:
+            nonlocal done
+            if not done:
+                done = True
+                timer.cancel()
+                go_on()
+
+        def ended(task: asyncio.Task[None]) -> None:
+            left.discard(task)
+            if not left:
+                once()
+
+        timer = loop.call_later(at_most, once)
+        left = set(pending)
+        for task in pending:
+            task.add_done_callback(ended)
+
     def left(self) -> list[HandedProcess]:
         """The handed processes no replica took (an agent gone from the config, not
         started): the caller ends them; none is waited for after this."""
