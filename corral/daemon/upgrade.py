@@ -92,9 +92,6 @@ QUIET_LOOK = 0.05
 # adoptions begun per turn of the loop: each is a pidfd and three pipes, no spawn, so a
 # slice is larger than a mass start's (pacing.BATCH) and the loop still serves between
 ADOPT_BATCH = 64
-# how long the other adoptions wait for the first one's attach at most (it is a few turns
-# of the loop; a bound, for an attach that hangs)
-FIRST_ATTACH = 0.1
 # how long a zygote or plain program of the old image has to exit (its stdin is closed by
 # the exec) before SIGKILL
 END_GRACE = 2.0
@@ -577,10 +574,9 @@ class Taken:
             if r is not None and r.machine.untouched:
                 starts.append(r)
         starts = firsts_first(starts)
-        # the first alone, until it is attached (dispatch goes on as soon as one is
-        # Ready: the attach takes a few turns of the loop, and slices begun meanwhile
-        # would fill them), then slices doubling up to ADOPT_BATCH a turn, as the loop
-        # serves its sockets between them
+        # the first alone (dispatch goes on as soon as one is Ready: a turn crowded
+        # with a full slice's adoptions would delay it), then slices doubling up to
+        # ADOPT_BATCH a turn, as the loop serves its sockets between them
         loop = asyncio.get_running_loop()
         rest = deque(starts)
 
@@ -590,9 +586,7 @@ class Taken:
             if rest:
                 loop.call_soon(adopt_slice, min(ADOPT_BATCH, size * 2))
 
-        if rest:
-            rest.popleft().start(by_hand=True)
-            self.adoptions.then(lambda: adopt_slice(2), FIRST_ATTACH)
+        adopt_slice(1)
         replicas = {r.label: r for agent in self.sup.parts.agents.values()
                     for r in agent.replicas}
         for s in self.handoff.subscriptions:
