@@ -574,17 +574,23 @@ class Taken:
             if r is not None and r.machine.untouched:
                 starts.append(r)
         starts = firsts_first(starts)
-        # the first alone (dispatch goes on as soon as one is Ready: a turn crowded
-        # with a full slice's adoptions would delay it), then slices doubling up to
-        # ADOPT_BATCH a turn, as the loop serves its sockets between them
+        # the first alone, the next slice once the first adoption is attached (dispatch
+        # goes on as soon as one replica is Ready: the turns its attach takes, crowded
+        # with other starts, would delay it; Adoptions.first_over), then slices doubling
+        # up to ADOPT_BATCH a turn, as the loop serves its sockets between them
         loop = asyncio.get_running_loop()
         rest = deque(starts)
 
         def adopt_slice(size: int) -> None:
             for _ in range(min(size, len(rest))):
                 rest.popleft().start(by_hand=True)
-            if rest:
-                loop.call_soon(adopt_slice, min(ADOPT_BATCH, size * 2))
+            if not rest:
+                return
+            after, over = min(ADOPT_BATCH, size * 2), self.adoptions.first_over
+            if over is not None and not over.done():
+                over.add_done_callback(lambda _: adopt_slice(after))
+            else:
+                loop.call_soon(adopt_slice, after)
 
         adopt_slice(1)
         replicas = {r.label: r for agent in self.sup.parts.agents.values()
