@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.util
+import json
 import os
+import py_compile
 import re
 import shutil
 import socket
@@ -26,7 +29,7 @@ import psutil
 from corral.daemon.gatewayaccess import GatewayService
 from corral.daemon.handoff import Fallback, Handoff, Listener
 from corral.daemon.logs import LogHub
-from corral.daemon.upgrade import Taken, firsts_first
+from corral.daemon.upgrade import IMPORT_VARIABLE, PREFLIGHT, Taken, firsts_first
 from corral.supervisor.adopt import Adoptions, HandedProcess
 from corral.supervisor.config import Config
 from corral.supervisor.configload import load_config
@@ -822,3 +825,58 @@ async def test_the_collector_is_on_again_once_the_adoptions_are_over(
         assert gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_the_new_installs_check_compiles_it_and_says_where_it_cannot(tmp_path: Path) -> None:
+    """The check writes the new install's byte-code before the exec, so that the new
+    image reads it in the dispatch pause rather than compiling: a module it imports only
+    later too, and a .pyc older than its source (an install changed in place)."""
+    root = install(tmp_path, "new")
+    config = tmp_path / "corral.toml"
+    config.write_text("")
+    env = {**os.environ, IMPORT_VARIABLE: str(root)}
+    later = root / "corral" / "daemon" / "http" / "server.py"  # (the HTTP parts')
+    stale = root / "corral" / "daemon" / "boot.py"
+    pyc = Path(importlib.util.cache_from_source(str(stale)))
+    py_compile.compile(str(stale), cfile=str(pyc))
+    stale.write_text(stale.read_text() + "# changed in place\n")
+    mtime = stale.stat().st_mtime + 10
+    os.utime(stale, (mtime, mtime))
+
+    def check() -> dict[str, Any]:
+        r = subprocess.run([PY, "-c", PREFLIGHT, str(config)], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        said: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+        return said
+
+    assert check()["compiled"] is True
+    header = pyc.read_bytes()[:16]  # magic, flags, the source's mtime and size
+    assert int.from_bytes(header[8:12], "little") == int(mtime)
+    assert int.from_bytes(header[12:16], "little") == stale.stat().st_size
+    assert Path(importlib.util.cache_from_source(str(later))).exists()
+    # where the byte-code cannot be written (a file where its directory would be)
+    cache = Path(importlib.util.cache_from_source(str(later))).parent
+    shutil.rmtree(cache)
+    cache.write_text("")
+    assert check()["compiled"] is False
+
+
+def test_an_upgrade_to_an_install_whose_byte_code_cannot_be_written_says_so() -> None:
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w"))
+    try:
+        d.start()
+        before = pids(d)
+        new = install(tmp, "v2")
+        (new / "corral" / "daemon" / "http" / "__pycache__").write_text("")
+        r = d.cli("upgrade", "--pythonpath", str(new))
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert pids(d) == before
+        log = (d.state / "logs" / "corral.log").read_text()
+        assert ("upgrading: the new install's byte-code cannot be written; the new image "
+                "compiles its modules as it starts, while dispatch is held") in log, log
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -174,6 +174,7 @@ class Target:
                  notifier: Notifier, spared: set[int]) -> None:
         self.python = python or sys.executable
         self.spared = spared
+        self.compiled = True  # the new install's byte-code written by its check
         self.env = environment(notifier)
         if pythonpath is not None:
             self.env["PYTHONPATH"] = self.env[IMPORT_VARIABLE] = pythonpath
@@ -209,6 +210,7 @@ class Target:
         if said.get("full_stop"):
             raise Refused(f"corral {said.get('version')} needs a full stop, not a live "
                           f"upgrade: {said['full_stop']} (systemctl restart corral)")
+        self.compiled = said.get("compiled") is not False  # (an older check: unsaid)
         if said.get("handoff") != handoff.HANDOFF_VERSION:
             raise Refused(f"corral {said.get('version')} takes handoff layout "
                           f"{said.get('handoff')}, this daemon writes "
@@ -305,6 +307,10 @@ class Upgrades:
         host = self.host
         tasks = host.sup.parts.tasks
         asked = time.time()
+        if not target.compiled:
+            host.hub.daemon("upgrading: the new install's byte-code cannot be written; "
+                            "the new image compiles its modules as it starts, while "
+                            "dispatch is held", priority=4)
         deadline = time.monotonic() + QUIESCE_TIMEOUT
         # quiet channels waited for while dispatch goes on (a task running is handed with
         # its worker), half the time at most: dispatch is held only across the last
