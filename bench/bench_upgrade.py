@@ -16,6 +16,16 @@ Per round:
 
     .venv/bin/python -m bench.bench_upgrade [--agents 1000] [--rounds 5]
         [--kinds upgrade,restart] [--http] [--out bench_upgrade]
+    .venv/bin/python -m bench.bench_upgrade --floor 20 [--out bench_upgrade_floor]
+
+`--floor N`: the pause's floor on this machine at its load, N runs of each case
+alternating (medians): a bare interpreter (with and without `site`), asyncio and uvloop,
+the fewest modules the adopt-and-dispatch path needs (the engine, the handoff, the
+control socket, the store, the journal, the fleet), the new image's imports as they are
+(BOOT's and boot.resume's), what a dispatch-first set-up would import only after the
+first adoption (workflows, teams, schedules, the definitions catalog, packages,
+tracing, history), and the new image's imports with no byte-code to read (every module
+compiled).
 
 `--http`: the daemon serves [http] too (on a unix socket), so the new image has the HTTP
 server and the gateway to start again (aiohttp to import) besides its agents.
@@ -29,7 +39,9 @@ import argparse
 import itertools
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -38,7 +50,7 @@ from typing import Any
 from corral import methods as m
 from corral.cli.client import CallFailed, Client, Unreachable
 
-from .harness import HELLO, CorralDaemon, corral_agents, report, workdir
+from .harness import ENV, HELLO, CorralDaemon, corral_agents, report, workdir
 
 INTERVAL = 0.01  # one task submitted every 10 ms
 
@@ -142,6 +154,63 @@ def round_of(n: int, kind: str, http: bool = False) -> dict[str, Any]:
         d.stop()
 
 
+# what the new image cannot start dispatch without: the engine and its config, the
+# handoff and adoption, the control socket and its dispatcher, the store and the journal,
+# the fleet that adds the agents
+DISPATCH = ("uvloop", "corral.daemon.handoff", "corral.supervisor.core",
+            "corral.supervisor.configload", "corral.daemon.control", "corral.daemon.api",
+            "corral.daemon.store", "corral.daemon.taskjournal", "corral.daemon.logs",
+            "corral.daemon.fleet", "corral.daemon.notify")
+# what a dispatch-first set-up would build (and import) after the first adoption
+DEFERRABLE = ("corral.daemon.workflows", "corral.daemon.teams", "corral.daemon.schedules",
+              "corral.daemon.schedulehandlers", "corral.daemon.definitions",
+              "corral.daemon.defcatalog", "corral.daemon.packages.service",
+              "corral.daemon.traces", "corral.supervisor.tracing", "corral.daemon.history",
+              "corral.daemon.sessions", "corral.daemon.gatewayaccess",
+              "corral.daemon.filewatch", "corral.daemon.fleetwatch")
+BOOT_IMPORTS = ("uvloop", "corral.daemon.boot", "corral.supervisor.configload",
+                "corral.daemon.daemon", "corral.daemon.upgrade")
+
+
+def timed_imports(first: tuple[str, ...], then: tuple[str, ...] = ()) -> str:
+    """A program that imports `first`, then prints how long `then` took to import."""
+    return ("import gc, time; gc.disable(); " + "".join(f"import {m}; " for m in first)
+            + "t = time.perf_counter(); " + "".join(f"import {m}; " for m in then)
+            + "print(time.perf_counter() - t)")
+
+
+def floor(runs: int) -> dict[str, Any]:
+    """Each case `runs` times, alternating; wall-clock of the whole interpreter unless
+    the case prints its own figure (the deferrable imports after the rest)."""
+    py = sys.executable
+    cases: dict[str, list[str]] = {
+        "bare interpreter": [py, "-c", "pass"],
+        "bare interpreter, -S (no site)": [py, "-S", "-c", "pass"],
+        "asyncio + uvloop": [py, "-c", timed_imports(("uvloop",))],
+        "adopt-and-dispatch imports (the floor)": [py, "-c", timed_imports(DISPATCH)],
+        "the new image's imports today": [py, "-c", timed_imports(BOOT_IMPORTS)],
+        "deferrable imports, after the floor's (printed)": [
+            py, "-c", timed_imports(DISPATCH, DEFERRABLE)],
+    }
+    with tempfile.TemporaryDirectory() as empty:
+        nopyc = {**os.environ, "PYTHONPYCACHEPREFIX": empty, "PYTHONDONTWRITEBYTECODE": "1"}
+        times: dict[str, list[float]] = {name: [] for name in [*cases, "no byte-code"]}
+        for _ in range(runs):
+            for name, argv in cases.items():
+                t = time.perf_counter()
+                out = subprocess.run(argv, check=True, capture_output=True, text=True,
+                                     env=ENV).stdout.strip()
+                took = time.perf_counter() - t
+                times[name].append(float(out) if name.endswith("(printed)") else took)
+            t = time.perf_counter()
+            subprocess.run([py, "-c", timed_imports(BOOT_IMPORTS)], check=True, env={
+                **nopyc, "PYTHONPATH": ENV["PYTHONPATH"]}, capture_output=True)
+            times["no byte-code"].append(time.perf_counter() - t)
+    return {"runs": runs, "load": round(os.getloadavg()[0], 1),
+            **{name: {"median_ms": round(statistics.median(v) * 1e3, 1),
+                      "min_ms": round(min(v) * 1e3, 1)} for name, v in times.items()}}
+
+
 def summary(values: list[float]) -> dict[str, float]:
     s = sorted(values)
     return {"median": round(statistics.median(s), 3),
@@ -154,8 +223,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--kinds", default="upgrade,restart")
     ap.add_argument("--http", action="store_true", help="the daemon serves [http] too")
-    ap.add_argument("--out", default="bench_upgrade")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--floor", type=int, default=0, metavar="N",
+                    help="measure the pause's floor instead, N runs of each case")
     args = ap.parse_args()
+    if args.floor:
+        report(args.out or "bench_upgrade_floor", floor(args.floor))
+        return
     out: dict[str, Any] = {"agents": args.agents, "rounds": args.rounds,
                            "interval_s": INTERVAL}
     for kind in args.kinds.split(","):
@@ -164,7 +238,7 @@ def main() -> None:
                      "seconds": summary([r["seconds"] for r in runs]),
                      "handover_s": summary([r["handover_s"] or 0.0 for r in runs]),
                      "dispatch_pause_s": summary([r["dispatch_pause_s"] for r in runs])}
-    report(args.out, out)
+    report(args.out or "bench_upgrade", out)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,16 @@ it, with every agent kept."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import importlib.util
+import json
 import os
+import py_compile
 import re
 import shutil
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -22,9 +28,12 @@ import psutil
 
 from corral.daemon.gatewayaccess import GatewayService
 from corral.daemon.handoff import Fallback, Handoff, Listener
-from corral.daemon.upgrade import Taken, firsts_first
+from corral.daemon.logs import LogHub
+from corral.daemon.upgrade import IMPORT_VARIABLE, PREFLIGHT, Taken, firsts_first
+from corral.supervisor.adopt import Adoptions, HandedProcess
 from corral.supervisor.config import Config
 from corral.supervisor.configload import load_config
+from corral.supervisor.containment import ProcessRecord, read_stat
 from corral.supervisor.core import Supervisor
 
 from .conftest import EXAMPLES, ROOT, agent
@@ -729,3 +738,145 @@ async def test_each_agents_first_replica_is_adopted_before_any_second(
     assert [r.label for r in firsts_first(handed)] == [
         "a#0", "b#0", "c#0", "a#1", "a#2", "b#1", "b#2", "c#1", "c#2"]
     assert firsts_first([]) == []
+
+
+def handed_process(owner: str, name: str, index: int) -> tuple[HandedProcess,
+                                                                subprocess.Popen[bytes]]:
+    """A live process with its three pipes, described as an old image hands it over."""
+    child_in, our_in = os.pipe()
+    our_out, child_out = os.pipe()
+    our_err, child_err = os.pipe()
+    proc = subprocess.Popen([PY, "-c", "import sys; sys.stdin.buffer.read()"],
+                            stdin=child_in, stdout=child_out, stderr=child_err,
+                            start_new_session=True)
+    for fd in (child_in, child_out, child_err):
+        os.close(fd)
+    st = read_stat(proc.pid)
+    assert st is not None
+    rec = ProcessRecord(token=f"{owner}.{1000 + index}", kind="agent", name=name,
+                        replica=index, pid=proc.pid, start_time=st.start_time,
+                        pgid=proc.pid, sid=proc.pid)
+    return HandedProcess(record=rec, fds=[our_in, our_out, our_err]), proc
+
+
+async def test_the_first_adoption_is_attached_alone_and_the_others_after_it(
+        sup: Supervisor) -> None:
+    """Dispatch goes on as soon as one replica is Ready: the adoptions begun while the
+    first is being attached (a mass start's slice) wait until it is, so that the turns
+    its attach takes are not filled with theirs."""
+    a = sup.add(agent("a", replicas=3), start=False)
+    made = [handed_process(sup.parts.containment.owner, "a", i) for i in range(3)]
+    seen: list[tuple[str, list[str]]] = []
+    lost: list[str] = []
+    adoptions = Adoptions(
+        [h for h, _ in made],
+        lambda r, h: seen.append((r.label, [x.label for x in a.replicas
+                                            if x.machine.takes_work])),
+        lambda h, why: lost.append(why))
+    sup.parts.containment.handed = adoptions.take
+    try:
+        for r in a.replicas:  # begun in one turn, as a mass start's slice
+            r.start(by_hand=True)
+        assert adoptions.first_over is not None and not adoptions.first_over.done()
+        await asyncio.wait_for(adoptions.settled(), 10)
+        assert lost == []
+        assert seen[0] == ("a#0", [])  # alone
+        assert [label for label, _ in seen[1:]] == ["a#1", "a#2"]
+        assert all("a#0" in ready for _, ready in seen[1:]), seen  # after it was Ready
+        assert adoptions.adopted == 3 and adoptions.first_over.done()
+        assert [r.pid for r in a.replicas] == [p.pid for _, p in made]
+        assert all(r.machine.takes_work for r in a.replicas)
+    finally:
+        await sup.remove("a")
+        for _, proc in made:
+            proc.wait(10)
+
+
+async def test_the_collector_is_on_again_once_the_adoptions_are_over(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """BOOT turns the collector off until the handed processes are adopted; `settle`
+    turns it on again, and so does an adoption that fails (the image goes on)."""
+    def taken() -> Taken:
+        h = Handoff(attempt=1, from_version="0", pid=os.getpid(), asked_at=0.0,
+                    started_at=0.0, config="corral.toml", socket=None, control=(-1, -1),
+                    owner="o", issued=0, fallback=Fallback(python="", env={}, boot=""))
+        t = Taken(h, tmp_path / "upgrade-handoff.json", None)
+        t.sup = sup
+        return t
+
+    assert gc.isenabled()
+    try:
+        gc.disable()
+        report = await taken().settle(LogHub(None))
+        assert gc.isenabled() and report.state == "done" and report.kept == 0
+
+        async def fails() -> None:
+            raise RuntimeError("the HTTP parts' import failed")
+
+        gc.disable()
+        t = taken()
+        t._first.set()  # (nothing handed: the first adoption is not waited for)
+        try:
+            await t.adopt(fails)
+        except RuntimeError as exc:
+            assert str(exc) == "the HTTP parts' import failed"
+        else:
+            raise AssertionError("adopt did not raise")
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_the_new_installs_check_compiles_it_and_says_where_it_cannot(tmp_path: Path) -> None:
+    """The check writes the new install's byte-code before the exec, so that the new
+    image reads it in the dispatch pause rather than compiling: a module it imports only
+    later too, and a .pyc older than its source (an install changed in place)."""
+    root = install(tmp_path, "new")
+    config = tmp_path / "corral.toml"
+    config.write_text("")
+    env = {**os.environ, IMPORT_VARIABLE: str(root)}
+    later = root / "corral" / "daemon" / "http" / "server.py"  # (the HTTP parts')
+    stale = root / "corral" / "daemon" / "boot.py"
+    pyc = Path(importlib.util.cache_from_source(str(stale)))
+    py_compile.compile(str(stale), cfile=str(pyc))
+    stale.write_text(stale.read_text() + "# changed in place\n")
+    mtime = stale.stat().st_mtime + 10
+    os.utime(stale, (mtime, mtime))
+
+    def check() -> dict[str, Any]:
+        r = subprocess.run([PY, "-c", PREFLIGHT, str(config)], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        said: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+        return said
+
+    assert check()["compiled"] is True
+    header = pyc.read_bytes()[:16]  # magic, flags, the source's mtime and size
+    assert int.from_bytes(header[8:12], "little") == int(mtime)
+    assert int.from_bytes(header[12:16], "little") == stale.stat().st_size
+    assert Path(importlib.util.cache_from_source(str(later))).exists()
+    # where the byte-code cannot be written (a file where its directory would be)
+    cache = Path(importlib.util.cache_from_source(str(later))).parent
+    shutil.rmtree(cache)
+    cache.write_text("")
+    assert check()["compiled"] is False
+
+
+def test_an_upgrade_to_an_install_whose_byte_code_cannot_be_written_says_so() -> None:
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, worker("w"))
+    try:
+        d.start()
+        before = pids(d)
+        new = install(tmp, "v2")
+        (new / "corral" / "daemon" / "http" / "__pycache__").write_text("")
+        r = d.cli("upgrade", "--pythonpath", str(new))
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert pids(d) == before
+        log = (d.state / "logs" / "corral.log").read_text()
+        assert ("upgrading: the new install's byte-code cannot be written; the new image "
+                "compiles its modules as it starts, while dispatch is held") in log, log
+        assert d.stop() == 0
+    finally:
+        d.close()
+        shutil.rmtree(tmp, ignore_errors=True)

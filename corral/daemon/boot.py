@@ -28,7 +28,8 @@ class Refused(Exception):
 
 def preflight(config: str) -> int:
     """Run by the new install's interpreter before the exec: everything the daemon
-    imports imports, the config loads; prints its version and handoff layout."""
+    imports imports, the config loads; prints its version and handoff layout, and
+    whether the install's byte-code is written (`compiled`)."""
     import uvloop  # noqa: F401 - the daemon's loop
 
     from ..supervisor.config import ConfigError
@@ -41,8 +42,20 @@ def preflight(config: str) -> int:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({"version": __version__, "handoff": handoff.HANDOFF_VERSION,
-                      "full_stop": FULL_STOP}))
+                      "full_stop": FULL_STOP, "compiled": compiled()}))
     return 0
+
+
+def compiled() -> bool:
+    """Every module of this install compiled here, before the exec, not by the new
+    image in the dispatch pause: those it imports later too (the HTTP parts', in a
+    thread), and a .pyc older than its source (an install changed in place) written
+    again. False where the byte-code cannot be written (a read-only install): the
+    new image then compiles what it imports as it starts."""
+    import compileall
+
+    package = Path(__file__).resolve().parent.parent
+    return bool(compileall.compile_dir(package, quiet=2, workers=1))
 
 
 def resume() -> int:

@@ -174,6 +174,7 @@ class Target:
                  notifier: Notifier, spared: set[int]) -> None:
         self.python = python or sys.executable
         self.spared = spared
+        self.compiled = True  # the new install's byte-code written by its check
         self.env = environment(notifier)
         if pythonpath is not None:
             self.env["PYTHONPATH"] = self.env[IMPORT_VARIABLE] = pythonpath
@@ -209,6 +210,7 @@ class Target:
         if said.get("full_stop"):
             raise Refused(f"corral {said.get('version')} needs a full stop, not a live "
                           f"upgrade: {said['full_stop']} (systemctl restart corral)")
+        self.compiled = said.get("compiled") is not False  # (an older check: unsaid)
         if said.get("handoff") != handoff.HANDOFF_VERSION:
             raise Refused(f"corral {said.get('version')} takes handoff layout "
                           f"{said.get('handoff')}, this daemon writes "
@@ -305,6 +307,10 @@ class Upgrades:
         host = self.host
         tasks = host.sup.parts.tasks
         asked = time.time()
+        if not target.compiled:
+            host.hub.daemon("upgrading: the new install's byte-code cannot be written; "
+                            "the new image compiles its modules as it starts, while "
+                            "dispatch is held", priority=4)
         deadline = time.monotonic() + QUIESCE_TIMEOUT
         # quiet channels waited for while dispatch goes on (a task running is handed with
         # its worker), half the time at most: dispatch is held only across the last
@@ -574,17 +580,23 @@ class Taken:
             if r is not None and r.machine.untouched:
                 starts.append(r)
         starts = firsts_first(starts)
-        # the first alone (dispatch goes on as soon as one is Ready: a turn crowded
-        # with a full slice's adoptions would delay it), then slices doubling up to
-        # ADOPT_BATCH a turn, as the loop serves its sockets between them
+        # the first alone, the next slice once the first adoption is attached (dispatch
+        # goes on as soon as one replica is Ready: the turns its attach takes, crowded
+        # with other starts, would delay it; Adoptions.first_over), then slices doubling
+        # up to ADOPT_BATCH a turn, as the loop serves its sockets between them
         loop = asyncio.get_running_loop()
         rest = deque(starts)
 
         def adopt_slice(size: int) -> None:
             for _ in range(min(size, len(rest))):
                 rest.popleft().start(by_hand=True)
-            if rest:
-                loop.call_soon(adopt_slice, min(ADOPT_BATCH, size * 2))
+            if not rest:
+                return
+            after, over = min(ADOPT_BATCH, size * 2), self.adoptions.first_over
+            if over is not None and not over.done():
+                over.add_done_callback(lambda _: adopt_slice(after))
+            else:
+                loop.call_soon(adopt_slice, after)
 
         adopt_slice(1)
         replicas = {r.label: r for agent in self.sup.parts.agents.values()

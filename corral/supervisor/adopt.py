@@ -44,6 +44,10 @@ from .replica import Replica
 if TYPE_CHECKING:
     from .process_replica import ProcessReplica
 
+# how long the other adoptions wait for the first one to be attached at most (a few turns
+# of the loop; the bound is for an attach that hangs)
+FIRST_ALONE = 0.1
+
 
 class HandedTask(msgspec.Struct, frozen=True):
     """A task running on a handed worker: its answer to request `rid` is its outcome."""
@@ -171,6 +175,11 @@ class Adoptions:
         self.on_lost = on_lost
         self.adopted = 0
         self.pending: set[asyncio.Task[None]] = set()
+        # the first adoption is attached alone: dispatch goes on as soon as one replica
+        # is Ready, and its attach takes a few turns of the loop that the adoptions begun
+        # meanwhile (a mass start's slices) would fill; the others wait for this, set
+        # when it ends either way (or FIRST_ALONE)
+        self.first_over: asyncio.Future[None] | None = None
 
     def take(self, r: ProcessReplica) -> bool:
         """Called by a replica's start (Containment.handed): True if `r` adopts a handed
@@ -182,7 +191,17 @@ class Adoptions:
             close_all(h.fds)
             self.on_lost(h, f"pid {h.record.pid} is gone")
             return False
-        task = asyncio.ensure_future(self._adopt(r, h))
+        first = self.first_over
+        task = asyncio.ensure_future(self._adopt(r, h, first))
+        if first is None:
+            self.first_over = over = asyncio.get_running_loop().create_future()
+
+            def end(*_: object) -> None:
+                if not over.done():
+                    over.set_result(None)
+
+            task.add_done_callback(end)
+            asyncio.get_running_loop().call_later(FIRST_ALONE, end)
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
         r._life = task
@@ -203,9 +222,17 @@ class Adoptions:
         while self.pending:
             await asyncio.gather(*self.pending, return_exceptions=True)
 
-    async def _adopt(self, r: ProcessReplica, h: HandedProcess) -> None:
+    async def _adopt(self, r: ProcessReplica, h: HandedProcess,
+                     after: asyncio.Future[None] | None) -> None:
         rec = h.record
         loop = asyncio.get_running_loop()
+        if after is not None and not after.done():
+            try:
+                await asyncio.shield(after)
+            except BaseException:  # (cancelled: the replica stopped before its turn)
+                close_all(h.fds)
+                self._failed(r, h, "stopped before it was adopted")
+                raise
         containment = r.host.containment
         try:
             pidfd = os.pidfd_open(rec.pid)
