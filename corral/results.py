@@ -228,6 +228,10 @@ class ReloadResult(msgspec.Struct):
     # tables read only at start that the file changes: not applied until the daemon
     # restarts (or `corral upgrade`), said so rather than left to be found out
     restart_needed: list[str] = []
+    # the config file's workflows, teams and schedules: the same four keys each
+    workflows: dict[str, list[str]] = {}
+    teams: dict[str, list[str]] = {}
+    schedules: dict[str, list[str]] = {}
 
 
 

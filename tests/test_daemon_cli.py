@@ -465,7 +465,9 @@ def test_reload_applies_only_the_difference(daemon: Daemon) -> None:
     assert json.loads(r.stdout) == {
         "added": [], "removed": [], "changed": [], "unchanged": ["hello", "new"],
         "failed": {}, "mcp_servers": {"added": [], "removed": [], "changed": [],
-                                      "unchanged": []}, "gateway": [], "restart_needed": []}
+                                      "unchanged": []}, "gateway": [], "restart_needed": [],
+        **{kind: {"added": [], "removed": [], "changed": [], "unchanged": []}
+           for kind in ("workflows", "teams", "schedules")}}
     assert daemon.cli("reload").stdout == "nothing changed\nunchanged: 2 agents, 0 MCP servers\n"
     log = (daemon.state / "logs" / "corral.log").read_text()
     assert "event: reloaded: agents added new; agents removed other; agents changed hello\n" \
