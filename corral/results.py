@@ -465,6 +465,9 @@ class SupervisorStats(Result):
     task_journal_refusing: str | None
     # usage/report notifications not counted (bad numbers, a task not the agent's)
     usage_reports_ignored: int = 0
+    # of `restarts`, those of replicas no longer there (an agent removed, a replica scaled
+    # down or replaced by a change): not in any agent's count
+    restarts_removed: int = 0
 
 
 class AgentUsage(ModelUsage):

@@ -566,9 +566,11 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
             tenant=a.spec.tenant,
             elastic=d.elastic.shown_state(a.name),
         )
+    there = sum(a.restarts for a in per_agent.values())
     return m.StatsResult(
         supervisor=m.SupervisorStats(
-            **stats, uptime=round(time.time() - d.started_at, 3),
+            **stats, restarts_removed=max(0, stats["restarts"] - there),
+            uptime=round(time.time() - d.started_at, 3),
             log_lines=d.hub.lines_written,
             log_lines_dropped=d.hub.lines_dropped,
             log_files_failing=d.hub.failing(),
