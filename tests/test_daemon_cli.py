@@ -546,7 +546,7 @@ def test_sd_notify_protocol(tmp: Path) -> None:
         d.start()
         ready = d.notify.wait_for("READY")
         assert ready["READY"] == "1" and ready["MAINPID"] == str(d.proc.pid)  # type: ignore[union-attr]
-        assert ready["STATUS"] == "1 agent, 2/2 replicas ready, 0 failed"
+        assert ready["STATUS"] == "1 agent, 2/2 replicas serving, 0 failed"
         d.notify.wait_for("WATCHDOG")
         d.cli("reload")
         assert d.notify.wait_for("RELOADING")["RELOADING"] == "1"

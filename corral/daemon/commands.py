@@ -114,7 +114,7 @@ def fleet_line(agents: int, census: Counter[State]) -> str:
     """The status line's agents and replicas (Daemon.status_line's, from the supervisor's
     census; a limited caller's, from its agents' replicas)."""
     line = (f"{plural(agents, 'agent')}, {sum(census[s] for s in SERVING)}/"
-            f"{plural(census.total(), 'replica')} ready")
+            f"{plural(census.total(), 'replica')} serving")
     if census[State.PAUSED]:
         line += f", {census[State.PAUSED]} paused"
     return line
