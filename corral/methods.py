@@ -716,6 +716,30 @@ class TenantsRemove(Params):
     names: list[str]
 
 
+# -- definitions kept in revisions (workflows, teams): the same params for each kind -----
+class DefinitionNamed(Params):
+    name: str
+
+
+class DefinitionUpdate(Params):
+    name: str
+    set: dict[str, Any]
+
+
+class DefinitionsRemove(Params):
+    names: list[str]
+
+
+class DefinitionHistory(Params):
+    name: str
+    limit: int = 100
+
+
+class DefinitionRollback(Params):
+    name: str
+    revision: int | None = None
+
+
 @method("workflows.list", result=WorkflowList, scope="tasks:read")
 class WorkflowsList(Params):
     """The workflows (the config file's and those added at runtime), with their steps
@@ -723,10 +747,8 @@ class WorkflowsList(Params):
 
 
 @method("workflows.plan", result=WorkflowPlan, scope="tasks:read")
-class WorkflowsPlan(Params):
+class WorkflowsPlan(DefinitionNamed):
     """A workflow's plan, checked against the agents there are now (nothing is run)."""
-
-    name: str
 
 
 @method("workflows.run", result=RunView, scope="tasks:run", mutating=True,
@@ -749,43 +771,30 @@ class WorkflowsAdd(Params):
 
 
 @method("workflows.describe", result=WorkflowDescription, scope="tasks:read")
-class WorkflowsDescribe(Params):
+class WorkflowsDescribe(DefinitionNamed):
     """A workflow's definition, where it comes from and its revision."""
-
-    name: str
 
 
 @method("workflows.update", result=Updated, scope="agents:write", mutating=True)
-class WorkflowsUpdate(Params):
+class WorkflowsUpdate(DefinitionUpdate):
     """Change a workflow added at runtime: `set` merged into its table (a JSON merge
     patch; a list, such as steps, replaced whole); runs under way keep their revision."""
 
-    name: str
-    set: dict[str, Any]
-
 
 @method("workflows.remove", result=Removed, scope="agents:write", mutating=True)
-class WorkflowsRemove(Params):
+class WorkflowsRemove(DefinitionsRemove):
     """Remove workflows added at runtime (runs under way end on their revision)."""
-
-    names: list[str]
 
 
 @method("workflows.history", result=WorkflowHistory, scope="tasks:read")
-class WorkflowsHistory(Params):
+class WorkflowsHistory(DefinitionHistory):
     """A runtime workflow's revisions: who changed what, when."""
-
-    name: str
-    limit: int = 100
 
 
 @method("workflows.rollback", result=RollbackResult, scope="agents:write", mutating=True)
-class WorkflowsRollback(Params):
+class WorkflowsRollback(DefinitionRollback):
     """Back to an earlier revision of a runtime workflow (default: the one before the
     newest; a removed workflow comes back so)."""
-
-    name: str
-    revision: int | None = None
 
 
 @method("runs.get", result=RunView, scope="tasks:read")
@@ -843,10 +852,8 @@ class TeamsAdd(Params):
 
 
 @method("teams.describe", result=TeamDescription, scope="tasks:read")
-class TeamsDescribe(Params):
+class TeamsDescribe(DefinitionNamed):
     """A team's definition, where it comes from and its revision."""
-
-    name: str
 
 
 @method("schedules.resume", result=ScheduleEntry, scope="tasks:run", mutating=True)
@@ -858,33 +865,22 @@ class SchedulesResume(Params):
 
 
 @method("teams.update", result=Updated, scope="agents:write", mutating=True)
-class TeamsUpdate(Params):
+class TeamsUpdate(DefinitionUpdate):
     """Change a team added at runtime: `set` merged into its table (a JSON merge patch;
     a list, such as members, replaced whole); calls under way keep their definition."""
 
-    name: str
-    set: dict[str, Any]
-
 
 @method("teams.remove", result=Removed, scope="agents:write", mutating=True)
-class TeamsRemove(Params):
+class TeamsRemove(DefinitionsRemove):
     """Remove teams added at runtime (calls under way end on their definition)."""
-
-    names: list[str]
 
 
 @method("teams.history", result=TeamHistory, scope="tasks:read")
-class TeamsHistory(Params):
+class TeamsHistory(DefinitionHistory):
     """A runtime team's revisions: who changed what, when."""
-
-    name: str
-    limit: int = 100
 
 
 @method("teams.rollback", result=RollbackResult, scope="agents:write", mutating=True)
-class TeamsRollback(Params):
+class TeamsRollback(DefinitionRollback):
     """Back to an earlier revision of a runtime team (default: the one before the
     newest; a removed team comes back so)."""
-
-    name: str
-    revision: int | None = None

@@ -228,6 +228,10 @@ class ReloadResult(msgspec.Struct):
     # tables read only at start that the file changes: not applied until the daemon
     # restarts (or `corral upgrade`), said so rather than left to be found out
     restart_needed: list[str] = []
+    # the config file's workflows, teams and schedules: the same four keys each
+    workflows: dict[str, list[str]] = {}
+    teams: dict[str, list[str]] = {}
+    schedules: dict[str, list[str]] = {}
 
 
 
@@ -461,6 +465,9 @@ class SupervisorStats(Result):
     task_journal_refusing: str | None
     # usage/report notifications not counted (bad numbers, a task not the agent's)
     usage_reports_ignored: int = 0
+    # of `restarts`, those of replicas no longer there (an agent removed, a replica scaled
+    # down or replaced by a change): not in any agent's count
+    restarts_removed: int = 0
 
 
 class AgentUsage(ModelUsage):

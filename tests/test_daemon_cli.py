@@ -465,7 +465,9 @@ def test_reload_applies_only_the_difference(daemon: Daemon) -> None:
     assert json.loads(r.stdout) == {
         "added": [], "removed": [], "changed": [], "unchanged": ["hello", "new"],
         "failed": {}, "mcp_servers": {"added": [], "removed": [], "changed": [],
-                                      "unchanged": []}, "gateway": [], "restart_needed": []}
+                                      "unchanged": []}, "gateway": [], "restart_needed": [],
+        **{kind: {"added": [], "removed": [], "changed": [], "unchanged": []}
+           for kind in ("workflows", "teams", "schedules")}}
     assert daemon.cli("reload").stdout == "nothing changed\nunchanged: 2 agents, 0 MCP servers\n"
     log = (daemon.state / "logs" / "corral.log").read_text()
     assert "event: reloaded: agents added new; agents removed other; agents changed hello\n" \
@@ -544,7 +546,7 @@ def test_sd_notify_protocol(tmp: Path) -> None:
         d.start()
         ready = d.notify.wait_for("READY")
         assert ready["READY"] == "1" and ready["MAINPID"] == str(d.proc.pid)  # type: ignore[union-attr]
-        assert ready["STATUS"] == "1 agent, 2/2 replicas ready, 0 failed"
+        assert ready["STATUS"] == "1 agent, 2/2 replicas serving, 0 failed"
         d.notify.wait_for("WATCHDOG")
         d.cli("reload")
         assert d.notify.wait_for("RELOADING")["RELOADING"] == "1"

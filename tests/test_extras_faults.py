@@ -42,7 +42,7 @@ def test_a_taken_http_port_leaves_every_agent_ready_and_binds_once_freed(
         d.start()  # READY=1: every agent is up, whatever the HTTP server's fate
         ready = d.notify.wait_for("READY")
         where = f"127.0.0.1:{port}"
-        assert ready["STATUS"] == (f"2 agents, 3/3 replicas ready, 0 failed; HTTP server on "
+        assert ready["STATUS"] == (f"2 agents, 3/3 replicas serving, 0 failed; HTTP server on "
                                    f"{where} not serving (Address already in use)")
         assert {k: v["state"] for k, v in d.status().items()} == {
             "a#0": "ready", "a#1": "ready", "b#0": "ready"}
@@ -65,7 +65,7 @@ def test_a_taken_http_port_leaves_every_agent_ready_and_binds_once_freed(
                           timeout=30, what="the HTTP server bound")
         assert info["extras"][0]["error"] is None and info["extras"][0]["attempts"] == 0
         assert readyz(port) == (200, {"status": "ready", "detail":
-                                      "2 agents, 3/3 replicas ready, 0 failed",
+                                      "2 agents, 3/3 replicas serving, 0 failed",
                                       "problems": []})
         assert f"the HTTP server on {where} serves, after" in log(d)
         assert d.json("status")["notices"] == []
@@ -87,7 +87,7 @@ def test_a_taken_gateway_port_is_told_by_readyz_and_retried(taken: socket.socket
         d.start()
         code, body = readyz(http)
         assert code == 200 and body["status"] == "ready"
-        assert body["detail"] == (f"1 agent, 1/1 replica ready, 0 failed; gateway on "
+        assert body["detail"] == (f"1 agent, 1/1 replica serving, 0 failed; gateway on "
                                   f"127.0.0.1:{gw} not serving (Address already in use)")
         assert [p.split(";")[0] for p in body["problems"]] == [
             f"gateway on 127.0.0.1:{gw}: not serving (Address already in use)"]
@@ -116,9 +116,9 @@ def test_a_clusters_redis_down_at_start_is_told_and_the_agents_run() -> None:
         assert d.json("status")["notices"] == [
             f"cluster: Redis does not answer ({refused}); tried again every beat, the "
             "local agents run on"]
-        line = f"1 agent, 2/2 replicas ready, 0 failed; cluster Redis not answering ({refused})"
+        line = f"1 agent, 2/2 replicas serving, 0 failed; cluster Redis not answering ({refused})"
         # READY=1 may have gone out before the first beat failed: a later STATUS= tells it
-        assert statuses(d, "1 agent, 2/2 replicas ready, 0 failed; cluster") == line
+        assert statuses(d, "1 agent, 2/2 replicas serving, 0 failed; cluster") == line
         redis.start()
         wait_until(lambda: d.json("status")["notices"] == [], timeout=30,
                    what="Redis answering")

@@ -57,6 +57,33 @@ def test_every_result_has_a_json_schema() -> None:
     assert "resourceTemplates" in components["ResourceList"]["properties"]
 
 
+
+def test_workflows_and_teams_take_one_shape_of_params_per_verb() -> None:
+    """The kinds kept in revisions share their params (methods.Definition*); each keeps
+    its own name and description in the schema, its fields as on the wire."""
+    from corral import methods as m
+
+    for verb, base, fields in (
+            ("describe", m.DefinitionNamed, {"name"}),
+            ("update", m.DefinitionUpdate, {"name", "set"}),
+            ("remove", m.DefinitionsRemove, {"names"}),
+            ("history", m.DefinitionHistory, {"name", "limit"}),
+            ("rollback", m.DefinitionRollback, {"name", "revision"})):
+        schemas = []
+        for kind in ("workflows", "teams"):
+            params = REGISTRY[f"{kind}.{verb}"].params
+            assert issubclass(params, base), (kind, verb)
+            schema = msgspec.json.schema(params)["$defs"][params.__name__]
+            assert (schema["title"], set(schema["properties"])) == (
+                f"{kind.capitalize()}{verb.capitalize()}", fields)
+            assert kind[:-1] in schema["description"].lower(), (kind, verb)
+            schemas.append({k: v for k, v in schema.items()
+                            if k not in ("title", "description")})
+        assert schemas[0] == schemas[1], verb
+    with pytest.raises(msgspec.ValidationError,
+                       match=r"^Object contains unknown field `revisions`$"):
+        msgspec.convert({"name": "t", "revisions": 1}, m.TeamsRollback)
+
 class Raw:
     """The control socket spoken by hand: the answer's JSON as the daemon wrote it."""
 

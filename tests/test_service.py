@@ -102,7 +102,7 @@ def test_under_systemd_the_journal_has_every_line_and_the_group_reaches_the_sock
                               "CORRAL_STREAM=event")
         assert ready["PRIORITY"] == "5"
         # the daemon's own lines: its stderr, which the journal captures
-        own = _wait_journal(nsd, "ready: 1 agent, 1/1 replica ready, 0 failed")
+        own = _wait_journal(nsd, "ready: 1 agent, 1/1 replica serving, 0 failed")
         assert own["PRIORITY"] == "6" and "CORRAL_AGENT" not in own
         # and agents still run their programs in the sandbox: a task round trip
         r = nsd.run(CLI, "run", "talk", "--input", '{"x": 1}', check=False)

@@ -249,7 +249,7 @@ def test_systemctl_restart_and_stop_drain_a_running_task(nsd: NSystemd) -> None:
     status = wait_for("StatusText=draining", lambda: (s := nsd.run(
         "systemctl", "show", "-p", "StatusText", "--value", "corral").stdout.strip())
         .startswith("draining 1 task") and s)
-    assert str(status).endswith("; 5 agents, 6/6 replicas ready, 0 failed"), status
+    assert str(status).endswith("; 5 agents, 6/6 replicas serving, 0 failed"), status
     wait_for("the unit stopped", lambda: service(nsd).active == "inactive", timeout=60)
     assert nsd.processes(unit_cg) == set()
     log = nsd.path("/var/log/corral/corral.log").read_text()

@@ -21,10 +21,21 @@ from corral.supervisor.teams import TeamSpec
 
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon
+from .deflife import (
+    SCOPES,
+    audited,
+    cli_added_once,
+    cli_history_of_three,
+    lifes_changes,
+    operators_change_rolled_back,
+    refused_on_a_full_disk,
+    rolled_back_removed_restored,
+    tenant_tokens,
+    the_files_own,
+    unseen,
+)
 from .test_http_api import SOCKET, serving
 from .test_teams import AGENT, agents_toml
-
-SCOPES = ["agents:write", "tasks:run", "tasks:read"]
 
 
 def team(*members: str, mode: str = "broadcast", **more: Any) -> dict[str, Any]:
@@ -54,16 +65,7 @@ async def test_runtime_teams_over_http_with_revisions_and_tenants(tmp_path: Path
     fleet = (tenant_agents(tmp_path, ("a1", "a"), ("a2", "a"), ("b1", "b"))
              + "[tenants.a]\n[tenants.b]\n" + CFG)
     async with serving(tmp_path, fleet) as api:
-        for name, tenant in (("ta", "a"), ("tb", "b")):
-            made = await api.d.dispatcher.call(SOCKET, "tokens.create", {
-                "name": name, "scopes": SCOPES, "tenant": tenant})
-            api.tokens[name] = made.token
-        await api.token("op", "admin")
-
-        async def ask(verb: str, path: str, token: str, body: Any = None
-                      ) -> tuple[int, Any]:
-            status, value, _ = await api.ask(verb, path, token, body=body)
-            return status, value
+        ask = await tenant_tokens(api)
 
         # added by tenant a: its own agents only, checked as the config loader checks
         assert await ask("POST", "/teams", "ta", {"teams": {"desk": team("a1")}}) == (
@@ -89,14 +91,7 @@ async def test_runtime_teams_over_http_with_revisions_and_tenants(tmp_path: Path
         # tenant b sees none of it, and cannot take its name
         status, body = await ask("GET", "/teams", "tb")
         assert (status, body["teams"]) == (200, [])
-        for verb, path, payload in (
-                ("GET", "/teams/desk", None),
-                ("PATCH", "/teams/desk", {"set": {"description": "x"}}),
-                ("DELETE", "/teams/desk", None),
-                ("GET", "/teams/desk/history", None),
-                ("POST", "/teams/desk/rollback", {})):
-            status, body = await ask(verb, path, "tb", payload)
-            assert (status, body["detail"]) == (404, "no such team: desk"), path
+        await unseen(ask, "team", "desk", "tb", {"description": "x"})
         status, body = await ask("POST", "/teams", "tb", {"teams": {"desk": team("b1")}})
         assert (status, body["detail"]) == (409, "team desk already exists")
         status, body = await ask("GET", "/teams", "ta")
@@ -126,83 +121,28 @@ async def test_runtime_teams_over_http_with_revisions_and_tenants(tmp_path: Path
                                                  "mode coordinate, not broadcast")
 
         # history, rollback, remove, and back again
-        status, body = await ask("POST", "/teams/desk/rollback", "ta", {})
-        assert (status, body) == (200, {"name": "desk", "restored": 1, "revision": 3,
-                                        "change": "members changed"})
-        status, body = await ask("GET", "/teams/desk", "ta")
-        assert (body["source"], body["revision"], body["tenant"], body["agents"],
-                body["definition"]) == ("runtime", 3, "a", ["a1"], team("a1"))
-        assert await ask("DELETE", "/teams/desk", "ta") == (200, {"removed": ["desk"]})
-        for path in ("/teams/desk", "/teams/desk/history?limit=0"):
-            status, body = await ask("GET", path, "ta")
-            assert (status, body["detail"]) == (404, "no such team: desk"), path
-        status, body = await ask("POST", "/tasks", "ta", {"agent": "desk", "input": {}})
-        assert (status, body["detail"]) == (404, "no such agent: desk (agents: a1, a2)")
-        status, body = await ask("GET", "/teams/desk/history", "ta")
-        assert body["current"] is None
-        assert [(r["revision"], r["who"], r["change"]) for r in body["revisions"]] == [
-            (1, "token ta", "created"), (2, "token ta", "members changed"),
-            (3, "token ta", "rollback to revision 1: members changed"),
-            (4, "token ta", "removed")]
-        assert body["revisions"][3]["definition"] is None
-        status, body = await ask("POST", "/teams/desk/rollback", "ta", {"revision": 4})
-        assert (status, body["detail"]) == (400, "revision 4 of team desk removed it: "
-                                                 "name a revision that defines it")
-        status, body = await ask("POST", "/teams/desk/rollback", "ta", {"revision": 9})
-        assert (status, body["detail"]) == (404, "no revision 9 of team desk (its "
-                                                 "revisions: 1..4; see `corral teams "
-                                                 "history desk`)")
-        status, body = await ask("POST", "/teams/desk/rollback", "ta", {})
-        assert (status, body["restored"], body["revision"]) == (200, 3, 5)
+        async def not_called() -> None:
+            status, body = await ask("POST", "/tasks", "ta", {"agent": "desk", "input": {}})
+            assert (status, body["detail"]) == (404, "no such agent: desk (agents: a1, a2)")
+        await rolled_back_removed_restored(ask, "team", "desk", "ta", "members changed",
+                                           ("runtime", 3, "a", ["a1"], team("a1")),
+                                           not_called)
         status, body = await ask("POST", "/tasks?wait=60", "ta", {"agent": "desk",
                                                                     "input": {}})
         assert (body["status"], sorted(body["output"])) == ("succeeded", ["a1"]), body
-        # the operator's change of a's team is in a's history, and a's to roll back
-        status, body = await ask("PATCH", "/teams/desk", "op",
-                                 {"set": {"description": "by op"}})
-        assert (status, body["revision"], body["change"]) == (
-            200, 6, 'description null -> "by op"')
-        status, body = await ask("GET", "/teams/desk/history?limit=2", "ta")
-        assert [(r["revision"], r["who"]) for r in body["revisions"]] == [
-            (5, "token ta"), (6, "token op")]
-        status, body = await ask("POST", "/teams/desk/rollback", "ta", {})
-        assert (status, body["restored"], body["revision"], body["change"]) == (
-            200, 5, 7, 'description "by op" -> null')
+        await operators_change_rolled_back(ask, "team", "desk", "ta")
 
         # the config file's teams are the file's
-        for verb, path, payload, doing in (
-                ("PATCH", "/teams/cfg", {"set": {"description": "x"}}, "change"),
-                ("DELETE", "/teams/cfg", None, "remove"),
-                ("POST", "/teams/cfg/rollback", {}, "change")):
-            status, body = await ask(verb, path, "op", payload)
-            assert (status, body["detail"]) == (409, f"team cfg is declared in the config "
-                                                     f"file: {doing} it there and `corral "
-                                                     "reload`"), path
-        status, body = await ask("GET", "/teams/cfg/history", "op")
-        assert (status, body["detail"]) == (409, "team cfg is declared in the config file: "
-                                                 "its history is the file's")
+        await the_files_own(ask, "team", "cfg", {"description": "x"})
         status, body = await ask("GET", "/teams/cfg", "op")
         assert (body["source"], body["revision"], body["tenant"], body["definition"]) == (
             "config", None, "a", {"mode": "broadcast", "members": ["a1"], "description": "",
                                   "rules": []})
         # no such team
-        for verb, path, payload in (
-                ("GET", "/teams/nope", None),
-                ("PATCH", "/teams/nope", {"set": {"description": "x"}}),
-                ("DELETE", "/teams/nope", None),
-                ("GET", "/teams/nope/history", None),
-                ("POST", "/teams/nope/rollback", {})):
-            status, body = await ask(verb, path, "op", payload)
-            assert (status, body["detail"]) == (404, "no such team: nope"), (verb, path)
+        await unseen(ask, "team", "nope", "op", {"description": "x"})
 
         # every change audited, with the caller's tenant
-        audit = await api.d.dispatcher.call(SOCKET, "audit.list", {"limit": 200})
-        changes = [(e.method, e.tenant) for e in audit.entries
-                   if e.method.startswith("teams.") and e.outcome == "ok"]
-        assert changes == [("teams.add", "a"), ("teams.update", "a"),
-                           ("teams.rollback", "a"), ("teams.remove", "a"),
-                           ("teams.rollback", "a"), ("teams.update", None),
-                           ("teams.rollback", "a")], changes
+        assert await audited(api, "team") == lifes_changes("team")
 
         # the Python API: as `teams add`, kept and revisioned
         teams = api.d.services.teams
@@ -233,13 +173,11 @@ async def test_a_glob_token_sees_only_the_teams_whose_every_agent_it_sees(
         assert status == 200
         status, body, _ = await api.ask("GET", "/teams", "pub")
         assert [t["name"] for t in body["teams"]] == ["open"]
-        for verb, path, payload in (("GET", "/teams/mixed", None),
-                                    ("PATCH", "/teams/mixed", {"set": {"description": "x"}}),
-                                    ("DELETE", "/teams/mixed", None),
-                                    ("GET", "/teams/mixed/history", None),
-                                    ("POST", "/teams/mixed/rollback", {})):
-            status, body, _ = await api.ask(verb, path, "pub", body=payload)
-            assert (status, body["detail"]) == (404, "no such team: mixed"), path
+        async def ask(verb: str, path: str, token: str, body: Any = None
+                      ) -> tuple[int, Any]:
+            status, value, _ = await api.ask(verb, path, token, body=body)
+            return status, value
+        await unseen(ask, "team", "mixed", "pub", {"description": "x"})
         status, body, _ = await api.ask("POST", "/teams", "pub", body={"teams": {
             "sneak": team("pub1", "sec1")}})
         assert (status, body["detail"]) == (400, "teams.add: team sneak: member sec1: no "
@@ -268,10 +206,7 @@ def test_runtime_teams_from_the_cli_survive_a_restart(tmp_path: Path) -> None:
         d.start()
         path = tmp_path / "rt.toml"
         path.write_text(textwrap.dedent(TEAM_FILE))
-        r = d.cli("teams", "add", str(path))
-        assert (r.returncode, r.stdout) == (0, "added: rt\n"), r.stderr
-        r = d.cli("teams", "add", str(path))
-        assert (r.returncode, r.stderr.strip()) == (1, "corral: team rt already exists")
+        cli_added_once(d, "team", path, "rt")
         empty = tmp_path / "none.toml"
         empty.write_text("[agents]\n")
         r = d.cli("teams", "add", str(empty))
@@ -294,9 +229,7 @@ def test_runtime_teams_from_the_cli_survive_a_restart(tmp_path: Path) -> None:
                            '"b"\n', r.stderr
         r = d.cli("run", "rt", "--input", '{"topic": "other"}', "--json", timeout=90)
         assert json.loads(r.stdout)["output"]["who"] == "b", r.stderr
-        hist = d.cli("teams", "history", "rt").stdout.splitlines()
-        assert [line.split()[0] for line in hist[1:]] == ["1", "2", "*"], hist
-        assert hist[3].split()[1] == "3"
+        cli_history_of_three(d, "team", "rt")
         r = d.cli("teams", "describe", "rt")
         assert r.stdout.startswith("team rt (added at runtime, revision 3, tenant default)\n"
                                     "agents: a, b\n")
@@ -347,36 +280,19 @@ def test_team_changes_that_cannot_be_recorded_are_refused_with_nothing_changed(
         tmp_path: Path) -> None:
     """A full disk: each change of a runtime team refused before it takes effect, with
     what was not done; the team as it was, and called as it was."""
-    import os
-
-    from .test_store_faults import caught_up, disk_full
+    from .test_store_faults import caught_up
 
     d = Daemon(tmp_path, agents_toml(tmp_path, "a b"), extra="task_journal = false")
-    db = d.state / "corral.db"
     path = tmp_path / "rt.toml"
     path.write_text('[teams.rt]\nmode = "broadcast"\nmembers = ["a"]\n')
     other = tmp_path / "other.toml"
     other.write_text('[teams.rt2]\nmode = "broadcast"\nmembers = ["b"]\n')
-
-    def refusal(unchanged: str) -> str:
-        return (f"corral: state database {db} cannot be written (disk I/O error): "
-                f"{unchanged}; free space on its file system, or make it and its directory "
-                f"writable by uid {os.geteuid()}\n")
-
     try:
         d.start()
         assert d.cli("teams", "add", str(path)).returncode == 0
         r = d.cli("teams", "update", "rt", "--set", '{"members": ["b"]}')
         assert r.returncode == 0, r.stderr
-        with disk_full(d):
-            for argv, unchanged in (
-                    (["add", str(other)], "nothing was added"),
-                    (["update", "rt", "--set", '{"members": ["a", "b"]}'],
-                     "rt was not changed"),
-                    (["rollback", "rt"], "rt was not rolled back"),
-                    (["remove", "rt"], "nothing was removed")):
-                r = d.cli("teams", *argv)
-                assert (r.returncode, r.stdout, r.stderr) == (1, "", refusal(unchanged))
+        refused_on_a_full_disk(d, "team", other, "rt", '{"members": ["a", "b"]}')
         caught_up(d)
         described = d.json("teams", "describe", "rt")
         assert (described["revision"], described["definition"]["members"]) == (2, ["b"])

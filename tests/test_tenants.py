@@ -747,9 +747,9 @@ async def test_a_tenants_caller_finds_nothing_of_another_tenant(tmp_path: Path) 
 
         # the daemon's status line counts a's agents (every tenant's for the operator)
         assert (await call(d, "daemon.info", {}, a)).status == (
-            "1 agent, 1/1 replica ready, 0 failed")
+            "1 agent, 1/1 replica serving, 0 failed")
         assert (await call(d, "daemon.info", {})).status.startswith(
-            "2 agents, 2/2 replicas ready, 3 MCP servers")
+            "2 agents, 2/2 replicas serving, 3 MCP servers")
         # listings leave b's objects out; a's are there
         st = await call(d, "agents.status", {}, a)
         assert {r.name for r in st.agents} == {"a1"} and set(st.tasks) == {"a1"}
@@ -909,7 +909,7 @@ async def test_a_token_limited_to_an_agent_glob_reads_no_tenant_or_fleet_aggrega
                                    "matching a1: name an agent")
             await call(d, "stats.history", {"agent": "a1"}, caller)
             assert (await call(d, "daemon.info", {}, caller)).status == (
-                "1 agent, 1/1 replica ready, 0 failed")
+                "1 agent, 1/1 replica serving, 0 failed")
             status, body = await get(name, "/api/v1/stats")
             assert status == 200 and set(body["agents"]) == {"a1"}, body
         # one refusal for every limited caller; it says which limit

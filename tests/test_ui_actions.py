@@ -171,15 +171,16 @@ def test_start_stop_restart_add_remove_and_run_from_the_dashboard() -> None:
             assert [t["agent"] for t in d.json("tasks")["tasks"]] == ["added"]
             pg.screenshot(path=str(ARTIFACTS / "dashboard-run.png"), full_page=True)
 
-            # replicas serving in different words (one idle after a task, one ready) are
-            # a healthy agent: its badge is coloured as ready, not as a warning
+            # replicas serving in different states (one idle after a task, one ready) are
+            # a serving agent (decision 382): said so, and coloured so, not as a warning
             r = d.cli("run", "hello", "--input", '{"name": "x"}')
             assert r.returncode == 0, r.stderr
             wait_until(lambda: {replica(d, f"hello#{i}").get("state") for i in (0, 1)}
                        == {"idle", "ready"}, what="one idle, one ready")
             pg.click('nav a[href="#/fleet"]')
-            expect(summary.locator(".state")).to_contain_text("1 idle")
-            expect(summary.locator(".state")).to_have_class(re.compile(r"\bstate-ready\b"))
+            expect(summary.locator(".state")).to_have_text(
+                re.compile(r"^2 serving \((1 ready, 1 idle|1 idle, 1 ready)\)$"))
+            expect(summary.locator(".state")).to_have_class(re.compile(r"\bstate-serving\b"))
 
             # remove it, with a second click that says what it does
             pg.goto(pg.url.split("#")[0] + "#/agent/added")

@@ -18,10 +18,20 @@ from corral.jsonrpc import RpcError
 from corral.supervisor.workflows import WorkflowSpec
 
 from .daemon_harness import Daemon
+from .deflife import (
+    audited,
+    cli_added_once,
+    cli_history_of_three,
+    lifes_changes,
+    operators_change_rolled_back,
+    refused_on_a_full_disk,
+    rolled_back_removed_restored,
+    tenant_tokens,
+    the_files_own,
+    unseen,
+)
 from .test_http_api import SOCKET, serving
 from .test_workflows import agent_toml, settled, whole
-
-SCOPES = ["agents:write", "tasks:run", "tasks:read"]
 
 
 def step(agent: str, v: int, sleep: float = 0) -> dict[str, Any]:
@@ -47,16 +57,7 @@ async def test_runtime_workflows_over_http_with_revisions_and_tenants(
     fleet = (tenant_agent(tmp_path, "wa", "a") + tenant_agent(tmp_path, "wb", "b")
              + "[tenants.a]\n[tenants.b]\n" + CFG)
     async with serving(tmp_path, fleet) as api:
-        for name, tenant in (("ta", "a"), ("tb", "b")):
-            made = await api.d.dispatcher.call(SOCKET, "tokens.create", {
-                "name": name, "scopes": SCOPES, "tenant": tenant})
-            api.tokens[name] = made.token
-        await api.token("op", "admin")
-
-        async def ask(verb: str, path: str, token: str, body: Any = None
-                      ) -> tuple[int, Any]:
-            status, value, _ = await api.ask(verb, path, token, body=body)
-            return status, value
+        ask = await tenant_tokens(api)
 
         # added by tenant a: its own agents only
         assert await ask("POST", "/workflows", "ta", {"workflows": {"greet": step("wa", 1)}}
@@ -72,15 +73,8 @@ async def test_runtime_workflows_over_http_with_revisions_and_tenants(
         # tenant b sees none of it, and cannot take its name
         status, body = await ask("GET", "/workflows", "tb")
         assert (status, body["workflows"]) == (200, [])
-        for verb, path, payload in (
-                ("GET", "/workflows/greet", None),
-                ("PATCH", "/workflows/greet", {"set": {"timeout": 5}}),
-                ("DELETE", "/workflows/greet", None),
-                ("GET", "/workflows/greet/history", None),
-                ("POST", "/workflows/greet/rollback", {}),
-                ("POST", "/workflows/greet/runs", {})):
-            status, body = await ask(verb, path, "tb", payload)
-            assert (status, body["detail"]) == (404, "no such workflow: greet"), path
+        await unseen(ask, "workflow", "greet", "tb", {"timeout": 5},
+                     [("POST", "/workflows/greet/runs", {})])
         status, body = await ask("POST", "/workflows", "tb",
                                  {"workflows": {"greet": step("wb", 1)}})
         assert (status, body["detail"]) == (409, "workflow greet already exists")
@@ -99,69 +93,20 @@ async def test_runtime_workflows_over_http_with_revisions_and_tenants(
         status, ran = await ask("POST", "/workflows/greet/runs?wait=60", "ta", {})
         assert (ran["status"], ran["revision"], ran["output"]["v"]) == ("succeeded", 2, 2)
 
-        # history, rollback, remove, and back again
-        status, body = await ask("POST", "/workflows/greet/rollback", "ta", {})
-        assert (status, body) == (200, {"name": "greet", "restored": 1, "revision": 3,
-                                        "change": "steps changed"})
-        status, body = await ask("GET", "/workflows/greet", "ta")
-        assert (body["source"], body["revision"], body["tenant"], body["agents"],
-                body["definition"]) == ("runtime", 3, "a", ["wa"], step("wa", 1))
-        assert await ask("DELETE", "/workflows/greet", "ta") == (200, {"removed": ["greet"]})
-        status, body = await ask("GET", "/workflows/greet", "ta")
-        assert (status, body["detail"]) == (404, "no such workflow: greet")
-        status, body = await ask("GET", "/workflows/greet/history", "ta")
-        assert body["current"] is None
-        assert [(r["revision"], r["who"], r["change"]) for r in body["revisions"]] == [
-            (1, "token ta", "created"), (2, "token ta", "steps changed"),
-            (3, "token ta", "rollback to revision 1: steps changed"),
-            (4, "token ta", "removed")]
-        assert body["revisions"][3]["definition"] is None
-        status, body = await ask("POST", "/workflows/greet/rollback", "ta", {"revision": 4})
-        assert (status, body["detail"]) == (400, "revision 4 of workflow greet removed it: "
-                                                 "name a revision that defines it")
-        status, body = await ask("POST", "/workflows/greet/rollback", "ta", {"revision": 9})
-        assert (status, body["detail"]) == (404, "no revision 9 of workflow greet (its "
-                                                 "revisions: 1..4; see `corral workflows "
-                                                 "history greet`)")
-        status, body = await ask("POST", "/workflows/greet/rollback", "ta", {})
-        assert (status, body["restored"], body["revision"]) == (200, 3, 5)
-        # the operator's change of a's workflow is in a's history, and a's to roll back
-        status, body = await ask("PATCH", "/workflows/greet", "op",
-                                 {"set": {"description": "by op"}})
-        assert (status, body["revision"], body["change"]) == (
-            200, 6, 'description null -> "by op"')
-        status, body = await ask("GET", "/workflows/greet/history?limit=2", "ta")
-        assert [(r["revision"], r["who"]) for r in body["revisions"]] == [
-            (5, "token ta"), (6, "token op")]
-        status, body = await ask("POST", "/workflows/greet/rollback", "ta", {})
-        assert (status, body["restored"], body["revision"], body["change"]) == (
-            200, 5, 7, 'description "by op" -> null')
+        # history, rollback, remove, and back again; the operator's change
+        await rolled_back_removed_restored(ask, "workflow", "greet", "ta", "steps changed",
+                                           ("runtime", 3, "a", ["wa"], step("wa", 1)))
+        await operators_change_rolled_back(ask, "workflow", "greet", "ta")
 
         # the config file's workflows are the file's
-        for verb, path, payload, doing in (
-                ("PATCH", "/workflows/cfg", {"set": {"timeout": 5}}, "change"),
-                ("DELETE", "/workflows/cfg", None, "remove"),
-                ("POST", "/workflows/cfg/rollback", {}, "change")):
-            status, body = await ask(verb, path, "op", payload)
-            assert (status, body["detail"]) == (409, f"workflow cfg is declared in the "
-                                                     f"config file: {doing} it there and "
-                                                     "`corral reload`"), path
+        await the_files_own(ask, "workflow", "cfg", {"timeout": 5})
         status, body = await ask("GET", "/workflows/cfg", "op")
         assert (body["source"], body["revision"], body["definition"]) == (
             "config", None, {"steps": [{"name": "s", "agent": "wa", "concurrency": 8}],
                              "description": ""})
 
         # every change audited, with the caller's tenant
-        audit = await api.d.dispatcher.call(SOCKET, "audit.list", {"limit": 100})
-        changes = [(e.method, e.tenant, e.outcome) for e in audit.entries
-                   if e.method.startswith("workflows.") and e.method != "workflows.run"
-                   and e.outcome == "ok"]
-        assert changes == [("workflows.add", "a", "ok"), ("workflows.update", "a", "ok"),
-                           ("workflows.rollback", "a", "ok"),
-                           ("workflows.remove", "a", "ok"),
-                           ("workflows.rollback", "a", "ok"),
-                           ("workflows.update", None, "ok"),
-                           ("workflows.rollback", "a", "ok")], changes
+        assert await audited(api, "workflow") == lifes_changes("workflow")
 
         # the Python API: as `workflows add`, kept and revisioned
         wf = api.d.services.workflows
@@ -192,10 +137,7 @@ def test_runtime_workflows_from_the_cli_survive_a_restart(tmp_path: Path) -> Non
         d.start()
         path = tmp_path / "rt.toml"
         path.write_text(textwrap.dedent(WF_FILE))
-        r = d.cli("workflows", "add", str(path))
-        assert (r.returncode, r.stdout) == (0, "added: rt\n"), r.stderr
-        r = d.cli("workflows", "add", str(path))
-        assert (r.returncode, r.stderr.strip()) == (1, "corral: workflow rt already exists")
+        cli_added_once(d, "workflow", path, "rt")
         listed = d.cli("workflows", "list").stdout.splitlines()
         assert listed[1].split()[:5] == ["rt", "one", "wf", "rev", "1"], listed
         r = d.cli("workflows", "update", "rt", "--set", '{"timeout": 30}')
@@ -209,9 +151,7 @@ def test_runtime_workflows_from_the_cli_survive_a_restart(tmp_path: Path) -> Non
         r = d.cli("workflows", "rollback", "rt")
         assert r.stdout == "rt: rolled back to revision 1 (now revision 3): timeout 30 -> " \
                            "null\n", r.stderr
-        hist = d.cli("workflows", "history", "rt").stdout.splitlines()
-        assert [line.split()[0] for line in hist[1:]] == ["1", "2", "*"], hist
-        assert hist[3].split()[1] == "3"
+        cli_history_of_three(d, "workflow", "rt")
         r = d.cli("workflows", "remove", "rt")
         assert r.stdout == "removed: rt\n"
         assert d.stop() == 0
@@ -230,34 +170,18 @@ def test_changes_that_cannot_be_recorded_are_refused_with_nothing_changed(
         tmp_path: Path) -> None:
     """A full disk: each change of a runtime workflow refused before it takes effect,
     with what was not done; the workflow as it was."""
-    import os
-
-    from .test_store_faults import caught_up, disk_full
+    from .test_store_faults import caught_up
 
     d = Daemon(tmp_path, agent_toml(tmp_path, replicas=1), extra="task_journal = false")
-    db = d.state / "corral.db"
     path = tmp_path / "rt.toml"
     path.write_text(textwrap.dedent(WF_FILE))
     other = tmp_path / "other.toml"
     other.write_text(textwrap.dedent(WF_FILE).replace("workflows.rt", "workflows.rt2"))
-
-    def refusal(unchanged: str) -> str:
-        return (f"corral: state database {db} cannot be written (disk I/O error): "
-                f"{unchanged}; free space on its file system, or make it and its directory "
-                f"writable by uid {os.geteuid()}\n")
-
     try:
         d.start()
         assert d.cli("workflows", "add", str(path)).returncode == 0
         assert d.cli("workflows", "update", "rt", "--set", '{"timeout": 9}').returncode == 0
-        with disk_full(d):
-            for argv, unchanged in (
-                    (["add", str(other)], "nothing was added"),
-                    (["update", "rt", "--set", '{"timeout": 5}'], "rt was not changed"),
-                    (["rollback", "rt"], "rt was not rolled back"),
-                    (["remove", "rt"], "nothing was removed")):
-                r = d.cli("workflows", *argv)
-                assert (r.returncode, r.stdout, r.stderr) == (1, "", refusal(unchanged))
+        refused_on_a_full_disk(d, "workflow", other, "rt", '{"timeout": 5}')
         caught_up(d)
         described = d.json("workflows", "describe", "rt")
         assert (described["revision"], described["definition"]["timeout"]) == (2, 9)

@@ -15,8 +15,7 @@ import pytest
 
 from corral.supervisor.workflows import WorkflowSpec, compile_workflow
 
-from .daemon_harness import Daemon
-from .test_workflows import _marks, _problem, agent_toml, settled, whole
+from .test_workflows import _marks, _problem, run, settled, whole, workflow_daemon
 
 INNER = """
 [workflows.inner]
@@ -88,13 +87,8 @@ def test_a_cycle_three_deep_is_named_whole() -> None:
 def test_a_nested_workflow_runs_as_a_step_and_shows_its_run(tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    d = Daemon(tmp_path, agent_toml(tmp_path, replicas=2) + INNER + OUTER)
-    try:
-        d.start()
-        r = d.cli("workflows", "run", "outer", "--input",
-                  json.dumps({"x": 21, "dir": str(marks), "sleep": 0}), "--wait", "60", "--json")
-        view = json.loads(r.stdout)
-        assert view["status"] == "succeeded", view
+    with workflow_daemon(tmp_path, INNER + OUTER, replicas=2) as d:
+        view = run(d, "outer", {"x": 21, "dir": str(marks), "sleep": 0})
         assert view["output"]["total"] == 42
         assert view["agents"] == ["wf"]
         child = whole(view)["child"]
@@ -114,17 +108,13 @@ def test_a_nested_workflow_runs_as_a_step_and_shows_its_run(tmp_path: Path) -> N
         assert f"run {child['run_id']}" in tree
         plan = d.cli("workflows", "plan", "outer").stdout
         assert "2. child: workflow inner (a run of it), after first" in plan, plan
-    finally:
-        d.close()
 
 
 def test_a_parent_resumed_after_a_sigkill_waits_for_the_same_child_run(
         tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    d = Daemon(tmp_path, agent_toml(tmp_path, replicas=2) + INNER + OUTER)
-    try:
-        d.start()
+    with workflow_daemon(tmp_path, INNER + OUTER, replicas=2) as d:
         run_id = d.json("workflows", "run", "outer", "--input", json.dumps(
             {"x": 5, "dir": str(marks), "sleep": 1.5}))["run_id"]
         while True:  # killed while the child run's first step runs
@@ -144,16 +134,12 @@ def test_a_parent_resumed_after_a_sigkill_waits_for_the_same_child_run(
         marked = _marks(marks)
         assert {k: len(v) for k, v in marked.items()} == {
             "first": 1, "double": 1, "sum": 1, "last": 1}
-    finally:
-        d.close()
 
 
 def test_a_cancelled_parent_cancels_its_child_run(tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    d = Daemon(tmp_path, agent_toml(tmp_path, replicas=2) + INNER + OUTER)
-    try:
-        d.start()
+    with workflow_daemon(tmp_path, INNER + OUTER, replicas=2) as d:
         run_id = d.json("workflows", "run", "outer", "--input", json.dumps(
             {"x": 5, "dir": str(marks), "sleep": 30}))["run_id"]
         while True:
@@ -171,8 +157,6 @@ def test_a_cancelled_parent_cancels_its_child_run(tmp_path: Path) -> None:
         tree = d.cli("run-status", run_id).stdout.splitlines()
         assert tree[-1] == "└─ last  pending", tree  # never started
         assert tree[3].split()[:4] == ["│", "├─", "double", "cancelled"], tree
-    finally:
-        d.close()
 
 
 NESTED_CHAIN = """
@@ -222,10 +206,7 @@ def test_random_sigkills_make_no_nested_run_twice(tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
     runs_n, kills, items = 4, 6, [0, 1, 2, 3]
-    d = Daemon(tmp_path, agent_toml(tmp_path, replicas=3, retries=500)
-               + textwrap.dedent(NESTED_CHAIN))
-    try:
-        d.start()
+    with workflow_daemon(tmp_path, textwrap.dedent(NESTED_CHAIN), replicas=3, retries=500) as d:
         run_ids = [d.json("workflows", "run", "tree", "--input", json.dumps(
             {"dir": str(marks), "tag": f"r{i}", "items": items}))["run_id"]
             for i in range(runs_n)]
@@ -249,5 +230,3 @@ def test_random_sigkills_make_no_nested_run_twice(tmp_path: Path) -> None:
         for i, v in enumerate(views):
             assert v["output"]["ks"] == [{"op": "echo", "k": k, "mark": f"r{i}-{k}-b",
                                           "dir": str(marks), "sleep": 0.1} for k in items]
-    finally:
-        d.close()

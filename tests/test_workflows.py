@@ -4,11 +4,13 @@ cancelled, and resumed after a SIGKILL with no step's task submitted twice."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import signal
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -243,8 +245,15 @@ def test_a_definition_decoded_from_json_checks_the_same() -> None:
 
 # -- runs on a real daemon ------------------------------------------------------------------
 @pytest.fixture
-def daemon(tmp_path: Path) -> Any:
-    d = Daemon(tmp_path, agent_toml(tmp_path, replicas=4) + PIPE + FAN + COND)
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    with workflow_daemon(tmp_path, PIPE + FAN + COND, replicas=4) as d:
+        yield d
+
+
+@contextlib.contextmanager
+def workflow_daemon(tmp_path: Path, workflows: str, **agent: Any) -> Iterator[Daemon]:
+    """A started daemon of agent `wf` (`agent_toml`'s keywords) and these workflows."""
+    d = Daemon(tmp_path, agent_toml(tmp_path, **agent) + workflows)
     try:
         d.start()
         yield d
@@ -252,12 +261,28 @@ def daemon(tmp_path: Path) -> Any:
         d.close()
 
 
-def run(d: Daemon, name: str, inp: Any, wait: float = 60) -> dict[str, Any]:
+def run(d: Daemon, name: str, inp: Any, wait: float = 60, status: str = "succeeded"
+        ) -> dict[str, Any]:
+    """A run of `name` waited for, asserted to have ended as `status`; its view."""
     r = d.cli("workflows", "run", name, "--input", json.dumps(inp), "--wait", str(wait),
               "--json", timeout=wait + 30)
     assert r.returncode == 0, r.stderr
     out: dict[str, Any] = json.loads(r.stdout)
+    assert out["status"] == status, out
     return out
+
+
+def ended(d: Daemon, run_id: str, wait: float = 60, status: str = "succeeded"
+          ) -> dict[str, Any]:
+    """A run started earlier, waited for and asserted to have ended as `status`."""
+    view: dict[str, Any] = d.json("run-status", run_id, "--wait", str(wait))
+    assert view["status"] == status, view
+    return view
+
+
+def by_item(view: dict[str, Any]) -> dict[tuple[str, int | None], dict[str, Any]]:
+    """A run's step rows by (step, map item or None for the step as a whole)."""
+    return {(s["step"], s["item"]): s for s in view["steps"]}
 
 
 def settled(d: Daemon, run_id: str) -> dict[str, Any]:
@@ -274,7 +299,6 @@ def whole(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_a_three_step_pipeline_feeds_each_output_forward(daemon: Daemon) -> None:
     view = run(daemon, "pipe", {"n": 5, "who": "bob"})
-    assert view["status"] == "succeeded", view
     steps = whole(view)
     assert [s["step"] for s in view["steps"]] == ["fetch", "total", "say"]
     assert steps["fetch"]["output"] == {"items": [0, 1, 2, 3, 4]}
@@ -312,7 +336,6 @@ def _most_at_once(rows: list[dict[str, Any]]) -> int:
 def test_a_map_over_a_thousand_items_with_its_bound_then_a_join(daemon: Daemon) -> None:
     n = 1000
     view = run(daemon, "fan", {"n": n}, wait=120)
-    assert view["status"] == "succeeded", view
     items = [s for s in view["steps"] if s["step"] == "square" and s["item"] is not None]
     assert [s["item"] for s in items] == list(range(n))
     assert [s["output"] for s in items] == [i * i for i in range(n)]
@@ -335,23 +358,17 @@ input = { sleep = 30 }
 
 
 def test_a_run_past_its_timeout_ends_timed_out_with_its_steps(tmp_path: Path) -> None:
-    d = Daemon(tmp_path, agent_toml(tmp_path) + TIMED)
-    try:
-        d.start()
-        view = run(d, "timed", None)
-        assert (view["status"], view["error"]) == ("timed_out",
-                                                   "the run's timeout (0.5s) passed")
+    with workflow_daemon(tmp_path, TIMED) as d:
+        view = run(d, "timed", None, status="timed_out")
+        assert view["error"] == "the run's timeout (0.5s) passed"
         step = whole(view)["slow"]
         assert (step["status"], step["error"]) == ("timed_out",
                                                    "the run's timeout (0.5s) passed")
         assert d.json("task", step["task_id"])["status"] == "cancelled"
-    finally:
-        d.close()
 
 
 def test_a_condition_skips_a_step(daemon: Daemon) -> None:
     short = run(daemon, "cond", {"kind": "short"})
-    assert short["status"] == "succeeded", short
     steps = whole(short)
     assert (steps["long"]["status"], steps["long"]["task_id"]) == ("skipped", None)
     assert short["output"] == {"op": "echo", "long": None}
@@ -361,8 +378,8 @@ def test_a_condition_skips_a_step(daemon: Daemon) -> None:
 
 
 def test_a_missing_reference_fails_the_run_with_its_step(daemon: Daemon) -> None:
-    view = run(daemon, "pipe", {"who": "bob"})
-    assert (view["status"], view["error"]) == ("failed", "step fetch: $input.n: no key n")
+    view = run(daemon, "pipe", {"who": "bob"}, status="failed")
+    assert view["error"] == "step fetch: $input.n: no key n"
     assert whole(view)["fetch"]["status"] == "failed"
     assert [s["step"] for s in view["steps"]] == ["fetch"]
 
@@ -409,9 +426,7 @@ def test_a_run_resumes_after_a_sigkill_and_no_step_is_submitted_twice(
         tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    d = Daemon(tmp_path, agent_toml(tmp_path) + SLOW)
-    try:
-        d.start()
+    with workflow_daemon(tmp_path, SLOW) as d:
         started = d.json("workflows", "run", "slow", "--input",
                          json.dumps({"dir": str(marks)}))
         run_id = started["run_id"]
@@ -425,12 +440,11 @@ def test_a_run_resumes_after_a_sigkill_and_no_step_is_submitted_twice(
         d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
         d.proc.wait()  # type: ignore[union-attr]
         d.start()
-        view = d.json("run-status", run_id, "--wait", "120")
-        assert view["status"] == "succeeded", view
+        view = ended(d, run_id, wait=120)
         log = (d.state / "logs" / "corral.log").read_text()
         assert "workflows: 1 unfinished run resumed" in log
         assert view["output"] == sum(i * i for i in range(6))
-        rows = {(s["step"], s["item"]): s for s in view["steps"]}
+        rows = by_item(view)
         # every step, and every item, one task: the one recorded before it was submitted
         marked = _marks(marks)
         for key, task_ids in marked.items():
@@ -440,16 +454,12 @@ def test_a_run_resumes_after_a_sigkill_and_no_step_is_submitted_twice(
         for s in view["steps"]:
             if s["task_id"] is not None:
                 assert d.json("task", s["task_id"])["status"] == "succeeded"
-    finally:
-        d.close()
 
 
 def test_cancel_a_run_cancels_its_running_steps(tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    d = Daemon(tmp_path, agent_toml(tmp_path) + SLOW.replace("sleep = 0.4", "sleep = 60"))
-    try:
-        d.start()
+    with workflow_daemon(tmp_path, SLOW.replace("sleep = 0.4", "sleep = 60")) as d:
         run_id = d.json("workflows", "run", "slow", "--input",
                         json.dumps({"dir": str(marks)}))["run_id"]
         while True:
@@ -462,7 +472,7 @@ def test_cancel_a_run_cancels_its_running_steps(tmp_path: Path) -> None:
         assert (r.returncode, r.stdout) == (0, f"{run_id}: cancelled\n"), r.stderr
         view = d.json("run-status", run_id)
         assert (view["status"], view["error"]) == ("cancelled", "cancelled")
-        rows = {(s["step"], s["item"]): s for s in view["steps"]}
+        rows = by_item(view)
         assert rows[("each", None)]["status"] == "cancelled"
         for s in running:
             assert d.json("task", s["task_id"])["status"] == "cancelled"
@@ -470,8 +480,6 @@ def test_cancel_a_run_cancels_its_running_steps(tmp_path: Path) -> None:
         assert {s["step"] for s in view["steps"]} == {"first", "each"}  # last never began
         r = d.cli("run-cancel", run_id)
         assert r.returncode != 0 and f"run {run_id} already ended (cancelled)" in r.stderr
-    finally:
-        d.close()
 
 
 # -- over HTTP, and who sees what ------------------------------------------------------------
@@ -558,9 +566,7 @@ def test_random_sigkills_lose_no_run_and_no_step_is_submitted_twice(tmp_path: Pa
     # CORRAL_WF_CHAOS="RUNS,KILLS,STEPS" for a longer one (issue 40's: "50,50,20")
     runs_n, kills, last = (int(x) for x in os.environ.get("CORRAL_WF_CHAOS",
                                                           "6,8,6").split(","))
-    d = Daemon(tmp_path, agent_toml(tmp_path, replicas=3, retries=500) + _chain(last))
-    try:
-        d.start()
+    with workflow_daemon(tmp_path, _chain(last), replicas=3, retries=500) as d:
         run_ids = [d.json("workflows", "run", "chain", "--input", json.dumps(
             {"dir": str(marks), "tag": f"r{i}", "items": [1, 2, 3, 4, 5, 6]}))["run_id"]
             for i in range(runs_n)]
@@ -588,8 +594,6 @@ def test_random_sigkills_lose_no_run_and_no_step_is_submitted_twice(tmp_path: Pa
         log = (d.state / "logs" / "corral.log").read_text()
         assert "unfinished run" in log and "resumed" in log, log[-2000:]
         print(*[ln for ln in log.splitlines() if "workflows:" in ln], sep="\n")
-    finally:
-        d.close()
 
 
 # -- a run's definition, and the window between its two commits ------------------------------
@@ -607,20 +611,15 @@ input = { op = "echo", v = "old" }
 
 
 def test_a_run_keeps_the_definition_it_started_on_across_a_reload(tmp_path: Path) -> None:
-    d = Daemon(tmp_path, agent_toml(tmp_path) + GATED)
-    try:
-        d.start()
+    with workflow_daemon(tmp_path, GATED) as d:
         run_id = d.json("workflows", "run", "gated", "--input", "null")["run_id"]
         d.config.write_text(d.config.read_text().replace('"old"', '"new"'))
         r = d.cli("reload")
         assert r.returncode == 0, r.stderr
-        view = d.json("run-status", run_id, "--wait", "60")
-        assert view["status"] == "succeeded", view
+        view = ended(d, run_id)
         assert view["output"] == {"op": "echo", "v": "old"}
         # the next run is the new definition's
         assert run(d, "gated", None)["output"] == {"op": "echo", "v": "new"}
-    finally:
-        d.close()
 
 
 def test_a_step_recorded_but_never_submitted_is_submitted_under_its_recorded_id(
@@ -632,9 +631,7 @@ def test_a_step_recorded_but_never_submitted_is_submitted_under_its_recorded_id(
 
     import msgspec
 
-    d = Daemon(tmp_path, agent_toml(tmp_path) + PIPE)
-    try:
-        d.start()
+    with workflow_daemon(tmp_path, PIPE) as d:
         assert d.stop() == 0
         cfg = load_config(d.config)
         task_id = "01a20000-0000-7000-8000-00000000abcd"
@@ -649,14 +646,11 @@ def test_a_step_recorded_but_never_submitted_is_submitted_under_its_recorded_id(
                 run_id, "fetch", -1, task_id, "running", time.time(), None, None, None))
         db.close()
         d.start()
-        view = d.json("run-status", run_id, "--wait", "60")
-        assert view["status"] == "succeeded", view
+        view = ended(d, run_id)
         assert whole(view)["fetch"]["task_id"] == task_id
         assert d.json("task", task_id)["status"] == "succeeded"
         assert view["output"] == {"op": "echo", "text": "total 3 for al"}
         assert [t["task_id"] for t in d.json("tasks")["tasks"]].count(task_id) == 1
-    finally:
-        d.close()
 
 
 BADMAP = """
@@ -676,21 +670,16 @@ join = "each"
 
 
 def test_a_failed_map_item_fails_its_step_and_the_run(tmp_path: Path) -> None:
-    d = Daemon(tmp_path, agent_toml(tmp_path) + BADMAP)
-    try:
-        d.start()
+    with workflow_daemon(tmp_path, BADMAP) as d:
         # item 1 is not a number: the agent's `x * x` raises, its task fails
-        view = run(d, "badmap", {"xs": [1, "two", 3]})
-        assert view["status"] == "failed", view
-        rows = {(s["step"], s["item"]): s for s in view["steps"]}
+        view = run(d, "badmap", {"xs": [1, "two", 3]}, status="failed")
+        rows = by_item(view)
         failed = rows[("each", 1)]
         assert failed["status"] == "failed"
         assert view["error"].startswith(f"step each[1]: task {failed['task_id']} failed: ")
         assert rows[("each", None)]["status"] == "failed"
         assert rows[("each", 0)]["status"] == "succeeded"
         assert ("each", 2) not in rows and ("never", None) not in rows  # one at a time
-    finally:
-        d.close()
 
 
 CRASHY = """
@@ -714,16 +703,11 @@ def test_a_worker_that_dies_mid_step_is_retried_within_the_steps_one_task(
         tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    d = Daemon(tmp_path, agent_toml(tmp_path, replicas=1) + CRASHY)
-    try:
-        d.start()
+    with workflow_daemon(tmp_path, CRASHY, replicas=1) as d:
         view = run(d, "crashy", {"flag": str(tmp_path / "flag"), "dir": str(marks)})
-        assert view["status"] == "succeeded", view
         dies = whole(view)["dies"]
         assert (tmp_path / "flag").read_text() == dies["task_id"]
         task = d.json("task", dies["task_id"])
         assert [a["outcome"] for a in task["attempts"]] == ["lost", "succeeded"], task
         assert _marks(marks) == {"dies": {dies["task_id"]}}
         assert view["output"] == {"op": "echo", "after": "crash-once"}
-    finally:
-        d.close()

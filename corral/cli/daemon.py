@@ -109,9 +109,9 @@ def version(obj: Ctx) -> None:
         sys.exit(EXIT_UNREACHABLE)  # as every command that needs the daemon
 
 
-@cli.command(help=doc("config.reload") + "\n\nPrints each agent and MCP server added, removed "
-             "or changed, then how many are unchanged; an agent whose change did not take "
-             "is named on stderr with the reason.")
+@cli.command(help=doc("config.reload") + "\n\nPrints each agent, MCP server, workflow, team "
+             "and schedule added, removed or changed, then how many are unchanged; an agent "
+             "whose change did not take is named on stderr with the reason.")
 @json_option
 @pass_ctx
 def reload(obj: Ctx, as_json: bool) -> None:
@@ -119,9 +119,10 @@ def reload(obj: Ctx, as_json: bool) -> None:
     if as_json:
         print_json(res)
         return
-    mcp = res.mcp_servers
+    kinds = (("agent", msgspec.structs.asdict(res)), ("MCP server", res.mcp_servers),
+             ("workflow", res.workflows), ("team", res.teams), ("schedule", res.schedules))
     rows = [[kind, name, "failed" if kind == "agent" and name in res.failed else change]
-            for kind, changes in (("agent", msgspec.structs.asdict(res)), ("MCP server", mcp))
+            for kind, changes in kinds
             for change in ("added", "removed", "changed")
             for name in changes.get(change) or []]
     rows += [["gateway", "", change] for change in res.gateway]
@@ -129,8 +130,10 @@ def reload(obj: Ctx, as_json: bool) -> None:
         table(rows, ["KIND", "NAME", "CHANGE"])
     else:
         click.echo("nothing changed")
-    click.echo(f"unchanged: {plural(len(res.unchanged), 'agent')}, "
-               f"{plural(len(mcp.get('unchanged') or []), 'MCP server')}")
+    # agents and MCP servers always counted; the definitions where the file has some
+    counts = [plural(len(changes.get("unchanged") or []), kind)
+              for i, (kind, changes) in enumerate(kinds) if i < 2 or changes.get("unchanged")]
+    click.echo(f"unchanged: {', '.join(counts)}")
     for name, why in res.failed.items():
         click.echo(f"corral: {name} was not changed: {why}", err=True)
     if res.restart_needed:

@@ -177,8 +177,12 @@ def stats(obj: Ctx, since: str | None, agent: str | None, resolution: str | None
         print_json(st)
         return
     s = st.supervisor
+    # the agents' restarts, as the rows below count them; a removed one's said apart
+    restarts = str(sum(a.restarts for a in st.agents.values())) + (
+        f" (and {s.restarts_removed} of removed agents and replicas)"
+        if s.restarts_removed else "")
     click.echo(f"uptime {human_time(s.uptime)}  active {s.active}  spawned "
-               f"{s.spawned}  restarts {s.restarts}  failures {s.failures}  "
+               f"{s.spawned}  restarts {restarts}  failures {s.failures}  "
                f"log lines {s.log_lines}"
                + (f" ({s.log_lines_dropped} not in their files)"
                   if s.log_lines_dropped else ""))

@@ -114,7 +114,7 @@ def fleet_line(agents: int, census: Counter[State]) -> str:
     """The status line's agents and replicas (Daemon.status_line's, from the supervisor's
     census; a limited caller's, from its agents' replicas)."""
     line = (f"{plural(agents, 'agent')}, {sum(census[s] for s in SERVING)}/"
-            f"{plural(census.total(), 'replica')} ready")
+            f"{plural(census.total(), 'replica')} serving")
     if census[State.PAUSED]:
         line += f", {census[State.PAUSED]} paused"
     return line
@@ -566,9 +566,11 @@ async def stats_get(d: Services, p: m.StatsGet, caller: Caller, c: Channel) -> m
             tenant=a.spec.tenant,
             elastic=d.elastic.shown_state(a.name),
         )
+    there = sum(a.restarts for a in per_agent.values())
     return m.StatsResult(
         supervisor=m.SupervisorStats(
-            **stats, uptime=round(time.time() - d.started_at, 3),
+            **stats, restarts_removed=max(0, stats["restarts"] - there),
+            uptime=round(time.time() - d.started_at, 3),
             log_lines=d.hub.lines_written,
             log_lines_dropped=d.hub.lines_dropped,
             log_files_failing=d.hub.failing(),

@@ -52,6 +52,7 @@ from .fleetwatch import FleetWatch
 from .history import History
 from .logs import LogHub
 from .notify import Notifier
+from .reloadlist import definitions_changed
 from .revisions import spec_table
 from .services import Services, Web
 from .startup import StartupError
@@ -116,6 +117,7 @@ class Daemon:
         self._graceful = False
         self.drain_timeout = 0.0  # [supervisor] drain_timeout (set from the config)
         self.start_config: Config | None = None  # what the tables read at start said
+        self.applied: Config | None = None  # the config the last start or reload applied
         self._drained: asyncio.Future[Drained] | None = None  # what it did, once over
         # corral upgrade (upgrade.py): asked, handed over; `taken`: this image took one
         self.taken = taken
@@ -282,7 +284,7 @@ class Daemon:
         conf = part.read_config(self.config_path, self.socket_override,
                                 self.taken.config if self.taken is not None else None)
         cfg = conf.cfg
-        self.start_config = cfg
+        self.start_config = self.applied = cfg
         self.drain_timeout = cfg.supervisor.drain_timeout
         keep(contextlib.closing(self.notifier))
         hub = keep(part.log_hub(conf))
@@ -427,11 +429,14 @@ class Daemon:
         s.workflows.configure(cfg.workflows)
         s.teams.configure(cfg.teams)
         s.schedules.configure(cfg.schedules)
+        before, self.applied = self.applied, cfg
         local, declared = by_placement(cfg)
         result = await s.fleet.reload(local, who)
         result.gateway = gateway_changes
         if self.start_config is not None:
             result.restart_needed = read_at_start(self.start_config, cfg)
+        if before is not None:
+            definitions_changed(before, cfg, result)
         if self.cluster is not None:
             result.failed.update(await self.cluster.declare(
                 declared, self.cluster.settings.node_ttl))

@@ -426,7 +426,9 @@ class Fleet:
             self.tools.add_server(cfg.mcp_servers[n])
         self.tuning.heartbeat_interval = cfg.supervisor.heartbeat_interval
         self.tuning.heartbeat_timeout = cfg.supervisor.heartbeat_timeout
-        result = ReloadResult(**agents, failed=failed, mcp_servers=servers)
+        result = ReloadResult(added=agents["added"], removed=agents["removed"],
+                              changed=agents["changed"], unchanged=agents["unchanged"],
+                              failed=failed, mcp_servers=servers)
         said = [f"{kind} {change} {', '.join(names[change])}"
                 for kind, names in (("agents", agents), ("MCP servers", servers))
                 for change in ("added", "removed", "changed") if names[change]]

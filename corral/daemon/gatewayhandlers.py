@@ -6,12 +6,11 @@ clients are (gatewayaccess.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import methods as m
 from .caller import Caller, Channel
-from .services import Services
+from .services import Handler, Services
 
 if TYPE_CHECKING:
     from .gatewayaccess import GatewayChanged
@@ -67,7 +66,6 @@ async def gateway_status(d: Services, p: m.GatewayStatus, caller: Caller, c: Cha
     return stats
 
 
-Handler = Callable[[Services, Any, Caller, Channel], Awaitable[Any]]
 TABLE: dict[str, Handler] = {
     "gateway.list": gateway_list,
     "gateway.call": gateway_call,

@@ -4,13 +4,10 @@ all sees (visibility.py filters the listing)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from .. import jsonrpc
 from .. import methods as m
 from .caller import Caller, Channel
-from .services import Services
+from .services import Handler, Services
 
 
 async def schedules_list(d: Services, p: m.SchedulesList, caller: Caller, c: Channel
@@ -35,7 +32,6 @@ async def schedules_resume(d: Services, p: m.SchedulesResume, caller: Caller, c:
     return await _pause(d, p.name, caller, False)
 
 
-Handler = Callable[[Services, Any, Caller, Channel], Awaitable[Any]]
 TABLE: dict[str, Handler] = {
     "schedules.list": schedules_list,
     "schedules.pause": schedules_pause,

@@ -70,6 +70,7 @@ from ..supervisor.tasks.budget import MINUTE
 from ..supervisor.tasks.steps import CHECKPOINT_SEQ
 from ..taskviews import queue_wait
 from ..text import iso_time, plural
+from .sqlfilters import given
 from .steps import delete_orphans, delete_steps, drop_unused, remove_refs, results_dir
 from .storeschema import connect, errors_named
 from .storewriter import RETRY_EVERY, GroupCommit, WriterThread
@@ -368,13 +369,8 @@ class TaskJournalDB:
                limit: int, before: str | None, sees: Callable[[str], bool] | None
                ) -> list[TaskSummary] | None:
         """The page, or None when `before` names no task (that `sees` admits)."""
-        where: list[str] = []
-        args: list[Any] = []
-        for clause, value in (("agent = ?", agent), ("status = ?", status),
-                              ("created >= ?", since)):
-            if value is not None:
-                where.append(clause)
-                args.append(value)
+        where, args = given(("agent = ?", agent), ("status = ?", status),
+                            ("created >= ?", since))
         seen = ""
         if sees is not None:
             # the caller's own test of a name, in the query (SQL's GLOB reads a glob

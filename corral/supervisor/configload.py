@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import tomllib
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -268,79 +268,68 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def parse_workflows(data: dict[str, Any], where: str, agents: set[str],
-                    problems: list[str]) -> dict[str, WorkflowSpec]:
-    """The `[workflows.NAME]` tables, each checked whole against the agents declared
-    (docs/workflows.md); a problem is added to `problems` and the workflow left out."""
-    tables = data.get("workflows", {})
+Spec = TypeVar("Spec", WorkflowSpec, TeamSpec, ScheduleSpec)
+
+
+def _decoded(data: dict[str, Any], where: str, section: str, spec_type: type[Spec],
+             problems: list[str]) -> dict[str, Spec]:
+    """The `[SECTION.NAME]` tables of a kind of definition, each decoded as its Struct; a
+    problem is added to `problems` and the table left out."""
+    tables = data.get(section, {})
     if not isinstance(tables, dict):
-        problems.append(f"{where}: workflows: expected a table")
+        problems.append(f"{where}: {section}: expected a table")
         return {}
-    specs: dict[str, WorkflowSpec] = {}
+    out: dict[str, Spec] = {}
     for name, table in tables.items():
         try:
-            validate_name("workflows", name, where)
-            specs[name] = convert(table, WorkflowSpec, where=where,
-                                  prefix=f"workflows.{name}")
+            validate_name(section, name, where)
+            out[name] = convert(table, spec_type, where=where, prefix=f"{section}.{name}")
         except ConfigError as exc:
             problems.append(str(exc))
-    out: dict[str, WorkflowSpec] = {}
-    for name, spec in specs.items():  # whole, against the others (nested workflows)
+    return out
+
+
+def _checked(specs: dict[str, Spec], where: str,
+             check: Callable[[str, Spec], object], problems: list[str]) -> dict[str, Spec]:
+    """Those of `specs` that `check` passes (its error, said with the file, in
+    `problems`)."""
+    out: dict[str, Spec] = {}
+    for name, spec in specs.items():
         try:
-            compile_workflow(name, spec, agents.__contains__, specs)
-        except WorkflowError as exc:
+            check(name, spec)
+        except (WorkflowError, TeamError, ScheduleError) as exc:
             problems.append(f"{where}: {exc}")
             continue
         out[name] = spec
     return out
+
+
+def parse_workflows(data: dict[str, Any], where: str, agents: set[str],
+                    problems: list[str]) -> dict[str, WorkflowSpec]:
+    """The `[workflows.NAME]` tables, each checked whole against the agents declared and
+    the others (nested workflows: docs/workflows.md)."""
+    specs = _decoded(data, where, "workflows", WorkflowSpec, problems)
+    return _checked(specs, where, lambda name, spec: compile_workflow(
+        name, spec, agents.__contains__, specs), problems)
 
 
 def parse_teams(data: dict[str, Any], where: str, agents: dict[str, AgentSpec],
                 servers: Collection[str], problems: list[str]) -> dict[str, TeamSpec]:
     """The `[teams.NAME]` tables, each checked whole against the agents and servers
-    declared (docs/teams.md); a problem is added to `problems` and the team left out."""
+    declared (docs/teams.md)."""
     tables = data.get("teams", {})
-    if not isinstance(tables, dict):
-        problems.append(f"{where}: teams: expected a table")
-        return {}
-    out: dict[str, TeamSpec] = {}
-    for name, table in tables.items():
-        try:
-            validate_name("teams", name, where)
-            spec = convert(table, TeamSpec, where=where, prefix=f"teams.{name}")
-            check_team(name, spec, teams=tables, servers=servers, tenant_of=lambda a: (
-                agents[a].tenant if a in agents else None))
-        except ConfigError as exc:
-            problems.append(str(exc))
-            continue
-        except TeamError as exc:
-            problems.append(f"{where}: {exc}")
-            continue
-        out[name] = spec
-    return out
+    return _checked(_decoded(data, where, "teams", TeamSpec, problems), where,
+                    lambda name, spec: check_team(
+                        name, spec, teams=tables, servers=servers, tenant_of=lambda a: (
+                            agents[a].tenant if a in agents else None)), problems)
 
 
 def parse_schedules(data: dict[str, Any], where: str, agents: set[str], workflows: set[str],
                     problems: list[str]) -> dict[str, ScheduleSpec]:
     """The `[schedules.NAME]` tables, each checked whole (its target, its clock)."""
-    tables = data.get("schedules", {})
-    if not isinstance(tables, dict):
-        problems.append(f"{where}: schedules: expected a table")
-        return {}
-    out: dict[str, ScheduleSpec] = {}
-    for name, table in tables.items():
-        try:
-            validate_name("schedules", name, where)
-            spec = convert(table, ScheduleSpec, where=where, prefix=f"schedules.{name}")
-            compile_schedule(name, spec, agents, workflows)
-        except ConfigError as exc:
-            problems.append(str(exc))
-            continue
-        except ScheduleError as exc:
-            problems.append(f"{where}: {exc}")
-            continue
-        out[name] = spec
-    return out
+    return _checked(_decoded(data, where, "schedules", ScheduleSpec, problems), where,
+                    lambda name, spec: compile_schedule(name, spec, agents, workflows),
+                    problems)
 
 
 def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:

@@ -6,16 +6,13 @@ the agents it sees in a table it adds."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError
 from ...supervisor.teams import TeamSpec
 from ..caller import Caller, Channel
 from ..defcatalog import history_of, rolled_back, table_of, updated
-from ..services import Services
+from ..services import Handler, Services
 from ..visibility import seen_workflow
 
 
@@ -95,7 +92,6 @@ async def teams_rollback(d: Services, p: m.TeamsRollback, caller: Caller, c: Cha
     return rolled_back(p.name, restored, made)
 
 
-Handler = Callable[[Services, Any, Caller, Channel], Awaitable[Any]]
 TABLE: dict[str, Handler] = {
     "teams.list": teams_list,
     "teams.add": teams_add,

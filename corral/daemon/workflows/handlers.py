@@ -4,7 +4,7 @@ acts on a workflow or a run first asks it (`seen_workflow`), as a listing is fil
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -15,7 +15,7 @@ from ...jsonrpc import RpcError
 from ...supervisor.workflows import Workflow, compile_workflow, plan_text
 from ..caller import Caller, Channel
 from ..defcatalog import history_of, rolled_back, updated
-from ..services import Services
+from ..services import Handler, Services
 from ..tasks.front import page_window
 from ..visibility import seen_workflow
 from .catalog import table_of
@@ -180,7 +180,6 @@ async def runs_cancel(d: Services, p: m.RunsCancel, caller: Caller, c: Channel
     return run_view(await d.workflows.cancel(p.run_id))
 
 
-Handler = Callable[[Services, Any, Caller, Channel], Awaitable[Any]]
 TABLE: dict[str, Handler] = {
     "workflows.list": workflows_list,
     "workflows.plan": workflows_plan,

@@ -16,6 +16,7 @@ import msgspec
 
 from ...supervisor.workflows import Workflow, WorkflowSpec, compile_workflow
 from ...supervisor.workflows.definition import decode_spec, encode_spec
+from ..sqlfilters import given
 from ..store import StateStore
 
 RUN_ENDED = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
@@ -165,12 +166,8 @@ class RunStore:
         """The newest runs first (their ids sort as they were made), made since `since`
         (wall time), before the run `before` (a page's cursor: None when it names no run
         kept that `sees` admits); with `sees`, the runs all of whose agents it admits."""
-        where, args = [], []
-        for clause, value in (("workflow = ?", workflow), ("status = ?", status),
-                              ("created >= ?", since)):
-            if value is not None:
-                where.append(clause)
-                args.append(value)
+        where, args = given(("workflow = ?", workflow), ("status = ?", status),
+                            ("created >= ?", since))
         seen = ""
         if sees is not None:
             # in the query, so a page is whole and its cursor a run the caller sees

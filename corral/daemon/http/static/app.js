@@ -299,14 +299,15 @@ function SummaryRow({ name, replicas, stats, tenant, act, busy }) {
   const sum = (k) => replicas.reduce((n, r) => n + r[k], 0);
   const words = stateOf(replicas, stats);
   // a single state colours the badge as a replica's would; replicas that all serve (one
-  // idle after a task, one ready) are a healthy agent, coloured so, not as a warning
+  // idle after a task, one ready) are a serving agent, coloured so, not as a warning
   const one = replicas.length ? new Set(replicas.map((r) => r.state)) : null;
   const badge = one === null ? words : one.size === 1 ? [...one][0]
-    : [...one].every((s) => SERVING.has(s)) ? "ready" : "mixed";
+    : [...one].every((s) => SERVING.has(s)) ? "serving" : "mixed";
   return html`<tr class="summary" data-summary=${name} data-tenant=${tenant ?? ""}>
     <td><a href=${`#/agent/${name}`}>${name}</a></td>
     <td class="num">${replicas.length}</td>
-    <td><span class=${`state state-${badge.replace(/ /g, "_")}`}>${words}</span></td>
+    <td><span class=${`state state-${badge.replace(/ /g, "_")}`}>${
+      badge === "serving" ? `${replicas.length} serving (${words})` : words}</span></td>
     <td></td><td></td><td class="num">${sum("restarts")}</td>
     <td class="num">${sum("cpu_percent").toFixed(1)} %</td>
     <td class="num">${bytes(sum("rss_bytes"))}</td><td class="num">${sum("tasks_running")}</td>
