@@ -58,9 +58,12 @@ def stats(xs: list[float]) -> dict[str, float]:
             "max_ms": round(xs[-1] * 1e3, 3), "n": len(xs)}
 
 
+BY_NODE: dict[str, list[float]] = {}  # this burst size's waits, by the node that ran each
+
+
 def burst(path: Path, n: int) -> list[float]:
     """N detached echo tasks submitted on one socket, pipelined; each one's submission
-    to start (s), once all have finished."""
+    to start (s), once all have finished (and in BY_NODE, by the node that ran it)."""
     enc = msgspec.json.Encoder()
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(path))
@@ -82,7 +85,11 @@ def burst(path: Path, n: int) -> list[float]:
         for tid in ids.values():
             info = c.call("tasks.get", {"task_id": tid, "wait": True})
             assert info["status"] == "succeeded", info
-            out.append(info["attempts"][0]["started"] - info["created"])
+            first = info["attempts"][0]
+            out.append(first["started"] - info["created"])
+            BY_NODE.setdefault(first.get("node", "?"), []).append(out[-1])
+            # the record's `started` is the first claim's time: submission to claim
+            BY_NODE.setdefault("claimed", []).append(info["started"] - info["created"])
         return out
     finally:
         c.close()
@@ -104,10 +111,12 @@ def corral(base: Path) -> dict[str, Any]:
         out["fresh_6"] = stats(burst(ds[0].sock, 6))
         for n in BURSTS:
             xs: list[float] = []
+            BY_NODE.clear()
             for _ in range(ROUNDS):
                 time.sleep(IDLE)
                 xs += burst(ds[0].sock, n)
-            out[str(n)] = stats(xs)
+            out[str(n)] = {**stats(xs), "by_node": {k: stats(v) for k, v in
+                                                    sorted(BY_NODE.items())}}
             print(f"corral burst {n}: {out[str(n)]}; load {os.getloadavg()[0]:.1f}",
                   flush=True)
     finally:

@@ -172,20 +172,29 @@ class Puller:
         read, claims = reply
         self.reads += 1
         self.read += read
-        for (i, entry, task_id, token, base, raw, timeout, retries, prio, created,
-             checkpoint, session, state) in claims:
-            self.claimed += 1
-            task = ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
-                               float(timeout), int(retries), float(created),
-                               token=int(token), base=int(base), entry=entry.decode(),
-                               stream=streams[i], consumer=consumer)
-            if checkpoint:
-                self.resume(task, checkpoint)
-            if session:  # a turn of a session (sessions.py), with its state
-                task.session, task.session_kept = session.decode(), state
-            self.on_claim(task)
-            self.tasks.adopt(task)
+        for i, *claim in claims:
+            self.take(name, consumer, streams[i], claim)
         return int(read)
+
+    def take(self, name: str, consumer: str, stream: str, claim: list[Any]) -> None:
+        """A task this incarnation claimed (a claim's reply: entry, task id, token,
+        attempts before, input, timeout, retries left, priority, created, checkpoint,
+        session, its state) handed to the engine, here or at its submission
+        (submitclaim.py)."""
+        (entry, task_id, token, base, raw, timeout, retries, prio, created, checkpoint,
+         session, state) = claim
+        self.claimed += 1
+        self._read.add(stream)  # the reaper looks there for what this node holds
+        task = ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
+                           float(timeout), int(retries), float(created), token=int(token),
+                           base=int(base), entry=entry.decode(), stream=stream,
+                           consumer=consumer)
+        if checkpoint:
+            self.resume(task, checkpoint)
+        if session:  # a turn of a session (sessions.py), with its state
+            task.session, task.session_kept = session.decode(), state
+        self.on_claim(task)
+        self.tasks.adopt(task)
 
 
 def _entries(reply: Any) -> list[tuple[str, bytes, bytes]]:

@@ -171,6 +171,43 @@ end
 return {read, out}
 """
 
+# Submit and claim in one call: a node with a free slot for the agent submits the task as
+# SUBMIT does (the record, the stream entry: a cluster task like any other, taken over by
+# the reaper if this node dies) and claims for itself, as READ_CLAIM claims, the first
+# entry its group has not yet given out, highest priority first (on an idle cluster the
+# one just added; behind a backlog, the oldest waiting: no task jumps the queue). The
+# claim is fenced by its own token and the consumer (this incarnation), as any claim.
+# KEYS: SUBMIT's, then the fence
+# ARGV: SUBMIT's (10), then consumer, node, now, attempt (JSON), the claiming node's
+#       retries and task_timeout, the cluster's key prefix
+# -> {SUBMIT's answer} or {1, {stream, entry, task id, token, ... as READ_CLAIM's}}
+SUBMIT_CLAIM = _CLAIM_FN + "local function submit()\n" + submit_script() + """end
+local got = submit()
+if got ~= 1 then return {got} end
+local prefix = ARGV[17]
+local c = {ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16]}
+local stream_of = prefix .. 'q:' .. ARGV[2] .. ':'
+for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'REV')) do
+  local s = stream_of .. p
+  while redis.call('EXISTS', s) == 1 do
+    local reply = redis.call('XREADGROUP', 'GROUP', '""" + GROUP + """', ARGV[11],
+      'COUNT', 1, 'STREAMS', s, '>')
+    if not reply then break end
+    local e = reply[1][2][1]
+    local id = false
+    for j = 1, #e[2], 2 do
+      if e[2][j] == 'task' then id = e[2][j + 1] break end
+    end
+    local claimed = id and claim(KEYS[6], s, e[1], id, prefix, c)
+    if claimed then
+      return {1, {s, e[1], id, claimed[1], claimed[2], claimed[3], claimed[4],
+        claimed[5], claimed[6], claimed[7], claimed[8], claimed[9], claimed[10]}}
+    end
+  end
+end
+return {1}
+"""
+
 # The outcome of an attempt, from the node that holds its fence token, and only while the
 # task is still running under that token: a node paused past its TTL, whose task was
 # taken over, is refused (0), so a task never gets two outcomes.
@@ -516,6 +553,7 @@ class Scripts:
         self.submit = redis.register_script(SUBMIT)
         self.claim = redis.register_script(CLAIM)
         self.read_claim = redis.register_script(READ_CLAIM)
+        self.submit_claim = redis.register_script(SUBMIT_CLAIM)
         self.finish = redis.register_script(FINISH)
         self.progress = redis.register_script(PROGRESS)
         self.step = redis.register_script(STEP)
