@@ -135,7 +135,9 @@ return got
 #       count, the cluster's key prefix[, stream's place, entry, task id]...
 # -> {entries read (the given ones too), {{stream's place, entry, task id, token,
 #    attempts before this one, input, timeout, retries_left, priority, created,
-#    checkpoint or false}, ...}}
+#    checkpoint or false}, ...}, each stream's newest entry id ('0-0' none)}: a node that
+#    read fewer than it asked for waits (XREAD, which takes nothing) for what comes after
+#    those, and reads and claims with what it can start by then
 READ_CLAIM = _CLAIM_FN + """
 local prefix = ARGV[8]
 local c = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
@@ -168,7 +170,12 @@ for s = 2, #KEYS do
     end
   end
 end
-return {read, out}
+local lasts = {}
+for s = 2, #KEYS do
+  local newest = redis.call('XREVRANGE', KEYS[s], '+', '-', 'COUNT', 1)
+  lasts[s - 1] = newest[1] and newest[1][1] or '0-0'
+end
+return {read, out, lasts}
 """
 
 # Submit and claim in one call: a node with a free slot for the agent submits the task as

@@ -91,7 +91,7 @@ async def test_one_call_reads_and_claims_by_priority_what_a_blocking_read_gave_f
                                "30.0", count, K.prefix, *given])])
         return got
 
-    read, claims = await read_claim(3, 1, entry1, TID.format(1))
+    read, claims, _ = await read_claim(3, 1, entry1, TID.format(1))
     assert read == 3  # task 1 given; 3 (stale) and 4 read from the higher stream
     assert [(c[0], c[2].decode(), c[3], c[4], c[5], c[10]) for c in claims] == [
         (1, TID.format(1), 1, 0, b'{"x":1}', None), (0, TID.format(4), 2, 0, b'{"x":1}', None)]
@@ -99,10 +99,12 @@ async def test_one_call_reads_and_claims_by_priority_what_a_blocking_read_gave_f
     assert await client.xlen(high) == 1  # the stale entry deleted, 4's kept (running)
     rec = await client.hgetall(K.task(TID.format(4)))
     assert (rec[b"status"], rec[b"fence"], rec[b"owner"]) == (b"running", b"2", b"n/1")
-    read, claims = await read_claim(5)  # the rest: task 2
+    read, claims, _ = await read_claim(5)  # the rest: task 2
     assert (read, [c[2].decode() for c in claims]) == (1, [TID.format(2)])
-    assert await read_claim(5) == [0, []]  # nothing more to read
-    assert await read_claim(5, 1, entry1, TID.format(1)) == [1, []]  # never twice
+    # nothing more to read; each stream's newest entry, what the wait for more starts at
+    newest = [(await client.xrevrange(st, count=1))[0][0] for st in (high, low)]
+    assert await read_claim(5) == [0, [], newest]
+    assert await read_claim(5, 1, entry1, TID.format(1)) == [1, [], newest]  # never twice
 
 
 async def test_claims_fence_and_only_the_holder_writes(client: Any) -> None:
