@@ -82,8 +82,8 @@ class ClusterNode:
                              tasks, settings.beat, report)
         # what this node has free slots for starts here as it is submitted (fair share)
         self.desk.submit_batch = self.submit_claims = SubmitClaims(
-            scripts, self.membership, queue, self.puller, self.keys.prefix,
-            lambda: self.desk.view)
+            scripts, self.membership, queue, self.puller, self.keys.prefix)
+        self.puller.serving = self._serving_nodes
         self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
                              report, settings.tasks_kept_for, trust)
         self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
@@ -124,6 +124,11 @@ class ClusterNode:
     def _on_transition(self, e: Transition) -> None:
         if e.kind == "agent" and began_serving(e.previous, e.state):
             self.queue.wake(e.name)
+
+    def _serving_nodes(self, agent: str) -> int:
+        """The live nodes running `agent` as last read (at least this one): how many
+        share a burst (submitclaim.py, READ_CLAIM)."""
+        return max(1, sum(1 for n in self.desk.view if n.alive and agent in n.agents))
 
     def _watch(self, task: ClusterTask) -> None:
         outbox = self.outbox

@@ -55,6 +55,8 @@ class Puller:
         self.on_claim: Callable[[ClusterTask], None] = lambda task: None
         # a retried claim, given the checkpoint its CLAIM read (steps.py)
         self.resume: Callable[[ClusterTask, bytes], None] = lambda task, cp: None
+        # the live nodes running an agent, as this node last read them (node.py)
+        self.serving: Callable[[str], int] = lambda agent: 1
         self.closed = False
         self.paused = False  # draining: nothing more is read
         self.reads = 0  # read-and-claim calls (READ_CLAIM), those that read nothing too
@@ -99,7 +101,7 @@ class Puller:
             try:
                 streams = await self._streams(name)
                 got = await self._read_claim(name, consumer, streams, want)
-                if got is not None and got[0] < want:
+                if got is not None and got[0] < want and not got[2]:
                     # drained: wait for what comes after the newest entries it saw. The
                     # wait takes nothing (XREAD, not the group's read): the next call
                     # reads and claims what this node can start by then, so a node whose
@@ -153,10 +155,11 @@ class Puller:
                 raise
 
     async def _read_claim(self, name: str, consumer: str, streams: list[str], want: int
-                          ) -> tuple[int, list[bytes]] | None:
-        """Read and claim up to `want` entries in one script call; each task claimed
-        handed to the engine. -> entries read and each stream's newest entry id, or None
-        when this node was fenced or lost the agent meanwhile."""
+                          ) -> tuple[int, list[bytes], bool] | None:
+        """Read and claim up to `want` entries in one script call, at most this node's
+        share of what waits; each task claimed handed to the engine. -> entries read,
+        each stream's newest entry id, and whether the share held it back from more; or
+        None when this node was fenced or lost the agent meanwhile."""
         agent = self.host.agents.get(name)
         if agent is None or consumer != self.membership.consumer:
             return None
@@ -164,17 +167,17 @@ class Puller:
         now = time.time()
         args: list[Any] = [consumer, node, repr(now), records.claimed_attempt(node, now),
                            agent.spec.retries, repr(agent.spec.task_timeout),
-                           want, self.keys.prefix]
+                           want, self.keys.prefix, self.serving(name)]
         [reply] = await self.scripts.run([(self.scripts.read_claim,
                                            [self.keys.fence, *streams], args)])
         if isinstance(reply, Exception):
             raise reply  # what was read is left pending with this node: an orphan
-        read, claims, lasts = reply
+        read, claims, lasts, held = reply
         self.reads += 1
         self.read += read
         for i, *claim in claims:
             self.take(name, consumer, streams[i], claim)
-        return int(read), lasts
+        return int(read), lasts, bool(held)
 
     def take(self, name: str, consumer: str, stream: str, claim: list[Any]) -> None:
         """A task this incarnation claimed (a claim's reply: entry, task id, token,

@@ -125,36 +125,42 @@ end
 return got
 """
 
-# Read and claim in one call (one round trip, one reply): the entries a blocking read
-# gave this consumer (ARGV[9..], in threes: their stream's place among the streams from
-# 0, the entry, the task id), then entries read from the agent's streams in KEYS order
-# (highest priority first) until ARGV[7] entries in all, each claimed as CLAIM claims
-# one: the same checks, the same writes, its own fence token.
+# Read and claim in one call (one round trip, one reply): entries read from the agent's
+# streams in KEYS order (highest priority first) until ARGV[7] entries, each claimed as
+# CLAIM claims one: the same checks, the same writes, its own fence token. With ARGV[9]
+# nodes serving the agent, at most its share of what waits unread (one in as many as
+# there are such nodes, rounded up): a node woken with another by a burst leaves the
+# other its part, and reads again at once for what is left.
 # KEYS: fence, the agent's streams (highest priority first)
 # ARGV: consumer, node, now, attempt (JSON), the claiming node's retries and task_timeout,
-#       count, the cluster's key prefix[, stream's place, entry, task id]...
-# -> {entries read (the given ones too), {{stream's place, entry, task id, token,
-#    attempts before this one, input, timeout, retries_left, priority, created,
-#    checkpoint or false}, ...}, each stream's newest entry id ('0-0' none)}: a node that
-#    read fewer than it asked for waits (XREAD, which takes nothing) for what comes after
-#    those, and reads and claims with what it can start by then
+#       count, the cluster's key prefix, the live nodes running the agent
+# -> {entries read, {{stream's place, entry, task id, token, attempts before this one,
+#    input, timeout, retries_left, priority, created, checkpoint or false}, ...}, each
+#    stream's newest entry id ('0-0' none), 1 when the share held it back from more}: a
+#    node that read fewer than it asked for, and was not held back, waits (XREAD, which
+#    takes nothing) for what comes after those ids, and reads and claims with what it
+#    can start by then
 READ_CLAIM = _CLAIM_FN + """
 local prefix = ARGV[8]
 local c = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
 local out = {}
-local function take(s, entry, id)
-  local got = claim(KEYS[1], KEYS[s], entry, id, prefix, c)
-  if got then
-    out[#out + 1] = {s - 2, entry, id, got[1], got[2], got[3], got[4], got[5], got[6],
-      got[7], got[8], got[9], got[10]}
+local want = tonumber(ARGV[7])
+local serving = tonumber(ARGV[9])
+local held = 0
+if serving > 1 then
+  -- what waits unread: every entry but those given out and not yet acknowledged (an
+  -- acknowledgement deletes its entry in the same script)
+  local waiting = 0
+  for s = 2, #KEYS do
+    if redis.call('EXISTS', KEYS[s]) == 1 then
+      waiting = waiting + redis.call('XLEN', KEYS[s])
+        - redis.call('XPENDING', KEYS[s], '""" + GROUP + """')[1]
+    end
   end
+  local share = math.ceil(waiting / serving)
+  if share < want and share < waiting then want, held = share, 1 end
 end
 local read = 0
-for i = 9, #ARGV, 3 do
-  take(tonumber(ARGV[i]) + 2, ARGV[i + 1], ARGV[i + 2])
-  read = read + 1
-end
-local want = tonumber(ARGV[7]) - read
 for s = 2, #KEYS do
   if want <= 0 then break end
   local reply = redis.call('XREADGROUP', 'GROUP', '""" + GROUP + """', ARGV[1], 'COUNT',
@@ -165,7 +171,14 @@ for s = 2, #KEYS do
       read = read + 1
       local f = e[2]
       for j = 1, #f, 2 do
-        if f[j] == 'task' then take(s, e[1], f[j + 1]) break end
+        if f[j] == 'task' then
+          local got = claim(KEYS[1], KEYS[s], e[1], f[j + 1], prefix, c)
+          if got then
+            out[#out + 1] = {s - 2, e[1], f[j + 1], got[1], got[2], got[3], got[4], got[5],
+              got[6], got[7], got[8], got[9], got[10]}
+          end
+          break
+        end
       end
     end
   end
@@ -175,7 +188,7 @@ for s = 2, #KEYS do
   local newest = redis.call('XREVRANGE', KEYS[s], '+', '-', 'COUNT', 1)
   lasts[s - 1] = newest[1] and newest[1][1] or '0-0'
 end
-return {read, out, lasts}
+return {read, out, lasts, held}
 """
 
 # Submit and claim in one call: a node with a free slot for the agent submits the task as

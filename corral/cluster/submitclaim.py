@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 from . import records
 from .batch import Batcher
-from .membership import Membership, NodeView
+from .membership import Membership
 from .puller import Puller
 from .queue import ClusterQueue
 from .scripts import Call, Scripts
@@ -29,13 +28,12 @@ class SubmitClaims(Batcher):
     """The submit's batcher (batch.py) that claims this node's share of each batch."""
 
     def __init__(self, scripts: Scripts, membership: Membership, queue: ClusterQueue,
-                 puller: Puller, prefix: str, view: Callable[[], list[NodeView]]) -> None:
+                 puller: Puller, prefix: str) -> None:
         super().__init__(scripts, scripts.submit)
         self.membership = membership
         self.queue = queue
         self.puller = puller
         self.prefix = prefix
-        self.view = view
         self.claimed = 0  # tasks claimed at their submission
 
     def _share(self, agent: str, submitted: int) -> int:
@@ -44,8 +42,7 @@ class SubmitClaims(Batcher):
         if (a is None or not self.membership.member or self.puller.paused
                 or self.puller.closed):
             return 0
-        serving = sum(1 for n in self.view() if n.alive and agent in n.agents)
-        return min(self.queue.wanted(a), math.ceil(submitted / max(1, serving)))
+        return min(self.queue.wanted(a), math.ceil(submitted / self.puller.serving(agent)))
 
     def plan(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Call]:
         by_agent: dict[str, int] = {}
