@@ -1,7 +1,7 @@
 """Issue 38, item 3: a burst on an idle cluster, submission to start, beside Celery.
 
     .venv/bin/python -m bench.bench_burst [--bursts 1,10,100,1000] [--rounds R]
-        [--idle S] [--no-celery]
+        [--idle S] [--no-celery] [--floor]
 
 corral: a redis-server of the bench's own (bench_cluster's), two nodes `a` and `b`, each
 running the echo agent (2 replicas, `max_concurrent_tasks = 512`: every task of a burst
@@ -11,6 +11,12 @@ tasks on node a (`tasks.submit`, pipelined on one socket), waits for all, and
 takes each task's submission to start (`queue_wait`: its first attempt's start less its
 creation, both wall clocks of this host). The first burst after the nodes start is
 reported apart ("fresh": no task was ever submitted to the agent).
+
+Each burst size also reports its waits by the node that ran each task and to the claim
+(the record's `started`: the claim's time, at the submitter for a task it claimed as it
+submitted it), and both daemons' CPU a task. `--floor` first measures what a node cannot
+go below on this host: one EVALSHA's round trip from redis-py's asyncio client, the
+submit-and-claim script alone and pipelined, its client CPU and Redis's time a call.
 
 Celery 5.7 with its Redis broker and result backend on a redis-server of the same
 configuration: two workers (`-P threads -c 512`: a free slot for each task of a burst,
@@ -34,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import psutil
 
 from .bench_cluster import ECHO, Client, Redis, node, wait_alive
 from .harness import ENV, PY, ROOT, corral_agents, report
@@ -58,9 +65,12 @@ def stats(xs: list[float]) -> dict[str, float]:
             "max_ms": round(xs[-1] * 1e3, 3), "n": len(xs)}
 
 
+BY_NODE: dict[str, list[float]] = {}  # this burst size's waits, by the node that ran each
+
+
 def burst(path: Path, n: int) -> list[float]:
     """N detached echo tasks submitted on one socket, pipelined; each one's submission
-    to start (s), once all have finished."""
+    to start (s), once all have finished (and in BY_NODE, by the node that ran it)."""
     enc = msgspec.json.Encoder()
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(path))
@@ -82,10 +92,88 @@ def burst(path: Path, n: int) -> list[float]:
         for tid in ids.values():
             info = c.call("tasks.get", {"task_id": tid, "wait": True})
             assert info["status"] == "succeeded", info
-            out.append(info["attempts"][0]["started"] - info["created"])
+            first = info["attempts"][0]
+            out.append(first["started"] - info["created"])
+            BY_NODE.setdefault(first.get("node", "?"), []).append(out[-1])
+            # the record's `started` is the first claim's time: submission to claim
+            BY_NODE.setdefault("claimed", []).append(info["started"] - info["created"])
         return out
     finally:
         c.close()
+
+
+def daemons_cpu(ds: list[Any]) -> float:
+    """CPU seconds the daemons' processes (not their workers) have used."""
+    total = 0.0
+    for d in ds:
+        t = psutil.Process(d.proc.pid).cpu_times()
+        total += t.user + t.system
+    return total
+
+
+def floor(base: Path) -> dict[str, Any]:
+    """What one node cannot go below, measured on this host: the round trip of one
+    EVALSHA from redis-py's asyncio client (the node's), of SUBMIT_CLAIM alone and
+    pipelined as a burst's submits are, the client's CPU a call (redis-py's packing and
+    parsing, on the node's loop) and Redis's own time a call (INFO commandstats)."""
+    import asyncio
+
+    from corral.cluster.connection import connect
+    from corral.cluster.keys import Keys
+    from corral.cluster.scripts import Scripts
+    from corral.supervisor.config import ClusterSettings
+
+    redis = Redis(base / "redis-floor")
+    k = Keys("floor")
+
+    async def run() -> dict[str, Any]:
+        c = connect(ClusterSettings(redis=f"redis://127.0.0.1:{redis.port}/0",
+                                    name="floor", node="f"), "f")
+        s = Scripts(c)
+        nop = c.register_script("return 1")
+        seq = iter(range(10**9))
+
+        def call() -> Any:
+            i = next(seq)
+            tid = f"0190a5c0-0000-7000-8000-{i:012d}"
+            return (s.submit_claim, [k.task(tid), k.stream("w", 0), k.priorities("w"),
+                                     k.agents, k.live, k.fence],
+                    [tid, "w", b'{"n":1}', 0, "", "", repr(time.time()), "f", 0, "0",
+                     "f/1", "f", repr(time.time()), b'{"replica":-1}', 0, "30.0",
+                     k.prefix])
+
+        def plain() -> Any:
+            _script, keys, args = call()
+            return (s.submit, keys[:5], args[:10])
+
+        await s.run([(nop, [], [])])
+        await s.run([call()])
+        out: dict[str, Any] = {}
+        for name, make, size in (("evalsha_return_1", lambda: (nop, [], []), 1),
+                                 ("submit_x100", plain, 100),
+                                 ("submit_claim", call, 1), ("submit_claim_x10", call, 10),
+                                 ("submit_claim_x100", call, 100)):
+            await c.config_resetstat()
+            rtts, cpu0 = [], time.process_time()
+            for _ in range(max(20, 2000 // size)):
+                calls = [make() for _ in range(size)]
+                t0 = time.perf_counter()
+                await s.run(calls)
+                rtts.append(time.perf_counter() - t0)
+            cpu = time.process_time() - cpu0
+            info = await c.info("commandstats")
+            ev = info.get("cmdstat_evalsha", {})
+            out[name] = {**stats(rtts), "client_cpu_us_a_call":
+                         round(cpu / (len(rtts) * size) * 1e6, 1),
+                         "redis_us_a_call": ev.get("usec_per_call")}
+            print(f"floor {name}: {out[name]}", flush=True)
+        await c.aclose()
+        return out
+
+    try:
+        return asyncio.run(run())
+    finally:
+        redis.stop()
 
 
 def corral(base: Path) -> dict[str, Any]:
@@ -104,10 +192,19 @@ def corral(base: Path) -> dict[str, Any]:
         out["fresh_6"] = stats(burst(ds[0].sock, 6))
         for n in BURSTS:
             xs: list[float] = []
+            BY_NODE.clear()
+            cpu = 0.0
             for _ in range(ROUNDS):
                 time.sleep(IDLE)
+                before = daemons_cpu(ds)
                 xs += burst(ds[0].sock, n)
-            out[str(n)] = stats(xs)
+                cpu += daemons_cpu(ds) - before
+            out[str(n)] = {**stats(xs), "by_node": {k: stats(v) for k, v in
+                                                    sorted(BY_NODE.items())},
+                           # both daemons' CPU (their loops: not the workers') a task,
+                           # from its submission to its outcome's write and the reads
+                           # of the bench's client
+                           "daemons_cpu_us_a_task": round(cpu / len(xs) * 1e6, 1)}
             print(f"corral burst {n}: {out[str(n)]}; load {os.getloadavg()[0]:.1f}",
                   flush=True)
     finally:
@@ -176,6 +273,9 @@ def main() -> None:
     try:
         (base / "redis").mkdir()
         (base / "redis-celery").mkdir()
+        (base / "redis-floor").mkdir()
+        if "--floor" in ARGS:
+            results["floor"] = floor(base)
         results["corral"] = corral(base)
         if "--no-celery" not in ARGS:
             results["celery"] = celery(base)

@@ -9,7 +9,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from .scripts import Scripts
+from .scripts import Call, Scripts
 
 BATCH = 512  # calls in one pipeline at most
 
@@ -43,18 +43,34 @@ class Batcher:
 
     async def _send(self, calls: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]
                     ) -> None:
+        planned = self.plan([(keys, args) for keys, args, _ in calls])
         try:
-            results = await self.scripts.run([(self.script, keys, args)
-                                              for keys, args, _ in calls])
+            results = await self.scripts.run(planned)
         except (RedisError, OSError) as exc:
             for _, _, fut in calls:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        for (_, _, fut), result in zip(calls, results, strict=True):
+        finally:
+            self.sent(planned)
+        for (_, _, fut), call, result in zip(calls, planned, results, strict=True):
+            if not isinstance(result, Exception):
+                result = self.answer(call, result)
             if fut.done():
                 continue  # its caller went away
             if isinstance(result, Exception):
                 fut.set_exception(result)
             else:
                 fut.set_result(result)
+
+    # -- what a kind of batch changes (submitclaim.py) --------------------------------
+    def plan(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Call]:
+        """The script calls to make of one batch's, in order."""
+        return [(self.script, keys, args) for keys, args in calls]
+
+    def sent(self, planned: list[Call]) -> None:
+        """The batch's calls have been answered, or failed."""
+
+    def answer(self, call: Call, result: Any) -> Any:
+        """What the caller gets of its call's answer."""
+        return result

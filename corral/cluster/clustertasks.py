@@ -61,7 +61,9 @@ class ClusterTasks:
         self._waiting: dict[str, list[Waiter]] = {}
         # clients following a task's progress here (`corral run`), by task
         self._following: dict[str, list[Progress]] = {}
-        self._submit = Batcher(scripts, scripts.submit)
+        # the plain submit; a node that runs the agent claims its share as it submits
+        # (node.py gives it submitclaim.SubmitClaims)
+        self.submit_batch: Batcher = Batcher(scripts, scripts.submit)
         # a task naming a session: its own submit (sessions.py)
         self.sessions = ClusterSessions(redis, scripts, keys, trust, host)
         self._submit_turn = Batcher(scripts, self.sessions.submit)
@@ -101,7 +103,7 @@ class ClusterTasks:
             submit = self.sessions.submit
         try:
             await self._check_served(p.agent)
-            got = await (self._submit if p.session is None else self._submit_turn)(
+            got = await (self.submit_batch if p.session is None else self._submit_turn)(
                 keys=keys, args=args)
         except RedisError as exc:
             if never_sent(exc):

@@ -47,6 +47,7 @@ from .retention import Retention
 from .scripts import Scripts
 from .specs import ClusterSpecs, Describe, Entry
 from .steps import ClusterSteps
+from .submitclaim import SubmitClaims
 from .trust import Trust
 
 
@@ -79,6 +80,10 @@ class ClusterNode:
                                 host, report, trust)
         self.puller = Puller(self.redis, scripts, self.keys, self.membership, queue, host,
                              tasks, settings.beat, report)
+        # what this node has free slots for starts here as it is submitted (fair share)
+        self.desk.submit_batch = self.submit_claims = SubmitClaims(
+            scripts, self.membership, queue, self.puller, self.keys.prefix)
+        self.puller.serving = self._serving_nodes
         self.outbox = Outbox(self.redis, scripts, self.keys, self.node, settings.beat, queue,
                              report, settings.tasks_kept_for, trust)
         self.reaper = Reaper(self.redis, scripts, self.keys, self.membership, report,
@@ -119,6 +124,11 @@ class ClusterNode:
     def _on_transition(self, e: Transition) -> None:
         if e.kind == "agent" and began_serving(e.previous, e.state):
             self.queue.wake(e.name)
+
+    def _serving_nodes(self, agent: str) -> int:
+        """The live nodes running `agent` as last read (at least this one): how many
+        share a burst (submitclaim.py, READ_CLAIM)."""
+        return max(1, sum(1 for n in self.desk.view if n.alive and agent in n.agents))
 
     def _watch(self, task: ClusterTask) -> None:
         outbox = self.outbox
@@ -485,7 +495,8 @@ class ClusterNode:
                 "draining": self.draining,
                 "incarnation": m.incarnation, "redis": shown(self.settings.redis),
                 "redis_error": m.error, "fences": m.fences,
-                "claimed": self.puller.claimed, "reads": self.puller.reads,
+                "claimed": self.puller.claimed,
+                "claimed_at_submit": self.submit_claims.claimed, "reads": self.puller.reads,
                 "read": self.puller.read, "published": self.outbox.published,
                 "outbox": len(self.outbox.pending), "late_writes_refused": self.outbox.refused,
                 "requeued": self.reaper.requeued, "lost": self.reaper.lost,

@@ -2,8 +2,10 @@
 first) only while a replica has a free slot, claim each entry read (a fence token, this
 node as owner) and hand the task to the local engine, where it waits for the replica
 like any task (TaskManager.adopt). The read and the claims are one script call
-(scripts.READ_CLAIM: one round trip, one reply); with nothing to read, a blocking read
-of one entry waits, and the next call claims it with what came after it.
+(scripts.READ_CLAIM: one round trip, one reply); having read all there was, it waits (a
+blocking XREAD, which takes nothing) for the next entry, then reads and claims what it
+can start by then. A node with a free slot claims what it submits itself as it submits it
+(submitclaim.py).
 
 A node reads at most what it can start, so the least loaded node takes the work. An entry
 read but not claimed when its reader dies stays pending with a dead consumer: the reaper
@@ -53,6 +55,8 @@ class Puller:
         self.on_claim: Callable[[ClusterTask], None] = lambda task: None
         # a retried claim, given the checkpoint its CLAIM read (steps.py)
         self.resume: Callable[[ClusterTask, bytes], None] = lambda task, cp: None
+        # the live nodes running an agent, as this node last read them (node.py)
+        self.serving: Callable[[str], int] = lambda agent: 1
         self.closed = False
         self.paused = False  # draining: nothing more is read
         self.reads = 0  # read-and-claim calls (READ_CLAIM), those that read nothing too
@@ -96,14 +100,15 @@ class Puller:
             consumer = self.membership.consumer
             try:
                 streams = await self._streams(name)
-                read = await self._read_claim(name, consumer, streams, want, [])
-                if read == 0:
-                    reply = await self.redis.xreadgroup(
-                        GROUP, consumer, dict.fromkeys(streams, ">"), count=1, block=block)
-                    given = _entries(reply)
-                    if given:  # claimed at once, with what came after it
-                        await self._read_claim(name, consumer, streams, want, given)
-                    else:
+                got = await self._read_claim(name, consumer, streams, want)
+                if got is not None and got[0] < want and not got[2]:
+                    # drained: wait for what comes after the newest entries it saw. The
+                    # wait takes nothing (XREAD, not the group's read): the next call
+                    # reads and claims what this node can start by then, so a node whose
+                    # slots were taken meanwhile (by claims at submission) takes none
+                    reply = await self.redis.xread(dict(zip(streams, got[1], strict=True)),
+                                                   count=1, block=block)
+                    if not reply:
                         # a blocking read that came back empty may have missed a priority
                         # that appeared meanwhile: look again before the next one
                         self._prios.pop(name, None)
@@ -149,52 +154,48 @@ class Puller:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def _read_claim(self, name: str, consumer: str, streams: list[str], want: int,
-                          given: list[tuple[str, bytes, bytes]]) -> int | None:
-        """Claim what a blocking read gave and read and claim up to `want` entries in all,
-        in one script call; each task claimed handed to the engine. -> entries read, or
+    async def _read_claim(self, name: str, consumer: str, streams: list[str], want: int
+                          ) -> tuple[int, list[bytes], bool] | None:
+        """Read and claim up to `want` entries in one script call, at most this node's
+        share of what waits; each task claimed handed to the engine. -> entries read,
+        each stream's newest entry id, and whether the share held it back from more; or
         None when this node was fenced or lost the agent meanwhile."""
         agent = self.host.agents.get(name)
         if agent is None or consumer != self.membership.consumer:
             return None
         node = self.membership.node
         now = time.time()
-        index = {s: i for i, s in enumerate(streams)}
         args: list[Any] = [consumer, node, repr(now), records.claimed_attempt(node, now),
                            agent.spec.retries, repr(agent.spec.task_timeout),
-                           max(want, len(given)), self.keys.prefix]
-        for stream, entry, task_id in given:
-            args += (index[stream], entry, task_id)
+                           want, self.keys.prefix, self.serving(name)]
         [reply] = await self.scripts.run([(self.scripts.read_claim,
                                            [self.keys.fence, *streams], args)])
         if isinstance(reply, Exception):
             raise reply  # what was read is left pending with this node: an orphan
-        read, claims = reply
+        read, claims, lasts, held = reply
         self.reads += 1
         self.read += read
-        for (i, entry, task_id, token, base, raw, timeout, retries, prio, created,
-             checkpoint, session, state) in claims:
-            self.claimed += 1
-            task = ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
-                               float(timeout), int(retries), float(created),
-                               token=int(token), base=int(base), entry=entry.decode(),
-                               stream=streams[i], consumer=consumer)
-            if checkpoint:
-                self.resume(task, checkpoint)
-            if session:  # a turn of a session (sessions.py), with its state
-                task.session, task.session_kept = session.decode(), state
-            self.on_claim(task)
-            self.tasks.adopt(task)
-        return int(read)
+        for i, *claim in claims:
+            self.take(name, consumer, streams[i], claim)
+        return int(read), lasts, bool(held)
 
+    def take(self, name: str, consumer: str, stream: str, claim: list[Any]) -> None:
+        """A task this incarnation claimed (a claim's reply: entry, task id, token,
+        attempts before, input, timeout, retries left, priority, created, checkpoint,
+        session, its state) handed to the engine, here or at its submission
+        (submitclaim.py)."""
+        (entry, task_id, token, base, raw, timeout, retries, prio, created, checkpoint,
+         session, state) = claim
+        self.claimed += 1
+        self._read.add(stream)  # the reaper looks there for what this node holds
+        task = ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
+                           float(timeout), int(retries), float(created), token=int(token),
+                           base=int(base), entry=entry.decode(), stream=stream,
+                           consumer=consumer)
+        if checkpoint:
+            self.resume(task, checkpoint)
+        if session:  # a turn of a session (sessions.py), with its state
+            task.session, task.session_kept = session.decode(), state
+        self.on_claim(task)
+        self.tasks.adopt(task)
 
-def _entries(reply: Any) -> list[tuple[str, bytes, bytes]]:
-    """(stream, entry id, task id) of an XREADGROUP reply."""
-    out = []
-    for stream, entries in reply or ():
-        name = stream.decode() if isinstance(stream, bytes) else stream
-        for entry_id, fields in entries:
-            task_id = fields.get(b"task") if fields else None
-            if task_id is not None:
-                out.append((name, entry_id, task_id))
-    return out

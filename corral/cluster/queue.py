@@ -57,17 +57,20 @@ class ClusterQueue(LocalQueue):
     """The local heap, which is what waits on this node, and what the pullers need beside
     it: `wanted` says how much to read, `wake` that a slot may have freed."""
 
-    __slots__ = ("_wake",)
+    __slots__ = ("_wake", "claiming")
 
     def __init__(self) -> None:
         super().__init__()
         self._wake: dict[str, asyncio.Event] = {}
+        # claims at submission sent and not yet answered, by agent (submitclaim.py)
+        self.claiming: dict[str, int] = {}
 
     # -- for the pullers ----------------------------------------------------------------
     def wanted(self, agent: AgentLike) -> int:
         """How many cluster tasks this node should read for `agent` now: its free slots
-        less what already waits here for them."""
-        return free_slots(agent) - self.depth(agent.name)
+        less what already waits here for them or is being claimed."""
+        return (free_slots(agent) - self.depth(agent.name)
+                - self.claiming.get(agent.name, 0))
 
     def event(self, agent: str) -> asyncio.Event:
         ev = self._wake.get(agent)

@@ -125,34 +125,42 @@ end
 return got
 """
 
-# Read and claim in one call (one round trip, one reply): the entries a blocking read
-# gave this consumer (ARGV[9..], in threes: their stream's place among the streams from
-# 0, the entry, the task id), then entries read from the agent's streams in KEYS order
-# (highest priority first) until ARGV[7] entries in all, each claimed as CLAIM claims
-# one: the same checks, the same writes, its own fence token.
+# Read and claim in one call (one round trip, one reply): entries read from the agent's
+# streams in KEYS order (highest priority first) until ARGV[7] entries, each claimed as
+# CLAIM claims one: the same checks, the same writes, its own fence token. With ARGV[9]
+# nodes serving the agent, at most its share of what waits unread (one in as many as
+# there are such nodes, rounded up): a node woken with another by a burst leaves the
+# other its part, and reads again at once for what is left.
 # KEYS: fence, the agent's streams (highest priority first)
 # ARGV: consumer, node, now, attempt (JSON), the claiming node's retries and task_timeout,
-#       count, the cluster's key prefix[, stream's place, entry, task id]...
-# -> {entries read (the given ones too), {{stream's place, entry, task id, token,
-#    attempts before this one, input, timeout, retries_left, priority, created,
-#    checkpoint or false}, ...}}
+#       count, the cluster's key prefix, the live nodes running the agent
+# -> {entries read, {{stream's place, entry, task id, token, attempts before this one,
+#    input, timeout, retries_left, priority, created, checkpoint or false}, ...}, each
+#    stream's newest entry id ('0-0' none), 1 when the share held it back from more}: a
+#    node that read fewer than it asked for, and was not held back, waits (XREAD, which
+#    takes nothing) for what comes after those ids, and reads and claims with what it
+#    can start by then
 READ_CLAIM = _CLAIM_FN + """
 local prefix = ARGV[8]
 local c = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]}
 local out = {}
-local function take(s, entry, id)
-  local got = claim(KEYS[1], KEYS[s], entry, id, prefix, c)
-  if got then
-    out[#out + 1] = {s - 2, entry, id, got[1], got[2], got[3], got[4], got[5], got[6],
-      got[7], got[8], got[9], got[10]}
+local want = tonumber(ARGV[7])
+local serving = tonumber(ARGV[9])
+local held = 0
+if serving > 1 then
+  -- what waits unread: every entry but those given out and not yet acknowledged (an
+  -- acknowledgement deletes its entry in the same script)
+  local waiting = 0
+  for s = 2, #KEYS do
+    if redis.call('EXISTS', KEYS[s]) == 1 then
+      waiting = waiting + redis.call('XLEN', KEYS[s])
+        - redis.call('XPENDING', KEYS[s], '""" + GROUP + """')[1]
+    end
   end
+  local share = math.ceil(waiting / serving)
+  if share < want and share < waiting then want, held = share, 1 end
 end
 local read = 0
-for i = 9, #ARGV, 3 do
-  take(tonumber(ARGV[i]) + 2, ARGV[i + 1], ARGV[i + 2])
-  read = read + 1
-end
-local want = tonumber(ARGV[7]) - read
 for s = 2, #KEYS do
   if want <= 0 then break end
   local reply = redis.call('XREADGROUP', 'GROUP', '""" + GROUP + """', ARGV[1], 'COUNT',
@@ -163,12 +171,61 @@ for s = 2, #KEYS do
       read = read + 1
       local f = e[2]
       for j = 1, #f, 2 do
-        if f[j] == 'task' then take(s, e[1], f[j + 1]) break end
+        if f[j] == 'task' then
+          local got = claim(KEYS[1], KEYS[s], e[1], f[j + 1], prefix, c)
+          if got then
+            out[#out + 1] = {s - 2, e[1], f[j + 1], got[1], got[2], got[3], got[4], got[5],
+              got[6], got[7], got[8], got[9], got[10]}
+          end
+          break
+        end
       end
     end
   end
 end
-return {read, out}
+local lasts = {}
+for s = 2, #KEYS do
+  local newest = redis.call('XREVRANGE', KEYS[s], '+', '-', 'COUNT', 1)
+  lasts[s - 1] = newest[1] and newest[1][1] or '0-0'
+end
+return {read, out, lasts, held}
+"""
+
+# Submit and claim in one call: a node with a free slot for the agent submits the task as
+# SUBMIT does (the record, the stream entry: a cluster task like any other, taken over by
+# the reaper if this node dies) and claims for itself, as READ_CLAIM claims, the first
+# entry its group has not yet given out, highest priority first (on an idle cluster the
+# one just added; behind a backlog, the oldest waiting: no task jumps the queue). The
+# claim is fenced by its own token and the consumer (this incarnation), as any claim.
+# KEYS: SUBMIT's, then the fence
+# ARGV: SUBMIT's (10), then consumer, node, now, attempt (JSON), the claiming node's
+#       retries and task_timeout, the cluster's key prefix
+# -> {SUBMIT's answer} or {1, {stream, entry, task id, token, ... as READ_CLAIM's}}
+SUBMIT_CLAIM = _CLAIM_FN + "local function submit()\n" + submit_script() + """end
+local got = submit()
+if got ~= 1 then return {got} end
+local prefix = ARGV[17]
+local c = {ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16]}
+local stream_of = prefix .. 'q:' .. ARGV[2] .. ':'
+for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'REV')) do
+  local s = stream_of .. p
+  while redis.call('EXISTS', s) == 1 do
+    local reply = redis.call('XREADGROUP', 'GROUP', '""" + GROUP + """', ARGV[11],
+      'COUNT', 1, 'STREAMS', s, '>')
+    if not reply then break end
+    local e = reply[1][2][1]
+    local id = false
+    for j = 1, #e[2], 2 do
+      if e[2][j] == 'task' then id = e[2][j + 1] break end
+    end
+    local claimed = id and claim(KEYS[6], s, e[1], id, prefix, c)
+    if claimed then
+      return {1, {s, e[1], id, claimed[1], claimed[2], claimed[3], claimed[4],
+        claimed[5], claimed[6], claimed[7], claimed[8], claimed[9], claimed[10]}}
+    end
+  end
+end
+return {1}
 """
 
 # The outcome of an attempt, from the node that holds its fence token, and only while the
@@ -516,6 +573,7 @@ class Scripts:
         self.submit = redis.register_script(SUBMIT)
         self.claim = redis.register_script(CLAIM)
         self.read_claim = redis.register_script(READ_CLAIM)
+        self.submit_claim = redis.register_script(SUBMIT_CLAIM)
         self.finish = redis.register_script(FINISH)
         self.progress = redis.register_script(PROGRESS)
         self.step = redis.register_script(STEP)

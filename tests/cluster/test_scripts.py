@@ -13,7 +13,7 @@ import pytest
 
 from corral.cluster import records
 from corral.cluster.connection import connect
-from corral.cluster.keys import GROUP, Keys
+from corral.cluster.keys import Keys
 from corral.cluster.scripts import Scripts
 from corral.supervisor.config import ClusterSettings
 
@@ -67,42 +67,48 @@ async def test_submit_is_idempotent_on_the_id_and_bounded(client: Any) -> None:
     assert (rec[b"status"], rec[b"fence"], rec[b"input"]) == (b"queued", b"0", b'{"x":1}')
 
 
-async def test_one_call_reads_and_claims_by_priority_what_a_blocking_read_gave_first(
+async def test_one_call_reads_and_claims_by_priority_its_share_of_what_waits(
         client: Any) -> None:
-    """READ_CLAIM: the entries given (a blocking read's) claimed first, then the streams
-    read highest priority first up to the count; a stale entry read is counted, not
-    claimed, and leaves its stream; each claim its own token, as CLAIM's."""
+    """READ_CLAIM: the streams read highest priority first up to the count, at most the
+    node's share of what waits unread when others serve the agent too; a stale entry
+    read is counted, not claimed, and leaves its stream; each claim its own token, as
+    CLAIM's; each stream's newest entry answered (where a wait for more starts)."""
     s = Scripts(client)
     high, low = K.stream("w", 5), K.stream("w", 0)
-    for i in range(1, 5):  # 1 and 2 at priority 0, 3 and 4 at 5
+    for i in range(1, 7):  # 1, 2, 5 and 6 at priority 0, 3 and 4 at 5
         tid = TID.format(i)
-        prio = 5 if i > 2 else 0
+        prio = 5 if i in (3, 4) else 0
         assert await s.submit(keys=[K.task(tid), K.stream("w", prio), K.priorities("w"),
                                     K.agents, K.live],
                               args=[tid, "w", b'{"x":1}', prio, "", "", "1.0", "n", 0,
                                     "0"]) == 1
-    # the blocking read gave task 1's entry; task 3's is stale (cancelled meanwhile)
-    [[_, [(entry1, _)]]] = await client.xreadgroup(GROUP, "n/1", {low: ">"}, count=1)
-    await client.hset(K.task(TID.format(3)), "status", "cancelled")
+    await client.hset(K.task(TID.format(3)), "status", "cancelled")  # 3 is stale
 
-    async def read_claim(count: int, *given: Any) -> Any:
+    async def read_claim(count: int, serving: int = 1) -> Any:
         [got] = await s.run([(s.read_claim, [K.fence, high, low],
                               ["n/1", "n", "2.0", records.claimed_attempt("n", 2.0), 2,
-                               "30.0", count, K.prefix, *given])])
+                               "30.0", count, K.prefix, serving])])
         return got
 
-    read, claims = await read_claim(3, 1, entry1, TID.format(1))
-    assert read == 3  # task 1 given; 3 (stale) and 4 read from the higher stream
+    async def newest() -> list[Any]:
+        return [(await client.xrevrange(st, count=1))[0][0] for st in (high, low)]
+
+    # two nodes serve the agent: of the 6 waiting, its share is 3 (held back from more)
+    read, claims, lasts, held = await read_claim(10, serving=2)
+    assert (read, held) == (3, 1)  # 3 (stale) and 4 from the higher stream, then 1
     assert [(c[0], c[2].decode(), c[3], c[4], c[5], c[10]) for c in claims] == [
-        (1, TID.format(1), 1, 0, b'{"x":1}', None), (0, TID.format(4), 2, 0, b'{"x":1}', None)]
-    assert claims[0][6:10] == [b"30.0", b"2", b"0", b"1.0"]  # the claimer's defaults
+        (0, TID.format(4), 1, 0, b'{"x":1}', None), (1, TID.format(1), 2, 0, b'{"x":1}', None)]
+    assert claims[0][6:10] == [b"30.0", b"2", b"5", b"1.0"]  # the claimer's defaults
+    assert lasts == await newest()
     assert await client.xlen(high) == 1  # the stale entry deleted, 4's kept (running)
     rec = await client.hgetall(K.task(TID.format(4)))
-    assert (rec[b"status"], rec[b"fence"], rec[b"owner"]) == (b"running", b"2", b"n/1")
-    read, claims = await read_claim(5)  # the rest: task 2
-    assert (read, [c[2].decode() for c in claims]) == (1, [TID.format(2)])
-    assert await read_claim(5) == [0, []]  # nothing more to read
-    assert await read_claim(5, 1, entry1, TID.format(1)) == [1, []]  # never twice
+    assert (rec[b"status"], rec[b"fence"], rec[b"owner"]) == (b"running", b"1", b"n/1")
+    # 3 wait: its share 2, held back; then the last one, its whole share
+    assert [len(x) if isinstance(x, list) else x for x in await read_claim(10, 2)] == [
+        2, 2, 2, 1]
+    read, claims, _, held = await read_claim(10, 2)
+    assert (read, [c[2].decode() for c in claims], held) == (1, [TID.format(6)], 0)
+    assert await read_claim(5) == [0, [], await newest(), 0]  # nothing more to read
 
 
 async def test_claims_fence_and_only_the_holder_writes(client: Any) -> None:

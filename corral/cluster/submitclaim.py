@@ -1,0 +1,95 @@
+"""Claim at submission: a node that runs the agent and has a free slot for it submits a
+cluster task and claims it for itself in one script call (scripts.SUBMIT_CLAIM), so the
+task starts here without waiting for any node's read of the stream. The task is a cluster
+task like any other: its record and its stream entry exist, its claim has its own fence
+token and this incarnation as its consumer, and if this node dies it is taken over.
+
+Fair to the other nodes: of the submissions batched in one turn of the loop (a burst on
+one socket), this node claims at most its share, one in as many as there are live nodes
+running the agent, and never more than its free slots less what it is claiming already;
+the rest go to the streams, where every node's pull loop (this one's too) reads them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from . import records
+from .batch import Batcher
+from .membership import Membership
+from .puller import Puller
+from .queue import ClusterQueue
+from .scripts import Call, Scripts
+
+
+class SubmitClaims(Batcher):
+    """The submit's batcher (batch.py) that claims this node's share of each batch."""
+
+    def __init__(self, scripts: Scripts, membership: Membership, queue: ClusterQueue,
+                 puller: Puller, prefix: str) -> None:
+        super().__init__(scripts, scripts.submit)
+        self.membership = membership
+        self.queue = queue
+        self.puller = puller
+        self.prefix = prefix
+        self.claimed = 0  # tasks claimed at their submission
+
+    def _share(self, agent: str, submitted: int) -> int:
+        """How many of `submitted` tasks of `agent` this node claims as it submits them."""
+        a = self.puller.host.agents.get(agent)
+        if (a is None or not self.membership.member or self.puller.paused
+                or self.puller.closed):
+            return 0
+        return min(self.queue.wanted(a), math.ceil(submitted / self.puller.serving(agent)))
+
+    def plan(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Call]:
+        by_agent: dict[str, int] = {}
+        for _, args in calls:
+            by_agent[args[1]] = by_agent.get(args[1], 0) + 1
+        shares = {agent: self._share(agent, k) for agent, k in by_agent.items()}
+        consumer, node, now = self.membership.consumer, self.membership.node, time.time()
+        attempt = records.claimed_attempt(node, now)
+        out: list[Call] = []
+        for keys, args in calls:
+            agent = args[1]
+            # the last of the batch claimed: those left to the others go first, and wake
+            # their reads while Redis runs this node's claims
+            left = by_agent[agent]
+            by_agent[agent] = left - 1
+            if left > shares[agent]:
+                out.append((self.script, keys, args))
+                continue
+            self.queue.claiming[agent] = self.queue.claiming.get(agent, 0) + 1
+            spec = self.puller.host.agents[agent].spec
+            out.append((self.scripts.submit_claim, [*keys, self.puller.keys.fence],
+                        [*args, consumer, node, repr(now), attempt, spec.retries,
+                         repr(spec.task_timeout), self.prefix]))
+        return out
+
+    def sent(self, planned: list[Call]) -> None:
+        claiming = self.queue.claiming
+        for script, _keys, args in planned:
+            if script is self.scripts.submit_claim:
+                left = claiming[args[1]] - 1
+                if left:
+                    claiming[args[1]] = left
+                else:
+                    del claiming[args[1]]
+
+    def answer(self, call: Call, result: Any) -> Any:
+        """SUBMIT's answer; a task claimed with it goes to the engine here, unless this
+        incarnation was fenced or lost the agent meanwhile (the claim is then an orphan,
+        or a dead consumer's, which the reaper queues again)."""
+        script, _keys, args = call
+        if script is not self.scripts.submit_claim:
+            return result
+        if len(result) > 1:
+            agent, consumer = args[1], args[10]
+            stream, *claim = result[1]
+            if (consumer == self.membership.consumer
+                    and agent in self.puller.host.agents):
+                self.claimed += 1
+                self.puller.take(agent, consumer, stream.decode(), claim)
+        return result[0]

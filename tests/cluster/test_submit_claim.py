@@ -1,0 +1,183 @@
+"""Claim at submission (cluster/submitclaim.py, scripts.SUBMIT_CLAIM): a node with a free
+slot submits and claims in one script call. The script alone against a real redis-server
+(a fenced claim of a recorded task; no task jumps a backlog or a higher priority), and
+real daemons: the task starts on the submitter, once; the submitter takes only what it
+has slots for, the other node the rest at once; the submitter killed -9 right after the
+submit, or paused past its TTL: the task is taken over, one outcome, the late write
+refused."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from corral.cluster import records
+from corral.cluster.connection import connect
+from corral.cluster.keys import GROUP, Keys
+from corral.cluster.scripts import Scripts
+from corral.supervisor.config import ClusterSettings
+
+from ..redis_harness import RedisServer
+from ..test_daemon_cli import wait_until
+from .harness import Node, nodes, sleeper
+from .test_scripts import TID, finish, submit
+
+pytestmark = pytest.mark.timeout(60)
+K = Keys("t")
+
+
+@pytest.fixture
+async def client(redis: RedisServer) -> AsyncIterator[Any]:
+    c = connect(ClusterSettings(redis=redis.url, name="t", node="n"), "n")
+    yield c
+    await c.aclose()
+
+
+async def submit_claim(s: Scripts, i: int, prio: int = 0, consumer: str = "n/1") -> Any:
+    tid = TID.format(i)
+    return await s.submit_claim(
+        keys=[K.task(tid), K.stream("w", prio), K.priorities("w"), K.agents, K.live,
+              K.fence],
+        args=[tid, "w", b'{"x":1}', prio, "", "", "1.0", "n", 0, "0", consumer,
+              consumer.split("/")[0], "2.0", records.claimed_attempt("n", 2.0), 2, "30.0",
+              K.prefix])
+
+
+async def test_one_call_submits_and_claims_a_task_fenced_as_any_claim(client: Any) -> None:
+    s = Scripts(client)
+    got = await submit_claim(s, 1)
+    tid, stream = TID.format(1), K.stream("w", 0)
+    entry = await client.hget(K.task(tid), "entry")
+    assert got == [1, [stream.encode(), entry, tid.encode(), 1, 0, b'{"x":1}', b"30.0", b"2",
+                       b"0", b"1.0", None, None, None]]
+    rec = await client.hgetall(K.task(tid))
+    assert (rec[b"status"], rec[b"fence"], rec[b"owner"], rec[b"node"], rec[b"started"]) == (
+        b"running", b"1", b"n/1", b"n", b"2.0")
+    # a cluster task like any other: listed, its entry pending with the claimer (what the
+    # reaper takes over when the claimer dies)
+    assert await client.zscore(K.live, tid) == 0
+    pending = await client.xpending_range(stream, GROUP, "-", "+", 10)
+    assert [(p["message_id"], p["consumer"]) for p in pending] == [(entry, b"n/1")]
+    assert await submit_claim(s, 1) == [0]  # a retried submit: no second task, no claim
+    assert await finish(s, client, 1, 2) == 0  # a stale token's write: refused
+    assert (await client.hgetall(K.task(tid)))[b"status"] == b"running"
+    assert await finish(s, client, 1, 1) == 1
+
+
+async def test_no_task_jumps_a_backlog_or_a_higher_priority(client: Any) -> None:
+    s = Scripts(client)
+    assert await submit(s, 1) == 1  # waiting, unread, at priority 0
+    tid2 = TID.format(2)
+    assert await s.submit(keys=[K.task(tid2), K.stream("w", 5), K.priorities("w"), K.agents,
+                                K.live],
+                          args=[tid2, "w", b"{}", 5, "", "", "1.0", "n", 0, "0"]) == 1
+    first = await submit_claim(s, 3)
+    assert first[1][2] == tid2.encode()  # the higher priority's first
+    second = await submit_claim(s, 4)
+    assert second[1][2] == TID.format(1).encode()  # then the oldest waiting
+    statuses = [(await client.hget(K.task(TID.format(i)), "status")) for i in (1, 2, 3, 4)]
+    assert statuses == [b"running", b"running", b"queued", b"queued"]
+
+
+# -- real daemons ------------------------------------------------------------------------
+def two(tmp: Path, redis: RedisServer, *, retries: int = 0, concurrency: int = 1) -> Any:
+    worker = sleeper("sleepy", retries=retries, concurrency=concurrency)
+    return nodes(tmp, redis, {"a": worker, "b": worker})
+
+
+def both_alive(a: Node) -> bool:
+    return sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2
+
+
+def sleep_task(n: Node, seconds: float) -> str:
+    return str(n.call("tasks.submit", {"agent": "sleepy",
+                                       "input": {"do": "sleep", "seconds": seconds}}
+                      )["task_id"])
+
+
+def cluster_stats(n: Node) -> dict[str, Any]:
+    return dict(n.call("stats.get")["cluster"])
+
+
+def test_a_task_submitted_where_a_slot_is_free_starts_there_once(
+        tmp: Path, redis: RedisServer) -> None:
+    with two(tmp, redis) as ns:
+        a = ns["a"]
+        wait_until(lambda: both_alive(a), what="a and b alive")
+        task_id = sleep_task(a, 0.05)
+        done = a.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded" and done["output"]["attempt"] == 1
+        assert [(x["node"], x["outcome"]) for x in done["attempts"]] == [("a", "succeeded")]
+        assert done["started"] <= done["attempts"][0]["started"]  # the claim, then the run
+        stats = cluster_stats(a)
+        assert (stats["claimed_at_submit"], stats["claimed"]) == (1, 1)
+        assert cluster_stats(ns["b"])["claimed"] == 0
+
+
+def test_a_burst_the_submitter_has_no_slots_for_starts_on_the_other_node_at_once(
+        tmp: Path, redis: RedisServer) -> None:
+    with two(tmp, redis, concurrency=2) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: both_alive(a), what="a and b alive")
+        enc = msgspec.json.Encoder()
+        with socket.socket(socket.AF_UNIX) as sock:  # four submits in one write
+            sock.connect(str(a.sock))
+            sock.sendall(b"".join(enc.encode({
+                "jsonrpc": "2.0", "id": i, "method": "tasks.submit",
+                "params": {"agent": "sleepy", "input": {"do": "sleep", "seconds": 2.0}}})
+                + b"\n" for i in range(4)))
+            f = sock.makefile("rb")
+            ids = [msgspec.json.decode(f.readline())["result"]["task_id"] for _ in range(4)]
+        done = [a.call("tasks.get", {"task_id": t, "wait": True}) for t in ids]
+        assert [d["status"] for d in done] == ["succeeded"] * 4
+        # no task waited for another's end: two on each node, each started at once
+        assert sorted(d["attempts"][0]["node"] for d in done) == ["a", "a", "b", "b"]
+        assert all(d["attempts"][0]["started"] - d["created"] < 1.5 for d in done)
+        assert cluster_stats(a)["claimed_at_submit"] <= 2
+        assert cluster_stats(b)["claimed_at_submit"] == 0
+
+
+def test_the_submitter_killed_right_after_the_submit_its_task_runs_once_elsewhere(
+        tmp: Path, redis: RedisServer) -> None:
+    with two(tmp, redis, retries=1) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: both_alive(a), what="a and b alive")
+        task_id = sleep_task(a, 0.5)
+        assert cluster_stats(a)["claimed_at_submit"] == 1  # a's, from the submit on
+        a.kill9()
+        done = b.call("tasks.get", {"task_id": task_id, "wait": True})
+        assert done["status"] == "succeeded"
+        assert [(x["node"], x["outcome"], x.get("error")) for x in done["attempts"]] == [
+            ("a", "lost", "node a lost"), ("b", "succeeded", None)]
+        assert done["output"]["attempt"] == 2  # b's run is the task's second
+        listed = b.call("tasks.list", {"limit": 10})["tasks"]
+        assert [(t["task_id"], t["status"], t["node"]) for t in listed] == [
+            (task_id, "succeeded", "b")]
+
+
+def test_a_submitter_paused_past_its_ttl_cannot_write_what_was_taken(
+        tmp: Path, redis: RedisServer) -> None:
+    with two(tmp, redis, retries=1) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: both_alive(a), what="a and b alive")
+        task_id = sleep_task(a, 1.0)
+        assert cluster_stats(a)["claimed_at_submit"] == 1
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGSTOP)
+        # a's key expires; the task is taken over and runs on b while a sleeps
+        done = b.call("tasks.get", {"task_id": task_id, "wait": True})
+        a.proc.send_signal(signal.SIGCONT)
+        assert done["status"] == "succeeded"
+        assert [(x["node"], x["outcome"]) for x in done["attempts"]] == [
+            ("a", "lost"), ("b", "succeeded")]
+        # a wakes and its worker answers: refused by the fence, or never sent (a fenced
+        # itself first); the record stays b's
+        wait_until(lambda: cluster_stats(a)["fences"] >= 1, what="a fenced")
+        assert cluster_stats(a)["published"] == 0
+        assert b.call("tasks.get", {"task_id": task_id}) == done
