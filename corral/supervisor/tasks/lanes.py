@@ -103,7 +103,7 @@ class Lanes:
                 self._keep(i, task)
                 continue
             lane.i, lane.task, lane.settled = i, task, False
-            task.waiter = lane
+            task.waiter, task.decoded = lane, True
             self.running += 1
             return True
         return False

@@ -487,6 +487,7 @@ class TaskManager:
         task = self.submit(agent, task_input, timeout=timeout, priority=priority,
                            not_before=not_before, retries=retries, retry_on=retry_on,
                            traceparent=traceparent, tracestate=tracestate, session=session)
+        task.decoded = True  # (before its answer can be read: that is on a later turn)
         if self.journal is not None and self.journal.behind():
             # a journal that writes slower than tasks finish must not gather an unbounded
             # backlog in memory: wait for it (the task runs meanwhile)
