@@ -152,3 +152,27 @@ async def test_python_callers_and_socket_callers_get_the_same_outcomes(
     assert kept and all(t.raw_output is not None for t in kept)  # bytes read when asked
     assert usual[0][0] == ("succeeded", None) and usual[-1][0][0] == "failed"
     assert usual[-2][1][0] == "UnicodeDecodeError"
+
+
+async def test_values_no_caller_takes_are_not_kept_with_the_finished_task(
+        sup: Supervisor) -> None:
+    # a cancelled run and a cancelled map leave their tasks running; when they end, only
+    # the output's bytes stay with them (decision 78: no object graph kept)
+    sup.add(agent("sl", "misbehave.py", max_concurrent_tasks=8))
+    await sup.wait_state("sl", State.READY)
+    slow = {"do": "sleep", "seconds": 0.3, "payload": {"a": [1, 2]}}
+    ran = asyncio.ensure_future(sup.tasks.run("sl", slow))
+    mapped = asyncio.ensure_future(sup.tasks.map("sl", [slow, slow], concurrency=2))
+    while sup.tasks.running("sl") < 3:
+        await asyncio.sleep(0.01)
+    tasks = list(sup.tasks.active.values())
+    assert len(tasks) == 3 and all(t.decoded for t in tasks)
+    ran.cancel()
+    mapped.cancel()
+    await asyncio.gather(*(asyncio.shield(t.done) for t in tasks))
+    for t in tasks:
+        assert t.status == "succeeded" and t.out is not None
+        assert (t.out.fresh, t.out.value) == (False, None)
+        assert t.output == {"slept": 0.3, "attempt": 1}  # read from its bytes
+    with pytest.raises(asyncio.CancelledError):
+        await ran

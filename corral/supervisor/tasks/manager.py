@@ -326,6 +326,8 @@ class TaskManager:
         waiter, task.waiter = task.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        elif result is not None and result.fresh:
+            result.forget()  # (its caller went away: a cancelled run)
         watchers, task.watchers = task.watchers, None
         if self.trace_end is not None:
             self.trace_end(task)

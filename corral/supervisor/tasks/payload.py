@@ -1,6 +1,8 @@
 """A task's payloads on the wire: inputs encoded to JSON once, and a worker's `task/run`
 answer read in one pass, its output kept as the bytes it came in, in an `Output`, which
-the garbage collector never walks (a Python caller gets its values decoded from them)."""
+the garbage collector never walks. For a Python caller (`tasks.run`, `tasks.map`) that one
+pass decodes the answer into the values it takes, and the output's bytes are read from
+the line only if something asks for them (decision 366)."""
 
 from __future__ import annotations
 
@@ -90,6 +92,10 @@ class Output(msgspec.Struct, gc=False):
             held = self.held = _raw_answer.decode(self.line).result.output
             self.line = None
         return held
+
+    def forget(self) -> None:
+        """No caller will take the values: only the bytes are kept (decision 78)."""
+        self.value, self.fresh = None, False
 
     def python(self) -> Any:
         if self.fresh:  # once: the values are the caller's, not kept with the task
