@@ -42,7 +42,7 @@ def test_an_answer_decoded_once_is_the_usual_ways_values_and_bytes(value: Any) -
     assert once.python() == old.python() == value  # (the caller's, taken once)
     assert once.value is None and not once.fresh
     assert once.python() == value  # again: decoded from the bytes
-    assert bytes(once.raw) == bytes(old.raw) and once.line is None  # (read then dropped)
+    assert bytes(once.raw) == bytes(old.raw) and once.held is not None  # (read once)
 
 
 @pytest.mark.parametrize("line", [

@@ -79,7 +79,7 @@ class Output(msgspec.Struct, gc=False):
 
     held: msgspec.Raw | None  # the output's bytes, once read
     size: int  # bytes held, for `kept_bytes`
-    line: bytes | None = None  # the answer's line, until its output's bytes are read
+    line: bytes | None = None  # the answer's line, where its output's bytes are read
     value: Any = None
     fresh: bool = False  # `value` not yet taken
 
@@ -88,9 +88,9 @@ class Output(msgspec.Struct, gc=False):
         held = self.held
         if held is None:
             assert self.line is not None
-            # the line decoded into values before, so it is an answer of this layout
+            # the line decoded into values before, so it is an answer of this layout (the
+            # line stays: the bytes are a view of it, as read_raw's are)
             held = self.held = _raw_answer.decode(self.line).result.output
-            self.line = None
         return held
 
     def forget(self) -> None:
