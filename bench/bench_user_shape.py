@@ -1,7 +1,7 @@
 """Issue 38: throughput in the shape a Python user writes, corral beside its peer, in one run.
 
     .venv/bin/python -m bench.bench_user_shape [--size tiny|100k|100k-json] [--workers 1,2]
-        [--rounds R] [--tasks N] [--runners corral,peer]
+        [--rounds R] [--tasks N] [--runners corral,peer[,pipe]]
 
 Each runner is a program of its own, started fresh for each round (as a user runs a
 script), the runners taking turns so that drift of this shared machine hits them alike;
@@ -13,7 +13,10 @@ only the work is timed (not the interpreter's start, the workers' start or a war
 - peer, tiny tasks: `multiprocessing.Pool(workers)`, `[pool.apply_async(echo, (x,)) for x
   in inputs]` then `.get()` of each, with no event loop;
 - peer, 100 KB tasks: `concurrent.futures.ProcessPoolExecutor(workers)`,
-  `list(ppe.map(echo, inputs))`.
+  `list(ppe.map(echo, inputs))`;
+- pipe (the floor, asked for by name): the same JSON work and nothing else, a bare child
+  per worker echoing each JSON-RPC line with the stdlib's json, 256 requests in flight
+  from a parent on uvloop that encodes and decodes them as corral's engine does.
 
 Inputs: tiny is `{"n": i}` (20,000 a round); 100k is `{"n": i, "doc": "x" * 100_000}`,
 100k-json a ~100 KB document of records (`bench_payload.records`, ~1,800 containers),
@@ -37,6 +40,7 @@ import sys
 import time
 from typing import Any
 
+import msgspec
 import psutil
 
 from .harness import PY, ROOT, report
@@ -105,6 +109,114 @@ def one_corral(workers: int) -> dict[str, float]:
     return uvloop.run(main())
 
 
+# The floor: the same JSON work with nothing else. The child reads each line, decodes it
+# with the stdlib, writes its answer and flushes (as the SDK's worker does, on one thread);
+# the parent on uvloop encodes each request as corral's dispatch does, writes a turn's
+# requests in one write per child and decodes each answer.
+PIPE_CHILD = r"""
+import json, os, sys
+out = os.fdopen(os.dup(1), "wb")
+dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+for line in sys.stdin.buffer:
+    msg = json.loads(line)
+    out.write(dumps({"jsonrpc": "2.0", "id": msg["id"],
+                     "result": {"output": msg["params"]["input"]}}).encode() + b"\n")
+    out.flush()
+"""
+
+
+class _Result(msgspec.Struct):
+    output: Any = None
+
+
+class _Answer(msgspec.Struct):
+    jsonrpc: str
+    id: int
+    result: _Result
+
+
+def one_pipe(workers: int) -> dict[str, float]:
+    import asyncio
+
+    import uvloop
+
+    decode = msgspec.json.Decoder(_Answer).decode
+    encode = msgspec.json.Encoder().encode
+
+    async def main() -> dict[str, float]:
+        loop = asyncio.get_running_loop()
+        procs = [await asyncio.create_subprocess_exec(
+            PY, "-c", PIPE_CHILD, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE) for _ in range(workers)]
+        state: dict[str, Any] = {}
+
+        async def run(xs: list[Any]) -> list[Any]:
+            results: list[Any] = [None] * len(xs)
+            todo = iter(range(len(xs)))
+            pending: list[list[bytes]] = [[] for _ in procs]
+            done = loop.create_future()
+            left = [len(xs)]
+
+            def flush() -> None:
+                for p, parts in zip(procs, pending, strict=True):
+                    if parts:
+                        assert p.stdin is not None
+                        p.stdin.write(b"".join(parts))
+                        parts.clear()
+                state["armed"] = False
+
+            def send(w: int) -> None:
+                i = next(todo, None)
+                if i is None:
+                    return
+                pending[w].append(encode({"jsonrpc": "2.0", "id": i, "method": "task/run",
+                                          "params": {"task_id": str(i), "attempt": 1,
+                                                     "input": xs[i], "deadline": 0.0}})
+                                  + b"\n")
+                if not state.get("armed"):
+                    state["armed"] = True
+                    loop.call_soon(flush)
+
+            async def read(w: int) -> None:
+                out = procs[w].stdout
+                assert out is not None
+                while left[0]:
+                    line = await out.readline()
+                    a = decode(line)
+                    results[a.id] = a.result.output
+                    left[0] -= 1
+                    if not left[0]:
+                        done.set_result(None)
+                        return
+                    send(w)
+
+            for j in range(CONCURRENCY):
+                send(j % workers)
+            readers = [loop.create_task(read(w)) for w in range(workers)]
+            await done
+            for r in readers:
+                r.cancel()
+            return results
+
+        await run(inputs(200))  # warm
+        kids = [psutil.Process(p.pid) for p in procs]
+        xs = inputs(TASKS)
+        me = [psutil.Process()]
+        c0, w0, t0 = cpu(me), cpu(kids), time.perf_counter()
+        out = await run(xs)
+        dt = time.perf_counter() - t0
+        c1, w1 = cpu(me), cpu(kids)
+        assert out[-1]["n"] == TASKS - 1
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.close()
+            await p.wait()
+        return {"per_s": TASKS / dt, "parent_cpu_us": (c1 - c0) / TASKS * 1e6,
+                "workers_cpu_us": (w1 - w0) / TASKS * 1e6}
+
+    return uvloop.run(main())
+
+
 def one_peer(workers: int) -> dict[str, float]:
     me = [psutil.Process()]
     if SIZE == "tiny":
@@ -148,9 +260,10 @@ def main() -> dict[str, Any]:
                     cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                     capture_output=True, text=True, check=True)
                 acc[runner].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        names = {"peer": peer, "pipe": "pipe floor"}
         row: dict[str, Any] = {
-            (peer if r == "peer" else r): {k: round(statistics.median(x[k] for x in rs), 1)
-                                           for k in rs[0]} | {
+            names.get(r, r): {k: round(statistics.median(x[k] for x in rs), 1)
+                              for k in rs[0]} | {
                 "rounds_per_s": [round(x["per_s"]) for x in rs]}
             for r, rs in acc.items()}
         row["load"] = [round(min(loads), 2), round(max(loads), 2)]
@@ -169,6 +282,7 @@ def main() -> dict[str, Any]:
 if __name__ == "__main__":
     if "--one" in ARGS:
         which, w = arg("--one", ""), int(arg("--workers", "1"))
-        print(json.dumps(one_corral(w) if which == "corral" else one_peer(w)))
+        one = {"corral": one_corral, "pipe": one_pipe}.get(which, one_peer)
+        print(json.dumps(one(w)))
     else:
         report(f"user_shape_{SIZE}", main())

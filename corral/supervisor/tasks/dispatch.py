@@ -32,7 +32,7 @@ from .counters import AgentTasks
 from .deadlines import Deadlines
 from .durable import TaskJournal
 from .model import TERMINAL, AttemptEnded, Task, TaskStatus
-from .payload import Output, output_of, read_raw
+from .payload import Output, output_of, read_raw, read_values
 from .queue import Queue
 
 if TYPE_CHECKING:
@@ -163,7 +163,8 @@ class TaskDispatch:
         r.task_started(task.id)
         self.outcomes.record(task)
         # a large input goes out as a piece of its own (one writev, never copied into the
-        # message), and the answer is read in one pass, its output kept as its bytes
+        # message), and the answer is read in one pass: its output kept as its bytes, or
+        # decoded into the values a Python caller takes (payload.read_values)
         params: dict[str, Any] = {"task_id": task.id, "attempt": task.attempt,
                                   "input": jsonrpc.SPLICE, "deadline": now + task.timeout}
         if task.trace is not None:  # the attempt's span: the worker's parent (tracing.py)
@@ -176,7 +177,8 @@ class TaskDispatch:
         self.requests[task.id] = r.peer.request_callback(
             "task/run", params,
             lambda result, exc: self._on_reply(task, r, attempt, result, exc),
-            decode=read_raw, piece=task.input)
+            decode=lambda line: (read_values if task.decoded else read_raw)(line),
+            piece=task.input)
         self.deadlines.add(task, task.timeout)
 
     def _on_reply(self, task: Task, r: Replica, attempt: Attempt, result: Any,

@@ -103,7 +103,7 @@ class Lanes:
                 self._keep(i, task)
                 continue
             lane.i, lane.task, lane.settled = i, task, False
-            task.waiter = lane
+            task.waiter, task.decoded = lane, True
             self.running += 1
             return True
         return False
@@ -119,6 +119,8 @@ class Lanes:
         submitted on the loop's next turn, as a waiting coroutine would have been)."""
         self.running -= 1
         if self.stopped:
+            if lane.task is not None and lane.task.out is not None:
+                lane.task.out.forget()  # (the map was cancelled: nobody takes the values)
             return
         if not self.ready:
             self.loop.call_soon(self._refill)

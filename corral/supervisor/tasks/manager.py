@@ -326,6 +326,8 @@ class TaskManager:
         waiter, task.waiter = task.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        elif result is not None and result.fresh:
+            result.forget()  # (its caller went away: a cancelled run)
         watchers, task.watchers = task.watchers, None
         if self.trace_end is not None:
             self.trace_end(task)
@@ -487,6 +489,7 @@ class TaskManager:
         task = self.submit(agent, task_input, timeout=timeout, priority=priority,
                            not_before=not_before, retries=retries, retry_on=retry_on,
                            traceparent=traceparent, tracestate=tracestate, session=session)
+        task.decoded = True  # (before its answer can be read: that is on a later turn)
         if self.journal is not None and self.journal.behind():
             # a journal that writes slower than tasks finish must not gather an unbounded
             # backlog in memory: wait for it (the task runs meanwhile)

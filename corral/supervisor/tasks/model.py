@@ -78,7 +78,8 @@ class Waiter(Protocol):
 
 class Task:
     __slots__ = (
-        "_done", "agent", "attempts", "checkpoint", "created", "due", "error", "finished",
+        "_done", "agent", "attempts", "checkpoint", "created", "decoded", "due", "error",
+        "finished",
         "id", "input", "journaled", "not_before", "out", "output_dropped", "priority",
         "progress", "replica", "retries_left", "retry_on", "seq", "session", "started",
         "status", "timeout", "tool_calls", "trace", "usage", "waiter", "watchers",
@@ -113,6 +114,9 @@ class Task:
         # the output, read from the worker's answer in one pass and kept as its bytes
         # (forwarded as they came; decoded for a Python caller when it asks)
         self.out: Output | None = None
+        # a Python caller takes its output as values (run, map): its answer is decoded
+        # into them as it is read (payload.read_values)
+        self.decoded = False
         self.output_dropped = False  # left in the journal, or dropped to bound memory
         self.journaled = False  # handed to a journal, input and all (its first row may wait)
         self.error: TaskError | None = None

@@ -1,6 +1,8 @@
 """A task's payloads on the wire: inputs encoded to JSON once, and a worker's `task/run`
 answer read in one pass, its output kept as the bytes it came in, in an `Output`, which
-the garbage collector never walks (a Python caller gets its values decoded from them)."""
+the garbage collector never walks. For a Python caller (`tasks.run`, `tasks.map`) that one
+pass decodes the answer into the values it takes, and the output's bytes are read from
+the line only if something asks for them (decision 366)."""
 
 from __future__ import annotations
 
@@ -69,12 +71,36 @@ class Output(msgspec.Struct, gc=False):
     """A succeeded task's output as its JSON bytes; a Python caller's values are decoded
     from them when asked for, and are the caller's: what a finished task keeps is never
     an object graph for every full pass of the garbage collector to walk (decision 78).
-    (Not tracked by the collector itself: bytes hold nothing.)"""
+    (Not tracked by the collector itself: bytes hold nothing.)
 
-    raw: msgspec.Raw
+    An answer read for a Python caller (`read_values`) comes decoded once: its values
+    wait here for the caller to take them, and the output's bytes are read from the
+    answer's line only if something asks for them (a journal, a socket client)."""
+
+    held: msgspec.Raw | None  # the output's bytes, once read
     size: int  # bytes held, for `kept_bytes`
+    line: bytes | None = None  # the answer's line, where its output's bytes are read
+    value: Any = None
+    fresh: bool = False  # `value` not yet taken
+
+    @property
+    def raw(self) -> msgspec.Raw:
+        held = self.held
+        if held is None:
+            assert self.line is not None
+            # the line decoded into values before, so it is an answer of this layout (the
+            # line stays: the bytes are a view of it, as read_raw's are)
+            held = self.held = _raw_answer.decode(self.line).result.output
+        return held
+
+    def forget(self) -> None:
+        """No caller will take the values: only the bytes are kept (decision 78)."""
+        self.value, self.fresh = None, False
 
     def python(self) -> Any:
+        if self.fresh:  # once: the values are the caller's, not kept with the task
+            value, self.value, self.fresh = self.value, None, False
+            return value
         return acyclic(self.raw)
 
 
@@ -98,6 +124,35 @@ def acyclic(raw: bytes) -> Any:
 def read_raw(line: bytes) -> tuple[int, Output]:
     answer = _raw_answer.decode(line)
     return answer.id, Output(answer.result.output, len(line))
+
+
+class _RunResult(msgspec.Struct):
+    output: Any = None
+
+
+class _Answer(msgspec.Struct, forbid_unknown_fields=True):
+    """`_RawAnswer` with the output decoded: what it accepts and refuses is the same."""
+
+    jsonrpc: str
+    id: int
+    result: _RunResult
+
+
+_answer = msgspec.json.Decoder(_Answer)
+
+
+def read_values(line: bytes) -> tuple[int, Output]:
+    """`read_raw` for a Python caller: the output decoded in the one pass that reads the
+    answer (one pass over a large output, not a scan and then a decode)."""
+    if gc.isenabled():
+        gc.disable()  # (as acyclic)
+        try:
+            answer = _answer.decode(line)
+        finally:
+            gc.enable()
+    else:
+        answer = _answer.decode(line)
+    return answer.id, Output(None, len(line), line, answer.result.output, True)
 
 
 def output_of(result: Any) -> Output:
