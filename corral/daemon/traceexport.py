@@ -7,7 +7,7 @@ most of a tiny task's time (decision 230).
 
 In, on stdin, msgpack documents, each after its length (4 bytes, big-endian): an array
 is a batch of the engine's records (supervisor/tracing.py: a task and its attempts, or a
-tool call), stored as it came and made its spans for the collector (`expand`, in the
+tool call), stored as it came and made its spans for the collector (otlprecords.py, in the
 sending thread); `{"flush": N}` asks for `{"flushed":
 N}` once every batch before it is in the store, `{"flush": N, "sent": true}` once it was
 also exported (or failed). Out, on stdout, one JSON object a line: those answers, and
@@ -34,8 +34,8 @@ from typing import IO, Any
 
 import msgspec
 
-from ..supervisor.tracing import TEXT_MAX, expand, spans_of
-from .otlp import encode
+from ..supervisor.tracing import TEXT_MAX, spans_of
+from .otlprecords import encode
 from .tracestore import TraceStore
 
 log = logging.getLogger("corral.traces")
@@ -98,9 +98,7 @@ class Exporter:
 
     def take(self, frame: bytes) -> None:
         if frame and (0x90 <= frame[0] <= 0x9F or frame[0] in (0xDC, 0xDD)):  # an array
-            raws = _RAWS.decode(frame)
-            self.batch([msgspec.msgpack.decode(raw) for raw in raws],
-                       [bytes(raw) for raw in raws])
+            self.batch(frame)
             return
         message = msgspec.msgpack.decode(frame)
         if isinstance(message, dict) and "flush" in message:
@@ -109,10 +107,14 @@ class Exporter:
             else:
                 self.say({"flushed": message["flush"]})
 
-    def batch(self, records: list[Any], raws: list[bytes]) -> None:
-        """The store written, and the spans made for the collector when there is one."""
-        self.store.write(records, raws)
+    def batch(self, frame: bytes) -> None:
+        """A batch (a msgpack array of records) stored, and handed to the sending thread
+        when there is a collector: decoded at once, each record's length read from the
+        frame (a record no longer than TEXT_MAX bytes holds no text to cut)."""
+        records = msgspec.msgpack.decode(frame)
+        sizes = list(map(len, _RAWS.decode(frame)))
         now = time.time()
+        self.store.write(frame, records, max(sizes, default=0), sum(map(spans_of, records)), now)
         if now - self._pruned >= PRUNE_EVERY:
             self.store.prune(now)
             self._pruned = now
@@ -120,8 +122,8 @@ class Exporter:
             self.done += len(records)
         else:
             try:
-                self._queue.put_nowait(([(r, len(raw) <= TEXT_MAX) for r, raw in
-                                         zip(records, raws, strict=True)], len(records)))
+                self._queue.put_nowait(([(r, n <= TEXT_MAX) for r, n in
+                                         zip(records, sizes, strict=True)], len(records)))
                 return
             except queue.Full:  # the collector is slower than the spans come
                 with self._lock:
@@ -145,8 +147,7 @@ class Exporter:
         (record, whether its msgpack was short enough to hold no text to cut) pairs."""
         cfg = self.cfg
         assert cfg.endpoint is not None
-        spans = [span for record, short in batch for span in expand(record, short)]
-        body = encode(spans, cfg.service, cfg.node, cfg.version)
+        body, spans = encode(batch, cfg.service, cfg.node, cfg.version)
         request = urllib.request.Request(
             cfg.endpoint, data=body, method="POST",
             headers={"Content-Type": "application/x-protobuf", **cfg.headers})
@@ -156,18 +157,18 @@ class Exporter:
         except (OSError, urllib.error.URLError, ValueError) as exc:
             with self._lock:
                 self.failures += 1
-                self.dropped += len(spans)
+                self.dropped += spans
                 self.done += records
                 self.error = str(exc)
             now = time.monotonic()
             if now - self._warned >= 60:
                 log.warning("tracing: export to %s failed (%s): %d spans dropped; the "
                             "next failures are counted in corral_trace_spans_dropped_total",
-                            cfg.endpoint, exc, len(spans))
+                            cfg.endpoint, exc, spans)
                 self._warned = now
             return
         with self._lock:
-            self.exported += len(spans)
+            self.exported += spans
             self.done += records
 
     def close(self) -> None:

@@ -1,0 +1,144 @@
+"""A batch of the engine's records (supervisor/tracing.py) as one OTLP request, for the
+exporter process (traceexport.py): a task's three spans (the task, its queue wait, its
+attempt) written from a template kept per shape, every other record through its spans
+(`expand`) and otlp.py's `span`.
+
+A tiny task's spans differ from its agent's last task's only in their ids, their times
+and the task id: the rest of their bytes (names, kinds, every other attribute) is the
+same while the shape is (decision 358). So a template is the three spans' bytes as
+otlp.py writes them for the first record of a shape, cut where the varying fields lie,
+with a `Struct` that joins the cuts and the next record's fields in one call. A template
+is checked when it is made: filled with its own record's fields it must give the bytes
+otlp.py wrote; when it does not, the shape is written the long way for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from struct import Struct
+from typing import Any
+
+from ..supervisor.tracing import GOLDEN, MASK64, TASK, expand, queue_span, spans_of
+from ..tracecontext import id_trace
+from .otlp import encode_spans, span, varint
+
+KEPT_SHAPES = 1024  # templates kept; past it, they start over
+ATTEMPT_KEYS = 6  # an attempt's fields as a plain local attempt sends them (no node, no replay)
+_ID = Struct(">Q").pack
+
+Filler = Callable[..., bytes]
+_templates: dict[tuple[Any, ...], Filler | None] = {}
+
+
+def encode(batch: Sequence[tuple[Sequence[Any], bool]], service: str, node: str,
+           version: str = "", scope: str = "corral") -> tuple[bytes, int]:
+    """An ExportTraceServiceRequest of the spans of `batch`'s records, and how many spans
+    it holds; `batch`: (record as the pipe brought it, whether its msgpack was TEXT_MAX
+    bytes at most) pairs (supervisor/tracing.py's `expand`)."""
+    body: list[bytes] = []
+    add = body.append
+    spans = 0
+    get = _templates.get
+    for record, short in batch:
+        if short and record[0] == TASK and record[13] is None and not record[15]:
+            attempts = record[14]
+            if len(attempts) == 1 and len(a := attempts[0]) == ATTEMPT_KEYS:
+                task_id = record[6]
+                key = (record[1] is None, record[4] != 0, record[5], record[7], record[8],
+                       record[9], record[10], len(task_id), a["replica"], a["pid"],
+                       a["outcome"], a["error"])
+                fill = get(key, False)
+                if fill is False:
+                    fill = _template(key, record)
+                if fill is not None:
+                    add(fill(*_fields(record, a)))
+                    spans += 3
+                    continue
+        for s in expand(record, short):
+            one = span(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9])
+            n = len(one)
+            body += (b"\x12", bytes((n,)) if n < 0x80 else varint(n), one)
+        spans += spans_of(record)
+    return encode_spans(body, service, node, version, scope), spans
+
+
+def _fields(record: Sequence[Any], a: dict[str, Any]) -> tuple[Any, ...]:
+    """The fields of a one-attempt task record that its template leaves out, in the
+    template's order: each span's trace id, span id, parent and times; the task's id."""
+    task_id = record[6]
+    if record[1] is None:  # traced from its id (tracecontext.FromId)
+        tid = id_trace(task_id)
+        own = ((tid & MASK64) ^ GOLDEN) or 1
+    else:
+        tid = record[1] << 64 | record[2]
+        own = record[3]
+    tid_b = tid.to_bytes(16, "big")
+    own_b = _ID(own)
+    parent = record[4]
+    created, end, started = record[11], record[12], a["started"]
+    finished = a["finished"] or end
+    b1, b2, b3 = int(created * 1e9), int(created * 1e9), int(started * 1e9)
+    e1, e2, e3 = int(end * 1e9), int(started * 1e9), int(finished * 1e9)
+    return (tid_b, own_b, b"\x22\x08" + _ID(parent) if parent else b"", b1,
+            e1 if e1 > b1 else b1, task_id.encode(), tid_b, _ID(queue_span(own, 1)), own_b,
+            b2, e2 if e2 > b2 else b2, tid_b, _ID(((own ^ GOLDEN) & MASK64) or 1), own_b,
+            b3, e3 if e3 > b3 else b3)
+
+
+def _template(key: tuple[Any, ...], record: Sequence[Any]) -> Filler | None:
+    """The template of `record`'s shape, made from its spans as otlp.py writes them and
+    checked against them; None when the two differ."""
+    if len(_templates) >= KEPT_SHAPES:
+        _templates.clear()
+    spans = expand(record, True)
+    whole = bytearray()
+    cuts: list[tuple[int, int, str]] = []  # (offset, length, struct code) of each field
+    for i, s in enumerate(spans):
+        one = span(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9])
+        whole += b"\x12" + varint(len(one))
+        at = len(whole)
+        has_parent = bool(s[2])
+        head = 28 + (10 if has_parent else 0)
+        named = len(b"\x2a" + varint(len(s[3].encode())) + s[3].encode()) + 1 + len(
+            varint(s[4]))
+        cuts += [(at + 2, 16, "16s"), (at + 20, 8, "8s")]
+        if i == 0:  # the task's parent: there or not
+            cuts.append((at + 28, 10 if has_parent else 0, "10s" if has_parent else "0s"))
+        else:  # a queue wait's and an attempt's parent: the task's span
+            cuts.append((at + 30, 8, "8s"))
+        cuts += [(at + head + named + 1, 8, "Q"), (at + head + named + 10, 8, "Q")]
+        if i == 0:  # the task's id, in its attributes
+            x = s[10].encode()
+            found = one.find(x, head + named + 18)
+            if found < 0 or one.count(x) != 1:
+                _templates[key] = None
+                return None
+            cuts.append((at + found, len(x), f"{len(x)}s"))
+        whole += one
+    code = ["<"]
+    kept: list[bytes] = []
+    at = 0
+    for offset, length, field in cuts:
+        kept.append(bytes(whole[at:offset]))
+        code += (f"{offset - at}s", field)
+        at = offset + length
+    kept.append(bytes(whole[at:]))
+    code.append(f"{len(whole) - at}s")
+    fill = _filler(Struct("".join(code)).pack, kept)
+    a = record[14][0]
+    checked: Filler | None = fill if fill(*_fields(record, a)) == whole else None
+    _templates[key] = checked
+    return checked
+
+
+def _filler(pack: Callable[..., bytes], kept: list[bytes]) -> Filler:
+    (k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10, k11, k12, k13, k14, k15, k16) = kept
+
+    def fill(v0: bytes, v1: bytes, v2: bytes, v3: int, v4: int, v5: bytes, v6: bytes,
+             v7: bytes, v8: bytes, v9: int, v10: int, v11: bytes, v12: bytes, v13: bytes,
+             v14: int, v15: int) -> bytes:
+        return pack(k0, v0, k1, v1, k2, v2, k3, v3, k4, v4, k5, v5, k6, v6, k7, v7, k8,
+                    v8, k9, v9, k10, v10, k11, v11, k12, v12, k13, v13, k14, v14, k15, v15,
+                    k16)
+
+    return fill
