@@ -114,7 +114,7 @@ def encode(spans: Sequence[Sequence[Any]], service: str, node: str, version: str
            scope: str = "corral") -> bytes:
     """An ExportTraceServiceRequest of `spans` (Span tuples: the task id last, not sent),
     one resource (the daemon), one scope."""
-    body = []
+    body: list[bytes] = []
     for s in spans:
         one = span(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9])
         n = len(one)

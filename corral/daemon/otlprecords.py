@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from struct import Struct
 from typing import Any
 
-from ..supervisor.tracing import GOLDEN, MASK64, TASK, expand, queue_span, spans_of
-from ..tracecontext import id_trace
+from ..supervisor.tracing import TASK, expand, queue_span, spans_of
+from ..tracecontext import GOLDEN, MASK64, id_trace
 from .otlp import encode_spans, span, varint
 
 KEPT_SHAPES = 1024  # templates kept; past it, they start over
@@ -47,8 +47,8 @@ def encode(batch: Sequence[tuple[Sequence[Any], bool]], service: str, node: str,
                 key = (record[1] is None, record[4] != 0, record[5], record[7], record[8],
                        record[9], record[10], len(task_id), a["replica"], a["pid"],
                        a["outcome"], a["error"])
-                fill = get(key, False)
-                if fill is False:
+                fill = get(key)
+                if fill is None and key not in _templates:
                     fill = _template(key, record)
                 if fill is not None:
                     add(fill(*_fields(record, a)))
