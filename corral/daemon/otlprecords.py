@@ -18,15 +18,15 @@ from collections.abc import Callable, Sequence
 from struct import Struct
 from typing import Any
 
-from ..supervisor.tracing import TASK, expand, queue_span, spans_of
-from ..tracecontext import GOLDEN, MASK64, id_trace
+from ..supervisor.tracing import QUEUE_MIX, TASK, expand, spans_of
+from ..tracecontext import GOLDEN, MASK64
 from .otlp import encode_spans, span, varint
 
 KEPT_SHAPES = 1024  # templates kept; past it, they start over
 ATTEMPT_KEYS = 6  # an attempt's fields as a plain local attempt sends them (no node, no replay)
 _ID = Struct(">Q").pack
 
-Filler = Callable[..., bytes]
+Filler = Callable[[Sequence[Any], dict[str, Any]], bytes]
 _templates: dict[tuple[Any, ...], Filler | None] = {}
 
 
@@ -51,7 +51,7 @@ def encode(batch: Sequence[tuple[Sequence[Any], bool]], service: str, node: str,
                 if fill is None and key not in _templates:
                     fill = _template(key, record)
                 if fill is not None:
-                    add(fill(*_fields(record, a)))
+                    add(fill(record, a))
                     spans += 3
                     continue
         for s in expand(record, short):
@@ -60,29 +60,6 @@ def encode(batch: Sequence[tuple[Sequence[Any], bool]], service: str, node: str,
             body += (b"\x12", bytes((n,)) if n < 0x80 else varint(n), one)
         spans += spans_of(record)
     return encode_spans(body, service, node, version, scope), spans
-
-
-def _fields(record: Sequence[Any], a: dict[str, Any]) -> tuple[Any, ...]:
-    """The fields of a one-attempt task record that its template leaves out, in the
-    template's order: each span's trace id, span id, parent and times; the task's id."""
-    task_id = record[6]
-    if record[1] is None:  # traced from its id (tracecontext.FromId)
-        tid = id_trace(task_id)
-        own = ((tid & MASK64) ^ GOLDEN) or 1
-    else:
-        tid = record[1] << 64 | record[2]
-        own = record[3]
-    tid_b = tid.to_bytes(16, "big")
-    own_b = _ID(own)
-    parent = record[4]
-    created, end, started = record[11], record[12], a["started"]
-    finished = a["finished"] or end
-    b1, b2, b3 = int(created * 1e9), int(created * 1e9), int(started * 1e9)
-    e1, e2, e3 = int(end * 1e9), int(started * 1e9), int(finished * 1e9)
-    return (tid_b, own_b, b"\x22\x08" + _ID(parent) if parent else b"", b1,
-            e1 if e1 > b1 else b1, task_id.encode(), tid_b, _ID(queue_span(own, 1)), own_b,
-            b2, e2 if e2 > b2 else b2, tid_b, _ID(((own ^ GOLDEN) & MASK64) or 1), own_b,
-            b3, e3 if e3 > b3 else b3)
 
 
 def _template(key: tuple[Any, ...], record: Sequence[Any]) -> Filler | None:
@@ -126,19 +103,38 @@ def _template(key: tuple[Any, ...], record: Sequence[Any]) -> Filler | None:
     code.append(f"{len(whole) - at}s")
     fill = _filler(Struct("".join(code)).pack, kept)
     a = record[14][0]
-    checked: Filler | None = fill if fill(*_fields(record, a)) == whole else None
+    checked: Filler | None = fill if fill(record, a) == whole else None
     _templates[key] = checked
     return checked
 
 
 def _filler(pack: Callable[..., bytes], kept: list[bytes]) -> Filler:
+    """The template's fill: a one-attempt task record's fields that the template leaves
+    out, worked out as `expand` does and joined with the template's cuts in one `pack`:
+    each span's trace id, span id, parent and times, and the task's id."""
     (k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10, k11, k12, k13, k14, k15, k16) = kept
+    to_id = _ID
 
-    def fill(v0: bytes, v1: bytes, v2: bytes, v3: int, v4: int, v5: bytes, v6: bytes,
-             v7: bytes, v8: bytes, v9: int, v10: int, v11: bytes, v12: bytes, v13: bytes,
-             v14: int, v15: int) -> bytes:
-        return pack(k0, v0, k1, v1, k2, v2, k3, v3, k4, v4, k5, v5, k6, v6, k7, v7, k8,
-                    v8, k9, v9, k10, v10, k11, v11, k12, v12, k13, v13, k14, v14, k15, v15,
-                    k16)
+    def fill(record: Sequence[Any], a: dict[str, Any]) -> bytes:
+        task_id = record[6]
+        if record[1] is None:  # traced from its id (tracecontext.FromId)
+            tid = int(task_id.replace("-", ""), 16)
+            own = ((tid & MASK64) ^ GOLDEN) or 1
+        else:
+            tid = record[1] << 64 | record[2]
+            own = record[3]
+        tid_b = tid.to_bytes(16, "big")
+        own_b = to_id(own)
+        parent = record[4]
+        created = int(record[11] * 1e9)
+        end = int(record[12] * 1e9)
+        started = int(a["started"] * 1e9)
+        finished = int((a["finished"] or record[12]) * 1e9)
+        return pack(k0, tid_b, k1, own_b, k2, b"\x22\x08" + to_id(parent) if parent else b"",
+                    k3, created, k4, end if end > created else created, k5, task_id.encode(),
+                    k6, tid_b, k7, to_id(((own ^ GOLDEN ^ QUEUE_MIX) & MASK64) or 1), k8,
+                    own_b, k9, created, k10, started if started > created else created, k11,
+                    tid_b, k12, to_id(((own ^ GOLDEN) & MASK64) or 1), k13, own_b, k14,
+                    started, k15, finished if finished > started else started, k16)
 
     return fill
