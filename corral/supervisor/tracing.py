@@ -285,14 +285,18 @@ class Tracer:
             return
         error = task.error
         attempts = task.attempts
+        # the status's text, not its enum member (the same on the wire): a record of plain
+        # values is one the collector stops tracking at its first pass, where a member
+        # kept every buffered record tracked, and promoted (decision 361)
+        text = status._value_
         if isinstance(trace, FromId):  # its ids are its id's: the exporter's to derive
-            self.put((TASK, None, None, None, 0, task.agent, task.id, status,
+            self.put((TASK, None, None, None, 0, task.agent, task.id, text,
                       error.message if error is not None and status != SUCCEEDED else None,
                       task.priority, task.tool_calls, task.created, end, task.usage,
                       attempts, None), 1 + 2 * (len(attempts) or 1))
             return
         self.put((TASK, trace.trace_id >> 64, trace.trace_id & MASK64, trace.span_id,
-                  trace.parent_id, task.agent, task.id, status,
+                  trace.parent_id, task.agent, task.id, text,
                   error.message if error is not None and status != SUCCEEDED else None,
                   task.priority, task.tool_calls, task.created, end, task.usage, attempts,
                   trace.events), 1 + 2 * (len(attempts) or 1))
