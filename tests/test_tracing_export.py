@@ -163,3 +163,17 @@ def test_a_batch_is_one_row_read_back_by_its_task_and_bounded(tmp_path: Path) ->
     store.prune(time.time() + 2 * 86400)
     assert store.db.execute("SELECT count(*) FROM batch_tasks").fetchone() == (0,)
     store.close()
+
+
+def test_a_shape_whose_template_would_not_hold_is_written_span_by_span() -> None:
+    """A template cuts out the task's id where it finds it once; an agent named as its
+    task's id has it twice more (the span's name, the agent's attribute): no template,
+    and its spans written one by one, the same bytes."""
+    t = task()
+    odd = task(t.id)
+    odd.id = t.id  # the agent's name is its task's id
+    otlprecords._templates.clear()
+    spans = both([odd, odd])
+    assert list(otlprecords._templates.values()) == [None]
+    assert spans[0].name == f"invoke_agent {t.id}"
+    assert attrs(spans[0])["corral.task.id"] == t.id
