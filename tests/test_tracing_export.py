@@ -177,3 +177,30 @@ def test_a_shape_whose_template_would_not_hold_is_written_span_by_span() -> None
     assert list(otlprecords._templates.values()) == [None]
     assert spans[0].name == f"invoke_agent {t.id}"
     assert attrs(spans[0])["corral.task.id"] == t.id
+
+
+def test_every_field_a_template_keeps_is_in_its_key() -> None:
+    """Records of one shape but for one field each, side by side in a batch: were a field
+    that the spans read missing from the template's key, a record would come out with its
+    neighbour's value, and the batch's bytes would differ from otlp.py's."""
+    _, (base,), _ = piped([task()])
+    variants: list[Any] = []
+    for index, value in ((5, "other"), (7, "cancelled"), (8, "gone"), (9, 7), (10, 4)):
+        r = list(base)
+        r[index] = value
+        variants.append(r)
+    for key, value in (("replica", 3), ("pid", 99), ("pid", None), ("outcome", "failed"),
+                       ("error", "boom"), ("finished", None)):
+        r = list(base)
+        r[14] = [{**base[14][0], key: value}]
+        variants.append(r)
+    failed = list(base)
+    failed[14] = [{**base[14][0], "outcome": "failed", "error": "one"}]
+    other = list(base)
+    other[14] = [{**base[14][0], "outcome": "failed", "error": "two"}]
+    pairs = [(base, v) for v in variants] + [(failed, other)]
+    batch = [(r, True) for pair in pairs for r in pair]
+    spans = [s for r, short in batch for s in expand(r, short)]
+    otlprecords._templates.clear()
+    body, n = otlprecords.encode(batch, "svc", "host")
+    assert body == encode_spans(spans, "svc", "host") and n == len(spans)
