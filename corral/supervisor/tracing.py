@@ -364,6 +364,9 @@ def _bounded(span: Span) -> Span:
 
 
 def _spans(record: Sequence[Any]) -> list[Span]:
+    # the exporter writes a one-attempt task's spans from a template keyed by every field
+    # read here but the ids, the times and the task id (daemon/otlprecords.py): a field
+    # newly read goes into that key (tests/test_tracing_export.py varies each)
     if record[0] == TOOL:
         return [_tool(record)]
     (_, hi, lo, own, parent, agent, task_id, status, error, priority, tool_calls, created,
