@@ -76,6 +76,7 @@ SPANS = 200_000
 RECEIVER = textwrap.dedent("""
     import http.server, sys
     class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # a connection kept, as a collector keeps it
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
             self.send_response(200)

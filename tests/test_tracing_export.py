@@ -5,18 +5,22 @@ store a row a batch (daemon/tracestore.py)."""
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
+import urllib.error
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
 from corral.daemon import otlprecords
 from corral.daemon.otlp import encode as encode_spans
-from corral.daemon.traceexport import _RAWS
+from corral.daemon.traceexport import _RAWS, Collector
 from corral.daemon.tracestore import CUT_PAST, TraceStore, of_task
 from corral.supervisor.tasks.model import Task, TaskError, TaskStatus
 from corral.supervisor.tracing import TEXT_MAX, Tracer, expand, spans_of
@@ -204,3 +208,46 @@ def test_every_field_a_template_keeps_is_in_its_key() -> None:
     otlprecords._templates.clear()
     body, n = otlprecords.encode(batch, "svc", "host")
     assert body == encode_spans(spans, "svc", "host") and n == len(spans)
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keeps the connection, as collectors do
+    status = 200
+    seen: list[tuple[int, bytes]] = []  # (client port, body)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Answers.seen.append((self.client_address[1], body))
+        self.send_response(_Answers.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *a: Any) -> None:
+        pass
+
+
+def test_the_collector_is_posted_to_on_one_connection_and_its_refusals_raise() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        collector = Collector(f"http://127.0.0.1:{port}/v1/traces?x=1", {"k": "v"}, 5.0)
+        _Answers.seen.clear()
+        collector.post(b"one")
+        collector.post(b"two")
+        assert [b for _, b in _Answers.seen] == [b"one", b"two"]
+        assert len({p for p, _ in _Answers.seen}) == 1  # one connection for both
+        _Answers.status = 503
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            collector.post(b"three")
+        assert refused.value.code == 503
+        _Answers.status = 200
+        collector.post(b"four")  # after a refusal, on a connection of its own
+        assert _Answers.seen[-1][1] == b"four"
+    finally:
+        _Answers.status = 200
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(OSError):  # nobody there: what urllib raised too
+        Collector(f"http://127.0.0.1:{port}/v1/traces", {}, 5.0).post(b"five")

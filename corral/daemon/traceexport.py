@@ -20,6 +20,7 @@ export timeout).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import queue
@@ -28,7 +29,9 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -58,6 +61,52 @@ class Config(msgspec.Struct, kw_only=True):
     timeout: float = 5.0
 
 
+# -- the collector ---------------------------------------------------------------------------
+class Collector:
+    """POSTs to the OTLP/HTTP endpoint on one connection kept open between batches (a
+    connection a request cost the exporter about as much as encoding the batch did);
+    through urllib, a request at a time, when a proxy of the environment applies."""
+
+    def __init__(self, endpoint: str, headers: dict[str, str], timeout: float) -> None:
+        self.endpoint = endpoint
+        self.headers = {"Content-Type": "application/x-protobuf", **headers}
+        self.timeout = timeout
+        url = urllib.parse.urlsplit(endpoint)
+        self.path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        proxied = url.scheme in urllib.request.getproxies() and not (
+            url.hostname and urllib.request.proxy_bypass(url.hostname))
+        self._new: Callable[[], http.client.HTTPConnection] | None = None
+        if not proxied and url.hostname and url.scheme in ("http", "https"):
+            kind = (http.client.HTTPSConnection if url.scheme == "https"
+                    else http.client.HTTPConnection)
+            host, port = url.hostname, url.port
+            self._new = lambda: kind(host, port, timeout=timeout)
+        self._conn: http.client.HTTPConnection | None = None
+
+    def post(self, body: bytes) -> None:
+        """Raises what urllib raises when the request fails (an answer of 300 or more
+        included: an HTTPError)."""
+        if self._new is None:
+            request = urllib.request.Request(self.endpoint, data=body, method="POST",
+                                             headers=self.headers)
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                answer.read()
+            return
+        if self._conn is None:
+            self._conn = self._new()
+        try:
+            self._conn.request("POST", self.path, body, self.headers)
+            answer = self._conn.getresponse()
+            answer.read()
+        except BaseException:
+            self._conn.close()  # the next batch on a new connection
+            self._conn = None
+            raise
+        if answer.status >= 300:
+            raise urllib.error.HTTPError(self.endpoint, answer.status, answer.reason,
+                                         answer.headers, None)
+
+
 # -- the process -----------------------------------------------------------------------------
 class Exporter:
     """The store written as batches arrive (the main thread); the collector sent to by a
@@ -78,6 +127,7 @@ class Exporter:
         self._pruned = 0.0
         self._warned = 0.0
         if cfg.endpoint is not None:
+            self._collector = Collector(cfg.endpoint, cfg.headers, cfg.timeout)
             self._sender = threading.Thread(target=self._send_loop, name="otlp-send",
                                             daemon=True)
             self._sender.start()
@@ -148,13 +198,10 @@ class Exporter:
         cfg = self.cfg
         assert cfg.endpoint is not None
         body, spans = encode(batch, cfg.service, cfg.node, cfg.version)
-        request = urllib.request.Request(
-            cfg.endpoint, data=body, method="POST",
-            headers={"Content-Type": "application/x-protobuf", **cfg.headers})
         try:
-            with urllib.request.urlopen(request, timeout=cfg.timeout) as answer:
-                answer.read()
-        except (OSError, urllib.error.URLError, ValueError) as exc:
+            self._collector.post(body)
+        except (OSError, urllib.error.URLError, ValueError, http.client.HTTPException
+                ) as exc:
             with self._lock:
                 self.failures += 1
                 self.dropped += spans
