@@ -2,6 +2,7 @@
 OpenTelemetry SDK's own path.
 
     .venv/bin/python -m bench.bench_tracing [--quick] [--tasks N] [--rounds R]
+                                            [--pinned] [--tasks-only]
 
 - tiny tasks (`{"n": i}` echoed by the SDK worker, 2 replicas, 256 in flight through
   `tasks.map`) in three modes taking turns in each round: off; `context`: [tracing] with
@@ -11,19 +12,26 @@ OpenTelemetry SDK's own path.
   OTLP/HTTP protobuf to a receiver in a process of its own; throughput and task latency
   (created to finished, median and p99), and the CPU time a task costs the loop's
   process, the workers and the exporter process;
+- `--pinned`: the same modes with the daemon (this process), its workers and the client
+  (`tasks.map`, in this process) on the first core and the exporter process and the
+  receiver on the second (`os.sched_setaffinity`; the exporter found by its pid among the
+  daemon's children): what tracing costs the tasks on a machine with a core to spare;
 - the loop's cost per span: a finished task's record made and buffered (`TaskFinished`
   with one attempt: three spans), a tool call's record likewise, and each one's share of
   the hand-over (msgpack frames down a pipe); against the OpenTelemetry SDK's
   `start_as_current_span`, bare and with seven attributes (a TracerProvider with a
   BatchSpanProcessor, the SDK's default pipeline, exporting nowhere);
-- the exporter process's cost per span, off the daemon: a record decoded and its spans
-  made, the OTLP encoding (corral's own, daemon/otlp.py, and the official
-  opentelemetry-proto messages for the same spans beside it) and the store's write (a
-  record a row, as the exporter stores them).
+- the exporter process's cost per task (a tiny task's record: three spans), off the
+  daemon: a batch decoded, stored (a row a batch) and encoded as OTLP as the exporter
+  does (daemon/otlprecords.py: a template per shape), and beside it the spans made one
+  by one and encoded by daemon/otlp.py, and by the official opentelemetry-proto
+  messages. `--tasks-only` leaves out these and the loop's costs (the tiny tasks alone:
+  what runs against an older tree, with `PYTHONPATH` on it, for an A/B).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import statistics
@@ -46,7 +54,7 @@ from corral.supervisor.config import TracingSettings
 from corral.supervisor.tasks.model import Task, TaskStatus
 from corral.supervisor.tracing import TOOL, Span, Tracer, expand
 from corral.taskviews import Attempt
-from corral.tracecontext import MASK64, TaskTrace, new_span_id, new_trace_id
+from corral.tracecontext import MASK64, FromId, TaskTrace, new_span_id, new_trace_id
 
 from .bench_payload import add_echo, scale_echo
 from .harness import report
@@ -54,6 +62,9 @@ from .harness import report
 QUICK = "--quick" in sys.argv
 TASKS = 3_000 if QUICK else 10_000
 ROUNDS = 3 if QUICK else 5
+PINNED = "--pinned" in sys.argv
+TASKS_ONLY = "--tasks-only" in sys.argv
+LOOP_CORE, EXPORT_CORE = 0, 1  # --pinned: the daemon's side, the exporter's side
 for i, a in enumerate(sys.argv):
     if a == "--tasks":
         TASKS = int(sys.argv[i + 1])
@@ -65,6 +76,7 @@ SPANS = 200_000
 RECEIVER = textwrap.dedent("""
     import http.server, sys
     class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # a connection kept, as a collector keeps it
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
             self.send_response(200)
@@ -80,7 +92,7 @@ RECEIVER = textwrap.dedent("""
 
 
 # -- the loop's cost per span ---------------------------------------------------------------
-def finished_task(trace: TaskTrace) -> Task:
+def finished_task(trace: TaskTrace | FromId) -> Task:
     task = Task("echo", msgspec.Raw(b"{}"), 0, 60.0, 0, 0)
     now = time.time()
     task.attempts = (Attempt(0, 4242, now, now + 0.001, "succeeded"),)
@@ -167,33 +179,48 @@ def otel_sdk_cost() -> dict[str, float]:
 
 
 def exporter_cost(tmp: Path) -> dict[str, float]:
+    """Per task (a record of three spans: FromId tasks, as `tasks.map` makes them), in
+    batches of 512 as the daemon sends them."""
+    from corral.daemon.otlprecords import encode as encode_records
+    from corral.daemon.traceexport import _RAWS
+    from corral.supervisor.tracing import TEXT_MAX, spans_of
+    from corral.tracecontext import FROM_ID
+
     tracer = Tracer(capacity=SPANS)
-    for _ in range(20_000 // 3):
-        tracer.finished(finished_task(TaskTrace(new_trace_id(), 0, True, None)))
-    wire = msgspec.msgpack.encode(list(tracer.records))
-    t0 = time.perf_counter()
-    spans: list[Span] = [s for r in msgspec.msgpack.decode(wire) for s in expand(r)]
-    made = (time.perf_counter() - t0) / len(spans)
-    t0 = time.perf_counter()
-    for i in range(0, len(spans), 512):
-        encode(spans[i:i + 512], "corral", "bench")
-    enc = (time.perf_counter() - t0) / len(spans)
-    t0 = time.perf_counter()
-    for i in range(0, len(spans), 512):
-        official_encode(spans[i:i + 512])
-    official = (time.perf_counter() - t0) / len(spans)
-    store = TraceStore(tmp / "bench-traces.db", 7, 200_000)
+    tasks = 20_000 // 3
+    for _ in range(tasks):
+        tracer.finished(finished_task(FROM_ID[True]))
     records = list(tracer.records)
-    t0 = time.perf_counter()
-    for i in range(0, len(records), 512):
-        frame = msgspec.msgpack.encode(records[i:i + 512])
-        raws = msgspec.msgpack.decode(frame, type=list[msgspec.Raw])
-        store.write([msgspec.msgpack.decode(r) for r in raws], [bytes(r) for r in raws])
-    stored = (time.perf_counter() - t0) / len(spans)
+    frames = [msgspec.msgpack.encode(records[i:i + 512]) for i in range(0, tasks, 512)]
+    store = TraceStore(tmp / "bench-traces.db", 7, 200_000)
+    c0 = time.process_time()
+    batches = []
+    for frame in frames:  # as Exporter.batch: decoded at once, stored, queued
+        recs = msgspec.msgpack.decode(frame)
+        sizes = list(map(len, _RAWS.decode(frame)))
+        store.write(frame, recs, max(sizes), sum(map(spans_of, recs)), time.time())
+        batches.append([(r, n <= TEXT_MAX) for r, n in zip(recs, sizes, strict=True)])
+    c1 = time.process_time()
+    for batch in batches:
+        encode_records(batch, "corral", "bench")
+    c2 = time.process_time()
+    spans: list[list[Span]] = [[s for r, short in b for s in expand(r, short)]
+                               for b in batches]
+    c3 = time.process_time()
+    for b in spans:
+        encode(b, "corral", "bench")
+    c4 = time.process_time()
+    for b in spans:
+        official_encode(b)
+    c5 = time.process_time()
     store.close()
-    return {"decoded_and_made_us": round(made * 1e6, 2), "otlp_encode_us": round(enc * 1e6, 2),
-            "official_otlp_encode_us": round(official * 1e6, 2),
-            "store_write_us": round(stored * 1e6, 2)}
+    k = 1e6 / tasks
+    return {"decoded_and_stored_us": round((c1 - c0) * k, 2),
+            "otlp_template_encode_us": round((c2 - c1) * k, 2),
+            "exporter_total_us": round((c2 - c0) * k, 2),
+            "spans_made_us": round((c3 - c2) * k, 2),
+            "otlp_encode_span_by_span_us": round((c4 - c3) * k, 2),
+            "official_otlp_encode_us": round((c5 - c4) * k, 2)}
 
 
 def official_encode(spans: list[Span]) -> bytes:
@@ -234,6 +261,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def exporter_of(pid: int) -> int:
+    """The exporter's pid, checked to be one of this process's (the daemon's) children
+    running corral.daemon.traceexport."""
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    assert str(pid) in children, (pid, children)
+    assert b"corral.daemon.traceexport" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return pid
+
+
+def pin(pid: int, core: int) -> None:
+    """Each thread of `pid` on `core` (a process's affinity is its threads' own: its
+    sending thread has started by now)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), {core})
+
+
 def own_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -254,12 +297,17 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
             traces = await start_traces(cfg, sup.tasks, tmp, spared)
             assert traces is not None
             await traces.ready.wait()  # its start-up (imports) is not the tasks' cost
+            if PINNED:
+                pin(exporter_of(traces.proc.pid if traces.proc else 0), EXPORT_CORE)
         add_echo(sup, max_concurrent_tasks=64, max_queue=100_000)
         await scale_echo(sup, 2)
         await sup.tasks.map("echo", ({"n": i} for i in range(500)), concurrency=IN_FLIGHT)
         sup.tasks.finished.clear()
         workers = [r.pid for r in sup.agent("echo").replicas if r.pid is not None]
         exporter = traces.proc.pid if traces is not None and traces.proc is not None else None
+        # each mode's window starts from a collected heap: a full collection landing in
+        # one run and not its pair's was the runs' largest swing (1.5-17 µs a task)
+        gc.collect()
         cpu0 = (own_cpu(), sum(cpu_seconds(p) for p in workers),
                 cpu_seconds(exporter) if exporter else 0.0)
         t0 = time.perf_counter()
@@ -330,14 +378,20 @@ def main() -> None:
             assert receiver.stdout is not None
             port = int(receiver.stdout.readline())
             endpoint = f"http://127.0.0.1:{port}/v1/traces"
-            data: dict[str, Any] = {"tasks": TASKS, "rounds": ROUNDS, "cpus": os.cpu_count()}
-            data["loop_per_span"] = {**loop_cost(), **otel_sdk_cost()}
-            data["exporter_process_per_span"] = exporter_cost(tmp)
+            data: dict[str, Any] = {"tasks": TASKS, "rounds": ROUNDS, "cpus": os.cpu_count(),
+                                    "pinned": PINNED, "load": os.getloadavg()[0]}
+            if PINNED:  # this process's children (workers, exporter) start with its core
+                pin(receiver.pid, EXPORT_CORE)
+                os.sched_setaffinity(0, {LOOP_CORE})
+            if not TASKS_ONLY:
+                data["loop_per_span"] = {**loop_cost(), **otel_sdk_cost()}
+                data["exporter_process_per_task"] = exporter_cost(tmp)
             data["tiny_tasks"] = uvloop.run(tiny_rounds(endpoint, tmp, {receiver.pid}))
         finally:
             receiver.kill()
             receiver.wait()
-    report("tracing", data)
+    data["load_after"] = os.getloadavg()[0]
+    report("tracing-pinned" if PINNED else "tracing", data)
 
 
 if __name__ == "__main__":

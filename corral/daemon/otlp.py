@@ -114,14 +114,25 @@ def encode(spans: Sequence[Sequence[Any]], service: str, node: str, version: str
            scope: str = "corral") -> bytes:
     """An ExportTraceServiceRequest of `spans` (Span tuples: the task id last, not sent),
     one resource (the daemon), one scope."""
-    resource = _attributes(b"\x0a", {
-        "service.name": service, "service.version": version, "host.name": node,
-        "telemetry.sdk.name": "corral", "telemetry.sdk.language": "python"})
-    body = [_field(0x0A, _scope(scope, version))]
+    body: list[bytes] = []
     for s in spans:
         one = span(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9])
         n = len(one)
         body += (b"\x12", bytes((n,)) if n < 0x80 else varint(n), one)
-    scope_spans = b"".join(body)
-    resource_spans = _field(0x0A, resource) + _field(0x12, scope_spans)
-    return _field(0x0A, resource_spans)
+    return encode_spans(body, service, node, version, scope)
+
+
+def encode_spans(spans: list[bytes], service: str, node: str, version: str = "",
+                 scope: str = "corral") -> bytes:
+    """An ExportTraceServiceRequest of spans already written, in parts whose join is
+    ScopeSpans' spans (each its tag and length, then `span`'s bytes); one resource (the
+    daemon), one scope. One join: a batch's bytes are copied once."""
+    resource = _attributes(b"\x0a", {
+        "service.name": service, "service.version": version, "host.name": node,
+        "telemetry.sdk.name": "corral", "telemetry.sdk.language": "python"})
+    scope_field = _field(0x0A, _scope(scope, version))
+    scope_spans = len(scope_field) + sum(map(len, spans))
+    head = (b"\x0a" + varint(len(resource)) + resource + b"\x12" + varint(scope_spans)
+            + scope_field)
+    resource_spans = len(head) + scope_spans - len(scope_field)
+    return b"".join([b"\x0a", varint(resource_spans), head, *spans])

@@ -7,7 +7,7 @@ most of a tiny task's time (decision 230).
 
 In, on stdin, msgpack documents, each after its length (4 bytes, big-endian): an array
 is a batch of the engine's records (supervisor/tracing.py: a task and its attempts, or a
-tool call), stored as it came and made its spans for the collector (`expand`, in the
+tool call), stored as it came and made its spans for the collector (otlprecords.py, in the
 sending thread); `{"flush": N}` asks for `{"flushed":
 N}` once every batch before it is in the store, `{"flush": N, "sent": true}` once it was
 also exported (or failed). Out, on stdout, one JSON object a line: those answers, and
@@ -20,6 +20,7 @@ export timeout).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import queue
@@ -28,14 +29,16 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import msgspec
 
-from ..supervisor.tracing import TEXT_MAX, expand, spans_of
-from .otlp import encode
+from ..supervisor.tracing import TEXT_MAX, spans_of
+from .otlprecords import encode
 from .tracestore import TraceStore
 
 log = logging.getLogger("corral.traces")
@@ -58,6 +61,52 @@ class Config(msgspec.Struct, kw_only=True):
     timeout: float = 5.0
 
 
+# -- the collector ---------------------------------------------------------------------------
+class Collector:
+    """POSTs to the OTLP/HTTP endpoint on one connection kept open between batches (a
+    connection a request cost the exporter about as much as encoding the batch did);
+    through urllib, a request at a time, when a proxy of the environment applies."""
+
+    def __init__(self, endpoint: str, headers: dict[str, str], timeout: float) -> None:
+        self.endpoint = endpoint
+        self.headers = {"Content-Type": "application/x-protobuf", **headers}
+        self.timeout = timeout
+        url = urllib.parse.urlsplit(endpoint)
+        self.path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        proxied = url.scheme in urllib.request.getproxies() and not (
+            url.hostname and urllib.request.proxy_bypass(url.hostname))
+        self._new: Callable[[], http.client.HTTPConnection] | None = None
+        if not proxied and url.hostname and url.scheme in ("http", "https"):
+            kind = (http.client.HTTPSConnection if url.scheme == "https"
+                    else http.client.HTTPConnection)
+            host, port = url.hostname, url.port
+            self._new = lambda: kind(host, port, timeout=timeout)
+        self._conn: http.client.HTTPConnection | None = None
+
+    def post(self, body: bytes) -> None:
+        """Raises what urllib raises when the request fails (an answer of 300 or more
+        included: an HTTPError)."""
+        if self._new is None:
+            request = urllib.request.Request(self.endpoint, data=body, method="POST",
+                                             headers=self.headers)
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                answer.read()
+            return
+        if self._conn is None:
+            self._conn = self._new()
+        try:
+            self._conn.request("POST", self.path, body, self.headers)
+            answer = self._conn.getresponse()
+            answer.read()
+        except BaseException:
+            self._conn.close()  # the next batch on a new connection
+            self._conn = None
+            raise
+        if answer.status >= 300:
+            raise urllib.error.HTTPError(self.endpoint, answer.status, answer.reason,
+                                         answer.headers, None)
+
+
 # -- the process -----------------------------------------------------------------------------
 class Exporter:
     """The store written as batches arrive (the main thread); the collector sent to by a
@@ -78,6 +127,7 @@ class Exporter:
         self._pruned = 0.0
         self._warned = 0.0
         if cfg.endpoint is not None:
+            self._collector = Collector(cfg.endpoint, cfg.headers, cfg.timeout)
             self._sender = threading.Thread(target=self._send_loop, name="otlp-send",
                                             daemon=True)
             self._sender.start()
@@ -98,9 +148,7 @@ class Exporter:
 
     def take(self, frame: bytes) -> None:
         if frame and (0x90 <= frame[0] <= 0x9F or frame[0] in (0xDC, 0xDD)):  # an array
-            raws = _RAWS.decode(frame)
-            self.batch([msgspec.msgpack.decode(raw) for raw in raws],
-                       [bytes(raw) for raw in raws])
+            self.batch(frame)
             return
         message = msgspec.msgpack.decode(frame)
         if isinstance(message, dict) and "flush" in message:
@@ -109,10 +157,14 @@ class Exporter:
             else:
                 self.say({"flushed": message["flush"]})
 
-    def batch(self, records: list[Any], raws: list[bytes]) -> None:
-        """The store written, and the spans made for the collector when there is one."""
-        self.store.write(records, raws)
+    def batch(self, frame: bytes) -> None:
+        """A batch (a msgpack array of records) stored, and handed to the sending thread
+        when there is a collector: decoded at once, each record's length read from the
+        frame (a record no longer than TEXT_MAX bytes holds no text to cut)."""
+        records = msgspec.msgpack.decode(frame)
+        sizes = list(map(len, _RAWS.decode(frame)))
         now = time.time()
+        self.store.write(frame, records, max(sizes, default=0), sum(map(spans_of, records)), now)
         if now - self._pruned >= PRUNE_EVERY:
             self.store.prune(now)
             self._pruned = now
@@ -120,8 +172,8 @@ class Exporter:
             self.done += len(records)
         else:
             try:
-                self._queue.put_nowait(([(r, len(raw) <= TEXT_MAX) for r, raw in
-                                         zip(records, raws, strict=True)], len(records)))
+                self._queue.put_nowait(([(r, n <= TEXT_MAX) for r, n in
+                                         zip(records, sizes, strict=True)], len(records)))
                 return
             except queue.Full:  # the collector is slower than the spans come
                 with self._lock:
@@ -145,29 +197,25 @@ class Exporter:
         (record, whether its msgpack was short enough to hold no text to cut) pairs."""
         cfg = self.cfg
         assert cfg.endpoint is not None
-        spans = [span for record, short in batch for span in expand(record, short)]
-        body = encode(spans, cfg.service, cfg.node, cfg.version)
-        request = urllib.request.Request(
-            cfg.endpoint, data=body, method="POST",
-            headers={"Content-Type": "application/x-protobuf", **cfg.headers})
+        body, spans = encode(batch, cfg.service, cfg.node, cfg.version)
         try:
-            with urllib.request.urlopen(request, timeout=cfg.timeout) as answer:
-                answer.read()
-        except (OSError, urllib.error.URLError, ValueError) as exc:
+            self._collector.post(body)
+        except (OSError, urllib.error.URLError, ValueError, http.client.HTTPException
+                ) as exc:
             with self._lock:
                 self.failures += 1
-                self.dropped += len(spans)
+                self.dropped += spans
                 self.done += records
                 self.error = str(exc)
             now = time.monotonic()
             if now - self._warned >= 60:
                 log.warning("tracing: export to %s failed (%s): %d spans dropped; the "
                             "next failures are counted in corral_trace_spans_dropped_total",
-                            cfg.endpoint, exc, len(spans))
+                            cfg.endpoint, exc, spans)
                 self._warned = now
             return
         with self._lock:
-            self.exported += len(spans)
+            self.exported += spans
             self.done += records
 
     def close(self) -> None:

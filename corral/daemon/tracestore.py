@@ -13,19 +13,23 @@ from typing import Any
 import msgspec
 
 from ..methods import SpanView
-from ..supervisor.tracing import TASK, bounded, expand, spans_of
+from ..supervisor.tracing import bounded, expand
 
-# a row a record (supervisor/tracing.py: a task and its attempts, or a tool call), as the
-# pipe brought it (msgpack), made its spans when read (`of_task`): a span's attributes
-# written as JSON on the way in cost the exporter more than the record's insert
-# (decision 289). `spans`: the spans stored up to this row's, what `keep_spans` bounds.
+# a row a batch of records (supervisor/tracing.py: a task and its attempts, or a tool
+# call), the frame as the pipe brought it (msgpack), made its spans when read (`of_task`);
+# and a row a task and batch that holds its records, what a read looks up. A row a
+# record cost the exporter twice a task's index row (decision 360). `spans`: the spans
+# stored up to this batch's, what `keep_spans` bounds; `written`: when it was stored,
+# what `keep_days` bounds.
 SCHEMA = """
 DROP TABLE IF EXISTS spans;
-CREATE TABLE IF NOT EXISTS records (
-    task_id TEXT NOT NULL, start REAL NOT NULL, spans INTEGER NOT NULL,
-    record BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS records_task ON records(task_id);
-CREATE INDEX IF NOT EXISTS records_start ON records(start);
+DROP TABLE IF EXISTS records;
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY, written REAL NOT NULL, spans INTEGER NOT NULL,
+    frame BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS batch_tasks (
+    task_id TEXT NOT NULL, batch INTEGER NOT NULL, PRIMARY KEY (task_id, batch)
+) WITHOUT ROWID;
 """
 
 KINDS = {1: "internal", 2: "server", 3: "client"}
@@ -43,33 +47,39 @@ class TraceStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=OFF")  # recent traces: a power loss may take some
         self.db.executescript(SCHEMA)
-        self.spans = self.db.execute("SELECT coalesce(max(spans), 0) FROM records"
+        self.spans = self.db.execute("SELECT coalesce(max(spans), 0) FROM batches"
                                      ).fetchone()[0]
 
-    def write(self, records: Sequence[Sequence[Any]], raws: Sequence[bytes]) -> None:
-        """Records as they come decoded from the pipe, and each one's msgpack bytes."""
-        rows = []
-        n = self.spans
-        for record, raw in zip(records, raws, strict=True):
-            n += spans_of(record)
-            if len(raw) > CUT_PAST:  # an agent's long error: kept within TEXT_MAX
-                raw = msgspec.msgpack.encode(bounded(record))
-            rows.append((record[6], record[11] if record[0] == TASK else record[10], n,
-                         raw))
+    def write(self, frame: bytes, records: Sequence[Sequence[Any]], longest: int,
+              spans: int, now: float) -> None:
+        """A batch as the pipe brought it (`frame`: the msgpack array of `records`, the
+        longest of them `longest` bytes), making `spans` spans."""
+        if longest > CUT_PAST:  # an agent's long error: kept within TEXT_MAX
+            frame = msgspec.msgpack.encode([bounded(r) if len(
+                msgspec.msgpack.encode(r)) > CUT_PAST else r for r in records])
+        n = self.spans + spans
         with self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT INTO records VALUES (?,?,?,?)", rows)
+            batch = self.db.execute(
+                "INSERT INTO batches (written, spans, frame) VALUES (?,?,?)",
+                (now, n, frame)).lastrowid
+            self.db.executemany("INSERT OR IGNORE INTO batch_tasks VALUES (?,?)",
+                                [(r[6], batch) for r in records])
         self.spans = n
 
     def prune(self, now: float) -> None:
         with self.db:
             self.db.execute("BEGIN")
             if self.keep_days:
-                self.db.execute("DELETE FROM records WHERE start < ?",
+                self.db.execute("DELETE FROM batches WHERE written < ?",
                                 (now - self.keep_days * 86400,))
             if self.keep_spans:
-                self.db.execute("DELETE FROM records WHERE spans <= ?",
+                self.db.execute("DELETE FROM batches WHERE spans <= ?",
                                 (self.spans - self.keep_spans,))
+            # the index rows of the batches gone (a scan: once a prune, not a batch)
+            self.db.execute("DELETE FROM batch_tasks WHERE batch < (SELECT coalesce("
+                            "min(id), (SELECT max(batch) + 1 FROM batch_tasks)) "
+                            "FROM batches)")
 
     def close(self) -> None:
         self.db.close()
@@ -91,11 +101,13 @@ def of_task(path: Path, task_id: str) -> list[SpanView]:
     """A task's spans, oldest first (a blocking read: run it in a thread)."""
     db = sqlite3.connect(path)
     try:
-        rows = db.execute("SELECT record FROM records WHERE task_id = ? ORDER BY rowid",
-                          (task_id,)).fetchall()
+        rows = db.execute("SELECT frame FROM batches WHERE id IN (SELECT batch FROM "
+                          "batch_tasks WHERE task_id = ?) ORDER BY id", (task_id,)
+                          ).fetchall()
     finally:
         db.close()
-    spans = [s for (raw,) in rows for s in expand(msgspec.msgpack.decode(raw))]
+    spans = [s for (frame,) in rows for record in msgspec.msgpack.decode(frame)
+             if record[6] == task_id for s in expand(record)]
     spans.sort(key=lambda s: s[5])  # by start; a record's own order kept
     return [SpanView(trace_id=f"{s[0]:032x}", span_id=f"{s[1]:016x}",
                      parent_id=f"{s[2]:016x}" if s[2] else None, name=s[3],

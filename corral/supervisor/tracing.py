@@ -126,6 +126,8 @@ class Tracer:
     def sampling(self, sampling: Sampling) -> None:
         self._sampling = sampling
         self._all = sampling.ratio >= 1.0  # every new trace sampled: no decision to make
+        # a new trace's head decision as `head` makes it, against its id's low 56 bits
+        self._below = int(sampling.ratio * (1 << 56))
         self._slow = sampling.slow
 
     # -- wiring -----------------------------------------------------------------------------
@@ -150,7 +152,10 @@ class Tracer:
             task.trace = TaskTrace(p.trace_id, p.span_id,
                                    self.sampling.head(p.trace_id, p.sampled), p.tracestate)
         elif len(task.id) == 36:  # a UUIDv7: the trace is the task's id (FromId)
-            task.trace = FROM_ID[self._all or self.sampling.head(id_trace(task.id), None)]
+            # `head`'s decision for a new trace, read from the id's last 14 hex digits
+            # without parsing the rest: every unsampled task pays it (decision 363)
+            i = task.id
+            task.trace = FROM_ID[self._all or int(i[21:23] + i[24:], 16) < self._below]
         else:  # an id from before UUIDv7 (a caller's): one draw for the trace and span ids
             bits = new_span_id(192)
             trace_id = (bits >> 64) or 1
@@ -285,14 +290,18 @@ class Tracer:
             return
         error = task.error
         attempts = task.attempts
+        # the status's text, not its enum member (the same on the wire): a record of plain
+        # values is one the collector stops tracking at its first pass, where a member
+        # kept every buffered record tracked, and promoted (decision 361)
+        text = status._value_
         if isinstance(trace, FromId):  # its ids are its id's: the exporter's to derive
-            self.put((TASK, None, None, None, 0, task.agent, task.id, status,
+            self.put((TASK, None, None, None, 0, task.agent, task.id, text,
                       error.message if error is not None and status != SUCCEEDED else None,
                       task.priority, task.tool_calls, task.created, end, task.usage,
                       attempts, None), 1 + 2 * (len(attempts) or 1))
             return
         self.put((TASK, trace.trace_id >> 64, trace.trace_id & MASK64, trace.span_id,
-                  trace.parent_id, task.agent, task.id, status,
+                  trace.parent_id, task.agent, task.id, text,
                   error.message if error is not None and status != SUCCEEDED else None,
                   task.priority, task.tool_calls, task.created, end, task.usage, attempts,
                   trace.events), 1 + 2 * (len(attempts) or 1))
@@ -355,6 +364,9 @@ def _bounded(span: Span) -> Span:
 
 
 def _spans(record: Sequence[Any]) -> list[Span]:
+    # the exporter writes a one-attempt task's spans from a template keyed by every field
+    # read here but the ids, the times and the task id (daemon/otlprecords.py): a field
+    # newly read goes into that key (tests/test_tracing_export.py varies each)
     if record[0] == TOOL:
         return [_tool(record)]
     (_, hi, lo, own, parent, agent, task_id, status, error, priority, tool_calls, created,

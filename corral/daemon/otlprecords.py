@@ -1,0 +1,140 @@
+"""A batch of the engine's records (supervisor/tracing.py) as one OTLP request, for the
+exporter process (traceexport.py): a task's three spans (the task, its queue wait, its
+attempt) written from a template kept per shape, every other record through its spans
+(`expand`) and otlp.py's `span`.
+
+A tiny task's spans differ from its agent's last task's only in their ids, their times
+and the task id: the rest of their bytes (names, kinds, every other attribute) is the
+same while the shape is (decision 358). So a template is the three spans' bytes as
+otlp.py writes them for the first record of a shape, cut where the varying fields lie,
+with a `Struct` that joins the cuts and the next record's fields in one call. A template
+is checked when it is made: filled with its own record's fields it must give the bytes
+otlp.py wrote; when it does not, the shape is written the long way for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from struct import Struct
+from typing import Any
+
+from ..supervisor.tracing import QUEUE_MIX, TASK, expand, spans_of
+from ..tracecontext import GOLDEN, MASK64
+from .otlp import encode_spans, span, varint
+
+KEPT_SHAPES = 1024  # templates kept; past it, they start over
+ATTEMPT_KEYS = 6  # an attempt's fields as a plain local attempt sends them (no node, no replay)
+_ID = Struct(">Q").pack
+
+Filler = Callable[[Sequence[Any], dict[str, Any]], bytes]
+_templates: dict[tuple[Any, ...], Filler | None] = {}
+
+
+def encode(batch: Sequence[tuple[Sequence[Any], bool]], service: str, node: str,
+           version: str = "", scope: str = "corral") -> tuple[bytes, int]:
+    """An ExportTraceServiceRequest of the spans of `batch`'s records, and how many spans
+    it holds; `batch`: (record as the pipe brought it, whether its msgpack was TEXT_MAX
+    bytes at most) pairs (supervisor/tracing.py's `expand`)."""
+    body: list[bytes] = []
+    add = body.append
+    spans = 0
+    get = _templates.get
+    for record, short in batch:
+        if short and record[0] == TASK and record[13] is None and not record[15]:
+            attempts = record[14]
+            if len(attempts) == 1 and len(a := attempts[0]) == ATTEMPT_KEYS:
+                task_id = record[6]
+                key = (record[1] is None, record[4] != 0, record[5], record[7], record[8],
+                       record[9], record[10], len(task_id), a["replica"], a["pid"],
+                       a["outcome"], a["error"])
+                fill = get(key)
+                if fill is None and key not in _templates:
+                    fill = _template(key, record)
+                if fill is not None:
+                    add(fill(record, a))
+                    spans += 3
+                    continue
+        for s in expand(record, short):
+            one = span(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9])
+            n = len(one)
+            body += (b"\x12", bytes((n,)) if n < 0x80 else varint(n), one)
+        spans += spans_of(record)
+    return encode_spans(body, service, node, version, scope), spans
+
+
+def _template(key: tuple[Any, ...], record: Sequence[Any]) -> Filler | None:
+    """The template of `record`'s shape, made from its spans as otlp.py writes them and
+    checked against them; None when the two differ."""
+    if len(_templates) >= KEPT_SHAPES:
+        _templates.clear()
+    spans = expand(record, True)
+    whole = bytearray()
+    cuts: list[tuple[int, int, str]] = []  # (offset, length, struct code) of each field
+    for i, s in enumerate(spans):
+        one = span(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9])
+        whole += b"\x12" + varint(len(one))
+        at = len(whole)
+        has_parent = bool(s[2])
+        head = 28 + (10 if has_parent else 0)
+        named = len(b"\x2a" + varint(len(s[3].encode())) + s[3].encode()) + 1 + len(
+            varint(s[4]))
+        cuts += [(at + 2, 16, "16s"), (at + 20, 8, "8s")]
+        if i == 0:  # the task's parent: there or not
+            cuts.append((at + 28, 10 if has_parent else 0, "10s" if has_parent else "0s"))
+        else:  # a queue wait's and an attempt's parent: the task's span
+            cuts.append((at + 30, 8, "8s"))
+        cuts += [(at + head + named + 1, 8, "Q"), (at + head + named + 10, 8, "Q")]
+        if i == 0:  # the task's id, in its attributes
+            x = s[10].encode()
+            found = one.find(x, head + named + 18)
+            if found < 0 or one.count(x) != 1:
+                _templates[key] = None
+                return None
+            cuts.append((at + found, len(x), f"{len(x)}s"))
+        whole += one
+    code = ["<"]
+    kept: list[bytes] = []
+    at = 0
+    for offset, length, field in cuts:
+        kept.append(bytes(whole[at:offset]))
+        code += (f"{offset - at}s", field)
+        at = offset + length
+    kept.append(bytes(whole[at:]))
+    code.append(f"{len(whole) - at}s")
+    fill = _filler(Struct("".join(code)).pack, kept)
+    a = record[14][0]
+    checked: Filler | None = fill if fill(record, a) == whole else None
+    _templates[key] = checked
+    return checked
+
+
+def _filler(pack: Callable[..., bytes], kept: list[bytes]) -> Filler:
+    """The template's fill: a one-attempt task record's fields that the template leaves
+    out, worked out as `expand` does and joined with the template's cuts in one `pack`:
+    each span's trace id, span id, parent and times, and the task's id."""
+    (k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10, k11, k12, k13, k14, k15, k16) = kept
+    to_id = _ID
+
+    def fill(record: Sequence[Any], a: dict[str, Any]) -> bytes:
+        task_id = record[6]
+        if record[1] is None:  # traced from its id (tracecontext.FromId)
+            tid = int(task_id.replace("-", ""), 16)
+            own = ((tid & MASK64) ^ GOLDEN) or 1
+        else:
+            tid = record[1] << 64 | record[2]
+            own = record[3]
+        tid_b = tid.to_bytes(16, "big")
+        own_b = to_id(own)
+        parent = record[4]
+        created = int(record[11] * 1e9)
+        end = int(record[12] * 1e9)
+        started = int(a["started"] * 1e9)
+        finished = int((a["finished"] or record[12]) * 1e9)
+        return pack(k0, tid_b, k1, own_b, k2, b"\x22\x08" + to_id(parent) if parent else b"",
+                    k3, created, k4, end if end > created else created, k5, task_id.encode(),
+                    k6, tid_b, k7, to_id(((own ^ GOLDEN ^ QUEUE_MIX) & MASK64) or 1), k8,
+                    own_b, k9, created, k10, started if started > created else created, k11,
+                    tid_b, k12, to_id(((own ^ GOLDEN) & MASK64) or 1), k13, own_b, k14,
+                    started, k15, finished if finished > started else started, k16)
+
+    return fill

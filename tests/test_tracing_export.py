@@ -1,0 +1,253 @@
+"""The exporter process's own work, off the daemon: a batch of the engine's records written
+as OTLP from templates (daemon/otlprecords.py) — byte for byte what otlp.py writes span by
+span, read back with the official opentelemetry-proto package — and kept in the local
+store a row a batch (daemon/tracestore.py)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
+
+from corral.daemon import otlprecords
+from corral.daemon.otlp import encode as encode_spans
+from corral.daemon.traceexport import _RAWS, Collector
+from corral.daemon.tracestore import CUT_PAST, TraceStore, of_task
+from corral.supervisor.tasks.model import Task, TaskError, TaskStatus
+from corral.supervisor.tracing import TEXT_MAX, Tracer, expand, spans_of
+from corral.taskviews import Attempt, ModelUsage
+from corral.tracecontext import FROM_ID, TaskTrace, new_trace_id
+
+
+def task(agent: str = "echo", *, trace: Any = None, status: TaskStatus =
+         TaskStatus.SUCCEEDED, attempts: int = 1, pid: int = 4242, tool_calls: int = 0,
+         priority: int = 0, error: str | None = None, node: str | None = None,
+         usage: bool = False, exits: bool = False) -> Task:
+    """A finished task as the engine leaves it for the tracer."""
+    t = Task(agent, msgspec.Raw(b"{}"), priority, 60.0, 0, 0)
+    now = time.time()
+    outcome = "succeeded" if status == TaskStatus.SUCCEEDED else str(status)
+    made = []
+    for i in range(attempts):
+        last = i == attempts - 1
+        a = Attempt(i, pid + i, now + i, now + i + 0.001, outcome if last else "failed",
+                    error if not last or error else None)
+        if node is not None:
+            a.node = node
+        made.append(a)
+    t.attempts = tuple(made)
+    t.started, t.finished, t.status = now, now + attempts, status
+    t.tool_calls = tool_calls
+    if error is not None:
+        t.error = TaskError(1, error)
+    if usage:
+        u = ModelUsage()
+        u.add_model("m1", 10, 20, 0.5)
+        t.usage = u
+    t.trace = trace if trace is not None else FROM_ID[True]
+    if exits:
+        assert isinstance(t.trace, TaskTrace)
+        t.trace.events = [(now + 0.5, 1, "corral.cap_kill", "memory limit")]
+    return t
+
+
+def piped(tasks: list[Task], tool: bool = False) -> tuple[bytes, list[Any], list[int]]:
+    """The tasks' records as the exporter takes them: one msgpack frame, decoded at once,
+    each record's length."""
+    tracer = Tracer(capacity=1000)
+    for t in tasks:
+        tracer.finished(t)
+    frame = msgspec.msgpack.encode(list(tracer.records))
+    return frame, msgspec.msgpack.decode(frame), list(map(len, _RAWS.decode(frame)))
+
+
+def both(tasks: list[Task]) -> list[Any]:
+    """The batch as otlprecords writes it, checked equal to otlp.py's spans one by one, as
+    the official package reads it."""
+    _, records, sizes = piped(tasks)
+    batch = [(r, n <= TEXT_MAX) for r, n in zip(records, sizes, strict=True)]
+    spans = [s for r, short in batch for s in expand(r, short)]
+    body, n = otlprecords.encode(batch, "svc", "host", "1")
+    assert body == encode_spans(spans, "svc", "host", "1")
+    assert n == len(spans) == sum(map(spans_of, records))
+    (rs,) = ExportTraceServiceRequest.FromString(body).resource_spans
+    (ss,) = rs.scope_spans
+    return list(ss.spans)
+
+
+def attrs(pb: Any) -> dict[str, Any]:
+    return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in pb.attributes}
+
+
+def test_every_shape_of_record_is_written_as_otlp_writes_it_span_by_span() -> None:
+    parent = TaskTrace(new_trace_id(), 0xCD, True, None)
+    shapes = [task(), task(trace=parent), task(trace=TaskTrace(new_trace_id(), 0, True, None)),
+              task(status=TaskStatus.FAILED, error="boom"), task(attempts=2),
+              task(usage=True), task(node="n1"),
+              task(trace=TaskTrace(new_trace_id(), 0, True, None), exits=True),
+              task("other"), task()]
+    spans = both(shapes)
+    assert len(spans) == 3 * 9 + 5  # the retried task: a queue wait and an attempt each
+    first = spans[:3]
+    assert [s.name for s in first] == ["invoke_agent echo", "corral.queue", "task/run echo"]
+    tid = int(shapes[0].id.replace("-", ""), 16)
+    assert {s.trace_id for s in first} == {tid.to_bytes(16, "big")}
+    assert first[1].parent_span_id == first[2].parent_span_id == first[0].span_id
+    assert attrs(first[0])["corral.task.id"] == shapes[0].id
+    with_parent = spans[3]
+    assert with_parent.parent_span_id == (0xCD).to_bytes(8, "big")
+    assert spans[-3:][0].span_id != first[0].span_id  # the same shape, its own ids
+    assert attrs(spans[-3])["corral.task.id"] == shapes[-1].id
+
+
+def test_an_attribute_that_changes_between_two_tasks_of_one_agent_shows_in_each() -> None:
+    a = task(tool_calls=0, priority=1, pid=100)
+    b = task(tool_calls=3, priority=5, pid=200)
+    c = task(tool_calls=0, priority=1, pid=100)  # a's shape again: a's template
+    otlprecords._templates.clear()
+    spans = both([a, b, c])
+    # a's and b's shapes, each a template that held (c written from a's)
+    assert len(otlprecords._templates) == 2
+    assert None not in otlprecords._templates.values()
+    tasks_, attempts = spans[0::3], spans[2::3]
+    assert [attrs(s)["corral.task.tool_calls"] for s in tasks_] == [0, 3, 0]
+    assert [attrs(s)["corral.task.priority"] for s in tasks_] == [1, 5, 1]
+    assert [attrs(s)["process.pid"] for s in attempts] == [100, 200, 100]
+    assert [attrs(s)["corral.task.id"] for s in tasks_] == [a.id, b.id, c.id]
+    # times are each task's own, an end before its start written as the start
+    assert tasks_[0].start_time_unix_nano == int(a.created * 1e9)
+    assert attempts[1].end_time_unix_nano == int(b.attempts[0].finished * 1e9)  # type: ignore
+
+
+def test_a_long_text_is_cut_as_before() -> None:
+    long = "é" * (TEXT_MAX + 50)
+    failed = task(status=TaskStatus.FAILED, error=long)
+    named = task("a" * (TEXT_MAX + 5))
+    spans = both([failed, named, task()])
+    assert spans[0].status.message == long[:TEXT_MAX] + "…"
+    assert spans[2].status.message == long[:TEXT_MAX] + "…"  # its attempt's error
+    assert spans[3].name == ("invoke_agent " + "a" * (TEXT_MAX + 5))[:TEXT_MAX] + "…"
+    assert attrs(spans[3])["gen_ai.agent.name"] == "a" * TEXT_MAX + "…"
+    assert attrs(spans[6])["gen_ai.agent.name"] == "echo"
+
+
+def test_a_batch_is_one_row_read_back_by_its_task_and_bounded(tmp_path: Path) -> None:
+    store = TraceStore(tmp_path / "t.db", 7, 5)
+    first = [task(), task()]
+    second = [task(status=TaskStatus.FAILED, error="x" * (CUT_PAST * 2))]
+    for batch in (first, second):
+        frame, records, sizes = piped(batch)
+        store.write(frame, records, max(sizes), sum(map(spans_of, records)), time.time())
+    assert store.db.execute("SELECT count(*) FROM batches").fetchone() == (2,)
+    got = of_task(tmp_path / "t.db", first[1].id)
+    assert [s.name for s in got] == ["invoke_agent echo", "corral.queue", "task/run echo"]
+    assert {s.trace_id for s in got} == {first[1].id.replace("-", "")}
+    (cut,) = [s for s in of_task(tmp_path / "t.db", second[0].id) if s.kind == "server"]
+    assert cut.error == "x" * TEXT_MAX + "…"  # kept within TEXT_MAX in the store
+    # 9 spans stored, 5 kept: the first batch's 6 are needed; a third batch's 3: not
+    store.prune(time.time())
+    assert store.db.execute("SELECT count(*) FROM batch_tasks").fetchone() == (3,)
+    frame, records, sizes = piped([task()])
+    store.write(frame, records, max(sizes), 3, time.time())
+    store.prune(time.time())
+    assert store.db.execute("SELECT count(*) FROM batches").fetchone() == (2,)
+    assert store.db.execute("SELECT count(*) FROM batch_tasks").fetchone() == (2,)
+    assert of_task(tmp_path / "t.db", first[0].id) == []
+    # past keep_days, every batch
+    store.keep_days = 1
+    store.prune(time.time() + 2 * 86400)
+    assert store.db.execute("SELECT count(*) FROM batch_tasks").fetchone() == (0,)
+    store.close()
+
+
+def test_a_shape_whose_template_would_not_hold_is_written_span_by_span() -> None:
+    """A template cuts out the task's id where it finds it once; an agent named as its
+    task's id has it twice more (the span's name, the agent's attribute): no template,
+    and its spans written one by one, the same bytes."""
+    t = task()
+    odd = task(t.id)
+    odd.id = t.id  # the agent's name is its task's id
+    otlprecords._templates.clear()
+    spans = both([odd, odd])
+    assert list(otlprecords._templates.values()) == [None]
+    assert spans[0].name == f"invoke_agent {t.id}"
+    assert attrs(spans[0])["corral.task.id"] == t.id
+
+
+def test_every_field_a_template_keeps_is_in_its_key() -> None:
+    """Records of one shape but for one field each, side by side in a batch: were a field
+    that the spans read missing from the template's key, a record would come out with its
+    neighbour's value, and the batch's bytes would differ from otlp.py's."""
+    _, (base,), _ = piped([task()])
+    variants: list[Any] = []
+    for index, value in ((5, "other"), (7, "cancelled"), (8, "gone"), (9, 7), (10, 4)):
+        r = list(base)
+        r[index] = value
+        variants.append(r)
+    for key, value in (("replica", 3), ("pid", 99), ("pid", None), ("outcome", "failed"),
+                       ("error", "boom"), ("finished", None)):
+        r = list(base)
+        r[14] = [{**base[14][0], key: value}]
+        variants.append(r)
+    failed = list(base)
+    failed[14] = [{**base[14][0], "outcome": "failed", "error": "one"}]
+    other = list(base)
+    other[14] = [{**base[14][0], "outcome": "failed", "error": "two"}]
+    pairs = [(base, v) for v in variants] + [(failed, other)]
+    batch = [(r, True) for pair in pairs for r in pair]
+    spans = [s for r, short in batch for s in expand(r, short)]
+    otlprecords._templates.clear()
+    body, n = otlprecords.encode(batch, "svc", "host")
+    assert body == encode_spans(spans, "svc", "host") and n == len(spans)
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keeps the connection, as collectors do
+    status = 200
+    seen: list[tuple[int, bytes]] = []  # (client port, body)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Answers.seen.append((self.client_address[1], body))
+        self.send_response(_Answers.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *a: Any) -> None:
+        pass
+
+
+def test_the_collector_is_posted_to_on_one_connection_and_its_refusals_raise() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        collector = Collector(f"http://127.0.0.1:{port}/v1/traces?x=1", {"k": "v"}, 5.0)
+        _Answers.seen.clear()
+        collector.post(b"one")
+        collector.post(b"two")
+        assert [b for _, b in _Answers.seen] == [b"one", b"two"]
+        assert len({p for p, _ in _Answers.seen}) == 1  # one connection for both
+        _Answers.status = 503
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            collector.post(b"three")
+        assert refused.value.code == 503
+        _Answers.status = 200
+        collector.post(b"four")  # after a refusal, on a connection of its own
+        assert _Answers.seen[-1][1] == b"four"
+    finally:
+        _Answers.status = 200
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(OSError):  # nobody there: what urllib raised too
+        Collector(f"http://127.0.0.1:{port}/v1/traces", {}, 5.0).post(b"five")
