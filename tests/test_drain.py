@@ -157,7 +157,7 @@ def test_sigterm_drains_and_says_so_in_status_and_to_systemd() -> None:
         d.notify.drain()
         d.proc.send_signal(signal.SIGTERM)
         assert re.fullmatch(r"draining 1 task \(up to 3\d s\); 1 agent, 1/1 replica "
-                            r"ready, 0 failed", statuses(d, "draining"))
+                            r"serving, 0 failed", statuses(d, "draining"))
         st = d.json("status")
         assert [re.sub(r"\d+ s", "N s", n) for n in st["notices"]] == [
             "draining 1 task (up to N s)"]
