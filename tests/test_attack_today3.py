@@ -1,0 +1,67 @@
+"""An attacker's third pass, over the surfaces added with the upgrade's compiled check
+(decision 351), a reload's lists of definitions (decision 383) and `stats`' restarts of
+removed agents (decision 384): what a less trusted party may make the daemon run, read,
+write or show. Against the real daemon, in this process, and the real check, run as
+`corral upgrade` runs it; each line of security.md that names a test here is held by it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral import jsonrpc
+from corral.daemon.caller import Caller
+from corral.daemon.upgrade import IMPORT_VARIABLE, PREFLIGHT
+
+from .conftest import ROOT
+from .daemon_harness import hello, in_process
+
+OPERATOR = Caller(via="socket")
+
+
+@pytest.mark.deadline(120)
+async def test_a_tenants_caller_is_refused_the_reload_and_sees_only_its_agents_restarts(
+        tmp_path: Path) -> None:
+    """A reload's answer lists every workflow, team and schedule of the file, each
+    tenant's: a tenant's caller is refused `config.reload` (over the socket as a tenant
+    group's peer, over HTTP with a tenant's token holding every scope a tenant may
+    hold), while the operator is answered the lists. `stats.get` shows a tenant's caller
+    its own agents' rows only; `restarts_removed` is the daemon's, as its other counters
+    are (decision 384), and names no agent."""
+    import aiohttp
+
+    from .test_http_api import Api
+
+    flows = "".join(f'[workflows.{n}]\n[[workflows.{n}.steps]]\nname = "s"\nagent = "{a}"\n'
+                    for n, a in (("aflow", "a-web"), ("bflow", "b-web")))
+    agents = hello("a-web", extra='tenant = "a"\n') + hello("b-web", extra='tenant = "b"\n')
+    toml = '[tenants.a]\n[tenants.b]\n' + flows + '\n[http]\nlisten = "127.0.0.1:0"\n'
+    async with in_process(tmp_path, agents, toml) as d, aiohttp.ClientSession() as session:
+        a = Caller(via="socket", uid=4242, tenant="a")
+        with pytest.raises(jsonrpc.RpcError) as refused:
+            await d.dispatcher.call(a, "config.reload", {})
+        assert (refused.value.code, refused.value.message) == (
+            jsonrpc.FORBIDDEN, "forbidden: uid 4242 pid -1 is a caller of tenant a: "
+                               "config.reload is for callers that see every agent")
+        api = Api(d, session)
+        made = await d.dispatcher.call(OPERATOR, "tokens.create", {
+            "name": "ta", "scopes": ["agents:read", "metrics:read"], "tenant": "a"})
+        api.tokens["ta"] = made.token
+        status, body, _ = await api.ask("POST", "/config/reload", "ta", {})
+        assert (status, body["detail"]) == (
+            403, "forbidden: config.reload needs the admin scope, which token ta does not "
+                 "hold"), body
+        reloaded = await d.dispatcher.call(OPERATOR, "config.reload", {})
+        assert sorted(reloaded.workflows["unchanged"]) == ["aflow", "bflow"]
+        status, body, _ = await api.ask("GET", "/stats", "ta")
+        assert status == 200, body
+        assert sorted(body["agents"]) == ["a-web"]
+        assert "b-web" not in json.dumps(body) and "bflow" not in json.dumps(body)
+        assert body["supervisor"]["restarts_removed"] == 0
