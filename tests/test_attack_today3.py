@@ -65,3 +65,40 @@ async def test_a_tenants_caller_is_refused_the_reload_and_sees_only_its_agents_r
         assert sorted(body["agents"]) == ["a-web"]
         assert "b-web" not in json.dumps(body) and "bflow" not in json.dumps(body)
         assert body["supervisor"]["restarts_removed"] == 0
+
+
+MARK = "import pathlib; pathlib.Path({where!r}).write_text('ran')\n"
+
+
+@pytest.mark.deadline(120)
+def test_the_upgrade_check_compiles_no_file_outside_the_install_and_runs_none(
+        tmp_path: Path) -> None:
+    """The new install's check (`corral upgrade`'s, run as the daemon's user: root)
+    compiles the install's byte-code (decision 351). A directory a tenant owns, linked
+    into the install as a package, is not entered: nothing is written in it and none of
+    its code runs; a module linked to a tenant's file is compiled, never run, and its
+    byte-code written in the install's own `__pycache__`. The check answers as before."""
+    install = tmp_path / "install"
+    shutil.copytree(Path(ROOT) / "corral", install / "corral",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    tenant = tmp_path / "tenant"
+    tenant.mkdir()
+    ran = tmp_path / "ran"
+    for name in ("__init__.py", "mod.py"):
+        (tenant / name).write_text(MARK.format(where=str(ran)))
+    (install / "corral" / "tenantpkg").symlink_to(tenant, target_is_directory=True)
+    (install / "corral" / "linked.py").symlink_to(tenant / "mod.py")
+    config = tmp_path / "corral.toml"
+    config.write_text(hello("web"))
+    env = {**os.environ, IMPORT_VARIABLE: str(install)}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-c", PREFLIGHT, str(config)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert said["compiled"] is True, said
+    assert sorted(p.name for p in tenant.iterdir()) == ["__init__.py", "mod.py"]
+    assert not ran.exists()
+    tag = sys.implementation.cache_tag
+    assert (install / "corral" / "__pycache__" / f"linked.{tag}.pyc").is_file()
+    assert (install / "corral" / "daemon" / "__pycache__" / f"boot.{tag}.pyc").is_file()
