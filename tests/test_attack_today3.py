@@ -101,3 +101,27 @@ def test_the_upgrade_check_compiles_no_file_outside_the_install_and_runs_none(
     tag = sys.implementation.cache_tag
     assert (install / "corral" / "__pycache__" / f"linked.{tag}.pyc").is_file()
     assert (install / "corral" / "daemon" / "__pycache__" / f"boot.{tag}.pyc").is_file()
+
+
+def test_a_tool_calls_span_from_a_template_carries_its_task_id_whole() -> None:
+    """A tool call's span is made from a template kept per shape, the task id's length
+    among it (branch `ctx`, daemon/otlprecords.py): a task id of the same length in
+    characters but not in bytes (a cluster task's id is what its Redis stream entry
+    names) is exported whole, as the span made field by field says it, never cut to the
+    template's bytes (a cut UTF-8 character is a request every collector refuses)."""
+    otlprecords = pytest.importorskip("corral.daemon.otlprecords")
+    from corral.daemon.otlp import span
+    from corral.supervisor.tracing import TOOL, expand
+
+    def record(task_id: str) -> tuple[object, ...]:
+        return (TOOL, 0x1234, 0x5678, 77, 88, "search", task_id, 1, "stdio", 5, 1000.0,
+                1001.0, None)
+
+    plain = "0192f0c4-aaaa-7bbb-8ccc-dddddddddddd"
+    wide = plain[:-1] + "é"  # as many characters, one byte more
+    for task_id in (plain, wide):
+        r = record(task_id)
+        body, spans = otlprecords.encode([(r, True)], "svc", "node")
+        s = expand(r, True)[0]
+        assert spans == 1 and span(*s[:10]) in body, task_id
+        assert task_id.encode() in body, task_id
