@@ -125,3 +125,44 @@ def test_a_tool_calls_span_from_a_template_carries_its_task_id_whole() -> None:
         s = expand(r, True)[0]
         assert spans == 1 and span(*s[:10]) in body, task_id
         assert task_id.encode() in body, task_id
+
+
+def test_a_tasks_spans_from_a_template_carry_its_task_id_whole() -> None:
+    """A one-attempt task's three spans are made from a template kept per shape, the task
+    id's length among it (daemon/otlprecords.py): a task id of the same length in
+    characters but not in bytes (a cluster task's id is what its Redis stream entry
+    names) is exported whole, byte for byte as otlp.py writes its spans one by one."""
+    import time
+
+    import msgspec
+
+    otlprecords = pytest.importorskip("corral.daemon.otlprecords")
+    from corral.daemon.otlp import encode as encode_spans
+    from corral.daemon.traceexport import _RAWS
+    from corral.supervisor.tasks.model import Task, TaskStatus
+    from corral.supervisor.tracing import TEXT_MAX, Tracer, expand
+    from corral.taskviews import Attempt
+    from corral.tracecontext import TaskTrace, new_trace_id
+
+    def made(task_id: str) -> Task:
+        t = Task("echo", msgspec.Raw(b"{}"), 0, 60.0, 0, 0)
+        now = time.time()
+        t.attempts = (Attempt(0, 4242, now, now + 0.001, "succeeded", None),)
+        t.started, t.finished, t.status = now, now + 1, TaskStatus.SUCCEEDED
+        t.trace = TaskTrace(new_trace_id(), 0, True, None)
+        t.id = task_id
+        return t
+
+    plain = "0192f0c4-aaaa-7bbb-8ccc-dddddddddddd"
+    wide = plain[:-1] + "é"  # as many characters, one byte more
+    tracer = Tracer(capacity=10)
+    for t in (made(plain), made(wide)):
+        tracer.finished(t)
+    frame = msgspec.msgpack.encode(list(tracer.records))
+    records = msgspec.msgpack.decode(frame)
+    batch = [(r, n <= TEXT_MAX)
+             for r, n in zip(records, map(len, _RAWS.decode(frame)), strict=True)]
+    body, _ = otlprecords.encode(batch, "svc", "host", "1")
+    assert body == encode_spans([s for r, short in batch for s in expand(r, short)],
+                                "svc", "host", "1")
+    assert wide.encode() in body
