@@ -45,7 +45,7 @@ def encode(batch: Sequence[tuple[Sequence[Any], bool]], service: str, node: str,
             if len(attempts) == 1 and len(a := attempts[0]) == ATTEMPT_KEYS:
                 task_id = record[6]
                 key = (record[1] is None, record[4] != 0, record[5], record[7], record[8],
-                       record[9], record[10], len(task_id), a["replica"], a["pid"],
+                       record[9], record[10], len(task_id.encode()), a["replica"], a["pid"],
                        a["outcome"], a["error"])
                 fill = get(key)
                 if fill is None and key not in _templates:
