@@ -5,7 +5,10 @@ A lane is one object for the whole map, its task's `waiter`: the task's end mark
 ready, and once per turn of the loop the ready lanes keep their results and submit their
 next inputs. Nothing is made per input but its Task (no coroutine, no future, no wake-up
 of a coroutine per task: those were a fifth of the supervisor's CPU per tiny task, and
-what the cyclic collector walked).
+what the cyclic collector walked). The lanes ready in one turn take their next inputs as
+one batch (`submit_many`): the agent's refusal and counters looked at once, the ids made
+in one call, its queue pumped once, each input still a task of its own (its id, its
+deadline, its retries, its cancellation, its journal row, its events).
 """
 
 from __future__ import annotations

@@ -314,6 +314,7 @@ class TaskManager:
             return [exc] * len(inputs)
         dispatch, queue, depth_of = self.dispatch, self.queue, self.queue.depth
         delayed = self.delays.count(name)
+        waiting = depth_of(name) + delayed  # (counted on here: only this loop adds)
         reach = REACH.get() if getattr(spec, "spawns", None) else None
         trace_begin, active, record, put = (self.trace_begin, self.active, self.record,
                                             queue.put)
@@ -325,12 +326,13 @@ class TaskManager:
                 raw = x if isinstance(x, msgspec.Raw) else msgspec.Raw(encode_input(x))
                 t = admit(agent, len(raw), timeout, bucket=bucket, tenancy=tenancy,
                           depth=depth_of)
-                if depth_of(name) + delayed >= spec.max_queue:
+                if waiting >= spec.max_queue:
                     dispatch.pump(name)  # what may start starts, as `submit`'s had
-                    if depth_of(name) + delayed >= spec.max_queue and (
+                    waiting = depth_of(name) + delayed
+                    if waiting >= spec.max_queue and (
                             dispatch.free_replica(agent) is None
                             or dispatch.held is not None or self.budgets.holds(agent)):
-                        raise queue_full(agent, depth_of(name) + delayed)
+                        raise queue_full(agent, waiting)
                 task = Task(name, raw, 0, t or spec.task_timeout, spec.retries, next(seq),
                             task_id, now)
                 if reach is not None:
@@ -345,6 +347,7 @@ class TaskManager:
             active[task_id] = task
             record(task)
             put(task)
+            waiting += 1
             out.append(task)
         dispatch.pump(name)
         return out
