@@ -5,13 +5,17 @@ A lane is one object for the whole map, its task's `waiter`: the task's end mark
 ready, and once per turn of the loop the ready lanes keep their results and submit their
 next inputs. Nothing is made per input but its Task (no coroutine, no future, no wake-up
 of a coroutine per task: those were a fifth of the supervisor's CPU per tiny task, and
-what the cyclic collector walked).
+what the cyclic collector walked). The lanes ready in one turn take their next inputs as
+one batch (`submit_many`): the agent's refusal and counters looked at once, the ids made
+in one call, its queue pumped once, each input still a task of its own (its id, its
+deadline, its retries, its cancellation, its journal row, its events).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ...jsonrpc import RpcError
@@ -29,8 +33,8 @@ class Submits(Protocol):
     @property
     def journal(self) -> TaskJournal | None: ...
 
-    def submit(self, agent_name: str, task_input: Any, *, timeout: float | None = None,
-               priority: int = 0) -> Task: ...
+    def submit_many(self, agent_name: str, inputs: Sequence[Any], *,
+                    timeout: float | None = None) -> list[Task | RpcError]: ...
 
     def outcome(self, task: Task, *, decode: bool = False) -> Awaitable[TaskResult]: ...
 
@@ -75,9 +79,7 @@ class Lanes:
 
     async def run(self) -> list[TaskResult]:
         try:
-            for _ in range(self.concurrency):
-                if not self._next(_Lane(self)):
-                    break
+            self._next([_Lane(self) for _ in range(self.concurrency)])
             if self.running:
                 await self.finished
         finally:
@@ -86,27 +88,34 @@ class Lanes:
             self.results[i] = await self.tasks.outcome(task, decode=True)
         return cast(list[TaskResult], self.results)
 
-    def _next(self, lane: _Lane) -> bool:
-        """Submit the lane's next input; False when there is none left. A refused task
-        is a result at once, and the lane takes the input after it."""
-        tasks, results = self.tasks, self.results
-        for x in self.todo:
-            i = len(results)
-            results.append(None)
+    def _next(self, lanes: list[_Lane]) -> None:
+        """The lanes take their next inputs, as one batch of the manager's (`submit_many`:
+        the agent looked at once, one write per worker). A refused task, or one ended at
+        once, is a result, and its lane takes the input after it; lanes left without an
+        input stay idle."""
+        tasks, results, todo = self.tasks, self.results, self.todo
+        while lanes:
+            batch = list(islice(todo, len(lanes)))
+            if not batch:
+                return
+            base = len(results)
+            results.extend([None] * len(batch))
             try:
-                task = tasks.submit(self.agent, x, timeout=self.timeout)
+                made = tasks.submit_many(self.agent, batch, timeout=self.timeout)
             except RpcError as exc:
-                results[i] = TaskResult("", "refused", None,
-                                        TaskError(exc.code, exc.message), [])
-                continue
-            if task.status in TERMINAL:
-                self._keep(i, task)
-                continue
-            lane.i, lane.task, lane.settled = i, task, False
-            task.waiter, task.decoded = lane, True
-            self.running += 1
-            return True
-        return False
+                made = [exc] * len(batch)
+            for k, task in enumerate(made):
+                i = base + k
+                if isinstance(task, RpcError):
+                    results[i] = TaskResult("", "refused", None,
+                                            TaskError(task.code, task.message), [])
+                elif task.status in TERMINAL:
+                    self._keep(i, task)
+                else:
+                    lane = lanes.pop()
+                    lane.i, lane.task, lane.settled = i, task, False
+                    task.waiter, task.decoded = lane, True
+                    self.running += 1
 
     def _keep(self, i: int, task: Task) -> None:
         if task.output_dropped:
@@ -147,8 +156,7 @@ class Lanes:
                 self.running += len(ready)
                 self.loop.create_task(self._after_commit(journal, ready))
                 return
-            for lane in ready:
-                self._next(lane)
+            self._next(ready)
         except BaseException as exc:
             self._fail(exc)
             return

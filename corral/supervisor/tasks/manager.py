@@ -49,6 +49,7 @@ from .counters import AgentTasks, totals
 from .delays import Delays
 from .dispatch import TaskDispatch, why_delayed
 from .durable import TaskJournal, unknown_cursor
+from .ids import new_ids
 from .lanes import Lanes
 from .model import LOST_IN_RESTART, TERMINAL, Task, TaskFinished, TaskRecord, TaskStatus
 from .payload import Output, acyclic, encode_input
@@ -291,6 +292,65 @@ class TaskManager:
         self.queue.put(task)
         self.dispatch.pump(agent.name)
         return task
+
+    def submit_many(self, agent_name: str, inputs: Sequence[Any], *,
+                    timeout: float | None = None) -> list[Task | RpcError]:
+        """`submit` of a map's turn of inputs (lanes.py), each accepted or refused as
+        `submit` would, in order: what is the agent's is looked at once (its refusal, its
+        counters, its queue's free room), the ids are made in one call, and the agent's
+        queue is pumped once at the end, so that a worker is written the turn's tasks in
+        one write."""
+        agent = self.sup.agent(agent_name)
+        name, spec = agent.name, agent.spec
+        q = self._agent_tasks(agent)
+        counts = q.counts
+        try:
+            check_takes_tasks(agent)
+            why = refusal(agent)
+            if why:
+                raise RpcError(jsonrpc.REFUSED, why)
+        except RpcError as exc:
+            counts["refused"] += len(inputs)
+            return [exc] * len(inputs)
+        dispatch, queue, depth_of = self.dispatch, self.queue, self.queue.depth
+        delayed = self.delays.count(name)
+        waiting = depth_of(name) + delayed  # (counted on here: only this loop adds)
+        reach = REACH.get() if getattr(spec, "spawns", None) else None
+        trace_begin, active, record, put = (self.trace_begin, self.active, self.record,
+                                            queue.put)
+        seq, tenancy, bucket = self._seq, self.tenancy, q.bucket
+        ids, now = new_ids(len(inputs)), time.time()
+        out: list[Task | RpcError] = []
+        for x, task_id in zip(inputs, ids, strict=True):
+            try:
+                raw = x if isinstance(x, msgspec.Raw) else msgspec.Raw(encode_input(x))
+                t = admit(agent, len(raw), timeout, bucket=bucket, tenancy=tenancy,
+                          depth=depth_of)
+                if waiting >= spec.max_queue:
+                    dispatch.pump(name)  # what may start starts, as `submit`'s had
+                    waiting = depth_of(name) + delayed
+                    if waiting >= spec.max_queue and (
+                            dispatch.free_replica(agent) is None
+                            or dispatch.held is not None or self.budgets.holds(agent)):
+                        raise queue_full(agent, waiting)
+                task = Task(name, raw, 0, t or spec.task_timeout, spec.retries, next(seq),
+                            task_id, now)
+                if reach is not None:
+                    self.spawns.limit(task, *reach)
+                if trace_begin is not None:
+                    trace_begin(task, None, None)
+            except RpcError as exc:
+                counts["refused"] += 1
+                out.append(exc)
+                continue
+            counts["accepted"] += 1
+            active[task_id] = task
+            record(task)
+            put(task)
+            waiting += 1
+            out.append(task)
+        dispatch.pump(name)
+        return out
 
     def adopt(self, task: Task) -> None:
         """A task accepted elsewhere (a cluster task this node claimed) waits here for a

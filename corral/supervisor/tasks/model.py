@@ -92,8 +92,9 @@ class Task:
     session_here = True
 
     def __init__(self, agent: str, raw_input: msgspec.Raw, priority: int, timeout: float,
-                 retries: int, seq: int) -> None:
-        self.id = new_id()
+                 retries: int, seq: int, task_id: str | None = None,
+                 now: float | None = None) -> None:
+        self.id = new_id() if task_id is None else task_id
         self.agent = agent
         self.input = raw_input
         self.priority = priority
@@ -104,7 +105,7 @@ class Task:
         # it may not start before this wall time (a delay, a retry's backoff): delays.py
         self.not_before: float | None = None
         self.seq = seq  # arrival in this process: the queue's tie-break, never stored
-        self.created = time.time()
+        self.created = time.time() if now is None else now
         # when it was to start: its acceptance, or the time a delay asked for (a wait the
         # caller chose is no wait in the queue, nor its agent's latency)
         self.due = self.created
