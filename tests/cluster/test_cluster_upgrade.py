@@ -1,48 +1,130 @@
-"""A cluster node refuses `corral upgrade` (decision 280): its membership, lease and
-claims are not carried across the exec, and a new image that joined as itself would run
-its claimed tasks twice. Refused with the way (a restart, whose drain hands its tasks to
-the other nodes), nothing changed: the same daemon, the same agents, the same
-incarnation, and the tasks it runs finish there once."""
+"""`corral upgrade` of a cluster's node (issue 37; decision 404, superseding 280): the
+new image goes on as the same daemon and incarnation, its running claims re-attached to
+the kept workers and their outcomes sent through their fences; what waits for the node
+goes back to the cluster before the exec. A liveness key that lapses during the hand-over
+fences the new image: the cluster runs the task elsewhere, once."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
 
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import nodes, sleeper
+from .harness import Node, sleeper
 from .test_takeover import outcomes, running_on, submit
 
-pytestmark = pytest.mark.timeout(60)
-
-REFUSED = ("corral: upgrade refused, nothing changed: a node of a cluster is upgraded by a "
-           "restart (`systemctl restart corral`: its drain hands its tasks to the other "
-           "nodes)")
+pytestmark = pytest.mark.timeout(90)
 
 
-def test_a_cluster_node_refuses_an_upgrade_and_changes_nothing(
+@contextlib.contextmanager
+def started(*made: Node) -> Iterator[None]:
+    """The nodes stopped after, and every process they started killed by its pid."""
+    pids: set[int] = set()
+    try:
+        yield
+    finally:
+        for n in made:
+            if n.proc is not None and n.proc.poll() is None:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    pids |= {p.pid for p in psutil.Process(n.proc.pid).children(True)}
+            n.close()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def view(n: Node) -> dict[str, Any]:
+    return {v["node"]: v for v in n.json("nodes")["nodes"]}
+
+
+def both_alive(a: Node) -> None:
+    wait_until(lambda: [v["alive"] for v in view(a).values()] == [True, True],
+               what="both nodes alive")
+
+
+def upgrading(a: Node, *args: str) -> tuple[threading.Thread, list[Any]]:
+    said: list[Any] = []
+    t = threading.Thread(target=lambda: said.append(a.cli("upgrade", *args, timeout=60)))
+    t.start()
+    return t, said
+
+
+def workers(n: Node) -> dict[str, tuple[int, int]]:
+    return {k: (v["pid"], v["restarts"]) for k, v in n.status().items()}
+
+
+def test_an_upgraded_node_keeps_its_claim_and_its_incarnation(
         tmp: Path, redis: RedisServer) -> None:
-    with nodes(tmp, redis, {"a": sleeper("sleepy")}) as ns:
-        a = ns["a"]
-        assert a.proc is not None
-        wait_until(lambda: [n["alive"] for n in a.json("nodes")["nodes"]] == [True],
-                   what="the node alive")
-        ids = submit(a, 1, 2.0)
+    a = Node(tmp / "a", "a", redis, sleeper("sleepy"))
+    b = Node(tmp / "b", "b", redis, sleeper("sleepy", concurrency=4))
+    with started(a, b):
+        a.start()
+        held = submit(a, 1, 4.0)  # b not yet started: a runs it
         wait_until(lambda: running_on(a) == 1, what="a busy")
-        before = {k: (v["pid"], v["restarts"]) for k, v in a.status().items()}
-        incarnation = [n["incarnation"] for n in a.json("nodes")["nodes"]]
-        r = a.cli("upgrade")
-        assert (r.returncode, r.stdout, r.stderr.strip()) == (1, "", REFUSED), r
-        report = a.json("upgrade", "--report")
-        assert (report["state"], report["pid"]) == ("refused", a.proc.pid), report
-        assert report["error"] == REFUSED.removeprefix(
-            "corral: upgrade refused, nothing changed: ")
-        assert a.proc.poll() is None
-        assert {k: (v["pid"], v["restarts"]) for k, v in a.status().items()} == before
-        assert [n["incarnation"] for n in a.json("nodes")["nodes"]] == incarnation
+        b.start()
+        both_alive(a)
+        before, kept = view(a)["a"], workers(a)
+        assert a.proc is not None
+        t, said = upgrading(a)
+        during = submit(b, 4, 0.3)  # while a hands over: they run once, on b or a
+        t.join()
+        r = said[0]
+        assert r.returncode == 0, r
+        assert "1 running task kept" in r.stdout, r.stdout
+        done = outcomes(b, held)  # seen from the other node
+        assert [(d["status"], len(d["attempts"]), d["attempts"][0]["node"])
+                for d in done] == [("succeeded", 1, "a")], done
+        assert [(d["status"], len(d["attempts"])) for d in outcomes(b, during)] == [
+            ("succeeded", 1)] * 4
+        after = view(a)["a"]
+        assert (after["incarnation"], after["pid"], after["alive"]) == (
+            before["incarnation"], a.proc.pid, True)
+        assert workers(a) == kept
+        stats = a.call("stats.get")["cluster"]
+        assert (stats["incarnation"], stats["fences"]) == (before["incarnation"], 0), stats
         log = (a.state / "logs" / "corral.log").read_text()
-        assert "upgrade refused, nothing changed: a node of a cluster" in log
-        done = outcomes(a, ids)
-        assert [(d["status"], len(d["attempts"])) for d in done] == [("succeeded", 1)]
+        assert "fenced itself" not in log
+        # the node goes on taking the cluster's tasks
+        assert [d["status"] for d in outcomes(a, submit(a, 2, 0.1))] == ["succeeded"] * 2
+
+
+def test_a_key_lapsed_in_the_hand_over_fences_the_new_image(
+        tmp: Path, redis: RedisServer) -> None:
+    """The new image starts later than the TTL (a wrapper sleeps before the
+    interpreter): b takes the claim over and runs it; the new image fences itself and
+    cancels what its kept worker still ran of it, its outcome never sent."""
+    slow = tmp / "slow-python"
+    slow.write_text('#!/bin/sh\n[ -n "$CORRAL_HANDOFF" ] && sleep 3\n'
+                    f'exec {sys.executable} "$@"\n')
+    slow.chmod(0o755)
+    a = Node(tmp / "a", "a", redis, sleeper("sleepy", retries=1))
+    b = Node(tmp / "b", "b", redis, sleeper("sleepy", retries=1))
+    with started(a, b):
+        a.start()
+        held = submit(a, 1, 5.0)
+        wait_until(lambda: running_on(a) == 1, what="a busy")
+        b.start()
+        both_alive(a)
+        before = view(a)["a"]["incarnation"]
+        t, said = upgrading(a, "--python", str(slow))
+        t.join()
+        assert said[0].returncode == 0, said[0]
+        [done] = outcomes(b, held)
+        assert done["status"] == "succeeded", done
+        assert [x["node"] for x in done["attempts"]] == ["a", "b"], done
+        assert done["attempts"][0]["outcome"] != "succeeded", done
+        stats = a.call("stats.get")["cluster"]
+        assert stats["fences"] == 1 and stats["incarnation"] == before + 1, stats
+        log = (a.state / "logs" / "corral.log").read_text()
+        assert f"a/{before} fenced itself: its liveness key expired" in log, log[-3000:]
+        wait_until(lambda: running_on(a) == 0, what="a's kept run cancelled")
