@@ -15,7 +15,9 @@ subscriptions on it are listened to again), routes the answers of running tasks 
 (they finish once, on their attempt), and recovers queued tasks from the journal as after
 any start. A plain program is kept too, with its log pipes, its $NOTIFY_SOCKET and what
 it said on it (plain.py's `PlainHanded`); an idle replica is idle again, not "ready"; the
-task counters of `corral stats` go on. Zygotes are ended and started again on demand.
+task counters of `corral stats` go on. Zygotes are ended and started again on demand. A
+cluster's node goes on as the same daemon and incarnation, its running claims re-attached
+(cluster/handover.py).
 
 A new image that cannot start falls back: `BOOT`, the program the old image execs (its
 own text, so a new install that cannot even be imported still runs it), catches any
@@ -683,6 +685,9 @@ class Taken:
         containment = self.sup.parts.containment
         for lost in left:
             containment.adopted(lost.record)
+        if self.claims and self.node is not None:  # their workers not kept
+            handover.give_back(self.node, list(self.claims.values()), "its worker was not kept")
+            self.claims.clear()
         ended = [*self.handoff.ended, *(lost.record for lost in left)]
         await end_processes(ended)
         for rec in ended:
