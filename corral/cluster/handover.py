@@ -19,13 +19,14 @@ elsewhere. A claim adopted after the fence is cancelled as it is adopted."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from ..supervisor.tasks import TERMINAL, Attempt, ModelUsage, TaskStatus
-from ..timeouts import cancel_all
+from ..timeouts import cancel_all, within
 from .queue import ClusterTask
 
 if TYPE_CHECKING:
@@ -67,11 +68,18 @@ class NodeHanded(msgspec.Struct, frozen=True):
 
 
 # -- the old image -------------------------------------------------------------------------
-def settled(node: ClusterNode) -> bool:
-    """Nothing of the cluster's waits here to be sent or started: the exec may follow
-    without an await (an outcome pending, or a claim queued, would be lost with it)."""
-    queued = any(t.status == TaskStatus.QUEUED for t in node._held())
-    return not queued and not node.outbox.pending
+def unsettled(node: ClusterNode) -> str:
+    """What of the cluster's still waits here to be sent or started ("": nothing, and the
+    exec may follow without an await: an outcome pending, or a claim queued, would be lost
+    with the old image)."""
+    queued = sum(1 for t in node._held() if t.status == TaskStatus.QUEUED)
+    if queued:
+        return (f"{queued} cluster tasks waiting on this node could not be handed back "
+                f"to the cluster ({node.membership.error or 'not a member'})")
+    if node.outbox.pending:
+        return (f"{len(node.outbox.pending)} outcomes of cluster tasks could not be sent "
+                f"to Redis ({node.membership.error or 'no answer'})")
+    return ""
 
 
 async def settle(node: ClusterNode) -> None:
@@ -82,12 +90,15 @@ async def settle(node: ClusterNode) -> None:
     loops = list(node.puller.loops.values())
     node.puller.loops.clear()
     await cancel_all(loops)
+    from redis.exceptions import RedisError  # (handoff.py imports this module: no redis)
+    if not node.membership.member:
+        return  # (what waits stays: `unsettled` says so, and the upgrade is refused)
     await node.stop_queued(f"node {node.node} is upgrading")
     await node.flush_outbox()
-    if node.membership.member:
-        running = {t.entry for t in node._held()}
-        await node.give_back_unknown(running, f"node {node.node} is upgrading")
-        await node.membership.renew()
+    running = {t.entry for t in node._held()}
+    await node.give_back_unknown(running, f"node {node.node} is upgrading")
+    with contextlib.suppress(RedisError, OSError, TimeoutError):
+        await within(node.membership.renew(), node.settings.beat)
 
 
 def resume_taking(node: ClusterNode) -> None:

@@ -322,7 +322,10 @@ class Upgrades:
             kept, ended = await self._quiet(deadline)
             # an outcome or a claim of the cluster's that came meanwhile is settled, and
             # the channels looked at again: the exec follows the last look with no await
-            while node is not None and not handover.settled(node):
+            while node is not None and (left := handover.unsettled(node)):
+                if time.monotonic() >= deadline:
+                    raise Refused(f"{left} within {QUIESCE_TIMEOUT:g} s")
+                await asyncio.sleep(QUIET_LOOK)
                 await handover.settle(node)
                 kept, ended = await self._quiet(deadline)
             self._exec(target, asked, kept, ended)

@@ -128,3 +128,28 @@ def test_a_key_lapsed_in_the_hand_over_fences_the_new_image(
         log = (a.state / "logs" / "corral.log").read_text()
         assert f"a/{before} fenced itself: its liveness key expired" in log, log[-3000:]
         wait_until(lambda: running_on(a) == 0, what="a's kept run cancelled")
+
+
+def test_a_claim_whose_worker_is_not_kept_goes_back_to_the_cluster(
+        tmp: Path, redis: RedisServer) -> None:
+    """A cluster agent's replica placed on the node is not kept (the new image places it
+    from Redis after its adoptions): the claim running on it is handed back, retries
+    untouched, and runs again; the node is not fenced (decision 404's limit)."""
+    a = Node(tmp / "a", "a", redis, sleeper("sleepy") + 'placement = "cluster"\n')
+    with started(a):
+        a.start()
+        wait_until(lambda: a.status().get("sleepy#0", {}).get("state") == "ready",
+                   what="sleepy placed on a")
+        held = submit(a, 1, 3.0)
+        wait_until(lambda: running_on(a) == 1, what="a busy")
+        r = a.cli("upgrade")
+        assert r.returncode == 0, r
+        assert ("0 agent processes and 0 running tasks kept; started again: agent "
+                "sleepy#0") in r.stdout, r.stdout
+        [done] = outcomes(a, held)
+        assert (done["status"], [x["outcome"] for x in done["attempts"]]) == (
+            "succeeded", ["lost", "succeeded"]), done
+        assert a.call("stats.get")["cluster"]["fences"] == 0
+        log = (a.state / "logs" / "corral.log").read_text()
+        assert ("cluster: 1 tasks handed back (node a's worker was lost in its upgrade: "
+                "its agent's replica did not start in the new image)") in log
