@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from ..supervisor.tasks import TERMINAL, Attempt, ModelUsage, TaskStatus
+from ..text import plural
 from ..timeouts import cancel_all, within
 from .queue import ClusterTask
 
@@ -74,11 +75,11 @@ def unsettled(node: ClusterNode) -> str:
     with the old image)."""
     queued = sum(1 for t in node._held() if t.status == TaskStatus.QUEUED)
     if queued:
-        return (f"{queued} cluster tasks waiting on this node could not be handed back "
-                f"to the cluster ({node.membership.error or 'not a member'})")
+        return (f"{plural(queued, 'cluster task')} waiting on this node could not be "
+                f"handed back to the cluster ({node.membership.error or 'not a member'})")
     if node.outbox.pending:
-        return (f"{len(node.outbox.pending)} outcomes of cluster tasks could not be sent "
-                f"to Redis ({node.membership.error or 'no answer'})")
+        return (f"{plural(len(node.outbox.pending), 'outcome')} of cluster tasks could not "
+                f"be sent to Redis ({node.membership.error or 'no answer'})")
     return ""
 
 

@@ -153,3 +153,31 @@ def test_a_claim_whose_worker_is_not_kept_goes_back_to_the_cluster(
         log = (a.state / "logs" / "corral.log").read_text()
         assert ("cluster: 1 tasks handed back (node a's worker was lost in its upgrade: "
                 "its agent's replica did not start in the new image)") in log
+
+
+def test_an_outcome_redis_cannot_take_refuses_the_upgrade(
+        tmp: Path, redis: RedisServer) -> None:
+    """Redis away with an outcome in the outbox: the exec would lose it, so the upgrade
+    is refused once the hand-over's time is out, nothing changed; the outcome goes when
+    Redis is back, and the node reads the cluster's tasks again."""
+    a = Node(tmp / "a", "a", redis, sleeper("sleepy"), ttl=30.0, beat=1.0)
+    with started(a):
+        a.start()
+        ids = submit(a, 1, 1.0)
+        wait_until(lambda: running_on(a) == 1, what="a busy")
+        redis.kill()
+        wait_until(lambda: a.call("stats.get")["cluster"]["outbox"] == 1,
+                   what="the outcome waiting for Redis")
+        assert a.proc is not None
+        r = a.cli("upgrade")
+        assert r.returncode == 1, r
+        said = r.stdout.strip()  # (the refusal found after the check: the report's)
+        assert said.startswith("corral: upgrade refused, nothing changed: 1 outcome of "
+                               "cluster tasks could not be sent to Redis ("), said
+        assert said.endswith(") within 10 s"), said
+        report = a.json("upgrade", "--report")
+        assert (report["state"], report["pid"]) == ("refused", a.proc.pid), report
+        redis.start()
+        [done] = outcomes(a, ids)
+        assert (done["status"], len(done["attempts"])) == ("succeeded", 1), done
+        assert [d["status"] for d in outcomes(a, submit(a, 1, 0.1))] == ["succeeded"]
