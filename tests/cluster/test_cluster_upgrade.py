@@ -181,3 +181,30 @@ def test_an_outcome_redis_cannot_take_refuses_the_upgrade(
         [done] = outcomes(a, ids)
         assert (done["status"], len(done["attempts"])) == ("succeeded", 1), done
         assert [d["status"] for d in outcomes(a, submit(a, 1, 0.1))] == ["succeeded"]
+
+
+def test_a_new_image_that_fails_falls_back_as_the_same_node(
+        tmp: Path, redis: RedisServer) -> None:
+    """The new install fails after its checks: the old image takes the handoff back and
+    goes on as the same incarnation, its claim re-attached; the task finishes once."""
+    from ..test_upgrade import install
+
+    a = Node(tmp / "a", "a", redis, sleeper("sleepy"))
+    with started(a):
+        a.start()
+        ids = submit(a, 1, 8.0)  # running past the new install's check
+        wait_until(lambda: running_on(a) == 1, what="a busy")
+        before, kept = view(a)["a"], workers(a)
+        broken = install(tmp, "late", (
+            "daemon/boot.py", "    global committed\n",
+            '    global committed\n    raise RuntimeError("broken on purpose")\n'))
+        r = a.cli("upgrade", "--pythonpath", str(broken))
+        assert r.returncode == 1, r
+        assert r.stdout.strip().endswith("RuntimeError: broken on purpose; 1 agent process "
+                                         "and 1 running task kept"), r.stdout
+        [done] = outcomes(a, ids)
+        assert (done["status"], len(done["attempts"])) == ("succeeded", 1), done
+        after = view(a)["a"]
+        assert (after["incarnation"], after["alive"]) == (before["incarnation"], True)
+        assert workers(a) == kept
+        assert a.call("stats.get")["cluster"]["fences"] == 0
