@@ -134,6 +134,8 @@ class ClusterNode:
         outbox = self.outbox
         task.watch(outbox.progress)
 
+    outbox_watch = _watch  # (a claim handed over by an upgrade: handover.py)
+
     def _offer(self) -> tuple[int, int, list[str]]:
         agents = self.host.agents
         capacity = sum(free_slots(a) + sum(r.tasks_running for r in a.replicas)
@@ -254,12 +256,33 @@ class ClusterNode:
         cluster at once, for the other nodes; those running finish here, or are handed
         back by `hand_back`."""
         self.puller.paused = self.placement.draining = True
+        await self.stop_queued(f"node {self.node} is stopping")
+
+    async def stop_queued(self, reason: str) -> None:
+        """The cluster tasks waiting here go back to the cluster (an upgrade's too)."""
         waiting = [t for t in self._held() if t.status == TaskStatus.QUEUED]
         for t in waiting:
             self.tasks.queue.remove(t)
             self.tasks.active.pop(t.id, None)
         if waiting and self.membership.member:
-            await self._release(waiting, f"node {self.node} is stopping")
+            await self._release(waiting, reason)
+
+    async def flush_outbox(self) -> None:
+        """The outcomes that wait, sent while Redis answers within a TTL."""
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await within(self.outbox.flush(), self.settings.node_ttl)
+
+    async def give_back_unknown(self, running: set[str], reason: str) -> None:
+        """What this incarnation holds in the streams it read but does not run (`running`:
+        the entries it does; a pull loop ended in its claim's round trip) waits again."""
+        try:
+            await within(self.reaper.give_back(self.puller.streams(),
+                                               self.membership.consumer, reason,
+                                               frozenset(e.encode() for e in running)),
+                         self.settings.node_ttl)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.report(f"cluster: what this node read but did not run was not given back "
+                        f"({why(exc)}): the cluster takes it back as an orphan")
 
     async def hand_back(self) -> None:
         """A node about to stop (before its agents do): it reads nothing more, sends the
@@ -292,6 +315,14 @@ class ClusterNode:
             self.report(f"cluster: what this node read but did not run was not given back "
                         f"({why(exc)}): the cluster takes it over once this node's key "
                         "expires")
+
+    def background(self, work: Awaitable[None]) -> None:
+        """A one-off of the node's, ended with its loops (handover.py's give-back)."""
+        self._loops.append(asyncio.ensure_future(work))
+
+    async def release(self, held: list[ClusterTask], reason: str) -> None:
+        """These claims back to the cluster at once, their retries untouched."""
+        await self._release(held, reason)
 
     async def _release(self, held: list[ClusterTask], reason: str) -> None:
         pipe = self.redis.pipeline(transaction=False)

@@ -77,11 +77,13 @@ class Reaper:
             for dead in (c for c in holders if c not in alive):
                 await self._take_over(stream, dead)
 
-    async def give_back(self, streams: Iterable[str], consumer: str, reason: str) -> None:
+    async def give_back(self, streams: Iterable[str], consumer: str, reason: str,
+                        held: frozenset[bytes] = frozenset()) -> None:
         """A stopping node's last pass: every entry `consumer` still holds in `streams`
-        (it has handed back what it ran) is an orphan, queued again at once."""
+        (it has handed back what it ran; an upgrade's: but `held`, what runs on) is an
+        orphan, queued again at once."""
         for stream in streams:
-            await self._take_over(stream, consumer, idle=0, reason=reason)
+            await self._take_over(stream, consumer, idle=0, held=held, reason=reason)
 
     async def _take_over(self, stream: str, dead: str, *, idle: int | None = None,
                          held: frozenset[bytes] = frozenset(),

@@ -314,7 +314,7 @@ class Daemon:
         fleet.gateway = cfg.gateway
         tenants = TenantRegistry(parts, store, self.config_path, hub.daemon)
         tenants.on_groups = control.set_tenant_groups
-        node = await enter(part.cluster_node(conf, sup, queue, fleet, hub))
+        node = await enter(part.cluster_node(conf, sup, queue, fleet, hub, self.taken))
         status = Status(self.notifier, parts, extras, hub, node)
         await enter(part.running(sup, conf, opened, hub, lambda: self._graceful))
         await enter(part.handing_back(node))

@@ -3,12 +3,13 @@
 msgspec JSON in the state directory, mode 0600, written just before the exec (not
 fsynced: the same kernel reads it a moment later, and a crash meanwhile leaves no process
 to hand over) and removed by the image that takes it once its set-up is over; its path
-rides the environment (`CORRAL_HANDOFF`). It lists what the fds kept open across the exec are (the
-control socket, its lock, each kept worker's and MCP server's pipes, the HTTP server's
-and the gateway's listening sockets), the processes kept and their running tasks
-(supervisor/adopt.py), the resource subscriptions agents hold on kept MCP servers, the
-processes the next image ends (zygotes, per-agent MCP servers), what the incarnation is
-(so its process records go on), and how to go back to the image that wrote it when the
+rides the environment (`CORRAL_HANDOFF`). It lists what the fds kept open
+across the exec are (the control socket, its lock, each kept worker's and MCP server's
+pipes, the HTTP server's and the gateway's listening sockets), the processes kept and
+their running tasks (supervisor/adopt.py), the resource subscriptions agents hold on kept
+MCP servers, the processes the next image ends (zygotes, per-agent MCP servers), what the
+incarnation is (so its process records go on), a cluster node's incarnation and running
+claims (cluster/handover.py), and how to go back to the image that wrote it when the
 next one cannot start (`fallback`)."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import msgspec
 
+from ..cluster.handover import NodeHanded
 from ..supervisor.adopt import HandedProcess
 from ..supervisor.containment import ProcessRecord
 from ..supervisor.stats import Stats
@@ -27,8 +29,9 @@ from ..supervisor.tasks.counters import Carried
 
 # the layout of this file: an image that reads another refuses the handoff (the old one
 # then goes on, and says so). 2: MCP servers' sessions, listening sockets, subscriptions;
-# 3: plain programs, idle replicas, the task counters
-HANDOFF_VERSION = 3
+# 3: plain programs, idle replicas, the task counters; 4: a cluster node's incarnation and
+# claims
+HANDOFF_VERSION = 4
 VARIABLE = "CORRAL_HANDOFF"
 FAILED_VARIABLE = "CORRAL_UPGRADE_FAILED"
 NAME = "upgrade-handoff.json"
@@ -123,6 +126,7 @@ class Handoff(msgspec.Struct, frozen=True):
     engine: Stats | None = None  # the supervisor's counts (spawned, restarts, ...)
     steps: dict[str, int] = {}  # the step journal's counters
     sessions_expired: int = 0
+    cluster: NodeHanded | None = None  # a cluster node's (cluster/handover.py)
     version: int = HANDOFF_VERSION
 
 

@@ -350,7 +350,8 @@ async def event_pump(sup: Supervisor, heard: EngineLog) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def cluster_node(conf: Conf, sup: Supervisor, queue: ClusterQueue | None,
-                       fleet: Fleet, hub: LogHub) -> AsyncIterator[ClusterNode | None]:
+                       fleet: Fleet, hub: LogHub, taken: Taken | None = None
+                       ) -> AsyncIterator[ClusterNode | None]:
     """With [cluster], this node, refused at start while another daemon is it; it
     leaves its cluster after the agents have stopped (their last outcomes are in its
     outbox by then): made before the engine opens, it is left after it closes."""
@@ -363,6 +364,10 @@ async def cluster_node(conf: Conf, sup: Supervisor, queue: ClusterQueue | None,
     node = ClusterNode(settings, sup, sup.parts, queue, hub.daemon,
                        prepare=fleet.fill_paths, apply=fleet.apply_spec,
                        describe=describe_change, key=cluster_key(conf, hub))
+    if taken is not None and taken.handoff.cluster is not None:
+        from ..cluster import handover  # an upgrade's: the same daemon and incarnation
+        handover.go_on(node, taken.handoff.cluster)
+        taken.node = node
     try:
         await one_node(node, hub)
         yield node

@@ -15,7 +15,9 @@ subscriptions on it are listened to again), routes the answers of running tasks 
 (they finish once, on their attempt), and recovers queued tasks from the journal as after
 any start. A plain program is kept too, with its log pipes, its $NOTIFY_SOCKET and what
 it said on it (plain.py's `PlainHanded`); an idle replica is idle again, not "ready"; the
-task counters of `corral stats` go on. Zygotes are ended and started again on demand.
+task counters of `corral stats` go on. Zygotes are ended and started again on demand. A
+cluster's node goes on as the same daemon and incarnation, its running claims re-attached
+(cluster/handover.py).
 
 A new image that cannot start falls back: `BOOT`, the program the old image execs (its
 own text, so a new install that cannot even be imported still runs it), catches any
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from .. import __version__, jsonrpc
+from ..cluster import handover
 from ..jsonrpc import RpcError
 from ..methods import DaemonUpgrade, UpgradeReport
 from ..supervisor.adopt import Adoptions, HandedProcess, hand, hand_plain, keep_open
@@ -261,7 +264,6 @@ class Upgrades:
         self.report = UpgradeReport(attempt=attempt, state="handing_over",
                                     pid=os.getpid(), from_version=__version__)
         try:
-            self._alone()
             version = await target.check(self.host.config_path)
         except Refused as exc:
             self._refused(str(exc))
@@ -279,13 +281,6 @@ class Upgrades:
                                         state="handing_over", pid=os.getpid(),
                                         from_version=__version__)
 
-    def _alone(self) -> None:
-        """A cluster's node is not upgraded in place: its membership (one daemon per node
-        name, fenced claims) is not handed over."""
-        if self.host.cluster is not None:
-            raise Refused("a node of a cluster is upgraded by a restart (`systemctl "
-                          "restart corral`: its drain hands its tasks to the other nodes)")
-
     def _refused(self, why: str) -> None:
         self.report.state, self.report.error = "refused", why
         self.target = None
@@ -299,7 +294,6 @@ class Upgrades:
         if target is None:  # SIGUSR2
             target = Target(None, None, self.host.notifier, self.host.spared)
             try:
-                self._alone()
                 self.report.to_version = await target.check(self.host.config_path)
             except Refused as exc:
                 self._refused(str(exc))
@@ -321,11 +315,24 @@ class Upgrades:
         tasks.hold("the daemon is upgrading")
         host.hub.daemon(f"upgrading to corral {self.report.to_version} "
                         f"({target.python}): holding dispatch")
+        node = host.cluster
         try:
+            if node is not None:
+                await handover.settle(node)
             kept, ended = await self._quiet(deadline)
+            # an outcome or a claim of the cluster's that came meanwhile is settled, and
+            # the channels looked at again: the exec follows the last look with no await
+            while node is not None and (left := handover.unsettled(node)):
+                if time.monotonic() >= deadline:
+                    raise Refused(f"{left} within {QUIESCE_TIMEOUT:g} s")
+                await asyncio.sleep(QUIET_LOOK)
+                await handover.settle(node)
+                kept, ended = await self._quiet(deadline)
             self._exec(target, asked, kept, ended)
         except Refused as exc:
             tasks.release()
+            if node is not None:
+                handover.resume_taking(node)
             self._refused(str(exc))
 
     async def _quiet(self, deadline: float) -> tuple[list[HandedProcess],
@@ -425,7 +432,8 @@ class Upgrades:
             subscriptions=[Subscribed(*s) for s in host.sup.parts.tools.subscribed()],
             counters=carry(tasks.by_agent), engine=host.sup.parts.runtime_stats(),
             steps=tasks.steps.stats(),
-            sessions_expired=tasks.sessions.expired)
+            sessions_expired=tasks.sessions.expired,
+            cluster=None if host.cluster is None else handover.handed(host.cluster))
         path = handoff.path_in(host.store.path.parent)
         data = dict(target.env, **{VARIABLE: str(path)})
         fds = [*control, *(fd for k in kept for fd in k.fds if fd >= 0),
@@ -471,6 +479,9 @@ class Taken:
         self.adoptions = Adoptions(h.processes, self._adopted, self._lost)
         self._first = asyncio.Event()  # a handed process adopted (or lost): dispatch goes on
         self.listeners = Listeners(h.listeners)  # taken by the HTTP server and gateway
+        # a cluster node's running claims, re-attached by its node (cluster/handover.py)
+        self.claims = {c.task_id: c for c in h.cluster.claims} if h.cluster else {}
+        self.node: ClusterNode | None = None
 
     @property
     def control(self) -> tuple[int, int]:
@@ -544,6 +555,11 @@ class Taken:
         for t in h.tasks:
             assert r.peer is not None  # (a plain program runs no task)
             rec = self.held.pop(t.task_id, None)
+            claim = self.claims.pop(t.task_id, None)
+            if claim is not None and self.node is not None:
+                handover.adopt(self.node, claim, r, t.rid)
+                self.kept_tasks += 1
+                continue
             if rec is None:  # not journaled (task_journal = false): its answer is dropped
                 r.peer.take_over(0, [t.rid])
                 continue
@@ -555,6 +571,9 @@ class Taken:
         self._first.set()
         self.lost.append(f"{h.record.name}#{h.record.replica} ({why})")
         recs = [r for t in h.tasks if (r := self.held.pop(t.task_id, None)) is not None]
+        claims = [c for t in h.tasks if (c := self.claims.pop(t.task_id, None)) is not None]
+        if claims and self.node is not None:
+            handover.give_back(self.node, claims, why)
         if recs:
             self.sup.parts.tasks.restore(recs)
 
@@ -669,6 +688,9 @@ class Taken:
         containment = self.sup.parts.containment
         for lost in left:
             containment.adopted(lost.record)
+        if self.claims and self.node is not None:  # their workers not kept
+            handover.give_back(self.node, list(self.claims.values()), "its worker was not kept")
+            self.claims.clear()
         ended = [*self.handoff.ended, *(lost.record for lost in left)]
         await end_processes(ended)
         for rec in ended:

@@ -1,0 +1,164 @@
+"""A cluster node's part of `corral upgrade` (daemon/upgrade.py): what the new image needs
+to go on as the same node, and the old image's settling of its claims before the exec.
+
+The old image, dispatch held: it reads nothing more (its pull loops ended, no claim at
+submission), hands back to the cluster the claims it holds but has not started (the other
+nodes take them at once, as a drain's do) and what a pull loop read without its answer
+being known here, sends the outcomes it has, and renews its liveness key last. What it
+then hands over (`NodeHanded`) is its daemon id, its incarnation and every claim running
+on a kept worker: the stream, the entry, the fence token and the attempts. The new image
+goes on as that daemon and that incarnation (no join: its beat renews the key, `SET XX`),
+and each claim is re-attached to its kept worker; its outcome goes through the fence as
+any other's.
+
+A key that lapsed meanwhile (the exec and the adoptions took longer than `node_ttl`) is
+found by the new image's first beat: the membership fences itself, the cluster has taken
+the claims over (or will, as a dead incarnation's), and what the kept workers still run
+of them is cancelled here with its outcome never sent, so each runs to an outcome once,
+elsewhere. A claim adopted after the fence is cancelled as it is adopted."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ..supervisor.tasks import TERMINAL, Attempt, ModelUsage, TaskStatus
+from ..text import plural
+from ..timeouts import cancel_all, within
+from .queue import ClusterTask
+
+if TYPE_CHECKING:
+    from ..supervisor.replica import Replica
+    from .node import ClusterNode
+
+
+class Claim(msgspec.Struct, frozen=True):
+    """A cluster task running on a kept worker, as its claim and its run so far left it."""
+
+    task_id: str
+    agent: str
+    input: msgspec.Raw
+    priority: int
+    timeout: float
+    retries_left: int
+    created: float
+    started: float | None
+    attempts: list[Attempt]
+    token: int  # its fence
+    base: int  # attempts of earlier claims
+    entry: str
+    stream: str
+    consumer: str
+    tool_calls: int = 0
+    usage: ModelUsage | None = None
+    checkpoint: msgspec.Raw | None = None
+    session: str | None = None
+    session_kept: bytes | None = None
+
+
+class NodeHanded(msgspec.Struct, frozen=True):
+    daemon: str  # the daemon's id in its beats (one daemon per node name)
+    node: str
+    incarnation: int
+    consumer: str
+    renewed_at: float  # wall time of its last renewal
+    claims: list[Claim] = []
+
+
+# -- the old image -------------------------------------------------------------------------
+def unsettled(node: ClusterNode) -> str:
+    """What of the cluster's still waits here to be sent or started ("": nothing, and the
+    exec may follow without an await: an outcome pending, or a claim queued, would be lost
+    with the old image)."""
+    queued = sum(1 for t in node._held() if t.status == TaskStatus.QUEUED)
+    if queued:
+        return (f"{plural(queued, 'cluster task')} waiting on this node could not be "
+                f"handed back to the cluster ({node.membership.error or 'not a member'})")
+    if node.outbox.pending:
+        return (f"{plural(len(node.outbox.pending), 'outcome')} of cluster tasks could not "
+                f"be sent to Redis ({node.membership.error or 'no answer'})")
+    return ""
+
+
+async def settle(node: ClusterNode) -> None:
+    """Before the exec, dispatch held: read nothing more; what waits here goes back to the
+    cluster; the outcomes go; the key renewed last (the new image has a whole TTL from
+    here to beat). Redis away: what is not sent waits for the TTL (the takeover)."""
+    node.puller.paused = True  # (and no claim at submission: submitclaim.py)
+    loops = list(node.puller.loops.values())
+    node.puller.loops.clear()
+    await cancel_all(loops)
+    from redis.exceptions import RedisError  # (handoff.py imports this module: no redis)
+    if not node.membership.member:
+        return  # (what waits stays: `unsettled` says so, and the upgrade is refused)
+    await node.stop_queued(f"node {node.node} is upgrading")
+    await node.flush_outbox()
+    running = {t.entry for t in node._held()}
+    await node.give_back_unknown(running, f"node {node.node} is upgrading")
+    with contextlib.suppress(RedisError, OSError, TimeoutError):
+        await within(node.membership.renew(), node.settings.beat)
+
+
+def resume_taking(node: ClusterNode) -> None:
+    """The upgrade was refused after `settle`: the node reads again."""
+    node.puller.paused = False
+    node.puller.sync()
+
+
+def handed(node: ClusterNode) -> NodeHanded:
+    """What the new image goes on with (called with no await before the exec)."""
+    m = node.membership
+    wall = time.time() - (time.monotonic() - m.renewed)
+    claims = [Claim(
+        t.id, t.agent, t.input, t.priority, t.timeout, t.retries_left, t.created,
+        t.started, list(t.attempts), t.token, t.base, t.entry, t.stream, t.consumer,
+        t.tool_calls, t.usage, t.checkpoint, t.session, t.session_kept)
+        for t in node._held() if t.status == TaskStatus.RUNNING]
+    return NodeHanded(m.daemon, node.node, m.incarnation, m.consumer, wall, claims)
+
+
+# -- the new image -------------------------------------------------------------------------
+def go_on(node: ClusterNode, h: NodeHanded) -> None:
+    """Before the node's start (and its check that no other daemon is it): the same
+    daemon and incarnation, a member since the old image's last renewal. Its first beat
+    renews the key, or finds it gone and fences itself (membership.py)."""
+    m = node.membership
+    m.daemon, m.incarnation, m.consumer = h.daemon, h.incarnation, h.consumer
+    m.state = "member"
+    m.renewed = time.monotonic() - max(0.0, time.time() - h.renewed_at)
+
+
+def adopt(node: ClusterNode, c: Claim, r: Replica, rid: int) -> None:
+    """A handed claim, re-attached to its kept worker: it runs on, its answer ends it and
+    its outcome goes through its fence. An incarnation fenced already (its key lapsed
+    before the adoption) cancels it at once: the cluster runs it elsewhere."""
+    t = ClusterTask(c.task_id, c.agent, c.input, c.priority, c.timeout, c.retries_left,
+                    c.created, token=c.token, base=c.base, entry=c.entry, stream=c.stream,
+                    consumer=c.consumer)
+    t.started, t.attempts, t.tool_calls = c.started, tuple(c.attempts), c.tool_calls
+    t.usage, t.checkpoint = c.usage, c.checkpoint
+    t.session, t.session_kept = c.session, c.session_kept
+    tasks = node.tasks
+    tasks.active[t.id] = t
+    node.outbox_watch(t)
+    tasks.dispatch.adopt(t, r, rid)
+    m = node.membership
+    if not m.member or m.consumer != c.consumer:
+        node.report(f"cluster: task {t.id} was taken over while the node upgraded "
+                    f"({c.consumer} fenced): cancelled here")
+        if t.status not in TERMINAL:
+            tasks.cancel(t.id)
+
+
+def give_back(node: ClusterNode, claims: list[Claim], why: str) -> None:
+    """Handed claims whose worker was not adopted: back to the cluster now, their retries
+    untouched (else the cluster's orphan rule would, beats later)."""
+    tasks = [ClusterTask(c.task_id, c.agent, c.input, c.priority, c.timeout,
+                         c.retries_left, c.created, token=c.token, base=c.base,
+                         entry=c.entry, stream=c.stream, consumer=c.consumer)
+             for c in claims]
+    node.background(node.release(tasks, f"node {node.node}'s worker was lost in its "
+                                        f"upgrade: {why}"))
