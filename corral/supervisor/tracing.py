@@ -81,6 +81,7 @@ EVENTS_MAX = 64  # exits recorded on one task's attempts
 TEXT_MAX = 1024
 QUEUE_MIX = 0x5BD1E9955BD1E995  # a queue wait's span id from its attempt's
 LOW56 = (1 << 56) - 1
+UNSAMPLED = FROM_ID[False]
 
 
 class Sampling(NamedTuple):
@@ -126,8 +127,13 @@ class Tracer:
     def sampling(self, sampling: Sampling) -> None:
         self._sampling = sampling
         self._all = sampling.ratio >= 1.0  # every new trace sampled: no decision to make
-        # a new trace's head decision as `head` makes it, against its id's low 56 bits
-        self._below = int(sampling.ratio * (1 << 56))
+        # a new trace's head decision as `head` makes it, against its id's low 56 bits:
+        # the bound written as an id's tail ("hh-" and 12 hex digits), so that the id's
+        # own tail is compared with it as text, unparsed (fixed width, lower-case hex:
+        # the order of the texts is the numbers'; decision 420)
+        below = int(sampling.ratio * (1 << 56))
+        self._below = "" if below <= 0 else "~" if self._all else \
+            f"{below >> 48:02x}-{below & ((1 << 48) - 1):012x}"
         self._slow = sampling.slow
 
     # -- wiring -----------------------------------------------------------------------------
@@ -153,9 +159,8 @@ class Tracer:
                                    self.sampling.head(p.trace_id, p.sampled), p.tracestate)
         elif len(task.id) == 36:  # a UUIDv7: the trace is the task's id (FromId)
             # `head`'s decision for a new trace, read from the id's last 14 hex digits
-            # without parsing the rest: every unsampled task pays it (decision 363)
-            i = task.id
-            task.trace = FROM_ID[self._all or int(i[21:23] + i[24:], 16) < self._below]
+            # without parsing them: every unsampled task pays it (decisions 363, 420)
+            task.trace = FROM_ID[task.id[21:] < self._below]
         else:  # an id from before UUIDv7 (a caller's): one draw for the trace and span ids
             bits = new_span_id(192)
             trace_id = (bits >> 64) or 1
@@ -284,7 +289,10 @@ class Tracer:
             return
         end = task.finished or time.time()
         status = task.status
-        if not trace.sampled and status not in FAILED and end - task.created < self._slow:
+        if trace is UNSAMPLED:  # the commonest end when sampling: nothing held to drop
+            if status not in FAILED and end - task.created < self._slow:
+                return
+        elif not trace.sampled and status not in FAILED and end - task.created < self._slow:
             if not isinstance(trace, FromId):
                 trace.held = None
             return
