@@ -3,6 +3,7 @@ OpenTelemetry SDK's own path.
 
     .venv/bin/python -m bench.bench_tracing [--quick] [--tasks N] [--rounds R]
                                             [--pinned] [--tasks-only]
+                                            [--modes off,context]
 
 - tiny tasks (`{"n": i}` echoed by the SDK worker, 2 replicas, 256 in flight through
   `tasks.map`) in three modes taking turns in each round: off; `context`: [tracing] with
@@ -12,6 +13,8 @@ OpenTelemetry SDK's own path.
   OTLP/HTTP protobuf to a receiver in a process of its own; throughput and task latency
   (created to finished, median and p99), and the CPU time a task costs the loop's
   process, the workers and the exporter process;
+- `--modes off,context`: only these modes, taking turns (each round's order reversed
+  in the next), for more pairs of two in the same time;
 - `--pinned`: the same modes with the daemon (this process), its workers and the client
   (`tasks.map`, in this process) on the first core and the exporter process and the
   receiver on the second (`os.sched_setaffinity`; the exporter found by its pid among the
@@ -25,7 +28,8 @@ OpenTelemetry SDK's own path.
   daemon: a batch decoded, stored (a row a batch) and encoded as OTLP as the exporter
   does (daemon/otlprecords.py: a template per shape), and beside it the spans made one
   by one and encoded by daemon/otlp.py, and by the official opentelemetry-proto
-  messages. `--tasks-only` leaves out these and the loop's costs (the tiny tasks alone:
+  messages; a tool call's span likewise, from its template and span by span.
+  `--tasks-only` leaves out these and the loop's costs (the tiny tasks alone:
   what runs against an older tree, with `PYTHONPATH` on it, for an A/B).
 """
 
@@ -218,12 +222,38 @@ def exporter_cost(tmp: Path) -> dict[str, float]:
     c5 = time.process_time()
     store.close()
     k = 1e6 / tasks
-    return {"decoded_and_stored_us": round((c1 - c0) * k, 2),
+    return {**tool_cost(), "decoded_and_stored_us": round((c1 - c0) * k, 2),
             "otlp_template_encode_us": round((c2 - c1) * k, 2),
             "exporter_total_us": round((c2 - c0) * k, 2),
             "spans_made_us": round((c3 - c2) * k, 2),
             "otlp_encode_span_by_span_us": round((c4 - c3) * k, 2),
             "official_otlp_encode_us": round((c5 - c4) * k, 2)}
+
+
+def tool_cost() -> dict[str, float]:
+    """Per tool call's span (the exporter's side): from its shape's template, against
+    otlp.py span by span; calls of one tool, request ids counting up as a client's do."""
+    from corral.daemon.otlprecords import encode as encode_records
+    from corral.supervisor.tasks.ids import new_id
+
+    calls, now = 20_000, time.time()
+    records = []
+    for i in range(calls):
+        tid = new_trace_id()
+        records.append((TOOL, tid >> 64, tid & MASK64, new_span_id(64) or 1,
+                        new_span_id(64) or 1, "notes__echo", new_id(), 1, "pipe", i % 1000,
+                        now, now + 0.001, None))
+    batches = [[(r, True) for r in msgspec.msgpack.decode(msgspec.msgpack.encode(
+        records[i:i + 512]))] for i in range(0, calls, 512)]
+    c0 = time.process_time()
+    for batch in batches:
+        encode_records(batch, "corral", "bench")
+    c1 = time.process_time()
+    for batch in batches:
+        encode([s for r, short in batch for s in expand(r, short)], "corral", "bench")
+    c2 = time.process_time()
+    return {"tool_span_template_us": round((c1 - c0) * 1e6 / calls, 2),
+            "tool_span_span_by_span_us": round((c2 - c1) * 1e6 / calls, 2)}
 
 
 def official_encode(spans: list[Span]) -> bytes:
