@@ -3,7 +3,7 @@ OpenTelemetry SDK's own path.
 
     .venv/bin/python -m bench.bench_tracing [--quick] [--tasks N] [--rounds R]
                                             [--pinned] [--tasks-only]
-                                            [--modes off,context]
+                                            [--modes off,context] [--tools K]
 
 - tiny tasks (`{"n": i}` echoed by the SDK worker, 2 replicas, 256 in flight through
   `tasks.map`) in three modes taking turns in each round: off; `context`: [tracing] with
@@ -13,6 +13,8 @@ OpenTelemetry SDK's own path.
   OTLP/HTTP protobuf to a receiver in a process of its own; throughput and task latency
   (created to finished, median and p99), and the CPU time a task costs the loop's
   process, the workers and the exporter process;
+- `--tools K`: each task makes K tool calls to the minimal MCP server
+  (`bench/tool_agent.py`, `bench/min_mcp_server.py`): a client span each, traced;
 - `--modes off,context`: only these modes, taking turns (each round's order reversed
   in the next), for more pairs of two in the same time;
 - `--pinned`: the same modes with the daemon (this process), its workers and the client
@@ -53,7 +55,7 @@ import uvloop
 from corral.daemon.otlp import encode
 from corral.daemon.traces import start as start_traces
 from corral.daemon.tracestore import TraceStore
-from corral.supervisor import Supervisor
+from corral.supervisor import AgentSpec, McpServerSpec, Supervisor
 from corral.supervisor.config import TracingSettings
 from corral.supervisor.tasks.model import Task, TaskStatus
 from corral.supervisor.tracing import TOOL, Span, Tracer, expand
@@ -61,7 +63,7 @@ from corral.taskviews import Attempt
 from corral.tracecontext import MASK64, FromId, TaskTrace, new_span_id, new_trace_id
 
 from .bench_payload import add_echo, scale_echo
-from .harness import report
+from .harness import PY, ROOT, report
 
 QUICK = "--quick" in sys.argv
 TASKS = 3_000 if QUICK else 10_000
@@ -69,12 +71,15 @@ ROUNDS = 3 if QUICK else 5
 PINNED = "--pinned" in sys.argv
 TASKS_ONLY = "--tasks-only" in sys.argv
 MODES: tuple[str, ...] = ("off", "context", "on")
+TOOLS = 0
 LOOP_CORE, EXPORT_CORE = 0, 1  # --pinned: the daemon's side, the exporter's side
 for i, a in enumerate(sys.argv):
     if a == "--tasks":
         TASKS = int(sys.argv[i + 1])
     elif a == "--rounds":
         ROUNDS = int(sys.argv[i + 1])
+    elif a == "--tools":  # each task makes this many tool calls (bench/tool_agent.py)
+        TOOLS = int(sys.argv[i + 1])
     elif a == "--modes":  # e.g. off,context: a pair of modes alone, taking turns
         MODES = tuple(sys.argv[i + 1].split(","))
 IN_FLIGHT = 256
@@ -317,6 +322,10 @@ def own_cpu() -> float:
 
 
 
+def job(i: int) -> dict[str, int]:
+    return {"calls": TOOLS} if TOOLS else {"n": i}
+
+
 async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[str, float]:
     """`context`: [tracing] with nothing sampled (the context made and sent with every
     task, no span kept); `on`: every task's spans kept and exported."""
@@ -331,9 +340,17 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
             await traces.ready.wait()  # its start-up (imports) is not the tasks' cost
             if PINNED:
                 pin(exporter_of(traces.proc.pid if traces.proc else 0), EXPORT_CORE)
-        add_echo(sup, max_concurrent_tasks=64, max_queue=100_000)
+        if TOOLS:  # each task's calls to the minimal MCP server, through the engine
+            sup.add_mcp_server(McpServerSpec(name="min", command=[PY, str(
+                ROOT / "bench" / "min_mcp_server.py")], start="eager"))
+            sup.add(AgentSpec(name="echo", command=[PY, str(ROOT / "bench" / "tool_agent.py")],
+                              env={"PYTHONPATH": str(ROOT)}, tools=["min__*"],
+                              max_tool_calls_per_task=TOOLS, max_concurrent_tasks=64,
+                              max_queue=100_000))
+        else:
+            add_echo(sup, max_concurrent_tasks=64, max_queue=100_000)
         await scale_echo(sup, 2)
-        await sup.tasks.map("echo", ({"n": i} for i in range(500)), concurrency=IN_FLIGHT)
+        await sup.tasks.map("echo", (job(i) for i in range(500)), concurrency=IN_FLIGHT)
         sup.tasks.finished.clear()
         workers = [r.pid for r in sup.agent("echo").replicas if r.pid is not None]
         exporter = traces.proc.pid if traces is not None and traces.proc is not None else None
@@ -343,7 +360,7 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
         cpu0 = (own_cpu(), sum(cpu_seconds(p) for p in workers),
                 cpu_seconds(exporter) if exporter else 0.0)
         t0 = time.perf_counter()
-        results = await sup.tasks.map("echo", ({"n": i} for i in range(TASKS)),
+        results = await sup.tasks.map("echo", (job(i) for i in range(TASKS)),
                                       concurrency=IN_FLIGHT)
         dt = time.perf_counter() - t0
         cpu1 = (own_cpu(), sum(cpu_seconds(p) for p in workers),
