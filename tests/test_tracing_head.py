@@ -13,8 +13,16 @@ from corral import jsonrpc
 from corral.supervisor import State, Supervisor
 from corral.supervisor.tasks.ids import new_id
 from corral.supervisor.tasks.model import Task
-from corral.supervisor.tracing import Sampling, Tracer
-from corral.tracecontext import FROM_ID, TaskTrace, id_trace, meta, new_trace_id, of_id
+from corral.supervisor.tracing import Sampling, Tracer, own_span
+from corral.tracecontext import (
+    FROM_ID,
+    TaskTrace,
+    id_trace,
+    meta,
+    new_trace_id,
+    of_id,
+    parse_or_none,
+)
 
 from .conftest import agent
 
@@ -109,3 +117,26 @@ async def test_tracing_off_makes_nothing_for_a_task(sup: Supervisor,
     assert task.trace is None
     await task.done
     assert task.output == [None, None] and task.trace is None
+
+
+def test_a_workers_context_is_read_as_parse_reads_it() -> None:
+    """`own_span` (decision 425) gives what `parse_or_none` gives, for the context a
+    worker sends back and for every way one can be wrong."""
+    trace = of_id(new_id(), True)
+    tid = f"{trace.trace_id:032x}"
+    span = f"{trace.attempt_span(1):016x}"
+    other = f"{new_trace_id():032x}"
+    cases: list[object] = [
+        f"00-{tid}-{span}-01", f"00-{tid}-{span}-00", f"00-{tid}-{span}-ff",
+        f"00-{tid.upper()}-{span.upper()}-01", f"00-{other}-{span}-01",
+        f"00-{tid}-{'0' * 16}-01", f"00-{'0' * 32}-{span}-01", f"ff-{tid}-{span}-01",
+        f"01-{tid}-{span}-01", f"01-{tid}-{span}-01-more", f"00-{tid}-{span}-01-more",
+        f" 00-{tid}-{span}-01", f"00-{tid}-{span}-01 ", f"00-{tid}-{span[:-2]} 1-01",
+        f"00-{tid[:-2]} 1-{span}-01", f"00-{tid}-{span}-0g", f"00-{tid}-{span}- 1",
+        f"00-{tid}-{span[:-1]}é-01", f"00-{tid}_{span}-01", f"00-{tid}-{span}", "",
+        "garbage", None, 17, f"00-{tid}-+{span[1:]}-01", f"00-{tid}--{span[1:]}-01"]
+    for tp in cases:
+        own = parse_or_none(tp)
+        want = own.span_id if own is not None and own.trace_id == trace.trace_id else 0
+        assert own_span(tp, trace.trace_id) == want, tp
+    assert own_span(f"00-{tid}-{span}-01", trace.trace_id) == trace.attempt_span(1)
