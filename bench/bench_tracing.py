@@ -3,6 +3,7 @@ OpenTelemetry SDK's own path.
 
     .venv/bin/python -m bench.bench_tracing [--quick] [--tasks N] [--rounds R]
                                             [--pinned] [--tasks-only]
+                                            [--modes off,context] [--tools K]
 
 - tiny tasks (`{"n": i}` echoed by the SDK worker, 2 replicas, 256 in flight through
   `tasks.map`) in three modes taking turns in each round: off; `context`: [tracing] with
@@ -12,6 +13,10 @@ OpenTelemetry SDK's own path.
   OTLP/HTTP protobuf to a receiver in a process of its own; throughput and task latency
   (created to finished, median and p99), and the CPU time a task costs the loop's
   process, the workers and the exporter process;
+- `--tools K`: each task makes K tool calls to the minimal MCP server
+  (`bench/tool_agent.py`, `bench/min_mcp_server.py`): a client span each, traced;
+- `--modes off,context`: only these modes, taking turns (each round's order reversed
+  in the next), for more pairs of two in the same time;
 - `--pinned`: the same modes with the daemon (this process), its workers and the client
   (`tasks.map`, in this process) on the first core and the exporter process and the
   receiver on the second (`os.sched_setaffinity`; the exporter found by its pid among the
@@ -25,7 +30,8 @@ OpenTelemetry SDK's own path.
   daemon: a batch decoded, stored (a row a batch) and encoded as OTLP as the exporter
   does (daemon/otlprecords.py: a template per shape), and beside it the spans made one
   by one and encoded by daemon/otlp.py, and by the official opentelemetry-proto
-  messages. `--tasks-only` leaves out these and the loop's costs (the tiny tasks alone:
+  messages; a tool call's span likewise, from its template and span by span.
+  `--tasks-only` leaves out these and the loop's costs (the tiny tasks alone:
   what runs against an older tree, with `PYTHONPATH` on it, for an A/B).
 """
 
@@ -49,7 +55,7 @@ import uvloop
 from corral.daemon.otlp import encode
 from corral.daemon.traces import start as start_traces
 from corral.daemon.tracestore import TraceStore
-from corral.supervisor import Supervisor
+from corral.supervisor import AgentSpec, McpServerSpec, Supervisor
 from corral.supervisor.config import TracingSettings
 from corral.supervisor.tasks.model import Task, TaskStatus
 from corral.supervisor.tracing import TOOL, Span, Tracer, expand
@@ -57,19 +63,25 @@ from corral.taskviews import Attempt
 from corral.tracecontext import MASK64, FromId, TaskTrace, new_span_id, new_trace_id
 
 from .bench_payload import add_echo, scale_echo
-from .harness import report
+from .harness import PY, ROOT, report
 
 QUICK = "--quick" in sys.argv
 TASKS = 3_000 if QUICK else 10_000
 ROUNDS = 3 if QUICK else 5
 PINNED = "--pinned" in sys.argv
 TASKS_ONLY = "--tasks-only" in sys.argv
+MODES: tuple[str, ...] = ("off", "context", "on")
+TOOLS = 0
 LOOP_CORE, EXPORT_CORE = 0, 1  # --pinned: the daemon's side, the exporter's side
 for i, a in enumerate(sys.argv):
     if a == "--tasks":
         TASKS = int(sys.argv[i + 1])
     elif a == "--rounds":
         ROUNDS = int(sys.argv[i + 1])
+    elif a == "--tools":  # each task makes this many tool calls (bench/tool_agent.py)
+        TOOLS = int(sys.argv[i + 1])
+    elif a == "--modes":  # e.g. off,context: a pair of modes alone, taking turns
+        MODES = tuple(sys.argv[i + 1].split(","))
 IN_FLIGHT = 256
 SPANS = 200_000
 
@@ -215,12 +227,38 @@ def exporter_cost(tmp: Path) -> dict[str, float]:
     c5 = time.process_time()
     store.close()
     k = 1e6 / tasks
-    return {"decoded_and_stored_us": round((c1 - c0) * k, 2),
+    return {**tool_cost(), "decoded_and_stored_us": round((c1 - c0) * k, 2),
             "otlp_template_encode_us": round((c2 - c1) * k, 2),
             "exporter_total_us": round((c2 - c0) * k, 2),
             "spans_made_us": round((c3 - c2) * k, 2),
             "otlp_encode_span_by_span_us": round((c4 - c3) * k, 2),
             "official_otlp_encode_us": round((c5 - c4) * k, 2)}
+
+
+def tool_cost() -> dict[str, float]:
+    """Per tool call's span (the exporter's side): from its shape's template, against
+    otlp.py span by span; calls of one tool, request ids counting up as a client's do."""
+    from corral.daemon.otlprecords import encode as encode_records
+    from corral.supervisor.tasks.ids import new_id
+
+    calls, now = 20_000, time.time()
+    records = []
+    for i in range(calls):
+        tid = new_trace_id()
+        records.append((TOOL, tid >> 64, tid & MASK64, new_span_id(64) or 1,
+                        new_span_id(64) or 1, "notes__echo", new_id(), 1, "pipe", i % 1000,
+                        now, now + 0.001, None))
+    batches = [[(r, True) for r in msgspec.msgpack.decode(msgspec.msgpack.encode(
+        records[i:i + 512]))] for i in range(0, calls, 512)]
+    c0 = time.process_time()
+    for batch in batches:
+        encode_records(batch, "corral", "bench")
+    c1 = time.process_time()
+    for batch in batches:
+        encode([s for r, short in batch for s in expand(r, short)], "corral", "bench")
+    c2 = time.process_time()
+    return {"tool_span_template_us": round((c1 - c0) * 1e6 / calls, 2),
+            "tool_span_span_by_span_us": round((c2 - c1) * 1e6 / calls, 2)}
 
 
 def official_encode(spans: list[Span]) -> bytes:
@@ -282,7 +320,10 @@ def own_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-MODES = ("off", "context", "on")
+
+
+def job(i: int) -> dict[str, int]:
+    return {"calls": TOOLS} if TOOLS else {"n": i}
 
 
 async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[str, float]:
@@ -299,9 +340,17 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
             await traces.ready.wait()  # its start-up (imports) is not the tasks' cost
             if PINNED:
                 pin(exporter_of(traces.proc.pid if traces.proc else 0), EXPORT_CORE)
-        add_echo(sup, max_concurrent_tasks=64, max_queue=100_000)
+        if TOOLS:  # each task's calls to the minimal MCP server, through the engine
+            sup.add_mcp_server(McpServerSpec(name="min", command=[PY, str(
+                ROOT / "bench" / "min_mcp_server.py")], start="eager"))
+            sup.add(AgentSpec(name="echo", command=[PY, str(ROOT / "bench" / "tool_agent.py")],
+                              env={"PYTHONPATH": str(ROOT)}, tools=["min__*"],
+                              max_tool_calls_per_task=TOOLS, max_concurrent_tasks=64,
+                              max_queue=100_000))
+        else:
+            add_echo(sup, max_concurrent_tasks=64, max_queue=100_000)
         await scale_echo(sup, 2)
-        await sup.tasks.map("echo", ({"n": i} for i in range(500)), concurrency=IN_FLIGHT)
+        await sup.tasks.map("echo", (job(i) for i in range(500)), concurrency=IN_FLIGHT)
         sup.tasks.finished.clear()
         workers = [r.pid for r in sup.agent("echo").replicas if r.pid is not None]
         exporter = traces.proc.pid if traces is not None and traces.proc is not None else None
@@ -311,7 +360,7 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
         cpu0 = (own_cpu(), sum(cpu_seconds(p) for p in workers),
                 cpu_seconds(exporter) if exporter else 0.0)
         t0 = time.perf_counter()
-        results = await sup.tasks.map("echo", ({"n": i} for i in range(TASKS)),
+        results = await sup.tasks.map("echo", (job(i) for i in range(TASKS)),
                                       concurrency=IN_FLIGHT)
         dt = time.perf_counter() - t0
         cpu1 = (own_cpu(), sum(cpu_seconds(p) for p in workers),
@@ -356,7 +405,7 @@ async def tiny_rounds(endpoint: str, tmp: Path, spared: set[int]) -> dict[str, A
     for name in MODES:  # the least disturbed run of each (the machine is shared)
         out[name]["best_per_s"] = round(max(x["per_s"] for x in runs[name]), 2)
         out[name]["least_loop_cpu_us"] = round(min(x["loop_cpu_us"] for x in runs[name]), 2)
-    for name in ("context", "on"):
+    for name in (m for m in MODES if m != "off"):
         ratios = out[name]["per_s_vs_off_by_round"]
         out[f"throughput_{name}_vs_off"] = round(statistics.median(ratios), 3)
         out[f"best_throughput_{name}_vs_off"] = round(
@@ -365,7 +414,8 @@ async def tiny_rounds(endpoint: str, tmp: Path, spared: set[int]) -> dict[str, A
             out[name]["least_loop_cpu_us"] - out["off"]["least_loop_cpu_us"], 2)
         out[f"loop_cpu_{name}_minus_off_us"] = round(
             out[name]["loop_cpu_us"] - out["off"]["loop_cpu_us"], 2)
-    out["p50_on_vs_off"] = round(out["on"]["p50_ms"] / out["off"]["p50_ms"], 3)
+    if "on" in out:
+        out["p50_on_vs_off"] = round(out["on"]["p50_ms"] / out["off"]["p50_ms"], 3)
     return out
 
 

@@ -119,10 +119,9 @@ class FromId:
         self.flags = "01" if sampled else "00"
 
     def run_meta(self, attempt: int, task_id: str) -> dict[str, str]:
-        if attempt == 1:
-            low = task_id[19:23] + task_id[24:]
-            return {"traceparent": f"00-{task_id[:8]}{task_id[9:13]}{task_id[14:18]}"
-                                   f"{low}-{low}-{self.flags}"}
+        if attempt == 1:  # the id's hex once, its low half the attempt's span (one copy)
+            h = task_id.replace("-", "")
+            return {"traceparent": f"00-{h}-{h[16:]}-{self.flags}"}
         return of_id(task_id, self.sampled).run_meta(attempt, task_id)
 
 

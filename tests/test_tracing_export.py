@@ -23,9 +23,9 @@ from corral.daemon.otlp import encode as encode_spans
 from corral.daemon.traceexport import _RAWS, Collector
 from corral.daemon.tracestore import CUT_PAST, TraceStore, of_task
 from corral.supervisor.tasks.model import Task, TaskError, TaskStatus
-from corral.supervisor.tracing import TEXT_MAX, Tracer, expand, spans_of
+from corral.supervisor.tracing import TEXT_MAX, TOOL, Tracer, expand, spans_of
 from corral.taskviews import Attempt, ModelUsage
-from corral.tracecontext import FROM_ID, TaskTrace, new_trace_id
+from corral.tracecontext import FROM_ID, MASK64, TaskTrace, new_span_id, new_trace_id
 
 
 def task(agent: str = "echo", *, trace: Any = None, status: TaskStatus =
@@ -208,6 +208,70 @@ def test_every_field_a_template_keeps_is_in_its_key() -> None:
     otlprecords._templates.clear()
     body, n = otlprecords.encode(batch, "svc", "host")
     assert body == encode_spans(spans, "svc", "host") and n == len(spans)
+
+
+def tool(name: str = "notes__echo", *, task_id: str | None = None, attempt: int = 1,
+         transport: str = "pipe", rid: Any = 7, error: str | None = None,
+         took: float = 0.001) -> list[Any]:
+    """A tool call's record as the tracer buffers it and the pipe brings it."""
+    tid, now = new_trace_id(), time.time()
+    return [TOOL, tid >> 64, tid & MASK64, new_span_id(64) or 1, new_span_id(64) or 1, name,
+            task_id or task().id, attempt, transport, rid, now, now + took, error]
+
+
+def tools_both(records: list[list[Any]]) -> list[Any]:
+    """Tool records written by otlprecords, checked equal to otlp.py's spans one by one
+    and read by the official package."""
+    frame = msgspec.msgpack.encode(records)
+    records = msgspec.msgpack.decode(frame)
+    sizes = list(map(len, _RAWS.decode(frame)))
+    batch = [(r, n <= TEXT_MAX) for r, n in zip(records, sizes, strict=True)]
+    spans = [s for r, short in batch for s in expand(r, short)]
+    body, n = otlprecords.encode(batch, "svc", "host", "1")
+    assert body == encode_spans(spans, "svc", "host", "1")
+    assert n == len(spans) == len(records)
+    (rs,) = ExportTraceServiceRequest.FromString(body).resource_spans
+    (ss,) = rs.scope_spans
+    return list(ss.spans)
+
+
+def test_a_tool_calls_span_from_its_template_is_otlps_span() -> None:
+    """Every shape of a tool call, twice each (the second from the first's template) and
+    with its ids, times, task id and request id its own (decision 423)."""
+    otlprecords._tools.clear()
+    shapes = [tool(), tool(rid=12345), tool(rid=None), tool(rid=0), tool(rid=9),
+              tool(rid="s-1"), tool(rid=-3), tool(attempt=2), tool(transport="tcp"),
+              tool(error="tool_error"), tool(error="server gone"), tool("plain"),
+              tool(task_id="0123456789ab"), tool(task_id="gateway:cli-1"),
+              tool(task_id="gateway:cli-2"), tool(took=-1.0), tool("x" * 2000)]
+    again = [tool(r[5], task_id=r[6] if r[6].startswith("gateway:") or len(r[6]) == 12
+                  else None, attempt=r[7], transport=r[8], rid=r[9], error=r[12])
+             for r in shapes]
+    spans = tools_both(shapes + again + shapes)
+    assert None not in otlprecords._tools.values()
+    # one a shape: request ids 7, 0 and 9 and a call that ends before it starts share the
+    # first's; a string or negative request id and a long name go span by span
+    assert len(otlprecords._tools) == 11
+    for record, pb in zip(shapes + again, spans, strict=False):
+        assert pb.trace_id == (record[1] << 64 | record[2]).to_bytes(16, "big")
+        assert pb.parent_span_id == record[4].to_bytes(8, "big")
+        a = attrs(pb)
+        assert a.get("corral.task.id", a.get("corral.gateway.client")) in (
+            record[6], record[6][len("gateway:"):])
+        if record[9] is not None:
+            assert a["jsonrpc.request.id"] == str(record[9])
+
+
+def test_a_tool_templates_cut_is_its_attributes_own_value() -> None:
+    """A task id that is also the tool's name (in the span's name and two attributes):
+    the template cuts the id where its attribute is, so two such calls of different tasks
+    each come out with their own id, the same bytes as otlp.py's."""
+    otlprecords._tools.clear()
+    a, b = task().id, task().id
+    spans = tools_both([tool(a, task_id=a), tool(a, task_id=b)])
+    assert None not in otlprecords._tools.values() and len(otlprecords._tools) == 1
+    assert [s.name for s in spans] == [f"tools/call {a}"] * 2
+    assert [attrs(s)["corral.task.id"] for s in spans] == [a, b]
 
 
 class _Answers(http.server.BaseHTTPRequestHandler):

@@ -1,13 +1,30 @@
 """A task that starts its trace is sampled by its id's last 14 hex digits (the trace id's
-low 56 bits) without parsing the rest: the same decision `Sampling.head` makes."""
+low 56 bits) without parsing the rest: the same decision `Sampling.head` makes; the
+context a task's `task/run` carries is the bytes it was; tracing off makes nothing."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import msgspec
 
+from corral import jsonrpc
+from corral.supervisor import State, Supervisor
+from corral.supervisor.tasks.ids import new_id
 from corral.supervisor.tasks.model import Task
-from corral.supervisor.tracing import Sampling, Tracer
-from corral.tracecontext import FROM_ID, id_trace
+from corral.supervisor.tracing import Sampling, Tracer, own_span
+from corral.tracecontext import (
+    FROM_ID,
+    TaskTrace,
+    id_trace,
+    meta,
+    new_trace_id,
+    of_id,
+    parse_or_none,
+)
+
+from .conftest import agent
 
 
 def test_a_new_traces_decision_from_its_id_is_the_heads() -> None:
@@ -28,3 +45,98 @@ def test_a_new_traces_decision_from_its_id_is_the_heads() -> None:
     task = Task("a", msgspec.Raw(b"{}"), 0, 1.0, 0, 0)
     tracer.begin(task, None, None)
     assert task.trace is FROM_ID[False]
+
+
+def test_the_decision_at_its_bound_is_the_heads() -> None:
+    """The id's tail compared as text with the bound written as one (decision 420): an id
+    just below, at and just above the bound, and the ratios at the ends."""
+    base = new_id()
+    for ratio in (1e-12, 0.25, 0.5, 0.75, 1 - 1e-12, 1.0, 2.0, -1.0):
+        sampling = Sampling(ratio, True, 10.0)
+        tracer = Tracer(sampling)
+        bound = max(0, min(int(ratio * (1 << 56)), (1 << 56) - 1))
+        for low in {0, max(bound - 1, 0), bound, min(bound + 1, (1 << 56) - 1),
+                    (1 << 56) - 1}:
+            digits = f"{low:014x}"
+            task = Task("a", msgspec.Raw(b"{}"), 0, 1.0, 0, 0)
+            task.id = f"{base[:21]}{digits[:2]}-{digits[2:]}"
+            tracer.begin(task, None, None)
+            assert task.trace is FROM_ID[sampling.head(id_trace(task.id), None)], (
+                ratio, task.id)
+
+
+def _old_meta(trace_id: int, span_id: int, sampled: bool, state: str | None) -> bytes:
+    """`task/run`'s `_meta` as it was encoded before decision 421: the context's
+    fields formatted one by one (tracecontext.meta)."""
+    return jsonrpc.encode({"_meta": meta(trace_id, span_id, sampled, state)})
+
+
+def test_a_task_runs_meta_is_the_old_encodings_bytes() -> None:
+    """For each way a task is traced (from its id, sampled or not; a caller's context with
+    and without tracestate; an id from before UUIDv7) and its first and later attempts,
+    the `_meta` written is the bytes the context's fields formatted one by one gave."""
+    for _ in range(200):
+        task_id = new_id()
+        for sampled in (False, True):
+            full = of_id(task_id, sampled)
+            for attempt in (1, 2, 3):
+                want = _old_meta(id_trace(task_id), full.attempt_span(attempt), sampled,
+                                 None)
+                got = jsonrpc.encode({"_meta": FROM_ID[sampled].run_meta(attempt, task_id)})
+                assert got == want, (task_id, sampled, attempt)
+                assert jsonrpc.encode({"_meta": full.run_meta(attempt, task_id)}) == want
+            for state in (None, "vendor=x,other=y"):
+                trace = TaskTrace(new_trace_id(), 7, sampled, state)
+                for attempt in (1, 4):
+                    assert jsonrpc.encode({"_meta": trace.run_meta(attempt)}) == _old_meta(
+                        trace.trace_id, trace.attempt_span(attempt), sampled, state)
+    # every way in through the tracer: a caller's context, an id of before, a new trace
+    tracer = Tracer(Sampling(0.5, True, 10.0))
+    for traceparent, task_id in ((f"00-{'ab' * 16}-{'cd' * 8}-01", new_id()),
+                                 (None, "0123456789ab"), (None, new_id())):
+        task = Task("a", msgspec.Raw(b"{}"), 0, 1.0, 0, 0)
+        task.id = task_id
+        tracer.begin(task, traceparent, "k=v" if traceparent else None)
+        full = Tracer.full(task)
+        assert full is not None and task.trace is not None
+        assert jsonrpc.encode({"_meta": task.trace.run_meta(1, task.id)}) == _old_meta(
+            full.trace_id, full.attempt_span(1), full.sampled, full.tracestate)
+
+
+async def test_tracing_off_makes_nothing_for_a_task(sup: Supervisor,
+                                                    tmp_path: Path) -> None:
+    """No tracer: a task carries no context, its worker gets no `_meta` (its ctx says
+    so), and its end records nothing."""
+    script = tmp_path / "ctx_agent.py"
+    script.write_text("from corral.worker import run\n"
+                      "run(lambda task, ctx: [ctx.traceparent, ctx.tracestate])\n")
+    sup.add(agent("w", command=[sys.executable, str(script)]))
+    await sup.wait_state("w", State.READY)
+    assert sup.tasks.trace_begin is None and sup.tasks.trace_end is None
+    task = sup.tasks.submit("w", None)
+    assert task.trace is None
+    await task.done
+    assert task.output == [None, None] and task.trace is None
+
+
+def test_a_workers_context_is_read_as_parse_reads_it() -> None:
+    """`own_span` (decision 425) gives what `parse_or_none` gives, for the context a
+    worker sends back and for every way one can be wrong."""
+    trace = of_id(new_id(), True)
+    tid = f"{trace.trace_id:032x}"
+    span = f"{trace.attempt_span(1):016x}"
+    other = f"{new_trace_id():032x}"
+    cases: list[object] = [
+        f"00-{tid}-{span}-01", f"00-{tid}-{span}-00", f"00-{tid}-{span}-ff",
+        f"00-{tid.upper()}-{span.upper()}-01", f"00-{other}-{span}-01",
+        f"00-{tid}-{'0' * 16}-01", f"00-{'0' * 32}-{span}-01", f"ff-{tid}-{span}-01",
+        f"01-{tid}-{span}-01", f"01-{tid}-{span}-01-more", f"00-{tid}-{span}-01-more",
+        f" 00-{tid}-{span}-01", f"00-{tid}-{span}-01 ", f"00-{tid}-{span[:-2]} 1-01",
+        f"00-{tid[:-2]} 1-{span}-01", f"00-{tid}-{span}-0g", f"00-{tid}-{span}- 1",
+        f"00-{tid}-{span[:-1]}é-01", f"00-{tid}_{span}-01", f"00-{tid}-{span}", "",
+        "garbage", None, 17, f"00-{tid}-+{span[1:]}-01", f"00-{tid}--{span[1:]}-01"]
+    for tp in cases:
+        own = parse_or_none(tp)
+        want = own.span_id if own is not None and own.trace_id == trace.trace_id else 0
+        assert own_span(tp, trace.trace_id) == want, tp
+    assert own_span(f"00-{tid}-{span}-01", trace.trace_id) == trace.attempt_span(1)

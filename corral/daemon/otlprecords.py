@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from struct import Struct
 from typing import Any
 
-from ..supervisor.tracing import QUEUE_MIX, TASK, expand, spans_of
+from ..supervisor.tracing import QUEUE_MIX, TASK, TOOL, expand, spans_of
 from ..tracecontext import GOLDEN, MASK64
-from .otlp import encode_spans, span, varint
+from .otlp import attribute, encode_spans, span, varint
 
 KEPT_SHAPES = 1024  # templates kept; past it, they start over
 ATTEMPT_KEYS = 6  # an attempt's fields as a plain local attempt sends them (no node, no replay)
@@ -28,6 +28,8 @@ _ID = Struct(">Q").pack
 
 Filler = Callable[[Sequence[Any], dict[str, Any]], bytes]
 _templates: dict[tuple[Any, ...], Filler | None] = {}
+ToolFiller = Callable[[Sequence[Any]], bytes]
+_tools: dict[tuple[Any, ...], ToolFiller | None] = {}  # a tool call's, per shape
 
 
 def encode(batch: Sequence[tuple[Sequence[Any], bool]], service: str, node: str,
@@ -54,6 +56,22 @@ def encode(batch: Sequence[tuple[Sequence[Any], bool]], service: str, node: str,
                     add(fill(record, a))
                     spans += 3
                     continue
+        elif short and record[0] == TOOL and record[4] and (
+                (rid := record[9]) is None or (type(rid) is int and rid >= 0)):
+            # a tool call's span: the same bytes as its server's, tool's, attempt's and
+            # outcome's last call but for its ids, times, task id and request id
+            task_id = record[6]
+            gateway = task_id.startswith("gateway:")
+            tool_key = (record[5], record[8], record[7], record[12],
+                        task_id if gateway else len(task_id.encode()),
+                        None if rid is None else len(str(rid)))
+            tool_fill = _tools.get(tool_key)
+            if tool_fill is None and tool_key not in _tools:
+                tool_fill = _tool_template(tool_key, record, gateway)
+            if tool_fill is not None:
+                add(tool_fill(record))
+                spans += 1
+                continue
         for s in expand(record, short):
             one = span(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9])
             n = len(one)
@@ -136,5 +154,92 @@ def _filler(pack: Callable[..., bytes], kept: list[bytes]) -> Filler:
                     own_b, k9, created, k10, started if started > created else created, k11,
                     tid_b, k12, to_id(((own ^ GOLDEN) & MASK64) or 1), k13, own_b, k14,
                     started, k15, finished if finished > started else started, k16)
+
+    return fill
+
+
+def _tool_template(key: tuple[Any, ...], record: Sequence[Any], gateway: bool
+                   ) -> ToolFiller | None:
+    """The template of a tool call's span (a parent always there), cut at its ids, its
+    times, its task id (not a gateway client's, which is in the key) and its request id;
+    checked against otlp.py's bytes for its own record and for one whose every cut field
+    differs; None when either differs."""
+    if len(_tools) >= KEPT_SHAPES:
+        _tools.clear()
+    s = expand(record, True)[0]
+    one = span(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9])
+    whole = b"\x12" + varint(len(one)) + one
+    at = len(whole) - len(one)
+    named = len(b"\x2a" + varint(len(s[3].encode())) + s[3].encode()) + 1 + len(
+        varint(s[4]))
+    cuts = [(at + 2, 16, "16s"), (at + 20, 8, "8s"), (at + 30, 8, "8s"),
+            (at + 38 + named + 1, 8, "Q"), (at + 38 + named + 10, 8, "Q")]
+    texts = [] if gateway else [("corral.task.id", record[6])]
+    if record[9] is not None:
+        texts.append(("jsonrpc.request.id", str(record[9])))
+    for name, text in texts:  # each text is its attribute's last bytes
+        made = attribute(b"\x4a", name, text)
+        found = one.find(made)
+        if found < 0:
+            _tools[key] = None
+            return None
+        x = text.encode()
+        cuts.append((at + found + len(made) - len(x), len(x), f"{len(x)}s"))
+    cuts.sort()
+    code = ["<"]
+    kept: list[bytes] = []
+    pos = 0
+    for offset, length, field in cuts:
+        kept.append(whole[pos:offset])
+        code += (f"{offset - pos}s", field)
+        pos = offset + length
+    kept.append(whole[pos:])
+    code.append(f"{len(whole) - pos}s")
+    fill = _tool_filler(Struct("".join(code)).pack, kept, not gateway, record[9] is not None)
+    checked: ToolFiller | None = fill
+    probe = _probe(record, gateway)
+    ps = expand(probe, True)[0]
+    pone = span(ps[0], ps[1], ps[2], ps[3], ps[4], ps[5], ps[6], ps[7], ps[8], ps[9])
+    if fill(record) != whole or fill(probe) != b"\x12" + varint(len(pone)) + pone:
+        checked = None
+    _tools[key] = checked
+    return checked
+
+
+def _probe(record: Sequence[Any], gateway: bool) -> list[Any]:
+    """`record` with every field a tool template cuts changed (the same lengths)."""
+    probe = list(record)
+    probe[1] ^= 0x0102030405060708
+    probe[2] ^= 0x1112131415161718
+    probe[3] = (probe[3] ^ 0x2122232425262728) or 1
+    probe[4] = (probe[4] ^ 0x3132333435363738) or 1
+    probe[10] += 1.5
+    probe[11] += 2.5
+    if not gateway:
+        probe[6] = probe[6][::-1]
+    if probe[9] is not None:
+        n = len(str(probe[9]))
+        probe[9] = int("9" * n) if probe[9] != int("9" * n) else 10 ** (n - 1) if n > 1 else 0
+    return probe
+
+
+def _tool_filler(pack: Callable[..., bytes], kept: list[bytes], task: bool, rid: bool
+                 ) -> ToolFiller:
+    """A tool call record's ids, times and texts joined with the template's cuts."""
+    to_id = _ID
+    k0, k1, k2, k3, k4, k5, *rest = kept
+
+    def fill(record: Sequence[Any]) -> bytes:
+        start = int(record[10] * 1e9)
+        end = int(record[11] * 1e9)
+        fields = [k0, (record[1] << 64 | record[2]).to_bytes(16, "big"), k1,
+                  to_id(record[3]), k2, to_id(record[4]), k3, start, k4,
+                  end if end > start else start, k5]
+        more = iter(rest)
+        if task:
+            fields += (record[6].encode(), next(more))
+        if rid:
+            fields += (str(record[9]).encode(), next(more))
+        return pack(*fields)
 
     return fill

@@ -81,6 +81,7 @@ EVENTS_MAX = 64  # exits recorded on one task's attempts
 TEXT_MAX = 1024
 QUEUE_MIX = 0x5BD1E9955BD1E995  # a queue wait's span id from its attempt's
 LOW56 = (1 << 56) - 1
+UNSAMPLED = FROM_ID[False]
 
 
 class Sampling(NamedTuple):
@@ -126,8 +127,13 @@ class Tracer:
     def sampling(self, sampling: Sampling) -> None:
         self._sampling = sampling
         self._all = sampling.ratio >= 1.0  # every new trace sampled: no decision to make
-        # a new trace's head decision as `head` makes it, against its id's low 56 bits
-        self._below = int(sampling.ratio * (1 << 56))
+        # a new trace's head decision as `head` makes it, against its id's low 56 bits:
+        # the bound written as an id's tail ("hh-" and 12 hex digits), so that the id's
+        # own tail is compared with it as text, unparsed (fixed width, lower-case hex:
+        # the order of the texts is the numbers'; decision 420)
+        below = int(sampling.ratio * (1 << 56))
+        self._below = "" if below <= 0 else "~" if self._all else \
+            f"{below >> 48:02x}-{below & ((1 << 48) - 1):012x}"
         self._slow = sampling.slow
 
     # -- wiring -----------------------------------------------------------------------------
@@ -153,9 +159,8 @@ class Tracer:
                                    self.sampling.head(p.trace_id, p.sampled), p.tracestate)
         elif len(task.id) == 36:  # a UUIDv7: the trace is the task's id (FromId)
             # `head`'s decision for a new trace, read from the id's last 14 hex digits
-            # without parsing the rest: every unsampled task pays it (decision 363)
-            i = task.id
-            task.trace = FROM_ID[self._all or int(i[21:23] + i[24:], 16) < self._below]
+            # without parsing them: every unsampled task pays it (decisions 363, 420)
+            task.trace = FROM_ID[task.id[21:] < self._below]
         else:  # an id from before UUIDv7 (a caller's): one draw for the trace and span ids
             bits = new_span_id(192)
             trace_id = (bits >> 64) or 1
@@ -195,9 +200,7 @@ class Tracer:
                 return router(r, name, arguments, task)
             # the worker's own span, when it sent one of this trace (else the attempt's)
             said = CALLER.get()
-            own = parse_or_none(said.get("traceparent")) if said else None
-            parent = own.span_id if own is not None and own.trace_id == trace.trace_id \
-                else 0
+            parent = own_span(said.get("traceparent"), trace.trace_id) if said else 0
             return self._call(router, r, name, arguments, task, trace, parent)
 
         return route
@@ -284,7 +287,10 @@ class Tracer:
             return
         end = task.finished or time.time()
         status = task.status
-        if not trace.sampled and status not in FAILED and end - task.created < self._slow:
+        if trace is UNSAMPLED:  # the commonest end when sampling: nothing held to drop
+            if status not in FAILED and end - task.created < self._slow:
+                return
+        elif not trace.sampled and status not in FAILED and end - task.created < self._slow:
             if not isinstance(trace, FromId):
                 trace.held = None
             return
@@ -313,6 +319,26 @@ class Tracer:
     def stats(self) -> dict[str, int]:
         return {"recorded": self.recorded, "dropped": self.dropped,
                 "buffered": len(self.records)}
+
+
+def own_span(traceparent: Any, trace_id: int) -> int:
+    """The span id of a worker's `traceparent` when it is of `trace_id` and valid, else 0
+    (`parse_or_none`'s reading). A worker sends back, with each tool call, the context it
+    was given or its own span's, in version 00's one layout: read by its fixed places
+    without the regular expression (decision 425); any other text the long way."""
+    if type(traceparent) is str and len(traceparent) == 55 and traceparent[:3] == "00-" \
+            and traceparent[35] == "-" and traceparent[52] == "-":
+        try:
+            trace = bytes.fromhex(traceparent[3:35])
+            span = bytes.fromhex(traceparent[36:52])
+            flags = bytes.fromhex(traceparent[53:])
+        except ValueError:
+            return 0
+        if len(trace) != 16 or len(span) != 8 or len(flags) != 1:
+            return 0  # (a space among the digits: fromhex skips it, the format does not)
+        return int.from_bytes(span) if int.from_bytes(trace) == trace_id else 0
+    own = parse_or_none(traceparent)
+    return own.span_id if own is not None and own.trace_id == trace_id else 0
 
 
 # -- the spans of a record (the exporter's side) ------------------------------------------------
