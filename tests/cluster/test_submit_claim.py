@@ -85,6 +85,39 @@ async def test_no_task_jumps_a_backlog_or_a_higher_priority(client: Any) -> None
     assert statuses == [b"running", b"running", b"queued", b"queued"]
 
 
+async def test_the_entry_just_added_is_claimed_as_claim_claims_it(client: Any) -> None:
+    """The script claims the entry it just added without re-reading the record: the
+    record, the reply and the attempts are what claim() makes of a backlog's entry."""
+    s = Scripts(client)
+    by_fresh = await submit_claim(s, 3)  # nothing waits before 3: its own entry
+    assert await submit(s, 1) == 1
+    by_claim = await submit_claim(s, 2)  # claims 1, the backlog's: claim()
+    assert (by_claim[1][2], by_fresh[1][2]) == (TID.format(1).encode(),
+                                               TID.format(3).encode())
+    assert (by_fresh[1][3], by_claim[1][3]) == (1, 2)  # each its own fence token
+    assert by_fresh[1][4:] == by_claim[1][4:]
+    one = await client.hgetall(K.task(TID.format(1)))
+    three = await client.hgetall(K.task(TID.format(3)))
+    differs = {b"fence", b"entry", b"created", b"submitted_on"}
+    assert {k: v for k, v in one.items() if k not in differs} == {
+        k: v for k, v in three.items() if k not in differs}
+    assert (await client.lrange(K.attempts(TID.format(1)), 0, -1)
+            == await client.lrange(K.attempts(TID.format(3)), 0, -1))
+    # a stale token's write refused, the claim's own accepted
+    assert await finish(s, client, 3, 2) == 0
+    assert await finish(s, client, 3, 1) == 1
+
+
+async def test_a_new_task_with_attempts_already_is_claimed_by_claim(client: Any) -> None:
+    """An attempts list already there (a record expired before its attempts): the claim
+    counts it, as claim() does, rather than take the task for a first attempt."""
+    s = Scripts(client)
+    await client.rpush(K.attempts(TID.format(1)), b'{"old":1}')
+    got = await submit_claim(s, 1)
+    assert (got[1][2], got[1][4]) == (TID.format(1).encode(), 1)
+    assert await client.llen(K.attempts(TID.format(1))) == 2
+
+
 # -- real daemons ------------------------------------------------------------------------
 def two(tmp: Path, redis: RedisServer, *, retries: int = 0, concurrency: int = 1) -> Any:
     worker = sleeper("sleepy", retries=retries, concurrency=concurrency)
