@@ -146,20 +146,13 @@ def floor(base: Path) -> dict[str, Any]:
             _script, keys, args = call()
             return (s.submit, keys[:5], args[:10])
 
-        def batch() -> Any:  # a batch's claims in one call (SUBMIT_CLAIMS), 100 tasks
-            made = [call() for _ in range(100)]
-            return (s.submit_claims, [k.fence, *(x for _, ks, _ in made for x in ks[:5])],
-                    [*made[0][2][10:], *(x for _, _, a in made for x in a[:10])])
-
         await s.run([(nop, [], [])])
         await s.run([call()])
         out: dict[str, Any] = {}
         for name, make, size in (("evalsha_return_1", lambda: (nop, [], []), 1),
                                  ("submit_x100", plain, 100),
                                  ("submit_claim", call, 1), ("submit_claim_x10", call, 10),
-                                 ("submit_claim_x100", call, 100),
-                                 *([("submit_claims_100_in_one_call", batch, 1)]
-                                   if hasattr(s, "submit_claims") else [])):
+                                 ("submit_claim_x100", call, 100)):
             await c.config_resetstat()
             rtts, cpu0 = [], time.process_time()
             for _ in range(max(20, 2000 // size)):
@@ -170,10 +163,9 @@ def floor(base: Path) -> dict[str, Any]:
             cpu = time.process_time() - cpu0
             info = await c.info("commandstats")
             ev = info.get("cmdstat_evalsha", {})
-            tasks = 100 if make is batch else 1  # a call's tasks
-            out[name] = {**stats(rtts), "client_cpu_us_a_task":
-                         round(cpu / (len(rtts) * size * tasks) * 1e6, 1),
-                         "redis_us_a_task": ev.get("usec_per_call", 0) / tasks}
+            out[name] = {**stats(rtts), "client_cpu_us_a_call":
+                         round(cpu / (len(rtts) * size) * 1e6, 1),
+                         "redis_us_a_call": ev.get("usec_per_call")}
             print(f"floor {name}: {out[name]}", flush=True)
         await c.aclose()
         return out

@@ -12,7 +12,6 @@ from redis.exceptions import RedisError
 from .scripts import Call, Scripts
 
 BATCH = 512  # calls in one pipeline at most
-Planned = tuple[Call, list[int]]  # a script call, and the places of the calls it answers
 
 
 class Batcher:
@@ -46,7 +45,7 @@ class Batcher:
                     ) -> None:
         planned = self.plan([(keys, args) for keys, args, _ in calls])
         try:
-            results = await self.scripts.run([call for call, _ in planned])
+            results = await self.scripts.run(planned)
         except (RedisError, OSError) as exc:
             for _, _, fut in calls:
                 if not fut.done():
@@ -54,27 +53,24 @@ class Batcher:
             return
         finally:
             self.sent(planned)
-        for (call, which), result in zip(planned, results, strict=True):
-            answers = ([result] * len(which) if isinstance(result, Exception)
-                       else self.answers(call, result))
-            for i, answer in zip(which, answers, strict=True):
-                fut = calls[i][2]
-                if fut.done():
-                    continue  # its caller went away
-                if isinstance(answer, Exception):
-                    fut.set_exception(answer)
-                else:
-                    fut.set_result(answer)
+        for (_, _, fut), call, result in zip(calls, planned, results, strict=True):
+            if not isinstance(result, Exception):
+                result = self.answer(call, result)
+            if fut.done():
+                continue  # its caller went away
+            if isinstance(result, Exception):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
 
     # -- what a kind of batch changes (submitclaim.py) --------------------------------
-    def plan(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Planned]:
-        """The script calls to make of one batch's, in order, each with the places in
-        the batch of the calls it answers."""
-        return [((self.script, keys, args), [i]) for i, (keys, args) in enumerate(calls)]
+    def plan(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Call]:
+        """The script calls to make of one batch's, in order."""
+        return [(self.script, keys, args) for keys, args in calls]
 
-    def sent(self, planned: list[Planned]) -> None:
+    def sent(self, planned: list[Call]) -> None:
         """The batch's calls have been answered, or failed."""
 
-    def answers(self, call: Call, result: Any) -> list[Any]:
-        """What the callers a call answers get of its answer, in their order."""
-        return [result]
+    def answer(self, call: Call, result: Any) -> Any:
+        """What the caller gets of its call's answer."""
+        return result

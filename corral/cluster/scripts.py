@@ -201,12 +201,8 @@ return {read, out, lasts, held}
 # ARGV: SUBMIT's (10), then consumer, node, now, attempt (JSON), the claiming node's
 #       retries and task_timeout, the cluster's key prefix
 # -> {SUBMIT's answer} or {1, {stream, entry, task id, token, ... as READ_CLAIM's}}
-# (as a function of its KEYS and ARGV: SUBMIT_CLAIM calls it once, SUBMIT_CLAIMS once a
-# task of its batch)
-_SUBMIT_CLAIM_FN = _CLAIM_FN + """local function submit_claim(KEYS, ARGV)
-local added
-local function submit()
-""" + submit_script(entry="local entry = {xadd}\n  added = entry") + """end
+SUBMIT_CLAIM = _CLAIM_FN + "local added\nlocal function submit()\n" + submit_script(
+    entry="local entry = {xadd}\n  added = entry") + """end
 local got = submit()
 if got ~= 1 then return {got} end
 local prefix = ARGV[17]
@@ -250,27 +246,6 @@ for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'REV')) do
   end
 end
 return {1}
-end
-"""
-SUBMIT_CLAIM = _SUBMIT_CLAIM_FN + "return submit_claim(KEYS, ARGV)\n"
-
-# A batch's submit-and-claims of one agent in one call (one command to pack, one reply):
-# each task submitted and claimed in turn as SUBMIT_CLAIM does it, with its own fence
-# token; what one task's calls answer, its place in the reply holds.
-# KEYS: the fence, then each task's SUBMIT keys (5)
-# ARGV: consumer, node, now, attempt (JSON), the claiming node's retries and
-#       task_timeout, the cluster's key prefix, then each task's SUBMIT args (10)
-# -> {SUBMIT_CLAIM's answer, ...} a task
-SUBMIT_CLAIMS = _SUBMIT_CLAIM_FN + """local out = {}
-for t = 0, (#KEYS - 1) / 5 - 1 do
-  local k, a = {}, {}
-  for j = 1, 5 do k[j] = KEYS[1 + t * 5 + j] end
-  k[6] = KEYS[1]
-  for j = 1, 10 do a[j] = ARGV[7 + t * 10 + j] end
-  for j = 1, 7 do a[10 + j] = ARGV[j] end
-  out[t + 1] = submit_claim(k, a)
-end
-return out
 """
 
 # The outcome of an attempt, from the node that holds its fence token, and only while the
@@ -619,7 +594,6 @@ class Scripts:
         self.claim = redis.register_script(CLAIM)
         self.read_claim = redis.register_script(READ_CLAIM)
         self.submit_claim = redis.register_script(SUBMIT_CLAIM)
-        self.submit_claims = redis.register_script(SUBMIT_CLAIMS)
         self.finish = redis.register_script(FINISH)
         self.progress = redis.register_script(PROGRESS)
         self.step = redis.register_script(STEP)

@@ -1,7 +1,6 @@
 """Claim at submission: a node that runs the agent and has a free slot for it submits a
-cluster task and claims it for itself in one script call (scripts.SUBMIT_CLAIM; a batch's
-claims of one agent in one call, SUBMIT_CLAIMS), so the task starts here without waiting
-for any node's read of the stream. The task is a cluster
+cluster task and claims it for itself in one script call (scripts.SUBMIT_CLAIM), so the
+task starts here without waiting for any node's read of the stream. The task is a cluster
 task like any other: its record and its stream entry exist, its claim has its own fence
 token and this incarnation as its consumer, and if this node dies it is taken over.
 
@@ -18,7 +17,7 @@ import time
 from typing import Any
 
 from . import records
-from .batch import Batcher, Planned
+from .batch import Batcher
 from .membership import Membership
 from .puller import Puller
 from .queue import ClusterQueue
@@ -45,66 +44,49 @@ class SubmitClaims(Batcher):
             return 0
         return min(self.queue.wanted(a), math.ceil(submitted / self.puller.serving(agent)))
 
-    def plan(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Planned]:
+    def plan(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Call]:
         by_agent: dict[str, int] = {}
         for _, args in calls:
             by_agent[args[1]] = by_agent.get(args[1], 0) + 1
         shares = {agent: self._share(agent, k) for agent, k in by_agent.items()}
-        out: list[Planned] = []
-        claims: dict[str, list[int]] = {}
-        for i, (keys, args) in enumerate(calls):
+        consumer, node, now = self.membership.consumer, self.membership.node, time.time()
+        attempt = records.claimed_attempt(node, now)
+        out: list[Call] = []
+        for keys, args in calls:
             agent = args[1]
             # the last of the batch claimed: those left to the others go first, and wake
             # their reads while Redis runs this node's claims
             left = by_agent[agent]
             by_agent[agent] = left - 1
             if left > shares[agent]:
-                out.append(((self.script, keys, args), [i]))
-            else:
-                claims.setdefault(agent, []).append(i)
-        for agent, which in claims.items():
-            self.queue.claiming[agent] = self.queue.claiming.get(agent, 0) + len(which)
-            out.append((self._claims(agent, [calls[i] for i in which]), which))
+                out.append((self.script, keys, args))
+                continue
+            self.queue.claiming[agent] = self.queue.claiming.get(agent, 0) + 1
+            spec = self.puller.host.agents[agent].spec
+            out.append((self.scripts.submit_claim, [*keys, self.puller.keys.fence],
+                        [*args, consumer, node, repr(now), attempt, spec.retries,
+                         repr(spec.task_timeout), self.prefix]))
         return out
 
-    def _claims(self, agent: str, calls: list[tuple[list[Any], list[Any]]]) -> Call:
-        """One script call submitting and claiming `calls` (of `agent`) in turn."""
-        spec = self.puller.host.agents[agent].spec
-        consumer, node, now = self.membership.consumer, self.membership.node, time.time()
-        claim = [consumer, node, repr(now), records.claimed_attempt(node, now),
-                 spec.retries, repr(spec.task_timeout), self.prefix]
-        fence = self.puller.keys.fence
-        if len(calls) == 1:
-            keys, args = calls[0]
-            return (self.scripts.submit_claim, [*keys, fence], [*args, *claim])
-        return (self.scripts.submit_claims,
-                [fence, *(k for keys, _ in calls for k in keys)],
-                [*claim, *(a for _, args in calls for a in args)])
-
-    def sent(self, planned: list[Planned]) -> None:
+    def sent(self, planned: list[Call]) -> None:
         claiming = self.queue.claiming
-        for (script, _keys, args), which in planned:
-            if script is self.scripts.submit_claim or script is self.scripts.submit_claims:
-                agent = args[1] if script is self.scripts.submit_claim else args[8]
-                left = claiming[agent] - len(which)
+        for script, _keys, args in planned:
+            if script is self.scripts.submit_claim:
+                left = claiming[args[1]] - 1
                 if left:
-                    claiming[agent] = left
+                    claiming[args[1]] = left
                 else:
-                    del claiming[agent]
+                    del claiming[args[1]]
 
-    def answers(self, call: Call, result: Any) -> list[Any]:
-        """SUBMIT's answer a call; a task claimed with it goes to the engine here, unless
-        this incarnation was fenced or lost the agent meanwhile (the claim is then an
-        orphan, or a dead consumer's, which the reaper queues again)."""
+    def answer(self, call: Call, result: Any) -> Any:
+        """SUBMIT's answer; a task claimed with it goes to the engine here, unless this
+        incarnation was fenced or lost the agent meanwhile (the claim is then an orphan,
+        or a dead consumer's, which the reaper queues again)."""
         script, _keys, args = call
-        if script is self.scripts.submit_claim:
-            return [self._claimed(args[1], args[10], result)]
-        if script is self.scripts.submit_claims:
-            return [self._claimed(args[8], args[0], one) for one in result]
-        return [result]
-
-    def _claimed(self, agent: str, consumer: str, result: Any) -> Any:
+        if script is not self.scripts.submit_claim:
+            return result
         if len(result) > 1:
+            agent, consumer = args[1], args[10]
             stream, *claim = result[1]
             if (consumer == self.membership.consumer
                     and agent in self.puller.host.agents):

@@ -118,41 +118,6 @@ async def test_a_new_task_with_attempts_already_is_claimed_by_claim(client: Any)
     assert await client.llen(K.attempts(TID.format(1))) == 2
 
 
-async def submit_claims(s: Scripts, ids: list[int], consumer: str = "n/1") -> Any:
-    """One SUBMIT_CLAIMS call for tasks `ids`, as a batch's claims are made."""
-    keys: list[Any] = [K.fence]
-    args: list[Any] = [consumer, consumer.split("/")[0], "2.0",
-                       records.claimed_attempt("n", 2.0), 2, "30.0", K.prefix]
-    for i in ids:
-        tid = TID.format(i)
-        keys += [K.task(tid), K.stream("w", 0), K.priorities("w"), K.agents, K.live]
-        args += [tid, "w", b'{"x":1}', 0, "", "", "1.0", "n", 0, "0"]
-    return await s.submit_claims(keys=keys, args=args)
-
-
-async def test_a_batchs_claims_are_each_fenced_and_a_stale_token_refused(
-        client: Any) -> None:
-    s = Scripts(client)
-    got = await submit_claims(s, [1, 2, 3])
-    assert [(g[0], g[1][2], g[1][3]) for g in got] == [
-        (1, TID.format(i).encode(), i) for i in (1, 2, 3)]  # each its own token
-    for i in (1, 2, 3):
-        rec = await client.hgetall(K.task(TID.format(i)))
-        assert (rec[b"status"], rec[b"fence"], rec[b"owner"]) == (
-            b"running", str(i).encode(), b"n/1")
-    pending = await client.xpending_range(K.stream("w", 0), GROUP, "-", "+", 10)
-    assert [p["consumer"] for p in pending] == [b"n/1"] * 3
-    assert await submit_claims(s, [1, 2, 3]) == [[0], [0], [0]]  # retried: nothing twice
-    assert await finish(s, client, 2, 1) == 0  # another claim's token: refused
-    assert (await client.hgetall(K.task(TID.format(2))))[b"status"] == b"running"
-    assert await finish(s, client, 2, 2) == 1
-    # what one task answers is its own: a backlog's entry claimed first, in order
-    assert await submit(s, 4) == 1
-    mixed = await submit_claims(s, [5, 6])
-    assert [g[1][2] for g in mixed] == [TID.format(4).encode(), TID.format(5).encode()]
-    assert (await client.hget(K.task(TID.format(6)), "status")) == b"queued"
-
-
 # -- real daemons ------------------------------------------------------------------------
 def two(tmp: Path, redis: RedisServer, *, retries: int = 0, concurrency: int = 1) -> Any:
     worker = sleeper("sleepy", retries=retries, concurrency=concurrency)
@@ -265,16 +230,18 @@ def test_the_submitter_killed_after_a_batch_its_tasks_run_each_once_elsewhere(
                 + b"\n" for i in range(4)))
             f = sock.makefile("rb")
             ids = [msgspec.json.decode(f.readline())["result"]["task_id"] for _ in range(4)]
-        assert cluster_stats(a)["claimed_at_submit"] == 2  # its share, in one call
+        # its share of each batch the loop's turns made of the write (one or several)
+        claimed = cluster_stats(a)["claimed_at_submit"]
+        assert claimed >= 2
         a.kill9()
         done = [b.call("tasks.get", {"task_id": t, "wait": True}) for t in ids]
         assert [d["status"] for d in done] == ["succeeded"] * 4
         runs = [[(x["node"], x["outcome"]) for x in d["attempts"]] for d in done]
-        # each task run once to its end, on b: a's two claims (and any task a's pull
-        # loop read before it died) lost and taken over, the others b's from the start
+        # each task run once to its end, on b: a's claims (and any task a's pull loop
+        # read before it died) lost and taken over, the others b's from the start
         lost = [("a", "lost"), ("b", "succeeded")]
         assert all(r in (lost, [("b", "succeeded")]) for r in runs), runs
-        assert sum(r == lost for r in runs) >= 2
+        assert sum(r == lost for r in runs) >= claimed
         listed = b.call("tasks.list", {"limit": 10})["tasks"]
         assert sorted((t["task_id"], t["status"], t["node"]) for t in listed) == sorted(
             (t, "succeeded", "b") for t in ids)
