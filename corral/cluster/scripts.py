@@ -201,12 +201,28 @@ return {read, out, lasts, held}
 # ARGV: SUBMIT's (10), then consumer, node, now, attempt (JSON), the claiming node's
 #       retries and task_timeout, the cluster's key prefix
 # -> {SUBMIT's answer} or {1, {stream, entry, task id, token, ... as READ_CLAIM's}}
-SUBMIT_CLAIM = _CLAIM_FN + "local function submit()\n" + submit_script() + """end
+SUBMIT_CLAIM = _CLAIM_FN + "local added\nlocal function submit()\n" + submit_script(
+    entry="local entry = {xadd}\n  added = entry") + """end
 local got = submit()
 if got ~= 1 then return {got} end
 local prefix = ARGV[17]
 local c = {ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16]}
 local stream_of = prefix .. 'q:' .. ARGV[2] .. ':'
+-- The entry just added, claimed without re-reading what submit() wrote: its record is
+-- queued under that entry, with no attempt, no start and no session (a session's turn
+-- has its own submit); the same writes as claim()'s, the same fence token.
+local function fresh(s)
+  local attempts = prefix .. 'att:' .. ARGV[1]
+  if redis.call('LLEN', attempts) > 0 then return nil end
+  local token = redis.call('INCR', KEYS[6])
+  local timeout = ARGV[5] ~= '' and ARGV[5] or c[6]
+  local retries = ARGV[6] ~= '' and ARGV[6] or c[5]
+  redis.call('HSET', KEYS[1], 'status', 'running', 'fence', token, 'owner', c[1],
+    'node', c[2], 'started', c[3], 'timeout', timeout, 'retries_left', retries)
+  redis.call('RPUSH', attempts, c[4])
+  return {1, {s, added, ARGV[1], token, 0, ARGV[3], timeout, retries, ARGV[4], ARGV[7],
+    false, false, false}}
+end
 for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'REV')) do
   local s = stream_of .. p
   while redis.call('EXISTS', s) == 1 do
@@ -214,6 +230,10 @@ for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'REV')) do
       'COUNT', 1, 'STREAMS', s, '>')
     if not reply then break end
     local e = reply[1][2][1]
+    if s == KEYS[2] and e[1] == added then
+      local mine = fresh(s)
+      if mine then return mine end
+    end
     local id = false
     for j = 1, #e[2], 2 do
       if e[2][j] == 'task' then id = e[2][j + 1] break end

@@ -85,6 +85,39 @@ async def test_no_task_jumps_a_backlog_or_a_higher_priority(client: Any) -> None
     assert statuses == [b"running", b"running", b"queued", b"queued"]
 
 
+async def test_the_entry_just_added_is_claimed_as_claim_claims_it(client: Any) -> None:
+    """The script claims the entry it just added without re-reading the record: the
+    record, the reply and the attempts are what claim() makes of a backlog's entry."""
+    s = Scripts(client)
+    by_fresh = await submit_claim(s, 3)  # nothing waits before 3: its own entry
+    assert await submit(s, 1) == 1
+    by_claim = await submit_claim(s, 2)  # claims 1, the backlog's: claim()
+    assert (by_claim[1][2], by_fresh[1][2]) == (TID.format(1).encode(),
+                                               TID.format(3).encode())
+    assert (by_fresh[1][3], by_claim[1][3]) == (1, 2)  # each its own fence token
+    assert by_fresh[1][4:] == by_claim[1][4:]
+    one = await client.hgetall(K.task(TID.format(1)))
+    three = await client.hgetall(K.task(TID.format(3)))
+    differs = {b"fence", b"entry", b"created", b"submitted_on"}
+    assert {k: v for k, v in one.items() if k not in differs} == {
+        k: v for k, v in three.items() if k not in differs}
+    assert (await client.lrange(K.attempts(TID.format(1)), 0, -1)
+            == await client.lrange(K.attempts(TID.format(3)), 0, -1))
+    # a stale token's write refused, the claim's own accepted
+    assert await finish(s, client, 3, 2) == 0
+    assert await finish(s, client, 3, 1) == 1
+
+
+async def test_a_new_task_with_attempts_already_is_claimed_by_claim(client: Any) -> None:
+    """An attempts list already there (a record expired before its attempts): the claim
+    counts it, as claim() does, rather than take the task for a first attempt."""
+    s = Scripts(client)
+    await client.rpush(K.attempts(TID.format(1)), b'{"old":1}')
+    got = await submit_claim(s, 1)
+    assert (got[1][2], got[1][4]) == (TID.format(1).encode(), 1)
+    assert await client.llen(K.attempts(TID.format(1))) == 2
+
+
 # -- real daemons ------------------------------------------------------------------------
 def two(tmp: Path, redis: RedisServer, *, retries: int = 0, concurrency: int = 1) -> Any:
     worker = sleeper("sleepy", retries=retries, concurrency=concurrency)
@@ -181,3 +214,34 @@ def test_a_submitter_paused_past_its_ttl_cannot_write_what_was_taken(
         wait_until(lambda: cluster_stats(a)["fences"] >= 1, what="a fenced")
         assert cluster_stats(a)["published"] == 0
         assert b.call("tasks.get", {"task_id": task_id}) == done
+
+
+def test_the_submitter_killed_after_a_batch_its_tasks_run_each_once_elsewhere(
+        tmp: Path, redis: RedisServer) -> None:
+    with two(tmp, redis, retries=1, concurrency=4) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: both_alive(a), what="a and b alive")
+        enc = msgspec.json.Encoder()
+        with socket.socket(socket.AF_UNIX) as sock:  # four submits in one write
+            sock.connect(str(a.sock))
+            sock.sendall(b"".join(enc.encode({
+                "jsonrpc": "2.0", "id": i, "method": "tasks.submit",
+                "params": {"agent": "sleepy", "input": {"do": "sleep", "seconds": 1.0}}})
+                + b"\n" for i in range(4)))
+            f = sock.makefile("rb")
+            ids = [msgspec.json.decode(f.readline())["result"]["task_id"] for _ in range(4)]
+        # its share of each batch the loop's turns made of the write (one or several)
+        claimed = cluster_stats(a)["claimed_at_submit"]
+        assert claimed >= 2
+        a.kill9()
+        done = [b.call("tasks.get", {"task_id": t, "wait": True}) for t in ids]
+        assert [d["status"] for d in done] == ["succeeded"] * 4
+        runs = [[(x["node"], x["outcome"]) for x in d["attempts"]] for d in done]
+        # each task run once to its end, on b: a's claims (and any task a's pull loop
+        # read before it died) lost and taken over, the others b's from the start
+        lost = [("a", "lost"), ("b", "succeeded")]
+        assert all(r in (lost, [("b", "succeeded")]) for r in runs), runs
+        assert sum(r == lost for r in runs) >= claimed
+        listed = b.call("tasks.list", {"limit": 10})["tasks"]
+        assert sorted((t["task_id"], t["status"], t["node"]) for t in listed) == sorted(
+            (t, "succeeded", "b") for t in ids)
