@@ -153,20 +153,26 @@ def test_a_task_submitted_where_a_slot_is_free_starts_there_once(
         assert cluster_stats(ns["b"])["claimed"] == 0
 
 
+def submit_in_one_write(node: Node, n: int, seconds: float) -> list[str]:
+    """`n` sleeps submitted to `node` in one write to its socket (one batch or several,
+    as its loop's turns cut the write); their task ids."""
+    enc = msgspec.json.Encoder()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(node.sock))
+        sock.sendall(b"".join(enc.encode({
+            "jsonrpc": "2.0", "id": i, "method": "tasks.submit",
+            "params": {"agent": "sleepy", "input": {"do": "sleep", "seconds": seconds}}})
+            + b"\n" for i in range(n)))
+        f = sock.makefile("rb")
+        return [msgspec.json.decode(f.readline())["result"]["task_id"] for _ in range(n)]
+
+
 def test_a_burst_the_submitter_has_no_slots_for_starts_on_the_other_node_at_once(
         tmp: Path, redis: RedisServer) -> None:
     with two(tmp, redis, concurrency=2) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: both_alive(a), what="a and b alive")
-        enc = msgspec.json.Encoder()
-        with socket.socket(socket.AF_UNIX) as sock:  # four submits in one write
-            sock.connect(str(a.sock))
-            sock.sendall(b"".join(enc.encode({
-                "jsonrpc": "2.0", "id": i, "method": "tasks.submit",
-                "params": {"agent": "sleepy", "input": {"do": "sleep", "seconds": 2.0}}})
-                + b"\n" for i in range(4)))
-            f = sock.makefile("rb")
-            ids = [msgspec.json.decode(f.readline())["result"]["task_id"] for _ in range(4)]
+        ids = submit_in_one_write(a, 4, 2.0)
         done = [a.call("tasks.get", {"task_id": t, "wait": True}) for t in ids]
         assert [d["status"] for d in done] == ["succeeded"] * 4
         # no task waited for another's end: two on each node, each started at once
@@ -221,15 +227,7 @@ def test_the_submitter_killed_after_a_batch_its_tasks_run_each_once_elsewhere(
     with two(tmp, redis, retries=1, concurrency=4) as ns:
         a, b = ns["a"], ns["b"]
         wait_until(lambda: both_alive(a), what="a and b alive")
-        enc = msgspec.json.Encoder()
-        with socket.socket(socket.AF_UNIX) as sock:  # four submits in one write
-            sock.connect(str(a.sock))
-            sock.sendall(b"".join(enc.encode({
-                "jsonrpc": "2.0", "id": i, "method": "tasks.submit",
-                "params": {"agent": "sleepy", "input": {"do": "sleep", "seconds": 1.0}}})
-                + b"\n" for i in range(4)))
-            f = sock.makefile("rb")
-            ids = [msgspec.json.decode(f.readline())["result"]["task_id"] for _ in range(4)]
+        ids = submit_in_one_write(a, 4, 1.0)
         # its share of each batch the loop's turns made of the write (one or several)
         claimed = cluster_stats(a)["claimed_at_submit"]
         assert claimed >= 2
