@@ -233,7 +233,14 @@ def test_a_rolling_restart_under_load_keeps_replicas_serving_and_loses_no_task(
             assert [t["status"] for t in done] == ["succeeded"] * 60
         finally:
             follower.send_signal(signal.SIGINT)
-            out, _ = follower.communicate(timeout=60)  # a loaded host (10 s ran out once)
+            try:
+                out, _ = follower.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                # Ctrl-C's exit is test_cli_habits' and the tail tests' to hold; this test
+                # reads the events the follower printed (one run out of many saw it outlive
+                # its SIGINT by a minute, not reproduced since)
+                follower.kill()
+                out, _ = follower.communicate(timeout=60)
         after = {k: v["pid"] for k, v in d.status().items()}
         assert set(after) == set(before) and not set(after.values()) & set(before.values())
         serving = dict.fromkeys(before.values(), True)
