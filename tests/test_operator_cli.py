@@ -236,7 +236,7 @@ def test_a_rolling_restart_under_load_keeps_replicas_serving_and_loses_no_task(
             try:
                 out, _ = follower.communicate(timeout=60)
             except subprocess.TimeoutExpired:
-                # Ctrl-C's exit is test_cli_habits' and the tail tests' to hold; this test
+                # Ctrl-C's exit is test_logs_cli's to hold (it waits for 130); this test
                 # reads the events the follower printed (one run out of many saw it outlive
                 # its SIGINT by a minute, not reproduced since)
                 follower.kill()
