@@ -113,16 +113,15 @@ def finished_task(trace: TaskTrace | FromId) -> Task:
     return task
 
 
-def handed(records: list[Any]) -> float:
-    """Seconds a batch of records takes to hand over: encoded as the daemon does and
-    written to a pipe whose reader (a child draining it) keeps it from filling."""
+def handed(tracer: Tracer) -> float:
+    """Seconds the tracer's batches take to hand over: taken and written to a pipe, as
+    the daemon does, whose reader (a child draining it) keeps it from filling."""
     drain = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     assert drain.stdin is not None
-    encoder = msgspec.msgpack.Encoder()
     t0 = time.perf_counter()
-    for i in range(0, len(records), 512):
-        body = encoder.encode(records[i:i + 512])
-        drain.stdin.write(len(body).to_bytes(4, "big") + body)
+    for _, body in tracer.take():
+        drain.stdin.write(len(body).to_bytes(4, "big"))
+        drain.stdin.write(body)
     took = time.perf_counter() - t0
     drain.stdin.close()
     drain.wait()
@@ -139,8 +138,7 @@ def loop_cost() -> dict[str, float]:
     for task in tasks:
         tracer.finished(task)
     per_task_span = (time.perf_counter() - t0) / (len(tasks) * 3)
-    task_fed = handed(list(tracer.records)) / (len(tasks) * 3)
-    tracer.records.clear()
+    task_fed = handed(tracer) / (len(tasks) * 3)
     trace = tasks[0].trace
     assert trace is not None
     t0 = time.perf_counter()
@@ -150,7 +148,7 @@ def loop_cost() -> dict[str, float]:
                     trace.attempt_span(1), "notes__echo", "01JTASKIDTASKIDTASKIDTASKI", 1,
                     "pipe", 7, start, time.time(), None))
     per_tool_span = (time.perf_counter() - t0) / SPANS
-    tool_fed = handed(list(tracer.records)) / SPANS
+    tool_fed = handed(tracer) / SPANS
     return {"task_spans_us": round(per_task_span * 1e6, 3),
             "task_spans_handed_us": round(task_fed * 1e6, 3),
             "tool_span_us": round(per_tool_span * 1e6, 3),
@@ -202,8 +200,7 @@ def exporter_cost(tmp: Path) -> dict[str, float]:
     tasks = 20_000 // 3
     for _ in range(tasks):
         tracer.finished(finished_task(FROM_ID[True]))
-    records = list(tracer.records)
-    frames = [msgspec.msgpack.encode(records[i:i + 512]) for i in range(0, tasks, 512)]
+    frames = [body for _, body in tracer.take()]
     store = TraceStore(tmp / "bench-traces.db", 7, 200_000)
     c0 = time.process_time()
     batches = []

@@ -112,11 +112,12 @@ class FromId:
     what a task costs the loop to carry its context is then its `task/run`'s `_meta`
     (decision 288)."""
 
-    __slots__ = ("flags", "sampled")
+    __slots__ = ("bit", "flags", "sampled")
 
     def __init__(self, sampled: bool) -> None:
         self.sampled = sampled
         self.flags = "01" if sampled else "00"
+        self.bit = 1 if sampled else 0  # `task/run`'s `trace` (docs/protocol.md)
 
     def run_meta(self, attempt: int, task_id: str) -> dict[str, str]:
         if attempt == 1:  # the id's hex once, its low half the attempt's span (one copy)

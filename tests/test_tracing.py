@@ -29,7 +29,7 @@ from corral.daemon.traces import start as start_traces
 from corral.jsonrpc import RpcError
 from corral.supervisor import McpServerSpec, State, Supervisor
 from corral.supervisor.config import TracingSettings
-from corral.supervisor.tracing import Sampling, Span, Tracer, expand
+from corral.supervisor.tracing import TEXT_MAX, Sampling, Span, Tracer, expand
 
 from .conftest import SPARED, agent
 
@@ -106,8 +106,7 @@ def attrs(span: Any) -> dict[str, Any]:
 def spans_of(tracer: Tracer) -> list[Span]:
     """The spans of what the tracer buffered, made as the exporter makes them (from the
     records as the pipe carries them)."""
-    wire = msgspec.msgpack.decode(msgspec.msgpack.encode(list(tracer.records)))
-    return [span for record in wire for span in expand(record)]
+    return [span for record in tracer.pending() for span in expand(record)]
 
 
 def tracing(endpoint: str | None, **kw: Any) -> TracingSettings:
@@ -337,14 +336,14 @@ async def test_unsampled_tasks_leave_no_spans_but_failed_and_slow_ones_do(
     sup.add(agent("m", "misbehave.py"))
     await sup.wait_state("m", State.READY)
     ok = await sup.tasks.run("m", {"do": "echo"})
-    assert ok.status == "succeeded" and not tracer.records
+    assert ok.status == "succeeded" and not tracer.buffered
     failed = await sup.tasks.run("m", {"do": "fail"})
     assert failed.status == "failed"
     assert {s[10] for s in spans_of(tracer)} == {failed.task_id}  # the tail rule
     (task,) = [s for s in spans_of(tracer) if s[3] == "invoke_agent m"]
     assert task[7] and task[8]["error.type"] == "failed"
     # a caller that does not sample: honoured, and said on in the worker's context
-    tracer.records.clear()
+    tracer.take()
     tracer.sampling = Sampling(ratio=1.0, slow=0.0)  # every task slow: kept by the tail
     t = sup.tasks.submit("m", {"do": "echo"}, traceparent=f"00-{CALLER_TRACE}-"
                                                            f"{CALLER_SPAN}-00")
@@ -369,7 +368,61 @@ def test_a_full_buffer_drops_and_counts() -> None:
     record: Any = (1, 1, 2, 0, "s__x", "t", 1, "pipe", 7, 0.0, 1.0, None)
     for _ in range(5):
         tracer.put(record, spans=3)
-    assert (len(tracer.records), tracer.dropped, tracer.recorded) == (2, 9, 2)
+    assert (tracer.buffered, tracer.dropped, tracer.recorded) == (2, 9, 2)
+
+
+def test_a_record_is_encoded_as_it_is_put_and_not_kept() -> None:
+    """Decision 426: the buffer holds a record's bytes, not the record (a tuple kept until
+    its batch left brought the collector's full passes on the loop); batches of `batch`
+    records each, the last one partial; nothing waits after `take`."""
+    tracer = Tracer(batch=2)
+    attempts = [{"replica": 0, "started": 1.0}]
+    held = sys.getrefcount(attempts)
+    for i in range(5):
+        tracer.put((0, None, None, None, 0, "a", f"t{i}", "succeeded", None, 0, 0, 1.0,
+                    2.0, None, attempts, None), 3)
+    assert sys.getrefcount(attempts) == held
+    assert (tracer.buffered, tracer.batches, tracer.recorded) == (5, 2, 5)
+    assert [r[6] for r in tracer.pending()] == ["t0", "t1", "t2", "t3", "t4"]
+    frames = tracer.take()
+    assert [n for n, _ in frames] == [2, 2, 1]
+    assert [[r[6] for r in msgspec.msgpack.decode(body)] for _, body in frames] == [
+        ["t0", "t1"], ["t2", "t3"], ["t4"]]
+    assert (tracer.buffered, tracer.batches, tracer.pending(), tracer.take()) == (0, 0, [], [])
+
+
+def test_a_record_msgpack_cannot_carry_is_dropped_and_counted_alone() -> None:
+    """A value no msgpack integer holds (a worker's usage of 2**70 tokens, say) drops its
+    record, counted, and leaves the batch's bytes as they were."""
+    tracer = Tracer()
+    tool: Any = (1, 1, 2, 3, 0, "s__x", "t", 1, "pipe", 7, 0.0, 1.0, None)
+    tracer.put(tool)
+    tracer.put((*tool[:9], 2 ** 70, *tool[10:]))
+    tracer.put((*tool[:6], "u", *tool[7:]))
+    assert (tracer.buffered, tracer.dropped, tracer.recorded) == (2, 1, 2)
+    assert [r[6] for r in tracer.pending()] == ["t", "u"]
+
+
+def test_a_long_text_is_cut_on_the_loop_and_the_buffer_bounded_in_bytes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's long texts are cut before they are buffered (as the exporter would cut
+    them), and past BUFFER_BYTES records are dropped and counted."""
+    from corral.supervisor import tracing as tracing_module
+
+    tracer = Tracer()
+    name = "s__" + "x" * 200_000
+    tracer.put((1, 1, 2, 3, 0, name, "t", 1, "pipe", 7, 0.0, 1.0, "e" * 50_000))
+    (record,) = tracer.pending()
+    assert record[5] == name[:TEXT_MAX] + "…" and record[12] == "e" * TEXT_MAX + "…"
+    monkeypatch.setattr(tracing_module, "BUFFER_BYTES", 4096)
+    small = Tracer(batch=4)
+    tool: Any = (1, 1, 2, 3, 0, "s__x" * 100, "t", 1, "pipe", 7, 0.0, 1.0, None)
+    for _ in range(20):
+        small.put(tool)
+    size = len(tracing_module.msgspec.msgpack.encode(tool))
+    assert small.buffered == 4096 // size
+    assert small.dropped == 20 - small.buffered
+    assert sum(len(body) for _, body in small.take()) <= 4096 + 8
 
 
 # -- a worker's own span ----------------------------------------------------------------------

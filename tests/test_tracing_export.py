@@ -63,10 +63,10 @@ def task(agent: str = "echo", *, trace: Any = None, status: TaskStatus =
 def piped(tasks: list[Task], tool: bool = False) -> tuple[bytes, list[Any], list[int]]:
     """The tasks' records as the exporter takes them: one msgpack frame, decoded at once,
     each record's length."""
-    tracer = Tracer(capacity=1000)
+    tracer = Tracer(capacity=1000, batch=1000)
     for t in tasks:
         tracer.finished(t)
-    frame = msgspec.msgpack.encode(list(tracer.records))
+    ((_, frame),) = tracer.take()
     return frame, msgspec.msgpack.decode(frame), list(map(len, _RAWS.decode(frame)))
 
 

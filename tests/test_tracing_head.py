@@ -140,3 +140,97 @@ def test_a_workers_context_is_read_as_parse_reads_it() -> None:
         want = own.span_id if own is not None and own.trace_id == trace.trace_id else 0
         assert own_span(tp, trace.trace_id) == want, tp
     assert own_span(f"00-{tid}-{span}-01", trace.trace_id) == trace.attempt_span(1)
+
+
+# -- the context derived from the task id (decision 428) ----------------------------------------
+RAW_WORKER = """
+import json, sys
+derives = sys.argv[1] == "yes"
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("method") == "initialize":
+        result = {"protocol_version": "1", "capabilities": {}}
+        if derives:
+            result["trace_from_task_id"] = True
+        out = {"jsonrpc": "2.0", "id": msg["id"], "result": result}
+    elif msg.get("method") == "task/run":
+        p = msg["params"]
+        if p["attempt"] == 1 and p["input"] == "fail once":
+            sys.exit(3)  # a crash: the task is retried
+        else:
+            out = {"jsonrpc": "2.0", "id": msg["id"], "result": {"output": {
+                k: p[k] for k in ("trace", "_meta") if k in p}}}
+    elif "id" in msg and "method" in msg:
+        out = {"jsonrpc": "2.0", "id": msg["id"], "result": {}}
+    else:
+        continue
+    sys.stdout.write(json.dumps(out) + "\\n")
+    sys.stdout.flush()
+"""
+
+
+async def test_a_worker_that_derives_the_context_is_sent_its_flag_alone(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """A worker that said `trace_from_task_id` in `initialize` is sent `trace` (the
+    sampling bit) for a task traced from its id on its first attempt, and no `_meta`; a
+    worker that did not is sent `_meta` as before; a retry and a caller's context are
+    sent `_meta` to both."""
+    script = tmp_path / "raw.py"
+    script.write_text(RAW_WORKER)
+    tracer = Tracer(Sampling(ratio=1.0))
+    tracer.install(sup.tasks)
+    sup.add(agent("new", command=[sys.executable, str(script), "yes"], retries=1))
+    sup.add(agent("old", command=[sys.executable, str(script), "no"], retries=1))
+    await sup.wait_state("new", State.READY)
+    await sup.wait_state("old", State.READY)
+    assert [r.trace_from_id for r in sup.agent("new").replicas] == [True]
+    assert [r.trace_from_id for r in sup.agent("old").replicas] == [False]
+    caller = f"00-{'ab' * 16}-{'cd' * 8}-01"
+    for name in ("new", "old"):
+        task = sup.tasks.submit(name, "x")
+        await task.done
+        hex_id = task.id.replace("-", "")
+        if name == "new":
+            assert task.output == {"trace": 1}
+        else:
+            assert task.output == {"_meta": {"traceparent": f"00-{hex_id}-{hex_id[16:]}-01"}}
+        retried = sup.tasks.submit(name, "fail once")
+        await retried.done
+        assert retried.attempt == 2
+        want = of_id(retried.id, True)
+        assert retried.output == {"_meta": {"traceparent": f"00-{want.trace_id:032x}-"
+                                                           f"{want.attempt_span(2):016x}-01"}}
+        given = sup.tasks.submit(name, "x", traceparent=caller)
+        await given.done
+        assert isinstance(given.trace, TaskTrace)
+        assert given.output == {"_meta": {"traceparent": f"00-{'ab' * 16}-"
+                                                         f"{given.trace.attempt_span(1):016x}-01"}}
+    # nothing sampled: the bit is 0
+    tracer.sampling = Sampling(ratio=0.0)
+    task = sup.tasks.submit("new", "x")
+    await task.done
+    assert task.output == {"trace": 0}
+
+
+async def test_the_sdk_derives_the_context_the_daemon_would_have_sent(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """The Python SDK says `trace_from_task_id`; the context it derives from the id and
+    the bit is the `_meta` the daemon writes for the same task (sampled and not), and
+    `from_task_id` refuses what is no UUID's 32 digits."""
+    from corral.worker import from_task_id
+
+    for sampled in (False, True):
+        task_id = new_id()
+        assert from_task_id(task_id, int(sampled)) == FROM_ID[sampled].run_meta(1, task_id)
+    assert from_task_id("not-a-uuid", 1) is None
+    script = tmp_path / "ctx_agent.py"
+    script.write_text("from corral.worker import run\n"
+                      "run(lambda task, ctx: ctx.traceparent)\n")
+    tracer = Tracer(Sampling(ratio=0.0))
+    tracer.install(sup.tasks)
+    sup.add(agent("w", command=[sys.executable, str(script)]))
+    await sup.wait_state("w", State.READY)
+    assert [r.trace_from_id for r in sup.agent("w").replicas] == [True]
+    task = sup.tasks.submit("w", None)
+    await task.done
+    assert task.output == FROM_ID[False].run_meta(1, task.id)["traceparent"]

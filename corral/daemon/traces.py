@@ -11,6 +11,8 @@ each place that drops spans counts them, and they add up to
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import sys
@@ -84,6 +86,11 @@ def _sampler(env: Mapping[str, str]) -> tuple[float, bool]:
 
 # -- the exporter process, fed and supervised ------------------------------------------------
 PIPE_BOUND = 8 << 20  # bytes of batches waiting for the exporter to read; past it, dropped
+# full batches handed over together: the exporter woken a few times a second at most,
+# not at each batch (its runs beside the loop cost the loop more than the hand-over's
+# size; decision 427), and the pipe made as large as the system lets it be for them
+HANDOVER = 16
+PIPE_SIZE = 1 << 20
 FLUSH_WAIT = 5.0  # seconds a read waits for the exporter to store what it was sent
 BACKOFF = (0.5, 30.0)  # a dead exporter's restart: first delay, longest
 STEADY = 60.0  # seconds an exporter lives for its restart delay to start over
@@ -103,8 +110,8 @@ class Traces:
     frame a batch down its stdin, restarted when it dies; and what `traces.get` and
     /metrics ask.
 
-    The loop's part of a span: the engine's tuple appended (tracing.py), then its share
-    of one `msgspec` encoding of the batch and of one pipe write. Nothing waits for the
+    The loop's part of a span: the engine's record encoded into its batch (tracing.py),
+    then its share of one pipe write. Nothing waits for the
     process: a batch it has not read while `PIPE_BOUND` bytes wait is dropped, and while
     it is dead (until its restart) the engine's buffer keeps the spans to its bound."""
 
@@ -193,11 +200,12 @@ class Traces:
             return
         # its status is its waiter's (below), not containment's; nor is it an orphan
         self.spared.add(proc.pid)
+        _widen(proc)
         self.proc = proc
         self.started += 1
         self._watcher = asyncio.ensure_future(self._watch(proc, time.monotonic()))
         self._change()
-        if self.tracer.records:
+        if self.tracer.buffered:
             self._flush()  # what waited while there was no process
 
     async def _watch(self, proc: asyncio.subprocess.Process, since: float) -> None:
@@ -257,8 +265,11 @@ class Traces:
 
     # -- feeding it ---------------------------------------------------------------------------
     def _ready(self) -> None:
-        """The engine's buffer had its first span, or a batch's worth (Tracer.put)."""
-        if len(self.tracer.records) >= self.cfg.batch:
+        """The engine's buffer had its first span, or a batch's worth (Tracer.put): the
+        batches handed over when HANDOVER of them wait, or half the buffer's room."""
+        tracer = self.tracer
+        full = tracer.batches
+        if full >= HANDOVER or full * tracer.batch * 2 >= tracer.capacity:
             if not self._soon:
                 self._soon = True
                 asyncio.get_running_loop().call_soon(self._flush)
@@ -277,21 +288,15 @@ class Traces:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        spans = self.tracer.records
         pipe = self._stdin()
-        if not spans or pipe is None:
+        if not self.tracer.buffered or pipe is None:
             return  # kept (to the buffer's bound) for the next process
-        batch = list(spans)
-        spans.clear()
-        size, encode = self.cfg.batch, self._encoder.encode
-        for i in range(0, len(batch), size):
-            chunk = batch[i:i + size]
+        for n, body in self.tracer.take():
             if pipe.transport.get_write_buffer_size() > PIPE_BOUND:
-                self.pipe_dropped += len(chunk)
+                self.pipe_dropped += n
                 continue
-            body = encode(chunk)
-            pipe.write(len(body).to_bytes(4, "big") + body)
-            self._sent += len(chunk)
+            pipe.writelines((len(body).to_bytes(4, "big"), body))
+            self._sent += n
 
     async def sync(self, sent: bool = False, timeout: float = FLUSH_WAIT) -> None:
         """What the engine buffered is in the store (`sent`: and was exported, or failed
@@ -334,6 +339,23 @@ class Traces:
             except TimeoutError:
                 proc.kill()
                 await self._watcher
+
+
+def _widen(proc: asyncio.subprocess.Process) -> None:
+    """The exporter's input pipe at PIPE_SIZE bytes, or the most the system allows (the
+    default 64 KiB took a hand-over's batches in dozens of writes, each a wake-up)."""
+    pipe = proc.stdin.transport.get_extra_info("pipe") if proc.stdin is not None else None
+    if pipe is None:
+        return
+    try:
+        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except (OSError, ValueError):
+        limit = PIPE_SIZE
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, min(PIPE_SIZE, limit))
+
+
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 async def start(cfg: TracingSettings | None, tasks: Any, state_dir: Path,

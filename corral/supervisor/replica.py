@@ -95,6 +95,11 @@ class Replica(ProcessReplica):
         self.health: ReplicaHealth | None = None
         # its checks' state as the previous daemon image left it (corral upgrade: adopt.py)
         self.health_carried: list[CheckState] = []
+        # its worker said in `initialize` that it derives a task's trace context from the
+        # task's id (docs/protocol.md#trace-context): a task traced from its id is sent
+        # `trace` (its flag), not `_meta` (decision 428). Not known of an adopted
+        # worker, whose handshake was the last image's: it is sent `_meta`.
+        self.trace_from_id = False
 
     # -- health (health.py) ---------------------------------------------------------------
     @property
@@ -260,9 +265,10 @@ class Replica(ProcessReplica):
 
     async def _handshake(self) -> str:
         assert self.peer is not None
-        await self.peer.request(
+        said = await self.peer.request(
             "initialize", self._initialize_params(), timeout=self.spec.start_timeout
         )
+        self.trace_from_id = isinstance(said, dict) and said.get("trace_from_task_id") is True
         return "initialized"
 
     def _request_exit(self) -> None:

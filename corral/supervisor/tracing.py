@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import msgspec
+
 from .. import jsonrpc
 from ..jsonrpc import RpcError
 from ..mcp.pool import SEP
@@ -79,6 +81,11 @@ EVENTS_MAX = 64  # exits recorded on one task's attempts
 # a tool's name is a worker's to make (a protocol line long), and the store keeps spans by
 # count (keep_spans), so each is bounded here, in the exporter, before it is stored or sent
 TEXT_MAX = 1024
+# a record's encoded bytes past which its texts are cut before it is buffered (a task's
+# record with a few attempts and its texts within TEXT_MAX fits), and the buffer's bytes
+# past which records are dropped: what the records waiting may hold of the daemon's memory
+RECORD_MAX = 16 * TEXT_MAX
+BUFFER_BYTES = 64 << 20
 QUEUE_MIX = 0x5BD1E9955BD1E995  # a queue wait's span id from its attempt's
 LOW56 = (1 << 56) - 1
 UNSAMPLED = FROM_ID[False]
@@ -109,13 +116,21 @@ class Tracer:
     def __init__(self, sampling: Sampling | None = None, *, capacity: int = 65536,
                  batch: int = 512) -> None:
         self.sampling = sampling or Sampling()
-        self.records: deque[Record] = deque()
         self.capacity = capacity
         self.batch = batch
         self.dropped = 0  # spans the buffer had no room for (the exporter counts its own)
         self.recorded = 0
-        # told when the buffer takes its first span (the exporter's timer starts) and when
-        # it holds a batch (the exporter takes it at once)
+        self.buffered = 0  # records waiting, in `_frames` and `_frame`
+        self._bytes = 0  # their bytes in `_frames`
+        # each record encoded as it is put (decision 426): a batch's records are the
+        # items of one msgpack array (the exporter's frame), `_frame` the one filling,
+        # `_frames` the full ones as (records, bytes with the array's header)
+        self._frame = bytearray()
+        self._in_frame = 0
+        self._frames: deque[tuple[int, bytes]] = deque()
+        self._encode = msgspec.msgpack.Encoder().encode_into
+        # told when the buffer takes its first span (the exporter's timer starts) and
+        # when a batch is full
         self.ready: Callable[[], None] | None = None
         self._tasks: TaskManager | None = None
 
@@ -178,16 +193,75 @@ class Tracer:
 
     # -- the buffer ---------------------------------------------------------------------------
     def put(self, record: Record, spans: int = 1) -> None:
-        """`spans`: how many spans the record makes (counted, when it is dropped)."""
-        buffered = self.records
-        n = len(buffered)
-        if n >= self.capacity:
+        """`spans`: how many spans the record makes (counted, when it is dropped).
+
+        The record is encoded here, into the batch's frame, and not kept: a tuple kept
+        until its batch left survived the collector's young passes with the task's
+        attempts it holds, and brought on full passes of a heap that holds thousands of
+        finished tasks, costing the loop more than the spans (decision 426)."""
+        if self.buffered >= self.capacity:
             self.dropped += spans
             return
-        buffered.append(record)
+        frame = self._frame
+        mark = len(frame)
+        try:
+            self._encode(record, frame, -1)
+            if len(frame) - mark > RECORD_MAX:  # a worker's long texts: cut now, as the
+                del frame[mark:]  # exporter would, so that the buffer's bytes stay bounded
+                self._encode(bounded(msgspec.msgpack.decode(
+                    msgspec.msgpack.encode(record))), frame, -1)
+        except (TypeError, ValueError, OverflowError):  # a value msgpack cannot carry
+            del frame[mark:]
+            self.dropped += spans
+            return
+        if self._bytes + len(frame) > BUFFER_BYTES:
+            del frame[mark:]
+            self.dropped += spans
+            return
+        self.buffered += 1
         self.recorded += 1
-        if (n == 0 or n + 1 == self.batch) and self.ready is not None:
+        self._in_frame += 1
+        if self._in_frame == self.batch:
+            self._seal()
+            if self.ready is not None:
+                self.ready()
+        elif self.buffered == 1 and self.ready is not None:
             self.ready()
+
+    def _seal(self) -> None:
+        n, frame = self._in_frame, self._frame
+        body = (bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+                if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big")) + frame
+        self._frames.append((n, body))
+        self._bytes += len(body)
+        frame.clear()
+        self._in_frame = 0
+
+    @property
+    def batches(self) -> int:
+        """Full batches waiting."""
+        return len(self._frames)
+
+    def take(self) -> list[tuple[int, bytes]]:
+        """What waits, as frames: (records, a msgpack array of them), at most `batch`
+        records each; the buffer empty after."""
+        if self._in_frame:
+            self._seal()
+        frames = list(self._frames)
+        self._frames.clear()
+        self.buffered = self._bytes = 0
+        return frames
+
+    def pending(self) -> list[Any]:
+        """The records waiting, as the exporter will read them (msgpack: tuples as arrays;
+        for tests and the bench), left in the buffer."""
+        out: list[Any] = []
+        for _, body in self._frames:
+            out.extend(msgspec.msgpack.decode(body))
+        if self._in_frame:
+            n = self._in_frame
+            out.extend(msgspec.msgpack.decode(b"\xdd" + n.to_bytes(4, "big") + self._frame))
+        return out
 
     # -- tool calls ---------------------------------------------------------------------------
     def traced(self, router: Callable[..., Any]) -> Callable[..., Any]:
@@ -318,7 +392,7 @@ class Tracer:
 
     def stats(self) -> dict[str, int]:
         return {"recorded": self.recorded, "dropped": self.dropped,
-                "buffered": len(self.records)}
+                "buffered": self.buffered}
 
 
 def own_span(traceparent: Any, trace_id: int) -> int:

@@ -263,6 +263,16 @@ class _Waiter:
             self.callback(ok, value)
 
 
+
+def from_task_id(task_id: str, bit: int) -> dict[str, str] | None:
+    """The trace context of a task traced from its id (`task/run`'s `trace`,
+    docs/protocol.md#trace-context): the trace id is the id's 32 hex digits, the
+    attempt's span id their last 16, the flags the bit."""
+    digits = task_id.replace("-", "")
+    if len(digits) != 32:
+        return None
+    return {"traceparent": f"00-{digits}-{digits[16:]}-0{bit}"}
+
 class Context(Spawning):
     """What a handler gets besides its input (and `spawn`, `wait`, `map`: spawning.py)."""
 
@@ -682,7 +692,9 @@ class Worker:
                 # the supervisor says "initialize failed: ..." itself
                 self._error(rid, INTERNAL_ERROR, _exc_text(exc))
                 return
-        self._reply(rid, {"protocol_version": PROTOCOL_VERSION, "capabilities": capabilities})
+        # it derives a task's trace context from its id when `task/run` says `trace`
+        self._reply(rid, {"protocol_version": PROTOCOL_VERSION, "capabilities": capabilities,
+                          "trace_from_task_id": True})
 
     def _shutdown(self, rid: Any) -> None:
         if self.on_shutdown is not None:
@@ -787,6 +799,8 @@ class Worker:
         task_id = str(params.get("task_id", rid))
         attempt = params.get("attempt")
         meta = params.get("_meta")
+        if meta is None and type(bit := params.get("trace")) is int and bit in (0, 1):
+            meta = from_task_id(task_id, bit)
         ctx = Context(self, task_id, params.get("deadline"), self.is_async,
                       attempt if isinstance(attempt, int) and attempt > 0 else 1,
                       meta if isinstance(meta, dict) else None,

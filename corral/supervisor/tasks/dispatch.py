@@ -27,6 +27,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...taskviews import Attempt, TaskError
 from ...text import iso_time
+from ...tracecontext import FromId
 from .budget import Budgets
 from .counters import AgentTasks
 from .deadlines import Deadlines
@@ -167,8 +168,13 @@ class TaskDispatch:
         # decoded into the values a Python caller takes (payload.read_values)
         params: dict[str, Any] = {"task_id": task.id, "attempt": task.attempt,
                                   "input": jsonrpc.SPLICE, "deadline": now + task.timeout}
-        if task.trace is not None:  # the attempt's span: the worker's parent (tracing.py)
-            params["_meta"] = task.trace.run_meta(task.attempt, task.id)
+        trace = task.trace
+        if trace is not None:  # the attempt's span: the worker's parent (tracing.py)
+            if trace.__class__ is FromId and r.trace_from_id and task.attempt == 1:
+                # its worker derives the context from the task id (decision 428)
+                params["trace"] = trace.bit
+            else:
+                params["_meta"] = trace.run_meta(task.attempt, task.id)
         if task.checkpoint is not None:  # a retry, given the task's last state (steps.py)
             params["resumed"], params["task_state"] = True, task.checkpoint
         if task.session is not None and self.sessions is not None:
