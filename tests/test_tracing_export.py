@@ -6,6 +6,7 @@ store a row a batch (daemon/tracestore.py)."""
 from __future__ import annotations
 
 import http.server
+import sqlite3
 import threading
 import time
 import urllib.error
@@ -21,7 +22,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from corral.daemon import otlprecords
 from corral.daemon.otlp import encode as encode_spans
 from corral.daemon.traceexport import _RAWS, Collector
-from corral.daemon.tracestore import CUT_PAST, TraceStore, of_task
+from corral.daemon.tracestore import CUT_PAST, TraceStore, key_of, of_task
+from corral.supervisor.tasks.ids import new_id
 from corral.supervisor.tasks.model import Task, TaskError, TaskStatus
 from corral.supervisor.tracing import TEXT_MAX, TOOL, Tracer, expand, spans_of
 from corral.taskviews import Attempt, ModelUsage
@@ -155,18 +157,61 @@ def test_a_batch_is_one_row_read_back_by_its_task_and_bounded(tmp_path: Path) ->
     assert cut.error == "x" * TEXT_MAX + "…"  # kept within TEXT_MAX in the store
     # 9 spans stored, 5 kept: the first batch's 6 are needed; a third batch's 3: not
     store.prune(time.time())
-    assert store.db.execute("SELECT count(*) FROM batch_tasks").fetchone() == (3,)
-    frame, records, sizes = piped([task()])
+    keys = len({key_of(t.id) for t in first}) + 1
+    assert store.db.execute("SELECT count(*) FROM batch_keys").fetchone() == (keys,)
+    third = [task()]
+    frame, records, sizes = piped(third)
     store.write(frame, records, max(sizes), 3, time.time())
     store.prune(time.time())
     assert store.db.execute("SELECT count(*) FROM batches").fetchone() == (2,)
-    assert store.db.execute("SELECT count(*) FROM batch_tasks").fetchone() == (2,)
+    assert store.db.execute("SELECT count(*) FROM batch_keys").fetchone() == (2,)
     assert of_task(tmp_path / "t.db", first[0].id) == []
+    assert [s.name for s in of_task(tmp_path / "t.db", third[0].id)] == [
+        "invoke_agent echo", "corral.queue", "task/run echo"]
     # past keep_days, every batch
     store.keep_days = 1
     store.prune(time.time() + 2 * 86400)
-    assert store.db.execute("SELECT count(*) FROM batch_tasks").fetchone() == (0,)
+    assert store.db.execute("SELECT count(*) FROM batch_keys").fetchone() == (0,)
     store.close()
+
+
+def test_the_index_holds_a_row_a_millisecond_and_reads_each_task_alone(
+        tmp_path: Path) -> None:
+    """Decision 429: tasks whose UUIDv7 ids were made in one millisecond share an index
+    row (their first 13 characters); a read still gives each task its own spans, across
+    batches; an id of another form is its own key; a store indexed a row a task (the
+    format before) has its batches dropped when it is opened, not misread."""
+    base = new_id()
+    same = [task(), task(), task()]
+    for i, t in enumerate(same):  # made in one millisecond: the ids' first 13 the same
+        t.id = base[:13] + t.id[13:-1] + str(i)
+    other = task(trace=TaskTrace(new_trace_id(), 0, True, None))
+    other.id = "my-own-task-id"
+    store = TraceStore(tmp_path / "t.db", 7, 1000)
+    for batch in (same[:2], [same[2], other]):
+        frame, records, sizes = piped(batch)
+        store.write(frame, records, max(sizes), sum(map(spans_of, records)), time.time())
+    assert store.db.execute("SELECT key, batch FROM batch_keys ORDER BY batch, key"
+                            ).fetchall() == [(base[:13], 1), (base[:13], 2),
+                                             ("my-own-task-id", 2)]
+    for t in (*same, other):
+        got = of_task(tmp_path / "t.db", t.id)
+        assert len(got) == 3
+        assert [s.attributes["corral.task.id"] for s in got if s.kind == "server"] == [t.id]
+    assert of_task(tmp_path / "t.db", base[:13] + "-0000-0000-000000000000") == []
+    assert (key_of(base), key_of("my-own-task-id"), key_of("x" * 36)) == (
+        base[:13], "my-own-task-id", "x" * 36)
+    store.close()
+    old = sqlite3.connect(tmp_path / "t.db")
+    old.execute("CREATE TABLE batch_tasks (task_id TEXT, batch INTEGER)")
+    old.commit()
+    old.close()
+    TraceStore(tmp_path / "t.db", 7, 1000).close()
+    db = sqlite3.connect(tmp_path / "t.db")
+    assert db.execute("SELECT count(*) FROM batches").fetchone() == (0,)
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'batch_tasks'"
+                      ).fetchall() == []
+    db.close()
 
 
 def test_a_shape_whose_template_would_not_hold_is_written_span_by_span() -> None:

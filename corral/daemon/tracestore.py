@@ -17,20 +17,38 @@ from ..supervisor.tracing import bounded, expand
 
 # a row a batch of records (supervisor/tracing.py: a task and its attempts, or a tool
 # call), the frame as the pipe brought it (msgpack), made its spans when read (`of_task`);
-# and a row a task and batch that holds its records, what a read looks up. A row a
-# record cost the exporter twice a task's index row (decision 360). `spans`: the spans
-# stored up to this batch's, what `keep_spans` bounds; `written`: when it was stored,
-# what `keep_days` bounds.
+# and a row a key and batch that holds records of tasks of that key, what a read looks
+# up: a UUIDv7 task id's key is its first 13 characters, the millisecond it was made in
+# (any other id is its own key), so that a batch of tasks made together is a few index
+# rows, not a row a task (decision 429; a row a record cost the exporter twice a task's
+# index row, decision 360). `spans`: the spans stored up to this batch's, what
+# `keep_spans` bounds; `written`: when it was stored, what `keep_days` bounds.
 SCHEMA = """
 DROP TABLE IF EXISTS spans;
 DROP TABLE IF EXISTS records;
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY, written REAL NOT NULL, spans INTEGER NOT NULL,
     frame BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS batch_tasks (
-    task_id TEXT NOT NULL, batch INTEGER NOT NULL, PRIMARY KEY (task_id, batch)
+CREATE TABLE IF NOT EXISTS batch_keys (
+    key TEXT NOT NULL, batch INTEGER NOT NULL, PRIMARY KEY (key, batch)
 ) WITHOUT ROWID;
 """
+# a store indexed a row a task (before decision 429): its batches have no keys; dropped
+OLD_INDEX = "DROP TABLE IF EXISTS batch_tasks; DELETE FROM batches;"
+
+
+def key_of(task_id: str) -> str:
+    """The index's key of a task id: a UUIDv7's millisecond, any other id itself."""
+    if len(task_id) == 36 and task_id[8] == "-" and task_id[13] == "-":
+        return task_id[:13]
+    return task_id
+
+
+def _schema(db: sqlite3.Connection) -> None:
+    old = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'batch_tasks'").fetchone()
+    db.executescript(SCHEMA)
+    if old:
+        db.executescript(OLD_INDEX)
 
 KINDS = {1: "internal", 2: "server", 3: "client"}
 CUT_PAST = 4096  # bytes of a record past which its texts are cut before it is stored
@@ -46,7 +64,7 @@ class TraceStore:
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=OFF")  # recent traces: a power loss may take some
-        self.db.executescript(SCHEMA)
+        _schema(self.db)
         self.spans = self.db.execute("SELECT coalesce(max(spans), 0) FROM batches"
                                      ).fetchone()[0]
 
@@ -63,8 +81,8 @@ class TraceStore:
             batch = self.db.execute(
                 "INSERT INTO batches (written, spans, frame) VALUES (?,?,?)",
                 (now, n, frame)).lastrowid
-            self.db.executemany("INSERT OR IGNORE INTO batch_tasks VALUES (?,?)",
-                                [(r[6], batch) for r in records])
+            self.db.executemany("INSERT OR IGNORE INTO batch_keys VALUES (?,?)",
+                                [(k, batch) for k in {key_of(r[6]) for r in records}])
         self.spans = n
 
     def prune(self, now: float) -> None:
@@ -77,8 +95,8 @@ class TraceStore:
                 self.db.execute("DELETE FROM batches WHERE spans <= ?",
                                 (self.spans - self.keep_spans,))
             # the index rows of the batches gone (a scan: once a prune, not a batch)
-            self.db.execute("DELETE FROM batch_tasks WHERE batch < (SELECT coalesce("
-                            "min(id), (SELECT max(batch) + 1 FROM batch_tasks)) "
+            self.db.execute("DELETE FROM batch_keys WHERE batch < (SELECT coalesce("
+                            "min(id), (SELECT max(batch) + 1 FROM batch_keys)) "
                             "FROM batches)")
 
     def close(self) -> None:
@@ -92,7 +110,7 @@ def create(path: Path) -> None:
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(SCHEMA)
+        _schema(db)
     finally:
         db.close()
 
@@ -102,7 +120,7 @@ def of_task(path: Path, task_id: str) -> list[SpanView]:
     db = sqlite3.connect(path)
     try:
         rows = db.execute("SELECT frame FROM batches WHERE id IN (SELECT batch FROM "
-                          "batch_tasks WHERE task_id = ?) ORDER BY id", (task_id,)
+                          "batch_keys WHERE key = ?) ORDER BY id", (key_of(task_id),)
                           ).fetchall()
     finally:
         db.close()
