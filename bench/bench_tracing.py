@@ -17,6 +17,11 @@ OpenTelemetry SDK's own path.
   (`bench/tool_agent.py`, `bench/min_mcp_server.py`): a client span each, traced;
 - `--modes off,context`: only these modes, taking turns (each round's order reversed
   in the next), for more pairs of two in the same time;
+- the mode `idle` (`--modes off,idle,on`): tracing off, with a process beside it at the
+  scheduler's idle priority, as the exporter is, busy `--idle-share` of each 4 ms
+  (default 0.3) doing nothing for the tasks: what any process of that priority and
+  about the exporter's CPU costs the tasks on this machine, whatever it computes
+  (its CPU a task is reported as `exporter_cpu_us`);
 - `--pinned`: the same modes with the daemon (this process), its workers and the client
   (`tasks.map`, in this process) on the first core and the exporter process and the
   receiver on the second (`os.sched_setaffinity`; the exporter found by its pid among the
@@ -72,6 +77,7 @@ PINNED = "--pinned" in sys.argv
 TASKS_ONLY = "--tasks-only" in sys.argv
 MODES: tuple[str, ...] = ("off", "context", "on")
 TOOLS = 0
+IDLE_SHARE = 0.3
 LOOP_CORE, EXPORT_CORE = 0, 1  # --pinned: the daemon's side, the exporter's side
 for i, a in enumerate(sys.argv):
     if a == "--tasks":
@@ -82,8 +88,25 @@ for i, a in enumerate(sys.argv):
         TOOLS = int(sys.argv[i + 1])
     elif a == "--modes":  # e.g. off,context: a pair of modes alone, taking turns
         MODES = tuple(sys.argv[i + 1].split(","))
+    elif a == "--idle-share":
+        IDLE_SHARE = float(sys.argv[i + 1])
 IN_FLIGHT = 256
 SPANS = 200_000
+
+# the `idle` mode's process: at idle priority, busy SHARE of each 4 ms period
+IDLE_LOAD = textwrap.dedent("""
+    import os, sys, time
+    share = float(sys.argv[1])
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    print("ready", flush=True)
+    d = {}
+    while True:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.004 * share:
+            for i in range(200):
+                d[i] = str(i)
+        time.sleep(0.004 * (1 - share))
+""")
 
 RECEIVER = textwrap.dedent("""
     import http.server, sys
@@ -329,7 +352,7 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
     # the receiver is the bench's own child: spared by the engine's containment
     async with Supervisor(spared=spared) as sup:
         traces = None
-        if mode != "off":
+        if mode not in ("off", "idle"):
             cfg = TracingSettings(endpoint=endpoint, sample=1.0 if mode == "on" else 0.0,
                                   slow=3600.0)
             traces = await start_traces(cfg, sup.tasks, tmp, spared)
@@ -351,6 +374,13 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
         sup.tasks.finished.clear()
         workers = [r.pid for r in sup.agent("echo").replicas if r.pid is not None]
         exporter = traces.proc.pid if traces is not None and traces.proc is not None else None
+        idle = None
+        if mode == "idle":  # its own child, killed by pid below
+            idle = subprocess.Popen([sys.executable, "-c", IDLE_LOAD, str(IDLE_SHARE)],
+                                    stdout=subprocess.PIPE, text=True)
+            spared.add(idle.pid)
+            assert idle.stdout is not None and idle.stdout.readline() == "ready\n"
+            exporter = idle.pid
         # each mode's window starts from a collected heap: a full collection landing in
         # one run and not its pair's was the runs' largest swing (1.5-17 µs a task)
         gc.collect()
@@ -362,6 +392,11 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
         dt = time.perf_counter() - t0
         cpu1 = (own_cpu(), sum(cpu_seconds(p) for p in workers),
                 cpu_seconds(exporter) if exporter else 0.0)
+        if idle is not None:
+            out_idle = (cpu_seconds(idle.pid) - cpu0[2]) / TASKS * 1e6
+            idle.kill()
+            idle.wait()
+            spared.discard(idle.pid)
         assert all(r.status == "succeeded" for r in results)
         xs = sorted(t.finished - t.created for t in sup.tasks.finished.values()
                     if t.finished is not None)
@@ -369,6 +404,8 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
                "p99_ms": xs[int(len(xs) * 0.99)] * 1e3,
                "loop_cpu_us": (cpu1[0] - cpu0[0]) / TASKS * 1e6,
                "workers_cpu_us": (cpu1[1] - cpu0[1]) / TASKS * 1e6}
+        if idle is not None:
+            out["exporter_cpu_us"] = out_idle
         if traces is not None:
             await traces.sync(sent=True, timeout=120)
             if exporter:  # what it took for these tasks' spans, its last batches included

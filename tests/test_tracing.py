@@ -30,6 +30,7 @@ from corral.jsonrpc import RpcError
 from corral.supervisor import McpServerSpec, State, Supervisor
 from corral.supervisor.config import TracingSettings
 from corral.supervisor.tracing import TEXT_MAX, Sampling, Span, Tracer, expand
+from corral.taskviews import Attempt
 
 from .conftest import SPARED, agent
 
@@ -414,6 +415,15 @@ def test_a_long_text_is_cut_on_the_loop_and_the_buffer_bounded_in_bytes(
     tracer.put((1, 1, 2, 3, 0, name, "t", 1, "pipe", 7, 0.0, 1.0, "e" * 50_000))
     (record,) = tracer.pending()
     assert record[5] == name[:TEXT_MAX] + "…" and record[12] == "e" * TEXT_MAX + "…"
+    tracer.take()
+    # an attempt's error, inside the task's record (a struct: made plain to be cut)
+    attempt = Attempt(0, 7, 1.0, 2.0, "failed", "z" * 50_000)
+    tracer.put((0, None, None, None, 0, "a", "t", "failed", "y" * 30_000, 0, 0, 1.0, 2.0,
+                None, (attempt,), None), 3)
+    (record,) = tracer.pending()
+    assert record[8] == "y" * TEXT_MAX + "…"
+    assert record[14] == [{"replica": 0, "pid": 7, "started": 1.0, "finished": 2.0,
+                           "outcome": "failed", "error": "z" * TEXT_MAX + "…"}]
     monkeypatch.setattr(tracing_module, "BUFFER_BYTES", 4096)
     small = Tracer(batch=4)
     tool: Any = (1, 1, 2, 3, 0, "s__x" * 100, "t", 1, "pipe", 7, 0.0, 1.0, None)

@@ -208,8 +208,7 @@ class Tracer:
             self._encode(record, frame, -1)
             if len(frame) - mark > RECORD_MAX:  # a worker's long texts: cut now, as the
                 del frame[mark:]  # exporter would, so that the buffer's bytes stay bounded
-                self._encode(bounded(msgspec.msgpack.decode(
-                    msgspec.msgpack.encode(record))), frame, -1)
+                self._encode(bounded(msgspec.to_builtins(record)), frame, -1)
         except (TypeError, ValueError, OverflowError):  # a value msgpack cannot carry
             del frame[mark:]
             self.dropped += spans
