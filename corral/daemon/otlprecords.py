@@ -132,16 +132,17 @@ def _filler(pack: Callable[..., bytes], kept: list[bytes]) -> Filler:
     each span's trace id, span id, parent and times, and the task's id."""
     (k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10, k11, k12, k13, k14, k15, k16) = kept
     to_id = _ID
+    fromhex, from_bytes = bytes.fromhex, int.from_bytes
 
     def fill(record: Sequence[Any], a: dict[str, Any]) -> bytes:
         task_id = record[6]
         if record[1] is None:  # traced from its id (tracecontext.FromId)
-            tid = int(task_id.replace("-", ""), 16)
-            own = ((tid & MASK64) ^ GOLDEN) or 1
+            tid_b = fromhex(task_id.replace("-", ""))
+            low = from_bytes(tid_b[8:])
+            own = (low ^ GOLDEN) or 1
         else:
-            tid = record[1] << 64 | record[2]
+            tid_b = (record[1] << 64 | record[2]).to_bytes(16, "big")
             own = record[3]
-        tid_b = tid.to_bytes(16, "big")
         own_b = to_id(own)
         parent = record[4]
         created = int(record[11] * 1e9)
