@@ -335,6 +335,16 @@ def pin(pid: int, core: int) -> None:
         os.sched_setaffinity(int(tid), {core})
 
 
+def machine_ticks() -> list[int]:
+    """The machine's CPU time by kind so far (/proc/stat's first line, in ticks)."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
+def loop_wait() -> float:
+    """Seconds this thread (the loop) has waited runnable for a core (schedstat)."""
+    return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+
+
 def own_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -384,12 +394,15 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
         # each mode's window starts from a collected heap: a full collection landing in
         # one run and not its pair's was the runs' largest swing (1.5-17 µs a task)
         gc.collect()
+        ticks0, wait0 = machine_ticks(), loop_wait()
         cpu0 = (own_cpu(), sum(cpu_seconds(p) for p in workers),
                 cpu_seconds(exporter) if exporter else 0.0)
         t0 = time.perf_counter()
         results = await sup.tasks.map("echo", (job(i) for i in range(TASKS)),
                                       concurrency=IN_FLIGHT)
         dt = time.perf_counter() - t0
+        ticks = [b - a for a, b in zip(ticks0, machine_ticks(), strict=True)]
+        waited = loop_wait() - wait0
         cpu1 = (own_cpu(), sum(cpu_seconds(p) for p in workers),
                 cpu_seconds(exporter) if exporter else 0.0)
         if idle is not None:
@@ -403,7 +416,11 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
         out = {"per_s": TASKS / dt, "p50_ms": xs[len(xs) // 2] * 1e3,
                "p99_ms": xs[int(len(xs) * 0.99)] * 1e3,
                "loop_cpu_us": (cpu1[0] - cpu0[0]) / TASKS * 1e6,
-               "workers_cpu_us": (cpu1[1] - cpu0[1]) / TASKS * 1e6}
+               "workers_cpu_us": (cpu1[1] - cpu0[1]) / TASKS * 1e6,
+               # the share of both cores nothing ran on (idle and iowait): what the
+               # exporter could have had without taking from the tasks
+               "machine_idle": (ticks[3] + ticks[4]) / max(sum(ticks), 1),
+               "loop_wait_us": waited / TASKS * 1e6}
         if idle is not None:
             out["exporter_cpu_us"] = out_idle
         if traces is not None:
@@ -425,7 +442,8 @@ async def tiny_rounds(endpoint: str, tmp: Path, spared: set[int]) -> dict[str, A
             runs[name].append(await tiny(name, endpoint, d, spared))
     out: dict[str, Any] = {}
     for name, rs in runs.items():
-        keys = ["per_s", "p50_ms", "p99_ms", "loop_cpu_us", "workers_cpu_us"]
+        keys = ["per_s", "p50_ms", "p99_ms", "loop_cpu_us", "workers_cpu_us", "machine_idle",
+                "loop_wait_us"]
         out[name] = {k: round(statistics.median(x[k] for x in rs), 2) for k in keys}
         # each round's own ratio (its runs side by side), then their median
         if name != "off":
