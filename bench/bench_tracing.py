@@ -26,6 +26,12 @@ OpenTelemetry SDK's own path.
   (`tasks.map`, in this process) on the first core and the exporter process and the
   receiver on the second (`os.sched_setaffinity`; the exporter found by its pid among the
   daemon's children): what tracing costs the tasks on a machine with a core to spare;
+- `--split`: the daemon's loop (this process) alone on the first core, its workers, the
+  exporter and the receiver on the second: what tracing costs the loop itself when
+  nothing else the bench runs is placed on its core (what a machine of more cores than
+  the daemon's loop and its workers fill gives it);
+- in every mode, after the throughput window, `--serial N` tasks (default 1,000) one at
+  a time: a tiny task's own latency (created to finished, median and p99), unqueued;
 - the loop's cost per span: a finished task's record made and buffered (`TaskFinished`
   with one attempt: three spans), a tool call's record likewise, and each one's share of
   the hand-over (msgpack frames down a pipe); against the OpenTelemetry SDK's
@@ -74,6 +80,8 @@ QUICK = "--quick" in sys.argv
 TASKS = 3_000 if QUICK else 10_000
 ROUNDS = 3 if QUICK else 5
 PINNED = "--pinned" in sys.argv
+SPLIT = "--split" in sys.argv
+SERIAL = 1_000
 TASKS_ONLY = "--tasks-only" in sys.argv
 MODES: tuple[str, ...] = ("off", "context", "on")
 TOOLS = 0
@@ -90,6 +98,8 @@ for i, a in enumerate(sys.argv):
         MODES = tuple(sys.argv[i + 1].split(","))
     elif a == "--idle-share":
         IDLE_SHARE = float(sys.argv[i + 1])
+    elif a == "--serial":  # tasks run one at a time after the window, for latency
+        SERIAL = int(sys.argv[i + 1])
 IN_FLIGHT = 256
 SPANS = 200_000
 
@@ -383,6 +393,10 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
         await sup.tasks.map("echo", (job(i) for i in range(500)), concurrency=IN_FLIGHT)
         sup.tasks.finished.clear()
         workers = [r.pid for r in sup.agent("echo").replicas if r.pid is not None]
+        if SPLIT:  # started on this process's core: all but the loop moved off it
+            for pid in workers + ([exporter_of(traces.proc.pid)] if traces is not None
+                                  and traces.proc is not None else []):
+                pin(pid, EXPORT_CORE)
         exporter = traces.proc.pid if traces is not None and traces.proc is not None else None
         idle = None
         if mode == "idle":  # its own child, killed by pid below
@@ -405,14 +419,21 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
         waited = loop_wait() - wait0
         cpu1 = (own_cpu(), sum(cpu_seconds(p) for p in workers),
                 cpu_seconds(exporter) if exporter else 0.0)
-        if idle is not None:
-            out_idle = (cpu_seconds(idle.pid) - cpu0[2]) / TASKS * 1e6
-            idle.kill()
-            idle.wait()
-            spared.discard(idle.pid)
         assert all(r.status == "succeeded" for r in results)
         xs = sorted(t.finished - t.created for t in sup.tasks.finished.values()
                     if t.finished is not None)
+        if SERIAL:  # one at a time: a task's own latency, no queue before it
+            sup.tasks.finished.clear()
+            serial = await sup.tasks.map("echo", (job(i) for i in range(SERIAL)),
+                                         concurrency=1)
+            assert all(r.status == "succeeded" for r in serial)
+            ys = sorted(t.finished - t.created for t in sup.tasks.finished.values()
+                        if t.finished is not None)
+        if idle is not None:
+            out_idle = (cpu1[2] - cpu0[2]) / TASKS * 1e6  # over the window alone
+            idle.kill()
+            idle.wait()
+            spared.discard(idle.pid)
         out = {"per_s": TASKS / dt, "p50_ms": xs[len(xs) // 2] * 1e3,
                "p99_ms": xs[int(len(xs) * 0.99)] * 1e3,
                "loop_cpu_us": (cpu1[0] - cpu0[0]) / TASKS * 1e6,
@@ -421,12 +442,17 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
                # exporter could have had without taking from the tasks
                "machine_idle": (ticks[3] + ticks[4]) / max(sum(ticks), 1),
                "loop_wait_us": waited / TASKS * 1e6}
+        if SERIAL:
+            out["serial_p50_us"] = ys[len(ys) // 2] * 1e6
+            out["serial_p99_us"] = ys[int(len(ys) * 0.99)] * 1e6
         if idle is not None:
             out["exporter_cpu_us"] = out_idle
         if traces is not None:
             await traces.sync(sent=True, timeout=120)
-            if exporter:  # what it took for these tasks' spans, its last batches included
-                out["exporter_cpu_us"] = (cpu_seconds(exporter) - cpu0[2]) / TASKS * 1e6
+            if exporter:  # what it took for these tasks' spans (the serial ones' too), its
+                # last batches included
+                out["exporter_cpu_us"] = ((cpu_seconds(exporter) - cpu0[2])
+                                          / (TASKS + SERIAL) * 1e6)
             await traces.close()
             out["exported"] = traces.exported
             out["dropped"] = traces.dropped
@@ -443,7 +469,7 @@ async def tiny_rounds(endpoint: str, tmp: Path, spared: set[int]) -> dict[str, A
     out: dict[str, Any] = {}
     for name, rs in runs.items():
         keys = ["per_s", "p50_ms", "p99_ms", "loop_cpu_us", "workers_cpu_us", "machine_idle",
-                "loop_wait_us"]
+                "loop_wait_us"] + (["serial_p50_us", "serial_p99_us"] if SERIAL else [])
         out[name] = {k: round(statistics.median(x[k] for x in rs), 2) for k in keys}
         # each round's own ratio (its runs side by side), then their median
         if name != "off":
@@ -468,6 +494,10 @@ async def tiny_rounds(endpoint: str, tmp: Path, spared: set[int]) -> dict[str, A
             out[name]["loop_cpu_us"] - out["off"]["loop_cpu_us"], 2)
     if "on" in out:
         out["p50_on_vs_off"] = round(out["on"]["p50_ms"] / out["off"]["p50_ms"], 3)
+        if SERIAL:  # each round's pair, then their median
+            out["serial_p50_on_vs_off"] = round(statistics.median(
+                x["serial_p50_us"] / o["serial_p50_us"]
+                for x, o in zip(runs["on"], runs["off"], strict=True)), 3)
     return out
 
 
@@ -481,8 +511,8 @@ def main() -> None:
             port = int(receiver.stdout.readline())
             endpoint = f"http://127.0.0.1:{port}/v1/traces"
             data: dict[str, Any] = {"tasks": TASKS, "rounds": ROUNDS, "cpus": os.cpu_count(),
-                                    "pinned": PINNED, "load": os.getloadavg()[0]}
-            if PINNED:  # this process's children (workers, exporter) start with its core
+                                    "pinned": PINNED, "split": SPLIT, "load": os.getloadavg()[0]}
+            if PINNED or SPLIT:  # this process's children start with its core
                 pin(receiver.pid, EXPORT_CORE)
                 os.sched_setaffinity(0, {LOOP_CORE})
             if not TASKS_ONLY:
@@ -493,7 +523,7 @@ def main() -> None:
             receiver.kill()
             receiver.wait()
     data["load_after"] = os.getloadavg()[0]
-    report("tracing-pinned" if PINNED else "tracing", data)
+    report("tracing-pinned" if PINNED else "tracing-split" if SPLIT else "tracing", data)
 
 
 if __name__ == "__main__":
