@@ -34,8 +34,16 @@ class Usage(msgspec.Struct, gc=False):
         self.reports += 1
 
 
+# the models one usage keeps apart; a report of any further model is counted under
+# OTHER_MODELS: a worker naming a new model in each report would otherwise grow its
+# agent's totals (and /metrics' series) for as long as the daemon runs
+MODELS_MAX = 64
+OTHER_MODELS = "(other models)"
+
+
 class ModelUsage(Usage, gc=False):
-    """Usage in total and per model (a task's, an agent's since the daemon started)."""
+    """Usage in total and per model (a task's, an agent's since the daemon started): at
+    most MODELS_MAX models by name, the rest together under OTHER_MODELS."""
 
     models: dict[str, Usage] = {}
 
@@ -43,6 +51,9 @@ class ModelUsage(Usage, gc=False):
                   cost_usd: float) -> None:
         self.add(input_tokens, output_tokens, cost_usd)
         one = self.models.get(model)
+        if one is None and len(self.models) >= MODELS_MAX:
+            model = OTHER_MODELS
+            one = self.models.get(model)
         if one is None:
             # (not the shared default: msgspec copies a mutable default per instance)
             one = self.models[model] = Usage()

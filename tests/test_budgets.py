@@ -129,6 +129,29 @@ def test_a_report_with_nothing_but_its_task_counts_as_zero_of_an_unknown_model()
                   "model": "m"}) == ("t", 3, 0, 1.0, "m")
 
 
+def test_a_worker_naming_a_new_model_in_each_report_grows_no_totals_past_the_bound() -> None:
+    """Attacker's pass: a task's and its agent's usage keep MODELS_MAX models by name;
+    every further model's reports are counted together under OTHER_MODELS, and every
+    token is in the total."""
+    from corral.taskviews import MODELS_MAX, OTHER_MODELS
+
+    task = Task("a", msgspec.Raw(b"{}"), 0, 60.0, 0, 0)
+    budgets = Budgets(lambda _: task, lambda _: None)
+    for i in range(10_000):
+        budgets.count(task, 1, 2, 0.5, f"model-{i}", time.time())
+    for used in (task.usage, budgets.usage["a"]):
+        assert used is not None
+        assert len(used.models) == MODELS_MAX + 1
+        assert used.models["model-0"] == Usage(1, 2, 0.5, 1)
+        assert used.models[OTHER_MODELS] == Usage(
+            10_000 - MODELS_MAX, 2 * (10_000 - MODELS_MAX), 0.5 * (10_000 - MODELS_MAX),
+            10_000 - MODELS_MAX)
+        assert (used.input_tokens, used.output_tokens, used.reports) == (10_000, 20_000,
+                                                                         10_000)
+    budgets.count(task, 5, 0, 0.0, "model-3", time.time())  # a model it kept: its own
+    assert task.usage is not None and task.usage.models["model-3"].input_tokens == 6
+
+
 def test_the_budget_keys_are_validated(tmp_path: Path) -> None:
     path = tmp_path / "corral.toml"
     for line, said in (("tokens_per_minute = -5", "Expected `int` >= 0"),

@@ -8,6 +8,7 @@ a file, and the orchestrator SIGKILLs itself mid-way."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import textwrap
 from pathlib import Path
@@ -200,3 +201,43 @@ async def test_another_tenants_agent_is_no_agent_to_a_spawn(tmp_path: Path) -> N
         res = await d.sup.tasks.run("orch-a", {"children": 1, "agent": "leaf-b",
                                                "count": "x", "catch": True}, timeout=60)
         assert res.output == {"refused": "no such agent: leaf-b", "code": jsonrpc.NOT_FOUND}
+
+
+async def test_a_worker_cannot_write_corrals_own_steps_nor_spawn_through_them(
+        tmp_path: Path) -> None:
+    """Attacker's pass: a worker that `step/put`s a spawn's step naming a child of its
+    choosing (and a lineage of its own) is refused; its retry's spawn is then checked as
+    any new spawn is, and no task of the forged id, nor of the agent it may not spawn,
+    exists."""
+    fleet_text = textwrap.dedent(f"""
+        [agents.orch]
+        command = ["{PY}", "{HERE}/forging_agent.py"]
+        retries = 1
+        spawns = ["leaf"]
+
+        [agents.leaf]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+
+        [agents.other]
+        command = ["{PY}", "{HERE}/orchestrator_agent.py"]
+        env = {{ PYTHONPATH = "{ROOT}" }}
+    """)
+    out = tmp_path / "answers.json"
+    async with in_process(tmp_path, fleet_text) as d:
+        res = await d.sup.tasks.run("orch", {"out": str(out)}, timeout=60)
+        put_spawn, put_lineage = json.loads(out.read_text())
+        assert put_spawn["error"] == {
+            "code": jsonrpc.INVALID_PARAMS,
+            "message": "step/put: the step name 'spawn:k' is reserved: names beginning "
+                       "spawn: or corral/ are corral's own steps"}
+        assert put_lineage["error"]["message"].startswith(
+            "step/put: the step name 'corral/lineage' is reserved")
+        assert res.status == "succeeded", res
+        assert res.output == {"jsonrpc": "2.0", "id": 1001, "error": {
+            "code": jsonrpc.REFUSED,
+            "message": "task/spawn: agent orch may not spawn tasks of agent other (its "
+                       "spawns list: ['leaf'])"}}
+        with pytest.raises(jsonrpc.RpcError, match="no such task"):
+            await d.sup.tasks.info("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")
+        assert [t for t in d.sup.tasks.finished.values() if t.agent == "other"] == []

@@ -435,6 +435,37 @@ def test_a_long_text_is_cut_on_the_loop_and_the_buffer_bounded_in_bytes(
     assert sum(len(body) for _, body in small.take()) <= 4096 + 8
 
 
+async def test_long_records_are_handed_over_by_their_bytes_before_any_is_dropped(
+        tmp_path: Path) -> None:
+    """Attacker's pass: a worker's tool calls of ~15 KB each (under the cut) would fill
+    the buffer's bytes long before HANDOVER batches of 512 records: a batch is full at
+    FRAME_BYTES, so the hand-over is asked for at a quarter of BUFFER_BYTES (and at half,
+    whatever the batch), before a record is dropped."""
+    from corral.daemon.traces import HANDOVER, Traces
+    from corral.supervisor import tracing as tracing_module
+
+    cfg = TracingSettings()
+    tracer = Tracer(capacity=cfg.buffer, batch=cfg.batch)
+    traces = Traces(tracer, cfg, settings(cfg, {}), tmp_path, "n")
+    tracer.ready = traces._ready
+    name = "s__" + "x" * 15_000
+    put = 0
+    while not traces._soon and put < 20_000:
+        tracer.put((1, 1, 2, 3, 0, name, "t", 1, "pipe", put, 0.0, 1.0, None))
+        put += 1
+    assert tracer.dropped == 0
+    # HANDOVER batches of FRAME_BYTES each: a quarter of the buffer's bytes
+    assert tracer.batches == HANDOVER
+    assert HANDOVER * tracing_module.FRAME_BYTES <= tracer.waiting_bytes < (
+        tracing_module.BUFFER_BYTES // 2)
+    assert put < cfg.batch * 3  # not at HANDOVER batches of 512 records
+    frames = tracer.take()
+    assert all(len(body) < tracing_module.FRAME_BYTES + 16_000 for _, body in frames)
+    assert sum(n for n, _ in frames) == put
+    await asyncio.sleep(0)  # the hand-over asked for runs (no exporter: kept for it)
+    assert not traces._soon
+
+
 # -- a worker's own span ----------------------------------------------------------------------
 async def test_a_tool_call_is_parented_on_the_workers_own_span(sup: Supervisor,
                                                                tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ store a row a batch (daemon/tracestore.py)."""
 from __future__ import annotations
 
 import http.server
+import io
 import sqlite3
 import threading
 import time
@@ -21,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from corral.daemon import otlprecords
 from corral.daemon.otlp import encode as encode_spans
-from corral.daemon.traceexport import _RAWS, Collector
+from corral.daemon.traceexport import _RAWS, Collector, Config, Exporter
 from corral.daemon.tracestore import CUT_PAST, TraceStore, key_of, of_task
 from corral.supervisor.tasks.ids import new_id
 from corral.supervisor.tasks.model import Task, TaskError, TaskStatus
@@ -360,3 +361,68 @@ def test_the_collector_is_posted_to_on_one_connection_and_its_refusals_raise() -
         server.server_close()
     with pytest.raises(OSError):  # nobody there: what urllib raised too
         Collector(f"http://127.0.0.1:{port}/v1/traces", {}, 5.0).post(b"five")
+
+
+def test_a_batch_that_cannot_be_encoded_is_dropped_and_counted_not_the_sender(
+        tmp_path: Path) -> None:
+    """Attacker's pass: a record the OTLP encoding refuses (an id of a traced-from-its-id
+    task that is not hex) costs its own batch, counted dropped with the error; the
+    sending thread lives on and the next batch is exported."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        _Answers.seen.clear()
+        out = io.BytesIO()
+        exporter = Exporter(Config(store=str(tmp_path / "t.db"), endpoint=(
+            f"http://127.0.0.1:{server.server_address[1]}/v1/traces")), out)
+        bad = task()
+        bad.id = "zzzzzzzz-zzzz-7zzz-8zzz-zzzzzzzzzzzz"
+        exporter.batch(piped([bad])[0])
+        exporter.batch(piped([task(), task()])[0])
+        assert exporter._sender is not None
+        exporter.close()
+        assert not exporter._sender.is_alive()  # ended by close, not by the bad batch
+        assert (exporter.failures, exporter.dropped, exporter.exported, exporter.done) == (
+            1, 3, 6, 3)
+        assert exporter.error is not None and exporter.error.startswith(
+            "a batch could not be encoded: ValueError(")
+        assert len(_Answers.seen) == 1
+        last = msgspec.json.decode(out.getvalue().splitlines()[-1])
+        assert last["dropped"] == 3 and last["exported"] == 6 and last["failures"] == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_read_decodes_only_the_batches_that_hold_its_task(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attacker's pass: the tasks of one millisecond (a map's, any tenant's) share an
+    index key; reading one of them decodes only the batches its id is in, not every
+    batch of the key."""
+    from corral.daemon import tracestore
+
+    base = new_id()
+    store = TraceStore(tmp_path / "t.db", 7, 100_000)
+    tasks = []
+    for i in range(50):  # each in a batch of its own, all under one key
+        t = task()
+        t.id = base[:13] + t.id[13:-2] + f"{i:02d}"
+        tasks.append(t)
+        frame, records, sizes = piped([t])
+        store.write(frame, records, max(sizes), sum(map(spans_of, records)), time.time())
+    assert store.db.execute("SELECT count(DISTINCT key), count(*) FROM batch_keys"
+                            ).fetchone() == (1, 50)
+    decoded: list[int] = []
+    real = msgspec.msgpack.decode
+
+    def counting(frame: Any, *a: Any, **kw: Any) -> Any:
+        decoded.append(len(frame))
+        return real(frame, *a, **kw)
+
+    monkeypatch.setattr(tracestore.msgspec.msgpack, "decode", counting)
+    got = of_task(tmp_path / "t.db", tasks[17].id)
+    assert [s.attributes["corral.task.id"] for s in got if s.kind == "server"] == [
+        tasks[17].id]
+    assert len(decoded) == 1
+    store.close()

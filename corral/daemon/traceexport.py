@@ -197,7 +197,17 @@ class Exporter:
         (record, whether its msgpack was short enough to hold no text to cut) pairs."""
         cfg = self.cfg
         assert cfg.endpoint is not None
-        body, spans = encode(batch, cfg.service, cfg.node, cfg.version)
+        try:
+            body, spans = encode(batch, cfg.service, cfg.node, cfg.version)
+        except Exception as exc:  # a record it cannot make spans of: that batch, not the
+            # thread (which every later batch needs)
+            with self._lock:
+                self.failures += 1
+                self.dropped += sum(map(_spans, (r for r, _ in batch)))
+                self.done += records
+                self.error = f"a batch could not be encoded: {exc!r:.200}"
+            log.warning("tracing: %s", self.error)
+            return
         try:
             self._collector.post(body)
         except (OSError, urllib.error.URLError, ValueError, http.client.HTTPException
@@ -225,6 +235,14 @@ class Exporter:
             self._sender.join()
         self._counts()
         self.store.close()
+
+
+def _spans(record: Any) -> int:
+    """The spans a record makes, or 1 for one not of a record's shape (counted dropped)."""
+    try:
+        return spans_of(record)
+    except Exception:
+        return 1
 
 
 def idle() -> None:

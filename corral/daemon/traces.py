@@ -26,7 +26,7 @@ import msgspec
 
 from ..methods import TraceView
 from ..supervisor.config import TracingSettings
-from ..supervisor.tracing import Sampling, Tracer
+from ..supervisor.tracing import BUFFER_BYTES, Sampling, Tracer
 from ..timeouts import within
 from . import tracestore
 
@@ -266,10 +266,12 @@ class Traces:
     # -- feeding it ---------------------------------------------------------------------------
     def _ready(self) -> None:
         """The engine's buffer had its first span, or a batch's worth (Tracer.put): the
-        batches handed over when HANDOVER of them wait, or half the buffer's room."""
+        batches handed over when HANDOVER of them wait, or half the buffer's room in
+        records or in bytes (long records fill its bytes first)."""
         tracer = self.tracer
         full = tracer.batches
-        if full >= HANDOVER or full * tracer.batch * 2 >= tracer.capacity:
+        if (full >= HANDOVER or full * tracer.batch * 2 >= tracer.capacity
+                or tracer.waiting_bytes * 2 >= BUFFER_BYTES):
             if not self._soon:
                 self._soon = True
                 asyncio.get_running_loop().call_soon(self._flush)

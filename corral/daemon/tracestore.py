@@ -117,15 +117,21 @@ def create(path: Path) -> None:
 
 def of_task(path: Path, task_id: str) -> list[SpanView]:
     """A task's spans, oldest first (a blocking read: run it in a thread)."""
+    # a key is a millisecond's ids, any tenant's: its batches are read one at a time and
+    # only those that hold the id's bytes decoded, so that a read costs its own task's
+    # batches, not the memory of every batch of the tasks made in the same millisecond
+    needle = task_id.encode()
+    records: list[Any] = []
     db = sqlite3.connect(path)
     try:
-        rows = db.execute("SELECT frame FROM batches WHERE id IN (SELECT batch FROM "
-                          "batch_keys WHERE key = ?) ORDER BY id", (key_of(task_id),)
-                          ).fetchall()
+        for (frame,) in db.execute("SELECT frame FROM batches WHERE id IN (SELECT batch "
+                                   "FROM batch_keys WHERE key = ?) ORDER BY id",
+                                   (key_of(task_id),)):
+            if needle in frame:
+                records.extend(r for r in msgspec.msgpack.decode(frame) if r[6] == task_id)
     finally:
         db.close()
-    spans = [s for (frame,) in rows for record in msgspec.msgpack.decode(frame)
-             if record[6] == task_id for s in expand(record)]
+    spans = [s for record in records for s in expand(record)]
     spans.sort(key=lambda s: s[5])  # by start; a record's own order kept
     return [SpanView(trace_id=f"{s[0]:032x}", span_id=f"{s[1]:016x}",
                      parent_id=f"{s[2]:016x}" if s[2] else None, name=s[3],

@@ -86,6 +86,9 @@ TEXT_MAX = 1024
 # past which records are dropped: what the records waiting may hold of the daemon's memory
 RECORD_MAX = 16 * TEXT_MAX
 BUFFER_BYTES = 64 << 20
+# a batch's bytes past which it is full whatever its records (a worker's long texts):
+# the hand-over then comes from bytes as well as from records, never past BUFFER_BYTES
+FRAME_BYTES = 1 << 20
 QUEUE_MIX = 0x5BD1E9955BD1E995  # a queue wait's span id from its attempt's
 LOW56 = (1 << 56) - 1
 UNSAMPLED = FROM_ID[False]
@@ -220,7 +223,7 @@ class Tracer:
         self.buffered += 1
         self.recorded += 1
         self._in_frame += 1
-        if self._in_frame == self.batch:
+        if self._in_frame == self.batch or len(frame) >= FRAME_BYTES:
             self._seal()
             if self.ready is not None:
                 self.ready()
@@ -240,6 +243,11 @@ class Tracer:
     def batches(self) -> int:
         """Full batches waiting."""
         return len(self._frames)
+
+    @property
+    def waiting_bytes(self) -> int:
+        """The full batches' bytes."""
+        return self._bytes
 
     def take(self) -> list[tuple[int, bytes]]:
         """What waits, as frames: (records, a msgpack array of them), at most `batch`

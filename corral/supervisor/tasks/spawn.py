@@ -31,9 +31,9 @@ from ...workerproto import TaskSpawnParams, TaskWaitParams
 from ..stream import Stream
 from ..workercalls import on_request
 from .host import TaskHost
-from .ids import new_id
+from .ids import ANY, new_id
 from .model import TERMINAL, Task, TaskFinished
-from .steps import NAMED_SEQ, Step, TaskSteps
+from .steps import NAMED_SEQ, RESERVED, Step, TaskSteps
 from .worker import WorkerMethods
 
 if TYPE_CHECKING:
@@ -52,6 +52,8 @@ REACH: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
     "corral_reach", default=None)
 PREFIX = "spawn:"  # the named steps of spawns
 LINEAGE = "corral/lineage"  # a spawned child's own row: its parent and depth
+# names no worker may write (steps.py refuses them in a worker's step/put)
+assert PREFIX.startswith(RESERVED) and LINEAGE.startswith(RESERVED)
 
 
 class Engine(Protocol):
@@ -132,8 +134,11 @@ class Spawns:
         if got.get("found"):
             old = msgspec.json.decode(got["result"])
             child_id = old["child"] if isinstance(old, dict) else None
-            if isinstance(child_id, str):
-                await self._ensure(child_id, p, self._deeper(await self._lineage_of(parent)))
+            # (corral's own id, written by the branch below: a step a worker could not
+            # write, and an id checked again all the same before a task is made of it)
+            if isinstance(child_id, str) and ANY.fullmatch(child_id):
+                await self._ensure(child_id, parent, r, p,
+                                   self._deeper(await self._lineage_of(parent)))
                 self._adopt(parent.id, p.key, child_id)
                 self.replayed += 1
                 return {"child": child_id, "replayed": True}
@@ -189,8 +194,10 @@ class Spawns:
     def _adopt(self, parent_id: str, key: str, child_id: str) -> None:
         self.children.setdefault(parent_id, {})[key] = child_id
 
-    async def _ensure(self, child_id: str, p: TaskSpawnParams, child: Lineage) -> None:
-        """The child submitted under its id, unless the engine has (or had) it."""
+    async def _ensure(self, child_id: str, parent: Task, r: Replica, p: TaskSpawnParams,
+                      child: Lineage) -> None:
+        """The child submitted under its id, unless the engine has (or had) it: checked
+        as a new spawn is (its agent, depth and fan-out), as of now."""
         engine = self.engine
         if child_id in engine.active:
             self.lineage[child_id] = child
@@ -201,6 +208,7 @@ class Spawns:
         except RpcError as exc:
             if exc.code != jsonrpc.NOT_FOUND:
                 raise
+        self._check(parent, r, p, child)
         await self._submit(child_id, p, child)
 
     async def _submit(self, child_id: str, p: TaskSpawnParams, child: Lineage) -> None:

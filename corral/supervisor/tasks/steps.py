@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
 CHECKPOINT_SEQ = -1  # the row of a task's checkpoint
 NAMED_SEQ = 0  # the rows of named steps (keyed by name); tool calls count from 1
+# the named steps corral writes itself (spawn.py: a spawn's child, a child's lineage),
+# never a worker's `step/put`: a name of these written by a worker would be read back as
+# corral's own, a child it never checked or a lineage it never gave
+RESERVED = ("spawn:", "corral/")
 
 _encode = msgspec.json.Encoder(order="sorted")
 
@@ -225,6 +229,13 @@ class TaskSteps:
             return {"found": False}
         self._replayed(task)
         return {"found": True, "result": msgspec.Raw(step.body)}
+
+    def reserved(self, name: str) -> None:
+        """A worker's step name, refused when it is one of corral's own (RESERVED)."""
+        if name.startswith(RESERVED):
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           f"step/put: the step name {name!r:.80} is reserved: names "
+                           f"beginning {' or '.join(RESERVED)} are corral's own steps")
 
     async def put(self, task: Task, r: Replica, name: str, result: Any) -> dict[str, Any]:
         journal = self._journaling(task)

@@ -134,7 +134,9 @@ class WorkerMethods:
         return self.steps.get(self._running(r, "step/get", p.task_id), p.name)
 
     def on_step_put(self, r: Replica, p: StepPutParams) -> Any:
-        return self.steps.put(self._running(r, "step/put", p.task_id), r, p.name, p.result)
+        task = self._running(r, "step/put", p.task_id)
+        self.steps.reserved(p.name)
+        return self.steps.put(task, r, p.name, p.result)
 
     def on_task_checkpoint(self, r: Replica, p: TaskCheckpointParams) -> Any:
         return self.steps.checkpoint(self._running(r, "task/checkpoint", p.task_id),
