@@ -32,6 +32,13 @@ OpenTelemetry SDK's own path.
   the daemon's loop and its workers fill gives it);
 - in every mode, after the throughput window, `--serial N` tasks (default 1,000) one at
   a time: a tiny task's own latency (created to finished, median and p99), unqueued;
+- `--daemon`: the same modes through the operator's path instead of the engine alone: a
+  `corral daemon` a mode (its config's `[tracing]` absent, `sample = 0.0`, or `sample =
+  1.0` with the receiver as its endpoint; the echo agent's 2 replicas; its task journal,
+  as configured by default), all three started at once and taking turns, each round
+  `--tasks` `tasks.run` through its control socket 256 in flight (bench/harness.py's
+  `pipelined_tasks`), then `--serial` one at a time (sent to answered, at the client);
+  the CPU a task of the daemon's process, its workers and its exporter;
 - the loop's cost per span: a finished task's record made and buffered (`TaskFinished`
   with one attempt: three spans), a tool call's record likewise, and each one's share of
   the hand-over (msgpack frames down a pipe); against the OpenTelemetry SDK's
@@ -51,6 +58,7 @@ from __future__ import annotations
 import gc
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -61,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import psutil
 import uvloop
 
 from corral.daemon.otlp import encode
@@ -74,13 +83,23 @@ from corral.taskviews import Attempt
 from corral.tracecontext import MASK64, FromId, TaskTrace, new_span_id, new_trace_id
 
 from .bench_payload import add_echo, scale_echo
-from .harness import PY, ROOT, report
+from .harness import (
+    PY,
+    ROOT,
+    CorralDaemon,
+    cleanup,
+    corral_agents,
+    pipelined_tasks,
+    report,
+    workdir,
+)
 
 QUICK = "--quick" in sys.argv
 TASKS = 3_000 if QUICK else 10_000
 ROUNDS = 3 if QUICK else 5
 PINNED = "--pinned" in sys.argv
 SPLIT = "--split" in sys.argv
+DAEMON = "--daemon" in sys.argv
 SERIAL = 1_000
 TASKS_ONLY = "--tasks-only" in sys.argv
 MODES: tuple[str, ...] = ("off", "context", "on")
@@ -501,6 +520,111 @@ async def tiny_rounds(endpoint: str, tmp: Path, spared: set[int]) -> dict[str, A
     return out
 
 
+# -- the operator's path: a daemon a mode ----------------------------------------------------
+def call(sock: socket.socket, method: str, params: dict[str, Any]) -> Any:
+    """One request through a control socket, its result (notifications skipped)."""
+    sock.sendall(msgspec.json.encode({"jsonrpc": "2.0", "id": -1, "method": method,
+                                      "params": params}) + b"\n")
+    f = sock.makefile("rb")
+    while True:
+        said = msgspec.json.decode(f.readline())
+        if "method" not in said:
+            assert "result" in said, said
+            return said["result"]
+
+
+def serial_socket(sock: socket.socket, n: int) -> list[float]:
+    """`n` echo tasks through a control socket one at a time: each one's seconds from its
+    `tasks.run` sent to its answer read (its `task.accepted` notification skipped)."""
+    f = sock.makefile("rb")
+    out = []
+    for i in range(n):
+        request = msgspec.json.encode({"jsonrpc": "2.0", "id": i, "method": "tasks.run",
+                                       "params": {"agent": "echo", "input": {"n": i}}})
+        t0 = time.perf_counter()
+        sock.sendall(request + b"\n")
+        while True:
+            line = f.readline()
+            if b'"method"' not in line[:40]:
+                break
+        out.append(time.perf_counter() - t0)
+        assert b'"succeeded"' in line, line[:300]
+    return out
+
+
+def tree_cpu(pid: int) -> tuple[float, float, float]:
+    """CPU seconds so far of the daemon `pid`, of its children but the exporter, and of
+    the exporter."""
+    daemon = psutil.Process(pid)
+    kids = daemon.children(recursive=True)
+    spent = [0.0, 0.0]
+    for k in kids:
+        try:
+            t = k.cpu_times()
+            spent["corral.daemon.traceexport" in " ".join(k.cmdline())] += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    t = daemon.cpu_times()
+    return t.user + t.system, spent[0], spent[1]
+
+
+def daemon_rounds(endpoint: str) -> dict[str, Any]:
+    tables = {"off": "", "context": "\n[tracing]\nsample = 0.0\nslow = 3600\n",
+              "on": f'\n[tracing]\nendpoint = "{endpoint}"\nsample = 1.0\nslow = 3600\n'}
+    daemons: dict[str, CorralDaemon] = {}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in MODES}
+    try:
+        for name in MODES:
+            c = CorralDaemon(workdir(f"tracing-{name}"), corral_agents(
+                2, [PY, str(ROOT / "bench" / "echo_agent.py")], name="echo",
+                extra="max_concurrent_tasks = 64\nmax_queue = 1000000") + tables[name])
+            c.start()
+            daemons[name] = c
+        for r in range(ROUNDS):
+            for name in MODES if r % 2 == 0 else MODES[::-1]:
+                c = daemons[name]
+                assert c.proc is not None
+                with socket.socket(socket.AF_UNIX) as sock:
+                    sock.connect(str(c.sock))
+                    serial_socket(sock, 100)  # the connection's first tasks: not counted
+                    cpu0 = tree_cpu(c.proc.pid)
+                    rate = pipelined_tasks(sock, TASKS)
+                    t0 = time.perf_counter()
+                    if name != "off":  # the exporter done storing this round's spans
+                        # (traces.get waits for it): its work not left to the next round
+                        last = call(sock, "tasks.run", {"agent": "echo", "input": {}})
+                        call(sock, "traces.get", {"task_id": last["task_id"]})
+                    stored = time.perf_counter() - t0
+                    cpu1 = tree_cpu(c.proc.pid)
+                    ys = sorted(serial_socket(sock, SERIAL)) if SERIAL else [0.0]
+                spent = [(b - a) / TASKS * 1e6 for a, b in zip(cpu0, cpu1, strict=True)]
+                runs[name].append({"per_s": rate, "stored_ms": stored * 1e3,
+                                   "daemon_cpu_us": spent[0],
+                                   "workers_cpu_us": spent[1], "exporter_cpu_us": spent[2],
+                                   "serial_p50_us": ys[len(ys) // 2] * 1e6,
+                                   "serial_p99_us": ys[int(len(ys) * 0.99)] * 1e6})
+    finally:
+        for c in daemons.values():
+            c.stop()
+            cleanup(c.dir)
+    out: dict[str, Any] = {}
+    for name, rs in runs.items():
+        out[name] = {k: round(statistics.median(x[k] for x in rs), 2) for k in rs[0]}
+        out[name]["per_s_vs_off_by_round"] = [
+            round(x["per_s"] / o["per_s"], 3) for x, o in zip(rs, runs["off"], strict=True)]
+        out[name]["serial_p50_vs_off_by_round"] = [
+            round(x["serial_p50_us"] / o["serial_p50_us"], 3)
+            for x, o in zip(rs, runs["off"], strict=True)]
+    for name in (m for m in MODES if m != "off"):
+        out[f"throughput_{name}_vs_off"] = round(statistics.median(
+            out[name]["per_s_vs_off_by_round"]), 3)
+        out[f"serial_p50_{name}_vs_off"] = round(statistics.median(
+            out[name]["serial_p50_vs_off_by_round"]), 3)
+        out[f"daemon_cpu_{name}_minus_off_us"] = round(
+            out[name]["daemon_cpu_us"] - out["off"]["daemon_cpu_us"], 2)
+    return out
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -518,12 +642,16 @@ def main() -> None:
             if not TASKS_ONLY:
                 data["loop_per_span"] = {**loop_cost(), **otel_sdk_cost()}
                 data["exporter_process_per_task"] = exporter_cost(tmp)
-            data["tiny_tasks"] = uvloop.run(tiny_rounds(endpoint, tmp, {receiver.pid}))
+            if DAEMON:
+                data["daemon_tasks"] = daemon_rounds(endpoint)
+            else:
+                data["tiny_tasks"] = uvloop.run(tiny_rounds(endpoint, tmp, {receiver.pid}))
         finally:
             receiver.kill()
             receiver.wait()
     data["load_after"] = os.getloadavg()[0]
-    report("tracing-pinned" if PINNED else "tracing-split" if SPLIT else "tracing", data)
+    report("tracing-daemon" if DAEMON else "tracing-pinned" if PINNED else "tracing-split"
+           if SPLIT else "tracing", data)
 
 
 if __name__ == "__main__":
