@@ -319,7 +319,7 @@ class Daemon:
         await enter(part.running(sup, conf, opened, hub, lambda: self._graceful))
         await enter(part.handing_back(node))
         tasks = part.task_front(parts, opened.journal, node, hub)
-        workflows = await enter(part.workflows(conf, parts, store, hub))
+        workflows = await enter(part.workflows(conf, parts, store, hub, traces))
         teams = await enter(part.teams(conf, parts, store, hub, traces))
         tasks = TeamFront(tasks, teams)  # a task naming a team is a call of it
         schedules = await enter(part.schedules(conf, parts, store, tasks, workflows, node, hub))

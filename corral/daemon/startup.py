@@ -438,12 +438,13 @@ async def handing_back(node: ClusterNode | None) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub
-                    ) -> AsyncIterator[WorkflowService]:
+async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
+                    traces: Traces | None) -> AsyncIterator[WorkflowService]:
     """[workflows.NAME] and their runs (docs/workflows.md); entered after the engine runs,
     so a stop ends the runs' drivers (their runs resumed at the next start) before the
-    agents stop under them."""
-    service = WorkflowService(parts.agents, parts.tasks, store, hub.daemon)
+    agents stop under them. With [tracing], each run is a trace of its steps' tasks."""
+    service = WorkflowService(parts.agents, parts.tasks, store, hub.daemon,
+                              traces.tracer if traces is not None else None)
     service.configure(conf.cfg.workflows)
     publish_runs(parts.stream, parts.bus, parts.quotas.tenant_of)
     sc = conf.cfg.supervisor

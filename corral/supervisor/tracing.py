@@ -69,8 +69,12 @@ Span = tuple[int, int, int, str, int, float, float, "str | None", dict[str, Any]
 # TOOL: (TOOL, trace_hi, trace_lo, span_id, parent_id, name, task_id, attempt, transport,
 #        request_id, start, end, error): a tool call, a worker's or a gateway client's
 #        (task_id "gateway:CLIENT", attempt 0)
+# SPAN: (SPAN, trace_hi, trace_lo, span_id, parent_id, name, key, kind, start, end, error,
+#        attributes): a span made whole where it ended (a workflow run's, a step's:
+#        daemon/workflows/runtraces.py); `key` the id it is read back by (a task's id,
+#        a run's)
 # (the trace id in two 64-bit halves: the pipe's msgpack carries no wider integer)
-TASK, TOOL = 0, 1
+TASK, TOOL, SPAN = 0, 1, 2
 Record = tuple[Any, ...]
 
 FAILED = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.LOST})
@@ -439,7 +443,7 @@ def expand(record: Sequence[Any], short: bool = False) -> list[Span]:
 
 def spans_of(record: Sequence[Any]) -> int:
     """How many spans `expand` makes of a record."""
-    if record[0] == TOOL:
+    if record[0] != TASK:
         return 1
     return 1 + (2 * len(record[14]) or 1)
 
@@ -476,6 +480,9 @@ def _spans(record: Sequence[Any]) -> list[Span]:
     # newly read goes into that key (tests/test_tracing_export.py varies each)
     if record[0] == TOOL:
         return [_tool(record)]
+    if record[0] == SPAN:
+        (_, hi, lo, own, parent, name, key, kind, start, end, error, given) = record
+        return [(hi << 64 | lo, own, parent, name, kind, start, end, error, given, (), key)]
     (_, hi, lo, own, parent, agent, task_id, status, error, priority, tool_calls, created,
      end, usage, attempts, events) = record
     if hi is None:  # traced from its id (tracecontext.FromId)

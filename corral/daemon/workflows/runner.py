@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -25,6 +25,9 @@ from ...supervisor.workflows.refs import Missing, Scope
 from ...taskviews import TaskInfo
 from .runevents import StepEnded, StepStarted
 from .runstore import STEP_ENDED, WHOLE, Run, RunStore, StepRow
+
+if TYPE_CHECKING:
+    from .runtraces import RunTraces
 
 
 class StepFailed(Exception):
@@ -40,10 +43,12 @@ class Children(Protocol):
 
 
 class Runner:
-    def __init__(self, engine: TaskManager, rows: RunStore, children: Children) -> None:
+    def __init__(self, engine: TaskManager, rows: RunStore, children: Children,
+                 traced: RunTraces | None = None) -> None:
         self.engine = engine
         self.rows = rows
         self.children = children
+        self.traced = traced  # with [tracing]: a step's task started in its run's trace
 
     async def drive(self, run: Run) -> None:
         """The run's steps to the end; the run's status is set, not saved (the caller's)."""
@@ -135,11 +140,15 @@ class Runner:
         assert row.task_id is not None
         try:
             if st.spec.workflow is not None:
+                if self.traced is not None:
+                    self.traced.nested(row.task_id, run, st.name, item)
                 status, output, error = await self._nested(st.spec.workflow, row.task_id,
                                                            task_input)
                 what = f"run {row.task_id}"
             else:
-                info = await self._outcome(st, row.task_id, task_input)
+                info = await self._outcome(
+                    st, row.task_id, task_input, None if self.traced is None
+                    else self.traced.traceparent(run, st.name, item))
                 status = str(info.status)
                 output = (msgspec.json.decode(info.output)
                           if isinstance(info.output, msgspec.Raw) else info.output)
@@ -161,14 +170,16 @@ class Runner:
             if child.status == "succeeded" else None
         return child.status, output, child.error
 
-    async def _outcome(self, st: Step, task_id: str, task_input: Any) -> TaskInfo:
+    async def _outcome(self, st: Step, task_id: str, task_input: Any,
+                       parent: str | None) -> TaskInfo:
         """The step's task to its end (recorded.outcome): waited for where the engine has
-        it, else submitted under the id the run recorded."""
+        it, else submitted under the id the run recorded (`parent`: its step's trace
+        context)."""
         agent = st.spec.agent
         assert agent is not None  # (a nested step's is a run)
         return await outcome(self.engine, task_id, lambda: self.engine.submit(
             agent, task_input, timeout=st.spec.timeout, retries=st.spec.retries,
-            task_id=task_id))
+            task_id=task_id, traceparent=parent))
 
     async def _end(self, run: Run, step: str, item: int, status: str, output: Any,
                    error: str | None) -> None:

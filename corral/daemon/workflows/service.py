@@ -16,6 +16,7 @@ from ...jsonrpc import RpcError
 from ...supervisor.agents import Agents
 from ...supervisor.tasks import TaskManager
 from ...supervisor.tasks.ids import new_id
+from ...supervisor.tracing import Tracer
 from ...supervisor.workflows import Workflow, WorkflowError, WorkflowSpec, compile_workflow
 from ...text import plural
 from ...timeouts import within
@@ -25,6 +26,7 @@ from .catalog import Catalog, table_of
 from .runevents import RunEnded, RunStarted
 from .runner import Runner, StepFailed
 from .runstore import RUN_ENDED, Run, RunStore
+from .runtraces import RunTraces
 
 PRUNE_EVERY = 60.0  # seconds between two prunings of ended runs (as the task journal's)
 
@@ -38,10 +40,12 @@ def unknown_run_cursor(run_id: str) -> RpcError:
 
 class WorkflowService:
     def __init__(self, agents: Agents, engine: TaskManager, store: StateStore,
-                 report: Callable[[str], None]) -> None:
+                 report: Callable[[str], None], tracer: Tracer | None = None) -> None:
+        """`tracer`: with [tracing], the engine's: each run a trace (runtraces.py)."""
         self.agents = agents
         self.rows = RunStore(store)
-        self.runner = Runner(engine, self.rows, self)
+        self.runner = Runner(engine, self.rows, self, None if tracer is None
+                             else RunTraces(tracer, engine.stream))
         self.stream = engine.stream  # the runs' events (runevents.py)
         self.report = report
         self.catalog = Catalog(store)

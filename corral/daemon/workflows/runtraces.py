@@ -1,0 +1,132 @@
+"""A workflow run as one trace (docs/tracing.md): the run's span (`invoke_workflow NAME`),
+a span for each step under it (a map's items under their step's), and each step's task
+under its step's span, the task submitted with that span's context as its traceparent so
+that the engine's tracer parents it there. A nested step's run is a child of its step,
+in the same trace.
+
+The ids are derived, not kept: the run's trace and span from its id (as a task traced
+from its id), a step's span from the run's, the step's name and its item. A step's task
+is given its parent before the step's span exists (it is made when the step ends), and a
+run resumed by the next daemon keeps its ids. (A nested run resumed by the next daemon
+starts a trace of its own: the link to its parent's step lives in this process.)
+
+Sampling: the run's head decision as a new trace's (the ratio), honoured by its steps'
+tasks as a parent's; a run or a step that did not succeed is kept whatever it said, as a
+failed task is."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, NamedTuple
+
+from ...supervisor.stream import Stream
+from ...supervisor.tasks.ids import FORMAT
+from ...supervisor.tracing import INTERNAL, SPAN, Tracer
+from ...tracecontext import GOLDEN, MASK64, id_trace, traceparent
+from .runevents import RunEnded, StepEnded
+from .runstore import WHOLE, Run
+
+KEPT = ("succeeded", "skipped")  # ends that are kept only when sampled
+
+
+class Context(NamedTuple):
+    trace_id: int
+    span_id: int  # the run's span
+    parent_id: int  # its parent's (a nested step's), or 0
+    sampled: bool
+
+
+def run_trace(run_id: str) -> tuple[int, int]:
+    """A run's trace id and span id, from its id."""
+    if FORMAT.fullmatch(run_id):
+        trace_id = id_trace(run_id)
+    else:  # an id of another form: its hash
+        trace_id = int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=16).digest(),
+                                  "big") or 1
+    return trace_id, ((trace_id & MASK64) ^ GOLDEN) or 1
+
+
+def step_span(run_span: int, step: str, item: int) -> int:
+    """The span id of a step (`item` WHOLE) or of a map's item, under its run's span."""
+    digest = hashlib.blake2b(f"{run_span:x}/{item}/{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") or 1
+
+
+class RunTraces:
+    """The spans of the runs and steps that end, put in the engine's tracer's buffer, and
+    the contexts their tasks and nested runs are started with."""
+
+    def __init__(self, tracer: Tracer, stream: Stream) -> None:
+        self.tracer = tracer
+        self._runs: dict[str, Context] = {}  # the contexts of runs that have not ended
+        # a nested run's parent, named by its parent's runner before the run is made:
+        # (trace id, its step's span, sampled)
+        self._parents: dict[str, tuple[int, int, bool]] = {}
+        stream.subscribe(self._step_ended, StepEnded)
+        stream.subscribe(self._run_ended, RunEnded)
+
+    def context(self, run: Run) -> Context:
+        ctx = self._runs.get(run.run_id)
+        if ctx is None:
+            trace_id, span_id = run_trace(run.run_id)
+            parent = self._parents.get(run.run_id)
+            if parent is not None:
+                ctx = Context(parent[0], span_id, parent[1], parent[2])
+            else:
+                ctx = Context(trace_id, span_id, 0,
+                              self.tracer.sampling.head(trace_id, None))
+            self._runs[run.run_id] = ctx
+        return ctx
+
+    def traceparent(self, run: Run, step: str, item: int) -> str:
+        """The context a step's task is submitted with: its step's span."""
+        ctx = self.context(run)
+        return traceparent(ctx.trace_id, step_span(ctx.span_id, step, item), ctx.sampled)
+
+    def nested(self, child_run_id: str, run: Run, step: str, item: int) -> None:
+        """A nested step's run (made next, under this id) is a child of its step."""
+        ctx = self.context(run)
+        self._parents[child_run_id] = (ctx.trace_id, step_span(ctx.span_id, step, item),
+                                       ctx.sampled)
+
+    def _step_ended(self, e: StepEnded) -> None:
+        run, row = e.run, e.row
+        ctx = self.context(run)
+        if not ctx.sampled and row.status in KEPT:
+            return
+        nested = run.wf.step(row.step).spec.workflow is not None
+        attrs: dict[str, Any] = {"corral.workflow.name": run.workflow,
+                                 "corral.run.id": run.run_id,
+                                 "corral.workflow.step": row.step,
+                                 "corral.step.status": row.status}
+        if row.item != WHOLE:
+            attrs["corral.workflow.item"] = row.item
+        if row.task_id is not None:
+            attrs["corral.child_run.id" if nested else "corral.task.id"] = row.task_id
+        if row.status not in KEPT:
+            attrs["error.type"] = row.status
+        ended = row.ended if row.ended is not None else row.started or 0.0
+        parent = ctx.span_id if row.item == WHOLE else step_span(ctx.span_id, row.step,
+                                                                   WHOLE)
+        self.tracer.put((SPAN, ctx.trace_id >> 64, ctx.trace_id & MASK64,
+                         step_span(ctx.span_id, row.step, row.item), parent,
+                         f"step {row.step}", row.task_id or run.run_id, INTERNAL,
+                         row.started or ended, ended, row.error, attrs))
+
+    def _run_ended(self, e: RunEnded) -> None:
+        run = e.run
+        ctx = self.context(run)
+        del self._runs[run.run_id]
+        self._parents.pop(run.run_id, None)
+        if not ctx.sampled and run.status in KEPT:
+            return
+        attrs: dict[str, Any] = {"gen_ai.operation.name": "invoke_workflow",
+                                 "corral.workflow.name": run.workflow,
+                                 "corral.run.id": run.run_id,
+                                 "corral.run.status": run.status,
+                                 "corral.run.steps": len(run.wf.steps)}
+        if run.status not in KEPT:
+            attrs["error.type"] = run.status
+        self.tracer.put((SPAN, ctx.trace_id >> 64, ctx.trace_id & MASK64, ctx.span_id,
+                         ctx.parent_id, f"invoke_workflow {run.workflow}", run.run_id,
+                         INTERNAL, run.created, run.ended or run.created, run.error, attrs))

@@ -1,0 +1,180 @@
+"""Issue 41: a workflow run is one trace (docs/tracing.md): its span, its steps' spans
+under it (a map's items under their step's), each step's task under its step's span, and
+a nested step's run under its step, in the same trace; exported to a real OTLP receiver
+(decoded with the official package) and read back by `corral trace`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .test_tracing import Receiver, attrs, hexid, receiver
+from .test_workflow_nested import INNER, OUTER
+from .test_workflows import FAN, agent_toml
+
+__all__ = ["receiver"]  # the fixture, used by name
+
+
+def by_name(spans: list[Any], name: str) -> list[Any]:
+    return [s for s in spans if s.name == name]
+
+
+def one(spans: list[Any], name: str, **wanted: Any) -> Any:
+    (found,) = [s for s in by_name(spans, name)
+                if all(attrs(s).get(k) == v for k, v in wanted.items())]
+    return found
+
+
+async def test_a_run_its_steps_their_tasks_and_a_nested_run_are_one_trace(
+        tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
+    from .daemon_harness import Daemon, shared_tmpdir
+
+    rec, url = receiver
+    tracing = f'\n[tracing]\nendpoint = "{url}"\nexport_interval = 0.05\n'
+    d = Daemon(shared_tmpdir(), agent_toml(tmp_path) + FAN + INNER + OUTER + tracing)
+    try:
+        await asyncio.to_thread(d.start)
+
+        async def run(name: str, inp: Any) -> dict[str, Any]:
+            r = await asyncio.to_thread(d.cli, "workflows", "run", name, "--input",
+                                        json.dumps(inp), "--wait", "60", "--json")
+            assert r.returncode == 0, r.stderr
+            view: dict[str, Any] = json.loads(r.stdout)
+            assert view["status"] == "succeeded", view
+            return view
+
+        fan = await run("fan", {"n": 3})
+        marks = tmp_path / "marks"
+        marks.mkdir()
+        outer = await run("outer", {"x": 2, "dir": str(marks), "sleep": 0})
+        await rec.wait(lambda spans: len(by_name(spans, "invoke_workflow inner")) == 1
+                       and len(by_name(spans, "invoke_workflow outer")) == 1
+                       and len(by_name(spans, "invoke_workflow fan")) == 1
+                       # the fan's five tasks, the outer's two and the inner's two
+                       and len(by_name(spans, "invoke_agent wf")) == 5 + 2 + 2)
+        spans = rec.spans
+
+        # the fan: the run, its three steps, the map's three items, each step's task
+        run_span = one(spans, "invoke_workflow fan")
+        trace = hexid(run_span.trace_id)
+        assert trace == fan["run_id"].replace("-", "")
+        assert run_span.parent_span_id == b""
+        a = attrs(run_span)
+        assert (a["gen_ai.operation.name"], a["corral.workflow.name"], a["corral.run.id"],
+                a["corral.run.status"], a["corral.run.steps"]) == (
+            "invoke_workflow", "fan", fan["run_id"], "succeeded", 3)
+        rows = {(s["step"], s["item"]): s for s in fan["steps"]}
+        assert set(rows) == {("list", None), ("square", None), ("square", 0),
+                             ("square", 1), ("square", 2), ("sum", None)}
+        wholes = {attrs(s)["corral.workflow.step"]: s for s in spans
+                  if s.name.startswith("step ") and attrs(s)["corral.run.id"] == fan["run_id"]
+                  and "corral.workflow.item" not in attrs(s)}
+        assert sorted(wholes) == ["list", "square", "sum"]
+        for s in wholes.values():
+            assert (hexid(s.trace_id), s.parent_span_id) == (trace, run_span.span_id)
+        square = wholes["square"]
+        for (step, item), row in rows.items():
+            if row.get("task_id") is None:
+                continue  # the map as a whole: its items have the tasks
+            step_span = wholes[step] if item is None else one(
+                spans, f"step {step}", **{"corral.workflow.item": item,
+                                          "corral.run.id": fan["run_id"]})
+            if item is not None:
+                assert step_span.parent_span_id == square.span_id
+            assert attrs(step_span)["corral.task.id"] == row["task_id"]
+            task = one(spans, "invoke_agent wf", **{"corral.task.id": row["task_id"]})
+            assert (hexid(task.trace_id), task.parent_span_id) == (trace,
+                                                                  step_span.span_id)
+            # the task's attempt under it, in the same trace
+            (attempt,) = [s for s in spans if s.name == "task/run wf"
+                          and s.parent_span_id == task.span_id]
+            assert hexid(attempt.trace_id) == trace
+
+        # the outer run: its nested step's run is a child of that step, in its trace
+        outer_span = one(spans, "invoke_workflow outer")
+        inner_span = one(spans, "invoke_workflow inner")
+        child_run = next(s for s in outer["steps"] if s["step"] == "child")["run_id"]
+        child_step = one(spans, "step child", **{"corral.run.id": outer["run_id"]})
+        assert attrs(child_step)["corral.child_run.id"] == child_run
+        assert child_step.parent_span_id == outer_span.span_id
+        assert attrs(inner_span)["corral.run.id"] == child_run
+        assert (inner_span.trace_id, inner_span.parent_span_id) == (
+            outer_span.trace_id, child_step.span_id)
+        inner_steps = [s for s in spans if s.name.startswith("step ")
+                       and attrs(s)["corral.run.id"] == child_run]
+        assert sorted(s.name for s in inner_steps) == ["step double", "step sum"]
+        for s in inner_steps:
+            assert (s.trace_id, s.parent_span_id) == (outer_span.trace_id,
+                                                      inner_span.span_id)
+            task = one(spans, "invoke_agent wf",
+                       **{"corral.task.id": attrs(s)["corral.task.id"]})
+            assert (task.trace_id, task.parent_span_id) == (outer_span.trace_id,
+                                                            s.span_id)
+
+        # `corral trace` of a step's task: its step's span, the task under it
+        listed = rows[("list", None)]["task_id"]
+        shown = await asyncio.to_thread(d.cli, "trace", listed)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert lines[0].startswith(f"trace {trace}  task {listed}  ")
+        assert [line.split("|")[0].rstrip() for line in lines[1:]] == [
+            "step list", "  invoke_agent wf", "    corral.queue", "    task/run wf"]
+        assert await asyncio.to_thread(d.stop) == 0
+    finally:
+        await asyncio.to_thread(d.close)
+        shutil.rmtree(d.dir, ignore_errors=True)
+
+
+def test_an_unsampled_runs_spans_are_kept_only_where_it_failed() -> None:
+    """The run's head decision is its steps' tasks' (their traceparent's flag); with
+    nothing sampled a run that succeeded leaves no span, a failed step and its failed
+    run are kept (the tail rule), and a nested run's parent is forgotten at its end."""
+    import msgspec
+
+    from corral.daemon.workflows.runevents import RunEnded, StepEnded
+    from corral.daemon.workflows.runstore import WHOLE, Run, StepRow
+    from corral.daemon.workflows.runtraces import RunTraces, run_trace, step_span
+    from corral.supervisor.stream import Stream
+    from corral.supervisor.tasks.ids import new_id
+    from corral.supervisor.tracing import Sampling, Tracer, expand
+    from corral.supervisor.workflows import WorkflowSpec, compile_workflow
+
+    spec = msgspec.convert({"steps": [{"name": "a", "agent": "x"}]}, WorkflowSpec)
+    wf = compile_workflow("w", spec, lambda _: True)
+    stream = Stream()
+    tracer = Tracer(Sampling(0.0))
+    traces = RunTraces(tracer, stream)
+
+    def ended(status: str, error: str | None = None) -> Run:
+        run = Run(new_id(), "w", wf, None, "running", 1.0)
+        parent = traces.traceparent(run, "a", WHOLE)
+        trace_id, span_id = run_trace(run.run_id)
+        assert parent == f"00-{trace_id:032x}-{step_span(span_id, 'a', WHOLE):016x}-00"
+        stream.emit(StepEnded(run, StepRow("a", WHOLE, status, new_id(), 1.0, 2.0, None,
+                                           error)))
+        run.status, run.ended, run.error = status, 3.0, error
+        stream.emit(RunEnded(run))
+        return run
+
+    ended("succeeded")
+    assert tracer.pending() == []
+    failed = ended("failed", "step a: task failed")
+    spans = [s for r in tracer.pending() for s in expand(r)]
+    assert [(s[3], s[7], s[10]) for s in spans] == [
+        ("step a", "step a: task failed", spans[0][10]),
+        ("invoke_workflow w", "step a: task failed", failed.run_id)]
+    assert spans[0][2] == spans[1][1]  # the step under its run
+    assert spans[0][8]["error.type"] == spans[1][8]["error.type"] == "failed"
+    # a nested run: its parent named before it is made, forgotten at its end
+    outer = Run(new_id(), "w", wf, None, "running", 1.0)
+    inner = Run(new_id(), "w", wf, None, "running", 1.0)
+    traces.nested(inner.run_id, outer, "a", WHOLE)
+    ctx = traces.context(inner)
+    assert (ctx.trace_id, ctx.parent_id) == (
+        run_trace(outer.run_id)[0], step_span(run_trace(outer.run_id)[1], "a", WHOLE))
+    inner.status = "succeeded"
+    stream.emit(RunEnded(inner))
+    assert traces._parents == {} and inner.run_id not in traces._runs
