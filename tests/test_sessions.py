@@ -420,3 +420,19 @@ async def test_a_delayed_turn_keeps_its_session_from_expiring(tmp_path: Path) ->
                               "or wait for them to end")
         await asyncio.wait_for(asyncio.shield(later.done), 30)
         assert later.output["turns"] == [1, 2] and tasks.sessions.expired == 0
+
+
+async def test_a_sessions_turns_are_traced_as_its_conversation(tmp_path: Path) -> None:
+    """Issue 41: with [tracing], each turn's task span carries `gen_ai.conversation.id`
+    (the session), read back from the local store; a task of no session has none."""
+    async with in_process(tmp_path, chat(), "[tracing]\nexport_interval = 0.05\n") as d:
+        tasks = d.sup.tasks
+        turns = [await tasks.run("chat", {"turn": n}, session="s1") for n in (1, 2)]
+        alone = await tasks.run("chat", {"turn": 1})
+        for res, conversation in ((turns[0], "s1"), (turns[1], "s1"), (alone, None)):
+            view = await call(d, "traces.get", {"task_id": res.task_id})
+            (task_span,) = [s for s in view.spans if s.name == "invoke_agent chat"]
+            assert task_span.attributes.get("gen_ai.conversation.id") == conversation
+        first = await call(d, "traces.get", {"task_id": turns[0].task_id})
+        second = await call(d, "traces.get", {"task_id": turns[1].task_id})
+        assert first.trace_id != second.trace_id  # a turn is a trace; the id joins them

@@ -34,7 +34,7 @@ from corral.tracecontext import FROM_ID, MASK64, TaskTrace, new_span_id, new_tra
 def task(agent: str = "echo", *, trace: Any = None, status: TaskStatus =
          TaskStatus.SUCCEEDED, attempts: int = 1, pid: int = 4242, tool_calls: int = 0,
          priority: int = 0, error: str | None = None, node: str | None = None,
-         usage: bool = False, exits: bool = False) -> Task:
+         usage: bool = False, exits: bool = False, session: str | None = None) -> Task:
     """A finished task as the engine leaves it for the tracer."""
     t = Task(agent, msgspec.Raw(b"{}"), priority, 60.0, 0, 0)
     now = time.time()
@@ -57,6 +57,7 @@ def task(agent: str = "echo", *, trace: Any = None, status: TaskStatus =
         u.add_model("m1", 10, 20, 0.5)
         t.usage = u
     t.trace = trace if trace is not None else FROM_ID[True]
+    t.session = session
     if exits:
         assert isinstance(t.trace, TaskTrace)
         t.trace.events = [(now + 0.5, 1, "corral.cap_kill", "memory limit")]
@@ -426,3 +427,24 @@ def test_a_read_decodes_only_the_batches_that_hold_its_task(
         tasks[17].id]
     assert len(decoded) == 1
     store.close()
+
+
+def test_a_sessions_turn_carries_its_conversation_and_an_older_record_reads_as_before(
+        tmp_path: Path) -> None:
+    """Issue 41 item 1: a task that is a turn of a session has `gen_ai.conversation.id`
+    (written span by span, equal to otlp.py's); a task of no session has none; a record
+    stored before sessions were traced (its last field `events`) is read as it was."""
+    turn, plain = task(session="chat-7"), task()
+    spans = both([turn, plain, task(session="chat-8", attempts=2)])
+    assert attrs(spans[0])["gen_ai.conversation.id"] == "chat-7"
+    assert "gen_ai.conversation.id" not in attrs(spans[3])
+    assert attrs(spans[6])["gen_ai.conversation.id"] == "chat-8"
+    assert "gen_ai.conversation.id" not in attrs(spans[1])  # the task's span alone
+    _, records, sizes = piped([plain])
+    old = msgspec.msgpack.encode([records[0][:16]])  # as a store of the last format has it
+    store = TraceStore(tmp_path / "t.db", 7, 1000)
+    store.write(old, [records[0][:16]], max(sizes), 3, time.time())
+    store.close()
+    got = of_task(tmp_path / "t.db", plain.id)
+    assert [s.name for s in got] == ["invoke_agent echo", "corral.queue", "task/run echo"]
+    assert "gen_ai.conversation.id" not in got[0].attributes

@@ -42,7 +42,9 @@ def encode(batch: Sequence[tuple[Sequence[Any], bool]], service: str, node: str,
     spans = 0
     get = _templates.get
     for record, short in batch:
-        if short and record[0] == TASK and record[13] is None and not record[15]:
+        # (a session's turn: span by span, its conversation's id no template's field)
+        if short and record[0] == TASK and record[13] is None and not record[15] and (
+                len(record) < 17 or record[16] is None):
             attempts = record[14]
             if len(attempts) == 1 and len(a := attempts[0]) == ATTEMPT_KEYS:
                 task_id = record[6]

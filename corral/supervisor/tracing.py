@@ -63,9 +63,10 @@ Span = tuple[int, int, int, str, int, float, float, "str | None", dict[str, Any]
 # names, the span names and the queue waits are the exporter's to write (`expand`, in its
 # own process), so the loop pays a tuple of references and its share of one encoding.
 # TASK: (TASK, trace_hi, trace_lo, span_id, parent_id, agent, task_id, status, error,
-#        priority, tool_calls, created, end, usage, attempts, events): a task and its
-#        attempts (trace_hi None: traced from its id, tracecontext.FromId, and the ids
-#        are the exporter's to derive)
+#        priority, tool_calls, created, end, usage, attempts, events, session): a task
+#        and its attempts (trace_hi None: traced from its id, tracecontext.FromId, and
+#        the ids are the exporter's to derive; session: the session it is a turn of, or
+#        None; a record stored before sessions were traced ends at events)
 # TOOL: (TOOL, trace_hi, trace_lo, span_id, parent_id, name, task_id, attempt, transport,
 #        request_id, start, end, error): a tool call, a worker's or a gateway client's
 #        (task_id "gateway:CLIENT", attempt 0)
@@ -389,13 +390,13 @@ class Tracer:
             self.put((TASK, None, None, None, 0, task.agent, task.id, text,
                       error.message if error is not None and status != SUCCEEDED else None,
                       task.priority, task.tool_calls, task.created, end, task.usage,
-                      attempts, None), 1 + 2 * (len(attempts) or 1))
+                      attempts, None, task.session), 1 + 2 * (len(attempts) or 1))
             return
         self.put((TASK, trace.trace_id >> 64, trace.trace_id & MASK64, trace.span_id,
                   trace.parent_id, task.agent, task.id, text,
                   error.message if error is not None and status != SUCCEEDED else None,
                   task.priority, task.tool_calls, task.created, end, task.usage, attempts,
-                  trace.events), 1 + 2 * (len(attempts) or 1))
+                  trace.events, task.session), 1 + 2 * (len(attempts) or 1))
         if trace.held:
             for record in trace.held:
                 self.put(record)
@@ -484,7 +485,8 @@ def _spans(record: Sequence[Any]) -> list[Span]:
         (_, hi, lo, own, parent, name, key, kind, start, end, error, given) = record
         return [(hi << 64 | lo, own, parent, name, kind, start, end, error, given, (), key)]
     (_, hi, lo, own, parent, agent, task_id, status, error, priority, tool_calls, created,
-     end, usage, attempts, events) = record
+     end, usage, attempts, events) = record[:16]
+    session = record[16] if len(record) > 16 else None
     if hi is None:  # traced from its id (tracecontext.FromId)
         tid = id_trace(task_id)
         own = ((tid & MASK64) ^ GOLDEN) or 1
@@ -504,6 +506,8 @@ def _spans(record: Sequence[Any]) -> list[Span]:
         models = usage.get("models") or ()
         if len(models) == 1:
             attrs["gen_ai.request.model"] = next(iter(models))
+    if session is not None:  # a turn of a conversation (sessions.py)
+        attrs["gen_ai.conversation.id"] = session
     events_by: dict[int, list[tuple[float, str, dict[str, Any]]]] = {}
     for t, n, name, why in events or ():
         events_by.setdefault(n, []).append((t, name, {"corral.exit.reason": why}))
