@@ -379,3 +379,42 @@ async def test_while_the_database_fails_steps_go_its_way_and_the_log_is_kept(
         other.close()
         await steps.close()
         await writer.close()
+
+
+async def test_a_retrys_replayed_calls_and_steps_are_spans_marked_replayed(
+        tmp_path: Path) -> None:
+    """Issue 41: with [tracing], each call and named step a retry is answered from the
+    journal is a span under that attempt, marked `corral.step.replayed`, where its live
+    call was a client span of the first attempt."""
+    from corral import methods as m
+    from corral.daemon.caller import Caller
+
+    operator = Caller(via="socket")
+    async with in_process(tmp_path, fleet(tmp_path),
+                          "[tracing]\nexport_interval = 0.05\n") as d:
+        res = await run_task(d, {"calls": 4, "stop_after": 3, "how": "die",
+                                 "marker": str(tmp_path / "marker")})
+        assert res.status == "succeeded", res
+        named = await run_task(d, {"calls": 2, "stop_after": 2, "how": "die", "named": True,
+                                   "counter": str(tmp_path / "named"),
+                                   "marker": str(tmp_path / "marker2")})
+        assert named.status == "succeeded", named
+        view = await d.dispatcher.call(operator, "traces.get", {"task_id": res.task_id})
+        assert isinstance(view, m.TraceView)
+        attempts = {s.attributes["corral.attempt"]: s for s in view.spans
+                    if s.name == "task/run durable"}
+        calls = [s for s in view.spans if s.name == "tools/call bump"]
+        replayed = [s for s in calls if s.attributes.get("corral.step.replayed")]
+        live = [s for s in calls if not s.attributes.get("corral.step.replayed")]
+        # the first attempt's three live calls; the retry's three replayed, one live
+        assert sorted(s.attributes["corral.attempt"] for s in live) == [1, 1, 1, 2]
+        assert [s.attributes["corral.attempt"] for s in replayed] == [2, 2, 2]
+        for s in replayed:
+            assert (s.parent_id, s.kind, s.end - s.start) == (attempts[2].span_id,
+                                                             "client", 0)
+            assert (s.attributes["corral.mcp.server"], s.attributes["corral.task.id"]) == (
+                "counting", res.task_id)
+        view = await d.dispatcher.call(operator, "traces.get", {"task_id": named.task_id})
+        steps = [(s.name, s.attributes["corral.attempt"]) for s in view.spans
+                 if s.attributes.get("corral.step.replayed")]
+        assert steps == [("step s1", 2), ("step s2", 2)]

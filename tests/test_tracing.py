@@ -364,6 +364,38 @@ async def test_a_bad_traceparent_is_refused_with_the_reason(sup: Supervisor) -> 
                                  "<2 hex>, not '00-nope'")
 
 
+async def test_an_adopted_tasks_bad_context_starts_a_trace_of_its_own(
+        sup: Supervisor) -> None:
+    """Attacker's pass: a cluster task's context comes through Redis (whoever writes it):
+    one that does not parse is never a reason to refuse the task where it runs; it is
+    traced from its id, as one that came with none; a good one is its parent."""
+    from corral.cluster.records import trace_field, trace_of
+    from corral.supervisor.tasks.model import Task
+
+    tracer = Tracer()
+    tracer.install(sup.tasks)
+    sup.add(agent("a"))
+    await sup.wait_state("a", State.READY)
+    good = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+    assert trace_of(trace_field(good, "k=v").encode()) == (good, "k=v")
+    assert trace_of(trace_field(good, None).encode()) == (good, None)
+    assert trace_of(b"") == trace_of(False) == (None, None)
+    made = []
+    for context in (trace_of(b"00-nope\nx=y"), trace_of(b"\xff" * 600),
+                    trace_of(trace_field(good, "k=v").encode())):
+        task = Task("a", msgspec.Raw(b"{}"), 0, 30.0, 0, 0)
+        sup.tasks.adopt(task, *context)
+        made.append(task)
+    for task in made:
+        await asyncio.wait_for(asyncio.shield(task.done), 30)
+    assert [t.status for t in made] == ["succeeded"] * 3
+    spans = {s[10]: s for s in spans_of(tracer) if s[3] == "invoke_agent a"}
+    for bad in made[:2]:
+        assert (spans[bad.id][0], spans[bad.id][2]) == (int(bad.id.replace("-", ""), 16), 0)
+    assert (spans[made[2].id][0], spans[made[2].id][2]) == (int(CALLER_TRACE, 16),
+                                                             int(CALLER_SPAN, 16))
+
+
 def test_a_full_buffer_drops_and_counts() -> None:
     tracer = Tracer(capacity=2)
     record: Any = (1, 1, 2, 0, "s__x", "t", 1, "pipe", 7, 0.0, 1.0, None)

@@ -96,7 +96,8 @@ class ClusterTasks:
                 self.keys.priorities(p.agent), self.keys.agents, self.keys.live]
         args = [task_id, p.agent, raw, p.priority,
                 "" if p.timeout is None else repr(p.timeout), "", repr(time.time()),
-                self.membership.node, max_queue, "1" if watched else "0"]
+                self.membership.node, max_queue, "1" if watched else "0",
+                records.trace_field(p.traceparent, p.tracestate)]
         submit = self.scripts.submit
         if p.session is not None:
             args += self.sessions.submit_args(p.agent, p.session)

@@ -182,10 +182,11 @@ class Puller:
     def take(self, name: str, consumer: str, stream: str, claim: list[Any]) -> None:
         """A task this incarnation claimed (a claim's reply: entry, task id, token,
         attempts before, input, timeout, retries left, priority, created, checkpoint,
-        session, its state) handed to the engine, here or at its submission
-        (submitclaim.py)."""
+        session, its state, the caller's trace context) handed to the engine, here or at
+        its submission (submitclaim.py)."""
         (entry, task_id, token, base, raw, timeout, retries, prio, created, checkpoint,
-         session, state) = claim
+         session, state) = claim[:12]
+        traceparent, tracestate = records.trace_of(claim[12] if len(claim) > 12 else None)
         self.claimed += 1
         self._read.add(stream)  # the reaper looks there for what this node holds
         task = ClusterTask(task_id.decode(), name, msgspec.Raw(raw), int(prio),
@@ -197,5 +198,5 @@ class Puller:
         if session:  # a turn of a session (sessions.py), with its state
             task.session, task.session_kept = session.decode(), state
         self.on_claim(task)
-        self.tasks.adopt(task)
+        self.tasks.adopt(task, traceparent, tracestate)
 

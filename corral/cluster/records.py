@@ -51,6 +51,25 @@ def claimed_attempt(node: str, now: float) -> bytes:
     return _encode(ClusterAttempt(NOT_STARTED, None, now, node))
 
 
+def trace_field(traceparent: str | None, tracestate: str | None) -> str:
+    """The caller's trace context as the record keeps it ('' none): the `traceparent`,
+    then its `tracestate` after a line break (which neither may hold)."""
+    if not traceparent:
+        return ""
+    return traceparent + ("\n" + tracestate if tracestate else "")
+
+
+def trace_of(field: Any) -> tuple[str | None, str | None]:
+    """(traceparent, tracestate) of a record's trace field (bytes, or false: none); read
+    as the node that runs the task reads any caller's context (a bad one starts a trace
+    of its own there)."""
+    if not isinstance(field, bytes) or not field:
+        return None, None
+    text = field.decode(errors="replace")
+    traceparent, _, tracestate = text.partition("\n")
+    return traceparent, tracestate or None
+
+
 def error_json(error: TaskError) -> bytes:
     return _encode(error)
 

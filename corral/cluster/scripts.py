@@ -43,7 +43,7 @@ redis.call('ZADD', KEYS[{live + 1}], 0, {task})
 #       the claiming node's), created, submitted_on, max_queue (0: unbounded), '1' when
 #       a client waits for its progress (it goes on the outcomes stream, see PROGRESS),
 #       else '0' (the record keeps either: one HSET per submit, not a second one for
-#       each `corral run`)
+#       each `corral run`), the caller's trace context ('' none; records.trace_field)
 # -> 1 accepted, 0 already accepted (the same id: a retried submit), -1 the queue is full
 # (`submit_script`: the same around a session's, sessionscripts.py)
 def submit_script(first: str = "", entry: str = "local entry = {xadd}",
@@ -60,7 +60,7 @@ end
 redis.call('HSET', KEYS[1], 'agent', ARGV[2], 'input', ARGV[3], 'priority', ARGV[4],
   'timeout', ARGV[5], 'retries_left', ARGV[6], 'created', ARGV[7], 'status', 'queued',
   'fence', '0', 'submitted_on', ARGV[8], 'entry', entry, 'stream', KEYS[2],
-  'watched', ARGV[10])
+  'watched', ARGV[10], 'trace', ARGV[11] or '')
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[4])
 redis.call('SADD', KEYS[4], ARGV[2])
 redis.call('ZADD', KEYS[5], 0, ARGV[1])
@@ -78,7 +78,8 @@ SUBMIT = submit_script()
 # claiming node's retries and task_timeout. A task's keys named from the cluster's prefix
 # (as TRIM names them: the hash slot of every key of the cluster).
 # -> nil, or {token, attempts before this one, input, timeout, retries_left, priority,
-#    created, the task's checkpoint step (steps.py) or false}
+#    created, the task's checkpoint step (steps.py) or false, its session or false, the
+#    session's state or false, the caller's trace context or false}
 _CLAIM_FN = f"""
 local function claim(fence, stream, entry, id, prefix, c)
   local task = prefix .. 'task:' .. id
@@ -98,13 +99,13 @@ local function claim(fence, stream, entry, id, prefix, c)
   if not had[3] then redis.call('HSET', task, 'started', c[3]) end
   redis.call('RPUSH', attempts, c[4])
   local v = redis.call('HMGET', task, 'input', 'timeout', 'retries_left', 'priority',
-    'created')
+    'created', 'trace')
   local cp = false
   if base > 0 then
     cp = redis.call('HGET', prefix .. 'steps:' .. id, '{CHECKPOINT_FIELD}')
   end
   {sessionscripts.claimed()}
-  return {{token, base, v[1], v[2], v[3], v[4], v[5], cp, sess, state}}
+  return {{token, base, v[1], v[2], v[3], v[4], v[5], cp, sess, state, v[6] or false}}
 end
 """
 
@@ -118,9 +119,12 @@ local prefix, id = string.match(KEYS[1], '^(.*)task:(.-)$')
 local got = claim(KEYS[3], KEYS[4], ARGV[4], id, prefix,
   {ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6], ARGV[7]})
 if not got then return false end
-if not got[9] then
-  got[9], got[10] = nil, nil
-  if not got[8] then got[8] = nil end
+if not got[11] or got[11] == '' then
+  got[11] = nil
+  if not got[9] then
+    got[9], got[10] = nil, nil
+    if not got[8] then got[8] = nil end
+  end
 end
 return got
 """
@@ -135,7 +139,8 @@ return got
 # ARGV: consumer, node, now, attempt (JSON), the claiming node's retries and task_timeout,
 #       count, the cluster's key prefix, the live nodes running the agent
 # -> {entries read, {{stream's place, entry, task id, token, attempts before this one,
-#    input, timeout, retries_left, priority, created, checkpoint or false}, ...}, each
+#    input, timeout, retries_left, priority, created, checkpoint or false, session or
+#    false, its state or false, trace context or false}, ...}, each
 #    stream's newest entry id ('0-0' none), 1 when the share held it back from more}: a
 #    node that read fewer than it asked for, and was not held back, waits (XREAD, which
 #    takes nothing) for what comes after those ids, and reads and claims with what it
@@ -175,7 +180,7 @@ for s = 2, #KEYS do
           local got = claim(KEYS[1], KEYS[s], e[1], f[j + 1], prefix, c)
           if got then
             out[#out + 1] = {s - 2, e[1], f[j + 1], got[1], got[2], got[3], got[4], got[5],
-              got[6], got[7], got[8], got[9], got[10]}
+              got[6], got[7], got[8], got[9], got[10], got[11]}
           end
           break
         end
@@ -198,15 +203,15 @@ return {read, out, lasts, held}
 # one just added; behind a backlog, the oldest waiting: no task jumps the queue). The
 # claim is fenced by its own token and the consumer (this incarnation), as any claim.
 # KEYS: SUBMIT's, then the fence
-# ARGV: SUBMIT's (10), then consumer, node, now, attempt (JSON), the claiming node's
+# ARGV: SUBMIT's (11), then consumer, node, now, attempt (JSON), the claiming node's
 #       retries and task_timeout, the cluster's key prefix
 # -> {SUBMIT's answer} or {1, {stream, entry, task id, token, ... as READ_CLAIM's}}
 SUBMIT_CLAIM = _CLAIM_FN + "local added\nlocal function submit()\n" + submit_script(
     entry="local entry = {xadd}\n  added = entry") + """end
 local got = submit()
 if got ~= 1 then return {got} end
-local prefix = ARGV[17]
-local c = {ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16]}
+local prefix = ARGV[18]
+local c = {ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17]}
 local stream_of = prefix .. 'q:' .. ARGV[2] .. ':'
 -- The entry just added, claimed without re-reading what submit() wrote: its record is
 -- queued under that entry, with no attempt, no start and no session (a session's turn
@@ -221,12 +226,12 @@ local function fresh(s)
     'node', c[2], 'started', c[3], 'timeout', timeout, 'retries_left', retries)
   redis.call('RPUSH', attempts, c[4])
   return {1, {s, added, ARGV[1], token, 0, ARGV[3], timeout, retries, ARGV[4], ARGV[7],
-    false, false, false}}
+    false, false, false, ARGV[11]}}
 end
 for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'REV')) do
   local s = stream_of .. p
   while redis.call('EXISTS', s) == 1 do
-    local reply = redis.call('XREADGROUP', 'GROUP', '""" + GROUP + """', ARGV[11],
+    local reply = redis.call('XREADGROUP', 'GROUP', '""" + GROUP + """', ARGV[12],
       'COUNT', 1, 'STREAMS', s, '>')
     if not reply then break end
     local e = reply[1][2][1]
@@ -241,7 +246,8 @@ for _, p in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'REV')) do
     local claimed = id and claim(KEYS[6], s, e[1], id, prefix, c)
     if claimed then
       return {1, {s, e[1], id, claimed[1], claimed[2], claimed[3], claimed[4],
-        claimed[5], claimed[6], claimed[7], claimed[8], claimed[9], claimed[10]}}
+        claimed[5], claimed[6], claimed[7], claimed[8], claimed[9], claimed[10],
+        claimed[11]}}
     end
   end
 end

@@ -71,16 +71,16 @@ end"""
 # a new session is refused past max_sessions (-2, nothing written); the task goes into
 # the stream when the session has nothing unfinished, else into its line, which
 # max_queue bounds as it does the stream (-1).
-# KEYS: SUBMIT's; ARGV: SUBMIT's, then the session's name, its agent's session_ttl
+# KEYS: SUBMIT's; ARGV: SUBMIT's (11), then the session's name, its agent's session_ttl
 #   (seconds, 0: none), the agent's max_sessions (0: none)
 SUBMIT_FIRST = f"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local agent, name = ARGV[2], ARGV[11]
+local agent, name = ARGV[2], ARGV[12]
 {_NAMES}
 local cur = redis.call('HGET', skey, 'cur')
 if not cur then
   {_PRUNE}
-  local most = tonumber(ARGV[13])
+  local most = tonumber(ARGV[14])
   if most > 0 and redis.call('ZCARD', sall) >= most then return -2 end
 end
 local turn = not cur or cur == ''
@@ -98,7 +98,7 @@ else
   redis.call('RPUSH', sline, ARGV[1])
 end
 if not cur then redis.call('HSET', skey, 'created', now, 'tasks', 0) end
-redis.call('HSET', skey, 'ttl', ARGV[12], 'last', now)
+redis.call('HSET', skey, 'ttl', ARGV[13], 'last', now)
 redis.call('HINCRBY', skey, 'tasks', 1)
 redis.call('RPUSH', shist, ARGV[1])
 redis.call('LTRIM', shist, -1000, -1)

@@ -86,7 +86,7 @@ class SubmitClaims(Batcher):
         if script is not self.scripts.submit_claim:
             return result
         if len(result) > 1:
-            agent, consumer = args[1], args[10]
+            agent, consumer = args[1], args[11]
             stream, *claim = result[1]
             if (consumer == self.membership.consumer
                     and agent in self.puller.host.agents):

@@ -168,6 +168,7 @@ class Tracer:
         tasks.trace_begin = self.begin
         tasks.trace_end = self.finished
         tasks.worker.tool_router = self.traced(tasks.worker.tool_router)
+        tasks.steps.on_replay = self.replayed
         tasks.stream.subscribe(self._exited, Exited)
 
     # -- the context in -----------------------------------------------------------------------
@@ -322,6 +323,37 @@ class Tracer:
                     held = trace.held = []
                 if len(held) < HELD_MAX:
                     held.append(record)
+
+    def replayed(self, task: Task, kind: str, name: str) -> None:
+        """A tool call (`kind` "tool") or a named step ("step") of a retried attempt,
+        answered from the task's step journal (steps.py): a span of no length under the
+        attempt, marked `corral.step.replayed`, where the live call's span would be."""
+        trace = self.full(task)
+        if trace is None:
+            return
+        attempt, now = task.attempt, time.time()
+        attrs: dict[str, Any] = {"corral.task.id": task.id, "corral.attempt": attempt,
+                                 "corral.step.replayed": True}
+        if kind == "tool":
+            server, _, tool = name.partition(SEP)
+            attrs.update({"mcp.method.name": "tools/call",
+                          "gen_ai.operation.name": "execute_tool",
+                          "gen_ai.tool.name": tool or name, "corral.mcp.server": server})
+            span_name, kind_of = f"tools/call {tool or name}", CLIENT
+        else:
+            attrs["corral.step.name"] = name
+            span_name, kind_of = f"step {name}", INTERNAL
+        record = (SPAN, trace.trace_id >> 64, trace.trace_id & MASK64,
+                  new_span_id(64) or 1, trace.attempt_span(attempt), span_name, task.id,
+                  kind_of, now, now, None, attrs)
+        if trace.sampled:
+            self.put(record)
+            return
+        held = trace.held
+        if held is None:
+            held = trace.held = []
+        if len(held) < HELD_MAX:
+            held.append(record)
 
     async def gateway_call(self, call: Awaitable[Any], context: Parent, name: str,
                            client: str) -> Any:

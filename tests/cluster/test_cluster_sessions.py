@@ -253,7 +253,7 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
     for tid in IDS:
         assert await submit_turn(
             keys=[T.task(tid), T.stream("w", 0), T.priorities("w"), T.agents, T.live],
-            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "s", 60, 0]) == 1
+            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, 0]) == 1
     first, second = IDS
     assert await client.xlen(T.stream("w", 0)) == 1  # the second waits in the line
     assert await client.hget(T.task(second), "entry") == b"0-0"
@@ -261,7 +261,7 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
     third = "0190a5c0-0000-7000-8000-000000000009"  # past max_queue 1 in the line: refused
     assert await submit_turn(
         keys=[T.task(third), T.stream("w", 0), T.priorities("w"), T.agents, T.live],
-        args=[third, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "s", 60, 0]) == -1
+        args=[third, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "", "s", 60, 0]) == -1
     assert await client.exists(T.task(third)) == 0
 
     async def claim(tid: str) -> Any:
@@ -306,7 +306,7 @@ async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> No
     for tid in IDS:
         assert await submit_turn(
             keys=[T.task(tid), T.stream("w", 0), T.priorities("w"), T.agents, T.live],
-            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "s", 0, 0]) == 1
+            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 0, 0]) == 1
     entry = await client.hget(T.task(first), "entry")
     await s.claim(keys=[T.task(first), T.attempts(first), T.fence, T.stream("w", 0)],
                   args=["b/1", "b", "2.0", entry, records.claimed_attempt("b", 2.0), 0,

@@ -44,7 +44,7 @@ async def submit_claim(s: Scripts, i: int, prio: int = 0, consumer: str = "n/1")
     return await s.submit_claim(
         keys=[K.task(tid), K.stream("w", prio), K.priorities("w"), K.agents, K.live,
               K.fence],
-        args=[tid, "w", b'{"x":1}', prio, "", "", "1.0", "n", 0, "0", consumer,
+        args=[tid, "w", b'{"x":1}', prio, "", "", "1.0", "n", 0, "0", "", consumer,
               consumer.split("/")[0], "2.0", records.claimed_attempt("n", 2.0), 2, "30.0",
               K.prefix])
 
@@ -55,7 +55,7 @@ async def test_one_call_submits_and_claims_a_task_fenced_as_any_claim(client: An
     tid, stream = TID.format(1), K.stream("w", 0)
     entry = await client.hget(K.task(tid), "entry")
     assert got == [1, [stream.encode(), entry, tid.encode(), 1, 0, b'{"x":1}', b"30.0", b"2",
-                       b"0", b"1.0", None, None, None]]
+                       b"0", b"1.0", None, None, None, b""]]
     rec = await client.hgetall(K.task(tid))
     assert (rec[b"status"], rec[b"fence"], rec[b"owner"], rec[b"node"], rec[b"started"]) == (
         b"running", b"1", b"n/1", b"n", b"2.0")

@@ -352,11 +352,19 @@ class TaskManager:
         dispatch.pump(name)
         return out
 
-    def adopt(self, task: Task) -> None:
+    def adopt(self, task: Task, traceparent: str | None = None,
+              tracestate: str | None = None) -> None:
         """A task accepted elsewhere (a cluster task this node claimed) waits here for a
         replica like one submitted here, its admission already done where it was
-        accepted."""
+        accepted; traced (with [tracing]) as a child of its caller's context, or from its
+        id when it came with none, or with one that does not parse (accepted by another
+        node, or written by whoever writes Redis: never a reason to refuse it here)."""
         agent = self.sup.agent(task.agent)
+        if self.trace_begin is not None:
+            try:
+                self.trace_begin(task, traceparent, tracestate)
+            except RpcError:
+                self.trace_begin(task, None, None)
         task.seq = next(self._seq)
         self._agent_tasks(agent).counts["accepted"] += 1
         self.active[task.id] = task

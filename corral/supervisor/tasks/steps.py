@@ -120,6 +120,9 @@ class TaskSteps:
         self.replayed = 0  # calls and named steps answered from the journal
         self.diverged = 0  # attempts that went live at a mismatch
         self.journaled = 0  # steps written
+        # told of each call and named step answered from the journal: (task, "tool" or
+        # "step", its name); with [tracing], the tracer's (its span marked replayed)
+        self.on_replay: Callable[[Task, str, str], None] | None = None
         stream.subscribe(self._finished, TaskFinished)
 
     def _finished(self, e: TaskFinished) -> None:
@@ -177,7 +180,7 @@ class TaskSteps:
                        if old.name != name else f"call {seq} to {name} has other arguments")
                 self._diverge(task, st, seq, why)
             elif old is not None and old.body is not None and replays:
-                self._replayed(task)
+                self._replayed(task, "tool", name)
                 return msgspec.Raw(old.body)
         journal = self._journaling(task)
         if journal is not None and replays:
@@ -204,11 +207,13 @@ class TaskSteps:
         if self.stream.wants(StepsDiverged):
             self.stream.emit(StepsDiverged(task, task.attempt, seq, why))
 
-    def _replayed(self, task: Task) -> None:
+    def _replayed(self, task: Task, kind: str, name: str) -> None:
         self.replayed += 1
         if task.attempts:
             a = task.attempts[-1]
             a.replayed = a.replayed + 1 if isinstance(a.replayed, int) else 1
+        if self.on_replay is not None:
+            self.on_replay(task, kind, name)
 
     @staticmethod
     def _check_budget(task: Task, r: Replica, st: _Attempt) -> None:
@@ -227,7 +232,7 @@ class TaskSteps:
         step = st.named.get(name)
         if step is None or step.body is None:
             return {"found": False}
-        self._replayed(task)
+        self._replayed(task, "step", name)
         return {"found": True, "result": msgspec.Raw(step.body)}
 
     def reserved(self, name: str) -> None:
