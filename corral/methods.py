@@ -760,6 +760,10 @@ class WorkflowsRun(Params):
     name: str
     input: Any = None
     wait: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT)] | None = None
+    # W3C trace context of the caller: the run's trace is a child of it (with
+    # [tracing]; docs/tracing.md)
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @method("workflows.add", result=Added, scope="agents:write", mutating=True)

@@ -114,6 +114,26 @@ async def test_a_run_its_steps_their_tasks_and_a_nested_run_are_one_trace(
             assert (task.trace_id, task.parent_span_id) == (outer_span.trace_id,
                                                             s.span_id)
 
+        # a run started with its caller's context: the run's span is a child of it
+        caller_trace, caller_span = "ab" * 16, "cd" * 8
+        r = await asyncio.to_thread(d.cli, "workflows", "run", "fan", "--input", '{"n": 1}',
+                                    "--wait", "60", "--json", "--traceparent",
+                                    f"00-{caller_trace}-{caller_span}-01")
+        assert r.returncode == 0, r.stderr
+        child = json.loads(r.stdout)
+        await rec.wait(lambda spans: any(attrs(s).get("corral.run.id") == child["run_id"]
+                                         and s.name == "invoke_workflow fan" for s in spans))
+        run_span = one(rec.spans, "invoke_workflow fan", **{"corral.run.id": child["run_id"]})
+        assert (hexid(run_span.trace_id), hexid(run_span.parent_span_id)) == (
+            caller_trace, caller_span)
+        runs_before = len((await asyncio.to_thread(d.json, "runs"))["runs"])
+        bad = await asyncio.to_thread(d.cli, "workflows", "run", "fan", "--input",
+                                      '{"n": 1}', "--traceparent", "00-nope")
+        assert (bad.returncode, bad.stderr) == (1, (
+            "corral: traceparent must be the W3C format 00-<32 hex>-<16 hex>-<2 hex>, not "
+            "'00-nope'\n"))
+        assert len((await asyncio.to_thread(d.json, "runs"))["runs"]) == runs_before
+
         # `corral trace` of a step's task: its step's span, the task under it
         listed = rows[("list", None)]["task_id"]
         shown = await asyncio.to_thread(d.cli, "trace", listed)

@@ -83,16 +83,20 @@ def _plan_of_file(path: str, name: str) -> str:
 @click.option("--wait", type=click.FloatRange(min=0, max=m.MAX_WAIT), default=None,
               metavar="SECONDS", help="Wait this long for the run to end.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; run nothing.")
+@click.option("--traceparent", envvar="TRACEPARENT", default=None, metavar="W3C",
+              help="The caller's trace context: the run's trace is a child of it.")
+@click.option("--tracestate", envvar="TRACESTATE", default=None, hidden=True)
 @json_option
 @pass_ctx
 def workflows_run(obj: Ctx, name: str, input_: str, wait: float | None, dry_run: bool,
-                  as_json: bool) -> None:
+                  traceparent: str | None, tracestate: str | None, as_json: bool) -> None:
     if dry_run:
         plan: m.WorkflowPlan = obj.call("workflows.plan", m.WorkflowsPlan(name=name))
         click.echo(plan.plan)
         return
     res: m.RunView = obj.call("workflows.run", m.WorkflowsRun(
-        name=name, input=_read_input(input_), wait=wait), wait_forever=wait is not None)
+        name=name, input=_read_input(input_), wait=wait, traceparent=traceparent,
+        tracestate=tracestate), wait_forever=wait is not None)
     if as_json:
         print_json(res)
         return

@@ -151,7 +151,8 @@ async def workflows_plan(d: Services, p: m.WorkflowsPlan, caller: Caller, c: Cha
 async def workflows_run(d: Services, p: m.WorkflowsRun, caller: Caller, c: Channel
                         ) -> m.RunView:
     seen_workflow(caller, d.workflows.workflow(p.name))
-    run = await d.workflows.start(p.name, p.input)
+    run = await d.workflows.start(p.name, p.input, traceparent=p.traceparent,
+                                  tracestate=p.tracestate)
     if p.wait is not None:
         await d.workflows.wait(run.run_id, p.wait)
     return run_view(run)

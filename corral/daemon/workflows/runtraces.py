@@ -8,7 +8,8 @@ The ids are derived, not kept: the run's trace and span from its id (as a task t
 from its id), a step's span from the run's, the step's name and its item. A step's task
 is given its parent before the step's span exists (it is made when the step ends), and a
 run resumed by the next daemon keeps its ids. (A nested run resumed by the next daemon
-starts a trace of its own: the link to its parent's step lives in this process.)
+starts a trace of its own: the link to its parent's step, or to the caller's context a
+run was started with, lives in this process.)
 
 Sampling: the run's head decision as a new trace's (the ratio), honoured by its steps'
 tasks as a parent's; a run or a step that did not succeed is kept whatever it said, as a
@@ -19,10 +20,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any, NamedTuple
 
+from ... import jsonrpc
+from ...jsonrpc import RpcError
 from ...supervisor.stream import Stream
 from ...supervisor.tasks.ids import FORMAT
 from ...supervisor.tracing import INTERNAL, SPAN, Tracer
-from ...tracecontext import GOLDEN, MASK64, id_trace, traceparent
+from ...tracecontext import GOLDEN, MASK64, BadTraceparent, id_trace, parse, traceparent
 from .runevents import RunEnded, StepEnded
 from .runstore import WHOLE, Run
 
@@ -82,6 +85,18 @@ class RunTraces:
         """The context a step's task is submitted with: its step's span."""
         ctx = self.context(run)
         return traceparent(ctx.trace_id, step_span(ctx.span_id, step, item), ctx.sampled)
+
+    def caller(self, run_id: str, traceparent: str, tracestate: str | None) -> None:
+        """A run (made next, under this id) is a child of its caller's context, its
+        sampling decided as a caller's task's is (RpcError when it is not the format, as
+        a task's is refused). (In this process: a run resumed by the next daemon starts
+        a trace of its own.)"""
+        try:
+            p = parse(traceparent, tracestate)
+        except BadTraceparent as exc:
+            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        self._parents[run_id] = (p.trace_id, p.span_id,
+                                 self.tracer.sampling.head(p.trace_id, p.sampled))
 
     def nested(self, child_run_id: str, run: Run, step: str, item: int) -> None:
         """A nested step's run (made next, under this id) is a child of its step."""

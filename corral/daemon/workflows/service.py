@@ -44,8 +44,8 @@ class WorkflowService:
         """`tracer`: with [tracing], the engine's: each run a trace (runtraces.py)."""
         self.agents = agents
         self.rows = RunStore(store)
-        self.runner = Runner(engine, self.rows, self, None if tracer is None
-                             else RunTraces(tracer, engine.stream))
+        self.traces = None if tracer is None else RunTraces(tracer, engine.stream)
+        self.runner = Runner(engine, self.rows, self, self.traces)
         self.stream = engine.stream  # the runs' events (runevents.py)
         self.report = report
         self.catalog = Catalog(store)
@@ -87,9 +87,12 @@ class WorkflowService:
         await self.catalog.remove([name], who, None)
 
     # -- runs -------------------------------------------------------------------------------
-    async def start(self, name: str, run_input: Any, run_id: str | None = None) -> Run:
+    async def start(self, name: str, run_input: Any, run_id: str | None = None, *,
+                    traceparent: str | None = None, tracestate: str | None = None) -> Run:
         """A run started (its row committed first); `run_id`: a nested step's, recorded
-        in its parent's rows before this."""
+        in its parent's rows before this; `traceparent`: the caller's trace context (with
+        [tracing], the run's trace is a child of it; RpcError when it is not the
+        format)."""
         specs = self.catalog.specs()
         spec = specs.get(name)
         if spec is None:
@@ -104,6 +107,8 @@ class WorkflowService:
                   deadline=now + wf.spec.timeout if wf.spec.timeout else None,
                   revision=rev.revision if rev is not None else None,
                   nested_agents=wf.agents)
+        if traceparent and self.traces is not None:
+            self.traces.caller(run.run_id, traceparent, tracestate)
         await self.rows.save_run(run)  # durable before it is answered
         self.stream.emit(RunStarted(run))
         self._drive(run)
