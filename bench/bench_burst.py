@@ -138,13 +138,13 @@ def floor(base: Path) -> dict[str, Any]:
             tid = f"0190a5c0-0000-7000-8000-{i:012d}"
             return (s.submit_claim, [k.task(tid), k.stream("w", 0), k.priorities("w"),
                                      k.agents, k.live, k.fence],
-                    [tid, "w", b'{"n":1}', 0, "", "", repr(time.time()), "f", 0, "0",
+                    [tid, "w", b'{"n":1}', 0, "", "", repr(time.time()), "f", 0, "0", "",
                      "f/1", "f", repr(time.time()), b'{"replica":-1}', 0, "30.0",
                      k.prefix])
 
         def plain() -> Any:
             _script, keys, args = call()
-            return (s.submit, keys[:5], args[:10])
+            return (s.submit, keys[:5], args[:11])
 
         await s.run([(nop, [], [])])
         await s.run([call()])

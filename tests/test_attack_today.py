@@ -95,7 +95,8 @@ async def test_a_map_over_a_list_past_the_bound_fails_its_step_before_any_task(
         (params,) = d.services.store.db.execute(
             "SELECT params FROM audit WHERE method = 'workflows.run'").fetchone()
         assert json.loads(params) == {"name": "fan", "input": f"({size} bytes)",
-                                      "wait": 30.0}
+                                      "wait": 30.0, "traceparent": None,
+                                      "tracestate": None}
         # within the bound: the items run (a short list, for the test's time)
         run = await d.dispatcher.call(OPERATOR, "workflows.run", msgspec.json.encode(
             {"name": "fan", "input": [{"name": "x"}, {"name": "y"}], "wait": 30}))

@@ -418,3 +418,30 @@ async def test_a_retrys_replayed_calls_and_steps_are_spans_marked_replayed(
         steps = [(s.name, s.attributes["corral.attempt"]) for s in view.spans
                  if s.attributes.get("corral.step.replayed")]
         assert steps == [("step s1", 2), ("step s2", 2)]
+
+
+async def test_a_named_step_asked_for_again_is_one_replay_and_corrals_own_are_refused(
+        tmp_path: Path) -> None:
+    """Attacker's pass: a retry that asks for the same named step a thousand times is
+    given it each time, counted and traced once (a worker cannot fill the span buffer
+    through `step/get`); corral's own step names are no worker's to read."""
+    from corral.daemon.caller import Caller
+
+    fleet_text = textwrap.dedent(f"""
+        [agents.asks]
+        command = ["{PY}", "{HERE}/replaying_agent.py"]
+        retries = 1
+        backoff_initial = 0.05
+    """)
+    async with in_process(tmp_path, fleet_text, "[tracing]\nexport_interval = 0.05\n") as d:
+        res = await d.sup.tasks.run("asks", {"asks": 1000}, timeout=60)
+        assert res.status == "succeeded", res
+        assert res.output == {"got": [{"found": True, "result": 42}] * 1000, "own": {
+            "code": jsonrpc.INVALID_PARAMS,
+            "message": "step/get: the step name 'corral/lineage' is reserved: names "
+                       "beginning spawn: or corral/ are corral's own steps"}}
+        assert res.attempts[1].replayed == 1
+        view = await d.dispatcher.call(Caller(via="socket"), "traces.get",
+                                       {"task_id": res.task_id})
+        assert [s.name for s in view.spans if s.attributes.get("corral.step.replayed")] == [
+            "step s"]

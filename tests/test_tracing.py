@@ -396,6 +396,30 @@ async def test_an_adopted_tasks_bad_context_starts_a_trace_of_its_own(
                                                              int(CALLER_SPAN, 16))
 
 
+async def test_a_task_given_back_by_a_journal_is_traced_from_its_id(sup: Supervisor) -> None:
+    """A journal's unfinished task after a restart (and one an upgrade hands over): with
+    [tracing], traced from its id as a task that came with no context, where it was not
+    traced at all before."""
+    import time
+
+    from corral.supervisor.tasks.ids import new_id
+    from corral.supervisor.tasks.model import TaskRecord
+
+    tracer = Tracer()
+    tracer.install(sup.tasks)
+    sup.add(agent("a"))
+    await sup.wait_state("a", State.READY)
+    rec = TaskRecord(task_id=new_id(), agent="a", input=msgspec.Raw(b"{}"), priority=0,
+                     timeout=30.0, retries_left=0, created=time.time(), started=None,
+                     status="queued")
+    (task,) = sup.tasks.restore([rec])
+    await asyncio.wait_for(asyncio.shield(task.done), 30)
+    assert task.status == "succeeded"
+    (span,) = [s for s in spans_of(tracer) if s[3] == "invoke_agent a"]
+    assert (span[0], span[2], span[10]) == (int(rec.task_id.replace("-", ""), 16), 0,
+                                            rec.task_id)
+
+
 def test_a_full_buffer_drops_and_counts() -> None:
     tracer = Tracer(capacity=2)
     record: Any = (1, 1, 2, 0, "s__x", "t", 1, "pipe", 7, 0.0, 1.0, None)

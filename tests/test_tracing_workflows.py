@@ -170,9 +170,10 @@ def test_an_unsampled_runs_spans_are_kept_only_where_it_failed() -> None:
 
     def ended(status: str, error: str | None = None) -> Run:
         run = Run(new_id(), "w", wf, None, "running", 1.0)
-        parent = traces.traceparent(run, "a", WHOLE)
+        parent = traces.step_context(run, "a", WHOLE)
         trace_id, span_id = run_trace(run.run_id)
-        assert parent == f"00-{trace_id:032x}-{step_span(span_id, 'a', WHOLE):016x}-00"
+        assert parent == (f"00-{trace_id:032x}-{step_span(span_id, 'a', WHOLE):016x}-00",
+                          None)
         stream.emit(StepEnded(run, StepRow("a", WHOLE, status, new_id(), 1.0, 2.0, None,
                                            error)))
         run.status, run.ended, run.error = status, 3.0, error
@@ -188,13 +189,26 @@ def test_an_unsampled_runs_spans_are_kept_only_where_it_failed() -> None:
         ("invoke_workflow w", "step a: task failed", failed.run_id)]
     assert spans[0][2] == spans[1][1]  # the step under its run
     assert spans[0][8]["error.type"] == spans[1][8]["error.type"] == "failed"
-    # a nested run: its parent named before it is made, forgotten at its end
+    # a run started with a caller's context: its tracestate goes on to its steps' tasks
     outer = Run(new_id(), "w", wf, None, "running", 1.0)
+    traces.caller(outer.run_id, f"00-{'ab' * 16}-{'cd' * 8}-01", "k=v")
+    ctx = traces.context(outer)  # as the service makes the run: the parent taken
+    assert (ctx.trace_id, ctx.parent_id, ctx.tracestate) == (0xAB * (2**128 - 1) // 0xFF,
+                                                             0xCD * (2**64 - 1) // 0xFF,
+                                                             "k=v")
+    assert traces.step_context(outer, "a", WHOLE)[1] == "k=v"
+    # a nested run: its parent named before it is made and taken as it is made; one
+    # named and never made (refused) forgotten by its parent's runner
     inner = Run(new_id(), "w", wf, None, "running", 1.0)
     traces.nested(inner.run_id, outer, "a", WHOLE)
     ctx = traces.context(inner)
-    assert (ctx.trace_id, ctx.parent_id) == (
-        run_trace(outer.run_id)[0], step_span(run_trace(outer.run_id)[1], "a", WHOLE))
-    inner.status = "succeeded"
-    stream.emit(RunEnded(inner))
-    assert traces._parents == {} and inner.run_id not in traces._runs
+    assert (ctx.trace_id, ctx.parent_id, ctx.tracestate) == (
+        traces.context(outer).trace_id, step_span(run_trace(outer.run_id)[1], "a", WHOLE),
+        "k=v")
+    traces.nested("never-made", outer, "a", 0)
+    traces.forget_parent("never-made")
+    assert traces._parents == {}
+    for run in (inner, outer):
+        run.status = "succeeded"
+        stream.emit(RunEnded(run))
+    assert inner.run_id not in traces._runs and outer.run_id not in traces._runs

@@ -142,6 +142,7 @@ def adopt(node: ClusterNode, c: Claim, r: Replica, rid: int) -> None:
     t.usage, t.checkpoint = c.usage, c.checkpoint
     t.session, t.session_kept = c.session, c.session_kept
     tasks = node.tasks
+    tasks.traced_again(t)
     tasks.active[t.id] = t
     node.outbox_watch(t)
     tasks.dispatch.adopt(t, r, rid)

@@ -12,9 +12,13 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from .. import jsonrpc
 from .. import methods as m
+from ..jsonrpc import RpcError
 from ..supervisor.tasks import TERMINAL as TASK_TERMINAL
 from ..supervisor.tasks import Attempt, TaskError
+from ..tracecontext import BadTraceparent, parse
+from ..tracecontext import traceparent as format_traceparent
 
 # the engine's, as the record's status field holds them
 TERMINAL = frozenset(s.encode() for s in TASK_TERMINAL)
@@ -53,10 +57,16 @@ def claimed_attempt(node: str, now: float) -> bytes:
 
 def trace_field(traceparent: str | None, tracestate: str | None) -> str:
     """The caller's trace context as the record keeps it ('' none): the `traceparent`,
-    then its `tracestate` after a line break (which neither may hold)."""
+    written again from its parts, then its `tracestate` (cut to its bound) after a line
+    break; RpcError, as a task submitted here is refused, when it is not the format."""
     if not traceparent:
         return ""
-    return traceparent + ("\n" + tracestate if tracestate else "")
+    try:
+        p = parse(traceparent, tracestate)
+    except BadTraceparent as exc:
+        raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+    return (format_traceparent(p.trace_id, p.span_id, p.sampled)
+            + ("\n" + p.tracestate if p.tracestate else ""))
 
 
 def trace_of(field: Any) -> tuple[str | None, str | None]:

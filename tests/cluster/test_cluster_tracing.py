@@ -7,6 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import redis as sync_redis
+
+from corral.cluster.keys import Keys
+
 from ..daemon_harness import hello
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
@@ -50,3 +54,29 @@ def test_a_callers_context_goes_through_redis_to_the_node_that_runs_the_task(
         shown = json.loads(b.cli("trace", plain["task_id"], "--json").stdout)
         assert shown["trace_id"] == plain["task_id"].replace("-", "")
         assert shown["spans"][0]["parent_id"] is None
+
+
+def test_a_bad_context_is_refused_at_the_submit_and_a_good_one_kept_in_its_bounds(
+        tmp: Path, redis: RedisServer) -> None:
+    """Attacker's pass: a cluster submit's context is checked where it is submitted, as
+    a local task's is (refused with the reason, nothing in Redis), and kept as the W3C
+    format writes it, its tracestate cut to its bound: a caller cannot store what it
+    likes in the record every claim answers."""
+    with nodes(tmp, redis, {"a": "", "b": hello("greeter") + TRACING}) as ns:
+        a = ns["a"]
+        wait_until(lambda: any(n["node"] == "b" and n["alive"]
+                               for n in a.json("nodes")["nodes"]), what="b alive")
+        r = a.cli("submit", "greeter", "--input", "{}", "--traceparent", "garbage\nx")
+        assert (r.returncode, r.stderr) == (1, (
+            "corral: traceparent must be the W3C format 00-<32 hex>-<16 hex>-<2 hex>, not "
+            "'garbage\\nx'\n"))
+        client = sync_redis.Redis.from_url(redis.url)
+        keys = Keys("test")
+        assert client.zcard(keys.live) + client.zcard(keys.done) == 0
+        r = a.run("greeter", "{}", "--traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01",
+                  "--tracestate", "k=" + "v" * 2000)
+        assert r.returncode == 0, r.stderr
+        task_id = json.loads(r.stdout)["task_id"]
+        kept = client.hget(keys.task(task_id), "trace")
+        assert kept == (f"00-{CALLER_TRACE}-{CALLER_SPAN}-01\nk=".encode()
+                        + b"v" * (512 - 2))

@@ -142,13 +142,17 @@ class Runner:
             if st.spec.workflow is not None:
                 if self.traced is not None:
                     self.traced.nested(row.task_id, run, st.name, item)
-                status, output, error = await self._nested(st.spec.workflow, row.task_id,
-                                                           task_input)
+                try:
+                    status, output, error = await self._nested(st.spec.workflow,
+                                                               row.task_id, task_input)
+                finally:  # (taken as the child was made; not, when it was not made here)
+                    if self.traced is not None:
+                        self.traced.forget_parent(row.task_id)
                 what = f"run {row.task_id}"
             else:
                 info = await self._outcome(
                     st, row.task_id, task_input, None if self.traced is None
-                    else self.traced.traceparent(run, st.name, item))
+                    else self.traced.step_context(run, st.name, item))
                 status = str(info.status)
                 output = (msgspec.json.decode(info.output)
                           if isinstance(info.output, msgspec.Raw) else info.output)
@@ -171,15 +175,16 @@ class Runner:
         return child.status, output, child.error
 
     async def _outcome(self, st: Step, task_id: str, task_input: Any,
-                       parent: str | None) -> TaskInfo:
+                       parent: tuple[str, str | None] | None) -> TaskInfo:
         """The step's task to its end (recorded.outcome): waited for where the engine has
         it, else submitted under the id the run recorded (`parent`: its step's trace
-        context)."""
+        context, `traceparent` and `tracestate`)."""
         agent = st.spec.agent
         assert agent is not None  # (a nested step's is a run)
+        tp, ts = parent if parent is not None else (None, None)
         return await outcome(self.engine, task_id, lambda: self.engine.submit(
             agent, task_input, timeout=st.spec.timeout, retries=st.spec.retries,
-            task_id=task_id, traceparent=parent))
+            task_id=task_id, traceparent=tp, tracestate=ts))
 
     async def _end(self, run: Run, step: str, item: int, status: str, output: Any,
                    error: str | None) -> None:

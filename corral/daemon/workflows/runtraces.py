@@ -35,8 +35,9 @@ KEPT = ("succeeded", "skipped")  # ends that are kept only when sampled
 class Context(NamedTuple):
     trace_id: int
     span_id: int  # the run's span
-    parent_id: int  # its parent's (a nested step's), or 0
+    parent_id: int  # its parent's (a nested step's, a caller's), or 0
     sampled: bool
+    tracestate: str | None = None  # a caller's, carried to the run's tasks
 
 
 def run_trace(run_id: str) -> tuple[int, int]:
@@ -62,29 +63,44 @@ class RunTraces:
     def __init__(self, tracer: Tracer, stream: Stream) -> None:
         self.tracer = tracer
         self._runs: dict[str, Context] = {}  # the contexts of runs that have not ended
-        # a nested run's parent, named by its parent's runner before the run is made:
-        # (trace id, its step's span, sampled)
-        self._parents: dict[str, tuple[int, int, bool]] = {}
+        # a run's parent, named before the run is made (its caller's context, a nested
+        # run's step), taken by the run's context as the run is made (`context`), or
+        # forgotten when it is not (`forget`)
+        self._parents: dict[str, Context] = {}
         stream.subscribe(self._step_ended, StepEnded)
         stream.subscribe(self._run_ended, RunEnded)
 
     def context(self, run: Run) -> Context:
+        """The run's (made when it is first asked for: the service asks as it makes the
+        run, with its parent named just before)."""
         ctx = self._runs.get(run.run_id)
         if ctx is None:
             trace_id, span_id = run_trace(run.run_id)
-            parent = self._parents.get(run.run_id)
+            parent = self._parents.pop(run.run_id, None)
             if parent is not None:
-                ctx = Context(parent[0], span_id, parent[1], parent[2])
+                ctx = parent._replace(span_id=span_id)
             else:
                 ctx = Context(trace_id, span_id, 0,
                               self.tracer.sampling.head(trace_id, None))
             self._runs[run.run_id] = ctx
         return ctx
 
-    def traceparent(self, run: Run, step: str, item: int) -> str:
-        """The context a step's task is submitted with: its step's span."""
+    def forget(self, run_id: str) -> None:
+        """A run made that will not run (its row not saved)."""
+        self._parents.pop(run_id, None)
+        self._runs.pop(run_id, None)
+
+    def forget_parent(self, run_id: str) -> None:
+        """A nested run's parent, named for a run that was not made here (refused, or
+        already there): its context, if it was made, stays its own until its end."""
+        self._parents.pop(run_id, None)
+
+    def step_context(self, run: Run, step: str, item: int) -> tuple[str, str | None]:
+        """The context a step's task is submitted with: its step's span (`traceparent`,
+        and the caller's `tracestate`)."""
         ctx = self.context(run)
-        return traceparent(ctx.trace_id, step_span(ctx.span_id, step, item), ctx.sampled)
+        return (traceparent(ctx.trace_id, step_span(ctx.span_id, step, item), ctx.sampled),
+                ctx.tracestate)
 
     def caller(self, run_id: str, traceparent: str, tracestate: str | None) -> None:
         """A run (made next, under this id) is a child of its caller's context, its
@@ -95,14 +111,16 @@ class RunTraces:
             p = parse(traceparent, tracestate)
         except BadTraceparent as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
-        self._parents[run_id] = (p.trace_id, p.span_id,
-                                 self.tracer.sampling.head(p.trace_id, p.sampled))
+        self._parents[run_id] = Context(p.trace_id, 0, p.span_id,
+                                        self.tracer.sampling.head(p.trace_id, p.sampled),
+                                        p.tracestate)
 
     def nested(self, child_run_id: str, run: Run, step: str, item: int) -> None:
         """A nested step's run (made next, under this id) is a child of its step."""
         ctx = self.context(run)
-        self._parents[child_run_id] = (ctx.trace_id, step_span(ctx.span_id, step, item),
-                                       ctx.sampled)
+        self._parents[child_run_id] = Context(ctx.trace_id, 0,
+                                              step_span(ctx.span_id, step, item),
+                                              ctx.sampled, ctx.tracestate)
 
     def _step_ended(self, e: StepEnded) -> None:
         run, row = e.run, e.row
@@ -132,7 +150,6 @@ class RunTraces:
         run = e.run
         ctx = self.context(run)
         del self._runs[run.run_id]
-        self._parents.pop(run.run_id, None)
         if not ctx.sampled and run.status in KEPT:
             return
         attrs: dict[str, Any] = {"gen_ai.operation.name": "invoke_workflow",

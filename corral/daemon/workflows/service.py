@@ -107,9 +107,16 @@ class WorkflowService:
                   deadline=now + wf.spec.timeout if wf.spec.timeout else None,
                   revision=rev.revision if rev is not None else None,
                   nested_agents=wf.agents)
-        if traceparent and self.traces is not None:
-            self.traces.caller(run.run_id, traceparent, tracestate)
-        await self.rows.save_run(run)  # durable before it is answered
+        if self.traces is not None:
+            if traceparent:
+                self.traces.caller(run.run_id, traceparent, tracestate)
+            self.traces.context(run)  # its parent taken now, as it is made
+        try:
+            await self.rows.save_run(run)  # durable before it is answered
+        except BaseException:
+            if self.traces is not None:
+                self.traces.forget(run.run_id)
+            raise
         self.stream.emit(RunStarted(run))
         self._drive(run)
         return run

@@ -490,6 +490,7 @@ class TaskManager:
             task.retry_on, task.not_before = rec.retry_on, rec.not_before
             task.due = max(rec.created, rec.not_before or rec.created)
             task.session = self.sessions.member(task.id)
+            self.traced_again(task)
             agent = self.sup.agents.get(rec.agent)
             self.active[task.id] = task
             restored.append(task)
@@ -531,6 +532,13 @@ class TaskManager:
             self.dispatch.pump(name)
         return restored
 
+    def traced_again(self, task: Task) -> None:
+        """A task this process did not accept (a journal's after a restart, one handed
+        over by an upgrade) traced, with [tracing], from its id: its caller's context,
+        when it had one, is not kept across processes (docs/tracing.md)."""
+        if self.trace_begin is not None and task.trace is None:
+            self.trace_begin(task, None, None)
+
     def adopt_running(self, rec: TaskRecord, r: Replica, rid: int) -> Task:
         """A journaled task running on a worker the previous daemon image handed over
         (corral upgrade): it runs on, on its attempt, and its answer ends it."""
@@ -541,6 +549,7 @@ class TaskManager:
         task.usage, task.checkpoint = rec.usage, rec.checkpoint
         task.session = self.sessions.member(task.id)
         self.sessions.claim(task)
+        self.traced_again(task)
         self.active[task.id] = task
         agent = self.sup.agents.get(rec.agent)
         if agent is not None:

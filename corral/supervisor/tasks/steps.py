@@ -96,7 +96,8 @@ class _Attempt:
     """What the steps of one running attempt need: the journal's history (read once, on
     a retry), the next call's position, and the verdict."""
 
-    __slots__ = ("attempt", "bytes", "diverged", "loaded", "named", "next_seq", "tools")
+    __slots__ = ("attempt", "bytes", "diverged", "given", "loaded", "named", "next_seq",
+                 "tools")
 
     def __init__(self, attempt: int) -> None:
         self.attempt = attempt
@@ -106,6 +107,9 @@ class _Attempt:
         self.next_seq = 1
         self.diverged = False
         self.bytes = 0  # the task's journaled result bytes (against max_step_bytes)
+        # the named steps given back to it so far: each told (on_replay) once, however
+        # often the worker asks for it again
+        self.given: set[str] = set()
 
 
 class TaskSteps:
@@ -232,14 +236,17 @@ class TaskSteps:
         step = st.named.get(name)
         if step is None or step.body is None:
             return {"found": False}
+        if name in st.given:  # asked again: counted once, told once
+            return {"found": True, "result": msgspec.Raw(step.body)}
+        st.given.add(name)
         self._replayed(task, "step", name)
         return {"found": True, "result": msgspec.Raw(step.body)}
 
-    def reserved(self, name: str) -> None:
+    def reserved(self, name: str, method: str) -> None:
         """A worker's step name, refused when it is one of corral's own (RESERVED)."""
         if name.startswith(RESERVED):
             raise RpcError(jsonrpc.INVALID_PARAMS,
-                           f"step/put: the step name {name!r:.80} is reserved: names "
+                           f"{method}: the step name {name!r:.80} is reserved: names "
                            f"beginning {' or '.join(RESERVED)} are corral's own steps")
 
     async def put(self, task: Task, r: Replica, name: str, result: Any) -> dict[str, Any]:

@@ -131,11 +131,13 @@ class WorkerMethods:
     running_on = _running  # (the sessions' session/checkpoint, manager.py)
 
     def on_step_get(self, r: Replica, p: StepGetParams) -> Any:
-        return self.steps.get(self._running(r, "step/get", p.task_id), p.name)
+        task = self._running(r, "step/get", p.task_id)
+        self.steps.reserved(p.name, "step/get")
+        return self.steps.get(task, p.name)
 
     def on_step_put(self, r: Replica, p: StepPutParams) -> Any:
         task = self._running(r, "step/put", p.task_id)
-        self.steps.reserved(p.name)
+        self.steps.reserved(p.name, "step/put")
         return self.steps.put(task, r, p.name, p.result)
 
     def on_task_checkpoint(self, r: Replica, p: TaskCheckpointParams) -> Any:
