@@ -157,6 +157,13 @@ class ClusterNode:
                 and consumer in (None, t.consumer)]
 
     # -- the loops --------------------------------------------------------------------
+    def place_after(self, event: asyncio.Event) -> None:
+        """The cluster's agents placed here from when `event` is set on (an upgrade's new
+        image: once its handed processes are adopted or given back, so that a cluster
+        agent's worker is never adopted by a replica placed while the others settle:
+        its claim goes back to the cluster, decision 404)."""
+        self.placement.after = event
+
     def start(self) -> None:
         self.report(f"cluster {self.settings.name}: node {self.node} on Redis "
                     f"{shown(self.settings.redis)}")

@@ -117,6 +117,9 @@ class Placement:
         self.checkpoints_refused = 0  # refused by the fence (the slot moved on)
         self._problems: dict[str, str] = {}  # agent -> what stops it here (said once)
         self._writes: set[asyncio.Task[None]] = set()
+        # set: the loop's first step waits for it (an upgrade's new image: its handed
+        # processes adopted or given back first, decision 404)
+        self.after: asyncio.Event | None = None
         parts.stream.subscribe(self._on_checkpoint, Checkpoint)
         membership.places = self._beat
 
@@ -126,6 +129,8 @@ class Placement:
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
+        if self.after is not None:
+            await self.after.wait()
         while True:
             try:
                 await self.step()

@@ -391,17 +391,23 @@ class Daemon:
         s.schedules.start()  # after the tasks: a fire's task is numbered after theirs
         if up.journal is not None:
             up.journal.start_pruning()
+        settled = asyncio.Event()
         if node is not None:
+            if self.taken is not None:
+                node.place_after(settled)
             node.start()
         if self.taken is not None:
             # aiohttp imported from the first adoption on, in a thread: the loop adopts
             # and dispatches meanwhile (an import holds the interpreter a few ms at a
             # time, not the whole import long)
-            await self.taken.adopt(lambda: asyncio.to_thread(import_web, up.conf.cfg))
-            await self._web(stack, up.conf, s, up.dispatcher, up.extras)
-            if self.freeze_heap:  # (what the HTTP parts' imports made, as the set-up's)
-                part.freeze_heap(collect=False)
-            self.upgrades.report = await self.taken.settle(up.hub)
+            try:
+                await self.taken.adopt(lambda: asyncio.to_thread(import_web, up.conf.cfg))
+                await self._web(stack, up.conf, s, up.dispatcher, up.extras)
+                if self.freeze_heap:  # (what the HTTP parts' imports made, as the set-up's)
+                    part.freeze_heap(collect=False)
+                self.upgrades.report = await self.taken.settle(up.hub)
+            finally:
+                settled.set()
         up.status.check_ready()
 
     # -- reload ---------------------------------------------------------------------------------
