@@ -13,6 +13,9 @@ import random
 import re
 from typing import Any, NamedTuple
 
+from . import jsonrpc
+from .jsonrpc import RpcError
+
 # version 00 as the W3C Recommendation writes it; a later version is read by its first
 # four fields, as the Recommendation asks of a reader that knows only 00
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
@@ -51,6 +54,16 @@ def parse(traceparent: str, tracestate: str | None = None) -> Parent:
         raise BadTraceparent("traceparent: an all-zero trace id or span id is invalid")
     state = tracestate.strip()[:MAX_TRACESTATE] if tracestate else None
     return Parent(trace_id, span_id, bool(int(m.group(4), 16) & SAMPLED), state or None)
+
+
+def parse_or_refuse(traceparent: str, tracestate: str | None = None) -> Parent:
+    """A caller's context given with its request (a task's, a run's, a team call's, a
+    cluster submit's): RpcError (INVALID_PARAMS) with the reason when it is not the
+    format, the request refused before anything is accepted."""
+    try:
+        return parse(traceparent, tracestate)
+    except BadTraceparent as exc:
+        raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
 
 
 def parse_or_none(traceparent: Any, tracestate: Any = None) -> Parent | None:
@@ -129,6 +142,11 @@ class FromId:
 FROM_ID = (FromId(False), FromId(True))
 
 
+def id_span(trace_id: int) -> int:
+    """The span id of a task (or run) traced from its id, from its trace id."""
+    return ((trace_id & MASK64) ^ GOLDEN) or 1
+
+
 def id_trace(task_id: str) -> int:
     """The trace id of a task traced from its id (FromId)."""
     return int(task_id.replace("-", ""), 16)
@@ -137,7 +155,7 @@ def id_trace(task_id: str) -> int:
 def of_id(task_id: str, sampled: bool) -> TaskTrace:
     """The TaskTrace of a task traced from its id (FromId), with the same ids."""
     trace_id = id_trace(task_id)
-    return TaskTrace(trace_id, 0, sampled, None, ((trace_id & MASK64) ^ GOLDEN) or 1)
+    return TaskTrace(trace_id, 0, sampled, None, id_span(trace_id))
 
 
 class TaskTrace:

@@ -12,12 +12,10 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from .. import jsonrpc
 from .. import methods as m
-from ..jsonrpc import RpcError
 from ..supervisor.tasks import TERMINAL as TASK_TERMINAL
 from ..supervisor.tasks import Attempt, TaskError
-from ..tracecontext import BadTraceparent, parse
+from ..tracecontext import parse_or_refuse
 from ..tracecontext import traceparent as format_traceparent
 
 # the engine's, as the record's status field holds them
@@ -61,10 +59,7 @@ def trace_field(traceparent: str | None, tracestate: str | None) -> str:
     break; RpcError, as a task submitted here is refused, when it is not the format."""
     if not traceparent:
         return ""
-    try:
-        p = parse(traceparent, tracestate)
-    except BadTraceparent as exc:
-        raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+    p = parse_or_refuse(traceparent, tracestate)
     return (format_traceparent(p.trace_id, p.span_id, p.sampled)
             + ("\n" + p.tracestate if p.tracestate else ""))
 

@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from .. import jsonrpc
-from ..jsonrpc import RpcError
 from ..mcp.pool import SEP
 from ..tracecontext import (
     CALLER,
@@ -30,17 +28,17 @@ from ..tracecontext import (
     FROM_ID,
     GOLDEN,
     MASK64,
-    BadTraceparent,
     ClientSpan,
     FromId,
     Parent,
     TaskTrace,
+    id_span,
     id_trace,
     meta,
     new_span_id,
     of_id,
-    parse,
     parse_or_none,
+    parse_or_refuse,
 )
 from .process_replica import Exited
 from .tasks.model import Task, TaskStatus
@@ -175,10 +173,7 @@ class Tracer:
     def begin(self, task: Task, traceparent: str | None, tracestate: str | None) -> None:
         """The task's trace: a child of the caller's context, or a new one."""
         if traceparent:
-            try:
-                p = parse(traceparent, tracestate)
-            except BadTraceparent as exc:
-                raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+            p = parse_or_refuse(traceparent, tracestate)
             task.trace = TaskTrace(p.trace_id, p.span_id,
                                    self.sampling.head(p.trace_id, p.sampled), p.tracestate)
         elif len(task.id) == 36:  # a UUIDv7: the trace is the task's id (FromId)
@@ -315,14 +310,19 @@ class Tracer:
             record = (TOOL, trace.trace_id >> 64, trace.trace_id & MASK64, span_id,
                       parent or trace.attempt_span(attempt), name, task.id, attempt,
                       client.transport, client.request_id, start, time.time(), error)
-            if trace.sampled:
-                self.put(record)
-            else:
-                held = trace.held
-                if held is None:
-                    held = trace.held = []
-                if len(held) < HELD_MAX:
-                    held.append(record)
+            self._keep(trace, record)
+
+    def _keep(self, trace: TaskTrace, record: Record) -> None:
+        """A span of a task's attempt: buffered when its trace is sampled, else held
+        (to HELD_MAX) until its outcome, for the tail rule (`finished`)."""
+        if trace.sampled:
+            self.put(record)
+            return
+        held = trace.held
+        if held is None:
+            held = trace.held = []
+        if len(held) < HELD_MAX:
+            held.append(record)
 
     def replayed(self, task: Task, kind: str, name: str) -> None:
         """A tool call (`kind` "tool") or a named step ("step") of a retried attempt,
@@ -343,17 +343,9 @@ class Tracer:
         else:
             attrs["corral.step.name"] = name
             span_name, kind_of = f"step {name}", INTERNAL
-        record = (SPAN, trace.trace_id >> 64, trace.trace_id & MASK64,
-                  new_span_id(64) or 1, trace.attempt_span(attempt), span_name, task.id,
-                  kind_of, now, now, None, attrs)
-        if trace.sampled:
-            self.put(record)
-            return
-        held = trace.held
-        if held is None:
-            held = trace.held = []
-        if len(held) < HELD_MAX:
-            held.append(record)
+        self._keep(trace, (SPAN, trace.trace_id >> 64, trace.trace_id & MASK64,
+                           new_span_id(64) or 1, trace.attempt_span(attempt), span_name,
+                           task.id, kind_of, now, now, None, attrs))
 
     async def gateway_call(self, call: Awaitable[Any], context: Parent, name: str,
                            client: str) -> Any:
@@ -521,7 +513,7 @@ def _spans(record: Sequence[Any]) -> list[Span]:
     session = record[16] if len(record) > 16 else None
     if hi is None:  # traced from its id (tracecontext.FromId)
         tid = id_trace(task_id)
-        own = ((tid & MASK64) ^ GOLDEN) or 1
+        own = id_span(tid)
     else:
         tid = hi << 64 | lo
     attrs: dict[str, Any] = {

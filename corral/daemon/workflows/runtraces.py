@@ -20,12 +20,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any, NamedTuple
 
-from ... import jsonrpc
-from ...jsonrpc import RpcError
 from ...supervisor.stream import Stream
 from ...supervisor.tasks.ids import FORMAT
 from ...supervisor.tracing import INTERNAL, SPAN, Tracer
-from ...tracecontext import GOLDEN, MASK64, BadTraceparent, id_trace, parse, traceparent
+from ...tracecontext import MASK64, id_span, id_trace, parse_or_refuse, traceparent
 from .runevents import RunEnded, StepEnded
 from .runstore import WHOLE, Run
 
@@ -47,7 +45,7 @@ def run_trace(run_id: str) -> tuple[int, int]:
     else:  # an id of another form: its hash
         trace_id = int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=16).digest(),
                                   "big") or 1
-    return trace_id, ((trace_id & MASK64) ^ GOLDEN) or 1
+    return trace_id, id_span(trace_id)
 
 
 def step_span(run_span: int, step: str, item: int) -> int:
@@ -107,10 +105,7 @@ class RunTraces:
         sampling decided as a caller's task's is (RpcError when it is not the format, as
         a task's is refused). (In this process: a run resumed by the next daemon starts
         a trace of its own.)"""
-        try:
-            p = parse(traceparent, tracestate)
-        except BadTraceparent as exc:
-            raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+        p = parse_or_refuse(traceparent, tracestate)
         self._parents[run_id] = Context(p.trace_id, 0, p.span_id,
                                         self.tracer.sampling.head(p.trace_id, p.sampled),
                                         p.tracestate)

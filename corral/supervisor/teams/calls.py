@@ -20,7 +20,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...taskviews import TaskError, TaskResult
 from ...timeouts import within
-from ...tracecontext import BadTraceparent, parse
+from ...tracecontext import parse_or_refuse
 from ..tasks import TaskManager
 from ..tasks.ids import new_id
 from .call import CALL_ENDED, CallStore, MemoryStore, TeamCall
@@ -74,10 +74,8 @@ class Teams:
                     tracestate: str | None = None) -> TeamCall:
         tenant = self._checked(name)
         if traceparent and self.traced:
-            try:  # refused before the call, as a task's is before it is accepted
-                parse(traceparent, tracestate)
-            except BadTraceparent as exc:
-                raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
+            # refused before the call, as a task's is before it is accepted
+            parse_or_refuse(traceparent, tracestate)
         call = TeamCall(new_id(), name, self.spec(name), call_input, "running", time.time(),
                         tenant=tenant, traceparent=traceparent, tracestate=tracestate)
         await self.store.save_call(call)  # durable before it is answered
