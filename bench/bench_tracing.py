@@ -171,7 +171,7 @@ def handed(tracer: Tracer) -> float:
     drain = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     assert drain.stdin is not None
     t0 = time.perf_counter()
-    for _, body in tracer.take():
+    for _, _, body in tracer.take():
         drain.stdin.write(len(body).to_bytes(4, "big"))
         drain.stdin.write(body)
     took = time.perf_counter() - t0
@@ -252,7 +252,7 @@ def exporter_cost(tmp: Path) -> dict[str, float]:
     tasks = 20_000 // 3
     for _ in range(tasks):
         tracer.finished(finished_task(FROM_ID[True]))
-    frames = [body for _, body in tracer.take()]
+    frames = [body for _, _, body in tracer.take()]
     store = TraceStore(tmp / "bench-traces.db", 7, 200_000)
     c0 = time.process_time()
     batches = []

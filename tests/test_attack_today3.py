@@ -158,7 +158,7 @@ def test_a_tasks_spans_from_a_template_carry_its_task_id_whole() -> None:
     tracer = Tracer(capacity=10)
     for t in (made(plain), made(wide)):
         tracer.finished(t)
-    ((_, frame),) = tracer.take()
+    ((_, _, frame),) = tracer.take()
     records = msgspec.msgpack.decode(frame)
     batch = [(r, n <= TEXT_MAX)
              for r, n in zip(records, map(len, _RAWS.decode(frame)), strict=True)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import socket
 import sys
@@ -24,7 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from corral import jsonrpc, tracecontext
 from corral.cli.trace import waterfall
-from corral.daemon.traces import settings
+from corral.daemon.traces import HANDOVER, PIPE_BOUND, PIPE_SIZE, settings
 from corral.daemon.traces import start as start_traces
 from corral.jsonrpc import RpcError
 from corral.supervisor import McpServerSpec, State, Supervisor
@@ -442,8 +443,8 @@ def test_a_record_is_encoded_as_it_is_put_and_not_kept() -> None:
     assert (tracer.buffered, tracer.batches, tracer.recorded) == (5, 2, 5)
     assert [r[6] for r in tracer.pending()] == ["t0", "t1", "t2", "t3", "t4"]
     frames = tracer.take()
-    assert [n for n, _ in frames] == [2, 2, 1]
-    assert [[r[6] for r in msgspec.msgpack.decode(body)] for _, body in frames] == [
+    assert [(n, spans) for n, spans, _ in frames] == [(2, 6), (2, 6), (1, 3)]
+    assert [[r[6] for r in msgspec.msgpack.decode(body)] for _, _, body in frames] == [
         ["t0", "t1"], ["t2", "t3"], ["t4"]]
     assert (tracer.buffered, tracer.batches, tracer.pending(), tracer.take()) == (0, 0, [], [])
 
@@ -488,7 +489,7 @@ def test_a_long_text_is_cut_on_the_loop_and_the_buffer_bounded_in_bytes(
     size = len(tracing_module.msgspec.msgpack.encode(tool))
     assert small.buffered == 4096 // size
     assert small.dropped == 20 - small.buffered
-    assert sum(len(body) for _, body in small.take()) <= 4096 + 8
+    assert sum(len(body) for _, _, body in small.take()) <= 4096 + 8
 
 
 async def test_long_records_are_handed_over_by_their_bytes_before_any_is_dropped(
@@ -516,8 +517,8 @@ async def test_long_records_are_handed_over_by_their_bytes_before_any_is_dropped
         tracing_module.BUFFER_BYTES // 2)
     assert put < cfg.batch * 3  # not at HANDOVER batches of 512 records
     frames = tracer.take()
-    assert all(len(body) < tracing_module.FRAME_BYTES + 16_000 for _, body in frames)
-    assert sum(n for n, _ in frames) == put
+    assert all(len(body) < tracing_module.FRAME_BYTES + 16_000 for _, _, body in frames)
+    assert sum(n for n, _, _ in frames) == put
     await asyncio.sleep(0)  # the hand-over asked for runs (no exporter: kept for it)
     assert not traces._soon
 
@@ -585,6 +586,87 @@ async def test_a_dead_exporter_costs_no_task_and_is_restarted(
     finally:
         await traces.close()
     assert traces.proc is None
+
+
+def two_attempts(task_id: str, error: str | None = None) -> tuple[Any, ...]:
+    """A finished task's record with two attempts: five spans (the task's, and a queue
+    wait and an attempt each)."""
+    from corral.supervisor.tracing import TASK
+
+    attempts = [Attempt(0, 1, 1.0, 2.0, "lost"), Attempt(0, 2, 3.0, 4.0, "failed")]
+    return (TASK, None, None, None, 0, "a", task_id, "failed", error, 0, 0, 1.0, 4.0,
+            None, attempts, None, None)
+
+
+async def test_batches_the_pipe_cannot_take_are_counted_in_spans(
+        sup: Supervisor, tmp_path: Path) -> None:
+    """An exporter that stops reading: the batches past PIPE_BOUND are dropped, and
+    `corral_trace_spans_dropped_total` counts their spans, not their records."""
+    import signal
+
+    from corral.supervisor.tasks.ids import new_id
+    from corral.supervisor.tracing import spans_of as record_spans
+
+    traces = await start_traces(tracing(None, export_interval=3600, batch=1), sup.tasks,
+                                tmp_path, SPARED)
+    assert traces is not None
+    proc = traces.proc
+    assert proc is not None
+    try:
+        await traces.ready.wait()
+        os.kill(proc.pid, signal.SIGSTOP)
+        record = two_attempts(new_id(), "x" * (TEXT_MAX - 24))
+        assert record_spans(record) == 5
+        wide = len(msgspec.msgpack.encode(record))
+        # more than the pipe and PIPE_BOUND hold, in hand-overs of HANDOVER batches
+        total = ((PIPE_BOUND + PIPE_SIZE) // wide // HANDOVER + 4) * HANDOVER
+        for i in range(total):
+            traces.tracer.put(two_attempts(new_id(), "x" * (TEXT_MAX - 24)), 5)
+            if i % HANDOVER == HANDOVER - 1:
+                await asyncio.sleep(0)  # the hand-over, called soon
+        await asyncio.sleep(0)
+        written = traces.stats()["recorded"] - traces.tracer.buffered
+        assert traces.tracer.buffered == 0 and written == total
+        unread = total - traces._sent
+        assert unread > 0
+        assert traces.pipe_dropped == 5 * unread
+        assert traces.dropped == 5 * unread
+        os.kill(proc.pid, signal.SIGCONT)
+        await traces.sync()
+        assert traces._live.done == traces._sent  # the rest read and stored
+        assert traces.dropped == 5 * unread
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        await traces.close()
+
+
+async def test_an_exporter_that_dies_with_batches_unread_counts_their_spans_lost(
+        sup: Supervisor, tmp_path: Path) -> None:
+    import signal
+
+    from corral.supervisor.tasks.ids import new_id
+
+    traces = await start_traces(tracing(None, export_interval=3600, batch=1), sup.tasks,
+                                tmp_path, SPARED)
+    assert traces is not None
+    try:
+        proc = traces.proc
+        assert proc is not None
+        await traces.ready.wait()
+        os.kill(proc.pid, signal.SIGSTOP)  # it reads nothing more
+        for _ in range(HANDOVER):
+            traces.tracer.put(two_attempts(new_id()), 5)
+        await asyncio.sleep(0)  # the hand-over, called soon
+        assert (traces.tracer.buffered, traces._sent) == (0, HANDOVER)
+        proc.kill()
+        async with asyncio.timeout(20):
+            await traces.until(lambda: traces.started == 2)
+        assert traces.lost == 5 * HANDOVER
+        assert traces.dropped == 5 * HANDOVER
+        assert traces.last_error == (
+            f"the exporter process exited (status -9); {5 * HANDOVER} spans lost")
+    finally:
+        await traces.close()
 
 
 # -- a real daemon: the CLI, the control socket, the gateway --------------------------------------

@@ -70,7 +70,7 @@ def piped(tasks: list[Task], tool: bool = False) -> tuple[bytes, list[Any], list
     tracer = Tracer(capacity=1000, batch=1000)
     for t in tasks:
         tracer.finished(t)
-    ((_, frame),) = tracer.take()
+    ((_, _, frame),) = tracer.take()
     return frame, msgspec.msgpack.decode(frame), list(map(len, _RAWS.decode(frame)))
 
 

@@ -116,7 +116,7 @@ class Exporter:
         self.cfg = cfg
         self.out = out
         self.store = TraceStore(Path(cfg.store), cfg.keep_days, cfg.keep_spans)
-        self.done = 0  # spans stored, and sent or counted dropped
+        self.done = 0  # records stored, and sent or counted dropped (a batch at a time)
         self.exported = 0
         self.dropped = 0
         self.failures = 0

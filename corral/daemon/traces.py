@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -125,12 +126,16 @@ class Traces:
         self.spared = spared if spared is not None else set()
         self.proc: asyncio.subprocess.Process | None = None
         self.started = 0  # exporter processes started
-        self.pipe_dropped = 0  # batches the exporter did not read in time
+        self.pipe_dropped = 0  # spans of the batches the exporter did not read in time
         self.lost = 0  # spans sent to an exporter that died before it was done with them
         self.last_error: str | None = None
         self._ended = Counts()  # the processes that ended, added up
         self._live = Counts()
-        self._sent = 0  # spans written to the live process
+        self._sent = 0  # records written to the live process
+        # the batches it has not said it is done with: (records sent with it, in all;
+        # its spans), so that what a dead process was not done with is counted in spans
+        # (its `done` counts records, a batch's whole at a time)
+        self._unsaid: deque[tuple[int, int]] = deque()
         self._encoder = msgspec.msgpack.Encoder()
         self._flushes: dict[int, asyncio.Future[None]] = {}
         self._seq = 0
@@ -220,7 +225,9 @@ class Traces:
         self.proc = None
         self.ready.clear()
         live, self._live = self._live, Counts()
-        lost = max(0, self._sent - live.done)
+        self._said(live.done)
+        lost = sum(spans for _, spans in self._unsaid)
+        self._unsaid.clear()
         self._sent = 0
         for name in ("done", "exported", "dropped", "failures"):
             setattr(self._ended, name, getattr(self._ended, name) + getattr(live, name))
@@ -259,9 +266,15 @@ class Traces:
         elif "done" in said:
             live = self._live
             live.done, live.exported = said["done"], said["exported"]
+            self._said(live.done)
             live.dropped, live.failures = said["dropped"], said["failures"]
             if said.get("error"):
                 self.last_error = said["error"]
+
+    def _said(self, done: int) -> None:
+        unsaid = self._unsaid
+        while unsaid and unsaid[0][0] <= done:
+            unsaid.popleft()
 
     # -- feeding it ---------------------------------------------------------------------------
     def _ready(self) -> None:
@@ -293,12 +306,13 @@ class Traces:
         pipe = self._stdin()
         if not self.tracer.buffered or pipe is None:
             return  # kept (to the buffer's bound) for the next process
-        for n, body in self.tracer.take():
+        for n, spans, body in self.tracer.take():
             if pipe.transport.get_write_buffer_size() > PIPE_BOUND:
-                self.pipe_dropped += n
+                self.pipe_dropped += spans
                 continue
             pipe.writelines((len(body).to_bytes(4, "big"), body))
             self._sent += n
+            self._unsaid.append((self._sent, spans))
 
     async def sync(self, sent: bool = False, timeout: float = FLUSH_WAIT) -> None:
         """What the engine buffered is in the store (`sent`: and was exported, or failed

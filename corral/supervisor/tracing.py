@@ -128,12 +128,13 @@ class Tracer:
         self.recorded = 0
         self.buffered = 0  # records waiting, in `_frames` and `_frame`
         self._bytes = 0  # their bytes in `_frames`
+        self._frame_spans = 0  # the spans the records in `_frame` make
         # each record encoded as it is put (decision 426): a batch's records are the
         # items of one msgpack array (the exporter's frame), `_frame` the one filling,
-        # `_frames` the full ones as (records, bytes with the array's header)
+        # `_frames` the full ones as (records, spans, bytes with the array's header)
         self._frame = bytearray()
         self._in_frame = 0
-        self._frames: deque[tuple[int, bytes]] = deque()
+        self._frames: deque[tuple[int, int, bytes]] = deque()
         self._encode = msgspec.msgpack.Encoder().encode_into
         # told when the buffer takes its first span (the exporter's timer starts) and
         # when a batch is full
@@ -224,6 +225,7 @@ class Tracer:
         self.buffered += 1
         self.recorded += 1
         self._in_frame += 1
+        self._frame_spans += spans
         if self._in_frame == self.batch or len(frame) >= FRAME_BYTES:
             self._seal()
             if self.ready is not None:
@@ -235,10 +237,10 @@ class Tracer:
         n, frame = self._in_frame, self._frame
         body = (bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
                 if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big")) + frame
-        self._frames.append((n, body))
+        self._frames.append((n, self._frame_spans, body))
         self._bytes += len(body)
         frame.clear()
-        self._in_frame = 0
+        self._in_frame = self._frame_spans = 0
 
     @property
     def batches(self) -> int:
@@ -250,9 +252,9 @@ class Tracer:
         """The full batches' bytes."""
         return self._bytes
 
-    def take(self) -> list[tuple[int, bytes]]:
-        """What waits, as frames: (records, a msgpack array of them), at most `batch`
-        records each; the buffer empty after."""
+    def take(self) -> list[tuple[int, int, bytes]]:
+        """What waits, as frames: (records, the spans they make, a msgpack array of
+        them), at most `batch` records each; the buffer empty after."""
         if self._in_frame:
             self._seal()
         frames = list(self._frames)
@@ -264,7 +266,7 @@ class Tracer:
         """The records waiting, as the exporter will read them (msgpack: tuples as arrays;
         for tests and the bench), left in the buffer."""
         out: list[Any] = []
-        for _, body in self._frames:
+        for _, _, body in self._frames:
             out.extend(msgspec.msgpack.decode(body))
         if self._in_frame:
             n = self._in_frame
