@@ -6,10 +6,19 @@ a nested step's run under its step, in the same trace; exported to a real OTLP r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
+import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import msgspec
+import pytest
+
+from corral.supervisor import Supervisor
+from corral.supervisor.tracing import Tracer
 
 from .test_tracing import Receiver, attrs, hexid, receiver
 from .test_workflow_nested import INNER, OUTER
@@ -212,3 +221,169 @@ def test_an_unsampled_runs_spans_are_kept_only_where_it_failed() -> None:
         run.status = "succeeded"
         stream.emit(RunEnded(run))
     assert inner.run_id not in traces._runs and outer.run_id not in traces._runs
+
+
+# -- a run whose row cannot be committed: its trace context forgotten (service.start) ------
+CALLER_TRACE, CALLER_SPAN = "ab" * 16, "cd" * 8
+CALLER = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+ONE = {"steps": [{"name": "echo", "agent": "wf", "input": {"op": "echo", "x": "$input.x"}}]}
+INNER_ONE = {"steps": [{"name": "double", "agent": "wf",
+                        "input": {"op": "echo", "x": "$input.x"}}]}
+OUTER_ONE = {"steps": [{"name": "child", "workflow": "inner", "input": {"x": "$input.x"}}]}
+
+
+@contextlib.asynccontextmanager
+async def traced_service(tmp_path: Path, sup: Supervisor, monkeypatch: pytest.MonkeyPatch
+                         ) -> AsyncIterator[tuple[Any, Tracer, sqlite3.Connection, list[str]]]:
+    """A WorkflowService as the daemon builds it (startup.workflows) over the real engine
+    of `sup` (agent `wf` Ready), traced by a Tracer installed in it, on a real StateStore
+    whose every commit fails ("database is locked", after 0.1 s) while the connection
+    handed over holds the write lock; with what the service reported."""
+    from corral.daemon import storeschema
+    from corral.daemon.workflows.service import WorkflowService
+    from corral.supervisor.tracing import Sampling
+    from corral.supervisor.workflows import WorkflowSpec
+
+    from .conftest import agent, all_ready
+    from .daemon_harness import PY
+    from .test_store_faults import lockable_store
+    from .test_workflows import AGENT
+
+    monkeypatch.setattr(storeschema, "BUSY_TIMEOUT_MS", 100)  # a lock fails a commit fast
+    script = tmp_path / "wfagent.py"
+    script.write_text(AGENT)
+    sup.add(agent("wf", command=[PY, str(script)]))
+    await all_ready(sup, "wf", timeout=30)
+    tracer = Tracer(Sampling(1.0))
+    tracer.install(sup.tasks)
+    errors: list[str] = []
+    async with lockable_store(tmp_path / "corral.db", errors, errors) as (store, _, holder):
+        reports: list[str] = []
+        service = WorkflowService(sup.agents, sup.tasks, store, reports.append, tracer)
+        service.configure({n: msgspec.convert(t, WorkflowSpec) for n, t in
+                           (("one", ONE), ("inner", INNER_ONE), ("outer", OUTER_ONE))})
+        try:
+            yield service, tracer, holder, reports
+        finally:
+            await service.close()
+        assert errors == []  # the store's writer (audit rows, checkpoints) had nothing
+
+
+def spans_of(tracer: Tracer) -> list[Any]:
+    from corral.supervisor.tracing import expand
+
+    return [s for r in tracer.pending() for s in expand(r)]
+
+
+def the_span(spans: list[Any], name: str, run_id: str) -> Any:
+    """(trace id, span id, parent, name, kind, start, end, error, attrs, events, key)"""
+    (found,) = [s for s in spans if s[3] == name and s[8].get("corral.run.id") == run_id]
+    return found
+
+
+async def test_a_run_whose_row_cannot_be_committed_forgets_its_callers_context(
+        tmp_path: Path, sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`start` with a caller's traceparent while the state database cannot be written:
+    the StoreError as the store says it, no run, and nothing of the run's trace left
+    (its context and its caller's, taken as it was made, forgotten; no span); once the
+    database can be written, a start with the same context runs and is one trace under
+    the caller's span."""
+    from corral.daemon.storeschema import StoreError
+    from corral.daemon.workflows.runstore import WHOLE
+
+    async with traced_service(tmp_path, sup, monkeypatch) as (service, tracer, holder, reports):
+        traces = service.traces
+        assert traces is not None
+        holder.execute("BEGIN EXCLUSIVE")  # every commit fails now
+        with pytest.raises(StoreError) as caught:
+            await service.start("one", {"x": 1}, traceparent=CALLER, tracestate="k=v")
+        assert str(caught.value) == (f"state database {tmp_path / 'corral.db'} cannot be "
+                                     "written (database is locked)")
+        assert service.list(None, None, None, 10, None) == ([], None)
+        assert service.live == {}
+        assert (traces._runs, traces._parents) == ({}, {})  # its context, its caller's
+        assert tracer.pending() == []
+
+        holder.execute("ROLLBACK")  # the database can be written again
+        service.recovered.set()  # (as the daemon's recover(): no journal to wait for)
+        run = await service.start("one", {"x": 2}, traceparent=CALLER, tracestate="k=v")
+        await service.wait(run.run_id, 60)
+        assert (run.status, run.error, run.outputs()) == ("succeeded", None,
+                                                          {"echo": {"op": "echo", "x": 2}})
+        (listed,), _ = service.list(None, None, None, 10, None)
+        assert (listed.run_id, listed.status) == (run.run_id, "succeeded")
+        assert (traces._runs, traces._parents) == ({}, {})  # ended: nothing kept
+        spans = spans_of(tracer)
+        run_span = the_span(spans, "invoke_workflow one", run.run_id)
+        step = the_span(spans, "step echo", run.run_id)
+        (task,) = [s for s in spans if s[3] == "invoke_agent wf"]
+        assert task[10] == step[8]["corral.task.id"] == run.rows[("echo", WHOLE)].task_id
+        trace = int(CALLER_TRACE, 16)
+        assert [(s[0], s[2]) for s in (run_span, step, task)] == [
+            (trace, int(CALLER_SPAN, 16)), (trace, run_span[1]), (trace, step[1])]
+        assert reports == []
+
+
+async def test_a_nested_run_whose_row_cannot_be_committed_forgets_its_steps_context(
+        tmp_path: Path, sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nested step's run made while the state database cannot be written (the lock
+    taken as the step's row is committed, before its run is made): the parent's driver
+    stops, saying why; the child run's context (the nested step's, taken as it was made)
+    is forgotten, no child run exists, no span was made. Resumed once the database can
+    be written (as the next daemon resumes it), the child is made under the id its
+    parent recorded, one trace with its parent, under its step's span."""
+    from corral.daemon.workflows.runevents import StepStarted
+    from corral.daemon.workflows.runstore import WHOLE
+
+    async with traced_service(tmp_path, sup, monkeypatch) as (service, tracer, holder, reports):
+        traces = service.traces
+        assert traces is not None
+        started: list[str] = []
+
+        def lock(e: StepStarted) -> None:
+            if (e.run.workflow, e.row.step) == ("outer", "child") and not started:
+                assert e.row.task_id is not None
+                started.append(e.row.task_id)
+                holder.execute("BEGIN EXCLUSIVE")  # the child's row cannot be committed
+
+        sub = sup.stream.subscribe(lock, StepStarted)
+        service.recovered.set()
+        outer = await service.start("outer", {"x": 3})
+        await service.wait(outer.run_id, 60)  # its driver stops: the store failed
+        sup.stream.unsubscribe(sub)
+        (child_id,) = started
+        assert reports == [
+            f"workflows: run {outer.run_id} (outer) stopped: state database "
+            f"{tmp_path / 'corral.db'} cannot be written (database is locked); it is "
+            "resumed at the next start"]
+        assert service.live == {}
+        assert service.rows.load(child_id) is None
+        assert [r.run_id for r in service.list(None, None, None, 10, None)[0]] == [
+            outer.run_id]
+        assert child_id not in traces._runs and child_id not in traces._parents
+        assert tracer.pending() == []
+        # the parent's context stays: its run goes on in this process (child/recover)
+        assert list(traces._runs) == [outer.run_id] and traces._parents == {}
+
+        holder.execute("ROLLBACK")  # the database can be written again
+        service.recover()  # the parent driven on from its rows, as the next daemon does
+        await service.wait(outer.run_id, 60)
+        resumed = service.get(outer.run_id)
+        assert (resumed.status, resumed.error) == ("succeeded", None)
+        child = service.get(child_id)
+        assert (child.workflow, child.status, child.outputs()) == (
+            "inner", "succeeded", {"double": {"op": "echo", "x": 3}})
+        assert reports[1:] == ["workflows: 1 unfinished run resumed"]
+        assert (traces._runs, traces._parents) == ({}, {})
+        spans = spans_of(tracer)
+        outer_span = the_span(spans, "invoke_workflow outer", outer.run_id)
+        child_step = the_span(spans, "step child", outer.run_id)
+        inner_span = the_span(spans, "invoke_workflow inner", child_id)
+        double = the_span(spans, "step double", child_id)
+        (task,) = [s for s in spans if s[3] == "invoke_agent wf"]
+        assert task[10] == child.rows[("double", WHOLE)].task_id
+        assert child_step[8]["corral.child_run.id"] == child_id
+        trace = outer_span[0]
+        assert [(s[0], s[2]) for s in (outer_span, child_step, inner_span, double, task)] == [
+            (trace, 0), (trace, outer_span[1]), (trace, child_step[1]),
+            (trace, inner_span[1]), (trace, double[1])]
