@@ -387,3 +387,90 @@ async def test_a_nested_run_whose_row_cannot_be_committed_forgets_its_steps_cont
         assert [(s[0], s[2]) for s in (outer_span, child_step, inner_span, double, task)] == [
             (trace, 0), (trace, outer_span[1]), (trace, child_step[1]),
             (trace, inner_span[1]), (trace, double[1])]
+
+
+# -- a run resumed by the next daemon: in the trace it was started in ------------------------
+GATE_AGENT = '''
+from corral.worker import run
+
+def handle(inp, ctx):
+    with open(inp["gate"]) as gate:  # a FIFO: open and read block until the test writes
+        gate.read()
+    return inp
+
+run(handle)
+'''
+INNER_GATE = {"steps": [{"name": "wait", "agent": "gate", "input": {"gate": "$input.gate"}}]}
+OUTER_GATE = {"steps": [{"name": "child", "workflow": "inner_gate",
+                         "input": {"gate": "$input.gate"}}]}
+
+
+async def test_a_run_and_its_nested_run_resumed_by_the_next_daemon_stay_in_their_trace(
+        tmp_path: Path, sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run started with a caller's context, stopped with its nested run's step's task
+    running (the daemon stops), and resumed by the next daemon's service (a tracer of its
+    own, sampling nothing new): the run's span is still its caller's child, the nested
+    run's still under its step, and both are kept as their traces were sampled when they
+    started (the parent's decision, written with each run's row)."""
+    import os
+
+    from corral.daemon.workflows.runevents import StepStarted
+    from corral.daemon.workflows.runstore import WHOLE
+    from corral.daemon.workflows.runtraces import run_trace, step_span
+    from corral.daemon.workflows.service import WorkflowService
+    from corral.supervisor.tracing import Sampling
+    from corral.supervisor.workflows import WorkflowSpec
+
+    from .conftest import agent, all_ready
+    from .daemon_harness import PY
+
+    script = tmp_path / "gate.py"
+    script.write_text(GATE_AGENT)
+    sup.add(agent("gate", command=[PY, str(script)]))
+    await all_ready(sup, "gate", timeout=30)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    specs = {n: msgspec.convert(t, WorkflowSpec) for n, t in
+             (("inner_gate", INNER_GATE), ("outer_gate", OUTER_GATE))}
+    async with traced_service(tmp_path, sup, monkeypatch) as (first, _, _, reports):
+        first.configure(specs)
+        first.recovered.set()
+        waiting = asyncio.Event()
+        sub = sup.stream.subscribe(
+            lambda e: waiting.set() if e.row.step == "wait" else None, StepStarted)
+        outer = await first.start("outer_gate", {"gate": str(gate)}, traceparent=CALLER,
+                                  tracestate="k=v")
+        await waiting.wait()
+        sup.stream.unsubscribe(sub)
+        await first.close()  # the daemon stops: both runs stop where they are
+        (child_id,) = [r.task_id for r in outer.rows.values() if r.step == "child"]
+        rows = first.rows
+        stored = rows.load(outer.run_id), rows.load(child_id)
+        child_step_id = step_span(run_trace(outer.run_id)[1], "child", WHOLE)
+        assert [(r.status, r.traceparent, r.tracestate) for r in stored if r] == [
+            ("running", CALLER, "k=v"),
+            ("running", f"00-{CALLER_TRACE}-{child_step_id:016x}-01", "k=v")]
+
+        tracer = Tracer(Sampling(0.0))  # the next daemon's: it samples no new trace
+        tracer.install(sup.tasks)
+        after = WorkflowService(sup.agents, sup.tasks, rows.store, reports.append, tracer)
+        after.configure(specs)
+        try:
+            after.recover()
+            await asyncio.to_thread(lambda: gate.open("w").close())  # the task ends
+            await after.wait(outer.run_id, 60)
+            assert (after.get(outer.run_id).status, after.get(child_id).status) == (
+                "succeeded", "succeeded")
+            spans = spans_of(tracer)
+            outer_span = the_span(spans, "invoke_workflow outer_gate", outer.run_id)
+            child_step = the_span(spans, "step child", outer.run_id)
+            inner_span = the_span(spans, "invoke_workflow inner_gate", child_id)
+            wait = the_span(spans, "step wait", child_id)
+            trace = int(CALLER_TRACE, 16)
+            assert [(s[0], s[2]) for s in (outer_span, child_step, inner_span, wait)] == [
+                (trace, int(CALLER_SPAN, 16)), (trace, outer_span[1]),
+                (trace, child_step[1]), (trace, inner_span[1])]
+            assert (outer_span[1], inner_span[1]) == (run_trace(outer.run_id)[1],
+                                                      run_trace(child_id)[1])
+        finally:
+            await after.close()

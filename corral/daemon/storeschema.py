@@ -312,6 +312,12 @@ MIGRATIONS: list[Migration] = [
         paused INTEGER
     ) WITHOUT ROWID;
     """,
+    # 17: a workflow run's parent trace context (a caller's, a nested step's), so that a
+    # run resumed by the next daemon stays in its trace (daemon/workflows/runtraces.py)
+    """
+    ALTER TABLE runs ADD COLUMN traceparent TEXT;
+    ALTER TABLE runs ADD COLUMN tracestate TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

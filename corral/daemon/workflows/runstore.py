@@ -53,6 +53,10 @@ class Run:
     # every agent it may run, its nested workflows' as they were when it started
     # (None: its own steps' alone)
     nested_agents: list[str] | None = None
+    # with [tracing]: the context its span is a child of (a caller's, its nested step's),
+    # as it was when it started; None: a trace of its own (runtraces.py)
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     def outputs(self) -> dict[str, Any]:
         """Each ended step's output (a map's: the list of its items' outputs)."""
@@ -100,10 +104,10 @@ class RunStore:
     async def save_run(self, run: Run) -> None:
         def write(db: sqlite3.Connection) -> None:
             db.execute(f"INSERT OR REPLACE INTO runs ({self._COLUMNS}) VALUES "
-                       "(?,?,?,?,?,?,?,?,?,?,?)",
+                       "(?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        (run.run_id, run.workflow, encode_spec(run.wf.spec), _json(run.input),
                         run.status, run.created, run.ended, run.deadline, run.error,
-                        run.revision, _json(run.agents)))
+                        run.revision, _json(run.agents), run.traceparent, run.tracestate))
         await self.store.commit([write])
 
     async def save_steps(self, run_id: str, rows: list[StepRow]) -> None:
@@ -133,12 +137,13 @@ class RunStore:
 
     def _run(self, row: tuple[Any, ...], with_steps: bool) -> Run:
         (run_id, workflow, definition, inp, status, created, ended, deadline, error,
-         revision, agents) = row
+         revision, agents, traceparent, tracestate) = row
         spec: WorkflowSpec = decode_spec(definition)
         run = Run(run_id, workflow, compile_workflow(workflow, spec),
                   msgspec.json.decode(inp), status, created, deadline, ended, error,
                   revision=revision,
-                  nested_agents=msgspec.json.decode(agents) if agents is not None else None)
+                  nested_agents=msgspec.json.decode(agents) if agents is not None else None,
+                  traceparent=traceparent, tracestate=tracestate)
         if with_steps:
             for step, item, task_id, st, started, end, output, err in self.store.db.execute(
                     "SELECT step, item, task_id, status, started, ended, output, error "
@@ -149,7 +154,7 @@ class RunStore:
         return run
 
     _COLUMNS = ("run_id, workflow, definition, input, status, created, ended, deadline, "
-                "error, revision, agents")
+                "error, revision, agents, traceparent, tracestate")
 
     def load(self, run_id: str) -> Run | None:
         row = self.store.db.execute(f"SELECT {self._COLUMNS} FROM runs WHERE run_id = ?",

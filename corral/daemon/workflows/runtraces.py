@@ -7,9 +7,10 @@ in the same trace.
 The ids are derived, not kept: the run's trace and span from its id (as a task traced
 from its id), a step's span from the run's, the step's name and its item. A step's task
 is given its parent before the step's span exists (it is made when the step ends), and a
-run resumed by the next daemon keeps its ids. (A nested run resumed by the next daemon
-starts a trace of its own: the link to its parent's step, or to the caller's context a
-run was started with, lives in this process.)
+run resumed by the next daemon keeps its ids. A run's parent (the caller's context it was
+started with, a nested run's step) is written on the run (`Run.traceparent`, saved with
+its row as it starts), so that the next daemon resumes it in the same trace, under the
+same parent, with the sampling decision it was started with.
 
 Sampling: the run's head decision as a new trace's (the ratio), honoured by its steps'
 tasks as a parent's; a run or a step that did not succeed is kept whatever it said, as a
@@ -23,7 +24,14 @@ from typing import Any, NamedTuple
 from ...supervisor.stream import Stream
 from ...supervisor.tasks.ids import FORMAT
 from ...supervisor.tracing import INTERNAL, SPAN, Tracer
-from ...tracecontext import MASK64, id_span, id_trace, parse_or_refuse, traceparent
+from ...tracecontext import (
+    MASK64,
+    id_span,
+    id_trace,
+    parse_or_none,
+    parse_or_refuse,
+    traceparent,
+)
 from .runevents import RunEnded, StepEnded
 from .runstore import WHOLE, Run
 
@@ -77,6 +85,12 @@ class RunTraces:
             parent = self._parents.pop(run.run_id, None)
             if parent is not None:
                 ctx = parent._replace(span_id=span_id)
+                run.traceparent = traceparent(parent.trace_id, parent.parent_id,
+                                              parent.sampled)
+                run.tracestate = parent.tracestate
+            elif (p := parse_or_none(run.traceparent, run.tracestate)) is not None:
+                # resumed by this daemon: its parent and decision as it was started with
+                ctx = Context(p.trace_id, span_id, p.span_id, p.sampled, p.tracestate)
             else:
                 ctx = Context(trace_id, span_id, 0,
                               self.tracer.sampling.head(trace_id, None))
@@ -103,8 +117,7 @@ class RunTraces:
     def caller(self, run_id: str, traceparent: str, tracestate: str | None) -> None:
         """A run (made next, under this id) is a child of its caller's context, its
         sampling decided as a caller's task's is (RpcError when it is not the format, as
-        a task's is refused). (In this process: a run resumed by the next daemon starts
-        a trace of its own.)"""
+        a task's is refused)."""
         p = parse_or_refuse(traceparent, tracestate)
         self._parents[run_id] = Context(p.trace_id, 0, p.span_id,
                                         self.tracer.sampling.head(p.trace_id, p.sampled),
