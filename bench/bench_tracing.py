@@ -17,6 +17,10 @@ OpenTelemetry SDK's own path.
   (`bench/tool_agent.py`, `bench/min_mcp_server.py`): a client span each, traced;
 - `--modes off,context`: only these modes, taking turns (each round's order reversed
   in the next), for more pairs of two in the same time;
+- the mode `otel` (`--modes off,on,otel`): corral's tracing off, every task traced by
+  the OpenTelemetry SDK instead (a span started as the task is accepted and ended with
+  it, its queue wait and attempt as child spans, the SDK's BatchSpanProcessor and its
+  official OTLP/HTTP exporter to the same receiver): the peer's own path, side by side;
 - the mode `idle` (`--modes off,idle,on`): tracing off, with a process beside it at the
   scheduler's idle priority, as the exporter is, busy `--idle-share` of each 4 ms
   (default 0.3) doing nothing for the tasks: what any process of that priority and
@@ -385,13 +389,69 @@ def job(i: int) -> dict[str, int]:
     return {"calls": TOOLS} if TOOLS else {"n": i}
 
 
+class SdkTasks:
+    """The `otel` mode: every task traced by the OpenTelemetry SDK as an instrumentation
+    of the engine would trace it, corral's own tracing off: the task's span started when
+    it is accepted (`start_span`, the engine's `trace_begin` hook) and ended with it, its
+    queue wait and its attempt as child spans of the same attributes as corral's, with
+    their times (`trace_end`); the SDK's default pipeline, a BatchSpanProcessor (its queue
+    large enough that none is dropped: every task traced and exported) and the official
+    OTLP/HTTP protobuf exporter to the same receiver. No context is sent to the worker
+    (corral's modes send it): what this leaves out is the SDK's cost, not corral's."""
+
+    def __init__(self, endpoint: str) -> None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.trace import set_span_in_context
+
+        self.provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
+        self.provider.add_span_processor(BatchSpanProcessor(
+            OTLPSpanExporter(endpoint=endpoint), max_queue_size=(TASKS + SERIAL) * 3 + 8192))
+        self.tracer = self.provider.get_tracer("corral-bench")
+        self.in_context = set_span_in_context
+        self.spans: dict[str, Any] = {}
+
+    def begin(self, task: Task, traceparent: str | None, tracestate: str | None) -> None:
+        self.spans[task.id] = self.tracer.start_span(
+            f"invoke_agent {task.agent}", start_time=int(task.created * 1e9),
+            attributes={"gen_ai.operation.name": "invoke_agent",
+                        "gen_ai.agent.name": task.agent, "corral.task.id": task.id,
+                        "corral.task.priority": task.priority})
+
+    def end(self, task: Task) -> None:
+        span = self.spans.pop(task.id, None)
+        if span is None:
+            return
+        parent = self.in_context(span)
+        queued = task.created
+        for i, a in enumerate(task.attempts, 1):
+            self.tracer.start_span(
+                "corral.queue", context=parent, start_time=int(queued * 1e9),
+                attributes={"corral.attempt": i}).end(end_time=int(a.started * 1e9))
+            self.tracer.start_span(
+                f"task/run {task.agent}", context=parent, start_time=int(a.started * 1e9),
+                attributes={"corral.attempt": i, "corral.replica": a.replica,
+                            "process.pid": a.pid or 0, "corral.attempt.outcome": a.outcome}
+            ).end(end_time=int((a.finished or a.started) * 1e9))
+            queued = a.finished or a.started
+        span.set_attribute("corral.task.status", task.status._value_)
+        span.end(end_time=int((task.finished or time.time()) * 1e9))
+
+
 async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[str, float]:
     """`context`: [tracing] with nothing sampled (the context made and sent with every
-    task, no span kept); `on`: every task's spans kept and exported."""
+    task, no span kept); `on`: every task's spans kept and exported; `otel`: corral's
+    tracing off, every task traced by the OpenTelemetry SDK (SdkTasks)."""
     # the receiver is the bench's own child: spared by the engine's containment
     async with Supervisor(spared=spared) as sup:
         traces = None
-        if mode not in ("off", "idle"):
+        sdk = None
+        if mode == "otel":
+            sdk = SdkTasks(endpoint)
+            sup.tasks.trace_begin, sup.tasks.trace_end = sdk.begin, sdk.end
+        elif mode not in ("off", "idle"):
             cfg = TracingSettings(endpoint=endpoint, sample=1.0 if mode == "on" else 0.0,
                                   slow=3600.0)
             traces = await start_traces(cfg, sup.tasks, tmp, spared)
@@ -466,6 +526,11 @@ async def tiny(mode: str, endpoint: str, tmp: Path, spared: set[int]) -> dict[st
             out["serial_p99_us"] = ys[int(len(ys) * 0.99)] * 1e6
         if idle is not None:
             out["exporter_cpu_us"] = out_idle
+        if sdk is not None:  # its last batches sent, outside the window as corral's are
+            flushed = time.process_time()
+            sdk.provider.force_flush(120_000)
+            sdk.provider.shutdown()
+            out["sdk_flush_cpu_ms"] = (time.process_time() - flushed) * 1e3
         if traces is not None:
             await traces.sync(sent=True, timeout=120)
             if exporter:  # what it took for these tasks' spans (the serial ones' too), its
@@ -511,12 +576,14 @@ async def tiny_rounds(endpoint: str, tmp: Path, spared: set[int]) -> dict[str, A
             out[name]["least_loop_cpu_us"] - out["off"]["least_loop_cpu_us"], 2)
         out[f"loop_cpu_{name}_minus_off_us"] = round(
             out[name]["loop_cpu_us"] - out["off"]["loop_cpu_us"], 2)
-    if "on" in out:
-        out["p50_on_vs_off"] = round(out["on"]["p50_ms"] / out["off"]["p50_ms"], 3)
+    for name in ("on", "otel"):
+        if name not in out:
+            continue
+        out[f"p50_{name}_vs_off"] = round(out[name]["p50_ms"] / out["off"]["p50_ms"], 3)
         if SERIAL:  # each round's pair, then their median
-            out["serial_p50_on_vs_off"] = round(statistics.median(
+            out[f"serial_p50_{name}_vs_off"] = round(statistics.median(
                 x["serial_p50_us"] / o["serial_p50_us"]
-                for x, o in zip(runs["on"], runs["off"], strict=True)), 3)
+                for x, o in zip(runs[name], runs["off"], strict=True)), 3)
     return out
 
 
