@@ -7,6 +7,7 @@ it, with every agent kept."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib.util
 import json
@@ -879,4 +880,61 @@ def test_an_upgrade_to_an_install_whose_byte_code_cannot_be_written_says_so() ->
         assert d.stop() == 0
     finally:
         d.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def held(pid: int) -> dict[int, str]:
+    """The pipes, sockets and lock files process `pid` holds: fd -> what."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            what = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if what.startswith(("pipe:", "socket:")) or what.endswith(".lock"):
+                out[int(fd)] = what
+    return out
+
+
+def test_a_child_the_new_image_spawns_holds_none_of_the_handed_fds() -> None:
+    """The fds kept open across the exec (keep_open) are closed on exec again in the
+    image that takes them: the tracing exporter, the new image's first child (started
+    before the handed processes are adopted, by uvloop, which ignores close_fds), held
+    the MCP server's stdin, which then never read its end at shutdown (SIGTERM after
+    10 s), and the control socket, its lock file and the HTTP listening socket."""
+    tmp = shared_tmpdir()
+    d = Daemon(tmp, NOTES + f'[http]\nlisten = "127.0.0.1:{free_port()}"\n')
+    exporter: psutil.Process | None = None
+    try:
+        d.start()
+        assert d.proc is not None
+        server = mcp_rows(d)["notes#0"]
+        assert server["state"] == "ready", server
+        with d.config.open("a") as f:  # tracing on from the upgrade (a new user's trial)
+            f.write("\n[tracing]\nsample = 1.0\n")
+        r = d.cli("upgrade")
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert "1 MCP server" in r.stdout, r.stdout
+
+        def spawned() -> psutil.Process | None:
+            assert d.proc is not None
+            return next((p for p in psutil.Process(d.proc.pid).children()
+                         if "corral.daemon.traceexport" in p.cmdline()), None)
+
+        exporter = wait_until(spawned, what="the tracing exporter")
+        assert mcp_rows(d)["notes#0"]["pid"] == server["pid"]  # kept, not started again
+        # the daemon's fds but its stdio (the exporter's stdin and stdout are socket
+        # pairs of its own, its stderr the daemon's, which uvloop's spawn dups too)
+        ours = held(d.proc.pid)
+        std = {ours.get(fd) for fd in (0, 1, 2)}
+        shared = {fd: what for fd, what in held(exporter.pid).items()
+                  if what in ours.values() and what not in std}
+        assert shared == {}, f"the exporter holds {shared}; the daemon {ours}"
+        # the MCP server ends on its own when the daemon stops: its stdin is at its end
+        assert d.stop() == 0
+        log = (d.state / "logs" / "notes.log").read_text()
+        assert "terminated: supervisor shutting down" in log, log
+        assert "SIGTERM after" not in log, log
+    finally:
+        d.close()
+        if exporter is not None and exporter.is_running():
+            exporter.kill()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -50,7 +50,14 @@ from .. import __version__, jsonrpc
 from ..cluster import handover
 from ..jsonrpc import RpcError
 from ..methods import DaemonUpgrade, UpgradeReport
-from ..supervisor.adopt import Adoptions, HandedProcess, hand, hand_plain, keep_open
+from ..supervisor.adopt import (
+    Adoptions,
+    HandedProcess,
+    close_on_exec,
+    hand,
+    hand_plain,
+    keep_open,
+)
 from ..supervisor.containment import (
     ProcessRecord,
     cgroup_kill,
@@ -436,8 +443,7 @@ class Upgrades:
             cluster=None if host.cluster is None else handover.handed(host.cluster))
         path = handoff.path_in(host.store.path.parent)
         data = dict(target.env, **{VARIABLE: str(path)})
-        fds = [*control, *(fd for k in kept for fd in k.fds if fd >= 0),
-               *(listener.fd for listener in h.listeners)]
+        fds = handed_fds(h)
         running = sum(len(k.tasks) for k in kept)
         try:
             handoff.write(path, h)
@@ -453,12 +459,17 @@ class Upgrades:
         try:
             os.execve(target.python, [target.python, "-c", BOOT], data)
         except OSError as exc:
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.set_inheritable(fd, False)
+            close_on_exec(fds)
             with contextlib.suppress(OSError):
                 path.unlink()
             raise Refused(f"exec of {target.python} failed: {exc.strerror}") from None
+
+
+def handed_fds(h: Handoff) -> list[int]:
+    """The fds handoff `h` keeps open across the exec: the control socket's and its lock
+    file's, the kept processes' pipes (and notify sockets), the listening sockets."""
+    return [*h.control, *(fd for k in h.processes for fd in k.fds if fd >= 0),
+            *(listener.fd for listener in h.listeners)]
 
 
 # -- the image that takes a handoff --------------------------------------------------------
@@ -468,6 +479,9 @@ class Taken:
     def __init__(self, h: Handoff, path: Path, failed: str | None,
                  config: Config | None = None) -> None:
         self.handoff = h
+        # inherited by the exec only: the tracing exporter, spawned before the adoptions
+        # and the control socket, held them all (an MCP server never read its stdin's end)
+        close_on_exec(handed_fds(h))
         self.config = config  # the config file as boot.resume read it (read once)
         self.path = path
         self.failed = failed  # the new image's failure, in the image fallen back to

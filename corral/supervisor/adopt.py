@@ -136,6 +136,17 @@ def keep_open(fds: list[int]) -> None:
             os.set_inheritable(fd, True)
 
 
+def close_on_exec(fds: list[int]) -> None:
+    """The fds kept open across the exec are closed on any exec again: in the image that
+    took them, a child it spawns holds none (uvloop's spawn ignores close_fds, so a
+    child spawned with asyncio holds every inheritable fd: an MCP server's stdin then
+    never reads its end)."""
+    for fd in fds:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
+
+
 def close_all(fds: list[int]) -> None:
     for fd in fds:
         if fd >= 0:
