@@ -560,6 +560,31 @@ async def test_a_tool_call_is_parented_on_the_workers_own_span(sup: Supervisor,
 
 
 # -- the exporter process -------------------------------------------------------------------------
+async def test_the_exporter_holds_no_fd_of_the_daemons(sup: Supervisor,
+                                                       tmp_path: Path) -> None:
+    """An fd the daemon has inheritable (one it was started with, or one kept open for an
+    upgrade's exec) is not held by the exporter: uvloop's spawn ignores close_fds, and the
+    exporter, which outlives the agents at a stop, kept an MCP server's stdin open."""
+    read, write = os.pipe()
+    os.set_inheritable(write, True)  # as an upgrade's keep_open leaves it
+    try:
+        traces = await start_traces(tracing(None, export_interval=3600), sup.tasks,
+                                    tmp_path, SPARED)
+        assert traces is not None
+        try:
+            await traces.ready.wait()  # its main has run
+            assert traces.proc is not None
+            ours = os.readlink(f"/proc/self/fd/{write}")
+            held = {os.readlink(f"/proc/{traces.proc.pid}/fd/{fd}")
+                    for fd in os.listdir(f"/proc/{traces.proc.pid}/fd")}
+            assert ours not in held
+        finally:
+            await traces.close()
+    finally:
+        os.close(read)
+        os.close(write)
+
+
 async def test_a_dead_exporter_costs_no_task_and_is_restarted(
         sup: Supervisor, tmp_path: Path, receiver: tuple[Receiver, str]) -> None:
     rec, url = receiver

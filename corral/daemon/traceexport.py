@@ -256,6 +256,11 @@ def idle() -> None:
 
 
 def main(argv: list[str]) -> int:
+    # nothing of the daemon's held here: its spawn (uvloop's) ignores close_fds, so any fd
+    # the daemon has inheritable (one it was started with, one kept for an upgrade's
+    # exec) would reach this process, which outlives the daemon's agents at a stop (an
+    # MCP server's stdin never read its end; a killed daemon's socket stayed bound)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     # the daemon's signals are the daemon's: this process ends when its input does
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     idle()
