@@ -72,7 +72,10 @@ def method(name: str, *, scope: str, result: Any, mutating: bool = False,
 
 
 class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    pass
+    def changes(self) -> bool:
+        """Whether this call of a `mutating` method changes state (it is audited then); a
+        method whose params can ask for a reading alone says when."""
+        return True
 
 
 # -- daemon ---------------------------------------------------------------------------------
@@ -100,6 +103,11 @@ class DaemonUpgrade(Params):
     python: str | None = None  # the interpreter of the new install (default: the daemon's)
     pythonpath: str | None = None  # its PYTHONPATH (default: the daemon's)
     report: bool = False
+
+    def changes(self) -> bool:
+        # `corral upgrade` asks for the report every 0.1 s until the new image answers:
+        # each ask audited read as an upgrade of its own
+        return not self.report
 
 
 @method("config.reload", result=ReloadResult, scope="admin", mutating=True)

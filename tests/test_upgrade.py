@@ -231,6 +231,12 @@ def test_an_upgrade_to_another_version_is_served_by_it() -> None:
         version = d.cli("version").stdout
         assert re.search(rf"daemon 9\.9\.9\+\S+ \(pid {d.proc.pid},", version), version
         assert pids(d) == before
+        # one upgrade, one audit row: the CLI's asks for its report (every 0.1 s until the
+        # new image answers) change nothing and are not audited as upgrades
+        rows = [(e["method"], e["params"], e["outcome"]) for e in d.json("audit")["entries"]
+                if e["method"] == "daemon.upgrade"]
+        assert rows == [("daemon.upgrade", {"python": None, "pythonpath": str(new),
+                                            "report": False}, "ok")], rows
         # and back to this checkout's, by SIGUSR2 (the daemon's own interpreter and path:
         # the environment it runs with is the new image's, PYTHONPATH the second install)
         assert d.stop() == 0

@@ -206,12 +206,12 @@ class Dispatcher(Generic[Ctx]):
         except RpcError as exc:
             told = (self._as_seen(exc, caller)
                     if isinstance(exc, NoSuchAgent) and caller.limited else exc)
-            if spec.mutating or caller.tenant is not None:
+            if (spec.mutating and params.changes()) or caller.tenant is not None:
                 self.audit(caller, spec.name, params, f"error: {told.message}")
             if told is exc:
                 raise
             raise told from None
-        if spec.mutating:
+        if spec.mutating and params.changes():
             self.audit(caller, spec.name, params, outcome(result))
         return result
 
