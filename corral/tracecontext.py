@@ -53,6 +53,11 @@ def parse(traceparent: str, tracestate: str | None = None) -> Parent:
     if not trace_id or not span_id:
         raise BadTraceparent("traceparent: an all-zero trace id or span id is invalid")
     state = tracestate.strip()[:MAX_TRACESTATE] if tracestate else None
+    if state and not (state.isascii() and state.isprintable()):
+        # the W3C's characters are printable ASCII; anything else (an HTTP header's
+        # bytes that are not UTF-8 arrive as lone surrogates) is none of a context's,
+        # and would fail every write of it (the run store's, a worker's message)
+        state = None
     return Parent(trace_id, span_id, bool(int(m.group(4), 16) & SAMPLED), state or None)
 
 

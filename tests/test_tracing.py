@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from corral.daemon.traces import start as start_traces
 from corral.jsonrpc import RpcError
 from corral.supervisor import McpServerSpec, State, Supervisor
 from corral.supervisor.config import TracingSettings
+from corral.supervisor.tasks.model import TaskStatus
 from corral.supervisor.tracing import TEXT_MAX, Sampling, Span, Tracer, expand
 from corral.taskviews import Attempt
 
@@ -297,6 +299,11 @@ async def test_tracing_starts_before_the_state_directory_exists(sup: Supervisor,
     assert traces is not None
     try:
         assert state.is_dir() and (state.stat().st_mode & 0o777) == 0o700
+        # the store is the daemon's alone, as the state database is (every tenant's
+        # spans: their errors, agents, tools), its WAL files made of its mode
+        await traces.ready.wait()  # the exporter has it open
+        assert {p.name: p.stat().st_mode & 0o777 for p in state.iterdir()} == {
+            "traces.db": 0o600, "traces.db-wal": 0o600, "traces.db-shm": 0o600}
         assert not (await traces.trace("01a209c3-0000-7000-8000-000000000000")).spans
     finally:
         await traces.close()
@@ -459,6 +466,27 @@ def test_a_record_msgpack_cannot_carry_is_dropped_and_counted_alone() -> None:
     tracer.put((*tool[:6], "u", *tool[7:]))
     assert (tracer.buffered, tracer.dropped, tracer.recorded) == (2, 1, 2)
     assert [r[6] for r in tracer.pending()] == ["t", "u"]
+
+
+def test_a_task_is_counted_for_the_spans_it_makes_kept_or_dropped() -> None:
+    """A task's record is counted, buffered or dropped, for the spans `expand` makes of
+    it: two for one that ended before any attempt (cancelled while queued), three for
+    one attempt, and two more each attempt after."""
+    from corral.supervisor.tracing import spans_of as record_spans
+
+    from .test_tracing_export import task as made
+
+    for attempts in (0, 1, 3):
+        kept, full = Tracer(), Tracer(capacity=0)
+        t = made(attempts=attempts, status=TaskStatus.SUCCEEDED if attempts
+                 else TaskStatus.CANCELLED)
+        for tracer in (kept, full):
+            tracer.finished(t)
+        (record,) = kept.pending()
+        assert record_spans(record) == len(expand(record)) == (2 if not attempts
+                                                                 else 1 + 2 * attempts)
+        ((_, spans, _),) = kept.take()
+        assert spans == full.dropped == record_spans(record)
 
 
 def test_a_long_text_is_cut_on_the_loop_and_the_buffer_bounded_in_bytes(
@@ -652,7 +680,7 @@ async def test_batches_the_pipe_cannot_take_are_counted_in_spans(
         await asyncio.sleep(0)
         written = traces.stats()["recorded"] - traces.tracer.buffered
         assert traces.tracer.buffered == 0 and written == total
-        unread = total - traces._sent
+        unread = total - traces._sent // 5  # (records: each makes 5 spans)
         assert unread > 0
         assert traces.pipe_dropped == 5 * unread
         assert traces.dropped == 5 * unread
@@ -662,6 +690,33 @@ async def test_batches_the_pipe_cannot_take_are_counted_in_spans(
         assert traces.dropped == 5 * unread
     finally:
         os.kill(proc.pid, signal.SIGCONT)
+        await traces.close()
+
+
+async def test_what_the_exporter_says_out_of_its_protocol_is_one_line_lost(
+        sup: Supervisor, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A line of the exporter's that is not its protocol (a count that is not a count,
+    a negative one, not JSON) is dropped with a warning: the reader that reaps and
+    restarts the exporter lives on, and no count goes back."""
+    traces = await start_traces(tracing(None, export_interval=3600), sup.tasks, tmp_path,
+                                SPARED)
+    assert traces is not None
+    try:
+        await traces.ready.wait()
+        traces._heard(b'{"done": 10, "exported": 4, "dropped": 6, "failures": 1}')
+        for line in (b'{"done": "7"}', b'{"done": null, "exported": -1}', b'{"done": -3}',
+                     b"[1, 2]", b"not json", b'{"flushed": "x"}'):
+            with caplog.at_level("WARNING", logger="corral.daemon"):
+                traces._heard(line)
+            assert caplog.records[-1].getMessage() == (
+                f"tracing: the exporter said what is not its protocol: {line!r}")
+        traces._heard(b'{"done": 8, "exported": 2, "dropped": 6, "failures": 1}')  # older
+        live = traces._live
+        assert (live.done, live.exported, live.dropped, live.failures) == (10, 4, 6, 1)
+        traces._heard(b'{"done": 12}')  # the rest as they were
+        assert (live.done, live.exported, live.dropped) == (12, 4, 6)
+        await traces.sync()  # the reader still answers
+    finally:
         await traces.close()
 
 
@@ -682,7 +737,7 @@ async def test_an_exporter_that_dies_with_batches_unread_counts_their_spans_lost
         for _ in range(HANDOVER):
             traces.tracer.put(two_attempts(new_id()), 5)
         await asyncio.sleep(0)  # the hand-over, called soon
-        assert (traces.tracer.buffered, traces._sent) == (0, HANDOVER)
+        assert (traces.tracer.buffered, traces._sent) == (0, 5 * HANDOVER)  # in spans
         proc.kill()
         async with asyncio.timeout(20):
             await traces.until(lambda: traces.started == 2)
@@ -826,6 +881,54 @@ async def test_the_trace_over_http_from_the_callers_header_and_only_for_its_tena
         status, trace, _ = await api.ask("GET", f"/tasks/{body['task_id']}/trace", "acme")
         assert trace["trace_id"] not in (None, CALLER_TRACE)
         assert trace["spans"][0]["parent_id"] is None
+
+
+async def raw_post(url: str, path: str, token: str, body: dict[str, Any],
+                   header: bytes) -> tuple[int, Any]:
+    """A POST with one header line given as its bytes (an HTTP client library encodes
+    text: these may be none of UTF-8's)."""
+    parts = urllib.parse.urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    data = json.dumps(body).encode()
+    writer.write(f"POST {parts.path}{path} HTTP/1.1\r\nHost: x\r\n"
+                 f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(data)}\r\nConnection: close\r\n".encode()
+                 + header + b"\r\n\r\n" + data)
+    answer = await reader.read()
+    writer.close()
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(rest) if rest else None
+
+
+async def test_a_tracestate_header_not_of_printable_ascii_is_ignored(tmp_path: Path) -> None:
+    """Attacker's pass: a `tracestate` header whose bytes are not UTF-8 (aiohttp gives
+    them as lone surrogates, which no store can write) on a task and on a workflow run:
+    the caller's `traceparent` is kept, its `tracestate` is not; the task and the run
+    succeed (a task was accepted, then answered 500 and held its replica for good; a run
+    answered 500 naming the state database's path)."""
+    from .daemon_harness import hello
+    from .test_http_api import serving
+
+    workflow = ('[workflows.w]\nsteps = [{ name = "s", agent = "a-hello", '
+                'input = { name = "x" } }]\n')
+    async with serving(tmp_path, hello("a-hello"), "[tracing]\nexport_interval = 0.05\n"
+                       + workflow) as api:
+        token = await api.token("t", "tasks:run", "tasks:read", "admin")
+        header = (f"traceparent: 00-{CALLER_TRACE}-{CALLER_SPAN}-01\r\n".encode()
+                  + b"tracestate: a=\xff\xfe")
+        status, body = await raw_post(api.base, "/tasks?wait=30", token,
+                                      {"agent": "a-hello", "input": {"name": "x"}}, header)
+        assert (status, body["status"]) == (200, "succeeded"), body
+        status, trace, _ = await api.ask("GET", f"/tasks/{body['task_id']}/trace", "t")
+        assert (status, trace["trace_id"]) == (200, CALLER_TRACE)
+        assert trace["spans"][0]["parent_id"] == CALLER_SPAN
+        status, body = await raw_post(api.base, "/workflows/w/runs?wait=30", token,
+                                      {"input": None}, header)
+        assert (status, body["status"]) == (200, "succeeded"), body
+        run = api.d.services.workflows.rows.load(body["run_id"])
+        assert run is not None
+        assert (run.traceparent, run.tracestate) == (
+            f"00-{CALLER_TRACE}-{CALLER_SPAN}-01", None)
 
 
 @pytest.mark.deadline(120)

@@ -12,7 +12,8 @@ sending thread); `{"flush": N}` asks for `{"flushed":
 N}` once every batch before it is in the store, `{"flush": N, "sent": true}` once it was
 also exported (or failed). Out, on stdout, one JSON object a line: those answers, and
 `{"done": D, "exported": E, "dropped": X, "failures": F, "error": ...}` (counts since
-this process started; `done` counts records, the others spans) whenever they change. It
+this process started, in spans: `done` those stored and then exported or dropped, in
+whatever order its batches finish) whenever they change. It
 ends at the end of its input, after the batches already taken are sent (each within the
 export timeout).
 """
@@ -116,7 +117,7 @@ class Exporter:
         self.cfg = cfg
         self.out = out
         self.store = TraceStore(Path(cfg.store), cfg.keep_days, cfg.keep_spans)
-        self.done = 0  # records stored, and sent or counted dropped (a batch at a time)
+        self.done = 0  # spans stored, and sent or counted dropped (a batch at a time)
         self.exported = 0
         self.dropped = 0
         self.failures = 0
@@ -164,21 +165,22 @@ class Exporter:
         records = msgspec.msgpack.decode(frame)
         sizes = list(map(len, _RAWS.decode(frame)))
         now = time.time()
-        self.store.write(frame, records, max(sizes, default=0), sum(map(spans_of, records)), now)
+        spans = sum(map(_spans, records))
+        self.store.write(frame, records, max(sizes, default=0), spans, now)
         if now - self._pruned >= PRUNE_EVERY:
             self.store.prune(now)
             self._pruned = now
         if self._sender is None:
-            self.done += len(records)
+            self.done += spans
         else:
             try:
                 self._queue.put_nowait(([(r, n <= TEXT_MAX) for r, n in
-                                         zip(records, sizes, strict=True)], len(records)))
+                                         zip(records, sizes, strict=True)], spans))
                 return
             except queue.Full:  # the collector is slower than the spans come
                 with self._lock:
-                    self.dropped += sum(spans_of(r) for r in records)
-                    self.done += len(records)
+                    self.dropped += spans
+                    self.done += spans
         self._counts()
 
     def _send_loop(self) -> None:
@@ -192,19 +194,20 @@ class Exporter:
             self._send(*item)
             self._counts()
 
-    def _send(self, batch: list[Any], records: int) -> None:
+    def _send(self, batch: list[Any], spans: int) -> None:
         """A batch's spans made (in this thread, off the store's) and sent; `batch`:
-        (record, whether its msgpack was short enough to hold no text to cut) pairs."""
+        (record, whether its msgpack was short enough to hold no text to cut) pairs;
+        `spans`: how many the daemon counts it for (`spans_of` its records)."""
         cfg = self.cfg
         assert cfg.endpoint is not None
         try:
-            body, spans = encode(batch, cfg.service, cfg.node, cfg.version)
+            body, _ = encode(batch, cfg.service, cfg.node, cfg.version)
         except Exception as exc:  # a record it cannot make spans of: that batch, not the
             # thread (which every later batch needs)
             with self._lock:
                 self.failures += 1
-                self.dropped += sum(map(_spans, (r for r, _ in batch)))
-                self.done += records
+                self.dropped += spans
+                self.done += spans
                 self.error = f"a batch could not be encoded: {exc!r:.200}"
             log.warning("tracing: %s", self.error)
             return
@@ -215,7 +218,7 @@ class Exporter:
             with self._lock:
                 self.failures += 1
                 self.dropped += spans
-                self.done += records
+                self.done += spans
                 self.error = str(exc)
             now = time.monotonic()
             if now - self._warned >= 60:
@@ -226,7 +229,7 @@ class Exporter:
             return
         with self._lock:
             self.exported += spans
-            self.done += records
+            self.done += spans
 
     def close(self) -> None:
         """The batches taken sent (each within the timeout), then the last counts."""

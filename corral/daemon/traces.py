@@ -18,10 +18,9 @@ import os
 import sys
 import time
 import urllib.parse
-from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
@@ -97,6 +96,22 @@ BACKOFF = (0.5, 30.0)  # a dead exporter's restart: first delay, longest
 STEADY = 60.0  # seconds an exporter lives for its restart delay to start over
 
 
+class Said(msgspec.Struct, frozen=True):
+    """A line of the exporter's (traceexport.py): ready; a flush answered; its counts,
+    in spans since it started."""
+
+    ready: bool = False
+    flushed: int | None = None
+    done: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    exported: Annotated[int, msgspec.Meta(ge=0)] = 0
+    dropped: Annotated[int, msgspec.Meta(ge=0)] = 0
+    failures: Annotated[int, msgspec.Meta(ge=0)] = 0
+    error: str | None = None
+
+
+_SAID = msgspec.json.Decoder(Said)
+
+
 class Counts:
     """What one exporter process said of itself (its last `done` line)."""
 
@@ -131,11 +146,7 @@ class Traces:
         self.last_error: str | None = None
         self._ended = Counts()  # the processes that ended, added up
         self._live = Counts()
-        self._sent = 0  # records written to the live process
-        # the batches it has not said it is done with: (records sent with it, in all;
-        # its spans), so that what a dead process was not done with is counted in spans
-        # (its `done` counts records, a batch's whole at a time)
-        self._unsaid: deque[tuple[int, int]] = deque()
+        self._sent = 0  # spans written to the live process (its `done` counts them too)
         self._encoder = msgspec.msgpack.Encoder()
         self._flushes: dict[int, asyncio.Future[None]] = {}
         self._seq = 0
@@ -225,9 +236,7 @@ class Traces:
         self.proc = None
         self.ready.clear()
         live, self._live = self._live, Counts()
-        self._said(live.done)
-        lost = sum(spans for _, spans in self._unsaid)
-        self._unsaid.clear()
+        lost = max(0, self._sent - live.done)
         self._sent = 0
         for name in ("done", "exported", "dropped", "failures"):
             setattr(self._ended, name, getattr(self._ended, name) + getattr(live, name))
@@ -253,28 +262,26 @@ class Traces:
             delay, lambda: asyncio.ensure_future(self._spawn()))
 
     def _heard(self, line: bytes) -> None:
-        said = msgspec.json.decode(line)
-        if not isinstance(said, dict):
+        try:
+            said = _SAID.decode(line)
+        except msgspec.MsgspecError:  # not its protocol: one line lost, not the reader
+            log.warning("tracing: the exporter said what is not its protocol: %r", line[:200])
             return
-        if said.get("ready"):
+        if said.ready:
             self.ready.set()
             self._change()
-        elif "flushed" in said:
-            fut = self._flushes.pop(said["flushed"], None)
+        elif said.flushed is not None:
+            fut = self._flushes.pop(said.flushed, None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
-        elif "done" in said:
-            live = self._live
-            live.done, live.exported = said["done"], said["exported"]
-            self._said(live.done)
-            live.dropped, live.failures = said["dropped"], said["failures"]
-            if said.get("error"):
-                self.last_error = said["error"]
-
-    def _said(self, done: int) -> None:
-        unsaid = self._unsaid
-        while unsaid and unsaid[0][0] <= done:
-            unsaid.popleft()
+        elif said.done is not None:
+            live = self._live  # counts since it started: each at least what it said last
+            live.done = max(live.done, said.done)
+            live.exported = max(live.exported, said.exported)
+            live.dropped = max(live.dropped, said.dropped)
+            live.failures = max(live.failures, said.failures)
+            if said.error:
+                self.last_error = said.error
 
     # -- feeding it ---------------------------------------------------------------------------
     def _ready(self) -> None:
@@ -306,13 +313,12 @@ class Traces:
         pipe = self._stdin()
         if not self.tracer.buffered or pipe is None:
             return  # kept (to the buffer's bound) for the next process
-        for n, spans, body in self.tracer.take():
+        for _, spans, body in self.tracer.take():
             if pipe.transport.get_write_buffer_size() > PIPE_BOUND:
                 self.pipe_dropped += spans
                 continue
             pipe.writelines((len(body).to_bytes(4, "big"), body))
-            self._sent += n
-            self._unsaid.append((self._sent, spans))
+            self._sent += spans
 
     async def sync(self, sent: bool = False, timeout: float = FLUSH_WAIT) -> None:
         """What the engine buffered is in the store (`sent`: and was exported, or failed

@@ -5,6 +5,8 @@ its own (WAL: a read never waits for the writer)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,6 +109,13 @@ def create(path: Path) -> None:
     """The store's tables, before its writer starts (a read finds them at once); its
     directory made as the state database's is (tracing starts before that is opened)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # the daemon's alone, as the state database is: it holds every tenant's task errors,
+    # agent and tool names (SQLite makes its -wal and -shm of the file's mode; a store
+    # made before this was 0644)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for made in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(made, 0o600)
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=WAL")

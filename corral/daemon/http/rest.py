@@ -127,11 +127,15 @@ class Api:
         if "traceparent" in fields and "traceparent" not in params:
             # the W3C headers, as every traced HTTP client sends them; one that is not the
             # format starts a new trace, as the Recommendation asks (docs/tracing.md)
+            # the tracestate as parsed (cut, and none when it is not printable ASCII: a
+            # header's bytes that are not UTF-8 arrive as text no store can write)
             traceparent = request.headers.get("traceparent")
-            if traceparent is not None and parse_or_none(traceparent) is not None:
+            parent = (parse_or_none(traceparent, request.headers.get("tracestate"))
+                      if traceparent is not None else None)
+            if traceparent is not None and parent is not None:
                 params["traceparent"] = traceparent
-                if "tracestate" in request.headers:
-                    params["tracestate"] = request.headers["tracestate"]
+                if parent.tracestate is not None:
+                    params["tracestate"] = parent.tracestate
         try:
             return msgspec.convert(params, spec.params, strict=False)
         except msgspec.ValidationError as exc:

@@ -10,7 +10,8 @@ is given its parent before the step's span exists (it is made when the step ends
 run resumed by the next daemon keeps its ids. A run's parent (the caller's context it was
 started with, a nested run's step) is written on the run (`Run.traceparent`, saved with
 its row as it starts), so that the next daemon resumes it in the same trace, under the
-same parent, with the sampling decision it was started with.
+same parent, with the sampling decision it was started with (a run of no parent is
+decided again from its id, by the ratio in force).
 
 Sampling: the run's head decision as a new trace's (the ratio), honoured by its steps'
 tasks as a parent's; a run or a step that did not succeed is kept whatever it said, as a
