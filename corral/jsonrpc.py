@@ -703,10 +703,22 @@ class Peer:
         if decode is not None:
             self._decoders[rid] = decode
         msg = Request(method, rid, UNSET if params is None else params)
-        if piece is None:
-            self.send_message(msg)
-        else:
-            self._send_parts(encode_parts(msg, piece))
+        try:
+            data = encode(msg) if piece is None else None
+            parts = encode_parts(msg, piece) if piece is not None else None
+        except (TypeError, ValueError, OverflowError) as exc:
+            # a value JSON cannot carry (text that is not Unicode: a lone surrogate): the
+            # request fails as a closed peer's does, a turn later, so that its owner
+            # ends what it began for it (a task's attempt) instead of waiting for good
+            self._take(rid)
+            pending.set_exception(RpcError(INVALID_PARAMS, f"{method}: the request cannot "
+                                           f"be encoded: {exc}"))
+            return rid
+        if self.closed is None:
+            if data is not None:
+                self._send(data)
+            elif parts is not None:
+                self._send_parts(parts)
         return rid
 
     def _take(self, rid: Id) -> _Pending | None:

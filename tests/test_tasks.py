@@ -16,6 +16,7 @@ from corral import jsonrpc
 from corral.jsonrpc import RpcError
 from corral.supervisor import LogLines, State, Supervisor
 from corral.supervisor.tasks import TaskFinished, TaskProgress
+from corral.supervisor.tasks.model import TaskStatus
 
 from .conftest import agent, all_ready
 
@@ -35,6 +36,23 @@ async def test_echo_succeeds_and_replica_goes_busy_then_idle(sup: Supervisor) ->
     while not q.empty():
         states.append(q.get_nowait().state)
     assert states[-2:] == ["busy", "idle"]
+
+
+async def test_a_task_whose_message_cannot_be_encoded_fails_and_frees_its_slot(
+        sup: Supervisor) -> None:
+    """A task whose `task/run` holds text JSON cannot carry (a session id of a lone
+    surrogate, given through the Python API) fails with the reason, once, and its
+    replica takes the next task: it was accepted, then held its slot running for good."""
+    sup.add(mb("a", max_concurrent_tasks=1))
+    await sup.wait_state("a", State.READY)
+    bad = sup.tasks.submit("a", {"do": "echo", "n": 1}, session="s\udcff")
+    await asyncio.wait_for(bad.done, 10)
+    assert bad.status == TaskStatus.FAILED
+    assert bad.error is not None and bad.error.message.startswith(
+        "task/run: the request cannot be encoded: 'utf-8' codec can't encode character")
+    assert [a.outcome for a in bad.attempts] == ["failed"]
+    res = await sup.tasks.run("a", {"do": "echo", "n": 2})
+    assert (res.status, res.output) == ("succeeded", {"do": "echo", "n": 2})
 
 
 async def test_agent_error_is_failed_with_its_message(sup: Supervisor) -> None:
