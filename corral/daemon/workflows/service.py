@@ -207,6 +207,8 @@ class WorkflowService:
         except Exception as exc:  # a run's driver says why it stopped (the store failed)
             self.report(f"workflows: run {run.run_id} ({run.workflow}) stopped: {exc}; "
                         "it is resumed at the next start")
+            if self.traces is not None:  # made again from its row when it is driven again
+                self.traces.forget(run.run_id)
         finally:
             self.live.pop(run.run_id, None)
 
