@@ -704,8 +704,10 @@ class Peer:
             self._decoders[rid] = decode
         msg = Request(method, rid, UNSET if params is None else params)
         try:
-            data = encode(msg) if piece is None else None
-            parts = encode_parts(msg, piece) if piece is not None else None
+            if piece is None:
+                data = encode(msg)
+            else:
+                parts = encode_parts(msg, piece)
         except (TypeError, ValueError, OverflowError) as exc:
             # a value JSON cannot carry (text that is not Unicode: a lone surrogate): the
             # request fails as a closed peer's does, a turn later, so that its owner
@@ -714,11 +716,10 @@ class Peer:
             pending.set_exception(RpcError(INVALID_PARAMS, f"{method}: the request cannot "
                                            f"be encoded: {exc}"))
             return rid
-        if self.closed is None:
-            if data is not None:
-                self._send(data)
-            elif parts is not None:
-                self._send_parts(parts)
+        if piece is None:
+            self._send(data)
+        else:
+            self._send_parts(parts)
         return rid
 
     def _take(self, rid: Id) -> _Pending | None:

@@ -126,13 +126,12 @@ class Api:
             params[name] = [value] if name == "names" else value
         if "traceparent" in fields and "traceparent" not in params:
             # the W3C headers, as every traced HTTP client sends them; one that is not the
-            # format starts a new trace, as the Recommendation asks (docs/tracing.md)
-            # the tracestate as parsed (cut, and none when it is not printable ASCII: a
+            # format starts a new trace, as the Recommendation asks (docs/tracing.md); the
+            # tracestate as parsed (cut, and none when it is not printable ASCII: a
             # header's bytes that are not UTF-8 arrive as text no store can write)
             traceparent = request.headers.get("traceparent")
-            parent = (parse_or_none(traceparent, request.headers.get("tracestate"))
-                      if traceparent is not None else None)
-            if traceparent is not None and parent is not None:
+            parent = parse_or_none(traceparent, request.headers.get("tracestate"))
+            if parent is not None:
                 params["traceparent"] = traceparent
                 if parent.tracestate is not None:
                     params["tracestate"] = parent.tracestate

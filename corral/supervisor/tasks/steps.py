@@ -236,10 +236,9 @@ class TaskSteps:
         step = st.named.get(name)
         if step is None or step.body is None:
             return {"found": False}
-        if name in st.given:  # asked again: counted once, told once
-            return {"found": True, "result": msgspec.Raw(step.body)}
-        st.given.add(name)
-        self._replayed(task, "step", name)
+        if name not in st.given:  # asked again: counted once, told once
+            st.given.add(name)
+            self._replayed(task, "step", name)
         return {"found": True, "result": msgspec.Raw(step.body)}
 
     def reserved(self, name: str, method: str) -> None:
