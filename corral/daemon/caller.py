@@ -54,6 +54,16 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
             return True
         return self.owner is not None and self.owner("agent", name) == self.tenant
 
+    def sees_record(self, agent: str, tenant: str | None) -> bool:
+        """Whether a record made for `agent` while that agent was of `tenant` (None: the
+        operator's) is this caller's to see. Who holds the name now does not matter: a
+        tenant that takes a freed name never sees what its earlier holder left
+        (DESIGN 20)."""
+        if self.agents is not None and (agent == RESERVED
+                                        or not fnmatchcase(agent, self.agents)):
+            return False
+        return self.tenant is None or (tenant is not None and tenant == self.tenant)
+
     def sees_server(self, name: str) -> bool:
         """Whether an MCP server of this name exists for this caller: its tenant's, or
         one shared on purpose."""
