@@ -52,8 +52,15 @@ def iso_time(t: float, ms: bool = False) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# what a terminal may act on: the C0 controls (ESC begins every escape sequence, BEL
+# ends an OSC, CR redraws a line), DEL, and the C1 controls (CSI and OSC in one character)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(found: re.Match[str]) -> str:
+    return _ESCAPES.get(found[0], f"\\x{ord(found[0]):02x}")
 
 
 def one_line(text: str) -> str:
@@ -61,7 +68,17 @@ def one_line(text: str) -> str:
     (`\\n`, `\\x1b`), so that a record never spans lines nor moves a terminal's cursor."""
     if not _CONTROL.search(text):
         return text
-    return _CONTROL.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+    return _CONTROL.sub(_escaped, text)
+
+
+def visible(text: str) -> str:
+    """`text` as a terminal is given it (the CLI's output: cli/terminal.py): control
+    characters escaped as `one_line` escapes them, but for the newline, so that lines
+    stay lines and none of an agent's sequences (a clipboard write, a title, a CR that
+    redraws a line) acts on the terminal."""
+    if not _CONTROL_BUT_NEWLINE.search(text):
+        return text
+    return _CONTROL_BUT_NEWLINE.sub(_escaped, text)
 
 
 def clip(text: str, limit: int) -> str:

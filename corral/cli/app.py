@@ -15,6 +15,7 @@ import msgspec
 from .. import methods as m
 from ..methods import REGISTRY
 from .client import CLIENT_TIMEOUT, EXIT_FAILED, EXIT_UNREACHABLE, CallFailed, Client, Unreachable
+from .terminal import raw_option
 
 
 def doc(method: str) -> str:
@@ -79,7 +80,30 @@ DESTRUCTIVE = frozenset({"shutdown", "remove", "stop", "restart", "cancel", "dra
                          "rollback", "signal", "scale", "pause", "deploy", "reload"})
 
 
-class _Group(click.Group):
+class _TakesRaw:
+    """A command or group of corral's: it takes `--raw` (terminal.py), whichever one the
+    operator puts it on (`corral --raw logs`, `corral logs --raw`)."""
+
+    params: list[click.Parameter]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(raw_option())
+
+
+class _Command(_TakesRaw, click.Command):
+    pass
+
+
+class _Subgroup(_TakesRaw, click.Group):
+    command_class = _Command
+    group_class = type
+
+
+class _Group(_TakesRaw, click.Group):
+    command_class = _Command
+    group_class = _Subgroup
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return super().get_command(ctx, ALIASES.get(cmd_name, cmd_name))
 

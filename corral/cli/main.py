@@ -35,9 +35,13 @@ from . import (  # noqa: F401  (imported for the commands they register)
     workflows,
 )
 from .app import cli
+from .terminal import guard
 
 __all__ = ["cli", "main"]
 
 
 def main() -> None:
-    cli(prog_name="corral")
+    guard()
+    # click strips no sequence itself (it would, piped, and only some): the guard shows
+    # every one, and `--raw` passes every one
+    cli(prog_name="corral", color=True)

@@ -14,6 +14,7 @@ from ..text import plural
 from .app import Ctx, cli, default_config, doc, json_option, pass_ctx
 from .client import EXIT_FAILED
 from .render import print_json, table
+from .terminal import unguarded
 
 
 @cli.group("mcp")
@@ -61,6 +62,7 @@ def mcp_serve(obj: Ctx, agent: str | None, token: str | None, reconnect: float) 
     from ..paths import client_socket
     from .mcp_serve import run_serve
 
+    unguarded()  # its stdout is the MCP protocol, not a terminal (terminal.py)
     sys.exit(run_serve(client_socket(obj.socket), agent, token, reconnect))
 
 

@@ -17,6 +17,7 @@ from ..methods import LogLine
 from ..text import plural
 from .app import Ctx, cli, pass_ctx
 from .render import human_bytes, human_time, table
+from .terminal import clear_screen
 
 
 @cli.command()
@@ -84,7 +85,7 @@ def _top(obj: Ctx, interval: float, iterations: int, log_lines: int,
              *((f"mcp {s.name}#{s.instance}", s) for s in st.mcp_servers)],
             key=lambda kv: (-kv[1].cpu_percent, -kv[1].rss_bytes))
         if clear:
-            click.echo("\x1b[H\x1b[2J", nl=False)
+            clear_screen()
         click.echo(time.strftime("corral top - %H:%M:%S") +
                    f"  {plural(len(st.agents), 'replica')}, "
                    f"{plural(len(st.mcp_servers), 'server')}")
