@@ -147,9 +147,16 @@ async def test_sessions_are_capped_and_a_client_gone_mid_call_cancels_it(
             assert r.status_code == 200 and r.json()["result"]["protocolVersion"] == \
                 "2025-06-18"
             ids.append(r.headers["Mcp-Session-Id"])
+        # a third: the least recently used idle one (the first) makes room, told why
         r = await c.post(url, json=INIT, headers=ACCEPT)
-        assert r.status_code == 503 and r.headers["Retry-After"] == "5"
-        assert r.json()["error"]["message"] == "the gateway has 2 sessions, its limit"
+        assert r.status_code == 200
+        ids.append(r.headers["Mcp-Session-Id"])
+        r = await c.post(url, headers={**ACCEPT, "Mcp-Session-Id": ids.pop(0)},
+                         json={"jsonrpc": "2.0", "id": 2, "method": "ping"})
+        assert r.status_code == 404
+        assert r.json()["error"]["message"] == (
+            "session evicted: the gateway was at max_sessions 2 and it was the least "
+            "recently used idle one: initialize again")
         r = await c.delete(url, headers={"Mcp-Session-Id": ids.pop()})
         assert r.status_code == 200
         sid = ids[0]
@@ -186,7 +193,8 @@ def test_a_clients_rate_is_limited_per_minute() -> None:
     from corral.daemon.gatewayaccess import Identity, Limiter
     from corral.jsonrpc import RpcError
 
-    ident = Identity(name="c", allow=None, owner=None, max_concurrent=10, rate_per_minute=2)
+    ident = Identity(name="c", allow=None, owner=None, max_concurrent=10, rate_per_minute=2,
+                     max_sessions=1)
     lim = Limiter()
     lim.admit(ident)
     lim.admit(ident)

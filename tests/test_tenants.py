@@ -1209,7 +1209,7 @@ async def test_a_gateway_client_of_a_tenant_calls_no_other_tenants_server_whatev
         # as a's replica would be, with an allowlist of every tool (`tools = ["*"]` from
         # before b's server was there)
         ident = Identity(name="a1#0", allow=["*"], owner="a1#0", tenant="a",
-                         max_concurrent=4, rate_per_minute=0)
+                         max_concurrent=4, rate_per_minute=0, max_sessions=1)
         with pytest.raises(RpcError) as err:
             await gw.call(ident, "zserv__add", {"text": "x"})
         assert err.value.message == ("tool zserv__add is not in the allowlist of gateway "
@@ -1219,5 +1219,5 @@ async def test_a_gateway_client_of_a_tenant_calls_no_other_tenants_server_whatev
         assert await gw.call(ident, "common__add", {"text": "x"}) is not None
         # an operator's client (no tenant) calls every server
         ops = Identity(name="ops", allow=None, owner="ops", max_concurrent=4,
-                       rate_per_minute=0)
+                       rate_per_minute=0, max_sessions=1)
         assert await gw.call(ops, "zserv__add", {"text": "x"}) is not None

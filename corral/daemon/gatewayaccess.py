@@ -35,7 +35,7 @@ from ..jsonrpc import RpcError
 from ..mcp.pool import allowed
 from ..percentile import percentile_ms
 from ..ratelimit import TokenBucket
-from ..supervisor.config import GatewaySettings
+from ..supervisor.config import GatewaySettings, PositiveInt
 from ..supervisor.lifecycle import serving_changed
 from ..supervisor.quotas import visible_allow
 from ..supervisor.runas import tenant_of
@@ -89,6 +89,7 @@ class TokenEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tools: list[str] = msgspec.field(default_factory=lambda: ["*"])
     max_concurrent: int | None = None
     rate_per_minute: int | None = None
+    max_sessions: PositiveInt | None = None  # its HTTP sessions at once
 
 
 class TokensFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -123,6 +124,7 @@ def load_tokens(path: Path) -> dict[str, tuple[str, TokenEntry]]:
 class _Limits(TypedDict):
     max_concurrent: int
     rate_per_minute: int
+    max_sessions: int
 
 
 class Identity(msgspec.Struct, kw_only=True):
@@ -134,6 +136,7 @@ class Identity(msgspec.Struct, kw_only=True):
     owner: str | None
     max_concurrent: int
     rate_per_minute: int
+    max_sessions: int  # its HTTP sessions at once (daemon/http/mcpsessions.py)
     # whose servers it may call, judged at each call (None: every server): an allowlist
     # made when it started may predate a server another tenant added since
     tenant: str | None = None
@@ -246,7 +249,9 @@ class GatewayService:
         return {"max_concurrent": (entry.max_concurrent if entry and entry.max_concurrent
                                    else s.max_concurrent),
                 "rate_per_minute": (entry.rate_per_minute if entry and
-                                    entry.rate_per_minute is not None else s.rate_per_minute)}
+                                    entry.rate_per_minute is not None else s.rate_per_minute),
+                "max_sessions": (entry.max_sessions if entry and entry.max_sessions
+                                 else s.max_sessions_per_client)}
 
     def identify(self, *, agent: str | None = None, token: str | None = None) -> Identity:
         """Who a client is; an unknown token or agent is refused."""
@@ -269,6 +274,13 @@ class GatewayService:
             return True
         entry = self.tools.servers.get(tool.partition("__")[0])
         return entry is None or entry.spec.shared or entry.spec.tenant == ident.tenant
+
+    def tenant_sessions(self, ident: Identity) -> int:
+        """The HTTP sessions the client's tenant's clients may hold together (0: no
+        bound; a client of no tenant has none)."""
+        if ident.tenant is None:
+            return 0
+        return self.agents.tenancy.spec(ident.tenant).max_gateway_sessions
 
     def anonymous(self) -> Identity | None:
         """Who a request without a token is, when [gateway] anonymous_tools allows it."""

@@ -40,7 +40,8 @@ Report = Callable[..., None]
 # the keys corral enforces everywhere; the kernel's are in `enforced` where it does
 ENFORCED = ("max_agents", "max_replicas", "max_queue", "max_concurrent_tasks",
             "rate_per_minute", "max_task_seconds", "tokens_per_minute", "group",
-            "max_memory_mb", "max_cpu_percent", "cpu_weight", "sandbox", "network", "user")
+            "max_memory_mb", "max_cpu_percent", "cpu_weight", "sandbox", "network", "user",
+            "max_gateway_sessions")
 REVISION_PREFIX = "tenant:"
 
 

@@ -427,7 +427,10 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allow_remote: bool = False  # listen on a non-loopback address without TLS
     tls_cert: str | None = None  # PEM files; with both, the gateway speaks HTTPS
     tls_key: str | None = None
+    # HTTP sessions at once, and of one client (a token, an agent replica, anonymous):
+    # at either bound the least recently used idle session makes room (http/mcpsessions.py)
     max_sessions: PositiveInt = 256
+    max_sessions_per_client: PositiveInt = 32
     session_idle_timeout: Positive = 600.0  # seconds without a request or an open stream
     max_concurrent: PositiveInt = 16  # calls in flight per client, unless its entry says
     rate_per_minute: NonNegInt = 0  # calls per client per minute; 0: unlimited
@@ -507,6 +510,9 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     # live sessions over its agents, and their states' bytes (docs/durable.md#sessions)
     max_sessions: NonNegInt = 0
     max_session_bytes: NonNegInt = 0
+    # HTTP sessions of the MCP gateway its clients (its tokens, its agents' replicas)
+    # hold together (daemon/http/mcpsessions.py)
+    max_gateway_sessions: NonNegInt = 0
 
     def check(self) -> None:
         if self.dir is not None and not os.path.isabs(self.dir):

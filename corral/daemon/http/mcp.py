@@ -18,10 +18,11 @@ with the gateway's own tokens. One endpoint, `/mcp`:
 - Bearer tokens (GatewayService.by_token); none or an unknown one gets 401 with the
   protected-resource metadata's address (RFC 9728), which is served too. `Origin`, when
   sent, must be a loopback origin (DNS-rebinding protection, as the transport spec asks).
-- Bounds: `max_sessions` (503 past it, after idle sessions are expired), sessions idle
-  for `session_idle_timeout` are closed, a request body is at most 16 MiB, and a stream
-  whose reader does not read keeps at most `MAX_PENDING` events (progress is dropped
-  first; an answer never is).
+- Bounds: sessions per client and per gateway, the least recently used idle one evicted
+  to make room and a new one refused (503, naming the bound) only when every one is busy
+  (mcpsessions.py); sessions idle for `session_idle_timeout` are closed, a request body
+  is at most 16 MiB, and a stream whose reader does not read keeps at most `MAX_PENDING`
+  events (progress is dropped first; an answer never is).
 
 aiohttp is imported here only, and this module only when the gateway is served over HTTP.
 """
@@ -51,6 +52,7 @@ from ...mcp.server import GatewaySession, Progress
 from ...supervisor.config import ConfigError
 from ...supervisor.stream import Subscription
 from ..addresses import loopback
+from .mcpsessions import SessionsFull, SessionTable
 
 if TYPE_CHECKING:
     from ...supervisor.config import GatewaySettings
@@ -159,7 +161,7 @@ class HttpGateway:
         self.listeners = listeners
         self.settings = settings
         self.base = base
-        self.sessions: dict[str, HttpSession] = {}
+        self.sessions: SessionTable[HttpSession] = SessionTable()
         self.url = ""  # where agents are told to reach it
         self.socket_path: str | None = None
         self.mounted = ""  # its URL on the [http] server, when mounted there
@@ -276,9 +278,8 @@ class HttpGateway:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
-        for sess in list(self.sessions.values()):
-            sess.close()
-        self.sessions.clear()
+        for sid in self.sessions:
+            self._end(sid)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -289,7 +290,9 @@ class HttpGateway:
     def status(self) -> dict[str, Any]:
         return {"listen": self.settings.listen, "url": self.url,
                 "socket": self.socket_path, "mounted": self.mounted or None,
-                "sessions": len(self.sessions)}
+                "sessions": len(self.sessions),
+                "busy": sum(s.busy for _, s in self.sessions.items()),
+                "evicted": self.sessions.evictions}
 
     async def _reap(self) -> None:
         idle = self.settings.session_idle_timeout
@@ -298,13 +301,14 @@ class HttpGateway:
             self._expire(time.monotonic() - idle)
 
     def _expire(self, before: float) -> int:
-        gone = [sid for sid, s in self.sessions.items() if s.last_seen < before and not s.busy]
+        gone = [sid for sid, s in self.sessions.items()
+                if s.last_seen < before and not s.busy]
         for sid in gone:
             self._end(sid)
         return len(gone)
 
     def _end(self, sid: str) -> None:
-        sess = self.sessions.pop(sid, None)
+        sess = self.sessions.pop(sid)
         if sess is not None:
             if sess.watching is not None:
                 self.service.unwatch(sess.watching)
@@ -338,8 +342,8 @@ class HttpGateway:
             raise _http(400, f"no {SESSION_HEADER}: initialize first")
         sess = self.sessions.get(sid)
         if sess is None:
-            raise _http(404, "no such session (it ended, expired, or the daemon restarted): "
-                             "initialize again")
+            raise _http(404, self.sessions.why_gone(sid) or "no such session (it ended, "
+                        "expired, or the daemon restarted): initialize again")
         if sess.ident.name != ident.name:
             raise _http(403, "this session belongs to another client")
         sess.last_seen = time.monotonic()
@@ -390,13 +394,16 @@ class HttpGateway:
         return _json(answers[0], 200, headers)
 
     def _new_session(self, ident: Identity) -> HttpSession:
-        if len(self.sessions) >= self.settings.max_sessions and \
-                not self._expire(time.monotonic() - self.settings.session_idle_timeout):
-            raise _http(503, f"the gateway has {len(self.sessions)} sessions, its limit",
-                        {"Retry-After": "5"})
+        try:
+            evicted = self.sessions.make_room(ident, self.service.tenant_sessions(ident),
+                                              self.settings.max_sessions)
+        except SessionsFull as exc:
+            raise _http(503, str(exc), {"Retry-After": "5"}) from None
+        for old in evicted:
+            self._end(old)
         sid = secrets.token_urlsafe(24)
         sess = HttpSession(sid, ident, PoolBackend(self.service, ident))
-        self.sessions[sid] = sess
+        self.sessions.add(sid, sess)
         sess.watching = self.service.watch(lambda e: sess.mcp.notify_changed(e.kinds))
         return sess
 

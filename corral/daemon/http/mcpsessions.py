@@ -1,0 +1,115 @@
+"""The HTTP gateway's sessions and their bounds (issue 52): per client and per daemon.
+
+A client that never sends DELETE (the default of several SDKs) leaves a session behind at
+each start. Sessions are bounded three times: each client (one token, one agent replica,
+`anonymous`) holds at most its `max_sessions` (`[gateway] max_sessions_per_client`, or
+its tokens-file entry's), each tenant's clients together at most its
+`max_gateway_sessions`, and the gateway at most `[gateway] max_sessions`. At a bound,
+the least recently used idle session under it makes room: the client's own at its
+bound, its tenant's at the tenant's, anyone's at the gateway's — so one client's flood
+recycles its own sessions and never refuses another's. Only when every session under
+the bound is busy (a call in flight, a stream open) is a new one refused, naming the
+bound. An evicted session's id is told why at its next request (404: initialize
+again), for the newest EVICTED_KEPT.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+from ...text import plural
+
+if TYPE_CHECKING:
+    from ..gatewayaccess import Identity
+
+EVICTED_KEPT = 1024  # evicted sessions whose id is still told why
+
+
+class Held(Protocol):
+    """What the table reads of a session."""
+
+    @property
+    def ident(self) -> Identity: ...
+
+    @property
+    def last_seen(self) -> float: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+
+class SessionsFull(Exception):
+    """Every session under a bound is busy: the message names the bound."""
+
+
+S = TypeVar("S", bound=Held)
+
+
+class SessionTable(Generic[S]):
+    """The sessions by id, each client's and the gateway's bound kept."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, S] = {}
+        self._evicted: OrderedDict[str, str] = OrderedDict()  # id -> why
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._by_id
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._by_id))
+
+    def get(self, sid: str) -> S | None:
+        return self._by_id.get(sid)
+
+    def items(self) -> list[tuple[str, S]]:
+        return list(self._by_id.items())
+
+    def add(self, sid: str, sess: S) -> None:
+        self._by_id[sid] = sess
+
+    def pop(self, sid: str) -> S | None:
+        return self._by_id.pop(sid, None)
+
+    def why_gone(self, sid: str) -> str | None:
+        """Why a session of this id was evicted, if it was lately."""
+        return self._evicted.get(sid)
+
+    def make_room(self, ident: Identity, tenant_most: int, most: int) -> list[str]:
+        """The sessions to end so that `ident` may open one more under its own bound, its
+        tenant's (`tenant_most`, 0: none) and the gateway's (`most`); raises SessionsFull
+        naming the bound none can be ended under. Each bound's sessions hold the
+        narrower's, so one session ended under the narrowest bound reached makes room
+        under every wider one."""
+        scopes: list[tuple[str, str, int, list[tuple[str, S]]]] = [
+            (f"gateway client {ident.name}", "max_sessions_per_client", ident.max_sessions,
+             [(sid, s) for sid, s in self._by_id.items() if s.ident.name == ident.name])]
+        if ident.tenant is not None and tenant_most:
+            scopes.append((f"tenant {ident.tenant}", "max_gateway_sessions", tenant_most,
+                           [(sid, s) for sid, s in self._by_id.items()
+                            if s.ident.tenant == ident.tenant]))
+        scopes.append(("the gateway", "max_sessions", most, list(self._by_id.items())))
+        for who, key, bound, held in scopes:
+            if len(held) >= bound:
+                return self._evict(held, who, key, bound)
+        return []
+
+    def _evict(self, held: list[tuple[str, S]], who: str, key: str, bound: int
+               ) -> list[str]:
+        idle = [(s.last_seen, sid) for sid, s in held if not s.busy]
+        if not idle:
+            raise SessionsFull(f"{who} has {plural(len(held), 'session')}, every one busy (a "
+                               f"call in flight or a stream open): {key} {bound}; end one "
+                               "(DELETE) or try again later")
+        _, sid = min(idle)
+        self._evicted[sid] = (f"session evicted: {who} was at {key} {bound} and it was the "
+                              "least recently used idle one: initialize again")
+        while len(self._evicted) > EVICTED_KEPT:
+            self._evicted.popitem(last=False)
+        self.evictions += 1
+        return [sid]
