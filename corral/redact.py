@@ -16,6 +16,11 @@ The rule:
   Redis URL always was (`url`).
 A change between two revisions names a key of `env`, `config` or `headers`, never its
 values (`NAMED_ONLY`): "env.TOKEN changed".
+
+An audit row and its log line (`params`) hide more: `config` is shown as `env` is, its
+keys without a value (decision 452). A config is where an agent's keys go whatever they
+are named (`openai = "sk-…"`), and the audit is read by whoever holds `audit:read` or
+`logs:read`, not only by who may describe the agent.
 """
 
 from __future__ import annotations
@@ -136,9 +141,18 @@ def table(spec: Any) -> Any:
     return out
 
 
+def audited(spec: Any) -> Any:
+    """An [agents.NAME] table (or an update's patch of one) as an audit row and its log
+    line show it: as `table` does, and every value of its `config` hidden, the keys
+    shown."""
+    if not isinstance(spec, Mapping) or spec.get("config") is None:
+        return table(spec)
+    return {**table(spec), "config": _all_hidden(spec["config"])}
+
+
 def params(method: str, given: Any) -> Any:
     """A call's params as its audit row and log line show them: the tables of a call
-    that carries specs through `table`; any other call's as they are."""
+    that carries specs through `audited`; any other call's as they are."""
     sized = SIZED_PARAMS.get(method)
     if sized is not None and given is not None:
         return _sized(given, sized)
@@ -154,8 +168,8 @@ def params(method: str, given: Any) -> Any:
     if not isinstance(tables, Mapping):
         return given
     if not by_name:
-        return {**given, field: table(tables)}
-    return {**given, field: {name: table(t) for name, t in tables.items()}}
+        return {**given, field: audited(tables)}
+    return {**given, field: {name: audited(t) for name, t in tables.items()}}
 
 
 def _sized(given: Any, field: str) -> Any:

@@ -117,8 +117,9 @@ def test_a_secret_added_on_the_socket_is_in_no_output_and_a_rollback_still_runs_
         entries = d.json("audit")["entries"]
         adds = [e["params"] for e in entries if e["method"] == "agents.add"]
         assert [a["agents"]["keeper"]["env"]["API_KEY"] for a in adds] == ["***", "***"]
+        # the audit shows a config as an env, its keys alone (decision 452)
         assert [a["agents"]["keeper"]["config"] for a in adds] == [
-            {"password": "***", "model": "small"}] * 2
+            {"password": "***", "model": "***"}] * 2
 
         # the rollback restored the real values: the agent sees them
         ran = d.json("run", "keeper", "--input", "null")
@@ -436,3 +437,61 @@ def test_a_table_nested_past_the_bound_is_refused_before_anything(tmp: Path) -> 
         assert d.cli("audit").returncode == 0
     finally:
         d.close()
+
+
+async def test_an_agents_config_values_are_in_no_audit_row_nor_log_line() -> None:
+    """Issue 52 (4c): a `config` value is where a key goes whatever its name; the audit
+    (its table, `corral audit`, `GET /audit`) and the daemon's log (`GET /logs`) show an
+    added or updated agent's config as its env, the keys alone. `describe` still shows
+    the settings by decision 160's rule, to whoever may describe the agent."""
+    tmp = shared_tmpdir()  # a short socket path, for the CLI
+    leaked = ("sk-CONFIG-not-secret-named", "sk-NESTED-value", "sk-UPDATED-value")
+    spec = {"command": [PY, str(ROOT / "examples" / "hello.py")],
+            "env": {"PYTHONPATH": str(ROOT)},
+            "config": {"model": "model-7b", "openai": leaked[0], "nested": {"x": leaked[1]}}}
+    try:
+        async with serving(tmp, "") as api:
+            await api.token("ops", "agents:read", "agents:write")
+            await api.token("reader", "audit:read", "logs:read")
+            status, body, _ = await api.ask("POST", "/agents", "ops",
+                                            {"agents": {"chat": spec}})
+            assert (status, body) == (200, {"added": ["chat"]}), body
+            async def cli(*args: str) -> str:
+                # asyncio's: the test's supervisor spares it (conftest.py)
+                proc = await asyncio.create_subprocess_exec(
+                    PY, "-m", "corral", "--socket", str(tmp / "corral.sock"), *args,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                    env={**os.environ, "PYTHONPATH": str(ROOT)})
+                out, err = await proc.communicate()
+                assert proc.returncode == 0, err
+                return out.decode()
+
+            await cli("update", "chat", "--set", f"config.openai={leaked[2]}")
+            db = api.d.services.store.path
+            await wait_until_async(lambda: {m for m, _, _ in audit_rows(db)} >= {
+                "agents.add", "agents.update"})
+            status, body, _ = await api.ask("GET", "/audit", "reader")
+            assert status == 200, body
+            rows = {e["method"]: e["params"] for e in body["entries"]}
+            assert rows["agents.add"]["agents"]["chat"]["config"] == {
+                "model": "***", "openai": "***", "nested": "***"}
+            assert rows["agents.add"]["agents"]["chat"]["env"] == {"PYTHONPATH": "***"}
+            assert rows["agents.update"]["set"]["config"] == {"openai": "***"}
+            outputs = {
+                "GET /audit": msgspec.json.encode(body).decode(),
+                "GET /logs": msgspec.json.encode(
+                    (await api.ask("GET", "/logs?names=corral&lines=500", "reader"))[1]
+                ).decode(),
+                "corral audit": await cli("audit"),
+                "corral audit --json": await cli("audit", "--json"),
+                "the audit table": repr(audit_rows(db)),
+                "corral.log": (tmp / "state" / "logs" / "corral.log").read_text(),
+            }
+            assert "agents.add" in outputs["GET /logs"]
+            assert [f"{where}: {s}" for where, text in outputs.items()
+                    for s in (*leaked, "model-7b") if s in text] == []
+            # describe keeps decision 160's rule: the settings read, secret names hidden
+            status, body, _ = await api.ask("GET", "/agents/chat", "ops")
+            assert body["spec"]["config"]["model"] == "model-7b"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
