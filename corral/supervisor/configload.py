@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import tomllib
+import types
+import typing
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -40,6 +42,7 @@ from .config import (
     isolation,
 )
 from .names import name_problem, shown
+from .othernames import hint
 from .sandbox import exposed, host_refusal
 from .schedule import ScheduleError, ScheduleSpec, compile_schedule
 from .teams import TeamError, TeamSpec, check_team
@@ -86,19 +89,68 @@ def _key_path(exc: msgspec.ValidationError) -> tuple[str, str]:
 
 
 def convert(data: Any, type: type[Any], *, where: str, prefix: str = "") -> Any:
+    """`data` as a `type`, else a ConfigError with every problem of it, one a line (msgspec
+    stops at the first: a file with four misspelt keys would take four runs)."""
     try:
         return msgspec.convert(data, type=type, strict=True)
     except msgspec.ValidationError as exc:
-        problem, path = _key_path(exc)
-        if problem.startswith("Invalid enum value"):
-            values = _enum_values(type, path)
-            if values:
-                problem += " (valid: " + ", ".join(repr(v) for v in values) + ")"
-        unknown = re.fullmatch(r"Object contains unknown field `(.*)`", problem)
-        if unknown:
-            problem += did_you_mean(unknown[1], _field_names(type, path))
-        full = ".".join(p for p in (prefix, path) if p)
-        raise ConfigError(f"{where}: {full or '(top level)'}: {problem}") from None
+        found = every_problem(data, type) or [_key_path(exc)]
+        raise ConfigError("\n".join(_said(type, problem, path, where, prefix)
+                                     for problem, path in found)) from None
+
+
+def _said(type_: type[Any], problem: str, path: str, where: str, prefix: str) -> str:
+    """One problem as check-config says it: the file, the key path, the problem, the
+    values an enum takes, corral's key for another tool's or the nearest one."""
+    if problem.startswith("Invalid enum value"):
+        values = _enum_values(type_, path)
+        if values:
+            problem += " (valid: " + ", ".join(repr(v) for v in values) + ")"
+    unknown = re.fullmatch(r"Object contains unknown field `(.*)`", problem)
+    if unknown:
+        keys = _field_names(type_, path)
+        other = hint(unknown[1], keys)
+        problem += did_you_mean(unknown[1], keys) if other is None else other
+    full = ".".join(p for p in (prefix, path) if p)
+    return f"{where}: {full or '(top level)'}: {problem}"
+
+
+def every_problem(data: Any, type_: Any) -> list[tuple[str, str]]:
+    """Every problem of `data` as a `type_`, as (problem, key path), in the order of its
+    keys: each key of a table checked alone against its field, each unknown key and each
+    missing required one named. Empty when none is found key by key (a check of the
+    whole, such as __post_init__'s, failed: the caller says that one)."""
+    struct = _struct_of(data, type_)
+    if struct is None:
+        try:
+            msgspec.convert(data, type=type_, strict=True)
+        except msgspec.ValidationError as exc:
+            return [_key_path(exc)]
+        return []
+    fields = {f.encode_name: f for f in msgspec.structs.fields(struct)}
+    out: list[tuple[str, str]] = []
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None:
+            out.append((f"Object contains unknown field `{key}`", ""))
+            continue
+        for problem, path in every_problem(value, field.type):
+            out.append((problem, f"{key}{path}" if path.startswith("[") or not path
+                        else f"{key}.{path}"))
+    out += [(f"Object missing required field `{name}`", "")
+            for name, f in fields.items() if f.required and name not in data]
+    return out
+
+
+def _struct_of(data: Any, type_: Any) -> type[msgspec.Struct] | None:
+    """The Struct a table is read as (`X | None` as X), or None when `data` is not a table
+    of one."""
+    if not isinstance(data, dict):
+        return None
+    if typing.get_origin(type_) in (typing.Union, types.UnionType):
+        structs = [t for t in typing.get_args(type_) if t is not type(None)]
+        type_ = structs[0] if len(structs) == 1 else None
+    return type_ if isinstance(type_, type) and issubclass(type_, msgspec.Struct) else None
 
 
 def _type_at(type_: type[Any], path: str) -> Any:
