@@ -498,6 +498,7 @@ class StepStats(Result):
     journaled: int = 0
     replayed: int = 0
     diverged: int = 0
+    refused: int = 0  # journaled calls refused past max_step_bytes or a tenant's bound
 
 
 class SessionStats(Result):

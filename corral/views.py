@@ -82,6 +82,8 @@ class TenantUse(msgspec.Struct, kw_only=True):
     running: int
     tokens_last_minute: float = 0.0
     oom_kills: int = 0  # in its cgroup (where it has one), since the daemon started
+    # step results its unfinished tasks journaled (against max_step_journal_bytes)
+    step_journal_bytes: int = 0
 
 
 # Field order is the wire's (and so `--json`'s). A key the daemon sends only sometimes is

@@ -180,7 +180,7 @@ async def test_agent_and_replica_quotas_refuse_with_the_use_and_never_kill(
         assert set(listed) == {"acme", "default"}
         assert listed["acme"]["use"] == {"agents": 1, "replicas": 2, "queued": 0,
                                          "running": 0, "tokens_last_minute": 0.0,
-                                         "oom_kills": 0}
+                                         "oom_kills": 0, "step_journal_bytes": 0}
         assert listed["acme"]["revision"] == 1
         assert listed["default"]["use"]["agents"] == 1
         rc, out, err = await cli(d, "tenants")

@@ -14,7 +14,11 @@ knows what runs is not what it asked for:
 - `warm`, `preload` (a zygote: what it imports, shared by the agents of one user);
 - `placement` (a cluster's agents run on every node, past one node's quotas);
 - `release` (a package the operator deployed, for this agent: a rollback may restore
-  one the agent ran before, nothing else may name one).
+  one the agent ran before, nothing else may name one);
+- `max_step_bytes` past its tenant's (or, when the tenant sets none, the default), or 0
+  (no bound): what one task keeps in the operator's state database (issue 52). The
+  default itself passes, whatever the tenant's: its tenant's, if smaller, bounds the
+  agent's tasks when they run.
 
 The rest is the agent's own business inside its user and sandbox: its command, `env`
 (LD_PRELOAD, PYTHONPATH: read and bound by the process's own user), `limits` (the caps
@@ -39,7 +43,7 @@ import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..supervisor.config import AgentSpec, TenantSpec, isolation
+from ..supervisor.config import STEP_BYTES, AgentSpec, TenantSpec, isolation
 from ..supervisor.runas import same_user
 
 
@@ -89,7 +93,17 @@ def refusal(spec: AgentSpec, tenant: str, tenant_spec: TenantSpec | None, defaul
     if spec.release is not None and spec.release not in releases:
         return "release", (f"{_shown(spec.release)}: releases are deployed by the operator "
                            "(a rollback may restore one this agent ran)")
-    return None
+    return _step_bytes(spec.max_step_bytes, tenant, t)
+
+
+def _step_bytes(asked: int, tenant: str, t: TenantSpec) -> tuple[str, str] | None:
+    ceiling = t.max_step_bytes or STEP_BYTES
+    if asked == STEP_BYTES or 0 < asked <= ceiling:
+        return None
+    said = "0 (no bound)" if not asked else str(asked)
+    theirs = (f"tenant {tenant}'s max_step_bytes {ceiling}" if t.max_step_bytes
+              else f"the default {ceiling} (tenant {tenant} sets no max_step_bytes)")
+    return "max_step_bytes", f"{said} is past {theirs}"
 
 
 def _differs(value: Any, tenant: str, theirs: Any, otherwise: str) -> str:

@@ -41,7 +41,7 @@ Report = Callable[..., None]
 ENFORCED = ("max_agents", "max_replicas", "max_queue", "max_concurrent_tasks",
             "rate_per_minute", "max_task_seconds", "tokens_per_minute", "group",
             "max_memory_mb", "max_cpu_percent", "cpu_weight", "sandbox", "network", "user",
-            "max_gateway_sessions")
+            "max_gateway_sessions", "max_step_bytes", "max_step_journal_bytes")
 REVISION_PREFIX = "tenant:"
 
 
@@ -244,6 +244,7 @@ class TenantRegistry:
         budget = tasks.budgets.windows.get(BUDGET_PREFIX + name)  # Tenancy.budget's key
         if budget is not None:
             use.tokens_last_minute = budget.minute_tokens.used(time.time())
+        use.step_journal_bytes = tasks.steps.held.get(name, 0)
         if self.containment.nodes is not None:
             use.oom_kills = self.oom_kills.get(name, 0)
         table = self.tables.get(name, {})

@@ -30,6 +30,9 @@ NonNeg = Annotated[float, Meta(ge=0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
 Positive = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
+# an agent's max_step_bytes unless it says, and the most a tenant's caller may give one
+# when its tenant sets none (daemon/privilege.py)
+STEP_BYTES = 64 * 1024 * 1024
 
 
 # the outcomes of an attempt `retry_on` may name (a task's statuses: tasks/model.py)
@@ -220,7 +223,7 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     # journaled results past max_step_bytes refuse its next call (0: no bound)
     replay: bool = True
     replay_tools: list[str] = []
-    max_step_bytes: NonNegInt = 64 * 1024 * 1024
+    max_step_bytes: NonNegInt = STEP_BYTES
     # code-first orchestration (task/spawn, docs/workflows.md#spawn): the agents (globs)
     # its tasks may start children of, how deep children may spawn, how many per task
     spawns: list[str] = []
@@ -513,6 +516,10 @@ class TenantSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     # HTTP sessions of the MCP gateway its clients (its tokens, its agents' replicas)
     # hold together (daemon/http/mcpsessions.py)
     max_gateway_sessions: NonNegInt = 0
+    # step results: one task of its agents may journal (the smaller of this and its
+    # agent's max_step_bytes), and its unfinished tasks together (supervisor/tasks/steps.py)
+    max_step_bytes: NonNegInt = 0
+    max_step_journal_bytes: NonNegInt = 0
 
     def check(self) -> None:
         if self.dir is not None and not os.path.isabs(self.dir):

@@ -13,6 +13,11 @@ agent asks. A task's checkpoint (`task/checkpoint`) is kept on the Task and jour
 and a retried attempt is given it in `task/run`.
 
 Nothing is journaled for a task that has no retry left (no later attempt can read it).
+What a task journals is bounded by its agent's `max_step_bytes` and its tenant's, the
+smaller; what a tenant's unfinished tasks hold together by its `max_step_journal_bytes`
+(counted here, in this daemon's life: a task restored from the journal counts once its
+next attempt reads its steps back). Past either, the task's next journaled call is
+refused, naming the bound.
 The engine works without a journal: the daemon's is SQLite (corral.daemon.steps), and a
 cluster node's tasks have theirs in Redis (corral.cluster.steps), fenced by their claim.
 """
@@ -30,6 +35,7 @@ from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...mcp.pool import allowed
 from ...text import plural
+from ..quotas import NO_QUOTAS
 from ..stream import Stream
 from .model import Task, TaskFinished
 
@@ -97,7 +103,7 @@ class _Attempt:
     a retry), the next call's position, and the verdict."""
 
     __slots__ = ("attempt", "bytes", "diverged", "given", "loaded", "named", "next_seq",
-                 "tools")
+                 "tenant", "tools")
 
     def __init__(self, attempt: int) -> None:
         self.attempt = attempt
@@ -107,6 +113,7 @@ class _Attempt:
         self.next_seq = 1
         self.diverged = False
         self.bytes = 0  # the task's journaled result bytes (against max_step_bytes)
+        self.tenant: str | None = None  # whose max_step_journal_bytes they count in
         # the named steps given back to it so far: each told (on_replay) once, however
         # often the worker asks for it again
         self.given: set[str] = set()
@@ -124,13 +131,17 @@ class TaskSteps:
         self.replayed = 0  # calls and named steps answered from the journal
         self.diverged = 0  # attempts that went live at a mismatch
         self.journaled = 0  # steps written
+        self.refused = 0  # journaled calls refused past a bound of bytes
+        self.held: dict[str, int] = {}  # tenant -> its unfinished tasks' journaled bytes
         # told of each call and named step answered from the journal: (task, "tool" or
         # "step", its name); with [tracing], the tracer's (its span marked replayed)
         self.on_replay: Callable[[Task, str, str], None] | None = None
         stream.subscribe(self._finished, TaskFinished)
 
     def _finished(self, e: TaskFinished) -> None:
-        if self._attempts.pop(e.task.id, None) is not None:
+        st = self._attempts.pop(e.task.id, None)
+        if st is not None:
+            self._count(st, -st.bytes)
             journal = self._journal_of(e.task)
             if journal is not None:
                 journal.ended(e.task.id)
@@ -147,6 +158,8 @@ class TaskSteps:
     async def _state(self, task: Task) -> _Attempt:
         st = self._attempts.get(task.id)
         if st is None or st.attempt != task.attempt:
+            if st is not None:  # its steps are counted again as the new attempt reads them
+                self._count(st, -st.bytes)
             st = self._attempts[task.id] = _Attempt(task.attempt)
             journal = self._journal_of(task)
             if task.attempt > 1 and journal is not None:
@@ -194,7 +207,7 @@ class TaskSteps:
             return result
         body = msgspec.json.encode(result)
         journal.put(Step(task.id, seq, name, task.attempt, h, body))
-        st.bytes += len(body)
+        self._count(st, len(body))
         self.journaled += 1
         await journal.committed(task.id)
         return msgspec.Raw(body)
@@ -219,14 +232,37 @@ class TaskSteps:
         if self.on_replay is not None:
             self.on_replay(task, kind, name)
 
-    @staticmethod
-    def _check_budget(task: Task, r: Replica, st: _Attempt) -> None:
-        budget = getattr(r.spec, "max_step_bytes", 0)
-        if budget and st.bytes >= budget:
-            raise RpcError(jsonrpc.STEP_BUDGET_EXCEEDED,
-                           f"step budget exceeded: task {task.id} has journaled "
-                           f"{plural(st.bytes, 'byte')} of step results (max_step_bytes "
-                           f"{budget}); nothing more of it can be kept for a retry")
+    def _count(self, st: _Attempt, n: int) -> None:
+        """`n` bytes more (or fewer) journaled by the task of `st`, in its tenant's too."""
+        st.bytes += n
+        if st.tenant is not None:
+            self.held[st.tenant] = self.held.get(st.tenant, 0) + n
+            if not self.held[st.tenant]:
+                del self.held[st.tenant]
+
+    def _check_budget(self, task: Task, r: Replica, st: _Attempt) -> None:
+        """Refuse the task's next journaled step past a bound of bytes: its own (its
+        agent's max_step_bytes, or its tenant's if smaller) or its tenant's over its
+        unfinished tasks (max_step_journal_bytes)."""
+        if st.tenant is None:  # from now on its bytes count in its tenant's
+            st.tenant = r.spec.tenant
+            self.held[st.tenant] = self.held.get(st.tenant, 0) + st.bytes
+        tenant = r.host.tenant_spec(st.tenant) or NO_QUOTAS
+        own, whose = r.spec.max_step_bytes, "max_step_bytes"
+        if tenant.max_step_bytes and (not own or tenant.max_step_bytes < own):
+            own, whose = tenant.max_step_bytes, f"tenant {st.tenant}'s max_step_bytes"
+        why = None
+        if own and st.bytes >= own:
+            why = (f"task {task.id} has journaled {plural(st.bytes, 'byte')} of step results "
+                   f"({whose} {own}); nothing more of it can be kept for a retry")
+        held, most = self.held.get(st.tenant, 0), tenant.max_step_journal_bytes
+        if why is None and most and held >= most:
+            why = (f"tenant {st.tenant}'s unfinished tasks have journaled "
+                   f"{plural(held, 'byte')} of step results (max_step_journal_bytes "
+                   f"{most}); nothing more of task {task.id} can be kept for a retry")
+        if why is not None:
+            self.refused += 1
+            raise RpcError(jsonrpc.STEP_BUDGET_EXCEEDED, f"step budget exceeded: {why}")
 
     # -- named steps ----------------------------------------------------------------------
     async def get(self, task: Task, name: str) -> dict[str, Any]:
@@ -258,7 +294,7 @@ class TaskSteps:
         step = Step(task.id, NAMED_SEQ, name, task.attempt, b"", body)
         st.named[name] = step
         # the name the worker chose is kept as its result is: counted against the budget
-        st.bytes += len(body) + _named_bytes(step)
+        self._count(st, len(body) + _named_bytes(step))
         journal.put(step)
         self.journaled += 1
         await journal.committed(task.id)
@@ -276,7 +312,7 @@ class TaskSteps:
 
     def stats(self) -> dict[str, int]:
         return {"journaled": self.journaled, "replayed": self.replayed,
-                "diverged": self.diverged}
+                "diverged": self.diverged, "refused": self.refused}
 
 
 def _named_bytes(step: Step) -> int:

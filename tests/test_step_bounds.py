@@ -1,0 +1,175 @@
+"""The step journal's bounds a tenant's caller cannot lift (issue 52): an agent's
+`max_step_bytes` is capped by its tenant's (`[tenants.NAME] max_step_bytes`) and a
+tenant's caller may not give one 0 (no bound) or more than that ceiling; a tenant's
+unfinished tasks together journal at most its `max_step_journal_bytes`. Each refusal
+names its bound; the operator keeps every value."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from corral import jsonrpc
+
+from .conftest import ROOT
+from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir
+from .test_gateway_stdio import wait_until_async
+
+# steps of `size` bytes under names s0, s1, ... until one is refused ([kept, code,
+# message]) or all are kept ([count]); with `wait`, it then waits for that file to exist
+JOURNALER = '''
+import os, time
+from corral.worker import RpcError, run
+
+def handle(task, ctx):
+    kept = 0
+    for i in range(task["count"]):
+        try:
+            ctx._call("step/put", {"task_id": ctx.task_id, "name": f"s{i}",
+                                   "result": "x" * task["size"]})
+        except RpcError as exc:
+            return [kept, exc.code, exc.message]
+        kept += 1
+    if task.get("wait"):
+        ctx.progress(kept, message="holding")
+        while not os.path.exists(task["wait"]):
+            ctx.check_cancelled()
+            time.sleep(0.01)
+    return [kept]
+
+run(handle)
+'''
+STEP = 100_000 + 2 + 2  # a step's result ("x" * 100000 as JSON) and its name ("s0")
+TENANT_STEP_BYTES = 300_000
+JOURNAL_BYTES = 500_000
+
+
+def agent(name: str, tenant: str, extra: str = "") -> str:
+    return (f'[agents.{name}]\ncommand = ["{PY}", "journaler.py"]\n'
+            f'env = {{ PYTHONPATH = "{ROOT}" }}\ntenant = "{tenant}"\nretries = 1\n{extra}')
+
+
+@pytest.fixture
+def daemon() -> Iterator[tuple[Daemon, str]]:
+    tmp = shared_tmpdir()
+    (tmp / "journaler.py").write_text(JOURNALER)
+    port = free_port()
+    with running_daemon(tmp, f"""
+[tenants.acme]
+max_step_bytes = {TENANT_STEP_BYTES}
+max_step_journal_bytes = {JOURNAL_BYTES}
+
+[tenants.globex]
+
+{agent("capped", "acme", "max_step_bytes = 0")}
+{agent("hold", "acme")}
+{agent("fill", "acme")}
+{agent("free", "globex")}
+[http]
+listen = "127.0.0.1:{port}"
+""") as d:
+        yield d, f"http://127.0.0.1:{port}/api/v1"
+
+
+def run(d: Daemon, name: str, task: dict[str, Any]) -> tuple[str, list[Any]]:
+    """A task to its end through the CLI: its id and its output."""
+    done = d.json("run", name, "--input", json.dumps(task))
+    assert done["status"] == "succeeded", done
+    return done["task_id"], done["output"]
+
+
+def use(d: Daemon, tenant: str) -> int:
+    entry = next(t for t in d.json("tenants")["tenants"] if t["name"] == tenant)
+    held: int = entry["use"]["step_journal_bytes"]
+    return held
+
+
+def test_a_tenants_max_step_bytes_caps_an_agent_the_operator_left_unbounded(
+        daemon: tuple[Daemon, str]) -> None:
+    d, _ = daemon
+    task_id, out = run(d, "capped", {"count": 10, "size": 100_000})
+    assert out == [3, jsonrpc.STEP_BUDGET_EXCEEDED, (
+        f"step budget exceeded: task {task_id} has journaled {3 * STEP} bytes of step "
+        f"results (tenant acme's max_step_bytes {TENANT_STEP_BYTES}); nothing more of it "
+        "can be kept for a retry")]
+    # a tenant without one: the agent's own (the default) is all there is
+    assert run(d, "free", {"count": 10, "size": 100_000})[1] == [10]
+    assert d.json("stats")["tasks"]["steps"]["refused"] == 1
+
+
+async def test_a_tenants_unfinished_tasks_journal_at_most_its_bound_together(
+        daemon: tuple[Daemon, str]) -> None:
+    d, _ = daemon
+    gate = d.dir / "let-go"
+    held = await asyncio.to_thread(d.json, "submit", "hold", "--input", json.dumps(
+        {"count": 3, "size": 100_000, "wait": str(gate)}))
+    try:
+        await wait_until_async(lambda: (d.json("task", held["task_id"]).get("progress")
+                                        or {}).get("message") == "holding", timeout=60)
+        assert await asyncio.to_thread(use, d, "acme") == 3 * STEP
+        # another of acme's tasks: refused once acme's tasks hold the bound together
+        task_id, out = await asyncio.to_thread(run, d, "fill", {"count": 10,
+                                                                "size": 100_000})
+        assert out == [2, jsonrpc.STEP_BUDGET_EXCEEDED, (
+            f"step budget exceeded: tenant acme's unfinished tasks have journaled "
+            f"{5 * STEP} bytes of step results (max_step_journal_bytes {JOURNAL_BYTES}); "
+            f"nothing more of task {task_id} can be kept for a retry")]
+        # its bytes leave the count as it ends; globex's tasks never were in it
+        assert await asyncio.to_thread(use, d, "acme") == 3 * STEP
+        assert (await asyncio.to_thread(run, d, "free", {"count": 8, "size": 100_000})
+                )[1] == [8]
+        assert await asyncio.to_thread(use, d, "globex") == 0
+    finally:
+        gate.touch()
+    done = await asyncio.to_thread(d.json, "task", held["task_id"], "--wait")
+    assert done["output"] == [3]
+    assert await asyncio.to_thread(use, d, "acme") == 0
+    assert (await asyncio.to_thread(run, d, "fill", {"count": 2, "size": 100_000}))[1] == [2]
+
+
+async def test_a_tenants_caller_cannot_lift_max_step_bytes(
+        daemon: tuple[Daemon, str]) -> None:
+    d, base = daemon
+    secrets = {}
+    for name, tenant in (("acme-ci", ["--tenant", "acme"]),
+                         ("globex-ci", ["--tenant", "globex"]), ("ops", [])):
+        made = await asyncio.to_thread(d.json, "token", "create", name, "--scope",
+                                       "agents:write", "--scope", "agents:read", *tenant)
+        secrets[name] = made["token"]
+
+    async def add(token: str, name: str, tenant: str | None, **keys: Any
+                  ) -> tuple[int, dict[str, Any]]:
+        table = {"command": [PY, "journaler.py"], **keys}
+        if tenant is not None:
+            table["tenant"] = tenant
+        async with aiohttp.ClientSession() as http, http.post(
+                f"{base}/agents", json={"agents": {name: table}},
+                headers={"Authorization": f"Bearer {secrets[token]}"}) as r:
+            return r.status, await r.json()
+
+    for token, tenant, value, theirs in (
+            ("globex-ci", "globex", 0, "the default 67108864 (tenant globex sets no "
+                                       "max_step_bytes)"),
+            ("globex-ci", "globex", 128 << 20, "the default 67108864 (tenant globex sets "
+                                               "no max_step_bytes)"),
+            ("acme-ci", "acme", 0, f"tenant acme's max_step_bytes {TENANT_STEP_BYTES}"),
+            ("acme-ci", "acme", TENANT_STEP_BYTES + 1,
+             f"tenant acme's max_step_bytes {TENANT_STEP_BYTES}")):
+        status, body = await add(token, "greedy", tenant, max_step_bytes=value)
+        shown = "0 (no bound)" if value == 0 else str(value)
+        assert (status, body["detail"]) == (403, (
+            f"forbidden: token {token} is a caller of tenant {tenant}: "
+            f"agents.greedy.max_step_bytes: {shown} is past {theirs}; who runs what, where "
+            "is the operator's (docs/tenants.md)")), body
+    names = {a["name"] for a in (await asyncio.to_thread(d.json, "status"))["agents"]}
+    assert "greedy" not in names  # nothing added
+    # within the ceiling, or the default left as it is, passes; the operator sets anything
+    assert (await add("acme-ci", "within", "acme", max_step_bytes=1000))[0] == 200
+    assert (await add("acme-ci", "plain", "acme"))[0] == 200
+    assert (await add("globex-ci", "plain-g", "globex"))[0] == 200
+    assert (await add("ops", "unbounded", "globex", max_step_bytes=0))[0] == 200
