@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 import shlex
+import signal
 from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
@@ -34,6 +35,10 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 # when its tenant sets none (daemon/privilege.py)
 STEP_BYTES = 64 * 1024 * 1024
 
+
+ExitCode = Annotated[int, Meta(ge=0, le=255)]
+# the signals a stop may send first (supervisord's stopsignal takes these)
+StopSignal = Literal["TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2"]
 
 # the outcomes of an attempt `retry_on` may name (a task's statuses: tasks/model.py)
 RetryOutcome = Literal["lost", "failed", "timed_out"]
@@ -77,6 +82,23 @@ class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit
     stop_timeout: Positive = 10.0
     heartbeat_timeout: Positive | None = None  # default: the supervisor's
     limits: Limits = msgspec.field(default_factory=Limits)
+    # the exit statuses that are a clean exit (supervisord's exitcodes, PM2's
+    # stop_exit_codes, systemd's SuccessExitStatus): `restart = "on-failure"` restarts
+    # after any other
+    exit_codes: tuple[ExitCode, ...] = (0,)
+    # the start window (supervisord's startsecs/startretries, PM2's min_uptime): a
+    # process is ready only once up this long, and one that exits sooner is a failed
+    # start, retried start_retries times in a row before the replica is failed; 0: none
+    start_secs: NonNeg = 0.0
+    start_retries: NonNegInt = 3
+    # what a stop sends in place of SIGTERM (supervisord's stopsignal, systemd's
+    # KillSignal); SIGKILL follows after stop_timeout as ever
+    stop_signal: StopSignal = "TERM"
+
+    @property
+    def stop_signum(self) -> signal.Signals:
+        """The signal a stop sends first (`stop_signal`)."""
+        return signal.Signals[f"SIG{self.stop_signal}"]
 
     def argv(self) -> list[str]:
         try:

@@ -163,18 +163,19 @@ class Executor:
 
     def _stop_unanswered(self, proc: ChildProcess, sig: int) -> None:
         """The stop's grace is over and `proc` (not r.process: that may be the next one)
-        has not exited: SIGTERM, and after another grace, SIGKILL."""
+        has not exited: SIGTERM (`stop_signal`), and after another grace, SIGKILL."""
         self.escalate = None
         if proc.pidfd < 0 or proc is not self.r.process:  # its exit is seen, if not settled
             return
         grace = self.r.spec.stop_timeout
-        if sig == signal.SIGTERM:
-            self.machine.escalate_anew(f"SIGTERM after {grace:g} s")
-            proc.kill_group(signal.SIGTERM)
+        first = self.r.spec.stop_signum  # SIGTERM unless stop_signal says otherwise
+        if sig != signal.SIGKILL:
+            self.machine.escalate_anew(f"{first.name} after {grace:g} s")
+            proc.kill_group(sig)
             self.escalate = asyncio.get_running_loop().call_later(
                 grace, self._stop_unanswered, proc, signal.SIGKILL)
         else:
-            self.machine.escalate_anew(f"SIGKILL after ignoring SIGTERM for {grace:g} s")
+            self.machine.escalate_anew(f"SIGKILL after ignoring {first.name} for {grace:g} s")
             self.kill(proc)
 
     def kill(self, proc: ChildProcess) -> None:

@@ -311,6 +311,12 @@ class Life(ReplicaParts):
             return
         if not self.machine.starting:  # on its way out meanwhile
             return
+        hold = self.spec.start_secs - self._uptime_now()
+        if hold > 0:  # the start window: ready once up that long (an exit cancels this)
+            await asyncio.sleep(hold)
+            if not self.machine.starting:  # taken down meanwhile
+                return
+            ready_reason = f"{ready_reason}, up {self.spec.start_secs:g} s (start_secs)"
         self.ready_at = time.monotonic()
         self._last_pong = self.host.listening.now()
         # its CPU time as it answered: the first look at it parked compares with this, so
@@ -338,7 +344,9 @@ class Life(ReplicaParts):
             )
             if oom or reason in describe(limits).values():  # a cap, named
                 gone = Cause.CAP
-        self._end_life(reason, proc, clean=rc == 0 and not self.machine.clean_exit_asked,
+        # an exit status of exit_codes (0 alone by default) of its own accord is clean
+        clean = rc in self.spec.exit_codes and not self.machine.clean_exit_asked
+        self._end_life(reason, proc, clean=clean,
                        uptime=self._uptime_now(), gone=gone)
 
     def _uptime_now(self) -> float:

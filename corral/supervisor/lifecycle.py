@@ -445,6 +445,15 @@ class Machine:
         if self._stay_down or closing:
             return None
         d = self.policy.on_exit(clean_exit=clean, uptime=uptime, now=now)
+        window = self.policy.start
+        if d.failed_start and d.give_up:
+            return Decision(Cause.GIVE_UP,
+                            f"failed to start: exited within start_secs ({window.secs:g} s) "
+                            f"{d.failed_start} times in a row (start_retries = "
+                            f"{window.retries}); last exit: {reason}")
+        if d.failed_start:
+            reason = (f"failed start {d.failed_start} of {window.retries + 1} (up "
+                      f"{uptime:.2f} s, under start_secs = {window.secs:g}): {reason}")
         if d.restart:
             self._restart_cause = self._down_cause or gone
             return Decision(Cause.POLICY_RESTART,

@@ -171,9 +171,10 @@ class PlainReplica(Replica):
         self._watchdog_fed = self.host.listening.now()
 
     def _ask_to_stop(self, proc: ChildProcess) -> int:
-        """As systemd stops a service: SIGTERM to the group (and its cgroup), SIGKILL after
-        stop_timeout. (Closing stdin asks nothing of a program that does not read it.)"""
-        proc.kill_group(signal.SIGTERM)
+        """As systemd stops a service: SIGTERM (`stop_signal`) to the group (and its
+        cgroup), SIGKILL after stop_timeout. (Closing stdin asks nothing of a program that
+        does not read it.)"""
+        proc.kill_group(self.spec.stop_signum)
         return signal.SIGKILL
 
     def exit_message(self, reason: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import signal
 import time
 from typing import NamedTuple, Protocol
 
@@ -30,7 +29,7 @@ from .process import ChildProcess
 from .replicaparts import PartsHost, Sample
 from .replicaparts import ReplicaStatus as ReplicaStatus
 from .replicaparts import Transition as Transition
-from .restart import RestartPolicy
+from .restart import RestartPolicy, StartWindow
 
 # how long a pause waits for the kernel to say a replica's cgroup is frozen (every task in
 # it stopped: one in uninterruptible sleep is frozen when its system call returns), unless
@@ -119,6 +118,7 @@ class ProcessReplica(Life, Monitor):
             backoff_initial=spec.backoff_initial,
             backoff_max=spec.backoff_max,
             stable_after=spec.stable_after,
+            start=StartWindow(spec.start_secs, spec.start_retries),
         )
 
     # -- the machine's, as status shows it ------------------------------------------------
@@ -162,7 +162,7 @@ class ProcessReplica(Life, Monitor):
     def _ask_to_stop(self, proc: ChildProcess) -> int:
         self._request_exit()
         proc.close_stdin()
-        return signal.SIGTERM
+        return self.spec.stop_signum
 
     def _request_exit(self) -> None:
         """The protocol's own way of asking the process to exit, before stdin closes

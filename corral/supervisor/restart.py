@@ -7,6 +7,11 @@
   `stable_after` seconds.
 - More than `max_restarts` restarts within `restart_window` seconds gives up (Failed),
   the OTP intensity/period rule and systemd's StartLimitBurst.
+- The start window (`start_secs`, supervisord's startsecs): an exit sooner after the
+  spawn, whatever its status and whatever `restart` says, is a failed start: retried (with
+  the backoff) while fewer than `start_retries` have failed in a row, then given up on. A
+  failed start is not a restart of a process that ran, so it is not counted against
+  `max_restarts`; a life that reaches the window's end clears the count.
 """
 
 from __future__ import annotations
@@ -26,6 +31,16 @@ class Decision:
     restart: bool
     delay: float = 0.0
     give_up: bool = False  # restart was wanted but the intensity limit is reached
+    failed_start: int = 0  # the exit was a failed start: the how-manieth in a row
+
+
+@dataclass(frozen=True)
+class StartWindow:
+    """How long a process must be up for its start to count (0: at once), and how many
+    failed starts in a row are retried."""
+
+    secs: float = 0.0
+    retries: int = 3
 
 
 class RestartPolicy:
@@ -38,6 +53,7 @@ class RestartPolicy:
         backoff_initial: float,
         backoff_max: float,
         stable_after: float,
+        start: StartWindow | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.mode = mode
@@ -46,6 +62,8 @@ class RestartPolicy:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.stable_after = stable_after
+        self.start = start or StartWindow()
+        self._failed_starts = 0  # in a row, since a life last reached the window's end
         # one generator for all policies: seeding one per replica (os.urandom and 2.5 KB of
         # state) cost 20 ms in the turn that created a thousand replicas
         self._rng = rng or _JITTER
@@ -70,6 +88,9 @@ class RestartPolicy:
     def on_exit(self, *, clean_exit: bool, uptime: float, now: float) -> Decision:
         if uptime >= self.stable_after:
             self._attempt = 0
+        if uptime < self.start.secs:
+            return self._failed_start()
+        self._failed_starts = 0
         if not self.wants_restart(clean_exit):
             return Decision(restart=False)
         if self._restarts is None:
@@ -83,10 +104,19 @@ class RestartPolicy:
         self._attempt += 1
         return Decision(restart=True, delay=delay)
 
+    def _failed_start(self) -> Decision:
+        self._failed_starts += 1
+        if self._failed_starts > self.start.retries:
+            return Decision(restart=False, give_up=True, failed_start=self._failed_starts)
+        delay = self.backoff(self._attempt)
+        self._attempt += 1
+        return Decision(restart=True, delay=delay, failed_start=self._failed_starts)
+
     def reset(self) -> None:
         """A start by hand forgives the past."""
         self._restarts = None
         self._attempt = 0
+        self._failed_starts = 0
 
     @property
     def recent_restarts(self) -> int:
