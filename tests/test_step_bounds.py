@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +17,7 @@ import aiohttp
 import pytest
 
 from corral import jsonrpc
+from corral.daemon.steps import ENDED_KEPT
 
 from .conftest import ROOT
 from .daemon_harness import PY, Daemon, free_port, running_daemon, shared_tmpdir
@@ -173,3 +176,47 @@ async def test_a_tenants_caller_cannot_lift_max_step_bytes(
     assert (await add("acme-ci", "plain", "acme"))[0] == 200
     assert (await add("globex-ci", "plain-g", "globex"))[0] == 200
     assert (await add("ops", "unbounded", "globex", max_step_bytes=0))[0] == 200
+
+
+def rows(d: Daemon, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(d.state / "corral.db")
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
+def test_an_ended_tasks_steps_leave_the_journal_and_an_unfinished_ones_stay() -> None:
+    """No attempt follows an end: a task's steps go at the task journal's pruning once it
+    has ended ENDED_KEPT seconds before (they stayed until the task itself was pruned,
+    up to journal_max_tasks of them), while a task the next daemon runs again keeps
+    its own."""
+    tmp = shared_tmpdir()
+    (tmp / "journaler.py").write_text(JOURNALER)
+    gate = tmp / "let-go"
+    with running_daemon(tmp, agent("w", "default", "drain_timeout = 0.2\n")) as d:
+        ended, out = run(d, "w", {"count": 2, "size": 300_000})  # results are files too
+        assert out == [2]
+        held = d.json("submit", "w", "--input", json.dumps(
+            {"count": 2, "size": 1000, "wait": str(gate)}))["task_id"]
+        deadline = time.monotonic() + 60
+        while (d.json("task", held).get("progress") or {}).get("message") != "holding":
+            assert time.monotonic() < deadline, "the held task never journaled its steps"
+            time.sleep(0.1)
+        steps = "SELECT task_id, count(*) FROM steps GROUP BY task_id ORDER BY task_id"
+        assert rows(d, steps) == sorted([(ended, 2), (held, 2)])  # kept a while after
+        assert len(list((d.state / "step-results").iterdir())) == 1  # one result, stored once
+        # the daemon stops (the held task handed to the next one, unfinished) and the
+        # ended task's end is made older than ENDED_KEPT
+        assert d.stop() == 0
+        db = sqlite3.connect(d.state / "corral.db")
+        with db:
+            db.execute("UPDATE tasks SET finished = finished - ? WHERE id = ?",
+                       (ENDED_KEPT + 1, ended))
+        db.close()
+        d.start()
+        gate.touch()
+        assert d.json("task", held, "--wait")["output"] == [2]  # run again, to its end
+        assert rows(d, steps) == [(held, 2)]
+        assert rows(d, "SELECT count(*) FROM step_results WHERE size >= 300000") == [(0,)]
+        assert list((d.state / "step-results").iterdir()) == []

@@ -16,9 +16,13 @@ every FLUSH_EVERY seconds or LOG_BATCH steps; one result past LOG_MAX, a drop, a
 everything with `"full"` go through the GroupCommit as they come (the log's pending
 records handed to it first, so that the database sees every write in the order made).
 
-Steps live and die with their task: the task journal's pruning deletes a pruned task's
-steps and the results no step names any more (`delete_steps`, `drop_unused`); a diverged
-attempt's obsolete steps go at once (`drop_from`), and their results with them.
+Steps are read by their task's next attempt alone, and no attempt follows an end: the
+task journal's pruning (every PRUNE_EVERY seconds) deletes the steps of tasks that ended
+ENDED_KEPT seconds before (`delete_ended`, decision 450), those of a pruned task, and the
+results no step names any more (`delete_steps`, `drop_unused`); a diverged attempt's
+obsolete steps go at once (`drop_from`), and their results with them. Its end is
+committed in the same database before its steps go: a task the next daemon would run
+again never loses them.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ RESULTS_DIR = "step-results"
 LOG_MAX = 64 * 1024  # a result larger than this goes to the database directly
 FLUSH_EVERY = 0.05  # seconds a step may wait in the log for its batch
 LOG_BATCH = 512  # steps in one log file at most
+# seconds an ended task's steps are kept (a look at them just after the end still finds
+# them); the task journal's next pruning after that deletes them
+ENDED_KEPT = 60.0
 
 
 class _Drop(NamedTuple):
@@ -268,6 +275,16 @@ def delete_steps(db: sqlite3.Connection, where: str, args: Iterable[object]) -> 
     named (for drop_unused)."""
     rows = db.execute(f"DELETE FROM steps WHERE task_id IN (SELECT id FROM tasks WHERE "
                       f"{where}) RETURNING result", tuple(args)).fetchall()
+    return {r[0] for r in rows if r[0] is not None}
+
+
+def delete_ended(db: sqlite3.Connection, before: float) -> set[bytes]:
+    """Delete the steps of the tasks that ended before `before` (their end committed);
+    the results they named (for drop_unused). Looked up from the steps, which hold only
+    tasks not ended or lately ended, not from every task the journal keeps."""
+    rows = db.execute("DELETE FROM steps WHERE EXISTS (SELECT 1 FROM tasks WHERE tasks.id "
+                      "= steps.task_id AND tasks.finished < ?) RETURNING result",
+                      (before,)).fetchall()
     return {r[0] for r in rows if r[0] is not None}
 
 

@@ -29,7 +29,7 @@ afterwards (decision 170). The `output` column holds the worker's `task/run` res
 it (`{"output": ...}`), kept as bytes end to end. Reads (`load`, `query`) run in a thread
 on a connection of their own, after the rows written so far are committed. Finished tasks
 are pruned by age and count in the writer thread, at start-up and every `PRUNE_EVERY`
-seconds.
+seconds; so are the steps of tasks that ended a while before (steps.py).
 
 A batch that cannot be written (a full disk, an I/O error) is not lost: its rows go back
 under the newer changes of their tasks and are tried again every `RETRY_EVERY` seconds.
@@ -71,7 +71,15 @@ from ..supervisor.tasks.steps import CHECKPOINT_SEQ
 from ..taskviews import queue_wait
 from ..text import iso_time, plural
 from .sqlfilters import given
-from .steps import delete_orphans, delete_steps, drop_unused, remove_refs, results_dir
+from .steps import (
+    ENDED_KEPT,
+    delete_ended,
+    delete_orphans,
+    delete_steps,
+    drop_unused,
+    remove_refs,
+    results_dir,
+)
 from .storeschema import connect, errors_named
 from .storewriter import RETRY_EVERY, GroupCommit, WriterThread
 
@@ -326,6 +334,7 @@ class TaskJournalDB:
         db.execute("BEGIN")
         results = delete_orphans(db) if not self._pruned_once else set()
         self._pruned_once = True
+        results |= delete_ended(db, time.time() - ENDED_KEPT)
         if self.max_age > 0:
             old = time.time() - self.max_age
             results |= delete_steps(db, "finished IS NOT NULL AND finished < ?", (old,))
