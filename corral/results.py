@@ -503,11 +503,13 @@ class StepStats(Result):
 
 class SessionStats(Result):
     """The sessions (docs/durable.md#sessions): those live now, and those dropped for their
-    agent's session_ttl since the daemon started; new sessions and checkpoints refused
-    for a bound; their states' bytes, and those held in memory (the rest read back)."""
+    agent's session_ttl, or ended with their agent's removal, since the daemon started;
+    new sessions and checkpoints refused for a bound; their states' bytes, and those held
+    in memory (the rest read back)."""
 
     live: int = 0
     expired: int = 0
+    ended: int = 0
     refused: int = 0
     state_bytes: int = 0
     states_in_memory: int = 0
@@ -592,6 +594,9 @@ class SessionView(Result):
     running: str | None  # the id of its task queued or running first, or None
     waiting: int  # its tasks waiting behind that one
     expires: float | None  # when it is dropped if no task comes (None: never)
+    # whose it is: the tenant its agent was of when it began (another tenant's agent of
+    # the same name never sees it)
+    tenant: str
 
 
 class SessionList(Result):

@@ -26,6 +26,7 @@ from corral import jsonrpc
 from corral.daemon.caller import Caller
 from corral.daemon.tokens import tokens_of
 from corral.jsonrpc import RpcError
+from corral.supervisor.tasks.sessions import SessionKey
 
 from .conftest import ROOT
 from .daemon_harness import PY, in_process
@@ -104,10 +105,10 @@ def test_twenty_turns_across_a_worker_kill_a_daemon_kill_and_a_hibernation(
             assert out["turns"] == list(range(1, n + 1)) and out["given"]
         # `corral sessions`: the session, its twenty tasks, the replica that holds it
         listed = d.cli("sessions").stdout.splitlines()
-        assert listed[0].split() == ["AGENT", "SESSION", "TASKS", "LAST", "USE", "HOLDER",
-                                     "STATE", "NOW"]
+        assert listed[0].split() == ["TENANT", "AGENT", "SESSION", "TASKS", "LAST", "USE",
+                                     "HOLDER", "STATE", "NOW"]
         row = listed[1].split()
-        assert row[:3] == ["chat", "s1", "20"] and row[-3:] == ["chat#0", "62B", "idle"]
+        assert row[:4] == ["default", "chat", "s1", "20"] and row[-3:] == ["chat#0", "62B", "idle"]
         shown = d.json("sessions", "show", "chat", "s1")
         assert [t["task_id"] for t in shown["history"]] == task_ids
         assert {t["status"] for t in shown["history"]} == {"succeeded"}
@@ -275,7 +276,7 @@ async def test_the_session_is_durable_in_the_state_database(tmp_path: Path) -> N
         assert shown.history[0].status == "succeeded"
         res = await d.sup.tasks.run("chat", {"turn": 2}, session="kept")
         assert res.output["turns"] == [1, 2]
-        kept = d.sup.tasks.sessions.table[("chat", "kept")]
+        kept = d.sup.tasks.sessions.table[SessionKey("default", "chat", "kept")]
         assert msgspec.json.decode(d.sup.tasks.sessions.hot.get(kept.key)  # type: ignore[arg-type]
                                    ) == {"turns": [1, 2]}
 
@@ -391,7 +392,7 @@ async def test_a_sessions_history_keeps_its_last_thousand_tasks(tmp_path: Path) 
         journal = d.sup.tasks.sessions.journal
         n = HISTORY_KEPT + 2 * PRUNE_EVERY
         for i in range(1, n + 1):
-            row = SessionRow("chat", "long", 0.0, 0.0, i, None, 7)
+            row = SessionRow("default", "chat", "long", 0.0, 0.0, i, None, 7)
             journal.put(row)
             journal.add_task(row, f"t{i}")
             if i % 100 == 0:

@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 
 from corral import jsonrpc
+from corral.supervisor.tasks.sessions import SessionKey
 
 from .daemon_harness import in_process
 from .test_sessions import call, chat, refused
@@ -63,7 +64,7 @@ async def test_a_checkpoint_past_max_session_bytes_is_refused_and_the_state_kept
             "session/checkpoint: session state too large: agent chat's live sessions would "
             "hold 228 bytes of state (max_session_bytes 200); the session keeps its last "
             "state")
-        b = tasks.sessions.table[("chat", "b")]
+        b = tasks.sessions.table[SessionKey("default", "chat", "b")]
         assert b.state_bytes == 0 and tasks.sessions.stats()["state_bytes"] == 114
         # a smaller state fits; a larger one in place of a session's own counts the change
         assert (await tasks.run("chat", {"turn": 1}, session="b")).output["turns"] == [1]
@@ -100,7 +101,8 @@ async def test_session_states_in_memory_stay_within_their_budget_and_are_read_ba
         res = await d.sup.tasks.run("chat", {"turn": 2}, session="s29")
         assert res.output["turns"] == [big, 2]
         assert len(sessions.hot) == 1
-        assert msgspec.json.decode(sessions.hot.get(sessions.table[("chat", "s29")].key)  # type: ignore[arg-type]
+        s29 = sessions.table[SessionKey("default", "chat", "s29")]
+        assert msgspec.json.decode(sessions.hot.get(s29.key)  # type: ignore[arg-type]
                                    ) == {"turns": [big, 2]}
 
 

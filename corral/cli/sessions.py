@@ -69,6 +69,7 @@ def sessions(obj: Ctx, words: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         print_json(res)
         return
-    table([[s.agent, s.session, str(s.tasks), _ago(s.last_used), s.holder or "-",
+    # whose each is (the tenant its agent was of when it began: decision 440)
+    table([[s.tenant, s.agent, s.session, str(s.tasks), _ago(s.last_used), s.holder or "-",
             _state(s.state_bytes), _now(s)] for s in res.sessions],
-          ["AGENT", "SESSION", "TASKS", "LAST USE", "HOLDER", "STATE", "NOW"])
+          ["TENANT", "AGENT", "SESSION", "TASKS", "LAST USE", "HOLDER", "STATE", "NOW"])

@@ -65,7 +65,7 @@ class ClusterTasks:
         # (node.py gives it submitclaim.SubmitClaims)
         self.submit_batch: Batcher = Batcher(scripts, scripts.submit)
         # a task naming a session: its own submit (sessions.py)
-        self.sessions = ClusterSessions(redis, scripts, keys, trust, host)
+        self.sessions = ClusterSessions(redis, scripts, keys, trust, host, membership, report)
         self._submit_turn = Batcher(scripts, self.sessions.submit)
 
     # -- submit ---------------------------------------------------------------------------
@@ -100,7 +100,7 @@ class ClusterTasks:
                 records.trace_field(p.traceparent, p.tracestate)]
         submit = self.scripts.submit
         if p.session is not None:
-            args += self.sessions.submit_args(p.agent, p.session)
+            args += await self.sessions.submit_args(p.agent, p.session)
             submit = self.sessions.submit
         try:
             await self._check_served(p.agent)

@@ -7,6 +7,8 @@ scripts may touch several). Several clusters may share one Redis.
 
 from __future__ import annotations
 
+from ..supervisor.tasks.sessions import SessionKey
+
 GROUP = "corral"  # the one consumer group of every task stream
 OUTCOMES_KEPT = 10_000  # the outcomes stream is capped near this (MAXLEN ~)
 
@@ -70,28 +72,29 @@ class Keys:
         """Hash: a running cluster task's steps (cluster/steps.py), deleted at its end."""
         return f"{self.prefix}steps:{task_id}"
 
-    # -- sessions (sessions.py; agent names have no ':') ------------------------------------
-    def session(self, agent: str, name: str) -> str:
+    # -- sessions (sessions.py; tenant and agent names have no ':'), each under its owner,
+    # the tenant its agent was of at its submit (decision 440) ---------------------------
+    def session(self, key: SessionKey) -> str:
         """Hash: a cluster session (its signed state, its current task, ttl, last use,
         tasks); it expires, with its line and history, session_ttl after its last task."""
-        return f"{self.prefix}sess:{agent}:{name}"
+        return f"{self.prefix}sess:{key.tenant}:{key.agent}:{key.name}"
 
-    def session_line(self, agent: str, name: str) -> str:
+    def session_line(self, key: SessionKey) -> str:
         """List: the session's tasks waiting for its current one to end, in order."""
-        return f"{self.prefix}sline:{agent}:{name}"
+        return f"{self.prefix}sline:{key.tenant}:{key.agent}:{key.name}"
 
-    def session_tasks(self, agent: str, name: str) -> str:
+    def session_tasks(self, key: SessionKey) -> str:
         """List: the ids of the session's tasks, in the order submitted (its last ones)."""
-        return f"{self.prefix}shist:{agent}:{name}"
+        return f"{self.prefix}shist:{key.tenant}:{key.agent}:{key.name}"
 
-    def sessions(self, agent: str) -> str:
-        """Sorted set: an agent's live sessions, scored by when each expires (inf while a
-        task of it is unfinished): what max_sessions counts."""
-        return f"{self.prefix}sessions:{agent}"
+    def sessions(self, tenant: str, agent: str) -> str:
+        """Sorted set: a tenant's agent's live sessions, scored by when each expires (inf
+        while a task of it is unfinished): what max_sessions counts."""
+        return f"{self.prefix}sessions:{tenant}:{agent}"
 
-    def session_bytes(self, agent: str) -> str:
+    def session_bytes(self, tenant: str, agent: str) -> str:
         """Hash: session -> its state's bytes: what max_session_bytes counts."""
-        return f"{self.prefix}sbytes:{agent}"
+        return f"{self.prefix}sbytes:{tenant}:{agent}"
 
     @property
     def fence(self) -> str:

@@ -6,11 +6,18 @@ them, and each is given the session's state as the last turn checkpointed it.
 
 The state is a field of the session's hash, written by the CHECKPOINT script under the
 claim's fence (a node whose turn was taken over cannot write over its successor's),
-carrying a MAC made with the cluster key (trust.SESSION, over the agent, the session and
-the state): one that does not verify is refused as every forged record is (said,
-counted), and the turn starts without a state. The CLAIM of a turn reads it
-(sessionscripts.claimed); this node's engine gives it to the worker (`task/run`'s
+carrying a MAC made with the cluster key (trust.SESSION, over the session's tenant, the
+agent, the session and the state): one that does not verify is refused as every forged
+record is (said, counted), and the turn starts without a state. The CLAIM of a turn reads
+it (sessionscripts.claimed); this node's engine gives it to the worker (`task/run`'s
 `session_state`) through `supervisor.tasks.sessions.Sessions.elsewhere`.
+
+A session is its owner's (decision 440): its keys and its MAC name the tenant of its agent
+where its turns are submitted, so another tenant's agent of the same name, on any node,
+neither addresses nor verifies it; a node gives a turn the state only when it was signed
+for its own agent's tenant, and refuses a checkpoint of a session of another tenant.
+Removing an agent ends its sessions in Redis (`end_agent`) unless another live node still
+runs an agent of its name.
 
 Not built: stickiness (a turn runs on whichever node has room, not preferably on the one
 that ran the last), and `corral sessions` of the cluster's sessions.
@@ -18,6 +25,7 @@ that ran the last), and `corral sessions` of the cluster's sessions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -25,11 +33,14 @@ from redis.exceptions import RedisError
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
+from ..supervisor.config import DEFAULT_TENANT
 from ..supervisor.tasks import Task
 from ..supervisor.tasks.host import TaskHost
+from ..supervisor.tasks.sessions import SessionKey
 from ..text import plural
 from . import sessionscripts
 from .keys import Keys
+from .membership import Membership
 from .queue import ClusterTask
 from .scripts import Scripts, submit_script
 from .trust import SESSION, Trust
@@ -43,7 +54,11 @@ class ClusterSessions:
     checkpoints."""
 
     def __init__(self, redis: Any, scripts: Scripts, keys: Keys, trust: Trust,
-                 host: TaskHost) -> None:
+                 host: TaskHost, membership: Membership,
+                 report: Callable[[str], None]) -> None:
+        self.redis = redis
+        self.membership = membership
+        self.report = report
         self.scripts = scripts
         self.keys = keys
         self.trust = trust
@@ -53,14 +68,28 @@ class ClusterSessions:
         self.refused = 0  # turns and checkpoints refused for a bound
 
     # -- submit ----------------------------------------------------------------------------
-    def submit_args(self, agent: str, session: str) -> list[Any]:
-        """What SUBMIT takes after the plain submit's arguments: the session and the
-        bounds of its agent as this node knows them (none, when it does not run it)."""
+    async def submit_args(self, agent: str, session: str) -> list[Any]:
+        """What SUBMIT takes after the plain submit's arguments: the session, the
+        bounds of its agent as this node knows them (none, when it does not run it), and
+        its owner: the tenant of this node's agent, else of the cluster's agent of the
+        name (its table in Redis)."""
         local = self.host.agents.get(agent)
         if local is None:
-            return [session, 0, 0]
+            try:
+                table = await self.redis.hget(self.keys.cluster_agents, agent)
+            except (RedisError, OSError) as exc:
+                raise RpcError(jsonrpc.UNAVAILABLE, f"the task was not accepted: the "
+                                                    f"cluster's Redis did not answer ({exc})"
+                               ) from None
+            tenant = msgspec.json.decode(table).get("tenant") if table else None
+            return [session, 0, 0, tenant if isinstance(tenant, str) else DEFAULT_TENANT]
         spec = local.spec
-        return [session, spec.session_ttl, spec.max_sessions]
+        return [session, spec.session_ttl, spec.max_sessions, spec.tenant]
+
+    def _tenant(self, agent: str) -> str:
+        """The tenant of this node's agent of the name ('' when it runs none)."""
+        local = self.host.agents.get(agent)
+        return local.spec.tenant if local is not None else ""
 
     def refusal(self, agent: str, got: Any) -> RpcError | None:
         if got != -2:
@@ -80,7 +109,8 @@ class ClusterSessions:
             return None
         assert task.session is not None
         mac, _, body = task.session_kept.partition(b" ")
-        if not self.trust.valid(mac, SESSION, task.agent, task.session, body):
+        if not self.trust.valid(mac, SESSION, self._tenant(task.agent), task.agent,
+                                task.session, body):
             self.trust.refuse(SESSION, f"{task.session} of agent {task.agent}", mac,
                               "the turn starts without it")
             return None
@@ -93,13 +123,14 @@ class ClusterSessions:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"session/checkpoint: task {task.id} "
                                                    "has no session")
         body = msgspec.json.encode(state)
-        mac = self.trust.sign(SESSION, task.agent, task.session, body)
+        tenant = self._tenant(task.agent)
+        mac = self.trust.sign(SESSION, tenant, task.agent, task.session, body)
         local = self.host.agents.get(task.agent)
         most = local.spec.max_session_bytes if local is not None else 0
         try:
             got = await self.checkpoint_script(keys=[self.keys.task(task.id)],
                                                args=[task.token, mac.encode() + b" " + body,
-                                                     len(body), most])
+                                                     len(body), most, tenant])
         except (RedisError, OSError) as exc:
             raise RpcError(jsonrpc.UNAVAILABLE, f"session/checkpoint: not kept: the "
                                                 f"cluster's Redis did not take it ({exc})"
@@ -110,9 +141,39 @@ class ClusterSessions:
         if got == 0:
             raise RpcError(jsonrpc.CONFLICT, f"session/checkpoint: task {task.id} is no "
                                              f"longer this node's claim (fence {task.token})")
+        if got[0] == -3:
+            raise RpcError(jsonrpc.CONFLICT, f"session/checkpoint: session {task.session} of "
+                                             f"agent {task.agent} is tenant "
+                                             f"{got[1].decode()}'s, not this node's agent's "
+                                             f"({tenant or 'none'}); the state is not kept")
         self.refused += 1
         raise RpcError(jsonrpc.REFUSED, f"session/checkpoint: session state too large: "
                                         f"agent {task.agent}'s live sessions would hold "
                                         f"{plural(int(got[1]), 'byte')} of state "
                                         f"(max_session_bytes {most}); the session keeps its "
                                         "last state")
+
+    # -- removal ------------------------------------------------------------------------------
+    async def end_agent(self, agent: str, tenant: str) -> None:
+        """This node's agent `agent` of `tenant` was removed: the cluster's sessions of it
+        end (their states, lines and histories deleted), unless another live node still
+        runs an agent of the name (the sessions are its too). Redis away: they are left
+        to expire (session_ttl), said; no other tenant's agent can address them."""
+        try:
+            nodes = await self.membership.nodes()
+            if any(n.alive and n.node != self.membership.node and agent in n.agents
+                   for n in nodes):
+                return
+            live = self.keys.sessions(tenant, agent)
+            names = [n.decode() for n in await self.redis.zrange(live, 0, -1)]
+            pipe = self.redis.pipeline(transaction=True)
+            for name in names:
+                key = SessionKey(tenant, agent, name)
+                pipe.delete(self.keys.session(key), self.keys.session_line(key),
+                            self.keys.session_tasks(key))
+            pipe.delete(live, self.keys.session_bytes(tenant, agent))
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self.report(f"cluster: agent {agent} of tenant {tenant} was removed, but its "
+                        f"sessions in Redis could not be ended ({exc}): they expire after "
+                        "their session_ttl")

@@ -7,21 +7,27 @@ record (status queued, entry "0-0": no stream entry) but wait out of the stream.
 of a task (finished, lost, cancelled: scripts._ended) moves the next one of the line into
 the stream; the last one's end starts the session's session_ttl (the keys' expiry).
 
-Sessions are counted per agent in a sorted set (Keys.sessions) scored by when each
-expires, and their states' bytes in a hash (Keys.session_bytes): expired ones leave both
-when a script next counts them. Times are Redis's own (TIME): one clock for every node.
+Every key of a session is its owner's: the tenant its agent was of where its first turn
+was submitted (`stenant` of each turn's record, decision 440), so another tenant's agent
+of the same name has keys of its own. Sessions are counted per tenant's agent in a sorted
+set (Keys.sessions) scored by when each expires, and their states' bytes in a hash
+(Keys.session_bytes): expired ones leave both when a script next counts them. Times are
+Redis's own (TIME): one clock for every node.
 """
 
 from __future__ import annotations
 
 # The session's keys named from a task's record key (KEYS[1], Keys.task) and the session's
-# agent and name: the same prefix, so the same hash slot.
+# tenant, agent and name: the same prefix, so the same hash slot. (A turn submitted before
+# sessions had owners has no tenant: its session's keys are named as they were then, so
+# that its line still moves.)
 _NAMES = """local prefix = string.match(KEYS[1], '^(.*)task:')
-local skey = prefix .. 'sess:' .. agent .. ':' .. name
-local sline = prefix .. 'sline:' .. agent .. ':' .. name
-local shist = prefix .. 'shist:' .. agent .. ':' .. name
-local sall = prefix .. 'sessions:' .. agent
-local sbytes = prefix .. 'sbytes:' .. agent
+local owned = tenant and (tenant .. ':' .. agent) or agent
+local skey = prefix .. 'sess:' .. owned .. ':' .. name
+local sline = prefix .. 'sline:' .. owned .. ':' .. name
+local shist = prefix .. 'shist:' .. owned .. ':' .. name
+local sall = prefix .. 'sessions:' .. owned
+local sbytes = prefix .. 'sbytes:' .. owned
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000"""
 
@@ -38,9 +44,9 @@ def ended(task: str) -> str:
     leaves the session idle, to expire session_ttl from now; one that ended waiting in
     the line (cancelled) leaves it."""
     return f"""do
-local agent_name = redis.call('HMGET', KEYS[1], 'agent', 'session')
+local agent_name = redis.call('HMGET', KEYS[1], 'agent', 'session', 'stenant')
 if agent_name[2] then
-local agent, name, task = agent_name[1], agent_name[2], {task}
+local agent, name, tenant, task = agent_name[1], agent_name[2], agent_name[3], {task}
 {_NAMES}
 if redis.call('HGET', skey, 'cur') == task then
   local nxt = redis.call('LPOP', sline)
@@ -72,10 +78,10 @@ end"""
 # the stream when the session has nothing unfinished, else into its line, which
 # max_queue bounds as it does the stream (-1).
 # KEYS: SUBMIT's; ARGV: SUBMIT's (11), then the session's name, its agent's session_ttl
-#   (seconds, 0: none), the agent's max_sessions (0: none)
+#   (seconds, 0: none), the agent's max_sessions (0: none), its agent's tenant
 SUBMIT_FIRST = f"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local agent, name = ARGV[2], ARGV[12]
+local agent, name, tenant = ARGV[2], ARGV[12], ARGV[15]
 {_NAMES}
 local cur = redis.call('HGET', skey, 'cur')
 if not cur then
@@ -91,7 +97,7 @@ end
 """
 ENTRY = "local entry = '0-0'\nif turn then entry = {xadd} end"
 SUBMIT_THEN = """
-redis.call('HSET', KEYS[1], 'session', name)
+redis.call('HSET', KEYS[1], 'session', name, 'stenant', tenant)
 if turn then
   redis.call('HSET', skey, 'cur', ARGV[1])
 else
@@ -111,12 +117,15 @@ redis.call('ZADD', sall, 'inf', name)
 # claim's token as every write of an attempt is, and bounded by the agent's
 # max_session_bytes over its live sessions.
 # KEYS: task; ARGV: token, the state (its MAC, a space, its JSON), its size in bytes, the
-#   agent's max_session_bytes (0: none)
-#   -> 1 written, 0 not this claim's (fenced), or {-1, the bytes it would make}
+#   agent's max_session_bytes (0: none), the tenant it was signed for (the checkpointing
+#   node's agent's)
+#   -> 1 written, 0 not this claim's (fenced), {-1, the bytes it would make}, or {-3, the
+#   session's tenant} when it is not the one signed for
 CHECKPOINT = f"""
-local rec = redis.call('HMGET', KEYS[1], 'fence', 'status', 'agent', 'session')
+local rec = redis.call('HMGET', KEYS[1], 'fence', 'status', 'agent', 'session', 'stenant')
 if rec[1] ~= ARGV[1] or rec[2] ~= 'running' or not rec[4] then return 0 end
-local agent, name = rec[3], rec[4]
+local agent, name, tenant = rec[3], rec[4], rec[5]
+if tenant and tenant ~= ARGV[5] then return {{-3, tenant}} end
 {_NAMES}
 local size, most = tonumber(ARGV[3]), tonumber(ARGV[4])
 if most > 0 then
@@ -137,9 +146,10 @@ def claimed() -> str:
     given its name and its state, signed as the last turn checkpointed it (`sess`,
     `state`; false when the task is no turn of a session, or its session has no state)."""
     return """local sess, state = false, false
-  local agent_name = redis.call('HMGET', task, 'agent', 'session')
+  local agent_name = redis.call('HMGET', task, 'agent', 'session', 'stenant')
   if agent_name[2] then
     sess = agent_name[2]
-    state = redis.call('HGET', prefix .. 'sess:' .. agent_name[1] .. ':' .. agent_name[2],
+    local owned = agent_name[3] and (agent_name[3] .. ':' .. agent_name[1]) or agent_name[1]
+    state = redis.call('HGET', prefix .. 'sess:' .. owned .. ':' .. agent_name[2],
       'state') or false
   end"""

@@ -20,7 +20,7 @@ from ..supervisor.configload import check_command, cluster_problem, parse_agents
 from ..supervisor.errors import NoSuchAgent
 from ..supervisor.lifecycle import RESTARTED, SERVING, State
 from ..supervisor.startstop import start_each, stop_all
-from ..supervisor.tasks.sessions import Session, Sessions
+from ..supervisor.tasks.sessions import Session, SessionKey, Sessions
 from ..text import plural
 from .api import Handlers
 from .caller import SHARED, Caller, Channel
@@ -627,14 +627,26 @@ async def tasks_cancel(d: Services, p: m.TasksCancel, caller: Caller, c: Channel
 
 
 # -- sessions (docs/durable.md#sessions): looked up by name, whether their agent runs or
-# not (a reload that removes an agent and adds it back keeps its conversations)
+# not, and by whose they are (decision 440): a tenant's caller asks for its tenant's; the
+# operator for those of the tenant that holds the agent's name now, else (its agent gone)
+# for the one of that name most recently used
 def _session_view(sessions: Sessions, s: Session) -> m.SessionView:
     return m.SessionView(
         agent=s.agent, session=s.name, tasks=s.tasks, created=s.created,
         last_used=s.last_used, holder=s.holder,
         state_bytes=s.state_bytes,
         running=s.current.id if s.current is not None else None, waiting=len(s.line),
-        expires=sessions.expires(s))
+        expires=sessions.expires(s), tenant=s.tenant)
+
+
+def _session_key(d: Services, caller: Caller, agent: str, name: str) -> SessionKey:
+    if caller.tenant is not None:
+        return SessionKey(caller.tenant, agent, name)
+    if agent in d.agents:
+        return d.sessions.key_of(agent, name)
+    kept = [s for s in d.sessions.listing(agent) if s.name == name]
+    return max(kept, key=lambda s: s.last_used).ident if kept else d.sessions.key_of(
+        agent, name)
 
 
 @implements("sessions.list")
@@ -647,7 +659,7 @@ async def sessions_list(d: Services, p: m.SessionsList, caller: Caller, c: Chann
 @implements("sessions.get")
 async def sessions_get(d: Services, p: m.SessionsGet, caller: Caller, c: Channel
                        ) -> m.SessionInfo:
-    s = d.sessions.get(p.agent, p.session)
+    s = d.sessions.get(_session_key(d, caller, p.agent, p.session))
     return m.SessionInfo(session=_session_view(d.sessions, s), history=[
         m.SessionTask(task_id=tid, status=status, created=created)
         for tid, status, created in await d.sessions.history(s)])
@@ -656,7 +668,7 @@ async def sessions_get(d: Services, p: m.SessionsGet, caller: Caller, c: Channel
 @implements("sessions.end")
 async def sessions_end(d: Services, p: m.SessionsEnd, caller: Caller, c: Channel
                        ) -> m.SessionView:
-    s = d.sessions.end(p.agent, p.session)
+    s = d.sessions.end(_session_key(d, caller, p.agent, p.session))
     await d.sessions.committed()
     return _session_view(d.sessions, s)
 

@@ -253,11 +253,12 @@ class Fleet:
             await asyncio.gather(*(self.agents.remove(n) for n in names))
 
         async with self.changing(names):
-            for n in names:  # still there after our turn came
-                self.agents.agent(n)
+            # still there after our turn came; whose each is, whose sessions end with it
+            owners = {n: self.agents.agent(n).spec.tenant for n in names}
             await self._unit([w for n in names for w in (
                 StateStore.forgetting_runtime_agent(n), forgetting_scaled(n))],
                 "nothing was removed", act, list)
+            await self.tasks.sessions.end_agents(owners)
         self.from_config.difference_update(names)
         return names
 
@@ -448,7 +449,9 @@ class Fleet:
                 # kept while the database cannot be written; a restart adds the file's
                 # agent first and skips the stored one of the same name anyway
                 self.writer.submit(StateStore.forgetting_runtime_agent(n), "runtime agent")
+        owners = {n: self.agents[n].spec.tenant for n in agents["removed"]}
         await asyncio.gather(*(self.agents.remove(n) for n in agents["removed"]))
+        await self.tasks.sessions.end_agents(owners)  # (their sessions end with them)
         for n in agents["added"]:
             self._add(cfg.agents[n])
             self.record(cfg.agents[n], who)

@@ -7,7 +7,9 @@ answered once its state is committed. The tasks of each session are kept in the 
 accepted (its history, the last HISTORY_KEPT), and give each unfinished task its session
 back after a restart. Ending a session (or its expiry) deletes its row, state and
 history; the rows of one life of a session carry its `gen`, so that a name ended and begun
-again in one batch never mixes the two.
+again in one batch never mixes the two. Every row is keyed by the session's owner too (the
+tenant its agent was of when it began, decision 440): another tenant's agent of the same
+name addresses rows of its own.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from ..supervisor.tasks.sessions import SessionRow
+from ..supervisor.tasks.sessions import SessionKey, SessionRow
 from .storeschema import connect, errors_named
 from .storewriter import GroupCommit, WriterThread
 
+# one life of a session's rows: its owner, its agent's name and its own, its gen
+_LIFE = "tenant = ? AND agent = ? AND session = ? AND gen = ?"
 HISTORY_KEPT = 1000  # tasks of a session kept in its history (and read back)
 PRUNE_EVERY = 64  # past HISTORY_KEPT, the older ones are deleted every this many tasks
 
@@ -64,16 +68,16 @@ class SessionsDB:
 
     # -- the SessionJournal protocol ------------------------------------------------------
     def put(self, row: SessionRow) -> None:
-        self._group.put(("row", row.agent, row.name, row.gen), row)
+        self._group.put(("row", *row[:3], row.gen), row)
 
     def put_state(self, row: SessionRow, state: bytes) -> None:
-        self._group.put(("state", row.agent, row.name, row.gen), _State(row, state))
+        self._group.put(("state", *row[:3], row.gen), _State(row, state))
 
     def add_task(self, row: SessionRow, task_id: str) -> None:
         self._group.put(("task", task_id), _Task(row, task_id))
 
     def end(self, row: SessionRow) -> None:
-        self._group.put(("end", row.agent, row.name, row.gen), _End(row))
+        self._group.put(("end", *row[:3], row.gen), _End(row))
 
     async def committed(self) -> None:
         await self._group.committed()
@@ -95,26 +99,26 @@ class SessionsDB:
         """The session's state as written so far."""
         with self._read_lock, errors_named(self.path):
             got = self._reader.execute(
-                "SELECT state FROM sessions WHERE agent = ? AND session = ? AND gen = ?",
-                (row.agent, row.name, row.gen)).fetchone()
+                "SELECT state FROM sessions WHERE tenant = ? AND agent = ? AND session = ? "
+                "AND gen = ?", (*row[:3], row.gen)).fetchone()
         return None if got is None or got[0] is None else bytes(got[0])
 
     # -- start-up (in a thread) -------------------------------------------------------------
     def load(self) -> tuple[list[tuple[SessionRow, int | None]],
-                            list[tuple[str, str, str]]]:
+                            list[tuple[str, SessionKey]]]:
         """Every session and its state's size (the state is read when it is needed);
-        (task id, agent, session) of each task not finished, in the order they were
+        (task id, its session) of each task not finished, in the order they were
         accepted."""
         with self._read_lock, errors_named(self.path):
             rows = self._reader.execute(
-                "SELECT agent, session, created, last_used, tasks, holder, gen, "
+                "SELECT tenant, agent, session, created, last_used, tasks, holder, gen, "
                 "length(state) FROM sessions").fetchall()
             members = self._reader.execute(
-                "SELECT st.task_id, st.agent, st.session FROM session_tasks st JOIN tasks t "
-                "ON t.id = st.task_id WHERE t.finished IS NULL ORDER BY t.arrival"
-            ).fetchall()
-        return ([(SessionRow(*r[:7]), r[7]) for r in rows],
-                [(tid, agent, name) for tid, agent, name in members])
+                "SELECT st.task_id, st.tenant, st.agent, st.session FROM session_tasks st "
+                "JOIN tasks t ON t.id = st.task_id WHERE t.finished IS NULL "
+                "ORDER BY t.arrival").fetchall()
+        return ([(SessionRow(*r[:8]), r[8]) for r in rows],
+                [(tid, SessionKey(*key)) for tid, *key in members])
 
     # -- on the writer ------------------------------------------------------------------
     def _settled(self, ops: list[_Op], error: str | None) -> None:
@@ -129,31 +133,30 @@ class SessionsDB:
             if isinstance(op, SessionRow):
                 # a new life of the name starts with no state
                 db.execute(
-                    "INSERT INTO sessions (agent, session, created, last_used, tasks, "
-                    "holder, gen) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent, session) "
-                    "DO UPDATE SET created = excluded.created, last_used = "
-                    "excluded.last_used, tasks = excluded.tasks, holder = excluded.holder, "
+                    "INSERT INTO sessions (tenant, agent, session, created, last_used, "
+                    "tasks, holder, gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT "
+                    "(tenant, agent, session) DO UPDATE SET created = excluded.created, "
+                    "last_used = excluded.last_used, tasks = excluded.tasks, holder = "
+                    "excluded.holder, "
                     "state = CASE WHEN gen = excluded.gen THEN state END, gen = excluded.gen",
                     op)
             elif isinstance(op, _State):
-                db.execute("UPDATE sessions SET state = ? WHERE agent = ? AND session = ? "
-                           "AND gen = ?", (op.state, op.row.agent, op.row.name, op.row.gen))
+                db.execute("UPDATE sessions SET state = ? WHERE tenant = ? AND agent = ? AND "
+                           "session = ? AND gen = ?", (op.state, *op.row[:3], op.row.gen))
             elif isinstance(op, _Task):
                 r = op.row
-                db.execute("INSERT OR IGNORE INTO session_tasks (task_id, agent, session, "
-                           "gen) VALUES (?, ?, ?, ?)", (op.task_id, r.agent, r.name, r.gen))
+                db.execute("INSERT OR IGNORE INTO session_tasks (task_id, tenant, agent, "
+                           "session, gen) VALUES (?, ?, ?, ?, ?)",
+                           (op.task_id, *r[:3], r.gen))
                 if r.tasks <= HISTORY_KEPT or r.tasks % PRUNE_EVERY:
                     continue
-                db.execute("DELETE FROM session_tasks WHERE agent = ? AND session = ? AND "
-                           "gen = ? AND rowid <= (SELECT rowid FROM session_tasks WHERE "
-                           "agent = ? AND session = ? AND gen = ? ORDER BY rowid DESC LIMIT 1 "
-                           f"OFFSET {HISTORY_KEPT})", (*r[:2], r.gen) * 2)
+                db.execute(f"DELETE FROM session_tasks WHERE {_LIFE} AND rowid <= (SELECT "
+                           f"rowid FROM session_tasks WHERE {_LIFE} ORDER BY rowid DESC "
+                           f"LIMIT 1 OFFSET {HISTORY_KEPT})", (*r[:3], r.gen) * 2)
             else:
                 r = op.row
-                db.execute("DELETE FROM sessions WHERE agent = ? AND session = ? AND gen = ?",
-                           (r.agent, r.name, r.gen))
-                db.execute("DELETE FROM session_tasks WHERE agent = ? AND session = ? AND "
-                           "gen = ?", (r.agent, r.name, r.gen))
+                db.execute(f"DELETE FROM sessions WHERE {_LIFE}", (*r[:3], r.gen))
+                db.execute(f"DELETE FROM session_tasks WHERE {_LIFE}", (*r[:3], r.gen))
         db.execute("COMMIT")
 
     # -- reads (in a thread) --------------------------------------------------------------
@@ -162,9 +165,9 @@ class SessionsDB:
         with self._read_lock, errors_named(self.path):
             return [(tid, status, created) for tid, status, created in self._reader.execute(
                 "SELECT st.task_id, t.status, t.created FROM session_tasks st LEFT JOIN "
-                "tasks t ON t.id = st.task_id WHERE st.agent = ? AND st.session = ? AND "
-                "st.gen = ? ORDER BY st.rowid DESC LIMIT ?",
-                (row.agent, row.name, row.gen, limit)).fetchall()][::-1]
+                "tasks t ON t.id = st.task_id WHERE st.tenant = ? AND st.agent = ? AND "
+                "st.session = ? AND st.gen = ? ORDER BY st.rowid DESC LIMIT ?",
+                (*row[:3], row.gen, limit)).fetchall()][::-1]
 
     async def close(self) -> None:
         """Write what is pending (the writer thread closes after), then close."""

@@ -31,6 +31,12 @@ BUSY_TIMEOUT_MS = 2000  # another process's transaction may hold the write lock 
 
 Migration = str | Callable[[sqlite3.Connection], None]
 
+# (migration 18) the tenant of the agent that holds the name `agent` as the migration
+# runs: its newest revision's, `default` when that names none (fleet.revision_tenant)
+_OWNER = ("COALESCE((SELECT json_extract(r.spec, '$.tenant') FROM revisions r "
+          "WHERE r.agent = {agent} ORDER BY r.time DESC, r.revision DESC LIMIT 1), "
+          "'default')")
+
 MIGRATIONS: list[Migration] = [
     # 1: the schema before versioning existed (IF NOT EXISTS: databases written then
     # already have these tables, at user_version 0)
@@ -317,6 +323,32 @@ MIGRATIONS: list[Migration] = [
     """
     ALTER TABLE runs ADD COLUMN traceparent TEXT;
     ALTER TABLE runs ADD COLUMN tracestate TEXT;
+    """,
+    # 18: a session is its owner's (decision 440): its rows keyed by the tenant its agent
+    # was of when it began, so that another tenant's agent of the same name addresses
+    # rows of its own. A row written before reads as the tenant of the agent that held
+    # the name then: its newest revision's (`default` when it names none)
+    f"""
+    CREATE TABLE owned_sessions (
+        tenant TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        session TEXT NOT NULL,
+        gen INTEGER NOT NULL,
+        created REAL NOT NULL,
+        last_used REAL NOT NULL,
+        tasks INTEGER NOT NULL,
+        holder TEXT,
+        state BLOB,
+        PRIMARY KEY (tenant, agent, session)
+    ) WITHOUT ROWID;
+    INSERT INTO owned_sessions SELECT {_OWNER.format(agent="s.agent")}, s.agent, s.session,
+        s.gen, s.created, s.last_used, s.tasks, s.holder, s.state FROM sessions s;
+    DROP TABLE sessions;
+    ALTER TABLE owned_sessions RENAME TO sessions;
+    ALTER TABLE session_tasks ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+    UPDATE session_tasks SET tenant = {_OWNER.format(agent="session_tasks.agent")};
+    DROP INDEX session_tasks_of;
+    CREATE INDEX session_tasks_of ON session_tasks (tenant, agent, session, gen);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

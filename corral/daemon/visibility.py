@@ -305,7 +305,9 @@ def _schedules_filter(result: Any, caller: Caller) -> Any:
 
 
 def _sessions_filter(result: Any, caller: Caller) -> Any:
-    return _replace(result, sessions=[s for s in result.sessions if caller.sees(s.agent)])
+    # whose a session is, is whose its agent was when it began (decision 440)
+    return _replace(result, sessions=[s for s in result.sessions
+                                      if caller.sees_record(s.agent, s.tenant)])
 
 
 def _lines_filter(result: Any, caller: Caller) -> Any:

@@ -27,6 +27,7 @@ from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
 from corral.cluster.scripts import Scripts
 from corral.supervisor.config import ClusterSettings
+from corral.supervisor.tasks.sessions import SessionKey
 
 from ..daemon_harness import PY
 from ..redis_harness import RedisServer
@@ -37,6 +38,7 @@ from .test_cluster_specs import log
 pytestmark = pytest.mark.timeout(120)
 HERE = Path(__file__).parent.parent
 K = Keys("test")
+S, ONE = (SessionKey("default", "chat", n) for n in ("s", "one"))  # chat's (no tenant)
 
 
 def chat(extra: str = "") -> str:
@@ -84,12 +86,12 @@ def test_twenty_turns_on_two_nodes_run_one_at_a_time_in_order_each_once(
         assert ran_on == {"a", "b"}  # the state went with the turns from node to node
         r = redis_py.Redis(port=redis.port)
         try:  # idle: nothing in its line, no current task, its state kept
-            assert r.hget(K.session("chat", "s"), "cur") == b""
-            assert r.exists(K.session_line("chat", "s")) == 0
-            assert r.lrange(K.session_tasks("chat", "s"), 0, -1) == [
+            assert r.hget(K.session(S), "cur") == b""
+            assert r.exists(K.session_line(S)) == 0
+            assert r.lrange(K.session_tasks(S), 0, -1) == [
                 t.encode() for t in ids]
-            assert r.hget(K.session("chat", "s"), "tasks") == b"20"
-            assert r.ttl(K.session("chat", "s")) > 0  # session_ttl runs from now
+            assert r.hget(K.session(S), "tasks") == b"20"
+            assert r.ttl(K.session(S)) > 0  # session_ttl runs from now
         finally:
             r.close()
 
@@ -139,7 +141,7 @@ def test_a_turn_cancelled_in_the_line_leaves_it_and_the_next_one_runs(
         assert cancelled["status"] == "cancelled", cancelled
         r = redis_py.Redis(port=redis.port)
         try:
-            assert r.lrange(K.session_line("chat", "s"), 0, -1) == [t3.encode()]
+            assert r.lrange(K.session_line(S), 0, -1) == [t3.encode()]
         finally:
             r.close()
         with open(hold, "wb"):  # turn 1 goes on
@@ -162,9 +164,9 @@ def test_max_sessions_refuses_a_new_one_and_an_expired_one_frees_its_place(
         assert done(a, submit(a, 2, "one"))["output"]["turns"] == [1, 2]  # its own: taken
         rc = redis_py.Redis(port=redis.port)
         try:  # session_ttl after its last turn: gone from Redis, by the keys' expiry
-            wait_until(lambda: rc.exists(K.session("chat", "one")) == 0, 10,
+            wait_until(lambda: rc.exists(K.session(ONE)) == 0, 10,
                        "session one expired")
-            assert rc.exists(K.session_tasks("chat", "one")) == 0
+            assert rc.exists(K.session_tasks(ONE)) == 0
         finally:
             rc.close()
         again = done(a, submit(a, 1, "two"))
@@ -186,7 +188,7 @@ def test_a_checkpoint_past_max_session_bytes_is_refused_with_the_reason(
                 "its last state") in third["error"]["message"]
         r = redis_py.Redis(port=redis.port)
         try:
-            assert r.hget(K.session_bytes("chat"), "s") == b"15"
+            assert r.hget(K.session_bytes("default", "chat"), "s") == b"15"
         finally:
             r.close()
 
@@ -202,9 +204,9 @@ def test_a_forged_session_state_is_refused_and_the_turn_starts_without_it(
         assert done(a, submit(a, 1))["output"]["turns"] == [1]
         r = redis_py.Redis(port=redis.port)
         try:
-            mac, _, body = r.hget(K.session("chat", "s"), "state").partition(b" ")
+            mac, _, body = r.hget(K.session(S), "state").partition(b" ")
             assert body == b'{"turns":[1]}'
-            r.hset(K.session("chat", "s"), "state", mac + b' {"turns":[7,7,7]}')
+            r.hset(K.session(S), "state", mac + b' {"turns":[7,7,7]}')
         finally:
             r.close()
         forged = done(a, submit(a, 2))
@@ -216,7 +218,7 @@ def test_a_forged_session_state_is_refused_and_the_turn_starts_without_it(
         # and one with no MAC at all: refused the same way
         r = redis_py.Redis(port=redis.port)
         try:
-            r.hset(K.session("chat", "s"), "state", b' {"turns":[7]}')
+            r.hset(K.session(S), "state", b' {"turns":[7]}')
         finally:
             r.close()
         unsigned = done(a, submit(a, 3))
@@ -236,6 +238,7 @@ def test_a_session_run_local_stays_on_its_node(tmp: Path, redis: RedisServer) ->
 
 # -- the scripts alone ----------------------------------------------------------------------
 T = Keys("t")
+W = SessionKey("t1", "w", "s")  # tenant t1's agent w's session s
 IDS = [f"0190a5c0-0000-7000-8000-00000000000{i}" for i in (1, 2)]
 
 
@@ -253,15 +256,15 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
     for tid in IDS:
         assert await submit_turn(
             keys=[T.task(tid), T.stream("w", 0), T.priorities("w"), T.agents, T.live],
-            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, 0]) == 1
+            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 60, 0, "t1"]) == 1
     first, second = IDS
     assert await client.xlen(T.stream("w", 0)) == 1  # the second waits in the line
     assert await client.hget(T.task(second), "entry") == b"0-0"
-    assert await client.lrange(T.session_line("w", "s"), 0, -1) == [second.encode()]
+    assert await client.lrange(T.session_line(W), 0, -1) == [second.encode()]
     third = "0190a5c0-0000-7000-8000-000000000009"  # past max_queue 1 in the line: refused
     assert await submit_turn(
         keys=[T.task(third), T.stream("w", 0), T.priorities("w"), T.agents, T.live],
-        args=[third, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "", "s", 60, 0]) == -1
+        args=[third, "w", b"{}", 0, "", "", "1.0", "n", 1, "0", "", "s", 60, 0, "t1"]) == -1
     assert await client.exists(T.task(third)) == 0
 
     async def claim(tid: str) -> Any:
@@ -274,10 +277,13 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
     token, *_, cp, name, state = await claim(first)
     assert (cp, name, state) == (None, b"s", None)  # no checkpoint, the session, no state
     checkpoint = client.register_script(sessionscripts.CHECKPOINT)
-    assert await checkpoint(keys=[T.task(first)], args=[token + 1, b" {}", 2, 0]) == 0
-    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":1}', 7, 0]) == 1
-    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":12}', 8, 7]) == [
+    assert await checkpoint(keys=[T.task(first)], args=[token + 1, b" {}", 2, 0, "t1"]) == 0
+    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":1}', 7, 0, "t1"]) == 1
+    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":12}', 8, 7, "t1"]) == [
         -1, 8]  # past max_session_bytes: refused, the last state kept
+    # signed for another tenant's agent of the name: refused, naming the session's
+    assert await checkpoint(keys=[T.task(first)], args=[token, b' {"a":2}', 7, 0, "t2"]) == [
+        -3, b"t1"]
 
     async def finish(tid: str, fence: int) -> Any:
         return await s.finish(
@@ -287,14 +293,14 @@ async def test_the_line_moves_at_each_end_and_only_the_claim_checkpoints(
 
     assert await finish(first, token) == 1
     assert await client.hget(T.task(second), "entry") != b"0-0"  # into the stream
-    assert await client.hget(T.session("w", "s"), "cur") == second.encode()
-    assert await client.pttl(T.session("w", "s")) == -1  # busy: no expiry
+    assert await client.hget(T.session(W), "cur") == second.encode()
+    assert await client.pttl(T.session(W)) == -1  # busy: no expiry
     token2, *_, name, state = await claim(second)
     assert (name, state) == (b"s", b' {"a":1}')
     assert await finish(second, token2) == 1
-    assert await client.hget(T.session("w", "s"), "cur") == b""
-    assert 0 < await client.pttl(T.session("w", "s")) <= 60_000  # idle: session_ttl
-    assert await client.zscore(T.sessions("w"), "s") is not None
+    assert await client.hget(T.session(W), "cur") == b""
+    assert 0 < await client.pttl(T.session(W)) <= 60_000  # idle: session_ttl
+    assert await client.zscore(T.sessions("t1", "w"), "s") is not None
 
 
 async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> None:
@@ -306,7 +312,7 @@ async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> No
     for tid in IDS:
         assert await submit_turn(
             keys=[T.task(tid), T.stream("w", 0), T.priorities("w"), T.agents, T.live],
-            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 0, 0]) == 1
+            args=[tid, "w", b"{}", 0, "", "", "1.0", "n", 0, "0", "", "s", 0, 0, "t1"]) == 1
     entry = await client.hget(T.task(first), "entry")
     await s.claim(keys=[T.task(first), T.attempts(first), T.fence, T.stream("w", 0)],
                   args=["b/1", "b", "2.0", entry, records.claimed_attempt("b", 2.0), 0,
@@ -316,8 +322,8 @@ async def test_a_turn_lost_with_its_node_lets_the_next_one_in(client: Any) -> No
               T.alive("b/1"), *T.listed],
         args=[first, entry, "b/1", "5.0", "node b lost", 60,
               b'{"code":-32001,"message":"node b lost"}', "dead"]) == b"lost"
-    assert await client.hget(T.session("w", "s"), "cur") == second.encode()
-    assert await client.exists(T.session_line("w", "s")) == 0
+    assert await client.hget(T.session(W), "cur") == second.encode()
+    assert await client.exists(T.session_line(W)) == 0
     [(moved, fields)] = await client.xrange(T.stream("w", 0))
     assert fields == {b"task": second.encode()}
     assert await client.hget(T.task(second), "entry") == moved

@@ -41,6 +41,7 @@ from ...workerproto import (
     ToolsListParams,
     UsageReportParams,
 )
+from ..config import DEFAULT_TENANT
 from ..quotas import QuotasChanged
 from ..workercalls import on_notification, on_request
 from .admission import admit, check_takes_tasks, queue_full, refusal
@@ -89,7 +90,8 @@ class TaskManager:
         self.by_agent: dict[str, AgentTasks] = {}
         # the agents' queue behind the sessions' lines (one task of a session at a time)
         self.sessions = Sessions(sup.stream, queue if queue is not None else LocalQueue(),
-                                 self._session_ttl, self._session_bounds)
+                                 self._session_ttl, self._session_bounds,
+                                 tenant_of=self._session_owner)
         self.queue: Queue = self.sessions
         self.budgets = Budgets(self._kept, self._reopen, self.queue.depth, _note_first)
         self.dispatch = TaskDispatch(sup, self.queue, self.by_agent, self, self.budgets)
@@ -120,6 +122,10 @@ class TaskManager:
     def _session_ttl(self, agent_name: str) -> float:
         agent = self.sup.agents.get(agent_name)
         return agent.spec.session_ttl if agent is not None else 0.0
+
+    def _session_owner(self, agent_name: str) -> str:
+        agent = self.sup.agents.get(agent_name)
+        return agent.spec.tenant if agent is not None else DEFAULT_TENANT
 
     def _session_bounds(self, agent_name: str) -> list[SessionBound]:
         return session_bounds(self.sup.agents.get(agent_name), self.tenancy)

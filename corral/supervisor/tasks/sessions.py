@@ -14,6 +14,13 @@ is answered) is given to each of its tasks in `task/run` (`session`, `session_st
 so any replica, after a crash, a restart of the daemon or a hibernation, carries on
 where the last checkpoint left it.
 
+A session is its owner's, not its name's (DESIGN 20): it is kept under the tenant its
+agent was of when the session began, with the agent's and its own name (`SessionKey`),
+and each task of it is bound to that life of it as it is accepted. So a later agent of
+the same name, another tenant's, can neither be given its state nor address it; and
+removing an agent ends its sessions (`end_agents`: their states deleted, here and where
+the turns are kept elsewhere).
+
 A session idle (no task of it unfinished) for its agent's `session_ttl` is
 dropped, state and history; its next task starts it afresh, told so by no state.
 The engine works without a journal; the daemon's is SQLite (corral.daemon.sessions).
@@ -29,9 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import itertools
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
@@ -39,6 +47,7 @@ import msgspec
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...text import plural
+from ..config import DEFAULT_TENANT
 from ..stream import Stream
 from .model import Task, TaskFinished
 from .queue import Queue
@@ -67,9 +76,19 @@ class SessionBound(NamedTuple):
     max_bytes: int  # their states' bytes together; 0: none
 
 
+class SessionKey(NamedTuple):
+    """Whose a session is: the tenant its agent was of when it began, the agent's name,
+    and its own."""
+
+    tenant: str
+    agent: str
+    name: str
+
+
 class SessionRow(NamedTuple):
     """What a journal keeps of a session, besides its state and its tasks."""
 
+    tenant: str  # its agent's when it began
     agent: str
     name: str
     created: float
@@ -132,16 +151,19 @@ class SessionsElsewhere(Protocol):
     async def checkpoint(self, task: Task, state: Any) -> dict[str, Any]:
         """session/checkpoint: kept before it is answered."""
 
+    async def end_agent(self, agent: str, tenant: str) -> None:
+        """Agent `agent` of `tenant` was removed: its sessions there end, states and all."""
+
 
 class Session:
     """One live session of an agent."""
 
     __slots__ = ("agent", "created", "current", "first", "front", "gen", "holder", "last_used",
-                 "line", "name", "pending", "pid", "replica", "state_bytes", "tasks", "warming")
+                 "line", "name", "pending", "pid", "replica", "state_bytes", "tasks", "tenant",
+                 "warming")
 
-    def __init__(self, agent: str, name: str, now: float) -> None:
-        self.agent = agent
-        self.name = name
+    def __init__(self, key: SessionKey, now: float) -> None:
+        self.tenant, self.agent, self.name = key
         self.gen = next(_generations)
         self.created = now
         self.last_used = now
@@ -173,17 +195,16 @@ class Session:
         return self.current is task
 
     def row(self) -> SessionRow:
-        return SessionRow(self.agent, self.name, self.created, self.last_used, self.tasks,
-                          self.holder, self.gen)
+        return SessionRow(self.tenant, self.agent, self.name, self.created, self.last_used,
+                          self.tasks, self.holder, self.gen)
+
+    @property
+    def ident(self) -> SessionKey:
+        return SessionKey(self.tenant, self.agent, self.name)
 
     @property
     def key(self) -> Key:
-        return self.agent, self.name, self.gen
-
-
-def _key(task: Task) -> tuple[str, str]:
-    assert task.session is not None
-    return task.agent, task.session
+        return self.tenant, self.agent, self.name, self.gen
 
 
 def _here(task: Task) -> bool:
@@ -196,21 +217,30 @@ class Sessions:
 
     def __init__(self, stream: Stream, inner: Queue, ttl_of: Callable[[str], float],
                  bounds_of: Callable[[str], list[SessionBound]] | None = None,
-                 memory: int = 64 * 1024 * 1024) -> None:
+                 memory: int = 64 * 1024 * 1024,
+                 tenant_of: Callable[[str], str] | None = None) -> None:
         self.inner = inner
         self._ttl_of = ttl_of
         self._bounds_of = bounds_of or (lambda agent: [])
-        self.table: dict[tuple[str, str], Session] = {}
+        # the tenant of the agent of this name now (a new session's owner)
+        self._tenant_of = tenant_of or (lambda agent: DEFAULT_TENANT)
+        self.table: dict[SessionKey, Session] = {}
         self._parked: dict[str, int] = {}  # tasks waiting in the lines, per agent
-        self._members: dict[str, str] = {}  # task id -> session, given back after a restart
+        # task id -> the life of the session it is a turn of, from its acceptance (or its
+        # restoring) to its end: what the task does to a session, it does to that one
+        self._turns: dict[str, Session] = {}
+        # task id -> its session's name, for a restored task whose session was not kept
+        self._names: dict[str, str] = {}
         self._journal: SessionJournal | None = None
         self.hot = HotStates(memory)  # the states in memory
-        self._live: dict[str, int] = {}  # live sessions per agent
-        self._bytes: dict[str, int] = {}  # their states' bytes per agent
+        # live sessions and their states' bytes, per (tenant, agent)
+        self._live: dict[tuple[str, str], int] = {}
+        self._bytes: dict[tuple[str, str], int] = {}
         self._loading: set[asyncio.Task[None]] = set()
         self.pump: Callable[[str], None] | None = None  # the dispatcher's (a line moved)
         self.elsewhere: SessionsElsewhere | None = None  # a cluster's (session_here False)
         self.expired = 0  # sessions dropped for their session_ttl
+        self.ended = 0  # sessions ended with their agent's removal
         self.refused = 0  # new sessions and checkpoints refused for a bound
         self._swept = 0.0  # when the table was last looked over (wall time)
         self._refusal_swept = 0.0  # when a refusal last did
@@ -226,14 +256,36 @@ class Sessions:
         self._journal = journal
         self.hot.spills = journal is not None
 
-    def _new(self, agent: str, name: str, now: float) -> Session:
-        s = self.table[(agent, name)] = Session(agent, name, now)
-        self._live[agent] = self._live.get(agent, 0) + 1
+    def key_of(self, agent: str, name: str) -> SessionKey:
+        """Session `name` of the agent of this name now."""
+        return SessionKey(self._tenant_of(agent), agent, name)
+
+    def _new(self, key: SessionKey, now: float) -> Session:
+        s = self.table[key] = Session(key, now)
+        owner = (key.tenant, key.agent)
+        self._live[owner] = self._live.get(owner, 0) + 1
         return s
 
     def _sized(self, s: Session, size: int) -> None:
-        self._bytes[s.agent] = self._bytes.get(s.agent, 0) + size - s.state_bytes
+        owner = (s.tenant, s.agent)
+        self._bytes[owner] = self._bytes.get(owner, 0) + size - s.state_bytes
         s.state_bytes = size
+
+    def _of(self, task: Task) -> Session:
+        """The life of its session the task is a turn of: the one it was accepted (or
+        restored) into, else (a restored task its journal kept no session for) one begun
+        now for its agent's owner."""
+        s = self._turns.get(task.id)
+        if s is None:
+            assert task.session is not None
+            key = self.key_of(task.agent, task.session)
+            s = self.table.get(key) or self._new(key, time.time())
+            self._turns[task.id] = s
+        return s
+
+    def _held(self, s: Session) -> bool:
+        """Whether this life of the session is still the table's (not ended since)."""
+        return self.table.get(s.ident) is s
 
     # -- the table ------------------------------------------------------------------------
     def _expired(self, s: Session, now: float) -> bool:
@@ -241,11 +293,11 @@ class Sessions:
         return bool(ttl) and s.idle and now - s.last_used > ttl
 
     def _drop(self, s: Session) -> None:
-        if self.table.get((s.agent, s.name)) is s:
-            del self.table[(s.agent, s.name)]
-            self._live[s.agent] -= 1
+        if self._held(s):
+            del self.table[s.ident]
+            self._live[(s.tenant, s.agent)] -= 1
             if s.state_bytes:  # (its view still tells its size)
-                self._bytes[s.agent] -= s.state_bytes
+                self._bytes[(s.tenant, s.agent)] -= s.state_bytes
             self.hot.drop(s.key)
         if self.journal is not None:
             self.journal.end(s.row())
@@ -258,15 +310,34 @@ class Sessions:
             self.expired += 1
             self._drop(s)
 
+    async def end_agents(self, owners: Mapping[str, str]) -> None:
+        """Agents (name -> their tenant) were removed: their sessions end, here (their
+        states deleted from memory and the journal) and where turns are kept elsewhere
+        (a cluster's). A task of one still unfinished keeps its life of it, which is no
+        longer the table's: it is given nothing more of it, and its checkpoints are
+        refused."""
+        for s in [s for s in self.table.values() if owners.get(s.agent) == s.tenant]:
+            self.ended += 1
+            self._drop(s)
+        if self.journal is not None:
+            # deleted once committed; a journal that cannot write says so and writes it
+            # when it can (the removal itself is done)
+            with contextlib.suppress(Exception):
+                await self.journal.committed()
+        if self.elsewhere is not None:
+            for agent, tenant in owners.items():
+                await self.elsewhere.end_agent(agent, tenant)
+
     def _touch(self, s: Session) -> None:
         s.last_used = time.time()
         if self.journal is not None:
             self.journal.put(s.row())
 
     def accept(self, task: Task) -> None:
-        """A task naming a session was accepted: the session is made (again, when it
-        expired) and the task is in its history."""
-        key = _key(task)
+        """A task naming a session was accepted: the session of its agent's owner is made
+        (again, when it expired), the task is bound to it and in its history."""
+        assert task.session is not None
+        key = self.key_of(task.agent, task.session)
         s = self.table.get(key)
         now = time.time()
         if s is not None and self._expired(s, now):
@@ -276,32 +347,33 @@ class Sessions:
         if s is None:
             if now - self._swept > SWEEP_EVERY:  # (the expired ones not asked for again)
                 self.sweep(now)
-            s = self._new(task.agent, key[1], now)
+            s = self._new(key, now)
+        self._turns[task.id] = s
         s.tasks += 1
         s.pending += 1
         self._touch(s)
         if self.journal is not None:
             self.journal.add_task(s.row(), task.id)
 
-    def get(self, agent: str, name: str) -> Session:
-        s = self.table.get((agent, name))
+    def get(self, key: SessionKey) -> Session:
+        s = self.table.get(key)
         if s is None or self._expired(s, time.time()):
-            raise RpcError(jsonrpc.NOT_FOUND, f"no such session: {jsonrpc.visible(name)} of "
-                                              f"agent {agent}")
+            raise RpcError(jsonrpc.NOT_FOUND, f"no such session: {jsonrpc.visible(key.name)} "
+                                              f"of agent {key.agent}")
         return s
 
     def listing(self, agent: str | None = None) -> list[Session]:
         self.sweep()
         return sorted((s for s in self.table.values() if agent is None or s.agent == agent),
-                      key=lambda s: (s.agent, s.name))
+                      key=lambda s: (s.agent, s.name, s.tenant))
 
-    def end(self, agent: str, name: str) -> Session:
+    def end(self, key: SessionKey) -> Session:
         """Forget a session that has no task queued or running."""
-        s = self.get(agent, name)
+        s = self.get(key)
         if not s.idle:
             unfinished = s.pending
             now = f": task {s.current.id} is {s.current.status}" if s.current else ""
-            raise RpcError(jsonrpc.CONFLICT, f"session {name} of agent {agent} has "
+            raise RpcError(jsonrpc.CONFLICT, f"session {key.name} of agent {key.agent} has "
                                              f"{plural(unfinished, 'unfinished task')}{now}; "
                                              "cancel them or wait for them to end")
         self._drop(s)
@@ -319,53 +391,53 @@ class Sessions:
         return s.last_used + ttl if ttl and s.idle else None
 
     def restore(self, sessions: Iterable[tuple[SessionRow, int | None]],
-                members: Iterable[tuple[str, str, str]]) -> None:
+                members: Iterable[tuple[str, SessionKey]]) -> None:
         """The sessions a journal kept (with their states' sizes: the states stay there
-        till used), and (task id, agent, session) of each unfinished
-        task in the order they were accepted: before the tasks are restored (`member`).
-        The first of each session is its current one, whichever way it comes back."""
+        till used), and (task id, its session) of each unfinished task in the order they
+        were accepted: before the tasks are restored (`member`). The first of each
+        session is its current one, whichever way it comes back."""
         for row, size in sessions:
-            s = self._new(row.agent, row.name, row.created)
+            s = self._new(SessionKey(row.tenant, row.agent, row.name), row.created)
             s.gen, s.last_used, s.tasks, s.holder = row.gen, row.last_used, row.tasks, None
             self._sized(s, size or 0)  # read back when a task of it starts
-        for task_id, agent, name in members:
-            self._members[task_id] = name
-            kept = self.table.get((agent, name))
-            if kept is not None:
-                kept.pending += 1
-                if kept.first is None:
-                    kept.first = task_id
+        for task_id, key in members:
+            kept = self.table.get(key)
+            if kept is None:  # (its row was not kept: `_of` begins one if it comes back)
+                self._names[task_id] = key.name
+                continue
+            self._turns[task_id] = kept
+            kept.pending += 1
+            if kept.first is None:
+                kept.first = task_id
 
     def member(self, task_id: str) -> str | None:
         """The session of a task restored from the journal."""
-        return self._members.pop(task_id, None)
+        kept = self._turns.get(task_id)
+        return kept.name if kept is not None else self._names.pop(task_id, None)
 
     def claim(self, task: Task) -> None:
         """A restored task of a session that is not in the queue (running on a worker
         handed over, or a retry waiting for its backoff) is its session's current one."""
-        if task.session is None:
-            return
-        s = self.table.get(_key(task))
-        if s is None:
-            s = self._new(task.agent, _key(task)[1], time.time())
-        s.turn_of(task)
+        if task.session is not None:
+            self._of(task).turn_of(task)
 
     def stats(self) -> dict[str, int]:
-        return {"live": len(self.table), "expired": self.expired, "refused": self.refused,
-                "state_bytes": sum(self._bytes.values()), "states_in_memory": len(self.hot),
-                "memory_bytes": self.hot.bytes, "states_read_back": self.hot.loads}
+        return {"live": len(self.table), "expired": self.expired, "ended": self.ended,
+                "refused": self.refused, "state_bytes": sum(self._bytes.values()),
+                "states_in_memory": len(self.hot), "memory_bytes": self.hot.bytes,
+                "states_read_back": self.hot.loads}
 
     # -- the bounds -----------------------------------------------------------------------
-    def _over(self, agent: str, more: int, size: int) -> str | None:
+    def _over(self, key: SessionKey, more: int, size: int) -> str | None:
         """Why `more` sessions and `size` bytes of state more are past a bound of the
-        agent's, or None."""
-        for b in self._bounds_of(agent):
-            live = sum(self._live.get(a, 0) for a in b.agents)
+        session's agent (of its tenant), or None."""
+        for b in self._bounds_of(key.agent):
+            live = sum(self._live.get((key.tenant, a), 0) for a in b.agents)
             if more and b.max_sessions and live + more > b.max_sessions:
                 return (f"sessions full: {b.who} has {plural(live, 'live session')} "
                         f"(max_sessions {b.max_sessions}); end one (corral sessions end) "
                         "or wait for one to expire (session_ttl)")
-            held = sum(self._bytes.get(a, 0) for a in b.agents)
+            held = sum(self._bytes.get((key.tenant, a), 0) for a in b.agents)
             if size > 0 and b.max_bytes and held + size > b.max_bytes:
                 return (f"session state too large: {b.who}'s live sessions would hold "
                         f"{plural(held + size, 'byte')} of state (max_session_bytes "
@@ -375,15 +447,16 @@ class Sessions:
     def refusal(self, agent: str, name: str) -> RpcError | None:
         """Why a task naming session `name` of `agent` is refused (it would start one
         more than a bound allows), or None."""
-        s = self.table.get((agent, name))
+        key = self.key_of(agent, name)
+        s = self.table.get(key)
         now = time.time()
         if s is not None and not self._expired(s, now):
             return None
-        why = self._over(agent, 1, 0)
+        why = self._over(key, 1, 0)
         if why is not None and now - self._refusal_swept > REFUSED_SWEEP:
             self._refusal_swept = now
             self.sweep(now)  # the expired ones do not count
-            why = self._over(agent, 1, 0)
+            why = self._over(key, 1, 0)
         if why is None:
             return None
         self.refused += 1
@@ -403,10 +476,7 @@ class Sessions:
     def _turn(self, task: Task, front: bool) -> bool:
         """Whether the session's task may wait in the agents' queue now; else it is put
         in the session's line, or waits for its session's state to be read back."""
-        key = _key(task)
-        s = self.table.get(key)
-        if s is None:  # accepted before a journal knew it (a restored task of no row)
-            s = self._new(task.agent, key[1], time.time())
+        s = self._of(task)
         if s.turn_of(task):
             if not s.state_bytes or self.journal is None or self.hot.get(s.key) is not None:
                 return True
@@ -439,7 +509,7 @@ class Sessions:
             return
         s.warming = None
         self._parked[task.agent] -= 1
-        if state is not None and self.table.get((s.agent, s.name)) is s:
+        if state is not None and self._held(s):
             self.hot.loads += 1
             self.hot.put(s.key, msgspec.Raw(state))
         (self.inner.requeue if s.front else self.inner.put)(task)
@@ -451,7 +521,7 @@ class Sessions:
 
     def remove(self, task: Task) -> bool:
         if _here(task):
-            s = self.table.get(_key(task))
+            s = self._turns.get(task.id)
             if s is not None and (task in s.line or s.warming is task):
                 if s.warming is task:
                     s.warming = None
@@ -493,7 +563,7 @@ class Sessions:
         """Why a queued task of a session does not start: another task of it runs."""
         if not _here(task):
             return None
-        s = self.table.get(_key(task))
+        s = self._turns.get(task.id)
         if s is not None and s.warming is task:
             return f"session {task.session}: its state is being read back"
         if s is None or task not in s.line or s.current is None:
@@ -507,7 +577,8 @@ class Sessions:
         task = e.task
         if not _here(task):
             return
-        s = self.table.get(_key(task))
+        self._names.pop(task.id, None)
+        s = self._turns.pop(task.id, None)
         if s is None:
             return
         s.pending = max(0, s.pending - 1)
@@ -517,6 +588,8 @@ class Sessions:
             s.current = None
         else:
             return  # a task cancelled while it waited in the line
+        if not self._held(s):
+            return  # its session ended with its agent
         self._touch(s)
         if s.line:
             nxt = s.line.pop(0)
@@ -532,7 +605,7 @@ class Sessions:
         slot, else `r` (the least loaded)."""
         if not _here(task):
             return r
-        s = self.table.get(_key(task))
+        s = self._turns.get(task.id)
         held = s.replica if s is not None else None
         if (held is None or held is r or s is None or held.pid != s.pid
                 or held not in agent.replicas or not held.takes_tasks
@@ -544,10 +617,9 @@ class Sessions:
         """The session's task starts on `r`: the state it is given."""
         if not task.session_here and self.elsewhere is not None:
             return self.elsewhere.started(task)
-        key = _key(task)
-        s = self.table.get(key)
-        if s is None:
-            s = self._new(task.agent, key[1], time.time())
+        s = self._of(task)
+        if not self._held(s):
+            return None  # its session ended with its agent: nothing of it is given
         s.replica, s.pid, s.holder = r, r.pid, f"{r.name}#{r.index}"
         self._touch(s)
         if not s.state_bytes:
@@ -570,11 +642,13 @@ class Sessions:
         if task.session is None:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"session/checkpoint: task {task.id} "
                                                    "has no session")
-        s = self.table.get(_key(task))
-        if s is None:
-            s = self._new(task.agent, task.session, time.time())
+        s = self._of(task)
+        if not self._held(s):
+            raise RpcError(jsonrpc.CONFLICT, f"session/checkpoint: session {s.name} of agent "
+                                             f"{s.agent} has ended (its agent was removed); "
+                                             "the state is not kept")
         body = msgspec.json.encode(state)
-        why = self._over(task.agent, 0, len(body) - s.state_bytes)
+        why = self._over(s.ident, 0, len(body) - s.state_bytes)
         if why is not None:
             self.refused += 1
             raise RpcError(jsonrpc.REFUSED, f"session/checkpoint: {why}; the session keeps "

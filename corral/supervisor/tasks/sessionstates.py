@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import msgspec
 
-Key = tuple[str, str, int]  # (agent, session, gen): one life of a session
+Key = tuple[str, str, str, int]  # (tenant, agent, session, gen): one life of a session
 
 
 class HotStates:

@@ -1,0 +1,132 @@
+"""A cluster session is its owner's, not its name's (issue 52 item 1, decision 440): its
+Redis keys and its state's MAC name the tenant of its agent. Tenant acme's `chat` keeps a
+secret in session `s1`; removing `chat` deletes the session from Redis; globex's `chat`
+of the same name starts `s1` afresh. A Redis writer without the cluster key who copies
+acme's signed state under globex's session gets it refused, and a node refuses to
+checkpoint a turn of another tenant's session. Real daemons (the cluster's nodes), real
+workers (tests/session_agent.py), a real redis-server."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_py
+
+from corral.cluster.keys import Keys
+from corral.supervisor.tasks.sessions import SessionKey
+
+from ..daemon_harness import PY
+from ..redis_harness import RedisServer
+from ..test_daemon_cli import wait_until
+from .harness import Node, nodes
+from .test_cluster_specs import log
+
+pytestmark = pytest.mark.timeout(120)
+HERE = Path(__file__).parent.parent
+K = Keys("test")
+TENANTS = "[tenants.acme]\n[tenants.globex]\n"
+SECRET = "acme's secret"
+ACME, GLOBEX = (SessionKey(t, "chat", "s1") for t in ("acme", "globex"))
+
+
+def chat(tenant: str) -> dict[str, Any]:
+    return {"command": [PY, f"{HERE}/session_agent.py"],
+            "env": {"PYTHONPATH": str(HERE.parent)}, "stop_timeout": 5.0, "tenant": tenant}
+
+
+def add(n: Node, tenant: str) -> None:
+    """acme's or globex's `chat` added on node n, once the cluster knows n runs it."""
+    assert n.call("agents.add", {"agents": {"chat": chat(tenant)}}) == {"added": ["chat"]}
+    wait_until(lambda: "chat" in n.json("nodes")["nodes"][0]["agents"], what="chat served")
+
+
+def turn(n: Node, value: str) -> Any:
+    """A turn of session s1 of chat, submitted to the cluster; its record once it ended."""
+    task_id = n.call("tasks.submit", {"agent": "chat", "input": {"turn": value},
+                                      "session": "s1"})["task_id"]
+    return n.call("tasks.get", {"task_id": task_id, "wait": True})
+
+
+def keyed(tmp: Path) -> str:
+    key = tmp / "cluster.key"
+    key.write_bytes(os.urandom(32).hex().encode())
+    key.chmod(0o600)
+    return f'key_file = "{key}"\n'
+
+
+def test_a_removed_agents_cluster_sessions_end_and_the_next_tenant_starts_afresh(
+        tmp: Path, redis: RedisServer) -> None:
+    r = redis_py.Redis(port=redis.port)
+    with nodes(tmp, redis, {"a": TENANTS}, extra=keyed(tmp)) as ns:
+        a = ns["a"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
+        add(a, "acme")
+        done = turn(a, SECRET)
+        assert done["status"] == "succeeded" and done["output"]["turns"] == [SECRET], done
+        assert done["attempts"][0]["node"] == "a"  # a cluster task, its session in Redis
+        assert r.hget(K.session(ACME), "state").partition(b" ")[2] == (
+            b'{"turns":["acme\'s secret"]}')
+        assert r.zrange(K.sessions("acme", "chat"), 0, -1) == [b"s1"]
+        assert a.call("agents.remove", {"names": ["chat"]}) == {"removed": ["chat"]}
+        # ended with its agent: its state, history and counts are gone from Redis
+        assert [k for k in r.scan_iter(match=K.prefix + "s*:*acme*")] == []
+        add(a, "globex")
+        done = turn(a, "globex's first")
+        assert done["status"] == "succeeded", done
+        assert (done["output"]["turns"], done["output"]["given"]) == (["globex's first"],
+                                                                      False)
+        assert r.exists(K.session(GLOBEX)) == 1 and r.exists(K.session(ACME)) == 0
+    r.close()
+
+
+def test_a_state_signed_for_another_tenants_session_is_refused(
+        tmp: Path, redis: RedisServer) -> None:
+    """A Redis writer without the key copies acme's signed state (its MAC and its JSON)
+    into globex's session of the same agent and session name: its MAC names acme, so
+    globex's turn is refused it (said, counted) and starts without it."""
+    r = redis_py.Redis(port=redis.port)
+    with nodes(tmp, redis, {"a": TENANTS}, extra=keyed(tmp)) as ns:
+        a = ns["a"]
+        wait_until(lambda: len(a.json("nodes")["nodes"]) == 1, what="the node")
+        add(a, "acme")
+        assert turn(a, SECRET)["output"]["turns"] == [SECRET]
+        signed = r.hget(K.session(ACME), "state")
+        # acme's session outlives what the writer does next: the agent is taken over
+        # by globex without a removal (the operator changes its tenant in place)
+        a.call("agents.update", {"name": "chat", "set": {"tenant": "globex"}})
+        assert turn(a, "globex's first")["output"]["given"] is False
+        r.hset(K.session(GLOBEX), "state", signed)
+        forged = turn(a, "globex's second")
+        assert (forged["output"]["turns"], forged["output"]["given"]) == (
+            ["globex's second"], False)
+        assert a.call("stats.get")["cluster"]["trust"]["refused"]["sessions"] == 1
+        assert ("cluster: refused session state s1 of agent chat from Redis: its MAC does "
+                "not verify with this node's cluster key; the turn starts without it"
+                ) in log(a)
+    r.close()
+
+
+def test_sessions_of_an_agent_another_node_still_runs_are_kept(
+        tmp: Path, redis: RedisServer) -> None:
+    """Removing `chat` from one node of two that run it leaves the cluster's sessions of
+    it: the other node's `chat` carries on with them."""
+    table = textwrap.dedent(f"""
+        [agents.chat]
+        command = ["{PY}", "{HERE}/session_agent.py"]
+        env = {{ PYTHONPATH = "{HERE.parent}" }}
+        stop_timeout = 5.0
+        tenant = "acme"
+    """)
+    with nodes(tmp, redis, {"a": TENANTS + table, "b": TENANTS + table}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+                   what="both nodes alive")
+        assert turn(a, SECRET)["output"]["turns"] == [SECRET]
+        assert a.call("agents.remove", {"names": ["chat"]}) == {"removed": ["chat"]}
+        done = turn(b, "more")
+        assert (done["output"]["turns"], done["attempts"][0]["node"]) == ([SECRET, "more"],
+                                                                          "b")
