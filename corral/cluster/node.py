@@ -392,9 +392,13 @@ class ClusterNode:
         return self if await self.runs_cluster_agent(name) else None
 
     async def remove_agents(self, names: list[str]) -> list[str]:
-        """Those of `names` that are cluster agents, removed from the cluster."""
+        """Those of `names` that are cluster agents, removed from the cluster, their
+        sessions ended (decision 442)."""
         with self._said("nothing was removed"):
-            return await self.specs.remove(names)
+            owners = await self.desk.sessions.owners(names)
+            gone = await self.specs.remove(names)
+        await self.desk.sessions.end_cluster_agents({n: owners[n] for n in gone})
+        return gone
 
     async def runs_cluster_agent(self, name: str) -> bool:
         """Whether a command on agent `name` here is the cluster's agent's: the cluster

@@ -157,14 +157,36 @@ class ClusterSessions:
     async def end_agent(self, agent: str, tenant: str) -> None:
         """This node's agent `agent` of `tenant` was removed: the cluster's sessions of it
         end (their states, lines and histories deleted), unless another live node still
-        runs an agent of the name (the sessions are its too). Redis away: they are left
-        to expire (session_ttl), said; no other tenant's agent can address them."""
+        runs an agent of the name (the sessions are its too)."""
         try:
             nodes = await self.membership.nodes()
-            if any(n.alive and n.node != self.membership.node and agent in n.agents
+        except (RedisError, OSError) as exc:
+            self._not_ended(agent, tenant, exc)
+            return
+        if not any(n.alive and n.node != self.membership.node and agent in n.agents
                    for n in nodes):
-                return
-            live = self.keys.sessions(tenant, agent)
+            await self._end(agent, tenant)
+
+    async def owners(self, names: list[str]) -> dict[str, str]:
+        """The tenant of the cluster's agent of each name (`default` when its table names
+        none, or there is none); RedisError when Redis does not answer."""
+        tables = await self.redis.hmget(self.keys.cluster_agents, names)
+        tenants = [msgspec.json.decode(t).get("tenant") if t else None for t in tables]
+        return {n: t if isinstance(t, str) else DEFAULT_TENANT
+                for n, t in zip(names, tenants, strict=True)}
+
+    async def end_cluster_agents(self, owners: dict[str, str]) -> None:
+        """Cluster agents (name -> tenant) were removed from the cluster: their sessions
+        end, wherever their replicas ran."""
+        for agent, tenant in owners.items():
+            await self._end(agent, tenant)
+
+    async def _end(self, agent: str, tenant: str) -> None:
+        """Delete the sessions of `tenant`'s agent `agent` from Redis; Redis away, they
+        are left to expire (session_ttl), said: no other tenant's agent can address
+        them."""
+        live = self.keys.sessions(tenant, agent)
+        try:
             names = [n.decode() for n in await self.redis.zrange(live, 0, -1)]
             pipe = self.redis.pipeline(transaction=True)
             for name in names:
@@ -174,6 +196,9 @@ class ClusterSessions:
             pipe.delete(live, self.keys.session_bytes(tenant, agent))
             await pipe.execute()
         except (RedisError, OSError) as exc:
-            self.report(f"cluster: agent {agent} of tenant {tenant} was removed, but its "
-                        f"sessions in Redis could not be ended ({exc}): they expire after "
-                        "their session_ttl")
+            self._not_ended(agent, tenant, exc)
+
+    def _not_ended(self, agent: str, tenant: str, exc: Exception) -> None:
+        self.report(f"cluster: agent {agent} of tenant {tenant} was removed, but its "
+                    f"sessions in Redis could not be ended ({exc}): they expire after "
+                    "their session_ttl")

@@ -130,3 +130,22 @@ def test_sessions_of_an_agent_another_node_still_runs_are_kept(
         done = turn(b, "more")
         assert (done["output"]["turns"], done["attempts"][0]["node"]) == ([SECRET, "more"],
                                                                           "b")
+
+
+def test_a_removed_cluster_agents_sessions_end(tmp: Path, redis: RedisServer) -> None:
+    """A cluster agent (`placement = "cluster"`, acme's) removed from the cluster: its
+    sessions leave Redis with it, whichever node its replicas ran on."""
+    r = redis_py.Redis(port=redis.port)
+    with nodes(tmp, redis, {"a": TENANTS, "b": TENANTS}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+                   what="both nodes alive")
+        assert b.call("agents.add", {"agents": {"chat": chat("acme")}, "cluster": True}
+                      ) == {"added": ["chat"]}
+        wait_until(lambda: any("chat" in n["agents"] for n in a.json("nodes")["nodes"]),
+                   what="chat placed")
+        assert turn(a, SECRET)["output"]["turns"] == [SECRET]
+        assert r.exists(K.session(ACME)) == 1
+        assert b.call("agents.remove", {"names": ["chat"]}) == {"removed": ["chat"]}
+        assert [k for k in r.scan_iter(match=K.prefix + "s*:*acme*")] == []
+    r.close()
