@@ -64,6 +64,8 @@ class EventRelay:
                           "time": repr(d.time), "data": msgspec.json.encode(d.data)}
                 if d.tenant is not None:  # kept to its tenant on every node
                     fields["tenant"] = d.tenant
+                if d.glob is not None:  # and to its publisher's agents glob
+                    fields["glob"] = d.glob
                 pipe.xadd(self.keys.events, fields,  # type: ignore[arg-type]
                           maxlen=KEPT, approximate=True)
             try:
@@ -104,7 +106,8 @@ class EventRelay:
                         d = Delivery(f[b"topic"].decode(), msgspec.json.decode(f[b"data"]),
                                      f"{f[b'node'].decode()}:{f[b'source'].decode()}",
                                      float(f[b"time"]),
-                                     f[b"tenant"].decode() if b"tenant" in f else None)
+                                     f[b"tenant"].decode() if b"tenant" in f else None,
+                                     f[b"glob"].decode() if b"glob" in f else None)
                         self.received += 1
                         self.bus.deliver(d)
 

@@ -701,7 +701,8 @@ async def nodes_drain(d: Services, p: m.NodesDrain, caller: Caller, c: Channel
 async def events_publish(d: Services, p: m.EventsPublish, caller: Caller, c: Channel
                          ) -> m.Delivered:
     return m.Delivered(delivered=d.bus.publish(p.topic, p.data, _user(caller),
-                                                      event_tenant(d, p.tenant, caller)))
+                                                      event_tenant(d, p.tenant, caller),
+                                                      caller.agents))
 
 
 def event_tenant(d: Services, named: str | None, caller: Caller) -> str | None:

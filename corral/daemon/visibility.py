@@ -354,7 +354,7 @@ def _event_seen(params: Any, caller: Caller) -> Any:
         return params  # a tenant's caller: the bus sends it its tenant's alone
     of = agent_of(bytes(params) if isinstance(params, msgspec.Raw)
                   else msgspec.json.encode(params))
-    return params if seen_by(of, caller.sees) else None
+    return params if seen_by(of, caller) else None
 
 
 def _of_agent(params: Any, caller: Caller) -> Any:

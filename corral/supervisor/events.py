@@ -17,7 +17,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -42,11 +42,31 @@ class Delivery(msgspec.Struct, omit_defaults=True):
     source: str
     time: float
     tenant: str | None = None  # the tenant it was published in; None: every tenant's
+    # the agents glob of the caller that published it (a token's `--agents`): a follower
+    # limited to another glob is not sent it; None: not a limited caller's
+    glob: str | None = None
 
 
 class _Origin(msgspec.Struct):
     source: str = ""
     data: msgspec.Raw = msgspec.Raw(b"null")
+    glob: str | None = None
+
+
+class Within(msgspec.Struct, frozen=True):
+    """A caller's event published by a caller limited to an agents glob: it is that
+    glob's, as an agent's event is its agent's."""
+
+    glob: str
+
+
+class Viewer(Protocol):
+    """Who follows the bus, as far as what it is sent goes (the daemon's Caller)."""
+
+    @property
+    def agents(self) -> str | None: ...
+
+    def sees(self, name: str) -> bool: ...
 
 
 class _About(msgspec.Struct):
@@ -54,19 +74,27 @@ class _About(msgspec.Struct):
     agents: tuple[str, ...] | None = None  # a workflow run's: every agent of it
 
 
-# the agent an event is of, or the agents (all of them) a workflow run's event is of
-Of = str | tuple[str, ...] | None
+# the agent an event is of, or the agents (all of them) a workflow run's event is of, or
+# the glob of the limited caller that published it
+Of = str | tuple[str, ...] | Within | None
 
 
 def agent_of(encoded: bytes) -> Of:
     """The agent an encoded Delivery is of: the one whose worker published it (source
     `NAME#N`), or the one corral's own event is about (`data.agent`; a run's:
     `data.agents`, all of them); None for a caller's event (a token's, a socket peer's),
-    which is no agent's."""
+    which is no agent's, unless a caller limited to an agents glob published it
+    (`Within`). An event relayed from another node of a cluster is judged by its source
+    on that node (`NODE:SOURCE`)."""
     origin = msgspec.json.decode(encoded, type=_Origin)
-    if "#" in origin.source:
-        return origin.source.partition("#")[0]
-    if origin.source == "corral":
+    if origin.glob is not None:
+        return Within(origin.glob)
+    node, relayed, local = origin.source.partition(":")
+    # a node's name has no space, a caller's source (`token NAME`) has one before a colon
+    source = local if relayed and " " not in node else origin.source
+    if "#" in source:
+        return source.partition("#")[0]
+    if source == "corral":
         try:
             about = msgspec.json.decode(origin.data, type=_About)
         except msgspec.ValidationError:
@@ -75,11 +103,14 @@ def agent_of(encoded: bytes) -> Of:
     return None
 
 
-def seen_by(of: Of, sees: Callable[[str], bool]) -> bool:
-    """Whether a caller that sees the agents `sees` admits is sent an event of `of`."""
+def seen_by(of: Of, viewer: Viewer) -> bool:
+    """Whether a caller limited to an agents glob is sent an event of `of`: an event of
+    agents it sees, or published by a caller of the same glob."""
     if of is None:
         return True
-    return sees(of) if isinstance(of, str) else all(sees(a) for a in of)
+    if isinstance(of, Within):
+        return of.glob == viewer.agents
+    return viewer.sees(of) if isinstance(of, str) else all(viewer.sees(a) for a in of)
 
 
 class EventFollower(Follower[msgspec.Raw]):
@@ -113,14 +144,16 @@ class EventBus:
         on_request(worker_methods, EventsSubscribeParams, self._on_subscribe)
         stream.subscribe(self._on_exit, Exited)
 
-    def publish(self, topic: str, data: Any, source: str, tenant: str | None = None) -> int:
+    def publish(self, topic: str, data: Any, source: str, tenant: str | None = None,
+                glob: str | None = None) -> int:
         """Deliver to every live subscriber of the tenant (None: of every tenant) whose
         pattern matches; returns how many got it here (with [cluster], the other nodes'
-        subscribers get it too, through `relay`)."""
+        subscribers get it too, through `relay`). `glob`: the agents glob of the caller
+        that publishes it (Delivery.glob)."""
         if not topic:
             raise RpcError(jsonrpc.INVALID_PARAMS, "topic must not be empty")
         self.published += 1
-        d = Delivery(topic, data, source, time.time(), tenant)
+        d = Delivery(topic, data, source, time.time(), tenant, glob)
         if self.relay is not None:
             self.relay(d)
         return self.deliver(d)

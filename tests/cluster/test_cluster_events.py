@@ -4,16 +4,20 @@ lost Redis for a while reads on from where it was."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from ..daemon_harness import free_port
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
-from .harness import Node, nodes
+from .harness import Node, nodes, sleeper
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -95,3 +99,60 @@ def test_a_node_reads_on_after_redis_was_away(tmp: Path, redis: RedisServer) -> 
             assert on_b.next()["topic"] == "during"
         finally:
             on_b.close()
+
+
+def sse_topics(port: int, token: str, until: str) -> Iterator[list[str]]:
+    """`/events/stream?pattern=t.*` on a node with `token`: yields once it is open, then
+    the topics it was sent up to `until`'s."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.request("GET", "/api/v1/events/stream?pattern=t.*",
+                     headers={"Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()
+        topics: list[str] = []
+        yield topics
+        while not topics or topics[-1] != until:
+            line = resp.fp.readline().decode()
+            if line.startswith("data: "):
+                topics.append(json.loads(line[len("data: "):])["topic"])
+        yield topics
+    finally:
+        conn.close()
+
+
+@pytest.mark.deadline(120)
+def test_a_glob_tokens_stream_has_no_event_of_another_nodes_agent_it_does_not_see(
+        tmp: Path, redis: RedisServer) -> None:
+    """Issue 52 (4b): an event relayed from another node says its source there
+    (`a:b1#0`): it is judged by the agent it is of (b1), as on one node, not by the
+    relayed name (which a glob `a*` took for one of its own when the node is `a`); a
+    caller's event published under another glob stays out too."""
+    port, port_a = free_port(), free_port()
+    with nodes(tmp, redis, {"a": sleeper("a1") + sleeper("b1")
+                            + f'[http]\nlisten = "127.0.0.1:{port_a}"\n',
+                            "b": f'[http]\nlisten = "127.0.0.1:{port}"\n'}) as ns:
+        a, b = ns["a"], ns["b"]
+        wait_until(lambda: sum(n["alive"] for n in a.json("nodes")["nodes"]) == 2,
+                   what="two nodes alive")
+        made = b.cli("token", "create", "glob", "--scope", "events", "--agents", "a*")
+        assert made.returncode == 0, made.stderr
+        other = a.cli("token", "create", "other", "--scope", "events", "--agents", "b*")
+        assert other.returncode == 0, other.stderr
+        stream = sse_topics(port, made.stdout.strip(), "t.end")
+        next(stream)
+        wait_until(lambda: followers(b) == 1, what="the stream following")
+        for agent in ("b1", "a1"):
+            done = a.call("tasks.run", {"agent": agent, "local": True, "input": {
+                "do": "publish", "topic": f"t.{agent}", "data": 0}})
+            assert done["status"] == "succeeded", done
+        conn = http.client.HTTPConnection("127.0.0.1", port_a, timeout=20)
+        try:
+            conn.request("POST", "/api/v1/events", body=b'{"topic": "t.other", "data": 0}',
+                         headers={"Authorization": f"Bearer {other.stdout.strip()}",
+                                  "Content-Type": "application/json"})
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+        a.call("events.publish", {"topic": "t.end", "data": 0})
+        assert next(stream) == ["t.a1", "t.end"]

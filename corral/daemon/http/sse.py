@@ -34,7 +34,7 @@ import fnmatch
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -42,7 +42,7 @@ from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 
 from ... import jsonrpc
-from ...supervisor.events import Of, agent_of, reaches, seen_by
+from ...supervisor.events import Of, Viewer, agent_of, reaches, seen_by
 from ..api import Dispatcher
 from ..caller import Caller
 from . import route
@@ -272,11 +272,11 @@ class EventRing:
 class Reader:
     """A client of `/events/stream`: its cursor into the ring, and its connection."""
 
-    __slots__ = ("cursor", "gone", "held", "pattern", "quiet", "request", "sees", "tenant",
-                 "wake", "writer")
+    __slots__ = ("cursor", "gone", "held", "pattern", "quiet", "request", "tenant",
+                 "viewer", "wake", "writer")
 
     def __init__(self, request: web.Request, pattern: str, cursor: int,
-                 tenant: str | None, sees: Callable[[str], bool] | None = None) -> None:
+                 tenant: str | None, viewer: Viewer | None = None) -> None:
         writer = request.writer
         assert isinstance(writer, StreamWriter)
         self.request = request
@@ -284,8 +284,9 @@ class Reader:
         self.pattern = None if pattern == "*" else pattern
         # the tenant whose events it is sent (None: every tenant's), as a follower's
         self.tenant = tenant
-        # the agents whose events it is sent (None: every agent's), as a follower's
-        self.sees = sees
+        # who is limited to an agents glob, sent only its agents' events, as a follower
+        # (None: every agent's)
+        self.viewer = viewer
         self.cursor = cursor
         self.wake = asyncio.Event()  # for its own task: held, or gone
         self.held = False  # its client has not taken what it was sent
@@ -317,7 +318,7 @@ class Reader:
             cursor = first
         pattern = self.pattern
         tenant = self.tenant
-        sees = self.sees
+        viewer = self.viewer
         end = min(ring.last, cursor + BATCH - 1)
         while cursor <= end and size < BATCH_BYTES:
             _, topic, data, published_in, agent = ring.at(cursor)
@@ -325,7 +326,7 @@ class Reader:
             if topic is None:
                 missed += 1
             elif (pattern is None or fnmatch.fnmatchcase(topic, pattern)) and reaches(
-                    published_in, tenant) and (sees is None or seen_by(agent, sees)):
+                    published_in, tenant) and (viewer is None or seen_by(agent, viewer)):
                 if missed:
                     parts.append(_missed(missed))
                     missed = 0
@@ -364,8 +365,8 @@ async def events(request: web.Request, ring: EventRing, caller: Caller, params: 
         cursor = int(last) + 1
     response = await open_stream(request)
     # a caller limited to an agent glob is sent no other agent's events (visibility._event_seen)
-    sees = caller.sees if caller.agents is not None else None
-    reader = Reader(request, params.pattern, cursor, tenant, sees)
+    reader = Reader(request, params.pattern, cursor, tenant,
+                    caller if caller.agents is not None else None)
     ring.attach(reader)
 
     def ended(_: Any) -> None:
