@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent / "corral"
 
 # who may import whom (and, through them, whom they may): DESIGN.md section 1
 DIRECTION = {
-    "cli": {"daemon"},
+    "cli": {"daemon", "importer"},
+    "importer": {"supervisor"},  # corral import: the config schema and its names
     "daemon": {"cluster", "supervisor", "mcp"},
     "cluster": {"supervisor", "jsonrpc"},
     "supervisor": {"mcp", "jsonrpc"},
@@ -125,7 +126,7 @@ def test_the_supervisors_files_import_no_cycle() -> None:
     assert file_cycles("supervisor") == []
 
 
-@pytest.mark.parametrize("package", ["mcp", "cluster", "worker", "cli"])
+@pytest.mark.parametrize("package", ["mcp", "cluster", "worker", "cli", "importer"])
 def test_other_packages_files_import_no_cycle(package: str) -> None:
     assert file_cycles(package) == []
 

@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (imported for the commands they register)
     events,
     fleet,
     history,
+    importing,
     logs,
     mcp,
     packages,

@@ -49,6 +49,7 @@ OTHER_NAMES: dict[str, OtherName] = {
     "timeoutstartsec": OtherName("start_timeout", "systemd's"),
     "startlimitburst": OtherName("max_restarts", "systemd's"),
     "startlimitintervalsec": OtherName("restart_window", "systemd's"),
+    "startlimitinterval": OtherName("restart_window", "systemd's"),
     "successexitstatus": OtherName("exit_codes", "systemd's"),
     "killsignal": OtherName("stop_signal", "systemd's"),
     "memorymax": OtherName("limits.memory_mb", "systemd's"),
@@ -61,6 +62,12 @@ OTHER_NAMES: dict[str, OtherName] = {
 def corral_key(key: str) -> OtherName | None:
     """corral's key for another tool's `key`, or None."""
     return OTHER_NAMES.get(key.lower())
+
+
+def target(key: str) -> str:
+    """corral's key for another tool's `key`, which must be in the table (an importer's
+    own key names)."""
+    return OTHER_NAMES[key.lower()].key
 
 
 def hint(key: str, choices: Iterable[str]) -> str | None:

@@ -1,0 +1,59 @@
+"""`corral import`: another supervisor's files as corral's config."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .app import cli
+from .client import EXIT_FAILED
+
+
+@cli.command("import")
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--from", "kind", default=None,
+              type=click.Choice(["supervisord", "pm2", "procfile", "systemd"]),
+              help="The tool the files are for (default: from each file's name and text).")
+@click.option("--output", "-o", metavar="PATH", default=None,
+              help="Write the config here instead of printing it.")
+@click.option("--force", is_flag=True,
+              help="With -o, replace a file that exists (its diff is printed first).")
+def import_(files: tuple[str, ...], kind: str | None, output: str | None,
+            force: bool) -> None:
+    """Turn supervisord .conf files, PM2 ecosystem files (.json; .js/.cjs run by node),
+    Procfiles and systemd .service units into corral's config (TOML, printed, or written
+    with -o). Each setting that could not be carried over is named on stderr with the
+    reason; the exit status is 0 when every file was read (docs/migrating.md)."""
+    from ..importer.formats import read
+    from ..importer.toml import render
+    from ..supervisor.config import ConfigError
+
+    try:
+        imports = [read(Path(f), dict(os.environ), kind) for f in files]
+    except ConfigError as exc:
+        click.echo(f"corral: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    for imp in imports:
+        for line in imp.notes:
+            click.echo(f"corral import: {line}", err=True)
+    text = render(imports)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    target = Path(output)
+    if target.exists():
+        old = target.read_text(encoding="utf-8", errors="replace")
+        diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True),
+                                            str(target), f"{target} (imported)"))
+        click.echo(diff, err=True, nl=False)
+        if not force:
+            click.echo(f"corral: {target} exists: not replaced (--force replaces it; the "
+                       "difference is above)", err=True)
+            sys.exit(EXIT_FAILED)
+    target.write_text(text, encoding="utf-8")
+    n = sum(len(imp.agents) for imp in imports)
+    click.echo(f"{target}: {n} agent{'s' if n != 1 else ''} written", err=True)

@@ -1,0 +1,48 @@
+"""Which tool a file is for, and its reader."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from ..supervisor.config import ConfigError
+from . import pm2, procfile, supervisord, systemd
+from .model import Imported
+
+Reader = Callable[[Path, dict[str, str]], Imported]
+READERS: dict[str, Reader] = {
+    "supervisord": supervisord.read,
+    "pm2": pm2.read,
+    "procfile": procfile.read,
+    "systemd": systemd.read,
+}
+KINDS = tuple(READERS)
+
+
+def kind_of(path: Path) -> str:
+    """The tool `path` is for, by its name, else by what it holds."""
+    name = path.name.lower()
+    if name.endswith((".service", ".service.in")):
+        return "systemd"
+    if name.startswith("procfile"):
+        return "procfile"
+    if name.endswith((".json", ".js", ".cjs", ".mjs", ".json5")):
+        return "pm2"
+    try:
+        head = path.read_text(encoding="utf-8", errors="replace")[:65536]
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if re.search(r"(?m)^\s*\[(program|group|supervisord|include|eventlistener):?", head):
+        return "supervisord"
+    if re.search(r"(?m)^\s*\[(Service|Unit)\]", head):
+        return "systemd"
+    if re.search(r"(?m)^[A-Za-z0-9_-]+:\s*\S", head):
+        return "procfile"
+    raise ConfigError(f"{path}: not a file corral import knows (a supervisord .conf, a "
+                      "PM2 ecosystem file, a Procfile or a systemd .service unit): give "
+                      "--from")
+
+
+def read(path: Path, env: dict[str, str], kind: str | None = None) -> Imported:
+    return READERS[kind or kind_of(path)](path, env)

@@ -1,0 +1,47 @@
+"""What a file becomes: agent tables in the file's order, and what was not carried."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..supervisor.names import NAME_RE, RESERVED
+
+
+@dataclass
+class Imported:
+    """One file (with what it includes) as corral's agents; `notes` are what stderr says:
+    each setting not carried over, or carried with a change, and why."""
+
+    source: str
+    kind: str  # "supervisord", "pm2", "procfile", "systemd"
+    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, where: str, key: str, why: str) -> None:
+        self.notes.append(f"{self.source}: {where}: {key}: {why}")
+
+    def add(self, where: str, wanted: str, table: dict[str, Any]) -> str:
+        """Add an agent named as near `wanted` as corral's names allow (said when it
+        differs); its name."""
+        name = agent_name(wanted, self.agents)
+        if name != wanted:
+            self.note(where, "name", f"{wanted!r} is agent {name} (corral's names: "
+                                     "1-64 of [A-Za-z0-9_-], starting with a letter or "
+                                     "digit, unique)")
+        self.agents[name] = table
+        return name
+
+
+def agent_name(wanted: str, taken: dict[str, Any] | set[str]) -> str:
+    """`wanted` as a valid agent name not in `taken`."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", wanted).lstrip("_-")[:64] or "agent"
+    if name == RESERVED:
+        name = f"{name}-agent"
+    base, n = name, 2
+    while name in taken or not NAME_RE.fullmatch(name):
+        suffix = f"-{n}"
+        name = base[:64 - len(suffix)] + suffix
+        n += 1
+    return name

@@ -1,0 +1,285 @@
+"""PM2 ecosystem files: JSON (`{"apps": [...]}` or a list of apps), and JavaScript
+(`ecosystem.config.js`/`.cjs`/`.mjs`), which only node can read: it is run by node, under
+node's permission model (reads of the file's own directory, no writes, no child processes,
+no workers), for at most EVAL_TIMEOUT seconds, and its export printed as JSON. Running it
+is running the operator's code: docs/security.md says so.
+
+Each app is a plain program (`protocol = "none"`), with PM2's defaults where they differ
+from corral's (autorestart: always; a `.js` script run by node)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from ..supervisor.config import ConfigError
+from ..supervisor.othernames import target
+from .model import Imported
+
+EVAL_TIMEOUT = 10.0
+# prints the file's export (module.exports, or an ES module's default) as JSON
+_PRINT = ("const m = await import(process.argv[1]); "
+          "process.stdout.write(JSON.stringify(m.default ?? m))")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZES = {"k": 1 / 1024, "m": 1.0, "g": 1024.0}
+NOT_CARRIED = {
+    "exec_mode": "corral runs each replica as a process of its own: PM2's cluster mode "
+                 "(replicas sharing one listening socket) has no equivalent",
+    "cron_restart": "corral has no restart on a schedule",
+    "out_file": "corral writes stdout and stderr to LOG_DIR/NAME.log (`corral logs NAME`)",
+    "error_file": "corral writes stdout and stderr to LOG_DIR/NAME.log (`corral logs NAME`)",
+    "log_file": "corral writes stdout and stderr to LOG_DIR/NAME.log (`corral logs NAME`)",
+    "merge_logs": "corral writes one log per agent, its replicas' lines tagged",
+    "log_date_format": "corral's log lines carry an ISO 8601 time (log_format = \"tagged\")",
+    "wait_ready": "PM2's process.send('ready') has no equivalent: corral takes "
+                  "sd_notify's READY=1 (ready = \"notify\") or a readiness check",
+    "shutdown_with_message": "corral stops a program by a signal (stop_signal)",
+    "ignore_watch": "corral's watch takes globs of what to watch only",
+    "instance_var": "corral gives each replica its number as $CORRAL_REPLICA",
+    "increment_var": "corral gives each replica its number as $CORRAL_REPLICA",
+    "env_file": "corral has no environment files: put the variables in env",
+    "vizion": None, "automation": None, "pmx": None, "namespace": None, "time": None,
+    "source_map_support": None, "disable_source_map_support": None, "filter_env": None,
+    "autodump": None, "treekill": None, "combine_logs": None, "force": None,
+    "node_args": None, "interpreter_args": None, "interpreter": None,
+}
+# keys read below
+CARRIED = {"name", "script", "args", "cwd", "instances", "env", "autorestart",
+           "stop_exit_codes", "min_uptime", "max_restarts", "restart_delay",
+           "exp_backoff_restart_delay", "kill_timeout", "max_memory_restart", "watch",
+           "listen_timeout", "uid", "user", "gid", "autostart"}
+
+
+def read(path: Path, env: dict[str, str]) -> Imported:
+    data = _load(path, env)
+    apps = data.get("apps") if isinstance(data, dict) else data
+    if not isinstance(apps, list):
+        raise ConfigError(f"{path}: apps: expected a list of apps (PM2's "
+                          '{"apps": [...]})')
+    imp = Imported(str(path), "pm2")
+    for i, app in enumerate(apps):
+        where = f"apps[{i}]"
+        if not isinstance(app, dict):
+            raise ConfigError(f"{path}: {where}: expected an object")
+        try:
+            _app(app, where, imp, path.parent)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    if isinstance(data, dict):
+        for k in sorted(set(data) - {"apps"}):
+            imp.note(k, "(top level)", "not carried: only apps become agents "
+                                      "(deploy is PM2's own)")
+    return imp
+
+
+def _load(path: Path, env: dict[str, str]) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', exc)}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not JSON: {exc}") from None
+    return evaluate(path, env)
+
+
+def evaluate(path: Path, env: dict[str, str]) -> Any:
+    """A JavaScript ecosystem file's export, as node evaluates it (see the docstring)."""
+    node = shutil.which("node", path=env.get("PATH", os.defpath))
+    if node is None:
+        raise ConfigError(f"{path}: a JavaScript ecosystem file is read by running node, "
+                          "which is not on PATH: install node, or give its JSON "
+                          "(`node -p 'JSON.stringify(require(\"./FILE\"))' > "
+                          "ecosystem.json`)")
+    real = path.resolve()
+    argv = [node, _permission_flag(node, path), f"--allow-fs-read={real.parent}/*",
+            "--input-type=module", "-e", _PRINT, real.as_uri()]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, env=env,
+                              cwd=real.parent, timeout=EVAL_TIMEOUT,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{path}: node did not finish evaluating it within "
+                          f"{EVAL_TIMEOUT:g} s") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(nothing on stderr)"])
+        said = next((ln for ln in last if "Error" in ln), last[-1])
+        raise ConfigError(f"{path}: node could not evaluate it (exit status "
+                          f"{done.returncode}): {said.strip()}")
+    try:
+        return json.loads(done.stdout)
+    except ValueError:
+        raise ConfigError(f"{path}: its export is not JSON (a function or undefined)") \
+            from None
+
+
+def _permission_flag(node: str, path: Path) -> str:
+    """The flag that turns node's permission model on: `--permission` from node 23,
+    `--experimental-permission` in 20-22; an older node has none, and is not run."""
+    try:
+        said = subprocess.run([node, "--version"], capture_output=True, text=True,
+                              timeout=EVAL_TIMEOUT).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        said = ""
+    m = re.match(r"v(\d+)\.", said.strip())
+    major = int(m[1]) if m else 0
+    if major < 20:
+        raise ConfigError(f"{path}: node {said.strip() or '(no version)'} has no "
+                          "permission model to run the file under (node 20 or later), "
+                          "so it is not run: give its JSON instead")
+    return "--permission" if major >= 23 else "--experimental-permission"
+
+
+def _app(app: dict[str, Any], where: str, imp: Imported, base: Path) -> None:
+    script = app.get("script")
+    if not isinstance(script, str) or not script:
+        raise ConfigError(f"{where}: script: is required (a string)")
+    name = str(app.get("name") or Path(script).stem)
+    where = f"{where} ({name})"
+    table: dict[str, Any] = {"command": _command(app, script, where, imp),
+                             "protocol": "none"}
+    if isinstance(app.get("cwd"), str):
+        table["cwd"] = app["cwd"]
+    replicas = _instances(app.get("instances", 1), where, imp)
+    if replicas != 1:
+        table[target("instances")] = replicas
+    user = app.get("uid", app.get("user"))
+    if user is not None:
+        table["user"] = str(user)
+    if app.get("gid") is not None:
+        table["group"] = str(app["gid"])
+    if app.get("autostart") is False:
+        table["autostart"] = False
+    codes = app.get("stop_exit_codes")
+    if app.get("autorestart", True) is False:
+        table["restart"] = "never"
+    elif codes is not None:
+        codes = [codes] if isinstance(codes, int) else codes
+        if not (isinstance(codes, list) and all(isinstance(c, int) for c in codes)):
+            raise ConfigError(f"{where}: stop_exit_codes: expected exit statuses")
+        table["restart"] = "on-failure"  # restarted after any status but these
+        if codes != [0]:
+            table[target("stop_exit_codes")] = codes
+    else:
+        table["restart"] = "always"  # PM2's default: restarted after any exit
+    for key in ("min_uptime", "kill_timeout", "listen_timeout", "restart_delay",
+                "exp_backoff_restart_delay"):  # milliseconds, or a text with a unit
+        if key in app:
+            secs = duration(app[key], 0.001, where, key)
+            if secs > 0 or key == "min_uptime":
+                table[target(key)] = secs
+    if "max_restarts" in app or "min_uptime" in app:
+        # PM2's max_restarts: unstable restarts (up less than min_uptime) in a row
+        table["start_retries"] = _whole(app.get("max_restarts", 16), where,
+                                        "max_restarts")  # PM2's default: 16
+        table.setdefault("start_secs", 1.0)  # PM2's min_uptime default
+    if "max_memory_restart" in app:
+        table["limits"] = {"rss_mb": megabytes(app["max_memory_restart"], where)}
+    watch = app.get("watch")
+    if watch:
+        table["watch"] = (["**/*"] if watch is True else
+                          [f"{w.rstrip('/')}/**/*" for w in
+                           ([watch] if isinstance(watch, str) else watch)])
+    env = app.get("env")
+    if isinstance(env, dict):
+        table["env"] = {str(k): _text(v) for k, v in env.items()}
+    for k in app:
+        if k in CARRIED:
+            continue
+        if k.startswith("env_"):
+            imp.note(where, k, f"not carried: corral has no profiles (PM2's --env "
+                               f"{k[4:]}): merge its variables into env to use them")
+            continue
+        if k == "exec_mode" and str(app[k]).startswith("fork"):
+            continue  # a process per replica: as corral runs them
+        if k in NOT_CARRIED:
+            why = NOT_CARRIED[k]
+            if why is not None:
+                imp.note(where, k, f"{json.dumps(app[k])}: not carried: {why}")
+            continue
+        imp.note(where, k, f"{json.dumps(app[k])}: not carried: not a key of a PM2 app")
+    imp.add(where, name, table)
+
+
+def _command(app: dict[str, Any], script: str, where: str, imp: Imported) -> list[str]:
+    args = app.get("args", [])
+    argv = _words(args, where, "args")
+    interpreter = app.get("interpreter") or app.get("exec_interpreter")
+    extra = _words(app.get("interpreter_args") or app.get("node_args") or [], where,
+                   "interpreter_args")
+    if interpreter in (None, "") and script.endswith((".js", ".cjs", ".mjs")):
+        interpreter = "node"  # PM2's default for a JavaScript script
+    if interpreter in (None, "", "none"):
+        return [script, *argv]
+    return [str(interpreter), *extra, script, *argv]
+
+
+def _words(v: Any, where: str, key: str) -> list[str]:
+    import shlex
+
+    if isinstance(v, str):
+        try:
+            return shlex.split(v)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {key}: {exc}") from None
+    if isinstance(v, list):
+        return [_text(x) for x in v]
+    raise ConfigError(f"{where}: {key}: expected a string or a list")
+
+
+def _instances(v: Any, where: str, imp: Imported) -> int:
+    if v in ("max", 0, -1, "0", "-1"):
+        n = os.cpu_count() or 1
+        imp.note(where, "instances", f"{json.dumps(v)}: {n} replicas, the CPUs of this "
+                                     "machine (PM2 counts them where it runs)")
+        return n
+    if isinstance(v, str) and re.fullmatch(r"-?\d+", v):
+        v = int(v)
+    if isinstance(v, int) and v < 0:
+        n = max((os.cpu_count() or 1) + v, 1)
+        imp.note(where, "instances", f"{v}: {n} replicas (this machine's CPUs less "
+                                     f"{-v})")
+        return n
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ConfigError(f"{where}: instances: {json.dumps(v)} is not a number or "
+                          '"max"')
+    return v
+
+
+def duration(v: Any, unit: float, where: str, key: str) -> float:
+    """PM2's durations: a number (in `unit` seconds) or a text such as "10s", "1m"."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return round(v * unit, 3)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(v))
+    if not m:
+        raise ConfigError(f"{where}: {key}: {json.dumps(v)} is not a duration")
+    return round(float(m[1]) * (_UNITS[m[2]] if m[2] else unit), 3)
+
+
+def megabytes(v: Any, where: str) -> int:
+    """PM2's max_memory_restart ("300M", "1G", "200K", or bytes) in MiB."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return max(1, v // (1024 * 1024))
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGkmg])?[Bb]?\s*", str(v))
+    if not m:
+        raise ConfigError(f"{where}: max_memory_restart: {json.dumps(v)} is not a size")
+    size = float(m[1]) * _SIZES[m[2].lower()] if m[2] else float(m[1]) / (1024 * 1024)
+    return max(1, round(size))
+
+
+def _whole(v: Any, where: str, key: str) -> int:
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return v
+    raise ConfigError(f"{where}: {key}: {json.dumps(v)} is not a whole number")
+
+
+def _text(v: Any) -> str:
+    """An env value or argument as PM2 passes it: a text (numbers and booleans as JSON)."""
+    return v if isinstance(v, str) else json.dumps(v)

@@ -1,0 +1,41 @@
+"""Procfiles (Heroku, foreman, honcho): `TYPE: command` a line, `#` comments. A command
+is a shell's: it runs under `sh -c`. A process type whose command reads $PORT is given one
+as foreman gives it: 5000 for the first type, 100 more for each type after it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..supervisor.config import ConfigError
+from .model import Imported
+
+BASE_PORT = 5000  # foreman's and honcho's
+_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.*)$")
+
+
+def read(path: Path, env: dict[str, str]) -> Imported:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    imp = Imported(str(path), "procfile")
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _LINE.match(line.strip())
+        if m is None or not m[2].strip():
+            raise ConfigError(f"{path}: line {number}: not `TYPE: command`")
+        kind, command = m[1], m[2].strip()
+        table: dict[str, object] = {"command": ["sh", "-c", f"exec {command}"],
+                                    "protocol": "none"}
+        where = f"line {number} ({kind})"
+        if re.search(r"\$\{?PORT\b", command):
+            port = BASE_PORT + 100 * len(imp.agents)
+            table["env"] = {"PORT": str(port)}
+            imp.note(where, "$PORT", f"set to {port} (foreman's port for this process "
+                                     "type); with replicas, each would need its own")
+        imp.add(where, kind, table)
+    if not imp.agents:
+        raise ConfigError(f"{path}: no process types (`TYPE: command` lines)")
+    return imp

@@ -1,0 +1,330 @@
+"""supervisord's INI files as supervisord reads them: RawConfigParser with `;` and `#`
+inline comments (after whitespace) and indented continuation lines, `[include] files`
+globbed beside the including file, `%(name)s` expansions (ENV_X, here, program_name,
+process_num, group_name, numprocs, host_node_name) with `%%` for a percent sign.
+
+Each `[program:x]` is a plain program (`protocol = "none"`); `numprocs` its replicas, and
+`%(process_num)d` in its command the replica's number at run time (a `sh -c` reading
+`$CORRAL_REPLICA`); `%(ENV_X)s` in a command is read when the process starts (the
+daemon's environment, as supervisord's is read when it starts), elsewhere now."""
+
+from __future__ import annotations
+
+import configparser
+import glob
+import platform
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from ..supervisor.config import ConfigError
+from ..supervisor.othernames import target
+from .model import Imported
+
+PROGRAM_KEYS_CARRIED = (
+    "command", "process_name", "numprocs", "numprocs_start", "directory", "environment",
+    "user", "autostart", "autorestart", "exitcodes", "startsecs", "startretries",
+    "stopsignal", "stopwaitsecs", "priority", "stopasgroup", "killasgroup",
+)
+LOGS = "corral writes a program's output to LOG_DIR/NAME.log (`corral logs NAME`)"
+ROTATION = "corral rotates its log files by [supervisor] log_max_bytes and log_backups"
+# what else a [program:x] may say, and why it is not carried
+NOT_CARRIED = {
+    "stdout_logfile": LOGS, "stderr_logfile": LOGS,
+    "redirect_stderr": "corral keeps stdout and stderr in one log, each line tagged with "
+                       "its stream",
+    "stdout_logfile_maxbytes": ROTATION, "stdout_logfile_backups": ROTATION,
+    "stderr_logfile_maxbytes": ROTATION, "stderr_logfile_backups": ROTATION,
+    "stdout_capture_maxbytes": "corral has no capture mode (supervisor events)",
+    "stderr_capture_maxbytes": "corral has no capture mode (supervisor events)",
+    "stdout_events_enabled": "corral sends no supervisor events",
+    "stderr_events_enabled": "corral sends no supervisor events",
+    "stdout_syslog": "corral sends agents' lines to the systemd journal (log_journal), "
+                     "not syslog",
+    "stderr_syslog": "corral sends agents' lines to the systemd journal (log_journal), "
+                     "not syslog",
+    "umask": "corral sets no umask of its own: the process inherits the daemon's",
+    "serverurl": "supervisorctl's; corral's CLI finds the daemon's socket itself",
+}
+# [supervisord] keys about supervisord itself, not its programs
+DAEMON_ONLY = {"nodaemon", "logfile", "logfile_maxbytes", "logfile_backups", "loglevel",
+               "pidfile", "identifier", "childlogdir", "nocleanup", "silent",
+               "strip_ansi"}
+SIGNALS = ("TERM", "HUP", "INT", "QUIT", "KILL", "USR1", "USR2")
+_PROCESS_NUM = re.compile(r"%\(process_num\)([-#0 +]*\d*)d")
+_RESTART = {"true": "always", "false": "never", "unexpected": "on-failure"}
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def read(path: Path, env: dict[str, str]) -> Imported:
+    """The programs of a supervisord config file and the files it includes."""
+    parser = _parse(path)
+    imp = Imported(str(path), "supervisord")
+    here = str(path.parent.resolve())
+    base = {f"ENV_{k}": v for k, v in env.items()} | {
+        "here": here, "host_node_name": platform.node()}
+    common_env = _daemon_section(parser, imp, base)
+    groups = _groups(parser, imp, base)
+    priorities: dict[str, int] = {}
+    for section in parser.sections():
+        kind, _, name = section.partition(":")
+        if kind == "program" and name:
+            try:
+                _program(parser, section, name, imp, base, common_env,
+                         groups.get(name, name), priorities)
+            except ConfigError as exc:
+                raise ConfigError(f"{imp.source}: {exc}") from None
+        elif kind in ("eventlistener", "fcgi-program"):
+            imp.note(f"[{section}]", "(section)", _SECTIONS_NOT_CARRIED[kind])
+        elif kind not in ("program", "group", "supervisord", "include", "unix_http_server",
+                          "inet_http_server", "supervisorctl", "rpcinterface",
+                          "ctlplugin"):
+            imp.note(f"[{section}]", "(section)", "not a section supervisord knows: "
+                                                  "not carried")
+    if len(set(priorities.values())) > 1:
+        order = ", ".join(f"{n} ({p})" for n, p in sorted(priorities.items(),
+                                                          key=lambda x: (x[1], x[0])))
+        imp.note("[program:*]", "priority", f"not carried: corral starts its agents "
+                 f"together, in no order (supervisord's order: {order})")
+    return imp
+
+
+_SECTIONS_NOT_CARRIED = {
+    "eventlistener": "not carried: corral sends no supervisor events to a listener (one "
+                     "that stops the container when a program dies has no equivalent: "
+                     "corral restarts the program, then marks it failed)",
+    "fcgi-program": "not carried: corral does not hold a FastCGI socket for its programs",
+}
+
+
+def _parse(path: Path) -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"),
+                                          strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys as written
+    _read(parser, path, set())
+    return parser
+
+
+def _read(parser: configparser.RawConfigParser, path: Path, seen: set[Path]) -> None:
+    """`path` into `parser`, then the files its [include] names (relative to it)."""
+    real = path.resolve()
+    if real in seen:
+        return
+    seen.add(real)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    included = configparser.RawConfigParser(inline_comment_prefixes=(";", "#"),
+                                            strict=False, interpolation=None)
+    included.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        included.read_string(text, str(path))
+    except configparser.Error as exc:
+        raise ConfigError(f"{path}: not an INI file supervisord reads: "
+                          f"{str(exc).splitlines()[0]}") from None
+    files = included.get("include", "files", fallback="")
+    for section in included.sections():
+        if section == "include":
+            continue
+        if not parser.has_section(section):
+            parser.add_section(section)
+        for k, v in included[section].items():
+            # %(here)s is the directory of the file that says it
+            parser.set(section, k, v.replace("%(here)s", str(path.parent.resolve())))
+    for pattern in files.split():
+        full = pattern if pattern.startswith("/") else str(path.parent / pattern)
+        for inc in sorted(glob.glob(full)):
+            _read(parser, Path(inc), seen)
+
+
+def expand(text: str, expansions: dict[str, Any], where: str) -> str:
+    """supervisord's `%(name)s` expansion of one value (`%%` is `%`)."""
+    try:
+        return text % expansions
+    except KeyError as exc:
+        names = ", ".join(sorted(k for k in expansions if not k.startswith("ENV_")))
+        raise ConfigError(f"{where}: {text!r} names {exc} which cannot be expanded "
+                          f"(names there: ENV_*, {names})") from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {text!r} is badly formatted: {exc}") from None
+
+
+def _daemon_section(parser: configparser.RawConfigParser, imp: Imported,
+                    base: dict[str, Any]) -> dict[str, str]:
+    """[supervisord]'s environment (every program's), and a note for each setting of it
+    that changes what its programs do."""
+    if not parser.has_section("supervisord"):
+        return {}
+    env: dict[str, str] = {}
+    for k, v in parser["supervisord"].items():
+        if k == "environment":
+            try:
+                env = env_pairs(expand(v, base, "[supervisord] environment"),
+                                "[supervisord]")
+            except ConfigError as exc:
+                raise ConfigError(f"{imp.source}: {exc}") from None
+        elif k not in DAEMON_ONLY:
+            imp.note("[supervisord]", k, "not carried: a setting of supervisord itself "
+                                         "(corral's own are [supervisor] in corral.toml)")
+    return env
+
+
+def _groups(parser: configparser.RawConfigParser, imp: Imported,
+            base: dict[str, Any]) -> dict[str, str]:
+    """Each grouped program's group."""
+    out: dict[str, str] = {}
+    for section in parser.sections():
+        kind, _, group = section.partition(":")
+        if kind != "group":
+            continue
+        for program in parser.get(section, "programs", fallback="").split(","):
+            if program.strip():
+                out[program.strip()] = group
+        imp.note(f"[{section}]", "programs", "not carried: corral has no groups (start, "
+                 "stop and restart each agent, or all: `corral start --all`)")
+        if parser.has_option(section, "priority"):
+            imp.note(f"[{section}]", "priority", "not carried: corral starts its agents "
+                                                 "together, in no order")
+    return out
+
+
+def env_pairs(text: str, where: str) -> dict[str, str]:
+    """supervisord's KEY=val,KEY2="val, with a comma" (its dict_of_key_value_pairs)."""
+    lexer = shlex.shlex(text)
+    lexer.wordchars += "/.+-():"
+    tokens = list(lexer)
+    out: dict[str, str] = {}
+    for i in range(0, len(tokens), 4):
+        k_eq_v = tokens[i:i + 3]
+        if len(k_eq_v) != 3 or k_eq_v[1] != "=":
+            raise ConfigError(f"{where}: environment: unexpected end of "
+                              f"KEY=value pairs in {text!r}")
+        out[k_eq_v[0]] = k_eq_v[2].strip("'\"")
+    return out
+
+
+def _program(parser: configparser.RawConfigParser, section: str, name: str, imp: Imported,
+             base: dict[str, Any], common_env: dict[str, str], group: str,
+             priorities: dict[str, int]) -> None:
+    where = f"[{section}]"
+    raw = dict(parser[section])
+    ex = base | {"program_name": name, "group_name": group}
+    get = _getter(raw, ex, where)
+    numprocs = _int(get("numprocs", "1"), where, "numprocs")
+    start = _int(get("numprocs_start", "0"), where, "numprocs_start")
+    ex |= {"numprocs": numprocs, "process_num": start}
+    table: dict[str, Any] = {"command": _command(raw, ex, where, start, imp),
+                             "protocol": "none"}
+    if numprocs != 1:
+        table[target("numprocs")] = numprocs
+    name_given = raw.get("process_name")
+    if name_given is not None and numprocs > 1:
+        imp.note(where, "process_name", f"{name_given!r}: replicas are named "
+                 f"AGENT#0..#{numprocs - 1} (the number is $CORRAL_REPLICA)")
+    if "directory" in raw:
+        table[target("directory")] = get("directory", "")
+    env = dict(common_env)
+    if "environment" in raw:
+        env |= env_pairs(get("environment", ""), where)
+    if "user" in raw:
+        table["user"] = get("user", "")
+    if "autostart" in raw:
+        table["autostart"] = _bool(get("autostart", "true"), where, "autostart")
+    restart = get("autorestart", "unexpected").lower()
+    if restart not in _RESTART:
+        raise ConfigError(f"{where}: autorestart: {restart!r} is not true, "
+                          "false or unexpected")
+    if restart != "unexpected":
+        table[target("autorestart")] = _RESTART[restart]
+    codes = [_int(c, where, "exitcodes") for c in get("exitcodes", "0").split(",")]
+    if codes != [0]:
+        table[target("exitcodes")] = codes
+    secs = _int(get("startsecs", "1"), where, "startsecs")  # supervisord's default: 1
+    if secs:
+        table[target("startsecs")] = secs
+    if "startretries" in raw:
+        table[target("startretries")] = _int(get("startretries", "3"), where, "startretries")
+    signal = get("stopsignal", "TERM").upper().removeprefix("SIG")
+    if signal not in SIGNALS:
+        raise ConfigError(f"{where}: stopsignal: {signal!r} is not one of "
+                          f"{', '.join(SIGNALS)}")
+    if signal != "TERM":
+        table[target("stopsignal")] = signal
+    if "stopwaitsecs" in raw:
+        table[target("stopwaitsecs")] = _int(get("stopwaitsecs", "10"), where, "stopwaitsecs")
+    priorities[name] = _int(get("priority", "999"), where, "priority")
+    for k in ("stopasgroup", "killasgroup"):
+        if k in raw and not _bool(get(k, "false"), where, k):
+            imp.note(where, k, "false: not carried: corral signals the program's whole "
+                               "process group")
+    if env:
+        table["env"] = env
+    for k in raw:
+        if k in PROGRAM_KEYS_CARRIED:
+            continue
+        why = NOT_CARRIED.get(k)
+        imp.note(where, k, f"{raw[k]!r}: not carried: {why}" if why else
+                 f"{raw[k]!r}: not carried: not a key of supervisord's [program:x]")
+    imp.add(where, name, table)
+
+
+def _getter(raw: dict[str, str], ex: dict[str, Any], where: str) -> Any:
+    def get(k: str, default: str) -> str:
+        return expand(raw[k], ex, f"{where} {k}") if k in raw else default
+    return get
+
+
+def _command(raw: dict[str, str], ex: dict[str, Any], where: str, start: int,
+             imp: Imported) -> str | list[str]:
+    """The command: expanded now, but for the replica's number and the environment's
+    variables, which a shell reads as the process starts. Its words are supervisord's
+    (shlex's), each quoted for `sh -c` around what the shell is to read, so that the
+    number reaches an argument inside quotes too."""
+    text = raw.get("command")
+    if not text:
+        raise ConfigError(f"{where}: command: is required")
+    text = _PROCESS_NUM.sub(lambda m: f"\0R{m[1]}\0", text)
+    text = re.sub(r"%\(ENV_([A-Za-z_][A-Za-z0-9_]*)\)s", lambda m: f"\0E{m[1]}\0", text)
+    # continuation lines are words of the command, as supervisord splits it
+    expanded = " ".join(expand(text, ex, f"{where} command").split("\n"))
+    if "\0" not in expanded:
+        return expanded
+    try:
+        words = shlex.split(expanded)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: command: cannot be split into words: {exc}") from None
+    number = f"$((CORRAL_REPLICA + {start}))" if start else "$CORRAL_REPLICA"
+    read: set[str] = set()
+
+    def shell(part: str) -> str:
+        if part.startswith("R"):
+            read.add("the replica's number ($CORRAL_REPLICA)")
+            return f'"$(printf %{part[1:]}d {number})"' if part[1:] else f'"{number}"'
+        read.add(f"${{{part[1:]}}}")
+        return f'"${{{part[1:]}}}"'
+
+    script = " ".join("".join(shell(p) if n % 2 else (shlex.quote(p) if p else "")
+                              for n, p in enumerate(re.split("\0([^\0]*)\0", w)))
+                      for w in words)
+    imp.note(where, "command", f"run by `sh -c`: {' and '.join(sorted(read))} read as "
+                               "the process starts")
+    return ["sh", "-c", f"exec {script}"]
+
+
+def _int(text: str, where: str, key: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{where}: {key}: {text!r} is not a whole number") from None
+
+
+def _bool(text: str, where: str, key: str) -> bool:
+    t = text.strip().lower()
+    if t in _TRUE:
+        return True
+    if t in _FALSE:
+        return False
+    raise ConfigError(f"{where}: {key}: {text!r} is not true or false")

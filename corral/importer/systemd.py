@@ -1,0 +1,270 @@
+"""systemd service units: `[Unit]`, `[Service]`, `[Install]` sections, `#` and `;`
+comment lines, a trailing backslash continuing a line, a directive given again adding to
+a list (Environment=, ExecStartPre=) or replacing it (most others), an empty assignment
+resetting it. The unit's name (less `.service`) is the agent's."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from ..supervisor.config import ConfigError
+from ..supervisor.othernames import target
+from .model import Imported
+
+# directives read below (lower case)
+CARRIED = {"execstart", "workingdirectory", "user", "group", "environment", "restart",
+           "restartsec", "timeoutstopsec", "timeoutstartsec", "timeoutsec", "killsignal",
+           "successexitstatus", "startlimitburst", "startlimitintervalsec",
+           "startlimitinterval", "type", "watchdogsec", "limitnofile", "nice",
+           "description", "documentation", "wantedby", "alias", "killmode"}
+LISTS = {"environment", "execstartpre", "execstartpost", "execstop", "execstoppost",
+         "after", "before", "requires", "wants", "bindsto", "environmentfile"}
+NOT_CARRIED = {
+    "after": "not carried: corral starts its agents together, in no order",
+    "before": "not carried: corral starts its agents together, in no order",
+    "requires": "not carried: corral starts its agents together, with no dependencies",
+    "wants": "not carried: corral starts its agents together, with no dependencies",
+    "bindsto": "not carried: corral starts its agents together, with no dependencies",
+    "partof": "not carried: corral stops each agent on its own",
+    "environmentfile": "not carried: corral has no environment files: put the variables "
+                       "in env",
+    "execstartpre": "not carried: corral runs one command per agent",
+    "execstartpost": "not carried: corral runs one command per agent",
+    "execstop": "not carried: corral stops a program by a signal (stop_signal)",
+    "execstoppost": "not carried: corral runs one command per agent",
+    "execreload": "not carried: `corral restart NAME` replaces the process",
+    "pidfile": "not carried: corral supervises the process it started (Type=forking is "
+               "not followed)",
+    "restartpreventexitstatus": "not carried: corral's exit_codes are clean exits, which "
+                                "on-failure does not restart",
+    "memorymax": "not carried: corral's limits.memory_mb is the address space "
+                 "(RLIMIT_AS) and limits.rss_mb a soft restart, not a cgroup's "
+                 "memory.max",
+    "memorylimit": "not carried: corral's limits.memory_mb is the address space "
+                   "(RLIMIT_AS), not a cgroup's memory limit",
+    "cpuquota": "not carried: corral's limits.cpu_percent restarts a process over it "
+                "(sampled), it does not throttle",
+}
+_RESTART = {"no": "never", "always": "always", "on-failure": "on-failure"}
+_SIGNALS = ("TERM", "HUP", "INT", "QUIT", "KILL", "USR1", "USR2")
+_UNITS = {"us": 1e-6, "usec": 1e-6, "ms": 0.001, "msec": 0.001, "s": 1.0, "sec": 1.0,
+          "second": 1.0, "seconds": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+          "minutes": 60.0, "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0,
+          "d": 86400.0, "day": 86400.0, "days": 86400.0}
+# systemd's silence about these changes nothing a program does
+QUIET = {"description", "documentation", "wantedby", "alias", "defaultdependencies",
+         "conflicts", "condition", "standardoutput", "standarderror", "syslogidentifier",
+         "remainafterexit", "guessmainpid"}
+
+
+def parse(text: str, where: str) -> dict[str, dict[str, list[str]]]:
+    """section -> directive (as written) -> its values in order (an empty one resets)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    section: dict[str, list[str]] | None = None
+    lines = iter(text.splitlines())
+    number = 0
+    for line in lines:
+        number += 1
+        while line.endswith("\\"):
+            nxt = next(lines, "")
+            number += 1
+            nxt = "" if nxt.lstrip().startswith(("#", ";")) else nxt.strip()
+            line = line[:-1].rstrip() + " " + nxt
+        s = line.strip()
+        if not s or s.startswith(("#", ";")):
+            continue
+        if s.startswith("[") and s.endswith("]"):
+            section = out.setdefault(s[1:-1], {})
+            continue
+        key, eq, value = s.partition("=")
+        if not eq or section is None:
+            raise ConfigError(f"{where}: line {number}: not `Key=value` in a [Section]")
+        values = section.setdefault(key.strip(), [])
+        if value.strip() == "":
+            values.clear()  # an empty assignment resets the list
+        else:
+            values.append(value.strip())
+    return out
+
+
+def read(path: Path, env: dict[str, str]) -> Imported:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    sections = parse(text, str(path))
+    if "Service" not in sections:
+        raise ConfigError(f"{path}: no [Service] section: not a service unit")
+    imp = Imported(str(path), "systemd")
+    name = path.name.removesuffix(".in").removesuffix(".service")
+    where = "[Service]"
+    if name.endswith("@"):
+        name = name[:-1]
+        imp.note(where, "%i", "a template unit: its instance name (%i) is left empty")
+    try:
+        table = _service(sections, where, imp, name)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    imp.add(where, name, table)
+    return imp
+
+
+def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Imported,
+             name: str) -> dict[str, Any]:
+    given: dict[str, tuple[str, str, list[str]]] = {}  # lower -> (section, key, values)
+    for sec, keys in sections.items():
+        for key, values in keys.items():
+            given[key.lower()] = (sec, key, values)
+
+    def one(key: str) -> str | None:
+        got = given.get(key)
+        return _specifiers(got[2][-1], name) if got and got[2] else None
+
+    start = one("execstart")
+    if start is None:
+        raise ConfigError(f"{where}: ExecStart: is required")
+    table: dict[str, Any] = {"command": _command(start, where, imp), "protocol": "none"}
+    kind = (one("type") or "simple").lower()
+    if kind == "notify":
+        table["ready"] = "notify"
+    elif kind == "oneshot":
+        table["restart"] = "never"
+    elif kind == "forking":
+        imp.note(where, "Type", "forking: not carried: corral supervises the process it "
+                                "starts, which must stay in the foreground")
+    if one("workingdirectory"):
+        table["cwd"] = (one("workingdirectory") or "").lstrip("-")
+    for key in ("user", "group"):
+        if one(key):
+            table[key] = one(key)
+    env: dict[str, str] = {}
+    for assignment in (given.get("environment", ("", "", []))[2]):
+        for word in shlex.split(assignment):
+            k, eq, v = word.partition("=")
+            if eq:
+                env[k] = _specifiers(v, name)
+    if env:
+        table["env"] = env
+    restart = (one("restart") or "no").lower()
+    if restart in _RESTART:
+        if restart != "no" or kind != "oneshot":
+            table["restart"] = _RESTART[restart]
+    else:
+        table["restart"] = "on-failure"
+        imp.note(where, "Restart", f"{restart}: on-failure (corral restarts after any "
+                                   "exit but a clean one)")
+    for key in ("restartsec", "timeoutstopsec", "timeoutstartsec", "startlimitintervalsec"):
+        if one(key) and (secs := seconds(one(key) or "", where, given[key][1])) > 0:
+            table[target(key)] = secs
+    if one("timeoutsec"):
+        secs = seconds(one("timeoutsec") or "", where, "TimeoutSec")
+        table.setdefault("start_timeout", secs)
+        table.setdefault("stop_timeout", secs)
+    if one("startlimitinterval") and "restart_window" not in table:
+        table["restart_window"] = seconds(one("startlimitinterval") or "", where,
+                                          "StartLimitInterval")
+    if one("startlimitburst"):
+        table[target("startlimitburst")] = _int(one("startlimitburst") or "", where,
+                                                "StartLimitBurst")
+    if one("killsignal"):
+        sig = (one("killsignal") or "").upper().removeprefix("SIG")
+        if sig not in _SIGNALS:
+            raise ConfigError(f"{where}: KillSignal: {sig!r} is not one of "
+                              f"{', '.join(_SIGNALS)}")
+        if sig != "TERM":
+            table[target("killsignal")] = sig
+    codes = _exit_codes(given.get("successexitstatus", ("", "", []))[2], where, imp)
+    if codes != [0]:
+        table[target("successexitstatus")] = codes
+    if one("watchdogsec") and kind == "notify":
+        table[target("watchdogsec")] = seconds(one("watchdogsec") or "", where,
+                                               "WatchdogSec")
+    limits = _limits(one, where, imp)
+    if limits:
+        table["limits"] = limits
+    for low, (sec, key, values) in given.items():
+        if low in CARRIED or low in QUIET or not values:
+            continue
+        why = NOT_CARRIED.get(low, f"not carried: not a directive corral import maps "
+                                   f"([{sec}])")
+        for v in values if low in LISTS else values[-1:]:
+            imp.note(where, key, f"{v}: {why}")
+    return table
+
+
+def _limits(one: Any, where: str, imp: Imported) -> dict[str, int]:
+    out: dict[str, int] = {}
+    nofile = one("limitnofile")
+    if nofile:
+        soft = nofile.split(":")[0]
+        if soft.lower() != "infinity":
+            out[target("limitnofile").split(".")[1]] = _int(soft, where, "LimitNOFILE")
+    nice = one("nice")
+    if nice:
+        n = _int(nice, where, "Nice")
+        if n > 0:
+            out["nice"] = n
+        elif n < 0:
+            imp.note(where, "Nice", f"{n}: not carried: corral's limits.nice is 0-19 (a "
+                                    "lower priority only)")
+    return out
+
+
+def _command(text: str, where: str, imp: Imported) -> str | list[str]:
+    """ExecStart= less its prefixes (`-`, `@`, `+`, `!`, `:`); a command that reads
+    variables ($X, ${X}) runs under `sh -c`, as systemd expands them from the
+    environment it gives."""
+    prefixes = re.match(r"^[-@+!:]*", text)
+    text = text[prefixes.end() if prefixes else 0:]
+    if re.search(r"\$\{?[A-Za-z_]", text):
+        imp.note(where, "ExecStart", "run by `sh -c` so that its $VARIABLES are read as "
+                                     "the process starts")
+        return ["sh", "-c", f"exec {text}"]
+    return text
+
+
+def _specifiers(text: str, name: str) -> str:
+    """systemd's %n, %N, %p, %i, %% (the others are the host's, kept as written)."""
+    subs = {"n": f"{name}.service", "N": name, "p": name, "i": "", "I": "", "%": "%"}
+    return re.sub(r"%([nNpiI%])", lambda m: subs[m[1]], text)
+
+
+def _exit_codes(values: list[str], where: str, imp: Imported) -> list[int]:
+    codes = [0]
+    for v in values:
+        for word in v.split():
+            if word.isdigit():
+                codes.append(int(word))
+            else:
+                imp.note(where, "SuccessExitStatus", f"{word}: not carried: corral's "
+                                                     "exit_codes are exit statuses, not "
+                                                     "signals")
+    return sorted(set(codes))
+
+
+def seconds(text: str, where: str, key: str) -> float:
+    """A systemd time span ("90", "5s", "1min 30s", "500ms", "infinity": 0) in seconds."""
+    t = text.strip().lower()
+    if t == "infinity":
+        return 0.0
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    total, pos = 0.0, 0
+    for m in re.finditer(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)", t):
+        if m.start() != pos or m[2] not in _UNITS:
+            raise ConfigError(f"{where}: {key}: {text!r} is not a time span")
+        total += float(m[1]) * _UNITS[m[2]]
+        pos = m.end()
+    if pos != len(t) or pos == 0:
+        raise ConfigError(f"{where}: {key}: {text!r} is not a time span")
+    return round(total, 3)
+
+
+def _int(text: str, where: str, key: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{where}: {key}: {text!r} is not a whole number") from None

@@ -1,0 +1,206 @@
+"""`corral import` (issue 57): supervisord, PM2, Procfile and systemd files as corral's
+config. A corpus of files in the shapes those tools' users write (tests/data/import/),
+each turned into exactly the config and the notes beside it in expected/; each config
+passes check-config; one runs under a real daemon; every refusal says why."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from corral.supervisor.configload import load_config
+
+from .daemon_harness import running_daemon, shared_tmpdir
+from .test_daemon_cli import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = Path(__file__).resolve().parent / "data" / "import"
+EXPECTED = CORPUS / "expected"
+FILES = ["desktop-agent.conf", "queue-workers.conf", "ecosystem.config.js", "ecosystem.json",
+         "Procfile", "agent-runner@.service", "mcp-gateway.service", "runnable.conf"]
+# the environment the expected files were made in: what %(ENV_X)s reads
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "WIDTH": "1280", "HEIGHT": "800",
+       "MODEL": "claude", "QUEUES": "default", "WORKERS": "4", "POOL": "blue"}
+NODE = shutil.which("node", path=ENV["PATH"])
+
+
+def corral(*args: str, env: dict[str, str] | None = None, cwd: Path = CORPUS
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "corral", *args], capture_output=True,
+                          text=True, cwd=cwd,
+                          env={**(env or ENV), "PYTHONPATH": str(ROOT)})
+
+
+def needs_node(name: str) -> object:
+    js = name.endswith(".js")
+    return pytest.param(name, marks=pytest.mark.skipif(
+        js and NODE is None, reason="node is not installed: a .js ecosystem file is run "
+                                    "by node"))
+
+
+@pytest.mark.parametrize("name", [needs_node(n) for n in FILES])
+def test_each_file_gives_exactly_its_config_and_its_notes(name: str, tmp_path: Path) -> None:
+    r = corral("import", name)
+    assert (r.returncode, r.stdout, r.stderr) == (
+        0, (EXPECTED / f"{name}.toml").read_text(), (EXPECTED / f"{name}.stderr").read_text())
+    # and corral takes it (the programs are not on this machine: --no-check)
+    out = tmp_path / "corral.toml"
+    out.write_text(r.stdout)
+    checked = corral("check-config", "--no-check", str(out))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.startswith(f"{out}: ok (")
+
+
+def test_every_program_app_type_and_unit_is_an_agent() -> None:
+    agents = {name: sorted(load_config(EXPECTED / f"{name}.toml").agents)
+              for name in FILES}
+    assert agents == {
+        "desktop-agent.conf": ["agent", "novnc", "x11vnc", "xvfb"],
+        "queue-workers.conf": ["queue", "scheduler"],
+        "ecosystem.config.js": ["api", "mcp-fetch", "mcp-filesystem"],
+        "ecosystem.json": ["web-app", "worker"],
+        "Procfile": ["release", "web", "worker"],
+        "agent-runner@.service": ["agent-runner"],
+        "mcp-gateway.service": ["mcp-gateway"],
+        "runnable.conf": ["display", "drain", "worker"],
+    }
+
+
+def test_the_imported_config_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runnable file, imported and run: replicas numbered as supervisord numbered
+    them in their arguments, the environment read as they start, the one-shot's exit
+    status 2 a clean exit (not restarted, not failed)."""
+    monkeypatch.setenv("POOL", "blue")
+    r = corral("import", "runnable.conf")
+    assert r.returncode == 0, r.stderr
+    with running_daemon(shared_tmpdir(), r.stdout) as d:
+        wait_until(lambda: {k: v["state"] for k, v in d.status().items()} == {
+            "display#0": "ready", "worker#0": "ready", "worker#1": "ready",
+            "drain#0": "terminated"}, what="display and workers ready, drain done")
+        st = d.status()["drain#0"]
+        assert (st["restarts"], st["last_exit"]) == (0, "exited with status 2")
+        said = lambda: d.cli("logs", "worker", "-n", "10").stdout  # noqa: E731
+        wait_until(lambda: "worker 01 of blue: hello, world" in said()
+                   and "worker 02 of blue: hello, world" in said(), what="both workers")
+
+
+def test_a_file_that_exists_is_not_replaced_but_with_force(tmp_path: Path) -> None:
+    out = tmp_path / "corral.toml"
+    out.write_text("[agents.old]\ncommand = 'true'\n")
+    r = corral("import", "Procfile", "-o", str(out))
+    assert r.returncode == 1
+    assert out.read_text() == "[agents.old]\ncommand = 'true'\n"  # untouched
+    lines = r.stderr.splitlines()
+    assert lines[-1] == (f"corral: {out} exists: not replaced (--force replaces it; the "
+                         "difference is above)")
+    assert f"--- {out}" in lines and "-[agents.old]" in lines and "+[agents.web]" in lines
+    r = corral("import", "Procfile", "-o", str(out), "--force")
+    assert r.returncode == 0 and r.stdout == ""
+    assert r.stderr.splitlines()[-1] == f"{out}: 3 agents written"
+    assert out.read_text() == (EXPECTED / "Procfile.toml").read_text()
+    fresh = tmp_path / "new.toml"
+    r = corral("import", "mcp-gateway.service", "-o", str(fresh))
+    assert r.returncode == 0 and r.stderr.splitlines()[-1] == f"{fresh}: 1 agent written"
+
+
+@pytest.mark.parametrize("name,text,said", [
+    ("bad.conf", "[program:a]\ncommand=x\nautorestart=sometimes\n",
+     "[program:a]: autorestart: 'sometimes' is not true, false or unexpected"),
+    ("bad.conf", "[program:a]\ncommand=x\nnumprocs=%(ENV_NOPE)s\n",
+     "[program:a] numprocs: '%(ENV_NOPE)s' names 'ENV_NOPE' which cannot be expanded "
+     "(names there: ENV_*, group_name, here, host_node_name, program_name)"),
+    ("bad.conf", "[program:a]\nautostart=true\n", "[program:a]: command: is required"),
+    ("bad.conf", "[program:a]\ncommand=x\nstopsignal=BUS\n",
+     "[program:a]: stopsignal: 'BUS' is not one of TERM, HUP, INT, QUIT, KILL, USR1, USR2"),
+    ("bad.conf", "[program:a]\ncommand=x\nenvironment=A=1,B\n",
+     "[program:a]: environment: unexpected end of KEY=value pairs in 'A=1,B'"),
+    ("bad.conf", "[program:a\ncommand=x\n",
+     "not an INI file supervisord reads: File contains no section headers."),
+    ("eco.json", '{"apps": [{"name": "a"}]}', "apps[0]: script: is required (a string)"),
+    ("eco.json", '{"apps": {"a": 1}}',
+     'apps: expected a list of apps (PM2\'s {"apps": [...]})'),
+    ("eco.json", "{apps: []}",
+     "not JSON: Expecting property name enclosed in double quotes: line 1 column 2 "
+     "(char 1)"),
+    ("eco.json", '{"apps": [{"script": "a", "instances": "lots"}]}',
+     'apps[0] (a): instances: "lots" is not a number or "max"'),
+    ("Procfile", "web gunicorn\n", "line 1: not `TYPE: command`"),
+    ("x.service", "[Unit]\nDescription=x\n", "no [Service] section: not a service unit"),
+    ("x.service", "[Service]\nType=simple\n", "[Service]: ExecStart: is required"),
+    ("x.service", "[Service]\nExecStart=/bin/x\nRestartSec=soon\n",
+     "[Service]: RestartSec: 'soon' is not a time span"),
+    ("notes.txt", "just some text\n",
+     "not a file corral import knows (a supervisord .conf, a PM2 ecosystem file, a "
+     "Procfile or a systemd .service unit): give --from"),
+])
+def test_a_file_it_cannot_read_is_refused_saying_why(tmp_path: Path, name: str, text: str,
+                                                     said: str) -> None:
+    (tmp_path / name).write_text(text)
+    r = corral("import", name, cwd=tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", f"corral: {name}: {said}\n")
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    r = corral("import", "--from", "supervisord", "nope.conf", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (1, "corral: nope.conf: cannot read: No such file or "
+                                           "directory\n")
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+@pytest.mark.parametrize("body", [
+    "require('child_process').execSync('touch pwned');",
+    "require('fs').writeFileSync('pwned', 'x');",
+    "require('fs').readFileSync('/etc/passwd', 'utf8');",
+])
+def test_a_js_file_runs_under_nodes_permission_model(tmp_path: Path, body: str) -> None:
+    """It may read its own directory (a helper it requires), nothing else: no child
+    process, no write, no read elsewhere."""
+    (tmp_path / "eco.config.js").write_text(
+        body + "\nmodule.exports = {apps: [{name: 'a', script: 'sleep'}]};\n")
+    r = corral("import", "eco.config.js", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == ("corral: eco.config.js: node could not evaluate it (exit status 1): "
+                        "Error: Access to this API has been restricted\n")
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_a_js_file_may_require_its_neighbours(tmp_path: Path) -> None:
+    (tmp_path / "ports.js").write_text("module.exports = {port: 4000};\n")
+    (tmp_path / "eco.config.js").write_text(
+        "const {port} = require('./ports');\n"
+        "module.exports = {apps: [{name: 'a', script: 'sleep', args: ['9'], "
+        "env: {PORT: port}}]};\n")
+    r = corral("import", "eco.config.js", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout == ("# imported from eco.config.js (pm2) by corral import\n\n"
+                        '[agents.a]\ncommand = ["sleep", "9"]\nprotocol = "none"\n'
+                        'restart = "always"\n\n[agents.a.env]\nPORT = "4000"\n')
+
+
+def test_a_js_file_without_node_is_refused_saying_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "eco.config.js").write_text("module.exports = {apps: []};\n")
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    r = corral("import", "eco.config.js", cwd=tmp_path, env={"PATH": str(bare)})
+    assert (r.returncode, r.stderr) == (1, (
+        "corral: eco.config.js: a JavaScript ecosystem file is read by running node, which "
+        "is not on PATH: install node, or give its JSON (`node -p "
+        "'JSON.stringify(require(\"./FILE\"))' > ecosystem.json`)\n"))
+
+
+def test_names_corral_cannot_take_are_made_valid_and_said(tmp_path: Path) -> None:
+    (tmp_path / "s.conf").write_text("[program:my.app]\ncommand=sleep 9\nstartsecs=0\n"
+                                     "[program:corral]\ncommand=sleep 9\nstartsecs=0\n")
+    r = corral("import", "s.conf", cwd=tmp_path)
+    assert r.returncode == 0
+    assert r.stderr.splitlines() == [
+        "corral import: s.conf: [program:my.app]: name: 'my.app' is agent my-app (corral's "
+        "names: 1-64 of [A-Za-z0-9_-], starting with a letter or digit, unique)",
+        "corral import: s.conf: [program:corral]: name: 'corral' is agent corral-agent "
+        "(corral's names: 1-64 of [A-Za-z0-9_-], starting with a letter or digit, unique)"]
+    assert "[agents.my-app]" in r.stdout and "[agents.corral-agent]" in r.stdout
