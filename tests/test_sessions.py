@@ -236,10 +236,12 @@ async def test_a_tenant_sees_only_its_own_agents_sessions(tmp_path: Path) -> Non
         seen = await call(d, "sessions.list", {}, a)
         assert [(s.agent, s.session) for s in seen.sessions] == [("a1", "mine")]
         assert len((await call(d, "sessions.list", {})).sessions) == 2
-        for method in ("sessions.get", "sessions.end"):
-            code, message = await refused(d, method, {"agent": "b1", "session": "theirs"},
-                                          a)
-            assert (code, message) == (jsonrpc.NOT_FOUND, "no such agent: b1 (agents: a1)")
+        for method in ("sessions.get", "sessions.end"):  # as one there is not
+            for agent in ("b1", "ghost"):
+                code, message = await refused(d, method, {"agent": agent,
+                                                          "session": "theirs"}, a)
+                assert (code, message) == (jsonrpc.NOT_FOUND,
+                                           f"no such session: theirs of agent {agent}")
         code, _ = await refused(d, "sessions.list", {"agent": "b1"}, a)
         assert code == jsonrpc.NOT_FOUND
 

@@ -123,9 +123,9 @@ def test_after_a_restart_and_when_the_operator_frees_the_name(
         tmp: Path) -> None:  # noqa: F811
     """acme's `chat` is the config file's; the daemon is restarted with a file that no
     longer declares it (its sessions' rows stay, acme's). globex adds a `chat` of its own:
-    its `s1` starts afresh, and neither tenant lists the other's. The operator then frees
-    the name (`corral remove`, the socket): globex's sessions end with it, acme's stay
-    acme's; a `chat` of globex again starts afresh."""
+    its `s1` starts afresh, and neither tenant lists or shows the other's. The operator
+    then frees the name (`corral remove`, the socket): globex's sessions end with it,
+    acme's stay acme's (acme ends it); a `chat` of globex again starts afresh."""
     port = free_port()
     http = f'{TENANTS}[http]\nlisten = "127.0.0.1:{port}"\n'
     d = DaemonProcess(tmp, chat_toml("acme") + http)
@@ -178,6 +178,12 @@ def test_after_a_restart_and_when_the_operator_frees_the_name(
         assert listed(ask("GET", "/sessions", "ta")[1]) == [("acme", "chat", "s1")]
         shown = d.json("sessions")
         assert listed(shown) == [("acme", "chat", "s1"), ("globex", "chat", "s1")]
+        # acme's own, it shows (and may end) while another holds the name; globex, its own
+        status, body = ask("GET", "/agents/chat/sessions/s1", "ta")
+        assert (status, body["session"]["tenant"], body["session"]["tasks"]) == (
+            200, "acme", 1)
+        status, body = ask("GET", "/agents/chat/sessions/s1", "tg")
+        assert (status, body["session"]["tenant"]) == (200, "globex")
         # a restart again: each keeps its own
         d.stop()
         d.start()
@@ -187,14 +193,16 @@ def test_after_a_restart_and_when_the_operator_frees_the_name(
         r = d.cli("remove", "chat")
         assert r.returncode == 0, r.stderr
         assert listed(d.json("sessions")) == [("acme", "chat", "s1")]
+        status, body = ask("POST", "/agents/chat/sessions/s1/end", "ta")
+        assert (status, body["tenant"]) == (200, "acme")
+        assert listed(d.json("sessions")) == []
         status, body = ask("POST", "/agents", "tg", {"agents": {"chat": chat_table()}})
         assert status == 200, body
         out = run("tg", "globex anew")
         assert (out["turns"], out["given"]) == (["globex anew"], False)
         human = d.cli("sessions").stdout.splitlines()
         assert human[0].split()[:3] == ["TENANT", "AGENT", "SESSION"]
-        assert [ln.split()[:3] for ln in human[1:]] == [["acme", "chat", "s1"],
-                                                         ["globex", "chat", "s1"]]
+        assert [ln.split()[:3] for ln in human[1:]] == [["globex", "chat", "s1"]]
     finally:
         d.close()
 

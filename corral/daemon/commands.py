@@ -639,14 +639,23 @@ def _session_view(sessions: Sessions, s: Session) -> m.SessionView:
         expires=sessions.expires(s), tenant=s.tenant)
 
 
-def _session_key(d: Services, caller: Caller, agent: str, name: str) -> SessionKey:
+def _session(d: Services, caller: Caller, agent: str, name: str) -> Session:
+    """The session a caller names: under its tenant (a tenant's caller), else under the
+    tenant that holds the agent's name now, else (the agent gone) the most recently used
+    of the name; one that is not the caller's record reads as absent."""
     if caller.tenant is not None:
-        return SessionKey(caller.tenant, agent, name)
-    if agent in d.agents:
-        return d.sessions.key_of(agent, name)
-    kept = [s for s in d.sessions.listing(agent) if s.name == name]
-    return max(kept, key=lambda s: s.last_used).ident if kept else d.sessions.key_of(
-        agent, name)
+        key = SessionKey(caller.tenant, agent, name)
+    elif agent in d.agents:
+        key = d.sessions.key_of(agent, name)
+    else:
+        kept = [s for s in d.sessions.listing(agent) if s.name == name]
+        key = max(kept, key=lambda s: s.last_used).ident if kept else d.sessions.key_of(
+            agent, name)
+    s = d.sessions.get(key)
+    if not caller.sees_record(s.agent, s.tenant):
+        raise RpcError(jsonrpc.NOT_FOUND, f"no such session: {jsonrpc.visible(name)} of "
+                                          f"agent {agent}")
+    return s
 
 
 @implements("sessions.list")
@@ -659,7 +668,7 @@ async def sessions_list(d: Services, p: m.SessionsList, caller: Caller, c: Chann
 @implements("sessions.get")
 async def sessions_get(d: Services, p: m.SessionsGet, caller: Caller, c: Channel
                        ) -> m.SessionInfo:
-    s = d.sessions.get(_session_key(d, caller, p.agent, p.session))
+    s = _session(d, caller, p.agent, p.session)
     return m.SessionInfo(session=_session_view(d.sessions, s), history=[
         m.SessionTask(task_id=tid, status=status, created=created)
         for tid, status, created in await d.sessions.history(s)])
@@ -668,7 +677,7 @@ async def sessions_get(d: Services, p: m.SessionsGet, caller: Caller, c: Channel
 @implements("sessions.end")
 async def sessions_end(d: Services, p: m.SessionsEnd, caller: Caller, c: Channel
                        ) -> m.SessionView:
-    s = d.sessions.end(_session_key(d, caller, p.agent, p.session))
+    s = d.sessions.end(_session(d, caller, p.agent, p.session).ident)
     await d.sessions.committed()
     return _session_view(d.sessions, s)
 

@@ -431,8 +431,10 @@ AGENT_RULES: dict[str, AgentRule] = {
     "teams.history": AgentRule(_nothing),
     "teams.rollback": AgentRule(_nothing),
     "sessions.list": AgentRule(_AGENT_PARAM, filter=_sessions_filter),
-    "sessions.get": AgentRule(_AGENT_PARAM),
-    "sessions.end": AgentRule(_AGENT_PARAM),
+    # a session is looked up under the caller's tenant and shown only when it is the
+    # caller's record (commands.py, decision 440): its agent's name may be another's now
+    "sessions.get": AgentRule(_nothing),
+    "sessions.end": AgentRule(_nothing),
     "events.publish": AgentRule(_own_tenant),
     "events.follow": AgentRule(_own_tenant, channel=_seen({"events.event": _event_seen})),
     "tools.list": AgentRule(_both(_AGENT_PARAM, _server("server")),
