@@ -19,6 +19,9 @@ class WorkflowEntry(Result):
     agents: list[str]  # a tenant's caller sees a workflow whose agents are all its own
     timeout: float | None = None
     revision: int | None = None  # one added at runtime: its revision (None: the file's)
+    # whose it is (a runtime one's: its agents' tenant when it was made; the file's: its
+    # agents' now); None: of no one tenant, the operator's
+    tenant: str | None = None
 
 
 class WorkflowList(Result):
@@ -65,6 +68,9 @@ class RunView(Result):
     # the run's graph: each step, in the definition's order, with the steps it waits
     # for (those not started yet have no row in `steps`); what the dashboard draws
     graph: list[RunGraphStep] = []
+    # whose run it is: its workflow's tenant when it started (None: of no one tenant, the
+    # operator's); a tenant's caller sees its own tenant's runs alone
+    tenant: str | None = None
 
 
 class RunList(Result):
@@ -89,6 +95,8 @@ class WorkflowRevision(Result):
     who: str
     change: str  # "created", "removed", "rollback to revision 1: timeout 5 -> 10", ...
     definition: dict[str, Any] | None  # None: this revision removed it
+    # whose definition it was then (its agents' tenant; None: the operator's)
+    tenant: str | None = None
 
 
 class WorkflowHistory(Result):
@@ -126,6 +134,7 @@ class TeamEntry(Result):
     agents: list[str]  # its members, router and leader: a limited caller sees all of them
     description: str = ""
     revision: int | None = None  # one added at runtime: its revision (None: the file's)
+    tenant: str | None = None  # whose it is (as a workflow's)
 
 
 class TeamList(Result):

@@ -82,7 +82,7 @@ async def rolled_back_removed_restored(ask: Ask, kind: str, name: str, token: st
                                              "name a revision that defines it")
     status, body = await ask("POST", f"/{kind}s/{name}/rollback", token, {"revision": 9})
     assert (status, body["detail"]) == (404, f"no revision 9 of {kind} {name} (its "
-                                             f"revisions: 1..4; see `corral {kind}s "
+                                             f"revisions kept: 1..4; see `corral {kind}s "
                                              f"history {name}`)")
     status, body = await ask("POST", f"/{kind}s/{name}/rollback", token, {})
     assert (status, body["restored"], body["revision"]) == (200, 3, 5)
@@ -97,7 +97,7 @@ async def operators_change_rolled_back(ask: Ask, kind: str, name: str, token: st
         200, 6, 'description null -> "by op"')
     status, body = await ask("GET", f"/{kind}s/{name}/history?limit=2", token)
     assert [(r["revision"], r["who"]) for r in body["revisions"]] == [
-        (5, f"token {token}"), (6, "token op")]
+        (5, f"token {token}"), (6, "token op")], body
     status, body = await ask("POST", f"/{kind}s/{name}/rollback", token, {})
     assert (status, body["restored"], body["revision"], body["change"]) == (
         200, 5, 7, 'description "by op" -> null')

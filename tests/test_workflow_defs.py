@@ -207,8 +207,8 @@ async def test_the_workflows_added_at_runtime_are_bounded(tmp_path: Path) -> Non
             await d.dispatcher.call(SOCKET, "workflows.add", {"workflows": {"more": one}})
         assert (refused.value.code, refused.value.message) == (
             jsonrpc.QUOTA_EXCEEDED,
-            f"workflows.add: at most {MAX_RUNTIME} workflows are added at runtime (there "
-            f"are {MAX_RUNTIME}): remove some first")
+            f"workflows.add: at most {MAX_RUNTIME} workflows (max_runtime; there are "
+            f"{MAX_RUNTIME}) are added at runtime: remove some first")
         await d.dispatcher.call(SOCKET, "workflows.remove", {"names": ["w0"]})
         assert (await d.dispatcher.call(SOCKET, "workflows.add", {
             "workflows": {"more": one}})).added == ["more"]

@@ -320,7 +320,8 @@ def test_a_three_step_pipeline_feeds_each_output_forward(daemon: Daemon) -> None
     assert [(r["run_id"], r["status"]) for r in listed] == [(view["run_id"], "succeeded")]
     assert daemon.json("workflows", "list")["workflows"][1] == {
         "name": "fan", "description": "", "steps": ["list", "square", "sum"],
-        "agents": ["wf"], "timeout": None, "revision": None}
+        "agents": ["wf"], "timeout": None, "revision": None,
+        "tenant": "default"}
 
 
 def _most_at_once(rows: list[dict[str, Any]]) -> int:

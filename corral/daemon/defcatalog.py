@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -26,17 +27,27 @@ from .storewriter import what_to_do
 
 S = TypeVar("S", bound=msgspec.Struct)
 # definitions of a kind added at runtime, at most: each is a row restored and checked at
-# every start, so what a caller may add is bounded as a map's items are
-MAX_RUNTIME = 1000
+# every start and held in memory, so what callers may add is bounded per tenant, for the
+# tenants together, and for the daemon, whose share past the tenants' is the operator's
+# alone (a tenant's use never refuses the operator: decision 445)
+MAX_RUNTIME = 2000  # the daemon's
+MAX_TENANTS = 1000  # every tenant's together
+MAX_PER_TENANT = 100  # one tenant's
+# a definition's table, as JSON: it is held whole in memory, kept in every revision and
+# shown whole by describe and history
+MAX_DEFINITION_BYTES = 128 * 1024
+# the revisions kept of each name (the newest; older ones are pruned as one is made)
+KEEP_REVISIONS = 10
 # a definition checked whole, with the others of its kind being added beside it: raises
-# ValueError saying what is wrong
-Check = Callable[[str, S, Mapping[str, S]], None]
+# ValueError saying what is wrong, or answers the tenant whose definition it is (its
+# agents' tenant; None: of no one tenant)
+Check = Callable[[str, S, Mapping[str, S]], "str | None"]
 
 
 def _own(rev: DefRevision, tenant: str | None) -> bool:
-    """Whether a revision is a tenant's caller's to see: its tenant's, or an operator's
-    (of a definition the caller sees: the handlers ask); another tenant's is not."""
-    return tenant is None or rev.tenant in (None, tenant)
+    """Whether a revision is the caller's to see (a tenant's: its tenant's alone, even
+    one the operator made; none made while the definition was another's)."""
+    return tenant is None or rev.tenant == tenant
 
 
 def table_of(spec: msgspec.Struct) -> dict[str, Any]:
@@ -78,15 +89,21 @@ class RuntimeCatalog(Generic[S]):
         return spec
 
     def _parsed(self, name: str, table: Any, where: str) -> S:
+        size = len(msgspec.json.encode(table))
+        if size > MAX_DEFINITION_BYTES:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"{where}: {self.section}.{name}: "
+                           f"{size} bytes as JSON, past max_definition_bytes "
+                           f"({MAX_DEFINITION_BYTES}): a definition is held whole and "
+                           "kept in every revision; send data in a run's input instead")
         try:
             return self.parse(name, table, where)
         except ConfigError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
 
     def _checked(self, check: Check[S], where: str, name: str, spec: S,
-                 others: Mapping[str, S]) -> None:
+                 others: Mapping[str, S]) -> str | None:
         try:
-            check(name, spec, others)
+            return check(name, spec, others)
         except ValueError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"{where}: {exc}") from None
 
@@ -100,6 +117,30 @@ class RuntimeCatalog(Generic[S]):
             except ConfigError as exc:
                 report(f"{self.section}: could not restore {self.noun} {name}: {exc}")
 
+    async def stamp(self, owner: Callable[[str, S], str | None]) -> int:
+        """The revisions kept before each was its tenant's, told whose they are from the
+        agents that hold the names their definitions run now (`owner`; a removal's: the
+        revision's before it); how many."""
+        told: list[tuple[DefRevision, str | None]] = []
+        last: dict[str, str | None] = {}
+        for rev in self.revisions.unstamped():
+            tenant = last.get(rev.name)
+            if rev.spec is not None:
+                try:
+                    tenant = owner(rev.name, self.parse(rev.name, rev.spec, "revision"))
+                except (ConfigError, ValueError):
+                    tenant = None  # no longer a definition: the operator's
+            last[rev.name] = tenant
+            told.append((rev, tenant))
+        if told:
+            await self.revisions.store.commit([self.revisions.stamping(told)])
+            for rev, tenant in told:
+                held = self.runtime.get(rev.name)
+                if held is not None and held[2].revision == rev.revision:
+                    self._put(rev.name, (self.parse(rev.name, held[1], "revision"),
+                                         held[1], replace(held[2], tenant=tenant)))
+        return len(told)
+
     @property
     def config(self) -> dict[str, S]:
         """The config file's (a reload replaces them)."""
@@ -110,11 +151,17 @@ class RuntimeCatalog(Generic[S]):
         self._config = dict(specs)
         self._specs = None
 
+    def pinned(self, spec: S, tenant: str | None) -> S:
+        """A runtime definition as it is held, once it is known to be `tenant`'s (a kind
+        whose definition names its tenant says so in it)."""
+        return spec
+
     def _put(self, name: str, held: tuple[S, dict[str, Any], DefRevision] | None) -> None:
         if held is None:
             self.runtime.pop(name, None)
         else:
-            self.runtime[name] = held
+            spec, table, rev = held
+            self.runtime[name] = (self.pinned(spec, rev.tenant), table, rev)
         self._specs = None
 
     def specs(self) -> dict[str, S]:
@@ -139,20 +186,44 @@ class RuntimeCatalog(Generic[S]):
                                           f"file: {doing} it there and `corral reload`")
 
     # -- changes ----------------------------------------------------------------------------
-    async def _record(self, writes: list[tuple[str, dict[str, Any] | None]], who: str,
-                      tenant: str | None, why: str | None, unchanged: str
-                      ) -> dict[str, DefRevision]:
-        made: dict[str, list[DefRevision]] = {n: [] for n, _ in writes}
+    async def _record(self, writes: list[tuple[str, dict[str, Any] | None, str | None]],
+                      who: str, why: str | None, unchanged: str) -> dict[str, DefRevision]:
+        """Each (name, table or None for a removal, its tenant) a revision, committed."""
+        made: dict[str, list[DefRevision]] = {n: [] for n, _, _ in writes}
         try:
             await self.revisions.store.commit(
-                [self.revisions.recording(n, t, who, tenant, why, made[n]) for n, t in writes])
+                [self.revisions.recording(n, t, who, owner, why, made[n], KEEP_REVISIONS)
+                 for n, t, owner in writes])
         except StoreError as exc:
             raise RpcError(jsonrpc.REFUSED, f"{exc}: {unchanged}; {what_to_do()}") from None
         return {n: revs[0] for n, revs in made.items() if revs}
 
+    def _room(self, where: str, tenant: str | None, owners: list[str | None]) -> None:
+        """Past a bound on how many are added at runtime: refused with its name. A
+        tenant's caller is bounded by its tenant's count and every tenant's together;
+        the operator by the daemon's alone, which the tenants' never fill."""
+        held = [rev.tenant for _, _, rev in self.runtime.values()]
+        if tenant is not None:
+            mine = sum(1 for t in held if t == tenant)
+            if mine + len(owners) > MAX_PER_TENANT:
+                raise self._quota(where, f"at most {MAX_PER_TENANT} {self.section} of a "
+                                  f"tenant (max_per_tenant; tenant {tenant} has {mine})")
+            theirs = sum(1 for t in held if t is not None)
+            if theirs + len(owners) > MAX_TENANTS:
+                raise self._quota(where, f"at most {MAX_TENANTS} {self.section} of "
+                                  f"tenants together (max_tenants; there are {theirs})")
+        if len(held) + len(owners) > MAX_RUNTIME:
+            raise self._quota(where, f"at most {MAX_RUNTIME} {self.section} (max_runtime;"
+                              f" there are {len(held)})")
+
+    def _quota(self, where: str, bound: str) -> RpcError:
+        return RpcError(jsonrpc.QUOTA_EXCEEDED, f"{where}: {bound} are added at runtime: "
+                                                "remove some first")
+
     async def add_checked(self, tables: dict[str, Any], who: str, tenant: str | None,
-                  check: Check[S]) -> list[str]:
-        """Definitions from [section.NAME] tables, all or nothing, each checked whole."""
+                          check: Check[S]) -> list[str]:
+        """Definitions from [section.NAME] tables, all or nothing, each checked whole;
+        each its agents' tenant's (a tenant's caller names its own agents only)."""
         where = f"{self.section}.add"
         if not tables:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"no [{self.section}.NAME] tables to add")
@@ -162,17 +233,19 @@ class RuntimeCatalog(Generic[S]):
             taken = [n for n in specs if n in there]
             if taken:
                 raise RpcError(jsonrpc.CONFLICT, f"{self.noun} {taken[0]} already exists")
-            if len(self.runtime) + len(specs) > MAX_RUNTIME:
-                raise RpcError(jsonrpc.QUOTA_EXCEEDED, f"{where}: at most {MAX_RUNTIME} "
-                               f"{self.section} are added at runtime (there are "
-                               f"{len(self.runtime)}): remove some first")
-            for name, spec in specs.items():
-                self._checked(check, where, name, spec, specs)
-            made = await self._record([(n, tables[n]) for n in specs], who, tenant, None,
+            owners = {name: self._whose(self._checked(check, where, name, spec, specs), tenant)
+                      for name, spec in specs.items()}
+            self._room(where, tenant, list(owners.values()))
+            made = await self._record([(n, tables[n], owners[n]) for n in specs], who, None,
                                       "nothing was added")
             for name, spec in specs.items():
                 self._put(name, (spec, tables[name], made[name]))
         return sorted(specs)
+
+    @staticmethod
+    def _whose(checked: str | None, tenant: str | None) -> str | None:
+        # a tenant's caller sees its own tenant's agents alone: what it makes is its own
+        return tenant if tenant is not None else checked
 
     def _runtime(self, name: str, doing: str) -> tuple[S, dict[str, Any], DefRevision]:
         if name in self.config:
@@ -182,8 +255,12 @@ class RuntimeCatalog(Generic[S]):
             raise jsonrpc.not_found(self.noun, name)
         return held
 
-    async def update_checked(self, name: str, changes: dict[str, Any], who: str, tenant: str | None,
-                     check: Check[S]) -> DefRevision | None:
+    def owner(self, name: str) -> str | None:
+        """The tenant a runtime definition is of now (its current revision's)."""
+        return self._runtime(name, "see")[2].tenant
+
+    async def update_checked(self, name: str, changes: dict[str, Any], who: str,
+                             tenant: str | None, check: Check[S]) -> DefRevision | None:
         """`changes` merged into its table (a JSON merge patch: a table merges key by
         key, null takes a key away, a list is replaced whole); the revision made, None
         when nothing changed."""
@@ -197,8 +274,8 @@ class RuntimeCatalog(Generic[S]):
             _, table, _ = self._runtime(name, "change")
             new = merge_patch(table, changes)
             spec = self._parsed(name, new, where)
-            self._checked(check, where, name, spec, {})
-            made = await self._record([(name, new)], who, tenant, None,
+            owner = self._whose(self._checked(check, where, name, spec, {}), tenant)
+            made = await self._record([(name, new, owner)], who, None,
                                       f"{name} was not changed")
             if name not in made:
                 return None
@@ -206,15 +283,17 @@ class RuntimeCatalog(Generic[S]):
             return made[name]
 
     async def remove(self, names: list[str], who: str, tenant: str | None) -> list[str]:
-        """Runtime definitions removed (a removal is a revision: history and rollback
-        still have them); refused while another uses one (`in_use`)."""
+        """Runtime definitions removed (a removal is a revision of the removed one's
+        tenant: history and rollback still have them); refused while another uses one
+        (`in_use`)."""
         async with self._turn:
+            owners = {}
             for name in names:
-                self._runtime(name, "remove")
+                owners[name] = self._runtime(name, "remove")[2].tenant
                 why = self.in_use(name, names)
                 if why is not None:
                     raise RpcError(jsonrpc.CONFLICT, why)
-            await self._record([(n, None) for n in names], who, tenant, None,
+            await self._record([(n, None, owners[n]) for n in names], who, None,
                                "nothing was removed")
             for name in names:
                 self._put(name, None)
@@ -224,29 +303,39 @@ class RuntimeCatalog(Generic[S]):
         if name in self.config:
             raise RpcError(jsonrpc.CONFLICT, f"{self.noun} {name} is declared in the config "
                                              "file: its history is the file's")
-        revs = self.revisions.history(name, limit)
-        if tenant is not None:  # another tenant's definition of this name, before
-            revs = [r for r in revs if _own(r, tenant)]
+        revs = self.revisions.history(name, limit, tenant)
         if not revs:
             raise jsonrpc.not_found(self.noun, name)
         return revs
 
-    def last_spec(self, name: str) -> S | None:
-        """A runtime definition as it is, or as its newest revision defined it (removed
-        since): what decides who may see its history."""
+    def last_revision(self, name: str, tenant: str | None) -> DefRevision | None:
+        """The newest revision of a name that defines it, of a tenant's (None: any):
+        what a removed one was, and whose."""
         held = self.runtime.get(name)
-        if held is not None:
-            return held[0]
-        for rev in reversed(self.revisions.history(name, 1 << 30)):
+        if held is not None and _own(held[2], tenant):
+            return held[2]
+        for rev in reversed(self.revisions.history(name, KEEP_REVISIONS, tenant)):
             if rev.spec is not None:
-                try:
-                    return self.parse(name, rev.spec, "revision")
-                except ConfigError:
-                    return None
+                return rev
         return None
 
-    async def rollback_checked(self, name: str, revision: int | None, who: str, tenant: str | None,
-                       check: Check[S]) -> tuple[int, DefRevision | None]:
+    def last_spec(self, name: str, tenant: str | None = None) -> S | None:
+        """A runtime definition as it is, or as its newest revision of the caller's
+        tenant defined it (removed since): what decides who may see its history."""
+        rev = self.last_revision(name, tenant)
+        if rev is None:
+            return None
+        held = self.runtime.get(name)
+        if held is not None and held[2] is rev:
+            return held[0]
+        try:
+            return self.parse(name, rev.spec, "revision")
+        except ConfigError:
+            return None
+
+    async def rollback_checked(self, name: str, revision: int | None, who: str,
+                               tenant: str | None, check: Check[S]
+                               ) -> tuple[int, DefRevision | None]:
         """Back to an earlier revision (default: the one before the newest; a removed
         definition comes back so); the revision restored and the one made (None: it was
         that already)."""
@@ -259,16 +348,19 @@ class RuntimeCatalog(Generic[S]):
             target = revision if revision is not None else latest.revision - 1
             rev = self.revisions.get(name, target)
             if rev is None or not _own(rev, tenant):
+                oldest = self.revisions.history(name, KEEP_REVISIONS, tenant)[0].revision
                 raise RpcError(jsonrpc.NOT_FOUND, f"no revision {target} of {self.noun} "
-                               f"{name} (its revisions: 1..{latest.revision}; see `corral "
-                               f"{self.section} history {name}`)")
+                               f"{name} (its revisions kept: {oldest}..{latest.revision}; "
+                               f"see `corral {self.section} history {name}`)")
             if rev.spec is None:
                 raise RpcError(jsonrpc.INVALID_PARAMS, f"revision {target} of {self.noun} "
                                f"{name} removed it: name a revision that defines it")
             where = f"{self.section}.rollback"
             spec = self._parsed(name, rev.spec, where)
-            self._checked(check, where, name, spec, {})
-            made = await self._record([(name, rev.spec)], who, tenant,
+            owner = self._whose(self._checked(check, where, name, spec, {}), tenant)
+            if name not in self.runtime:
+                self._room(where, tenant, [owner])
+            made = await self._record([(name, rev.spec, owner)], who,
                                       f"rollback to revision {target}",
                                       f"{name} was not rolled back")
             self._put(name, (spec, rev.spec, made.get(name, latest)))
@@ -298,6 +390,6 @@ def history_of(catalog: RuntimeCatalog[Any], name: str, limit: int, tenant: str 
     revs = catalog.history(name, row_limit(limit), tenant)
     now = catalog.revision_of(name)
     rows: list[Any] = [view(revision=r.revision, time=r.time, who=r.who, change=r.change,
-                            definition=r.spec) for r in revs]
+                            definition=r.spec, tenant=r.tenant) for r in revs]
     return answer(name=name, current=now.revision if now is not None else None,
                   revisions=rows)

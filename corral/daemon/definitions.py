@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,10 @@ class DefRevision:
     revision: int
     time: float
     who: str
-    tenant: str | None  # the tenant of the caller that made it (None: an operator's)
+    # whose definition it is: the tenant its agents were of when it was made (a removal's:
+    # the removed one's); None: of no one tenant, the operator's. A tenant's caller sees
+    # its own tenant's revisions only (decision 443)
+    tenant: str | None
     change: str  # "created", "removed", "timeout 60 -> 30, steps changed", ...
     spec: dict[str, Any] | None  # None: this revision removed it
 
@@ -59,7 +62,18 @@ def describe_change(old: dict[str, Any] | None, new: dict[str, Any] | None) -> s
     return ", ".join(parts) or "no change"
 
 
+def one_tenant(agents: Iterable[str], tenant_of: Callable[[str], str | None]
+               ) -> str | None:
+    """The tenant every one of these agents is of; None when they are of several, or of
+    none there is."""
+    tenants = {tenant_of(a) for a in agents}
+    return tenants.pop() if len(tenants) == 1 else None
+
+
 _COLUMNS = "kind, name, revision, time, who, tenant, change, spec"
+# the tenant of a revision (or a workflow run) kept before each was its tenant's
+# (storeschema): told by the next daemon from the agents that hold the names it runs then
+UNSTAMPED = "?"
 
 
 def _row(row: tuple[Any, ...]) -> DefRevision:
@@ -95,16 +109,37 @@ class Definitions:
         rows = self._rows(self.store.db, "AND name = ? AND revision = ?", name, revision)
         return rows[0] if rows else None
 
-    def history(self, name: str, limit: int) -> list[DefRevision]:
-        """The newest `limit` revisions, oldest first."""
-        return list(reversed(self._rows(
-            self.store.db, "AND name = ? ORDER BY revision DESC LIMIT ?", name, limit)))
+    def history(self, name: str, limit: int, tenant: str | None = None
+                ) -> list[DefRevision]:
+        """The newest `limit` revisions (a tenant's: of its own tenant's), oldest first."""
+        if tenant is None:
+            rows = self._rows(self.store.db, "AND name = ? ORDER BY revision DESC LIMIT ?",
+                              name, limit)
+        else:
+            rows = self._rows(self.store.db, "AND name = ? AND tenant = ? ORDER BY "
+                              "revision DESC LIMIT ?", name, tenant, limit)
+        return list(reversed(rows))
+
+    def unstamped(self) -> list[DefRevision]:
+        """The revisions kept before each was its tenant's (oldest first)."""
+        return self._rows(self.store.db, "AND tenant = ? ORDER BY name, revision",
+                          UNSTAMPED)
+
+    def stamping(self, owners: list[tuple[DefRevision, str | None]]) -> Write:
+        """The write of each revision's tenant, told at last."""
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("UPDATE definitions SET tenant = ? WHERE kind = ? AND name = ? "
+                           "AND revision = ?", [(t, r.kind, r.name, r.revision)
+                                                for r, t in owners])
+        return write
 
     def recording(self, name: str, spec: dict[str, Any] | None, who: str,
-                  tenant: str | None, why: str | None, out: list[DefRevision]) -> Write:
+                  tenant: str | None, why: str | None, out: list[DefRevision],
+                  keep: int | None = None) -> Write:
         """The write of a new revision (`spec` None: removed) when it differs from the
         newest one; the revision made is put in `out`. `why`: what made it (`rollback to
-        revision 2`), said before the difference."""
+        revision 2`), said before the difference; `keep`: the revisions of the name kept,
+        the newest (older ones deleted with it)."""
         encoded = msgspec.json.encode(spec).decode() if spec is not None else None
         when = time.time()
 
@@ -114,20 +149,20 @@ class Definitions:
             before = last.spec if last is not None else None
             if last is not None and before == spec:
                 return
-            change = describe_change(before, spec)
+            if last is not None and last.tenant not in (tenant, UNSTAMPED):
+                # the revisions before it are another's: what they held is not told here
+                change = ("created (the revisions before it are "
+                          f"{'the operator' if last.tenant is None else 'another tenant'}'s)")
+            else:
+                change = describe_change(before, spec)
             rev = DefRevision(self.kind, name, last.revision + 1 if last else 1, when, who,
                               tenant, f"{why}: {change}" if why else change, spec)
             db.execute(f"INSERT INTO definitions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
                        (rev.kind, rev.name, rev.revision, rev.time, rev.who, rev.tenant,
                         rev.change, encoded))
+            if keep is not None:
+                db.execute("DELETE FROM definitions WHERE kind = ? AND name = ? AND "
+                           "revision <= ?", (self.kind, name, rev.revision - keep))
             out.append(rev)
 
         return write
-
-    async def record(self, name: str, spec: dict[str, Any] | None, who: str,
-                     tenant: str | None, why: str | None = None) -> DefRevision | None:
-        """A new revision committed (StoreError if it cannot be); None when `spec` is
-        the newest one's already."""
-        made: list[DefRevision] = []
-        await self.store.commit([self.recording(name, spec, who, tenant, why, made)])
-        return made[0] if made else None

@@ -446,7 +446,7 @@ async def workflows(conf: Conf, parts: Parts, store: StateStore, hub: LogHub,
     service = WorkflowService(parts.agents, parts.tasks, store, hub.daemon,
                               traces.tracer if traces is not None else None)
     service.configure(conf.cfg.workflows)
-    publish_runs(parts.stream, parts.bus, parts.quotas.tenant_of)
+    publish_runs(parts.stream, parts.bus)
     sc = conf.cfg.supervisor
     service.retain(sc.journal_max_age, sc.journal_max_tasks)
     try:

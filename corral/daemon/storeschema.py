@@ -350,6 +350,15 @@ MIGRATIONS: list[Migration] = [
     DROP INDEX session_tasks_of;
     CREATE INDEX session_tasks_of ON session_tasks (tenant, agent, session, gen);
     """,
+    # 19: whose a workflow run is (its workflow's tenant when it started; NULL: of no one
+    # tenant, the operator's), and a definition's revision (its agents' tenant when it was
+    # made, no longer its maker's: a tenant's revisions were already). '?' marks the rows
+    # from before, told whose by the next daemon from the agents holding their names
+    # then (definitions.UNSTAMPED; decision 443)
+    """
+    ALTER TABLE runs ADD COLUMN tenant TEXT DEFAULT '?';
+    UPDATE definitions SET tenant = '?' WHERE tenant IS NULL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -271,32 +271,41 @@ def _sees_all(caller: Caller, agents: list[str]) -> bool:
     return bool(agents) and all(caller.sees(a) for a in agents)
 
 
-def seen_workflow(caller: Caller, wf: Any, *, what: str = "workflow",
+def _owns_all(caller: Caller, agents: list[str], tenant: str | None) -> bool:
+    # a record (a definition, a run) of a tenant is that tenant's callers', whoever holds
+    # its agents' names now (DESIGN 20); one of no agent known, the operator's alone
+    return bool(agents) and all(caller.sees_record(a, tenant) for a in agents)
+
+
+def seen_workflow(caller: Caller, wf: Any, tenant: str | None, *, what: str = "workflow",
                   name: str | None = None) -> Any:
-    """A workflow (or a run of it: `what`, `name`) that a limited caller sees only when
-    every agent of it is one it sees: else answered as if it did not exist."""
-    if caller.limited and not _sees_all(caller, wf.agents):
+    """A workflow or a team (or a run of it: `what`, `name`) of `tenant` that a limited
+    caller sees only when it is of the caller's tenant and the caller sees every agent
+    of it: else answered as if it did not exist."""
+    if caller.limited and not _owns_all(caller, wf.agents, tenant):
         raise jsonrpc.not_found(what, name if name is not None else wf.name)
     return wf
 
 
 def _workflows_filter(result: Any, caller: Caller) -> Any:
     return _replace(result, workflows=[w for w in result.workflows
-                                       if _sees_all(caller, w.agents)])
+                                       if _owns_all(caller, w.agents, w.tenant)])
 
 
 def _teams_filter(result: Any, caller: Caller) -> Any:
-    return _replace(result, teams=[t for t in result.teams if _sees_all(caller, t.agents)])
+    return _replace(result, teams=[t for t in result.teams
+                                   if _owns_all(caller, t.agents, t.tenant)])
 
 
 def _run_filter(result: Any, caller: Caller) -> Any:
-    if not _sees_all(caller, result.agents):
+    if not _owns_all(caller, result.agents, result.tenant):
         raise jsonrpc.not_found("run", result.run_id)
     return result
 
 
 def _runs_filter(result: Any, caller: Caller) -> Any:
-    return _replace(result, runs=[r for r in result.runs if _sees_all(caller, r.agents)])
+    return _replace(result, runs=[r for r in result.runs
+                                  if _owns_all(caller, r.agents, r.tenant)])
 
 
 def _schedules_filter(result: Any, caller: Caller) -> Any:

@@ -112,7 +112,11 @@ class TeamFront:
         since, limit = listing_window(p)
         if limit == 0:
             return [], None
-        page = self.teams.rows.listing(p.agent, p.status, since, p.before, limit + 1)
+        # a limited caller, which sees the team now, pages through the calls made for
+        # its tenant then: not those of an earlier team of the name (decision 443)
+        tenant = self.teams.tenant_of(p.agent) if sees is not None else None
+        page = self.teams.rows.listing(p.agent, p.status, since, p.before, limit + 1,
+                                       tenant)
         page.reverse()
         if len(page) <= limit:
             return page, None

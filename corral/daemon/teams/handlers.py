@@ -16,24 +16,34 @@ from ..services import Handler, Services
 from ..visibility import seen_workflow
 
 
-def _seen(caller: Caller, name: str, spec: TeamSpec | None) -> TeamSpec:
-    """A team the caller sees, or NOT_FOUND as one that never was."""
+def _seen(caller: Caller, name: str, spec: TeamSpec | None, tenant: str | None
+          ) -> TeamSpec:
+    """A team of `tenant` the caller sees, or NOT_FOUND as one that never was."""
     if spec is None:
         raise jsonrpc.not_found("team", name)
-    seen: TeamSpec = seen_workflow(caller, spec, what="team", name=name)
+    seen: TeamSpec = seen_workflow(caller, spec, tenant, what="team", name=name)
     return seen
 
 
 def _there(d: Services, caller: Caller, name: str) -> TeamSpec:
-    return _seen(caller, name, d.teams.specs.get(name))
+    return _seen(caller, name, d.teams.specs.get(name), d.teams.tenant_of(name))
 
 
 def _seen_past(d: Services, caller: Caller, name: str) -> None:
-    """A team there is, or one removed, that the caller sees (as it last was): any other
-    is answered as one that never was (not "declared in the config file")."""
-    spec = d.teams.specs.get(name) or d.teams.catalog.last_spec(name)
-    if spec is not None:
-        _seen(caller, name, spec)
+    """A team there is, or one removed, that the caller sees (as it last was of the
+    caller's tenant): any other is answered as one that never was (not "declared in
+    the config file")."""
+    catalog = d.teams.catalog
+    if name in catalog.config:
+        _there(d, caller, name)
+        return
+    rev = catalog.last_revision(name, caller.tenant)
+    spec = catalog.last_spec(name, caller.tenant)
+    if rev is None or spec is None:
+        if caller.limited:
+            raise jsonrpc.not_found("team", name)
+        return
+    _seen(caller, name, spec, rev.tenant)
 
 
 async def teams_list(d: Services, p: m.TeamsList, caller: Caller, c: Channel) -> m.TeamList:
@@ -41,7 +51,8 @@ async def teams_list(d: Services, p: m.TeamsList, caller: Caller, c: Channel) ->
     return m.TeamList(teams=[
         m.TeamEntry(name=name, mode=spec.mode, members=spec.members, agents=spec.agents,
                     description=spec.description,
-                    revision=rev.revision if (rev := catalog.revision_of(name)) else None)
+                    revision=rev.revision if (rev := catalog.revision_of(name)) else None,
+                    tenant=d.teams.tenant_of(name))
         for name, spec in sorted(d.teams.specs.items())])
 
 

@@ -4,13 +4,15 @@ say they stopped, and each shown as a task of the team (`corral task ID`)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 from ... import jsonrpc
 from ...supervisor.agents import Agents
 from ...supervisor.tasks import TaskManager
-from ...supervisor.teams import TeamSpec
+from ...supervisor.teams import TeamSpec, check_team
 from ...supervisor.teams.call import TeamCall
 from ...supervisor.teams.calls import Teams, error_of
 from ...supervisor.teams.tools import Router
@@ -20,6 +22,7 @@ from ...text import plural
 from ..caller import Caller
 from ..defcatalog import Check, table_of
 from ..store import StateStore
+from ..storeschema import StoreError
 from .catalog import TeamCatalog, against
 from .store import CallRows
 
@@ -35,6 +38,7 @@ class TeamService(Teams):
         self.catalog.restore(report)
         super().__init__(engine, self.rows, report, traced)
         self.agents = agents
+        self._stamping: asyncio.Future[None] | None = None
         self.recovered.clear()  # set once the task journal's tasks are back (recover)
 
     # the config file's teams (set by configure: a reload) and the runtime's, as one
@@ -72,8 +76,9 @@ class TeamService(Teams):
         return against(tenant_of, seen, self.specs, servers)
 
     def tenant_of(self, name: str) -> str | None:
-        """A team's tenant (its own, else its agents': checked one on load), None when
-        there is no such team or its agents are gone."""
+        """A team's tenant (its own, else its agents': checked one on load; a runtime
+        team's, pinned when it was made: TeamCatalog.pinned), None when there is no such
+        team or its agents are gone."""
         spec = self.specs.get(name)
         if spec is None:
             return None
@@ -84,12 +89,32 @@ class TeamService(Teams):
 
     def recover(self) -> None:
         """Every call the previous daemon left running, driven on from its steps (once
-        the task journal's tasks are back in the engine, so a recorded task is found)."""
+        the task journal's tasks are back in the engine, so a recorded task is found);
+        the revisions kept before each was its tenant's told whose (decision 443)."""
         calls = self.rows.unfinished()
         self.resume(calls)
         self.recovered.set()
         if calls and self.report is not None:
             self.report(f"teams: {plural(len(calls), 'unfinished call')} resumed")
+        self._stamping = asyncio.ensure_future(self._stamp())
+
+    async def _stamp(self) -> None:
+        def owner(name: str, spec: TeamSpec) -> str | None:
+            return check_team(name, spec, tenant_of=lambda a: (
+                agent.spec.tenant if (agent := self.agents.get(a)) is not None else None))
+        try:
+            await self.catalog.stamp(owner)
+        except StoreError as exc:
+            if self.report is not None:
+                self.report(f"teams: revisions kept before they were their tenant's "
+                            f"could not be told whose: {exc}")
+
+    async def close(self) -> None:
+        if self._stamping is not None:
+            self._stamping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stamping
+        await super().close()
 
     def find(self, call_id: str) -> TeamCall | None:
         """A call of a team by its id (a task id), live or kept; None: no team's."""
@@ -123,12 +148,21 @@ def call_info(call: TeamCall, with_input: bool = False) -> TaskInfo:
 
 def seen_team(caller: Caller, teams: TeamService, name: str, task_id: str | None = None
               ) -> None:
-    """A caller limited to an agent glob reaches a team (and its calls) only when it sees
-    every agent of it, as a workflow (visibility.seen_workflow): else answered as a team,
-    or a call, there is not. (A tenant's caller needs no more: a team's agents are its
-    tenant's, checked on load.)"""
-    spec = teams.specs.get(name)
-    if spec is None or not caller.limited or all(caller.sees(a) for a in spec.agents):
+    """A limited caller reaches a team only when it is of the caller's tenant and the
+    caller sees every agent of it, as a workflow (visibility.seen_workflow): else
+    answered as a team there is not; and a call (`task_id`) only when the call was made
+    for the caller's tenant, whoever holds the team's name now (decision 443)."""
+    if not caller.limited:
         return
-    raise (jsonrpc.not_found("task", task_id) if task_id is not None
-           else jsonrpc.not_found("agent", name))
+    call = teams.find(task_id) if task_id is not None else None
+    if call is not None:
+        if not all(caller.sees_record(a, call.tenant) for a in call.spec.agents):
+            raise jsonrpc.not_found("task", call.call_id)
+        return
+    spec = teams.specs.get(name)
+    if spec is None:
+        return
+    tenant = teams.tenant_of(name)
+    if not all(caller.sees_record(a, tenant) for a in spec.agents):
+        raise (jsonrpc.not_found("task", task_id) if task_id is not None
+               else jsonrpc.not_found("agent", name))

@@ -80,12 +80,16 @@ class CallRows:
         return [self._call(r) for r in self.store.db.execute(
             f"SELECT {_COLUMNS} FROM team_calls WHERE status = 'running' ORDER BY call_id")]
 
-
     def listing(self, team: str, status: str | None, since: float | None,
-                before: str | None, limit: int) -> list[TaskSummary]:
-        """A team's calls as lines of `corral tasks`, newest first (ids sort as made)."""
+                before: str | None, limit: int, tenant: str | None = None
+                ) -> list[TaskSummary]:
+        """A team's calls as lines of `corral tasks`, newest first (ids sort as made);
+        with `tenant`, those made for it alone."""
         where = ["team = ?"]
         args: list[object] = [team]
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
         if status is not None:
             where.append("status = ?")
             args.append(status)

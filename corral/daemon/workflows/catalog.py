@@ -11,19 +11,23 @@ from typing import Any
 from ... import jsonrpc
 from ...supervisor.workflows import Workflow, WorkflowError, WorkflowSpec, compile_workflow
 from ..defcatalog import MAX_RUNTIME, Check, RuntimeCatalog, table_of
-from ..definitions import DefRevision
+from ..definitions import DefRevision, one_tenant
 from ..store import StateStore
 
 __all__ = ["MAX_RUNTIME", "Catalog", "table_of"]
 KIND = "workflow"
-Known = Callable[[str], bool]
+# an agent's tenant, None when there is no such agent (or the caller does not see it)
+TenantOf = Callable[[str], str | None]
 
 
-def _against(known_agent: Known, known: Mapping[str, WorkflowSpec]) -> Check[WorkflowSpec]:
+def _against(tenant_of: TenantOf, known: Mapping[str, WorkflowSpec]) -> Check[WorkflowSpec]:
     """A workflow checked against the agents and workflows the caller sees, and those
-    added with it."""
-    def check(name: str, spec: WorkflowSpec, others: Mapping[str, WorkflowSpec]) -> None:
-        compile_workflow(name, spec, known_agent, {**known, **others})
+    added with it; whose it is: the tenant all its agents are of (nested ones' too)."""
+    def check(name: str, spec: WorkflowSpec, others: Mapping[str, WorkflowSpec]
+              ) -> str | None:
+        wf = compile_workflow(name, spec, lambda a: tenant_of(a) is not None,
+                              {**known, **others})
+        return one_tenant(wf.agents, tenant_of)
     return check
 
 
@@ -42,6 +46,15 @@ class Catalog(RuntimeCatalog[WorkflowSpec]):
         except WorkflowError:  # a nested one gone by a reload: said when it is run
             return compile_workflow(name, spec)
 
+    def tenant(self, name: str, tenant_of: TenantOf) -> str | None:
+        """Whose a workflow is: a runtime one's, its revision's (the tenant its agents
+        were of when it was made); the config file's, the tenant all its agents are of
+        now (the file names them: they are the operator's to move)."""
+        rev = self.revision_of(name)
+        if rev is not None:
+            return rev.tenant
+        return one_tenant(self.workflow(name).agents, tenant_of)
+
     def users_of(self, name: str) -> list[str]:
         return sorted(n for n, s in self.specs().items()
                       if any(st.workflow == name for st in s.steps) and n != name)
@@ -52,32 +65,43 @@ class Catalog(RuntimeCatalog[WorkflowSpec]):
                 f"{users[0]} first") if users else None
 
     async def add(self, tables: dict[str, Any], who: str, tenant: str | None,
-                  known_agent: Known, known: Mapping[str, WorkflowSpec]) -> list[str]:
+                  tenant_of: TenantOf, known: Mapping[str, WorkflowSpec]) -> list[str]:
         """Workflows from [workflows.NAME] tables, all or nothing, each checked whole
-        against the agents and workflows the caller sees (`known_agent`, `known`)."""
-        return await self.add_checked(tables, who, tenant, _against(known_agent, known))
+        against the agents and workflows the caller sees (`tenant_of`, `known`)."""
+        return await self.add_checked(tables, who, tenant, _against(tenant_of, known))
 
     async def update(self, name: str, changes: dict[str, Any], who: str,
-                     tenant: str | None, known_agent: Known,
+                     tenant: str | None, tenant_of: TenantOf,
                      known: Mapping[str, WorkflowSpec]) -> DefRevision | None:
         return await self.update_checked(name, changes, who, tenant,
-                                         _against(known_agent, known))
+                                         _against(tenant_of, known))
 
     async def rollback(self, name: str, revision: int | None, who: str,
-                       tenant: str | None, known_agent: Known,
+                       tenant: str | None, tenant_of: TenantOf,
                        known: Mapping[str, WorkflowSpec]) -> tuple[int, DefRevision | None]:
         return await self.rollback_checked(name, revision, who, tenant,
-                                      _against(known_agent, known))
+                                           _against(tenant_of, known))
 
-    def last_defined(self, name: str) -> Workflow | None:
-        """A runtime workflow as it is, or as its newest revision defined it (removed
-        since): what decides who may see its history."""
-        if name in self.runtime:
-            return self.workflow(name)
-        spec = self.last_spec(name)
-        if spec is None:
+    async def stamp_all(self, tenant_of: TenantOf) -> int:
+        """Revisions from before each was its tenant's, told whose (defcatalog.stamp)."""
+        specs = self.specs()
+
+        def owner(name: str, spec: WorkflowSpec) -> str | None:
+            try:
+                agents = compile_workflow(name, spec, None, specs).agents
+            except WorkflowError:
+                agents = compile_workflow(name, spec).agents
+            return one_tenant(agents, tenant_of)
+        return await self.stamp(owner)
+
+    def last_defined(self, name: str, tenant: str | None) -> tuple[Workflow, str | None] | None:
+        """A runtime workflow as it is, or as its newest revision of the caller's tenant
+        defined it (removed since), and whose: what decides who may see its history."""
+        rev = self.last_revision(name, tenant)
+        spec = self.last_spec(name, tenant)
+        if rev is None or spec is None:
             return None
         try:
-            return compile_workflow(name, spec)
+            return compile_workflow(name, spec), rev.tenant
         except WorkflowError:
             return None

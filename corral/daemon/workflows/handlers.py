@@ -46,35 +46,45 @@ def run_view(run: Run, *, steps: bool = True) -> m.RunView:
     return m.RunView(
         run_id=run.run_id, workflow=run.workflow, status=run.status, created=run.created,
         ended=run.ended, agents=run.agents, error=run.error, input=run.input, output=output,
-        revision=run.revision, graph=_graph(run.wf) if steps else [],
+        revision=run.revision, graph=_graph(run.wf) if steps else [], tenant=run.tenant,
         steps=[_step_view(run, r) for r in rows if r.step in order] if steps else [])
 
 
-def _entry(wf: Workflow, revision: int | None) -> m.WorkflowEntry:
+def _entry(d: Services, wf: Workflow) -> m.WorkflowEntry:
+    rev = d.workflows.catalog.revision_of(wf.name)
     return m.WorkflowEntry(name=wf.name, description=wf.spec.description,
                            steps=[s.name for s in wf.steps], agents=wf.agents,
-                           timeout=wf.spec.timeout, revision=revision)
+                           timeout=wf.spec.timeout,
+                           revision=rev.revision if rev is not None else None,
+                           tenant=d.workflows.tenant(wf.name))
 
 
 async def workflows_list(d: Services, p: m.WorkflowsList, caller: Caller, c: Channel
                          ) -> m.WorkflowList:
-    catalog = d.workflows.catalog
     return m.WorkflowList(workflows=[
-        _entry(wf, rev.revision if (rev := catalog.revision_of(name)) else None)
-        for name, wf in sorted(d.workflows.definitions.items())])
+        _entry(d, wf) for _, wf in sorted(d.workflows.definitions.items())])
+
+
+def _seen(d: Services, caller: Caller, name: str) -> Workflow:
+    """A workflow there is that the caller sees (of its tenant, every agent seen)."""
+    wf = d.workflows.workflow(name)
+    seen: Workflow = seen_workflow(caller, wf, d.workflows.tenant(name))
+    return seen
 
 
 # -- runtime changes (catalog.py): a limited caller names only the agents and workflows
-# it sees, and sees only workflows all of whose agents are its own --------------------
-def _known(d: Services, caller: Caller) -> tuple[Callable[[str], bool], dict[str, Any]]:
-    def agent(name: str) -> bool:
-        return name in d.agents and caller.sees(name)
+# it sees, and sees only workflows of its tenant all of whose agents it sees -----------
+def _known(d: Services, caller: Caller
+           ) -> tuple[Callable[[str], str | None], dict[str, Any]]:
+    def agent(name: str) -> str | None:
+        return d.workflows.agent_tenant(name) if caller.sees(name) else None
 
     catalog = d.workflows.catalog
     specs = catalog.specs()
     if caller.limited:
         specs = {n: s for n, s in specs.items()
-                 if all(caller.sees(a) for a in catalog.workflow(n).agents)}
+                 if all(caller.sees_record(a, d.workflows.tenant(n))
+                        for a in catalog.workflow(n).agents)}
     return agent, specs
 
 
@@ -88,18 +98,18 @@ async def workflows_add(d: Services, p: m.WorkflowsAdd, caller: Caller, c: Chann
 async def workflows_describe(d: Services, p: m.WorkflowsDescribe, caller: Caller,
                              c: Channel) -> m.WorkflowDescription:
     catalog = d.workflows.catalog
-    wf = seen_workflow(caller, catalog.workflow(p.name))
+    wf = _seen(d, caller, p.name)
     rev = catalog.revision_of(p.name)
     return m.WorkflowDescription(
         name=wf.name, source="config" if rev is None else "runtime",
         revision=rev.revision if rev is not None else None,
-        tenant=rev.tenant if rev is not None else None, agents=wf.agents,
+        tenant=d.workflows.tenant(p.name), agents=wf.agents,
         definition=rev.spec or {} if rev is not None else table_of(wf.spec))
 
 
 async def workflows_update(d: Services, p: m.WorkflowsUpdate, caller: Caller, c: Channel
                            ) -> m.Updated:
-    seen_workflow(caller, d.workflows.catalog.workflow(p.name))
+    _seen(d, caller, p.name)
     agent, specs = _known(d, caller)
     return updated(p.name, await d.workflows.catalog.update(
         p.name, p.set, caller.who, caller.tenant, agent, specs))
@@ -110,19 +120,25 @@ async def workflows_remove(d: Services, p: m.WorkflowsRemove, caller: Caller, c:
     if not p.names:
         raise RpcError(jsonrpc.INVALID_PARAMS, "name the workflows to remove")
     for name in p.names:
-        seen_workflow(caller, d.workflows.catalog.workflow(name))
+        _seen(d, caller, name)
     return m.Removed(removed=await d.workflows.catalog.remove(p.names, caller.who,
                                                               caller.tenant))
 
 
 def _seen_past(d: Services, caller: Caller, name: str) -> None:
-    """A workflow there is, or one removed, that the caller sees (as it last was): any
-    other is answered as one that never was (not "declared in the config file")."""
+    """A workflow there is, or one removed, that the caller sees (as it last was of the
+    caller's tenant): any other is answered as one that never was (not "declared in the
+    config file")."""
     catalog = d.workflows.catalog
-    wf = (catalog.workflow(name) if name in catalog.specs()
-          else catalog.last_defined(name))
-    if wf is not None:
-        seen_workflow(caller, wf)
+    if name in catalog.config:
+        _seen(d, caller, name)
+        return
+    last = catalog.last_defined(name, caller.tenant)
+    if last is None:
+        if caller.limited:
+            raise jsonrpc.not_found("workflow", name)
+        return
+    seen_workflow(caller, last[0], last[1])
 
 
 async def workflows_history(d: Services, p: m.WorkflowsHistory, caller: Caller,
@@ -142,7 +158,7 @@ async def workflows_rollback(d: Services, p: m.WorkflowsRollback, caller: Caller
 
 async def workflows_plan(d: Services, p: m.WorkflowsPlan, caller: Caller, c: Channel
                          ) -> m.WorkflowPlan:
-    wf = seen_workflow(caller, d.workflows.workflow(p.name))
+    wf = _seen(d, caller, p.name)
     checked = compile_workflow(wf.name, wf.spec, d.agents.__contains__,
                                d.workflows.catalog.specs())
     return m.WorkflowPlan(name=wf.name, agents=wf.agents, plan=plan_text(checked))
@@ -150,7 +166,7 @@ async def workflows_plan(d: Services, p: m.WorkflowsPlan, caller: Caller, c: Cha
 
 async def workflows_run(d: Services, p: m.WorkflowsRun, caller: Caller, c: Channel
                         ) -> m.RunView:
-    seen_workflow(caller, d.workflows.workflow(p.name))
+    _seen(d, caller, p.name)
     run = await d.workflows.start(p.name, p.input, traceparent=p.traceparent,
                                   tracestate=p.tracestate)
     if p.wait is not None:
@@ -169,7 +185,7 @@ async def runs_list(d: Services, p: m.RunsList, caller: Caller, c: Channel) -> m
     # through the runs it sees only (whole pages; a cursor of another's reads as absent)
     since, limit = page_window(p.status, p.before, p.since, p.limit, RUN_STATUSES, "run")
     runs, older = d.workflows.list(p.workflow, p.status, since, limit,
-                                   p.before, caller.sees if caller.limited else None)
+                                   p.before, caller.sees_record if caller.limited else None)
     return m.RunList(runs=[run_view(r, steps=False) for r in runs],
                      next=older if older is not None else msgspec.UNSET)
 
@@ -177,7 +193,7 @@ async def runs_list(d: Services, p: m.RunsList, caller: Caller, c: Channel) -> m
 async def runs_cancel(d: Services, p: m.RunsCancel, caller: Caller, c: Channel
                       ) -> m.RunView:
     run = d.workflows.get(p.run_id)
-    seen_workflow(caller, run.wf, what="run", name=run.run_id)
+    seen_workflow(caller, run, run.tenant, what="run", name=run.run_id)
     return run_view(await d.workflows.cancel(p.run_id))
 
 

@@ -7,13 +7,12 @@ cancelled, timed_out); `corral.step.started`, `corral.step.STATUS` at a step's o
 item's end (succeeded, failed, skipped, cancelled, timed_out, lost). A run resumed after
 a restart is not started again. The data names every agent of the run (`agents`): a
 caller limited to some agents is sent a run's events only when it sees them all, as it
-sees the run (visibility.py); in the bus they are in the tenant of the run's agents, and
-a run whose agents are of several tenants in no tenant's part (operators' followers
+sees the run (visibility.py); in the bus they are in the part of the run's tenant, and
+a run of no one tenant (its agents of several) in no tenant's part (operators' followers
 alone). On a cluster a run's events are its node's, as the run is."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ...supervisor.events import EventBus
@@ -86,17 +85,15 @@ def topic_and_data(e: RunEvent) -> tuple[str, dict[str, Any]]:
     return f"corral.step.{e.row.status}", _step_data(e.run, e.row)
 
 
-def publish_runs(stream: Stream, bus: EventBus, tenant_of: Callable[[str], str | None]
-                 ) -> None:
-    """Every run event on the Stream, published on the bus from now on."""
+def publish_runs(stream: Stream, bus: EventBus) -> None:
+    """Every run event on the Stream, published on the bus from now on, in the part of
+    the run's tenant (its workflow's when it started, whoever holds its agents' names
+    now)."""
     def publish(e: RunEvent) -> None:
         if not bus.followers and not bus.subscriptions:
             return  # nobody on this node could hear it: nothing built
         topic, data = topic_and_data(e)
-        tenants = {tenant_of(a) for a in e.run.agents}
-        tenant = tenants.pop() if len(tenants) == 1 else NO_TENANT
-        if tenant is None:  # its agent is gone: whose it was is not known
-            tenant = NO_TENANT
+        tenant = e.run.tenant if e.run.tenant is not None else NO_TENANT
         # to this node's followers and workers only: a run is its node's (decision 307),
         # and a map's thousand steps are not sent through Redis to every other node
         bus.publish_here(topic, data, "corral", tenant)

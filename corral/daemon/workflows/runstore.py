@@ -16,12 +16,15 @@ import msgspec
 
 from ...supervisor.workflows import Workflow, WorkflowSpec, compile_workflow
 from ...supervisor.workflows.definition import decode_spec, encode_spec
+from ..definitions import UNSTAMPED, one_tenant
 from ..sqlfilters import given
 from ..store import StateStore
 
 RUN_ENDED = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 RUN_STATUSES = RUN_ENDED | {"running"}  # what `runs.list` may filter on
 STEP_ENDED = frozenset({"succeeded", "failed", "skipped", "cancelled", "timed_out", "lost"})
+# whether a caller sees a record of this agent made for this tenant (Caller.sees_record)
+Sees = Callable[[str, str | None], bool]
 WHOLE = -1  # the item of a step's own row (a map's items are 0...)
 
 
@@ -57,6 +60,9 @@ class Run:
     # as it was when it started; None: a trace of its own (runtraces.py)
     traceparent: str | None = None
     tracestate: str | None = None
+    # whose run it is: its workflow's tenant when it started (WorkflowService.tenant);
+    # None: of no one tenant, the operator's
+    tenant: str | None = None
 
     def outputs(self) -> dict[str, Any]:
         """Each ended step's output (a map's: the list of its items' outputs)."""
@@ -104,10 +110,11 @@ class RunStore:
     async def save_run(self, run: Run) -> None:
         def write(db: sqlite3.Connection) -> None:
             db.execute(f"INSERT OR REPLACE INTO runs ({self._COLUMNS}) VALUES "
-                       "(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        (run.run_id, run.workflow, encode_spec(run.wf.spec), _json(run.input),
                         run.status, run.created, run.ended, run.deadline, run.error,
-                        run.revision, _json(run.agents), run.traceparent, run.tracestate))
+                        run.revision, _json(run.agents), run.traceparent, run.tracestate,
+                        run.tenant))
         await self.store.commit([write])
 
     async def save_steps(self, run_id: str, rows: list[StepRow]) -> None:
@@ -137,13 +144,13 @@ class RunStore:
 
     def _run(self, row: tuple[Any, ...], with_steps: bool) -> Run:
         (run_id, workflow, definition, inp, status, created, ended, deadline, error,
-         revision, agents, traceparent, tracestate) = row
+         revision, agents, traceparent, tracestate, tenant) = row
         spec: WorkflowSpec = decode_spec(definition)
         run = Run(run_id, workflow, compile_workflow(workflow, spec),
                   msgspec.json.decode(inp), status, created, deadline, ended, error,
                   revision=revision,
                   nested_agents=msgspec.json.decode(agents) if agents is not None else None,
-                  traceparent=traceparent, tracestate=tracestate)
+                  traceparent=traceparent, tracestate=tracestate, tenant=tenant)
         if with_steps:
             for step, item, task_id, st, started, end, output, err in self.store.db.execute(
                     "SELECT step, item, task_id, status, started, ended, output, error "
@@ -154,32 +161,48 @@ class RunStore:
         return run
 
     _COLUMNS = ("run_id, workflow, definition, input, status, created, ended, deadline, "
-                "error, revision, agents, traceparent, tracestate")
+                "error, revision, agents, traceparent, tracestate, tenant")
 
-    def load(self, run_id: str) -> Run | None:
+    def load(self, run_id: str, *, steps: bool = True) -> Run | None:
         row = self.store.db.execute(f"SELECT {self._COLUMNS} FROM runs WHERE run_id = ?",
                                     (run_id,)).fetchone()
-        return self._run(row, True) if row is not None else None
+        return self._run(row, steps) if row is not None else None
 
     def unfinished(self) -> list[Run]:
         return [self._run(r, True) for r in self.store.db.execute(
             f"SELECT {self._COLUMNS} FROM runs WHERE status = 'running' ORDER BY run_id")]
 
+    async def stamp(self, tenant_of: Callable[[str], str | None]) -> int:
+        """The runs kept before each was its tenant's, told whose: the tenant all their
+        agents are of now (`tenant_of`); how many."""
+        told = []
+        for (run_id,) in self.store.db.execute("SELECT run_id FROM runs WHERE tenant = ?",
+                                                (UNSTAMPED,)).fetchall():
+            run = self.load(run_id, steps=False)
+            if run is not None:
+                told.append((one_tenant(run.agents, tenant_of), run_id))
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("UPDATE runs SET tenant = ? WHERE run_id = ?", told)
+        if told:
+            await self.store.commit([write])
+        return len(told)
+
     def listing(self, workflow: str | None, status: str | None, since: float | None,
-                limit: int, before: str | None, sees: Callable[[str], bool] | None
-                ) -> list[Run] | None:
+                limit: int, before: str | None, sees: Sees | None) -> list[Run] | None:
         """The newest runs first (their ids sort as they were made), made since `since`
         (wall time), before the run `before` (a page's cursor: None when it names no run
-        kept that `sees` admits); with `sees`, the runs all of whose agents it admits."""
+        kept that `sees` admits); with `sees`, the runs all of whose agents it admits of
+        the run's tenant."""
         where, args = given(("workflow = ?", workflow), ("status = ?", status),
                             ("created >= ?", since))
         seen = ""
         if sees is not None:
             # in the query, so a page is whole and its cursor a run the caller sees
-            where.append("sees_all(agents)")
-            seen = " AND sees_all(agents)"
+            where.append("sees_all(agents, tenant)")
+            seen = " AND sees_all(agents, tenant)"
         db = self.store.db
-        db.create_function("sees_all", 1, _seeing(sees), deterministic=True)
+        db.create_function("sees_all", 2, _seeing(sees), deterministic=True)
         try:
             if before is not None:
                 if db.execute("SELECT 1 FROM runs WHERE run_id = ?" + seen,
@@ -191,7 +214,7 @@ class RunStore:
             rows = db.execute(f"SELECT {self._COLUMNS} FROM runs{clause} "
                               "ORDER BY run_id DESC LIMIT ?", (*args, limit)).fetchall()
         finally:
-            db.create_function("sees_all", 1, None)
+            db.create_function("sees_all", 2, None)
         return [self._run(r, False) for r in rows]
 
     async def prune(self, max_age: float, max_runs: int) -> int:
@@ -219,14 +242,14 @@ class RunStore:
         return gone
 
 
-def _seeing(sees: Callable[[str], bool] | None) -> Callable[[bytes | str | None], bool]:
-    def sees_all(agents: bytes | str | None) -> bool:
+def _seeing(sees: Sees | None) -> Callable[[bytes | str | None, str | None], bool]:
+    def sees_all(agents: bytes | str | None, tenant: str | None) -> bool:
         # a run from before its agents were kept with it: its own steps' are not known
         # here, so only an unlimited caller sees it in a listing
         if sees is None:
             return True
         if agents is None:
             return False
-        return all(sees(a) for a in msgspec.json.decode(agents, type=list[str]))
+        return all(sees(a, tenant) for a in msgspec.json.decode(agents, type=list[str]))
 
     return sees_all

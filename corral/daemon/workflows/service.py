@@ -20,12 +20,13 @@ from ...supervisor.tracing import Tracer
 from ...supervisor.workflows import Workflow, WorkflowError, WorkflowSpec, compile_workflow
 from ...text import plural
 from ...timeouts import within
+from ..definitions import UNSTAMPED, one_tenant
 from ..store import StateStore
 from ..storeschema import StoreError
 from .catalog import Catalog, table_of
 from .runevents import RunEnded, RunStarted
 from .runner import Runner, StepFailed
-from .runstore import RUN_ENDED, Run, RunStore
+from .runstore import RUN_ENDED, Run, RunStore, Sees
 from .runtraces import RunTraces
 
 PRUNE_EVERY = 60.0  # seconds between two prunings of ended runs (as the task journal's)
@@ -59,6 +60,7 @@ class WorkflowService:
         self.max_age = 0.0
         self.max_runs: int | None = None
         self._pruning: asyncio.Task[None] | None = None
+        self._stamping: asyncio.Future[None] | None = None
 
     def configure(self, specs: Mapping[str, WorkflowSpec]) -> None:
         """The config's workflows (a reload replaces them; a run keeps its own)."""
@@ -66,6 +68,16 @@ class WorkflowService:
 
     def workflow(self, name: str) -> Workflow:
         return self.catalog.workflow(name)
+
+    def agent_tenant(self, name: str) -> str | None:
+        """An agent's tenant now; None when there is no such agent."""
+        agent = self.agents.get(name)
+        return agent.spec.tenant if agent is not None else None
+
+    def tenant(self, name: str) -> str | None:
+        """Whose a workflow is (catalog.Catalog.tenant): what its runs are stamped with,
+        and what a caller's tenant must be to see it (decision 443)."""
+        return self.catalog.tenant(name, self.agent_tenant)
 
     @property
     def definitions(self) -> dict[str, Workflow]:
@@ -77,7 +89,7 @@ class WorkflowService:
         """Add a workflow at runtime, kept and revisioned as `corral workflows add` keeps
         it; its revision."""
         table = table_of(definition) if isinstance(definition, WorkflowSpec) else definition
-        await self.catalog.add({name: table}, who, None, self.agents.__contains__,
+        await self.catalog.add({name: table}, who, None, self.agent_tenant,
                                self.catalog.specs())
         rev = self.catalog.revision_of(name)
         assert rev is not None
@@ -97,8 +109,12 @@ class WorkflowService:
         spec = specs.get(name)
         if spec is None:
             raise jsonrpc.not_found("workflow", name)
+        tenant = self.tenant(name)
         try:
-            wf = compile_workflow(name, spec, self.agents.__contains__, specs)
+            # a tenant's workflow runs its tenant's agents alone: a name another tenant
+            # took since is no agent of it
+            wf = compile_workflow(name, spec, lambda a: a in self.agents and (
+                tenant is None or self.agent_tenant(a) == tenant), specs)
         except WorkflowError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
         rev = self.catalog.revision_of(name)
@@ -106,7 +122,7 @@ class WorkflowService:
         run = Run(run_id or new_id(), name, wf, run_input, "running", now,
                   deadline=now + wf.spec.timeout if wf.spec.timeout else None,
                   revision=rev.revision if rev is not None else None,
-                  nested_agents=wf.agents)
+                  nested_agents=wf.agents, tenant=tenant)
         if self.traces is not None:
             if traceparent:
                 self.traces.caller(run.run_id, traceparent, tracestate)
@@ -149,11 +165,16 @@ class WorkflowService:
 
     def recover(self) -> None:
         """Every run the previous daemon left running, driven on from its rows (once the
-        task journal's tasks are back in the engine, so a recorded task is found)."""
+        task journal's tasks are back in the engine, so a recorded task is found); the
+        runs and revisions kept before each was its tenant's told whose, from the
+        agents that hold their names now (decision 443)."""
         # (a run started since the services are served is driven already)
         runs = [r for r in self.rows.unfinished() if r.run_id not in self.live]
         for run in runs:
+            if run.tenant == UNSTAMPED:
+                run.tenant = one_tenant(run.agents, self.agent_tenant)
             self._drive(run)
+        self._stamping = asyncio.ensure_future(self._stamp())
         self.recovered.set()
         if runs:
             self.report(f"workflows: {plural(len(runs), 'unfinished run')} resumed")
@@ -170,6 +191,18 @@ class WorkflowService:
         """The ended runs past the retention removed, with their steps' rows, now."""
         assert self.max_runs is not None
         return await self.rows.prune(self.max_age, self.max_runs)
+
+    async def _stamp(self) -> None:
+        try:
+            told = await self.rows.stamp(self.agent_tenant)
+            told += await self.catalog.stamp_all(self.agent_tenant)
+        except StoreError as exc:  # the operator's alone until then; told at the next
+            self.report(f"workflows: runs and revisions kept before they were their "
+                        f"tenant's could not be told whose: {exc}")
+            return
+        if told:
+            self.report(f"workflows: {plural(told, 'run or revision')} kept before they "
+                        "were their tenant's told whose, from the agents there are now")
 
     async def _prune_every(self) -> None:
         while True:
@@ -228,7 +261,7 @@ class WorkflowService:
         return run
 
     def list(self, workflow: str | None, status: str | None, since: float | None,
-             limit: int, before: str | None, sees: Callable[[str], bool] | None = None
+             limit: int, before: str | None, sees: Sees | None = None
              ) -> tuple[list[Run], str | None]:
         """A page of runs, newest first, and the cursor of the next (older runs), or
         None when there is none (runstore.RunStore.listing); `unknown_run_cursor` for a
@@ -257,10 +290,11 @@ class WorkflowService:
     async def close(self) -> None:
         """The daemon stops: each driver stops where it is (its run resumed at the next
         start, its tasks left to the task journal)."""
-        if self._pruning is not None:
-            self._pruning.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pruning
+        for chore in (self._pruning, self._stamping):
+            if chore is not None:
+                chore.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await chore
         drivers = [d for _, d in self.live.values()]
         for d in drivers:
             d.cancel()
