@@ -1,6 +1,7 @@
 """The step journal's bounds a tenant's caller cannot lift (issue 52): an agent's
 `max_step_bytes` is capped by its tenant's (`[tenants.NAME] max_step_bytes`) and a
-tenant's caller may not give one 0 (no bound) or more than that ceiling; a tenant's
+tenant's caller may not give one 0 (no bound) or more than that ceiling, nor lift the
+bounds of its sessions and spawn trees past their defaults; a tenant's
 unfinished tasks together journal at most its `max_step_journal_bytes`. Each refusal
 names its bound; the operator keeps every value."""
 
@@ -135,26 +136,38 @@ async def test_a_tenants_unfinished_tasks_journal_at_most_its_bound_together(
     assert (await asyncio.to_thread(run, d, "fill", {"count": 2, "size": 100_000}))[1] == [2]
 
 
-async def test_a_tenants_caller_cannot_lift_max_step_bytes(
-        daemon: tuple[Daemon, str]) -> None:
-    d, base = daemon
+async def tokens(d: Daemon) -> dict[str, str]:
+    """acme's, globex's and the operator's tokens that add agents, by name."""
     secrets = {}
     for name, tenant in (("acme-ci", ["--tenant", "acme"]),
                          ("globex-ci", ["--tenant", "globex"]), ("ops", [])):
         made = await asyncio.to_thread(d.json, "token", "create", name, "--scope",
                                        "agents:write", "--scope", "agents:read", *tenant)
         secrets[name] = made["token"]
+    return secrets
 
-    async def add(token: str, name: str, tenant: str | None, **keys: Any
-                  ) -> tuple[int, dict[str, Any]]:
-        table = {"command": [PY, "journaler.py"], **keys}
-        if tenant is not None:
-            table["tenant"] = tenant
-        async with aiohttp.ClientSession() as http, http.post(
-                f"{base}/agents", json={"agents": {name: table}},
-                headers={"Authorization": f"Bearer {secrets[token]}"}) as r:
-            return r.status, await r.json()
 
+async def add(base: str, secret: str, name: str, tenant: str | None, **keys: Any
+              ) -> tuple[int, dict[str, Any]]:
+    table = {"command": [PY, "journaler.py"], **keys}
+    if tenant is not None:
+        table["tenant"] = tenant
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{base}/agents", json={"agents": {name: table}},
+            headers={"Authorization": f"Bearer {secret}"}) as r:
+        return r.status, await r.json()
+
+
+def refused(token: str, tenant: str, key: str, shown: str, theirs: str) -> str:
+    return (f"forbidden: token {token} is a caller of tenant {tenant}: "
+            f"agents.greedy.{key}: {shown} is past {theirs}; who runs what, where "
+            "is the operator's (docs/tenants.md)")
+
+
+async def test_a_tenants_caller_cannot_lift_max_step_bytes(
+        daemon: tuple[Daemon, str]) -> None:
+    d, base = daemon
+    secrets = await tokens(d)
     for token, tenant, value, theirs in (
             ("globex-ci", "globex", 0, "the default 67108864 (tenant globex sets no "
                                        "max_step_bytes)"),
@@ -163,19 +176,49 @@ async def test_a_tenants_caller_cannot_lift_max_step_bytes(
             ("acme-ci", "acme", 0, f"tenant acme's max_step_bytes {TENANT_STEP_BYTES}"),
             ("acme-ci", "acme", TENANT_STEP_BYTES + 1,
              f"tenant acme's max_step_bytes {TENANT_STEP_BYTES}")):
-        status, body = await add(token, "greedy", tenant, max_step_bytes=value)
+        status, body = await add(base, secrets[token], "greedy", tenant,
+                                 max_step_bytes=value)
         shown = "0 (no bound)" if value == 0 else str(value)
-        assert (status, body["detail"]) == (403, (
-            f"forbidden: token {token} is a caller of tenant {tenant}: "
-            f"agents.greedy.max_step_bytes: {shown} is past {theirs}; who runs what, where "
-            "is the operator's (docs/tenants.md)")), body
+        assert (status, body["detail"]) == (403, refused(token, tenant, "max_step_bytes",
+                                                         shown, theirs)), body
     names = {a["name"] for a in (await asyncio.to_thread(d.json, "status"))["agents"]}
     assert "greedy" not in names  # nothing added
     # within the ceiling, or the default left as it is, passes; the operator sets anything
-    assert (await add("acme-ci", "within", "acme", max_step_bytes=1000))[0] == 200
-    assert (await add("acme-ci", "plain", "acme"))[0] == 200
-    assert (await add("globex-ci", "plain-g", "globex"))[0] == 200
-    assert (await add("ops", "unbounded", "globex", max_step_bytes=0))[0] == 200
+    assert (await add(base, secrets["acme-ci"], "within", "acme",
+                      max_step_bytes=1000))[0] == 200
+    assert (await add(base, secrets["acme-ci"], "plain", "acme"))[0] == 200
+    assert (await add(base, secrets["globex-ci"], "plain-g", "globex"))[0] == 200
+    assert (await add(base, secrets["ops"], "unbounded", "globex",
+                      max_step_bytes=0))[0] == 200
+
+
+async def test_a_tenants_caller_cannot_lift_what_its_agent_makes_the_daemon_keep(
+        daemon: tuple[Daemon, str]) -> None:
+    """Sessions (their count and state) and spawn trees (fan-out and depth) are bounded
+    by keys of the agent's: a tenant's caller may lower each, never lift one past its
+    default (0 is no bound for the sessions' keys, none at all for a spawn's)."""
+    d, base = daemon
+    secrets = await tokens(d)
+    for key, value, theirs in (
+            ("max_sessions", 0, "the default 10000 (tenant globex sets no max_sessions)"),
+            ("max_sessions", 10_001, "the default 10000 (tenant globex sets no "
+                                     "max_sessions)"),
+            ("max_session_bytes", 0, "the default 1073741824 (tenant globex sets no "
+                                     "max_session_bytes)"),
+            ("max_children", 1001, "the default 1000"),
+            ("max_spawn_depth", 4, "the default 3")):
+        status, body = await add(base, secrets["globex-ci"], "greedy", "globex",
+                                 **{key: value})
+        shown = "0 (no bound)" if value == 0 else str(value)
+        assert (status, body["detail"]) == (403, refused("globex-ci", "globex", key, shown,
+                                                         theirs)), body
+    names = {a["name"] for a in (await asyncio.to_thread(d.json, "status"))["agents"]}
+    assert "greedy" not in names
+    # lowered passes (0 children: it may spawn none), and the operator lifts any
+    assert (await add(base, secrets["globex-ci"], "lean", "globex", max_sessions=5,
+                      max_session_bytes=1000, max_children=0, max_spawn_depth=0))[0] == 200
+    assert (await add(base, secrets["ops"], "wide", "globex", max_sessions=0,
+                      max_children=100_000, max_spawn_depth=10))[0] == 200
 
 
 def rows(d: Daemon, sql: str, *args: Any) -> list[tuple[Any, ...]]:

@@ -15,10 +15,13 @@ knows what runs is not what it asked for:
 - `placement` (a cluster's agents run on every node, past one node's quotas);
 - `release` (a package the operator deployed, for this agent: a rollback may restore
   one the agent ran before, nothing else may name one);
-- `max_step_bytes` past its tenant's (or, when the tenant sets none, the default), or 0
-  (no bound): what one task keeps in the operator's state database (issue 52). The
-  default itself passes, whatever the tenant's: its tenant's, if smaller, bounds the
-  agent's tasks when they run.
+- a bound on what the agent makes the daemon keep (`CEILINGS`: `max_step_bytes`, what
+  one task journals; `max_sessions` and `max_session_bytes`, its sessions' count and
+  state; `max_children` and `max_spawn_depth`, a spawn tree's reach) lifted past its
+  tenant's own (the `[tenants.NAME]` key of the same name, where there is one) or, when
+  the tenant sets none, past the default, or set to 0 where 0 means no bound (issue 52).
+  The default itself passes, whatever the tenant's: its tenant's, if smaller, bounds the
+  agent when it runs.
 
 The rest is the agent's own business inside its user and sandbox: its command, `env`
 (LD_PRELOAD, PYTHONPATH: read and bound by the process's own user), `limits` (the caps
@@ -37,13 +40,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
 from .. import jsonrpc
 from ..jsonrpc import RpcError
-from ..supervisor.config import STEP_BYTES, AgentSpec, TenantSpec, isolation
+from ..supervisor.config import AgentSpec, TenantSpec, isolation
 from ..supervisor.runas import same_user
 
 
@@ -93,17 +96,46 @@ def refusal(spec: AgentSpec, tenant: str, tenant_spec: TenantSpec | None, defaul
     if spec.release is not None and spec.release not in releases:
         return "release", (f"{_shown(spec.release)}: releases are deployed by the operator "
                            "(a rollback may restore one this agent ran)")
-    return _step_bytes(spec.max_step_bytes, tenant, t)
+    for ceiling in CEILINGS:
+        found = ceiling.refusal(spec, tenant, t)
+        if found is not None:
+            return found
+    return None
 
 
-def _step_bytes(asked: int, tenant: str, t: TenantSpec) -> tuple[str, str] | None:
-    ceiling = t.max_step_bytes or STEP_BYTES
-    if asked == STEP_BYTES or 0 < asked <= ceiling:
-        return None
-    said = "0 (no bound)" if not asked else str(asked)
-    theirs = (f"tenant {tenant}'s max_step_bytes {ceiling}" if t.max_step_bytes
-              else f"the default {ceiling} (tenant {tenant} sets no max_step_bytes)")
-    return "max_step_bytes", f"{said} is past {theirs}"
+class Ceiling(NamedTuple):
+    """An agent key bounding what the agent makes the daemon keep, which a tenant's caller
+    may lower and never lift."""
+
+    key: str
+    # the `[tenants.NAME]` key of the same name bounds it too (0 there: the default does)
+    tenant_has: bool
+    # 0 is no bound where the agent's machinery reads it (else 0 is the tightest bound)
+    zero_unbounded: bool
+
+    def refusal(self, spec: AgentSpec, tenant: str, t: TenantSpec) -> tuple[str, str] | None:
+        asked: int = getattr(spec, self.key)
+        default: int = _DEFAULTS[self.key]
+        own: int = getattr(t, self.key) if self.tenant_has else 0
+        ceiling = own or default
+        if asked == default or (asked <= ceiling and (asked or not self.zero_unbounded)):
+            return None
+        said = "0 (no bound)" if not asked else str(asked)
+        if own:
+            theirs = f"tenant {tenant}'s {self.key} {ceiling}"
+        elif self.tenant_has:
+            theirs = f"the default {ceiling} (tenant {tenant} sets no {self.key})"
+        else:
+            theirs = f"the default {ceiling}"
+        return self.key, f"{said} is past {theirs}"
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in msgspec.structs.fields(AgentSpec)}
+CEILINGS = (Ceiling("max_step_bytes", tenant_has=True, zero_unbounded=True),
+            Ceiling("max_sessions", tenant_has=True, zero_unbounded=True),
+            Ceiling("max_session_bytes", tenant_has=True, zero_unbounded=True),
+            Ceiling("max_children", tenant_has=False, zero_unbounded=False),
+            Ceiling("max_spawn_depth", tenant_has=False, zero_unbounded=False))
 
 
 def _differs(value: Any, tenant: str, theirs: Any, otherwise: str) -> str:
