@@ -31,6 +31,7 @@ HERE = Path(__file__).parent
 TENANTS = "[tenants.acme]\n[tenants.globex]\n"
 SCOPES = ["agents:read", "agents:write", "tasks:read", "tasks:run"]
 SECRET = "acme's secret"
+WEEK = 7 * 86400  # the default session_ttl
 
 
 def chat_table() -> dict[str, Any]:
@@ -164,9 +165,13 @@ def test_after_a_restart_and_when_the_operator_frees_the_name(
         d.stop()
         d.config.write_text(d.config.read_text().replace(chat_toml("acme"), ""))
         d.start()
-        # acme's session outlived the restart (its agent may come back), acme's alone
-        assert listed(ask("GET", "/sessions", "ta")[1]) == [("acme", "chat", "s1")]
-        status, body = ask("POST", "/agents", "tg", {"agents": {"chat": chat_table()}})
+        # acme's session outlived the restart (its agent may come back), acme's alone,
+        # expiring after the default session_ttl, as no agent's now
+        kept = ask("GET", "/sessions", "ta")[1]
+        assert listed(kept) == [("acme", "chat", "s1")]
+        assert kept["sessions"][0]["expires"] == kept["sessions"][0]["last_used"] + WEEK
+        status, body = ask("POST", "/agents", "tg", {"agents": {
+            "chat": {**chat_table(), "session_ttl": 3600}}})
         assert status == 200, body
         assert ask("GET", "/sessions", "tg") == (200, {"sessions": []})
         assert ask("GET", "/agents/chat/sessions/s1", "tg") == (404, {
@@ -174,8 +179,12 @@ def test_after_a_restart_and_when_the_operator_frees_the_name(
             "detail": "no such session: s1 of agent chat", "code": jsonrpc.NOT_FOUND})
         out = run("tg", "globex's first")
         assert (out["turns"], out["given"]) == (["globex's first"], False)
-        assert listed(ask("GET", "/sessions", "tg")[1]) == [("globex", "chat", "s1")]
-        assert listed(ask("GET", "/sessions", "ta")[1]) == [("acme", "chat", "s1")]
+        theirs = ask("GET", "/sessions", "tg")[1]
+        assert listed(theirs) == [("globex", "chat", "s1")]
+        assert theirs["sessions"][0]["expires"] == theirs["sessions"][0]["last_used"] + 3600
+        kept = ask("GET", "/sessions", "ta")[1]  # globex's session_ttl is not acme's
+        assert listed(kept) == [("acme", "chat", "s1")]
+        assert kept["sessions"][0]["expires"] == kept["sessions"][0]["last_used"] + WEEK
         shown = d.json("sessions")
         assert listed(shown) == [("acme", "chat", "s1"), ("globex", "chat", "s1")]
         # acme's own, it shows (and may end) while another holds the name; globex, its own
@@ -249,3 +258,22 @@ async def test_a_session_kept_before_sessions_had_owners_is_its_agents_tenants(
         kept = d.services.store.db.execute(
             "SELECT tenant, agent, session FROM session_tasks ORDER BY rowid").fetchall()
         assert kept[0] == ("acme", "chat", "s1") and len(kept) == 2
+
+
+@pytest.mark.deadline(120)
+async def test_a_reload_that_drops_an_agent_ends_its_sessions(tmp_path: Path) -> None:
+    """A reload of a file that no longer declares acme's `chat` removes it: its sessions
+    end with it (the reload answers once their rows are deleted)."""
+    async with in_process(tmp_path, chat_toml("acme"), TENANTS) as d:
+        await d.sup.tasks.run("chat", {"turn": SECRET}, session="s1")
+        rc, out, err = await cli(d, "sessions", "--json")
+        assert listed(json.loads(out)) == [("acme", "chat", "s1")]
+        config = tmp_path / "corral.toml"
+        config.write_text(config.read_text().replace(chat_toml("acme"), ""))
+        rc, out, err = await cli(d, "reload")
+        assert rc == 0, err
+        rc, out, err = await cli(d, "sessions", "--json")
+        assert (rc, json.loads(out)["sessions"]) == (0, [])
+        assert d.services.store.db.execute("SELECT count(*) FROM sessions").fetchone() == (0,)
+        stats = (await d.dispatcher.call(_operator(), "stats.get")).tasks["sessions"]
+        assert (stats["live"], stats["ended"]) == (0, 1)

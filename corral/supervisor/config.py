@@ -26,6 +26,8 @@ from .workflows.definition import WorkflowSpec
 
 MIB = 1024 * 1024
 DEFAULT_TENANT = "default"  # the tenant of everything that names none
+# a session idle this long is dropped (seconds; an agent's own, or of no agent now)
+DEFAULT_SESSION_TTL = 7 * 86400
 
 NonNeg = Annotated[float, Meta(ge=0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
@@ -253,7 +255,7 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     max_children: NonNegInt = 1000
     # a session (tasks.run's `session`) idle this many seconds is dropped, state and
     # history: its next task starts it afresh (0: sessions never expire)
-    session_ttl: NonNeg = 7 * 86400
+    session_ttl: NonNeg = DEFAULT_SESSION_TTL
     # its live sessions: a task naming one more is refused, a checkpoint that would take
     # their states past max_session_bytes too (0: no bound; docs/durable.md#sessions)
     max_sessions: NonNegInt = 10_000

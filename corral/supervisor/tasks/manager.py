@@ -41,7 +41,7 @@ from ...workerproto import (
     ToolsListParams,
     UsageReportParams,
 )
-from ..config import DEFAULT_TENANT
+from ..config import DEFAULT_SESSION_TTL, DEFAULT_TENANT
 from ..quotas import QuotasChanged
 from ..workercalls import on_notification, on_request
 from .admission import admit, check_takes_tasks, queue_full, refusal
@@ -121,7 +121,8 @@ class TaskManager:
 
     def _session_ttl(self, agent_name: str) -> float:
         agent = self.sup.agents.get(agent_name)
-        return agent.spec.session_ttl if agent is not None else 0.0
+        # a session of no agent now (gone from the file across a restart) expires too
+        return agent.spec.session_ttl if agent is not None else DEFAULT_SESSION_TTL
 
     def _session_owner(self, agent_name: str) -> str:
         agent = self.sup.agents.get(agent_name)

@@ -47,7 +47,7 @@ import msgspec
 from ... import jsonrpc
 from ...jsonrpc import RpcError
 from ...text import plural
-from ..config import DEFAULT_TENANT
+from ..config import DEFAULT_SESSION_TTL, DEFAULT_TENANT
 from ..stream import Stream
 from .model import Task, TaskFinished
 from .queue import Queue
@@ -288,8 +288,15 @@ class Sessions:
         return self.table.get(s.ident) is s
 
     # -- the table ------------------------------------------------------------------------
+    def _ttl(self, s: Session) -> float:
+        """The session's agent's session_ttl; one whose agent is now another tenant's
+        expires after the default one (its own agent is gone)."""
+        if self._tenant_of(s.agent) != s.tenant:
+            return DEFAULT_SESSION_TTL
+        return self._ttl_of(s.agent)
+
     def _expired(self, s: Session, now: float) -> bool:
-        ttl = self._ttl_of(s.agent)
+        ttl = self._ttl(s)
         return bool(ttl) and s.idle and now - s.last_used > ttl
 
     def _drop(self, s: Session) -> None:
@@ -387,7 +394,7 @@ class Sessions:
             await self.journal.committed()
 
     def expires(self, s: Session) -> float | None:
-        ttl = self._ttl_of(s.agent)
+        ttl = self._ttl(s)
         return s.last_used + ttl if ttl and s.idle else None
 
     def restore(self, sessions: Iterable[tuple[SessionRow, int | None]],
