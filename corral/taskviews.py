@@ -128,6 +128,9 @@ class TaskInfo(_TaskHead):
     # a queued task's earliest start (wall time): submitted with a delay, or a retry's
     # backoff; None: as soon as a replica is free
     not_before: float | None = None
+    # the tenant its agent was of when it was accepted: whose record it is, whoever holds
+    # the agent's name now (DESIGN 20); None: not recorded
+    tenant: str | None = None
 
 
 def queue_wait(created: float, started: float | None) -> float | None:
@@ -141,3 +144,4 @@ class TaskSummary(_TaskHead):
     attempts: int
     # a cluster task's node: the one running it, or that ran its last attempt
     node: str | UnsetType = UNSET
+    tenant: str | None = None  # as TaskInfo.tenant

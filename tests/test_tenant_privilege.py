@@ -278,10 +278,11 @@ async def test_a_tenants_caller_names_no_privilege_over_http_or_the_socket(
 @pytest.mark.deadline(180)
 async def test_a_tenants_rollback_restores_no_privilege_the_operator_once_gave(
         tmp: Path) -> None:
-    """Revision 1 is the operator's, naming a privilege (or another tenant); revision 2
-    the same agent without it. acme's rollback to revision 1 is refused with the key,
-    the agent as it was (a revision of another tenant's agent of the name is no revision
-    of acme's: not found); a release the agent ran may be given back."""
+    """Revision 1 is the operator's, naming a privilege; revision 2 the same agent
+    without it. acme's rollback to revision 1 is refused with the key, the agent as it
+    was; a release the agent ran may be given back. Another tenant's agent of the name
+    had revisions of its own: acme's agent starts at 1, and there is no other to roll
+    back to (decision 436)."""
     async with acme(tmp) as (d, tenant, ops):
         rolled = [(k, e, s) for k, e, s in cases(tmp) if k != "release"]
         rolled.append(("tenant", {"tenant": "b"}, ""))
@@ -295,13 +296,17 @@ async def test_a_tenants_rollback_restores_no_privilege_the_operator_once_gave(
             status, body = await ops("POST", "/agents", {"agents": {name: clean}})
             assert status == 200, (key, body)
             before = d.sup.agents[name].spec
-            assert d.services.fleet.revision_of(name) == 2
-            status, body = await tenant("POST", f"/agents/{name}/rollback", {"revision": 1})
+            # b's agent of the name was not acme's: acme's is at its own revision 1
+            current = 1 if key == "tenant" else 2
+            assert d.services.fleet.revision_of(name) == current
+            target = 2 if key == "tenant" else 1
+            status, body = await tenant("POST", f"/agents/{name}/rollback",
+                                        {"revision": target})
             assert (status, body["detail"]) == ((403, refused("token ta", name, said)) if said
-                                                else (404, f"no revision 1 of {name} (its "
-                                                           f"revisions: 1..2; see `corral "
+                                                else (404, f"no revision 2 of {name} (its "
+                                                           f"revisions: 1..1; see `corral "
                                                            f"history {name}`)")), key
-            assert d.services.fleet.revision_of(name) == 2
+            assert d.services.fleet.revision_of(name) == current
             assert d.sup.agents[name].spec == before
             assert d.services.store.runtime_agents()[name] == clean
 
@@ -426,9 +431,10 @@ async def test_a_check_and_its_recovery_run_as_the_agent_in_its_sandbox(
 @pytest.mark.deadline(120)
 async def test_an_agent_another_tenant_had_of_the_same_name_is_not_its_past(
         tmp: Path) -> None:
-    """Revisions outlive a removed agent (the operator's history); a tenant that adds an
-    agent of the same name later sees only its own revisions, and cannot roll back to
-    another tenant's: "no revision N", as if there never was one."""
+    """Revisions outlive a removed agent (its tenant's, kept); a tenant that adds an
+    agent of the same name later starts its own at revision 1, is never shown the other's
+    and cannot roll back to one: "no revision N", as if there never was one (decision
+    436). The operator's history of the name is the agent's that holds it."""
     async with acme(tmp) as (d, tenant, ops):
         port = int(tenant.base.split(":")[2].split("/")[0])
         b_secret, _ = await tokens_of(d.services.store).create(
@@ -441,13 +447,14 @@ async def test_an_agent_another_tenant_had_of_the_same_name_is_not_its_past(
         status, body = await tenant("POST", "/agents", {"agents": {"reuse": table({})}})
         assert status == 200, body
         status, body = await tenant("GET", "/agents/reuse/history")
-        assert status == 200 and [r["revision"] for r in body["revisions"]] == [2], body
+        assert status == 200 and [(r["revision"], r["change"]) for r in body["revisions"]
+                                  ] == [(1, "created")], body
         assert "b-private" not in str(body)
-        status, body = await tenant("POST", "/agents/reuse/rollback", {"revision": 1})
+        status, body = await tenant("POST", "/agents/reuse/rollback", {"revision": 0})
         assert (status, body["detail"]) == (
-            404, "no revision 1 of reuse (its revisions: 1..2; see `corral history "
+            404, "no revision 0 of reuse (its revisions: 1..1; see `corral history "
                  "reuse`)"), body
         assert "b-private" not in str(body)
-        # the operator sees the name's whole past
         status, body = await ops("GET", "/agents/reuse/history")
-        assert [r["revision"] for r in body["revisions"]] == [1, 2]
+        assert [r["revision"] for r in body["revisions"]] == [1]
+        assert "b-private" not in str(body)

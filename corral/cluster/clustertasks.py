@@ -24,8 +24,9 @@ from redis.exceptions import RedisError
 from .. import jsonrpc
 from .. import methods as m
 from ..jsonrpc import RpcError
-from ..supervisor.config import ClusterSettings
+from ..supervisor.config import DEFAULT_TENANT, ClusterSettings
 from ..supervisor.tasks import is_task_id, new_id
+from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.host import TaskHost
 from ..timeouts import within
 from . import listing, records
@@ -35,7 +36,7 @@ from .keys import Keys
 from .membership import Membership, NodeView
 from .scripts import Scripts
 from .sessions import ClusterSessions
-from .trust import OUTCOME, Trust
+from .trust import AGENT, OUTCOME, TENANT, Trust
 
 RECHECK_BEATS = 5  # a waiting client reads its task's record at least this often (beats)
 Waiter = asyncio.Future[m.TaskResult | None]
@@ -104,6 +105,12 @@ class ClusterTasks:
             submit = self.sessions.submit
         try:
             await self._check_served(p.agent)
+            tenant = await self._tenant(p.agent)
+        except RedisError as exc:
+            raise unavailable(self.settings.redis, exc, "the task was not accepted"
+                              ) from None
+        args += [tenant, self.trust.sign(TENANT, task_id, p.agent, tenant)]  # last (SUBMIT)
+        try:
             got = await (self.submit_batch if p.session is None else self._submit_turn)(
                 keys=keys, args=args)
         except RedisError as exc:
@@ -126,16 +133,36 @@ class ClusterTasks:
         if refused is not None:
             raise refused
 
+    async def _tenant(self, agent: str) -> str:
+        """Whose a task of `agent` is: the tenant of the agent as this node runs it, else
+        as the cluster's table of it says (signed); "" (the operator's alone) when this
+        node knows neither (an agent only another node's file declares: decision 436)."""
+        local = self.host.agents.get(agent)
+        if local is not None:
+            return local.spec.tenant
+        table, mac = await read(lambda: self._table_of(agent))
+        if table is None or not self.trust.valid(mac, AGENT, agent, table):
+            return ""
+        tenant = msgspec.json.decode(table).get("tenant", DEFAULT_TENANT)
+        return tenant if isinstance(tenant, str) else ""
+
+    async def _table_of(self, agent: str) -> tuple[bytes | None, bytes | None]:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hget(self.keys.cluster_agents, agent)
+        pipe.hget(self.keys.agent_macs, agent)
+        table, mac = await pipe.execute()
+        return table, mac
+
     # -- ask --------------------------------------------------------------------------------
     async def list(self, p: m.TasksList, since: float | None, limit: int,
-                   sees: Callable[[str], bool] | None
-                   ) -> tuple[list[m.TaskSummary], str | None]:
+                   sees: Sees | None) -> tuple[list[m.TaskSummary], str | None]:
         """`corral tasks`: the cluster's tasks on every node (listing.py). Redis away: refused
         with the reason, not answered with this node's tasks alone, which would read as
         the cluster's."""
         try:
-            return await listing.page(self.redis, self.keys, agent=p.agent, status=p.status,
-                                      since=since, limit=limit, before=p.before, sees=sees)
+            return await listing.page(self.redis, self.keys, self.trust, agent=p.agent,
+                                      status=p.status, since=since, limit=limit,
+                                      before=p.before, sees=sees)
         except RedisError as exc:
             raise unavailable(self.settings.redis, exc,
                               "the cluster's tasks cannot be listed (`corral tasks --local` "
@@ -182,7 +209,10 @@ class ClusterTasks:
             self.trust.refuse(OUTCOME, f"of task {task_id} (its record)", rec.get(b"mac"),
                               "not told to any client")
             return None, False
-        return records.info(task_id, rec, attempts), True
+        info = records.info(task_id, rec, attempts)
+        info.tenant = self.trust.tenant_of(task_id, rec[b"agent"], rec.get(b"tenant"),
+                                           rec.get(b"tenant_mac"))
+        return info, True
 
     def _waiter(self, task_id: str) -> Waiter:
         fut: Waiter = asyncio.get_running_loop().create_future()

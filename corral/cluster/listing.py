@@ -13,22 +13,23 @@ is met.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from .. import methods as m
 from ..supervisor.tasks import TERMINAL, TaskStatus
-from ..supervisor.tasks.durable import unknown_cursor
+from ..supervisor.tasks.durable import Sees, unknown_cursor
 from .connection import read
 from .keys import Keys
+from .trust import Trust
 
 BATCH = 256  # ids read from each set, and records then read, per round trip
 # a record's `created` is stamped just after its id is made: the range by id starts this
 # much earlier, and `created` itself decides
 ID_SLACK = 1.0
-_FIELDS = ("agent", "status", "priority", "created", "started", "finished", "node")
+_FIELDS = ("agent", "status", "priority", "created", "started", "finished", "node", "tenant",
+           "tenant_mac")
 _UNFINISHED = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})
 
 
@@ -43,15 +44,19 @@ def _f(v: bytes | None) -> float | None:
     return float(v) if v else None
 
 
-async def page(redis: Any, keys: Keys, *, agent: str | None, status: str | None,
+async def page(redis: Any, keys: Keys, trust: Trust, *, agent: str | None,
+               status: str | None,
                since: float | None, limit: int, before: str | None,
-               sees: Callable[[str], bool] | None) -> tuple[list[m.TaskSummary], str | None]:
+               sees: Sees | None) -> tuple[list[m.TaskSummary], str | None]:
     """Up to `limit` tasks, newest last, and the cursor of the older ones (None: none
     left). RedisError when Redis does not answer; `unknown_cursor` for a `before` that
-    names no task of the cluster (or one of an agent `sees` does not admit)."""
+    names no task of the cluster (or one `sees` does not admit). A record's tenant is
+    believed when its MAC verifies (trust.TENANT), else it is the operator's alone."""
     if before is not None:
-        owner = await read(lambda: redis.hget(keys.task(before), "agent"))
-        if owner is None or (sees is not None and not sees(owner.decode())):
+        owner, tenant, mac = await read(lambda: redis.hmget(
+            keys.task(before), "agent", "tenant", "tenant_mac"))
+        if owner is None or (sees is not None and not sees(
+                owner.decode(), trust.tenant_of(before, owner, tenant, mac))):
             raise unknown_cursor(before)
     if status in _UNFINISHED:
         sets = [keys.live]
@@ -68,13 +73,13 @@ async def page(redis: Any, keys: Keys, *, agent: str | None, status: str | None,
         if not ids:
             break
         for tid, rec in zip(ids, await _records(redis, keys, ids), strict=True):
-            summary = _summary(tid, rec)
+            summary = _summary(tid, rec, trust)
             if summary is None:
                 gone.append(tid)
             elif ((agent is None or summary.agent == agent)
                   and (status is None or summary.status == status)
                   and (since is None or summary.created >= since)
-                  and (sees is None or sees(summary.agent))):
+                  and (sees is None or sees(summary.agent, summary.tenant))):
                 found.append(summary)
         high = f"({ids[-1].decode()}"
         if not more:
@@ -122,8 +127,8 @@ async def _records(redis: Any, keys: Keys, ids: list[bytes]) -> list[list[Any]]:
     return [[*got[i], got[i + 1]] for i in range(0, len(got), 2)]
 
 
-def _summary(tid: bytes, rec: list[Any]) -> m.TaskSummary | None:
-    agent, status, priority, created, started, finished, node, attempts = rec
+def _summary(tid: bytes, rec: list[Any], trust: Trust) -> m.TaskSummary | None:
+    agent, status, priority, created, started, finished, node, tenant, mac, attempts = rec
     if agent is None or status is None:
         return None
     st = status.decode()
@@ -132,4 +137,5 @@ def _summary(tid: bytes, rec: list[Any]) -> m.TaskSummary | None:
         created=float(created), started=_f(started), finished=_f(finished),
         attempts=attempts,
         # the node running it, or that ran it last; none while it waits
-        node=node.decode() if node and st != TaskStatus.QUEUED else msgspec.UNSET)
+        node=node.decode() if node and st != TaskStatus.QUEUED else msgspec.UNSET,
+        tenant=trust.tenant_of(tid.decode(), agent, tenant, mac))

@@ -39,11 +39,15 @@ DECLARED = b"declared"  # a table a node's file declared (keys.declared), by nod
 OUTCOME = b"outcome"  # a task's outcome (record and outcomes stream), by task and fence
 STEP = b"step"  # a running task's step (keys.steps, cluster/steps.py), by task and field
 SESSION = b"session"  # a session's state (keys.session, cluster/sessions.py), by agent, name
+# whose a task is (its record's `tenant`, its agent's where it was submitted), by task and
+# agent: a Redis writer does not move a task into another tenant's sight (decision 436)
+TENANT = b"tenant"
 KINDS = {AGENT: "agents", REVISION: "revisions", DECLARED: "declared",
          OUTCOME: "outcomes", STEP: "steps",
-         SESSION: "sessions"}  # as `corral stats` counts them
+         SESSION: "sessions", TENANT: "tenants"}  # as `corral stats` counts them
 _SAID = {AGENT: "agent", REVISION: "revision", DECLARED: "declared table",
-         OUTCOME: "outcome", STEP: "step", SESSION: "session state"}  # as the log says one
+         OUTCOME: "outcome", STEP: "step", SESSION: "session state",
+         TENANT: "tenant"}  # as the log says one
 
 NO_KEY_WARNING = ("[cluster] has no key_file: anyone who can write to the cluster's "
                   "Redis can run commands on every node (as the agents' users, root by "
@@ -142,6 +146,19 @@ class Trust:
             return True
         return fence is not None and self.valid(mac, OUTCOME, task_id, fence, status,
                                                 output, error)
+
+    def tenant_of(self, task_id: str, agent: bytes, tenant: bytes | None,
+                  mac: bytes | None) -> str:
+        """The tenant a task's record names, when its MAC verifies (bound to the task and
+        its agent); else "" — the operator's record alone, refused and said when it names
+        one (a record from before tenants were kept names none: not said)."""
+        if not tenant:
+            return ""
+        if not self.valid(mac, TENANT, task_id, agent, tenant):
+            self.refuse(TENANT, f"of task {task_id}", mac,
+                        "the task is shown to the operator alone")
+            return ""
+        return tenant.decode(errors="replace")
 
     def refuse(self, kind: bytes, name: str, mac: bytes | str | None, what: str) -> None:
         """A record without a valid MAC: counted and said once per record however often

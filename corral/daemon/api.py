@@ -23,7 +23,7 @@ from ..supervisor.core import NoSuchAgent
 from ..supervisor.tasks.spawn import REACH
 from ..text import clip, one_line
 from .caller import Caller, Channel, Discard
-from .visibility import AgentRule, agent_rule
+from .visibility import AgentRule, agent_rule, sees_task
 
 Ctx = TypeVar("Ctx")
 
@@ -192,7 +192,7 @@ class Dispatcher(Generic[Ctx]):
                 look, what, key = rule.owner
                 found = await self.handlers[look](context, decode(
                     {key: getattr(params, key)}, REGISTRY[look].params), caller, Discard())
-                if not caller.sees(found.agent):
+                if not sees_task(caller, found):
                     raise jsonrpc.not_found(what, getattr(params, key))
             # the tasks a caller limited to some agents submits spawn none beyond them
             reach = REACH.set((caller.who, caller.agents)) if caller.agents else None

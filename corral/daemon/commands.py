@@ -24,7 +24,6 @@ from ..supervisor.tasks.sessions import Session, SessionKey, Sessions
 from ..text import plural
 from .api import Handlers
 from .caller import SHARED, Caller, Channel
-from .fleet import revision_tenant
 from .flowcontrol import drain
 from .gatewayhandlers import TABLE as GATEWAY_HANDLERS
 from .history import has_rows
@@ -410,11 +409,9 @@ async def agents_history(d: Services, p: m.AgentsHistory,
         # the newest `limit`, as the local agents' (kept[-0:] would be every one)
         return m.HistoryResult(name=p.name, current=kept[-1].revision if kept else None,
                                revisions=kept[max(0, len(kept) - row_limit(p.limit)):])
-    d.agents.agent(p.name)
-    revs = d.revisions.history(p.name, row_limit(p.limit))
-    if caller.tenant is not None:
-        # an agent of this name another tenant had (removed since) is not this one's past
-        revs = [r for r in revs if revision_tenant(r.spec) == caller.tenant]
+    # the agent's own: an agent of this name another tenant had (removed since) is not
+    # its past, for anyone (revisions.py)
+    revs = d.revisions.history(p.name, d.fleet.tenant_of(p.name), row_limit(p.limit))
     scaling = [m.ScalingDecision(time=s.time, previous=s.previous, replicas=s.replicas,
                                  desired=s.desired, direction=s.direction, reason=s.reason)
                for s in d.elastic.decided(p.name)]
@@ -616,7 +613,7 @@ async def tasks_list(d: Services, p: m.TasksList, caller: Caller, c: Channel) ->
     # of another agent's task reads as absent)
     if p.agent is not None:
         seen_team(caller, d.teams, p.agent)
-    tasks, older = await d.tasks.list(p, caller.sees if caller.limited else None)
+    tasks, older = await d.tasks.list(p, caller.sees_record if caller.limited else None)
     return m.TaskList(tasks=tasks, next=older if older is not None else msgspec.UNSET)
 
 

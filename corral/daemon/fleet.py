@@ -24,7 +24,6 @@ from .. import jsonrpc, redact
 from ..jsonrpc import RpcError
 from ..methods import ReloadResult
 from ..supervisor.config import (
-    DEFAULT_TENANT,
     AgentSpec,
     Config,
     ConfigError,
@@ -201,7 +200,7 @@ class Fleet:
                 [StateStore.saving_runtime_agent(name, table),
                  recording(spec, who, None, made)],
                 f"{name} was not updated", lambda: self.apply_spec(name, spec),
-                lambda: [*undo, *(unrecording(name, r.revision) for r in made)])
+                lambda: [*undo, *map(unrecording, made)])
         self.told(made)
         return made[0].change if made else "no change"
 
@@ -241,7 +240,7 @@ class Fleet:
                 "nothing was added", act,
                 lambda: [w for n in specs for w in (
                     StateStore.forgetting_runtime_agent(n),
-                    *(unrecording(n, r.revision) for r in made[n]))])
+                    *map(unrecording, made[n]))])
         self.told(r for revs in made.values() for r in revs)
         return sorted(specs)
 
@@ -291,14 +290,13 @@ class Fleet:
             # the fleet's)
             await self._unit(writes, f"{name} was not scaled",
                              lambda: self.agents.scale(name, replicas),
-                             lambda: [*undo, *(unrecording(name, r.revision)
-                                               for r in made)])
+                             lambda: [*undo, *map(unrecording, made)])
         self.told(made)
 
     def revision_of_release(self, name: str, release: str) -> int:
         """The newest revision of the agent that ran `release` (a release's directory
         name, as `corral releases` prints it)."""
-        ran = [r for r in self.revisions.history(name, limit=10_000)
+        ran = [r for r in self.revisions.history(name, self.tenant_of(name), limit=10_000)
                if (path := r.spec.get("release")) and os.path.basename(path) == release]
         if not ran:
             raise RpcError(jsonrpc.NOT_FOUND, f"no revision of {name} ran release {release} "
@@ -314,15 +312,14 @@ class Fleet:
         ran before may be restored."""
         made: list[Revision] = []
         async with self.changing([name]):
-            self.agents.agent(name)
-            latest = self.revisions.latest(name)
+            held = self.tenant_of(name)
+            latest = self.revisions.latest(name, held)
             current = latest.revision if latest else 0
             if release is not None:
                 revision = self.revision_of_release(name, release)
             target = revision if revision is not None else current - 1
-            rev = self.revisions.get(name, target)
-            if rev is not None and tenant is not None and revision_tenant(rev.spec) != tenant:
-                rev = None  # another tenant's agent of this name, before: not this one's
+            # (its own: another tenant's agent of this name, before, has revisions of its own)
+            rev = self.revisions.get(name, held, target)
             if rev is None:
                 raise RpcError(jsonrpc.NOT_FOUND, f"no revision {target} of {name} (its "
                                                   f"revisions: 1..{current}; see `corral "
@@ -334,7 +331,7 @@ class Fleet:
             self.fill_cwd(spec)
             # (the releases of its revisions: deployed for it by the operator)
             self.held_to(spec, who, tenant, releases={
-                r.spec.get("release") for r in self.revisions.history(name, 1 << 62)
+                r.spec.get("release") for r in self.revisions.history(name, held, 1 << 62)
             } if tenant is not None else ())
             if spec.release is not None and not os.path.isfile(
                     os.path.join(spec.release, READY)):
@@ -354,8 +351,7 @@ class Fleet:
             # rolling; refuses when a new process does not become ready
             await self._unit(writes, f"{name} was not rolled back",
                              lambda: self.apply_spec(name, spec),
-                             lambda: [*undo, *(unrecording(name, r.revision)
-                                               for r in made)])
+                             lambda: [*undo, *map(unrecording, made)])
         self.told(made)
         return target, made[0].change.removeprefix(f"{why}: ") if made else "no change"
 
@@ -532,9 +528,15 @@ class Fleet:
         """Where the agent comes from, as `corral describe` says it."""
         return f"file {config_path}" if name in self.from_config else "runtime"
 
+    def tenant_of(self, name: str) -> str:
+        """The tenant of the agent of this name (NoSuchAgent when there is none): whose
+        revisions are its (revisions.py)."""
+        return self.agents.agent(name).spec.tenant
+
     def revision_of(self, name: str) -> int | None:
         """The number of the agent's current spec revision in the store."""
-        last = self.revisions.latest(name)
+        agent = self.agents.get(name)
+        last = self.revisions.latest(name, agent.spec.tenant) if agent is not None else None
         return last.revision if last is not None else None
 
     def record(self, spec: AgentSpec, who: str, change: str | None = None) -> None:
@@ -549,12 +551,6 @@ class Fleet:
     def told(self, revisions: Iterable[Revision]) -> None:
         for rev in revisions:
             self.report(f"{rev.agent}: revision {rev.revision} by {rev.who}: {rev.change}")
-
-
-def revision_tenant(spec: dict[str, Any]) -> str:
-    """The tenant of the agent a revision's table made."""
-    tenant = spec.get("tenant")
-    return tenant if isinstance(tenant, str) else DEFAULT_TENANT
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -3,10 +3,13 @@ state database (who, when, what changed, the whole spec), so `corral history` ca
 and `corral rollback` can go back to any of them. Also where `corral scale` is kept, so a
 scaled agent keeps its replica count across daemon restarts and reloads.
 
-The tables are migration 4 of storeschema.py; this module only reads them (RevisionLog, on the
-loop's connection) and makes their writes (functions of a connection, run by storewriter.py's
-writer thread: a command's own in the transaction it commits before acting, the config
-file's through StoreWriter).
+A revision is its agent's tenant's: numbered within (agent, tenant), so that an agent a
+tenant adds under a name another tenant's agent had starts at revision 1 and is never
+shown, nor rolled back to, the other's (decision 436). The tables are migration 4 of
+storeschema.py (19 made the tenant part of a revision's key); this module only reads
+them (RevisionLog, on the loop's connection) and makes their writes (functions of a
+connection, run by storewriter.py's writer thread: a command's own in the transaction it
+commits before acting, the config file's through StoreWriter).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import msgspec
 
 from ..redact import NAMED_ONLY
-from ..supervisor.config import AgentSpec
+from ..supervisor.config import DEFAULT_TENANT, AgentSpec
 from ..views import Revision as Revision
 
 # appended to storeschema.MIGRATIONS (one entry: see its rule)
@@ -52,6 +55,12 @@ def revision(agent: str, number: int, when: float, who: str, change: str,
     return Revision(agent, number, when, who, change, spec,
                     os.path.basename(release) if isinstance(release, str) else None,
                     spec.get("version"))
+
+
+def tenant_of(table: dict[str, Any]) -> str:
+    """The tenant of the agent a revision's table made."""
+    tenant = table.get("tenant")
+    return tenant if isinstance(tenant, str) else DEFAULT_TENANT
 
 
 def spec_table(spec: AgentSpec) -> dict[str, Any]:
@@ -143,17 +152,21 @@ class RevisionLog:
             "SELECT agent, revision, time, who, change, spec FROM revisions " + sql, args)
         return [revision(a, r, t, w, c, msgspec.json.decode(s)) for a, r, t, w, c, s in rows]
 
-    def latest(self, agent: str) -> Revision | None:
-        rows = self._rows("WHERE agent = ? ORDER BY revision DESC LIMIT 1", agent)
+    # an agent is its name and its tenant: another tenant's of the name has its own
+    def latest(self, agent: str, tenant: str) -> Revision | None:
+        rows = self._rows("WHERE agent = ? AND tenant = ? ORDER BY revision DESC LIMIT 1",
+                          agent, tenant)
         return rows[0] if rows else None
 
-    def get(self, agent: str, revision: int) -> Revision | None:
-        rows = self._rows("WHERE agent = ? AND revision = ?", agent, revision)
+    def get(self, agent: str, tenant: str, revision: int) -> Revision | None:
+        rows = self._rows("WHERE agent = ? AND tenant = ? AND revision = ?", agent, tenant,
+                          revision)
         return rows[0] if rows else None
 
-    def history(self, agent: str, limit: int = 100) -> list[Revision]:
+    def history(self, agent: str, tenant: str, limit: int = 100) -> list[Revision]:
         return list(reversed(self._rows(
-            "WHERE agent = ? ORDER BY revision DESC LIMIT ?", agent, limit)))
+            "WHERE agent = ? AND tenant = ? ORDER BY revision DESC LIMIT ?", agent, tenant,
+            limit)))
 
     def scaled(self) -> dict[str, tuple[int, int]]:
         rows = self.db.execute("SELECT agent, replicas, declared FROM scaled")
@@ -177,27 +190,29 @@ def recording(spec: AgentSpec, who: str, change: str | None = None,
     def write(db: sqlite3.Connection) -> None:
         if out is not None:
             out.clear()  # a batch tried again runs its writes again
-        last = RevisionLog(db).latest(spec.name)
+        last = RevisionLog(db).latest(spec.name, spec.tenant)
         if last is not None and last.spec == table:
             return
         diff = describe_change(last.spec if last else None, table)
         rev = revision(spec.name, last.revision + 1 if last else 1, when, who,
                        f"{change}: {diff}" if change else diff, table)
         db.execute(
-            "INSERT INTO revisions (agent, revision, time, who, change, spec) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (rev.agent, rev.revision, rev.time, rev.who, rev.change, encoded))
+            "INSERT INTO revisions (agent, tenant, revision, time, who, change, spec) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (rev.agent, spec.tenant, rev.revision, rev.time, rev.who, rev.change, encoded))
         if out is not None:
             out.append(rev)
 
     return write
 
 
-def unrecording(agent: str, revision: int) -> Write:
+def unrecording(rev: Revision) -> Write:
     """The write that takes back a revision recorded for a change that then failed."""
+    key = (rev.agent, tenant_of(rev.spec), rev.revision)
+
     def write(db: sqlite3.Connection) -> None:
-        db.execute("DELETE FROM revisions WHERE agent = ? AND revision = ?",
-                   (agent, revision))
+        db.execute("DELETE FROM revisions WHERE agent = ? AND tenant = ? AND revision = ?",
+                   key)
 
     return write
 

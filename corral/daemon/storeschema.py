@@ -31,8 +31,9 @@ BUSY_TIMEOUT_MS = 2000  # another process's transaction may hold the write lock 
 
 Migration = str | Callable[[sqlite3.Connection], None]
 
-# (migration 18) the tenant of the agent that holds the name `agent` as the migration
-# runs: its newest revision's, `default` when that names none (fleet.revision_tenant)
+# (migrations 18, 20) the tenant of the agent that holds the name `agent` as the
+# migration runs: its newest revision's, `default` when that names none
+# (revisions.tenant_of)
 _OWNER = ("COALESCE((SELECT json_extract(r.spec, '$.tenant') FROM revisions r "
           "WHERE r.agent = {agent} ORDER BY r.time DESC, r.revision DESC LIMIT 1), "
           "'default')")
@@ -358,6 +359,32 @@ MIGRATIONS: list[Migration] = [
     """
     ALTER TABLE runs ADD COLUMN tenant TEXT DEFAULT '?';
     UPDATE definitions SET tenant = '?' WHERE tenant IS NULL;
+    """,
+    # 20: whose a task and an agent's revision are: the tenant its agent was of when it
+    # was made (DESIGN 20, decision 436), so that a tenant taking a freed name is never
+    # shown what its earlier holder left. A task's row from before reads as of the tenant
+    # of the agent's latest revision (the one that holds or last held the name), else of
+    # the default tenant; a revision's is its own table's. A revision is numbered within
+    # its agent's tenant: a later holder of the name starts at 1 (a tenant's own revisions,
+    # under `tenant:NAME`, are the default tenant's).
+    f"""
+    ALTER TABLE tasks ADD COLUMN tenant TEXT;
+    UPDATE tasks SET tenant = {_OWNER.format(agent="tasks.agent")};
+    CREATE TABLE revisions_of_tenants (
+        agent TEXT NOT NULL,
+        tenant TEXT NOT NULL DEFAULT 'default',
+        revision INTEGER NOT NULL,
+        time REAL NOT NULL,
+        who TEXT NOT NULL,
+        change TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        PRIMARY KEY (agent, tenant, revision)
+    );
+    INSERT INTO revisions_of_tenants
+        SELECT agent, coalesce(json_extract(spec, '$.tenant'), 'default'), revision, time,
+               who, change, spec FROM revisions;
+    DROP TABLE revisions;
+    ALTER TABLE revisions_of_tenants RENAME TO revisions;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

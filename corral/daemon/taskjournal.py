@@ -67,6 +67,7 @@ from ..supervisor.tasks import (
     unknown_cursor,
 )
 from ..supervisor.tasks.budget import MINUTE
+from ..supervisor.tasks.durable import Sees
 from ..supervisor.tasks.steps import CHECKPOINT_SEQ
 from ..taskviews import queue_wait
 from ..text import iso_time, plural
@@ -94,8 +95,8 @@ BEHIND_BYTES = 32 * 1024 * 1024  # inputs and outputs waiting to be written
 UPSERT = """
 INSERT INTO tasks (id, arrival, agent, priority, timeout, retries_left, created, started,
                    finished, status, tool_calls, input, output, error, attempts, progress,
-                   usage, not_before, retry_on)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   usage, not_before, retry_on, tenant)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
     not_before = excluded.not_before,
     retries_left = excluded.retries_left, started = excluded.started,
@@ -175,7 +176,7 @@ class TaskJournalDB:
         with errors_named(self.path):
             rows = self._reader.execute(
                 "SELECT id, agent, input, priority, timeout, retries_left, created, "
-                "started, status, tool_calls, attempts, usage, not_before, retry_on, "
+                "started, status, tool_calls, attempts, usage, not_before, retry_on, tenant, "
                 "(SELECT r.body FROM steps s JOIN step_results r ON r.hash = s.result "
                 f"WHERE s.task_id = tasks.id AND s.seq = {CHECKPOINT_SEQ}) FROM tasks "
                 "WHERE finished IS NULL ORDER BY arrival").fetchall()
@@ -188,10 +189,11 @@ class TaskJournalDB:
                        usage=None if usage is None else _usage.decode(usage),
                        not_before=not_before,
                        retry_on=None if retry_on is None else _retry_on.decode(retry_on),
+                       tenant=tenant,
                        # the task's checkpoint (steps.py; one past REF_ABOVE is not given)
                        checkpoint=None if state is None else msgspec.Raw(bytes(state)))
             for (tid, agent, raw, prio, timeout, retries, created, started, status,
-                 calls, attempts, usage, not_before, retry_on, state) in rows]
+                 calls, attempts, usage, not_before, retry_on, tenant, state) in rows]
 
     def usage_since(self, since: float) -> list[tuple[str, float, int, float]]:
         """(agent, when, tokens, dollars) the tasks that reported usage and ended at or
@@ -281,7 +283,7 @@ class TaskJournalDB:
 
     async def query(self, *, agent: str | None, status: str | None, since: float | None,
                     limit: int, before: str | None = None,
-                    sees: Callable[[str], bool] | None = None) -> list[TaskSummary]:
+                    sees: Sees | None = None) -> list[TaskSummary]:
         with contextlib.suppress(TaskJournalError):
             await self.committed()
         page = await asyncio.to_thread(self._query, agent, status, since, limit, before,
@@ -353,12 +355,13 @@ class TaskJournalDB:
         with self._read_lock:
             row = self._reader.execute(
                 "SELECT id, agent, status, priority, created, started, finished, tool_calls, "
-                "progress, output, error, attempts, usage, not_before FROM tasks WHERE id = ?",
+                "progress, output, error, attempts, usage, not_before, tenant FROM tasks "
+                "WHERE id = ?",
                 (task_id,)).fetchone()
         if row is None:
             return None
         (tid, agent, status, prio, created, started, finished, calls, progress, output,
-         error, attempts, usage, not_before) = row
+         error, attempts, usage, not_before, tenant) = row
         return TaskInfo(tid, agent, status, prio, created, started, finished, calls,
                         None if progress is None else msgspec.json.decode(progress),
                         raw_output_of(msgspec.Raw(output)) if output is not None else None,
@@ -366,7 +369,8 @@ class TaskJournalDB:
                         _attempts.decode(attempts),
                         usage=None if usage is None else _usage.decode(usage),
                         queue_wait=queue_wait(created, started),
-                        not_before=not_before if status == "queued" else None)
+                        not_before=not_before if status == "queued" else None,
+                        tenant=tenant)
 
     def _load_input(self, task_id: str) -> msgspec.Raw | None:
         with self._read_lock:
@@ -375,19 +379,20 @@ class TaskJournalDB:
         return None if row is None or row[0] is None else msgspec.Raw(bytes(row[0]))
 
     def _query(self, agent: str | None, status: str | None, since: float | None,
-               limit: int, before: str | None, sees: Callable[[str], bool] | None
+               limit: int, before: str | None, sees: Sees | None
                ) -> list[TaskSummary] | None:
         """The page, or None when `before` names no task (that `sees` admits)."""
         where, args = given(("agent = ?", agent), ("status = ?", status),
                             ("created >= ?", since))
         seen = ""
         if sees is not None:
-            # the caller's own test of a name, in the query (SQL's GLOB reads a glob
-            # otherwise): a page is whole, and its cursor a task the caller may see
-            where.append("sees(agent)")
-            seen = " AND sees(agent)"
+            # the caller's own test of a record (its agent, its tenant), in the query
+            # (SQL's GLOB reads a glob otherwise): a page is whole, and its cursor a task
+            # the caller may see
+            where.append("sees(agent, tenant)")
+            seen = " AND sees(agent, tenant)"
         with self._read_lock:
-            self._reader.create_function("sees", 1, sees, deterministic=True)
+            self._reader.create_function("sees", 2, sees, deterministic=True)
             try:
                 if before is not None:
                     # the cursor is a task, and its arrival the page's bound: a task
@@ -400,15 +405,16 @@ class TaskJournalDB:
                     where.append("arrival < ?")
                     args.append(found[0])
                 sql = ("SELECT id, agent, status, priority, created, started, finished, "
-                       "attempts FROM tasks"
+                       "attempts, tenant FROM tasks"
                        + (" WHERE " + " AND ".join(where) if where else "")
                        + " ORDER BY arrival DESC LIMIT ?")
                 rows = self._reader.execute(sql, (*args, limit)).fetchall()
             finally:
-                self._reader.create_function("sees", 1, None)
+                self._reader.create_function("sees", 2, None)
         return [TaskSummary(tid, a, st, prio, created, started, finished,
-                            len(_attempts.decode(attempts)))
-                for tid, a, st, prio, created, started, finished, attempts in reversed(rows)]
+                            len(_attempts.decode(attempts)), tenant=tenant)
+                for tid, a, st, prio, created, started, finished, attempts, tenant
+                in reversed(rows)]
 
     # -- shutdown -------------------------------------------------------------------------
     async def close(self) -> None:
@@ -449,7 +455,8 @@ def _row(task: Task, arrival: int | None, raw_input: msgspec.Raw | None) -> Row:
         None if task.progress is None else _encode(task.progress),
         None if task.usage is None else _encode(task.usage),
         task.not_before,
-        None if task.retry_on is None else _encode(task.retry_on))
+        None if task.retry_on is None else _encode(task.retry_on),
+        task.tenant)
 
 
 def _size(row: Row) -> int:

@@ -255,12 +255,21 @@ def _gateway_filter(stats: Any, caller: Caller) -> Any:
                     http=None)
 
 
+def sees_task(caller: Caller, task: Any) -> bool:
+    """Whether a task (a TaskInfo, a TaskSummary) is the caller's: asked of the tenant its
+    agent was of when it was accepted, never of who holds the name now (DESIGN 20). A
+    record its front stamps with no tenant (a team's call) is asked of the name's holder."""
+    if task.tenant is None:
+        return caller.sees(task.agent)
+    return caller.sees_record(task.agent, task.tenant)
+
+
 def _tasks_filter(result: Any, caller: Caller) -> Any:
-    return _replace(result, tasks=[t for t in result.tasks if caller.sees(t.agent)])
+    return _replace(result, tasks=[t for t in result.tasks if sees_task(caller, t)])
 
 
 def _task_filter(result: Any, caller: Caller) -> Any:
-    if not caller.sees(result.agent):
+    if not sees_task(caller, result):
         raise jsonrpc.not_found("task", result.task_id)
     return result
 

@@ -14,6 +14,7 @@ from corral.cluster import listing, records
 from corral.cluster.connection import connect
 from corral.cluster.keys import Keys
 from corral.cluster.scripts import Scripts
+from corral.cluster.trust import Trust
 from corral.jsonrpc import RpcError
 from corral.supervisor.config import ClusterSettings
 from corral.supervisor.tasks.ids import IdClock
@@ -58,10 +59,13 @@ async def finish(s: Scripts, c: Any, tid: str, agent: str, status: str) -> None:
               % status.encode()]) == 1
 
 
+NO_KEY = Trust(None, "test", print)  # records as they are (a cluster without key_file)
+
+
 async def page(c: Any, **kw: Any) -> tuple[list[str], str | None]:
     args: dict[str, Any] = {"agent": None, "status": None, "since": None, "limit": 100,
                             "before": None, "sees": None, **kw}
-    got, nxt = await listing.page(c, K, **args)
+    got, nxt = await listing.page(c, K, NO_KEY, **args)
     return [t.task_id for t in got], nxt
 
 
@@ -103,7 +107,10 @@ async def test_filters_hold_on_every_page(client: Any) -> None:
     assert (await page(client, status="queued", limit=1000))[0] == ids[40:]
     assert (await page(client, agent="nobody")) == ([], None)
     # a caller that sees only agent b: a's tasks are absent, its cursor too
-    sees = {"b"}.__contains__
+
+    def sees(agent: str, tenant: str | None) -> bool:
+        return agent == "b"
+
     got, _ = await page(client, sees=sees, limit=1000)
     assert got == [t for t, a in zip(ids, agents, strict=True) if a == "b"]
     with pytest.raises(RpcError) as err:
@@ -123,7 +130,7 @@ async def test_the_running_node_shows_and_expired_records_leave(client: Any) -> 
     ids = await submit_many(s, ["w"] * 3)
     await finish(s, client, ids[0], "w", "succeeded")
     await finish(s, client, ids[1], "w", "running")
-    got, _ = await listing.page(client, K, agent=None, status=None, since=None, limit=10,
+    got, _ = await listing.page(client, K, NO_KEY, agent=None, status=None, since=None, limit=10,
                                 before=None, sees=None)
     assert [(t.status, t.node, t.attempts) for t in got] == [
         ("succeeded", "n", 1), ("running", "n", 1), ("queued", msgspec.UNSET, 0)]

@@ -31,11 +31,16 @@ async def client(redis: RedisServer) -> AsyncIterator[Any]:
     await c.aclose()
 
 
+# SUBMIT's last two arguments: the task's tenant and its MAC (not checked by Redis)
+TENANT = ("acme", "mac")
+
+
 async def submit(s: Scripts, i: int, max_queue: int = 0) -> Any:
     tid = TID.format(i)
     return await s.submit(keys=[K.task(tid), K.stream("w", 0), K.priorities("w"), K.agents,
                                 K.live],
-                          args=[tid, "w", b'{"x":1}', 0, "", "", "1.0", "n", max_queue, "0"])
+                          args=[tid, "w", b'{"x":1}', 0, "", "", "1.0", "n", max_queue, "0",
+                                "", *TENANT])
 
 
 async def claim(s: Scripts, c: Any, i: int, consumer: str = "n/1") -> Any:

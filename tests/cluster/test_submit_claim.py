@@ -26,7 +26,7 @@ from corral.supervisor.config import ClusterSettings
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from .harness import Node, nodes, sleeper
-from .test_scripts import TID, finish, submit
+from .test_scripts import TENANT, TID, finish, submit
 
 pytestmark = pytest.mark.timeout(60)
 K = Keys("t")
@@ -46,7 +46,7 @@ async def submit_claim(s: Scripts, i: int, prio: int = 0, consumer: str = "n/1")
               K.fence],
         args=[tid, "w", b'{"x":1}', prio, "", "", "1.0", "n", 0, "0", "", consumer,
               consumer.split("/")[0], "2.0", records.claimed_attempt("n", 2.0), 2, "30.0",
-              K.prefix])
+              K.prefix, *TENANT])
 
 
 async def test_one_call_submits_and_claims_a_task_fenced_as_any_claim(client: Any) -> None:

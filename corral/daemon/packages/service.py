@@ -260,8 +260,7 @@ class Packages:
                 await self._act(name, spec, agent)
             except SupervisorError as exc:
                 try:
-                    await self.store.commit([*undo, *(unrecording(name, r.revision)
-                                                      for r in made)])
+                    await self.store.commit([*undo, *map(unrecording, made)])
                 except StoreError as undo_exc:
                     keep_marker = True  # the next daemon takes it back
                     exc.message += (f"; its record could not be taken back ({undo_exc}): "
@@ -296,7 +295,7 @@ class Packages:
         """Past keep_releases, the releases least recently made current go (the current
         one never); zygotes of releases no agent runs are stopped."""
         used = {release: max(r.time for r in revs)
-                for release, revs in self._by_release(name).items()}
+                for release, revs in self._by_release(name, spec.tenant).items()}
         current = os.path.basename(spec.release or "")
         kept = await asyncio.to_thread(self.releases.of, name)
         ready = [(p, info) for p, info, ok in kept if ok]
@@ -312,10 +311,11 @@ class Packages:
         self.retire_zygotes()
         return [p.name for p in gone]
 
-    def _by_release(self, name: str) -> dict[str, list[Revision]]:
-        """The agent's revisions, by the release each ran."""
+    def _by_release(self, name: str, tenant: str) -> dict[str, list[Revision]]:
+        """The agent's revisions (its tenant's agent of the name), by the release each
+        ran."""
         out: dict[str, list[Revision]] = {}
-        for rev in self.revisions.history(name, 1_000_000):
+        for rev in self.revisions.history(name, tenant, 1_000_000):
             if rev.release:
                 out.setdefault(rev.release, []).append(rev)
         return out
@@ -335,7 +335,8 @@ class Packages:
         current = os.path.basename(agent.spec.release) if agent and agent.spec.release \
             else None
         revisions = {release: [r.revision for r in revs]
-                     for release, revs in self._by_release(name).items()}
+                     for release, revs in self._by_release(
+                         name, agent.spec.tenant if agent else DEFAULT_TENANT).items()}
         entries = [m.ReleaseEntry(
             release=p.name, version=info.version if info else None,
             built_at=info.built_at if info else None,

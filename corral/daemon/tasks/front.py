@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Protocol
 
 import msgspec
@@ -13,12 +13,12 @@ from ... import jsonrpc
 from ... import methods as m
 from ...jsonrpc import RpcError, visible
 from ...supervisor.tasks import TaskRecord, TaskStatus, is_task_id
+from ...supervisor.tasks.durable import Sees as Sees
 from ...taskviews import TaskInfo, TaskResult, TaskSummary
 from ..caller import Channel
 from ..store import row_limit
 
 STATUSES = frozenset(TaskStatus)  # what `tasks.list` may filter on
-Sees = Callable[[str], bool]
 Page = tuple[list[TaskSummary], str | None]  # a page, and the cursor of the one before
 
 
@@ -48,7 +48,8 @@ class TaskFront(Protocol):
 
     async def list(self, p: m.TasksList, sees: Sees | None = None) -> Page:
         """A page of tasks, newest last, and the cursor of the page before it (older
-        tasks), or None when there is none; with `sees`, of the agents it admits."""
+        tasks), or None when there is none; with `sees`, those it admits (their agent and
+        the tenant it was of when each was accepted)."""
 
     async def cancel(self, task_id: str) -> TaskInfo: ...
 

@@ -11,6 +11,10 @@ from ...jsonrpc import RpcError
 from ...taskviews import TaskInfo, TaskSummary
 from .model import Task
 
+# whether a task's record is the asker's, from its agent and the tenant that agent was of
+# when the task was accepted (the daemon's Caller.sees_record)
+Sees = Callable[[str, str | None], bool]
+
 
 def unknown_cursor(task_id: str) -> RpcError:
     """A page's cursor (`before`) that names no task kept: 404, as a task id that names
@@ -42,9 +46,9 @@ class TaskJournal(Protocol):
 
     async def query(self, *, agent: str | None, status: str | None, since: float | None,
                     limit: int, before: str | None = None,
-                    sees: Callable[[str], bool] | None = None) -> list[TaskSummary]:
+                    sees: Sees | None = None) -> list[TaskSummary]:
         """Tasks created at or after `since` (wall time), oldest first, the newest `limit`;
         with `before` (a task id), only those that arrived before that task; with `sees`,
-        only tasks of the agents it admits (a task of another reads as absent, the cursor
+        only the tasks it admits by agent and tenant (another reads as absent, the cursor
         too). Raises `unknown_cursor(before)` when it names no task."""
 

@@ -49,7 +49,7 @@ from .budget import BUDGET_PREFIX, Budgets, no_group
 from .counters import AgentTasks, totals
 from .delays import Delays
 from .dispatch import TaskDispatch, why_delayed
-from .durable import TaskJournal, unknown_cursor
+from .durable import Sees, TaskJournal, unknown_cursor
 from .ids import new_ids
 from .lanes import Lanes
 from .model import LOST_IN_RESTART, TERMINAL, Task, TaskFinished, TaskRecord, TaskStatus
@@ -284,6 +284,7 @@ class TaskManager:
             task.retry_on = tuple(retry_on)
         if session is not None:
             task.session = session
+        task.tenant = agent.spec.tenant
         if self.trace_begin is not None:
             self.trace_begin(task, traceparent, tracestate)  # (a bad traceparent refuses)
         q.counts["accepted"] += 1
@@ -342,6 +343,7 @@ class TaskManager:
                         raise queue_full(agent, waiting)
                 task = Task(name, raw, 0, t or spec.task_timeout, spec.retries, next(seq),
                             task_id, now)
+                task.tenant = spec.tenant
                 if reach is not None:
                     self.spawns.limit(task, *reach)
                 if trace_begin is not None:
@@ -495,6 +497,7 @@ class TaskManager:
             task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
             task.usage, task.checkpoint = rec.usage, rec.checkpoint
             task.retry_on, task.not_before = rec.retry_on, rec.not_before
+            task.tenant = rec.tenant
             task.due = max(rec.created, rec.not_before or rec.created)
             task.session = self.sessions.member(task.id)
             self.traced_again(task)
@@ -553,7 +556,7 @@ class TaskManager:
                     next(self._seq))
         task.id, task.created, task.started = rec.task_id, rec.created, rec.started
         task.tool_calls, task.attempts, task.journaled = rec.tool_calls, rec.attempts, True
-        task.usage, task.checkpoint = rec.usage, rec.checkpoint
+        task.usage, task.checkpoint, task.tenant = rec.usage, rec.checkpoint, rec.tenant
         task.session = self.sessions.member(task.id)
         self.sessions.claim(task)
         self.traced_again(task)
@@ -653,12 +656,12 @@ class TaskManager:
 
     async def query(self, *, agent: str | None = None, status: str | None = None,
                     since: float | None = None, limit: int = 100,
-                    before: str | None = None, sees: Callable[[str], bool] | None = None
+                    before: str | None = None, sees: Sees | None = None
                     ) -> list[TaskSummary]:
         """Tasks created since `since` (wall time), newest last: from the journal when
         there is one (every task until pruned), else from memory, in the order they were
         accepted; with `before` (a task id), those accepted before it (a page's cursor);
-        with `sees`, of the agents it admits (TaskJournal.query)."""
+        with `sees`, those it admits (TaskJournal.query)."""
         if limit <= 0:
             return []
         if self.journal is not None:
@@ -667,14 +670,15 @@ class TaskManager:
         last = None
         if before is not None:
             cursor = self.active.get(before) or self.finished.get(before)
-            if cursor is None or (sees is not None and not sees(cursor.agent)):
+            if cursor is None or (sees is not None and not sees(cursor.agent, cursor.tenant)):
                 raise unknown_cursor(before)
             last = cursor.seq
         tasks = sorted([*self.active.values(), *self.finished.values()], key=lambda t: t.seq)
         return [t.summary() for t in tasks
                 if (agent is None or t.agent == agent) and (status is None or t.status == status)
                 and (since is None or t.created >= since)
-                and (last is None or t.seq < last) and (sees is None or sees(t.agent))
+                and (last is None or t.seq < last)
+                and (sees is None or sees(t.agent, t.tenant))
                 ][-limit:]
 
     def cancel(self, task_id: str) -> Task:

@@ -66,6 +66,7 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     checkpoint: msgspec.Raw | None = None  # its last task/checkpoint (tasks/steps.py)
     not_before: float | None = None
     retry_on: tuple[str, ...] | None = None
+    tenant: str | None = None  # its agent's when it was accepted (Task.tenant)
 
 
 class Waiter(Protocol):
@@ -82,7 +83,7 @@ class Task:
         "finished",
         "id", "input", "journaled", "not_before", "out", "output_dropped", "priority",
         "progress", "replica", "retries_left", "retry_on", "seq", "session", "started",
-        "status", "timeout", "tool_calls", "trace", "usage", "waiter", "watchers",
+        "status", "tenant", "timeout", "tool_calls", "trace", "usage", "waiter", "watchers",
     )
 
     # whether this node's journal keeps the task: not one a cluster keeps (its record in
@@ -102,6 +103,9 @@ class Task:
         self.retries_left = retries
         self.retry_on: tuple[str, ...] | None = None  # its own policy (None: its agent's)
         self.session: str | None = None  # the session of its agent it is a turn of
+        # the tenant its agent was of when it was accepted: whose record it stays, whoever
+        # holds the agent's name later (DESIGN 20); None: not known (an engine's own)
+        self.tenant: str | None = None
         # it may not start before this wall time (a delay, a retry's backoff): delays.py
         self.not_before: float | None = None
         self.seq = seq  # arrival in this process: the queue's tie-break, never stored
@@ -199,11 +203,12 @@ class Task:
                         self.raw_output, self.error, list(self.attempts), self.output_dropped,
                         self.usage, queue_wait=queue_wait(self.due, self.started),
                         not_before=self.not_before if self.status == TaskStatus.QUEUED
-                        else None)
+                        else None, tenant=self.tenant)
 
     def summary(self) -> TaskSummary:
         return TaskSummary(self.id, self.agent, self.status, self.priority, self.created,
-                           self.started, self.finished, len(self.attempts))
+                           self.started, self.finished, len(self.attempts),
+                           tenant=self.tenant)
 
 
 
