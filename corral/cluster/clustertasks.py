@@ -99,16 +99,16 @@ class ClusterTasks:
                 "" if p.timeout is None else repr(p.timeout), "", repr(time.time()),
                 self.membership.node, max_queue, "1" if watched else "0",
                 records.trace_field(p.traceparent, p.tracestate)]
-        submit = self.scripts.submit
-        if p.session is not None:
-            args += await self.sessions.submit_args(p.agent, p.session)
-            submit = self.sessions.submit
         try:
             await self._check_served(p.agent)
-            tenant = await self._tenant(p.agent)
+            tenant = await self.tenant_of(p.agent)
         except RedisError as exc:
             raise unavailable(self.settings.redis, exc, "the task was not accepted"
                               ) from None
+        submit = self.scripts.submit
+        if p.session is not None:
+            args += self.sessions.submit_args(p.agent, p.session, tenant)
+            submit = self.sessions.submit
         args += [tenant, self.trust.sign(TENANT, task_id, p.agent, tenant)]  # last (SUBMIT)
         try:
             got = await (self.submit_batch if p.session is None else self._submit_turn)(
@@ -133,10 +133,11 @@ class ClusterTasks:
         if refused is not None:
             raise refused
 
-    async def _tenant(self, agent: str) -> str:
-        """Whose a task of `agent` is: the tenant of the agent as this node runs it, else
-        as the cluster's table of it says (signed); "" (the operator's alone) when this
-        node knows neither (an agent only another node's file declares: decision 436)."""
+    async def tenant_of(self, agent: str) -> str:
+        """Whose a task (and its session) of `agent` is: the tenant of the agent as this
+        node runs it, else as the cluster's table of it says (signed); "" (the
+        operator's alone) when this node knows neither (an agent only another node's
+        file declares: decision 436)."""
         local = self.host.agents.get(agent)
         if local is not None:
             return local.spec.tenant

@@ -68,23 +68,15 @@ class ClusterSessions:
         self.refused = 0  # turns and checkpoints refused for a bound
 
     # -- submit ----------------------------------------------------------------------------
-    async def submit_args(self, agent: str, session: str) -> list[Any]:
+    def submit_args(self, agent: str, session: str, tenant: str) -> list[Any]:
         """What SUBMIT takes after the plain submit's arguments: the session, the
         bounds of its agent as this node knows them (none, when it does not run it), and
-        its owner: the tenant of this node's agent, else of the cluster's agent of the
-        name (its table in Redis)."""
+        its owner: the task's tenant (ClusterTasks.tenant_of)."""
         local = self.host.agents.get(agent)
         if local is None:
-            try:
-                table = await self.redis.hget(self.keys.cluster_agents, agent)
-            except (RedisError, OSError) as exc:
-                raise RpcError(jsonrpc.UNAVAILABLE, f"the task was not accepted: the "
-                                                    f"cluster's Redis did not answer ({exc})"
-                               ) from None
-            tenant = msgspec.json.decode(table).get("tenant") if table else None
-            return [session, 0, 0, tenant if isinstance(tenant, str) else DEFAULT_TENANT]
+            return [session, 0, 0, tenant]
         spec = local.spec
-        return [session, spec.session_ttl, spec.max_sessions, spec.tenant]
+        return [session, spec.session_ttl, spec.max_sessions, tenant]
 
     def _tenant(self, agent: str) -> str:
         """The tenant of this node's agent of the name ('' when it runs none)."""
