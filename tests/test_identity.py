@@ -1,6 +1,6 @@
 """A name is not an identity (issue 52, item 1; DESIGN 20; decision 436): tenant acme runs
 agent `chat` (tasks with inputs and outputs, their traces and steps, its revisions, its
-log), then `chat` is removed (by acme, or by the operator) and tenant globex adds a `chat`
+log, its usage against its budget), then `chat` is removed (by acme, or by the operator) and tenant globex adds a `chat`
 of its own. globex is shown nothing acme left — over HTTP, the control socket (a peer in
 globex's Unix group), the CLI run as that peer, and the dashboard's API — and after a
 restart of the daemon neither; its `chat` starts at revision 1. acme still reads its own
@@ -76,14 +76,19 @@ async def add_chat(api: Api, tenant: str) -> None:
     await api.d.sup.wait_state("chat", State.READY, timeout=30)
 
 
-async def acmes_past(api: Api) -> str:
-    """acme's `chat`, a task of it (input and output holding the secret, traced), a change
-    of its spec (revision 2) and a line of its log: the id of the task."""
+async def acmes_past(api: Api) -> list[str]:
+    """acme's `chat`, a task of it (input and output holding the secret, traced), one that
+    reports usage (its budget's), and a change of its spec (revision 2): the ids of the
+    tasks."""
     await add_chat(api, "acme")
-    status, body, _ = await api.ask("POST", "/tasks?wait=30", "acme", {
-        "agent": "chat", "input": {"do": "echo", "secret": SECRET}})
-    assert (status, body["status"]) == (200, "succeeded"), body
-    task_id: str = body["task_id"]
+    ids = []
+    for task in ({"do": "echo", "secret": SECRET},
+                 {"do": "usage", "reports": [{"input_tokens": 400, "output_tokens": 300}]}):
+        status, body, _ = await api.ask("POST", "/tasks?wait=30", "acme", {
+            "agent": "chat", "input": task})
+        assert (status, body["status"]) == (200, "succeeded"), body
+        ids.append(body["task_id"])
+    task_id = ids[0]
     status, body, _ = await api.ask("PATCH", "/agents/chat", "acme", {
         "set": {"config": {"model": SECRET}}})
     assert status == 200, body
@@ -91,20 +96,20 @@ async def acmes_past(api: Api) -> str:
     # its trace is in the store (a read waits for what the engine buffered)
     traced = await api.d.dispatcher.call(SOCKET, "traces.get", {"task_id": task_id})
     assert traced.spans
-    return task_id
+    return ids
 
 
 def not_found(task_id: str) -> dict[str, Any]:
     return problem(404, "not found", f"no such task: {task_id}", jsonrpc.NOT_FOUND)
 
 
-async def globex_sees_none_of_it(api: Api, task_id: str) -> None:
+async def globex_sees_none_of_it(api: Api, ids: list[str]) -> None:
     """Over HTTP: globex lists none of acme's tasks, reads none (nor its input, trace or
-    a page from it), cancels none; its `chat`'s history and log are its own."""
+    a page from it), cancels none; its `chat`'s history, log and budget are its own."""
+    task_id = ids[0]
     for path in ("/tasks", "/tasks?agent=chat", "/tasks?status=succeeded"):
         status, body, _ = await api.ask("GET", path, "globex")
-        assert status == 200, body
-        assert task_id not in json.dumps(body) and SECRET not in json.dumps(body), body
+        assert (status, body) == (200, {"tasks": []}), body
     ghost = "01930000-0000-7000-8000-000000000000"
     for path in (f"/tasks/{task_id}?input=true", f"/tasks/{task_id}",
                  f"/tasks/{task_id}/trace"):
@@ -123,21 +128,25 @@ async def globex_sees_none_of_it(api: Api, task_id: str) -> None:
     assert body["current"] == 1 and SECRET not in json.dumps(body)
     status, body, _ = await api.ask("GET", "/agents/chat/logs?lines=1000", "globex")
     assert status == 200 and SECRET not in json.dumps(body), body
+    # acme's chat's usage is no spending of globex's chat (a restart reads it back)
+    stats = await api.d.dispatcher.call(SOCKET, "stats.get", {})
+    assert stats.agents["chat"].usage is None, stats.agents["chat"].usage
 
 
-async def acme_and_the_operator_still_see_it(api: Api, task_id: str) -> None:
+async def acme_and_the_operator_still_see_it(api: Api, ids: list[str]) -> None:
+    task_id = ids[0]
     status, body, _ = await api.ask("GET", f"/tasks/{task_id}?input=true", "acme")
     assert status == 200, body
     assert (body["input"]["secret"], body["output"]["secret"]) == (SECRET, SECRET)
     assert body["tenant"] == "acme"
     status, body, _ = await api.ask("GET", "/tasks", "acme")
-    assert [t["task_id"] for t in body["tasks"]] == [task_id]
+    assert [t["task_id"] for t in body["tasks"]] == ids
     status, body, _ = await api.ask("GET", f"/tasks/{task_id}/trace", "acme")
     assert status == 200 and body["spans"], body
     seen = await api.d.dispatcher.call(SOCKET, "tasks.get", {"task_id": task_id})
     assert (seen.agent, seen.tenant) == ("chat", "acme")
     listed = await api.d.dispatcher.call(SOCKET, "tasks.list", {})
-    assert [(t.task_id, t.tenant) for t in listed.tasks] == [(task_id, "acme")]
+    assert [(t.task_id, t.tenant) for t in listed.tasks] == [(i, "acme") for i in ids]
 
 
 async def as_nobody(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -217,18 +226,18 @@ async def test_a_tenant_taking_a_freed_name_is_shown_nothing_its_earlier_holder_
     tmp = shared_tmpdir()
     try:
         async with daemon(tmp) as api:
-            task_id = await acmes_past(api)
+            ids = await acmes_past(api)
             assert (await api.ask("DELETE", "/agents/chat", "acme"))[0] == 200
             await add_chat(api, "globex")
-            await globex_sees_none_of_it(api, task_id)
-            await globex_peer_sees_none_of_it(api.d, task_id)
-            await globex_dashboard_sees_none_of_it(api.d, task_id)
-            await acme_and_the_operator_still_see_it(api, task_id)
+            await globex_sees_none_of_it(api, ids)
+            await globex_peer_sees_none_of_it(api.d, ids[0])
+            await globex_dashboard_sees_none_of_it(api.d, ids[0])
+            await acme_and_the_operator_still_see_it(api, ids)
         # and so after a restart: the records are read back from the state database
         async with daemon(tmp) as api:
-            await globex_sees_none_of_it(api, task_id)
-            await globex_peer_sees_none_of_it(api.d, task_id)
-            await acme_and_the_operator_still_see_it(api, task_id)
+            await globex_sees_none_of_it(api, ids)
+            await globex_peer_sees_none_of_it(api.d, ids[0])
+            await acme_and_the_operator_still_see_it(api, ids)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -241,14 +250,14 @@ async def test_a_name_the_operator_freed_is_as_new_to_the_tenant_that_takes_it(
     from .test_tokens import cli
 
     async with daemon(tmp_path) as api:
-        task_id = await acmes_past(api)
+        ids = await acmes_past(api)
         rc, out, err = await cli(api.d, "remove", "chat")
         assert rc == 0, err
         await add_chat(api, "globex")
-        await globex_sees_none_of_it(api, task_id)
-        await acme_and_the_operator_still_see_it(api, task_id)
+        await globex_sees_none_of_it(api, ids)
+        await acme_and_the_operator_still_see_it(api, ids)
         # the operator reads acme's past with its tenant, in the CLI's JSON too
         rc, out, err = await cli(api.d, "tasks", "--json")
         assert rc == 0, err
         assert [(t["task_id"], t["tenant"]) for t in msgspec.json.decode(out)["tasks"]] == [
-            (task_id, "acme")]
+            (i, "acme") for i in ids]

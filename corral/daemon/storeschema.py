@@ -31,10 +31,10 @@ BUSY_TIMEOUT_MS = 2000  # another process's transaction may hold the write lock 
 
 Migration = str | Callable[[sqlite3.Connection], None]
 
-# (migrations 18, 20) the tenant of the agent that holds the name `agent` as the
-# migration runs: its newest revision's, `default` when that names none
-# (revisions.tenant_of)
-_OWNER = ("COALESCE((SELECT json_extract(r.spec, '$.tenant') FROM revisions r "
+# the tenant of the agent that holds the name `agent` (as a migration runs, or as the
+# daemon starts): its newest revision's, `default` when that names none
+# (revisions.tenant_of); migrations 18 and 20, the task journal's usage (taskjournal.py)
+HOLDER = ("COALESCE((SELECT json_extract(r.spec, '$.tenant') FROM revisions r "
           "WHERE r.agent = {agent} ORDER BY r.time DESC, r.revision DESC LIMIT 1), "
           "'default')")
 
@@ -342,12 +342,12 @@ MIGRATIONS: list[Migration] = [
         state BLOB,
         PRIMARY KEY (tenant, agent, session)
     ) WITHOUT ROWID;
-    INSERT INTO owned_sessions SELECT {_OWNER.format(agent="s.agent")}, s.agent, s.session,
+    INSERT INTO owned_sessions SELECT {HOLDER.format(agent="s.agent")}, s.agent, s.session,
         s.gen, s.created, s.last_used, s.tasks, s.holder, s.state FROM sessions s;
     DROP TABLE sessions;
     ALTER TABLE owned_sessions RENAME TO sessions;
     ALTER TABLE session_tasks ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
-    UPDATE session_tasks SET tenant = {_OWNER.format(agent="session_tasks.agent")};
+    UPDATE session_tasks SET tenant = {HOLDER.format(agent="session_tasks.agent")};
     DROP INDEX session_tasks_of;
     CREATE INDEX session_tasks_of ON session_tasks (tenant, agent, session, gen);
     """,
@@ -369,7 +369,7 @@ MIGRATIONS: list[Migration] = [
     # under `tenant:NAME`, are the default tenant's).
     f"""
     ALTER TABLE tasks ADD COLUMN tenant TEXT;
-    UPDATE tasks SET tenant = {_OWNER.format(agent="tasks.agent")};
+    UPDATE tasks SET tenant = {HOLDER.format(agent="tasks.agent")};
     CREATE TABLE revisions_of_tenants (
         agent TEXT NOT NULL,
         tenant TEXT NOT NULL DEFAULT 'default',

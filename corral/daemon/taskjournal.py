@@ -81,7 +81,7 @@ from .steps import (
     remove_refs,
     results_dir,
 )
-from .storeschema import connect, errors_named
+from .storeschema import HOLDER, connect, errors_named
 from .storewriter import RETRY_EVERY, GroupCommit, WriterThread
 
 log = logging.getLogger("corral.taskjournal")
@@ -110,19 +110,22 @@ ON CONFLICT (id) DO UPDATE SET
 # the usage of the tasks that ended since :since (or have not), summed per agent and
 # bucket (module doc of supervisor/tasks/budget.py); two halves, each on its partial index
 # of the table. (CAST: a BLOB is JSONB to a newer SQLite's json functions; ours is text)
+# Only the tasks of the tenant that holds each name: another tenant's agent of the name,
+# removed since, spent no budget of this one (decision 436).
 USAGE_SINCE = """
-SELECT agent, CASE WHEN f < :recent THEN CAST(f / :minute AS INTEGER) * :minute
-                   ELSE CAST(f AS INTEGER) END AS w,
+SELECT agent, w, tokens, cost FROM (
+SELECT agent, t, CASE WHEN f < :recent THEN CAST(f / :minute AS INTEGER) * :minute
+                      ELSE CAST(f AS INTEGER) END AS w,
        sum(coalesce(json_extract(u, '$.input_tokens'), 0)
-           + coalesce(json_extract(u, '$.output_tokens'), 0)),
-       sum(coalesce(json_extract(u, '$.cost_usd'), 0.0))
-FROM (SELECT agent, finished AS f, CAST(usage AS TEXT) AS u FROM tasks
+           + coalesce(json_extract(u, '$.output_tokens'), 0)) AS tokens,
+       sum(coalesce(json_extract(u, '$.cost_usd'), 0.0)) AS cost
+FROM (SELECT agent, tenant AS t, finished AS f, CAST(usage AS TEXT) AS u FROM tasks
       WHERE finished >= :since AND usage IS NOT NULL
       UNION ALL
-      SELECT agent, :now, CAST(usage AS TEXT) FROM tasks
+      SELECT agent, tenant, :now, CAST(usage AS TEXT) FROM tasks
       WHERE finished IS NULL AND usage IS NOT NULL)
-GROUP BY agent, w
-"""
+GROUP BY agent, t, w) AS used
+WHERE t IS """ + HOLDER.format(agent="used.agent")
 
 _encode = msgspec.json.encode
 _attempts = msgspec.json.Decoder(list[Attempt])
