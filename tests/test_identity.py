@@ -1,10 +1,11 @@
 """A name is not an identity (issue 52, item 1; DESIGN 20; decision 436): tenant acme runs
 agent `chat` (tasks with inputs and outputs, their traces and steps, its revisions, its
-log, its usage against its budget), then `chat` is removed (by acme, or by the operator) and tenant globex adds a `chat`
-of its own. globex is shown nothing acme left — over HTTP, the control socket (a peer in
-globex's Unix group), the CLI run as that peer, and the dashboard's API — and after a
-restart of the daemon neither; its `chat` starts at revision 1. acme still reads its own
-records; the operator reads every one, with its tenant.
+log, its usage against its budget), then `chat` is removed (by acme, or by the operator)
+and tenant globex adds a `chat` of its own. globex is shown nothing acme left — over
+HTTP, the control socket (a peer in globex's Unix group), the CLI run as that peer, and
+the dashboard's API — and after a restart of the daemon neither; its `chat` starts at
+revision 1. acme still reads its own records; the operator reads every one, with its
+tenant.
 
 Against the real daemon in this process; the socket peer and the CLI run as `nobody` in
 `nogroup` (skipped where there is no such user)."""
