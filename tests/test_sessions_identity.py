@@ -184,6 +184,7 @@ def test_after_a_restart_and_when_the_operator_frees_the_name(
         assert theirs["sessions"][0]["expires"] == theirs["sessions"][0]["last_used"] + 3600
         kept = ask("GET", "/sessions", "ta")[1]  # globex's session_ttl is not acme's
         assert listed(kept) == [("acme", "chat", "s1")]
+        assert ask("GET", "/sessions?agent=chat", "ta")[1] == kept  # by its agent's name
         assert kept["sessions"][0]["expires"] == kept["sessions"][0]["last_used"] + WEEK
         shown = d.json("sessions")
         assert listed(shown) == [("acme", "chat", "s1"), ("globex", "chat", "s1")]

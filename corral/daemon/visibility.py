@@ -448,9 +448,9 @@ AGENT_RULES: dict[str, AgentRule] = {
     "teams.remove": AgentRule(_nothing),
     "teams.history": AgentRule(_nothing),
     "teams.rollback": AgentRule(_nothing),
-    "sessions.list": AgentRule(_AGENT_PARAM, filter=_sessions_filter),
     # a session is looked up under the caller's tenant and shown only when it is the
     # caller's record (commands.py, decision 440): its agent's name may be another's now
+    "sessions.list": AgentRule(_nothing, filter=_sessions_filter),
     "sessions.get": AgentRule(_nothing),
     "sessions.end": AgentRule(_nothing),
     "events.publish": AgentRule(_own_tenant),
