@@ -67,7 +67,7 @@ def read(path: Path, env: dict[str, str]) -> Imported:
         "here": here, "host_node_name": platform.node()}
     common_env = _daemon_section(parser, imp, base)
     groups = _groups(parser, imp, base)
-    priorities: dict[str, int] = {}
+    priorities: dict[str, tuple[int, str]] = {}
     for section in parser.sections():
         kind, _, name = section.partition(":")
         if kind == "program" and name:
@@ -83,12 +83,22 @@ def read(path: Path, env: dict[str, str]) -> Imported:
                           "ctlplugin"):
             imp.note(f"[{section}]", "(section)", "not a section supervisord knows: "
                                                   "not carried")
-    if len(set(priorities.values())) > 1:
-        order = ", ".join(f"{n} ({p})" for n, p in sorted(priorities.items(),
-                                                          key=lambda x: (x[1], x[0])))
-        imp.note("[program:*]", "priority", f"not carried: corral starts its agents "
-                 f"together, in no order (supervisord's order: {order})")
+    _chain(priorities, imp)
     return imp
+
+
+def _chain(priorities: dict[str, tuple[int, str]], imp: Imported) -> None:
+    """supervisord's priorities as start order: an agent starts after those of the
+    priority just below its own are up (supervisord only started them first)."""
+    levels = sorted({p for p, _ in priorities.values()})
+    for name, (prio, where) in priorities.items():
+        below = levels.index(prio)
+        if below == 0:
+            continue
+        before = sorted(n for n, (p, _) in priorities.items() if p == levels[below - 1])
+        imp.agents[name]["after"] = before
+        imp.note(where, "priority", f"{prio}: after = [{', '.join(before)}] (started once "
+                                    "they are up; supervisord only started them first)")
 
 
 _SECTIONS_NOT_CARRIED = {
@@ -186,8 +196,9 @@ def _groups(parser: configparser.RawConfigParser, imp: Imported,
         imp.note(f"[{section}]", "programs", "not carried: corral has no groups (start, "
                  "stop and restart each agent, or all: `corral start --all`)")
         if parser.has_option(section, "priority"):
-            imp.note(f"[{section}]", "priority", "not carried: corral starts its agents "
-                                                 "together, in no order")
+            imp.note(f"[{section}]", "priority", "not carried: corral has no groups to "
+                                                 "order (a program's own priority is "
+                                                 "carried as after)")
     return out
 
 
@@ -208,7 +219,7 @@ def env_pairs(text: str, where: str) -> dict[str, str]:
 
 def _program(parser: configparser.RawConfigParser, section: str, name: str, imp: Imported,
              base: dict[str, Any], common_env: dict[str, str], group: str,
-             priorities: dict[str, int]) -> None:
+             priorities: dict[str, tuple[int, str]]) -> None:
     where = f"[{section}]"
     raw = dict(parser[section])
     ex = base | {"program_name": name, "group_name": group}
@@ -255,7 +266,7 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
         table[target("stopsignal")] = signal
     if "stopwaitsecs" in raw:
         table[target("stopwaitsecs")] = _int(get("stopwaitsecs", "10"), where, "stopwaitsecs")
-    priorities[name] = _int(get("priority", "999"), where, "priority")
+    prio = _int(get("priority", "999"), where, "priority")
     for k in ("stopasgroup", "killasgroup"):
         if k in raw and not _bool(get(k, "false"), where, k):
             imp.note(where, k, "false: not carried: corral signals the program's whole "
@@ -268,7 +279,7 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
         why = NOT_CARRIED.get(k)
         imp.note(where, k, f"{raw[k]!r}: not carried: {why}" if why else
                  f"{raw[k]!r}: not carried: not a key of supervisord's [program:x]")
-    imp.add(where, name, table)
+    priorities[imp.add(where, name, table)] = (prio, where)
 
 
 def _getter(raw: dict[str, str], ex: dict[str, Any], where: str) -> Any:

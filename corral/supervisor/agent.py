@@ -3,6 +3,7 @@ switch to a release) and counted (scale), without a task dropped."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
@@ -40,7 +41,10 @@ class AgentOwner(Protocol):
     def pump(self, name: str) -> None:
         """New processes take the agent's waiting tasks."""
 
-    async def wait_for(self, cond: Callable[[], bool], timeout: float) -> None:
+    def up(self, names: Iterable[str]) -> bool:
+        """Whether the agents named are there and up, none waiting to start."""
+
+    async def wait_for(self, cond: Callable[[], bool], timeout: float | None) -> None:
         """Until `cond()` holds; TimeoutError after `timeout`."""
 
     def check_room(self, want: dict[str, tuple[str, int]], fleet_what: str, tenant_what: str
@@ -63,14 +67,32 @@ class Agent:
         # one finishing its tasks; the supervisor stops them too when it closes
         self.replacing: set[Replica] = set()
         self._starter: Starter | None = None  # start_all's starts still due
+        # a start waiting for the agents of `after` to be up
+        self.waiting: asyncio.Future[None] | None = None
 
     def _new_replica(self, index: int) -> Replica:
         return self.host.new_replica(self.spec, self.name, index)
 
     def start(self) -> None:
+        if self.waiting is not None:
+            return  # its start is due once `after`'s agents are up
+        if self.host.up(self.spec.after):
+            self._starter = start_all(self.replicas)
+        else:
+            self.waiting = asyncio.ensure_future(self._start_after())
+
+    async def _start_after(self) -> None:
+        """Start once every agent of `after` is up (startorder.py)."""
+        try:
+            await self.host.wait_for(lambda: self.host.up(self.spec.after), None)
+        finally:
+            self.waiting = None
         self._starter = start_all(self.replicas)
 
     async def stop(self, reason: str = "stopped") -> None:
+        if self.waiting is not None:
+            self.waiting.cancel()
+            self.waiting = None
         if self._starter is not None:
             self._starter.cancel()
         await stop_all(self.replicas, reason)

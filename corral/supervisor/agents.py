@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from .. import jsonrpc
 from ..text import plural
+from . import startorder
 from .agent import Agent
 from .config import AgentSpec, ConfigError
 from .configload import elastic_problem, protocol_problem
@@ -93,6 +94,7 @@ class Agents(Mapping[str, Agent]):
         self.stream.emit(Roster(spec.name))
         if spec.autostart if start is None else start:
             agent.start()
+        self.waits.look()  # an agent whose start waits for this one may go now
         return agent
 
     def agent(self, name: str) -> Agent:
@@ -217,5 +219,18 @@ class Agents(Mapping[str, Agent]):
     def pump(self, name: str) -> None:
         self.tasks.pump(name)
 
-    async def wait_for(self, cond: Callable[[], bool], timeout: float) -> None:
+    async def wait_for(self, cond: Callable[[], bool], timeout: float | None) -> None:
         await self.waits.wait_for(cond, timeout)
+
+    def up(self, names: Iterable[str]) -> bool:
+        # one not there yet is waited for: a config's agents are added one by one
+        return all(a is not None and a.waiting is None and startorder.up(a.replicas)
+                   for a in (self._agents.get(n) for n in names))
+
+    def stop_layers(self) -> list[list[Replica]]:
+        """Every agent's replicas in the order a stop of all takes them (`after` in
+        reverse, startorder.py), the processes of rollouts under way first."""
+        layers = startorder.stop_layers({n: a.spec for n, a in self._agents.items()})
+        out = [[r for n in layer for r in self._agents[n].replicas] for layer in layers]
+        rolling = self.rolling()
+        return [rolling + out[0], *out[1:]] if out else [rolling]

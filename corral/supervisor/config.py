@@ -221,6 +221,9 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     watchdog_sec: NonNeg = 0
     replicas: NonNegInt = 1
     autostart: bool = True
+    # start order (startorder.py): agents whose replicas are up before this one starts,
+    # and which stop after it
+    after: list[str] = []
     max_concurrent_tasks: PositiveInt = 1
     max_queue: NonNegInt = 1000
     task_timeout: Positive = 300.0

@@ -45,6 +45,7 @@ from .names import name_problem, shown
 from .othernames import hint
 from .sandbox import exposed, host_refusal
 from .schedule import ScheduleError, ScheduleSpec, compile_schedule
+from .startorder import order_problem
 from .teams import TeamError, TeamSpec, check_team
 from .workflows import WorkflowError, WorkflowSpec, compile_workflow
 
@@ -461,6 +462,10 @@ def load_config(path: str | os.PathLike[str], commands: bool = False) -> Config:
     else:
         for name in overlays:
             problems.append(f"{where}: mcp_servers.{name}: needs a command or a url")
+    order = order_problem(agents)
+    if order is not None:
+        problems.append(f"{origin[f'agents.{order[0]}']}: agents.{order[0]}.after: "
+                        f"{order[1]}")
     for name, aspec in agents.items():
         problem = isolation_problem(aspec, gateway, tenants.get(aspec.tenant)) or \
             cluster_problem(aspec, cluster is not None)

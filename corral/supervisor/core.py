@@ -176,9 +176,11 @@ class Supervisor:
         """Stop every agent (gracefully unless told not to) and the heartbeat loop."""
         self.closing = True
         await self.elastic.close()
-        # tool servers last: agents may use them while stopping
-        rolling = self.agents.rolling()
-        for group in (list({*self.agents.replicas(), *rolling}), list(self.mcp.instances())):
+        # agents in `after`'s reverse (each layer together), tool servers last: agents may
+        # use them while stopping
+        groups: list[Iterable[ProcessReplica]] = [*self.agents.stop_layers(),
+                                                  list(self.mcp.instances())]
+        for group in groups:
             await stop_all(group, "supervisor shutting down", graceful=graceful)
         self.zygotes.close()
         self.tasks.budgets.close()  # no gate timer outlives the agents

@@ -88,10 +88,10 @@ class Waits:
             return r.last_exit or r.reason
         return None
 
-    async def wait_for(self, cond: Callable[[], bool], timeout: float) -> None:
+    async def wait_for(self, cond: Callable[[], bool], timeout: float | None) -> None:
         """Wait until `cond()` holds, checked now and after every event and readiness
         change (states, task counts and readiness only change with one); TimeoutError
-        after `timeout`."""
+        after `timeout` (None: no bound)."""
         if cond():
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
