@@ -302,9 +302,14 @@ class Sessions:
     def _drop(self, s: Session) -> None:
         if self._held(s):
             del self.table[s.ident]
-            self._live[(s.tenant, s.agent)] -= 1
+            owner = (s.tenant, s.agent)
+            self._live[owner] -= 1
+            if not self._live[owner]:  # (names come and go: no count of none is kept)
+                del self._live[owner]
             if s.state_bytes:  # (its view still tells its size)
-                self._bytes[(s.tenant, s.agent)] -= s.state_bytes
+                self._bytes[owner] -= s.state_bytes
+            if not self._bytes.get(owner, 1):
+                del self._bytes[owner]
             self.hot.drop(s.key)
         if self.journal is not None:
             self.journal.end(s.row())
