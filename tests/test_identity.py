@@ -39,7 +39,8 @@ from .test_tenants import RAW_CLIENT
 from .test_ui import login_link, page
 
 SECRET = "acme-private-4711"
-SCOPES = ["agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read"]
+SCOPES = ["agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read",
+          "metrics:read"]
 CHAT = {"command": [PY, str(EXAMPLES / "misbehave.py")], "env": {"PYTHONPATH": str(ROOT)},
         "stop_timeout": 10.0}
 CONFIG = """
@@ -50,6 +51,7 @@ group = "nogroup"
 export_interval = 0.05
 [http]
 listen = "127.0.0.1:0"
+history_interval = 0.2
 """
 
 
@@ -94,10 +96,23 @@ async def acmes_past(api: Api) -> list[str]:
         "set": {"config": {"model": SECRET}}})
     assert status == 200, body
     await api.d.sup.wait_state("chat", State.READY, timeout=30)
+    # its figures are in the metrics history (a sample every history_interval)
+    deadline = asyncio.get_running_loop().time() + 30
+    while await executions(api, "acme") < 2:
+        assert asyncio.get_running_loop().time() < deadline, "acme's chat never sampled"
+        await asyncio.sleep(0.1)
     # its trace is in the store (a read waits for what the engine buffered)
     traced = await api.d.dispatcher.call(SOCKET, "traces.get", {"task_id": task_id})
     assert traced.spans
     return ids
+
+
+async def executions(api: Api, tenant: str) -> int:
+    """The tasks `chat` finished, as the tenant's metrics history of it tells."""
+    status, body, _ = await api.ask(
+        "GET", "/metrics/history?agent=chat&since=3600&resolution=raw", tenant)
+    assert status == 200, body
+    return sum(s["executions"] for s in body["samples"])
 
 
 def not_found(task_id: str) -> dict[str, Any]:
@@ -129,6 +144,8 @@ async def globex_sees_none_of_it(api: Api, ids: list[str]) -> None:
     assert body["current"] == 1 and SECRET not in json.dumps(body)
     status, body, _ = await api.ask("GET", "/agents/chat/logs?lines=1000", "globex")
     assert status == 200 and SECRET not in json.dumps(body), body
+    # nor its metrics history (acme's chat ran 2 tasks, globex's none)
+    assert await executions(api, "globex") == 0
     # acme's chat's usage is no spending of globex's chat (a restart reads it back)
     stats = await api.d.dispatcher.call(SOCKET, "stats.get", {})
     assert stats.agents["chat"].usage is None, stats.agents["chat"].usage

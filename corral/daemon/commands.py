@@ -883,7 +883,8 @@ async def tokens_revoke(d: Services, p: m.TokensRevoke, caller: Caller, c: Chann
 @implements("stats.history")
 async def stats_history(d: Services, p: m.StatsHistory, caller: Caller, c: Channel
                         ) -> m.MetricsHistoryResult:
-    result = await d.history.read(p.since, p.agent, p.resolution)
+    # a tenant's caller: its agent's rows alone, not another tenant's agent's of the name
+    result = await d.history.read(p.since, p.agent, p.resolution, tenant=caller.tenant)
     if p.agent is not None and not result.samples and p.agent not in d.agents and (
             not await asyncio.to_thread(has_rows, d.history.path, p.agent)):
         raise NoSuchAgent(p.agent, d.agents, "and no history of one")

@@ -66,6 +66,9 @@ _H = [f"h{i}" for i in range(NBUCKETS)]
 _GAUGES = ("agents", "replicas", "serving", "cpu_percent", "rss_bytes", "queued", "running")
 _SUMS = ("seconds", "finished", "errors", "exec_sum", "exec_count", *_H)
 COLUMNS = ("resolution", "time", "agent", *_GAUGES, *_SUMS)
+# and whose an agent's row is: its tenant's when sampled ('' the fleet's, and a roll-up's
+# of a period in which the name changed hands: the operator's alone); schema 21
+WRITTEN = (*COLUMNS, "tenant")
 
 MIGRATION = f"""
 CREATE TABLE metrics_history (
@@ -206,8 +209,8 @@ def _row(resolution: int, when: float, agent: str, gauges: tuple[float, ...],
             times.count, *times.buckets)
 
 
-_INSERT = (f"INSERT OR REPLACE INTO metrics_history ({', '.join(COLUMNS)}) VALUES "
-           f"({', '.join('?' * len(COLUMNS))})")
+_INSERT = (f"INSERT OR REPLACE INTO metrics_history ({', '.join(WRITTEN)}) VALUES "
+           f"({', '.join('?' * len(WRITTEN))})")
 
 
 def roll_up(db: sqlite3.Connection, source: int, target: int, now: float) -> None:
@@ -220,10 +223,11 @@ def roll_up(db: sqlite3.Connection, source: int, target: int, now: float) -> Non
     if start >= end:
         return
     db.execute(
-        f"INSERT OR REPLACE INTO metrics_history ({', '.join(COLUMNS)}) "
+        f"INSERT OR REPLACE INTO metrics_history ({', '.join(WRITTEN)}) "
         f"SELECT ?, CAST(time / ? AS INTEGER) * ?, agent, "
         f"{', '.join(f'AVG({g})' for g in _GAUGES)}, "
-        f"{', '.join(f'SUM({s})' for s in _SUMS)} "
+        f"{', '.join(f'SUM({s})' for s in _SUMS)}, "
+        f"CASE WHEN MIN(tenant) = MAX(tenant) THEN MIN(tenant) ELSE '' END "
         f"FROM metrics_history WHERE resolution = ? AND time >= ? AND time < ? "
         f"GROUP BY agent, CAST(time / ? AS INTEGER)",
         (target, target, target, source, start, end, target))
@@ -351,13 +355,14 @@ class History:
                 fleet_times.count += interval.count
             fin_total += d_fin
             err_total += d_err
-            rows.append(_row(RAW, now, name, gauges, seconds, d_fin, d_err, interval))
+            rows.append((*_row(RAW, now, name, gauges, seconds, d_fin, d_err, interval),
+                         agent.spec.tenant))
         if len(counted) > len(agents):
             for name in [n for n in counted if n not in agents]:
                 del counted[name]
             self.times.forget(agents)
-        rows.insert(0, _row(RAW, now, FLEET, tuple(total), seconds, fin_total, err_total,
-                            fleet_times))
+        rows.insert(0, (*_row(RAW, now, FLEET, tuple(total), seconds, fin_total,
+                              err_total, fleet_times), ""))
         return rows
 
     def _write(self, rows: list[tuple[Any, ...]], now: float, agents: int
@@ -384,13 +389,15 @@ class History:
         return "hour"
 
     async def read(self, since: float, agent: str | None, resolution: str | None,
-                   now: float | None = None) -> MetricsHistoryResult:
+                   now: float | None = None, *, tenant: str | None = None
+                   ) -> MetricsHistoryResult:
         """The samples of the last `since` seconds, oldest first, read on a connection
-        of its own in a thread (a long history is thousands of rows)."""
+        of its own in a thread (a long history is thousands of rows); with `tenant`, its
+        agent's alone (not those of another tenant's agent of the name, before)."""
         res = resolution or self.resolution_for(since)
         now = time.time() if now is None else now
         rows, truncated = await asyncio.to_thread(
-            read_rows, self.path, RESOLUTIONS[res], agent or FLEET, now - since)
+            read_rows, self.path, RESOLUTIONS[res], agent or FLEET, now - since, tenant)
         return MetricsHistoryResult(
             agent=agent, resolution=res,
             interval=self.interval if res == "raw" else float(RESOLUTIONS[res]),
@@ -398,14 +405,15 @@ class History:
             truncated=truncated)
 
 
-def read_rows(path: Path, resolution: int, agent: str, since: float
-              ) -> tuple[list[tuple[Any, ...]], bool]:
+def read_rows(path: Path, resolution: int, agent: str, since: float,
+              tenant: str | None = None) -> tuple[list[tuple[Any, ...]], bool]:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         rows = db.execute(
             f"SELECT {', '.join(COLUMNS[1:])} FROM metrics_history WHERE resolution = ? "
-            f"AND agent = ? AND time >= ? ORDER BY time DESC LIMIT ?",
-            (resolution, agent, since, MAX_POINTS + 1)).fetchall()
+            f"AND agent = ? AND time >= ? AND (? IS NULL OR tenant = ?) "
+            f"ORDER BY time DESC LIMIT ?",
+            (resolution, agent, since, tenant, tenant, MAX_POINTS + 1)).fetchall()
     finally:
         db.close()
     truncated = len(rows) > MAX_POINTS

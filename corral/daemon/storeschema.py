@@ -33,7 +33,7 @@ Migration = str | Callable[[sqlite3.Connection], None]
 
 # the tenant of the agent that holds the name `agent` (as a migration runs, or as the
 # daemon starts): its newest revision's, `default` when that names none
-# (revisions.tenant_of); migrations 18 and 20, the task journal's usage (taskjournal.py)
+# (revisions.tenant_of); migrations 18, 20 and 21, the task journal's usage (taskjournal.py)
 HOLDER = ("COALESCE((SELECT json_extract(r.spec, '$.tenant') FROM revisions r "
           "WHERE r.agent = {agent} ORDER BY r.time DESC, r.revision DESC LIMIT 1), "
           "'default')")
@@ -385,6 +385,14 @@ MIGRATIONS: list[Migration] = [
                who, change, spec FROM revisions;
     DROP TABLE revisions;
     ALTER TABLE revisions_of_tenants RENAME TO revisions;
+    """,
+    # 21: whose an agent's metrics history row is (history.WRITTEN; decision 437): its
+    # agent's tenant when sampled, so that a tenant taking a freed name is not shown its
+    # earlier holder's figures; rows from before read as the name's holder's now
+    f"""
+    ALTER TABLE metrics_history ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+    UPDATE metrics_history SET tenant = {HOLDER.format(agent="metrics_history.agent")}
+        WHERE agent != '';
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
