@@ -1,0 +1,752 @@
+"""Soak (issue 52, item 5): days of a multi-tenant daemon's use in minutes, watched for
+growth and for one tenant's records reaching the other.
+
+One real `corral daemon` in a temporary directory serves two tenants, acme and globex,
+each through a token of its own on the HTTP API. Each tenant, in a thread of its own,
+churns without pause: it takes an agent name from a pool both share (chat0..chat2, so a
+name one tenant freed is soon the other's), adds its agent under it, runs tasks on it
+(plain ones, turns of session s1, named steps, a spawn tree), adds a workflow and a team
+under names both reuse too, runs the workflow and calls the team, reads a trace, then
+removes all three. The config file's schedules fire a task of each tenant's own agent
+every few seconds. The operator, between the tenants' rounds, reloads the config (the
+schedules' clocks and the base agents' environment changed), restarts the daemon and
+upgrades it (`corral upgrade`) at set points.
+
+Meanwhile the gauges (bench/soak_fit.py) are read every INTERVAL s: the daemon's RSS,
+open fds and threads, the state database's and the trace store's bytes; each gauge's
+least-squares slope per hour, past the first minutes, is set against its bound. After
+each of its rounds a tenant reads its views (tasks, runs, team calls, sessions, traces,
+steps, definitions and their history, schedules, logs) and asks for some of the other
+tenant's ids directly: bench/soak_views.py notes every record of the other tenant seen.
+The stores are bounded small (`journal_max_tasks`, `keep_spans`: --kept) so that minutes
+of churn take them to their bound, as days would with the defaults.
+
+    .venv/bin/python -m bench.soak [--minutes 20] [--warmup 120] [--interval 2]
+        [--restarts 2] [--upgrades 1] [--reload-every 120] [--kept 300] [--pause 0.25]
+        [--max-slope GAUGE=PER_HOUR ...] [--json PATH] [--keep-dir]
+
+Prints a table; exit status 0 when every slope is within its bound and nothing was
+sighted, 1 on a slope past its bound or any sighting, 2 when the soak itself failed
+(the daemon did not start, a tenant's work kept failing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from corral.cli.client import CallFailed, Client, Unreachable
+
+from .harness import ENV, PY, ROOT, CorralDaemon, free_port, workdir
+from .soak_fit import GAUGES, Sampler, Slope, fit
+from .soak_views import Ledger, Watch
+
+AGENT = ROOT / "bench" / "soak_agent.py"
+TENANTS = ("acme", "globex")
+NAMES = ("chat0", "chat1", "chat2")  # the agent names both tenants take in turn
+SCOPES = ("agents:read", "agents:write", "tasks:run", "tasks:read", "logs:read")
+WAIT = 60  # seconds a task or a run is waited for over HTTP
+# the default bounds of the gauges' slopes, per hour (bench/RESULTS.md says why)
+BOUNDS = {"rss_mib": 24.0, "fds": 24.0, "threads": 4.0, "state_db_mib": 24.0,
+          "trace_store_mib": 24.0}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The soak's shape (its command line)."""
+
+    minutes: float
+    warmup: float  # seconds of each life of the daemon its gauges are not fitted over
+    interval: float  # seconds between two readings of the gauges
+    restarts: int
+    upgrades: int
+    reload_every: float  # seconds between two reloads of the config
+    kept: int  # journal_max_tasks, tasks_kept, log_tail_lines; the trace store: 4 spans each
+    pause: float  # seconds a tenant waits between two rounds
+    bounds: dict[str, float]
+
+    def events(self) -> list[tuple[float, str]]:
+        """When (seconds from the start) the operator does what: the restarts and the
+        upgrades spread evenly, alternating, and the reloads between them."""
+        points = self.restarts + self.upgrades
+        kinds = ["restart"] * self.restarts
+        for i in range(self.upgrades):  # an upgrade after each restart, in turn
+            kinds.insert(min(len(kinds), 2 * i + 1), "upgrade")
+        span = self.minutes * 60
+        marks = [(span * (i + 1) / (points + 1), k) for i, k in enumerate(kinds)]
+        t = self.reload_every
+        while self.reload_every > 0 and t < span - 5:
+            if all(abs(t - at) > 10 for at, _ in marks):
+                marks.append((t, "reload"))
+            t += self.reload_every
+        return sorted(marks)
+
+
+# -- one tenant's HTTP client --------------------------------------------------------------
+class Api:
+    """A tenant's keep-alive connection to the HTTP API, as its token."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.port = port
+        self.headers = {"Authorization": f"Bearer {token}",
+                        "Content-Type": "application/json"}
+        self.conn: http.client.HTTPConnection | None = None
+
+    def call(self, verb: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """(status, decoded body); a connection the server closed is made again once."""
+        data = None if body is None else json.dumps(body).encode()
+        for again in (True, False):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT + 30)
+            try:
+                self.conn.request(verb, "/api/v1" + path, body=data, headers=self.headers)
+                r = self.conn.getresponse()
+                raw = r.read()
+            except (http.client.HTTPException, OSError):
+                self.close()
+                if again:
+                    continue
+                raise
+            return r.status, (json.loads(raw) if raw else None)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+# -- the operator's hold on the tenants ---------------------------------------------------------
+class Gate:
+    """Tenants' rounds pass while it is open; the operator closes it (and waits for the
+    rounds under way to end) to restart, upgrade or reload."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._open = True
+        self._inside = 0
+
+    @contextmanager
+    def round(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._open)
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inside -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def closed(self) -> Iterator[None]:
+        with self._cond:
+            self._open = False
+            self._cond.wait_for(lambda: self._inside == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._open = True
+                self._cond.notify_all()
+
+
+class NamePool:
+    """Who holds each shared name now, who held it last, and how often a name one tenant
+    freed was next taken by the other."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.holder: dict[str, str | None] = dict.fromkeys(NAMES)
+        self.last: dict[str, str | None] = dict.fromkeys(NAMES)
+        self.crossed = 0
+
+    def take(self, tenant: str, rng: random.Random) -> str | None:
+        with self._lock:
+            free = [n for n, h in self.holder.items() if h is None]
+            if not free:
+                return None
+            name = rng.choice(free)
+            self.holder[name] = tenant
+            if self.last[name] not in (None, tenant):
+                self.crossed += 1
+            return name
+
+    def give_back(self, name: str, tenant: str) -> None:
+        with self._lock:
+            self.holder[name] = None
+            self.last[name] = tenant
+
+
+@dataclass
+class Work:
+    """What one tenant did, and what failed (the first of each kind kept)."""
+
+    rounds: int = 0
+    tasks: int = 0
+    turns: int = 0
+    runs: int = 0
+    team_calls: int = 0
+    spawns: int = 0
+    agents_added: int = 0
+    failures: int = 0
+    first_failures: dict[str, str] = field(default_factory=dict)
+
+
+class Tenant(threading.Thread):
+    """One tenant's churn: a round after another, each followed by a look at its views."""
+
+    def __init__(self, ledger: Ledger, api: Api, watch: Watch, gate: Gate,
+                 names: NamePool, seed: int, pause: float) -> None:
+        super().__init__(name=f"soak-{ledger.tenant}", daemon=True)
+        self.ledger = ledger
+        self.name_ = ledger.tenant
+        self.api = api
+        self.watch = watch
+        self.gate = gate
+        self.names = names
+        self.rng = random.Random(seed)
+        self.pause = pause
+        self.work = Work()
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            with self.gate.round():
+                if self.halt.is_set():
+                    break
+                try:
+                    self.one_round()
+                except (OSError, http.client.HTTPException) as exc:
+                    self.failed("connection", repr(exc))
+                self.work.rounds += 1
+            # a breath between rounds: the machine the soak runs on has other work
+            self.halt.wait(self.pause)
+        self.api.close()
+
+    # -- what it does -------------------------------------------------------------------
+    def one_round(self) -> None:
+        name = self.names.take(self.name_, self.rng)
+        if name is None:
+            self.task(f"{self.name_}-base", {"do": "hello"})
+            self.look()
+            return
+        try:
+            status, body = self.ask("POST", "/agents", {"agents": {name: self.spec(name)}})
+            if status != 200:
+                self.failed("agents.add", f"{status} {body}")
+                return
+            self.work.agents_added += 1
+            for _ in range(3):
+                self.task(name, {"do": "hello"})
+            for _ in range(2):
+                self.task(name, {"do": "turn"}, session="s1")
+                self.work.turns += 1
+            self.task(name, {"do": "steps", "n": 3})
+            spawned = self.task(name, {"do": "spawn", "n": 2})
+            if spawned is not None:
+                self.ledger.keep("task", (spawned.get("output") or {}).get("children", []))
+                self.work.spawns += 1
+            self.workflow(name)
+            last = self.team(name)
+            if last is not None:
+                self.ask("GET", f"/tasks/{last}/trace")
+            # what a tenant is shown of a name depends on whether it holds it: look while
+            # it does (what an earlier holder left would show now) ...
+            self.look()
+        finally:
+            for path in (f"/workflows/wf-{name}", f"/teams/team-{name}", f"/agents/{name}"):
+                self.ask("DELETE", path)
+            self.names.give_back(name, self.name_)
+        self.look()  # ... and once it holds it no longer
+
+    def spec(self, name: str) -> dict[str, Any]:
+        return {"command": [PY, str(AGENT)], "env": {"PYTHONPATH": str(ROOT)},
+                "config": {"owner": self.ledger.mark}, "spawns": [name],
+                "max_concurrent_tasks": 4, "stop_timeout": 5}
+
+    def task(self, agent: str, task_input: dict[str, Any], session: str | None = None
+             ) -> dict[str, Any] | None:
+        """Run a task and wait for it; its outcome, None if it did not succeed."""
+        body: dict[str, Any] = {"agent": agent, "input": task_input | {"mark": self.ledger.mark}}
+        if session is not None:
+            body["session"] = session
+        status, out = self.ask("POST", f"/tasks?wait={WAIT}", body)
+        if isinstance(out, dict) and "task_id" in out:
+            self.ledger.keep("task", [out["task_id"]])
+            self.work.tasks += 1
+        if status != 200 or out.get("status") != "succeeded":
+            self.failed(f"task {task_input.get('do')}", f"{status} {str(out)[:300]}")
+            return None
+        return out  # type: ignore[no-any-return]
+
+    def workflow(self, name: str) -> None:
+        mark = self.ledger.mark
+        steps = [{"name": "first", "agent": name, "input": {"do": "hello", "mark": mark}},
+                 {"name": "each", "agent": name, "map": "$input.items",
+                  "input": {"do": "hello", "mark": mark, "item": "$item"}}]
+        status, body = self.ask("POST", "/workflows", {"workflows": {
+            f"wf-{name}": {"description": f"of {mark}", "steps": steps}}})
+        if status != 200:
+            self.failed("workflows.add", f"{status} {body}")
+            return
+        status, run = self.ask("POST", f"/workflows/wf-{name}/runs?wait={WAIT}",
+                               {"input": {"items": [1, 2], "mark": mark}})
+        if isinstance(run, dict) and "run_id" in run:
+            self.ledger.keep("run", [run["run_id"]])
+            self.ledger.keep("task", [s["task_id"] for s in run.get("steps", [])
+                                      if s.get("task_id")])
+            self.work.runs += 1
+        if status != 200 or run.get("status") != "succeeded":
+            self.failed("workflows.run", f"{status} {str(run)[:300]}")
+
+    def team(self, name: str) -> str | None:
+        """Add a team of the agent and call it; the call's task id."""
+        status, body = self.ask("POST", "/teams", {"teams": {f"team-{name}": {
+            "description": f"of {self.ledger.mark}", "mode": "broadcast",
+            "members": [name]}}})
+        if status != 200:
+            self.failed("teams.add", f"{status} {body}")
+            return None
+        out = self.task(f"team-{name}", {"do": "hello"})
+        if out is None:
+            return None
+        self.work.team_calls += 1
+        members = (out.get("output") or {}).values()
+        self.ledger.keep("task", [m["task_id"] for m in members
+                                  if isinstance(m, dict) and m.get("task_id")])
+        return str(out["task_id"])
+
+    # -- what it sees -------------------------------------------------------------------
+    def look(self) -> None:
+        """Read every view a tenant has of the daemon's records; ask for a few of the
+        other tenant's by id."""
+        paths = ["/agents", "/tasks?limit=100", "/runs?limit=100", "/sessions",
+                 "/workflows", "/teams", "/schedules"]
+        for n in NAMES:
+            paths += [f"/tasks?agent={n}&limit=100", f"/agents/{n}", f"/agents/{n}/history",
+                      f"/agents/{n}/logs", f"/agents/{n}/sessions/s1",
+                      f"/workflows/wf-{n}", f"/workflows/wf-{n}/history",
+                      f"/teams/team-{n}", f"/teams/team-{n}/history", f"/runs?workflow=wf-{n}"]
+        for tid in self.ledger.sample("task", 3, self.rng):
+            paths += [f"/tasks/{tid}?input=true", f"/tasks/{tid}/trace"]
+        paths += [f"/runs/{rid}" for rid in self.ledger.sample("run", 2, self.rng)]
+        for path in paths:
+            self.ask("GET", path)
+        for other in self.watch.others(self.name_):
+            for tid in other.sample("task", 6, self.rng):
+                for path in (f"/tasks/{tid}", f"/tasks/{tid}/trace"):
+                    self.watch.probed(self.name_, path, self.api.call("GET", path)[0])
+            for rid in other.sample("run", 3, self.rng):
+                path = f"/runs/{rid}"
+                self.watch.probed(self.name_, path, self.api.call("GET", path)[0])
+
+    def ask(self, verb: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """A request of this tenant's; whatever it is answered is looked at."""
+        status, out = self.api.call(verb, path, body)
+        self.watch.scan(self.name_, f"{verb} {path}", out)
+        return status, out
+
+    def failed(self, what: str, why: str) -> None:
+        self.work.failures += 1
+        self.work.first_failures.setdefault(what, why)
+
+
+# -- the daemon and its operator -------------------------------------------------------------
+class SoakDaemon:
+    """The one daemon of the soak (bench/harness.py's), restarted, upgraded and reloaded
+    in place; which life of it runs now, for the sampler."""
+
+    def __init__(self, d: Path, port: int, kept: int, marks: dict[str, str]) -> None:
+        self.port = port
+        self.daemon = CorralDaemon(d, base_agents(marks), extra=supervisor_extra(port, kept))
+        self.state_dir = d / "state"
+        self.life = -1
+        self.began = 0.0
+        self.busy = True
+        self.generation = 0
+
+    def where(self) -> tuple[int, int, float] | None:
+        proc = self.daemon.proc
+        if self.busy or proc is None or proc.poll() is not None:
+            return None
+        return proc.pid, self.life, self.began
+
+    def _new_life(self) -> None:
+        self.life += 1
+        self.began = time.monotonic()
+        self.busy = False
+
+    def start(self) -> None:
+        # a READY=1 left from an earlier life (an upgrade's new image sends one) is stale
+        sock = self.daemon.notify
+        sock.setblocking(False)
+        try:
+            while True:
+                sock.recv(4096)
+        except BlockingIOError:
+            pass
+        sock.setblocking(True)
+        self.daemon.start()
+        self._new_life()
+
+    def restart(self) -> None:
+        self.busy = True
+        proc = self.daemon.proc
+        assert proc is not None
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+        self.start()
+
+    def upgrade(self) -> None:
+        self.busy = True
+        r = self.cli("upgrade", "--json", timeout=300)
+        if r.returncode != 0:
+            raise SoakFailed(f"corral upgrade exited {r.returncode}: {r.stderr.strip()}")
+        self._new_life()
+
+    def reload(self) -> None:
+        """Change the schedules' clocks and the base agents' environment, and reload."""
+        self.generation += 1
+        every = ("2s", "3s")[self.generation % 2]
+        text = self.daemon.config.read_text()
+        text = re.sub(r'every = "\d+s"', f'every = "{every}"', text)
+        text = re.sub(r'SOAK_GENERATION = "\d+"', f'SOAK_GENERATION = "{self.generation}"',
+                      text)
+        self.daemon.config.write_text(text)
+        r = self.cli("reload", "--json")
+        if r.returncode != 0:
+            raise SoakFailed(f"corral reload exited {r.returncode}: {r.stderr.strip()}")
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PY, "-m", "corral", "--socket", str(self.daemon.sock), *args],
+                              capture_output=True, text=True, timeout=timeout, env=ENV)
+
+    def token(self, tenant: str) -> str:
+        scopes = [a for s in SCOPES for a in ("--scope", s)]
+        r = self.cli("token", "create", tenant, "--tenant", tenant, *scopes, "--json")
+        if r.returncode != 0:
+            raise SoakFailed(f"corral token create exited {r.returncode}: {r.stderr}")
+        return str(json.loads(r.stdout)["token"])
+
+    def schedule_tasks(self, ledgers: dict[str, Ledger]) -> None:
+        """The tasks the schedules fired for each tenant's own agent, as the operator
+        lists them on the control socket: that tenant's."""
+        try:
+            with Client(self.daemon.sock) as c:
+                for tenant, ledger in ledgers.items():
+                    page = c.call("tasks.list", {"agent": f"{tenant}-base", "limit": 500})
+                    ledger.keep("task", [t["task_id"] for t in page["tasks"]])
+        except (Unreachable, CallFailed, OSError):
+            pass  # a moment the daemon is not there: the next look takes them
+
+    def stop(self) -> None:
+        self.busy = True
+        proc = self.daemon.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.daemon.notify.close()
+
+
+class SoakFailed(Exception):
+    """The soak could not do what it measures."""
+
+
+def supervisor_extra(port: int, kept: int) -> str:
+    """The [supervisor] keys after the harness's, and the daemon's other tables."""
+    tenants = "".join(f"\n[tenants.{t}]\nmax_agents = 4\n" for t in TENANTS)
+    return textwrap.dedent(f"""
+        drain_timeout = 2
+        journal_max_tasks = {kept}
+        tasks_kept = {kept}
+        log_tail_lines = {kept}
+
+        [http]
+        listen = "127.0.0.1:{port}"
+        rate_per_minute = 0
+        # the metrics history's raw samples and minute roll-ups reach their bound
+        # within the warm-up, as the task journal's and the trace store's do
+        history_raw_hours = 0.05
+        history_minute_days = 0.002
+
+        [tracing]
+        keep_spans = {kept * 4}
+    """) + tenants
+
+
+def base_agents(marks: dict[str, str]) -> str:
+    """Each tenant's agent of the config file, and a schedule firing a task of it."""
+    return "".join(textwrap.dedent(f"""
+        [agents.{t}-base]
+        command = ["{PY}", "{AGENT}"]
+        env = {{ PYTHONPATH = "{ROOT}", SOAK_GENERATION = "0" }}
+        tenant = "{t}"
+        stop_timeout = 5
+
+        [schedules.{t}-tick]
+        agent = "{t}-base"
+        every = "2s"
+        input = {{ do = "hello", mark = "{marks[t]}" }}
+    """) for t in TENANTS)
+
+
+# -- the run -----------------------------------------------------------------------------------
+def wait_http(port: int, token: str, within: float = 60) -> None:
+    """Until the HTTP API answers (it binds after READY=1, and again after a restart)."""
+    api = Api(port, token)
+    deadline = time.monotonic() + within
+    try:
+        while True:
+            try:
+                if api.call("GET", "/agents")[0] == 200:
+                    return
+            except (OSError, http.client.HTTPException):
+                pass
+            if time.monotonic() > deadline:
+                raise SoakFailed(f"the HTTP API did not answer within {within} s")
+            time.sleep(0.2)
+    finally:
+        api.close()
+
+
+@dataclass
+class Run:
+    """Everything one soak saw, as its report is made from it."""
+
+    plan: Plan
+    watch: Watch
+    sampler: Sampler
+    names: NamePool
+    tenants: list[Tenant] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def soak(plan: Plan, d: Path) -> Run:
+    ledgers = {t: Ledger(t, f"{t}-{secrets.token_hex(4)}") for t in TENANTS}
+    daemon = SoakDaemon(d, free_port(), plan.kept, {t: ledgers[t].mark for t in TENANTS})
+    run = Run(plan, Watch(ledgers), Sampler(daemon.where, daemon.state_dir, plan.interval),
+              NamePool())
+    gate = Gate()
+    t0 = time.monotonic()
+    try:
+        daemon.start()
+        tokens = {t: daemon.token(t) for t in TENANTS}
+        wait_http(daemon.port, tokens[TENANTS[0]])
+        run.sampler.start()
+        run.tenants = [Tenant(ledgers[t], Api(daemon.port, tokens[t]), run.watch, gate,
+                              run.names, seed=i, pause=plan.pause)
+                       for i, t in enumerate(TENANTS)]
+        for tenant in run.tenants:
+            tenant.start()
+        for at, kind in [*plan.events(), (plan.minutes * 60, "end")]:
+            while time.monotonic() - t0 < at:
+                if not all(t.is_alive() for t in run.tenants):
+                    raise SoakFailed("a tenant's thread ended: " + ", ".join(
+                        f"{t.name_}: {t.work.first_failures}" for t in run.tenants))
+                daemon.schedule_tasks(ledgers)
+                time.sleep(min(10.0, max(0.0, at - (time.monotonic() - t0))))
+            if kind == "end":
+                break
+            began = time.monotonic()
+            with gate.closed():
+                getattr(daemon, kind)()
+                wait_http(daemon.port, tokens[TENANTS[0]])
+            run.events.append({"at": round(began - t0, 1), "kind": kind,
+                               "seconds": round(time.monotonic() - began, 2)})
+            print(f"[soak] {began - t0:7.1f} s: {kind} "
+                  f"({time.monotonic() - began:.1f} s)", file=sys.stderr, flush=True)
+        for tenant in run.tenants:
+            tenant.halt.set()
+        for tenant in run.tenants:
+            tenant.join(WAIT * 3)
+        daemon.schedule_tasks(ledgers)
+        for tenant in run.tenants:  # a last look, every id of the other's known
+            tenant.look()
+    finally:
+        for tenant in run.tenants:
+            tenant.halt.set()
+        run.sampler.halt.set()
+        daemon.stop()
+        run.seconds = time.monotonic() - t0
+    return run
+
+
+def report(run: Run) -> dict[str, Any]:
+    plan, samples = run.plan, run.sampler.samples
+    gauges: dict[str, Any] = {}
+    for g in GAUGES:
+        slope: Slope | None = fit(samples, g, plan.warmup)
+        fitted = [s.values[g.key] for s in samples
+                  if (s.since_start if g.per_life else s.t) >= plan.warmup]
+        bound = plan.bounds[g.key]
+        gauges[g.key] = {
+            "title": g.title, "bound_per_hour": bound,
+            "first": round(fitted[0], 2) if fitted else None,
+            "last": round(fitted[-1], 2) if fitted else None,
+            "min": round(min(fitted), 2) if fitted else None,
+            "max": round(max(fitted), 2) if fitted else None,
+            "slope_per_hour": None if slope is None else round(slope.per_hour, 3),
+            "stderr_per_hour": None if slope is None else round(slope.stderr, 3),
+            "samples": 0 if slope is None else slope.samples,
+            "flat": slope is not None and slope.per_hour <= bound}
+    w = run.watch
+    return {
+        "plan": asdict(plan), "seconds": round(run.seconds, 1), "events": run.events,
+        "gauges": gauges,
+        "cross_tenant": {
+            "views": w.views, "strings": w.strings, "probes": w.probes,
+            "sightings": w.sightings,
+            "groups": [{"viewer": k[0], "view": k[1], "kind": k[2], "count": n}
+                       for k, n in sorted(w.groups.items())],
+            "examples": [asdict(s) for s in w.distinct.values()][:40],
+            "ids": {t: {"tasks": led.count("task"), "runs": led.count("run")}
+                    for t, led in w.ledgers.items()}},
+        "state_tables": growth(run.sampler.tables, plan.warmup),
+        "work": {t.name_: asdict(t.work) for t in run.tenants},
+        "names_taken_from_the_other_tenant": run.names.crossed,
+        "samples": [asdict(s) for s in samples]}
+
+
+def growth(looks: list[tuple[float, dict[str, int]]], warmup: float) -> list[dict[str, Any]]:
+    """What each table of the state database held at the first look past the warm-up and
+    at the last, and its growth per hour between them: what grows, when the database
+    does, largest first."""
+    past = [look for look in looks if look[0] >= warmup]
+    if len(past) < 2:
+        return []
+    (t0, first), (t1, last) = past[0], past[-1]
+    rows = [{"table": name, "first_kib": round(first.get(name, 0) / 1024, 1),
+             "last_kib": round(size / 1024, 1),
+             "kib_per_hour": round((size - first.get(name, 0)) / 1024 / (t1 - t0) * 3600)}
+            for name, size in last.items()]
+    return sorted(rows, key=lambda r: -r["kib_per_hour"])
+
+
+def table(rep: dict[str, Any]) -> str:
+    rows = [f"{'gauge':24} {'after warm-up':>13} {'at end':>9} {'slope/h':>9} "
+            f"{'± 2 se':>8} {'bound/h':>8}  verdict"]
+    for g in rep["gauges"].values():
+        slope = g["slope_per_hour"]
+        rows.append(
+            f"{g['title']:24} {_num(g['first']):>13} {_num(g['last']):>9} "
+            f"{_num(slope, '+'):>9} {_num(None if slope is None else 2 * g['stderr_per_hour']):>8} "
+            f"{g['bound_per_hour']:>8g}  {'flat' if g['flat'] else 'GROWS' if slope else 'no fit'}")
+    grew = [r for r in rep["state_tables"] if r["kib_per_hour"] > 0][:6]
+    if grew:
+        rows.append("the state database's tables that grew (KiB/h): " + ", ".join(
+            f"{r['table']} {r['kib_per_hour']}" for r in grew))
+    x = rep["cross_tenant"]
+    rows.append(f"cross-tenant: {x['views']} answers read ({x['strings']} strings), "
+                f"{x['probes']} probes of the other's ids: {x['sightings']} sightings")
+    rows += [f"  {g['viewer']} saw the other's {g['kind']} in {g['view']}: {g['count']}"
+             for g in x["groups"][:30]]
+    for tenant, w in rep["work"].items():
+        rows.append(f"{tenant}: {w['rounds']} rounds, {w['agents_added']} agents added, "
+                    f"{w['tasks']} tasks, {w['turns']} session turns, {w['runs']} runs, "
+                    f"{w['team_calls']} team calls, {w['spawns']} spawn trees; "
+                    f"{w['failures']} failures {w['first_failures'] or ''}")
+    kinds = [e["kind"] for e in rep["events"]]
+    rows.append(f"a name freed by one tenant taken by the other: "
+                f"{rep['names_taken_from_the_other_tenant']} times; "
+                + ", ".join(f"{kinds.count(k)} {k}s" for k in ("restart", "upgrade", "reload"))
+                + f"; {len(rep['samples'])} samples over {rep['seconds']:.0f} s")
+    return "\n".join(rows)
+
+
+def _num(v: float | None, sign: str = "") -> str:
+    return "-" if v is None else f"{v:{sign}.2f}"
+
+
+def verdict(rep: dict[str, Any], max_failures: float) -> int:
+    """0: flat and unseen; 1: a gauge past its bound or a sighting; 2: the soak's own
+    work failed more than `max_failures` of its tasks."""
+    tasks = sum(w["tasks"] for w in rep["work"].values())
+    failures = sum(w["failures"] for w in rep["work"].values())
+    if tasks == 0 or failures > max_failures * tasks:
+        return 2
+    if rep["cross_tenant"]["sightings"] or not all(g["flat"] for g in rep["gauges"].values()):
+        return 1
+    return 0
+
+
+def parse(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--warmup", type=float, default=120.0,
+                    help="seconds of each life of the daemon not fitted")
+    ap.add_argument("--interval", type=float, default=2.0)
+    ap.add_argument("--restarts", type=int, default=2)
+    ap.add_argument("--upgrades", type=int, default=1)
+    ap.add_argument("--reload-every", type=float, default=120.0)
+    ap.add_argument("--kept", type=int, default=300,
+                    help="journal_max_tasks, tasks_kept and log_tail_lines (the trace "
+                    "store keeps 4 spans each)")
+    ap.add_argument("--pause", type=float, default=0.25,
+                    help="seconds each tenant waits between two rounds")
+    ap.add_argument("--max-slope", action="append", default=[], metavar="GAUGE=PER_HOUR",
+                    help=f"a gauge's bound ({', '.join(BOUNDS)}); repeat")
+    ap.add_argument("--max-failures", type=float, default=0.02,
+                    help="the share of the soak's tasks that may fail (else exit 2)")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "soak.json")
+    ap.add_argument("--keep-dir", action="store_true", help="keep the daemon's directory")
+    a = ap.parse_args(argv)
+    bounds = dict(BOUNDS)
+    for item in a.max_slope:
+        key, _, value = item.partition("=")
+        if key not in bounds:
+            ap.error(f"--max-slope: no gauge {key} (gauges: {', '.join(BOUNDS)})")
+        bounds[key] = float(value)
+    return Plan(a.minutes, a.warmup, a.interval, a.restarts, a.upgrades, a.reload_every,
+                a.kept, a.pause, bounds), a
+
+
+def _stopped(signum: int, _frame: object) -> None:
+    raise SoakFailed(f"stopped by signal {signum}")  # the daemon is stopped on the way out
+
+
+def main(argv: list[str] | None = None) -> int:
+    plan, a = parse(argv)
+    signal.signal(signal.SIGTERM, _stopped)
+    d = workdir("soak")
+    try:
+        run = soak(plan, d)
+    except SoakFailed as exc:
+        print(f"soak: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if not a.keep_dir:
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            print(f"[soak] the daemon's directory: {d}", file=sys.stderr)
+    rep = report(run)
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(rep, indent=1) + "\n")
+    print(table(rep))
+    return verdict(rep, a.max_failures)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The soak's gauges: what it samples of the daemon over time, and the slope of each.
+
+A sample is the daemon's RSS, open fds and threads (psutil on its pid), and the bytes the
+records of the state database and of the trace store weigh (their pages in use). The process's
+gauges start afresh at each start of the daemon (a restart, or the re-execution of an
+upgrade), so their slope is fitted within each life of it (one least-squares line with
+an intercept per life, a common slope: growth while a daemon runs, never the drop of a
+restart); the files outlive the process, so theirs is one line over every sample. Both
+leave out each life's first `warmup` seconds, where a daemon that holds nothing yet fills
+its caches and its bounded stores (`journal_max_tasks`, `keep_spans`) to their bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+MIB = 1 << 20
+TABLES_EVERY = 30.0  # seconds between two looks at the state database's tables
+
+
+@dataclass(frozen=True)
+class Gauge:
+    """One series: its key in a sample, how it is shown, and whether it belongs to one
+    life of the process (fitted within each) or to the files that outlive it."""
+
+    key: str
+    title: str
+    per_life: bool
+
+
+GAUGES = (
+    Gauge("rss_mib", "daemon RSS (MiB)", True),
+    Gauge("fds", "daemon open fds", True),
+    Gauge("threads", "daemon threads", True),
+    Gauge("state_db_mib", "state database (MiB)", False),
+    Gauge("trace_store_mib", "trace store (MiB)", False),
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float  # seconds since the soak began
+    life: int  # which start of the daemon (0: the first; a restart or an upgrade: +1)
+    since_start: float  # seconds since that start
+    values: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Slope:
+    """A least-squares slope per hour, its standard error, and the samples fitted."""
+
+    per_hour: float
+    stderr: float
+    samples: int
+
+
+def _sqlite_bytes(path: Path) -> int:
+    """The bytes of a SQLite database's pages that hold data, as a reader sees it now
+    (its WAL's commits included, its free pages not): what the records weigh. The file
+    and its WAL on disk are a high-water mark the WAL's checkpoints and a daemon's exit
+    move back and forth; a read-only connection of our own neither writes nor
+    checkpoints."""
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+    finally:
+        db.close()
+
+
+def tables(path: Path) -> dict[str, int]:
+    """The bytes each table (and index) of a SQLite database holds (its dbstat)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return {name: int(size) for name, size in db.execute(
+            "SELECT name, sum(pgsize) FROM dbstat GROUP BY name")}
+    finally:
+        db.close()
+
+
+def measure(pid: int, state_dir: Path) -> dict[str, float]:
+    """One reading of every gauge (psutil.Error if the process is gone, sqlite3.Error
+    if a database could not be read now)."""
+    p = psutil.Process(pid)
+    with p.oneshot():
+        rss = p.memory_info().rss
+        threads = p.num_threads()
+        fds = p.num_fds()
+    return {"rss_mib": rss / MIB, "fds": float(fds), "threads": float(threads),
+            "state_db_mib": _sqlite_bytes(state_dir / "corral.db") / MIB,
+            "trace_store_mib": _sqlite_bytes(state_dir / "traces.db") / MIB}
+
+
+class Sampler(threading.Thread):
+    """Reads the gauges every `interval` s while `where()` names a running daemon (its
+    pid, its life and when that life began); skips the moments it names none (a
+    restart or an upgrade under way)."""
+
+    def __init__(self, where: Callable[[], tuple[int, int, float] | None],
+                 state_dir: Path, interval: float) -> None:
+        super().__init__(name="soak-sampler", daemon=True)
+        self.where = where
+        self.state_dir = state_dir
+        self.interval = interval
+        self.t0 = time.monotonic()
+        self.samples: list[Sample] = []
+        # what each table of the state database holds, now and then: (t, table -> bytes)
+        self.tables: list[tuple[float, dict[str, int]]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.interval):
+            at = self.where()
+            if at is None:
+                continue
+            pid, life, began = at
+            try:
+                values = measure(pid, self.state_dir)
+            except (psutil.Error, sqlite3.Error):
+                continue  # it went between where() and the reading, or held a lock
+            now = time.monotonic()
+            self.samples.append(Sample(now - self.t0, life, now - began, values))
+            if not self.tables or now - self.t0 - self.tables[-1][0] >= TABLES_EVERY:
+                with contextlib.suppress(sqlite3.Error):
+                    self.tables.append((now - self.t0, tables(self.state_dir / "corral.db")))
+
+
+def fit(samples: list[Sample], gauge: Gauge, warmup: float) -> Slope | None:
+    """The gauge's slope over the samples past the warm-up: within each life of the
+    daemon for a gauge of the process, over all of them for a file. None with fewer than
+    three samples to fit."""
+    kept = [s for s in samples if s.since_start >= warmup] if gauge.per_life else \
+        [s for s in samples if s.t >= warmup]
+    groups: dict[int, list[Sample]] = {}
+    for s in kept:
+        groups.setdefault(s.life if gauge.per_life else 0, []).append(s)
+    sxx = sxy = 0.0
+    resid: list[tuple[list[Sample], float, float]] = []
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        mt = sum(s.t for s in group) / len(group)
+        my = sum(s.values[gauge.key] for s in group) / len(group)
+        sxx += sum((s.t - mt) ** 2 for s in group)
+        sxy += sum((s.t - mt) * (s.values[gauge.key] - my) for s in group)
+        resid.append((group, mt, my))
+    n = sum(len(g) for g, _, _ in resid)
+    if n < 3 or sxx == 0:
+        return None
+    b = sxy / sxx
+    ssr = sum((s.values[gauge.key] - my - b * (s.t - mt)) ** 2
+              for group, mt, my in resid for s in group)
+    dof = max(1, n - len(resid) - 1)
+    se = math.sqrt(ssr / dof / sxx)
+    return Slope(b * 3600, se * 3600, n)
