@@ -41,6 +41,7 @@ from ..cork import Cork, Parts
 from ..jsonrpc import LineProtocol, Peer, RpcError
 from ..methods import CANCEL
 from ..paths import runtime_directory
+from ..statefiles import open_file
 from ..throttle import Throttle
 from ..timeouts import within
 from .api import Dispatcher
@@ -384,7 +385,8 @@ class ControlServer:
         # the group; a shared one (/tmp) is never touched
         own_dir = not self.path.parent.exists() or self.path.parent == runtime_directory()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # beside a socket in a shared directory (/tmp) too: a link there is refused
+        self._lock_fd = open_file(self.lock_path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -22,6 +22,7 @@ from pathlib import Path
 import msgspec
 
 from ..cluster.handover import NodeHanded
+from ..statefiles import open_file
 from ..supervisor.adopt import HandedProcess
 from ..supervisor.containment import ProcessRecord
 from ..supervisor.stats import Stats
@@ -136,7 +137,8 @@ def path_in(state_dir: Path) -> Path:
 
 def write(path: Path, h: Handoff) -> None:
     data = msgspec.json.encode(h)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    # refused if a link is in its place: the daemon (root) would write through it
+    fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.fchmod(fd, 0o600)
         view = memoryview(data)

@@ -36,6 +36,7 @@ import msgspec
 
 from ..jsonrpc import LineBlock
 from ..methods import LogLine
+from ..statefiles import open_file
 from ..supervisor.followers import Follower
 from ..supervisor.names import NAME_RE
 from ..text import iso_time, one_line, plural
@@ -86,8 +87,8 @@ def prepare_log_dir(directory: Path) -> None:
             f"writable by uid {uid}, or set [supervisor] log_dir to a directory uid {uid} "
             "may write") from None
     try:
-        os.close(os.open(directory / log_file_name(DAEMON_SOURCE),
-                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640))
+        os.close(open_file(directory / log_file_name(DAEMON_SOURCE),
+                           os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640))
     except OSError as exc:
         why = ("on a read-only file system" if exc.errno == errno.EROFS
                else exc.strerror)

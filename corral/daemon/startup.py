@@ -632,8 +632,12 @@ async def tracing(conf: Conf, parts: Parts, spared: set[int], gateway: GatewaySe
                   ) -> AsyncIterator[Traces | None]:
     """[tracing] (docs/tracing.md): the spans' exporter and local store; closed after the
     agents stop, so that their last spans are kept."""
-    traces = await start_traces(conf.cfg.tracing, parts.tasks, conf.paths.state_dir,
-                                spared, gateway)
+    try:
+        traces = await start_traces(conf.cfg.tracing, parts.tasks, conf.paths.state_dir,
+                                    spared, gateway)
+    except OSError as exc:  # its store's files (a link in their place: statefiles.py)
+        raise StartupError(f"the trace store cannot be made in {conf.paths.state_dir} "
+                           f"({exc.strerror})") from None
     try:
         yield traces
     finally:

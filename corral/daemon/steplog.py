@@ -27,6 +27,7 @@ from pathlib import Path
 
 import msgspec
 
+from ..statefiles import make_dir, open_file
 from ..supervisor.tasks.steps import Step
 
 LOG_DIR = "step-log"
@@ -69,11 +70,10 @@ class StepLog:
         return True
 
     def _open(self) -> None:
-        self.dir.mkdir(mode=0o700, exist_ok=True)
+        make_dir(self.dir)
         self._next += 1
         path = self.dir / f"{self._next:020d}.log"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                           0o600)
+        self._fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self.path, self.size = path, 0
 
     def rotate(self) -> Path | None:

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from ..statefiles import make_dir, open_file
 from ..supervisor.tasks.steps import Step
 from .steplog import StepLog, leftovers, log_dir, records
 from .storeschema import connect, errors_named
@@ -232,9 +233,9 @@ class StepsDB:
         if db.execute("SELECT 1 FROM step_results WHERE hash = ?", (h,)).fetchone():
             return
         ref = h.hex()
-        self.dir.mkdir(mode=0o700, exist_ok=True)
+        make_dir(self.dir)
         tmp = self.dir / f".{ref}.tmp"
-        with open(tmp, "wb") as f:
+        with os.fdopen(open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
             f.write(body)
             if self.sync == "full":
                 os.fsync(f.fileno())

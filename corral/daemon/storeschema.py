@@ -24,6 +24,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..statefiles import check_database, open_file
 from .history import MIGRATION as HISTORY_MIGRATION
 from .revisions import MIGRATION as REVISIONS_MIGRATION
 
@@ -478,7 +479,10 @@ def open_database(path: Path, *, sync: str = "normal") -> sqlite3.Connection:
                 f"the file and its directory writable by uid {os.geteuid()}, or set "
                 "[supervisor] state_dir to a writable directory")
     try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        # SQLite follows links: the file and the ones it makes beside it are looked at
+        # first, and a link in any one's place refused (statefiles.py)
+        check_database(path)
+        os.close(open_file(path, os.O_RDWR | os.O_CREAT))
     except OSError as exc:
         raise StoreError(f"state database {path} cannot be created ({exc.strerror}): set "
                          f"[supervisor] state_dir to a directory uid {os.geteuid()} may "

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from ..methods import SpanView
+from ..statefiles import check_database, make_dir, open_file
 from ..supervisor.tracing import bounded, expand
 
 # a row a batch of records (supervisor/tracing.py: a task and its attempts, or a tool
@@ -108,11 +109,12 @@ class TraceStore:
 def create(path: Path) -> None:
     """The store's tables, before its writer starts (a read finds them at once); its
     directory made as the state database's is (tracing starts before that is opened)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_dir(path.parent)
     # the daemon's alone, as the state database is: it holds every tenant's task errors,
     # agent and tool names (SQLite makes its -wal and -shm of the file's mode; a store
-    # made before this was 0644)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    # made before this was 0644); none of its files a link (chmod and SQLite follow one)
+    check_database(path)
+    os.close(open_file(path, os.O_RDWR | os.O_CREAT))
     for made in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(made, 0o600)

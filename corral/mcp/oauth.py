@@ -38,6 +38,7 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 import aiohttp
 import msgspec
 
+from ..statefiles import make_dir, open_file
 from .http import Auth, HttpError
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -148,14 +149,13 @@ class OAuth(Auth):
     def save(self) -> None:
         """Atomically, mode 0600 from the start (the tokens are never readable by others).
         A configured client secret is not written: it stays in the config's ${VARIABLE}."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dir(self.path.parent)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         stored = self.stored
         if stored.client is not None and stored.client.client_id == self.settings.client_id:
             stored = msgspec.structs.replace(
                 stored, client=msgspec.structs.replace(stored.client, client_secret=None))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
             f.write(msgspec.json.encode(stored))
         os.replace(tmp, self.path)
         self._mtime = self.path.stat().st_mtime

@@ -40,6 +40,7 @@ from pathlib import Path
 import msgspec
 
 from ...jsonrpc import LineBlock
+from ...statefiles import open_file
 from ...supervisor.config import Limits, PackagesSettings
 from ...supervisor.containment import Containment
 from ...supervisor.process import ChildProcess
@@ -363,8 +364,7 @@ class Builder:
     async def _host_turn(self, say: Say) -> AsyncIterator[None]:
         """The host's build lock, for another daemon sharing this packages directory
         (flock: released by the kernel when its holder dies)."""
-        fd = os.open(self.releases.root / BUILD_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                     0o600)
+        fd = open_file(self.releases.root / BUILD_LOCK, os.O_RDWR | os.O_CREAT)
         try:
             told = False
             while True:

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from ...statefiles import make_dir, open_file
 from ...supervisor.release import READY
 
 INFO = "release.json"
@@ -120,9 +121,10 @@ class Releases:
     def begin_rollout(self, name: str, rollout: Rollout) -> None:
         """Durably, before the switch is recorded anywhere else."""
         base = self.root / name
-        base.mkdir(parents=True, exist_ok=True)
+        make_dir(base, 0o755)
         tmp = base / (ROLLOUT + ".tmp")
-        with open(tmp, "wb") as f:
+        with os.fdopen(open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+                       "wb") as f:
             f.write(msgspec.json.encode(rollout))
             f.flush()
             os.fsync(f.fileno())
@@ -145,7 +147,7 @@ class Releases:
             digest.update(f.relative_to(package).as_posix().encode() + b"\0")
             digest.update(f.read_bytes() + b"\0")
         base = self.root / SDK
-        base.mkdir(exist_ok=True)
+        make_dir(base, 0o755)  # a link here would have its target's entries removed
         base.chmod(0o755)
         target = base / digest.hexdigest()[:16]
         for old in base.iterdir():

@@ -1,0 +1,100 @@
+"""The files and directories the daemon makes in its own directories (the state
+directory, the log directory, the packages directory, the socket's lock), opened so that
+something put in a file's place — a symbolic link, a hard link to another file, a FIFO,
+a device — is refused, naming the path and what is there, and nothing outside is
+written, truncated or chmodded. The daemon runs as root: a link in its directory would
+make it write a file of the link's choosing.
+
+`open_file` is `os.open` with the checks (`O_NOFOLLOW`, non-blocking while it opens,
+then a regular file of one link; `O_TRUNC` only once that is known); `make_dir` is a
+`mkdir` that refuses a link in a directory's place; `check_free` is for the names a
+library opens itself (SQLite: the database, its `-wal`, `-shm` and `-journal`), looked
+at with `lstat` first.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+# the files SQLite opens beside a database, itself
+SQLITE_SIDES = ("", "-wal", "-shm", "-journal")
+
+
+def _refused(path: Path | str, what: str) -> OSError:
+    return OSError(errno.ELOOP, f"{path} is {what}, not a file of corral's own: refused "
+                                "(remove it)", str(path))
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
+def _checked(path: Path | str, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise _refused(path, _kind(st.st_mode))
+    if st.st_nlink > 1:
+        raise _refused(path, f"a hard link to a file of {st.st_nlink} names")
+
+
+def open_file(path: Path | str, flags: int, mode: int = 0o600) -> int:
+    """`os.open(path, flags, mode)` for a file of the daemon's own: refused (OSError,
+    ELOOP, its message naming the path and what is there) when a link, a FIFO or a
+    device is in its place; `O_TRUNC` applied once the file is known to be its own."""
+    truncate = bool(flags & os.O_TRUNC)
+    try:
+        fd = os.open(path, (flags & ~os.O_TRUNC) | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refused(path, "a symbolic link") from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO no one reads, a device
+            # without its driver, a directory
+            raise _refused(path, _kind(os.lstat(path).st_mode)) from None
+        raise
+    try:
+        _checked(path, os.fstat(fd))
+        os.set_blocking(fd, True)
+        if truncate:
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_dir(path: Path, mode: int = 0o700) -> None:
+    """`path` made a directory (with its parents) if it is not one: refused if a link or
+    anything else is in its place."""
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ELOOP, f"{path} is {_kind(st.st_mode)}, not a directory of "
+                                   "corral's own: refused (remove it)", str(path))
+
+
+def check_free(path: Path | str) -> None:
+    """Nothing is at `path`, or a regular file of one link (for a name a library opens
+    itself, following links)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    _checked(path, st)
+
+
+def check_database(path: Path) -> None:
+    """A SQLite database's file and the files SQLite makes beside it, each nothing yet
+    or a file of the daemon's own."""
+    for side in SQLITE_SIDES:
+        check_free(path.with_name(path.name + side))
