@@ -5,6 +5,7 @@ passes check-config; one runs under a real daemon; every refusal says why."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -110,8 +111,8 @@ def test_a_file_that_exists_is_not_replaced_but_with_force(tmp_path: Path) -> No
 @pytest.mark.parametrize("name,text,said", [
     ("bad.conf", "[program:a]\ncommand=x\nautorestart=sometimes\n",
      "[program:a]: autorestart: 'sometimes' is not true, false or unexpected"),
-    ("bad.conf", "[program:a]\ncommand=x\nnumprocs=%(ENV_NOPE)s\n",
-     "[program:a] numprocs: '%(ENV_NOPE)s' names 'ENV_NOPE' which cannot be expanded "
+    ("bad.conf", "[program:a]\ncommand=x\nnumprocs=%(procs)s\n",
+     "[program:a] numprocs: '%(procs)s' names 'procs' which cannot be expanded "
      "(names there: ENV_*, group_name, here, host_node_name, program_name)"),
     ("bad.conf", "[program:a]\nautostart=true\n", "[program:a]: command: is required"),
     ("bad.conf", "[program:a]\ncommand=x\nstopsignal=BUS\n",
@@ -204,3 +205,42 @@ def test_names_corral_cannot_take_are_made_valid_and_said(tmp_path: Path) -> Non
         "corral import: s.conf: [program:corral]: name: 'corral' is agent corral-agent "
         "(corral's names: 1-64 of [A-Za-z0-9_-], starting with a letter or digit, unique)"]
     assert "[agents.my-app]" in r.stdout and "[agents.corral-agent]" in r.stdout
+
+
+def test_a_variable_not_set_where_it_is_imported_is_said_not_fatal(tmp_path: Path) -> None:
+    """A container's file names variables its runtime sets: the import still gives a
+    config corral takes, each key it could not expand named."""
+    (tmp_path / "s.conf").write_text(
+        '[supervisord]\nenvironment=A="%(ENV_NOPE1)s",B=2\n'
+        "[program:w]\ncommand=run --n %(ENV_NOPE2)s\nnumprocs=%(ENV_NOPE3)s\n"
+        'user=%(ENV_NOPE4)s\nenvironment=X="%(ENV_NOPE5)s"\nstartsecs=0\n')
+    r = corral("import", "s.conf", cwd=tmp_path)
+    assert (r.returncode, r.stderr.splitlines()) == (0, [
+        "corral import: s.conf: [supervisord]: environment: $NOPE1 not set where corral "
+        "import ran: left empty (set it in env)",
+        "corral import: s.conf: [program:w]: numprocs: '%(ENV_NOPE3)s': not carried: "
+        "$NOPE3 not set where corral import ran (supervisord reads it as it starts)",
+        "corral import: s.conf: [program:w]: command: run by `sh -c`: ${NOPE2} read as the "
+        "process starts",
+        "corral import: s.conf: [program:w]: environment: $NOPE5 not set where corral "
+        "import ran: left empty (set it in env)",
+        "corral import: s.conf: [program:w]: user: '%(ENV_NOPE4)s': not carried: $NOPE4 "
+        "not set where corral import ran (supervisord reads it as it starts)"])
+    assert r.stdout == (
+        "# imported from s.conf (supervisord) by corral import\n\n[agents.w]\n"
+        'command = ["sh", "-c", "exec run --n \\"${NOPE2}\\""]\nprotocol = "none"\n\n'
+        '[agents.w.env]\nA = ""\nB = "2"\nX = ""\n')
+    (tmp_path / "corral.toml").write_text(r.stdout)
+    assert corral("check-config", "--no-check", "corral.toml", cwd=tmp_path).returncode == 0
+
+
+def test_a_pm2_script_runs_under_the_interpreter_its_extension_names(tmp_path: Path) -> None:
+    (tmp_path / "e.json").write_text(json.dumps({"apps": [
+        {"name": "p", "script": "bot.py"}, {"name": "s", "script": "run.sh"},
+        {"name": "b", "script": "/usr/bin/bin"},
+        {"name": "i", "script": "app.py", "interpreter": "/opt/py/bin/python3"}]}))
+    r = corral("import", "e.json", cwd=tmp_path)
+    commands = [ln for ln in r.stdout.splitlines() if ln.startswith("command = ")]
+    assert (r.returncode, commands) == (0, [
+        'command = ["python", "bot.py"]', 'command = ["bash", "run.sh"]',
+        'command = ["/usr/bin/bin"]', 'command = ["/opt/py/bin/python3", "app.py"]'])

@@ -22,6 +22,10 @@ from ..supervisor.othernames import target
 from .model import Imported
 
 EVAL_TIMEOUT = 10.0
+# the interpreter PM2 runs a script with by its extension (where `interpreter` is unset)
+INTERPRETERS = {".js": "node", ".cjs": "node", ".mjs": "node", ".py": "python",
+                ".sh": "bash", ".rb": "ruby", ".php": "php", ".pl": "perl",
+                ".coffee": "coffee", ".ts": "ts-node", ".tsx": "ts-node"}
 # prints the file's export (module.exports, or an ES module's default) as JSON
 _PRINT = ("const m = await import(process.argv[1]); "
           "process.stdout.write(JSON.stringify(m.default ?? m))")
@@ -214,8 +218,8 @@ def _command(app: dict[str, Any], script: str, where: str, imp: Imported) -> lis
     interpreter = app.get("interpreter") or app.get("exec_interpreter")
     extra = _words(app.get("interpreter_args") or app.get("node_args") or [], where,
                    "interpreter_args")
-    if interpreter in (None, "") and script.endswith((".js", ".cjs", ".mjs")):
-        interpreter = "node"  # PM2's default for a JavaScript script
+    if interpreter in (None, ""):  # PM2's choice by the script's extension
+        interpreter = INTERPRETERS.get(Path(script).suffix.lower())
     if interpreter in (None, "", "none"):
         return [script, *argv]
     return [str(interpreter), *extra, script, *argv]

@@ -172,7 +172,7 @@ def _daemon_section(parser: configparser.RawConfigParser, imp: Imported,
     for k, v in parser["supervisord"].items():
         if k == "environment":
             try:
-                env = env_pairs(expand(v, base, "[supervisord] environment"),
+                env = env_pairs(expand_here(v, base, "[supervisord]", k, imp) or "",
                                 "[supervisord]")
             except ConfigError as exc:
                 raise ConfigError(f"{imp.source}: {exc}") from None
@@ -223,7 +223,7 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
     where = f"[{section}]"
     raw = dict(parser[section])
     ex = base | {"program_name": name, "group_name": group}
-    get = _getter(raw, ex, where)
+    get = _getter(raw, ex, where, imp)
     numprocs = _int(get("numprocs", "1"), where, "numprocs")
     start = _int(get("numprocs_start", "0"), where, "numprocs_start")
     ex |= {"numprocs": numprocs, "process_num": start}
@@ -235,13 +235,13 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
     if name_given is not None and numprocs > 1:
         imp.note(where, "process_name", f"{name_given!r}: replicas are named "
                  f"AGENT#0..#{numprocs - 1} (the number is $CORRAL_REPLICA)")
-    if "directory" in raw:
-        table[target("directory")] = get("directory", "")
+    if cwd := get("directory", ""):
+        table[target("directory")] = cwd
     env = dict(common_env)
     if "environment" in raw:
         env |= env_pairs(get("environment", ""), where)
-    if "user" in raw:
-        table["user"] = get("user", "")
+    if user := get("user", ""):
+        table["user"] = user
     if "autostart" in raw:
         table["autostart"] = _bool(get("autostart", "true"), where, "autostart")
     restart = get("autorestart", "unexpected").lower()
@@ -282,10 +282,32 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
     priorities[imp.add(where, name, table)] = (prio, where)
 
 
-def _getter(raw: dict[str, str], ex: dict[str, Any], where: str) -> Any:
+def _getter(raw: dict[str, str], ex: dict[str, Any], where: str, imp: Imported) -> Any:
     def get(k: str, default: str) -> str:
-        return expand(raw[k], ex, f"{where} {k}") if k in raw else default
+        if k not in raw:
+            return default
+        got = expand_here(raw[k], ex, where, k, imp)
+        return default if got is None else got
     return get
+
+
+def expand_here(text: str, ex: dict[str, Any], where: str, key: str, imp: Imported
+                ) -> str | None:
+    """A value expanded with the environment corral import runs in. A variable not set
+    there (a container's, set where it runs) leaves an environment's value empty, and any
+    other key out (None), each said."""
+    unset = sorted({v for v in re.findall(r"%\(ENV_([A-Za-z_][A-Za-z0-9_]*)\)", text)
+                    if f"ENV_{v}" not in ex})
+    if unset:
+        names = ", ".join(f"${v}" for v in unset)
+        if key != "environment":
+            imp.note(where, key, f"{text!r}: not carried: {names} not set where corral "
+                                 "import ran (supervisord reads it as it starts)")
+            return None
+        imp.note(where, key, f"{names} not set where corral import ran: left empty (set "
+                             "it in env)")
+        ex = ex | {f"ENV_{v}": "" for v in unset}
+    return expand(text, ex, f"{where} {key}")
 
 
 def _command(raw: dict[str, str], ex: dict[str, Any], where: str, start: int,
