@@ -239,3 +239,25 @@ def test_a_revision_says_each_key_changed_old_to_new() -> None:
         "env.A removed, env.B added, env.TOKEN changed, limits.cpu_seconds 0 -> 60, "
         "limits.memory_mb 256 -> 512, replicas 3 -> 2, restart 'on-failure' -> 'always'")
     assert describe_change({"tools": ["x" * 60]}, {"tools": ["y" * 60]}) == "tools changed"
+
+
+def test_a_revision_not_of_json_costs_its_rows_their_tenant_not_the_start(
+        tmp_path: Path) -> None:
+    """The migrations that give old rows their tenant read it from the agent's newest
+    revision: one whose spec is not JSON (a hand-edited or damaged row) is passed over,
+    not the reason the daemon cannot start."""
+    path = tmp_path / "corral.db"
+    db = storeschema.connect(path)
+    storeschema.migrate(db, storeschema.MIGRATIONS[:17])
+    with db:
+        db.executemany("INSERT INTO revisions VALUES (?, ?, ?, 'ops', 'add', ?)",
+                       [("chat", 1, 1.0, '{"tenant": "acme"}'), ("chat", 2, 2.0, "{not json"),
+                        ("solo", 1, 1.0, "not json either")])
+        db.executemany("INSERT INTO tasks (id, agent, priority, timeout, retries_left, "
+                       "created, status, tool_calls, attempts) "
+                       "VALUES (?, ?, 0, 0, 0, 1.0, 'succeeded', 0, 1)",
+                       [("t1", "chat"), ("t2", "solo")])
+    assert storeschema.migrate(db) == SCHEMA_VERSION
+    assert db.execute("SELECT id, tenant FROM tasks ORDER BY id").fetchall() == [
+        ("t1", "acme"), ("t2", "default")]
+    db.close()

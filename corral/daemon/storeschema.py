@@ -35,9 +35,11 @@ Migration = str | Callable[[sqlite3.Connection], None]
 # the tenant of the agent that holds the name `agent` (as a migration runs, or as the
 # daemon starts): its newest revision's, `default` when that names none
 # (revisions.tenant_of); migrations 18, 20 and 21, the task journal's usage (taskjournal.py)
+# (a revision whose spec is not JSON, hand-edited or damaged, is passed over: it must not
+# stop a daemon's start)
 HOLDER = ("COALESCE((SELECT json_extract(r.spec, '$.tenant') FROM revisions r "
-          "WHERE r.agent = {agent} ORDER BY r.time DESC, r.revision DESC LIMIT 1), "
-          "'default')")
+          "WHERE r.agent = {agent} AND json_valid(r.spec) "
+          "ORDER BY r.time DESC, r.revision DESC LIMIT 1), 'default')")
 
 MIGRATIONS: list[Migration] = [
     # 1: the schema before versioning existed (IF NOT EXISTS: databases written then
@@ -382,7 +384,9 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (agent, tenant, revision)
     );
     INSERT INTO revisions_of_tenants
-        SELECT agent, coalesce(json_extract(spec, '$.tenant'), 'default'), revision, time,
+        SELECT agent, CASE WHEN json_valid(spec)
+                      THEN coalesce(json_extract(spec, '$.tenant'), 'default')
+                      ELSE 'default' END, revision, time,
                who, change, spec FROM revisions;
     DROP TABLE revisions;
     ALTER TABLE revisions_of_tenants RENAME TO revisions;
