@@ -244,3 +244,16 @@ def test_a_pm2_script_runs_under_the_interpreter_its_extension_names(tmp_path: P
     assert (r.returncode, commands) == (0, [
         'command = ["python", "bot.py"]', 'command = ["bash", "run.sh"]',
         'command = ["/usr/bin/bin"]', 'command = ["/opt/py/bin/python3", "app.py"]'])
+
+
+def test_keys_lists_the_other_tools_names_for_corrals() -> None:
+    r = corral("import", "--keys")
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert "restart            autorestart (supervisord, PM2)" in lines
+    assert ("exit_codes         exitcodes (supervisord), stop_exit_codes (PM2), "
+            "SuccessExitStatus (systemd)") in lines
+    assert "after              priority (supervisord), After (systemd)" in lines
+    r = corral("import")
+    assert (r.returncode, r.stderr.splitlines()[-1]) == (
+        2, "Error: give the files to import (or --keys)")

@@ -14,7 +14,7 @@ from .client import EXIT_FAILED
 
 
 @cli.command("import")
-@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.argument("files", nargs=-1, metavar="FILE...")
 @click.option("--from", "kind", default=None,
               type=click.Choice(["supervisord", "pm2", "procfile", "systemd"]),
               help="The tool the files are for (default: from each file's name and text).")
@@ -22,15 +22,25 @@ from .client import EXIT_FAILED
               help="Write the config here instead of printing it.")
 @click.option("--force", is_flag=True,
               help="With -o, replace a file that exists (its diff is printed first).")
+@click.option("--keys", is_flag=True,
+              help="Print corral's agent keys beside the other tools' names for them.")
 def import_(files: tuple[str, ...], kind: str | None, output: str | None,
-            force: bool) -> None:
+            force: bool, keys: bool) -> None:
     """Turn supervisord .conf files, PM2 ecosystem files (.json; .js/.cjs run by node),
     Procfiles and systemd .service units into corral's config (TOML, printed, or written
     with -o). Each setting that could not be carried over is named on stderr with the
-    reason; the exit status is 0 when every file was read (docs/migrating.md)."""
+    reason; the exit status is 0 when every file was read (docs/migrating.md). `--keys`
+    lists the other tools' names for corral's keys."""
     from ..importer.formats import read
     from ..importer.toml import render
     from ..supervisor.config import ConfigError
+    from ..supervisor.othernames import listing
+
+    if keys:
+        click.echo("\n".join(listing()))
+        return
+    if not files:
+        raise click.UsageError("give the files to import (or --keys)")
 
     try:
         imports = [read(Path(f), dict(os.environ), kind) for f in files]

@@ -15,48 +15,57 @@ from typing import NamedTuple
 
 class OtherName(NamedTuple):
     key: str  # corral's key in an agent table
-    tools: str  # whose name it is, for the message
+    tools: tuple[str, ...]  # whose name it is
+    spelling: str  # as they write it
+
+    @property
+    def whose(self) -> str:
+        """`supervisord's and PM2's`."""
+        return " and ".join(f"{t}'s" for t in self.tools)
 
 
+_S, _P, _D = "supervisord", "PM2", "systemd"
+_TABLE = [
+    # (their name, corral's key, whose)
+    ("autorestart", "restart", (_S, _P)), ("directory", "cwd", (_S,)),
+    ("environment", "env", (_S,)), ("Environment", "env", (_D,)),
+    ("numprocs", "replicas", (_S,)), ("startsecs", "start_secs", (_S,)),
+    ("startretries", "start_retries", (_S,)), ("exitcodes", "exit_codes", (_S,)),
+    ("stopsignal", "stop_signal", (_S,)), ("stopwaitsecs", "stop_timeout", (_S,)),
+    ("priority", "after", (_S,)),
+    ("script", "command", (_P,)), ("instances", "replicas", (_P,)),
+    ("kill_timeout", "stop_timeout", (_P,)), ("min_uptime", "start_secs", (_P,)),
+    ("stop_exit_codes", "exit_codes", (_P,)), ("restart_delay", "backoff_initial", (_P,)),
+    ("exp_backoff_restart_delay", "backoff_initial", (_P,)),
+    ("max_memory_restart", "limits.rss_mb", (_P,)),
+    ("listen_timeout", "start_timeout", (_P,)),
+    ("ExecStart", "command", (_D,)), ("WorkingDirectory", "cwd", (_D,)),
+    ("RestartSec", "backoff_initial", (_D,)), ("TimeoutStopSec", "stop_timeout", (_D,)),
+    ("TimeoutStartSec", "start_timeout", (_D,)),
+    ("StartLimitBurst", "max_restarts", (_D,)),
+    ("StartLimitIntervalSec", "restart_window", (_D,)),
+    ("StartLimitInterval", "restart_window", (_D,)),
+    ("SuccessExitStatus", "exit_codes", (_D,)), ("KillSignal", "stop_signal", (_D,)),
+    ("LimitNOFILE", "limits.open_files", (_D,)), ("WatchdogSec", "watchdog_sec", (_D,)),
+    ("Nice", "limits.nice", (_D,)), ("After", "after", (_D,)),
+]
 # keyed by the other tool's spelling folded to lower case (systemd's directives are
-# CamelCase, and a person who types one into a TOML file may not keep the case)
-OTHER_NAMES: dict[str, OtherName] = {
-    # supervisord
-    "autorestart": OtherName("restart", "supervisord's and PM2's"),
-    "directory": OtherName("cwd", "supervisord's"),
-    "environment": OtherName("env", "supervisord's and systemd's"),
-    "numprocs": OtherName("replicas", "supervisord's"),
-    "startsecs": OtherName("start_secs", "supervisord's"),
-    "startretries": OtherName("start_retries", "supervisord's"),
-    "exitcodes": OtherName("exit_codes", "supervisord's"),
-    "stopsignal": OtherName("stop_signal", "supervisord's"),
-    "stopwaitsecs": OtherName("stop_timeout", "supervisord's"),
-    # PM2
-    "script": OtherName("command", "PM2's"),
-    "instances": OtherName("replicas", "PM2's"),
-    "kill_timeout": OtherName("stop_timeout", "PM2's"),
-    "min_uptime": OtherName("start_secs", "PM2's"),
-    "stop_exit_codes": OtherName("exit_codes", "PM2's"),
-    "restart_delay": OtherName("backoff_initial", "PM2's"),
-    "exp_backoff_restart_delay": OtherName("backoff_initial", "PM2's"),
-    "max_memory_restart": OtherName("limits.rss_mb", "PM2's"),
-    "listen_timeout": OtherName("start_timeout", "PM2's"),
-    # systemd
-    "execstart": OtherName("command", "systemd's"),
-    "workingdirectory": OtherName("cwd", "systemd's"),
-    "restartsec": OtherName("backoff_initial", "systemd's"),
-    "timeoutstopsec": OtherName("stop_timeout", "systemd's"),
-    "timeoutstartsec": OtherName("start_timeout", "systemd's"),
-    "startlimitburst": OtherName("max_restarts", "systemd's"),
-    "startlimitintervalsec": OtherName("restart_window", "systemd's"),
-    "startlimitinterval": OtherName("restart_window", "systemd's"),
-    "successexitstatus": OtherName("exit_codes", "systemd's"),
-    "killsignal": OtherName("stop_signal", "systemd's"),
-    "memorymax": OtherName("limits.memory_mb", "systemd's"),
-    "limitnofile": OtherName("limits.open_files", "systemd's"),
-    "watchdogsec": OtherName("watchdog_sec", "systemd's"),
-    "nice": OtherName("limits.nice", "systemd's"),
-}
+# CamelCase, and a person who types one into a TOML file may not keep the case); a name
+# two tools share (environment) is one entry, both tools named
+OTHER_NAMES: dict[str, OtherName] = {}
+for _name, _key, _tools in _TABLE:
+    _had = OTHER_NAMES.get(_name.lower())
+    OTHER_NAMES[_name.lower()] = OtherName(
+        _key, (_had.tools if _had else ()) + _tools, _had.spelling if _had else _name)
+
+
+def listing() -> list[str]:
+    """The table as lines for people (`corral import --help`): corral's key, then the
+    other tools' names for it."""
+    by: dict[str, list[str]] = {}
+    for other in OTHER_NAMES.values():
+        by.setdefault(other.key, []).append(f"{other.spelling} ({', '.join(other.tools)})")
+    return [f"{key:<18} {', '.join(names)}" for key, names in sorted(by.items())]
 
 
 def corral_key(key: str) -> OtherName | None:
@@ -80,4 +89,4 @@ def hint(key: str, choices: Iterable[str]) -> str | None:
         return None
     if other.key.split(".")[0] not in set(choices):
         return ""
-    return f" (`{key}` is {other.tools} name: corral's is `{other.key}`)"
+    return f" (`{key}` is {other.whose} name: corral's is `{other.key}`)"
