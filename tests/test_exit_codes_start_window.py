@@ -14,6 +14,7 @@ from corral.supervisor import State, Supervisor
 from corral.supervisor.lifecycle import Cause, Machine
 from corral.supervisor.restart import RestartPolicy, StartWindow
 
+from .conftest import agent
 from .test_gateway_stdio import wait_until_async
 from .test_plain import events_of, plain, script
 
@@ -154,3 +155,19 @@ async def test_stop_signal_is_sent_in_place_of_sigterm(sup: Supervisor, tmp_path
     assert said.read_text() == "int\n"
     assert (r.state, r.last_exit) == (State.TERMINATED, "stopped")
     assert signal.Signals.SIGINT is sup.agent("plain").spec.stop_signum
+
+
+@pytest.mark.deadline(60)
+@pytest.mark.parametrize("stop_signal,said", [
+    # a worker that ignores its stdin's EOF, the shutdown request and SIGTERM: the stop
+    # signal comes where SIGTERM would, and the escalation names it
+    ("INT", "stopped (SIGINT after 0.3 s)"),
+    ("KILL", "stopped (SIGKILL after 0.3 s)"),
+])
+async def test_a_workers_stop_sends_its_stop_signal_and_says_so(
+        sup: Supervisor, stop_signal: str, said: str) -> None:
+    sup.add(agent("stubborn", "misbehave.py", env={"MISBEHAVE": "stubborn"},
+                  stop_timeout=0.3, stop_signal=stop_signal))
+    r = await sup.wait_state("stubborn", State.READY)
+    await sup.stop("stubborn")
+    assert (r.state, r.reason) == (State.TERMINATED, said)

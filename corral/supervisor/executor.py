@@ -175,7 +175,9 @@ class Executor:
             self.escalate = asyncio.get_running_loop().call_later(
                 grace, self._stop_unanswered, proc, signal.SIGKILL)
         else:
-            self.machine.escalate_anew(f"SIGKILL after ignoring {first.name} for {grace:g} s")
+            self.machine.escalate_anew(f"SIGKILL after {grace:g} s" if first == signal.SIGKILL
+                                       else f"SIGKILL after ignoring {first.name} for "
+                                       f"{grace:g} s")
             self.kill(proc)
 
     def kill(self, proc: ChildProcess) -> None:
