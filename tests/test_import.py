@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "data" / "import"
 EXPECTED = CORPUS / "expected"
 FILES = ["desktop-agent.conf", "queue-workers.conf", "ecosystem.config.js", "ecosystem.json",
-         "Procfile", "agent-runner@.service", "mcp-gateway.service", "runnable.conf"]
+         "Procfile", "agent-runner@.service", "mcp-gateway.service", "redis.service",
+         "runnable.conf"]
 # the environment the expected files were made in: what %(ENV_X)s reads
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "WIDTH": "1280", "HEIGHT": "800",
        "MODEL": "claude", "QUEUES": "default", "WORKERS": "4", "POOL": "blue"}
@@ -67,6 +68,7 @@ def test_every_program_app_type_and_unit_is_an_agent() -> None:
         "Procfile": ["release", "web", "worker"],
         "agent-runner@.service": ["agent-runner"],
         "mcp-gateway.service": ["mcp-gateway"],
+        "redis.service": ["redis"],
         "runnable.conf": ["display", "drain", "worker"],
     }
 
@@ -257,3 +259,23 @@ def test_keys_lists_the_other_tools_names_for_corrals() -> None:
     r = corral("import")
     assert (r.returncode, r.stderr.splitlines()[-1]) == (
         2, "Error: give the files to import (or --keys)")
+
+
+def test_units_imported_together_keep_their_order(tmp_path: Path) -> None:
+    """agent-runner's After=/Requires=redis.service is an order among the units imported
+    with it: its agent's `after`; a target, or a unit not imported, is said."""
+    r = corral("import", "redis.service", "agent-runner@.service")
+    assert r.returncode == 0
+    assert 'after = ["redis"]' in r.stdout.splitlines()
+    assert r.stderr.splitlines()[-3:] == [
+        "corral import: agent-runner@.service: [Service]: MemoryMax: 2G: not carried: "
+        "corral's limits.memory_mb is the address space (RLIMIT_AS) and limits.rss_mb a "
+        "soft restart, not a cgroup's memory.max",
+        "corral import: agent-runner@.service: [Unit]: After: network-online.target: not "
+        "carried: not a unit imported with it (corral orders its own agents only)",
+        "corral import: agent-runner@.service: [Unit]: Requires: redis.service: after = "
+        "[redis] (started once it is up; not stopped with it, as Requires= would)"]
+    out = tmp_path / "corral.toml"
+    out.write_text(r.stdout)
+    checked = corral("check-config", "--no-check", str(out))
+    assert (checked.returncode, checked.stdout) == (0, f"{out}: ok (2 agents, 0 MCP servers)\n")

@@ -31,7 +31,7 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
     with -o). Each setting that could not be carried over is named on stderr with the
     reason; the exit status is 0 when every file was read (docs/migrating.md). `--keys`
     lists the other tools' names for corral's keys."""
-    from ..importer.formats import read
+    from ..importer.formats import read_all
     from ..importer.toml import render
     from ..supervisor.config import ConfigError
     from ..supervisor.othernames import listing
@@ -43,7 +43,7 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
         raise click.UsageError("give the files to import (or --keys)")
 
     try:
-        imports = [read(Path(f), dict(os.environ), kind) for f in files]
+        imports = read_all([Path(f) for f in files], dict(os.environ), kind)
     except ConfigError as exc:
         click.echo(f"corral: {exc}", err=True)
         sys.exit(EXIT_FAILED)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..supervisor.config import ConfigError
 from . import pm2, procfile, supervisord, systemd
-from .model import Imported
+from .model import Imported, link
 
 Reader = Callable[[Path, dict[str, str]], Imported]
 READERS: dict[str, Reader] = {
@@ -46,3 +46,11 @@ def kind_of(path: Path) -> str:
 
 def read(path: Path, env: dict[str, str], kind: str | None = None) -> Imported:
     return READERS[kind or kind_of(path)](path, env)
+
+
+def read_all(paths: list[Path], env: dict[str, str], kind: str | None = None
+             ) -> list[Imported]:
+    """The files, each read, and the order between them linked (model.link)."""
+    imports = [read(p, env, kind) for p in paths]
+    link(imports)
+    return imports

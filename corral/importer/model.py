@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..supervisor.names import NAME_RE, RESERVED
@@ -18,6 +19,9 @@ class Imported:
     kind: str  # "supervisord", "pm2", "procfile", "systemd"
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # by agent: the units it is ordered after, as (where, directive, unit): an order
+    # between files is known once every file is read (link)
+    ordered: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
 
     def note(self, where: str, key: str, why: str) -> None:
         self.notes.append(f"{self.source}: {where}: {key}: {why}")
@@ -45,3 +49,24 @@ def agent_name(wanted: str, taken: dict[str, Any] | set[str]) -> str:
         name = base[:64 - len(suffix)] + suffix
         n += 1
     return name
+
+
+def link(imports: list[Imported]) -> None:
+    """Each unit's `After=`/`Requires=` on a unit imported with it, as its agent's
+    `after`; on any other (a target, a unit not imported), said and not carried."""
+    units = {Path(imp.source).name: name for imp in imports if imp.kind == "systemd"
+             for name in imp.agents}
+    for imp in imports:
+        for agent, wanted in imp.ordered.items():
+            for where, key, unit in wanted:
+                other = units.get(unit) or units.get(f"{unit}.service")
+                if other is None or other == agent:
+                    imp.note(where, key, f"{unit}: not carried: not a unit imported with "
+                                         "it (corral orders its own agents only)")
+                    continue
+                after = imp.agents[agent].setdefault("after", [])
+                if other not in after:
+                    after.append(other)
+                if key.lower() != "after":
+                    imp.note(where, key, f"{unit}: after = [{other}] (started once it is "
+                                         f"up; not stopped with it, as {key}= would)")

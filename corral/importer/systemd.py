@@ -20,12 +20,12 @@ CARRIED = {"execstart", "workingdirectory", "user", "group", "environment", "res
            "successexitstatus", "startlimitburst", "startlimitintervalsec",
            "startlimitinterval", "type", "watchdogsec", "limitnofile", "nice",
            "description", "documentation", "wantedby", "alias", "killmode"}
+# an order on other units: an agent's `after` where the unit is imported with it (link)
+ORDER = {"after", "requires"}
 LISTS = {"environment", "execstartpre", "execstartpost", "execstop", "execstoppost",
          "after", "before", "requires", "wants", "bindsto", "environmentfile"}
 NOT_CARRIED = {
-    "after": "not carried: corral starts its agents together, in no order",
     "before": "not carried: corral starts its agents together, in no order",
-    "requires": "not carried: corral starts its agents together, with no dependencies",
     "wants": "not carried: corral starts its agents together, with no dependencies",
     "bindsto": "not carried: corral starts its agents together, with no dependencies",
     "partof": "not carried: corral stops each agent on its own",
@@ -108,7 +108,10 @@ def read(path: Path, env: dict[str, str]) -> Imported:
         table = _service(sections, where, imp, name)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    imp.add(where, name, table)
+    agent = imp.add(where, name, table)
+    imp.ordered[agent] = [(f"[{sec}]", key, unit)
+                          for sec, keys in sections.items() for key, values in keys.items()
+                          if key.lower() in ORDER for v in values for unit in v.split()]
     return imp
 
 
@@ -186,7 +189,7 @@ def _service(sections: dict[str, dict[str, list[str]]], where: str, imp: Importe
     if limits:
         table["limits"] = limits
     for low, (sec, key, values) in given.items():
-        if low in CARRIED or low in QUIET or not values:
+        if low in CARRIED or low in QUIET or low in ORDER or not values:
             continue
         why = NOT_CARRIED.get(low, f"not carried: not a directive corral import maps "
                                    f"([{sec}])")
