@@ -51,6 +51,16 @@ class RunGraphStep(Result):
     after: list[str]  # the steps it waits for
     runs: str  # "agent NAME" or "workflow NAME"
     map: bool = False
+    # where it is: its own row's (pending before it starts), a map's items counted by
+    # status; what the dashboard draws and the CLI's tree says, whichever page of rows
+    # `steps` is
+    status: str = "pending"
+    started: float | None = None
+    ended: float | None = None
+    task_id: str | None = None
+    run_id: str | None = None  # a nested step's run
+    error: str | None = None
+    items: dict[str, int] = {}
 
 
 class RunView(Result):
@@ -62,8 +72,15 @@ class RunView(Result):
     agents: list[str]
     error: str | None = None
     input: Any = None
-    output: Any = None  # the last step's output, once the run succeeded
-    steps: list[RunStepView] = []  # in the definition's order, a map's items after it
+    # the last step's output, once the run succeeded, read back from the state database
+    # (absent past MAX_OUTPUT_SHOWN: its step's rows with `outputs` give it, a page at a
+    # time), and how long it is as JSON
+    output: Any = None
+    output_bytes: int | None = None
+    # a page of step rows (of `step`, when asked), in the definition's order, a map's
+    # items after it; each with its output when asked (`outputs`), read back
+    steps: list[RunStepView] = []
+    steps_next: int | UnsetType = UNSET  # the `offset` of the next page; absent: the last
     revision: int | None = None  # of a workflow added at runtime it started on
     # the run's graph: each step, in the definition's order, with the steps it waits
     # for (those not started yet have no row in `steps`); what the dashboard draws

@@ -809,13 +809,23 @@ class WorkflowsRollback(DefinitionRollback):
     newest; a removed workflow comes back so)."""
 
 
+MAX_RUN_ROWS = 10_000  # a run's step rows in one page of runs.get (a map's items)
+
+
 @method("runs.get", result=RunView, scope="tasks:read")
 class RunsGet(Params):
-    """One run: its status and each step's (a map's items too), with their tasks; with
-    wait, held up to that many seconds for the run to end."""
+    """One run: its status, its graph with each step's state, and a page of its step
+    rows (a map's items too) with their tasks and outputs, read back from the state
+    database (a page ends early past 4 MiB of outputs; `steps_next` is the offset of the
+    next); of one step with `step`, without outputs with `outputs` false; with wait,
+    held up to that many seconds for the run to end."""
 
     run_id: str
     wait: Annotated[float, msgspec.Meta(ge=0, le=MAX_WAIT)] | None = None
+    step: str | None = None
+    outputs: bool = True
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=0, le=MAX_RUN_ROWS)] = 1000
 
 
 @method("runs.list", result=RunList, scope="tasks:read")

@@ -161,7 +161,8 @@ async def test_a_schedule_starts_a_workflows_run(tmp_path: Path) -> None:
         workflows = d.up.services.workflows
         await workflows.wait(run_id, 10)
         run = workflows.get(run_id)
-        assert (run.workflow, run.status, run.outputs()["two"]) == ("twice", "succeeded", 20)
+        assert (run.workflow, run.status, workflows.rows.outputs(run)["two"]) == (
+            "twice", "succeeded", 20)
         (entry,) = d.up.services.schedules.entries()
         assert (entry.workflow, entry.agents) == ("twice", ["leaf"])
 

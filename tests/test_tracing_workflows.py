@@ -308,8 +308,8 @@ async def test_a_run_whose_row_cannot_be_committed_forgets_its_callers_context(
         service.recovered.set()  # (as the daemon's recover(): no journal to wait for)
         run = await service.start("one", {"x": 2}, traceparent=CALLER, tracestate="k=v")
         await service.wait(run.run_id, 60)
-        assert (run.status, run.error, run.outputs()) == ("succeeded", None,
-                                                          {"echo": {"op": "echo", "x": 2}})
+        assert (run.status, run.error, dict(service.rows.outputs(run))) == (
+            "succeeded", None, {"echo": {"op": "echo", "x": 2}})
         (listed,), _ = service.list(None, None, None, 10, None)
         assert (listed.run_id, listed.status) == (run.run_id, "succeeded")
         assert (traces._runs, traces._parents) == ({}, {})  # ended: nothing kept
@@ -372,7 +372,7 @@ async def test_a_nested_run_whose_row_cannot_be_committed_forgets_its_steps_cont
         resumed = service.get(outer.run_id)
         assert (resumed.status, resumed.error) == ("succeeded", None)
         child = service.get(child_id)
-        assert (child.workflow, child.status, child.outputs()) == (
+        assert (child.workflow, child.status, dict(service.rows.outputs(child))) == (
             "inner", "succeeded", {"double": {"op": "echo", "x": 3}})
         assert reports[1:] == ["workflows: 1 unfinished run resumed"]
         assert (traces._runs, traces._parents) == ({}, {})

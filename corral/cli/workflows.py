@@ -121,7 +121,6 @@ def _shown(value: Any, width: int = 60) -> str:
 
 NESTED_SHOWN = 4  # levels of nested runs drawn under their steps
 
-
 def _tree(run: m.RunView, obj: Ctx | None = None) -> None:
     """The run, then each step of it (those not started yet `pending`), a nested step's
     run's steps under it (with `obj` to ask for them)."""
@@ -131,35 +130,42 @@ def _tree(run: m.RunView, obj: Ctx | None = None) -> None:
                + (f"  ({run.error})" if run.error else ""))
     _steps(run, "", obj, 0)
     if run.status == "succeeded":
-        click.echo(f"output: {_shown(run.output, 200)}")
+        shown = (_shown(run.output, 200) if run.output is not None or not run.output_bytes
+                 or run.output_bytes <= 4 else
+                 f"{run.output_bytes} bytes: `corral run-status {run.run_id} --json "
+                 f"--step {run.graph[-1].step}` pages it" if run.graph else "")
+        click.echo(f"output: {shown}")
+
+
+ITEMS_SHOWN = 10  # a map's items that did not succeed, listed under it
 
 
 def _steps(run: m.RunView, prefix: str, obj: Ctx | None, depth: int) -> None:
-    rows = {s.step: s for s in run.steps if s.item is None}
-    names = [g.step for g in run.graph] or list(rows)
-    for i, name in enumerate(names):
-        last = i == len(names) - 1
-        s = rows.get(name)
+    """Each step of the run's graph, where it is (a map's items counted), and a map's
+    items that did not succeed (asked for with `obj`, from its page of rows)."""
+    for i, g in enumerate(run.graph):
+        last = i == len(run.graph) - 1
         bar = prefix + ("   " if last else "│  ")
-        if s is None:
-            click.echo(f"{prefix}{'└─' if last else '├─'} {name}  pending")
+        if g.status == "pending":
+            click.echo(f"{prefix}{'└─' if last else '├─'} {g.step}  pending")
             continue
-        items = [x for x in run.steps if x.step == s.step and x.item is not None]
-        extra = ""
-        if items:
-            counts: dict[str, int] = {}
-            for x in items:
-                counts[x.status] = counts.get(x.status, 0) + 1
-            extra = "  [" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "]"
-        task = (f"  task {s.task_id}" if s.task_id else
-                f"  run {s.run_id}" if s.run_id else "")
-        click.echo(f"{prefix}{'└─' if last else '├─'} {s.step}  {s.status}  "
-                   f"{_took(s.started, s.ended)}{task}{extra}"
-                   + (f"  ({s.error})" if s.error else ""))
-        if s.run_id is not None and obj is not None and depth < NESTED_SHOWN:
-            child: m.RunView = obj.call("runs.get", m.RunsGet(run_id=s.run_id))
+        extra = ("  [" + ", ".join(f"{n} {k}" for k, n in sorted(g.items.items())) + "]"
+                 if g.items else "")
+        task = (f"  task {g.task_id}" if g.task_id else
+                f"  run {g.run_id}" if g.run_id else "")
+        click.echo(f"{prefix}{'└─' if last else '├─'} {g.step}  {g.status}  "
+                   f"{_took(g.started, g.ended)}{task}{extra}"
+                   + (f"  ({g.error})" if g.error else ""))
+        if g.run_id is not None and obj is not None and depth < NESTED_SHOWN:
+            child: m.RunView = obj.call("runs.get", m.RunsGet(run_id=g.run_id, limit=0,
+                                                              outputs=False))
             _steps(child, bar, obj, depth + 1)
-        for x in [x for x in items if x.status != "succeeded"][:10]:
+        if obj is None or not any(k != "succeeded" for k in g.items):
+            continue
+        rows: m.RunView = obj.call("runs.get", m.RunsGet(
+            run_id=run.run_id, step=g.step, limit=m.MAX_RUN_ROWS, outputs=False))
+        for x in [x for x in rows.steps if x.item is not None
+                  and x.status != "succeeded"][:ITEMS_SHOWN]:
             click.echo(f"{bar}  [{x.item}] {x.status}  {_took(x.started, x.ended)}  "
                        + (f"task {x.task_id}" if x.task_id else f"run {x.run_id}")
                        + (f"  ({x.error})" if x.error else ""))
@@ -169,11 +175,20 @@ def _steps(run: m.RunView, prefix: str, obj: Ctx | None, depth: int) -> None:
 @click.argument("run_id")
 @click.option("--wait", type=click.FloatRange(min=0, max=m.MAX_WAIT), default=None,
               metavar="SECONDS", help="Wait this long for the run to end.")
+@click.option("--step", default=None, metavar="STEP",
+              help="With --json: the rows of this step alone (a map's items).")
+@click.option("--outputs/--no-outputs", default=True,
+              help="With --json: each row with its output (a page ends past 4 MiB).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, metavar="N",
+              help="With --json: the page of rows from this one (`steps_next`).")
 @json_option
 @pass_ctx
-def run_status(obj: Ctx, run_id: str, wait: float | None, as_json: bool) -> None:
-    res: m.RunView = obj.call("runs.get", m.RunsGet(run_id=run_id, wait=wait),
-                              wait_forever=wait is not None)
+def run_status(obj: Ctx, run_id: str, wait: float | None, step: str | None,
+               outputs: bool, offset: int, as_json: bool) -> None:
+    # the tree is drawn from the graph: no rows are read for it
+    page = (m.RunsGet(run_id=run_id, wait=wait, step=step, outputs=outputs, offset=offset)
+            if as_json else m.RunsGet(run_id=run_id, wait=wait, limit=0, outputs=False))
+    res: m.RunView = obj.call("runs.get", page, wait_forever=wait is not None)
     if as_json:
         print_json(res)
         return

@@ -110,8 +110,10 @@ RESOURCES: list[Resource] = [
        query=("wait",), body=("input", "wait"), location="/runs/{run_id}"),
     _r("GET", "/runs", "runs.list", "Recent runs, newest first, a page at a time",
        query=("workflow", "status", "since", "limit", "before"), cursor="before"),
-    _r("GET", "/runs/{run_id}", "runs.get", "One run and each of its steps",
-       path_params={"run_id": "run_id"}, query=("wait",)),
+    _r("GET", "/runs/{run_id}", "runs.get", "One run, its graph, and a page of its "
+       "steps' rows (with `outputs`, each with its output)",
+       path_params={"run_id": "run_id"},
+       query=("wait", "step", "outputs", "offset", "limit")),
     _r("POST", "/runs/{run_id}/cancel", "runs.cancel", "Cancel a run and its running steps",
        path_params={"run_id": "run_id"}),
     _r("GET", "/schedules", "schedules.list", "The schedules: each clock, last and next fire"),

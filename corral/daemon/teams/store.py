@@ -100,11 +100,12 @@ class CallRows:
             where.append("call_id < ?")
             args.append(before)
         rows = self.store.db.execute(
-            f"SELECT call_id, status, created, ended FROM team_calls WHERE "
+            f"SELECT call_id, status, created, ended, tenant FROM team_calls WHERE "
             f"{' AND '.join(where)} ORDER BY call_id DESC LIMIT ?", (*args, limit))
         return [TaskSummary(task_id=call_id, agent=team, status=st, priority=0,
-                            created=created, started=created, finished=ended, attempts=0)
-                for call_id, st, created, ended in rows]
+                            created=created, started=created, finished=ended, attempts=0,
+                            tenant=owner)
+                for call_id, st, created, ended, owner in rows]
 
 
 def _prune(db: sqlite3.Connection) -> None:

@@ -19,35 +19,90 @@ from ..services import Handler, Services
 from ..tasks.front import page_window
 from ..visibility import seen_workflow
 from .catalog import table_of
-from .runstore import RUN_STATUSES, WHOLE, Run, StepRow
+from .runstore import RUN_STATUSES, WHOLE, Run, RunStore, StepRow
+
+# a run's output, and a page of its rows' outputs, shown up to this many bytes of JSON
+# (the rest read a page at a time: decision 444)
+MAX_OUTPUT_SHOWN = 4 * 1024 * 1024
 
 
-def _step_view(run: Run, r: StepRow) -> m.RunStepView:
+def _step_view(run: Run, r: StepRow, output: Any) -> m.RunStepView:
     st = run.wf.step(r.step)
     nested = st.spec.workflow is not None
     return m.RunStepView(
         step=r.step, item=None if r.item == WHOLE else r.item, status=r.status,
         task_id=None if nested else r.task_id, run_id=r.task_id if nested else None,
-        started=r.started, ended=r.ended, output=r.output, error=r.error)
+        started=r.started, ended=r.ended, output=output, error=r.error)
 
 
-def _graph(wf: Workflow) -> list[m.RunGraphStep]:
-    return [m.RunGraphStep(step=s.name, after=sorted(s.deps, key=lambda d: wf.step(d).index),
-                           runs=f"agent {s.spec.agent}" if s.spec.agent is not None
-                           else f"workflow {s.spec.workflow}", map=s.mapped)
-            for s in wf.steps]
+def _graph(run: Run) -> list[m.RunGraphStep]:
+    """Each step with the steps it waits for and where it is (a map's items counted)."""
+    wf = run.wf
+    items: dict[str, dict[str, int]] = {}
+    for (name, item), r in run.rows.items():
+        if item != WHOLE:
+            counts = items.setdefault(name, {})
+            counts[r.status] = counts.get(r.status, 0) + 1
+    out = []
+    for s in wf.steps:
+        row = run.rows.get((s.name, WHOLE))
+        nested = s.spec.workflow is not None
+        out.append(m.RunGraphStep(
+            step=s.name, after=sorted(s.deps, key=lambda d: wf.step(d).index),
+            runs=f"agent {s.spec.agent}" if s.spec.agent is not None
+            else f"workflow {s.spec.workflow}", map=s.mapped,
+            status=row.status if row is not None else "pending",
+            started=row.started if row is not None else None,
+            ended=row.ended if row is not None else None,
+            task_id=row.task_id if row is not None and not nested else None,
+            run_id=row.task_id if row is not None and nested else None,
+            error=row.error if row is not None else None, items=items.get(s.name, {})))
+    return out
 
 
-def run_view(run: Run, *, steps: bool = True) -> m.RunView:
+def _page(run: Run, store: RunStore, p: m.RunsGet) -> tuple[list[m.RunStepView], int | None]:
+    """A page of the run's step rows (of `p.step`), each with its output read back when
+    asked, the page ended early past MAX_OUTPUT_SHOWN bytes of them (one row at least);
+    and the offset of the next page, None at the last."""
     order = {s.name: s.index for s in run.wf.steps}
-    rows = sorted(run.rows.values(), key=lambda r: (order.get(r.step, 0), r.item))
-    last = run.wf.steps[-1].name
-    output = run.outputs().get(last) if run.status == "succeeded" else None
-    return m.RunView(
+    rows = sorted((r for r in run.rows.values() if r.step in order
+                   and (p.step is None or r.step == p.step)),
+                  key=lambda r: (order[r.step], r.item))
+    page: list[m.RunStepView] = []
+    shown = 0
+    for r in rows[p.offset:p.offset + p.limit]:
+        output = None
+        # (a map's own row has none: its items have theirs)
+        if p.outputs and not (r.item == WHOLE and run.wf.step(r.step).mapped):
+            raw = store.output_raw(run.run_id, r.step, r.item)
+            shown += len(raw) if raw is not None else 0
+            if page and shown > MAX_OUTPUT_SHOWN:
+                break
+            output = msgspec.json.decode(raw) if raw is not None else None
+        page.append(_step_view(run, r, output))
+    end = p.offset + len(page)
+    return page, end if end < len(rows) else None
+
+
+def run_view(run: Run, store: RunStore, page: m.RunsGet | None) -> m.RunView:
+    """A run as runs.get answers it, with the page of its rows `page` asks for (None: a
+    line of runs.list, without its graph, rows and output)."""
+    view = m.RunView(
         run_id=run.run_id, workflow=run.workflow, status=run.status, created=run.created,
-        ended=run.ended, agents=run.agents, error=run.error, input=run.input, output=output,
-        revision=run.revision, graph=_graph(run.wf) if steps else [], tenant=run.tenant,
-        steps=[_step_view(run, r) for r in rows if r.step in order] if steps else [])
+        ended=run.ended, agents=run.agents, error=run.error, input=run.input,
+        revision=run.revision, tenant=run.tenant)
+    if page is None:
+        return view
+    view.graph = _graph(run)
+    view.steps, following = _page(run, store, page)
+    if following is not None:
+        view.steps_next = following
+    if run.status == "succeeded":
+        last = run.wf.steps[-1]
+        view.output_bytes = store.output_bytes(run.run_id, last.name, last.mapped)
+        if view.output_bytes <= MAX_OUTPUT_SHOWN:
+            view.output = store.outputs(run).get(last.name)
+    return view
 
 
 def _entry(d: Services, wf: Workflow) -> m.WorkflowEntry:
@@ -171,13 +226,17 @@ async def workflows_run(d: Services, p: m.WorkflowsRun, caller: Caller, c: Chann
                                   tracestate=p.tracestate)
     if p.wait is not None:
         await d.workflows.wait(run.run_id, p.wait)
-    return run_view(run)
+    return run_view(run, d.workflows.rows, m.RunsGet(run_id=run.run_id))
 
 
 async def runs_get(d: Services, p: m.RunsGet, caller: Caller, c: Channel) -> m.RunView:
     if p.wait is not None:
         await d.workflows.wait(p.run_id, p.wait)
-    return run_view(d.workflows.get(p.run_id))
+    run = d.workflows.get(p.run_id)
+    if p.step is not None and p.step not in {s.name for s in run.wf.steps}:
+        raise RpcError(jsonrpc.INVALID_PARAMS, f"run {run.run_id} has no step {p.step} "
+                       f"(its steps: {', '.join(s.name for s in run.wf.steps)})")
+    return run_view(run, d.workflows.rows, p)
 
 
 async def runs_list(d: Services, p: m.RunsList, caller: Caller, c: Channel) -> m.RunList:
@@ -186,7 +245,7 @@ async def runs_list(d: Services, p: m.RunsList, caller: Caller, c: Channel) -> m
     since, limit = page_window(p.status, p.before, p.since, p.limit, RUN_STATUSES, "run")
     runs, older = d.workflows.list(p.workflow, p.status, since, limit,
                                    p.before, caller.sees_record if caller.limited else None)
-    return m.RunList(runs=[run_view(r, steps=False) for r in runs],
+    return m.RunList(runs=[run_view(r, d.workflows.rows, None) for r in runs],
                      next=older if older is not None else msgspec.UNSET)
 
 
@@ -194,7 +253,8 @@ async def runs_cancel(d: Services, p: m.RunsCancel, caller: Caller, c: Channel
                       ) -> m.RunView:
     run = d.workflows.get(p.run_id)
     seen_workflow(caller, run, run.tenant, what="run", name=run.run_id)
-    return run_view(await d.workflows.cancel(p.run_id))
+    return run_view(await d.workflows.cancel(p.run_id), d.workflows.rows,
+                    m.RunsGet(run_id=p.run_id))
 
 
 TABLE: dict[str, Handler] = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -77,7 +78,7 @@ class Runner:
 
     async def _step(self, run: Run, st: Step) -> None:
         whole = run.rows.get((st.name, WHOLE))
-        scope = Scope(run.input, run.outputs())
+        scope = Scope(run.input, self.rows.outputs(run))
         if whole is None:
             if not runs(st, scope):
                 now = time.time()
@@ -170,7 +171,7 @@ class Runner:
         """A nested step's run (its id recorded in this run's rows before it is made):
         its status, output (its last step's) and error."""
         child = await self.children.child(workflow, run_id, run_input)
-        output = child.outputs().get(child.wf.steps[-1].name) \
+        output = self.rows.outputs(child).get(child.wf.steps[-1].name) \
             if child.status == "succeeded" else None
         return child.status, output, child.error
 
@@ -198,7 +199,8 @@ class Runner:
         await self.rows.save_steps(run.run_id, rows)
         stream = self.engine.stream
         for r in rows:
-            run.rows[(r.step, r.item)] = r
+            # its output is the store's alone, read back when a reference names it
+            run.rows[(r.step, r.item)] = replace(r, output=None) if r.output is not None else r
             stream.emit(StepStarted(run, r) if r.status == "running" else StepEnded(run, r))
 
     async def abandon(self, run: Run) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,24 +64,40 @@ class Run:
     # None: of no one tenant, the operator's
     tenant: str | None = None
 
-    def outputs(self) -> dict[str, Any]:
-        """Each ended step's output (a map's: the list of its items' outputs)."""
-        out: dict[str, Any] = {}
-        for s in self.wf.steps:
-            row = self.rows.get((s.name, WHOLE))
-            if row is None or row.status not in ("succeeded", "skipped"):
-                continue
-            if s.mapped and row.status == "succeeded":
-                items = sorted((r for (n, i), r in self.rows.items() if n == s.name
-                                and i != WHOLE), key=lambda r: r.item)
-                out[s.name] = [r.output for r in items]
-            else:
-                out[s.name] = row.output
-        return out
-
     @property
     def agents(self) -> list[str]:
         return sorted({*self.wf.agents, *(self.nested_agents or ())})
+
+
+class Outputs(Mapping[str, Any]):
+    """A run's ended steps' outputs (a map step's: the list of its items'), read back
+    from its rows as one is named and held while the asker holds this: a run keeps none
+    in memory, however many items its maps have (decision 444)."""
+
+    def __init__(self, run: Run, store: RunStore) -> None:
+        self.run, self.store = run, store
+        self._read: dict[str, Any] = {}
+
+    def _ended(self) -> list[str]:
+        rows = self.run.rows
+        return [s.name for s in self.run.wf.steps if (row := rows.get((s.name, WHOLE)))
+                is not None and row.status in ("succeeded", "skipped")]
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._read:
+            row = self.run.rows.get((name, WHOLE))
+            if row is None or row.status not in ("succeeded", "skipped"):
+                raise KeyError(name)
+            mapped = self.run.wf.step(name).mapped and row.status == "succeeded"
+            self._read[name] = (self.store.items_output(self.run.run_id, name) if mapped
+                                else self.store.output(self.run.run_id, name, WHOLE))
+        return self._read[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ended())
+
+    def __len__(self) -> int:
+        return len(self._ended())
 
 
 def _settle(waiters: asyncio.Future[None], commit: asyncio.Future[None]) -> None:
@@ -128,6 +144,7 @@ class RunStore:
             if mine.done():  # committed by the saver before us, with its own
                 return mine.result()
             taken, self._waiting, self._next = self._waiting, [], None
+            # (each output goes to the store alone: the run's row in memory holds none)
             values = [(rid, r.step, r.item, r.task_id, r.status, r.started, r.ended,
                        _json(r.output) if r.output is not None else None, r.error)
                       for rid, r in taken]
@@ -151,14 +168,48 @@ class RunStore:
                   revision=revision,
                   nested_agents=msgspec.json.decode(agents) if agents is not None else None,
                   traceparent=traceparent, tracestate=tracestate, tenant=tenant)
-        if with_steps:
-            for step, item, task_id, st, started, end, output, err in self.store.db.execute(
-                    "SELECT step, item, task_id, status, started, ended, output, error "
+        if with_steps:  # (without their outputs: read back when asked, Outputs)
+            for step, item, task_id, st, started, end, err in self.store.db.execute(
+                    "SELECT step, item, task_id, status, started, ended, error "
                     "FROM run_steps WHERE run_id = ?", (run_id,)):
-                run.rows[(step, item)] = StepRow(
-                    step, item, st, task_id, started, end,
-                    msgspec.json.decode(output) if output is not None else None, err)
+                run.rows[(step, item)] = StepRow(step, item, st, task_id, started, end,
+                                                 None, err)
         return run
+
+    def outputs(self, run: Run) -> Outputs:
+        return Outputs(run, self)
+
+    def _blob(self, run_id: str, step: str, item: int) -> bytes | None:
+        row = self.store.db.execute("SELECT output FROM run_steps WHERE run_id = ? AND "
+                                    "step = ? AND item = ?", (run_id, step, item)).fetchone()
+        return row[0] if row is not None else None
+
+    def output(self, run_id: str, step: str, item: int) -> Any:
+        """One row's output, read back."""
+        blob = self._blob(run_id, step, item)
+        return msgspec.json.decode(blob) if blob is not None else None
+
+    def output_raw(self, run_id: str, step: str, item: int) -> msgspec.Raw | None:
+        """One row's output as it is kept (JSON), not decoded: passed on as it is."""
+        blob = self._blob(run_id, step, item)
+        return msgspec.Raw(blob) if blob is not None else None
+
+    def output_bytes(self, run_id: str, step: str, mapped: bool) -> int:
+        """How long a step's output is as JSON (a map's: its items' and their list's)."""
+        if not mapped:
+            blob = self._blob(run_id, step, WHOLE)
+            return len(blob) if blob is not None else 4
+        n, size = self.store.db.execute(
+            "SELECT COUNT(*), SUM(COALESCE(LENGTH(output), 4)) FROM run_steps WHERE "
+            "run_id = ? AND step = ? AND item >= 0", (run_id, step)).fetchone()
+        return 2 + int(size or 0) + max(0, int(n) - 1)
+
+    def items_output(self, run_id: str, step: str) -> list[Any]:
+        """A map step's output: its items' outputs, in their order."""
+        return [msgspec.json.decode(o) if o is not None else None
+                for (o,) in self.store.db.execute(
+                    "SELECT output FROM run_steps WHERE run_id = ? AND step = ? AND item >= 0"
+                    " ORDER BY item", (run_id, step))]
 
     _COLUMNS = ("run_id, workflow, definition, input, status, created, ended, deadline, "
                 "error, revision, agents, traceparent, tracestate, tenant")

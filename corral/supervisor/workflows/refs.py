@@ -15,6 +15,7 @@ and tables are walked. No code, no arithmetic: a path, nothing more.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +77,7 @@ class Scope:
     a map's item."""
 
     input: Any
-    outputs: dict[str, Any]
+    outputs: Mapping[str, Any]  # (a run's reads each back from its rows as it is named)
     item: Any = None
     index: int | None = None
 

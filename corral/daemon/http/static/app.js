@@ -1119,13 +1119,12 @@ function graphLayout(graph) {
   return { at, width, height };
 }
 
-// A step's state in the graph: its row's, or "pending" before it starts; a map's items
-// counted (how many ended well of those started)
-function stepState(run, name) {
-  const whole = run.steps.find((s) => s.step === name && s.item === null);
-  const items = run.steps.filter((s) => s.step === name && s.item !== null);
-  const done = items.filter((s) => s.status === "succeeded").length;
-  return { row: whole, status: whole ? whole.status : "pending", items, done };
+// A step's state in the graph, as runs.get sums it: its own row's ("pending" before it
+// starts), a map's items counted (how many ended well of those started)
+function stepState(g) {
+  const counts = g.items || {};
+  const items = Object.values(counts).reduce((a, b) => a + b, 0);
+  return { row: g.status === "pending" ? null : g, status: g.status, items, done: counts.succeeded || 0 };
 }
 
 const RunGraph = ({ run, pick }) => {
@@ -1140,9 +1139,9 @@ const RunGraph = ({ run, pick }) => {
         d=${`M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`} />`;
     }))}
     ${run.graph.map((g) => {
-      const st = stepState(run, g.step);
+      const st = stepState(g);
       const { x, y } = at[g.step];
-      const detail = [st.status, g.map && st.items.length ? `${st.done}/${st.items.length}` : "",
+      const detail = [st.status, g.map && st.items ? `${st.done}/${st.items}` : "",
         st.row ? took(st.row.started, st.row.ended) : ""].filter(Boolean).join(" · ");
       return html`<g class=${`node state-${st.status}`} data-step=${g.step} data-status=${st.status}
           tabindex="0" onClick=${() => pick(g, st)} onKeyDown=${(e) => e.key === "Enter" && pick(g, st)}>
@@ -1155,6 +1154,7 @@ const RunGraph = ({ run, pick }) => {
   </svg>`;
 };
 
+const ITEMS_SHOWN = 1000; // a map's items listed under the graph, the first page of them
 const RUN_LEGEND = ["pending", "running", "succeeded", "skipped", "failed", "cancelled"];
 
 // Followed by its events (events.follow: corral.run.*, corral.step.*, each naming its run):
@@ -1175,11 +1175,15 @@ class Run extends Polled {
     clearTimeout(this.soonTimer);
     if (this.unfollow) this.unfollow();
   }
-  key(props) {
-    return props.id;
+  key(props, state) {
+    return `${props.id}/${(state && state.picked) || ""}`;
   }
+  // the graph sums every step; a picked map's rows are read, a page of them, and no
+  // output of any row: a run's items' outputs are the state database's (decision 444)
   load() {
-    return call("runs.get", { run_id: this.props.id });
+    const picked = this.state.picked;
+    return call("runs.get", picked ? { run_id: this.props.id, step: picked, limit: ITEMS_SHOWN, outputs: false }
+      : { run_id: this.props.id, limit: 0, outputs: false });
   }
   async tick(gen) {
     this.busy = true;
@@ -1223,6 +1227,7 @@ class Run extends Polled {
   }
   show(run) {
     const picked = this.state.picked && run.steps.filter((s) => s.step === this.state.picked && s.item !== null);
+    const more = picked && run.steps_next != null;
     return html`<section id="run">
       <h2>Run ${run.run_id} <${State} s=${run.status} /></h2>
       <p>Workflow ${run.workflow}${run.revision != null ? ` (revision ${run.revision})` : ""},
@@ -1238,10 +1243,12 @@ class Run extends Polled {
           <td><${State} s=${s.status} /></td><td class="num">${took(s.started, s.ended)}</td>
           <td>${s.task_id ? html`<a href=${`#/task/${s.task_id}`}>${s.task_id}</a>`
             : s.run_id ? html`<a href=${`#/run/${s.run_id}`}>${s.run_id}</a>` : "–"}</td></tr>`)}</tbody>
-        </table>`}
+        </table>${more && html`<p class="note">The first ${picked.length} items;
+          <code>corral run-status ${run.run_id} --json --step ${this.state.picked}</code> pages them all.</p>`}`}
       <h2>Output</h2>
       <pre class="json" id="run-output">${run.status === "running" ? "(running…)"
-        : JSON.stringify(run.error ?? run.output, null, 2)}</pre>
+        : run.error != null || run.output != null || !(run.output_bytes > 4) ? JSON.stringify(run.error ?? run.output, null, 2)
+        : `(${run.output_bytes} bytes, more than a page shows: corral run-status ${run.run_id} --json --step ${run.graph[run.graph.length - 1].step})`}</pre>
     </section>`;
   }
 }
