@@ -531,8 +531,8 @@ async def test_the_journal_gives_back_the_days_usage_summed_per_bucket(
     db = sqlite3.connect(db_path)
     db.executemany(
         "INSERT INTO tasks (id, arrival, agent, priority, timeout, retries_left, created, "
-        "started, finished, status, attempts, usage) VALUES (?, ?, ?, 0, 60, 0, ?, ?, ?, "
-        "?, '[]', ?)",
+        "started, finished, status, attempts, usage, tenant) VALUES (?, ?, ?, 0, 60, 0, ?, "
+        "?, ?, ?, '[]', ?, 'default')",  # (the tenant of agents no revision names)
         [(f"t{i}", i, agent, now - 2 * DAY, now - 2 * DAY, when,
           "queued" if when is None else "succeeded", u)
          for i, (agent, when, u) in enumerate(rows)])
