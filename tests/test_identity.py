@@ -279,3 +279,56 @@ async def test_a_name_the_operator_freed_is_as_new_to_the_tenant_that_takes_it(
         assert rc == 0, err
         assert [(t["task_id"], t["tenant"]) for t in msgspec.json.decode(out)["tasks"]] == [
             (i, "acme") for i in ids]
+
+
+CHAT_FILE = f"""
+[agents.chat]
+command = ["{PY}", "{EXAMPLES / 'misbehave.py'}"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+stop_timeout = 10.0
+tenant = "acme"
+"""
+
+
+@pytest.mark.deadline(180)
+async def test_an_agent_given_another_tenant_is_another_agent(tmp_path: Path) -> None:
+    """The operator gives `chat` to globex (decision 438): in the config file, a reload
+    removes acme's `chat` — its queued task cancelled, never run by globex's — and adds
+    globex's, at its revision 1; in place (`agents.update` of a runtime agent) it is
+    refused, naming the key, and nothing changes."""
+    async with in_process(tmp_path, CHAT_FILE, CONFIG) as d, \
+            aiohttp.ClientSession() as http:
+        api = Api(d, http)
+        for tenant in ("acme", "globex"):
+            got = await d.dispatcher.call(SOCKET, "tokens.create", {
+                "name": tenant, "scopes": SCOPES, "tenant": tenant})
+            api.tokens[tenant] = got.token
+        status, body, _ = await api.ask("POST", "/tasks", "acme", {
+            "agent": "chat", "input": {"do": "echo", "secret": SECRET}, "delay": 3600})
+        assert status == 202, body
+        waiting = body["task_id"]
+        config = tmp_path / "corral.toml"
+        config.write_text(config.read_text().replace('tenant = "acme"',
+                                                     'tenant = "globex"'))
+        got = await d.dispatcher.call(SOCKET, "config.reload", {})
+        assert (got.added, got.removed, got.changed) == (["chat"], ["chat"], [])
+        await d.sup.wait_state("chat", State.READY, timeout=30)
+        assert d.sup.agents["chat"].spec.tenant == "globex"
+        status, body, _ = await api.ask("GET", f"/tasks/{waiting}", "acme")
+        assert (body["status"], body["error"]["message"]) == (
+            "cancelled", "agent chat was removed"), body
+        await globex_sees_none_of_it(api, [waiting])
+
+        # in place: refused, nothing changed
+        status, body, _ = await api.ask("POST", "/agents", "acme", {"agents": {"rt": CHAT}})
+        assert status == 200, body
+        with pytest.raises(jsonrpc.RpcError) as refused:
+            await d.dispatcher.call(SOCKET, "agents.update", {
+                "name": "rt", "set": {"tenant": "globex"}})
+        assert (refused.value.code, refused.value.message) == (
+            jsonrpc.CONFLICT, "agents.update: agents.rt.tenant: rt is tenant acme's and "
+                              "stays so; remove it and add an agent of tenant globex; "
+                              "nothing changed")
+        assert d.sup.agents["rt"].spec.tenant == "acme"
+        history = await d.dispatcher.call(SOCKET, "agents.history", {"name": "rt"})
+        assert [r.revision for r in history.revisions] == [1]

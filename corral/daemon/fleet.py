@@ -192,6 +192,13 @@ class Fleet:
             table = merge_patch(self.store.runtime_agents().get(name, {}), changes)
             spec = self._specs({name: table}, "agents.update", who, check=check,
                                tenant=tenant)[name]
+            if spec.tenant != agent.spec.tenant:
+                # another tenant's agent is another agent (decision 438): its queued
+                # tasks, log, budget and sessions are not the new tenant's to take over
+                raise RpcError(jsonrpc.CONFLICT, f"agents.update: agents.{name}.tenant: "
+                               f"{name} is tenant {agent.spec.tenant}'s and stays so; "
+                               f"remove it and add an agent of tenant {spec.tenant}; "
+                               "nothing changed")
             if spec.replicas != len(agent.replicas) and not spec.elastic:
                 self.agents.check_tenants({name: (spec.tenant, spec.replicas)},
                                        f"updating {name}")
@@ -439,7 +446,17 @@ class Fleet:
         self._apply_scaled(cfg.agents)
         agents = diff({n: self.agents[n].spec for n in self.from_config
                        if n in self.agents}, cfg.agents)
-        for n in agents["added"]:
+        fresh = agents["added"]
+        # an agent the file gives another tenant is another agent (decision 438): the
+        # old one is removed (its queued tasks, log, budget and sessions end with it) and
+        # the new one added, never the old one's to take over
+        moved = [n for n in agents["changed"]
+                 if self.agents[n].spec.tenant != cfg.agents[n].tenant]
+        if moved:
+            agents["changed"] = [n for n in agents["changed"] if n not in moved]
+            agents["removed"] = sorted([*agents["removed"], *moved])
+            agents["added"] = sorted([*fresh, *moved])
+        for n in fresh:
             if n in self.agents:  # added at runtime before, declared now: the file wins
                 await self.agents.remove(n)
                 # kept while the database cannot be written; a restart adds the file's
