@@ -28,6 +28,7 @@ so a daemon without one does not load it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from collections.abc import Callable
@@ -47,17 +48,42 @@ JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
+METHOD_HEADER = "Mcp-Method"
+NAME_HEADER = "Mcp-Name"
+NAMED = frozenset({"tools/call", "prompts/get", "resources/read"})
 MAX_RESUMES = 5  # reconnections of one response stream that bring nothing new
 DRAIN_TIMEOUT = 1.0  # seconds to read an answered POST stream to its end
 LEGACY_STATUSES = (400, 404, 405)
 MAX_AUTH_ROUNDS = 2  # new credentials for one request: authorize, then step up once
 
 
+class _Target(msgspec.Struct):
+    """What a request's params name (a tool or prompt, a resource)."""
+
+    name: str | None = None
+    uri: str | None = None
+
+
 class _Head(msgspec.Struct):
-    """What the transport needs to know of a message: is it a request, and its id."""
+    """What the transport needs to know of a message: is it a request, its id, and what
+    its headers say of it (2026-07-28: `Mcp-Method`, `Mcp-Name`)."""
 
     id: jsonrpc.Id | None = None
     method: str | None = None
+    params: _Target | None = None
+
+    def mirrored(self) -> dict[str, str]:
+        """The headers that say the method and its target again, for intermediaries
+        (SEP-2243; a 2026-07-28 server requires them, an older one ignores them)."""
+        if self.method is None:
+            return {}
+        h = {METHOD_HEADER: self.method}
+        target = self.params.uri if self.method == "resources/read" and self.params \
+            else self.params.name if self.method in NAMED and self.params else None
+        if target is not None:
+            h[NAME_HEADER] = target if target.isascii() and target.isprintable() else \
+                "=?base64?" + base64.b64encode(target.encode()).decode() + "?="
+        return h
 
 
 _head = msgspec.json.Decoder(_Head)
@@ -215,6 +241,7 @@ class HttpTransport:
         while True:
             headers = await self._headers()
             headers["Content-Type"] = JSON
+            headers.update(head.mirrored())
             async with http.post(self.url, data=data, headers=headers) as resp:
                 status = resp.status
                 if (status in (401, 403) and self.auth is not None

@@ -11,8 +11,13 @@ Revisions, negotiated per client as the MCP client in client.py does from the ot
 - 2024-11-05 … 2025-11-25: `initialize` picks the version (the client's when corral
   speaks it, else the newest corral speaks), then `notifications/initialized`.
 - 2026-07-28 (stateless): `server/discover` answers what corral speaks; each request names
-  its version in `_meta`, and its result carries `resultType`. A request naming a version
-  corral does not speak is refused with -32022 and the versions it does.
+  its version in `_meta`, and its result carries `resultType` (and, where the revision
+  requires them, the caching hints `ttlMs` and `cacheScope`). A request's envelope is
+  checked first, by each transport calling `screen` (envelope.py): a request without its
+  `_meta`, naming a version corral does not speak, or of a method the revision removed is
+  refused there. `subscriptions/listen` opens a stream of the notifications the client
+  asked for (`list_changed` of tools, resources, prompts), acknowledged first, each tagged
+  with the listen request's id; it lasts until the client cancels it or goes away.
 
 What the session serves comes from a `Backend` (the daemon's pool, directly or through
 the control socket): tools, resources and prompts named `SERVER__NAME`, completion. The
@@ -34,12 +39,13 @@ from msgspec import UNSET
 
 from .. import __version__, jsonrpc
 from ..jsonrpc import Envelope, ErrorResponse, Id, Notification, Response, RpcError
-from .client import LEGACY, META_CLIENT, META_VERSION, STATELESS, SUPPORTED
+from . import envelope
+from .client import LEGACY, META_CLIENT, META_VERSION, SUPPORTED
+from .envelope import Mirror, Refusal
 
 log = logging.getLogger("corral.gateway")
 
 SERVER_INFO = {"name": "corral", "version": __version__}
-UNSUPPORTED_PROTOCOL_VERSION = -32022  # the 2026-07-28 error code, with data.supported
 LIST_KINDS = {"tools/list": "tools", "resources/list": "resources",
               "resources/templates/list": "resourceTemplates", "prompts/list": "prompts"}
 # requests passed on to the pool, with the capability each needs
@@ -48,6 +54,15 @@ FORWARDED = {"tools/call": "tools", "resources/read": "resources",
 CHANGED = {"tools": "notifications/tools/list_changed",
            "resources": "notifications/resources/list_changed",
            "prompts": "notifications/prompts/list_changed"}
+# subscriptions/listen's filter field for each kind of list_changed
+FILTERS = {"tools": "toolsListChanged", "resources": "resourcesListChanged",
+           "prompts": "promptsListChanged"}
+SUBSCRIPTION = "io.modelcontextprotocol/subscriptionId"
+# 2026-07-28 results that carry the caching hints (SEP-2549), besides the lists'
+CACHEABLE = frozenset({"resources/read"})
+# what corral says of a result's freshness: nothing kept (the servers behind may change
+# it at any time), and for this client alone (it is filtered by the client's allowlist)
+CACHE_HINTS = {"ttlMs": 0, "cacheScope": "private"}
 
 _one = msgspec.json.Decoder(Envelope)
 _batch = msgspec.json.Decoder(list[Envelope])
@@ -85,8 +100,22 @@ class GatewaySession:
         self.initialized = False
         self.inflight: dict[Id, asyncio.Task[Any]] = {}
         self._cancelled: set[Id] = set()
+        # subscriptions/listen streams: the listen request's id -> (the list kinds it
+        # asked for, where its notifications go)
+        self.listening: dict[Id, tuple[frozenset[str], Reply]] = {}
 
     # -- what the transport calls ---------------------------------------------------------
+    def screen(self, env: Envelope, mirror: Mirror | None) -> Refusal | None:
+        """The refusal of a 2026-07-28 request for its envelope (envelope.py), or None;
+        `mirror`: what its HTTP headers said (None over stdio). A request of a 2025-11-25
+        session passes unless it names a version itself."""
+        if self.version is not None and (envelope.meta_of(env) or {}).get(META_VERSION) \
+                is None:
+            return None
+        if not envelope.stateless(env, mirror):
+            return None
+        return envelope.check(env, mirror)
+
     def receive(self, env: Envelope, reply: Reply) -> asyncio.Task[Any] | None:
         """Handle one incoming message; a request's answer goes to `reply`. Returns the
         task answering a request that needs one (the HTTP transport waits for it)."""
@@ -109,7 +138,8 @@ class GatewaySession:
             return None
         try:
             params = _params(env.params)
-            result = self._request(method, params, reply)
+            result = self._listen(rid, params, reply) if method == "subscriptions/listen" \
+                else self._request(method, params, reply)
         except RpcError as exc:
             reply(ErrorResponse(rid, exc.to_object()))
             return None
@@ -122,12 +152,17 @@ class GatewaySession:
         return task
 
     def notify_changed(self, kinds: list[str]) -> None:
-        """The pool's lists changed: tell a client that has a channel for it."""
+        """The pool's lists changed: tell a client that has a channel for it (a
+        2025-11-25 session's, and each listen stream that asked for the kind)."""
+        kinds = [k for k in kinds if k in CHANGED and k in self.backend.features]
+        for rid, (wanted, reply) in list(self.listening.items()):
+            for kind in kinds:
+                if kind in wanted:
+                    reply(Notification(CHANGED[kind], {"_meta": {SUBSCRIPTION: rid}}))
         if self.push is None or not self.initialized:
             return
         for kind in kinds:
-            if kind in CHANGED and kind in self.backend.features:
-                self.push(Notification(CHANGED[kind]))
+            self.push(Notification(CHANGED[kind]))
 
     def close(self) -> None:
         """The client is gone: cancel every call it has in flight (and so upstream)."""
@@ -184,18 +219,40 @@ class GatewaySession:
             caps["completions"] = {}
         return caps
 
+    def _listen(self, rid: Id, params: dict[str, Any], reply: Reply) -> Awaitable[Any]:
+        """subscriptions/listen: acknowledged with the kinds corral will send of those
+        asked (the ones it serves), then each list_changed of them until cancelled."""
+        meta = params.get("_meta")
+        if not isinstance(meta, dict) or META_VERSION not in meta:
+            # a 2025-11-25 session has its GET stream instead
+            raise RpcError(jsonrpc.METHOD_NOT_FOUND,
+                           "method not found: subscriptions/listen (2026-07-28 only)")
+        asked = params.get("notifications")
+        if not isinstance(asked, dict):
+            raise RpcError(jsonrpc.INVALID_PARAMS,
+                           "invalid params: subscriptions/listen needs a notifications "
+                           "object")
+        wanted = frozenset(kind for kind, field in FILTERS.items()
+                           if asked.get(field) is True and kind in self.backend.features)
+        reply(Notification("notifications/subscriptions/acknowledged", {
+            "notifications": {FILTERS[k]: True for k in sorted(wanted)},
+            "_meta": {SUBSCRIPTION: rid}}))
+        self.listening[rid] = (wanted, reply)
+        return self._listening(rid)
+
+    async def _listening(self, rid: Id) -> dict[str, Any]:
+        try:
+            await asyncio.Event().wait()  # until cancelled: by the client, or its end
+        finally:
+            self.listening.pop(rid, None)
+        return {"resultType": "complete"}  # pragma: no cover - never set
+
     def _request(self, method: str, params: dict[str, Any], reply: Reply) -> Any:
         meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else None
         asked = meta.get(META_VERSION) if meta else None
-        stateless = False
-        if asked is not None and method != "initialize":
-            if asked != STATELESS:
-                raise RpcError(UNSUPPORTED_PROTOCOL_VERSION,
-                               f"unsupported protocol version: {asked!r}",
-                               {"supported": list(SUPPORTED), "requested": asked})
-            stateless = True
-            if meta and isinstance(meta.get(META_CLIENT), dict):
-                self.client_info = meta[META_CLIENT]
+        stateless = asked is not None and method != "initialize"
+        if stateless and meta and isinstance(meta.get(META_CLIENT), dict):
+            self.client_info = meta[META_CLIENT]
         if method == "initialize":
             return self._initialize(params)
         if method == "server/discover":
@@ -229,8 +286,12 @@ class GatewaySession:
 
     async def _forward(self, method: str, params: dict[str, Any],
                        on_progress: Progress | None, stateless: bool) -> Any:
-        result = await self.backend.forward(method, params, on_progress)
-        return _complete(result, stateless)
+        result = _complete(await self.backend.forward(method, params, on_progress),
+                           stateless)
+        if stateless and method in CACHEABLE and isinstance(result, dict):
+            # a 2026-07-28 server behind may have said its own: kept
+            return {**CACHE_HINTS, **result}
+        return result
 
     def _initialize(self, params: dict[str, Any]) -> dict[str, Any]:
         asked = params.get("protocolVersion")
@@ -246,7 +307,7 @@ class GatewaySession:
         return {"supportedVersions": list(SUPPORTED), "capabilities": self.capabilities(),
                 "serverInfo": SERVER_INFO,
                 "_meta": {"io.modelcontextprotocol/serverInfo": SERVER_INFO},
-                "resultType": "complete", "ttlMs": 0, "cacheScope": "private"}
+                "resultType": "complete", **CACHE_HINTS}
 
     async def _list(self, kind: str, params: dict[str, Any], stateless: bool
                     ) -> dict[str, Any]:
@@ -257,7 +318,7 @@ class GatewaySession:
             else []
         result: dict[str, Any] = {kind: items}
         if stateless:
-            result.update(ttlMs=0, cacheScope="private", resultType="complete")
+            result.update(CACHE_HINTS, resultType="complete")
         return result
 
 
@@ -313,7 +374,11 @@ class StdioTransport(jsonrpc.LineProtocol):
                                                          f"{exc}").to_object()))
             return
         for env in envs:
-            self.session.receive(env, self.send)
+            refusal = self.session.screen(env, None)
+            if refusal is not None and isinstance(env.id, int | str):
+                self.send(ErrorResponse(env.id, refusal.error.to_object()))
+            else:
+                self.session.receive(env, self.send)
 
     def _oversize(self, size: int, head: bytes, tail: bytes) -> None:
         self.send(ErrorResponse(None, RpcError(

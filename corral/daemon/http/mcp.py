@@ -45,9 +45,10 @@ import msgspec
 from aiohttp import web
 
 from ... import jsonrpc
-from ...jsonrpc import Envelope, ErrorResponse, Response, RpcError
-from ...mcp import sse
-from ...mcp.client import SUPPORTED
+from ...jsonrpc import Envelope, ErrorResponse, Id, Response, RpcError
+from ...mcp import envelope, sse
+from ...mcp.client import LEGACY, META_VERSION, STATELESS
+from ...mcp.envelope import Mirror
 from ...mcp.server import GatewaySession, Progress
 from ...supervisor.config import ConfigError
 from ...supervisor.stream import Subscription
@@ -69,6 +70,8 @@ MAX_PENDING = 1024
 RESUME_GRACE = 10.0
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
+METHOD_HEADER = "Mcp-Method"  # 2026-07-28: the body's method and target, said again
+NAME_HEADER = "Mcp-Name"
 _single = msgspec.json.Decoder(Envelope)
 _batch = msgspec.json.Decoder(list[Envelope])
 
@@ -331,21 +334,27 @@ class HttpGateway:
                 text="a valid bearer token is required" if auth else "no bearer token",
                 headers={"WWW-Authenticate": 'Bearer resource_metadata='
                          f'"{_origin(request)}{METADATA}{ENDPOINT}"'})
-        version = request.headers.get(VERSION_HEADER)
-        if version is not None and version not in SUPPORTED:
-            raise _http(400, f"unsupported {VERSION_HEADER}: {version}")
         return ident
 
-    def _session(self, request: web.Request, ident: Identity) -> HttpSession:
+    @staticmethod
+    def _legacy_version(request: web.Request, rid: Id | None = None) -> None:
+        """A 2025-11-25 session's request names a version of its revisions, if any."""
+        version = request.headers.get(VERSION_HEADER)
+        if version is not None and version not in LEGACY:
+            raise _http(400, f"unsupported {VERSION_HEADER}: {version}", rid=rid)
+
+    def _session(self, request: web.Request, ident: Identity, rid: Id | None = None
+                 ) -> HttpSession:
+        self._legacy_version(request, rid)
         sid = request.headers.get(SESSION_HEADER)
         if sid is None:
-            raise _http(400, f"no {SESSION_HEADER}: initialize first")
+            raise _http(400, f"no {SESSION_HEADER}: initialize first", rid=rid)
         sess = self.sessions.get(sid)
         if sess is None:
             raise _http(404, self.sessions.why_gone(sid) or "no such session (it ended, "
-                        "expired, or the daemon restarted): initialize again")
+                        "expired, or the daemon restarted): initialize again", rid=rid)
         if sess.ident.name != ident.name:
-            raise _http(403, "this session belongs to another client")
+            raise _http(403, "this session belongs to another client", rid=rid)
         sess.last_seen = time.monotonic()
         return sess
 
@@ -364,15 +373,24 @@ class HttpGateway:
             return _json(ErrorResponse(None, RpcError(jsonrpc.INVALID_REQUEST,
                                                       "empty batch").to_object()), 400)
         first = envs[0]
+        rid = first.id if isinstance(first.id, int | str) else None
         headers: dict[str, str] = {}
+        if not batch and request.headers.get(SESSION_HEADER) is None:
+            mirror = Mirror(request.headers.get(VERSION_HEADER),
+                            request.headers.get(METHOD_HEADER), request.headers.get(NAME_HEADER))
+            if envelope.stateless(first, mirror):
+                return await self._stateless(request, ident, first, mirror)
+            if not envelope.is_request(first) and (
+                    mirror.version == STATELESS or META_VERSION in (envelope.meta_of(first)
+                                                                    or {})):
+                return web.Response(status=202)  # of no session: nothing to act on
         if first.method == "initialize" and not batch:
+            self._legacy_version(request, rid)
             sess = self._new_session(ident)
             assert sess.id is not None
             headers[SESSION_HEADER] = sess.id
-        elif request.headers.get(SESSION_HEADER) is None and _stateless(first):
-            sess = HttpSession(None, ident, PoolBackend(self.service, ident))
         else:
-            sess = self._session(request, ident)
+            sess = self._session(request, ident, rid)
         requests = [e for e in envs if e.method is not msgspec.UNSET
                     and e.id is not msgspec.UNSET]
         if not requests:
@@ -392,6 +410,42 @@ class HttpGateway:
         if not answers:  # cancelled by the client meanwhile: nothing to say
             return web.Response(status=202, headers=headers)
         return _json(answers[0], 200, headers)
+
+    async def _stateless(self, request: web.Request, ident: Identity, env: Envelope,
+                         mirror: Mirror) -> web.StreamResponse:
+        """A 2026-07-28 request: it stands alone, answered on its own POST. An error keeps
+        its id; one of the envelope has its own status (envelope.py), and a method corral
+        does not have is 404, so that a client tells a 2026-07-28 server apart unread."""
+        sess = HttpSession(None, ident, PoolBackend(self.service, ident))
+        refusal = sess.mcp.screen(env, mirror)
+        if refusal is not None:
+            return _json(ErrorResponse(env.id if isinstance(env.id, int | str) else None,
+                                       refusal.error.to_object()), refusal.status)
+        if env.method == "subscriptions/listen":
+            return await self._listen(request, ident, env)
+        if _wants_progress(env) and "text/event-stream" in request.headers.get("Accept", ""):
+            return await self._stream_answer(request, sess, env, {})
+        answers: list[Any] = []
+        task = sess.mcp.receive(env, answers.append)
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        answer = next((a for a in answers if isinstance(a, Response | ErrorResponse)), None)
+        if answer is None:  # cancelled meanwhile: nothing to say
+            return web.Response(status=202)
+        missing = isinstance(answer, ErrorResponse) and \
+            answer.error.code == jsonrpc.METHOD_NOT_FOUND
+        return _json(answer, 404 if missing else 200)
+
+    async def _listen(self, request: web.Request, ident: Identity, env: Envelope
+                      ) -> web.StreamResponse:
+        """subscriptions/listen: an SSE stream held open until the client goes away, held
+        as one of the client's sessions (bounded as they are, and busy while open)."""
+        sess = self._new_session(ident)
+        assert sess.id is not None
+        try:
+            return await self._stream_answer(request, sess, env, {})
+        finally:
+            self._end(sess.id)
 
     def _new_session(self, ident: Identity) -> HttpSession:
         try:
@@ -507,18 +561,6 @@ def _give_up(sess: HttpSession, stream: Stream) -> None:
     sess.streams.pop(stream.key, None)
 
 
-def _stateless(env: Envelope) -> bool:
-    if env.params is msgspec.UNSET:
-        return False
-    try:
-        params = msgspec.json.decode(env.params)
-    except msgspec.DecodeError:  # pragma: no cover - the envelope was valid JSON
-        return False
-    meta = params.get("_meta") if isinstance(params, dict) else None
-    return env.method == "server/discover" or (
-        isinstance(meta, dict) and "io.modelcontextprotocol/protocolVersion" in meta)
-
-
 def _wants_progress(env: Envelope) -> bool:
     if env.params is msgspec.UNSET:
         return False
@@ -534,9 +576,11 @@ def _json(msg: Any, status: int, headers: dict[str, str] | None = None) -> web.R
                         content_type="application/json", headers=headers)
 
 
-def _http(status: int, text: str, headers: dict[str, str] | None = None) -> web.HTTPException:
-    """An HTTP error whose body is a JSON-RPC error, as MCP clients read it."""
-    body = msgspec.json.encode(ErrorResponse(None, RpcError(
+def _http(status: int, text: str, headers: dict[str, str] | None = None,
+          rid: Id | None = None) -> web.HTTPException:
+    """An HTTP error whose body is a JSON-RPC error, as MCP clients read it (with the
+    request's id, when it was read)."""
+    body = msgspec.json.encode(ErrorResponse(rid, RpcError(
         jsonrpc.INVALID_REQUEST if status < 500 else jsonrpc.SERVER_ERROR, text).to_object()))
     cls: type[web.HTTPException] = _ERRORS[status]
     return cls(body=body, content_type="application/json", headers=headers)

@@ -1,0 +1,159 @@
+"""A 2026-07-28 request's envelope, checked before any handler sees it (SEP-2575, SEP-2243).
+
+The stateless revision has no handshake: every request carries, in `params._meta`, the
+version it speaks and the client's capabilities, and over Streamable HTTP says its
+version, method and target again in headers (`MCP-Protocol-Version`, `Mcp-Method`,
+`Mcp-Name`) so that an intermediary can route it unread. A request that breaks this is
+refused here, with its own id, and with the HTTP status the revision gives each refusal
+(`Refusal.status`; stdio ignores it):
+- no `_meta`, or one without the version or the client's capabilities: -32602, 400;
+- a header that does not say what the body says (or a missing `Mcp-Method`, or a missing
+  `Mcp-Name` where the body names a tool, prompt or resource): -32020, 400;
+- a version corral does not speak: -32022, 400, with `data.supported` and
+  `data.requested`;
+- a method the revision removed (`initialize`, `ping`, `logging/setLevel`,
+  `resources/subscribe`, `resources/unsubscribe`): -32601, 404 — a 2025-11-25 session
+  still has them.
+
+Which requests are of the revision: over HTTP, one without a session that names a version
+corral's sessions do not speak (in the header or `_meta`), or any request but `initialize`
+and `ping` that names none (a 2025-11-25 client begins with `initialize`, and may ping
+before it); over stdio, the same of a client that has not initialized, and any request
+that names a version in `_meta`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, NamedTuple
+
+import msgspec
+from msgspec import UNSET
+
+from .. import jsonrpc
+from ..jsonrpc import Envelope, RpcError
+from .client import LEGACY, META_CAPABILITIES, META_VERSION, STATELESS, SUPPORTED
+
+HEADER_MISMATCH = -32020
+UNSUPPORTED_PROTOCOL_VERSION = -32022  # with data.supported and data.requested
+REMOVED = frozenset({"initialize", "ping", "logging/setLevel", "resources/subscribe",
+                     "resources/unsubscribe"})
+# what a 2025-11-25 client may send before it has a session
+LEGACY_FIRST = frozenset({"initialize", "ping"})
+# the body's field each method's Mcp-Name mirrors
+NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+_B64 = ("=?base64?", "?=")  # SEP-2243's form of a value that is not printable ASCII
+
+
+class Mirror(NamedTuple):
+    """What a Streamable HTTP request says of its body in headers, each None when
+    absent (stdio has no headers: no Mirror at all)."""
+
+    version: str | None
+    method: str | None
+    name: str | None
+
+
+class Refusal(NamedTuple):
+    """A request refused for its envelope: the error, and the HTTP status Streamable HTTP
+    answers it with."""
+
+    error: RpcError
+    status: int
+
+
+def meta_of(env: Envelope) -> dict[str, Any] | None:
+    """The request's `params._meta`, when it is an object."""
+    if env.params is UNSET:
+        return None
+    try:
+        params = msgspec.json.decode(env.params)
+    except msgspec.DecodeError:  # pragma: no cover - the envelope was valid JSON
+        return None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+def is_request(env: Envelope) -> bool:
+    return env.method is not UNSET and env.id is not UNSET and env.id is not None
+
+
+def stateless(env: Envelope, mirror: Mirror | None) -> bool:
+    """Whether a request that belongs to no session is of the 2026-07-28 revision."""
+    if not is_request(env):
+        return False
+    said = mirror.version if mirror is not None else None
+    if said is not None and said not in LEGACY:
+        return True
+    meta = meta_of(env)
+    if meta is not None and META_VERSION in meta:
+        return True
+    return env.method not in LEGACY_FIRST and said is None
+
+
+def check(env: Envelope, mirror: Mirror | None) -> Refusal | None:
+    """The refusal of a 2026-07-28 request for its envelope, or None."""
+    assert isinstance(env.method, str)
+    try:
+        params = msgspec.json.decode(env.params) if env.params is not UNSET else {}
+    except msgspec.DecodeError:  # pragma: no cover - the envelope was valid JSON
+        return None
+    if not isinstance(params, dict):
+        return None  # the handler says "must be an object"
+    meta = params.get("_meta")
+    if not isinstance(meta, dict):
+        return _invalid("a 2026-07-28 request carries _meta with "
+                        f"{META_VERSION} and {META_CAPABILITIES} (a 2025-11-25 client "
+                        "sends initialize first)")
+    version = meta.get(META_VERSION)
+    if not isinstance(version, str):
+        return _invalid(f"_meta has no {META_VERSION}")
+    if not isinstance(meta.get(META_CAPABILITIES), dict):
+        return _invalid(f"_meta has no {META_CAPABILITIES} object")
+    if mirror is not None:
+        mismatch = _mismatch(env.method, params, version, mirror)
+        if mismatch is not None:
+            return Refusal(RpcError(HEADER_MISMATCH, f"header mismatch: {mismatch}"), 400)
+    if version != STATELESS:
+        return Refusal(RpcError(UNSUPPORTED_PROTOCOL_VERSION,
+                                f"unsupported protocol version: {version!r}",
+                                {"supported": list(SUPPORTED), "requested": version}), 400)
+    if env.method in REMOVED:
+        return Refusal(RpcError(jsonrpc.METHOD_NOT_FOUND,
+                                f"method not found: {env.method} (not in 2026-07-28)"), 404)
+    return None
+
+
+def _invalid(why: str) -> Refusal:
+    return Refusal(RpcError(jsonrpc.INVALID_PARAMS, f"invalid params: {why}"), 400)
+
+
+def _mismatch(method: str, params: dict[str, Any], version: str, mirror: Mirror
+              ) -> str | None:
+    """What the headers say otherwise than the body, in words, or None."""
+    if mirror.version is not None and mirror.version.strip() != version:
+        return f"MCP-Protocol-Version is {mirror.version!r}, _meta says {version!r}"
+    if mirror.method is None:
+        return "no Mcp-Method header"
+    if mirror.method.strip() != method:
+        return f"Mcp-Method is {mirror.method!r}, the body's method {method!r}"
+    field = NAMED.get(method)
+    named = params.get(field) if field else None
+    if not isinstance(named, str):
+        return None
+    if mirror.name is None:
+        return f"no Mcp-Name header for {method} of {field} {named!r}"
+    said = _decoded(mirror.name.strip())
+    if said != named:
+        return f"Mcp-Name is {mirror.name!r}, the body's {field} {named!r}"
+    return None
+
+
+def _decoded(value: str) -> str | None:
+    if not (value.startswith(_B64[0]) and value.endswith(_B64[1])):
+        return value
+    try:
+        return base64.b64decode(value[len(_B64[0]):-len(_B64[1])], validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
