@@ -188,6 +188,16 @@ async def test_a_tenant_taking_a_freed_name_gets_none_of_its_runs_calls_or_defin
                                      env={"PYTHONPATH": str(ROOT)})
         assert code == 0, err
         assert json.loads(out)["tenant"] == "acme"
+        # the CLI's tables name each record's tenant (the run's before its error, the
+        # revision's before its change)
+        for args, first, last in ((("runs",), [run_id, "wf", "succeeded"], ["acme"]),
+                                  (("workflows", "history", "wf"), ["*", "1"],
+                                   ["token", "acme", "acme", "created"])):
+            out, err, code = await child(PY, "-m", "corral", "--socket",
+                                         str(tmp / "corral.sock"), *args,
+                                         env={"PYTHONPATH": str(ROOT)})
+            words = out.splitlines()[1].split()
+            assert (code, words[:len(first)], words[-len(last):]) == (0, first, last), out
 
     # and after a restart, the same
     async with daemon(tmp) as api:

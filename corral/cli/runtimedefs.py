@@ -16,6 +16,11 @@ from .render import print_json, stamp, table
 from .tasks import _read_input
 
 
+def whose(tenant: str | None) -> str:
+    """A record's tenant as a table shows it ("-": of no one tenant, the operator's)."""
+    return tenant if tenant is not None else "-"
+
+
 def read_tables(path: str, section: str) -> dict[str, Any]:
     """The [section.NAME] tables of a TOML file (or a JSON file's `section` object)."""
     import tomllib
@@ -94,8 +99,8 @@ def runtime_commands(group: click.Group, section: str, noun: str) -> None:
             print_json(res)
             return
         table([[("* " if r.revision == res.current else "  ") + str(r.revision),
-                stamp(r.time), r.who, r.change] for r in res.revisions],
-              ["  REV", "TIME", "WHO", "CHANGE"])
+                stamp(r.time), r.who, whose(r.tenant), r.change] for r in res.revisions],
+              ["  REV", "TIME", "WHO", "TENANT", "CHANGE"])
 
     @group.command("rollback", help=doc(f"{section}.rollback"))
     @click.argument("name")

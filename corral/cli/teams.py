@@ -6,7 +6,7 @@ from __future__ import annotations
 from .. import methods as m
 from .app import Ctx, cli, doc, json_option, pass_ctx
 from .render import print_json, table
-from .runtimedefs import runtime_commands
+from .runtimedefs import runtime_commands, whose
 
 
 @cli.group("teams", help="Teams: those of the config ([teams.NAME]) and those added at "
@@ -24,8 +24,10 @@ def teams_list(obj: Ctx, as_json: bool) -> None:
         print_json(res)
         return
     table([[t.name, t.mode, ", ".join(t.members),
-            "file" if t.revision is None else f"rev {t.revision}", t.description]
-           for t in res.teams], ["NAME", "MODE", "MEMBERS", "FROM", "DESCRIPTION"])
+            "file" if t.revision is None else f"rev {t.revision}", whose(t.tenant),
+            t.description]
+           for t in res.teams], ["NAME", "MODE", "MEMBERS", "FROM", "TENANT",
+                                 "DESCRIPTION"])
 
 
 runtime_commands(teams, "teams", "team")

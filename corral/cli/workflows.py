@@ -16,7 +16,7 @@ from .app import Ctx, cli, doc, json_option, pass_ctx
 from .client import EXIT_FAILED
 from .durations import duration
 from .render import print_json, table
-from .runtimedefs import runtime_commands
+from .runtimedefs import runtime_commands, whose
 from .tasks import _read_input
 
 
@@ -35,8 +35,10 @@ def workflows_list(obj: Ctx, as_json: bool) -> None:
         print_json(res)
         return
     table([[w.name, " -> ".join(w.steps), ", ".join(w.agents),
-            "file" if w.revision is None else f"rev {w.revision}", w.description]
-           for w in res.workflows], ["NAME", "STEPS", "AGENTS", "FROM", "DESCRIPTION"])
+            "file" if w.revision is None else f"rev {w.revision}", whose(w.tenant),
+            w.description]
+           for w in res.workflows], ["NAME", "STEPS", "AGENTS", "FROM", "TENANT",
+                                     "DESCRIPTION"])
 
 
 @workflows.command("plan", help=doc("workflows.plan") + "\n\nWith --file, the plan of a "
@@ -216,8 +218,9 @@ def runs_list(obj: Ctx, workflow: str | None, status: str | None, since: str | N
     if as_json:
         print_json(res)
         return
-    table([[r.run_id, r.workflow, r.status, _took(r.created, r.ended), r.error or ""]
-           for r in res.runs], ["RUN", "WORKFLOW", "STATUS", "TOOK", "ERROR"])
+    table([[r.run_id, r.workflow, r.status, _took(r.created, r.ended), whose(r.tenant),
+            r.error or ""]
+           for r in res.runs], ["RUN", "WORKFLOW", "STATUS", "TOOK", "TENANT", "ERROR"])
     if isinstance(res.next, str):
         click.echo(f"older runs: the same with --before {res.next}", err=True)
 
