@@ -61,11 +61,17 @@ class Teams:
         return spec
 
     def _checked(self, name: str) -> str:
-        """The team checked against the agents there now (one may have been removed)."""
+        """The team checked against the agents there now (one may have been removed, or
+        its name taken by another tenant's: no agent of a team of its tenant, and not
+        named to its caller as another tenant's)."""
         agents = self.engine.sup.agents
+        spec = self.spec(name)
+
+        def tenant_of(agent: str) -> str | None:
+            there = agents[agent].spec.tenant if agent in agents else None
+            return there if spec.tenant is None or there == spec.tenant else None
         try:
-            return check_team(name, self.spec(name), teams=self.specs, tenant_of=lambda a: (
-                agents[a].spec.tenant if a in agents else None))
+            return check_team(name, spec, teams=self.specs, tenant_of=tenant_of)
         except TeamError as exc:
             raise RpcError(jsonrpc.INVALID_PARAMS, str(exc)) from None
 
