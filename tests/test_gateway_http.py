@@ -67,15 +67,15 @@ def url(d: Daemon) -> str:
 
 
 @asynccontextmanager
-async def http_session(d: Daemon, token: str, seen: list[Any] | None = None
-                       ) -> AsyncIterator[ClientSession]:
+async def http_session(d: Daemon, token: str, seen: list[Any] | None = None,
+                       at: str = "") -> AsyncIterator[ClientSession]:
     async def on_message(msg: Any) -> None:
         if seen is not None:
             seen.append(msg)
 
     client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
                                 timeout=httpx2.Timeout(30, read=60))
-    async with client, streamable_http_client(url(d), http_client=client) as (r, w), \
+    async with client, streamable_http_client(url(d) + at, http_client=client) as (r, w), \
             ClientSession(r, w, message_handler=on_message) as s:
         await s.initialize()
         yield s
@@ -97,6 +97,51 @@ async def test_http_clients_see_the_pool_filtered_by_their_token(daemon: Daemon)
     st = daemon.json("mcp", "status")["gateway"]
     assert st["clients"]["full"]["calls"] >= 1
     assert st["clients"]["notes-only"]["errors"] >= 1
+
+
+async def test_a_server_is_seen_as_itself_at_its_own_path(daemon: Daemon) -> None:
+    """/mcp/ev: server-everything by its own names, as a client configured for it would
+    use it, through corral's allowlists, limits and audit."""
+    async with http_session(daemon, FULL) as s:
+        whole = set(await listed(s, "ev__echo"))
+    async with http_session(daemon, FULL, at="/ev") as s:
+        names = {t.name for t in (await s.list_tools()).tools}
+        assert names == {n.removeprefix("ev__") for n in whole if n.startswith("ev__")}
+        assert text(await s.call_tool("get-sum", {"a": 2, "b": 40})) == \
+            "The sum of 2 and 40 is 42."
+        prompts = [p.name for p in (await s.list_prompts()).prompts]
+        assert "simple-prompt" in prompts and not any("__" in p for p in prompts)
+        got = await s.get_prompt("simple-prompt")
+        assert got.messages
+        resources = (await s.list_resources()).resources
+        assert resources and (await s.read_resource(resources[0].uri)).contents
+    async with http_session(daemon, NOTES, at="/ev") as s:
+        assert (await s.list_tools()).tools == []
+        with pytest.raises(MCPError) as err:
+            await s.call_tool("echo", {"message": "x"})
+        assert str(err.value) == ("tool ev__echo is not in the allowlist of gateway client "
+                                  "notes-only (notes__*)")
+
+
+async def test_an_unknown_servers_path_is_404_and_a_session_keeps_its_path(
+        daemon: Daemon) -> None:
+    h = {"Authorization": f"Bearer {FULL}", "Accept": "application/json, text/event-stream"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"}}}
+    async with httpx2.AsyncClient(headers=h, timeout=30) as c:
+        r = await c.post(url(daemon) + "/nope", json=init)
+        assert r.status_code == 404
+        assert r.json()["error"]["message"] == "no MCP server nope this client may use"
+        r = await c.post(url(daemon) + "/ev", json=init)
+        assert r.status_code == 200
+        sid = r.headers["Mcp-Session-Id"]
+        r = await c.post(url(daemon), headers={"Mcp-Session-Id": sid}, json={
+            "jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+        assert (r.status_code, r.json()["id"], r.json()["error"]["message"]) == (
+            404, 2, "this session is of /mcp/ev, not of /mcp: initialize again")
+        r = await c.delete(url(daemon) + "/ev", headers={"Mcp-Session-Id": sid})
+        assert r.status_code == 200
 
 
 async def test_no_token_or_an_unknown_one_is_401(daemon: Daemon) -> None:

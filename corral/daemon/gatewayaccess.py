@@ -140,6 +140,9 @@ class Identity(msgspec.Struct, kw_only=True):
     # whose servers it may call, judged at each call (None: every server): an allowlist
     # made when it started may predate a server another tenant added since
     tenant: str | None = None
+    # the one server it sees as itself (at /mcp/NAME): that server's tools and prompts by
+    # their own names, its resources alone; None: every server's, named SERVER__NAME
+    server: str | None = None
 
 
 class CallStats:
@@ -375,11 +378,20 @@ class GatewayService:
             raise RpcError(jsonrpc.INVALID_PARAMS, f"no such list: {kind}")
         with self._slot(ident):
             items = await lister(owner=ident.owner, allow=ident.allow)
+        if ident.server is not None:
+            return [_as_itself(i, kind) for i in items if i.get("server") == ident.server]
         return [{k: v for k, v in i.items() if k != "server"} for i in items]
+
+    def sees_server(self, ident: Identity, server: str) -> bool:
+        """Whether `server` is one the client may see as itself: it exists and is its
+        tenant's or shared (what it may call of it, its allowlist says at each call)."""
+        return server in self.tools.servers and self._tenant_sees(ident, f"{server}__")
 
     async def forward(self, ident: Identity, method: str, params: dict[str, Any],
                       on_progress: Callable[[dict[str, Any]], None] | None,
                       who: tuple[int, int] = (-1, -1)) -> Any:
+        if ident.server is not None:
+            params = _qualified(ident.server, method, params)
         if method == "tools/call":
             name = params.get("name")
             arguments = params.get("arguments") or {}
@@ -427,6 +439,8 @@ class GatewayService:
             having = sorted({t["server"] for t in listed
                              if t.get("uriTemplate") == uri or _expands(t.get("uriTemplate"),
                                                                         uri)})
+        if ident.server is not None:  # a server seen as itself: its own resources alone
+            having = [h for h in having if h == ident.server]
         if len(having) != 1:
             raise RpcError(jsonrpc.NOT_FOUND if not having else jsonrpc.INVALID_PARAMS,
                            f"resource {uri}: " + (f"listed by {', '.join(having)}" if having
@@ -527,6 +541,26 @@ class GatewayService:
         have changed."""
         if event.kind == "mcp" and serving_changed(event.previous, event.state):
             self.changed(["tools", "resources", "prompts"])
+
+
+def _as_itself(item: dict[str, Any], kind: str) -> dict[str, Any]:
+    """An item of a server seen as itself: its own name (tools, prompts), no `server`."""
+    out = {k: v for k, v in item.items() if k != "server"}
+    if kind in ("tools", "prompts") and isinstance(out.get("name"), str):
+        out["name"] = out["name"].partition("__")[2]
+    return out
+
+
+def _qualified(server: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A request of a client that sees `server` as itself, with the pool's names: a tool
+    or prompt (or a completion's prompt) `NAME` is `server__NAME`."""
+    if method in ("tools/call", "prompts/get") and isinstance(params.get("name"), str):
+        return {**params, "name": f"{server}__{params['name']}"}
+    ref = params.get("ref")
+    if method == "completion/complete" and isinstance(ref, dict) and \
+            ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
+        return {**params, "ref": {**ref, "name": f"{server}__{ref['name']}"}}
+    return params
 
 
 def _shown_allow(allow: list[str] | None) -> str:

@@ -64,6 +64,7 @@ log = logging.getLogger("corral.gateway.http")
 
 ENDPOINT = "/mcp"
 METADATA = "/.well-known/oauth-protected-resource"
+VIEW = "/{server}"  # one server seen as itself (docs/gateway.md)
 MAX_BODY = 16 * 1024 * 1024
 REPLAY = 256
 MAX_PENDING = 1024
@@ -176,11 +177,12 @@ class HttpGateway:
     def mount(self, app: web.Application) -> None:
         """The endpoint and its metadata as routes of `app`: this gateway's own site's,
         or the daemon's HTTP server's."""
-        app.router.add_route("POST", ENDPOINT, self.post)
-        app.router.add_route("GET", ENDPOINT, self.get)
-        app.router.add_route("DELETE", ENDPOINT, self.delete)
+        for path in (ENDPOINT, ENDPOINT + VIEW):
+            app.router.add_route("POST", path, self.post)
+            app.router.add_route("GET", path, self.get)
+            app.router.add_route("DELETE", path, self.delete)
+            app.router.add_route("GET", METADATA + path, self.metadata)
         app.router.add_route("GET", METADATA, self.metadata)
-        app.router.add_route("GET", METADATA + ENDPOINT, self.metadata)
         # a session's streams end when their server stops, rather than holding its stop
         app.on_shutdown.append(self._end_sessions)
         self.open()
@@ -333,8 +335,13 @@ class HttpGateway:
             raise web.HTTPUnauthorized(
                 text="a valid bearer token is required" if auth else "no bearer token",
                 headers={"WWW-Authenticate": 'Bearer resource_metadata='
-                         f'"{_origin(request)}{METADATA}{ENDPOINT}"'})
-        return ident
+                         f'"{_origin(request)}{METADATA}{request.path}"'})
+        server = request.match_info.get("server")
+        if server is None:
+            return ident
+        if not self.service.sees_server(ident, server):
+            raise _http(404, f"no MCP server {server} this client may use")
+        return msgspec.structs.replace(ident, server=server)
 
     @staticmethod
     def _legacy_version(request: web.Request, rid: Id | None = None) -> None:
@@ -355,6 +362,9 @@ class HttpGateway:
                         "expired, or the daemon restarted): initialize again", rid=rid)
         if sess.ident.name != ident.name:
             raise _http(403, "this session belongs to another client", rid=rid)
+        if sess.ident.server != ident.server:
+            raise _http(404, f"this session is of {_path(sess.ident.server)}, not of "
+                             f"{_path(ident.server)}: initialize again", rid=rid)
         sess.last_seen = time.monotonic()
         return sess
 
@@ -542,7 +552,8 @@ class HttpGateway:
     async def metadata(self, request: web.Request) -> web.Response:
         """RFC 9728 protected-resource metadata: bearer tokens in the header; corral's
         tokens are issued by its operator (tokens_file), so no authorization server."""
-        return web.json_response({"resource": f"{_origin(request)}{ENDPOINT}",
+        path = request.path.removeprefix(METADATA) or ENDPOINT
+        return web.json_response({"resource": f"{_origin(request)}{path}",
                                   "authorization_servers": [],
                                   "bearer_methods_supported": ["header"],
                                   "resource_name": "corral MCP gateway"})
@@ -552,6 +563,10 @@ def _origin(request: web.Request) -> str:
     """The server as the client addressed it (the gateway may be served at several
     addresses): the resource its metadata names is the one the client asked."""
     return str(request.url.origin())
+
+
+def _path(server: str | None) -> str:
+    return ENDPOINT if server is None else f"{ENDPOINT}/{server}"
 
 
 def _give_up(sess: HttpSession, stream: Stream) -> None:
