@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -195,6 +196,47 @@ class RotatingFile:
             self._fd = -1
 
 
+# the daemon's own streams, as an agent's log_file (a container's `docker logs`)
+STREAMS = {"/dev/stdout": 1, "/dev/stderr": 2}
+
+
+class LogPlace(NamedTuple):
+    """Where a source's lines are written, and its rotation."""
+
+    path: Path
+    max_bytes: int
+    backups: int
+
+
+class StreamFile:
+    """The daemon's stdout or stderr as a source's log: written as a file is, never
+    rotated (what reads it keeps what it wants)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.dup(STREAMS[str(path)])
+        os.set_inheritable(self._fd, False)
+
+    def write(self, *parts: bytes) -> None:
+        rest = memoryview(b"".join(parts))
+        while rest:
+            rest = rest[os.write(self._fd, rest):]
+
+    def rotate(self) -> None:
+        """Nothing to rotate."""
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def open_place(place: LogPlace) -> RotatingFile | StreamFile:
+    if str(place.path) in STREAMS:
+        return StreamFile(place.path)
+    return RotatingFile(place.path, place.max_bytes, place.backups)
+
+
 @dataclass(slots=True)
 class _Broken:
     """A log file that could not be written: since when, why, and what it missed."""
@@ -280,7 +322,7 @@ class LogHub:
         self.tail_lines = tail_lines
         self.tail_bytes = tail_bytes
         self.tails: dict[str, _Tail] = {}
-        self.files: dict[str, RotatingFile] = {}
+        self.files: dict[str, RotatingFile | StreamFile] = {}
         self.broken: dict[str, _Broken] = {}  # by file source: files that cannot be written
         # by file source: a file that fails, comes back and fails again is not told every
         # time (one throttle per file: another file's failure is its own news)
@@ -289,9 +331,9 @@ class LogHub:
         self.lines_written = 0
         self.lines_dropped = 0  # lines that reached corral but not their log file
         self.echo: Callable[[str, int], None] | None = None
-        # where a source's file is when not in log_dir (a tenant's: tenantdirs.py),
-        # asked when the file is opened
-        self.locate: Callable[[str], Path | None] | None = None
+        # where a source's file is when not LOG_DIR/NAME.log (its own log_file, its
+        # tenant's directory: tenantdirs.py), asked when the file is opened
+        self.locate: Callable[[str], LogPlace | None] | None = None
         # by source: a log file an earlier daemon wrote, and its size before this one
         # wrote to it; read back into the source's tail when it is first asked for
         self.unread: dict[str, tuple[Path, int]] = {}
@@ -301,9 +343,13 @@ class LogHub:
                 self.unread = _earlier_files(log_dir)
 
     def path_of(self, source: str) -> Path:
+        return self.place_of(source).path
+
+    def place_of(self, source: str) -> LogPlace:
         assert self.log_dir is not None
         where = self.locate(source) if self.locate is not None else None
-        return (where or self.log_dir) / log_file_name(source)
+        return where or LogPlace(self.log_dir / log_file_name(source), self.max_bytes,
+                                 self.backups)
 
     def reopen(self, source: str) -> None:
         """The source's file is closed, and opened again (where `locate` says) at its
@@ -322,7 +368,7 @@ class LogHub:
         f = self.files.pop(source, None)
         if f is None and self.log_dir is not None and self.path_of(source).exists():
             with contextlib.suppress(OSError):
-                f = RotatingFile(self.path_of(source), self.max_bytes, self.backups)
+                f = open_place(self.place_of(source))
         if f is not None:
             with contextlib.suppress(OSError):  # a file that cannot be moved: as it is
                 f.rotate()
@@ -340,8 +386,7 @@ class LogHub:
         f = self.files.get(source)
         try:
             if f is None:  # opened at the first line, and again after a failure
-                f = RotatingFile(self.path_of(source), self.max_bytes,
-                                 self.backups)
+                f = open_place(self.place_of(source))
                 self.files[source] = f
             if broken is not None and not (self.raw and source != DAEMON_SOURCE):
                 # the gap is marked where it is, in the file itself (not in a raw one)

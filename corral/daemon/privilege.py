@@ -9,6 +9,7 @@ knows what runs is not what it asked for:
 
 - `tenant` (another tenant's user, quotas and directory), `user`, `group` (who);
 - `sandbox`, `network`, `sandbox_paths` (what the process sees of the host);
+- `log_file` (a file the daemon appends the agent's lines to, as root);
 - `cwd` (the directory a sandbox binds writable): inside the tenant's `dir`, else where
   the tenant's agents run when they name none;
 - `warm`, `preload` (a zygote: what it imports, shared by the agents of one user);
@@ -81,6 +82,8 @@ def refusal(spec: AgentSpec, tenant: str, tenant_spec: TenantSpec | None, defaul
             return key, _differs(getattr(own, key), tenant, getattr(theirs, key), "")
     if spec.sandbox_paths:
         return "sandbox_paths", _differs(spec.sandbox_paths, tenant, None, "none")
+    if spec.log_file is not None:  # root appends to it: a file anywhere, its lines the agent's
+        return "log_file", _differs(spec.log_file, tenant, None, "none: its log directory")
     cwd = os.path.realpath(spec.cwd or default_cwd)
     if t.dir is not None:
         if not _inside(cwd, os.path.realpath(t.dir)):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from ..supervisor.config import ConfigError
 from ..supervisor.process import resolve_user
 from ..supervisor.runas import run_as, tenant_of
+from .logs import LogPlace, log_file_name
 
 if TYPE_CHECKING:
     from ..supervisor.config import ProcessSpec
@@ -47,15 +48,22 @@ class TenantDirs:
         e = self.tools.servers.get(source)
         return e.spec if e is not None else None
 
-    def locate(self, source: str) -> Path | None:
-        """The directory of a source's log file: its tenant's, when it runs as the
-        tenant's user; None: the log directory."""
+    def locate(self, source: str) -> LogPlace | None:
+        """Where a source's log file is: its own `log_file`, else in its tenant's
+        directory when it runs as the tenant's user, else in the log directory; rotated
+        as its spec says, else as [supervisor] does. None: not a process's."""
         spec = self._spec(source)
         if spec is None or self.hub.log_dir is None:
             return None
+        max_bytes = spec.log_max_bytes or self.hub.max_bytes
+        backups = self.hub.backups if spec.log_backups is None else spec.log_backups
+        if spec.log_file is not None:
+            return LogPlace(Path(spec.log_file), max_bytes, backups)
         tenant = tenant_of(spec)
         run = run_as(spec, self.quotas.specs.get(tenant))
-        return self._ensure(tenant, run.user, run.group) if run.tenant_user else None
+        where = self._ensure(tenant, run.user, run.group) if run.tenant_user else None
+        return LogPlace((where or self.hub.log_dir) / log_file_name(source), max_bytes,
+                        backups)
 
     def starting(self, r: ProcessReplica) -> dict[str, str]:
         """A replica's process is about to start: a file open where it no longer belongs

@@ -35,9 +35,7 @@ NOT_CARRIED = {
     "exec_mode": "corral runs each replica as a process of its own: PM2's cluster mode "
                  "(replicas sharing one listening socket) has no equivalent",
     "cron_restart": "corral has no restart on a schedule",
-    "out_file": "corral writes stdout and stderr to LOG_DIR/NAME.log (`corral logs NAME`)",
-    "error_file": "corral writes stdout and stderr to LOG_DIR/NAME.log (`corral logs NAME`)",
-    "log_file": "corral writes stdout and stderr to LOG_DIR/NAME.log (`corral logs NAME`)",
+    "error_file": "corral writes an app's stderr with its stdout, to one log",
     "merge_logs": "corral writes one log per agent, its replicas' lines tagged",
     "log_date_format": "corral's log lines carry an ISO 8601 time (log_format = \"tagged\")",
     "wait_ready": "PM2's process.send('ready') has no equivalent: corral takes "
@@ -56,7 +54,7 @@ NOT_CARRIED = {
 CARRIED = {"name", "script", "args", "cwd", "instances", "env", "autorestart",
            "stop_exit_codes", "min_uptime", "max_restarts", "restart_delay",
            "exp_backoff_restart_delay", "kill_timeout", "max_memory_restart", "watch",
-           "listen_timeout", "uid", "user", "gid", "autostart"}
+           "listen_timeout", "uid", "user", "gid", "autostart", "out_file", "log_file"}
 
 
 def read(path: Path, env: dict[str, str]) -> Imported:
@@ -191,6 +189,7 @@ def _app(app: dict[str, Any], where: str, imp: Imported, base: Path) -> None:
         table["watch"] = (["**/*"] if watch is True else
                           [f"{w.rstrip('/')}/**/*" for w in
                            ([watch] if isinstance(watch, str) else watch)])
+    _log_file(app, table, where, imp)
     env = app.get("env")
     if isinstance(env, dict):
         table["env"] = {str(k): _text(v) for k, v in env.items()}
@@ -287,3 +286,18 @@ def _whole(v: Any, where: str, key: str) -> int:
 def _text(v: Any) -> str:
     """An env value or argument as PM2 passes it: a text (numbers and booleans as JSON)."""
     return v if isinstance(v, str) else json.dumps(v)
+
+
+def _log_file(app: dict[str, Any], table: dict[str, Any], where: str,
+              imp: Imported) -> None:
+    """PM2's log_file (both streams), else its out_file, as the agent's log_file."""
+    key = "log_file" if app.get("log_file") else "out_file"
+    path = app.get(key)
+    if not path:
+        return
+    if not isinstance(path, str) or not path.startswith("/") or path == "/dev/null":
+        imp.note(where, key, f"{json.dumps(path)}: not carried: corral's log_file is an "
+                             "absolute path (and every app keeps a log)")
+        return
+    table["log_file"] = path
+

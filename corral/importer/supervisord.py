@@ -26,16 +26,16 @@ PROGRAM_KEYS_CARRIED = (
     "command", "process_name", "numprocs", "numprocs_start", "directory", "environment",
     "user", "autostart", "autorestart", "exitcodes", "startsecs", "startretries",
     "stopsignal", "stopwaitsecs", "priority", "stopasgroup", "killasgroup",
+    "stdout_logfile", "stdout_logfile_maxbytes", "stdout_logfile_backups",
+    "redirect_stderr",
 )
-LOGS = "corral writes a program's output to LOG_DIR/NAME.log (`corral logs NAME`)"
-ROTATION = "corral rotates its log files by [supervisor] log_max_bytes and log_backups"
+_SIZE = re.compile(r"\s*(\d+)\s*(KB|MB|GB)?\s*", re.IGNORECASE)
+_SIZES = {"": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
+ONE_LOG = "corral writes a program's stderr with its stdout, to one log"
 # what else a [program:x] may say, and why it is not carried
 NOT_CARRIED = {
-    "stdout_logfile": LOGS, "stderr_logfile": LOGS,
-    "redirect_stderr": "corral keeps stdout and stderr in one log, each line tagged with "
-                       "its stream",
-    "stdout_logfile_maxbytes": ROTATION, "stdout_logfile_backups": ROTATION,
-    "stderr_logfile_maxbytes": ROTATION, "stderr_logfile_backups": ROTATION,
+    "stderr_logfile": ONE_LOG, "stderr_logfile_maxbytes": ONE_LOG,
+    "stderr_logfile_backups": ONE_LOG,
     "stdout_capture_maxbytes": "corral has no capture mode (supervisor events)",
     "stderr_capture_maxbytes": "corral has no capture mode (supervisor events)",
     "stdout_events_enabled": "corral sends no supervisor events",
@@ -271,6 +271,7 @@ def _program(parser: configparser.RawConfigParser, section: str, name: str, imp:
         if k in raw and not _bool(get(k, "false"), where, k):
             imp.note(where, k, "false: not carried: corral signals the program's whole "
                                "process group")
+    _logs(raw, get, table, where, imp)
     if env:
         table["env"] = env
     for k in raw:
@@ -361,3 +362,36 @@ def _bool(text: str, where: str, key: str) -> bool:
     if t in _FALSE:
         return False
     raise ConfigError(f"{where}: {key}: {text!r} is not true or false")
+
+
+def _logs(raw: dict[str, str], get: Any, table: dict[str, Any], where: str,
+          imp: Imported) -> None:
+    """stdout_logfile as the agent's log_file (/dev/stdout as the daemon's stdout), its
+    size and backups as its rotation; stderr goes with it (`redirect_stderr` or not)."""
+    out = get("stdout_logfile", "AUTO")
+    if out.upper() in ("NONE", "OFF"):
+        imp.note(where, "stdout_logfile", f"{out}: not carried: corral keeps every "
+                                          "program's log (LOG_DIR/NAME.log)")
+        return
+    if out.upper() == "AUTO" or out.upper() == "SYSLOG":
+        return
+    if not out.startswith("/"):
+        imp.note(where, "stdout_logfile", f"{out!r}: not carried: not an absolute path "
+                                          "(corral's log_file is one)")
+        return
+    table["log_file"] = out
+    if out in ("/dev/stdout", "/dev/stderr"):
+        return  # the daemon's stream: nothing to rotate (maxbytes = 0, as it must be)
+    for key, corral in (("stdout_logfile_maxbytes", "log_max_bytes"),
+                        ("stdout_logfile_backups", "log_backups")):
+        if key in raw:
+            m = _SIZE.fullmatch(get(key, ""))
+            if m is None:
+                raise ConfigError(f"{where}: {key}: {raw[key]!r} is not a size")
+            n = int(m[1]) * _SIZES[(m[2] or "").upper()]
+            if n or corral == "log_backups":
+                table[corral] = n
+            else:
+                imp.note(where, key, "0: not carried: corral rotates a log file at "
+                                     "log_max_bytes (its [supervisor] default, unless set)")
+

@@ -96,6 +96,18 @@ class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit
     # what a stop sends in place of SIGTERM (supervisord's stopsignal, systemd's
     # KillSignal); SIGKILL follows after stop_timeout as ever
     stop_signal: StopSignal = "TERM"
+    # this process's own log file (supervisord's stdout_logfile) instead of
+    # LOG_DIR/NAME.log: an absolute path, or /dev/stdout or /dev/stderr for the daemon's
+    # own (a container's `docker logs`); rotated at log_max_bytes, log_backups kept
+    # (None: [supervisor]'s); the operator's to name (privilege.py)
+    log_file: str | None = None
+    log_max_bytes: PositiveInt | None = None
+    log_backups: NonNegInt | None = None
+
+    def __post_init__(self) -> None:
+        if self.log_file is not None and not self.log_file.startswith("/"):
+            raise ValueError(f"log_file {self.log_file!r} is not an absolute path (or "
+                             "/dev/stdout, /dev/stderr)")
 
     @property
     def stop_signum(self) -> signal.Signals:
@@ -304,6 +316,7 @@ class AgentSpec(ProcessSpec, kw_only=True, omit_defaults=True):
     placement: Literal["local", "cluster"] = "local"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.retry_backoff_max < self.retry_backoff:
             raise ValueError(f"retry_backoff_max ({self.retry_backoff_max:g}) is below "
                              f"retry_backoff ({self.retry_backoff:g})")
