@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from .cluster.harness import cluster_key
 from .daemon_harness import Daemon, hello, shared_tmpdir
 from .redis_harness import REDIS_SERVER, RedisServer
 from .test_daemon_cli import wait_until
@@ -107,7 +108,8 @@ def test_a_clusters_redis_down_at_start_is_told_and_the_agents_run() -> None:
     tmp = shared_tmpdir()
     redis = RedisServer(tmp / "redis")  # its port chosen, nothing listening there yet
     d = Daemon(tmp, hello("a", 2) + f'\n[cluster]\nredis = "{redis.url}"\nnode = "n1"\n'
-                                    'beat = 0.2\nnode_ttl = 1.0\n')
+                                    'beat = 0.2\nnode_ttl = 1.0\n'
+                                    f'key_file = "{cluster_key(redis)}"\n')
     try:
         d.start()
         assert {k: v["state"] for k, v in d.status().items()} == {"a#0": "ready",

@@ -599,8 +599,10 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tasks_kept: PositiveInt = 100_000
     tasks_kept_for: Positive = 7 * 86400.0
     # the key the nodes sign and check cluster records with (agent tables, outcomes),
-    # which Redis never holds (decision 162); None: records are taken unchecked
+    # which Redis never holds (decision 162); a cluster without one is refused unless
+    # `insecure` says so (records are then taken unchecked)
     key_file: str | None = None
+    insecure: bool = False
 
     def check(self, where: str) -> None:
         """What the types cannot say; raises ConfigError naming the key."""
@@ -616,6 +618,16 @@ class ClusterSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             # a node must renew at least twice within its TTL, or one late beat kills it
             raise ConfigError(f"{where}: cluster.beat: {self.beat:g} s is more than half of "
                               f"node_ttl ({self.node_ttl:g} s)")
+        if self.key_file is None and not self.insecure:
+            raise ConfigError(
+                f"{where}: cluster.key_file: a cluster needs a key its nodes sign their "
+                "records with, the same file on every node and never in Redis (umask 077; "
+                "head -c 32 /dev/urandom | base64 > /etc/corral/cluster.key); without "
+                "one whoever can write to Redis runs commands on every node: to run so "
+                "anyway, say insecure = true in [cluster] (docs/cluster.md#securing-redis)")
+        if self.key_file is not None and self.insecure:
+            raise ConfigError(f"{where}: cluster.insecure: true, and a key_file is given: "
+                              "remove one of them")
 
 
 class TracingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -23,9 +23,22 @@ TTL = 1.0  # short, so that a dead node is found within a test's patience
 BEAT = 0.25
 
 
+def cluster_key(redis: RedisServer) -> Path:
+    """The key the nodes of a test's cluster share (a cluster refuses to start without
+    one unless it says `insecure = true`): made once, beside its Redis's files."""
+    path = redis.dir / "cluster.key"
+    if not path.exists():
+        path.write_bytes(os.urandom(32).hex().encode())
+        path.chmod(0o600)
+    return path
+
+
 def cluster_table(redis: RedisServer, node: str, ttl: float = TTL, beat: float = BEAT,
                   name: str = "test", extra: str = "") -> str:
-    """`extra`: more [cluster] keys, a line each."""
+    """`extra`: more [cluster] keys, a line each; without a `key_file` or `insecure` of
+    its own, the cluster's shared key (`cluster_key`)."""
+    if "key_file" not in extra and "insecure" not in extra:
+        extra += f'key_file = "{cluster_key(redis)}"\n'
     return textwrap.dedent(f"""
         [cluster]
         redis = "{redis.url}"

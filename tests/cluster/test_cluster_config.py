@@ -3,12 +3,17 @@ and the reason; absent, the daemon is one node as before."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from corral.supervisor.config import ClusterSettings, ConfigError
 from corral.supervisor.configload import load_config
+
+from ..conftest import ROOT
 
 
 def load(tmp_path: Path, table: str) -> ClusterSettings | None:
@@ -21,12 +26,19 @@ def test_absent_means_one_node(tmp_path: Path) -> None:
     assert load(tmp_path, "[supervisor]\n") is None
 
 
+# a cluster needs a key, or to say it runs without one (the key's own checks are the
+# daemon's at its start: tests/cluster/test_cluster_trust.py)
+KEYED = 'key_file = "/etc/corral/cluster.key"\n'
+
+
 def test_the_defaults_and_the_fixed_names(tmp_path: Path) -> None:
-    got = load(tmp_path, "[cluster]\n")
+    got = load(tmp_path, "[cluster]\n" + KEYED)
     assert got == ClusterSettings(redis="redis://127.0.0.1:6379/0", name="default",
-                                  node=None, node_ttl=3.0, beat=1.0)
+                                  node=None, node_ttl=3.0, beat=1.0,
+                                  key_file="/etc/corral/cluster.key")
     got = load(tmp_path, '[cluster]\nredis = "unix:///run/redis.sock"\nname = "prod"\n'
-                         'node = "host-1.example.com"\nnode_ttl = 6\nbeat = 2\n')
+                         'node = "host-1.example.com"\nnode_ttl = 6\nbeat = 2\n'
+                         'insecure = true\n')
     assert got is not None and (got.node, got.node_ttl, got.beat) == (
         "host-1.example.com", 6.0, 2.0)
 
@@ -44,9 +56,44 @@ def test_the_defaults_and_the_fixed_names(tmp_path: Path) -> None:
 def test_bad_values_are_refused_naming_the_key(tmp_path: Path, table: str,
                                                message: str) -> None:
     with pytest.raises(ConfigError) as got:
-        load(tmp_path, f"[cluster]\n{table}\n")
+        load(tmp_path, f"[cluster]\n{KEYED}{table}\n")
     assert str(got.value).startswith(f"{tmp_path / 'corral.toml'}: ")
     assert message in str(got.value)
+
+
+def test_a_cluster_without_a_key_file_is_refused_unless_it_says_insecure(
+        tmp_path: Path) -> None:
+    """Secure by default (issue 52, 4d): without a key a writer of Redis is root on every
+    node, so a cluster runs without one only where its table says so; the refusal names
+    both ways, `check-config` says it too."""
+    path = tmp_path / "corral.toml"
+    for table in ("[cluster]\n", '[cluster]\nredis = "redis://10.0.0.5:6379/0"\n'
+                                  "insecure = false\n"):
+        with pytest.raises(ConfigError) as got:
+            load(tmp_path, table)
+        assert str(got.value) == (
+            f"{path}: cluster.key_file: a cluster needs a key its nodes sign their records "
+            "with, the same file on every node and never in Redis (umask 077; head -c 32 "
+            "/dev/urandom | base64 > /etc/corral/cluster.key); without one whoever can "
+            "write to Redis runs commands on every node: to run so anyway, say insecure = "
+            "true in [cluster] (docs/cluster.md#securing-redis)")
+    with pytest.raises(ConfigError) as got:
+        load(tmp_path, f"[cluster]\n{KEYED}insecure = true\n")
+    assert str(got.value) == (f"{path}: cluster.insecure: true, and a key_file is given: "
+                              "remove one of them")
+    got_settings = load(tmp_path, "[cluster]\ninsecure = true\n")
+    assert got_settings is not None and got_settings.insecure
+    checked = subprocess.run([sys.executable, "-m", "corral", "check-config", str(path)],
+                             capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert checked.returncode == 0, checked.stderr
+    path.write_text("[cluster]\n")
+    checked = subprocess.run([sys.executable, "-m", "corral", "check-config", str(path)],
+                             capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert checked.returncode == 1
+    assert "cluster.key_file: a cluster needs a key" in checked.stderr
+    assert "say insecure = true in [cluster]" in checked.stderr
 
 
 AGENT = '[agents.keeper]\ncommand = "python3 keeper.py"\n'
@@ -77,7 +124,7 @@ def test_placement_cluster_needs_a_cluster_table(tmp_path: Path) -> None:
 ])
 def test_bad_placements_are_refused(tmp_path: Path, table: str, message: str) -> None:
     path = tmp_path / "corral.toml"
-    path.write_text(f"[cluster]\n{AGENT}{table}\n")
+    path.write_text(f"[cluster]\n{KEYED}{AGENT}{table}\n")
     with pytest.raises(ConfigError) as got:
         load_config(path)
     assert message in str(got.value), got.value
@@ -87,7 +134,7 @@ def test_a_cluster_agents_paths_stay_as_written(tmp_path: Path) -> None:
     """Each node resolves them against its own config file's directory (fleet.fill_paths),
     so the cluster's table does not carry one node's absolute paths."""
     path = tmp_path / "corral.toml"
-    path.write_text(f'[cluster]\n{AGENT}placement = "cluster"\n'
+    path.write_text(f'[cluster]\n{KEYED}{AGENT}placement = "cluster"\n'
                     '[agents.mine]\ncommand = "python3 keeper.py"\ncwd = "sub"\n'
                     '[agents.theirs]\ncommand = "python3 keeper.py"\ncwd = "sub"\n'
                     'placement = "cluster"\n')

@@ -69,8 +69,8 @@ async def test_nodes_and_tasks_over_http(tmp: Path, redis: RedisServer) -> None:
                                                   "corral_cluster_node_capacity")))
         assert cluster == [
             'corral_cluster_fences_total{node="solo"} 0.0',
-            # no key_file here (and a Redis as the docs ask: no warning)
-            'corral_cluster_key{node="solo"} 0.0',
+            # the harness's key_file (and a Redis as the docs ask: no warning)
+            'corral_cluster_key{node="solo"} 1.0',
             'corral_cluster_late_writes_refused_total{node="solo"} 0.0',
             'corral_cluster_node_up{node="solo"} 1.0',
             'corral_cluster_outbox{node="solo"} 0.0',

@@ -10,6 +10,7 @@ import os
 import shlex
 import socket
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from corral.supervisor.config import ConfigError
 from corral.supervisor.configload import config_files, load_config
 
 from ..conftest import EXAMPLES, ROOT
-from ..daemon_harness import PY
+from ..daemon_harness import PY, Daemon
 from ..redis_harness import RedisServer
 from ..test_daemon_cli import wait_until
 from .harness import Node, nodes, run, sleeper
@@ -44,6 +45,10 @@ def key_file(tmp: Path, mode: int = 0o600, data: bytes = b"k" * 44) -> Path:
 
 def keyed(path: Path) -> str:
     return f'key_file = "{path}"\n'
+
+
+# a cluster without a key, said in so many words (without it, none starts)
+INSECURE = "insecure = true\n"
 
 
 def attacker(redis: RedisServer) -> Any:
@@ -273,13 +278,13 @@ def test_a_daemon_with_a_bad_key_file_does_not_start(tmp: Path, redis: RedisServ
 def test_a_second_daemon_as_a_live_node_is_refused(tmp: Path, redis: RedisServer) -> None:
     """Two daemons with one `[cluster] node`: the second is refused at its start, naming
     the first; once the first is gone (killed: its key expires), a daemon of that name
-    starts and joins as a new incarnation. Without a key_file, `corral nodes` says what
-    a Redis writer can do."""
-    with nodes(tmp, redis, {"a": sleeper("w")}) as ns:
+    starts and joins as a new incarnation. Without a key_file (said: `insecure = true`),
+    `corral nodes` says what a Redis writer can do."""
+    with nodes(tmp, redis, {"a": sleeper("w")}, extra=INSECURE) as ns:
         a = ns["a"]
         wait_until(lambda: a.json("nodes")["nodes"], what="a joined")
         assert a.proc is not None
-        second = Node(tmp / "again", "a", redis, sleeper("w"))
+        second = Node(tmp / "again", "a", redis, sleeper("w"), extra=INSECURE)
         try:
             second.start(wait_ready=False)
             assert second.proc is not None and second.proc.wait(30) == 1
@@ -307,7 +312,7 @@ def test_a_second_daemon_as_a_live_node_is_refused(tmp: Path, redis: RedisServer
 
         # the first killed: its key is yet to expire, and no one beats it again
         a.kill9()
-        third = Node(tmp / "third", "a", redis, sleeper("w"))
+        third = Node(tmp / "third", "a", redis, sleeper("w"), extra=INSECURE)
         try:
             third.start()
             wait_until(lambda: [(n["alive"], n["incarnation"])
@@ -349,3 +354,27 @@ def test_the_key_file_is_among_corrals_own_files(tmp_path: Path) -> None:
         load_config(path), path)
     assert (str(tmp_path / "secrets" / "cluster.key"), "the cluster's key") in config_files(
         load_config(path), path)
+
+
+def test_a_node_without_a_key_file_does_not_start_unless_it_says_insecure(
+        tmp: Path, redis: RedisServer) -> None:
+    """Secure by default (issue 52, 4d): a [cluster] without `key_file` is refused at
+    the start, naming both ways out; nothing joins, nothing runs."""
+    (tmp / "bare").mkdir()
+    d = Daemon(tmp / "bare", sleeper("w") + textwrap.dedent(f"""
+        [cluster]
+        redis = "{redis.url}"
+        name = "test"
+        node = "bare"
+    """))
+    try:
+        d.start(wait_ready=False)
+        assert d.proc is not None and d.proc.wait(30) == 1
+        assert d.proc.stderr is not None
+        err = d.proc.stderr.read().decode()
+    finally:
+        d.close()
+    assert (f"{d.config}: cluster.key_file: a cluster needs a key its nodes sign their "
+            "records with") in err, err
+    assert "to run so anyway, say insecure = true in [cluster]" in err, err
+    assert attacker(redis).hgetall(K.nodes) == {}  # it never joined

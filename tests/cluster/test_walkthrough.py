@@ -49,7 +49,7 @@ def test_two_nodes_on_one_machine_as_the_docs_say(tmp_path: Path) -> None:
             toml.replace(":6390/", f":{port}/"))
     (here / ".venv").symlink_to(ROOT / ".venv")
     lines = [ln.replace("6390", port) for ln in walkthrough()]
-    assert len(lines) == 9, lines
+    assert len(lines) == 10, lines
     started: list[subprocess.Popen[str]] = []
     outputs: list[str] = []
     sock = {n: here / "examples" / "cluster" / f".node-{n}" / "corral.sock" for n in "ab"}
@@ -73,7 +73,9 @@ def test_two_nodes_on_one_machine_as_the_docs_say(tmp_path: Path) -> None:
                                   text=True, timeout=60)
             assert done.returncode == 0, (line, done.stdout, done.stderr)
             outputs.append(done.stdout)
-        nodes, ran, tasks = outputs[0], json.loads(outputs[1]), outputs[2]
+        # the first is the key's (no output), made readable by its owner alone
+        assert (here / "examples" / "cluster" / "cluster.key").stat().st_mode & 0o777 == 0o600
+        nodes, ran, tasks = outputs[1], json.loads(outputs[2]), outputs[3]
         rows = {r.split()[0]: r.split()[1] for r in nodes.splitlines()[1:]}
         assert rows == {"a": "alive", "b": "alive"}, nodes
         assert ran["greeting"] == "hello, cluster"
