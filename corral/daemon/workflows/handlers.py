@@ -4,7 +4,8 @@ acts on a workflow or a run first asks it (`seen_workflow`), as a listing is fil
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -68,20 +69,31 @@ def _page(run: Run, store: RunStore, p: m.RunsGet) -> tuple[list[m.RunStepView],
     rows = sorted((r for r in run.rows.values() if r.step in order
                    and (p.step is None or r.step == p.step)),
                   key=lambda r: (order[r.step], r.item))
+    wanted = rows[p.offset:p.offset + p.limit]
+    if not p.outputs:
+        return _rows(run, wanted, None, len(rows), p.offset)
+    # (read lazily, a step's rows with one query: the page may end before its last)
+    with contextlib.closing(store.outputs_of(run.run_id, [(r.step, r.item)
+                                                          for r in wanted])) as blobs:
+        return _rows(run, wanted, blobs, len(rows), p.offset)
+
+
+def _rows(run: Run, wanted: list[StepRow], blobs: Iterator[bytes | None] | None,
+          total: int, offset: int) -> tuple[list[m.RunStepView], int | None]:
+    """The page of `wanted` (from `offset` of `total`), with the outputs `blobs` gives."""
     page: list[m.RunStepView] = []
     shown = 0
-    for r in rows[p.offset:p.offset + p.limit]:
+    for r in wanted:
         output = None
-        # (a map's own row has none: its items have theirs)
-        if p.outputs and not (r.item == WHOLE and run.wf.step(r.step).mapped):
-            raw = store.output_raw(run.run_id, r.step, r.item)
+        if blobs is not None:
+            raw = next(blobs)  # (a map's own row has none: its items have theirs)
             shown += len(raw) if raw is not None else 0
             if page and shown > MAX_OUTPUT_SHOWN:
                 break
             output = msgspec.json.decode(raw) if raw is not None else None
         page.append(_step_view(run, r, output))
-    end = p.offset + len(page)
-    return page, end if end < len(rows) else None
+    end = offset + len(page)
+    return page, end if end < total else None
 
 
 def run_view(run: Run, store: RunStore, page: m.RunsGet | None) -> m.RunView:

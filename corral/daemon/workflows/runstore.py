@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,10 +189,29 @@ class RunStore:
         blob = self._blob(run_id, step, item)
         return msgspec.json.decode(blob) if blob is not None else None
 
-    def output_raw(self, run_id: str, step: str, item: int) -> msgspec.Raw | None:
-        """One row's output as it is kept (JSON), not decoded: passed on as it is."""
-        blob = self._blob(run_id, step, item)
-        return msgspec.Raw(blob) if blob is not None else None
+    def outputs_of(self, run_id: str, rows: list[tuple[str, int]]
+                   ) -> Generator[bytes | None, None, None]:
+        """The outputs of these rows (step, item), as kept, in their order: read as they
+        are taken, one query for each step's run of them."""
+        i = 0
+        while i < len(rows):
+            step = rows[i][0]
+            j = i
+            while j < len(rows) and rows[j][0] == step:
+                j += 1
+            items = [item for _, item in rows[i:j]]
+            kept = self.store.db.execute(
+                "SELECT item, output FROM run_steps WHERE run_id = ? AND step = ? AND item "
+                "BETWEEN ? AND ? ORDER BY item", (run_id, step, min(items), max(items)))
+            try:  # (closed when the page ends early too: no read held open)
+                row = kept.fetchone()
+                for item in items:
+                    while row is not None and row[0] < item:
+                        row = kept.fetchone()
+                    yield row[1] if row is not None and row[0] == item else None
+            finally:
+                kept.close()
+            i = j
 
     def output_bytes(self, run_id: str, step: str, mapped: bool) -> int:
         """How long a step's output is as JSON (a map's: its items' and their list's)."""
