@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -155,6 +156,14 @@ class Daemon:
             self.notify.wait_for("READY", proc=self.proc)
         return self
 
+    def said(self) -> str:
+        """What the daemon wrote on stderr, read to its end (once it has exited), its
+        notices of a stalled event loop left out: a loaded machine's, they come whenever a
+        stall ends, after the line a test expects the daemon to end with."""
+        assert self.proc is not None and self.proc.stderr is not None
+        return "".join(line for line in self.proc.stderr.read().decode().splitlines(True)
+                       if "event loop stalled for" not in line)
+
     def cli(self, *args: str, input: str | None = None, user: str | None = None,
             timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -252,9 +261,40 @@ async def in_process(tmp_path: Path, agents: str, toml: str = "", supervisor: st
         assert await asyncio.wait_for(run, 30) == 0
 
 
+def _port_band() -> range:
+    """The ports `free_port` hands out in this process: below the kernel's ephemeral range
+    (no connect's source port, no one's bind to port 0 lands there), and a band of its
+    own per pytest-xdist worker, so no other worker of the run hands one out."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    first = 10000
+    if low - first < 1000:  # an ephemeral range that starts low: it then is the band
+        first, low = low, 65536
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count <= 1:
+        return range(first, low)
+    size = (low - first) // count
+    start = first + int(worker[2:]) % count * size
+    return range(start, start + size)
+
+
+_BAND = _port_band()
+
+
 def free_port() -> int:
-    """A loopback TCP port nobody holds now (for a server the test starts)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port nobody holds now (for a server the test starts), from this
+    process's band: between this check and the server's bind, nothing else in this run
+    and nothing the kernel hands out takes it."""
+    for _ in range(200):
+        port = random.choice(_BAND)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port in {_BAND.start}..{_BAND.stop - 1} after 200 tries")
 

@@ -180,8 +180,7 @@ listen = "0.0.0.0:0"
         d.start(wait_ready=False)
         assert d.proc is not None
         assert d.proc.wait(30) == 1
-        assert d.proc.stderr is not None
-        assert d.proc.stderr.read().decode().endswith(
+        assert d.said().endswith(
             "corral: cannot start the gateway on 0.0.0.0:0: gateway.listen: refusing to "
             "serve 0.0.0.0, which is not a loopback address, without TLS: set tls_cert and "
             "tls_key, or allow_remote = true\n")

@@ -356,8 +356,7 @@ def test_a_daemon_that_may_not_serve_its_http_address_starts_nothing(tmp_path: P
     try:
         d.start(wait_ready=False)
         assert d.proc is not None and d.proc.wait(30) == 1
-        assert d.proc.stderr is not None
-        err = d.proc.stderr.read().decode()
+        err = d.said()
         assert err.endswith(
             "corral: cannot start the HTTP server on 0.0.0.0:0: 0.0.0.0 is not a loopback "
             "address: give [http] tls_cert and tls_key, or set allow_insecure_remote = true "

@@ -103,8 +103,10 @@ async def test_requests_wait_unread_while_answers_to_them_are_unread() -> None:
     peer.reader, child.peer = child.reader, peer
     try:
         # it reads none of the answers: past STDIN_HIGH of them, its requests wait
-        await wait_until_async(lambda: child.stdin_full, 10)
-        assert peer.requests_paused and peer.held is not None and child.reader.paused
+        # (the request that finds its requests paused is held as it is read: a turn or
+        # more after the mark, on a loaded machine)
+        await wait_until_async(lambda: child.stdin_full and peer.held is not None, 10)
+        assert peer.requests_paused and child.reader.paused
         seen, backlog = len(answered), child.stdin_backlog
         # past the mark by at most what one turn of the loop gathers before it is written
         # (CORK_BYTES) and one answer

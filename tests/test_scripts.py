@@ -80,9 +80,12 @@ def test_flaky_runs_rounds_in_random_orders_and_says_how_to_replay_a_failure(
     (tmp_path / "test_order.py").write_text(ORDER_BOUND)
 
     def flaky(*args: str) -> subprocess.CompletedProcess[str]:
+        # the rounds' pytest with only the plugin it names (randomly): a start of ~1 s,
+        # not the ~3 s of every installed plugin's import, times the dozens of rounds here
         return subprocess.run([sys.executable, str(ROOT / "scripts" / "flaky.py"), *args,
                                str(tmp_path / "test_order.py")], capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=120,
+                              env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
 
     # which seeds put test_b first depends on the tests' node ids (pytest-randomly mixes
     # them in), and so on this test's tmp_path: seeds are tried until both orders are seen

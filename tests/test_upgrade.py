@@ -60,6 +60,13 @@ def submit(d: Daemon, agent: str, task: str) -> str:
     return r.stdout.strip()
 
 
+def running_until(d: Daemon, agent: str, release: Path) -> str:
+    """A task that runs until the test creates `release`: running across an upgrade
+    however long the upgrade takes on a loaded machine (a task of fixed length could end
+    before the exec)."""
+    return submit(d, agent, json.dumps({"do": "await", "path": str(release)}))
+
+
 def pids(d: Daemon) -> dict[str, tuple[int, int]]:
     """Each replica's (pid, restarts)."""
     return {k: (v["pid"], v["restarts"]) for k, v in d.status().items()}
@@ -160,9 +167,8 @@ def test_a_running_task_is_kept_across_an_upgrade_and_finishes_once() -> None:
         assert added.returncode == 0, added.stderr
         server = mcp_rows(d)["notes#0"]
         assert server["state"] == "ready" and server["calls"] == 1, server
-        # long enough to be running after the new install's check and the exec (the
-        # check alone took 1.4 s at a load of 10)
-        tid = submit(d, "w", '{"do": "sleep", "seconds": 6}')
+        release = tmp / "release"
+        tid = running_until(d, "w", release)
         wait_until(lambda: d.json("task", tid)["status"] == "running", what="running")
         knock = Knocker(d.sock)
         poll = Poller(f"http://127.0.0.1:{port}/healthz")
@@ -190,12 +196,13 @@ def test_a_running_task_is_kept_across_an_upgrade_and_finishes_once() -> None:
         assert after["state"] == "ready", after
         assert d.proc.poll() is None
         assert f"(pid {d.proc.pid}," in d.cli("version").stdout
+        release.touch()
         task = wait_until(lambda: (t := d.json("task", tid))["status"] != "running" and t,
                           what="the task's end")
         assert task["status"] == "succeeded", task
         assert [(a["outcome"], a["pid"]) for a in task["attempts"]] == [
             ("succeeded", before["w#0"][0])]
-        assert task["output"] == {"slept": 6, "attempt": 1}
+        assert task["output"] == {"awaited": str(release)}
         # the same worker, no restart counted
         assert pids(d) == before
         assert d.status()["w#0"]["state"] in ("ready", "idle")
@@ -277,8 +284,8 @@ def test_a_new_image_that_fails_after_its_checks_falls_back_keeping_every_agent(
         d.start()
         assert d.proc is not None
         before = pids(d)
-        # long enough to be running after the new install's check and the exec
-        tid = submit(d, "w", '{"do": "sleep", "seconds": 6}')
+        release = tmp / "release"
+        tid = running_until(d, "w", release)
         wait_until(lambda: d.json("task", tid)["status"] == "running", what="running")
         broken = install(tmp, "late", (
             "daemon/boot.py", "    global committed\n",
@@ -292,6 +299,7 @@ def test_a_new_image_that_fails_after_its_checks_falls_back_keeping_every_agent(
                         r.stdout.strip()), r.stdout
         assert d.proc.poll() is None
         assert pids(d) == before
+        release.touch()
         task = wait_until(lambda: (t := d.json("task", tid))["status"] != "running" and t,
                           what="the task's end")
         assert [(a["outcome"], a["pid"]) for a in task["attempts"]] == [
@@ -594,7 +602,8 @@ def test_stats_and_status_are_the_same_after_an_upgrade() -> None:
         d.cli("run", "v", "--input", '{"do": "echo", "value": 3}')
         # w#0 or w#1 ran tasks and is idle, the other ready; v#0 busy with a task that
         # runs across the upgrade (accepted once, by the image before)
-        tid = submit(d, "v", '{"do": "sleep", "seconds": 8}')
+        release = tmp / "release"
+        tid = running_until(d, "v", release)
         wait_until(lambda: d.json("task", tid)["status"] == "running", what="running")
         wait_until(lambda: {v[0] for v in shown(d).values()} == {"idle", "ready", "busy"},
                    what="settled")
@@ -607,6 +616,7 @@ def test_stats_and_status_are_the_same_after_an_upgrade() -> None:
         assert r.returncode == 0, r.stderr + r.stdout
         assert shown(d) == before
         assert stats_of(d) == before_stats
+        release.touch()
         assert wait_until(lambda: (t := d.json("task", tid))["status"] != "running" and t,
                           what="its end")["attempts"][0]["outcome"] == "succeeded"
         # and they go on from there

@@ -266,8 +266,7 @@ def test_a_daemon_with_a_bad_key_file_does_not_start(tmp: Path, redis: RedisServ
     try:
         n.start(wait_ready=False)
         assert n.proc is not None and n.proc.wait(30) == 1
-        assert n.proc.stderr is not None
-        assert n.proc.stderr.read().decode().endswith(
+        assert n.said().endswith(
             f"corral: invalid config: cluster.key_file: {key}: mode 0644 lets others read "
             "or change it: chmod 0600 (or 0400)\n")
     finally:
@@ -288,8 +287,7 @@ def test_a_second_daemon_as_a_live_node_is_refused(tmp: Path, redis: RedisServer
         try:
             second.start(wait_ready=False)
             assert second.proc is not None and second.proc.wait(30) == 1
-            assert second.proc.stderr is not None
-            err = second.proc.stderr.read().decode()
+            err = second.said()
         finally:
             second.close()
         assert (f"corral: cannot start as a node of cluster test: node a is already a "
