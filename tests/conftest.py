@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -213,6 +215,52 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.obj = wrap(fn)  # type: ignore[attr-defined]
 
 
+# -- beside other tests (pytest-xdist, `./test.sh` runs files in parallel) ----------------
+class Turns:
+    """Whose turn it is across the workers of one run: every test holds a shared lock
+    while it runs, a test marked `alone` the exclusive one, so it runs with no other test
+    beside it (it counts what a whole user runs, as RLIMIT_NPROC of user nobody does, or
+    every process of that user). A turnstile is passed first: an `alone` test waiting holds
+    it, so the tests that come after wait behind it instead of starving it, as readers
+    of a bare flock would. Locks held by a worker that dies go with its fds."""
+
+    def __init__(self, directory: Path) -> None:
+        self.gate = open(directory / "corral-turns.gate", "a")  # noqa: SIM115
+        self.lock = open(directory / "corral-turns.lock", "a")  # noqa: SIM115
+
+    @contextlib.contextmanager
+    def take(self, alone: bool) -> Iterator[None]:
+        fcntl.flock(self.gate, fcntl.LOCK_EX)
+        if not alone:
+            fcntl.flock(self.gate, fcntl.LOCK_UN)
+        fcntl.flock(self.lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+            if alone:
+                fcntl.flock(self.gate, fcntl.LOCK_UN)
+
+
+_TURNS: Turns | None = None
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """A test's turn, taken outside its setup, teardown and timeout (the wait for one is
+    not the test's time). Only in a worker: a run of one process has no one beside it."""
+    global _TURNS
+    if not hasattr(item.config, "workerinput"):
+        yield
+        return
+    if _TURNS is None:
+        # a worker's basetemp is a directory of the run's own (popen-gwN): its parent
+        # is the one directory every worker of this run shares, and no other run
+        _TURNS = Turns(item.config._tmp_path_factory.getbasetemp().parent)  # type: ignore[attr-defined]
+    with _TURNS.take(item.get_closest_marker("alone") is not None):
+        yield
+
+
 # Each file's time in the last run that ran it, kept in pytest's cache: scripts/flaky.py
 # repeats the slowest files (those that wait on processes, beats and deadlines, where a
 # race shows first) without a list kept by hand.
@@ -226,7 +274,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     cache = getattr(session.config, "cache", None)
-    if cache is None or not _FILE_SECONDS:
+    # a worker's reports reach the controller too, which keeps the times of all of them
+    if cache is None or not _FILE_SECONDS or hasattr(session.config, "workerinput"):
         return
     known = cache.get("corral/durations", {})
     known.update({f: round(s, 2) for f, s in _FILE_SECONDS.items()})

@@ -227,6 +227,9 @@ async def test_file_size_cap_is_named(sup: Supervisor, tmp_path: Path) -> None:
     assert (tmp_path / "f").stat().st_size <= 1024 * 1024
 
 
+# RLIMIT_NPROC counts every process of user nobody on the host, and the test counts the
+# nobody processes left after it: no other test's beside it
+@pytest.mark.alone
 @pytest.mark.skipif(nobody_reason() is not None, reason=nobody_reason() or "")
 async def test_process_cap_as_unprivileged_user(sup: Supervisor,
                                                  world_readable_tree: Path) -> None:

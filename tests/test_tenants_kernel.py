@@ -224,6 +224,9 @@ def test_tenants_users_cannot_read_signal_or_ptrace_each_other(
         d.close()
 
 
+# RLIMIT_NPROC counts every process of user nobody on the host, and the test counts the
+# nobody processes left after it: no other test's beside it
+@pytest.mark.alone
 async def test_a_fork_bomb_under_its_tenants_user_is_named_by_the_tenants_cap(
         sup: Supervisor, world_readable_tree: Path) -> None:
     """The exit names the RLIMIT_NPROC the process ran under (its tenant's max_processes,
