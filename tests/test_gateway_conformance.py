@@ -60,6 +60,17 @@ STATELESS_FIXTURE_CHECKS = {
     "sep-2575-server-sends-tools-list-changed-on-subscription":
         "tool test_trigger_tool_change",
 }
+# of those, what still does not pass at /mcp/fx, against the fixture server
+STATELESS_UNSERVED = {
+    # a server's MissingRequiredClientCapability (-32021) is not relayed with its 400
+    # yet: corral's own -32021 (a tool budget) shares the number
+    "sep-2575-server-rejects-undeclared-capability": "tool test_missing_capability",
+    "sep-2575-missing-capability-http-400": "tool test_missing_capability",
+    # a 2026-07-28 server behind says list_changed only on a listen stream of its own,
+    # which corral's client does not open yet
+    "sep-2575-server-sends-prompts-list-changed-on-subscription": "upstream listen",
+    "sep-2575-server-sends-tools-list-changed-on-subscription": "upstream listen",
+}
 # scenarios that fail only for the suite's fixtures (a tool, prompt or resource of its own
 # server by its exact name), or for what is not built yet: each must still fail (so that
 # one made to pass moves to PASSING_2026)
@@ -180,9 +191,9 @@ def run_2026(url: str, out: Path) -> dict[str, dict[str, str]]:
 
 
 def assert_2026(found: dict[str, dict[str, str]], passing: list[str],
-                failing: dict[str, str]) -> None:
+                failing: dict[str, str], stateless_failing: dict[str, str]) -> None:
     """`passing` pass every check; `failing` each still fails (or warns) one, so that one
-    made to pass is moved; server-stateless passes all but STATELESS_FIXTURE_CHECKS."""
+    made to pass is moved; server-stateless passes all but `stateless_failing`."""
     # every scenario the requirement set runs is accounted for here (a new one shows up)
     assert sorted(found) == sorted([*passing, "server-stateless", *failing,
                                     *SKIPPED_2026])
@@ -191,7 +202,7 @@ def assert_2026(found: dict[str, dict[str, str]], passing: list[str],
             (name, found[name])
     stateless = found["server-stateless"]
     assert {c for c, st in stateless.items() if st != "SUCCESS"} == \
-        set(STATELESS_FIXTURE_CHECKS), stateless
+        set(stateless_failing), stateless
     assert len(stateless) >= 28  # the _meta, version, header, 404 and listen checks ran
     for name in failing:
         assert set(found[name].values()) & {"FAILURE", "WARNING"}, \
@@ -213,7 +224,8 @@ def test_the_2026_07_28_requirements_pass_through_the_gateway_but_the_fixtures(
     # resources keep their URIs in the whole pool: the fixture server's are read there too
     uris = ["resources-read-text", "resources-read-binary", "resources-templates-read"]
     assert_2026(run_2026(url, tmp_path), PASSING_2026 + uris,
-                {k: v for k, v in FIXTURES_2026.items() if k not in uris})
+                {k: v for k, v in FIXTURES_2026.items() if k not in uris},
+                STATELESS_FIXTURE_CHECKS)
 
 
 @needs_suite2
@@ -223,7 +235,8 @@ def test_the_2026_07_28_fixture_scenarios_pass_against_a_fixture_server_seen_as_
     own names, through the gateway."""
     url = daemon.json("mcp", "status")["gateway"]["http"]["url"] + "/fx"
     assert_2026(run_2026(url, tmp_path), PASSING_2026 + FIXTURES_SERVED,
-                {k: v for k, v in FIXTURES_2026.items() if k not in FIXTURES_SERVED})
+                {k: v for k, v in FIXTURES_2026.items() if k not in FIXTURES_SERVED},
+                STATELESS_UNSERVED)
 
 
 @pytest.mark.skipif(missing() is not None, reason=missing() or "")

@@ -12,7 +12,7 @@ from typing import Any
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.server.mcpserver.prompts.base import Prompt, UserMessage
 from mcp.types import (
     AudioContent,
     CallToolResult,
@@ -22,6 +22,7 @@ from mcp.types import (
     TextContent,
     TextResourceContents,
 )
+from pydantic import BaseModel
 
 server = MCPServer("fixtures")
 # a 1x1 red pixel PNG, and a WAV header of no samples: the smallest of each kind
@@ -90,6 +91,53 @@ async def test_tool_with_progress(ctx: Context) -> str:
         if done < 100:
             await asyncio.sleep(0.05)
     return "Progress reported: 0, 50, 100 of 100"
+
+
+@server.tool()
+async def test_logging_tool(ctx: Context) -> str:
+    """Logs three messages (server-stateless: none reaches a client that set no logLevel)."""
+    for word in ("first", "second", "third"):
+        await ctx.info(f"log {word}")
+    return "Logged three messages"
+
+
+class _Answer(BaseModel):
+    answer: str
+
+
+@server.tool()
+async def test_streaming_elicitation(ctx: Context) -> str:
+    """Asks the client a question (server-stateless: the call's stream carries no request
+    of the server's own); what became of the question is the result."""
+    try:
+        got = await ctx.elicit("A question for the conformance suite", _Answer)
+    except Exception as exc:
+        return f"Elicitation failed: {exc}"
+    return f"Elicitation: {got.action}"
+
+
+_added = 0
+
+
+@server.tool()
+async def test_trigger_tool_change(ctx: Context) -> str:
+    """Adds a tool and says the tool list changed."""
+    global _added
+    _added += 1
+    server.add_tool(lambda: "added", name=f"added_tool_{_added}", description="Added.")
+    await ctx.session.send_tool_list_changed()
+    return "Tool list changed"
+
+
+@server.tool()
+async def test_trigger_prompt_change(ctx: Context) -> str:
+    """Adds a prompt and says the prompt list changed."""
+    global _added
+    _added += 1
+    server.add_prompt(Prompt.from_function(lambda: "added", name=f"added_prompt_{_added}",
+                                           description="Added."))
+    await ctx.session.send_prompt_list_changed()
+    return "Prompt list changed"
 
 
 @server.completion()
