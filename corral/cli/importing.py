@@ -9,11 +9,16 @@ from pathlib import Path
 
 import click
 
+from ..supervisor.othernames import listing
 from .app import cli
 from .client import EXIT_FAILED
 
+# the mapping, under the help's text (`corral help import`, `corral import --help`)
+_MAPPING = ("\b\ncorral's key       the other tools' names for it (what has no equivalent, "
+            "and why: docs/migrating.md)\n" + "\n".join(listing()))
 
-@cli.command("import")
+
+@cli.command("import", epilog=_MAPPING)
 @click.argument("files", nargs=-1, metavar="FILE...")
 @click.option("--from", "kind", default=None,
               type=click.Choice(["supervisord", "pm2", "procfile", "systemd"]),
@@ -34,7 +39,6 @@ def import_(files: tuple[str, ...], kind: str | None, output: str | None,
     from ..importer.formats import read_all
     from ..importer.toml import render
     from ..supervisor.config import ConfigError
-    from ..supervisor.othernames import listing
 
     if keys:
         click.echo("\n".join(listing()))

@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (imported for the commands they register)
     daemon,
     events,
     fleet,
+    helping,
     history,
     importing,
     logs,

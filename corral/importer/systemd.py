@@ -56,7 +56,7 @@ _UNITS = {"us": 1e-6, "usec": 1e-6, "ms": 0.001, "msec": 0.001, "s": 1.0, "sec":
           "d": 86400.0, "day": 86400.0, "days": 86400.0}
 # systemd's silence about these changes nothing a program does
 QUIET = {"description", "documentation", "wantedby", "alias", "defaultdependencies",
-         "conflicts", "condition", "standardoutput", "standarderror", "syslogidentifier",
+         "conflicts", "standardoutput", "standarderror", "syslogidentifier",
          "remainafterexit", "guessmainpid"}
 
 
