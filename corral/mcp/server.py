@@ -223,8 +223,9 @@ class GatewaySession:
         """subscriptions/listen: acknowledged with the kinds corral will send of those
         asked (the ones it serves), then each list_changed of them until cancelled."""
         meta = params.get("_meta")
-        if not isinstance(meta, dict) or META_VERSION not in meta:
-            # a 2025-11-25 session has its GET stream instead
+        if not isinstance(meta, dict) or META_VERSION not in meta or self.version is not None:
+            # a 2025-11-25 session has its GET stream instead: a listen held inside one
+            # would be past the bound on sessions (a batch held thousands in one)
             raise RpcError(jsonrpc.METHOD_NOT_FOUND,
                            "method not found: subscriptions/listen (2026-07-28 only)")
         asked = params.get("notifications")
