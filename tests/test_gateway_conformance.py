@@ -45,7 +45,8 @@ SUITE2 = ROOT / ".npm-conformance" / "node_modules" / "@modelcontextprotocol" / 
 PASSING_2026 = ["tools-list", "server-sse-multiple-streams", "resources-list",
                 "prompts-list", "dns-rebinding-protection", "caching",
                 "input-required-result-unsupported-methods",
-                "input-required-result-validate-input", "http-header-validation"]
+                "input-required-result-validate-input", "http-header-validation",
+                "sep-2164-resource-not-found"]
 # server-stateless passes but these checks, each of which calls a fixture tool of the
 # suite's own server (docs/gateway.md)
 STATELESS_FIXTURE_CHECKS = {
@@ -93,7 +94,6 @@ FIXTURES_2026 = {
         "input-required-result-tampered-state", "input-required-result-capability-check",
         "input-required-result-missing-input-response",
         "input-required-result-ignore-extra-params")},
-    "sep-2164-resource-not-found": "warns: an unknown resource is -32010, not -32602",
     "json-schema-2020-12": "tool json_schema_2020_12_tool of the suite's server",
     "http-custom-header-server-validation": "a tool with x-mcp-header annotations",
     # the tasks extension (not scored: an extension): corral does not serve it yet

@@ -442,10 +442,11 @@ class GatewayService:
         if ident.server is not None:  # a server seen as itself: its own resources alone
             having = [h for h in having if h == ident.server]
         if len(having) != 1:
-            raise RpcError(jsonrpc.NOT_FOUND if not having else jsonrpc.INVALID_PARAMS,
+            # -32602 with data.uri, as SEP-2164 asks of a resource not found
+            raise RpcError(jsonrpc.INVALID_PARAMS,
                            f"resource {uri}: " + (f"listed by {', '.join(having)}" if having
                                                   else "no server this client may use "
-                                                       "lists it"))
+                                                       "lists it"), {"uri": uri})
         return str(having[0])
 
     async def call(self, ident: Identity, name: str, arguments: dict[str, Any],
