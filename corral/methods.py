@@ -290,6 +290,15 @@ class LogsFollow(LogsTail):
     disconnects; a follower too slow to keep up is sent `logs.missed` with a count."""
 
 
+@method("logs.rotate", result=LogsRotated, scope="agents:write", mutating=True)
+class LogsRotate(Params):
+    """Rotate agents' log files now (every agent's and the daemon's when no name is
+    given): each moved to NAME.log.1 (gzipped when log_compress is set), the older
+    copies up one, and a new file begun (logrotate's postrotate, without a signal)."""
+
+    names: list[str] = []
+
+
 @method("stats.get", result=StatsResult, scope="metrics:read")
 class StatsGet(Params):
     """Runtime statistics of the supervisor and per agent."""

@@ -61,6 +61,7 @@ __all__ = [
     "Latency",
     "LogLine",
     "LogLines",
+    "LogsRotated",
     "McpInstanceStatus",
     "McpInstances",
     "McpItem",
@@ -439,6 +440,10 @@ class LogLine(msgspec.Struct, array_like=True):
 
 class LogLines(Result):
     lines: list[LogLine]
+
+
+class LogsRotated(Result):
+    files: list[str]  # the log files rotated, each now begun anew
 
 
 class SupervisorStats(Result):

@@ -3,13 +3,16 @@ daemon's stdout for a container's `docker logs`; the operator's to name."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+from corral.daemon.logfiles import LogPlace, RotatingFile, Rotation
 from corral.daemon.privilege import refusal
 from corral.supervisor.config import AgentSpec, TenantSpec
 
@@ -88,3 +91,152 @@ def test_a_tenants_caller_may_not_name_a_log_file() -> None:
         "log_file", "\"/etc/cron.d/x\" differs from tenant t's (none: its log directory)")
     spec.log_file = None
     assert refusal(spec, "t", TenantSpec(), "/srv/t") is None
+
+
+# a line every 0.2 s, numbered, for as long as it runs
+TICKER = "i=0; while :; do echo \"tick $i\"; i=$((i+1)); sleep 0.2; done"
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+            if " stdout: tick " in ln]
+
+
+def test_rotated_copies_are_gzipped_and_hold_every_line_in_order() -> None:
+    tmp = shared_tmpdir()
+    own = tmp / "own"
+    own.mkdir()
+    agents = textwrap.dedent(f"""
+        [agents.talker]
+        command = ["sh", "-c", {json.dumps(TALKER)}]
+        protocol = "none"
+        log_file = "{own}/talker.log"
+        log_max_bytes = 4000
+        log_backups = 9
+        log_compress = true
+    """)
+    with running_daemon(tmp, agents) as d:
+        wait_until(lambda: "line 199 of the talker" in d.cli("logs", "talker", "-n", "5")
+                   .stdout, what="every line said")
+        # compressed on a thread of its own: done once no plain copy (or part) is left
+        wait_until(lambda: sorted(p.name for p in own.iterdir()) == [
+            "talker.log", "talker.log.1.gz", "talker.log.2.gz", "talker.log.3.gz"],
+            what="three gzipped copies")
+        text = "".join(gzip.decompress((own / f"talker.log.{n}.gz").read_bytes()).decode()
+                       for n in (3, 2, 1)) + (own / "talker.log").read_text()
+        said = [int(ln.split("line ")[1].split(" ")[0]) for ln in text.splitlines()
+                if "of the talker" in ln]
+        assert said == list(range(200))
+
+
+def test_a_log_file_is_rotated_at_each_period_of_the_clock() -> None:
+    tmp = shared_tmpdir()
+    own = tmp / "own"
+    own.mkdir()
+    agents = textwrap.dedent(f"""
+        [agents.ticker]
+        command = ["sh", "-c", {json.dumps(TICKER)}]
+        protocol = "none"
+        log_file = "{own}/ticker.log"
+        log_rotate_every = 1
+        log_backups = 50
+    """)
+    with running_daemon(tmp, agents) as d:
+        wait_until(lambda: (own / "ticker.log.3").exists(), what="three rotations")
+        wait_until(lambda: max(_numbers(d.cli("logs", "ticker", "-n", "3").stdout),
+                               default=0) >= 25, what="more ticks")
+        copies = sorted((p for p in own.iterdir() if p.name != "ticker.log"),
+                        key=lambda p: -int(p.name.rsplit(".", 1)[1]))
+        seconds, numbers = [], []
+        for p in [*copies, own / "ticker.log"]:
+            stamps = {ln.split(" ", 1)[0][:19] for ln in p.read_text().splitlines()}
+            # each file's lines are of one second of the clock, each file another's
+            assert len(stamps) == 1, (p.name, stamps)
+            seconds += stamps
+            numbers += _numbers(p.read_text())
+        assert seconds == sorted(set(seconds))
+        assert numbers == list(range(len(numbers)))
+
+
+def test_a_file_last_written_in_an_earlier_period_is_rotated_at_its_first_line(
+        tmp_path: Path) -> None:
+    """A daemon restarted after midnight rotates yesterday's file at its first line, and
+    one restarted within the day appends to it."""
+    day = 86400
+    log = tmp_path / "a.log"
+    log.write_text("yesterday's\n")
+    os.utime(log, (time.time() - day, time.time() - day))
+    f = RotatingFile(LogPlace(log, Rotation(max_bytes=10**6, backups=2, every=day)))
+    f.turn(time.time())
+    f.write(b"today's\n")
+    f.close()
+    assert (log.read_text(), (tmp_path / "a.log.1").read_text()) == (
+        "today's\n", "yesterday's\n")
+    f = RotatingFile(LogPlace(log, Rotation(max_bytes=10**6, backups=2, every=day)))
+    f.turn(time.time())
+    f.write(b"today's again\n")
+    f.close()
+    assert log.read_text() == "today's\ntoday's again\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.log", "a.log.1"]
+
+
+def test_logs_rotate_now_and_a_follower_reads_on() -> None:
+    tmp = shared_tmpdir()
+    agents = textwrap.dedent(f"""
+        [agents.ticker]
+        command = ["sh", "-c", {json.dumps(TICKER)}]
+        protocol = "none"
+    """)
+    with running_daemon(tmp, agents, extra="log_compress = true") as d:
+        logs = d.state / "logs"
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "corral", "--socket", str(d.sock), "logs", "ticker",
+             "-f", "-n", "0"], stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            assert follower.stdout is not None
+            wait_until(lambda: json.loads(d.cli("info", "--json").stdout)["followers"] == 1,
+                       what="the follower attached")
+            wait_until(lambda: "tick 3" in (logs / "ticker.log").read_text(), what="ticks")
+            r = d.cli("logs", "--rotate", "ticker")
+            assert (r.returncode, r.stdout, r.stderr) == (
+                0, f"rotated {logs / 'ticker.log'}\n", "")
+            wait_until(lambda: (logs / "ticker.log.1.gz").exists()
+                       and not (logs / "ticker.log.1").exists(), what="the gzipped copy")
+            before = _numbers(gzip.decompress((logs / "ticker.log.1.gz").read_bytes())
+                              .decode())
+            wait_until(lambda: len(_numbers((logs / "ticker.log").read_text())) >= 3,
+                       what="ticks in the new file")
+            after = _numbers((logs / "ticker.log").read_text())
+            assert before and after[0] == before[-1] + 1
+            # the follower saw the lines before the rotation and after it, none twice
+            seen: list[int] = []
+            for line in follower.stdout:
+                seen += _numbers(line)
+                if seen and seen[-1] >= after[2]:
+                    break
+            assert seen == list(range(seen[0], seen[-1] + 1)) and seen[0] <= before[-1]
+        finally:
+            follower.kill()
+            follower.wait()
+        # every file (the daemon's own too) when none is named
+        r = d.cli("logs", "--rotate")
+        assert r.returncode == 0
+        assert sorted(r.stdout.splitlines()) == [f"rotated {logs / 'corral.log'}",
+                                                 f"rotated {logs / 'ticker.log'}"]
+
+
+def test_logs_rotate_refuses_what_it_cannot_rotate() -> None:
+    tmp = shared_tmpdir()
+    agents = '[agents.ticker]\ncommand = ["sleep", "1000"]\nprotocol = "none"\n'
+    with running_daemon(tmp, agents) as d:
+        r = d.cli("logs", "--rotate", "nope")
+        assert (r.returncode, r.stdout) == (1, "")
+        assert "no such agent: nope" in r.stderr
+        r = d.cli("logs", "--rotate", "ticker#0")
+        assert (r.returncode, r.stdout, r.stderr) == (1, "", (
+            "corral: ticker#0: a log file is an agent's, not a replica's: name the agent\n"))
+        r = d.cli("logs", "--rotate", "-f", "ticker")
+        assert r.returncode == 2 and "--rotate rotates and returns: not with -f" in r.stderr
+        assert sorted(p.name for p in (d.state / "logs").iterdir()) == [
+            "corral.log", "ticker.log"]

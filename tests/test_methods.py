@@ -215,6 +215,7 @@ def test_the_daemon_answers_every_method_as_declared(daemon: Daemon) -> None:
         ask("events.publish", {"topic": "t", "data": {"x": 1}})
         ask("logs.tail", {"names": ["hello#0"], "lines": 5})
         ask("logs.tail", {})
+        ask("logs.rotate", {"names": ["hello"]})
         ask("stats.get")
         ask("stats.history", {"since": 3600, "agent": "hello"})
         ask("tools.list")

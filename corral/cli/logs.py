@@ -48,9 +48,24 @@ def _log_options(fn: Any) -> Any:
              "come, across restarts and rotation; a reader too slow to keep up is told how "
              "many lines it missed.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("--rotate", is_flag=True,
+              help="Rotate the agents' log files now (every one's, and corral.log, when "
+                   "none is named): each to NAME.log.1 (.gz with log_compress), a new one "
+                   "begun; a follower reads on.")
 @_log_options
-def logs(obj: Ctx, names: tuple[str, ...], follow: bool, lines: int, since: str | None,
-         grep: str | None, streams: tuple[str, ...], reconnect: float, as_json: bool) -> None:
+def logs(obj: Ctx, names: tuple[str, ...], follow: bool, rotate: bool, lines: int,
+         since: str | None, grep: str | None, streams: tuple[str, ...], reconnect: float,
+         as_json: bool) -> None:
+    if rotate:
+        if follow:
+            raise click.UsageError("--rotate rotates and returns: not with -f")
+        done: m.LogsRotated = obj.call("logs.rotate", m.LogsRotate(names=list(names)))
+        if as_json:
+            click.echo(json.dumps(msgspec.to_builtins(done)))
+        else:
+            for path in done.files:
+                click.echo(f"rotated {path}")
+        return
     _logs(obj, follow, _log_query(names, lines, since, grep, streams), reconnect, as_json)
 
 

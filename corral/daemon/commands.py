@@ -522,6 +522,30 @@ def _replica_sources(d: Services, names: list[str]
     return sources, keep
 
 
+@implements("logs.rotate")
+async def logs_rotate(d: Services, p: m.LogsRotate, caller: Caller, c: Channel
+                      ) -> m.LogsRotated:
+    """Each named agent's log file (every agent's, its MCP servers' and the daemon's when
+    none is named) rotated now; a file that cannot be moved is said, naming it, those
+    before it rotated."""
+    for name in p.names:
+        if "#" in name:
+            raise RpcError(jsonrpc.INVALID_PARAMS, f"{name}: a log file is an agent's, "
+                                                   "not a replica's: name the agent")
+        if name not in d.agents and name != "corral":
+            raise NoSuchAgent(name, d.agents)
+    names = p.names or list(dict.fromkeys(["corral", *d.agents, *d.hub.files]))
+    done: list[str] = []
+    try:
+        for name in names:
+            done += [str(f) for f in d.hub.rotate([name])]
+    except OSError as exc:
+        raise RpcError(jsonrpc.SERVER_ERROR,
+                       f"cannot rotate log file {exc.filename}: {exc.strerror} (rotated "
+                       f"before it: {', '.join(done) or 'none'})") from None
+    return m.LogsRotated(files=done)
+
+
 @implements("logs.follow")
 async def logs_follow(d: Services, p: m.LogsFollow, caller: Caller, c: Channel) -> None:
     """Streams until the client goes away (the Peer then cancels this task)."""

@@ -25,13 +25,11 @@ import contextlib
 import errno
 import hashlib
 import os
-import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import msgspec
 
@@ -42,6 +40,7 @@ from ..supervisor.followers import Follower
 from ..supervisor.names import NAME_RE
 from ..text import iso_time, one_line, plural
 from ..throttle import Throttle
+from .logfiles import LogPlace, RotatingFile, Rotation, StreamFile, open_place
 from .logreadback import read_back
 
 DAEMON_SOURCE = "corral"
@@ -52,6 +51,9 @@ FOLLOWER_BYTES = 64 * 1024 * 1024
 # first `corral logs` reads each file's share, the loop not held for long)
 READ_BACK_BYTES = 256 * 1024
 READ_BACK_TOTAL = 8 * 1024 * 1024
+
+
+DEFAULT_ROTATION = Rotation()
 
 
 class LogDirError(Exception):
@@ -133,110 +135,6 @@ class Batch(msgspec.Struct, gc=False):
         ]
 
 
-# what a log file's place may hold instead of a file (below), said as the file's failure
-NOT_A_LOG = "not a log file in its place (a symlink, a FIFO, a device or a hard link)"
-
-
-def _open_log(path: Path) -> int:
-    """A log file opened for appending, if it is a file of its own: a tenant's user owns
-    its log directory (tenantdirs.py) and may put a symlink there (root would append to
-    what it names), a FIFO (root would wait on it) or a hard link in a log's place."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                     | os.O_NONBLOCK, 0o640)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO none reads
-            raise OSError(exc.errno, NOT_A_LOG, str(path)) from None
-        raise
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        os.close(fd)
-        raise OSError(errno.EPERM, NOT_A_LOG, str(path))
-    return fd
-
-
-class RotatingFile:
-    """An append-only file rotated by size to NAME.log.1 .. NAME.log.N."""
-
-    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.backups = backups
-        self._fd = _open_log(path)
-        self.size = os.fstat(self._fd).st_size
-
-    def write(self, *parts: bytes) -> None:
-        """Append the parts with one writev(2): no copy to join them first."""
-        total = sum(len(p) for p in parts)
-        n = os.writev(self._fd, parts)
-        if n < total:  # a short write (a full disk, a signal): finish it piece by piece
-            rest = memoryview(b"".join(parts))[n:]
-            while rest:
-                rest = rest[os.write(self._fd, rest):]
-        self.size += total
-        if self.size >= self.max_bytes:
-            self.rotate()
-
-    def rotate(self) -> None:
-        os.close(self._fd)
-        if self.backups:
-            for i in range(self.backups - 1, 0, -1):
-                src = self.path.with_name(f"{self.path.name}.{i}")
-                if src.exists():
-                    src.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
-            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        else:
-            self.path.unlink(missing_ok=True)
-        self._fd = _open_log(self.path)
-        self.size = 0
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-# the daemon's own streams, as an agent's log_file (a container's `docker logs`)
-STREAMS = {"/dev/stdout": 1, "/dev/stderr": 2}
-
-
-class LogPlace(NamedTuple):
-    """Where a source's lines are written, and its rotation."""
-
-    path: Path
-    max_bytes: int
-    backups: int
-
-
-class StreamFile:
-    """The daemon's stdout or stderr as a source's log: written as a file is, never
-    rotated (what reads it keeps what it wants)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd = os.dup(STREAMS[str(path)])
-        os.set_inheritable(self._fd, False)
-
-    def write(self, *parts: bytes) -> None:
-        rest = memoryview(b"".join(parts))
-        while rest:
-            rest = rest[os.write(self._fd, rest):]
-
-    def rotate(self) -> None:
-        """Nothing to rotate."""
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-def open_place(place: LogPlace) -> RotatingFile | StreamFile:
-    if str(place.path) in STREAMS:
-        return StreamFile(place.path)
-    return RotatingFile(place.path, place.max_bytes, place.backups)
-
-
 @dataclass(slots=True)
 class _Broken:
     """A log file that could not be written: since when, why, and what it missed."""
@@ -309,16 +207,14 @@ class LogHub:
         self,
         log_dir: Path | None,
         *,
-        max_bytes: int = 10 * 1024 * 1024,
-        backups: int = 5,
+        rotation: Rotation = DEFAULT_ROTATION,
         tail_lines: int = 1000,
         tail_bytes: int = 4 * 1024 * 1024,
         raw: bool = False,
     ) -> None:
         self.raw = raw
         self.log_dir = log_dir
-        self.max_bytes = max_bytes
-        self.backups = backups
+        self.rotation = rotation  # [supervisor]'s, a source's unless its own says
         self.tail_lines = tail_lines
         self.tail_bytes = tail_bytes
         self.tails: dict[str, _Tail] = {}
@@ -348,8 +244,7 @@ class LogHub:
     def place_of(self, source: str) -> LogPlace:
         assert self.log_dir is not None
         where = self.locate(source) if self.locate is not None else None
-        return where or LogPlace(self.log_dir / log_file_name(source), self.max_bytes,
-                                 self.backups)
+        return where or LogPlace(self.log_dir / log_file_name(source), self.rotation)
 
     def reopen(self, source: str) -> None:
         """The source's file is closed, and opened again (where `locate` says) at its
@@ -357,6 +252,25 @@ class LogHub:
         f = self.files.pop(source, None)
         if f is not None:
             f.close()
+
+    def rotate(self, sources: Iterable[str]) -> list[Path]:
+        """`corral logs --rotate`: each source's file rotated now (one not open yet, but
+        there, opened to be); the files rotated. A file that cannot be moved is an
+        OSError naming it, the files before it rotated."""
+        done: list[Path] = []
+        if self.log_dir is None:
+            return done
+        for source in sources:
+            f = self.files.get(source)
+            if f is None:
+                place = self.place_of(source)
+                if not place.path.exists():
+                    continue
+                f = self.files[source] = open_place(place)
+            if isinstance(f, RotatingFile):
+                f.rotate()
+                done.append(f.path)
+        return done
 
     def forget(self, source: str) -> None:
         """A source gone for good (its agent removed): its lines in memory are dropped and
@@ -374,10 +288,12 @@ class LogHub:
                 f.rotate()
             f.close()
 
-    def _write(self, source: str, count: int, *parts: bytes) -> None:
-        """Append `count` lines to the source's file; a file that cannot be written
-        drops them, counted, and is tried again at most every RETRY_EVERY seconds."""
+    def _write(self, batch: Batch, source: str, *parts: bytes) -> None:
+        """Append the batch's lines (`parts`, as tagged) to the source's file, in the
+        period of the clock the batch is of; a file that cannot be written drops them,
+        counted, and is tried again at most every RETRY_EVERY seconds."""
         assert self.log_dir is not None
+        count = batch.count
         broken = self.broken.get(source)
         if broken is not None and time.monotonic() < broken.retry_at:
             broken.dropped += count
@@ -392,6 +308,7 @@ class LogHub:
                 # the gap is marked where it is, in the file itself (not in a raw one)
                 f.write(self._note(source, f"{plural(broken.dropped, 'line')} dropped: "
                                            f"{broken.why}"))
+            f.turn(batch.time)
             f.write(*parts)
         except OSError as exc:
             if f is not None:
@@ -454,11 +371,11 @@ class LogHub:
         if self.log_dir is None:
             pass
         elif self.raw and stream in ("stderr", "stdout"):  # (stdout: a plain program's)
-            self._write(source, lines.count, lines.block, b"\n")
+            self._write(batch, source, lines.block, b"\n")
         else:
             head = LogLine(batch.time, source, replica, pid, stream, "").render().encode()
             # one C pass tags every line: no per-line objects
-            self._write(DAEMON_SOURCE if self.raw else source, lines.count,
+            self._write(batch, DAEMON_SOURCE if self.raw else source,
                         head, lines.block.replace(b"\n", b"\n" + head), b"\n")
         tail.add(batch)
         self.lines_written += lines.count

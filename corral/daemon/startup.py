@@ -45,6 +45,7 @@ from .gatewayaccess import GatewayService
 from .handoff import Listeners
 from .incarnation import ProcessRecords, reclaim
 from .journald import JournalSender, StderrEcho
+from .logfiles import Rotation
 from .logs import LogDirError, LogHub
 from .packages.service import Packages
 from .revisions import RevisionLog, describe_change
@@ -146,7 +147,9 @@ def log_hub(conf: Conf) -> Iterator[LogHub]:
     """The daemon's logs (`corral logs`), its own lines echoed on stderr."""
     sc = conf.cfg.supervisor
     try:
-        hub = LogHub(conf.paths.log_dir, max_bytes=sc.log_max_bytes, backups=sc.log_backups,
+        hub = LogHub(conf.paths.log_dir,
+                     rotation=Rotation(sc.log_max_bytes, sc.log_backups, sc.log_rotate_every,
+                                       sc.log_compress),
                      tail_lines=sc.log_tail_lines, tail_bytes=sc.log_tail_bytes,
                      raw=sc.log_format == "raw")
     except LogDirError as exc:

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 from ..supervisor.config import ConfigError
 from ..supervisor.process import resolve_user
 from ..supervisor.runas import run_as, tenant_of
-from .logs import LogPlace, log_file_name
+from .logfiles import LogPlace, Rotation
+from .logs import log_file_name
 
 if TYPE_CHECKING:
     from ..supervisor.config import ProcessSpec
@@ -29,6 +30,15 @@ if TYPE_CHECKING:
     from .logs import LogHub
 
 TENANTS = "tenants"
+
+
+def own_rotation(spec: ProcessSpec, default: Rotation) -> Rotation:
+    """A process's log rotation: its own keys, else [supervisor]'s (`default`)."""
+    return Rotation(
+        spec.log_max_bytes or default.max_bytes,
+        default.backups if spec.log_backups is None else spec.log_backups,
+        default.every if spec.log_rotate_every is None else spec.log_rotate_every,
+        default.compress if spec.log_compress is None else spec.log_compress)
 
 
 class TenantDirs:
@@ -55,15 +65,13 @@ class TenantDirs:
         spec = self._spec(source)
         if spec is None or self.hub.log_dir is None:
             return None
-        max_bytes = spec.log_max_bytes or self.hub.max_bytes
-        backups = self.hub.backups if spec.log_backups is None else spec.log_backups
+        rotation = own_rotation(spec, self.hub.rotation)
         if spec.log_file is not None:
-            return LogPlace(Path(spec.log_file), max_bytes, backups)
+            return LogPlace(Path(spec.log_file), rotation)
         tenant = tenant_of(spec)
         run = run_as(spec, self.quotas.specs.get(tenant))
         where = self._ensure(tenant, run.user, run.group) if run.tenant_user else None
-        return LogPlace((where or self.hub.log_dir) / log_file_name(source), max_bytes,
-                        backups)
+        return LogPlace((where or self.hub.log_dir) / log_file_name(source), rotation)
 
     def starting(self, r: ProcessReplica) -> dict[str, str]:
         """A replica's process is about to start: a file open where it no longer belongs

@@ -103,6 +103,10 @@ class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit
     log_file: str | None = None
     log_max_bytes: PositiveInt | None = None
     log_backups: NonNegInt | None = None
+    # this process's log file rotated also by time (seconds of the wall clock's periods:
+    # 86400 at midnight UTC) and its rotated copies gzipped (None: [supervisor]'s)
+    log_rotate_every: NonNeg | None = None
+    log_compress: bool | None = None
 
     def __post_init__(self) -> None:
         if self.log_file is not None and not self.log_file.startswith("/"):
@@ -431,6 +435,10 @@ class SupervisorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     log_format: Literal["tagged", "raw"] = "tagged"
     log_max_bytes: PositiveInt = 10 * 1024 * 1024
     log_backups: NonNegInt = 5
+    # log files rotated also at the first line of each period of this many seconds of
+    # the wall clock (86400: daily, at midnight UTC); 0: by size alone
+    log_rotate_every: NonNeg = 0.0
+    log_compress: bool = False  # rotated copies gzipped (NAME.log.1.gz ..)
     log_tail_lines: PositiveInt = 1000
     # the daemon's own lines on stderr (the journal, under systemd) at or above this level
     log_level: Literal["debug", "info", "notice", "warning", "error"] = "info"

@@ -1,0 +1,203 @@
+"""Where a source's log lines are written: a file rotated by size and by time, its
+rotated copies gzipped if asked (NAME.log.1.gz ..), or the daemon's own stdout or stderr
+(a container's `docker logs`).
+
+A file is rotated by renaming (NAME.log to NAME.log.1, the older ones moved up): a
+reader that follows the name (`tail -F`) reopens it, one that holds the file reads its
+end. Time rotation is by the wall clock's periods of `every` seconds (a day: at
+midnight UTC): the first line written in a new period rotates a file whose last line
+was written in an earlier one, so a daemon restarted within a period keeps appending,
+and a quiet source's file is rotated at its next line, not by a timer. A rotated copy
+is compressed on a thread of its own (a 10 MiB file would hold the event loop for a
+tenth of a second); the next rotation of that file waits for it, so the copies are
+never moved while one is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gzip
+import os
+import shutil
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+# what a log file's place may hold instead of a file (below), said as the file's failure
+NOT_A_LOG = "not a log file in its place (a symlink, a FIFO, a device or a hard link)"
+GZ = ".gz"
+
+
+class Rotation(NamedTuple):
+    """When a log file is rotated and what is kept of it."""
+
+    max_bytes: int = 10 * 1024 * 1024
+    backups: int = 5
+    every: float = 0.0  # seconds of the wall clock's periods; 0: by size alone
+    compress: bool = False  # rotated copies gzipped (NAME.log.N.gz)
+
+
+class LogPlace(NamedTuple):
+    """Where a source's lines are written, and its rotation."""
+
+    path: Path
+    rotation: Rotation
+
+
+def _open_log(path: Path) -> int:
+    """A log file opened for appending, if it is a file of its own: a tenant's user owns
+    its log directory (tenantdirs.py) and may put a symlink there (root would append to
+    what it names), a FIFO (root would wait on it) or a hard link in a log's place."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_NONBLOCK, 0o640)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO none reads
+            raise OSError(exc.errno, NOT_A_LOG, str(path)) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise OSError(errno.EPERM, NOT_A_LOG, str(path))
+    return fd
+
+
+def copy_name(path: Path, n: int, compressed: bool) -> Path:
+    """The name of the n-th rotated copy of `path`."""
+    return path.with_name(f"{path.name}.{n}{GZ if compressed else ''}")
+
+
+def compress(plain: Path) -> None:
+    """`plain` as `plain.gz`, written aside and renamed into place, then removed; a copy
+    that cannot be compressed (a full disk) is left as it is."""
+    done = plain.with_name(plain.name + GZ)
+    part = plain.with_name(plain.name + GZ + ".part")
+    try:
+        with open(plain, "rb") as src, gzip.open(part, "wb", compresslevel=6) as dst:
+            shutil.copyfileobj(src, dst, 1024 * 1024)
+        part.replace(done)
+        plain.unlink()
+    except OSError:
+        with contextlib.suppress(OSError):
+            part.unlink()
+
+
+class RotatingFile:
+    """An append-only file rotated by size and time to NAME.log.1 .. NAME.log.N (each
+    gzipped when the rotation says so)."""
+
+    def __init__(self, place: LogPlace) -> None:
+        self.path = place.path
+        self.rotation = place.rotation
+        self._fd = _open_log(self.path)
+        st = os.fstat(self._fd)
+        self.size = st.st_size
+        # the period of the last line written (the file's own, read back at open)
+        self._period = self._period_of(st.st_mtime if st.st_size else time.time())
+        self._compressing: threading.Thread | None = None
+
+    def _period_of(self, when: float) -> int:
+        every = self.rotation.every
+        return int(when // every) if every > 0 else 0
+
+    def turn(self, when: float) -> None:
+        """The next lines are of time `when`: the file is rotated first if its last line
+        was of an earlier period (a line's own time decides, not the clock's now, so a
+        line read just before a period ends is in that period's file)."""
+        if self.rotation.every > 0:
+            period = self._period_of(when)
+            if period > self._period:
+                if self.size:
+                    self.rotate()
+                self._period = period
+
+    def write(self, *parts: bytes) -> None:
+        """Append the parts with one writev(2): no copy to join them first."""
+        total = sum(len(p) for p in parts)
+        n = os.writev(self._fd, parts)
+        if n < total:  # a short write (a full disk, a signal): finish it piece by piece
+            rest = memoryview(b"".join(parts))[n:]
+            while rest:
+                rest = rest[os.write(self._fd, rest):]
+        self.size += total
+        if self.size >= self.rotation.max_bytes:
+            self.rotate()
+
+    def rotate(self) -> None:
+        """The file moved to NAME.log.1 (the older copies up one, the oldest past
+        `backups` removed) and a new one begun."""
+        self.wait()
+        os.close(self._fd)
+        self._fd = -1
+        backups, gz = self.rotation.backups, self.rotation.compress
+        if backups:
+            for i in range(backups, 0, -1):
+                for packed in (False, True):  # copies made before compress was set too
+                    src = copy_name(self.path, i, packed)
+                    if not src.exists():
+                        continue
+                    if i == backups:
+                        src.unlink()
+                    else:
+                        src.replace(copy_name(self.path, i + 1, packed))
+            first = copy_name(self.path, 1, False)
+            self.path.replace(first)
+            if gz:
+                self._compressing = threading.Thread(
+                    target=compress, args=(first,), name="log-compress", daemon=True)
+                self._compressing.start()
+        else:
+            self.path.unlink(missing_ok=True)
+        self._fd = _open_log(self.path)
+        self.size = 0
+
+    def wait(self) -> None:
+        """The copy being compressed, done."""
+        if self._compressing is not None:
+            self._compressing.join()
+            self._compressing = None
+
+    def close(self) -> None:
+        self.wait()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+# the daemon's own streams, as an agent's log_file (a container's `docker logs`)
+STREAMS = {"/dev/stdout": 1, "/dev/stderr": 2}
+
+
+class StreamFile:
+    """The daemon's stdout or stderr as a source's log: written as a file is, never
+    rotated (what reads it keeps what it wants)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.dup(STREAMS[str(path)])
+        os.set_inheritable(self._fd, False)
+
+    def write(self, *parts: bytes) -> None:
+        rest = memoryview(b"".join(parts))
+        while rest:
+            rest = rest[os.write(self._fd, rest):]
+
+    def turn(self, when: float) -> None:
+        """Never rotated."""
+
+    def rotate(self) -> None:
+        """Nothing to rotate."""
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def open_place(place: LogPlace) -> RotatingFile | StreamFile:
+    if str(place.path) in STREAMS:
+        return StreamFile(place.path)
+    return RotatingFile(place)
